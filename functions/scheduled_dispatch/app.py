@@ -1,0 +1,13 @@
+"""`scheduled_dispatch`: invoked by a one-time EventBridge schedule; releases the batch unless cancelled."""
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from sms_gateway.consumers import release_schedule
+from sms_gateway.observability import logger, metrics, tracer
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict, context: LambdaContext) -> dict:
+    return release_schedule(event)

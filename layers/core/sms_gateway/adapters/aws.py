@@ -1,0 +1,34 @@
+"""AWS clients, created lazily and once per container (cold start; moto works without reloads)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+_clients: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def client(service: str) -> Any:
+    found = _clients.get(service)
+    if found is not None:
+        return found
+    with _lock:
+        if service not in _clients:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                retries={"mode": "standard", "max_attempts": 5},
+                connect_timeout=3,
+                read_timeout=10,
+                max_pool_connections=64,
+            )
+            _clients[service] = boto3.session.Session().client(service, config=config)  # type: ignore[call-overload]
+        return _clients[service]
+
+
+def reset_clients() -> None:
+    """Tests that start a new moto mock call this so the next client is created inside it."""
+    with _lock:
+        _clients.clear()

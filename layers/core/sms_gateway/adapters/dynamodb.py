@@ -1,0 +1,467 @@
+"""DynamoDB adapter: accounts, credentials, batches and messages in one table (pk/sk, one GSI).
+
+Item layout (see docs/data-model.md):
+  account     pk=ACC#<account_id>                 sk=ACCOUNT
+  credential  pk=CRED#<kind>#<sha256 of secret>   sk=CRED          -> account_id
+  login       pk=LOGIN#<username>                 sk=LOGIN         -> account_id, scrypt hash
+  batch       pk=ACC#<account_id>                 sk=BATCH#<reference_id>
+  message     pk=MSGS#<account_id>#<reference_id> sk=MSG#<message_id>   (GSI upstream-index on upstream_key)
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sms_gateway.adapters import aws
+from sms_gateway.domain.models import (
+    Account,
+    Batch,
+    CredentialKind,
+    Credentials,
+    Message,
+    MessageKey,
+    StatusChange,
+    iso,
+)
+from sms_gateway.domain.status import MessageStatus, allowed_previous
+from sms_gateway.errors import Conflict, InsufficientCredits
+
+UPSTREAM_INDEX = "upstream-index"
+BATCH_WRITE_SIZE = 25
+BATCH_GET_SIZE = 100
+_MAX_UNPROCESSED_ROUNDS = 8
+
+# scrypt parameters (RFC 7914 interactive setting); cost is paid once per /login, not per send.
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+
+
+def hash_secret(secret: str) -> str:
+    """API secrets are long random strings: a plain SHA-256 is enough to store them irreversibly."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    salt = salt or secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P)
+    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        _, n, r, p, salt, digest = stored.split("$")
+        candidate = hashlib.scrypt(
+            password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p)
+        ).hex()
+    except ValueError:
+        return False
+    return hmac.compare_digest(candidate, digest)
+
+
+def account_pk(account_id: str) -> str:
+    return f"ACC#{account_id}"
+
+
+def batch_sk(reference_id: int) -> str:
+    return f"BATCH#{reference_id:019d}"
+
+
+def messages_pk(account_id: str, reference_id: int) -> str:
+    return f"MSGS#{account_id}#{reference_id}"
+
+
+def message_sk(message_id: int) -> str:
+    return f"MSG#{message_id:019d}"
+
+
+def upstream_key(upstream: str, upstream_message_id: str) -> str:
+    return f"{upstream}#{upstream_message_id}"
+
+
+def _key_of(key: MessageKey) -> dict[str, Any]:
+    return {
+        "pk": {"S": messages_pk(key.account_id, key.reference_id)},
+        "sk": {"S": message_sk(key.message_id)},
+    }
+
+
+def _message_key_from_item_keys(pk: str, sk: str) -> MessageKey:
+    _, account_id, reference_id = pk.split("#", 2)
+    return MessageKey(
+        account_id=account_id, reference_id=int(reference_id), message_id=int(sk.split("#", 1)[1])
+    )
+
+
+class _Codec:
+    """Plain Python values <-> DynamoDB attribute values (numbers come back as int, never Decimal)."""
+
+    def __init__(self) -> None:
+        from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+        self._serializer = TypeSerializer()
+        self._deserializer = TypeDeserializer()
+
+    def dump(self, values: dict[str, Any]) -> dict[str, Any]:
+        return {k: self._serializer.serialize(v) for k, v in values.items() if v is not None}
+
+    def load(self, item: dict[str, Any]) -> dict[str, Any]:
+        return {k: _plain(self._deserializer.deserialize(v)) for k, v in item.items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | set | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+class DynamoStore:
+    """Implements AccountStore and MessageStore over one table."""
+
+    def __init__(self, table_name: str, *, client: Any | None = None, retention_days: int = 180) -> None:
+        self.table_name = table_name
+        self._client = client
+        self._retention = timedelta(days=retention_days)
+        self._codec = _Codec()
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = aws.client("dynamodb")
+        return self._client
+
+    # ---------------------------------------------------------------- accounts and credentials
+
+    def create_account(self, account: Account, credentials: Credentials) -> None:
+        account_item = {
+            "pk": account_pk(account.account_id),
+            "sk": "ACCOUNT",
+            **account.model_dump(mode="json"),
+        }
+        items: list[dict[str, Any]] = [account_item]
+        for kind, secret in (
+            (CredentialKind.TOKEN, credentials.token),
+            (CredentialKind.APIKEY, credentials.apikey),
+        ):
+            items.append(
+                {
+                    "pk": f"CRED#{kind}#{hash_secret(secret)}",
+                    "sk": "CRED",
+                    "account_id": account.account_id,
+                    "kind": str(kind),
+                    "prefix": secret[:8],
+                }
+            )
+        items.append(
+            {
+                "pk": f"LOGIN#{credentials.username}",
+                "sk": "LOGIN",
+                "account_id": account.account_id,
+                "password_hash": hash_password(credentials.password),
+            }
+        )
+        # One transaction: an account never exists without its credentials, and a taken name fails whole.
+        self.client.transact_write_items(
+            TransactItems=[
+                {
+                    "Put": {
+                        "TableName": self.table_name,
+                        "Item": self._codec.dump(item),
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                }
+                for item in items
+            ]
+        )
+
+    def get_account(self, account_id: str) -> Account | None:
+        found = self.client.get_item(
+            TableName=self.table_name, Key={"pk": {"S": account_pk(account_id)}, "sk": {"S": "ACCOUNT"}}
+        ).get("Item")
+        return Account.model_validate(self._codec.load(found)) if found else None
+
+    def account_id_for_credential(self, kind: str, secret: str) -> str | None:
+        found = self.client.get_item(
+            TableName=self.table_name,
+            Key={"pk": {"S": f"CRED#{kind}#{hash_secret(secret)}"}, "sk": {"S": "CRED"}},
+        ).get("Item")
+        if not found or found.get("revoked", {}).get("BOOL"):
+            return None
+        return str(found["account_id"]["S"])
+
+    def account_id_for_login(self, username: str, password: str) -> str | None:
+        found = self.client.get_item(
+            TableName=self.table_name, Key={"pk": {"S": f"LOGIN#{username}"}, "sk": {"S": "LOGIN"}}
+        ).get("Item")
+        if not found:
+            # Spend the same time as a wrong password so the answer does not reveal which usernames exist.
+            verify_password(password, hash_password("x"))
+            return None
+        if not verify_password(password, found["password_hash"]["S"]):
+            return None
+        return str(found["account_id"]["S"])
+
+    def reserve_credits(self, account_id: str, amount: int) -> int:
+        try:
+            answer = self.client.update_item(
+                TableName=self.table_name,
+                Key={"pk": {"S": account_pk(account_id)}, "sk": {"S": "ACCOUNT"}},
+                UpdateExpression="SET credits = credits - :amount",
+                ConditionExpression="attribute_exists(pk) AND credits >= :amount",
+                ExpressionAttributeValues={":amount": {"N": str(amount)}},
+                ReturnValues="UPDATED_NEW",
+            )
+        except self.client.exceptions.ConditionalCheckFailedException as error:
+            raise InsufficientCredits(f"this send costs {amount} credits, more than the balance") from error
+        return int(answer["Attributes"]["credits"]["N"])
+
+    def refund_credits(self, account_id: str, amount: int) -> int:
+        answer = self.client.update_item(
+            TableName=self.table_name,
+            Key={"pk": {"S": account_pk(account_id)}, "sk": {"S": "ACCOUNT"}},
+            UpdateExpression="SET credits = credits + :amount",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeValues={":amount": {"N": str(amount)}},
+            ReturnValues="UPDATED_NEW",
+        )
+        return int(answer["Attributes"]["credits"]["N"])
+
+    # ---------------------------------------------------------------- batches and messages
+
+    def _expires_at(self, created_at: str) -> int:
+        created = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
+        return int((created + self._retention).timestamp())
+
+    def create_batch(self, batch: Batch, messages: Sequence[Message]) -> None:
+        expires_at = self._expires_at(batch.created_at)
+        batch_item = {
+            "pk": account_pk(batch.account_id),
+            "sk": batch_sk(batch.reference_id),
+            "expires_at": expires_at,
+            **batch.model_dump(mode="json"),
+        }
+        try:
+            self.client.put_item(
+                TableName=self.table_name,
+                Item=self._codec.dump(batch_item),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except self.client.exceptions.ConditionalCheckFailedException as error:
+            raise Conflict(f"batch {batch.reference_id} exists already") from error
+        requests = [
+            {"PutRequest": {"Item": self._codec.dump(self._message_item(message, expires_at))}}
+            for message in messages
+        ]
+        for start in range(0, len(requests), BATCH_WRITE_SIZE):
+            self._batch_write(requests[start : start + BATCH_WRITE_SIZE])
+
+    def _message_item(self, message: Message, expires_at: int) -> dict[str, Any]:
+        item = {
+            "pk": messages_pk(message.account_id, message.reference_id),
+            "sk": message_sk(message.message_id),
+            "expires_at": expires_at,
+            **message.model_dump(mode="json"),
+        }
+        if message.upstream and message.upstream_message_id:
+            item["upstream_key"] = upstream_key(message.upstream, message.upstream_message_id)
+        return item
+
+    def _batch_write(self, requests: list[dict[str, Any]]) -> None:
+        pending = {self.table_name: requests}
+        for attempt in range(_MAX_UNPROCESSED_ROUNDS):
+            pending = self.client.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+            if not pending:
+                return
+            time.sleep(min(0.05 * 2**attempt, 1.0))
+        raise RuntimeError(f"DynamoDB left {len(pending[self.table_name])} writes unprocessed")
+
+    def get_batch(self, account_id: str, reference_id: int) -> Batch | None:
+        found = self.client.get_item(
+            TableName=self.table_name,
+            Key={"pk": {"S": account_pk(account_id)}, "sk": {"S": batch_sk(reference_id)}},
+            ConsistentRead=True,
+        ).get("Item")
+        return Batch.model_validate(self._codec.load(found)) if found else None
+
+    def set_batch_status(self, account_id: str, reference_id: int, target: MessageStatus) -> bool:
+        previous = sorted(allowed_previous(target))
+        values = {f":p{i}": {"S": str(status)} for i, status in enumerate(previous)}
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key={"pk": {"S": account_pk(account_id)}, "sk": {"S": batch_sk(reference_id)}},
+                UpdateExpression="SET #status = :target",
+                ConditionExpression=f"#status IN ({', '.join(values)})",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={":target": {"S": str(target)}, **values},
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def list_messages(
+        self, account_id: str, reference_id: int, *, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[Message], str | None]:
+        query: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": messages_pk(account_id, reference_id)}},
+            "Limit": limit,
+        }
+        if cursor:
+            query["ExclusiveStartKey"] = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        answer = self.client.query(**query)
+        messages = [Message.model_validate(self._codec.load(item)) for item in answer.get("Items", [])]
+        last = answer.get("LastEvaluatedKey")
+        next_cursor = base64.urlsafe_b64encode(json.dumps(last).encode()).decode() if last else None
+        return messages, next_cursor
+
+    def iter_messages(self, account_id: str, reference_id: int) -> Iterator[Message]:
+        cursor: str | None = None
+        while True:
+            page, cursor = self.list_messages(account_id, reference_id, limit=1000, cursor=cursor)
+            yield from page
+            if cursor is None:
+                return
+
+    def get_messages(self, account_id: str, reference_id: int, message_ids: Sequence[int]) -> list[Message]:
+        found: list[Message] = []
+        for start in range(0, len(message_ids), BATCH_GET_SIZE):
+            keys = [
+                _key_of(MessageKey(account_id=account_id, reference_id=reference_id, message_id=message_id))
+                for message_id in message_ids[start : start + BATCH_GET_SIZE]
+            ]
+            pending: dict[str, Any] = {self.table_name: {"Keys": keys, "ConsistentRead": True}}
+            for attempt in range(_MAX_UNPROCESSED_ROUNDS):
+                answer = self.client.batch_get_item(RequestItems=pending)
+                found.extend(
+                    Message.model_validate(self._codec.load(item))
+                    for item in answer.get("Responses", {}).get(self.table_name, [])
+                )
+                pending = answer.get("UnprocessedKeys") or {}
+                if not pending:
+                    break
+                time.sleep(min(0.05 * 2**attempt, 1.0))
+        found.sort(key=lambda message: message.message_id)
+        return found
+
+    def claim_for_dispatch(self, key: MessageKey, *, now: datetime, lease_seconds: int) -> bool:
+        now_epoch = int(now.timestamp())
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=_key_of(key),
+                UpdateExpression="SET claim_until = :until ADD dispatch_attempts :one",
+                ConditionExpression=(
+                    "#status = :queued AND (attribute_not_exists(claim_until) OR claim_until < :now)"
+                ),
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":until": {"N": str(now_epoch + lease_seconds)},
+                    ":now": {"N": str(now_epoch)},
+                    ":one": {"N": "1"},
+                    ":queued": {"S": str(MessageStatus.QUEUED)},
+                },
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def release_claim(self, key: MessageKey) -> None:
+        with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=_key_of(key),
+                UpdateExpression="REMOVE claim_until",
+                ConditionExpression="#status = :queued",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={":queued": {"S": str(MessageStatus.QUEUED)}},
+            )
+
+    def transition(
+        self,
+        key: MessageKey,
+        target: MessageStatus,
+        *,
+        now: datetime,
+        upstream: str | None = None,
+        upstream_message_id: str | None = None,
+        error_code: str | None = None,
+        reported_at: str | None = None,
+    ) -> StatusChange | None:
+        previous = sorted(allowed_previous(target))
+        names = {"#status": "status", "#target": str(target)}
+        values: dict[str, Any] = {
+            ":target": {"S": str(target)},
+            ":now": {"S": iso(now)},
+            ":one": {"N": "1"},
+            **{f":p{i}": {"S": str(status)} for i, status in enumerate(previous)},
+        }
+        previous_names = ", ".join(f":p{i}" for i in range(len(previous)))
+        sets = [
+            "#status = :target",
+            "status_at.#target = :now",
+            "updated_at = :now",
+            "#sequence = #sequence + :one",
+        ]
+        names["#sequence"] = "sequence"
+        if upstream and upstream_message_id:
+            # The first upstream id wins: a DLR must not relabel a message another upstream accepted.
+            sets += [
+                "upstream = if_not_exists(upstream, :upstream)",
+                "upstream_message_id = if_not_exists(upstream_message_id, :upstream_id)",
+                "upstream_key = if_not_exists(upstream_key, :upstream_key)",
+            ]
+            values[":upstream"] = {"S": upstream}
+            values[":upstream_id"] = {"S": upstream_message_id}
+            values[":upstream_key"] = {"S": upstream_key(upstream, upstream_message_id)}
+        if error_code is not None:
+            sets.append("error_code = :error_code")
+            values[":error_code"] = {"S": error_code}
+        if reported_at is not None:
+            sets.append("reported_at = :reported_at")
+            values[":reported_at"] = {"S": reported_at}
+        try:
+            answer = self.client.update_item(
+                TableName=self.table_name,
+                Key=_key_of(key),
+                UpdateExpression=f"SET {', '.join(sets)} REMOVE claim_until",
+                ConditionExpression=f"attribute_exists(pk) AND #status IN ({previous_names})",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except self.client.exceptions.ConditionalCheckFailedException as error:
+            current = error.response.get("Item")
+            if not current:
+                return None
+            return StatusChange(message=Message.model_validate(self._codec.load(current)), changed=False)
+        return StatusChange(
+            message=Message.model_validate(self._codec.load(answer["Attributes"])), changed=True
+        )
+
+    def find_by_upstream_id(self, upstream: str, upstream_message_id: str) -> MessageKey | None:
+        answer = self.client.query(
+            TableName=self.table_name,
+            IndexName=UPSTREAM_INDEX,
+            KeyConditionExpression="upstream_key = :key",
+            ExpressionAttributeValues={":key": {"S": upstream_key(upstream, upstream_message_id)}},
+            Limit=1,
+        )
+        items = answer.get("Items", [])
+        if not items:
+            return None
+        return _message_key_from_item_keys(items[0]["pk"]["S"], items[0]["sk"]["S"])

@@ -1,0 +1,53 @@
+"""One pooled httpx client and one event loop per container thread, reused across invocations."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import httpx
+
+from sms_gateway.settings import get_settings
+
+T = TypeVar("T")
+_local = threading.local()
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        _local.loop = loop
+    return loop
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Runs a coroutine on this thread's long-lived loop: pooled connections survive between invocations."""
+    return _loop().run_until_complete(coroutine)
+
+
+def async_client() -> httpx.AsyncClient:
+    client: httpx.AsyncClient | None = getattr(_local, "client", None)
+    if client is None:
+        settings = get_settings()
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                settings.upstream_read_timeout, connect=settings.upstream_connect_timeout, pool=30.0
+            ),
+            limits=httpx.Limits(
+                max_connections=settings.dispatch_concurrency,
+                max_keepalive_connections=settings.dispatch_concurrency,
+            ),
+            follow_redirects=False,
+        )
+        _local.client = client
+    return client
+
+
+def close() -> None:
+    client: httpx.AsyncClient | None = getattr(_local, "client", None)
+    if client is not None:
+        run(client.aclose())
+        _local.client = None

@@ -1,0 +1,92 @@
+"""The local upstream simulator (a fake SMSC): JSON submits, HMAC-signed DLR and inbound callbacks."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+
+import httpx
+
+from sms_gateway.adapters.http import async_client
+from sms_gateway.domain.models import CallbackRequest, DeliveryReport, SubmitRequest, SubmitResult
+from sms_gateway.domain.status import MessageStatus
+from sms_gateway.errors import CallbackRejected, UpstreamError
+
+# SMPP-style final states as the simulator reports them (the same words Kannel and Jasmin use).
+DLR_STATUS = {
+    "DELIVRD": MessageStatus.DELIVERED,
+    "UNDELIV": MessageStatus.FAILED,
+    "EXPIRED": MessageStatus.EXPIRED,
+    "REJECTD": MessageStatus.REJECTED,
+    "DELETED": MessageStatus.FAILED,
+    "ACCEPTD": MessageStatus.SUBMITTED,
+    "ENROUTE": MessageStatus.SUBMITTED,
+}
+SIGNATURE_TOLERANCE_SECONDS = 300
+
+
+def signature(secret: str, timestamp: str, body: str) -> str:
+    return hmac.new(secret.encode(), f"{timestamp}.{body}".encode(), hashlib.sha256).hexdigest()
+
+
+class SimulatorProvider:
+    def __init__(self, *, name: str, url: str, secret: str, client: httpx.AsyncClient | None = None) -> None:
+        self.name = name
+        self.url = url.rstrip("/")
+        self._secret = secret
+        self._client = client
+
+    async def submit(self, request: SubmitRequest) -> SubmitResult:
+        client = self._client or async_client()
+        try:
+            response = await client.post(
+                f"{self.url}/sms/send",
+                json={
+                    "client_ref": request.client_ref,
+                    "from": request.sender,
+                    "to": request.msisdn.lstrip("+"),
+                    "text": request.text,
+                    "dlr_url": request.dlr_url,
+                },
+                headers={"Authorization": f"Bearer {self._secret}"},
+            )
+        except httpx.TimeoutException as error:
+            raise UpstreamError(f"{self.name} timed out", permanent=False) from error
+        except httpx.TransportError as error:
+            raise UpstreamError(f"{self.name} unreachable: {error}", permanent=False) from error
+        if response.status_code == 429 or response.status_code >= 500:
+            retry_after = response.headers.get("retry-after")
+            raise UpstreamError(
+                f"{self.name} answered {response.status_code}",
+                permanent=False,
+                retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+            )
+        if response.status_code >= 400:
+            raise UpstreamError(f"{self.name} refused the message: {response.text[:200]}", permanent=True)
+        return SubmitResult(upstream_message_id=str(response.json()["message_id"]))
+
+    def verify_callback(self, request: CallbackRequest) -> bool:
+        timestamp = request.headers.get("x-simulator-timestamp", "")
+        given = request.headers.get("x-simulator-signature", "")
+        if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > SIGNATURE_TOLERANCE_SECONDS:
+            return False
+        return hmac.compare_digest(signature(self._secret, timestamp, request.body), given)
+
+    def parse_delivery_reports(self, request: CallbackRequest) -> list[DeliveryReport]:
+        try:
+            payload = json.loads(request.body)
+            status = DLR_STATUS[str(payload["status"]).upper()]
+        except (ValueError, KeyError, TypeError) as error:
+            raise CallbackRejected(f"not a simulator DLR: {error}") from error
+        return [
+            DeliveryReport(
+                upstream=self.name,
+                upstream_message_id=payload.get("message_id"),
+                client_ref=payload.get("client_ref"),
+                status=status,
+                error_code=payload.get("error_code"),
+                reported_at=payload.get("done_at"),
+            )
+        ]

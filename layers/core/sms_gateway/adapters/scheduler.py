@@ -1,0 +1,64 @@
+"""EventBridge Scheduler adapter: one one-time schedule per scheduled batch."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sms_gateway.adapters import aws
+
+
+def schedule_name(account_id: str, reference_id: int) -> str:
+    return f"batch-{account_id}-{reference_id}"
+
+
+class EventBridgeBatchScheduler:
+    def __init__(
+        self,
+        *,
+        group_name: str,
+        target_arn: str,
+        role_arn: str,
+        dead_letter_arn: str | None = None,
+        client: Any | None = None,
+    ) -> None:
+        self.group_name = group_name
+        self.target_arn = target_arn
+        self.role_arn = role_arn
+        self.dead_letter_arn = dead_letter_arn
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = aws.client("scheduler")
+        return self._client
+
+    def schedule(self, account_id: str, reference_id: int, at: datetime) -> None:
+        target: dict[str, Any] = {
+            "Arn": self.target_arn,
+            "RoleArn": self.role_arn,
+            "Input": json.dumps({"account_id": account_id, "reference_id": reference_id}),
+            "RetryPolicy": {"MaximumRetryAttempts": 10, "MaximumEventAgeInSeconds": 3600},
+        }
+        if self.dead_letter_arn:
+            target["DeadLetterConfig"] = {"Arn": self.dead_letter_arn}
+        self.client.create_schedule(
+            Name=schedule_name(account_id, reference_id),
+            GroupName=self.group_name,
+            ScheduleExpression=f"at({at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S')})",
+            ScheduleExpressionTimezone="UTC",
+            FlexibleTimeWindow={"Mode": "OFF"},
+            ActionAfterCompletion="DELETE",
+            Target=target,
+        )
+
+    def cancel(self, account_id: str, reference_id: int) -> bool:
+        try:
+            self.client.delete_schedule(
+                Name=schedule_name(account_id, reference_id), GroupName=self.group_name
+            )
+        except self.client.exceptions.ResourceNotFoundException:
+            return False
+        return True

@@ -1,0 +1,58 @@
+"""SQS adapters: the FIFO dispatch queue (message group = account) and the notify queue."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sms_gateway.adapters import aws
+from sms_gateway.domain.models import DispatchCommand
+
+SEND_BATCH_SIZE = 10
+
+
+class _Queue:
+    def __init__(self, queue_url: str, *, client: Any | None = None) -> None:
+        self.queue_url = queue_url
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = aws.client("sqs")
+        return self._client
+
+    def _send(self, entries: Sequence[dict[str, Any]]) -> None:
+        """Sends in order, one SendMessageBatch call per 10 entries; any refused entry is an error."""
+        for start in range(0, len(entries), SEND_BATCH_SIZE):
+            chunk = entries[start : start + SEND_BATCH_SIZE]
+            numbered = [{**entry, "Id": str(i)} for i, entry in enumerate(chunk)]
+            answer = self.client.send_message_batch(QueueUrl=self.queue_url, Entries=numbered)
+            failed = answer.get("Failed") or []
+            if failed:
+                reasons = "; ".join(f"{f.get('Id')}: {f.get('Code')} {f.get('Message', '')}" for f in failed)
+                raise RuntimeError(f"SQS refused {len(failed)} entries: {reasons}")
+
+
+class SqsDispatchQueue(_Queue):
+    def enqueue(self, commands: Sequence[DispatchCommand]) -> None:
+        self._send(
+            [
+                {
+                    "MessageBody": command.model_dump_json(),
+                    # The account is the message group: its batches keep their order; others don't wait.
+                    "MessageGroupId": command.account_id,
+                    # Same batch and same first message = same record: a retried enqueue is dropped by SQS.
+                    "MessageDeduplicationId": f"{command.reference_id}-{command.message_ids[0]}",
+                }
+                for command in commands
+            ]
+        )
+
+
+class SqsNotifyQueue(_Queue):
+    """Client notifications (DLR callbacks, inbound SMS) for the notifier."""
+
+    def publish(self, notifications: Sequence[dict[str, Any]]) -> None:
+        self._send([{"MessageBody": json.dumps(n)} for n in notifications])

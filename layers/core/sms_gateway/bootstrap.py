@@ -1,0 +1,47 @@
+"""Wires the real adapters once per container; handlers and logic receive them, tests pass fakes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+from sms_gateway.adapters.dynamodb import DynamoStore
+from sms_gateway.adapters.scheduler import EventBridgeBatchScheduler
+from sms_gateway.adapters.sqs import SqsDispatchQueue, SqsNotifyQueue
+from sms_gateway.settings import Settings, get_settings
+
+
+@dataclass(frozen=True)
+class Gateway:
+    settings: Settings
+    store: DynamoStore
+    dispatch_queue: SqsDispatchQueue
+    notify_queue: SqsNotifyQueue
+    scheduler: EventBridgeBatchScheduler
+
+
+@cache
+def gateway() -> Gateway:
+    """Nothing here talks to AWS: clients are made on first use."""
+    settings = get_settings()
+    return Gateway(
+        settings=settings,
+        store=DynamoStore(settings.table_name, retention_days=settings.message_retention_days),
+        dispatch_queue=SqsDispatchQueue(settings.dispatch_queue_url),
+        notify_queue=SqsNotifyQueue(settings.notify_queue_url),
+        scheduler=EventBridgeBatchScheduler(
+            group_name=settings.schedule_group_name,
+            target_arn=settings.scheduled_dispatch_function_arn,
+            role_arn=settings.scheduler_role_arn,
+            dead_letter_arn=settings.schedule_dlq_arn or None,
+        ),
+    )
+
+
+def reset() -> None:
+    """For tests and the local stack: forget wiring made under another environment."""
+    from sms_gateway.adapters import aws
+
+    gateway.cache_clear()
+    get_settings.cache_clear()
+    aws.reset_clients()

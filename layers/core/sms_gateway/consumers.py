@@ -1,0 +1,92 @@
+"""The glue between the non-HTTP triggers (SQS records, schedules) and the use cases."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from sms_gateway.adapters import http
+from sms_gateway.adapters.providers import get_provider
+from sms_gateway.bootstrap import gateway
+from sms_gateway.domain.models import DispatchCommand, Message, utc_now
+from sms_gateway.logic.dispatch import DispatchDependencies, dispatch
+from sms_gateway.logic.notify import WebhookFailed, WebhookResponse, deliver
+from sms_gateway.logic.scheduled import release_scheduled_batch
+from sms_gateway.observability import logger, metrics
+from sms_gateway.ports import Provider
+
+
+class RetryLater(Exception):
+    """Raised for a record whose messages met a transient failure: the record goes back to the queue."""
+
+
+def _provider_for(_: Message) -> Provider:
+    # Routing by account, network and prefix comes with the route table; until then, the default upstream.
+    return get_provider(gateway().settings.default_upstream)
+
+
+def dispatch_record(record: SQSRecord) -> dict[str, Any]:
+    command = DispatchCommand.model_validate_json(record.body)
+    wiring = gateway()
+    deps = DispatchDependencies(
+        messages=wiring.store,
+        accounts=wiring.store,
+        provider_for=_provider_for,
+        callback_base_url=wiring.settings.callback_base_url,
+        clock=utc_now,
+        concurrency=wiring.settings.dispatch_concurrency,
+    )
+    outcome = http.run(dispatch(command, deps))
+    metrics.add_metric(name="MessagesSubmitted", unit="Count", value=outcome.submitted)
+    metrics.add_metric(name="MessagesFailed", unit="Count", value=outcome.failed)
+    logger.info(
+        "dispatch record processed",
+        extra={
+            "reference_id": command.reference_id,
+            "submitted": outcome.submitted,
+            "failed": outcome.failed,
+            "skipped": outcome.skipped,
+            "retry": len(outcome.retry),
+        },
+    )
+    if outcome.needs_retry:
+        raise RetryLater(
+            f"{len(outcome.retry)} messages of batch {command.reference_id} met transient failures"
+        )
+    return {"submitted": outcome.submitted}
+
+
+def release_schedule(event: dict[str, Any]) -> dict[str, Any]:
+    wiring = gateway()
+    released = release_scheduled_batch(
+        str(event["account_id"]),
+        int(event["reference_id"]),
+        messages=wiring.store,
+        queue=wiring.dispatch_queue,
+        clock=utc_now,
+    )
+    return {"released": released}
+
+
+async def _post(url: str, headers: dict[str, str], body: bytes) -> WebhookResponse:
+    import httpx
+
+    try:
+        response = await http.async_client().post(url, headers=headers, content=body)
+    except httpx.HTTPError as error:
+        raise WebhookFailed(f"client webhook unreachable: {error}") from error
+    retry_after = response.headers.get("retry-after")
+    return WebhookResponse(
+        status_code=response.status_code,
+        body=response.text,
+        retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+    )
+
+
+def notify_record(record: SQSRecord) -> dict[str, Any]:
+    notification = json.loads(record.body)
+    delivered = http.run(deliver(notification, gateway().store, _post))
+    metrics.add_metric(name="WebhooksDelivered", unit="Count", value=1 if delivered else 0)
+    return {"delivered": delivered}

@@ -1,0 +1,59 @@
+"""The `webhook` function's resolver: upstream DLR and inbound callbacks, verified per provider."""
+
+from __future__ import annotations
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+
+from sms_gateway.adapters.providers import get_provider
+from sms_gateway.bootstrap import gateway
+from sms_gateway.dialects.common import json_response, status_for
+from sms_gateway.domain.models import CallbackRequest, StatusChange, utc_now
+from sms_gateway.errors import GatewayError, NotFound, Unauthorized
+from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
+from sms_gateway.logic.notify import dlr_notification
+from sms_gateway.observability import logger, metrics
+
+app = APIGatewayHttpResolver()
+
+
+def _callback_request() -> CallbackRequest:
+    event = app.current_event
+    return CallbackRequest(
+        method=event.http_method,
+        url=f"https://{event.request_context.domain_name}{event.raw_path}",
+        headers={k.lower(): v for k, v in (event.headers or {}).items()},
+        query=dict(event.query_string_parameters or {}),
+        body=event.decoded_body or "",
+    )
+
+
+@app.route("/callbacks/<provider>/dlr", method=["GET", "POST"])
+def delivery_report(provider: str) -> Response:
+    try:
+        upstream = get_provider(provider)
+    except NotFound as error:
+        # An unknown provider name is answered like a failed signature: callers learn nothing about our setup.
+        raise Unauthorized("callback not verified") from error
+    wiring = gateway()
+
+    def queue_client_callback(change: StatusChange) -> None:
+        notification = dlr_notification(change)
+        if notification is not None:
+            wiring.notify_queue.publish([notification])
+
+    outcome = receive_delivery_reports(
+        upstream,
+        _callback_request(),
+        DeliveryDependencies(
+            messages=wiring.store, accounts=wiring.store, clock=utc_now, on_change=queue_client_callback
+        ),
+    )
+    metrics.add_metric(name="DeliveryReportsApplied", unit="Count", value=outcome.applied)
+    return json_response(200, {"status": "ok", "applied": outcome.applied, "unchanged": outcome.unchanged})
+
+
+@app.exception_handler(GatewayError)
+def gateway_error(error: GatewayError) -> Response:
+    logger.warning("callback refused", extra={"code": error.code, "reason": error.message})
+    status = status_for(error)
+    return json_response(status, {"status": "error", "message": error.message})

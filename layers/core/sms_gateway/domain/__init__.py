@@ -1,0 +1,1 @@
+"""The pure domain: numbers, networks, segments, ids and message states, with no I/O."""

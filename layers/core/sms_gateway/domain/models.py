@@ -1,0 +1,205 @@
+"""The gateway's records: accounts, batches, messages, and the commands and reports that move them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sms_gateway.domain.status import MessageStatus
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    """Timestamps travel as ISO 8601 UTC with microseconds and a Z, as the 9bits seed writes `sent_date`."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class DeliveryReportMode(StrEnum):
+    NONE = "none"
+    YES = "yes"
+
+
+class Account(Record):
+    account_id: str
+    name: str
+    credits: int = 0
+    default_country: str = "NG"
+    timezone: str = "Africa/Lagos"
+    senders: tuple[str, ...] = ()
+    partner_id: str = ""
+    dlr_url: str | None = None
+    inbound_url: str | None = None
+    # Clients authenticate our webhook calls with this token as a Bearer header, as the seeds show.
+    webhook_token: str = ""
+    rate_limit_per_second: int = 50
+    created_at: str = ""
+
+
+class Recipient(Record):
+    """A recipient after normalisation: E.164 number and its network."""
+
+    msisdn: str
+    telco: str | None = None
+    network_id: int = 0
+
+
+class SendCommand(Record):
+    """What every dialect's send request translates to."""
+
+    account_id: str
+    sender: str
+    text: str
+    recipients: tuple[Recipient, ...] = Field(min_length=1)
+    session_id: str | None = None
+    ref_id: str | None = None
+    sent_date: str | None = None
+    delivery_report: DeliveryReportMode = DeliveryReportMode.NONE
+    callback_url: str | None = None
+    send_at: datetime | None = None
+    route_tier: str = "N"
+    dialect: str = "9bits"
+
+
+class Batch(Record):
+    reference_id: int
+    account_id: str
+    sender: str
+    text: str
+    encoding: str
+    parts: int
+    recipients: int
+    cost: int = 0
+    status: MessageStatus
+    delivery_report: DeliveryReportMode = DeliveryReportMode.NONE
+    callback_url: str | None = None
+    session_id: str | None = None
+    ref_id: str | None = None
+    route_tier: str = "N"
+    dialect: str = "9bits"
+    created_at: str
+    send_at: str | None = None
+
+
+class MessageKey(Record):
+    """Locates a message without an index. Rendered as the client reference we give upstreams,
+    so that a DLR that echoes it finds the message with one key lookup."""
+
+    account_id: str
+    reference_id: int
+    message_id: int
+
+    def to_ref(self) -> str:
+        return f"{self.account_id}.{self.reference_id}.{self.message_id}"
+
+    @classmethod
+    def from_ref(cls, ref: str | None) -> MessageKey | None:
+        parts = (ref or "").split(".")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            return None
+        return cls(account_id=parts[0], reference_id=int(parts[1]), message_id=int(parts[2]))
+
+
+class Message(Record):
+    message_id: int
+    reference_id: int
+    account_id: str
+    msisdn: str
+    telco: str | None = None
+    network_id: int = 0
+    sender: str
+    text: str
+    encoding: str
+    parts: int
+    price: int = 0
+    status: MessageStatus
+    status_at: dict[str, str] = Field(default_factory=dict)
+    # Counts status changes so DLR callbacks can be ordered by the client.
+    sequence: int = 0
+    session_id: str | None = None
+    ref_id: str | None = None
+    sent_date: str | None = None
+    delivery_report: DeliveryReportMode = DeliveryReportMode.NONE
+    upstream: str | None = None
+    upstream_message_id: str | None = None
+    error_code: str | None = None
+    reported_at: str | None = None
+    created_at: str
+
+    @property
+    def key(self) -> MessageKey:
+        return MessageKey(
+            account_id=self.account_id, reference_id=self.reference_id, message_id=self.message_id
+        )
+
+
+class DispatchCommand(Record):
+    """One SQS record on the dispatch queue: up to 100 messages of one batch."""
+
+    account_id: str
+    reference_id: int
+    message_ids: tuple[int, ...] = Field(min_length=1, max_length=100)
+
+
+class SubmitRequest(Record):
+    client_ref: str
+    sender: str
+    msisdn: str
+    text: str
+    dlr_url: str | None = None
+
+
+class SubmitResult(Record):
+    upstream_message_id: str
+
+
+class DeliveryReport(Record):
+    """A DLR as an upstream told it, mapped to our status model."""
+
+    upstream: str
+    upstream_message_id: str | None = None
+    client_ref: str | None = None
+    status: MessageStatus
+    error_code: str | None = None
+    reported_at: str | None = None
+
+
+class StatusChange(Record):
+    """What a status write did: the message as it is now, and whether this write moved it."""
+
+    message: Message
+    changed: bool
+
+
+class CallbackRequest(Record):
+    """An upstream's HTTP callback as the webhook received it (header names lowercased)."""
+
+    method: str
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    query: dict[str, str] = Field(default_factory=dict)
+    body: str = ""
+
+
+class CredentialKind(StrEnum):
+    TOKEN = "token"  # noqa: S105 # 9bits and batches: Authorization: Bearer
+    APIKEY = "apikey"  # shortcode: apikey + partnerID
+    SESSION = "session"  # session-key dialect: user_key + Session_key after /login
+
+
+class Credentials(Record):
+    """Secrets as issued to a client, shown once; the store keeps only their hashes."""
+
+    token: str
+    apikey: str
+    partner_id: str
+    username: str
+    password: str

@@ -1,0 +1,160 @@
+"""Recipient numbers: what clients type, parsed into E.164 with its country and mobile network."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sms_gateway.domain.networks import network_id, telco_slug
+
+if TYPE_CHECKING:
+    from phonenumbers import PhoneNumber
+
+_DIGITS = frozenset("0123456789")
+_SEPARATORS = frozenset(" -.()")
+# E.164 allows 15 digits; "00" in front makes 17. Anything longer is refused before phonenumbers sees it.
+_MAX_DIGITS = 17
+
+
+@dataclass(frozen=True, slots=True)
+class Msisdn:
+    e164: str
+    country: str
+    telco: str | None
+    network_id: int
+
+    @property
+    def digits(self) -> str:
+        """E.164 without the '+', the way every output renders a number."""
+        return self.e164[1:]
+
+
+class InvalidMsisdn(ValueError):
+    def __init__(self, raw: str, reason: str) -> None:
+        # Both go to args so the exception survives pickling (multiprocessing, Lambda error payloads).
+        super().__init__(raw, reason)
+        self.raw = raw
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.raw!r} is not a valid phone number: {self.reason}"
+
+
+def parse_msisdn(raw: str, default_country: str = "NG") -> Msisdn:
+    """Parse an international (+, 00 or bare country code) or national number; raise InvalidMsisdn."""
+    outcome = _parse(raw, default_country)
+    if isinstance(outcome, str):
+        raise InvalidMsisdn(raw, outcome)
+    return outcome
+
+
+# Bulk sends repeat the same numbers. Rejections are cached as their reason rather than as an exception,
+# which would grow a longer traceback every time it was re-raised.
+@functools.lru_cache(maxsize=4096)
+def _parse(raw: str, default_country: str) -> Msisdn | str:
+    cleaned = _clean(raw)
+    if isinstance(cleaned, str):
+        return cleaned
+    digits, international = cleaned
+    region = default_country.upper()
+    if international:
+        return _resolve("+" + digits, None)
+    if digits.startswith("00"):
+        return _resolve("+" + digits[2:], None)
+    as_international = _resolve("+" + digits, None)
+    if isinstance(as_international, Msisdn):
+        return as_international
+    as_national = _resolve(digits, region)
+    if isinstance(as_national, Msisdn):
+        return as_national
+    # Explain the reading the client most likely meant: international when it starts with the country's code.
+    if _starts_with_calling_code(digits, region):
+        return as_international
+    return as_national
+
+
+def _clean(raw: str) -> tuple[str, bool] | str:
+    """The digits and whether a '+' led them, or why the text cannot be a phone number."""
+    text = raw.strip()
+    if not text:
+        return "empty"
+    if any(character.isalpha() for character in text):
+        return "contains letters"
+    international = False
+    digits: list[str] = []
+    for character in text:
+        if character in _DIGITS:
+            digits.append(character)
+        elif character == "+" and not digits and not international:
+            # Only before the first digit, so "(+234) 803 ..." reads as international.
+            international = True
+        elif character not in _SEPARATORS and not character.isspace():
+            return f"contains {character!r}"
+    if not digits:
+        return "empty"
+    if len(digits) > _MAX_DIGITS:
+        return "too long"
+    return "".join(digits), international
+
+
+def _resolve(number: str, region: str | None) -> Msisdn | str:
+    import phonenumbers
+
+    if region is not None and region not in phonenumbers.SUPPORTED_REGIONS:
+        return f"unknown default country {region}"
+    try:
+        parsed = phonenumbers.parse(number, region)
+    except phonenumbers.NumberParseException as error:
+        return _parse_error_reason(error)
+    if not phonenumbers.is_valid_number(parsed):
+        return _invalid_reason(parsed)
+    country = phonenumbers.region_code_for_number(parsed)
+    if not country or not country.isalpha():
+        # Non-geographic ranges (+800 freephone, +882 satellite, ...) have region "001" and take no SMS.
+        return "not a number in any country"
+    from phonenumbers import carrier
+
+    telco = telco_slug(country, carrier.name_for_number(parsed, "en"))
+    return Msisdn(
+        e164=phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164),
+        country=country,
+        telco=telco,
+        network_id=network_id(telco),
+    )
+
+
+def _parse_error_reason(error: Exception) -> str:
+    from phonenumbers import NumberParseException
+
+    kind = getattr(error, "error_type", None)
+    if kind == NumberParseException.INVALID_COUNTRY_CODE:
+        return "unknown country calling code"
+    if kind in (NumberParseException.TOO_SHORT_NSN, NumberParseException.TOO_SHORT_AFTER_IDD):
+        return "too short"
+    if kind == NumberParseException.TOO_LONG:
+        return "too long"
+    return "not a phone number"
+
+
+def _invalid_reason(parsed: PhoneNumber) -> str:
+    import phonenumbers
+    from phonenumbers import ValidationResult
+
+    calling_code = parsed.country_code or 0
+    possible = phonenumbers.is_possible_number_with_reason(parsed)
+    if possible == ValidationResult.INVALID_COUNTRY_CODE:
+        return f"unknown country calling code +{calling_code}"
+    if possible == ValidationResult.TOO_SHORT:
+        return "too short"
+    if possible == ValidationResult.TOO_LONG:
+        return "too long"
+    region = phonenumbers.region_code_for_country_code(calling_code)
+    return f"not a valid number for {region}"
+
+
+def _starts_with_calling_code(digits: str, region: str) -> bool:
+    import phonenumbers
+
+    code = phonenumbers.country_code_for_region(region)
+    return code != 0 and digits.startswith(str(code))

@@ -1,0 +1,91 @@
+"""SMS segmentation: GSM-7 or UCS-2, how many parts a text takes and where it is cut."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Encoding(StrEnum):
+    GSM7 = "GSM-7"
+    UCS2 = "UCS-2"
+
+
+@dataclass(frozen=True, slots=True)
+class Segmentation:
+    encoding: Encoding
+    parts: int
+    units: int
+    per_part: int
+    ucs2_characters: tuple[str, ...]
+
+
+# GSM 03.38 default alphabet in code order; 0x1B is the escape to the extension table, not a character.
+GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅå"
+    "Δ_ΦΓΛΩΠΨΣΘΞÆæßÉ"
+    " !\"#¤%&'()*+,-./"
+    "0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§"
+    "¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+# Sent as the escape septet followed by the character's code, so each costs two septets.
+GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
+
+GSM7_SINGLE, GSM7_MULTI = 160, 153
+UCS2_SINGLE, UCS2_MULTI = 70, 67
+
+
+def segment(text: str) -> Segmentation:
+    """How `text` is encoded and into how many parts; empty text still costs one part."""
+    encoding, ucs2_characters = _encoding(text)
+    units = sum(_cost(character, encoding) for character in text)
+    single, multi = _limits(encoding)
+    if units <= single:
+        return Segmentation(encoding, 1, units, single, ucs2_characters)
+    parts = sum(1 for _ in _cuts(text, encoding, multi))
+    return Segmentation(encoding, parts, units, multi, ucs2_characters)
+
+
+def split(text: str) -> list[str]:
+    """The texts of the parts, in order; joined they give back `text`."""
+    encoding, _ = _encoding(text)
+    single, multi = _limits(encoding)
+    if sum(_cost(character, encoding) for character in text) <= single:
+        return [text]
+    return [text[start:end] for start, end in _cuts(text, encoding, multi)]
+
+
+def _encoding(text: str) -> tuple[Encoding, tuple[str, ...]]:
+    # A dict keeps the first-appearance order and drops repeats.
+    outside = dict.fromkeys(
+        character for character in text if character not in GSM7_BASIC and character not in GSM7_EXTENSION
+    )
+    if outside:
+        return Encoding.UCS2, tuple(outside)
+    return Encoding.GSM7, ()
+
+
+def _limits(encoding: Encoding) -> tuple[int, int]:
+    return (GSM7_SINGLE, GSM7_MULTI) if encoding is Encoding.GSM7 else (UCS2_SINGLE, UCS2_MULTI)
+
+
+def _cost(character: str, encoding: Encoding) -> int:
+    if encoding is Encoding.GSM7:
+        return 2 if character in GSM7_EXTENSION else 1
+    # Outside the BMP a character is a surrogate pair: two UTF-16 code units.
+    return 2 if ord(character) > 0xFFFF else 1
+
+
+def _cuts(text: str, encoding: Encoding, limit: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of each part, filled greedily. Python strings index code points, so a character never
+    splits: an escape pair or surrogate pair that does not fit moves whole to the next part."""
+    start, used = 0, 0
+    for index, character in enumerate(text):
+        cost = _cost(character, encoding)
+        if used + cost > limit:
+            yield start, index
+            start, used = index, 0
+        used += cost
+    yield start, len(text)

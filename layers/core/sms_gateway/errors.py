@@ -1,0 +1,58 @@
+"""Domain errors with stable codes; each dialect maps them to its own wire format in one table."""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error a caller may see. `code` is stable: dialect tables key on it."""
+
+    code = "gateway_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Unauthorized(GatewayError):
+    code = "unauthorized"
+
+
+class InvalidRequest(GatewayError):
+    code = "invalid_request"
+
+
+class InvalidSender(GatewayError):
+    code = "invalid_sender"
+
+
+class InvalidRecipient(GatewayError):
+    code = "invalid_recipient"
+
+
+class InsufficientCredits(GatewayError):
+    code = "insufficient_credits"
+
+
+class NotFound(GatewayError):
+    code = "not_found"
+
+
+class Conflict(GatewayError):
+    code = "conflict"
+
+
+class UpstreamError(GatewayError):
+    """An upstream refused or failed a submit. `permanent` says whether a retry can help."""
+
+    code = "upstream_error"
+
+    def __init__(self, message: str, *, permanent: bool, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.retry_after = retry_after
+
+
+class CallbackRejected(GatewayError):
+    """An upstream callback failed verification or could not be parsed."""
+
+    code = "callback_rejected"

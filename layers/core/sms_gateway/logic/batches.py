@@ -1,0 +1,58 @@
+"""Reading batches and their delivery reports, scoped to the caller's account."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from sms_gateway.domain.models import Batch, Message
+from sms_gateway.errors import NotFound
+from sms_gateway.ports import MessageStore
+
+
+@dataclass(frozen=True)
+class BatchView:
+    batch: Batch
+    counts: dict[str, int]
+
+
+def parse_reference_id(raw: str) -> int:
+    if not raw.isdigit() or len(raw) > 19:
+        raise NotFound(f"no batch with reference_id {raw!r}")
+    return int(raw)
+
+
+def get_batch(store: MessageStore, account_id: str, reference_id: int) -> Batch:
+    # The account is part of the key: another account's reference_id is simply not found.
+    batch = store.get_batch(account_id, reference_id)
+    if batch is None:
+        raise NotFound(f"no batch with reference_id {reference_id}")
+    return batch
+
+
+def batch_view(store: MessageStore, account_id: str, reference_id: int) -> BatchView:
+    batch = get_batch(store, account_id, reference_id)
+    counts: Counter[str] = Counter()
+    cursor: str | None = None
+    while True:
+        page, cursor = store.list_messages(account_id, reference_id, limit=1000, cursor=cursor)
+        counts.update(str(message.status) for message in page)
+        if cursor is None:
+            break
+    return BatchView(batch=batch, counts=dict(counts))
+
+
+def delivery_reports(
+    store: MessageStore,
+    account_id: str,
+    reference_id: int,
+    *,
+    status: str | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Message], str | None]:
+    get_batch(store, account_id, reference_id)
+    page, next_cursor = store.list_messages(account_id, reference_id, limit=limit, cursor=cursor)
+    if status:
+        page = [message for message in page if message.status == status]
+    return page, next_cursor

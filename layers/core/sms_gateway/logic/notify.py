@@ -1,0 +1,85 @@
+"""Client notifications: what a status change or an inbound SMS looks like on the client's webhook."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sms_gateway.domain.models import Account, DeliveryReportMode, StatusChange
+from sms_gateway.errors import NotFound
+from sms_gateway.ports import AccountStore
+
+DLR = "dlr"
+
+
+def dlr_notification(change: StatusChange, callback_url: str | None = None) -> dict[str, Any] | None:
+    """The DLR callback of one status change, or None when the batch did not ask for delivery reports."""
+    message = change.message
+    if message.delivery_report != DeliveryReportMode.YES:
+        return None
+    return {
+        "kind": DLR,
+        "account_id": message.account_id,
+        "url": callback_url,
+        "payload": {
+            "type": "delivery report",
+            "message_id": str(message.message_id),
+            "reference_id": str(message.reference_id),
+            "ref_id": message.ref_id,
+            "session_id": message.session_id,
+            "from": message.sender,
+            "to": message.msisdn.lstrip("+"),
+            "telco": message.telco,
+            "status": str(message.status),
+            "error_code": message.error_code,
+            "parts": message.parts,
+            "status_at": message.status_at.get(str(message.status)),
+            "reported_at": message.reported_at,
+            "sequence": message.sequence,
+        },
+    }
+
+
+@dataclass(frozen=True)
+class WebhookResponse:
+    status_code: int
+    body: str
+    retry_after: float | None = None
+
+
+Post = Callable[[str, dict[str, str], bytes], Awaitable[WebhookResponse]]
+
+
+class WebhookFailed(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+def target_url(account: Account, notification: dict[str, Any]) -> str | None:
+    if notification.get("url"):
+        return str(notification["url"])
+    return account.dlr_url if notification["kind"] == DLR else account.inbound_url
+
+
+async def deliver(notification: dict[str, Any], accounts: AccountStore, post: Post) -> bool:
+    """POSTs one notification. The client must answer 2xx with valid JSON (the seeds require it);
+    anything else raises WebhookFailed so the record is retried. False when there is nowhere to send it."""
+    account = accounts.get_account(str(notification["account_id"]))
+    if account is None:
+        raise NotFound(f"account {notification['account_id']} no longer exists")
+    url = target_url(account, notification)
+    if not url:
+        return False
+    body = json.dumps(notification["payload"], separators=(",", ":")).encode()
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {account.webhook_token}"}
+    response = await post(url, headers, body)
+    if not 200 <= response.status_code < 300:
+        raise WebhookFailed(f"client webhook answered {response.status_code}", response.retry_after)
+    try:
+        json.loads(response.body)
+    except ValueError as error:
+        raise WebhookFailed("client webhook answered 2xx without valid JSON") from error
+    return True

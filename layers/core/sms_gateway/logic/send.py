@@ -1,0 +1,144 @@
+"""Accepting a send: price it, reserve credits, store the batch and its messages, queue or schedule it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sms_gateway.domain.ids import new_id
+from sms_gateway.domain.models import Account, Batch, DispatchCommand, Message, Recipient, SendCommand, iso
+from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
+from sms_gateway.domain.segments import segment
+from sms_gateway.domain.status import MessageStatus
+from sms_gateway.errors import InvalidRecipient, InvalidSender
+from sms_gateway.observability import logger
+from sms_gateway.ports import AccountStore, BatchScheduler, DispatchQueue, MessageStore
+
+DISPATCH_CHUNK = 100
+# A send_at closer than this is sent now: a schedule would fire about as late as the queue delivers.
+SCHEDULE_THRESHOLD = timedelta(minutes=1)
+PRICE_PER_PART = 1
+
+
+@dataclass(frozen=True)
+class Rejection:
+    raw: str
+    reason: str
+
+
+def normalise_recipients(
+    raw_numbers: Sequence[str], default_country: str
+) -> tuple[list[Recipient], list[Rejection]]:
+    """Each number parsed on its own: invalid ones are reported with a reason, never dropped silently.
+    A number given twice is sent once."""
+    accepted: dict[str, Recipient] = {}
+    rejected: list[Rejection] = []
+    for raw in raw_numbers:
+        try:
+            parsed = parse_msisdn(str(raw), default_country)
+        except InvalidMsisdn as error:
+            rejected.append(Rejection(raw=str(raw), reason=error.reason))
+            continue
+        accepted.setdefault(
+            parsed.e164, Recipient(msisdn=parsed.e164, telco=parsed.telco, network_id=parsed.network_id)
+        )
+    return list(accepted.values()), rejected
+
+
+def require_valid(rejected: Sequence[Rejection]) -> None:
+    if rejected:
+        listed = "; ".join(f"{r.raw!r}: {r.reason}" for r in rejected[:10])
+        more = f" (and {len(rejected) - 10} more)" if len(rejected) > 10 else ""
+        raise InvalidRecipient(f"invalid recipient number: {listed}{more}")
+
+
+@dataclass(frozen=True)
+class SendDependencies:
+    accounts: AccountStore
+    messages: MessageStore
+    dispatch_queue: DispatchQueue
+    scheduler: BatchScheduler
+
+
+def accept_send(account: Account, command: SendCommand, deps: SendDependencies, *, now: datetime) -> Batch:
+    if command.sender not in account.senders:
+        raise InvalidSender(f"sender {command.sender!r} is not registered for this account")
+    segmentation = segment(command.text)
+    price = segmentation.parts * PRICE_PER_PART
+    cost = price * len(command.recipients)
+    scheduled = command.send_at is not None and command.send_at - now > SCHEDULE_THRESHOLD
+    status = MessageStatus.SCHEDULED if scheduled else MessageStatus.QUEUED
+    created_at = iso(now)
+    status_at = {str(MessageStatus.ACCEPTED): created_at, str(status): created_at}
+    batch = Batch(
+        reference_id=new_id(),
+        account_id=account.account_id,
+        sender=command.sender,
+        text=command.text,
+        encoding=str(segmentation.encoding),
+        parts=segmentation.parts,
+        recipients=len(command.recipients),
+        cost=cost,
+        status=status,
+        delivery_report=command.delivery_report,
+        callback_url=command.callback_url,
+        session_id=command.session_id,
+        ref_id=command.ref_id,
+        route_tier=command.route_tier,
+        dialect=command.dialect,
+        created_at=created_at,
+        send_at=iso(command.send_at) if command.send_at else None,
+    )
+    messages = [
+        Message(
+            message_id=new_id(),
+            reference_id=batch.reference_id,
+            account_id=account.account_id,
+            msisdn=recipient.msisdn,
+            telco=recipient.telco,
+            network_id=recipient.network_id,
+            sender=command.sender,
+            text=command.text,
+            encoding=batch.encoding,
+            parts=segmentation.parts,
+            price=price,
+            status=status,
+            status_at=status_at,
+            sequence=1,
+            session_id=command.session_id,
+            ref_id=command.ref_id,
+            sent_date=command.sent_date,
+            delivery_report=command.delivery_report,
+            created_at=created_at,
+        )
+        for recipient in command.recipients
+    ]
+    deps.accounts.reserve_credits(account.account_id, cost)
+    try:
+        deps.messages.create_batch(batch, messages)
+        if scheduled:
+            assert command.send_at is not None
+            deps.scheduler.schedule(account.account_id, batch.reference_id, command.send_at)
+        else:
+            deps.dispatch_queue.enqueue(dispatch_commands(batch, [m.message_id for m in messages]))
+    except Exception:
+        # Nothing half-done stays charged: the batch is marked failed and its credits come back.
+        logger.exception(
+            "send could not be stored or queued; refunding", extra={"reference_id": batch.reference_id}
+        )
+        deps.messages.set_batch_status(account.account_id, batch.reference_id, MessageStatus.FAILED)
+        deps.accounts.refund_credits(account.account_id, cost)
+        raise
+    return batch
+
+
+def dispatch_commands(batch: Batch, message_ids: Sequence[int]) -> list[DispatchCommand]:
+    return [
+        DispatchCommand(
+            account_id=batch.account_id,
+            reference_id=batch.reference_id,
+            message_ids=tuple(message_ids[start : start + DISPATCH_CHUNK]),
+        )
+        for start in range(0, len(message_ids), DISPATCH_CHUNK)
+    ]

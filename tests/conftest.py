@@ -1,0 +1,57 @@
+"""Shared fixtures: sample events, and a moto-backed AWS built from template.yaml's own definitions."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EVENTS = REPO / "events"
+STACK = "sms-gateway-test"
+
+
+def load_event(name: str, **placeholders: str) -> dict[str, Any]:
+    """A sample event from events/, with `{PLACEHOLDER}` strings filled in."""
+    text = (EVENTS / name).read_text()
+    for key, value in placeholders.items():
+        text = text.replace("{" + key + "}", value)
+    return json.loads(text)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reaches a real AWS account by accident."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "SmsGateway")
+    monkeypatch.setenv("POWERTOOLS_LOG_LEVEL", "WARNING")
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """moto with the table, queues and schedule group that template.yaml defines, and the functions' env."""
+    from moto import mock_aws
+
+    from sms_gateway import bootstrap
+    from sms_gateway_tools.localstack.resources import create_resources
+
+    with mock_aws():
+        env = create_resources(
+            stack_name=STACK, simulator_url="http://127.0.0.1:9", api_url="http://127.0.0.1:8"
+        )
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        bootstrap.reset()
+        yield env
+        bootstrap.reset()
+    for key in env:
+        os.environ.pop(key, None)

@@ -1,0 +1,194 @@
+"""In-memory fakes of the ports, with the same conditional semantics as the DynamoDB adapter."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sms_gateway.domain.models import (
+    Account,
+    Batch,
+    CallbackRequest,
+    Credentials,
+    DeliveryReport,
+    DispatchCommand,
+    Message,
+    MessageKey,
+    StatusChange,
+    SubmitRequest,
+    SubmitResult,
+    iso,
+)
+from sms_gateway.domain.status import MessageStatus, allowed_previous
+from sms_gateway.errors import InsufficientCredits, UpstreamError
+
+
+class InMemoryStore:
+    def __init__(self) -> None:
+        self.accounts: dict[str, Account] = {}
+        self.credentials: dict[tuple[str, str], str] = {}
+        self.batches: dict[tuple[str, int], Batch] = {}
+        self.messages: dict[MessageKey, Message] = {}
+        self.claims: dict[MessageKey, float] = {}
+        self._lock = threading.Lock()
+
+    # accounts
+    def create_account(self, account: Account, credentials: Credentials) -> None:
+        self.accounts[account.account_id] = account
+        self.credentials[("token", credentials.token)] = account.account_id
+        self.credentials[("apikey", credentials.apikey)] = account.account_id
+
+    def get_account(self, account_id: str) -> Account | None:
+        return self.accounts.get(account_id)
+
+    def account_id_for_credential(self, kind: str, secret: str) -> str | None:
+        return self.credentials.get((kind, secret))
+
+    def reserve_credits(self, account_id: str, amount: int) -> int:
+        with self._lock:
+            account = self.accounts[account_id]
+            if account.credits < amount:
+                raise InsufficientCredits("not enough credits")
+            self.accounts[account_id] = account.model_copy(update={"credits": account.credits - amount})
+            return account.credits - amount
+
+    def refund_credits(self, account_id: str, amount: int) -> int:
+        with self._lock:
+            account = self.accounts[account_id]
+            self.accounts[account_id] = account.model_copy(update={"credits": account.credits + amount})
+            return account.credits + amount
+
+    # batches and messages
+    def create_batch(self, batch: Batch, messages: Sequence[Message]) -> None:
+        self.batches[(batch.account_id, batch.reference_id)] = batch
+        for message in messages:
+            self.messages[message.key] = message
+
+    def get_batch(self, account_id: str, reference_id: int) -> Batch | None:
+        return self.batches.get((account_id, reference_id))
+
+    def set_batch_status(self, account_id: str, reference_id: int, target: MessageStatus) -> bool:
+        batch = self.batches.get((account_id, reference_id))
+        if batch is None or batch.status not in allowed_previous(target):
+            return False
+        self.batches[(account_id, reference_id)] = batch.model_copy(update={"status": target})
+        return True
+
+    def list_messages(
+        self, account_id: str, reference_id: int, *, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[Message], str | None]:
+        found = sorted(
+            (
+                m
+                for k, m in self.messages.items()
+                if (k.account_id, k.reference_id) == (account_id, reference_id)
+            ),
+            key=lambda m: m.message_id,
+        )
+        start = int(cursor or 0)
+        page = found[start : start + limit]
+        return page, (str(start + limit) if start + limit < len(found) else None)
+
+    def get_messages(self, account_id: str, reference_id: int, message_ids: Sequence[int]) -> list[Message]:
+        keys = [
+            MessageKey(account_id=account_id, reference_id=reference_id, message_id=i) for i in message_ids
+        ]
+        return [self.messages[k] for k in keys if k in self.messages]
+
+    def claim_for_dispatch(self, key: MessageKey, *, now: datetime, lease_seconds: int) -> bool:
+        with self._lock:
+            message = self.messages.get(key)
+            if message is None or message.status != MessageStatus.QUEUED:
+                return False
+            if self.claims.get(key, 0) >= now.timestamp():
+                return False
+            self.claims[key] = now.timestamp() + lease_seconds
+            return True
+
+    def release_claim(self, key: MessageKey) -> None:
+        self.claims.pop(key, None)
+
+    def transition(
+        self,
+        key: MessageKey,
+        target: MessageStatus,
+        *,
+        now: datetime,
+        upstream: str | None = None,
+        upstream_message_id: str | None = None,
+        error_code: str | None = None,
+        reported_at: str | None = None,
+    ) -> StatusChange | None:
+        with self._lock:
+            message = self.messages.get(key)
+            if message is None:
+                return None
+            if message.status not in allowed_previous(target):
+                return StatusChange(message=message, changed=False)
+            update: dict[str, Any] = {
+                "status": target,
+                "status_at": {**message.status_at, str(target): iso(now)},
+                "sequence": message.sequence + 1,
+            }
+            if upstream and upstream_message_id and not message.upstream_message_id:
+                update |= {"upstream": upstream, "upstream_message_id": upstream_message_id}
+            if error_code is not None:
+                update["error_code"] = error_code
+            if reported_at is not None:
+                update["reported_at"] = reported_at
+            self.messages[key] = message.model_copy(update=update)
+            self.claims.pop(key, None)
+            return StatusChange(message=self.messages[key], changed=True)
+
+    def find_by_upstream_id(self, upstream: str, upstream_message_id: str) -> MessageKey | None:
+        for key, message in self.messages.items():
+            if (message.upstream, message.upstream_message_id) == (upstream, upstream_message_id):
+                return key
+        return None
+
+
+class RecordingQueue:
+    def __init__(self, fail: bool = False) -> None:
+        self.commands: list[DispatchCommand] = []
+        self.fail = fail
+
+    def enqueue(self, commands: Sequence[DispatchCommand]) -> None:
+        if self.fail:
+            raise RuntimeError("queue unavailable")
+        self.commands.extend(commands)
+
+
+class RecordingScheduler:
+    def __init__(self) -> None:
+        self.scheduled: dict[tuple[str, int], datetime] = {}
+
+    def schedule(self, account_id: str, reference_id: int, at: datetime) -> None:
+        self.scheduled[(account_id, reference_id)] = at
+
+    def cancel(self, account_id: str, reference_id: int) -> bool:
+        return self.scheduled.pop((account_id, reference_id), None) is not None
+
+
+class FakeProvider:
+    """Accepts submits (or fails them as told); verifies callbacks by a shared token header."""
+
+    def __init__(self, name: str = "fake", token: str = "s3cret") -> None:
+        self.name = name
+        self.token = token
+        self.submits: list[SubmitRequest] = []
+        self.failure: UpstreamError | None = None
+        self.reports: list[DeliveryReport] = []
+
+    async def submit(self, request: SubmitRequest) -> SubmitResult:
+        self.submits.append(request)
+        if self.failure is not None:
+            raise self.failure
+        return SubmitResult(upstream_message_id=f"up-{len(self.submits)}")
+
+    def verify_callback(self, request: CallbackRequest) -> bool:
+        return request.headers.get("x-token") == self.token
+
+    def parse_delivery_reports(self, request: CallbackRequest) -> list[DeliveryReport]:
+        return list(self.reports)

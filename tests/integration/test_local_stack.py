@@ -1,0 +1,428 @@
+"""The local stack with injected fake handlers: the API Gateway v2 bridge, SQS pollers, the scheduler loop."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sms_gateway_tools.localstack import LocalStack, read_stack_file
+
+pytestmark = pytest.mark.timeout(90)
+
+
+class Fakes:
+    """Handler callables standing in for the real functions; every call is recorded."""
+
+    def __init__(self) -> None:
+        self.api_events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.webhook_events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.dispatched: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.scheduled: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.contexts: queue.Queue[Any] = queue.Queue()
+        self.dispatch_batches: list[dict[str, Any]] = []
+
+    def api(self, event: dict[str, Any], context: Any) -> Any:
+        self.api_events.put(event)
+        self.contexts.put(context)
+        path = event["rawPath"]
+        if path.endswith("/boom"):
+            raise RuntimeError("boom")
+        if path.endswith("/plain"):
+            return {"hello": "world"}
+        return {
+            "statusCode": 201,
+            "headers": {"Content-Type": "application/octet-stream", "X-Request-Route": event["routeKey"]},
+            "cookies": ["session=abc; Path=/", "theme=dark"],
+            "body": base64.b64encode(b"\x00\x01binary\xff").decode(),
+            "isBase64Encoded": True,
+        }
+
+    def webhook(self, event: dict[str, Any], context: Any) -> Any:
+        self.webhook_events.put(event)
+        return {"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": '{"ok":true}'}
+
+    def dispatcher(self, event: dict[str, Any], context: Any) -> Any:
+        self.dispatch_batches.append(event)
+        failures = []
+        for record in event["Records"]:
+            self.dispatched.put(record)
+            if (
+                record["body"].startswith("fail-once")
+                and record["attributes"]["ApproximateReceiveCount"] == "1"
+            ):
+                failures.append({"itemIdentifier": record["messageId"]})
+        return {"batchItemFailures": failures}
+
+    def scheduled_dispatch(self, event: dict[str, Any], context: Any) -> Any:
+        self.scheduled.put(event)
+        if event.get("fail"):
+            raise RuntimeError("cannot release this batch")
+        return {"released": True}
+
+
+def drain(found: queue.Queue[Any], seconds: float) -> list[Any]:
+    """Everything that arrives on `found` within `seconds`."""
+    items: list[Any] = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            items.append(found.get(timeout=left))
+        except queue.Empty:
+            break
+    return items
+
+
+def port_is_closed(url: str) -> bool:
+    host, port = url.removeprefix("http://").split("/")[0].split(":")
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex((host, int(port))) != 0
+
+
+def test_start_and_stop_leave_nothing_behind(tmp_path: Path) -> None:
+    # Given a process with no local stack
+    before = set(threading.enumerate())
+    saved_env = dict(os.environ)
+
+    # When a stack is started on free ports and stopped again
+    with LocalStack(port=0, functions={"ApiFunction": Fakes().api}, state_dir=tmp_path) as stack:
+        urls = [stack.api_url, stack.simulator_url, stack.moto_endpoint]
+        assert httpx.get(f"{stack.api_url}/login", timeout=5).status_code == 201
+        state = read_stack_file(tmp_path)
+        assert state is not None
+        assert state["api_url"] == stack.api_url
+        assert state["env"]["TABLE_NAME"] == os.environ["TABLE_NAME"]
+
+    # Then its ports are closed, its threads are gone, the state file is removed and the environment restored
+    assert all(port_is_closed(url) for url in urls)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        left = [
+            t for t in set(threading.enumerate()) - before if not t.daemon or t.name.startswith("localstack")
+        ]
+        if not left:
+            break
+        time.sleep(0.1)
+    assert left == []
+    assert read_stack_file(tmp_path) is None
+    assert dict(os.environ) == saved_env
+
+
+@pytest.fixture(scope="module")
+def fakes() -> Fakes:
+    return Fakes()
+
+
+@pytest.fixture(scope="module")
+def stack(fakes: Fakes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    functions = {
+        "ApiFunction": fakes.api,
+        "WebhookFunction": fakes.webhook,
+        "DispatcherFunction": fakes.dispatcher,
+        "ScheduledDispatchFunction": fakes.scheduled_dispatch,
+    }
+    with LocalStack(
+        port=0, functions=functions, state_dir=tmp_path_factory.mktemp("local"), scheduler_interval=0.2
+    ) as started:
+        yield started
+
+
+def test_environment_points_the_functions_at_moto(stack: LocalStack) -> None:
+    # Given a running stack, Then the functions' environment names its resources in moto
+    env = stack.env
+    assert env["AWS_ENDPOINT_URL"] == stack.moto_endpoint
+    assert env["STAGE"] == "local"
+    assert env["CALLBACK_BASE_URL"] == stack.api_url
+    assert env["DISPATCH_QUEUE_URL"].endswith(".fifo")
+    assert env["SCHEDULED_DISPATCH_FUNCTION_ARN"] == stack.function_arn("ScheduledDispatchFunction")
+    assert env["SCHEDULE_DLQ_ARN"].startswith("arn:aws:sqs:us-east-1:")
+    stack.client("dynamodb").describe_table(TableName=env["TABLE_NAME"])
+    # And the simulator's configuration is in Parameter Store, as the provider registry reads it
+    parameter = stack.client("ssm").get_parameter(
+        Name=f"{env['UPSTREAM_PARAMETER_PREFIX']}simulator", WithDecryption=True
+    )["Parameter"]
+    assert parameter["Type"] == "SecureString"
+    assert json.loads(parameter["Value"])["url"] == stack.simulator_url
+
+
+def test_http_request_becomes_a_v2_event_and_the_result_a_response(stack: LocalStack, fakes: Fakes) -> None:
+    # When a client posts JSON with repeated query parameters, custom headers and cookies
+    response = httpx.post(
+        f"{stack.api_url}/ng/v1/sendsms?tag=a&tag=b&empty=&q=hello%20world",
+        content=b'{"to": "2348020000000"}',
+        headers=[
+            ("Content-Type", "application/json"),
+            ("X-Custom", "one"),
+            ("X-Custom", "two"),
+            ("Authorization", "Bearer t0ken"),
+            ("Cookie", "c1=v1; c2=v2"),
+        ],
+        timeout=10,
+    )
+
+    # Then the function got an API Gateway HTTP API payload v2.0 event
+    event = fakes.api_events.get(timeout=5)
+    assert event["version"] == "2.0"
+    assert event["routeKey"] == "POST /ng/v1/sendsms"
+    assert event["rawPath"] == "/ng/v1/sendsms"
+    assert event["rawQueryString"] == "tag=a&tag=b&empty=&q=hello%20world"
+    assert event["queryStringParameters"] == {"tag": "a,b", "empty": "", "q": "hello world"}
+    assert event["headers"]["x-custom"] == "one,two"
+    assert event["headers"]["authorization"] == "Bearer t0ken"
+    assert event["headers"]["content-type"] == "application/json"
+    assert all(name == name.lower() for name in event["headers"])
+    assert "cookie" not in event["headers"]
+    assert event["cookies"] == ["c1=v1", "c2=v2"]
+    assert event["body"] == '{"to": "2348020000000"}'
+    assert event["isBase64Encoded"] is False
+    assert "pathParameters" not in event
+    assert "stageVariables" not in event
+    context = event["requestContext"]
+    assert context["http"]["method"] == "POST"
+    assert context["http"]["path"] == "/ng/v1/sendsms"
+    assert context["http"]["sourceIp"] == "127.0.0.1"
+    assert context["routeKey"] == "POST /ng/v1/sendsms"
+    assert context["stage"] == "$default"
+    assert abs(context["timeEpoch"] / 1000 - time.time()) < 30
+    lambda_context = fakes.contexts.get(timeout=1)
+    assert lambda_context.function_name.startswith(stack.stack_name)
+    assert lambda_context.invoked_function_arn == stack.function_arn("ApiFunction")
+    assert 0 < lambda_context.get_remaining_time_in_millis() <= 29_000
+
+    # And the function's dict result became the HTTP response, its base64 body decoded
+    assert response.status_code == 201
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert response.headers["x-request-route"] == "POST /ng/v1/sendsms"
+    assert response.headers.get_list("set-cookie") == ["session=abc; Path=/", "theme=dark"]
+    assert response.content == b"\x00\x01binary\xff"
+
+
+def test_path_parameters_and_binary_bodies(stack: LocalStack, fakes: Fakes) -> None:
+    # When an upstream posts a form to a route with a path parameter
+    response = httpx.post(
+        f"{stack.api_url}/callbacks/simulator/dlr",
+        data={"id": "42", "stat": "DELIVRD"},
+        timeout=10,
+    )
+
+    # Then the parameter is in pathParameters and the form body arrives base64-encoded, as on AWS
+    event = fakes.webhook_events.get(timeout=5)
+    assert response.status_code == 200
+    assert response.json() == {"ok": True}
+    assert event["routeKey"] == "POST /callbacks/{provider}/dlr"
+    assert event["pathParameters"] == {"provider": "simulator"}
+    assert event["isBase64Encoded"] is True
+    assert base64.b64decode(event["body"]) == b"id=42&stat=DELIVRD"
+
+
+def test_greedy_path_and_plain_results(stack: LocalStack, fakes: Fakes) -> None:
+    # When a route with {proxy+} is called and the function returns a plain dict
+    response = httpx.get(f"{stack.api_url}/v1/accounts/me/plain", timeout=10)
+
+    # Then the greedy parameter holds the rest of the path and the dict is the JSON body
+    event = fakes.api_events.get(timeout=5)
+    assert event["routeKey"] == "ANY /v1/{proxy+}"
+    assert event["pathParameters"] == {"proxy": "accounts/me/plain"}
+    assert "body" not in event
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"hello": "world"}
+
+
+def test_unknown_route_is_404_and_a_failing_handler_500(stack: LocalStack) -> None:
+    # When no route matches
+    missing = httpx.get(f"{stack.api_url}/no/such/route", timeout=10)
+    # Then API Gateway's 404 comes back
+    assert missing.status_code == 404
+    assert missing.json() == {"message": "Not Found"}
+
+    # When the handler raises
+    failed = httpx.get(f"{stack.api_url}/v1/boom", timeout=10)
+    # Then API Gateway's 500 comes back
+    assert failed.status_code == 500
+    assert failed.json() == {"message": "Internal Server Error"}
+
+
+def test_sqs_messages_reach_the_dispatcher_with_partial_batch_failures(
+    stack: LocalStack, fakes: Fakes
+) -> None:
+    # Given the dispatch queue with a short visibility timeout, so a failed record returns quickly
+    sqs = stack.client("sqs")
+    queue_url = stack.env["DISPATCH_QUEUE_URL"]
+    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"VisibilityTimeout": "1"})
+    run = uuid.uuid4().hex[:8]
+
+    # When three messages are sent, one of which the dispatcher reports as failed on its first delivery
+    bodies = [f"ok-1-{run}", f"fail-once-{run}", f"ok-2-{run}"]
+    for index, body in enumerate(bodies):
+        sqs.send_message(
+            QueueUrl=queue_url,
+            MessageBody=body,
+            MessageGroupId=f"account-{run}-{index}",
+            MessageDeduplicationId=f"{run}-{index}",
+            MessageAttributes={"kind": {"DataType": "String", "StringValue": "dispatch"}},
+        )
+
+    # Then each arrives as a Lambda SQS record, and the failed one arrives a second time
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and sum(r["body"] == bodies[1] for r in seen) < 2:
+        seen.extend(drain(fakes.dispatched, 0.5))
+    counts = {body: sum(r["body"] == body for r in seen) for body in bodies}
+    assert counts == {bodies[0]: 1, bodies[1]: 2, bodies[2]: 1}
+
+    record = next(r for r in seen if r["body"] == bodies[0])
+    assert record["eventSource"] == "aws:sqs"
+    assert record["eventSourceARN"].endswith(":sms-gateway-local-dispatch.fifo")
+    assert record["awsRegion"] == "us-east-1"
+    assert record["attributes"]["MessageGroupId"] == f"account-{run}-0"
+    assert record["attributes"]["MessageDeduplicationId"] == f"{run}-0"
+    assert record["attributes"]["ApproximateReceiveCount"] == "1"
+    assert {"SentTimestamp", "SenderId", "ApproximateFirstReceiveTimestamp", "SequenceNumber"} <= set(
+        record["attributes"]
+    )
+    assert record["messageAttributes"]["kind"] == {
+        "stringValue": "dispatch",
+        "stringListValues": [],
+        "binaryListValues": [],
+        "dataType": "String",
+    }
+    assert record["md5OfBody"]
+    retried = [r for r in seen if r["body"] == bodies[1]]
+    assert retried[1]["attributes"]["ApproximateReceiveCount"] == "2"
+    assert retried[0]["messageId"] == retried[1]["messageId"]
+
+    # And every message is deleted once it succeeded
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        attributes = sqs.get_queue_attributes(
+            QueueUrl=queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        if attributes == {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesNotVisible": "0"}:
+            break
+        time.sleep(0.2)
+    assert attributes == {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesNotVisible": "0"}
+    assert drain(fakes.dispatched, 1.5) == []
+
+
+def _at(moment: datetime) -> str:
+    return f"at({moment.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S')})"
+
+
+def test_due_schedule_fires_once_and_is_deleted(stack: LocalStack, fakes: Fakes) -> None:
+    # Given one-time schedules two seconds and an hour ahead, both at the scheduled-dispatch function
+    scheduler = stack.client("scheduler")
+    group = stack.env["SCHEDULE_GROUP_NAME"]
+    now = datetime.now(UTC)
+    common = {
+        "GroupName": group,
+        "ScheduleExpressionTimezone": "UTC",
+        "FlexibleTimeWindow": {"Mode": "OFF"},
+        "ActionAfterCompletion": "DELETE",
+    }
+    target = {"Arn": stack.env["SCHEDULED_DISPATCH_FUNCTION_ARN"], "RoleArn": stack.env["SCHEDULER_ROLE_ARN"]}
+    scheduler.create_schedule(
+        Name="soon",
+        ScheduleExpression=_at(now + timedelta(seconds=2)),
+        Target={**target, "Input": json.dumps({"account_id": "a-1", "reference_id": 7})},
+        **common,
+    )
+    scheduler.create_schedule(
+        Name="later",
+        ScheduleExpression=_at(now + timedelta(hours=1)),
+        Target={**target, "Input": json.dumps({"account_id": "a-1", "reference_id": 8})},
+        **common,
+    )
+
+    # When its time comes
+    fired = fakes.scheduled.get(timeout=10)
+
+    # Then the function got the schedule's Input as its event, once, and the schedule is gone
+    assert fired == {"account_id": "a-1", "reference_id": 7}
+    assert drain(fakes.scheduled, 1.5) == []
+    with pytest.raises(scheduler.exceptions.ResourceNotFoundException):
+        scheduler.get_schedule(GroupName=group, Name="soon")
+    # And the future one waits
+    assert scheduler.get_schedule(GroupName=group, Name="later")["State"] == "ENABLED"
+    scheduler.delete_schedule(GroupName=group, Name="later")
+
+
+def test_failing_schedule_is_retried_then_dead_lettered(stack: LocalStack, fakes: Fakes) -> None:
+    # Given a due schedule whose target fails every time, with one retry and a dead-letter queue
+    scheduler = stack.client("scheduler")
+    group = stack.env["SCHEDULE_GROUP_NAME"]
+    dlq_arn = stack.env["SCHEDULE_DLQ_ARN"]
+    payload = json.dumps({"account_id": "a-2", "reference_id": 9, "fail": True})
+    scheduler.create_schedule(
+        Name="failing",
+        GroupName=group,
+        ScheduleExpression=_at(datetime.now(UTC) - timedelta(seconds=1)),
+        FlexibleTimeWindow={"Mode": "OFF"},
+        ActionAfterCompletion="DELETE",
+        Target={
+            "Arn": stack.env["SCHEDULED_DISPATCH_FUNCTION_ARN"],
+            "RoleArn": stack.env["SCHEDULER_ROLE_ARN"],
+            "Input": payload,
+            "RetryPolicy": {"MaximumRetryAttempts": 1, "MaximumEventAgeInSeconds": 60},
+            "DeadLetterConfig": {"Arn": dlq_arn},
+        },
+    )
+
+    # When the loop has fired it
+    attempts = [fakes.scheduled.get(timeout=10), fakes.scheduled.get(timeout=10)]
+
+    # Then it was tried twice, its Input went to the dead-letter queue and the schedule was deleted
+    assert attempts == [json.loads(payload)] * 2
+    sqs = stack.client("sqs")
+    dlq_url = sqs.get_queue_url(QueueName=dlq_arn.rsplit(":", 1)[1])["QueueUrl"]
+    messages = sqs.receive_message(QueueUrl=dlq_url, WaitTimeSeconds=5, MessageAttributeNames=["All"])[
+        "Messages"
+    ]
+    assert messages[0]["Body"] == payload
+    assert messages[0]["MessageAttributes"]["ERROR_CODE"]["StringValue"] == "RuntimeError"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        names = [s["Name"] for s in scheduler.list_schedules(GroupName=group)["Schedules"]]
+        if "failing" not in names:
+            break
+        time.sleep(0.1)
+    assert "failing" not in names
+    assert drain(fakes.scheduled, 1.0) == []
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        (None, set()),
+        ({}, set()),
+        ({"batchItemFailures": None}, set()),
+        ({"batchItemFailures": []}, set()),
+        ({"batchItemFailures": [{"itemIdentifier": "m-2"}]}, {"m-2"}),
+        ({"batchItemFailures": [{"itemIdentifier": ""}]}, None),
+        ({"batchItemFailures": [{"itemIdentifier": None}]}, None),
+        ({"batchItemFailures": [{"itemIdentifier": "not-in-batch"}]}, None),
+        ({"batchItemFailures": [{"id": "m-1"}]}, None),
+        ({"batchItemFailures": "m-1"}, None),
+        ("ok", None),
+    ],
+)
+def test_partial_batch_response_follows_lambda(response: Any, expected: set[str] | None) -> None:
+    # Given a batch of two messages, When the handler answers `response`,
+    # Then these records are kept (None: the whole batch is retried)
+    from sms_gateway_tools.localstack.sqs_poller import failed_message_ids
+
+    assert failed_message_ids(response, ["m-1", "m-2"]) == expected

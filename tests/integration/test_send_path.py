@@ -1,0 +1,246 @@
+"""The 9bits send path through the real handlers on moto: accept, dispatch, DLR, read back."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import REPO, load_event
+
+
+class FakeContext:
+    function_name = "test"
+    function_version = "$LATEST"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:test"
+    memory_limit_in_mb = 256
+    aws_request_id = "req-1"
+    log_group_name = "/aws/lambda/test"
+    log_stream_name = "stream"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+def load_function(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"fn_{name}", Path(REPO, "functions", name, "app.py"))
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def account(aws: dict[str, str]) -> dict[str, Any]:
+    from sms_gateway_tools.admin import create_account
+
+    return create_account(name="Cinema Club", senders=["48974"], credits=100)
+
+
+@pytest.fixture
+def api(aws: dict[str, str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    module = load_function("api")
+    return lambda event: module.handler(event, FakeContext())
+
+
+def send_event(token: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    event = load_event("api-sendsms-9bits.json", YOUR_API_Token=token)
+    if body is not None:
+        event["body"] = json.dumps(body)
+    return event
+
+
+def queued_records(env: dict[str, str]) -> list[dict[str, Any]]:
+    import boto3
+
+    sqs = boto3.client("sqs")
+    answer = sqs.receive_message(
+        QueueUrl=env["DISPATCH_QUEUE_URL"], MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
+    )
+    return answer.get("Messages", [])
+
+
+def balance(account_id: str) -> int:
+    from sms_gateway.bootstrap import gateway
+
+    found = gateway().store.get_account(account_id)
+    assert found is not None
+    return found.credits
+
+
+def test_seed_one_send_is_accepted_stored_charged_and_queued(aws, account, api):
+    # Given the 9bits seed's request body and a valid token
+    # When it is posted
+    response = api(send_event(account["token"]))
+    # Then the answer is the batches seed's shape
+    assert response["statusCode"] == 200
+    body = json.loads(response["body"])
+    assert body["status_code"] == 200
+    assert body["message"] == "request is being processed"
+    assert body["recipients_processed"] == 1
+    assert body["reference_id"].isdigit()
+    # And one credit is taken for the one-part message
+    assert balance(account["account_id"]) == 99
+    # And one dispatch record is queued in the account's message group
+    records = queued_records(aws)
+    assert len(records) == 1
+    assert records[0]["Attributes"]["MessageGroupId"] == account["account_id"]
+    command = json.loads(records[0]["Body"])
+    assert command["reference_id"] == int(body["reference_id"])
+    assert len(command["message_ids"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "fragment"),
+    [
+        ({"authorization": "Bearer wrong"}, None, 401, "invalid credentials"),
+        ({"authorization": ""}, None, 401, "Bearer"),
+        (None, {"from": "48974", "to": "12", "message": "hi"}, 400, "invalid recipient"),
+        (None, {"from": "NOTMINE", "to": "2348020000000", "message": "hi"}, 400, "not registered"),
+        (None, {"from": "48974", "to": "2348020000000"}, 400, "exactly one of"),
+        (None, {"from": "48974", "to": "2348020000000", "message": "a", "body": "b"}, 400, "exactly one of"),
+        (None, {"to": "2348020000000", "message": "hi"}, 400, "from"),
+    ],
+)
+def test_bad_requests_get_a_clear_error_and_change_nothing(
+    aws, account, api, headers, body, status, fragment
+):
+    # Given a request that is wrong in one way
+    event = send_event(account["token"], body)
+    if headers is not None:
+        event["headers"].update(headers)
+    # When it is posted
+    response = api(event)
+    # Then the status and message say what is wrong, in the 9bits shape
+    assert response["statusCode"] == status
+    answer = json.loads(response["body"])
+    assert answer["status_code"] == status
+    assert fragment in answer["message"]
+    # And nothing was charged or queued
+    assert balance(account["account_id"]) == 100
+    assert queued_records(aws) == []
+
+
+def test_a_send_beyond_the_balance_is_refused_with_402(aws, account, api):
+    numbers = [f"234802000{i:04d}" for i in range(101)]
+    response = api(send_event(account["token"], {"from": "48974", "to": numbers, "body": "hello"}))
+    assert response["statusCode"] == 402
+    assert balance(account["account_id"]) == 100
+    assert queued_records(aws) == []
+
+
+def test_invalid_json_body_is_a_400(aws, account, api):
+    event = send_event(account["token"])
+    event["body"] = "{not json"
+    response = api(event)
+    assert response["statusCode"] == 400
+    assert "not valid JSON" in json.loads(response["body"])["message"]
+
+
+class RecordingUpstream:
+    """An upstream speaking the simulator's protocol through httpx.MockTransport."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.submits: list[dict[str, Any]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        payload = json.loads(request.content)
+        self.submits.append(payload)
+        if self.status != 200:
+            return httpx.Response(self.status, json={"error": "nope"})
+        return httpx.Response(200, json={"message_id": f"sim-{len(self.submits)}", "status": "accepted"})
+
+
+@pytest.fixture
+def upstream(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> RecordingUpstream:
+    from sms_gateway.adapters.providers import simulator
+
+    recorder = RecordingUpstream()
+    client = httpx.AsyncClient(transport=httpx.MockTransport(recorder))
+    original = simulator.SimulatorProvider.__init__
+
+    def with_mock_client(self: Any, **kwargs: Any) -> None:
+        original(self, **{**kwargs, "client": client})
+
+    monkeypatch.setattr(simulator.SimulatorProvider, "__init__", with_mock_client)
+    return recorder
+
+
+def as_lambda_sqs_event(records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "Records": [
+            {
+                "messageId": r["MessageId"],
+                "receiptHandle": r["ReceiptHandle"],
+                "body": r["Body"],
+                "attributes": r["Attributes"],
+                "messageAttributes": {},
+                "md5OfBody": r["MD5OfBody"],
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:dispatch.fifo",
+                "awsRegion": "us-east-1",
+            }
+            for r in records
+        ]
+    }
+
+
+def read_delivery_report(api: Callable, token: str, reference_id: str) -> list[dict[str, Any]]:
+    event = load_event("api-batch-delivery-report.json", YOUR_API_Token=token)
+    event["rawPath"] = f"/ng/v1/batches/{reference_id}/delivery_report"
+    event["requestContext"]["http"]["path"] = event["rawPath"]
+    response = api(event)
+    assert response["statusCode"] == 200, response
+    return json.loads(response["body"])["data"]
+
+
+def test_dispatch_submits_once_even_when_the_record_comes_twice(aws, account, api, upstream):
+    # Given an accepted send and its dispatch record
+    reference_id = json.loads(api(send_event(account["token"]))["body"])["reference_id"]
+    event = as_lambda_sqs_event(queued_records(aws))
+    dispatcher = load_function("dispatcher")
+    # When the dispatcher gets the record, and then the same record again (SQS is at-least-once)
+    first = dispatcher.handler(event, FakeContext())
+    second = dispatcher.handler(event, FakeContext())
+    # Then the upstream saw exactly one submit, with our client reference and the seed's fields
+    assert first == {"batchItemFailures": []}
+    assert second == {"batchItemFailures": []}
+    assert len(upstream.submits) == 1
+    submit = upstream.submits[0]
+    assert submit["to"] == "2348020000000"
+    assert submit["from"] == "48974"
+    assert submit["text"] == "When was the last time you went to the cinema?"
+    assert submit["dlr_url"].endswith("/callbacks/simulator/dlr")
+    # And the message reads submitted
+    [entry] = read_delivery_report(api, account["token"], reference_id)
+    assert entry["status"] == "submitted"
+
+
+def test_a_transient_upstream_failure_returns_the_record_to_the_queue(aws, account, api, upstream):
+    upstream.status = 503
+    api(send_event(account["token"]))
+    event = as_lambda_sqs_event(queued_records(aws))
+    answer = load_function("dispatcher").handler(event, FakeContext())
+    assert answer == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
+    # And once the upstream recovers, the retry submits it
+    upstream.status = 200
+    assert load_function("dispatcher").handler(event, FakeContext()) == {"batchItemFailures": []}
+    assert len(upstream.submits) == 2
+    assert upstream.submits[0]["client_ref"] == upstream.submits[1]["client_ref"]
+
+
+def test_a_permanent_upstream_refusal_fails_the_message_and_refunds_it(aws, account, api, upstream):
+    upstream.status = 400
+    reference_id = json.loads(api(send_event(account["token"]))["body"])["reference_id"]
+    answer = load_function("dispatcher").handler(as_lambda_sqs_event(queued_records(aws)), FakeContext())
+    assert answer == {"batchItemFailures": []}
+    [entry] = read_delivery_report(api, account["token"], reference_id)
+    assert entry["status"] == "failed"
+    assert balance(account["account_id"]) == 100

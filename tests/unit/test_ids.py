@@ -1,0 +1,137 @@
+"""Time-ordered 63-bit ids: layout, decoding, and strict ordering within a process."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sms_gateway.domain.ids import EPOCH_MS, MAX_ID, IdGenerator, id_time_ms, new_id
+
+LAST_MS = EPOCH_MS + 2**41 - 1
+moments = st.integers(min_value=EPOCH_MS, max_value=LAST_MS)
+
+
+def test_the_epoch_is_the_start_of_2024_utc() -> None:
+    assert datetime.fromtimestamp(EPOCH_MS / 1000, UTC) == datetime(2024, 1, 1, tzinfo=UTC)
+    assert MAX_ID == 2**63 - 1
+
+
+def test_ten_thousand_ids_strictly_increase() -> None:
+    # Given the process-wide generator
+    # When 10,000 ids are made as fast as possible, many within the same millisecond
+    ids = [new_id() for _ in range(10_000)]
+    # Then each is larger than the one before, so all are unique
+    assert all(earlier < later for earlier, later in itertools.pairwise(ids))
+    assert len(set(ids)) == len(ids)
+
+
+def test_ids_made_on_many_threads_are_unique() -> None:
+    # Given one generator shared by eight threads
+    generator = IdGenerator()
+    made: list[list[int]] = [[] for _ in range(8)]
+
+    def work(out: list[int]) -> None:
+        out.extend(generator.new_id() for _ in range(2_000))
+
+    threads = [threading.Thread(target=work, args=(out,)) for out in made]
+    # When they all make ids at once
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Then no id is handed out twice and each thread saw its own ids increase
+    every = [id_ for out in made for id_ in out]
+    assert len(set(every)) == len(every) == 16_000
+    for out in made:
+        assert out == sorted(out)
+
+
+def test_a_fresh_id_is_positive_fits_63_bits_and_carries_the_current_time() -> None:
+    # Given the wall clock
+    before = time.time_ns() // 1_000_000
+    # When an id is made
+    id_ = new_id()
+    after = time.time_ns() // 1_000_000
+    # Then it is a positive signed 64-bit integer whose time is now
+    assert 0 < id_ <= MAX_ID
+    assert id_.bit_length() <= 63
+    assert before <= id_time_ms(id_) <= after + 1
+
+
+@given(now_ms=moments)
+def test_an_id_decodes_back_to_its_millisecond(now_ms: int) -> None:
+    # Given any millisecond the id space covers
+    # When an id is made for it
+    id_ = IdGenerator().new_id(now_ms)
+    # Then it fits in 63 bits and decodes to that millisecond
+    assert 0 <= id_ <= MAX_ID
+    assert id_time_ms(id_) == now_ms
+
+
+@given(earlier=st.integers(min_value=EPOCH_MS, max_value=LAST_MS - 1), gap=st.integers(min_value=1))
+def test_ids_order_by_time_across_milliseconds(earlier: int, gap: int) -> None:
+    # Given two different moments, each id made by a different process (its own generator)
+    later = min(earlier + gap, LAST_MS)
+    # When each makes an id
+    # Then the later moment's id is larger, whatever their random bits
+    assert IdGenerator().new_id(earlier) < IdGenerator().new_id(later)
+
+
+def test_the_low_22_bits_are_random() -> None:
+    # Given generators whose random source is fixed
+    now_ms = EPOCH_MS + 123_456
+    # When each makes an id for the same millisecond
+    low = IdGenerator(random_bits=lambda bits: 0).new_id(now_ms)
+    high = IdGenerator(random_bits=lambda bits: 2**bits - 1).new_id(now_ms)
+    # Then the ids differ only in the 22 bits below the time
+    assert low == 123_456 << 22
+    assert high == low + 2**22 - 1
+
+
+def test_within_one_millisecond_ids_count_up_even_past_the_random_bits() -> None:
+    # Given a generator whose random bits are already at their maximum
+    now_ms = EPOCH_MS + 5_000
+    generator = IdGenerator(random_bits=lambda bits: 2**bits - 1)
+    # When three ids are made in the same millisecond
+    ids = [generator.new_id(now_ms) for _ in range(3)]
+    # Then they count up by one, carrying into the next millisecond rather than repeating
+    assert ids == [ids[0], ids[0] + 1, ids[0] + 2]
+    assert [id_time_ms(id_) for id_ in ids] == [now_ms, now_ms + 1, now_ms + 1]
+
+
+def test_a_clock_stepping_back_does_not_make_ids_go_back() -> None:
+    # Given a generator that made an id at some moment
+    generator = IdGenerator()
+    first = generator.new_id(EPOCH_MS + 10_000)
+    # When the clock steps back a second
+    second = generator.new_id(EPOCH_MS + 9_000)
+    # Then the next id is still larger
+    assert second == first + 1
+
+
+@pytest.mark.parametrize("now_ms", [EPOCH_MS - 1, 0, LAST_MS + 1])
+def test_moments_outside_the_id_space_are_refused(now_ms: int) -> None:
+    with pytest.raises(ValueError, match="outside the id range"):
+        IdGenerator().new_id(now_ms)
+
+
+def test_the_last_id_is_max_id_and_nothing_comes_after_it() -> None:
+    # Given a generator at the last millisecond with all random bits set
+    generator = IdGenerator(random_bits=lambda bits: 2**bits - 1)
+    # When it makes the last id and then another
+    assert generator.new_id(LAST_MS) == MAX_ID
+    # Then it refuses rather than overflow 63 bits
+    with pytest.raises(OverflowError):
+        generator.new_id(LAST_MS)
+
+
+@pytest.mark.parametrize("not_an_id", [-1, MAX_ID + 1])
+def test_decoding_something_outside_63_bits_is_refused(not_an_id: int) -> None:
+    with pytest.raises(ValueError, match="not an id"):
+        id_time_ms(not_an_id)

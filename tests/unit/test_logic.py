@@ -1,0 +1,234 @@
+"""Use cases against in-memory fakes: sending, dispatching, delivery reports, scheduled release."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sms_gateway.domain.models import (
+    Account,
+    CallbackRequest,
+    Credentials,
+    DeliveryReport,
+    DeliveryReportMode,
+    Recipient,
+    SendCommand,
+)
+from sms_gateway.domain.status import MessageStatus
+from sms_gateway.errors import InsufficientCredits, InvalidSender, Unauthorized, UpstreamError
+from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
+from sms_gateway.logic.dispatch import DispatchDependencies, dispatch
+from sms_gateway.logic.scheduled import release_scheduled_batch
+from sms_gateway.logic.send import SendDependencies, accept_send, normalise_recipients
+from tests.fakes import FakeProvider, InMemoryStore, RecordingQueue, RecordingScheduler
+
+NOW = datetime(2026, 1, 2, 23, 50, 37, tzinfo=UTC)
+
+
+def clock() -> datetime:
+    return NOW
+
+
+@pytest.fixture
+def store() -> InMemoryStore:
+    store = InMemoryStore()
+    store.create_account(
+        Account(account_id="7", name="Cinema", credits=1000, senders=("48974",)),
+        Credentials(token="t", apikey="k", partner_id="1", username="u", password="p"),
+    )
+    return store
+
+
+def recipients(count: int) -> tuple[Recipient, ...]:
+    return tuple(Recipient(msisdn=f"+2348020{i:06d}") for i in range(count))
+
+
+def command(count: int = 1, text: str = "hello", **extra: object) -> SendCommand:
+    return SendCommand(account_id="7", sender="48974", text=text, recipients=recipients(count), **extra)
+
+
+def send(store: InMemoryStore, cmd: SendCommand, queue: RecordingQueue | None = None, scheduler=None):
+    deps = SendDependencies(
+        accounts=store,
+        messages=store,
+        dispatch_queue=queue or RecordingQueue(),
+        scheduler=scheduler or RecordingScheduler(),
+    )
+    return accept_send(store.accounts["7"], cmd, deps, now=NOW), deps
+
+
+class TestAcceptSend:
+    def test_a_batch_is_priced_per_part_and_recipient_and_queued_in_chunks_of_100(self, store):
+        # Given 250 recipients of a two-part message
+        batch, deps = send(store, command(250, text="x" * 161))
+        # Then it costs 2 x 250 credits, and 3 dispatch records of <= 100 messages are queued in order
+        assert (batch.parts, batch.cost) == (2, 500)
+        assert store.accounts["7"].credits == 500
+        assert [len(c.message_ids) for c in deps.dispatch_queue.commands] == [100, 100, 50]
+        queued = [m for c in deps.dispatch_queue.commands for m in c.message_ids]
+        assert queued == sorted(queued)
+        assert all(m.status == MessageStatus.QUEUED for m in store.messages.values())
+
+    def test_an_unregistered_sender_changes_nothing(self, store):
+        with pytest.raises(InvalidSender):
+            send(store, command().model_copy(update={"sender": "OTHER"}))
+        assert store.accounts["7"].credits == 1000
+        assert store.messages == {}
+
+    def test_a_send_beyond_the_balance_changes_nothing(self, store):
+        with pytest.raises(InsufficientCredits):
+            send(store, command(1001))
+        assert store.accounts["7"].credits == 1000
+        assert store.batches == {}
+
+    def test_a_queue_failure_refunds_and_marks_the_batch_failed(self, store):
+        with pytest.raises(RuntimeError):
+            send(store, command(3), queue=RecordingQueue(fail=True))
+        assert store.accounts["7"].credits == 1000
+        [batch] = store.batches.values()
+        assert batch.status == MessageStatus.FAILED
+
+    def test_send_at_in_the_future_schedules_instead_of_queueing(self, store):
+        scheduler = RecordingScheduler()
+        batch, deps = send(store, command(2, send_at=NOW + timedelta(hours=1)), scheduler=scheduler)
+        assert batch.status == MessageStatus.SCHEDULED
+        assert scheduler.scheduled == {("7", batch.reference_id): NOW + timedelta(hours=1)}
+        assert deps.dispatch_queue.commands == []
+
+    @pytest.mark.parametrize("offset", [timedelta(seconds=30), timedelta(hours=-1)])
+    def test_send_at_in_the_past_or_within_a_minute_sends_now(self, store, offset):
+        batch, deps = send(store, command(send_at=NOW + offset))
+        assert batch.status == MessageStatus.QUEUED
+        assert len(deps.dispatch_queue.commands) == 1
+
+
+def test_recipients_are_normalised_deduplicated_and_invalid_ones_reported():
+    accepted, rejected = normalise_recipients(
+        ["+2348030000000", "2348030000000", "08030000000", "12", "abc"], "NG"
+    )
+    assert [r.msisdn for r in accepted] == ["+2348030000000"]
+    assert [r.raw for r in rejected] == ["12", "abc"]
+    assert all(r.reason for r in rejected)
+
+
+def dispatch_deps(store: InMemoryStore, provider: FakeProvider) -> DispatchDependencies:
+    return DispatchDependencies(
+        messages=store,
+        accounts=store,
+        provider_for=lambda _: provider,
+        callback_base_url="https://gw.example/",
+        clock=clock,
+    )
+
+
+class TestDispatch:
+    def test_each_message_is_submitted_once_even_when_the_record_is_delivered_twice(self, store):
+        _, deps = send(store, command(5))
+        provider = FakeProvider()
+        [record] = deps.dispatch_queue.commands
+        first = asyncio.run(dispatch(record, dispatch_deps(store, provider)))
+        second = asyncio.run(dispatch(record, dispatch_deps(store, provider)))
+        assert (first.submitted, second.submitted, second.skipped) == (5, 0, 5)
+        assert len(provider.submits) == 5
+        assert provider.submits[0].dlr_url == "https://gw.example/callbacks/fake/dlr"
+        assert all(m.status == MessageStatus.SUBMITTED for m in store.messages.values())
+        assert {m.upstream for m in store.messages.values()} == {"fake"}
+
+    def test_a_transient_failure_asks_for_a_retry_and_leaves_the_message_queued(self, store):
+        _, deps = send(store, command(2))
+        provider = FakeProvider()
+        provider.failure = UpstreamError("503", permanent=False, retry_after=7)
+        outcome = asyncio.run(dispatch(deps.dispatch_queue.commands[0], dispatch_deps(store, provider)))
+        assert outcome.needs_retry and outcome.retry_after == 7
+        assert all(m.status == MessageStatus.QUEUED for m in store.messages.values())
+        assert store.claims == {}
+        assert store.accounts["7"].credits == 998
+
+    def test_a_permanent_refusal_fails_the_message_and_refunds_it(self, store):
+        _, deps = send(store, command(2))
+        provider = FakeProvider()
+        provider.failure = UpstreamError("bad number", permanent=True)
+        outcome = asyncio.run(dispatch(deps.dispatch_queue.commands[0], dispatch_deps(store, provider)))
+        assert (outcome.failed, outcome.needs_retry) == (2, False)
+        assert all(m.status == MessageStatus.FAILED for m in store.messages.values())
+        assert store.accounts["7"].credits == 1000
+
+
+def submitted_message(store: InMemoryStore, **extra: object):
+    _, deps = send(store, command(1, **extra))
+    asyncio.run(dispatch(deps.dispatch_queue.commands[0], dispatch_deps(store, FakeProvider())))
+    [message] = store.messages.values()
+    return message
+
+
+def callback(token: str = "s3cret") -> CallbackRequest:
+    return CallbackRequest(method="POST", url="https://gw/callbacks/fake/dlr", headers={"x-token": token})
+
+
+def report(message, status: MessageStatus, by_ref: bool = True) -> DeliveryReport:
+    return DeliveryReport(
+        upstream="fake",
+        upstream_message_id=None if by_ref else message.upstream_message_id,
+        client_ref=message.key.to_ref() if by_ref else None,
+        status=status,
+        reported_at="2026-01-02T23:50:40.000000Z",
+    )
+
+
+class TestDeliveryReports:
+    def test_a_dlr_moves_the_message_forward_and_a_late_or_duplicate_one_changes_nothing(self, store):
+        message = submitted_message(store, delivery_report=DeliveryReportMode.YES)
+        provider, changes = FakeProvider(), []
+        deps = DeliveryDependencies(messages=store, accounts=store, clock=clock, on_change=changes.append)
+        provider.reports = [report(message, MessageStatus.DELIVERED, by_ref=False)]
+        assert receive_delivery_reports(provider, callback(), deps).applied == 1
+        # A duplicate DLR, and a late "submitted", are both kept out
+        provider.reports = [
+            report(message, MessageStatus.DELIVERED),
+            report(message, MessageStatus.SUBMITTED),
+        ]
+        outcome = receive_delivery_reports(provider, callback(), deps)
+        assert (outcome.applied, outcome.unchanged) == (0, 2)
+        current = store.messages[message.key]
+        assert current.status == MessageStatus.DELIVERED
+        assert current.reported_at == "2026-01-02T23:50:40.000000Z"
+        assert [c.message.status for c in changes] == [MessageStatus.DELIVERED]
+
+    def test_a_final_failure_refunds_the_message(self, store):
+        message = submitted_message(store)
+        provider = FakeProvider()
+        provider.reports = [report(message, MessageStatus.FAILED)]
+        deps = DeliveryDependencies(messages=store, accounts=store, clock=clock)
+        receive_delivery_reports(provider, callback(), deps)
+        assert store.accounts["7"].credits == 1000
+        # A second FAILED for the same message does not refund twice
+        receive_delivery_reports(provider, callback(), deps)
+        assert store.accounts["7"].credits == 1000
+
+    def test_an_unverified_callback_is_refused_and_changes_nothing(self, store):
+        message = submitted_message(store)
+        provider = FakeProvider()
+        provider.reports = [report(message, MessageStatus.DELIVERED)]
+        with pytest.raises(Unauthorized):
+            receive_delivery_reports(provider, callback("forged"), DeliveryDependencies(store, store, clock))
+        assert store.messages[message.key].status == MessageStatus.SUBMITTED
+
+
+class TestScheduledRelease:
+    def test_a_schedule_that_fires_twice_releases_once(self, store):
+        batch, _ = send(store, command(3, send_at=NOW + timedelta(hours=2)))
+        queue = RecordingQueue()
+        first = release_scheduled_batch("7", batch.reference_id, messages=store, queue=queue, clock=clock)
+        second = release_scheduled_batch("7", batch.reference_id, messages=store, queue=queue, clock=clock)
+        assert (first, second) == (True, False)
+        assert [len(c.message_ids) for c in queue.commands] == [3]
+        assert all(m.status == MessageStatus.QUEUED for m in store.messages.values())
+
+    def test_a_cancelled_batch_stays_cancelled(self, store):
+        batch, _ = send(store, command(1, send_at=NOW + timedelta(hours=2)))
+        assert store.set_batch_status("7", batch.reference_id, MessageStatus.CANCELLED)
+        queue = RecordingQueue()
+        assert not release_scheduled_batch("7", batch.reference_id, messages=store, queue=queue, clock=clock)
+        assert queue.commands == []

@@ -1,0 +1,587 @@
+"""template.yaml is the single source of the AWS resources: these tests hold it to the design."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from sms_gateway_tools.template import (
+    DEFAULT_TEMPLATE_PATH,
+    FunctionDefinition,
+    function_definitions,
+    function_routes,
+    load_template,
+    match_route,
+    queue_definitions,
+    resources_of_type,
+    schedule_group_names,
+    table_definitions,
+)
+
+STACK = "sms-gateway-test"
+REGION = "us-east-1"
+FUNCTIONS = {
+    "ApiFunction": "functions/api/",
+    "WebhookFunction": "functions/webhook/",
+    "DispatcherFunction": "functions/dispatcher/",
+    "ScheduledDispatchFunction": "functions/scheduled_dispatch/",
+    "NotifierFunction": "functions/notifier/",
+}
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load_template()
+
+
+@pytest.fixture(scope="module")
+def functions(template: dict[str, Any]) -> dict[str, FunctionDefinition]:
+    return {fn.logical_id: fn for fn in function_definitions(template)}
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    with mock_aws():
+        yield
+
+
+def _statements(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every policy statement anywhere in the template, with where it sits."""
+    if isinstance(node, dict):
+        if isinstance(node.get("Statement"), list):
+            for statement in node["Statement"]:
+                yield path, statement
+        for key, value in node.items():
+            yield from _statements(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _statements(value, f"{path}[{index}]")
+
+
+def _is_key_root_delegation(template: dict[str, Any], path: str, statement: dict[str, Any]) -> bool:
+    """The standard KMS key policy statement that hands key administration to the account's IAM."""
+    resource = template["Resources"].get(path.split("/")[1], {})
+    principal = statement.get("Principal", {})
+    return (
+        resource.get("Type") == "AWS::KMS::Key"
+        and path.endswith("/KeyPolicy")
+        and isinstance(principal, dict)
+        and ":root" in json.dumps(principal.get("AWS"))
+    )
+
+
+# --------------------------------------------------------------------------------------- shape
+
+
+def test_template_loads_with_short_form_intrinsics(template: dict[str, Any]) -> None:
+    # Given the repository's template.yaml
+    # When it is loaded
+    resources = template["Resources"]
+
+    # Then short-form tags arrive in their long form
+    assert template["Transform"] == "AWS::Serverless-2016-10-31"
+    assert resources["DispatchQueue"]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"] == {
+        "Fn::GetAtt": ["DispatchDeadLetterQueue", "Arn"]
+    }
+    assert template["Globals"]["Function"]["Environment"]["Variables"]["TABLE_NAME"] == {
+        "Ref": "GatewayTable"
+    }
+    assert resources["GatewayTable"]["Properties"]["DeletionProtectionEnabled"] == {
+        "Fn::If": ["IsProd", True, False]
+    }
+    assert DEFAULT_TEMPLATE_PATH.name == "template.yaml"
+
+
+def test_logical_ids_other_code_depends_on_exist(template: dict[str, Any]) -> None:
+    # Given the logical ids the local stack, the docs and the tests name
+    expected = {
+        "HttpApi": "AWS::Serverless::HttpApi",
+        "CoreLayer": "AWS::Serverless::LayerVersion",
+        "GatewayTable": "AWS::DynamoDB::Table",
+        "DispatchQueue": "AWS::SQS::Queue",
+        "DispatchDeadLetterQueue": "AWS::SQS::Queue",
+        "NotifyQueue": "AWS::SQS::Queue",
+        "NotifyDeadLetterQueue": "AWS::SQS::Queue",
+        "ScheduleDeadLetterQueue": "AWS::SQS::Queue",
+        "ScheduleGroup": "AWS::Scheduler::ScheduleGroup",
+        "SchedulerRole": "AWS::IAM::Role",
+        "AlarmTopic": "AWS::SNS::Topic",
+        "DispatchDeadLetterAlarm": "AWS::CloudWatch::Alarm",
+        "NotifyDeadLetterAlarm": "AWS::CloudWatch::Alarm",
+        "ScheduleDeadLetterAlarm": "AWS::CloudWatch::Alarm",
+        **dict.fromkeys(FUNCTIONS, "AWS::Serverless::Function"),
+    }
+
+    # When the template's resources are listed
+    types = {logical_id: resource["Type"] for logical_id, resource in template["Resources"].items()}
+
+    # Then each one is there with its type
+    assert {logical_id: types.get(logical_id) for logical_id in expected} == expected
+
+
+def test_every_table_queue_and_group_has_a_definition(template: dict[str, Any]) -> None:
+    # Given the resources of each kind in the template
+    tables = [logical_id for logical_id, _ in resources_of_type(template, "AWS::DynamoDB::Table")]
+    queues = [logical_id for logical_id, _ in resources_of_type(template, "AWS::SQS::Queue")]
+    groups = list(resources_of_type(template, "AWS::Scheduler::ScheduleGroup"))
+
+    # When the local definitions are derived
+    table_ids = [table.logical_id for table in table_definitions(template, STACK)]
+    queue_ids = [queue.logical_id for queue in queue_definitions(template, STACK)]
+    group_names = schedule_group_names(template, STACK)
+
+    # Then nothing is left out and names follow the stack name
+    assert sorted(table_ids) == sorted(tables) == ["GatewayTable"]
+    assert sorted(queue_ids) == sorted(queues)
+    assert len(queues) == 5
+    assert len(group_names) == len(groups) == 1
+    assert group_names == [f"{STACK}-schedules"]
+
+
+def test_queues_are_ordered_dead_letter_first(template: dict[str, Any]) -> None:
+    # Given the queue definitions
+    queues = queue_definitions(template, STACK)
+    position = {queue.logical_id: index for index, queue in enumerate(queues)}
+
+    # Then every queue comes after the dead-letter queue it redrives into
+    redriving = [queue for queue in queues if queue.dead_letter_target]
+    assert {queue.logical_id for queue in redriving} == {"DispatchQueue", "NotifyQueue"}
+    for queue in redriving:
+        assert queue.dead_letter_target is not None
+        assert position[queue.dead_letter_target] < position[queue.logical_id]
+
+
+def test_functions_resolve_globals(functions: dict[str, FunctionDefinition]) -> None:
+    # Given the function definitions with Globals applied
+    # Then each function has its code directory, the common handler, python3.13 and the shared settings
+    assert {logical_id: fn.code_uri for logical_id, fn in functions.items()} == FUNCTIONS
+    for fn in functions.values():
+        assert fn.handler == "app.handler"
+        assert fn.runtime == "python3.13"
+        assert {"TABLE_NAME", "DISPATCH_QUEUE_URL", "NOTIFY_QUEUE_URL", "POWERTOOLS_LOG_LEVEL"} <= set(
+            fn.environment
+        )
+        assert fn.literal_environment["POWERTOOLS_SERVICE_NAME"] == "sms-gateway"
+        assert fn.literal_environment["POWERTOOLS_METRICS_NAMESPACE"] == "SmsGateway"
+    # And the self-reference and the API URL sit only on the functions that need them
+    assert [n for n, fn in functions.items() if "SCHEDULED_DISPATCH_FUNCTION_ARN" in fn.environment] == [
+        "ApiFunction"
+    ]
+    assert [n for n, fn in functions.items() if "CALLBACK_BASE_URL" in fn.environment] == [
+        "DispatcherFunction"
+    ]
+    # And API Gateway's 30 s integration limit is respected by the HTTP-facing functions
+    assert functions["ApiFunction"].timeout < 30
+    assert functions["WebhookFunction"].timeout < 30
+
+
+def test_http_routes_match_the_design(functions: dict[str, FunctionDefinition]) -> None:
+    # Then the API function serves the four dialects and the account API, the webhook function the callbacks
+    assert set(functions["ApiFunction"].routes) == {
+        ("POST", "/ng/v1/sendsms"),
+        ("ANY", "/ng/v1/{proxy+}"),
+        ("ANY", "/api/services/{proxy+}"),
+        ("GET", "/login"),
+        ("POST", "/sms"),
+        ("ANY", "/portal/{proxy+}"),
+        ("ANY", "/v1/{proxy+}"),
+    }
+    assert set(functions["WebhookFunction"].routes) == {
+        ("POST", "/callbacks/{provider}/dlr"),
+        ("GET", "/callbacks/{provider}/dlr"),
+        ("POST", "/callbacks/{provider}/inbound"),
+    }
+    for name in ("DispatcherFunction", "ScheduledDispatchFunction", "NotifierFunction"):
+        assert functions[name].routes == []
+
+
+def test_queue_consumers_report_partial_batch_failures(functions: dict[str, FunctionDefinition]) -> None:
+    # Given the SQS event sources
+    sources = {source.queue: (name, source) for name, fn in functions.items() for source in fn.sqs_events}
+
+    # Then exactly the two work queues have consumers, each reporting item failures in batches of 10
+    assert {queue: name for queue, (name, _) in sources.items()} == {
+        "DispatchQueue": "DispatcherFunction",
+        "NotifyQueue": "NotifierFunction",
+    }
+    for _, source in sources.values():
+        assert source.report_batch_item_failures
+        assert source.batch_size == 10
+    assert sources["NotifyQueue"][1].maximum_batching_window_seconds == 1
+    # FIFO event sources do not support a batching window
+    assert sources["DispatchQueue"][1].maximum_batching_window_seconds == 0
+
+
+# --------------------------------------------------------------------------------------- moto
+
+
+def test_table_definitions_create_the_table_in_dynamodb(template: dict[str, Any], aws: None) -> None:
+    # Given the table definitions and an empty (mocked) account
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    (table,) = table_definitions(template, STACK)
+
+    # When the local stack creates them the way the template says
+    dynamodb.create_table(**table.create_kwargs)
+    assert table.ttl_attribute is not None
+    dynamodb.update_time_to_live(
+        TableName=table.table_name,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": table.ttl_attribute},
+    )
+    if table.point_in_time_recovery:
+        dynamodb.update_continuous_backups(
+            TableName=table.table_name,
+            PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True},
+        )
+
+    # Then the created table has the single-table keys, the upstream index, TTL and PITR
+    described = dynamodb.describe_table(TableName=f"{STACK}-GatewayTable")["Table"]
+    assert described["KeySchema"] == [
+        {"AttributeName": "pk", "KeyType": "HASH"},
+        {"AttributeName": "sk", "KeyType": "RANGE"},
+    ]
+    assert described["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    (index,) = described["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == "upstream-index"
+    assert index["KeySchema"] == [{"AttributeName": "upstream_key", "KeyType": "HASH"}]
+    assert index["Projection"]["ProjectionType"] == "KEYS_ONLY"
+    ttl = dynamodb.describe_time_to_live(TableName=table.table_name)["TimeToLiveDescription"]
+    assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "expires_at")
+    backups = dynamodb.describe_continuous_backups(TableName=table.table_name)["ContinuousBackupsDescription"]
+    assert backups["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"] == "ENABLED"
+
+
+def test_queue_definitions_create_queues_with_redrive_in_sqs(
+    template: dict[str, Any], functions: dict[str, FunctionDefinition], aws: None
+) -> None:
+    # Given the queue definitions and an empty (mocked) account
+    sqs = boto3.client("sqs", region_name=REGION)
+    definitions = queue_definitions(template, STACK)
+
+    # When they are created in order, each redrive pointing at the DLQ's real ARN
+    arns: dict[str, str] = {}
+    urls: dict[str, str] = {}
+    for queue in definitions:
+        attributes = dict(queue.attributes)
+        if queue.dead_letter_target:
+            attributes["RedrivePolicy"] = queue.redrive_policy(arns[queue.dead_letter_target])
+        urls[queue.logical_id] = sqs.create_queue(QueueName=queue.queue_name, Attributes=attributes)[
+            "QueueUrl"
+        ]
+        arns[queue.logical_id] = sqs.get_queue_attributes(
+            QueueUrl=urls[queue.logical_id], AttributeNames=["QueueArn"]
+        )["Attributes"]["QueueArn"]
+
+    # Then the created queues carry what the template says
+    def attributes_of(logical_id: str) -> dict[str, str]:
+        return sqs.get_queue_attributes(QueueUrl=urls[logical_id], AttributeNames=["All"])["Attributes"]
+
+    dispatch, notify = attributes_of("DispatchQueue"), attributes_of("NotifyQueue")
+    assert urls["DispatchQueue"].endswith(f"{STACK}-dispatch.fifo")
+    assert dispatch["FifoQueue"] == "true"
+    assert dispatch["ContentBasedDeduplication"] == "false"
+    assert dispatch["DeduplicationScope"] == "messageGroup"
+    assert dispatch["FifoThroughputLimit"] == "perMessageGroupId"
+    assert attributes_of("DispatchDeadLetterQueue")["FifoQueue"] == "true"
+    assert "FifoQueue" not in notify or notify["FifoQueue"] == "false"
+
+    assert json.loads(dispatch["RedrivePolicy"]) == {
+        "deadLetterTargetArn": arns["DispatchDeadLetterQueue"],
+        "maxReceiveCount": 8,
+    }
+    assert json.loads(notify["RedrivePolicy"]) == {
+        "deadLetterTargetArn": arns["NotifyDeadLetterQueue"],
+        "maxReceiveCount": 12,
+    }
+    for dlq in ("DispatchDeadLetterQueue", "NotifyDeadLetterQueue", "ScheduleDeadLetterQueue"):
+        assert attributes_of(dlq)["MessageRetentionPeriod"] == str(14 * 24 * 3600)
+
+    # And no message becomes visible again while its consumer may still be working on it
+    consumers = {source.queue: fn for fn in functions.values() for source in fn.sqs_events}
+    for logical_id, fn in consumers.items():
+        assert int(attributes_of(logical_id)["VisibilityTimeout"]) >= 6 * fn.timeout, logical_id
+
+
+def test_redrive_policy_needs_a_dead_letter_queue(template: dict[str, Any]) -> None:
+    # Given a queue without a dead-letter target
+    dlq = next(queue for queue in queue_definitions(template, STACK) if queue.dead_letter_target is None)
+
+    # Then asking for its redrive policy is an error rather than a bogus policy
+    with pytest.raises(ValueError, match="no dead-letter queue"):
+        dlq.redrive_policy("arn:aws:sqs:us-east-1:123456789012:nowhere")
+
+
+# --------------------------------------------------------------------------------------- operations
+
+
+def test_every_function_logs_to_its_own_group_with_retention(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    for logical_id in FUNCTIONS:
+        # Given a function
+        props = resources[logical_id]["Properties"]
+        log_group_id = logical_id.removesuffix("Function") + "LogGroup"
+
+        # Then it writes JSON logs to its own log group ...
+        assert props["LoggingConfig"] == {"LogGroup": {"Ref": log_group_id}, "LogFormat": "JSON"}
+        # ... which exists, expires per stage, and is named after the function's fixed name
+        group = resources[log_group_id]
+        assert group["Type"] == "AWS::Logs::LogGroup"
+        assert group["Properties"]["RetentionInDays"] == {
+            "Fn::FindInMap": ["StageConfig", {"Ref": "Stage"}, "LogRetentionDays"]
+        }
+        function_name = props["FunctionName"]["Fn::Sub"]
+        assert group["Properties"]["LogGroupName"] == {"Fn::Sub": f"/aws/lambda/{function_name}"}
+    assert template["Mappings"]["StageConfig"]["dev"]["LogRetentionDays"] == 14
+    assert template["Mappings"]["StageConfig"]["prod"]["LogRetentionDays"] == 90
+
+
+def test_runtime_is_python313_on_arm64_everywhere(template: dict[str, Any]) -> None:
+    # Given the function globals and the layer
+    function_globals = template["Globals"]["Function"]
+    layer = template["Resources"]["CoreLayer"]
+
+    # Then functions and layer target the same runtime and architecture
+    assert function_globals["Runtime"] == "python3.13"
+    assert function_globals["Architectures"] == ["arm64"]
+    assert function_globals["Layers"] == [{"Ref": "CoreLayer"}]
+    assert layer["Properties"]["CompatibleRuntimes"] == ["python3.13"]
+    assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
+    assert layer["Metadata"] == {"BuildMethod": "python3.13", "BuildArchitecture": "arm64"}
+    # And no function overrides them
+    for _, props in resources_of_type(template, "AWS::Serverless::Function"):
+        assert props.get("Runtime", "python3.13") == "python3.13"
+        assert props.get("Architectures", ["arm64"]) == ["arm64"]
+
+
+def test_no_policy_statement_grants_a_wildcard_action(template: dict[str, Any]) -> None:
+    # Given every policy statement in the template
+    statements = list(_statements(template["Resources"]))
+    assert len(statements) > 10  # the walk really finds them
+
+    # Then none of them allows an action with a wildcard (except KMS's own delegation to IAM)
+    offending = []
+    for path, statement in statements:
+        actions = statement.get("Action", [])
+        for action in [actions] if isinstance(actions, str) else actions:
+            if "*" in action and not _is_key_root_delegation(template, path, statement):
+                offending.append((path, action))
+    assert offending == []
+
+
+def test_sam_policy_templates_are_scoped_to_one_resource(template: dict[str, Any]) -> None:
+    # Given the SAM policy templates the functions use
+    scoped = {
+        "DynamoDBCrudPolicy": {"TableName": {"Ref": "GatewayTable"}},
+        "SSMParameterReadPolicy": {"ParameterName": {"Fn::Sub": "sms-gateway/${Stage}/upstreams/*"}},
+    }
+    for _, props in resources_of_type(template, "AWS::Serverless::Function"):
+        for policy in props["Policies"]:
+            # Then each template is one we know, pointed at the gateway's own resource
+            if "Statement" not in policy:
+                ((name, arguments),) = policy.items()
+                assert arguments == scoped[name], name
+
+
+def test_scheduler_role_can_only_invoke_scheduled_dispatch(template: dict[str, Any]) -> None:
+    # Given the role EventBridge Scheduler assumes
+    role = template["Resources"]["SchedulerRole"]["Properties"]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    (policy,) = role["Policies"]
+    statements = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"]}
+
+    # Then only the scheduler service of this account can assume it ...
+    assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
+    assert trust["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+    # ... and it may invoke the scheduled dispatch function and write to the schedule DLQ, nothing else
+    assert set(statements) == {"InvokeScheduledDispatch", "DeadLetter"}
+    assert statements["InvokeScheduledDispatch"]["Action"] == "lambda:InvokeFunction"
+    assert statements["InvokeScheduledDispatch"]["Resource"]["Fn::Sub"].endswith(
+        ":function:${AWS::StackName}-scheduled-dispatch"
+    )
+    assert template["Resources"]["ScheduledDispatchFunction"]["Properties"]["FunctionName"] == {
+        "Fn::Sub": "${AWS::StackName}-scheduled-dispatch"
+    }
+    assert statements["DeadLetter"]["Resource"] == {"Fn::GetAtt": ["ScheduleDeadLetterQueue", "Arn"]}
+
+
+def test_every_dead_letter_queue_has_an_alarm(template: dict[str, Any]) -> None:
+    # Given the queues other queues redrive into, and the schedule DLQ
+    dead_letter_queues = {
+        q.dead_letter_target for q in queue_definitions(template, STACK) if q.dead_letter_target
+    }
+    dead_letter_queues.add("ScheduleDeadLetterQueue")
+
+    # When the alarms are listed by the queue they watch
+    watched = {}
+    for logical_id, props in resources_of_type(template, "AWS::CloudWatch::Alarm"):
+        (dimension,) = props["Dimensions"]
+        watched[dimension["Value"]["Fn::GetAtt"][0]] = (logical_id, props)
+
+    # Then each DLQ raises an alarm to the alarm topic as soon as one message lands in it
+    assert set(watched) == dead_letter_queues
+    for _, props in watched.values():
+        assert props["MetricName"] == "ApproximateNumberOfMessagesVisible"
+        assert props["Threshold"] == 1
+        assert props["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+        assert props["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+
+
+def test_outputs_name_what_operators_need(template: dict[str, Any]) -> None:
+    assert set(template["Outputs"]) >= {
+        "ApiUrl",
+        "TableName",
+        "DispatchQueueUrl",
+        "NotifyQueueUrl",
+        "DispatchDeadLetterQueueUrl",
+        "NotifyDeadLetterQueueUrl",
+        "ScheduleGroupName",
+        "AlarmTopicArn",
+    }
+
+
+# --------------------------------------------------------------------------------------- routing
+
+ROUTES = [
+    ("ApiFunction", "POST", "/ng/v1/sendsms"),
+    ("ApiFunction", "ANY", "/ng/v1/{proxy+}"),
+    ("ApiFunction", "GET", "/login"),
+    ("ApiFunction", "ANY", "/v1/{proxy+}"),
+    ("ApiFunction", "GET", "/v1/accounts/{account_id}"),
+    ("ApiFunction", "ANY", "/v1/accounts/me"),
+    ("WebhookFunction", "POST", "/callbacks/{provider}/dlr"),
+    ("WebhookFunction", "GET", "/callbacks/{provider}/dlr"),
+    ("OtherFunction", "GET", "/callbacks/kannel/dlr"),
+    ("CatchAll", "ANY", "/callbacks/{proxy+}"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expected"),
+    [
+        # an exact path beats a greedy one
+        ("POST", "/ng/v1/sendsms", ("ApiFunction", "POST /ng/v1/sendsms", {})),
+        ("GET", "/ng/v1/sendsms", ("ApiFunction", "ANY /ng/v1/{proxy+}", {"proxy": "sendsms"})),
+        ("DELETE", "/ng/v1/batches/42", ("ApiFunction", "ANY /ng/v1/{proxy+}", {"proxy": "batches/42"})),
+        # an exact path beats a {param}, which beats a greedy path
+        ("GET", "/callbacks/kannel/dlr", ("OtherFunction", "GET /callbacks/kannel/dlr", {})),
+        (
+            "GET",
+            "/callbacks/jasmin/dlr",
+            ("WebhookFunction", "GET /callbacks/{provider}/dlr", {"provider": "jasmin"}),
+        ),
+        ("PUT", "/callbacks/jasmin/dlr", ("CatchAll", "ANY /callbacks/{proxy+}", {"proxy": "jasmin/dlr"})),
+        (
+            "POST",
+            "/callbacks/twilio/dlr",
+            ("WebhookFunction", "POST /callbacks/{provider}/dlr", {"provider": "twilio"}),
+        ),
+        # a literal segment beats a {param} even when a later segment is less specific
+        ("GET", "/v1/accounts/me", ("ApiFunction", "ANY /v1/accounts/me", {})),
+        (
+            "GET",
+            "/v1/accounts/acc1",
+            ("ApiFunction", "GET /v1/accounts/{account_id}", {"account_id": "acc1"}),
+        ),
+        ("POST", "/v1/accounts/acc1", ("ApiFunction", "ANY /v1/{proxy+}", {"proxy": "accounts/acc1"})),
+        # query strings are not part of the path; methods are case-insensitive
+        ("get", "/login?username=a&password=b", ("ApiFunction", "GET /login", {})),
+        # path parameters arrive decoded
+        (
+            "GET",
+            "/callbacks/a%20b/dlr",
+            ("WebhookFunction", "GET /callbacks/{provider}/dlr", {"provider": "a b"}),
+        ),
+    ],
+)
+def test_match_route_picks_the_most_specific_route(
+    method: str, path: str, expected: tuple[str, str, dict[str, str]]
+) -> None:
+    assert match_route(ROUTES, method, path) == expected
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/login"),  # GET only
+        ("GET", "/nowhere"),
+        ("GET", "/ng/v1"),  # a greedy variable needs at least one segment
+        ("GET", "/ng/v1/"),
+        ("GET", "/login/extra"),
+    ],
+)
+def test_match_route_without_a_match_is_none(method: str, path: str) -> None:
+    assert match_route(ROUTES, method, path) is None
+
+
+def test_an_empty_segment_is_not_a_path_parameter() -> None:
+    # Given only the webhook's parameterised route
+    routes = [("WebhookFunction", "GET", "/callbacks/{provider}/dlr")]
+
+    # Then a path with an empty provider segment does not match it
+    assert match_route(routes, "GET", "/callbacks//dlr") is None
+    assert match_route(routes, "GET", "/callbacks/x/dlr") is not None
+
+
+def test_default_route_catches_only_what_nothing_else_matches() -> None:
+    # Given a $default route next to a specific one
+    routes = [("Fallback", "ANY", "$default"), ("ApiFunction", "GET", "/login")]
+
+    # Then the specific route wins where it matches and $default takes the rest
+    assert match_route(routes, "GET", "/login") == ("ApiFunction", "GET /login", {})
+    assert match_route(routes, "POST", "/anything/else") == ("Fallback", "$default", {})
+
+
+def test_template_routes_dispatch_to_the_right_function(functions: dict[str, FunctionDefinition]) -> None:
+    # Given the routes of the real template
+    routes = function_routes(list(functions.values()))
+
+    # Then requests of each dialect reach the function and route key the design names
+    assert match_route(routes, "POST", "/ng/v1/sendsms") == ("ApiFunction", "POST /ng/v1/sendsms", {})
+    assert match_route(routes, "GET", "/api/services/sendsms") == (
+        "ApiFunction",
+        "ANY /api/services/{proxy+}",
+        {"proxy": "sendsms"},
+    )
+    assert match_route(routes, "POST", "/sms") == ("ApiFunction", "POST /sms", {})
+    assert match_route(routes, "GET", "/callbacks/kannel/dlr") == (
+        "WebhookFunction",
+        "GET /callbacks/{provider}/dlr",
+        {"provider": "kannel"},
+    )
+    assert match_route(routes, "GET", "/callbacks/kannel/inbound") is None
+
+
+# --------------------------------------------------------------------------------------- linters
+
+
+def test_cfn_lint_passes() -> None:
+    # Given cfn-lint installed next to the running interpreter
+    cfn_lint = Path(sys.executable).with_name("cfn-lint")
+    if not cfn_lint.exists():
+        found = shutil.which("cfn-lint")
+        if found is None:
+            pytest.skip("cfn-lint is not installed")
+        cfn_lint = Path(found)
+
+    # When it lints the template
+    result = subprocess.run(
+        [str(cfn_lint), str(DEFAULT_TEMPLATE_PATH)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=110,
+    )
+
+    # Then it reports nothing
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,74 @@
+"""The `sms-gateway` command: argument parsing and dispatch only."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _local(args: argparse.Namespace) -> int:
+    from sms_gateway_tools.localstack.commands import run_local
+
+    return run_local(
+        port=args.port, dlr_delay=args.dlr_delay, failure_rate=args.failure_rate, log_level=args.log_level
+    )
+
+
+def _simulate_inbound(args: argparse.Namespace) -> int:
+    from sms_gateway_tools.localstack.commands import simulate_inbound
+
+    return simulate_inbound(sender=args.sender, to=args.to, message=args.message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sms-gateway", description="SMS gateway developer and operator tools"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    local = commands.add_parser("local", help="run the whole gateway locally (moto, no AWS, no Docker)")
+    local.add_argument("--port", type=int, default=3000, help="API port on 127.0.0.1 (default 3000)")
+    local.add_argument("--dlr-delay", type=float, default=0.3, help="seconds before the simulator's DLR")
+    local.add_argument(
+        "--failure-rate", type=float, default=0.0, help="fraction of messages reported UNDELIV"
+    )
+    local.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="console log level of the stack and the functions (default WARNING)",
+    )
+    local.set_defaults(func=_local)
+
+    simulate = commands.add_parser("simulate", help="drive the running local stack's upstream simulator")
+    simulate_commands = simulate.add_subparsers(dest="simulate_command", required=True, metavar="WHAT")
+    inbound = simulate_commands.add_parser("inbound", help="deliver an inbound SMS to the gateway")
+    inbound.add_argument("--from", dest="sender", required=True, help="the mobile number sending")
+    inbound.add_argument("--to", required=True, help="the shortcode or number receiving")
+    inbound.add_argument("--message", required=True, help="the text")
+    inbound.set_defaults(func=_simulate_inbound)
+
+    try:
+        from sms_gateway_tools import admin
+    except ImportError:
+        admin = None  # type: ignore[assignment]
+    register = getattr(admin, "register", None)
+    if callable(register):
+        register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return int(func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""What `sms-gateway local` and `sms-gateway simulate ...` do (cli.py only parses and dispatches)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from sms_gateway_tools.localstack.stack import LocalStack, read_stack_file
+
+DEMO_BODY = {
+    "from": "48974",
+    "to": "2348020000000",
+    "message": "When was the last time you went to the cinema?",
+    "session_id": "67543uhn3",
+    "sent_date": "2024-01-02T23:50:37.000000Z",
+}
+
+
+def run_local(*, port: int, dlr_delay: float, failure_rate: float, log_level: str) -> int:
+    """Runs the local stack in the foreground until SIGINT or SIGTERM; returns the exit code."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stack = LocalStack(port=port, dlr_delay=dlr_delay, failure_rate=failure_rate, log_level=log_level)
+    try:
+        stack.start()
+        account = _demo_account(stack.api_url)
+        print(banner(stack, account), flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("\nstopping the local stack ...", flush=True)
+    except OSError as error:
+        print(f"error: cannot start the local stack: {error}", file=sys.stderr)
+        return 1
+    finally:
+        stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def _demo_account(api_url: str) -> dict[str, Any] | None:
+    try:
+        from sms_gateway_tools.admin import create_account
+    except ImportError as error:
+        print(f"warning: no demo account ({error})", file=sys.stderr)
+        return None
+    try:
+        return create_account(name="demo", senders=["48974", "DemoCo"], credits=10000, api_url=api_url)
+    except Exception as error:
+        logging.getLogger("sms_gateway_tools.localstack").exception("creating the demo account failed")
+        print(f"warning: no demo account ({error})", file=sys.stderr)
+        return None
+
+
+def banner(stack: LocalStack, account: dict[str, Any] | None) -> str:
+    lines = [
+        "",
+        "SMS gateway: local stack is running (Ctrl-C to stop)",
+        f"  API            {stack.api_url}",
+        f"  simulator      {stack.simulator_url}   (GET /stats, GET /messages)",
+        f"  moto           {stack.moto_endpoint}",
+        f"  state file     {stack.state_file}",
+    ]
+    if account:
+        lines += ["", "Demo account (credentials are shown once):"]
+        width = max(len(str(key)) for key in account)
+        lines += [f"  {key:<{width}}  {_show(value)}" for key, value in account.items()]
+        token = account.get("token", "<token>")
+        lines += [
+            "",
+            "Send an SMS:",
+            f"  curl -sS -X POST {stack.api_url}/ng/v1/sendsms \\",
+            f"    -H 'Authorization: Bearer {token}' \\",
+            "    -H 'Content-Type: application/json' \\",
+            f"    -d '{json.dumps(DEMO_BODY)}'",
+        ]
+    lines += [
+        "",
+        "Simulate an inbound SMS:",
+        "  sms-gateway simulate inbound --from 2348020000000 --to 48974 --message STOP",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+
+
+def simulate_inbound(*, sender: str, to: str, message: str, state_dir: Path | None = None) -> int:
+    """Asks the running stack's simulator to deliver an inbound SMS; prints its answer."""
+    import httpx
+
+    state = read_stack_file(state_dir)
+    if state is None or not state.get("simulator_url"):
+        print(
+            "error: no local stack is running (start one with `make dev` or `sms-gateway local`)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        response = httpx.post(
+            f"{state['simulator_url']}/control/inbound",
+            json={"from": sender, "to": to, "message": message},
+            timeout=30,
+        )
+    except httpx.HTTPError as error:
+        print(f"error: the local stack at {state['simulator_url']} does not answer: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(response.json() if response.content else {}, indent=2))
+    if response.status_code != 200:
+        return 1
+    return 0 if response.json().get("delivered") else 1

@@ -1,0 +1,57 @@
+"""moto in this process, on a free 127.0.0.1 port: DynamoDB, SQS, EventBridge Scheduler and SSM."""
+
+from __future__ import annotations
+
+import logging
+import urllib.request
+from typing import Any
+
+logger = logging.getLogger("sms_gateway_tools.localstack.moto")
+
+
+class EmbeddedMoto:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._host = host
+        self._port = port
+        self._server: Any = None
+        self.endpoint = ""
+
+    def start(self) -> str:
+        from moto.server import ThreadedMotoServer
+
+        # werkzeug logs every request at INFO: keep that off the console unless debugging.
+        werkzeug = logging.getLogger("werkzeug")
+        if not werkzeug.isEnabledFor(logging.DEBUG):
+            werkzeug.setLevel(logging.WARNING)
+        server = ThreadedMotoServer(ip_address=self._host, port=self._port, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        self._server = server
+        self.endpoint = f"http://{host}:{port}"
+        # moto's backends are process-wide: start from a clean slate.
+        self.reset()
+        logger.info("moto listening on %s", self.endpoint)
+        return self.endpoint
+
+    def reset(self) -> None:
+        if not self.endpoint:
+            return
+        request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")  # noqa: S310 (our own http URL)
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            response.read()
+
+    def stop(self) -> None:
+        server = self._server
+        self._server = None
+        if server is None:
+            return
+        try:
+            self.reset()
+        except OSError as error:
+            logger.debug("moto reset on stop failed: %s", error)
+        server.stop()
+        # ThreadedMotoServer.stop() shuts the loop down but leaves the listening socket open.
+        wsgi_server = getattr(server, "_server", None)
+        if wsgi_server is not None:
+            wsgi_server.server_close()
+        self.endpoint = ""

@@ -1,0 +1,405 @@
+"""`LocalStack`: the whole gateway in one process, with no AWS account and no Docker."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from sms_gateway_tools import template as tpl
+from sms_gateway_tools.localstack.console import DivertedStdout
+from sms_gateway_tools.localstack.http_bridge import HttpBridge
+from sms_gateway_tools.localstack.lambdas import REGION, Handler, LocalFunction, resolve_handlers
+from sms_gateway_tools.localstack.moto_server import EmbeddedMoto
+from sms_gateway_tools.localstack.resources import (
+    UPSTREAM_NAME,
+    Resources,
+    aws_clients,
+    create_stack_resources,
+    function_environment,
+    function_names,
+    put_simulator_parameter,
+)
+from sms_gateway_tools.localstack.scheduler_loop import SchedulerLoop
+from sms_gateway_tools.localstack.sqs_poller import EventSource, SqsPoller
+from sms_gateway_tools.simulator import UpstreamSimulator
+
+logger = logging.getLogger("sms_gateway_tools.localstack")
+
+DEFAULT_STACK_NAME = "sms-gateway-local"
+STATE_FILE_NAME = "stack.json"
+
+
+def repo_root() -> Path:
+    """The checkout that holds template.yaml (and `.local/`)."""
+    return tpl.DEFAULT_TEMPLATE_PATH.resolve().parent
+
+
+def default_state_dir() -> Path:
+    return repo_root() / ".local"
+
+
+def read_stack_file(state_dir: Path | None = None) -> dict[str, Any] | None:
+    """What a running local stack wrote about itself, or None when none is running."""
+    path = (state_dir or default_state_dir()) / STATE_FILE_NAME
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+class LocalStack:
+    """The gateway on 127.0.0.1: moto, the API bridge, SQS pollers, the scheduler loop and the simulator.
+
+    `functions` maps template logical ids (ApiFunction, DispatcherFunction, ...) to handler callables;
+    by default every function's `app.handler` is loaded from its CodeUri. `port=0` picks a free port.
+    """
+
+    def __init__(
+        self,
+        port: int = 3000,
+        simulator_port: int = 0,
+        stack_name: str = DEFAULT_STACK_NAME,
+        functions: Mapping[str, Handler] | None = None,
+        *,
+        dlr_delay: float = 0.3,
+        failure_rate: float = 0.0,
+        log_level: str = "WARNING",
+        template_path: Path | None = None,
+        state_dir: Path | None = None,
+        divert_metrics: bool = True,
+        scheduler_interval: float = 0.5,
+        serialize_invocations: bool = True,
+    ) -> None:
+        self.port = port
+        self.simulator_port = simulator_port
+        self.stack_name = stack_name
+        self.injected = dict(functions) if functions is not None else None
+        self.dlr_delay = dlr_delay
+        self.failure_rate = failure_rate
+        self.log_level = log_level.upper()
+        self.template_path = template_path
+        self.state_dir = state_dir or default_state_dir()
+        self.divert_metrics = divert_metrics
+        self.scheduler_interval = scheduler_interval
+        self.serialize_invocations = serialize_invocations
+
+        self.moto = EmbeddedMoto()
+        self.simulator: UpstreamSimulator | None = None
+        self.resources: Resources | None = None
+        self.functions: dict[str, LocalFunction] = {}
+        self.bridge: HttpBridge | None = None
+        self.pollers: list[SqsPoller] = []
+        self.scheduler: SchedulerLoop | None = None
+        self._env: dict[str, str] = {}
+        self._saved_env: dict[str, str | None] = {}
+        self._stdout: DivertedStdout | None = None
+        self._started = False
+        self._clients: dict[str, Any] = {}
+
+    # -- public ----------------------------------------------------------------------------------
+
+    @property
+    def api_url(self) -> str:
+        return self._require(self.bridge, "bridge").url
+
+    @property
+    def simulator_url(self) -> str:
+        return self._require(self.simulator, "simulator").url
+
+    @property
+    def moto_endpoint(self) -> str:
+        return self.moto.endpoint
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Every variable this stack put into os.environ (AWS endpoint, credentials, functions' settings)."""
+        return dict(self._env)
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / STATE_FILE_NAME
+
+    def client(self, service: str) -> Any:
+        """A boto3 client for moto (independent of os.environ)."""
+        if service not in self._clients:
+            self._clients[service] = aws_clients(self.moto_endpoint, [service])[service]
+        return self._clients[service]
+
+    def function_arn(self, logical_id: str) -> str:
+        return self.functions[logical_id].arn
+
+    def start(self) -> LocalStack:
+        if self._started:
+            return self
+        self._started = True
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- start -----------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        template = tpl.load_template(self.template_path)
+        definitions = {fn.logical_id: fn for fn in tpl.function_definitions(template)}
+
+        endpoint = self.moto.start()
+        self._set_env(aws_environment(endpoint))
+        self.resources = create_stack_resources(
+            aws_clients(endpoint, ["dynamodb", "sqs", "scheduler", "ssm"]), template, self.stack_name
+        )
+
+        # Bind the API port now: its URL goes into the functions' environment and the simulator.
+        routes = tpl.function_routes(list(definitions.values()))
+        self.bridge = HttpBridge(
+            lambda method, path: tpl.match_route(routes, method, path), self.functions, port=self.port
+        )
+
+        secret = secrets.token_hex(32)
+        self.simulator = UpstreamSimulator(
+            secret,
+            port=self.simulator_port,
+            inbound_url=f"{self.api_url}/callbacks/{UPSTREAM_NAME}/inbound",
+            dlr_delay=self.dlr_delay,
+            failure_rate=self.failure_rate,
+        ).start()
+        put_simulator_parameter(self.client("ssm"), self.simulator.url, secret)
+
+        names = function_names(template, self.stack_name)
+        self._set_env(
+            function_environment(
+                self.stack_name,
+                self.resources,
+                self.api_url,
+                names,
+                log_level=self.log_level,
+                template=template,
+            )
+        )
+        self._forget_wiring()
+        if self.divert_metrics:
+            self._stdout = DivertedStdout(self.state_dir / "metrics.log")
+
+        handlers = resolve_handlers(
+            {logical_id: (fn.code_uri, fn.handler) for logical_id, fn in definitions.items()},
+            repo_root(),
+            self.injected,
+        )
+        # One invocation at a time per lock. The functions share module-level state of the runtime
+        # package (Powertools' resolvers keep the current event in a class attribute; logger keys and
+        # the metric set are one object), so by default every invocation takes one process-wide lock.
+        # `serialize_invocations=False` lets functions run concurrently, except the HTTP ones.
+        shared_lock = threading.Lock()
+        for logical_id, handler in handlers.items():
+            fn = definitions[logical_id]
+            self.functions[logical_id] = LocalFunction(
+                logical_id=logical_id,
+                function_name=names[logical_id],
+                handler=handler,
+                timeout=float(fn.timeout),
+                memory_size=int(fn.memory_size),
+                before_invoke=self._ensure_env,
+                lock=shared_lock if self.serialize_invocations or fn.routes else threading.Lock(),
+            )
+
+        self.bridge.start()
+        sqs = self.client("sqs")
+        for logical_id, function in self.functions.items():
+            for source in definitions[logical_id].sqs_events:
+                poller = SqsPoller(
+                    sqs,
+                    EventSource(
+                        queue_logical_id=source.queue,
+                        queue_url=self.resources.queue_urls[source.queue],
+                        queue_arn=self.resources.queue_arns[source.queue],
+                        batch_size=int(source.batch_size),
+                        report_batch_item_failures=bool(source.report_batch_item_failures),
+                        maximum_batching_window_seconds=float(source.maximum_batching_window_seconds or 0),
+                        maximum_concurrency=_maximum_concurrency(template, logical_id, source.queue),
+                    ),
+                    function,
+                )
+                poller.start()
+                self.pollers.append(poller)
+
+        self.scheduler = SchedulerLoop(
+            self.client("scheduler"),
+            sqs,
+            self.resources.schedule_groups,
+            {function.arn: function for function in self.functions.values()},
+            interval=self.scheduler_interval,
+        )
+        self.scheduler.start()
+        self._write_state_file()
+        logger.info("local stack %s: API %s, simulator %s", self.stack_name, self.api_url, self.simulator.url)
+
+    # -- stop ------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stops everything this stack started (each step even when an earlier one failed)."""
+        if not self._started:
+            return
+        self._started = False
+        for poller in self.pollers:
+            poller.request_stop()
+        steps: list[tuple[str, Callable[[], None]]] = []
+        if self.scheduler is not None:
+            steps.append(("scheduler", self.scheduler.stop))
+        steps.extend((f"poller {p.source.queue_logical_id}", p.stop) for p in self.pollers)
+        if self.bridge is not None:
+            steps.append(("http bridge", self.bridge.stop))
+        if self.simulator is not None:
+            steps.append(("simulator", self.simulator.stop))
+        steps.append(("state file", self._remove_state_file))
+        steps.append(("moto", self.moto.stop))
+        if self._stdout is not None:
+            steps.append(("stdout", self._stdout.restore))
+        steps.append(("environment", self._restore_env))
+        for name, step in steps:
+            try:
+                step()
+            except Exception:
+                logger.exception("stopping the %s failed", name)
+        self.scheduler = None
+        self.pollers = []
+        self.functions.clear()
+        self._stdout = None
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _require(value: Any, what: str) -> Any:
+        if value is None:
+            raise RuntimeError(f"the local stack is not started (no {what})")
+        return value
+
+    def _set_env(self, values: Mapping[str, str | None]) -> None:
+        for name, value in values.items():
+            if name not in self._saved_env:
+                self._saved_env[name] = os.environ.get(name)
+            if value is None:
+                os.environ.pop(name, None)
+                self._env.pop(name, None)
+            else:
+                os.environ[name] = value
+                self._env[name] = value
+
+    def _ensure_env(self) -> None:
+        """Puts the stack's environment back if something (a test's monkeypatch) changed it meanwhile."""
+        if not self._saved_env:
+            return
+        changed = False
+        for name, value in self._env.items():
+            if os.environ.get(name) != value:
+                os.environ[name] = value
+                changed = True
+        if changed:
+            logger.debug("the local stack's environment was changed; restored it for the invocation")
+
+    def _restore_env(self) -> None:
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env.clear()
+        self._forget_wiring()
+
+    @staticmethod
+    def _forget_wiring() -> None:
+        """Drops clients and settings the runtime package cached under another environment."""
+        try:
+            from sms_gateway import bootstrap
+        except ImportError:
+            return
+        bootstrap.reset()
+
+    def _write_state_file(self) -> None:
+        existing = read_stack_file(self.state_dir)
+        if existing is not None and _is_other_live_process(existing.get("pid")):
+            logger.warning(
+                "%s belongs to another running local stack (pid %s); not overwriting it",
+                self.state_file,
+                existing.get("pid"),
+            )
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "api_url": self.api_url,
+            "simulator_url": self.simulator_url,
+            "moto_endpoint": self.moto_endpoint,
+            "stack_name": self.stack_name,
+            "pid": os.getpid(),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "env": self.env,
+        }
+        temporary = self.state_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(state, indent=2) + "\n")
+        temporary.replace(self.state_file)
+
+    def _remove_state_file(self) -> None:
+        state = read_stack_file(self.state_dir)
+        # Another stack may have started since and written its own file: leave that one alone.
+        if (
+            state is not None
+            and state.get("pid") == os.getpid()
+            and state.get("moto_endpoint") == self.moto_endpoint
+        ):
+            self.state_file.unlink(missing_ok=True)
+
+
+def _maximum_concurrency(template: Mapping[str, Any], function_id: str, queue_id: str) -> int:
+    """ScalingConfig.MaximumConcurrency of the function's SQS event on `queue_id` (default 2)."""
+    events = ((template["Resources"][function_id].get("Properties") or {}).get("Events")) or {}
+    for event in events.values():
+        spec = event.get("Properties") or {}
+        queue = spec.get("Queue")
+        target = queue.get("Fn::GetAtt") if isinstance(queue, dict) else None
+        if event.get("Type") == "SQS" and isinstance(target, list) and target[0] == queue_id:
+            return int((spec.get("ScalingConfig") or {}).get("MaximumConcurrency", 2))
+    return 2
+
+
+def _is_other_live_process(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid == os.getpid() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def aws_environment(endpoint: str) -> dict[str, str | None]:
+    """Points boto3 in this process at moto."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": None,
+        "AWS_SECURITY_TOKEN": None,
+        "AWS_PROFILE": None,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+    }

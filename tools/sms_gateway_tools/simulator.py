@@ -1,0 +1,406 @@
+"""The upstream simulator: a fake SMSC over HTTP for the local stack and the end-to-end tests.
+
+Protocol (see docs/local-stack.md):
+
+- `POST /sms/send` with `Authorization: Bearer <secret>` and JSON
+  `{"client_ref", "from", "to", "text", "dlr_url"}` answers `{"message_id": "sim-...", "status": "accepted"}`.
+  A repeated `client_ref` answers the first message id again and is counted as a duplicate.
+- After `dlr_delay` seconds the DLR `{"message_id", "client_ref", "to", "status", "error_code",
+  "submitted_at", "done_at"}` is POSTed to `dlr_url`, signed with `X-Simulator-Timestamp` and
+  `X-Simulator-Signature` = hex HMAC-SHA256(secret, timestamp + "." + raw body).
+- `POST /control/inbound` `{"from", "to", "message"}` makes the simulator POST an inbound SMS
+  `{"message_id", "from", "to", "text", "received_at"}` to `inbound_url`, signed the same way.
+- `GET /stats`, `GET /messages`, `POST /control/settings`, `POST /control/reset`, `GET /health`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from sms_gateway_tools.localstack.httpserver import RequestHandler, ServerThread, TrackingHTTPServer
+from sms_gateway_tools.localstack.timers import DelayedExecutor
+
+logger = logging.getLogger("sms_gateway_tools.simulator")
+
+TIMESTAMP_HEADER = "X-Simulator-Timestamp"
+SIGNATURE_HEADER = "X-Simulator-Signature"
+# Delays before the 2nd, 3rd and 4th attempt to deliver a callback.
+CALLBACK_RETRY_DELAYS = (0.5, 1.0, 2.0)
+CALLBACK_TIMEOUT = 5.0
+SETTINGS = ("failure_rate", "dlr_delay", "submit_latency", "error_rate")
+
+
+def sign(secret: str, timestamp: str | int, body: str | bytes) -> str:
+    """Hex HMAC-SHA256 of `<timestamp>.<raw body>` keyed with the shared secret."""
+    raw = body.encode() if isinstance(body, str) else body
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + raw, hashlib.sha256).hexdigest()
+
+
+def verify(secret: str, timestamp: str, body: str | bytes, signature: str) -> bool:
+    return hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Submit:
+    message_id: str
+    client_ref: str | None
+    sender: str | None
+    to: str
+    text: str
+    dlr_url: str | None
+    submitted_at: str
+    duplicates: int = 0
+    dlr_status: str | None = None
+    dlr_delivered: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "message_id": self.message_id,
+            "client_ref": self.client_ref,
+            "from": self.sender,
+            "to": self.to,
+            "text": self.text,
+            "dlr_url": self.dlr_url,
+            "submitted_at": self.submitted_at,
+            "duplicates": self.duplicates,
+            "dlr_status": self.dlr_status,
+            "dlr_delivered": self.dlr_delivered,
+        }
+
+
+@dataclass
+class _Stats:
+    submits: int = 0
+    unique: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    errors_injected: int = 0
+    dlrs_sent: int = 0
+    dlrs_failed: int = 0
+    inbound_sent: int = 0
+    inbound_failed: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Settings:
+    failure_rate: float = 0.0
+    dlr_delay: float = 0.3
+    submit_latency: float = 0.0
+    error_rate: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {name: float(getattr(self, name)) for name in SETTINGS}
+
+
+class UpstreamSimulator:
+    """A fake SMSC. `start()` binds 127.0.0.1:`port` (0 = a free port); `stop()` ends every thread."""
+
+    def __init__(
+        self,
+        secret: str | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        inbound_url: str | None = None,
+        dlr_delay: float = 0.3,
+        failure_rate: float = 0.0,
+        submit_latency: float = 0.0,
+        error_rate: float = 0.0,
+    ) -> None:
+        self.secret = secret or secrets.token_hex(32)
+        self.inbound_url = inbound_url
+        self._host = host
+        self._port = port
+        self._settings = _Settings(
+            failure_rate=failure_rate,
+            dlr_delay=dlr_delay,
+            submit_latency=submit_latency,
+            error_rate=error_rate,
+        )
+        self._lock = threading.Lock()
+        self._stats = _Stats()
+        self._by_ref: dict[str, Submit] = {}
+        self._submits: list[Submit] = []
+        self._random = secrets.SystemRandom()
+        self._callbacks = DelayedExecutor("simulator-callbacks", max_workers=8)
+        self._client: httpx.Client | None = None
+        self._server: ServerThread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> UpstreamSimulator:
+        if self._server is not None:
+            return self
+        self._client = httpx.Client(timeout=CALLBACK_TIMEOUT)
+        self._callbacks.start()
+        server = TrackingHTTPServer((self._host, self._port), _SimulatorHandler)
+        server.simulator = self  # type: ignore[attr-defined]
+        self._server = ServerThread(server, name="simulator-http")
+        self._server.start()
+        logger.info("upstream simulator listening on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        self._callbacks.stop()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> UpstreamSimulator:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the simulator is not running")
+        return self._server.server.port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._host}:{self.port}"
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return self._stats.to_dict()
+
+    def messages(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [submit.to_dict() for submit in self._submits]
+
+    def settings(self) -> dict[str, float]:
+        with self._lock:
+            return self._settings.to_dict()
+
+    def configure(self, **changes: Any) -> dict[str, float]:
+        """Changes `failure_rate`, `dlr_delay`, `submit_latency` and/or `error_rate` at run time."""
+        unknown = set(changes) - set(SETTINGS) - {"inbound_url"}
+        if unknown:
+            raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+        with self._lock:
+            for name, value in changes.items():
+                if name == "inbound_url":
+                    self.inbound_url = None if value is None else str(value)
+                    continue
+                number = float(value)
+                if number < 0 or (name.endswith("_rate") and number > 1):
+                    raise ValueError(f"{name} out of range: {value!r}")
+                setattr(self._settings, name, number)
+            return self._settings.to_dict()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._stats = _Stats()
+            self._by_ref.clear()
+            self._submits.clear()
+
+    # -- the SMSC --------------------------------------------------------------------------------
+
+    def submit(self, payload: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Handles one `/sms/send` body (already authenticated); returns (HTTP status, JSON answer)."""
+        to = payload.get("to")
+        text = payload.get("text")
+        client_ref = payload.get("client_ref")
+        dlr_url = payload.get("dlr_url")
+        if not isinstance(to, str) or not to.lstrip("+").isdigit() or not isinstance(text, str):
+            with self._lock:
+                self._stats.rejected += 1
+            return 400, {"error": "'to' (digits) and 'text' (string) are required"}
+        if client_ref is not None and not isinstance(client_ref, str):
+            client_ref = str(client_ref)
+        if dlr_url is not None and (
+            not isinstance(dlr_url, str) or urlsplit(dlr_url).scheme not in ("http", "https")
+        ):
+            with self._lock:
+                self._stats.rejected += 1
+            return 400, {"error": "'dlr_url' must be an http(s) URL or null"}
+        with self._lock:
+            settings = _Settings(**self._settings.__dict__)
+            self._stats.submits += 1
+            if settings.error_rate and self._random.random() < settings.error_rate:
+                self._stats.errors_injected += 1
+                return 500, {"error": "simulated upstream failure"}
+            if client_ref is not None and client_ref in self._by_ref:
+                existing = self._by_ref[client_ref]
+                existing.duplicates += 1
+                self._stats.duplicates += 1
+                return 200, {"message_id": existing.message_id, "status": "accepted", "duplicate": True}
+            submit = Submit(
+                message_id=f"sim-{uuid.uuid4().hex}",
+                client_ref=client_ref,
+                sender=None if payload.get("from") is None else str(payload.get("from")),
+                to=to.lstrip("+"),
+                text=text,
+                dlr_url=dlr_url,
+                submitted_at=_now_iso(),
+            )
+            submit.dlr_status = (
+                "UNDELIV"
+                if settings.failure_rate and self._random.random() < settings.failure_rate
+                else "DELIVRD"
+            )
+            self._stats.unique += 1
+            self._submits.append(submit)
+            if client_ref is not None:
+                self._by_ref[client_ref] = submit
+        if submit.dlr_url:
+            self._callbacks.call_later(settings.dlr_delay, lambda: self._send_dlr(submit, 0))
+        return 200, {"message_id": submit.message_id, "status": "accepted"}
+
+    def _send_dlr(self, submit: Submit, attempt: int) -> None:
+        failed = submit.dlr_status != "DELIVRD"
+        payload = {
+            "message_id": submit.message_id,
+            "client_ref": submit.client_ref,
+            "to": submit.to,
+            "status": submit.dlr_status,
+            "error_code": "001" if failed else "000",
+            "submitted_at": submit.submitted_at,
+            "done_at": _now_iso(),
+        }
+        status = self._post_signed(str(submit.dlr_url), payload)
+        if status is not None and 200 <= status < 300:
+            with self._lock:
+                submit.dlr_delivered = True
+                self._stats.dlrs_sent += 1
+            return
+        if attempt < len(CALLBACK_RETRY_DELAYS):
+            delay = CALLBACK_RETRY_DELAYS[attempt]
+            if self._callbacks.call_later(delay, lambda: self._send_dlr(submit, attempt + 1)):
+                return
+        logger.warning(
+            "DLR for %s not delivered to %s (last status %s)", submit.message_id, submit.dlr_url, status
+        )
+        with self._lock:
+            self._stats.dlrs_failed += 1
+
+    def send_inbound(self, sender: str, to: str, message: str) -> dict[str, Any]:
+        """Posts one inbound SMS to `inbound_url` now; answers what `/control/inbound` answers."""
+        payload = {
+            "message_id": f"sim-in-{uuid.uuid4().hex}",
+            "from": sender,
+            "to": to,
+            "text": message,
+            "received_at": _now_iso(),
+        }
+        status = self._post_signed(self.inbound_url, payload) if self.inbound_url else None
+        delivered = status is not None and 200 <= status < 300
+        with self._lock:
+            if delivered:
+                self._stats.inbound_sent += 1
+            else:
+                self._stats.inbound_failed += 1
+        return {"message_id": payload["message_id"], "delivered": delivered, "status": status}
+
+    def _post_signed(self, url: str, payload: Mapping[str, Any]) -> int | None:
+        client = self._client
+        if client is None:
+            return None
+        body = json.dumps(payload, separators=(",", ":"))
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: sign(self.secret, timestamp, body),
+        }
+        try:
+            return client.post(url, content=body.encode(), headers=headers).status_code
+        except (httpx.HTTPError, RuntimeError) as error:
+            logger.info("callback to %s failed: %s", url, error)
+            return None
+
+
+class _SimulatorHandler(RequestHandler):
+    server_version = "sms-simulator"
+
+    @property
+    def simulator(self) -> UpstreamSimulator:
+        return self.server.simulator  # type: ignore[attr-defined]
+
+    def _json_body(self) -> Any:
+        raw = self.read_body()
+        return json.loads(raw) if raw.strip() else {}
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path == "/stats":
+            self.send_json(200, self.simulator.stats())
+        elif path == "/messages":
+            self.send_json(200, self.simulator.messages())
+        elif path == "/control/settings":
+            self.send_json(200, self.simulator.settings())
+        elif path == "/health":
+            self.send_json(200, {"ok": True})
+        else:
+            self.send_json(404, {"error": "not found"})
+
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path
+        try:
+            payload = self._json_body()
+        except (ValueError, UnicodeDecodeError):
+            self.send_json(400, {"error": "the body must be JSON"})
+            return
+        if not isinstance(payload, dict):
+            self.send_json(400, {"error": "the body must be a JSON object"})
+            return
+        if path == "/sms/send":
+            self._send_sms(payload)
+        elif path == "/control/inbound":
+            missing = [name for name in ("from", "to", "message") if not isinstance(payload.get(name), str)]
+            if missing:
+                self.send_json(400, {"error": f"missing: {', '.join(missing)}"})
+                return
+            self.send_json(
+                200, self.simulator.send_inbound(payload["from"], payload["to"], payload["message"])
+            )
+        elif path == "/control/settings":
+            try:
+                self.send_json(200, self.simulator.configure(**payload))
+            except (TypeError, ValueError) as error:
+                self.send_json(400, {"error": str(error)})
+        elif path == "/control/reset":
+            self.simulator.reset()
+            self.send_json(200, {"reset": True})
+        else:
+            self.send_json(404, {"error": "not found"})
+
+    def _send_sms(self, payload: dict[str, Any]) -> None:
+        simulator = self.simulator
+        given = self.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {simulator.secret}".encode()):
+            self.send_json(401, {"error": "invalid credentials"})
+            return
+        latency = simulator.settings()["submit_latency"]
+        if latency:
+            time.sleep(latency)
+        status, answer = simulator.submit(payload)
+        self.send_json(status, answer)
