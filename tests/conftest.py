@@ -45,9 +45,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     from sms_gateway_tools.localstack.resources import create_resources
 
     with mock_aws():
-        env = create_resources(
-            stack_name=STACK, simulator_url="http://127.0.0.1:9", api_url="http://127.0.0.1:8"
-        )
+        env = create_resources(stack_name=STACK, simulator_url="http://127.0.0.1:9", api_url="http://127.0.0.1:8")
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         bootstrap.reset()

@@ -14,9 +14,11 @@ from sms_gateway.domain.models import (
     Credentials,
     DeliveryReport,
     DispatchCommand,
+    InboundSms,
     Message,
     MessageKey,
     StatusChange,
+    StoredInbound,
     SubmitRequest,
     SubmitResult,
     iso,
@@ -32,6 +34,7 @@ class InMemoryStore:
         self.batches: dict[tuple[str, int], Batch] = {}
         self.messages: dict[MessageKey, Message] = {}
         self.claims: dict[MessageKey, float] = {}
+        self.inbox: dict[tuple[str, str], StoredInbound] = {}
         self._lock = threading.Lock()
 
     # accounts
@@ -39,6 +42,19 @@ class InMemoryStore:
         self.accounts[account.account_id] = account
         self.credentials[("token", credentials.token)] = account.account_id
         self.credentials[("apikey", credentials.apikey)] = account.account_id
+
+    def account_id_for_sender(self, sender: str) -> str | None:
+        for account in self.accounts.values():
+            if sender.lstrip("+").upper() in {s.lstrip("+").upper() for s in account.senders}:
+                return account.account_id
+        return None
+
+    def save_inbound(self, inbound: StoredInbound) -> bool:
+        key = (inbound.upstream, inbound.upstream_message_id or str(inbound.inbound_id))
+        if key in self.inbox:
+            return False
+        self.inbox[key] = inbound
+        return True
 
     def get_account(self, account_id: str) -> Account | None:
         return self.accounts.get(account_id)
@@ -80,11 +96,7 @@ class InMemoryStore:
         self, account_id: str, reference_id: int, *, limit: int = 100, cursor: str | None = None
     ) -> tuple[list[Message], str | None]:
         found = sorted(
-            (
-                m
-                for k, m in self.messages.items()
-                if (k.account_id, k.reference_id) == (account_id, reference_id)
-            ),
+            (m for k, m in self.messages.items() if (k.account_id, k.reference_id) == (account_id, reference_id)),
             key=lambda m: m.message_id,
         )
         start = int(cursor or 0)
@@ -92,9 +104,7 @@ class InMemoryStore:
         return page, (str(start + limit) if start + limit < len(found) else None)
 
     def get_messages(self, account_id: str, reference_id: int, message_ids: Sequence[int]) -> list[Message]:
-        keys = [
-            MessageKey(account_id=account_id, reference_id=reference_id, message_id=i) for i in message_ids
-        ]
+        keys = [MessageKey(account_id=account_id, reference_id=reference_id, message_id=i) for i in message_ids]
         return [self.messages[k] for k in keys if k in self.messages]
 
     def claim_for_dispatch(self, key: MessageKey, *, now: datetime, lease_seconds: int) -> bool:
@@ -180,6 +190,7 @@ class FakeProvider:
         self.submits: list[SubmitRequest] = []
         self.failure: UpstreamError | None = None
         self.reports: list[DeliveryReport] = []
+        self.inbound: InboundSms | None = None
 
     async def submit(self, request: SubmitRequest) -> SubmitResult:
         self.submits.append(request)
@@ -192,3 +203,7 @@ class FakeProvider:
 
     def parse_delivery_reports(self, request: CallbackRequest) -> list[DeliveryReport]:
         return list(self.reports)
+
+    def parse_inbound(self, request: CallbackRequest) -> InboundSms:
+        assert self.inbound is not None
+        return self.inbound

@@ -59,10 +59,7 @@ class Fakes:
         failures = []
         for record in event["Records"]:
             self.dispatched.put(record)
-            if (
-                record["body"].startswith("fail-once")
-                and record["attributes"]["ApproximateReceiveCount"] == "1"
-            ):
+            if record["body"].startswith("fail-once") and record["attributes"]["ApproximateReceiveCount"] == "1":
                 failures.append({"itemIdentifier": record["messageId"]})
         return {"batchItemFailures": failures}
 
@@ -110,9 +107,7 @@ def test_start_and_stop_leave_nothing_behind(tmp_path: Path) -> None:
     assert all(port_is_closed(url) for url in urls)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        left = [
-            t for t in set(threading.enumerate()) - before if not t.daemon or t.name.startswith("localstack")
-        ]
+        left = [t for t in set(threading.enumerate()) - before if not t.daemon or t.name.startswith("localstack")]
         if not left:
             break
         time.sleep(0.1)
@@ -256,9 +251,7 @@ def test_unknown_route_is_404_and_a_failing_handler_500(stack: LocalStack) -> No
     assert failed.json() == {"message": "Internal Server Error"}
 
 
-def test_sqs_messages_reach_the_dispatcher_with_partial_batch_failures(
-    stack: LocalStack, fakes: Fakes
-) -> None:
+def test_sqs_messages_reach_the_dispatcher_with_partial_batch_failures(stack: LocalStack, fakes: Fakes) -> None:
     # Given the dispatch queue with a short visibility timeout, so a failed record returns quickly
     sqs = stack.client("sqs")
     queue_url = stack.env["DISPATCH_QUEUE_URL"]
@@ -389,9 +382,7 @@ def test_failing_schedule_is_retried_then_dead_lettered(stack: LocalStack, fakes
     assert attempts == [json.loads(payload)] * 2
     sqs = stack.client("sqs")
     dlq_url = sqs.get_queue_url(QueueName=dlq_arn.rsplit(":", 1)[1])["QueueUrl"]
-    messages = sqs.receive_message(QueueUrl=dlq_url, WaitTimeSeconds=5, MessageAttributeNames=["All"])[
-        "Messages"
-    ]
+    messages = sqs.receive_message(QueueUrl=dlq_url, WaitTimeSeconds=5, MessageAttributeNames=["All"])["Messages"]
     assert messages[0]["Body"] == payload
     assert messages[0]["MessageAttributes"]["ERROR_CODE"]["StringValue"] == "RuntimeError"
     deadline = time.monotonic() + 5

@@ -108,9 +108,7 @@ def test_seed_one_send_is_accepted_stored_charged_and_queued(aws, account, api):
         (None, {"to": "2348020000000", "message": "hi"}, 400, "from"),
     ],
 )
-def test_bad_requests_get_a_clear_error_and_change_nothing(
-    aws, account, api, headers, body, status, fragment
-):
+def test_bad_requests_get_a_clear_error_and_change_nothing(aws, account, api, headers, body, status, fragment):
     # Given a request that is wrong in one way
     event = send_event(account["token"], body)
     if headers is not None:

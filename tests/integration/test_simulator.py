@@ -29,9 +29,7 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                receiver.requests.put(
-                    {"path": self.path, "headers": dict(self.headers.items()), "body": body}
-                )
+                receiver.requests.put({"path": self.path, "headers": dict(self.headers.items()), "body": body})
                 self.send_response(receiver.status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -63,18 +61,14 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def simulator(receiver: Receiver) -> Iterator[UpstreamSimulator]:
-    with UpstreamSimulator(
-        SECRET, inbound_url=f"{receiver.url}/callbacks/simulator/inbound", dlr_delay=0.05
-    ) as sim:
+    with UpstreamSimulator(SECRET, inbound_url=f"{receiver.url}/callbacks/simulator/inbound", dlr_delay=0.05) as sim:
         yield sim
 
 
 def submit(sim: UpstreamSimulator, secret: str = SECRET, **fields: Any) -> httpx.Response:
     body = {"client_ref": "m-1", "from": "48974", "to": "2348020000000", "text": "hello", "dlr_url": None}
     body.update(fields)
-    return httpx.post(
-        f"{sim.url}/sms/send", json=body, headers={"Authorization": f"Bearer {secret}"}, timeout=5
-    )
+    return httpx.post(f"{sim.url}/sms/send", json=body, headers={"Authorization": f"Bearer {secret}"}, timeout=5)
 
 
 def stats(sim: UpstreamSimulator) -> dict[str, int]:
@@ -116,9 +110,9 @@ def test_duplicate_client_ref_is_counted_once(simulator: UpstreamSimulator, rece
 
 def test_dlr_is_posted_with_a_valid_signature(simulator: UpstreamSimulator, receiver: Receiver) -> None:
     # Given a submit with a DLR URL
-    message_id = submit(
-        simulator, client_ref="dlr-1", dlr_url=f"{receiver.url}/callbacks/simulator/dlr"
-    ).json()["message_id"]
+    message_id = submit(simulator, client_ref="dlr-1", dlr_url=f"{receiver.url}/callbacks/simulator/dlr").json()[
+        "message_id"
+    ]
 
     # When the DLR delay has passed
     request = receiver.next()

@@ -13,6 +13,7 @@ from sms_gateway.domain.models import (
     Credentials,
     DeliveryReport,
     DeliveryReportMode,
+    InboundSms,
     Recipient,
     SendCommand,
 )
@@ -20,6 +21,7 @@ from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import InsufficientCredits, InvalidSender, Unauthorized, UpstreamError
 from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
 from sms_gateway.logic.dispatch import DispatchDependencies, dispatch
+from sms_gateway.logic.inbound import InboundDependencies, receive_inbound
 from sms_gateway.logic.scheduled import release_scheduled_batch
 from sms_gateway.logic.send import SendDependencies, accept_send, normalise_recipients
 from tests.fakes import FakeProvider, InMemoryStore, RecordingQueue, RecordingScheduler
@@ -105,9 +107,7 @@ class TestAcceptSend:
 
 
 def test_recipients_are_normalised_deduplicated_and_invalid_ones_reported():
-    accepted, rejected = normalise_recipients(
-        ["+2348030000000", "2348030000000", "08030000000", "12", "abc"], "NG"
-    )
+    accepted, rejected = normalise_recipients(["+2348030000000", "2348030000000", "08030000000", "12", "abc"], "NG")
     assert [r.msisdn for r in accepted] == ["+2348030000000"]
     assert [r.raw for r in rejected] == ["12", "abc"]
     assert all(r.reason for r in rejected)
@@ -232,3 +232,56 @@ class TestScheduledRelease:
         queue = RecordingQueue()
         assert not release_scheduled_batch("7", batch.reference_id, messages=store, queue=queue, clock=clock)
         assert queue.commands == []
+
+
+class TestInbound:
+    def sms(self, to: str = "48974", upstream_id: str | None = "in-1") -> InboundSms:
+        return InboundSms(
+            upstream="fake",
+            upstream_message_id=upstream_id,
+            msisdn="2348030000000",
+            to=to,
+            text="STOP",
+            received_at="2026-01-02T23:50:37.000000Z",
+        )
+
+    def deps(self, store: InMemoryStore, published: list) -> InboundDependencies:
+        return InboundDependencies(accounts=store, inbox=store, publish=published.append, clock=clock)
+
+    def test_an_inbound_sms_is_routed_to_the_owner_of_the_number_stored_and_forwarded_in_the_seed_format(self, store):
+        provider, published = FakeProvider(), []
+        provider.inbound = self.sms()
+        outcome = receive_inbound(provider, callback(), self.deps(store, published))
+        assert outcome.routed and outcome.stored
+        [notification] = published
+        assert notification["account_id"] == "7"
+        assert notification["kind"] == "inbound"
+        payload = notification["payload"]
+        assert list(payload) == ["type", "telco", "from", "to", "message", "session_id", "sent_date", "ref_id"]
+        assert payload["type"] == "two-way sms"
+        assert payload["telco"] == "mtn"
+        assert (payload["from"], payload["to"], payload["message"]) == ("2348030000000", "48974", "STOP")
+        assert payload["sent_date"] == "2026-01-02T23:50:37.000000Z"
+
+    def test_a_repeated_callback_is_stored_and_forwarded_once(self, store):
+        provider, published = FakeProvider(), []
+        provider.inbound = self.sms()
+        receive_inbound(provider, callback(), self.deps(store, published))
+        again = receive_inbound(provider, callback(), self.deps(store, published))
+        assert again.routed and not again.stored
+        assert len(published) == 1
+
+    def test_an_sms_to_a_number_nobody_owns_is_acknowledged_but_not_forwarded(self, store):
+        provider, published = FakeProvider(), []
+        provider.inbound = self.sms(to="99999")
+        outcome = receive_inbound(provider, callback(), self.deps(store, published))
+        assert not outcome.routed
+        assert published == []
+
+    def test_an_unverified_inbound_callback_is_refused(self, store):
+        provider, published = FakeProvider(), []
+        provider.inbound = self.sms()
+        with pytest.raises(Unauthorized):
+            receive_inbound(provider, callback("forged"), self.deps(store, published))
+        assert published == []
+        assert store.inbox == {}

@@ -26,9 +26,7 @@ NG_PREFIXES = {
     "glo": ["805", "807", "815", "705", "905"],
     "9mobile": ["809", "817", "818", "908", "909"],
 }
-NG_NUMBERS = st.sampled_from(
-    [(telco, prefix) for telco, prefixes in NG_PREFIXES.items() for prefix in prefixes]
-)
+NG_NUMBERS = st.sampled_from([(telco, prefix) for telco, prefixes in NG_PREFIXES.items() for prefix in prefixes])
 SUBSCRIBER = st.text(alphabet="0123456789", min_size=7, max_size=7)
 
 
@@ -83,9 +81,7 @@ def test_any_nigerian_mobile_number_in_any_form_keeps_its_network(
     # Given any Nigerian mobile number with a known carrier, written in any accepted form with separators
     telco, prefix = number
     written = form + prefix + subscriber
-    separators = data.draw(
-        st.lists(st.sampled_from(["", "", " ", "-", ".", "(", ")"]), min_size=len(written))
-    )
+    separators = data.draw(st.lists(st.sampled_from(["", "", " ", "-", ".", "(", ")"]), min_size=len(written)))
     raw = sprinkle(written, separators[: len(written)])
     # When it is parsed
     parsed = parse_msisdn(raw, "NG")
@@ -354,9 +350,7 @@ def test_docs_list_exactly_the_network_table() -> None:
         (int(id_), names(slug)[0], names(carriers), tuple(c.strip() for c in countries.split(",")))
         for id_, slug, carriers, countries in tables["ID"]
     ]
-    documented_regional = sorted(
-        (region, names(name)[0], names(slug)[0]) for region, name, slug in tables["Region"]
-    )
+    documented_regional = sorted((region, names(name)[0], names(slug)[0]) for region, name, slug in tables["Region"])
     # Then they hold the same rows as the code, in the same order
     assert documented == [
         (network.network_id, network.slug, network.carriers, network.countries) for network in CATALOGUE

@@ -116,9 +116,7 @@ def test_ucs2_characters_are_distinct_in_order_of_first_appearance() -> None:
     assert segment("Ça coûte 5€ — ça va? Ж ç —").ucs2_characters == ("û", "—", "ç", "Ж")
 
 
-@given(
-    st.text(alphabet=st.characters(min_codepoint=0x10000, max_codepoint=0x10FFFF), min_size=1, max_size=50)
-)
+@given(st.text(alphabet=st.characters(min_codepoint=0x10000, max_codepoint=0x10FFFF), min_size=1, max_size=50))
 def test_characters_outside_the_bmp_count_two_units(text: str) -> None:
     # Given text of emoji and other characters beyond U+FFFF
     # When it is segmented

@@ -152,9 +152,7 @@ def test_aggregation_ignores_the_order_reports_arrive_in(
 
 
 @given(st.lists(in_flight, min_size=1, max_size=8), st.integers(min_value=1, max_value=8))
-def test_parts_still_in_flight_report_the_least_advanced(
-    part_statuses: list[MessageStatus], parts: int
-) -> None:
+def test_parts_still_in_flight_report_the_least_advanced(part_statuses: list[MessageStatus], parts: int) -> None:
     # Given parts none of which has finished
     # When they are combined
     # Then the message is as far along as its slowest part
@@ -162,9 +160,7 @@ def test_parts_still_in_flight_report_the_least_advanced(
 
 
 @given(
-    st.lists(statuses, min_size=1, max_size=8).filter(
-        lambda s: any(x in TERMINAL - {S.DELIVERED} for x in s)
-    ),
+    st.lists(statuses, min_size=1, max_size=8).filter(lambda s: any(x in TERMINAL - {S.DELIVERED} for x in s)),
     st.integers(min_value=1, max_value=8),
 )
 def test_one_failed_part_fails_the_message(part_statuses: list[MessageStatus], parts: int) -> None:

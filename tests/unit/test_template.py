@@ -95,12 +95,8 @@ def test_template_loads_with_short_form_intrinsics(template: dict[str, Any]) -> 
     assert resources["DispatchQueue"]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"] == {
         "Fn::GetAtt": ["DispatchDeadLetterQueue", "Arn"]
     }
-    assert template["Globals"]["Function"]["Environment"]["Variables"]["TABLE_NAME"] == {
-        "Ref": "GatewayTable"
-    }
-    assert resources["GatewayTable"]["Properties"]["DeletionProtectionEnabled"] == {
-        "Fn::If": ["IsProd", True, False]
-    }
+    assert template["Globals"]["Function"]["Environment"]["Variables"]["TABLE_NAME"] == {"Ref": "GatewayTable"}
+    assert resources["GatewayTable"]["Properties"]["DeletionProtectionEnabled"] == {"Fn::If": ["IsProd", True, False]}
     assert DEFAULT_TEMPLATE_PATH.name == "template.yaml"
 
 
@@ -170,18 +166,12 @@ def test_functions_resolve_globals(functions: dict[str, FunctionDefinition]) -> 
     for fn in functions.values():
         assert fn.handler == "app.handler"
         assert fn.runtime == "python3.13"
-        assert {"TABLE_NAME", "DISPATCH_QUEUE_URL", "NOTIFY_QUEUE_URL", "POWERTOOLS_LOG_LEVEL"} <= set(
-            fn.environment
-        )
+        assert {"TABLE_NAME", "DISPATCH_QUEUE_URL", "NOTIFY_QUEUE_URL", "POWERTOOLS_LOG_LEVEL"} <= set(fn.environment)
         assert fn.literal_environment["POWERTOOLS_SERVICE_NAME"] == "sms-gateway"
         assert fn.literal_environment["POWERTOOLS_METRICS_NAMESPACE"] == "SmsGateway"
     # And the self-reference and the API URL sit only on the functions that need them
-    assert [n for n, fn in functions.items() if "SCHEDULED_DISPATCH_FUNCTION_ARN" in fn.environment] == [
-        "ApiFunction"
-    ]
-    assert [n for n, fn in functions.items() if "CALLBACK_BASE_URL" in fn.environment] == [
-        "DispatcherFunction"
-    ]
+    assert [n for n, fn in functions.items() if "SCHEDULED_DISPATCH_FUNCTION_ARN" in fn.environment] == ["ApiFunction"]
+    assert [n for n, fn in functions.items() if "CALLBACK_BASE_URL" in fn.environment] == ["DispatcherFunction"]
     # And API Gateway's 30 s integration limit is respected by the HTTP-facing functions
     assert functions["ApiFunction"].timeout < 30
     assert functions["WebhookFunction"].timeout < 30
@@ -276,12 +266,10 @@ def test_queue_definitions_create_queues_with_redrive_in_sqs(
         attributes = dict(queue.attributes)
         if queue.dead_letter_target:
             attributes["RedrivePolicy"] = queue.redrive_policy(arns[queue.dead_letter_target])
-        urls[queue.logical_id] = sqs.create_queue(QueueName=queue.queue_name, Attributes=attributes)[
-            "QueueUrl"
-        ]
-        arns[queue.logical_id] = sqs.get_queue_attributes(
-            QueueUrl=urls[queue.logical_id], AttributeNames=["QueueArn"]
-        )["Attributes"]["QueueArn"]
+        urls[queue.logical_id] = sqs.create_queue(QueueName=queue.queue_name, Attributes=attributes)["QueueUrl"]
+        arns[queue.logical_id] = sqs.get_queue_attributes(QueueUrl=urls[queue.logical_id], AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
 
     # Then the created queues carry what the template says
     def attributes_of(logical_id: str) -> dict[str, str]:
@@ -417,9 +405,7 @@ def test_scheduler_role_can_only_invoke_scheduled_dispatch(template: dict[str, A
 
 def test_every_dead_letter_queue_has_an_alarm(template: dict[str, Any]) -> None:
     # Given the queues other queues redrive into, and the schedule DLQ
-    dead_letter_queues = {
-        q.dead_letter_target for q in queue_definitions(template, STACK) if q.dead_letter_target
-    }
+    dead_letter_queues = {q.dead_letter_target for q in queue_definitions(template, STACK) if q.dead_letter_target}
     dead_letter_queues.add("ScheduleDeadLetterQueue")
 
     # When the alarms are listed by the queue they watch

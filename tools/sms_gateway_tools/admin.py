@@ -47,7 +47,14 @@ def _forget_wiring() -> None:
 
 
 def create_account(
-    *, name: str, senders: list[str], credits: int, default_country: str = "NG", api_url: str | None = None
+    *,
+    name: str,
+    senders: list[str],
+    credits: int,
+    default_country: str = "NG",
+    api_url: str | None = None,
+    dlr_url: str | None = None,
+    inbound_url: str | None = None,
 ) -> dict[str, Any]:
     """Creates an account in the stack this process points at; returns its credentials, shown once."""
     from sms_gateway.bootstrap import gateway
@@ -61,6 +68,9 @@ def create_account(
         credits=credits,
         now=utc_now(),
         default_country=default_country,
+        dlr_url=dlr_url,
+        inbound_url=inbound_url,
+        allow_http_webhooks=gateway().settings.allow_http_webhooks,
     )
     return {
         "account_id": account.account_id,
@@ -73,6 +83,8 @@ def create_account(
         "senders": list(account.senders),
         "credits": account.credits,
         "webhook_token": account.webhook_token,
+        "dlr_url": account.dlr_url,
+        "inbound_url": account.inbound_url,
         "api_url": api_url,
     }
 
@@ -92,6 +104,8 @@ def _cmd_create_account(args: argparse.Namespace) -> int:
             credits=args.credits,
             default_country=args.country,
             api_url=api_url,
+            dlr_url=args.dlr_url,
+            inbound_url=args.inbound_url,
         )
     except (TargetNotFound, GatewayError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -113,6 +127,8 @@ def register(subparsers: Any) -> None:
     create.add_argument("--sender", action="append", help="a sender ID or shortcode to register (repeatable)")
     create.add_argument("--credits", type=int, default=0, help="opening credit balance")
     create.add_argument("--country", default="NG", help="default country for local numbers (ISO code)")
+    create.add_argument("--dlr-url", help="the client's webhook for delivery reports")
+    create.add_argument("--inbound-url", help="the client's webhook for inbound (two-way) SMS")
     create.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     create.add_argument("--stack-name", help="a deployed CloudFormation stack instead of the local stack")
     create.set_defaults(func=_cmd_create_account)

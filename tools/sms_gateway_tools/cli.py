@@ -10,9 +10,7 @@ from collections.abc import Sequence
 def _local(args: argparse.Namespace) -> int:
     from sms_gateway_tools.localstack.commands import run_local
 
-    return run_local(
-        port=args.port, dlr_delay=args.dlr_delay, failure_rate=args.failure_rate, log_level=args.log_level
-    )
+    return run_local(port=args.port, dlr_delay=args.dlr_delay, failure_rate=args.failure_rate, log_level=args.log_level)
 
 
 def _simulate_inbound(args: argparse.Namespace) -> int:
@@ -22,17 +20,13 @@ def _simulate_inbound(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sms-gateway", description="SMS gateway developer and operator tools"
-    )
+    parser = argparse.ArgumentParser(prog="sms-gateway", description="SMS gateway developer and operator tools")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     local = commands.add_parser("local", help="run the whole gateway locally (moto, no AWS, no Docker)")
     local.add_argument("--port", type=int, default=3000, help="API port on 127.0.0.1 (default 3000)")
     local.add_argument("--dlr-delay", type=float, default=0.3, help="seconds before the simulator's DLR")
-    local.add_argument(
-        "--failure-rate", type=float, default=0.0, help="fraction of messages reported UNDELIV"
-    )
+    local.add_argument("--failure-rate", type=float, default=0.0, help="fraction of messages reported UNDELIV")
     local.add_argument(
         "--log-level",
         default="WARNING",

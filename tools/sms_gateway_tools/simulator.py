@@ -236,9 +236,7 @@ class UpstreamSimulator:
             return 400, {"error": "'to' (digits) and 'text' (string) are required"}
         if client_ref is not None and not isinstance(client_ref, str):
             client_ref = str(client_ref)
-        if dlr_url is not None and (
-            not isinstance(dlr_url, str) or urlsplit(dlr_url).scheme not in ("http", "https")
-        ):
+        if dlr_url is not None and (not isinstance(dlr_url, str) or urlsplit(dlr_url).scheme not in ("http", "https")):
             with self._lock:
                 self._stats.rejected += 1
             return 400, {"error": "'dlr_url' must be an http(s) URL or null"}
@@ -263,9 +261,7 @@ class UpstreamSimulator:
                 submitted_at=_now_iso(),
             )
             submit.dlr_status = (
-                "UNDELIV"
-                if settings.failure_rate and self._random.random() < settings.failure_rate
-                else "DELIVRD"
+                "UNDELIV" if settings.failure_rate and self._random.random() < settings.failure_rate else "DELIVRD"
             )
             self._stats.unique += 1
             self._submits.append(submit)
@@ -296,9 +292,7 @@ class UpstreamSimulator:
             delay = CALLBACK_RETRY_DELAYS[attempt]
             if self._callbacks.call_later(delay, lambda: self._send_dlr(submit, attempt + 1)):
                 return
-        logger.warning(
-            "DLR for %s not delivered to %s (last status %s)", submit.message_id, submit.dlr_url, status
-        )
+        logger.warning("DLR for %s not delivered to %s (last status %s)", submit.message_id, submit.dlr_url, status)
         with self._lock:
             self._stats.dlrs_failed += 1
 
@@ -379,9 +373,7 @@ class _SimulatorHandler(RequestHandler):
             if missing:
                 self.send_json(400, {"error": f"missing: {', '.join(missing)}"})
                 return
-            self.send_json(
-                200, self.simulator.send_inbound(payload["from"], payload["to"], payload["message"])
-            )
+            self.send_json(200, self.simulator.send_inbound(payload["from"], payload["to"], payload["message"]))
         elif path == "/control/settings":
             try:
                 self.send_json(200, self.simulator.configure(**payload))

@@ -77,9 +77,7 @@ def _intrinsic_constructor(tag: str) -> Callable[[yaml.SafeLoader, yaml.Node], d
         elif isinstance(node, yaml.MappingNode):
             value = loader.construct_mapping(node, deep=True)
         else:  # pragma: no cover - yaml has no other node kinds
-            raise yaml.constructor.ConstructorError(
-                None, None, f"unexpected node for !{tag}", node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"unexpected node for !{tag}", node.start_mark)
         return {key: value}
 
     return construct
@@ -101,9 +99,7 @@ def load_template(path: Path | None = None) -> dict[str, Any]:
     return document
 
 
-def resources_of_type(
-    template: Mapping[str, Any], resource_type: str
-) -> Iterator[tuple[str, dict[str, Any]]]:
+def resources_of_type(template: Mapping[str, Any], resource_type: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """(logical id, Properties) of every resource of one type, in template order."""
     for logical_id, resource in template.get("Resources", {}).items():
         if isinstance(resource, dict) and resource.get("Type") == resource_type:
@@ -283,9 +279,7 @@ def table_definitions(
                 "ProvisionedThroughput", {"ReadCapacityUnits": 5, "WriteCapacityUnits": 5}
             )
         if props.get("GlobalSecondaryIndexes"):
-            kwargs["GlobalSecondaryIndexes"] = [
-                _index(spec, billing_mode) for spec in props["GlobalSecondaryIndexes"]
-            ]
+            kwargs["GlobalSecondaryIndexes"] = [_index(spec, billing_mode) for spec in props["GlobalSecondaryIndexes"]]
         if props.get("LocalSecondaryIndexes"):
             kwargs["LocalSecondaryIndexes"] = [_index(spec, "") for spec in props["LocalSecondaryIndexes"]]
         ttl = props.get("TimeToLiveSpecification") or {}
@@ -356,9 +350,7 @@ def queue_definitions(
         attributes = {key: _string(_resolve(props[key], ctx)) for key in _QUEUE_ATTRIBUTES if key in props}
         if fifo:
             attributes["FifoQueue"] = "true"
-            attributes.update(
-                {key: _string(_resolve(props[key], ctx)) for key in _FIFO_ATTRIBUTES if key in props}
-            )
+            attributes.update({key: _string(_resolve(props[key], ctx)) for key in _FIFO_ATTRIBUTES if key in props})
         redrive = props.get("RedrivePolicy") or {}
         if isinstance(redrive, str):
             redrive = json.loads(redrive)
@@ -456,8 +448,7 @@ def _events(props: Mapping[str, Any]) -> tuple[list[Route], list[SqsEventSource]
                 SqsEventSource(
                     queue=_logical_id_of_arn(spec["Queue"]),
                     batch_size=int(spec.get("BatchSize", _SQS_DEFAULT_BATCH_SIZE)),
-                    report_batch_item_failures="ReportBatchItemFailures"
-                    in (spec.get("FunctionResponseTypes") or []),
+                    report_batch_item_failures="ReportBatchItemFailures" in (spec.get("FunctionResponseTypes") or []),
                     maximum_batching_window_seconds=int(spec.get("MaximumBatchingWindowInSeconds", 0)),
                 )
             )
@@ -534,9 +525,7 @@ def _match_path(route_path: str, path: str) -> tuple[tuple[int, ...], dict[str, 
     return tuple(ranks), parameters
 
 
-def match_route(
-    routes: list[tuple[str, str, str]], method: str, path: str
-) -> tuple[str, str, dict[str, str]] | None:
+def match_route(routes: list[tuple[str, str, str]], method: str, path: str) -> tuple[str, str, dict[str, str]] | None:
     """Pick the route API Gateway (HTTP API) would pick for ``method path``.
 
     ``routes`` are (function logical id, method, route path) triples. The most specific path wins,

@@ -52,9 +52,7 @@ def dispatch_record(record: SQSRecord) -> dict[str, Any]:
         },
     )
     if outcome.needs_retry:
-        raise RetryLater(
-            f"{len(outcome.retry)} messages of batch {command.reference_id} met transient failures"
-        )
+        raise RetryLater(f"{len(outcome.retry)} messages of batch {command.reference_id} met transient failures")
     return {"submitted": outcome.submitted}
 
 

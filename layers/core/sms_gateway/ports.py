@@ -13,9 +13,11 @@ from sms_gateway.domain.models import (
     Credentials,
     DeliveryReport,
     DispatchCommand,
+    InboundSms,
     Message,
     MessageKey,
     StatusChange,
+    StoredInbound,
     SubmitRequest,
     SubmitResult,
 )
@@ -40,6 +42,16 @@ class AccountStore(Protocol):
 
     def refund_credits(self, account_id: str, amount: int) -> int: ...
 
+    def account_id_for_sender(self, sender: str) -> str | None:
+        """The account that registered a sender ID, shortcode or long number (each belongs to one account)."""
+        ...
+
+
+class InboxStore(Protocol):
+    def save_inbound(self, inbound: StoredInbound) -> bool:
+        """Stores an inbound SMS once: False when the same upstream message was stored already."""
+        ...
+
 
 class MessageStore(Protocol):
     def create_batch(self, batch: Batch, messages: Sequence[Message]) -> None: ...
@@ -54,9 +66,7 @@ class MessageStore(Protocol):
         self, account_id: str, reference_id: int, *, limit: int = 100, cursor: str | None = None
     ) -> tuple[list[Message], str | None]: ...
 
-    def get_messages(
-        self, account_id: str, reference_id: int, message_ids: Sequence[int]
-    ) -> list[Message]: ...
+    def get_messages(self, account_id: str, reference_id: int, message_ids: Sequence[int]) -> list[Message]: ...
 
     def claim_for_dispatch(self, key: MessageKey, *, now: datetime, lease_seconds: int) -> bool:
         """Takes a lease on a queued message so that two dispatchers never submit it at once."""
@@ -105,3 +115,5 @@ class Provider(Protocol):
     def verify_callback(self, request: CallbackRequest) -> bool: ...
 
     def parse_delivery_reports(self, request: CallbackRequest) -> list[DeliveryReport]: ...
+
+    def parse_inbound(self, request: CallbackRequest) -> InboundSms: ...

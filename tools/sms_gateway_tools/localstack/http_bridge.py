@@ -141,9 +141,7 @@ def to_http_response(result: Any) -> tuple[int, list[tuple[str, str]], bytes]:
         status = int(result["statusCode"])
         if not 100 <= status <= 599:
             raise ValueError(f"invalid statusCode {status}")
-        headers: list[tuple[str, str]] = [
-            (str(k), _header_value(v)) for k, v in (result.get("headers") or {}).items()
-        ]
+        headers: list[tuple[str, str]] = [(str(k), _header_value(v)) for k, v in (result.get("headers") or {}).items()]
         for name, values in (result.get("multiValueHeaders") or {}).items():
             existing = {k.lower() for k, _ in headers}
             if str(name).lower() in existing:
@@ -223,9 +221,7 @@ class HttpBridge:
                 except (TypeError, ValueError) as error:
                     logger.error("%s returned a malformed response (%s): %r", logical_id, error, result)
                     status, headers, body = SERVER_ERROR
-        logger.info(
-            "%s %s -> %s (%.0f ms)", request.method, path, status, (time.monotonic() - started) * 1000
-        )
+        logger.info("%s %s -> %s (%.0f ms)", request.method, path, status, (time.monotonic() - started) * 1000)
         return status, [*headers, ("Apigw-Requestid", request_id)], body
 
 

@@ -57,9 +57,7 @@ def function_names(template: Mapping[str, Any], stack_name: str) -> dict[str, st
     return names
 
 
-def create_stack_resources(
-    clients: Mapping[str, Any], template: Mapping[str, Any], stack_name: str
-) -> Resources:
+def create_stack_resources(clients: Mapping[str, Any], template: Mapping[str, Any], stack_name: str) -> Resources:
     """Tables (with TTL and PITR), DLQs then queues (with their redrive policies), schedule groups."""
     resources = Resources()
     dynamodb, sqs, scheduler = clients["dynamodb"], clients["sqs"], clients["scheduler"]

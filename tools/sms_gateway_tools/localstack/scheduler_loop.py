@@ -140,18 +140,14 @@ class SchedulerLoop:
         if due is None:
             if (group, name) not in self._warned:
                 self._warned.add((group, name))
-                logger.warning(
-                    "schedule %s/%s: only at(...) expressions fire locally, not %r", group, name, expression
-                )
+                logger.warning("schedule %s/%s: only at(...) expressions fire locally, not %r", group, name, expression)
             return False
         if due > now:
             return False
         self._fired.add(key)
         self.fired_count += 1
         target = dict(schedule.get("Target") or {})
-        retries = min(
-            int((target.get("RetryPolicy") or {}).get("MaximumRetryAttempts", 185)), self.max_retries
-        )
+        retries = min(int((target.get("RetryPolicy") or {}).get("MaximumRetryAttempts", 185)), self.max_retries)
         self._jobs.call_later(0, lambda: self._attempt(group, schedule, target, 0, retries))
         return True
 
@@ -163,22 +159,14 @@ class SchedulerLoop:
             self._invoke(target)
         except Exception as error:
             if self._stopping.is_set():
-                logger.warning(
-                    "schedule %s/%s: attempt %d failed while stopping: %s", group, name, attempt + 1, error
-                )
+                logger.warning("schedule %s/%s: attempt %d failed while stopping: %s", group, name, attempt + 1, error)
                 return
             if attempt < retries:
-                logger.warning(
-                    "schedule %s/%s: attempt %d failed (%s), retrying", group, name, attempt + 1, error
-                )
+                logger.warning("schedule %s/%s: attempt %d failed (%s), retrying", group, name, attempt + 1, error)
                 delay = self.retry_delay * (attempt + 1)
-                if self._jobs.call_later(
-                    delay, lambda: self._attempt(group, schedule, target, attempt + 1, retries)
-                ):
+                if self._jobs.call_later(delay, lambda: self._attempt(group, schedule, target, attempt + 1, retries)):
                     return
-            logger.error(
-                "schedule %s/%s: target failed after %d attempts: %s", group, name, attempt + 1, error
-            )
+            logger.error("schedule %s/%s: target failed after %d attempts: %s", group, name, attempt + 1, error)
             self._dead_letter(schedule, target, error, attempt + 1)
         self._complete(group, schedule)
 
@@ -211,9 +199,7 @@ class SchedulerLoop:
         try:
             self._send_to_queue(str(dlq_arn), str(target.get("Input") or "{}"), attributes, {})
         except Exception as dlq_error:
-            logger.error(
-                "schedule %s: dead-letter queue %s failed: %s", schedule.get("Name"), dlq_arn, dlq_error
-            )
+            logger.error("schedule %s: dead-letter queue %s failed: %s", schedule.get("Name"), dlq_arn, dlq_error)
 
     def _send_to_queue(
         self, arn: str, body: str, attributes: Mapping[str, Any], sqs_parameters: Mapping[str, Any]

@@ -68,9 +68,7 @@ def lambda_record(message: Mapping[str, Any], queue_arn: str, region: str = REGI
         "messageAttributes": message_attributes,
         "md5OfBody": message.get("MD5OfBody") or hashlib.md5(body.encode()).hexdigest(),  # noqa: S324 (SQS's checksum)
         **(
-            {"md5OfMessageAttributes": message["MD5OfMessageAttributes"]}
-            if "MD5OfMessageAttributes" in message
-            else {}
+            {"md5OfMessageAttributes": message["MD5OfMessageAttributes"]} if "MD5OfMessageAttributes" in message else {}
         ),
         "eventSource": "aws:sqs",
         "eventSourceARN": queue_arn,
@@ -125,9 +123,7 @@ class SqsPoller:
         self._pool = ThreadPoolExecutor(
             max_workers=concurrency, thread_name_prefix=f"localstack-sqs-{function.logical_id}"
         )
-        self._thread = threading.Thread(
-            target=self._run, name=f"localstack-sqs-{source.queue_logical_id}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=f"localstack-sqs-{source.queue_logical_id}", daemon=True)
         self.batches = 0
 
     def start(self) -> None:

@@ -359,11 +359,7 @@ class LocalStack:
     def _remove_state_file(self) -> None:
         state = read_stack_file(self.state_dir)
         # Another stack may have started since and written its own file: leave that one alone.
-        if (
-            state is not None
-            and state.get("pid") == os.getpid()
-            and state.get("moto_endpoint") == self.moto_endpoint
-        ):
+        if state is not None and state.get("pid") == os.getpid() and state.get("moto_endpoint") == self.moto_endpoint:
             self.state_file.unlink(missing_ok=True)
 
 

@@ -26,9 +26,7 @@ class DelayedExecutor:
 
     def start(self) -> None:
         self._stopping = False
-        self._pool = ThreadPoolExecutor(
-            max_workers=self._max_workers, thread_name_prefix=f"{self._name}-worker"
-        )
+        self._pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix=f"{self._name}-worker")
         self._thread = threading.Thread(target=self._run, name=f"{self._name}-timer", daemon=True)
         self._thread.start()
 

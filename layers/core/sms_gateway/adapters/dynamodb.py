@@ -4,6 +4,8 @@ Item layout (see docs/data-model.md):
   account     pk=ACC#<account_id>                 sk=ACCOUNT
   credential  pk=CRED#<kind>#<sha256 of secret>   sk=CRED          -> account_id
   login       pk=LOGIN#<username>                 sk=LOGIN         -> account_id, scrypt hash
+  sender      pk=SENDER#<sender id or number>     sk=SENDER        -> account_id (one owner per sender)
+  inbound     pk=INBOX#<account_id>               sk=UP#<upstream>#<upstream id> (or IN#<id>)
   batch       pk=ACC#<account_id>                 sk=BATCH#<reference_id>
   message     pk=MSGS#<account_id>#<reference_id> sk=MSG#<message_id>   (GSI upstream-index on upstream_key)
 """
@@ -31,6 +33,7 @@ from sms_gateway.domain.models import (
     Message,
     MessageKey,
     StatusChange,
+    StoredInbound,
     iso,
 )
 from sms_gateway.domain.status import MessageStatus, allowed_previous
@@ -59,9 +62,7 @@ def hash_password(password: str, salt: bytes | None = None) -> str:
 def verify_password(password: str, stored: str) -> bool:
     try:
         _, n, r, p, salt, digest = stored.split("$")
-        candidate = hashlib.scrypt(
-            password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p)
-        ).hex()
+        candidate = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p)).hex()
     except ValueError:
         return False
     return hmac.compare_digest(candidate, digest)
@@ -83,6 +84,11 @@ def message_sk(message_id: int) -> str:
     return f"MSG#{message_id:019d}"
 
 
+def sender_pk(sender: str) -> str:
+    # Numbers arrive with or without '+': one form, so an inbound SMS finds the account either way.
+    return f"SENDER#{sender.lstrip('+').upper()}"
+
+
 def upstream_key(upstream: str, upstream_message_id: str) -> str:
     return f"{upstream}#{upstream_message_id}"
 
@@ -96,9 +102,7 @@ def _key_of(key: MessageKey) -> dict[str, Any]:
 
 def _message_key_from_item_keys(pk: str, sk: str) -> MessageKey:
     _, account_id, reference_id = pk.split("#", 2)
-    return MessageKey(
-        account_id=account_id, reference_id=int(reference_id), message_id=int(sk.split("#", 1)[1])
-    )
+    return MessageKey(account_id=account_id, reference_id=int(reference_id), message_id=int(sk.split("#", 1)[1]))
 
 
 class _Codec:
@@ -164,6 +168,8 @@ class DynamoStore:
                     "prefix": secret[:8],
                 }
             )
+        for sender in account.senders:
+            items.append({"pk": sender_pk(sender), "sk": "SENDER", "account_id": account.account_id})
         items.append(
             {
                 "pk": f"LOGIN#{credentials.username}",
@@ -172,7 +178,13 @@ class DynamoStore:
                 "password_hash": hash_password(credentials.password),
             }
         )
-        # One transaction: an account never exists without its credentials, and a taken name fails whole.
+        # One transaction: an account never exists without its credentials; a taken name or sender fails whole.
+        try:
+            self._put_all_new(items)
+        except self.client.exceptions.TransactionCanceledException as error:
+            raise Conflict("the username or one of the sender ids is taken by another account") from error
+
+    def _put_all_new(self, items: list[dict[str, Any]]) -> None:
         self.client.transact_write_items(
             TransactItems=[
                 {
@@ -212,6 +224,31 @@ class DynamoStore:
         if not verify_password(password, found["password_hash"]["S"]):
             return None
         return str(found["account_id"]["S"])
+
+    def account_id_for_sender(self, sender: str) -> str | None:
+        found = self.client.get_item(
+            TableName=self.table_name, Key={"pk": {"S": sender_pk(sender)}, "sk": {"S": "SENDER"}}
+        ).get("Item")
+        return str(found["account_id"]["S"]) if found else None
+
+    def save_inbound(self, inbound: StoredInbound) -> bool:
+        # The upstream's id makes the key when there is one, so a retried callback is stored once.
+        sk = f"UP#{inbound.upstream}#{inbound.upstream_message_id}" if inbound.upstream_message_id else None
+        item = {
+            "pk": f"INBOX#{inbound.account_id}",
+            "sk": sk or f"IN#{inbound.inbound_id:019d}",
+            "expires_at": self._expires_at(inbound.received_at),
+            **inbound.model_dump(mode="json"),
+        }
+        try:
+            self.client.put_item(
+                TableName=self.table_name,
+                Item=self._codec.dump(item),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
 
     def reserve_credits(self, account_id: str, amount: int) -> int:
         try:
@@ -261,8 +298,7 @@ class DynamoStore:
         except self.client.exceptions.ConditionalCheckFailedException as error:
             raise Conflict(f"batch {batch.reference_id} exists already") from error
         requests = [
-            {"PutRequest": {"Item": self._codec.dump(self._message_item(message, expires_at))}}
-            for message in messages
+            {"PutRequest": {"Item": self._codec.dump(self._message_item(message, expires_at))}} for message in messages
         ]
         for start in range(0, len(requests), BATCH_WRITE_SIZE):
             self._batch_write(requests[start : start + BATCH_WRITE_SIZE])
@@ -364,9 +400,7 @@ class DynamoStore:
                 TableName=self.table_name,
                 Key=_key_of(key),
                 UpdateExpression="SET claim_until = :until ADD dispatch_attempts :one",
-                ConditionExpression=(
-                    "#status = :queued AND (attribute_not_exists(claim_until) OR claim_until < :now)"
-                ),
+                ConditionExpression=("#status = :queued AND (attribute_not_exists(claim_until) OR claim_until < :now)"),
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={
                     ":until": {"N": str(now_epoch + lease_seconds)},
@@ -449,9 +483,7 @@ class DynamoStore:
             if not current:
                 return None
             return StatusChange(message=Message.model_validate(self._codec.load(current)), changed=False)
-        return StatusChange(
-            message=Message.model_validate(self._codec.load(answer["Attributes"])), changed=True
-        )
+        return StatusChange(message=Message.model_validate(self._codec.load(answer["Attributes"])), changed=True)
 
     def find_by_upstream_id(self, upstream: str, upstream_message_id: str) -> MessageKey | None:
         answer = self.client.query(

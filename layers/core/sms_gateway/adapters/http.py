@@ -33,9 +33,7 @@ def async_client() -> httpx.AsyncClient:
     if client is None:
         settings = get_settings()
         client = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                settings.upstream_read_timeout, connect=settings.upstream_connect_timeout, pool=30.0
-            ),
+            timeout=httpx.Timeout(settings.upstream_read_timeout, connect=settings.upstream_connect_timeout, pool=30.0),
             limits=httpx.Limits(
                 max_connections=settings.dispatch_concurrency,
                 max_keepalive_connections=settings.dispatch_concurrency,

@@ -56,9 +56,7 @@ class EventBridgeBatchScheduler:
 
     def cancel(self, account_id: str, reference_id: int) -> bool:
         try:
-            self.client.delete_schedule(
-                Name=schedule_name(account_id, reference_id), GroupName=self.group_name
-            )
+            self.client.delete_schedule(Name=schedule_name(account_id, reference_id), GroupName=self.group_name)
         except self.client.exceptions.ResourceNotFoundException:
             return False
         return True

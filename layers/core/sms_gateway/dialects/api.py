@@ -15,9 +15,7 @@ app.include_router(ninebits.router)
 
 @app.exception_handler(GatewayError)
 def gateway_error(error: GatewayError) -> Response:
-    logger.info(
-        "request refused", extra={"code": error.code, "reason": error.message, "path": app.current_event.path}
-    )
+    logger.info("request refused", extra={"code": error.code, "reason": error.message, "path": app.current_event.path})
     return ninebits.render_error(error)
 
 

@@ -10,8 +10,10 @@ from sms_gateway.dialects.common import json_response, status_for
 from sms_gateway.domain.models import CallbackRequest, StatusChange, utc_now
 from sms_gateway.errors import GatewayError, NotFound, Unauthorized
 from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
+from sms_gateway.logic.inbound import InboundDependencies, receive_inbound
 from sms_gateway.logic.notify import dlr_notification
 from sms_gateway.observability import logger, metrics
+from sms_gateway.ports import Provider
 
 app = APIGatewayHttpResolver()
 
@@ -27,13 +29,17 @@ def _callback_request() -> CallbackRequest:
     )
 
 
-@app.route("/callbacks/<provider>/dlr", method=["GET", "POST"])
-def delivery_report(provider: str) -> Response:
+def _provider(name: str) -> Provider:
     try:
-        upstream = get_provider(provider)
+        return get_provider(name)
     except NotFound as error:
         # An unknown provider name is answered like a failed signature: callers learn nothing about our setup.
         raise Unauthorized("callback not verified") from error
+
+
+@app.route("/callbacks/<provider>/dlr", method=["GET", "POST"])
+def delivery_report(provider: str) -> Response:
+    upstream = _provider(provider)
     wiring = gateway()
 
     def queue_client_callback(change: StatusChange) -> None:
@@ -50,6 +56,24 @@ def delivery_report(provider: str) -> Response:
     )
     metrics.add_metric(name="DeliveryReportsApplied", unit="Count", value=outcome.applied)
     return json_response(200, {"status": "ok", "applied": outcome.applied, "unchanged": outcome.unchanged})
+
+
+@app.post("/callbacks/<provider>/inbound")
+def inbound_sms(provider: str) -> Response:
+    upstream = _provider(provider)
+    wiring = gateway()
+    outcome = receive_inbound(
+        upstream,
+        _callback_request(),
+        InboundDependencies(
+            accounts=wiring.store,
+            inbox=wiring.store,
+            publish=lambda notification: wiring.notify_queue.publish([notification]),
+            clock=utc_now,
+        ),
+    )
+    metrics.add_metric(name="InboundReceived", unit="Count", value=1 if outcome.stored else 0)
+    return json_response(200, {"status": "ok", "routed": outcome.routed})
 
 
 @app.exception_handler(GatewayError)

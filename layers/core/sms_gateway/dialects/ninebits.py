@@ -74,9 +74,7 @@ class SendRequest(BaseModel):
     @property
     def text(self) -> str:
         return (
-            self.message
-            if self.message is not None
-            else (self.body if self.body is not None else self.content or "")
+            self.message if self.message is not None else (self.body if self.body is not None else self.content or "")
         )
 
 

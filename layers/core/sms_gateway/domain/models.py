@@ -136,9 +136,7 @@ class Message(Record):
 
     @property
     def key(self) -> MessageKey:
-        return MessageKey(
-            account_id=self.account_id, reference_id=self.reference_id, message_id=self.message_id
-        )
+        return MessageKey(account_id=self.account_id, reference_id=self.reference_id, message_id=self.message_id)
 
 
 class DispatchCommand(Record):
@@ -203,3 +201,28 @@ class Credentials(Record):
     partner_id: str
     username: str
     password: str
+
+
+class InboundSms(Record):
+    """A mobile-originated SMS as an upstream delivered it."""
+
+    upstream: str
+    upstream_message_id: str | None = None
+    msisdn: str  # the sender's number, E.164
+    to: str  # our shortcode or long number it was sent to
+    text: str
+    received_at: str
+
+
+class StoredInbound(Record):
+    inbound_id: int
+    account_id: str
+    upstream: str
+    upstream_message_id: str | None = None
+    msisdn: str
+    telco: str | None = None
+    to: str
+    text: str
+    session_id: str
+    ref_id: str | None = None
+    received_at: str

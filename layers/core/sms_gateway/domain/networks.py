@@ -102,13 +102,9 @@ CATALOGUE: tuple[Network, ...] = (
 NETWORKS: dict[str, int] = {network.slug: network.network_id for network in CATALOGUE}
 
 # Keys are casefolded: libphonenumber capitalises inconsistently ("LycaMobile" in UG, "Lycamobile" elsewhere).
-_BY_NAME: dict[str, str] = {
-    name.casefold(): network.slug for network in CATALOGUE for name in network.carriers
-}
+_BY_NAME: dict[str, str] = {name.casefold(): network.slug for network in CATALOGUE for name in network.carriers}
 _BY_REGION_AND_NAME: dict[tuple[str, str], str] = {
-    (region, name.casefold()): network.slug
-    for network in CATALOGUE
-    for region, name in network.regional_carriers
+    (region, name.casefold()): network.slug for network in CATALOGUE for region, name in network.regional_carriers
 }
 
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")

@@ -52,9 +52,7 @@ def _locate(report: DeliveryReport, messages: MessageStore) -> MessageKey | None
     return key
 
 
-def apply_delivery_report(
-    report: DeliveryReport, deps: DeliveryDependencies, outcome: DeliveryOutcome
-) -> None:
+def apply_delivery_report(report: DeliveryReport, deps: DeliveryDependencies, outcome: DeliveryOutcome) -> None:
     key = _locate(report, deps.messages)
     change = None
     if key is not None:

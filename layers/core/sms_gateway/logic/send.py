@@ -27,9 +27,7 @@ class Rejection:
     reason: str
 
 
-def normalise_recipients(
-    raw_numbers: Sequence[str], default_country: str
-) -> tuple[list[Recipient], list[Rejection]]:
+def normalise_recipients(raw_numbers: Sequence[str], default_country: str) -> tuple[list[Recipient], list[Rejection]]:
     """Each number parsed on its own: invalid ones are reported with a reason, never dropped silently.
     A number given twice is sent once."""
     accepted: dict[str, Recipient] = {}
@@ -124,9 +122,7 @@ def accept_send(account: Account, command: SendCommand, deps: SendDependencies, 
             deps.dispatch_queue.enqueue(dispatch_commands(batch, [m.message_id for m in messages]))
     except Exception:
         # Nothing half-done stays charged: the batch is marked failed and its credits come back.
-        logger.exception(
-            "send could not be stored or queued; refunding", extra={"reference_id": batch.reference_id}
-        )
+        logger.exception("send could not be stored or queued; refunding", extra={"reference_id": batch.reference_id})
         deps.messages.set_batch_status(account.account_id, batch.reference_id, MessageStatus.FAILED)
         deps.accounts.refund_credits(account.account_id, cost)
         raise

@@ -10,7 +10,7 @@ import time
 import httpx
 
 from sms_gateway.adapters.http import async_client
-from sms_gateway.domain.models import CallbackRequest, DeliveryReport, SubmitRequest, SubmitResult
+from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
 
@@ -90,3 +90,17 @@ class SimulatorProvider:
                 reported_at=payload.get("done_at"),
             )
         ]
+
+    def parse_inbound(self, request: CallbackRequest) -> InboundSms:
+        try:
+            payload = json.loads(request.body)
+            return InboundSms(
+                upstream=self.name,
+                upstream_message_id=payload.get("message_id"),
+                msisdn=str(payload["from"]),
+                to=str(payload["to"]),
+                text=str(payload["text"]),
+                received_at=str(payload["received_at"]),
+            )
+        except (ValueError, KeyError, TypeError) as error:
+            raise CallbackRejected(f"not a simulator inbound SMS: {error}") from error

@@ -1,0 +1,123 @@
+"""End to end over real HTTP: delivery reports and inbound SMS reach the client's own webhook."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+class ClientWebhook:
+    """The client's server: records each POST and answers valid JSON, as the seeds require."""
+
+    def __init__(self) -> None:
+        self.received: queue.Queue[dict[str, Any]] = queue.Queue()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.received.put({"path": self.path, "headers": dict(self.headers.items()), "body": json.loads(body)})
+                answer = b'{"ok":true}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def next(self, path: str, timeout: float = 20.0) -> dict[str, Any]:
+        while True:
+            request = self.received.get(timeout=timeout)
+            if request["path"] == path:
+                return request
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[ClientWebhook]:
+    hook = ClientWebhook()
+    hook.thread.start()
+    yield hook
+    hook.server.shutdown()
+    hook.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Any]:
+    from sms_gateway_tools.localstack import LocalStack
+
+    with LocalStack(port=0, dlr_delay=0.2) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def account(stack: Any, webhook: ClientWebhook) -> dict[str, Any]:
+    from sms_gateway_tools.admin import create_account
+
+    return create_account(
+        name="Two Way",
+        senders=["48975"],
+        credits=50,
+        api_url=stack.api_url,
+        dlr_url=f"{webhook.url}/dlr",
+        inbound_url=f"{webhook.url}/inbound",
+    )
+
+
+def test_a_batch_asking_for_delivery_reports_gets_them_on_the_client_webhook(stack, account, webhook):
+    # Given a batch (seed 3's shape) that asks for delivery reports
+    answer = httpx.post(
+        f"{stack.api_url}/ng/v1/sendsms",
+        json={"from": "48975", "to": ["2348030000000"], "body": "Hello Buddy. Let's go!", "delivery_report": "yes"},
+        headers={"Authorization": f"Bearer {account['token']}"},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["recipients_processed"] == 1
+    # When the upstream reports it delivered
+    request = webhook.next("/dlr")
+    # Then the client's webhook gets the report, authenticated with the account's webhook token
+    assert request["headers"]["Authorization"] == f"Bearer {account['webhook_token']}"
+    report = request["body"]
+    assert report["reference_id"] == answer.json()["reference_id"]
+    assert report["status"] == "delivered"
+    assert report["to"] == "2348030000000"
+    assert report["telco"] == "mtn"
+    assert report["reported_at"]
+
+
+def test_an_inbound_sms_reaches_the_client_in_the_seed_receive_format(stack, account, webhook):
+    # Given a subscriber texting the account's shortcode through the upstream
+    result = httpx.post(
+        f"{stack.simulator_url}/control/inbound",
+        json={"from": "2348030000000", "to": "48975", "message": "When was the last time you went to the cinema?"},
+        timeout=10,
+    ).json()
+    assert result["delivered"] is True
+    # Then the client's inbound URL gets the seed's "Receive SMS" body with the webhook token
+    request = webhook.next("/inbound")
+    assert request["headers"]["Authorization"] == f"Bearer {account['webhook_token']}"
+    assert request["headers"]["Content-Type"] == "application/json"
+    body = request["body"]
+    assert body["type"] == "two-way sms"
+    assert body["telco"] == "mtn"
+    assert body["from"] == "2348030000000"
+    assert body["to"] == "48975"
+    assert body["message"] == "When was the last time you went to the cinema?"
+    assert body["session_id"]
+    assert body["sent_date"]
+    assert "ref_id" in body
