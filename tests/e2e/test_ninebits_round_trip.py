@@ -62,6 +62,7 @@ def test_seed_send_is_delivered_and_reads_delivered(stack: Any, account: dict[st
         # Then the batch reads delivered
         assert batch, client.get(f"/ng/v1/batches/{reference_id}").text
         assert batch["reference_id"] == reference_id
+        assert batch["status"] == "completed"
         assert batch["parts"] == 1
         assert batch["encoding"] == "GSM-7"
         assert batch["session_id"] == "67543uhn3"

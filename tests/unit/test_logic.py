@@ -19,6 +19,7 @@ from sms_gateway.domain.models import (
 )
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import InsufficientCredits, InvalidSender, Unauthorized, UpstreamError
+from sms_gateway.logic.batches import BatchView
 from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
 from sms_gateway.logic.dispatch import DispatchDependencies, dispatch
 from sms_gateway.logic.inbound import InboundDependencies, receive_inbound
@@ -285,3 +286,20 @@ class TestInbound:
             receive_inbound(provider, callback("forged"), self.deps(store, published))
         assert published == []
         assert store.inbox == {}
+
+
+@pytest.mark.parametrize(
+    ("stored", "counts", "expected"),
+    [
+        (MessageStatus.QUEUED, {"queued": 3}, "queued"),
+        (MessageStatus.QUEUED, {"queued": 1, "submitted": 2}, "processing"),
+        (MessageStatus.QUEUED, {"delivered": 2, "submitted": 1}, "processing"),
+        (MessageStatus.QUEUED, {"delivered": 2, "failed": 1}, "completed"),
+        (MessageStatus.SCHEDULED, {"scheduled": 2}, "scheduled"),
+        (MessageStatus.CANCELLED, {"cancelled": 2}, "cancelled"),
+    ],
+)
+def test_a_batch_reads_as_the_progress_of_its_messages(store, stored, counts, expected):
+    batch, _ = send(store, command(1))
+    view = BatchView(batch=batch.model_copy(update={"status": stored}), counts=counts)
+    assert view.status == expected

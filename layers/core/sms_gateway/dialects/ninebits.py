@@ -135,7 +135,7 @@ def read_batch(reference_id: str) -> Response:
         200,
         {
             "reference_id": str(batch.reference_id),
-            "status": str(batch.status),
+            "status": view.status,
             "from": batch.sender,
             "recipients": batch.recipients,
             "counts": view.counts,

@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from sms_gateway.domain.models import Batch, Message
+from sms_gateway.domain.status import TERMINAL, MessageStatus
 from sms_gateway.errors import NotFound
 from sms_gateway.ports import MessageStore
 
@@ -14,6 +15,18 @@ from sms_gateway.ports import MessageStore
 class BatchView:
     batch: Batch
     counts: dict[str, int]
+
+    @property
+    def status(self) -> str:
+        """Stored states (scheduled, cancelled, failed) as they are; a released batch reads `queued` until a
+        message moves, `processing` while any message is on its way, `completed` when every one is final."""
+        if self.batch.status != MessageStatus.QUEUED or not self.counts:
+            return str(self.batch.status)
+        if set(self.counts) <= {str(s) for s in TERMINAL}:
+            return "completed"
+        if set(self.counts) == {str(MessageStatus.QUEUED)}:
+            return str(MessageStatus.QUEUED)
+        return "processing"
 
 
 def parse_reference_id(raw: str) -> int:
