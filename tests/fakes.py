@@ -23,6 +23,7 @@ from sms_gateway.domain.models import (
     SubmitResult,
     iso,
 )
+from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.status import MessageStatus, allowed_previous
 from sms_gateway.errors import InsufficientCredits, UpstreamError
 
@@ -35,6 +36,7 @@ class InMemoryStore:
         self.messages: dict[MessageKey, Message] = {}
         self.claims: dict[MessageKey, float] = {}
         self.inbox: dict[tuple[str, str], StoredInbound] = {}
+        self.prices = PriceTable()
         self._lock = threading.Lock()
 
     # accounts
@@ -85,9 +87,17 @@ class InMemoryStore:
     def get_batch(self, account_id: str, reference_id: int) -> Batch | None:
         return self.batches.get((account_id, reference_id))
 
-    def set_batch_status(self, account_id: str, reference_id: int, target: MessageStatus) -> bool:
+    def set_batch_status(
+        self,
+        account_id: str,
+        reference_id: int,
+        target: MessageStatus,
+        *,
+        only_from: frozenset[MessageStatus] | None = None,
+    ) -> bool:
         batch = self.batches.get((account_id, reference_id))
-        if batch is None or batch.status not in allowed_previous(target):
+        allowed = allowed_previous(target) & (only_from or allowed_previous(target))
+        if batch is None or batch.status not in allowed:
             return False
         self.batches[(account_id, reference_id)] = batch.model_copy(update={"status": target})
         return True
@@ -106,6 +116,15 @@ class InMemoryStore:
     def get_messages(self, account_id: str, reference_id: int, message_ids: Sequence[int]) -> list[Message]:
         keys = [MessageKey(account_id=account_id, reference_id=reference_id, message_id=i) for i in message_ids]
         return [self.messages[k] for k in keys if k in self.messages]
+
+    def find_message(self, account_id: str, message_id: int) -> Message | None:
+        for key, message in self.messages.items():
+            if key.message_id == message_id and key.account_id == account_id:
+                return message
+        return None
+
+    def price_table(self) -> PriceTable:
+        return self.prices
 
     def claim_for_dispatch(self, key: MessageKey, *, now: datetime, lease_seconds: int) -> bool:
         with self._lock:

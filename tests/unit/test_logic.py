@@ -58,8 +58,9 @@ def send(store: InMemoryStore, cmd: SendCommand, queue: RecordingQueue | None = 
         messages=store,
         dispatch_queue=queue or RecordingQueue(),
         scheduler=scheduler or RecordingScheduler(),
+        prices=store,
     )
-    return accept_send(store.accounts["7"], cmd, deps, now=NOW), deps
+    return accept_send(store.accounts["7"], cmd, deps, now=NOW).batch, deps
 
 
 class TestAcceptSend:

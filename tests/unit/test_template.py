@@ -235,17 +235,18 @@ def test_table_definitions_create_the_table_in_dynamodb(template: dict[str, Any]
             PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True},
         )
 
-    # Then the created table has the single-table keys, the upstream index, TTL and PITR
+    # Then the created table has the single-table keys, the upstream and message indexes, TTL and PITR
     described = dynamodb.describe_table(TableName=f"{STACK}-GatewayTable")["Table"]
     assert described["KeySchema"] == [
         {"AttributeName": "pk", "KeyType": "HASH"},
         {"AttributeName": "sk", "KeyType": "RANGE"},
     ]
     assert described["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
-    (index,) = described["GlobalSecondaryIndexes"]
-    assert index["IndexName"] == "upstream-index"
-    assert index["KeySchema"] == [{"AttributeName": "upstream_key", "KeyType": "HASH"}]
-    assert index["Projection"]["ProjectionType"] == "KEYS_ONLY"
+    indexes = {index["IndexName"]: index for index in described["GlobalSecondaryIndexes"]}
+    assert sorted(indexes) == ["message-index", "upstream-index"]
+    assert indexes["upstream-index"]["KeySchema"] == [{"AttributeName": "upstream_key", "KeyType": "HASH"}]
+    assert indexes["message-index"]["KeySchema"] == [{"AttributeName": "message_id", "KeyType": "HASH"}]
+    assert {index["Projection"]["ProjectionType"] for index in indexes.values()} == {"KEYS_ONLY"}
     ttl = dynamodb.describe_time_to_live(TableName=table.table_name)["TimeToLiveDescription"]
     assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "expires_at")
     backups = dynamodb.describe_continuous_backups(TableName=table.table_name)["ContinuousBackupsDescription"]

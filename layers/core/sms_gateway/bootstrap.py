@@ -8,6 +8,7 @@ from functools import cache
 from sms_gateway.adapters.dynamodb import DynamoStore
 from sms_gateway.adapters.scheduler import EventBridgeBatchScheduler
 from sms_gateway.adapters.sqs import SqsDispatchQueue, SqsNotifyQueue
+from sms_gateway.logic.send import SendDependencies
 from sms_gateway.settings import Settings, get_settings
 
 
@@ -45,3 +46,14 @@ def reset() -> None:
     gateway.cache_clear()
     get_settings.cache_clear()
     aws.reset_clients()
+
+
+def send_dependencies() -> SendDependencies:
+    wiring = gateway()
+    return SendDependencies(
+        accounts=wiring.store,
+        messages=wiring.store,
+        dispatch_queue=wiring.dispatch_queue,
+        scheduler=wiring.scheduler,
+        prices=wiring.store,
+    )

@@ -17,10 +17,12 @@ from sms_gateway.domain.models import (
     Message,
     MessageKey,
     StatusChange,
+    StoredAnswer,
     StoredInbound,
     SubmitRequest,
     SubmitResult,
 )
+from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.status import MessageStatus
 
 
@@ -58,8 +60,16 @@ class MessageStore(Protocol):
 
     def get_batch(self, account_id: str, reference_id: int) -> Batch | None: ...
 
-    def set_batch_status(self, account_id: str, reference_id: int, target: MessageStatus) -> bool:
-        """Conditional: only from a state `target` may follow. True when this call moved it."""
+    def set_batch_status(
+        self,
+        account_id: str,
+        reference_id: int,
+        target: MessageStatus,
+        *,
+        only_from: frozenset[MessageStatus] | None = None,
+    ) -> bool:
+        """Conditional: only from a state `target` may follow (narrowed to `only_from` if given).
+        True when this call moved it."""
         ...
 
     def list_messages(
@@ -67,6 +77,10 @@ class MessageStore(Protocol):
     ) -> tuple[list[Message], str | None]: ...
 
     def get_messages(self, account_id: str, reference_id: int, message_ids: Sequence[int]) -> list[Message]: ...
+
+    def find_message(self, account_id: str, message_id: int) -> Message | None:
+        """A message by its id alone, only if it belongs to `account_id`."""
+        ...
 
     def claim_for_dispatch(self, key: MessageKey, *, now: datetime, lease_seconds: int) -> bool:
         """Takes a lease on a queued message so that two dispatchers never submit it at once."""
@@ -91,6 +105,23 @@ class MessageStore(Protocol):
         ...
 
     def find_by_upstream_id(self, upstream: str, upstream_message_id: str) -> MessageKey | None: ...
+
+
+class PriceBook(Protocol):
+    def price_table(self) -> PriceTable: ...
+
+
+class IdempotencyStore(Protocol):
+    def begin(self, scope: str, key: str, fingerprint: str, *, now: datetime) -> StoredAnswer | None:
+        """Claims a key: None when this call owns it. The stored answer when the same request was answered
+        already. Raises Conflict for a different request under the same key, or one still in progress."""
+        ...
+
+    def complete(self, scope: str, key: str, answer: StoredAnswer) -> None: ...
+
+    def abandon(self, scope: str, key: str) -> None:
+        """Forgets a claimed key whose request failed, so the client may retry it."""
+        ...
 
 
 class DispatchQueue(Protocol):

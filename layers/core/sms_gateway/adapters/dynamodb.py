@@ -33,13 +33,17 @@ from sms_gateway.domain.models import (
     Message,
     MessageKey,
     StatusChange,
+    StoredAnswer,
     StoredInbound,
     iso,
 )
+from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.status import MessageStatus, allowed_previous
 from sms_gateway.errors import Conflict, InsufficientCredits
 
 UPSTREAM_INDEX = "upstream-index"
+MESSAGE_INDEX = "message-index"
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
 BATCH_WRITE_SIZE = 25
 BATCH_GET_SIZE = 100
 _MAX_UNPROCESSED_ROUNDS = 8
@@ -331,8 +335,17 @@ class DynamoStore:
         ).get("Item")
         return Batch.model_validate(self._codec.load(found)) if found else None
 
-    def set_batch_status(self, account_id: str, reference_id: int, target: MessageStatus) -> bool:
-        previous = sorted(allowed_previous(target))
+    def set_batch_status(
+        self,
+        account_id: str,
+        reference_id: int,
+        target: MessageStatus,
+        *,
+        only_from: frozenset[MessageStatus] | None = None,
+    ) -> bool:
+        previous = sorted(allowed_previous(target) & (only_from or allowed_previous(target)))
+        if not previous:
+            return False
         values = {f":p{i}": {"S": str(status)} for i, status in enumerate(previous)}
         try:
             self.client.update_item(
@@ -436,6 +449,8 @@ class DynamoStore:
         reported_at: str | None = None,
     ) -> StatusChange | None:
         previous = sorted(allowed_previous(target))
+        if not previous:
+            raise ValueError(f"no status can move to {target}")
         names = {"#status": "status", "#target": str(target)}
         values: dict[str, Any] = {
             ":target": {"S": str(target)},
@@ -484,6 +499,84 @@ class DynamoStore:
                 return None
             return StatusChange(message=Message.model_validate(self._codec.load(current)), changed=False)
         return StatusChange(message=Message.model_validate(self._codec.load(answer["Attributes"])), changed=True)
+
+    def find_message(self, account_id: str, message_id: int) -> Message | None:
+        answer = self.client.query(
+            TableName=self.table_name,
+            IndexName=MESSAGE_INDEX,
+            KeyConditionExpression="message_id = :id",
+            ExpressionAttributeValues={":id": {"N": str(message_id)}},
+        )
+        for keys in answer.get("Items", []):
+            pk = keys["pk"]["S"]
+            # Ids are unique, but the account check is what keeps one tenant out of another's messages.
+            if not pk.startswith(f"MSGS#{account_id}#"):
+                continue
+            found = self.client.get_item(
+                TableName=self.table_name, Key={"pk": keys["pk"], "sk": keys["sk"]}, ConsistentRead=True
+            ).get("Item")
+            if found:
+                return Message.model_validate(self._codec.load(found))
+        return None
+
+    # ---------------------------------------------------------------- prices
+
+    def price_table(self) -> PriceTable:
+        found = self.client.get_item(TableName=self.table_name, Key={"pk": {"S": "CONFIG"}, "sk": {"S": "PRICES"}}).get(
+            "Item"
+        )
+        return PriceTable.model_validate(self._codec.load(found)) if found else PriceTable()
+
+    def save_price_table(self, table: PriceTable) -> None:
+        self.client.put_item(
+            TableName=self.table_name,
+            Item=self._codec.dump({"pk": "CONFIG", "sk": "PRICES", **table.model_dump(mode="json")}),
+        )
+
+    # ---------------------------------------------------------------- idempotency
+
+    def _idempotency_key(self, scope: str, key: str) -> dict[str, Any]:
+        return {"pk": {"S": f"IDEM#{scope}#{hash_secret(key)}"}, "sk": {"S": "IDEM"}}
+
+    def begin(self, scope: str, key: str, fingerprint: str, *, now: datetime) -> StoredAnswer | None:
+        item = {
+            **self._idempotency_key(scope, key),
+            "fingerprint": {"S": fingerprint},
+            "state": {"S": "in_progress"},
+            "expires_at": {"N": str(int((now + IDEMPOTENCY_WINDOW).timestamp()))},
+        }
+        try:
+            self.client.put_item(
+                TableName=self.table_name,
+                Item=item,
+                # An expired record is as good as none: DynamoDB's TTL deletes lazily.
+                ConditionExpression="attribute_not_exists(pk) OR expires_at < :now",
+                ExpressionAttributeValues={":now": {"N": str(int(now.timestamp()))}},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except self.client.exceptions.ConditionalCheckFailedException as error:
+            current = self._codec.load(error.response.get("Item") or {})
+            if current.get("fingerprint") != fingerprint:
+                raise Conflict("this idempotency key was used for a different request") from error
+            if current.get("state") != "done":
+                raise Conflict("a request with this idempotency key is still being processed; retry later") from error
+            return StoredAnswer.model_validate(current["answer"])
+        return None
+
+    def complete(self, scope: str, key: str, answer: StoredAnswer) -> None:
+        self.client.update_item(
+            TableName=self.table_name,
+            Key=self._idempotency_key(scope, key),
+            UpdateExpression="SET #state = :done, answer = :answer",
+            ExpressionAttributeNames={"#state": "state"},
+            ExpressionAttributeValues={
+                ":done": {"S": "done"},
+                ":answer": {"M": self._codec.dump(answer.model_dump(mode="json"))},
+            },
+        )
+
+    def abandon(self, scope: str, key: str) -> None:
+        self.client.delete_item(TableName=self.table_name, Key=self._idempotency_key(scope, key))
 
     def find_by_upstream_id(self, upstream: str, upstream_message_id: str) -> MessageKey | None:
         answer = self.client.query(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from pydantic import BaseModel, ValidationError
 
+from sms_gateway.domain.models import StoredAnswer
 from sms_gateway.errors import GatewayError, InvalidRequest
+from sms_gateway.logic.idempotency import fingerprint, run_once
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -63,3 +66,35 @@ def json_response(status_code: int, body: Any, headers: dict[str, str] | None = 
 
 def status_for(error: GatewayError) -> int:
     return HTTP_STATUS.get(error.code, 400)
+
+
+def idempotent(event: Any, account_id: str, key: str | None, produce: Callable[[], Response]) -> Response:
+    """Runs a send once per idempotency key (see logic.idempotency): a repeat gets the first answer back.
+    The fingerprint covers method, path, query and body, so the same key with another request is refused."""
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import utc_now
+
+    request_fingerprint = fingerprint(
+        event.http_method,
+        event.path,
+        json.dumps(event.query_string_parameters or {}, sort_keys=True),
+        event.decoded_body or "",
+    )
+
+    def answer() -> StoredAnswer:
+        response = produce()
+        return StoredAnswer(
+            status_code=response.status_code,
+            body=str(response.body or ""),
+            content_type=str(response.headers.get("Content-Type", content_types.APPLICATION_JSON)),
+        )
+
+    stored = run_once(
+        gateway().store,
+        scope=account_id,
+        key=key,
+        request_fingerprint=request_fingerprint,
+        now=utc_now(),
+        produce=answer,
+    )
+    return Response(status_code=stored.status_code, content_type=stored.content_type, body=stored.body)

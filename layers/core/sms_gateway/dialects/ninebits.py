@@ -9,8 +9,8 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sms_gateway.bootstrap import gateway
-from sms_gateway.dialects.common import json_response, parse_json_body, parse_model, status_for
+from sms_gateway.bootstrap import gateway, send_dependencies
+from sms_gateway.dialects.common import idempotent, json_response, parse_json_body, parse_model, status_for
 from sms_gateway.domain.models import (
     Account,
     CredentialKind,
@@ -22,7 +22,8 @@ from sms_gateway.domain.models import (
 from sms_gateway.errors import GatewayError, InvalidRequest
 from sms_gateway.logic import batches
 from sms_gateway.logic.auth import account_for_credential, bearer_token
-from sms_gateway.logic.send import SendDependencies, accept_send, normalise_recipients, require_valid
+from sms_gateway.logic.idempotency import request_key
+from sms_gateway.logic.send import accept_send, normalise_recipients, require_valid
 
 router = APIGatewayHttpRouter()
 MAX_RECIPIENTS = 1000
@@ -92,7 +93,13 @@ def _caller() -> Account:
 @router.post("/ng/v1/sendsms")
 def send_sms() -> Response:
     account = _caller()
-    request = parse_model(SendRequest, parse_json_body(router.current_event.decoded_body))
+    event = router.current_event
+    request = parse_model(SendRequest, parse_json_body(event.decoded_body))
+    key = request_key(event.headers.get("idempotency-key"), request.ref_id)
+    return idempotent(event, account.account_id, key, lambda: _send(account, request))
+
+
+def _send(account: Account, request: SendRequest) -> Response:
     recipients, rejected = normalise_recipients(request.to, account.default_country)
     require_valid(rejected)
     command = SendCommand(
@@ -107,14 +114,7 @@ def send_sms() -> Response:
         send_at=request.send_at,
         dialect="9bits",
     )
-    wiring = gateway()
-    deps = SendDependencies(
-        accounts=wiring.store,
-        messages=wiring.store,
-        dispatch_queue=wiring.dispatch_queue,
-        scheduler=wiring.scheduler,
-    )
-    batch = accept_send(account, command, deps, now=utc_now())
+    batch = accept_send(account, command, send_dependencies(), now=utc_now()).batch
     return json_response(
         200,
         {

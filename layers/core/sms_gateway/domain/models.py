@@ -41,7 +41,13 @@ class Account(Record):
     # Clients authenticate our webhook calls with this token as a Bearer header, as the seeds show.
     webhook_token: str = ""
     rate_limit_per_second: int = 50
+    # A message longer than this many parts is refused: it protects clients from a runaway template.
+    max_parts: int = 10
     created_at: str = ""
+
+    @property
+    def default_sender(self) -> str | None:
+        return self.senders[0] if self.senders else None
 
 
 class Recipient(Record):
@@ -226,3 +232,11 @@ class StoredInbound(Record):
     session_id: str
     ref_id: str | None = None
     received_at: str
+
+
+class StoredAnswer(Record):
+    """The first answer to an idempotent request, returned again for its repeats."""
+
+    status_code: int
+    body: str
+    content_type: str = "application/json"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 
 from sms_gateway.domain.models import Batch, Message
 from sms_gateway.domain.status import TERMINAL, MessageStatus
-from sms_gateway.errors import NotFound
-from sms_gateway.ports import MessageStore
+from sms_gateway.errors import Conflict, NotFound
+from sms_gateway.ports import AccountStore, BatchScheduler, MessageStore
 
 
 @dataclass(frozen=True)
@@ -69,3 +70,38 @@ def delivery_reports(
     if status:
         page = [message for message in page if message.status == status]
     return page, next_cursor
+
+
+def cancel_batch(
+    *,
+    messages: MessageStore,
+    accounts: AccountStore,
+    scheduler: BatchScheduler,
+    account_id: str,
+    reference_id: int,
+    now: datetime,
+) -> tuple[Batch, int]:
+    """Cancels a scheduled batch: deletes its schedule, cancels its messages, refunds them.
+    Returns the batch and the credits refunded. The batch's own conditional write decides a race with
+    the schedule firing: whichever moves the batch first wins, and the other does nothing."""
+    batch = get_batch(messages, account_id, reference_id)
+    only_scheduled = frozenset({MessageStatus.SCHEDULED})
+    if batch.status not in only_scheduled or not messages.set_batch_status(
+        account_id, reference_id, MessageStatus.CANCELLED, only_from=only_scheduled
+    ):
+        current = get_batch(messages, account_id, reference_id).status
+        raise Conflict(f"only a scheduled batch can be cancelled; this one is {current}")
+    scheduler.cancel(account_id, reference_id)
+    refund = 0
+    cursor: str | None = None
+    while True:
+        page, cursor = messages.list_messages(account_id, reference_id, limit=1000, cursor=cursor)
+        for message in page:
+            change = messages.transition(message.key, MessageStatus.CANCELLED, now=now)
+            if change is not None and change.changed:
+                refund += change.message.price
+        if cursor is None:
+            break
+    if refund:
+        accounts.refund_credits(account_id, refund)
+    return get_batch(messages, account_id, reference_id), refund

@@ -9,16 +9,16 @@ from datetime import datetime, timedelta
 from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.models import Account, Batch, DispatchCommand, Message, Recipient, SendCommand, iso
 from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
-from sms_gateway.domain.segments import segment
+from sms_gateway.domain.pricing import PriceTable
+from sms_gateway.domain.segments import Segmentation, segment
 from sms_gateway.domain.status import MessageStatus
-from sms_gateway.errors import InvalidRecipient, InvalidSender
+from sms_gateway.errors import InvalidRecipient, InvalidRequest, InvalidSender
 from sms_gateway.observability import logger
-from sms_gateway.ports import AccountStore, BatchScheduler, DispatchQueue, MessageStore
+from sms_gateway.ports import AccountStore, BatchScheduler, DispatchQueue, MessageStore, PriceBook
 
 DISPATCH_CHUNK = 100
 # A send_at closer than this is sent now: a schedule would fire about as late as the queue delivers.
 SCHEDULE_THRESHOLD = timedelta(minutes=1)
-PRICE_PER_PART = 1
 
 
 @dataclass(frozen=True)
@@ -57,14 +57,50 @@ class SendDependencies:
     messages: MessageStore
     dispatch_queue: DispatchQueue
     scheduler: BatchScheduler
+    prices: PriceBook
 
 
-def accept_send(account: Account, command: SendCommand, deps: SendDependencies, *, now: datetime) -> Batch:
-    if command.sender not in account.senders:
-        raise InvalidSender(f"sender {command.sender!r} is not registered for this account")
-    segmentation = segment(command.text)
-    price = segmentation.parts * PRICE_PER_PART
-    cost = price * len(command.recipients)
+@dataclass(frozen=True)
+class Accepted:
+    batch: Batch
+    messages: list[Message]
+    balance: int
+
+
+@dataclass(frozen=True)
+class Quote:
+    """What a text costs before anything is stored: the dry run, and the first step of every send."""
+
+    segmentation: Segmentation
+    price_per_recipient: dict[str, int]
+
+    @property
+    def cost(self) -> int:
+        return sum(self.price_per_recipient.values())
+
+
+def quote(account: Account, text: str, recipients: Sequence[Recipient], route_tier: str, prices: PriceTable) -> Quote:
+    segmentation = segment(text)
+    if segmentation.parts > account.max_parts:
+        raise InvalidRequest(
+            f"the message is {segmentation.parts} parts long, over this account's limit of {account.max_parts}"
+        )
+    return Quote(
+        segmentation=segmentation,
+        price_per_recipient={r.msisdn: segmentation.parts * prices.per_part(route_tier, r.telco) for r in recipients},
+    )
+
+
+def require_sender(account: Account, sender: str) -> None:
+    if sender not in account.senders:
+        raise InvalidSender(f"sender {sender!r} is not registered for this account")
+
+
+def accept_send(account: Account, command: SendCommand, deps: SendDependencies, *, now: datetime) -> Accepted:
+    require_sender(account, command.sender)
+    priced = quote(account, command.text, command.recipients, command.route_tier, deps.prices.price_table())
+    segmentation = priced.segmentation
+    cost = priced.cost
     scheduled = command.send_at is not None and command.send_at - now > SCHEDULE_THRESHOLD
     status = MessageStatus.SCHEDULED if scheduled else MessageStatus.QUEUED
     created_at = iso(now)
@@ -100,7 +136,7 @@ def accept_send(account: Account, command: SendCommand, deps: SendDependencies, 
             text=command.text,
             encoding=batch.encoding,
             parts=segmentation.parts,
-            price=price,
+            price=priced.price_per_recipient[recipient.msisdn],
             status=status,
             status_at=status_at,
             sequence=1,
@@ -112,7 +148,7 @@ def accept_send(account: Account, command: SendCommand, deps: SendDependencies, 
         )
         for recipient in command.recipients
     ]
-    deps.accounts.reserve_credits(account.account_id, cost)
+    balance = deps.accounts.reserve_credits(account.account_id, cost)
     try:
         deps.messages.create_batch(batch, messages)
         if scheduled:
@@ -126,7 +162,7 @@ def accept_send(account: Account, command: SendCommand, deps: SendDependencies, 
         deps.messages.set_batch_status(account.account_id, batch.reference_id, MessageStatus.FAILED)
         deps.accounts.refund_credits(account.account_id, cost)
         raise
-    return batch
+    return Accepted(batch=batch, messages=messages, balance=balance)
 
 
 def dispatch_commands(batch: Batch, message_ids: Sequence[int]) -> list[DispatchCommand]:

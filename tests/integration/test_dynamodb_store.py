@@ -1,0 +1,621 @@
+"""DynamoStore against moto: credentials, credits, batches and messages, conditional status writes, claims."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from sms_gateway.adapters.dynamodb import DynamoStore
+from sms_gateway.domain.ids import new_id
+from sms_gateway.domain.models import Account, Batch, Credentials, Message, MessageKey, iso
+from sms_gateway.domain.status import MessageStatus, allowed_previous
+from sms_gateway.errors import Conflict, InsufficientCredits
+from sms_gateway.logic.accounts import issue_credentials
+
+NOW = datetime(2025, 3, 14, 9, 26, 53, 589793, tzinfo=UTC)
+STATUSES = list(MessageStatus)
+ACCEPTED_HAS_NO_PREDECESSOR = (
+    "a move to `accepted` (allowed_previous is empty) builds the condition `#status IN ()`, which is "
+    "not a valid expression, so the write raises (ValueError under moto, ValidationException on AWS) "
+    "instead of answering 'not changed': adapters/dynamodb.py transition() and set_batch_status()"
+)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def new_account(*, credits: int = 100, senders: tuple[str, ...] = ()) -> tuple[Account, Credentials]:
+    account_id = str(new_id())
+    account = Account(
+        account_id=account_id,
+        name=f"Account {account_id}",
+        credits=credits,
+        senders=senders,
+        webhook_token="whk_" + account_id,
+        created_at=iso(NOW),
+    )
+    return account, issue_credentials(f"user-{account_id}")
+
+
+def new_batch(
+    account_id: str,
+    count: int,
+    *,
+    status: MessageStatus = MessageStatus.QUEUED,
+    created_at: datetime = NOW,
+    reference_id: int | None = None,
+) -> tuple[Batch, list[Message]]:
+    reference_id = reference_id or new_id()
+    batch = Batch(
+        reference_id=reference_id,
+        account_id=account_id,
+        sender="48974",
+        text="Hello",
+        encoding="GSM",
+        parts=1,
+        recipients=count,
+        cost=count,
+        status=status,
+        created_at=iso(created_at),
+    )
+    messages = [
+        Message(
+            message_id=new_id(),
+            reference_id=reference_id,
+            account_id=account_id,
+            msisdn=f"+234802{i:07d}",
+            telco="mtn",
+            sender="48974",
+            text="Hello",
+            encoding="GSM",
+            parts=1,
+            price=1,
+            status=status,
+            created_at=iso(created_at),
+        )
+        for i in range(count)
+    ]
+    return batch, messages
+
+
+def one_message(store: DynamoStore, status: MessageStatus, account_id: str | None = None) -> Message:
+    batch, messages = new_batch(account_id or str(new_id()), 1, status=status)
+    store.create_batch(batch, messages)
+    return messages[0]
+
+
+def raw_item(store: DynamoStore, pk: str, sk: str) -> dict[str, Any] | None:
+    return store.client.get_item(
+        TableName=store.table_name, Key={"pk": {"S": pk}, "sk": {"S": sk}}, ConsistentRead=True
+    ).get("Item")
+
+
+def raw_message(store: DynamoStore, key: MessageKey) -> dict[str, Any] | None:
+    return raw_item(store, f"MSGS#{key.account_id}#{key.reference_id}", f"MSG#{key.message_id:019d}")
+
+
+def scan_all(store: DynamoStore) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    for page in store.client.get_paginator("scan").paginate(TableName=store.table_name):
+        items.extend(page["Items"])
+    return items
+
+
+def strings_in(value: Any) -> Iterator[str]:
+    """Every string inside a DynamoDB attribute value (S, N, SS, L, M, ...)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for inner in value.values():
+            yield from strings_in(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            yield from strings_in(inner)
+
+
+def balance(store: DynamoStore, account_id: str) -> int:
+    found = store.get_account(account_id)
+    assert found is not None
+    return found.credits
+
+
+def claim(store: DynamoStore, key: MessageKey, now: datetime = NOW) -> bool:
+    return store.claim_for_dispatch(key, now=now, lease_seconds=120)
+
+
+@pytest.fixture
+def store(aws: dict[str, str]) -> DynamoStore:
+    from sms_gateway.bootstrap import gateway
+
+    found = gateway().store
+    assert isinstance(found, DynamoStore)
+    return found
+
+
+@pytest.fixture(scope="class")
+def shared_store() -> Iterator[DynamoStore]:
+    """One moto table for a class of many small tests (each uses its own keys); much faster than `aws`."""
+    from moto import mock_aws
+
+    from sms_gateway_tools.localstack.resources import aws_clients, create_resources
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB", "AWS_PROFILE"):
+            patch.delenv(name, raising=False)
+        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        with mock_aws():
+            env = create_resources(
+                stack_name="matrix", simulator_url="http://127.0.0.1:9", api_url="http://x"
+            )
+            client = aws_clients(None, ["dynamodb"])["dynamodb"]
+            yield DynamoStore(env["TABLE_NAME"], client=client)
+
+
+# ---------------------------------------------------------------------------------------------- accounts
+
+
+def test_credentials_find_their_account_and_wrong_secrets_find_nothing(store):
+    # Given an account created with a token and an API key
+    account, credentials = new_account()
+    other, other_credentials = new_account()
+    store.create_account(account, credentials)
+    store.create_account(other, other_credentials)
+    # When each credential is looked up under its kind
+    # Then it finds its own account
+    assert store.account_id_for_credential("token", credentials.token) == account.account_id
+    assert store.account_id_for_credential("apikey", credentials.apikey) == account.account_id
+    assert store.account_id_for_credential("token", other_credentials.token) == other.account_id
+    # And a wrong secret, or a right secret under the other kind, finds nothing
+    assert store.account_id_for_credential("token", credentials.token + "x") is None
+    assert store.account_id_for_credential("token", credentials.token[:-1]) is None
+    assert store.account_id_for_credential("apikey", "0" * len(credentials.apikey)) is None
+    assert store.account_id_for_credential("apikey", credentials.token) is None
+    assert store.account_id_for_credential("token", credentials.apikey) is None
+    # And the account reads back as it was stored
+    assert store.get_account(account.account_id) == account
+
+
+def test_no_secret_is_stored_in_the_clear(store):
+    # Given an account with a token, an API key and a password
+    account, credentials = new_account(senders=("48974",))
+    store.create_account(account, credentials)
+    # When every item of the table is read
+    items = scan_all(store)
+    # Then the account, both credentials, its sender and its login were written
+    keys = {(item["pk"]["S"], item["sk"]["S"]) for item in items}
+    token_hash = hashlib.sha256(credentials.token.encode()).hexdigest()
+    apikey_hash = hashlib.sha256(credentials.apikey.encode()).hexdigest()
+    assert {
+        (f"ACC#{account.account_id}", "ACCOUNT"),
+        (f"CRED#token#{token_hash}", "CRED"),
+        (f"CRED#apikey#{apikey_hash}", "CRED"),
+        ("SENDER#48974", "SENDER"),
+        (f"LOGIN#{credentials.username}", "LOGIN"),
+    } <= keys
+    # And no attribute value anywhere contains the token, the API key or the password
+    for item in items:
+        for value in strings_in(item):
+            for secret in (credentials.token, credentials.apikey, credentials.password):
+                assert secret not in value, f"a secret is stored in the clear in {item['pk']['S']}"
+    # And the login keeps an scrypt hash that is not the password
+    login = raw_item(store, f"LOGIN#{credentials.username}", "LOGIN")
+    assert login is not None
+    assert login["password_hash"]["S"].startswith("scrypt$")
+
+
+def test_login_needs_the_right_password_of_a_known_user(store):
+    # Given an account with a username and password
+    account, credentials = new_account()
+    store.create_account(account, credentials)
+    # Then the right password finds the account
+    assert store.account_id_for_login(credentials.username, credentials.password) == account.account_id
+    # And a wrong password, an empty one, or an unknown user finds nothing
+    assert store.account_id_for_login(credentials.username, credentials.password + "x") is None
+    assert store.account_id_for_login(credentials.username, "") is None
+    assert store.account_id_for_login("nobody-" + credentials.username, credentials.password) is None
+
+
+@pytest.mark.parametrize("clash", ["username", "sender"])
+def test_an_account_whose_username_or_sender_is_taken_is_not_created_at_all(store, clash):
+    # Given an account that holds a username and a sender
+    first, first_credentials = new_account(senders=("48974",))
+    store.create_account(first, first_credentials)
+    before = scan_all(store)
+    # When a second account asks for the same username (or sender) with everything else new
+    second, second_credentials = new_account(senders=("48974",) if clash == "sender" else ("55555",))
+    if clash == "username":
+        second_credentials = second_credentials.model_copy(update={"username": first_credentials.username})
+    # Then it is refused as a conflict
+    with pytest.raises(Conflict):
+        store.create_account(second, second_credentials)
+    # And nothing of it was written: the table is exactly as before
+    after = scan_all(store)
+    assert sorted(map(repr, after)) == sorted(map(repr, before))
+    assert store.get_account(second.account_id) is None
+    assert store.account_id_for_credential("token", second_credentials.token) is None
+    assert store.account_id_for_credential("apikey", second_credentials.apikey) is None
+    # And the first account keeps its name and sender
+    assert (
+        store.account_id_for_login(first_credentials.username, first_credentials.password) == first.account_id
+    )
+    assert store.account_id_for_sender("48974") == first.account_id
+
+
+def test_batch_and_message_items_expire_after_the_retention_period(aws, monkeypatch):
+    # Given a store configured to keep records 30 days
+    from sms_gateway import bootstrap
+
+    monkeypatch.setenv("MESSAGE_RETENTION_DAYS", "30")
+    bootstrap.reset()
+    store = bootstrap.gateway().store
+    created = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
+    account_id = str(new_id())
+    batch, messages = new_batch(account_id, 30, created_at=created)
+    # When a batch is created
+    store.create_batch(batch, messages)
+    # Then the batch and every message carry an epoch-seconds TTL 30 days after creation
+    expected = int((created + timedelta(days=30)).timestamp())
+    batch_item = raw_item(store, f"ACC#{account_id}", f"BATCH#{batch.reference_id:019d}")
+    assert batch_item is not None
+    assert int(batch_item["expires_at"]["N"]) == expected
+    for message in messages:
+        item = raw_message(store, message.key)
+        assert item is not None
+        assert int(item["expires_at"]["N"]) == expected
+
+
+class TestOnASharedTable:
+    """Tests that each use their own keys share one moto table (far faster than a fresh `aws` each)."""
+
+    @pytest.fixture
+    def store(self, shared_store: DynamoStore) -> DynamoStore:
+        return shared_store
+
+    # ------------------------------------------------------------------------------------ credits
+
+    def test_reserve_takes_credits_never_below_zero_and_refund_gives_back(self, store):
+        # Given an account with 100 credits
+        account, credentials = new_account(credits=100)
+        store.create_account(account, credentials)
+        # When 30 are reserved, the new balance is returned and stored
+        assert store.reserve_credits(account.account_id, 30) == 70
+        assert balance(store, account.account_id) == 70
+        # When more than the balance is asked, it is refused and the balance is unchanged
+        with pytest.raises(InsufficientCredits):
+            store.reserve_credits(account.account_id, 71)
+        assert balance(store, account.account_id) == 70
+        # When exactly the balance is asked, it goes to zero and no further
+        assert store.reserve_credits(account.account_id, 70) == 0
+        with pytest.raises(InsufficientCredits):
+            store.reserve_credits(account.account_id, 1)
+        assert balance(store, account.account_id) == 0
+        # When credits are refunded, they come back
+        assert store.refund_credits(account.account_id, 12) == 12
+        assert balance(store, account.account_id) == 12
+
+    def test_concurrent_reserves_never_overdraw(self, store, monkeypatch):
+        # moto evaluates a condition and applies the update without a lock, so concurrent conditional
+        # updates race inside moto itself (17 of 20 "succeeded" in a trial). DynamoDB serialises writes
+        # to one item; serialise moto's update_item the same way so the test checks the adapter's write.
+        from moto.dynamodb.models import DynamoDBBackend
+
+        serial = threading.Lock()
+        original = DynamoDBBackend.update_item
+
+        def update_item(backend: Any, *args: Any, **kwargs: Any) -> Any:
+            with serial:
+                return original(backend, *args, **kwargs)
+
+        monkeypatch.setattr(DynamoDBBackend, "update_item", update_item)
+        # Given an account with 100 credits and 20 threads that each want 10 at the same moment
+        account, credentials = new_account(credits=100)
+        store.create_account(account, credentials)
+        start = threading.Barrier(20)
+        balances: list[int] = []
+        refused: list[InsufficientCredits] = []
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def reserve() -> None:
+            start.wait()
+            try:
+                left = store.reserve_credits(account.account_id, 10)
+            except InsufficientCredits as error:
+                with lock:
+                    refused.append(error)
+            except BaseException as error:
+                with lock:
+                    errors.append(error)
+            else:
+                with lock:
+                    balances.append(left)
+
+        threads = [threading.Thread(target=reserve) for _ in range(20)]
+        # When they all reserve
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        # Then exactly 10 succeed, each seeing a different balance, and the rest are refused
+        assert errors == []
+        assert len(balances) == 10
+        assert sorted(balances) == list(range(0, 100, 10))
+        assert len(refused) == 10
+        # And the balance is zero, never negative
+        assert balance(store, account.account_id) == 0
+
+    # ------------------------------------------------------------------------------------ batches
+
+    def test_a_large_batch_is_stored_whole_and_read_back_in_pages(self, store):
+        # Given a batch of 260 messages (more than one BatchWriteItem of 25)
+        account_id = str(new_id())
+        batch, messages = new_batch(account_id, 260)
+        shuffled = random.Random(7).sample(messages, len(messages))
+        store.create_batch(batch, shuffled)
+        # When its messages are listed 100 at a time, following the cursor
+        pages: list[list[Message]] = []
+        cursor: str | None = None
+        while True:
+            page, cursor = store.list_messages(account_id, batch.reference_id, limit=100, cursor=cursor)
+            pages.append(page)
+            if cursor is None:
+                break
+            assert isinstance(cursor, str)
+            assert len(pages) < 10, "the cursor never ends"
+        # Then there are three pages of 100, 100 and 60
+        assert [len(page) for page in pages] == [100, 100, 60]
+        # And every message comes once, in message id order, as it was stored
+        listed = [message for page in pages for message in page]
+        assert [m.message_id for m in listed] == sorted(m.message_id for m in messages)
+        assert listed == sorted(messages, key=lambda m: m.message_id)
+        # And the batch reads back as stored; another account's lookup of it finds nothing
+        assert store.get_batch(account_id, batch.reference_id) == batch
+        assert store.get_batch(str(new_id()), batch.reference_id) is None
+        assert store.list_messages(str(new_id()), batch.reference_id) == ([], None)
+
+    def test_get_messages_fetches_more_than_one_batch_get_of_100(self, store):
+        # Given a stored batch of 260 messages
+        account_id = str(new_id())
+        batch, messages = new_batch(account_id, 260)
+        store.create_batch(batch, messages)
+        # When 150 of them are asked for, out of order
+        wanted = random.Random(3).sample(messages, 150)
+        found = store.get_messages(account_id, batch.reference_id, [m.message_id for m in wanted])
+        # Then exactly those 150 come back, in id order
+        assert found == sorted(wanted, key=lambda m: m.message_id)
+        # And ids that are not in the batch, or the batch under another account, give nothing
+        assert store.get_messages(account_id, batch.reference_id, [new_id()]) == []
+        assert store.get_messages(str(new_id()), batch.reference_id, [m.message_id for m in wanted[:5]]) == []
+
+    def test_a_reference_id_is_created_once(self, store):
+        # Given a stored batch
+        account_id = str(new_id())
+        batch, messages = new_batch(account_id, 3)
+        store.create_batch(batch, messages)
+        # When another batch with the same reference id is created
+        again, other_messages = new_batch(
+            account_id, 2, reference_id=batch.reference_id, status=MessageStatus.SCHEDULED
+        )
+        # Then it is refused as a conflict
+        with pytest.raises(Conflict):
+            store.create_batch(again, other_messages)
+        # And the first batch and its messages are untouched, and none of the second's were written
+        assert store.get_batch(account_id, batch.reference_id) == batch
+        listed, _ = store.list_messages(account_id, batch.reference_id)
+        assert listed == messages
+
+    # ------------------------------------------------------------------------------------ transitions
+
+    def test_transition_of_an_unknown_message_is_none(self, store):
+        key = MessageKey(account_id=str(new_id()), reference_id=new_id(), message_id=new_id())
+        assert store.transition(key, MessageStatus.SUBMITTED, now=NOW) is None
+        assert raw_message(store, key) is None
+
+    def test_each_change_counts_and_keeps_its_time(self, store):
+        # Given a queued message
+        message = one_message(store, MessageStatus.QUEUED)
+        # When it is submitted and then delivered
+        submitted_at, delivered_at = NOW + timedelta(seconds=1), NOW + timedelta(seconds=5)
+        first = store.transition(message.key, MessageStatus.SUBMITTED, now=submitted_at)
+        second = store.transition(
+            message.key, MessageStatus.DELIVERED, now=delivered_at, reported_at="2025-03-14T09:27:00Z"
+        )
+        # Then each write moved it, counted one more change and kept its time
+        assert first is not None and first.changed
+        assert first.message.sequence == 1
+        assert second is not None and second.changed
+        assert second.message.status == MessageStatus.DELIVERED
+        assert second.message.sequence == 2
+        assert second.message.status_at == {"submitted": iso(submitted_at), "delivered": iso(delivered_at)}
+        assert second.message.reported_at == "2025-03-14T09:27:00Z"
+        # And a duplicate report changes nothing
+        third = store.transition(message.key, MessageStatus.DELIVERED, now=NOW + timedelta(seconds=9))
+        assert third is not None and not third.changed
+        assert third.message == second.message
+
+    def test_the_first_upstream_id_wins_and_finds_the_message(self, store):
+        # Given a queued message
+        message = one_message(store, MessageStatus.QUEUED)
+        # When it is submitted to one upstream, and a report names another upstream id
+        submitted = store.transition(
+            message.key, MessageStatus.SUBMITTED, now=NOW, upstream="simulator", upstream_message_id="up-1"
+        )
+        delivered = store.transition(
+            message.key,
+            MessageStatus.DELIVERED,
+            now=NOW + timedelta(seconds=2),
+            upstream="other",
+            upstream_message_id="up-2",
+        )
+        # Then both writes moved it, and it keeps the first upstream and id
+        assert submitted is not None and submitted.changed
+        assert delivered is not None and delivered.changed
+        assert (delivered.message.upstream, delivered.message.upstream_message_id) == ("simulator", "up-1")
+        item = raw_message(store, message.key)
+        assert item is not None
+        assert item["upstream_key"]["S"] == "simulator#up-1"
+        # And the upstream index finds it by the first id, and nothing by the second or an unknown one
+        assert store.find_by_upstream_id("simulator", "up-1") == message.key
+        assert store.find_by_upstream_id("other", "up-2") is None
+        assert store.find_by_upstream_id("simulator", "up-2") is None
+        assert store.find_by_upstream_id("simulator", "unknown") is None
+
+    def test_a_failed_transition_returns_the_current_message(self, store):
+        # Given a delivered message
+        message = one_message(store, MessageStatus.DELIVERED)
+        # When a late `submitted` arrives with an error code and upstream id
+        change = store.transition(
+            message.key,
+            MessageStatus.SUBMITTED,
+            now=NOW,
+            upstream="x",
+            upstream_message_id="y",
+            error_code="E1",
+        )
+        # Then it did not move the message, and nothing of it was written
+        assert change is not None and not change.changed
+        assert change.message == message
+        assert store.find_by_upstream_id("x", "y") is None
+
+    # ------------------------------------------------------------------------------------ claims
+
+    def test_only_a_queued_message_can_be_claimed(self, store):
+        account_id = str(new_id())
+        for status in MessageStatus:
+            message = one_message(store, status, account_id)
+            assert claim(store, message.key) is (status == MessageStatus.QUEUED), status
+        # And a message that does not exist cannot be claimed (nor is it created)
+        missing = MessageKey(account_id=account_id, reference_id=new_id(), message_id=new_id())
+        assert claim(store, missing) is False
+        assert raw_message(store, missing) is None
+
+    def test_a_claim_holds_until_released_or_lapsed(self, store):
+        # Given a queued message claimed with a 120-second lease
+        message = one_message(store, MessageStatus.QUEUED)
+        assert claim(store, message.key)
+        # Then a second claim while the lease runs fails
+        assert not claim(store, message.key)
+        assert not claim(store, message.key, NOW + timedelta(seconds=119))
+        # When the claim is released, a claim succeeds again
+        store.release_claim(message.key)
+        item = raw_message(store, message.key)
+        assert item is not None and "claim_until" not in item
+        assert claim(store, message.key)
+        assert not claim(store, message.key)
+        # And once the lease has lapsed, a claim succeeds without a release
+        assert claim(store, message.key, NOW + timedelta(seconds=121))
+        assert not claim(store, message.key, NOW + timedelta(seconds=122))
+        # And the message itself is still queued and unchanged in status
+        found = store.get_messages(message.account_id, message.reference_id, [message.message_id])
+        assert [m.status for m in found] == [MessageStatus.QUEUED]
+
+    def test_releasing_a_claim_does_not_touch_a_message_that_moved_on(self, store):
+        # Given a message that was claimed and then submitted
+        message = one_message(store, MessageStatus.QUEUED)
+        assert claim(store, message.key)
+        store.transition(message.key, MessageStatus.SUBMITTED, now=NOW)
+        before = raw_message(store, message.key)
+        # When a late release arrives
+        store.release_claim(message.key)
+        # Then nothing changes
+        assert raw_message(store, message.key) == before
+
+
+# ---------------------------------------------------------------------------------------------- matrices
+
+
+def _pairs(xfail_into_accepted: bool) -> list[Any]:
+    marks = [pytest.mark.xfail(strict=True, reason=ACCEPTED_HAS_NO_PREDECESSOR)]
+    return [
+        pytest.param(
+            current,
+            target,
+            id=f"{current}->{target}",
+            marks=marks if xfail_into_accepted and target == MessageStatus.ACCEPTED else [],
+        )
+        for current in STATUSES
+        for target in STATUSES
+    ]
+
+
+class TestTransitionMatrix:
+    @pytest.mark.parametrize(("current", "target"), _pairs(xfail_into_accepted=True))
+    def test_a_message_moves_exactly_as_allowed_previous_says(self, shared_store, current, target):
+        store = shared_store
+        # Given a message in state `current` with a running dispatch claim
+        message = one_message(store, current)
+        store.client.update_item(
+            TableName=store.table_name,
+            Key={
+                "pk": {"S": f"MSGS#{message.account_id}#{message.reference_id}"},
+                "sk": {"S": f"MSG#{message.message_id:019d}"},
+            },
+            UpdateExpression="SET claim_until = :until",
+            ExpressionAttributeValues={":until": {"N": str(int(NOW.timestamp()) + 60)}},
+        )
+        before = raw_message(store, message.key)
+        # When it is moved to `target`
+        later = NOW + timedelta(seconds=3)
+        change = store.transition(message.key, target, now=later)
+        after = raw_message(store, message.key)
+        # Then it moved exactly when `current` is one of the states `target` may follow
+        allowed = current in allowed_previous(target)
+        assert change is not None
+        assert change.changed is allowed
+        assert after is not None
+        if allowed:
+            # And a move counts one change, keeps its time and ends the claim
+            assert change.message.status == target
+            assert change.message.sequence == message.sequence + 1
+            assert change.message.status_at == {str(target): iso(later)}
+            assert after["status"]["S"] == str(target)
+            assert int(after["sequence"]["N"]) == message.sequence + 1
+            assert after["status_at"]["M"][str(target)]["S"] == iso(later)
+            assert "claim_until" not in after
+        else:
+            # And a refused move leaves the stored item exactly as it was, and reports it as it is
+            assert after == before
+            assert change.message.status == current
+            assert change.message.sequence == message.sequence
+
+    @pytest.mark.parametrize(("current", "target"), _pairs(xfail_into_accepted=True))
+    def test_a_batch_moves_exactly_as_allowed_previous_says(self, shared_store, current, target):
+        store = shared_store
+        # Given a batch in state `current`
+        batch, messages = new_batch(str(new_id()), 1, status=current)
+        store.create_batch(batch, messages)
+        # When its status is set to `target`
+        moved = store.set_batch_status(batch.account_id, batch.reference_id, target)
+        # Then it moved exactly when `current` may precede `target`, and is stored so
+        allowed = current in allowed_previous(target)
+        assert moved is allowed
+        found = store.get_batch(batch.account_id, batch.reference_id)
+        assert found is not None
+        assert found.status == (target if allowed else current)
+        assert found == batch.model_copy(update={"status": found.status})
+
+    def test_a_scheduled_batch_is_queued_once_and_a_cancelled_one_never(self, shared_store):
+        store = shared_store
+        account_id = str(new_id())
+        scheduled, scheduled_messages = new_batch(account_id, 1, status=MessageStatus.SCHEDULED)
+        cancelled, cancelled_messages = new_batch(account_id, 1, status=MessageStatus.SCHEDULED)
+        store.create_batch(scheduled, scheduled_messages)
+        store.create_batch(cancelled, cancelled_messages)
+        # A scheduled batch is released into the queue once
+        assert store.set_batch_status(account_id, scheduled.reference_id, MessageStatus.QUEUED)
+        assert not store.set_batch_status(account_id, scheduled.reference_id, MessageStatus.QUEUED)
+        # A cancelled batch cannot be queued (the release lost the race with the cancel)
+        assert store.set_batch_status(account_id, cancelled.reference_id, MessageStatus.CANCELLED)
+        assert not store.set_batch_status(account_id, cancelled.reference_id, MessageStatus.QUEUED)
+        found = store.get_batch(account_id, cancelled.reference_id)
+        assert found is not None and found.status == MessageStatus.CANCELLED
+        # And an unknown batch is not moved (nor created)
+        unknown = new_id()
+        assert not store.set_batch_status(account_id, unknown, MessageStatus.QUEUED)
+        assert store.get_batch(account_id, unknown) is None
