@@ -26,9 +26,8 @@ ERROR_RENDERERS: list[tuple[str, Callable[[GatewayError], Response]]] = [
 
 def render_error(path: str, error: GatewayError) -> Response:
     for prefix, render in ERROR_RENDERERS:
-        if path == prefix.rstrip("/") or path.startswith(prefix if prefix.endswith("/") else f"{prefix}/"):
-            return render(error)
-        if path == prefix:
+        root = prefix.rstrip("/")
+        if path == root or path.startswith(f"{root}/"):
             return render(error)
     return ninebits.render_error(error)
 
