@@ -1,0 +1,252 @@
+"""EventBridgeBatchScheduler and the SQS adapters against moto, with the resources template.yaml defines."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from sms_gateway.adapters import aws as clients
+from sms_gateway.adapters.scheduler import EventBridgeBatchScheduler
+from sms_gateway.adapters.sqs import SqsDispatchQueue, SqsNotifyQueue
+from sms_gateway.domain.ids import new_id
+from sms_gateway.domain.models import DispatchCommand
+
+
+@pytest.fixture
+def wired(aws: dict[str, str]) -> Any:
+    from sms_gateway.bootstrap import gateway
+
+    return gateway()
+
+
+def receive_all(queue_url: str, *, expected: int) -> list[dict[str, Any]]:
+    """Every message on a queue in receive order, deleting each batch so FIFO releases the next."""
+    sqs = clients.client("sqs")
+    received: list[dict[str, Any]] = []
+    for _ in range(expected + 5):
+        answer = sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=10,
+            MessageSystemAttributeNames=["All"],
+            WaitTimeSeconds=0,
+        )
+        messages = answer.get("Messages", [])
+        if not messages:
+            break
+        received.extend(messages)
+        sqs.delete_message_batch(
+            QueueUrl=queue_url,
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+        )
+    return received
+
+
+def visible_count(queue_url: str) -> int:
+    attributes = clients.client("sqs").get_queue_attributes(
+        QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"])
+
+
+# ---------------------------------------------------------------------------------------------- scheduler
+
+
+def test_a_scheduled_batch_gets_a_one_time_schedule_in_utc(wired, aws):
+    scheduler: EventBridgeBatchScheduler = wired.scheduler
+    client = clients.client("scheduler")
+    account_id, reference_id = str(new_id()), new_id()
+    # Given a send time in Lagos (UTC+1) with a fraction of a second
+    at = datetime(2031, 1, 2, 0, 30, 15, 987654, tzinfo=ZoneInfo("Africa/Lagos"))
+    # When the batch is scheduled
+    scheduler.schedule(account_id, reference_id, at)
+    # Then one schedule exists in the stack's group
+    listed = client.list_schedules(GroupName=aws["SCHEDULE_GROUP_NAME"])["Schedules"]
+    assert len(listed) == 1
+    found = client.get_schedule(Name=listed[0]["Name"], GroupName=aws["SCHEDULE_GROUP_NAME"])
+    # And it fires once, at the same instant written in UTC (the day before, in UTC)
+    assert found["ScheduleExpression"] == "at(2031-01-01T23:30:15)"
+    assert found.get("ScheduleExpressionTimezone", "UTC") == "UTC"
+    # And it deletes itself afterwards and does not wait for a flexible window
+    assert found["ActionAfterCompletion"] == "DELETE"
+    assert found["FlexibleTimeWindow"] == {"Mode": "OFF"}
+    # And it invokes the scheduled-dispatch function with the scheduler role and names the batch
+    target = found["Target"]
+    assert target["Arn"] == aws["SCHEDULED_DISPATCH_FUNCTION_ARN"]
+    assert target["RoleArn"] == aws["SCHEDULER_ROLE_ARN"]
+    assert json.loads(target["Input"]) == {"account_id": account_id, "reference_id": reference_id}
+    # And it retries (a bounded, explicit policy rather than the service default) then dead-letters
+    retry = target["RetryPolicy"]
+    assert 1 <= retry["MaximumRetryAttempts"] < 185
+    assert 60 <= retry["MaximumEventAgeInSeconds"] < 86400
+    assert target["DeadLetterConfig"]["Arn"] == aws["SCHEDULE_DLQ_ARN"]
+    assert aws["SCHEDULE_DLQ_ARN"].endswith("-schedule-dlq")
+
+
+def test_the_same_instant_in_any_zone_gives_the_same_expression(wired, aws):
+    # Given the same instant as an aware UTC time and in India (UTC+05:30)
+    client, group = clients.client("scheduler"), aws["SCHEDULE_GROUP_NAME"]
+    account_id = str(new_id())
+    first, second = new_id(), new_id()
+    wired.scheduler.schedule(account_id, first, datetime.fromisoformat("2030-07-01T12:00:00+00:00"))
+    kolkata = ZoneInfo("Asia/Kolkata")
+    wired.scheduler.schedule(account_id, second, datetime(2030, 7, 1, 17, 30, tzinfo=kolkata))
+    # Then both schedules carry the same UTC expression, under different names
+    names = [s["Name"] for s in client.list_schedules(GroupName=group)["Schedules"]]
+    assert len(set(names)) == 2
+    expressions = {client.get_schedule(Name=name, GroupName=group)["ScheduleExpression"] for name in names}
+    assert expressions == {"at(2030-07-01T12:00:00)"}
+
+
+def test_cancel_deletes_the_schedule_once(wired, aws):
+    client, group = clients.client("scheduler"), aws["SCHEDULE_GROUP_NAME"]
+    account_id, reference_id, other = str(new_id()), new_id(), new_id()
+    # Given two scheduled batches
+    wired.scheduler.schedule(account_id, reference_id, datetime.fromisoformat("2030-01-01T00:00:00+00:00"))
+    wired.scheduler.schedule(account_id, other, datetime.fromisoformat("2030-01-01T00:00:00+00:00"))
+    # When one is cancelled
+    assert wired.scheduler.cancel(account_id, reference_id) is True
+    # Then its schedule is gone and the other one is still there
+    remaining = client.list_schedules(GroupName=group)["Schedules"]
+    assert len(remaining) == 1
+    assert json.loads(client.get_schedule(Name=remaining[0]["Name"], GroupName=group)["Target"]["Input"]) == {
+        "account_id": account_id,
+        "reference_id": other,
+    }
+    # And cancelling it again, or a batch never scheduled, answers False
+    assert wired.scheduler.cancel(account_id, reference_id) is False
+    assert wired.scheduler.cancel(account_id, new_id()) is False
+
+
+def test_without_a_dead_letter_queue_the_target_has_none(wired, aws):
+    scheduler = EventBridgeBatchScheduler(
+        group_name=aws["SCHEDULE_GROUP_NAME"],
+        target_arn=aws["SCHEDULED_DISPATCH_FUNCTION_ARN"],
+        role_arn=aws["SCHEDULER_ROLE_ARN"],
+        client=clients.client("scheduler"),
+    )
+    scheduler.schedule("1", 2, datetime.fromisoformat("2030-01-01T00:00:00+00:00"))
+    client = clients.client("scheduler")
+    name = client.list_schedules(GroupName=aws["SCHEDULE_GROUP_NAME"])["Schedules"][0]["Name"]
+    target = client.get_schedule(Name=name, GroupName=aws["SCHEDULE_GROUP_NAME"])["Target"]
+    assert "DeadLetterConfig" not in target
+
+
+# ---------------------------------------------------------------------------------------------- sqs
+
+
+def commands_for(account_id: str, count: int) -> list[DispatchCommand]:
+    reference_id = new_id()
+    ids = [new_id() for _ in range(count * 3)]
+    return [
+        DispatchCommand(account_id=account_id, reference_id=reference_id, message_ids=tuple(ids[i * 3 :][:3]))
+        for i in range(count)
+    ]
+
+
+def test_dispatch_commands_arrive_in_order_in_the_accounts_group(wired, aws):
+    # Given 23 dispatch commands of one account (three SendMessageBatch calls)
+    account_id = str(new_id())
+    commands = commands_for(account_id, 23)
+    assert isinstance(wired.dispatch_queue, SqsDispatchQueue)
+    # When they are enqueued
+    wired.dispatch_queue.enqueue(commands)
+    # Then 23 FIFO messages arrive, in the order given, each the command it was made from
+    received = receive_all(aws["DISPATCH_QUEUE_URL"], expected=23)
+    assert [DispatchCommand.model_validate_json(m["Body"]) for m in received] == commands
+    # And every one is in the account's message group, with its own deduplication id
+    assert {m["Attributes"]["MessageGroupId"] for m in received} == {account_id}
+    dedup_ids = [m["Attributes"]["MessageDeduplicationId"] for m in received]
+    assert len(set(dedup_ids)) == 23
+
+
+def test_each_account_is_its_own_message_group(wired, aws):
+    # Given commands of two accounts, interleaved
+    first, second = str(new_id()), str(new_id())
+    a, b = commands_for(first, 4), commands_for(second, 4)
+    interleaved = [c for pair in zip(a, b, strict=True) for c in pair]
+    # When they are enqueued
+    wired.dispatch_queue.enqueue(interleaved)
+    received = receive_all(aws["DISPATCH_QUEUE_URL"], expected=8)
+    # Then each arrives in its own account's group, and within a group in the order given
+    by_group: dict[str, list[DispatchCommand]] = {}
+    for message in received:
+        command = DispatchCommand.model_validate_json(message["Body"])
+        assert message["Attributes"]["MessageGroupId"] == command.account_id
+        by_group.setdefault(command.account_id, []).append(command)
+    assert by_group == {first: a, second: b}
+
+
+def test_enqueueing_the_same_commands_again_adds_nothing(wired, aws):
+    # Given 23 commands that were enqueued
+    queue_url = aws["DISPATCH_QUEUE_URL"]
+    commands = commands_for(str(new_id()), 23)
+    wired.dispatch_queue.enqueue(commands)
+    assert visible_count(queue_url) == 23
+    # When the same commands are enqueued again within the deduplication window (a retried Lambda)
+    wired.dispatch_queue.enqueue(commands)
+    # Then SQS dropped every duplicate (moto 5 honours FIFO MessageDeduplicationId for 5 minutes)
+    assert visible_count(queue_url) == 23
+    received = receive_all(queue_url, expected=23)
+    assert [DispatchCommand.model_validate_json(m["Body"]) for m in received] == commands
+
+
+def test_the_dispatch_queue_is_fifo_and_redrives_to_its_dead_letter_queue(aws):
+    # The adapter's ordering and deduplication rely on the queue it is given being a FIFO queue.
+    sqs = clients.client("sqs")
+    answer = sqs.get_queue_attributes(QueueUrl=aws["DISPATCH_QUEUE_URL"], AttributeNames=["All"])
+    attributes = answer["Attributes"]
+    assert attributes["FifoQueue"] == "true"
+    assert attributes.get("ContentBasedDeduplication", "false") == "false"
+    assert json.loads(attributes["RedrivePolicy"])["deadLetterTargetArn"].endswith("-dispatch-dlq.fifo")
+
+
+def test_notifications_round_trip_as_json(wired, aws):
+    # Given notifications with nested values, unicode and more than one SendMessageBatch of them
+    notifications: list[dict[str, Any]] = [
+        {
+            "kind": "dlr",
+            "account_id": "1",
+            "n": i,
+            "payload": {"status": "delivered", "text": "Olá 👋", "parts": [1, 2], "ok": True, "none": None},
+        }
+        for i in range(13)
+    ]
+    assert isinstance(wired.notify_queue, SqsNotifyQueue)
+    # When they are published
+    wired.notify_queue.publish(notifications)
+    # Then each comes back as the same JSON value
+    received = receive_all(aws["NOTIFY_QUEUE_URL"], expected=13)
+    assert sorted((json.loads(m["Body"]) for m in received), key=lambda n: n["n"]) == notifications
+    # And publishing nothing sends nothing
+    wired.notify_queue.publish([])
+    assert visible_count(aws["NOTIFY_QUEUE_URL"]) == 0
+
+
+class RefusingSqs:
+    """Answers SendMessageBatch as SQS does when it refuses some entries (moto never refuses one)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[dict[str, Any]]] = []
+
+    def send_message_batch(self, **request: Any) -> dict[str, Any]:
+        entries = request["Entries"]
+        self.calls.append(entries)
+        refused = entries[-1]
+        return {
+            "Successful": [{"Id": e["Id"], "MessageId": "m" + e["Id"]} for e in entries[:-1]],
+            "Failed": [{"Id": refused["Id"], "SenderFault": True, "Code": "InvalidParameterValue"}],
+        }
+
+
+def test_a_refused_entry_is_an_error_not_a_silent_drop():
+    # Given SQS that refuses one entry of a SendMessageBatch
+    sqs = RefusingSqs()
+    queue = SqsDispatchQueue("https://sqs.us-east-1.amazonaws.com/123456789012/q.fifo", client=sqs)
+    # When commands are enqueued, the refusal is raised
+    with pytest.raises(RuntimeError, match="InvalidParameterValue"):
+        queue.enqueue(commands_for("1", 3))
+    assert [len(call) for call in sqs.calls] == [3]
