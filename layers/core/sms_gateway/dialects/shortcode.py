@@ -1,16 +1,441 @@
-"""The shortcode dialect (being written): its router and its error shape."""
+"""The shortcode dialect (seed 4): /api/services/sendsms, getdlr and getbalance, answered in the family's codes."""
 
 from __future__ import annotations
 
+import hmac
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sms_gateway.dialects.common import json_response, status_for
-from sms_gateway.errors import GatewayError
+from sms_gateway.bootstrap import gateway, send_dependencies
+from sms_gateway.dialects.common import describe_validation_error, idempotent, json_response
+from sms_gateway.domain.models import Account, CredentialKind, Message, Recipient, SendCommand, utc_now
+from sms_gateway.domain.status import TERMINAL, MessageStatus
+from sms_gateway.errors import GatewayError, InvalidRequest, NotFound, Unauthorized
+from sms_gateway.logic.auth import account_for_credential
+from sms_gateway.logic.idempotency import request_key
+from sms_gateway.logic.send import Rejection, accept_send, normalise_recipients, require_sender, require_valid
 
 router = APIGatewayHttpRouter()
 
+MAX_MOBILES = 1000
+SERVICES = "/api/services"
+# Every answer of this family is HTTP 200 with the outcome in `response-code`: the seed's axios sample prints
+# `response.data` only on a 2xx, so an error with a 4xx status would never reach the client's log.
+HTTP_STATUS = 200
+# A digit string longer than this cannot be one of our 63-bit ids.
+MAX_ID_DIGITS = 19
+
+
+class NoPartnerId(Unauthorized):
+    code = "no_partner_id"
+
+
+class NoApiKey(Unauthorized):
+    code = "no_api_key"
+
+
+class NoMessage(InvalidRequest):
+    code = "no_message"
+
+
+class NoMobile(InvalidRequest):
+    code = "no_mobile"
+
+
+class NoShortcode(InvalidRequest):
+    code = "no_shortcode"
+
+
+class NoMessageId(InvalidRequest):
+    code = "no_message_id"
+
+
+class InvalidTimeToSend(InvalidRequest):
+    code = "invalid_time_to_send"
+
+
+class TooManyMobiles(InvalidRequest):
+    code = "too_many_mobiles"
+
+
+class UnsupportedRequest(InvalidRequest):
+    code = "unsupported_request"
+
+
+# The family's codes (200-4093, as the vendor documents them) and ours (4094 up) for what the family leaves out.
+# Keys are domain error codes; docs/dialects/shortcode.md mirrors this table.
+ERROR_CODES: dict[str, tuple[int, str]] = {
+    "invalid_sender": (1001, "Invalid sender id"),
+    "invalid_recipient": (1003, "Invalid mobile number"),
+    "insufficient_credits": (1004, "Low bulk credits"),
+    "upstream_error": (1005, "Failed. System error"),
+    "unauthorized": (1006, "Invalid credentials"),
+    "invalid_request": (1009, "Unsupported data type"),
+    "unsupported_request": (1010, "Unsupported request type"),
+    "too_many_mobiles": (1104, "Too many comma separated contacts"),
+    "no_partner_id": (4091, "No Partner ID is Set"),
+    "no_api_key": (4092, "No API KEY Provided"),
+    "not_found": (4093, "Details Not Found"),
+    "no_message": (4094, "No message provided"),
+    "no_mobile": (4095, "No mobile provided"),
+    "no_shortcode": (4096, "No shortcode provided"),
+    "no_message_id": (4097, "No messageID provided"),
+    "invalid_time_to_send": (4098, "Invalid timeToSend"),
+    "conflict": (4099, "Idempotency-Key conflict"),
+}
+INTERNAL_ERROR = (4090, "Internal Error. Try again after 5 minutes")
+# Credential failures say no more than the family's words: nothing about which part was wrong or who exists.
+_NO_DETAILS = frozenset({"unauthorized", "no_partner_id", "no_api_key"})
+
+# Our message states in the family's delivery vocabulary; 32 DeliveredToTerminal is the vendor's own number.
+DELIVERY_STATUS: dict[MessageStatus, tuple[int, str]] = {
+    MessageStatus.ACCEPTED: (11, "Scheduled"),
+    MessageStatus.SCHEDULED: (11, "Scheduled"),
+    MessageStatus.QUEUED: (11, "Scheduled"),
+    MessageStatus.SUBMITTED: (21, "SentToNetwork"),
+    MessageStatus.DELIVERED: (32, "DeliveredToTerminal"),
+    MessageStatus.FAILED: (33, "DeliveryImpossible"),
+    MessageStatus.REJECTED: (34, "Rejected"),
+    MessageStatus.EXPIRED: (35, "AbsentSubscriber"),
+    MessageStatus.CANCELLED: (36, "Cancelled"),
+}
+
 
 def render_error(error: GatewayError) -> Response:
-    status = status_for(error)
-    return json_response(status, {"error": error.message})
+    code, description = ERROR_CODES.get(error.code, INTERNAL_ERROR)
+    body: dict[str, Any] = {"response-code": code, "response-description": description}
+    if error.code not in _NO_DETAILS and error.message and error.message != description:
+        body["response-details"] = error.message
+    return json_response(HTTP_STATUS, body)
+
+
+# ------------------------------------------------------------------ request parameters
+
+
+class ShortcodeParams(BaseModel):
+    """The family's parameters, named as in the seed, from a query string, a JSON body or a form."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    apikey: str | None = None
+    partner_id: str | None = Field(default=None, alias="partnerID")
+    message: str | None = None
+    shortcode: str | None = None
+    mobile: str | None = None
+    time_to_send: str | int | float | None = Field(default=None, alias="timeToSend")
+    message_id: str | None = Field(default=None, alias="messageID")
+
+    @field_validator("apikey", "partner_id", "shortcode", "message_id", mode="before")
+    @classmethod
+    def scalar_text(cls, value: Any) -> Any:
+        # PHP and JavaScript clients send partnerID and shortcodes as numbers as often as strings.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, str):
+            return value.strip() or None
+        if value is None:
+            return None
+        raise ValueError("must be a string")
+
+    @field_validator("message", mode="before")
+    @classmethod
+    def message_text(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        if value is None or isinstance(value, str):
+            return value
+        raise ValueError("must be a string")
+
+    @field_validator("mobile", mode="before")
+    @classmethod
+    def comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, list) and all(
+            isinstance(item, str | int) and not isinstance(item, bool) for item in value
+        ):
+            return ",".join(str(item) for item in value)
+        if value is None or isinstance(value, str):
+            return value
+        raise ValueError("must be a comma-separated string of numbers")
+
+    @field_validator("time_to_send", mode="before")
+    @classmethod
+    def time_value(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a date string or a Unix timestamp")
+        if isinstance(value, str):
+            # PHP clients send an unset optional field as "".
+            return value.strip() or None
+        return value
+
+
+def _media_type(headers: dict[str, str]) -> str:
+    return (headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+
+
+def _json_object(body: str) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except ValueError as error:
+        raise InvalidRequest(f"the request body is not valid JSON: {error}") from error
+    if not isinstance(payload, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return payload
+
+
+def _multipart_fields(content_type: str, body: str) -> dict[str, Any]:
+    """PHP's curl sends `CURLOPT_POSTFIELDS => $array` as multipart/form-data."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    envelope = f"Content-Type: {content_type}\r\n\r\n".encode() + body.encode()
+    message = BytesParser(policy=HTTP).parsebytes(envelope)
+    if not message.is_multipart():
+        raise InvalidRequest("the multipart/form-data body could not be read")
+    fields: dict[str, Any] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str):
+            content = part.get_content()
+            fields[name] = content if isinstance(content, str) else content.decode(errors="replace")
+    return fields
+
+
+def _body_fields(headers: dict[str, str], body: str) -> dict[str, Any]:
+    media = _media_type(headers)
+    looks_like_json = body.lstrip().startswith("{")
+    if media == "application/json" or media.endswith("+json"):
+        return _json_object(body)
+    if media in ("", "application/x-www-form-urlencoded", "text/plain"):
+        # curl labels a json_encode()d string as a form unless the client sets the header; read it as what it is.
+        return _json_object(body) if looks_like_json else dict(parse_qsl(body, keep_blank_values=True))
+    if media == "multipart/form-data":
+        return _multipart_fields(headers["content-type"], body)
+    raise UnsupportedRequest(
+        f"content type {media!r} is not supported: send application/json, a form or query parameters"
+    )
+
+
+def _params() -> ShortcodeParams:
+    """GET reads the query string; POST reads its body, over any query parameters it also carries."""
+    event = router.current_event
+    fields: dict[str, Any] = dict(event.query_string_parameters or {})
+    if event.http_method.upper() == "POST":
+        try:
+            body = event.decoded_body or ""
+        except (UnicodeDecodeError, ValueError) as error:
+            raise InvalidRequest("the request body is not UTF-8 text") from error
+        if body.strip():
+            headers = {key.lower(): value for key, value in (event.headers or {}).items()}
+            fields.update(_body_fields(headers, body))
+    try:
+        return ShortcodeParams.model_validate(fields)
+    except ValidationError as error:
+        raise InvalidRequest(describe_validation_error(error)) from error
+
+
+def _authenticate(params: ShortcodeParams) -> Account:
+    if not params.partner_id:
+        raise NoPartnerId("partnerID is missing")
+    if not params.apikey:
+        raise NoApiKey("apikey is missing")
+    account = account_for_credential(gateway().store, CredentialKind.APIKEY, params.apikey)
+    # Same answer for an unknown key and a wrong partner: a caller learns nothing about which accounts exist.
+    if not hmac.compare_digest(params.partner_id.encode(), account.partner_id.encode()):
+        raise Unauthorized("invalid credentials")
+    return account
+
+
+# ------------------------------------------------------------------ sendsms
+
+
+class ShortcodeSend(BaseModel):
+    """A validated sendsms request: the numbers exactly as given, in order."""
+
+    model_config = ConfigDict(frozen=True)
+
+    shortcode: str
+    message: str
+    mobiles: tuple[str, ...]
+    send_at: datetime | None = None
+
+
+def account_zone(account: Account) -> ZoneInfo:
+    try:
+        return ZoneInfo(account.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def parse_time_to_send(value: str | int | float | None, zone: ZoneInfo) -> datetime | None:
+    """A Unix timestamp (number or digits), or a date such as `2019-09-01 18:00` read in the account's zone."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    try:
+        if isinstance(value, int | float) or text.replace(".", "", 1).isdigit():
+            return datetime.fromtimestamp(float(text), tz=UTC)
+        moment = datetime.fromisoformat(text)
+    except (ValueError, OverflowError, OSError) as error:
+        raise InvalidTimeToSend(
+            f"timeToSend {text!r} is not a time: give a Unix timestamp or a date such as '2019-09-01 18:00'"
+        ) from error
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=zone)
+
+
+def _send_request(params: ShortcodeParams, account: Account, *, many: bool) -> ShortcodeSend:
+    if not params.shortcode:
+        raise NoShortcode("shortcode is missing")
+    if params.message is None or not params.message.strip():
+        raise NoMessage("message is missing or empty")
+    mobiles = tuple(part.strip() for part in (params.mobile or "").split(",") if part.strip())
+    if not mobiles:
+        raise NoMobile("mobile is missing or empty")
+    if not many and len(mobiles) > 1:
+        raise TooManyMobiles(
+            f"GET sends to one mobile number, got {len(mobiles)}: POST up to {MAX_MOBILES} comma separated"
+        )
+    if len(mobiles) > MAX_MOBILES:
+        raise TooManyMobiles(f"at most {MAX_MOBILES} mobile numbers per request, got {len(mobiles)}")
+    return ShortcodeSend(
+        shortcode=params.shortcode,
+        message=params.message,
+        mobiles=mobiles,
+        send_at=parse_time_to_send(params.time_to_send, account_zone(account)),
+    )
+
+
+@router.route(f"{SERVICES}/sendsms", method=["GET", "POST"])
+@router.route(f"{SERVICES}/sendsms/", method=["GET", "POST"])
+def send_sms() -> Response:
+    event = router.current_event
+    params = _params()
+    account = _authenticate(params)
+    request = _send_request(params, account, many=event.http_method.upper() == "POST")
+    key = request_key(event.headers.get("idempotency-key"), None)
+    return idempotent(event, account.account_id, key, lambda: _send(account, request))
+
+
+def _send(account: Account, request: ShortcodeSend) -> Response:
+    require_sender(account, request.shortcode)
+    # Each number on its own, so that the answer lists them in the client's order.
+    readings: list[tuple[str, Recipient | None]] = []
+    rejected: list[Rejection] = []
+    for raw in request.mobiles:
+        valid, refused = normalise_recipients([raw], account.default_country)
+        readings.append((raw, valid[0] if valid else None))
+        rejected.extend(refused)
+    recipients = list({r.msisdn: r for _, r in readings if r is not None}.values())
+    if not recipients:
+        require_valid(rejected)
+    command = SendCommand(
+        account_id=account.account_id,
+        sender=request.shortcode,
+        text=request.message,
+        recipients=tuple(recipients),
+        send_at=request.send_at,
+        dialect="shortcode",
+    )
+    accepted = accept_send(account, command, send_dependencies(), now=utc_now())
+    return json_response(HTTP_STATUS, {"responses": send_entries(readings, accepted.messages)})
+
+
+def send_entries(readings: Sequence[tuple[str, Recipient | None]], messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """One entry per number given; a number given twice is sent once and listed once."""
+    by_msisdn = {message.msisdn: message for message in messages}
+    invalid_code, invalid_description = ERROR_CODES["invalid_recipient"]
+    entries: list[dict[str, Any]] = []
+    listed: set[str] = set()
+    for raw, recipient in readings:
+        if recipient is None:
+            entries.append({"response-code": invalid_code, "response-description": invalid_description, "mobile": raw})
+            continue
+        if recipient.msisdn in listed:
+            continue
+        listed.add(recipient.msisdn)
+        message = by_msisdn[recipient.msisdn]
+        entries.append(
+            {
+                "response-code": 200,
+                "response-description": "Success",
+                "mobile": int(message.msisdn.lstrip("+")),
+                "messageid": message.message_id,
+                "networkid": message.network_id,
+            }
+        )
+    return entries
+
+
+# ------------------------------------------------------------------ getdlr, getbalance
+
+
+def _local_time(stamp: str | None, zone: ZoneInfo) -> str | None:
+    if not stamp:
+        return None
+    return datetime.fromisoformat(stamp).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _turnaround(message: Message) -> str | None:
+    """From release to the final status, as the family's `delivery-tat` (HH:MM:SS)."""
+    if message.status not in TERMINAL:
+        return None
+    started = message.status_at.get(str(MessageStatus.QUEUED)) or message.created_at
+    ended = message.status_at.get(str(message.status))
+    if not started or not ended:
+        return None
+    seconds = max(0, int((datetime.fromisoformat(ended) - datetime.fromisoformat(started)).total_seconds()))
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def delivery_report(message: Message, zone: ZoneInfo) -> dict[str, Any]:
+    code, description = DELIVERY_STATUS[message.status]
+    return {
+        "response-code": 200,
+        "message-id": message.message_id,
+        "response-description": "Success",
+        "delivery-status": code,
+        "delivery-description": description,
+        "delivery-tat": _turnaround(message),
+        "delivery-networkid": message.network_id,
+        "delivery-time": _local_time(message.status_at.get(str(message.status)) or message.created_at, zone),
+    }
+
+
+@router.route(f"{SERVICES}/getdlr", method=["GET", "POST"])
+@router.route(f"{SERVICES}/getdlr/", method=["GET", "POST"])
+def get_dlr() -> Response:
+    params = _params()
+    account = _authenticate(params)
+    if not params.message_id:
+        raise NoMessageId("messageID is missing")
+    # An id that cannot be one of ours is answered like another account's id: not found.
+    if not params.message_id.isdigit() or len(params.message_id) > MAX_ID_DIGITS:
+        raise NotFound(f"no message {params.message_id!r}")
+    message = gateway().store.find_message(account.account_id, int(params.message_id))
+    if message is None:
+        raise NotFound(f"no message {params.message_id}")
+    return json_response(HTTP_STATUS, delivery_report(message, account_zone(account)))
+
+
+@router.route(f"{SERVICES}/getbalance", method=["GET", "POST"])
+@router.route(f"{SERVICES}/getbalance/", method=["GET", "POST"])
+def get_balance() -> Response:
+    account = _authenticate(_params())
+    return json_response(
+        HTTP_STATUS,
+        {"response-code": 200, "credit": f"{account.credits:.2f}", "partner-id": account.partner_id},
+    )
+
+
+@router.route(f"{SERVICES}/<action>", method=["GET", "POST", "PUT", "PATCH", "DELETE"])
+def unsupported(action: str) -> Response:
+    raise UnsupportedRequest(f"{router.current_event.http_method} {SERVICES}/{action} is not a service of this API")

@@ -1,0 +1,445 @@
+"""The shortcode dialect (seed 4) through the real `api` handler on moto: sendsms, getdlr, getbalance."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from tests.conftest import REPO, load_event
+from tests.integration.test_send_path import FakeContext, balance, load_function, queued_records
+
+SEED_TEXT = "When was the last time you went to the cinema?"
+AIRTEL = "2348020000000"  # 0802: Airtel Nigeria, networkid 2
+MTN = "2348030000000"  # 0803: MTN Nigeria, networkid 1
+
+Api = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@pytest.fixture
+def account(aws: dict[str, str]) -> dict[str, Any]:
+    from sms_gateway_tools.admin import create_account
+
+    return create_account(name="Cinema Club", senders=["48974"], credits=100)
+
+
+@pytest.fixture
+def other_account(aws: dict[str, str]) -> dict[str, Any]:
+    from sms_gateway_tools.admin import create_account
+
+    return create_account(name="Other Club", senders=["55555"], credits=100)
+
+
+@pytest.fixture
+def api(aws: dict[str, str]) -> Api:
+    module = load_function("api")
+    return lambda event: module.handler(event, FakeContext())
+
+
+def get_event(account: dict[str, Any], **params: str | None) -> dict[str, Any]:
+    """The seed's GET request; keyword arguments replace (or, given None, drop) query parameters."""
+    event = load_event("api-shortcode-sendsms-get.json", apikey=account["apikey"], partnerID=account["partner_id"])
+    query = {**event["queryStringParameters"], **params}
+    query = {key: value for key, value in query.items() if value is not None}
+    event["queryStringParameters"] = query
+    event["rawQueryString"] = urlencode(query)
+    return event
+
+
+def post_event(account: dict[str, Any], body: Any = None, **fields: Any) -> dict[str, Any]:
+    """The seed's POST request; `body` replaces it whole, keyword arguments replace (None drops) fields."""
+    event = load_event("api-shortcode-sendsms-post.json", apikey=account["apikey"], partnerID=account["partner_id"])
+    if body is None:
+        payload = {**json.loads(event["body"]), **fields}
+        body = {key: value for key, value in payload.items() if value is not None}
+    event["body"] = body if isinstance(body, str) else json.dumps(body)
+    return event
+
+
+def service_event(account: dict[str, Any], service: str, method: str = "POST", **fields: Any) -> dict[str, Any]:
+    event = post_event(account, {"apikey": account["apikey"], "partnerID": account["partner_id"], **fields})
+    event["rawPath"] = f"/api/services/{service}"
+    event["requestContext"]["http"]["path"] = event["rawPath"]
+    event["requestContext"]["http"]["method"] = method
+    event["pathParameters"] = {"proxy": service}
+    if method == "GET":
+        event["queryStringParameters"] = {k: str(v) for k, v in json.loads(event.pop("body")).items()}
+    return event
+
+
+def answer(response: dict[str, Any]) -> dict[str, Any]:
+    assert response["statusCode"] == 200, response
+    assert response["headers"]["Content-Type"] == "application/json"
+    return json.loads(response["body"])
+
+
+def schedules(env: dict[str, str]) -> list[dict[str, Any]]:
+    import boto3
+
+    client = boto3.client("scheduler")
+    names = [s["Name"] for s in client.list_schedules(GroupName=env["SCHEDULE_GROUP_NAME"])["Schedules"]]
+    return [client.get_schedule(Name=name, GroupName=env["SCHEDULE_GROUP_NAME"]) for name in names]
+
+
+# ------------------------------------------------------------------ the seed's requests
+
+
+def test_seed_get_sends_to_the_one_mobile(aws, account, api):
+    # Given the seed's GET request with exactly its parameter names
+    # When it is sent
+    body = answer(api(get_event(account)))
+    # Then the answer is the seed's shape: one entry, the number as digits, our integer message id
+    [entry] = body["responses"]
+    assert list(body) == ["responses"]
+    assert list(entry) == ["response-code", "response-description", "mobile", "messageid", "networkid"]
+    assert entry["response-code"] == 200
+    assert entry["response-description"] == "Success"
+    assert entry["mobile"] == int(AIRTEL)
+    assert isinstance(entry["messageid"], int)
+    assert entry["networkid"] == 2
+    # And one credit is taken and the message is queued
+    assert balance(account["account_id"]) == 99
+    [record] = queued_records(aws)
+    assert json.loads(record["Body"])["message_ids"] == [entry["messageid"]]
+
+
+def test_seed_post_sends_to_each_comma_separated_mobile(aws, account, api):
+    # Given the seed's POST body with two numbers, comma separated
+    # When it is posted
+    body = answer(api(post_event(account)))
+    # Then each number has its own success entry, with its network
+    entries = body["responses"]
+    assert [(e["response-code"], e["mobile"], e["networkid"]) for e in entries] == [
+        (200, int(AIRTEL), 2),
+        (200, int(MTN), 1),
+    ]
+    assert len({e["messageid"] for e in entries}) == 2
+    # And both are charged and queued in one batch
+    assert balance(account["account_id"]) == 98
+    [record] = queued_records(aws)
+    assert sorted(json.loads(record["Body"])["message_ids"]) == sorted(e["messageid"] for e in entries)
+
+
+def test_invalid_numbers_get_their_own_entry_while_the_valid_ones_are_sent(aws, account, api):
+    # Given one valid number among invalid ones, and the valid one repeated in local form
+    event = post_event(account, mobile=f"12,{AIRTEL}, abc ,08020000000")
+    # When it is posted
+    entries = answer(api(event))["responses"]
+    # Then the invalid ones are listed as given with 1003, and the valid one once, sent
+    assert entries[0] == {"response-code": 1003, "response-description": "Invalid mobile number", "mobile": "12"}
+    assert entries[1]["response-code"] == 200
+    assert entries[1]["mobile"] == int(AIRTEL)
+    assert entries[2] == {"response-code": 1003, "response-description": "Invalid mobile number", "mobile": "abc"}
+    assert len(entries) == 3
+    # And only the valid number is charged and queued
+    assert balance(account["account_id"]) == 99
+    [record] = queued_records(aws)
+    assert json.loads(record["Body"])["message_ids"] == [entries[1]["messageid"]]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "encode"),
+    [
+        ("application/x-www-form-urlencoded", urlencode),
+        # PHP's curl labels a json_encode()d body as a form unless the client sets Content-Type.
+        ("application/x-www-form-urlencoded", json.dumps),
+        (None, json.dumps),
+    ],
+    ids=["form", "json-labelled-as-form", "json-without-content-type"],
+)
+def test_forms_and_unlabelled_json_are_read_too(aws, account, api, content_type, encode):
+    # Given the seed's fields sent as a PHP client might
+    fields = {**json.loads(post_event(account)["body"]), "mobile": AIRTEL, "partnerID": int(account["partner_id"])}
+    event = post_event(account, encode(fields))
+    event["headers"].pop("content-type")
+    if content_type:
+        event["headers"]["content-type"] = content_type
+    # When it is posted
+    [entry] = answer(api(event))["responses"]
+    # Then it is sent
+    assert entry["response-code"] == 200
+    assert balance(account["account_id"]) == 99
+
+
+def test_a_multipart_form_base64_encoded_by_api_gateway_is_read(aws, account, api):
+    # Given PHP's `CURLOPT_POSTFIELDS => $array`: multipart/form-data, which reaches Lambda base64-encoded
+    fields = {**json.loads(post_event(account)["body"]), "mobile": AIRTEL}
+    boundary = "------------------------d74496d66958873e"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in fields.items()
+    ]
+    raw = ("".join(parts) + f"--{boundary}--\r\n").encode()
+    event = post_event(account, base64.b64encode(raw).decode())
+    event["isBase64Encoded"] = True
+    event["headers"]["content-type"] = f"multipart/form-data; boundary={boundary}"
+    # When it is posted
+    [entry] = answer(api(event))["responses"]
+    # Then it is sent
+    assert entry["response-code"] == 200
+    assert balance(account["account_id"]) == 99
+
+
+# ------------------------------------------------------------------ errors change nothing
+
+
+def _too_many() -> str:
+    return ",".join(f"234802{i:07d}" for i in range(1001))
+
+
+BAD_REQUESTS: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], int, str]] = [
+    ("wrong apikey", lambda a: post_event(a, apikey="f" * 48), 1006, "Invalid credentials"),
+    ("wrong partnerID", lambda a: post_event(a, partnerID="999999999"), 1006, "Invalid credentials"),
+    ("wrong partnerID on GET", lambda a: get_event(a, partnerID="1"), 1006, "Invalid credentials"),
+    ("no partnerID", lambda a: post_event(a, partnerID=None), 4091, "No Partner ID is Set"),
+    ("empty partnerID", lambda a: get_event(a, partnerID=""), 4091, "No Partner ID is Set"),
+    ("no apikey", lambda a: post_event(a, apikey=None), 4092, "No API KEY Provided"),
+    ("shortcode not the account's", lambda a: post_event(a, shortcode="55555"), 1001, "Invalid sender id"),
+    ("no shortcode", lambda a: post_event(a, shortcode=None), 4096, "No shortcode provided"),
+    ("no message", lambda a: post_event(a, message=None), 4094, "No message provided"),
+    ("blank message", lambda a: get_event(a, message="   "), 4094, "No message provided"),
+    ("no mobile", lambda a: post_event(a, mobile=None), 4095, "No mobile provided"),
+    ("only commas", lambda a: post_event(a, mobile=" , ,"), 4095, "No mobile provided"),
+    ("no valid mobile", lambda a: post_event(a, mobile="12,abc"), 1003, "Invalid mobile number"),
+    ("1001 mobiles", lambda a: post_event(a, mobile=_too_many()), 1104, "Too many comma separated contacts"),
+    ("two mobiles on GET", lambda a: get_event(a, mobile=f"{AIRTEL},{MTN}"), 1104, "Too many comma separated contacts"),
+    ("beyond the balance", lambda a: post_event(a, mobile=",".join(f"234802{i:07d}" for i in range(101))), 1004, ""),
+    ("text over the part limit", lambda a: post_event(a, message="x" * 1600), 1009, "Unsupported data type"),
+    ("bad timeToSend", lambda a: post_event(a, timeToSend="next tuesday"), 4098, "Invalid timeToSend"),
+    ("boolean timeToSend", lambda a: post_event(a, timeToSend=True), 1009, "Unsupported data type"),
+    ("mobile an object", lambda a: post_event(a, mobile={"n": 1}), 1009, "Unsupported data type"),
+    ("malformed JSON", lambda a: post_event(a, "{not json"), 1009, "Unsupported data type"),
+    ("JSON not an object", lambda a: post_event(a, "[1, 2]"), 1009, "Unsupported data type"),
+]
+
+
+@pytest.mark.parametrize(("label", "build", "code", "description"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_every_error_is_the_family_shape_and_changes_nothing(aws, account, api, label, build, code, description):
+    # Given a request that is wrong in one way
+    # When it is sent
+    body = answer(api(build(account)))
+    # Then the answer is the family's flat error shape with the code for that fault
+    assert body["response-code"] == code, body
+    if description:
+        assert body["response-description"] == description
+    assert set(body) <= {"response-code", "response-description", "response-details"}
+    # And nothing was charged, queued or scheduled
+    assert balance(account["account_id"]) == 100
+    assert queued_records(aws) == []
+    assert schedules(aws) == []
+
+
+def test_credential_errors_say_exactly_what_the_seed_shows_and_no_more(aws, account, api):
+    # Given a request with a known apikey but another account's partnerID, and one with an unknown apikey
+    wrong_partner = answer(api(post_event(account, partnerID="123456")))
+    unknown_key = answer(api(post_event(account, apikey="0" * 48)))
+    # Then both get the seed's error body, word for word: nothing tells them apart
+    assert wrong_partner == unknown_key == {"response-code": 1006, "response-description": "Invalid credentials"}
+
+
+def test_wrong_content_type_and_unknown_services_are_unsupported_requests(aws, account, api):
+    xml = post_event(account, "<sms/>")
+    xml["headers"]["content-type"] = "application/xml"
+    unknown = service_event(account, "sendvoice")
+    put = post_event(account)
+    put["requestContext"]["http"]["method"] = "PUT"
+    for event in (xml, unknown, put):
+        body = answer(api(event))
+        assert body["response-code"] == 1010, body
+        assert body["response-description"] == "Unsupported request type"
+    assert balance(account["account_id"]) == 100
+    assert queued_records(aws) == []
+
+
+def test_an_empty_post_is_missing_its_partner_id(aws, account, api):
+    event = post_event(account, "")
+    assert answer(api(event)) == {"response-code": 4091, "response-description": "No Partner ID is Set"}
+
+
+# ------------------------------------------------------------------ timeToSend
+
+
+def _lagos_tomorrow() -> datetime:
+    return (datetime.now(ZoneInfo("Africa/Lagos")) + timedelta(days=1)).replace(second=0, microsecond=0)
+
+
+@pytest.mark.parametrize(
+    "render",
+    [
+        lambda t: t.strftime("%Y-%m-%d %H:%M"),
+        lambda t: t.strftime("%Y-%m-%d %H:%M:%S"),
+        lambda t: t.astimezone(UTC).isoformat(),
+        lambda t: int(t.timestamp()),
+        lambda t: str(int(t.timestamp())),
+    ],
+    ids=["seed-format", "with-seconds", "iso-8601-utc", "unix-number", "unix-string"],
+)
+def test_time_to_send_in_the_account_zone_schedules_the_batch(aws, account, api, render):
+    # Given a timeToSend a day ahead, written as the account's local time (Africa/Lagos, UTC+1) or absolute
+    at = _lagos_tomorrow()
+    # When it is posted
+    [entry, _] = answer(api(post_event(account, timeToSend=render(at))))["responses"]
+    # Then the batch is scheduled for that instant, charged, and not queued now
+    assert entry["response-code"] == 200
+    [schedule] = schedules(aws)
+    assert schedule["ScheduleExpression"] == f"at({at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S')})"
+    assert schedule["ScheduleExpressionTimezone"] == "UTC"
+    assert balance(account["account_id"]) == 98
+    assert queued_records(aws) == []
+
+
+def test_time_to_send_in_the_past_or_empty_sends_now(aws, account, api):
+    answer(api(get_event(account, timeToSend="2019-09-01 18:00")))
+    answer(api(get_event(account, timeToSend="")))
+    assert schedules(aws) == []
+    assert len(queued_records(aws)) == 2
+
+
+def test_a_scheduled_message_reads_scheduled(aws, account, api):
+    at = _lagos_tomorrow().strftime("%Y-%m-%d %H:%M")
+    [entry] = answer(api(get_event(account, timeToSend=at)))["responses"]
+    report = answer(api(service_event(account, "getdlr", messageID=entry["messageid"])))
+    assert (report["delivery-status"], report["delivery-description"]) == (11, "Scheduled")
+
+
+# ------------------------------------------------------------------ idempotency
+
+
+def test_a_repeat_under_the_same_idempotency_key_gets_the_same_answer_and_is_charged_once(aws, account, api):
+    # Given a send with an Idempotency-Key
+    event = post_event(account)
+    event["headers"]["idempotency-key"] = "order-1234"
+    # When it is sent twice
+    first = api(event)
+    second = api(event)
+    # Then the second answer is the first, word for word, and only one batch was charged and queued
+    assert answer(first)["responses"][0]["response-code"] == 200
+    assert second["body"] == first["body"]
+    assert balance(account["account_id"]) == 98
+    assert len(queued_records(aws)) == 1
+
+
+def test_the_same_idempotency_key_with_another_request_is_refused(aws, account, api):
+    first = post_event(account)
+    first["headers"]["idempotency-key"] = "order-1234"
+    other = post_event(account, message="Another text")
+    other["headers"]["idempotency-key"] = "order-1234"
+    answer(api(first))
+    body = answer(api(other))
+    assert body["response-code"] == 4099
+    assert balance(account["account_id"]) == 98
+    assert len(queued_records(aws)) == 1
+
+
+def test_a_malformed_idempotency_key_changes_nothing(aws, account, api):
+    event = post_event(account)
+    event["headers"]["idempotency-key"] = "k" * 300
+    assert answer(api(event))["response-code"] == 1009
+    assert balance(account["account_id"]) == 100
+    assert queued_records(aws) == []
+
+
+# ------------------------------------------------------------------ getdlr and getbalance
+
+
+def test_getdlr_follows_the_message_to_delivered(aws, account, api):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import MessageKey
+    from sms_gateway.domain.status import MessageStatus
+
+    # Given a message sent through the seed's GET request
+    [entry] = answer(api(get_event(account)))["responses"]
+    message_id = entry["messageid"]
+    # When its delivery report is asked for before and after the carrier reports it delivered
+    queued = answer(api(service_event(account, "getdlr", messageID=str(message_id))))
+    message = gateway().store.find_message(account["account_id"], message_id)
+    assert message is not None
+    key = MessageKey(account_id=account["account_id"], reference_id=message.reference_id, message_id=message_id)
+    delivered_at = datetime.now(UTC)
+    gateway().store.transition(key, MessageStatus.SUBMITTED, now=delivered_at)
+    gateway().store.transition(key, MessageStatus.DELIVERED, now=delivered_at + timedelta(seconds=2))
+    delivered = answer(api(service_event(account, "getdlr", method="GET", messageID=str(message_id))))
+    # Then it first reads scheduled (queued), then delivered, in the family's shape and the account's time zone
+    assert queued["delivery-status"] == 11
+    assert queued["delivery-tat"] is None
+    assert list(delivered) == [
+        "response-code",
+        "message-id",
+        "response-description",
+        "delivery-status",
+        "delivery-description",
+        "delivery-tat",
+        "delivery-networkid",
+        "delivery-time",
+    ]
+    assert delivered["response-code"] == 200
+    assert delivered["message-id"] == message_id
+    assert delivered["delivery-status"] == 32
+    assert delivered["delivery-description"] == "DeliveredToTerminal"
+    assert delivered["delivery-networkid"] == 2
+    lagos = (delivered_at + timedelta(seconds=2)).astimezone(ZoneInfo("Africa/Lagos"))
+    assert delivered["delivery-time"] == lagos.strftime("%Y-%m-%d %H:%M:%S")
+    assert delivered["delivery-tat"].startswith("00:00:")
+
+
+def test_getdlr_is_tenant_scoped(aws, account, other_account, api):
+    # Given a message of one account
+    [entry] = answer(api(get_event(account)))["responses"]
+    # When another account asks for it, or anyone asks for an id that does not exist
+    theirs = answer(api(service_event(other_account, "getdlr", messageID=entry["messageid"])))
+    missing = answer(api(service_event(account, "getdlr", messageID="1234567")))
+    nonsense = answer(api(service_event(account, "getdlr", messageID="abc")))
+    # Then each is the same "not found"
+    for body in (theirs, missing, nonsense):
+        assert (body["response-code"], body["response-description"]) == (4093, "Details Not Found")
+    assert answer(api(service_event(account, "getdlr")))["response-code"] == 4097
+    assert answer(api(service_event(account, "getdlr", messageID="1", partnerID="0")))["response-code"] == 1006
+
+
+def test_getbalance_answers_the_callers_own_balance(aws, account, other_account, api):
+    # Given one send by the account
+    answer(api(get_event(account)))
+    # When each account asks for its balance, by POST and by GET
+    mine = answer(api(service_event(account, "getbalance")))
+    theirs = answer(api(service_event(other_account, "getbalance", method="GET")))
+    # Then each sees its own credit in the family's shape
+    assert mine == {"response-code": 200, "credit": "99.00", "partner-id": account["partner_id"]}
+    assert theirs == {"response-code": 200, "credit": "100.00", "partner-id": other_account["partner_id"]}
+    wrong = answer(api(service_event(account, "getbalance", apikey="nope")))
+    assert wrong == {"response-code": 1006, "response-description": "Invalid credentials"}
+
+
+def test_services_answer_with_a_trailing_slash_too(aws, account, api):
+    # Celcom-style clients call `.../api/services/getbalance/`
+    event = service_event(account, "getbalance")
+    event["rawPath"] += "/"
+    event["requestContext"]["http"]["path"] = event["rawPath"]
+    assert answer(api(event))["credit"] == "100.00"
+
+
+def test_a_path_that_is_not_one_service_is_not_found_in_the_family_shape(aws, account, api):
+    event = service_event(account, "getdlr/extra")
+    assert answer(api(event))["response-code"] == 4093
+    assert balance(account["account_id"]) == 100
+
+
+def test_the_documented_tables_are_the_code_tables():
+    # Given docs/dialects/shortcode.md, which clients read
+    from sms_gateway.dialects.shortcode import DELIVERY_STATUS, ERROR_CODES, INTERNAL_ERROR
+
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in (REPO / "docs" / "dialects" / "shortcode.md").read_text().splitlines()
+        if line.startswith("| ")
+    ]
+    documented_codes = {(int(r[0]), r[1]) for r in rows if r[0].isdigit() and len(r) == 3 and r[0] != "200"}
+    documented_statuses = {(int(r[1]), r[2]) for r in rows if len(r) == 3 and r[1].isdigit()}
+    # Then every code the module can answer is documented with the same words, and so is every delivery state
+    assert set(ERROR_CODES.values()) | {INTERNAL_ERROR} <= documented_codes
+    assert set(DELIVERY_STATUS.values()) == documented_statuses
