@@ -103,10 +103,20 @@ class InMemoryStore:
         return True
 
     def list_messages(
-        self, account_id: str, reference_id: int, *, limit: int = 100, cursor: str | None = None
+        self,
+        account_id: str,
+        reference_id: int,
+        *,
+        limit: int = 100,
+        cursor: str | None = None,
+        status: MessageStatus | None = None,
     ) -> tuple[list[Message], str | None]:
         found = sorted(
-            (m for k, m in self.messages.items() if (k.account_id, k.reference_id) == (account_id, reference_id)),
+            (
+                m
+                for k, m in self.messages.items()
+                if (k.account_id, k.reference_id) == (account_id, reference_id) and status in (None, m.status)
+            ),
             key=lambda m: m.message_id,
         )
         start = int(cursor or 0)

@@ -17,8 +17,9 @@ from sms_gateway.domain.models import (
     Recipient,
     SendCommand,
 )
+from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.status import MessageStatus
-from sms_gateway.errors import InsufficientCredits, InvalidSender, Unauthorized, UpstreamError
+from sms_gateway.errors import InsufficientCredits, InvalidRequest, InvalidSender, Unauthorized, UpstreamError
 from sms_gateway.logic.batches import BatchView
 from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
 from sms_gateway.logic.dispatch import DispatchDependencies, dispatch
@@ -100,6 +101,29 @@ class TestAcceptSend:
         assert batch.status == MessageStatus.SCHEDULED
         assert scheduler.scheduled == {("7", batch.reference_id): NOW + timedelta(hours=1)}
         assert deps.dispatch_queue.commands == []
+
+    def test_a_send_time_beyond_ninety_days_is_refused_and_changes_nothing(self, store):
+        with pytest.raises(InvalidRequest, match="90 days"):
+            send(store, command(send_at=NOW + timedelta(days=91)))
+        assert store.accounts["7"].credits == 1000
+        assert store.batches == {}
+
+    def test_prices_follow_the_route_tier_and_network(self, store):
+        store.prices = PriceTable().with_price("N", "*", 3).with_price("N", "mtn", 5).with_price("LL", "*", 1)
+        mtn, airtel = (
+            Recipient(msisdn="+2348030000000", telco="mtn"),
+            Recipient(msisdn="+2348020000000", telco="airtel"),
+        )
+        batch, _ = send(store, command().model_copy(update={"recipients": (mtn, airtel), "text": "x" * 200}))
+        assert batch.cost == 2 * 5 + 2 * 3
+        cheap, _ = send(store, command().model_copy(update={"recipients": (mtn,), "route_tier": "LL"}))
+        assert cheap.cost == 1
+        assert store.accounts["7"].credits == 1000 - 16 - 1
+
+    def test_a_message_over_the_part_limit_is_refused(self, store):
+        with pytest.raises(InvalidRequest, match="over this account's limit of 10"):
+            send(store, command(text="x" * (153 * 10 + 1)))
+        assert store.accounts["7"].credits == 1000
 
     @pytest.mark.parametrize("offset", [timedelta(seconds=30), timedelta(hours=-1)])
     def test_send_at_in_the_past_or_within_a_minute_sends_now(self, store, offset):

@@ -185,6 +185,8 @@ def test_http_routes_match_the_design(functions: dict[str, FunctionDefinition]) 
         ("ANY", "/api/services/{proxy+}"),
         ("GET", "/login"),
         ("POST", "/sms"),
+        ("ANY", "/sms/{proxy+}"),
+        ("GET", "/status"),
         ("ANY", "/portal/{proxy+}"),
         ("ANY", "/v1/{proxy+}"),
     }
@@ -541,6 +543,8 @@ def test_template_routes_dispatch_to_the_right_function(functions: dict[str, Fun
         {"proxy": "sendsms"},
     )
     assert match_route(routes, "POST", "/sms") == ("ApiFunction", "POST /sms", {})
+    assert match_route(routes, "DELETE", "/sms/123") == ("ApiFunction", "ANY /sms/{proxy+}", {"proxy": "123"})
+    assert match_route(routes, "GET", "/status") == ("ApiFunction", "GET /status", {})
     assert match_route(routes, "GET", "/callbacks/kannel/dlr") == (
         "WebhookFunction",
         "GET /callbacks/{provider}/dlr",

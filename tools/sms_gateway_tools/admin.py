@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,17 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 STATE_FILE = REPO_ROOT / ".local" / "stack.json"
 
 
+# Makes one admin subcommand: (name, help, *parent parsers) -> its parser.
+Command = Callable[..., argparse.ArgumentParser]
+
+
 class TargetNotFound(Exception):
     pass
 
 
-def use_local_stack(state_file: Path = STATE_FILE) -> str:
+def use_local_stack(state_file: Path | None = None) -> str:
     """Points this process at a running local stack; returns its API URL."""
+    state_file = state_file or STATE_FILE
     if not state_file.exists():
         raise TargetNotFound("no local stack is running (start one with `make dev`), or pass --stack-name")
     state = json.loads(state_file.read_text())
@@ -30,14 +36,22 @@ def use_local_stack(state_file: Path = STATE_FILE) -> str:
 def use_deployed_stack(stack_name: str) -> str:
     """Points this process at a deployed stack, found by its CloudFormation outputs; returns its API URL."""
     import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
 
-    stacks = boto3.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"]
-    outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+    try:
+        stacks = boto3.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"]
+    except (BotoCoreError, ClientError) as error:
+        raise TargetNotFound(f"cannot read stack {stack_name!r}: {error}") from error
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])} if stacks else {}
+    if "TableName" not in outputs:
+        raise TargetNotFound(f"stack {stack_name!r} has no TableName output: is it an sms-gateway stack?")
     os.environ["TABLE_NAME"] = outputs["TableName"]
     os.environ["DISPATCH_QUEUE_URL"] = outputs.get("DispatchQueueUrl", "")
     os.environ["NOTIFY_QUEUE_URL"] = outputs.get("NotifyQueueUrl", "")
+    # Deployed functions never call http:// webhooks; a local stack's setting left in this shell must not apply.
+    os.environ["ALLOW_HTTP_WEBHOOKS"] = "false"
     _forget_wiring()
-    return outputs["ApiUrl"]
+    return outputs.get("ApiUrl", "")
 
 
 def _forget_wiring() -> None:
@@ -89,16 +103,178 @@ def create_account(
     }
 
 
+def _store() -> Any:
+    from sms_gateway.bootstrap import gateway
+
+    return gateway().store
+
+
+def _view(account: Any) -> dict[str, Any]:
+    from sms_gateway.logic import accounts
+
+    return accounts.account_view(account).model_dump(mode="json")
+
+
+def issue_credential(*, account_id: str, kind: str) -> dict[str, Any]:
+    """Issues a new token or API key; the secret is in the answer this once."""
+    from sms_gateway.domain.models import utc_now
+    from sms_gateway.logic import accounts
+
+    return accounts.issue_credential(_store(), account_id, kind, now=utc_now()).model_dump(mode="json")
+
+
+def list_credentials(*, account_id: str) -> list[dict[str, Any]]:
+    from sms_gateway.logic import accounts
+
+    return [info.model_dump(mode="json") for info in accounts.list_credentials(_store(), account_id)]
+
+
+def revoke_credential(*, account_id: str, prefix: str, kind: str | None = None) -> dict[str, Any]:
+    from sms_gateway.domain.models import utc_now
+    from sms_gateway.logic import accounts
+
+    revoked = accounts.revoke_credential(_store(), account_id, prefix, kind=kind, now=utc_now())
+    return {"account_id": account_id, **revoked.model_dump(mode="json")}
+
+
+def add_sender(*, account_id: str, sender: str) -> dict[str, Any]:
+    from sms_gateway.logic import accounts
+
+    return _view(accounts.add_sender(_store(), account_id, sender))
+
+
+def remove_sender(*, account_id: str, sender: str) -> dict[str, Any]:
+    from sms_gateway.logic import accounts
+
+    return _view(accounts.remove_sender(_store(), account_id, sender))
+
+
+def set_price(*, tier: str, network: str, credits: int) -> dict[str, Any]:
+    from sms_gateway.logic import accounts
+
+    return accounts.set_price(_store(), tier=tier, network=network, credits=credits).model_dump(mode="json")
+
+
+def show_prices() -> dict[str, Any]:
+    from sms_gateway.domain.pricing import DEFAULT_PRICE_PER_PART
+    from sms_gateway.logic import accounts
+
+    table = accounts.show_prices(_store())
+    return {**table.model_dump(mode="json"), "default_per_part": DEFAULT_PRICE_PER_PART}
+
+
+def top_up(*, account_id: str, credits: int) -> dict[str, Any]:
+    from sms_gateway.logic import accounts
+
+    return {"account_id": account_id, "added": credits, "credits": accounts.top_up(_store(), account_id, credits)}
+
+
+def show_account(*, account_id: str) -> dict[str, Any]:
+    from sms_gateway.logic import accounts
+
+    return _view(accounts.require_account(_store(), account_id))
+
+
+def set_webhooks(
+    *, account_id: str, dlr_url: str | None = None, inbound_url: str | None = None, rotate_token: bool = False
+) -> dict[str, Any]:
+    """Changes the client's webhooks; with rotate_token the new webhook token is in the answer this once."""
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic import accounts
+
+    account, token = accounts.set_webhooks(
+        _store(),
+        account_id,
+        dlr_url=dlr_url,
+        inbound_url=inbound_url,
+        rotate_token=rotate_token,
+        allow_http=gateway().settings.allow_http_webhooks,
+    )
+    view = _view(account)
+    return {**view, "webhook_token": token} if token else view
+
+
+def set_account(
+    *,
+    account_id: str,
+    country: str | None = None,
+    timezone: str | None = None,
+    rate_limit: int | None = None,
+    max_parts: int | None = None,
+) -> dict[str, Any]:
+    from sms_gateway.logic import accounts
+
+    account = accounts.set_account(
+        _store(), account_id, country=country, timezone=timezone, rate_limit=rate_limit, max_parts=max_parts
+    )
+    return _view(account)
+
+
+# ---------------------------------------------------------------- the command line
+
+
 def _target(args: argparse.Namespace) -> str:
     return use_deployed_stack(args.stack_name) if args.stack_name else use_local_stack()
 
 
-def _cmd_create_account(args: argparse.Namespace) -> int:
+def _text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value) or "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _print_record(record: dict[str, Any]) -> None:
+    width = max((len(key) for key in record), default=0)
+    for key, value in record.items():
+        print(f"{key:<{width}}  {_text(value)}")
+
+
+def _print_rows(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    cells = [columns, *([_text(row.get(column)) for column in columns] for row in rows)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    for line in cells:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+
+
+def _price_rows(prices: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
+    return [
+        {"tier": tier, "network": network, "credits": credits}
+        for tier, by_network in sorted(prices.items())
+        for network, credits in sorted(by_network.items())
+    ]
+
+
+def _run(args: argparse.Namespace, action: Any, show: Any = None, note: str | None = None) -> int:
+    """Points at the target, runs `action`, prints its answer (JSON with --json); errors go to stderr, exit 2."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     from sms_gateway.errors import GatewayError
 
     try:
         api_url = _target(args)
-        created = create_account(
+        answer = action(api_url)
+    except (TargetNotFound, GatewayError, BotoCoreError, ClientError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(answer))
+    elif show is not None:
+        show(answer)
+    else:
+        _print_record(answer)
+    if note and not args.json:
+        print(note, file=sys.stderr)
+    return 0
+
+
+def _cmd_create_account(args: argparse.Namespace) -> int:
+    return _run(
+        args,
+        lambda api_url: create_account(
             name=args.name,
             senders=args.sender or [],
             credits=args.credits,
@@ -106,29 +282,179 @@ def _cmd_create_account(args: argparse.Namespace) -> int:
             api_url=api_url,
             dlr_url=args.dlr_url,
             inbound_url=args.inbound_url,
-        )
-    except (TargetNotFound, GatewayError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        ),
+        note="the secrets above are shown once: store them now",
+    )
+
+
+def _cmd_issue_credential(args: argparse.Namespace) -> int:
+    return _run(
+        args,
+        lambda _: issue_credential(account_id=args.account, kind=args.kind),
+        note="the secret above is shown once: store it now",
+    )
+
+
+def _cmd_list_credentials(args: argparse.Namespace) -> int:
+    return _run(
+        args,
+        lambda _: list_credentials(account_id=args.account),
+        show=lambda rows: _print_rows(rows, ["kind", "prefix", "created_at", "revoked", "revoked_at"]),
+    )
+
+
+def _cmd_revoke_credential(args: argparse.Namespace) -> int:
+    return _run(args, lambda _: revoke_credential(account_id=args.account, prefix=args.prefix, kind=args.kind))
+
+
+def _cmd_add_sender(args: argparse.Namespace) -> int:
+    return _run(args, lambda _: add_sender(account_id=args.account, sender=args.sender))
+
+
+def _cmd_remove_sender(args: argparse.Namespace) -> int:
+    return _run(args, lambda _: remove_sender(account_id=args.account, sender=args.sender))
+
+
+def _cmd_set_price(args: argparse.Namespace) -> int:
+    return _run(
+        args,
+        lambda _: set_price(tier=args.tier, network=args.network, credits=args.credits),
+        show=lambda table: _print_rows(_price_rows(table["prices"]), ["tier", "network", "credits"]),
+    )
+
+
+def _cmd_show_prices(args: argparse.Namespace) -> int:
+    def show(table: dict[str, Any]) -> None:
+        _print_rows(_price_rows(table["prices"]), ["tier", "network", "credits"])
+        print(f"(a route with no price costs {table['default_per_part']} credit per part)")
+
+    return _run(args, lambda _: show_prices(), show=show)
+
+
+def _cmd_top_up(args: argparse.Namespace) -> int:
+    return _run(args, lambda _: top_up(account_id=args.account, credits=args.credits))
+
+
+def _cmd_show_account(args: argparse.Namespace) -> int:
+    return _run(args, lambda _: show_account(account_id=args.account))
+
+
+def _cmd_set_webhooks(args: argparse.Namespace) -> int:
+    if args.dlr_url is None and args.inbound_url is None and not args.rotate_token:
+        print("error: nothing to change: pass --dlr-url, --inbound-url or --rotate-token", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(created))
-    else:
-        width = max(len(key) for key in created)
-        for key, value in created.items():
-            print(f"{key:<{width}}  {value}")
-    return 0
+    return _run(
+        args,
+        lambda _: set_webhooks(
+            account_id=args.account,
+            dlr_url=args.dlr_url,
+            inbound_url=args.inbound_url,
+            rotate_token=args.rotate_token,
+        ),
+        note="the new webhook_token above is shown once: give it to the client" if args.rotate_token else None,
+    )
+
+
+def _cmd_set_account(args: argparse.Namespace) -> int:
+    if args.country is None and args.timezone is None and args.rate_limit is None and args.max_parts is None:
+        print("error: nothing to change: pass --country, --timezone, --rate-limit or --max-parts", file=sys.stderr)
+        return 2
+    return _run(
+        args,
+        lambda _: set_account(
+            account_id=args.account,
+            country=args.country,
+            timezone=args.timezone,
+            rate_limit=args.rate_limit,
+            max_parts=args.max_parts,
+        ),
+    )
 
 
 def register(subparsers: Any) -> None:
-    admin = subparsers.add_parser("admin", help="operator commands (accounts, credentials, ...)")
-    commands = admin.add_subparsers(dest="admin_command", required=True)
-    create = commands.add_parser("create-account", help="create an account and print its credentials once")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    common.add_argument("--stack-name", help="a deployed CloudFormation stack instead of the local stack")
+    account = argparse.ArgumentParser(add_help=False)
+    account.add_argument("--account", required=True, metavar="ID", help="the account id")
+
+    admin = subparsers.add_parser(
+        "admin",
+        help="operator commands (accounts, credentials, senders, credits, prices)",
+        description="Operator commands. They act on the local stack (.local/stack.json, started by `make dev`) "
+        "unless --stack-name names a deployed stack. Errors go to stderr with exit code 2.",
+    )
+    commands = admin.add_subparsers(dest="admin_command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, description=help_text, parents=[*parents, common])
+
+    _add_account_commands(command, account)
+    _add_credential_commands(command, account)
+    _add_price_commands(command)
+
+
+def _add_account_commands(command: Command, account: argparse.ArgumentParser) -> None:
+    create = command("create-account", "create an account and print its credentials once")
     create.add_argument("--name", required=True, help="the account's display name")
     create.add_argument("--sender", action="append", help="a sender ID or shortcode to register (repeatable)")
     create.add_argument("--credits", type=int, default=0, help="opening credit balance")
     create.add_argument("--country", default="NG", help="default country for local numbers (ISO code)")
     create.add_argument("--dlr-url", help="the client's webhook for delivery reports")
     create.add_argument("--inbound-url", help="the client's webhook for inbound (two-way) SMS")
-    create.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
-    create.add_argument("--stack-name", help="a deployed CloudFormation stack instead of the local stack")
     create.set_defaults(func=_cmd_create_account)
+
+    add = command("add-sender", "register a sender ID or shortcode to the account (one owner each)", account)
+    add.add_argument("--sender", required=True, help="alphanumeric up to 11 characters, or a number")
+    add.set_defaults(func=_cmd_add_sender)
+
+    remove = command("remove-sender", "release one of the account's sender IDs or shortcodes", account)
+    remove.add_argument("--sender", required=True, help="the sender ID or shortcode")
+    remove.set_defaults(func=_cmd_remove_sender)
+
+    top = command("top-up", "add credits to an account's balance (atomic)", account)
+    top.add_argument("--credits", required=True, type=int, help="credits to add (more than 0)")
+    top.set_defaults(func=_cmd_top_up)
+
+    show = command("show-account", "show an account's balance, senders, webhooks and settings (no secrets)", account)
+    show.set_defaults(func=_cmd_show_account)
+
+    hooks = command("set-webhooks", "set the client's webhook URLs or rotate its webhook token", account)
+    hooks.add_argument("--dlr-url", metavar="URL", help="webhook for delivery reports ('' removes it)")
+    hooks.add_argument("--inbound-url", metavar="URL", help="webhook for inbound (two-way) SMS ('' removes it)")
+    hooks.add_argument(
+        "--rotate-token", action="store_true", help="issue a new webhook token (the Bearer our calls carry)"
+    )
+    hooks.set_defaults(func=_cmd_set_webhooks)
+
+    settings = command("set-account", "change an account's country, time zone, rate limit or part limit", account)
+    settings.add_argument("--country", help="default country for local numbers (ISO code, e.g. NG)")
+    settings.add_argument("--timezone", help="IANA time zone, e.g. Africa/Lagos")
+    settings.add_argument("--rate-limit", type=int, metavar="N", help="messages per second dispatched upstream")
+    settings.add_argument("--max-parts", type=int, metavar="N", help="longest message accepted, in parts (1-255)")
+    settings.set_defaults(func=_cmd_set_account)
+
+
+def _add_credential_commands(command: Command, account: argparse.ArgumentParser) -> None:
+    issue = command("issue-credential", "issue a new Bearer token or shortcode API key; prints it once", account)
+    issue.add_argument("--kind", required=True, choices=["token", "apikey"], help="token (Bearer) or apikey")
+    issue.set_defaults(func=_cmd_issue_credential)
+
+    listing = command("list-credentials", "list an account's credentials (prefixes only, never secrets)", account)
+    listing.set_defaults(func=_cmd_list_credentials)
+
+    revoke = command("revoke-credential", "revoke one of an account's credentials by its prefix", account)
+    revoke.add_argument("--prefix", required=True, help="the credential's prefix, as list-credentials shows it")
+    revoke.add_argument("--kind", choices=["token", "apikey"], help="only needed if the prefix is ambiguous")
+    revoke.set_defaults(func=_cmd_revoke_credential)
+
+
+def _add_price_commands(command: Command) -> None:
+    price = command("set-price", "set the credits per message part of a route (tier and network)")
+    price.add_argument("--tier", required=True, type=str.upper, choices=["N", "L", "LL"], help="route tier")
+    price.add_argument("--network", default="*", help="network slug (mtn, airtel, glo, 9mobile, ...) or * (default)")
+    price.add_argument("--credits", required=True, type=int, help="credits per part (0 or more)")
+    price.set_defaults(func=_cmd_set_price)
+
+    prices = command("show-prices", "show the price table")
+    prices.set_defaults(func=_cmd_show_prices)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict
 
 from sms_gateway.domain.models import (
     Account,
@@ -24,6 +26,9 @@ from sms_gateway.domain.models import (
 )
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.status import MessageStatus
+
+if TYPE_CHECKING:  # groups' records live with their use cases; the port only names them
+    from sms_gateway.logic.groups import Group, GroupSummary
 
 
 class AccountStore(Protocol):
@@ -148,3 +153,121 @@ class Provider(Protocol):
     def parse_delivery_reports(self, request: CallbackRequest) -> list[DeliveryReport]: ...
 
     def parse_inbound(self, request: CallbackRequest) -> InboundSms: ...
+
+
+class CredentialInfo(BaseModel):
+    """An issued credential as an operator may see it: never the secret, only its first characters."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    kind: str
+    prefix: str
+    created_at: str = ""
+    revoked: bool = False
+    revoked_at: str | None = None
+
+
+class AccountChanges(BaseModel):
+    """Settings an operator changes on an account: a field left None is kept, a name in `clear` is removed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    default_country: str | None = None
+    timezone: str | None = None
+    rate_limit_per_second: int | None = None
+    max_parts: int | None = None
+    dlr_url: str | None = None
+    inbound_url: str | None = None
+    webhook_token: str | None = None
+    clear: frozenset[Literal["dlr_url", "inbound_url"]] = frozenset()
+
+
+class AccountAdmin(AccountStore, Protocol):
+    """Operator changes to accounts, credentials, senders and prices; each is a conditional write that raises
+    NotFound when the account does not exist."""
+
+    def add_credential(self, account_id: str, kind: str, secret: str, *, created_at: str) -> CredentialInfo:
+        """Stores a new credential (its hash) for the account. Conflict when its prefix is in use there."""
+        ...
+
+    def list_credentials(self, account_id: str) -> list[CredentialInfo]: ...
+
+    def revoke_credential(self, account_id: str, kind: str, prefix: str, *, revoked_at: str) -> CredentialInfo:
+        """Marks one of the account's credentials revoked; NotFound when the account has no such credential."""
+        ...
+
+    def add_sender(self, account_id: str, sender: str) -> Account:
+        """Registers a sender to the account; Conflict when another account owns it."""
+        ...
+
+    def remove_sender(self, account_id: str, sender: str) -> Account:
+        """Releases one of the account's senders; NotFound when it is not the account's."""
+        ...
+
+    def top_up(self, account_id: str, credits: int) -> int:
+        """Adds credits atomically; returns the new balance."""
+        ...
+
+    def update_account(self, account_id: str, changes: AccountChanges) -> Account: ...
+
+    def set_price(self, tier: str, network: str, credits: int) -> PriceTable:
+        """Sets one cell of the price table atomically; returns the whole table."""
+        ...
+
+
+class GroupStore(Protocol):
+    """Recipient groups, keyed by account and the number in their `grp_<number>` id."""
+
+    def create_group(self, group: Group) -> None: ...
+
+    def get_group(self, account_id: str, group_number: int) -> Group | None: ...
+
+    def list_groups(
+        self, account_id: str, *, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[GroupSummary], str | None]: ...
+
+    def add_group_members(
+        self,
+        account_id: str,
+        group_number: int,
+        members: Sequence[str],
+        *,
+        expected_version: int,
+        member_count: int,
+        now: str,
+    ) -> bool:
+        """Conditional on the group's version: False when the group changed (or went) since it was read."""
+        ...
+
+    def remove_group_members(
+        self,
+        account_id: str,
+        group_number: int,
+        members: Sequence[str],
+        *,
+        expected_version: int,
+        member_count: int,
+        now: str,
+    ) -> bool:
+        """Conditional on the group's version, like add_group_members."""
+        ...
+
+    def delete_group(self, account_id: str, group_number: int) -> bool:
+        """False when there was no such group."""
+        ...
+
+
+class SessionStore(Protocol):
+    """Session keys of the session-key dialect: issued by /login, kept only as a hash, valid until they expire."""
+
+    def account_id_for_login(self, username: str, password: str) -> str | None:
+        """The account whose login this is, or None; the same time is spent whether the username exists or not."""
+        ...
+
+    def save_session(
+        self, session_key: str, account_id: str, *, created_at: datetime, expires_at: datetime
+    ) -> None: ...
+
+    def account_id_for_session(self, session_key: str, *, now: datetime) -> str | None:
+        """The account of a live session, or None when the key is unknown or expired at `now`."""
+        ...

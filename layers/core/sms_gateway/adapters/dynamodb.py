@@ -25,6 +25,9 @@ from decimal import Decimal
 from typing import Any
 
 from sms_gateway.adapters import aws
+from sms_gateway.adapters.dynamodb_admin import DynamoAccountAdmin, credential_listing_item
+from sms_gateway.adapters.dynamodb_groups import DynamoGroupStore
+from sms_gateway.adapters.dynamodb_sessions import DynamoSessionsMixin
 from sms_gateway.domain.models import (
     Account,
     Batch,
@@ -47,6 +50,7 @@ IDEMPOTENCY_WINDOW = timedelta(hours=24)
 BATCH_WRITE_SIZE = 25
 BATCH_GET_SIZE = 100
 _MAX_UNPROCESSED_ROUNDS = 8
+_MAX_FILTER_ROUNDS = 10
 
 # scrypt parameters (RFC 7914 interactive setting); cost is paid once per /login, not per send.
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
@@ -135,7 +139,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class DynamoStore:
+class DynamoStore(DynamoAccountAdmin, DynamoGroupStore, DynamoSessionsMixin):
     """Implements AccountStore and MessageStore over one table."""
 
     def __init__(self, table_name: str, *, client: Any | None = None, retention_days: int = 180) -> None:
@@ -172,6 +176,8 @@ class DynamoStore:
                     "prefix": secret[:8],
                 }
             )
+            # The account-side pointer lets an operator list and revoke it later (adapters/dynamodb_admin.py).
+            items.append(credential_listing_item(account.account_id, str(kind), secret, account.created_at))
         for sender in account.senders:
             items.append({"pk": sender_pk(sender), "sk": "SENDER", "account_id": account.account_id})
         items.append(
@@ -361,7 +367,13 @@ class DynamoStore:
         return True
 
     def list_messages(
-        self, account_id: str, reference_id: int, *, limit: int = 100, cursor: str | None = None
+        self,
+        account_id: str,
+        reference_id: int,
+        *,
+        limit: int = 100,
+        cursor: str | None = None,
+        status: MessageStatus | None = None,
     ) -> tuple[list[Message], str | None]:
         query: dict[str, Any] = {
             "TableName": self.table_name,
@@ -371,11 +383,38 @@ class DynamoStore:
         }
         if cursor:
             query["ExclusiveStartKey"] = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        answer = self.client.query(**query)
-        messages = [Message.model_validate(self._codec.load(item)) for item in answer.get("Items", [])]
-        last = answer.get("LastEvaluatedKey")
+        if status is None:
+            answer = self.client.query(**query)
+            messages = [Message.model_validate(self._codec.load(item)) for item in answer.get("Items", [])]
+            last = answer.get("LastEvaluatedKey")
+        else:
+            messages, last = self._filtered_messages(query, status, limit)
         next_cursor = base64.urlsafe_b64encode(json.dumps(last).encode()).decode() if last else None
         return messages, next_cursor
+
+    def _filtered_messages(
+        self, query: dict[str, Any], status: MessageStatus, limit: int
+    ) -> tuple[list[Message], dict[str, Any] | None]:
+        """DynamoDB applies Limit before the filter, so a page is filled by reading on from where the last read
+        stopped; the cursor is the key of the last message read or kept, so none is skipped or repeated.
+        Bounded in reads: a page may come back short, with a cursor to follow."""
+        query["FilterExpression"] = "#status = :status"
+        query["ExpressionAttributeNames"] = {"#status": "status"}
+        query["ExpressionAttributeValues"][":status"] = {"S": str(status)}
+        messages: list[Message] = []
+        last: dict[str, Any] | None = None
+        for _ in range(_MAX_FILTER_ROUNDS):
+            answer = self.client.query(**query)
+            messages.extend(Message.model_validate(self._codec.load(item)) for item in answer.get("Items", []))
+            last = answer.get("LastEvaluatedKey")
+            if len(messages) > limit:
+                # Read past the page: it ends at its last message, and the next page starts after that one.
+                messages = messages[:limit]
+                last = _key_of(messages[-1].key)
+            if not last or len(messages) >= limit:
+                break
+            query["ExclusiveStartKey"] = last
+        return messages, last
 
     def iter_messages(self, account_id: str, reference_id: int) -> Iterator[Message]:
         cursor: str | None = None

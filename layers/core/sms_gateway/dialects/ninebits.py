@@ -1,4 +1,4 @@
-"""The 9bits dialect (seeds 1-3): POST /ng/v1/sendsms for one number or a batch, and batch reads."""
+"""The 9bits dialect (seeds 1-3): sends to numbers and groups, batch reads, dry runs, cancels, and groups."""
 
 from __future__ import annotations
 
@@ -16,19 +16,32 @@ from sms_gateway.domain.models import (
     CredentialKind,
     DeliveryReportMode,
     Message,
+    Recipient,
     SendCommand,
     utc_now,
 )
+from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import GatewayError, InvalidRequest
-from sms_gateway.logic import batches
+from sms_gateway.logic import batches, groups
 from sms_gateway.logic.auth import account_for_credential, bearer_token
 from sms_gateway.logic.idempotency import request_key
-from sms_gateway.logic.send import accept_send, normalise_recipients, require_valid
+from sms_gateway.logic.send import Rejection, accept_send, normalise_recipients, quote, require_sender, require_valid
 
 router = APIGatewayHttpRouter()
 MAX_RECIPIENTS = 1000
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+# Every 9bits send is priced on the standard route; the tier is named once so a dry run quotes what a send charges.
+ROUTE_TIER = "N"
+
+
+def _as_list(value: Any) -> Any:
+    """One number (string or integer) or a list of them; integers become strings."""
+    if isinstance(value, str | int):
+        return [str(value)]
+    if isinstance(value, list):
+        return [str(item) if isinstance(item, int) else item for item in value]
+    return value
 
 
 class SendRequest(BaseModel):
@@ -50,11 +63,7 @@ class SendRequest(BaseModel):
     @field_validator("to", mode="before")
     @classmethod
     def one_or_many(cls, value: Any) -> Any:
-        if isinstance(value, str | int):
-            return [str(value)]
-        if isinstance(value, list):
-            return [str(item) if isinstance(item, int) else item for item in value]
-        return value
+        return _as_list(value)
 
     @field_validator("to")
     @classmethod
@@ -100,8 +109,13 @@ def send_sms() -> Response:
 
 
 def _send(account: Account, request: SendRequest) -> Response:
-    recipients, rejected = normalise_recipients(request.to, account.default_country)
+    expansion = groups.expand(gateway().store, account.account_id, request.to)
+    groups.require_known_groups(expansion)
+    # Members are distinct numbers already: a group too big for one send is refused before any number is parsed.
+    _require_at_most_a_thousand(expansion.group_members, groups_alone=True)
+    recipients, rejected = normalise_recipients(expansion.numbers, account.default_country)
     require_valid(rejected)
+    _require_at_most_a_thousand(len(recipients))
     command = SendCommand(
         account_id=account.account_id,
         sender=request.sender,
@@ -112,6 +126,7 @@ def _send(account: Account, request: SendRequest) -> Response:
         sent_date=request.sent_date,
         delivery_report=request.delivery_report,
         send_at=request.send_at,
+        route_tier=ROUTE_TIER,
         dialect="9bits",
     )
     batch = accept_send(account, command, send_dependencies(), now=utc_now()).batch
@@ -122,6 +137,82 @@ def _send(account: Account, request: SendRequest) -> Response:
             "message": "request is being processed",
             "reference_id": str(batch.reference_id),
             "recipients_processed": batch.recipients,
+        },
+    )
+
+
+def _require_at_most_a_thousand(count: int, *, groups_alone: bool = False) -> None:
+    if count > MAX_RECIPIENTS:
+        names = f"its groups alone have {count} members" if groups_alone else f"with its groups expanded names {count}"
+        raise InvalidRequest(f"at most {MAX_RECIPIENTS} recipients per request: 'to' {names}")
+
+
+@router.post("/ng/v1/batches/dry_run")
+def dry_run() -> Response:
+    """The send's answer without the send: parts, encoding, cost and balance; nothing stored, charged or queued."""
+    account = _caller()
+    request = parse_model(SendRequest, parse_json_body(router.current_event.decoded_body))
+    require_sender(account, request.sender)
+    expansion = groups.expand(gateway().store, account.account_id, request.to)
+    _require_at_most_a_thousand(expansion.group_members, groups_alone=True)
+    recipients, rejected = normalise_recipients(expansion.numbers, account.default_country)
+    _require_at_most_a_thousand(len(recipients))
+    priced = quote(account, request.text, recipients, ROUTE_TIER, gateway().store.price_table())
+    segmentation = priced.segmentation
+    invalid = [{"to": group_id, "reason": "unknown group id"} for group_id in expansion.unknown_groups]
+    invalid += _invalid_entries(rejected, "to")
+    sufficient = priced.cost <= account.credits
+    return json_response(
+        200,
+        {
+            "status_code": 200,
+            "message": "dry run: nothing was sent or charged",
+            "parts": segmentation.parts,
+            "encoding": str(segmentation.encoding),
+            "ucs2_characters": list(segmentation.ucs2_characters),
+            "characters_per_part": segmentation.per_part,
+            "recipients": len(recipients),
+            "cost_per_recipient": [_priced_recipient(r, priced.price_per_recipient[r.msisdn]) for r in recipients],
+            "total_cost": priced.cost,
+            "balance": account.credits,
+            "balance_sufficient": sufficient,
+            "invalid_count": len(invalid),
+            "invalid": invalid,
+            "would_be_accepted": sufficient and not invalid and bool(recipients),
+        },
+    )
+
+
+def _priced_recipient(recipient: Recipient, cost: int) -> dict[str, Any]:
+    return {"to": recipient.msisdn.lstrip("+"), "telco": recipient.telco, "cost": cost}
+
+
+def _invalid_entries(rejected: list[Rejection], field: str) -> list[dict[str, str]]:
+    return [{field: rejection.raw, "reason": rejection.reason} for rejection in rejected]
+
+
+@router.delete("/ng/v1/batches/<reference_id>")
+def cancel_batch(reference_id: str) -> Response:
+    account = _caller()
+    store = gateway().store
+    batch, refunded = batches.cancel_batch(
+        messages=store,
+        accounts=store,
+        scheduler=gateway().scheduler,
+        account_id=account.account_id,
+        reference_id=batches.parse_reference_id(reference_id),
+        now=utc_now(),
+    )
+    after = store.get_account(account.account_id)
+    return json_response(
+        200,
+        {
+            "status_code": 200,
+            "message": "batch cancelled",
+            "reference_id": str(batch.reference_id),
+            "status": str(batch.status),
+            "refunded_credits": refunded,
+            "balance": after.credits if after else None,
         },
     )
 
@@ -178,19 +269,176 @@ def _page_size(raw: str | None) -> int:
     return int(raw)
 
 
+def _status_filter(raw: str | None) -> MessageStatus | None:
+    if not raw:
+        return None
+    try:
+        return MessageStatus(raw.strip().lower())
+    except ValueError:
+        allowed = ", ".join(str(status) for status in MessageStatus)
+        raise InvalidRequest(f"status must be one of {allowed}; got {raw!r}") from None
+
+
 @router.get("/ng/v1/batches/<reference_id>/delivery_report")
 def read_delivery_reports(reference_id: str) -> Response:
     account = _caller()
     query = router.current_event.query_string_parameters or {}
-    page, cursor = batches.delivery_reports(
-        gateway().store,
-        account.account_id,
-        batches.parse_reference_id(reference_id),
-        status=query.get("status"),
-        limit=_page_size(query.get("page_size")),
-        cursor=query.get("next"),
-    )
+    status = _status_filter(query.get("status"))
+    limit = _page_size(query.get("page_size"))
+    store = gateway().store
+    number = batches.parse_reference_id(reference_id)
+    batches.get_batch(store, account.account_id, number)
+    # The status filter runs in DynamoDB (a FilterExpression), so every page and cursor covers only matches.
+    page, cursor = store.list_messages(account.account_id, number, limit=limit, cursor=query.get("next"), status=status)
     return json_response(
         200,
         {"reference_id": reference_id, "data": [delivery_report_entry(m) for m in page], "next": cursor},
     )
+
+
+# ---------------------------------------------------------------- groups
+
+
+class GroupRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(min_length=1, max_length=groups.MAX_NAME_LENGTH)
+    members: list[str] = Field(default_factory=list, max_length=groups.MAX_GROUP_MEMBERS)
+
+    @field_validator("members", mode="before")
+    @classmethod
+    def one_or_many(cls, value: Any) -> Any:
+        return _as_list(value)
+
+
+class MembersRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    members: list[str] = Field(min_length=1, max_length=groups.MAX_GROUP_MEMBERS)
+
+    @field_validator("members", mode="before")
+    @classmethod
+    def one_or_many(cls, value: Any) -> Any:
+        return _as_list(value)
+
+
+def _group_summary(group: groups.Group | groups.GroupSummary) -> dict[str, Any]:
+    return {
+        "group_id": group.group_id,
+        "name": group.name,
+        "member_count": group.member_count,
+        "created_at": group.created_at,
+        "updated_at": group.updated_at,
+    }
+
+
+def _group_body(group: groups.Group) -> dict[str, Any]:
+    return {**_group_summary(group), "members": [member.lstrip("+") for member in group.members]}
+
+
+@router.post("/ng/v1/groups")
+def create_group() -> Response:
+    account = _caller()
+    event = router.current_event
+    request = parse_model(GroupRequest, parse_json_body(event.decoded_body))
+    key = request_key(event.headers.get("idempotency-key"), None)
+    return idempotent(event, account.account_id, key, lambda: _create_group(account, request))
+
+
+def _create_group(account: Account, request: GroupRequest) -> Response:
+    change = groups.create_group(
+        gateway().store,
+        account_id=account.account_id,
+        default_country=account.default_country,
+        name=request.name,
+        members=request.members,
+        now=utc_now(),
+    )
+    return json_response(
+        201,
+        {
+            "status_code": 201,
+            "message": "group created",
+            **_group_body(change.group),
+            "invalid_count": len(change.rejected),
+            "invalid": _invalid_entries(change.rejected, "member"),
+        },
+    )
+
+
+@router.get("/ng/v1/groups")
+def list_groups() -> Response:
+    account = _caller()
+    query = router.current_event.query_string_parameters or {}
+    page, cursor = groups.list_groups(
+        gateway().store, account.account_id, limit=_page_size(query.get("page_size")), cursor=query.get("next")
+    )
+    return json_response(
+        200, {"status_code": 200, "message": "ok", "data": [_group_summary(g) for g in page], "next": cursor}
+    )
+
+
+@router.get("/ng/v1/groups/<group_id>")
+def read_group(group_id: str) -> Response:
+    account = _caller()
+    group = groups.get_group(gateway().store, account.account_id, group_id)
+    return json_response(200, {"status_code": 200, "message": "ok", **_group_body(group)})
+
+
+@router.post("/ng/v1/groups/<group_id>/members")
+def add_members(group_id: str) -> Response:
+    account = _caller()
+    request = parse_model(MembersRequest, parse_json_body(router.current_event.decoded_body))
+    change = groups.add_members(
+        gateway().store,
+        account_id=account.account_id,
+        default_country=account.default_country,
+        group_id=group_id,
+        members=request.members,
+        now=utc_now(),
+    )
+    return json_response(
+        200,
+        {
+            "status_code": 200,
+            "message": "members added",
+            **_group_summary(change.group),
+            "added": change.changed,
+            "already_members": change.unchanged,
+            "invalid_count": len(change.rejected),
+            "invalid": _invalid_entries(change.rejected, "member"),
+        },
+    )
+
+
+@router.delete("/ng/v1/groups/<group_id>/members")
+def remove_members(group_id: str) -> Response:
+    account = _caller()
+    request = parse_model(MembersRequest, parse_json_body(router.current_event.decoded_body))
+    change = groups.remove_members(
+        gateway().store,
+        account_id=account.account_id,
+        default_country=account.default_country,
+        group_id=group_id,
+        members=request.members,
+        now=utc_now(),
+    )
+    return json_response(
+        200,
+        {
+            "status_code": 200,
+            "message": "members removed",
+            **_group_summary(change.group),
+            "removed": change.changed,
+            "not_members": change.unchanged,
+            "invalid_count": len(change.rejected),
+            "invalid": _invalid_entries(change.rejected, "member"),
+        },
+    )
+
+
+@router.delete("/ng/v1/groups/<group_id>")
+def delete_group(group_id: str) -> Response:
+    account = _caller()
+    groups.delete_group(gateway().store, account.account_id, group_id)
+    return json_response(200, {"status_code": 200, "message": "group deleted", "group_id": group_id})

@@ -1,16 +1,360 @@
-"""The sessionkey dialect (being written): its router and its error shape."""
+"""The session-key dialect (seed 5): GET /login, POST /sms, GET and DELETE /sms/{order_id}, GET /status."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sms_gateway.dialects.common import json_response, status_for
-from sms_gateway.errors import GatewayError
+from sms_gateway.bootstrap import gateway, send_dependencies
+from sms_gateway.dialects.common import idempotent, json_response, parse_json_body, parse_model
+from sms_gateway.domain.dates import InvalidClientDatetime, parse_client_datetime
+from sms_gateway.domain.models import Account, Message, SendCommand, utc_now
+from sms_gateway.domain.pricing import ROUTE_TIERS
+from sms_gateway.domain.status import MessageStatus
+from sms_gateway.errors import Conflict, GatewayError, InvalidRequest, InvalidSender, NotFound
+from sms_gateway.logic import batches, sessions
+from sms_gateway.logic.idempotency import request_key
+from sms_gateway.logic.send import accept_send, normalise_recipients, require_valid
 
 router = APIGatewayHttpRouter()
 
+DIALECT = "session-key"
+MAX_RECIPIENTS = 1000
+TEXT_PLAIN = "text/plain; charset=utf-8"
+# The family's own clock format for dates it returns (delivery_date), in the account's time zone.
+FAMILY_TIME = "%Y%m%d%H%M%S"
+
+# HTTP status of each domain error code; the body is always {"result": "KO", "error": <what is wrong>}.
+# The family documents 400 ("other errors, details are in the body"), 401 (keys invalid or not given) and
+# 404 (order not found, or no longer removable). Keys are domain error codes; docs/dialects/session-key.md
+# mirrors this table.
+HTTP_STATUS: dict[str, int] = {
+    "unauthorized": 401,
+    "invalid_request": 400,
+    "invalid_sender": 400,
+    "invalid_recipient": 400,
+    "insufficient_credits": 400,
+    "not_found": 404,
+    # Only an Idempotency-Key (our addition to the family) can conflict on a send.
+    "conflict": 409,
+    "upstream_error": 502,
+}
+DEFAULT_STATUS = 400
+
+# The seed's tiers, and the names Skebby's own edition of the same API gives them.
+MESSAGE_TYPES = {"N": "N", "L": "L", "LL": "LL", "GP": "N", "TI": "L", "SI": "LL"}
+
+# Our message states in the family's recipient vocabulary (WAIT4DLVR: sent, waiting for the delivery report).
+RECIPIENT_STATUS: dict[MessageStatus, str] = {
+    MessageStatus.ACCEPTED: "WAITING",
+    MessageStatus.SCHEDULED: "SCHEDULED",
+    MessageStatus.QUEUED: "WAITING",
+    MessageStatus.SUBMITTED: "WAIT4DLVR",
+    MessageStatus.DELIVERED: "DLVRD",
+    MessageStatus.FAILED: "ERROR",
+    MessageStatus.EXPIRED: "TIMEOUT",
+    MessageStatus.REJECTED: "KO",
+    # The family deletes a removed order; we keep it readable, in a state of our own.
+    MessageStatus.CANCELLED: "CANCELLED",
+}
+
 
 def render_error(error: GatewayError) -> Response:
-    status = status_for(error)
-    return json_response(status, {"error": error.message})
+    return json_response(HTTP_STATUS.get(error.code, DEFAULT_STATUS), {"result": "KO", "error": error.message})
+
+
+# ------------------------------------------------------------------ requests
+
+
+def _blank_is_none(value: Any) -> Any:
+    # PHP and hand-written clients send an unset optional field as "".
+    if isinstance(value, str):
+        return value.strip() or None
+    return value
+
+
+class SendRequest(BaseModel):
+    """POST /sms as the seed's clients write it (Gson leaves null fields out, JSON.NET writes them as null)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    message: str = Field(min_length=1)
+    message_type: str = "N"
+    recipient: list[str] = Field(min_length=1, max_length=MAX_RECIPIENTS)
+    sender: str | None = None
+    scheduled_delivery_time: str | None = None
+    scheduled_delivery_timezone: str | None = None
+    return_credits: bool = Field(default=False, alias="returnCredits")
+    return_remaining: bool = Field(default=False, alias="returnRemaining")
+    allow_invalid_recipients: bool = Field(default=False, alias="allowInvalidRecipients")
+    order_id: str | None = None
+
+    @field_validator("message_type", mode="before")
+    @classmethod
+    def known_type(cls, value: Any) -> Any:
+        if value is None:
+            return "N"
+        tier = MESSAGE_TYPES.get(value.strip()) if isinstance(value, str) else None
+        if tier is None:
+            raise ValueError(f"must be N, L or LL, got {value!r}")
+        return tier
+
+    @field_validator("recipient", mode="before")
+    @classmethod
+    def numbers(cls, value: Any) -> Any:
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            value = [value]
+        if isinstance(value, list):
+            return [str(item) if isinstance(item, int) and not isinstance(item, bool) else item for item in value]
+        return value
+
+    @field_validator("sender", "scheduled_delivery_timezone", "order_id", mode="before")
+    @classmethod
+    def optional_text(cls, value: Any) -> Any:
+        return _blank_is_none(value)
+
+    @field_validator("scheduled_delivery_time", mode="before")
+    @classmethod
+    def time_text(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # 20171223101010 written as a JSON number
+        return _blank_is_none(value)
+
+    @field_validator("return_credits", "return_remaining", "allow_invalid_recipients", mode="before")
+    @classmethod
+    def null_is_false(cls, value: Any) -> Any:
+        return False if value is None else value
+
+    @field_validator("order_id")
+    @classmethod
+    def no_custom_order_id(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError("custom order ids are not supported: leave order_id out and use the one we answer")
+        return value
+
+
+def _header(name: str) -> str | None:
+    """Header names are case-insensitive (API Gateway lowercases them); `user-key` is read as `user_key` too."""
+    wanted = {name.lower(), name.lower().replace("_", "-")}
+    for key, value in (router.current_event.headers or {}).items():
+        if key.lower() in wanted:
+            return value.strip() or None
+    return None
+
+
+def _basic_credentials(authorization: str | None) -> tuple[str | None, str | None]:
+    """The family also accepts /login with HTTP Basic authentication instead of the query string."""
+    scheme, _, encoded = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "basic" or not encoded.strip():
+        return None, None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None, None
+    username, separator, password = decoded.partition(":")
+    return (username, password) if separator else (None, None)
+
+
+def _caller() -> Account:
+    store = gateway().store
+    return sessions.account_for_session(store, store, _header("user_key"), _header("session_key"), now=utc_now())
+
+
+def _zone(name: str) -> ZoneInfo | None:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def account_zone(account: Account) -> ZoneInfo:
+    return _zone(account.timezone) or ZoneInfo("UTC")
+
+
+def scheduled_time(request: SendRequest, account: Account) -> datetime | None:
+    """`scheduled_delivery_time` as an aware datetime; a value without an offset is read in
+    `scheduled_delivery_timezone` when given, else in the account's time zone."""
+    if request.scheduled_delivery_time is None:
+        return None
+    zone = account_zone(account)
+    if request.scheduled_delivery_timezone is not None:
+        given = _zone(request.scheduled_delivery_timezone)
+        if given is None:
+            raise InvalidRequest(
+                f"scheduled_delivery_timezone: {request.scheduled_delivery_timezone!r} is not an IANA time zone"
+            )
+        zone = given
+    try:
+        return parse_client_datetime(request.scheduled_delivery_time, zone)
+    except InvalidClientDatetime as error:
+        raise InvalidRequest(f"scheduled_delivery_time: {error}") from error
+
+
+def _reference_id(order_id: str) -> int:
+    try:
+        return batches.parse_reference_id(order_id)
+    except NotFound as error:
+        raise NotFound(f"no order with order_id {order_id!r}") from error
+
+
+# ------------------------------------------------------------------ routes
+
+
+@router.get("/login")
+def login() -> Response:
+    query = router.current_event.query_string_parameters or {}
+    username, password = query.get("username"), query.get("password")
+    if username is None and password is None:
+        username, password = _basic_credentials(_header("authorization"))
+    keys = sessions.log_in(gateway().store, username, password, now=utc_now())
+    # No trailing newline: the seed's clients split the body on ';' and send the second part as a header.
+    return Response(status_code=200, content_type=TEXT_PLAIN, body=keys.render(), headers={"Cache-Control": "no-store"})
+
+
+@router.post("/sms")
+def send_sms() -> Response:
+    account = _caller()
+    event = router.current_event
+    request = parse_model(SendRequest, parse_json_body(event.decoded_body))
+    key = request_key(_header("idempotency-key"), None)
+    return idempotent(event, account.account_id, key, lambda: _send(account, request))
+
+
+def _send(account: Account, request: SendRequest) -> Response:
+    recipients, rejected = normalise_recipients(request.recipient, account.default_country)
+    # allowInvalidRecipients sends to the valid ones and lists the others in the answer; never none at all.
+    if rejected and (not request.allow_invalid_recipients or not recipients):
+        require_valid(rejected)
+    sender = request.sender or account.default_sender
+    if sender is None:
+        raise InvalidSender("no sender given and the account has no registered sender to use instead")
+    command = SendCommand(
+        account_id=account.account_id,
+        sender=sender,
+        text=request.message,
+        recipients=tuple(recipients),
+        send_at=scheduled_time(request, account),
+        route_tier=request.message_type,
+        dialect=DIALECT,
+    )
+    accepted = accept_send(account, command, send_dependencies(), now=utc_now())
+    batch = accepted.batch
+    body: dict[str, Any] = {
+        "result": "OK",
+        "order_id": str(batch.reference_id),
+        # The family's returnCredits counts credits used instead of messages (one per recipient).
+        "total_sent": batch.cost if request.return_credits else batch.recipients,
+    }
+    # The seed's clients ask for remaining_credits with returnCredits; the family names it returnRemaining.
+    if request.return_credits or request.return_remaining:
+        body["remaining_credits"] = accepted.balance
+    body["internal_order_id"] = str(batch.reference_id)
+    if rejected:
+        body["invalid_recipients"] = [{"recipient": r.raw, "reason": r.reason} for r in rejected]
+    return json_response(201, body)
+
+
+def _messages(account_id: str, reference_id: int) -> list[Message]:
+    found: list[Message] = []
+    cursor: str | None = None
+    while True:
+        page, cursor = batches.delivery_reports(
+            gateway().store, account_id, reference_id, status=None, limit=MAX_RECIPIENTS, cursor=cursor
+        )
+        found.extend(page)
+        if cursor is None:
+            return found
+
+
+def _family_time(stamp: str | None, zone: ZoneInfo) -> str | None:
+    if not stamp:
+        return None
+    try:
+        return datetime.fromisoformat(stamp).astimezone(zone).strftime(FAMILY_TIME)
+    except ValueError:
+        return None
+
+
+def recipient_state(message: Message, zone: ZoneInfo) -> dict[str, Any]:
+    status = MessageStatus(message.status)
+    # For a delivered message, the handset's time as the upstream reported it; otherwise when it got its state.
+    reported = message.reported_at if status == MessageStatus.DELIVERED else None
+    return {
+        "status": RECIPIENT_STATUS[status],
+        "destination": message.msisdn,
+        "delivery_date": _family_time(reported, zone) or _family_time(message.status_at.get(str(status)), zone),
+    }
+
+
+@router.get("/sms/<order_id>")
+def order_state(order_id: str) -> Response:
+    account = _caller()
+    reference_id = _reference_id(order_id)
+    try:
+        messages = _messages(account.account_id, reference_id)
+    except NotFound as error:
+        raise NotFound(f"no order with order_id {order_id!r}") from error
+    zone = account_zone(account)
+    return json_response(
+        200,
+        {
+            "recipient_number": len(messages),
+            "result": "OK",
+            "recipients": [recipient_state(message, zone) for message in messages],
+        },
+    )
+
+
+@router.delete("/sms/<order_id>")
+def remove_order(order_id: str) -> Response:
+    account = _caller()
+    wiring = gateway()
+    reference_id = _reference_id(order_id)
+    try:
+        batches.cancel_batch(
+            messages=wiring.store,
+            accounts=wiring.store,
+            scheduler=wiring.scheduler,
+            account_id=account.account_id,
+            reference_id=reference_id,
+            now=utc_now(),
+        )
+    except NotFound as error:
+        raise NotFound(f"no order with order_id {order_id!r}") from error
+    except Conflict as error:
+        # The family answers 404 for an order that exists but can no longer be removed (not SCHEDULED).
+        raise NotFound(f"order {order_id} cannot be removed: {error.message}") from error
+    return json_response(200, {"result": "OK"})
+
+
+def _flag(name: str, raw: str | None) -> bool:
+    if raw is None or raw.strip().lower() == "false":
+        return False
+    if raw.strip().lower() == "true":
+        return True
+    raise InvalidRequest(f"{name} must be 'true' or 'false', got {raw!r}")
+
+
+@router.get("/status")
+def user_status() -> Response:
+    account = _caller()
+    query = router.current_event.query_string_parameters or {}
+    get_money = _flag("getMoney", query.get("getMoney"))
+    _flag("typeAliases", query.get("typeAliases"))  # we always answer the names (N, L, LL), as typeAliases=true
+    prices = gateway().store.price_table()
+    sms = [
+        {"type": tier, "quantity": sms_quantity(account.credits, prices.per_part(tier, None))} for tier in ROUTE_TIERS
+    ]
+    return json_response(200, {"money": account.credits if get_money else None, "sms": sms, "email": None})
+
+
+def sms_quantity(credits: int, price_per_part: int) -> int:
+    """How many one-part messages the balance buys at the tier's default price (a free tier: one per credit)."""
+    return credits // price_per_part if price_per_part > 0 else credits

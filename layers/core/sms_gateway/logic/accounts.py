@@ -1,19 +1,32 @@
-"""Operator use cases on accounts: create one with fresh credentials."""
+"""Operator use cases on accounts: create them, issue and revoke credentials, senders, credits, settings, prices."""
 
 from __future__ import annotations
 
 import re
 import secrets
+import zoneinfo
 from collections.abc import Sequence
 from datetime import datetime
 from urllib.parse import urlsplit
 
+import phonenumbers
+
 from sms_gateway.domain.ids import new_id
-from sms_gateway.domain.models import Account, Credentials, iso
-from sms_gateway.errors import InvalidRequest
-from sms_gateway.ports import AccountStore
+from sms_gateway.domain.models import Account, CredentialKind, Credentials, Record, iso
+from sms_gateway.domain.networks import CATALOGUE
+from sms_gateway.domain.pricing import ANY_NETWORK, ROUTE_TIERS, PriceTable
+from sms_gateway.errors import Conflict, InvalidRequest, NotFound
+from sms_gateway.ports import AccountAdmin, AccountChanges, AccountStore, CredentialInfo, PriceBook
 
 SENDER_ID = re.compile(r"^(?:[A-Za-z0-9 ]{1,11}|\+?[0-9]{3,15})$")
+# Bearer tokens and shortcode API keys are issued here; session keys come from /login.
+ISSUABLE_KINDS = (CredentialKind.TOKEN, CredentialKind.APIKEY)
+# A typo guard: no real top-up is a trillion credits, and DynamoDB numbers have 38 digits at most.
+MAX_TOP_UP = 10**12
+# Concatenated SMS count their parts in one octet of the user data header.
+MAX_PARTS_LIMIT = 255
+# A secret's prefix is drawn again when it collides with one the account holds already (about 1 in 2**30).
+_ISSUE_ATTEMPTS = 3
 
 
 def check_webhook_url(url: str, *, allow_http: bool) -> None:
@@ -23,10 +36,19 @@ def check_webhook_url(url: str, *, allow_http: bool) -> None:
         raise InvalidRequest(f"webhook URL {url!r} must be an absolute {' or '.join(schemes)} URL")
 
 
+def new_secret(kind: CredentialKind) -> str:
+    """A fresh API secret: `sk_...` for Bearer tokens, hex for shortcode API keys (as that vendor issues them)."""
+    if kind == CredentialKind.TOKEN:
+        return f"sk_{secrets.token_urlsafe(32)}"
+    if kind == CredentialKind.APIKEY:
+        return secrets.token_hex(24)
+    raise InvalidRequest(f"credential kind must be one of {', '.join(ISSUABLE_KINDS)}")
+
+
 def issue_credentials(username: str) -> Credentials:
     return Credentials(
-        token=f"sk_{secrets.token_urlsafe(32)}",
-        apikey=secrets.token_hex(24),
+        token=new_secret(CredentialKind.TOKEN),
+        apikey=new_secret(CredentialKind.APIKEY),
         partner_id=str(secrets.randbelow(900_000) + 100_000),
         username=username,
         password=secrets.token_urlsafe(18),
@@ -62,6 +84,8 @@ def create_account(
             check_webhook_url(url, allow_http=allow_http_webhooks)
     if credits < 0:
         raise InvalidRequest("credits cannot be negative")
+    check_country(default_country)
+    check_timezone(timezone)
     credentials = issue_credentials(username or default_username(name))
     account = Account(
         account_id=str(new_id()),
@@ -78,3 +102,190 @@ def create_account(
     )
     store.create_account(account, credentials)
     return account, credentials
+
+
+class IssuedCredential(Record):
+    """A credential as issued: the secret is shown this once and stored only as a hash."""
+
+    account_id: str
+    kind: str
+    prefix: str
+    created_at: str
+    secret: str
+
+
+class AccountView(Record):
+    """What an operator sees of an account: no secrets (not even the webhook token)."""
+
+    account_id: str
+    name: str
+    credits: int
+    senders: tuple[str, ...]
+    dlr_url: str | None
+    inbound_url: str | None
+    default_country: str
+    timezone: str
+    rate_limit_per_second: int
+    max_parts: int
+    partner_id: str
+    created_at: str
+
+
+def account_view(account: Account) -> AccountView:
+    return AccountView.model_validate(account.model_dump(include=set(AccountView.model_fields)))
+
+
+def check_country(code: str) -> str:
+    country = code.strip().upper()
+    if country not in phonenumbers.SUPPORTED_REGIONS:
+        raise InvalidRequest(f"country {code!r} is not an ISO 3166 code phonenumbers knows (e.g. NG, KE, GH)")
+    return country
+
+
+def check_timezone(name: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as error:
+        raise InvalidRequest(f"time zone {name!r} is not an IANA time zone (e.g. Africa/Lagos)") from error
+    return name
+
+
+def _positive(value: int, what: str, *, most: int | None = None) -> int:
+    if value <= 0:
+        raise InvalidRequest(f"{what} must be a positive whole number, not {value}")
+    if most is not None and value > most:
+        raise InvalidRequest(f"{what} must be at most {most}, not {value}")
+    return value
+
+
+def require_account(store: AccountStore, account_id: str) -> Account:
+    account = store.get_account(account_id)
+    if account is None:
+        raise NotFound(f"no account {account_id}")
+    return account
+
+
+def credential_kind(kind: str) -> CredentialKind:
+    if kind not in {str(k) for k in ISSUABLE_KINDS}:
+        raise InvalidRequest(f"credential kind {kind!r} must be one of {', '.join(ISSUABLE_KINDS)}")
+    return CredentialKind(kind)
+
+
+def issue_credential(store: AccountAdmin, account_id: str, kind: str, *, now: datetime) -> IssuedCredential:
+    issued_kind = credential_kind(kind)
+    require_account(store, account_id)
+    for attempt in range(_ISSUE_ATTEMPTS):
+        secret = new_secret(issued_kind)
+        try:
+            info = store.add_credential(account_id, str(issued_kind), secret, created_at=iso(now))
+        except Conflict:
+            if attempt == _ISSUE_ATTEMPTS - 1:
+                raise
+            continue
+        return IssuedCredential(
+            account_id=account_id, secret=secret, **info.model_dump(include={"kind", "prefix", "created_at"})
+        )
+    raise AssertionError("unreachable")
+
+
+def list_credentials(store: AccountAdmin, account_id: str) -> list[CredentialInfo]:
+    require_account(store, account_id)
+    return store.list_credentials(account_id)
+
+
+def revoke_credential(
+    store: AccountAdmin, account_id: str, prefix: str, *, now: datetime, kind: str | None = None
+) -> CredentialInfo:
+    require_account(store, account_id)
+    wanted = credential_kind(kind) if kind is not None else None
+    matches = [c for c in store.list_credentials(account_id) if c.prefix == prefix and wanted in (None, c.kind)]
+    if not matches:
+        raise NotFound(f"account {account_id} has no credential with prefix {prefix!r} (see list-credentials)")
+    if len(matches) > 1:
+        raise Conflict(f"prefix {prefix!r} matches {len(matches)} credentials of account {account_id}: give the kind")
+    return store.revoke_credential(account_id, matches[0].kind, prefix, revoked_at=iso(now))
+
+
+def add_sender(store: AccountAdmin, account_id: str, sender: str) -> Account:
+    if not SENDER_ID.match(sender):
+        raise InvalidRequest(
+            f"invalid sender id {sender!r}: alphanumeric up to 11 characters, or a number (shortcode/long code)"
+        )
+    account = require_account(store, account_id)
+    if sender in account.senders:
+        return account  # already this account's: adding it again changes nothing
+    return store.add_sender(account_id, sender)
+
+
+def remove_sender(store: AccountAdmin, account_id: str, sender: str) -> Account:
+    require_account(store, account_id)
+    return store.remove_sender(account_id, sender)
+
+
+def top_up(store: AccountAdmin, account_id: str, credits: int) -> int:
+    _positive(credits, "credits to add", most=MAX_TOP_UP)
+    require_account(store, account_id)
+    return store.top_up(account_id, credits)
+
+
+def set_price(store: AccountAdmin, *, tier: str, network: str, credits: int) -> PriceTable:
+    tier = tier.upper()
+    if tier not in ROUTE_TIERS:
+        raise InvalidRequest(f"route tier {tier!r} must be one of {', '.join(ROUTE_TIERS)}")
+    networks = {network.slug for network in CATALOGUE}
+    if network != ANY_NETWORK and network not in networks:
+        raise InvalidRequest(f"network {network!r} must be {ANY_NETWORK!r} or one of {', '.join(sorted(networks))}")
+    if credits < 0:
+        raise InvalidRequest(f"a price cannot be negative, not {credits}")
+    return store.set_price(tier, network, credits)
+
+
+def show_prices(store: PriceBook) -> PriceTable:
+    return store.price_table()
+
+
+def set_webhooks(
+    store: AccountAdmin,
+    account_id: str,
+    *,
+    dlr_url: str | None = None,
+    inbound_url: str | None = None,
+    rotate_token: bool = False,
+    allow_http: bool = False,
+) -> tuple[Account, str | None]:
+    """An empty URL removes that webhook. Returns the account and, when rotated, the new webhook token (shown once)."""
+    if dlr_url is None and inbound_url is None and not rotate_token:
+        raise InvalidRequest("nothing to change: give a DLR URL, an inbound URL or rotate the webhook token")
+    values: dict[str, str] = {}
+    clear: set[str] = set()
+    for name, url in (("dlr_url", dlr_url), ("inbound_url", inbound_url)):
+        if url == "":
+            clear.add(name)
+        elif url is not None:
+            check_webhook_url(url, allow_http=allow_http)
+            values[name] = url
+    token = secrets.token_urlsafe(24) if rotate_token else None
+    require_account(store, account_id)
+    changes = AccountChanges.model_validate({**values, "webhook_token": token, "clear": clear})
+    return store.update_account(account_id, changes), token
+
+
+def set_account(
+    store: AccountAdmin,
+    account_id: str,
+    *,
+    country: str | None = None,
+    timezone: str | None = None,
+    rate_limit: int | None = None,
+    max_parts: int | None = None,
+) -> Account:
+    if country is None and timezone is None and rate_limit is None and max_parts is None:
+        raise InvalidRequest("nothing to change: give a country, a time zone, a rate limit or a maximum of parts")
+    changes = AccountChanges(
+        default_country=check_country(country) if country is not None else None,
+        timezone=check_timezone(timezone) if timezone is not None else None,
+        rate_limit_per_second=_positive(rate_limit, "rate limit") if rate_limit is not None else None,
+        max_parts=_positive(max_parts, "max parts", most=MAX_PARTS_LIMIT) if max_parts is not None else None,
+    )
+    require_account(store, account_id)
+    return store.update_account(account_id, changes)

@@ -19,6 +19,8 @@ from sms_gateway.ports import AccountStore, BatchScheduler, DispatchQueue, Messa
 DISPATCH_CHUNK = 100
 # A send_at closer than this is sent now: a schedule would fire about as late as the queue delivers.
 SCHEDULE_THRESHOLD = timedelta(minutes=1)
+# Well inside the records' retention (180 days by default), so a batch is never expired before it is sent.
+MAX_SCHEDULE_AHEAD = timedelta(days=90)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,8 @@ def require_sender(account: Account, sender: str) -> None:
 
 def accept_send(account: Account, command: SendCommand, deps: SendDependencies, *, now: datetime) -> Accepted:
     require_sender(account, command.sender)
+    if command.send_at is not None and command.send_at - now > MAX_SCHEDULE_AHEAD:
+        raise InvalidRequest(f"the send time is more than {MAX_SCHEDULE_AHEAD.days} days ahead")
     priced = quote(account, command.text, command.recipients, command.route_tier, deps.prices.price_table())
     segmentation = priced.segmentation
     cost = priced.cost

@@ -1,0 +1,322 @@
+"""DynamoDB adapter, operator side: credentials, senders, balance, settings and prices (a DynamoStore mixin).
+
+Items it adds (see docs/data-model.md):
+  credential listing  pk=ACC#<account_id>  sk=CRED#<kind>#<prefix>  -> secret_hash, created_at, revoked
+The credential item itself (pk=CRED#<kind>#<sha256>) stays the one lookup authentication makes; the listing
+lets an operator list and revoke an account's credentials without a scan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from sms_gateway.domain.models import Account
+from sms_gateway.domain.pricing import PriceTable
+from sms_gateway.errors import Conflict, NotFound
+from sms_gateway.ports import AccountChanges, CredentialInfo
+
+PREFIX_LENGTH = 8
+_ACCOUNT_SK = "ACCOUNT"
+_EXISTS = "attribute_exists(pk)"
+_NEW = "attribute_not_exists(pk)"
+# Only these attributes of the account item may be changed through update_account.
+_SETTABLE = (
+    "default_country",
+    "timezone",
+    "rate_limit_per_second",
+    "max_parts",
+    "dlr_url",
+    "inbound_url",
+    "webhook_token",
+)
+
+
+def _account_key(account_id: str) -> dict[str, Any]:
+    return {"pk": {"S": f"ACC#{account_id}"}, "sk": {"S": _ACCOUNT_SK}}
+
+
+def _sender_key(sender: str) -> dict[str, Any]:
+    # The same normal form as dynamodb.sender_pk: numbers with or without '+', ids in any case.
+    return {"pk": {"S": f"SENDER#{sender.lstrip('+').upper()}"}, "sk": {"S": "SENDER"}}
+
+
+def _same_sender(a: str, b: str) -> bool:
+    return a.lstrip("+").upper() == b.lstrip("+").upper()
+
+
+def credential_listing_item(account_id: str, kind: str, secret: str, created_at: str) -> dict[str, Any]:
+    """The account-side pointer to a credential (plain values, for a transaction that also writes the credential)."""
+    return {
+        "pk": f"ACC#{account_id}",
+        "sk": f"CRED#{kind}#{secret[:PREFIX_LENGTH]}",
+        "kind": kind,
+        "prefix": secret[:PREFIX_LENGTH],
+        "secret_hash": hashlib.sha256(secret.encode()).hexdigest(),
+        "created_at": created_at,
+        "revoked": False,
+    }
+
+
+def _failed(error: Any) -> list[bool]:
+    """Which items of a cancelled transaction failed their condition, in request order."""
+    reasons = error.response.get("CancellationReasons") or []
+    return [reason.get("Code") == "ConditionalCheckFailed" for reason in reasons]
+
+
+class DynamoAccountAdmin:
+    """Implements ports.AccountAdmin; mixed into DynamoStore, so `client`, `table_name` and `_codec` are its."""
+
+    client: Any
+    table_name: str
+    _codec: Any
+
+    def _account_exists_check(self, account_id: str) -> dict[str, Any]:
+        return {
+            "ConditionCheck": {
+                "TableName": self.table_name,
+                "Key": _account_key(account_id),
+                "ConditionExpression": _EXISTS,
+            }
+        }
+
+    def _read_account(self, account_id: str) -> Account:
+        found = self.client.get_item(TableName=self.table_name, Key=_account_key(account_id), ConsistentRead=True).get(
+            "Item"
+        )
+        if not found:
+            raise NotFound(f"no account {account_id}")
+        return Account.model_validate(self._codec.load(found))
+
+    # ---------------------------------------------------------------- credentials
+
+    def add_credential(self, account_id: str, kind: str, secret: str, *, created_at: str) -> CredentialInfo:
+        listing = credential_listing_item(account_id, kind, secret, created_at)
+        credential = {
+            "pk": f"CRED#{kind}#{listing['secret_hash']}",
+            "sk": "CRED",
+            "account_id": account_id,
+            "kind": kind,
+            "prefix": listing["prefix"],
+            "created_at": created_at,
+        }
+        try:
+            self.client.transact_write_items(
+                TransactItems=[
+                    self._account_exists_check(account_id),
+                    *(
+                        {
+                            "Put": {
+                                "TableName": self.table_name,
+                                "Item": self._codec.dump(item),
+                                "ConditionExpression": _NEW,
+                            }
+                        }
+                        for item in (credential, listing)
+                    ),
+                ]
+            )
+        except self.client.exceptions.TransactionCanceledException as error:
+            failed = _failed(error)
+            if failed and failed[0]:
+                raise NotFound(f"no account {account_id}") from error
+            raise Conflict(f"account {account_id} has a {kind} starting {listing['prefix']!r} already") from error
+        return CredentialInfo.model_validate(listing)
+
+    def list_credentials(self, account_id: str) -> list[CredentialInfo]:
+        self._read_account(account_id)
+        query: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :cred)",
+            "ExpressionAttributeValues": {":pk": {"S": f"ACC#{account_id}"}, ":cred": {"S": "CRED#"}},
+            "ConsistentRead": True,
+        }
+        found: list[CredentialInfo] = []
+        while True:
+            answer = self.client.query(**query)
+            found.extend(CredentialInfo.model_validate(self._codec.load(item)) for item in answer.get("Items", []))
+            if "LastEvaluatedKey" not in answer:
+                return sorted(found, key=lambda info: (info.created_at, info.kind, info.prefix))
+            query["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+
+    def revoke_credential(self, account_id: str, kind: str, prefix: str, *, revoked_at: str) -> CredentialInfo:
+        listing_key = {"pk": {"S": f"ACC#{account_id}"}, "sk": {"S": f"CRED#{kind}#{prefix}"}}
+        found = self.client.get_item(TableName=self.table_name, Key=listing_key, ConsistentRead=True).get("Item")
+        if not found:
+            raise NotFound(f"account {account_id} has no {kind} starting {prefix!r}")
+        listing = self._codec.load(found)
+        values = {":true": {"BOOL": True}, ":at": {"S": revoked_at}, ":account": {"S": account_id}}
+        try:
+            self.client.transact_write_items(
+                TransactItems=[
+                    self._account_exists_check(account_id),
+                    {
+                        "Update": {
+                            "TableName": self.table_name,
+                            "Key": {"pk": {"S": f"CRED#{kind}#{listing['secret_hash']}"}, "sk": {"S": "CRED"}},
+                            "UpdateExpression": "SET revoked = :true, revoked_at = if_not_exists(revoked_at, :at)",
+                            # The account check keeps an operator's typo from revoking another tenant's key.
+                            "ConditionExpression": "account_id = :account",
+                            "ExpressionAttributeValues": values,
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self.table_name,
+                            "Key": listing_key,
+                            "UpdateExpression": "SET revoked = :true, revoked_at = if_not_exists(revoked_at, :at)",
+                            "ConditionExpression": _EXISTS,
+                            "ExpressionAttributeValues": {":true": values[":true"], ":at": values[":at"]},
+                        }
+                    },
+                ]
+            )
+        except self.client.exceptions.TransactionCanceledException as error:
+            raise NotFound(f"account {account_id} has no {kind} starting {prefix!r}") from error
+        return CredentialInfo.model_validate(
+            {**listing, "revoked": True, "revoked_at": listing.get("revoked_at") or revoked_at}
+        )
+
+    # ---------------------------------------------------------------- senders
+
+    def add_sender(self, account_id: str, sender: str) -> Account:
+        try:
+            self.client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self.table_name,
+                            "Item": {**_sender_key(sender), "account_id": {"S": account_id}},
+                            "ConditionExpression": _NEW,
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self.table_name,
+                            "Key": _account_key(account_id),
+                            "UpdateExpression": "SET senders = list_append(if_not_exists(senders, :empty), :new)",
+                            "ConditionExpression": _EXISTS,
+                            "ExpressionAttributeValues": {":empty": {"L": []}, ":new": {"L": [{"S": sender}]}},
+                        }
+                    },
+                ]
+            )
+        except self.client.exceptions.TransactionCanceledException as error:
+            failed = _failed(error)
+            if len(failed) > 1 and failed[1]:
+                raise NotFound(f"no account {account_id}") from error
+            owner = self.client.get_item(TableName=self.table_name, Key=_sender_key(sender), ConsistentRead=True)
+            owner_id = owner.get("Item", {}).get("account_id", {}).get("S", "another account")
+            raise Conflict(f"sender {sender!r} is registered to account {owner_id}") from error
+        return self._read_account(account_id)
+
+    def remove_sender(self, account_id: str, sender: str) -> Account:
+        account = self._read_account(account_id)
+        index = next((i for i, own in enumerate(account.senders) if _same_sender(own, sender)), None)
+        if index is None:
+            raise NotFound(f"sender {sender!r} is not registered to account {account_id}")
+        try:
+            self.client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Delete": {
+                            "TableName": self.table_name,
+                            "Key": _sender_key(sender),
+                            "ConditionExpression": "account_id = :account",
+                            "ExpressionAttributeValues": {":account": {"S": account_id}},
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self.table_name,
+                            "Key": _account_key(account_id),
+                            # A list element is removed by position: the condition makes sure it is still this one.
+                            "UpdateExpression": f"REMOVE senders[{index}]",
+                            "ConditionExpression": f"{_EXISTS} AND senders[{index}] = :sender",
+                            "ExpressionAttributeValues": {":sender": {"S": account.senders[index]}},
+                        }
+                    },
+                ]
+            )
+        except self.client.exceptions.TransactionCanceledException as error:
+            failed = _failed(error)
+            if failed and failed[0]:
+                raise Conflict(
+                    f"sender {sender!r} is not owned by account {account_id} in the sender registry"
+                ) from error
+            raise Conflict(f"account {account_id} changed while removing {sender!r}; try again") from error
+        return self._read_account(account_id)
+
+    # ---------------------------------------------------------------- balance and settings
+
+    def top_up(self, account_id: str, credits: int) -> int:
+        try:
+            answer = self.client.update_item(
+                TableName=self.table_name,
+                Key=_account_key(account_id),
+                UpdateExpression="ADD credits :amount",
+                ConditionExpression=_EXISTS,
+                ExpressionAttributeValues={":amount": {"N": str(credits)}},
+                ReturnValues="UPDATED_NEW",
+            )
+        except self.client.exceptions.ConditionalCheckFailedException as error:
+            raise NotFound(f"no account {account_id}") from error
+        return int(answer["Attributes"]["credits"]["N"])
+
+    def update_account(self, account_id: str, changes: AccountChanges) -> Account:
+        values = changes.model_dump(include=set(_SETTABLE), exclude_none=True)
+        names = {f"#{name}": name for name in (*values, *changes.clear)}
+        clauses = []
+        if values:
+            clauses.append("SET " + ", ".join(f"#{name} = :{name}" for name in values))
+        if changes.clear:
+            clauses.append("REMOVE " + ", ".join(f"#{name}" for name in sorted(changes.clear)))
+        if not clauses:
+            return self._read_account(account_id)
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Key": _account_key(account_id),
+            "UpdateExpression": " ".join(clauses),
+            "ConditionExpression": _EXISTS,
+            "ExpressionAttributeNames": names,
+            "ReturnValues": "ALL_NEW",
+        }
+        if values:
+            request["ExpressionAttributeValues"] = self._codec.dump(
+                {f":{name}": value for name, value in values.items()}
+            )
+        try:
+            answer = self.client.update_item(**request)
+        except self.client.exceptions.ConditionalCheckFailedException as error:
+            raise NotFound(f"no account {account_id}") from error
+        return Account.model_validate(self._codec.load(answer["Attributes"]))
+
+    # ---------------------------------------------------------------- prices
+
+    def set_price(self, tier: str, network: str, credits: int) -> PriceTable:
+        key = {"pk": {"S": "CONFIG"}, "sk": {"S": "PRICES"}}
+        names = {"#tier": tier, "#network": network}
+        # One cell at a time, so two operators pricing different routes never overwrite each other. A nested
+        # path needs its parents to exist, and one update may not touch a path and its parent: three steps.
+        self.client.update_item(
+            TableName=self.table_name,
+            Key=key,
+            UpdateExpression="SET prices = if_not_exists(prices, :empty)",
+            ExpressionAttributeValues={":empty": {"M": {}}},
+        )
+        self.client.update_item(
+            TableName=self.table_name,
+            Key=key,
+            UpdateExpression="SET prices.#tier = if_not_exists(prices.#tier, :empty)",
+            ExpressionAttributeNames={"#tier": tier},
+            ExpressionAttributeValues={":empty": {"M": {}}},
+        )
+        answer = self.client.update_item(
+            TableName=self.table_name,
+            Key=key,
+            UpdateExpression="SET prices.#tier.#network = :credits",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues={":credits": {"N": str(credits)}},
+            ReturnValues="ALL_NEW",
+        )
+        return PriceTable.model_validate(self._codec.load(answer["Attributes"]))

@@ -1,0 +1,147 @@
+"""Client date-times as the session-key family's clients write them, read into aware UTC datetimes."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+
+# The forms the family documents, plus what the seed's sample clients emit: PHP's date('YmdHis'), Python's
+# isoformat(), JSON.NET's DateTime, JavaScript's toJSON() and Gson's default (US-locale DateFormat).
+ACCEPTED_FORMS = (
+    "yyyyMMddHHmmss, yyyyMMdd, ddMMyyHHmm, ddMMyy, yyyy-MM-dd HH:mm, yyyy-MM-dd HH:mm:ss[.f], "
+    "ISO 8601 (yyyy-MM-ddTHH:mm[:ss[.f]][Z|±HH:mm]) or 'MMM d, yyyy h:mm:ss AM'"
+)
+
+_DIGITS = re.compile(r"[0-9]+")
+_ISO = re.compile(
+    r"(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})[T ](?P<hour>[0-9]{2}):(?P<minute>[0-9]{2})"
+    # Seconds with an optional fraction, or the family's literal "HH:mm.0" (a Java Timestamp cut short).
+    r"(?::(?P<second>[0-9]{2})(?:[.,](?P<fraction>[0-9]{1,9}))?|\.0)?"
+    r"(?P<offset>Z|[+-][0-9]{2}(?::?[0-9]{2})?)?",
+    re.IGNORECASE,
+)
+# Gson's default DateFormat in the US locale: "Aug 18, 2017 1:31:00 PM". Newer JDKs (CLDR data) add a comma
+# after the year and put a narrow no-break space before AM/PM; \s covers that space in Python's str patterns.
+_GSON = re.compile(
+    r"(?P<month>[a-z]{3,4})\.?\s+(?P<day>[0-9]{1,2}),\s*(?P<year>[0-9]{4}),?\s+"
+    r"(?P<hour>[0-9]{1,2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})\s*(?P<meridiem>[AP]\.?M\.?)",
+    re.IGNORECASE,
+)
+_MONTHS = {
+    "jan": 1, "feb": 2, "mar": 3, "apr": 4, "may": 5, "jun": 6,
+    "jul": 7, "aug": 8, "sep": 9, "sept": 9, "oct": 10, "nov": 11, "dec": 12,
+}  # fmt: skip
+
+
+class InvalidClientDatetime(ValueError):
+    def __init__(self, raw: str, reason: str) -> None:
+        super().__init__(raw, reason)
+        self.raw = raw
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.raw!r} is not a date-time we can read: {self.reason}"
+
+
+def parse_client_datetime(value: str, tz: tzinfo) -> datetime:
+    """The moment `value` names, as an aware UTC datetime. A value without an offset is wall-clock time in
+    `tz` (the account's zone). Raises InvalidClientDatetime with the reason for anything else."""
+    text = value.strip()
+    if not text:
+        raise InvalidClientDatetime(value, "it is empty")
+    if _DIGITS.fullmatch(text):
+        return _from_digits(value, text, tz)
+    if found := _ISO.fullmatch(text):
+        return _from_iso(value, found, tz)
+    if found := _GSON.fullmatch(text):
+        return _from_gson(value, found, tz)
+    raise InvalidClientDatetime(value, f"use one of {ACCEPTED_FORMS}")
+
+
+def _from_digits(raw: str, digits: str, tz: tzinfo) -> datetime:
+    length = len(digits)
+    if length == 14:  # yyyyMMddHHmmss
+        fields = (digits[0:4], digits[4:6], digits[6:8], digits[8:10], digits[10:12], digits[12:14])
+    elif length == 8:  # yyyyMMdd
+        fields = (digits[0:4], digits[4:6], digits[6:8], "0", "0", "0")
+    elif length == 10:  # ddMMyyHHmm
+        fields = (_century(digits[4:6]), digits[2:4], digits[0:2], digits[6:8], digits[8:10], "0")
+    elif length == 6:  # ddMMyy
+        fields = (_century(digits[4:6]), digits[2:4], digits[0:2], "0", "0", "0")
+    else:
+        raise InvalidClientDatetime(
+            raw, f"{length} digits match no form: use yyyyMMddHHmmss (14), yyyyMMdd (8), ddMMyyHHmm (10) or ddMMyy (6)"
+        )
+    year, month, day, hour, minute, second = (int(field) for field in fields)
+    return _build(raw, tz, year=year, month=month, day=day, hour=hour, minute=minute, second=second)
+
+
+def _century(two_digits: str) -> str:
+    # Two-digit years are this century's: the family schedules sends, it does not record birthdays.
+    return str(2000 + int(two_digits))
+
+
+def _from_iso(raw: str, found: re.Match[str], tz: tzinfo) -> datetime:
+    fraction = (found["fraction"] or "").ljust(6, "0")[:6]
+    zone = _offset(raw, found["offset"]) if found["offset"] else tz
+    return _build(
+        raw,
+        zone,
+        year=int(found["year"]),
+        month=int(found["month"]),
+        day=int(found["day"]),
+        hour=int(found["hour"]),
+        minute=int(found["minute"]),
+        second=int(found["second"] or 0),
+        microsecond=int(fraction),
+    )
+
+
+def _offset(raw: str, text: str) -> tzinfo:
+    if text.upper() == "Z":
+        return UTC
+    sign = -1 if text[0] == "-" else 1
+    digits = text[1:].replace(":", "")
+    hours, minutes = int(digits[:2]), int(digits[2:4] or 0)
+    if hours > 23 or minutes > 59:
+        raise InvalidClientDatetime(raw, f"the offset {text} is out of range")
+    return timezone(sign * timedelta(hours=hours, minutes=minutes))
+
+
+def _from_gson(raw: str, found: re.Match[str], tz: tzinfo) -> datetime:
+    month = _MONTHS.get(found["month"].lower())
+    if month is None:
+        raise InvalidClientDatetime(raw, f"{found['month']!r} is not an English month abbreviation")
+    hour = int(found["hour"])
+    if not 1 <= hour <= 12:
+        raise InvalidClientDatetime(raw, f"hour {hour} is not on a 12-hour clock")
+    afternoon = found["meridiem"].upper().startswith("P")
+    hour = hour % 12 + (12 if afternoon else 0)
+    return _build(
+        raw,
+        tz,
+        year=int(found["year"]),
+        month=month,
+        day=int(found["day"]),
+        hour=hour,
+        minute=int(found["minute"]),
+        second=int(found["second"]),
+    )
+
+
+def _build(
+    raw: str,
+    zone: tzinfo,
+    *,
+    year: int,
+    month: int,
+    day: int,
+    hour: int = 0,
+    minute: int = 0,
+    second: int = 0,
+    microsecond: int = 0,
+) -> datetime:
+    try:
+        return datetime(year, month, day, hour, minute, second, microsecond, tzinfo=zone).astimezone(UTC)
+    except (ValueError, OverflowError) as error:
+        raise InvalidClientDatetime(raw, f"no such date or time ({error})") from error

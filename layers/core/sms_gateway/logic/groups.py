@@ -1,0 +1,234 @@
+"""Recipient groups: named, tenant-scoped lists of numbers that a send's `to` may name by group id."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sms_gateway.domain.ids import new_id
+from sms_gateway.domain.models import Record, iso
+from sms_gateway.errors import Conflict, InvalidRecipient, InvalidRequest, NotFound
+from sms_gateway.logic.send import Rejection, normalise_recipients
+from sms_gateway.ports import GroupStore
+
+GROUP_ID_PREFIX = "grp_"
+# Members live in the group item as a string set: 10,000 E.164 numbers are about 170 KB of the 400 KB an item may hold.
+MAX_GROUP_MEMBERS = 10_000
+MAX_NAME_LENGTH = 100
+# A membership change is a conditional write on the group's version; a race with another change retries.
+_CHANGE_ATTEMPTS = 5
+
+
+class Group(Record):
+    group_id: str
+    account_id: str
+    name: str
+    # E.164 with '+', sorted; outputs render them without the '+'.
+    members: tuple[str, ...] = ()
+    version: int = 1
+    created_at: str
+    updated_at: str
+
+    @property
+    def member_count(self) -> int:
+        return len(self.members)
+
+
+class GroupSummary(Record):
+    """A group as lists show it: without its members, which may be thousands."""
+
+    group_id: str
+    account_id: str
+    name: str
+    member_count: int = 0
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class GroupChange:
+    """What a create, add or remove did: the group as it is now, how many members moved, how many were
+    already where the caller wanted them, and the numbers refused with their reasons."""
+
+    group: Group
+    changed: int
+    unchanged: int
+    rejected: list[Rejection]
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """A send's `to` with group ids replaced by their members, and the group ids that name no group."""
+
+    numbers: list[str]
+    unknown_groups: list[str]
+    group_members: int
+
+
+def is_group_id(entry: str) -> bool:
+    return entry.strip().lower().startswith(GROUP_ID_PREFIX)
+
+
+def group_number(group_id: str) -> int | None:
+    """The numeric part of `grp_<digits>`, or None when the text is not a well-formed group id."""
+    text = group_id.strip().lower()
+    digits = text[len(GROUP_ID_PREFIX) :]
+    if not text.startswith(GROUP_ID_PREFIX) or not digits.isdigit() or len(digits) > 19:
+        return None
+    return int(digits)
+
+
+def new_group_id() -> str:
+    return f"{GROUP_ID_PREFIX}{new_id()}"
+
+
+def _name(raw: str) -> str:
+    name = raw.strip()
+    if not name or len(name) > MAX_NAME_LENGTH:
+        raise InvalidRequest(f"name must be 1 to {MAX_NAME_LENGTH} characters")
+    return name
+
+
+def _require_within_cap(count: int) -> None:
+    if count > MAX_GROUP_MEMBERS:
+        raise InvalidRequest(f"a group holds at most {MAX_GROUP_MEMBERS} members; this change would make it {count}")
+
+
+def create_group(
+    store: GroupStore, *, account_id: str, default_country: str, name: str, members: Sequence[str], now: datetime
+) -> GroupChange:
+    """Valid numbers join the group; invalid ones are reported with their reason, not stored."""
+    recipients, rejected = normalise_recipients(members, default_country)
+    _require_within_cap(len(recipients))
+    created_at = iso(now)
+    group = Group(
+        group_id=new_group_id(),
+        account_id=account_id,
+        name=_name(name),
+        members=tuple(sorted(r.msisdn for r in recipients)),
+        created_at=created_at,
+        updated_at=created_at,
+    )
+    store.create_group(group)
+    return GroupChange(group=group, changed=len(recipients), unchanged=0, rejected=rejected)
+
+
+def get_group(store: GroupStore, account_id: str, group_id: str) -> Group:
+    # The account is part of the key: another account's group id is simply not found.
+    number = group_number(group_id)
+    group = store.get_group(account_id, number) if number is not None else None
+    if group is None:
+        raise NotFound(f"no group with group_id {group_id!r}")
+    return group
+
+
+def list_groups(
+    store: GroupStore, account_id: str, *, limit: int, cursor: str | None
+) -> tuple[list[GroupSummary], str | None]:
+    return store.list_groups(account_id, limit=limit, cursor=cursor)
+
+
+def delete_group(store: GroupStore, account_id: str, group_id: str) -> None:
+    number = group_number(group_id)
+    if number is None or not store.delete_group(account_id, number):
+        raise NotFound(f"no group with group_id {group_id!r}")
+
+
+def add_members(
+    store: GroupStore,
+    *,
+    account_id: str,
+    default_country: str,
+    group_id: str,
+    members: Sequence[str],
+    now: datetime,
+) -> GroupChange:
+    recipients, rejected = normalise_recipients(members, default_country)
+    wanted = {r.msisdn for r in recipients}
+    for _ in range(_CHANGE_ATTEMPTS):
+        group = get_group(store, account_id, group_id)
+        new = wanted - set(group.members)
+        if not new:
+            return GroupChange(group=group, changed=0, unchanged=len(wanted), rejected=rejected)
+        count = group.member_count + len(new)
+        _require_within_cap(count)
+        if store.add_group_members(
+            account_id, _number(group), sorted(new), expected_version=group.version, member_count=count, now=iso(now)
+        ):
+            return GroupChange(
+                group=get_group(store, account_id, group_id),
+                changed=len(new),
+                unchanged=len(wanted) - len(new),
+                rejected=rejected,
+            )
+    raise Conflict("the group is being changed by another request; retry")
+
+
+def remove_members(
+    store: GroupStore,
+    *,
+    account_id: str,
+    default_country: str,
+    group_id: str,
+    members: Sequence[str],
+    now: datetime,
+) -> GroupChange:
+    recipients, rejected = normalise_recipients(members, default_country)
+    unwanted = {r.msisdn for r in recipients}
+    for _ in range(_CHANGE_ATTEMPTS):
+        group = get_group(store, account_id, group_id)
+        present = unwanted & set(group.members)
+        if not present:
+            return GroupChange(group=group, changed=0, unchanged=len(unwanted), rejected=rejected)
+        if store.remove_group_members(
+            account_id,
+            _number(group),
+            sorted(present),
+            expected_version=group.version,
+            member_count=group.member_count - len(present),
+            now=iso(now),
+        ):
+            return GroupChange(
+                group=get_group(store, account_id, group_id),
+                changed=len(present),
+                unchanged=len(unwanted) - len(present),
+                rejected=rejected,
+            )
+    raise Conflict("the group is being changed by another request; retry")
+
+
+def _number(group: Group) -> int:
+    number = group_number(group.group_id)
+    assert number is not None, group.group_id
+    return number
+
+
+def expand(store: GroupStore, account_id: str, entries: Sequence[str]) -> Expansion:
+    """Group ids in `to` replaced by their members, in the order given; each group is read once."""
+    numbers: list[str] = []
+    unknown: list[str] = []
+    members: set[str] = set()
+    seen: set[str] = set()
+    for entry in entries:
+        if not is_group_id(entry):
+            numbers.append(entry)
+            continue
+        key = entry.strip().lower()
+        if key in seen:
+            continue
+        seen.add(key)
+        number = group_number(entry)
+        group = store.get_group(account_id, number) if number is not None else None
+        if group is None:
+            unknown.append(entry)
+            continue
+        numbers.extend(group.members)
+        members.update(group.members)
+    return Expansion(numbers=numbers, unknown_groups=unknown, group_members=len(members))
+
+
+def require_known_groups(expansion: Expansion) -> None:
+    if expansion.unknown_groups:
+        listed = ", ".join(repr(g) for g in expansion.unknown_groups[:10])
+        raise InvalidRecipient(f"unknown group id {listed}: nothing was sent")

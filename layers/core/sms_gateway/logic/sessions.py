@@ -1,0 +1,57 @@
+"""Session keys of the session-key dialect: /login trades a username and password for a key that expires."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sms_gateway.domain.models import Account
+from sms_gateway.errors import Unauthorized
+from sms_gateway.ports import AccountStore, SessionStore
+
+# Absolute, not sliding: a key is good for this long after /login whatever its use, so reading it never writes.
+SESSION_LIFETIME = timedelta(hours=24)
+BAD_LOGIN = "invalid username or password"
+BAD_SESSION = "invalid or expired session: log in again with GET /login"
+
+
+@dataclass(frozen=True)
+class SessionKeys:
+    """What /login answers as `user_key;session_key`."""
+
+    user_key: str
+    session_key: str
+
+    def render(self) -> str:
+        return f"{self.user_key};{self.session_key}"
+
+
+def log_in(store: SessionStore, username: str | None, password: str | None, *, now: datetime) -> SessionKeys:
+    """A fresh session for valid credentials; Unauthorized with one message whatever was wrong."""
+    if not username or not password:
+        raise Unauthorized("username and password are required")
+    account_id = store.account_id_for_login(username, password)
+    if account_id is None:
+        raise Unauthorized(BAD_LOGIN)
+    # 256 bits from the OS; URL-safe characters only, so never a ';' that would split the answer.
+    session_key = secrets.token_urlsafe(32)
+    store.save_session(session_key, account_id, created_at=now, expires_at=now + SESSION_LIFETIME)
+    return SessionKeys(user_key=account_id, session_key=session_key)
+
+
+def account_for_session(
+    sessions: SessionStore, accounts: AccountStore, user_key: str | None, session_key: str | None, *, now: datetime
+) -> Account:
+    """The caller's account, when `session_key` is live and was issued for `user_key`."""
+    if not user_key or not session_key:
+        raise Unauthorized("missing user_key or Session_key header: log in with GET /login first")
+    account_id = sessions.account_id_for_session(session_key, now=now)
+    # Both headers must agree, as the family requires: the session's own account is the user_key.
+    if account_id is None or not hmac.compare_digest(account_id.encode(), user_key.encode()):
+        raise Unauthorized(BAD_SESSION)
+    account = accounts.get_account(account_id)
+    if account is None:
+        raise Unauthorized(BAD_SESSION)
+    return account

@@ -1,0 +1,456 @@
+"""`sms-gateway admin ...` on moto: each command's effect and errors, and what they change for a client's send."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, load_event
+
+API_URL = "http://127.0.0.1:8"
+
+
+class FakeContext:
+    function_name = "api"
+    function_version = "$LATEST"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:api"
+    memory_limit_in_mb = 256
+    aws_request_id = "req-admin"
+    log_group_name = "/aws/lambda/api"
+    log_stream_name = "stream"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+Cli = Callable[..., tuple[int, Any, str]]
+
+
+@pytest.fixture
+def cli(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
+    """Runs `sms-gateway admin ...` against the moto stack the `aws` fixture made (not .local/stack.json):
+    returns the exit code, stdout (parsed when --json was given) and stderr."""
+    from sms_gateway_tools import admin, cli
+
+    monkeypatch.setattr(admin, "_target", lambda args: API_URL)
+
+    def run(*argv: str) -> tuple[int, Any, str]:
+        capsys.readouterr()
+        code = cli.main(["admin", *argv])
+        out, err = capsys.readouterr()
+        return code, (json.loads(out) if "--json" in argv and code == 0 else out), err
+
+    return run
+
+
+@pytest.fixture
+def account(cli: Cli) -> dict[str, Any]:
+    code, created, _ = cli("create-account", "--name", "Cinema Club", "--sender", "48974", "--credits", "100", "--json")
+    assert code == 0
+    return dict(created)
+
+
+@pytest.fixture
+def other(cli: Cli) -> dict[str, Any]:
+    code, created, _ = cli("create-account", "--name", "Other Co", "--sender", "OTHERCO", "--json")
+    assert code == 0
+    return dict(created)
+
+
+@pytest.fixture
+def send(aws: dict[str, str]) -> Callable[..., dict[str, Any]]:
+    """POST /ng/v1/sendsms through the real api handler; answers status code and parsed body."""
+    spec = importlib.util.spec_from_file_location("fn_api_admin", Path(REPO, "functions", "api", "app.py"))
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def post(token: str, sender: str = "48974", text: str = "Hello from the cinema") -> dict[str, Any]:
+        event = load_event("api-sendsms-9bits.json", YOUR_API_Token=token)
+        event["body"] = json.dumps({"from": sender, "to": "2348020000000", "message": text})
+        response = module.handler(event, FakeContext())
+        return {"status": response["statusCode"], "body": json.loads(response["body"])}
+
+    return post
+
+
+def stored_account(account_id: str) -> Any:
+    from sms_gateway.bootstrap import gateway
+
+    return gateway().store.get_account(account_id)
+
+
+def queued(env: dict[str, str]) -> int:
+    import boto3
+
+    attributes = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=env["DISPATCH_QUEUE_URL"], AttributeNames=["ApproximateNumberOfMessages"]
+    )
+    return int(attributes["Attributes"]["ApproximateNumberOfMessages"])
+
+
+def assert_refused(cli: Cli, argv: list[str], fragment: str) -> None:
+    """The command fails with exit code 2, says `fragment` on stderr and prints nothing on stdout."""
+    code, out, err = cli(*argv)
+    assert (code, out) == (2, ""), argv
+    assert fragment in err, (argv, err)
+
+
+# ---------------------------------------------------------------- help and targets
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "create-account",
+        "issue-credential",
+        "list-credentials",
+        "revoke-credential",
+        "add-sender",
+        "remove-sender",
+        "set-price",
+        "show-prices",
+        "top-up",
+        "show-account",
+        "set-webhooks",
+        "set-account",
+    ],
+)
+def test_every_command_has_help_with_json_and_stack_name(command, capsys):
+    from sms_gateway_tools import cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["admin", command, "--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert "--json" in text
+    assert "--stack-name" in text
+
+
+def test_a_missing_local_stack_is_a_clear_error(aws, monkeypatch, capsys, tmp_path):
+    # Given no .local/stack.json
+    from sms_gateway_tools import admin, cli
+
+    monkeypatch.setattr(admin, "STATE_FILE", tmp_path / "stack.json")
+    # When a command runs without --stack-name
+    code = cli.main(["admin", "show-prices"])
+    # Then it says how to start one, on stderr, with exit code 2
+    assert code == 2
+    assert "make dev" in capsys.readouterr().err
+
+
+def test_an_unknown_deployed_stack_is_a_clear_error(aws, capsys):
+    from sms_gateway_tools import cli
+
+    code = cli.main(["admin", "show-prices", "--stack-name", "no-such-stack"])
+    assert code == 2
+    assert "no-such-stack" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- credentials
+
+
+def test_an_issued_token_is_shown_once_listed_by_prefix_and_authenticates(cli, account, send):
+    # Given an account
+    # When the operator issues a second token
+    code, issued, err = cli("issue-credential", "--account", account["account_id"], "--kind", "token", "--json")
+    # Then its secret is printed once, as a token
+    assert code == 0, err
+    assert issued["secret"].startswith("sk_")
+    assert issued["prefix"] == issued["secret"][:8]
+    # And it authenticates a 9bits send
+    assert send(issued["secret"])["status"] == 200
+    # And the listing shows kind, prefix, created_at and revoked, never a secret
+    code, listed, _ = cli("list-credentials", "--account", account["account_id"], "--json")
+    assert code == 0
+    assert sorted((c["kind"], c["prefix"]) for c in listed) == sorted(
+        [("token", account["token"][:8]), ("apikey", account["apikey"][:8]), ("token", issued["prefix"])]
+    )
+    assert all(set(c) == {"kind", "prefix", "created_at", "revoked", "revoked_at"} for c in listed)
+    assert not any(c["revoked"] for c in listed)
+    text = json.dumps(listed)
+    assert issued["secret"] not in text
+    assert account["token"] not in text
+
+
+def test_an_issued_apikey_authenticates_the_shortcode_api(cli, account, aws):
+    code, issued, _ = cli("issue-credential", "--account", account["account_id"], "--kind", "apikey", "--json")
+    assert code == 0
+    from sms_gateway.bootstrap import gateway
+
+    assert gateway().store.account_id_for_credential("apikey", issued["secret"]) == account["account_id"]
+
+
+def test_a_revoked_token_no_longer_authenticates_a_send(cli, account, send, aws):
+    # Given an account whose token works
+    assert send(account["token"], text="before")["status"] == 200
+    # When the operator revokes it by its prefix
+    code, revoked, err = cli(
+        "revoke-credential", "--account", account["account_id"], "--prefix", account["token"][:8], "--json"
+    )
+    assert code == 0, err
+    assert revoked["revoked"] is True
+    assert revoked["kind"] == "token"
+    # Then a send with it is refused as the 9bits API refuses bad credentials, and charges nothing
+    answer = send(account["token"], text="after")
+    assert answer["status"] == 401
+    assert "invalid credentials" in answer["body"]["message"]
+    assert stored_account(account["account_id"]).credits == 99
+    assert queued(aws) == 1
+    # And the listing shows it revoked
+    _, listed, _ = cli("list-credentials", "--account", account["account_id"], "--json")
+    assert [c["revoked"] for c in listed if c["prefix"] == account["token"][:8]] == [True]
+
+
+def test_another_accounts_credential_cannot_be_revoked(cli, account, other, send):
+    # Given two accounts
+    # When the operator names the other account's token prefix under the first account
+    code, out, err = cli("revoke-credential", "--account", account["account_id"], "--prefix", other["token"][:8])
+    # Then it is not found, and the other account's token still authenticates
+    assert code == 2
+    assert out == ""
+    assert "no credential with prefix" in err
+    from sms_gateway.bootstrap import gateway
+
+    assert gateway().store.account_id_for_credential("token", other["token"]) == other["account_id"]
+
+
+def test_an_unknown_account_is_a_clear_error_and_creates_nothing(cli, aws):
+    import boto3
+
+    # Given no account 404
+    # When each account command names it, Then each fails clearly
+    for argv in (
+        ["issue-credential", "--account", "404", "--kind", "token"],
+        ["list-credentials", "--account", "404"],
+        ["revoke-credential", "--account", "404", "--prefix", "sk_abcde"],
+        ["add-sender", "--account", "404", "--sender", "NEWONE"],
+        ["remove-sender", "--account", "404", "--sender", "48974"],
+        ["top-up", "--account", "404", "--credits", "5"],
+        ["show-account", "--account", "404"],
+        ["set-webhooks", "--account", "404", "--rotate-token"],
+        ["set-account", "--account", "404", "--rate-limit", "5"],
+    ):
+        assert_refused(cli, [*argv, "--json"], "no account 404")
+    # And nothing was written: no item of an account 404, no sender claimed for it
+    items = boto3.client("dynamodb").scan(TableName=aws["TABLE_NAME"])["Items"]
+    assert not [i for i in items if "404" in i["pk"]["S"] or i.get("account_id", {}).get("S") == "404"]
+    assert not [i for i in items if i["pk"]["S"] == "SENDER#NEWONE"]
+
+
+def test_a_state_change_on_a_missing_account_is_refused_by_the_store_itself(aws):
+    # The logic checks first; the conditional writes are what hold when an account vanishes in between.
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.errors import NotFound
+    from sms_gateway.ports import AccountChanges
+
+    store = gateway().store
+    for change in (
+        lambda: store.top_up("404", 5),
+        lambda: store.update_account("404", AccountChanges(max_parts=3)),
+        lambda: store.add_sender("404", "NEWONE"),
+        lambda: store.add_credential("404", "token", "sk_orphaned-secret", created_at="2025-01-01T00:00:00Z"),
+    ):
+        with pytest.raises(NotFound):
+            change()
+    assert store.get_account("404") is None
+    assert store.account_id_for_sender("NEWONE") is None
+    assert store.account_id_for_credential("token", "sk_orphaned-secret") is None
+
+
+# ---------------------------------------------------------------- senders
+
+
+def test_a_sender_is_added_then_removed(cli, account, other, send):
+    # When the operator adds a shortcode to the account
+    code, shown, err = cli("add-sender", "--account", account["account_id"], "--sender", "55019", "--json")
+    # Then the account lists it and a send from it is accepted
+    assert code == 0, err
+    assert shown["senders"] == ["48974", "55019"]
+    assert send(account["token"], sender="55019")["status"] == 200
+    # When it is removed
+    code, shown, _ = cli("remove-sender", "--account", account["account_id"], "--sender", "55019", "--json")
+    # Then it is gone from the account, a send from it is refused, and another account may take it
+    assert code == 0
+    assert shown["senders"] == ["48974"]
+    assert send(account["token"], sender="55019")["status"] == 400
+    code, shown, _ = cli("add-sender", "--account", other["account_id"], "--sender", "55019", "--json")
+    assert code == 0
+    assert shown["senders"] == ["OTHERCO", "55019"]
+
+
+def test_a_sender_taken_by_another_account_is_refused_and_changes_nothing(cli, account, other):
+    code, out, err = cli("add-sender", "--account", other["account_id"], "--sender", "48974")
+    assert code == 2
+    assert out == ""
+    assert f"registered to account {account['account_id']}" in err
+    assert stored_account(other["account_id"]).senders == ("OTHERCO",)
+    from sms_gateway.bootstrap import gateway
+
+    assert gateway().store.account_id_for_sender("48974") == account["account_id"]
+
+
+def test_a_bad_sender_change_is_refused_and_changes_nothing(cli, account, other):
+    assert_refused(cli, ["add-sender", "--account", account["account_id"], "--sender", "WAY-TOO-LONG-ID"], "invalid")
+    assert_refused(cli, ["remove-sender", "--account", account["account_id"], "--sender", "OTHERCO"], "not registered")
+    assert stored_account(account["account_id"]).senders == ("48974",)
+    assert stored_account(other["account_id"]).senders == ("OTHERCO",)
+
+
+# ---------------------------------------------------------------- credits and prices
+
+
+def test_a_topped_up_balance_allows_a_send(cli, send, aws):
+    # Given an account with no credits, whose send is refused
+    _, empty, _ = cli("create-account", "--name", "Broke", "--sender", "BROKE", "--json")
+    refused = send(empty["token"], sender="BROKE")
+    assert refused["status"] == 402
+    # When the operator tops it up
+    code, topped, err = cli("top-up", "--account", empty["account_id"], "--credits", "5", "--json")
+    assert code == 0, err
+    assert topped == {"account_id": empty["account_id"], "added": 5, "credits": 5}
+    # Then the same send is accepted and charged
+    assert send(empty["token"], sender="BROKE")["status"] == 200
+    assert stored_account(empty["account_id"]).credits == 4
+    assert queued(aws) == 1
+
+
+def test_a_top_up_that_is_not_positive_is_refused_and_changes_nothing(cli, account, capsys):
+    for credits in ("0", "-5"):
+        assert_refused(cli, ["top-up", "--account", account["account_id"], "--credits", credits], "positive")
+    # argparse refuses what is not a number, with its own usage line and exit code 2
+    with pytest.raises(SystemExit) as exited:
+        cli("top-up", "--account", account["account_id"], "--credits", "ten")
+    assert exited.value.code == 2
+    assert "--credits" in capsys.readouterr().err
+    assert stored_account(account["account_id"]).credits == 100
+
+
+def test_a_price_is_set_shown_and_charged(cli, account, send):
+    # When the operator prices Airtel on tier N at 3 credits a part
+    code, table, err = cli("set-price", "--tier", "n", "--network", "airtel", "--credits", "3", "--json")
+    assert code == 0, err
+    assert table == {"prices": {"N": {"airtel": 3}}}
+    code, table, _ = cli("set-price", "--tier", "N", "--credits", "2", "--json")
+    assert table == {"prices": {"N": {"airtel": 3, "*": 2}}}
+    # Then show-prices says so
+    code, shown, _ = cli("show-prices", "--json")
+    assert code == 0
+    assert shown == {"prices": {"N": {"airtel": 3, "*": 2}}, "default_per_part": 1}
+    code, text, _ = cli("show-prices")
+    assert "airtel" in text
+    # And a one-part send to an Airtel number (the seed's 0802) costs 3
+    assert send(account["token"])["status"] == 200
+    assert stored_account(account["account_id"]).credits == 97
+
+
+def test_a_bad_price_is_refused_and_changes_nothing(cli):
+    assert_refused(cli, ["set-price", "--tier", "N", "--network", "nope", "--credits", "1"], "network")
+    assert_refused(cli, ["set-price", "--tier", "N", "--credits", "-1"], "negative")
+    assert cli("show-prices", "--json")[1]["prices"] == {}
+
+
+# ---------------------------------------------------------------- account settings
+
+
+def test_show_account_has_the_settings_and_no_secret(cli, account):
+    code, shown, _ = cli("show-account", "--account", account["account_id"], "--json")
+    assert code == 0
+    assert shown["credits"] == 100
+    assert shown["senders"] == ["48974"]
+    assert (shown["default_country"], shown["timezone"]) == ("NG", "Africa/Lagos")
+    assert {"rate_limit_per_second", "max_parts", "dlr_url", "inbound_url"} <= set(shown)
+    text = json.dumps(shown)
+    for secret in ("token", "apikey", "password", "webhook_token"):
+        assert account[secret] not in text
+    code, text, _ = cli("show-account", "--account", account["account_id"])
+    assert "credits" in text
+    assert account["webhook_token"] not in text
+
+
+def test_webhooks_are_set_and_the_token_rotated(cli, account):
+    code, shown, err = cli(
+        "set-webhooks",
+        "--account",
+        account["account_id"],
+        "--dlr-url",
+        "https://client.example/dlr",
+        "--inbound-url",
+        "http://127.0.0.1:9/inbound",
+        "--rotate-token",
+        "--json",
+    )
+    assert code == 0, err
+    assert shown["dlr_url"] == "https://client.example/dlr"
+    assert shown["inbound_url"] == "http://127.0.0.1:9/inbound"  # the local stack allows http
+    stored = stored_account(account["account_id"])
+    assert shown["webhook_token"] == stored.webhook_token != account["webhook_token"]
+    # An empty URL removes a webhook; without --rotate-token the token is kept and not shown
+    code, shown, _ = cli("set-webhooks", "--account", account["account_id"], "--dlr-url", "", "--json")
+    assert code == 0
+    assert shown["dlr_url"] is None
+    assert "webhook_token" not in shown
+    assert stored_account(account["account_id"]).webhook_token == stored.webhook_token
+
+
+def test_a_bad_webhook_change_is_refused_and_changes_nothing(cli, account, monkeypatch):
+    from sms_gateway import bootstrap
+
+    # Given an account, on the local stack (http allowed)
+    before = stored_account(account["account_id"])
+    hooks = ["set-webhooks", "--account", account["account_id"]]
+    # When a URL is not an absolute http(s) URL, or nothing is asked, Then it is refused
+    assert_refused(cli, [*hooks, "--dlr-url", "ftp://client.example/dlr", "--rotate-token"], "webhook URL")
+    assert_refused(cli, [*hooks, "--inbound-url", "not a url", "--rotate-token"], "webhook URL")
+    assert_refused(cli, hooks, "nothing to change")
+    # And where the target does not allow http (a deployed stack), http is refused too
+    monkeypatch.setenv("ALLOW_HTTP_WEBHOOKS", "false")
+    bootstrap.reset()
+    assert_refused(cli, [*hooks, "--inbound-url", "http://client.example/in", "--rotate-token"], "https URL")
+    # And nothing changed, the webhook token included
+    assert stored_account(account["account_id"]) == before
+
+
+def test_account_settings_change(cli, account):
+    code, shown, err = cli(
+        "set-account",
+        "--account",
+        account["account_id"],
+        "--country",
+        "gh",
+        "--timezone",
+        "Africa/Accra",
+        "--rate-limit",
+        "20",
+        "--max-parts",
+        "4",
+        "--json",
+    )
+    assert code == 0, err
+    assert (shown["default_country"], shown["timezone"]) == ("GH", "Africa/Accra")
+    assert (shown["rate_limit_per_second"], shown["max_parts"]) == (20, 4)
+    assert stored_account(account["account_id"]).max_parts == 4
+
+
+def test_a_bad_account_setting_is_refused_and_changes_nothing(cli, account):
+    before = stored_account(account["account_id"])
+    settings = ["set-account", "--account", account["account_id"]]
+    assert_refused(cli, [*settings, "--timezone", "Africa/Atlantis"], "time zone")
+    assert_refused(cli, [*settings, "--country", "XX"], "country")
+    assert_refused(cli, [*settings, "--rate-limit", "0"], "rate limit")
+    assert_refused(cli, [*settings, "--max-parts", "-2"], "max parts")
+    assert_refused(cli, [*settings, "--country", "GH", "--max-parts", "300"], "at most 255")
+    assert_refused(cli, settings, "nothing to change")
+    assert stored_account(account["account_id"]) == before
+
+
+def test_text_output_is_one_line_per_field(cli, account):
+    code, text, _ = cli("top-up", "--account", account["account_id"], "--credits", "7")
+    assert code == 0
+    lines = dict(line.split(None, 1) for line in text.strip().splitlines())
+    assert lines["credits"] == "107"

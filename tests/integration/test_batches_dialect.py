@@ -1,0 +1,417 @@
+"""The batches dialect (seed 3) through the real `api` handler on moto: groups, sends to groups, dry run,
+cancel of a scheduled batch, and delivery reports filtered by status."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+
+from tests.conftest import load_event
+from tests.integration.test_send_path import FakeContext, balance, load_function, queued_records
+
+Api = Callable[[dict[str, Any]], dict[str, Any]]
+AIRTEL = "2348020000000"
+MTN = "2348030000000"
+GLO = "2348050000000"
+
+
+@pytest.fixture
+def account(aws: dict[str, str]) -> dict[str, Any]:
+    from sms_gateway_tools.admin import create_account
+
+    return create_account(name="Cinema Club", senders=["48974"], credits=100)
+
+
+@pytest.fixture
+def other_account(aws: dict[str, str]) -> dict[str, Any]:
+    from sms_gateway_tools.admin import create_account
+
+    return create_account(name="Other Club", senders=["55555"], credits=100)
+
+
+@pytest.fixture
+def api(aws: dict[str, str]) -> Api:
+    module = load_function("api")
+    return lambda event: module.handler(event, FakeContext())
+
+
+def request(
+    token: str, method: str, path: str, body: Any = None, query: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """An HTTP API request on the `ANY /ng/v1/{proxy+}` route, built from the groups sample event."""
+    event = load_event("api-groups-create.json", YOUR_API_Token=token)
+    event["rawPath"] = path
+    event["requestContext"]["http"]["method"] = method
+    event["requestContext"]["http"]["path"] = path
+    event["pathParameters"] = {"proxy": path.removeprefix("/ng/v1/")}
+    event["body"] = json.dumps(body) if body is not None else None
+    event["queryStringParameters"] = query
+    event["rawQueryString"] = urlencode(query or {})
+    return event
+
+
+def call(api: Api, token: str, method: str, path: str, body: Any = None, **query: str) -> tuple[int, dict[str, Any]]:
+    response = api(request(token, method, path, body, query or None))
+    return response["statusCode"], json.loads(response["body"])
+
+
+def create_group(api: Api, token: str, members: list[str], name: str = "Regulars") -> str:
+    status, body = call(api, token, "POST", "/ng/v1/groups", {"name": name, "members": members})
+    assert status == 201, body
+    return str(body["group_id"])
+
+
+def send(api: Api, token: str, to: list[str], **extra: Any) -> tuple[int, dict[str, Any]]:
+    return call(api, token, "POST", "/ng/v1/sendsms", {"from": "48974", "to": to, "body": "Hello Buddy", **extra})
+
+
+def stored_batches(account_id: str) -> list[dict[str, Any]]:
+    from sms_gateway.bootstrap import gateway
+
+    store = gateway().store
+    return store.client.query(
+        TableName=store.table_name,
+        KeyConditionExpression="pk = :pk AND begins_with(sk, :batch)",
+        ExpressionAttributeValues={":pk": {"S": f"ACC#{account_id}"}, ":batch": {"S": "BATCH#"}},
+    )["Items"]
+
+
+def report_numbers(api: Api, token: str, reference_id: str) -> list[str]:
+    status, body = call(api, token, "GET", f"/ng/v1/batches/{reference_id}/delivery_report")
+    assert status == 200, body
+    return sorted(entry["to"] for entry in body["data"])
+
+
+# ---------------------------------------------------------------- groups
+
+
+def test_the_sample_create_request_makes_a_group_of_valid_distinct_numbers(aws, account, api):
+    # Given the sample request: three forms of two numbers, and one invalid number
+    # When it is posted
+    response = api(load_event("api-groups-create.json", YOUR_API_Token=account["token"]))
+    # Then the group holds the two numbers without '+', and the invalid one is reported with its reason
+    assert response["statusCode"] == 201
+    body = json.loads(response["body"])
+    assert body["status_code"] == 201
+    assert body["group_id"].startswith("grp_")
+    assert body["name"] == "Cinema regulars"
+    assert body["members"] == [AIRTEL, MTN]
+    assert body["member_count"] == 2
+    assert body["invalid_count"] == 1
+    assert body["invalid"][0]["member"] == "12"
+    assert body["invalid"][0]["reason"]
+
+
+def test_group_members_can_be_read_added_removed_and_the_group_deleted(aws, account, api):
+    token = account["token"]
+    group_id = create_group(api, token, [AIRTEL])
+    # When a member is added (one new, one already there, one invalid)
+    status, added = call(
+        api, token, "POST", f"/ng/v1/groups/{group_id}/members", {"members": [MTN, "08020000000", "x"]}
+    )
+    assert status == 200, added
+    assert (added["added"], added["already_members"], added["invalid_count"], added["member_count"]) == (1, 1, 1, 2)
+    # Then reading the group shows both
+    status, read = call(api, token, "GET", f"/ng/v1/groups/{group_id}")
+    assert (status, read["members"]) == (200, [AIRTEL, MTN])
+    # And the list shows it with its count
+    status, listed = call(api, token, "GET", "/ng/v1/groups")
+    assert status == 200
+    assert [(g["group_id"], g["member_count"]) for g in listed["data"]] == [(group_id, 2)]
+    assert listed["next"] is None
+    # When a member is removed (and one that is not a member)
+    status, removed = call(api, token, "DELETE", f"/ng/v1/groups/{group_id}/members", {"members": [AIRTEL, GLO]})
+    assert status == 200, removed
+    assert (removed["removed"], removed["not_members"], removed["member_count"]) == (1, 1, 1)
+    assert call(api, token, "GET", f"/ng/v1/groups/{group_id}")[1]["members"] == [MTN]
+    # When the last member is removed the group stays, empty
+    call(api, token, "DELETE", f"/ng/v1/groups/{group_id}/members", {"members": [MTN]})
+    assert call(api, token, "GET", f"/ng/v1/groups/{group_id}")[1]["members"] == []
+    # When the group is deleted it is gone
+    status, deleted = call(api, token, "DELETE", f"/ng/v1/groups/{group_id}")
+    assert (status, deleted["message"]) == (200, "group deleted")
+    assert call(api, token, "GET", f"/ng/v1/groups/{group_id}")[0] == 404
+    assert call(api, token, "DELETE", f"/ng/v1/groups/{group_id}")[0] == 404
+
+
+def test_group_lists_are_paged(aws, account, api):
+    token = account["token"]
+    made = [create_group(api, token, [AIRTEL], name=f"g{i}") for i in range(3)]
+    status, first = call(api, token, "GET", "/ng/v1/groups", page_size="2")
+    assert status == 200
+    status, second = call(api, token, "GET", "/ng/v1/groups", page_size="2", next=first["next"])
+    assert status == 200
+    assert [g["group_id"] for g in first["data"] + second["data"]] == made
+    assert call(api, token, "GET", "/ng/v1/groups", next="not-a-cursor")[0] == 400
+
+
+def test_another_accounts_group_is_not_found_and_not_changed(aws, account, other_account, api):
+    # Given a group of the first account
+    group_id = create_group(api, account["token"], [AIRTEL])
+    theirs = other_account["token"]
+    # When the other account reads, changes, deletes, lists or sends to it
+    # Then it is not found, and the group is unchanged
+    assert call(api, theirs, "GET", f"/ng/v1/groups/{group_id}")[0] == 404
+    assert call(api, theirs, "POST", f"/ng/v1/groups/{group_id}/members", {"members": [MTN]})[0] == 404
+    assert call(api, theirs, "DELETE", f"/ng/v1/groups/{group_id}/members", {"members": [AIRTEL]})[0] == 404
+    assert call(api, theirs, "DELETE", f"/ng/v1/groups/{group_id}")[0] == 404
+    assert call(api, theirs, "GET", "/ng/v1/groups")[1]["data"] == []
+    status, body = call(api, theirs, "POST", "/ng/v1/sendsms", {"from": "55555", "to": [group_id], "body": "hi"})
+    assert (status, body["status_code"]) == (400, 400)
+    assert "unknown group id" in body["message"]
+    assert balance(other_account["account_id"]) == 100
+    assert call(api, account["token"], "GET", f"/ng/v1/groups/{group_id}")[1]["members"] == [AIRTEL]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"members": [AIRTEL]}, "name"),
+        ({"name": "", "members": [AIRTEL]}, "name"),
+        ({"name": "x" * 101, "members": [AIRTEL]}, "name"),
+        ({"name": "big", "members": [AIRTEL] * 10_001}, "at most 10000"),
+        ({"name": "x", "members": {"a": 1}}, "members"),
+    ],
+)
+def test_a_bad_group_request_is_refused_in_the_9bits_shape_and_stores_nothing(aws, account, api, body, fragment):
+    status, answer = call(api, account["token"], "POST", "/ng/v1/groups", body)
+    assert (status, answer["status_code"]) == (400, 400)
+    assert fragment in answer["message"]
+    assert call(api, account["token"], "GET", "/ng/v1/groups")[1]["data"] == []
+
+
+# ---------------------------------------------------------------- sends to groups
+
+
+def test_a_send_to_a_group_and_numbers_expands_deduplicates_and_charges_each_recipient(aws, account, api):
+    # Given a group of two numbers
+    group_id = create_group(api, account["token"], [AIRTEL, MTN])
+    # When a send names the group, one of its members again (in local form) and another number
+    status, body = send(api, account["token"], [group_id, "08030000000", GLO])
+    # Then three distinct recipients are processed, charged one credit each, and queued
+    assert status == 200, body
+    assert body["recipients_processed"] == 3
+    assert balance(account["account_id"]) == 97
+    [record] = queued_records(aws)
+    assert len(json.loads(record["Body"])["message_ids"]) == 3
+    assert report_numbers(api, account["token"], body["reference_id"]) == [AIRTEL, MTN, GLO]
+
+
+def test_an_unknown_group_id_is_a_400_and_nothing_is_sent(aws, account, api):
+    status, body = send(api, account["token"], [AIRTEL, "grp_123456"])
+    assert (status, body["status_code"]) == (400, 400)
+    assert "unknown group id 'grp_123456'" in body["message"]
+    assert balance(account["account_id"]) == 100
+    assert queued_records(aws) == []
+    assert stored_batches(account["account_id"]) == []
+
+
+def test_the_thousand_recipient_cap_applies_after_expansion(aws, api):
+    from sms_gateway_tools.admin import create_account
+
+    # Given an account with credits to spare and a group of 1000 numbers
+    rich = create_account(name="Big Club", senders=["48974"], credits=5000)
+    numbers = [f"23480200{i:05d}" for i in range(1000)]
+    group_id = create_group(api, rich["token"], numbers)
+    # When a send names the group and one more number
+    status, body = send(api, rich["token"], [group_id, GLO])
+    # Then it is refused, saying so, and nothing is charged, queued or stored
+    assert (status, body["status_code"]) == (400, 400)
+    assert "at most 1000 recipients" in body["message"]
+    assert "1001" in body["message"]
+    assert balance(rich["account_id"]) == 5000
+    assert queued_records(aws) == []
+    assert stored_batches(rich["account_id"]) == []
+    # And the group with one of its own members again is exactly 1000, which is accepted
+    status, body = send(api, rich["token"], [group_id, numbers[0]])
+    assert (status, body["recipients_processed"]) == (200, 1000)
+    assert balance(rich["account_id"]) == 4000
+    # And once the group itself grows past 1000, a send to it alone is refused before its numbers are priced
+    call(api, rich["token"], "POST", f"/ng/v1/groups/{group_id}/members", {"members": [GLO]})
+    status, body = send(api, rich["token"], [group_id])
+    assert (status, body["status_code"]) == (400, 400)
+    assert "its groups alone have 1001 members" in body["message"]
+    assert balance(rich["account_id"]) == 4000
+
+
+# ---------------------------------------------------------------- dry run
+
+
+def test_the_dry_run_answers_parts_encoding_cost_and_invalid_recipients_and_changes_nothing(aws, account, api):
+    # Given the sample dry run: a text with ™, two valid numbers and an invalid one
+    response = api(load_event("api-batch-dry-run.json", YOUR_API_Token=account["token"]))
+    # Then it answers how the send would go
+    assert response["statusCode"] == 200
+    body = json.loads(response["body"])
+    assert body["status_code"] == 200
+    assert (body["parts"], body["encoding"], body["ucs2_characters"]) == (1, "UCS-2", ["™"])
+    assert body["cost_per_recipient"] == [
+        {"to": AIRTEL, "telco": "airtel", "cost": 1},
+        {"to": MTN, "telco": "mtn", "cost": 1},
+    ]
+    assert (body["total_cost"], body["balance"], body["balance_sufficient"]) == (2, 100, True)
+    assert body["invalid_count"] == 1
+    assert body["invalid"][0]["to"] == "12"
+    assert body["would_be_accepted"] is False
+    # And nothing was charged, queued or stored
+    assert balance(account["account_id"]) == 100
+    assert queued_records(aws) == []
+    assert stored_batches(account["account_id"]) == []
+
+
+def test_the_dry_run_expands_groups_and_says_when_the_balance_is_short(aws, account, api):
+    group_id = create_group(api, account["token"], [AIRTEL, MTN])
+    status, body = call(
+        api,
+        account["token"],
+        "POST",
+        "/ng/v1/batches/dry_run",
+        {"from": "48974", "to": [group_id, "grp_999"], "body": "x" * 161},
+    )
+    assert status == 200, body
+    assert (body["parts"], body["encoding"], body["ucs2_characters"]) == (2, "GSM-7", [])
+    assert (body["recipients"], body["total_cost"]) == (2, 4)
+    assert body["invalid"] == [{"to": "grp_999", "reason": "unknown group id"}]
+    assert balance(account["account_id"]) == 100
+    # And a cost beyond the balance is reported, not refused
+    numbers = [f"23480200{i:05d}" for i in range(60)]
+    status, body = call(
+        api, account["token"], "POST", "/ng/v1/batches/dry_run", {"from": "48974", "to": numbers, "body": "x" * 161}
+    )
+    assert (status, body["total_cost"], body["balance_sufficient"], body["would_be_accepted"]) == (
+        200,
+        120,
+        False,
+        False,
+    )
+    assert balance(account["account_id"]) == 100
+
+
+def test_a_dry_run_with_an_unregistered_sender_is_a_400(aws, account, api):
+    status, body = call(
+        api, account["token"], "POST", "/ng/v1/batches/dry_run", {"from": "NOTMINE", "to": [AIRTEL], "body": "hi"}
+    )
+    assert (status, body["status_code"]) == (400, 400)
+    assert "not registered" in body["message"]
+
+
+# ---------------------------------------------------------------- cancel
+
+
+def schedule_names(env: dict[str, str]) -> list[str]:
+    import boto3
+
+    client = boto3.client("scheduler")
+    return [s["Name"] for s in client.list_schedules(GroupName=env["SCHEDULE_GROUP_NAME"])["Schedules"]]
+
+
+def test_cancelling_a_scheduled_batch_deletes_its_schedule_cancels_its_messages_and_refunds(aws, account, api):
+    # Given a batch of two scheduled an hour ahead
+    send_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    status, sent = send(api, account["token"], [AIRTEL, MTN], send_at=send_at)
+    assert status == 200, sent
+    reference_id = sent["reference_id"]
+    assert balance(account["account_id"]) == 98
+    assert len(schedule_names(aws)) == 1
+    # When it is cancelled
+    status, body = call(api, account["token"], "DELETE", f"/ng/v1/batches/{reference_id}")
+    # Then the answer says so with the credits refunded
+    assert status == 200, body
+    assert (body["status_code"], body["status"], body["refunded_credits"], body["balance"]) == (
+        200,
+        "cancelled",
+        2,
+        100,
+    )
+    # And the schedule is gone, the messages are cancelled, the credits are back
+    assert schedule_names(aws) == []
+    status, report = call(api, account["token"], "GET", f"/ng/v1/batches/{reference_id}/delivery_report")
+    assert {entry["status"] for entry in report["data"]} == {"cancelled"}
+    assert call(api, account["token"], "GET", f"/ng/v1/batches/{reference_id}")[1]["status"] == "cancelled"
+    assert balance(account["account_id"]) == 100
+    # And a second cancel is a conflict that refunds nothing more
+    status, again = call(api, account["token"], "DELETE", f"/ng/v1/batches/{reference_id}")
+    assert (status, again["status_code"]) == (409, 409)
+    assert balance(account["account_id"]) == 100
+
+
+def test_cancelling_a_queued_batch_is_a_409_and_changes_nothing(aws, account, api):
+    # Given a batch sent now
+    status, sent = send(api, account["token"], [AIRTEL])
+    reference_id = sent["reference_id"]
+    # When it is cancelled
+    status, body = call(api, account["token"], "DELETE", f"/ng/v1/batches/{reference_id}")
+    # Then it is refused in the 9bits shape, saying why
+    assert (status, body["status_code"]) == (409, 409)
+    assert "only a scheduled batch can be cancelled" in body["message"]
+    # And nothing changed: still queued, still charged, its dispatch record still on the queue
+    assert call(api, account["token"], "GET", f"/ng/v1/batches/{reference_id}")[1]["status"] == "queued"
+    assert balance(account["account_id"]) == 99
+    assert len(queued_records(aws)) == 1
+
+
+def test_another_account_cannot_cancel_a_batch(aws, account, other_account, api):
+    send_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    reference_id = send(api, account["token"], [AIRTEL], send_at=send_at)[1]["reference_id"]
+    assert call(api, other_account["token"], "DELETE", f"/ng/v1/batches/{reference_id}")[0] == 404
+    assert len(schedule_names(aws)) == 1
+    assert balance(account["account_id"]) == 99
+
+
+# ---------------------------------------------------------------- delivery report filter
+
+
+def test_the_delivery_report_status_filter_pages_through_matches_only(aws, account, api):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import MessageKey, utc_now
+    from sms_gateway.domain.status import MessageStatus
+
+    # Given a batch of five, the middle three of whose messages were submitted
+    numbers = [f"23480300000{i:02d}" for i in range(5)]
+    reference_id = send(api, account["token"], numbers)[1]["reference_id"]
+    store = gateway().store
+    messages, _ = store.list_messages(account["account_id"], int(reference_id), limit=10)
+    for message in messages[1:4]:
+        key = MessageKey(
+            account_id=account["account_id"], reference_id=int(reference_id), message_id=message.message_id
+        )
+        assert store.transition(key, MessageStatus.SUBMITTED, now=utc_now())
+    path = f"/ng/v1/batches/{reference_id}/delivery_report"
+    # When the submitted ones are read two per page
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        query = {"status": "submitted", "page_size": "2", **({"next": cursor} if cursor else {})}
+        status, page = call(api, account["token"], "GET", path, **query)
+        assert status == 200, page
+        seen += [entry["to"] for entry in page["data"]]
+        assert {entry["status"] for entry in page["data"]} <= {"submitted"}
+        pages += 1
+        cursor = page["next"]
+        if cursor is None:
+            break
+    # Then exactly those three come back, each once, and the first page is full
+    assert seen == numbers[1:4]
+    assert pages == 2
+    # And the other filters and an unfiltered read agree
+    assert len(call(api, account["token"], "GET", path, status="queued")[1]["data"]) == 2
+    assert call(api, account["token"], "GET", path, status="delivered")[1] == {
+        "reference_id": reference_id,
+        "data": [],
+        "next": None,
+    }
+    assert len(call(api, account["token"], "GET", path)[1]["data"]) == 5
+
+
+def test_an_unknown_delivery_report_status_is_a_400(aws, account, api):
+    reference_id = send(api, account["token"], [AIRTEL])[1]["reference_id"]
+    status, body = call(api, account["token"], "GET", f"/ng/v1/batches/{reference_id}/delivery_report", status="sent")
+    assert (status, body["status_code"]) == (400, 400)
+    assert "status must be one of" in body["message"]
+    assert "delivered" in body["message"]

@@ -1,0 +1,620 @@
+"""The session-key dialect (seed 5) through the real `api` handler on moto: login, send, read, cancel, status."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from tests.conftest import load_event
+from tests.integration.test_send_path import FakeContext, balance, load_function, queued_records
+
+Api = Callable[[dict[str, Any]], dict[str, Any]]
+LAGOS = ZoneInfo("Africa/Lagos")  # the accounts' time zone (create_account's default)
+VALID = "+39349123456789"  # the C# and Perl samples' recipient
+NIGERIAN = "+2348020000000"
+
+
+@pytest.fixture
+def account(aws: dict[str, str]) -> dict[str, Any]:
+    from sms_gateway_tools.admin import create_account
+
+    return create_account(name="Cinema Club", senders=["48974", "CINEMA"], credits=100)
+
+
+@pytest.fixture
+def other_account(aws: dict[str, str]) -> dict[str, Any]:
+    from sms_gateway_tools.admin import create_account
+
+    return create_account(name="Other Club", senders=["55555"], credits=100)
+
+
+@pytest.fixture
+def api(aws: dict[str, str]) -> Api:
+    module = load_function("api")
+    return lambda event: module.handler(event, FakeContext())
+
+
+def login_event(username: str | None, password: str | None) -> dict[str, Any]:
+    event = load_event("api-login.json", USERNAME="u", PASSWORD="p")
+    query = {k: v for k, v in {"username": username, "password": password}.items() if v is not None}
+    event["queryStringParameters"] = query or None
+    event["rawQueryString"] = urlencode(query)
+    return event
+
+
+def log_in(api: Api, account: dict[str, Any]) -> tuple[str, str]:
+    response = api(login_event(account["username"], account["password"]))
+    assert response["statusCode"] == 200, response
+    user_key, session_key = response["body"].split(";")
+    return user_key, session_key
+
+
+def sms_event(keys: tuple[str, str] | None, body: Any = None, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """The seed's POST /sms (its Python sample's body); `body` replaces it, `headers` replace the keys' headers."""
+    user_key, session_key = keys or ("", "")
+    event = load_event("api-sms-session-key.json", USER_KEY=user_key, SESSION_KEY=session_key)
+    if keys is None or headers is not None:
+        del event["headers"]["user_key"], event["headers"]["session_key"]
+    event["headers"].update(headers or {})
+    if body is not None:
+        event["body"] = body if isinstance(body, str) else json.dumps(body)
+    return event
+
+
+def route_event(method: str, path: str, keys: tuple[str, str], query: dict[str, str] | None = None) -> dict[str, Any]:
+    event = sms_event(keys)
+    event.pop("body")
+    event["routeKey"] = f"{method} {path}"
+    event["rawPath"] = path
+    event["requestContext"]["http"].update(method=method, path=path)
+    event["queryStringParameters"] = query
+    event["rawQueryString"] = urlencode(query or {})
+    return event
+
+
+def answer(response: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(response["body"])
+
+
+def seed_body(**fields: Any) -> dict[str, Any]:
+    body = {
+        "message": "Hello world!",
+        "message_type": "N",
+        "returnCredits": False,
+        "recipient": [VALID],
+        "sender": None,
+    }
+    return {**body, **fields}
+
+
+def stored_batch(account_id: str, order_id: str) -> Any:
+    from sms_gateway.bootstrap import gateway
+
+    return gateway().store.get_batch(account_id, int(order_id))
+
+
+def batch_count(account_id: str) -> int:
+    from sms_gateway.bootstrap import gateway
+
+    store = gateway().store
+    found = store.client.query(
+        TableName=store.table_name,
+        KeyConditionExpression="pk = :pk AND begins_with(sk, :batch)",
+        ExpressionAttributeValues={":pk": {"S": f"ACC#{account_id}"}, ":batch": {"S": "BATCH#"}},
+    )
+    return len(found["Items"])
+
+
+def schedules(env: dict[str, str]) -> list[str]:
+    import boto3
+
+    listed = boto3.client("scheduler").list_schedules(GroupName=env["SCHEDULE_GROUP_NAME"])
+    return [s["Name"] for s in listed["Schedules"]]
+
+
+def in_lagos(delta: timedelta) -> datetime:
+    """Wall-clock time in the account's zone, naive, as a client on that clock would write it."""
+    return (datetime.now(UTC) + delta).astimezone(LAGOS).replace(tzinfo=None)
+
+
+def gson(moment: datetime) -> str:
+    """Gson's default date format (US locale): 'Aug 18, 2017 1:31:00 PM'."""
+    return f"{moment:%b} {moment.day}, {moment.year} {moment.hour % 12 or 12}:{moment:%M:%S %p}"
+
+
+# ------------------------------------------------------------------ login
+
+
+def test_login_answers_user_key_and_session_key_as_text_and_stores_only_a_hash(aws, account, api):
+    # Given an account's username and password, in the seed's query string
+    # When it logs in
+    response = api(login_event(account["username"], account["password"]))
+    # Then the answer is `user_key;session_key` as plain text, the user_key naming the account
+    assert response["statusCode"] == 200
+    assert response["headers"]["Content-Type"].startswith("text/plain")
+    user_key, session_key = response["body"].split(";")
+    assert user_key == account["account_id"]
+    assert len(session_key) >= 40
+    # And the session is stored under the key's SHA-256 only, with an expiry about 24 hours away
+    import boto3
+
+    items = boto3.client("dynamodb").scan(TableName=aws["TABLE_NAME"])["Items"]
+    assert session_key not in json.dumps(items)
+    [session] = [i for i in items if i["pk"]["S"] == f"SESSION#{hashlib.sha256(session_key.encode()).hexdigest()}"]
+    assert session["account_id"]["S"] == account["account_id"]
+    lifetime = int(session["expires_at"]["N"]) - datetime.now(UTC).timestamp()
+    assert 23.9 * 3600 < lifetime <= 24 * 3600
+    # And each login gets a fresh key
+    assert log_in(api, account)[1] != session_key
+
+
+def test_bad_password_and_unknown_user_get_the_same_401(aws, account, api):
+    # Given a wrong password for a real user, and a user that does not exist
+    wrong_password = api(login_event(account["username"], "not-the-password"))
+    unknown_user = api(login_event("nobody-here", "not-the-password"))
+    # Then both are refused with the same 401 answer, which says nothing about which part was wrong
+    assert wrong_password["statusCode"] == unknown_user["statusCode"] == 401
+    assert wrong_password["body"] == unknown_user["body"]
+    assert answer(wrong_password) == {"result": "KO", "error": "invalid username or password"}
+
+
+@pytest.mark.parametrize(("username", "password"), [(None, None), ("someone", None), (None, "secret"), ("", "")])
+def test_missing_credentials_get_a_401(aws, api, username, password):
+    response = api(login_event(username, password))
+    assert response["statusCode"] == 401
+    assert answer(response)["result"] == "KO"
+
+
+def test_login_also_takes_http_basic_credentials(aws, account, api):
+    # Given the family's other way to log in: Basic authentication, no query string
+    event = login_event(None, None)
+    token = base64.b64encode(f"{account['username']}:{account['password']}".encode()).decode()
+    event["headers"]["authorization"] = f"Basic {token}"
+    # Then it answers the same pair
+    response = api(event)
+    assert response["statusCode"] == 200
+    assert response["body"].split(";")[0] == account["account_id"]
+
+
+# ------------------------------------------------------------------ sessions on /sms
+
+
+def logged_in_at(api: Api, account: dict[str, Any], moment: datetime) -> tuple[str, str]:
+    from sms_gateway.dialects import sessionkey
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sessionkey, "utc_now", lambda: moment)
+        return log_in(api, account)
+
+
+def test_an_expired_session_is_refused_and_changes_nothing(aws, account, api):
+    # Given a session opened 24 hours and a minute ago (its item still there: DynamoDB's TTL deletes lazily)
+    keys = logged_in_at(api, account, datetime.now(UTC) - timedelta(hours=24, minutes=1))
+    # When it is used to send
+    response = api(sms_event(keys))
+    # Then the send is refused with 401 and nothing is charged or queued
+    assert response["statusCode"] == 401
+    assert answer(response) == {"result": "KO", "error": "invalid or expired session: log in again with GET /login"}
+    assert balance(account["account_id"]) == 100
+    assert queued_records(aws) == []
+
+
+def test_a_session_just_short_of_its_lifetime_still_works(aws, account, api):
+    keys = logged_in_at(api, account, datetime.now(UTC) - timedelta(hours=23, minutes=59))
+    assert api(sms_event(keys))["statusCode"] == 201
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("user_key", "Session_key"),  # as the Java, Python, Ruby and C# samples write them
+        ("User_Key", "SESSION_KEY"),
+        ("user-key", "session-key"),  # what Perl makes of them without the ':' the seed warns about
+    ],
+)
+def test_header_names_are_case_insensitive(aws, account, api, names):
+    user_key, session_key = log_in(api, account)
+    event = sms_event((user_key, session_key), headers={names[0]: user_key, names[1]: session_key})
+    response = api(event)
+    assert response["statusCode"] == 201, response
+
+
+@pytest.mark.parametrize("case", ["no headers", "wrong session key", "another account's user_key", "no user_key"])
+def test_bad_session_headers_get_a_401_and_change_nothing(aws, account, other_account, api, case):
+    # Given a request whose keys are wrong in one way
+    user_key, session_key = log_in(api, account)
+    headers = {
+        "no headers": {},
+        "wrong session key": {"user_key": user_key, "session_key": "x" * 43},
+        "another account's user_key": {"user_key": other_account["account_id"], "session_key": session_key},
+        "no user_key": {"session_key": session_key},
+    }[case]
+    # When it is posted
+    response = api(sms_event(None, headers=headers))
+    # Then it is a 401 in the family's shape, and nothing moved
+    assert response["statusCode"] == 401
+    assert answer(response)["result"] == "KO"
+    assert balance(account["account_id"]) == 100
+    assert balance(other_account["account_id"]) == 100
+    assert queued_records(aws) == []
+
+
+# ------------------------------------------------------------------ the seed's samples
+
+
+def seed_sample(sample: str) -> tuple[Any, bool, bool]:
+    """(request body as the sample writes it, returnCredits, scheduled?), built when the test runs. Where the
+    seed leaves the recipient list out (Java, Node, Ruby) or prints a placeholder (PHP, Python), a valid
+    number stands in, as the seed tells its reader to do."""
+    in_five_minutes = in_lagos(timedelta(minutes=5))
+    samples: dict[str, tuple[Any, bool, bool]] = {
+        # Gson: the class's field order, the null sender left out, Date in Gson's default format
+        "java": (
+            {
+                "message": "Hello world!",
+                "message_type": "N",
+                "returnCredits": False,
+                "recipient": [VALID],
+                "scheduled_delivery_time": gson(in_five_minutes),
+            },
+            False,
+            True,
+        ),
+        # json_encode of the PHP array, with date('YmdHis', strtotime("+5 minutes"))
+        "php": (
+            {
+                "message": "Hello world!",
+                "message_type": "N",
+                "returnCredits": False,
+                "recipient": [NIGERIAN],
+                "sender": None,
+                "scheduled_delivery_time": in_five_minutes.strftime("%Y%m%d%H%M%S"),
+            },
+            False,
+            True,
+        ),
+        # json.dumps(sendsms, default=json_serial): datetime.isoformat(), microseconds and all
+        "python": (
+            {
+                "message": "Hello world!",
+                "message_type": "N",
+                "returnCredits": False,
+                "recipient": [NIGERIAN],
+                "sender": None,
+                "scheduled_delivery_time": (in_five_minutes + timedelta(microseconds=123456)).isoformat(),
+            },
+            False,
+            True,
+        ),
+        # request's json: true, with the sample's literal date (long past: sent at once)
+        "node": (
+            {
+                "returnCredits": True,
+                "recipient": [VALID],
+                "scheduled_delivery_time": "20171223101010",
+                "message": "Hello world!",
+                "message_type": "N",
+            },
+            True,
+            False,
+        ),
+        "ruby": (
+            {"returnCredits": True, "recipient": [VALID], "message": "Hello world!", "message_type": "N"},
+            True,
+            False,
+        ),
+        # JSON.NET: every field, nulls included, DateTime? as ISO 8601 without an offset
+        "csharp": (
+            {
+                "message": "Hello World!",
+                "message_type": "N",
+                "sender": None,
+                "scheduled_delivery_time": "2017-08-18T13:31:00",
+                "recipient": [VALID],
+                "returnCredits": False,
+            },
+            False,
+            False,
+        ),
+        "perl": ({"message": "Hello world!", "message_type": "N", "recipient": [VALID]}, False, False),
+    }
+    return samples[sample]
+
+
+@pytest.mark.parametrize("sample", ["java", "php", "python", "node", "ruby", "csharp", "perl"])
+def test_each_seed_sample_is_accepted_with_201(aws, account, api, sample):
+    # Given the sample's request body, as its language's serializer writes it
+    body, return_credits, scheduled = seed_sample(sample)
+    keys = log_in(api, account)
+    # When it is posted with the session headers
+    response = api(sms_event(keys, body))
+    # Then the answer is 201 in the seed's shape
+    assert response["statusCode"] == 201, response
+    result = answer(response)
+    assert result["result"] == "OK"
+    assert result["order_id"].isdigit()
+    assert result["internal_order_id"] == result["order_id"]
+    assert result["total_sent"] == 1
+    # And remaining_credits is there exactly when returnCredits asked for it
+    if return_credits:
+        assert result["remaining_credits"] == 99
+    else:
+        assert "remaining_credits" not in result
+    assert list(result)[:3] == ["result", "order_id", "total_sent"]
+    # And one credit was charged, and the order sent now or scheduled for the sample's time
+    assert balance(account["account_id"]) == 99
+    batch = stored_batch(account["account_id"], result["order_id"])
+    assert batch.sender == "48974"  # the account's default sender: the samples give none
+    assert batch.status == ("scheduled" if scheduled else "queued")
+    assert batch.dialect == "session-key"
+    assert len(queued_records(aws)) == (0 if scheduled else 1)
+
+
+def test_the_seeds_placeholder_number_is_refused_with_its_reason(aws, account, api):
+    # Given the PHP and Python samples' recipient exactly as printed (+34 912 345 678 is Spain's longest form)
+    keys = log_in(api, account)
+    response = api(sms_event(keys, seed_body(recipient=["+349123456789"])))
+    # Then the send is refused with the number and why, and nothing moved
+    assert response["statusCode"] == 400
+    assert answer(response)["error"] == "invalid recipient number: '+349123456789': too long"
+    assert balance(account["account_id"]) == 100
+    assert queued_records(aws) == []
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_return_credits_adds_the_balance_after_the_send(aws, account, api, flag):
+    keys = log_in(api, account)
+    result = answer(api(sms_event(keys, seed_body(returnCredits=flag, recipient=[VALID, NIGERIAN]))))
+    assert result["total_sent"] == 2
+    assert result.get("remaining_credits") == (98 if flag else None)
+
+
+def test_message_types_are_priced_by_tier(aws, account, api):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.pricing import PriceTable
+
+    # Given LL at 1 credit per part, N at 3, and L left at the default of 1
+    gateway().store.save_price_table(PriceTable().with_price("LL", "*", 1).with_price("N", "*", 3))
+    keys = log_in(api, account)
+    charged = []
+    for message_type in ("LL", "N", "L", "GP"):  # GP: Skebby's name for the high-quality tier, N
+        before = balance(account["account_id"])
+        response = api(sms_event(keys, seed_body(message_type=message_type, returnCredits=True)))
+        assert response["statusCode"] == 201, response
+        charged.append(before - balance(account["account_id"]))
+        # And returnCredits counts credits used, as the family's returnCredits does
+        assert answer(response)["total_sent"] == charged[-1]
+    assert charged == [1, 3, 1, 3]
+    order = answer(api(sms_event(keys, seed_body(message_type="LL"))))["order_id"]
+    assert stored_batch(account["account_id"], order).route_tier == "LL"
+
+
+def test_a_given_sender_must_be_registered(aws, account, api):
+    keys = log_in(api, account)
+    good = api(sms_event(keys, seed_body(sender="CINEMA")))
+    assert good["statusCode"] == 201
+    assert stored_batch(account["account_id"], answer(good)["order_id"]).sender == "CINEMA"
+
+    refused = api(sms_event(keys, seed_body(sender="NOTMINE")))
+    assert refused["statusCode"] == 400
+    assert answer(refused) == {"result": "KO", "error": "sender 'NOTMINE' is not registered for this account"}
+    assert balance(account["account_id"]) == 99
+
+
+def test_allow_invalid_recipients_sends_to_the_valid_ones_and_lists_the_others(aws, account, api):
+    keys = log_in(api, account)
+    body = seed_body(recipient=[NIGERIAN, "12"], allowInvalidRecipients=True)
+    response = api(sms_event(keys, body))
+    assert response["statusCode"] == 201
+    result = answer(response)
+    assert result["total_sent"] == 1
+    assert result["invalid_recipients"] == [{"recipient": "12", "reason": "too short"}]
+    assert balance(account["account_id"]) == 99
+
+
+def test_a_naive_time_is_read_in_the_given_time_zone(aws, account, api):
+    # Given a wall-clock time 5 minutes ahead in Tokyo, with scheduled_delivery_timezone saying so
+    tokyo = (datetime.now(UTC) + timedelta(minutes=5)).astimezone(ZoneInfo("Asia/Tokyo"))
+    body = seed_body(scheduled_delivery_time=tokyo.strftime("%Y%m%d%H%M%S"), scheduled_delivery_timezone="Asia/Tokyo")
+    keys = log_in(api, account)
+    result = answer(api(sms_event(keys, body)))
+    # Then the order is scheduled for that moment (read in Lagos it would be long past)
+    batch = stored_batch(account["account_id"], result["order_id"])
+    assert batch.status == "scheduled"
+    send_at = datetime.fromisoformat(batch.send_at)
+    assert abs(send_at - tokyo.replace(microsecond=0)) < timedelta(seconds=1)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ({"message_type": "N", "recipient": [VALID]}, "message: Field required"),
+        (seed_body(message=""), "message: String should have at least 1 character"),
+        (seed_body(message_type="X"), "message_type: Value error, must be N, L or LL, got 'X'"),
+        (seed_body(recipient=[]), "recipient: List should have at least 1 item"),
+        (seed_body(recipient=[NIGERIAN, "12"]), "invalid recipient number: '12': too short"),
+        (seed_body(recipient=["12"], allowInvalidRecipients=True), "invalid recipient number: '12'"),
+        (seed_body(sender="NOTMINE"), "not registered"),
+        (seed_body(scheduled_delivery_time="tomorrow"), "scheduled_delivery_time: 'tomorrow' is not a date-time"),
+        (seed_body(scheduled_delivery_time="20170230101010"), "no such date or time"),
+        (seed_body(scheduled_delivery_time="2030-01-01T10:00", scheduled_delivery_timezone="Mars/Base"), "IANA"),
+        (seed_body(order_id="mine-1"), "custom order ids are not supported"),
+        (seed_body(recipient=[f"+23480200{i:05d}" for i in range(101)]), "more than the balance"),
+        (seed_body(message="x" * 1601), "over this account's limit"),
+    ],
+)
+def test_bad_sends_get_a_clear_400_and_change_nothing(aws, account, api, body, fragment):
+    # Given a send that is wrong in one way, with a good session
+    keys = log_in(api, account)
+    # When it is posted
+    response = api(sms_event(keys, body))
+    # Then it is a 400 in the family's shape saying what is wrong
+    assert response["statusCode"] == 400, response
+    result = answer(response)
+    assert result["result"] == "KO"
+    assert fragment in result["error"]
+    # And nothing was stored, charged, queued or scheduled
+    assert balance(account["account_id"]) == 100
+    assert batch_count(account["account_id"]) == 0
+    assert queued_records(aws) == []
+    assert schedules(aws) == []
+
+
+def test_an_account_without_senders_needs_a_sender(aws, api):
+    from sms_gateway_tools.admin import create_account
+
+    bare = create_account(name="No Senders", senders=[], credits=10)
+    response = api(sms_event(log_in(api, bare), seed_body()))
+    assert response["statusCode"] == 400
+    assert "no sender given" in answer(response)["error"]
+    assert balance(bare["account_id"]) == 10
+
+
+def test_an_idempotency_key_sends_once(aws, account, api):
+    keys = log_in(api, account)
+    event = sms_event(keys, seed_body())
+    event["headers"]["idempotency-key"] = "order-42"
+    first, again = api(event), api(event)
+    assert first["statusCode"] == again["statusCode"] == 201
+    assert first["body"] == again["body"]
+    assert balance(account["account_id"]) == 99
+    other = sms_event(keys, seed_body(message="Something else"))
+    other["headers"]["idempotency-key"] = "order-42"
+    conflict = api(other)
+    assert conflict["statusCode"] == 409
+    assert answer(conflict)["result"] == "KO"
+    assert balance(account["account_id"]) == 99
+
+
+# ------------------------------------------------------------------ orders: state and removal
+
+
+def test_an_order_reads_per_recipient_status_until_delivered(aws, account, api):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import MessageKey
+    from sms_gateway.domain.status import MessageStatus
+
+    # Given an order to two numbers, sent now
+    keys = log_in(api, account)
+    order = answer(api(sms_event(keys, seed_body(recipient=[NIGERIAN, VALID]))))["order_id"]
+    state = answer(api(route_event("GET", f"/sms/{order}", keys)))
+    assert state["result"] == "OK"
+    assert state["recipient_number"] == 2
+    assert {(r["destination"], r["status"]) for r in state["recipients"]} == {(NIGERIAN, "WAITING"), (VALID, "WAITING")}
+    # When the first is submitted and its delivery reported
+    store = gateway().store
+    first = next(m for m in store.list_messages(account["account_id"], int(order))[0] if m.msisdn == NIGERIAN)
+    key = MessageKey(account_id=account["account_id"], reference_id=int(order), message_id=first.message_id)
+    now = datetime.now(UTC)
+    store.transition(key, MessageStatus.SUBMITTED, now=now, upstream="simulator", upstream_message_id="sim-1")
+    store.transition(key, MessageStatus.DELIVERED, now=now, reported_at="2024-01-02T23:50:37.000000Z")
+    # Then it reads DLVRD with the handset's time in the account's zone (Lagos is UTC+1), the other WAITING
+    state = answer(api(route_event("GET", f"/sms/{order}", keys)))
+    by_number = {r["destination"]: r for r in state["recipients"]}
+    assert by_number[NIGERIAN] == {"status": "DLVRD", "destination": NIGERIAN, "delivery_date": "20240103005037"}
+    assert by_number[VALID]["status"] == "WAITING"
+
+
+@pytest.mark.parametrize("order", ["abc", "99999999999999999999", "1234"])
+def test_an_unknown_order_is_a_404(aws, account, api, order):
+    keys = log_in(api, account)
+    for method in ("GET", "DELETE"):
+        response = api(route_event(method, f"/sms/{order}", keys))
+        assert response["statusCode"] == 404
+        assert answer(response) == {"result": "KO", "error": f"no order with order_id {order!r}"}
+
+
+def test_another_accounts_order_is_not_found(aws, account, other_account, api):
+    mine = answer(api(sms_event(log_in(api, account), seed_body())))["order_id"]
+    theirs = log_in(api, other_account)
+    assert api(route_event("GET", f"/sms/{mine}", theirs))["statusCode"] == 404
+    assert api(route_event("DELETE", f"/sms/{mine}", theirs))["statusCode"] == 404
+    assert balance(account["account_id"]) == 99
+
+
+def test_removing_a_scheduled_order_cancels_it_and_refunds(aws, account, api):
+    # Given an order scheduled for tomorrow
+    keys = log_in(api, account)
+    tomorrow = in_lagos(timedelta(days=1)).strftime("%Y%m%d%H%M%S")
+    body = seed_body(recipient=[NIGERIAN, VALID], scheduled_delivery_time=tomorrow)
+    order = answer(api(sms_event(keys, body)))["order_id"]
+    assert balance(account["account_id"]) == 98
+    assert len(schedules(aws)) == 1
+    assert {r["status"] for r in answer(api(route_event("GET", f"/sms/{order}", keys)))["recipients"]} == {"SCHEDULED"}
+    # When it is removed
+    response = api(route_event("DELETE", f"/sms/{order}", keys))
+    # Then the answer is OK, the credits come back, the schedule is gone and the order reads cancelled
+    assert response["statusCode"] == 200
+    assert answer(response) == {"result": "OK"}
+    assert balance(account["account_id"]) == 100
+    assert schedules(aws) == []
+    assert {r["status"] for r in answer(api(route_event("GET", f"/sms/{order}", keys)))["recipients"]} == {"CANCELLED"}
+    # And removing it again is the family's 404, refunding nothing twice
+    again = api(route_event("DELETE", f"/sms/{order}", keys))
+    assert again["statusCode"] == 404
+    assert "cannot be removed" in answer(again)["error"]
+    assert balance(account["account_id"]) == 100
+
+
+def test_an_order_already_on_its_way_cannot_be_removed(aws, account, api):
+    keys = log_in(api, account)
+    order = answer(api(sms_event(keys, seed_body())))["order_id"]
+    response = api(route_event("DELETE", f"/sms/{order}", keys))
+    assert response["statusCode"] == 404
+    assert answer(response)["error"] == (
+        f"order {order} cannot be removed: only a scheduled batch can be cancelled; this one is queued"
+    )
+    assert balance(account["account_id"]) == 99
+    assert stored_batch(account["account_id"], order).status == "queued"
+
+
+def test_order_routes_need_a_session(aws, account, api):
+    keys = log_in(api, account)
+    in_a_month = (datetime.now(UTC) + timedelta(days=30)).strftime("%Y%m%d%H%M%S")
+    order = answer(api(sms_event(keys, seed_body(scheduled_delivery_time=in_a_month))))["order_id"]
+    for method, path in (("GET", f"/sms/{order}"), ("DELETE", f"/sms/{order}"), ("GET", "/status")):
+        response = api(route_event(method, path, (account["account_id"], "stale")))
+        assert response["statusCode"] == 401
+    assert stored_batch(account["account_id"], order).status == "scheduled"
+    assert balance(account["account_id"]) == 99
+
+
+def test_an_unknown_route_under_sms_is_a_404_in_the_familys_shape(aws, account, api):
+    response = api(route_event("PUT", "/sms/123", log_in(api, account)))
+    assert response["statusCode"] == 404
+    assert answer(response)["result"] == "KO"
+
+
+# ------------------------------------------------------------------ status
+
+
+def test_status_answers_what_the_balance_buys_per_tier(aws, account, api):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.pricing import PriceTable
+
+    gateway().store.save_price_table(PriceTable().with_price("LL", "*", 1).with_price("N", "*", 3))
+    keys = log_in(api, account)
+    status = answer(api(route_event("GET", "/status", keys)))
+    assert status == {
+        "money": None,
+        "sms": [{"type": "N", "quantity": 33}, {"type": "L", "quantity": 100}, {"type": "LL", "quantity": 100}],
+        "email": None,
+    }
+    with_money = answer(api(route_event("GET", "/status", keys, {"getMoney": "true", "typeAliases": "true"})))
+    assert with_money["money"] == 100
+
+
+def test_status_refuses_a_malformed_flag(aws, account, api):
+    response = api(route_event("GET", "/status", log_in(api, account), {"getMoney": "maybe"}))
+    assert response["statusCode"] == 400
+    assert answer(response)["error"] == "getMoney must be 'true' or 'false', got 'maybe'"

@@ -1,0 +1,326 @@
+"""Operator use cases on accounts (logic/accounts.py) against an in-memory store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from sms_gateway.domain.models import Account, CredentialKind, Credentials
+from sms_gateway.domain.pricing import PriceTable
+from sms_gateway.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from sms_gateway.logic import accounts
+from sms_gateway.logic.auth import account_for_credential
+from sms_gateway.ports import AccountAdmin, AccountChanges, CredentialInfo
+from tests.fakes import InMemoryStore
+
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+PREFIX = 8
+
+
+def _normal(sender: str) -> str:
+    return sender.lstrip("+").upper()
+
+
+class AdminStore(InMemoryStore):
+    """InMemoryStore plus AccountAdmin, with the DynamoDB adapter's conditions (account must exist, one owner
+    per sender, one credential per account, kind and prefix)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listings: dict[tuple[str, str, str], CredentialInfo] = {}
+        self.secrets: dict[tuple[str, str], tuple[str, str]] = {}  # (kind, secret) -> (account_id, prefix)
+        self.owners: dict[str, str] = {}
+
+    def _require(self, account_id: str) -> Account:
+        if account_id not in self.accounts:
+            raise NotFound(f"no account {account_id}")
+        return self.accounts[account_id]
+
+    def create_account(self, account: Account, credentials: Credentials) -> None:
+        if any(_normal(s) in self.owners for s in account.senders):
+            raise Conflict("a sender is taken")
+        super().create_account(account, credentials)
+        for sender in account.senders:
+            self.owners[_normal(sender)] = account.account_id
+        for kind, secret in (("token", credentials.token), ("apikey", credentials.apikey)):
+            self.add_credential(account.account_id, kind, secret, created_at=account.created_at)
+
+    def account_id_for_sender(self, sender: str) -> str | None:
+        return self.owners.get(_normal(sender))
+
+    def account_id_for_credential(self, kind: str, secret: str) -> str | None:
+        found = self.secrets.get((kind, secret))
+        if found is None or self.listings[(found[0], kind, found[1])].revoked:
+            return None
+        return found[0]
+
+    def add_credential(self, account_id: str, kind: str, secret: str, *, created_at: str) -> CredentialInfo:
+        self._require(account_id)
+        key = (account_id, kind, secret[:PREFIX])
+        if key in self.listings:
+            raise Conflict("prefix in use")
+        self.listings[key] = CredentialInfo(kind=kind, prefix=secret[:PREFIX], created_at=created_at)
+        self.secrets[(kind, secret)] = (account_id, secret[:PREFIX])
+        return self.listings[key]
+
+    def list_credentials(self, account_id: str) -> list[CredentialInfo]:
+        self._require(account_id)
+        return [info for (owner, _, _), info in self.listings.items() if owner == account_id]
+
+    def revoke_credential(self, account_id: str, kind: str, prefix: str, *, revoked_at: str) -> CredentialInfo:
+        self._require(account_id)
+        key = (account_id, kind, prefix)
+        if key not in self.listings:
+            raise NotFound("no such credential")
+        info = self.listings[key]
+        self.listings[key] = info.model_copy(update={"revoked": True, "revoked_at": info.revoked_at or revoked_at})
+        return self.listings[key]
+
+    def add_sender(self, account_id: str, sender: str) -> Account:
+        account = self._require(account_id)
+        if _normal(sender) in self.owners:
+            raise Conflict(f"sender {sender!r} is registered to account {self.owners[_normal(sender)]}")
+        self.owners[_normal(sender)] = account_id
+        self.accounts[account_id] = account.model_copy(update={"senders": (*account.senders, sender)})
+        return self.accounts[account_id]
+
+    def remove_sender(self, account_id: str, sender: str) -> Account:
+        account = self._require(account_id)
+        kept = tuple(s for s in account.senders if _normal(s) != _normal(sender))
+        if kept == account.senders or self.owners.get(_normal(sender)) != account_id:
+            raise NotFound(f"sender {sender!r} is not registered to account {account_id}")
+        del self.owners[_normal(sender)]
+        self.accounts[account_id] = account.model_copy(update={"senders": kept})
+        return self.accounts[account_id]
+
+    def top_up(self, account_id: str, credits: int) -> int:
+        return self.refund_credits(self._require(account_id).account_id, credits)
+
+    def update_account(self, account_id: str, changes: AccountChanges) -> Account:
+        account = self._require(account_id)
+        update: dict[str, Any] = changes.model_dump(exclude={"clear"}, exclude_none=True)
+        update |= dict.fromkeys(changes.clear)
+        self.accounts[account_id] = account.model_copy(update=update)
+        return self.accounts[account_id]
+
+    def set_price(self, tier: str, network: str, credits: int) -> PriceTable:
+        self.prices = self.prices.with_price(tier, network, credits)
+        return self.prices
+
+
+@pytest.fixture
+def store() -> AdminStore:
+    return AdminStore()
+
+
+@pytest.fixture
+def account(store: AdminStore) -> tuple[Account, Credentials]:
+    return accounts.create_account(store, name="Cinema Club", senders=["48974"], credits=10, now=NOW)
+
+
+def test_the_fake_implements_the_port(store: AdminStore) -> None:
+    admin: AccountAdmin = store
+    assert admin.list_credentials is not None
+
+
+class TestCredentials:
+    def test_an_issued_token_authenticates_and_is_listed_by_prefix_only(self, store, account):
+        # Given an account
+        created, _ = account
+        # When a second token is issued
+        issued = accounts.issue_credential(store, created.account_id, "token", now=NOW)
+        # Then the secret authenticates as that account
+        assert issued.secret.startswith("sk_")
+        assert account_for_credential(store, CredentialKind.TOKEN, issued.secret).account_id == created.account_id
+        # And the listing shows three credentials by prefix, never a secret
+        listed = accounts.list_credentials(store, created.account_id)
+        assert sorted(c.kind for c in listed) == ["apikey", "token", "token"]
+        assert issued.prefix == issued.secret[:PREFIX]
+        assert all(issued.secret not in info.model_dump_json() for info in listed)
+
+    def test_an_apikey_is_hex(self, store, account):
+        issued = accounts.issue_credential(store, account[0].account_id, "apikey", now=NOW)
+        assert int(issued.secret, 16) >= 0
+        assert len(issued.secret) == 48
+
+    @pytest.mark.parametrize(
+        ("account_id", "kind", "error"), [("404", "token", NotFound), (None, "session", InvalidRequest)]
+    )
+    def test_an_unknown_account_or_kind_issues_nothing(self, store, account, account_id, kind, error):
+        before = dict(store.listings)
+        with pytest.raises(error):
+            accounts.issue_credential(store, account_id or account[0].account_id, kind, now=NOW)
+        assert store.listings == before
+
+    def test_a_prefix_collision_draws_a_new_secret(self, store, account, monkeypatch):
+        # Given a secret whose prefix the account holds already, then a fresh one
+        created, credentials = account
+        drawn = iter([credentials.token[:PREFIX] + "collides", "sk_fresh-secret-value"])
+        monkeypatch.setattr(accounts, "new_secret", lambda kind: next(drawn))
+        # When a token is issued
+        issued = accounts.issue_credential(store, created.account_id, "token", now=NOW)
+        # Then the second draw is the one issued, and the colliding one authenticates nobody
+        assert issued.secret == "sk_fresh-secret-value"
+        assert store.account_id_for_credential("token", credentials.token[:PREFIX] + "collides") is None
+
+    def test_a_revoked_token_no_longer_authenticates_and_the_other_credentials_do(self, store, account):
+        # Given an account with its token and a second one
+        created, credentials = account
+        spare = accounts.issue_credential(store, created.account_id, "token", now=NOW)
+        # When the first token is revoked by its prefix
+        revoked = accounts.revoke_credential(store, created.account_id, credentials.token[:PREFIX], now=NOW)
+        # Then it is refused, and the listing says so
+        assert revoked.revoked
+        with pytest.raises(Unauthorized):
+            account_for_credential(store, CredentialKind.TOKEN, credentials.token)
+        assert account_for_credential(store, CredentialKind.TOKEN, spare.secret).account_id == created.account_id
+        assert account_for_credential(store, CredentialKind.APIKEY, credentials.apikey)
+        assert [c.revoked for c in store.list_credentials(created.account_id) if c.prefix == revoked.prefix] == [True]
+
+    def test_another_accounts_prefix_is_not_found_and_stays_valid(self, store, account):
+        # Given two accounts
+        other, other_credentials = accounts.create_account(store, name="Other", senders=[], credits=0, now=NOW)
+        # When the first account's operator names the other's token prefix
+        with pytest.raises(NotFound, match="no credential with prefix"):
+            accounts.revoke_credential(store, account[0].account_id, other_credentials.token[:PREFIX], now=NOW)
+        # Then the other account's token still works
+        assert (
+            account_for_credential(store, CredentialKind.TOKEN, other_credentials.token).account_id == other.account_id
+        )
+
+
+class TestSenders:
+    def test_a_sender_is_added_and_removed(self, store, account):
+        created, _ = account
+        added = accounts.add_sender(store, created.account_id, "CINEMA")
+        assert added.senders == ("48974", "CINEMA")
+        assert store.account_id_for_sender("cinema") == created.account_id
+        removed = accounts.remove_sender(store, created.account_id, "48974")
+        assert removed.senders == ("CINEMA",)
+        assert store.account_id_for_sender("48974") is None
+
+    def test_adding_an_own_sender_again_changes_nothing(self, store, account):
+        created, _ = account
+        assert accounts.add_sender(store, created.account_id, "48974").senders == ("48974",)
+
+    def test_a_sender_taken_by_another_account_is_refused(self, store, account):
+        other, _ = accounts.create_account(store, name="Other", senders=[], credits=0, now=NOW)
+        with pytest.raises(Conflict, match="registered to account"):
+            accounts.add_sender(store, other.account_id, "48974")
+        assert store.accounts[other.account_id].senders == ()
+        assert store.account_id_for_sender("48974") == account[0].account_id
+
+    @pytest.mark.parametrize("sender", ["TOO-LONG-NAME-X", "", "bad!", "+12"])
+    def test_an_invalid_sender_id_is_refused(self, store, account, sender):
+        with pytest.raises(InvalidRequest, match="invalid sender id"):
+            accounts.add_sender(store, account[0].account_id, sender)
+        assert store.accounts[account[0].account_id].senders == ("48974",)
+
+    def test_removing_a_sender_the_account_does_not_have_is_not_found(self, store, account):
+        with pytest.raises(NotFound):
+            accounts.remove_sender(store, account[0].account_id, "55555")
+
+
+class TestCreditsAndPrices:
+    def test_a_top_up_adds_to_the_balance(self, store, account):
+        assert accounts.top_up(store, account[0].account_id, 90) == 100
+        assert store.accounts[account[0].account_id].credits == 100
+
+    @pytest.mark.parametrize("credits", [0, -5, accounts.MAX_TOP_UP + 1])
+    def test_a_top_up_that_is_not_positive_or_absurd_changes_nothing(self, store, account, credits):
+        with pytest.raises(InvalidRequest):
+            accounts.top_up(store, account[0].account_id, credits)
+        assert store.accounts[account[0].account_id].credits == 10
+
+    def test_a_top_up_of_an_unknown_account_is_not_found(self, store):
+        with pytest.raises(NotFound, match="no account 404"):
+            accounts.top_up(store, "404", 5)
+
+    def test_a_price_is_set_per_tier_and_network(self, store):
+        table = accounts.set_price(store, tier="n", network="mtn", credits=3)
+        assert table.per_part("N", "mtn") == 3
+        assert table.per_part("N", "glo") == 1
+        assert accounts.show_prices(store).prices == {"N": {"mtn": 3}}
+
+    @pytest.mark.parametrize(
+        ("tier", "network", "credits", "fragment"),
+        [("X", "*", 1, "route tier"), ("N", "vodacomm", 1, "network"), ("L", "*", -1, "negative")],
+    )
+    def test_a_bad_price_changes_nothing(self, store, tier, network, credits, fragment):
+        with pytest.raises(InvalidRequest, match=fragment):
+            accounts.set_price(store, tier=tier, network=network, credits=credits)
+        assert store.prices == PriceTable()
+
+
+class TestSettings:
+    def test_webhooks_are_set_cleared_and_the_token_rotated(self, store, account):
+        created, _ = account
+        updated, token = accounts.set_webhooks(
+            store, created.account_id, dlr_url="https://client.example/dlr", rotate_token=True
+        )
+        assert updated.dlr_url == "https://client.example/dlr"
+        assert token and updated.webhook_token == token and token != created.webhook_token
+        cleared, no_token = accounts.set_webhooks(store, created.account_id, dlr_url="")
+        assert cleared.dlr_url is None
+        assert no_token is None
+        assert cleared.webhook_token == token
+
+    @pytest.mark.parametrize(
+        ("url", "allow_http"),
+        [("http://client.example/dlr", False), ("ftp://client.example/", True), ("https://", False), ("dlr", True)],
+    )
+    def test_a_bad_webhook_url_changes_nothing(self, store, account, url, allow_http):
+        before = store.accounts[account[0].account_id]
+        with pytest.raises(InvalidRequest, match="webhook URL"):
+            accounts.set_webhooks(store, before.account_id, inbound_url=url, rotate_token=True, allow_http=allow_http)
+        assert store.accounts[before.account_id] == before
+
+    def test_http_is_allowed_where_the_stack_allows_it(self, store, account):
+        updated, _ = accounts.set_webhooks(
+            store, account[0].account_id, inbound_url="http://127.0.0.1:9/in", allow_http=True
+        )
+        assert updated.inbound_url == "http://127.0.0.1:9/in"
+
+    def test_settings_change(self, store, account):
+        updated = accounts.set_account(
+            store, account[0].account_id, country="ke", timezone="Africa/Nairobi", rate_limit=20, max_parts=4
+        )
+        assert (updated.default_country, updated.timezone) == ("KE", "Africa/Nairobi")
+        assert (updated.rate_limit_per_second, updated.max_parts) == (20, 4)
+
+    @pytest.mark.parametrize(
+        ("change", "fragment"),
+        [
+            ({"country": "XX"}, "country"),
+            ({"timezone": "Mars/Olympus_Mons"}, "time zone"),
+            ({"timezone": "../../etc/passwd"}, "time zone"),
+            ({"rate_limit": 0}, "rate limit"),
+            ({"max_parts": -1}, "max parts"),
+            ({"max_parts": 256}, "at most 255"),
+            ({}, "nothing to change"),
+        ],
+    )
+    def test_a_bad_setting_changes_nothing(self, store, account, change, fragment):
+        before = store.accounts[account[0].account_id]
+        with pytest.raises(InvalidRequest, match=fragment):
+            accounts.set_account(store, before.account_id, **change)
+        assert store.accounts[before.account_id] == before
+
+    def test_an_unknown_account_is_not_found(self, store):
+        with pytest.raises(NotFound):
+            accounts.set_account(store, "404", rate_limit=5)
+        with pytest.raises(NotFound):
+            accounts.set_webhooks(store, "404", rotate_token=True)
+
+    def test_the_account_view_holds_no_secret(self, account):
+        view = accounts.account_view(account[0]).model_dump()
+        assert account[0].webhook_token not in str(view)
+        assert view["credits"] == 10
+        assert view["senders"] == ("48974",)
+
+    def test_an_account_with_an_unknown_country_is_not_created(self, store):
+        with pytest.raises(InvalidRequest, match="country"):
+            accounts.create_account(store, name="X", senders=[], credits=0, now=NOW, default_country="QQ")
+        assert store.accounts == {}
