@@ -387,35 +387,18 @@ def read_group(group_id: str) -> Response:
 
 @router.post("/ng/v1/groups/<group_id>/members")
 def add_members(group_id: str) -> Response:
-    account = _caller()
-    request = parse_model(MembersRequest, parse_json_body(router.current_event.decoded_body))
-    change = groups.add_members(
-        gateway().store,
-        account_id=account.account_id,
-        default_country=account.default_country,
-        group_id=group_id,
-        members=request.members,
-        now=utc_now(),
-    )
-    return json_response(
-        200,
-        {
-            "status_code": 200,
-            "message": "members added",
-            **_group_summary(change.group),
-            "added": change.changed,
-            "already_members": change.unchanged,
-            "invalid_count": len(change.rejected),
-            "invalid": _invalid_entries(change.rejected, "member"),
-        },
-    )
+    return _change_members(group_id, groups.add_members, "members added", ("added", "already_members"))
 
 
 @router.delete("/ng/v1/groups/<group_id>/members")
 def remove_members(group_id: str) -> Response:
+    return _change_members(group_id, groups.remove_members, "members removed", ("removed", "not_members"))
+
+
+def _change_members(group_id: str, change_members: Any, message: str, counts: tuple[str, str]) -> Response:
     account = _caller()
     request = parse_model(MembersRequest, parse_json_body(router.current_event.decoded_body))
-    change = groups.remove_members(
+    change = change_members(
         gateway().store,
         account_id=account.account_id,
         default_country=account.default_country,
@@ -423,14 +406,15 @@ def remove_members(group_id: str) -> Response:
         members=request.members,
         now=utc_now(),
     )
+    changed, unchanged = counts
     return json_response(
         200,
         {
             "status_code": 200,
-            "message": "members removed",
+            "message": message,
             **_group_summary(change.group),
-            "removed": change.changed,
-            "not_members": change.unchanged,
+            changed: change.changed,
+            unchanged: change.unchanged,
             "invalid_count": len(change.rejected),
             "invalid": _invalid_entries(change.rejected, "member"),
         },
