@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 from collections.abc import Callable
@@ -242,3 +243,26 @@ def test_a_permanent_upstream_refusal_fails_the_message_and_refunds_it(aws, acco
     [entry] = read_delivery_report(api, account["token"], reference_id)
     assert entry["status"] == "failed"
     assert balance(account["account_id"]) == 100
+
+
+def test_a_body_over_256_kb_is_refused_with_413_and_changes_nothing(aws, account, api):
+    event = send_event(account["token"], {"from": "48974", "to": "2348020000000", "message": "x" * (257 * 1024)})
+    response = api(event)
+    assert response["statusCode"] == 413
+    assert "256 KB" in json.loads(response["body"])["message"]
+    assert balance(account["account_id"]) == 100
+    assert queued_records(aws) == []
+
+
+def test_a_forged_cursor_is_a_400_not_a_read_of_someone_else(aws, account, api):
+    reference_id = json.loads(api(send_event(account["token"]))["body"])["reference_id"]
+    event = load_event("api-batch-delivery-report.json", YOUR_API_Token=account["token"])
+    event["rawPath"] = f"/ng/v1/batches/{reference_id}/delivery_report"
+    event["requestContext"]["http"]["path"] = event["rawPath"]
+    forged = base64.urlsafe_b64encode(
+        json.dumps({"pk": {"S": "MSGS#1#2"}, "sk": {"S": "MSG#0000000000000000003"}}).encode()
+    ).decode()
+    event["queryStringParameters"] = {"next": forged}
+    response = api(event)
+    assert response["statusCode"] == 400
+    assert "cursor" in json.loads(response["body"])["message"]

@@ -33,6 +33,10 @@ class InsufficientCredits(GatewayError):
     code = "insufficient_credits"
 
 
+class PayloadTooLarge(GatewayError):
+    code = "payload_too_large"
+
+
 class NotFound(GatewayError):
     code = "not_found"
 

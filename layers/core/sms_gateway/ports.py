@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from sms_gateway.domain.groups import Group, GroupSummary
 from sms_gateway.domain.models import (
     Account,
     Batch,
@@ -26,9 +27,6 @@ from sms_gateway.domain.models import (
 )
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.status import MessageStatus
-
-if TYPE_CHECKING:  # groups' records live with their use cases; the port only names them
-    from sms_gateway.logic.groups import Group, GroupSummary
 
 
 class AccountStore(Protocol):
@@ -78,8 +76,17 @@ class MessageStore(Protocol):
         ...
 
     def list_messages(
-        self, account_id: str, reference_id: int, *, limit: int = 100, cursor: str | None = None
-    ) -> tuple[list[Message], str | None]: ...
+        self,
+        account_id: str,
+        reference_id: int,
+        *,
+        limit: int = 100,
+        cursor: str | None = None,
+        status: MessageStatus | None = None,
+    ) -> tuple[list[Message], str | None]:
+        """A page of a batch's messages in id order, only those in `status` if given; the cursor continues it.
+        Raises InvalidRequest for a cursor this store did not issue."""
+        ...
 
     def get_messages(self, account_id: str, reference_id: int, message_ids: Sequence[int]) -> list[Message]: ...
 

@@ -42,7 +42,7 @@ from sms_gateway.domain.models import (
 )
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.status import MessageStatus, allowed_previous
-from sms_gateway.errors import Conflict, InsufficientCredits
+from sms_gateway.errors import Conflict, InsufficientCredits, InvalidRequest
 
 UPSTREAM_INDEX = "upstream-index"
 MESSAGE_INDEX = "message-index"
@@ -90,6 +90,19 @@ def messages_pk(account_id: str, reference_id: int) -> str:
 
 def message_sk(message_id: int) -> str:
     return f"MSG#{message_id:019d}"
+
+
+def decode_cursor(cursor: str, *, pk: str) -> dict[str, Any]:
+    """A cursor is only ever one this store issued for the same partition: anything else is the client's error,
+    and a cursor from another account's partition cannot be used to read it."""
+    try:
+        key = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        valid = isinstance(key, dict) and key.get("pk") == {"S": pk} and set(key["sk"]) == {"S"}
+    except (ValueError, TypeError, KeyError):
+        valid = False
+    if not valid:
+        raise InvalidRequest("the `next` cursor is not valid for this listing")
+    return dict(key)
 
 
 def sender_pk(sender: str) -> str:
@@ -382,7 +395,7 @@ class DynamoStore(DynamoAccountAdmin, DynamoGroupStore, DynamoSessionsMixin):
             "Limit": limit,
         }
         if cursor:
-            query["ExclusiveStartKey"] = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+            query["ExclusiveStartKey"] = decode_cursor(cursor, pk=messages_pk(account_id, reference_id))
         if status is None:
             answer = self.client.query(**query)
             messages = [Message.model_validate(self._codec.load(item)) for item in answer.get("Items", [])]

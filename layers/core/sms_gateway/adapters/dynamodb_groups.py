@@ -10,8 +10,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from sms_gateway.domain.groups import Group, GroupSummary, group_number
 from sms_gateway.errors import InvalidRequest
-from sms_gateway.logic.groups import Group, GroupSummary, group_number
 
 GROUP_SK_PREFIX = "GROUP#"
 # Lists leave the members out: a page of groups stays small however big the groups are.

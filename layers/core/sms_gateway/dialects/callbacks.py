@@ -6,7 +6,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 
 from sms_gateway.adapters.providers import get_provider
 from sms_gateway.bootstrap import gateway
-from sms_gateway.dialects.common import json_response, status_for
+from sms_gateway.dialects.common import json_response, request_text, status_for
 from sms_gateway.domain.models import CallbackRequest, StatusChange, utc_now
 from sms_gateway.errors import GatewayError, NotFound, Unauthorized
 from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
@@ -25,7 +25,7 @@ def _callback_request() -> CallbackRequest:
         url=f"https://{event.request_context.domain_name}{event.raw_path}",
         headers={k.lower(): v for k, v in (event.headers or {}).items()},
         query=dict(event.query_string_parameters or {}),
-        body=event.decoded_body or "",
+        body=request_text(event),
     )
 
 

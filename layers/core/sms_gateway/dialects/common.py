@@ -10,7 +10,7 @@ from aws_lambda_powertools.event_handler import Response, content_types
 from pydantic import BaseModel, ValidationError
 
 from sms_gateway.domain.models import StoredAnswer
-from sms_gateway.errors import GatewayError, InvalidRequest
+from sms_gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from sms_gateway.logic.idempotency import fingerprint, run_once
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -23,6 +23,7 @@ HTTP_STATUS = {
     "invalid_recipient": 400,
     "insufficient_credits": 402,
     "not_found": 404,
+    "payload_too_large": 413,
     "conflict": 409,
     "callback_rejected": 400,
     "upstream_error": 502,
@@ -35,6 +36,21 @@ def describe_validation_error(error: ValidationError) -> str:
         where = ".".join(str(part) for part in item["loc"]) or "body"
         problems.append(f"{where}: {item['msg']}")
     return "; ".join(problems)
+
+
+MAX_BODY_BYTES = 256 * 1024
+
+
+def request_text(event: Any) -> str:
+    """The request body as text, refused when over 256 KB or not UTF-8 (before anything is parsed or stored)."""
+    raw = event.body or ""
+    size = len(raw) * 3 // 4 if event.is_base64_encoded else len(raw.encode())
+    if size > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"the request body is {size} bytes, over the {MAX_BODY_BYTES // 1024} KB limit")
+    try:
+        return str(event.decoded_body or "")
+    except (UnicodeDecodeError, ValueError) as error:
+        raise InvalidRequest("the request body is not UTF-8 text") from error
 
 
 def parse_json_body(raw: str | None) -> Any:
@@ -78,7 +94,7 @@ def idempotent(event: Any, account_id: str, key: str | None, produce: Callable[[
         event.http_method,
         event.path,
         json.dumps(event.query_string_parameters or {}, sort_keys=True),
-        event.decoded_body or "",
+        event.body or "",
     )
 
     def answer() -> StoredAnswer:

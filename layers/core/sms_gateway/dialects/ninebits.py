@@ -10,7 +10,14 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sms_gateway.bootstrap import gateway, send_dependencies
-from sms_gateway.dialects.common import idempotent, json_response, parse_json_body, parse_model, status_for
+from sms_gateway.dialects.common import (
+    idempotent,
+    json_response,
+    parse_json_body,
+    parse_model,
+    request_text,
+    status_for,
+)
 from sms_gateway.domain.models import (
     Account,
     CredentialKind,
@@ -103,7 +110,7 @@ def _caller() -> Account:
 def send_sms() -> Response:
     account = _caller()
     event = router.current_event
-    request = parse_model(SendRequest, parse_json_body(event.decoded_body))
+    request = parse_model(SendRequest, parse_json_body(request_text(event)))
     key = request_key(event.headers.get("idempotency-key"), request.ref_id)
     return idempotent(event, account.account_id, key, lambda: _send(account, request))
 
@@ -151,7 +158,7 @@ def _require_at_most_a_thousand(count: int, *, groups_alone: bool = False) -> No
 def dry_run() -> Response:
     """The send's answer without the send: parts, encoding, cost and balance; nothing stored, charged or queued."""
     account = _caller()
-    request = parse_model(SendRequest, parse_json_body(router.current_event.decoded_body))
+    request = parse_model(SendRequest, parse_json_body(request_text(router.current_event)))
     require_sender(account, request.sender)
     expansion = groups.expand(gateway().store, account.account_id, request.to)
     _require_at_most_a_thousand(expansion.group_members, groups_alone=True)
@@ -285,11 +292,14 @@ def read_delivery_reports(reference_id: str) -> Response:
     query = router.current_event.query_string_parameters or {}
     status = _status_filter(query.get("status"))
     limit = _page_size(query.get("page_size"))
-    store = gateway().store
-    number = batches.parse_reference_id(reference_id)
-    batches.get_batch(store, account.account_id, number)
-    # The status filter runs in DynamoDB (a FilterExpression), so every page and cursor covers only matches.
-    page, cursor = store.list_messages(account.account_id, number, limit=limit, cursor=query.get("next"), status=status)
+    page, cursor = batches.delivery_reports(
+        gateway().store,
+        account.account_id,
+        batches.parse_reference_id(reference_id),
+        status=status,
+        limit=limit,
+        cursor=query.get("next"),
+    )
     return json_response(
         200,
         {"reference_id": reference_id, "data": [delivery_report_entry(m) for m in page], "next": cursor},
@@ -340,7 +350,7 @@ def _group_body(group: groups.Group) -> dict[str, Any]:
 def create_group() -> Response:
     account = _caller()
     event = router.current_event
-    request = parse_model(GroupRequest, parse_json_body(event.decoded_body))
+    request = parse_model(GroupRequest, parse_json_body(request_text(event)))
     key = request_key(event.headers.get("idempotency-key"), None)
     return idempotent(event, account.account_id, key, lambda: _create_group(account, request))
 
@@ -397,7 +407,7 @@ def remove_members(group_id: str) -> Response:
 
 def _change_members(group_id: str, change_members: Any, message: str, counts: tuple[str, str]) -> Response:
     account = _caller()
-    request = parse_model(MembersRequest, parse_json_body(router.current_event.decoded_body))
+    request = parse_model(MembersRequest, parse_json_body(request_text(router.current_event)))
     change = change_members(
         gateway().store,
         account_id=account.account_id,

@@ -13,7 +13,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sms_gateway.bootstrap import gateway, send_dependencies
-from sms_gateway.dialects.common import idempotent, json_response, parse_json_body, parse_model
+from sms_gateway.dialects.common import idempotent, json_response, parse_json_body, parse_model, request_text
 from sms_gateway.domain.dates import InvalidClientDatetime, parse_client_datetime
 from sms_gateway.domain.models import Account, Message, SendCommand, utc_now
 from sms_gateway.domain.pricing import ROUTE_TIERS
@@ -42,6 +42,7 @@ HTTP_STATUS: dict[str, int] = {
     "invalid_recipient": 400,
     "insufficient_credits": 400,
     "not_found": 404,
+    "payload_too_large": 413,
     # Only an Idempotency-Key (our addition to the family) can conflict on a send.
     "conflict": 409,
     "upstream_error": 502,
@@ -222,7 +223,7 @@ def login() -> Response:
 def send_sms() -> Response:
     account = _caller()
     event = router.current_event
-    request = parse_model(SendRequest, parse_json_body(event.decoded_body))
+    request = parse_model(SendRequest, parse_json_body(request_text(event)))
     key = request_key(_header("idempotency-key"), None)
     return idempotent(event, account.account_id, key, lambda: _send(account, request))
 

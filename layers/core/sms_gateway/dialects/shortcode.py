@@ -15,7 +15,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sms_gateway.bootstrap import gateway, send_dependencies
-from sms_gateway.dialects.common import describe_validation_error, idempotent, json_response
+from sms_gateway.dialects.common import describe_validation_error, idempotent, json_response, request_text
 from sms_gateway.domain.models import Account, CredentialKind, Message, Recipient, SendCommand, utc_now
 from sms_gateway.domain.status import TERMINAL, MessageStatus
 from sms_gateway.errors import GatewayError, InvalidRequest, NotFound, Unauthorized
@@ -79,6 +79,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "upstream_error": (1005, "Failed. System error"),
     "unauthorized": (1006, "Invalid credentials"),
     "invalid_request": (1009, "Unsupported data type"),
+    "payload_too_large": (1009, "Unsupported data type"),
     "unsupported_request": (1010, "Unsupported request type"),
     "too_many_mobiles": (1104, "Too many comma separated contacts"),
     "no_partner_id": (4091, "No Partner ID is Set"),
@@ -230,10 +231,7 @@ def _params() -> ShortcodeParams:
     event = router.current_event
     fields: dict[str, Any] = dict(event.query_string_parameters or {})
     if event.http_method.upper() == "POST":
-        try:
-            body = event.decoded_body or ""
-        except (UnicodeDecodeError, ValueError) as error:
-            raise InvalidRequest("the request body is not UTF-8 text") from error
+        body = request_text(event)
         if body.strip():
             headers = {key.lower(): value for key, value in (event.headers or {}).items()}
             fields.update(_body_fields(headers, body))

@@ -61,15 +61,12 @@ def delivery_reports(
     account_id: str,
     reference_id: int,
     *,
-    status: str | None,
+    status: MessageStatus | None,
     limit: int,
     cursor: str | None,
 ) -> tuple[list[Message], str | None]:
     get_batch(store, account_id, reference_id)
-    page, next_cursor = store.list_messages(account_id, reference_id, limit=limit, cursor=cursor)
-    if status:
-        page = [message for message in page if message.status == status]
-    return page, next_cursor
+    return store.list_messages(account_id, reference_id, limit=limit, cursor=cursor, status=status)
 
 
 def cancel_batch(

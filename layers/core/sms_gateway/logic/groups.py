@@ -6,44 +6,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from sms_gateway.domain.groups import GROUP_ID_PREFIX, Group, GroupSummary, group_number
 from sms_gateway.domain.ids import new_id
-from sms_gateway.domain.models import Record, iso
+from sms_gateway.domain.models import iso
 from sms_gateway.errors import Conflict, InvalidRecipient, InvalidRequest, NotFound
 from sms_gateway.logic.send import Rejection, normalise_recipients
 from sms_gateway.ports import GroupStore
 
-GROUP_ID_PREFIX = "grp_"
 # Members live in the group item as a string set: 10,000 E.164 numbers are about 170 KB of the 400 KB an item may hold.
 MAX_GROUP_MEMBERS = 10_000
 MAX_NAME_LENGTH = 100
 # A membership change is a conditional write on the group's version; a race with another change retries.
 _CHANGE_ATTEMPTS = 5
-
-
-class Group(Record):
-    group_id: str
-    account_id: str
-    name: str
-    # E.164 with '+', sorted; outputs render them without the '+'.
-    members: tuple[str, ...] = ()
-    version: int = 1
-    created_at: str
-    updated_at: str
-
-    @property
-    def member_count(self) -> int:
-        return len(self.members)
-
-
-class GroupSummary(Record):
-    """A group as lists show it: without its members, which may be thousands."""
-
-    group_id: str
-    account_id: str
-    name: str
-    member_count: int = 0
-    created_at: str
-    updated_at: str
 
 
 @dataclass(frozen=True)
@@ -68,15 +42,6 @@ class Expansion:
 
 def is_group_id(entry: str) -> bool:
     return entry.strip().lower().startswith(GROUP_ID_PREFIX)
-
-
-def group_number(group_id: str) -> int | None:
-    """The numeric part of `grp_<digits>`, or None when the text is not a well-formed group id."""
-    text = group_id.strip().lower()
-    digits = text[len(GROUP_ID_PREFIX) :]
-    if not text.startswith(GROUP_ID_PREFIX) or not digits.isdigit() or len(digits) > 19:
-        return None
-    return int(digits)
 
 
 def new_group_id() -> str:
