@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -22,7 +23,7 @@ from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import InsufficientCredits, InvalidRequest, InvalidSender, Unauthorized, UpstreamError
 from sms_gateway.logic.batches import BatchView
 from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
-from sms_gateway.logic.dispatch import DispatchDependencies, dispatch
+from sms_gateway.logic.dispatch import DispatchDependencies, backoff_seconds, dispatch
 from sms_gateway.logic.inbound import InboundDependencies, receive_inbound
 from sms_gateway.logic.scheduled import release_scheduled_batch
 from sms_gateway.logic.send import SendDependencies, accept_send, normalise_recipients
@@ -180,6 +181,41 @@ class TestDispatch:
         assert (outcome.failed, outcome.needs_retry) == (2, False)
         assert all(m.status == MessageStatus.FAILED for m in store.messages.values())
         assert store.accounts["7"].credits == 1000
+
+    def test_a_transient_failure_on_the_last_attempt_fails_the_message_and_refunds_it(self, store):
+        _, deps = send(store, command(2))
+        provider = FakeProvider()
+        provider.failure = UpstreamError("timeout", permanent=False)
+        last = replace(dispatch_deps(store, provider), final_attempt=True)
+        outcome = asyncio.run(dispatch(deps.dispatch_queue.commands[0], last))
+        assert (outcome.failed, outcome.needs_retry) == (2, False)
+        assert {m.error_code for m in store.messages.values()} == {"upstream_unavailable"}
+        assert store.accounts["7"].credits == 1000
+
+    def test_a_message_past_its_validity_expires_unsent_and_is_refunded(self, store):
+        _, deps = send(store, command(1))
+        provider = FakeProvider()
+        late = replace(dispatch_deps(store, provider), clock=lambda: NOW + timedelta(hours=25))
+        outcome = asyncio.run(dispatch(deps.dispatch_queue.commands[0], late))
+        assert (outcome.expired, outcome.submitted) == (1, 0)
+        assert provider.submits == []
+        [message] = store.messages.values()
+        assert (message.status, message.error_code) == (MessageStatus.EXPIRED, "validity_period_ended")
+        assert store.accounts["7"].credits == 1000
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3, 5, 8, 20])
+def test_backoff_grows_with_jitter_up_to_a_cap(attempt):
+    low = backoff_seconds(attempt, None, rand=lambda: 0.0)
+    high = backoff_seconds(attempt, None, rand=lambda: 1.0)
+    assert 1 <= low <= high <= 300
+    assert high == min(300, 5 * 2 ** (attempt - 1))
+    if attempt > 1:
+        assert high >= backoff_seconds(attempt - 1, None, rand=lambda: 1.0)
+
+
+def test_backoff_never_comes_back_before_retry_after():
+    assert backoff_seconds(1, 120.0, rand=lambda: 0.0) == 120
 
 
 def submitted_message(store: InMemoryStore, **extra: object):

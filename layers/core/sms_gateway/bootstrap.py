@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import cache
 
 from sms_gateway.adapters.dynamodb import DynamoStore
@@ -56,4 +57,5 @@ def send_dependencies() -> SendDependencies:
         dispatch_queue=wiring.dispatch_queue,
         scheduler=wiring.scheduler,
         prices=wiring.store,
+        schedule_threshold=timedelta(seconds=wiring.settings.schedule_threshold_seconds),
     )

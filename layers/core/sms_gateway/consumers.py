@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
@@ -11,7 +12,7 @@ from sms_gateway.adapters import http
 from sms_gateway.adapters.providers import get_provider
 from sms_gateway.bootstrap import gateway
 from sms_gateway.domain.models import DispatchCommand, Message, utc_now
-from sms_gateway.logic.dispatch import DispatchDependencies, dispatch
+from sms_gateway.logic.dispatch import DispatchDependencies, backoff_seconds, dispatch
 from sms_gateway.logic.notify import WebhookFailed, WebhookResponse, deliver
 from sms_gateway.logic.scheduled import release_scheduled_batch
 from sms_gateway.observability import logger, metrics
@@ -30,6 +31,7 @@ def _provider_for(_: Message) -> Provider:
 def dispatch_record(record: SQSRecord) -> dict[str, Any]:
     command = DispatchCommand.model_validate_json(record.body)
     wiring = gateway()
+    attempt = int(record.attributes.approximate_receive_count or 1)
     deps = DispatchDependencies(
         messages=wiring.store,
         accounts=wiring.store,
@@ -37,6 +39,8 @@ def dispatch_record(record: SQSRecord) -> dict[str, Any]:
         callback_base_url=wiring.settings.callback_base_url,
         clock=utc_now,
         concurrency=wiring.settings.dispatch_concurrency,
+        validity=timedelta(hours=wiring.settings.message_validity_hours),
+        final_attempt=attempt >= wiring.settings.dispatch_max_attempts,
     )
     outcome = http.run(dispatch(command, deps))
     metrics.add_metric(name="MessagesSubmitted", unit="Count", value=outcome.submitted)
@@ -47,11 +51,13 @@ def dispatch_record(record: SQSRecord) -> dict[str, Any]:
             "reference_id": command.reference_id,
             "submitted": outcome.submitted,
             "failed": outcome.failed,
+            "expired": outcome.expired,
             "skipped": outcome.skipped,
             "retry": len(outcome.retry),
         },
     )
     if outcome.needs_retry:
+        wiring.dispatch_queue.delay(record.receipt_handle, backoff_seconds(attempt, outcome.retry_after))
         raise RetryLater(f"{len(outcome.retry)} messages of batch {command.reference_id} met transient failures")
     return {"submitted": outcome.submitted}
 

@@ -37,6 +37,10 @@ class PayloadTooLarge(GatewayError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(GatewayError):
+    code = "unsupported_media_type"
+
+
 class NotFound(GatewayError):
     code = "not_found"
 

@@ -27,6 +27,12 @@ class Settings(BaseModel):
     message_retention_days: int = 180
     # Upper bound of concurrent upstream submits in one dispatcher invocation.
     dispatch_concurrency: int = 64
+    # Attempts a dispatch record gets before its transient failures become final (below the queue's
+    # maxReceiveCount, so the dead-letter queue keeps only records that crash the handler).
+    dispatch_max_attempts: int = 6
+    message_validity_hours: int = 24
+    # A send_at closer than this is sent now: a schedule would fire about as late as the queue delivers.
+    schedule_threshold_seconds: int = 60
     upstream_connect_timeout: float = 3.0
     upstream_read_timeout: float = 10.0
 

@@ -50,6 +50,12 @@ class SqsDispatchQueue(_Queue):
             ]
         )
 
+    def delay(self, receipt_handle: str, seconds: int) -> None:
+        """Keeps a received record invisible for `seconds` (SQS's maximum is 12 hours): the retry's backoff."""
+        self.client.change_message_visibility(
+            QueueUrl=self.queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=max(0, min(seconds, 43_200))
+        )
+
 
 class SqsNotifyQueue(_Queue):
     """Client notifications (DLR callbacks, inbound SMS) for the notifier."""

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 
 from sms_gateway.dialects import ninebits, sessionkey, shortcode
-from sms_gateway.errors import GatewayError, NotFound
+from sms_gateway.dialects.openapi import DOCS_PATH, TITLE, DocumentedResolver
+from sms_gateway.errors import GatewayError, InvalidRequest, NotFound
 from sms_gateway.observability import logger
 
-app = APIGatewayHttpResolver()
+app = DocumentedResolver(enable_validation=True)
+app.enable_swagger(path=DOCS_PATH, title=TITLE, version="1.0.0")
 app.include_router(ninebits.router)
 app.include_router(shortcode.router)
 app.include_router(sessionkey.router)
@@ -24,7 +28,7 @@ ERROR_RENDERERS: list[tuple[str, Callable[[GatewayError], Response]]] = [
 ]
 
 
-def render_error(path: str, error: GatewayError) -> Response:
+def render_error(path: str, error: GatewayError) -> Response[Any]:
     for prefix, render in ERROR_RENDERERS:
         root = prefix.rstrip("/")
         if path == root or path.startswith(f"{root}/"):
@@ -32,14 +36,28 @@ def render_error(path: str, error: GatewayError) -> Response:
     return ninebits.render_error(error)
 
 
+@app.get("/v1/openapi.json")
+def openapi_document() -> Response[Any]:
+    return Response(200, content_types.APPLICATION_JSON, app.get_openapi_json_schema(title=TITLE, version="1.0.0"))
+
+
 @app.exception_handler(GatewayError)
-def gateway_error(error: GatewayError) -> Response:
+def gateway_error(error: GatewayError) -> Response[Any]:
     path = app.current_event.path
     logger.info("request refused", extra={"code": error.code, "reason": error.message, "path": path})
     return render_error(path, error)
 
 
+@app.exception_handler(RequestValidationError)
+def invalid_parameters(error: RequestValidationError) -> Response[Any]:
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in item.get('loc', ()))}: {item.get('msg', 'invalid')}"
+        for item in error.errors()
+    )
+    return gateway_error(InvalidRequest(problems or "invalid request"))
+
+
 @app.not_found
-def not_found(_: Exception) -> Response:
+def not_found(_: Exception) -> Response[Any]:
     path = app.current_event.path
     return render_error(path, NotFound(f"no route for {app.current_event.http_method} {path}"))

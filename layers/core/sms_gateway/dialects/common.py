@@ -10,7 +10,7 @@ from aws_lambda_powertools.event_handler import Response, content_types
 from pydantic import BaseModel, ValidationError
 
 from sms_gateway.domain.models import StoredAnswer
-from sms_gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from sms_gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from sms_gateway.logic.idempotency import fingerprint, run_once
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -24,6 +24,7 @@ HTTP_STATUS = {
     "insufficient_credits": 402,
     "not_found": 404,
     "payload_too_large": 413,
+    "unsupported_media_type": 415,
     "conflict": 409,
     "callback_rejected": 400,
     "upstream_error": 502,
@@ -62,6 +63,15 @@ def parse_json_body(raw: str | None) -> Any:
         raise InvalidRequest(f"the request body is not valid JSON: {error}") from error
 
 
+def json_request(event: Any, model: type[ModelT]) -> ModelT:
+    """A JSON body parsed into `model`. A declared content type must be JSON; none at all is read as JSON,
+    since some sample clients misspell the header."""
+    content_type = str((event.headers or {}).get("content-type") or "").lower()
+    if content_type and "json" not in content_type:
+        raise UnsupportedMediaType(f"Content-Type must be application/json, not {content_type!r}")
+    return parse_model(model, parse_json_body(request_text(event)))
+
+
 def parse_model(model: type[ModelT], payload: Any) -> ModelT:
     if not isinstance(payload, dict):
         raise InvalidRequest("the request body must be a JSON object")
@@ -71,7 +81,7 @@ def parse_model(model: type[ModelT], payload: Any) -> ModelT:
         raise InvalidRequest(describe_validation_error(error)) from error
 
 
-def json_response(status_code: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+def json_response(status_code: int, body: Any, headers: dict[str, str] | None = None) -> Response[Any]:
     return Response(
         status_code=status_code,
         content_type=content_types.APPLICATION_JSON,
@@ -84,7 +94,7 @@ def status_for(error: GatewayError) -> int:
     return HTTP_STATUS.get(error.code, 400)
 
 
-def idempotent(event: Any, account_id: str, key: str | None, produce: Callable[[], Response]) -> Response:
+def idempotent(event: Any, account_id: str, key: str | None, produce: Callable[[], Response]) -> Response[Any]:
     """Runs a send once per idempotency key (see logic.idempotency): a repeat gets the first answer back.
     The fingerprint covers method, path, query and body, so the same key with another request is refused."""
     from sms_gateway.bootstrap import gateway

@@ -12,10 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sms_gateway.bootstrap import gateway, send_dependencies
 from sms_gateway.dialects.common import (
     idempotent,
+    json_request,
     json_response,
-    parse_json_body,
-    parse_model,
-    request_text,
     status_for,
 )
 from sms_gateway.domain.models import (
@@ -95,7 +93,7 @@ class SendRequest(BaseModel):
         )
 
 
-def render_error(error: GatewayError) -> Response:
+def render_error(error: GatewayError) -> Response[Any]:
     status = status_for(error)
     return json_response(status, {"status_code": status, "message": error.message})
 
@@ -107,15 +105,15 @@ def _caller() -> Account:
 
 
 @router.post("/ng/v1/sendsms")
-def send_sms() -> Response:
+def send_sms() -> Response[Any]:
     account = _caller()
     event = router.current_event
-    request = parse_model(SendRequest, parse_json_body(request_text(event)))
+    request = json_request(event, SendRequest)
     key = request_key(event.headers.get("idempotency-key"), request.ref_id)
     return idempotent(event, account.account_id, key, lambda: _send(account, request))
 
 
-def _send(account: Account, request: SendRequest) -> Response:
+def _send(account: Account, request: SendRequest) -> Response[Any]:
     expansion = groups.expand(gateway().store, account.account_id, request.to)
     groups.require_known_groups(expansion)
     # Members are distinct numbers already: a group too big for one send is refused before any number is parsed.
@@ -155,10 +153,10 @@ def _require_at_most_a_thousand(count: int, *, groups_alone: bool = False) -> No
 
 
 @router.post("/ng/v1/batches/dry_run")
-def dry_run() -> Response:
+def dry_run() -> Response[Any]:
     """The send's answer without the send: parts, encoding, cost and balance; nothing stored, charged or queued."""
     account = _caller()
-    request = parse_model(SendRequest, parse_json_body(request_text(router.current_event)))
+    request = json_request(router.current_event, SendRequest)
     require_sender(account, request.sender)
     expansion = groups.expand(gateway().store, account.account_id, request.to)
     _require_at_most_a_thousand(expansion.group_members, groups_alone=True)
@@ -199,7 +197,7 @@ def _invalid_entries(rejected: list[Rejection], field: str) -> list[dict[str, st
 
 
 @router.delete("/ng/v1/batches/<reference_id>")
-def cancel_batch(reference_id: str) -> Response:
+def cancel_batch(reference_id: str) -> Response[Any]:
     account = _caller()
     store = gateway().store
     batch, refunded = batches.cancel_batch(
@@ -225,7 +223,7 @@ def cancel_batch(reference_id: str) -> Response:
 
 
 @router.get("/ng/v1/batches/<reference_id>")
-def read_batch(reference_id: str) -> Response:
+def read_batch(reference_id: str) -> Response[Any]:
     account = _caller()
     view = batches.batch_view(gateway().store, account.account_id, batches.parse_reference_id(reference_id))
     batch = view.batch
@@ -287,7 +285,7 @@ def _status_filter(raw: str | None) -> MessageStatus | None:
 
 
 @router.get("/ng/v1/batches/<reference_id>/delivery_report")
-def read_delivery_reports(reference_id: str) -> Response:
+def read_delivery_reports(reference_id: str) -> Response[Any]:
     account = _caller()
     query = router.current_event.query_string_parameters or {}
     status = _status_filter(query.get("status"))
@@ -347,15 +345,15 @@ def _group_body(group: groups.Group) -> dict[str, Any]:
 
 
 @router.post("/ng/v1/groups")
-def create_group() -> Response:
+def create_group() -> Response[Any]:
     account = _caller()
     event = router.current_event
-    request = parse_model(GroupRequest, parse_json_body(request_text(event)))
+    request = json_request(event, GroupRequest)
     key = request_key(event.headers.get("idempotency-key"), None)
     return idempotent(event, account.account_id, key, lambda: _create_group(account, request))
 
 
-def _create_group(account: Account, request: GroupRequest) -> Response:
+def _create_group(account: Account, request: GroupRequest) -> Response[Any]:
     change = groups.create_group(
         gateway().store,
         account_id=account.account_id,
@@ -377,7 +375,7 @@ def _create_group(account: Account, request: GroupRequest) -> Response:
 
 
 @router.get("/ng/v1/groups")
-def list_groups() -> Response:
+def list_groups() -> Response[Any]:
     account = _caller()
     query = router.current_event.query_string_parameters or {}
     page, cursor = groups.list_groups(
@@ -389,25 +387,25 @@ def list_groups() -> Response:
 
 
 @router.get("/ng/v1/groups/<group_id>")
-def read_group(group_id: str) -> Response:
+def read_group(group_id: str) -> Response[Any]:
     account = _caller()
     group = groups.get_group(gateway().store, account.account_id, group_id)
     return json_response(200, {"status_code": 200, "message": "ok", **_group_body(group)})
 
 
 @router.post("/ng/v1/groups/<group_id>/members")
-def add_members(group_id: str) -> Response:
+def add_members(group_id: str) -> Response[Any]:
     return _change_members(group_id, groups.add_members, "members added", ("added", "already_members"))
 
 
 @router.delete("/ng/v1/groups/<group_id>/members")
-def remove_members(group_id: str) -> Response:
+def remove_members(group_id: str) -> Response[Any]:
     return _change_members(group_id, groups.remove_members, "members removed", ("removed", "not_members"))
 
 
-def _change_members(group_id: str, change_members: Any, message: str, counts: tuple[str, str]) -> Response:
+def _change_members(group_id: str, change_members: Any, message: str, counts: tuple[str, str]) -> Response[Any]:
     account = _caller()
-    request = parse_model(MembersRequest, parse_json_body(request_text(router.current_event)))
+    request = json_request(router.current_event, MembersRequest)
     change = change_members(
         gateway().store,
         account_id=account.account_id,
@@ -432,7 +430,7 @@ def _change_members(group_id: str, change_members: Any, message: str, counts: tu
 
 
 @router.delete("/ng/v1/groups/<group_id>")
-def delete_group(group_id: str) -> Response:
+def delete_group(group_id: str) -> Response[Any]:
     account = _caller()
     groups.delete_group(gateway().store, account.account_id, group_id)
     return json_response(200, {"status_code": 200, "message": "group deleted", "group_id": group_id})

@@ -43,6 +43,7 @@ HTTP_STATUS: dict[str, int] = {
     "insufficient_credits": 400,
     "not_found": 404,
     "payload_too_large": 413,
+    "unsupported_media_type": 415,
     # Only an Idempotency-Key (our addition to the family) can conflict on a send.
     "conflict": 409,
     "upstream_error": 502,
@@ -67,7 +68,7 @@ RECIPIENT_STATUS: dict[MessageStatus, str] = {
 }
 
 
-def render_error(error: GatewayError) -> Response:
+def render_error(error: GatewayError) -> Response[Any]:
     return json_response(HTTP_STATUS.get(error.code, DEFAULT_STATUS), {"result": "KO", "error": error.message})
 
 
@@ -209,7 +210,7 @@ def _reference_id(order_id: str) -> int:
 
 
 @router.get("/login")
-def login() -> Response:
+def login() -> Response[Any]:
     query = router.current_event.query_string_parameters or {}
     username, password = query.get("username"), query.get("password")
     if username is None and password is None:
@@ -220,7 +221,7 @@ def login() -> Response:
 
 
 @router.post("/sms")
-def send_sms() -> Response:
+def send_sms() -> Response[Any]:
     account = _caller()
     event = router.current_event
     request = parse_model(SendRequest, parse_json_body(request_text(event)))
@@ -228,7 +229,7 @@ def send_sms() -> Response:
     return idempotent(event, account.account_id, key, lambda: _send(account, request))
 
 
-def _send(account: Account, request: SendRequest) -> Response:
+def _send(account: Account, request: SendRequest) -> Response[Any]:
     recipients, rejected = normalise_recipients(request.recipient, account.default_country)
     # allowInvalidRecipients sends to the valid ones and lists the others in the answer; never none at all.
     if rejected and (not request.allow_invalid_recipients or not recipients):
@@ -295,7 +296,7 @@ def recipient_state(message: Message, zone: ZoneInfo) -> dict[str, Any]:
 
 
 @router.get("/sms/<order_id>")
-def order_state(order_id: str) -> Response:
+def order_state(order_id: str) -> Response[Any]:
     account = _caller()
     reference_id = _reference_id(order_id)
     try:
@@ -314,7 +315,7 @@ def order_state(order_id: str) -> Response:
 
 
 @router.delete("/sms/<order_id>")
-def remove_order(order_id: str) -> Response:
+def remove_order(order_id: str) -> Response[Any]:
     account = _caller()
     wiring = gateway()
     reference_id = _reference_id(order_id)
@@ -344,7 +345,7 @@ def _flag(name: str, raw: str | None) -> bool:
 
 
 @router.get("/status")
-def user_status() -> Response:
+def user_status() -> Response[Any]:
     account = _caller()
     query = router.current_event.query_string_parameters or {}
     get_money = _flag("getMoney", query.get("getMoney"))

@@ -80,6 +80,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "unauthorized": (1006, "Invalid credentials"),
     "invalid_request": (1009, "Unsupported data type"),
     "payload_too_large": (1009, "Unsupported data type"),
+    "unsupported_media_type": (1009, "Unsupported data type"),
     "unsupported_request": (1010, "Unsupported request type"),
     "too_many_mobiles": (1104, "Too many comma separated contacts"),
     "no_partner_id": (4091, "No Partner ID is Set"),
@@ -110,7 +111,7 @@ DELIVERY_STATUS: dict[MessageStatus, tuple[int, str]] = {
 }
 
 
-def render_error(error: GatewayError) -> Response:
+def render_error(error: GatewayError) -> Response[Any]:
     code, description = ERROR_CODES.get(error.code, INTERNAL_ERROR)
     body: dict[str, Any] = {"response-code": code, "response-description": description}
     if error.code not in _NO_DETAILS and error.message and error.message != description:
@@ -314,7 +315,7 @@ def _send_request(params: ShortcodeParams, account: Account, *, many: bool) -> S
 
 @router.route(f"{SERVICES}/sendsms", method=["GET", "POST"])
 @router.route(f"{SERVICES}/sendsms/", method=["GET", "POST"])
-def send_sms() -> Response:
+def send_sms() -> Response[Any]:
     event = router.current_event
     params = _params()
     account = _authenticate(params)
@@ -323,7 +324,7 @@ def send_sms() -> Response:
     return idempotent(event, account.account_id, key, lambda: _send(account, request))
 
 
-def _send(account: Account, request: ShortcodeSend) -> Response:
+def _send(account: Account, request: ShortcodeSend) -> Response[Any]:
     require_sender(account, request.shortcode)
     # Each number on its own, so that the answer lists them in the client's order.
     readings: list[tuple[str, Recipient | None]] = []
@@ -410,7 +411,7 @@ def delivery_report(message: Message, zone: ZoneInfo) -> dict[str, Any]:
 
 @router.route(f"{SERVICES}/getdlr", method=["GET", "POST"])
 @router.route(f"{SERVICES}/getdlr/", method=["GET", "POST"])
-def get_dlr() -> Response:
+def get_dlr() -> Response[Any]:
     params = _params()
     account = _authenticate(params)
     if not params.message_id:
@@ -426,7 +427,7 @@ def get_dlr() -> Response:
 
 @router.route(f"{SERVICES}/getbalance", method=["GET", "POST"])
 @router.route(f"{SERVICES}/getbalance/", method=["GET", "POST"])
-def get_balance() -> Response:
+def get_balance() -> Response[Any]:
     account = _authenticate(_params())
     return json_response(
         HTTP_STATUS,
@@ -435,5 +436,5 @@ def get_balance() -> Response:
 
 
 @router.route(f"{SERVICES}/<action>", method=["GET", "POST", "PUT", "PATCH", "DELETE"])
-def unsupported(action: str) -> Response:
+def unsupported(action: str) -> Response[Any]:
     raise UnsupportedRequest(f"{router.current_event.http_method} {SERVICES}/{action} is not a service of this API")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sms_gateway.domain.models import DispatchCommand, Message, SubmitRequest
 from sms_gateway.domain.status import MessageStatus
@@ -15,6 +16,18 @@ from sms_gateway.ports import AccountStore, MessageStore, Provider
 
 # A claim outlives a normal submit by far; it only matters when a dispatcher dies mid-submit.
 CLAIM_LEASE_SECONDS = 120
+# Retry delays grow 5 s, 10 s, 20 s ... up to 5 minutes, with full jitter so retries from a burst spread out.
+BACKOFF_BASE_SECONDS = 5.0
+BACKOFF_CAP_SECONDS = 300.0
+DEFAULT_VALIDITY = timedelta(hours=24)
+
+
+def backoff_seconds(attempt: int, retry_after: float | None, rand: Callable[[], float] = random.random) -> int:
+    """How long a record waits before its next attempt (`attempt` counts from 1). An upstream's Retry-After
+    is a floor: we never come back sooner than it asked."""
+    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(attempt - 1, 0))
+    delay = ceiling / 2 + rand() * ceiling / 2
+    return int(max(delay, retry_after or 0.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -25,12 +38,18 @@ class DispatchDependencies:
     callback_base_url: str
     clock: Callable[[], datetime]
     concurrency: int = 64
+    # A message not submitted within this time of being queued expires instead of arriving late.
+    validity: timedelta = DEFAULT_VALIDITY
+    # On the record's last allowed attempt a transient failure is final: the message fails and is refunded,
+    # rather than the record going to the dead-letter queue.
+    final_attempt: bool = False
 
 
 @dataclass
 class DispatchOutcome:
     submitted: int = 0
     failed: int = 0
+    expired: int = 0
     skipped: int = 0
     retry: list[int] = field(default_factory=list)
     retry_after: float | None = None
@@ -61,6 +80,10 @@ async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: D
     if message.status != MessageStatus.QUEUED:
         outcome.skipped += 1
         return
+    if deps.clock() > valid_until(message, deps.validity):
+        await _finish(message, MessageStatus.EXPIRED, "validity_period_ended", deps)
+        outcome.expired += 1
+        return
     claimed = await asyncio.to_thread(
         deps.messages.claim_for_dispatch, message.key, now=deps.clock(), lease_seconds=CLAIM_LEASE_SECONDS
     )
@@ -83,23 +106,16 @@ async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: D
             "msisdn": mask_msisdn(message.msisdn),
             "upstream": provider.name,
         }
-        if not error.permanent:
+        if not error.permanent and not deps.final_attempt:
             logger.warning("transient upstream failure; will retry", extra={**log, "error": error.message})
             await asyncio.to_thread(deps.messages.release_claim, message.key)
             outcome.retry.append(message.message_id)
             if error.retry_after is not None:
                 outcome.retry_after = max(outcome.retry_after or 0.0, error.retry_after)
             return
-        logger.warning("upstream refused the message", extra={**log, "error": error.message})
-        change = await asyncio.to_thread(
-            deps.messages.transition,
-            message.key,
-            MessageStatus.FAILED,
-            now=deps.clock(),
-            error_code="upstream_rejected",
-        )
-        if change is not None and change.changed:
-            await asyncio.to_thread(deps.accounts.refund_credits, message.account_id, message.price)
+        reason = "upstream_rejected" if error.permanent else "upstream_unavailable"
+        logger.warning("message failed at the upstream", extra={**log, "error": error.message, "reason": reason})
+        await _finish(message, MessageStatus.FAILED, reason, deps)
         outcome.failed += 1
         return
     await asyncio.to_thread(
@@ -111,3 +127,18 @@ async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: D
         upstream_message_id=result.upstream_message_id,
     )
     outcome.submitted += 1
+
+
+def valid_until(message: Message, validity: timedelta) -> datetime:
+    queued_at = message.status_at.get(str(MessageStatus.QUEUED)) or message.created_at
+    return datetime.fromisoformat(queued_at.replace("Z", "+00:00")) + validity
+
+
+async def _finish(message: Message, status: MessageStatus, error_code: str, deps: DispatchDependencies) -> None:
+    """A final state reached before delivery: the conditional write decides, and only the write that made
+    the change refunds, so a retried record never refunds twice."""
+    change = await asyncio.to_thread(
+        deps.messages.transition, message.key, status, now=deps.clock(), error_code=error_code
+    )
+    if change is not None and change.changed:
+        await asyncio.to_thread(deps.accounts.refund_credits, message.account_id, message.price)

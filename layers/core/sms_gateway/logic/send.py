@@ -60,6 +60,7 @@ class SendDependencies:
     dispatch_queue: DispatchQueue
     scheduler: BatchScheduler
     prices: PriceBook
+    schedule_threshold: timedelta = SCHEDULE_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def accept_send(account: Account, command: SendCommand, deps: SendDependencies, 
     priced = quote(account, command.text, command.recipients, command.route_tier, deps.prices.price_table())
     segmentation = priced.segmentation
     cost = priced.cost
-    scheduled = command.send_at is not None and command.send_at - now > SCHEDULE_THRESHOLD
+    scheduled = command.send_at is not None and command.send_at - now > deps.schedule_threshold
     status = MessageStatus.SCHEDULED if scheduled else MessageStatus.QUEUED
     created_at = iso(now)
     status_at = {str(MessageStatus.ACCEPTED): created_at, str(status): created_at}

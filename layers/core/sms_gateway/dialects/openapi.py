@@ -1,0 +1,56 @@
+"""The OpenAPI document of the client API: Powertools' generated spec, with the request bodies we parse ourselves.
+
+Each dialect parses its own body (so that errors keep the dialect's shape), so Powertools cannot see the
+request models; they are added here, when the document is asked for, not at import time (cold start)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
+from pydantic import BaseModel
+
+TITLE = "SMS gateway: 9bits, batches, shortcode and session-key dialects"
+DOCS_PATH = "/v1/docs"
+
+
+def _request_bodies() -> dict[tuple[str, str], tuple[type[BaseModel], tuple[str, ...]]]:
+    from sms_gateway.dialects import ninebits, sessionkey, shortcode
+
+    json_only = ("application/json",)
+    forms = ("application/json", "application/x-www-form-urlencoded")
+    return {
+        ("/ng/v1/sendsms", "post"): (ninebits.SendRequest, json_only),
+        ("/ng/v1/batches/dry_run", "post"): (ninebits.SendRequest, json_only),
+        ("/ng/v1/groups", "post"): (ninebits.GroupRequest, json_only),
+        ("/ng/v1/groups/{group_id}/members", "post"): (ninebits.MembersRequest, json_only),
+        ("/ng/v1/groups/{group_id}/members", "delete"): (ninebits.MembersRequest, json_only),
+        ("/api/services/sendsms", "post"): (shortcode.ShortcodeParams, forms),
+        ("/sms", "post"): (sessionkey.SendRequest, json_only),
+    }
+
+
+class DocumentedResolver(APIGatewayHttpResolver):
+    request_bodies: Callable[[], dict[tuple[str, str], tuple[type[BaseModel], tuple[str, ...]]]] = staticmethod(
+        _request_bodies
+    )
+
+    def get_openapi_schema(self, *args: Any, **kwargs: Any) -> Any:
+        schema = super().get_openapi_schema(*args, **kwargs)
+        document = schema.model_dump(by_alias=True, exclude_none=True, mode="json")
+        components = document.setdefault("components", {}).setdefault("schemas", {})
+        for (path, method), (model, content_types) in self.request_bodies().items():
+            operation = document.get("paths", {}).get(path, {}).get(method)
+            if operation is None:
+                continue
+            body_schema = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+            components.update(body_schema.pop("$defs", {}))
+            components[
+                model.__name__ if model.__name__ not in components else f"{model.__module__}.{model.__name__}"
+            ] = body_schema
+            operation["requestBody"] = {
+                "required": True,
+                "content": {content_type: {"schema": body_schema} for content_type in content_types},
+            }
+        return type(schema).model_validate(document)

@@ -1,0 +1,74 @@
+"""End to end: a batch scheduled a few seconds ahead is sent when its schedule fires; a cancelled one never is."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Any]:
+    from sms_gateway_tools.localstack import LocalStack
+
+    # Schedule anything more than a second ahead, so the test need not wait a minute for the real threshold.
+    os.environ["SCHEDULE_THRESHOLD_SECONDS"] = "1"
+    try:
+        with LocalStack(port=0, dlr_delay=0.2) as running:
+            yield running
+    finally:
+        os.environ.pop("SCHEDULE_THRESHOLD_SECONDS", None)
+
+
+@pytest.fixture(scope="module")
+def account(stack: Any) -> dict[str, Any]:
+    from sms_gateway_tools.admin import create_account
+
+    return create_account(name="Scheduler", senders=["48976"], credits=10, api_url=stack.api_url)
+
+
+def test_a_scheduled_batch_is_delivered_at_its_time_and_a_cancelled_one_never(stack: Any, account: dict) -> None:
+    headers = {"Authorization": f"Bearer {account['token']}"}
+    send_at = (datetime.now(UTC) + timedelta(seconds=4)).isoformat()
+    with httpx.Client(base_url=stack.api_url, headers=headers, timeout=10) as client:
+        # Given two batches scheduled four seconds ahead
+        kept, cancelled = (
+            client.post(
+                "/ng/v1/sendsms",
+                json={"from": "48976", "to": [number], "body": "see you at eight", "send_at": send_at},
+            ).json()["reference_id"]
+            for number in ("2348030000001", "2348030000002")
+        )
+        assert client.get(f"/ng/v1/batches/{kept}").json()["status"] == "scheduled"
+        # When one is cancelled before its time
+        answer = client.delete(f"/ng/v1/batches/{cancelled}")
+        assert answer.status_code == 200, answer.text
+        # Then the other is delivered once its schedule fires
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            batch = client.get(f"/ng/v1/batches/{kept}").json()
+            if batch["counts"] == {"delivered": 1}:
+                break
+            time.sleep(0.3)
+        assert batch["counts"] == {"delivered": 1}, batch
+        assert batch["status"] == "completed"
+        # And the cancelled one stays cancelled, refunded, and never reached the upstream
+        time.sleep(1)
+        gone = client.get(f"/ng/v1/batches/{cancelled}").json()
+        assert (gone["status"], gone["counts"]) == ("cancelled", {"cancelled": 1})
+    submitted = [m["to"] for m in httpx.get(f"{stack.simulator_url}/messages", timeout=5).json()]
+    assert submitted.count("2348030000001") == 1
+    assert "2348030000002" not in submitted
+    balance = httpx.post(
+        f"{stack.api_url}/api/services/getbalance",
+        json={"apikey": account["apikey"], "partnerID": account["partner_id"]},
+        timeout=5,
+    ).json()
+    assert float(balance["credit"]) == 9  # one charged, the cancelled one refunded

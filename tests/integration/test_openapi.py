@@ -1,0 +1,48 @@
+"""The api function publishes an OpenAPI document for all four dialects and a Swagger UI page."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import load_event
+from tests.integration.test_send_path import FakeContext, load_function
+
+
+def get(path: str, query: dict[str, str] | None = None) -> dict:
+    event = load_event("api-batch-read.json", YOUR_API_Token="unused")
+    event["rawPath"] = path
+    event["requestContext"]["http"]["path"] = path
+    event.pop("pathParameters", None)
+    if query:
+        event["queryStringParameters"] = query
+    return load_function("api").handler(event, FakeContext())
+
+
+def test_the_openapi_document_covers_every_dialect_with_its_request_bodies(aws):
+    response = get("/v1/openapi.json")
+    assert response["statusCode"] == 200
+    document = json.loads(response["body"])
+    assert document["openapi"].startswith("3.")
+    paths = document["paths"]
+    for path in ("/ng/v1/sendsms", "/ng/v1/batches/{reference_id}", "/api/services/sendsms", "/login", "/sms"):
+        assert path in paths, path
+    send_body = paths["/ng/v1/sendsms"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"from", "to", "message", "body", "content", "ref_id", "send_at"} <= set(send_body["properties"])
+    assert "from" in send_body["required"]
+    shortcode_body = paths["/api/services/sendsms"]["post"]["requestBody"]["content"]
+    assert {"apikey", "partnerID", "message", "shortcode", "mobile"} <= set(
+        shortcode_body["application/json"]["schema"]["properties"]
+    )
+    session_body = paths["/sms"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"message", "message_type", "recipient", "sender", "scheduled_delivery_time"} <= set(
+        session_body["properties"]
+    )
+
+
+def test_swagger_ui_is_served_as_a_page_and_its_json_matches(aws):
+    page = get("/v1/docs")
+    assert page["statusCode"] == 200
+    assert page["headers"]["Content-Type"].startswith("text/html")
+    assert "swagger" in page["body"].lower()
+    as_json = json.loads(get("/v1/docs", {"format": "json"})["body"])
+    assert "/ng/v1/sendsms" in as_json["paths"]
