@@ -11,6 +11,7 @@ from sms_gateway.domain.models import (
     Account,
     Batch,
     CallbackRequest,
+    ClaimOutcome,
     Credentials,
     DeliveryReport,
     DispatchCommand,
@@ -136,15 +137,16 @@ class InMemoryStore:
     def price_table(self) -> PriceTable:
         return self.prices
 
-    def claim_for_dispatch(self, key: MessageKey, *, now: datetime, lease_seconds: int) -> bool:
+    def claim_for_dispatch(self, key: MessageKey, *, now: datetime, lease_seconds: int) -> ClaimOutcome:
         with self._lock:
             message = self.messages.get(key)
             if message is None or message.status != MessageStatus.QUEUED:
-                return False
-            if self.claims.get(key, 0) >= now.timestamp():
-                return False
+                return ClaimOutcome.BUSY
+            lapsed = self.claims.get(key)
+            if lapsed is not None and lapsed >= now.timestamp():
+                return ClaimOutcome.BUSY
             self.claims[key] = now.timestamp() + lease_seconds
-            return True
+            return ClaimOutcome.CLAIMED if lapsed is None else ClaimOutcome.ABANDONED
 
     def release_claim(self, key: MessageKey) -> None:
         self.claims.pop(key, None)

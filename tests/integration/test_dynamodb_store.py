@@ -13,7 +13,7 @@ import pytest
 
 from sms_gateway.adapters.dynamodb import DynamoStore
 from sms_gateway.domain.ids import new_id
-from sms_gateway.domain.models import Account, Batch, Credentials, Message, MessageKey, iso
+from sms_gateway.domain.models import Account, Batch, ClaimOutcome, Credentials, Message, MessageKey, iso
 from sms_gateway.domain.status import MessageStatus, allowed_previous
 from sms_gateway.errors import Conflict, InsufficientCredits
 from sms_gateway.logic.accounts import issue_credentials
@@ -121,7 +121,8 @@ def balance(store: DynamoStore, account_id: str) -> int:
 
 
 def claim(store: DynamoStore, key: MessageKey, now: datetime = NOW) -> bool:
-    return store.claim_for_dispatch(key, now=now, lease_seconds=120)
+    """True when this caller now holds the message: a fresh claim, or one taken over after a lapsed lease."""
+    return store.claim_for_dispatch(key, now=now, lease_seconds=120) != ClaimOutcome.BUSY
 
 
 @pytest.fixture
@@ -606,3 +607,16 @@ class TestTransitionMatrix:
         unknown = new_id()
         assert not store.set_batch_status(account_id, unknown, MessageStatus.QUEUED)
         assert store.get_batch(account_id, unknown) is None
+
+
+def test_a_lapsed_claim_is_told_apart_from_a_live_one_and_taken_over_once(store):
+    # Given a queued message whose dispatcher claimed it and then died (its lease lapsed)
+    message = one_message(store, MessageStatus.QUEUED)
+    assert store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120) == ClaimOutcome.CLAIMED
+    assert store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120) == ClaimOutcome.BUSY
+    # When two dispatchers find it after the lease lapsed
+    later = NOW + timedelta(seconds=121)
+    first = store.claim_for_dispatch(message.key, now=later, lease_seconds=120)
+    second = store.claim_for_dispatch(message.key, now=later, lease_seconds=120)
+    # Then exactly one takes it over, knowing it may have been submitted already
+    assert (first, second) == (ClaimOutcome.ABANDONED, ClaimOutcome.BUSY)

@@ -364,3 +364,37 @@ def test_a_batch_reads_as_the_progress_of_its_messages(store, stored, counts, ex
     batch, _ = send(store, command(1))
     view = BatchView(batch=batch.model_copy(update={"status": stored}), counts=counts)
     assert view.status == expected
+
+
+class Crash(BaseException):
+    """Stands for the Lambda container being killed: nothing after it runs, no handler catches it."""
+
+
+class SubmitsThenDies(FakeProvider):
+    async def submit(self, request):
+        await super().submit(request)
+        raise Crash
+
+
+def test_a_dispatcher_killed_between_submit_and_write_never_causes_a_second_submit(store):
+    # Given a queued message whose dispatcher is killed right after the upstream accepted it
+    _, deps = send(store, command(1))
+    [record] = deps.dispatch_queue.commands
+    dying = SubmitsThenDies()
+    with pytest.raises(Crash):
+        asyncio.run(dispatch(record, dispatch_deps(store, dying)))
+    # When SQS redelivers the record, first while the dead dispatcher's claim still runs, then after it lapsed
+    healthy = FakeProvider()
+    soon = asyncio.run(dispatch(record, dispatch_deps(store, healthy)))
+    later = replace(dispatch_deps(store, healthy), clock=lambda: NOW + timedelta(minutes=5))
+    after = asyncio.run(dispatch(record, later))
+    # Then the message was submitted exactly once, and is recorded as submitted, unconfirmed
+    assert (soon.skipped, after.unconfirmed) == (1, 1)
+    assert len(dying.submits) == 1 and healthy.submits == []
+    [message] = store.messages.values()
+    assert (message.status, message.error_code) == (MessageStatus.SUBMITTED, "submit_unconfirmed")
+    # And the upstream's DLR, which carries our reference, still settles it
+    provider = FakeProvider()
+    provider.reports = [report(message, MessageStatus.DELIVERED)]
+    receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock))
+    assert store.messages[message.key].status == MessageStatus.DELIVERED

@@ -13,6 +13,7 @@ from sms_gateway.domain.models import (
     Account,
     Batch,
     CallbackRequest,
+    ClaimOutcome,
     Credentials,
     DeliveryReport,
     DispatchCommand,
@@ -94,8 +95,9 @@ class MessageStore(Protocol):
         """A message by its id alone, only if it belongs to `account_id`."""
         ...
 
-    def claim_for_dispatch(self, key: MessageKey, *, now: datetime, lease_seconds: int) -> bool:
-        """Takes a lease on a queued message so that two dispatchers never submit it at once."""
+    def claim_for_dispatch(self, key: MessageKey, *, now: datetime, lease_seconds: int) -> ClaimOutcome:
+        """Takes a lease on a queued message so that two dispatchers never submit it at once; tells apart a
+        lease that lapsed (its holder died, maybe mid-submit) from one that is live."""
         ...
 
     def release_claim(self, key: MessageKey) -> None:

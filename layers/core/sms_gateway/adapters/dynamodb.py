@@ -31,6 +31,7 @@ from sms_gateway.adapters.dynamodb_sessions import DynamoSessionsMixin
 from sms_gateway.domain.models import (
     Account,
     Batch,
+    ClaimOutcome,
     CredentialKind,
     Credentials,
     Message,
@@ -458,25 +459,45 @@ class DynamoStore(DynamoAccountAdmin, DynamoGroupStore, DynamoSessionsMixin):
         found.sort(key=lambda message: message.message_id)
         return found
 
-    def claim_for_dispatch(self, key: MessageKey, *, now: datetime, lease_seconds: int) -> bool:
+    def claim_for_dispatch(self, key: MessageKey, *, now: datetime, lease_seconds: int) -> ClaimOutcome:
         now_epoch = int(now.timestamp())
+        values = {
+            ":until": {"N": str(now_epoch + lease_seconds)},
+            ":one": {"N": "1"},
+            ":queued": {"S": str(MessageStatus.QUEUED)},
+        }
         try:
             self.client.update_item(
                 TableName=self.table_name,
                 Key=_key_of(key),
                 UpdateExpression="SET claim_until = :until ADD dispatch_attempts :one",
-                ConditionExpression=("#status = :queued AND (attribute_not_exists(claim_until) OR claim_until < :now)"),
+                ConditionExpression="#status = :queued AND attribute_not_exists(claim_until)",
                 ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":until": {"N": str(now_epoch + lease_seconds)},
-                    ":now": {"N": str(now_epoch)},
-                    ":one": {"N": "1"},
-                    ":queued": {"S": str(MessageStatus.QUEUED)},
-                },
+                ExpressionAttributeValues=values,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except self.client.exceptions.ConditionalCheckFailedException as error:
+            current = error.response.get("Item") or {}
+            lapsed = current.get("claim_until", {}).get("N")
+            if current.get("status", {}).get("S") != MessageStatus.QUEUED or lapsed is None or int(lapsed) >= now_epoch:
+                return ClaimOutcome.BUSY
+            return self._take_over_lapsed_claim(key, lapsed, values)
+        return ClaimOutcome.CLAIMED
+
+    def _take_over_lapsed_claim(self, key: MessageKey, lapsed: str, values: dict[str, Any]) -> ClaimOutcome:
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=_key_of(key),
+                UpdateExpression="SET claim_until = :until ADD dispatch_attempts :one",
+                # Only the one dispatcher that replaces exactly this lapsed lease resolves the message.
+                ConditionExpression="#status = :queued AND claim_until = :lapsed",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={**values, ":lapsed": {"N": lapsed}},
             )
         except self.client.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
+            return ClaimOutcome.BUSY
+        return ClaimOutcome.ABANDONED
 
     def release_claim(self, key: MessageKey) -> None:
         with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):

@@ -240,3 +240,13 @@ class StoredAnswer(Record):
     status_code: int
     body: str
     content_type: str = "application/json"
+
+
+class ClaimOutcome(StrEnum):
+    """What a dispatcher gets when it asks to submit a message."""
+
+    CLAIMED = "claimed"  # it is ours to submit
+    BUSY = "busy"  # not queued any more, or another dispatcher holds a live claim: leave it
+    # A previous dispatcher's claim lapsed without a result: it may have died after the upstream accepted the
+    # message, so submitting again could send it twice. The message is recorded as submitted, unconfirmed.
+    ABANDONED = "abandoned"

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sms_gateway.domain.models import DispatchCommand, Message, SubmitRequest
+from sms_gateway.domain.models import ClaimOutcome, DispatchCommand, Message, SubmitRequest
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import UpstreamError
 from sms_gateway.observability import logger, mask_msisdn
@@ -20,6 +20,7 @@ CLAIM_LEASE_SECONDS = 120
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_CAP_SECONDS = 300.0
 DEFAULT_VALIDITY = timedelta(hours=24)
+UNCONFIRMED = "submit_unconfirmed"
 
 
 def backoff_seconds(attempt: int, retry_after: float | None, rand: Callable[[], float] = random.random) -> int:
@@ -50,6 +51,7 @@ class DispatchOutcome:
     submitted: int = 0
     failed: int = 0
     expired: int = 0
+    unconfirmed: int = 0
     skipped: int = 0
     retry: list[int] = field(default_factory=list)
     retry_after: float | None = None
@@ -84,11 +86,20 @@ async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: D
         await _finish(message, MessageStatus.EXPIRED, "validity_period_ended", deps)
         outcome.expired += 1
         return
-    claimed = await asyncio.to_thread(
+    claim = await asyncio.to_thread(
         deps.messages.claim_for_dispatch, message.key, now=deps.clock(), lease_seconds=CLAIM_LEASE_SECONDS
     )
-    if not claimed:
+    if claim == ClaimOutcome.BUSY:
         outcome.skipped += 1
+        return
+    if claim == ClaimOutcome.ABANDONED:
+        # At most once: the upstream may already have it (its DLR will find it by our reference), so it is
+        # recorded as submitted without an upstream id rather than submitted again.
+        logger.warning("dispatcher died mid-submit before; not resubmitting", extra={"message_id": message.message_id})
+        await asyncio.to_thread(
+            deps.messages.transition, message.key, MessageStatus.SUBMITTED, now=deps.clock(), error_code=UNCONFIRMED
+        )
+        outcome.unconfirmed += 1
         return
     provider = deps.provider_for(message)
     request = SubmitRequest(
