@@ -266,3 +266,31 @@ def test_a_forged_cursor_is_a_400_not_a_read_of_someone_else(aws, account, api):
     response = api(event)
     assert response["statusCode"] == 400
     assert "cursor" in json.loads(response["body"])["message"]
+
+
+def poison_record(attempt: int) -> dict[str, Any]:
+    event = load_event("sqs-dispatch.json")
+    record = event["Records"][0]
+    record["body"] = '{"not": "a dispatch command"}'
+    record["attributes"]["ApproximateReceiveCount"] = str(attempt)
+    return event
+
+
+def test_a_record_that_keeps_failing_is_dead_lettered_with_its_reason(aws):
+    import boto3
+
+    dispatcher = load_function("dispatcher")
+    # Given a record the dispatcher cannot process: before its last attempt it is simply retried
+    early = poison_record(attempt=1)
+    assert dispatcher.handler(early, FakeContext()) == {
+        "batchItemFailures": [{"itemIdentifier": early["Records"][0]["messageId"]}]
+    }
+    # When it comes for the last allowed time
+    last = poison_record(attempt=6)
+    # Then it is consumed and parked in the dead-letter queue with the reason
+    assert dispatcher.handler(last, FakeContext()) == {"batchItemFailures": []}
+    parked = boto3.client("sqs").receive_message(
+        QueueUrl=aws["DISPATCH_DEAD_LETTER_QUEUE_URL"], MessageAttributeNames=["All"]
+    )["Messages"]
+    assert parked[0]["Body"] == '{"not": "a dispatch command"}'
+    assert parked[0]["MessageAttributes"]["reason"]["StringValue"] == "failed 6 times: ValidationError"

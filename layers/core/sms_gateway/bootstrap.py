@@ -8,7 +8,7 @@ from functools import cache
 
 from sms_gateway.adapters.dynamodb import DynamoStore
 from sms_gateway.adapters.scheduler import EventBridgeBatchScheduler
-from sms_gateway.adapters.sqs import SqsDispatchQueue, SqsNotifyQueue
+from sms_gateway.adapters.sqs import SqsDeadLetterQueue, SqsDispatchQueue, SqsNotifyQueue
 from sms_gateway.logic.send import SendDependencies
 from sms_gateway.settings import Settings, get_settings
 
@@ -20,6 +20,7 @@ class Gateway:
     dispatch_queue: SqsDispatchQueue
     notify_queue: SqsNotifyQueue
     scheduler: EventBridgeBatchScheduler
+    dispatch_dead_letters: SqsDeadLetterQueue
 
 
 @cache
@@ -30,6 +31,7 @@ def gateway() -> Gateway:
         settings=settings,
         store=DynamoStore(settings.table_name, retention_days=settings.message_retention_days),
         dispatch_queue=SqsDispatchQueue(settings.dispatch_queue_url),
+        dispatch_dead_letters=SqsDeadLetterQueue(settings.dispatch_dead_letter_queue_url),
         notify_queue=SqsNotifyQueue(settings.notify_queue_url),
         scheduler=EventBridgeBatchScheduler(
             group_name=settings.schedule_group_name,

@@ -29,9 +29,32 @@ def _provider_for(_: Message) -> Provider:
 
 
 def dispatch_record(record: SQSRecord) -> dict[str, Any]:
+    attempt = int(record.attributes.approximate_receive_count or 1)
+    try:
+        return _dispatch_record(record, attempt)
+    except RetryLater:
+        raise
+    except Exception as error:
+        wiring = gateway()
+        if attempt < wiring.settings.dispatch_max_attempts:
+            raise
+        # The record keeps failing for a reason that is not the upstream's: park it where the alarm sees it,
+        # with the reason, instead of letting it cycle until the queue's redrive drops it without one.
+        logger.exception("dispatch record dead-lettered", extra={"attempt": attempt})
+        wiring.dispatch_dead_letters.dead_letter(
+            record.body,
+            group_id=record.attributes.message_group_id or "dead-letter",
+            dedup_id=record.message_id,
+            reason=f"failed {attempt} times: {type(error).__name__}",
+            error=str(error),
+        )
+        metrics.add_metric(name="DispatchDeadLettered", unit="Count", value=1)
+        return {"dead_lettered": True}
+
+
+def _dispatch_record(record: SQSRecord, attempt: int) -> dict[str, Any]:
     command = DispatchCommand.model_validate_json(record.body)
     wiring = gateway()
-    attempt = int(record.attributes.approximate_receive_count or 1)
     deps = DispatchDependencies(
         messages=wiring.store,
         accounts=wiring.store,

@@ -15,6 +15,7 @@ class Settings(BaseModel):
     table_name: str = ""
     dispatch_queue_url: str = ""
     notify_queue_url: str = ""
+    dispatch_dead_letter_queue_url: str = ""
     schedule_group_name: str = ""
     scheduler_role_arn: str = ""
     scheduled_dispatch_function_arn: str = ""

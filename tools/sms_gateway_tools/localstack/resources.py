@@ -120,6 +120,7 @@ def function_environment(
         "TABLE_NAME": resources.tables["GatewayTable"],
         "DISPATCH_QUEUE_URL": resources.queue_urls["DispatchQueue"],
         "NOTIFY_QUEUE_URL": resources.queue_urls["NotifyQueue"],
+        "DISPATCH_DEAD_LETTER_QUEUE_URL": resources.queue_urls.get("DispatchDeadLetterQueue", ""),
         "SCHEDULE_GROUP_NAME": resources.schedule_groups[0] if resources.schedule_groups else "",
         "SCHEDULER_ROLE_ARN": f"arn:aws:iam::{ACCOUNT_ID}:role/{stack_name}-scheduler",
         "SCHEDULED_DISPATCH_FUNCTION_ARN": function_arn(scheduled),

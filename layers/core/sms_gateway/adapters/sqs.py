@@ -57,6 +57,21 @@ class SqsDispatchQueue(_Queue):
         )
 
 
+class SqsDeadLetterQueue(_Queue):
+    def dead_letter(self, body: str, *, group_id: str, dedup_id: str, reason: str, error: str) -> None:
+        """Parks a record for an operator, with why it failed as message attributes (the DLQ alarm fires)."""
+        self.client.send_message(
+            QueueUrl=self.queue_url,
+            MessageBody=body,
+            MessageGroupId=group_id,
+            MessageDeduplicationId=dedup_id,
+            MessageAttributes={
+                "reason": {"DataType": "String", "StringValue": reason[:256]},
+                "error": {"DataType": "String", "StringValue": error[:1024] or "-"},
+            },
+        )
+
+
 class SqsNotifyQueue(_Queue):
     """Client notifications (DLR callbacks, inbound SMS) for the notifier."""
 
