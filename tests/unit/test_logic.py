@@ -144,7 +144,7 @@ def dispatch_deps(store: InMemoryStore, provider: FakeProvider) -> DispatchDepen
     return DispatchDependencies(
         messages=store,
         accounts=store,
-        provider_for=lambda _: provider,
+        upstreams_for=lambda _: [provider],
         callback_base_url="https://gw.example/",
         clock=clock,
     )
@@ -202,6 +202,45 @@ class TestDispatch:
         [message] = store.messages.values()
         assert (message.status, message.error_code) == (MessageStatus.EXPIRED, "validity_period_ended")
         assert store.accounts["7"].credits == 1000
+
+
+class TestFailover:
+    def run(self, store, primary: FakeProvider, fallback: FakeProvider):
+        _, deps = send(store, command(1))
+        routed = replace(dispatch_deps(store, primary), upstreams_for=lambda _: [primary, fallback])
+        return asyncio.run(dispatch(deps.dispatch_queue.commands[0], routed))
+
+    def test_an_unavailable_primary_sends_the_message_through_the_fallback(self, store):
+        primary, fallback = FakeProvider("primary"), FakeProvider("fallback")
+        primary.failure = UpstreamError("503", permanent=False, unavailable=True)
+        outcome = self.run(store, primary, fallback)
+        assert outcome.submitted == 1
+        assert len(fallback.submits) == 1
+        assert fallback.submits[0].dlr_url.endswith("/callbacks/fallback/dlr")
+        [message] = store.messages.values()
+        assert (message.status, message.upstream) == (MessageStatus.SUBMITTED, "fallback")
+
+    def test_a_throttled_primary_is_retried_later_not_failed_over(self, store):
+        primary, fallback = FakeProvider("primary"), FakeProvider("fallback")
+        primary.failure = UpstreamError("429", permanent=False, retry_after=30)
+        outcome = self.run(store, primary, fallback)
+        assert outcome.needs_retry and outcome.retry_after == 30
+        assert fallback.submits == []
+
+    def test_a_refusal_is_final_and_does_not_try_the_fallback(self, store):
+        primary, fallback = FakeProvider("primary"), FakeProvider("fallback")
+        primary.failure = UpstreamError("invalid number", permanent=True)
+        outcome = self.run(store, primary, fallback)
+        assert outcome.failed == 1
+        assert fallback.submits == []
+        assert store.accounts["7"].credits == 1000
+
+    def test_both_unavailable_means_a_retry_of_the_record(self, store):
+        primary, fallback = FakeProvider("primary"), FakeProvider("fallback")
+        primary.failure = fallback.failure = UpstreamError("timeout", permanent=False, unavailable=True)
+        outcome = self.run(store, primary, fallback)
+        assert outcome.needs_retry
+        assert (len(primary.submits), len(fallback.submits)) == (1, 1)
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3, 5, 8, 20])

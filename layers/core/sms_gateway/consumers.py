@@ -23,9 +23,9 @@ class RetryLater(Exception):
     """Raised for a record whose messages met a transient failure: the record goes back to the queue."""
 
 
-def _provider_for(_: Message) -> Provider:
+def _upstreams_for(_: Message) -> list[Provider]:
     # Routing by account, network and prefix comes with the route table; until then, the default upstream.
-    return get_provider(gateway().settings.default_upstream)
+    return [get_provider(gateway().settings.default_upstream)]
 
 
 def dispatch_record(record: SQSRecord) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def _dispatch_record(record: SQSRecord, attempt: int) -> dict[str, Any]:
     deps = DispatchDependencies(
         messages=wiring.store,
         accounts=wiring.store,
-        provider_for=_provider_for,
+        upstreams_for=_upstreams_for,
         callback_base_url=wiring.settings.callback_base_url,
         clock=utc_now,
         concurrency=wiring.settings.dispatch_concurrency,

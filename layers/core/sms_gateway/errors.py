@@ -54,10 +54,15 @@ class UpstreamError(GatewayError):
 
     code = "upstream_error"
 
-    def __init__(self, message: str, *, permanent: bool, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, permanent: bool, retry_after: float | None = None, unavailable: bool | None = None
+    ) -> None:
         super().__init__(message)
         self.permanent = permanent
         self.retry_after = retry_after
+        # Unavailable (5xx, timeout, connection refused) sends the message to the fallback upstream at once; a
+        # throttle (429, or anything that says when to come back) waits for the same upstream instead.
+        self.unavailable = (not permanent and retry_after is None) if unavailable is None else unavailable
 
 
 class CallbackRejected(GatewayError):

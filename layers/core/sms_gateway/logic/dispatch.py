@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -35,7 +35,8 @@ def backoff_seconds(attempt: int, retry_after: float | None, rand: Callable[[], 
 class DispatchDependencies:
     messages: MessageStore
     accounts: AccountStore
-    provider_for: Callable[[Message], Provider]
+    # The upstreams for a message in the order to try them: the route's primary, then its fallback if any.
+    upstreams_for: Callable[[Message], Sequence[Provider]]
     callback_base_url: str
     clock: Callable[[], datetime]
     concurrency: int = 64
@@ -101,43 +102,56 @@ async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: D
         )
         outcome.unconfirmed += 1
         return
-    provider = deps.provider_for(message)
-    request = SubmitRequest(
+    failure: UpstreamError | None = None
+    for provider in deps.upstreams_for(message):
+        try:
+            result = await provider.submit(_submit_request(message, provider, deps.callback_base_url))
+        except UpstreamError as error:
+            failure = error
+            logger.warning(
+                "upstream did not take the message",
+                extra={
+                    "message_id": message.message_id,
+                    "msisdn": mask_msisdn(message.msisdn),
+                    "upstream": provider.name,
+                    "error": error.message,
+                    "permanent": error.permanent,
+                },
+            )
+            if error.unavailable:
+                continue
+            break
+        await asyncio.to_thread(
+            deps.messages.transition,
+            message.key,
+            MessageStatus.SUBMITTED,
+            now=deps.clock(),
+            upstream=provider.name,
+            upstream_message_id=result.upstream_message_id,
+        )
+        outcome.submitted += 1
+        return
+    assert failure is not None, "a route names at least one upstream"
+    if not failure.permanent and not deps.final_attempt:
+        await asyncio.to_thread(deps.messages.release_claim, message.key)
+        outcome.retry.append(message.message_id)
+        if failure.retry_after is not None:
+            outcome.retry_after = max(outcome.retry_after or 0.0, failure.retry_after)
+        return
+    await _finish(
+        message, MessageStatus.FAILED, "upstream_rejected" if failure.permanent else "upstream_unavailable", deps
+    )
+    outcome.failed += 1
+
+
+def _submit_request(message: Message, provider: Provider, callback_base_url: str) -> SubmitRequest:
+    return SubmitRequest(
         client_ref=message.key.to_ref(),
         sender=message.sender,
         msisdn=message.msisdn,
         text=message.text,
-        dlr_url=f"{deps.callback_base_url.rstrip('/')}/callbacks/{provider.name}/dlr",
+        dlr_url=f"{callback_base_url.rstrip('/')}/callbacks/{provider.name}/dlr",
     )
-    try:
-        result = await provider.submit(request)
-    except UpstreamError as error:
-        log = {
-            "message_id": message.message_id,
-            "msisdn": mask_msisdn(message.msisdn),
-            "upstream": provider.name,
-        }
-        if not error.permanent and not deps.final_attempt:
-            logger.warning("transient upstream failure; will retry", extra={**log, "error": error.message})
-            await asyncio.to_thread(deps.messages.release_claim, message.key)
-            outcome.retry.append(message.message_id)
-            if error.retry_after is not None:
-                outcome.retry_after = max(outcome.retry_after or 0.0, error.retry_after)
-            return
-        reason = "upstream_rejected" if error.permanent else "upstream_unavailable"
-        logger.warning("message failed at the upstream", extra={**log, "error": error.message, "reason": reason})
-        await _finish(message, MessageStatus.FAILED, reason, deps)
-        outcome.failed += 1
-        return
-    await asyncio.to_thread(
-        deps.messages.transition,
-        message.key,
-        MessageStatus.SUBMITTED,
-        now=deps.clock(),
-        upstream=provider.name,
-        upstream_message_id=result.upstream_message_id,
-    )
-    outcome.submitted += 1
 
 
 def valid_until(message: Message, validity: timedelta) -> datetime:

@@ -53,15 +53,16 @@ class SimulatorProvider:
                 headers={"Authorization": f"Bearer {self._secret}"},
             )
         except httpx.TimeoutException as error:
-            raise UpstreamError(f"{self.name} timed out", permanent=False) from error
+            raise UpstreamError(f"{self.name} timed out", permanent=False, unavailable=True) from error
         except httpx.TransportError as error:
-            raise UpstreamError(f"{self.name} unreachable: {error}", permanent=False) from error
+            raise UpstreamError(f"{self.name} unreachable: {error}", permanent=False, unavailable=True) from error
         if response.status_code == 429 or response.status_code >= 500:
             retry_after = response.headers.get("retry-after")
             raise UpstreamError(
                 f"{self.name} answered {response.status_code}",
                 permanent=False,
                 retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+                unavailable=response.status_code >= 500,
             )
         if response.status_code >= 400:
             raise UpstreamError(f"{self.name} refused the message: {response.text[:200]}", permanent=True)
