@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 
 from sms_gateway.adapters.providers import get_provider
@@ -22,7 +24,8 @@ def _callback_request() -> CallbackRequest:
     event = app.current_event
     return CallbackRequest(
         method=event.http_method,
-        url=f"https://{event.request_context.domain_name}{event.raw_path}",
+        url=f"https://{event.request_context.domain_name}{event.raw_path}"
+        + (f"?{event.raw_query_string}" if event.get("rawQueryString") else ""),
         headers={k.lower(): v for k, v in (event.headers or {}).items()},
         query=dict(event.query_string_parameters or {}),
         body=request_text(event),
@@ -55,7 +58,9 @@ def delivery_report(provider: str) -> Response:
         ),
     )
     metrics.add_metric(name="DeliveryReportsApplied", unit="Count", value=outcome.applied)
-    return json_response(200, {"status": "ok", "applied": outcome.applied, "unchanged": outcome.unchanged})
+    return _acknowledge(upstream, "dlr") or json_response(
+        200, {"status": "ok", "applied": outcome.applied, "unchanged": outcome.unchanged}
+    )
 
 
 @app.post("/callbacks/<provider>/inbound")
@@ -73,7 +78,20 @@ def inbound_sms(provider: str) -> Response:
         ),
     )
     metrics.add_metric(name="InboundReceived", unit="Count", value=1 if outcome.stored else 0)
-    return json_response(200, {"status": "ok", "routed": outcome.routed})
+    return _acknowledge(upstream, "inbound") or json_response(200, {"status": "ok", "routed": outcome.routed})
+
+
+def _acknowledge(upstream: Provider, kind: str) -> Response[Any] | None:
+    """Some upstreams count a callback as delivered only on their own answer: Jasmin wants `ACK/Jasmin`
+    (else it re-sends), Twilio wants TwiML for an inbound message. An adapter says so with `callback_ack`
+    (plain text, any callback) or `inbound_ack` ((content type, body), inbound only)."""
+    if kind == "inbound" and getattr(upstream, "inbound_ack", None):
+        content_type, body = upstream.inbound_ack  # type: ignore[attr-defined]
+        return Response(status_code=200, content_type=content_type, body=body)
+    ack = getattr(upstream, "callback_ack", None)
+    if ack:
+        return Response(status_code=200, content_type="text/plain", body=str(ack))
+    return None
 
 
 @app.exception_handler(GatewayError)

@@ -19,7 +19,55 @@ def _simulator(name: str, config: dict[str, Any]) -> Provider:
     return SimulatorProvider(name=name, url=config["url"], secret=config["secret"])
 
 
-FACTORIES: dict[str, Callable[[str, dict[str, Any]], Provider]] = {"simulator": _simulator}
+def _twilio(name: str, config: dict[str, Any]) -> Provider:
+    from sms_gateway.adapters.providers.twilio import TwilioProvider
+
+    return TwilioProvider.from_config(name, config)
+
+
+def _africastalking(name: str, config: dict[str, Any]) -> Provider:
+    from sms_gateway.adapters.providers.africastalking import AfricasTalkingProvider
+
+    return AfricasTalkingProvider.from_config(name, config)
+
+
+def _kannel(name: str, config: dict[str, Any]) -> Provider:
+    from sms_gateway.adapters.providers.kannel import KannelProvider
+
+    return KannelProvider.from_config(name, config)
+
+
+def _jasmin(name: str, config: dict[str, Any]) -> Provider:
+    from sms_gateway.adapters.providers.jasmin import JasminProvider
+
+    return JasminProvider.from_config(name, config)
+
+
+def _ninebits(name: str, config: dict[str, Any]) -> Provider:
+    from sms_gateway.adapters.providers.ninebits import NinebitsProvider
+
+    return NinebitsProvider.from_config(name, config)
+
+
+FACTORIES: dict[str, Callable[[str, dict[str, Any]], Provider]] = {
+    "simulator": _simulator,
+    "twilio": _twilio,
+    "africastalking": _africastalking,
+    "kannel": _kannel,
+    "jasmin": _jasmin,
+    "ninebits": _ninebits,
+}
+
+
+_parameter_store_for: list[Any] = [None, None]  # [the SSM client, its SSMProvider]
+
+
+def _parameter_store(parameters: Any, client: Any) -> Any:
+    """One Powertools SSMProvider per SSM client, so its cache (CONFIG_MAX_AGE) lives across messages and
+    invocations instead of costing a Parameter Store call per submit."""
+    if _parameter_store_for[0] is not client:
+        _parameter_store_for[:] = [client, parameters.SSMProvider(boto3_client=client)]
+    return _parameter_store_for[1]
 
 
 def provider_config(name: str) -> dict[str, Any]:
@@ -28,9 +76,8 @@ def provider_config(name: str) -> dict[str, Any]:
     from sms_gateway.adapters import aws
 
     settings = get_settings()
-    ssm = parameters.SSMProvider(boto3_client=aws.client("ssm"))
     try:
-        config = ssm.get(
+        config = _parameter_store(parameters, aws.client("ssm")).get(
             f"{settings.upstream_parameter_prefix}{name}",
             decrypt=True,
             transform="json",

@@ -1,0 +1,292 @@
+"""Africa's Talking SMS: form-encoded submits with an apiKey header; DLR and incoming-message callbacks by form POST.
+
+API documentation this adapter follows:
+- Sending: https://developers.africastalking.com/docs/sms/sending/bulk (also docs.africastalking.com/sms/sending):
+  `POST https://api.africastalking.com/version1/messaging` (sandbox `https://api.sandbox.africastalking.com/...`),
+  headers `apiKey` and `Accept: application/json`, form fields `username`, `to`, `message`, `from`, `bulkSMSMode`,
+  `enqueue`; answers `{"SMSMessageData": {"Message": ..., "Recipients": [{"statusCode", "number", "status", "cost",
+  "messageId"}]}}` with a per-recipient statusCode (100-102 accepted, 401-409 and 500-502 refused).
+- Notifications: https://developers.africastalking.com/docs/sms/notifications (also docs.africastalking.com/sms/
+  notifications and /sms/deliveryreports): delivery reports are form POSTs with `id`, `status`, `phoneNumber`,
+  `networkCode`, `failureReason`, `retryCount`; incoming messages are form POSTs with `date`, `from`, `to`, `text`,
+  `id`, `linkId`, `networkCode`. Both callback URLs are set once per application in the AT dashboard.
+- The official Python SDK (github.com/AfricasTalkingLtd/africastalking-python, africastalking/SMS.py) sends the same
+  fields, with `bulkSMSMode=1` and `enqueue=1` when asked.
+
+Africa's Talking neither signs its callbacks nor echoes a reference of ours: a DLR is matched by its `id` (the
+messageId the submit answered) through the upstream index, and callbacks are verified by a secret token that the
+operator puts in the callback URLs configured at AT (`...?token=<callback_token>`).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from enum import Enum
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+
+from sms_gateway.adapters.http import async_client
+from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
+from sms_gateway.domain.status import MessageStatus
+from sms_gateway.errors import CallbackRejected, UpstreamError
+
+LIVE_BASE_URL = "https://api.africastalking.com"
+SANDBOX_BASE_URL = "https://api.sandbox.africastalking.com"
+MESSAGING_PATH = "/version1/messaging"
+TOKEN_PARAM = "token"  # noqa: S105 # the name of the query parameter, not a secret
+
+
+class Outcome(Enum):
+    ACCEPTED = "accepted"
+    PERMANENT = "permanent"  # the recipient or our sender is refused: retrying cannot help
+    TRANSIENT = "transient"  # AT, the network route or our AT account is the problem: fallback upstream, then retry
+
+
+# Per-recipient statusCode of a submit answer: (AT's name for it, what it means for the message).
+RECIPIENT_STATUS: dict[int, tuple[str, Outcome]] = {
+    100: ("Processed", Outcome.ACCEPTED),
+    101: ("Sent", Outcome.ACCEPTED),
+    102: ("Queued", Outcome.ACCEPTED),
+    # Held by AT's fraud/risk checks for this content or sender: resubmitting the same text is held again.
+    401: ("RiskHold", Outcome.PERMANENT),
+    402: ("InvalidSenderId", Outcome.PERMANENT),
+    403: ("InvalidPhoneNumber", Outcome.PERMANENT),
+    404: ("UnsupportedNumberType", Outcome.PERMANENT),
+    # Our AT balance ran out: another upstream can send it now, or AT once the operator tops up.
+    405: ("InsufficientBalance", Outcome.TRANSIENT),
+    406: ("UserInBlacklist", Outcome.PERMANENT),
+    # AT has no route to that network right now: a fallback upstream may have one.
+    407: ("CouldNotRoute", Outcome.TRANSIENT),
+    409: ("DoNotDisturbRejection", Outcome.PERMANENT),
+    500: ("InternalServerError", Outcome.TRANSIENT),
+    501: ("GatewayError", Outcome.TRANSIENT),
+    # The operator's gateway refused this message (sender or number not allowed on that network).
+    502: ("RejectedByGateway", Outcome.PERMANENT),
+}
+_BY_NAME = {name.lower(): (code, outcome) for code, (name, outcome) in RECIPIENT_STATUS.items()}
+
+# Delivery report `status` (compared case-insensitively) -> ours.
+DLR_STATUS: dict[str, MessageStatus] = {
+    "sent": MessageStatus.SUBMITTED,
+    "submitted": MessageStatus.SUBMITTED,
+    "buffered": MessageStatus.SUBMITTED,
+    "success": MessageStatus.DELIVERED,
+    "rejected": MessageStatus.REJECTED,
+    "failed": MessageStatus.FAILED,
+    "absentsubscriber": MessageStatus.FAILED,
+    "expired": MessageStatus.EXPIRED,
+}
+
+
+class AfricasTalkingProvider:
+    def __init__(
+        self,
+        *,
+        name: str,
+        username: str,
+        api_key: str,
+        callback_token: str,
+        base_url: str | None = None,
+        bulk_sms_mode: int | None = 1,
+        enqueue: bool = False,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        if not username or not api_key:
+            raise ValueError("an africastalking upstream needs username and api_key")
+        if not callback_token:
+            raise ValueError("an africastalking upstream needs a callback_token to verify its callbacks")
+        self.name = name
+        self._username = username
+        self._api_key = api_key
+        self._callback_token = callback_token
+        root = base_url or (SANDBOX_BASE_URL if username == "sandbox" else LIVE_BASE_URL)
+        self._url = f"{root.rstrip('/')}{MESSAGING_PATH}"
+        self._bulk_sms_mode = bulk_sms_mode
+        self._enqueue = enqueue
+        self._client = client
+
+    @classmethod
+    def from_config(
+        cls, name: str, config: Mapping[str, Any], *, client: httpx.AsyncClient | None = None
+    ) -> AfricasTalkingProvider:
+        username = str(config["username"])
+        sandbox = config.get("sandbox")
+        base_url = config.get("base_url")
+        if not base_url and sandbox is not None:
+            base_url = SANDBOX_BASE_URL if sandbox else LIVE_BASE_URL
+        bulk_sms_mode = config.get("bulk_sms_mode", 1)
+        return cls(
+            name=name,
+            username=username,
+            api_key=str(config["api_key"]),
+            callback_token=str(config["callback_token"]),
+            base_url=base_url,
+            bulk_sms_mode=None if bulk_sms_mode is None else int(bulk_sms_mode),
+            enqueue=str(config.get("enqueue", False)).lower() in ("1", "true", "yes"),
+            client=client,
+        )
+
+    async def submit(self, request: SubmitRequest) -> SubmitResult:
+        # AT calls the DLR URL set in its dashboard, so request.dlr_url is not sent; AT echoes no reference of ours.
+        form = {"username": self._username, "to": request.msisdn, "message": request.text}
+        if request.sender:
+            form["from"] = request.sender
+        if self._bulk_sms_mode is not None:
+            form["bulkSMSMode"] = str(self._bulk_sms_mode)
+        if self._enqueue:
+            form["enqueue"] = "1"
+        client = self._client or async_client()
+        try:
+            response = await client.post(
+                self._url, data=form, headers={"apiKey": self._api_key, "Accept": "application/json"}
+            )
+        except httpx.TimeoutException as error:
+            raise UpstreamError(f"{self.name} timed out", permanent=False, unavailable=True) from error
+        except httpx.TransportError as error:
+            raise UpstreamError(f"{self.name} unreachable: {error}", permanent=False, unavailable=True) from error
+        status = response.status_code
+        if status == 429 or status >= 500:
+            raise UpstreamError(
+                f"{self.name} answered {status}",
+                permanent=False,
+                retry_after=retry_after_seconds(response.headers.get("retry-after")),
+                unavailable=status >= 500,
+            )
+        if status in (401, 403):
+            # A wrong username or API key: our setup, not the message. Offered to the fallback, then retried.
+            raise UpstreamError(f"{self.name} refused our credentials ({status})", permanent=False, unavailable=True)
+        if not response.is_success:
+            raise UpstreamError(f"{self.name} refused the request ({status}): {response.text[:120]}", permanent=True)
+        return self._result(response, request.msisdn)
+
+    def _result(self, response: httpx.Response, msisdn: str) -> SubmitResult:
+        try:
+            data = response.json()["SMSMessageData"]
+            recipients = data.get("Recipients") or []
+            summary = str(data.get("Message") or "")
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            # AT took the request: trying again could send the text twice, so this is not retried.
+            raise UpstreamError(f"{self.name} answered an unreadable body", permanent=True) from error
+        recipient = _recipient(recipients, msisdn)
+        if recipient is None:
+            # Nothing was sent; AT names the reason in Message (e.g. "InvalidSenderId").
+            code, outcome = _BY_NAME.get(summary.strip().lower(), (None, Outcome.PERMANENT))
+            raise UpstreamError(
+                f"{self.name} sent nothing: {summary[:120] or 'no recipients'}",
+                permanent=outcome is not Outcome.TRANSIENT,
+                unavailable=True if outcome is Outcome.TRANSIENT else None,
+            )
+        code = _int(recipient.get("statusCode"))
+        known = RECIPIENT_STATUS.get(code) if code is not None else None
+        name, outcome = known or (str(recipient.get("status") or "unknown"), _unknown_outcome(code))
+        if outcome is Outcome.ACCEPTED:
+            message_id = str(recipient.get("messageId") or "")
+            if not message_id or message_id == "None":
+                raise UpstreamError(f"{self.name} accepted the message without a messageId", permanent=True)
+            return SubmitResult(upstream_message_id=message_id)
+        described = f"{self.name} refused the recipient: {code} {name}"
+        if outcome is Outcome.TRANSIENT:
+            raise UpstreamError(described, permanent=False, unavailable=True)
+        raise UpstreamError(described, permanent=True)
+
+    def verify_callback(self, request: CallbackRequest) -> bool:
+        given = request.query.get(TOKEN_PARAM, "")
+        return bool(given) and hmac.compare_digest(given.encode(), self._callback_token.encode())
+
+    def parse_delivery_reports(self, request: CallbackRequest) -> list[DeliveryReport]:
+        fields = _callback_fields(request)
+        message_id = fields.get("id", "")
+        raw_status = fields.get("status", "")
+        status = DLR_STATUS.get(raw_status.lower())
+        if not message_id or status is None:
+            raise CallbackRejected(f"not an africastalking delivery report: status {raw_status!r}")
+        return [
+            DeliveryReport(
+                upstream=self.name,
+                upstream_message_id=message_id,
+                client_ref=None,
+                status=status,
+                error_code=fields.get("failureReason") or None,
+            )
+        ]
+
+    def parse_inbound(self, request: CallbackRequest) -> InboundSms:
+        fields = _callback_fields(request)
+        try:
+            return InboundSms(
+                upstream=self.name,
+                upstream_message_id=fields.get("id") or None,
+                msisdn=fields["from"],
+                # Shortcodes arrive as digits, long numbers may carry "+": ours are registered as digits.
+                to=fields["to"].lstrip("+"),
+                text=fields.get("text", ""),
+                received_at=received_at(fields.get("date")),
+            )
+        except KeyError as error:
+            raise CallbackRejected(f"not an africastalking incoming message: {error} missing") from error
+
+    def __repr__(self) -> str:
+        return f"AfricasTalkingProvider(name={self.name!r}, username={self._username!r})"
+
+
+def received_at(raw: str | None) -> str:
+    """AT's `date` as our ISO 8601 UTC timestamp; a date without a zone is read as UTC; now when absent."""
+    if raw:
+        try:
+            moment = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+        except ValueError:
+            return raw
+        return iso(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+    return iso(datetime.now(UTC))
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header in seconds, or as an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def _recipient(recipients: Any, msisdn: str) -> dict[str, Any] | None:
+    if not isinstance(recipients, list):
+        return None
+    entries = [entry for entry in recipients if isinstance(entry, dict)]
+    for entry in entries:
+        if str(entry.get("number", "")).lstrip("+") == msisdn.lstrip("+"):
+            return entry
+    return entries[0] if entries else None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _unknown_outcome(code: int | None) -> Outcome:
+    # A code this table does not know: 4xx codes name a refusal, anything else is treated as AT's trouble.
+    return Outcome.PERMANENT if code is not None and 400 <= code < 500 else Outcome.TRANSIENT
+
+
+def _callback_fields(request: CallbackRequest) -> dict[str, str]:
+    """Form fields of a POST callback (the query, minus our token, for a GET one)."""
+    if request.method.upper() == "POST" and request.body:
+        return dict(parse_qsl(request.body, keep_blank_values=True))
+    return {key: value for key, value in request.query.items() if key != TOKEN_PARAM}

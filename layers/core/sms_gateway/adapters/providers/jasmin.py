@@ -1,0 +1,295 @@
+"""Jasmin SMS gateway as an upstream: its HTTP API `/send`, DLRs thrown to our dlr-url, MO from an HTTP connector.
+
+References (Jasmin documentation, "HTTP API", https://docs.jasminsms.com/en/latest/apis/ja-http/index.html, and
+its source jasmin/protocols/http/endpoints/send.py, jasmin/protocols/http/errors.py, jasmin/routing/throwers.py):
+- `POST /send` (GET also works) with `username`, `password` (16 characters at most), `to`, `from`, `content` or
+  `hex-content`, `coding`, `dlr` (yes|no), `dlr-url`, `dlr-level` (1 SMSC, 2 terminal, 3 both), `dlr-method`.
+- Answers `200 Success "<uuid>"`; errors `Error "<reason>"` with 400 (validation), 403 (authentication,
+  authorization, charging, throughput), 412 (no route), 500/503 (server, interceptor).
+- DLR: `id`, `message_status`, `level`, and for level 2 `id_smsc`, `sub`, `dlvrd`, `subdate`, `donedate`, `err`,
+  `text`; form-encoded in the body with `dlr-method=POST` (the dlr-url, with its query string, is kept as given).
+- MO through an HTTP client connector: `id`, `from`, `to`, `origin-connector`, `priority`, `coding`, `validity`,
+  `content`, `binary` (the content hexlified).
+Jasmin considers a callback delivered only when the answer is `200` with the body `ACK/Jasmin` exactly; see
+`CALLBACK_ACK` and docs/providers-smsc.md.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hmac
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+import httpx
+
+from sms_gateway.adapters.http import async_client
+from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
+from sms_gateway.domain.segments import Encoding, segment
+from sms_gateway.domain.status import MessageStatus
+from sms_gateway.errors import CallbackRejected, UpstreamError
+
+SEND_PATH = "/send"
+# The body Jasmin's DLR and MO throwers require, or they retry (3 more times, 30 s apart, by default).
+CALLBACK_ACK = "ACK/Jasmin"
+DLR_LEVEL_BOTH = 3
+CODING_DEFAULT, CODING_UCS2 = "0", "8"
+# How an MO with data_coding 0 is read: GSM 03.38, or a Python codec name the SMSC actually uses ("latin-1").
+MO_GSM7 = "gsm0338"
+
+# The one status table. Level 1 reports the SMSC's answer to submit_sm (an ESME_* command status: ESME_ROK is a
+# take, any other status a refusal); level 2 reports the receipt's final state from the handset side.
+STATUS: dict[str, MessageStatus] = {
+    "ESME_ROK": MessageStatus.SUBMITTED,
+    "ESME_*": MessageStatus.REJECTED,
+    "ACCEPTD": MessageStatus.SUBMITTED,
+    "ENROUTE": MessageStatus.SUBMITTED,
+    "DELIVRD": MessageStatus.DELIVERED,
+    "EXPIRED": MessageStatus.EXPIRED,
+    "DELETED": MessageStatus.FAILED,
+    "UNDELIV": MessageStatus.FAILED,
+    "UNKNOWN": MessageStatus.FAILED,
+    "REJECTD": MessageStatus.REJECTED,
+}
+_NO_ERROR = {"", "0", "00", "000", "ND"}
+_SUCCESS = re.compile(r'^Success\s+"([^"]+)"')
+_ERROR = re.compile(r'^Error\s+"(.*)"', re.DOTALL)
+
+# GSM 03.38 default alphabet by code, and its extension table: an MO with data_coding 0 carries these septets.
+_GSM7 = (
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+_GSM7_EXTENSION = {0x0A: "\f", 0x14: "^", 0x28: "{", 0x29: "}", 0x2F: "\\", 0x3C: "[", 0x3D: "~", 0x3E: "]"}
+_GSM7_EXTENSION |= {0x40: "|", 0x65: "€"}
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = (response.headers.get("retry-after") or "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+class JasminProvider:
+    # Not part of the Provider port: the body the webhook should answer Jasmin's callbacks with (see the docs).
+    callback_ack = CALLBACK_ACK
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        url: str,
+        username: str,
+        password: str,
+        callback_token: str,
+        dlr_level: int = DLR_LEVEL_BOTH,
+        mo_charset: str = MO_GSM7,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        if len(callback_token) < 16:
+            raise ValueError(f"upstream {name!r}: callback_token (16 characters or more) verifies Jasmin's callbacks")
+        if dlr_level not in (1, 2, 3):
+            raise ValueError(f"upstream {name!r}: dlr_level is 1, 2 or 3, not {dlr_level!r}")
+        if mo_charset != MO_GSM7:
+            codecs.lookup(mo_charset)  # an unknown codec fails at configuration, not on the first MO
+        self.name = name
+        self.url = url.rstrip("/")
+        self._username = username
+        self._password = password
+        self._token = callback_token
+        self._dlr_level = dlr_level
+        self._mo_charset = mo_charset
+        self._client = client
+
+    @classmethod
+    def from_config(
+        cls, name: str, config: Mapping[str, Any], *, client: httpx.AsyncClient | None = None
+    ) -> JasminProvider:
+        return cls(
+            name=name,
+            url=str(config["url"]),
+            username=str(config["username"]),
+            password=str(config["password"]),
+            callback_token=str(config["callback_token"]),
+            dlr_level=int(config.get("dlr_level", DLR_LEVEL_BOTH)),
+            mo_charset=str(config.get("mo_charset") or MO_GSM7),
+            client=client,
+        )
+
+    def dlr_url(self, base: str, client_ref: str) -> str:
+        separator = "&" if "?" in base else "?"
+        return f"{base}{separator}ref={quote(client_ref, safe='')}&token={quote(self._token, safe='')}"
+
+    async def submit(self, request: SubmitRequest) -> SubmitResult:
+        form: dict[str, str] = {
+            "username": self._username,
+            "password": self._password,
+            "to": request.msisdn.lstrip("+"),
+            "from": request.sender,
+        }
+        if segment(request.text).encoding is Encoding.UCS2:
+            # UCS-2 travels as hex so that no form decoding or charset guess stands between us and the SMSC.
+            form["coding"] = CODING_UCS2
+            form["hex-content"] = request.text.encode("utf-16-be").hex()
+        else:
+            # Jasmin converts UTF-8 content to GSM 03.38 itself when coding is 0.
+            form["coding"] = CODING_DEFAULT
+            form["content"] = request.text
+        if request.dlr_url:
+            form |= {
+                "dlr": "yes",
+                "dlr-url": self.dlr_url(request.dlr_url, request.client_ref),
+                "dlr-level": str(self._dlr_level),
+                "dlr-method": "POST",
+            }
+        else:
+            form["dlr"] = "no"
+        client = self._client or async_client()
+        try:
+            response = await client.post(f"{self.url}{SEND_PATH}", data=form)
+        except httpx.TimeoutException as error:
+            raise UpstreamError(f"{self.name} timed out", permanent=False, unavailable=True) from error
+        except httpx.TransportError as error:
+            raise UpstreamError(f"{self.name} unreachable: {error}", permanent=False, unavailable=True) from error
+        body = response.text.strip()
+        refused = _ERROR.match(body)
+        reason = refused.group(1)[:200] if refused else body[:200]
+        if response.status_code == 429 or response.status_code >= 500:
+            raise UpstreamError(
+                f"{self.name} answered {response.status_code}: {reason}",
+                permanent=False,
+                retry_after=_retry_after(response),
+                unavailable=response.status_code >= 500,
+            )
+        if response.status_code == 403 and "throughput exceeded" in reason.lower():
+            # The user's http_throughput quota: come back shortly to the same upstream.
+            raise UpstreamError(f"{self.name} throttled: {reason}", permanent=False, retry_after=1.0)
+        if response.status_code == 403 and "cannot charge" in reason.lower():
+            # Our balance at the upstream ran out: not the message's fault, another upstream may take it.
+            raise UpstreamError(f"{self.name} cannot charge us: {reason}", permanent=False, unavailable=True)
+        if response.status_code >= 400:
+            # 400 validation, 403 authentication/authorization, 412 no route for the number.
+            raise UpstreamError(f"{self.name} refused the message ({response.status_code}): {reason}", permanent=True)
+        accepted = _SUCCESS.match(body)
+        if response.status_code != 200 or accepted is None:
+            raise UpstreamError(f"{self.name} gave an unexpected answer {response.status_code}", permanent=False)
+        return SubmitResult(upstream_message_id=accepted.group(1))
+
+    def verify_callback(self, request: CallbackRequest) -> bool:
+        given = request.query.get("token", "")
+        return bool(given) and hmac.compare_digest(given.encode(), self._token.encode())
+
+    def parse_delivery_reports(self, request: CallbackRequest) -> list[DeliveryReport]:
+        fields = _fields(request)
+        message_id = fields.get("id")
+        state = fields.get("message_status", "").strip().upper()
+        if not message_id or not state:
+            raise CallbackRejected("not a Jasmin DLR: id and message_status are required")
+        status = STATUS.get(state) or (STATUS["ESME_*"] if state.startswith("ESME_") else None)
+        if status is None:
+            raise CallbackRejected(f"unknown Jasmin message_status {state!r}")
+        error = fields.get("err", "").strip()
+        error_code = None
+        if status is not MessageStatus.SUBMITTED and status is not MessageStatus.DELIVERED:
+            error_code = state if state.startswith("ESME_") else (error if error not in _NO_ERROR else None)
+        return [
+            DeliveryReport(
+                upstream=self.name,
+                upstream_message_id=message_id,
+                client_ref=request.query.get("ref") or None,
+                status=status,
+                error_code=error_code,
+                reported_at=_smsc_time(fields.get("donedate")),
+            )
+        ]
+
+    def parse_inbound(self, request: CallbackRequest) -> InboundSms:
+        fields = _fields(request)
+        sender, to = fields.get("from", ""), fields.get("to", "")
+        if not sender or not to or ("content" not in fields and "binary" not in fields):
+            raise CallbackRejected("not a Jasmin MO: from, to and content are required")
+        return InboundSms(
+            upstream=self.name,
+            upstream_message_id=fields.get("id") or None,
+            msisdn=sender,
+            to=to.lstrip("+"),
+            text=_mo_text(fields, self._mo_charset),
+            received_at=iso(datetime.now(UTC)),
+        )
+
+
+def _fields(request: CallbackRequest) -> dict[str, str]:
+    """Form fields of a POST body (dlr-method POST, connector method POST) over the query string (GET)."""
+    fields = dict(request.query)
+    if request.body:
+        fields |= dict(parse_qsl(request.body, keep_blank_values=True, encoding="latin-1"))
+    return fields
+
+
+def _coding(value: str | None) -> int:
+    """Jasmin sends data_coding as decimal text; its Go port sends the raw byte (`%08`)."""
+    if not value:
+        return 0
+    if value.isdigit():
+        return int(value)
+    return ord(value[0]) if len(value) == 1 else 0
+
+
+def _mo_text(fields: dict[str, str], default_charset: str) -> str:
+    binary = fields.get("binary")
+    if binary is not None:
+        try:
+            raw = bytes.fromhex(binary)
+        except ValueError as error:
+            raise CallbackRejected("not a Jasmin MO: binary is not hexadecimal") from error
+    else:
+        # Percent-decoded as latin-1 above, so each character is one byte of short_message.
+        raw = fields["content"].encode("latin-1", errors="replace")
+    coding = _coding(fields.get("coding"))
+    if coding == 8:
+        return raw.decode("utf-16-be", errors="replace")
+    if coding == 3:
+        return raw.decode("latin-1")
+    if coding == 0:
+        # The "SMSC default alphabet": GSM 03.38 septets by the SMPP spec; some SMSCs send ASCII or Latin-1.
+        if default_charset == MO_GSM7:
+            return _gsm7(raw) if all(byte < 0x80 for byte in raw) else raw.decode("latin-1")
+        return raw.decode(default_charset, errors="replace")
+    return raw.decode("utf-8", errors="replace")
+
+
+def _gsm7(raw: bytes) -> str:
+    out: list[str] = []
+    escape = False
+    for byte in raw:
+        if escape:
+            out.append(_GSM7_EXTENSION.get(byte, " "))
+            escape = False
+        elif byte == 0x1B:
+            escape = True
+        else:
+            out.append(_GSM7[byte])
+    return "".join(out)
+
+
+def _smsc_time(value: str | None) -> str | None:
+    """An SMSC receipt date, YYMMDDhhmm (or with seconds), taken as UTC."""
+    if not value or not value.isdigit() or len(value) not in (10, 12):
+        return None
+    try:
+        moment = datetime.strptime(value, "%y%m%d%H%M%S" if len(value) == 12 else "%y%m%d%H%M").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return iso(moment)

@@ -1,0 +1,258 @@
+"""Kannel (smsbox) as an upstream: `sendsms` submits, DLRs and MO SMS called back on URLs we give it.
+
+References (Kannel user guide, https://www.kannel.org/download/kannel-userguide-snapshot/userguide.html; the 1.4.5
+edition read from Debian's kannel-docs, /usr/share/doc/kannel-docs/userguide/userguide.html):
+- "SMS Push (send-sms)": `GET /cgi-bin/sendsms` CGI variables (Table 7-17) and reply codes (Table 7-16):
+  `202 0: Accepted for delivery`, `202 3: Queued for later delivery`, `4xx <reason>`, `503 Temporal failure`.
+- "SMS Delivery Reports" (chapter 10) and "Parameters (Escape Codes)" (Table 7-10): `dlr-mask` bits
+  1 delivered, 2 failed, 4 buffered, 8 SMSC submit, 16 SMSC reject; the `dlr-url` is fetched with GET after
+  `%d` (type), `%A` (the SMSC's receipt text), `%T` (epoch), `%p`/`%P` and the others are filled in.
+- "sms-service" `post-url` with the same escape codes, text in the body and X-Kannel headers (Table 7-12).
+
+Kannel's answer carries no message id, so our client reference travels in the DLR URL's query string together
+with a per-upstream secret token; the upstream message id we record is the client reference itself.
+Checked against Debian's Kannel 1.4.5 (bearerbox + smsbox + fakesmsc): see docs/providers-smsc.md.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from sms_gateway.adapters.http import async_client
+from sms_gateway.domain.models import (
+    CallbackRequest,
+    DeliveryReport,
+    InboundSms,
+    SubmitRequest,
+    SubmitResult,
+    iso,
+)
+from sms_gateway.domain.segments import Encoding, segment
+from sms_gateway.domain.status import TERMINAL, MessageStatus
+from sms_gateway.errors import CallbackRejected, UpstreamError
+
+SENDSMS_PATH = "/cgi-bin/sendsms"
+# Every report type: delivered, failed, buffered, SMSC submit, SMSC reject.
+DEFAULT_DLR_MASK = 31
+# Kannel's `coding` CGI variable: 0 = 7-bit (GSM), 2 = UCS-2.
+CODING_GSM7, CODING_UCS2 = "0", "2"
+
+# The one status table: Kannel's `%d` report types (as decimal strings) and the SMSC receipt's `stat:` words
+# found in `%A`. A `stat:` word refines a failure (type 2) into expired or rejected; the type decides the rest.
+STATUS: dict[str, MessageStatus] = {
+    "1": MessageStatus.DELIVERED,  # delivered to phone
+    "2": MessageStatus.FAILED,  # non-delivered to phone
+    "4": MessageStatus.SUBMITTED,  # buffered (queued on the SMSC)
+    "8": MessageStatus.SUBMITTED,  # SMSC submit (accepted by the SMSC)
+    "16": MessageStatus.REJECTED,  # SMSC reject (submit_sm refused)
+    "DELIVRD": MessageStatus.DELIVERED,
+    "EXPIRED": MessageStatus.EXPIRED,
+    "REJECTD": MessageStatus.REJECTED,
+    "UNDELIV": MessageStatus.FAILED,
+    "DELETED": MessageStatus.FAILED,
+    "UNKNOWN": MessageStatus.FAILED,
+    "ACCEPTD": MessageStatus.SUBMITTED,
+    "ENROUTE": MessageStatus.SUBMITTED,
+}
+# Kannel's report types are bits; a value may carry extra flags (0x20 expired, 0x40 unknown, on type 2).
+_TYPE_BITS = (1, 2, 16, 4, 8)
+_RECEIPT_FIELD = re.compile(r"\b(stat|err)\s*:\s*([A-Za-z0-9_]+)", re.IGNORECASE)
+_NO_ERROR = {"", "0", "00", "000", "ND"}
+_URL_SAFE = re.compile(r"[A-Za-z0-9._~-]{16,}")
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = (response.headers.get("retry-after") or "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+class KannelProvider:
+    def __init__(
+        self,
+        *,
+        name: str,
+        url: str,
+        username: str,
+        password: str,
+        callback_token: str,
+        smsc: str | None = None,
+        dlr_mask: int = DEFAULT_DLR_MASK,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        if not _URL_SAFE.fullmatch(callback_token):
+            # Kannel expands `%` escapes in the DLR URL: a token that needs percent-encoding would be mangled.
+            raise ValueError(f"upstream {name!r}: callback_token must be 16 or more of A-Z a-z 0-9 - _ . ~")
+        self.name = name
+        self.url = url.rstrip("/")
+        self._username = username
+        self._password = password
+        self._token = callback_token
+        self._smsc = smsc
+        self._dlr_mask = dlr_mask
+        self._client = client
+
+    @classmethod
+    def from_config(
+        cls, name: str, config: Mapping[str, Any], *, client: httpx.AsyncClient | None = None
+    ) -> KannelProvider:
+        return cls(
+            name=name,
+            url=str(config["url"]),
+            username=str(config["username"]),
+            password=str(config["password"]),
+            callback_token=str(config["callback_token"]),
+            smsc=config.get("smsc") or None,
+            dlr_mask=int(config.get("dlr_mask", DEFAULT_DLR_MASK)),
+            client=client,
+        )
+
+    def dlr_url(self, base: str, client_ref: str) -> str:
+        """The URL Kannel fetches for each report: our reference and token, then Kannel's escape codes."""
+        separator = "&" if "?" in base else "?"
+        return (
+            f"{base}{separator}ref={quote(client_ref, safe='')}&token={self._token}"
+            "&type=%d&answer=%A&ts=%T&smsc=%i&to=%p&from=%P"
+        )
+
+    async def submit(self, request: SubmitRequest) -> SubmitResult:
+        ucs2 = segment(request.text).encoding is Encoding.UCS2
+        params: dict[str, str] = {
+            "username": self._username,
+            "password": self._password,
+            "from": request.sender,
+            "to": request.msisdn.lstrip("+"),
+            "text": request.text,
+            "charset": "UTF-8",
+            "coding": CODING_UCS2 if ucs2 else CODING_GSM7,
+        }
+        if self._smsc:
+            params["smsc"] = self._smsc
+        if request.dlr_url:
+            params["dlr-mask"] = str(self._dlr_mask)
+            params["dlr-url"] = self.dlr_url(request.dlr_url, request.client_ref)
+        client = self._client or async_client()
+        try:
+            response = await client.get(f"{self.url}{SENDSMS_PATH}", params=params)
+        except httpx.TimeoutException as error:
+            raise UpstreamError(f"{self.name} timed out", permanent=False, unavailable=True) from error
+        except httpx.TransportError as error:
+            raise UpstreamError(f"{self.name} unreachable: {error}", permanent=False, unavailable=True) from error
+        answer = response.text.strip()[:200]
+        if response.status_code == 429 or response.status_code >= 500:
+            raise UpstreamError(
+                f"{self.name} answered {response.status_code}: {answer}",
+                permanent=False,
+                retry_after=_retry_after(response),
+                unavailable=response.status_code >= 500,
+            )
+        if response.status_code >= 400:
+            # "Authorization failed for sendsms", "Missing receiver number, rejected", "Not routable. Do not try
+            # again.", "Number(s) has/have been denied by white- and/or black-lists.": no retry changes these.
+            raise UpstreamError(f"{self.name} refused the message: {answer}", permanent=True)
+        if not 200 <= response.status_code < 300:
+            raise UpstreamError(f"{self.name} answered {response.status_code}", permanent=False, unavailable=True)
+        # A 2xx is a take: `202 0: Accepted for delivery`, or `202 3: Queued for later delivery` while no SMSC is
+        # connected. No id comes back: our reference is the id (it also rides in the DLR URL).
+        return SubmitResult(upstream_message_id=request.client_ref)
+
+    def verify_callback(self, request: CallbackRequest) -> bool:
+        given = request.query.get("token", "")
+        return bool(given) and hmac.compare_digest(given.encode(), self._token.encode())
+
+    def parse_delivery_reports(self, request: CallbackRequest) -> list[DeliveryReport]:
+        query = request.query
+        ref = query.get("ref")
+        if not ref:
+            raise CallbackRejected("not a Kannel DLR: no ref in the query string")
+        answer = query.get("answer", "")
+        receipt = {key.lower(): value for key, value in _RECEIPT_FIELD.findall(answer)}
+        status = self._status(query.get("type", ""), receipt.get("stat", "").upper())
+        error = receipt.get("err", "")
+        failed = status in TERMINAL and status is not MessageStatus.DELIVERED
+        return [
+            DeliveryReport(
+                upstream=self.name,
+                upstream_message_id=ref,
+                client_ref=ref,
+                status=status,
+                error_code=error if failed and error not in _NO_ERROR else None,
+                reported_at=_epoch(query.get("ts")),
+            )
+        ]
+
+    @staticmethod
+    def _status(dlr_type: str, stat: str) -> MessageStatus:
+        try:
+            value = int(dlr_type)
+        except ValueError as error:
+            raise CallbackRejected(f"not a Kannel DLR type: {dlr_type!r}") from error
+        bit = next((bit for bit in _TYPE_BITS if value & bit), None)
+        if bit is None:
+            raise CallbackRejected(f"unknown Kannel DLR type {value}")
+        status = STATUS[str(bit)]
+        if bit == 2:
+            refined = STATUS.get(stat)
+            if refined in (MessageStatus.EXPIRED, MessageStatus.REJECTED):
+                return refined
+            if value & 0x20:  # Kannel's DLR_EXPIRED flag
+                return MessageStatus.EXPIRED
+        return status
+
+    def parse_inbound(self, request: CallbackRequest) -> InboundSms:
+        query = request.query
+        headers = request.headers
+        sender = query.get("from") or headers.get("x-kannel-from") or ""
+        to = query.get("to") or headers.get("x-kannel-to") or ""
+        if not sender or not to:
+            raise CallbackRejected("not a Kannel MO: from and to are required")
+        return InboundSms(
+            upstream=self.name,
+            upstream_message_id=query.get("id") or None,
+            msisdn=sender,
+            to=to.lstrip("+"),
+            text=_inbound_text(request),
+            received_at=_epoch(query.get("ts")) or iso(datetime.now(UTC)),
+        )
+
+
+def _inbound_text(request: CallbackRequest) -> str:
+    """`text_hex` (%e, the exact bytes) when given, else `text` (%a), else the post-url body."""
+    query = request.query
+    hexed = query.get("text_hex")
+    if hexed is not None:
+        try:
+            raw = bytes.fromhex(hexed)
+        except ValueError as error:
+            raise CallbackRejected("not a Kannel MO: text_hex is not hexadecimal") from error
+        charset = (query.get("charset") or "").strip().lower()
+        if query.get("coding") == CODING_UCS2 or charset in {"utf-16be", "ucs-2", "ucs2"}:
+            return raw.decode("utf-16-be", errors="replace")
+        if charset in {"windows-1252", "cp1252", "iso-8859-1", "latin1"}:
+            return raw.decode("cp1252", errors="replace")
+        return raw.decode("utf-8", errors="replace")
+    if "text" in query:
+        return query["text"]
+    return request.body
+
+
+def _epoch(value: str | None) -> str | None:
+    if not value or not value.strip().isdigit():
+        return None
+    return iso(datetime.fromtimestamp(int(value), UTC))

@@ -1,0 +1,261 @@
+"""A 9bits-compatible upstream: another gateway that speaks our own `POST /ng/v1/sendsms` dialect.
+
+References: the 9bits seeds (../shared/seeds/1-9bits-send-and-receive.md, 2-...-with-ref-id.txt, 3-batches.md),
+our own docs/dialects/9bits.md and the payload of logic/notify.py `dlr_notification`; webhook signatures follow
+Standard Webhooks (https://www.standardwebhooks.com/, "Verifying webhooks": `webhook-id`, `webhook-timestamp`,
+`webhook-signature: v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>`, secrets written `whsec_<base64>`).
+
+Submits: `Authorization: Bearer <token>`, JSON `from`, `to`, `message`, `ref_id` = our client reference (so their
+delivery reports echo it) and `delivery_report: "yes"`; the same reference goes in an `Idempotency-Key` header,
+so a submit retried after a lost answer is answered again instead of sent twice. The answer's `reference_id`
+(one recipient per submit, so one batch per message) is the upstream message id.
+Their callbacks go to the webhook URLs configured on our account with them: DLRs to `.../callbacks/<name>/dlr`,
+signed (Standard Webhooks); inbound SMS to `.../callbacks/<name>/inbound` with `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from sms_gateway.adapters.http import async_client
+from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
+from sms_gateway.domain.status import MessageStatus
+from sms_gateway.errors import CallbackRejected, UpstreamError
+
+SEND_PATH = "/ng/v1/sendsms"
+SIGNATURE_TOLERANCE_SECONDS = 300
+SECRET_PREFIX = "whsec_"  # noqa: S105 # the Standard Webhooks prefix, not a secret
+
+# The one status table: their statuses are ours (docs/dialects/9bits.md); whatever is still on its way upstream
+# is `submitted` here, and a message they cancelled after taking it from us did not reach the phone.
+STATUS: dict[str, MessageStatus] = {
+    "accepted": MessageStatus.SUBMITTED,
+    "scheduled": MessageStatus.SUBMITTED,
+    "queued": MessageStatus.SUBMITTED,
+    "submitted": MessageStatus.SUBMITTED,
+    "delivered": MessageStatus.DELIVERED,
+    "failed": MessageStatus.FAILED,
+    "expired": MessageStatus.EXPIRED,
+    "rejected": MessageStatus.REJECTED,
+    "cancelled": MessageStatus.FAILED,
+}
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = (response.headers.get("retry-after") or "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+def signing_key(secret: str) -> bytes:
+    """A Standard Webhooks secret `whsec_<base64>` is the base64 of the key; any other string is the key itself."""
+    if secret.startswith(SECRET_PREFIX):
+        return base64.b64decode(secret[len(SECRET_PREFIX) :])
+    return secret.encode()
+
+
+def sign(secret: str, webhook_id: str, timestamp: str, body: str) -> str:
+    """The `webhook-signature` header value for a body: `v1,<base64 HMAC-SHA256>`."""
+    digest = hmac.new(signing_key(secret), f"{webhook_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    return f"v1,{base64.b64encode(digest).decode()}"
+
+
+class NinebitsProvider:
+    def __init__(
+        self,
+        *,
+        name: str,
+        url: str,
+        token: str,
+        webhook_token: str | None = None,
+        webhook_secret: str | None = None,
+        signature_tolerance: int = SIGNATURE_TOLERANCE_SECONDS,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        if not webhook_token and not webhook_secret:
+            raise ValueError(f"upstream {name!r}: a webhook_token or webhook_secret is required to verify callbacks")
+        self.name = name
+        self.url = url.rstrip("/")
+        self._token = token
+        self._webhook_token = webhook_token or None
+        self._signing_key = signing_key(webhook_secret) if webhook_secret else None
+        self._tolerance = signature_tolerance
+        self._client = client
+
+    @classmethod
+    def from_config(
+        cls, name: str, config: Mapping[str, Any], *, client: httpx.AsyncClient | None = None
+    ) -> NinebitsProvider:
+        return cls(
+            name=name,
+            url=str(config["url"]),
+            token=str(config["token"]),
+            webhook_token=config.get("webhook_token") or None,
+            webhook_secret=config.get("webhook_secret") or None,
+            signature_tolerance=int(config.get("signature_tolerance", SIGNATURE_TOLERANCE_SECONDS)),
+            client=client,
+        )
+
+    async def submit(self, request: SubmitRequest) -> SubmitResult:
+        payload = {
+            "from": request.sender,
+            "to": request.msisdn.lstrip("+"),
+            "message": request.text,
+            "ref_id": request.client_ref,
+            "delivery_report": "yes" if request.dlr_url else "none",
+        }
+        client = self._client or async_client()
+        try:
+            response = await client.post(
+                f"{self.url}{SEND_PATH}",
+                json=payload,
+                headers={"Authorization": f"Bearer {self._token}", "Idempotency-Key": request.client_ref},
+            )
+        except httpx.TimeoutException as error:
+            raise UpstreamError(f"{self.name} timed out", permanent=False, unavailable=True) from error
+        except httpx.TransportError as error:
+            raise UpstreamError(f"{self.name} unreachable: {error}", permanent=False, unavailable=True) from error
+        reason = _message(response)
+        if response.status_code == 429 or response.status_code >= 500:
+            raise UpstreamError(
+                f"{self.name} answered {response.status_code}: {reason}",
+                permanent=False,
+                retry_after=_retry_after(response),
+                unavailable=response.status_code >= 500,
+            )
+        if response.status_code == 402:
+            # Our credits with them ran out: not the message's fault, another upstream may take it.
+            raise UpstreamError(f"{self.name} has no credit for us: {reason}", permanent=False, unavailable=True)
+        if response.status_code == 409:
+            # The same ref_id is still being answered upstream (or, never by us, reused): wait for that answer
+            # rather than hand the message to another upstream and risk sending it twice.
+            raise UpstreamError(f"{self.name} is still on it: {reason}", permanent=False, retry_after=5.0)
+        if response.status_code >= 400:
+            # 400 (invalid number, sender not registered, bad body), 401 (token), 404 (wrong URL).
+            raise UpstreamError(f"{self.name} refused the message ({response.status_code}): {reason}", permanent=True)
+        try:
+            reference_id = response.json()["reference_id"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise UpstreamError(
+                f"{self.name} answered {response.status_code} without a reference_id", permanent=False
+            ) from error
+        return SubmitResult(upstream_message_id=str(reference_id))
+
+    def verify_callback(self, request: CallbackRequest) -> bool:
+        headers = request.headers
+        if "webhook-signature" in headers or "webhook-id" in headers:
+            # A signature that is there must be right, whatever else the request carries.
+            return self._signature_ok(request)
+        if self._signing_key is not None and _is_dlr(request):
+            return False  # delivery reports must be signed once we know their secret
+        given = _bearer(headers.get("authorization"))
+        if self._webhook_token is None or not given:
+            return False
+        return hmac.compare_digest(given.encode(), self._webhook_token.encode())
+
+    def _signature_ok(self, request: CallbackRequest) -> bool:
+        if self._signing_key is None:
+            return False
+        webhook_id = request.headers.get("webhook-id", "")
+        timestamp = request.headers.get("webhook-timestamp", "")
+        if not webhook_id or not timestamp.isdigit() or abs(time.time() - int(timestamp)) > self._tolerance:
+            return False
+        expected = hmac.new(self._signing_key, f"{webhook_id}.{timestamp}.{request.body}".encode(), hashlib.sha256)
+        wanted = base64.b64encode(expected.digest()).decode()
+        for candidate in request.headers.get("webhook-signature", "").split():
+            version, _, value = candidate.partition(",")
+            if version == "v1" and hmac.compare_digest(value.encode(), wanted.encode()):
+                return True
+        return False
+
+    def parse_delivery_reports(self, request: CallbackRequest) -> list[DeliveryReport]:
+        payload = _json_object(request.body, "9bits DLR")
+        try:
+            status = STATUS[str(payload["status"]).lower()]
+        except KeyError as error:
+            raise CallbackRejected(f"not a 9bits DLR: unknown or missing status {payload.get('status')!r}") from error
+        reference_id = payload.get("reference_id")
+        return [
+            DeliveryReport(
+                upstream=self.name,
+                upstream_message_id=str(reference_id) if reference_id is not None else None,
+                client_ref=_text(payload.get("ref_id")),
+                status=status,
+                error_code=_text(payload.get("error_code")),
+                reported_at=_text(payload.get("reported_at")) or _text(payload.get("status_at")),
+            )
+        ]
+
+    def parse_inbound(self, request: CallbackRequest) -> InboundSms:
+        payload = _json_object(request.body, "9bits inbound SMS")
+        try:
+            sender, to, text = str(payload["from"]), str(payload["to"]), str(payload["message"])
+        except KeyError as error:
+            raise CallbackRejected(f"not a 9bits inbound SMS: {error} is missing") from error
+        return InboundSms(
+            upstream=self.name,
+            upstream_message_id=_inbound_id(request, payload),
+            msisdn=sender,
+            to=to.lstrip("+"),
+            text=text,
+            received_at=_text(payload.get("sent_date")) or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        )
+
+
+def _inbound_id(request: CallbackRequest, payload: dict[str, Any]) -> str:
+    """The "Receive SMS" body has no message id: the webhook id when signed (stable across retries), else a digest
+    of the fields that make one message, so a retried callback is stored once."""
+    webhook_id = request.headers.get("webhook-id")
+    if webhook_id:
+        return webhook_id
+    fields = [str(payload.get(key) or "") for key in ("from", "to", "session_id", "sent_date", "message")]
+    return "sha256:" + hashlib.sha256("\x1f".join(fields).encode()).hexdigest()[:32]
+
+
+def _is_dlr(request: CallbackRequest) -> bool:
+    return request.url.rstrip("/").endswith("/dlr")
+
+
+def _bearer(header: str | None) -> str:
+    scheme, _, value = (header or "").strip().partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+def _json_object(body: str, what: str) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except ValueError as error:
+        raise CallbackRejected(f"not a {what}: the body is not JSON") from error
+    if not isinstance(payload, dict):
+        raise CallbackRejected(f"not a {what}: the body is not a JSON object")
+    return payload
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    return str(body.get("message", ""))[:200] if isinstance(body, dict) else response.text[:200]

@@ -1,0 +1,317 @@
+"""Twilio Programmable Messaging: form-encoded submits, signed StatusCallback DLRs and incoming-message webhooks.
+
+API documentation this adapter follows:
+- Create a Message: https://www.twilio.com/docs/messaging/api/message-resource
+  (`POST /2010-04-01/Accounts/{AccountSid}/Messages.json`, HTTP Basic auth with the Account SID and Auth Token or an
+  API key SID and secret, form fields `To`, `From` or `MessagingServiceSid`, `Body`, `StatusCallback`; answers 201 with
+  the Message resource as JSON, `sid` being its id; errors are `{"code", "message", "more_info", "status"}`).
+- Status callbacks: https://www.twilio.com/docs/messaging/guides/outbound-message-status-in-status-callbacks
+  (form POST with `MessageSid`, `MessageStatus`, `ErrorCode`, `To`, `From`, `AccountSid`, ...).
+- Webhook security: https://www.twilio.com/docs/usage/webhooks/webhooks-security (`X-Twilio-Signature` is
+  base64(HMAC-SHA1(auth token, full URL + each POST parameter name and value, sorted by name))), as implemented by
+  twilio-python's `RequestValidator`, which also accepts the URL with and without an explicit :443.
+- Incoming messages: https://www.twilio.com/docs/messaging/guides/webhook-request (`MessageSid`, `From`, `To`,
+  `Body`, `NumMedia`, ...).
+
+Our client reference rides in the StatusCallback URL's query (`?ref=<account>.<reference>.<message id>`): Twilio calls
+that URL as given and signs it whole, so a DLR finds its message with one key lookup and cannot be re-pointed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+
+import httpx
+
+from sms_gateway.adapters.http import async_client
+from sms_gateway.domain.models import (
+    CallbackRequest,
+    DeliveryReport,
+    InboundSms,
+    SubmitRequest,
+    SubmitResult,
+    iso,
+    utc_now,
+)
+from sms_gateway.domain.status import MessageStatus
+from sms_gateway.errors import CallbackRejected, UpstreamError
+
+DEFAULT_BASE_URL = "https://api.twilio.com"
+# The query parameter of our StatusCallback URL that carries our client reference back.
+REF_PARAM = "ref"
+SIGNATURE_HEADER = "x-twilio-signature"
+
+# Twilio's MessageStatus values -> ours. Intermediate states are `submitted`; `failed` means Twilio never sent it
+# (refused, queue overflow, account problem), `undelivered` that the carrier could not deliver it.
+DLR_STATUS: dict[str, MessageStatus] = {
+    "accepted": MessageStatus.SUBMITTED,
+    "scheduled": MessageStatus.SUBMITTED,
+    "queued": MessageStatus.SUBMITTED,
+    "sending": MessageStatus.SUBMITTED,
+    "sent": MessageStatus.SUBMITTED,
+    "delivered": MessageStatus.DELIVERED,
+    "read": MessageStatus.DELIVERED,
+    # Some segments reached the handset: Twilio charges for it and the recipient has (part of) the text.
+    "partially_delivered": MessageStatus.DELIVERED,
+    "undelivered": MessageStatus.FAILED,
+    "failed": MessageStatus.REJECTED,
+    # A scheduled Twilio message cancelled at Twilio: we never do that, and `cancelled` cannot follow `submitted`.
+    "canceled": MessageStatus.FAILED,
+}
+
+# Error codes of a 4xx answer that are worth retrying; every other 4xx refuses the message itself
+# (21211 invalid To, 21614 not a mobile number, 21610 unsubscribed, 21408/21612 not permitted or not reachable, ...).
+TRANSIENT_ERROR_CODES = frozenset(
+    {
+        20429,  # too many requests
+        21611,  # the From number has too many messages queued
+    }
+)
+# HTTP statuses meaning our credentials or account setup are wrong: not the message's fault, so it is offered to the
+# fallback upstream (and retried) rather than failed.
+ACCOUNT_PROBLEM_STATUSES = frozenset({401, 403, 404})
+
+_LONG_DIGITS = re.compile(r"\+?\d{7,}")
+
+
+class TwilioProvider:
+    # Twilio expects TwiML for an incoming message; an empty <Response/> means "no reply" (no warning 12300).
+    inbound_ack = ("text/xml", "<Response/>")
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        account_sid: str,
+        auth_token: str,
+        api_key_sid: str | None = None,
+        api_key_secret: str | None = None,
+        messaging_service_sid: str | None = None,
+        base_url: str = DEFAULT_BASE_URL,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        if not account_sid or not auth_token:
+            raise ValueError("a twilio upstream needs account_sid and auth_token")
+        if bool(api_key_sid) != bool(api_key_secret):
+            raise ValueError("api_key_sid and api_key_secret go together")
+        self.name = name
+        self._account_sid = account_sid
+        # The Auth Token signs every webhook, even when submits authenticate with an API key.
+        self._auth_token = auth_token
+        self._auth = (api_key_sid, api_key_secret) if api_key_sid and api_key_secret else (account_sid, auth_token)
+        self._messaging_service_sid = messaging_service_sid or None
+        self._messages_url = f"{base_url.rstrip('/')}/2010-04-01/Accounts/{quote(account_sid, safe='')}/Messages.json"
+        self._client = client
+
+    @classmethod
+    def from_config(
+        cls, name: str, config: Mapping[str, Any], *, client: httpx.AsyncClient | None = None
+    ) -> TwilioProvider:
+        return cls(
+            name=name,
+            account_sid=str(config["account_sid"]),
+            auth_token=str(config["auth_token"]),
+            api_key_sid=config.get("api_key_sid"),
+            api_key_secret=config.get("api_key_secret"),
+            messaging_service_sid=config.get("messaging_service_sid"),
+            base_url=str(config.get("base_url") or DEFAULT_BASE_URL),
+            client=client,
+        )
+
+    async def submit(self, request: SubmitRequest) -> SubmitResult:
+        form = {"To": request.msisdn, "Body": request.text}
+        if self._messaging_service_sid:
+            form["MessagingServiceSid"] = self._messaging_service_sid
+        else:
+            form["From"] = twilio_sender(request.sender)
+        callback = status_callback_url(request.dlr_url, request.client_ref)
+        if callback:
+            form["StatusCallback"] = callback
+        client = self._client or async_client()
+        try:
+            response = await client.post(
+                self._messages_url, data=form, auth=self._auth, headers={"Accept": "application/json"}
+            )
+        except httpx.TimeoutException as error:
+            raise UpstreamError(f"{self.name} timed out", permanent=False, unavailable=True) from error
+        except httpx.TransportError as error:
+            raise UpstreamError(f"{self.name} unreachable: {error}", permanent=False, unavailable=True) from error
+        if response.is_success:
+            return SubmitResult(upstream_message_id=self._message_sid(response))
+        raise self._error(response)
+
+    def _message_sid(self, response: httpx.Response) -> str:
+        try:
+            sid = response.json()["sid"]
+        except (ValueError, KeyError, TypeError) as error:
+            # Twilio took the request: trying again could send the text twice, so this is not retried.
+            raise UpstreamError(
+                f"{self.name} answered {response.status_code} without a message sid", permanent=True
+            ) from error
+        if not isinstance(sid, str) or not sid:
+            raise UpstreamError(f"{self.name} answered {response.status_code} without a message sid", permanent=True)
+        return sid
+
+    def _error(self, response: httpx.Response) -> UpstreamError:
+        status = response.status_code
+        code, message = _twilio_error(response)
+        described = f"{self.name} answered {status}" + (f" error {code}" if code is not None else "")
+        if message:
+            described += f": {message}"
+        if status == 429 or status >= 500 or code in TRANSIENT_ERROR_CODES:
+            return UpstreamError(
+                described,
+                permanent=False,
+                retry_after=retry_after_seconds(response.headers.get("retry-after")),
+                unavailable=status >= 500,
+            )
+        if status in ACCOUNT_PROBLEM_STATUSES:
+            return UpstreamError(described, permanent=False, unavailable=True)
+        return UpstreamError(described, permanent=True)
+
+    def verify_callback(self, request: CallbackRequest) -> bool:
+        given = request.headers.get(SIGNATURE_HEADER, "")
+        if not given:
+            return False
+        params = form_params(request.body) if request.method.upper() == "POST" else {}
+        return any(
+            hmac.compare_digest(twilio_signature(self._auth_token, url, params).encode(), given.encode())
+            for url in _url_variants(request.url)
+        )
+
+    def parse_delivery_reports(self, request: CallbackRequest) -> list[DeliveryReport]:
+        fields = _callback_fields(request)
+        sid = fields.get("MessageSid") or fields.get("SmsSid")
+        raw_status = (fields.get("MessageStatus") or fields.get("SmsStatus") or "").lower()
+        status = DLR_STATUS.get(raw_status)
+        if not sid or status is None:
+            raise CallbackRejected(f"not a twilio status callback: MessageStatus {raw_status!r}")
+        return [
+            DeliveryReport(
+                upstream=self.name,
+                upstream_message_id=sid,
+                client_ref=request.query.get(REF_PARAM) or None,
+                status=status,
+                error_code=fields.get("ErrorCode") or None,
+                reported_at=_dlr_done_date(fields.get("RawDlrDoneDate")),
+            )
+        ]
+
+    def parse_inbound(self, request: CallbackRequest) -> InboundSms:
+        fields = _callback_fields(request)
+        try:
+            return InboundSms(
+                upstream=self.name,
+                upstream_message_id=fields.get("MessageSid") or fields.get("SmsSid") or None,
+                msisdn=fields["From"],
+                # Our numbers are registered as digits (the shortcode dialect's convention): "+1555..." -> "1555...".
+                to=fields["To"].lstrip("+"),
+                text=fields.get("Body", ""),
+                received_at=iso(utc_now()),
+            )
+        except KeyError as error:
+            raise CallbackRejected(f"not a twilio incoming message: {error} missing") from error
+
+    def __repr__(self) -> str:
+        return f"TwilioProvider(name={self.name!r}, account_sid={self._account_sid!r})"
+
+
+def twilio_sender(sender: str) -> str:
+    """A long number stored as digits becomes E.164 for Twilio; short codes and alphanumeric sender IDs stay."""
+    if sender.isdigit() and len(sender) > 6:
+        return f"+{sender}"
+    return sender
+
+
+def status_callback_url(dlr_url: str | None, client_ref: str) -> str | None:
+    """Our DLR URL with the client reference in its query. None when there is no public (absolute) DLR URL, since
+    Twilio refuses a relative StatusCallback."""
+    if not dlr_url or not dlr_url.startswith(("https://", "http://")):
+        return None
+    separator = "&" if urlsplit(dlr_url).query else "?"
+    return f"{dlr_url}{separator}{REF_PARAM}={quote(client_ref, safe='')}"
+
+
+def form_params(body: str) -> dict[str, list[str]]:
+    params: dict[str, list[str]] = {}
+    for key, value in parse_qsl(body, keep_blank_values=True):
+        params.setdefault(key, []).append(value)
+    return params
+
+
+def twilio_signature(auth_token: str, url: str, params: Mapping[str, list[str]]) -> str:
+    """base64(HMAC-SHA1(auth token, URL + name + value for each parameter, names sorted, repeated values sorted))."""
+    payload = url + "".join(name + value for name in sorted(params) for value in sorted(set(params[name])))
+    digest = hmac.new(auth_token.encode(), payload.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header in seconds, or as an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def _twilio_error(response: httpx.Response) -> tuple[int | None, str]:
+    try:
+        payload = response.json()
+    except ValueError:
+        return None, ""
+    if not isinstance(payload, dict):
+        return None, ""
+    code = payload.get("code")
+    # Twilio's messages quote the number ("The 'To' number +1555... is not valid"): logs never see it whole.
+    message = _LONG_DIGITS.sub("***", str(payload.get("message") or ""))[:200]
+    return (int(code) if isinstance(code, int | str) and str(code).isdigit() else None), message
+
+
+def _url_variants(url: str) -> list[str]:
+    """The URL as received, plus the same URL with the default port added or removed: Twilio signs either form."""
+    parts = urlsplit(url)
+    default_port = 443 if parts.scheme == "https" else 80
+    host = parts.hostname or ""
+    if parts.port is None:
+        other = urlunsplit(parts._replace(netloc=f"{parts.netloc}:{default_port}"))
+    elif parts.port == default_port:
+        other = urlunsplit(parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] or host))
+    else:
+        return [url]
+    return [url, other]
+
+
+def _callback_fields(request: CallbackRequest) -> dict[str, str]:
+    """Callback parameters: the query string (all of them for a GET callback), overlaid by the form body of a POST."""
+    fields = dict(request.query)
+    if request.method.upper() == "POST":
+        fields.update((key, values[-1]) for key, values in form_params(request.body).items())
+    return fields
+
+
+def _dlr_done_date(raw: str | None) -> str | None:
+    """RawDlrDoneDate is the carrier's done date as YYMMDDhhmm, read as UTC; only some carriers report it."""
+    if not raw or len(raw) != 10 or not raw.isdigit():
+        return None
+    try:
+        return iso(datetime.strptime(raw, "%y%m%d%H%M").replace(tzinfo=UTC))
+    except ValueError:
+        return None

@@ -1,0 +1,494 @@
+"""The Africa's Talking adapter against AT's documented wire formats: bulk SMS submits, delivery-report and
+incoming-message notifications; then end to end through the dispatcher and the webhook function (moto)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+import httpx
+import pytest
+
+from sms_gateway.adapters.providers.africastalking import AfricasTalkingProvider
+from sms_gateway.domain.models import CallbackRequest, SubmitRequest
+from sms_gateway.domain.status import MessageStatus
+from sms_gateway.errors import CallbackRejected, UpstreamError
+from tests.conftest import REPO, load_event
+
+USERNAME = "cinemaclub"
+API_KEY = "atsk_0123456789abcdef"
+CALLBACK_TOKEN = "cb-7f3a9d2e41"
+MESSAGE_ID = "ATXid_4f1c2a9e0b7d4c53a1"
+CLIENT_REF = "1042.7310293847561.7310293847562"
+TEXT = "When was the last time you went to the cinema?"
+
+
+def sent(*recipients: dict[str, Any], summary: str = "Sent to 1/1 Total Cost: NGN 2.2000") -> dict[str, Any]:
+    """The submit answer as AT documents it."""
+    return {"SMSMessageData": {"Message": summary, "Recipients": list(recipients)}}
+
+
+def recipient(status_code: int = 101, status: str = "Success", message_id: str = MESSAGE_ID) -> dict[str, Any]:
+    return {
+        "statusCode": status_code,
+        "number": "+2348020000000",
+        "status": status,
+        "cost": "NGN 2.2000" if status_code < 200 else "0",
+        "messageId": message_id,
+    }
+
+
+class FakeAT:
+    def __init__(self, status: int = 201, body: Any = None, text: str | None = None) -> None:
+        self.status = status
+        self.body = sent(recipient()) if body is None else body
+        self.text = text
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.text is not None:
+            return httpx.Response(self.status, text=self.text)
+        return httpx.Response(self.status, json=self.body)
+
+    def form(self, index: int = -1) -> dict[str, list[str]]:
+        return parse_qs(self.requests[index].content.decode(), keep_blank_values=True)
+
+
+def provider(handler: Callable[[httpx.Request], httpx.Response], **config: Any) -> AfricasTalkingProvider:
+    settings = {
+        "type": "africastalking",
+        "username": USERNAME,
+        "api_key": API_KEY,
+        "callback_token": CALLBACK_TOKEN,
+        **config,
+    }
+    return AfricasTalkingProvider.from_config(
+        "africastalking", settings, client=httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    )
+
+
+def submit_request(**overrides: Any) -> SubmitRequest:
+    fields = {
+        "client_ref": CLIENT_REF,
+        "sender": "48974",
+        "msisdn": "+2348020000000",
+        "text": TEXT,
+        "dlr_url": "https://abc123.execute-api.us-east-1.amazonaws.com/callbacks/africastalking/dlr",
+    }
+    fields.update(overrides)
+    return SubmitRequest(**fields)
+
+
+def submit(fake: FakeAT, **config: Any) -> str:
+    return asyncio.run(provider(fake, **config).submit(submit_request())).upstream_message_id
+
+
+def refusal(fake: FakeAT) -> UpstreamError:
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(fake).submit(submit_request()))
+    return raised.value
+
+
+# --- submit -------------------------------------------------------------------------------------------------
+
+
+def test_submit_posts_the_documented_form_with_the_api_key_header() -> None:
+    # Given AT answering 201 with one successful recipient
+    at = FakeAT()
+    # When a message is submitted
+    message_id = submit(at)
+    # Then it was one form POST to /version1/messaging with the apiKey and Accept headers
+    [request] = at.requests
+    assert request.method == "POST"
+    assert str(request.url) == "https://api.africastalking.com/version1/messaging"
+    assert request.headers["apikey"] == API_KEY
+    assert request.headers["accept"] == "application/json"
+    assert request.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert "authorization" not in request.headers
+    # With exactly the documented fields (bulkSMSMode=1 as the official SDK sends it)
+    assert at.form() == {
+        "username": [USERNAME],
+        "to": ["+2348020000000"],
+        "message": [TEXT],
+        "from": ["48974"],
+        "bulkSMSMode": ["1"],
+    }
+    # And the upstream id is the recipient's messageId
+    assert message_id == MESSAGE_ID
+
+
+def test_the_sandbox_username_and_options_pick_the_sandbox_and_enqueue() -> None:
+    at = FakeAT()
+    asyncio.run(
+        AfricasTalkingProvider.from_config(
+            "at-sandbox",
+            {"username": "sandbox", "api_key": API_KEY, "callback_token": CALLBACK_TOKEN, "enqueue": True},
+            client=httpx.AsyncClient(transport=httpx.MockTransport(at)),
+        ).submit(submit_request())
+    )
+    assert str(at.requests[0].url) == "https://api.sandbox.africastalking.com/version1/messaging"
+    assert at.form()["enqueue"] == ["1"]
+    assert at.form()["username"] == ["sandbox"]
+
+
+def test_sandbox_flag_and_bulk_mode_come_from_the_configuration() -> None:
+    at = FakeAT()
+    submit(at, sandbox=True, bulk_sms_mode=None)
+    assert at.requests[0].url.host == "api.sandbox.africastalking.com"
+    assert "bulkSMSMode" not in at.form()
+
+
+@pytest.mark.parametrize(("code", "status"), [(100, "Processed"), (101, "Success"), (102, "Queued")])
+def test_accepted_status_codes_return_the_message_id(code: int, status: str) -> None:
+    assert submit(FakeAT(body=sent(recipient(code, status)))) == MESSAGE_ID
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "permanent"),
+    [
+        (401, "RiskHold", True),
+        (402, "InvalidSenderId", True),
+        (403, "InvalidPhoneNumber", True),
+        (404, "UnsupportedNumberType", True),
+        (405, "InsufficientBalance", False),
+        (406, "UserInBlacklist", True),
+        (407, "CouldNotRoute", False),
+        (409, "DoNotDisturbRejection", True),
+        (500, "InternalServerError", False),
+        (501, "GatewayError", False),
+        (502, "RejectedByGateway", True),
+        (408, "SomethingNew", True),
+        (503, "SomethingElse", False),
+    ],
+)
+def test_each_refusal_code_is_permanent_or_transient(code: int, status: str, permanent: bool) -> None:
+    body = sent(recipient(code, status, message_id="None"), summary="Sent to 0/1 Total Cost: 0")
+    error = refusal(FakeAT(body=body))
+    assert error.permanent is permanent
+    assert str(code) in error.message
+    # A transient refusal is offered to the fallback upstream at once
+    assert error.unavailable is (not permanent)
+
+
+def test_nothing_sent_for_an_invalid_sender_is_permanent() -> None:
+    error = refusal(FakeAT(body=sent(summary="InvalidSenderId")))
+    assert error.permanent is True
+    assert "InvalidSenderId" in error.message
+
+
+def test_nothing_sent_for_an_empty_balance_is_transient() -> None:
+    assert refusal(FakeAT(body=sent(summary="InsufficientBalance"))).permanent is False
+
+
+def test_the_recipient_matching_our_number_is_the_one_read() -> None:
+    other = {**recipient(403, "InvalidPhoneNumber", "None"), "number": "+2348020000001"}
+    assert submit(FakeAT(body=sent(other, recipient()))) == MESSAGE_ID
+
+
+@pytest.mark.parametrize(
+    ("status", "text", "permanent", "unavailable"),
+    [
+        (401, "The supplied authentication is invalid", False, True),
+        (400, "Request is missing required form field 'to'", True, False),
+        (429, "Too many requests", False, False),
+        (500, "Internal Server Error", False, True),
+        (502, "Bad Gateway", False, True),
+    ],
+)
+def test_http_errors(status: int, text: str, permanent: bool, unavailable: bool) -> None:
+    error = refusal(FakeAT(status, text=text))
+    assert (error.permanent, error.unavailable) == (permanent, unavailable)
+
+
+def test_a_throttle_honours_retry_after() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, text="Too many requests", headers={"Retry-After": "12"})
+
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(handler).submit(submit_request()))
+    assert (raised.value.permanent, raised.value.retry_after) == (False, 12.0)
+
+
+@pytest.mark.parametrize("failure", [httpx.ReadTimeout("slow"), httpx.ConnectError("refused")])
+def test_timeouts_and_connection_errors_are_transient(failure: Exception) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise failure
+
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(handler).submit(submit_request()))
+    assert (raised.value.permanent, raised.value.unavailable) == (False, True)
+
+
+@pytest.mark.parametrize("body", [{"unexpected": True}, sent(recipient(101, "Success", message_id="None"))])
+def test_an_acceptance_we_cannot_read_is_not_retried(body: dict[str, Any]) -> None:
+    # AT took the request; a retry could send the text twice
+    assert refusal(FakeAT(body=body)).permanent is True
+
+
+def test_configuration_needs_credentials_and_a_callback_token() -> None:
+    with pytest.raises(KeyError):
+        AfricasTalkingProvider.from_config("at", {"username": USERNAME, "api_key": API_KEY})
+    with pytest.raises(ValueError, match="callback_token"):
+        AfricasTalkingProvider.from_config("at", {"username": USERNAME, "api_key": API_KEY, "callback_token": ""})
+
+
+# --- callbacks ----------------------------------------------------------------------------------------------
+
+
+def delivery_report_body(status: str = "Success", **extra: str) -> str:
+    """A delivery-report notification as AT documents it (form-encoded)."""
+    fields = {
+        "id": MESSAGE_ID,
+        "status": status,
+        "phoneNumber": "+2348020000000",
+        "networkCode": "62130",
+        "retryCount": "0",
+        **extra,
+    }
+    return urlencode(fields)
+
+
+def incoming_body(**extra: str) -> str:
+    """An incoming-message notification as AT documents it."""
+    fields = {
+        "date": "2024-01-02 23:50:37",
+        "from": "+2348020000000",
+        "to": "48974",
+        "text": "STOP",
+        "id": "b2f4a1e0-5c4e-4a8b-9d57-0e3f6f3f1a11",
+        "linkId": "SampleLinkId123",
+        "networkCode": "62130",
+        **extra,
+    }
+    return urlencode(fields)
+
+
+def callback(path: str, body: str, token: str | None = CALLBACK_TOKEN) -> CallbackRequest:
+    query = {} if token is None else {"token": token}
+    suffix = f"?{urlencode(query)}" if query else ""
+    return CallbackRequest(
+        method="POST",
+        url=f"https://abc123.execute-api.us-east-1.amazonaws.com/callbacks/africastalking/{path}{suffix}",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        query=query,
+        body=body,
+    )
+
+
+def test_a_tokened_delivery_report_is_verified_and_parsed() -> None:
+    at = provider(FakeAT())
+    request = callback("dlr", delivery_report_body("Success"))
+    assert at.verify_callback(request) is True
+    [report] = at.parse_delivery_reports(request)
+    assert report.upstream == "africastalking"
+    assert report.upstream_message_id == MESSAGE_ID
+    # AT echoes nothing of ours: the message is found by its id through the upstream index
+    assert report.client_ref is None
+    assert report.status == MessageStatus.DELIVERED
+
+
+@pytest.mark.parametrize("token", [None, "", "cb-wrong", CALLBACK_TOKEN.upper(), CALLBACK_TOKEN + "x", "é"], ids=repr)
+def test_a_missing_or_wrong_token_is_refused(token: str | None) -> None:
+    assert provider(FakeAT()).verify_callback(callback("dlr", delivery_report_body(), token=token)) is False
+
+
+def test_the_token_in_the_body_does_not_count() -> None:
+    request = callback("dlr", delivery_report_body(token=CALLBACK_TOKEN), token=None)
+    assert provider(FakeAT()).verify_callback(request) is False
+
+
+@pytest.mark.parametrize(
+    ("status", "ours"),
+    [
+        ("Sent", MessageStatus.SUBMITTED),
+        ("Submitted", MessageStatus.SUBMITTED),
+        ("Buffered", MessageStatus.SUBMITTED),
+        ("Success", MessageStatus.DELIVERED),
+        ("Rejected", MessageStatus.REJECTED),
+        ("Failed", MessageStatus.FAILED),
+        ("AbsentSubscriber", MessageStatus.FAILED),
+        ("Expired", MessageStatus.EXPIRED),
+    ],
+)
+def test_at_statuses_map_to_ours(status: str, ours: MessageStatus) -> None:
+    [report] = provider(FakeAT()).parse_delivery_reports(callback("dlr", delivery_report_body(status)))
+    assert report.status == ours
+
+
+def test_a_failure_carries_its_reason() -> None:
+    body = delivery_report_body("Failed", failureReason="UserInBlacklist")
+    [report] = provider(FakeAT()).parse_delivery_reports(callback("dlr", body))
+    assert (report.status, report.error_code) == (MessageStatus.FAILED, "UserInBlacklist")
+
+
+@pytest.mark.parametrize("body", [delivery_report_body("Teleported"), urlencode({"status": "Success"}), ""])
+def test_an_unreadable_delivery_report_is_rejected(body: str) -> None:
+    with pytest.raises(CallbackRejected):
+        provider(FakeAT()).parse_delivery_reports(callback("dlr", body))
+
+
+def test_an_incoming_message_is_parsed() -> None:
+    at = provider(FakeAT())
+    request = callback("inbound", incoming_body())
+    assert at.verify_callback(request) is True
+    sms = at.parse_inbound(request)
+    assert sms.upstream == "africastalking"
+    assert sms.upstream_message_id == "b2f4a1e0-5c4e-4a8b-9d57-0e3f6f3f1a11"
+    assert (sms.msisdn, sms.to, sms.text) == ("+2348020000000", "48974", "STOP")
+    assert sms.received_at == "2024-01-02T23:50:37.000000Z"
+
+
+@pytest.mark.parametrize(
+    ("date", "expected"),
+    [
+        ("2024-01-02T23:50:37.123Z", "2024-01-02T23:50:37.123000Z"),
+        ("2024-01-03 02:50:37+03:00", "2024-01-02T23:50:37.000000Z"),
+        ("yesterday", "yesterday"),
+    ],
+)
+def test_incoming_dates_become_iso_utc(date: str, expected: str) -> None:
+    sms = provider(FakeAT()).parse_inbound(callback("inbound", incoming_body(date=date)))
+    assert sms.received_at == expected
+
+
+def test_an_incoming_message_without_a_sender_is_rejected() -> None:
+    with pytest.raises(CallbackRejected):
+        provider(FakeAT()).parse_inbound(callback("inbound", urlencode({"to": "48974", "text": "hi"})))
+
+
+# --- end to end: dispatcher and webhook functions over moto ---------------------------------------------------
+
+API_DOMAIN = "abc123.execute-api.us-east-1.amazonaws.com"
+
+
+class FakeContext:
+    function_name = "test"
+    function_version = "$LATEST"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:test"
+    memory_limit_in_mb = 256
+    aws_request_id = "req-1"
+    log_group_name = "/aws/lambda/test"
+    log_stream_name = "stream"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+def load_function(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"fn_{name}", Path(REPO, "functions", name, "app.py"))
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def at_upstream(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> FakeAT:
+    import boto3
+
+    from sms_gateway import bootstrap
+
+    boto3.client("ssm").put_parameter(
+        Name=f"{aws['UPSTREAM_PARAMETER_PREFIX']}africastalking",
+        Type="SecureString",
+        Value=json.dumps(
+            {"type": "africastalking", "username": USERNAME, "api_key": API_KEY, "callback_token": CALLBACK_TOKEN}
+        ),
+    )
+    monkeypatch.setenv("DEFAULT_UPSTREAM", "africastalking")
+    bootstrap.reset()
+    fake = FakeAT()
+    client = httpx.AsyncClient(transport=httpx.MockTransport(fake))
+    original = AfricasTalkingProvider.__init__
+
+    def with_mock_client(self: AfricasTalkingProvider, **kwargs: Any) -> None:
+        original(self, **{**kwargs, "client": client})
+
+    monkeypatch.setattr(AfricasTalkingProvider, "__init__", with_mock_client)
+    return fake
+
+
+def webhook_event(kind: str, body: str, token: str) -> dict[str, Any]:
+    event = load_event("webhook-dlr-simulator.json")
+    path = f"/callbacks/africastalking/{kind}"
+    event["routeKey"] = f"POST /callbacks/{{provider}}/{kind}"
+    event["rawPath"] = path
+    event["rawQueryString"] = urlencode({"token": token})
+    event["queryStringParameters"] = {"token": token}
+    event["requestContext"]["http"]["path"] = path
+    event["requestContext"]["routeKey"] = event["routeKey"]
+    event["pathParameters"] = {"provider": "africastalking"}
+    event["headers"] = {"content-type": "application/x-www-form-urlencoded", "host": API_DOMAIN}
+    event["body"] = body
+    return event
+
+
+def dispatch_queued(aws: dict[str, str]) -> dict[str, Any]:
+    import boto3
+
+    records = boto3.client("sqs").receive_message(
+        QueueUrl=aws["DISPATCH_QUEUE_URL"], MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
+    )["Messages"]
+    sqs_event = {
+        "Records": [
+            {
+                "messageId": r["MessageId"],
+                "receiptHandle": r["ReceiptHandle"],
+                "body": r["Body"],
+                "attributes": r["Attributes"],
+                "messageAttributes": {},
+                "md5OfBody": r["MD5OfBody"],
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:dispatch.fifo",
+                "awsRegion": "us-east-1",
+            }
+            for r in records
+        ]
+    }
+    return dict(load_function("dispatcher").handler(sqs_event, FakeContext()))
+
+
+def test_end_to_end_an_at_delivery_report_finds_its_message_by_the_upstream_id(aws, at_upstream) -> None:
+    from sms_gateway_tools.admin import create_account
+
+    account = create_account(name="Cinema Club", senders=["48974"], credits=100)
+    api = load_function("api")
+    # Given a send that the dispatcher submitted to AT, which answered our messageId
+    event = load_event("api-sendsms-9bits.json", YOUR_API_Token=account["token"])
+    reference_id = json.loads(api.handler(event, FakeContext())["body"])["reference_id"]
+    assert dispatch_queued(aws) == {"batchItemFailures": []}
+    assert at_upstream.form()["to"] == ["+2348020000000"]
+    webhook = load_function("webhook")
+
+    # When a delivery report comes with the wrong token, it is refused
+    refused = webhook.handler(webhook_event("dlr", delivery_report_body("Success"), "guess"), FakeContext())
+    assert refused["statusCode"] == 401
+
+    # When AT posts the delivery report to the dashboard URL with our token
+    answer = webhook.handler(webhook_event("dlr", delivery_report_body("Success"), CALLBACK_TOKEN), FakeContext())
+
+    # Then the upstream index finds the message, which reads delivered
+    assert answer["statusCode"] == 200, answer
+    assert json.loads(answer["body"])["applied"] == 1
+    report_event = load_event("api-batch-delivery-report.json", YOUR_API_Token=account["token"])
+    report_event["rawPath"] = f"/ng/v1/batches/{reference_id}/delivery_report"
+    report_event["requestContext"]["http"]["path"] = report_event["rawPath"]
+    [entry] = json.loads(api.handler(report_event, FakeContext())["body"])["data"]
+    assert entry["status"] == "delivered"
+
+
+def test_end_to_end_an_at_incoming_message_reaches_the_account_that_owns_the_shortcode(aws, at_upstream) -> None:
+    from sms_gateway_tools.admin import create_account
+
+    create_account(name="Cinema Club", senders=["48974"], credits=100)
+    webhook = load_function("webhook")
+    answer = webhook.handler(webhook_event("inbound", incoming_body(), CALLBACK_TOKEN), FakeContext())
+    assert answer["statusCode"] == 200, answer
+    assert json.loads(answer["body"])["routed"] is True

@@ -1,0 +1,331 @@
+"""Jasmin upstream adapter: /send requests and answers as Jasmin's HTTP API documents them, DLR and MO callbacks,
+token verification."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+
+import httpx
+import pytest
+
+from sms_gateway.adapters.providers import FACTORIES
+from sms_gateway.adapters.providers.jasmin import CALLBACK_ACK, JasminProvider
+from sms_gateway.domain.models import CallbackRequest, SubmitRequest
+from sms_gateway.domain.status import MessageStatus
+from sms_gateway.errors import CallbackRejected, UpstreamError
+
+TOKEN = "jasmin-callback-token-0123456789"
+REF = "1001.71800327346180097.71800327346180098"
+MESSAGE_ID = "07033084-5cfd-4812-90a4-e4d24ffb6e3d"
+DLR_BASE = "https://gw.example.com/callbacks/jasmin/dlr"
+INBOUND_URL = f"https://gw.example.com/callbacks/jasmin/inbound?token={TOKEN}"
+CONFIG = {
+    "type": "jasmin",
+    "url": "http://jasmin.example:1401",
+    "username": "jasmin_user",
+    "password": "jasmin_pass",
+    "callback_token": TOKEN,
+}
+
+
+def provider(handler: Callable[[httpx.Request], httpx.Response], **overrides: Any) -> JasminProvider:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return JasminProvider.from_config("jasmin", {**CONFIG, **overrides}, client=client)
+
+
+def answer(status: int, body: str, **headers: str) -> Callable[[httpx.Request], httpx.Response]:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, text=body, headers={"Content-Type": "text/plain", **headers})
+
+    return handler
+
+
+def submit_request(text: str = "Hello world !", dlr_url: str | None = DLR_BASE) -> SubmitRequest:
+    return SubmitRequest(client_ref=REF, sender="48974", msisdn="+2348020000000", text=text, dlr_url=dlr_url)
+
+
+def recorded_send(text: str = "Hello world !", dlr_url: str | None = DLR_BASE) -> tuple[str, httpx.Request]:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, text=f'Success "{MESSAGE_ID}"', headers={"Content-Type": "text/plain"})
+
+    result = asyncio.run(provider(handler).submit(submit_request(text, dlr_url)))
+    return result.upstream_message_id, seen[0]
+
+
+def form(request: httpx.Request) -> dict[str, str]:
+    return dict(parse_qsl(request.content.decode(), keep_blank_values=True))
+
+
+# --- submit -------------------------------------------------------------------------------------------------------
+
+
+def test_submit_posts_the_documented_form_and_reads_the_message_id() -> None:
+    upstream_id, request = recorded_send()
+
+    assert upstream_id == MESSAGE_ID
+    assert request.method == "POST"
+    assert str(request.url) == "http://jasmin.example:1401/send"
+    assert request.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert form(request) == {
+        "username": "jasmin_user",
+        "password": "jasmin_pass",
+        "to": "2348020000000",
+        "from": "48974",
+        "coding": "0",
+        "content": "Hello world !",
+        "dlr": "yes",
+        "dlr-url": f"{DLR_BASE}?ref={REF}&token={TOKEN}",
+        "dlr-level": "3",
+        "dlr-method": "POST",
+    }
+
+
+def test_ucs2_text_goes_as_hex_content_with_coding_8() -> None:
+    _, request = recorded_send(text="Hello ™ world")
+    fields = form(request)
+    assert fields["coding"] == "8"
+    assert fields["hex-content"] == "Hello ™ world".encode("utf-16-be").hex()
+    assert "content" not in fields
+
+
+def test_without_a_dlr_url_no_receipt_is_asked_for() -> None:
+    _, request = recorded_send(dlr_url=None)
+    fields = form(request)
+    assert fields["dlr"] == "no"
+    assert not {"dlr-url", "dlr-level", "dlr-method"} & set(fields)
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (400, 'Error "Mandatory arguments not found, please refer to the HTTPAPI specifications."'),
+        (400, 'Error "Argument to has an invalid value: abc."'),
+        (403, 'Error "Authentication failure for username:jasmin_user"'),
+        (403, 'Error "Authorization failed for username:jasmin_user"'),
+        (412, 'Error "No route found"'),
+    ],
+)
+def test_refusals_are_permanent(status: int, body: str) -> None:
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(answer(status, body)).submit(submit_request()))
+    assert raised.value.permanent is True
+    assert body.split('"')[1] in raised.value.message
+
+
+def test_throughput_exceeded_is_a_short_throttle() -> None:
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(answer(403, 'Error "User throughput exceeded"')).submit(submit_request()))
+    assert (raised.value.permanent, raised.value.retry_after, raised.value.unavailable) == (False, 1.0, False)
+
+
+def test_charging_failure_sends_the_message_elsewhere() -> None:
+    body = 'Error "Cannot charge submit_sm, check RouterPB log file for details"'
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(answer(403, body)).submit(submit_request()))
+    assert (raised.value.permanent, raised.value.unavailable) == (False, True)
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (500, 'Error "Cannot send submit_sm, check SMPPClientManagerPB log file for details"'),
+        (503, 'Error "InterceptorPB not connected !"'),
+    ],
+)
+def test_server_errors_are_transient(status: int, body: str) -> None:
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(answer(status, body)).submit(submit_request()))
+    assert (raised.value.permanent, raised.value.unavailable) == (False, True)
+
+
+def test_429_with_retry_after() -> None:
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(answer(429, "Too many", **{"Retry-After": "3"})).submit(submit_request()))
+    assert (raised.value.permanent, raised.value.retry_after, raised.value.unavailable) == (False, 3.0, False)
+
+
+@pytest.mark.parametrize("error", [httpx.ReadTimeout("slow"), httpx.ConnectError("refused")])
+def test_timeouts_and_connection_errors_are_transient(error: Exception) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(handler).submit(submit_request()))
+    assert raised.value.permanent is False
+
+
+# --- delivery reports -------------------------------------------------------------------------------------------
+
+
+def dlr(fields: dict[str, str], *, token: str | None = TOKEN, method: str = "POST") -> CallbackRequest:
+    """A DLR as Jasmin's DLRThrower sends it to our dlr-url: form body with POST, appended query with GET."""
+    query = {"ref": REF} | ({"token": token} if token is not None else {})
+    if method == "GET":
+        query |= fields
+    return CallbackRequest(
+        method=method,
+        url=DLR_BASE,
+        headers={"content-type": "application/x-www-form-urlencoded", "user-agent": "Jasmin gateway/1.0 DLRThrower"},
+        query=query,
+        body=urlencode(fields) if method == "POST" else "",
+    )
+
+
+LEVEL2 = {
+    "id": MESSAGE_ID,
+    "id_smsc": "2567",
+    "level": "2",
+    "subdate": "1311022338",
+    "donedate": "1311022339",
+    "sub": "001",
+    "dlvrd": "001",
+    "err": "000",
+    "text": "Hello foo bar",
+}
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "error_code"),
+    [
+        ({"id": MESSAGE_ID, "message_status": "ESME_ROK", "level": "1"}, MessageStatus.SUBMITTED, None),
+        (
+            {"id": MESSAGE_ID, "message_status": "ESME_RINVDSTADR", "level": "1"},
+            MessageStatus.REJECTED,
+            "ESME_RINVDSTADR",
+        ),
+        ({**LEVEL2, "message_status": "DELIVRD"}, MessageStatus.DELIVERED, None),
+        ({**LEVEL2, "message_status": "ACCEPTD"}, MessageStatus.SUBMITTED, None),
+        ({**LEVEL2, "message_status": "EXPIRED", "dlvrd": "000", "err": "027"}, MessageStatus.EXPIRED, "027"),
+        ({**LEVEL2, "message_status": "UNDELIV", "dlvrd": "000", "err": "001"}, MessageStatus.FAILED, "001"),
+        ({**LEVEL2, "message_status": "DELETED", "dlvrd": "000"}, MessageStatus.FAILED, None),
+        ({**LEVEL2, "message_status": "REJECTD", "dlvrd": "000", "err": "011"}, MessageStatus.REJECTED, "011"),
+        ({**LEVEL2, "message_status": "UNKNOWN", "dlvrd": "000"}, MessageStatus.FAILED, None),
+    ],
+)
+def test_dlrs_map_to_our_statuses(fields: dict[str, str], status: MessageStatus, error_code: str | None) -> None:
+    jasmin = provider(answer(200, ""))
+    for method in ("POST", "GET"):
+        request = dlr(fields, method=method)
+        assert jasmin.verify_callback(request) is True
+        (report,) = jasmin.parse_delivery_reports(request)
+        assert report.status is status
+        assert report.client_ref == REF
+        assert report.upstream_message_id == MESSAGE_ID
+        assert report.error_code == error_code
+        assert report.reported_at == ("2013-11-02T23:39:00.000000Z" if "donedate" in fields else None)
+
+
+def test_an_unknown_or_incomplete_dlr_is_rejected() -> None:
+    jasmin = provider(answer(200, ""))
+    with pytest.raises(CallbackRejected):
+        jasmin.parse_delivery_reports(dlr({**LEVEL2, "message_status": "WHATEVER"}))
+    with pytest.raises(CallbackRejected):
+        jasmin.parse_delivery_reports(dlr({"message_status": "DELIVRD"}))
+
+
+@pytest.mark.parametrize("token", [None, "", "wrong-token-0123456789abcdef", TOKEN.upper()])
+def test_a_missing_or_wrong_token_is_refused(token: str | None) -> None:
+    request = dlr({**LEVEL2, "message_status": "DELIVRD"}, token=token)
+    assert provider(answer(200, "")).verify_callback(request) is False
+
+
+def test_the_adapter_names_jasmins_acknowledgement_body() -> None:
+    assert CALLBACK_ACK == "ACK/Jasmin"
+    assert provider(answer(200, "")).callback_ack == "ACK/Jasmin"
+
+
+# --- inbound (MO) -------------------------------------------------------------------------------------------------
+
+
+def mo(fields: dict[str, str], *, url: str = INBOUND_URL) -> CallbackRequest:
+    """An MO as deliverSmHttpThrower POSTs it to an HTTP client connector's baseurl."""
+    parts = urlsplit(url)
+    return CallbackRequest(
+        method="POST",
+        url=f"https://gw.example.com{parts.path}",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        query=dict(parse_qsl(parts.query)),
+        # Jasmin form-encodes short_message's raw bytes: one latin-1 character per byte here.
+        body=urlencode(fields, encoding="latin-1"),
+    )
+
+
+BASE_MO = {
+    "id": "16fd2706-8baf-433b-82eb-8c7fada847da",
+    "from": "+2348020000000",
+    "to": "48974",
+    "origin-connector": "mtn",
+    "priority": "1",
+}
+
+
+def test_a_gsm_mo_is_parsed() -> None:
+    # "Hi @ $5_" in GSM 03.38 septets: '@' is 0x00, '$' 0x02, '_' 0x11
+    raw = bytes([0x48, 0x69, 0x20, 0x00, 0x20, 0x02, 0x35, 0x11])
+    request = mo({**BASE_MO, "coding": "0", "validity": "2013-07-16 00-46:54", "content": raw.decode("latin-1")})
+    request = request.model_copy(update={"body": request.body + "&binary=" + raw.hex()})
+    jasmin = provider(answer(200, ""))
+
+    assert jasmin.verify_callback(request) is True
+    sms = jasmin.parse_inbound(request)
+
+    assert sms.upstream == "jasmin"
+    assert sms.upstream_message_id == "16fd2706-8baf-433b-82eb-8c7fada847da"
+    assert (sms.msisdn, sms.to, sms.text) == ("+2348020000000", "48974", "Hi @ $5_")
+
+
+def test_a_ucs2_mo_is_decoded_from_its_bytes() -> None:
+    raw = "سلام Olá ™".encode("utf-16-be")
+    fields = {**BASE_MO, "coding": "8", "content": raw.decode("latin-1"), "binary": raw.hex()}
+    assert provider(answer(200, "")).parse_inbound(mo(fields)).text == "سلام Olá ™"
+    # Without `binary` (older Jasmin) the percent-encoded bytes of `content` are enough
+    del fields["binary"]
+    assert "%E1" in mo(fields).body
+    assert provider(answer(200, "")).parse_inbound(mo(fields)).text == "سلام Olá ™"
+
+
+def test_coding_as_the_raw_byte_and_a_latin1_smsc_are_understood() -> None:
+    raw = "Olá".encode("latin-1")
+    fields = {**BASE_MO, "coding": "\x08", "binary": "Olá".encode("utf-16-be").hex(), "content": ""}
+    assert provider(answer(200, "")).parse_inbound(mo(fields)).text == "Olá"
+    latin = {**BASE_MO, "coding": "0", "binary": raw.hex(), "content": raw.decode("latin-1")}
+    assert provider(answer(200, ""), mo_charset="latin-1").parse_inbound(mo(latin)).text == "Olá"
+
+
+def test_an_mo_without_a_token_or_its_fields() -> None:
+    jasmin = provider(answer(200, ""))
+    assert jasmin.verify_callback(mo(BASE_MO, url="https://gw.example.com/callbacks/jasmin/inbound")) is False
+    with pytest.raises(CallbackRejected):
+        jasmin.parse_inbound(mo({"id": "x", "from": "+2348020000000", "to": "48974"}))
+
+
+def test_configuration_is_checked() -> None:
+    assert isinstance(FACTORIES["jasmin"]("jasmin", dict(CONFIG)), JasminProvider)
+    with pytest.raises(ValueError, match="callback_token"):
+        JasminProvider.from_config("jasmin", {**CONFIG, "callback_token": "short"})
+    with pytest.raises(ValueError, match="dlr_level"):
+        JasminProvider.from_config("jasmin", {**CONFIG, "dlr_level": 4})
+    with pytest.raises(LookupError):
+        JasminProvider.from_config("jasmin", {**CONFIG, "mo_charset": "no-such-codec"})
+
+
+def test_the_dlr_url_keeps_our_query_when_jasmin_posts() -> None:
+    # With dlr-method POST Jasmin calls the dlr-url as given and sends the fields in the body
+    jasmin = provider(answer(200, ""))
+    url = jasmin.dlr_url(DLR_BASE, REF)
+    parts = urlsplit(url)
+    request = CallbackRequest(
+        method="POST",
+        url=f"https://gw.example.com{parts.path}",
+        query=dict(parse_qsl(parts.query)),
+        body=urlencode({**LEVEL2, "message_status": "DELIVRD"}),
+    )
+    assert jasmin.verify_callback(request) is True
+    assert jasmin.parse_delivery_reports(request)[0].client_ref == REF
+    assert quote(REF, safe="") in url

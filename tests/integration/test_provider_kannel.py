@@ -1,0 +1,585 @@
+"""Kannel upstream adapter: sendsms requests and answers, DLR and MO callbacks, token verification, and a run
+against a real Kannel (bearerbox + smsbox + fakesmsc) when one is installed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit
+
+import httpx
+import pytest
+
+from sms_gateway.adapters.providers import FACTORIES
+from sms_gateway.adapters.providers.kannel import KannelProvider
+from sms_gateway.domain.models import CallbackRequest, SubmitRequest
+from sms_gateway.domain.status import MessageStatus
+from sms_gateway.errors import CallbackRejected, UpstreamError
+
+TOKEN = "kannel-callback-token-0123456789"
+REF = "1001.71800327346180097.71800327346180098"
+DLR_BASE = "https://gw.example.com/callbacks/kannel/dlr"
+CONFIG = {
+    "type": "kannel",
+    "url": "http://kannel.example:13013/",
+    "username": "tester",
+    "password": "foobar",
+    "callback_token": TOKEN,
+}
+
+
+def provider(handler: Callable[[httpx.Request], httpx.Response], **overrides: Any) -> KannelProvider:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return KannelProvider.from_config("kannel", {**CONFIG, **overrides}, client=client)
+
+
+def submit_request(text: str = "Hello Buddy. Let's go!", dlr_url: str | None = DLR_BASE) -> SubmitRequest:
+    return SubmitRequest(client_ref=REF, sender="48974", msisdn="+2348020000000", text=text, dlr_url=dlr_url)
+
+
+def answer(status: int, body: str, **headers: str) -> Callable[[httpx.Request], httpx.Response]:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, text=body, headers={"Content-Type": "text/html", **headers})
+
+    return handler
+
+
+def callback(url: str, method: str = "GET", body: str = "", headers: dict[str, str] | None = None) -> CallbackRequest:
+    """A callback as the webhook builds it: query string decoded, header names lowercased."""
+    parts = urlsplit(url)
+    return CallbackRequest(
+        method=method,
+        url=f"https://gw.example.com{parts.path}",
+        headers={k.lower(): v for k, v in (headers or {}).items()},
+        query=dict(parse_qsl(parts.query, keep_blank_values=True)),
+        body=body,
+    )
+
+
+def kannel_expands(dlr_url: str, values: dict[str, str]) -> str:
+    """What Kannel does to a dlr-url before it fetches it: each %-escape replaced by its URL-encoded value."""
+    out, i = [], 0
+    while i < len(dlr_url):
+        if dlr_url[i] == "%" and i + 1 < len(dlr_url) and dlr_url[i + 1] in values:
+            out.append(quote(values[dlr_url[i + 1]], safe=""))
+            i += 2
+        else:
+            out.append(dlr_url[i])
+            i += 1
+    return "".join(out)
+
+
+# --- submit -------------------------------------------------------------------------------------------------------
+
+
+def test_submit_sends_the_documented_sendsms_get_and_takes_202_accepted() -> None:
+    # Given Kannel answering sendsms as its user guide shows
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, text="0: Accepted for delivery", headers={"Content-Type": "text/html"})
+
+    # When a GSM-7 message with a DLR URL is submitted
+    result = asyncio.run(provider(handler).submit(submit_request()))
+
+    # Then one GET /cgi-bin/sendsms carries every documented field, and our reference is the upstream id
+    assert result.upstream_message_id == REF
+    (request,) = seen
+    assert request.method == "GET"
+    assert request.url.host == "kannel.example"
+    assert request.url.port == 13013
+    assert request.url.path == "/cgi-bin/sendsms"
+    params = dict(request.url.params)
+    dlr_url = params.pop("dlr-url")
+    assert params == {
+        "username": "tester",
+        "password": "foobar",
+        "from": "48974",
+        "to": "2348020000000",
+        "text": "Hello Buddy. Let's go!",
+        "charset": "UTF-8",
+        "coding": "0",
+        "dlr-mask": "31",
+    }
+    # And the DLR URL carries our reference, our token and Kannel's escape codes (sent URL-encoded)
+    assert dlr_url == (f"{DLR_BASE}?ref={REF}&token={TOKEN}&type=%d&answer=%A&ts=%T&smsc=%i&to=%p&from=%P")
+    assert "dlr-url=https%3A%2F%2Fgw.example.com" in str(request.url)
+    assert "%25d" in str(request.url)
+
+
+def test_submit_asks_for_ucs2_when_the_text_is_not_gsm7() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, text="0: Accepted for delivery")
+
+    asyncio.run(provider(handler).submit(submit_request(text="Hello ™ world")))
+
+    assert seen[0].url.params["coding"] == "2"
+    assert seen[0].url.params["charset"] == "UTF-8"
+    assert seen[0].url.params["text"] == "Hello ™ world"
+
+
+def test_submit_without_a_dlr_url_asks_for_no_reports_and_names_a_configured_smsc() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, text="0: Accepted for delivery")
+
+    asyncio.run(provider(handler, smsc="mtn-smpp").submit(submit_request(dlr_url=None)))
+
+    params = seen[0].url.params
+    assert "dlr-mask" not in params
+    assert "dlr-url" not in params
+    assert params["smsc"] == "mtn-smpp"
+
+
+def test_queued_for_later_delivery_is_a_take() -> None:
+    result = asyncio.run(provider(answer(202, "3: Queued for later delivery")).submit(submit_request()))
+    assert result.upstream_message_id == REF
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (403, "Authorization failed for sendsms"),
+        (400, "Missing receiver number, rejected"),
+        (400, "Sender missing and no global set, rejected"),
+        (400, "Number(s) has/have been denied by white- and/or black-lists."),
+        (403, "Not routable. Do not try again."),
+    ],
+)
+def test_4xx_answers_are_permanent(status: int, body: str) -> None:
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(answer(status, body)).submit(submit_request()))
+    assert raised.value.permanent is True
+    assert body in raised.value.message
+
+
+def test_503_temporal_failure_is_transient_and_unavailable() -> None:
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(answer(503, "Temporal failure, try again later.")).submit(submit_request()))
+    assert raised.value.permanent is False
+    assert raised.value.unavailable is True
+
+
+def test_429_is_a_throttle_with_retry_after() -> None:
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(answer(429, "slow down", **{"Retry-After": "7"})).submit(submit_request()))
+    assert raised.value.permanent is False
+    assert raised.value.retry_after == 7.0
+    assert raised.value.unavailable is False
+
+
+@pytest.mark.parametrize("error", [httpx.ConnectTimeout("slow"), httpx.ReadTimeout("slow"), httpx.ConnectError("no")])
+def test_timeouts_and_connection_errors_are_transient(error: Exception) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(handler).submit(submit_request()))
+    assert raised.value.permanent is False
+    assert raised.value.unavailable is True
+
+
+# --- delivery reports -------------------------------------------------------------------------------------------
+
+RECEIPT = (
+    "id:0123456789 sub:001 dlvrd:{dlvrd} submit date:2611220102 done date:2611220107 stat:{stat} err:{err} text:Hello"
+)
+
+
+def dlr(dlr_type: int, answer_text: str = "", token: str = TOKEN) -> CallbackRequest:
+    """A DLR exactly as Kannel 1.4.5 fetched it in our run (GET, values in the query string)."""
+    query = {
+        "ref": REF,
+        "token": token,
+        "type": str(dlr_type),
+        "answer": answer_text,
+        "ts": "1795309364",
+        "smsc": "fake",
+        "to": "+2348020000000",
+        "from": "48974",
+    }
+    url = f"{DLR_BASE}?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items())
+    return callback(url)
+
+
+@pytest.mark.parametrize(
+    ("dlr_type", "answer_text", "status", "error_code"),
+    [
+        (8, "ACK/", MessageStatus.SUBMITTED, None),
+        (4, "", MessageStatus.SUBMITTED, None),
+        (1, RECEIPT.format(dlvrd="001", stat="DELIVRD", err="000"), MessageStatus.DELIVERED, None),
+        (1, "", MessageStatus.DELIVERED, None),
+        (2, RECEIPT.format(dlvrd="000", stat="UNDELIV", err="001"), MessageStatus.FAILED, "001"),
+        (2, RECEIPT.format(dlvrd="000", stat="EXPIRED", err="027"), MessageStatus.EXPIRED, "027"),
+        (2, RECEIPT.format(dlvrd="000", stat="REJECTD", err="011"), MessageStatus.REJECTED, "011"),
+        (2, RECEIPT.format(dlvrd="000", stat="DELETED", err="000"), MessageStatus.FAILED, None),
+        (0x22, "", MessageStatus.EXPIRED, None),
+        (16, "NACK/0x0000000b/Invalid Destination Address", MessageStatus.REJECTED, None),
+    ],
+)
+def test_dlr_types_and_receipts_map_to_our_statuses(
+    dlr_type: int, answer_text: str, status: MessageStatus, error_code: str | None
+) -> None:
+    kannel = provider(answer(202, ""))
+    request = dlr(dlr_type, answer_text)
+
+    assert kannel.verify_callback(request) is True
+    (report,) = kannel.parse_delivery_reports(request)
+
+    assert report.status is status
+    assert report.client_ref == REF
+    assert report.upstream_message_id == REF
+    assert report.upstream == "kannel"
+    assert report.error_code == error_code
+    assert report.reported_at == "2026-11-22T01:02:44.000000Z"
+
+
+def test_the_dlr_url_we_give_kannel_comes_back_as_a_matching_report() -> None:
+    # Given the DLR URL the adapter hands to Kannel
+    kannel = provider(answer(202, ""))
+    dlr_url = kannel.dlr_url(DLR_BASE, REF)
+
+    # When Kannel fills in its escapes for a "delivered" report and calls it
+    called = kannel_expands(dlr_url, {"d": "1", "A": "id:77 stat:DELIVRD err:000", "T": "1795309364", "i": "fake"})
+    called = kannel_expands(called, {"p": "+2348020000000", "P": "48974"})
+    request = callback(called)
+
+    # Then it verifies, and finds our message by its reference
+    assert kannel.verify_callback(request) is True
+    (report,) = kannel.parse_delivery_reports(request)
+    assert (report.client_ref, report.status) == (REF, MessageStatus.DELIVERED)
+
+
+@pytest.mark.parametrize("query", [{}, {"type": "1"}, {"ref": REF, "type": "x"}, {"ref": REF, "type": "0"}])
+def test_a_dlr_without_ref_or_a_known_type_is_rejected(query: dict[str, str]) -> None:
+    request = CallbackRequest(method="GET", url=DLR_BASE, query={"token": TOKEN, **query})
+    with pytest.raises(CallbackRejected):
+        provider(answer(202, "")).parse_delivery_reports(request)
+
+
+@pytest.mark.parametrize("token", ["", "wrong-token-0123456789abcdef", TOKEN[:-1], TOKEN + "x"])
+def test_a_missing_or_wrong_token_is_refused(token: str) -> None:
+    request = dlr(1, token=token)
+    if not token:
+        request = request.model_copy(update={"query": {k: v for k, v in request.query.items() if k != "token"}})
+    assert provider(answer(202, "")).verify_callback(request) is False
+
+
+def test_a_token_kannel_could_mangle_is_refused_at_configuration() -> None:
+    with pytest.raises(ValueError, match="callback_token"):
+        KannelProvider.from_config("kannel", {**CONFIG, "callback_token": "short%2Ftoken/with+chars"})
+    with pytest.raises(ValueError, match="callback_token"):
+        KannelProvider.from_config("kannel", {**CONFIG, "callback_token": "tooshort"})
+
+
+# --- inbound (MO) -------------------------------------------------------------------------------------------------
+
+INBOUND_BASE = "https://gw.example.com/callbacks/kannel/inbound"
+
+
+def mo(query: dict[str, str], body: str = "", headers: dict[str, str] | None = None) -> CallbackRequest:
+    url = f"{INBOUND_BASE}?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items())
+    return callback(url, method="POST", body=body, headers=headers)
+
+
+def test_an_mo_from_the_documented_post_url_is_parsed() -> None:
+    # As Kannel 1.4.5 posted it in our run: escapes filled in the URL, the text also in the body
+    request = mo(
+        {
+            "token": TOKEN,
+            "from": "2348020000000",
+            "to": "48974",
+            "ts": "1795309369",
+            "id": "85497013-3d66-4db3-8caa-a021cdf74d1f",
+            "coding": "0",
+            "charset": "UTF-8",
+            "text_hex": "48656C6C6F20776F726C642026206D6F7265",
+            "text": "Hello world & more",
+        },
+        body="Hello world & more",
+        headers={"Content-Type": 'text/plain; charset="UTF-8"', "X-Kannel-From": "2348020000000"},
+    )
+    kannel = provider(answer(202, ""))
+
+    assert kannel.verify_callback(request) is True
+    sms = kannel.parse_inbound(request)
+
+    assert sms.upstream == "kannel"
+    assert sms.upstream_message_id == "85497013-3d66-4db3-8caa-a021cdf74d1f"
+    assert (sms.msisdn, sms.to, sms.text) == ("2348020000000", "48974", "Hello world & more")
+    assert sms.received_at == "2026-11-22T01:02:49.000000Z"
+
+
+def test_mo_text_comes_from_the_exact_bytes_in_any_charset() -> None:
+    kannel = provider(answer(202, ""))
+    base = {"token": TOKEN, "from": "2348020000000", "to": "48974", "id": "x"}
+    # mo-recode turned a UCS-2 message into UTF-8 (as in our run)
+    utf8 = mo({**base, "coding": "0", "charset": "UTF-8", "text_hex": "48C3A9E284A2F09F9880"})
+    # without mo-recode a UCS-2 message stays UTF-16BE
+    ucs2 = mo({**base, "coding": "2", "charset": "UTF-16BE", "text_hex": "Hé™😀".encode("utf-16-be").hex()})
+    assert kannel.parse_inbound(utf8).text == "Hé™😀"
+    assert kannel.parse_inbound(ucs2).text == "Hé™😀"
+
+
+def test_mo_from_headers_and_body_alone() -> None:
+    request = mo(
+        {"token": TOKEN},
+        body="STOP",
+        headers={"X-Kannel-From": "+2348020000000", "X-Kannel-To": "48974", "Content-Type": "text/plain"},
+    )
+    sms = provider(answer(202, "")).parse_inbound(request)
+    assert (sms.msisdn, sms.to, sms.text, sms.upstream_message_id) == ("+2348020000000", "48974", "STOP", None)
+
+
+def test_an_mo_without_its_numbers_is_rejected() -> None:
+    with pytest.raises(CallbackRejected):
+        provider(answer(202, "")).parse_inbound(mo({"token": TOKEN, "to": "48974"}, body="hi"))
+
+
+def test_the_registry_builds_it_from_its_parameter_store_configuration() -> None:
+    built = FACTORIES["kannel"]("kannel-ng", dict(CONFIG))
+    assert isinstance(built, KannelProvider)
+    assert built.name == "kannel-ng"
+    assert built.url == "http://kannel.example:13013"
+
+
+# --- a real Kannel ------------------------------------------------------------------------------------------------
+
+FAKESMSC = next(
+    (p for p in ("/usr/lib/kannel/test/fakesmsc", shutil.which("fakesmsc") or "") if p and Path(p).exists()), None
+)
+LIVE_TOKEN = "live-kannel-token-abcdef0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Receiver:
+    """A tiny HTTP server standing in for our webhook: records every request, answers 200 with an empty body."""
+
+    def __init__(self) -> None:
+        self.requests: queue.Queue[dict[str, Any]] = queue.Queue()
+        received = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def _record(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                received.put({"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body})
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = _record
+            do_POST = _record
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def next(self, timeout: float) -> dict[str, Any]:
+        return self.requests.get(timeout=timeout)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def as_callback(recorded: dict[str, Any]) -> CallbackRequest:
+    parts = urlsplit(recorded["path"])
+    return CallbackRequest(
+        method=recorded["method"],
+        url=f"http://127.0.0.1{parts.path}",
+        headers={k.lower(): v for k, v in recorded["headers"].items()},
+        query=dict(parse_qsl(parts.query, keep_blank_values=True)),
+        body=recorded["body"].decode(),
+    )
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+        return True
+    return False
+
+
+KANNEL_CONF = """\
+group = core
+admin-port = {admin}
+admin-interface = 127.0.0.1
+admin-password = adminpw
+smsbox-port = {smsbox}
+smsbox-interface = 127.0.0.1
+box-allow-ip = 127.0.0.1
+log-level = 0
+log-file = "{dir}/bearerbox.log"
+dlr-storage = internal
+
+group = smsc
+smsc = fake
+smsc-id = fake
+port = {fake}
+our-host = 127.0.0.1
+connect-allow-ip = 127.0.0.1
+
+group = smsbox
+bearerbox-host = 127.0.0.1
+bearerbox-port = {smsbox}
+sendsms-port = {sendsms}
+sendsms-interface = 127.0.0.1
+log-level = 0
+log-file = "{dir}/smsbox.log"
+mo-recode = true
+
+group = sendsms-user
+username = tester
+password = foobar
+max-messages = 5
+concatenation = true
+
+group = sms-service
+keyword = default
+catch-all = true
+max-messages = 0
+send-sender = true
+post-url = "http://127.0.0.1:{receiver}/callbacks/kannel/inbound?token={token}&from=%p&to=%P&ts=%T&id=%I&coding=%c&charset=%C&text_hex=%e"
+"""
+
+
+@pytest.fixture
+def kannel(tmp_path: Path) -> Iterator[tuple[KannelProvider, Receiver, subprocess.Popen[str]]]:
+    receiver = Receiver()
+    ports = {name: free_port() for name in ("admin", "smsbox", "sendsms", "fake")}
+    conf = tmp_path / "kannel.conf"
+    conf.write_text(KANNEL_CONF.format(dir=tmp_path, receiver=receiver.port, token=LIVE_TOKEN, **ports))
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, stdin: int | None = subprocess.DEVNULL) -> subprocess.Popen[str]:
+        log = (tmp_path / f"{Path(args[0]).name}.out").open("w")
+        process = subprocess.Popen(args, stdin=stdin, stdout=log, stderr=subprocess.STDOUT, text=True)
+        started.append(process)
+        return process
+
+    try:
+        start(shutil.which("bearerbox") or "bearerbox", "-v", "1", str(conf))
+        wait_for(lambda: port_open(ports["admin"]) and port_open(ports["fake"]), 15, "bearerbox")
+        # Interactive fakesmsc: each line written to its stdin is an MO "<from> <to> text <message>".
+        fakesmsc = start(FAKESMSC or "fakesmsc", "-H", "127.0.0.1", "-r", str(ports["fake"]), stdin=subprocess.PIPE)
+        start(shutil.which("smsbox") or "smsbox", "-v", "1", str(conf))
+        wait_for(lambda: port_open(ports["sendsms"]), 15, "smsbox")
+        status = f"http://127.0.0.1:{ports['admin']}/status.txt?password=adminpw"
+        wait_for(lambda: "online" in httpx.get(status, timeout=2).text, 15, "the fake SMSC to connect")
+        yield (
+            KannelProvider(
+                name="kannel",
+                url=f"http://127.0.0.1:{ports['sendsms']}",
+                username="tester",
+                password="foobar",
+                callback_token=LIVE_TOKEN,
+                client=None,
+            ),
+            receiver,
+            fakesmsc,
+        )
+    finally:
+        for process in reversed(started):
+            if process.stdin:
+                with contextlib.suppress(OSError):
+                    process.stdin.close()
+            process.terminate()
+        for process in reversed(started):
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        receiver.close()
+
+
+async def _submit(kannel: KannelProvider, request: SubmitRequest) -> str:
+    async with httpx.AsyncClient(timeout=10) as client:
+        kannel._client = client
+        try:
+            return (await kannel.submit(request)).upstream_message_id
+        finally:
+            kannel._client = None
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(shutil.which("bearerbox") is None or FAKESMSC is None, reason="Kannel (bearerbox, fakesmsc) absent")
+def test_against_a_real_kannel(kannel: tuple[KannelProvider, Receiver, subprocess.Popen[str]]) -> None:
+    adapter, receiver, fakesmsc = kannel
+    dlr_base = f"http://127.0.0.1:{receiver.port}/callbacks/kannel/dlr"
+
+    # A UCS-2 submit through the adapter is accepted, and our reference is the upstream id
+    request = SubmitRequest(client_ref=REF, sender="48974", msisdn="+2348020000000", text="Hé ™", dlr_url=dlr_base)
+    assert asyncio.run(_submit(adapter, request)) == REF
+
+    # Kannel calls the DLR URL twice: SMSC submit (8), then delivered (1) from the fake SMSC
+    statuses = []
+    for _ in range(2):
+        recorded = receiver.next(timeout=15)
+        assert recorded["method"] == "GET"
+        assert recorded["path"].startswith("/callbacks/kannel/dlr?")
+        dlr_request = as_callback(recorded)
+        assert adapter.verify_callback(dlr_request) is True
+        (report,) = adapter.parse_delivery_reports(dlr_request)
+        assert report.client_ref == REF
+        statuses.append(report.status)
+    assert sorted(statuses) == sorted([MessageStatus.SUBMITTED, MessageStatus.DELIVERED])
+
+    # A forged copy of the same callback, without our token, is refused
+    forged = dlr_request.model_copy(update={"query": {**dlr_request.query, "token": "guess"}})
+    assert adapter.verify_callback(forged) is False
+
+    # A wrong password is a permanent refusal
+    wrong = KannelProvider(
+        name="kannel", url=adapter.url, username="tester", password="nope", callback_token=LIVE_TOKEN
+    )
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(_submit(wrong, request))
+    assert raised.value.permanent is True
+    assert "Authorization failed" in raised.value.message
+
+    # An MO from the phone reaches the sms-service post-url and parses
+    assert fakesmsc.stdin is not None
+    fakesmsc.stdin.write("2348020000000 48974 text Hello from the phone\n")
+    fakesmsc.stdin.flush()
+    recorded = receiver.next(timeout=15)
+    assert recorded["method"] == "POST"
+    mo_request = as_callback(recorded)
+    assert adapter.verify_callback(mo_request) is True
+    sms = adapter.parse_inbound(mo_request)
+    assert (sms.msisdn, sms.to, sms.text) == ("2348020000000", "48974", "Hello from the phone")
+    assert sms.upstream_message_id

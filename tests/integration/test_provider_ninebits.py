@@ -1,0 +1,391 @@
+"""9bits-compatible upstream adapter: our own /ng/v1/sendsms dialect spoken to another gateway, its DLRs (our own
+DLR callback body, Standard Webhooks signed) and its inbound SMS (the seeds' "Receive SMS", Bearer token)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from sms_gateway.adapters.providers import FACTORIES
+from sms_gateway.adapters.providers.ninebits import NinebitsProvider, sign
+from sms_gateway.domain.models import (
+    CallbackRequest,
+    DeliveryReportMode,
+    Message,
+    StatusChange,
+    StoredInbound,
+    SubmitRequest,
+)
+from sms_gateway.domain.status import MessageStatus
+from sms_gateway.errors import CallbackRejected, UpstreamError
+from sms_gateway.logic.inbound import inbound_notification
+from sms_gateway.logic.notify import dlr_notification
+
+API_TOKEN = "9bits-api-token"
+WEBHOOK_TOKEN = "their-webhook-token-for-us"
+SECRET = "whsec_" + base64.b64encode(b"a 32 byte signing key, exactly!!").decode()
+REF = "1001.71800327346180097.71800327346180098"
+THEIR_REFERENCE = "71800327346180555"
+DLR_URL = "https://gw.example.com/callbacks/ninebits/dlr"
+INBOUND_URL = "https://gw.example.com/callbacks/ninebits/inbound"
+CONFIG = {
+    "type": "ninebits",
+    "url": "https://app.9bits.net:2081/",
+    "token": API_TOKEN,
+    "webhook_token": WEBHOOK_TOKEN,
+    "webhook_secret": SECRET,
+}
+
+
+def provider(handler: Callable[[httpx.Request], httpx.Response] | None = None, **overrides: Any) -> NinebitsProvider:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler or (lambda request: httpx.Response(500))))
+    config = {key: value for key, value in {**CONFIG, **overrides}.items() if value is not None}
+    return NinebitsProvider.from_config("ninebits", config, client=client)
+
+
+def answer(status: int, body: dict[str, Any], **headers: str) -> Callable[[httpx.Request], httpx.Response]:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json=body, headers=headers)
+
+    return handler
+
+
+def submit_request(dlr_url: str | None = DLR_URL) -> SubmitRequest:
+    return SubmitRequest(
+        client_ref=REF, sender="48974", msisdn="+2348020000000", text="Hello Buddy. Let's go!", dlr_url=dlr_url
+    )
+
+
+ACCEPTED = {
+    "status_code": 200,
+    "message": "request is being processed",
+    "reference_id": THEIR_REFERENCE,
+    "recipients_processed": 1,
+}
+
+
+# --- submit -------------------------------------------------------------------------------------------------------
+
+
+def test_submit_speaks_the_9bits_dialect_and_keeps_their_reference_id() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=ACCEPTED)
+
+    result = asyncio.run(provider(handler).submit(submit_request()))
+
+    assert result.upstream_message_id == THEIR_REFERENCE
+    (request,) = seen
+    assert request.method == "POST"
+    assert str(request.url) == "https://app.9bits.net:2081/ng/v1/sendsms"
+    assert request.headers["authorization"] == f"Bearer {API_TOKEN}"
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["idempotency-key"] == REF
+    assert json.loads(request.content) == {
+        "from": "48974",
+        "to": "2348020000000",
+        "message": "Hello Buddy. Let's go!",
+        "ref_id": REF,
+        "delivery_report": "yes",
+    }
+
+
+def test_no_dlr_url_asks_for_no_delivery_reports() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=ACCEPTED)
+
+    asyncio.run(provider(handler).submit(submit_request(dlr_url=None)))
+    assert json.loads(seen[0].content)["delivery_report"] == "none"
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (400, "invalid number '12': too short"),
+        (400, "sender '48974' is not registered to this account"),
+        (401, "missing or invalid bearer token"),
+        (404, "not found"),
+    ],
+)
+def test_refusals_are_permanent(status: int, message: str) -> None:
+    body = {"status_code": status, "message": message}
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(answer(status, body)).submit(submit_request()))
+    assert raised.value.permanent is True
+    assert message in raised.value.message
+
+
+def test_no_credit_upstream_is_transient_and_goes_elsewhere() -> None:
+    body = {"status_code": 402, "message": "this send costs 1 credits, more than the balance"}
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(answer(402, body)).submit(submit_request()))
+    assert (raised.value.permanent, raised.value.unavailable) == (False, True)
+
+
+def test_a_conflict_on_our_ref_waits_for_the_same_upstream() -> None:
+    body = {"status_code": 409, "message": "a request with this idempotency key is still in progress"}
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(answer(409, body)).submit(submit_request()))
+    assert (raised.value.permanent, raised.value.unavailable, raised.value.retry_after) == (False, False, 5.0)
+
+
+def test_throttles_server_errors_and_timeouts_are_transient() -> None:
+    with pytest.raises(UpstreamError) as throttled:
+        asyncio.run(provider(answer(429, {"message": "slow down"}, **{"Retry-After": "2"})).submit(submit_request()))
+    assert (throttled.value.permanent, throttled.value.retry_after, throttled.value.unavailable) == (False, 2.0, False)
+    with pytest.raises(UpstreamError) as failed:
+        asyncio.run(provider(answer(503, {"message": "busy"})).submit(submit_request()))
+    assert (failed.value.permanent, failed.value.unavailable) == (False, True)
+
+    def timeout(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow")
+
+    with pytest.raises(UpstreamError) as timed_out:
+        asyncio.run(provider(timeout).submit(submit_request()))
+    assert timed_out.value.permanent is False
+
+
+def test_a_200_without_reference_id_is_not_a_take() -> None:
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(answer(200, {"status_code": 200})).submit(submit_request()))
+    assert raised.value.permanent is False
+
+
+# --- delivery reports -------------------------------------------------------------------------------------------
+
+
+def their_dlr_body(status: MessageStatus, error_code: str | None = None) -> str:
+    """The body their notifier posts: our own logic/notify.py `dlr_notification` payload, compact JSON."""
+    message = Message(
+        message_id=71800327346180556,
+        reference_id=int(THEIR_REFERENCE),
+        account_id="77",
+        msisdn="+2348020000000",
+        telco="airtel",
+        sender="48974",
+        text="Hello Buddy. Let's go!",
+        encoding="GSM-7",
+        parts=1,
+        status=status,
+        status_at={str(status): "2026-11-22T01:05:00.000000Z"},
+        sequence=3,
+        ref_id=REF,
+        delivery_report=DeliveryReportMode.YES,
+        error_code=error_code,
+        reported_at="2026-11-22T01:04:59.000000Z",
+        created_at="2026-11-22T01:00:00.000000Z",
+    )
+    notification = dlr_notification(StatusChange(message=message, changed=True))
+    assert notification is not None
+    return json.dumps(notification["payload"], separators=(",", ":"))
+
+
+def signed(
+    body: str, *, url: str = DLR_URL, secret: str = SECRET, timestamp: int | None = None, webhook_id: str = "msg_2b"
+) -> CallbackRequest:
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    return CallbackRequest(
+        method="POST",
+        url=url,
+        headers={
+            "content-type": "application/json",
+            "webhook-id": webhook_id,
+            "webhook-timestamp": stamp,
+            "webhook-signature": sign(secret, webhook_id, stamp, body),
+        },
+        body=body,
+    )
+
+
+@pytest.mark.parametrize(
+    ("their_status", "ours", "error_code"),
+    [
+        (MessageStatus.SUBMITTED, MessageStatus.SUBMITTED, None),
+        (MessageStatus.QUEUED, MessageStatus.SUBMITTED, None),
+        (MessageStatus.DELIVERED, MessageStatus.DELIVERED, None),
+        (MessageStatus.FAILED, MessageStatus.FAILED, "upstream_rejected"),
+        (MessageStatus.EXPIRED, MessageStatus.EXPIRED, None),
+        (MessageStatus.REJECTED, MessageStatus.REJECTED, "opted_out"),
+        (MessageStatus.CANCELLED, MessageStatus.FAILED, None),
+    ],
+)
+def test_a_signed_dlr_maps_to_our_status_and_finds_our_message(
+    their_status: MessageStatus, ours: MessageStatus, error_code: str | None
+) -> None:
+    request = signed(their_dlr_body(their_status, error_code))
+    ninebits = provider()
+
+    assert ninebits.verify_callback(request) is True
+    (report,) = ninebits.parse_delivery_reports(request)
+
+    assert report.status is ours
+    assert report.client_ref == REF
+    assert report.upstream_message_id == THEIR_REFERENCE
+    assert report.error_code == error_code
+    assert report.reported_at == "2026-11-22T01:04:59.000000Z"
+
+
+def test_standard_webhooks_reference_signature() -> None:
+    # The example from the Standard Webhooks specification's reference libraries
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    body = '{"test": 2432232314}'
+    expected = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    assert sign(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", "1614265330", body) == expected
+
+
+def test_forged_tampered_stale_or_unsigned_dlrs_are_refused() -> None:
+    ninebits = provider()
+    body = their_dlr_body(MessageStatus.DELIVERED)
+    good = signed(body)
+    assert ninebits.verify_callback(good) is True
+    # tampered body
+    assert ninebits.verify_callback(good.model_copy(update={"body": body.replace("delivered", "failed")})) is False
+    # signed with another secret
+    assert ninebits.verify_callback(signed(body, secret="whsec_" + base64.b64encode(b"x" * 32).decode())) is False
+    # too old, or from the future
+    assert ninebits.verify_callback(signed(body, timestamp=int(time.time()) - 301)) is False
+    assert ninebits.verify_callback(signed(body, timestamp=int(time.time()) + 301)) is False
+    # another id than the one signed
+    assert ninebits.verify_callback(good.model_copy(update={"headers": {**good.headers, "webhook-id": "b"}})) is False
+    # no signature at all, even with the right bearer token: a DLR must be signed once we know the secret
+    unsigned = CallbackRequest(
+        method="POST", url=DLR_URL, headers={"authorization": f"Bearer {WEBHOOK_TOKEN}"}, body=body
+    )
+    assert ninebits.verify_callback(unsigned) is False
+    # a signature header with nothing in it, or only another scheme's signature
+    for value in ("", "v1a,abc", "v2," + good.headers["webhook-signature"].partition(",")[2]):
+        headers = {**good.headers, "webhook-signature": value}
+        assert ninebits.verify_callback(good.model_copy(update={"headers": headers})) is False
+
+
+def test_any_one_of_several_signatures_may_match() -> None:
+    body = their_dlr_body(MessageStatus.DELIVERED)
+    request = signed(body)
+    both = f"v1,bm90IGl0 {request.headers['webhook-signature']}"
+    assert provider().verify_callback(
+        request.model_copy(update={"headers": {**request.headers, "webhook-signature": both}})
+    )
+
+
+def test_a_raw_secret_works_too_and_no_secret_means_signatures_cannot_verify() -> None:
+    body = their_dlr_body(MessageStatus.DELIVERED)
+    assert provider(webhook_secret="plain-shared-secret").verify_callback(signed(body, secret="plain-shared-secret"))
+    assert provider(webhook_secret=None).verify_callback(signed(body)) is False
+
+
+def test_without_a_secret_a_dlr_may_come_with_the_bearer_token() -> None:
+    body = their_dlr_body(MessageStatus.DELIVERED)
+    ninebits = provider(webhook_secret=None)
+    bearer = CallbackRequest(
+        method="POST", url=DLR_URL, headers={"authorization": f"Bearer {WEBHOOK_TOKEN}"}, body=body
+    )
+    assert ninebits.verify_callback(bearer) is True
+    forged = bearer.model_copy(update={"headers": {"authorization": "Bearer guessed"}})
+    assert ninebits.verify_callback(forged) is False
+
+
+def test_malformed_dlrs_are_rejected() -> None:
+    ninebits = provider()
+    for body in ("not json", "[]", json.dumps({"status": "teleported", "ref_id": REF}), json.dumps({"ref_id": REF})):
+        with pytest.raises(CallbackRejected):
+            ninebits.parse_delivery_reports(CallbackRequest(method="POST", url=DLR_URL, body=body))
+
+
+# --- inbound ------------------------------------------------------------------------------------------------------
+
+
+def their_inbound_body() -> str:
+    """Their inbound forward: the seeds' "Receive SMS" body as our logic/inbound.py builds it."""
+    stored = StoredInbound(
+        inbound_id=71800327346190000,
+        account_id="77",
+        upstream="their-smsc",
+        msisdn="+2348020000000",
+        telco="mtn",
+        to="48974",
+        text="When was the last time you went to the cinema?",
+        session_id="71800327346190000",
+        received_at="2024-01-02T23:50:37.000000Z",
+    )
+    return json.dumps(inbound_notification(stored)["payload"], separators=(",", ":"))
+
+
+def bearer(body: str, token: str | None = WEBHOOK_TOKEN) -> CallbackRequest:
+    headers = {"content-type": "application/json"}
+    if token is not None:
+        headers["authorization"] = f"Bearer {token}"
+    return CallbackRequest(method="POST", url=INBOUND_URL, headers=headers, body=body)
+
+
+def test_their_receive_sms_callback_verifies_by_bearer_and_parses() -> None:
+    ninebits = provider()
+    request = bearer(their_inbound_body())
+
+    assert ninebits.verify_callback(request) is True
+    sms = ninebits.parse_inbound(request)
+
+    assert sms.upstream == "ninebits"
+    assert (sms.msisdn, sms.to) == ("2348020000000", "48974")
+    assert sms.text == "When was the last time you went to the cinema?"
+    assert sms.received_at == "2024-01-02T23:50:37.000000Z"
+    # the same callback again gets the same id, so it is stored once
+    assert sms.upstream_message_id == ninebits.parse_inbound(bearer(their_inbound_body())).upstream_message_id
+
+
+def test_the_seed_example_parses() -> None:
+    seed = {
+        "type": "two-way sms",
+        "telco": "mtn",
+        "from": "2348020000000",
+        "to": "48974",
+        "message": "When was the last time you went to the cinema?",
+        "session_id": "67543uhn3",
+        "sent_date": "2024-01-02T23:50:37.000000Z",
+        "ref_id": "873ghf8749956778gf5",
+    }
+    sms = provider().parse_inbound(bearer(json.dumps(seed)))
+    assert (sms.msisdn, sms.to, sms.text) == ("2348020000000", "48974", seed["message"])
+
+
+def test_a_signed_inbound_uses_the_webhook_id() -> None:
+    body = their_inbound_body()
+    request = signed(body, url=INBOUND_URL, webhook_id="msg_inbound_1")
+    ninebits = provider()
+    assert ninebits.verify_callback(request) is True
+    assert ninebits.parse_inbound(request).upstream_message_id == "msg_inbound_1"
+
+
+@pytest.mark.parametrize("token", [None, "", "guessed", WEBHOOK_TOKEN + "x"])
+def test_inbound_without_the_right_bearer_is_refused(token: str | None) -> None:
+    assert provider().verify_callback(bearer(their_inbound_body(), token=token)) is False
+
+
+def test_inbound_missing_fields_is_rejected() -> None:
+    with pytest.raises(CallbackRejected):
+        provider().parse_inbound(bearer(json.dumps({"type": "two-way sms", "from": "2348020000000"})))
+
+
+def test_configuration() -> None:
+    assert isinstance(FACTORIES["ninebits"]("ninebits", dict(CONFIG)), NinebitsProvider)
+    with pytest.raises(ValueError, match="webhook_token or webhook_secret"):
+        NinebitsProvider.from_config("ninebits", {"url": "https://x", "token": API_TOKEN})
+
+
+def test_signature_matches_an_independent_computation() -> None:
+    key = base64.b64decode(SECRET.removeprefix("whsec_"))
+    digest = hmac.new(key, b"id.1700000000.{}", hashlib.sha256).digest()
+    assert sign(SECRET, "id", "1700000000", "{}") == "v1," + base64.b64encode(digest).decode()
