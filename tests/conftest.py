@@ -53,3 +53,36 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
         bootstrap.reset()
     for key in env:
         os.environ.pop(key, None)
+
+
+@pytest.fixture
+def serialised_moto_updates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real DynamoDB applies writes to one item one at a time; moto's in-process backend does not lock, so
+    concurrent conditional updates race inside moto itself. Tests of our races serialise it like DynamoDB."""
+    import threading
+
+    from moto.dynamodb.models import DynamoDBBackend
+
+    lock = threading.Lock()
+    original = DynamoDBBackend.update_item
+
+    def update_item(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DynamoDBBackend, "update_item", update_item)
+
+
+def route_simulator_upstreams_to(monkeypatch: pytest.MonkeyPatch, handler: Any) -> None:
+    """Every simulator-protocol upstream the dispatcher builds talks to `handler` through httpx.MockTransport."""
+    import httpx
+
+    from sms_gateway.adapters.providers import simulator
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    original = simulator.SimulatorProvider.__init__
+
+    def with_mock_client(self: Any, **kwargs: Any) -> None:
+        original(self, **{**kwargs, "client": client})
+
+    monkeypatch.setattr(simulator.SimulatorProvider, "__init__", with_mock_client)

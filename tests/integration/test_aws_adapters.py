@@ -250,3 +250,29 @@ def test_a_refused_entry_is_an_error_not_a_silent_drop():
     with pytest.raises(RuntimeError, match="InvalidParameterValue"):
         queue.enqueue(commands_for("1", 3))
     assert [len(call) for call in sqs.calls] == [3]
+
+
+def test_a_priority_command_has_its_own_lane_and_overtakes_the_accounts_bulk(wired, aws):
+    sqs = clients.client("sqs")
+    queue_url = aws["DISPATCH_QUEUE_URL"]
+    # Given 12 bulk records of an account, then one priority record (an OTP) of the same account
+    account_id = str(new_id())
+    bulk = commands_for(account_id, 12)
+    otp = DispatchCommand(account_id=account_id, reference_id=new_id(), message_ids=(new_id(),), priority=True)
+    wired.dispatch_queue.enqueue([*bulk, otp])
+    # When a dispatcher holds the account's first bulk record (its group is then blocked until it is done)
+    first = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1, MessageSystemAttributeNames=["All"])
+    assert DispatchCommand.model_validate_json(first["Messages"][0]["Body"]) == bulk[0]
+    # Then the next receive still gets the priority record, in the account's priority group
+    answer = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"])
+    received = answer.get("Messages", [])
+    assert [DispatchCommand.model_validate_json(m["Body"]) for m in received] == [otp]
+    assert received[0]["Attributes"]["MessageGroupId"] == f"{account_id}#priority"
+    # And it keeps the deduplication id scheme: batch and first message
+    assert received[0]["Attributes"]["MessageDeduplicationId"] == f"{otp.reference_id}-{otp.message_ids[0]}"
+    # And the bulk records still come in order, in the account's own group
+    sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=first["Messages"][0]["ReceiptHandle"])
+    sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=received[0]["ReceiptHandle"])
+    rest = receive_all(queue_url, expected=11)
+    assert [DispatchCommand.model_validate_json(m["Body"]) for m in rest] == bulk[1:]
+    assert {m["Attributes"]["MessageGroupId"] for m in rest} == {account_id}

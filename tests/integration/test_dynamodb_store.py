@@ -292,20 +292,9 @@ class TestOnASharedTable:
         assert store.refund_credits(account.account_id, 12) == 12
         assert balance(store, account.account_id) == 12
 
-    def test_concurrent_reserves_never_overdraw(self, store, monkeypatch):
-        # moto evaluates a condition and applies the update without a lock, so concurrent conditional
-        # updates race inside moto itself (17 of 20 "succeeded" in a trial). DynamoDB serialises writes
-        # to one item; serialise moto's update_item the same way so the test checks the adapter's write.
-        from moto.dynamodb.models import DynamoDBBackend
-
-        serial = threading.Lock()
-        original = DynamoDBBackend.update_item
-
-        def update_item(backend: Any, *args: Any, **kwargs: Any) -> Any:
-            with serial:
-                return original(backend, *args, **kwargs)
-
-        monkeypatch.setattr(DynamoDBBackend, "update_item", update_item)
+    def test_concurrent_reserves_never_overdraw(self, store, serialised_moto_updates):
+        # moto races concurrent conditional updates inside itself (17 of 20 "succeeded" in a trial);
+        # the fixture serialises it per item as DynamoDB does, so this checks the adapter's write.
         # Given an account with 100 credits and 20 threads that each want 10 at the same moment
         account, credentials = new_account(credits=100)
         store.create_account(account, credentials)

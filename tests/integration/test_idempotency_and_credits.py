@@ -88,21 +88,6 @@ def test_a_wrong_content_type_is_a_415_and_changes_nothing(aws, api):
     assert balance(account["account_id"]) == 10
 
 
-@pytest.fixture
-def serialised_moto_updates(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Real DynamoDB applies writes to one item one at a time; moto's in-process backend does not lock."""
-    from moto.dynamodb.models import DynamoDBBackend
-
-    lock = threading.Lock()
-    original = DynamoDBBackend.update_item
-
-    def update_item(self: Any, *args: Any, **kwargs: Any) -> Any:
-        with lock:
-            return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(DynamoDBBackend, "update_item", update_item)
-
-
 def test_two_requests_racing_for_the_last_credit_exactly_one_wins(aws, api, serialised_moto_updates):
     # Given an account with one credit left
     account = make_account(1)

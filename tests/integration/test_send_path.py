@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import REPO, load_event
+from tests.conftest import REPO, load_event, route_simulator_upstreams_to
 
 
 class FakeContext:
@@ -91,7 +91,8 @@ def test_seed_one_send_is_accepted_stored_charged_and_queued(aws, account, api):
     # And one dispatch record is queued in the account's message group
     records = queued_records(aws)
     assert len(records) == 1
-    assert records[0]["Attributes"]["MessageGroupId"] == account["account_id"]
+    # A single-recipient send takes the account's priority lane (OTPs overtake its bulk batches)
+    assert records[0]["Attributes"]["MessageGroupId"] == f"{account['account_id']}#priority"
     command = json.loads(records[0]["Body"])
     assert command["reference_id"] == int(body["reference_id"])
     assert len(command["message_ids"]) == 1
@@ -147,11 +148,14 @@ class RecordingUpstream:
 
     def __init__(self, status: int = 200) -> None:
         self.status = status
+        self.fail_texts: set[str] = set()
         self.submits: list[dict[str, Any]] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         payload = json.loads(request.content)
         self.submits.append(payload)
+        if payload["text"] in self.fail_texts:
+            return httpx.Response(503, json={"error": "unavailable"})
         if self.status != 200:
             return httpx.Response(self.status, json={"error": "nope"})
         return httpx.Response(200, json={"message_id": f"sim-{len(self.submits)}", "status": "accepted"})
@@ -159,16 +163,8 @@ class RecordingUpstream:
 
 @pytest.fixture
 def upstream(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> RecordingUpstream:
-    from sms_gateway.adapters.providers import simulator
-
     recorder = RecordingUpstream()
-    client = httpx.AsyncClient(transport=httpx.MockTransport(recorder))
-    original = simulator.SimulatorProvider.__init__
-
-    def with_mock_client(self: Any, **kwargs: Any) -> None:
-        original(self, **{**kwargs, "client": client})
-
-    monkeypatch.setattr(simulator.SimulatorProvider, "__init__", with_mock_client)
+    route_simulator_upstreams_to(monkeypatch, recorder)
     return recorder
 
 
@@ -294,3 +290,26 @@ def test_a_record_that_keeps_failing_is_dead_lettered_with_its_reason(aws):
     )["Messages"]
     assert parked[0]["Body"] == '{"not": "a dispatch command"}'
     assert parked[0]["MessageAttributes"]["reason"]["StringValue"] == "failed 6 times: ValidationError"
+
+
+def test_a_failed_record_holds_back_the_rest_of_its_account_but_not_other_accounts(aws, account, api, upstream):
+    from sms_gateway_tools.admin import create_account
+
+    other = create_account(name="Other", senders=["48977"], credits=10)
+    # Given two bulk batches of one account, the first of which meets an unavailable upstream,
+    # and a batch of another account behind them
+    for text in ("first", "second"):
+        api(send_event(account["token"], {"from": "48974", "to": ["2348020000000", "2348030000000"], "body": text}))
+    api(send_event(other["token"], {"from": "48977", "to": ["2348020000000", "2348030000000"], "body": "other"}))
+    upstream.fail_texts = {"first"}
+    records = queued_records(aws)
+    assert len(records) == 3
+    # When the dispatcher gets them in one invocation
+    answer = load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
+    # Then the account's second batch is not sent ahead of its first (both go back), the other account's is
+    by_text = {json.loads(r["Body"])["reference_id"]: r["MessageId"] for r in records}
+    failed = {item["itemIdentifier"] for item in answer["batchItemFailures"]}
+    assert len(failed) == 2 and failed <= set(by_text.values())
+    sent_texts = [submit["text"] for submit in upstream.submits]
+    assert "second" not in sent_texts
+    assert sent_texts.count("other") == 2

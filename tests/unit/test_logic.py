@@ -437,3 +437,48 @@ def test_a_dispatcher_killed_between_submit_and_write_never_causes_a_second_subm
     provider.reports = [report(message, MessageStatus.DELIVERED)]
     receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock))
     assert store.messages[message.key].status == MessageStatus.DELIVERED
+
+
+class StingyLimiter:
+    """Grants two sends, then nothing more before its deadline."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[list, int]] = []
+
+    async def acquire(self, scopes, wanted):
+        self.asked.append((list(scopes), wanted))
+        return min(2, wanted) if len(self.asked) == 1 else 0
+
+
+def test_the_rate_limit_holds_back_what_it_does_not_grant(store):
+    # Given five queued messages and a limiter that grants only two sends now
+    _, deps = send(store, command(5))
+    provider, limiter = FakeProvider(), StingyLimiter()
+    limited = replace(dispatch_deps(store, provider), limiter=limiter, rate_scopes=[("account:7", 2)])
+    # When the record is dispatched
+    outcome = asyncio.run(dispatch(deps.dispatch_queue.commands[0], limited))
+    # Then two are submitted and three wait for a later attempt, unclaimed
+    assert (outcome.submitted, len(outcome.retry), outcome.retry_after) == (2, 3, 1.0)
+    assert len(provider.submits) == 2
+    assert limiter.asked == [([("account:7", 2)], 5), ([("account:7", 2)], 3)]
+    assert store.claims == {}
+
+
+class RouteFullLimiter:
+    async def acquire(self, scopes, wanted, *, max_wait_seconds=None):
+        return 0 if scopes and scopes[0][0].startswith("route:") else wanted
+
+
+def test_an_upstream_at_its_own_rate_limit_is_waited_for_not_failed_over(store):
+    _, deps = send(store, command(1))
+    primary, fallback = FakeProvider("primary"), FakeProvider("fallback")
+    limited = replace(
+        dispatch_deps(store, primary),
+        upstreams_for=lambda _: [primary, fallback],
+        limiter=RouteFullLimiter(),
+        route_limit=lambda name: 10 if name == "primary" else None,
+    )
+    outcome = asyncio.run(dispatch(deps.dispatch_queue.commands[0], limited))
+    assert outcome.needs_retry and outcome.retry_after == 1.0
+    assert primary.submits == fallback.submits == []
+    assert store.claims == {}

@@ -50,6 +50,15 @@ def use_deployed_stack(stack_name: str) -> str:
     os.environ["NOTIFY_QUEUE_URL"] = outputs.get("NotifyQueueUrl", "")
     # Deployed functions never call http:// webhooks; a local stack's setting left in this shell must not apply.
     os.environ["ALLOW_HTTP_WEBHOOKS"] = "false"
+    # The route commands name upstreams as the deployed functions see them: the stage's parameter prefix, and
+    # the template's default upstream (the settings' default unless the stack says otherwise).
+    stage = {p["ParameterKey"]: p.get("ParameterValue", "") for p in stacks[0].get("Parameters", [])}.get("Stage")
+    if stage:
+        os.environ["UPSTREAM_PARAMETER_PREFIX"] = f"/sms-gateway/{stage}/upstreams/"
+    if outputs.get("DefaultUpstream"):
+        os.environ["DEFAULT_UPSTREAM"] = outputs["DefaultUpstream"]
+    else:
+        os.environ.pop("DEFAULT_UPSTREAM", None)
     _forget_wiring()
     return outputs.get("ApiUrl", "")
 
@@ -208,6 +217,82 @@ def set_account(
         _store(), account_id, country=country, timezone=timezone, rate_limit=rate_limit, max_parts=max_parts
     )
     return _view(account)
+
+
+def _default_upstream() -> str:
+    from sms_gateway.bootstrap import gateway
+
+    return gateway().settings.default_upstream
+
+
+def _require_upstream(name: str) -> None:
+    """A route to an upstream with no configuration would fail every message it matches: refuse it up front."""
+    from botocore.exceptions import ClientError
+
+    from sms_gateway.adapters import aws
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.errors import NotFound
+
+    parameter = f"{gateway().settings.upstream_parameter_prefix}{name}"
+    try:
+        aws.client("ssm").get_parameter(Name=parameter)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") == "ParameterNotFound":
+            raise NotFound(
+                f"no upstream named {name!r} is configured (no parameter {parameter}): configure it first"
+            ) from error
+        raise
+
+
+def show_routes() -> dict[str, Any]:
+    """The route table, most specific route first, and the default upstream for messages no route matches."""
+    table = _store().route_table(_default_upstream())
+    return {
+        "default_upstream": table.default_upstream,
+        "version": table.version,
+        "routes": [route.model_dump(mode="json") for route in table.in_precedence_order()],
+    }
+
+
+def set_route(
+    *,
+    upstream: str,
+    fallback: str | None = None,
+    account_id: str | None = None,
+    network: str | None = None,
+    prefix: str | None = None,
+    route_id: str | None = None,
+) -> dict[str, Any]:
+    """Adds a route, or replaces the route of the same id (by default the id is made from the match)."""
+    from pydantic import ValidationError
+
+    from sms_gateway.domain.routing import Route, default_route_id
+    from sms_gateway.errors import InvalidRequest
+
+    try:
+        route = Route(
+            route_id=route_id or default_route_id(account_id, network, prefix),
+            account_id=account_id,
+            network=network,
+            prefix=prefix,
+            upstream=upstream,
+            fallback=fallback,
+        )
+    except ValidationError as error:
+        problems = (str(item["msg"]).removeprefix("Value error, ") for item in error.errors())
+        raise InvalidRequest("; ".join(problems)) from error
+    for name in (route.upstream, route.fallback):
+        if name is not None:
+            _require_upstream(name)
+    store = _store()
+    store.put_route(route, store.route_table(_default_upstream()).version)
+    return show_routes()
+
+
+def remove_route(*, route_id: str) -> dict[str, Any]:
+    store = _store()
+    store.remove_route(route_id, store.route_table(_default_upstream()).version)
+    return show_routes()
 
 
 # ---------------------------------------------------------------- the command line
@@ -371,6 +456,40 @@ def _cmd_set_account(args: argparse.Namespace) -> int:
     )
 
 
+def _show_route_table(table: dict[str, Any]) -> None:
+    default = table["default_upstream"]
+    if not table["routes"]:
+        print(f"no routes: every message goes to {default}, the default upstream (table version {table['version']})")
+        return
+    _print_rows(table["routes"], ["route_id", "account_id", "network", "prefix", "upstream", "fallback"])
+    print(
+        f"(most specific first; any other message goes to {default}, the default upstream; version {table['version']})"
+    )
+
+
+def _cmd_set_route(args: argparse.Namespace) -> int:
+    return _run(
+        args,
+        lambda _: set_route(
+            upstream=args.upstream,
+            fallback=args.fallback,
+            account_id=args.account,
+            network=args.network,
+            prefix=args.prefix,
+            route_id=args.route_id,
+        ),
+        show=_show_route_table,
+    )
+
+
+def _cmd_remove_route(args: argparse.Namespace) -> int:
+    return _run(args, lambda _: remove_route(route_id=args.route_id), show=_show_route_table)
+
+
+def _cmd_show_routes(args: argparse.Namespace) -> int:
+    return _run(args, lambda _: show_routes(), show=_show_route_table)
+
+
 def register(subparsers: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON (for scripts)")
@@ -380,7 +499,7 @@ def register(subparsers: Any) -> None:
 
     admin = subparsers.add_parser(
         "admin",
-        help="operator commands (accounts, credentials, senders, credits, prices)",
+        help="operator commands (accounts, credentials, senders, credits, prices, routes)",
         description="Operator commands. They act on the local stack (.local/stack.json, started by `make dev`) "
         "unless --stack-name names a deployed stack. Errors go to stderr with exit code 2.",
     )
@@ -392,6 +511,7 @@ def register(subparsers: Any) -> None:
     _add_account_commands(command, account)
     _add_credential_commands(command, account)
     _add_price_commands(command)
+    _add_route_commands(command)
 
 
 def _add_account_commands(command: Command, account: argparse.ArgumentParser) -> None:
@@ -458,3 +578,26 @@ def _add_price_commands(command: Command) -> None:
 
     prices = command("show-prices", "show the price table")
     prices.set_defaults(func=_cmd_show_prices)
+
+
+def _add_route_commands(command: Command) -> None:
+    route = command(
+        "set-route",
+        "route matching messages (by account, network and/or number prefix) to an upstream, with a fallback",
+    )
+    route.add_argument("--upstream", required=True, metavar="NAME", help="the upstream, as named in Parameter Store")
+    route.add_argument("--fallback", metavar="NAME", help="the upstream tried when the first is unavailable")
+    route.add_argument("--account", metavar="ID", help="match this account's messages")
+    route.add_argument("--network", metavar="SLUG", help="match this network's numbers (mtn, airtel, glo, ...)")
+    route.add_argument("--prefix", metavar="DIGITS", help="match numbers starting with these digits (e.g. 234803)")
+    route.add_argument(
+        "--id", dest="route_id", metavar="ROUTE_ID", help="the route's id (default: made from its match)"
+    )
+    route.set_defaults(func=_cmd_set_route)
+
+    remove = command("remove-route", "remove a route by its id")
+    remove.add_argument("--id", dest="route_id", required=True, metavar="ROUTE_ID", help="as show-routes lists it")
+    remove.set_defaults(func=_cmd_remove_route)
+
+    routes = command("show-routes", "show the route table and the default upstream")
+    routes.set_defaults(func=_cmd_show_routes)

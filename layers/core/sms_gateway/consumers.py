@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from sms_gateway.adapters import http
-from sms_gateway.adapters.providers import get_provider
+from sms_gateway.adapters.providers import get_provider, upstream_rate_limit
 from sms_gateway.bootstrap import gateway
 from sms_gateway.domain.models import DispatchCommand, Message, utc_now
+from sms_gateway.domain.routing import RouteTable
 from sms_gateway.logic.dispatch import DispatchDependencies, backoff_seconds, dispatch
 from sms_gateway.logic.notify import WebhookFailed, WebhookResponse, deliver
+from sms_gateway.logic.ratelimit import RateLimiter, account_scope
 from sms_gateway.logic.scheduled import release_scheduled_batch
 from sms_gateway.observability import logger, metrics
 from sms_gateway.ports import Provider
@@ -23,9 +26,19 @@ class RetryLater(Exception):
     """Raised for a record whose messages met a transient failure: the record goes back to the queue."""
 
 
-def _upstreams_for(_: Message) -> list[Provider]:
-    # Routing by account, network and prefix comes with the route table; until then, the default upstream.
-    return [get_provider(gateway().settings.default_upstream)]
+def _rate_limit(account_id: str) -> int | None:
+    account = gateway().store.get_account(account_id)
+    return account.rate_limit_per_second if account else None
+
+
+def _routed(table: RouteTable) -> Callable[[Message], list[Provider]]:
+    """A message's upstreams in the order to try them: its route's primary, then the route's fallback."""
+
+    def upstreams_for(message: Message) -> list[Provider]:
+        choice = table.choose(message.account_id, message.telco, message.msisdn)
+        return [get_provider(name) for name in choice.upstreams]
+
+    return upstreams_for
 
 
 def dispatch_record(record: SQSRecord) -> dict[str, Any]:
@@ -58,11 +71,15 @@ def _dispatch_record(record: SQSRecord, attempt: int) -> dict[str, Any]:
     deps = DispatchDependencies(
         messages=wiring.store,
         accounts=wiring.store,
-        upstreams_for=_upstreams_for,
+        # Read once per record: the table is one item, and the choice per message is then pure.
+        upstreams_for=_routed(wiring.store.route_table(wiring.settings.default_upstream)),
         callback_base_url=wiring.settings.callback_base_url,
         clock=utc_now,
         concurrency=wiring.settings.dispatch_concurrency,
         validity=timedelta(hours=wiring.settings.message_validity_hours),
+        limiter=RateLimiter(wiring.store),
+        rate_scopes=[account_scope(command.account_id, _rate_limit(command.account_id))],
+        route_limit=upstream_rate_limit,
         final_attempt=attempt >= wiring.settings.dispatch_max_attempts,
     )
     outcome = http.run(dispatch(command, deps))

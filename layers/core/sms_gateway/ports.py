@@ -27,6 +27,7 @@ from sms_gateway.domain.models import (
     SubmitResult,
 )
 from sms_gateway.domain.pricing import PriceTable
+from sms_gateway.domain.routing import Route, RouteTable
 from sms_gateway.domain.status import MessageStatus
 
 
@@ -279,4 +280,34 @@ class SessionStore(Protocol):
 
     def account_id_for_session(self, session_key: str, *, now: datetime) -> str | None:
         """The account of a live session, or None when the key is unknown or expired at `now`."""
+        ...
+
+
+class RateLimitStore(Protocol):
+    """Per-second token counters shared by every dispatcher: one counter per scope and Unix second."""
+
+    def take_tokens(self, scope: str, second: int, wanted: int, limit: int) -> int:
+        """Counts up to `wanted` tokens in `scope`'s `second` without passing `limit`; returns how many it counted
+        (fewer when the second is nearly full, 0 when it is full)."""
+        ...
+
+    def give_back_tokens(self, scope: str, second: int, count: int) -> None:
+        """Uncounts tokens taken in `second` that will not be used."""
+        ...
+
+
+class RouteStore(Protocol):
+    """The operator's route table: one versioned record; each edit is conditional on the version it read."""
+
+    def route_table(self, default_upstream: str) -> RouteTable:
+        """The routes and their version, with `default_upstream` for messages no route matches."""
+        ...
+
+    def put_route(self, route: Route, expected_version: int) -> int:
+        """Adds the route, or replaces the one with its id; returns the new version. Conflict when the table is
+        no longer at `expected_version` or another route has the same match; NotFound when its account is unknown."""
+        ...
+
+    def remove_route(self, route_id: str, expected_version: int) -> int:
+        """Removes a route; returns the new version. Conflict as put_route; NotFound when there is no such route."""
         ...

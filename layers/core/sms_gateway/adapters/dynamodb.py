@@ -27,6 +27,8 @@ from typing import Any
 from sms_gateway.adapters import aws
 from sms_gateway.adapters.dynamodb_admin import DynamoAccountAdmin, credential_listing_item
 from sms_gateway.adapters.dynamodb_groups import DynamoGroupStore
+from sms_gateway.adapters.dynamodb_ratelimit import DynamoRateLimitMixin
+from sms_gateway.adapters.dynamodb_routes import DynamoRouteStore
 from sms_gateway.adapters.dynamodb_sessions import DynamoSessionsMixin
 from sms_gateway.domain.models import (
     Account,
@@ -153,7 +155,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class DynamoStore(DynamoAccountAdmin, DynamoGroupStore, DynamoSessionsMixin):
+class DynamoStore(DynamoAccountAdmin, DynamoGroupStore, DynamoSessionsMixin, DynamoRateLimitMixin, DynamoRouteStore):
     """Implements AccountStore and MessageStore over one table."""
 
     def __init__(self, table_name: str, *, client: Any | None = None, retention_days: int = 180) -> None:

@@ -1,4 +1,4 @@
-"""SQS adapters: the FIFO dispatch queue (message group = account) and the notify queue."""
+"""SQS adapters: the FIFO dispatch queue (message group = account, or its priority lane) and the notify queue."""
 
 from __future__ import annotations
 
@@ -35,6 +35,10 @@ class _Queue:
                 raise RuntimeError(f"SQS refused {len(failed)} entries: {reasons}")
 
 
+def dispatch_group_id(command: DispatchCommand) -> str:
+    return f"{command.account_id}#priority" if command.priority else command.account_id
+
+
 class SqsDispatchQueue(_Queue):
     def enqueue(self, commands: Sequence[DispatchCommand]) -> None:
         self._send(
@@ -42,7 +46,8 @@ class SqsDispatchQueue(_Queue):
                 {
                     "MessageBody": command.model_dump_json(),
                     # The account is the message group: its batches keep their order; others don't wait.
-                    "MessageGroupId": command.account_id,
+                    # Priority commands have a lane of their own, so an OTP overtakes the account's bulk.
+                    "MessageGroupId": dispatch_group_id(command),
                     # Same batch and same first message = same record: a retried enqueue is dropped by SQS.
                     "MessageDeduplicationId": f"{command.reference_id}-{command.message_ids[0]}",
                 }

@@ -151,6 +151,8 @@ class DispatchCommand(Record):
     account_id: str
     reference_id: int
     message_ids: tuple[int, ...] = Field(min_length=1, max_length=100)
+    # A single-recipient send (an OTP): queued in the account's priority lane, ahead of its bulk batches.
+    priority: bool = False
 
 
 class SubmitRequest(Record):

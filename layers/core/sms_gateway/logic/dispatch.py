@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from sms_gateway.domain.models import ClaimOutcome, DispatchCommand, Message, SubmitRequest
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import UpstreamError
+from sms_gateway.logic.ratelimit import RateLimiter, Scope, route_scope
 from sms_gateway.observability import logger, mask_msisdn
 from sms_gateway.ports import AccountStore, MessageStore, Provider
 
@@ -42,6 +43,10 @@ class DispatchDependencies:
     concurrency: int = 64
     # A message not submitted within this time of being queued expires instead of arriving late.
     validity: timedelta = DEFAULT_VALIDITY
+    limiter: RateLimiter | None = None
+    rate_scopes: Sequence[Scope] = ()
+    # An upstream's own messages-per-second limit (None: unlimited), taken one message at a time.
+    route_limit: Callable[[str], int | None] = lambda _: None
     # On the record's last allowed attempt a transient failure is final: the message fails and is refunded,
     # rather than the record going to the dead-letter queue.
     final_attempt: bool = False
@@ -75,7 +80,17 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
         async with in_flight:
             await _dispatch_one(message, deps, outcome)
 
-    await asyncio.gather(*(one(m) for m in messages))
+    pending = [m for m in messages if m.status == MessageStatus.QUEUED]
+    outcome.skipped += len(messages) - len(pending)
+    while pending:
+        # The account's rate limit is shared by every dispatcher container: each grant is one counted write.
+        granted = await deps.limiter.acquire(deps.rate_scopes, len(pending)) if deps.limiter else len(pending)
+        if granted == 0:
+            outcome.retry.extend(m.message_id for m in pending)
+            outcome.retry_after = max(outcome.retry_after or 0.0, 1.0)
+            break
+        now_sending, pending = pending[:granted], pending[granted:]
+        await asyncio.gather(*(one(m) for m in now_sending))
     return outcome
 
 
@@ -104,6 +119,10 @@ async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: D
         return
     failure: UpstreamError | None = None
     for provider in deps.upstreams_for(message):
+        if not await _route_allows(provider.name, deps):
+            # A route at its limit is a throttle: wait for it rather than fail over.
+            failure = UpstreamError(f"{provider.name} is at its rate limit", permanent=False, retry_after=1.0)
+            break
         try:
             result = await provider.submit(_submit_request(message, provider, deps.callback_base_url))
         except UpstreamError as error:
@@ -142,6 +161,13 @@ async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: D
         message, MessageStatus.FAILED, "upstream_rejected" if failure.permanent else "upstream_unavailable", deps
     )
     outcome.failed += 1
+
+
+async def _route_allows(upstream: str, deps: DispatchDependencies) -> bool:
+    limit = deps.route_limit(upstream)
+    if not limit or deps.limiter is None:
+        return True
+    return await deps.limiter.acquire([route_scope(upstream, limit)], 1, max_wait_seconds=1.0) > 0
 
 
 def _submit_request(message: Message, provider: Provider, callback_base_url: str) -> SubmitRequest:

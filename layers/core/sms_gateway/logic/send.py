@@ -176,6 +176,8 @@ def dispatch_commands(batch: Batch, message_ids: Sequence[int]) -> list[Dispatch
             account_id=batch.account_id,
             reference_id=batch.reference_id,
             message_ids=tuple(message_ids[start : start + DISPATCH_CHUNK]),
+            # One recipient is an OTP or a notification: it goes in the priority lane, ahead of bulk batches.
+            priority=batch.recipients == 1,
         )
         for start in range(0, len(message_ids), DISPATCH_CHUNK)
     ]

@@ -97,3 +97,9 @@ def get_provider(name: str) -> Provider:
     if factory is None:
         raise NotFound(f"upstream {name!r} has an unknown type {kind!r}")
     return factory(name, config)
+
+
+def upstream_rate_limit(name: str) -> int | None:
+    """The messages per second an upstream accepts (`rate_limit_per_second` in its configuration), if set."""
+    limit = provider_config(name).get("rate_limit_per_second")
+    return int(limit) if limit else None

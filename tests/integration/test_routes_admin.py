@@ -1,0 +1,372 @@
+"""The route table on moto: the store's versioned item, and the admin's set-route, remove-route and show-routes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sms_gateway.domain.routing import Route, RouteChoice
+from sms_gateway.errors import Conflict, NotFound
+
+API_URL = "http://127.0.0.1:8"
+
+Cli = Callable[..., tuple[int, Any, str]]
+
+
+@pytest.fixture
+def store(aws: dict[str, str]) -> Any:
+    from sms_gateway.bootstrap import gateway
+
+    return gateway().store
+
+
+@pytest.fixture
+def account_id(aws: dict[str, str]) -> str:
+    from sms_gateway_tools import admin
+
+    return str(admin.create_account(name="Cinema Club", senders=[], credits=0)["account_id"])
+
+
+def configure_upstream(env: dict[str, str], name: str, prefix: str | None = None) -> None:
+    """Registers an upstream where the provider registry (and set-route) looks for it."""
+    import boto3
+
+    boto3.client("ssm").put_parameter(
+        Name=f"{prefix or env['UPSTREAM_PARAMETER_PREFIX']}{name}",
+        Type="SecureString",
+        Value=json.dumps({"type": "kannel", "url": "http://127.0.0.1:13013/cgi-bin/sendsms"}),
+        Overwrite=True,
+    )
+
+
+@pytest.fixture
+def upstreams(aws: dict[str, str]) -> None:
+    # `simulator` is configured by the aws fixture already.
+    configure_upstream(aws, "kannel")
+    configure_upstream(aws, "jasmin")
+
+
+def routes_item(env: dict[str, str]) -> dict[str, Any] | None:
+    import boto3
+
+    key = {"pk": {"S": "CONFIG"}, "sk": {"S": "ROUTES"}}
+    found: dict[str, Any] | None = boto3.client("dynamodb").get_item(TableName=env["TABLE_NAME"], Key=key).get("Item")
+    return found
+
+
+def mtn(upstream: str = "kannel", fallback: str | None = "jasmin", route_id: str = "mtn") -> Route:
+    return Route(route_id=route_id, network="mtn", upstream=upstream, fallback=fallback)
+
+
+# ---------------------------------------------------------------- the store
+
+
+def test_routes_round_trip_through_one_versioned_item(aws, store, account_id):
+    # Given no route table yet
+    empty = store.route_table("simulator")
+    assert (empty.routes, empty.version, empty.default_upstream) == ((), 0, "simulator")
+    assert routes_item(aws) is None
+    # When an operator adds a network route, then an account route
+    assert store.put_route(mtn(), 0) == 1
+    mine = Route(route_id="mine", account_id=account_id, prefix="234803", upstream="simulator")
+    assert store.put_route(mine, 1) == 2
+    # Then both come back, with the version, and route messages
+    table = store.route_table("simulator")
+    assert (table.routes, table.version) == ((mtn(), mine), 2)
+    assert table.choose("1", "mtn", "+2348021234567") == RouteChoice(
+        primary="kannel", fallback="jasmin", route_id="mtn"
+    )
+    assert table.choose(account_id, "mtn", "+2348031234567") == RouteChoice(primary="simulator", route_id="mine")
+    # And the item holds plain maps, without empty match fields
+    item = routes_item(aws)
+    assert item is not None
+    assert item["version"] == {"N": "2"}
+    assert item["routes"]["L"][0]["M"] == {
+        "route_id": {"S": "mtn"},
+        "network": {"S": "mtn"},
+        "upstream": {"S": "kannel"},
+        "fallback": {"S": "jasmin"},
+    }
+    # When both are removed
+    assert store.remove_route("mtn", 2) == 3
+    assert store.remove_route("mine", 3) == 4
+    # Then the table is empty but keeps its version, so a stale editor still meets a conflict
+    assert (store.route_table("simulator").routes, store.route_table("simulator").version) == ((), 4)
+
+
+def test_a_route_of_the_same_id_replaces_the_old_one(store):
+    store.put_route(mtn(), 0)
+    assert store.put_route(mtn(upstream="simulator", fallback=None), 1) == 2
+    assert store.route_table("simulator").routes == (mtn(upstream="simulator", fallback=None),)
+
+
+def test_an_edit_from_a_stale_version_is_a_conflict_and_changes_nothing(aws, store):
+    # Given a table another operator has edited since we read it (version 0)
+    store.put_route(mtn(), 0)
+    before = routes_item(aws)
+    # When we add or remove a route from version 0
+    # Then it is a clear conflict, and the table is as the other operator left it
+    with pytest.raises(Conflict, match=r"changed since it was read \(version 0, now 1\)"):
+        store.put_route(Route(route_id="glo", network="glo", upstream="simulator"), 0)
+    with pytest.raises(Conflict, match="changed since it was read"):
+        store.remove_route("mtn", 0)
+    assert routes_item(aws) == before
+
+
+@pytest.mark.parametrize("with_account", [False, True])
+def test_an_edit_racing_another_is_refused_by_the_conditional_write(aws, store, account_id, monkeypatch, with_account):
+    # Given we read the table at version 0, and another edit lands before our write
+    from sms_gateway.domain.routing import Routes
+
+    store.put_route(mtn(), 0)
+    before = routes_item(aws)
+    monkeypatch.setattr(store, "_stored_routes", Routes)
+    route = Route(route_id="glo", network="glo", account_id=account_id if with_account else None, upstream="simulator")
+    # When we write from version 0 (put_item, or the transaction that checks the account)
+    # Then the write's condition refuses it
+    with pytest.raises(Conflict, match="changed since it was read"):
+        store.put_route(route, 0)
+    assert routes_item(aws) == before
+
+
+def test_a_route_for_an_unknown_account_is_refused(aws, store):
+    with pytest.raises(NotFound, match="no account 404404"):
+        store.put_route(Route(route_id="typo", account_id="404404", upstream="kannel"), 0)
+    assert routes_item(aws) is None
+
+
+def test_a_second_route_with_the_same_match_is_a_conflict(aws, store):
+    store.put_route(mtn(), 0)
+    before = routes_item(aws)
+    with pytest.raises(Conflict, match="route 'mtn' already matches network=mtn"):
+        store.put_route(mtn(route_id="other"), 1)
+    assert routes_item(aws) == before
+
+
+def test_removing_an_unknown_route_is_not_found(aws, store):
+    store.put_route(mtn(), 0)
+    with pytest.raises(NotFound, match="no route 'nope'"):
+        store.remove_route("nope", 1)
+    assert store.route_table("simulator").version == 1
+
+
+# ---------------------------------------------------------------- the admin commands
+
+
+@pytest.fixture
+def cli(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
+    """Runs `sms-gateway admin ...` against the moto stack the `aws` fixture made: returns the exit code, stdout
+    (parsed when --json was given and it succeeded) and stderr."""
+    from sms_gateway_tools import admin, cli
+
+    monkeypatch.setattr(admin, "_target", lambda args: API_URL)
+
+    def run(*argv: str) -> tuple[int, Any, str]:
+        capsys.readouterr()
+        code = cli.main(["admin", *argv])
+        out, err = capsys.readouterr()
+        return code, (json.loads(out) if "--json" in argv and code == 0 else out), err
+
+    return run
+
+
+def shown(cli: Cli) -> dict[str, Any]:
+    code, table, err = cli("show-routes", "--json")
+    assert code == 0, err
+    return dict(table)
+
+
+@pytest.mark.parametrize("command", ["set-route", "remove-route", "show-routes"])
+def test_every_route_command_has_help_with_json_and_stack_name(command, capsys):
+    from sms_gateway_tools import cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["admin", command, "--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert "--json" in text
+    assert "--stack-name" in text
+
+
+def test_an_operator_sets_shows_and_removes_routes(cli, upstreams, account_id):
+    # Given no routes
+    assert shown(cli) == {"default_upstream": "simulator", "version": 0, "routes": []}
+    # When the operator routes MTN numbers to kannel (jasmin as fallback) and one account's 234803 range to jasmin
+    code, table, err = cli("set-route", "--network", "MTN", "--upstream", "kannel", "--fallback", "jasmin", "--json")
+    assert code == 0, err
+    code, table, err = cli(
+        "set-route",
+        "--account",
+        account_id,
+        "--prefix",
+        "+234803",
+        "--upstream",
+        "jasmin",
+        "--id",
+        "cinema-803",
+        "--json",
+    )
+    assert code == 0, err
+    # Then the table lists them most specific first, with ids (made from the match when none was given)
+    assert table == {
+        "default_upstream": "simulator",
+        "version": 2,
+        "routes": [
+            {
+                "route_id": "cinema-803",
+                "account_id": account_id,
+                "network": None,
+                "prefix": "234803",
+                "upstream": "jasmin",
+                "fallback": None,
+            },
+            {
+                "route_id": "network-mtn",
+                "account_id": None,
+                "network": "mtn",
+                "prefix": None,
+                "upstream": "kannel",
+                "fallback": "jasmin",
+            },
+        ],
+    }
+    assert shown(cli) == table
+    # When the MTN route is set again with another upstream
+    code, table, err = cli("set-route", "--network", "mtn", "--upstream", "simulator", "--json")
+    # Then it replaces the first (same match, same id)
+    assert code == 0, err
+    assert [(r["route_id"], r["upstream"], r["fallback"]) for r in table["routes"]] == [
+        ("cinema-803", "jasmin", None),
+        ("network-mtn", "simulator", None),
+    ]
+    # When a route is removed
+    code, table, err = cli("remove-route", "--id", "cinema-803", "--json")
+    # Then the rest stays
+    assert code == 0, err
+    assert [r["route_id"] for r in table["routes"]] == ["network-mtn"]
+    assert table["version"] == 4
+
+
+def test_show_routes_reads_as_a_table(cli, upstreams):
+    code, text, _ = cli("show-routes")
+    assert code == 0
+    assert text == "no routes: every message goes to simulator, the default upstream (table version 0)\n"
+    cli("set-route", "--network", "mtn", "--upstream", "kannel", "--fallback", "jasmin")
+    cli("set-route", "--prefix", "2348031", "--upstream", "jasmin")
+    code, text, _ = cli("show-routes")
+    assert code == 0
+    lines = text.splitlines()
+    assert lines[0].split() == ["route_id", "account_id", "network", "prefix", "upstream", "fallback"]
+    assert lines[1].split() == ["prefix-2348031", "-", "-", "2348031", "jasmin", "-"]
+    assert lines[2].split() == ["network-mtn", "-", "mtn", "-", "kannel", "jasmin"]
+    assert "goes to simulator, the default upstream" in lines[3]
+
+
+def test_the_default_upstream_is_the_targets_setting(cli, upstreams, monkeypatch):
+    from sms_gateway import bootstrap
+
+    monkeypatch.setenv("DEFAULT_UPSTREAM", "kannel")
+    bootstrap.reset()
+    assert shown(cli)["default_upstream"] == "kannel"
+
+
+BAD_ROUTES = [
+    (["--upstream", "kannel"], "at least one of account, network or prefix"),
+    (["--network", "mtn", "--upstream", "kannel", "--fallback", "kannel"], "fallback must be another upstream"),
+    (["--prefix", "23480x", "--upstream", "kannel"], "prefix '23480x' must be 1 to 15 digits"),
+    (["--network", "mnt", "--upstream", "kannel"], "network 'mnt' is not a known network slug"),
+    (["--network", "mtn", "--upstream", "Kannel"], "upstream 'Kannel' is not an upstream name"),
+    (["--network", "mtn", "--upstream", "ghost"], "no upstream named 'ghost' is configured"),
+    (["--network", "mtn", "--upstream", "kannel", "--fallback", "ghost"], "no upstream named 'ghost'"),
+    (["--account", "404404", "--upstream", "kannel"], "no account 404404"),
+    (["--network", "glo", "--upstream", "kannel", "--id", "has space"], "route id 'has space'"),
+    (["--network", "airtel", "--upstream", "kannel", "--id", "other"], "route 'airtel' already matches"),
+]
+
+
+def test_a_bad_route_is_refused_and_changes_nothing(cli, upstreams):
+    # Given a table with one route
+    assert cli("set-route", "--network", "airtel", "--upstream", "jasmin", "--id", "airtel")[0] == 0
+    before = shown(cli)
+    # (one stack for all the cases: each refusal must leave it as it was anyway)
+    for argv, fragment in BAD_ROUTES:
+        # When a bad route is set
+        code, out, err = cli("set-route", *argv)
+        # Then it is refused on stderr with exit code 2, and the table is unchanged
+        assert (code, out) == (2, ""), (argv, err)
+        assert err.startswith("error: "), (argv, err)
+        assert fragment in err, (argv, err)
+        assert shown(cli) == before, argv
+
+
+def test_removing_an_unknown_route_is_refused(cli, upstreams):
+    code, out, err = cli("remove-route", "--id", "nope")
+    assert (code, out) == (2, "")
+    assert "no route 'nope'" in err
+    assert shown(cli)["version"] == 0
+
+
+def test_remove_route_needs_an_id(cli):
+    with pytest.raises(SystemExit) as exited:
+        cli("remove-route")
+    assert exited.value.code == 2
+
+
+def test_a_concurrent_edit_between_read_and_write_is_a_clear_conflict(cli, upstreams, monkeypatch):
+    from sms_gateway.adapters.dynamodb import DynamoStore
+
+    # Given another operator's edit lands just after our command read the table
+    real = DynamoStore.route_table
+
+    def read_then_someone_edits(self: Any, default_upstream: str) -> Any:
+        table = real(self, default_upstream)
+        monkeypatch.setattr(DynamoStore, "route_table", real)
+        self.put_route(Route(route_id="theirs", network="glo", upstream="jasmin"), table.version)
+        return table
+
+    monkeypatch.setattr(DynamoStore, "route_table", read_then_someone_edits)
+    # When our set-route writes
+    code, out, err = cli("set-route", "--network", "mtn", "--upstream", "kannel")
+    # Then it is refused, saying to read again, and only their route is in the table
+    assert (code, out) == (2, "")
+    assert "the route table changed since it was read" in err
+    assert [r["route_id"] for r in shown(cli)["routes"]] == ["theirs"]
+
+
+def test_on_a_deployed_stack_the_stages_upstreams_and_default_apply(aws, capsys, monkeypatch):
+    import boto3
+
+    from sms_gateway_tools import cli
+
+    # Given a deployed prod stack whose functions read /sms-gateway/prod/upstreams/ and set no DEFAULT_UPSTREAM
+    template = {
+        "Parameters": {"Stage": {"Type": "String", "Default": "prod"}},
+        "Resources": {"Topic": {"Type": "AWS::SNS::Topic"}},
+        "Outputs": {"TableName": {"Value": aws["TABLE_NAME"]}},
+    }
+    boto3.client("cloudformation").create_stack(StackName="gateway-prod", TemplateBody=json.dumps(template))
+    configure_upstream(aws, "kannel", prefix="/sms-gateway/prod/upstreams/")
+    # And a local stack's default upstream left in this shell
+    monkeypatch.setenv("DEFAULT_UPSTREAM", "leftover")
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = cli.main(["admin", *argv, "--stack-name", "gateway-prod"])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    # When the operator routes to an upstream configured for prod only, and to one configured for dev only
+    ok = run("set-route", "--network", "mtn", "--upstream", "kannel", "--json")
+    refused = run("set-route", "--network", "glo", "--upstream", "simulator")
+    # Then the prod one is accepted and the dev one refused, naming the prod parameter
+    assert ok[0] == 0, ok[2]
+    assert refused[0] == 2
+    assert "no parameter /sms-gateway/prod/upstreams/simulator" in refused[2]
+    # And the default upstream shown is the one the deployed functions use (the settings' default)
+    code, out, _ = run("show-routes", "--json")
+    assert code == 0
+    assert json.loads(out)["default_upstream"] == "simulator"
+    assert [r["route_id"] for r in json.loads(out)["routes"]] == ["network-mtn"]

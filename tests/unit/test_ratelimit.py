@@ -1,0 +1,275 @@
+"""The dispatcher's rate limiter against an in-memory counter store and a virtual clock; the priority lane."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import defaultdict
+
+import pytest
+
+from sms_gateway.domain.models import Batch
+from sms_gateway.domain.status import MessageStatus
+from sms_gateway.logic.ratelimit import RateLimiter, account_scope, route_scope
+from sms_gateway.logic.send import dispatch_commands
+from tests.fakes import InMemoryStore
+
+START = 1_767_398_400.25  # a quarter of a second into a second
+
+
+class CountingStore(InMemoryStore):
+    """Per-second counters with the DynamoDB adapter's semantics: a grant never passes the limit, a partial
+    grant takes what is left. Thread-safe, as the limiter calls it through asyncio.to_thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used: dict[tuple[str, int], int] = defaultdict(int)
+        self.calls: list[tuple[str, str, int]] = []
+        self._counters = threading.Lock()
+
+    def take_tokens(self, scope: str, second: int, wanted: int, limit: int) -> int:
+        with self._counters:
+            self.calls.append(("take", scope, second))
+            got = max(0, min(wanted, limit - self.used[(scope, second)]))
+            self.used[(scope, second)] += got
+            return got
+
+    def give_back_tokens(self, scope: str, second: int, count: int) -> None:
+        with self._counters:
+            self.calls.append(("give_back", scope, second))
+            self.used[(scope, second)] -= count
+
+    def per_second(self, scope: str) -> dict[int, int]:
+        return {second: used for (name, second), used in self.used.items() if name == scope and used}
+
+
+class VirtualClock:
+    """Time moves only when someone sleeps; a sleeper wakes when the clock reaches its own wake-up time."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+        wake_at = self.now + delay
+        await asyncio.sleep(0)
+        self.now = max(self.now, wake_at)
+
+
+@pytest.fixture
+def store() -> CountingStore:
+    return CountingStore()
+
+
+@pytest.fixture
+def clock() -> VirtualClock:
+    return VirtualClock()
+
+
+def limiter(store: CountingStore, clock: VirtualClock, max_wait_seconds: float = 30.0) -> RateLimiter:
+    return RateLimiter(store, clock=clock, sleep=clock.sleep, max_wait_seconds=max_wait_seconds)
+
+
+SECOND = int(START)
+
+
+# ---------------------------------------------------------------------------------------------- one scope
+
+
+def test_a_grant_within_the_limit_is_whole_and_counted_in_the_current_second(store, clock):
+    # Given an account limited to 50 per second, with nothing sent this second
+    # When a dispatcher asks for 10
+    granted = asyncio.run(limiter(store, clock).acquire([account_scope("a", 50)], 10))
+    # Then it gets all 10 at once, counted in this second, without waiting
+    assert granted == 10
+    assert store.per_second("account:a") == {SECOND: 10}
+    assert clock.sleeps == []
+
+
+def test_near_the_limit_the_grant_is_what_is_left_of_the_second(store, clock):
+    # Given 45 of the account's 50 already sent this second
+    store.used[("account:a", SECOND)] = 45
+    # When a dispatcher asks for 10
+    granted = asyncio.run(limiter(store, clock).acquire([account_scope("a", 50)], 10))
+    # Then it gets the 5 left, without waiting for the rest
+    assert granted == 5
+    assert store.per_second("account:a") == {SECOND: 50}
+    assert clock.sleeps == []
+
+
+def test_a_full_second_waits_for_the_next_one(store, clock):
+    # Given the account's 50 all sent this second
+    store.used[("account:a", SECOND)] = 50
+    # When a dispatcher asks for 10
+    granted = asyncio.run(limiter(store, clock).acquire([account_scope("a", 50)], 10))
+    # Then it slept once, to just past the start of the next second, and got its 10 counted there
+    assert granted == 10
+    assert len(clock.sleeps) == 1
+    assert 0.75 <= clock.sleeps[0] < 0.76
+    assert store.per_second("account:a") == {SECOND: 50, SECOND + 1: 10}
+
+
+def test_no_room_before_the_deadline_gives_nothing_and_waits_no_longer(store, clock):
+    # Given every second of the next ten full
+    for second in range(SECOND, SECOND + 10):
+        store.used[("account:a", second)] = 50
+    # When a dispatcher may wait at most 2.5 seconds
+    granted = asyncio.run(limiter(store, clock, max_wait_seconds=2.5).acquire([account_scope("a", 50)], 10))
+    # Then it gets nothing, counted nowhere, and gave up without sleeping past its deadline
+    assert granted == 0
+    assert clock.now <= START + 2.5
+    assert sum(store.per_second("account:a").values()) == 500
+
+
+def test_a_zero_wait_tries_once(store, clock):
+    store.used[("account:a", SECOND)] = 50
+    granted = asyncio.run(limiter(store, clock).acquire([account_scope("a", 50)], 10, max_wait_seconds=0))
+    assert granted == 0
+    assert clock.sleeps == []
+    assert len(store.calls) == 1
+
+
+def test_asking_for_nothing_gets_nothing_and_touches_nothing(store, clock):
+    assert asyncio.run(limiter(store, clock).acquire([account_scope("a", 50)], 0)) == 0
+    assert store.calls == []
+
+
+# ---------------------------------------------------------------------------------------------- concurrency
+
+
+def test_concurrent_acquirers_never_get_more_than_the_limit_in_any_second(store, clock):
+    # Given 40 dispatchers, each with 7 messages for one account limited to 50 per second
+    rate = limiter(store, clock)
+
+    async def send_all(count: int) -> int:
+        sent = 0
+        while sent < count:
+            sent += await rate.acquire([account_scope("a", 50)], count - sent)
+        return sent
+
+    async def everyone() -> list[int]:
+        return await asyncio.gather(*(send_all(7) for _ in range(40)))
+
+    # When they all acquire at once
+    sent = asyncio.run(everyone())
+    # Then every dispatcher sent all of its messages
+    assert sent == [7] * 40
+    # And no second counted more than 50, and the counters add up to exactly what was granted
+    per_second = store.per_second("account:a")
+    assert max(per_second.values()) <= 50
+    assert sum(per_second.values()) == 280
+    # And 280 messages at 50 per second took at least six seconds
+    assert len(per_second) >= 6
+
+
+def test_concurrent_accounts_sharing_a_route_keep_both_limits(store, clock):
+    # Given two accounts of 50 per second each, whose messages share one upstream route of 60 per second
+    rate = limiter(store, clock)
+
+    async def send_all(account: str, count: int) -> int:
+        sent = 0
+        while sent < count:
+            sent += await rate.acquire([route_scope("sim", 60), account_scope(account, 50)], count - sent)
+        return sent
+
+    async def everyone() -> list[int]:
+        return await asyncio.gather(*(send_all(account, 9) for account in ("a", "b") * 15))
+
+    # When 30 dispatchers (15 per account) acquire at once
+    sent = asyncio.run(everyone())
+    # Then all 270 messages went, never more than 60 a second on the route nor 50 on an account
+    assert sum(sent) == 270
+    route = store.per_second("route:sim")
+    assert max(route.values()) <= 60
+    assert max(store.per_second("account:a").values()) <= 50
+    assert max(store.per_second("account:b").values()) <= 50
+    # And the route's counters add up to exactly what was granted: tokens refused elsewhere were given back
+    assert sum(route.values()) == 270
+    assert sum(store.per_second("account:a").values()) == sum(store.per_second("account:b").values()) == 135
+
+
+# ---------------------------------------------------------------------------------------------- several scopes
+
+
+def test_several_scopes_grant_the_least_any_of_them_allows(store, clock):
+    # Given an account of 50 per second on a route with only 30 left this second
+    store.used[("route:sim", SECOND)] = 170
+    # When a dispatcher asks for 40
+    granted = asyncio.run(limiter(store, clock).acquire([account_scope("a", 50), route_scope("sim", 200)], 40))
+    # Then it gets 30, and each scope counted exactly those 30
+    assert granted == 30
+    assert store.per_second("route:sim") == {SECOND: 200}
+    assert store.per_second("account:a") == {SECOND: 30}
+
+
+def test_the_most_restrictive_scope_is_asked_first(store, clock):
+    # Given a route of 200 named before an account of 50
+    scopes = [route_scope("sim", 200), account_scope("a", 50)]
+    # When a dispatcher asks for 80
+    granted = asyncio.run(limiter(store, clock).acquire(scopes, 80))
+    # Then the account was asked first, and the route only for the 50 the account allowed
+    assert granted == 50
+    assert [call[1] for call in store.calls] == ["account:a", "route:sim"]
+    assert store.per_second("route:sim") == {SECOND: 50}
+
+
+def test_a_later_scope_that_is_full_gets_the_earlier_scopes_tokens_given_back(store, clock):
+    # Given a route whose second is full, for an account with room
+    store.used[("route:sim", SECOND)] = 200
+    # When a dispatcher asks for 10 and will not wait
+    rate = limiter(store, clock)
+    granted = asyncio.run(rate.acquire([account_scope("a", 50), route_scope("sim", 200)], 10, max_wait_seconds=0))
+    # Then it gets nothing, and the account's counter is back where it was, its 10 tokens usable by others
+    assert granted == 0
+    assert store.per_second("account:a") == {}
+    assert ("give_back", "account:a", SECOND) in store.calls
+
+
+@pytest.mark.parametrize("unlimited", [None, 0])
+def test_an_unlimited_scope_is_not_counted(store, clock, unlimited):
+    # Given an account without a limit
+    rate = limiter(store, clock)
+    # When a dispatcher asks for 500
+    # Then it gets all 500 and the store was never asked
+    assert asyncio.run(rate.acquire([account_scope("a", unlimited)], 500)) == 500
+    assert store.calls == []
+    # And next to a limited route, only the route counts
+    assert asyncio.run(rate.acquire([account_scope("a", unlimited), route_scope("sim", 200)], 500)) == 200
+    assert [call[1] for call in store.calls] == ["route:sim"]
+
+
+# ---------------------------------------------------------------------------------------------- priority lane
+
+
+def batch_of(recipients: int) -> Batch:
+    return Batch(
+        reference_id=7,
+        account_id="a",
+        sender="48974",
+        text="Your code is 123456",
+        encoding="GSM",
+        parts=1,
+        recipients=recipients,
+        status=MessageStatus.QUEUED,
+        created_at="2026-01-02T23:50:37Z",
+    )
+
+
+def test_a_single_recipient_batch_is_dispatched_in_the_priority_lane():
+    # Given a batch to one recipient (an OTP)
+    # When its dispatch commands are made
+    commands = dispatch_commands(batch_of(1), [101])
+    # Then its one command is a priority command
+    assert [c.priority for c in commands] == [True]
+
+
+def test_a_bulk_batch_is_not_priority_even_in_a_record_of_one():
+    # Given a batch to 201 recipients: three records, the last with one message
+    commands = dispatch_commands(batch_of(201), list(range(201)))
+    # Then none of its records is priority
+    assert [len(c.message_ids) for c in commands] == [100, 100, 1]
+    assert not any(c.priority for c in commands)
