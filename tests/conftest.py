@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -86,3 +88,27 @@ def route_simulator_upstreams_to(monkeypatch: pytest.MonkeyPatch, handler: Any) 
         original(self, **{**kwargs, "client": client})
 
     monkeypatch.setattr(simulator.SimulatorProvider, "__init__", with_mock_client)
+
+
+class FakeContext:
+    """The Lambda context the handlers get in tests."""
+
+    function_name = "test"
+    function_version = "$LATEST"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:test"
+    memory_limit_in_mb = 256
+    aws_request_id = "req-1"
+    log_group_name = "/aws/lambda/test"
+    log_stream_name = "stream"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+def load_function(name: str) -> ModuleType:
+    """A function's handler module, loaded from functions/<name>/app.py as Lambda would."""
+    spec = importlib.util.spec_from_file_location(f"fn_{name}", Path(REPO, "functions", name, "app.py"))
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -10,22 +10,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, load_event
+from tests.conftest import REPO, FakeContext, load_event
 
 API_URL = "http://127.0.0.1:8"
-
-
-class FakeContext:
-    function_name = "api"
-    function_version = "$LATEST"
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:api"
-    memory_limit_in_mb = 256
-    aws_request_id = "req-admin"
-    log_group_name = "/aws/lambda/api"
-    log_stream_name = "stream"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000
 
 
 Cli = Callable[..., tuple[int, Any, str]]

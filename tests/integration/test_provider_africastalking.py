@@ -4,11 +4,8 @@ incoming-message notifications; then end to end through the dispatcher and the w
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 from collections.abc import Callable
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -19,7 +16,7 @@ from sms_gateway.adapters.providers.africastalking import AfricasTalkingProvider
 from sms_gateway.domain.models import CallbackRequest, SubmitRequest
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
-from tests.conftest import REPO, load_event
+from tests.conftest import FakeContext, load_event, load_function
 
 USERNAME = "cinemaclub"
 API_KEY = "atsk_0123456789abcdef"
@@ -366,27 +363,6 @@ def test_an_incoming_message_without_a_sender_is_rejected() -> None:
 # --- end to end: dispatcher and webhook functions over moto ---------------------------------------------------
 
 API_DOMAIN = "abc123.execute-api.us-east-1.amazonaws.com"
-
-
-class FakeContext:
-    function_name = "test"
-    function_version = "$LATEST"
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:test"
-    memory_limit_in_mb = 256
-    aws_request_id = "req-1"
-    log_group_name = "/aws/lambda/test"
-    log_stream_name = "stream"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000
-
-
-def load_function(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"fn_{name}", Path(REPO, "functions", name, "app.py"))
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

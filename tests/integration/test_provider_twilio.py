@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib.util
 import json
 from collections.abc import Callable
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -20,7 +17,7 @@ from sms_gateway.adapters.providers.twilio import TwilioProvider, twilio_signatu
 from sms_gateway.domain.models import CallbackRequest, SubmitRequest
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
-from tests.conftest import REPO, load_event
+from tests.conftest import FakeContext, load_event, load_function
 
 ACCOUNT_SID = "ACXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"
 AUTH_TOKEN = "your_auth_token"
@@ -427,27 +424,6 @@ def test_an_incoming_message_without_from_is_rejected() -> None:
 # --- end to end: dispatcher and webhook functions over moto ---------------------------------------------------
 
 API_DOMAIN = "abc123.execute-api.us-east-1.amazonaws.com"
-
-
-class FakeContext:
-    function_name = "test"
-    function_version = "$LATEST"
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:test"
-    memory_limit_in_mb = 256
-    aws_request_id = "req-1"
-    log_group_name = "/aws/lambda/test"
-    log_stream_name = "stream"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000
-
-
-def load_function(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"fn_{name}", Path(REPO, "functions", name, "app.py"))
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

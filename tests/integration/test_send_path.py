@@ -3,38 +3,14 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 from collections.abc import Callable
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import REPO, load_event, route_simulator_upstreams_to
-
-
-class FakeContext:
-    function_name = "test"
-    function_version = "$LATEST"
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:test"
-    memory_limit_in_mb = 256
-    aws_request_id = "req-1"
-    log_group_name = "/aws/lambda/test"
-    log_stream_name = "stream"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000
-
-
-def load_function(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"fn_{name}", Path(REPO, "functions", name, "app.py"))
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import FakeContext, load_event, load_function, route_simulator_upstreams_to
 
 
 @pytest.fixture
