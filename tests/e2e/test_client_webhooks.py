@@ -25,7 +25,14 @@ class ClientWebhook:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                outer.received.put({"path": self.path, "headers": dict(self.headers.items()), "body": json.loads(body)})
+                outer.received.put(
+                    {
+                        "path": self.path,
+                        "headers": dict(self.headers.items()),
+                        "body": json.loads(body),
+                        "raw": body.decode(),
+                    }
+                )
                 answer = b'{"ok":true}'
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -78,6 +85,32 @@ def account(stack: Any, webhook: ClientWebhook) -> dict[str, Any]:
     )
 
 
+def documented_verify() -> Any:
+    """The verification snippet exactly as docs/webhooks.md gives it to clients."""
+    from tests.conftest import REPO
+
+    text = (REPO / "docs" / "webhooks.md").read_text()
+    snippet = text.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(snippet, namespace)  # our own documentation, run as a client would
+    return namespace["verify"]
+
+
+def assert_signed(request: dict[str, Any], secret: str) -> None:
+    import time
+
+    from sms_gateway.domain.webhooks import verify
+
+    headers = {name.lower(): value for name, value in request["headers"].items()}
+    assert headers["webhook-signature"].startswith("v1,")
+    assert verify(secret, headers, request["raw"], now=time.time())
+    assert not verify(secret, headers, request["raw"] + " ", now=time.time())
+    assert not verify(secret, headers, request["raw"], now=time.time() + 3600)
+    client_side = documented_verify()
+    assert client_side(secret, headers, request["raw"])
+    assert not client_side(secret, headers, request["raw"].replace("2348030000000", "2348030000009"))
+
+
 def test_a_batch_asking_for_delivery_reports_gets_them_on_the_client_webhook(stack, account, webhook):
     # Given a batch (seed 3's shape) that asks for delivery reports
     answer = httpx.post(
@@ -92,6 +125,8 @@ def test_a_batch_asking_for_delivery_reports_gets_them_on_the_client_webhook(sta
     request = webhook.next("/dlr")
     # Then the client's webhook gets the report, authenticated with the account's webhook token
     assert request["headers"]["Authorization"] == f"Bearer {account['webhook_token']}"
+    # And signed the Standard Webhooks way, which the documented check accepts and a tampered body fails
+    assert_signed(request, account["webhook_secret"])
     report = request["body"]
     assert report["reference_id"] == answer.json()["reference_id"]
     assert report["status"] == "delivered"
@@ -111,6 +146,7 @@ def test_an_inbound_sms_reaches_the_client_in_the_seed_receive_format(stack, acc
     # Then the client's inbound URL gets the seed's "Receive SMS" body with the webhook token
     request = webhook.next("/inbound")
     assert request["headers"]["Authorization"] == f"Bearer {account['webhook_token']}"
+    assert_signed(request, account["webhook_secret"])
     assert request["headers"]["Content-Type"] == "application/json"
     body = request["body"]
     assert body["type"] == "two-way sms"

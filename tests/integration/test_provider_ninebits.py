@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from sms_gateway.adapters.providers import FACTORIES
-from sms_gateway.adapters.providers.ninebits import NinebitsProvider, sign
+from sms_gateway.adapters.providers.ninebits import NinebitsProvider
 from sms_gateway.domain.models import (
     CallbackRequest,
     DeliveryReportMode,
@@ -26,6 +26,7 @@ from sms_gateway.domain.models import (
     SubmitRequest,
 )
 from sms_gateway.domain.status import MessageStatus
+from sms_gateway.domain.webhooks import sign
 from sms_gateway.errors import CallbackRejected, UpstreamError
 from sms_gateway.logic.inbound import inbound_notification
 from sms_gateway.logic.notify import dlr_notification

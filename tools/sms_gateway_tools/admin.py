@@ -106,6 +106,7 @@ def create_account(
         "senders": list(account.senders),
         "credits": account.credits,
         "webhook_token": account.webhook_token,
+        "webhook_secret": account.webhook_secret,
         "dlr_url": account.dlr_url,
         "inbound_url": account.inbound_url,
         "api_url": api_url,

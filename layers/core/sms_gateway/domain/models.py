@@ -40,6 +40,8 @@ class Account(Record):
     inbound_url: str | None = None
     # Clients authenticate our webhook calls with this token as a Bearer header, as the seeds show.
     webhook_token: str = ""
+    # Signs every client webhook (Standard Webhooks); kept retrievable because signing needs it.
+    webhook_secret: str = ""
     rate_limit_per_second: int = 50
     # A message longer than this many parts is refused: it protects clients from a runaway template.
     max_parts: int = 10

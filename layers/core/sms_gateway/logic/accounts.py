@@ -15,6 +15,7 @@ from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.models import Account, CredentialKind, Credentials, Record, iso
 from sms_gateway.domain.networks import CATALOGUE
 from sms_gateway.domain.pricing import ANY_NETWORK, ROUTE_TIERS, PriceTable
+from sms_gateway.domain.webhooks import new_signing_secret
 from sms_gateway.errors import Conflict, InvalidRequest, NotFound
 from sms_gateway.ports import AccountAdmin, AccountChanges, AccountStore, CredentialInfo, PriceBook
 
@@ -98,6 +99,7 @@ def create_account(
         dlr_url=dlr_url,
         inbound_url=inbound_url,
         webhook_token=secrets.token_urlsafe(24),
+        webhook_secret=new_signing_secret(),
         created_at=iso(now),
     )
     store.create_account(account, credentials)

@@ -36,6 +36,7 @@ def inbound_notification(inbound: StoredInbound) -> dict[str, Any]:
     """The seeds' "Receive SMS" body, exactly: numbers in international format without '+'."""
     return {
         "kind": INBOUND,
+        "id": f"in_{inbound.inbound_id}",
         "account_id": inbound.account_id,
         "url": None,
         "payload": {

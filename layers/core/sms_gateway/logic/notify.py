@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sms_gateway.domain.models import Account, DeliveryReportMode, StatusChange
+from sms_gateway.domain.webhooks import signed_headers
 from sms_gateway.errors import NotFound
 from sms_gateway.ports import AccountStore
 
@@ -21,6 +24,8 @@ def dlr_notification(change: StatusChange, callback_url: str | None = None) -> d
         return None
     return {
         "kind": DLR,
+        # One id per status change: the client deduplicates retries by it (Standard Webhooks `webhook-id`).
+        "id": f"dlr_{message.message_id}_{message.sequence}",
         "account_id": message.account_id,
         "url": callback_url,
         "payload": {
@@ -64,7 +69,9 @@ def target_url(account: Account, notification: dict[str, Any]) -> str | None:
     return account.dlr_url if notification["kind"] == DLR else account.inbound_url
 
 
-async def deliver(notification: dict[str, Any], accounts: AccountStore, post: Post) -> bool:
+async def deliver(
+    notification: dict[str, Any], accounts: AccountStore, post: Post, *, now: Callable[[], float] = time.time
+) -> bool:
     """POSTs one notification. The client must answer 2xx with valid JSON (the seeds require it);
     anything else raises WebhookFailed so the record is retried. False when there is nowhere to send it."""
     account = accounts.get_account(str(notification["account_id"]))
@@ -73,9 +80,12 @@ async def deliver(notification: dict[str, Any], accounts: AccountStore, post: Po
     url = target_url(account, notification)
     if not url:
         return False
-    body = json.dumps(notification["payload"], separators=(",", ":")).encode()
+    body = json.dumps(notification["payload"], separators=(",", ":"))
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {account.webhook_token}"}
-    response = await post(url, headers, body)
+    if account.webhook_secret:
+        webhook_id = str(notification.get("id") or f"{notification['kind']}_{hash_of(body)}")
+        headers |= signed_headers(account.webhook_secret, webhook_id, int(now()), body)
+    response = await post(url, headers, body.encode())
     if not 200 <= response.status_code < 300:
         raise WebhookFailed(f"client webhook answered {response.status_code}", response.retry_after)
     try:
@@ -83,3 +93,7 @@ async def deliver(notification: dict[str, Any], accounts: AccountStore, post: Po
     except ValueError as error:
         raise WebhookFailed("client webhook answered 2xx without valid JSON") from error
     return True
+
+
+def hash_of(body: str) -> str:
+    return hashlib.sha256(body.encode()).hexdigest()[:32]
