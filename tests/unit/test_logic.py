@@ -482,3 +482,15 @@ def test_an_upstream_at_its_own_rate_limit_is_waited_for_not_failed_over(store):
     assert outcome.needs_retry and outcome.retry_after == 1.0
     assert primary.submits == fallback.submits == []
     assert store.claims == {}
+
+
+def test_every_change_the_dispatcher_makes_is_reported_for_client_callbacks(store):
+    # Given a batch of two that asked for delivery reports, submitted by the dispatcher
+    _, deps = send(store, command(2, delivery_report=DeliveryReportMode.YES))
+    provider = FakeProvider()
+    outcome = asyncio.run(dispatch(deps.dispatch_queue.commands[0], dispatch_deps(store, provider)))
+    # Then each change made here is in the outcome, ready for the DLR callbacks
+    assert [c.message.status for c in outcome.changes] == [MessageStatus.SUBMITTED, MessageStatus.SUBMITTED]
+    # And a record delivered again changes nothing and reports nothing
+    again = asyncio.run(dispatch(deps.dispatch_queue.commands[0], dispatch_deps(store, provider)))
+    assert again.changes == []

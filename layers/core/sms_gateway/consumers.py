@@ -15,7 +15,7 @@ from sms_gateway.bootstrap import gateway
 from sms_gateway.domain.models import DispatchCommand, Message, utc_now
 from sms_gateway.domain.routing import RouteTable
 from sms_gateway.logic.dispatch import DispatchDependencies, backoff_seconds, dispatch
-from sms_gateway.logic.notify import WebhookFailed, WebhookResponse, deliver
+from sms_gateway.logic.notify import WebhookFailed, WebhookResponse, deliver, dlr_notification
 from sms_gateway.logic.ratelimit import RateLimiter, account_scope
 from sms_gateway.logic.scheduled import release_scheduled_batch
 from sms_gateway.observability import logger, metrics
@@ -83,6 +83,10 @@ def _dispatch_record(record: SQSRecord, attempt: int) -> dict[str, Any]:
         final_attempt=attempt >= wiring.settings.dispatch_max_attempts,
     )
     outcome = http.run(dispatch(command, deps))
+    # Clients that asked for delivery reports hear of every change, including those made here.
+    notifications = [n for n in (dlr_notification(change) for change in outcome.changes) if n is not None]
+    if notifications:
+        wiring.notify_queue.publish(notifications)
     metrics.add_metric(name="MessagesSubmitted", unit="Count", value=outcome.submitted)
     metrics.add_metric(name="MessagesFailed", unit="Count", value=outcome.failed)
     logger.info(

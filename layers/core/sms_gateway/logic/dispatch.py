@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sms_gateway.domain.models import ClaimOutcome, DispatchCommand, Message, SubmitRequest
+from sms_gateway.domain.models import ClaimOutcome, DispatchCommand, Message, StatusChange, SubmitRequest
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import UpstreamError
 from sms_gateway.logic.ratelimit import RateLimiter, Scope, route_scope
@@ -61,6 +61,12 @@ class DispatchOutcome:
     skipped: int = 0
     retry: list[int] = field(default_factory=list)
     retry_after: float | None = None
+    # Every status change this dispatch made, for the client's delivery-report callbacks.
+    changes: list[StatusChange] = field(default_factory=list)
+
+    def record(self, change: StatusChange | None) -> None:
+        if change is not None and change.changed:
+            self.changes.append(change)
 
     @property
     def needs_retry(self) -> bool:
@@ -99,7 +105,7 @@ async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: D
         outcome.skipped += 1
         return
     if deps.clock() > valid_until(message, deps.validity):
-        await _finish(message, MessageStatus.EXPIRED, "validity_period_ended", deps)
+        await _finish(message, MessageStatus.EXPIRED, "validity_period_ended", deps, outcome)
         outcome.expired += 1
         return
     claim = await asyncio.to_thread(
@@ -112,9 +118,10 @@ async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: D
         # At most once: the upstream may already have it (its DLR will find it by our reference), so it is
         # recorded as submitted without an upstream id rather than submitted again.
         logger.warning("dispatcher died mid-submit before; not resubmitting", extra={"message_id": message.message_id})
-        await asyncio.to_thread(
+        change = await asyncio.to_thread(
             deps.messages.transition, message.key, MessageStatus.SUBMITTED, now=deps.clock(), error_code=UNCONFIRMED
         )
+        outcome.record(change)
         outcome.unconfirmed += 1
         return
     failure: UpstreamError | None = None
@@ -140,7 +147,7 @@ async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: D
             if error.unavailable:
                 continue
             break
-        await asyncio.to_thread(
+        change = await asyncio.to_thread(
             deps.messages.transition,
             message.key,
             MessageStatus.SUBMITTED,
@@ -148,6 +155,7 @@ async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: D
             upstream=provider.name,
             upstream_message_id=result.upstream_message_id,
         )
+        outcome.record(change)
         outcome.submitted += 1
         return
     assert failure is not None, "a route names at least one upstream"
@@ -157,9 +165,8 @@ async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: D
         if failure.retry_after is not None:
             outcome.retry_after = max(outcome.retry_after or 0.0, failure.retry_after)
         return
-    await _finish(
-        message, MessageStatus.FAILED, "upstream_rejected" if failure.permanent else "upstream_unavailable", deps
-    )
+    reason = "upstream_rejected" if failure.permanent else "upstream_unavailable"
+    await _finish(message, MessageStatus.FAILED, reason, deps, outcome)
     outcome.failed += 1
 
 
@@ -185,11 +192,14 @@ def valid_until(message: Message, validity: timedelta) -> datetime:
     return datetime.fromisoformat(queued_at.replace("Z", "+00:00")) + validity
 
 
-async def _finish(message: Message, status: MessageStatus, error_code: str, deps: DispatchDependencies) -> None:
+async def _finish(
+    message: Message, status: MessageStatus, error_code: str, deps: DispatchDependencies, outcome: DispatchOutcome
+) -> None:
     """A final state reached before delivery: the conditional write decides, and only the write that made
     the change refunds, so a retried record never refunds twice."""
     change = await asyncio.to_thread(
         deps.messages.transition, message.key, status, now=deps.clock(), error_code=error_code
     )
+    outcome.record(change)
     if change is not None and change.changed:
         await asyncio.to_thread(deps.accounts.refund_credits, message.account_id, message.price)
