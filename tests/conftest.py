@@ -59,20 +59,21 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
 
 @pytest.fixture
 def serialised_moto_updates(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Real DynamoDB applies writes to one item one at a time; moto's in-process backend does not lock, so
-    concurrent conditional updates race inside moto itself. Tests of our races serialise it like DynamoDB."""
+    """Real DynamoDB applies writes to one item one at a time; moto's in-process handler does not lock (it even
+    reads the old item before the backend applies the write), so concurrent conditional updates race inside
+    moto itself. Tests of our races serialise whole UpdateItem requests, as DynamoDB does per item."""
     import threading
 
-    from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.responses import DynamoHandler
 
-    lock = threading.Lock()
-    original = DynamoDBBackend.update_item
+    lock = threading.RLock()
+    original = DynamoHandler.update_item
 
-    def update_item(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def update_item(self: Any) -> Any:
         with lock:
-            return original(self, *args, **kwargs)
+            return original(self)
 
-    monkeypatch.setattr(DynamoDBBackend, "update_item", update_item)
+    monkeypatch.setattr(DynamoHandler, "update_item", update_item)
 
 
 def route_simulator_upstreams_to(monkeypatch: pytest.MonkeyPatch, handler: Any) -> None:
