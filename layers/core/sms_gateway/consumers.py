@@ -125,11 +125,10 @@ async def _post(url: str, headers: dict[str, str], body: bytes) -> WebhookRespon
         response = await http.async_client().post(url, headers=headers, content=body)
     except httpx.HTTPError as error:
         raise WebhookFailed(f"client webhook unreachable: {error}") from error
-    retry_after = response.headers.get("retry-after")
     return WebhookResponse(
         status_code=response.status_code,
         body=response.text,
-        retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+        retry_after=http.retry_after_seconds(response.headers.get("retry-after")),
     )
 
 

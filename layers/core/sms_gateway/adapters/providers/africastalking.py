@@ -23,14 +23,13 @@ from __future__ import annotations
 import hmac
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from enum import Enum
 from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
 
-from sms_gateway.adapters.http import async_client
+from sms_gateway.adapters.http import async_client, retry_after_seconds
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
@@ -243,24 +242,6 @@ def received_at(raw: str | None) -> str:
             return raw
         return iso(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
     return iso(datetime.now(UTC))
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """A Retry-After header in seconds, or as an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
 
 
 def _recipient(recipients: Any, msisdn: str) -> dict[str, Any] | None:

@@ -21,13 +21,12 @@ import hmac
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
 import httpx
 
-from sms_gateway.adapters.http import async_client
+from sms_gateway.adapters.http import async_client, retry_after_seconds
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
 from sms_gateway.domain.segments import Encoding, segment
 from sms_gateway.domain.status import MessageStatus
@@ -66,20 +65,6 @@ _GSM7 = (
 )
 _GSM7_EXTENSION = {0x0A: "\f", 0x14: "^", 0x28: "{", 0x29: "}", 0x2F: "\\", 0x3C: "[", 0x3D: "~", 0x3E: "]"}
 _GSM7_EXTENSION |= {0x40: "|", 0x65: "€"}
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = (response.headers.get("retry-after") or "").strip()
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
-        return None
 
 
 class JasminProvider:
@@ -170,7 +155,7 @@ class JasminProvider:
             raise UpstreamError(
                 f"{self.name} answered {response.status_code}: {reason}",
                 permanent=False,
-                retry_after=_retry_after(response),
+                retry_after=retry_after_seconds(response.headers.get("retry-after")),
                 unavailable=response.status_code >= 500,
             )
         if response.status_code == 403 and "throughput exceeded" in reason.lower():

@@ -20,13 +20,12 @@ import hmac
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from sms_gateway.adapters.http import async_client
+from sms_gateway.adapters.http import async_client, retry_after_seconds
 from sms_gateway.domain.models import (
     CallbackRequest,
     DeliveryReport,
@@ -67,20 +66,6 @@ _TYPE_BITS = (1, 2, 16, 4, 8)
 _RECEIPT_FIELD = re.compile(r"\b(stat|err)\s*:\s*([A-Za-z0-9_]+)", re.IGNORECASE)
 _NO_ERROR = {"", "0", "00", "000", "ND"}
 _URL_SAFE = re.compile(r"[A-Za-z0-9._~-]{16,}")
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = (response.headers.get("retry-after") or "").strip()
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
-        return None
 
 
 class KannelProvider:
@@ -159,7 +144,7 @@ class KannelProvider:
             raise UpstreamError(
                 f"{self.name} answered {response.status_code}: {answer}",
                 permanent=False,
-                retry_after=_retry_after(response),
+                retry_after=retry_after_seconds(response.headers.get("retry-after")),
                 unavailable=response.status_code >= 500,
             )
         if response.status_code >= 400:

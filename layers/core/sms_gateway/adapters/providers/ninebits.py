@@ -21,12 +21,11 @@ import json
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
-from sms_gateway.adapters.http import async_client
+from sms_gateway.adapters.http import async_client, retry_after_seconds
 from sms_gateway.domain import webhooks
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
 from sms_gateway.domain.status import MessageStatus
@@ -48,20 +47,6 @@ STATUS: dict[str, MessageStatus] = {
     "rejected": MessageStatus.REJECTED,
     "cancelled": MessageStatus.FAILED,
 }
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = (response.headers.get("retry-after") or "").strip()
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
-        return None
 
 
 class NinebitsProvider:
@@ -124,7 +109,7 @@ class NinebitsProvider:
             raise UpstreamError(
                 f"{self.name} answered {response.status_code}: {reason}",
                 permanent=False,
-                retry_after=_retry_after(response),
+                retry_after=retry_after_seconds(response.headers.get("retry-after")),
                 unavailable=response.status_code >= 500,
             )
         if response.status_code == 402:

@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from sms_gateway.adapters.http import async_client
+from sms_gateway.adapters.http import async_client, retry_after_seconds
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
@@ -61,7 +61,7 @@ class SimulatorProvider:
             raise UpstreamError(
                 f"{self.name} answered {response.status_code}",
                 permanent=False,
-                retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+                retry_after=retry_after_seconds(retry_after),
                 unavailable=response.status_code >= 500,
             )
         if response.status_code >= 400:

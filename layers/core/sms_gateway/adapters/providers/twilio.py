@@ -25,13 +25,12 @@ import hmac
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 import httpx
 
-from sms_gateway.adapters.http import async_client
+from sms_gateway.adapters.http import async_client, retry_after_seconds
 from sms_gateway.domain.models import (
     CallbackRequest,
     DeliveryReport,
@@ -252,24 +251,6 @@ def twilio_signature(auth_token: str, url: str, params: Mapping[str, list[str]])
     payload = url + "".join(name + value for name in sorted(params) for value in sorted(set(params[name])))
     digest = hmac.new(auth_token.encode(), payload.encode(), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """A Retry-After header in seconds, or as an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
 
 
 def _twilio_error(response: httpx.Response) -> tuple[int | None, str]:
