@@ -19,7 +19,7 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -431,14 +431,6 @@ class DynamoStore(DynamoAccountAdmin, DynamoGroupStore, DynamoSessionsMixin, Dyn
                 break
             query["ExclusiveStartKey"] = last
         return messages, last
-
-    def iter_messages(self, account_id: str, reference_id: int) -> Iterator[Message]:
-        cursor: str | None = None
-        while True:
-            page, cursor = self.list_messages(account_id, reference_id, limit=1000, cursor=cursor)
-            yield from page
-            if cursor is None:
-                return
 
     def get_messages(self, account_id: str, reference_id: int, message_ids: Sequence[int]) -> list[Message]:
         found: list[Message] = []

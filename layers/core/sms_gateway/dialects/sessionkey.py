@@ -264,15 +264,9 @@ def _send(account: Account, request: SendRequest) -> Response[Any]:
 
 
 def _messages(account_id: str, reference_id: int) -> list[Message]:
-    found: list[Message] = []
-    cursor: str | None = None
-    while True:
-        page, cursor = batches.delivery_reports(
-            gateway().store, account_id, reference_id, status=None, limit=MAX_RECIPIENTS, cursor=cursor
-        )
-        found.extend(page)
-        if cursor is None:
-            return found
+    store = gateway().store
+    batches.get_batch(store, account_id, reference_id)
+    return list(batches.all_messages(store, account_id, reference_id))
 
 
 def _family_time(stamp: str | None, zone: ZoneInfo) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -46,14 +47,18 @@ def get_batch(store: MessageStore, account_id: str, reference_id: int) -> Batch:
 
 def batch_view(store: MessageStore, account_id: str, reference_id: int) -> BatchView:
     batch = get_batch(store, account_id, reference_id)
-    counts: Counter[str] = Counter()
+    counts = Counter(str(message.status) for message in all_messages(store, account_id, reference_id))
+    return BatchView(batch=batch, counts=dict(counts))
+
+
+def all_messages(store: MessageStore, account_id: str, reference_id: int) -> Iterator[Message]:
+    """Every message of a batch, read a thousand at a time."""
     cursor: str | None = None
     while True:
         page, cursor = store.list_messages(account_id, reference_id, limit=1000, cursor=cursor)
-        counts.update(str(message.status) for message in page)
+        yield from page
         if cursor is None:
-            break
-    return BatchView(batch=batch, counts=dict(counts))
+            return
 
 
 def delivery_reports(
@@ -90,15 +95,10 @@ def cancel_batch(
         raise Conflict(f"only a scheduled batch can be cancelled; this one is {current}")
     scheduler.cancel(account_id, reference_id)
     refund = 0
-    cursor: str | None = None
-    while True:
-        page, cursor = messages.list_messages(account_id, reference_id, limit=1000, cursor=cursor)
-        for message in page:
-            change = messages.transition(message.key, MessageStatus.CANCELLED, now=now)
-            if change is not None and change.changed:
-                refund += change.message.price
-        if cursor is None:
-            break
+    for message in all_messages(messages, account_id, reference_id):
+        change = messages.transition(message.key, MessageStatus.CANCELLED, now=now)
+        if change is not None and change.changed:
+            refund += change.message.price
     if refund:
         accounts.refund_credits(account_id, refund)
     return get_batch(messages, account_id, reference_id), refund

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from sms_gateway.domain.status import MessageStatus
+from sms_gateway.logic.batches import all_messages
 from sms_gateway.logic.send import dispatch_commands
 from sms_gateway.observability import logger
 from sms_gateway.ports import DispatchQueue, MessageStore
@@ -30,15 +31,10 @@ def release_scheduled_batch(
         )
         return False
     queued: list[int] = []
-    cursor: str | None = None
-    while True:
-        page, cursor = messages.list_messages(account_id, reference_id, limit=1000, cursor=cursor)
-        for message in page:
-            change = messages.transition(message.key, MessageStatus.QUEUED, now=clock())
-            if change is not None and change.message.status == MessageStatus.QUEUED:
-                queued.append(message.message_id)
-        if cursor is None:
-            break
+    for message in all_messages(messages, account_id, reference_id):
+        change = messages.transition(message.key, MessageStatus.QUEUED, now=clock())
+        if change is not None and change.message.status == MessageStatus.QUEUED:
+            queued.append(message.message_id)
     if queued:
         queue.enqueue(dispatch_commands(batch, queued))
     return messages.set_batch_status(account_id, reference_id, MessageStatus.QUEUED)
