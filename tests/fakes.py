@@ -18,6 +18,7 @@ from sms_gateway.domain.models import (
     InboundSms,
     Message,
     MessageKey,
+    SentMessage,
     StatusChange,
     StoredInbound,
     SubmitRequest,
@@ -37,6 +38,8 @@ class InMemoryStore:
         self.messages: dict[MessageKey, Message] = {}
         self.claims: dict[MessageKey, float] = {}
         self.inbox: dict[tuple[str, str], StoredInbound] = {}
+        self.links: dict[tuple[str, str], MessageKey] = {}
+        self.held: dict[tuple[str, str], list[DeliveryReport]] = {}
         self.prices = PriceTable()
         self._lock = threading.Lock()
 
@@ -58,6 +61,9 @@ class InMemoryStore:
             return False
         self.inbox[key] = inbound
         return True
+
+    def find_inbound(self, upstream: str, upstream_message_id: str) -> StoredInbound | None:
+        return self.inbox.get((upstream, upstream_message_id))
 
     def get_account(self, account_id: str) -> Account | None:
         return self.accounts.get(account_id)
@@ -183,11 +189,42 @@ class InMemoryStore:
             self.claims.pop(key, None)
             return StatusChange(message=self.messages[key], changed=True)
 
+    def link_upstream_id(
+        self, upstream: str, upstream_message_id: str, key: MessageKey, *, now: datetime
+    ) -> list[DeliveryReport]:
+        with self._lock:
+            self.links[(upstream, upstream_message_id)] = key
+            return self.held.pop((upstream, upstream_message_id), [])
+
     def find_by_upstream_id(self, upstream: str, upstream_message_id: str) -> MessageKey | None:
-        for key, message in self.messages.items():
-            if (message.upstream, message.upstream_message_id) == (upstream, upstream_message_id):
-                return key
-        return None
+        return self.links.get((upstream, upstream_message_id))
+
+    def hold_report(self, report: DeliveryReport, *, now: datetime) -> MessageKey | None:
+        assert report.upstream_message_id
+        with self._lock:
+            link = (report.upstream, report.upstream_message_id)
+            if link in self.links:
+                return self.links[link]
+            self.held.setdefault(link, []).append(report)
+            return None
+
+    def record_part_status(self, key: MessageKey, part: int, status: MessageStatus, *, now: datetime) -> Message | None:
+        with self._lock:
+            message = self.messages.get(key)
+            if message is None:
+                return None
+            current = message.part_status.get(str(part))
+            if current is not None and MessageStatus(current) not in allowed_previous(status):
+                return message
+            self.messages[key] = message.model_copy(update={"part_status": {**message.part_status, str(part): status}})
+            return self.messages[key]
+
+    def last_sent_to(self, account_id: str, msisdn: str) -> SentMessage | None:
+        sent = [m for m in self.messages.values() if (m.account_id, m.msisdn) == (account_id, msisdn)]
+        if not sent:
+            return None
+        last = max(sent, key=lambda m: m.message_id)
+        return SentMessage(key=last.key, sender=last.sender, session_id=last.session_id, ref_id=last.ref_id)
 
 
 class RecordingQueue:
@@ -238,3 +275,13 @@ class FakeProvider:
     def parse_inbound(self, request: CallbackRequest) -> InboundSms:
         assert self.inbound is not None
         return self.inbound
+
+
+def cinema_store() -> InMemoryStore:
+    """A store holding one account, "7", with 1000 credits and the shortcode 48974."""
+    store = InMemoryStore()
+    store.create_account(
+        Account(account_id="7", name="Cinema", credits=1000, senders=("48974",)),
+        Credentials(token="t", apikey="k", partner_id="1", username="u", password="p"),
+    )
+    return store

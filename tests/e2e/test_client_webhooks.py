@@ -2,65 +2,21 @@
 
 from __future__ import annotations
 
-import json
-import queue
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.e2e.client_webhook import ClientWebhook
+
 pytestmark = pytest.mark.e2e
-
-
-class ClientWebhook:
-    """The client's server: records each POST and answers valid JSON, as the seeds require."""
-
-    def __init__(self) -> None:
-        self.received: queue.Queue[dict[str, Any]] = queue.Queue()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                outer.received.put(
-                    {
-                        "path": self.path,
-                        "headers": dict(self.headers.items()),
-                        "body": json.loads(body),
-                        "raw": body.decode(),
-                    }
-                )
-                answer = b'{"ok":true}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def next(self, path: str, timeout: float = 20.0) -> dict[str, Any]:
-        while True:
-            request = self.received.get(timeout=timeout)
-            if request["path"] == path:
-                return request
 
 
 @pytest.fixture(scope="module")
 def webhook() -> Iterator[ClientWebhook]:
-    hook = ClientWebhook()
-    hook.thread.start()
-    yield hook
-    hook.server.shutdown()
-    hook.server.server_close()
+    with ClientWebhook() as hook:
+        yield hook
 
 
 @pytest.fixture(scope="module")

@@ -441,12 +441,7 @@ class TestOnASharedTable:
         assert (delivered.message.upstream, delivered.message.upstream_message_id) == ("simulator", "up-1")
         item = raw_message(store, message.key)
         assert item is not None
-        assert item["upstream_key"]["S"] == "simulator#up-1"
-        # And the upstream index finds it by the first id, and nothing by the second or an unknown one
-        assert store.find_by_upstream_id("simulator", "up-1") == message.key
-        assert store.find_by_upstream_id("other", "up-2") is None
-        assert store.find_by_upstream_id("simulator", "up-2") is None
-        assert store.find_by_upstream_id("simulator", "unknown") is None
+        assert item["upstream_message_id"]["S"] == "up-1"
 
     def test_a_failed_transition_returns_the_current_message(self, store):
         # Given a delivered message
@@ -463,7 +458,6 @@ class TestOnASharedTable:
         # Then it did not move the message, and nothing of it was written
         assert change is not None and not change.changed
         assert change.message == message
-        assert store.find_by_upstream_id("x", "y") is None
 
     # ------------------------------------------------------------------------------------ claims
 

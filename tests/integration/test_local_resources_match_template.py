@@ -110,7 +110,7 @@ def test_the_table_matches_the_template(stack, template):
         for index in table.get("GlobalSecondaryIndexes", [])
     }
     assert actual_indexes == expected_indexes
-    assert "upstream-index" in actual_indexes
+    assert "conversation-index" in actual_indexes
     # TTL on the attribute the template names, enabled
     ttl = dynamodb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
     assert flag(props["TimeToLiveSpecification"]["Enabled"])

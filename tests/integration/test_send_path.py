@@ -26,6 +26,9 @@ def api(aws: dict[str, str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
     return lambda event: module.handler(event, FakeContext())
 
 
+ONE = {"from": "48974", "to": "2348020000000", "message": "hi"}
+
+
 def send_event(token: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     event = load_event("api-sendsms-9bits.json", YOUR_API_Token=token)
     if body is not None:
@@ -84,6 +87,8 @@ def test_seed_one_send_is_accepted_stored_charged_and_queued(aws, account, api):
         (None, {"from": "48974", "to": "2348020000000"}, 400, "exactly one of"),
         (None, {"from": "48974", "to": "2348020000000", "message": "a", "body": "b"}, 400, "exactly one of"),
         (None, {"to": "2348020000000", "message": "hi"}, 400, "from"),
+        (None, {**ONE, "callback_url": "https://client.example/dlr"}, 400, "needs 'delivery_report': 'yes'"),
+        (None, {**ONE, "delivery_report": "yes", "callback_url": "ftp://client.example/dlr"}, 400, "https"),
     ],
 )
 def test_bad_requests_get_a_clear_error_and_change_nothing(aws, account, api, headers, body, status, fragment):

@@ -9,9 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from sms_gateway.domain.models import (
-    Account,
     CallbackRequest,
-    Credentials,
     DeliveryReport,
     DeliveryReportMode,
     InboundSms,
@@ -27,7 +25,7 @@ from sms_gateway.logic.dispatch import DispatchDependencies, backoff_seconds, di
 from sms_gateway.logic.inbound import InboundDependencies, receive_inbound
 from sms_gateway.logic.scheduled import release_scheduled_batch
 from sms_gateway.logic.send import SendDependencies, accept_send, normalise_recipients
-from tests.fakes import FakeProvider, InMemoryStore, RecordingQueue, RecordingScheduler
+from tests.fakes import FakeProvider, InMemoryStore, RecordingQueue, RecordingScheduler, cinema_store
 
 NOW = datetime(2026, 1, 2, 23, 50, 37, tzinfo=UTC)
 
@@ -38,12 +36,7 @@ def clock() -> datetime:
 
 @pytest.fixture
 def store() -> InMemoryStore:
-    store = InMemoryStore()
-    store.create_account(
-        Account(account_id="7", name="Cinema", credits=1000, senders=("48974",)),
-        Credentials(token="t", apikey="k", partner_id="1", username="u", password="p"),
-    )
-    return store
+    return cinema_store()
 
 
 def recipients(count: int) -> tuple[Recipient, ...]:
@@ -364,13 +357,18 @@ class TestInbound:
         assert (payload["from"], payload["to"], payload["message"]) == ("2348030000000", "48974", "STOP")
         assert payload["sent_date"] == "2026-01-02T23:50:37.000000Z"
 
-    def test_a_repeated_callback_is_stored_and_forwarded_once(self, store):
+    def test_a_repeated_callback_is_stored_once_and_requeued_under_the_same_webhook_id(self, store):
+        # Given an inbound SMS whose upstream repeats its callback (it did not get our answer the first time)
         provider, published = FakeProvider(), []
         provider.inbound = self.sms()
-        receive_inbound(provider, callback(), self.deps(store, published))
+        first = receive_inbound(provider, callback(), self.deps(store, published))
         again = receive_inbound(provider, callback(), self.deps(store, published))
+        # Then it is stored once, and the repeat queues the stored notification again, unchanged: if the first
+        # was lost it arrives now; if not, the client drops the copy by its webhook-id
         assert again.routed and not again.stored
-        assert len(published) == 1
+        assert len(store.inbox) == 1
+        assert again.inbound == first.inbound
+        assert len(published) == 2 and published[0] == published[1]
 
     def test_an_sms_to_a_number_nobody_owns_is_acknowledged_but_not_forwarded(self, store):
         provider, published = FakeProvider(), []

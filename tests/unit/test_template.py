@@ -237,7 +237,7 @@ def test_table_definitions_create_the_table_in_dynamodb(template: dict[str, Any]
             PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True},
         )
 
-    # Then the created table has the single-table keys, the upstream and message indexes, TTL and PITR
+    # Then the created table has the single-table keys, the conversation and message indexes, TTL and PITR
     described = dynamodb.describe_table(TableName=f"{STACK}-GatewayTable")["Table"]
     assert described["KeySchema"] == [
         {"AttributeName": "pk", "KeyType": "HASH"},
@@ -245,10 +245,14 @@ def test_table_definitions_create_the_table_in_dynamodb(template: dict[str, Any]
     ]
     assert described["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
     indexes = {index["IndexName"]: index for index in described["GlobalSecondaryIndexes"]}
-    assert sorted(indexes) == ["message-index", "upstream-index"]
-    assert indexes["upstream-index"]["KeySchema"] == [{"AttributeName": "upstream_key", "KeyType": "HASH"}]
+    assert sorted(indexes) == ["conversation-index", "message-index"]
+    assert indexes["conversation-index"]["KeySchema"] == [
+        {"AttributeName": "conversation", "KeyType": "HASH"},
+        {"AttributeName": "message_id", "KeyType": "RANGE"},
+    ]
+    assert indexes["conversation-index"]["Projection"]["ProjectionType"] == "INCLUDE"
     assert indexes["message-index"]["KeySchema"] == [{"AttributeName": "message_id", "KeyType": "HASH"}]
-    assert {index["Projection"]["ProjectionType"] for index in indexes.values()} == {"KEYS_ONLY"}
+    assert indexes["message-index"]["Projection"]["ProjectionType"] == "KEYS_ONLY"
     ttl = dynamodb.describe_time_to_live(TableName=table.table_name)["TimeToLiveDescription"]
     assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "expires_at")
     backups = dynamodb.describe_continuous_backups(TableName=table.table_name)["ContinuousBackupsDescription"]

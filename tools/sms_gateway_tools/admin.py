@@ -186,9 +186,14 @@ def show_account(*, account_id: str) -> dict[str, Any]:
 
 
 def set_webhooks(
-    *, account_id: str, dlr_url: str | None = None, inbound_url: str | None = None, rotate_token: bool = False
+    *,
+    account_id: str,
+    dlr_url: str | None = None,
+    inbound_url: str | None = None,
+    rotate_token: bool = False,
+    rotate_secret: bool = False,
 ) -> dict[str, Any]:
-    """Changes the client's webhooks; with rotate_token the new webhook token is in the answer this once."""
+    """Changes the client's webhooks; a rotated webhook token or signing secret is in the answer this once."""
     from sms_gateway.bootstrap import gateway
     from sms_gateway.logic import accounts
 
@@ -199,9 +204,12 @@ def set_webhooks(
         inbound_url=inbound_url,
         rotate_token=rotate_token,
         allow_http=gateway().settings.allow_http_webhooks,
+        rotate_secret=rotate_secret,
     )
     view = _view(account)
-    return {**view, "webhook_token": token} if token else view
+    if token:
+        view = {**view, "webhook_token": token}
+    return {**view, "signing_secret": account.webhook_secret} if rotate_secret else view
 
 
 def set_account(
@@ -426,9 +434,12 @@ def _cmd_show_account(args: argparse.Namespace) -> int:
 
 
 def _cmd_set_webhooks(args: argparse.Namespace) -> int:
-    if args.dlr_url is None and args.inbound_url is None and not args.rotate_token:
-        print("error: nothing to change: pass --dlr-url, --inbound-url or --rotate-token", file=sys.stderr)
+    if args.dlr_url is None and args.inbound_url is None and not args.rotate_token and not args.rotate_secret:
+        wanted = "--dlr-url, --inbound-url, --rotate-token or --rotate-secret"
+        print(f"error: nothing to change: pass {wanted}", file=sys.stderr)
         return 2
+    flags = (("webhook_token", args.rotate_token), ("signing_secret", args.rotate_secret))
+    rotated = [name for name, on in flags if on]
     return _run(
         args,
         lambda _: set_webhooks(
@@ -436,8 +447,9 @@ def _cmd_set_webhooks(args: argparse.Namespace) -> int:
             dlr_url=args.dlr_url,
             inbound_url=args.inbound_url,
             rotate_token=args.rotate_token,
+            rotate_secret=args.rotate_secret,
         ),
-        note="the new webhook_token above is shown once: give it to the client" if args.rotate_token else None,
+        note=f"the new {' and '.join(rotated)} above: shown this once, give it to the client" if rotated else None,
     )
 
 
@@ -513,6 +525,7 @@ def register(subparsers: Any) -> None:
     _add_credential_commands(command, account)
     _add_price_commands(command)
     _add_route_commands(command)
+    _add_opt_out_commands(command, account)
 
 
 def _add_account_commands(command: Command, account: argparse.ArgumentParser) -> None:
@@ -545,6 +558,9 @@ def _add_account_commands(command: Command, account: argparse.ArgumentParser) ->
     hooks.add_argument("--inbound-url", metavar="URL", help="webhook for inbound (two-way) SMS ('' removes it)")
     hooks.add_argument(
         "--rotate-token", action="store_true", help="issue a new webhook token (the Bearer our calls carry)"
+    )
+    hooks.add_argument(
+        "--rotate-secret", action="store_true", help="issue a new signing secret (the key of webhook-signature)"
     )
     hooks.set_defaults(func=_cmd_set_webhooks)
 
@@ -602,3 +618,76 @@ def _add_route_commands(command: Command) -> None:
 
     routes = command("show-routes", "show the route table and the default upstream")
     routes.set_defaults(func=_cmd_show_routes)
+
+
+# ---------------------------------------------------------------- opt-outs (docs/opt-outs.md)
+
+
+def _opt_out_row(record: Any) -> dict[str, Any]:
+    return {
+        "number": record.msisdn.lstrip("+"),
+        "sender": record.sender,
+        "keyword": record.keyword,
+        "at": record.at,
+        "inbound_id": record.inbound_id,
+    }
+
+
+def list_opt_outs(*, account_id: str) -> list[dict[str, Any]]:
+    """The account's opt-outs: each number with the sender it opted out of (`*`: every sender) and how."""
+    from sms_gateway.logic import optouts
+
+    store = _store()
+    return [_opt_out_row(found) for found in optouts.list_opt_outs(store, store, account_id)]
+
+
+def opt_out(*, account_id: str, number: str, sender: str | None = None) -> dict[str, Any]:
+    """Records an opt-out for the number: of one of the account's senders, or of all of them without one."""
+    from sms_gateway.domain.models import utc_now
+    from sms_gateway.logic import optouts
+
+    store = _store()
+    recorded, new = optouts.record_opt_out(store, store, account_id, number, sender, now=utc_now())
+    return {"account_id": account_id, **_opt_out_row(recorded), "new": new}
+
+
+def opt_in(*, account_id: str, number: str, sender: str | None = None) -> dict[str, Any]:
+    """Removes the number's opt-outs: of one sender (and of every sender, as START does), or all without one."""
+    from sms_gateway.logic import optouts
+
+    store = _store()
+    msisdn, removed = optouts.remove_opt_out(store, store, account_id, number, sender)
+    return {"account_id": account_id, "number": msisdn.lstrip("+"), "sender": sender or "*", "removed": removed}
+
+
+def _cmd_list_opt_outs(args: argparse.Namespace) -> int:
+    def show(rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            print(f"account {args.account} has no opt-outs")
+            return
+        _print_rows(rows, ["number", "sender", "keyword", "at", "inbound_id"])
+
+    return _run(args, lambda _: list_opt_outs(account_id=args.account), show=show)
+
+
+def _cmd_opt_out(args: argparse.Namespace) -> int:
+    return _run(args, lambda _: opt_out(account_id=args.account, number=args.number, sender=args.sender))
+
+
+def _cmd_opt_in(args: argparse.Namespace) -> int:
+    return _run(args, lambda _: opt_in(account_id=args.account, number=args.number, sender=args.sender))
+
+
+def _add_opt_out_commands(command: Command, account: argparse.ArgumentParser) -> None:
+    listing = command("opt-outs", "list the numbers that opted out of the account's senders (STOP)", account)
+    listing.set_defaults(func=_cmd_list_opt_outs)
+
+    out = command("opt-out", "stop sending to a number: from one sender, or from all of the account's", account)
+    out.add_argument("--number", required=True, help="the number, international or in the account's local form")
+    out.add_argument("--sender", help="one of the account's senders (default: every sender, as STOPALL)")
+    out.set_defaults(func=_cmd_opt_out)
+
+    back = command("opt-in", "send to a number again (as if it had sent START)", account)
+    back.add_argument("--number", required=True, help="the number, international or in the account's local form")
+    back.add_argument("--sender", help="only this sender's opt-out and a STOPALL (default: every opt-out of it)")
+    back.set_defaults(func=_cmd_opt_in)

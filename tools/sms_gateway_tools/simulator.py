@@ -6,8 +6,9 @@ Protocol (see docs/local-stack.md):
   `{"client_ref", "from", "to", "text", "dlr_url"}` answers `{"message_id": "sim-...", "status": "accepted"}`.
   A repeated `client_ref` answers the first message id again and is counted as a duplicate.
 - After `dlr_delay` seconds the DLR `{"message_id", "client_ref", "to", "status", "error_code",
-  "submitted_at", "done_at"}` is POSTed to `dlr_url`, signed with `X-Simulator-Timestamp` and
-  `X-Simulator-Signature` = hex HMAC-SHA256(secret, timestamp + "." + raw body).
+  "submitted_at", "done_at", "part", "parts"}` is POSTed to `dlr_url`, signed with `X-Simulator-Timestamp`
+  and `X-Simulator-Signature` = hex HMAC-SHA256(secret, timestamp + "." + raw body). A multi-part text
+  gets one DLR per part, as an SMSC reports each segment (a failed message fails its last part).
 - `POST /control/inbound` `{"from", "to", "message"}` makes the simulator POST an inbound SMS
   `{"message_id", "from", "to", "text", "received_at"}` to `inbound_url`, signed the same way.
 - `GET /stats`, `GET /messages`, `POST /control/settings`, `POST /control/reset`, `GET /health`.
@@ -15,6 +16,7 @@ Protocol (see docs/local-stack.md):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -31,6 +33,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from sms_gateway.domain.segments import segment
 from sms_gateway_tools.localstack.httpserver import RequestHandler, ServerThread, TrackingHTTPServer
 from sms_gateway_tools.localstack.timers import DelayedExecutor
 
@@ -70,6 +73,12 @@ class Submit:
     duplicates: int = 0
     dlr_status: str | None = None
     dlr_delivered: bool = False
+    parts: int = 1
+    dlr_parts_delivered: int = 0
+
+    def part_status(self, part: int) -> str | None:
+        """A failed multi-part message fails on its last part; the parts before it were delivered."""
+        return self.dlr_status if part == self.parts else "DELIVRD"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +92,7 @@ class Submit:
             "duplicates": self.duplicates,
             "dlr_status": self.dlr_status,
             "dlr_delivered": self.dlr_delivered,
+            "parts": self.parts,
         }
 
 
@@ -259,6 +269,7 @@ class UpstreamSimulator:
                 text=text,
                 dlr_url=dlr_url,
                 submitted_at=_now_iso(),
+                parts=segment(text).parts,
             )
             submit.dlr_status = (
                 "UNDELIV" if settings.failure_rate and self._random.random() < settings.failure_rate else "DELIVRD"
@@ -268,29 +279,33 @@ class UpstreamSimulator:
             if client_ref is not None:
                 self._by_ref[client_ref] = submit
         if submit.dlr_url:
-            self._callbacks.call_later(settings.dlr_delay, lambda: self._send_dlr(submit, 0))
+            for part in range(1, submit.parts + 1):
+                self._callbacks.call_later(settings.dlr_delay, functools.partial(self._send_dlr, submit, part, 0))
         return 200, {"message_id": submit.message_id, "status": "accepted"}
 
-    def _send_dlr(self, submit: Submit, attempt: int) -> None:
-        failed = submit.dlr_status != "DELIVRD"
+    def _send_dlr(self, submit: Submit, part: int, attempt: int) -> None:
+        status_of_part = submit.part_status(part)
         payload = {
             "message_id": submit.message_id,
             "client_ref": submit.client_ref,
             "to": submit.to,
-            "status": submit.dlr_status,
-            "error_code": "001" if failed else "000",
+            "status": status_of_part,
+            "error_code": "000" if status_of_part == "DELIVRD" else "001",
             "submitted_at": submit.submitted_at,
             "done_at": _now_iso(),
+            "part": part,
+            "parts": submit.parts,
         }
         status = self._post_signed(str(submit.dlr_url), payload)
         if status is not None and 200 <= status < 300:
             with self._lock:
-                submit.dlr_delivered = True
+                submit.dlr_parts_delivered += 1
+                submit.dlr_delivered = submit.dlr_parts_delivered >= submit.parts
                 self._stats.dlrs_sent += 1
             return
         if attempt < len(CALLBACK_RETRY_DELAYS):
             delay = CALLBACK_RETRY_DELAYS[attempt]
-            if self._callbacks.call_later(delay, lambda: self._send_dlr(submit, attempt + 1)):
+            if self._callbacks.call_later(delay, lambda: self._send_dlr(submit, part, attempt + 1)):
                 return
         logger.warning("DLR for %s not delivered to %s (last status %s)", submit.message_id, submit.dlr_url, status)
         with self._lock:

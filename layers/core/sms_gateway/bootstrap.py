@@ -60,4 +60,5 @@ def send_dependencies() -> SendDependencies:
         scheduler=wiring.scheduler,
         prices=wiring.store,
         schedule_threshold=timedelta(seconds=wiring.settings.schedule_threshold_seconds),
+        opt_outs=wiring.store,
     )

@@ -11,9 +11,11 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from sms_gateway.adapters import http
 from sms_gateway.adapters.providers import get_provider, upstream_rate_limit
+from sms_gateway.adapters.sqs import SqsDeadLetterQueue
 from sms_gateway.bootstrap import gateway
 from sms_gateway.domain.models import DispatchCommand, Message, utc_now
 from sms_gateway.domain.routing import RouteTable
+from sms_gateway.logic import webhook_retries
 from sms_gateway.logic.dispatch import DispatchDependencies, backoff_seconds, dispatch
 from sms_gateway.logic.notify import WebhookFailed, WebhookResponse, deliver, dlr_notification
 from sms_gateway.logic.ratelimit import RateLimiter, account_scope
@@ -121,9 +123,14 @@ def release_schedule(event: dict[str, Any]) -> dict[str, Any]:
 async def _post(url: str, headers: dict[str, str], body: bytes) -> WebhookResponse:
     import httpx
 
+    from sms_gateway.adapters.webhook_http import UnsafeWebhookTarget, webhook_client
+
     try:
-        response = await http.async_client().post(url, headers=headers, content=body)
-    except httpx.HTTPError as error:
+        # The SSRF-guarded client (never the upstreams' one): it dials only addresses it has vetted.
+        response = await webhook_client().post(url, headers=headers, content=body)
+    except UnsafeWebhookTarget as error:
+        raise WebhookFailed(str(error)) from error
+    except (httpx.HTTPError, httpx.InvalidURL) as error:
         raise WebhookFailed(f"client webhook unreachable: {error}") from error
     return WebhookResponse(
         status_code=response.status_code,
@@ -132,8 +139,41 @@ async def _post(url: str, headers: dict[str, str], body: bytes) -> WebhookRespon
     )
 
 
+class NotifyLater(Exception):
+    """Raised for a notification the client's webhook failed: the record comes back after its retry delay."""
+
+
 def notify_record(record: SQSRecord) -> dict[str, Any]:
     notification = json.loads(record.body)
-    delivered = http.run(deliver(notification, gateway().store, _post))
+    attempt = int(record.attributes.approximate_receive_count or 1)
+    wiring = gateway()
+    try:
+        delivered = http.run(deliver(notification, wiring.store, _post))
+    except WebhookFailed as failure:
+        return _notify_failed(record, notification, attempt, failure)
+    if delivered and webhook_retries.needs_delivered_mark(notification, attempt):
+        webhook_retries.record_delivered(wiring.store, notification, now=utc_now())
     metrics.add_metric(name="WebhooksDelivered", unit="Count", value=1 if delivered else 0)
     return {"delivered": delivered}
+
+
+def _notify_failed(
+    record: SQSRecord, notification: dict[str, Any], attempt: int, failure: WebhookFailed
+) -> dict[str, Any]:
+    wiring = gateway()
+    outcome = webhook_retries.record_failure(
+        wiring.store, notification, failure, attempt=attempt, delays=wiring.settings.notify_retry_delays, now=utc_now()
+    )
+    context = {"notification_id": outcome.failure.notification_id, "attempt": attempt, "reason": str(failure)}
+    if outcome.retry_in is not None:
+        wiring.notify_queue.delay(record.receipt_handle, outcome.retry_in)
+        logger.info("client webhook failed; retrying", extra={**context, "retry_in": outcome.retry_in})
+        metrics.add_metric(name="WebhooksRetried", unit="Count", value=1)
+        raise NotifyLater(f"client webhook failed (attempt {attempt}), next in {outcome.retry_in} s: {failure}")
+    # Recorded dead before it is parked: if the send below fails, SQS brings the record back and this repeats.
+    SqsDeadLetterQueue(wiring.settings.notify_dead_letter_queue_url).dead_letter(
+        record.body, reason=f"client webhook failed {attempt} attempts", error=str(failure)
+    )
+    logger.warning("client webhook notification dead-lettered", extra=context)
+    metrics.add_metric(name="WebhooksDeadLettered", unit="Count", value=1)
+    return {"delivered": False, "dead_lettered": True}

@@ -69,3 +69,9 @@ class CallbackRejected(GatewayError):
     """An upstream callback failed verification or could not be parsed."""
 
     code = "callback_rejected"
+
+
+class OptedOut(GatewayError):
+    """Every recipient of a send opted out of its sender (STOP): nothing is sent or charged."""
+
+    code = "opted_out"

@@ -20,12 +20,14 @@ from sms_gateway.domain.models import (
     InboundSms,
     Message,
     MessageKey,
+    SentMessage,
     StatusChange,
     StoredAnswer,
     StoredInbound,
     SubmitRequest,
     SubmitResult,
 )
+from sms_gateway.domain.optouts import OptOut
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.routing import Route, RouteTable
 from sms_gateway.domain.status import MessageStatus
@@ -57,6 +59,25 @@ class AccountStore(Protocol):
 class InboxStore(Protocol):
     def save_inbound(self, inbound: StoredInbound) -> bool:
         """Stores an inbound SMS once: False when the same upstream message was stored already."""
+        ...
+
+    def find_inbound(self, upstream: str, upstream_message_id: str) -> StoredInbound | None:
+        """The inbound SMS stored for an upstream's message id, or None."""
+        ...
+
+    def list_inbounds(
+        self,
+        account_id: str,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        msisdn: str | None = None,
+    ) -> tuple[list[StoredInbound], str | None]:
+        """A page of the account's inbound SMS, newest first: received from `since` to `until` (inclusive, aware
+        datetimes), only those from `msisdn` (E.164) if given; the cursor continues it. Raises InvalidRequest for a
+        cursor this store did not issue for this listing."""
         ...
 
 
@@ -119,7 +140,30 @@ class MessageStore(Protocol):
         """Moves a message forward with a conditional write. None when there is no such message."""
         ...
 
-    def find_by_upstream_id(self, upstream: str, upstream_message_id: str) -> MessageKey | None: ...
+    def find_by_upstream_id(self, upstream: str, upstream_message_id: str) -> MessageKey | None:
+        """The message an upstream's own id names, once the dispatcher linked it (link_upstream_id)."""
+        ...
+
+    def link_upstream_id(
+        self, upstream: str, upstream_message_id: str, key: MessageKey, *, now: datetime
+    ) -> list[DeliveryReport]:
+        """Links an upstream's id to our message; returns the DLRs held for that id because they came first."""
+        ...
+
+    def hold_report(self, report: DeliveryReport, *, now: datetime) -> MessageKey | None:
+        """Keeps a DLR for an upstream id not linked yet. Returns the message's key instead when the link
+        appeared meanwhile (then the report is not kept and the caller applies it)."""
+        ...
+
+    def record_part_status(self, key: MessageKey, part: int, status: MessageStatus, *, now: datetime) -> Message | None:
+        """Moves one part of a multi-part message forward only; the message as it is now, None if unknown."""
+        ...
+
+
+class ConversationLookup(Protocol):
+    def last_sent_to(self, account_id: str, msisdn: str) -> SentMessage | None:
+        """The newest message the account sent to the number, or None."""
+        ...
 
 
 class PriceBook(Protocol):
@@ -189,6 +233,7 @@ class AccountChanges(BaseModel):
     dlr_url: str | None = None
     inbound_url: str | None = None
     webhook_token: str | None = None
+    webhook_secret: str | None = None
     clear: frozenset[Literal["dlr_url", "inbound_url"]] = frozenset()
 
 
@@ -311,3 +356,86 @@ class RouteStore(Protocol):
     def remove_route(self, route_id: str, expected_version: int) -> int:
         """Removes a route; returns the new version. Conflict as put_route; NotFound when there is no such route."""
         ...
+
+
+class OptOutStore(Protocol):
+    """Numbers that opted out of an account's senders (STOP), counted exactly on the account item."""
+
+    def opt_out(self, opt_out: OptOut) -> bool:
+        """Records the opt-out and counts it on the account, in one transaction. False when the number had opted
+        out of that sender already (then nothing changes); NotFound when there is no such account."""
+        ...
+
+    def opt_in(self, account_id: str, msisdn: str, sender: str | None) -> int:
+        """Removes the number's opt-outs of `sender` and of every sender (STOPALL), or all of its opt-outs when
+        `sender` is None, uncounting each; returns how many it removed."""
+        ...
+
+    def opted_out(
+        self, account_id: str, sender: str, msisdns: Sequence[str], *, known_count: int | None = None
+    ) -> dict[str, OptOut]:
+        """The numbers among `msisdns` that opted out of `sender` or of every sender, each with its opt-out.
+        `known_count` (the account's counter) lets the store pick the cheaper read; the answer is the same."""
+        ...
+
+    def list_opt_outs(self, account_id: str) -> list[OptOut]: ...
+
+
+WebhookFailureState = Literal["retrying", "dead", "delivered", "resent"]
+
+
+class WebhookFailure(BaseModel):
+    """A client notification that failed at least once: where it stands, why, and the notification itself."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    account_id: str
+    notification_id: str
+    kind: str
+    url: str | None = None
+    state: WebhookFailureState
+    attempts: int
+    last_error: str
+    last_status_code: int | None = None
+    first_failed_at: str
+    last_attempt_at: str
+    next_attempt_at: str | None = None
+    resent_at: str | None = None
+    delivered_at: str | None = None
+    # Exactly as it was queued, so it can be queued again after the dead-letter queue has it.
+    notification: dict[str, object]
+
+
+class WebhookFailureStore(Protocol):
+    """Failed client notifications, one record per notification id (writes are upserts: SQS redelivers)."""
+
+    def save_webhook_failure(self, failure: WebhookFailure, *, only_from: frozenset[WebhookFailureState]) -> bool:
+        """Creates or overwrites the record (its first_failed_at is kept) if there is none yet or its state is
+        in `only_from`; False when the record is in another state and was left alone."""
+        ...
+
+    def get_webhook_failure(self, account_id: str, notification_id: str) -> WebhookFailure | None: ...
+
+    def set_webhook_failure_state(
+        self,
+        account_id: str,
+        notification_id: str,
+        target: WebhookFailureState,
+        *,
+        only_from: frozenset[WebhookFailureState],
+        now: str,
+    ) -> bool:
+        """Conditional: moves an existing record to `target` only from a state in `only_from`, stamping
+        `<target>_at`. True when this call moved it."""
+        ...
+
+    def list_webhook_failures(
+        self, account_id: str, *, state: WebhookFailureState | None = None, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[WebhookFailure], str | None]:
+        """A page of the account's failures, the newest first failure first, only those in `state` if given; the
+        cursor continues it. Raises InvalidRequest for a cursor this store did not issue."""
+        ...
+
+
+class NotificationQueue(Protocol):
+    def publish(self, notifications: Sequence[dict[str, object]]) -> None: ...

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
+
+# Notify attempts are delays + 1 and must stay below the notify queue's maxReceiveCount (template.yaml: 12).
+MAX_NOTIFY_RETRY_DELAYS = 10
 
 
 class Settings(BaseModel):
@@ -36,6 +39,34 @@ class Settings(BaseModel):
     schedule_threshold_seconds: int = 60
     upstream_connect_timeout: float = 3.0
     upstream_read_timeout: float = 10.0
+    # Client webhook notifications that fail every attempt are parked here with their reason.
+    notify_dead_letter_queue_url: str = ""
+    # Seconds to wait after each failed client webhook attempt (one attempt more than delays): 5 s, 5 min, 30 min,
+    # 2 h, 5 h, 10 h, 6 h 25 min, about 24 h in all. The environment gives them comma-separated ("1,1,1").
+    notify_retry_delays: tuple[int, ...] = (5, 300, 1_800, 7_200, 18_000, 36_000, 23_100)
+
+    @field_validator("notify_retry_delays", mode="before")
+    @classmethod
+    def comma_separated_seconds(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return tuple(int(part) for part in value.replace(" ", "").split(",") if part)
+            except ValueError:
+                raise ValueError(f"NOTIFY_RETRY_DELAYS must be comma-separated whole seconds, not {value!r}") from None
+        return value
+
+    @field_validator("notify_retry_delays")
+    @classmethod
+    def within_sqs_limits(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value:
+            raise ValueError("NOTIFY_RETRY_DELAYS needs at least one delay")
+        # So the handler, not the queue's redrive, decides when a notification is dead and records why; each delay
+        # becomes a visibility timeout, which SQS caps at 12 h.
+        if len(value) > MAX_NOTIFY_RETRY_DELAYS:
+            raise ValueError(f"NOTIFY_RETRY_DELAYS takes at most {MAX_NOTIFY_RETRY_DELAYS} delays")
+        if any(not 0 <= delay <= 43_200 for delay in value):
+            raise ValueError("each of NOTIFY_RETRY_DELAYS must be from 0 to 43200 seconds (12 h)")
+        return value
 
     @classmethod
     def from_environ(cls, environ: dict[str, str] | None = None) -> Settings:

@@ -18,6 +18,8 @@ logger = logging.getLogger("sms_gateway_tools.localstack.resources")
 STAGE = "local"
 UPSTREAM_NAME = "simulator"
 UPSTREAM_PARAMETER_PREFIX = f"/sms-gateway/{STAGE}/upstreams/"
+# Client webhook retries locally: 8 attempts within about 9 minutes rather than 24 hours (docs/local-stack.md).
+LOCAL_NOTIFY_RETRY_DELAYS = "2,5,10,30,60,120,300"
 
 
 @dataclass
@@ -112,6 +114,7 @@ def function_environment(
     *,
     log_level: str = "WARNING",
     template: Mapping[str, Any] | None = None,
+    notify_retry_delays: str = LOCAL_NOTIFY_RETRY_DELAYS,
 ) -> dict[str, str | None]:
     """The functions' environment as template.yaml sets it, with local values (None = unset)."""
     scheduled = names.get("ScheduledDispatchFunction", f"{stack_name}-ScheduledDispatchFunction")
@@ -121,6 +124,8 @@ def function_environment(
         "DISPATCH_QUEUE_URL": resources.queue_urls["DispatchQueue"],
         "NOTIFY_QUEUE_URL": resources.queue_urls["NotifyQueue"],
         "DISPATCH_DEAD_LETTER_QUEUE_URL": resources.queue_urls.get("DispatchDeadLetterQueue", ""),
+        "NOTIFY_DEAD_LETTER_QUEUE_URL": resources.queue_urls.get("NotifyDeadLetterQueue", ""),
+        "NOTIFY_RETRY_DELAYS": notify_retry_delays,
         "SCHEDULE_GROUP_NAME": resources.schedule_groups[0] if resources.schedule_groups else "",
         "SCHEDULER_ROLE_ARN": f"arn:aws:iam::{ACCOUNT_ID}:role/{stack_name}-scheduler",
         "SCHEDULED_DISPATCH_FUNCTION_ARN": function_arn(scheduled),

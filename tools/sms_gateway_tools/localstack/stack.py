@@ -18,6 +18,7 @@ from sms_gateway_tools.localstack.http_bridge import HttpBridge
 from sms_gateway_tools.localstack.lambdas import REGION, Handler, LocalFunction, resolve_handlers
 from sms_gateway_tools.localstack.moto_server import EmbeddedMoto
 from sms_gateway_tools.localstack.resources import (
+    LOCAL_NOTIFY_RETRY_DELAYS,
     UPSTREAM_NAME,
     Resources,
     aws_clients,
@@ -77,6 +78,7 @@ class LocalStack:
         divert_metrics: bool = True,
         scheduler_interval: float = 0.5,
         serialize_invocations: bool = True,
+        notify_retry_delays: str | None = None,
     ) -> None:
         self.port = port
         self.simulator_port = simulator_port
@@ -90,6 +92,11 @@ class LocalStack:
         self.divert_metrics = divert_metrics
         self.scheduler_interval = scheduler_interval
         self.serialize_invocations = serialize_invocations
+        # Seconds between client webhook attempts, comma-separated: the argument, else NOTIFY_RETRY_DELAYS from
+        # the environment, else a short local schedule (tests pass e.g. "1,1" to see retries in seconds).
+        self.notify_retry_delays = (
+            notify_retry_delays or os.environ.get("NOTIFY_RETRY_DELAYS") or LOCAL_NOTIFY_RETRY_DELAYS
+        )
 
         self.moto = EmbeddedMoto()
         self.simulator: UpstreamSimulator | None = None
@@ -190,6 +197,7 @@ class LocalStack:
                 names,
                 log_level=self.log_level,
                 template=template,
+                notify_retry_delays=self.notify_retry_delays,
             )
         )
         self._forget_wiring()

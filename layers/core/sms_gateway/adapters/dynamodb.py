@@ -5,9 +5,10 @@ Item layout (see docs/data-model.md):
   credential  pk=CRED#<kind>#<sha256 of secret>   sk=CRED          -> account_id
   login       pk=LOGIN#<username>                 sk=LOGIN         -> account_id, scrypt hash
   sender      pk=SENDER#<sender id or number>     sk=SENDER        -> account_id (one owner per sender)
-  inbound     pk=INBOX#<account_id>               sk=UP#<upstream>#<upstream id> (or IN#<id>)
+  inbound     pk=INBOX#<account_id>               sk=IN#<inbound_id>  (and its dedup marker: dynamodb_inbox.py)
   batch       pk=ACC#<account_id>                 sk=BATCH#<reference_id>
-  message     pk=MSGS#<account_id>#<reference_id> sk=MSG#<message_id>   (GSI upstream-index on upstream_key)
+  message     pk=MSGS#<account_id>#<reference_id> sk=MSG#<message_id>   (GSI conversation-index on conversation)
+  (upstream links, held DLRs and the conversation index: adapters/dynamodb_delivery.py)
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ from typing import Any
 
 from sms_gateway.adapters import aws
 from sms_gateway.adapters.dynamodb_admin import DynamoAccountAdmin, credential_listing_item
+from sms_gateway.adapters.dynamodb_batch import batch_get
+from sms_gateway.adapters.dynamodb_delivery import DynamoDeliveryMixin, conversation_key
 from sms_gateway.adapters.dynamodb_groups import DynamoGroupStore
+from sms_gateway.adapters.dynamodb_inbox import DynamoInboxMixin
+from sms_gateway.adapters.dynamodb_notifications import DynamoNotificationsMixin
+from sms_gateway.adapters.dynamodb_optouts import DynamoOptOutsMixin
 from sms_gateway.adapters.dynamodb_ratelimit import DynamoRateLimitMixin
 from sms_gateway.adapters.dynamodb_routes import DynamoRouteStore
 from sms_gateway.adapters.dynamodb_sessions import DynamoSessionsMixin
@@ -40,14 +46,12 @@ from sms_gateway.domain.models import (
     MessageKey,
     StatusChange,
     StoredAnswer,
-    StoredInbound,
     iso,
 )
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.status import MessageStatus, allowed_previous
 from sms_gateway.errors import Conflict, InsufficientCredits, InvalidRequest
 
-UPSTREAM_INDEX = "upstream-index"
 MESSAGE_INDEX = "message-index"
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 BATCH_WRITE_SIZE = 25
@@ -113,10 +117,6 @@ def sender_pk(sender: str) -> str:
     return f"SENDER#{sender.lstrip('+').upper()}"
 
 
-def upstream_key(upstream: str, upstream_message_id: str) -> str:
-    return f"{upstream}#{upstream_message_id}"
-
-
 def _key_of(key: MessageKey) -> dict[str, Any]:
     return {
         "pk": {"S": messages_pk(key.account_id, key.reference_id)},
@@ -155,7 +155,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class DynamoStore(DynamoAccountAdmin, DynamoGroupStore, DynamoSessionsMixin, DynamoRateLimitMixin, DynamoRouteStore):
+class DynamoStore(
+    DynamoDeliveryMixin,
+    DynamoAccountAdmin,
+    DynamoGroupStore,
+    DynamoSessionsMixin,
+    DynamoRateLimitMixin,
+    DynamoRouteStore,
+    DynamoOptOutsMixin,
+    DynamoInboxMixin,
+    DynamoNotificationsMixin,
+):
     """Implements AccountStore and MessageStore over one table."""
 
     def __init__(self, table_name: str, *, client: Any | None = None, retention_days: int = 180) -> None:
@@ -257,25 +267,6 @@ class DynamoStore(DynamoAccountAdmin, DynamoGroupStore, DynamoSessionsMixin, Dyn
         ).get("Item")
         return str(found["account_id"]["S"]) if found else None
 
-    def save_inbound(self, inbound: StoredInbound) -> bool:
-        # The upstream's id makes the key when there is one, so a retried callback is stored once.
-        sk = f"UP#{inbound.upstream}#{inbound.upstream_message_id}" if inbound.upstream_message_id else None
-        item = {
-            "pk": f"INBOX#{inbound.account_id}",
-            "sk": sk or f"IN#{inbound.inbound_id:019d}",
-            "expires_at": self._expires_at(inbound.received_at),
-            **inbound.model_dump(mode="json"),
-        }
-        try:
-            self.client.put_item(
-                TableName=self.table_name,
-                Item=self._codec.dump(item),
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-        except self.client.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
-
     def reserve_credits(self, account_id: str, amount: int) -> int:
         try:
             answer = self.client.update_item(
@@ -334,10 +325,13 @@ class DynamoStore(DynamoAccountAdmin, DynamoGroupStore, DynamoSessionsMixin, Dyn
             "pk": messages_pk(message.account_id, message.reference_id),
             "sk": message_sk(message.message_id),
             "expires_at": expires_at,
+            # The conversation index finds the last message to a number when a reply comes in.
+            "conversation": conversation_key(message.account_id, message.msisdn),
             **message.model_dump(mode="json"),
         }
-        if message.upstream and message.upstream_message_id:
-            item["upstream_key"] = upstream_key(message.upstream, message.upstream_message_id)
+        if message.parts == 1:
+            # Only multi-part messages track their parts (record_part_status needs the map to exist).
+            item.pop("part_status", None)
         return item
 
     def _batch_write(self, requests: list[dict[str, Any]]) -> None:
@@ -433,23 +427,12 @@ class DynamoStore(DynamoAccountAdmin, DynamoGroupStore, DynamoSessionsMixin, Dyn
         return messages, last
 
     def get_messages(self, account_id: str, reference_id: int, message_ids: Sequence[int]) -> list[Message]:
-        found: list[Message] = []
-        for start in range(0, len(message_ids), BATCH_GET_SIZE):
-            keys = [
-                _key_of(MessageKey(account_id=account_id, reference_id=reference_id, message_id=message_id))
-                for message_id in message_ids[start : start + BATCH_GET_SIZE]
-            ]
-            pending: dict[str, Any] = {self.table_name: {"Keys": keys, "ConsistentRead": True}}
-            for attempt in range(_MAX_UNPROCESSED_ROUNDS):
-                answer = self.client.batch_get_item(RequestItems=pending)
-                found.extend(
-                    Message.model_validate(self._codec.load(item))
-                    for item in answer.get("Responses", {}).get(self.table_name, [])
-                )
-                pending = answer.get("UnprocessedKeys") or {}
-                if not pending:
-                    break
-                time.sleep(min(0.05 * 2**attempt, 1.0))
+        keys = [
+            _key_of(MessageKey(account_id=account_id, reference_id=reference_id, message_id=message_id))
+            for message_id in message_ids
+        ]
+        items = batch_get(self.client, self.table_name, keys, consistent=True)
+        found = [Message.model_validate(self._codec.load(item)) for item in items]
         found.sort(key=lambda message: message.message_id)
         return found
 
@@ -538,11 +521,9 @@ class DynamoStore(DynamoAccountAdmin, DynamoGroupStore, DynamoSessionsMixin, Dyn
             sets += [
                 "upstream = if_not_exists(upstream, :upstream)",
                 "upstream_message_id = if_not_exists(upstream_message_id, :upstream_id)",
-                "upstream_key = if_not_exists(upstream_key, :upstream_key)",
             ]
             values[":upstream"] = {"S": upstream}
             values[":upstream_id"] = {"S": upstream_message_id}
-            values[":upstream_key"] = {"S": upstream_key(upstream, upstream_message_id)}
         if error_code is not None:
             sets.append("error_code = :error_code")
             values[":error_code"] = {"S": error_code}
@@ -644,16 +625,3 @@ class DynamoStore(DynamoAccountAdmin, DynamoGroupStore, DynamoSessionsMixin, Dyn
 
     def abandon(self, scope: str, key: str) -> None:
         self.client.delete_item(TableName=self.table_name, Key=self._idempotency_key(scope, key))
-
-    def find_by_upstream_id(self, upstream: str, upstream_message_id: str) -> MessageKey | None:
-        answer = self.client.query(
-            TableName=self.table_name,
-            IndexName=UPSTREAM_INDEX,
-            KeyConditionExpression="upstream_key = :key",
-            ExpressionAttributeValues={":key": {"S": upstream_key(upstream, upstream_message_id)}},
-            Limit=1,
-        )
-        items = answer.get("Items", [])
-        if not items:
-            return None
-        return _message_key_from_item_keys(items[0]["pk"]["S"], items[0]["sk"]["S"])

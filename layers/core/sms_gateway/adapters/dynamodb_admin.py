@@ -29,6 +29,7 @@ _SETTABLE = (
     "dlr_url",
     "inbound_url",
     "webhook_token",
+    "webhook_secret",
 )
 
 

@@ -34,6 +34,12 @@ class _Queue:
                 reasons = "; ".join(f"{f.get('Id')}: {f.get('Code')} {f.get('Message', '')}" for f in failed)
                 raise RuntimeError(f"SQS refused {len(failed)} entries: {reasons}")
 
+    def delay(self, receipt_handle: str, seconds: int) -> None:
+        """Keeps a received record invisible for `seconds` (SQS's maximum is 12 hours): the retry's backoff."""
+        self.client.change_message_visibility(
+            QueueUrl=self.queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=max(0, min(seconds, 43_200))
+        )
+
 
 def dispatch_group_id(command: DispatchCommand) -> str:
     return f"{command.account_id}#priority" if command.priority else command.account_id
@@ -55,25 +61,22 @@ class SqsDispatchQueue(_Queue):
             ]
         )
 
-    def delay(self, receipt_handle: str, seconds: int) -> None:
-        """Keeps a received record invisible for `seconds` (SQS's maximum is 12 hours): the retry's backoff."""
-        self.client.change_message_visibility(
-            QueueUrl=self.queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=max(0, min(seconds, 43_200))
-        )
-
 
 class SqsDeadLetterQueue(_Queue):
-    def dead_letter(self, body: str, *, group_id: str, dedup_id: str, reason: str, error: str) -> None:
-        """Parks a record for an operator, with why it failed as message attributes (the DLQ alarm fires)."""
+    def dead_letter(
+        self, body: str, *, reason: str, error: str, group_id: str | None = None, dedup_id: str | None = None
+    ) -> None:
+        """Parks a record for an operator, with why it failed as message attributes (the DLQ alarm fires).
+        A FIFO dead-letter queue needs `group_id` and `dedup_id`; a standard one takes neither."""
+        fifo = {"MessageGroupId": group_id, "MessageDeduplicationId": dedup_id} if group_id and dedup_id else {}
         self.client.send_message(
             QueueUrl=self.queue_url,
             MessageBody=body,
-            MessageGroupId=group_id,
-            MessageDeduplicationId=dedup_id,
             MessageAttributes={
                 "reason": {"DataType": "String", "StringValue": reason[:256]},
                 "error": {"DataType": "String", "StringValue": error[:1024] or "-"},
             },
+            **fifo,
         )
 
 

@@ -8,7 +8,8 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 
-from sms_gateway.dialects import ninebits, sessionkey, shortcode
+from sms_gateway.dialects import ninebits, ninebits_inbox, sessionkey, shortcode
+from sms_gateway.dialects.ninebits_webhooks import router as ninebits_webhooks_router
 from sms_gateway.dialects.openapi import DOCS_PATH, TITLE, DocumentedResolver
 from sms_gateway.errors import GatewayError, InvalidRequest, NotFound
 from sms_gateway.observability import logger
@@ -16,8 +17,10 @@ from sms_gateway.observability import logger
 app = DocumentedResolver(enable_validation=True)
 app.enable_swagger(path=DOCS_PATH, title=TITLE, version="1.0.0")
 app.include_router(ninebits.router)
+app.include_router(ninebits_inbox.router)
 app.include_router(shortcode.router)
 app.include_router(sessionkey.router)
+app.include_router(ninebits_webhooks_router)
 
 # Which dialect a path belongs to, so every error reaches the client in the shape its code expects.
 ERROR_RENDERERS: list[tuple[str, Callable[[GatewayError], Response]]] = [

@@ -75,6 +75,8 @@ def inbound_sms(provider: str) -> Response:
             inbox=wiring.store,
             publish=lambda notification: wiring.notify_queue.publish([notification]),
             clock=utc_now,
+            conversations=wiring.store,
+            opt_outs=wiring.store,
         ),
     )
     metrics.add_metric(name="InboundReceived", unit="Count", value=1 if outcome.stored else 0)

@@ -28,6 +28,8 @@ HTTP_STATUS = {
     "conflict": 409,
     "callback_rejected": 400,
     "upstream_error": 502,
+    # Like Twilio's 21610 (a send to an unsubscribed number): a 400 naming the numbers and their STOP.
+    "opted_out": 400,
 }
 
 

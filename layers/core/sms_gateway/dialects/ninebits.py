@@ -28,9 +28,18 @@ from sms_gateway.domain.models import (
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import GatewayError, InvalidRequest
 from sms_gateway.logic import batches, groups
+from sms_gateway.logic.accounts import check_webhook_url
 from sms_gateway.logic.auth import account_for_credential, bearer_token
 from sms_gateway.logic.idempotency import request_key
-from sms_gateway.logic.send import Rejection, accept_send, normalise_recipients, quote, require_sender, require_valid
+from sms_gateway.logic.send import (
+    Rejection,
+    accept_send,
+    normalise_recipients,
+    quote,
+    refuse_opted_out,
+    require_sender,
+    require_valid,
+)
 
 router = APIGatewayHttpRouter()
 MAX_RECIPIENTS = 1000
@@ -63,6 +72,8 @@ class SendRequest(BaseModel):
     ref_id: str | None = Field(default=None, max_length=128)
     sent_date: str | None = Field(default=None, max_length=64)
     delivery_report: DeliveryReportMode = DeliveryReportMode.NONE
+    # This batch's delivery reports go here instead of the account's DLR URL.
+    callback_url: str | None = Field(default=None, max_length=2048)
     send_at: datetime | None = None
 
     @field_validator("to", mode="before")
@@ -84,6 +95,8 @@ class SendRequest(BaseModel):
             raise ValueError("give the text in exactly one of 'message', 'body' or 'content'")
         if not self.text:
             raise ValueError("the message text is empty")
+        if self.callback_url is not None and self.delivery_report != DeliveryReportMode.YES:
+            raise ValueError("'callback_url' receives delivery reports: it needs 'delivery_report': 'yes'")
         return self
 
     @property
@@ -104,6 +117,11 @@ def _caller() -> Account:
     return account_for_credential(gateway().store, CredentialKind.TOKEN, token)
 
 
+def caller() -> Account:
+    """The account of the request's Bearer token, for the other modules of the 9bits family."""
+    return _caller()
+
+
 @router.post("/ng/v1/sendsms")
 def send_sms() -> Response[Any]:
     account = _caller()
@@ -114,6 +132,8 @@ def send_sms() -> Response[Any]:
 
 
 def _send(account: Account, request: SendRequest) -> Response[Any]:
+    if request.callback_url is not None:
+        check_webhook_url(request.callback_url, allow_http=gateway().settings.allow_http_webhooks)
     expansion = groups.expand(gateway().store, account.account_id, request.to)
     groups.require_known_groups(expansion)
     # Members are distinct numbers already: a group too big for one send is refused before any number is parsed.
@@ -130,20 +150,23 @@ def _send(account: Account, request: SendRequest) -> Response[Any]:
         ref_id=request.ref_id,
         sent_date=request.sent_date,
         delivery_report=request.delivery_report,
+        callback_url=request.callback_url,
         send_at=request.send_at,
         route_tier=ROUTE_TIER,
         dialect="9bits",
     )
-    batch = accept_send(account, command, send_dependencies(), now=utc_now()).batch
-    return json_response(
-        200,
-        {
-            "status_code": 200,
-            "message": "request is being processed",
-            "reference_id": str(batch.reference_id),
-            "recipients_processed": batch.recipients,
-        },
-    )
+    accepted = accept_send(account, command, send_dependencies(), now=utc_now())
+    batch = accepted.batch
+    body: dict[str, Any] = {
+        "status_code": 200,
+        "message": "request is being processed",
+        "reference_id": str(batch.reference_id),
+        "recipients_processed": batch.recipients,
+    }
+    # Only when some recipient opted out (STOP), so the seeds' answer stays exactly as they show it otherwise.
+    if accepted.refused:
+        body["refused"] = _invalid_entries(accepted.refused, "to")
+    return json_response(200, body)
 
 
 def _require_at_most_a_thousand(count: int, *, groups_alone: bool = False) -> None:
@@ -162,10 +185,14 @@ def dry_run() -> Response[Any]:
     _require_at_most_a_thousand(expansion.group_members, groups_alone=True)
     recipients, rejected = normalise_recipients(expansion.numbers, account.default_country)
     _require_at_most_a_thousand(len(recipients))
+    # Opted-out numbers are listed with the invalid ones but, as in a send, only leave themselves out.
+    recipients, opted_out = refuse_opted_out(account, request.sender, recipients, send_dependencies().opt_outs)
     priced = quote(account, request.text, recipients, ROUTE_TIER, gateway().store.price_table())
     segmentation = priced.segmentation
     invalid = [{"to": group_id, "reason": "unknown group id"} for group_id in expansion.unknown_groups]
     invalid += _invalid_entries(rejected, "to")
+    blocking = bool(invalid)
+    invalid += _invalid_entries(opted_out, "to")
     sufficient = priced.cost <= account.credits
     return json_response(
         200,
@@ -183,7 +210,7 @@ def dry_run() -> Response[Any]:
             "balance_sufficient": sufficient,
             "invalid_count": len(invalid),
             "invalid": invalid,
-            "would_be_accepted": sufficient and not invalid and bool(recipients),
+            "would_be_accepted": sufficient and not blocking and bool(recipients),
         },
     )
 

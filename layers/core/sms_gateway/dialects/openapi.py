@@ -16,7 +16,8 @@ DOCS_PATH = "/v1/docs"
 
 
 def _request_bodies() -> dict[tuple[str, str], tuple[type[BaseModel], tuple[str, ...]]]:
-    from sms_gateway.dialects import ninebits, sessionkey, shortcode
+    from sms_gateway.dialects import ninebits, ninebits_inbox, sessionkey, shortcode
+    from sms_gateway.dialects.ninebits_webhooks import ResendAllRequest
 
     json_only = ("application/json",)
     forms = ("application/json", "application/x-www-form-urlencoded")
@@ -26,6 +27,8 @@ def _request_bodies() -> dict[tuple[str, str], tuple[type[BaseModel], tuple[str,
         ("/ng/v1/groups", "post"): (ninebits.GroupRequest, json_only),
         ("/ng/v1/groups/{group_id}/members", "post"): (ninebits.MembersRequest, json_only),
         ("/ng/v1/groups/{group_id}/members", "delete"): (ninebits.MembersRequest, json_only),
+        ("/ng/v1/settings/webhooks", "put"): (ninebits_inbox.WebhookSettingsRequest, json_only),
+        ("/ng/v1/webhooks/failures/resend", "post"): (ResendAllRequest, json_only),
         ("/api/services/sendsms", "post"): (shortcode.ShortcodeParams, forms),
         ("/sms", "post"): (sessionkey.SendRequest, json_only),
     }

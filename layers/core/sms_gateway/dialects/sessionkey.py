@@ -47,6 +47,8 @@ HTTP_STATUS: dict[str, int] = {
     # Only an Idempotency-Key (our addition to the family) can conflict on a send.
     "conflict": 409,
     "upstream_error": 502,
+    # Every recipient opted out (STOP): "other errors, details are in the body".
+    "opted_out": 400,
 }
 DEFAULT_STATUS = 400
 
@@ -258,8 +260,10 @@ def _send(account: Account, request: SendRequest) -> Response[Any]:
     if request.return_credits or request.return_remaining:
         body["remaining_credits"] = accepted.balance
     body["internal_order_id"] = str(batch.reference_id)
-    if rejected:
-        body["invalid_recipients"] = [{"recipient": r.raw, "reason": r.reason} for r in rejected]
+    # Opted-out numbers (STOP) are listed here too, whatever allowInvalidRecipients says: they are not invalid,
+    # so the others are sent to, and only a send in which every recipient opted out is refused.
+    if rejected or accepted.refused:
+        body["invalid_recipients"] = [{"recipient": r.raw, "reason": r.reason} for r in [*rejected, *accepted.refused]]
     return json_response(201, body)
 
 

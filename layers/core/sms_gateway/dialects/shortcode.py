@@ -92,6 +92,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "no_message_id": (4097, "No messageID provided"),
     "invalid_time_to_send": (4098, "Invalid timeToSend"),
     "conflict": (4099, "Idempotency-Key conflict"),
+    "opted_out": (4100, "Mobile number opted out"),
 }
 INTERNAL_ERROR = (4090, "Internal Error. Try again after 5 minutes")
 # Credential failures say no more than the family's words: nothing about which part was wrong or who exists.
@@ -345,13 +346,20 @@ def _send(account: Account, request: ShortcodeSend) -> Response[Any]:
         dialect="shortcode",
     )
     accepted = accept_send(account, command, send_dependencies(), now=utc_now())
-    return json_response(HTTP_STATUS, {"responses": send_entries(readings, accepted.messages)})
+    return json_response(HTTP_STATUS, {"responses": send_entries(readings, accepted.messages, accepted.refused)})
 
 
-def send_entries(readings: Sequence[tuple[str, Recipient | None]], messages: Sequence[Message]) -> list[dict[str, Any]]:
-    """One entry per number given; a number given twice is sent once and listed once."""
+def send_entries(
+    readings: Sequence[tuple[str, Recipient | None]],
+    messages: Sequence[Message],
+    refused: Sequence[Rejection] = (),
+) -> list[dict[str, Any]]:
+    """One entry per number given; a number given twice is sent once and listed once. A number that opted out
+    (STOP) gets the opt-out code, with the reason in `response-details`."""
     by_msisdn = {message.msisdn: message for message in messages}
+    opted_out = {f"+{rejection.raw}": rejection.reason for rejection in refused}
     invalid_code, invalid_description = ERROR_CODES["invalid_recipient"]
+    opted_out_code, opted_out_description = ERROR_CODES["opted_out"]
     entries: list[dict[str, Any]] = []
     listed: set[str] = set()
     for raw, recipient in readings:
@@ -361,6 +369,16 @@ def send_entries(readings: Sequence[tuple[str, Recipient | None]], messages: Seq
         if recipient.msisdn in listed:
             continue
         listed.add(recipient.msisdn)
+        if recipient.msisdn in opted_out:
+            entries.append(
+                {
+                    "response-code": opted_out_code,
+                    "response-description": opted_out_description,
+                    "mobile": int(recipient.msisdn.lstrip("+")),
+                    "response-details": opted_out[recipient.msisdn],
+                }
+            )
+            continue
         message = by_msisdn[recipient.msisdn]
         entries.append(
             {

@@ -46,6 +46,9 @@ class Account(Record):
     # A message longer than this many parts is refused: it protects clients from a runaway template.
     max_parts: int = 10
     created_at: str = ""
+    # Active opt-outs (STOP) of the account's numbers, kept exact by the opt-out writes' transactions: a send
+    # for an account with none skips the opt-out lookup (docs/opt-outs.md).
+    opt_outs: int = 0
 
     @property
     def default_sender(self) -> str | None:
@@ -136,15 +139,28 @@ class Message(Record):
     ref_id: str | None = None
     sent_date: str | None = None
     delivery_report: DeliveryReportMode = DeliveryReportMode.NONE
+    # The batch's own delivery-report URL, when it gave one instead of the account's.
+    callback_url: str | None = None
     upstream: str | None = None
     upstream_message_id: str | None = None
     error_code: str | None = None
     reported_at: str | None = None
+    # Multi-part messages: the latest status each part's DLR reported, by part number ("1", "2", ...).
+    part_status: dict[str, str] = Field(default_factory=dict)
     created_at: str
 
     @property
     def key(self) -> MessageKey:
         return MessageKey(account_id=self.account_id, reference_id=self.reference_id, message_id=self.message_id)
+
+
+class SentMessage(Record):
+    """The part of a sent message a reply needs to continue its conversation."""
+
+    key: MessageKey
+    sender: str | None = None
+    session_id: str | None = None
+    ref_id: str | None = None
 
 
 class DispatchCommand(Record):
@@ -178,6 +194,8 @@ class DeliveryReport(Record):
     status: MessageStatus
     error_code: str | None = None
     reported_at: str | None = None
+    # Set when the upstream reports each part of a multi-part message on its own (1-based).
+    part: int | None = Field(default=None, ge=1)
 
 
 class StatusChange(Record):
@@ -235,6 +253,8 @@ class StoredInbound(Record):
     text: str
     session_id: str
     ref_id: str | None = None
+    # The last message the account sent to this number before the reply came: the conversation it continues.
+    in_reply_to: int | None = None
     received_at: str
 
 

@@ -7,7 +7,6 @@ import secrets
 import zoneinfo
 from collections.abc import Sequence
 from datetime import datetime
-from urllib.parse import urlsplit
 
 import phonenumbers
 
@@ -15,6 +14,7 @@ from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.models import Account, CredentialKind, Credentials, Record, iso
 from sms_gateway.domain.networks import CATALOGUE
 from sms_gateway.domain.pricing import ANY_NETWORK, ROUTE_TIERS, PriceTable
+from sms_gateway.domain.webhook_urls import require_safe_webhook_url
 from sms_gateway.domain.webhooks import new_signing_secret
 from sms_gateway.errors import Conflict, InvalidRequest, NotFound
 from sms_gateway.ports import AccountAdmin, AccountChanges, AccountStore, CredentialInfo, PriceBook
@@ -31,10 +31,8 @@ _ISSUE_ATTEMPTS = 3
 
 
 def check_webhook_url(url: str, *, allow_http: bool) -> None:
-    parts = urlsplit(url)
-    schemes = ("https", "http") if allow_http else ("https",)
-    if parts.scheme not in schemes or not parts.hostname:
-        raise InvalidRequest(f"webhook URL {url!r} must be an absolute {' or '.join(schemes)} URL")
+    """The SSRF guard's set-time check; `allow_http` (the local stack's setting) also allows local hosts."""
+    require_safe_webhook_url(url, allow_local=allow_http)
 
 
 def new_secret(kind: CredentialKind) -> str:
@@ -254,10 +252,14 @@ def set_webhooks(
     inbound_url: str | None = None,
     rotate_token: bool = False,
     allow_http: bool = False,
+    rotate_secret: bool = False,
 ) -> tuple[Account, str | None]:
-    """An empty URL removes that webhook. Returns the account and, when rotated, the new webhook token (shown once)."""
-    if dlr_url is None and inbound_url is None and not rotate_token:
-        raise InvalidRequest("nothing to change: give a DLR URL, an inbound URL or rotate the webhook token")
+    """An empty URL removes that webhook. Returns the account and, when rotated, the new webhook token (shown once).
+    With rotate_secret the account gets a new signing secret (the returned account's `webhook_secret`)."""
+    if dlr_url is None and inbound_url is None and not rotate_token and not rotate_secret:
+        raise InvalidRequest(
+            "nothing to change: give a DLR URL, an inbound URL or rotate the webhook token or signing secret"
+        )
     values: dict[str, str] = {}
     clear: set[str] = set()
     for name, url in (("dlr_url", dlr_url), ("inbound_url", inbound_url)):
@@ -268,7 +270,10 @@ def set_webhooks(
             values[name] = url
     token = secrets.token_urlsafe(24) if rotate_token else None
     require_account(store, account_id)
-    changes = AccountChanges.model_validate({**values, "webhook_token": token, "clear": clear})
+    secret = new_signing_secret() if rotate_secret else None
+    changes = AccountChanges.model_validate(
+        {**values, "webhook_token": token, "webhook_secret": secret, "clear": clear}
+    )
     return store.update_account(account_id, changes), token
 
 

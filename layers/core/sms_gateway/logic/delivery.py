@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sms_gateway.domain.models import CallbackRequest, DeliveryReport, MessageKey, StatusChange
-from sms_gateway.domain.status import MessageStatus
+from sms_gateway.domain.models import CallbackRequest, DeliveryReport, Message, MessageKey, StatusChange
+from sms_gateway.domain.status import TERMINAL, MessageStatus, aggregate_parts
 from sms_gateway.errors import CallbackRejected, Unauthorized
 from sms_gateway.observability import logger
 from sms_gateway.ports import AccountStore, MessageStore, Provider
@@ -28,6 +28,10 @@ class DeliveryOutcome:
     applied: int = 0
     unchanged: int = 0
     unmatched: int = 0
+    # Reports for an upstream id no message is linked to yet: kept until the dispatcher links it.
+    held: int = 0
+    # Reports of one part of a multi-part message that did not settle the message yet.
+    partial: int = 0
 
 
 def receive_delivery_reports(
@@ -44,33 +48,54 @@ def receive_delivery_reports(
     return outcome
 
 
-def _locate(report: DeliveryReport, messages: MessageStore) -> MessageKey | None:
-    # Our own client reference is a direct key; the upstream id needs the index.
+def _locate(report: DeliveryReport, deps: DeliveryDependencies, outcome: DeliveryOutcome) -> MessageKey | None:
+    """The message a report is about; None (counted as held or unmatched) when it cannot be applied now."""
+    # Our own client reference is a direct key; the upstream's id goes through the link the dispatcher wrote.
     key = MessageKey.from_ref(report.client_ref)
-    if key is None and report.upstream_message_id:
-        key = messages.find_by_upstream_id(report.upstream, report.upstream_message_id)
+    if key is not None:
+        return key
+    if not report.upstream_message_id:
+        _unmatched(report, outcome)
+        return None
+    key = deps.messages.find_by_upstream_id(report.upstream, report.upstream_message_id)
+    if key is None:
+        # The report overtook the dispatcher's record of the submit: keep it; linking the id applies it.
+        key = deps.messages.hold_report(report, now=deps.clock())
+        if key is None:
+            outcome.held += 1
+            logger.info(
+                "delivery report held until its message is linked",
+                extra={"upstream": report.upstream, "upstream_message_id": report.upstream_message_id},
+            )
     return key
 
 
 def apply_delivery_report(report: DeliveryReport, deps: DeliveryDependencies, outcome: DeliveryOutcome) -> None:
-    key = _locate(report, deps.messages)
-    change = None
-    if key is not None:
-        change = deps.messages.transition(
-            key,
-            report.status,
-            now=deps.clock(),
-            upstream=report.upstream,
-            upstream_message_id=report.upstream_message_id,
-            error_code=report.error_code,
-            reported_at=report.reported_at,
-        )
+    key = _locate(report, deps, outcome)
+    if key is None:
+        return
+    if report.part is not None:
+        message = deps.messages.record_part_status(key, report.part, report.status, now=deps.clock())
+        if message is None:
+            _unmatched(report, outcome)
+            return
+        if message.parts > 1:
+            settled = _settled_status(message)
+            if settled is None:
+                outcome.partial += 1
+                return
+            report = report.model_copy(update={"status": settled, "part": None})
+    change = deps.messages.transition(
+        key,
+        report.status,
+        now=deps.clock(),
+        upstream=report.upstream,
+        upstream_message_id=report.upstream_message_id,
+        error_code=report.error_code,
+        reported_at=report.reported_at,
+    )
     if change is None:
-        outcome.unmatched += 1
-        logger.warning(
-            "delivery report for an unknown message",
-            extra={"upstream": report.upstream, "upstream_message_id": report.upstream_message_id},
-        )
+        _unmatched(report, outcome)
         return
     if not change.changed:
         # A duplicate, late or out-of-order report: the conditional write kept the message where it was.
@@ -81,3 +106,18 @@ def apply_delivery_report(report: DeliveryReport, deps: DeliveryDependencies, ou
         deps.accounts.refund_credits(change.message.account_id, change.message.price)
     if deps.on_change is not None:
         deps.on_change(change)
+
+
+def _settled_status(message: Message) -> MessageStatus | None:
+    """The whole message's final status once its parts settle it (delivered when every part is, failed when
+    any part fails); None while they do not."""
+    settled = aggregate_parts([MessageStatus(status) for status in message.part_status.values()], message.parts)
+    return settled if settled in TERMINAL else None
+
+
+def _unmatched(report: DeliveryReport, outcome: DeliveryOutcome) -> None:
+    outcome.unmatched += 1
+    logger.warning(
+        "delivery report for an unknown message",
+        extra={"upstream": report.upstream, "upstream_message_id": report.upstream_message_id},
+    )

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from sms_gateway.domain.models import ClaimOutcome, DispatchCommand, Message, StatusChange, SubmitRequest
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import UpstreamError
+from sms_gateway.logic.delivery import DeliveryDependencies, DeliveryOutcome, apply_delivery_report
 from sms_gateway.logic.ratelimit import RateLimiter, Scope, route_scope
 from sms_gateway.observability import logger, mask_msisdn
 from sms_gateway.ports import AccountStore, MessageStore, Provider
@@ -157,6 +158,10 @@ async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: D
         )
         outcome.record(change)
         outcome.submitted += 1
+        if not getattr(provider, "echoes_client_ref", False):
+            await asyncio.to_thread(
+                _link_upstream_id, message, provider.name, result.upstream_message_id, deps, outcome
+            )
         return
     assert failure is not None, "a route names at least one upstream"
     if not failure.permanent and not deps.final_attempt:
@@ -168,6 +173,23 @@ async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: D
     reason = "upstream_rejected" if failure.permanent else "upstream_unavailable"
     await _finish(message, MessageStatus.FAILED, reason, deps, outcome)
     outcome.failed += 1
+
+
+def _link_upstream_id(
+    message: Message, upstream: str, upstream_message_id: str, deps: DispatchDependencies, outcome: DispatchOutcome
+) -> None:
+    """An upstream that reports by its own id alone needs the id linked to the message; DLRs that came before
+    the link was written were held, and are applied now."""
+    held = deps.messages.link_upstream_id(upstream, upstream_message_id, message.key, now=deps.clock())
+    if not held:
+        return
+    delivery = DeliveryDependencies(
+        messages=deps.messages, accounts=deps.accounts, clock=deps.clock, on_change=outcome.record
+    )
+    for report in held:
+        apply_delivery_report(
+            report.model_copy(update={"client_ref": message.key.to_ref()}), delivery, DeliveryOutcome()
+        )
 
 
 async def _route_allows(upstream: str, deps: DispatchDependencies) -> bool:

@@ -11,8 +11,9 @@ from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.models import CallbackRequest, InboundSms, StoredInbound
 from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
 from sms_gateway.errors import CallbackRejected, Unauthorized
+from sms_gateway.logic.optouts import apply_keyword
 from sms_gateway.observability import logger, mask_msisdn
-from sms_gateway.ports import AccountStore, InboxStore, Provider
+from sms_gateway.ports import AccountStore, ConversationLookup, InboxStore, OptOutStore, Provider
 
 INBOUND = "inbound"
 
@@ -23,6 +24,10 @@ class InboundDependencies:
     inbox: InboxStore
     publish: Callable[[dict[str, Any]], None]
     clock: Callable[[], datetime]
+    # Threads a reply onto the last message the account sent to that number; None: every SMS starts anew.
+    conversations: ConversationLookup | None = None
+    # Applies STOP / START keywords to the account's opt-outs; None: keywords are forwarded like any message.
+    opt_outs: OptOutStore | None = None
 
 
 @dataclass(frozen=True)
@@ -61,22 +66,44 @@ def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundD
         # Acknowledged so the upstream stops retrying; nobody here owns that number.
         logger.warning("inbound SMS to a number no account owns", extra={"to": sms.to, "upstream": sms.upstream})
         return InboundOutcome(routed=False, stored=False)
-    stored = _stored(sms, account_id)
+    stored = _stored(sms, account_id, deps.conversations)
     is_new = deps.inbox.save_inbound(stored)
     if is_new:
+        if deps.opt_outs is not None:
+            _apply_keyword(stored, deps.opt_outs, deps.clock())
         deps.publish(inbound_notification(stored))
-    else:
-        logger.info("duplicate inbound callback ignored", extra={"upstream_message_id": sms.upstream_message_id})
-    return InboundOutcome(routed=True, stored=is_new, inbound=stored)
+        return InboundOutcome(routed=True, stored=True, inbound=stored)
+    # The upstream retries only when it did not get our answer: perhaps the notification was never queued.
+    # Queue the stored one again; it keeps its webhook-id, so a client that has it already drops the copy.
+    original = deps.inbox.find_inbound(sms.upstream, sms.upstream_message_id) if sms.upstream_message_id else None
+    if original is not None:
+        deps.publish(inbound_notification(original))
+    logger.info("duplicate inbound callback: stored once", extra={"upstream_message_id": sms.upstream_message_id})
+    return InboundOutcome(routed=True, stored=False, inbound=original)
 
 
-def _stored(sms: InboundSms, account_id: str) -> StoredInbound:
+def _apply_keyword(inbound: StoredInbound, opt_outs: OptOutStore, now: datetime) -> None:
+    """STOP / START keywords change the account's opt-outs; the SMS is still forwarded like any other."""
+    try:
+        apply_keyword(opt_outs, inbound, now)
+    except Exception:
+        # The inbound is stored already, so an upstream retry would be a duplicate that never gets here again:
+        # failing the callback would lose the client's copy too. Logged at error level for the alarm instead.
+        logger.exception(
+            "opt-out keyword could not be applied", extra={"from": mask_msisdn(inbound.msisdn), "to": inbound.to}
+        )
+
+
+def _stored(sms: InboundSms, account_id: str, conversations: ConversationLookup | None) -> StoredInbound:
     try:
         number = parse_msisdn(sms.msisdn if sms.msisdn.startswith("+") else f"+{sms.msisdn}")
     except InvalidMsisdn as error:
         raise CallbackRejected(f"inbound SMS from an invalid number: {error.reason}") from error
     logger.info("inbound SMS", extra={"from": mask_msisdn(number.e164), "to": sms.to})
     inbound_id = new_id()
+    # A reply continues the conversation of the last message the account sent to that number: its session_id
+    # and ref_id are carried over so the client can thread it. A new conversation gets a session of its own.
+    last = conversations.last_sent_to(account_id, number.e164) if conversations is not None else None
     return StoredInbound(
         inbound_id=inbound_id,
         account_id=account_id,
@@ -86,7 +113,8 @@ def _stored(sms: InboundSms, account_id: str) -> StoredInbound:
         telco=number.telco,
         to=sms.to,
         text=sms.text,
-        # A conversation gets its own session id; threading replies onto earlier sends comes with opt-outs.
-        session_id=str(inbound_id),
+        session_id=(last.session_id if last else None) or str(inbound_id),
+        ref_id=last.ref_id if last else None,
+        in_reply_to=last.key.message_id if last else None,
         received_at=sms.received_at,
     )

@@ -17,7 +17,7 @@ from sms_gateway.ports import AccountStore
 DLR = "dlr"
 
 
-def dlr_notification(change: StatusChange, callback_url: str | None = None) -> dict[str, Any] | None:
+def dlr_notification(change: StatusChange) -> dict[str, Any] | None:
     """The DLR callback of one status change, or None when the batch did not ask for delivery reports."""
     message = change.message
     if message.delivery_report != DeliveryReportMode.YES:
@@ -27,7 +27,8 @@ def dlr_notification(change: StatusChange, callback_url: str | None = None) -> d
         # One id per status change: the client deduplicates retries by it (Standard Webhooks `webhook-id`).
         "id": f"dlr_{message.message_id}_{message.sequence}",
         "account_id": message.account_id,
-        "url": callback_url,
+        # The batch's own callback URL when it gave one; otherwise the account's DLR URL at delivery time.
+        "url": message.callback_url,
         "payload": {
             "type": "delivery report",
             "message_id": str(message.message_id),
@@ -58,9 +59,14 @@ Post = Callable[[str, dict[str, str], bytes], Awaitable[WebhookResponse]]
 
 
 class WebhookFailed(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, reason: str, retry_after: float | None = None, *, status_code: int | None = None, url: str | None = None
+    ) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+        # What the failed-notifications record shows: the client's answer, and where it was posted.
+        self.status_code = status_code
+        self.url = url
 
 
 def target_url(account: Account, notification: dict[str, Any]) -> str | None:
@@ -85,13 +91,24 @@ async def deliver(
     if account.webhook_secret:
         webhook_id = str(notification.get("id") or f"{notification['kind']}_{hash_of(body)}")
         headers |= signed_headers(account.webhook_secret, webhook_id, int(now()), body)
-    response = await post(url, headers, body.encode())
+    try:
+        response = await post(url, headers, body.encode())
+    except WebhookFailed as failure:
+        failure.url = failure.url or url
+        raise
     if not 200 <= response.status_code < 300:
-        raise WebhookFailed(f"client webhook answered {response.status_code}", response.retry_after)
+        raise WebhookFailed(
+            f"client webhook answered {response.status_code}",
+            response.retry_after,
+            status_code=response.status_code,
+            url=url,
+        )
     try:
         json.loads(response.body)
     except ValueError as error:
-        raise WebhookFailed("client webhook answered 2xx without valid JSON") from error
+        raise WebhookFailed(
+            "client webhook answered 2xx without valid JSON", status_code=response.status_code, url=url
+        ) from error
     return True
 
 

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.models import Account, Batch, DispatchCommand, Message, Recipient, SendCommand, iso
 from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
+from sms_gateway.domain.optouts import refusal_reason
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.segments import Segmentation, segment
 from sms_gateway.domain.status import MessageStatus
-from sms_gateway.errors import InvalidRecipient, InvalidRequest, InvalidSender
+from sms_gateway.errors import InvalidRecipient, InvalidRequest, InvalidSender, OptedOut
 from sms_gateway.observability import logger
-from sms_gateway.ports import AccountStore, BatchScheduler, DispatchQueue, MessageStore, PriceBook
+from sms_gateway.ports import AccountStore, BatchScheduler, DispatchQueue, MessageStore, OptOutStore, PriceBook
 
 DISPATCH_CHUNK = 100
 # A send_at closer than this is sent now: a schedule would fire about as late as the queue delivers.
@@ -46,11 +47,15 @@ def normalise_recipients(raw_numbers: Sequence[str], default_country: str) -> tu
     return list(accepted.values()), rejected
 
 
+def listed(reasons: Sequence[str], shown: int = 10) -> str:
+    """The first reasons, joined, and how many more there were: an error message stays readable for 1000."""
+    more = f" (and {len(reasons) - shown} more)" if len(reasons) > shown else ""
+    return "; ".join(reasons[:shown]) + more
+
+
 def require_valid(rejected: Sequence[Rejection]) -> None:
     if rejected:
-        listed = "; ".join(f"{r.raw!r}: {r.reason}" for r in rejected[:10])
-        more = f" (and {len(rejected) - 10} more)" if len(rejected) > 10 else ""
-        raise InvalidRecipient(f"invalid recipient number: {listed}{more}")
+        raise InvalidRecipient(f"invalid recipient number: {listed([f'{r.raw!r}: {r.reason}' for r in rejected])}")
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,8 @@ class SendDependencies:
     scheduler: BatchScheduler
     prices: PriceBook
     schedule_threshold: timedelta = SCHEDULE_THRESHOLD
+    # None: nobody's opt-outs are checked (callers that predate opt-outs keep working).
+    opt_outs: OptOutStore | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,8 @@ class Accepted:
     batch: Batch
     messages: list[Message]
     balance: int
+    # Recipients left out because they opted out of the sender: not stored, not charged.
+    refused: list[Rejection] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -99,11 +108,31 @@ def require_sender(account: Account, sender: str) -> None:
         raise InvalidSender(f"sender {sender!r} is not registered for this account")
 
 
+def refuse_opted_out(
+    account: Account, sender: str, recipients: Sequence[Recipient], opt_outs: OptOutStore | None
+) -> tuple[list[Recipient], list[Rejection]]:
+    """The recipients that may be sent to, and a refusal (number without '+', reason) for each that opted out
+    of `sender`. An account whose opt-out counter is zero costs no read at all."""
+    if opt_outs is None or account.opt_outs <= 0 or not recipients:
+        return list(recipients), []
+    found = opt_outs.opted_out(account.account_id, sender, [r.msisdn for r in recipients], known_count=account.opt_outs)
+    refused = [
+        Rejection(raw=r.msisdn.lstrip("+"), reason=refusal_reason(found[r.msisdn], sender))
+        for r in recipients
+        if r.msisdn in found
+    ]
+    return [r for r in recipients if r.msisdn not in found], refused
+
+
 def accept_send(account: Account, command: SendCommand, deps: SendDependencies, *, now: datetime) -> Accepted:
     require_sender(account, command.sender)
     if command.send_at is not None and command.send_at - now > MAX_SCHEDULE_AHEAD:
         raise InvalidRequest(f"the send time is more than {MAX_SCHEDULE_AHEAD.days} days ahead")
-    priced = quote(account, command.text, command.recipients, command.route_tier, deps.prices.price_table())
+    # Opted-out numbers go before pricing, so they are never charged; with none left, nothing happens at all.
+    recipients, refused = refuse_opted_out(account, command.sender, command.recipients, deps.opt_outs)
+    if not recipients:
+        raise OptedOut(f"every recipient opted out, nothing was sent: {listed([r.reason for r in refused])}")
+    priced = quote(account, command.text, recipients, command.route_tier, deps.prices.price_table())
     segmentation = priced.segmentation
     cost = priced.cost
     scheduled = command.send_at is not None and command.send_at - now > deps.schedule_threshold
@@ -117,7 +146,7 @@ def accept_send(account: Account, command: SendCommand, deps: SendDependencies, 
         text=command.text,
         encoding=str(segmentation.encoding),
         parts=segmentation.parts,
-        recipients=len(command.recipients),
+        recipients=len(recipients),
         cost=cost,
         status=status,
         delivery_report=command.delivery_report,
@@ -149,9 +178,10 @@ def accept_send(account: Account, command: SendCommand, deps: SendDependencies, 
             ref_id=command.ref_id,
             sent_date=command.sent_date,
             delivery_report=command.delivery_report,
+            callback_url=command.callback_url,
             created_at=created_at,
         )
-        for recipient in command.recipients
+        for recipient in recipients
     ]
     balance = deps.accounts.reserve_credits(account.account_id, cost)
     try:
@@ -167,7 +197,7 @@ def accept_send(account: Account, command: SendCommand, deps: SendDependencies, 
         deps.messages.set_batch_status(account.account_id, batch.reference_id, MessageStatus.FAILED)
         deps.accounts.refund_credits(account.account_id, cost)
         raise
-    return Accepted(batch=batch, messages=messages, balance=balance)
+    return Accepted(batch=batch, messages=messages, balance=balance, refused=refused)
 
 
 def dispatch_commands(batch: Batch, message_ids: Sequence[int]) -> list[DispatchCommand]:

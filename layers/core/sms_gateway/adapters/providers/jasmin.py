@@ -68,6 +68,9 @@ _GSM7_EXTENSION |= {0x40: "|", 0x65: "€"}
 
 
 class JasminProvider:
+    # No upstream-id link needed: our reference rides in the dlr-url.
+    echoes_client_ref = True
+
     # Not part of the Provider port: the body the webhook should answer Jasmin's callbacks with (see the docs).
     callback_ack = CALLBACK_ACK
 

@@ -69,6 +69,9 @@ _URL_SAFE = re.compile(r"[A-Za-z0-9._~-]{16,}")
 
 
 class KannelProvider:
+    # No upstream-id link needed: our reference rides in the dlr-url.
+    echoes_client_ref = True
+
     def __init__(
         self,
         *,

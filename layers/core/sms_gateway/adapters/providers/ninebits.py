@@ -50,6 +50,9 @@ STATUS: dict[str, MessageStatus] = {
 
 
 class NinebitsProvider:
+    # No upstream-id link needed: its DLRs echo the ref_id we submit (our reference).
+    echoes_client_ref = True
+
     def __init__(
         self,
         *,

@@ -32,6 +32,9 @@ def signature(secret: str, timestamp: str, body: str) -> str:
 
 
 class SimulatorProvider:
+    # No upstream-id link needed: its DLRs carry the client_ref we submitted.
+    echoes_client_ref = True
+
     def __init__(self, *, name: str, url: str, secret: str, client: httpx.AsyncClient | None = None) -> None:
         self.name = name
         self.url = url.rstrip("/")
@@ -79,6 +82,8 @@ class SimulatorProvider:
         try:
             payload = json.loads(request.body)
             status = DLR_STATUS[str(payload["status"]).upper()]
+            # A multi-part message is reported part by part (as an SMSC reports each segment it delivered).
+            part = int(payload["part"]) if int(payload.get("parts") or 1) > 1 else None
         except (ValueError, KeyError, TypeError) as error:
             raise CallbackRejected(f"not a simulator DLR: {error}") from error
         return [
@@ -89,6 +94,7 @@ class SimulatorProvider:
                 status=status,
                 error_code=payload.get("error_code"),
                 reported_at=payload.get("done_at"),
+                part=part,
             )
         ]
 

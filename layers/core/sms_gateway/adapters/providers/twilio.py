@@ -82,6 +82,9 @@ _LONG_DIGITS = re.compile(r"\+?\d{7,}")
 
 
 class TwilioProvider:
+    # No upstream-id link needed: our reference rides in the StatusCallback URL.
+    echoes_client_ref = True
+
     # Twilio expects TwiML for an incoming message; an empty <Response/> means "no reply" (no warning 12300).
     inbound_ack = ("text/xml", "<Response/>")
 

@@ -1,0 +1,132 @@
+"""DynamoDB items that tie upstream reports and replies to our messages: upstream-id links, held DLRs, part
+statuses and the conversation index.
+
+  upstream link  pk=UPMSG#<upstream>#<upstream message id>  sk=LINK  -> message_ref, held (DLRs that came first)
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sms_gateway.domain.models import DeliveryReport, Message, MessageKey, SentMessage, iso
+from sms_gateway.domain.status import MessageStatus, allowed_previous
+
+CONVERSATION_INDEX = "conversation-index"
+# Kept as long as an upstream may still report on a message (validity plus the carriers' retry window).
+LINK_RETENTION = timedelta(days=7)
+
+
+def upstream_link_key(upstream: str, upstream_message_id: str) -> dict[str, Any]:
+    return {"pk": {"S": f"UPMSG#{upstream}#{upstream_message_id}"}, "sk": {"S": "LINK"}}
+
+
+def conversation_key(account_id: str, msisdn: str) -> str:
+    return f"{account_id}#{msisdn}"
+
+
+class DynamoDeliveryMixin:
+    """Implements the delivery parts of ports.MessageStore for DynamoStore (`client`, `table_name`, `_codec`)."""
+
+    client: Any
+    table_name: str
+    _codec: Any
+
+    def _link_expiry(self, now: datetime) -> dict[str, str]:
+        return {"N": str(int((now + LINK_RETENTION).timestamp()))}
+
+    def link_upstream_id(
+        self, upstream: str, upstream_message_id: str, key: MessageKey, *, now: datetime
+    ) -> list[DeliveryReport]:
+        """Records which message an upstream id names, and hands back any DLRs that arrived before it did.
+        One write: a report held at the same moment is either returned here or finds the link (hold_report)."""
+        answer = self.client.update_item(
+            TableName=self.table_name,
+            Key=upstream_link_key(upstream, upstream_message_id),
+            UpdateExpression="SET message_ref = :ref, expires_at = :expires REMOVE held",
+            ExpressionAttributeValues={":ref": {"S": key.to_ref()}, ":expires": self._link_expiry(now)},
+            ReturnValues="ALL_OLD",
+        )
+        held = answer.get("Attributes", {}).get("held", {}).get("L", [])
+        return [DeliveryReport.model_validate_json(entry["S"]) for entry in held]
+
+    def find_by_upstream_id(self, upstream: str, upstream_message_id: str) -> MessageKey | None:
+        found = self.client.get_item(
+            TableName=self.table_name, Key=upstream_link_key(upstream, upstream_message_id), ConsistentRead=True
+        ).get("Item")
+        return MessageKey.from_ref(found["message_ref"]["S"]) if found and "message_ref" in found else None
+
+    def hold_report(self, report: DeliveryReport, *, now: datetime) -> MessageKey | None:
+        """Keeps a DLR whose message is not linked yet; None when kept, or the message's key when the link
+        appeared in the meantime (the caller applies the report then)."""
+        assert report.upstream_message_id, "only reports that name the message by the upstream's id are held"
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=upstream_link_key(report.upstream, report.upstream_message_id),
+                UpdateExpression="SET held = list_append(if_not_exists(held, :empty), :report), expires_at = :expires",
+                ConditionExpression="attribute_not_exists(message_ref)",
+                ExpressionAttributeValues={
+                    ":empty": {"L": []},
+                    ":report": {"L": [{"S": report.model_dump_json(exclude_none=True)}]},
+                    ":expires": self._link_expiry(now),
+                },
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except self.client.exceptions.ConditionalCheckFailedException as error:
+            return MessageKey.from_ref(error.response["Item"]["message_ref"]["S"])
+        return None
+
+    def record_part_status(self, key: MessageKey, part: int, status: MessageStatus, *, now: datetime) -> Message | None:
+        """Moves one part of a multi-part message forward (never back); returns the message as it is now, or
+        None when there is no such message."""
+        from sms_gateway.adapters.dynamodb import _key_of  # adapters.dynamodb imports this module
+
+        previous = sorted(allowed_previous(status))
+        values: dict[str, Any] = {
+            ":status": {"S": str(status)},
+            ":now": {"S": iso(now)},
+            **{f":p{i}": {"S": str(state)} for i, state in enumerate(previous)},
+        }
+        allowed = ", ".join(f":p{i}" for i in range(len(previous)))
+        try:
+            answer = self.client.update_item(
+                TableName=self.table_name,
+                Key=_key_of(key),
+                UpdateExpression="SET part_status.#part = :status, updated_at = :now",
+                ConditionExpression=(
+                    "attribute_exists(pk) AND attribute_exists(part_status) AND "
+                    f"(attribute_not_exists(part_status.#part) OR part_status.#part IN ({allowed}))"
+                ),
+                ExpressionAttributeNames={"#part": str(part)},
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except self.client.exceptions.ConditionalCheckFailedException as error:
+            current = error.response.get("Item")
+            return Message.model_validate(self._codec.load(current)) if current else None
+        return Message.model_validate(self._codec.load(answer["Attributes"]))
+
+    def last_sent_to(self, account_id: str, msisdn: str) -> SentMessage | None:
+        """The newest message the account sent to a number (the conversation index is kept by DynamoDB)."""
+        from sms_gateway.adapters.dynamodb import _message_key_from_item_keys
+
+        answer = self.client.query(
+            TableName=self.table_name,
+            IndexName=CONVERSATION_INDEX,
+            KeyConditionExpression="conversation = :conversation",
+            ExpressionAttributeValues={":conversation": {"S": conversation_key(account_id, msisdn)}},
+            ScanIndexForward=False,
+            Limit=1,
+        )
+        for item in answer.get("Items", []):
+            values = self._codec.load(item)
+            key = _message_key_from_item_keys(values["pk"], values["sk"])
+            return SentMessage(
+                key=key,
+                sender=values.get("sender"),
+                session_id=values.get("session_id"),
+                ref_id=values.get("ref_id"),
+            )
+        return None

@@ -1,0 +1,212 @@
+"""DynamoDB inbox: inbound SMS stored once per upstream message, listed newest first (a DynamoStore mixin).
+
+Items it adds (see docs/data-model.md):
+  inbound       pk=INBOX#<account_id>                     sk=IN#<inbound_id, 19 digits>  -> the StoredInbound
+  dedup marker  pk=INUP#<upstream>#<upstream message id>  sk=INBOUND                     -> account_id, inbound_id
+Inbound ids are time-ordered, so the inbox sort key is the arrival order and a date range is a key range.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sms_gateway.domain.ids import EPOCH_MS, MAX_ID, RANDOM_BITS, id_time_ms
+from sms_gateway.domain.models import StoredInbound
+from sms_gateway.errors import InvalidRequest
+
+INBOX_SK_PREFIX = "IN#"
+MARKER_SK = "INBOUND"
+# A number filter runs in DynamoDB after the key range is read: each round reads at least this many items, and
+# a page stops after this many rounds (it may then come back short, with a cursor to follow).
+_FILTER_READ_SIZE = 100
+_MAX_FILTER_ROUNDS = 10
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def inbox_pk(account_id: str) -> str:
+    return f"INBOX#{account_id}"
+
+
+def inbound_sk(inbound_id: int) -> str:
+    return f"{INBOX_SK_PREFIX}{inbound_id:019d}"
+
+
+def marker_pk(upstream: str, upstream_message_id: str) -> str:
+    return f"INUP#{upstream}#{upstream_message_id}"
+
+
+def _unix_ms(moment: datetime) -> int:
+    return (moment - _UNIX_EPOCH) // timedelta(milliseconds=1)
+
+
+def first_id_at(moment: datetime) -> int:
+    """The smallest id made in `moment`'s millisecond or later (`moment` is aware)."""
+    elapsed = _unix_ms(moment) - EPOCH_MS
+    return min(max(elapsed, 0) << RANDOM_BITS, MAX_ID)
+
+
+def last_id_at(moment: datetime) -> int:
+    """The largest id made in `moment`'s millisecond or earlier; -1 before ids began."""
+    elapsed = _unix_ms(moment) - EPOCH_MS
+    if elapsed < 0:
+        return -1
+    return min((elapsed << RANDOM_BITS) | (2**RANDOM_BITS - 1), MAX_ID)
+
+
+def id_moment(inbound_id: int) -> datetime:
+    """When an id was made: for an inbound SMS, when the gateway received it."""
+    return _UNIX_EPOCH + timedelta(milliseconds=id_time_ms(inbound_id))
+
+
+def _failed(error: Any) -> list[bool]:
+    reasons = error.response.get("CancellationReasons") or []
+    return [reason.get("Code") == "ConditionalCheckFailed" for reason in reasons]
+
+
+class DynamoInboxMixin:
+    """Implements ports.InboxStore; mixed into DynamoStore, so `client`, `table_name`, `_codec` and `_retention`
+    are its."""
+
+    client: Any
+    table_name: str
+    _codec: Any
+    _retention: timedelta
+
+    def save_inbound(self, inbound: StoredInbound) -> bool:
+        # Expiry counts from our own arrival time (the id's): an upstream's timestamp may be absent or odd.
+        expires_at = int((id_moment(inbound.inbound_id) + self._retention).timestamp())
+        item = {
+            "pk": inbox_pk(inbound.account_id),
+            "sk": inbound_sk(inbound.inbound_id),
+            "expires_at": expires_at,
+            # Dumped whole, so fields other features add to StoredInbound are stored without a change here.
+            **inbound.model_dump(mode="json"),
+        }
+        put_item = {
+            "TableName": self.table_name,
+            "Item": self._codec.dump(item),
+            # Ids from two Lambdas could meet in the same millisecond; 22 random bits make that rare, never silent.
+            "ConditionExpression": "attribute_not_exists(pk)",
+        }
+        if not inbound.upstream_message_id:
+            self.client.put_item(**put_item)
+            return True
+        marker = {
+            "pk": marker_pk(inbound.upstream, inbound.upstream_message_id),
+            "sk": MARKER_SK,
+            "account_id": inbound.account_id,
+            "inbound_id": inbound.inbound_id,
+            "expires_at": expires_at,
+        }
+        try:
+            # One transaction: the upstream's id is claimed exactly when the SMS lands in the inbox, so a retried
+            # callback (same upstream id, new inbound id) is stored once.
+            self.client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self.table_name,
+                            "Item": self._codec.dump(marker),
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    },
+                    {"Put": put_item},
+                ]
+            )
+        except self.client.exceptions.TransactionCanceledException as error:
+            if _failed(error)[:1] == [True]:
+                return False
+            raise
+        return True
+
+    def find_inbound(self, upstream: str, upstream_message_id: str) -> StoredInbound | None:
+        marker = self.client.get_item(
+            TableName=self.table_name,
+            Key={"pk": {"S": marker_pk(upstream, upstream_message_id)}, "sk": {"S": MARKER_SK}},
+            ConsistentRead=True,
+        ).get("Item")
+        if not marker:
+            return None
+        found = self.client.get_item(
+            TableName=self.table_name,
+            Key={
+                "pk": {"S": inbox_pk(marker["account_id"]["S"])},
+                "sk": {"S": inbound_sk(int(marker["inbound_id"]["N"]))},
+            },
+            ConsistentRead=True,
+        ).get("Item")
+        return StoredInbound.model_validate(self._codec.load(found)) if found else None
+
+    def list_inbounds(
+        self,
+        account_id: str,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        msisdn: str | None = None,
+    ) -> tuple[list[StoredInbound], str | None]:
+        pk = inbox_pk(account_id)
+        low = first_id_at(since) if since is not None else 0
+        high = last_id_at(until) if until is not None else MAX_ID
+        if low > high:
+            return [], None
+        query: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
+            "ExpressionAttributeValues": {
+                ":pk": {"S": pk},
+                ":low": {"S": inbound_sk(low)},
+                ":high": {"S": inbound_sk(high)},
+            },
+            "ScanIndexForward": False,
+            "Limit": limit,
+            # A client polling "from the last one I saw" must not miss an SMS stored a moment ago.
+            "ConsistentRead": True,
+        }
+        if cursor:
+            query["ExclusiveStartKey"] = self._inbox_cursor(cursor, pk, inbound_sk(low), inbound_sk(high))
+        rounds = 1
+        if msisdn is not None:
+            query["FilterExpression"] = "msisdn = :msisdn"
+            query["ExpressionAttributeValues"][":msisdn"] = {"S": msisdn}
+            query["Limit"] = max(limit, _FILTER_READ_SIZE)
+            rounds = _MAX_FILTER_ROUNDS
+        found: list[StoredInbound] = []
+        last: dict[str, Any] | None = None
+        for _ in range(rounds):
+            answer = self.client.query(**query)
+            found.extend(StoredInbound.model_validate(self._codec.load(item)) for item in answer.get("Items", []))
+            last = answer.get("LastEvaluatedKey")
+            if len(found) > limit:
+                # Read past the page: it ends at its last SMS, and the next page starts after that one.
+                found = found[:limit]
+                last = {"pk": {"S": pk}, "sk": {"S": inbound_sk(found[-1].inbound_id)}}
+            if not last or len(found) >= limit:
+                break
+            query["ExclusiveStartKey"] = last
+        next_cursor = base64.urlsafe_b64encode(json.dumps(last).encode()).decode() if last else None
+        return found, next_cursor
+
+    @staticmethod
+    def _inbox_cursor(cursor: str, pk: str, low: str, high: str) -> dict[str, Any]:
+        # Imported here: adapters.dynamodb imports this module to build DynamoStore.
+        from sms_gateway.adapters.dynamodb import decode_cursor
+
+        problem = InvalidRequest(
+            "the `cursor` is not valid for this listing: pass the last page's next_cursor, with the same `from`/`to`"
+        )
+        try:
+            key = decode_cursor(cursor, pk=pk)
+        except InvalidRequest:
+            raise problem from None
+        sk = key["sk"]["S"]
+        # DynamoDB refuses a start key outside the key range: a cursor kept across a change of from/to is ours to
+        # refuse, with a reason, rather than a server error.
+        if not isinstance(sk, str) or not sk.startswith(INBOX_SK_PREFIX) or not low <= sk <= high:
+            raise problem
+        return key

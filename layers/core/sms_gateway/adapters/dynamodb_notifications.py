@@ -1,0 +1,182 @@
+"""DynamoDB records of failed client notifications: pk=NOTIFY#<account>, sk=FAIL#<notification id>, plus a
+listing pointer sk=FAILAT#<first failure time>#<notification id> so they list newest first."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import time
+from datetime import timedelta
+from typing import Any
+
+from sms_gateway.adapters.dynamodb_batch import batch_get
+from sms_gateway.errors import InvalidRequest
+from sms_gateway.ports import WebhookFailure, WebhookFailureState
+
+# Long enough to look into last week's outage, short enough that the partition stays small.
+FAILURE_RETENTION = timedelta(days=30)
+_MAX_LIST_ROUNDS = 10
+
+
+def _pk(account_id: str) -> str:
+    return f"NOTIFY#{account_id}"
+
+
+def _failure_key(account_id: str, notification_id: str) -> dict[str, Any]:
+    return {"pk": {"S": _pk(account_id)}, "sk": {"S": f"FAIL#{notification_id}"}}
+
+
+class DynamoNotificationsMixin:
+    """Implements ports.WebhookFailureStore; mixed into DynamoStore, so `client`, `table_name` and `_codec` are
+    its."""
+
+    client: Any
+    table_name: str
+    _codec: Any
+
+    def save_webhook_failure(self, failure: WebhookFailure, *, only_from: frozenset[WebhookFailureState]) -> bool:
+        expires_at = int(time.time() + FAILURE_RETENTION.total_seconds())
+        values: dict[str, Any] = {
+            "account_id": failure.account_id,
+            "notification_id": failure.notification_id,
+            "kind": failure.kind,
+            "url": failure.url,
+            "state": failure.state,
+            "attempts": failure.attempts,
+            "last_error": failure.last_error,
+            "last_status_code": failure.last_status_code,
+            "last_attempt_at": failure.last_attempt_at,
+            "next_attempt_at": failure.next_attempt_at,
+            # A string, not a map: it goes back on the queue exactly as it came, whatever its values are.
+            "notification": json.dumps(failure.notification, separators=(",", ":")),
+            "expires_at": expires_at,
+        }
+        names = {f"#{name}": name for name in values}
+        given = {name: value for name, value in values.items() if value is not None}
+        sets = [f"#{name} = :{name}" for name in given]
+        removed = [f"#{name}" for name, value in values.items() if value is None]
+        names["#first_failed_at"] = "first_failed_at"
+        sets.append("#first_failed_at = if_not_exists(#first_failed_at, :first_failed_at)")
+        attribute_values = self._codec.dump({f":{name}": value for name, value in given.items()})
+        attribute_values[":first_failed_at"] = {"S": failure.first_failed_at}
+        allowed = sorted(only_from)
+        attribute_values |= {f":from{i}": {"S": state} for i, state in enumerate(allowed)}
+        condition = "attribute_not_exists(pk)"
+        if allowed:
+            condition += f" OR #state IN ({', '.join(f':from{i}' for i in range(len(allowed)))})"
+        update = f"SET {', '.join(sets)}" + (f" REMOVE {', '.join(removed)}" if removed else "")
+        try:
+            answer = self.client.update_item(
+                TableName=self.table_name,
+                Key=_failure_key(failure.account_id, failure.notification_id),
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=attribute_values,
+                ReturnValues="ALL_NEW",
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        first_failed_at = answer["Attributes"]["first_failed_at"]["S"]
+        self._put_listing_pointer(failure, first_failed_at, expires_at)
+        return True
+
+    def _put_listing_pointer(self, failure: WebhookFailure, first_failed_at: str, expires_at: int) -> None:
+        """Written with every failure, not only the first: if the first one's Lambda died between the two writes,
+        the next attempt makes the record listable. The key holds the first failure time, which never changes."""
+        with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
+            self.client.put_item(
+                TableName=self.table_name,
+                Item={
+                    "pk": {"S": _pk(failure.account_id)},
+                    "sk": {"S": f"FAILAT#{first_failed_at}#{failure.notification_id}"},
+                    "notification_id": {"S": failure.notification_id},
+                    "expires_at": {"N": str(expires_at)},
+                },
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+
+    def get_webhook_failure(self, account_id: str, notification_id: str) -> WebhookFailure | None:
+        found = self.client.get_item(
+            TableName=self.table_name, Key=_failure_key(account_id, notification_id), ConsistentRead=True
+        ).get("Item")
+        return self._failure_from_item(found) if found else None
+
+    def _failure_from_item(self, item: dict[str, Any]) -> WebhookFailure:
+        values = self._codec.load(item)
+        values["notification"] = json.loads(values["notification"])
+        return WebhookFailure.model_validate(values)
+
+    def set_webhook_failure_state(
+        self,
+        account_id: str,
+        notification_id: str,
+        target: WebhookFailureState,
+        *,
+        only_from: frozenset[WebhookFailureState],
+        now: str,
+    ) -> bool:
+        allowed = sorted(only_from)
+        if not allowed:
+            return False
+        values = {f":from{i}": {"S": state} for i, state in enumerate(allowed)}
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=_failure_key(account_id, notification_id),
+                # No further attempt is planned in any state this moves to: resent starts a fresh schedule.
+                UpdateExpression="SET #state = :target, #stamp = :now REMOVE next_attempt_at",
+                ConditionExpression=f"attribute_exists(pk) AND #state IN ({', '.join(values)})",
+                ExpressionAttributeNames={"#state": "state", "#stamp": f"{target}_at"},
+                ExpressionAttributeValues={":target": {"S": target}, ":now": {"S": now}, **values},
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def list_webhook_failures(
+        self, account_id: str, *, state: WebhookFailureState | None = None, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[WebhookFailure], str | None]:
+        """Reads the listing pointers newest first and fetches their records. With a state filter a page is filled
+        by reading on, bounded in reads: it may come back short, with a cursor to follow. The cursor is the key
+        of the last pointer kept or read, so no record is skipped or repeated."""
+        from sms_gateway.adapters.dynamodb import decode_cursor
+
+        query: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+            "ExpressionAttributeValues": {":pk": {"S": _pk(account_id)}, ":prefix": {"S": "FAILAT#"}},
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if cursor:
+            query["ExclusiveStartKey"] = decode_cursor(cursor, pk=_pk(account_id))
+            if not query["ExclusiveStartKey"]["sk"]["S"].startswith("FAILAT#"):
+                raise InvalidRequest("the cursor is not valid for this listing")
+        kept: list[tuple[dict[str, Any], WebhookFailure]] = []
+        last: dict[str, Any] | None = None
+        for _ in range(_MAX_LIST_ROUNDS):
+            answer = self.client.query(**query)
+            pointers = answer.get("Items", [])
+            found = self._failures_of(account_id, [p["notification_id"]["S"] for p in pointers])
+            for pointer in pointers:
+                failure = found.get(pointer["notification_id"]["S"])
+                # A pointer outlives its record by at most TTL's lag: skip it.
+                if failure is not None and (state is None or failure.state == state):
+                    kept.append(({"pk": pointer["pk"], "sk": pointer["sk"]}, failure))
+            last = answer.get("LastEvaluatedKey")
+            if len(kept) > limit:
+                kept = kept[:limit]
+                last = kept[-1][0]
+            if not last or len(kept) >= limit:
+                break
+            query["ExclusiveStartKey"] = last
+        next_cursor = base64.urlsafe_b64encode(json.dumps(last).encode()).decode() if last else None
+        return [failure for _, failure in kept], next_cursor
+
+    def _failures_of(self, account_id: str, notification_ids: list[str]) -> dict[str, WebhookFailure]:
+        keys = [_failure_key(account_id, nid) for nid in dict.fromkeys(notification_ids)]
+        items = batch_get(self.client, self.table_name, keys, consistent=True)
+        failures = [self._failure_from_item(item) for item in items]
+        return {failure.notification_id: failure for failure in failures}

@@ -1,0 +1,162 @@
+"""DynamoDB opt-out items (pk=OPTOUT#<account_id>, sk=<sender>#<e164>), counted on the account item."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sms_gateway.adapters.dynamodb_batch import batch_get
+from sms_gateway.domain.optouts import ALL_SENDERS, OptOut, sender_key
+from sms_gateway.errors import NotFound
+
+# Reading the account's whole opt-out partition (about 150 bytes an item: a few thousand fit in one 1 MB page)
+# beats 2 keys per recipient when the account has few opt-outs for the send's size; up to this many items.
+PARTITION_READ_LIMIT = 5000
+PARTITION_ITEMS_PER_RECIPIENT = 25
+
+
+def optout_pk(account_id: str) -> str:
+    return f"OPTOUT#{account_id}"
+
+
+def optout_sk(sender: str, msisdn: str) -> str:
+    return f"{sender_key(sender)}#{msisdn}"
+
+
+def _account_key(account_id: str) -> dict[str, Any]:
+    return {"pk": {"S": f"ACC#{account_id}"}, "sk": {"S": "ACCOUNT"}}
+
+
+def _failed(error: Any) -> list[bool]:
+    """Which items of a cancelled transaction failed their condition, in request order."""
+    reasons = error.response.get("CancellationReasons") or []
+    return [reason.get("Code") == "ConditionalCheckFailed" for reason in reasons]
+
+
+class DynamoOptOutsMixin:
+    """Implements ports.OptOutStore; mixed into DynamoStore, so `client`, `table_name` and `_codec` are its."""
+
+    client: Any
+    table_name: str
+    _codec: Any
+
+    def _count_change(self, account_id: str, delta: int) -> dict[str, Any]:
+        return {
+            "Update": {
+                "TableName": self.table_name,
+                "Key": _account_key(account_id),
+                "UpdateExpression": "ADD opt_outs :delta",
+                "ConditionExpression": "attribute_exists(pk)",
+                "ExpressionAttributeValues": {":delta": {"N": str(delta)}},
+            }
+        }
+
+    def opt_out(self, opt_out: OptOut) -> bool:
+        item = {
+            "pk": optout_pk(opt_out.account_id),
+            "sk": optout_sk(opt_out.sender, opt_out.msisdn),
+            **opt_out.model_dump(mode="json"),
+            "sender": sender_key(opt_out.sender),
+        }
+        # The item and the account's counter change together, so the counter is exact: a send trusts its zero.
+        try:
+            self.client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self.table_name,
+                            "Item": self._codec.dump(item),
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    },
+                    self._count_change(opt_out.account_id, 1),
+                ]
+            )
+        except self.client.exceptions.TransactionCanceledException as error:
+            failed = _failed(error)
+            if failed and failed[0]:
+                return False  # opted out already: the first STOP's record stays
+            raise NotFound(f"no account {opt_out.account_id}") from error
+        return True
+
+    def opt_in(self, account_id: str, msisdn: str, sender: str | None) -> int:
+        if sender is None:
+            sks = [
+                optout_sk(found.sender, msisdn) for found in self.list_opt_outs(account_id) if found.msisdn == msisdn
+            ]
+        else:
+            sks = [optout_sk(sender, msisdn), optout_sk(ALL_SENDERS, msisdn)]
+        return sum(self._remove(account_id, sk) for sk in dict.fromkeys(sks))
+
+    def _remove(self, account_id: str, sk: str) -> bool:
+        # One transaction per item: it is uncounted only if this call is the one that deleted it.
+        try:
+            self.client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Delete": {
+                            "TableName": self.table_name,
+                            "Key": {"pk": {"S": optout_pk(account_id)}, "sk": {"S": sk}},
+                            "ConditionExpression": "attribute_exists(pk)",
+                        }
+                    },
+                    self._count_change(account_id, -1),
+                ]
+            )
+        except self.client.exceptions.TransactionCanceledException as error:
+            failed = _failed(error)
+            if failed and failed[0]:
+                return False
+            raise NotFound(f"no account {account_id}") from error
+        return True
+
+    def opted_out(
+        self, account_id: str, sender: str, msisdns: Sequence[str], *, known_count: int | None = None
+    ) -> dict[str, OptOut]:
+        numbers = list(dict.fromkeys(msisdns))
+        if not numbers:
+            return {}
+        senders = (sender_key(sender), ALL_SENDERS)
+        if known_count is not None and known_count <= min(
+            PARTITION_READ_LIMIT, PARTITION_ITEMS_PER_RECIPIENT * len(numbers)
+        ):
+            wanted = set(numbers)
+            found = [o for o in self._query_opt_outs(account_id, senders) if o.msisdn in wanted]
+        else:
+            found = self._get_opt_outs(account_id, [optout_sk(s, n) for n in numbers for s in senders])
+        by_number: dict[str, OptOut] = {}
+        for opt_out in found:
+            # The sender's own opt-out names the STOP the number sent to it; a STOPALL only when there is none.
+            if opt_out.msisdn not in by_number or opt_out.sender != ALL_SENDERS:
+                by_number[opt_out.msisdn] = opt_out
+        return by_number
+
+    def _get_opt_outs(self, account_id: str, sks: list[str]) -> list[OptOut]:
+        keys = [{"pk": {"S": optout_pk(account_id)}, "sk": {"S": sk}} for sk in sks]
+        # Consistent: a STOP that arrived a moment ago must already refuse the next send.
+        items = batch_get(self.client, self.table_name, keys, consistent=True)
+        return [OptOut.model_validate(self._codec.load(item)) for item in items]
+
+    def _query_opt_outs(self, account_id: str, senders: Sequence[str] | None = None) -> list[OptOut]:
+        query: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": optout_pk(account_id)}},
+            "ConsistentRead": True,
+        }
+        if senders is not None:
+            names = {f":s{i}": {"S": s} for i, s in enumerate(senders)}
+            query["FilterExpression"] = f"#sender IN ({', '.join(names)})"
+            query["ExpressionAttributeNames"] = {"#sender": "sender"}
+            query["ExpressionAttributeValues"].update(names)
+        found: list[OptOut] = []
+        while True:
+            answer = self.client.query(**query)
+            found.extend(OptOut.model_validate(self._codec.load(item)) for item in answer.get("Items", []))
+            last = answer.get("LastEvaluatedKey")
+            if not last:
+                return found
+            query["ExclusiveStartKey"] = last
+
+    def list_opt_outs(self, account_id: str) -> list[OptOut]:
+        return self._query_opt_outs(account_id)

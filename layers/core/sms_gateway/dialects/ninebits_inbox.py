@@ -1,0 +1,231 @@
+"""The 9bits family's pull side: the inbox of inbound SMS, and the account's own webhook settings."""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from sms_gateway.bootstrap import gateway
+from sms_gateway.dialects.common import json_request, json_response
+from sms_gateway.dialects.ninebits import _caller
+from sms_gateway.domain.ids import id_time_ms
+from sms_gateway.domain.models import Account, StoredInbound, iso
+from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
+from sms_gateway.domain.webhooks import SECRET_PREFIX
+from sms_gateway.errors import InvalidRequest
+from sms_gateway.logic import accounts
+from sms_gateway.logic.inbound import inbound_notification
+
+router = APIGatewayHttpRouter()
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 100
+MAX_URL_LENGTH = 2048
+# Enough of a secret to tell two apart, far too little to guess the rest (as with credential prefixes).
+PREFIX_LENGTH = 8
+_DATE_ONLY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+# Secrets in an answer must not be kept by a cache on the way.
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+# ---------------------------------------------------------------- inbox
+
+
+class InboundEntry(BaseModel):
+    """One inbound SMS: the seeds' "Receive SMS" body, plus our id and the time the gateway received it."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    id: str = Field(description="in_<inbound id>")
+    type: str = "two-way sms"
+    telco: str | None = None
+    sender: str = Field(alias="from", description="the number the SMS came from, international, without '+'")
+    to: str = Field(description="the account's shortcode or number it was sent to")
+    message: str
+    session_id: str
+    sent_date: str = Field(description="when the upstream says it was sent")
+    ref_id: str | None = None
+    received_at: str = Field(description="when the gateway received it: what `from` and `to` filter on")
+
+
+class InboxPage(BaseModel):
+    status_code: int = 200
+    message: str = "ok"
+    data: list[InboundEntry]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next (older) page; null at the end")
+
+
+def received_at(inbound: StoredInbound) -> datetime:
+    """When the gateway received it: inbound ids are made on arrival and carry their millisecond."""
+    return datetime.fromtimestamp(id_time_ms(inbound.inbound_id) / 1000, UTC)
+
+
+def inbound_entry(inbound: StoredInbound) -> InboundEntry:
+    notification = inbound_notification(inbound)
+    return InboundEntry.model_validate(
+        {"id": notification["id"], **notification["payload"], "received_at": iso(received_at(inbound))}
+    )
+
+
+@router.get(
+    "/ng/v1/inbounds",
+    summary="List inbound SMS, newest first",
+    responses={200: {"description": "a page of inbound SMS", "content": {"application/json": {"model": InboxPage}}}},
+)
+def list_inbounds(
+    limit: Annotated[str | None, Query(description=f"1 to {MAX_LIMIT}, default {DEFAULT_LIMIT}")] = None,
+    cursor: Annotated[str | None, Query(description="the previous page's next_cursor")] = None,
+    since: Annotated[
+        str | None, Query(alias="from", description="ISO 8601 date or date-time: received at or after")
+    ] = None,
+    until: Annotated[
+        str | None, Query(alias="to", description="ISO 8601 date or date-time: received at or before")
+    ] = None,
+    number: Annotated[str | None, Query(description="only SMS from this number (any form the account accepts)")] = None,
+) -> Response[Any]:
+    account = _caller()
+    page_size = _limit(limit)
+    zone = _zone(account)
+    start = _moment("from", since, zone, end_of_day=False) if since else None
+    end = _moment("to", until, zone, end_of_day=True) if until else None
+    if start is not None and end is not None and start > end:
+        raise InvalidRequest(f"`from` ({since}) is after `to` ({until})")
+    page, next_cursor = gateway().store.list_inbounds(
+        account.account_id,
+        limit=page_size,
+        cursor=cursor or None,
+        since=start,
+        until=end,
+        msisdn=_number(number, account) if number else None,
+    )
+    body = InboxPage(data=[inbound_entry(inbound) for inbound in page], next_cursor=next_cursor)
+    return json_response(200, body.model_dump(mode="json", by_alias=True))
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise InvalidRequest(f"`limit` must be a whole number from 1 to {MAX_LIMIT}, not {raw!r}")
+    return int(raw)
+
+
+def _zone(account: Account) -> tzinfo:
+    try:
+        return zoneinfo.ZoneInfo(account.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return UTC
+
+
+def _moment(name: str, raw: str, zone: tzinfo, *, end_of_day: bool) -> datetime:
+    """A date means the whole day in the account's time zone (`to` includes it); a date-time without an offset
+    is the account's wall-clock time too."""
+    text = raw.strip()
+    try:
+        if _DATE_ONLY.fullmatch(text):
+            day = date.fromisoformat(text)
+            moment = datetime.combine(day + timedelta(days=1) if end_of_day else day, time(), tzinfo=zone)
+            return moment.astimezone(UTC) - (timedelta(microseconds=1) if end_of_day else timedelta())
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        hint = " (send a '+' offset as %2B)" if " " in text else ""
+        raise InvalidRequest(
+            f"`{name}` must be an ISO 8601 date (2026-01-02) or date-time (2026-01-02T10:30:00Z), not {raw!r}{hint}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zone)
+    return moment.astimezone(UTC)
+
+
+def _number(raw: str, account: Account) -> str:
+    try:
+        return parse_msisdn(raw, account.default_country).e164
+    except InvalidMsisdn as error:
+        raise InvalidRequest(f"`number` {raw!r} is not a valid phone number: {error.reason}") from None
+
+
+# ---------------------------------------------------------------- webhook settings
+
+
+class WebhookSettingsRequest(BaseModel):
+    """A URL given as "" removes that webhook; null or absent keeps it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    inbound_url: str | None = Field(default=None, max_length=MAX_URL_LENGTH)
+    dlr_url: str | None = Field(default=None, max_length=MAX_URL_LENGTH)
+    rotate_token: bool = False
+    rotate_secret: bool = False
+
+
+class WebhookSettings(BaseModel):
+    status_code: int = 200
+    message: str = "ok"
+    inbound_url: str | None
+    dlr_url: str | None
+    webhook_token_prefix: str | None = Field(description="the start of the Bearer token our webhook calls carry")
+    signing_secret_prefix: str | None = Field(description="the start of the key of the webhook-signature header")
+    webhook_token: str | None = Field(default=None, description="in full, only in the answer that rotated it")
+    signing_secret: str | None = Field(default=None, description="in full, only in the answer that rotated it")
+
+
+def _settings(account: Account, message: str, *, token: str | None = None, secret: str | None = None) -> Response[Any]:
+    view = WebhookSettings(
+        message=message,
+        inbound_url=account.inbound_url,
+        dlr_url=account.dlr_url,
+        webhook_token_prefix=account.webhook_token[:PREFIX_LENGTH] or None,
+        signing_secret_prefix=_secret_prefix(account.webhook_secret),
+        webhook_token=token,
+        signing_secret=secret,
+    )
+    body = view.model_dump(mode="json")
+    # The full secrets appear only when this request rotated them.
+    for name in ("webhook_token", "signing_secret"):
+        if body[name] is None:
+            del body[name]
+    return json_response(200, body, headers=_NO_STORE)
+
+
+def _secret_prefix(secret: str) -> str | None:
+    if not secret:
+        return None
+    shown = len(SECRET_PREFIX) + PREFIX_LENGTH if secret.startswith(SECRET_PREFIX) else PREFIX_LENGTH
+    return secret[:shown]
+
+
+_SETTINGS_RESPONSES: Any = {
+    200: {"description": "the webhook settings", "content": {"application/json": {"model": WebhookSettings}}}
+}
+
+
+@router.get("/ng/v1/settings/webhooks", summary="Read the account's webhook settings", responses=_SETTINGS_RESPONSES)
+def read_webhook_settings() -> Response[Any]:
+    return _settings(_caller(), "ok")
+
+
+@router.put("/ng/v1/settings/webhooks", summary="Change the account's webhooks", responses=_SETTINGS_RESPONSES)
+def change_webhook_settings() -> Response[Any]:
+    account = _caller()
+    request = json_request(router.current_event, WebhookSettingsRequest)
+    updated, token = accounts.set_webhooks(
+        gateway().store,
+        account.account_id,
+        dlr_url=request.dlr_url,
+        inbound_url=request.inbound_url,
+        rotate_token=request.rotate_token,
+        rotate_secret=request.rotate_secret,
+        allow_http=gateway().settings.allow_http_webhooks,
+    )
+    return _settings(
+        updated,
+        "webhook settings changed",
+        token=token,
+        secret=updated.webhook_secret if request.rotate_secret else None,
+    )

@@ -1,0 +1,91 @@
+"""Opt-outs: applying STOP / START keywords from inbound SMS, and the operator's own opt-outs and opt-ins."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sms_gateway.domain.models import Account, StoredInbound, iso
+from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
+from sms_gateway.domain.optouts import ALL_SENDERS, OPERATOR, KeywordAction, OptOut, keyword_request, sender_key
+from sms_gateway.errors import InvalidRequest, NotFound
+from sms_gateway.observability import logger, mask_msisdn
+from sms_gateway.ports import AccountStore, OptOutStore
+
+
+def apply_keyword(opt_outs: OptOutStore, inbound: StoredInbound, now: datetime) -> KeywordAction | None:
+    """STOP (and its kin) opts the number out of the sender it was sent to, STOPALL out of all the account's
+    senders, START or UNSTOP back in. Returns what the SMS did, None when it is not a keyword."""
+    request = keyword_request(inbound.text, inbound.to)
+    if request is None:
+        return None
+    who = {"from": mask_msisdn(inbound.msisdn), "to": inbound.to, "keyword": request.keyword}
+    if request.action == KeywordAction.OPT_OUT:
+        opt_out = OptOut(
+            account_id=inbound.account_id,
+            sender=request.sender,
+            msisdn=inbound.msisdn,
+            keyword=request.keyword,
+            at=iso(now),
+            inbound_id=inbound.inbound_id,
+        )
+        logger.info("opt-out keyword", extra={**who, "new": opt_outs.opt_out(opt_out)})
+    else:
+        removed = opt_outs.opt_in(inbound.account_id, inbound.msisdn, request.sender)
+        logger.info("opt-in keyword", extra={**who, "removed": removed})
+    return request.action
+
+
+def _account(accounts: AccountStore, account_id: str) -> Account:
+    account = accounts.get_account(account_id)
+    if account is None:
+        raise NotFound(f"no account {account_id}")
+    return account
+
+
+def _number(account: Account, number: str) -> str:
+    try:
+        return parse_msisdn(number, account.default_country).e164
+    except InvalidMsisdn as error:
+        raise InvalidRequest(f"{number!r} is not a valid number: {error.reason}") from error
+
+
+def _sender(account: Account, sender: str | None) -> str:
+    """The account's own sender (as registered), or ALL_SENDERS when none is named."""
+    if sender is None or sender == ALL_SENDERS:
+        return ALL_SENDERS
+    for registered in account.senders:
+        if sender_key(registered) == sender_key(sender):
+            return sender_key(registered)
+    raise InvalidRequest(f"sender {sender!r} is not registered for account {account.account_id}")
+
+
+def record_opt_out(
+    accounts: AccountStore, opt_outs: OptOutStore, account_id: str, number: str, sender: str | None, *, now: datetime
+) -> tuple[OptOut, bool]:
+    """An operator's opt-out (a request by phone or email): of one sender, or of all of them without one.
+    Returns the record and whether it is new (False: the number had opted out of that sender already)."""
+    account = _account(accounts, account_id)
+    opt_out = OptOut(
+        account_id=account.account_id,
+        sender=_sender(account, sender),
+        msisdn=_number(account, number),
+        keyword=OPERATOR,
+        at=iso(now),
+    )
+    return opt_out, opt_outs.opt_out(opt_out)
+
+
+def remove_opt_out(
+    accounts: AccountStore, opt_outs: OptOutStore, account_id: str, number: str, sender: str | None
+) -> tuple[str, int]:
+    """An operator's opt-in: of one sender (and a STOPALL, as START does), or every opt-out of the number
+    without one. Returns the number (E.164) and how many opt-outs were removed."""
+    account = _account(accounts, account_id)
+    msisdn = _number(account, number)
+    chosen = None if sender is None else _sender(account, sender)
+    return msisdn, opt_outs.opt_in(account.account_id, msisdn, chosen)
+
+
+def list_opt_outs(accounts: AccountStore, opt_outs: OptOutStore, account_id: str) -> list[OptOut]:
+    account = _account(accounts, account_id)
+    return sorted(opt_outs.list_opt_outs(account.account_id), key=lambda o: (o.msisdn, o.sender))

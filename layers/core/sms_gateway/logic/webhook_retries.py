@@ -1,0 +1,196 @@
+"""Client webhook retries: the schedule, the record of each failed notification, and resending dead ones."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sms_gateway.domain.models import iso
+from sms_gateway.errors import Conflict, InvalidRequest, NotFound
+from sms_gateway.logic.notify import WebhookFailed, hash_of
+from sms_gateway.ports import NotificationQueue, WebhookFailure, WebhookFailureState, WebhookFailureStore
+
+# SQS keeps a received record invisible for at most 12 hours: no delay can be longer.
+MAX_DELAY_SECONDS = 43_200
+JITTER = 0.10
+RESEND_ALL_LIMIT = 500
+MAX_PAGE_SIZE = 500
+NOTIFICATION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+# The states a failure may be recorded over: a notification delivered meanwhile (by a duplicate record) stays
+# delivered; a dead one is dead again when its record comes back (the dead-letter send failed and SQS retried).
+_RETRYING_FROM: frozenset[WebhookFailureState] = frozenset({"retrying", "resent"})
+_DEAD_FROM: frozenset[WebhookFailureState] = frozenset({"retrying", "resent", "dead"})
+_DELIVERED_FROM: frozenset[WebhookFailureState] = frozenset({"retrying", "resent", "dead"})
+_RESENDABLE: frozenset[WebhookFailureState] = frozenset({"dead"})
+
+
+def retry_delay(
+    attempt: int,
+    delays: Sequence[int],
+    *,
+    retry_after: float | None = None,
+    rand: Callable[[], float] = random.random,
+) -> int | None:
+    """Seconds to wait after failed attempt `attempt` (1 for the first), or None when it was the last one
+    (there are len(delays) + 1 attempts). Each delay moves by up to 10% either way, so clients that failed
+    together are not retried together; a client's Retry-After makes it at least that long."""
+    if attempt < 1 or attempt > len(delays):
+        return None
+    seconds = delays[attempt - 1] * (1 + JITTER * (2 * rand() - 1))
+    if retry_after is not None:
+        seconds = max(seconds, math.ceil(retry_after))
+    return max(0, min(round(seconds), MAX_DELAY_SECONDS))
+
+
+def notification_id(notification: dict[str, Any]) -> str:
+    """The notification's id, or the one deliver() signs it with when it has none (its `webhook-id`)."""
+    given = notification.get("id")
+    if given:
+        return str(given)
+    body = json.dumps(notification["payload"], separators=(",", ":"))
+    return f"{notification['kind']}_{hash_of(body)}"
+
+
+@dataclass(frozen=True)
+class FailureOutcome:
+    # Seconds until the next attempt; None: that was the last attempt and the notification is dead.
+    retry_in: int | None
+    failure: WebhookFailure
+    recorded: bool
+
+
+def record_failure(
+    store: WebhookFailureStore,
+    notification: dict[str, Any],
+    error: WebhookFailed,
+    *,
+    attempt: int,
+    delays: Sequence[int],
+    now: datetime,
+    rand: Callable[[], float] = random.random,
+) -> FailureOutcome:
+    """Records a failed attempt (retrying, or dead after the last one) and says when to try again."""
+    retry_in = retry_delay(attempt, delays, retry_after=error.retry_after, rand=rand)
+    failure = WebhookFailure(
+        account_id=str(notification["account_id"]),
+        notification_id=notification_id(notification),
+        kind=str(notification.get("kind", "")),
+        url=error.url or notification.get("url"),
+        state="retrying" if retry_in is not None else "dead",
+        attempts=attempt,
+        last_error=str(error)[:1024],
+        last_status_code=error.status_code,
+        first_failed_at=iso(now),
+        last_attempt_at=iso(now),
+        next_attempt_at=iso(now + timedelta(seconds=retry_in)) if retry_in is not None else None,
+        # The resend marker is the queue's business, not part of what is stored for the next resend.
+        notification={k: v for k, v in notification.items() if k != "resent"},
+    )
+    recorded = store.save_webhook_failure(failure, only_from=_RETRYING_FROM if retry_in is not None else _DEAD_FROM)
+    return FailureOutcome(retry_in=retry_in, failure=failure, recorded=recorded)
+
+
+def needs_delivered_mark(notification: dict[str, Any], attempt: int) -> bool:
+    """Only a notification that failed before can have a record to close: the first try of a new one costs no
+    extra write. A resent one starts again at attempt 1, so it says so itself."""
+    return attempt > 1 or bool(notification.get("resent"))
+
+
+def record_delivered(store: WebhookFailureStore, notification: dict[str, Any], *, now: datetime) -> bool:
+    return store.set_webhook_failure_state(
+        str(notification["account_id"]),
+        notification_id(notification),
+        "delivered",
+        only_from=_DELIVERED_FROM,
+        now=iso(now),
+    )
+
+
+def parse_state(raw: str | None) -> WebhookFailureState | None:
+    if raw is None or raw == "":
+        return None
+    value = raw.strip().lower()
+    if value not in ("retrying", "dead", "delivered", "resent"):
+        raise InvalidRequest(f"state must be one of retrying, dead, delivered, resent; got {raw!r}")
+    return value  # type: ignore[return-value]
+
+
+def parse_notification_id(raw: str) -> str:
+    if not NOTIFICATION_ID.match(raw):
+        raise InvalidRequest(
+            "the notification id is letters, digits and _ . : - (at most 128), such as dlr_<message_id>_<sequence>"
+        )
+    return raw
+
+
+def get_failure(store: WebhookFailureStore, account_id: str, raw_id: str) -> WebhookFailure:
+    found = store.get_webhook_failure(account_id, parse_notification_id(raw_id))
+    if found is None:
+        raise NotFound(f"no failed notification {raw_id!r}")
+    return found
+
+
+def resend_failure(
+    store: WebhookFailureStore, queue: NotificationQueue, account_id: str, raw_id: str, *, now: datetime
+) -> WebhookFailure:
+    """Queues a dead notification again, as a fresh record with the whole schedule ahead of it."""
+    failure = get_failure(store, account_id, raw_id)
+    if failure.state not in _RESENDABLE:
+        raise Conflict(f"notification {failure.notification_id} is {failure.state}: only a dead one can be resent")
+    if not _claim(store, failure, now):
+        raise Conflict(f"notification {failure.notification_id} changed meanwhile; read it again")
+    _publish_or_release(store, queue, [failure], now)
+    return failure.model_copy(update={"state": "resent", "resent_at": iso(now), "next_attempt_at": None})
+
+
+def resend_dead(
+    store: WebhookFailureStore,
+    queue: NotificationQueue,
+    account_id: str,
+    *,
+    now: datetime,
+    limit: int = RESEND_ALL_LIMIT,
+) -> tuple[int, bool]:
+    """Queues up to `limit` of the account's dead notifications again; how many, and whether more are left."""
+    resent = 0
+    cursor: str | None = None
+    while resent < limit:
+        page, cursor = store.list_webhook_failures(
+            account_id, state="dead", limit=min(100, limit - resent), cursor=cursor
+        )
+        # Claimed one by one (another resend may be running), published ten to a SendMessageBatch call.
+        claimed = [failure for failure in page if _claim(store, failure, now)]
+        for start in range(0, len(claimed), 10):
+            _publish_or_release(store, queue, claimed[start : start + 10], now)
+        resent += len(claimed)
+        if cursor is None:
+            return resent, False
+    page, _ = store.list_webhook_failures(account_id, state="dead", limit=1, cursor=cursor)
+    return resent, bool(page)
+
+
+def _claim(store: WebhookFailureStore, failure: WebhookFailure, now: datetime) -> bool:
+    return store.set_webhook_failure_state(
+        failure.account_id, failure.notification_id, "resent", only_from=_RESENDABLE, now=iso(now)
+    )
+
+
+def _publish_or_release(
+    store: WebhookFailureStore, queue: NotificationQueue, failures: Sequence[WebhookFailure], now: datetime
+) -> None:
+    try:
+        queue.publish([{**failure.notification, "resent": True} for failure in failures])
+    except Exception:
+        # Not queued: they are dead again, so a later resend finds them.
+        for failure in failures:
+            store.set_webhook_failure_state(
+                failure.account_id, failure.notification_id, "dead", only_from=frozenset({"resent"}), now=iso(now)
+            )
+        raise

@@ -1,0 +1,126 @@
+"""DynamoStore's delivery items against moto: upstream-id links and held DLRs, part statuses, the conversation index."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+
+from sms_gateway.adapters.dynamodb import DynamoStore
+from sms_gateway.domain.ids import new_id
+from sms_gateway.domain.models import DeliveryReport, MessageKey
+from sms_gateway.domain.status import MessageStatus
+from tests.integration.test_dynamodb_store import NOW, new_batch, one_message, raw_message
+
+# DynamoDB applies the writes to one item one at a time; moto only does under this fixture.
+pytestmark = pytest.mark.usefixtures("serialised_moto_updates")
+
+
+@pytest.fixture
+def store(aws: dict[str, str]) -> DynamoStore:
+    from sms_gateway.bootstrap import gateway
+
+    return gateway().store  # type: ignore[return-value]
+
+
+def report(upstream_id: str, status: MessageStatus = MessageStatus.DELIVERED) -> DeliveryReport:
+    return DeliveryReport(upstream="at", upstream_message_id=upstream_id, status=status, error_code="000")
+
+
+def multi_part(store: DynamoStore, parts: int = 3):
+    batch, messages = new_batch(str(new_id()), 1, status=MessageStatus.SUBMITTED)
+    batch = batch.model_copy(update={"parts": parts})
+    message = messages[0].model_copy(update={"parts": parts})
+    store.create_batch(batch, [message])
+    return message
+
+
+class TestUpstreamLinks:
+    def test_a_report_held_before_the_link_is_handed_to_the_linking_write_once(self, store):
+        # Given a message, and a DLR for upstream id "at-1" that nothing links yet
+        message = one_message(store, MessageStatus.QUEUED)
+        assert store.find_by_upstream_id("at", "at-1") is None
+        assert store.hold_report(report("at-1"), now=NOW) is None
+        assert store.hold_report(report("at-1", MessageStatus.SUBMITTED), now=NOW) is None
+        # When the dispatcher links the id to the message
+        held = store.link_upstream_id("at", "at-1", message.key, now=NOW)
+        # Then it gets both held reports, in arrival order, and the id now finds the message
+        assert [r.status for r in held] == [MessageStatus.DELIVERED, MessageStatus.SUBMITTED]
+        assert held[0].error_code == "000"
+        assert store.find_by_upstream_id("at", "at-1") == message.key
+        # And a repeated link (a retried dispatch) hands back nothing again
+        assert store.link_upstream_id("at", "at-1", message.key, now=NOW) == []
+
+    def test_a_report_held_after_the_link_gets_the_message_key_instead(self, store):
+        message = one_message(store, MessageStatus.SUBMITTED)
+        store.link_upstream_id("at", "at-2", message.key, now=NOW)
+        assert store.hold_report(report("at-2"), now=NOW) == message.key
+        assert store.link_upstream_id("at", "at-2", message.key, now=NOW) == []
+
+    def test_links_are_per_upstream_and_expire(self, store):
+        message = one_message(store, MessageStatus.SUBMITTED)
+        store.link_upstream_id("at", "same-id", message.key, now=NOW)
+        assert store.find_by_upstream_id("other", "same-id") is None
+        item = store.client.get_item(
+            TableName=store.table_name, Key={"pk": {"S": "UPMSG#at#same-id"}, "sk": {"S": "LINK"}}
+        )["Item"]
+        assert int(item["expires_at"]["N"]) == int((NOW + timedelta(days=7)).timestamp())
+
+    def test_racing_holds_and_a_link_never_lose_a_report(self, store):
+        # Given many reports for one id held from several threads while the dispatcher links it
+        message = one_message(store, MessageStatus.SUBMITTED)
+        returned: list[MessageKey | None] = []
+        linked: list[DeliveryReport] = []
+
+        def hold() -> None:
+            returned.append(store.hold_report(report("at-race", MessageStatus.DELIVERED), now=NOW))
+
+        threads = [threading.Thread(target=hold) for _ in range(8)]
+        for thread in threads[:4]:
+            thread.start()
+        linked.extend(store.link_upstream_id("at", "at-race", message.key, now=NOW))
+        for thread in threads[4:]:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        # Then every report was either handed to the link or answered with the key: none is lost
+        assert len(linked) + sum(1 for key in returned if key == message.key) == 8
+
+
+class TestPartStatuses:
+    def test_parts_move_forward_only_and_a_single_part_message_has_no_part_map(self, store):
+        message = multi_part(store)
+        after = store.record_part_status(message.key, 2, MessageStatus.DELIVERED, now=NOW)
+        assert after is not None and after.part_status == {"2": "delivered"}
+        back = store.record_part_status(message.key, 2, MessageStatus.SUBMITTED, now=NOW)
+        assert back is not None and back.part_status == {"2": "delivered"}
+        store.record_part_status(message.key, 1, MessageStatus.FAILED, now=NOW)
+        assert store.get_messages(message.account_id, message.reference_id, [message.message_id])[0].part_status == {
+            "1": "failed",
+            "2": "delivered",
+        }
+        single = one_message(store, MessageStatus.SUBMITTED)
+        assert "part_status" not in (raw_message(store, single.key) or {})
+
+    def test_an_unknown_message_has_no_parts(self, store):
+        key = MessageKey(account_id="1", reference_id=2, message_id=3)
+        assert store.record_part_status(key, 1, MessageStatus.DELIVERED, now=NOW) is None
+
+
+class TestConversationIndex:
+    def test_the_last_message_to_a_number_is_found_with_its_session_and_ref_ids(self, store):
+        account_id = str(new_id())
+        first_batch, [first] = new_batch(account_id, 1)
+        later_batch, [later] = new_batch(account_id, 1)
+        store.create_batch(
+            first_batch.model_copy(update={"session_id": "s-1"}),
+            [first.model_copy(update={"session_id": "s-1", "ref_id": "r-1"})],
+        )
+        store.create_batch(later_batch, [later.model_copy(update={"session_id": "s-2", "ref_id": "r-2"})])
+        found = store.last_sent_to(account_id, later.msisdn)
+        assert found is not None
+        assert (found.key, found.session_id, found.ref_id, found.sender) == (later.key, "s-2", "r-2", "48974")
+        # Another account's messages to the same number are not its conversation
+        assert store.last_sent_to(str(new_id()), later.msisdn) is None
+        assert store.last_sent_to(account_id, "+2348099999999") is None

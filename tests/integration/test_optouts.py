@@ -1,0 +1,404 @@
+"""Opt-outs through the real handlers on moto: STOP by an inbound callback, then sends in each dialect."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode
+
+import boto3
+import pytest
+
+from tests.conftest import FakeContext, load_event, load_function
+from tests.integration.test_send_path import balance, queued_records
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+SECRET = "opt-out-test-simulator-secret"
+STOPPED = "2348020000000"
+OTHER = "2348030000000"
+
+
+@pytest.fixture
+def account(aws: dict[str, str]) -> dict[str, Any]:
+    from sms_gateway_tools.admin import create_account
+    from sms_gateway_tools.localstack.resources import put_simulator_parameter
+
+    # The simulator upstream's callbacks are signed with a secret the test knows.
+    put_simulator_parameter(boto3.client("ssm"), "http://127.0.0.1:9", SECRET)
+    return create_account(name="Cinema Club", senders=["48974", "48975"], credits=100)
+
+
+@pytest.fixture
+def api(aws: dict[str, str]) -> Handler:
+    module = load_function("api")
+    return lambda event: module.handler(event, FakeContext())
+
+
+@pytest.fixture
+def webhook(aws: dict[str, str]) -> Handler:
+    module = load_function("webhook")
+    return lambda event: module.handler(event, FakeContext())
+
+
+def inbound_event(text: str, message_id: str, msisdn: str = STOPPED, to: str = "48974") -> dict[str, Any]:
+    """The sample simulator inbound callback with another text, signed as the simulator signs it."""
+    from sms_gateway.adapters.providers.simulator import signature
+
+    event = load_event("webhook-inbound-simulator.json")
+    body = json.dumps(
+        {"message_id": message_id, "from": msisdn, "to": to, "text": text, "received_at": "2026-01-02T23:50:37.000000Z"}
+    )
+    stamp = str(int(time.time()))
+    event["body"] = body
+    event["headers"]["x-simulator-timestamp"] = stamp
+    event["headers"]["x-simulator-signature"] = signature(SECRET, stamp, body)
+    return event
+
+
+def texts(webhook: Handler, text: str, message_id: str, **fields: str) -> None:
+    response = webhook(inbound_event(text, message_id, **fields))
+    assert response["statusCode"] == 200, response
+    assert json.loads(response["body"]) == {"status": "ok", "routed": True}
+
+
+def ninebits(api: Handler, account: dict[str, Any], to: list[str], sender: str = "48974") -> tuple[int, Any]:
+    event = load_event("api-sendsms-9bits.json", YOUR_API_Token=account["token"])
+    event["body"] = json.dumps({"from": sender, "to": to, "body": "Tonight: two for one"})
+    response = api(event)
+    return response["statusCode"], json.loads(response["body"])
+
+
+def notifications(env: dict[str, str]) -> list[dict[str, Any]]:
+    answer = boto3.client("sqs").receive_message(QueueUrl=env["NOTIFY_QUEUE_URL"], MaxNumberOfMessages=10)
+    return [json.loads(message["Body"]) for message in answer.get("Messages", [])]
+
+
+def stored_opt_outs(account_id: str) -> list[dict[str, Any]]:
+    from sms_gateway.bootstrap import gateway
+
+    store = gateway().store
+    found = store.client.query(
+        TableName=store.table_name,
+        KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": f"OPTOUT#{account_id}"}},
+    )
+    return [store._codec.load(item) for item in found["Items"]]
+
+
+def stop_reason(account: dict[str, Any]) -> str:
+    """Why a send to STOPPED is refused after its STOP to 48974: the day is the day the STOP was recorded."""
+    [opt_out] = [item for item in stored_opt_outs(account["account_id"]) if item["sk"] == "48974#+2348020000000"]
+    return f"{STOPPED} opted out of messages from 48974 (STOP received {opt_out['at'][:10]})"
+
+
+def counter(account_id: str) -> int:
+    from sms_gateway.bootstrap import gateway
+
+    found = gateway().store.get_account(account_id)
+    assert found is not None
+    return found.opt_outs
+
+
+def batch_count(account_id: str) -> int:
+    from sms_gateway.bootstrap import gateway
+
+    store = gateway().store
+    found = store.client.query(
+        TableName=store.table_name,
+        KeyConditionExpression="pk = :pk AND begins_with(sk, :batch)",
+        ExpressionAttributeValues={":pk": {"S": f"ACC#{account_id}"}, ":batch": {"S": "BATCH#"}},
+    )
+    return len(found["Items"])
+
+
+# ------------------------------------------------------------------ the inbound side
+
+
+def test_stop_is_recorded_counted_and_still_forwarded_in_the_seed_shape(aws, account, webhook):
+    # When the number texts "Stop!" to the account's shortcode through the simulator upstream
+    texts(webhook, "Stop!", "sim-stop-1")
+    # Then the opt-out item is in the account's partition, keyed by sender and number
+    [item] = stored_opt_outs(account["account_id"])
+    assert item["sk"] == "48974#+2348020000000"
+    assert (item["sender"], item["msisdn"], item["keyword"]) == ("48974", "+2348020000000", "STOP")
+    assert item["inbound_id"] > 0
+    # And counted on the account
+    assert counter(account["account_id"]) == 1
+    # And the client is notified exactly as the seed's "Receive SMS" shows, text untouched
+    [notification] = notifications(aws)
+    assert notification["kind"] == "inbound"
+    assert set(notification["payload"]) == {
+        "type",
+        "telco",
+        "from",
+        "to",
+        "message",
+        "session_id",
+        "sent_date",
+        "ref_id",
+    }
+    assert (notification["payload"]["from"], notification["payload"]["message"]) == (STOPPED, "Stop!")
+
+
+def test_a_duplicate_stop_callback_is_applied_once(aws, account, webhook):
+    # Given a STOP callback
+    texts(webhook, "STOP", "sim-dup")
+    # When the upstream posts the very same callback again
+    texts(webhook, "STOP", "sim-dup")
+    # Then there is one opt-out, counted once; the repeat re-queues the same notification (same webhook-id, which
+    # the client deduplicates), in case the first was lost between storing and queueing
+    assert len(stored_opt_outs(account["account_id"])) == 1
+    assert counter(account["account_id"]) == 1
+    queued = notifications(aws)
+    assert len(queued) == 2 and queued[0]["id"] == queued[1]["id"]
+
+
+# ------------------------------------------------------------------ 9bits
+
+
+def test_a_9bits_send_refuses_the_opted_out_number_and_charges_only_the_other(aws, account, webhook, api):
+    # Given a number that texted STOP to 48974
+    texts(webhook, "STOP", "sim-1")
+    # When 48974 sends to it and to another number
+    status, body = ninebits(api, account, [STOPPED, OTHER])
+    # Then one recipient is processed and the other is listed as refused, with the reason
+    assert status == 200
+    assert body["recipients_processed"] == 1
+    assert body["refused"] == [{"to": STOPPED, "reason": stop_reason(account)}]
+    # And only one credit is taken and one message queued
+    assert balance(account["account_id"]) == 99
+    [record] = queued_records(aws)
+    assert len(json.loads(record["Body"])["message_ids"]) == 1
+
+
+def test_a_9bits_send_without_opt_outs_answers_exactly_the_seed_shape(aws, account, api):
+    status, body = ninebits(api, account, [STOPPED, OTHER])
+    assert status == 200
+    assert set(body) == {"status_code", "message", "reference_id", "recipients_processed"}
+
+
+def test_a_9bits_send_to_only_opted_out_numbers_is_a_400_and_changes_nothing(aws, account, webhook, api):
+    # Given both numbers opted out of 48974
+    texts(webhook, "STOP", "sim-1")
+    texts(webhook, "unsubscribe", "sim-2", msisdn=OTHER)
+    # When 48974 sends to both
+    status, body = ninebits(api, account, [STOPPED, OTHER])
+    # Then the 9bits error shape says why, and nothing is stored, charged or queued
+    assert status == 400
+    assert body["status_code"] == 400
+    assert "every recipient opted out" in body["message"]
+    assert f"{OTHER} opted out of messages from 48974 (UNSUBSCRIBE received" in body["message"]
+    assert balance(account["account_id"]) == 100
+    assert queued_records(aws) == []
+    assert batch_count(account["account_id"]) == 0
+
+
+def test_start_allows_sending_again(aws, account, webhook, api):
+    # Given a STOP, then a START to the same shortcode
+    texts(webhook, "STOP", "sim-1")
+    texts(webhook, "Start", "sim-2")
+    # Then the opt-out and its count are gone, and a send reaches the number again
+    assert stored_opt_outs(account["account_id"]) == []
+    assert counter(account["account_id"]) == 0
+    status, body = ninebits(api, account, [STOPPED])
+    assert (status, body["recipients_processed"], "refused" in body) == (200, 1, False)
+
+
+def test_stop_covers_one_shortcode_and_stopall_every_one(aws, account, webhook, api):
+    # Given a STOP to 48974
+    texts(webhook, "STOP", "sim-1")
+    # Then 48975 may still send to the number
+    status, _ = ninebits(api, account, [STOPPED], sender="48975")
+    assert status == 200
+    # When the number then texts STOPALL
+    texts(webhook, "STOPALL", "sim-2")
+    # Then 48975 is refused too, naming every sender
+    status, body = ninebits(api, account, [STOPPED], sender="48975")
+    assert status == 400
+    assert "opted out of messages from every sender of this account (STOPALL received" in body["message"]
+    assert counter(account["account_id"]) == 2
+
+
+def test_the_dry_run_lists_opted_out_numbers_and_prices_only_the_others(aws, account, webhook, api):
+    texts(webhook, "STOP", "sim-1")
+    event = load_event("api-batch-dry-run.json", YOUR_API_Token=account["token"])
+    event["body"] = json.dumps({"from": "48974", "to": [STOPPED, OTHER], "body": "hello"})
+    body = json.loads(api(event)["body"])
+    assert body["recipients"] == 1
+    assert body["total_cost"] == 1
+    assert body["invalid"] == [{"to": STOPPED, "reason": stop_reason(account)}]
+    # The send would go ahead for the other number
+    assert body["would_be_accepted"] is True
+    assert balance(account["account_id"]) == 100
+
+
+# ------------------------------------------------------------------ shortcode
+
+
+def shortcode_post(account: dict[str, Any], mobile: str) -> dict[str, Any]:
+    event = load_event("api-shortcode-sendsms-post.json", apikey=account["apikey"], partnerID=account["partner_id"])
+    event["body"] = json.dumps({**json.loads(event["body"]), "mobile": mobile})
+    return event
+
+
+def test_shortcode_answers_the_opt_out_code_for_that_number(aws, account, webhook, api):
+    texts(webhook, "STOP", "sim-1")
+    # When the seed's POST sends to the opted-out number and another
+    response = api(shortcode_post(account, f"{STOPPED},{OTHER}"))
+    # Then the opted-out number's entry has the opt-out code, the other is a success
+    assert response["statusCode"] == 200
+    stopped, sent = json.loads(response["body"])["responses"]
+    assert stopped == {
+        "response-code": 4100,
+        "response-description": "Mobile number opted out",
+        "mobile": int(STOPPED),
+        "response-details": stop_reason(account),
+    }
+    assert (sent["response-code"], sent["mobile"]) == (200, int(OTHER))
+    assert balance(account["account_id"]) == 99
+
+
+def test_shortcode_with_only_opted_out_numbers_is_the_family_error_and_changes_nothing(aws, account, webhook, api):
+    texts(webhook, "STOP", "sim-1")
+    response = api(shortcode_post(account, STOPPED))
+    assert response["statusCode"] == 200
+    body = json.loads(response["body"])
+    assert (body["response-code"], body["response-description"]) == (4100, "Mobile number opted out")
+    assert "opted out of messages from 48974" in body["response-details"]
+    assert balance(account["account_id"]) == 100
+    assert queued_records(aws) == []
+
+
+# ------------------------------------------------------------------ session key
+
+
+def session_send(api: Handler, account: dict[str, Any], recipients: list[str], **fields: Any) -> dict[str, Any]:
+    login = load_event("api-login.json", USERNAME="u", PASSWORD="p")
+    query = {"username": account["username"], "password": account["password"]}
+    login["queryStringParameters"], login["rawQueryString"] = query, urlencode(query)
+    user_key, session_key = api(login)["body"].split(";")
+    event = load_event("api-sms-session-key.json", USER_KEY=user_key, SESSION_KEY=session_key)
+    event["body"] = json.dumps({"message": "Hello world!", "recipient": recipients, "sender": "48974", **fields})
+    return api(event)
+
+
+@pytest.mark.parametrize("allow_invalid", [False, True])
+def test_session_key_sends_to_the_others_and_lists_the_opted_out_number(aws, account, webhook, api, allow_invalid):
+    texts(webhook, "STOP", "sim-1")
+    # When the seed's send names the opted-out number and another (whatever allowInvalidRecipients says)
+    response = session_send(api, account, [f"+{STOPPED}", f"+{OTHER}"], allowInvalidRecipients=allow_invalid)
+    # Then the other is sent and the opted-out one is listed with its reason
+    assert response["statusCode"] == 201
+    body = json.loads(response["body"])
+    assert body["total_sent"] == 1
+    assert body["invalid_recipients"] == [{"recipient": STOPPED, "reason": stop_reason(account)}]
+    assert balance(account["account_id"]) == 99
+
+
+def test_session_key_with_only_opted_out_numbers_is_a_400_ko(aws, account, webhook, api):
+    texts(webhook, "STOP", "sim-1")
+    response = session_send(api, account, [f"+{STOPPED}"])
+    assert response["statusCode"] == 400
+    body = json.loads(response["body"])
+    assert body["result"] == "KO"
+    assert "opted out of messages from 48974" in body["error"]
+    assert balance(account["account_id"]) == 100
+    assert queued_records(aws) == []
+
+
+# ------------------------------------------------------------------ the store and the operator
+
+
+def test_both_reads_find_the_same_opt_outs_across_many_keys(aws, account):
+    # Given 60 numbers, every third opted out of 48974 and every fifth of every sender (STOPALL)
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.optouts import ALL_SENDERS, OptOut
+
+    store = gateway().store
+    numbers = [f"+234802000{i:04d}" for i in range(60)]
+    for i, number in enumerate(numbers):
+        for sender, every in (("48974", 3), (ALL_SENDERS, 5)):
+            if i % every == 0:
+                opt_out = OptOut(account_id=account["account_id"], sender=sender, msisdn=number, keyword="STOP", at="x")
+                assert store.opt_out(opt_out)
+    expected = {n for i, n in enumerate(numbers) if i % 3 == 0 or i % 5 == 0}
+    # When they are looked up key by key (120 keys: two BatchGetItem calls) and by reading the partition
+    by_keys = store.opted_out(account["account_id"], "48974", numbers)
+    by_partition = store.opted_out(account["account_id"], "48974", numbers, known_count=counter(account["account_id"]))
+    # Then both find the same numbers, preferring the sender's own opt-out to a STOPALL
+    assert set(by_keys) == set(by_partition) == expected
+    assert by_keys == by_partition
+    assert by_keys[numbers[0]].sender == "48974"
+    assert by_keys[numbers[5]].sender == ALL_SENDERS
+    # And another sender sees only the STOPALLs
+    assert set(store.opted_out(account["account_id"], "48975", numbers)) == {
+        n for i, n in enumerate(numbers) if i % 5 == 0
+    }
+    assert counter(account["account_id"]) == len([i for i in range(60) if i % 3 == 0]) + 12
+
+
+def test_operator_commands_list_add_and_remove_opt_outs(aws, account, webhook):
+    from sms_gateway_tools import admin
+
+    texts(webhook, "STOP", "sim-1")
+    # When the operator opts another number out of every sender, then lists them
+    added = admin.opt_out(account_id=account["account_id"], number="08030000000")
+    assert (added["number"], added["sender"], added["keyword"], added["new"]) == (OTHER, "*", "OPERATOR", True)
+    listed = admin.list_opt_outs(account_id=account["account_id"])
+    assert [(row["number"], row["sender"], row["keyword"]) for row in listed] == [
+        (STOPPED, "48974", "STOP"),
+        (OTHER, "*", "OPERATOR"),
+    ]
+    # When they opt the first back in for 48974
+    removed = admin.opt_in(account_id=account["account_id"], number=STOPPED, sender="48974")
+    # Then it is gone and the count follows
+    assert removed["removed"] == 1
+    assert [row["number"] for row in admin.list_opt_outs(account_id=account["account_id"])] == [OTHER]
+    assert counter(account["account_id"]) == 1
+
+
+def test_operator_opt_out_errors_change_nothing(aws, account):
+    from sms_gateway.errors import InvalidRequest, NotFound
+    from sms_gateway_tools import admin
+
+    with pytest.raises(NotFound):
+        admin.opt_out(account_id="999", number=STOPPED)
+    with pytest.raises(InvalidRequest, match="not registered"):
+        admin.opt_out(account_id=account["account_id"], number=STOPPED, sender="OTHER")
+    with pytest.raises(InvalidRequest, match="not a valid number"):
+        admin.opt_out(account_id=account["account_id"], number="12")
+    assert stored_opt_outs(account["account_id"]) == []
+    assert counter(account["account_id"]) == 0
+
+
+def test_the_command_line_runs_the_opt_out_commands(aws, account, monkeypatch, capsys):
+    from sms_gateway_tools import admin, cli
+
+    monkeypatch.setattr(admin, "_target", lambda args: "http://127.0.0.1:8")
+    account_id = account["account_id"]
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = cli.main(["admin", *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    # When the operator opts a number out of 48974 and lists the account's opt-outs as JSON
+    assert run("opt-out", "--account", account_id, "--number", STOPPED, "--sender", "48974")[0] == 0
+    code, out, _ = run("opt-outs", "--account", account_id, "--json")
+    # Then the list has it
+    assert code == 0
+    assert [(row["number"], row["sender"], row["keyword"]) for row in json.loads(out)] == [
+        (STOPPED, "48974", "OPERATOR")
+    ]
+    # And opting in with a sender that is not the account's fails with exit code 2, changing nothing
+    code, _, err = run("opt-in", "--account", account_id, "--number", STOPPED, "--sender", "NOTMINE")
+    assert code == 2 and "not registered" in err
+    assert counter(account_id) == 1
+    # And opting in without a sender removes it
+    code, out, _ = run("opt-in", "--account", account_id, "--number", STOPPED, "--json")
+    assert (code, json.loads(out)["removed"]) == (0, 1)
+    code, out, _ = run("opt-outs", "--account", account_id)
+    assert "has no opt-outs" in out

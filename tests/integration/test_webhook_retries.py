@@ -1,0 +1,409 @@
+"""Client webhook retries through the real notifier and api handlers on moto: the schedule, dead-lettering with a
+reason, the failure records, and listing and resending them in the 9bits dialect."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+
+from sms_gateway.logic.notify import WebhookFailed, WebhookResponse
+from tests.conftest import FakeContext, load_event, load_function
+
+
+class ClientWebhook:
+    """Stands in for consumers._post (the HTTP client and its SSRF guard are not what is tested here): answers
+    each POST with the next scripted status, then 200."""
+
+    def __init__(self, *statuses: int, retry_after: float | None = None) -> None:
+        self.statuses = list(statuses)
+        self.retry_after = retry_after
+        self.posts: list[dict[str, Any]] = []
+
+    async def __call__(self, url: str, headers: dict[str, str], body: bytes) -> WebhookResponse:
+        status = self.statuses.pop(0) if self.statuses else 200
+        self.posts.append({"url": url, "headers": headers, "body": json.loads(body), "status": status})
+        if status == 0:
+            raise WebhookFailed("client webhook unreachable: connection refused")
+        return WebhookResponse(status_code=status, body='{"ok":true}', retry_after=self.retry_after)
+
+
+@pytest.fixture
+def delays(monkeypatch: pytest.MonkeyPatch, aws: dict[str, str]) -> Callable[[str], None]:
+    """Sets NOTIFY_RETRY_DELAYS for the handlers (0 s delays make a retry visible at once in moto)."""
+    from sms_gateway import bootstrap
+
+    def set_delays(value: str) -> None:
+        monkeypatch.setenv("NOTIFY_RETRY_DELAYS", value)
+        bootstrap.reset()
+
+    return set_delays
+
+
+@pytest.fixture
+def accounts(aws: dict[str, str]) -> dict[str, dict[str, Any]]:
+    from sms_gateway_tools.admin import create_account
+
+    return {
+        "a": create_account(name="Cinema Club", senders=["48974"], credits=10, dlr_url="https://client.example/dlr"),
+        "b": create_account(name="Other", senders=["48975"], credits=10, dlr_url="https://other.example/dlr"),
+    }
+
+
+@pytest.fixture
+def webhook(monkeypatch: pytest.MonkeyPatch) -> Callable[..., ClientWebhook]:
+    from sms_gateway import consumers
+
+    def install(*statuses: int, retry_after: float | None = None) -> ClientWebhook:
+        hook = ClientWebhook(*statuses, retry_after=retry_after)
+        monkeypatch.setattr(consumers, "_post", hook)
+        return hook
+
+    return install
+
+
+def notification(account_id: str, n: int = 1) -> dict[str, Any]:
+    return {
+        "kind": "dlr",
+        "id": f"dlr_{n}_3",
+        "account_id": account_id,
+        "url": None,
+        "payload": {"type": "delivery report", "message_id": str(n), "status": "delivered", "sequence": 3},
+    }
+
+
+def publish(*notifications: dict[str, Any]) -> None:
+    from sms_gateway.bootstrap import gateway
+
+    gateway().notify_queue.publish(list(notifications))
+
+
+def receive(url: str, *, wanted: int = 10) -> list[dict[str, Any]]:
+    answer = boto3.client("sqs").receive_message(
+        QueueUrl=url,
+        MaxNumberOfMessages=wanted,
+        MessageSystemAttributeNames=["All"],
+        MessageAttributeNames=["All"],
+        WaitTimeSeconds=0,
+    )
+    return answer.get("Messages", [])
+
+
+def run_notifier(env: dict[str, str]) -> dict[str, Any]:
+    """One poll of the notify queue, as Lambda's event source mapping does it: successes are deleted."""
+    from sms_gateway_tools.localstack.sqs_poller import failed_message_ids, lambda_record
+
+    messages = receive(env["NOTIFY_QUEUE_URL"])
+    assert messages, "nothing visible on the notify queue"
+    records = [lambda_record(m, "arn:aws:sqs:us-east-1:123456789012:notify") for m in messages]
+    response = load_function("notifier").handler({"Records": records}, FakeContext())
+    failed = failed_message_ids(response, [r["messageId"] for r in records])
+    assert failed is not None
+    for record in records:
+        if record["messageId"] not in failed:
+            boto3.client("sqs").delete_message(QueueUrl=env["NOTIFY_QUEUE_URL"], ReceiptHandle=record["receiptHandle"])
+    return {"response": response, "failed": len(failed), "records": records}
+
+
+def queue_counts(url: str) -> tuple[int, int]:
+    attributes = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]), int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+def record_of(account_id: str, notification_id: str) -> Any:
+    from sms_gateway.bootstrap import gateway
+
+    return gateway().store.get_webhook_failure(account_id, notification_id)
+
+
+def api(method: str, path: str, token: str, *, query: dict[str, str] | None = None, body: Any = None) -> Any:
+    event = load_event("api-batch-read.json", YOUR_API_Token=token)
+    event["rawPath"] = path
+    event["requestContext"]["http"]["path"] = path
+    event["requestContext"]["http"]["method"] = method
+    event["pathParameters"] = {"proxy": path.removeprefix("/ng/v1/")}
+    if query:
+        event["queryStringParameters"] = query
+        event["rawQueryString"] = "&".join(f"{k}={v}" for k, v in query.items())
+    if body is not None:
+        event["body"] = body if isinstance(body, str) else json.dumps(body)
+    response = load_function("api").handler(event, FakeContext())
+    return response["statusCode"], json.loads(response["body"])
+
+
+def dead_notification(env: dict[str, str], account_id: str, n: int = 1) -> str:
+    """A notification that failed its only two attempts (NOTIFY_RETRY_DELAYS=0)."""
+    publish(notification(account_id, n))
+    run_notifier(env)
+    run_notifier(env)
+    return f"dlr_{n}_3"
+
+
+# ---------------------------------------------------------------- retries
+
+
+def test_a_client_failing_twice_then_answering_gets_it_and_the_record_ends_delivered(aws, accounts, delays, webhook):
+    # Given a client webhook that answers 500, then is unreachable, then answers 200
+    delays("0,0,0")
+    hook = webhook(500, 0, 200)
+    account_id = accounts["a"]["account_id"]
+    publish(notification(account_id))
+    # When the notifier takes the record: the first attempt fails and is reported as a failed item
+    first = run_notifier(aws)
+    assert first["failed"] == 1
+    record = record_of(account_id, "dlr_1_3")
+    assert (record.state, record.attempts, record.last_status_code) == ("retrying", 1, 500)
+    assert record.url == "https://client.example/dlr"
+    # And the second fails too (no status code: unreachable)
+    assert run_notifier(aws)["failed"] == 1
+    record = record_of(account_id, "dlr_1_3")
+    assert (record.state, record.attempts, record.last_status_code) == ("retrying", 2, None)
+    assert "unreachable" in record.last_error
+    # When the third attempt succeeds
+    assert run_notifier(aws)["failed"] == 0
+    # Then the client got the same notification each time, signed with the same webhook-id
+    assert [post["status"] for post in hook.posts] == [500, 0, 200]
+    assert {post["headers"]["webhook-id"] for post in hook.posts} == {"dlr_1_3"}
+    assert hook.posts[-1]["body"] == notification(account_id)["payload"]
+    # And the record says delivered, the queue is empty and nothing was dead-lettered
+    record = record_of(account_id, "dlr_1_3")
+    assert record.state == "delivered" and record.delivered_at
+    assert queue_counts(aws["NOTIFY_QUEUE_URL"]) == (0, 0)
+    assert receive(aws["NOTIFY_DEAD_LETTER_QUEUE_URL"]) == []
+
+
+def test_a_failed_attempt_hides_the_record_for_its_delay(aws, accounts, delays, webhook):
+    # Given a 2-minute first delay and a client that asks for 5 minutes
+    delays("120,120")
+    webhook(503, retry_after=300)
+    account_id = accounts["a"]["account_id"]
+    publish(notification(account_id))
+    before = datetime.now(UTC)
+    # When the first attempt fails
+    assert run_notifier(aws)["failed"] == 1
+    # Then the record is invisible (not redelivered after the queue's 200 s either), and due in 5 minutes
+    assert receive(aws["NOTIFY_QUEUE_URL"]) == []
+    assert queue_counts(aws["NOTIFY_QUEUE_URL"]) == (0, 1)
+    record = record_of(account_id, "dlr_1_3")
+    due = datetime.fromisoformat(record.next_attempt_at.replace("Z", "+00:00"))
+    assert before + timedelta(seconds=299) <= due <= datetime.now(UTC) + timedelta(seconds=301)
+
+
+def test_the_happy_path_writes_no_failure_record(aws, accounts, delays, webhook):
+    delays("0")
+    hook = webhook(200)
+    account_id = accounts["a"]["account_id"]
+    publish(notification(account_id))
+    assert run_notifier(aws)["failed"] == 0
+    assert len(hook.posts) == 1
+    assert record_of(account_id, "dlr_1_3") is None
+    assert api("GET", "/ng/v1/webhooks/failures", accounts["a"]["token"])[1]["data"] == []
+
+
+# ---------------------------------------------------------------- dead letters
+
+
+def test_after_the_last_attempt_it_is_dead_lettered_with_the_reason_and_listed_as_dead(aws, accounts, delays, webhook):
+    # Given two attempts in all and a client that keeps answering 500
+    delays("0")
+    webhook(500, 500, 500)
+    account_id = accounts["a"]["account_id"]
+    publish(notification(account_id))
+    assert run_notifier(aws)["failed"] == 1
+    # When the last attempt fails
+    last = run_notifier(aws)
+    # Then the record is not reported failed (SQS deletes it) but parked in the notify DLQ with the reason
+    assert last["failed"] == 0
+    assert queue_counts(aws["NOTIFY_QUEUE_URL"]) == (0, 0)
+    [parked] = receive(aws["NOTIFY_DEAD_LETTER_QUEUE_URL"])
+    assert json.loads(parked["Body"]) == notification(account_id)
+    assert parked["MessageAttributes"]["reason"]["StringValue"] == "client webhook failed 2 attempts"
+    assert parked["MessageAttributes"]["error"]["StringValue"] == "client webhook answered 500"
+    # And the client sees it listed as dead, with what it missed
+    status, body = api("GET", "/ng/v1/webhooks/failures", accounts["a"]["token"], query={"state": "dead"})
+    assert status == 200
+    [entry] = body["data"]
+    assert entry["id"] == "dlr_1_3"
+    assert (entry["state"], entry["attempts"], entry["last_status_code"]) == ("dead", 2, 500)
+    assert entry["payload"] == notification(account_id)["payload"]
+    assert entry["next_attempt_at"] is None
+    assert body["next_cursor"] is None
+    # And not among the retrying ones
+    assert api("GET", "/ng/v1/webhooks/failures", accounts["a"]["token"], query={"state": "retrying"})[1]["data"] == []
+
+
+def test_a_dead_notification_can_be_resent_and_then_arrives(aws, accounts, delays, webhook):
+    delays("0")
+    hook = webhook(500, 500)
+    token, account_id = accounts["a"]["token"], accounts["a"]["account_id"]
+    dead_notification(aws, account_id)
+    # When the client resends it
+    status, body = api("POST", "/ng/v1/webhooks/failures/dlr_1_3/resend", token)
+    # Then it is queued again as a fresh record, and marked resent
+    assert status == 202, body
+    assert (body["id"], body["state"]) == ("dlr_1_3", "resent")
+    assert record_of(account_id, "dlr_1_3").state == "resent"
+    # And a second resend while it is queued is a conflict that queues nothing more
+    status, body = api("POST", "/ng/v1/webhooks/failures/dlr_1_3/resend", token)
+    assert status == 409 and "resent" in body["message"]
+    assert queue_counts(aws["NOTIFY_QUEUE_URL"]) == (1, 0)
+    # When the notifier takes it and the client answers
+    assert run_notifier(aws)["failed"] == 0
+    # Then the client got the notification, and the record ends delivered
+    assert hook.posts[-1]["status"] == 200
+    assert hook.posts[-1]["body"] == notification(account_id)["payload"]
+    assert record_of(account_id, "dlr_1_3").state == "delivered"
+    assert api("POST", "/ng/v1/webhooks/failures/dlr_1_3/resend", token)[0] == 409
+
+
+def test_resend_all_queues_every_dead_one_and_answers_how_many(aws, accounts, delays, webhook):
+    delays("0")
+    webhook(*([500] * 6))
+    token, account_id = accounts["a"]["token"], accounts["a"]["account_id"]
+    for n in (1, 2, 3):
+        dead_notification(aws, account_id, n)
+    status, body = api("POST", "/ng/v1/webhooks/failures/resend", token, body={"state": "dead"})
+    assert status == 202, body
+    assert (body["resent"], body["more"]) == (3, False)
+    queued = [json.loads(m["Body"]) for m in receive(aws["NOTIFY_QUEUE_URL"])]
+    assert sorted(n["id"] for n in queued) == ["dlr_1_3", "dlr_2_3", "dlr_3_3"]
+    assert all(n["resent"] is True for n in queued)
+    # Nothing dead is left to resend
+    assert api("POST", "/ng/v1/webhooks/failures/resend", token, body={"state": "dead"})[1]["resent"] == 0
+
+
+def test_failures_list_newest_first_in_pages(aws, accounts):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic import webhook_retries
+
+    account_id, token = accounts["a"]["account_id"], accounts["a"]["token"]
+    start = datetime(2026, 1, 2, tzinfo=UTC)
+    for n in range(1, 6):
+        webhook_retries.record_failure(
+            gateway().store,
+            notification(account_id, n),
+            WebhookFailed("client webhook answered 502", status_code=502),
+            attempt=1,
+            delays=(60,) if n % 2 else (),
+            now=start + timedelta(minutes=n),
+        )
+    # When the client reads them two at a time
+    pages, cursor = [], None
+    while True:
+        status, body = api(
+            "GET", "/ng/v1/webhooks/failures", token, query={"limit": "2", **({"cursor": cursor} if cursor else {})}
+        )
+        assert status == 200, body
+        pages.append([entry["id"] for entry in body["data"]])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    # Then they come newest first, each once
+    assert [i for page in pages for i in page] == [f"dlr_{n}_3" for n in (5, 4, 3, 2, 1)]
+    assert all(len(page) <= 2 for page in pages)
+    # And a state filter pages the same way (odd ones are retrying, even ones dead)
+    status, body = api("GET", "/ng/v1/webhooks/failures", token, query={"state": "retrying", "limit": "2"})
+    assert [entry["id"] for entry in body["data"]] == ["dlr_5_3", "dlr_3_3"]
+    status, body = api(
+        "GET",
+        "/ng/v1/webhooks/failures",
+        token,
+        query={"state": "retrying", "limit": "2", "cursor": body["next_cursor"]},
+    )
+    assert [entry["id"] for entry in body["data"]] == ["dlr_1_3"]
+
+
+# ---------------------------------------------------------------- isolation and bad input
+
+
+def test_one_account_can_neither_see_nor_resend_anothers_failures(aws, accounts, delays, webhook):
+    # Given two dead notifications of account a
+    delays("0")
+    webhook(500, 500, 500, 500)
+    dead_notification(aws, accounts["a"]["account_id"], 1)
+    dead_notification(aws, accounts["a"]["account_id"], 2)
+    owner_cursor = api("GET", "/ng/v1/webhooks/failures", accounts["a"]["token"], query={"limit": "1"})[1][
+        "next_cursor"
+    ]
+    assert owner_cursor
+    other = accounts["b"]["token"]
+    # When account b lists and resends them
+    assert api("GET", "/ng/v1/webhooks/failures", other)[1]["data"] == []
+    status, body = api("POST", "/ng/v1/webhooks/failures/dlr_1_3/resend", other)
+    assert status == 404 and body["status_code"] == 404
+    assert api("POST", "/ng/v1/webhooks/failures/resend", other, body={"state": "dead"})[1]["resent"] == 0
+    # And a cursor from a's listing does not open a's partition to b
+    assert api("GET", "/ng/v1/webhooks/failures", other, query={"cursor": owner_cursor})[0] == 400
+    # Then nothing was queued and a's records are still dead
+    assert queue_counts(aws["NOTIFY_QUEUE_URL"]) == (0, 0)
+    assert record_of(accounts["a"]["account_id"], "dlr_1_3").state == "dead"
+    assert record_of(accounts["a"]["account_id"], "dlr_2_3").state == "dead"
+
+
+BAD_REQUESTS = [
+    ("GET", "/ng/v1/webhooks/failures", {"state": "lost"}, None, 400, "state must be one of"),
+    ("GET", "/ng/v1/webhooks/failures", {"limit": "0"}, None, 400, "limit must be"),
+    ("GET", "/ng/v1/webhooks/failures", {"limit": "501"}, None, 400, "limit must be"),
+    ("GET", "/ng/v1/webhooks/failures", {"cursor": "bm90IGEgY3Vyc29y"}, None, 400, "not valid"),
+    ("POST", "/ng/v1/webhooks/failures/dlr_404_3/resend", None, None, 404, "no failed notification"),
+    ("POST", "/ng/v1/webhooks/failures/dlr*1/resend", None, None, 400, "notification id"),
+    ("POST", "/ng/v1/webhooks/failures/resend", None, {"state": "retrying"}, 400, "state"),
+    ("POST", "/ng/v1/webhooks/failures/resend", None, "{not json", 400, "not valid JSON"),
+    ("POST", "/ng/v1/webhooks/failures/resend", None, None, 400, "empty"),
+]
+
+
+def test_bad_requests_get_a_clear_error_and_change_nothing(aws, accounts, delays, webhook):
+    # Given a dead notification and a retrying one
+    delays("0")
+    webhook(500, 500, 500)
+    account_id, token = accounts["a"]["account_id"], accounts["a"]["token"]
+    dead_notification(aws, account_id)
+    publish(notification(account_id, 2))
+    run_notifier(aws)
+    assert record_of(account_id, "dlr_2_3").state == "retrying"
+    boto3.client("sqs").purge_queue(QueueUrl=aws["NOTIFY_QUEUE_URL"])
+    # (one setup for every case: each is a read or a refused write)
+    for method, path, query, body, status, fragment in BAD_REQUESTS:
+        # When the request is wrong in one way
+        answer_status, answer = api(method, path, token, query=query, body=body)
+        # Then the 9bits error says what is wrong
+        case = f"{method} {path} {query} {body}"
+        assert answer_status == status, (case, answer)
+        assert answer["status_code"] == status, case
+        assert fragment in answer["message"], (case, answer)
+        # And nothing was queued or changed
+        assert queue_counts(aws["NOTIFY_QUEUE_URL"]) == (0, 0), case
+        assert record_of(account_id, "dlr_1_3").state == "dead", case
+        assert record_of(account_id, "dlr_2_3").state == "retrying", case
+
+
+def test_a_retrying_notification_cannot_be_resent_and_a_missing_token_is_refused(aws, accounts, delays, webhook):
+    delays("60")
+    webhook(500)
+    account_id, token = accounts["a"]["account_id"], accounts["a"]["token"]
+    publish(notification(account_id))
+    run_notifier(aws)
+    status, body = api("POST", "/ng/v1/webhooks/failures/dlr_1_3/resend", token)
+    assert status == 409 and "retrying" in body["message"]
+    assert api("GET", "/ng/v1/webhooks/failures", "wrong-token")[0] == 401
+    assert api("POST", "/ng/v1/webhooks/failures/resend", "wrong-token", body={"state": "dead"})[0] == 401
+    assert queue_counts(aws["NOTIFY_QUEUE_URL"]) == (0, 1)
+    assert record_of(account_id, "dlr_1_3").state == "retrying"
+
+
+def test_the_routes_are_in_the_openapi_document(aws):
+    status, document = api("GET", "/v1/openapi.json", "unused")
+    assert status == 200
+    paths = document["paths"]
+    assert "get" in paths["/ng/v1/webhooks/failures"]
+    assert "post" in paths["/ng/v1/webhooks/failures/{notification_id}/resend"]
+    resend_all = paths["/ng/v1/webhooks/failures/resend"]["post"]["requestBody"]["content"]["application/json"]
+    assert resend_all["schema"]["properties"]["state"]

@@ -1,0 +1,355 @@
+"""The SSRF guard at connect time (adapters/webhook_http.py): real sockets to a tiny webhook server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import re
+import ssl
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpcore
+import httpx
+import pytest
+
+from sms_gateway import consumers
+from sms_gateway.adapters import http, webhook_http
+from sms_gateway.adapters.webhook_http import GuardedBackend, UnsafeWebhookTarget, new_webhook_client, webhook_client
+from sms_gateway.domain.models import Account
+from sms_gateway.logic.notify import WebhookFailed, deliver
+from sms_gateway.settings import get_settings
+from tests.fakes import InMemoryStore
+
+HOOK_NAME = "hooks.example"
+
+
+class WebhookServer:
+    """The client's webhook: /hook answers 200 JSON, /redirect answers 302 to /hook. Records what reached it."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.requests: list[dict[str, str]] = []
+        self.server_names: list[str | None] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.requests.append({"path": self.path, "host": self.headers.get("Host", "")})
+                if self.path == "/redirect":
+                    self.send_response(302)
+                    self.send_header("Location", f"http://127.0.0.1:{outer.port}/hook")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                answer = b'{"ok":true}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            tls.sni_callback = lambda _socket, name, _context: outer.server_names.append(name)
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def paths(self) -> list[str]:
+        return [request["path"] for request in self.requests]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[WebhookServer]:
+    running = WebhookServer()
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def names(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """A DNS of our own: the guard resolves through `webhook_http.resolve`, and this answers for the names set here."""
+    table: dict[str, list[str]] = {}
+    real = webhook_http.resolve
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return table[host] if host in table else await real(host, port)
+
+    monkeypatch.setattr(webhook_http, "resolve", resolve)
+    return table
+
+
+@pytest.fixture
+def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[bool], None]]:
+    """Sets the one setting the guard reads (the local stack's allow_http_webhooks) for the notifier's own client."""
+
+    def allow_local(value: bool) -> None:
+        monkeypatch.setenv("ALLOW_HTTP_WEBHOOKS", "true" if value else "false")
+        get_settings.cache_clear()
+
+    yield allow_local
+    webhook_http.close()
+    get_settings.cache_clear()
+
+
+def post(client: httpx.AsyncClient, url: str) -> httpx.Response:
+    async def go() -> httpx.Response:
+        return await client.post(url, content=b"{}", headers={"Content-Type": "application/json"})
+
+    return http.run(go())
+
+
+def test_a_name_that_resolves_to_loopback_is_refused_before_connecting(server: WebhookServer, names) -> None:
+    # Given a public-looking name that resolves to 127.0.0.1 (set-time checks cannot see that)
+    names[HOOK_NAME] = ["127.0.0.1"]
+    client = new_webhook_client(allow_local=False)
+    # When the notifier's client posts to it
+    with pytest.raises(UnsafeWebhookTarget, match=re.escape("webhook URL resolves to a forbidden address 127.0.0.1")):
+        post(client, f"https://{HOOK_NAME}:{server.port}/hook")
+    # Then nothing reached the server. This also proves httpx still sends through the pool GuardedTransport put in
+    # its private `_pool`: with httpx's own pool the name would go to real DNS and fail differently.
+    assert server.requests == []
+    http.run(client.aclose())
+
+
+@pytest.mark.parametrize("host", ["localhost", "2130706433", "127.1", "[::ffff:127.0.0.1]"])
+def test_the_real_resolver_finds_loopback_behind_names_and_numeric_forms(server: WebhookServer, host: str) -> None:
+    client = new_webhook_client(allow_local=False)
+    with pytest.raises(UnsafeWebhookTarget, match="forbidden address"):
+        post(client, f"https://{host}:{server.port}/hook")
+    assert server.requests == []
+    http.run(client.aclose())
+
+
+def test_the_local_stack_reaches_a_loopback_webhook_by_name(server: WebhookServer, names) -> None:
+    # Given the local stack, whose tests run their webhook servers on 127.0.0.1
+    names[HOOK_NAME] = ["127.0.0.1"]
+    client = new_webhook_client(allow_local=True)
+    # When it posts over http to a name for 127.0.0.1
+    response = post(client, f"http://{HOOK_NAME}:{server.port}/hook")
+    # Then the server got it, addressed to the name
+    assert response.status_code == 200
+    assert server.requests == [{"path": "/hook", "host": f"{HOOK_NAME}:{server.port}"}]
+    http.run(client.aclose())
+
+
+def test_a_redirect_is_not_followed(server: WebhookServer) -> None:
+    client = new_webhook_client(allow_local=True)
+    response = post(client, f"http://127.0.0.1:{server.port}/redirect")
+    assert response.status_code == 302
+    assert server.paths() == ["/redirect"]
+    http.run(client.aclose())
+
+
+def test_plain_http_is_refused_off_the_local_stack(names) -> None:
+    names[HOOK_NAME] = ["93.184.216.34"]
+    client = new_webhook_client(allow_local=False)
+    with pytest.raises(UnsafeWebhookTarget, match="must be https"):
+        post(client, f"http://{HOOK_NAME}/hook")
+    http.run(client.aclose())
+
+
+class RecordingBackend(httpcore.AsyncNetworkBackend):
+    """Stands in for the network under GuardedBackend: records what it is asked to dial, dials nothing."""
+
+    def __init__(self) -> None:
+        self.dialled: list[tuple[str, int]] = []
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, **_: Any) -> Any:
+        self.dialled.append((host, port))
+        if host == "2001:db8:dead::1":
+            raise httpcore.ConnectError("unreachable")
+        return httpcore.AsyncMockStream([])
+
+
+def run(coroutine: Awaitable[Any]) -> Any:
+    async def go() -> Any:
+        return await coroutine
+
+    return http.run(go())
+
+
+def test_the_vetted_address_is_dialled_not_the_name(names) -> None:
+    # Given a name with an unreachable IPv6 answer and a reachable IPv4 one, both public
+    names[HOOK_NAME] = ["2001:db8:dead::1", "93.184.216.34"]
+    names["2001:db8:dead::1"] = ["2001:db8:dead::1"]  # documentation prefix: only reached through our fake network
+    network = RecordingBackend()
+    backend = GuardedBackend(allow_local=True, inner=network)
+    # When the guard connects
+    run(backend.connect_tcp(HOOK_NAME, 443, timeout=3.0))
+    # Then it dialled the addresses it resolved, in order, never the name (nothing left to re-resolve)
+    assert network.dialled == [("2001:db8:dead::1", 443), ("93.184.216.34", 443)]
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [["10.0.0.5"], ["93.184.216.34", "127.0.0.1"], ["2606:4700::1111", "fd00:ec2::254"], ["::ffff:169.254.169.254"]],
+)
+def test_any_forbidden_answer_refuses_the_name(names, answers: list[str]) -> None:
+    names[HOOK_NAME] = answers
+    network = RecordingBackend()
+    with pytest.raises(UnsafeWebhookTarget, match="forbidden address") as refused:
+        run(GuardedBackend(allow_local=False, inner=network).connect_tcp(HOOK_NAME, 443, timeout=3.0))
+    assert refused.value.host == HOOK_NAME
+    assert ipaddress.ip_address(refused.value.address) in {ipaddress.ip_address(a) for a in answers}
+    assert network.dialled == []
+
+
+def test_a_name_that_does_not_resolve_is_an_ordinary_connect_error() -> None:
+    client = new_webhook_client(allow_local=False)
+    with pytest.raises(httpx.ConnectError, match="cannot resolve"):
+        post(client, "https://no-such-host.invalid/hook")
+    http.run(client.aclose())
+
+
+def notification(url: str) -> dict[str, Any]:
+    return {"kind": "dlr", "id": "dlr_1_1", "account_id": "a1", "url": url, "payload": {"type": "delivery report"}}
+
+
+@pytest.fixture
+def accounts() -> InMemoryStore:
+    store = InMemoryStore()
+    store.accounts["a1"] = Account(
+        account_id="a1",
+        name="Acme",
+        credits=0,
+        default_country="NG",
+        timezone="Africa/Lagos",
+        senders=("ACME",),
+        partner_id="100000",
+        webhook_token="tok",
+        created_at=dt.datetime(2025, 3, 1, tzinfo=dt.UTC).isoformat(),
+    )
+    return store
+
+
+def test_the_notifier_reports_a_forbidden_address_as_a_failed_delivery(stack, names, accounts) -> None:
+    # Given the deployed gateway and a batch callback URL whose name now points inside the VPC
+    stack(False)
+    names[HOOK_NAME] = ["10.0.0.5"]
+    # When the notifier delivers a DLR there
+    with pytest.raises(WebhookFailed) as failed:
+        http.run(deliver(notification(f"https://{HOOK_NAME}/dlr"), accounts, consumers._post))
+    # Then it is a failed delivery that says why
+    assert str(failed.value) == "webhook URL resolves to a forbidden address 10.0.0.5"
+
+
+def test_the_notifier_does_not_follow_a_redirect(stack, server: WebhookServer, accounts) -> None:
+    # Given the local stack and a client webhook that answers 302 to another URL
+    stack(True)
+    # When the notifier delivers there
+    with pytest.raises(WebhookFailed, match="answered 302"):
+        http.run(deliver(notification(f"http://127.0.0.1:{server.port}/redirect"), accounts, consumers._post))
+    # Then the redirect's target was never asked
+    assert server.paths() == ["/redirect"]
+
+
+def test_the_notifier_delivers_to_an_allowed_webhook(stack, server: WebhookServer, accounts) -> None:
+    stack(True)
+    assert http.run(deliver(notification(f"http://127.0.0.1:{server.port}/hook"), accounts, consumers._post))
+    assert server.paths() == ["/hook"]
+
+
+def test_the_webhook_client_is_its_own_guarded_client(stack) -> None:
+    stack(False)
+    client = webhook_client()
+    assert client is webhook_client()  # pooled per thread
+    assert client is not http.async_client()  # never the upstreams' client
+    assert client.follow_redirects is False
+    assert (client.timeout.connect, client.timeout.read) == (3.0, 10.0)
+    stack(True)
+    assert webhook_client() is not client  # a client is not reused across a change of the setting
+
+
+# TLS: the socket goes to the vetted IP, while SNI and the certificate check use the URL's name.
+
+
+def _certificates(tmp_path: Any) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A throwaway CA and a server certificate for hooks.example only (not for 127.0.0.1)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOOK_NAME)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOOK_NAME)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "server.pem", tmp_path / "server.key"
+    cert_file.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert_file, key_file)
+    client_side = ssl.create_default_context(cadata=ca.public_bytes(serialization.Encoding.PEM).decode())
+    return server_side, client_side
+
+
+@pytest.fixture
+def tls_server(tmp_path: Any) -> Iterator[tuple[WebhookServer, ssl.SSLContext]]:
+    server_side, client_side = _certificates(tmp_path)
+    running = WebhookServer(tls=server_side)
+    yield running, client_side
+    running.close()
+
+
+def test_tls_names_the_host_while_the_socket_goes_to_the_vetted_address(tls_server, names) -> None:
+    # Given an https webhook whose certificate is for hooks.example only, and hooks.example resolving to it
+    server, trust = tls_server
+    names[HOOK_NAME] = ["127.0.0.1"]
+    client = new_webhook_client(allow_local=True, verify=trust)
+    # When the guarded client posts there (it dials 127.0.0.1 itself)
+    response = post(client, f"https://{HOOK_NAME}:{server.port}/hook")
+    # Then TLS asked for hooks.example (SNI) and the certificate was checked against that name
+    assert response.status_code == 200
+    assert server.server_names == [HOOK_NAME]
+    http.run(client.aclose())
+
+
+def test_tls_still_refuses_a_certificate_for_another_name(tls_server, names) -> None:
+    server, trust = tls_server
+    names["other.example"] = ["127.0.0.1"]
+    client = new_webhook_client(allow_local=True, verify=trust)
+    with pytest.raises(httpx.ConnectError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        post(client, f"https://other.example:{server.port}/hook")
+    assert server.requests == []
+    http.run(client.aclose())

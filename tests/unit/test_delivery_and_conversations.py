@@ -1,0 +1,180 @@
+"""Delivery reports that come early or part by part, and replies threaded onto the conversation they answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sms_gateway.domain.models import DeliveryReport, DeliveryReportMode, InboundSms, StatusChange
+from sms_gateway.domain.status import MessageStatus
+from sms_gateway.logic.delivery import DeliveryDependencies, DeliveryOutcome, apply_delivery_report
+from sms_gateway.logic.dispatch import dispatch
+from sms_gateway.logic.inbound import InboundDependencies, receive_inbound
+from sms_gateway.logic.notify import dlr_notification
+from tests.fakes import FakeProvider, InMemoryStore, cinema_store
+from tests.unit.test_logic import callback, clock, command, dispatch_deps, send
+
+LONG_TEXT = "x" * 400  # three GSM-7 parts of at most 153 characters
+
+
+@pytest.fixture
+def store() -> InMemoryStore:
+    return cinema_store()
+
+
+def delivery(store: InMemoryStore, changes: list[StatusChange] | None = None) -> DeliveryDependencies:
+    return DeliveryDependencies(
+        messages=store, accounts=store, clock=clock, on_change=None if changes is None else changes.append
+    )
+
+
+def apply(store: InMemoryStore, report: DeliveryReport, changes: list[StatusChange] | None = None) -> DeliveryOutcome:
+    outcome = DeliveryOutcome()
+    apply_delivery_report(report, delivery(store, changes), outcome)
+    return outcome
+
+
+class TestReportsThatOvertakeTheSubmit:
+    def test_a_dlr_for_an_upstream_id_not_yet_linked_is_held_then_applied_when_the_dispatcher_links_it(self, store):
+        # Given a queued message whose upstream reports by its own id only (no client reference echoed)
+        _, deps = send(store, command(1, delivery_report=DeliveryReportMode.YES))
+        provider = FakeProvider()
+        credits_after_send = store.accounts["7"].credits
+        # When the upstream's "delivered" for id up-1 arrives before the dispatcher recorded the submit
+        early = DeliveryReport(upstream="fake", upstream_message_id="up-1", status=MessageStatus.DELIVERED)
+        outcome = apply(store, early)
+        # Then it is held, not dropped, and the message has not moved yet
+        assert (outcome.held, outcome.unmatched, outcome.applied) == (1, 0, 0)
+        [message] = store.messages.values()
+        assert message.status == MessageStatus.QUEUED
+        # When the dispatcher submits it (the upstream answers id up-1) and links the id
+        result = asyncio.run(dispatch(deps.dispatch_queue.commands[0], dispatch_deps(store, provider)))
+        # Then the held report is applied: the message is delivered, and both changes reach the client in order
+        current = store.messages[message.key]
+        assert current.status == MessageStatus.DELIVERED
+        assert [change.message.status for change in result.changes] == [
+            MessageStatus.SUBMITTED,
+            MessageStatus.DELIVERED,
+        ]
+        assert [change.message.sequence for change in result.changes] == [2, 3]
+        assert store.held == {}
+        assert store.accounts["7"].credits == credits_after_send  # delivered: nothing refunded
+
+    def test_a_dlr_after_the_link_finds_the_message_by_the_upstream_id(self, store):
+        # Given a message submitted and linked to upstream id up-1
+        _, deps = send(store, command(1))
+        asyncio.run(dispatch(deps.dispatch_queue.commands[0], dispatch_deps(store, FakeProvider())))
+        # When the upstream reports by that id, twice
+        report = DeliveryReport(upstream="fake", upstream_message_id="up-1", status=MessageStatus.DELIVERED)
+        first, second = apply(store, report), apply(store, report)
+        # Then the first moves it and the duplicate changes nothing; nothing is held
+        assert (first.applied, second.unchanged, first.held + second.held) == (1, 1, 0)
+
+    def test_a_report_naming_neither_a_reference_nor_an_upstream_id_is_unmatched(self, store):
+        outcome = apply(store, DeliveryReport(upstream="fake", status=MessageStatus.DELIVERED))
+        assert (outcome.unmatched, outcome.held) == (1, 0)
+
+    def test_a_report_for_another_upstreams_id_is_not_applied_to_this_message(self, store):
+        _, deps = send(store, command(1))
+        asyncio.run(dispatch(deps.dispatch_queue.commands[0], dispatch_deps(store, FakeProvider())))
+        outcome = apply(store, DeliveryReport(upstream="other", upstream_message_id="up-1", status="failed"))
+        assert outcome.held == 1
+        assert next(iter(store.messages.values())).status == MessageStatus.SUBMITTED
+
+
+class TestMultiPartMessages:
+    def submitted(self, store: InMemoryStore):
+        _, deps = send(store, command(1, text=LONG_TEXT, delivery_report=DeliveryReportMode.YES))
+        asyncio.run(dispatch(deps.dispatch_queue.commands[0], dispatch_deps(store, FakeProvider())))
+        [message] = store.messages.values()
+        assert message.parts == 3
+        return message
+
+    def part(self, message, number: int, status: str) -> DeliveryReport:
+        return DeliveryReport(upstream="fake", client_ref=message.key.to_ref(), status=status, part=number)
+
+    def test_the_message_is_delivered_only_when_every_part_is(self, store):
+        message = self.submitted(store)
+        changes: list[StatusChange] = []
+        # When parts 1 and 3 are reported delivered (part 3 twice)
+        outcomes = [apply(store, self.part(message, n, "delivered"), changes) for n in (1, 3, 3)]
+        # Then the message is still submitted: part 2 has not been reported
+        assert store.messages[message.key].status == MessageStatus.SUBMITTED
+        assert [o.partial for o in outcomes] == [1, 1, 1]
+        assert changes == []
+        # When part 2 is delivered
+        apply(store, self.part(message, 2, "delivered"), changes)
+        # Then the message is delivered, once
+        assert store.messages[message.key].status == MessageStatus.DELIVERED
+        assert [c.message.status for c in changes] == [MessageStatus.DELIVERED]
+
+    def test_one_part_failing_finally_fails_the_message_and_refunds_it(self, store):
+        message = self.submitted(store)
+        balance = store.accounts["7"].credits
+        apply(store, self.part(message, 1, "delivered"))
+        outcome = apply(store, self.part(message, 2, "failed"))
+        assert outcome.applied == 1
+        assert store.messages[message.key].status == MessageStatus.FAILED
+        assert store.accounts["7"].credits == balance + message.price
+        # A late "delivered" for the other parts never brings it back
+        apply(store, self.part(message, 2, "delivered"))
+        apply(store, self.part(message, 3, "delivered"))
+        assert store.messages[message.key].status == MessageStatus.FAILED
+        assert store.accounts["7"].credits == balance + message.price
+
+    def test_a_part_never_moves_back(self, store):
+        message = self.submitted(store)
+        apply(store, self.part(message, 1, "delivered"))
+        apply(store, self.part(message, 1, "submitted"))
+        assert store.messages[message.key].part_status["1"] == "delivered"
+
+
+class TestConversations:
+    def reply(self, upstream_id: str = "in-1", sender: str = "2348020000000") -> InboundSms:
+        return InboundSms(
+            upstream="fake",
+            upstream_message_id=upstream_id,
+            msisdn=sender,
+            to="48974",
+            text="Yes please",
+            received_at="2026-01-02T23:59:00.000000Z",
+        )
+
+    def receive(self, store: InMemoryStore, sms: InboundSms) -> dict:
+        provider, published = FakeProvider(), []
+        provider.inbound = sms
+        deps = InboundDependencies(
+            accounts=store, inbox=store, publish=published.append, clock=clock, conversations=store
+        )
+        receive_inbound(provider, callback(), deps)
+        [notification] = published
+        return notification["payload"]
+
+    def test_a_reply_carries_the_session_and_ref_ids_of_the_last_message_sent_to_that_number(self, store):
+        # Given two sends to +2348020000000, the later one in session "s-2" with ref_id "r-2"
+        send(store, command(1, session_id="s-1", ref_id="r-1"))
+        send(store, command(1, session_id="s-2", ref_id="r-2"))
+        # When that number replies
+        payload = self.receive(store, self.reply())
+        # Then the reply is threaded onto the later send
+        assert (payload["session_id"], payload["ref_id"]) == ("s-2", "r-2")
+        [stored] = store.inbox.values()
+        latest = max(store.messages.values(), key=lambda m: m.message_id)
+        assert stored.in_reply_to == latest.message_id
+
+    def test_a_number_never_sent_to_starts_a_new_conversation(self, store):
+        send(store, command(1, session_id="s-1", ref_id="r-1"))
+        payload = self.receive(store, self.reply(sender="2348039999999"))
+        assert payload["session_id"] and payload["session_id"] != "s-1"
+        assert payload["ref_id"] is None
+
+
+@pytest.mark.parametrize("callback_url", [None, "https://client.example/batch-7/dlr"])
+def test_a_batch_callback_url_is_where_its_delivery_reports_go(store, callback_url):
+    _, deps = send(store, command(1, delivery_report=DeliveryReportMode.YES, callback_url=callback_url))
+    result = asyncio.run(dispatch(deps.dispatch_queue.commands[0], dispatch_deps(store, FakeProvider())))
+    [change] = result.changes
+    notification = dlr_notification(change)
+    assert notification is not None
+    assert notification["url"] == callback_url

@@ -1,0 +1,406 @@
+"""Opt-out keywords and their effect on sends, against in-memory fakes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import pytest
+
+from sms_gateway.domain.models import Account, CallbackRequest, Credentials, InboundSms, Recipient, SendCommand
+from sms_gateway.domain.optouts import (
+    ALL_SENDERS,
+    OPERATOR,
+    KeywordAction,
+    OptOut,
+    keyword_of,
+    keyword_request,
+    refusal_reason,
+    sender_key,
+)
+from sms_gateway.errors import InsufficientCredits, InvalidRequest, NotFound, OptedOut
+from sms_gateway.logic import optouts
+from sms_gateway.logic.inbound import InboundDependencies, inbound_notification, receive_inbound
+from sms_gateway.logic.send import Accepted, SendDependencies, accept_send
+from tests.fakes import FakeProvider, InMemoryStore, RecordingQueue, RecordingScheduler
+
+NOW = datetime(2026, 1, 2, 23, 50, 37, tzinfo=UTC)
+STOPPED = "+2348020000000"
+OTHER = "+2348030000000"
+
+
+class OptOutMemoryStore(InMemoryStore):
+    """InMemoryStore plus ports.OptOutStore, with the same counter on the account as the DynamoDB adapter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opt_out_records: dict[tuple[str, str, str], OptOut] = {}
+        self.lookups = 0
+        self.fail_opt_outs = False
+
+    def _count(self, account_id: str, delta: int) -> None:
+        account = self.accounts[account_id]
+        self.accounts[account_id] = account.model_copy(update={"opt_outs": account.opt_outs + delta})
+
+    def opt_out(self, opt_out: OptOut) -> bool:
+        if self.fail_opt_outs:
+            raise RuntimeError("DynamoDB is down")
+        if opt_out.account_id not in self.accounts:
+            raise NotFound(f"no account {opt_out.account_id}")
+        key = (opt_out.account_id, sender_key(opt_out.sender), opt_out.msisdn)
+        if key in self.opt_out_records:
+            return False
+        self.opt_out_records[key] = opt_out.model_copy(update={"sender": sender_key(opt_out.sender)})
+        self._count(opt_out.account_id, 1)
+        return True
+
+    def opt_in(self, account_id: str, msisdn: str, sender: str | None) -> int:
+        senders = (
+            {s for (a, s, n) in self.opt_out_records if (a, n) == (account_id, msisdn)}
+            if sender is None
+            else {sender_key(sender), ALL_SENDERS}
+        )
+        removed = [key for key in [(account_id, s, msisdn) for s in senders] if self.opt_out_records.pop(key, None)]
+        self._count(account_id, -len(removed))
+        return len(removed)
+
+    def opted_out(
+        self, account_id: str, sender: str, msisdns: Sequence[str], *, known_count: int | None = None
+    ) -> dict[str, OptOut]:
+        self.lookups += 1
+        found: dict[str, OptOut] = {}
+        for msisdn in msisdns:
+            for scope in (ALL_SENDERS, sender_key(sender)):
+                if (account_id, scope, msisdn) in self.opt_out_records:
+                    found[msisdn] = self.opt_out_records[(account_id, scope, msisdn)]
+        return found
+
+    def list_opt_outs(self, account_id: str) -> list[OptOut]:
+        return [o for (a, _, _), o in self.opt_out_records.items() if a == account_id]
+
+
+@pytest.fixture
+def store() -> OptOutMemoryStore:
+    """Account "7" with 1000 credits and two shortcodes, 48974 and 48975."""
+    store = OptOutMemoryStore()
+    store.create_account(
+        Account(account_id="7", name="Cinema", credits=1000, senders=("48974", "48975")),
+        Credentials(token="t", apikey="k", partner_id="1", username="u", password="p"),
+    )
+    return store
+
+
+def stop(store: OptOutMemoryStore, msisdn: str = STOPPED, sender: str = "48974", keyword: str = "STOP") -> None:
+    assert store.opt_out(
+        OptOut(account_id="7", sender=sender, msisdn=msisdn, keyword=keyword, at="2026-01-01T08:00:00.000000Z")
+    )
+
+
+def send(store: OptOutMemoryStore, *numbers: str, sender: str = "48974", queue: RecordingQueue | None = None):
+    command = SendCommand(
+        account_id="7", sender=sender, text="hello", recipients=tuple(Recipient(msisdn=n) for n in numbers)
+    )
+    deps = SendDependencies(
+        accounts=store,
+        messages=store,
+        dispatch_queue=queue if queue is not None else RecordingQueue(),
+        scheduler=RecordingScheduler(),
+        prices=store,
+        opt_outs=store,
+    )
+    return accept_send(store.accounts["7"], command, deps, now=NOW)
+
+
+# ------------------------------------------------------------------ keywords
+
+
+@pytest.mark.parametrize(
+    ("text", "keyword"),
+    [
+        ("STOP", "STOP"),
+        ("stop", "STOP"),
+        (" Stop! ", "STOP"),
+        ("stop.\n", "STOP"),
+        ("STOP!!!", "STOP"),
+        ("Unsubscribe", "UNSUBSCRIBE"),
+        ("end", "END"),
+        ("Cancel", "CANCEL"),
+        ("quit?", "QUIT"),
+        ("StopAll", "STOPALL"),
+        ("start", "START"),
+        ("UNSTOP", "UNSTOP"),
+        ("please stop texting", None),
+        ("stop it", None),
+        ("STOP STOP", None),
+        ("stopp", None),
+        ("HELP", None),
+        ("YES", None),
+        ("", None),
+        ("!!!", None),
+        ("\u017ftop", None),  # the long s upper-cases to S: not a keyword
+    ],
+)
+def test_a_keyword_is_the_whole_message_trimmed_in_any_case(text, keyword):
+    # When an inbound message's text is read / Then it is that keyword, or none
+    assert keyword_of(text) == keyword
+
+
+def test_stop_opts_out_of_the_sender_it_was_sent_to_stopall_of_every_sender_start_back_in():
+    # Given keyword messages sent to our long number, written with a '+'
+    # When they are read / Then STOP names that sender, in the registry's form
+    assert keyword_request("stop", "+2348090000000") == keyword_request("STOP", "2348090000000")
+    request = keyword_request("stop", "+2348090000000")
+    assert request is not None
+    assert (request.action, request.keyword, request.sender) == (KeywordAction.OPT_OUT, "STOP", "2348090000000")
+    # And STOPALL names every sender, START opts back in to the sender, HELP asks for nothing
+    everything = keyword_request("STOPALL", "48974")
+    assert everything is not None and (everything.action, everything.sender) == (KeywordAction.OPT_OUT, ALL_SENDERS)
+    back = keyword_request("Start", "48974")
+    assert back is not None and (back.action, back.sender) == (KeywordAction.OPT_IN, "48974")
+    assert keyword_request("HELP", "48974") is None
+
+
+def test_the_refusal_names_the_number_the_sender_the_keyword_and_its_date():
+    # Given a STOP to 48974, a STOPALL and an operator's opt-out
+    base = {"account_id": "7", "msisdn": STOPPED, "at": "2026-01-01T08:00:00.000000Z"}
+    # Then each refusal says who opted out of whom, how and when
+    assert (
+        refusal_reason(OptOut(sender="48974", keyword="STOP", **base), "48974")
+        == "2348020000000 opted out of messages from 48974 (STOP received 2026-01-01)"
+    )
+    assert "from every sender of this account (STOPALL received 2026-01-01)" in refusal_reason(
+        OptOut(sender=ALL_SENDERS, keyword="STOPALL", **base), "48974"
+    )
+    assert "(recorded by an operator 2026-01-01)" in refusal_reason(
+        OptOut(sender="48974", keyword=OPERATOR, **base), "48974"
+    )
+
+
+# ------------------------------------------------------------------ sends
+
+
+class TestSendToOptedOutNumbers:
+    def test_the_opted_out_number_is_refused_and_not_charged_the_other_is_sent(self, store):
+        # Given a number that sent STOP to 48974
+        stop(store)
+        queue = RecordingQueue()
+        # When 48974 sends to it and to another number
+        accepted: Accepted = send(store, STOPPED, OTHER, queue=queue)
+        # Then only the other is stored, charged and queued
+        assert accepted.batch.recipients == 1
+        assert [m.msisdn for m in accepted.messages] == [OTHER]
+        assert [m.msisdn for m in store.messages.values()] == [OTHER]
+        assert store.accounts["7"].credits == 999
+        assert accepted.batch.cost == 1
+        assert [len(c.message_ids) for c in queue.commands] == [1]
+        # And the refusal names the number without '+' and why
+        assert [(r.raw, r.reason) for r in accepted.refused] == [
+            ("2348020000000", "2348020000000 opted out of messages from 48974 (STOP received 2026-01-01)")
+        ]
+
+    def test_when_every_recipient_opted_out_nothing_is_stored_charged_or_queued(self, store):
+        # Given two numbers that opted out of 48974
+        stop(store)
+        stop(store, OTHER)
+        queue = RecordingQueue()
+        # When 48974 sends to both
+        with pytest.raises(OptedOut) as refused:
+            send(store, STOPPED, OTHER, queue=queue)
+        # Then the error names both, and nothing happened
+        assert refused.value.code == "opted_out"
+        assert "2348020000000 opted out" in refused.value.message
+        assert "2348030000000 opted out" in refused.value.message
+        assert store.accounts["7"].credits == 1000
+        assert store.batches == {} and store.messages == {}
+        assert queue.commands == []
+
+    def test_a_stop_to_one_shortcode_does_not_stop_the_accounts_other_shortcode(self, store):
+        # Given a STOP to 48974
+        stop(store)
+        # When 48975 sends to that number / Then it is sent
+        accepted = send(store, STOPPED, sender="48975")
+        assert accepted.refused == [] and accepted.batch.recipients == 1
+
+    def test_stopall_refuses_every_sender_of_the_account(self, store):
+        # Given a STOPALL (sent to 48974)
+        stop(store, sender=ALL_SENDERS, keyword="STOPALL")
+        # When either shortcode sends to it / Then it is refused
+        for sender in ("48974", "48975"):
+            with pytest.raises(OptedOut, match="every sender of this account"):
+                send(store, STOPPED, sender=sender)
+        assert store.accounts["7"].credits == 1000
+
+    def test_an_account_with_no_opt_outs_costs_no_lookup(self, store):
+        # Given an account whose counter is zero
+        assert store.accounts["7"].opt_outs == 0
+        # When it sends / Then the opt-outs are never read
+        send(store, STOPPED, OTHER)
+        assert store.lookups == 0
+        # But once a number opted out, they are
+        stop(store, "+2348050000000")
+        send(store, STOPPED)
+        assert store.lookups == 1
+
+    def test_refused_numbers_are_not_part_of_the_balance_check(self, store):
+        # Given an account with 1 credit and one of two recipients opted out
+        stop(store)
+        store.accounts["7"] = store.accounts["7"].model_copy(update={"credits": 1})
+        # When it sends to both / Then the one that remains is affordable
+        assert send(store, STOPPED, OTHER).balance == 0
+        # And without the opt-out the same send would have been refused
+        with pytest.raises(InsufficientCredits):
+            send(store, OTHER, "+2348050000000")
+
+
+# ------------------------------------------------------------------ inbound keywords
+
+
+def inbound(text: str, upstream_id: str = "sim-1", to: str = "48974") -> FakeProvider:
+    provider = FakeProvider()
+    provider.inbound = InboundSms(
+        upstream="fake",
+        upstream_message_id=upstream_id,
+        msisdn=STOPPED,
+        to=to,
+        text=text,
+        received_at="2026-01-02T23:50:37.000000Z",
+    )
+    return provider
+
+
+def receive(store: OptOutMemoryStore, provider: FakeProvider, published: list, opt_outs=True):
+    deps = InboundDependencies(
+        accounts=store,
+        inbox=store,
+        publish=published.append,
+        clock=lambda: NOW,
+        opt_outs=store if opt_outs else None,
+    )
+    return receive_inbound(
+        provider, CallbackRequest(method="POST", url="https://x", headers={"x-token": "s3cret"}), deps
+    )
+
+
+class TestInboundKeywords:
+    def test_stop_opts_the_number_out_and_is_still_forwarded_in_the_seed_shape(self, store):
+        published: list = []
+        # When the number texts " Stop! " to 48974
+        outcome = receive(store, inbound(" Stop! "), published)
+        # Then it is opted out of 48974, counted, with the keyword, time and the inbound that asked
+        [record] = store.opt_out_records.values()
+        assert (record.sender, record.msisdn, record.keyword) == ("48974", STOPPED, "STOP")
+        assert record.at == "2026-01-02T23:50:37.000000Z"
+        assert outcome.inbound is not None and record.inbound_id == outcome.inbound.inbound_id
+        assert store.accounts["7"].opt_outs == 1
+        # And the client still gets the SMS, exactly as the "Receive SMS" seed shapes it
+        assert published == [inbound_notification(outcome.inbound)]
+        assert set(published[0]["payload"]) == {
+            "type",
+            "telco",
+            "from",
+            "to",
+            "message",
+            "session_id",
+            "sent_date",
+            "ref_id",
+        }
+        assert published[0]["payload"]["message"] == " Stop! "
+
+    def test_a_duplicate_stop_callback_changes_nothing_more(self, store):
+        published: list = []
+        receive(store, inbound("STOP"), published)
+        # When the upstream posts the same callback again
+        again = receive(store, inbound("STOP"), published)
+        # Then it is not stored or counted twice; the notification queued again keeps its id (the client drops it)
+        assert again.stored is False
+        assert store.accounts["7"].opt_outs == 1
+        assert len(published) == 2 and published[0]["id"] == published[1]["id"]
+
+    def test_a_second_stop_message_keeps_the_first_record(self, store):
+        receive(store, inbound("STOP", "sim-1"), [])
+        # When the number sends STOP again (a new message)
+        receive(store, inbound("stop", "sim-2"), [])
+        # Then it is still one opt-out, counted once
+        assert len(store.opt_out_records) == 1
+        assert store.accounts["7"].opt_outs == 1
+
+    def test_start_removes_the_senders_opt_out_and_a_stopall(self, store):
+        # Given a STOP to 48974 and a STOPALL
+        receive(store, inbound("STOP", "sim-1"), [])
+        receive(store, inbound("STOPALL", "sim-2"), [])
+        assert store.accounts["7"].opt_outs == 2
+        # When the number texts START to 48974
+        receive(store, inbound("start", "sim-3"), [])
+        # Then both are gone, the counter is back to zero, and 48974 may send to it again
+        assert store.opt_out_records == {}
+        assert store.accounts["7"].opt_outs == 0
+        assert send(store, STOPPED).batch.recipients == 1
+
+    def test_start_to_one_shortcode_leaves_a_stop_to_the_other(self, store):
+        receive(store, inbound("STOP", "sim-1", to="48975"), [])
+        # When the number texts START to 48974
+        receive(store, inbound("START", "sim-2"), [])
+        # Then its STOP to 48975 stands
+        assert store.accounts["7"].opt_outs == 1
+        with pytest.raises(OptedOut):
+            send(store, STOPPED, sender="48975")
+
+    @pytest.mark.parametrize("text", ["please stop texting me", "HELP", "When is the next show?"])
+    def test_other_messages_and_help_are_only_forwarded(self, store, text):
+        published: list = []
+        receive(store, inbound(text), published)
+        assert store.opt_out_records == {}
+        assert len(published) == 1 and published[0]["payload"]["message"] == text
+
+    def test_without_an_opt_out_store_a_stop_is_only_forwarded(self, store):
+        published: list = []
+        receive(store, inbound("STOP"), published, opt_outs=False)
+        assert store.opt_out_records == {} and len(published) == 1
+
+    def test_a_failing_opt_out_write_still_forwards_the_sms(self, store):
+        # Given an opt-out store that fails
+        store.fail_opt_outs = True
+        published: list = []
+        # When STOP arrives / Then the client still gets it (a retry would be a duplicate, never applied)
+        outcome = receive(store, inbound("STOP"), published)
+        assert outcome.stored is True
+        assert len(published) == 1
+
+
+# ------------------------------------------------------------------ operator opt-outs
+
+
+class TestOperatorOptOuts:
+    def test_an_operator_opt_out_without_a_sender_covers_every_sender(self, store):
+        # When the operator records an opt-out for a local-form number
+        record, new = optouts.record_opt_out(store, store, "7", "08020000000", None, now=NOW)
+        # Then it is the number in E.164, of every sender, marked as the operator's
+        assert new is True
+        assert (record.msisdn, record.sender, record.keyword) == (STOPPED, ALL_SENDERS, OPERATOR)
+        with pytest.raises(OptedOut, match="recorded by an operator"):
+            send(store, STOPPED, sender="48975")
+
+    def test_opt_in_without_a_sender_removes_every_opt_out_of_the_number(self, store):
+        stop(store)
+        stop(store, sender="48975")
+        stop(store, OTHER)
+        # When the operator opts the number back in
+        msisdn, removed = optouts.remove_opt_out(store, store, "7", "2348020000000", None)
+        # Then both of its opt-outs are gone and the other number's stays
+        assert (msisdn, removed) == (STOPPED, 2)
+        assert [o.msisdn for o in optouts.list_opt_outs(store, store, "7")] == [OTHER]
+        assert store.accounts["7"].opt_outs == 1
+
+    @pytest.mark.parametrize(
+        ("account_id", "number", "sender", "error", "fragment"),
+        [
+            ("8", "2348020000000", None, NotFound, "no account 8"),
+            ("7", "12", None, InvalidRequest, "not a valid number"),
+            ("7", "2348020000000", "NOTMINE", InvalidRequest, "not registered"),
+        ],
+    )
+    def test_bad_operator_requests_change_nothing(self, store, account_id, number, sender, error, fragment):
+        with pytest.raises(error, match=fragment):
+            optouts.record_opt_out(store, store, account_id, number, sender, now=NOW)
+        assert store.opt_out_records == {}
+        assert store.accounts["7"].opt_outs == 0

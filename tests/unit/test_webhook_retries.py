@@ -1,0 +1,323 @@
+"""Client webhook retries: the schedule, the failure records and resending, against in-memory fakes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from sms_gateway.errors import Conflict, InvalidRequest, NotFound
+from sms_gateway.logic import webhook_retries
+from sms_gateway.logic.notify import WebhookFailed
+from sms_gateway.ports import WebhookFailure, WebhookFailureState
+from sms_gateway.settings import MAX_NOTIFY_RETRY_DELAYS, Settings
+from sms_gateway_tools.template import load_template
+from tests.fakes import InMemoryStore
+
+NOW = datetime(2026, 1, 2, 12, 0, 0, tzinfo=UTC)
+DEFAULT = Settings().notify_retry_delays
+
+
+class FailureStore(InMemoryStore):
+    """InMemoryStore with the WebhookFailureStore port, with the DynamoDB adapter's conditions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures: dict[tuple[str, str], WebhookFailure] = {}
+
+    def save_webhook_failure(self, failure: WebhookFailure, *, only_from: frozenset[WebhookFailureState]) -> bool:
+        key = (failure.account_id, failure.notification_id)
+        current = self.failures.get(key)
+        if current is not None and current.state not in only_from:
+            return False
+        first = current.first_failed_at if current else failure.first_failed_at
+        self.failures[key] = failure.model_copy(update={"first_failed_at": first})
+        return True
+
+    def get_webhook_failure(self, account_id: str, notification_id: str) -> WebhookFailure | None:
+        return self.failures.get((account_id, notification_id))
+
+    def set_webhook_failure_state(
+        self,
+        account_id: str,
+        notification_id: str,
+        target: WebhookFailureState,
+        *,
+        only_from: frozenset[WebhookFailureState],
+        now: str,
+    ) -> bool:
+        current = self.failures.get((account_id, notification_id))
+        if current is None or current.state not in only_from:
+            return False
+        stamp = {f"{target}_at": now} if target in ("resent", "delivered") else {}
+        self.failures[(account_id, notification_id)] = current.model_copy(
+            update={"state": target, "next_attempt_at": None, **stamp}
+        )
+        return True
+
+    def list_webhook_failures(
+        self, account_id: str, *, state: WebhookFailureState | None = None, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[WebhookFailure], str | None]:
+        mine = sorted(
+            (f for (owner, _), f in self.failures.items() if owner == account_id and state in (None, f.state)),
+            key=lambda f: (f.first_failed_at, f.notification_id),
+            reverse=True,
+        )
+        # Like DynamoDB's cursor: a key to continue after, so records changed meanwhile are not skipped or repeated.
+        if cursor:
+            mine = [f for f in mine if f"{f.first_failed_at}#{f.notification_id}" < cursor]
+        page = mine[:limit]
+        return page, f"{page[-1].first_failed_at}#{page[-1].notification_id}" if len(mine) > limit else None
+
+
+class RecordingNotifyQueue:
+    def __init__(self, fail: bool = False) -> None:
+        self.published: list[dict[str, Any]] = []
+        self.fail = fail
+
+    def publish(self, notifications: Sequence[dict[str, Any]]) -> None:
+        if self.fail:
+            raise RuntimeError("SQS is down")
+        self.published.extend(notifications)
+
+
+def notification(n: int = 1, account_id: str = "7") -> dict[str, Any]:
+    return {
+        "kind": "dlr",
+        "id": f"dlr_{n}_2",
+        "account_id": account_id,
+        "url": None,
+        "payload": {"type": "delivery report", "message_id": str(n), "status": "delivered", "sequence": 2},
+    }
+
+
+def failed(status: int = 500, retry_after: float | None = None) -> WebhookFailed:
+    return WebhookFailed(
+        f"client webhook answered {status}", retry_after, status_code=status, url="https://client.example/dlr"
+    )
+
+
+# ---------------------------------------------------------------- the schedule
+
+
+def test_the_default_schedule_is_eight_attempts_over_about_a_day():
+    # Given the default delays
+    # Then there are seven delays (eight attempts), the documented ones, about 24 hours in all
+    assert DEFAULT == (5, 300, 1800, 7200, 18000, 36000, 23100)
+    assert len(DEFAULT) + 1 == 8
+    assert timedelta(hours=23, minutes=55) <= timedelta(seconds=sum(DEFAULT)) <= timedelta(hours=24, minutes=5)
+
+
+def test_without_jitter_each_failed_attempt_waits_its_delay_and_the_last_gets_none():
+    # Given the middle of the jitter range (rand() = 0.5 moves a delay by nothing)
+    # When each attempt fails
+    delays = [webhook_retries.retry_delay(n, DEFAULT, rand=lambda: 0.5) for n in range(1, 9)]
+    # Then attempts 1-7 wait their delay and attempt 8 was the last
+    assert delays == [5, 300, 1800, 7200, 18000, 36000, 23100, None]
+
+
+@pytest.mark.parametrize("attempt", range(1, 8))
+def test_jitter_stays_within_ten_percent(attempt):
+    base = DEFAULT[attempt - 1]
+    # When the random source gives its extremes
+    low = webhook_retries.retry_delay(attempt, DEFAULT, rand=lambda: 0.0)
+    high = webhook_retries.retry_delay(attempt, DEFAULT, rand=lambda: 0.999999)
+    # Then the delay moves by at most 10% either way (rounded to whole seconds)
+    assert low is not None and high is not None
+    assert round(base * 0.9) == low <= base <= high <= round(base * 1.1)
+    assert low < high if base >= 10 else True
+
+
+def test_jitter_spreads_retries_with_the_real_random_source():
+    # Given many clients failing at once on the 5-minute step
+    seen = {webhook_retries.retry_delay(2, DEFAULT) for _ in range(200)}
+    # Then they do not all come back in the same second, and none leaves the +-10% band
+    assert len(seen) > 5
+    assert all(s is not None and 270 <= s <= 330 for s in seen)
+
+
+def test_a_retry_after_raises_the_delay_but_never_lowers_it_and_is_capped_at_twelve_hours():
+    no_jitter = {"rand": lambda: 0.5}
+    # A Retry-After longer than the delay wins (rounded up)
+    assert webhook_retries.retry_delay(1, DEFAULT, retry_after=120.2, **no_jitter) == 121
+    # A shorter one does not shorten the schedule
+    assert webhook_retries.retry_delay(3, DEFAULT, retry_after=10, **no_jitter) == 1800
+    # SQS cannot hide a record for more than 12 hours
+    assert webhook_retries.retry_delay(1, DEFAULT, retry_after=3 * 86400, **no_jitter) == 43_200
+    # After the last attempt there is no retry, whatever the client asks
+    assert webhook_retries.retry_delay(8, DEFAULT, retry_after=5) is None
+
+
+def test_the_delays_can_be_overridden_comma_separated():
+    # Given the environment of a local stack or a test
+    settings = Settings.from_environ({"NOTIFY_RETRY_DELAYS": "1, 1,2"})
+    # Then the schedule is those delays: four attempts
+    assert settings.notify_retry_delays == (1, 1, 2)
+    assert [webhook_retries.retry_delay(n, settings.notify_retry_delays, rand=lambda: 0.5) for n in (1, 3, 4)] == [
+        1,
+        2,
+        None,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [("1,x", "whole seconds"), (",".join(["1"] * (MAX_NOTIFY_RETRY_DELAYS + 1)), "at most"), ("50000", "43200")],
+)
+def test_a_bad_delay_override_is_refused(raw, fragment):
+    with pytest.raises(ValidationError, match=fragment):
+        Settings.from_environ({"NOTIFY_RETRY_DELAYS": raw})
+
+
+def test_the_notify_queue_redrive_leaves_room_for_every_attempt():
+    # Given the notify queue's redrive
+    queue = load_template()["Resources"]["NotifyQueue"]["Properties"]
+    max_receive = int(queue["RedrivePolicy"]["maxReceiveCount"])
+    # Then SQS only dead-letters a record after the longest allowed schedule is spent: the handler decides
+    assert max_receive > MAX_NOTIFY_RETRY_DELAYS + 1 >= len(DEFAULT) + 1
+    # And a record outlives its retries in the queue (retention at least two days)
+    assert int(queue["MessageRetentionPeriod"]) >= 2 * 86400 > sum(DEFAULT)
+
+
+# ---------------------------------------------------------------- failure records
+
+
+def test_a_failure_is_recorded_retrying_with_its_reason_and_next_attempt():
+    store = FailureStore()
+    # When the first attempt fails with a 500
+    outcome = webhook_retries.record_failure(
+        store, notification(), failed(500), attempt=1, delays=(60, 60), now=NOW, rand=lambda: 0.5
+    )
+    # Then it is retried in 60 s and the record says so
+    assert outcome.retry_in == 60
+    record = store.get_webhook_failure("7", "dlr_1_2")
+    assert record is not None
+    assert (record.state, record.attempts, record.last_status_code) == ("retrying", 1, 500)
+    assert record.last_error == "client webhook answered 500"
+    assert record.url == "https://client.example/dlr"
+    assert record.next_attempt_at == "2026-01-02T12:01:00.000000Z"
+    assert record.notification == notification()
+
+
+def test_the_last_failed_attempt_marks_it_dead_and_keeps_the_first_failure_time():
+    store = FailureStore()
+    webhook_retries.record_failure(store, notification(), failed(), attempt=1, delays=(60,), now=NOW)
+    # When the second (last) attempt fails an hour later
+    later = NOW + timedelta(hours=1)
+    outcome = webhook_retries.record_failure(store, notification(), failed(503), attempt=2, delays=(60,), now=later)
+    # Then there is no retry and the record is dead, first failure unchanged
+    assert outcome.retry_in is None
+    record = store.get_webhook_failure("7", "dlr_1_2")
+    assert record is not None
+    assert (record.state, record.attempts, record.last_status_code) == ("dead", 2, 503)
+    assert record.first_failed_at == "2026-01-02T12:00:00.000000Z"
+    assert record.next_attempt_at is None
+
+
+def test_a_delivered_notification_is_not_reopened_by_a_failing_duplicate():
+    store = FailureStore()
+    webhook_retries.record_failure(store, notification(), failed(), attempt=1, delays=(60,), now=NOW)
+    assert webhook_retries.record_delivered(store, notification(), now=NOW)
+    # When a duplicate record of the same notification fails
+    outcome = webhook_retries.record_failure(store, notification(), failed(), attempt=1, delays=(60,), now=NOW)
+    # Then the record stays delivered (the retry still happens for the duplicate)
+    assert not outcome.recorded
+    record = store.get_webhook_failure("7", "dlr_1_2")
+    assert record is not None and record.state == "delivered"
+
+
+def test_only_a_notification_that_failed_before_needs_a_delivered_mark():
+    assert not webhook_retries.needs_delivered_mark(notification(), 1)
+    assert webhook_retries.needs_delivered_mark(notification(), 2)
+    assert webhook_retries.needs_delivered_mark({**notification(), "resent": True}, 1)
+    # And marking one that never failed writes nothing
+    store = FailureStore()
+    assert not webhook_retries.record_delivered(store, notification(), now=NOW)
+    assert store.failures == {}
+
+
+def test_a_notification_without_an_id_is_recorded_under_its_signed_webhook_id():
+    store = FailureStore()
+    anonymous = {k: v for k, v in notification().items() if k != "id"}
+    webhook_retries.record_failure(store, anonymous, failed(), attempt=1, delays=(60,), now=NOW)
+    [(_, notification_id)] = store.failures
+    assert notification_id.startswith("dlr_") and len(notification_id) == len("dlr_") + 32
+
+
+# ---------------------------------------------------------------- resending
+
+
+def dead_store(count: int = 1, account_id: str = "7") -> FailureStore:
+    store = FailureStore()
+    for n in range(1, count + 1):
+        webhook_retries.record_failure(
+            store,
+            notification(n, account_id),
+            failed(),
+            attempt=1,
+            delays=(),
+            now=NOW + timedelta(minutes=n),
+        )
+    return store
+
+
+def test_resending_a_dead_notification_queues_it_fresh_and_marks_it_resent():
+    store, queue = dead_store(), RecordingNotifyQueue()
+    # When the client resends it
+    answer = webhook_retries.resend_failure(store, queue, "7", "dlr_1_2", now=NOW)
+    # Then the notification is queued as it was, marked as a resend, and the record says resent
+    assert queue.published == [{**notification(), "resent": True}]
+    assert answer.state == "resent"
+    record = store.get_webhook_failure("7", "dlr_1_2")
+    assert record is not None and record.state == "resent"
+    # And resending it again is a conflict that queues nothing more
+    with pytest.raises(Conflict, match="resent"):
+        webhook_retries.resend_failure(store, queue, "7", "dlr_1_2", now=NOW)
+    assert len(queue.published) == 1
+
+
+def test_a_retrying_or_unknown_or_other_accounts_notification_is_not_resent():
+    store, queue = dead_store(), RecordingNotifyQueue()
+    webhook_retries.record_failure(store, notification(9), failed(), attempt=1, delays=(60,), now=NOW)
+    with pytest.raises(Conflict, match="retrying"):
+        webhook_retries.resend_failure(store, queue, "7", "dlr_9_2", now=NOW)
+    with pytest.raises(NotFound):
+        webhook_retries.resend_failure(store, queue, "7", "dlr_404_2", now=NOW)
+    with pytest.raises(NotFound):
+        webhook_retries.resend_failure(store, queue, "8", "dlr_1_2", now=NOW)
+    with pytest.raises(InvalidRequest):
+        webhook_retries.resend_failure(store, queue, "7", "dlr 1/2", now=NOW)
+    # Nothing was queued and nothing changed
+    assert queue.published == []
+    assert store.failures[("7", "dlr_1_2")].state == "dead"
+
+
+def test_a_resend_that_cannot_be_queued_leaves_it_dead():
+    store = dead_store()
+    with pytest.raises(RuntimeError):
+        webhook_retries.resend_failure(store, RecordingNotifyQueue(fail=True), "7", "dlr_1_2", now=NOW)
+    assert store.failures[("7", "dlr_1_2")].state == "dead"
+
+
+def test_resend_all_is_bounded_and_says_whether_more_are_left():
+    store, queue = dead_store(5), RecordingNotifyQueue()
+    store.failures.update(dead_store(2, account_id="8").failures)
+    # When the client resends its dead notifications, three per call
+    first = webhook_retries.resend_dead(store, queue, "7", now=NOW, limit=3)
+    # Then three of its own go, newest first, and it hears more are left
+    assert first == (3, True)
+    assert [n["id"] for n in queue.published] == ["dlr_5_2", "dlr_4_2", "dlr_3_2"]
+    # And the next call takes the rest; the other account's are untouched
+    assert webhook_retries.resend_dead(store, queue, "7", now=NOW, limit=3) == (2, False)
+    assert {n["account_id"] for n in queue.published} == {"7"}
+    assert [f.state for (owner, _), f in store.failures.items() if owner == "8"] == ["dead", "dead"]
+    assert webhook_retries.resend_dead(store, queue, "7", now=NOW, limit=3) == (0, False)
+
+
+@pytest.mark.parametrize("raw", ["bogus", "DEAD!"])
+def test_an_unknown_state_filter_is_refused(raw):
+    with pytest.raises(InvalidRequest, match="state must be one of"):
+        webhook_retries.parse_state(raw)
