@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SAM_VENV := .venv-sam
 PORT ?= 3000
 
-.PHONY: install dev test lint typecheck template-lint unit e2e build validate clean
+.PHONY: install dev test lint typecheck template-lint unit e2e build validate clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ unit: $(STAMP)
 
 e2e: $(STAMP)
 	$(BIN)/pytest -q tests/e2e
+
+# Figures, not tests: prints tables, writes bench/results.json and docs/benchmarks.md (BENCH_ARGS="--only cold_start").
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # SAM CLI pins old boto3/pydantic/click, so it lives in its own virtualenv.
 $(SAM_VENV)/bin/sam:
