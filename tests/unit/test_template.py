@@ -378,7 +378,6 @@ def test_sam_policy_templates_are_scoped_to_one_resource(template: dict[str, Any
     # Given the SAM policy templates the functions use
     scoped = {
         "DynamoDBCrudPolicy": {"TableName": {"Ref": "GatewayTable"}},
-        "SSMParameterReadPolicy": {"ParameterName": {"Fn::Sub": "sms-gateway/${Stage}/upstreams/*"}},
     }
     for _, props in resources_of_type(template, "AWS::Serverless::Function"):
         for policy in props["Policies"]:
