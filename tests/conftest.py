@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -38,8 +39,8 @@ def _isolated_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POWERTOOLS_LOG_LEVEL", "WARNING")
 
 
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+@contextmanager
+def template_stack(setenv: Callable[[str, str], None]) -> Iterator[dict[str, str]]:
     """moto with the table, queues and schedule group that template.yaml defines, and the functions' env."""
     from moto import mock_aws
 
@@ -49,12 +50,18 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     with mock_aws():
         env = create_resources(stack_name=STACK, simulator_url="http://127.0.0.1:9", api_url="http://127.0.0.1:8")
         for key, value in env.items():
-            monkeypatch.setenv(key, value)
+            setenv(key, value)
         bootstrap.reset()
         yield env
         bootstrap.reset()
     for key in env:
         os.environ.pop(key, None)
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    with template_stack(monkeypatch.setenv) as env:
+        yield env
 
 
 @pytest.fixture

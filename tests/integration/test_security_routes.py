@@ -1,0 +1,381 @@
+"""Every route refuses missing and wrong credentials, in its dialect's words, and the refusal changes nothing.
+
+The routes are enumerated twice, from template.yaml's HttpApi events and from the Powertools resolvers' registered
+routes, and the two lists must agree; so a route added to either one is checked here without being named. A route
+is refused by default: the only exceptions are the commented allow-lists below. Requests go through API Gateway's
+routing (from the template), a real payload v2.0 event, and the real `api` and `webhook` handlers on moto."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.security_stack import (
+    Answer,
+    Gateway,
+    configure_upstreams,
+    create_account,
+    log_in,
+    random_secret,
+    shared_stack,
+    simulator_headers,
+    stored_state,
+)
+
+# Public by design: the API's own documentation, which carries no account data.
+PUBLIC_ROUTES = {
+    ("GET", "/v1/docs"),
+    ("GET", "/v1/openapi.json"),
+}
+# Resolver routes that never read credentials because every request gets the same error: the shortcode family's
+# answer to a service it does not have (1010 Unsupported request type). Checked below to answer only that.
+ERROR_ONLY_ROUTES = {(method, "/api/services/<action>") for method in ("GET", "POST", "PUT", "PATCH", "DELETE")}
+# Template routes no resolver route serves yet: reserved paths, answered 404 whatever is sent (checked below).
+RESERVED_TEMPLATE_ROUTES = {("ANY", "/portal/{proxy+}")}
+
+HTTP_FUNCTION_OF_RESOLVER = {"api": "ApiFunction", "callbacks": "WebhookFunction"}
+AIRTEL = "2348020000000"
+
+
+def resolver_routes() -> list[tuple[str, str, str]]:
+    """(template function, method, path with <params>) of every route the two resolvers registered."""
+    from sms_gateway.dialects import api, callbacks
+
+    found = []
+    for module, resolver in (("api", api.app), ("callbacks", callbacks.app)):
+        for route in [*resolver._static_routes, *resolver._dynamic_routes]:
+            found.append((HTTP_FUNCTION_OF_RESOLVER[module], route.method, route.path))
+    return sorted(set(found))
+
+
+@functools.cache
+def template_routes() -> list[tuple[str, str, str]]:
+    from sms_gateway_tools.template import function_definitions, function_routes, load_template
+
+    return function_routes(function_definitions(load_template()))
+
+
+@dataclass
+class Victim:
+    """The account whose data a missing check would expose: a real id for every path parameter."""
+
+    account: dict[str, Any]
+    session: dict[str, str]
+    reference_id: str
+    scheduled_reference_id: str
+    group_id: str
+    message_id: int
+
+    def path_parameter(self, name: str) -> str:
+        return {
+            "reference_id": self.scheduled_reference_id,
+            "order_id": self.scheduled_reference_id,
+            "group_id": self.group_id,
+            # Not a real record: making one needs the notifier; the cross-account tests resend a real one.
+            "notification_id": f"dlr_{self.message_id}_3",
+            "provider": "simulator",
+            # A service the family does not have (the real ones are their own routes).
+            "action": "sendsmsnow",
+        }[name]
+
+
+def concrete_path(path: str, victim: Victim | None = None) -> str:
+    return re.sub(r"<(\w+)>", lambda m: victim.path_parameter(m.group(1)) if victim else f"p{len(m.group(1))}", path)
+
+
+@pytest.fixture(scope="module")
+def aws() -> Iterator[dict[str, str]]:
+    # One stack for the module: every test here either only reads or asserts that nothing changed.
+    with shared_stack() as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+def gateway(aws: dict[str, str]) -> Gateway:
+    configure_upstreams(aws)
+    return Gateway.start()
+
+
+@pytest.fixture(scope="module")
+def intruder(gateway: Gateway) -> dict[str, Any]:
+    account = create_account("Intruder", "55555")
+    return {**account, "session": log_in(gateway, account)}
+
+
+@pytest.fixture(scope="module")
+def victim(gateway: Gateway) -> Victim:
+    account = create_account("Victim", "48974", dlr_url="https://victim.example/dlr")
+    token = {"authorization": f"Bearer {account['token']}"}
+    now = {"from": "48974", "to": AIRTEL, "message": "a"}
+    sent = gateway.request("POST", "/ng/v1/sendsms", headers=token, body=now)
+    assert sent.status == 200, sent
+    send_at = (datetime.now(UTC) + timedelta(days=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    later = {"from": "48974", "to": [AIRTEL], "body": "b", "send_at": send_at}
+    scheduled = gateway.request("POST", "/ng/v1/sendsms", headers=token, body=later)
+    assert scheduled.status == 200, scheduled
+    group = gateway.request("POST", "/ng/v1/groups", headers=token, body={"name": "Regulars", "members": [AIRTEL]})
+    assert group.status == 201, group
+    return Victim(
+        account=account,
+        session=log_in(gateway, account),
+        reference_id=str(sent.json["data"][0]["reference_id"]) if "data" in sent.json else "",
+        scheduled_reference_id=str(scheduled.json["reference_id"]),
+        group_id=str(group.json["group_id"]),
+        message_id=int(sent.json["data"][0]["message_id"]) if "data" in sent.json else 1,
+    )
+
+
+# ---------------------------------------------------------------- the two route lists agree
+
+
+def test_every_resolver_route_is_reachable_through_the_template_and_lands_on_its_function():
+    from sms_gateway_tools.template import match_route
+
+    unreachable = []
+    for function, method, path in resolver_routes():
+        found = match_route(template_routes(), method, concrete_path(path))
+        if found is None or found[0] != function:
+            unreachable.append((function, method, path, found))
+    assert unreachable == []
+
+
+def test_every_template_route_serves_some_resolver_route():
+    from sms_gateway_tools.template import match_route
+
+    resolver = resolver_routes()
+    unserved = []
+    for function, method, path in template_routes():
+        served = [
+            (m, p)
+            for f, m, p in resolver
+            if f == function and match_route([(function, method, path)], m, concrete_path(p)) is not None
+        ]
+        if not served and (method, path) not in RESERVED_TEMPLATE_ROUTES:
+            unserved.append((function, method, path))
+    assert unserved == []
+    # And the enumeration really found both lists
+    assert len(resolver) > 30 and len(template_routes()) >= 12
+
+
+def test_a_reserved_template_route_answers_not_found_and_changes_nothing(aws, gateway, victim):
+    for _, path in RESERVED_TEMPLATE_ROUTES:
+        before = stored_state(aws)
+        for method in ("GET", "POST", "DELETE"):
+            answer = gateway.request(method, path.replace("{proxy+}", "accounts"), headers=_bearer(victim))
+            assert answer.status == 404, answer
+        assert stored_state(aws) == before
+
+
+# ---------------------------------------------------------------- credentials, per dialect
+
+
+@dataclass
+class Attempt:
+    """One request without valid credentials for the route: what to send, and whether its answer is a refusal."""
+
+    label: str
+    headers: dict[str, str] = field(default_factory=dict)
+    query: dict[str, str] = field(default_factory=dict)
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+def _bearer(victim: Victim) -> dict[str, str]:
+    return {"authorization": f"Bearer {victim.account['token']}"}
+
+
+def _ninebits_attempts(victim: Victim, intruder: dict[str, Any]) -> Iterator[Attempt]:
+    yield Attempt("no Authorization header")
+    yield Attempt("an unknown token", headers={"authorization": f"Bearer {random_secret()}"})
+    yield Attempt("an empty Bearer", headers={"authorization": "Bearer "})
+    yield Attempt("the token in another scheme", headers={"authorization": f"Token {victim.account['token']}"})
+    # Other credentials of the same account are not API tokens.
+    yield Attempt("the account's API key", headers={"authorization": f"Bearer {victim.account['apikey']}"})
+    yield Attempt("the account's password", headers={"authorization": f"Bearer {victim.account['password']}"})
+    webhook_token = victim.account["webhook_token"]
+    yield Attempt("the token our webhooks carry", headers={"authorization": f"Bearer {webhook_token}"})
+    yield Attempt("a session key", headers={"authorization": f"Bearer {victim.session['Session_key']}"})
+
+
+def _shortcode_attempts(victim: Victim, intruder: dict[str, Any]) -> Iterator[Attempt]:
+    partner = victim.account["partner_id"]
+    yield Attempt("no apikey or partnerID")
+    yield Attempt("a partnerID without apikey", body={"partnerID": partner})
+    yield Attempt("an apikey without partnerID", body={"apikey": victim.account["apikey"]})
+    yield Attempt("an unknown apikey", body={"apikey": random_secret(), "partnerID": partner})
+    yield Attempt("another account's apikey", body={"apikey": intruder["apikey"], "partnerID": partner})
+    yield Attempt("the account's API token as apikey", body={"apikey": victim.account["token"], "partnerID": partner})
+
+
+def _login_attempts(victim: Victim, intruder: dict[str, Any]) -> Iterator[Attempt]:
+    username = victim.account["username"]
+    yield Attempt("no username or password")
+    yield Attempt("a wrong password", query={"username": username, "password": random_secret()})
+    yield Attempt("no password", query={"username": username})
+    yield Attempt("an unknown username", query={"username": random_secret(), "password": victim.account["password"]})
+    yield Attempt("another account's password", query={"username": username, "password": intruder["password"]})
+    yield Attempt("the API key as password", query={"username": username, "password": victim.account["apikey"]})
+    wrong_basic = base64.b64encode(f"{username}:{random_secret()}".encode()).decode()
+    yield Attempt("a wrong HTTP Basic password", headers={"authorization": f"Basic {wrong_basic}"})
+
+
+def _session_attempts(victim: Victim, intruder: dict[str, Any]) -> Iterator[Attempt]:
+    user_key, session_key = victim.session["user_key"], victim.session["Session_key"]
+    intruder_session = intruder["session"]
+    yield Attempt("no user_key or Session_key")
+    yield Attempt("a user_key alone", headers={"user_key": user_key})
+    yield Attempt("a Session_key alone", headers={"Session_key": session_key})
+    yield Attempt("an unknown session key", headers={"user_key": user_key, "Session_key": random_secret()})
+    yield Attempt(
+        "another account's session for this user_key",
+        headers={"user_key": user_key, "Session_key": intruder_session["Session_key"]},
+    )
+    for name in ("token", "password"):
+        yield Attempt(f"the {name} as session key", headers={"user_key": user_key, "Session_key": victim.account[name]})
+
+
+# A signature or token of the right shape, made with the wrong secret, for each upstream type.
+def _callback_attempts(provider: str, body: str) -> Iterator[Attempt]:
+    yield Attempt("no signature or token")
+    if provider == "simulator":
+        yield Attempt("a signature with the wrong secret", headers=simulator_headers(body, secret=random_secret()))
+    elif provider in ("kannel", "jasmin", "africastalking"):
+        yield Attempt("a wrong token", query={"token": random_secret()})
+    elif provider == "twilio":
+        yield Attempt("a wrong signature", headers={"x-twilio-signature": base64.b64encode(b"x" * 20).decode()})
+    elif provider == "ninebits":
+        yield Attempt("a wrong bearer token", headers={"authorization": f"Bearer {random_secret()}"})
+        yield Attempt(
+            "a wrong webhook signature",
+            headers={"webhook-id": "msg_1", "webhook-timestamp": "1", "webhook-signature": "v1,AAAA"},
+        )
+    else:
+        # An unknown upstream name with some upstream's valid-looking credentials.
+        yield Attempt("an unknown upstream", headers=simulator_headers(body), query={"token": random_secret()})
+
+
+Refused = Callable[[Answer], bool]
+
+
+def _status(*allowed: int) -> Refused:
+    return lambda answer: answer.status in allowed
+
+
+def _shortcode_refusal(answer: Answer) -> bool:
+    # The family answers in HTTP 200 with its own codes: 4091 no partner id, 4092 no API key, 1006 invalid.
+    return answer.status == 200 and answer.json.get("response-code") in (1006, 4091, 4092)
+
+
+# Which credentials each part of the API takes, by path prefix; a route under none of them fails the test.
+SCHEMES: list[tuple[str, Callable[..., Iterator[Attempt]], Refused]] = [
+    ("/ng/v1/", _ninebits_attempts, _status(401)),
+    ("/api/services/", _shortcode_attempts, _shortcode_refusal),
+    ("/login", _login_attempts, _status(401)),
+    ("/sms", _session_attempts, _status(401)),
+    ("/status", _session_attempts, _status(401)),
+]
+
+
+def _plausible(method: str, path: str, victim: Victim) -> dict[str, Any]:
+    """A request that would do something real if the credentials were accepted (sent, cancelled, changed)."""
+    sender = victim.account["senders"][0]
+    members = {"members": ["2348020000111"]}
+    bodies: dict[tuple[str, str], dict[str, Any]] = {
+        ("POST", "/ng/v1/sendsms"): {"from": sender, "to": [AIRTEL], "body": "hello"},
+        ("POST", "/ng/v1/batches/dry_run"): {"from": sender, "to": [AIRTEL], "body": "hello"},
+        ("POST", "/ng/v1/groups"): {"name": "Stolen", "members": [AIRTEL]},
+        ("POST", "/ng/v1/groups/<group_id>/members"): members,
+        ("DELETE", "/ng/v1/groups/<group_id>/members"): members,
+        ("PUT", "/ng/v1/settings/webhooks"): {"dlr_url": "https://attacker.example/dlr", "rotate_secret": True},
+        ("POST", "/ng/v1/webhooks/failures/resend"): {"state": "dead"},
+        ("POST", "/sms"): {"message": "hello", "recipient": [AIRTEL], "sender": sender, "message_type": "N"},
+    }
+    if path.startswith("/api/services/"):
+        return {"message": "hello", "shortcode": sender, "mobile": AIRTEL, "messageID": str(victim.message_id)}
+    return bodies.get((method, path), {})
+
+
+def _send(gateway: Gateway, method: str, path: str, victim: Victim, attempt: Attempt) -> Answer:
+    fields = {**_plausible(method, path, victim), **attempt.body}
+    query = dict(attempt.query)
+    body: Any = None
+    if path.startswith("/api/services/") and method == "GET":
+        query.update({key: str(value) for key, value in fields.items()})
+    elif fields:
+        body = fields
+    return gateway.request(method, concrete_path(path, victim), query=query, headers=attempt.headers, body=body)
+
+
+@pytest.mark.parametrize(
+    ("function", "method", "path"),
+    [route for route in resolver_routes() if not route[2].startswith("/callbacks/")],
+    ids=str,
+)
+def test_every_client_route_refuses_missing_and_wrong_credentials_and_changes_nothing(
+    aws, gateway, victim, intruder, function, method, path
+):
+    if (method, path) in PUBLIC_ROUTES:
+        answer = gateway.request(method, path)
+        assert answer.status == 200 and victim.account["account_id"] not in answer.text
+        return
+    before = stored_state(aws)
+    if (method, path) in ERROR_ONLY_ROUTES:
+        answer = _send(gateway, method, path, victim, Attempt("the owner's own credentials", body=_owner(victim)))
+        assert answer.json == {"response-code": 1010, "response-description": "Unsupported request type"} or (
+            answer.json.get("response-code") == 1010
+        ), answer
+        assert stored_state(aws) == before
+        return
+    schemes = [(attempts, refused) for prefix, attempts, refused in SCHEMES if _under(path, prefix)]
+    assert schemes, f"{method} {path} is under no known credential scheme: add it to SCHEMES or an allow-list"
+    attempts, refused = schemes[0]
+    accepted = []
+    for attempt in attempts(victim, intruder):
+        answer = _send(gateway, method, path, victim, attempt)
+        if not refused(answer):
+            accepted.append((attempt.label, answer.status, answer.text[:200]))
+    assert accepted == []
+    assert stored_state(aws) == before
+
+
+def _owner(victim: Victim) -> dict[str, str]:
+    return {"apikey": victim.account["apikey"], "partnerID": victim.account["partner_id"]}
+
+
+def _under(path: str, prefix: str) -> bool:
+    root = prefix.rstrip("/")
+    return path == root or path.startswith(f"{root}/")
+
+
+CALLBACK_BODY = '{"message_id": "1", "status": "DELIVRD", "from": "2348020000000", "to": "48974", "text": "hi"}'
+
+
+@pytest.mark.parametrize(
+    ("function", "method", "path"),
+    [route for route in resolver_routes() if route[2].startswith("/callbacks/")],
+    ids=str,
+)
+@pytest.mark.parametrize("provider", ["simulator", "kannel", "jasmin", "twilio", "africastalking", "ninebits", "nope"])
+def test_every_upstream_callback_refuses_missing_and_wrong_signatures_and_changes_nothing(
+    aws, gateway, victim, function, method, path, provider
+):
+    before = stored_state(aws)
+    accepted = []
+    for attempt in _callback_attempts(provider, CALLBACK_BODY):
+        answer = gateway.request(
+            method,
+            path.replace("<provider>", provider),
+            query=attempt.query,
+            headers={"content-type": "application/json", **attempt.headers},
+            body=CALLBACK_BODY if method == "POST" else None,
+        )
+        if answer.status not in (401, 403):
+            accepted.append((attempt.label, answer.status, answer.text[:200]))
+    assert accepted == []
+    assert stored_state(aws) == before

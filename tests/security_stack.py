@@ -1,0 +1,213 @@
+"""What the security tests share: an in-process HTTP API (template routing, API Gateway events, the real handlers
+on moto), accounts holding every kind of credential, every upstream type configured, and a snapshot of everything
+stored so a refused request can be shown to change nothing."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import boto3
+import pytest
+
+from tests.conftest import FakeContext, load_function, template_stack
+
+# The functions the HTTP API invokes, by template logical id, and the module each is loaded from.
+HTTP_FUNCTIONS = {"ApiFunction": "api", "WebhookFunction": "webhook"}
+SIMULATOR_SECRET = "security-simulator-secret"
+
+
+@contextmanager
+def shared_stack() -> Iterator[dict[str, str]]:
+    """The conftest `aws` stack for a whole test module: building it costs seconds, and the security tests that
+    share one only read, or assert that nothing changed."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+            patch.setenv(key, value)
+        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        patch.delenv("AWS_ENDPOINT_URL", raising=False)
+        with template_stack(patch.setenv) as env:
+            yield env
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    text: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+@dataclass
+class Gateway:
+    """Requests routed as API Gateway would route them from template.yaml, delivered to the real handlers."""
+
+    routes: list[tuple[str, str, str]] = field(default_factory=list)
+    handlers: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls) -> Gateway:
+        from sms_gateway_tools.template import function_definitions, function_routes, load_template
+
+        routes = function_routes(function_definitions(load_template()))
+        return cls(routes, {logical_id: load_function(name).handler for logical_id, name in HTTP_FUNCTIONS.items()})
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        body: Any = None,
+    ) -> Answer:
+        from sms_gateway_tools.localstack.http_bridge import HttpRequest, build_event
+        from sms_gateway_tools.template import match_route
+
+        found = match_route(self.routes, method, path)
+        assert found is not None, f"API Gateway has no route for {method} {path}"
+        logical_id, route_key, path_parameters = found
+        headers = dict(headers or {})
+        if body is not None and not isinstance(body, str | bytes):
+            body = json.dumps(body)
+            headers.setdefault("content-type", "application/json")
+        raw = body.encode() if isinstance(body, str) else (body or b"")
+        target = path + (f"?{urlencode(query)}" if query else "")
+        request = HttpRequest(method, target, [("host", "gw.example"), *headers.items()], raw, "203.0.113.7")
+        event = build_event(request, route_key, path_parameters, server_port=443)
+        result = self.handlers[logical_id](event, FakeContext())
+        body_text = result.get("body") or ""
+        if result.get("isBase64Encoded"):
+            body_text = base64.b64decode(body_text).decode()
+        return Answer(int(result["statusCode"]), dict(result.get("headers") or {}), body_text)
+
+
+def create_account(name: str, sender: str, credits: int = 100, **webhooks: str) -> dict[str, Any]:
+    """An account with a token, an API key and partner id, a username and password, and webhook credentials."""
+    from sms_gateway_tools.admin import create_account as admin_create_account
+
+    return admin_create_account(name=name, senders=[sender], credits=credits, **webhooks)
+
+
+def log_in(gateway: Gateway, account: dict[str, Any]) -> dict[str, str]:
+    """The session-key dialect's headers after a real /login."""
+    answer = gateway.request("GET", "/login", query={"username": account["username"], "password": account["password"]})
+    assert answer.status == 200, answer
+    user_key, session_key = answer.text.split(";")
+    return {"user_key": user_key, "Session_key": session_key}
+
+
+# Every upstream type, with the secrets its callbacks are verified with. The names are the {provider} of
+# /callbacks/{provider}/...; `simulator` is the local stack's default upstream.
+def upstream_configurations(simulator_url: str = "http://127.0.0.1:9") -> dict[str, dict[str, Any]]:
+    return {
+        "simulator": {"type": "simulator", "url": simulator_url, "secret": SIMULATOR_SECRET},
+        "kannel": {
+            "type": "kannel",
+            "url": "http://127.0.0.1:9/cgi-bin/sendsms",
+            "username": "kannel-user",
+            "password": "kannel-password-0001",
+            "callback_token": "kannel-callback-token-0001",
+        },
+        "jasmin": {
+            "type": "jasmin",
+            "url": "http://127.0.0.1:9/secure/send",
+            "username": "jasmin-user",
+            "password": "jasmin-password-0001",
+            "callback_token": "jasmin-callback-token-0001",
+        },
+        "twilio": {
+            "type": "twilio",
+            "account_sid": "AC" + "0" * 32,
+            "auth_token": "twilio-auth-token-0001",
+            "base_url": "http://127.0.0.1:9",
+        },
+        "africastalking": {
+            "type": "africastalking",
+            "username": "sandbox",
+            "api_key": "at-api-key-0001",
+            "callback_token": "at-callback-token-0001",
+            "base_url": "http://127.0.0.1:9",
+        },
+        "ninebits": {
+            "type": "ninebits",
+            "url": "http://127.0.0.1:9/ng/v1/sendsms",
+            "token": "ninebits-upstream-token-0001",
+            "webhook_token": "ninebits-webhook-token-0001",
+            "webhook_secret": "whsec_" + base64.b64encode(b"ninebits-webhook-secret-0001").decode(),
+        },
+    }
+
+
+def configure_upstreams(env: dict[str, str], simulator_url: str = "http://127.0.0.1:9") -> dict[str, dict[str, Any]]:
+    """Every upstream type in Parameter Store, as an operator stores them (SecureString JSON)."""
+    configurations = upstream_configurations(simulator_url)
+    ssm = boto3.client("ssm")
+    for name, config in configurations.items():
+        ssm.put_parameter(
+            Name=f"{env['UPSTREAM_PARAMETER_PREFIX']}{name}",
+            Type="SecureString",
+            Value=json.dumps(config),
+            Overwrite=True,
+        )
+    return configurations
+
+
+def simulator_headers(body: str, secret: str = SIMULATOR_SECRET) -> dict[str, str]:
+    from sms_gateway.adapters.providers.simulator import signature
+
+    timestamp = str(int(time.time()))
+    return {"x-simulator-timestamp": timestamp, "x-simulator-signature": signature(secret, timestamp, body)}
+
+
+def random_secret() -> str:
+    return secrets.token_urlsafe(24)
+
+
+# ---------------------------------------------------------------- what is stored
+
+
+def stored_state(env: dict[str, str]) -> dict[str, Any]:
+    """Every table item, every queue's depth and every schedule: equal before and after means nothing changed."""
+    table = boto3.resource("dynamodb").Table(env["TABLE_NAME"])
+    items: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {}
+    while True:
+        page = table.scan(**kwargs)
+        items.extend(page["Items"])
+        if "LastEvaluatedKey" not in page:
+            break
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    sqs = boto3.client("sqs")
+    depths = {}
+    for url in sqs.list_queues().get("QueueUrls", []):
+        attributes = sqs.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        )["Attributes"]
+        depths[url] = attributes
+    scheduler = boto3.client("scheduler")
+    schedules = sorted(s["Name"] for s in scheduler.list_schedules().get("Schedules", []))
+    return {
+        "items": sorted(json.dumps(item, sort_keys=True, default=str) for item in items),
+        "queues": depths,
+        "schedules": schedules,
+    }
+
+
+def scan_items(env: dict[str, str]) -> list[dict[str, Any]]:
+    """Every item of the table, as DynamoDB holds it (typed attribute values)."""
+    client = boto3.client("dynamodb")
+    items: list[dict[str, Any]] = []
+    for page in client.get_paginator("scan").paginate(TableName=env["TABLE_NAME"]):
+        items.extend(page["Items"])
+    return items
