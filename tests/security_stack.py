@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -105,6 +106,86 @@ def log_in(gateway: Gateway, account: dict[str, Any]) -> dict[str, str]:
     assert answer.status == 200, answer
     user_key, session_key = answer.text.split(";")
     return {"user_key": user_key, "Session_key": session_key}
+
+
+@dataclass
+class Tenant:
+    """An account with something of every kind made through the API: what another account must not reach."""
+
+    account: dict[str, Any]
+    session: dict[str, str]
+    reference_id: str  # a 9bits batch sent now
+    scheduled_reference_id: str  # a 9bits batch scheduled 10 days ahead
+    order_id: str  # a session-key order scheduled 10 days ahead
+    message_id: int  # a shortcode message
+    group_id: str
+
+    @property
+    def bearer(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.account['token']}"}
+
+
+def populate(gateway: Gateway, name: str, sender: str, number: str = "2348020000000") -> Tenant:
+    account = create_account(name, sender, dlr_url=f"https://{name.lower()}.example/dlr")
+    bearer = {"authorization": f"Bearer {account['token']}"}
+    later = datetime.now(UTC) + timedelta(days=10)
+
+    def ok(answer: Answer, status: int = 200) -> Any:
+        assert answer.status == status, answer
+        return answer.json
+
+    sent = ok(
+        gateway.request("POST", "/ng/v1/sendsms", headers=bearer, body={"from": sender, "to": number, "message": "a"})
+    )
+    scheduled = ok(
+        gateway.request(
+            "POST",
+            "/ng/v1/sendsms",
+            headers=bearer,
+            body={"from": sender, "to": [number], "body": "b", "send_at": later.strftime("%Y-%m-%dT%H:%M:%SZ")},
+        )
+    )
+    group = ok(
+        gateway.request("POST", "/ng/v1/groups", headers=bearer, body={"name": "Regulars", "members": [number]}), 201
+    )
+    shortcode = ok(
+        gateway.request(
+            "POST",
+            "/api/services/sendsms",
+            body={
+                "apikey": account["apikey"],
+                "partnerID": account["partner_id"],
+                "message": "c",
+                "shortcode": sender,
+                "mobile": number,
+            },
+        )
+    )
+    session = log_in(gateway, account)
+    order = ok(
+        gateway.request(
+            "POST",
+            "/sms",
+            headers=session,
+            body={
+                "message": "d",
+                "message_type": "N",
+                "recipient": [number],
+                "sender": sender,
+                "scheduled_delivery_time": later.strftime("%Y%m%d%H%M%S"),
+            },
+        ),
+        201,
+    )
+    return Tenant(
+        account=account,
+        session=session,
+        reference_id=str(sent["reference_id"]),
+        scheduled_reference_id=str(scheduled["reference_id"]),
+        order_id=str(order["order_id"]),
+        message_id=int(shortcode["responses"][0]["messageid"]),
+        group_id=str(group["group_id"]),
+    )
 
 
 # Every upstream type, with the secrets its callbacks are verified with. The names are the {provider} of

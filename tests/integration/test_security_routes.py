@@ -12,7 +12,6 @@ import functools
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,9 +19,11 @@ import pytest
 from tests.security_stack import (
     Answer,
     Gateway,
+    Tenant,
     configure_upstreams,
     create_account,
     log_in,
+    populate,
     random_secret,
     shared_stack,
     simulator_headers,
@@ -62,32 +63,22 @@ def template_routes() -> list[tuple[str, str, str]]:
     return function_routes(function_definitions(load_template()))
 
 
-@dataclass
-class Victim:
-    """The account whose data a missing check would expose: a real id for every path parameter."""
-
-    account: dict[str, Any]
-    session: dict[str, str]
-    reference_id: str
-    scheduled_reference_id: str
-    group_id: str
-    message_id: int
-
-    def path_parameter(self, name: str) -> str:
-        return {
-            "reference_id": self.scheduled_reference_id,
-            "order_id": self.scheduled_reference_id,
-            "group_id": self.group_id,
-            # Not a real record: making one needs the notifier; the cross-account tests resend a real one.
-            "notification_id": f"dlr_{self.message_id}_3",
-            "provider": "simulator",
-            # A service the family does not have (the real ones are their own routes).
-            "action": "sendsmsnow",
-        }[name]
+def path_parameter(victim: Tenant, name: str) -> str:
+    """A real id of the victim's for each path parameter, so a missing check would reach real data."""
+    return {
+        "reference_id": victim.scheduled_reference_id,
+        "order_id": victim.order_id,
+        "group_id": victim.group_id,
+        # Not a real record: making one needs the notifier; the cross-account tests resend a real one.
+        "notification_id": f"dlr_{victim.message_id}_3",
+        "provider": "simulator",
+        # A service the family does not have (the real ones are their own routes).
+        "action": "sendsmsnow",
+    }[name]
 
 
-def concrete_path(path: str, victim: Victim | None = None) -> str:
-    return re.sub(r"<(\w+)>", lambda m: victim.path_parameter(m.group(1)) if victim else f"p{len(m.group(1))}", path)
+def concrete_path(path: str, victim: Tenant | None = None) -> str:
+    return re.sub(r"<(\w+)>", lambda m: path_parameter(victim, m.group(1)) if victim else f"p{len(m.group(1))}", path)
 
 
 @pytest.fixture(scope="module")
@@ -110,26 +101,8 @@ def intruder(gateway: Gateway) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def victim(gateway: Gateway) -> Victim:
-    account = create_account("Victim", "48974", dlr_url="https://victim.example/dlr")
-    token = {"authorization": f"Bearer {account['token']}"}
-    now = {"from": "48974", "to": AIRTEL, "message": "a"}
-    sent = gateway.request("POST", "/ng/v1/sendsms", headers=token, body=now)
-    assert sent.status == 200, sent
-    send_at = (datetime.now(UTC) + timedelta(days=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    later = {"from": "48974", "to": [AIRTEL], "body": "b", "send_at": send_at}
-    scheduled = gateway.request("POST", "/ng/v1/sendsms", headers=token, body=later)
-    assert scheduled.status == 200, scheduled
-    group = gateway.request("POST", "/ng/v1/groups", headers=token, body={"name": "Regulars", "members": [AIRTEL]})
-    assert group.status == 201, group
-    return Victim(
-        account=account,
-        session=log_in(gateway, account),
-        reference_id=str(sent.json["data"][0]["reference_id"]) if "data" in sent.json else "",
-        scheduled_reference_id=str(scheduled.json["reference_id"]),
-        group_id=str(group.json["group_id"]),
-        message_id=int(sent.json["data"][0]["message_id"]) if "data" in sent.json else 1,
-    )
+def victim(gateway: Gateway) -> Tenant:
+    return populate(gateway, "Victim", "48974")
 
 
 # ---------------------------------------------------------------- the two route lists agree
@@ -168,7 +141,7 @@ def test_a_reserved_template_route_answers_not_found_and_changes_nothing(aws, ga
     for _, path in RESERVED_TEMPLATE_ROUTES:
         before = stored_state(aws)
         for method in ("GET", "POST", "DELETE"):
-            answer = gateway.request(method, path.replace("{proxy+}", "accounts"), headers=_bearer(victim))
+            answer = gateway.request(method, path.replace("{proxy+}", "accounts"), headers=victim.bearer)
             assert answer.status == 404, answer
         assert stored_state(aws) == before
 
@@ -186,11 +159,7 @@ class Attempt:
     body: dict[str, Any] = field(default_factory=dict)
 
 
-def _bearer(victim: Victim) -> dict[str, str]:
-    return {"authorization": f"Bearer {victim.account['token']}"}
-
-
-def _ninebits_attempts(victim: Victim, intruder: dict[str, Any]) -> Iterator[Attempt]:
+def _ninebits_attempts(victim: Tenant, intruder: dict[str, Any]) -> Iterator[Attempt]:
     yield Attempt("no Authorization header")
     yield Attempt("an unknown token", headers={"authorization": f"Bearer {random_secret()}"})
     yield Attempt("an empty Bearer", headers={"authorization": "Bearer "})
@@ -203,7 +172,7 @@ def _ninebits_attempts(victim: Victim, intruder: dict[str, Any]) -> Iterator[Att
     yield Attempt("a session key", headers={"authorization": f"Bearer {victim.session['Session_key']}"})
 
 
-def _shortcode_attempts(victim: Victim, intruder: dict[str, Any]) -> Iterator[Attempt]:
+def _shortcode_attempts(victim: Tenant, intruder: dict[str, Any]) -> Iterator[Attempt]:
     partner = victim.account["partner_id"]
     yield Attempt("no apikey or partnerID")
     yield Attempt("a partnerID without apikey", body={"partnerID": partner})
@@ -213,7 +182,7 @@ def _shortcode_attempts(victim: Victim, intruder: dict[str, Any]) -> Iterator[At
     yield Attempt("the account's API token as apikey", body={"apikey": victim.account["token"], "partnerID": partner})
 
 
-def _login_attempts(victim: Victim, intruder: dict[str, Any]) -> Iterator[Attempt]:
+def _login_attempts(victim: Tenant, intruder: dict[str, Any]) -> Iterator[Attempt]:
     username = victim.account["username"]
     yield Attempt("no username or password")
     yield Attempt("a wrong password", query={"username": username, "password": random_secret()})
@@ -225,7 +194,7 @@ def _login_attempts(victim: Victim, intruder: dict[str, Any]) -> Iterator[Attemp
     yield Attempt("a wrong HTTP Basic password", headers={"authorization": f"Basic {wrong_basic}"})
 
 
-def _session_attempts(victim: Victim, intruder: dict[str, Any]) -> Iterator[Attempt]:
+def _session_attempts(victim: Tenant, intruder: dict[str, Any]) -> Iterator[Attempt]:
     user_key, session_key = victim.session["user_key"], victim.session["Session_key"]
     intruder_session = intruder["session"]
     yield Attempt("no user_key or Session_key")
@@ -282,7 +251,7 @@ SCHEMES: list[tuple[str, Callable[..., Iterator[Attempt]], Refused]] = [
 ]
 
 
-def _plausible(method: str, path: str, victim: Victim) -> dict[str, Any]:
+def _plausible(method: str, path: str, victim: Tenant) -> dict[str, Any]:
     """A request that would do something real if the credentials were accepted (sent, cancelled, changed)."""
     sender = victim.account["senders"][0]
     members = {"members": ["2348020000111"]}
@@ -301,7 +270,7 @@ def _plausible(method: str, path: str, victim: Victim) -> dict[str, Any]:
     return bodies.get((method, path), {})
 
 
-def _send(gateway: Gateway, method: str, path: str, victim: Victim, attempt: Attempt) -> Answer:
+def _send(gateway: Gateway, method: str, path: str, victim: Tenant, attempt: Attempt) -> Answer:
     fields = {**_plausible(method, path, victim), **attempt.body}
     query = dict(attempt.query)
     body: Any = None
@@ -344,7 +313,7 @@ def test_every_client_route_refuses_missing_and_wrong_credentials_and_changes_no
     assert stored_state(aws) == before
 
 
-def _owner(victim: Victim) -> dict[str, str]:
+def _owner(victim: Tenant) -> dict[str, str]:
     return {"apikey": victim.account["apikey"], "partnerID": victim.account["partner_id"]}
 
 
