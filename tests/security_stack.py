@@ -38,6 +38,22 @@ def shared_stack() -> Iterator[dict[str, str]]:
             yield env
 
 
+def module_fixtures() -> tuple[Any, Any]:
+    """`aws, gateway = module_fixtures()` in a test module: one stack and one HTTP API, every upstream configured."""
+
+    @pytest.fixture(scope="module")
+    def aws() -> Iterator[dict[str, str]]:
+        with shared_stack() as env:
+            yield env
+
+    @pytest.fixture(scope="module")
+    def gateway(aws: dict[str, str]) -> Gateway:
+        configure_upstreams(aws)
+        return Gateway.start()
+
+    return aws, gateway
+
+
 @dataclass
 class Answer:
     status: int

@@ -20,12 +20,11 @@ from tests.security_stack import (
     Answer,
     Gateway,
     Tenant,
-    configure_upstreams,
     create_account,
     log_in,
+    module_fixtures,
     populate,
     random_secret,
-    shared_stack,
     simulator_headers,
     stored_state,
 )
@@ -81,17 +80,8 @@ def concrete_path(path: str, victim: Tenant | None = None) -> str:
     return re.sub(r"<(\w+)>", lambda m: path_parameter(victim, m.group(1)) if victim else f"p{len(m.group(1))}", path)
 
 
-@pytest.fixture(scope="module")
-def aws() -> Iterator[dict[str, str]]:
-    # One stack for the module: every test here either only reads or asserts that nothing changed.
-    with shared_stack() as env:
-        yield env
-
-
-@pytest.fixture(scope="module")
-def gateway(aws: dict[str, str]) -> Gateway:
-    configure_upstreams(aws)
-    return Gateway.start()
+# One stack for the module: every test here only reads, or asserts that nothing changed.
+aws, gateway = module_fixtures()
 
 
 @pytest.fixture(scope="module")

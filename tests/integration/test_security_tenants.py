@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,9 +15,8 @@ from tests.security_stack import (
     Answer,
     Gateway,
     Tenant,
-    configure_upstreams,
+    module_fixtures,
     populate,
-    shared_stack,
     simulator_headers,
     stored_state,
 )
@@ -26,16 +24,8 @@ from tests.security_stack import (
 OWNER_NUMBER = "2348020000000"
 
 
-@pytest.fixture(scope="module")
-def aws() -> Iterator[dict[str, str]]:
-    with shared_stack() as env:
-        yield env
-
-
-@pytest.fixture(scope="module")
-def gateway(aws: dict[str, str]) -> Gateway:
-    configure_upstreams(aws)
-    return Gateway.start()
+# One stack for the module: every test here only reads, or asserts that nothing changed.
+aws, gateway = module_fixtures()
 
 
 @pytest.fixture(scope="module")
