@@ -206,12 +206,14 @@ def populate(gateway: Gateway, name: str, sender: str, number: str = "2348020000
 
 # Every upstream type, with the secrets its callbacks are verified with. The names are the {provider} of
 # /callbacks/{provider}/...; `simulator` is the local stack's default upstream.
-def upstream_configurations(simulator_url: str = "http://127.0.0.1:9") -> dict[str, dict[str, Any]]:
+def upstream_configurations(
+    simulator_url: str = "http://127.0.0.1:9", kannel_url: str = "http://127.0.0.1:9"
+) -> dict[str, dict[str, Any]]:
     return {
         "simulator": {"type": "simulator", "url": simulator_url, "secret": SIMULATOR_SECRET},
         "kannel": {
             "type": "kannel",
-            "url": "http://127.0.0.1:9/cgi-bin/sendsms",
+            "url": kannel_url,
             "username": "kannel-user",
             "password": "kannel-password-0001",
             "callback_token": "kannel-callback-token-0001",
@@ -246,9 +248,9 @@ def upstream_configurations(simulator_url: str = "http://127.0.0.1:9") -> dict[s
     }
 
 
-def configure_upstreams(env: dict[str, str], simulator_url: str = "http://127.0.0.1:9") -> dict[str, dict[str, Any]]:
+def configure_upstreams(env: dict[str, str], **urls: str) -> dict[str, dict[str, Any]]:
     """Every upstream type in Parameter Store, as an operator stores them (SecureString JSON)."""
-    configurations = upstream_configurations(simulator_url)
+    configurations = upstream_configurations(**urls)
     ssm = boto3.client("ssm")
     for name, config in configurations.items():
         ssm.put_parameter(
@@ -265,6 +267,13 @@ def simulator_headers(body: str, secret: str = SIMULATOR_SECRET) -> dict[str, st
 
     timestamp = str(int(time.time()))
     return {"x-simulator-timestamp": timestamp, "x-simulator-signature": signature(secret, timestamp, body)}
+
+
+def simulator_callback(gateway: Gateway, kind: str, payload: dict[str, Any]) -> Answer:
+    """A DLR (`dlr`) or inbound SMS (`inbound`) from the simulator upstream, signed as it signs them."""
+    body = json.dumps(payload)
+    headers = {"content-type": "application/json", **simulator_headers(body)}
+    return gateway.request("POST", f"/callbacks/simulator/{kind}", headers=headers, body=body)
 
 
 def random_secret() -> str:

@@ -6,7 +6,8 @@ from sms_gateway.consumers import release_schedule
 from sms_gateway.observability import logger, metrics, tracer
 
 
-@logger.inject_lambda_context
+# Never the event: it carries phone numbers and credentials, whatever POWERTOOLS_LOGGER_LOG_EVENT says.
+@logger.inject_lambda_context(log_event=False)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict, context: LambdaContext) -> dict:

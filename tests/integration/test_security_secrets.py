@@ -11,7 +11,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.security_stack import Tenant, log_in, module_fixtures, populate, scan_items, simulator_headers
+from tests.security_stack import Tenant, log_in, module_fixtures, populate, scan_items, simulator_callback
 
 aws, gateway = module_fixtures()
 
@@ -49,8 +49,8 @@ def secrets_in_use(aws, gateway) -> dict[str, Any]:
         assert gateway.request("POST", "/api/services/getbalance", body=balance).json["response-code"] == 200
     for session in (tenant.session, second_session):
         assert gateway.request("GET", "/status", headers=session).status == 200
-    body = json.dumps({"message_id": "sim-1", "from": "2348020000000", "to": "48974", "text": "hi", "received_at": "x"})
-    gateway.request("POST", "/callbacks/simulator/inbound", headers=simulator_headers(body), body=body)
+    inbound = {"message_id": "sim-1", "from": "2348020000000", "to": "48974", "text": "hi"}
+    assert simulator_callback(gateway, "inbound", {**inbound, "received_at": "2026-01-02T10:00:00Z"}).status == 200
     upstream_secrets = {
         f"{name}.{key}": str(value)
         for name, config in upstream_configurations().items()

@@ -4,7 +4,6 @@ leak), and the other account's data is unchanged. Through the real handlers on m
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -17,7 +16,7 @@ from tests.security_stack import (
     Tenant,
     module_fixtures,
     populate,
-    simulator_headers,
+    simulator_callback,
     stored_state,
 )
 
@@ -32,21 +31,8 @@ aws, gateway = module_fixtures()
 def owner(aws: dict[str, str], gateway: Gateway) -> dict[str, Any]:
     """Account B: a batch sent now, a scheduled batch and order, a group, an inbound SMS, a dead notification."""
     tenant = populate(gateway, "Owner", "48974", OWNER_NUMBER)
-    body = json.dumps(
-        {
-            "message_id": "sim-owner-1",
-            "from": OWNER_NUMBER,
-            "to": "48974",
-            "text": "private reply",
-            "received_at": "2026-01-02T10:00:00Z",
-        }
-    )
-    received = gateway.request(
-        "POST",
-        "/callbacks/simulator/inbound",
-        headers={"content-type": "application/json", **simulator_headers(body)},
-        body=body,
-    )
+    inbound = {"message_id": "sim-owner-1", "from": OWNER_NUMBER, "to": "48974", "text": "private reply"}
+    received = simulator_callback(gateway, "inbound", {**inbound, "received_at": "2026-01-02T10:00:00Z"})
     assert received.status == 200 and received.json["routed"], received
     with pytest.MonkeyPatch.context() as patch:
         from sms_gateway import bootstrap, consumers

@@ -1,12 +1,23 @@
-"""The one Logger, Metrics and Tracer of the gateway, shared by every function."""
+"""The one Logger, Metrics and Tracer of the gateway, shared by every function; phone numbers never reach a log."""
 
 from __future__ import annotations
+
+import logging
+import re
+from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 
 logger = Logger(service="sms-gateway")
 metrics = Metrics(namespace="SmsGateway", service="sms-gateway")
 tracer = Tracer(service="sms-gateway")
+
+# A phone number in any form (+E.164, digits, local): 7 to 15 digits standing alone. Our ids are longer (17+).
+_PHONE_NUMBER = re.compile(r"(?<!\d)\+?(\d{7,15})(?!\d)")
+# A URL's query string: upstreams such as Kannel take the number, and their password, in a GET query.
+_QUERY_STRING = re.compile(r"(\bhttps?://[^\s?\"']+)\?[^\s\"']*")
+# Every attribute a plain LogRecord has; anything else on a record came in as `extra`.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
 def mask_msisdn(msisdn: str) -> str:
@@ -15,3 +26,62 @@ def mask_msisdn(msisdn: str) -> str:
     if len(digits) <= 6:
         return "*" * len(digits)
     return f"{digits[:3]}{'*' * (len(digits) - 6)}{digits[-3:]}"
+
+
+def mask_numbers(text: str) -> str:
+    """Free text (an error from a client, an upstream or a library) with every phone number in it masked and
+    every URL's query string dropped."""
+    text = _QUERY_STRING.sub(r"\1?<query hidden>", text)
+    return _PHONE_NUMBER.sub(lambda match: _mask_digits(match.group(1)), text)
+
+
+def _mask_digits(digits: str) -> str:
+    # Short numbers (local forms) would show most of their digits under the E.164 rule: hide all but the last two.
+    return mask_msisdn(digits) if len(digits) >= 10 else "*" * (len(digits) - 2) + digits[-2:]
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_numbers(value)
+    if isinstance(value, dict):
+        return {key: _masked(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(item) for item in value]
+    return value
+
+
+class NumberMaskingFilter(logging.Filter):
+    """Masks the message, every string `extra` and the exception text of a record before any handler sees it.
+
+    The fields the gateway logs on purpose are masked where they are logged (mask_msisdn); this catches what
+    travels inside free text: a client's invalid number quoted in an error, an upstream's refusal that echoes the
+    number, an exception message, a library's request line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg if isinstance(record.msg, dict) else record.getMessage()
+        record.msg, record.args = _masked(message), None
+        for key, value in list(vars(record).items()):
+            if key not in _RECORD_ATTRIBUTES and isinstance(value, str | dict | list | tuple):
+                setattr(record, key, _masked(value))
+        if record.exc_info and record.exc_info[0] is not None:
+            # Formatted once and masked; Powertools prints an `exception` extra as given, other formatters reuse
+            # exc_text. (Powertools' structured stack_trace is then left out: it would repeat the raw message.)
+            text = mask_numbers(logging.Formatter().formatException(record.exc_info))
+            record.exception, record.exception_name = text, record.exc_info[0].__name__
+            record.exc_text, record.exc_info = text, None
+        return True
+
+
+def _mask_numbers_in_logs() -> None:
+    masking = NumberMaskingFilter()
+    logger.addFilter(masking)
+    # httpx logs every request's full URL at INFO; a GET upstream (Kannel) carries the number and password in it.
+    logging.getLogger("httpx").addFilter(masking)
+    # botocore's DEBUG lines are whole request and response bodies (every DynamoDB item, numbers and all): they are
+    # never wanted in the gateway's logs, whatever the root level. An operator can still set the level explicitly.
+    botocore = logging.getLogger("botocore")
+    if botocore.level == logging.NOTSET:
+        botocore.setLevel(logging.INFO)
+
+
+_mask_numbers_in_logs()
