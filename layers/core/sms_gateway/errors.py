@@ -17,6 +17,16 @@ class Unauthorized(GatewayError):
     code = "unauthorized"
 
 
+class TooManyAttempts(GatewayError):
+    """Too many failed logins for one username in the current window: refused before the password is checked."""
+
+    code = "too_many_attempts"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class InvalidRequest(GatewayError):
     code = "invalid_request"
 

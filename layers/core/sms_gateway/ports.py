@@ -327,6 +327,14 @@ class SessionStore(Protocol):
         """The account of a live session, or None when the key is unknown or expired at `now`."""
         ...
 
+    def reserve_login_attempt(self, username: str, window: int, limit: int, *, expires_at: datetime) -> bool:
+        """Counts one attempt at `username` in `window` unless `limit` are counted already (then False)."""
+        ...
+
+    def release_login_attempt(self, username: str, window: int) -> None:
+        """Uncounts an attempt that succeeded: only failures use up the window's allowance."""
+        ...
+
 
 class RateLimitStore(Protocol):
     """Per-second token counters shared by every dispatcher: one counter per scope and Unix second."""

@@ -1,9 +1,12 @@
-"""DynamoDB session items of the session-key dialect: pk=SESSION#<sha256 of the key>, sk=SESSION."""
+"""DynamoDB session items of the session-key dialect: pk=SESSION#<sha256 of the key>, sk=SESSION; and failed-login
+counters: pk=LOGINS#<sha256 of the username>, sk=WINDOW#<window number>."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+
+from botocore.exceptions import ClientError
 
 from sms_gateway.domain.models import iso
 
@@ -46,3 +49,38 @@ class DynamoSessionsMixin:
         if not found or int(found["expires_at"]["N"]) <= int(now.timestamp()):
             return None
         return str(found["account_id"]["S"])
+
+    @staticmethod
+    def _login_window_item(username: str, window: int) -> dict[str, Any]:
+        from sms_gateway.adapters.dynamodb import hash_secret
+
+        # Hashed: the counter must not store what someone typed as a username (it may be a password by mistake).
+        return {"pk": {"S": f"LOGINS#{hash_secret(username)}"}, "sk": {"S": f"WINDOW#{window}"}}
+
+    def reserve_login_attempt(self, username: str, window: int, limit: int, *, expires_at: datetime) -> bool:
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=self._login_window_item(username, window),
+                UpdateExpression="ADD attempts :one SET expires_at = :expires",
+                ConditionExpression="attribute_not_exists(attempts) OR attempts < :limit",
+                ExpressionAttributeValues={
+                    ":one": {"N": "1"},
+                    ":limit": {"N": str(limit)},
+                    ":expires": {"N": str(int(expires_at.timestamp()))},
+                },
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def release_login_attempt(self, username: str, window: int) -> None:
+        self.client.update_item(
+            TableName=self.table_name,
+            Key=self._login_window_item(username, window),
+            UpdateExpression="ADD attempts :minus_one",
+            ConditionExpression="attempts > :zero",
+            ExpressionAttributeValues={":minus_one": {"N": "-1"}, ":zero": {"N": "0"}},
+        )

@@ -18,6 +18,7 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 # HTTP status of each domain error code, shared by the JSON dialects unless a dialect overrides it.
 HTTP_STATUS = {
     "unauthorized": 401,
+    "too_many_attempts": 429,
     "invalid_request": 400,
     "invalid_sender": 400,
     "invalid_recipient": 400,

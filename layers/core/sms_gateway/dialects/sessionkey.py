@@ -18,7 +18,7 @@ from sms_gateway.domain.dates import InvalidClientDatetime, parse_client_datetim
 from sms_gateway.domain.models import Account, Message, SendCommand, utc_now
 from sms_gateway.domain.pricing import ROUTE_TIERS
 from sms_gateway.domain.status import MessageStatus
-from sms_gateway.errors import Conflict, GatewayError, InvalidRequest, InvalidSender, NotFound
+from sms_gateway.errors import Conflict, GatewayError, InvalidRequest, InvalidSender, NotFound, TooManyAttempts
 from sms_gateway.logic import batches, sessions
 from sms_gateway.logic.idempotency import request_key
 from sms_gateway.logic.send import accept_send, normalise_recipients, require_valid
@@ -42,6 +42,8 @@ HTTP_STATUS: dict[str, int] = {
     "invalid_recipient": 400,
     "insufficient_credits": 400,
     "not_found": 404,
+    # Too many failed logins for one username: HTTP's own word for it, with Retry-After.
+    "too_many_attempts": 429,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     # Only an Idempotency-Key (our addition to the family) can conflict on a send.
@@ -71,7 +73,9 @@ RECIPIENT_STATUS: dict[MessageStatus, str] = {
 
 
 def render_error(error: GatewayError) -> Response[Any]:
-    return json_response(HTTP_STATUS.get(error.code, DEFAULT_STATUS), {"result": "KO", "error": error.message})
+    headers = {"Retry-After": str(error.retry_after)} if isinstance(error, TooManyAttempts) else None
+    body = {"result": "KO", "error": error.message}
+    return json_response(HTTP_STATUS.get(error.code, DEFAULT_STATUS), body, headers=headers)
 
 
 # ------------------------------------------------------------------ requests

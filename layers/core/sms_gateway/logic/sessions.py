@@ -8,13 +8,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sms_gateway.domain.models import Account
-from sms_gateway.errors import Unauthorized
+from sms_gateway.errors import TooManyAttempts, Unauthorized
 from sms_gateway.ports import AccountStore, SessionStore
 
 # Absolute, not sliding: a key is good for this long after /login whatever its use, so reading it never writes.
 SESSION_LIFETIME = timedelta(hours=24)
 BAD_LOGIN = "invalid username or password"
 BAD_SESSION = "invalid or expired session: log in again with GET /login"
+# Failed logins allowed per username in one fixed window: scrypt makes each guess slow, this caps how many there are.
+# Every attempt reserves a place before the password is checked (so concurrent guesses cannot overshoot) and a
+# success gives it back. The price is that ten wrong passwords lock the username out until the window ends.
+MAX_FAILED_LOGINS = 10
+LOGIN_WINDOW = timedelta(minutes=15)
 
 
 @dataclass(frozen=True)
@@ -32,9 +37,18 @@ def log_in(store: SessionStore, username: str | None, password: str | None, *, n
     """A fresh session for valid credentials; Unauthorized with one message whatever was wrong."""
     if not username or not password:
         raise Unauthorized("username and password are required")
+    window_seconds = int(LOGIN_WINDOW.total_seconds())
+    window = int(now.timestamp()) // window_seconds
+    window_ends = datetime.fromtimestamp((window + 1) * window_seconds, tz=now.tzinfo)
+    if not store.reserve_login_attempt(username, window, MAX_FAILED_LOGINS, expires_at=window_ends + LOGIN_WINDOW):
+        retry_after = max(int((window_ends - now).total_seconds()), 1)
+        raise TooManyAttempts(
+            f"too many failed logins for this username: try again in {retry_after} s", retry_after=retry_after
+        )
     account_id = store.account_id_for_login(username, password)
     if account_id is None:
         raise Unauthorized(BAD_LOGIN)
+    store.release_login_attempt(username, window)
     # 256 bits from the OS; URL-safe characters only, so never a ';' that would split the answer.
     session_key = secrets.token_urlsafe(32)
     store.save_session(session_key, account_id, created_at=now, expires_at=now + SESSION_LIFETIME)

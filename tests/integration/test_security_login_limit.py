@@ -1,0 +1,62 @@
+"""/login's attempt limit: after ten failed logins a username is refused with 429 (and a Retry-After) until its
+15-minute window ends, before any password is checked; successes use up nothing; other usernames are untouched."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from sms_gateway.logic.sessions import LOGIN_WINDOW, MAX_FAILED_LOGINS
+from tests.security_stack import Gateway, create_account, scan_items
+
+
+@pytest.fixture
+def gateway(aws: dict[str, str]) -> Gateway:
+    return Gateway.start()
+
+
+def login(gateway: Gateway, account: dict[str, Any], password: str | None = None) -> Any:
+    query = {"username": account["username"], "password": password or account["password"]}
+    return gateway.request("GET", "/login", query=query)
+
+
+def test_too_many_failures_lock_the_username_until_the_window_ends(aws, gateway, monkeypatch):
+    account = create_account("Target", "48974")
+    bystander = create_account("Bystander", "55555")
+    # Given as many wrong passwords as the limit allows, each a plain 401
+    for _ in range(MAX_FAILED_LOGINS):
+        assert login(gateway, account, "wrong-password").status == 401
+    # When one more comes, or even the right password
+    for password in ("wrong-password", account["password"]):
+        refused = login(gateway, account, password)
+        # Then it is refused in the dialect's shape, saying when to come back, and no session is made
+        assert refused.status == 429, refused
+        assert refused.json["result"] == "KO" and "too many failed logins" in refused.json["error"]
+        assert 0 < int(refused.headers["Retry-After"]) <= LOGIN_WINDOW.total_seconds()
+    # And another username is not affected
+    assert login(gateway, bystander).status == 200
+    # And the counter keeps no username in plain text (what was typed as one may be a password by mistake)
+    counters = [item for item in scan_items(aws) if item["pk"]["S"].startswith("LOGINS#")]
+    assert counters and not [item for item in counters if account["username"] in str(item)]
+
+    # When the window has passed, the right password works again
+    from sms_gateway.dialects import sessionkey
+
+    later = sessionkey.utc_now() + LOGIN_WINDOW + timedelta(seconds=1)
+    monkeypatch.setattr(sessionkey, "utc_now", lambda: later)
+    assert login(gateway, account).status == 200
+
+
+def test_successful_logins_use_up_nothing(aws, gateway):
+    account = create_account("Busy", "48974")
+    # Given more successful logins than the limit, with failures in between
+    for _ in range(MAX_FAILED_LOGINS + 2):
+        assert login(gateway, account).status == 200
+    for _ in range(MAX_FAILED_LOGINS - 1):
+        assert login(gateway, account, "wrong-password").status == 401
+    # Then the username still has one failure left, and a success
+    assert login(gateway, account).status == 200
+    assert login(gateway, account, "wrong-password").status == 401
+    assert login(gateway, account).status == 429
