@@ -6,8 +6,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from sms_gateway.domain.models import iso
 
 
@@ -58,29 +56,31 @@ class DynamoSessionsMixin:
         return {"pk": {"S": f"LOGINS#{hash_secret(username)}"}, "sk": {"S": f"WINDOW#{window}"}}
 
     def reserve_login_attempt(self, username: str, window: int, limit: int, *, expires_at: datetime) -> bool:
-        try:
-            self.client.update_item(
-                TableName=self.table_name,
-                Key=self._login_window_item(username, window),
-                UpdateExpression="ADD attempts :one SET expires_at = :expires",
-                ConditionExpression="attribute_not_exists(attempts) OR attempts < :limit",
-                ExpressionAttributeValues={
-                    ":one": {"N": "1"},
-                    ":limit": {"N": str(limit)},
-                    ":expires": {"N": str(int(expires_at.timestamp()))},
-                },
-            )
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        return self._count_login_attempt(
+            username,
+            window,
+            UpdateExpression="ADD attempts :one SET expires_at = :expires",
+            ConditionExpression="attribute_not_exists(attempts) OR attempts < :limit",
+            ExpressionAttributeValues={
+                ":one": {"N": "1"},
+                ":limit": {"N": str(limit)},
+                ":expires": {"N": str(int(expires_at.timestamp()))},
+            },
+        )
 
     def release_login_attempt(self, username: str, window: int) -> None:
-        self.client.update_item(
-            TableName=self.table_name,
-            Key=self._login_window_item(username, window),
+        # Never below zero: a release without its reservation (the item expired meanwhile) changes nothing.
+        self._count_login_attempt(
+            username,
+            window,
             UpdateExpression="ADD attempts :minus_one",
             ConditionExpression="attempts > :zero",
             ExpressionAttributeValues={":minus_one": {"N": "-1"}, ":zero": {"N": "0"}},
         )
+
+    def _count_login_attempt(self, username: str, window: int, **update: Any) -> bool:
+        try:
+            self.client.update_item(TableName=self.table_name, Key=self._login_window_item(username, window), **update)
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
