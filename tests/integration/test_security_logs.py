@@ -3,9 +3,10 @@
 Every line is captured: the gateway's Powertools JSON (from its own handler, exactly as Lambda would print it) and
 every record of every library through the root logger (botocore, httpx, Powertools' utilities), formatted with
 its message, exception text and every extra attribute, as Lambda's JSON log format would. The run sends to several
-numbers in each dialect, dispatches through two upstream protocols (Kannel's GET query string, the simulator's
-JSON), takes DLRs and inbound SMS (with an opt-out), notifies the client webhook (a failure, then a success), and
-walks the error paths: invalid numbers, an opted-out number, a permanent and a transient upstream failure."""
+numbers in each dialect, releases a scheduled batch, dispatches through two upstream protocols (Kannel's GET query
+string, the simulator's JSON), takes DLRs and inbound SMS (with an opt-out), notifies the client webhook (a failure,
+then a success), and walks the error paths: invalid numbers, an opted-out number, a permanent and a transient
+upstream failure."""
 
 from __future__ import annotations
 
@@ -231,6 +232,9 @@ def _end_to_end_run(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch, upstre
         sent = gateway.request("POST", "/sms", headers=session, body={**order, "recipient": [recipient]})
         assert sent.status == status, sent
 
+    # The scheduled batch is released early, as its one-time schedule would release it
+    release = {"account_id": account["account_id"], "reference_id": int(tenant.scheduled_reference_id)}
+    assert load_function("scheduled_dispatch").handler(release, FakeContext()) == {"released": True}
     # Dispatch: the first pass through Kannel (GET query strings), what is left through the simulator (JSON)
     _dispatch(aws, monkeypatch, "kannel")
     _dispatch(aws, monkeypatch, "simulator")
