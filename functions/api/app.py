@@ -4,11 +4,11 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from sms_gateway.dialects.api import app
-from sms_gateway.observability import logger, metrics, tracer
+from sms_gateway.observability import capture_lambda_handler, logger, metrics
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
-@tracer.capture_lambda_handler
+@capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict, context: LambdaContext) -> dict:
     return app.resolve(event, context)

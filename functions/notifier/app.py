@@ -4,14 +4,14 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from sms_gateway.consumers import notify_record
-from sms_gateway.observability import logger, metrics, tracer
+from sms_gateway.observability import capture_lambda_handler, logger, metrics
 
 # Report every failed record by id rather than raising, so SQS retries exactly those.
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
+@capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict, context: LambdaContext) -> dict:
     return process_partial_response(

@@ -3,11 +3,11 @@
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from sms_gateway.consumers import release_schedule
-from sms_gateway.observability import logger, metrics, tracer
+from sms_gateway.observability import capture_lambda_handler, logger, metrics
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
+@capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict, context: LambdaContext) -> dict:
     return release_schedule(event)

@@ -1,0 +1,217 @@
+"""Cold start: each function's import + init in a fresh Python process, against a floor that only imports boto3
+and creates the same AWS clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from bench import REPO, median, offline_aws_environment
+
+TARGET_RATIO = 1.25
+STACK = "sms-gateway-bench"
+LAYER = REPO / "layers" / "core"
+
+# Runs in a fresh interpreter: loads functions/<name>/app.py by file path as the Lambda runtime does, then creates
+# the AWS clients the function's policies allow through the gateway's own client factory (it makes them lazily).
+FUNCTION_SCRIPT = """
+import importlib.util, json, sys, time
+args = json.loads(sys.argv[1])
+started = time.perf_counter()
+spec = importlib.util.spec_from_file_location("app", args["path"])
+module = importlib.util.module_from_spec(spec)
+sys.modules["app"] = module
+spec.loader.exec_module(module)
+assert callable(getattr(module, "handler"))
+imported = time.perf_counter()
+from sms_gateway.adapters import aws
+for service in args["services"]:
+    aws.client(service)
+ready = time.perf_counter()
+print(json.dumps({"import_ms": (imported - started) * 1000, "ready_ms": (ready - started) * 1000}))
+"""
+
+# The floor: a handler that does nothing but import boto3 and create the same clients.
+FLOOR_SCRIPT = """
+import json, sys, time
+args = json.loads(sys.argv[1])
+started = time.perf_counter()
+import boto3
+session = boto3.session.Session()
+clients = [session.client(service) for service in args["services"]]
+ready = time.perf_counter()
+print(json.dumps({"import_ms": (ready - started) * 1000, "ready_ms": (ready - started) * 1000}))
+"""
+
+# IAM statements name the services a function can call; iam:PassRole is a permission, not a client.
+POLICY_TEMPLATE_SERVICES = {"DynamoDBCrudPolicy": "dynamodb", "SSMParameterReadPolicy": "ssm"}
+
+
+@dataclass(frozen=True)
+class Function:
+    name: str
+    logical_id: str
+    path: str
+    services: tuple[str, ...]
+
+
+def _statement_services(policy: Any) -> set[str]:
+    services: set[str] = set()
+    for statement in policy.get("Statement", []) if isinstance(policy, dict) else []:
+        actions = statement.get("Action", [])
+        for action in [actions] if isinstance(actions, str) else actions:
+            service = str(action).split(":", 1)[0]
+            if service != "iam":
+                services.add(service)
+    return services
+
+
+def functions() -> list[Function]:
+    """The template's functions, with the AWS services their policies let them call."""
+    from sms_gateway_tools import template as tpl
+
+    template = tpl.load_template()
+    found = []
+    for fn in tpl.function_definitions(template):
+        services: set[str] = set()
+        for policy in template["Resources"][fn.logical_id]["Properties"].get("Policies", []):
+            if isinstance(policy, dict):
+                services.update(POLICY_TEMPLATE_SERVICES[key] for key in policy if key in POLICY_TEMPLATE_SERVICES)
+                services.update(_statement_services(policy))
+        name = fn.code_uri.strip("/").rsplit("/", 1)[-1]
+        path = str(REPO / fn.code_uri / f"{fn.module}.py")
+        found.append(Function(name, fn.logical_id, path, tuple(sorted(services))))
+    return found
+
+
+def function_environment() -> dict[str, str]:
+    """The environment the local stack gives the functions (template.yaml's variables with local values), for
+    resources that need not exist: nothing is called at import."""
+    from sms_gateway_tools import template as tpl
+    from sms_gateway_tools.localstack.resources import Resources, function_names
+    from sms_gateway_tools.localstack.resources import function_environment as local_environment
+
+    template = tpl.load_template()
+    queues = tpl.queue_definitions(template, STACK)
+    resources = Resources(
+        tables={table.logical_id: table.create_kwargs["TableName"] for table in tpl.table_definitions(template, STACK)},
+        queue_urls={q.logical_id: f"https://sqs.us-east-1.amazonaws.com/123456789012/{q.queue_name}" for q in queues},
+        queue_arns={q.logical_id: f"arn:aws:sqs:us-east-1:123456789012:{q.queue_name}" for q in queues},
+        schedule_groups=list(tpl.schedule_group_names(template, STACK)),
+    )
+    env = local_environment(
+        STACK, resources, "http://127.0.0.1:3000", function_names(template, STACK), template=template
+    )
+    return {key: value for key, value in env.items() if value is not None}
+
+
+def subprocess_environment() -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "POWERTOOLS_"))}
+    env.update(function_environment())
+    env.update(offline_aws_environment())
+    # Lambda puts the layer's python/ directory on sys.path; the dependencies come from this virtualenv.
+    env["PYTHONPATH"] = str(LAYER)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def _run(script: str, args: dict[str, Any], env: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
+    completed = subprocess.run(
+        [sys.executable, *flags, "-c", script, json.dumps(args)],
+        env=env,
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"cold start subprocess failed ({completed.returncode}):\n{completed.stderr[-3000:]}")
+    return completed
+
+
+def timed(script: str, args: dict[str, Any], env: dict[str, str]) -> dict[str, float]:
+    return dict(json.loads(_run(script, args, env).stdout.strip().splitlines()[-1]))
+
+
+def import_self_times(script: str, args: dict[str, Any], env: dict[str, str]) -> dict[str, float]:
+    """Module -> self import time in ms, from `python -X importtime` (one run)."""
+    times: dict[str, float] = {}
+    for line in _run(script, args, env, "-X", "importtime").stderr.splitlines():
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        self_us, _cumulative, name = (part.strip() for part in line[len("import time:") :].split("|", 2))
+        times[name] = times.get(name, 0.0) + int(self_us) / 1000
+    return times
+
+
+def extra_imports(function: dict[str, float], floor: dict[str, float], top: int = 6) -> tuple[str, str]:
+    """What the function imports beyond the floor: the top packages and modules by self time."""
+    extra = {name: ms for name, ms in function.items() if name not in floor}
+    packages: Counter[str] = Counter()
+    for name, ms in extra.items():
+        packages[name.split(".", 1)[0]] += ms
+    top_packages = ", ".join(f"{name} {ms:.0f}" for name, ms in packages.most_common(top))
+    top_modules = ", ".join(f"{name} {ms:.0f}" for name, ms in Counter(extra).most_common(top))
+    return top_packages, top_modules
+
+
+def run(quick: bool) -> dict[str, Any]:
+    runs = 3 if quick else 9
+    env = subprocess_environment()
+    rows: list[dict[str, Any]] = []
+    found = functions()
+    for fn in found:
+        args = {"path": fn.path, "services": list(fn.services)}
+        function_runs: list[dict[str, float]] = []
+        floor_runs: list[dict[str, float]] = []
+        # Interleaved, so a busy moment on a shared machine hits both sides alike.
+        for _ in range(runs):
+            floor_runs.append(timed(FLOOR_SCRIPT, args, env))
+            function_runs.append(timed(FUNCTION_SCRIPT, args, env))
+        floor_ms = median([r["ready_ms"] for r in floor_runs])
+        import_ms = median([r["import_ms"] for r in function_runs])
+        ready_ms = median([r["ready_ms"] for r in function_runs])
+        packages, modules = extra_imports(
+            import_self_times(FUNCTION_SCRIPT, args, env), import_self_times(FLOOR_SCRIPT, args, env)
+        )
+        rows.append(
+            {
+                "function": fn.name,
+                "clients": ",".join(fn.services),
+                "import_init_ms": round(import_ms, 1),
+                "with_clients_ms": round(ready_ms, 1),
+                "floor_ms": round(floor_ms, 1),
+                "ratio": round(ready_ms / floor_ms, 2),
+                "met": ready_ms / floor_ms <= TARGET_RATIO,
+                "top_extra_packages_ms": packages,
+                "top_extra_modules_ms": modules,
+            }
+        )
+    return {
+        "name": "cold_start",
+        "title": "Cold start: import + init against a boto3 floor",
+        "command": ".venv/bin/python -m bench --only cold_start",
+        "target": f"every function within {TARGET_RATIO}x of the floor (boto3 import + the same clients)",
+        "met": all(row["met"] for row in rows),
+        "rows": rows,
+        "notes": [
+            f"Median of {runs} fresh processes per side, function and floor interleaved; times are measured inside"
+            " the process (interpreter start-up, the same on both sides, is excluded).",
+            "import_init_ms: loading functions/<name>/app.py by file path (as Lambda does) with layers/core on"
+            " sys.path, including everything built at module level; no invocation. No function creates an AWS"
+            " client at import (sms_gateway.adapters.aws makes them on first use), so with_clients_ms adds"
+            " creating the clients its IAM policies allow (`clients`) through that factory: what the function"
+            " pays before its first AWS call, excluding the first invocation itself. The ratio and the target are"
+            " judged on with_clients_ms against the floor, which imports boto3 and creates the same clients.",
+            "Environment: the local stack's values for template.yaml's variables (POWERTOOLS_TRACE_DISABLED=true,"
+            " as the template sets it) with offline AWS credentials; nothing calls AWS.",
+            "top_extra_*: `python -X importtime` self times (ms, one run) of the packages and modules the function"
+            " imports and the floor does not.",
+        ],
+    }
