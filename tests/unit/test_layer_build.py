@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.metadata
 import os
 import re
 import shutil
@@ -13,10 +12,9 @@ from pathlib import Path
 
 import phonenumbers
 from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 
-REPO = Path(__file__).resolve().parents[2]
-LAYER = REPO / "layers" / "core"
+from sms_gateway_tools.layer import LAYER_DIR as LAYER
+from sms_gateway_tools.layer import distribution_closure, distributions_of, layer_requirements
 
 
 def makefile_list(variable: str) -> list[str]:
@@ -24,35 +22,6 @@ def makefile_list(variable: str) -> list[str]:
     found = re.search(rf"^{variable}\s*:=(.*)$", text, re.MULTILINE)
     assert found, f"{variable} is not set in layers/core/Makefile"
     return found.group(1).split()
-
-
-def distribution_closure(requirement: Requirement) -> set[str]:
-    """The distribution and everything it requires, with the extras asked for (installed metadata)."""
-    seen: set[str] = set()
-    pending = [requirement]
-    while pending:
-        current = pending.pop()
-        name = canonicalize_name(current.name)
-        if name in seen:
-            continue
-        seen.add(name)
-        for line in importlib.metadata.requires(name) or []:
-            needed = Requirement(line)
-            extras = current.extras or {""}
-            if needed.marker is None or any(needed.marker.evaluate({"extra": extra}) for extra in extras):
-                pending.append(needed)
-    return seen
-
-
-def layer_requirements() -> list[Requirement]:
-    lines = (LAYER / "requirements.txt").read_text().splitlines()
-    return [Requirement(line.split("#", 1)[0]) for line in lines if line.split("#", 1)[0].strip()]
-
-
-def distributions_of(top_level: str) -> set[str]:
-    """Distributions that install a top-level module or package of this name (or are named so)."""
-    names = {canonicalize_name(dist) for dist in importlib.metadata.packages_distributions().get(top_level, [])}
-    return names or {canonicalize_name(top_level)}
 
 
 def test_the_build_drops_only_what_the_lambda_runtime_already_has() -> None:
@@ -63,7 +32,7 @@ def test_the_build_drops_only_what_the_lambda_runtime_already_has() -> None:
     for name in makefile_list("RUNTIME_PROVIDED"):
         assert distributions_of(name) <= runtime, f"{name} is deleted from the layer but the runtime lacks it"
     # And the requirements do rely on some of them, which is why the check matters
-    needed = set().union(*(distribution_closure(requirement) for requirement in layer_requirements()))
+    needed = distribution_closure(*layer_requirements())
     assert {"botocore", "jmespath"} <= needed
 
 
