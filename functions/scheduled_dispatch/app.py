@@ -2,8 +2,8 @@
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from sms_gateway.consumers import release_schedule
 from sms_gateway.observability import capture_lambda_handler, logger, metrics
+from sms_gateway.schedules import release_schedule
 
 
 @logger.inject_lambda_context
