@@ -4,7 +4,7 @@ from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, proce
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from sms_gateway.consumers import dispatch_record
-from sms_gateway.observability import logger, metrics, tracer
+from sms_gateway.observability import capture_lambda_handler, logger, metrics
 
 # One account's failure must not hold up another's: skip only the failed record's message group.
 processor = SqsFifoPartialProcessor(skip_group_on_error=True)
@@ -14,7 +14,7 @@ processor.raise_on_entire_batch_failure = False
 
 # Never the event: it carries phone numbers and credentials, whatever POWERTOOLS_LOGGER_LOG_EVENT says.
 @logger.inject_lambda_context(log_event=False)
-@tracer.capture_lambda_handler
+@capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict, context: LambdaContext) -> dict:
     return process_partial_response(

@@ -352,7 +352,7 @@ def test_runtime_is_python313_on_arm64_everywhere(template: dict[str, Any]) -> N
     assert function_globals["Layers"] == [{"Ref": "CoreLayer"}]
     assert layer["Properties"]["CompatibleRuntimes"] == ["python3.13"]
     assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
-    assert layer["Metadata"] == {"BuildMethod": "python3.13", "BuildArchitecture": "arm64"}
+    assert layer["Metadata"] == {"BuildMethod": "makefile", "BuildArchitecture": "arm64"}
     # And no function overrides them
     for _, props in resources_of_type(template, "AWS::Serverless::Function"):
         assert props.get("Runtime", "python3.13") == "python3.13"

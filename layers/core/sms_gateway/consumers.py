@@ -19,7 +19,6 @@ from sms_gateway.logic import webhook_retries
 from sms_gateway.logic.dispatch import DispatchDependencies, backoff_seconds, dispatch
 from sms_gateway.logic.notify import WebhookFailed, WebhookResponse, deliver, dlr_notification
 from sms_gateway.logic.ratelimit import RateLimiter, account_scope
-from sms_gateway.logic.scheduled import release_scheduled_batch
 from sms_gateway.observability import logger, metrics
 from sms_gateway.ports import Provider
 
@@ -106,18 +105,6 @@ def _dispatch_record(record: SQSRecord, attempt: int) -> dict[str, Any]:
         wiring.dispatch_queue.delay(record.receipt_handle, backoff_seconds(attempt, outcome.retry_after))
         raise RetryLater(f"{len(outcome.retry)} messages of batch {command.reference_id} met transient failures")
     return {"submitted": outcome.submitted}
-
-
-def release_schedule(event: dict[str, Any]) -> dict[str, Any]:
-    wiring = gateway()
-    released = release_scheduled_batch(
-        str(event["account_id"]),
-        int(event["reference_id"]),
-        messages=wiring.store,
-        queue=wiring.dispatch_queue,
-        clock=utc_now,
-    )
-    return {"released": released}
 
 
 async def _post(url: str, headers: dict[str, str], body: bytes) -> WebhookResponse:

@@ -20,7 +20,7 @@ def iso(moment: datetime) -> str:
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 
 
 class DeliveryReportMode(StrEnum):

@@ -8,8 +8,6 @@ import zoneinfo
 from collections.abc import Sequence
 from datetime import datetime
 
-import phonenumbers
-
 from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.models import Account, CredentialKind, Credentials, Record, iso
 from sms_gateway.domain.networks import CATALOGUE
@@ -136,6 +134,9 @@ def account_view(account: Account) -> AccountView:
 
 
 def check_country(code: str) -> str:
+    # Imported here: only account settings need it, and it costs the api function's cold start.
+    import phonenumbers
+
     country = code.strip().upper()
     if country not in phonenumbers.SUPPORTED_REGIONS:
         raise InvalidRequest(f"country {code!r} is not an ISO 3166 code phonenumbers knows (e.g. NG, KE, GH)")

@@ -1,0 +1,31 @@
+"""The scheduled_dispatch function, as its one-time schedule invokes it: releases a scheduled batch, once."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from tests.conftest import FakeContext, load_event, load_function
+from tests.integration.test_batches_dialect import AIRTEL, MTN, account, api, send  # noqa: F401 (fixtures)
+from tests.integration.test_send_path import queued_records
+
+
+def test_the_schedule_releases_its_batch_into_the_dispatch_queue_once(aws, account, api):  # noqa: F811
+    # Given a batch of two scheduled an hour ahead: nothing is queued yet
+    send_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    status, sent = send(api, account["token"], [AIRTEL, MTN], send_at=send_at)
+    assert status == 200, sent
+    assert queued_records(aws) == []
+    event = load_event("scheduler-release-batch.json")
+    event.update(account_id=account["account_id"], reference_id=int(sent["reference_id"]))
+    # When its schedule fires the scheduled_dispatch function, and fires it again (schedulers retry)
+    function = load_function("scheduled_dispatch")
+    first = function.handler(event, FakeContext())
+    second = function.handler(event, FakeContext())
+    # Then the batch's two messages are queued for dispatch by the first call only
+    assert first == {"released": True}
+    assert second == {"released": False}
+    [record] = queued_records(aws)
+    command = json.loads(record["Body"])
+    assert command["reference_id"] == int(sent["reference_id"])
+    assert len(command["message_ids"]) == 2

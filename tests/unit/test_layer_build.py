@@ -1,0 +1,91 @@
+"""The CoreLayer build (layers/core/Makefile) drops only what the Lambda runtime has or the code never imports."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import phonenumbers
+from packaging.requirements import Requirement
+
+from sms_gateway_tools.layer import LAYER_DIR as LAYER
+from sms_gateway_tools.layer import distribution_closure, distributions_of, layer_requirements
+
+
+def makefile_list(variable: str) -> list[str]:
+    text = (LAYER / "Makefile").read_text().replace("\\\n", " ")
+    found = re.search(rf"^{variable}\s*:=(.*)$", text, re.MULTILINE)
+    assert found, f"{variable} is not set in layers/core/Makefile"
+    return found.group(1).split()
+
+
+def test_the_build_drops_only_what_the_lambda_runtime_already_has() -> None:
+    # Given what the python3.13 runtime ships: boto3 and everything boto3 needs
+    runtime = distribution_closure(Requirement("boto3"))
+    # Then every package the build deletes from the layer is one of them, so nothing the requirements need goes
+    # missing on Lambda (powertools' jmespath and the X-Ray SDK's botocore come from the runtime)
+    for name in makefile_list("RUNTIME_PROVIDED"):
+        assert distributions_of(name) <= runtime, f"{name} is deleted from the layer but the runtime lacks it"
+    # And the requirements do rely on some of them, which is why the check matters
+    needed = distribution_closure(*layer_requirements())
+    assert {"botocore", "jmespath"} <= needed
+
+
+def phonenumbers_modules_imported_by_the_code() -> set[str]:
+    """Submodules of phonenumbers that sms_gateway imports (`import phonenumbers.x`, `from phonenumbers import x`)."""
+    package = Path(phonenumbers.__file__).parent
+    submodules = {path.stem for path in package.iterdir() if path.suffix == ".py" or path.is_dir()}
+    used: set[str] = set()
+    for source in (LAYER / "sms_gateway").rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("phonenumbers"):
+                parts = node.module.split(".")[1:] + [alias.name for alias in node.names]
+                used.update(part for part in parts if part in submodules)
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("phonenumbers."):
+                        used.add(alias.name.split(".")[1])
+    return used
+
+
+def test_no_phonenumbers_module_the_code_imports_is_deleted() -> None:
+    # Given what the code imports from phonenumbers (carrier, at least)
+    used = phonenumbers_modules_imported_by_the_code()
+    assert "carrier" in used
+    # Then the build keeps each of them, and the data they read
+    unused = {Path(name).stem for name in makefile_list("PHONENUMBERS_UNUSED")}
+    assert not used & unused
+    assert {"carrierdata", "data"}.isdisjoint(unused)
+
+
+def test_trimmed_phonenumbers_still_parses_numbers_and_finds_their_network(tmp_path: Path) -> None:
+    # Given phonenumbers trimmed the way the Makefile trims it, first on sys.path
+    trimmed = tmp_path / "phonenumbers"
+    shutil.copytree(Path(phonenumbers.__file__).parent, trimmed, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in makefile_list("PHONENUMBERS_UNUSED"):
+        target = trimmed / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    script = (
+        "import importlib.util, phonenumbers, sys\n"
+        "assert phonenumbers.__file__.startswith(sys.argv[1]), phonenumbers.__file__\n"
+        "assert importlib.util.find_spec('phonenumbers.geocoder') is None\n"
+        "from sms_gateway.domain.msisdn import parse_msisdn\n"
+        "print(parse_msisdn('08031234567', 'NG'))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(LAYER)])}
+    # When the gateway parses a Nigerian mobile number with it
+    completed = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True, check=False
+    )
+    # Then it gets the number and its network (carrier data kept), with the geocoder gone
+    assert completed.returncode == 0, completed.stderr
+    assert "+2348031234567" in completed.stdout
+    assert "telco='mtn'" in completed.stdout
