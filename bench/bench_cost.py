@@ -58,14 +58,14 @@ def template_facts() -> dict[str, Any]:
 
 
 def billed_seconds(flow: Flow, stage: str) -> float:
-    """The median invocation's billed duration: our code's time in-process (the handler's wall time minus the
-    CPU moto spent standing in for AWS) plus the AWS requests it made at AWS_REQUEST_SECONDS each, rounded up
-    to Lambda's 1 ms."""
-    durations = [
-        max(0.0, i.wall_seconds - i.moto_cpu_seconds) + i.requests * AWS_REQUEST_SECONDS
+    """A stage's billed Lambda time per message: for each invocation, our code's CPU time in-process (the
+    handler's CPU minus the CPU moto spent standing in for AWS; CPU, not wall time, so other processes on this
+    machine do not inflate it) plus its AWS requests at AWS_REQUEST_SECONDS each, rounded up to Lambda's 1 ms."""
+    billed = [
+        math.ceil((max(0.0, i.cpu_seconds - i.moto_cpu_seconds) + i.requests * AWS_REQUEST_SECONDS) * 1000) / 1000
         for i in flow.stages[stage].invocations
     ]
-    return math.ceil(median(durations) * 1000) / 1000 if durations else 0.0
+    return sum(billed) / flow.messages
 
 
 def cost_per_million(units: Flow, timed: Flow, prices: dict[str, float], facts: dict[str, Any]) -> dict[str, float]:
@@ -76,9 +76,9 @@ def cost_per_million(units: Flow, timed: Flow, prices: dict[str, float], facts: 
     total_units: Counter[str] = Counter()
     for stage in STAGES:
         total_units.update(units.stages[stage].units)
-    gb_seconds = sum(
-        invocations[stage] * billed_seconds(timed, stage) * facts["memory_mb"][STAGE_FUNCTION[stage]] / 1024
-        for stage in STAGES
+    # Per message, from the timed flow (its own size), scaled to the counted flow's messages.
+    gb_seconds = units.messages * sum(
+        billed_seconds(timed, stage) * facts["memory_mb"][STAGE_FUNCTION[stage]] / 1024 for stage in STAGES
     )
     http_requests = sum(units.stages[stage].http_requests for stage in STAGES)
     wru = sum(count for key, count in total_units.items() if key.startswith("dynamodb:WRU"))
@@ -109,9 +109,11 @@ def run(quick: bool) -> dict[str, Any]:
     facts = template_facts()
     counted = measure(quick, capacity=True)
     timed = measure(quick, capacity=False)
-    scenarios = {
-        scenario: cost_per_million(counted[scenario][0], timed[scenario][0], prices, facts) for scenario in counted
-    }
+    scenarios: dict[str, dict[str, float]] = {}
+    for scenario, runs in counted.items():
+        # Each run's counts with the same run's durations; the median of the runs, service by service.
+        each = [cost_per_million(units, time, prices, facts) for units, time in zip(runs, timed[scenario], strict=True)]
+        scenarios[scenario] = {service: median([cost[service] for cost in each]) for service in each[0]}
     rows = [
         {
             "service": service,
@@ -133,8 +135,8 @@ def run(quick: bool) -> dict[str, Any]:
         }
     )
     durations = {
-        scenario: {stage: round(billed_seconds(timed[scenario][0], stage) * 1000, 1) for stage in STAGES}
-        for scenario in timed
+        scenario: {stage: round(median([billed_seconds(flow, stage) for flow in runs]) * 1000, 2) for stage in STAGES}
+        for scenario, runs in timed.items()
     }
     per_message = {
         scenario: {
@@ -163,10 +165,12 @@ def run(quick: bool) -> dict[str, Any]:
             f"Per message: {json.dumps(per_message)}. Requests, DynamoDB units (from item sizes: bench/capacity.py)"
             " and SQS chunks counted as in requests_per_message; the flows drain full batches (the template's"
             " BatchSize), as under load.",
-            f"Billed duration per invocation (median, ms): {json.dumps(durations)}: the handler's wall time on this"
-            " machine (not Lambda arm64) minus moto's CPU, plus"
-            f" {AWS_REQUEST_SECONDS * 1000:.0f} ms per AWS request as if sequential (an upper bound for the"
-            f" dispatcher), times MemorySize from template.yaml at run time ({json.dumps(facts['memory_mb'])} MB).",
+            f"Billed Lambda ms per message by stage: {json.dumps(durations)}. Each invocation: the handler's CPU"
+            " time on this machine (not Lambda arm64's; the notifier's includes the local client webhook's thread)"
+            f" minus moto's, plus {AWS_REQUEST_SECONDS * 1000:.0f} ms per AWS request as if made one after another"
+            " (an upper bound for the dispatcher, which makes them concurrently), rounded up to 1 ms; times"
+            f" MemorySize read from template.yaml at run time ({json.dumps(facts['memory_mb'])} MB). Durations come"
+            " from a second run of the flows without the capacity probes.",
             "CloudWatch Logs: the handlers' output captured at the template's production log level (Powertools JSON"
             f" lines and EMF metric lines), plus {PLATFORM_LOG_BYTES_PER_INVOCATION} bytes per invocation for"
             " Lambda's own platform records (estimated: LogFormat JSON), the HttpApi access log line"

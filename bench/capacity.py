@@ -68,7 +68,7 @@ class CapacityMeter(AwsCallMeter):
         super().__init__()
         self.table_name = table_name
         self._table = dynamodb_backends[DEFAULT_ACCOUNT_ID][probe.meta.region_name].get_table(table_name)
-        self.units: Counter[str] = Counter()
+        self.units: Counter[str] = Counter()  # float counts: eventually consistent reads are half units
         table = probe.describe_table(TableName=table_name)["Table"]
         self.key_names = [k["AttributeName"] for k in table["KeySchema"]]
         self.indexes = [

@@ -187,7 +187,12 @@ class MotoGateway:
         size = self.batch_sizes[f"{function.capitalize()}Function"]
         while True:
             messages = self.poller.receive_message(
-                QueueUrl=url, MaxNumberOfMessages=size, MessageSystemAttributeNames=["All"], VisibilityTimeout=60
+                QueueUrl=url,
+                MaxNumberOfMessages=size,
+                MessageSystemAttributeNames=["All"],
+                VisibilityTimeout=60,
+                # The queue's own long polling would make moto wait on an empty queue.
+                WaitTimeSeconds=0,
             ).get("Messages", [])
             if not messages:
                 return
@@ -209,7 +214,9 @@ class MotoGateway:
     def empty(self, queue: str) -> None:
         """Drops what a queue holds, unread (PurgeQueue allows one call a minute)."""
         url = self.env[f"{queue}_QUEUE_URL"]
-        while messages := self.poller.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+        while messages := self.poller.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0).get(
+            "Messages", []
+        ):
             self.poller.delete_message_batch(
                 QueueUrl=url,
                 Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
@@ -284,8 +291,8 @@ def moto_gateway(*, capacity: bool = False, credits: int = 10_000_000) -> Iterat
         set_account(account_id=account["account_id"], rate_limit=RATE_LIMIT)
         poller = boto3.client("sqs")
         patches = stack.enter_context(pytest.MonkeyPatch.context())
-        meter = CapacityMeter(boto3.client("dynamodb"), env["TABLE_NAME"]) if capacity else None
-        meter = stack.enter_context(metering_boto3_clients(meter))
+        wanted = CapacityMeter(boto3.client("dynamodb"), env["TABLE_NAME"]) if capacity else None
+        meter = stack.enter_context(metering_boto3_clients(wanted))
         # Clients made from here on are the gateway's own, and counted.
         bootstrap.reset()
         gateway_run = MotoGateway(env, meter, account, poller)
