@@ -111,7 +111,7 @@ def run(quick: bool) -> dict[str, Any]:
     facts = template_facts()
     counted = measure(quick, capacity=True)
     # Durations per message do not depend on the bulk send's size past a few records: a smaller one saves time.
-    timed = measure(quick, capacity=False, bulk=None if quick else TIMED_BULK)
+    timed = measure(quick, capacity=False, bulk=None if quick else TIMED_BULK, warm=True)
     scenarios: dict[str, dict[str, float]] = {}
     for scenario, runs in counted.items():
         # Each run's counts with the same run's durations; the median of the runs, service by service.
@@ -173,8 +173,8 @@ def run(quick: bool) -> dict[str, Any]:
             f" minus moto's, plus {AWS_REQUEST_SECONDS * 1000:.0f} ms per AWS request as if made one after another"
             " (an upper bound for the dispatcher, which makes them concurrently), rounded up to 1 ms; times"
             f" MemorySize read from template.yaml at run time ({json.dumps(facts['memory_mb'])} MB). Durations come"
-            f" from a second run of the flows without the capacity probes (its bulk send: {TIMED_BULK} recipients"
-            " in full mode).",
+            f" from a second run of the flows without the capacity probes, after one message through every stage"
+            f" (warm containers; its bulk send: {TIMED_BULK} recipients in full mode).",
             "CloudWatch Logs: the handlers' output captured at the template's production log level (Powertools JSON"
             f" lines and EMF metric lines), plus {PLATFORM_LOG_BYTES_PER_INVOCATION} bytes per invocation for"
             " Lambda's own platform records (estimated: LogFormat JSON), the HttpApi access log line"
