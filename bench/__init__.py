@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import statistics
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -84,10 +85,13 @@ class AwsCallMeter:
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
         self.moto_cpu_seconds = 0.0
+        # The dispatcher makes requests from several threads at once: a Counter's += is not atomic.
+        self.lock = threading.Lock()
 
     def before_call(self, model: Any = None, **_: Any) -> None:
         if model is not None:
-            self.calls[f"{model.service_model.service_name}:{model.name}"] += 1
+            with self.lock:
+                self.calls[f"{model.service_model.service_name}:{model.name}"] += 1
 
     def reset(self) -> None:
         self.calls.clear()
@@ -108,15 +112,16 @@ class AwsCallMeter:
 
 
 @contextmanager
-def metering_boto3_clients() -> Iterator[AwsCallMeter]:
+def metering_boto3_clients(meter: AwsCallMeter | None = None) -> Iterator[AwsCallMeter]:
     """Every boto3 client created inside the block is counted (the gateway makes its clients lazily, so call
-    `bootstrap.reset()` first), and moto's share of the CPU is timed."""
+    `bootstrap.reset()` first), and moto's share of the CPU is timed. `meter` may be a subclass that counts
+    more (bench/capacity.py)."""
     import time
 
     import boto3.session
     from moto.core.botocore_stubber import BotocoreStubber
 
-    meter = AwsCallMeter()
+    meter = meter or AwsCallMeter()
     original_client = boto3.session.Session.client
     original_stub = BotocoreStubber.__call__
 

@@ -22,6 +22,8 @@ MODULES = [
     "send_path",
     "layer_size",
     "memory",
+    "requests_per_message",
+    "cost",
 ]
 
 RESULTS = REPO / "bench" / "results.json"

@@ -407,3 +407,24 @@ def test_the_routes_are_in_the_openapi_document(aws):
     assert "post" in paths["/ng/v1/webhooks/failures/{notification_id}/resend"]
     resend_all = paths["/ng/v1/webhooks/failures/resend"]["post"]["requestBody"]["content"]["application/json"]
     assert resend_all["schema"]["properties"]["state"]
+
+
+def test_a_batch_of_notifications_reads_the_accounts_settings_once(aws, accounts, webhook, monkeypatch):
+    from sms_gateway.adapters.dynamodb import DynamoStore
+
+    reads: list[str] = []
+    original = DynamoStore.get_account
+
+    def counted(self: DynamoStore, account_id: str) -> Any:
+        reads.append(account_id)
+        return original(self, account_id)
+
+    monkeypatch.setattr(DynamoStore, "get_account", counted)
+    hook = webhook()
+    # Given ten notifications for one account in one batch
+    publish(*(notification(accounts["a"]["account_id"], n) for n in range(10)))
+    # When the notifier takes them
+    assert run_notifier(aws)["failed"] == 0
+    # Then all ten were posted, signed with the account's settings read once (a setting, not a balance)
+    assert len(hook.posts) == 10
+    assert reads == [accounts["a"]["account_id"]]

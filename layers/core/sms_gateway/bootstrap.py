@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cache
 
 from sms_gateway.adapters.dynamodb import DynamoStore
 from sms_gateway.adapters.scheduler import EventBridgeBatchScheduler
 from sms_gateway.adapters.sqs import SqsDeadLetterQueue, SqsDispatchQueue, SqsNotifyQueue
+from sms_gateway.caching import TtlCache
 from sms_gateway.logic.send import SendDependencies
 from sms_gateway.settings import Settings, get_settings
 
@@ -21,6 +22,8 @@ class Gateway:
     notify_queue: SqsNotifyQueue
     scheduler: EventBridgeBatchScheduler
     dispatch_dead_letters: SqsDeadLetterQueue
+    # Rarely changing settings the consumers read per record (accounts' webhook and rate-limit settings, routes).
+    settings_cache: TtlCache = field(default_factory=TtlCache)
 
 
 @cache

@@ -13,6 +13,7 @@ from sms_gateway.adapters import http
 from sms_gateway.adapters.providers import get_provider, upstream_rate_limit
 from sms_gateway.adapters.sqs import SqsDeadLetterQueue
 from sms_gateway.bootstrap import gateway
+from sms_gateway.caching import CachedAccountSettings
 from sms_gateway.domain.models import DispatchCommand, Message, utc_now
 from sms_gateway.domain.routing import RouteTable
 from sms_gateway.logic import webhook_retries
@@ -27,9 +28,24 @@ class RetryLater(Exception):
     """Raised for a record whose messages met a transient failure: the record goes back to the queue."""
 
 
+def _account_settings() -> CachedAccountSettings:
+    wiring = gateway()
+    return CachedAccountSettings(wiring.store, wiring.settings_cache)
+
+
 def _rate_limit(account_id: str) -> int | None:
-    account = gateway().store.get_account(account_id)
+    account = _account_settings().get_account(account_id)
     return account.rate_limit_per_second if account else None
+
+
+def _route_table() -> RouteTable:
+    """The table is one item, read at most once per SETTINGS_MAX_AGE_SECONDS per container; the choice per
+    message is then pure."""
+    wiring = gateway()
+    table: RouteTable = wiring.settings_cache.get(
+        "routes", lambda: wiring.store.route_table(wiring.settings.default_upstream)
+    )
+    return table
 
 
 def _routed(table: RouteTable) -> Callable[[Message], list[Provider]]:
@@ -72,8 +88,7 @@ def _dispatch_record(record: SQSRecord, attempt: int) -> dict[str, Any]:
     deps = DispatchDependencies(
         messages=wiring.store,
         accounts=wiring.store,
-        # Read once per record: the table is one item, and the choice per message is then pure.
-        upstreams_for=_routed(wiring.store.route_table(wiring.settings.default_upstream)),
+        upstreams_for=_routed(_route_table()),
         callback_base_url=wiring.settings.callback_base_url,
         clock=utc_now,
         concurrency=wiring.settings.dispatch_concurrency,
@@ -135,7 +150,7 @@ def notify_record(record: SQSRecord) -> dict[str, Any]:
     attempt = int(record.attributes.approximate_receive_count or 1)
     wiring = gateway()
     try:
-        delivered = http.run(deliver(notification, wiring.store, _post))
+        delivered = http.run(deliver(notification, _account_settings(), _post))
     except WebhookFailed as failure:
         return _notify_failed(record, notification, attempt, failure)
     if delivered and webhook_retries.needs_delivered_mark(notification, attempt):

@@ -33,6 +33,10 @@ from sms_gateway.domain.routing import Route, RouteTable
 from sms_gateway.domain.status import MessageStatus
 
 
+class AccountLookup(Protocol):
+    def get_account(self, account_id: str) -> Account | None: ...
+
+
 class AccountStore(Protocol):
     def get_account(self, account_id: str) -> Account | None: ...
 

@@ -12,7 +12,7 @@ from typing import Any
 from sms_gateway.domain.models import Account, DeliveryReportMode, StatusChange
 from sms_gateway.domain.webhooks import signed_headers
 from sms_gateway.errors import NotFound
-from sms_gateway.ports import AccountStore
+from sms_gateway.ports import AccountLookup
 
 DLR = "dlr"
 
@@ -76,7 +76,7 @@ def target_url(account: Account, notification: dict[str, Any]) -> str | None:
 
 
 async def deliver(
-    notification: dict[str, Any], accounts: AccountStore, post: Post, *, now: Callable[[], float] = time.time
+    notification: dict[str, Any], accounts: AccountLookup, post: Post, *, now: Callable[[], float] = time.time
 ) -> bool:
     """POSTs one notification. The client must answer 2xx with valid JSON (the seeds require it);
     anything else raises WebhookFailed so the record is retried. False when there is nowhere to send it."""

@@ -1,0 +1,188 @@
+"""Benchmark: infrastructure cost per million single-part SMS with delivery reports, at AWS list prices
+(bench/prices.json), from the counted requests and billing units and the measured handler durations."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench import REPO, median
+from bench.bench_requests_per_message import STAGE_FUNCTION, STAGES, Flow, measure
+
+NAME = "cost"
+TARGET_USD_PER_MILLION = 5.0
+PRICES = Path(__file__).with_name("prices.json")
+# Lambda's own lines per invocation (platform start and report; the template's LogFormat: JSON makes them JSON
+# records, larger than the text START/END/REPORT lines of about 300 bytes).
+PLATFORM_LOG_BYTES_PER_INVOCATION = 500
+# CloudWatch Logs counts each event's bytes plus 26 bytes of overhead.
+LOG_EVENT_OVERHEAD_BYTES = 26
+# The time an AWS request from Lambda takes (DynamoDB and SQS in the same region answer in a few ms); added for
+# every request as if made one after another: an upper bound where the dispatcher makes them concurrently.
+AWS_REQUEST_SECONDS = 0.005
+# X-Ray's default sampling rule: the first request each second, then 5%; at a million messages' rate, ~5%.
+XRAY_SAMPLED = 0.05
+# Recipients of the bulk send whose durations are measured (two dispatch records; the counts use 1000).
+TIMED_BULK = 200
+# Typical values for the HttpApi access log format's variables (one line per HTTP request).
+ACCESS_LOG_SAMPLE = {
+    "requestId": "JKJaXmPLvHcESHA=",
+    "identity.sourceIp": "203.0.113.10",
+    "requestTime": "02/Jan/2024:23:50:37 +0000",
+    "routeKey": "POST /callbacks/{provider}/dlr",
+    "status": "200",
+    "responseLength": "120",
+    "responseLatency": "45",
+    "integrationLatency": "43",
+    "integrationErrorMessage": "-",
+}
+
+
+def load_prices() -> dict[str, float]:
+    return {name: float(entry["usd"]) for name, entry in json.loads(PRICES.read_text())["prices"].items()}
+
+
+def template_facts() -> dict[str, Any]:
+    """What the bill depends on in template.yaml, read at run time: memory sizes and the access log line."""
+    from sms_gateway_tools import template as tpl
+
+    template = tpl.load_template(REPO / "template.yaml")
+    memory = {fn.code_uri.strip("/").split("/")[-1]: fn.memory_size for fn in tpl.function_definitions(template)}
+    access_format = template["Resources"]["HttpApi"]["Properties"]["AccessLogSettings"]["Format"]
+    access_line = re.sub(
+        r"\$context\.([A-Za-z.]+)", lambda m: ACCESS_LOG_SAMPLE.get(m.group(1), "x" * 8), access_format
+    )
+    return {"memory_mb": memory, "access_log_bytes": len(access_line.encode()) + 1}
+
+
+def billed_seconds(flow: Flow, stage: str) -> float:
+    """A stage's billed Lambda time per message: for each invocation, our code's CPU time in-process (the
+    handler's CPU minus the CPU moto spent standing in for AWS; CPU, not wall time, so other processes on this
+    machine do not inflate it) plus its AWS requests at AWS_REQUEST_SECONDS each, rounded up to Lambda's 1 ms."""
+    billed = [
+        math.ceil((max(0.0, i.cpu_seconds - i.moto_cpu_seconds) + i.requests * AWS_REQUEST_SECONDS) * 1000) / 1000
+        for i in flow.stages[stage].invocations
+    ]
+    return sum(billed) / flow.messages
+
+
+def cost_per_million(units: Flow, timed: Flow, prices: dict[str, float], facts: dict[str, Any]) -> dict[str, float]:
+    """$ per million messages by service. `units` counted requests and billing units; `timed` (without the
+    capacity probes) measured durations."""
+    million = 1_000_000 / units.messages
+    invocations = {stage: len(units.stages[stage].invocations) for stage in STAGES}
+    total_units: Counter[str] = Counter()
+    for stage in STAGES:
+        total_units.update(units.stages[stage].units)
+    # Per message, from the timed flow (its own size), scaled to the counted flow's messages.
+    gb_seconds = units.messages * sum(
+        billed_seconds(timed, stage) * facts["memory_mb"][STAGE_FUNCTION[stage]] / 1024 for stage in STAGES
+    )
+    http_requests = sum(units.stages[stage].http_requests for stage in STAGES)
+    wru = sum(count for key, count in total_units.items() if key.startswith("dynamodb:WRU"))
+    log_bytes = sum(
+        units.stages[s].log_bytes + units.stages[s].log_lines * LOG_EVENT_OVERHEAD_BYTES for s in STAGES
+    ) + sum(invocations.values()) * (PLATFORM_LOG_BYTES_PER_INVOCATION + LOG_EVENT_OVERHEAD_BYTES)
+    log_bytes += http_requests * (facts["access_log_bytes"] + LOG_EVENT_OVERHEAD_BYTES)
+    return {
+        "Lambda requests": sum(invocations.values()) * prices["lambda_request"] * million,
+        "Lambda duration (arm64 GB-s)": gb_seconds * prices["lambda_arm64_gb_second"] * million,
+        "HTTP API": http_requests * prices["http_api_request"] * million,
+        "SQS FIFO (dispatch)": total_units["sqs:fifo"] * prices["sqs_fifo_request"] * million,
+        "SQS standard (notify)": total_units["sqs:standard"] * prices["sqs_standard_request"] * million,
+        "DynamoDB writes (WRU, incl. indexes)": wru * prices["dynamodb_write_request_unit"] * million,
+        "DynamoDB reads (RRU)": total_units["dynamodb:RRU"] * prices["dynamodb_read_request_unit"] * million,
+        "EventBridge Scheduler": 0.0,
+        "CloudWatch Logs ingestion": log_bytes / 1024**3 * prices["cloudwatch_logs_ingestion_gb"] * million,
+        "X-Ray traces (Tracing: Active)": sum(invocations.values())
+        * XRAY_SAMPLED
+        * prices["xray_trace_recorded"]
+        * million,
+        "SSM GetParameter (standard)": 0.0,
+    }
+
+
+def run(quick: bool) -> dict[str, Any]:
+    prices = load_prices()
+    facts = template_facts()
+    counted = measure(quick, capacity=True)
+    # Durations per message do not depend on the bulk send's size past a few records: a smaller one saves time.
+    timed = measure(quick, capacity=False, bulk=None if quick else TIMED_BULK, warm=True)
+    scenarios: dict[str, dict[str, float]] = {}
+    for scenario, runs in counted.items():
+        # Each run's counts with the same run's durations; the median of the runs, service by service.
+        each = [cost_per_million(units, time, prices, facts) for units, time in zip(runs, timed[scenario], strict=True)]
+        scenarios[scenario] = {service: median([cost[service] for cost in each]) for service in each[0]}
+    rows = [
+        {
+            "service": service,
+            **{
+                f"$/M {scenario} ({counted[scenario][0].recipients} rcpt)": round(cost[service], 3)
+                for scenario, cost in scenarios.items()
+            },
+        }
+        for service, cost in zip(next(iter(scenarios.values())), next(iter(scenarios.values())).values(), strict=True)
+    ]
+    totals = {scenario: sum(cost.values()) for scenario, cost in scenarios.items()}
+    rows.append(
+        {
+            "service": "total",
+            **{
+                f"$/M {scenario} ({counted[scenario][0].recipients} rcpt)": round(totals[scenario], 3)
+                for scenario in scenarios
+            },
+        }
+    )
+    durations = {
+        scenario: {stage: round(median([billed_seconds(flow, stage) for flow in runs]) * 1000, 2) for stage in STAGES}
+        for scenario, runs in timed.items()
+    }
+    per_message = {
+        scenario: {
+            "invocations": round(sum(len(flow.stages[s].invocations) for s in STAGES) / flow.messages, 3),
+            "WRU": round(
+                sum(v for s in STAGES for k, v in flow.stages[s].units.items() if k.startswith("dynamodb:WRU"))
+                / flow.messages,
+                2,
+            ),
+            "RRU": round(sum(flow.stages[s].units["dynamodb:RRU"] for s in STAGES) / flow.messages, 2),
+            "log bytes": round(sum(flow.stages[s].log_bytes for s in STAGES) / flow.messages),
+        }
+        for scenario, runs in counted.items()
+        for flow in runs[:1]
+    }
+    return {
+        "name": NAME,
+        "title": "Infrastructure cost per million SMS with delivery reports",
+        "command": f".venv/bin/python -m bench --only {NAME}",
+        "target": f"under ${TARGET_USD_PER_MILLION:.0f} per million single-part SMS with delivery reports",
+        "met": all(total < TARGET_USD_PER_MILLION for total in totals.values()),
+        "rows": rows,
+        "notes": [
+            "Prices: bench/prices.json (us-east-1 list prices, from memory of the public pages: check them before"
+            " relying on the figures). Carrier fees, about $8,000 per million, are not included.",
+            f"Per message: {json.dumps(per_message)}. Requests, DynamoDB units (from item sizes: bench/capacity.py)"
+            " and SQS chunks counted as in requests_per_message; the flows drain full batches (the template's"
+            " BatchSize), as under load.",
+            f"Billed Lambda ms per message by stage: {json.dumps(durations)}. Each invocation: the handler's CPU"
+            " time on this machine (not Lambda arm64's; the notifier's includes the local client webhook's thread)"
+            f" minus moto's, plus {AWS_REQUEST_SECONDS * 1000:.0f} ms per AWS request as if made one after another"
+            " (an upper bound for the dispatcher, which makes them concurrently), rounded up to 1 ms; times"
+            f" MemorySize read from template.yaml at run time ({json.dumps(facts['memory_mb'])} MB). Durations come"
+            f" from a second run of the flows without the capacity probes, after one message through every stage"
+            f" (warm containers; its bulk send: {TIMED_BULK} recipients in full mode).",
+            "CloudWatch Logs: the handlers' output captured at the template's production log level (Powertools JSON"
+            f" lines and EMF metric lines), plus {PLATFORM_LOG_BYTES_PER_INVOCATION} bytes per invocation for"
+            " Lambda's own platform records (estimated: LogFormat JSON), the HttpApi access log line"
+            f" ({facts['access_log_bytes']} bytes, its template format with typical values) per HTTP request, and"
+            f" {LOG_EVENT_OVERHEAD_BYTES} bytes per event.",
+            "X-Ray is not in the issue's list but the template sets Tracing: Active: default sampling, ~5% of"
+            " invocations at this volume. Scheduler is 0 for unscheduled sends (one invocation per scheduled"
+            " batch otherwise). Not counted: Lambda INIT time of cold starts, idle SQS long polling (fixed,"
+            " ~$0.3/month per queue), storage (DynamoDB GB-month, PITR, logs retention), data transfer.",
+        ],
+    }

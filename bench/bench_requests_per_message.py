@@ -1,0 +1,230 @@
+"""Benchmark: AWS requests per message end to end (accept, dispatch, DLR, client notification) against a floor
+derived from what must be written per message and the batch sizes (docs/benchmarks-floor.md)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import median
+from bench.moto_gateway import (
+    Invocation,
+    LogVolume,
+    MotoGateway,
+    StageRun,
+    captured_logs,
+    moto_gateway,
+    numbers,
+    production_log_level,
+)
+
+NAME = "requests_per_message"
+STAGES = ("accept", "dispatch", "dlr", "notify")
+TARGET_RATIO = 1.1
+# The function each stage runs in (its MemorySize and batch size come from template.yaml).
+STAGE_FUNCTION = {"accept": "api", "dispatch": "dispatcher", "dlr": "webhook", "notify": "notifier"}
+# Each message a client asked delivery reports for reaches its webhook twice: the dispatcher's `submitted`
+# and the upstream's final status (docs/webhooks.md).
+NOTIFICATIONS_PER_MESSAGE = 2
+BATCH_WRITE_SIZE = 25
+SEND_BATCH_SIZE = 10
+# Lambda's event source mapping, per batch it hands to the function: one ReceiveMessage, one DeleteMessageBatch.
+POLLING_REQUESTS = ("sqs:ReceiveMessage[lambda]", "sqs:DeleteMessageBatch[lambda]")
+
+
+@dataclass
+class Stage:
+    calls: Counter[str] = field(default_factory=Counter)
+    units: Counter[str] = field(default_factory=Counter)
+    invocations: list[Invocation] = field(default_factory=list)
+    # Requests through the HttpApi: client sends (accept) and upstream callbacks (dlr).
+    http_requests: int = 0
+    log_bytes: int = 0
+    log_lines: int = 0
+
+
+@dataclass
+class Flow:
+    scenario: str
+    sends: int
+    recipients: int
+    stages: dict[str, Stage]
+    batch_sizes: dict[str, int]
+
+    @property
+    def messages(self) -> int:
+        return self.sends * self.recipients
+
+    def per_message(self, stage: str) -> float:
+        return sum(self.stages[stage].calls.values()) / self.messages
+
+    @property
+    def total_per_message(self) -> float:
+        return sum(self.per_message(stage) for stage in STAGES)
+
+
+class _Recorder:
+    """Adds what the meter and the log capture saw during a block to one stage (stages may interleave)."""
+
+    def __init__(self, gateway: MotoGateway, logs: LogVolume, stages: dict[str, Stage]) -> None:
+        self.gateway, self.logs, self.stages = gateway, logs, stages
+
+    def run(self, name: str, action: Any) -> None:
+        meter = self.gateway.meter
+        calls, units = Counter(meter.calls), Counter(getattr(meter, "units", Counter()))
+        log_bytes, log_lines = self.logs.bytes, self.logs.lines
+        run = StageRun()
+        action(run)
+        stage = self.stages[name]
+        stage.calls.update(Counter(meter.calls) - calls)
+        stage.units.update(Counter(getattr(meter, "units", Counter())) - units)
+        for key, count in run.polling_requests.items():
+            stage.calls[f"{key}[lambda]"] += count
+        stage.units.update(run.polling_units)
+        stage.invocations.extend(run.invocations)
+        stage.log_bytes += self.logs.bytes - log_bytes
+        stage.log_lines += self.logs.lines - log_lines
+
+
+def run_flow(scenario: str, sends: int, recipients: int, *, capacity: bool, warm: bool = False) -> Flow:
+    """`sends` sends of `recipients` recipients each with delivery reports, through every stage to the client's
+    webhook. Queues are drained in the template's batch sizes; notifications are drained as they pile up so
+    moto's queues stay shallow. With `warm`, one message goes through every stage first, uncounted, so that
+    timed invocations are warm containers' (counted flows start cold: per-container reads are real requests)."""
+    stages = {name: Stage() for name in STAGES}
+    with moto_gateway(capacity=capacity) as gateway, captured_logs(production_log_level()) as logs:
+        record = _Recorder(gateway, logs, stages).run
+        warm_up = 1 if warm else 0
+        if warm:
+            scratch = StageRun()
+            gateway.send(numbers(1, start=9_999_999), delivery_report="yes")
+            gateway.drain("DISPATCH", "dispatcher", scratch)
+            gateway.post_dlrs(scratch)
+            gateway.drain("NOTIFY", "notifier", scratch)
+
+        def accept(run: StageRun) -> None:
+            for i in range(sends):
+                _, invocation = gateway.send(numbers(recipients, start=i * recipients), delivery_report="yes")
+                run.invocations.append(invocation)
+                stages["accept"].http_requests += 1
+
+        record("accept", accept)
+        record("dispatch", lambda run: gateway.drain("DISPATCH", "dispatcher", run))
+        record("notify", lambda run: gateway.drain("NOTIFY", "notifier", run))
+        step = 100
+        while gateway.dlr_cursor < len(gateway.upstream.submits):
+
+            def dlrs(run: StageRun) -> None:
+                before = gateway.dlr_cursor
+                gateway.post_dlrs(run, limit=step)
+                stages["dlr"].http_requests += gateway.dlr_cursor - before
+
+            record("dlr", dlrs)
+            record("notify", lambda run: gateway.drain("NOTIFY", "notifier", run))
+        posts = gateway.webhook.posts  # type: ignore[attr-defined]
+        expected = (sends * recipients + warm_up) * NOTIFICATIONS_PER_MESSAGE
+        if posts != expected:
+            raise RuntimeError(f"the client's webhook got {posts} delivery reports, not {expected}")
+        return Flow(scenario, sends, recipients, stages, dict(gateway.batch_sizes))
+
+
+def floor(recipients: int, batch_sizes: dict[str, int]) -> dict[str, float]:
+    """The fewest AWS requests per message, by stage, for sends of `recipients` recipients with delivery reports
+    (the derivation, line by line: docs/benchmarks-floor.md)."""
+    from sms_gateway.logic.send import DISPATCH_CHUNK
+
+    records = math.ceil(recipients / DISPATCH_CHUNK)
+    per_record = min(recipients, DISPATCH_CHUNK)
+    dispatch_batch = batch_sizes["DispatcherFunction"]
+    notify_batch = batch_sizes["NotifierFunction"]
+    # credential read, account read, credit reservation, conditional batch put, message writes, enqueue
+    accept = 4 + math.ceil(recipients / BATCH_WRITE_SIZE) + math.ceil(records / SEND_BATCH_SIZE)
+    # per record: Lambda's receive and delete (shared by a batch of records), the messages' read, the rate-limit
+    # grant, the `submitted` notifications; per message: the claim and the submitted transition
+    dispatch_per_record = 2 / dispatch_batch + 1 + 1 + math.ceil(per_record / SEND_BATCH_SIZE)
+    dispatch = records * dispatch_per_record / recipients + 2
+    # per callback (one message): the status transition and its notification
+    dlr = 2.0
+    # per notification: Lambda's receive and delete, shared by a batch
+    notify = NOTIFICATIONS_PER_MESSAGE * 2 / notify_batch
+    return {"accept": accept / recipients, "dispatch": dispatch, "dlr": dlr, "notify": notify}
+
+
+def _operations(stage: Stage, messages: int) -> str:
+    return ", ".join(f"{key} {count / messages:.3g}" for key, count in sorted(stage.calls.items()))
+
+
+def measure(
+    quick: bool, *, capacity: bool = True, bulk: int | None = None, warm: bool = False
+) -> dict[str, list[Flow]]:
+    """The single-send flow (several runs: their counts must agree) and the bulk flow (`bulk` recipients)."""
+    single_runs, single_sends = (1, 10) if quick else (3, 20)
+    bulk = bulk or (50 if quick else 1000)
+    return {
+        "single": [run_flow("single", single_sends, 1, capacity=capacity, warm=warm) for _ in range(single_runs)],
+        # One run: its counts are as deterministic as the single sends' (which the runs above check).
+        "bulk": [run_flow("bulk", 1, bulk, capacity=capacity, warm=warm)],
+    }
+
+
+def run(quick: bool) -> dict[str, Any]:
+    flows = measure(quick)
+    rows: list[dict[str, Any]] = []
+    ratios: list[float] = []
+    notes: list[str] = []
+    for scenario, runs in flows.items():
+        sample = runs[0]
+        least = floor(sample.recipients, sample.batch_sizes)
+        for stage in STAGES:
+            measured = median([flow.per_message(stage) for flow in runs])
+            rows.append(
+                {
+                    "scenario": f"{scenario} ({sample.recipients} recipient{'s' if sample.recipients > 1 else ''})",
+                    "stage": stage,
+                    "requests/message": round(measured, 3),
+                    "floor": round(least[stage], 3),
+                    "ratio": round(measured / least[stage], 2),
+                    "by operation (per message)": _operations(sample.stages[stage], sample.messages),
+                }
+            )
+        total = median([flow.total_per_message for flow in runs])
+        ratio = total / sum(least.values())
+        ratios.append(ratio)
+        rows.append(
+            {
+                "scenario": f"{scenario} ({sample.recipients} recipient{'s' if sample.recipients > 1 else ''})",
+                "stage": "total",
+                "requests/message": round(total, 3),
+                "floor": round(sum(least.values()), 3),
+                "ratio": round(ratio, 2),
+                "by operation (per message)": f"{sample.sends} send(s) x {sample.recipients}, {len(runs)} run(s)",
+            }
+        )
+        spread = {round(flow.total_per_message, 6) for flow in runs}
+        if len(spread) > 1:
+            notes.append(f"{scenario}: runs differed ({sorted(spread)} requests/message); the median is shown.")
+    notes += [
+        "Every request counted with botocore's before-call hook on the gateway's own clients, the real handlers"
+        " (functions/*/app.py) run in-process on moto. `[lambda]` rows are the SQS requests Lambda's event source"
+        " mapping makes on our behalf (billed to us): one ReceiveMessage and one DeleteMessageBatch per batch it"
+        " hands over, derived from the batches the harness fed at the template's BatchSize (full batches, as"
+        " under load; idle long polling, about 0.3 $/month per queue, is a fixed cost, not per message).",
+        "The account's rate limit is set to 10,000/s, so a grant is always one write per record and the limiter"
+        " never waits (at the default 50/s a 100-message record takes two grants: one more write per record).",
+        "Each message asked for delivery reports: the client's webhook gets two (the dispatcher's `submitted`"
+        " and the DLR's `delivered`), both checked to arrive. DLRs are the simulator's signed callbacks, one per"
+        " message, through the webhook function.",
+        "The floor, line by line, and what is irreducible (a conditional write per state change per message):"
+        " [docs/benchmarks-floor.md](benchmarks-floor.md).",
+    ]
+    return {
+        "name": NAME,
+        "title": "AWS requests per message, end to end",
+        "command": f".venv/bin/python -m bench --only {NAME}",
+        "target": f"within {TARGET_RATIO}x of the floor (docs/benchmarks-floor.md)",
+        "met": all(ratio <= TARGET_RATIO for ratio in ratios),
+        "rows": rows,
+        "notes": notes,
+    }

@@ -1,0 +1,347 @@
+"""The gateway's real handlers run in-process on moto, stage by stage, as Lambda would run them (for the
+request-counting and cost benchmarks): accept (api), dispatch, upstream DLR (webhook) and client notification."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from bench import AwsCallMeter, metering_boto3_clients, offline_aws_environment, patched_environ
+from bench.capacity import CapacityMeter
+
+STACK = "sms-gateway-bench"
+SIMULATOR_SECRET = "bench-simulator-secret"
+SENDER = "48974"
+API_DOMAIN = "abc123.execute-api.us-east-1.amazonaws.com"
+RATE_LIMIT = 10_000
+
+
+def numbers(count: int, start: int = 0) -> list[str]:
+    """Distinct valid Nigerian MTN numbers (the 9bits seed's network)."""
+    return [f"234803{start + i:07d}" for i in range(count)]
+
+
+class RecordingSimulator:
+    """The upstream simulator's submit protocol through httpx.MockTransport: every submit is accepted and
+    recorded, so its DLR can be posted back to the webhook function afterwards."""
+
+    def __init__(self) -> None:
+        self.submits: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, request: Any) -> Any:
+        import httpx
+
+        payload = json.loads(request.content)
+        with self._lock:
+            self.submits.append(payload)
+            upstream_id = f"sim-{len(self.submits)}"
+        return httpx.Response(200, json={"message_id": upstream_id, "status": "accepted"})
+
+
+class _ClientWebhookHandler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.server.posts += 1  # type: ignore[attr-defined]
+        body = b'{"ok":true}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def client_webhook() -> Iterator[ThreadingHTTPServer]:
+    """A client's DLR webhook on 127.0.0.1 that answers 200 with JSON, counting the posts it gets."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ClientWebhookHandler)
+    server.posts = 0  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def http_api_event(method: str, path: str, body: str, headers: dict[str, str]) -> dict[str, Any]:
+    """An API Gateway HTTP API (payload 2.0) event, as the HttpApi hands it to the function."""
+    return {
+        "version": "2.0",
+        "routeKey": f"{method} {path}",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": {"host": API_DOMAIN, "content-type": "application/json", **headers},
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "abc123",
+            "domainName": API_DOMAIN,
+            "domainPrefix": "abc123",
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "203.0.113.10"},
+            "requestId": "bench",
+            "routeKey": f"{method} {path}",
+            "stage": "$default",
+            "timeEpoch": int(time.time() * 1000),
+        },
+        "isBase64Encoded": False,
+        "body": body,
+    }
+
+
+@dataclass
+class Invocation:
+    """One handler call: which function, its wall and CPU time, and the SQS records it got (0 for HTTP)."""
+
+    function: str
+    wall_seconds: float
+    cpu_seconds: float
+    moto_cpu_seconds: float
+    records: int = 0
+    # AWS requests the handler made (the poller's are not among them).
+    requests: int = 0
+
+
+@dataclass
+class StageRun:
+    invocations: list[Invocation] = field(default_factory=list)
+    # SQS requests Lambda's event source mapping makes for us (billed to us): one ReceiveMessage per batch it
+    # hands over and one DeleteMessageBatch per batch it deletes.
+    polling_requests: dict[str, int] = field(default_factory=dict)
+    # Their billing units by queue type (`sqs:fifo`, `sqs:standard`): each receive of up to 10 small records
+    # is one 64 KB chunk.
+    polling_units: dict[str, int] = field(default_factory=dict)
+
+
+class MotoGateway:
+    """Handlers, queues and one account on moto. `meter` counts the gateway's own requests (made through the
+    clients it creates); the harness's own reads (the stand-in for Lambda's poller) go through a client made
+    before metering, so they are not counted but derived (see StageRun.polling_requests)."""
+
+    def __init__(self, env: dict[str, str], meter: AwsCallMeter, account: dict[str, Any], poller: Any) -> None:
+        from bench import REPO
+        from sms_gateway_tools import template as tpl
+
+        self.env = env
+        self.meter = meter
+        self.account = account
+        self.poller = poller
+        self.upstream = RecordingSimulator()
+        self._handlers: dict[str, Callable[[dict[str, Any], Any], Any]] = {}
+        definitions = {fn.logical_id: fn for fn in tpl.function_definitions(tpl.load_template(REPO / "template.yaml"))}
+        self.batch_sizes = {
+            "DispatcherFunction": definitions["DispatcherFunction"].sqs_events[0].batch_size,
+            "NotifierFunction": definitions["NotifierFunction"].sqs_events[0].batch_size,
+        }
+        self.dlr_cursor = 0
+
+    def handler(self, name: str) -> Callable[[dict[str, Any], Any], Any]:
+        if name not in self._handlers:
+            from tests.conftest import load_function
+
+            self._handlers[name] = load_function(name).handler
+        return self._handlers[name]
+
+    def invoke(self, name: str, event: dict[str, Any], records: int = 0) -> tuple[Any, Invocation]:
+        from tests.conftest import FakeContext
+
+        handler = self.handler(name)
+        moto_before, requests_before = self.meter.moto_cpu_seconds, self.meter.total
+        wall, cpu = time.perf_counter(), time.process_time()
+        answer = handler(event, FakeContext())
+        cpu = time.process_time() - cpu
+        wall = time.perf_counter() - wall
+        moto = self.meter.moto_cpu_seconds - moto_before
+        return answer, Invocation(name, wall, cpu, moto, records, self.meter.total - requests_before)
+
+    # ------------------------------------------------------------------ stages
+
+    def send(self, to: list[str], text: str = "Your code is 123456", **extra: Any) -> tuple[dict[str, Any], Invocation]:
+        body = {"from": SENDER, "to": to if len(to) > 1 else to[0], "message": text, **extra}
+        event = http_api_event(
+            "POST", "/ng/v1/sendsms", json.dumps(body), {"authorization": f"Bearer {self.account['token']}"}
+        )
+        answer, invocation = self.invoke("api", event)
+        if answer["statusCode"] != 200:
+            raise RuntimeError(f"send refused: {answer}")
+        return answer, invocation
+
+    def drain(self, queue: str, function: str, run: StageRun) -> None:
+        """Feeds a queue to its function in batches of the template's BatchSize, deleting what succeeded, as
+        the event source mapping does; until the queue is empty."""
+        from sms_gateway_tools.localstack.sqs_poller import lambda_record
+
+        url = self.env[f"{queue}_QUEUE_URL"]
+        arn = self.poller.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        size = self.batch_sizes[f"{function.capitalize()}Function"]
+        while True:
+            messages = self.poller.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=size,
+                MessageSystemAttributeNames=["All"],
+                VisibilityTimeout=60,
+                # The queue's own long polling would make moto wait on an empty queue.
+                WaitTimeSeconds=0,
+            ).get("Messages", [])
+            if not messages:
+                return
+            event = {"Records": [lambda_record(m, arn) for m in messages]}
+            answer, invocation = self.invoke(function, event, records=len(messages))
+            run.invocations.append(invocation)
+            failed = {item["itemIdentifier"] for item in answer.get("batchItemFailures", [])}
+            if failed:
+                raise RuntimeError(f"{function} failed records: {answer}")
+            self.poller.delete_message_batch(
+                QueueUrl=url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+            )
+            for operation in ("sqs:ReceiveMessage", "sqs:DeleteMessageBatch"):
+                run.polling_requests[operation] = run.polling_requests.get(operation, 0) + 1
+            kind = "sqs:fifo" if url.endswith(".fifo") else "sqs:standard"
+            run.polling_units[kind] = run.polling_units.get(kind, 0) + 2
+
+    def empty(self, queue: str) -> None:
+        """Drops what a queue holds, unread (PurgeQueue allows one call a minute)."""
+        url = self.env[f"{queue}_QUEUE_URL"]
+        while messages := self.poller.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0).get(
+            "Messages", []
+        ):
+            self.poller.delete_message_batch(
+                QueueUrl=url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+            )
+
+    def post_dlrs(self, run: StageRun, *, limit: int | None = None, status: str = "DELIVRD") -> None:
+        """The simulator's signed DLR callback for the next `limit` submits not yet reported (all by default),
+        one HTTP request each."""
+        end = len(self.upstream.submits) if limit is None else min(len(self.upstream.submits), self.dlr_cursor + limit)
+        for submit in self.upstream.submits[self.dlr_cursor : end]:
+            body = json.dumps(
+                {
+                    "message_id": f"sim-{submit['client_ref']}",
+                    "client_ref": submit["client_ref"],
+                    "to": submit["to"],
+                    "status": status,
+                    "error_code": "000",
+                    "done_at": "2026-01-01T00:00:01Z",
+                }
+            )
+            timestamp = str(int(time.time()))
+            signature = hmac.new(SIMULATOR_SECRET.encode(), f"{timestamp}.{body}".encode(), hashlib.sha256)
+            event = http_api_event(
+                "POST",
+                "/callbacks/simulator/dlr",
+                body,
+                {"x-simulator-timestamp": timestamp, "x-simulator-signature": signature.hexdigest()},
+            )
+            event["pathParameters"] = {"provider": "simulator"}
+            event["routeKey"] = event["requestContext"]["routeKey"] = "POST /callbacks/{provider}/dlr"
+            answer, invocation = self.invoke("webhook", event)
+            if answer["statusCode"] != 200:
+                raise RuntimeError(f"DLR refused: {answer}")
+            run.invocations.append(invocation)
+        self.dlr_cursor = end
+
+
+@contextmanager
+def moto_gateway(*, capacity: bool = False, credits: int = 10_000_000) -> Iterator[MotoGateway]:
+    """moto with the template's resources, one account with a DLR webhook on 127.0.0.1, the simulator as the
+    default upstream (through httpx.MockTransport), and every boto3 client the gateway makes metered (with
+    `capacity`, in DynamoDB and SQS billing units too: slower, so never with timings)."""
+    import boto3
+    import pytest
+    from moto import mock_aws
+
+    from sms_gateway import bootstrap
+    from sms_gateway_tools.admin import create_account, set_account
+    from sms_gateway_tools.localstack.resources import create_resources
+    from tests.conftest import route_simulator_upstreams_to
+
+    with ExitStack() as stack:
+        stack.enter_context(patched_environ(offline_aws_environment()))
+        stack.enter_context(mock_aws())
+        webhook = stack.enter_context(client_webhook())
+        env = create_resources(
+            stack_name=STACK,
+            simulator_url="http://127.0.0.1:9",
+            api_url=f"https://{API_DOMAIN}",
+            simulator_secret=SIMULATOR_SECRET,
+        )
+        stack.enter_context(patched_environ(env))
+        bootstrap.reset()
+        stack.callback(bootstrap.reset)
+        account = create_account(
+            name="Bench",
+            senders=[SENDER],
+            credits=credits,
+            dlr_url=f"http://127.0.0.1:{webhook.server_address[1]}/dlr",
+        )
+        # Above any single record (100 messages), so the limiter never makes the benchmark wait on the clock.
+        set_account(account_id=account["account_id"], rate_limit=RATE_LIMIT)
+        poller = boto3.client("sqs")
+        patches = stack.enter_context(pytest.MonkeyPatch.context())
+        wanted = CapacityMeter(boto3.client("dynamodb"), env["TABLE_NAME"]) if capacity else None
+        meter = stack.enter_context(metering_boto3_clients(wanted))
+        # Clients made from here on are the gateway's own, and counted.
+        bootstrap.reset()
+        gateway_run = MotoGateway(env, meter, account, poller)
+        route_simulator_upstreams_to(patches, gateway_run.upstream)
+        gateway_run.webhook = webhook  # type: ignore[attr-defined]
+        yield gateway_run
+
+
+class LogVolume:
+    """Bytes and lines the handlers write to stdout (Powertools' JSON log lines and EMF metric lines): what
+    Lambda ships to CloudWatch Logs, apart from its own START/END/REPORT lines."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.lines = 0
+
+    def write(self, text: str) -> int:
+        self.bytes += len(text.encode())
+        self.lines += text.count("\n")
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@contextmanager
+def captured_logs(level: str) -> Iterator[LogVolume]:
+    """The gateway's logger at `level` (the template's production level), its output and the EMF lines counted
+    instead of printed."""
+    import contextlib
+
+    from sms_gateway.observability import logger
+
+    volume = LogVolume()
+    handler = logger.registered_handler
+    saved_level = logger.log_level
+    logger.setLevel(level)
+    old_stream = handler.setStream(volume)  # type: ignore[attr-defined]
+    try:
+        with contextlib.redirect_stdout(volume):  # type: ignore[type-var]
+            yield volume
+    finally:
+        handler.setStream(old_stream)  # type: ignore[attr-defined]
+        logger.setLevel(saved_level)
+
+
+def production_log_level() -> str:
+    """POWERTOOLS_LOG_LEVEL as template.yaml sets it for Stage=prod."""
+    from bench import REPO
+    from sms_gateway_tools import template as tpl
+
+    return str(tpl.load_template(REPO / "template.yaml")["Mappings"]["StageConfig"]["prod"]["LogLevel"])

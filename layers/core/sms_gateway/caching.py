@@ -1,0 +1,55 @@
+"""Settings that change rarely (an account's webhook and rate-limit settings, the route table), cached per
+container for a short time, so a consumer that handles many records does not read the same item per record."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from sms_gateway.domain.models import Account
+from sms_gateway.ports import AccountLookup
+
+# How stale a cached setting may be: a change an operator or client makes reaches running consumers within
+# this time (as an upstream's Parameter Store configuration does within CONFIG_MAX_AGE). Never used for credits.
+SETTINGS_MAX_AGE_SECONDS = 30.0
+
+
+class TtlCache:
+    """Values by key, each kept for `max_age` seconds after it was loaded; None is never cached."""
+
+    def __init__(self, max_age: float = SETTINGS_MAX_AGE_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_age = max_age
+        self.clock = clock
+        self._values: dict[Hashable, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
+        now = self.clock()
+        with self._lock:
+            found = self._values.get(key)
+        if found is not None and now - found[0] < self.max_age:
+            return found[1]
+        value = load()
+        if value is not None:
+            with self._lock:
+                self._values[key] = (now, value)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+
+
+class CachedAccountSettings:
+    """An account's settings (webhook URLs, token and secret, rate limit) through the cache. Its credits may be
+    up to SETTINGS_MAX_AGE_SECONDS old: read the store itself for the balance."""
+
+    def __init__(self, accounts: AccountLookup, cache: TtlCache) -> None:
+        self.accounts = accounts
+        self.cache = cache
+
+    def get_account(self, account_id: str) -> Account | None:
+        found: Account | None = self.cache.get(("account", account_id), lambda: self.accounts.get_account(account_id))
+        return found

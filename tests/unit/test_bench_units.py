@@ -1,0 +1,33 @@
+"""The benchmarks' arithmetic: DynamoDB units from item sizes, and the floor docs/benchmarks-floor.md derives."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.bench_requests_per_message import floor
+from bench.capacity import item_size, read_units, write_units
+
+TEMPLATE_BATCHES = {"DispatcherFunction": 10, "NotifierFunction": 10}
+
+
+def test_item_size_counts_names_and_values_as_dynamodb_does():
+    # "pk" (2) + "abc" (3); "n" (1) + 12345 (3 significant-digit pairs: 3 bytes + 1)
+    assert item_size({"pk": {"S": "abc"}}) == 5
+    assert item_size({"n": {"N": "12345"}}) == 1 + 4
+    # a map: 3 bytes + per entry its name, its value and 1 byte
+    assert item_size({"m": {"M": {"a": {"BOOL": True}}}}) == 1 + 3 + (1 + 1 + 1)
+
+
+def test_units_round_up_per_kilobyte_written_and_per_4_kb_read():
+    assert write_units(0) == 1
+    assert write_units(1024) == 1
+    assert write_units(1025) == 2
+    assert read_units(4096, consistent=True) == 1
+    assert read_units(4097, consistent=True) == 2
+    assert read_units(100, consistent=False) == 0.5
+
+
+def test_the_floor_is_the_one_the_doc_derives():
+    single = floor(1, TEMPLATE_BATCHES)
+    assert single == pytest.approx({"accept": 6, "dispatch": 5.2, "dlr": 2, "notify": 0.4})
+    assert sum(floor(1000, TEMPLATE_BATCHES).values()) == pytest.approx(4.567)

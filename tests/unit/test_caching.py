@@ -1,0 +1,58 @@
+"""The per-container settings cache: values live for their max age, then are read again; None is not kept."""
+
+from __future__ import annotations
+
+from sms_gateway.caching import CachedAccountSettings, TtlCache
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingAccounts:
+    def __init__(self, known: dict[str, object]) -> None:
+        self.known = known
+        self.reads = 0
+
+    def get_account(self, account_id: str) -> object | None:
+        self.reads += 1
+        return self.known.get(account_id)
+
+
+def test_a_setting_is_read_once_within_its_max_age_and_again_after_it():
+    clock = Clock()
+    accounts = CountingAccounts({"a": "settings of a"})
+    cached = CachedAccountSettings(accounts, TtlCache(max_age=30, clock=clock))  # type: ignore[arg-type]
+    # Given a first read
+    assert cached.get_account("a") == "settings of a"
+    # When the same account is read again within the max age, it comes from the cache
+    clock.now += 29
+    assert cached.get_account("a") == "settings of a"
+    assert accounts.reads == 1
+    # And once the max age has passed, a change made meanwhile is seen
+    accounts.known["a"] = "changed settings of a"
+    clock.now += 2
+    assert cached.get_account("a") == "changed settings of a"
+    assert accounts.reads == 2
+
+
+def test_an_unknown_account_is_not_cached_so_a_new_account_is_found_at_once():
+    clock = Clock()
+    accounts = CountingAccounts({})
+    cached = CachedAccountSettings(accounts, TtlCache(max_age=30, clock=clock))  # type: ignore[arg-type]
+    assert cached.get_account("new") is None
+    accounts.known["new"] = "settings of new"
+    assert cached.get_account("new") == "settings of new"
+
+
+def test_clear_forgets_everything():
+    cache = TtlCache(max_age=30, clock=Clock())
+    loads = []
+    cache.get("k", lambda: loads.append(1) or "v")
+    cache.clear()
+    cache.get("k", lambda: loads.append(1) or "v")
+    assert len(loads) == 2
