@@ -16,6 +16,7 @@ from sms_gateway.dialects.common import (
     json_response,
     status_for,
 )
+from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import (
     Account,
     CredentialKind,
@@ -296,7 +297,7 @@ def delivery_report_entry(message: Message) -> dict[str, Any]:
 def _page_size(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_PAGE_SIZE
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+    if not ascii_digits(raw) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
         raise InvalidRequest(f"page_size must be a whole number from 1 to {MAX_PAGE_SIZE}")
     return int(raw)
 
