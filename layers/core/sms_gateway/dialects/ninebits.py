@@ -51,18 +51,44 @@ ROUTE_TIER = "N"
 
 
 def _as_list(value: Any) -> Any:
-    """One number (string or integer) or a list of them; integers become strings."""
+    """One number (string or integer) or a list of them; integers become strings. A boolean is no number (though
+    Python's bool is an int): it is left for validation to refuse, not turned into the text "True"."""
+    if isinstance(value, bool):
+        return value
     if isinstance(value, str | int):
         return [str(value)]
     if isinstance(value, list):
-        return [str(item) if isinstance(item, int) else item for item in value]
+        return [str(item) if isinstance(item, int) and not isinstance(item, bool) else item for item in value]
     return value
+
+
+TEXT_FIELDS = ("message", "body", "content")
+
+
+def _document_send_rules(schema: dict[str, Any]) -> None:
+    """The rules the validators below apply, in the OpenAPI document too: `to` is one number (string or integer)
+    or a list of them; the text is in exactly one of message, body or content (the others absent or null);
+    callback_url needs delivery_report "yes"."""
+    properties = schema["properties"]
+    number = {"anyOf": [{"type": "string"}, {"type": "integer"}]}
+    properties["to"] = {"anyOf": [number, {"type": "array", "items": number, "minItems": 1}], "title": "To"}
+    schema["oneOf"] = [
+        {
+            "required": [given],
+            "properties": {
+                name: {"type": "string", "minLength": 1} if name == given else {"type": "null"} for name in TEXT_FIELDS
+            },
+        }
+        for given in TEXT_FIELDS
+    ]
+    schema["if"] = {"required": ["callback_url"], "properties": {"callback_url": {"type": "string"}}}
+    schema["then"] = {"required": ["delivery_report"], "properties": {"delivery_report": {"const": "yes"}}}
 
 
 class SendRequest(BaseModel):
     """Seed 1/2 (`message`, one `to`) and seed 3 (`body` or `content`, `to` a list) in one model."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, json_schema_extra=_document_send_rules)
 
     sender: str = Field(alias="from", min_length=1, max_length=16)
     to: list[str] = Field(min_length=1)
@@ -91,7 +117,7 @@ class SendRequest(BaseModel):
 
     @model_validator(mode="after")
     def exactly_one_text(self) -> SendRequest:
-        given = [name for name in ("message", "body", "content") if getattr(self, name) is not None]
+        given = [name for name in TEXT_FIELDS if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError("give the text in exactly one of 'message', 'body' or 'content'")
         if not self.text:
