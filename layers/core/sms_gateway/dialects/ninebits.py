@@ -65,13 +65,20 @@ def _as_list(value: Any) -> Any:
 TEXT_FIELDS = ("message", "body", "content")
 
 
+def _document_numbers(schema: dict[str, Any], name: str, *, min_items: int = 0, max_items: int | None = None) -> None:
+    """What `_as_list` reads, in the OpenAPI document: one number (string or integer) or a list of them."""
+    number = {"anyOf": [{"type": "string"}, {"type": "integer"}]}
+    many: dict[str, Any] = {"type": "array", "items": number, "minItems": min_items}
+    if max_items is not None:
+        many["maxItems"] = max_items
+    schema["properties"][name] = {"anyOf": [number, many], "title": name.capitalize()}
+
+
 def _document_send_rules(schema: dict[str, Any]) -> None:
     """The rules the validators below apply, in the OpenAPI document too: `to` is one number (string or integer)
     or a list of them; the text is in exactly one of message, body or content (the others absent or null);
     callback_url needs delivery_report "yes"."""
-    properties = schema["properties"]
-    number = {"anyOf": [{"type": "string"}, {"type": "integer"}]}
-    properties["to"] = {"anyOf": [number, {"type": "array", "items": number, "minItems": 1}], "title": "To"}
+    _document_numbers(schema, "to", min_items=1)
     schema["oneOf"] = [
         {
             "required": [given],
@@ -362,7 +369,10 @@ def read_delivery_reports(reference_id: str) -> Response[Any]:
 
 
 class GroupRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra=lambda schema: _document_numbers(schema, "members", max_items=groups.MAX_GROUP_MEMBERS),
+    )
 
     name: str = Field(min_length=1, max_length=groups.MAX_NAME_LENGTH)
     members: list[str] = Field(default_factory=list, max_length=groups.MAX_GROUP_MEMBERS)
@@ -374,7 +384,12 @@ class GroupRequest(BaseModel):
 
 
 class MembersRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra=lambda schema: _document_numbers(
+            schema, "members", min_items=1, max_items=groups.MAX_GROUP_MEMBERS
+        ),
+    )
 
     members: list[str] = Field(min_length=1, max_length=groups.MAX_GROUP_MEMBERS)
 

@@ -208,7 +208,7 @@ QUERY_PARAMETERS: dict[tuple[str, str], dict[str, Schema]] = {
     ("/ng/v1/groups", "get"): {"page_size": _PAGE_SIZE, "next": _CURSOR},
     ("/ng/v1/webhooks/failures", "get"): {
         "state": {"type": "string", "enum": ["retrying", "dead", "resent", "delivered"]},
-        "limit": {"type": "integer", "minimum": 1, "maximum": 100},
+        "limit": {"type": "integer", "minimum": 1, "maximum": 500},
         "cursor": _CURSOR,
     },
     ("/status", "get"): {
