@@ -26,6 +26,7 @@ OVERSIZE = "x" * (300 * 1024)
 THOUSAND_AND_ONE = [f"23480{20000000 + n}" for n in range(1001)]
 BEYOND_90_DAYS = (datetime.now(UTC) + timedelta(days=120)).strftime("%Y-%m-%dT%H:%M:%SZ")
 TEN_MINUTES_AGO = int(time.time()) - 600
+NINEBITS_UPSTREAM_SECRET = "whsec_dXBzdHJlYW0tc2lnbmluZy1rZXk="
 
 
 @dataclass(frozen=True)
@@ -313,8 +314,36 @@ CATALOGUE: dict[str, Bad] = {
     "callback-inbound-missing-to": Bad(
         "callback", "POST", "/callbacks/simulator/inbound", 400, "to", json.dumps({"from": NUMBER, "text": "hi"})
     ),
+    "callback-9bits-upstream-bad-signature": Bad(
+        "callback", "POST", "/callbacks/nb-up/dlr", 401, "not verified", dlr(), auth="sw-bad-signature"
+    ),
+    "callback-9bits-upstream-replayed-old-timestamp": Bad(
+        "callback", "POST", "/callbacks/nb-up/dlr", 401, "not verified", dlr(), auth="sw-signed-old"
+    ),
+    "callback-9bits-upstream-superscript-timestamp": Bad(
+        "callback", "POST", "/callbacks/nb-up/inbound", 401, "not verified", inbound(), auth="sw-signed-superscript"
+    ),
+    "callback-9bits-upstream-unsigned-dlr": Bad(
+        "callback", "POST", "/callbacks/nb-up/dlr", 401, "not verified", dlr(), auth="none"
+    ),
+    "callback-twilio-bad-signature": Bad(
+        "callback",
+        "POST",
+        "/callbacks/tw-up/dlr",
+        401,
+        "not verified",
+        "MessageSid=SM1&MessageStatus=delivered",
+        headers={"X-Twilio-Signature": "bm90IGEgc2lnbmF0dXJl"},
+        content_type="application/x-www-form-urlencoded",
+    ),
     "callback-unconfigured-provider": Bad(
-        "callback", "POST", "/callbacks/twilio/dlr", 401, "not verified", "MessageSid=SM1&MessageStatus=delivered"
+        "callback",
+        "POST",
+        "/callbacks/nosuch/dlr",
+        401,
+        "not verified",
+        "MessageSid=SM1&MessageStatus=delivered",
+        content_type="application/x-www-form-urlencoded",
     ),
 }
 
@@ -337,6 +366,7 @@ def world(stack: Any, state: StateClients) -> dict[str, str]:
     """Two accounts (one with no credits), a live session, a scheduled batch and a delivered one; then quiet."""
     from sms_gateway_tools.admin import create_account
 
+    configure_upstreams(stack)
     rich = create_account(name="Bad input", senders=[SENDER, SHORTCODE], credits=100_000, api_url=stack.api_url)
     poor = create_account(name="No credits", senders=["POOR"], credits=0, api_url=stack.api_url)
     bearer = {"Authorization": f"Bearer {rich['token']}"}
@@ -380,6 +410,25 @@ def world(stack: Any, state: StateClients) -> dict[str, str]:
     }
 
 
+def configure_upstreams(stack: Any) -> None:
+    """A 9bits upstream (Standard Webhooks signatures) and a Twilio one beside the simulator, as an operator adds
+    them: their callback routes verify for real."""
+    from sms_gateway_tools.localstack.resources import UPSTREAM_PARAMETER_PREFIX
+
+    for name, config in {
+        "nb-up": {
+            "type": "ninebits",
+            "url": "http://127.0.0.1:9",
+            "token": "t",
+            "webhook_secret": NINEBITS_UPSTREAM_SECRET,
+        },
+        "tw-up": {"type": "twilio", "account_sid": "AC1", "auth_token": "twilio-auth-token"},
+    }.items():
+        stack.client("ssm").put_parameter(
+            Name=f"{UPSTREAM_PARAMETER_PREFIX}{name}", Type="SecureString", Value=json.dumps(config), Overwrite=True
+        )
+
+
 def _wait_for_delivery(api_url: str, reference_id: str, headers: dict[str, str]) -> dict[str, Any]:
     deadline = time.monotonic() + 20
     while True:
@@ -414,6 +463,8 @@ def request_for(case: Bad, world: dict[str, str], stack: Any) -> requests.Prepar
         headers.update(simulator_signature("not-the-secret", int(time.time()), body or b""))
     elif case.auth == "signed-old":
         headers.update(simulator_signature(stack.simulator.secret, TEN_MINUTES_AGO, body or b""))
+    elif case.auth.startswith("sw-"):
+        headers.update(standard_webhook_signature(case.auth, body or b""))
     elif case.auth == "signed-superscript":
         headers.update(simulator_signature(stack.simulator.secret, int(time.time()), body or b""))
         headers["X-Simulator-Timestamp"] = "\u00b2"
@@ -421,6 +472,18 @@ def request_for(case: Bad, world: dict[str, str], stack: Any) -> requests.Prepar
     return requests.Request(
         case.method, f"{stack.api_url}{fill(case.path, world)}", headers=headers, params=query, data=body
     ).prepare()
+
+
+def standard_webhook_signature(kind: str, body: bytes) -> dict[str, str]:
+    """Headers of a 9bits upstream's signed callback (Standard Webhooks), signed wrong in the way `kind` says."""
+    from sms_gateway.domain.webhooks import signed_headers
+
+    secret = "whsec_bm90LXRoZS1yaWdodC1rZXk=" if kind == "sw-bad-signature" else NINEBITS_UPSTREAM_SECRET
+    stamp = TEN_MINUTES_AGO if kind == "sw-signed-old" else int(time.time())
+    headers = signed_headers(secret, "msg_1", stamp, body.decode())
+    if kind == "sw-signed-superscript":
+        headers["webhook-timestamp"] = "\u00b2"
+    return headers
 
 
 def simulator_signature(secret: str, timestamp: int, body: bytes) -> dict[str, str]:
