@@ -166,6 +166,13 @@ CATALOGUE: dict[str, Bad] = {
         "9bits", "POST", "/ng/v1/batches/dry_run", 400, "at most 1000", send(to=THOUSAND_AND_ONE)
     ),
     "group-create-empty-name": Bad("9bits", "POST", "/ng/v1/groups", 400, "name", json.dumps({"name": ""})),
+    "batch-dry-run-unknown-sender": Bad(
+        "9bits", "POST", "/ng/v1/batches/dry_run", 400, "not registered", send(**{"from": "NOTMINE"})
+    ),
+    "group-create-very-long-name": Bad("9bits", "POST", "/ng/v1/groups", 400, "name", json.dumps({"name": "g" * 5000})),
+    "group-create-members-an-object": Bad(
+        "9bits", "POST", "/ng/v1/groups", 400, "members", json.dumps({"name": "team", "members": {"$ne": None}})
+    ),
     "group-members-of-unknown-group": Bad(
         "9bits", "POST", "/ng/v1/groups/grp_missing/members", 404, "grp_missing", json.dumps({"members": [NUMBER]})
     ),
@@ -183,6 +190,15 @@ CATALOGUE: dict[str, Bad] = {
         1104,
         "at most 1000",
         json.dumps({**shortcode_form(), "mobile": ",".join(THOUSAND_AND_ONE)}),
+    ),
+    "shortcode-form-1001-mobiles": Bad(
+        "shortcode",
+        "POST",
+        "/api/services/sendsms",
+        1104,
+        "at most 1000",
+        "apikey={apikey}&partnerID={partner_id}&shortcode=20414&message=hi&mobile=" + "%2C".join(THOUSAND_AND_ONE),
+        content_type="application/x-www-form-urlencoded",
     ),
     "shortcode-time-to-send-garbage": Bad(
         "shortcode",
@@ -250,6 +266,9 @@ CATALOGUE: dict[str, Bad] = {
     ),
     "session-login-nothing-given": Bad("session", "GET", "/login", 401, "username and password", auth="none"),
     "session-malformed-json": Bad("session", "POST", "/sms", 400, "not valid JSON", '{"message": "hi",'),
+    "session-xml-body": Bad(
+        "session", "POST", "/sms", 400, "not valid JSON", "<sms><message>hi</message></sms>", content_type="text/xml"
+    ),
     "session-message-type-xx": Bad("session", "POST", "/sms", 400, "message_type", session_send(message_type="XX")),
     "session-scheduled-time-garbage": Bad(
         "session", "POST", "/sms", 400, "scheduled_delivery_time", session_send(scheduled_delivery_time="soonish")
