@@ -178,10 +178,15 @@ CATALOGUE: dict[str, Bad] = {
     ),
     # ---- shortcode: HTTP 200 with the family's response-code
     "shortcode-no-partner-id": Bad(
-        "shortcode", "GET", "/api/services/sendsms", 4091, "", query={"apikey": "{apikey}", "mobile": NUMBER}
+        "shortcode", "GET", "/api/services/sendsms", 4091, "Partner ID", query={"apikey": "{apikey}", "mobile": NUMBER}
     ),
     "shortcode-wrong-apikey": Bad(
-        "shortcode", "GET", "/api/services/sendsms", 1006, "", query=shortcode_form(apikey="wrong", mobile=NUMBER)
+        "shortcode",
+        "GET",
+        "/api/services/sendsms",
+        1006,
+        "Invalid credentials",
+        query=shortcode_form(apikey="wrong", mobile=NUMBER),
     ),
     "shortcode-1001-mobiles": Bad(
         "shortcode",
@@ -239,7 +244,12 @@ CATALOGUE: dict[str, Bad] = {
         json.dumps({**shortcode_form(), "mobile": NUMBER, "message": OVERSIZE}),
     ),
     "shortcode-script-tag-as-mobile": Bad(
-        "shortcode", "GET", "/api/services/sendsms", 1003, "", query=shortcode_form(mobile="<script>alert(1)</script>")
+        "shortcode",
+        "GET",
+        "/api/services/sendsms",
+        1003,
+        "Invalid mobile",
+        query=shortcode_form(mobile="<script>alert(1)</script>"),
     ),
     "shortcode-getdlr-sql-injection-id": Bad(
         "shortcode",
@@ -254,15 +264,26 @@ CATALOGUE: dict[str, Bad] = {
         "GET",
         "/api/services/getdlr",
         4093,
-        "",
+        "Details Not Found",
         query={"apikey": "{apikey}", "partnerID": "{partner_id}", "messageID": "\u00b9\u00b2"},
     ),
     "shortcode-getbalance-9bits-token-as-apikey": Bad(
-        "shortcode", "GET", "/api/services/getbalance", 1006, "", query={"apikey": "{token}", "partnerID": "x"}
+        "shortcode",
+        "GET",
+        "/api/services/getbalance",
+        1006,
+        "Invalid credentials",
+        query={"apikey": "{token}", "partnerID": "x"},
     ),
     # ---- session key
     "session-login-wrong-password": Bad(
-        "session", "GET", "/login", 401, "", query={"username": "{username}", "password": "wrong"}, auth="none"
+        "session",
+        "GET",
+        "/login",
+        401,
+        "invalid username or password",
+        query={"username": "{username}", "password": "wrong"},
+        auth="none",
     ),
     "session-login-nothing-given": Bad("session", "GET", "/login", 401, "username and password", auth="none"),
     "session-malformed-json": Bad("session", "POST", "/sms", 400, "not valid JSON", '{"message": "hi",'),
@@ -289,7 +310,13 @@ CATALOGUE: dict[str, Bad] = {
         "session", "POST", "/sms", 400, "recipient", session_send(recipient={"$gt": ""})
     ),
     "session-wrong-session-key": Bad(
-        "session", "POST", "/sms", 401, "", session_send(), headers={"user_key": "{user_key}", "Session_key": "nope"}
+        "session",
+        "POST",
+        "/sms",
+        401,
+        "invalid or expired session",
+        session_send(),
+        headers={"user_key": "{user_key}", "Session_key": "nope"},
     ),
     "session-9bits-bearer-instead": Bad(
         "session",
