@@ -290,6 +290,7 @@ CATALOGUE: dict[str, Bad] = {
     "session-xml-body": Bad(
         "session", "POST", "/sms", 400, "not valid JSON", "<sms><message>hi</message></sms>", content_type="text/xml"
     ),
+    "session-oversize-body": Bad("session", "POST", "/sms", 413, "256 KB", session_send(message=OVERSIZE)),
     "session-message-type-xx": Bad("session", "POST", "/sms", 400, "message_type", session_send(message_type="XX")),
     "session-scheduled-time-garbage": Bad(
         "session", "POST", "/sms", 400, "scheduled_delivery_time", session_send(scheduled_delivery_time="soonish")
