@@ -46,3 +46,23 @@ def test_swagger_ui_is_served_as_a_page_and_its_json_matches(aws):
     assert "swagger" in page["body"].lower()
     as_json = json.loads(get("/v1/docs", {"format": "json"})["body"])
     assert "/ng/v1/sendsms" in as_json["paths"]
+
+
+def test_each_operation_documents_its_answers_and_the_query_parameters_it_reads(aws):
+    paths = json.loads(get("/v1/openapi.json")["body"])["paths"]
+    send = paths["/ng/v1/sendsms"]["post"]["responses"]
+    # Parameter errors are answered 400 in the dialect, never Powertools' 422.
+    assert "422" not in send
+    assert {"200", "400", "401", "402", "413", "415"} <= set(send)
+    assert send["400"]["content"]["application/json"]["schema"]["required"] == ["message", "status_code"]
+    assert paths["/sms"]["post"]["responses"]["201"]["content"]["application/json"]["schema"]["required"]
+    assert paths["/sms"]["post"]["responses"]["401"]["content"]["application/json"]["schema"]["properties"]["result"]
+    # The shortcode family answers errors as HTTP 200 with its code in the body: both shapes are documented.
+    shortcode = paths["/api/services/sendsms"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert len(shortcode["anyOf"]) == 2
+    assert set(paths["/api/services/sendsms"]["get"]["responses"]) == {"200"}
+    assert paths["/login"]["get"]["responses"]["200"]["content"]["text/plain"]
+    reports = {p["name"] for p in paths["/ng/v1/batches/{reference_id}/delivery_report"]["get"]["parameters"]}
+    assert {"reference_id", "status", "page_size", "next"} <= reports
+    send_body = paths["/ng/v1/sendsms"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert [rule["required"] for rule in send_body["oneOf"]] == [["message"], ["body"], ["content"]]

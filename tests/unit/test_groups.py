@@ -255,3 +255,19 @@ class TestExpand:
         assert expansion.numbers == ["2348020000000"]
         assert expansion.unknown_groups == []
         assert store.group_reads == 0
+
+
+def test_a_boolean_is_no_phone_number_in_a_group_or_a_send():
+    # Python's bool is an int: `true` used to become the member "True", and a group was created around it.
+    from pydantic import ValidationError
+
+    from sms_gateway.dialects.ninebits import GroupRequest, MembersRequest, SendRequest
+
+    for model, payload in (
+        (GroupRequest, {"name": "team", "members": [True, False]}),
+        (MembersRequest, {"members": True}),
+        (SendRequest, {"from": "BRAND", "to": [True], "message": "hi"}),
+    ):
+        with pytest.raises(ValidationError):
+            model.model_validate(payload)
+    assert GroupRequest.model_validate({"name": "team", "members": [2348020000000]}).members == ["2348020000000"]

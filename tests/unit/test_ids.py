@@ -135,3 +135,14 @@ def test_the_last_id_is_max_id_and_nothing_comes_after_it() -> None:
 def test_decoding_something_outside_63_bits_is_refused(not_an_id: int) -> None:
     with pytest.raises(ValueError, match="not an id"):
         id_time_ms(not_an_id)
+
+
+def test_only_ascii_digits_count_as_digits_so_int_never_fails_on_them():
+    from sms_gateway.domain.ids import ascii_digits
+    from sms_gateway.domain.models import MessageKey
+
+    assert ascii_digits("0123456789")
+    # str.isdigit() says yes to these, and int() then raises: a bad id or timestamp became a 500.
+    for text in ("\u00b2", "1\u00b2", "\u2460", "", " 1", "-1", "1.0"):
+        assert not ascii_digits(text), text
+    assert MessageKey.from_ref("acc.\u00b2.3") is None

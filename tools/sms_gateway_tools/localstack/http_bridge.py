@@ -254,3 +254,10 @@ class _BridgeHandler(RequestHandler):
     do_DELETE = _dispatch
     do_HEAD = _dispatch
     do_OPTIONS = _dispatch
+
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (TRACE, QUERY, ...) gets API Gateway's answer (404: no route takes it), not
+        # http.server's 501, which made a client's odd method look like a server error.
+        if name.startswith("do_"):
+            return self._dispatch
+        raise AttributeError(name)

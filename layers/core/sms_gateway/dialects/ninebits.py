@@ -16,6 +16,7 @@ from sms_gateway.dialects.common import (
     json_response,
     status_for,
 )
+from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import (
     Account,
     CredentialKind,
@@ -50,18 +51,51 @@ ROUTE_TIER = "N"
 
 
 def _as_list(value: Any) -> Any:
-    """One number (string or integer) or a list of them; integers become strings."""
+    """One number (string or integer) or a list of them; integers become strings. A boolean is no number (though
+    Python's bool is an int): it is left for validation to refuse, not turned into the text "True"."""
+    if isinstance(value, bool):
+        return value
     if isinstance(value, str | int):
         return [str(value)]
     if isinstance(value, list):
-        return [str(item) if isinstance(item, int) else item for item in value]
+        return [str(item) if isinstance(item, int) and not isinstance(item, bool) else item for item in value]
     return value
+
+
+TEXT_FIELDS = ("message", "body", "content")
+
+
+def _document_numbers(schema: dict[str, Any], name: str, *, min_items: int = 0, max_items: int | None = None) -> None:
+    """What `_as_list` reads, in the OpenAPI document: one number (string or integer) or a list of them."""
+    number = {"anyOf": [{"type": "string"}, {"type": "integer"}]}
+    many: dict[str, Any] = {"type": "array", "items": number, "minItems": min_items}
+    if max_items is not None:
+        many["maxItems"] = max_items
+    schema["properties"][name] = {"anyOf": [number, many], "title": name.capitalize()}
+
+
+def _document_send_rules(schema: dict[str, Any]) -> None:
+    """The rules the validators below apply, in the OpenAPI document too: `to` is one number (string or integer)
+    or a list of them; the text is in exactly one of message, body or content (the others absent or null);
+    callback_url needs delivery_report "yes"."""
+    _document_numbers(schema, "to", min_items=1)
+    schema["oneOf"] = [
+        {
+            "required": [given],
+            "properties": {
+                name: {"type": "string", "minLength": 1} if name == given else {"type": "null"} for name in TEXT_FIELDS
+            },
+        }
+        for given in TEXT_FIELDS
+    ]
+    schema["if"] = {"required": ["callback_url"], "properties": {"callback_url": {"type": "string"}}}
+    schema["then"] = {"required": ["delivery_report"], "properties": {"delivery_report": {"const": "yes"}}}
 
 
 class SendRequest(BaseModel):
     """Seed 1/2 (`message`, one `to`) and seed 3 (`body` or `content`, `to` a list) in one model."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, json_schema_extra=_document_send_rules)
 
     sender: str = Field(alias="from", min_length=1, max_length=16)
     to: list[str] = Field(min_length=1)
@@ -90,7 +124,7 @@ class SendRequest(BaseModel):
 
     @model_validator(mode="after")
     def exactly_one_text(self) -> SendRequest:
-        given = [name for name in ("message", "body", "content") if getattr(self, name) is not None]
+        given = [name for name in TEXT_FIELDS if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError("give the text in exactly one of 'message', 'body' or 'content'")
         if not self.text:
@@ -296,7 +330,7 @@ def delivery_report_entry(message: Message) -> dict[str, Any]:
 def _page_size(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_PAGE_SIZE
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+    if not ascii_digits(raw) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
         raise InvalidRequest(f"page_size must be a whole number from 1 to {MAX_PAGE_SIZE}")
     return int(raw)
 
@@ -335,7 +369,10 @@ def read_delivery_reports(reference_id: str) -> Response[Any]:
 
 
 class GroupRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra=lambda schema: _document_numbers(schema, "members", max_items=groups.MAX_GROUP_MEMBERS),
+    )
 
     name: str = Field(min_length=1, max_length=groups.MAX_NAME_LENGTH)
     members: list[str] = Field(default_factory=list, max_length=groups.MAX_GROUP_MEMBERS)
@@ -347,7 +384,12 @@ class GroupRequest(BaseModel):
 
 
 class MembersRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra=lambda schema: _document_numbers(
+            schema, "members", min_items=1, max_items=groups.MAX_GROUP_MEMBERS
+        ),
+    )
 
     members: list[str] = Field(min_length=1, max_length=groups.MAX_GROUP_MEMBERS)
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sms_gateway.bootstrap import gateway
 from sms_gateway.dialects.common import json_request, json_response
 from sms_gateway.dialects.ninebits import _caller
-from sms_gateway.domain.ids import id_time_ms
+from sms_gateway.domain.ids import ascii_digits, id_time_ms
 from sms_gateway.domain.models import Account, StoredInbound, iso
 from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
 from sms_gateway.domain.webhooks import SECRET_PREFIX
@@ -111,7 +111,7 @@ def list_inbounds(
 def _limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_LIMIT
-    if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not ascii_digits(raw.strip()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise InvalidRequest(f"`limit` must be a whole number from 1 to {MAX_LIMIT}, not {raw!r}")
     return int(raw)
 

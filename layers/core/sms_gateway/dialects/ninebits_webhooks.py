@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from sms_gateway.bootstrap import gateway
 from sms_gateway.dialects.common import json_request, json_response
 from sms_gateway.dialects.ninebits import caller
+from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import utc_now
 from sms_gateway.errors import InvalidRequest
 from sms_gateway.logic import webhook_retries
@@ -51,7 +52,7 @@ def _limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_LIMIT
     maximum = webhook_retries.MAX_PAGE_SIZE
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not ascii_digits(raw) or not 1 <= int(raw) <= maximum:
         raise InvalidRequest(f"limit must be a whole number from 1 to {maximum}")
     return int(raw)
 

@@ -13,6 +13,8 @@ from pydantic import BaseModel
 
 TITLE = "SMS gateway: 9bits, batches, shortcode and session-key dialects"
 DOCS_PATH = "/v1/docs"
+# Fields a body must have that its model leaves optional because the same model reads a query string too.
+REQUIRED_BODY_FIELDS = {("/api/services/sendsms", "post"): ("apikey", "partnerID", "message", "shortcode", "mobile")}
 
 
 def _request_bodies() -> dict[tuple[str, str], tuple[type[BaseModel], tuple[str, ...]]]:
@@ -43,6 +45,7 @@ class DocumentedResolver(APIGatewayHttpResolver):
         schema = super().get_openapi_schema(*args, **kwargs)
         document = schema.model_dump(by_alias=True, exclude_none=True, mode="json")
         components = document.setdefault("components", {}).setdefault("schemas", {})
+        _document_responses_and_queries(document)
         for (path, method), (model, content_types) in self.request_bodies().items():
             operation = document.get("paths", {}).get(path, {}).get(method)
             if operation is None:
@@ -52,8 +55,25 @@ class DocumentedResolver(APIGatewayHttpResolver):
             components[
                 model.__name__ if model.__name__ not in components else f"{model.__module__}.{model.__name__}"
             ] = body_schema
+            body_schema.setdefault("required", [])
+            body_schema["required"] += [
+                name for name in REQUIRED_BODY_FIELDS.get((path, method), ()) if name not in body_schema["required"]
+            ]
             operation["requestBody"] = {
                 "required": True,
                 "content": {content_type: {"schema": body_schema} for content_type in content_types},
             }
         return type(schema).model_validate(document)
+
+
+def _document_responses_and_queries(document: dict[str, Any]) -> None:
+    """Each operation's answers (success and its dialect's errors) and the query parameters it reads itself."""
+    from sms_gateway.dialects.openapi_responses import query_parameters, responses_for
+
+    for path, operations in document.get("paths", {}).items():
+        for method, operation in operations.items():
+            operation["responses"] = responses_for(path, method, operation.get("responses", {}))
+            declared = {parameter["name"] for parameter in operation.get("parameters", [])}
+            extra = [parameter for parameter in query_parameters(path, method) if parameter["name"] not in declared]
+            if extra:
+                operation["parameters"] = [*operation.get("parameters", []), *extra]

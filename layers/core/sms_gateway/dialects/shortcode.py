@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sms_gateway.bootstrap import gateway, send_dependencies
 from sms_gateway.dialects.common import describe_validation_error, idempotent, json_response, request_text
+from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import Account, CredentialKind, Message, Recipient, SendCommand, utc_now
 from sms_gateway.domain.status import TERMINAL, MessageStatus
 from sms_gateway.errors import GatewayError, InvalidRequest, NotFound, Unauthorized
@@ -435,7 +436,7 @@ def get_dlr() -> Response[Any]:
     if not params.message_id:
         raise NoMessageId("messageID is missing")
     # An id that cannot be one of ours is answered like another account's id: not found.
-    if not params.message_id.isdigit() or len(params.message_id) > MAX_ID_DIGITS:
+    if not ascii_digits(params.message_id) or len(params.message_id) > MAX_ID_DIGITS:
         raise NotFound(f"no message {params.message_id!r}")
     message = gateway().store.find_message(account.account_id, int(params.message_id))
     if message is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import Record
 
 GROUP_ID_PREFIX = "grp_"
@@ -37,6 +38,6 @@ def group_number(group_id: str) -> int | None:
     """The numeric part of `grp_<digits>`, or None when the text is not a well-formed group id."""
     text = group_id.strip().lower()
     digits = text[len(GROUP_ID_PREFIX) :]
-    if not text.startswith(GROUP_ID_PREFIX) or not digits.isdigit() or len(digits) > 19:
+    if not text.startswith(GROUP_ID_PREFIX) or not ascii_digits(digits) or len(digits) > 19:
         return None
     return int(digits)

@@ -55,3 +55,9 @@ def id_time_ms(id: int) -> int:
     if not 0 <= id <= MAX_ID:
         raise ValueError(f"{id} is not an id")
     return (id >> RANDOM_BITS) + EPOCH_MS
+
+
+def ascii_digits(text: str) -> bool:
+    """One or more of 0-9 and nothing else. `str.isdigit` alone also accepts '²' and other digits that `int()`
+    refuses, which turned a bad query parameter, id or signature timestamp into a 500."""
+    return text.isascii() and text.isdigit()

@@ -7,6 +7,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.status import MessageStatus
 
 
@@ -114,7 +115,7 @@ class MessageKey(Record):
     @classmethod
     def from_ref(cls, ref: str | None) -> MessageKey | None:
         parts = (ref or "").split(".")
-        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        if len(parts) != 3 or not all(ascii_digits(p) for p in parts):
             return None
         return cls(account_id=parts[0], reference_id=int(parts[1]), message_id=int(parts[2]))
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
+from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import Batch, Message
 from sms_gateway.domain.status import TERMINAL, MessageStatus
 from sms_gateway.errors import Conflict, NotFound
@@ -32,7 +33,7 @@ class BatchView:
 
 
 def parse_reference_id(raw: str) -> int:
-    if not raw.isdigit() or len(raw) > 19:
+    if not ascii_digits(raw) or len(raw) > 19:
         raise NotFound(f"no batch with reference_id {raw!r}")
     return int(raw)
 

@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, quote
 import httpx
 
 from sms_gateway.adapters.http import async_client, retry_after_seconds
+from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
 from sms_gateway.domain.segments import Encoding, segment
 from sms_gateway.domain.status import MessageStatus
@@ -230,7 +231,7 @@ def _coding(value: str | None) -> int:
     """Jasmin sends data_coding as decimal text; its Go port sends the raw byte (`%08`)."""
     if not value:
         return 0
-    if value.isdigit():
+    if ascii_digits(value):
         return int(value)
     return ord(value[0]) if len(value) == 1 else 0
 

@@ -26,6 +26,7 @@ from urllib.parse import quote
 import httpx
 
 from sms_gateway.adapters.http import async_client, retry_after_seconds
+from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import (
     CallbackRequest,
     DeliveryReport,
@@ -241,6 +242,6 @@ def _inbound_text(request: CallbackRequest) -> str:
 
 
 def _epoch(value: str | None) -> str | None:
-    if not value or not value.strip().isdigit():
+    if not value or not ascii_digits(value.strip()):
         return None
     return iso(datetime.fromtimestamp(int(value), UTC))

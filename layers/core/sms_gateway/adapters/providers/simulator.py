@@ -10,6 +10,7 @@ import time
 import httpx
 
 from sms_gateway.adapters.http import async_client, retry_after_seconds
+from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
@@ -74,7 +75,7 @@ class SimulatorProvider:
     def verify_callback(self, request: CallbackRequest) -> bool:
         timestamp = request.headers.get("x-simulator-timestamp", "")
         given = request.headers.get("x-simulator-signature", "")
-        if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > SIGNATURE_TOLERANCE_SECONDS:
+        if not ascii_digits(timestamp) or abs(time.time() - int(timestamp)) > SIGNATURE_TOLERANCE_SECONDS:
             return False
         return hmac.compare_digest(signature(self._secret, timestamp, request.body), given)
 
@@ -84,19 +85,20 @@ class SimulatorProvider:
             status = DLR_STATUS[str(payload["status"]).upper()]
             # A multi-part message is reported part by part (as an SMSC reports each segment it delivered).
             part = int(payload["part"]) if int(payload.get("parts") or 1) > 1 else None
+            # Inside the try: a field of the wrong type (a numeric client_ref) is pydantic's ValueError, a 400.
+            return [
+                DeliveryReport(
+                    upstream=self.name,
+                    upstream_message_id=payload.get("message_id"),
+                    client_ref=payload.get("client_ref"),
+                    status=status,
+                    error_code=payload.get("error_code"),
+                    reported_at=payload.get("done_at"),
+                    part=part,
+                )
+            ]
         except (ValueError, KeyError, TypeError) as error:
             raise CallbackRejected(f"not a simulator DLR: {error}") from error
-        return [
-            DeliveryReport(
-                upstream=self.name,
-                upstream_message_id=payload.get("message_id"),
-                client_ref=payload.get("client_ref"),
-                status=status,
-                error_code=payload.get("error_code"),
-                reported_at=payload.get("done_at"),
-                part=part,
-            )
-        ]
 
     def parse_inbound(self, request: CallbackRequest) -> InboundSms:
         try:

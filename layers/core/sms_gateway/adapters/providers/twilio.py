@@ -31,6 +31,7 @@ from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 import httpx
 
 from sms_gateway.adapters.http import async_client, retry_after_seconds
+from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import (
     CallbackRequest,
     DeliveryReport,
@@ -266,7 +267,7 @@ def _twilio_error(response: httpx.Response) -> tuple[int | None, str]:
     code = payload.get("code")
     # Twilio's messages quote the number ("The 'To' number +1555... is not valid"): logs never see it whole.
     message = _LONG_DIGITS.sub("***", str(payload.get("message") or ""))[:200]
-    return (int(code) if isinstance(code, int | str) and str(code).isdigit() else None), message
+    return (int(code) if isinstance(code, int | str) and ascii_digits(str(code)) else None), message
 
 
 def _url_variants(url: str) -> list[str]:

@@ -1,0 +1,266 @@
+"""What the OpenAPI document says each operation answers, and the query parameters it reads itself.
+
+Dialects build their answers as dicts in the seeds' exact shapes and parse their own parameters (so errors keep
+the dialect's shape), so Powertools cannot see either; they are written down here, once, and `openapi.py` adds
+them when the document is asked for. tests/e2e/test_openapi_conformance.py holds the running stack to them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Schema = dict[str, Any]
+
+STRING: Schema = {"type": "string"}
+INTEGER: Schema = {"type": "integer"}
+BOOLEAN: Schema = {"type": "boolean"}
+ARRAY: Schema = {"type": "array"}
+OBJECT: Schema = {"type": "object"}
+NULLABLE_STRING: Schema = {"type": ["string", "null"]}
+NULLABLE_INTEGER: Schema = {"type": ["integer", "null"]}
+
+
+def shape(optional: dict[str, Schema] | None = None, **required: Schema) -> Schema:
+    """A JSON object with these fields (all present), and perhaps the optional ones; more fields may follow."""
+    return {
+        "type": "object",
+        "required": sorted(required),
+        "properties": {**required, **(optional or {})},
+    }
+
+
+# ------------------------------------------------------------------ errors, per dialect
+
+NINEBITS_ERROR = shape(status_code=INTEGER, message=STRING)
+NINEBITS_ERROR_STATUSES = (400, 401, 402, 404, 409, 413, 415)
+SESSION_ERROR = shape(result={"const": "KO"}, error=STRING)
+SESSION_ERROR_STATUSES = (400, 401, 404, 409, 413, 415)
+# The shortcode family answers every outcome as HTTP 200, an error with its code in the body.
+SHORTCODE_ERROR = shape({"response-details": STRING}, **{"response-code": INTEGER, "response-description": STRING})
+ERROR_DESCRIPTIONS = {
+    400: "invalid request: the message names what is wrong",
+    401: "missing or invalid credentials",
+    402: "not enough credits",
+    404: "no such resource for this account",
+    409: "conflict (an Idempotency-Key reused for another request, or a batch that can no longer change)",
+    413: "request body over 256 KB",
+    415: "unsupported Content-Type",
+}
+
+# ------------------------------------------------------------------ successes
+
+_NINEBITS_STATUS = {"status_code": INTEGER, "message": STRING}
+_GROUP = {
+    **_NINEBITS_STATUS,
+    "group_id": STRING,
+    "name": STRING,
+    "member_count": INTEGER,
+    "created_at": STRING,
+    "updated_at": STRING,
+}
+_CHANGED_MEMBERS = {**_GROUP, "invalid_count": INTEGER, "invalid": ARRAY}
+_FAILURE = {**_NINEBITS_STATUS, "id": STRING, "kind": STRING, "state": STRING, "attempts": INTEGER}
+
+SHORTCODE_SEND = shape(
+    responses={"type": "array", "items": shape(**{"response-code": INTEGER, "response-description": STRING})}
+)
+SHORTCODE_DLR = shape(
+    **{
+        "response-code": INTEGER,
+        "message-id": INTEGER,
+        "response-description": STRING,
+        "delivery-status": INTEGER,
+        "delivery-description": STRING,
+        "delivery-tat": NULLABLE_STRING,
+        "delivery-networkid": NULLABLE_INTEGER,
+        "delivery-time": NULLABLE_STRING,
+    }
+)
+SHORTCODE_BALANCE = shape(**{"response-code": INTEGER, "credit": STRING, "partner-id": STRING})
+
+# (path, method) -> (status, schema) of the success answer. Shortcode operations list their success body only:
+# the family's error body is added to each as another shape of the same HTTP 200.
+SUCCESSES: dict[tuple[str, str], tuple[int, Schema]] = {
+    ("/ng/v1/sendsms", "post"): (
+        200,
+        shape({"refused": ARRAY}, **_NINEBITS_STATUS, reference_id=STRING, recipients_processed=INTEGER),
+    ),
+    ("/ng/v1/batches/dry_run", "post"): (
+        200,
+        shape(
+            **_NINEBITS_STATUS,
+            parts=INTEGER,
+            encoding=STRING,
+            ucs2_characters=ARRAY,
+            characters_per_part=INTEGER,
+            recipients=INTEGER,
+            cost_per_recipient=ARRAY,
+            total_cost=INTEGER,
+            balance=INTEGER,
+            balance_sufficient=BOOLEAN,
+            invalid_count=INTEGER,
+            invalid=ARRAY,
+            would_be_accepted=BOOLEAN,
+        ),
+    ),
+    ("/ng/v1/batches/{reference_id}", "get"): (
+        200,
+        shape(
+            reference_id=STRING,
+            status=STRING,
+            **{"from": STRING},
+            recipients=INTEGER,
+            counts=OBJECT,
+            parts=INTEGER,
+            encoding=STRING,
+            cost=INTEGER,
+            delivery_report=STRING,
+            session_id=NULLABLE_STRING,
+            ref_id=NULLABLE_STRING,
+            created_at=STRING,
+            send_at=NULLABLE_STRING,
+        ),
+    ),
+    ("/ng/v1/batches/{reference_id}", "delete"): (
+        200,
+        shape(
+            **_NINEBITS_STATUS,
+            reference_id=STRING,
+            status=STRING,
+            refunded_credits=INTEGER,
+            balance=NULLABLE_INTEGER,
+        ),
+    ),
+    ("/ng/v1/batches/{reference_id}/delivery_report", "get"): (
+        200,
+        shape(reference_id=STRING, data=ARRAY, next=NULLABLE_STRING),
+    ),
+    ("/ng/v1/groups", "post"): (201, shape(**_GROUP, members=ARRAY, invalid_count=INTEGER, invalid=ARRAY)),
+    ("/ng/v1/groups", "get"): (200, shape(**_NINEBITS_STATUS, data=ARRAY, next=NULLABLE_STRING)),
+    ("/ng/v1/groups/{group_id}", "get"): (200, shape(**_GROUP, members=ARRAY)),
+    ("/ng/v1/groups/{group_id}", "delete"): (200, shape(**_NINEBITS_STATUS, group_id=STRING)),
+    ("/ng/v1/groups/{group_id}/members", "post"): (
+        200,
+        shape(**_CHANGED_MEMBERS, added=INTEGER, already_members=INTEGER),
+    ),
+    ("/ng/v1/groups/{group_id}/members", "delete"): (
+        200,
+        shape(**_CHANGED_MEMBERS, removed=INTEGER, not_members=INTEGER),
+    ),
+    ("/ng/v1/webhooks/failures", "get"): (200, shape(**_NINEBITS_STATUS, data=ARRAY, next_cursor=NULLABLE_STRING)),
+    ("/ng/v1/webhooks/failures/resend", "post"): (
+        202,
+        shape(**_NINEBITS_STATUS, resent=INTEGER, more=BOOLEAN),
+    ),
+    ("/ng/v1/webhooks/failures/{notification_id}/resend", "post"): (202, shape(**_FAILURE)),
+    ("/sms", "post"): (
+        201,
+        shape(
+            {"remaining_credits": INTEGER, "invalid_recipients": ARRAY},
+            result={"const": "OK"},
+            order_id=STRING,
+            total_sent=INTEGER,
+            internal_order_id=STRING,
+        ),
+    ),
+    ("/sms/{order_id}", "get"): (200, shape(recipient_number=INTEGER, result={"const": "OK"}, recipients=ARRAY)),
+    ("/sms/{order_id}", "delete"): (200, shape(result={"const": "OK"})),
+    ("/status", "get"): (200, shape(money=NULLABLE_INTEGER, sms=ARRAY, email={"type": "null"})),
+    ("/api/services/sendsms", "get"): (200, SHORTCODE_SEND),
+    ("/api/services/sendsms", "post"): (200, SHORTCODE_SEND),
+    ("/api/services/getdlr", "get"): (200, SHORTCODE_DLR),
+    ("/api/services/getdlr", "post"): (200, SHORTCODE_DLR),
+    ("/api/services/getbalance", "get"): (200, SHORTCODE_BALANCE),
+    ("/api/services/getbalance", "post"): (200, SHORTCODE_BALANCE),
+}
+# GET /login answers `user_key;session_key` as plain text.
+TEXT_SUCCESSES: dict[tuple[str, str], Schema] = {("/login", "get"): {"type": "string", "pattern": "^[^;]+;[^;]+$"}}
+
+# ------------------------------------------------------------------ query parameters the dialects read themselves
+
+_PAGE_SIZE: Schema = {"type": "integer", "minimum": 1, "maximum": 1000}
+_CURSOR: Schema = STRING
+_MESSAGE_STATUSES = [
+    "accepted",
+    "scheduled",
+    "queued",
+    "submitted",
+    "delivered",
+    "failed",
+    "expired",
+    "rejected",
+    "cancelled",
+]
+_SHORTCODE_QUERY: dict[str, Schema] = {
+    "apikey": STRING,
+    "partnerID": STRING,
+    "message": STRING,
+    "shortcode": STRING,
+    "mobile": STRING,
+    "timeToSend": STRING,
+    "messageID": STRING,
+}
+QUERY_PARAMETERS: dict[tuple[str, str], dict[str, Schema]] = {
+    ("/ng/v1/batches/{reference_id}/delivery_report", "get"): {
+        "status": {"type": "string", "enum": _MESSAGE_STATUSES},
+        "page_size": _PAGE_SIZE,
+        "next": _CURSOR,
+    },
+    ("/ng/v1/groups", "get"): {"page_size": _PAGE_SIZE, "next": _CURSOR},
+    ("/ng/v1/webhooks/failures", "get"): {
+        "state": {"type": "string", "enum": ["retrying", "dead", "resent", "delivered"]},
+        "limit": {"type": "integer", "minimum": 1, "maximum": 500},
+        "cursor": _CURSOR,
+    },
+    ("/status", "get"): {
+        "getMoney": {"type": "string", "enum": ["true", "false"]},
+        "typeAliases": {"type": "string", "enum": ["true", "false"]},
+    },
+    ("/login", "get"): {"username": STRING, "password": STRING},
+    ("/api/services/sendsms", "get"): _SHORTCODE_QUERY,
+    ("/api/services/getdlr", "get"): _SHORTCODE_QUERY,
+    ("/api/services/getbalance", "get"): _SHORTCODE_QUERY,
+}
+
+
+def dialect_of(path: str) -> str:
+    if path.startswith("/api/services"):
+        return "shortcode"
+    if path in ("/login", "/status") or path == "/sms" or path.startswith("/sms/"):
+        return "session-key"
+    return "9bits"
+
+
+def responses_for(path: str, method: str, documented: dict[str, Any]) -> dict[str, Any]:
+    """The operation's responses: its success (what `documented` says, unless the table knows better) and its
+    dialect's errors. Powertools' 422 goes: a parameter that fails validation is answered 400 in the dialect."""
+    key = (path.rstrip("/") or "/", method)
+    responses = {status: body for status, body in documented.items() if status not in ("422", "200")}
+    dialect = dialect_of(path)
+    if key in TEXT_SUCCESSES:
+        responses["200"] = {
+            "description": "the session: user_key;session_key",
+            "content": {"text/plain": {"schema": TEXT_SUCCESSES[key]}},
+        }
+    elif key in SUCCESSES:
+        status, schema = SUCCESSES[key]
+        if dialect == "shortcode":
+            schema = {"anyOf": [schema, SHORTCODE_ERROR]}
+        responses[str(status)] = {"description": "success", "content": {"application/json": {"schema": schema}}}
+    elif dialect == "shortcode":
+        responses["200"] = _json("not a service of this API", SHORTCODE_ERROR)
+    elif "200" in documented:
+        responses["200"] = documented["200"]
+    if dialect == "9bits":
+        responses.update({str(s): _json(ERROR_DESCRIPTIONS[s], NINEBITS_ERROR) for s in NINEBITS_ERROR_STATUSES})
+    elif dialect == "session-key":
+        responses.update({str(s): _json(ERROR_DESCRIPTIONS[s], SESSION_ERROR) for s in SESSION_ERROR_STATUSES})
+    return responses
+
+
+def query_parameters(path: str, method: str) -> list[dict[str, Any]]:
+    names = QUERY_PARAMETERS.get((path.rstrip("/") or "/", method), {})
+    return [{"name": name, "in": "query", "required": False, "schema": schema} for name, schema in names.items()]
+
+
+def _json(description: str, schema: Schema) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
