@@ -10,7 +10,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -19,6 +19,7 @@ import boto3
 import pytest
 
 from tests.conftest import FakeContext, load_function, template_stack
+from tests.state_snapshot import State, capture, clients_for_moto
 
 # The functions the HTTP API invokes, by template logical id, and the module each is loaded from.
 HTTP_FUNCTIONS = {"ApiFunction": "api", "WebhookFunction": "webhook"}
@@ -283,34 +284,17 @@ def random_secret() -> str:
 # ---------------------------------------------------------------- what is stored
 
 
-def stored_state(env: dict[str, str], *, ignoring: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Every table item (but those whose pk starts with one of `ignoring`), every queue's depth and every schedule:
-    equal before and after means nothing changed."""
-    table = boto3.resource("dynamodb").Table(env["TABLE_NAME"])
-    items: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {}
-    while True:
-        page = table.scan(**kwargs)
-        items.extend(page["Items"])
-        if "LastEvaluatedKey" not in page:
-            break
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-    sqs = boto3.client("sqs")
-    depths = {}
-    for url in sqs.list_queues().get("QueueUrls", []):
-        attributes = sqs.get_queue_attributes(
-            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-        )["Attributes"]
-        depths[url] = attributes
-    scheduler = boto3.client("scheduler")
-    schedules = sorted(s["Name"] for s in scheduler.list_schedules().get("Schedules", []))
-    return {
-        "items": sorted(
-            json.dumps(item, sort_keys=True, default=str) for item in items if not str(item["pk"]).startswith(ignoring)
-        ),
-        "queues": depths,
-        "schedules": schedules,
-    }
+def stored_state(env: dict[str, str], *, ignoring: tuple[str, ...] = ()) -> State:
+    """Every table item (but those whose pk starts with one of `ignoring`), every queue's counts and every schedule
+    (tests/state_snapshot.py): equal before and after means nothing changed."""
+    state = capture(clients_for_moto())
+    return replace(
+        state,
+        items={
+            table: [item for item in items if not str(item["pk"].get("S", "")).startswith(ignoring)]
+            for table, items in state.items.items()
+        },
+    )
 
 
 def scan_items(env: dict[str, str]) -> list[dict[str, Any]]:
