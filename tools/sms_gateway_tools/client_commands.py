@@ -184,7 +184,8 @@ def _cmd_send(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        _print_record({**result, "refused": [f"{r['to']}: {r['reason']}" for r in answer.get("refused", [])]})
+        refused = [f"{r['to']}: {r['reason']}" for r in answer.get("refused", [])]
+        _print_record({**result, "refused": refused} if refused else result)
     return 0
 
 
@@ -317,9 +318,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"batch": batch, "messages": messages}))
         return 0
-    _print_record({key: value for key, value in batch.items() if key != "counts"})
-    counts = batch.get("counts") or {}
-    print("counts       " + (", ".join(f"{status} {n}" for status, n in sorted(counts.items())) or "-"))
+    counts = ", ".join(f"{status} {n}" for status, n in sorted((batch.get("counts") or {}).items()))
+    _print_record({**batch, "counts": counts or None})
     print()
     _print_rows(messages, ["message_id", "to", "telco", "status", "error_code", "parts", "updated_at"])
     return 0
@@ -370,7 +370,8 @@ def _print_change(message: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps({name: message.get(name) for name in fields}), flush=True)
         return
-    error = f"  error {message['error_code']}" if message.get("error_code") else ""
+    failed = message.get("error_code") and message.get("status") != "delivered"
+    error = f"  error {message['error_code']}" if failed else ""
     line = f"{message.get('updated_at') or '-'}  {message.get('reference_id')}  {message.get('message_id')}"
     print(f"{line}  {message.get('to')}  {message.get('status')}{error}", flush=True)
 
