@@ -67,6 +67,15 @@ def test_send_one_message_then_status_and_tail_see_it_delivered(stack: Any, acco
     assert sent["cost"] == 1
     reference_id = sent["reference_id"]
 
+    # And a dry run of one message names its encoding and cost without sending it
+    code, out, err = run(
+        "send", *gateway(stack, account), "--from", SENDER, "--to", "2348020000000", "--message", "Hi ™", "--dry-run",
+        "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    quote = json.loads(out)
+    assert (quote["encoding"], quote["ucs2_characters"], quote["total_cost"]) == ("UCS-2", ["™"], 1)
+
     # And tail follows it until it is delivered, one JSON line per status change
     code, out, err = run(
         "tail", reference_id, *gateway(stack, account), "--json", "--interval", "0.2", "--timeout", "20"
@@ -102,6 +111,16 @@ def test_csv_send_reports_each_row_and_a_rerun_sends_nothing_again(
     )
     send_csv = ["send", "--csv", str(csv_path), "--from", SENDER, "--message", "Hi {name}, you owe {amount} naira"]
     submits_before, credits_before = submits(stack), credits(account)
+
+    # Given a dry run first: it quotes the rows and sends, charges and records nothing
+    code, out, err = run(*send_csv, *gateway(stack, account), "--dry-run", "--json")
+    assert code == 1, err
+    quote = json.loads(out)
+    assert (quote["dry_run"], quote["accepted"], quote["rejected"], quote["new_cost"]) == (True, 3, 2, 3)
+    assert quote["balance"] == credits_before
+    assert {r["line"] for r in quote["results"] if r["outcome"] == "rejected"} == {3, 4}
+    assert not csv_path.with_name(csv_path.name + ".sent.jsonl").exists()
+    assert (submits(stack), credits(account)) == (submits_before, credits_before)
 
     # When the file is sent
     code, out, err = run(*send_csv, *gateway(stack, account), "--json")

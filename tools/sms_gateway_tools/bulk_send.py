@@ -136,13 +136,15 @@ class ProgressFile:
 
 
 # Sends one row: (to, text, key) -> (reference_id, cost); raises RowRejected with the gateway's reason.
-SendOne = Callable[[str, str, str], tuple[str, int | None]]
+# A dry run's sender answers no reference id, and its "accepted" rows are rows that would be accepted.
+SendOne = Callable[[str, str, str], tuple[str | None, int | None]]
 
 
 @dataclass
 class Summary:
     results: list[RowResult] = field(default_factory=list)
     fatal: str | None = None
+    dry_run: bool = False
 
     def of(self, outcome: str) -> list[RowResult]:
         return [result for result in self.results if result.outcome == outcome]
@@ -150,6 +152,11 @@ class Summary:
     @property
     def cost(self) -> int:
         return sum(r.cost or 0 for r in self.results if r.outcome in ("accepted", "already_accepted"))
+
+    @property
+    def new_cost(self) -> int:
+        """What the rows accepted in this run cost (in a dry run: would cost)."""
+        return sum(r.cost or 0 for r in self.of("accepted"))
 
     @property
     def cost_known(self) -> bool:
@@ -163,6 +170,8 @@ class Summary:
             "duplicates": len(self.of("duplicate")),
             "rejected": len(self.of("rejected")),
             "cost": self.cost if self.cost_known else None,
+            "new_cost": self.new_cost,
+            "dry_run": self.dry_run,
             "error": self.fatal,
             "results": [result.__dict__ for result in sorted(self.results, key=lambda r: r.line)],
         }
@@ -177,17 +186,19 @@ def send_rows(
     progress: ProgressFile,
     concurrency: int = 4,
     on_result: Callable[[RowResult], None] | None = None,
+    dry_run: bool = False,
 ) -> Summary:
-    """Sends each row once: rows in the progress file are skipped, the rest go `concurrency` at a time."""
+    """Sends each row once: rows in the progress file are skipped, the rest go `concurrency` at a time.
+    A dry run (`send_one` quoting instead of sending) records nothing in the progress file."""
     template_fields(template)
-    summary = Summary()
+    summary = Summary(dry_run=dry_run)
     first_line_of: dict[str, int] = {}
     lock = threading.Lock()
 
     def done(result: RowResult) -> None:
         with lock:
             summary.results.append(result)
-        if result.outcome == "accepted":
+        if result.outcome == "accepted" and not dry_run:
             progress.record(result)
         if on_result is not None:
             on_result(result)

@@ -122,6 +122,9 @@ class GatewayClient:
         headers["Content-Type"] = "application/json"
         return self._call("POST", "/ng/v1/sendsms", content=content, headers=headers)
 
+    def dry_run(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/ng/v1/batches/dry_run", json=body)
+
     def batch(self, reference_id: str) -> dict[str, Any]:
         return self._call("GET", f"/ng/v1/batches/{reference_id}")
 
@@ -164,9 +167,11 @@ def _cmd_send(args: argparse.Namespace) -> int:
     if not args.to or args.message is None:
         print("error: pass --to NUMBER and --message TEXT (or --csv FILE for a bulk send)", file=sys.stderr)
         return CANNOT_RUN
+    body = send_body(args.sender, args.to[0] if len(args.to) == 1 else args.to, args.message, args.dlr)
+    if args.dry_run:
+        return _dry_run_one(args, body)
     try:
         with _open_client(args) as client:
-            body = send_body(args.sender, args.to[0] if len(args.to) == 1 else args.to, args.message, args.dlr)
             answer = client.send(body, args.idempotency_key)
             batch = client.batch(str(answer["reference_id"]))
     except (ApiError, TargetNotFound) as error:
@@ -189,8 +194,50 @@ def _cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dry_run_one(args: argparse.Namespace, body: dict[str, Any]) -> int:
+    try:
+        with _open_client(args) as client:
+            answer = client.dry_run(body)
+    except (ApiError, TargetNotFound) as error:
+        return _fail(error)
+    if args.json:
+        print(json.dumps(answer))
+    else:
+        fields = ["parts", "encoding", "ucs2_characters", "characters_per_part", "recipients", "total_cost", "balance"]
+        invalid = [f"{entry['to']}: {entry['reason']}" for entry in answer.get("invalid") or []]
+        _print_record(
+            {name: answer.get(name) for name in fields}
+            | {"invalid": invalid, "would_be_accepted": answer.get("would_be_accepted")}
+        )
+        print("dry run: nothing was sent or charged", file=sys.stderr)
+    return 0 if answer.get("would_be_accepted") else REFUSED
+
+
+def _dry_run_reasons(answer: dict[str, Any]) -> str:
+    reasons = [f"{entry['to']!r}: {entry['reason']}" for entry in answer.get("invalid") or []]
+    if not answer.get("balance_sufficient", True):
+        reasons.append(f"not enough credits: costs {answer.get('total_cost')}, balance {answer.get('balance')}")
+    return "; ".join(reasons) or "the gateway would not accept it"
+
+
+def _csv_dry_runner(client: GatewayClient, sender: str, balance: dict[str, int]) -> Any:
+    def quote_one(to: str, text: str, key: str) -> tuple[str | None, int | None]:
+        try:
+            answer = client.dry_run(send_body(sender, to, text, delivery_report=False))
+        except ApiError as error:
+            if error.status_code in (0, 401, 403):
+                raise BulkSendError(str(error)) from error
+            raise RowRejected(error.message) from error
+        balance["credits"] = int(answer.get("balance") or 0)
+        if not answer.get("would_be_accepted"):
+            raise RowRejected(_dry_run_reasons(answer))
+        return None, answer.get("total_cost")
+
+    return quote_one
+
+
 def _csv_sender(client: GatewayClient, sender: str, delivery_report: bool) -> Any:
-    def send_one(to: str, text: str, key: str) -> tuple[str, int | None]:
+    def send_one(to: str, text: str, key: str) -> tuple[str | None, int | None]:
         try:
             answer = client.send(send_body(sender, to, text, delivery_report), key)
         except ApiError as error:
@@ -257,16 +304,20 @@ def _send_csv(args: argparse.Namespace) -> int:
         return CANNOT_RUN
     progress = ProgressFile(progress_path(path))
     bar = TextProgress(len(rows), sys.stderr, enabled=not args.json)
+    balance: dict[str, int] = {}
     try:
         with _open_client(args) as client:
             summary = send_rows(
                 rows,
                 sender=args.sender,
                 template=args.message,
-                send_one=_csv_sender(client, args.sender, args.dlr),
+                send_one=_csv_dry_runner(client, args.sender, balance)
+                if args.dry_run
+                else _csv_sender(client, args.sender, args.dlr),
                 progress=progress,
                 concurrency=args.concurrency,
                 on_result=bar.update,
+                dry_run=args.dry_run,
             )
     except (BulkSendError, TargetNotFound) as error:
         bar.finish()
@@ -274,22 +325,24 @@ def _send_csv(args: argparse.Namespace) -> int:
         return CANNOT_RUN
     bar.finish()
     report = {**summary.to_dict(), "progress_file": str(progress.path)}
+    if args.dry_run:
+        report["balance"] = balance.get("credits")
     if args.json:
         print(json.dumps(report))
     else:
-        _print_summary(summary, progress.path)
+        _print_summary(summary, progress.path, balance.get("credits"))
     if summary.fatal is not None:
         print(f"error: {summary.fatal}", file=sys.stderr)
         return CANNOT_RUN
     return REFUSED if summary.of("rejected") else 0
 
 
-def _print_summary(summary: Summary, progress: Path) -> None:
+def _print_summary(summary: Summary, progress: Path, balance: int | None = None) -> None:
     counts = summary.to_dict()
     cost = counts["cost"] if counts["cost"] is not None else f"{summary.cost} (some costs unknown: see `status`)"
     _print_rows(
         [
-            {"outcome": "accepted", "rows": counts["accepted"]},
+            {"outcome": "would be accepted" if summary.dry_run else "accepted", "rows": counts["accepted"]},
             {"outcome": "already accepted (earlier run)", "rows": counts["already_accepted"]},
             {"outcome": "duplicate rows (sent once)", "rows": counts["duplicates"]},
             {"outcome": "rejected", "rows": counts["rejected"]},
@@ -297,12 +350,20 @@ def _print_summary(summary: Summary, progress: Path) -> None:
         ],
         ["outcome", "rows"],
     )
-    print(f"cost: {cost} credits")
     rejected = sorted(summary.of("rejected"), key=lambda r: r.line)
+    if summary.dry_run:
+        print(f"sending the rows not yet accepted would cost {summary.new_cost} credits (balance {balance})")
+        if balance is not None and summary.new_cost > balance:
+            print("the balance does not cover them all: the rows past it would be refused (HTTP 402)")
+    else:
+        print(f"cost: {cost} credits")
     if rejected:
         print("rejected rows (fix them and run the same command again: accepted rows are not sent twice):")
         _print_rows([{"line": r.line, "to": r.to, "reason": r.reason} for r in rejected], ["line", "to", "reason"])
-    print(f"accepted rows are recorded in {progress}")
+    if summary.dry_run:
+        print("dry run: nothing was sent or charged", file=sys.stderr)
+    else:
+        print(f"accepted rows are recorded in {progress}")
 
 
 # ---------------------------------------------------------------- status and tail
@@ -412,6 +473,11 @@ def register(subparsers: Any) -> None:
     send.add_argument("--csv", metavar="FILE", help="send one message per row of this CSV file")
     send.add_argument("--dlr", action="store_true", help="ask for delivery report callbacks (delivery_report: yes)")
     send.add_argument("--idempotency-key", metavar="KEY", help="send once under this key (one message only)")
+    send.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only ask the gateway what it would cost and refuse (parts, encoding, invalid numbers); send nothing",
+    )
     send.add_argument(
         "--concurrency", type=int, default=4, metavar="N", help="rows in flight at once with --csv (default 4)"
     )
