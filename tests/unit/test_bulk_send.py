@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from sms_gateway_tools.bulk_send import (
     BulkSendError,
     ProgressFile,
+    Row,
     RowRejected,
     progress_path,
     read_rows,
@@ -64,7 +66,7 @@ def test_rows_take_the_number_from_any_known_column_and_report_editor_line_numbe
         list(read_rows(io.StringIO("name,number\nAda,0802\n")))
 
 
-def _rows(text: str) -> list:
+def _rows(text: str) -> list[Row]:
     return list(read_rows(io.StringIO(text)))
 
 
@@ -136,3 +138,24 @@ def test_a_progress_line_cut_short_by_a_crash_is_ignored(tmp_path: Path) -> None
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps({"key": "csv-a", "reference_id": "1", "cost": 1}) + '\n{"key": "csv-b", "refer')
     assert list(ProgressFile(path).accepted) == ["csv-a"]
+
+
+def test_ctrl_c_keeps_what_was_accepted_and_sends_no_more(tmp_path: Path) -> None:
+    rows = _rows("to\n0802\n0803\n0804\n")
+
+    def interrupted_after_two() -> Iterator[Row]:
+        yield from rows[:2]
+        raise KeyboardInterrupt
+
+    sent: list[str] = []
+    summary = send_rows(
+        interrupted_after_two(),
+        sender="48974",
+        template="Hello",
+        send_one=lambda to, text, key: (sent.append(to), (f"ref-{to}", 1))[1],
+        progress=ProgressFile(tmp_path / "p.jsonl"),
+    )
+    # Rows already in flight finish (those queued behind them may be cancelled), and each one sent is recorded
+    assert summary.interrupted
+    assert set(sent) <= {"0802", "0803"}
+    assert len(ProgressFile(tmp_path / "p.jsonl").accepted) == len(sent) == len(summary.of("accepted"))

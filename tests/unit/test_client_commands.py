@@ -84,3 +84,37 @@ def test_a_retry_under_a_key_is_byte_for_byte_the_same_request() -> None:
             client.send(client_commands.send_body("48974", "0802", "Hi Ada", delivery_report=False), "csv-1")
     assert bodies[0] == bodies[1]
     assert json.loads(bodies[0][1]) == {"from": "48974", "to": "0802", "message": "Hi Ada"}
+
+
+def _answers(*statuses: int) -> tuple[httpx.MockTransport, list[str]]:
+    """A gateway answering these statuses in turn (200 = accepted), recording each request's key."""
+    keys: list[str] = []
+    messages = {409: "a request with this idempotency key is still being processed; retry later", 503: "unavailable"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        keys.append(request.headers["Idempotency-Key"])
+        status = statuses[len(keys) - 1]
+        if status == 200:
+            return httpx.Response(200, json={"reference_id": "7", "recipients_processed": 1})
+        return httpx.Response(status, json={"status_code": status, "message": messages.get(status, "refused")})
+
+    return httpx.MockTransport(handler), keys
+
+
+def test_a_transient_failure_is_retried_under_the_same_key() -> None:
+    transport, keys = _answers(503, 409, 200)
+    with GatewayClient("http://gw", "t", transport=transport) as client:
+        answer = client_commands.send_with_retries(client, {"to": "0802"}, "csv-1", (0.0, 0.0, 0.0))
+    assert answer["reference_id"] == "7"
+    assert keys == ["csv-1", "csv-1", "csv-1"]
+
+
+def test_a_refusal_is_not_retried_and_retries_end() -> None:
+    transport, keys = _answers(400)
+    with GatewayClient("http://gw", "t", transport=transport) as client, pytest.raises(ApiError, match="HTTP 400"):
+        client_commands.send_with_retries(client, {"to": "0802"}, "csv-1", (0.0, 0.0))
+    assert len(keys) == 1
+    transport, keys = _answers(503, 503, 503)
+    with GatewayClient("http://gw", "t", transport=transport) as client, pytest.raises(ApiError, match="HTTP 503"):
+        client_commands.send_with_retries(client, {"to": "0802"}, "csv-1", (0.0, 0.0))
+    assert len(keys) == 3

@@ -145,6 +145,7 @@ class Summary:
     results: list[RowResult] = field(default_factory=list)
     fatal: str | None = None
     dry_run: bool = False
+    interrupted: bool = False
 
     def of(self, outcome: str) -> list[RowResult]:
         return [result for result in self.results if result.outcome == outcome]
@@ -173,8 +174,29 @@ class Summary:
             "new_cost": self.new_cost,
             "dry_run": self.dry_run,
             "error": self.fatal,
+            "interrupted": self.interrupted,
             "results": [result.__dict__ for result in sorted(self.results, key=lambda r: r.line)],
         }
+
+
+def _settled_without_sending(
+    row: Row, key: str, template: str, progress: ProgressFile, first_line_of: dict[str, int]
+) -> RowResult | str:
+    """The row's result when no call is needed (a repeat, accepted earlier, or unsendable), else its text."""
+    if key in first_line_of:
+        reason = f"same number and values as line {first_line_of[key]}: sent once"
+        return RowResult(row.line, row.to, "duplicate", key, reason=reason)
+    first_line_of[key] = row.line
+    earlier = progress.accepted.get(key)
+    if earlier is not None:
+        reference_id, cost = earlier.get("reference_id"), earlier.get("cost")
+        return RowResult(row.line, row.to, "already_accepted", key, reference_id=reference_id, cost=cost)
+    if not row.to:
+        return RowResult(row.line, row.to, "rejected", key, reason="no number in the row")
+    try:
+        return render(template, row.fields)
+    except RowRejected as error:
+        return RowResult(row.line, row.to, "rejected", key, reason=str(error))
 
 
 def send_rows(
@@ -220,26 +242,18 @@ def send_rows(
         else:
             done(RowResult(row.line, row.to, "accepted", key, reference_id=reference_id, cost=cost))
 
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+    try:
         for row in rows:
             key = row_key(sender, template, row.fields)
-            if key in first_line_of:
-                reason = f"same number and values as line {first_line_of[key]}: sent once"
-                done(RowResult(row.line, row.to, "duplicate", key, reason=reason))
-                continue
-            first_line_of[key] = row.line
-            earlier = progress.accepted.get(key)
-            if earlier is not None:
-                reference_id, cost = earlier.get("reference_id"), earlier.get("cost")
-                done(RowResult(row.line, row.to, "already_accepted", key, reference_id=reference_id, cost=cost))
-                continue
-            if not row.to:
-                done(RowResult(row.line, row.to, "rejected", key, reason="no number in the row"))
-                continue
-            try:
-                text = render(template, row.fields)
-            except RowRejected as error:
-                done(RowResult(row.line, row.to, "rejected", key, reason=str(error)))
-                continue
-            pool.submit(attempt, row, key, text)
+            settled = _settled_without_sending(row, key, template, progress, first_line_of)
+            if isinstance(settled, RowResult):
+                done(settled)
+            else:
+                pool.submit(attempt, row, key, settled)
+        pool.shutdown(wait=True)
+    except KeyboardInterrupt:
+        # Ctrl-C: rows in flight finish and are recorded, the rest are not sent; a rerun picks them up.
+        pool.shutdown(wait=True, cancel_futures=True)
+        summary.interrupted = True
     return summary

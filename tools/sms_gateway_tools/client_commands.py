@@ -33,9 +33,14 @@ TOKEN_VARIABLE = "SMS_GATEWAY_TOKEN"  # noqa: S105 - the variable's name, not a 
 FINAL_STATUSES = frozenset(str(status) for status in TERMINAL)
 REPORT_PAGE_SIZE = 1000
 
+# A row's send is tried again after these pauses (seconds) when the gateway is unreachable, throttles or fails.
+RETRY_PAUSES = (0.5, 1.0, 2.0)
+TRANSIENT_STATUSES = frozenset({0, 429, 500, 502, 503, 504})
+
 # Exit codes: the gateway refused something (a row, a send, an unknown batch) / the command could not run at all.
 REFUSED = 1
 CANNOT_RUN = 2
+INTERRUPTED = 130
 
 
 class ApiError(Exception):
@@ -236,10 +241,27 @@ def _csv_dry_runner(client: GatewayClient, sender: str, balance: dict[str, int])
     return quote_one
 
 
+def send_with_retries(
+    client: GatewayClient, body: dict[str, Any], key: str, pauses: tuple[float, ...]
+) -> dict[str, Any]:
+    """Sends under the key, again after each pause while the failure is transient: safe, as the key makes a
+    request the gateway did receive answer its first answer instead of sending twice."""
+    for pause in (*pauses, None):
+        try:
+            return client.send(body, key)
+        except ApiError as error:
+            # 409 here is the key's first request still in progress; a key reused for another body stays 409.
+            in_progress = error.status_code == 409 and "still being processed" in error.message
+            if pause is None or not (error.status_code in TRANSIENT_STATUSES or in_progress):
+                raise
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
 def _csv_sender(client: GatewayClient, sender: str, delivery_report: bool) -> Any:
     def send_one(to: str, text: str, key: str) -> tuple[str | None, int | None]:
         try:
-            answer = client.send(send_body(sender, to, text, delivery_report), key)
+            answer = send_with_retries(client, send_body(sender, to, text, delivery_report), key, RETRY_PAUSES)
         except ApiError as error:
             if error.status_code in (0, 401, 403):
                 raise BulkSendError(str(error)) from error
@@ -334,6 +356,10 @@ def _send_csv(args: argparse.Namespace) -> int:
     if summary.fatal is not None:
         print(f"error: {summary.fatal}", file=sys.stderr)
         return CANNOT_RUN
+    if summary.interrupted:
+        left = len(rows) - len(summary.results)
+        print(f"interrupted: {left} rows not sent; run the same command again to send them", file=sys.stderr)
+        return INTERRUPTED
     return REFUSED if summary.of("rejected") else 0
 
 
@@ -423,7 +449,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     except (ApiError, TargetNotFound) as error:
         return _fail(error)
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
 
 
 def _print_change(message: dict[str, Any], as_json: bool) -> None:
