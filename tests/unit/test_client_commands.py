@@ -118,3 +118,23 @@ def test_a_refusal_is_not_retried_and_retries_end() -> None:
     with GatewayClient("http://gw", "t", transport=transport) as client, pytest.raises(ApiError, match="HTTP 503"):
         client_commands.send_with_retries(client, {"to": "0802"}, "csv-1", (0.0, 0.0))
     assert len(keys) == 3
+
+
+@pytest.mark.parametrize("command", ["send", "status", "tail"])
+def test_every_client_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from sms_gateway_tools import cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main([command, "--help"])
+    assert exited.value.code == 0
+    assert "--api-url" in capsys.readouterr().out
+
+
+def test_a_csv_send_refuses_options_that_are_for_one_message(capsys: pytest.CaptureFixture[str]) -> None:
+    from sms_gateway_tools import cli
+
+    common = ["send", "--csv", "x.csv", "--from", "48974", "--message", "Hi", "--api-url", "http://gw", "--token", "t"]
+    assert cli.main([*common, "--to", "0802"]) == 2
+    assert "--to and --csv do not go together" in capsys.readouterr().err
+    assert cli.main([*common, "--idempotency-key", "k"]) == 2
+    assert "each row gets its own key" in capsys.readouterr().err

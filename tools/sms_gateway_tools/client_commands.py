@@ -311,6 +311,9 @@ def _send_csv(args: argparse.Namespace) -> int:
     if args.to:
         print("error: --to and --csv do not go together: the numbers come from the CSV", file=sys.stderr)
         return CANNOT_RUN
+    if args.idempotency_key:
+        print("error: --idempotency-key is for one message: with --csv each row gets its own key", file=sys.stderr)
+        return CANNOT_RUN
     if args.message is None:
         print("error: --csv needs --message TEMPLATE (e.g. 'Hi {name}')", file=sys.stderr)
         return CANNOT_RUN
