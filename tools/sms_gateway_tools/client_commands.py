@@ -178,7 +178,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
     try:
         with _open_client(args) as client:
             answer = client.send(body, args.idempotency_key)
-            batch = client.batch(str(answer["reference_id"]))
+            batch = _batch_or_nothing(client, str(answer["reference_id"]))
     except (ApiError, TargetNotFound) as error:
         return _fail(error)
     result = {
@@ -197,6 +197,22 @@ def _cmd_send(args: argparse.Namespace) -> int:
         refused = [f"{r['to']}: {r['reason']}" for r in answer.get("refused", [])]
         _print_record({**result, "refused": refused} if refused else result)
     return 0
+
+
+def _batch_or_nothing(client: GatewayClient, reference_id: str) -> dict[str, Any]:
+    """The batch just accepted; a failed read only leaves its cost unknown (accepted is accepted)."""
+    try:
+        return client.batch(reference_id)
+    except ApiError as error:
+        print(f"warning: sent, but the batch could not be read back: {error}", file=sys.stderr)
+        return {}
+
+
+def _row_error(error: ApiError) -> Exception:
+    """A refusal of the caller (or no gateway at all) stops a CSV run: every other row would meet it too."""
+    if error.status_code in (0, 401, 403):
+        return BulkSendError(str(error))
+    return RowRejected(error.message)
 
 
 def _dry_run_one(args: argparse.Namespace, body: dict[str, Any]) -> int:
@@ -230,9 +246,7 @@ def _csv_dry_runner(client: GatewayClient, sender: str, balance: dict[str, int])
         try:
             answer = client.dry_run(send_body(sender, to, text, delivery_report=False))
         except ApiError as error:
-            if error.status_code in (0, 401, 403):
-                raise BulkSendError(str(error)) from error
-            raise RowRejected(error.message) from error
+            raise _row_error(error) from error
         balance["credits"] = int(answer.get("balance") or 0)
         if not answer.get("would_be_accepted"):
             raise RowRejected(_dry_run_reasons(answer))
@@ -263,9 +277,7 @@ def _csv_sender(client: GatewayClient, sender: str, delivery_report: bool) -> An
         try:
             answer = send_with_retries(client, send_body(sender, to, text, delivery_report), key, RETRY_PAUSES)
         except ApiError as error:
-            if error.status_code in (0, 401, 403):
-                raise BulkSendError(str(error)) from error
-            raise RowRejected(error.message) from error
+            raise _row_error(error) from error
         reference_id = str(answer["reference_id"])
         try:
             cost = client.batch(reference_id).get("cost")
