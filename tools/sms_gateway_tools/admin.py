@@ -33,16 +33,25 @@ def use_local_stack(state_file: Path | None = None) -> str:
     return str(state["api_url"])
 
 
-def use_deployed_stack(stack_name: str) -> str:
-    """Points this process at a deployed stack, found by its CloudFormation outputs; returns its API URL."""
+def describe_stack(stack_name: str) -> list[Any]:
+    """The deployed stack's CloudFormation description (a list of one stack)."""
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        stacks = boto3.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"]
+        return boto3.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"]
     except (BotoCoreError, ClientError) as error:
         raise TargetNotFound(f"cannot read stack {stack_name!r}: {error}") from error
-    outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])} if stacks else {}
+
+
+def stack_outputs(stacks: list[Any]) -> dict[str, str]:
+    return {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])} if stacks else {}
+
+
+def use_deployed_stack(stack_name: str) -> str:
+    """Points this process at a deployed stack, found by its CloudFormation outputs; returns its API URL."""
+    stacks = describe_stack(stack_name)
+    outputs = stack_outputs(stacks)
     if "TableName" not in outputs:
         raise TargetNotFound(f"stack {stack_name!r} has no TableName output: is it an sms-gateway stack?")
     os.environ["TABLE_NAME"] = outputs["TableName"]

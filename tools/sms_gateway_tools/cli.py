@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     register = getattr(admin, "register", None)
     if callable(register):
         register(commands)
+
+    from sms_gateway_tools import client_commands
+
+    client_commands.register(commands)
     return parser
 
 

@@ -1,0 +1,161 @@
+"""The CSV bulk send's pure parts: template rendering, row keys, the progress file and which rows get sent."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sms_gateway_tools.bulk_send import (
+    BulkSendError,
+    ProgressFile,
+    Row,
+    RowRejected,
+    progress_path,
+    read_rows,
+    render,
+    row_key,
+    send_rows,
+    template_fields,
+)
+
+
+def test_a_template_is_filled_from_the_row_columns() -> None:
+    assert render("Hi {name}, you owe {amount} naira", {"name": "Ada", "amount": "500", "to": "0802"}) == (
+        "Hi Ada, you owe 500 naira"
+    )
+    assert render("Literal {{braces}} stay", {}) == "Literal {braces} stay"
+
+
+def test_a_missing_or_empty_column_rejects_the_row_with_its_name() -> None:
+    with pytest.raises(RowRejected, match="no value for name"):
+        render("Hi {name}", {"to": "0802"})
+    with pytest.raises(RowRejected, match="no value for name, city"):
+        render("Hi {name} of {city}", {"name": " ", "city": ""})
+
+
+def test_a_malformed_template_is_refused_for_the_whole_file() -> None:
+    with pytest.raises(BulkSendError, match="malformed"):
+        template_fields("Hi {name")
+    with pytest.raises(BulkSendError, match="must name a CSV column"):
+        template_fields("Hi {}")
+    assert template_fields("{a} {b.x} {a}") == ["a", "b"]
+
+
+def test_the_row_key_depends_on_what_is_sent_not_on_where_the_row_is() -> None:
+    row = {"to": "2348020000000", "name": "Ada"}
+    key = row_key("48974", "Hi {name}", row)
+    # Same values in another column order (or on another line): the same key
+    assert row_key("48974", "Hi {name}", {"name": "Ada", "to": "2348020000000"}) == key
+    assert key.startswith("csv-") and len(key) <= 64
+    # Anything that changes the message changes the key
+    assert row_key("48975", "Hi {name}", row) != key
+    assert row_key("48974", "Hello {name}", row) != key
+    assert row_key("48974", "Hi {name}", {**row, "name": "Bola"}) != key
+    assert row_key("48974", "Hi {name}", {**row, "to": "2348030000000"}) != key
+
+
+def test_rows_take_the_number_from_any_known_column_and_report_editor_line_numbers() -> None:
+    rows = list(read_rows(io.StringIO("Name,Phone\nAda,0802\nBola\n")))
+    assert [(r.line, r.to, r.fields["Name"]) for r in rows] == [(2, "0802", "Ada"), (3, "", "Bola")]
+    with pytest.raises(BulkSendError, match="to, msisdn, phone, mobile"):
+        list(read_rows(io.StringIO("name,number\nAda,0802\n")))
+
+
+def _rows(text: str) -> list[Row]:
+    return list(read_rows(io.StringIO(text)))
+
+
+def test_only_rows_not_yet_accepted_are_sent_and_accepted_ones_are_recorded(tmp_path: Path) -> None:
+    csv_path = tmp_path / "people.csv"
+    sent: list[tuple[str, str, str]] = []
+    lock = threading.Lock()
+
+    def send_one(to: str, text: str, key: str) -> tuple[str, int | None]:
+        with lock:
+            sent.append((to, text, key))
+        if to == "12":
+            raise RowRejected("12: too short")
+        return f"ref-{to}", 2
+
+    rows = _rows("to,name\n0802,Ada\n12,Bad\n0803,\n0802,Ada\n0805,Eze\n")
+    # Given a first run
+    summary = send_rows(
+        rows, sender="48974", template="Hi {name}", send_one=send_one, progress=ProgressFile(progress_path(csv_path))
+    )
+    # Then the good rows are accepted, the others rejected with reasons, and a repeated row is sent once
+    outcomes = {r.line: (r.outcome, r.reason) for r in summary.results}
+    assert outcomes[2] == ("accepted", None)
+    assert outcomes[3] == ("rejected", "12: too short")
+    assert outcomes[4] == ("rejected", "no value for name (used by the message template)")
+    assert outcomes[5][0] == "duplicate" and "line 2" in str(outcomes[5][1])
+    assert outcomes[6] == ("accepted", None)
+    assert sorted(text for _, text, _ in sent) == ["Hi Ada", "Hi Bad", "Hi Eze"]
+    assert summary.cost == 4
+    recorded = [json.loads(line) for line in progress_path(csv_path).read_text().splitlines()]
+    assert sorted(entry["reference_id"] for entry in recorded) == ["ref-0802", "ref-0805"]
+
+    # When the same file runs again (with a fresh progress reader, as a new process has)
+    sent.clear()
+    again = send_rows(
+        rows, sender="48974", template="Hi {name}", send_one=send_one, progress=ProgressFile(progress_path(csv_path))
+    )
+    # Then only the rejected row is tried again; the accepted ones are reported with their first reference ids
+    assert [text for _, text, _ in sent] == ["Hi Bad"]
+    already = {r.line: r.reference_id for r in again.results if r.outcome == "already_accepted"}
+    assert already == {2: "ref-0802", 6: "ref-0805"}
+    assert again.cost == 4
+
+
+def test_a_refused_caller_stops_the_other_rows(tmp_path: Path) -> None:
+    calls = 0
+
+    def send_one(to: str, text: str, key: str) -> tuple[str, int | None]:
+        nonlocal calls
+        calls += 1
+        raise BulkSendError("invalid credentials (HTTP 401)")
+
+    rows = _rows("to\n" + "".join(f"080200000{n:02d}\n" for n in range(20)))
+    summary = send_rows(
+        rows,
+        sender="48974",
+        template="Hello",
+        send_one=send_one,
+        progress=ProgressFile(tmp_path / "p.jsonl"),
+        concurrency=1,
+    )
+    assert summary.fatal == "invalid credentials (HTTP 401)"
+    assert calls == 1
+    assert len(summary.of("rejected")) == 20
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_a_progress_line_cut_short_by_a_crash_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"key": "csv-a", "reference_id": "1", "cost": 1}) + '\n{"key": "csv-b", "refer')
+    assert list(ProgressFile(path).accepted) == ["csv-a"]
+
+
+def test_ctrl_c_keeps_what_was_accepted_and_sends_no_more(tmp_path: Path) -> None:
+    rows = _rows("to\n0802\n0803\n0804\n")
+
+    def interrupted_after_two() -> Iterator[Row]:
+        yield from rows[:2]
+        raise KeyboardInterrupt
+
+    sent: list[str] = []
+    summary = send_rows(
+        interrupted_after_two(),
+        sender="48974",
+        template="Hello",
+        send_one=lambda to, text, key: (sent.append(to), (f"ref-{to}", 1))[1],
+        progress=ProgressFile(tmp_path / "p.jsonl"),
+    )
+    # Rows already in flight finish (those queued behind them may be cancelled), and each one sent is recorded
+    assert summary.interrupted
+    assert set(sent) <= {"0802", "0803"}
+    assert len(ProgressFile(tmp_path / "p.jsonl").accepted) == len(sent) == len(summary.of("accepted"))

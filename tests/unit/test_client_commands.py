@@ -1,0 +1,140 @@
+"""The client commands' plumbing: which gateway and token they use, and how they read the API's pages and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sms_gateway_tools import client_commands
+from sms_gateway_tools.admin import TargetNotFound
+from sms_gateway_tools.client_commands import ApiError, GatewayClient, resolve_api_url, resolve_token
+
+
+@pytest.fixture
+def no_local_stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    from sms_gateway_tools.localstack import stack
+
+    monkeypatch.setattr(stack, "default_state_dir", lambda: tmp_path)
+    monkeypatch.delenv(client_commands.API_URL_VARIABLE, raising=False)
+    monkeypatch.delenv(client_commands.TOKEN_VARIABLE, raising=False)
+    return tmp_path
+
+
+def test_the_gateway_is_the_flag_then_the_variable_then_the_running_local_stack(
+    no_local_stack: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(TargetNotFound, match="pass --api-url"):
+        resolve_api_url(None, None)
+    (no_local_stack / "stack.json").write_text(json.dumps({"api_url": "http://127.0.0.1:3999"}))
+    assert resolve_api_url(None, None) == "http://127.0.0.1:3999"
+    monkeypatch.setenv(client_commands.API_URL_VARIABLE, "https://sms.example/")
+    assert resolve_api_url(None, None) == "https://sms.example"
+    assert resolve_api_url("http://127.0.0.1:4000/", None) == "http://127.0.0.1:4000"
+
+
+def test_a_token_is_required(no_local_stack: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(TargetNotFound, match="SMS_GATEWAY_TOKEN"):
+        resolve_token(None)
+    monkeypatch.setenv(client_commands.TOKEN_VARIABLE, "from-env")
+    assert resolve_token(None) == "from-env"
+    assert resolve_token("flag") == "flag"
+
+
+def test_delivery_reports_follow_the_cursor_to_the_last_page() -> None:
+    pages = {None: (["m1", "m2"], "c1"), "c1": (["m3"], "c2"), "c2": ([], None)}
+    seen_cursors: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.headers["Authorization"] == "Bearer t"
+        cursor = request.url.params.get("next")
+        seen_cursors.append(cursor)
+        ids, following = pages[cursor]
+        return httpx.Response(200, json={"data": [{"message_id": i} for i in ids], "next": following})
+
+    with GatewayClient("http://gw", "t", transport=httpx.MockTransport(handler)) as client:
+        assert [m["message_id"] for m in client.delivery_reports("1")] == ["m1", "m2", "m3"]
+    assert seen_cursors == [None, "c1", "c2"]
+
+
+def test_the_gateway_s_error_message_and_status_are_kept() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(402, json={"status_code": 402, "message": "insufficient credits: 3 needed, 1 left"})
+
+    with (
+        GatewayClient("http://gw", "t", transport=httpx.MockTransport(handler)) as client,
+        pytest.raises(ApiError) as raised,
+    ):
+        client.send({"from": "48974", "to": "0802", "message": "x"}, "k")
+    assert raised.value.status_code == 402
+    assert str(raised.value) == "insufficient credits: 3 needed, 1 left (HTTP 402)"
+
+
+def test_a_retry_under_a_key_is_byte_for_byte_the_same_request() -> None:
+    bodies: list[tuple[str, bytes]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append((request.headers["Idempotency-Key"], request.content))
+        return httpx.Response(200, json={"reference_id": "1", "recipients_processed": 1})
+
+    with GatewayClient("http://gw", "t", transport=httpx.MockTransport(handler)) as client:
+        for _ in range(2):
+            client.send(client_commands.send_body("48974", "0802", "Hi Ada", delivery_report=False), "csv-1")
+    assert bodies[0] == bodies[1]
+    assert json.loads(bodies[0][1]) == {"from": "48974", "to": "0802", "message": "Hi Ada"}
+
+
+def _answers(*statuses: int) -> tuple[httpx.MockTransport, list[str]]:
+    """A gateway answering these statuses in turn (200 = accepted), recording each request's key."""
+    keys: list[str] = []
+    messages = {409: "a request with this idempotency key is still being processed; retry later", 503: "unavailable"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        keys.append(request.headers["Idempotency-Key"])
+        status = statuses[len(keys) - 1]
+        if status == 200:
+            return httpx.Response(200, json={"reference_id": "7", "recipients_processed": 1})
+        return httpx.Response(status, json={"status_code": status, "message": messages.get(status, "refused")})
+
+    return httpx.MockTransport(handler), keys
+
+
+def test_a_transient_failure_is_retried_under_the_same_key() -> None:
+    transport, keys = _answers(503, 409, 200)
+    with GatewayClient("http://gw", "t", transport=transport) as client:
+        answer = client_commands.send_with_retries(client, {"to": "0802"}, "csv-1", (0.0, 0.0, 0.0))
+    assert answer["reference_id"] == "7"
+    assert keys == ["csv-1", "csv-1", "csv-1"]
+
+
+def test_a_refusal_is_not_retried_and_retries_end() -> None:
+    transport, keys = _answers(400)
+    with GatewayClient("http://gw", "t", transport=transport) as client, pytest.raises(ApiError, match="HTTP 400"):
+        client_commands.send_with_retries(client, {"to": "0802"}, "csv-1", (0.0, 0.0))
+    assert len(keys) == 1
+    transport, keys = _answers(503, 503, 503)
+    with GatewayClient("http://gw", "t", transport=transport) as client, pytest.raises(ApiError, match="HTTP 503"):
+        client_commands.send_with_retries(client, {"to": "0802"}, "csv-1", (0.0, 0.0))
+    assert len(keys) == 3
+
+
+@pytest.mark.parametrize("command", ["send", "status", "tail"])
+def test_every_client_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from sms_gateway_tools import cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main([command, "--help"])
+    assert exited.value.code == 0
+    assert "--api-url" in capsys.readouterr().out
+
+
+def test_a_csv_send_refuses_options_that_are_for_one_message(capsys: pytest.CaptureFixture[str]) -> None:
+    from sms_gateway_tools import cli
+
+    common = ["send", "--csv", "x.csv", "--from", "48974", "--message", "Hi", "--api-url", "http://gw", "--token", "t"]
+    assert cli.main([*common, "--to", "0802"]) == 2
+    assert "--to and --csv do not go together" in capsys.readouterr().err
+    assert cli.main([*common, "--idempotency-key", "k"]) == 2
+    assert "each row gets its own key" in capsys.readouterr().err

@@ -1,0 +1,259 @@
+"""Bulk sends from a CSV file: per-row text from a template, per-row idempotency keys, and a progress file."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Formatter
+from typing import Any, TextIO
+
+# Header names (any case) taken for the recipient's number, first found wins.
+NUMBER_COLUMNS = ("to", "msisdn", "phone", "mobile")
+PROGRESS_SUFFIX = ".sent.jsonl"
+
+
+class BulkSendError(Exception):
+    """The whole file cannot be sent (no number column, a broken template): nothing is sent."""
+
+
+class RowRejected(Exception):
+    """One row cannot be sent; the reason goes into the summary and the other rows carry on."""
+
+
+@dataclass(frozen=True)
+class Row:
+    line: int  # the CSV line the row ends on, as an editor shows it (the header is line 1)
+    to: str
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True)
+class RowResult:
+    line: int
+    to: str
+    outcome: str  # "accepted", "already_accepted", "duplicate" or "rejected"
+    key: str
+    reference_id: str | None = None
+    cost: int | None = None
+    reason: str | None = None
+
+
+def template_fields(template: str) -> list[str]:
+    """The column names a template uses (`Hi {name}` -> ["name"]); a malformed template is refused up front."""
+    try:
+        parsed = list(Formatter().parse(template))
+    except ValueError as error:
+        raise BulkSendError(
+            f"the message template is malformed: {error} (write a literal brace as {{{{ or }}}})"
+        ) from error
+    names: list[str] = []
+    for _, name, _, _ in parsed:
+        if name is None:
+            continue
+        if name == "" or name.isdigit():
+            raise BulkSendError("the message template's placeholders must name a CSV column, as in {name}")
+        column = name.split(".", 1)[0].split("[", 1)[0]
+        if column not in names:
+            names.append(column)
+    return names
+
+
+def render(template: str, fields: dict[str, str]) -> str:
+    """The row's text; a column the row has no value for (absent or empty) rejects the row, not the file."""
+    missing = [name for name in template_fields(template) if not (fields.get(name) or "").strip()]
+    if missing:
+        raise RowRejected(f"no value for {', '.join(missing)} (used by the message template)")
+    try:
+        return template.format_map(fields)
+    except (AttributeError, IndexError, KeyError, ValueError) as error:
+        raise RowRejected(f"the template cannot be filled from this row: {error}") from error
+
+
+def row_key(sender: str, template: str, fields: dict[str, str]) -> str:
+    """The row's Idempotency-Key, from what is sent and not from where the row sits in the file.
+
+    A rerun of the same file (also after rows were fixed, added, removed or reordered) sends an accepted
+    row under the same key, so the gateway answers its first answer instead of sending it again.
+    """
+    canonical = json.dumps([sender, template, sorted(fields.items())], ensure_ascii=False, separators=(",", ":"))
+    return "csv-" + hashlib.sha256(canonical.encode()).hexdigest()[:40]
+
+
+def number_column(header: Iterable[str]) -> str:
+    by_lower = {name.strip().lower(): name for name in header}
+    for wanted in NUMBER_COLUMNS:
+        if wanted in by_lower:
+            return by_lower[wanted]
+    raise BulkSendError(f"the CSV needs a column with the recipient's number: one of {', '.join(NUMBER_COLUMNS)}")
+
+
+def read_rows(stream: TextIO) -> Iterator[Row]:
+    reader = csv.DictReader(stream)
+    if reader.fieldnames is None:
+        raise BulkSendError("the CSV is empty: it needs a header line (to,name,...) and rows")
+    to_column = number_column(reader.fieldnames)
+    for record in reader:
+        # A short row has None for its missing cells; a long one keeps its extra cells under the key None.
+        fields = {str(name).strip(): (value or "").strip() for name, value in record.items() if name is not None}
+        yield Row(line=reader.line_num, to=fields.get(to_column.strip(), ""), fields=fields)
+
+
+def progress_path(csv_path: Path) -> Path:
+    return csv_path.with_name(csv_path.name + PROGRESS_SUFFIX)
+
+
+class ProgressFile:
+    """Rows the gateway accepted, one JSON line each, appended as they are accepted (a crash loses none)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self.accepted: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                    self.accepted[str(entry["key"])] = entry
+                except (ValueError, KeyError, TypeError):
+                    # A line cut short by a crash: the row's key still protects it at the gateway for 24 h.
+                    continue
+
+    def record(self, result: RowResult) -> None:
+        entry = {"key": result.key, "line": result.line, "to": result.to, "reference_id": result.reference_id}
+        entry["cost"] = result.cost
+        with self._lock:
+            self.accepted[result.key] = entry
+            with self.path.open("a") as out:
+                out.write(json.dumps(entry) + "\n")
+
+
+# Sends one row: (to, text, key) -> (reference_id, cost); raises RowRejected with the gateway's reason.
+# A dry run's sender answers no reference id, and its "accepted" rows are rows that would be accepted.
+SendOne = Callable[[str, str, str], tuple[str | None, int | None]]
+
+
+@dataclass
+class Summary:
+    results: list[RowResult] = field(default_factory=list)
+    fatal: str | None = None
+    dry_run: bool = False
+    interrupted: bool = False
+
+    def of(self, outcome: str) -> list[RowResult]:
+        return [result for result in self.results if result.outcome == outcome]
+
+    @property
+    def cost(self) -> int:
+        return sum(r.cost or 0 for r in self.results if r.outcome in ("accepted", "already_accepted"))
+
+    @property
+    def new_cost(self) -> int:
+        """What the rows accepted in this run cost (in a dry run: would cost)."""
+        return sum(r.cost or 0 for r in self.of("accepted"))
+
+    @property
+    def cost_known(self) -> bool:
+        return all(r.cost is not None for r in self.results if r.outcome in ("accepted", "already_accepted"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": len(self.results),
+            "accepted": len(self.of("accepted")),
+            "already_accepted": len(self.of("already_accepted")),
+            "duplicates": len(self.of("duplicate")),
+            "rejected": len(self.of("rejected")),
+            "cost": self.cost if self.cost_known else None,
+            "new_cost": self.new_cost,
+            "dry_run": self.dry_run,
+            "error": self.fatal,
+            "interrupted": self.interrupted,
+            "results": [result.__dict__ for result in sorted(self.results, key=lambda r: r.line)],
+        }
+
+
+def _settled_without_sending(
+    row: Row, key: str, template: str, progress: ProgressFile, first_line_of: dict[str, int]
+) -> RowResult | str:
+    """The row's result when no call is needed (a repeat, accepted earlier, or unsendable), else its text."""
+    if key in first_line_of:
+        reason = f"same number and values as line {first_line_of[key]}: sent once"
+        return RowResult(row.line, row.to, "duplicate", key, reason=reason)
+    first_line_of[key] = row.line
+    earlier = progress.accepted.get(key)
+    if earlier is not None:
+        reference_id, cost = earlier.get("reference_id"), earlier.get("cost")
+        return RowResult(row.line, row.to, "already_accepted", key, reference_id=reference_id, cost=cost)
+    if not row.to:
+        return RowResult(row.line, row.to, "rejected", key, reason="no number in the row")
+    try:
+        return render(template, row.fields)
+    except RowRejected as error:
+        return RowResult(row.line, row.to, "rejected", key, reason=str(error))
+
+
+def send_rows(
+    rows: Iterable[Row],
+    *,
+    sender: str,
+    template: str,
+    send_one: SendOne,
+    progress: ProgressFile,
+    concurrency: int = 4,
+    on_result: Callable[[RowResult], None] | None = None,
+    dry_run: bool = False,
+) -> Summary:
+    """Sends each row once: rows in the progress file are skipped, the rest go `concurrency` at a time.
+    A dry run (`send_one` quoting instead of sending) records nothing in the progress file."""
+    template_fields(template)
+    summary = Summary(dry_run=dry_run)
+    first_line_of: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def done(result: RowResult) -> None:
+        with lock:
+            summary.results.append(result)
+        if result.outcome == "accepted" and not dry_run:
+            progress.record(result)
+        if on_result is not None:
+            on_result(result)
+
+    def attempt(row: Row, key: str, text: str) -> None:
+        if summary.fatal is not None:
+            done(RowResult(row.line, row.to, "rejected", key, reason=f"not sent: {summary.fatal}"))
+            return
+        try:
+            reference_id, cost = send_one(row.to, text, key)
+        except RowRejected as error:
+            done(RowResult(row.line, row.to, "rejected", key, reason=str(error)))
+        except BulkSendError as error:
+            # The gateway refuses the caller (a bad token, say): every other row would fail the same way.
+            summary.fatal = str(error)
+            done(RowResult(row.line, row.to, "rejected", key, reason=str(error)))
+        except Exception as error:  # one row's surprise must not lose the other rows' results
+            done(RowResult(row.line, row.to, "rejected", key, reason=f"unexpected error: {error!r}"))
+        else:
+            done(RowResult(row.line, row.to, "accepted", key, reference_id=reference_id, cost=cost))
+
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+    try:
+        for row in rows:
+            key = row_key(sender, template, row.fields)
+            settled = _settled_without_sending(row, key, template, progress, first_line_of)
+            if isinstance(settled, RowResult):
+                done(settled)
+            else:
+                pool.submit(attempt, row, key, settled)
+        pool.shutdown(wait=True)
+    except KeyboardInterrupt:
+        # Ctrl-C: rows in flight finish and are recorded, the rest are not sent; a rerun picks them up.
+        pool.shutdown(wait=True, cancel_futures=True)
+        summary.interrupted = True
+    return summary

@@ -1,0 +1,549 @@
+"""`sms-gateway send | status | tail`: client-developer commands over the gateway's HTTP API (9bits dialect)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from sms_gateway.domain.status import TERMINAL
+from sms_gateway_tools.admin import TargetNotFound, _print_record, _print_rows, describe_stack, stack_outputs
+from sms_gateway_tools.bulk_send import (
+    BulkSendError,
+    ProgressFile,
+    RowRejected,
+    RowResult,
+    Summary,
+    progress_path,
+    read_rows,
+    send_rows,
+)
+
+API_URL_VARIABLE = "SMS_GATEWAY_API_URL"
+TOKEN_VARIABLE = "SMS_GATEWAY_TOKEN"  # noqa: S105 - the variable's name, not a secret
+# No status follows these: `tail` stops once every message is in one.
+FINAL_STATUSES = frozenset(str(status) for status in TERMINAL)
+REPORT_PAGE_SIZE = 1000
+
+# A row's send is tried again after these pauses (seconds) when the gateway is unreachable, throttles or fails.
+RETRY_PAUSES = (0.5, 1.0, 2.0)
+TRANSIENT_STATUSES = frozenset({0, 429, 500, 502, 503, 504})
+
+# Exit codes: the gateway refused something (a row, a send, an unknown batch) / the command could not run at all.
+REFUSED = 1
+CANNOT_RUN = 2
+INTERRUPTED = 130
+
+
+class ApiError(Exception):
+    """The gateway answered with an error: its HTTP status and its own message."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.message} (HTTP {self.status_code})"
+
+
+def resolve_api_url(api_url: str | None, stack_name: str | None) -> str:
+    """--api-url, else a deployed stack's ApiUrl output, else $SMS_GATEWAY_API_URL, else the running local stack."""
+    if api_url:
+        return api_url.rstrip("/")
+    if stack_name:
+        outputs = stack_outputs(describe_stack(stack_name))
+        if not outputs.get("ApiUrl"):
+            raise TargetNotFound(f"stack {stack_name!r} has no ApiUrl output: is it an sms-gateway stack?")
+        return outputs["ApiUrl"].rstrip("/")
+    if os.environ.get(API_URL_VARIABLE):
+        return os.environ[API_URL_VARIABLE].rstrip("/")
+    from sms_gateway_tools.localstack.stack import read_stack_file
+
+    state = read_stack_file()
+    if state and state.get("api_url"):
+        return str(state["api_url"]).rstrip("/")
+    raise TargetNotFound(
+        f"which gateway? pass --api-url, set {API_URL_VARIABLE}, pass --stack-name, or start a local stack (make dev)"
+    )
+
+
+def resolve_token(token: str | None) -> str:
+    found = token or os.environ.get(TOKEN_VARIABLE)
+    if not found:
+        raise TargetNotFound(f"no token: pass --token or set {TOKEN_VARIABLE} (the account's Bearer token)")
+    return found
+
+
+class GatewayClient:
+    """The few 9bits routes the commands use; thread-safe (one httpx.Client shared by the bulk sender's threads)."""
+
+    def __init__(self, api_url: str, token: str, *, timeout: float = 30.0, transport: Any = None) -> None:
+        self.http = httpx.Client(
+            base_url=api_url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> GatewayClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as error:
+            raise ApiError(0, f"cannot reach the gateway at {self.http.base_url}: {error}") from error
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise ApiError(
+                response.status_code, f"the gateway answered something that is not JSON: {response.text[:200]}"
+            )
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, str(body.get("message") or response.reason_phrase))
+        return body
+
+    def send(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        # Fixed separators and key order: a retry under the same key must be the very same body to the gateway.
+        content = json.dumps(body, separators=(",", ":"))
+        headers["Content-Type"] = "application/json"
+        return self._call("POST", "/ng/v1/sendsms", content=content, headers=headers)
+
+    def dry_run(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/ng/v1/batches/dry_run", json=body)
+
+    def batch(self, reference_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/ng/v1/batches/{reference_id}")
+
+    def delivery_reports(self, reference_id: str) -> Iterator[dict[str, Any]]:
+        """Every message of the batch, following the cursor to the last page."""
+        cursor: str | None = None
+        while True:
+            params = {"page_size": str(REPORT_PAGE_SIZE), **({"next": cursor} if cursor else {})}
+            page = self._call("GET", f"/ng/v1/batches/{reference_id}/delivery_report", params=params)
+            yield from page.get("data") or []
+            cursor = page.get("next")
+            if not cursor:
+                return
+
+
+def send_body(sender: str, to: str | list[str], text: str, delivery_report: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"from": sender, "to": to, "message": text}
+    if delivery_report:
+        body["delivery_report"] = "yes"
+    return body
+
+
+def _open_client(args: argparse.Namespace) -> GatewayClient:
+    return GatewayClient(resolve_api_url(args.api_url, args.stack_name), resolve_token(args.token))
+
+
+def _fail(error: Exception) -> int:
+    print(f"error: {error}", file=sys.stderr)
+    if isinstance(error, ApiError) and error.status_code == 401:
+        print(f"(check the token: --token or {TOKEN_VARIABLE})", file=sys.stderr)
+    return REFUSED if isinstance(error, ApiError) and error.status_code >= 400 else CANNOT_RUN
+
+
+# ---------------------------------------------------------------- send
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    if args.csv:
+        return _send_csv(args)
+    if not args.to or args.message is None:
+        print("error: pass --to NUMBER and --message TEXT (or --csv FILE for a bulk send)", file=sys.stderr)
+        return CANNOT_RUN
+    body = send_body(args.sender, args.to[0] if len(args.to) == 1 else args.to, args.message, args.dlr)
+    if args.dry_run:
+        return _dry_run_one(args, body)
+    try:
+        with _open_client(args) as client:
+            answer = client.send(body, args.idempotency_key)
+            batch = _batch_or_nothing(client, str(answer["reference_id"]))
+    except (ApiError, TargetNotFound) as error:
+        return _fail(error)
+    result = {
+        "reference_id": answer["reference_id"],
+        "recipients_processed": answer.get("recipients_processed"),
+        "parts": batch.get("parts"),
+        "encoding": batch.get("encoding"),
+        "cost": batch.get("cost"),
+        "status": batch.get("status"),
+    }
+    if answer.get("refused"):
+        result["refused"] = answer["refused"]
+    if args.json:
+        print(json.dumps(result))
+    else:
+        refused = [f"{r['to']}: {r['reason']}" for r in answer.get("refused", [])]
+        _print_record({**result, "refused": refused} if refused else result)
+    return 0
+
+
+def _batch_or_nothing(client: GatewayClient, reference_id: str) -> dict[str, Any]:
+    """The batch just accepted; a failed read only leaves its cost unknown (accepted is accepted)."""
+    try:
+        return client.batch(reference_id)
+    except ApiError as error:
+        print(f"warning: sent, but the batch could not be read back: {error}", file=sys.stderr)
+        return {}
+
+
+def _row_error(error: ApiError) -> Exception:
+    """A refusal of the caller (or no gateway at all) stops a CSV run: every other row would meet it too."""
+    if error.status_code in (0, 401, 403):
+        return BulkSendError(str(error))
+    return RowRejected(error.message)
+
+
+def _dry_run_one(args: argparse.Namespace, body: dict[str, Any]) -> int:
+    try:
+        with _open_client(args) as client:
+            answer = client.dry_run(body)
+    except (ApiError, TargetNotFound) as error:
+        return _fail(error)
+    if args.json:
+        print(json.dumps(answer))
+    else:
+        fields = ["parts", "encoding", "ucs2_characters", "characters_per_part", "recipients", "total_cost", "balance"]
+        invalid = [f"{entry['to']}: {entry['reason']}" for entry in answer.get("invalid") or []]
+        _print_record(
+            {name: answer.get(name) for name in fields}
+            | {"invalid": invalid, "would_be_accepted": answer.get("would_be_accepted")}
+        )
+        print("dry run: nothing was sent or charged", file=sys.stderr)
+    return 0 if answer.get("would_be_accepted") else REFUSED
+
+
+def _dry_run_reasons(answer: dict[str, Any]) -> str:
+    reasons = [f"{entry['to']!r}: {entry['reason']}" for entry in answer.get("invalid") or []]
+    if not answer.get("balance_sufficient", True):
+        reasons.append(f"not enough credits: costs {answer.get('total_cost')}, balance {answer.get('balance')}")
+    return "; ".join(reasons) or "the gateway would not accept it"
+
+
+def _csv_dry_runner(client: GatewayClient, sender: str, balance: dict[str, int]) -> Any:
+    def quote_one(to: str, text: str, key: str) -> tuple[str | None, int | None]:
+        try:
+            answer = client.dry_run(send_body(sender, to, text, delivery_report=False))
+        except ApiError as error:
+            raise _row_error(error) from error
+        balance["credits"] = int(answer.get("balance") or 0)
+        if not answer.get("would_be_accepted"):
+            raise RowRejected(_dry_run_reasons(answer))
+        return None, answer.get("total_cost")
+
+    return quote_one
+
+
+def send_with_retries(
+    client: GatewayClient, body: dict[str, Any], key: str, pauses: tuple[float, ...]
+) -> dict[str, Any]:
+    """Sends under the key, again after each pause while the failure is transient: safe, as the key makes a
+    request the gateway did receive answer its first answer instead of sending twice."""
+    for pause in (*pauses, None):
+        try:
+            return client.send(body, key)
+        except ApiError as error:
+            # 409 here is the key's first request still in progress; a key reused for another body stays 409.
+            in_progress = error.status_code == 409 and "still being processed" in error.message
+            if pause is None or not (error.status_code in TRANSIENT_STATUSES or in_progress):
+                raise
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
+def _csv_sender(client: GatewayClient, sender: str, delivery_report: bool) -> Any:
+    def send_one(to: str, text: str, key: str) -> tuple[str | None, int | None]:
+        try:
+            answer = send_with_retries(client, send_body(sender, to, text, delivery_report), key, RETRY_PAUSES)
+        except ApiError as error:
+            raise _row_error(error) from error
+        reference_id = str(answer["reference_id"])
+        try:
+            cost = client.batch(reference_id).get("cost")
+        except ApiError:
+            # Accepted is accepted: a failed read only leaves the cost unknown (`status` shows it later).
+            cost = None
+        return reference_id, cost
+
+    return send_one
+
+
+class TextProgress:
+    """A one-line progress bar redrawn in place on a terminal; silent when the stream is not a terminal."""
+
+    WIDTH = 30
+
+    def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
+        self.total, self.stream, self.done = total, stream, 0
+        self.counts = {"accepted": 0, "already_accepted": 0, "duplicate": 0, "rejected": 0}
+        self.enabled = enabled and total > 0 and stream.isatty()
+        self._lock = threading.Lock()
+
+    def update(self, result: RowResult) -> None:
+        with self._lock:
+            self.done += 1
+            self.counts[result.outcome] = self.counts.get(result.outcome, 0) + 1
+            if not self.enabled:
+                return
+            filled = self.WIDTH * self.done // self.total
+            bar = "#" * filled + "." * (self.WIDTH - filled)
+            accepted = self.counts["accepted"] + self.counts["already_accepted"]
+            line = f"\r[{bar}] {self.done}/{self.total}  accepted {accepted}  rejected {self.counts['rejected']}"
+            self.stream.write(line)
+            self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _send_csv(args: argparse.Namespace) -> int:
+    if args.to:
+        print("error: --to and --csv do not go together: the numbers come from the CSV", file=sys.stderr)
+        return CANNOT_RUN
+    if args.idempotency_key:
+        print("error: --idempotency-key is for one message: with --csv each row gets its own key", file=sys.stderr)
+        return CANNOT_RUN
+    if args.message is None:
+        print("error: --csv needs --message TEMPLATE (e.g. 'Hi {name}')", file=sys.stderr)
+        return CANNOT_RUN
+    path = Path(args.csv)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as stream:
+            rows = list(read_rows(stream))
+    except OSError as error:
+        print(f"error: cannot read {path}: {error.strerror}", file=sys.stderr)
+        return CANNOT_RUN
+    except (BulkSendError, UnicodeDecodeError) as error:
+        print(f"error: {path}: {error}", file=sys.stderr)
+        return CANNOT_RUN
+    progress = ProgressFile(progress_path(path))
+    bar = TextProgress(len(rows), sys.stderr, enabled=not args.json)
+    balance: dict[str, int] = {}
+    try:
+        with _open_client(args) as client:
+            summary = send_rows(
+                rows,
+                sender=args.sender,
+                template=args.message,
+                send_one=_csv_dry_runner(client, args.sender, balance)
+                if args.dry_run
+                else _csv_sender(client, args.sender, args.dlr),
+                progress=progress,
+                concurrency=args.concurrency,
+                on_result=bar.update,
+                dry_run=args.dry_run,
+            )
+    except (BulkSendError, TargetNotFound) as error:
+        bar.finish()
+        print(f"error: {error}", file=sys.stderr)
+        return CANNOT_RUN
+    bar.finish()
+    report = {**summary.to_dict(), "progress_file": str(progress.path)}
+    if args.dry_run:
+        report["balance"] = balance.get("credits")
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print_summary(summary, progress.path, balance.get("credits"))
+    if summary.fatal is not None:
+        print(f"error: {summary.fatal}", file=sys.stderr)
+        return CANNOT_RUN
+    if summary.interrupted:
+        left = len(rows) - len(summary.results)
+        print(f"interrupted: {left} rows not sent; run the same command again to send them", file=sys.stderr)
+        return INTERRUPTED
+    return REFUSED if summary.of("rejected") else 0
+
+
+def _print_summary(summary: Summary, progress: Path, balance: int | None = None) -> None:
+    counts = summary.to_dict()
+    cost = counts["cost"] if counts["cost"] is not None else f"{summary.cost} (some costs unknown: see `status`)"
+    _print_rows(
+        [
+            {"outcome": "would be accepted" if summary.dry_run else "accepted", "rows": counts["accepted"]},
+            {"outcome": "already accepted (earlier run)", "rows": counts["already_accepted"]},
+            {"outcome": "duplicate rows (sent once)", "rows": counts["duplicates"]},
+            {"outcome": "rejected", "rows": counts["rejected"]},
+            {"outcome": "total", "rows": counts["rows"]},
+        ],
+        ["outcome", "rows"],
+    )
+    rejected = sorted(summary.of("rejected"), key=lambda r: r.line)
+    if summary.dry_run:
+        print(f"sending the rows not yet accepted would cost {summary.new_cost} credits (balance {balance})")
+        if balance is not None and summary.new_cost > balance:
+            print("the balance does not cover them all: the rows past it would be refused (HTTP 402)")
+    else:
+        print(f"cost: {cost} credits")
+    if rejected:
+        print("rejected rows (fix them and run the same command again: accepted rows are not sent twice):")
+        _print_rows([{"line": r.line, "to": r.to, "reason": r.reason} for r in rejected], ["line", "to", "reason"])
+    if summary.dry_run:
+        print("dry run: nothing was sent or charged", file=sys.stderr)
+    else:
+        print(f"accepted rows are recorded in {progress}")
+
+
+# ---------------------------------------------------------------- status and tail
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    try:
+        with _open_client(args) as client:
+            batch = client.batch(args.reference_id)
+            messages = list(client.delivery_reports(args.reference_id))
+    except (ApiError, TargetNotFound) as error:
+        return _fail(error)
+    if args.json:
+        print(json.dumps({"batch": batch, "messages": messages}))
+        return 0
+    counts = ", ".join(f"{status} {n}" for status, n in sorted((batch.get("counts") or {}).items()))
+    _print_record({**batch, "counts": counts or None})
+    print()
+    _print_rows(messages, ["message_id", "to", "telco", "status", "error_code", "parts", "updated_at"])
+    return 0
+
+
+def _reference_ids(args: argparse.Namespace) -> list[str]:
+    ids = list(args.reference_ids)
+    if args.csv:
+        accepted = ProgressFile(progress_path(Path(args.csv))).accepted.values()
+        ids += [str(entry["reference_id"]) for entry in accepted if entry.get("reference_id")]
+    return list(dict.fromkeys(ids))
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    reference_ids = _reference_ids(args)
+    if not reference_ids:
+        print("error: name the batches to follow: tail REFERENCE_ID... or tail --csv FILE", file=sys.stderr)
+        return CANNOT_RUN
+    seen: dict[str, str] = {}
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    try:
+        with _open_client(args) as client:
+            while True:
+                pending = 0
+                for reference_id in reference_ids:
+                    messages = list(client.delivery_reports(reference_id))
+                    pending += 0 if messages else 1  # a batch with no messages yet is not finished
+                    for message in messages:
+                        status = str(message.get("status"))
+                        pending += status not in FINAL_STATUSES
+                        if seen.get(str(message["message_id"])) != status:
+                            seen[str(message["message_id"])] = status
+                            _print_change(message, args.json)
+                if pending == 0:
+                    return 0
+                if deadline is not None and time.monotonic() >= deadline:
+                    print(f"timed out: {pending} messages not in a final state yet", file=sys.stderr)
+                    return REFUSED
+                time.sleep(args.interval)
+    except (ApiError, TargetNotFound) as error:
+        return _fail(error)
+    except KeyboardInterrupt:
+        return INTERRUPTED
+
+
+def _print_change(message: dict[str, Any], as_json: bool) -> None:
+    fields = ["reference_id", "message_id", "to", "status", "error_code", "updated_at"]
+    if as_json:
+        print(json.dumps({name: message.get(name) for name in fields}), flush=True)
+        return
+    failed = message.get("error_code") and message.get("status") != "delivered"
+    error = f"  error {message['error_code']}" if failed else ""
+    line = f"{message.get('updated_at') or '-'}  {message.get('reference_id')}  {message.get('message_id')}"
+    print(f"{line}  {message.get('to')}  {message.get('status')}{error}", flush=True)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def register(subparsers: Any) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    target = common.add_argument_group("gateway")
+    target.add_argument("--api-url", metavar="URL", help=f"the gateway's API URL (default: ${API_URL_VARIABLE})")
+    target.add_argument("--stack-name", help="a deployed CloudFormation stack: its ApiUrl output is used")
+    target.add_argument("--token", help=f"the account's Bearer token (default: ${TOKEN_VARIABLE})")
+    common.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+
+    def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        return subparsers.add_parser(
+            name,
+            help=help_text,
+            description=f"{description}\nWithout --api-url, --stack-name or ${API_URL_VARIABLE} it uses the "
+            "local stack started by `make dev`.",
+            parents=[common],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    send = command(
+        "send",
+        "send one message, or one per row of a CSV file (--csv)",
+        "Send one message (--to, repeatable), or one message per row of a CSV file (--csv): the CSV needs a "
+        "to/msisdn/phone/mobile column, and --message is a template filled from the row's columns ('Hi {name}').\n"
+        "Each row is sent under an Idempotency-Key made from its values, the sender and the template; accepted rows "
+        f"are recorded in FILE{'.sent.jsonl'}, so running the same command again sends only the rows not yet "
+        "accepted.\nExit code: 0 all sent, 1 something was rejected, 2 the command could not run.",
+    )
+    send.add_argument("--from", dest="sender", required=True, help="a sender ID or shortcode of the account")
+    send.add_argument("--to", action="append", metavar="NUMBER", help="a recipient (repeatable; not with --csv)")
+    send.add_argument("--message", metavar="TEXT", help="the text; with --csv, a template such as 'Hi {name}'")
+    send.add_argument("--csv", metavar="FILE", help="send one message per row of this CSV file")
+    send.add_argument("--dlr", action="store_true", help="ask for delivery report callbacks (delivery_report: yes)")
+    send.add_argument("--idempotency-key", metavar="KEY", help="send once under this key (one message only)")
+    send.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only ask the gateway what it would cost and refuse (parts, encoding, invalid numbers); send nothing",
+    )
+    send.add_argument(
+        "--concurrency", type=int, default=4, metavar="N", help="rows in flight at once with --csv (default 4)"
+    )
+    send.set_defaults(func=_cmd_send)
+
+    status = command(
+        "status",
+        "show a batch: status, counts, cost and each message's delivery report",
+        "Show a batch (its status, counts by message status, parts and cost) and every message's delivery report.",
+    )
+    status.add_argument("reference_id", metavar="REFERENCE_ID", help="the reference_id a send answered")
+    status.set_defaults(func=_cmd_status)
+
+    tail = command(
+        "tail",
+        "follow batches' delivery reports until every message is final",
+        "Poll the batches' delivery reports and print each message's status change once, until every message is "
+        "in a final state (delivered, failed, expired, rejected, cancelled), --timeout passes or Ctrl-C.\n"
+        "The API has no listing of batches: name them, or use --csv FILE for the batches a bulk send recorded.\n"
+        "With --json, one JSON object per line. Exit code: 0 all final, 1 timed out or refused, 2 cannot run.",
+    )
+    tail.add_argument("reference_ids", nargs="*", metavar="REFERENCE_ID", help="batches to follow")
+    tail.add_argument(
+        "--csv", metavar="FILE", help="also follow the batches accepted from this CSV (its progress file)"
+    )
+    tail.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="between polls (default 1)")
+    tail.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after this long (default: never)")
+    tail.set_defaults(func=_cmd_tail)
