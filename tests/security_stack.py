@@ -10,7 +10,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -287,14 +287,7 @@ def random_secret() -> str:
 def stored_state(env: dict[str, str], *, ignoring: tuple[str, ...] = ()) -> State:
     """Every table item (but those whose pk starts with one of `ignoring`), every queue's counts and every schedule
     (tests/state_snapshot.py): equal before and after means nothing changed."""
-    state = capture(clients_for_moto())
-    return replace(
-        state,
-        items={
-            table: [item for item in items if not str(item["pk"].get("S", "")).startswith(ignoring)]
-            for table, items in state.items.items()
-        },
-    )
+    return capture(clients_for_moto()).without(ignoring)
 
 
 def scan_items(env: dict[str, str]) -> list[dict[str, Any]]:

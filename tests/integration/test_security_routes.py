@@ -28,6 +28,7 @@ from tests.security_stack import (
     simulator_headers,
     stored_state,
 )
+from tests.state_snapshot import REFUSAL_BOOKKEEPING
 
 # Public by design: the API's own documentation, which carries no account data.
 PUBLIC_ROUTES = {
@@ -40,8 +41,6 @@ ERROR_ONLY_ROUTES = {(method, "/api/services/<action>") for method in ("GET", "P
 # Template routes no resolver route serves yet: reserved paths, answered 404 whatever is sent (checked below).
 RESERVED_TEMPLATE_ROUTES = {("ANY", "/portal/{proxy+}")}
 
-# What a refused request may write: a failed /login is counted against its username (the attempt limit).
-REFUSAL_BOOKKEEPING = ("LOGINS#",)
 
 HTTP_FUNCTION_OF_RESOLVER = {"api": "ApiFunction", "callbacks": "WebhookFunction"}
 AIRTEL = "2348020000000"
