@@ -417,6 +417,9 @@ def test_every_dead_letter_queue_has_an_alarm(template: dict[str, Any]) -> None:
     # When the alarms are listed by the queue they watch
     watched = {}
     for logical_id, props in resources_of_type(template, "AWS::CloudWatch::Alarm"):
+        # The operations alarms (queue age, error and failure rates) are tested in test_operations_template.py
+        if props.get("MetricName") != "ApproximateNumberOfMessagesVisible":
+            continue
         (dimension,) = props["Dimensions"]
         watched[dimension["Value"]["Fn::GetAtt"][0]] = (logical_id, props)
 

@@ -21,6 +21,7 @@ from sms_gateway.logic.dispatch import DispatchDependencies, backoff_seconds, di
 from sms_gateway.logic.notify import WebhookFailed, WebhookResponse, deliver, dlr_notification
 from sms_gateway.logic.ratelimit import RateLimiter, account_scope
 from sms_gateway.observability import logger, metrics
+from sms_gateway.outcome_metrics import count_final_statuses, count_upstream_failures
 from sms_gateway.ports import Provider
 
 
@@ -105,6 +106,8 @@ def _dispatch_record(record: SQSRecord, attempt: int) -> dict[str, Any]:
         wiring.notify_queue.publish(notifications)
     metrics.add_metric(name="MessagesSubmitted", unit="Count", value=outcome.submitted)
     metrics.add_metric(name="MessagesFailed", unit="Count", value=outcome.failed)
+    count_final_statuses(outcome.changes)
+    count_upstream_failures(outcome.upstream_failures)
     logger.info(
         "dispatch record processed",
         extra={

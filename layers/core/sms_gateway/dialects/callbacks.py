@@ -15,6 +15,7 @@ from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_re
 from sms_gateway.logic.inbound import InboundDependencies, receive_inbound
 from sms_gateway.logic.notify import dlr_notification
 from sms_gateway.observability import logger, metrics
+from sms_gateway.outcome_metrics import count_final_statuses
 from sms_gateway.ports import Provider
 
 app = APIGatewayHttpResolver()
@@ -46,6 +47,7 @@ def delivery_report(provider: str) -> Response:
     wiring = gateway()
 
     def queue_client_callback(change: StatusChange) -> None:
+        count_final_statuses([change])
         notification = dlr_notification(change)
         if notification is not None:
             wiring.notify_queue.publish([notification])

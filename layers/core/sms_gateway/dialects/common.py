@@ -9,9 +9,12 @@ from typing import Any, TypeVar
 from aws_lambda_powertools.event_handler import Response, content_types
 from pydantic import BaseModel, ValidationError
 
-from sms_gateway.domain.models import StoredAnswer
+from sms_gateway.bootstrap import send_dependencies
+from sms_gateway.domain.models import Account, SendCommand, StoredAnswer, utc_now
 from sms_gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from sms_gateway.logic.idempotency import fingerprint, run_once
+from sms_gateway.logic.send import Accepted, accept_send
+from sms_gateway.outcome_metrics import count_accepted
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -32,6 +35,13 @@ HTTP_STATUS = {
     # Like Twilio's 21610 (a send to an unsubscribed number): a 400 naming the numbers and their STOP.
     "opted_out": 400,
 }
+
+
+def accept(account: Account, command: SendCommand) -> Accepted:
+    """Every dialect's send: the use case, then the accepted messages counted for the dashboard."""
+    accepted = accept_send(account, command, send_dependencies(), now=utc_now())
+    count_accepted(len(accepted.messages))
+    return accepted
 
 
 def describe_validation_error(error: ValidationError) -> str:

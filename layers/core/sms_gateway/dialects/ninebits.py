@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from sms_gateway.bootstrap import gateway, send_dependencies
 from sms_gateway.dialects.common import (
+    accept,
     idempotent,
     json_request,
     json_response,
@@ -34,7 +35,6 @@ from sms_gateway.logic.auth import account_for_credential, bearer_token
 from sms_gateway.logic.idempotency import request_key
 from sms_gateway.logic.send import (
     Rejection,
-    accept_send,
     normalise_recipients,
     quote,
     refuse_opted_out,
@@ -189,7 +189,7 @@ def _send(account: Account, request: SendRequest) -> Response[Any]:
         route_tier=ROUTE_TIER,
         dialect="9bits",
     )
-    accepted = accept_send(account, command, send_dependencies(), now=utc_now())
+    accepted = accept(account, command)
     batch = accepted.batch
     body: dict[str, Any] = {
         "status_code": 200,

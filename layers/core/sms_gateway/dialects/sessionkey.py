@@ -12,8 +12,8 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sms_gateway.bootstrap import gateway, send_dependencies
-from sms_gateway.dialects.common import idempotent, json_response, parse_json_body, parse_model, request_text
+from sms_gateway.bootstrap import gateway
+from sms_gateway.dialects.common import accept, idempotent, json_response, parse_json_body, parse_model, request_text
 from sms_gateway.domain.dates import InvalidClientDatetime, parse_client_datetime
 from sms_gateway.domain.models import Account, Message, SendCommand, utc_now
 from sms_gateway.domain.pricing import ROUTE_TIERS
@@ -21,7 +21,7 @@ from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import Conflict, GatewayError, InvalidRequest, InvalidSender, NotFound, TooManyAttempts
 from sms_gateway.logic import batches, sessions
 from sms_gateway.logic.idempotency import request_key
-from sms_gateway.logic.send import accept_send, normalise_recipients, require_valid
+from sms_gateway.logic.send import normalise_recipients, require_valid
 
 router = APIGatewayHttpRouter()
 
@@ -252,7 +252,7 @@ def _send(account: Account, request: SendRequest) -> Response[Any]:
         route_tier=request.message_type,
         dialect=DIALECT,
     )
-    accepted = accept_send(account, command, send_dependencies(), now=utc_now())
+    accepted = accept(account, command)
     batch = accepted.batch
     body: dict[str, Any] = {
         "result": "OK",

@@ -14,15 +14,15 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sms_gateway.bootstrap import gateway, send_dependencies
-from sms_gateway.dialects.common import describe_validation_error, idempotent, json_response, request_text
+from sms_gateway.bootstrap import gateway
+from sms_gateway.dialects.common import accept, describe_validation_error, idempotent, json_response, request_text
 from sms_gateway.domain.ids import ascii_digits
-from sms_gateway.domain.models import Account, CredentialKind, Message, Recipient, SendCommand, utc_now
+from sms_gateway.domain.models import Account, CredentialKind, Message, Recipient, SendCommand
 from sms_gateway.domain.status import TERMINAL, MessageStatus
 from sms_gateway.errors import GatewayError, InvalidRequest, NotFound, Unauthorized
 from sms_gateway.logic.auth import account_for_credential
 from sms_gateway.logic.idempotency import request_key
-from sms_gateway.logic.send import Rejection, accept_send, normalise_recipients, require_sender, require_valid
+from sms_gateway.logic.send import Rejection, normalise_recipients, require_sender, require_valid
 
 router = APIGatewayHttpRouter()
 
@@ -346,7 +346,7 @@ def _send(account: Account, request: ShortcodeSend) -> Response[Any]:
         send_at=request.send_at,
         dialect="shortcode",
     )
-    accepted = accept_send(account, command, send_dependencies(), now=utc_now())
+    accepted = accept(account, command)
     return json_response(HTTP_STATUS, {"responses": send_entries(readings, accepted.messages, accepted.refused)})
 
 

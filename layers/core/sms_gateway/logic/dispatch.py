@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -64,6 +65,8 @@ class DispatchOutcome:
     retry_after: float | None = None
     # Every status change this dispatch made, for the client's delivery-report callbacks.
     changes: list[StatusChange] = field(default_factory=list)
+    # Submit attempts an upstream did not take, by (upstream, "transient" | "permanent"), failovers included.
+    upstream_failures: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def record(self, change: StatusChange | None) -> None:
         if change is not None and change.changed:
@@ -135,6 +138,7 @@ async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: D
             result = await provider.submit(_submit_request(message, provider, deps.callback_base_url))
         except UpstreamError as error:
             failure = error
+            outcome.upstream_failures[(provider.name, "permanent" if error.permanent else "transient")] += 1
             logger.warning(
                 "upstream did not take the message",
                 extra={

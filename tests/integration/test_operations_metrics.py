@@ -1,0 +1,123 @@
+"""The metrics the operations dashboard and alarms read, as the real handlers emit them (EMF on stdout)."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.conftest import FakeContext, load_event, load_function
+from tests.integration import test_send_path
+from tests.integration.test_send_path import as_lambda_sqs_event, queued_records, send_event
+
+# The send path's fixtures: an account with credits, the api function, a recording simulator upstream.
+account, api, upstream = test_send_path.account, test_send_path.api, test_send_path.upstream
+
+
+def emitted(out: str) -> list[tuple[str, dict[str, str], list[float]]]:
+    """Every (metric, dimensions, values) in the EMF records among the printed lines."""
+    found = []
+    for line in out.splitlines():
+        if not line.startswith("{"):
+            continue
+        record = json.loads(line)
+        if "_aws" not in record:
+            continue
+        for directive in record["_aws"]["CloudWatchMetrics"]:
+            assert directive["Namespace"] == "SmsGateway"
+            dimensions = {name: record[name] for names in directive["Dimensions"] for name in names}
+            for metric in directive["Metrics"]:
+                value = record[metric["Name"]]
+                found.append((metric["Name"], dimensions, value if isinstance(value, list) else [value]))
+    return found
+
+
+def values(out: str, name: str, **dimensions: str) -> list[float]:
+    wanted = {"service": "sms-gateway", **dimensions}
+    return [v for metric, dims, vals in emitted(out) if metric == name and dims == wanted for v in vals]
+
+
+def dispatch(records: list[dict[str, Any]]) -> dict[str, Any]:
+    return load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
+
+
+def simulator_dlr(aws: dict[str, str], client_ref: str, status: str, done_at: str) -> dict[str, Any]:
+    """The simulator's DLR callback, signed with the secret the stack registered for it."""
+    from sms_gateway.adapters.providers.simulator import signature
+
+    parameter = boto3.client("ssm").get_parameter(
+        Name=f"{aws['UPSTREAM_PARAMETER_PREFIX']}simulator", WithDecryption=True
+    )
+    secret = json.loads(parameter["Parameter"]["Value"])["secret"]
+    event = load_event("webhook-dlr-simulator.json")
+    body = json.dumps({"message_id": "sim-1", "client_ref": client_ref, "status": status, "done_at": done_at})
+    timestamp = str(int(time.time()))
+    event["body"] = body
+    event["headers"]["x-simulator-timestamp"] = timestamp
+    event["headers"]["x-simulator-signature"] = signature(secret, timestamp, body)
+    return event
+
+
+def test_a_send_counts_its_accepted_messages_not_its_requests(aws, account, api, capsys):
+    response = api(send_event(account["token"], {"from": "48974", "to": ["2348020000000", "2348030000000"]}))
+    response = api(
+        send_event(account["token"], {"from": "48974", "to": ["2348020000000", "2348030000000"], "body": "hi"})
+    )
+    assert response["statusCode"] == 200
+    out = capsys.readouterr().out
+    # The refused request (no body) accepted nothing and counted nothing; the good one counts both recipients
+    assert values(out, "MessagesAccepted") == [2.0]
+
+
+def test_a_delivery_report_counts_the_final_status_and_its_latency(aws, account, api, upstream, capsys):
+    from sms_gateway.bootstrap import gateway
+
+    # Given a message submitted to the upstream
+    api(send_event(account["token"]))
+    [record] = queued_records(aws)
+    command = json.loads(record["Body"])
+    assert dispatch([record]) == {"batchItemFailures": []}
+    [message] = gateway().store.get_messages(account["account_id"], command["reference_id"], command["message_ids"])
+    submitted_at = datetime.fromisoformat(message.status_at["submitted"].replace("Z", "+00:00"))
+    capsys.readouterr()
+    # When its DLR says delivered, done 2.5 s after our submit
+    done_at = (submitted_at + timedelta(milliseconds=2500)).isoformat()
+    answer = load_function("webhook").handler(
+        simulator_dlr(aws, upstream.submits[0]["client_ref"], "DELIVRD", done_at), FakeContext()
+    )
+    assert answer["statusCode"] == 200
+    # Then the dashboard's delivered count and latency come from it
+    out = capsys.readouterr().out
+    assert values(out, "MessagesDelivered") == [1.0]
+    assert values(out, "DeliveryReportLatency") == [pytest.approx(2500.0)]
+    assert [metric for metric, _, _ in emitted(out) if metric.startswith("Messages")] == ["MessagesDelivered"]
+
+
+def test_upstream_failures_are_counted_per_upstream_and_kind(aws, account, api, upstream, capsys):
+    # A transient failure (503): the record goes back, and the attempt counts as a transient failure
+    upstream.status = 503
+    api(send_event(account["token"]))
+    capsys.readouterr()
+    dispatch(queued_records(aws))
+    out = capsys.readouterr().out
+    assert values(out, "UpstreamFailures") == [1.0]
+    assert values(out, "UpstreamFailures", upstream="simulator", failure="transient") == [1.0]
+    assert values(out, "MessagesUndelivered") == []
+
+
+def test_a_permanent_refusal_counts_as_permanent_and_as_a_final_failure_without_latency(
+    aws, account, api, upstream, capsys
+):
+    upstream.status = 400
+    api(send_event(account["token"]))
+    capsys.readouterr()
+    dispatch(queued_records(aws))
+    out = capsys.readouterr().out
+    assert values(out, "UpstreamFailures", upstream="simulator", failure="permanent") == [1.0]
+    assert values(out, "MessagesUndelivered") == [1.0]
+    # Never submitted: there is no report latency to give
+    assert values(out, "DeliveryReportLatency") == []

@@ -1,0 +1,139 @@
+"""The operations dashboard and alarms in template.yaml: valid JSON, metrics the code emits, actions on the topic."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sms_gateway.outcome_metrics import FINAL_STATUS_METRICS, UPSTREAM_FAILURES
+from sms_gateway_tools.template import load_template, resources_of_type
+
+CODE = Path(__file__).resolve().parents[2] / "layers" / "core" / "sms_gateway"
+PSEUDO_PARAMETERS = {"AWS::Region": "us-east-1", "AWS::StackName": "sms-gateway-test", "AWS::AccountId": "1"}
+SUBSTITUTION = re.compile(r"\$\{([^}!]+)\}")
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load_template()
+
+
+@pytest.fixture(scope="module")
+def dashboard(template: dict[str, Any]) -> dict[str, Any]:
+    [(_, resource)] = resources_of_type(template, "AWS::CloudWatch::Dashboard")
+    body, variables = resource["DashboardBody"]["Fn::Sub"]
+    resources = template["Resources"]
+
+    def placeholder(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in variables:
+            return "42"  # the thresholds: numbers in the JSON
+        if name in PSEUDO_PARAMETERS:
+            return PSEUDO_PARAMETERS[name]
+        # Anything else must be a resource of this template (a Ref, or a GetAtt with a dot)
+        assert name.split(".")[0] in resources, f"the dashboard names {name!r}, which the template does not define"
+        return f"placeholder-{name}"
+
+    rendered: dict[str, Any] = json.loads(SUBSTITUTION.sub(placeholder, body))
+    return rendered
+
+
+def emitted_metric_names() -> set[str]:
+    """Every metric name the gateway's code emits: literal add_metric names, and the outcome metrics' tables."""
+    source = "\n".join(path.read_text() for path in CODE.rglob("*.py"))
+    literal = set(re.findall(r"add_metric\(\s*name=\"(\w+)\"", source))
+    return literal | set(FINAL_STATUS_METRICS.values()) | {UPSTREAM_FAILURES}
+
+
+def metric_rows(dashboard: dict[str, Any]) -> list[list[Any]]:
+    return [row for widget in dashboard["widgets"] for row in widget["properties"].get("metrics", [])]
+
+
+def test_the_dashboard_body_renders_to_widgets_on_the_grid(dashboard):
+    assert dashboard["widgets"]
+    for widget in dashboard["widgets"]:
+        assert widget["x"] + widget["width"] <= 24
+        if widget["type"] == "metric":
+            assert widget["properties"]["region"] == "us-east-1"
+            assert widget["properties"]["metrics"]
+
+
+def test_every_gateway_metric_the_dashboard_and_alarms_read_is_one_the_code_emits(template, dashboard):
+    emitted = emitted_metric_names()
+    # The code's own names are found (a broken grep would make the check below pass vacuously)
+    assert {"MessagesSubmitted", "MessagesAccepted", "DeliveryReportLatency", "MessagesDelivered"} <= emitted
+    read = {row[1] for row in metric_rows(dashboard) if row[0] == "SmsGateway"}
+    searched = {
+        name
+        for row in metric_rows(dashboard)
+        if isinstance(row[0], dict)
+        for name in re.findall(r"MetricName=\"(\w+)\"", row[0]["expression"])
+    }
+    alarmed = {
+        query["MetricStat"]["Metric"]["MetricName"]
+        for _, alarm in resources_of_type(template, "AWS::CloudWatch::Alarm")
+        for query in alarm.get("Metrics", [])
+        if "MetricStat" in query and query["MetricStat"]["Metric"]["Namespace"] == "SmsGateway"
+    }
+    assert "UpstreamFailures" in searched and "UpstreamFailures" in alarmed
+    assert read | searched | alarmed <= emitted, f"not emitted by the code: {(read | searched | alarmed) - emitted}"
+
+
+def test_the_dashboard_shows_the_issue_s_figures(dashboard):
+    read = {row[1] for row in metric_rows(dashboard) if isinstance(row[0], str)}
+    # accepted, submitted, delivered, failed per minute; DLR latency; queue depth and age; errors and throttles
+    assert {"MessagesAccepted", "MessagesSubmitted", "MessagesDelivered", "MessagesUndelivered"} <= read
+    assert {"DeliveryReportLatency", "ApproximateAgeOfOldestMessage", "ApproximateNumberOfMessagesVisible"} <= read
+    assert {"Errors", "Throttles"} <= read
+    latency = [row[-1]["stat"] for row in metric_rows(dashboard) if row[1:2] == ["DeliveryReportLatency"]]
+    assert {"p50", "p90"} <= set(latency)
+
+
+def test_the_dashboard_covers_every_queue_and_function(template, dashboard):
+    shown = {row[3] for row in metric_rows(dashboard) if isinstance(row[0], str) and row[0].startswith("AWS/")}
+    for logical_id, _ in resources_of_type(template, "AWS::SQS::Queue"):
+        assert f"placeholder-{logical_id}.QueueName" in shown
+    for logical_id, _ in resources_of_type(template, "AWS::Serverless::Function"):
+        for metric in ("Errors", "Throttles"):
+            assert ["AWS/Lambda", metric, "FunctionName", f"placeholder-{logical_id}"] in [
+                row[:4] for row in metric_rows(dashboard)
+            ]
+
+
+def test_every_alarm_notifies_the_alarm_topic_and_shows_on_the_dashboard(template, dashboard):
+    alarms = dict(resources_of_type(template, "AWS::CloudWatch::Alarm"))
+    assert len(alarms) >= 5
+    for logical_id, alarm in alarms.items():
+        assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}], logical_id
+        assert alarm["OKActions"] == [{"Ref": "AlarmTopic"}], logical_id
+    [status] = [w for w in dashboard["widgets"] if w["type"] == "alarm"]
+    assert sorted(status["properties"]["alarms"]) == sorted(f"placeholder-{name}.Arn" for name in alarms)
+
+
+def test_each_function_has_an_error_rate_alarm_and_the_dispatch_queue_an_age_alarm(template):
+    alarms = [alarm for _, alarm in resources_of_type(template, "AWS::CloudWatch::Alarm")]
+    error_rate_functions = {
+        query["MetricStat"]["Metric"]["Dimensions"][0]["Value"]["Ref"]
+        for alarm in alarms
+        for query in alarm.get("Metrics", [])
+        if query.get("MetricStat", {}).get("Metric", {}).get("MetricName") == "Errors"
+    }
+    functions = {logical_id for logical_id, _ in resources_of_type(template, "AWS::Serverless::Function")}
+    assert error_rate_functions == functions
+    ages = [a for a in alarms if a.get("MetricName") == "ApproximateAgeOfOldestMessage"]
+    assert [a["Dimensions"][0]["Value"] for a in ages] == [{"Fn::GetAtt": ["DispatchQueue", "QueueName"]}]
+
+
+def test_every_stage_has_every_alarm_threshold(template):
+    stages = template["Parameters"]["Stage"]["AllowedValues"]
+    thresholds = template["Mappings"]["AlarmThresholds"]
+    assert sorted(thresholds) == sorted(stages)
+    used = set(re.findall(r"AlarmThresholds', \{'Ref': 'Stage'\}, '(\w+)'", str(template["Resources"])))
+    assert used
+    for stage in stages:
+        assert used <= set(thresholds[stage]), stage
+        assert all(isinstance(value, int) and value > 0 for value in thresholds[stage].values())
