@@ -22,6 +22,7 @@ MODULES = [
     "send_path",
     "layer_size",
     "memory",
+    "dispatcher_throughput",
 ]
 
 RESULTS = REPO / "bench" / "results.json"
