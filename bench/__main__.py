@@ -23,6 +23,7 @@ MODULES = [
     "layer_size",
     "memory",
     "dispatcher_throughput",
+    "load",
 ]
 
 RESULTS = REPO / "bench" / "results.json"
