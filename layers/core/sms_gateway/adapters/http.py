@@ -62,12 +62,24 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     """`connections` connections in pools of at most CONNECTIONS_PER_POOL; each request goes to the pool with the
     fewest requests in flight, so while fewer than `connections` are in flight none waits for a connection."""
 
-    def __init__(self, connections: int, per_pool: int = CONNECTIONS_PER_POOL) -> None:
+    def __init__(
+        self,
+        connections: int,
+        per_pool: int = CONNECTIONS_PER_POOL,
+        pool: Callable[[httpx.Limits], httpx.AsyncBaseTransport] = lambda limits: httpx.AsyncHTTPTransport(
+            limits=limits
+        ),
+    ) -> None:
         pools = max(1, -(-connections // per_pool))
         size = -(-connections // pools)
         limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
-        self._pools = [httpx.AsyncHTTPTransport(limits=limits) for _ in range(pools)]
+        self._pools = [pool(limits) for _ in range(pools)]
         self._in_flight = [0] * pools
+
+    @property
+    def in_flight(self) -> list[int]:
+        """Requests in flight per pool (a response counts until its body is closed)."""
+        return list(self._in_flight)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         index = min(range(len(self._pools)), key=self._in_flight.__getitem__)
