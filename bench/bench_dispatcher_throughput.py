@@ -246,11 +246,16 @@ def measure(concurrencies: list[int], runs: int, messages: int, *, in_process: b
                     endpoint=aws.endpoint,
                 )
                 with patched_environ(functions_env):
+                    account_id = _account()
                     for concurrency in concurrencies:
                         with patched_environ({"DISPATCH_CONCURRENCY": str(concurrency)}):
                             bootstrap.reset()
                             http.close()
-                            rows.append(_measure_one(concurrency, runs, messages, aws, simulator))
+                            rows.append(
+                                _measure_one(
+                                    account_id, concurrency, runs=runs, messages=messages, aws=aws, simulator=simulator
+                                )
+                            )
                     bootstrap.reset()
                     http.close()
     finally:
@@ -258,14 +263,23 @@ def measure(concurrencies: list[int], runs: int, messages: int, *, in_process: b
     return rows
 
 
-def _measure_one(concurrency: int, runs: int, messages: int, aws: _Aws, simulator: Helper) -> dict[str, Any]:
+def _account() -> str:
     from sms_gateway import bootstrap
     from sms_gateway.logic import accounts
     from sms_gateway_tools.admin import create_account
 
-    account_id = create_account(name="Bench", senders=["BENCH"], credits=10_000_000)["account_id"]
+    bootstrap.reset()
+    account_id = str(create_account(name="Bench", senders=["BENCH"], credits=100_000_000)["account_id"])
     # High enough never to throttle, so the limiter's write still happens once per record as in production.
     accounts.set_account(bootstrap.gateway().store, account_id, rate_limit=100_000)
+    return account_id
+
+
+def _measure_one(
+    account_id: str, concurrency: int, *, runs: int, messages: int, aws: _Aws, simulator: Helper
+) -> dict[str, Any]:
+    from sms_gateway import bootstrap
+
     with metering_boto3_clients() as meter:
         bootstrap.reset()
         handler = _load_dispatcher().handler
