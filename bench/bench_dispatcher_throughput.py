@@ -333,10 +333,11 @@ def run(quick: bool) -> dict[str, Any]:
             "intercepts; on Lambda that adds an HTTPS round trip's CPU). moto in its own process "
             "(BENCH_MOTO=server) was tried: its threaded HTTP server spent about 11 ms CPU per request here and the "
             "dispatcher's CPU then includes botocore's HTTP send; the rate was moto-bound the same way.",
-            "The rates are moto's, not the dispatcher's: moto spends about 8 ms CPU per DynamoDB request "
+            "The rates are moto's, not the dispatcher's: moto spends about 9 ms CPU per DynamoDB request "
             "(2 per message: the claim and the status write), holding the GIL, so moto_cap_msg_per_s bounds the "
             "rate far below in-flight/latency. On AWS DynamoDB is a remote service; these figures are this "
-            "machine's (2 cores shared with other jobs) and moto's, not AWS's.",
+            "machine's (2 cores shared with other jobs) and moto's, not AWS's. Below moto_cap the rest of the "
+            "gap is CPU the machine's other jobs took (load average 6 to 14 on 2 cores while this was measured).",
             "Even with a free backend the handler cannot reach 80% at 64 in flight: the FIFO processor hands it "
             "one record at a time and a record's 100 messages go in ceil(100 / in_flight) waves of 50 ms, so an "
             "invocation peaks at 100 / (waves x 50 ms): 96% of the bound at 8 in flight, 89% at 16, 78% at 32, 64 "
