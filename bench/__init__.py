@@ -131,12 +131,13 @@ def metering_boto3_clients(meter: AwsCallMeter | None = None) -> Iterator[AwsCal
         return made
 
     def stub(self: Any, *args: Any, **kwargs: Any) -> Any:
-        # process_time is per process: right while requests are made one at a time, an overestimate otherwise.
-        started = time.process_time()
+        # moto runs in the calling thread: that thread's CPU is moto's, even while other threads make requests too
+        # (process_time would also count theirs).
+        started = time.thread_time()
         try:
             return original_stub(self, *args, **kwargs)
         finally:
-            meter.moto_cpu_seconds += time.process_time() - started
+            meter.moto_cpu_seconds += time.thread_time() - started
 
     boto3.session.Session.client = client  # type: ignore[method-assign]
     BotocoreStubber.__call__ = stub  # type: ignore[method-assign]

@@ -24,6 +24,8 @@ MODULES = [
     "memory",
     "requests_per_message",
     "cost",
+    "dispatcher_throughput",
+    "load",
 ]
 
 RESULTS = REPO / "bench" / "results.json"

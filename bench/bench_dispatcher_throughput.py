@@ -1,0 +1,353 @@
+"""Dispatcher throughput: one invocation of the real handler, 10 records of 100 messages, an upstream that
+answers after 50 ms, against the bound the in-flight limit sets (in flight / latency)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import secrets
+import time
+from contextlib import suppress
+from multiprocessing.connection import Connection
+from typing import Any
+
+from bench import AwsCallMeter, median, metering_boto3_clients, offline_aws_environment, patched_environ
+
+NAME = "dispatcher_throughput"
+LATENCY = 0.050
+RECORDS = 10
+PER_RECORD = 100
+TARGET_IN_FLIGHT = 64
+TARGET_SHARE = 0.80
+TARGET_CPU_MS = 0.3
+STACK = "sms-gateway-bench"
+
+
+# -- helper processes: the upstream simulator and moto, so their CPU is not counted as the dispatcher's ------------
+
+
+def _serve(kind: str, secret: str, conn: Connection) -> None:
+    """Runs in a child process: serves until the parent says stop; answers "cpu" with this process's CPU."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    server: Any
+    if kind == "simulator":
+        from sms_gateway_tools.simulator import UpstreamSimulator
+
+        # DLRs an hour away: none is posted while we measure (the gateway's callback URL is not running).
+        server = UpstreamSimulator(secret, submit_latency=LATENCY, dlr_delay=3600).start()
+        conn.send(server.url)
+    else:
+        from sms_gateway_tools.localstack.moto_server import EmbeddedMoto
+
+        server = EmbeddedMoto()
+        conn.send(server.start())
+    try:
+        while True:
+            command = conn.recv()
+            if command == "cpu":
+                conn.send(time.process_time())
+            elif command == "stats":
+                conn.send(server.stats() if kind == "simulator" else {})
+            else:
+                break
+    finally:
+        server.stop()
+
+
+class Helper:
+    """A child process serving the simulator or moto on 127.0.0.1."""
+
+    def __init__(self, kind: str, secret: str = "") -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(kind, secret, child), name=f"bench-{kind}", daemon=True)
+        self._process.start()
+        if not self._conn.poll(60):
+            self.stop()
+            raise RuntimeError(f"the {kind} process did not start")
+        self.url: str = self._conn.recv()
+
+    def ask(self, command: str) -> Any:
+        self._conn.send(command)
+        return self._conn.recv()
+
+    def stop(self) -> None:
+        with suppress(OSError):
+            self._conn.send("stop")
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(5)
+
+
+# -- the gateway side --------------------------------------------------------------------------------------------
+
+
+class _Recorded:
+    """Keeps the dispatch commands the send path enqueues, so the benchmark builds the event from them."""
+
+    def __init__(self) -> None:
+        self.commands: list[Any] = []
+
+    def enqueue(self, commands: Any) -> None:
+        self.commands.extend(commands)
+
+
+def _seed(account_id: str, recipients: int) -> list[Any]:
+    """A queued batch of `recipients` messages, stored as the API stores it; its dispatch commands."""
+    from dataclasses import replace
+
+    from sms_gateway import bootstrap
+    from sms_gateway.domain.models import Recipient, SendCommand, utc_now
+    from sms_gateway.logic.send import accept_send
+
+    store = bootstrap.gateway().store
+    account = store.get_account(account_id)
+    assert account is not None
+    queue = _Recorded()
+    deps = replace(bootstrap.send_dependencies(), dispatch_queue=queue)
+    numbers = [Recipient(msisdn=f"+234802{index:07d}", telco="mtn") for index in range(recipients)]
+    command = SendCommand(account_id=account_id, sender="BENCH", text="Your code is 123456", recipients=numbers)
+    accept_send(account, command, deps, now=utc_now())
+    return queue.commands
+
+
+def _event(commands: list[Any]) -> dict[str, Any]:
+    """The SQS event Lambda gives the dispatcher: FIFO records in the account's message group."""
+    from sms_gateway.adapters.sqs import dispatch_group_id
+
+    records = []
+    for index, command in enumerate(commands):
+        records.append(
+            {
+                "messageId": f"bench-{command.reference_id}-{index}",
+                "receiptHandle": f"bench-receipt-{index}",
+                "body": command.model_dump_json(),
+                "attributes": {
+                    "ApproximateReceiveCount": "1",
+                    "SentTimestamp": str(int(time.time() * 1000)),
+                    "MessageGroupId": dispatch_group_id(command),
+                    "MessageDeduplicationId": f"{command.reference_id}-{command.message_ids[0]}",
+                    "SequenceNumber": str(index + 1),
+                },
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:dispatch.fifo",
+                "awsRegion": "us-east-1",
+            }
+        )
+    return {"Records": records}
+
+
+class _Context:
+    function_name = "bench-dispatcher"
+    function_version = "$LATEST"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:bench-dispatcher"
+    memory_limit_in_mb = 1024
+    aws_request_id = "bench"
+    log_group_name = "/aws/lambda/bench-dispatcher"
+    log_stream_name = "bench"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 900_000
+
+
+def _load_dispatcher() -> Any:
+    import importlib.util
+
+    from bench import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_fn_dispatcher", REPO / "functions" / "dispatcher" / "app.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _one_run(
+    handler: Any, account_id: str, aws: _Aws, simulator: Helper, meter: AwsCallMeter, *, messages: int
+) -> dict[str, float]:
+    """One invocation with `messages` freshly queued messages: wall time, our CPU, moto's and the simulator's CPU."""
+    commands = _seed(account_id, messages)
+    event = _event(commands)
+    submits_before = simulator.ask("stats")["unique"]
+    meter.reset()
+    moto_cpu, simulator_cpu = aws.moto_cpu(meter), simulator.ask("cpu")
+    cpu, started = time.process_time(), time.perf_counter()
+    answer = handler(event, _Context())
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    moto_cpu, simulator_cpu = aws.moto_cpu(meter) - moto_cpu, simulator.ask("cpu") - simulator_cpu
+    if aws.in_process:
+        cpu -= moto_cpu
+    submitted = simulator.ask("stats")["unique"] - submits_before
+    failures = answer.get("batchItemFailures") or []
+    if failures or submitted != messages:
+        raise RuntimeError(f"the dispatcher submitted {submitted} of {messages}; failed: {failures}")
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "moto_cpu": moto_cpu,
+        "simulator_cpu": simulator_cpu,
+        "submitted": submitted,
+        "aws_requests": meter.total,
+    }
+
+
+class _Aws:
+    """moto in this process (mock_aws; its CPU is timed per request and taken off ours) or in a child process."""
+
+    def __init__(self, in_process: bool) -> None:
+        self.in_process = in_process
+        self._server: Helper | None = None
+        self._mock: Any = None
+        self.endpoint: str | None = None
+
+    def __enter__(self) -> _Aws:
+        if self.in_process:
+            from moto import mock_aws
+
+            self._mock = mock_aws()
+            self._mock.start()
+        else:
+            self._server = Helper("moto")
+            self.endpoint = self._server.url
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._mock is not None:
+            self._mock.stop()
+        if self._server is not None:
+            self._server.stop()
+
+    def moto_cpu(self, meter: AwsCallMeter) -> float:
+        return meter.moto_cpu_seconds if self._server is None else float(self._server.ask("cpu"))
+
+
+def measure(concurrencies: list[int], runs: int, messages: int, *, in_process: bool) -> list[dict[str, Any]]:
+    secret = secrets.token_hex(16)
+    rows: list[dict[str, Any]] = []
+    simulator = Helper("simulator", secret)
+    try:
+        with patched_environ(offline_aws_environment()), _Aws(in_process) as aws:
+            from sms_gateway import bootstrap
+            from sms_gateway.adapters import http
+            from sms_gateway_tools.localstack.resources import create_resources
+
+            endpoint = {"AWS_ENDPOINT_URL": aws.endpoint} if aws.endpoint else {}
+            with patched_environ(endpoint):
+                functions_env = create_resources(
+                    stack_name=STACK,
+                    simulator_url=simulator.url,
+                    api_url="http://127.0.0.1:9",
+                    simulator_secret=secret,
+                    endpoint=aws.endpoint,
+                )
+                with patched_environ(functions_env):
+                    account_id = _account()
+                    for concurrency in concurrencies:
+                        with patched_environ({"DISPATCH_CONCURRENCY": str(concurrency)}):
+                            bootstrap.reset()
+                            http.close()
+                            rows.append(
+                                _measure_one(
+                                    account_id, concurrency, runs=runs, messages=messages, aws=aws, simulator=simulator
+                                )
+                            )
+                    bootstrap.reset()
+                    http.close()
+    finally:
+        simulator.stop()
+    return rows
+
+
+def _account() -> str:
+    from sms_gateway import bootstrap
+    from sms_gateway.logic import accounts
+    from sms_gateway_tools.admin import create_account
+
+    bootstrap.reset()
+    account_id = str(create_account(name="Bench", senders=["BENCH"], credits=100_000_000)["account_id"])
+    # High enough never to throttle, so the limiter's write still happens once per record as in production.
+    accounts.set_account(bootstrap.gateway().store, account_id, rate_limit=100_000)
+    return account_id
+
+
+def _measure_one(
+    account_id: str, concurrency: int, *, runs: int, messages: int, aws: _Aws, simulator: Helper
+) -> dict[str, Any]:
+    from sms_gateway import bootstrap
+
+    with metering_boto3_clients() as meter:
+        bootstrap.reset()
+        handler = _load_dispatcher().handler
+        # A warm container: the first invocation pays for imports, clients and the upstream's configuration.
+        _one_run(handler, account_id, aws, simulator, meter, messages=PER_RECORD)
+        measured = [_one_run(handler, account_id, aws, simulator, meter, messages=messages) for _ in range(runs)]
+    bound = concurrency / LATENCY
+    rate = median([messages / run["wall"] for run in measured])
+    return {
+        "in_flight": concurrency,
+        "moto": "in process" if aws.in_process else "own process",
+        "messages": messages,
+        "runs": runs,
+        "msg_per_s": rate,
+        "bound_msg_per_s": bound,
+        "pct_of_bound": 100 * rate / bound,
+        "cpu_ms_per_msg": 1000 * median([run["cpu"] for run in measured]) / messages,
+        "moto_cpu_ms_per_msg": 1000 * median([run["moto_cpu"] for run in measured]) / messages,
+        # moto holds the GIL while it works: its CPU alone caps the rate at this, whatever the dispatcher does.
+        "moto_cap_msg_per_s": messages / median([run["moto_cpu"] for run in measured]),
+        "sim_cpu_ms_per_msg": 1000 * median([run["simulator_cpu"] for run in measured]) / messages,
+        "aws_req_per_msg": median([run["aws_requests"] for run in measured]) / messages,
+    }
+
+
+def run(quick: bool) -> dict[str, Any]:
+    concurrencies = [TARGET_IN_FLIGHT] if quick else [8, 16, 32, 64, 128]
+    runs = 1 if quick else 3
+    messages = 2 * PER_RECORD if quick else RECORDS * PER_RECORD
+    in_process = os.environ.get("BENCH_MOTO", "in-process") != "server"
+    rows = measure(concurrencies, runs, messages, in_process=in_process)
+    at_target = next(row for row in rows if row["in_flight"] == TARGET_IN_FLIGHT)
+    met = at_target["pct_of_bound"] >= 100 * TARGET_SHARE and at_target["cpu_ms_per_msg"] < TARGET_CPU_MS
+    return {
+        "name": NAME,
+        "title": "Dispatcher throughput (10 records of 100 messages, upstream answering in 50 ms)",
+        "command": f".venv/bin/python -m bench --only {NAME}  (BENCH_MOTO=server: moto in its own process)",
+        "target": f">= {TARGET_SHARE:.0%} of in-flight/latency at {TARGET_IN_FLIGHT} in flight; "
+        f"< {TARGET_CPU_MS} ms CPU per submitted message",
+        "met": met,
+        "rows": rows,
+        "notes": [
+            "One invocation of functions/dispatcher/app.py (Powertools SqsFifoPartialProcessor) per run, with an "
+            "SQS event of the records the send path enqueues (logic/send.dispatch_commands), the messages stored "
+            "beforehand by accept_send; the warm-up invocation (one record) is not counted. Medians of the runs.",
+            "The upstream simulator runs in its own process with submit_latency 50 ms (its CPU: sim_cpu_ms_per_msg), "
+            "DLRs an hour away so none arrives while measuring. bound = in_flight / 0.050 s.",
+            "moto runs in this process (mock_aws): the CPU of every request inside moto is timed on the thread that "
+            "made it (bench.AwsCallMeter, time.thread_time) and taken off ours, so cpu_ms_per_msg is the "
+            "dispatcher's code plus botocore's request building and parsing (not its HTTP send, which moto "
+            "intercepts; on Lambda that adds an HTTPS round trip's CPU). moto in its own process "
+            "(BENCH_MOTO=server) was tried: its threaded HTTP server spent about 11 ms CPU per request here and the "
+            "dispatcher's CPU then includes botocore's HTTP send; the rate was moto-bound the same way.",
+            "The rates are moto's, not the dispatcher's: moto spends about 9 ms CPU per DynamoDB request "
+            "(2 per message: the claim and the status write), holding the GIL, so moto_cap_msg_per_s bounds the "
+            "rate far below in-flight/latency. On AWS DynamoDB is a remote service; these figures are this "
+            "machine's (2 cores shared with other jobs) and moto's, not AWS's. Below moto_cap the rest of the "
+            "gap is CPU the machine's other jobs took (load average 6 to 14 on 2 cores while this was measured).",
+            "Even with a free backend the handler cannot reach 80% at 64 in flight: the FIFO processor hands it "
+            "one record at a time and a record's 100 messages go in ceil(100 / in_flight) waves of 50 ms, so an "
+            "invocation peaks at 100 / (waves x 50 ms): 96% of the bound at 8 in flight, 89% at 16, 78% at 32, 64 "
+            "and 128 (arithmetic, not measured). Overlapping the records of one invocation would lift that; not "
+            "done here, since it changes when a later record's messages go relative to an earlier one's retries.",
+        ],
+    }
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(run(quick=os.environ.get("QUICK") == "1"), indent=2))
