@@ -8,6 +8,11 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 
+def is_emf_document(line: str) -> bool:
+    """A CloudWatch embedded-metric-format document (what Powertools Metrics prints)."""
+    return '"_aws"' in line and '"CloudWatchMetrics"' in line
+
+
 class MetricsDiverter:
     """A stdout wrapper: whole lines that are EMF documents go to a file, everything else passes through."""
 
@@ -32,7 +37,7 @@ class MetricsDiverter:
         return len(text)
 
     def _route(self, line: str) -> None:
-        if '"_aws"' in line and '"CloudWatchMetrics"' in line:
+        if is_emf_document(line):
             with self._sink_lock:
                 if not self._sink.closed:
                     self._sink.write(line)
