@@ -466,7 +466,7 @@ def _notes(in_memory: bool) -> list[str]:
         "record reads its messages and takes a rate-limit grant (one store request each), then sends its 100 "
         "messages in ceil(100 / in_flight) waves, each message holding its slot for the claim, the 50 ms submit "
         "and the status write (2 store requests). With 5 ms store requests that is 79% of the bound at 8 in "
-        "flight, 73% at 16, 63% at 32, 60% at 64, 56% at 128 (128 never fills: a record has 100 messages). "
+        "flight, 73% at 16, 62.5% at 32, 60% at 64, 56% at 128 (128 never fills: a record has 100 messages). "
         "Overlapping records could lift it only across message groups (another account's records); this "
         "benchmark's records share one group, whose order FIFO keeps, so it is not done.",
     ]
