@@ -535,8 +535,13 @@ def _notes(in_memory: bool) -> list[str]:
         "process, moto's CPU taken off (request building, signing, parsing; no TLS, which moto skips); "
         "cpu_ms_per_msg_with_botocore adds aws_req_per_msg of them, the estimate the CPU target is judged on.",
         "This machine has 2 cores shared with other jobs; its CPU per request is not Lambda's (arm64, 1024 MB: "
-        "about 0.6 of a vCPU). With ~2 ms of CPU per message one process cannot pass ~500 msg/s, so past 16 in "
-        "flight the measured rate is CPU-bound (cpu_cap), below record_cap.",
+        "about 0.6 of a vCPU). The GIL serialises the CPU of a record's messages, and it only partly overlaps the "
+        "waits: a record takes about its waits (record_cap's arithmetic) plus 100 x cpu_ms_per_msg, e.g. at 64 in "
+        "flight 130 ms + 100 x ~1.9 ms, about 320 msg/s, which is what is measured. So at every limit the rate sits "
+        "below record_cap by the CPU, and the CPU per message (httpx_cpu_ms_per_submit of it the HTTP client's, "
+        "most of the rest the thread hand-offs of the two store calls) is what to cut first.",
+        "httpx_cpu_ms_per_submit: our CPU per submit through the dispatcher's HTTP client alone (SimulatorProvider, "
+        "64 in flight, warm connections), measured in the same run.",
     ]
 
 
