@@ -486,8 +486,18 @@ def run(quick: bool) -> dict[str, Any]:
         "met": met,
         "rows": rows,
         **extra,
-        "notes": _notes(in_memory),
+        "notes": [*_measured_apart(extra), *_notes(in_memory)],
     }
+
+
+def _measured_apart(extra: dict[str, float]) -> list[str]:
+    if not extra:
+        return []
+    return [
+        f"Measured apart in this run: botocore {extra['botocore_cpu_ms_per_request']:.2f} ms CPU per DynamoDB "
+        f"request (botocore_cpu_ms_per_request); httpx {extra['httpx_cpu_ms_per_submit']:.2f} ms CPU per submit "
+        "(httpx_cpu_ms_per_submit)."
+    ]
 
 
 def _notes(in_memory: bool) -> list[str]:
@@ -529,8 +539,8 @@ def _notes(in_memory: bool) -> list[str]:
         "does), from the worker threads the dispatcher uses for its store calls, as botocore's would be. Its "
         "in-memory work is timed per thread and taken off ours (store_cpu_ms_per_msg).",
         "cpu_ms_per_msg is therefore the dispatcher's own CPU without botocore: Powertools, the dispatch logic, "
-        "the thread hand-offs of the store calls and httpx's submit to the simulator (about 1 ms CPU per request "
-        "here on its own, at 64 in flight: most of the figure). botocore's share is measured apart: "
+        "the thread hand-offs of the store calls and httpx's submit to the simulator (httpx_cpu_ms_per_submit: most of "
+        "the figure). botocore's share is measured apart: "
         "botocore_cpu_ms_per_request is our CPU per DynamoStore claim or status write against moto in this "
         "process, moto's CPU taken off (request building, signing, parsing; no TLS, which moto skips); "
         "cpu_ms_per_msg_with_botocore adds aws_req_per_msg of them, the estimate the CPU target is judged on.",
