@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from datetime import timedelta
@@ -50,11 +51,13 @@ def _route_table() -> RouteTable:
 
 
 def _routed(table: RouteTable) -> Callable[[Message], list[Provider]]:
-    """A message's upstreams in the order to try them: its route's primary, then the route's fallback."""
+    """A message's upstreams in the order to try them: its route's primary, then the route's fallback. Each
+    upstream is built once per record (its configuration is one for all the record's messages), not per message."""
+    provider = functools.cache(get_provider)
 
     def upstreams_for(message: Message) -> list[Provider]:
         choice = table.choose(message.account_id, message.telco, message.msisdn)
-        return [get_provider(name) for name in choice.upstreams]
+        return [provider(name) for name in choice.upstreams]
 
     return upstreams_for
 
@@ -96,7 +99,8 @@ def _dispatch_record(record: SQSRecord, attempt: int) -> dict[str, Any]:
         validity=timedelta(hours=wiring.settings.message_validity_hours),
         limiter=RateLimiter(wiring.store),
         rate_scopes=[account_scope(command.account_id, _rate_limit(command.account_id))],
-        route_limit=upstream_rate_limit,
+        # Read once per upstream and record rather than per message, as the upstreams themselves are.
+        route_limit=functools.cache(upstream_rate_limit),
         final_attempt=attempt >= wiring.settings.dispatch_max_attempts,
     )
     outcome = http.run(dispatch(command, deps))

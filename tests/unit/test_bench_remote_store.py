@@ -1,0 +1,66 @@
+"""The dispatcher benchmark's stand-in for DynamoDB: the conditional semantics it must keep, and its cap arithmetic."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from bench.bench_dispatcher_throughput import LATENCY, _record_cap
+from bench.remote_store import RemoteStore
+from sms_gateway.domain.models import ClaimOutcome, Message
+from sms_gateway.domain.status import MessageStatus
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _queued(store: RemoteStore) -> Message:
+    message = Message(
+        message_id=1,
+        reference_id=2,
+        account_id="7",
+        msisdn="+2348020000001",
+        sender="BENCH",
+        text="hi",
+        encoding="GSM-7",
+        parts=1,
+        status=MessageStatus.QUEUED,
+        created_at="2026-01-01T00:00:00Z",
+    )
+    store.messages[message.key] = message
+    return message
+
+
+def test_rate_limit_counters_never_grant_past_the_limit_and_take_back_what_is_given_back() -> None:
+    store = RemoteStore("simulator", latency=0)
+    assert store.take_tokens("account:7", 100, 30, 50) == 30
+    assert store.take_tokens("account:7", 100, 30, 50) == 20
+    assert store.take_tokens("account:7", 100, 1, 50) == 0
+    assert store.take_tokens("account:7", 101, 5, 50) == 5
+    store.give_back_tokens("account:7", 100, 10)
+    assert store.take_tokens("account:7", 100, 30, 50) == 10
+
+
+def test_a_message_is_claimed_once_and_each_request_is_counted_after_its_latency() -> None:
+    store = RemoteStore("simulator", latency=0.01)
+    message = _queued(store)
+    started = time.perf_counter()
+    first = store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120)
+    second = store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120)
+    assert time.perf_counter() - started >= 0.02
+    assert (first, second) == (ClaimOutcome.CLAIMED, ClaimOutcome.BUSY)
+    change = store.transition(message.key, MessageStatus.SUBMITTED, now=NOW, upstream="simulator")
+    assert change is not None and change.changed
+    assert store.requests == {"UpdateItem": 3}
+
+
+def test_the_route_table_sends_everything_to_the_default_upstream() -> None:
+    table = RemoteStore("simulator", latency=0).route_table("simulator")
+    assert table.choose("7", "mtn", "+2348020000001").upstreams == ("simulator",)
+
+
+@pytest.mark.parametrize(("in_flight", "share"), [(8, 0.79), (16, 0.73), (32, 0.625), (64, 0.60), (128, 0.56)])
+def test_one_record_at_a_time_caps_the_rate_as_the_notes_say(in_flight: int, share: float) -> None:
+    bound = in_flight / LATENCY
+    assert _record_cap(in_flight, 0.005) / bound == pytest.approx(share, abs=0.005)
