@@ -24,7 +24,9 @@ def _chaos(args: argparse.Namespace) -> int:
 
     from sms_gateway_tools.chaos.runner import ChaosOptions, run_chaos
 
-    options = ChaosOptions(messages=args.messages, seed=args.seed, time_limit=args.time_limit, wave=args.wave)
+    options = ChaosOptions(
+        messages=args.messages, seed=args.seed, time_limit=args.time_limit, wave=args.wave, accounts=args.accounts
+    )
     return run_chaos(options, json_path=Path(args.json) if args.json else None)
 
 
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--time-limit", type=float, default=900.0, help="seconds after which the run stops and reports (default 900)"
     )
     chaos.add_argument("--wave", type=int, default=500, help="messages sent before waiting for the queues to drain")
+    chaos.add_argument("--accounts", type=int, default=8, help="accounts sending (each its own FIFO lanes)")
     chaos.add_argument("--json", help="also write the summary as JSON to this file")
     chaos.set_defaults(func=_chaos)
 

@@ -41,11 +41,13 @@ class ChaosOptions:
     messages: int = 5000
     seed: int = 1
     time_limit: float = 900.0
-    accounts: int = 4
+    # Each account is a FIFO lane (two: bulk and priority) whose head record, backing off after an upstream
+    # failure, holds up the records behind it: more accounts, more lanes moving at once.
+    accounts: int = 8
     # Messages sent before waiting for the queues to drain (moto's SQS slows badly as a queue gets deep).
     wave: int = 500
-    single_share: float = 0.25
-    delivery_report_share: float = 0.5
+    single_share: float = 0.1
+    delivery_report_share: float = 0.4
     long_text_share: float = 0.1
     upstream_error_rate: float = 0.20
     upstream_timeout_rate: float = 0.05
@@ -387,8 +389,12 @@ class ChaosRun:
     ) -> dict[str, Any]:
         stats = dict(observed.upstream_stats)
         statuses: dict[str, int] = {}
+        error_codes: dict[str, int] = {}
         for message in observed.messages:
             statuses[message.status] = statuses.get(message.status, 0) + 1
+            if message.error_code and message.error_code != "000":
+                code = f"{message.status}/{message.error_code}"
+                error_codes[code] = error_codes.get(code, 0) + 1
         duplicates = {p.source.queue_logical_id: p.duplicates_delivered for p in stack.pollers}
         return {
             "options": asdict(self.options),
@@ -399,6 +405,7 @@ class ChaosRun:
             "messages": len(observed.messages),
             "refused_sends": self.progress.refused_sends[:5],
             "statuses": dict(sorted(statuses.items())),
+            "error_codes": dict(sorted(error_codes.items())),
             "injected": {
                 "upstream_5xx": stats.get("errors_injected", 0),
                 "upstream_timeouts": stats.get("timeouts_injected", 0),
@@ -441,6 +448,7 @@ def render(summary: dict[str, Any]) -> str:
         f"{summary['elapsed_seconds']} s (settled: "
         f"{'after ' + str(summary['settled_after_seconds']) + ' s' if summary['settled_after_seconds'] else 'no'})",
         "final statuses: " + ", ".join(f"{k} {v}" for k, v in summary["statuses"].items()),
+        "error codes: " + (", ".join(f"{k} {v}" for k, v in summary["error_codes"].items()) or "none"),
         "injected: " + ", ".join(f"{k} {v}" for k, v in summary["injected"].items()),
         "upstream: " + ", ".join(f"{k} {v}" for k, v in summary["upstream"].items()),
         "client webhook: " + ", ".join(f"{k} {v}" for k, v in summary["webhook"].items()),
