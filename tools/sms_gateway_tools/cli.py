@@ -25,7 +25,12 @@ def _chaos(args: argparse.Namespace) -> int:
     from sms_gateway_tools.chaos.runner import ChaosOptions, run_chaos
 
     options = ChaosOptions(
-        messages=args.messages, seed=args.seed, time_limit=args.time_limit, wave=args.wave, accounts=args.accounts
+        messages=args.messages,
+        seed=args.seed,
+        time_limit=args.time_limit,
+        wave=args.wave,
+        accounts=args.accounts,
+        kill_rate=args.kill_rate,
     )
     return run_chaos(options, json_path=Path(args.json) if args.json else None)
 
@@ -65,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chaos.add_argument("--wave", type=int, default=500, help="messages sent before waiting for the queues to drain")
     chaos.add_argument("--accounts", type=int, default=8, help="accounts sending (each its own FIFO lanes)")
+    chaos.add_argument(
+        "--kill-rate", type=float, default=0.02, help="share of messages whose dispatcher is killed mid-submit"
+    )
     chaos.add_argument("--json", help="also write the summary as JSON to this file")
     chaos.set_defaults(func=_chaos)
 

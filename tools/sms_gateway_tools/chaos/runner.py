@@ -59,8 +59,8 @@ class ChaosOptions:
     # Short local timings so every retry path completes within the run (the deployed values are far longer).
     read_timeout: float = 0.5
     timeout_delay: float = 1.0
-    claim_lease_seconds: int = 6
-    dispatch_visibility_timeout: int = 10
+    claim_lease_seconds: int = 10
+    dispatch_visibility_timeout: int = 20
     notify_retry_delays: str = "1,1,2,2,3,3,5,5,5,5"
     dlr_delay: float = 0.5
     # The dispatcher and the notifier each take turns on their own lock instead of the process-wide one
