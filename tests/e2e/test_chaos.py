@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+# A few hundred messages through every fault and retry take minutes on a loaded 2-core machine.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(540)]
 
 
 def test_a_small_chaos_run_loses_nothing_and_doubles_nothing(tmp_path: Path) -> None:

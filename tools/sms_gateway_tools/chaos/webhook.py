@@ -38,8 +38,8 @@ class WebhookLog:
 class FlakyWebhook:
     """Answers 500 to a `failure_rate` share of POSTs, 200 `{"ok":true}` to the others, which it records.
 
-    `secrets` maps account ids to their webhook signing secrets, so each accepted request's Standard Webhooks
-    signature is checked (a bad one is counted and refused with 400)."""
+    `secrets` maps each account's webhook token (the request's bearer token) to its signing secret, so each
+    request's Standard Webhooks signature is checked (a bad one is counted and refused with 400)."""
 
     def __init__(self, failure_rate: float = 0.3, seed: int | None = None) -> None:
         self.failure_rate = failure_rate
@@ -96,7 +96,6 @@ class FlakyWebhook:
         return 200
 
     def _secret_for(self, headers: dict[str, str]) -> str | None:
-        # The account's webhook token comes as the bearer token; the run registers token -> secret.
         token = headers.get("authorization", "").removeprefix("Bearer ").strip()
         return self.secrets.get(token)
 
