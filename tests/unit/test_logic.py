@@ -10,6 +10,7 @@ import pytest
 
 from sms_gateway.domain.models import (
     CallbackRequest,
+    ClaimOutcome,
     DeliveryReport,
     DeliveryReportMode,
     InboundSms,
@@ -425,8 +426,10 @@ def test_a_dispatcher_killed_between_submit_and_write_never_causes_a_second_subm
     soon = asyncio.run(dispatch(record, dispatch_deps(store, healthy)))
     later = replace(dispatch_deps(store, healthy), clock=lambda: NOW + timedelta(minutes=5))
     after = asyncio.run(dispatch(record, later))
-    # Then the message was submitted exactly once, and is recorded as submitted, unconfirmed
-    assert (soon.skipped, after.unconfirmed) == (1, 1)
+    # Then the early redelivery comes back once the lease can have lapsed, rather than being consumed
+    assert (soon.retry, soon.retry_after) == ([record.message_ids[0]], 120.0)
+    # And the message was submitted exactly once, and is recorded as submitted, unconfirmed
+    assert after.unconfirmed == 1
     assert len(dying.submits) == 1 and healthy.submits == []
     [message] = store.messages.values()
     assert (message.status, message.error_code) == (MessageStatus.SUBMITTED, "submit_unconfirmed")
@@ -435,6 +438,48 @@ def test_a_dispatcher_killed_between_submit_and_write_never_causes_a_second_subm
     provider.reports = [report(message, MessageStatus.DELIVERED)]
     receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock))
     assert store.messages[message.key].status == MessageStatus.DELIVERED
+
+
+class DiesOnTheLastSubmit(FakeProvider):
+    def __init__(self, last: int) -> None:
+        super().__init__()
+        self.last = last
+
+    async def submit(self, request):
+        result = await super().submit(request)
+        if len(self.submits) == self.last:
+            raise Crash
+        return result
+
+
+def test_changes_made_before_the_dispatcher_dies_still_reach_the_client(store):
+    # Given a record of three messages that asked for delivery reports, and a dispatcher that dies right
+    # after the upstream accepted the third (one message at a time, so the first two are done by then)
+    _, deps = send(store, command(3, delivery_report=DeliveryReportMode.YES))
+    [record] = deps.dispatch_queue.commands
+    announced: list = []
+    dying = replace(dispatch_deps(store, DiesOnTheLastSubmit(last=3)), concurrency=1, announce=announced.extend)
+    # When it is killed mid-record
+    with pytest.raises(Crash):
+        asyncio.run(dispatch(record, dying))
+    # Then the first two messages' changes were announced as each was done, not lost with the invocation
+    assert [(c.message.message_id, c.message.status) for c in announced] == [
+        (message_id, MessageStatus.SUBMITTED) for message_id in record.message_ids[:2]
+    ]
+
+
+def test_a_record_that_finds_a_live_claim_comes_back_instead_of_being_consumed(store):
+    # Given a message another dispatcher has claimed (and may yet die holding)
+    _, deps = send(store, command(1))
+    [record] = deps.dispatch_queue.commands
+    [message] = store.messages.values()
+    assert store.claim_for_dispatch(message.key, now=NOW, lease_seconds=30) == ClaimOutcome.CLAIMED
+    # When a duplicate delivery of its record is dispatched meanwhile
+    provider = FakeProvider()
+    outcome = asyncio.run(dispatch(record, replace(dispatch_deps(store, provider), claim_lease_seconds=30)))
+    # Then nothing is submitted, and the record is to come back once the lease can have lapsed
+    assert provider.submits == []
+    assert (outcome.retry, outcome.retry_after, outcome.skipped) == ([message.message_id], 30.0, 0)
 
 
 class StingyLimiter:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -14,7 +14,7 @@ from sms_gateway.adapters.providers import get_provider, upstream_rate_limit
 from sms_gateway.adapters.sqs import SqsDeadLetterQueue
 from sms_gateway.bootstrap import gateway
 from sms_gateway.caching import CachedAccountSettings
-from sms_gateway.domain.models import DispatchCommand, Message, utc_now
+from sms_gateway.domain.models import DispatchCommand, Message, StatusChange, utc_now
 from sms_gateway.domain.routing import RouteTable
 from sms_gateway.logic import webhook_retries
 from sms_gateway.logic.dispatch import DispatchDependencies, backoff_seconds, dispatch
@@ -59,6 +59,13 @@ def _routed(table: RouteTable) -> Callable[[Message], list[Provider]]:
     return upstreams_for
 
 
+def _announce(changes: Sequence[StatusChange]) -> None:
+    """Clients that asked for delivery reports hear of every change, including those the dispatcher makes."""
+    notifications = [n for n in (dlr_notification(change) for change in changes) if n is not None]
+    if notifications:
+        gateway().notify_queue.publish(notifications)
+
+
 def dispatch_record(record: SQSRecord) -> dict[str, Any]:
     attempt = int(record.attributes.approximate_receive_count or 1)
     try:
@@ -98,12 +105,10 @@ def _dispatch_record(record: SQSRecord, attempt: int) -> dict[str, Any]:
         rate_scopes=[account_scope(command.account_id, _rate_limit(command.account_id))],
         route_limit=upstream_rate_limit,
         final_attempt=attempt >= wiring.settings.dispatch_max_attempts,
+        claim_lease_seconds=wiring.settings.dispatch_claim_lease_seconds,
+        announce=_announce,
     )
     outcome = http.run(dispatch(command, deps))
-    # Clients that asked for delivery reports hear of every change, including those made here.
-    notifications = [n for n in (dlr_notification(change) for change in outcome.changes) if n is not None]
-    if notifications:
-        wiring.notify_queue.publish(notifications)
     metrics.add_metric(name="MessagesSubmitted", unit="Count", value=outcome.submitted)
     metrics.add_metric(name="MessagesFailed", unit="Count", value=outcome.failed)
     count_final_statuses(outcome.changes)

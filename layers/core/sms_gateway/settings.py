@@ -35,6 +35,9 @@ class Settings(BaseModel):
     # maxReceiveCount, so the dead-letter queue keeps only records that crash the handler).
     dispatch_max_attempts: int = 6
     message_validity_hours: int = 24
+    # How long a dispatcher's claim on a message lasts; it must outlive a submit and stay below the dispatch
+    # queue's visibility timeout (360 s), so a crashed dispatcher's redelivered record finds the claim lapsed.
+    dispatch_claim_lease_seconds: int = 120
     # A send_at closer than this is sent now: a schedule would fire about as late as the queue delivers.
     schedule_threshold_seconds: int = 60
     upstream_connect_timeout: float = 3.0

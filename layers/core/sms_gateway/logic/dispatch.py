@@ -52,6 +52,10 @@ class DispatchDependencies:
     # On the record's last allowed attempt a transient failure is final: the message fails and is refunded,
     # rather than the record going to the dead-letter queue.
     final_attempt: bool = False
+    claim_lease_seconds: int = CLAIM_LEASE_SECONDS
+    # Told of each message's status changes as soon as that message is done (the client's delivery-report
+    # callbacks), so a dispatcher that dies on another message of the record cannot lose them.
+    announce: Callable[[Sequence[StatusChange]], None] | None = None
 
 
 @dataclass
@@ -89,6 +93,11 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
     async def one(message: Message) -> None:
         async with in_flight:
             await _dispatch_one(message, deps, outcome)
+            if deps.announce is not None:
+                # A message's changes are made by its own task only, so these are exactly this message's.
+                mine = [c for c in outcome.changes if c.message.message_id == message.message_id]
+                if mine:
+                    await asyncio.to_thread(deps.announce, mine)
 
     pending = [m for m in messages if m.status == MessageStatus.QUEUED]
     outcome.skipped += len(messages) - len(pending)
@@ -113,10 +122,16 @@ async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: D
         outcome.expired += 1
         return
     claim = await asyncio.to_thread(
-        deps.messages.claim_for_dispatch, message.key, now=deps.clock(), lease_seconds=CLAIM_LEASE_SECONDS
+        deps.messages.claim_for_dispatch, message.key, now=deps.clock(), lease_seconds=deps.claim_lease_seconds
     )
     if claim == ClaimOutcome.BUSY:
         outcome.skipped += 1
+        return
+    if claim == ClaimOutcome.HELD:
+        # Its holder may die before the lease lapses; only a later look can then find the lease lapsed, so this
+        # record comes back once it has (a duplicate delivery of the holder's own record must not consume it).
+        outcome.retry.append(message.message_id)
+        outcome.retry_after = max(outcome.retry_after or 0.0, float(deps.claim_lease_seconds))
         return
     if claim == ClaimOutcome.ABANDONED:
         # At most once: the upstream may already have it (its DLR will find it by our reference), so it is
