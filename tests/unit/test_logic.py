@@ -26,6 +26,7 @@ from sms_gateway.logic.dispatch import DispatchDependencies, backoff_seconds, di
 from sms_gateway.logic.inbound import InboundDependencies, receive_inbound
 from sms_gateway.logic.scheduled import release_scheduled_batch
 from sms_gateway.logic.send import SendDependencies, accept_send, normalise_recipients
+from sms_gateway.logic.settle import SettleDependencies, settle, settle_check
 from tests.fakes import FakeProvider, InMemoryStore, RecordingQueue, RecordingScheduler, cinema_store
 
 NOW = datetime(2026, 1, 2, 23, 50, 37, tzinfo=UTC)
@@ -438,6 +439,70 @@ def test_a_dispatcher_killed_between_submit_and_write_never_causes_a_second_subm
     provider.reports = [report(message, MessageStatus.DELIVERED)]
     receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock))
     assert store.messages[message.key].status == MessageStatus.DELIVERED
+
+
+def stranded_unconfirmed(store: InMemoryStore) -> tuple[list, int]:
+    """A message that asked for delivery reports, whose dispatcher died mid-submit: the record's redelivery
+    records it submitted-unconfirmed and asks for a settle check. Returns the checks and the credits before."""
+    before = store.accounts["7"].credits
+    _, deps = send(store, command(1, delivery_report=DeliveryReportMode.YES))
+    [record] = deps.dispatch_queue.commands
+    with pytest.raises(Crash):
+        asyncio.run(dispatch(record, dispatch_deps(store, SubmitsThenDies())))
+    checks: list = []
+    later = replace(
+        dispatch_deps(store, FakeProvider()),
+        clock=lambda: NOW + timedelta(minutes=5),
+        settle_later=lambda message: checks.append(settle_check([message], now=NOW + timedelta(minutes=5))),
+    )
+    assert asyncio.run(dispatch(record, later)).unconfirmed == 1
+    return checks, before
+
+
+def settle_deps(store: InMemoryStore, at: datetime) -> SettleDependencies:
+    return SettleDependencies(messages=store, accounts=store, clock=lambda: at, dlr_wait=timedelta(hours=48))
+
+
+class TestSettleChecks:
+    def test_a_stranded_message_with_no_dlr_is_expired_refunded_and_announced_once_the_wait_is_over(self, store):
+        # Given a message stranded submitted-unconfirmed, and the settle check its dispatch asked for
+        [check], credits_before = stranded_unconfirmed(store)
+        [message] = store.messages.values()
+        assert message.price > 0 and store.accounts["7"].credits == credits_before - message.price
+        assert (message.status, message.error_code) == (MessageStatus.SUBMITTED, "submit_unconfirmed")
+        # When the check is looked at before the DLR wait is over
+        early = settle(check, settle_deps(store, NOW + timedelta(hours=1)))
+        # Then nothing changes and it asks to come back, at most 12 h later (SQS's visibility limit)
+        assert (early.changes, early.check_again_in) == ([], 43_200)
+        assert store.messages[message.key].status == MessageStatus.SUBMITTED
+        assert settle(check, settle_deps(store, NOW + timedelta(hours=40))).check_again_in == 8 * 3600 + 5 * 60 + 1
+        # When it is looked at once the wait is over, and again (SQS delivers at least once)
+        due = settle(check, settle_deps(store, NOW + timedelta(hours=49)))
+        again = settle(check, settle_deps(store, NOW + timedelta(hours=50)))
+        # Then the message is expired for want of a DLR, refunded once, and the change is there to announce
+        settled = store.messages[message.key]
+        assert (settled.status, settled.error_code) == (MessageStatus.EXPIRED, "no_delivery_report")
+        assert store.accounts["7"].credits == credits_before
+        assert [(c.message.status, c.message.sequence) for c in due.changes] == [(MessageStatus.EXPIRED, 3)]
+        assert due.check_again_in is None
+        # And the repeat changes nothing and refunds nothing, but announces the same change (same webhook id)
+        assert again.changes == [] and [c.message.sequence for c in again.made_before] == [3]
+        assert store.accounts["7"].credits == credits_before
+
+    def test_a_dlr_that_arrives_before_the_check_is_due_wins(self, store):
+        # Given a stranded message whose upstream did have it: its final DLR arrives within the wait
+        [check], _ = stranded_unconfirmed(store)
+        [message] = store.messages.values()
+        provider = FakeProvider()
+        provider.reports = [report(message, MessageStatus.DELIVERED)]
+        receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock))
+        credits = store.accounts["7"].credits
+        # When the settle check comes due
+        outcome = settle(check, settle_deps(store, NOW + timedelta(hours=49)))
+        # Then it changes nothing: the message stays delivered and charged, and nothing is announced
+        assert store.messages[message.key].status == MessageStatus.DELIVERED
+        assert store.accounts["7"].credits == credits
+        assert (outcome.changes, outcome.made_before, outcome.check_again_in) == ([], [], None)
 
 
 class DiesOnTheLastSubmit(FakeProvider):

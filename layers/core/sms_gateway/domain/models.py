@@ -20,6 +20,11 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def from_iso(stamp: str) -> datetime:
+    """The moment an `iso` timestamp names (Python 3.11 does not read the trailing Z itself)."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
 class Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 

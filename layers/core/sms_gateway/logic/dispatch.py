@@ -9,7 +9,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sms_gateway.domain.models import ClaimOutcome, DispatchCommand, Message, StatusChange, SubmitRequest
+from sms_gateway.domain.models import (
+    ClaimOutcome,
+    DispatchCommand,
+    Message,
+    StatusChange,
+    SubmitRequest,
+    from_iso,
+)
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import UpstreamError
 from sms_gateway.logic.delivery import DeliveryDependencies, DeliveryOutcome, apply_delivery_report
@@ -56,6 +63,9 @@ class DispatchDependencies:
     # Told of each message's status changes as soon as that message is done (the client's delivery-report
     # callbacks), so a dispatcher that dies on another message of the record cannot lose them.
     announce: Callable[[Sequence[StatusChange]], None] | None = None
+    # Asked to settle a message later when it is recorded submitted without the upstream's word: if no final
+    # DLR comes, nothing else would ever end it (logic/settle.py).
+    settle_later: Callable[[Message], None] | None = None
 
 
 @dataclass
@@ -137,6 +147,10 @@ async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: D
         # At most once: the upstream may already have it (its DLR will find it by our reference), so it is
         # recorded as submitted without an upstream id rather than submitted again.
         logger.warning("dispatcher died mid-submit before; not resubmitting", extra={"message_id": message.message_id})
+        if deps.settle_later is not None:
+            # Asked before the write: a dispatcher dying between the two leaves the claim lapsed, so the record's
+            # redelivery comes back here and asks again; asked after, the check could be lost with the write done.
+            await asyncio.to_thread(deps.settle_later, message)
         change = await asyncio.to_thread(
             deps.messages.transition, message.key, MessageStatus.SUBMITTED, now=deps.clock(), error_code=UNCONFIRMED
         )
@@ -230,7 +244,7 @@ def _submit_request(message: Message, provider: Provider, callback_base_url: str
 
 def valid_until(message: Message, validity: timedelta) -> datetime:
     queued_at = message.status_at.get(str(MessageStatus.QUEUED)) or message.created_at
-    return datetime.fromisoformat(queued_at.replace("Z", "+00:00")) + validity
+    return from_iso(queued_at) + validity
 
 
 async def _finish(
