@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(540)]
 
 def test_a_small_chaos_run_loses_nothing_and_doubles_nothing(tmp_path: Path) -> None:
     # Given the local stack with the faults of `make chaos` injected (upstream 5xx and timeouts, duplicated and
-    # reordered DLRs, duplicate SQS deliveries, a client webhook failing 30%; not the dispatcher kills, see below)
+    # reordered DLRs, duplicate SQS deliveries, a client webhook failing 30%, dispatchers killed mid-record)
     summary_path = tmp_path / "chaos.json"
     # When 300 messages go through it (a process of its own: the run owns moto and os.environ while it lasts)
     finished = subprocess.run(
@@ -28,11 +28,6 @@ def test_a_small_chaos_run_loses_nothing_and_doubles_nothing(tmp_path: Path) -> 
             "300",
             "--seed",
             "7",
-            # Known, unfixed (docs/chaos.md): a dispatcher killed mid-record strands the messages it had claimed but
-            # not yet submitted as submitted-unconfirmed for good. Until that has a sweeper, this run leaves kills
-            # out so `make test` stays deterministic; `make chaos` keeps them and reports the stranded messages.
-            "--kill-rate",
-            "0",
             "--time-limit",
             "400",
             "--json",

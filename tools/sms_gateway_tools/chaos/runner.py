@@ -63,6 +63,9 @@ class ChaosOptions:
     dispatch_visibility_timeout: int = 20
     notify_retry_delays: str = "1,1,2,2,3,3,5,5,5,5"
     dlr_delay: float = 0.5
+    # How long a submitted-unconfirmed message (its dispatcher killed) waits for a final DLR before its settle
+    # check expires and refunds it (deployed: 48 h). Well above dlr_delay, so a DLR that is coming comes first.
+    dlr_wait_seconds: int = 20
     # The dispatcher and the notifier each take turns on their own lock instead of the process-wide one
     # (docs/local-stack.md, Limits): without it a dispatcher waiting out an upstream timeout stalls the API.
     serialize_invocations: bool = False
@@ -155,6 +158,7 @@ class ChaosRun:
                 environment={
                     "UPSTREAM_READ_TIMEOUT": str(o.read_timeout),
                     "DISPATCH_CLAIM_LEASE_SECONDS": str(o.claim_lease_seconds),
+                    "DLR_WAIT_SECONDS": str(o.dlr_wait_seconds),
                 },
                 visibility_timeouts={"DispatchQueue": o.dispatch_visibility_timeout},
                 sqs_duplicate_rate=o.sqs_duplicate_rate,
