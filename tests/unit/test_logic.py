@@ -24,6 +24,7 @@ from sms_gateway.logic.batches import BatchView
 from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
 from sms_gateway.logic.dispatch import DispatchDependencies, backoff_seconds, dispatch
 from sms_gateway.logic.inbound import InboundDependencies, receive_inbound
+from sms_gateway.logic.notify import dlr_notification
 from sms_gateway.logic.scheduled import release_scheduled_batch
 from sms_gateway.logic.send import SendDependencies, accept_send, normalise_recipients
 from sms_gateway.logic.settle import SettleDependencies, settle, settle_check
@@ -531,6 +532,44 @@ def test_changes_made_before_the_dispatcher_dies_still_reach_the_client(store):
     assert [(c.message.message_id, c.message.status) for c in announced] == [
         (message_id, MessageStatus.SUBMITTED) for message_id in record.message_ids[:2]
     ]
+
+
+def test_changes_whose_announcement_died_with_the_dispatcher_are_announced_by_the_redelivery(store):
+    # Given a record of three messages that asked for delivery reports, whose dispatcher is killed outright after
+    # writing the first two (its announcements lost with it) while the upstream had the third
+    _, deps = send(store, command(3, delivery_report=DeliveryReportMode.YES))
+    [record] = deps.dispatch_queue.commands
+    killed = replace(dispatch_deps(store, DiesOnTheLastSubmit(last=3)), concurrency=1, announce=None)
+    with pytest.raises(Crash):
+        asyncio.run(dispatch(record, killed))
+    # And the first message's DLR moving it on before the record comes back
+    first = store.messages[next(m.key for m in store.messages.values() if m.message_id == record.message_ids[0])]
+    provider = FakeProvider()
+    provider.reports = [report(first, MessageStatus.DELIVERED)]
+    receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock))
+    # When the record is redelivered once the claims lapsed
+    announced: list = []
+    later = replace(
+        dispatch_deps(store, FakeProvider()), clock=lambda: NOW + timedelta(minutes=5), announce=announced.extend
+    )
+    asyncio.run(dispatch(record, later))
+    # Then every change the dispatchers made reaches the client, under the webhook id it had when it was made
+    # (`submitted` is change 2 of each), the first message's included although a DLR has moved it on since
+    ids = {notification["id"]: notification["payload"]["status"] for notification in map(dlr_notification, announced)}
+    assert ids == {f"dlr_{message_id}_2": "submitted" for message_id in record.message_ids}
+    assert store.messages[first.key].status == MessageStatus.DELIVERED
+
+
+def test_status_changes_are_announced_ten_at_a_time_and_the_rest_at_the_end(store):
+    # Given a record of 25 messages that asked for delivery reports
+    _, deps = send(store, command(25, delivery_report=DeliveryReportMode.YES))
+    [record] = deps.dispatch_queue.commands
+    calls: list = []
+    # When it is dispatched
+    asyncio.run(dispatch(record, replace(dispatch_deps(store, FakeProvider()), announce=calls.append)))
+    # Then its 25 changes go out in three announcements (one SQS request each), each change once
+    assert [len(call) for call in calls] == [10, 10, 5]
+    assert sorted(c.message.message_id for call in calls for c in call) == sorted(record.message_ids)
 
 
 def test_a_record_that_finds_a_live_claim_comes_back_instead_of_being_consumed(store):

@@ -20,6 +20,7 @@ from sms_gateway.domain.models import (
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import UpstreamError
 from sms_gateway.logic.delivery import DeliveryDependencies, DeliveryOutcome, apply_delivery_report
+from sms_gateway.logic.notify import dlr_notification
 from sms_gateway.logic.ratelimit import RateLimiter, Scope, route_scope
 from sms_gateway.observability import logger, mask_msisdn
 from sms_gateway.ports import AccountStore, MessageStore, Provider
@@ -31,6 +32,10 @@ BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_CAP_SECONDS = 300.0
 DEFAULT_VALIDITY = timedelta(hours=24)
 UNCONFIRMED = "submit_unconfirmed"
+# Status changes announced in one go: one SQS SendMessageBatch carries ten.
+ANNOUNCE_BATCH = 10
+# The states a dispatcher moves a queued message to.
+DISPATCHED = frozenset({MessageStatus.SUBMITTED, MessageStatus.FAILED, MessageStatus.EXPIRED})
 
 
 def backoff_seconds(attempt: int, retry_after: float | None, rand: Callable[[], float] = random.random) -> int:
@@ -60,8 +65,9 @@ class DispatchDependencies:
     # rather than the record going to the dead-letter queue.
     final_attempt: bool = False
     claim_lease_seconds: int = CLAIM_LEASE_SECONDS
-    # Told of each message's status changes as soon as that message is done (the client's delivery-report
-    # callbacks), so a dispatcher that dies on another message of the record cannot lose them.
+    # Told of the record's status changes for the client's delivery-report callbacks, ten at a time and the rest
+    # at the end of the record. Changes a dead dispatcher made but never announced are announced again by the
+    # record's redelivery (same webhook id per change, which the client deduplicates).
     announce: Callable[[Sequence[StatusChange]], None] | None = None
     # Asked to settle a message later when it is recorded submitted without the upstream's word: if no final
     # DLR comes, nothing else would ever end it (logic/settle.py).
@@ -99,28 +105,75 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
     )
     outcome = DispatchOutcome(skipped=len(command.message_ids) - len(messages))
     in_flight = asyncio.Semaphore(deps.concurrency)
+    announcer = _Announcer(deps.announce)
 
     async def one(message: Message) -> None:
         async with in_flight:
             await _dispatch_one(message, deps, outcome)
-            if deps.announce is not None:
-                # A message's changes are made by its own task only, so these are exactly this message's.
-                mine = [c for c in outcome.changes if c.message.message_id == message.message_id]
-                if mine:
-                    await asyncio.to_thread(deps.announce, mine)
+            # A message's changes are made by its own task only, so these are exactly this message's.
+            await announcer.add([c for c in outcome.changes if c.message.message_id == message.message_id])
 
     pending = [m for m in messages if m.status == MessageStatus.QUEUED]
     outcome.skipped += len(messages) - len(pending)
-    while pending:
-        # The account's rate limit is shared by every dispatcher container: each grant is one counted write.
-        granted = await deps.limiter.acquire(deps.rate_scopes, len(pending)) if deps.limiter else len(pending)
-        if granted == 0:
-            outcome.retry.extend(m.message_id for m in pending)
-            outcome.retry_after = max(outcome.retry_after or 0.0, 1.0)
-            break
-        now_sending, pending = pending[:granted], pending[granted:]
-        await asyncio.gather(*(one(m) for m in now_sending))
+    try:
+        # An earlier delivery of this record may have died between a status write and its announcement.
+        await announcer.add([c for c in map(change_made_by_dispatch, messages) if c is not None])
+        while pending:
+            # The account's rate limit is shared by every dispatcher container: each grant is one counted write.
+            granted = await deps.limiter.acquire(deps.rate_scopes, len(pending)) if deps.limiter else len(pending)
+            if granted == 0:
+                outcome.retry.extend(m.message_id for m in pending)
+                outcome.retry_after = max(outcome.retry_after or 0.0, 1.0)
+                break
+            now_sending, pending = pending[:granted], pending[granted:]
+            await asyncio.gather(*(one(m) for m in now_sending))
+    finally:
+        # Also when a message's task raised: what was done is announced now, not only by the redelivery.
+        await announcer.flush()
     return outcome
+
+
+class _Announcer:
+    """Collects the record's client-visible status changes and hands them on ANNOUNCE_BATCH at a time."""
+
+    def __init__(self, announce: Callable[[Sequence[StatusChange]], None] | None) -> None:
+        self.announce = announce
+        self.waiting: list[StatusChange] = []
+
+    async def add(self, changes: Sequence[StatusChange]) -> None:
+        if self.announce is None:
+            return
+        self.waiting.extend(c for c in changes if dlr_notification(c) is not None)
+        while len(self.waiting) >= ANNOUNCE_BATCH:
+            ready, self.waiting = self.waiting[:ANNOUNCE_BATCH], self.waiting[ANNOUNCE_BATCH:]
+            await asyncio.to_thread(self.announce, ready)
+
+    async def flush(self) -> None:
+        if self.announce is not None and self.waiting:
+            ready, self.waiting = self.waiting, []
+            await asyncio.to_thread(self.announce, ready)
+
+
+def change_made_by_dispatch(message: Message) -> StatusChange | None:
+    """The status change a dispatcher made to a message no longer queued, rebuilt from its status times: the
+    status that followed `queued`, with the sequence number it had then (each later change added one). None for
+    a message still queued or never dispatched (cancelled, or settled by a DLR that overtook the dispatcher)."""
+    history = sorted(message.status_at.items(), key=lambda entry: from_iso(entry[1]))
+    statuses = [MessageStatus(status) for status, _ in history]
+    if MessageStatus.QUEUED not in statuses or statuses[-1] == MessageStatus.QUEUED:
+        return None
+    after_queued = statuses.index(MessageStatus.QUEUED) + 1
+    if after_queued >= len(statuses) or statuses[after_queued] not in DISPATCHED:
+        return None
+    made = statuses[after_queued]
+    if made == message.status:
+        return StatusChange(message=message, changed=True)
+    later = len(statuses) - after_queued - 1
+    # Fields a later change rewrote (a DLR's error code and time) are not the dispatcher's: leave them out.
+    then = message.model_copy(
+        update={"status": made, "sequence": message.sequence - later, "error_code": None, "reported_at": None}
+    )
+    return StatusChange(message=then, changed=True)
 
 
 async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: DispatchOutcome) -> None:
