@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SAM_VENV := .venv-sam
 PORT ?= 3000
 
-.PHONY: install dev test lint typecheck template-lint unit e2e build validate clean bench
+.PHONY: install dev test lint typecheck template-lint unit e2e build validate clean bench chaos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ e2e: $(STAMP)
 # Figures, not tests: prints tables, writes bench/results.json and docs/benchmarks.md (BENCH_ARGS="--only cold_start").
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Faults injected into the local stack, invariants checked; exits non-zero if one breaks (CHAOS_ARGS="--messages 300").
+chaos: $(STAMP)
+	$(BIN)/sms-gateway chaos $(CHAOS_ARGS)
 
 # SAM CLI pins old boto3/pydantic/click, so it lives in its own virtualenv.
 $(SAM_VENV)/bin/sam:

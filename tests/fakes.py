@@ -150,7 +150,7 @@ class InMemoryStore:
                 return ClaimOutcome.BUSY
             lapsed = self.claims.get(key)
             if lapsed is not None and lapsed >= now.timestamp():
-                return ClaimOutcome.BUSY
+                return ClaimOutcome.HELD
             self.claims[key] = now.timestamp() + lease_seconds
             return ClaimOutcome.CLAIMED if lapsed is None else ClaimOutcome.ABANDONED
 

@@ -122,7 +122,7 @@ def balance(store: DynamoStore, account_id: str) -> int:
 
 def claim(store: DynamoStore, key: MessageKey, now: datetime = NOW) -> bool:
     """True when this caller now holds the message: a fresh claim, or one taken over after a lapsed lease."""
-    return store.claim_for_dispatch(key, now=now, lease_seconds=120) != ClaimOutcome.BUSY
+    return store.claim_for_dispatch(key, now=now, lease_seconds=120) in (ClaimOutcome.CLAIMED, ClaimOutcome.ABANDONED)
 
 
 @pytest.fixture
@@ -596,10 +596,10 @@ def test_a_lapsed_claim_is_told_apart_from_a_live_one_and_taken_over_once(store)
     # Given a queued message whose dispatcher claimed it and then died (its lease lapsed)
     message = one_message(store, MessageStatus.QUEUED)
     assert store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120) == ClaimOutcome.CLAIMED
-    assert store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120) == ClaimOutcome.BUSY
+    assert store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120) == ClaimOutcome.HELD
     # When two dispatchers find it after the lease lapsed
     later = NOW + timedelta(seconds=121)
     first = store.claim_for_dispatch(message.key, now=later, lease_seconds=120)
     second = store.claim_for_dispatch(message.key, now=later, lease_seconds=120)
     # Then exactly one takes it over, knowing it may have been submitted already
-    assert (first, second) == (ClaimOutcome.ABANDONED, ClaimOutcome.BUSY)
+    assert (first, second) == (ClaimOutcome.ABANDONED, ClaimOutcome.HELD)

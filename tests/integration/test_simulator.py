@@ -218,3 +218,40 @@ def test_stop_ends_every_thread() -> None:
     assert set(threading.enumerate()) - before == set()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/stats", timeout=2)
+
+
+def test_an_injected_timeout_accepts_the_message_but_answers_too_late(simulator: UpstreamSimulator) -> None:
+    # Given a simulator that holds every accepted submit's answer for 2 s
+    simulator.configure(timeout_rate=1, timeout_delay=2)
+    # When a sender with a 0.5 s read timeout submits, gives up, and submits the same reference again promptly
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{simulator.url}/sms/send",
+            json={"client_ref": "t-1", "to": "2348020000000", "text": "hello"},
+            headers={"Authorization": f"Bearer {SECRET}"},
+            timeout=0.5,
+        )
+    simulator.configure(timeout_rate=0)
+    again = submit(simulator, client_ref="t-1")
+    third = submit(simulator, client_ref="t-1")
+    # Then one message exists; the retry after the timeout and the repeat after an in-time answer are told apart
+    assert again.json()["duplicate"] is True and third.json()["duplicate"] is True
+    counted = stats(simulator)
+    assert (counted["unique"], counted["timeouts_injected"]) == (1, 1)
+    assert (counted["resubmits_after_timeout"], counted["resubmits_after_accept"]) == (1, 1)
+
+
+def test_duplicated_and_reordered_dlrs(simulator: UpstreamSimulator, receiver: Receiver) -> None:
+    # Given a simulator that duplicates and reorders every DLR
+    simulator.configure(dlr_duplicate_rate=1, dlr_reorder_rate=1)
+    # When a message is submitted
+    submit(simulator, client_ref="d-1", dlr_url=f"{receiver.url}/dlr")
+    # Then its final report comes first, then (later) the same report again and an older intermediate one
+    reports = [json.loads(receiver.next()["body"]) for _ in range(3)]
+    assert reports[0]["status"] == "DELIVRD"
+    assert sorted(report["status"] for report in reports[1:]) == ["DELIVRD", "ENROUTE"]
+    assert {report["client_ref"] for report in reports} == {"d-1"}
+    counted = stats(simulator)
+    assert (counted["dlrs_duplicated"], counted["dlrs_reordered"]) == (1, 1)
+    # And the message counts as reported once
+    assert simulator.messages()[0]["dlr_delivered"] is True

@@ -10,6 +10,7 @@ import pytest
 
 from sms_gateway.domain.models import (
     CallbackRequest,
+    ClaimOutcome,
     DeliveryReport,
     DeliveryReportMode,
     InboundSms,
@@ -23,8 +24,10 @@ from sms_gateway.logic.batches import BatchView
 from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
 from sms_gateway.logic.dispatch import DispatchDependencies, backoff_seconds, dispatch
 from sms_gateway.logic.inbound import InboundDependencies, receive_inbound
+from sms_gateway.logic.notify import dlr_notification
 from sms_gateway.logic.scheduled import release_scheduled_batch
 from sms_gateway.logic.send import SendDependencies, accept_send, normalise_recipients
+from sms_gateway.logic.settle import SettleDependencies, settle, settle_check
 from tests.fakes import FakeProvider, InMemoryStore, RecordingQueue, RecordingScheduler, cinema_store
 
 NOW = datetime(2026, 1, 2, 23, 50, 37, tzinfo=UTC)
@@ -425,8 +428,10 @@ def test_a_dispatcher_killed_between_submit_and_write_never_causes_a_second_subm
     soon = asyncio.run(dispatch(record, dispatch_deps(store, healthy)))
     later = replace(dispatch_deps(store, healthy), clock=lambda: NOW + timedelta(minutes=5))
     after = asyncio.run(dispatch(record, later))
-    # Then the message was submitted exactly once, and is recorded as submitted, unconfirmed
-    assert (soon.skipped, after.unconfirmed) == (1, 1)
+    # Then the early redelivery comes back once the lease can have lapsed, rather than being consumed
+    assert (soon.retry, soon.retry_after) == ([record.message_ids[0]], 120.0)
+    # And the message was submitted exactly once, and is recorded as submitted, unconfirmed
+    assert after.unconfirmed == 1
     assert len(dying.submits) == 1 and healthy.submits == []
     [message] = store.messages.values()
     assert (message.status, message.error_code) == (MessageStatus.SUBMITTED, "submit_unconfirmed")
@@ -435,6 +440,150 @@ def test_a_dispatcher_killed_between_submit_and_write_never_causes_a_second_subm
     provider.reports = [report(message, MessageStatus.DELIVERED)]
     receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock))
     assert store.messages[message.key].status == MessageStatus.DELIVERED
+
+
+def stranded_unconfirmed(store: InMemoryStore) -> tuple[list, int]:
+    """A message that asked for delivery reports, whose dispatcher died mid-submit: the record's redelivery
+    records it submitted-unconfirmed and asks for a settle check. Returns the checks and the credits before."""
+    before = store.accounts["7"].credits
+    _, deps = send(store, command(1, delivery_report=DeliveryReportMode.YES))
+    [record] = deps.dispatch_queue.commands
+    with pytest.raises(Crash):
+        asyncio.run(dispatch(record, dispatch_deps(store, SubmitsThenDies())))
+    checks: list = []
+    later = replace(
+        dispatch_deps(store, FakeProvider()),
+        clock=lambda: NOW + timedelta(minutes=5),
+        settle_later=lambda message: checks.append(settle_check([message], now=NOW + timedelta(minutes=5))),
+    )
+    assert asyncio.run(dispatch(record, later)).unconfirmed == 1
+    return checks, before
+
+
+def settle_deps(store: InMemoryStore, at: datetime) -> SettleDependencies:
+    return SettleDependencies(messages=store, accounts=store, clock=lambda: at, dlr_wait=timedelta(hours=48))
+
+
+class TestSettleChecks:
+    def test_a_stranded_message_with_no_dlr_is_expired_refunded_and_announced_once_the_wait_is_over(self, store):
+        # Given a message stranded submitted-unconfirmed, and the settle check its dispatch asked for
+        [check], credits_before = stranded_unconfirmed(store)
+        [message] = store.messages.values()
+        assert message.price > 0 and store.accounts["7"].credits == credits_before - message.price
+        assert (message.status, message.error_code) == (MessageStatus.SUBMITTED, "submit_unconfirmed")
+        # When the check is looked at before the DLR wait is over
+        early = settle(check, settle_deps(store, NOW + timedelta(hours=1)))
+        # Then nothing changes and it asks to come back, at most 12 h later (SQS's visibility limit)
+        assert (early.changes, early.check_again_in) == ([], 43_200)
+        assert store.messages[message.key].status == MessageStatus.SUBMITTED
+        assert settle(check, settle_deps(store, NOW + timedelta(hours=40))).check_again_in == 8 * 3600 + 5 * 60 + 1
+        # When it is looked at once the wait is over, and again (SQS delivers at least once)
+        due = settle(check, settle_deps(store, NOW + timedelta(hours=49)))
+        again = settle(check, settle_deps(store, NOW + timedelta(hours=50)))
+        # Then the message is expired for want of a DLR, refunded once, and the change is there to announce
+        settled = store.messages[message.key]
+        assert (settled.status, settled.error_code) == (MessageStatus.EXPIRED, "no_delivery_report")
+        assert store.accounts["7"].credits == credits_before
+        assert [(c.message.status, c.message.sequence) for c in due.changes] == [(MessageStatus.EXPIRED, 3)]
+        assert due.check_again_in is None
+        # And the repeat changes nothing and refunds nothing, but announces the same change (same webhook id)
+        assert again.changes == [] and [c.message.sequence for c in again.made_before] == [3]
+        assert store.accounts["7"].credits == credits_before
+
+    def test_a_dlr_that_arrives_before_the_check_is_due_wins(self, store):
+        # Given a stranded message whose upstream did have it: its final DLR arrives within the wait
+        [check], _ = stranded_unconfirmed(store)
+        [message] = store.messages.values()
+        provider = FakeProvider()
+        provider.reports = [report(message, MessageStatus.DELIVERED)]
+        receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock))
+        credits = store.accounts["7"].credits
+        # When the settle check comes due
+        outcome = settle(check, settle_deps(store, NOW + timedelta(hours=49)))
+        # Then it changes nothing: the message stays delivered and charged, and nothing is announced
+        assert store.messages[message.key].status == MessageStatus.DELIVERED
+        assert store.accounts["7"].credits == credits
+        assert (outcome.changes, outcome.made_before, outcome.check_again_in) == ([], [], None)
+
+
+class DiesOnTheLastSubmit(FakeProvider):
+    def __init__(self, last: int) -> None:
+        super().__init__()
+        self.last = last
+
+    async def submit(self, request):
+        result = await super().submit(request)
+        if len(self.submits) == self.last:
+            raise Crash
+        return result
+
+
+def test_changes_made_before_the_dispatcher_dies_still_reach_the_client(store):
+    # Given a record of three messages that asked for delivery reports, and a dispatcher that dies right
+    # after the upstream accepted the third (one message at a time, so the first two are done by then)
+    _, deps = send(store, command(3, delivery_report=DeliveryReportMode.YES))
+    [record] = deps.dispatch_queue.commands
+    announced: list = []
+    dying = replace(dispatch_deps(store, DiesOnTheLastSubmit(last=3)), concurrency=1, announce=announced.extend)
+    # When it is killed mid-record
+    with pytest.raises(Crash):
+        asyncio.run(dispatch(record, dying))
+    # Then the first two messages' changes were announced as each was done, not lost with the invocation
+    assert [(c.message.message_id, c.message.status) for c in announced] == [
+        (message_id, MessageStatus.SUBMITTED) for message_id in record.message_ids[:2]
+    ]
+
+
+def test_changes_whose_announcement_died_with_the_dispatcher_are_announced_by_the_redelivery(store):
+    # Given a record of three messages that asked for delivery reports, whose dispatcher is killed outright after
+    # writing the first two (its announcements lost with it) while the upstream had the third
+    _, deps = send(store, command(3, delivery_report=DeliveryReportMode.YES))
+    [record] = deps.dispatch_queue.commands
+    killed = replace(dispatch_deps(store, DiesOnTheLastSubmit(last=3)), concurrency=1, announce=None)
+    with pytest.raises(Crash):
+        asyncio.run(dispatch(record, killed))
+    # And the first message's DLR moving it on before the record comes back
+    first = store.messages[next(m.key for m in store.messages.values() if m.message_id == record.message_ids[0])]
+    provider = FakeProvider()
+    provider.reports = [report(first, MessageStatus.DELIVERED)]
+    receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock))
+    # When the record is redelivered once the claims lapsed
+    announced: list = []
+    later = replace(
+        dispatch_deps(store, FakeProvider()), clock=lambda: NOW + timedelta(minutes=5), announce=announced.extend
+    )
+    asyncio.run(dispatch(record, later))
+    # Then every change the dispatchers made reaches the client, under the webhook id it had when it was made
+    # (`submitted` is change 2 of each), the first message's included although a DLR has moved it on since
+    ids = {notification["id"]: notification["payload"]["status"] for notification in map(dlr_notification, announced)}
+    assert ids == {f"dlr_{message_id}_2": "submitted" for message_id in record.message_ids}
+    assert store.messages[first.key].status == MessageStatus.DELIVERED
+
+
+def test_status_changes_are_announced_ten_at_a_time_and_the_rest_at_the_end(store):
+    # Given a record of 25 messages that asked for delivery reports
+    _, deps = send(store, command(25, delivery_report=DeliveryReportMode.YES))
+    [record] = deps.dispatch_queue.commands
+    calls: list = []
+    # When it is dispatched
+    asyncio.run(dispatch(record, replace(dispatch_deps(store, FakeProvider()), announce=calls.append)))
+    # Then its 25 changes go out in three announcements (one SQS request each), each change once
+    assert [len(call) for call in calls] == [10, 10, 5]
+    assert sorted(c.message.message_id for call in calls for c in call) == sorted(record.message_ids)
+
+
+def test_a_record_that_finds_a_live_claim_comes_back_instead_of_being_consumed(store):
+    # Given a message another dispatcher has claimed (and may yet die holding)
+    _, deps = send(store, command(1))
+    [record] = deps.dispatch_queue.commands
+    [message] = store.messages.values()
+    assert store.claim_for_dispatch(message.key, now=NOW, lease_seconds=30) == ClaimOutcome.CLAIMED
+    # When a duplicate delivery of its record is dispatched meanwhile
+    provider = FakeProvider()
+    outcome = asyncio.run(dispatch(record, replace(dispatch_deps(store, provider), claim_lease_seconds=30)))
+    # Then nothing is submitted, and the record is to come back once the lease can have lapsed
+    assert provider.submits == []
+    assert (outcome.retry, outcome.retry_after, outcome.skipped) == ([message.message_id], 30.0, 0)
 
 
 class StingyLimiter:

@@ -33,6 +33,15 @@ def test_a_malformed_setting_fails_loudly_at_start():
         Settings.from_environ({"DISPATCH_CONCURRENCY": "many"})
 
 
+def test_the_dlr_wait_defaults_to_48_hours_and_stays_within_what_the_notify_queue_can_hold():
+    # Each hop of a settle check is a visibility timeout (12 h at most) on a queue keeping messages 4 days
+    assert Settings.from_environ({}).dlr_wait_seconds == 172_800
+    assert Settings.from_environ({"DLR_WAIT_SECONDS": "20"}).dlr_wait_seconds == 20
+    for beyond in ("0", "259201"):
+        with pytest.raises(ValueError, match="DLR_WAIT_SECONDS must be from 1 to 259200"):
+            Settings.from_environ({"DLR_WAIT_SECONDS": beyond})
+
+
 @given(st.from_regex(r"\+?[0-9]{7,15}", fullmatch=True))
 def test_a_masked_number_keeps_only_the_country_code_and_last_three_digits(number):
     masked = mask_msisdn(number)

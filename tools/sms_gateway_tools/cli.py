@@ -19,6 +19,22 @@ def _simulate_inbound(args: argparse.Namespace) -> int:
     return simulate_inbound(sender=args.sender, to=args.to, message=args.message)
 
 
+def _chaos(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sms_gateway_tools.chaos.runner import ChaosOptions, run_chaos
+
+    options = ChaosOptions(
+        messages=args.messages,
+        seed=args.seed,
+        time_limit=args.time_limit,
+        wave=args.wave,
+        accounts=args.accounts,
+        kill_rate=args.kill_rate,
+    )
+    return run_chaos(options, json_path=Path(args.json) if args.json else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sms-gateway", description="SMS gateway developer and operator tools")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -43,6 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     inbound.add_argument("--to", required=True, help="the shortcode or number receiving")
     inbound.add_argument("--message", required=True, help="the text")
     inbound.set_defaults(func=_simulate_inbound)
+
+    chaos = commands.add_parser(
+        "chaos", help="send messages through the local stack with faults injected and check nothing is lost or doubled"
+    )
+    chaos.add_argument("--messages", type=int, default=5000, help="messages to send (default 5000)")
+    chaos.add_argument("--seed", type=int, default=1, help="seed of the sends and the injected faults (default 1)")
+    chaos.add_argument(
+        "--time-limit", type=float, default=900.0, help="seconds after which the run stops and reports (default 900)"
+    )
+    chaos.add_argument("--wave", type=int, default=500, help="messages sent before waiting for the queues to drain")
+    chaos.add_argument("--accounts", type=int, default=8, help="accounts sending (each its own FIFO lanes)")
+    chaos.add_argument(
+        "--kill-rate", type=float, default=0.02, help="share of messages whose dispatcher is killed mid-submit"
+    )
+    chaos.add_argument("--json", help="also write the summary as JSON to this file")
+    chaos.set_defaults(func=_chaos)
 
     try:
         from sms_gateway_tools import admin

@@ -12,15 +12,20 @@ Protocol (see docs/local-stack.md):
 - `POST /control/inbound` `{"from", "to", "message"}` makes the simulator POST an inbound SMS
   `{"message_id", "from", "to", "text", "received_at"}` to `inbound_url`, signed the same way.
 - `GET /stats`, `GET /messages`, `POST /control/settings`, `POST /control/reset`, `GET /health`.
+- Fault injection, all off by default: `error_rate` (500 before accepting), `timeout_rate` (accept, then
+  answer only after `timeout_delay` seconds, past the sender's read timeout), `dlr_duplicate_rate` (each DLR
+  sent twice), `dlr_reorder_rate` (parts reported last to first, then an older ENROUTE report after them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
 import json
 import logging
+import random
 import secrets
 import threading
 import time
@@ -44,7 +49,20 @@ SIGNATURE_HEADER = "X-Simulator-Signature"
 # Delays before the 2nd, 3rd and 4th attempt to deliver a callback.
 CALLBACK_RETRY_DELAYS = (0.5, 1.0, 2.0)
 CALLBACK_TIMEOUT = 5.0
-SETTINGS = ("failure_rate", "dlr_delay", "submit_latency", "error_rate")
+SETTINGS = (
+    "failure_rate",
+    "dlr_delay",
+    "submit_latency",
+    "error_rate",
+    "timeout_rate",
+    "timeout_delay",
+    "dlr_duplicate_rate",
+    "dlr_reorder_rate",
+)
+# The extra report sent after the final one when DLRs are reordered: an SMSC's intermediate state.
+INTERMEDIATE_STATUS = "ENROUTE"
+# Seconds after the final DLR that a duplicate or an out-of-order older report follows.
+LATE_REPORT_DELAY = 0.3
 
 
 def sign(secret: str, timestamp: str | int, body: str | bytes) -> str:
@@ -75,6 +93,8 @@ class Submit:
     dlr_delivered: bool = False
     parts: int = 1
     dlr_parts_delivered: int = 0
+    # Whether the sender was answered in time at least once: a repeat after that is a second send, not a retry.
+    acknowledged: bool = False
 
     def part_status(self, part: int) -> str | None:
         """A failed multi-part message fails on its last part; the parts before it were delivered."""
@@ -107,6 +127,13 @@ class _Stats:
     dlrs_failed: int = 0
     inbound_sent: int = 0
     inbound_failed: int = 0
+    timeouts_injected: int = 0
+    # Repeats of a client_ref (all counted in `duplicates`) whose earlier answers all came too late for the
+    # sender, i.e. retries after a timeout; and repeats after the sender had been told it was accepted.
+    resubmits_after_timeout: int = 0
+    resubmits_after_accept: int = 0
+    dlrs_duplicated: int = 0
+    dlrs_reordered: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -118,6 +145,11 @@ class _Settings:
     dlr_delay: float = 0.3
     submit_latency: float = 0.0
     error_rate: float = 0.0
+    timeout_rate: float = 0.0
+    # Longer than the dispatcher's default read timeout (10 s), so a held answer is a timeout for it.
+    timeout_delay: float = 12.0
+    dlr_duplicate_rate: float = 0.0
+    dlr_reorder_rate: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return {name: float(getattr(self, name)) for name in SETTINGS}
@@ -137,6 +169,7 @@ class UpstreamSimulator:
         failure_rate: float = 0.0,
         submit_latency: float = 0.0,
         error_rate: float = 0.0,
+        seed: int | None = None,
     ) -> None:
         self.secret = secret or secrets.token_hex(32)
         self.inbound_url = inbound_url
@@ -152,7 +185,8 @@ class UpstreamSimulator:
         self._stats = _Stats()
         self._by_ref: dict[str, Submit] = {}
         self._submits: list[Submit] = []
-        self._random = secrets.SystemRandom()
+        # A seed makes the injected faults repeatable (they are not secrets).
+        self._random: random.Random = secrets.SystemRandom() if seed is None else random.Random(seed)  # noqa: S311
         self._callbacks = DelayedExecutor("simulator-callbacks", max_workers=8)
         self._client: httpx.Client | None = None
         self._server: ServerThread | None = None
@@ -226,6 +260,11 @@ class UpstreamSimulator:
                 setattr(self._settings, name, number)
             return self._settings.to_dict()
 
+    def reseed(self, seed: int) -> None:
+        """Makes the injected faults repeatable (as far as thread timing allows)."""
+        with self._lock:
+            self._random = random.Random(seed)  # noqa: S311
+
     def reset(self) -> None:
         with self._lock:
             self._stats = _Stats()
@@ -236,6 +275,11 @@ class UpstreamSimulator:
 
     def submit(self, payload: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
         """Handles one `/sms/send` body (already authenticated); returns (HTTP status, JSON answer)."""
+        status, answer, _ = self.accept(payload)
+        return status, answer
+
+    def accept(self, payload: Mapping[str, Any]) -> tuple[int, dict[str, Any], float]:
+        """`submit`, plus how many seconds to hold the answer back (an injected timeout; 0 = answer now)."""
         to = payload.get("to")
         text = payload.get("text")
         client_ref = payload.get("client_ref")
@@ -243,24 +287,29 @@ class UpstreamSimulator:
         if not isinstance(to, str) or not to.lstrip("+").isdigit() or not isinstance(text, str):
             with self._lock:
                 self._stats.rejected += 1
-            return 400, {"error": "'to' (digits) and 'text' (string) are required"}
+            return 400, {"error": "'to' (digits) and 'text' (string) are required"}, 0.0
         if client_ref is not None and not isinstance(client_ref, str):
             client_ref = str(client_ref)
         if dlr_url is not None and (not isinstance(dlr_url, str) or urlsplit(dlr_url).scheme not in ("http", "https")):
             with self._lock:
                 self._stats.rejected += 1
-            return 400, {"error": "'dlr_url' must be an http(s) URL or null"}
+            return 400, {"error": "'dlr_url' must be an http(s) URL or null"}, 0.0
         with self._lock:
             settings = _Settings(**self._settings.__dict__)
             self._stats.submits += 1
             if settings.error_rate and self._random.random() < settings.error_rate:
                 self._stats.errors_injected += 1
-                return 500, {"error": "simulated upstream failure"}
+                return 500, {"error": "simulated upstream failure"}, 0.0
+            hold = self._timeout_hold(settings)
             if client_ref is not None and client_ref in self._by_ref:
                 existing = self._by_ref[client_ref]
                 existing.duplicates += 1
                 self._stats.duplicates += 1
-                return 200, {"message_id": existing.message_id, "status": "accepted", "duplicate": True}
+                if existing.acknowledged:
+                    self._stats.resubmits_after_accept += 1
+                else:
+                    self._stats.resubmits_after_timeout += 1
+                return 200, {"message_id": existing.message_id, "status": "accepted", "duplicate": True}, hold
             submit = Submit(
                 message_id=f"sim-{uuid.uuid4().hex}",
                 client_ref=client_ref,
@@ -278,36 +327,71 @@ class UpstreamSimulator:
             self._submits.append(submit)
             if client_ref is not None:
                 self._by_ref[client_ref] = submit
+            duplicated = bool(settings.dlr_duplicate_rate) and self._random.random() < settings.dlr_duplicate_rate
+            reordered = bool(settings.dlr_reorder_rate) and self._random.random() < settings.dlr_reorder_rate
+            self._stats.dlrs_duplicated += int(duplicated and submit.dlr_url is not None)
+            self._stats.dlrs_reordered += int(reordered and submit.dlr_url is not None)
         if submit.dlr_url:
-            for part in range(1, submit.parts + 1):
-                self._callbacks.call_later(settings.dlr_delay, functools.partial(self._send_dlr, submit, part, 0))
-        return 200, {"message_id": submit.message_id, "status": "accepted"}
+            self._schedule_dlrs(submit, settings.dlr_delay, duplicated=duplicated, reordered=reordered)
+        return 200, {"message_id": submit.message_id, "status": "accepted"}, hold
 
-    def _send_dlr(self, submit: Submit, part: int, attempt: int) -> None:
-        status_of_part = submit.part_status(part)
+    def _timeout_hold(self, settings: _Settings) -> float:
+        """Seconds to hold an accepted submit's answer (called under the lock)."""
+        if not settings.timeout_rate or self._random.random() >= settings.timeout_rate:
+            return 0.0
+        self._stats.timeouts_injected += 1
+        return settings.timeout_delay
+
+    def acknowledge(self, client_ref: str | None) -> None:
+        """Notes that the sender got the accept answer in time (so a repeat of this client_ref is a second send)."""
+        with self._lock:
+            if client_ref is not None and client_ref in self._by_ref:
+                self._by_ref[client_ref].acknowledged = True
+
+    def _schedule_dlrs(self, submit: Submit, delay: float, *, duplicated: bool, reordered: bool) -> None:
+        parts = list(range(1, submit.parts + 1))
+        for part in reversed(parts) if reordered else parts:
+            self._callbacks.call_later(delay, functools.partial(self._send_dlr, submit, part, 0))
+        late = delay + LATE_REPORT_DELAY
+        for part in parts:
+            if duplicated:
+                self._callbacks.call_later(late, functools.partial(self._send_dlr, submit, part, 0, extra=True))
+            if reordered:
+                # An older, intermediate state reported after the final one.
+                self._callbacks.call_later(
+                    late, functools.partial(self._send_dlr, submit, part, 0, extra=True, status=INTERMEDIATE_STATUS)
+                )
+
+    def _send_dlr(self, submit: Submit, part: int, attempt: int, *, extra: bool = False, status: str = "") -> None:
+        """POSTs one part's DLR (retried on failure). `extra` marks an injected duplicate or out-of-order report,
+        which does not count towards the message's DLRs delivered; `status` overrides the part's status."""
+        status_of_part = status or submit.part_status(part)
+        intermediate = status_of_part == INTERMEDIATE_STATUS
         payload = {
             "message_id": submit.message_id,
             "client_ref": submit.client_ref,
             "to": submit.to,
             "status": status_of_part,
-            "error_code": "000" if status_of_part == "DELIVRD" else "001",
+            "error_code": "000" if status_of_part in ("DELIVRD", INTERMEDIATE_STATUS) else "001",
             "submitted_at": submit.submitted_at,
-            "done_at": _now_iso(),
+            "done_at": submit.submitted_at if intermediate else _now_iso(),
             "part": part,
             "parts": submit.parts,
         }
-        status = self._post_signed(str(submit.dlr_url), payload)
-        if status is not None and 200 <= status < 300:
+        answered = self._post_signed(str(submit.dlr_url), payload)
+        if answered is not None and 200 <= answered < 300:
             with self._lock:
-                submit.dlr_parts_delivered += 1
-                submit.dlr_delivered = submit.dlr_parts_delivered >= submit.parts
+                if not extra:
+                    submit.dlr_parts_delivered += 1
+                    submit.dlr_delivered = submit.dlr_parts_delivered >= submit.parts
                 self._stats.dlrs_sent += 1
             return
         if attempt < len(CALLBACK_RETRY_DELAYS):
             delay = CALLBACK_RETRY_DELAYS[attempt]
-            if self._callbacks.call_later(delay, lambda: self._send_dlr(submit, part, attempt + 1)):
+            retry = functools.partial(self._send_dlr, submit, part, attempt + 1, extra=extra, status=status)
+            if self._callbacks.call_later(delay, retry):
                 return
-        logger.warning("DLR for %s not delivered to %s (last status %s)", submit.message_id, submit.dlr_url, status)
+        logger.warning("DLR for %s not delivered to %s (last status %s)", submit.message_id, submit.dlr_url, answered)
         with self._lock:
             self._stats.dlrs_failed += 1
 
@@ -409,5 +493,13 @@ class _SimulatorHandler(RequestHandler):
         latency = simulator.settings()["submit_latency"]
         if latency:
             time.sleep(latency)
-        status, answer = simulator.submit(payload)
+        status, answer, hold = simulator.accept(payload)
+        if hold:
+            # An injected timeout: the message was accepted, but the sender gives up before it hears so.
+            time.sleep(hold)
+            with contextlib.suppress(OSError):
+                self.send_json(status, answer)
+            return
         self.send_json(status, answer)
+        if status == 200:
+            simulator.acknowledge(payload.get("client_ref"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -15,9 +15,9 @@ from sms_gateway.adapters.providers import get_provider, upstream_rate_limit
 from sms_gateway.adapters.sqs import SqsDeadLetterQueue
 from sms_gateway.bootstrap import gateway
 from sms_gateway.caching import CachedAccountSettings
-from sms_gateway.domain.models import DispatchCommand, Message, utc_now
+from sms_gateway.domain.models import DispatchCommand, Message, StatusChange, utc_now
 from sms_gateway.domain.routing import RouteTable
-from sms_gateway.logic import webhook_retries
+from sms_gateway.logic import settle, webhook_retries
 from sms_gateway.logic.dispatch import DispatchDependencies, backoff_seconds, dispatch
 from sms_gateway.logic.notify import WebhookFailed, WebhookResponse, deliver, dlr_notification
 from sms_gateway.logic.ratelimit import RateLimiter, account_scope
@@ -62,6 +62,19 @@ def _routed(table: RouteTable) -> Callable[[Message], list[Provider]]:
     return upstreams_for
 
 
+def _announce(changes: Sequence[StatusChange]) -> None:
+    """Clients that asked for delivery reports hear of every change, including those the dispatcher makes."""
+    notifications = [n for n in (dlr_notification(change) for change in changes) if n is not None]
+    if notifications:
+        gateway().notify_queue.publish(notifications)
+
+
+def _settle_later(message: Message) -> None:
+    """A settle check on the notify queue (a standard queue, so it can wait hours without holding up the
+    account's FIFO group); the notifier acts on it once the DLR wait is over."""
+    gateway().notify_queue.publish([settle.settle_check([message], now=utc_now())])
+
+
 def dispatch_record(record: SQSRecord) -> dict[str, Any]:
     attempt = int(record.attributes.approximate_receive_count or 1)
     try:
@@ -102,12 +115,11 @@ def _dispatch_record(record: SQSRecord, attempt: int) -> dict[str, Any]:
         # Read once per upstream and record rather than per message, as the upstreams themselves are.
         route_limit=functools.cache(upstream_rate_limit),
         final_attempt=attempt >= wiring.settings.dispatch_max_attempts,
+        claim_lease_seconds=wiring.settings.dispatch_claim_lease_seconds,
+        announce=_announce,
+        settle_later=_settle_later,
     )
     outcome = http.run(dispatch(command, deps))
-    # Clients that asked for delivery reports hear of every change, including those made here.
-    notifications = [n for n in (dlr_notification(change) for change in outcome.changes) if n is not None]
-    if notifications:
-        wiring.notify_queue.publish(notifications)
     metrics.add_metric(name="MessagesSubmitted", unit="Count", value=outcome.submitted)
     metrics.add_metric(name="MessagesFailed", unit="Count", value=outcome.failed)
     count_final_statuses(outcome.changes)
@@ -152,8 +164,14 @@ class NotifyLater(Exception):
     """Raised for a notification the client's webhook failed: the record comes back after its retry delay."""
 
 
+class SettleLater(Exception):
+    """Raised for a settle check that is not due yet: the record comes back when it is (at most 12 h a hop)."""
+
+
 def notify_record(record: SQSRecord) -> dict[str, Any]:
     notification = json.loads(record.body)
+    if notification.get("kind") == settle.SETTLE:
+        return _settle_record(record, notification)
     attempt = int(record.attributes.approximate_receive_count or 1)
     wiring = gateway()
     try:
@@ -164,6 +182,25 @@ def notify_record(record: SQSRecord) -> dict[str, Any]:
         webhook_retries.record_delivered(wiring.store, notification, now=utc_now())
     metrics.add_metric(name="WebhooksDelivered", unit="Count", value=1 if delivered else 0)
     return {"delivered": delivered}
+
+
+def _settle_record(record: SQSRecord, check: dict[str, Any]) -> dict[str, Any]:
+    wiring = gateway()
+    deps = settle.SettleDependencies(
+        messages=wiring.store,
+        accounts=wiring.store,
+        clock=utc_now,
+        dlr_wait=timedelta(seconds=wiring.settings.dlr_wait_seconds),
+    )
+    outcome = settle.settle(check, deps)
+    _announce([*outcome.made_before, *outcome.changes])
+    count_final_statuses(outcome.changes)
+    if outcome.check_again_in is not None:
+        wiring.notify_queue.delay(record.receipt_handle, outcome.check_again_in)
+        raise SettleLater(f"settle check of batch {check['reference_id']} due in {outcome.check_again_in} s")
+    if outcome.changes:
+        metrics.add_metric(name="MessagesExpiredWithoutDlr", unit="Count", value=len(outcome.changes))
+    return {"expired": len(outcome.changes)}
 
 
 def _notify_failed(

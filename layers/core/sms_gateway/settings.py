@@ -7,6 +7,10 @@ from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+# A submitted message with no final DLR after this long is expired and refunded (logic/settle.py). Each wait of a
+# settle check is a visibility timeout of at most 12 h on the notify queue, which keeps messages 4 days and takes
+# 12 receives: 72 h keeps both well out of reach.
+MAX_DLR_WAIT_SECONDS = 259_200
 # Notify attempts are delays + 1 and must stay below the notify queue's maxReceiveCount (template.yaml: 12).
 MAX_NOTIFY_RETRY_DELAYS = 10
 
@@ -35,10 +39,16 @@ class Settings(BaseModel):
     # maxReceiveCount, so the dead-letter queue keeps only records that crash the handler).
     dispatch_max_attempts: int = 6
     message_validity_hours: int = 24
+    # How long a dispatcher's claim on a message lasts; it must outlive a submit and stay below the dispatch
+    # queue's visibility timeout (360 s), so a crashed dispatcher's redelivered record finds the claim lapsed.
+    dispatch_claim_lease_seconds: int = 120
     # A send_at closer than this is sent now: a schedule would fire about as late as the queue delivers.
     schedule_threshold_seconds: int = 60
     upstream_connect_timeout: float = 3.0
     upstream_read_timeout: float = 10.0
+    # How long a message recorded submitted without the upstream's word (a dispatcher died mid-submit) waits for
+    # a final delivery report before it is expired with `no_delivery_report` and refunded.
+    dlr_wait_seconds: int = 172_800
     # Client webhook notifications that fail every attempt are parked here with their reason.
     notify_dead_letter_queue_url: str = ""
     # Seconds to wait after each failed client webhook attempt (one attempt more than delays): 5 s, 5 min, 30 min,
@@ -66,6 +76,13 @@ class Settings(BaseModel):
             raise ValueError(f"NOTIFY_RETRY_DELAYS takes at most {MAX_NOTIFY_RETRY_DELAYS} delays")
         if any(not 0 <= delay <= 43_200 for delay in value):
             raise ValueError("each of NOTIFY_RETRY_DELAYS must be from 0 to 43200 seconds (12 h)")
+        return value
+
+    @field_validator("dlr_wait_seconds")
+    @classmethod
+    def dlr_wait_within_queue_limits(cls, value: int) -> int:
+        if not 1 <= value <= MAX_DLR_WAIT_SECONDS:
+            raise ValueError(f"DLR_WAIT_SECONDS must be from 1 to {MAX_DLR_WAIT_SECONDS} (72 h)")
         return value
 
     @classmethod

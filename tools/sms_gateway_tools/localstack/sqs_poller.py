@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -113,10 +114,23 @@ def failed_message_ids(response: Any, message_ids: Iterable[str]) -> set[str] | 
 class SqsPoller:
     """One event source mapping: a receiver thread and up to `maximum_concurrency` concurrent invocations."""
 
-    def __init__(self, sqs: Any, source: EventSource, function: LocalFunction) -> None:
+    def __init__(
+        self,
+        sqs: Any,
+        source: EventSource,
+        function: LocalFunction,
+        *,
+        duplicate_rate: float = 0.0,
+        rand: random.Random | None = None,
+    ) -> None:
         self.sqs = sqs
         self.source = source
         self.function = function
+        # Fault injection (off by default): this fraction of records is handed to the function a second time,
+        # as SQS's at-least-once delivery may.
+        self.duplicate_rate = duplicate_rate
+        self._random = rand or random.Random()  # noqa: S311 (fault injection, not a secret)
+        self.duplicates_delivered = 0
         self._stopping = threading.Event()
         concurrency = max(1, int(source.maximum_concurrency))
         self._slots = threading.Semaphore(concurrency)
@@ -185,6 +199,14 @@ class SqsPoller:
     def process(self, messages: list[dict[str, Any]]) -> None:
         """Invokes the function with one batch and deletes the records that succeeded."""
         records = [lambda_record(message, self.source.queue_arn) for message in messages]
+        self._invoke(records)
+        if self.duplicate_rate:
+            again = [record for record in records if self._random.random() < self.duplicate_rate]
+            if again:
+                self.duplicates_delivered += len(again)
+                self._invoke(again)
+
+    def _invoke(self, records: list[dict[str, Any]]) -> None:
         self.batches += 1
         try:
             response = self.function.invoke({"Records": records})
@@ -192,6 +214,15 @@ class SqsPoller:
             logger.exception(
                 "%s failed on a batch of %d from %s; the messages return after their visibility timeout",
                 self.function.logical_id,
+                len(records),
+                self.source.queue_logical_id,
+            )
+            return
+        except BaseException as crash:  # a killed container: nothing after the crash point runs
+            logger.warning(
+                "%s crashed (%s) on a batch of %d from %s; the messages return after their visibility timeout",
+                self.function.logical_id,
+                type(crash).__name__,
                 len(records),
                 self.source.queue_logical_id,
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import secrets
 import threading
 import time
@@ -79,6 +80,10 @@ class LocalStack:
         scheduler_interval: float = 0.5,
         serialize_invocations: bool = True,
         notify_retry_delays: str | None = None,
+        environment: Mapping[str, str] | None = None,
+        visibility_timeouts: Mapping[str, int] | None = None,
+        sqs_duplicate_rate: float = 0.0,
+        seed: int | None = None,
     ) -> None:
         self.port = port
         self.simulator_port = simulator_port
@@ -97,6 +102,14 @@ class LocalStack:
         self.notify_retry_delays = (
             notify_retry_delays or os.environ.get("NOTIFY_RETRY_DELAYS") or LOCAL_NOTIFY_RETRY_DELAYS
         )
+        # For fault-injection runs (`sms-gateway chaos`); the defaults change nothing. `environment` adds or
+        # overrides the functions' variables (e.g. UPSTREAM_READ_TIMEOUT); `visibility_timeouts` maps queue
+        # logical ids to seconds, so crashed invocations come back soon; `sqs_duplicate_rate` makes the pollers
+        # hand that fraction of records to the function twice; `seed` makes those choices repeatable.
+        self.extra_environment = dict(environment or {})
+        self.visibility_timeouts = dict(visibility_timeouts or {})
+        self.sqs_duplicate_rate = sqs_duplicate_rate
+        self.seed = seed
 
         self.moto = EmbeddedMoto()
         self.simulator: UpstreamSimulator | None = None
@@ -171,6 +184,10 @@ class LocalStack:
         self.resources = create_stack_resources(
             aws_clients(endpoint, ["dynamodb", "sqs", "scheduler", "ssm"]), template, self.stack_name
         )
+        for queue_id, seconds in self.visibility_timeouts.items():
+            self.client("sqs").set_queue_attributes(
+                QueueUrl=self.resources.queue_urls[queue_id], Attributes={"VisibilityTimeout": str(int(seconds))}
+            )
 
         # Bind the API port now: its URL goes into the functions' environment and the simulator.
         routes = tpl.function_routes(list(definitions.values()))
@@ -185,6 +202,7 @@ class LocalStack:
             inbound_url=f"{self.api_url}/callbacks/{UPSTREAM_NAME}/inbound",
             dlr_delay=self.dlr_delay,
             failure_rate=self.failure_rate,
+            seed=self.seed,
         ).start()
         put_simulator_parameter(self.client("ssm"), self.simulator.url, secret)
 
@@ -200,6 +218,7 @@ class LocalStack:
                 notify_retry_delays=self.notify_retry_delays,
             )
         )
+        self._set_env(self.extra_environment)
         self._forget_wiring()
         if self.divert_metrics:
             self._stdout = DivertedStdout(self.state_dir / "metrics.log")
@@ -242,6 +261,9 @@ class LocalStack:
                         maximum_concurrency=_maximum_concurrency(template, logical_id, source.queue),
                     ),
                     function,
+                    duplicate_rate=self.sqs_duplicate_rate,
+                    # Repeatable fault injection, not a secret.
+                    rand=random.Random(f"{self.seed}:{source.queue}") if self.seed is not None else None,  # noqa: S311
                 )
                 poller.start()
                 self.pollers.append(poller)

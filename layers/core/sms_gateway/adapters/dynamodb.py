@@ -456,8 +456,10 @@ class DynamoStore(
         except self.client.exceptions.ConditionalCheckFailedException as error:
             current = error.response.get("Item") or {}
             lapsed = current.get("claim_until", {}).get("N")
-            if current.get("status", {}).get("S") != MessageStatus.QUEUED or lapsed is None or int(lapsed) >= now_epoch:
+            if current.get("status", {}).get("S") != MessageStatus.QUEUED or lapsed is None:
                 return ClaimOutcome.BUSY
+            if int(lapsed) >= now_epoch:
+                return ClaimOutcome.HELD
             return self._take_over_lapsed_claim(key, lapsed, values)
         return ClaimOutcome.CLAIMED
 
@@ -473,7 +475,8 @@ class DynamoStore(
                 ExpressionAttributeValues={**values, ":lapsed": {"N": lapsed}},
             )
         except self.client.exceptions.ConditionalCheckFailedException:
-            return ClaimOutcome.BUSY
+            # Another dispatcher took it over (or it moved on): if the first, that one now holds a live claim.
+            return ClaimOutcome.HELD
         return ClaimOutcome.ABANDONED
 
     def release_claim(self, key: MessageKey) -> None:

@@ -20,6 +20,11 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def from_iso(stamp: str) -> datetime:
+    """The moment an `iso` timestamp names (Python 3.11 does not read the trailing Z itself)."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
 class Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 
@@ -271,7 +276,10 @@ class ClaimOutcome(StrEnum):
     """What a dispatcher gets when it asks to submit a message."""
 
     CLAIMED = "claimed"  # it is ours to submit
-    BUSY = "busy"  # not queued any more, or another dispatcher holds a live claim: leave it
+    BUSY = "busy"  # not queued any more: nothing to do
+    # Another dispatcher holds a live claim. It may still die before its lease lapses, so the record that found
+    # it held comes back later instead of being consumed (consuming it could strand the message queued).
+    HELD = "held"
     # A previous dispatcher's claim lapsed without a result: it may have died after the upstream accepted the
     # message, so submitting again could send it twice. The message is recorded as submitted, unconfirmed.
     ABANDONED = "abandoned"

@@ -9,10 +9,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sms_gateway.domain.models import ClaimOutcome, DispatchCommand, Message, StatusChange, SubmitRequest
+from sms_gateway.domain.models import (
+    ClaimOutcome,
+    DispatchCommand,
+    Message,
+    StatusChange,
+    SubmitRequest,
+    from_iso,
+)
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import UpstreamError
 from sms_gateway.logic.delivery import DeliveryDependencies, DeliveryOutcome, apply_delivery_report
+from sms_gateway.logic.notify import dlr_notification
 from sms_gateway.logic.ratelimit import RateLimiter, Scope, route_scope
 from sms_gateway.observability import logger, mask_msisdn
 from sms_gateway.ports import AccountStore, MessageStore, Provider
@@ -24,6 +32,10 @@ BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_CAP_SECONDS = 300.0
 DEFAULT_VALIDITY = timedelta(hours=24)
 UNCONFIRMED = "submit_unconfirmed"
+# Status changes announced in one go: one SQS SendMessageBatch carries ten.
+ANNOUNCE_BATCH = 10
+# The states a dispatcher moves a queued message to.
+DISPATCHED = frozenset({MessageStatus.SUBMITTED, MessageStatus.FAILED, MessageStatus.EXPIRED})
 
 
 def backoff_seconds(attempt: int, retry_after: float | None, rand: Callable[[], float] = random.random) -> int:
@@ -52,6 +64,14 @@ class DispatchDependencies:
     # On the record's last allowed attempt a transient failure is final: the message fails and is refunded,
     # rather than the record going to the dead-letter queue.
     final_attempt: bool = False
+    claim_lease_seconds: int = CLAIM_LEASE_SECONDS
+    # Told of the record's status changes for the client's delivery-report callbacks, ten at a time and the rest
+    # at the end of the record. Changes a dead dispatcher made but never announced are announced again by the
+    # record's redelivery (same webhook id per change, which the client deduplicates).
+    announce: Callable[[Sequence[StatusChange]], None] | None = None
+    # Asked to settle a message later when it is recorded submitted without the upstream's word: if no final
+    # DLR comes, nothing else would ever end it (logic/settle.py).
+    settle_later: Callable[[Message], None] | None = None
 
 
 @dataclass
@@ -85,23 +105,75 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
     )
     outcome = DispatchOutcome(skipped=len(command.message_ids) - len(messages))
     in_flight = asyncio.Semaphore(deps.concurrency)
+    announcer = _Announcer(deps.announce)
 
     async def one(message: Message) -> None:
         async with in_flight:
             await _dispatch_one(message, deps, outcome)
+            # A message's changes are made by its own task only, so these are exactly this message's.
+            await announcer.add([c for c in outcome.changes if c.message.message_id == message.message_id])
 
     pending = [m for m in messages if m.status == MessageStatus.QUEUED]
     outcome.skipped += len(messages) - len(pending)
-    while pending:
-        # The account's rate limit is shared by every dispatcher container: each grant is one counted write.
-        granted = await deps.limiter.acquire(deps.rate_scopes, len(pending)) if deps.limiter else len(pending)
-        if granted == 0:
-            outcome.retry.extend(m.message_id for m in pending)
-            outcome.retry_after = max(outcome.retry_after or 0.0, 1.0)
-            break
-        now_sending, pending = pending[:granted], pending[granted:]
-        await asyncio.gather(*(one(m) for m in now_sending))
+    try:
+        # An earlier delivery of this record may have died between a status write and its announcement.
+        await announcer.add([c for c in map(change_made_by_dispatch, messages) if c is not None])
+        while pending:
+            # The account's rate limit is shared by every dispatcher container: each grant is one counted write.
+            granted = await deps.limiter.acquire(deps.rate_scopes, len(pending)) if deps.limiter else len(pending)
+            if granted == 0:
+                outcome.retry.extend(m.message_id for m in pending)
+                outcome.retry_after = max(outcome.retry_after or 0.0, 1.0)
+                break
+            now_sending, pending = pending[:granted], pending[granted:]
+            await asyncio.gather(*(one(m) for m in now_sending))
+    finally:
+        # Also when a message's task raised: what was done is announced now, not only by the redelivery.
+        await announcer.flush()
     return outcome
+
+
+class _Announcer:
+    """Collects the record's client-visible status changes and hands them on ANNOUNCE_BATCH at a time."""
+
+    def __init__(self, announce: Callable[[Sequence[StatusChange]], None] | None) -> None:
+        self.announce = announce
+        self.waiting: list[StatusChange] = []
+
+    async def add(self, changes: Sequence[StatusChange]) -> None:
+        if self.announce is None:
+            return
+        self.waiting.extend(c for c in changes if dlr_notification(c) is not None)
+        while len(self.waiting) >= ANNOUNCE_BATCH:
+            ready, self.waiting = self.waiting[:ANNOUNCE_BATCH], self.waiting[ANNOUNCE_BATCH:]
+            await asyncio.to_thread(self.announce, ready)
+
+    async def flush(self) -> None:
+        if self.announce is not None and self.waiting:
+            ready, self.waiting = self.waiting, []
+            await asyncio.to_thread(self.announce, ready)
+
+
+def change_made_by_dispatch(message: Message) -> StatusChange | None:
+    """The status change a dispatcher made to a message no longer queued, rebuilt from its status times: the
+    status that followed `queued`, with the sequence number it had then (each later change added one). None for
+    a message still queued or never dispatched (cancelled, or settled by a DLR that overtook the dispatcher)."""
+    history = sorted(message.status_at.items(), key=lambda entry: from_iso(entry[1]))
+    statuses = [MessageStatus(status) for status, _ in history]
+    if MessageStatus.QUEUED not in statuses or statuses[-1] == MessageStatus.QUEUED:
+        return None
+    after_queued = statuses.index(MessageStatus.QUEUED) + 1
+    if after_queued >= len(statuses) or statuses[after_queued] not in DISPATCHED:
+        return None
+    made = statuses[after_queued]
+    if made == message.status:
+        return StatusChange(message=message, changed=True)
+    later = len(statuses) - after_queued - 1
+    # Fields a later change rewrote (a DLR's error code and time) are not the dispatcher's: leave them out.
+    then = message.model_copy(
+        update={"status": made, "sequence": message.sequence - later, "error_code": None, "reported_at": None}
+    )
+    return StatusChange(message=then, changed=True)
 
 
 async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: DispatchOutcome) -> None:
@@ -113,15 +185,25 @@ async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: D
         outcome.expired += 1
         return
     claim = await asyncio.to_thread(
-        deps.messages.claim_for_dispatch, message.key, now=deps.clock(), lease_seconds=CLAIM_LEASE_SECONDS
+        deps.messages.claim_for_dispatch, message.key, now=deps.clock(), lease_seconds=deps.claim_lease_seconds
     )
     if claim == ClaimOutcome.BUSY:
         outcome.skipped += 1
+        return
+    if claim == ClaimOutcome.HELD:
+        # Its holder may die before the lease lapses; only a later look can then find the lease lapsed, so this
+        # record comes back once it has (a duplicate delivery of the holder's own record must not consume it).
+        outcome.retry.append(message.message_id)
+        outcome.retry_after = max(outcome.retry_after or 0.0, float(deps.claim_lease_seconds))
         return
     if claim == ClaimOutcome.ABANDONED:
         # At most once: the upstream may already have it (its DLR will find it by our reference), so it is
         # recorded as submitted without an upstream id rather than submitted again.
         logger.warning("dispatcher died mid-submit before; not resubmitting", extra={"message_id": message.message_id})
+        if deps.settle_later is not None:
+            # Asked before the write: a dispatcher dying between the two leaves the claim lapsed, so the record's
+            # redelivery comes back here and asks again; asked after, the check could be lost with the write done.
+            await asyncio.to_thread(deps.settle_later, message)
         change = await asyncio.to_thread(
             deps.messages.transition, message.key, MessageStatus.SUBMITTED, now=deps.clock(), error_code=UNCONFIRMED
         )
@@ -215,7 +297,7 @@ def _submit_request(message: Message, provider: Provider, callback_base_url: str
 
 def valid_until(message: Message, validity: timedelta) -> datetime:
     queued_at = message.status_at.get(str(MessageStatus.QUEUED)) or message.created_at
-    return datetime.fromisoformat(queued_at.replace("Z", "+00:00")) + validity
+    return from_iso(queued_at) + validity
 
 
 async def _finish(

@@ -1,0 +1,134 @@
+"""Settle checks through the real handlers on moto: a message a dead dispatcher left submitted-unconfirmed is
+expired, refunded and announced once no final DLR came within the DLR wait; a DLR that came first wins."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.conftest import FakeContext, load_function
+from tests.integration.test_operations_metrics import simulator_dlr
+from tests.integration.test_send_path import as_lambda_sqs_event, balance, queued_records, send_event
+from tests.integration.test_webhook_retries import ClientWebhook, receive, run_notifier
+
+
+@pytest.fixture
+def account(aws: dict[str, str]) -> dict[str, Any]:
+    from sms_gateway_tools.admin import create_account
+
+    return create_account(name="Cinema Club", senders=["48974"], credits=100, dlr_url="https://client.example/dlr")
+
+
+@pytest.fixture
+def hook(monkeypatch: pytest.MonkeyPatch) -> ClientWebhook:
+    from sms_gateway import consumers
+
+    recorder = ClientWebhook()
+    monkeypatch.setattr(consumers, "_post", recorder)
+    return recorder
+
+
+def stranded_message(aws: dict[str, str], account: dict[str, Any]) -> Any:
+    """A sent message (delivery reports asked for) whose claim a dead dispatcher left to lapse, dispatched again:
+    the dispatcher records it submitted-unconfirmed without submitting it."""
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import utc_now
+    from sms_gateway.logic.batches import all_messages
+
+    api = load_function("api")
+    body = {"from": "48974", "to": "2348020000000", "message": "hi", "delivery_report": "yes"}
+    response = api.handler(send_event(account["token"], body), FakeContext())
+    reference_id = int(json.loads(response["body"])["reference_id"])
+    store = gateway().store
+    [message] = all_messages(store, account["account_id"], reference_id)
+    store.claim_for_dispatch(message.key, now=utc_now() - timedelta(hours=1), lease_seconds=120)
+    event = as_lambda_sqs_event(queued_records(aws))
+    assert load_function("dispatcher").handler(event, FakeContext()) == {"batchItemFailures": []}
+    [message] = all_messages(store, account["account_id"], reference_id)
+    return message
+
+
+def message_now(message: Any) -> Any:
+    from sms_gateway.bootstrap import gateway
+
+    found = gateway().store.find_message(message.account_id, message.message_id)
+    assert found is not None
+    return found
+
+
+def notify_pass(aws: dict[str, str]) -> list[dict[str, Any]]:
+    """One notifier poll; returns the records it left hidden on the queue (settle checks not due yet)."""
+    result = run_notifier(aws)
+    failed = {item["itemIdentifier"] for item in result["response"]["batchItemFailures"]}
+    return [record for record in result["records"] if record["messageId"] in failed]
+
+
+def after_the_wait(monkeypatch: pytest.MonkeyPatch, aws: dict[str, str], hidden: list[dict[str, Any]]) -> None:
+    """49 hours pass: the handlers' clock moves on, and the hidden records are visible again."""
+    from sms_gateway import consumers
+    from sms_gateway.domain.models import utc_now
+
+    later = utc_now() + timedelta(hours=49)
+    monkeypatch.setattr(consumers, "utc_now", lambda: later)
+    for record in hidden:
+        boto3.client("sqs").change_message_visibility(
+            QueueUrl=aws["NOTIFY_QUEUE_URL"], ReceiptHandle=record["receiptHandle"], VisibilityTimeout=0
+        )
+
+
+def drain_notify_queue(aws: dict[str, str]) -> None:
+    while visible(aws):
+        assert notify_pass(aws) == [], "a due settle check asked to come back"
+
+
+def visible(aws: dict[str, str]) -> int:
+    attributes = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=aws["NOTIFY_QUEUE_URL"], AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"])
+
+
+def test_a_stranded_message_is_expired_refunded_and_announced_once_no_dlr_came(aws, account, hook, monkeypatch):
+    # Given a message a dead dispatcher left submitted-unconfirmed (charged)
+    message = stranded_message(aws, account)
+    assert (message.status, message.error_code) == ("submitted", "submit_unconfirmed")
+    assert message.price > 0 and balance(account["account_id"]) == 100 - message.price
+    # When the notifier takes the queue before the DLR wait (48 h) is over
+    [hidden] = notify_pass(aws)
+    # Then the client hears of the submit, and the settle check waits hidden on the queue, changing nothing
+    check = json.loads(hidden["body"])
+    assert check["kind"] == "settle" and check["message_ids"] == [message.message_id]
+    assert [p["body"]["status"] for p in hook.posts] == ["submitted"]
+    assert receive(aws["NOTIFY_QUEUE_URL"]) == [] and message_now(message).status == "submitted"
+    # When the wait is over and the check comes back, twice (SQS delivers at least once)
+    after_the_wait(monkeypatch, aws, [hidden])
+    boto3.client("sqs").send_message(QueueUrl=aws["NOTIFY_QUEUE_URL"], MessageBody=hidden["body"])
+    drain_notify_queue(aws)
+    # Then the message is expired for want of a DLR and refunded once
+    settled = message_now(message)
+    assert (settled.status, settled.error_code) == ("expired", "no_delivery_report")
+    assert balance(account["account_id"]) == 100
+    # And the client heard of it, the duplicate check's repeat under the same webhook id (one per status change)
+    expired = [p["body"] for p in hook.posts if p["body"]["status"] == "expired"]
+    assert {(body["error_code"], body["sequence"]) for body in expired} == {("no_delivery_report", settled.sequence)}
+
+
+def test_a_dlr_before_the_check_is_due_wins_and_the_check_changes_nothing(aws, account, hook, monkeypatch):
+    # Given a stranded message whose upstream did have it, and its final DLR arriving within the wait
+    message = stranded_message(aws, account)
+    charged = balance(account["account_id"])
+    dlr = simulator_dlr(aws, message.key.to_ref(), "DELIVRD", "2026-01-02T23:50:40Z")
+    assert load_function("webhook").handler(dlr, FakeContext())["statusCode"] == 200
+    assert message_now(message).status == "delivered"
+    hidden = notify_pass(aws)
+    # When the settle check comes due
+    after_the_wait(monkeypatch, aws, hidden)
+    drain_notify_queue(aws)
+    # Then the message stays delivered and charged, and the client heard of no expiry
+    assert message_now(message).status == "delivered"
+    assert balance(account["account_id"]) == charged
+    assert [p["body"]["status"] for p in hook.posts] == ["submitted", "delivered"]

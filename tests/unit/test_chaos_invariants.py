@@ -1,0 +1,112 @@
+"""The chaos run's invariant checker flags each kind of violation it exists to catch (and passes a clean run)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from sms_gateway_tools.chaos.invariants import (
+    AccountCredits,
+    MessageRecord,
+    Observations,
+    UpstreamMessage,
+    check,
+)
+
+AT = "2026-01-01T00:00:00.000Z"
+
+
+def message(message_id: str = "1", **changes: object) -> MessageRecord:
+    record = MessageRecord(
+        message_id=message_id,
+        account_id="7",
+        client_ref=f"7.100.{message_id}",
+        status="delivered",
+        status_at={"accepted": AT, "queued": AT, "submitted": AT, "delivered": AT},
+        sequence=3,
+        price=2,
+        delivery_report=True,
+        upstream_message_id=f"sim-{message_id}",
+    )
+    return replace(record, **changes)  # type: ignore[arg-type]
+
+
+def callback(message_id: str, sequence: int, status: str) -> dict[str, object]:
+    return {"type": "delivery report", "message_id": message_id, "sequence": sequence, "status": status}
+
+
+def clean_run() -> Observations:
+    """One delivered message that asked for reports: both its changes notified, its 2 credits spent."""
+    return Observations(
+        messages=[message("1")],
+        accounts=[AccountCredits(account_id="7", initial=100, balance=98)],
+        upstream=[UpstreamMessage(message_id="sim-1", client_ref="7.100.1")],
+        upstream_stats={"resubmits_after_accept": 0, "resubmits_after_timeout": 1},
+        notifications={
+            "dlr_1_2": callback("1", 2, "submitted"),
+            "dlr_1_3": callback("1", 3, "delivered"),
+        },
+    )
+
+
+def broken(observed: Observations) -> dict[str, int]:
+    return {verdict.name: len(verdict.violations) for verdict in check(observed) if not verdict.ok}
+
+
+def test_a_clean_run_breaks_nothing():
+    assert broken(clean_run()) == {}
+
+
+def test_a_message_left_in_flight_is_flagged_unless_dead_lettered_with_a_reason():
+    stuck = replace(clean_run(), messages=[message("1", status="queued", status_at={"queued": AT}, sequence=1)])
+    assert broken(stuck)["settled"] == 1
+    parked = replace(stuck, dead_lettered_messages={"1": "failed 6 times: RuntimeError"})
+    assert "settled" not in broken(parked)
+
+
+def test_a_second_send_of_one_reference_is_flagged():
+    # Two upstream messages for one reference, or a repeat after the upstream had answered "accepted"
+    twice = replace(clean_run(), upstream=[*clean_run().upstream, UpstreamMessage("sim-9", "7.100.1")])
+    assert broken(twice)["submitted_once"] >= 1
+    after_accept = replace(clean_run(), upstream_stats={"resubmits_after_accept": 1})
+    assert broken(after_accept) == {"submitted_once": 1}
+
+
+def test_a_status_that_moves_back_is_flagged():
+    # Seen by the client: delivered, then submitted again
+    regressed = replace(
+        clean_run(),
+        notifications={"dlr_1_2": callback("1", 2, "delivered"), "dlr_1_3": callback("1", 3, "submitted")},
+    )
+    assert broken(regressed)["no_regressions"] == 1
+    # In the record: it reached delivered but reads submitted
+    record = replace(clean_run(), messages=[message("1", status="submitted")])
+    assert broken(record)["no_regressions"] == 1
+
+
+def test_credits_that_do_not_add_up_are_flagged():
+    # A delivered message that was also refunded: spent 0, but it cost 2
+    refunded = replace(clean_run(), accounts=[AccountCredits(account_id="7", initial=100, balance=100)])
+    assert broken(refunded) == {"credits_conserved": 1}
+    # A failed message that was never refunded
+    failed = replace(
+        clean_run(),
+        messages=[message("1", status="failed", status_at={"queued": AT, "submitted": AT, "failed": AT})],
+        notifications={"dlr_1_2": callback("1", 2, "submitted"), "dlr_1_3": callback("1", 3, "failed")},
+    )
+    assert broken(failed) == {"credits_conserved": 1}
+
+
+def test_a_status_change_the_client_never_heard_of_is_flagged():
+    missing = replace(clean_run(), notifications={"dlr_1_3": callback("1", 3, "delivered")})
+    assert broken(missing) == {"every_change_notified": 1}
+    # Parked in the notify DLQ with its reason counts as accounted for
+    parked = replace(missing, dead_lettered_notifications={"dlr_1_2": "client webhook failed 11 attempts"})
+    assert broken(parked) == {}
+
+
+def test_one_change_notified_twice_under_different_ids_is_flagged():
+    doubled = replace(
+        clean_run(),
+        notifications={**clean_run().notifications, "dlr_1_9": callback("1", 9, "submitted")},
+    )
+    assert "every_change_notified" in broken(doubled)

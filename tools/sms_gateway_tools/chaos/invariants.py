@@ -1,0 +1,233 @@
+"""The chaos run's invariants, checked over what the run observed (pure: no AWS, no HTTP, so tests can feed it)."""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sms_gateway.domain.status import TERMINAL, MessageStatus, rank
+
+# Statuses whose credits were given back (logic/delivery.py REFUNDED, plus cancelled by logic/batches.py).
+REFUNDED = frozenset({MessageStatus.FAILED, MessageStatus.EXPIRED, MessageStatus.REJECTED, MessageStatus.CANCELLED})
+EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """A gateway message as the table holds it at the end of the run."""
+
+    message_id: str
+    account_id: str
+    client_ref: str
+    status: str
+    status_at: Mapping[str, str]
+    sequence: int
+    price: int
+    delivery_report: bool
+    error_code: str | None = None
+    upstream_message_id: str | None = None
+
+
+@dataclass(frozen=True)
+class AccountCredits:
+    account_id: str
+    initial: int
+    balance: int
+
+
+@dataclass(frozen=True)
+class UpstreamMessage:
+    """A message the upstream simulator created (it creates one per client_ref, answering repeats with it)."""
+
+    message_id: str
+    client_ref: str | None
+    repeats: int = 0
+
+
+@dataclass
+class Observations:
+    messages: list[MessageRecord]
+    accounts: list[AccountCredits]
+    upstream: list[UpstreamMessage]
+    # The simulator's counters: `resubmits_after_accept` are repeats after it had answered the sender in time.
+    upstream_stats: Mapping[str, int]
+    # Client webhook: webhook-id -> the notification body it accepted (answered 200).
+    notifications: Mapping[str, Mapping[str, Any]]
+    # message_id -> reason, for messages whose dispatch record sits in the dispatch DLQ.
+    dead_lettered_messages: Mapping[str, str] = field(default_factory=dict)
+    # webhook-id -> reason, for notifications parked in the notify DLQ after every attempt failed.
+    dead_lettered_notifications: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Verdict:
+    name: str
+    title: str
+    checked: int
+    violations: list[str] = field(default_factory=list)
+    # Facts the reader needs to judge the figure (not violations).
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "ok": self.ok,
+            "checked": self.checked,
+            "violations": len(self.violations),
+            "examples": self.violations[:EXAMPLES],
+            "notes": self.notes,
+        }
+
+
+def check(observed: Observations) -> list[Verdict]:
+    return [
+        settled(observed),
+        submitted_once(observed),
+        no_regressions(observed),
+        credits_conserved(observed),
+        every_change_notified(observed),
+    ]
+
+
+def settled(observed: Observations) -> Verdict:
+    verdict = Verdict("settled", "every message final, or in a DLQ with its reason", len(observed.messages))
+    parked = 0
+    for message in observed.messages:
+        if MessageStatus(message.status) in TERMINAL:
+            continue
+        if observed.dead_lettered_messages.get(message.message_id):
+            parked += 1
+            continue
+        verdict.violations.append(f"{message.message_id} is still {message.status}")
+    if parked:
+        verdict.notes.append(f"{parked} in the dispatch DLQ with a reason")
+    return verdict
+
+
+def submitted_once(observed: Observations) -> Verdict:
+    """No message the upstream would have sent twice: one upstream message per client reference, and no
+    repeat of a reference after the upstream had told us it accepted it. Repeats after a timeout (the answer
+    never reached us) are the designed retry the upstream deduplicates by our reference: counted, not faults."""
+    verdict = Verdict("submitted_once", "no message submitted upstream twice", len(observed.messages))
+    ours = {message.client_ref: message for message in observed.messages}
+    by_ref: dict[str | None, list[UpstreamMessage]] = defaultdict(list)
+    for copy in observed.upstream:
+        by_ref[copy.client_ref].append(copy)
+    for client_ref, copies in by_ref.items():
+        if client_ref not in ours:
+            verdict.violations.append(f"the upstream has {len(copies)} message(s) for unknown reference {client_ref}")
+        elif len(copies) > 1:
+            verdict.violations.append(f"{client_ref} became {len(copies)} upstream messages")
+    after_accept = int(observed.upstream_stats.get("resubmits_after_accept", 0))
+    if after_accept:
+        verdict.violations.append(f"{after_accept} submit(s) repeated after the upstream had answered 'accepted'")
+    for message in observed.messages:
+        copies = by_ref.get(message.client_ref, [])
+        if message.upstream_message_id and copies and copies[0].message_id != message.upstream_message_id:
+            verdict.violations.append(
+                f"{message.message_id} records upstream id {message.upstream_message_id}, "
+                f"the upstream has {copies[0].message_id}"
+            )
+    verdict.notes.append(
+        f"{observed.upstream_stats.get('resubmits_after_timeout', 0)} resubmits after a timeout, deduplicated "
+        f"by the upstream; {sum(1 for m in observed.messages if m.error_code == 'submit_unconfirmed')} "
+        "recorded submitted-unconfirmed after a dispatcher died"
+    )
+    return verdict
+
+
+def no_regressions(observed: Observations) -> Verdict:
+    """Status never moves back: along the client's callbacks in sequence order, and in each final record."""
+    verdict = Verdict("no_regressions", "no status regression", len(observed.messages))
+    for message_id, seen in _callbacks_by_message(observed.notifications.values()).items():
+        ordered = sorted(seen, key=lambda body: int(body.get("sequence") or 0))
+        for before, after in itertools.pairwise(ordered):
+            earlier, later = MessageStatus(before["status"]), MessageStatus(after["status"])
+            if rank(later) < rank(earlier) or earlier in TERMINAL:
+                verdict.violations.append(
+                    f"{message_id}: {earlier} (sequence {before.get('sequence')}) then {later} "
+                    f"(sequence {after.get('sequence')})"
+                )
+    for message in observed.messages:
+        status = MessageStatus(message.status)
+        reached = [MessageStatus(name) for name in message.status_at]
+        if any(rank(other) > rank(status) for other in reached):
+            verdict.violations.append(f"{message.message_id} is {status} but reached {', '.join(map(str, reached))}")
+        finals = [other for other in reached if other in TERMINAL]
+        if len(finals) > 1:
+            verdict.violations.append(f"{message.message_id} reached more than one final state: {finals}")
+    return verdict
+
+
+def credits_conserved(observed: Observations) -> Verdict:
+    """Per account: credits spent (initial - balance) == the prices of its messages that were not refunded."""
+    verdict = Verdict("credits_conserved", "credits conserved (charged - refunded == delivered or in flight)", 0)
+    kept: dict[str, int] = defaultdict(int)
+    refunded: dict[str, int] = defaultdict(int)
+    for message in observed.messages:
+        if MessageStatus(message.status) in REFUNDED:
+            refunded[message.account_id] += message.price
+        else:
+            kept[message.account_id] += message.price
+    for account in observed.accounts:
+        verdict.checked += 1
+        spent = account.initial - account.balance
+        if spent != kept[account.account_id]:
+            verdict.violations.append(
+                f"account {account.account_id}: spent {spent}, but its delivered or in-flight messages cost "
+                f"{kept[account.account_id]} (refunded {refunded[account.account_id]})"
+            )
+    verdict.notes.append(f"charged {sum(kept.values()) + sum(refunded.values())}, refunded {sum(refunded.values())}")
+    return verdict
+
+
+def every_change_notified(observed: Observations) -> Verdict:
+    """Each status change of a message that asked for delivery reports reached the client webhook (its
+    sequence numbers 2.. count the changes after `queued`), or sits in the notify DLQ with its reason; no
+    change twice under different ids; nothing for messages that did not ask."""
+    verdict = Verdict("every_change_notified", "every status change delivered to the client webhook", 0)
+    messages = {message.message_id: message for message in observed.messages}
+    parked = 0
+    for message in observed.messages:
+        if not message.delivery_report:
+            continue
+        for sequence in range(2, message.sequence + 1):
+            verdict.checked += 1
+            webhook_id = f"dlr_{message.message_id}_{sequence}"
+            if webhook_id in observed.notifications:
+                continue
+            if observed.dead_lettered_notifications.get(webhook_id):
+                parked += 1
+                continue
+            verdict.violations.append(f"{webhook_id} (change {sequence} of {message.message_id}) never arrived")
+        last = observed.notifications.get(f"dlr_{message.message_id}_{message.sequence}")
+        if last is not None and last.get("status") != message.status:
+            verdict.violations.append(
+                f"{message.message_id}: the last callback says {last.get('status')}, the message is {message.status}"
+            )
+    for message_id, seen in _callbacks_by_message(observed.notifications.values()).items():
+        asked = messages.get(message_id)
+        if asked is not None and not asked.delivery_report:
+            verdict.violations.append(f"{message_id} did not ask for delivery reports but got {len(seen)}")
+        statuses = [body["status"] for body in seen]
+        for status in {s for s in statuses if statuses.count(s) > 1}:
+            verdict.violations.append(f"{message_id}: {status} notified {statuses.count(status)} times")
+    if parked:
+        verdict.notes.append(f"{parked} in the notify DLQ with a reason")
+    return verdict
+
+
+def _callbacks_by_message(bodies: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    found: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for body in bodies:
+        if body.get("type") == "delivery report":
+            found[str(body.get("message_id"))].append(body)
+    return found
