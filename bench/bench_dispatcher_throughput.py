@@ -146,19 +146,6 @@ def _event(commands: list[Any]) -> dict[str, Any]:
     return {"Records": records}
 
 
-class _Context:
-    function_name = "bench-dispatcher"
-    function_version = "$LATEST"
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:bench-dispatcher"
-    memory_limit_in_mb = 1024
-    aws_request_id = "bench"
-    log_group_name = "/aws/lambda/bench-dispatcher"
-    log_stream_name = "bench"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 900_000
-
-
 def _load_dispatcher() -> Any:
     import importlib.util
 
@@ -191,7 +178,9 @@ def _one_run(
         store.reset_meter()
     moto_cpu, simulator_cpu = aws.moto_cpu(meter), simulator.ask("cpu")
     cpu, started = time.process_time(), time.perf_counter()
-    answer = handler(event, _Context())
+    from tests.conftest import FakeContext
+
+    answer = handler(event, FakeContext())
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     moto_cpu, simulator_cpu = aws.moto_cpu(meter) - moto_cpu, simulator.ask("cpu") - simulator_cpu
     if aws.in_process:
