@@ -164,6 +164,24 @@ class MessageStore(Protocol):
         ...
 
 
+class BatchHistory(Protocol):
+    """An account's batches in time order, for the portal's listings and its delivery figures."""
+
+    def list_batches(
+        self,
+        account_id: str,
+        *,
+        limit: int = 25,
+        cursor: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> tuple[list[Batch], str | None]:
+        """A page of the account's batches, newest first: created from `since` to `until` (inclusive, aware
+        datetimes) if given; the cursor continues it. Raises InvalidRequest for a cursor this store did not issue
+        for this listing."""
+        ...
+
+
 class ConversationLookup(Protocol):
     def last_sent_to(self, account_id: str, msisdn: str) -> SentMessage | None:
         """The newest message the account sent to the number, or None."""

@@ -30,6 +30,7 @@ from sms_gateway.adapters.dynamodb_admin import DynamoAccountAdmin, credential_l
 from sms_gateway.adapters.dynamodb_batch import batch_get
 from sms_gateway.adapters.dynamodb_delivery import DynamoDeliveryMixin, conversation_key
 from sms_gateway.adapters.dynamodb_groups import DynamoGroupStore
+from sms_gateway.adapters.dynamodb_history import DynamoHistoryMixin
 from sms_gateway.adapters.dynamodb_inbox import DynamoInboxMixin
 from sms_gateway.adapters.dynamodb_notifications import DynamoNotificationsMixin
 from sms_gateway.adapters.dynamodb_optouts import DynamoOptOutsMixin
@@ -165,6 +166,7 @@ class DynamoStore(
     DynamoOptOutsMixin,
     DynamoInboxMixin,
     DynamoNotificationsMixin,
+    DynamoHistoryMixin,
 ):
     """Implements AccountStore and MessageStore over one table."""
 

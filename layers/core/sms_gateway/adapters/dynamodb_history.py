@@ -1,0 +1,65 @@
+"""DynamoDB batch history: an account's batches newest first, optionally within a time range (a DynamoStore mixin).
+
+Batches live in the account's partition (`pk=ACC#<account_id>`, `sk=BATCH#<reference_id, 19 digits>`) next to
+the account item, its groups and credential listings. Reference ids are time-ordered, so a key range on
+`BATCH#` is the time range, and reading the range backwards lists the newest batch first: no index needed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+from typing import Any
+
+from sms_gateway.adapters.dynamodb_inbox import first_id_at, last_id_at
+from sms_gateway.domain.ids import MAX_ID
+from sms_gateway.domain.models import Batch
+from sms_gateway.errors import InvalidRequest
+
+BATCH_SK_PREFIX = "BATCH#"
+
+
+class DynamoHistoryMixin:
+    """Implements ports.BatchHistory; mixed into DynamoStore, so `client`, `table_name` and `_codec` are its."""
+
+    client: Any
+    table_name: str
+    _codec: Any
+
+    def list_batches(
+        self,
+        account_id: str,
+        *,
+        limit: int = 25,
+        cursor: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> tuple[list[Batch], str | None]:
+        # Imported here: adapters.dynamodb imports this module to build DynamoStore.
+        from sms_gateway.adapters.dynamodb import account_pk, batch_sk, decode_cursor
+
+        pk = account_pk(account_id)
+        low_id = first_id_at(since) if since is not None else 0
+        high_id = last_id_at(until) if until is not None else MAX_ID
+        if low_id > high_id:
+            return [], None
+        low, high = batch_sk(low_id), batch_sk(high_id)
+        query: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
+            "ExpressionAttributeValues": {":pk": {"S": pk}, ":low": {"S": low}, ":high": {"S": high}},
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if cursor:
+            start = decode_cursor(cursor, pk=pk)
+            # DynamoDB refuses a start key outside the key range: ours to refuse with a reason, not a server error.
+            if not low <= str(start["sk"]["S"]) <= high:
+                raise InvalidRequest("the `next` cursor is not valid for this listing")
+            query["ExclusiveStartKey"] = start
+        answer = self.client.query(**query)
+        batches = [Batch.model_validate(self._codec.load(item)) for item in answer.get("Items", [])]
+        last = answer.get("LastEvaluatedKey")
+        next_cursor = base64.urlsafe_b64encode(json.dumps(last).encode()).decode() if last else None
+        return batches, next_cursor

@@ -1,0 +1,316 @@
+"""An account's sending history for the portal: recent batches, search, delivery rates and credit usage.
+
+Everything here reads a bounded window of recent batches (newest first) and their messages, never a whole
+account: a portal page must answer in a second or two whatever the account's volume. The bounds are named below
+and every result says whether a bound cut it short (`complete`), so a page can say so.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+
+from sms_gateway.domain.ids import ascii_digits
+from sms_gateway.domain.models import Account, Batch, Message, from_iso
+from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
+from sms_gateway.domain.status import MessageStatus
+from sms_gateway.errors import InvalidRequest
+from sms_gateway.logic.batches import BatchView
+from sms_gateway.logic.delivery import REFUNDED
+from sms_gateway.ports import BatchHistory, MessageStore
+
+# The window the portal's figures and number search cover: the last 7 days, at most 100 batches and 2000 of
+# their messages (newest first). Beyond that a page says the figures cover only part of the period.
+WINDOW_DAYS = 7
+MAX_WINDOW_BATCHES = 100
+MAX_WINDOW_MESSAGES = 2000
+# A listed batch's status and counts come from its first 1000 messages (one read); bigger batches say so.
+COUNTED_MESSAGES = 1000
+# The outcomes a delivery rate counts: delivered against every way a sent message ended undelivered.
+# Cancelled messages were never sent, and messages still on their way have no outcome yet.
+FINAL_OUTCOMES = (MessageStatus.DELIVERED, MessageStatus.FAILED, MessageStatus.EXPIRED, MessageStatus.REJECTED)
+# Messages whose price went back to the account: failed on the way, and cancelled before they left.
+REFUNDED_MESSAGES = REFUNDED | {MessageStatus.CANCELLED}
+_PAGE = 100
+
+
+@dataclass(frozen=True)
+class Window:
+    """Recent batches (newest first) and, when read, their messages by reference id."""
+
+    since: datetime | None
+    until: datetime | None
+    batches: list[Batch]
+    messages: dict[int, list[Message]] = field(default_factory=dict)
+    # False when a bound stopped the reading: older batches or some messages were left out.
+    complete: bool = True
+
+    def all_messages(self) -> Iterable[Message]:
+        for batch in self.batches:
+            yield from self.messages.get(batch.reference_id, ())
+
+
+def read_window(
+    history: BatchHistory,
+    store: MessageStore,
+    account_id: str,
+    *,
+    since: datetime | None,
+    until: datetime | None = None,
+    with_messages: bool = True,
+    max_batches: int = MAX_WINDOW_BATCHES,
+    max_messages: int = MAX_WINDOW_MESSAGES,
+) -> Window:
+    batches: list[Batch] = []
+    cursor: str | None = None
+    while len(batches) < max_batches:
+        page, cursor = history.list_batches(
+            account_id, limit=min(_PAGE, max_batches - len(batches)), cursor=cursor, since=since, until=until
+        )
+        batches.extend(page)
+        if cursor is None:
+            break
+    complete = cursor is None
+    messages: dict[int, list[Message]] = {}
+    if not with_messages:
+        return Window(since=since, until=until, batches=batches, complete=complete)
+    read = 0
+    for batch in batches:
+        found: list[Message] = []
+        message_cursor: str | None = None
+        while read < max_messages:
+            page_of_messages, message_cursor = store.list_messages(
+                account_id, batch.reference_id, limit=min(COUNTED_MESSAGES, max_messages - read), cursor=message_cursor
+            )
+            found.extend(page_of_messages)
+            read += len(page_of_messages)
+            if message_cursor is None:
+                break
+        messages[batch.reference_id] = found
+        if message_cursor is not None or (read >= max_messages and batch is not batches[-1]):
+            complete = False
+            break
+    return Window(since=since, until=until, batches=batches, messages=messages, complete=complete)
+
+
+def recent_window(history: BatchHistory, store: MessageStore, account_id: str, *, now: datetime) -> Window:
+    """The window the portal's delivery figures and credit usage cover."""
+    return read_window(history, store, account_id, since=now - timedelta(days=WINDOW_DAYS), until=now)
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    """A listed batch with its messages counted by status (from its first COUNTED_MESSAGES)."""
+
+    view: BatchView
+    counted_all: bool
+
+    @property
+    def batch(self) -> Batch:
+        return self.view.batch
+
+
+def batch_rows(store: MessageStore, batches: Iterable[Batch]) -> list[BatchRow]:
+    rows = []
+    for batch in batches:
+        messages, cursor = store.list_messages(batch.account_id, batch.reference_id, limit=COUNTED_MESSAGES)
+        counts = Counter(str(message.status) for message in messages)
+        rows.append(BatchRow(view=BatchView(batch=batch, counts=dict(counts)), counted_all=cursor is None))
+    return rows
+
+
+def recent_batches(
+    history: BatchHistory, store: MessageStore, account_id: str, *, limit: int, cursor: str | None
+) -> tuple[list[BatchRow], str | None]:
+    batches, next_cursor = history.list_batches(account_id, limit=limit, cursor=cursor)
+    return batch_rows(store, batches), next_cursor
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    number: str | None = None
+    # A batch's reference_id, a message_id, or the client's own ref_id.
+    reference: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.number or self.reference or self.since or self.until)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    batches: list[Batch]
+    # Only for a search by number: that number's messages in the batches found.
+    messages: list[Message]
+    # False when the search stopped at a bound (MAX_WINDOW_BATCHES batches, MAX_WINDOW_MESSAGES messages).
+    complete: bool
+
+
+def search(history: BatchHistory, store: MessageStore, account: Account, query: SearchQuery) -> SearchResult:
+    """Batches (and, given a number, that number's messages) matching every criterion given. A reference that is
+    a batch's reference_id or a message_id is looked up by key; anything else (a client ref_id, a number, dates)
+    is matched in the recent window: MAX_WINDOW_BATCHES batches, newest first, within the dates if given."""
+    msisdn = _search_number(query.number, account.default_country)
+    if query.since and query.until and query.since > query.until:
+        raise InvalidRequest("the 'from' date is after the 'to' date")
+    keyed = _by_key(store, account.account_id, query.reference)
+    if keyed is not None:
+        window = Window(since=None, until=None, batches=keyed, complete=True)
+        if msisdn is not None:
+            window = _with_messages(store, window)
+    else:
+        window = read_window(
+            history, store, account.account_id, since=query.since, until=query.until, with_messages=msisdn is not None
+        )
+    batches = window.batches
+    if query.reference and keyed is None:
+        batches = [batch for batch in batches if batch.ref_id == query.reference.strip()]
+    if msisdn is None:
+        return SearchResult(batches=batches, messages=[], complete=window.complete)
+    messages = [
+        message
+        for batch in batches
+        for message in window.messages.get(batch.reference_id, ())
+        if message.msisdn == msisdn
+    ]
+    found = {message.reference_id for message in messages}
+    return SearchResult(
+        batches=[batch for batch in batches if batch.reference_id in found], messages=messages, complete=window.complete
+    )
+
+
+def _search_number(raw: str | None, default_country: str) -> str | None:
+    if not raw or not raw.strip():
+        return None
+    try:
+        return parse_msisdn(raw.strip(), default_country).e164
+    except InvalidMsisdn as error:
+        raise InvalidRequest(f"the number to search for is not valid: {error.reason}") from error
+
+
+def _by_key(store: MessageStore, account_id: str, reference: str | None) -> list[Batch] | None:
+    """The batch a reference_id or message_id names, by key ([] when it names none of the account's);
+    None when the reference is not an id (a client ref_id, matched in the window instead)."""
+    raw = (reference or "").strip()
+    if not ascii_digits(raw) or len(raw) > 19:
+        return None
+    batch = store.get_batch(account_id, int(raw))
+    if batch is None:
+        message = store.find_message(account_id, int(raw))
+        batch = store.get_batch(account_id, message.reference_id) if message is not None else None
+    return [batch] if batch is not None else None
+
+
+def _with_messages(store: MessageStore, window: Window) -> Window:
+    messages = {}
+    complete = window.complete
+    for batch in window.batches:
+        found, cursor = store.list_messages(batch.account_id, batch.reference_id, limit=MAX_WINDOW_MESSAGES)
+        messages[batch.reference_id] = found
+        complete = complete and cursor is None
+    return Window(since=window.since, until=window.until, batches=window.batches, messages=messages, complete=complete)
+
+
+@dataclass(frozen=True)
+class DeliveryPoint:
+    """Messages of one period or network, counted by status."""
+
+    label: str
+    counts: dict[str, int]
+
+    @property
+    def delivered(self) -> int:
+        return self.counts.get(str(MessageStatus.DELIVERED), 0)
+
+    @property
+    def with_outcome(self) -> int:
+        """Delivered plus failed, expired and rejected: the messages whose fate is known."""
+        return sum(self.counts.get(str(status), 0) for status in FINAL_OUTCOMES)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def rate(self) -> float | None:
+        """Delivered / (delivered + failed + expired + rejected); None before any outcome is known."""
+        return self.delivered / self.with_outcome if self.with_outcome else None
+
+
+def _local(stamp: str, zone: tzinfo) -> datetime:
+    return from_iso(stamp).astimezone(zone)
+
+
+def delivery_over_time(window: Window, zone: tzinfo, *, now: datetime, hourly: bool = False) -> list[DeliveryPoint]:
+    """One point per day (or hour) of the window in the account's time zone, oldest first, empty periods too;
+    messages count in the period they were sent."""
+    counts: dict[datetime, Counter[str]] = defaultdict(Counter)
+    for message in window.all_messages():
+        counts[_period_start(from_iso(message.created_at), zone, hourly)][str(message.status)] += 1
+    first = window.since or min(counts, default=now)
+    label_format = "%Y-%m-%d %H:00" if hourly else "%Y-%m-%d"
+    return [
+        DeliveryPoint(label=start.strftime(label_format), counts=dict(counts.get(start, {})))
+        for start in _periods(
+            _period_start(first, zone, hourly), _period_start(window.until or now, zone, hourly), hourly
+        )
+    ]
+
+
+def _period_start(moment: datetime, zone: tzinfo, hourly: bool) -> datetime:
+    local = moment.astimezone(zone)
+    if hourly:
+        return local.replace(minute=0, second=0, microsecond=0)
+    return datetime.combine(local.date(), time(), zone)
+
+
+def _periods(first: datetime, last: datetime, hourly: bool) -> list[datetime]:
+    zone = first.tzinfo
+    if not hourly:
+        days = (last.date() - first.date()).days
+        return [datetime.combine(first.date() + timedelta(days=n), time(), zone) for n in range(days + 1)]
+    # Stepped in UTC, so a daylight-saving change neither skips nor repeats an hour.
+    hours = int((last - first) / timedelta(hours=1))
+    return [(first.astimezone(UTC) + timedelta(hours=n)).astimezone(zone) for n in range(hours + 1)]
+
+
+def delivery_by_network(window: Window) -> list[DeliveryPoint]:
+    """One point per mobile network (slug, or "unknown"), the network with the most messages first."""
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for message in window.all_messages():
+        counts[message.telco or "unknown"][str(message.status)] += 1
+    points = [DeliveryPoint(label=telco, counts=dict(by_status)) for telco, by_status in counts.items()]
+    return sorted(points, key=lambda point: (-point.total, point.label))
+
+
+@dataclass(frozen=True)
+class UsageDay:
+    day: date
+    charged: int
+    refunded: int
+
+    @property
+    def spent(self) -> int:
+        return self.charged - self.refunded
+
+
+def credit_usage(window: Window, zone: tzinfo) -> list[UsageDay]:
+    """Credits per day of the window, newest first (days with no batch left out): charged is what the day's
+    batches reserved, refunded what came back for their messages that failed or were cancelled."""
+    charged: Counter[date] = Counter()
+    refunded: Counter[date] = Counter()
+    for batch in window.batches:
+        day = _local(batch.created_at, zone).date()
+        charged[day] += batch.cost
+        if batch.status == MessageStatus.FAILED and not window.messages.get(batch.reference_id):
+            # A send that could not be stored or queued was refunded whole (logic/send.py).
+            refunded[day] += batch.cost
+            continue
+        refunded[day] += sum(
+            m.price for m in window.messages.get(batch.reference_id, ()) if m.status in REFUNDED_MESSAGES
+        )
+    return [UsageDay(day=day, charged=charged[day], refunded=refunded[day]) for day in sorted(charged, reverse=True)]

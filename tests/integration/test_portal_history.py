@@ -1,0 +1,217 @@
+"""The portal's history reads on moto: batches newest first, search by reference, number and dates, delivery
+rates over time and by network, and credit usage; each one scoped to its account and bounded."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from sms_gateway.domain.ids import IdGenerator
+from sms_gateway.domain.models import Batch, Message, iso
+from sms_gateway.domain.msisdn import parse_msisdn
+from sms_gateway.domain.status import MessageStatus
+from sms_gateway.errors import InvalidRequest
+from sms_gateway.logic import history
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+MTN = "+2348030000001"
+AIRTEL = "+2348020000002"
+GLO = "+2348050000003"
+S = MessageStatus
+
+
+@pytest.fixture
+def store(aws: dict[str, str]) -> Any:
+    from sms_gateway.bootstrap import gateway
+
+    return gateway().store
+
+
+@pytest.fixture
+def account(aws: dict[str, str]) -> Any:
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway_tools.admin import create_account
+
+    created = create_account(name="Cinema Club", senders=["48974"], credits=1000)
+    return gateway().store.get_account(created["account_id"])
+
+
+def add_batch(
+    store: Any,
+    account_id: str,
+    when: datetime,
+    outcomes: dict[str, MessageStatus],
+    *,
+    ref_id: str | None = None,
+    price: int = 2,
+    status: MessageStatus = S.QUEUED,
+) -> Batch:
+    """A batch sent at `when` whose messages ended as `outcomes` says (number -> status)."""
+    created_at = iso(when)
+    # A generator of its own: the process-wide one never goes back in time, and these batches are back-dated.
+    ids = IdGenerator()
+    reference_id = ids.new_id(int(when.timestamp() * 1000))
+    batch = Batch(
+        reference_id=reference_id,
+        account_id=account_id,
+        sender="48974",
+        text="Hello",
+        encoding="GSM-7",
+        parts=1,
+        recipients=len(outcomes),
+        cost=price * len(outcomes),
+        status=status,
+        ref_id=ref_id,
+        created_at=created_at,
+    )
+    messages = []
+    for msisdn, outcome in outcomes.items():
+        number = parse_msisdn(msisdn)
+        messages.append(
+            Message(
+                message_id=ids.new_id(int(when.timestamp() * 1000)),
+                reference_id=reference_id,
+                account_id=account_id,
+                msisdn=number.e164,
+                telco=number.telco,
+                network_id=number.network_id,
+                sender="48974",
+                text="Hello",
+                encoding="GSM-7",
+                parts=1,
+                price=price,
+                status=outcome,
+                created_at=created_at,
+            )
+        )
+    store.create_batch(batch, messages)
+    return batch
+
+
+class TestListing:
+    def test_batches_come_newest_first_in_pages_and_only_the_accounts_own(self, store, account):
+        # Given three batches of the account and one of another account
+        old = add_batch(store, account.account_id, NOW - timedelta(days=2), {MTN: S.DELIVERED})
+        middle = add_batch(store, account.account_id, NOW - timedelta(days=1), {MTN: S.FAILED})
+        new = add_batch(store, account.account_id, NOW, {MTN: S.SUBMITTED, AIRTEL: S.DELIVERED})
+        add_batch(store, "someone-else", NOW, {MTN: S.DELIVERED})
+        # When the portal lists them two at a time
+        first, cursor = history.recent_batches(store, store, account.account_id, limit=2, cursor=None)
+        second, end = history.recent_batches(store, store, account.account_id, limit=2, cursor=cursor)
+        # Then they come newest first, with their messages counted by status
+        assert [row.batch.reference_id for row in first] == [new.reference_id, middle.reference_id]
+        assert [row.batch.reference_id for row in second] == [old.reference_id]
+        assert end is None
+        assert first[0].view.counts == {"submitted": 1, "delivered": 1}
+        assert first[0].view.status == "processing" and first[1].view.status == "completed"
+        assert first[0].counted_all
+
+    def test_another_accounts_cursor_is_refused(self, store, account):
+        add_batch(store, "someone-else", NOW, {MTN: S.DELIVERED})
+        add_batch(store, "someone-else", NOW, {MTN: S.DELIVERED})
+        _, cursor = store.list_batches("someone-else", limit=1)
+        with pytest.raises(InvalidRequest):
+            store.list_batches(account.account_id, limit=1, cursor=cursor)
+
+    def test_a_date_range_is_a_key_range(self, store, account):
+        add_batch(store, account.account_id, NOW - timedelta(days=3), {MTN: S.DELIVERED})
+        inside = add_batch(store, account.account_id, NOW - timedelta(days=1), {MTN: S.DELIVERED})
+        add_batch(store, account.account_id, NOW, {MTN: S.DELIVERED})
+        found, _ = store.list_batches(
+            account.account_id, since=NOW - timedelta(days=2), until=NOW - timedelta(hours=12)
+        )
+        assert [batch.reference_id for batch in found] == [inside.reference_id]
+
+
+class TestSearch:
+    def test_by_reference_id_message_id_or_client_ref(self, store, account):
+        wanted = add_batch(store, account.account_id, NOW - timedelta(hours=1), {MTN: S.DELIVERED}, ref_id="order-7")
+        add_batch(store, account.account_id, NOW, {MTN: S.DELIVERED}, ref_id="order-8")
+        message_id = store.list_messages(account.account_id, wanted.reference_id)[0][0].message_id
+        for reference in (str(wanted.reference_id), str(message_id), "order-7"):
+            found = history.search(store, store, account, history.SearchQuery(reference=reference))
+            assert [batch.reference_id for batch in found.batches] == [wanted.reference_id], reference
+            assert found.complete
+
+    def test_another_accounts_reference_finds_nothing(self, store, account):
+        theirs = add_batch(store, "someone-else", NOW, {MTN: S.DELIVERED})
+        found = history.search(store, store, account, history.SearchQuery(reference=str(theirs.reference_id)))
+        assert found.batches == []
+
+    def test_by_number_in_any_form_finds_that_numbers_messages_in_the_window(self, store, account):
+        first = add_batch(store, account.account_id, NOW - timedelta(hours=2), {MTN: S.DELIVERED, AIRTEL: S.FAILED})
+        add_batch(store, account.account_id, NOW - timedelta(hours=1), {GLO: S.DELIVERED})
+        second = add_batch(store, account.account_id, NOW, {MTN: S.SUBMITTED})
+        found = history.search(store, store, account, history.SearchQuery(number="08030000001"))
+        assert [batch.reference_id for batch in found.batches] == [second.reference_id, first.reference_id]
+        assert [message.msisdn for message in found.messages] == [MTN, MTN]
+        assert [message.status for message in found.messages] == [S.SUBMITTED, S.DELIVERED]
+
+    def test_number_and_dates_narrow_each_other(self, store, account):
+        add_batch(store, account.account_id, NOW - timedelta(days=3), {MTN: S.DELIVERED})
+        recent = add_batch(store, account.account_id, NOW - timedelta(hours=1), {MTN: S.DELIVERED})
+        query = history.SearchQuery(number=MTN, since=NOW - timedelta(days=1), until=NOW)
+        found = history.search(store, store, account, query)
+        assert [batch.reference_id for batch in found.batches] == [recent.reference_id]
+
+    def test_a_bad_number_or_reversed_dates_are_refused_with_a_reason(self, store, account):
+        with pytest.raises(InvalidRequest, match="number to search for is not valid"):
+            history.search(store, store, account, history.SearchQuery(number="12ab"))
+        with pytest.raises(InvalidRequest, match="after the 'to' date"):
+            history.search(store, store, account, history.SearchQuery(since=NOW, until=NOW - timedelta(days=1)))
+
+    def test_the_window_bound_is_reported(self, store, account):
+        for minutes in range(3):
+            add_batch(store, account.account_id, NOW - timedelta(minutes=minutes), {MTN: S.DELIVERED})
+        window = history.read_window(store, store, account.account_id, since=None, max_batches=2)
+        assert len(window.batches) == 2 and not window.complete
+        window = history.read_window(store, store, account.account_id, since=None, max_messages=1)
+        assert not window.complete
+        assert history.read_window(store, store, account.account_id, since=None).complete
+
+
+class TestFigures:
+    def test_delivery_rate_per_day_and_per_network(self, store, account):
+        # Given yesterday 1 of 2 delivered (MTN delivered, Airtel failed) and today 2 delivered, 1 expired,
+        # 1 still on its way, 1 cancelled
+        add_batch(store, account.account_id, NOW - timedelta(days=1), {MTN: S.DELIVERED, AIRTEL: S.FAILED})
+        add_batch(
+            store,
+            account.account_id,
+            NOW,
+            {MTN: S.DELIVERED, GLO: S.DELIVERED, AIRTEL: S.EXPIRED, "+2348030000009": S.SUBMITTED},
+        )
+        add_batch(store, account.account_id, NOW, {"+2348030000010": S.CANCELLED})
+        window = history.recent_window(store, store, account.account_id, now=NOW)
+        # When the figures are drawn per day, in UTC
+        days = history.delivery_over_time(window, UTC, now=NOW)
+        # Then each day of the window has a point, and the rate counts only known outcomes
+        assert len(days) == history.WINDOW_DAYS + 1
+        assert days[-1].label == NOW.strftime("%Y-%m-%d")
+        assert days[-2].rate == 0.5
+        assert days[-1].rate == pytest.approx(2 / 3)
+        assert days[-1].counts == {"delivered": 2, "expired": 1, "submitted": 1, "cancelled": 1}
+        assert days[0].total == 0 and days[0].rate is None
+        networks = {point.label: point for point in history.delivery_by_network(window)}
+        assert networks["mtn"].rate == 1.0 and networks["mtn"].total == 4
+        assert networks["airtel"].rate == 0.0 and networks["glo"].rate == 1.0
+
+    def test_hourly_points_cover_the_window(self, store, account):
+        add_batch(store, account.account_id, NOW - timedelta(hours=3), {MTN: S.DELIVERED})
+        window = history.read_window(store, store, account.account_id, since=NOW - timedelta(hours=5), until=NOW)
+        hours = history.delivery_over_time(window, UTC, now=NOW, hourly=True)
+        assert len(hours) == 6
+        assert [point.delivered for point in hours] == [0, 0, 1, 0, 0, 0]
+
+    def test_credit_usage_per_day_is_charged_less_refunded(self, store, account):
+        add_batch(store, account.account_id, NOW - timedelta(days=1), {MTN: S.DELIVERED, AIRTEL: S.FAILED}, price=3)
+        add_batch(store, account.account_id, NOW, {MTN: S.DELIVERED, GLO: S.CANCELLED}, price=2)
+        add_batch(store, account.account_id, NOW, {}, price=0, status=S.FAILED)
+        window = history.recent_window(store, store, account.account_id, now=NOW)
+        usage = history.credit_usage(window, UTC)
+        assert [(day.day, day.charged, day.refunded, day.spent) for day in usage] == [
+            (NOW.date(), 4, 2, 2),
+            ((NOW - timedelta(days=1)).date(), 6, 3, 3),
+        ]
