@@ -29,21 +29,13 @@ from sms_gateway.domain.models import (
 )
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import GatewayError, InvalidRequest
-from sms_gateway.logic import batches, groups
+from sms_gateway.logic import batches, compose, groups
 from sms_gateway.logic.accounts import check_webhook_url
 from sms_gateway.logic.auth import account_for_credential, bearer_token
 from sms_gateway.logic.idempotency import request_key
-from sms_gateway.logic.send import (
-    Rejection,
-    normalise_recipients,
-    quote,
-    refuse_opted_out,
-    require_sender,
-    require_valid,
-)
+from sms_gateway.logic.send import Rejection
 
 router = APIGatewayHttpRouter()
-MAX_RECIPIENTS = 1000
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 # Every 9bits send is priced on the standard route; the tier is named once so a dry run quotes what a send charges.
@@ -118,8 +110,8 @@ class SendRequest(BaseModel):
     @field_validator("to")
     @classmethod
     def at_most_a_thousand(cls, value: list[str]) -> list[str]:
-        if len(value) > MAX_RECIPIENTS:
-            raise ValueError(f"at most {MAX_RECIPIENTS} recipients per request, got {len(value)}")
+        if len(value) > compose.MAX_RECIPIENTS:
+            raise ValueError(f"at most {compose.MAX_RECIPIENTS} recipients per request, got {len(value)}")
         return value
 
     @model_validator(mode="after")
@@ -168,13 +160,7 @@ def send_sms() -> Response[Any]:
 def _send(account: Account, request: SendRequest) -> Response[Any]:
     if request.callback_url is not None:
         check_webhook_url(request.callback_url, allow_http=gateway().settings.allow_http_webhooks)
-    expansion = groups.expand(gateway().store, account.account_id, request.to)
-    groups.require_known_groups(expansion)
-    # Members are distinct numbers already: a group too big for one send is refused before any number is parsed.
-    _require_at_most_a_thousand(expansion.group_members, groups_alone=True)
-    recipients, rejected = normalise_recipients(expansion.numbers, account.default_country)
-    require_valid(rejected)
-    _require_at_most_a_thousand(len(recipients))
+    recipients = compose.resolve_recipients(gateway().store, account, request.to, strict=True).recipients
     command = SendCommand(
         account_id=account.account_id,
         sender=request.sender,
@@ -203,31 +189,22 @@ def _send(account: Account, request: SendRequest) -> Response[Any]:
     return json_response(200, body)
 
 
-def _require_at_most_a_thousand(count: int, *, groups_alone: bool = False) -> None:
-    if count > MAX_RECIPIENTS:
-        names = f"its groups alone have {count} members" if groups_alone else f"with its groups expanded names {count}"
-        raise InvalidRequest(f"at most {MAX_RECIPIENTS} recipients per request: 'to' {names}")
-
-
 @router.post("/ng/v1/batches/dry_run")
 def dry_run() -> Response[Any]:
     """The send's answer without the send: parts, encoding, cost and balance; nothing stored, charged or queued."""
     account = _caller()
     request = json_request(router.current_event, SendRequest)
-    require_sender(account, request.sender)
-    expansion = groups.expand(gateway().store, account.account_id, request.to)
-    _require_at_most_a_thousand(expansion.group_members, groups_alone=True)
-    recipients, rejected = normalise_recipients(expansion.numbers, account.default_country)
-    _require_at_most_a_thousand(len(recipients))
-    # Opted-out numbers are listed with the invalid ones but, as in a send, only leave themselves out.
-    recipients, opted_out = refuse_opted_out(account, request.sender, recipients, send_dependencies().opt_outs)
-    priced = quote(account, request.text, recipients, ROUTE_TIER, gateway().store.price_table())
-    segmentation = priced.segmentation
-    invalid = [{"to": group_id, "reason": "unknown group id"} for group_id in expansion.unknown_groups]
-    invalid += _invalid_entries(rejected, "to")
-    blocking = bool(invalid)
-    invalid += _invalid_entries(opted_out, "to")
-    sufficient = priced.cost <= account.credits
+    dry = compose.dry_run(
+        account,
+        request.sender,
+        request.text,
+        request.to,
+        groups_store=gateway().store,
+        opt_outs=send_dependencies().opt_outs,
+        prices=gateway().store.price_table(),
+        route_tier=ROUTE_TIER,
+    )
+    segmentation = dry.priced.segmentation
     return json_response(
         200,
         {
@@ -237,14 +214,16 @@ def dry_run() -> Response[Any]:
             "encoding": str(segmentation.encoding),
             "ucs2_characters": list(segmentation.ucs2_characters),
             "characters_per_part": segmentation.per_part,
-            "recipients": len(recipients),
-            "cost_per_recipient": [_priced_recipient(r, priced.price_per_recipient[r.msisdn]) for r in recipients],
-            "total_cost": priced.cost,
-            "balance": account.credits,
-            "balance_sufficient": sufficient,
-            "invalid_count": len(invalid),
-            "invalid": invalid,
-            "would_be_accepted": sufficient and not blocking and bool(recipients),
+            "recipients": len(dry.recipients),
+            "cost_per_recipient": [
+                _priced_recipient(r, dry.priced.price_per_recipient[r.msisdn]) for r in dry.recipients
+            ],
+            "total_cost": dry.priced.cost,
+            "balance": dry.balance,
+            "balance_sufficient": dry.sufficient,
+            "invalid_count": len(dry.invalid) + len(dry.opted_out),
+            "invalid": _invalid_entries(dry.invalid + dry.opted_out, "to"),
+            "would_be_accepted": dry.would_be_accepted,
         },
     )
 
