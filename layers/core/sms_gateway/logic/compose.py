@@ -108,7 +108,8 @@ def dry_run(
 
 # What a header cell of a recipients CSV may say; any other first row is read as data.
 NUMBER_HEADERS = frozenset({"number", "numbers", "phone", "phone number", "phone_number", "msisdn", "mobile", "to"})
-MAX_CSV_BYTES = 100 * 1024
+# Sent inside a URL-encoded form (the file is read by the page), which must stay under the 256 KB body limit.
+MAX_CSV_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
