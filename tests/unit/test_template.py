@@ -187,6 +187,7 @@ def test_http_routes_match_the_design(functions: dict[str, FunctionDefinition]) 
         ("POST", "/sms"),
         ("ANY", "/sms/{proxy+}"),
         ("GET", "/status"),
+        ("GET", "/portal"),
         ("ANY", "/portal/{proxy+}"),
         ("ANY", "/v1/{proxy+}"),
     }

@@ -358,6 +358,34 @@ class SessionStore(Protocol):
         ...
 
 
+class PortalSession(BaseModel):
+    """A signed-in portal session as stored (its token only as a hash): good until both expiries are ahead."""
+
+    model_config = ConfigDict(frozen=True)
+
+    account_id: str
+    created_at: datetime
+    # Absolute: the session ends then however busy it is. Idle: pushed forward while the session is used.
+    expires_at: datetime
+    idle_until: datetime
+
+
+class PortalSessionStore(Protocol):
+    """Portal sessions: a random token in the browser's cookie, stored only as a hash."""
+
+    def save_portal_session(self, token: str, session: PortalSession) -> None: ...
+
+    def portal_session(self, token: str) -> PortalSession | None:
+        """The stored session of a token, expired or not (the caller judges expiry), or None."""
+        ...
+
+    def extend_portal_session(self, token: str, idle_until: datetime) -> None:
+        """Moves the idle expiry; a session deleted meanwhile stays deleted."""
+        ...
+
+    def delete_portal_session(self, token: str) -> None: ...
+
+
 class RateLimitStore(Protocol):
     """Per-second token counters shared by every dispatcher: one counter per scope and Unix second."""
 

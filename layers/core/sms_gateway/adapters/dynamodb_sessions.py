@@ -1,12 +1,14 @@
-"""DynamoDB session items of the session-key dialect: pk=SESSION#<sha256 of the key>, sk=SESSION; and failed-login
-counters: pk=LOGINS#<sha256 of the username>, sk=WINDOW#<window number>."""
+"""DynamoDB session items of the session-key dialect: pk=SESSION#<sha256 of the key>, sk=SESSION; portal sessions:
+pk=PORTAL#<sha256 of the cookie's token>, sk=SESSION; and failed-login counters: pk=LOGINS#<sha256 of the username>,
+sk=WINDOW#<window number>."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sms_gateway.domain.models import iso
+from sms_gateway.ports import PortalSession
 
 
 class DynamoSessionsMixin:
@@ -47,6 +49,55 @@ class DynamoSessionsMixin:
         if not found or int(found["expires_at"]["N"]) <= int(now.timestamp()):
             return None
         return str(found["account_id"]["S"])
+
+    @staticmethod
+    def _portal_session_key(token: str) -> dict[str, Any]:
+        from sms_gateway.adapters.dynamodb import hash_secret
+
+        return {"pk": {"S": f"PORTAL#{hash_secret(token)}"}, "sk": {"S": "SESSION"}}
+
+    def save_portal_session(self, token: str, session: PortalSession) -> None:
+        self.client.put_item(
+            TableName=self.table_name,
+            Item={
+                **self._portal_session_key(token),
+                "account_id": {"S": session.account_id},
+                "created_at": {"S": iso(session.created_at)},
+                # expires_at is the table's TTL attribute: DynamoDB removes the item some time after it.
+                "expires_at": {"N": str(int(session.expires_at.timestamp()))},
+                "idle_until": {"N": str(int(session.idle_until.timestamp()))},
+            },
+            ConditionExpression="attribute_not_exists(pk)",
+        )
+
+    def portal_session(self, token: str) -> PortalSession | None:
+        found = self.client.get_item(
+            TableName=self.table_name, Key=self._portal_session_key(token), ConsistentRead=True
+        ).get("Item")
+        if not found:
+            return None
+        return PortalSession(
+            account_id=found["account_id"]["S"],
+            created_at=datetime.fromisoformat(found["created_at"]["S"]),
+            expires_at=datetime.fromtimestamp(int(found["expires_at"]["N"]), tz=UTC),
+            idle_until=datetime.fromtimestamp(int(found["idle_until"]["N"]), tz=UTC),
+        )
+
+    def extend_portal_session(self, token: str, idle_until: datetime) -> None:
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=self._portal_session_key(token),
+                UpdateExpression="SET idle_until = :idle",
+                # Never brings back a session signed out meanwhile (an update alone would create the item).
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeValues={":idle": {"N": str(int(idle_until.timestamp()))}},
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return
+
+    def delete_portal_session(self, token: str) -> None:
+        self.client.delete_item(TableName=self.table_name, Key=self._portal_session_key(token))
 
     @staticmethod
     def _login_window_item(username: str, window: int) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 
-from sms_gateway.dialects import ninebits, ninebits_inbox, sessionkey, shortcode
+from sms_gateway.dialects import ninebits, ninebits_inbox, portal, sessionkey, shortcode
 from sms_gateway.dialects.ninebits_webhooks import router as ninebits_webhooks_router
 from sms_gateway.dialects.openapi import DOCS_PATH, TITLE, DocumentedResolver
 from sms_gateway.errors import GatewayError, InvalidRequest, NotFound
@@ -21,6 +21,7 @@ app.include_router(ninebits_inbox.router)
 app.include_router(shortcode.router)
 app.include_router(sessionkey.router)
 app.include_router(ninebits_webhooks_router)
+app.include_router(portal.router)
 
 # Which dialect a path belongs to, so every error reaches the client in the shape its code expects.
 ERROR_RENDERERS: list[tuple[str, Callable[[GatewayError], Response]]] = [
@@ -28,6 +29,7 @@ ERROR_RENDERERS: list[tuple[str, Callable[[GatewayError], Response]]] = [
     ("/login", sessionkey.render_error),
     ("/sms", sessionkey.render_error),
     ("/status", sessionkey.render_error),
+    ("/portal/", portal.render_error),
 ]
 
 

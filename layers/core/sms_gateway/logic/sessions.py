@@ -33,8 +33,9 @@ class SessionKeys:
         return f"{self.user_key};{self.session_key}"
 
 
-def log_in(store: SessionStore, username: str | None, password: str | None, *, now: datetime) -> SessionKeys:
-    """A fresh session for valid credentials; Unauthorized with one message whatever was wrong."""
+def check_login(store: SessionStore, username: str | None, password: str | None, *, now: datetime) -> str:
+    """The account id of a valid username and password, within the per-username attempt limit; Unauthorized with
+    one message whatever was wrong (the session-key dialect's /login and the portal's sign-in both use it)."""
     if not username or not password:
         raise Unauthorized("username and password are required")
     window_seconds = int(LOGIN_WINDOW.total_seconds())
@@ -49,6 +50,12 @@ def log_in(store: SessionStore, username: str | None, password: str | None, *, n
     if account_id is None:
         raise Unauthorized(BAD_LOGIN)
     store.release_login_attempt(username, window)
+    return account_id
+
+
+def log_in(store: SessionStore, username: str | None, password: str | None, *, now: datetime) -> SessionKeys:
+    """A fresh session for valid credentials; Unauthorized with one message whatever was wrong."""
+    account_id = check_login(store, username, password, now=now)
     # 256 bits from the OS; URL-safe characters only, so never a ';' that would split the answer.
     session_key = secrets.token_urlsafe(32)
     store.save_session(session_key, account_id, created_at=now, expires_at=now + SESSION_LIFETIME)

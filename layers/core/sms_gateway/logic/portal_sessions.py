@@ -1,0 +1,82 @@
+"""Portal sessions: signing in with the account's username and password, the session's expiry, and its CSRF token."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sms_gateway.domain.models import Account
+from sms_gateway.logic.sessions import check_login
+from sms_gateway.ports import AccountStore, PortalSession, PortalSessionStore, SessionStore
+
+# Signed out after this long without a request, and after ABSOLUTE_LIFETIME whatever the use.
+IDLE_TIMEOUT = timedelta(minutes=30)
+ABSOLUTE_LIFETIME = timedelta(hours=12)
+# The idle expiry is pushed forward at most this often, so reading pages seldom writes.
+EXTEND_EVERY = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """A live portal session: the account, and the token the cookie carries (never stored in clear)."""
+
+    token: str
+    account: Account
+    session: PortalSession
+
+    @property
+    def csrf_token(self) -> str:
+        return csrf_token(self.token)
+
+
+def csrf_token(session_token: str) -> str:
+    """The synchronizer token of a session: derived from the session's own token, so it needs no storage, changes
+    with every sign-in, and reveals nothing of the cookie (a one-way hash of it)."""
+    digest = hashlib.sha256(f"portal-csrf:{session_token}".encode()).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def csrf_matches(session_token: str, given: str | None) -> bool:
+    return bool(given) and hmac.compare_digest(csrf_token(session_token).encode(), (given or "").encode())
+
+
+def sign_in(store: SessionStore, sessions: PortalSessionStore, username: str, password: str, *, now: datetime) -> str:
+    """A new session's token for a valid username and password (the session-key /login's checks and attempt
+    limit); Unauthorized or TooManyAttempts otherwise, with the same message whichever part was wrong."""
+    account_id = check_login(store, username, password, now=now)
+    token = secrets.token_urlsafe(32)
+    sessions.save_portal_session(
+        token,
+        PortalSession(
+            account_id=account_id, created_at=now, expires_at=now + ABSOLUTE_LIFETIME, idle_until=now + IDLE_TIMEOUT
+        ),
+    )
+    return token
+
+
+def signed_in(
+    sessions: PortalSessionStore, accounts: AccountStore, token: str | None, *, now: datetime
+) -> SignedIn | None:
+    """The live session of a cookie's token, its idle expiry moved forward; None when unknown or expired."""
+    if not token:
+        return None
+    session = sessions.portal_session(token)
+    if session is None or now >= session.expires_at or now >= session.idle_until:
+        return None
+    account = accounts.get_account(session.account_id)
+    if account is None:
+        return None
+    idle_until = min(now + IDLE_TIMEOUT, session.expires_at)
+    if idle_until - session.idle_until >= EXTEND_EVERY:
+        sessions.extend_portal_session(token, idle_until)
+        session = session.model_copy(update={"idle_until": idle_until})
+    return SignedIn(token=token, account=account, session=session)
+
+
+def sign_out(sessions: PortalSessionStore, token: str | None) -> None:
+    if token:
+        sessions.delete_portal_session(token)
