@@ -25,7 +25,7 @@ _OTHER_STATUSES = [s for s in MessageStatus if s not in FINAL_OUTCOMES]
 
 
 def percent(rate: float | None) -> str:
-    return "–" if rate is None else f"{round(rate * 100)}%"
+    return "n/a" if rate is None else f"{round(rate * 100)}%"
 
 
 def describe(point: DeliveryPoint) -> str:
@@ -48,7 +48,7 @@ def _svg(chart_id: str, title: str, summary: str, height: int, body: str) -> str
 
 
 def rate_over_time(points: Sequence[DeliveryPoint], *, chart_id: str, title: str) -> str:
-    """One vertical bar per period, as tall as its delivery rate; periods without an outcome show a dash."""
+    """One vertical bar per period, as tall as its delivery rate; periods without an outcome show n/a."""
     band = (WIDTH - AXIS_LEFT) / max(len(points), 1)
     base = PLOT_TOP + PLOT_HEIGHT
     parts = []
@@ -56,7 +56,8 @@ def rate_over_time(points: Sequence[DeliveryPoint], *, chart_id: str, title: str
         y = base - share * PLOT_HEIGHT
         parts.append(
             f'<line x1="{AXIS_LEFT}" x2="{WIDTH}" y1="{y:.1f}" y2="{y:.1f}" stroke="{GRID_COLOUR}"/>'
-            f'<text x="{AXIS_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" fill="{TEXT_COLOUR}">{round(share * 100)}%</text>'
+            f'<text x="{AXIS_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" fill="{TEXT_COLOUR}">'
+            f"{round(share * 100)}%</text>"
         )
     every = max(1, len(points) // 12)
     for index, point in enumerate(points):

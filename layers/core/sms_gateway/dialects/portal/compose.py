@@ -96,7 +96,7 @@ def textarea(label: str, name: str, value: str, *, rows: int, hint: str) -> str:
 
 def preview_panel() -> str:
     figures = "".join(
-        f'<dt>{esc(label)}</dt><dd id="preview-{key}">–</dd>'
+        f'<dt>{esc(label)}</dt><dd id="preview-{key}">-</dd>'
         for key, label in (
             ("parts", "Parts"),
             ("encoding", "Encoding"),

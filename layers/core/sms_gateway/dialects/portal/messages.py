@@ -4,11 +4,16 @@ reference and date, delivery-rate charts over time and by network, and the credi
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import date, datetime, time, timedelta, tzinfo
+from typing import Any
 from urllib.parse import urlencode
 
+from aws_lambda_powertools.event_handler import Response
+
+from sms_gateway.dialects.common import status_for
 from sms_gateway.dialects.portal.charts import figures_table, rate_by_network, rate_over_time
-from sms_gateway.dialects.portal.framework import PageContext, messages_html, page
+from sms_gateway.dialects.portal.framework import PageContext, html_response, page, page_html
 from sms_gateway.dialects.portal.markup import attrs, esc, section, table
 from sms_gateway.domain.models import Account, Batch, Message, from_iso, utc_now
 from sms_gateway.errors import GatewayError, InvalidRequest
@@ -21,7 +26,7 @@ TEXT_SHOWN = 60
 
 
 @page(MESSAGES_PATH, title="Messages", nav="Messages", order=10)
-def messages_page(ctx: PageContext) -> str:
+def messages_page(ctx: PageContext) -> str | Response[Any]:
     from sms_gateway.dialects.sessionkey import account_zone
 
     zone = account_zone(ctx.account)
@@ -30,8 +35,12 @@ def messages_page(ctx: PageContext) -> str:
             return batch_detail(ctx, ctx.query["batch"], zone)
         return overview(ctx, zone)
     except GatewayError as error:
-        # A bad search or cursor, or a batch that is not this account's: said on the page, nothing else shown.
-        return messages_html(None, error.message) + f'<p><a href="{MESSAGES_PATH}">Back to messages</a></p>'
+        # A bad search or cursor, or a batch that is not this account's (404, exactly as one that never existed):
+        # said on the page with its status, nothing else shown.
+        back = f'<p><a href="{MESSAGES_PATH}">Back to messages</a></p>'
+        return html_response(
+            status_for(error), page_html(title=ctx.page.title, body=back, ctx=replace(ctx, error=error.message))
+        )
 
 
 # ------------------------------------------------------------------ overview

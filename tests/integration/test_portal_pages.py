@@ -1,0 +1,271 @@
+"""The portal's Messages and Compose pages through the real `api` handler on moto (no browser): sending once per form,
+bad input refused with its reasons and nothing charged, the live preview's endpoint and its protections, batches and
+search scoped to the account, and the delivery chart's figures."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.conftest import FakeContext, load_function
+from tests.portal_client import ORIGIN, PortalClient, PortalResponse
+
+COMPOSE = "/portal/compose"
+MESSAGES = "/portal/messages"
+PREVIEW = "/portal/compose/preview"
+MTN = "2348030000001"
+AIRTEL = "2348020000002"
+
+
+@pytest.fixture
+def handler(aws: dict[str, str]) -> Any:
+    module = load_function("api")
+    return lambda event: module.handler(event, FakeContext())
+
+
+def new_account(name: str, sender: str) -> dict[str, Any]:
+    from sms_gateway_tools.admin import create_account
+
+    return create_account(name=name, senders=[sender], credits=100)
+
+
+@pytest.fixture
+def account(aws: dict[str, str]) -> dict[str, Any]:
+    return new_account("Cinema Club", "48974")
+
+
+@pytest.fixture
+def client(handler: Any, account: dict[str, Any]) -> PortalClient:
+    client = PortalClient(handler)
+    assert client.sign_in(account["username"], account["password"]).status == 303
+    return client
+
+
+def compose_form(client: PortalClient, **fields: str) -> dict[str, str]:
+    """The Compose form as the page renders it (its CSRF token and send key), filled in."""
+    page = client.get(COMPOSE)
+    send_key = re.search(r'name="send_key" value="([^"]+)"', page.body)
+    assert send_key, page.body
+    return {
+        "csrf_token": page.csrf_token(),
+        "action": "send",
+        "send_key": send_key.group(1),
+        "sender": "48974",
+        "text": "Hello from the portal",
+        "numbers": "",
+        "csv": "",
+        "send_at": "",
+        **fields,
+    }
+
+
+def balance(account_id: str) -> int:
+    from sms_gateway.bootstrap import gateway
+
+    found = gateway().store.get_account(account_id)
+    assert found is not None
+    return found.credits
+
+
+def batch_count(account_id: str) -> int:
+    from sms_gateway.bootstrap import gateway
+
+    return len(gateway().store.list_batches(account_id, limit=100)[0])
+
+
+def reference_of(response: PortalResponse) -> str:
+    assert response.status == 303, response.text()[:500]
+    found = re.search(r"batch=(\d+)", response.location or "")
+    assert found, response.location
+    return found.group(1)
+
+
+def preview(client: PortalClient, body: dict[str, Any], *, csrf: str | None, origin: str | None = ORIGIN) -> Any:
+    headers = {"content-type": "application/json"}
+    if csrf is not None:
+        headers["x-csrf-token"] = csrf
+    if origin is not None:
+        headers["origin"] = origin
+    event_response = client.handler(_json_event(client, body, headers))
+    return event_response["statusCode"], json.loads(event_response["body"])
+
+
+def _json_event(client: PortalClient, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    from tests.portal_client import portal_event
+
+    event = portal_event("POST", PREVIEW, cookies=client.cookies, headers=headers, origin=None)
+    event["headers"].pop("content-type", None)
+    event["headers"].update(headers)
+    event["body"] = json.dumps(body)
+    return event
+
+
+class TestSend:
+    def test_a_send_charges_once_even_when_the_form_is_submitted_twice(self, client, account):
+        form = compose_form(client, numbers=f"{MTN}\n08020000002")
+        first = client.post(COMPOSE, form)
+        again = client.post(COMPOSE, form)
+        reference = reference_of(first)
+        assert reference_of(again) == reference
+        assert batch_count(account["account_id"]) == 1
+        assert balance(account["account_id"]) == 100 - 2
+        page = client.get(first.location or "")
+        assert page.status == 200
+        text = page.text()
+        assert f"Batch {reference}" in text and "Hello from the portal" in text
+        assert MTN in text and AIRTEL in text and "queued" in text
+
+    def test_a_new_render_of_the_form_is_a_new_send(self, client, account):
+        reference_of(client.post(COMPOSE, compose_form(client, numbers=MTN)))
+        reference_of(client.post(COMPOSE, compose_form(client, numbers=MTN)))
+        assert batch_count(account["account_id"]) == 2
+
+    def test_a_csv_file_sends_to_its_numbers(self, client, account):
+        form = compose_form(client, csv=f"name,phone\nAda,{MTN}\nBola,08020000002\n")
+        reference_of(client.post(COMPOSE, form))
+        assert balance(account["account_id"]) == 98
+
+    @pytest.mark.parametrize(
+        ("fields", "reason"),
+        [
+            ({"csv": f"phone\n{MTN}\nnot a number\n\n0803\n"}, "row 3 'not a number'"),
+            ({"numbers": "12ab"}, "invalid recipient number"),
+            ({"numbers": ""}, "there is no recipient"),
+            ({"numbers": MTN, "text": "  "}, "the message is empty"),
+            ({"numbers": MTN, "sender": "NOT-MINE"}, "is not registered for this account"),
+            ({"numbers": MTN, "send_at": "2020-01-01T10:00"}, "Send at is in the past"),
+            ({"numbers": MTN, "send_at": "tomorrow"}, "Send at:"),
+        ],
+    )
+    def test_bad_input_says_what_is_wrong_and_sends_and_charges_nothing(self, client, account, fields, reason):
+        response = client.post(COMPOSE, compose_form(client, **fields))
+        assert response.status == 400
+        assert reason in response.text()
+        assert batch_count(account["account_id"]) == 0
+        assert balance(account["account_id"]) == 100
+
+    def test_a_csv_with_bad_rows_lists_each_row_with_its_reason(self, client, account):
+        response = client.post(COMPOSE, compose_form(client, csv=f"phone\n{MTN}\nnot a number\n\n0803\n"))
+        text = response.text()
+        assert "row 3 'not a number'" in text and "row 5 '0803'" in text
+        # The form comes back as it was sent, so the user can fix it.
+        assert "not a number" in response.body.split('name="csv"')[1][:200]
+
+    def test_a_send_with_a_wrong_csrf_token_is_refused_and_changes_nothing(self, client, account):
+        form = compose_form(client, numbers=MTN, csrf_token="forged")
+        assert client.post(COMPOSE, form).status == 403
+        assert batch_count(account["account_id"]) == 0
+        assert balance(account["account_id"]) == 100
+
+    def test_a_scheduled_send_shows_its_time(self, client, account):
+        from zoneinfo import ZoneInfo
+
+        tomorrow = datetime.now(ZoneInfo("Africa/Lagos")) + timedelta(days=1)
+        form = compose_form(client, numbers=MTN, send_at=tomorrow.strftime("%Y-%m-%dT%H:%M"))
+        page = client.get(f"{MESSAGES}?batch={reference_of(client.post(COMPOSE, form))}")
+        assert "scheduled" in page.text() and tomorrow.strftime("%Y-%m-%d %H:%M") in page.text()
+
+
+class TestPreview:
+    def test_the_preview_counts_parts_and_cost_and_stores_nothing(self, client, account):
+        csrf = client.get(COMPOSE).csrf_token()
+        status, answer = preview(
+            client, {"sender": "48974", "text": "Hi ✓", "numbers": f"{MTN}, {AIRTEL}, 12ab", "csv": ""}, csrf=csrf
+        )
+        assert status == 200
+        assert answer["parts"] == 1 and answer["encoding"] == "UCS-2" and answer["ucs2_characters"] == ["✓"]
+        assert answer["recipients"] == 2 and answer["total_cost"] == 2 and answer["balance"] == 100
+        assert answer["invalid"][0]["to"] == "12ab" and not answer["would_be_accepted"]
+        assert batch_count(account["account_id"]) == 0 and balance(account["account_id"]) == 100
+
+    def test_the_preview_lists_bad_csv_rows(self, client):
+        csrf = client.get(COMPOSE).csrf_token()
+        status, answer = preview(client, {"sender": "48974", "text": "Hi", "csv": f"{MTN}\nxyz\n"}, csrf=csrf)
+        assert status == 200
+        assert answer["recipients"] == 1 and answer["csv_problems"][0].startswith("row 2 'xyz'")
+        assert not answer["would_be_accepted"]
+
+    def test_the_preview_refuses_a_missing_or_wrong_csrf_token_another_origin_and_no_session(self, client, handler):
+        body = {"sender": "48974", "text": "Hi", "numbers": MTN}
+        csrf = client.get(COMPOSE).csrf_token()
+        assert preview(client, body, csrf=None)[0] == 403
+        assert preview(client, body, csrf="forged")[0] == 403
+        assert preview(client, body, csrf=csrf, origin="https://evil.example")[0] == 403
+        assert preview(PortalClient(handler), body, csrf=csrf)[0] == 401
+        assert preview(client, body, csrf=csrf)[0] == 200
+
+    def test_a_sender_of_another_account_is_refused(self, client):
+        csrf = client.get(COMPOSE).csrf_token()
+        status, answer = preview(client, {"sender": "55555", "text": "Hi", "numbers": MTN}, csrf=csrf)
+        assert status == 400 and "not registered" in answer["message"]
+
+
+def deliver(account_id: str, reference: str) -> None:
+    """What the dispatcher and the upstream's DLR do, directly on the store."""
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.status import MessageStatus
+
+    store = gateway().store
+    for message in store.list_messages(account_id, int(reference))[0]:
+        store.transition(message.key, MessageStatus.SUBMITTED, now=datetime.now(UTC))
+        store.transition(message.key, MessageStatus.DELIVERED, now=datetime.now(UTC))
+
+
+class TestMessages:
+    def test_batches_messages_and_the_delivery_chart(self, client, account):
+        reference = reference_of(client.post(COMPOSE, compose_form(client, numbers=MTN)))
+        deliver(account["account_id"], reference)
+        page = client.get(MESSAGES)
+        assert page.status == 200
+        text = page.text()
+        assert reference in text and "completed" in text and "1 delivered" in text
+        assert 'id="credit-balance">99<' in page.body
+        chart = page.body.split('id="chart-days"')[1].split("</svg>")[0]
+        assert "1 of 1 delivered (100%)" in chart
+        networks = page.body.split('id="chart-networks"')[1].split("</svg>")[0]
+        assert 'data-label="mtn" data-rate="100%"' in networks
+
+    def test_search_by_number_reference_and_date(self, client, account):
+        first = reference_of(client.post(COMPOSE, compose_form(client, numbers=MTN)))
+        second = reference_of(client.post(COMPOSE, compose_form(client, numbers=AIRTEL)))
+        by_number = client.get(f"{MESSAGES}?number=08030000001")
+        results = by_number.body.split('id="results"')[1].split("</section>")[0]
+        assert first in results and second not in results
+        by_reference = client.get(f"{MESSAGES}?reference={second}")
+        results = by_reference.body.split('id="results"')[1].split("</section>")[0]
+        assert second in results and first not in results
+        today = datetime.now(UTC).strftime("%Y-%m-%d")
+        by_date = client.get(f"{MESSAGES}?from=2020-01-01&to=2020-01-31")
+        assert "No batches" in by_date.body.split('id="results"')[1].split("</section>")[0]
+        assert second in client.get(f"{MESSAGES}?from={today}&to={today}").body.split('id="results"')[1]
+
+    def test_a_bad_search_is_refused_with_its_reason(self, client):
+        response = client.get(f"{MESSAGES}?number=12ab")
+        assert response.status == 400 and "number to search for is not valid" in response.text()
+        response = client.get(f"{MESSAGES}?from=yesterday")
+        assert response.status == 400 and "is not a date" in response.text()
+
+    def test_another_accounts_batch_is_exactly_as_missing(self, client, handler, account):
+        other = new_account("Other Club", "55555")
+        other_client = PortalClient(handler)
+        other_client.sign_in(other["username"], other["password"])
+        theirs = other_client.post(COMPOSE, compose_form(other_client, sender="55555", numbers=MTN))
+        reference = reference_of(theirs)
+        never = str(int(reference) + 1)
+        seen = client.get(f"{MESSAGES}?batch={reference}")
+        missing = client.get(f"{MESSAGES}?batch={never}")
+        assert seen.status == missing.status == 404
+        assert "Hello from the portal" not in seen.body
+        assert seen.text().replace(reference, "ID") == missing.text().replace(never, "ID")
+        # Nor does a search by its reference show it.
+        results = client.get(f"{MESSAGES}?reference={reference}").body.split('id="results"')[1]
+        assert reference not in results.split("</section>")[0]
+
+    def test_signed_out_visitors_are_sent_to_sign_in(self, handler):
+        for path in (MESSAGES, COMPOSE):
+            response = PortalClient(handler).get(path)
+            assert response.status == 303 and response.location == "/portal/login"
