@@ -93,6 +93,8 @@ def credits_html(account: Account, window: history.Window, zone: tzinfo) -> str:
 
 def delivery_html(window: history.Window, zone: tzinfo, now: datetime) -> str:
     days = history.delivery_over_time(window, zone, now=now)
+    # The same messages, the last 24 hours of them per hour (periods before the start are not drawn).
+    hours = history.delivery_over_time(replace(window, since=now - timedelta(hours=23)), zone, now=now, hourly=True)
     networks = history.delivery_by_network(window)
     rule = (
         "Delivery rate = delivered / (delivered + failed + expired + rejected); messages still on their way "
@@ -103,6 +105,9 @@ def delivery_html(window: history.Window, zone: tzinfo, now: datetime) -> str:
         + "<h3>Per day</h3>"
         + rate_over_time(days, chart_id="chart-days", title=f"Delivery rate per day, last {history.WINDOW_DAYS} days")
         + figures_table(days, first_header="Day", empty="No messages in this period.")
+        + "<h3>Last 24 hours, per hour</h3>"
+        + rate_over_time(hours, chart_id="chart-hours", title="Delivery rate per hour, last 24 hours")
+        + figures_table(hours, first_header="Hour", empty="No messages in the last 24 hours.")
         + "<h3>By network</h3>"
         + rate_by_network(networks, chart_id="chart-networks", title="Delivery rate by network")
         + figures_table(networks, first_header="Network", empty="No messages in this period.")
