@@ -269,3 +269,32 @@ class TestMessages:
         for path in (MESSAGES, COMPOSE):
             response = PortalClient(handler).get(path)
             assert response.status == 303 and response.location == "/portal/login"
+
+
+class TestOptedOut:
+    def test_an_opted_out_number_is_shown_in_the_preview_and_left_out_of_the_send(self, client, account):
+        from sms_gateway.bootstrap import gateway
+        from sms_gateway.domain.optouts import OptOut
+
+        gateway().store.opt_out(
+            OptOut(
+                account_id=account["account_id"],
+                sender="48974",
+                msisdn=f"+{AIRTEL}",
+                keyword="STOP",
+                at="2026-01-01T00:00:00Z",
+            )
+        )
+        csrf = client.get(COMPOSE).csrf_token()
+        status, answer = preview(client, {"sender": "48974", "text": "Hi", "numbers": f"{MTN},{AIRTEL}"}, csrf=csrf)
+        assert status == 200 and answer["recipients"] == 1 and answer["total_cost"] == 1
+        assert answer["opted_out"][0]["to"] == AIRTEL and answer["would_be_accepted"]
+        sent = client.post(COMPOSE, compose_form(client, numbers=f"{MTN},{AIRTEL}"))
+        page = client.get(sent.location or "")
+        assert "1 recipients were left out: they opted out of this sender." in page.text()
+        assert balance(account["account_id"]) == 99
+
+
+def test_the_csv_picker_is_shown_only_by_the_script_that_reads_the_file(client):
+    page = client.get(COMPOSE).body
+    assert '<div id="csv-block" hidden>' in page and "compose.js" in page

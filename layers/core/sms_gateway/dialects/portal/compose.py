@@ -69,11 +69,13 @@ def compose_page(ctx: PageContext) -> str:
             rows=4,
             hint="One number per line, or separated by commas; national (0803...) or international (+234803...).",
         )
-        + '<label for="csv-file">Or a CSV file of numbers</label>'
+        # The file is read by compose.js into the hidden field (the form stays URL-encoded): without the script the
+        # picker would be ignored, so it is only shown once the script runs.
+        + '<div id="csv-block" hidden><label for="csv-file">Or a CSV file of numbers</label>'
         + f"<input{attrs(id='csv-file', type='file', accept='.csv,text/csv,text/plain', aria_describedby='csv-hint')}>"
         + '<small id="csv-hint">One column of numbers, or a column headed number, phone, msisdn or mobile. '
         + f"At most {compose.MAX_RECIPIENTS} numbers and {compose.MAX_CSV_BYTES // 1024} KB. Rows that are not "
-        + "numbers are listed with their reason, and nothing is sent until they are fixed.</small>"
+        + "numbers are listed with their reason, and nothing is sent until they are fixed.</small></div>"
         + f"<input{attrs(type='hidden', name='csv', id='csv', value=form.get('csv', ''))}>"
         + '<label for="send_at">Send at (optional)</label>'
         + f"<input{attrs(id='send_at', name='send_at', type='datetime-local', value=form.get('send_at', ''))}"

@@ -230,9 +230,11 @@ def batch_detail(ctx: PageContext, raw_reference: str, zone: tzinfo) -> str:
     ]
     summary = '<dl class="facts">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts) + "</dl>"
     more = f'<p><a href="{esc(_url(batch=str(reference_id), cursor=cursor))}">More messages</a></p>' if cursor else ""
-    sent = (
-        '<div class="notice" role="status">Sent: the batch is being processed.</div>' if ctx.query.get("sent") else ""
-    )
+    sent = ""
+    if ctx.query.get("sent"):
+        refused = ctx.query.get("refused", "")
+        left_out = f" {refused} recipients were left out: they opted out of this sender." if refused.isdigit() else ""
+        sent = f'<div class="notice" role="status">Sent: the batch is being processed.{esc(left_out)}</div>'
     return (
         sent
         + f'<p><a href="{MESSAGES_PATH}">All batches</a></p>'

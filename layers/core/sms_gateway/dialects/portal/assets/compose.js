@@ -12,6 +12,7 @@
   const status = document.getElementById("preview-status");
   const problems = document.getElementById("preview-problems");
   const MAX_CSV_BYTES = 64 * 1024;
+  document.getElementById("csv-block").hidden = false;
   const DEBOUNCE_MS = 300;
   let timer = null;
   let latest = 0;
