@@ -132,7 +132,9 @@ class PortalClient:
         page = self.get("/portal/login")
         return self.post("/portal/login", {"csrf_token": page.csrf_token(), "username": username, "password": password})
 
-    def submit(self, path: str, action: str, fields: Mapping[str, str] | None = None) -> PortalResponse:
-        """Loads the page and posts one of its forms, with the page's CSRF token, as a user would."""
-        token = self.get(path).csrf_token()
+    def submit(
+        self, path: str, action: str, fields: Mapping[str, str] | None = None, *, from_page: str | None = None
+    ) -> PortalResponse:
+        """Loads the page (or `from_page`) and posts one of its forms to `path`, with the page's CSRF token."""
+        token = self.get(from_page or path).csrf_token()
         return self.post(path, {"csrf_token": token, "action": action, **(fields or {})})

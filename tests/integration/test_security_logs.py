@@ -160,7 +160,7 @@ def _end_to_end_run(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch, upstre
         http._local, "client", httpx.AsyncClient(transport=httpx.MockTransport(upstreams)), raising=False
     )
     # The client's webhook fails once, then takes everything.
-    monkeypatch.setattr(consumers, "_post", ClientWebhook(500))
+    monkeypatch.setattr(consumers, "post_webhook", ClientWebhook(500))
     monkeypatch.setenv("NOTIFY_RETRY_DELAYS", "0")
     gateway = Gateway.start()
     tenant = populate(gateway, "Logged", SENDER, KANNEL_NOW[1])

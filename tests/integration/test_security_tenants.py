@@ -38,7 +38,7 @@ def owner(aws: dict[str, str], gateway: Gateway) -> dict[str, Any]:
         from sms_gateway import bootstrap, consumers
 
         patch.setenv("NOTIFY_RETRY_DELAYS", "0")
-        patch.setattr(consumers, "_post", ClientWebhook(0, 0, 0))
+        patch.setattr(consumers, "post_webhook", ClientWebhook(0, 0, 0))
         bootstrap.reset()
         notification_id = dead_notification(aws, tenant.account["account_id"])
     bootstrap.reset()

@@ -28,7 +28,7 @@ def hook(monkeypatch: pytest.MonkeyPatch) -> ClientWebhook:
     from sms_gateway import consumers
 
     recorder = ClientWebhook()
-    monkeypatch.setattr(consumers, "_post", recorder)
+    monkeypatch.setattr(consumers, "post_webhook", recorder)
     return recorder
 
 

@@ -16,7 +16,7 @@ from tests.conftest import FakeContext, load_event, load_function
 
 
 class ClientWebhook:
-    """Stands in for consumers._post (the HTTP client and its SSRF guard are not what is tested here): answers
+    """Stands in for consumers.post_webhook (the HTTP client and its SSRF guard are not what is tested here): answers
     each POST with the next scripted status, then 200."""
 
     def __init__(self, *statuses: int, retry_after: float | None = None) -> None:
@@ -60,7 +60,7 @@ def webhook(monkeypatch: pytest.MonkeyPatch) -> Callable[..., ClientWebhook]:
 
     def install(*statuses: int, retry_after: float | None = None) -> ClientWebhook:
         hook = ClientWebhook(*statuses, retry_after=retry_after)
-        monkeypatch.setattr(consumers, "_post", hook)
+        monkeypatch.setattr(consumers, "post_webhook", hook)
         return hook
 
     return install

@@ -168,6 +168,28 @@ def remove_sender(*, account_id: str, sender: str) -> dict[str, Any]:
     return _view(accounts.remove_sender(_store(), account_id, sender))
 
 
+def list_sender_requests(*, account_id: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+    """Sender ID and shortcode requests accounts made in the portal: one account's, or all of them."""
+    from sms_gateway.logic import sender_requests
+
+    return [r.model_dump(mode="json") for r in sender_requests.list_requests(_store(), account_id, status)]
+
+
+def approve_sender(*, account_id: str, sender: str) -> dict[str, Any]:
+    """Registers the requested sender to the account (as add-sender does) and marks the request approved."""
+    from sms_gateway.domain.models import utc_now
+    from sms_gateway.logic import sender_requests
+
+    return sender_requests.approve(_store(), account_id, sender, now=utc_now()).model_dump(mode="json")
+
+
+def reject_sender(*, account_id: str, sender: str, reason: str) -> dict[str, Any]:
+    from sms_gateway.domain.models import utc_now
+    from sms_gateway.logic import sender_requests
+
+    return sender_requests.reject(_store(), account_id, sender, reason, now=utc_now()).model_dump(mode="json")
+
+
 def set_price(*, tier: str, network: str, credits: int) -> dict[str, Any]:
     from sms_gateway.logic import accounts
 
@@ -418,6 +440,22 @@ def _cmd_remove_sender(args: argparse.Namespace) -> int:
     return _run(args, lambda _: remove_sender(account_id=args.account, sender=args.sender))
 
 
+def _cmd_list_sender_requests(args: argparse.Namespace) -> int:
+    return _run(
+        args,
+        lambda _: list_sender_requests(account_id=args.account, status=args.status),
+        show=lambda rows: _print_rows(rows, ["account_id", "sender", "status", "requested_at", "decided_at", "reason"]),
+    )
+
+
+def _cmd_approve_sender(args: argparse.Namespace) -> int:
+    return _run(args, lambda _: approve_sender(account_id=args.account, sender=args.sender))
+
+
+def _cmd_reject_sender(args: argparse.Namespace) -> int:
+    return _run(args, lambda _: reject_sender(account_id=args.account, sender=args.sender, reason=args.reason))
+
+
 def _cmd_set_price(args: argparse.Namespace) -> int:
     return _run(
         args,
@@ -554,6 +592,20 @@ def _add_account_commands(command: Command, account: argparse.ArgumentParser) ->
     remove = command("remove-sender", "release one of the account's sender IDs or shortcodes", account)
     remove.add_argument("--sender", required=True, help="the sender ID or shortcode")
     remove.set_defaults(func=_cmd_remove_sender)
+
+    requests = command("list-sender-requests", "list sender ID and shortcode requests made in the portal")
+    requests.add_argument("--account", metavar="ID", help="only this account's requests")
+    requests.add_argument("--status", choices=["pending", "approved", "rejected"], help="only requests in this state")
+    requests.set_defaults(func=_cmd_list_sender_requests)
+
+    approve = command("approve-sender", "approve a sender request: registers the sender to the account", account)
+    approve.add_argument("--sender", required=True, help="the requested sender ID or shortcode")
+    approve.set_defaults(func=_cmd_approve_sender)
+
+    reject = command("reject-sender", "reject a sender request; the account sees the reason in the portal", account)
+    reject.add_argument("--sender", required=True, help="the requested sender ID or shortcode")
+    reject.add_argument("--reason", required=True, help="why, in words the account will read")
+    reject.set_defaults(func=_cmd_reject_sender)
 
     top = command("top-up", "add credits to an account's balance (atomic)", account)
     top.add_argument("--credits", required=True, type=int, help="credits to add (more than 0)")

@@ -141,7 +141,7 @@ def _dispatch_record(record: SQSRecord, attempt: int) -> dict[str, Any]:
     return {"submitted": outcome.submitted}
 
 
-async def _post(url: str, headers: dict[str, str], body: bytes) -> WebhookResponse:
+async def post_webhook(url: str, headers: dict[str, str], body: bytes) -> WebhookResponse:
     import httpx
 
     from sms_gateway.adapters.webhook_http import UnsafeWebhookTarget, webhook_client
@@ -175,7 +175,7 @@ def notify_record(record: SQSRecord) -> dict[str, Any]:
     attempt = int(record.attributes.approximate_receive_count or 1)
     wiring = gateway()
     try:
-        delivered = http.run(deliver(notification, _account_settings(), _post))
+        delivered = http.run(deliver(notification, _account_settings(), post_webhook))
     except WebhookFailed as failure:
         return _notify_failed(record, notification, attempt, failure)
     if delivered and webhook_retries.needs_delivered_mark(notification, attempt):

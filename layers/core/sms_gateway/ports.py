@@ -20,6 +20,8 @@ from sms_gateway.domain.models import (
     InboundSms,
     Message,
     MessageKey,
+    SenderRequest,
+    SenderRequestStatus,
     SentMessage,
     StatusChange,
     StoredAnswer,
@@ -384,6 +386,26 @@ class PortalSessionStore(Protocol):
         ...
 
     def delete_portal_session(self, token: str) -> None: ...
+
+
+class SenderRequestStore(Protocol):
+    """Sender ID and shortcode requests, listed per account (the portal) and all together (the operator)."""
+
+    def add_sender_request(self, request: SenderRequest) -> None:
+        """Stores a new pending request; Conflict when the account has one for that sender that is not rejected."""
+        ...
+
+    def sender_request(self, account_id: str, sender: str) -> SenderRequest | None: ...
+
+    def sender_requests(self, account_id: str | None = None) -> list[SenderRequest]:
+        """One account's requests, or every account's (None), oldest first."""
+        ...
+
+    def decide_sender_request(
+        self, account_id: str, sender: str, status: SenderRequestStatus, *, decided_at: str, reason: str | None
+    ) -> SenderRequest:
+        """Moves a pending request to approved or rejected; Conflict when it is no longer pending."""
+        ...
 
 
 class RateLimitStore(Protocol):

@@ -36,6 +36,7 @@ from sms_gateway.adapters.dynamodb_notifications import DynamoNotificationsMixin
 from sms_gateway.adapters.dynamodb_optouts import DynamoOptOutsMixin
 from sms_gateway.adapters.dynamodb_ratelimit import DynamoRateLimitMixin
 from sms_gateway.adapters.dynamodb_routes import DynamoRouteStore
+from sms_gateway.adapters.dynamodb_sender_requests import DynamoSenderRequestsMixin
 from sms_gateway.adapters.dynamodb_sessions import DynamoSessionsMixin
 from sms_gateway.domain.models import (
     Account,
@@ -161,6 +162,7 @@ class DynamoStore(
     DynamoAccountAdmin,
     DynamoGroupStore,
     DynamoSessionsMixin,
+    DynamoSenderRequestsMixin,
     DynamoRateLimitMixin,
     DynamoRouteStore,
     DynamoOptOutsMixin,

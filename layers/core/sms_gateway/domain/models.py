@@ -272,6 +272,24 @@ class StoredAnswer(Record):
     content_type: str = "application/json"
 
 
+class SenderRequestStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class SenderRequest(Record):
+    """An account's request for a sender ID or shortcode, which an operator approves (it is then registered to the
+    account) or rejects with a reason. One per account and sender; a rejected one may be asked for again."""
+
+    account_id: str
+    sender: str
+    status: SenderRequestStatus = SenderRequestStatus.PENDING
+    requested_at: str
+    decided_at: str | None = None
+    reason: str | None = None
+
+
 class ClaimOutcome(StrEnum):
     """What a dispatcher gets when it asks to submit a message."""
 

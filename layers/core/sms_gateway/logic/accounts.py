@@ -207,11 +207,16 @@ def revoke_credential(
     return store.revoke_credential(account_id, matches[0].kind, prefix, revoked_at=iso(now))
 
 
-def add_sender(store: AccountAdmin, account_id: str, sender: str) -> Account:
+def check_sender(sender: str) -> str:
     if not SENDER_ID.match(sender):
         raise InvalidRequest(
             f"invalid sender id {sender!r}: alphanumeric up to 11 characters, or a number (shortcode/long code)"
         )
+    return sender
+
+
+def add_sender(store: AccountAdmin, account_id: str, sender: str) -> Account:
+    check_sender(sender)
     account = require_account(store, account_id)
     if sender in account.senders:
         return account  # already this account's: adding it again changes nothing

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import Any
 
 from sms_gateway.domain.models import Account, DeliveryReportMode, StatusChange
 from sms_gateway.domain.webhooks import signed_headers
-from sms_gateway.errors import NotFound
+from sms_gateway.errors import InvalidRequest, NotFound
 from sms_gateway.ports import AccountLookup
 
 DLR = "dlr"
@@ -114,3 +115,57 @@ async def deliver(
 
 def hash_of(body: str) -> str:
     return hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+TEST_EVENT = "test"
+
+
+@dataclass(frozen=True)
+class WebhookTestResult:
+    """Where a test event went and what the client's webhook answered."""
+
+    url: str
+    status_code: int
+
+
+class _OneAccount:
+    def __init__(self, account: Account) -> None:
+        self.account = account
+
+    def get_account(self, account_id: str) -> Account | None:
+        return self.account if account_id == self.account.account_id else None
+
+
+def make_test_event(account: Account, kind: str, *, sent_at: str) -> dict[str, Any]:
+    """A test event for the account's DLR (`kind` "dlr") or inbound ("inbound") webhook: `type: "test"`, so a
+    client can tell it from a real report, and a fresh webhook-id, so it is never dropped as a duplicate."""
+    return {
+        "kind": kind,
+        "id": f"test_{secrets.token_hex(12)}",
+        "account_id": account.account_id,
+        "url": None,
+        "payload": {
+            "type": TEST_EVENT,
+            "event": "delivery report" if kind == DLR else "two-way sms",
+            "message": "A test event from the SMS gateway: your webhook is reachable and can check our signature.",
+            "sent_at": sent_at,
+        },
+    }
+
+
+async def send_test_event(account: Account, kind: str, post: Post, *, sent_at: str) -> WebhookTestResult:
+    """POSTs a test event the way every notification is posted (signed, with the webhook token); WebhookFailed
+    when the client's webhook does not answer 2xx with JSON, InvalidRequest when no URL is set for `kind`."""
+    notification = make_test_event(account, kind, sent_at=sent_at)
+    url = target_url(account, notification)
+    if not url:
+        which = "delivery report (DLR)" if kind == DLR else "inbound SMS"
+        raise InvalidRequest(f"no {which} webhook URL is set: save one first")
+    answers: list[WebhookResponse] = []
+
+    async def recording_post(target: str, headers: dict[str, str], body: bytes) -> WebhookResponse:
+        answers.append(await post(target, headers, body))
+        return answers[-1]
+
+    await deliver(notification, _OneAccount(account), recording_post)
+    return WebhookTestResult(url=url, status_code=answers[-1].status_code)

@@ -73,10 +73,13 @@ HTML = "text/html; charset=utf-8"
 
 @dataclass(frozen=True)
 class Notice:
-    """What a successful action tells the user; `reveal` holds (label, secret) pairs shown this once only."""
+    """What an action tells the user; `reveal` holds (label, secret) pairs shown this once only. `failed` shows the
+    message as an error while the page answers 200: the action ran, but what it tried did not work (a test event
+    the client's webhook refused); bad input is a GatewayError instead."""
 
     message: str
     reveal: tuple[tuple[str, str], ...] = ()
+    failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -252,7 +255,9 @@ def messages_html(notice: Notice | None, error: str | None) -> str:
     parts = []
     if error:
         parts.append(f'<div class="error" role="alert">{esc(error)}</div>')
-    if notice:
+    if notice and notice.failed:
+        parts.append(f'<div class="error" role="alert">{esc(notice.message)}</div>')
+    elif notice:
         parts.append(f'<div class="notice" role="status">{esc(notice.message)}</div>')
         if notice.reveal:
             items = "".join(

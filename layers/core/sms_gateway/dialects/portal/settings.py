@@ -1,13 +1,21 @@
 """The portal's Settings page: webhooks (URLs, test event, token and signing secret), API credentials, sender IDs
-and shortcodes, and the account's default country and time zone."""
+and shortcodes, and the account's default country and time zone. Each form calls the same use case as the
+operator's CLI (logic/accounts.py, logic/sender_requests.py), so the same checks apply."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sms_gateway.dialects.portal.framework import Notice, PageContext, page
-from sms_gateway.dialects.portal.markup import field, section
-from sms_gateway.domain.models import Account
+from sms_gateway.dialects.portal.markup import esc, field, section, select, table
+from sms_gateway.domain.models import Account, utc_now
+
+if TYPE_CHECKING:
+    from sms_gateway.adapters.dynamodb import DynamoStore
 
 SETTINGS_PATH = "/portal/settings"
+CREDENTIAL_KINDS = (("token", "Bearer token (9bits, batches)"), ("apikey", "API key (shortcode API)"))
+WEBHOOK_KINDS = (("dlr", "Delivery report (DLR) URL"), ("inbound", "Inbound SMS URL"))
 
 
 @page(SETTINGS_PATH, title="Settings", nav="Settings", order=30)
@@ -15,17 +23,25 @@ def settings_page(ctx: PageContext) -> str:
     account = ctx.account
     return "\n".join(
         [
-            section("Webhooks", webhook_urls_form(ctx, account), id_="webhooks"),
+            section("Webhooks", webhooks_html(ctx, account), id_="webhooks"),
+            section("API credentials", credentials_html(ctx), id_="credentials"),
+            section("Sender IDs and shortcodes", senders_html(ctx, account), id_="senders"),
             section("Account defaults", defaults_form(ctx, account), id_="defaults"),
         ]
     )
 
 
+def _store() -> DynamoStore:
+    from sms_gateway.bootstrap import gateway
+
+    return gateway().store
+
+
 # ------------------------------------------------------------------ webhooks
 
 
-def webhook_urls_form(ctx: PageContext, account: Account) -> str:
-    fields = field(
+def webhooks_html(ctx: PageContext, account: Account) -> str:
+    urls = field(
         "Delivery report (DLR) URL",
         "dlr_url",
         ctx.form.get("dlr_url", account.dlr_url or ""),
@@ -38,23 +54,193 @@ def webhook_urls_form(ctx: PageContext, account: Account) -> str:
         type_="url",
         hint="Where replies and other inbound SMS are POSTed. Leave empty for none.",
     )
-    return ctx.form_html("webhooks", fields, submit="Save webhook URLs")
+    test = select("Send a test event to", "kind", WEBHOOK_KINDS, ctx.form.get("kind", "dlr"))
+    token_state = "set" if account.webhook_token else "not set"
+    secret_state = "set" if account.webhook_secret else "not set"
+    return "".join(
+        [
+            ctx.form_html("webhooks", urls, submit="Save webhook URLs"),
+            ctx.form_html("test-event", test, submit="Send test event", css_class="test-event"),
+            "<p>Every webhook call carries <code>Authorization: Bearer &lt;webhook token&gt;</code> and a "
+            "<code>webhook-signature</code> made with the signing secret (docs/webhooks.md). Both are shown once, "
+            "when they are made: rotate one to see a new value.</p>",
+            f"<p>Webhook token: <strong>{token_state}</strong>. Signing secret: <strong>{secret_state}</strong>.</p>",
+            ctx.form_html(
+                "rotate-token",
+                "",
+                submit="Rotate webhook token",
+                css_class="inline",
+                confirm="Your webhook must accept the new token at once. Rotate it?",
+            ),
+            ctx.form_html(
+                "rotate-secret",
+                "",
+                submit="Rotate signing secret",
+                css_class="inline",
+                confirm="Your webhook must check signatures with the new secret at once. Rotate it?",
+            ),
+        ]
+    )
 
 
-@settings_page.action("webhooks")
-def save_webhooks(ctx: PageContext) -> Notice:
+def _set_webhooks(
+    ctx: PageContext,
+    *,
+    dlr_url: str | None = None,
+    inbound_url: str | None = None,
+    rotate_token: bool = False,
+    rotate_secret: bool = False,
+) -> tuple[Account, str | None]:
     from sms_gateway.bootstrap import gateway
     from sms_gateway.logic import accounts
 
     wiring = gateway()
-    accounts.set_webhooks(
+    return accounts.set_webhooks(
         wiring.store,
         ctx.account.account_id,
-        dlr_url=ctx.form.get("dlr_url", "").strip(),
-        inbound_url=ctx.form.get("inbound_url", "").strip(),
+        dlr_url=dlr_url,
+        inbound_url=inbound_url,
+        rotate_token=rotate_token,
+        rotate_secret=rotate_secret,
         allow_http=wiring.settings.allow_http_webhooks,
     )
+
+
+@settings_page.action("webhooks")
+def save_webhooks(ctx: PageContext) -> Notice:
+    _set_webhooks(ctx, dlr_url=ctx.form.get("dlr_url", "").strip(), inbound_url=ctx.form.get("inbound_url", "").strip())
     return Notice("Webhook URLs saved.")
+
+
+@settings_page.action("rotate-token")
+def rotate_token(ctx: PageContext) -> Notice:
+    _, token = _set_webhooks(ctx, rotate_token=True)
+    return Notice("A new webhook token is in use from now on.", reveal=(("Webhook token", token or ""),))
+
+
+@settings_page.action("rotate-secret")
+def rotate_secret(ctx: PageContext) -> Notice:
+    account, _ = _set_webhooks(ctx, rotate_secret=True)
+    return Notice(
+        "Webhooks are signed with a new secret from now on.", reveal=(("Signing secret", account.webhook_secret or ""),)
+    )
+
+
+@settings_page.action("test-event")
+def send_test_event(ctx: PageContext) -> Notice:
+    from sms_gateway.adapters import http
+    from sms_gateway.consumers import post_webhook
+    from sms_gateway.domain.models import iso
+    from sms_gateway.errors import InvalidRequest
+    from sms_gateway.logic import notify
+
+    kind = ctx.form.get("kind", "")
+    if kind not in dict(WEBHOOK_KINDS):
+        raise InvalidRequest(f"test event kind must be one of {', '.join(dict(WEBHOOK_KINDS))}")
+    try:
+        result = http.run(notify.send_test_event(ctx.account, kind, post_webhook, sent_at=iso(utc_now())))
+    except notify.WebhookFailed as failure:
+        return Notice(f"The test event to {failure.url or 'your webhook'} failed: {failure}.", failed=True)
+    return Notice(f"Test event sent to {result.url}: your webhook answered {result.status_code}.")
+
+
+# ------------------------------------------------------------------ API credentials
+
+
+def credentials_html(ctx: PageContext) -> str:
+    from sms_gateway.logic import accounts
+
+    rows = []
+    for credential in accounts.list_credentials(_store(), ctx.account.account_id):
+        if credential.revoked:
+            state, revoke = f"revoked {esc(credential.revoked_at or '')}", ""
+        else:
+            state = "active"
+            revoke = ctx.form_html(
+                "revoke-credential",
+                f'<input type="hidden" name="prefix" value="{esc(credential.prefix)}">'
+                f'<input type="hidden" name="kind" value="{esc(credential.kind)}">',
+                submit="Revoke",
+                css_class="inline",
+                confirm=f"Revoke the {credential.kind} starting {credential.prefix}? Clients using it stop working.",
+            )
+        rows.append(
+            (esc(credential.kind), f"<code>{esc(credential.prefix)}…</code>", esc(credential.created_at), state, revoke)
+        )
+    listing = table(["Kind", "Starts with", "Created", "State", ""], rows, empty="No API credentials.")
+    create = ctx.form_html(
+        "create-credential",
+        select("New credential", "kind", CREDENTIAL_KINDS, ctx.form.get("kind", "token")),
+        submit="Create credential",
+    )
+    return listing + create
+
+
+@settings_page.action("create-credential")
+def create_credential(ctx: PageContext) -> Notice:
+    from sms_gateway.logic import accounts
+
+    issued = accounts.issue_credential(_store(), ctx.account.account_id, ctx.form.get("kind", ""), now=utc_now())
+    return Notice(
+        f"New {issued.kind} created (starts with {issued.prefix}).", reveal=((f"New {issued.kind}", issued.secret),)
+    )
+
+
+@settings_page.action("revoke-credential")
+def revoke_credential(ctx: PageContext) -> Notice:
+    from sms_gateway.logic import accounts
+
+    kind = ctx.form.get("kind") or None
+    revoked = accounts.revoke_credential(
+        _store(), ctx.account.account_id, ctx.form.get("prefix", ""), kind=kind, now=utc_now()
+    )
+    return Notice(f"The {revoked.kind} starting {revoked.prefix} is revoked: it no longer authenticates.")
+
+
+# ------------------------------------------------------------------ sender IDs and shortcodes
+
+
+def senders_html(ctx: PageContext, account: Account) -> str:
+    from sms_gateway.logic import sender_requests
+
+    requests = sender_requests.list_requests(_store(), account.account_id)
+    requested = {request.sender.lstrip("+").upper() for request in requests}
+    rows = [
+        (f"<code>{esc(sender)}</code>", '<span class="status-approved">registered</span>', "", "")
+        for sender in account.senders
+        if sender.lstrip("+").upper() not in requested
+    ]
+    rows += [
+        (
+            f"<code>{esc(request.sender)}</code>",
+            f'<span class="status-{esc(request.status)}">{esc(request.status)}</span>',
+            esc(request.requested_at),
+            esc(request.reason or ""),
+        )
+        for request in requests
+    ]
+    listing = table(["Sender", "Status", "Requested", "Reason"], rows, empty="No sender IDs or shortcodes yet.")
+    ask = ctx.form_html(
+        "request-sender",
+        field(
+            "Request a sender ID or shortcode",
+            "sender",
+            ctx.form.get("sender", ""),
+            required=True,
+            hint="Letters and digits up to 11 characters (a sender ID), or a number (a shortcode or long code). "
+            "An operator approves or rejects it.",
+        ),
+        submit="Request",
+    )
+    return listing + ask
+
+
+@settings_page.action("request-sender")
+def request_sender(ctx: PageContext) -> Notice:
+    from sms_gateway.logic import sender_requests
+
+    request = sender_requests.request_sender(_store(), ctx.account, ctx.form.get("sender", ""), now=utc_now())
+    return Notice(f"Sender {request.sender} requested: it is pending until an operator approves it.")
 
 
 # ------------------------------------------------------------------ account defaults
@@ -79,11 +265,10 @@ def defaults_form(ctx: PageContext, account: Account) -> str:
 
 @settings_page.action("defaults")
 def save_defaults(ctx: PageContext) -> Notice:
-    from sms_gateway.bootstrap import gateway
     from sms_gateway.logic import accounts
 
     account = accounts.set_account(
-        gateway().store,
+        _store(),
         ctx.account.account_id,
         country=ctx.form.get("country", "").strip(),
         timezone=ctx.form.get("timezone", "").strip(),

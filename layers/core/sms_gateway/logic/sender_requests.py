@@ -1,0 +1,80 @@
+"""Sender ID and shortcode requests: an account asks (the portal), an operator approves or rejects (the CLI)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sms_gateway.domain.models import Account, SenderRequest, SenderRequestStatus, iso
+from sms_gateway.errors import Conflict, InvalidRequest, NotFound
+from sms_gateway.logic.accounts import add_sender, check_sender, require_account
+from sms_gateway.ports import AccountAdmin, SenderRequestStore
+
+MAX_REASON_LENGTH = 500
+
+
+def _same(a: str, b: str) -> bool:
+    return a.lstrip("+").upper() == b.lstrip("+").upper()
+
+
+def request_sender(store: SenderRequestStore, account: Account, sender: str, *, now: datetime) -> SenderRequest:
+    """A new pending request; InvalidRequest for a malformed sender, Conflict when it is the account's already or
+    asked for and not rejected."""
+    sender = check_sender(sender.strip())
+    if any(_same(sender, own) for own in account.senders):
+        raise Conflict(f"sender {sender!r} is registered to your account already")
+    request = SenderRequest(account_id=account.account_id, sender=sender, requested_at=iso(now))
+    store.add_sender_request(request)
+    return request
+
+
+def list_requests(
+    store: SenderRequestStore, account_id: str | None = None, status: str | None = None
+) -> list[SenderRequest]:
+    wanted = _status(status) if status is not None else None
+    return [r for r in store.sender_requests(account_id) if wanted is None or r.status == wanted]
+
+
+def _status(value: str) -> SenderRequestStatus:
+    try:
+        return SenderRequestStatus(value)
+    except ValueError as error:
+        raise InvalidRequest(
+            f"status {value!r} must be one of {', '.join(str(s) for s in SenderRequestStatus)}"
+        ) from error
+
+
+def _pending(store: SenderRequestStore, account_id: str, sender: str) -> SenderRequest:
+    request = store.sender_request(account_id, sender)
+    if request is None:
+        raise NotFound(f"account {account_id} has no request for sender {sender!r} (see list-sender-requests)")
+    if request.status != SenderRequestStatus.PENDING:
+        raise Conflict(f"the request for sender {sender!r} is {request.status} already")
+    return request
+
+
+class SenderRequestAdmin(AccountAdmin, SenderRequestStore):
+    """The operator's store: accounts (to register the sender) and the requests."""
+
+
+def approve(store: SenderRequestAdmin, account_id: str, sender: str, *, now: datetime) -> SenderRequest:
+    """Registers the sender to the account (accounts.add_sender: Conflict when another account owns it, and the
+    request stays pending), then marks the request approved. Run again after a failure between the two, it
+    completes: adding a sender the account has already changes nothing."""
+    request = _pending(store, account_id, sender)
+    add_sender(store, account_id, request.sender)
+    return store.decide_sender_request(
+        account_id, request.sender, SenderRequestStatus.APPROVED, decided_at=iso(now), reason=None
+    )
+
+
+def reject(store: SenderRequestAdmin, account_id: str, sender: str, reason: str, *, now: datetime) -> SenderRequest:
+    reason = reason.strip()
+    if not reason:
+        raise InvalidRequest("give a reason: the account sees it next to the rejected request")
+    if len(reason) > MAX_REASON_LENGTH:
+        raise InvalidRequest(f"the reason is {len(reason)} characters, over {MAX_REASON_LENGTH}")
+    require_account(store, account_id)
+    request = _pending(store, account_id, sender)
+    return store.decide_sender_request(
+        account_id, request.sender, SenderRequestStatus.REJECTED, decided_at=iso(now), reason=reason
+    )

@@ -1,0 +1,426 @@
+"""The account portal through the real `api` handler on moto, without a browser: sign-in, cookies, CSRF, session
+expiry, sign-out, and every Settings form (its effect, and that bad input changes nothing)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.conftest import FakeContext, load_function
+from tests.e2e.client_webhook import ClientWebhook
+from tests.integration.test_send_path import send_event
+from tests.portal_client import ORIGIN, PortalClient
+
+SETTINGS = "/portal/settings"
+
+
+@pytest.fixture
+def api(aws: dict[str, str]) -> Any:
+    module = load_function("api")
+    return lambda event: module.handler(event, FakeContext())
+
+
+@pytest.fixture
+def account(aws: dict[str, str]) -> dict[str, Any]:
+    from sms_gateway_tools.admin import create_account
+
+    return create_account(name="Cinema Club", senders=["48974"], credits=100)
+
+
+@pytest.fixture
+def other_account(aws: dict[str, str]) -> dict[str, Any]:
+    from sms_gateway_tools.admin import create_account
+
+    return create_account(name="Other Club", senders=["55555"], credits=100)
+
+
+@pytest.fixture
+def browser(api: Any) -> PortalClient:
+    return PortalClient(api)
+
+
+@pytest.fixture
+def signed_in(browser: PortalClient, account: dict[str, Any]) -> PortalClient:
+    answer = browser.sign_in(account["username"], account["password"])
+    assert answer.status == 303, answer.body
+    return browser
+
+
+@pytest.fixture
+def hook() -> Iterator[ClientWebhook]:
+    with ClientWebhook() as server:
+        yield server
+
+
+def stored(account_id: str) -> Any:
+    from sms_gateway.bootstrap import gateway
+
+    return gateway().store.get_account(account_id)
+
+
+def set_cookie(answer: Any, name: str) -> str:
+    return next(c for c in answer.cookies if c.startswith(f"{name}="))
+
+
+# ---------------------------------------------------------------- signing in and out
+
+
+def test_a_signed_out_visitor_is_sent_to_sign_in_and_a_post_is_refused(browser, account):
+    # When someone without a session opens a page or posts a form
+    page = browser.get(SETTINGS)
+    posted = browser.post(SETTINGS, {"action": "webhooks", "dlr_url": "https://evil.example/x", "csrf_token": "x"})
+    # Then the page sends them to sign in, and the form is refused with nothing changed
+    assert (page.status, page.location) == (303, "/portal/login")
+    assert posted.status == 401
+    assert "sign in again" in posted.text()
+    assert stored(account["account_id"]).dlr_url is None
+    assert browser.get("/portal").location == "/portal/login"
+
+
+def test_signing_in_sets_a_strict_http_only_cookie_and_leads_to_the_settings(browser, account):
+    answer = browser.sign_in(account["username"], account["password"])
+    assert (answer.status, answer.location) == (303, SETTINGS)
+    cookie = set_cookie(answer, "portal_session")
+    assert "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    assert "Path=/portal" in cookie
+    # The local stack serves plain http (STAGE=local): a Secure cookie would never come back
+    assert "Secure" not in cookie
+    page = browser.get(SETTINGS)
+    assert page.status == 200
+    assert "Cinema Club" in page.text()
+    assert page.headers["Cache-Control"] == "no-store"
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+
+
+def test_outside_the_local_stack_the_cookie_is_secure(browser, account, monkeypatch):
+    from sms_gateway import bootstrap
+
+    monkeypatch.setenv("STAGE", "prod")
+    bootstrap.get_settings.cache_clear()
+    answer = browser.sign_in(account["username"], account["password"])
+    assert "; Secure" in set_cookie(answer, "portal_session")
+
+
+def test_a_wrong_password_and_an_unknown_user_get_the_same_page(browser, account):
+    wrong = browser.sign_in(account["username"], "not-the-password")
+    unknown = browser.sign_in("nobody-here", "not-the-password")
+    for answer in (wrong, unknown):
+        assert answer.status == 401
+        assert "Wrong username or password." in answer.text()
+        assert not any(c.startswith("portal_session=") for c in answer.cookies)
+    # The username is kept in the form, the password is not
+    assert f'value="{account["username"]}"' in wrong.body
+    assert "not-the-password" not in wrong.body
+
+
+def test_the_attempt_limit_of_the_session_key_login_applies(browser, account):
+    from sms_gateway.logic.sessions import MAX_FAILED_LOGINS
+
+    for _ in range(MAX_FAILED_LOGINS):
+        assert browser.sign_in(account["username"], "wrong").status == 401
+    # Then even the right password is refused until the window ends, with the wait
+    limited = browser.sign_in(account["username"], account["password"])
+    assert limited.status == 429
+    assert "too many failed logins" in limited.text()
+    assert "portal_session" not in browser.cookies
+
+
+def test_the_sign_in_form_needs_its_own_token_and_origin(browser, account):
+    page = browser.get("/portal/login")
+    fields = {"csrf_token": "forged", "username": account["username"], "password": account["password"]}
+    assert browser.post("/portal/login", fields).status == 403
+    fields["csrf_token"] = page.csrf_token()
+    assert browser.post("/portal/login", fields, origin="https://evil.example").status == 403
+    assert "portal_session" not in browser.cookies
+
+
+def test_signing_out_ends_the_session_for_good(signed_in):
+    old_cookie = dict(signed_in.cookies)
+    answer = signed_in.submit("/portal/logout", "sign-out", from_page=SETTINGS)
+    assert (answer.status, answer.location) == (303, "/portal/login?signed_out=1")
+    assert "Max-Age=0" in set_cookie(answer, "portal_session")
+    assert "You are signed out." in signed_in.get("/portal/login?signed_out=1").text()
+    # The old cookie, replayed, opens nothing: the session is gone from the table
+    replay = PortalClient(signed_in.handler, cookies=old_cookie)
+    assert replay.get(SETTINGS).location == "/portal/login"
+
+
+def _expire(token: str, attribute: str) -> None:
+    from sms_gateway.adapters.dynamodb import hash_secret
+    from sms_gateway.bootstrap import gateway
+
+    store = gateway().store
+    past = int((datetime.now(UTC) - timedelta(seconds=1)).timestamp())
+    store.client.update_item(
+        TableName=store.table_name,
+        Key={"pk": {"S": f"PORTAL#{hash_secret(token)}"}, "sk": {"S": "SESSION"}},
+        UpdateExpression=f"SET {attribute} = :past",
+        ExpressionAttributeValues={":past": {"N": str(past)}},
+    )
+
+
+@pytest.mark.parametrize("expiry", ["idle_until", "expires_at"])
+def test_an_expired_session_opens_nothing(signed_in, account, expiry):
+    assert signed_in.get(SETTINGS).status == 200
+    token = signed_in.get(SETTINGS).csrf_token()
+    _expire(signed_in.cookies["portal_session"], expiry)
+    assert signed_in.get(SETTINGS).location == "/portal/login"
+    posted = signed_in.post(SETTINGS, {"csrf_token": token, "action": "webhooks", "dlr_url": "https://a.example/x"})
+    assert posted.status == 401
+    assert stored(account["account_id"]).dlr_url is None
+
+
+def test_using_the_session_moves_its_idle_expiry_forward(signed_in, monkeypatch):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic import portal_sessions
+
+    token = signed_in.cookies["portal_session"]
+    before = gateway().store.portal_session(token)
+    later = datetime.now(UTC) + timedelta(minutes=10)
+    monkeypatch.setattr("sms_gateway.dialects.portal.framework.utc_now", lambda: later)
+    assert signed_in.get(SETTINGS).status == 200
+    after = gateway().store.portal_session(token)
+    assert after.idle_until > before.idle_until
+    assert after.idle_until <= before.expires_at
+    assert after.expires_at == before.expires_at
+    assert portal_sessions.IDLE_TIMEOUT < portal_sessions.ABSOLUTE_LIFETIME
+
+
+# ---------------------------------------------------------------- CSRF and origin
+
+
+@pytest.mark.parametrize(
+    ("token", "headers", "origin"),
+    [
+        ("wrong-token", {}, ORIGIN),
+        ("", {}, ORIGIN),
+        (None, {}, "https://evil.example"),
+        (None, {}, None),
+        (None, {"referer": "https://evil.example/page"}, None),
+        (None, {}, "null"),
+    ],
+    ids=["wrong-token", "no-token", "cross-site-origin", "no-origin-or-referer", "cross-site-referer", "null-origin"],
+)
+def test_a_forged_form_is_refused_and_changes_nothing(signed_in, account, token, headers, origin):
+    real = signed_in.get(SETTINGS).csrf_token()
+    fields = {"csrf_token": real if token is None else token, "action": "webhooks", "dlr_url": "https://a.example/x"}
+    answer = signed_in.post(SETTINGS, fields, headers=headers, origin=origin)
+    assert answer.status == 403
+    assert stored(account["account_id"]).dlr_url is None
+
+
+def test_a_same_origin_referer_stands_in_for_a_missing_origin(signed_in, account):
+    token = signed_in.get(SETTINGS).csrf_token()
+    fields = {"csrf_token": token, "action": "webhooks", "dlr_url": "https://a.example/x", "inbound_url": ""}
+    answer = signed_in.post(SETTINGS, fields, headers={"referer": f"{ORIGIN}{SETTINGS}"}, origin=None)
+    assert answer.status == 200, answer.text()
+    assert stored(account["account_id"]).dlr_url == "https://a.example/x"
+
+
+def test_another_sessions_token_does_not_pass(api, signed_in, account, other_account):
+    other = PortalClient(api)
+    other.sign_in(other_account["username"], other_account["password"])
+    foreign = other.get(SETTINGS).csrf_token()
+    fields = {"csrf_token": foreign, "action": "webhooks", "dlr_url": "https://a.example/x"}
+    assert signed_in.post(SETTINGS, fields).status == 403
+    assert stored(account["account_id"]).dlr_url is None
+
+
+# ---------------------------------------------------------------- settings: webhooks
+
+
+def test_webhook_urls_are_saved_and_a_bad_one_changes_nothing(signed_in, account):
+    saved = signed_in.submit(SETTINGS, "webhooks", {"dlr_url": "https://hooks.example/dlr", "inbound_url": ""})
+    assert saved.status == 200
+    assert "Webhook URLs saved." in saved.text()
+    assert stored(account["account_id"]).dlr_url == "https://hooks.example/dlr"
+    bad = signed_in.submit(SETTINGS, "webhooks", {"dlr_url": "ftp://hooks.example/dlr", "inbound_url": ""})
+    assert bad.status == 400
+    assert "https" in bad.text()
+    # The form shows what was typed, the account keeps the saved URL
+    assert 'value="ftp://hooks.example/dlr"' in bad.body
+    assert stored(account["account_id"]).dlr_url == "https://hooks.example/dlr"
+
+
+def test_a_test_event_reaches_the_webhook_signed_and_the_page_shows_its_answer(signed_in, account, hook):
+    from sms_gateway.domain.webhooks import verify
+
+    signed_in.submit(SETTINGS, "webhooks", {"dlr_url": f"{hook.url}/dlr", "inbound_url": f"{hook.url}/in"})
+    answer = signed_in.submit(SETTINGS, "test-event", {"kind": "dlr"})
+    assert answer.status == 200
+    assert f"Test event sent to {hook.url}/dlr: your webhook answered 200." in answer.text()
+    request = hook.next("/dlr", timeout=5)
+    headers = {name.lower(): value for name, value in request["headers"].items()}
+    assert verify(account["webhook_secret"], headers, request["raw"], now=time.time())
+    assert headers["authorization"] == f"Bearer {account['webhook_token']}"
+    assert request["body"]["type"] == "test"
+    signed_in.submit(SETTINGS, "test-event", {"kind": "inbound"})
+    assert hook.next("/in", timeout=5)["body"]["event"] == "two-way sms"
+
+
+def test_a_failing_webhook_is_reported_on_the_page(signed_in):
+    with ClientWebhook(failures=1) as failing:
+        signed_in.submit(SETTINGS, "webhooks", {"dlr_url": f"{failing.url}/dlr", "inbound_url": ""})
+        answer = signed_in.submit(SETTINGS, "test-event", {"kind": "dlr"})
+    assert answer.status == 200
+    assert "failed: client webhook answered 500" in answer.text()
+
+
+def test_a_test_event_without_a_url_says_so(signed_in):
+    answer = signed_in.submit(SETTINGS, "test-event", {"kind": "inbound"})
+    assert answer.status == 400
+    assert "no inbound SMS webhook URL is set" in answer.text()
+
+
+@pytest.mark.parametrize(
+    ("action", "label", "attribute"),
+    [
+        ("rotate-secret", "Signing secret", "webhook_secret"),
+        ("rotate-token", "Webhook token", "webhook_token"),
+    ],
+)
+def test_a_rotated_webhook_secret_is_shown_once(signed_in, account, action, label, attribute):
+    answer = signed_in.submit(SETTINGS, action)
+    new_value = getattr(stored(account["account_id"]), attribute)
+    assert new_value != account[attribute]
+    assert label in answer.text()
+    assert new_value in answer.body
+    # Never again: not on the next visit, and the old value was never on a page
+    again = signed_in.get(SETTINGS)
+    assert new_value not in again.body
+    assert account[attribute] not in again.body
+
+
+# ---------------------------------------------------------------- settings: API credentials
+
+
+def _send(api: Any, token: str, sender: str = "48974") -> int:
+    event = send_event(token, {"from": sender, "to": "2348020000000", "message": "hi"})
+    return int(api(event)["statusCode"])
+
+
+def test_a_credential_is_created_shown_once_listed_by_prefix_and_revoked(api, signed_in, account):
+    created = signed_in.submit(SETTINGS, "create-credential", {"kind": "token"})
+    assert created.status == 200
+    secret = created.body.split('<code class="secret">', 1)[1].split("<", 1)[0]
+    assert secret.startswith("sk_")
+    listing = signed_in.get(SETTINGS)
+    assert secret not in listing.body
+    assert f"<code>{secret[:8]}…</code>" in listing.body
+    assert _send(api, secret) == 200
+    revoked = signed_in.submit(SETTINGS, "revoke-credential", {"prefix": secret[:8], "kind": "token"})
+    assert revoked.status == 200
+    assert "no longer authenticates" in revoked.text()
+    assert _send(api, secret) == 401
+    # The account's first token still works
+    assert _send(api, account["token"]) == 200
+
+
+def test_a_credential_of_another_account_cannot_be_revoked(api, signed_in, other_account):
+    prefix = other_account["token"][:8]
+    answer = signed_in.submit(SETTINGS, "revoke-credential", {"prefix": prefix, "kind": "token"})
+    assert answer.status == 404
+    assert _send(api, other_account["token"], sender="55555") == 200
+
+
+def test_an_unknown_credential_kind_is_refused(signed_in, account):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic import accounts
+
+    before = accounts.list_credentials(gateway().store, account["account_id"])
+    answer = signed_in.submit(SETTINGS, "create-credential", {"kind": "session"})
+    assert answer.status == 400
+    assert accounts.list_credentials(gateway().store, account["account_id"]) == before
+
+
+# ---------------------------------------------------------------- settings: senders
+
+
+def test_a_sender_request_is_pending_until_an_operator_approves_it(signed_in, account):
+    from sms_gateway_tools import admin
+
+    answer = signed_in.submit(SETTINGS, "request-sender", {"sender": "CINEMA"})
+    assert answer.status == 200
+    assert "pending" in answer.text()
+    assert 'status-pending">pending' in signed_in.get(SETTINGS).body
+    assert "CINEMA" not in stored(account["account_id"]).senders
+    # Asking again while it is pending changes nothing
+    assert signed_in.submit(SETTINGS, "request-sender", {"sender": "cinema"}).status == 409
+    listed = admin.list_sender_requests(status="pending")
+    assert [(r["account_id"], r["sender"]) for r in listed] == [(account["account_id"], "CINEMA")]
+    approved = admin.approve_sender(account_id=account["account_id"], sender="CINEMA")
+    assert approved["status"] == "approved"
+    assert "CINEMA" in stored(account["account_id"]).senders
+    assert 'status-approved">approved' in signed_in.get(SETTINGS).body
+
+
+def test_a_rejected_request_shows_its_reason_and_may_be_asked_again(signed_in, account):
+    from sms_gateway.errors import Conflict
+    from sms_gateway_tools import admin
+
+    signed_in.submit(SETTINGS, "request-sender", {"sender": "BANK"})
+    admin.reject_sender(account_id=account["account_id"], sender="BANK", reason="looks like a bank's name")
+    page = signed_in.get(SETTINGS)
+    assert 'status-rejected">rejected' in page.body
+    assert "looks like a bank&#x27;s name" in page.body
+    with pytest.raises(Conflict):
+        admin.approve_sender(account_id=account["account_id"], sender="BANK")
+    assert signed_in.submit(SETTINGS, "request-sender", {"sender": "BANK"}).status == 200
+    assert "BANK" not in stored(account["account_id"]).senders
+
+
+@pytest.mark.parametrize(
+    ("sender", "status", "message"),
+    [
+        ("WAY-TOO-LONG-NAME", 400, "invalid sender id"),
+        ("", 400, "invalid sender id"),
+        ("48974", 409, "registered to your account already"),
+    ],
+)
+def test_a_bad_or_owned_sender_request_is_refused(signed_in, account, sender, status, message):
+    from sms_gateway_tools import admin
+
+    answer = signed_in.submit(SETTINGS, "request-sender", {"sender": sender})
+    assert answer.status == status
+    assert message in answer.text()
+    assert admin.list_sender_requests(account_id=account["account_id"]) == []
+
+
+# ---------------------------------------------------------------- settings: defaults, assets
+
+
+def test_defaults_are_saved_and_a_bad_one_changes_nothing(signed_in, account):
+    saved = signed_in.submit(SETTINGS, "defaults", {"country": "ke", "timezone": "Africa/Nairobi"})
+    assert saved.status == 200
+    assert (stored(account["account_id"]).default_country, stored(account["account_id"]).timezone) == (
+        "KE",
+        "Africa/Nairobi",
+    )
+    for fields in ({"country": "XX", "timezone": "Africa/Lagos"}, {"country": "NG", "timezone": "Mars/Olympus"}):
+        answer = signed_in.submit(SETTINGS, "defaults", fields)
+        assert answer.status == 400
+        assert stored(account["account_id"]).timezone == "Africa/Nairobi"
+        assert stored(account["account_id"]).default_country == "KE"
+
+
+def test_an_unknown_form_action_is_refused(signed_in):
+    assert signed_in.submit(SETTINGS, "drop-tables").status == 400
+
+
+def test_assets_are_served_with_their_type_and_cached_by_version(browser):
+    page = browser.get("/portal/login")
+    css_url = page.body.split('rel="stylesheet" href="', 1)[1].split('"', 1)[0]
+    css = browser.get(css_url)
+    assert css.status == 200
+    assert css.headers["Content-Type"] == "text/css; charset=utf-8"
+    assert "immutable" in css.headers["Cache-Control"]
+    js = browser.get("/portal/assets/portal.js")
+    assert js.headers["Content-Type"] == "text/javascript; charset=utf-8"
+    assert js.headers["Cache-Control"] == "public, max-age=300"
+    assert browser.get("/portal/assets/framework.py").status == 404
+    assert browser.get("/portal/assets/..%2Fframework.py").status == 404
