@@ -81,9 +81,13 @@ def test_a_signed_out_visitor_is_sent_to_sign_in_and_a_post_is_refused(browser, 
     assert browser.get("/portal").location == "/portal/login"
 
 
-def test_signing_in_sets_a_strict_http_only_cookie_and_leads_to_the_settings(browser, account):
+def test_signing_in_sets_a_strict_http_only_cookie_and_leads_to_the_first_page(browser, account):
+    from sms_gateway.dialects.portal.framework import home_path
+
     answer = browser.sign_in(account["username"], account["password"])
-    assert (answer.status, answer.location) == (303, SETTINGS)
+    # The first page of the navigation: Messages once it is registered (order 10), else Settings
+    assert (answer.status, answer.location) == (303, home_path())
+    assert home_path() in {"/portal/messages", SETTINGS}
     cookie = set_cookie(answer, "portal_session")
     assert "HttpOnly" in cookie
     assert "SameSite=Strict" in cookie
