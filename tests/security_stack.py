@@ -60,6 +60,7 @@ class Answer:
     status: int
     headers: dict[str, str]
     text: str
+    cookies: list[str] = field(default_factory=list)
 
     @property
     def json(self) -> Any:
@@ -107,7 +108,28 @@ class Gateway:
         body_text = result.get("body") or ""
         if result.get("isBase64Encoded"):
             body_text = base64.b64decode(body_text).decode()
-        return Answer(int(result["statusCode"]), dict(result.get("headers") or {}), body_text)
+        cookies = list(result.get("cookies") or [])
+        return Answer(int(result["statusCode"]), dict(result.get("headers") or {}), body_text, cookies)
+
+
+# The portal's origin as Gateway.request's events give it (Host gw.example; the local bridge's X-Forwarded-Proto).
+PORTAL_ORIGIN = "http://gw.example"
+FORM = "application/x-www-form-urlencoded"
+
+
+def portal_sign_in(gateway: Gateway, account: dict[str, Any]) -> dict[str, str]:
+    """A real portal session: the session cookie and the CSRF token its pages carry."""
+    page = gateway.request("GET", "/portal/login")
+    login_cookie = next(c.split(";", 1)[0] for c in page.cookies if c.startswith("portal_login="))
+    token = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    fields = {"csrf_token": token, "username": account["username"], "password": account["password"]}
+    headers = {"cookie": login_cookie, "origin": PORTAL_ORIGIN, "content-type": FORM}
+    answer = gateway.request("POST", "/portal/login", headers=headers, body=urlencode(fields))
+    assert answer.status == 303, answer
+    cookie = next(c.split(";", 1)[0] for c in answer.cookies if c.startswith("portal_session="))
+    settings = gateway.request("GET", "/portal/settings", headers={"cookie": cookie})
+    csrf = settings.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    return {"cookie": cookie, "csrf_token": csrf}
 
 
 def create_account(name: str, sender: str, credits: int = 100, **webhooks: str) -> dict[str, Any]:

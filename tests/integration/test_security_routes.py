@@ -13,10 +13,13 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
 from tests.security_stack import (
+    FORM,
+    PORTAL_ORIGIN,
     Answer,
     Gateway,
     Tenant,
@@ -24,22 +27,24 @@ from tests.security_stack import (
     log_in,
     module_fixtures,
     populate,
+    portal_sign_in,
     random_secret,
     simulator_headers,
     stored_state,
 )
 from tests.state_snapshot import REFUSAL_BOOKKEEPING
 
-# Public by design: the API's own documentation, which carries no account data.
+# Public by design: the API's own documentation, the portal's sign-in form and its static assets (CSS and JS), none
+# of which carries account data.
 PUBLIC_ROUTES = {
     ("GET", "/v1/docs"),
     ("GET", "/v1/openapi.json"),
+    ("GET", "/portal/login"),
+    ("GET", "/portal/assets/<name>"),
 }
 # Resolver routes that never read credentials because every request gets the same error: the shortcode family's
 # answer to a service it does not have (1010 Unsupported request type). Checked below to answer only that.
 ERROR_ONLY_ROUTES = {(method, "/api/services/<action>") for method in ("GET", "POST", "PUT", "PATCH", "DELETE")}
-# Template routes no resolver route serves yet: reserved paths, answered 404 whatever is sent (checked below).
-RESERVED_TEMPLATE_ROUTES = {("ANY", "/portal/{proxy+}")}
 
 
 HTTP_FUNCTION_OF_RESOLVER = {"api": "ApiFunction", "callbacks": "WebhookFunction"}
@@ -75,6 +80,7 @@ def path_parameter(victim: Tenant, name: str) -> str:
         "provider": "simulator",
         # A service the family does not have (the real ones are their own routes).
         "action": "sendsmsnow",
+        "name": "portal.css",
     }[name]
 
 
@@ -94,7 +100,10 @@ def intruder(gateway: Gateway) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def victim(gateway: Gateway) -> Tenant:
-    return populate(gateway, "Victim", "48974")
+    tenant = populate(gateway, "Victim", "48974")
+    # Signed in to the portal too, so a forged form can carry the victim's real session cookie.
+    tenant.account["portal"] = portal_sign_in(gateway, tenant.account)
+    return tenant
 
 
 # ---------------------------------------------------------------- the two route lists agree
@@ -122,20 +131,11 @@ def test_every_template_route_serves_some_resolver_route():
             for f, m, p in resolver
             if f == function and match_route([(function, method, path)], m, concrete_path(p)) is not None
         ]
-        if not served and (method, path) not in RESERVED_TEMPLATE_ROUTES:
+        if not served:
             unserved.append((function, method, path))
     assert unserved == []
     # And the enumeration really found both lists
     assert len(resolver) > 30 and len(template_routes()) >= 12
-
-
-def test_a_reserved_template_route_answers_not_found_and_changes_nothing(aws, gateway, victim):
-    for _, path in RESERVED_TEMPLATE_ROUTES:
-        before = stored_state(aws)
-        for method in ("GET", "POST", "DELETE"):
-            answer = gateway.request(method, path.replace("{proxy+}", "accounts"), headers=victim.bearer)
-            assert answer.status == 404, answer
-        assert stored_state(aws) == before
 
 
 # ---------------------------------------------------------------- credentials, per dialect
@@ -149,6 +149,8 @@ class Attempt:
     headers: dict[str, str] = field(default_factory=dict)
     query: dict[str, str] = field(default_factory=dict)
     body: dict[str, Any] = field(default_factory=dict)
+    # Only meaningful for a POST (a forged form with a real session); a GET with a real session is the owner's.
+    post_only: bool = False
 
 
 def _ninebits_attempts(victim: Tenant, intruder: dict[str, Any]) -> Iterator[Attempt]:
@@ -201,6 +203,47 @@ def _session_attempts(victim: Tenant, intruder: dict[str, Any]) -> Iterator[Atte
         yield Attempt(f"the {name} as session key", headers={"user_key": user_key, "Session_key": victim.account[name]})
 
 
+def _portal_attempts(victim: Tenant, intruder: dict[str, Any]) -> Iterator[Attempt]:
+    """The portal's cookie session, and on a POST its CSRF token and origin (the attempt's method decides)."""
+    origin = {"origin": PORTAL_ORIGIN}
+    real = victim.account["portal"]
+    yield Attempt("no session cookie", headers=origin, body={"csrf_token": real["csrf_token"]})
+    for label, value in (
+        ("an unknown session token", random_secret()),
+        ("a session-key dialect's session key", victim.session["Session_key"]),
+        ("the account's API token", victim.account["token"]),
+        ("the account's password", victim.account["password"]),
+    ):
+        yield Attempt(label, headers={**origin, "cookie": f"portal_session={value}"}, body={"csrf_token": "x"})
+    session = {"cookie": real["cookie"]}
+    yield Attempt(
+        "the real session with a wrong CSRF token",
+        headers={**session, **origin},
+        body={"csrf_token": random_secret()},
+        post_only=True,
+    )
+    yield Attempt("the real session without a CSRF token", headers={**session, **origin}, post_only=True)
+    yield Attempt(
+        "the real session and token from another site",
+        headers={**session, "origin": "https://attacker.example"},
+        body={"csrf_token": real["csrf_token"]},
+        post_only=True,
+    )
+    yield Attempt(
+        "the real session and token with no Origin or Referer",
+        headers=session,
+        body={"csrf_token": real["csrf_token"]},
+        post_only=True,
+    )
+
+
+def _portal_refusal(answer: Answer) -> bool:
+    # A page sends the visitor to sign in (303); a form is refused with 401 (no session) or 403 (CSRF, origin).
+    return answer.status in (401, 403) or (
+        answer.status == 303 and answer.headers.get("Location", "").startswith("/portal/login")
+    )
+
+
 # A signature or token of the right shape, made with the wrong secret, for each upstream type.
 def _callback_attempts(provider: str, body: str) -> Iterator[Attempt]:
     yield Attempt("no signature or token")
@@ -240,6 +283,7 @@ SCHEMES: list[tuple[str, Callable[..., Iterator[Attempt]], Refused]] = [
     ("/login", _login_attempts, _status(401)),
     ("/sms", _session_attempts, _status(401)),
     ("/status", _session_attempts, _status(401)),
+    ("/portal", _portal_attempts, _portal_refusal),
 ]
 
 
@@ -262,7 +306,29 @@ def _plausible(method: str, path: str, victim: Tenant) -> dict[str, Any]:
     return bodies.get((method, path), {})
 
 
+def _portal_forms(path: str, victim: Tenant) -> list[dict[str, str]]:
+    """A form for each action a portal route takes, with values that would change something if accepted."""
+    from sms_gateway.dialects.portal.framework import LOGIN_PATH, LOGOUT_PATH, PAGES
+
+    if path == LOGIN_PATH:
+        return [{"username": victim.account["username"], "password": victim.account["password"]}]
+    if path == LOGOUT_PATH:
+        return [{"action": "sign-out"}]
+    values = {
+        "dlr_url": "https://attacker.example/dlr",
+        "inbound_url": "https://attacker.example/in",
+        "kind": "token",
+        "prefix": victim.account["token"][:8],
+        "sender": "STOLEN",
+        "country": "KE",
+        "timezone": "Africa/Nairobi",
+    }
+    return [{"action": action, **values} for action in PAGES[path].actions] or [values]
+
+
 def _send(gateway: Gateway, method: str, path: str, victim: Tenant, attempt: Attempt) -> Answer:
+    if path.startswith("/portal"):
+        return _send_portal(gateway, method, path, victim, attempt)
     fields = {**_plausible(method, path, victim), **attempt.body}
     query = dict(attempt.query)
     body: Any = None
@@ -271,6 +337,27 @@ def _send(gateway: Gateway, method: str, path: str, victim: Tenant, attempt: Att
     elif fields:
         body = fields
     return gateway.request(method, concrete_path(path, victim), query=query, headers=attempt.headers, body=body)
+
+
+def _send_portal(gateway: Gateway, method: str, path: str, victim: Tenant, attempt: Attempt) -> Answer:
+    """A GET, or a POST of every form the route takes (the first answer that is not a refusal, else the last)."""
+    headers = dict(attempt.headers)
+    target = concrete_path(path, victim)
+    if method != "POST":
+        headers.pop("origin", None)
+        return gateway.request(method, target, query=attempt.query, headers=headers)
+    answer = None
+    for form in _portal_forms(path, victim):
+        fields = {**form, **attempt.body}
+        if path.endswith("/login"):
+            # Sign-in takes no session: its own CSRF token (a cookie and a field) and origin are what is checked.
+            fields["csrf_token"] = attempt.body.get("csrf_token", "")
+        body = urlencode(fields)
+        answer = gateway.request(method, target, headers={**headers, "content-type": FORM}, body=body)
+        if not _portal_refusal(answer):
+            return answer
+    assert answer is not None
+    return answer
 
 
 @pytest.mark.parametrize(
@@ -282,7 +369,7 @@ def test_every_client_route_refuses_missing_and_wrong_credentials_and_changes_no
     aws, gateway, victim, intruder, function, method, path
 ):
     if (method, path) in PUBLIC_ROUTES:
-        answer = gateway.request(method, path)
+        answer = gateway.request(method, concrete_path(path, victim))
         assert answer.status == 200 and victim.account["account_id"] not in answer.text
         return
     before = stored_state(aws)
@@ -298,6 +385,8 @@ def test_every_client_route_refuses_missing_and_wrong_credentials_and_changes_no
     before = stored_state(aws, ignoring=REFUSAL_BOOKKEEPING)
     accepted = []
     for attempt in attempts(victim, intruder):
+        if attempt.post_only and method != "POST":
+            continue
         answer = _send(gateway, method, path, victim, attempt)
         if not refused(answer):
             accepted.append((attempt.label, answer.status, answer.text[:200]))
