@@ -322,8 +322,13 @@ def _portal_forms(path: str, victim: Tenant) -> list[dict[str, str]]:
         "sender": "STOLEN",
         "country": "KE",
         "timezone": "Africa/Nairobi",
+        "text": "hello",
+        "numbers": AIRTEL,
+        "send_key": "forged-send",
     }
-    return [{"action": action, **values} for action in PAGES[path].actions] or [values]
+    # Routes that are no page (the Compose page's JSON preview) take the values as they are.
+    actions = PAGES[path].actions if path in PAGES else {}
+    return [{"action": action, **values} for action in actions] or [values]
 
 
 def _send(gateway: Gateway, method: str, path: str, victim: Tenant, attempt: Attempt) -> Answer:
