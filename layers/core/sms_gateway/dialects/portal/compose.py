@@ -1,258 +1,36 @@
 """The portal's Compose page: a message to pasted numbers or an uploaded CSV, with a live segment and cost preview
-(the 9bits dry run's logic, behind a small JSON endpoint) and a send that happens once per rendered form."""
+(the 9bits dry run's logic, behind a small JSON endpoint) and a send that happens once per rendered form.
+
+Only the registrations are here; compose_view.py does the work, imported the first time it is needed."""
 
 from __future__ import annotations
 
-import json
-import secrets
-from collections.abc import Mapping
-from datetime import timedelta
 from typing import Any
 
 from aws_lambda_powertools.event_handler import Response
-from pydantic import BaseModel, ConfigDict, Field
 
-from sms_gateway.dialects.common import accept, json_request, json_response, status_for
-from sms_gateway.dialects.ninebits import ROUTE_TIER
-from sms_gateway.dialects.portal.framework import (
-    BAD_CSRF,
-    BAD_ORIGIN,
-    SIGNED_OUT,
-    PageContext,
-    asset_url,
-    current_session,
-    page,
-    redirect,
-    router,
-    same_origin,
-)
-from sms_gateway.dialects.portal.markup import attrs, esc, select
-from sms_gateway.domain.dates import InvalidClientDatetime, parse_client_datetime
-from sms_gateway.domain.models import Account, DeliveryReportMode, SendCommand, StoredAnswer, utc_now
-from sms_gateway.errors import GatewayError, InvalidRecipient, InvalidRequest
-from sms_gateway.logic import compose
-from sms_gateway.logic.idempotency import MAX_KEY_LENGTH, fingerprint, run_once
-from sms_gateway.logic.send import listed
+from sms_gateway.dialects.portal.framework import PageContext, page, router
 
 COMPOSE_PATH = "/portal/compose"
 PREVIEW_PATH = "/portal/compose/preview"
-CSRF_HEADER = "x-csrf-token"
-SEND_KEY_FIELD = "send_key"
-# A schedule time this far in the past is a mistake to point out, not a reason to send now.
-PAST_TOLERANCE = timedelta(minutes=1)
-# The fields that make a send what it is: a resubmitted form with the same key and these is the same send.
-SEND_FIELDS = ("sender", "text", "numbers", "csv", "send_at")
 
 
 @page(COMPOSE_PATH, title="Compose", nav="Compose", order=20)
 def compose_page(ctx: PageContext) -> str:
-    account = ctx.account
-    if not account.senders:
-        return '<p class="empty">This account has no sender ID yet: ask the operator to register one.</p>'
-    form = ctx.form
-    # One key per rendered form: a double click or a resubmit of this form sends once (an error keeps the key, since
-    # a refused send stored nothing under it).
-    send_key = form.get(SEND_KEY_FIELD) or secrets.token_urlsafe(18)
-    fields = (
-        select("Sender", "sender", [(s, s) for s in account.senders], form.get("sender"))
-        + textarea(
-            "Message",
-            "text",
-            form.get("text", ""),
-            rows=5,
-            hint="GSM 7-bit: 160 characters in one part, 153 per part after. Other characters: 70, then 67.",
-        )
-        + textarea(
-            "Recipients",
-            "numbers",
-            form.get("numbers", ""),
-            rows=4,
-            hint="One number per line, or separated by commas; national (0803...) or international (+234803...).",
-        )
-        # The file is read by compose.js into the hidden field (the form stays URL-encoded): without the script the
-        # picker would be ignored, so it is only shown once the script runs.
-        + '<div id="csv-block" hidden><label for="csv-file">Or a CSV file of numbers</label>'
-        + f"<input{attrs(id='csv-file', type='file', accept='.csv,text/csv,text/plain', aria_describedby='csv-hint')}>"
-        + '<small id="csv-hint">One column of numbers, or a column headed number, phone, msisdn or mobile. '
-        + f"At most {compose.MAX_RECIPIENTS} numbers and {compose.MAX_CSV_BYTES // 1024} KB. Rows that are not "
-        + "numbers are listed with their reason, and nothing is sent until they are fixed.</small></div>"
-        + f"<input{attrs(type='hidden', name='csv', id='csv', value=form.get('csv', ''))}>"
-        + '<label for="send_at">Send at (optional)</label>'
-        + f"<input{attrs(id='send_at', name='send_at', type='datetime-local', value=form.get('send_at', ''))}"
-        + ' aria-describedby="send_at-hint">'
-        + f'<small id="send_at-hint">In {esc(account.timezone)}. Leave empty to send now.</small>'
-        + f"<input{attrs(type='hidden', name=SEND_KEY_FIELD, value=send_key)}>"
-        + preview_panel()
-    )
-    script = f'<script src="{esc(asset_url("compose.js"))}" defer></script>'
-    return ctx.form_html("send", fields, submit="Send", css_class="compose") + script
+    from sms_gateway.dialects.portal import compose_view
 
-
-def textarea(label: str, name: str, value: str, *, rows: int, hint: str) -> str:
-    control = attrs(id=name, name=name, rows=str(rows), aria_describedby=f"{name}-hint")
-    return (
-        f'<label for="{esc(name)}">{esc(label)}</label><textarea{control}>{esc(value)}</textarea>'
-        f'<small id="{esc(name)}-hint">{esc(hint)}</small>'
-    )
-
-
-def preview_panel() -> str:
-    figures = "".join(
-        f'<dt>{esc(label)}</dt><dd id="preview-{key}">-</dd>'
-        for key, label in (
-            ("parts", "Parts"),
-            ("encoding", "Encoding"),
-            ("per-part", "Characters per part"),
-            ("recipients", "Recipients"),
-            ("cost", "Cost (credits)"),
-            ("balance", "Balance (credits)"),
-        )
-    )
-    return (
-        f'<section id="preview" aria-live="polite" data-url="{PREVIEW_PATH}"><h2>Preview</h2>'
-        f'<p id="preview-status">The preview needs JavaScript; Send checks everything in any case.</p>'
-        f'<dl class="facts">{figures}</dl><ul id="preview-problems"></ul></section>'
-    )
-
-
-# ------------------------------------------------------------------ send
+    return compose_view.compose_page(ctx)
 
 
 @compose_page.action("send")
 def send(ctx: PageContext) -> Response[Any]:
-    from sms_gateway.bootstrap import gateway
+    from sms_gateway.dialects.portal import compose_view
 
-    key = ctx.form.get(SEND_KEY_FIELD, "").strip()
-    if not key or len(key) > MAX_KEY_LENGTH:
-        raise InvalidRequest("this form has no send key: reload the page and try again")
-    account = ctx.account
-    answer = run_once(
-        gateway().store,
-        scope=account.account_id,
-        key=f"portal-send:{key}",
-        request_fingerprint=fingerprint(COMPOSE_PATH, *(ctx.form.get(name, "") for name in SEND_FIELDS)),
-        now=utc_now(),
-        produce=lambda: send_once(account, ctx.form),
-    )
-    sent = json.loads(answer.body)
-    refused = f"&refused={sent['refused']}" if sent["refused"] else ""
-    return redirect(f"/portal/messages?batch={sent['reference_id']}&sent=1{refused}")
-
-
-def send_once(account: Account, form: Mapping[str, str]) -> StoredAnswer:
-    """The send itself, the path every dialect takes (logic/send.py): checked, priced, charged, stored, queued."""
-    from sms_gateway.bootstrap import gateway
-
-    text = form.get("text", "")
-    if not text.strip():
-        raise InvalidRequest("the message is empty: type the text to send")
-    numbers = recipients_of(form, account)
-    send_at = None
-    if form.get("send_at", "").strip():
-        from sms_gateway.dialects.sessionkey import account_zone
-
-        try:
-            send_at = parse_client_datetime(form["send_at"].strip(), account_zone(account))
-        except InvalidClientDatetime as error:
-            raise InvalidRequest(f"Send at: {error}") from error
-        if send_at < utc_now() - PAST_TOLERANCE:
-            raise InvalidRequest("Send at is in the past: leave it empty to send now, or pick a later time")
-    recipients = compose.resolve_recipients(gateway().store, account, numbers, strict=True).recipients
-    command = SendCommand(
-        account_id=account.account_id,
-        sender=form.get("sender", ""),
-        text=text,
-        recipients=tuple(recipients),
-        # Reports go to the account's webhook when it has one; the portal shows them either way.
-        delivery_report=DeliveryReportMode.YES if account.dlr_url else DeliveryReportMode.NONE,
-        send_at=send_at,
-        route_tier=ROUTE_TIER,
-        dialect="portal",
-    )
-    accepted = accept(account, command)
-    body = {"reference_id": str(accepted.batch.reference_id), "refused": len(accepted.refused)}
-    return StoredAnswer(status_code=200, body=json.dumps(body))
-
-
-def recipients_of(form: Mapping[str, str], account: Account) -> list[str]:
-    """The pasted numbers and the CSV's, as typed (the send parses them); a CSV with a bad row sends nothing."""
-    numbers = compose.pasted_numbers(form.get("numbers", ""))
-    csv_text = form.get("csv", "")
-    if csv_text.strip():
-        from_csv, problems = compose.csv_numbers(csv_text.encode(), account.default_country)
-        if problems:
-            reasons = listed([str(problem) for problem in problems])
-            raise InvalidRecipient(f"the CSV file has rows that are not numbers, so nothing was sent: {reasons}")
-        numbers += from_csv
-    if not numbers:
-        raise InvalidRequest("there is no recipient: type or paste numbers, or choose a CSV file")
-    return numbers
-
-
-# ------------------------------------------------------------------ live preview
-
-
-class PreviewRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    sender: str = Field(default="", max_length=16)
-    text: str = ""
-    numbers: str = ""
-    csv: str = ""
+    return compose_view.send(ctx)
 
 
 @router.post(PREVIEW_PATH, include_in_schema=False)
 def preview() -> Response[Any]:
-    """The dry run of what the form would send, for the page's script: same-origin, signed in, and with the session's
-    CSRF token in a header (a form on another site can send neither). Nothing is stored, charged or queued."""
-    event = router.current_event
-    if not same_origin(event):
-        return json_response(403, {"message": BAD_ORIGIN})
-    who = current_session(event)
-    if who is None:
-        return json_response(401, {"message": SIGNED_OUT})
-    from sms_gateway.logic.portal_sessions import csrf_matches
+    from sms_gateway.dialects.portal import compose_view
 
-    if not csrf_matches(who.token, (event.headers or {}).get(CSRF_HEADER)):
-        return json_response(403, {"message": BAD_CSRF})
-    try:
-        return json_response(200, preview_of(who.account, json_request(event, PreviewRequest)))
-    except GatewayError as error:
-        return json_response(status_for(error), {"message": error.message})
-
-
-def preview_of(account: Account, request: PreviewRequest) -> dict[str, Any]:
-    from sms_gateway.bootstrap import gateway, send_dependencies
-
-    numbers = compose.pasted_numbers(request.numbers)
-    csv_problems: list[str] = []
-    if request.csv.strip():
-        from_csv, problems = compose.csv_numbers(request.csv.encode(), account.default_country)
-        numbers += from_csv
-        csv_problems = [str(problem) for problem in problems]
-    dry = compose.dry_run(
-        account,
-        request.sender,
-        request.text,
-        numbers,
-        groups_store=gateway().store,
-        opt_outs=send_dependencies().opt_outs,
-        prices=gateway().store.price_table(),
-        route_tier=ROUTE_TIER,
-    )
-    segmentation = dry.priced.segmentation
-    return {
-        "message": "preview: nothing was sent or charged",
-        "parts": segmentation.parts,
-        "encoding": str(segmentation.encoding),
-        "characters_per_part": segmentation.per_part,
-        "ucs2_characters": list(segmentation.ucs2_characters),
-        "recipients": len(dry.recipients),
-        "total_cost": dry.priced.cost,
-        "balance": dry.balance,
-        "balance_sufficient": dry.sufficient,
-        "invalid": [{"to": r.raw, "reason": r.reason} for r in dry.invalid],
-        "opted_out": [{"to": r.raw, "reason": r.reason} for r in dry.opted_out],
-        "csv_problems": csv_problems,
-        "would_be_accepted": dry.would_be_accepted and bool(request.text.strip()) and not csv_problems,
-    }
+    return compose_view.preview(router.current_event)

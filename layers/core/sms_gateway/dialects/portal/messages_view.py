@@ -1,0 +1,284 @@
+"""The portal's Messages page as it is drawn: recent batches and their messages (status, parts, cost), search by
+number, reference and date, delivery-rate charts over time and by network, and the credit balance and usage.
+Imported when the page is first served (messages.py registers it), so the api's cold start does not pay for it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import date, datetime, time, timedelta, tzinfo
+from typing import Any
+from urllib.parse import urlencode
+
+from aws_lambda_powertools.event_handler import Response
+
+from sms_gateway.dialects.common import status_for
+from sms_gateway.dialects.portal.charts import figures_table, rate_by_network, rate_over_time
+from sms_gateway.dialects.portal.framework import PageContext, html_response, page_html
+from sms_gateway.dialects.portal.markup import attrs, esc, section, table
+from sms_gateway.dialects.portal.messages import MESSAGES_PATH
+from sms_gateway.domain.models import Account, Batch, Message, from_iso, utc_now
+from sms_gateway.errors import GatewayError, InvalidRequest
+from sms_gateway.logic import batches, history
+
+BATCHES_PER_PAGE = 25
+MESSAGES_PER_PAGE = 100
+TEXT_SHOWN = 60
+
+
+def messages_page(ctx: PageContext) -> str | Response[Any]:
+    from sms_gateway.dialects.sessionkey import account_zone
+
+    zone = account_zone(ctx.account)
+    try:
+        if ctx.query.get("batch"):
+            return batch_detail(ctx, ctx.query["batch"], zone)
+        return overview(ctx, zone)
+    except GatewayError as error:
+        # A bad search or cursor, or a batch that is not this account's (404, exactly as one that never existed):
+        # said on the page with its status, nothing else shown.
+        back = f'<p><a href="{MESSAGES_PATH}">Back to messages</a></p>'
+        return html_response(
+            status_for(error), page_html(title=ctx.page.title, body=back, ctx=replace(ctx, error=error.message))
+        )
+
+
+# ------------------------------------------------------------------ overview
+
+
+def overview(ctx: PageContext, zone: tzinfo) -> str:
+    from sms_gateway.bootstrap import gateway
+
+    store = gateway().store
+    account = ctx.account
+    now = utc_now()
+    window = history.recent_window(store, store, account.account_id, now=now)
+    parts = [
+        section("Credits", credits_html(account, window, zone), id_="credits"),
+        section("Search", search_form(ctx.query), id_="search"),
+    ]
+    query = search_query(ctx.query, zone)
+    if not query.empty:
+        parts.append(section("Search results", search_results(account, query, zone), id_="results"))
+    rows, cursor = history.recent_batches(
+        store, store, account.account_id, limit=BATCHES_PER_PAGE, cursor=ctx.query.get("cursor") or None
+    )
+    more = f'<p><a href="{esc(_url(cursor=cursor))}">Older batches</a></p>' if cursor else ""
+    parts.append(section("Recent batches", batches_table(rows, zone) + more, id_="batches"))
+    parts.append(section("Delivery rate", delivery_html(window, zone, now), id_="delivery"))
+    return "\n".join(parts)
+
+
+def window_note(window: history.Window) -> str:
+    bound = (
+        f"the last {history.WINDOW_DAYS} days, at most {history.MAX_WINDOW_BATCHES} batches and "
+        f"{history.MAX_WINDOW_MESSAGES} messages"
+    )
+    if window.complete:
+        return f'<p class="hint">Figures cover {bound}.</p>'
+    return f'<p class="hint"><strong>Figures cover only part of the period:</strong> they stop at {bound}.</p>'
+
+
+def credits_html(account: Account, window: history.Window, zone: tzinfo) -> str:
+    usage = history.credit_usage(window, zone)
+    rows = [[esc(day.day.isoformat()), str(day.charged), str(day.refunded), str(day.spent)] for day in usage]
+    spent = sum(day.spent for day in usage)
+    return (
+        f'<p class="balance">Balance: <strong id="credit-balance">{account.credits}</strong> credits. '
+        f"Spent in the last {history.WINDOW_DAYS} days: <strong>{spent}</strong>.</p>"
+        + table(["Day", "Charged", "Refunded", "Spent"], rows, empty="No credits used in this period.")
+        + window_note(window)
+    )
+
+
+def delivery_html(window: history.Window, zone: tzinfo, now: datetime) -> str:
+    days = history.delivery_over_time(window, zone, now=now)
+    # The same messages, the last 24 hours of them per hour (periods before the start are not drawn).
+    hours = history.delivery_over_time(replace(window, since=now - timedelta(hours=23)), zone, now=now, hourly=True)
+    networks = history.delivery_by_network(window)
+    rule = (
+        "Delivery rate = delivered / (delivered + failed + expired + rejected); messages still on their way "
+        "or cancelled have no outcome yet and are counted under Other."
+    )
+    return (
+        f'<p class="hint">{esc(rule)}</p>'
+        + "<h3>Per day</h3>"
+        + rate_over_time(days, chart_id="chart-days", title=f"Delivery rate per day, last {history.WINDOW_DAYS} days")
+        + figures_table(days, first_header="Day", empty="No messages in this period.")
+        + "<h3>Last 24 hours, per hour</h3>"
+        + rate_over_time(hours, chart_id="chart-hours", title="Delivery rate per hour, last 24 hours")
+        + figures_table(hours, first_header="Hour", empty="No messages in the last 24 hours.")
+        + "<h3>By network</h3>"
+        + rate_by_network(networks, chart_id="chart-networks", title="Delivery rate by network")
+        + figures_table(networks, first_header="Network", empty="No messages in this period.")
+        + window_note(window)
+    )
+
+
+def batches_table(rows: list[history.BatchRow], zone: tzinfo) -> str:
+    def counts(row: history.BatchRow) -> str:
+        shown = ", ".join(f"{count} {status}" for status, count in sorted(row.view.counts.items()))
+        return esc(shown + ("" if row.counted_all else f" (first {history.COUNTED_MESSAGES})"))
+
+    body = [
+        [
+            batch_link(row.batch),
+            esc(local_time(row.batch.created_at, zone)),
+            esc(row.batch.sender),
+            esc(_short(row.batch.text)),
+            str(row.batch.recipients),
+            str(row.batch.parts),
+            str(row.batch.cost),
+            f'<span class="status">{esc(row.view.status)}</span>',
+            counts(row),
+        ]
+        for row in rows
+    ]
+    headers = ["Reference", "Sent", "Sender", "Text", "Recipients", "Parts", "Cost", "Status", "Messages"]
+    return table(headers, body, empty="No batches yet: send one from Compose.")
+
+
+def batch_link(batch: Batch) -> str:
+    return f'<a href="{esc(_url(batch=str(batch.reference_id)))}">{batch.reference_id}</a>'
+
+
+# ------------------------------------------------------------------ search
+
+
+def search_form(query: Mapping[str, str]) -> str:
+    def box(label: str, name: str, type_: str, hint: str) -> str:
+        value = query.get(name, "")
+        control = attrs(id=f"search-{name}", name=name, type=type_, value=value, aria_describedby=f"{name}-hint")
+        return (
+            f'<label for="search-{name}">{esc(label)}</label><input{control}>'
+            f'<small id="{name}-hint">{esc(hint)}</small>'
+        )
+
+    bound = f"the last {history.MAX_WINDOW_BATCHES} batches (within the dates, if given)"
+    return (
+        f'<form method="get" action="{MESSAGES_PATH}" class="search" role="search">'
+        + box("Number", "number", "text", f"Any form (0803..., +234803...). Searches {bound}.")
+        + box("Reference", "reference", "text", "A reference_id, message_id, or your own ref_id.")
+        + box("From", "from", "date", "First day, in the account's time zone.")
+        + box("To", "to", "date", "Last day, included.")
+        + '<button type="submit">Search</button></form>'
+    )
+
+
+def search_query(query: Mapping[str, str], zone: tzinfo) -> history.SearchQuery:
+    first = _day(query.get("from"), "From")
+    last = _day(query.get("to"), "To")
+    return history.SearchQuery(
+        number=(query.get("number") or "").strip() or None,
+        reference=(query.get("reference") or "").strip() or None,
+        since=datetime.combine(first, time(), zone) if first else None,
+        until=datetime.combine(last + timedelta(days=1), time(), zone) - timedelta(microseconds=1) if last else None,
+    )
+
+
+def _day(raw: str | None, name: str) -> date | None:
+    if not raw or not raw.strip():
+        return None
+    try:
+        return date.fromisoformat(raw.strip())
+    except ValueError as error:
+        raise InvalidRequest(f"{name}: {raw!r} is not a date (YYYY-MM-DD)") from error
+
+
+def search_results(account: Account, query: history.SearchQuery, zone: tzinfo) -> str:
+    from sms_gateway.bootstrap import gateway
+
+    store = gateway().store
+    found = history.search(store, store, account, query)
+    note = (
+        ""
+        if found.complete
+        else f'<p class="hint">Only the last {history.MAX_WINDOW_BATCHES} batches were searched: narrow the dates '
+        "to search further back.</p>"
+    )
+    if query.number:
+        return messages_table(found.messages, zone, with_batch=True, empty="No message to this number.") + note
+    return batches_table(history.batch_rows(store, found.batches), zone) + note
+
+
+# ------------------------------------------------------------------ one batch
+
+
+def batch_detail(ctx: PageContext, raw_reference: str, zone: tzinfo) -> str:
+    from sms_gateway.bootstrap import gateway
+
+    store = gateway().store
+    account_id = ctx.account.account_id
+    # Another account's reference_id is "not found", exactly like one that never existed.
+    reference_id = batches.parse_reference_id(raw_reference.strip())
+    view = batches.batch_view(store, account_id, reference_id)
+    batch = view.batch
+    page_of_messages, cursor = store.list_messages(
+        account_id, reference_id, limit=MESSAGES_PER_PAGE, cursor=ctx.query.get("cursor") or None
+    )
+    facts = [
+        ("Reference", str(batch.reference_id)),
+        ("Status", view.status),
+        ("Sender", batch.sender),
+        ("Sent", local_time(batch.created_at, zone)),
+        ("Scheduled for", local_time(batch.send_at, zone) if batch.send_at else "not scheduled"),
+        ("Recipients", str(batch.recipients)),
+        ("Parts", f"{batch.parts} ({batch.encoding})"),
+        ("Cost", f"{batch.cost} credits"),
+        ("Your ref_id", batch.ref_id or "none"),
+        ("Messages", ", ".join(f"{count} {status}" for status, count in sorted(view.counts.items())) or "none"),
+    ]
+    summary = '<dl class="facts">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts) + "</dl>"
+    more = f'<p><a href="{esc(_url(batch=str(reference_id), cursor=cursor))}">More messages</a></p>' if cursor else ""
+    sent = ""
+    if ctx.query.get("sent"):
+        refused = ctx.query.get("refused", "")
+        left_out = f" {refused} recipients were left out: they opted out of this sender." if refused.isdigit() else ""
+        sent = f'<div class="notice" role="status">Sent: the batch is being processed.{esc(left_out)}</div>'
+    return (
+        sent
+        + f'<p><a href="{MESSAGES_PATH}">All batches</a></p>'
+        + section(f"Batch {batch.reference_id}", summary + f'<p class="text">{esc(batch.text)}</p>', id_="batch")
+        + section("Messages", messages_table(page_of_messages, zone, with_batch=False, empty="No messages.") + more)
+    )
+
+
+def messages_table(messages: list[Message], zone: tzinfo, *, with_batch: bool, empty: str) -> str:
+    def changed(message: Message) -> str:
+        latest = message.status_at.get(str(message.status))
+        return local_time(latest, zone) if latest else ""
+
+    rows = [
+        [
+            *([f'<a href="{esc(_url(batch=str(m.reference_id)))}">{m.reference_id}</a>'] if with_batch else []),
+            str(m.message_id),
+            esc(m.msisdn.lstrip("+")),
+            esc(m.telco or "unknown"),
+            f'<span class="status" data-status="{esc(str(m.status))}">{esc(str(m.status))}</span>',
+            esc(changed(m)),
+            str(m.parts),
+            str(m.price),
+            esc(m.error_code or ""),
+        ]
+        for m in messages
+    ]
+    headers = ["Message", "Number", "Network", "Status", "Since", "Parts", "Cost", "Error"]
+    return table(["Batch", *headers] if with_batch else headers, rows, empty=empty)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def local_time(stamp: str | None, zone: tzinfo) -> str:
+    if not stamp:
+        return ""
+    return from_iso(stamp).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= TEXT_SHOWN else text[: TEXT_SHOWN - 1] + "…"
+
+
+def _url(**query: str | None) -> str:
+    given = {name: value for name, value in query.items() if value}
+    return f"{MESSAGES_PATH}?{urlencode(given)}" if given else MESSAGES_PATH
