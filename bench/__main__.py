@@ -26,6 +26,7 @@ MODULES = [
     "cost",
     "dispatcher_throughput",
     "load",
+    "portal_pages",
 ]
 
 RESULTS = REPO / "bench" / "results.json"

@@ -8,7 +8,8 @@ and every result says whether a bound cut it short (`complete`), so a page can s
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
@@ -34,6 +35,8 @@ FINAL_OUTCOMES = (MessageStatus.DELIVERED, MessageStatus.FAILED, MessageStatus.E
 # Messages whose price went back to the account: failed on the way, and cancelled before they left.
 REFUNDED_MESSAGES = REFUNDED | {MessageStatus.CANCELLED}
 _PAGE = 100
+# A window's reads are one partition per batch: this many run at once (boto3 clients are thread-safe).
+READ_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class Window:
     until: datetime | None
     batches: list[Batch]
     messages: dict[int, list[Message]] = field(default_factory=dict)
+    # The batches whose messages were all read (the others were cut by the bound, or not read).
+    whole: frozenset[int] = frozenset()
     # False when a bound stopped the reading: older batches or some messages were left out.
     complete: bool = True
 
@@ -73,26 +78,39 @@ def read_window(
         if cursor is None:
             break
     complete = cursor is None
-    messages: dict[int, list[Message]] = {}
     if not with_messages:
         return Window(since=since, until=until, batches=batches, complete=complete)
-    read = 0
+    # Each batch says how many messages it has, so the bound is planned before reading: every batch that fits is
+    # read whole, the one that crosses the bound only up to it, the rest not at all. The reads are one partition
+    # each, so they run side by side.
+    plan: list[tuple[Batch, int]] = []
+    left = max_messages
     for batch in batches:
-        found: list[Message] = []
-        message_cursor: str | None = None
-        while read < max_messages:
-            page_of_messages, message_cursor = store.list_messages(
-                account_id, batch.reference_id, limit=min(COUNTED_MESSAGES, max_messages - read), cursor=message_cursor
-            )
-            found.extend(page_of_messages)
-            read += len(page_of_messages)
-            if message_cursor is None:
-                break
-        messages[batch.reference_id] = found
-        if message_cursor is not None or (read >= max_messages and batch is not batches[-1]):
+        if left <= 0:
             complete = False
             break
-    return Window(since=since, until=until, batches=batches, messages=messages, complete=complete)
+        plan.append((batch, min(batch.recipients, left)))
+        if batch.recipients > left:
+            complete = False
+        left -= batch.recipients
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        found = list(pool.map(lambda planned: _first_messages(store, planned[0], planned[1]), plan))
+    messages = {batch.reference_id: read for (batch, _), read in zip(plan, found, strict=True)}
+    whole = frozenset(batch.reference_id for batch, wanted in plan if wanted == batch.recipients)
+    return Window(since=since, until=until, batches=batches, messages=messages, whole=whole, complete=complete)
+
+
+def _first_messages(store: MessageStore, batch: Batch, wanted: int) -> list[Message]:
+    found: list[Message] = []
+    cursor: str | None = None
+    while len(found) < wanted:
+        page, cursor = store.list_messages(
+            batch.account_id, batch.reference_id, limit=min(COUNTED_MESSAGES, wanted - len(found)), cursor=cursor
+        )
+        found.extend(page)
+        if cursor is None:
+            break
+    return found
 
 
 def recent_window(history: BatchHistory, store: MessageStore, account_id: str, *, now: datetime) -> Window:
@@ -112,20 +130,33 @@ class BatchRow:
         return self.view.batch
 
 
-def batch_rows(store: MessageStore, batches: Iterable[Batch]) -> list[BatchRow]:
-    rows = []
-    for batch in batches:
-        messages, cursor = store.list_messages(batch.account_id, batch.reference_id, limit=COUNTED_MESSAGES)
+def batch_rows(store: MessageStore, batches: Sequence[Batch], *, known: Window | None = None) -> list[BatchRow]:
+    """Each batch with its messages counted: from `known` when it read them all already, else read (side by side)."""
+
+    def row(batch: Batch) -> BatchRow:
+        if known is not None and batch.reference_id in known.whole:
+            messages, counted_all = known.messages[batch.reference_id], True
+        else:
+            messages, cursor = store.list_messages(batch.account_id, batch.reference_id, limit=COUNTED_MESSAGES)
+            counted_all = cursor is None
         counts = Counter(str(message.status) for message in messages)
-        rows.append(BatchRow(view=BatchView(batch=batch, counts=dict(counts)), counted_all=cursor is None))
-    return rows
+        return BatchRow(view=BatchView(batch=batch, counts=dict(counts)), counted_all=counted_all)
+
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        return list(pool.map(row, batches))
 
 
 def recent_batches(
-    history: BatchHistory, store: MessageStore, account_id: str, *, limit: int, cursor: str | None
+    history: BatchHistory,
+    store: MessageStore,
+    account_id: str,
+    *,
+    limit: int,
+    cursor: str | None,
+    known: Window | None = None,
 ) -> tuple[list[BatchRow], str | None]:
     batches, next_cursor = history.list_batches(account_id, limit=limit, cursor=cursor)
-    return batch_rows(store, batches), next_cursor
+    return batch_rows(store, batches, known=known), next_cursor
 
 
 @dataclass(frozen=True)
@@ -206,13 +237,10 @@ def _by_key(store: MessageStore, account_id: str, reference: str | None) -> list
 
 
 def _with_messages(store: MessageStore, window: Window) -> Window:
-    messages = {}
-    complete = window.complete
-    for batch in window.batches:
-        found, cursor = store.list_messages(batch.account_id, batch.reference_id, limit=MAX_WINDOW_MESSAGES)
-        messages[batch.reference_id] = found
-        complete = complete and cursor is None
-    return Window(since=window.since, until=window.until, batches=window.batches, messages=messages, complete=complete)
+    """The messages of batches found by key (one, in practice; a batch has at most 1000)."""
+    messages = {batch.reference_id: _first_messages(store, batch, batch.recipients) for batch in window.batches}
+    whole = frozenset(messages)
+    return Window(since=None, until=None, batches=window.batches, messages=messages, whole=whole, complete=True)
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ def overview(ctx: PageContext, zone: tzinfo) -> str:
     if not query.empty:
         parts.append(section("Search results", search_results(account, query, zone), id_="results"))
     rows, cursor = history.recent_batches(
-        store, store, account.account_id, limit=BATCHES_PER_PAGE, cursor=ctx.query.get("cursor") or None
+        store, store, account.account_id, limit=BATCHES_PER_PAGE, cursor=ctx.query.get("cursor") or None, known=window
     )
     more = f'<p><a href="{esc(_url(cursor=cursor))}">Older batches</a></p>' if cursor else ""
     parts.append(section("Recent batches", batches_table(rows, zone) + more, id_="batches"))
