@@ -311,7 +311,7 @@ def test_a_credential_is_created_shown_once_listed_by_prefix_and_revoked(api, si
     assert secret.startswith("sk_")
     listing = signed_in.get(SETTINGS)
     assert secret not in listing.body
-    assert f"<code>{secret[:8]}…</code>" in listing.body
+    assert f'<code data-prefix="{secret[:8]}">{secret[:8]}…</code>' in listing.body
     assert _send(api, secret) == 200
     revoked = signed_in.submit(SETTINGS, "revoke-credential", {"prefix": secret[:8], "kind": "token"})
     assert revoked.status == 200

@@ -266,8 +266,8 @@ def messages_html(notice: Notice | None, error: str | None) -> str:
                 for label, secret in notice.reveal
             )
             parts.append(
-                '<div class="reveal"><p><strong>Shown once.</strong> Copy it now: the portal keeps only a hash '
-                f"and cannot show it again.</p><dl>{items}</dl></div>"
+                '<div class="reveal"><p><strong>Shown once.</strong> Copy it now: the portal will not show it '
+                f"again.</p><dl>{items}</dl></div>"
             )
     return "\n".join(parts)
 
