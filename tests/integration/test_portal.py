@@ -424,3 +424,17 @@ def test_assets_are_served_with_their_type_and_cached_by_version(browser):
     assert js.headers["Cache-Control"] == "public, max-age=300"
     assert browser.get("/portal/assets/framework.py").status == 404
     assert browser.get("/portal/assets/..%2Fframework.py").status == 404
+
+
+def test_approving_a_sender_another_account_owns_is_refused_and_the_request_stays_pending(
+    signed_in, account, other_account
+):
+    from sms_gateway.errors import Conflict
+    from sms_gateway_tools import admin
+
+    signed_in.submit(SETTINGS, "request-sender", {"sender": "55555"})
+    with pytest.raises(Conflict, match="registered to account"):
+        admin.approve_sender(account_id=account["account_id"], sender="55555")
+    assert [r["status"] for r in admin.list_sender_requests(account_id=account["account_id"])] == ["pending"]
+    assert "55555" not in stored(account["account_id"]).senders
+    assert stored(other_account["account_id"]).senders == ("55555",)
