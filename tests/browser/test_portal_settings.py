@@ -49,6 +49,9 @@ def shown_once_secret(portal: Portal) -> str:
 
 
 def test_signing_in_with_a_wrong_password_then_the_right_one(portal, account):
+    # The portal's address leads a signed-out visitor to the sign-in form
+    portal.open("/portal")
+    assert portal.driver.current_url.endswith("/portal/login")
     portal.sign_in(account, password="not-the-password")
     portal.shot("wrong-password")
     assert "Wrong username or password." in portal.text()
@@ -60,6 +63,9 @@ def test_signing_in_with_a_wrong_password_then_the_right_one(portal, account):
     assert "Cinema Club" in portal.find("header").text
     # The session cookie is out of the page's reach
     assert "portal_session" not in portal.driver.execute_script("return document.cookie")
+    # And the portal's address now leads to the first page
+    portal.open("/portal")
+    assert portal.driver.current_url.endswith(SETTINGS)
 
 
 def test_setting_a_webhook_and_sending_a_signed_test_event(portal, account, hook):
