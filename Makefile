@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SAM_VENV := .venv-sam
 PORT ?= 3000
 
-.PHONY: install dev test lint typecheck template-lint unit e2e build validate clean bench chaos
+.PHONY: install dev test lint typecheck template-lint unit e2e browser browser-deps build validate clean bench chaos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,24 @@ install: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/sms-gateway local --port $(PORT)
 
-test: $(STAMP) lint typecheck template-lint
+test: $(STAMP) browser-deps lint typecheck template-lint
 	$(BIN)/pytest -q
+
+# The portal's browser tests drive Debian's headless Chromium through its chromedriver (tests/browser): installed
+# with apt-get when missing (as root; `apt-get update` only if the first try fails), never downloaded at run time.
+CHROMIUM := /usr/bin/chromium
+CHROMEDRIVER := /usr/bin/chromedriver
+browser-deps:
+	@if [ ! -x $(CHROMIUM) ] || [ ! -x $(CHROMEDRIVER) ]; then \
+		echo "installing chromium and chromium-driver with apt-get"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null && apt-get install -y -qq chromium chromium-driver >/dev/null; }; \
+	fi
+
+# The browser tests alone; screenshots go to artifacts/screenshots/.
+browser: $(STAMP) browser-deps
+	$(BIN)/pytest -q tests/browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -315,7 +315,7 @@ def test_a_credential_is_created_shown_once_listed_by_prefix_and_revoked(api, si
     assert secret.startswith("sk_")
     listing = signed_in.get(SETTINGS)
     assert secret not in listing.body
-    assert f"<code>{secret[:8]}…</code>" in listing.body
+    assert f'<code data-prefix="{secret[:8]}">{secret[:8]}…</code>' in listing.body
     assert _send(api, secret) == 200
     revoked = signed_in.submit(SETTINGS, "revoke-credential", {"prefix": secret[:8], "kind": "token"})
     assert revoked.status == 200
@@ -428,3 +428,17 @@ def test_assets_are_served_with_their_type_and_cached_by_version(browser):
     assert js.headers["Cache-Control"] == "public, max-age=300"
     assert browser.get("/portal/assets/framework.py").status == 404
     assert browser.get("/portal/assets/..%2Fframework.py").status == 404
+
+
+def test_approving_a_sender_another_account_owns_is_refused_and_the_request_stays_pending(
+    signed_in, account, other_account
+):
+    from sms_gateway.errors import Conflict
+    from sms_gateway_tools import admin
+
+    signed_in.submit(SETTINGS, "request-sender", {"sender": "55555"})
+    with pytest.raises(Conflict, match="registered to account"):
+        admin.approve_sender(account_id=account["account_id"], sender="55555")
+    assert [r["status"] for r in admin.list_sender_requests(account_id=account["account_id"])] == ["pending"]
+    assert "55555" not in stored(account["account_id"]).senders
+    assert stored(other_account["account_id"]).senders == ("55555",)

@@ -89,3 +89,24 @@ def test_trimmed_phonenumbers_still_parses_numbers_and_finds_their_network(tmp_p
     assert completed.returncode == 0, completed.stderr
     assert "+2348031234567" in completed.stdout
     assert "telco='mtn'" in completed.stdout
+
+
+def test_the_layer_ships_the_portals_static_assets(tmp_path: Path) -> None:
+    # Given the build's own commands after the pip install (make -n prints them; installing needs the network)
+    printed = subprocess.run(
+        ["make", "-n", "-s", "build-CoreLayer", f"ARTIFACTS_DIR={tmp_path}"],
+        cwd=LAYER,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.replace("\\\n", " ")
+    (tmp_path / "python").mkdir()
+    for command in printed.splitlines():
+        if "pip install" in command or "/phonenumbers" in command:
+            continue
+        subprocess.run(["bash", "-c", command], cwd=LAYER, check=True)
+    # Then the portal's CSS and JS are in the layer next to the code that serves them
+    assets = LAYER / "sms_gateway" / "dialects" / "portal" / "assets"
+    shipped = tmp_path / "python" / "sms_gateway" / "dialects" / "portal" / "assets"
+    assert {"portal.css", "portal.js"} <= {path.name for path in assets.iterdir()}
+    assert sorted(path.name for path in shipped.iterdir()) == sorted(path.name for path in assets.iterdir())

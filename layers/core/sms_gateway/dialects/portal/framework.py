@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from aws_lambda_powertools.event_handler import Response
@@ -22,7 +22,9 @@ from sms_gateway.dialects.common import request_text, status_for
 from sms_gateway.dialects.portal.markup import attrs, esc, layout
 from sms_gateway.domain.models import Account, utc_now
 from sms_gateway.errors import GatewayError, InvalidRequest, UnsupportedMediaType
-from sms_gateway.logic.portal_sessions import SignedIn
+
+if TYPE_CHECKING:
+    from sms_gateway.logic.portal_sessions import SignedIn
 
 router = APIGatewayHttpRouter()
 
@@ -266,8 +268,8 @@ def messages_html(notice: Notice | None, error: str | None) -> str:
                 for label, secret in notice.reveal
             )
             parts.append(
-                '<div class="reveal"><p><strong>Shown once.</strong> Copy it now: the portal keeps only a hash '
-                f"and cannot show it again.</p><dl>{items}</dl></div>"
+                '<div class="reveal"><p><strong>Shown once.</strong> Copy it now: the portal will not show it '
+                f"again.</p><dl>{items}</dl></div>"
             )
     return "\n".join(parts)
 

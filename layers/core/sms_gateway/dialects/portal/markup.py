@@ -5,11 +5,16 @@ strings, so escaping is the one thing that keeps a sender ID or a URL from becom
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterable, Sequence
 from string import Template
 
-esc = html.escape
+
+def esc(value: str) -> str:
+    """html.escape (quotes too), imported on first use: `html` loads its entity table, which the api function's cold
+    start need not pay for requests that never render a page."""
+    import html
+
+    return html.escape(value)
 
 
 def attrs(**values: str | bool | None) -> str:

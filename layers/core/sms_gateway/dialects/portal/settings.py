@@ -165,7 +165,13 @@ def credentials_html(ctx: PageContext) -> str:
                 confirm=f"Revoke the {credential.kind} starting {credential.prefix}? Clients using it stop working.",
             )
         rows.append(
-            (esc(credential.kind), f"<code>{esc(credential.prefix)}…</code>", esc(credential.created_at), state, revoke)
+            (
+                esc(credential.kind),
+                f'<code data-prefix="{esc(credential.prefix)}">{esc(credential.prefix)}…</code>',
+                esc(credential.created_at),
+                state,
+                revoke,
+            )
         )
     listing = table(["Kind", "Starts with", "Created", "State", ""], rows, empty="No API credentials.")
     create = ctx.form_html(
@@ -200,19 +206,23 @@ def revoke_credential(ctx: PageContext) -> Notice:
 # ------------------------------------------------------------------ sender IDs and shortcodes
 
 
+def _sender_cell(sender: str) -> str:
+    return f'<code data-sender="{esc(sender)}">{esc(sender)}</code>'
+
+
 def senders_html(ctx: PageContext, account: Account) -> str:
     from sms_gateway.logic import sender_requests
 
     requests = sender_requests.list_requests(_store(), account.account_id)
     requested = {request.sender.lstrip("+").upper() for request in requests}
     rows = [
-        (f"<code>{esc(sender)}</code>", '<span class="status-approved">registered</span>', "", "")
+        (_sender_cell(sender), '<span class="status-approved">registered</span>', "", "")
         for sender in account.senders
         if sender.lstrip("+").upper() not in requested
     ]
     rows += [
         (
-            f"<code>{esc(request.sender)}</code>",
+            _sender_cell(request.sender),
             f'<span class="status-{esc(request.status)}">{esc(request.status)}</span>',
             esc(request.requested_at),
             esc(request.reason or ""),

@@ -1,0 +1,148 @@
+"""Portal sessions (logic/portal_sessions.py) with in-memory stores: expiry, the idle extension, CSRF tokens."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sms_gateway.domain.models import Account
+from sms_gateway.errors import TooManyAttempts, Unauthorized
+from sms_gateway.logic import portal_sessions
+from sms_gateway.logic.portal_sessions import ABSOLUTE_LIFETIME, EXTEND_EVERY, IDLE_TIMEOUT
+from sms_gateway.ports import PortalSession
+
+NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+ACCOUNT = Account(account_id="42", name="Cinema Club", credits=0, partner_id="123456", created_at="2026-01-01")
+
+
+class Stores:
+    """The account, login and portal-session stores in memory; counts the writes an extension makes."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, PortalSession] = {}
+        self.attempts: dict[tuple[str, int], int] = {}
+        self.extensions = 0
+
+    # login (ports.SessionStore, the parts check_login uses)
+    def account_id_for_login(self, username: str, password: str) -> str | None:
+        return ACCOUNT.account_id if (username, password) == ("cinema", "right") else None
+
+    def reserve_login_attempt(self, username: str, window: int, limit: int, *, expires_at: datetime) -> bool:
+        if self.attempts.get((username, window), 0) >= limit:
+            return False
+        self.attempts[(username, window)] = self.attempts.get((username, window), 0) + 1
+        return True
+
+    def release_login_attempt(self, username: str, window: int) -> None:
+        self.attempts[(username, window)] -= 1
+
+    # accounts
+    def get_account(self, account_id: str) -> Account | None:
+        return ACCOUNT if account_id == ACCOUNT.account_id else None
+
+    # portal sessions
+    def save_portal_session(self, token: str, session: PortalSession) -> None:
+        assert token not in self.sessions
+        self.sessions[token] = session
+
+    def portal_session(self, token: str) -> PortalSession | None:
+        return self.sessions.get(token)
+
+    def extend_portal_session(self, token: str, idle_until: datetime) -> None:
+        self.extensions += 1
+        if token in self.sessions:
+            self.sessions[token] = self.sessions[token].model_copy(update={"idle_until": idle_until})
+
+    def delete_portal_session(self, token: str) -> None:
+        self.sessions.pop(token, None)
+
+
+@pytest.fixture
+def stores() -> Stores:
+    return Stores()
+
+
+def sign_in(stores: Stores, password: str = "right", at: datetime = NOW) -> str:
+    return portal_sessions.sign_in(stores, stores, "cinema", password, now=at)
+
+
+def signed_in(stores: Stores, token: str | None, at: datetime) -> portal_sessions.SignedIn | None:
+    return portal_sessions.signed_in(stores, stores, token, now=at)
+
+
+def test_a_session_is_stored_with_both_expiries_and_opens_the_account(stores):
+    token = sign_in(stores)
+    stored = stores.sessions[token]
+    assert (stored.idle_until, stored.expires_at) == (NOW + IDLE_TIMEOUT, NOW + ABSOLUTE_LIFETIME)
+    who = signed_in(stores, token, NOW + timedelta(minutes=1))
+    assert who is not None and who.account == ACCOUNT
+    assert len(token) >= 43  # 256 bits, URL-safe
+
+
+def test_a_wrong_password_makes_no_session(stores):
+    with pytest.raises(Unauthorized):
+        sign_in(stores, password="wrong")
+    assert stores.sessions == {}
+
+
+def test_the_login_attempt_limit_applies(stores):
+    from sms_gateway.logic.sessions import MAX_FAILED_LOGINS
+
+    for _ in range(MAX_FAILED_LOGINS):
+        with pytest.raises(Unauthorized):
+            sign_in(stores, password="wrong")
+    with pytest.raises(TooManyAttempts):
+        sign_in(stores)
+    assert stores.sessions == {}
+
+
+@pytest.mark.parametrize("token", [None, "", "unknown"])
+def test_no_or_an_unknown_token_is_no_session(stores, token):
+    sign_in(stores)
+    assert signed_in(stores, token, NOW) is None
+
+
+def test_an_idle_session_ends_at_its_idle_expiry(stores):
+    token = sign_in(stores)
+    assert signed_in(stores, token, NOW + IDLE_TIMEOUT - timedelta(seconds=1)) is not None
+    # The request just before moved the idle expiry: from there it is idle for IDLE_TIMEOUT again
+    idle_until = stores.sessions[token].idle_until
+    assert signed_in(stores, token, idle_until) is None
+
+
+def test_use_moves_the_idle_expiry_but_never_past_the_absolute_one(stores):
+    token = sign_in(stores)
+    at = NOW
+    while at < NOW + ABSOLUTE_LIFETIME - timedelta(minutes=1):
+        at += timedelta(minutes=10)
+        at = min(at, NOW + ABSOLUTE_LIFETIME - timedelta(seconds=1))
+        assert signed_in(stores, token, at) is not None
+    assert stores.sessions[token].idle_until <= NOW + ABSOLUTE_LIFETIME
+    assert signed_in(stores, token, NOW + ABSOLUTE_LIFETIME) is None
+
+
+def test_reading_pages_writes_the_session_at_most_every_few_minutes(stores):
+    token = sign_in(stores)
+    for second in range(0, int(EXTEND_EVERY.total_seconds()), 30):
+        signed_in(stores, token, NOW + timedelta(seconds=second))
+    assert stores.extensions == 0
+    signed_in(stores, token, NOW + EXTEND_EVERY)
+    assert stores.extensions == 1
+
+
+def test_signing_out_deletes_the_session(stores):
+    token = sign_in(stores)
+    portal_sessions.sign_out(stores, token)
+    assert signed_in(stores, token, NOW) is None
+
+
+def test_each_session_has_its_own_csrf_token_that_reveals_nothing_of_the_cookie(stores):
+    first, second = sign_in(stores), sign_in(stores)
+    token = portal_sessions.csrf_token(first)
+    assert token != portal_sessions.csrf_token(second)
+    assert first not in token
+    assert portal_sessions.csrf_matches(first, token)
+    assert not portal_sessions.csrf_matches(second, token)
+    assert not portal_sessions.csrf_matches(first, "")
+    assert not portal_sessions.csrf_matches(first, None)
