@@ -26,6 +26,7 @@ from sms_gateway.dialects.portal.framework import (
     same_origin,
 )
 from sms_gateway.dialects.portal.markup import attrs, esc, select
+from sms_gateway.dialects.portal.messages_view import stylesheet
 from sms_gateway.domain.dates import InvalidClientDatetime, parse_client_datetime
 from sms_gateway.domain.models import Account, DeliveryReportMode, SendCommand, StoredAnswer, utc_now
 from sms_gateway.errors import GatewayError, InvalidRecipient, InvalidRequest
@@ -44,7 +45,10 @@ SEND_FIELDS = ("sender", "text", "numbers", "csv", "send_at")
 def compose_page(ctx: PageContext) -> str:
     account = ctx.account
     if not account.senders:
-        return '<p class="empty">This account has no sender ID yet: ask the operator to register one.</p>'
+        return stylesheet() + (
+            '<p class="empty">This account has no sender ID yet: request one on the '
+            '<a href="/portal/settings">Settings</a> page; the operator approves it.</p>'
+        )
     form = ctx.form
     # One key per rendered form: a double click or a resubmit of this form sends once (an error keeps the key, since
     # a refused send stored nothing under it).
@@ -81,7 +85,7 @@ def compose_page(ctx: PageContext) -> str:
         + preview_panel()
     )
     script = f'<script src="{esc(asset_url("compose.js"))}" defer></script>'
-    return ctx.form_html("send", fields, submit="Send", css_class="compose") + script
+    return stylesheet() + ctx.form_html("send", fields, submit="Send", css_class="compose") + script
 
 
 def textarea(label: str, name: str, value: str, *, rows: int, hint: str) -> str:

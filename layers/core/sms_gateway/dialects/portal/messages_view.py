@@ -14,7 +14,7 @@ from aws_lambda_powertools.event_handler import Response
 
 from sms_gateway.dialects.common import status_for
 from sms_gateway.dialects.portal.charts import figures_table, rate_by_network, rate_over_time
-from sms_gateway.dialects.portal.framework import PageContext, html_response, page_html
+from sms_gateway.dialects.portal.framework import PageContext, asset_url, html_response, page_html
 from sms_gateway.dialects.portal.markup import attrs, esc, section, table
 from sms_gateway.dialects.portal.messages import MESSAGES_PATH
 from sms_gateway.domain.models import Account, Batch, Message, from_iso, utc_now
@@ -32,8 +32,8 @@ def messages_page(ctx: PageContext) -> str | Response[Any]:
     zone = account_zone(ctx.account)
     try:
         if ctx.query.get("batch"):
-            return batch_detail(ctx, ctx.query["batch"], zone)
-        return overview(ctx, zone)
+            return stylesheet() + batch_detail(ctx, ctx.query["batch"], zone)
+        return stylesheet() + overview(ctx, zone)
     except GatewayError as error:
         # A bad search or cursor, or a batch that is not this account's (404, exactly as one that never existed):
         # said on the page with its status, nothing else shown.
@@ -41,6 +41,11 @@ def messages_page(ctx: PageContext) -> str | Response[Any]:
         return html_response(
             status_for(error), page_html(title=ctx.page.title, body=back, ctx=replace(ctx, error=error.message))
         )
+
+
+def stylesheet() -> str:
+    """The Messages and Compose pages' own rules (a stylesheet link is allowed in the body, and by the CSP)."""
+    return f'<link rel="stylesheet" href="{esc(asset_url("pages.css"))}">'
 
 
 # ------------------------------------------------------------------ overview
