@@ -60,6 +60,7 @@ def rate_over_time(points: Sequence[DeliveryPoint], *, chart_id: str, title: str
             f"{round(share * 100)}%</text>"
         )
     every = max(1, len(points) // 12)
+    crowded = len(points) > 12
     for index, point in enumerate(points):
         x = AXIS_LEFT + index * band
         centre = x + band / 2
@@ -71,7 +72,7 @@ def rate_over_time(points: Sequence[DeliveryPoint], *, chart_id: str, title: str
             f'<rect x="{x + band * 0.15:.1f}" y="{base - height:.1f}" width="{band * 0.7:.1f}" '
             f'height="{max(height, 1):.1f}" fill="{colour}"/>'
             f'<text x="{centre:.1f}" y="{base - height - 4:.1f}" text-anchor="middle" fill="{TEXT_COLOUR}">'
-            f"{percent(point.rate)}</text></g>"
+            f"{_bar_label(point, crowded)}</text></g>"
         )
         if index % every == 0:
             short = point.label[5:] if len(point.label) == 10 else point.label[11:]
@@ -79,6 +80,11 @@ def rate_over_time(points: Sequence[DeliveryPoint], *, chart_id: str, title: str
                 f'<text x="{centre:.1f}" y="{base + 16}" text-anchor="middle" fill="{TEXT_COLOUR}">{esc(short)}</text>'
             )
     return _svg(chart_id, title, _summary(points), base + LABEL_BAND, "".join(parts))
+
+
+def _bar_label(point: DeliveryPoint, crowded: bool) -> str:
+    """The rate over a bar; among many bars an empty period stays unlabelled (its <title> still says so)."""
+    return "" if crowded and point.rate is None else percent(point.rate)
 
 
 def rate_by_network(points: Sequence[DeliveryPoint], *, chart_id: str, title: str) -> str:
