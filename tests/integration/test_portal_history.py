@@ -135,6 +135,11 @@ class TestSearch:
             assert [batch.reference_id for batch in found.batches] == [wanted.reference_id], reference
             assert found.complete
 
+    def test_a_reference_outside_the_dates_is_not_found(self, store, account):
+        old = add_batch(store, account.account_id, NOW - timedelta(days=3), {MTN: S.DELIVERED})
+        query = history.SearchQuery(reference=str(old.reference_id), since=NOW - timedelta(days=1))
+        assert history.search(store, store, account, query).batches == []
+
     def test_another_accounts_reference_finds_nothing(self, store, account):
         theirs = add_batch(store, "someone-else", NOW, {MTN: S.DELIVERED})
         found = history.search(store, store, account, history.SearchQuery(reference=str(theirs.reference_id)))

@@ -119,6 +119,13 @@ class TestSend:
         assert f"Batch {reference}" in text and "Hello from the portal" in text
         assert MTN in text and AIRTEL in text and "queued" in text
 
+    def test_the_same_form_changed_after_its_send_is_refused_not_sent(self, client, account):
+        form = compose_form(client, numbers=MTN)
+        reference_of(client.post(COMPOSE, form))
+        changed = client.post(COMPOSE, {**form, "text": "Another text"})
+        assert changed.status == 409 and "This form was sent already" in changed.text()
+        assert batch_count(account["account_id"]) == 1 and balance(account["account_id"]) == 99
+
     def test_a_new_render_of_the_form_is_a_new_send(self, client, account):
         reference_of(client.post(COMPOSE, compose_form(client, numbers=MTN)))
         reference_of(client.post(COMPOSE, compose_form(client, numbers=MTN)))

@@ -190,6 +190,7 @@ def search(history: BatchHistory, store: MessageStore, account: Account, query: 
         raise InvalidRequest("the 'from' date is after the 'to' date")
     keyed = _by_key(store, account.account_id, query.reference)
     if keyed is not None:
+        keyed = [batch for batch in keyed if _within(from_iso(batch.created_at), query.since, query.until)]
         window = Window(since=None, until=None, batches=keyed, complete=True)
         if msisdn is not None:
             window = _with_messages(store, window)
@@ -212,6 +213,10 @@ def search(history: BatchHistory, store: MessageStore, account: Account, query: 
     return SearchResult(
         batches=[batch for batch in batches if batch.reference_id in found], messages=messages, complete=window.complete
     )
+
+
+def _within(moment: datetime, since: datetime | None, until: datetime | None) -> bool:
+    return (since is None or moment >= since) and (until is None or moment <= until)
 
 
 def _search_number(raw: str | None, default_country: str) -> str | None:

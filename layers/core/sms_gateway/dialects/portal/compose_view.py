@@ -29,7 +29,7 @@ from sms_gateway.dialects.portal.markup import attrs, esc, select
 from sms_gateway.dialects.portal.messages_view import stylesheet
 from sms_gateway.domain.dates import InvalidClientDatetime, parse_client_datetime
 from sms_gateway.domain.models import Account, DeliveryReportMode, SendCommand, StoredAnswer, utc_now
-from sms_gateway.errors import GatewayError, InvalidRecipient, InvalidRequest
+from sms_gateway.errors import Conflict, GatewayError, InvalidRecipient, InvalidRequest
 from sms_gateway.logic import compose
 from sms_gateway.logic.idempotency import MAX_KEY_LENGTH, fingerprint, run_once
 from sms_gateway.logic.send import listed
@@ -125,14 +125,21 @@ def send(ctx: PageContext) -> Response[Any]:
     if not key or len(key) > MAX_KEY_LENGTH:
         raise InvalidRequest("this form has no send key: reload the page and try again")
     account = ctx.account
-    answer = run_once(
-        gateway().store,
-        scope=account.account_id,
-        key=f"portal-send:{key}",
-        request_fingerprint=fingerprint(COMPOSE_PATH, *(ctx.form.get(name, "") for name in SEND_FIELDS)),
-        now=utc_now(),
-        produce=lambda: send_once(account, ctx.form),
-    )
+    try:
+        answer = run_once(
+            gateway().store,
+            scope=account.account_id,
+            key=f"portal-send:{key}",
+            request_fingerprint=fingerprint(COMPOSE_PATH, *(ctx.form.get(name, "") for name in SEND_FIELDS)),
+            now=utc_now(),
+            produce=lambda: send_once(account, ctx.form),
+        )
+    except Conflict as error:
+        # The key is taken: this form was sent already (then changed), or its first send is still under way.
+        raise Conflict(
+            "This form was sent already or its send is still under way, so nothing more was sent: see Messages, "
+            "or open Compose again for a new message."
+        ) from error
     sent = json.loads(answer.body)
     refused = f"&refused={sent['refused']}" if sent["refused"] else ""
     return redirect(f"/portal/messages?batch={sent['reference_id']}&sent=1{refused}")
