@@ -131,7 +131,25 @@ def test_the_attempt_limit_of_the_session_key_login_applies(browser, account):
     limited = browser.sign_in(account["username"], account["password"])
     assert limited.status == 429
     assert "too many failed logins" in limited.text()
+    assert 0 < int(limited.headers["Retry-After"]) <= 900
     assert "portal_session" not in browser.cookies
+
+
+def test_signing_in_again_ends_the_browsers_previous_session(browser, account):
+    from sms_gateway.bootstrap import gateway
+
+    # Given a sign-in form opened in a second tab before the first tab signed in
+    second_tab_form = browser.get("/portal/login").csrf_token()
+    browser.sign_in(account["username"], account["password"])
+    first = browser.cookies["portal_session"]
+    # When the second tab signs in too (its login cookie and token, the first tab's session cookie)
+    browser.cookies["portal_login"] = second_tab_form
+    fields = {"csrf_token": second_tab_form, "username": account["username"], "password": account["password"]}
+    assert browser.post("/portal/login", fields).status == 303
+    # Then the browser has one session: the new one
+    assert browser.cookies["portal_session"] != first
+    assert gateway().store.portal_session(first) is None
+    assert browser.get(SETTINGS).status == 200
 
 
 def test_the_sign_in_form_needs_its_own_token_and_origin(browser, account):

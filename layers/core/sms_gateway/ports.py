@@ -363,7 +363,8 @@ class SessionStore(Protocol):
 class PortalSession(BaseModel):
     """A signed-in portal session as stored (its token only as a hash): good until both expiries are ahead."""
 
-    model_config = ConfigDict(frozen=True)
+    # Built on first use: only portal requests need it, not the api's cold start.
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     account_id: str
     created_at: datetime

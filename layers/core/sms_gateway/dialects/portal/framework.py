@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,29 +72,49 @@ HTML = "text/html; charset=utf-8"
 # ------------------------------------------------------------------ what pages see
 
 
-@dataclass(frozen=True)
+# Plain classes rather than dataclasses: a dataclass is built by exec at import, which the api's cold start pays.
 class Notice:
     """What an action tells the user; `reveal` holds (label, secret) pairs shown this once only. `failed` shows the
     message as an error while the page answers 200: the action ran, but what it tried did not work (a test event
     the client's webhook refused); bad input is a GatewayError instead."""
 
-    message: str
-    reveal: tuple[tuple[str, str], ...] = ()
-    failed: bool = False
+    __slots__ = ("failed", "message", "reveal")
+
+    def __init__(self, message: str, reveal: tuple[tuple[str, str], ...] = (), failed: bool = False) -> None:
+        self.message = message
+        self.reveal = reveal
+        self.failed = failed
 
 
-@dataclass(frozen=True)
 class PageContext:
-    """A signed-in request to a page: the account, the request's query and form, and what to tell the user."""
+    """A signed-in request to a page: the account, the request's query and form (the POSTed fields, CSRF token
+    already checked; empty on a GET), and what to tell the user."""
 
-    page: Page
-    signed_in: SignedIn
-    event: Any
-    query: Mapping[str, str] = field(default_factory=dict)
-    # The POSTed fields (CSRF token already checked), empty on a GET.
-    form: Mapping[str, str] = field(default_factory=dict)
-    notice: Notice | None = None
-    error: str | None = None
+    __slots__ = ("error", "event", "form", "notice", "page", "query", "signed_in")
+
+    def __init__(
+        self,
+        page: Page,
+        signed_in: SignedIn,
+        event: Any,
+        *,
+        query: Mapping[str, str] | None = None,
+        form: Mapping[str, str] | None = None,
+        notice: Notice | None = None,
+        error: str | None = None,
+    ) -> None:
+        self.page = page
+        self.signed_in = signed_in
+        self.event = event
+        self.query: Mapping[str, str] = query or {}
+        self.form: Mapping[str, str] = form or {}
+        self.notice = notice
+        self.error = error
+
+    def but(self, **changes: Any) -> PageContext:
+        """A copy with some attributes changed (the context itself is never modified)."""
+        values = {name: getattr(self, name) for name in self.__slots__}
+        return PageContext(**{**values, **changes})
 
     @property
     def account(self) -> Account:
@@ -210,18 +229,18 @@ def serve(registered: Page) -> Response[Any]:
     form = read_form(event)
     if not csrf_ok(who, form):
         return refusal(403, BAD_CSRF)
-    ctx = replace(ctx, form=form)
+    ctx = ctx.but(form=form)
     handler = registered.actions.get(form.get(ACTION_FIELD, ""))
     if handler is None:
-        return render(replace(ctx, error=f"Unknown form action {form.get(ACTION_FIELD, '')!r}."), status=400)
+        return render(ctx.but(error=f"Unknown form action {form.get(ACTION_FIELD, '')!r}."), status=400)
     try:
         outcome = handler(ctx)
     except GatewayError as error:
-        return render(replace(ctx, error=error.message), status=status_for(error))
+        return render(ctx.but(error=error.message), status=status_for(error))
     if isinstance(outcome, Response):
         return outcome
     # The page shows the account as the action left it, and empty forms (the values are saved).
-    return render(replace(ctx, signed_in=refreshed(who), form={}, notice=outcome))
+    return render(ctx.but(signed_in=refreshed(who), form={}, notice=outcome))
 
 
 def render(ctx: PageContext, *, status: int = 200) -> Response[Any]:
@@ -320,10 +339,12 @@ def current_session(event: Any) -> SignedIn | None:
 
 
 def refreshed(who: SignedIn) -> SignedIn:
+    import dataclasses
+
     from sms_gateway.bootstrap import gateway
 
     account = gateway().store.get_account(who.account.account_id)
-    return replace(who, account=account) if account is not None else who
+    return dataclasses.replace(who, account=account) if account is not None else who
 
 
 def csrf_ok(who: SignedIn, form: Mapping[str, str]) -> bool:

@@ -49,7 +49,12 @@ def _login_cookie(value: str | None) -> Cookie:
 
 
 def login_page(
-    *, status: int = 200, error: str | None = None, notice: str | None = None, username: str = ""
+    *,
+    status: int = 200,
+    error: str | None = None,
+    notice: str | None = None,
+    username: str = "",
+    retry_after: int | None = None,
 ) -> Response[Any]:
     token = secrets.token_urlsafe(32)
     notice_html = f'<div class="notice" role="status">{esc(notice)}</div>' if notice else ""
@@ -59,7 +64,7 @@ def login_page(
         + field("Password", "password", "", type_="password", required=True, autocomplete="current-password")
         + '<button type="submit">Sign in</button></form>'
     )
-    headers = {"Retry-After": "60"} if status == 429 else None
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return html_response(
         status, page_html(title="Sign in", body=form, error=error), headers=headers, cookies=[_login_cookie(token)]
     )
@@ -96,9 +101,11 @@ def sign_in() -> Response[Any]:
     try:
         token = portal_sessions.sign_in(store, store, username, form.get("password", ""), now=utc_now())
     except TooManyAttempts as error:
-        return login_page(status=429, error=error.message, username=username)
+        return login_page(status=429, error=error.message, username=username, retry_after=error.retry_after)
     except Unauthorized:
         return login_page(status=401, error=WRONG_LOGIN, username=username)
+    # A session this browser had before ends: one browser, one session (and no session outlives its cookie).
+    portal_sessions.sign_out(store, session_cookie(event))
     return redirect(home_path(), cookies=[session_cookie_header(token), _login_cookie(None)])
 
 
