@@ -41,3 +41,9 @@ def test_a_file_that_is_not_utf8_or_too_big_or_too_long_is_refused_whole():
 
 def test_a_row_problem_reads_like_a_spreadsheet_row():
     assert str(RowProblem(row=2, value="x", reason="not a number")) == "row 2 'x': not a number"
+
+
+def test_the_9bits_request_limit_is_the_sends_limit():
+    from sms_gateway.dialects import ninebits
+
+    assert ninebits.MAX_RECIPIENTS == MAX_RECIPIENTS

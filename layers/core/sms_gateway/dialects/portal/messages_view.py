@@ -39,7 +39,7 @@ def messages_page(ctx: PageContext) -> str | Response[Any]:
         # said on the page with its status, nothing else shown.
         back = f'<p><a href="{MESSAGES_PATH}">Back to messages</a></p>'
         return html_response(
-            status_for(error), page_html(title=ctx.page.title, body=back, ctx=replace(ctx, error=error.message))
+            status_for(error), page_html(title=ctx.page.title, body=back, ctx=ctx.but(error=error.message))
         )
 
 
