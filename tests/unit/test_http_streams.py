@@ -206,3 +206,21 @@ def test_a_scheme_other_than_http_is_refused():
 
     with pytest.raises(httpx.UnsupportedProtocol):
         asyncio.run(scenario())
+
+
+def test_a_compressed_answer_reads_decompressed():
+    import gzip
+
+    async def scenario() -> httpx.Response:
+        payload = gzip.compress(json.dumps({"sid": "SM1"}).encode())
+
+        async def answer(index: int, request: bytes) -> bytes:
+            head = f"HTTP/1.1 201 Created\r\nContent-Encoding: gzip\r\nContent-Length: {len(payload)}\r\n\r\n"
+            return head.encode() + payload
+
+        async with Server(answer) as url, client() as http:
+            return await http.post(f"{url}/Messages.json", data={"To": "+234"})
+
+    response = asyncio.run(scenario())
+    assert response.status_code == 201
+    assert response.json() == {"sid": "SM1"}
