@@ -224,3 +224,22 @@ def test_a_compressed_answer_reads_decompressed():
     response = asyncio.run(scenario())
     assert response.status_code == 201
     assert response.json() == {"sid": "SM1"}
+
+
+def test_the_upstream_client_sends_no_cookie_an_upstream_set():
+    from sms_gateway.adapters.http import UpstreamClient
+
+    async def scenario() -> Server:
+        async def answer(index: int, request: bytes) -> bytes:
+            return ok({"index": index}, "Set-Cookie: session=abc; Path=/")
+
+        server = Server(answer)
+        async with server as url, UpstreamClient(transport=StreamTransport(2)) as http:
+            for _ in range(2):
+                await http.post(f"{url}/sms/send", json={})
+            assert not http.cookies
+        return server
+
+    server = asyncio.run(scenario())
+    # Then the second request carried no Cookie header back
+    assert all(b"\r\ncookie:" not in request.lower() for request in server.requests)
