@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import ssl
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -24,9 +28,16 @@ class Server:
     """Reads each request (head and Content-Length body) and writes what `answer(index, request)` returns; None
     closes the connection without an answer. Counts connections and requests in progress."""
 
-    def __init__(self, answer: Answer, *, close_after: Callable[[int], bool] = lambda index: False) -> None:
+    def __init__(
+        self,
+        answer: Answer,
+        *,
+        close_after: Callable[[int], bool] = lambda index: False,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.answer = answer
         self.close_after = close_after
+        self.tls = tls
         self.connections = 0
         self.open = 0
         self.most_open = 0
@@ -34,9 +45,9 @@ class Server:
         self.server: asyncio.Server | None = None
 
     async def __aenter__(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         port = self.server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{port}"
 
     async def __aexit__(self, *exc_info: object) -> None:
         assert self.server is not None
@@ -243,3 +254,64 @@ def test_the_upstream_client_sends_no_cookie_an_upstream_set():
     server = asyncio.run(scenario())
     # Then the second request carried no Cookie header back
     assert all(b"\r\ncookie:" not in request.lower() for request in server.requests)
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "upstream.test")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def test_https_upstreams_are_verified(tmp_path: Path):
+    # Given an HTTPS upstream whose certificate a private authority issued
+    cert_path, key_path = self_signed_certificate(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert_path, key_path)
+
+    async def scenario() -> tuple[dict, type[Exception] | None]:
+        async def answer(index: int, request: bytes) -> bytes:
+            return ok({"index": index})
+
+        async with Server(answer, tls=server_tls) as url:
+            # When a client trusting that authority submits, and one with the default (public) roots
+            trusting = httpx.AsyncClient(
+                transport=StreamTransport(2, ssl_context=ssl.create_default_context(cafile=cert_path))
+            )
+            async with trusting:
+                answered = (await trusting.post(f"{url}/sms/send", json={})).json()
+            refused = None
+            async with client() as default:
+                try:
+                    await default.post(f"{url}/sms/send", json={})
+                except httpx.TransportError as error:
+                    refused = type(error)
+        return answered, refused
+
+    answered, refused = asyncio.run(scenario())
+    # Then the first is answered over TLS, and the second refuses the unknown certificate before sending anything
+    assert answered == {"index": 0}
+    assert refused is httpx.ConnectError
