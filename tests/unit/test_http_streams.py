@@ -315,3 +315,23 @@ def test_https_upstreams_are_verified(tmp_path: Path):
     # Then the first is answered over TLS, and the second refuses the unknown certificate before sending anything
     assert answered == {"index": 0}
     assert refused is httpx.ConnectError
+
+
+def test_a_request_waiting_longer_than_the_pool_timeout_for_a_connection_gives_up():
+    async def scenario() -> tuple[list[object], Server]:
+        async def answer(index: int, request: bytes) -> bytes:
+            await asyncio.sleep(0.5)
+            return ok({"index": index})
+
+        server = Server(answer)
+        async with server as url, client(connections=1, pool=0.1) as http:
+            answers = await asyncio.gather(
+                http.post(f"{url}/sms/send", json={}), http.post(f"{url}/sms/send", json={}), return_exceptions=True
+            )
+        return answers, server
+
+    answers, server = asyncio.run(scenario())
+    # Then the first was answered on the one connection; the second never went out
+    assert isinstance(answers[0], httpx.Response) and answers[0].json() == {"index": 0}
+    assert isinstance(answers[1], httpx.PoolTimeout)
+    assert len(server.requests) == 1

@@ -87,11 +87,15 @@ class StreamTransport(httpx.AsyncBaseTransport):
         if origin is None:
             origin = self._origins[origin_key] = _Origin(asyncio.Semaphore(self._connections))
         timeouts = request.extensions.get("timeout", {})
-        try:
-            async with asyncio.timeout(timeouts.get("pool")):
-                await origin.slots.acquire()
-        except TimeoutError as error:
-            raise httpx.PoolTimeout("no connection free in time", request=request) from error
+        # A timer only when the request has to wait: each costs a little CPU, and most requests find a slot.
+        if origin.slots.locked():
+            try:
+                async with asyncio.timeout(timeouts.get("pool")):
+                    await origin.slots.acquire()
+            except TimeoutError as error:
+                raise httpx.PoolTimeout("no connection free in time", request=request) from error
+        else:
+            await origin.slots.acquire()
         try:
             connection = await self._connection(origin, origin_key, timeouts, request)
             keep = False
@@ -159,8 +163,12 @@ class StreamTransport(httpx.AsyncBaseTransport):
             head.append(b"Content-Length: %d\r\n" % len(body))
         head.append(b"\r\n")
         try:
-            async with asyncio.timeout(timeouts.get("write")):
-                connection.writer.write(b"".join(head) + body)
+            connection.writer.write(b"".join(head) + body)
+            if connection.writer.transport.get_write_buffer_size():
+                # The socket did not take it all at once (a large body or a slow reader): wait, but not forever.
+                async with asyncio.timeout(timeouts.get("write")):
+                    await connection.writer.drain()
+            else:
                 await connection.writer.drain()
         except TimeoutError as error:
             raise httpx.WriteTimeout("writing the request timed out", request=request) from error
