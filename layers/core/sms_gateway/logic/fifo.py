@@ -12,10 +12,6 @@ T = TypeVar("T")
 OVERLAP_WINDOW = 2
 
 
-class GroupStopped(Exception):
-    """Why a record was not handled: an earlier record of its message group failed in this invocation."""
-
-
 async def handle_in_group_order(
     records: Sequence[T],
     *,
