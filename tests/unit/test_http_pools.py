@@ -1,65 +1,14 @@
-"""The upstream client's plumbing: small connection pools that never make a submit wait while the dispatcher is
-under its in-flight limit, and a thread pool as large as that limit for the store calls."""
+"""The upstream client's plumbing: a thread pool as large as the in-flight limit for the store calls."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 
-import httpx
 import pytest
 
 from sms_gateway.adapters import http
 from sms_gateway.settings import get_settings
-
-
-class HeldPool(httpx.AsyncBaseTransport):
-    """Answers once the test lets go, and remembers how many requests it held at once against its limit."""
-
-    def __init__(self, limits: httpx.Limits, release: asyncio.Event) -> None:
-        self.limit = limits.max_connections
-        self.release = release
-        self.holding = 0
-        self.most = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.holding += 1
-        self.most = max(self.most, self.holding)
-        try:
-            await self.release.wait()
-        finally:
-            self.holding -= 1
-        return httpx.Response(200, json={"ok": True})
-
-
-def test_requests_up_to_the_connection_count_spread_over_pools_without_exceeding_any_pool() -> None:
-    async def scenario() -> tuple[list[HeldPool], list[int], list[int]]:
-        release = asyncio.Event()
-        pools: list[HeldPool] = []
-
-        def pool(limits: httpx.Limits) -> HeldPool:
-            pools.append(HeldPool(limits, release))
-            return pools[-1]
-
-        transport = http.ShardedTransport(20, per_pool=8, pool=pool)
-        async with httpx.AsyncClient(transport=transport) as client:
-            sends = [asyncio.ensure_future(client.post("http://upstream.test/sms/send")) for _ in range(20)]
-            while sum(p.holding for p in pools) < 20:
-                await asyncio.sleep(0)
-            while_held = transport.in_flight
-            release.set()
-            answers = await asyncio.gather(*sends)
-        assert all(answer.status_code == 200 for answer in answers)
-        return pools, while_held, transport.in_flight
-
-    pools, while_held, after = asyncio.run(scenario())
-    # 20 connections in pools of at most 8: three pools of 7
-    assert [p.limit for p in pools] == [7, 7, 7]
-    # All 20 went out at once, none over its pool's connections (so none waited for one)
-    assert sum(while_held) == 20
-    assert all(p.most <= p.limit for p in pools)
-    # And every response, once read, gave its pool's place back
-    assert after == [0, 0, 0]
 
 
 def test_store_calls_run_as_concurrently_as_the_dispatch_concurrency(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -507,13 +507,26 @@ class TestSettleChecks:
 
 
 class DiesOnTheLastSubmit(FakeProvider):
-    def __init__(self, last: int) -> None:
+    """Dies once the upstream accepted the `last`-th submit and the messages submitted before it are written (their
+    status writes run after their submit slot is given back, so they may still be under way)."""
+
+    def __init__(self, last: int, store: InMemoryStore) -> None:
         super().__init__()
         self.last = last
+        self.store = store
+
+    def written(self) -> int:
+        return sum(message.status == MessageStatus.SUBMITTED for message in self.store.messages.values())
 
     async def submit(self, request):
         result = await super().submit(request)
         if len(self.submits) == self.last:
+            for _ in range(1000):
+                if self.written() == self.last - 1:
+                    break
+                await asyncio.sleep(0.001)
+            # And their tasks have taken the write's answer back from its worker thread.
+            await asyncio.sleep(0.05)
             raise Crash
         return result
 
@@ -524,7 +537,9 @@ def test_changes_made_before_the_dispatcher_dies_still_reach_the_client(store):
     _, deps = send(store, command(3, delivery_report=DeliveryReportMode.YES))
     [record] = deps.dispatch_queue.commands
     announced: list = []
-    dying = replace(dispatch_deps(store, DiesOnTheLastSubmit(last=3)), concurrency=1, announce=announced.extend)
+    dying = replace(
+        dispatch_deps(store, DiesOnTheLastSubmit(last=3, store=store)), concurrency=1, announce=announced.extend
+    )
     # When it is killed mid-record
     with pytest.raises(Crash):
         asyncio.run(dispatch(record, dying))
@@ -539,7 +554,7 @@ def test_changes_whose_announcement_died_with_the_dispatcher_are_announced_by_th
     # writing the first two (its announcements lost with it) while the upstream had the third
     _, deps = send(store, command(3, delivery_report=DeliveryReportMode.YES))
     [record] = deps.dispatch_queue.commands
-    killed = replace(dispatch_deps(store, DiesOnTheLastSubmit(last=3)), concurrency=1, announce=None)
+    killed = replace(dispatch_deps(store, DiesOnTheLastSubmit(last=3, store=store)), concurrency=1, announce=None)
     with pytest.raises(Crash):
         asyncio.run(dispatch(record, killed))
     # And the first message's DLR moving it on before the record comes back

@@ -273,3 +273,79 @@ def test_a_bulk_batch_is_not_priority_even_in_a_record_of_one():
     # Then none of its records is priority
     assert [len(c.message_ids) for c in commands] == [100, 100, 1]
     assert not any(c.priority for c in commands)
+
+
+# ------------------------------------------------------------------ records of one batch dispatched side by side
+
+
+class ClockedUpstream:
+    """Notes the virtual second of each submit, and answers after a virtual 50 ms."""
+
+    name = "fake"
+    echoes_client_ref = True
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self.clock = clock
+        self.seconds: list[int] = []
+
+    async def submit(self, request):
+        from sms_gateway.domain.models import SubmitResult
+
+        self.seconds.append(int(self.clock()))
+        await self.clock.sleep(0.05)
+        return SubmitResult(upstream_message_id=f"up-{request.client_ref}")
+
+
+def test_records_of_one_batch_dispatched_side_by_side_keep_the_accounts_limit(store, clock):
+    from datetime import UTC, datetime
+
+    from sms_gateway.domain.models import Account, Credentials, Recipient, SendCommand
+    from sms_gateway.logic.dispatch import DispatchDependencies, dispatch
+    from sms_gateway.logic.send import SendDependencies, accept_send
+    from tests.fakes import RecordingQueue, RecordingScheduler
+
+    # Given an account limited to 40 messages a second and a batch of 150 (two records), dispatched as one
+    # invocation dispatches them: both records at once, under one in-flight limit
+    now = datetime(2026, 1, 3, tzinfo=UTC)
+    store.create_account(
+        Account(account_id="7", name="Cinema", credits=1000, senders=("48974",)),
+        Credentials(token="t", apikey="k", partner_id="1", username="u", password="p"),
+    )
+    queue = RecordingQueue()
+    deps = SendDependencies(
+        accounts=store, messages=store, dispatch_queue=queue, scheduler=RecordingScheduler(), prices=store
+    )
+    recipients = tuple(Recipient(msisdn=f"+2348020{index:06d}") for index in range(150))
+    accept_send(
+        store.accounts["7"],
+        SendCommand(account_id="7", sender="48974", text="hi", recipients=recipients),
+        deps,
+        now=now,
+    )
+    upstream = ClockedUpstream(clock)
+
+    async def invocation() -> list[int]:
+        dispatch_deps = DispatchDependencies(
+            messages=store,
+            accounts=store,
+            upstreams_for=lambda _: [upstream],
+            callback_base_url="https://gw.example/",
+            clock=lambda: now,
+            in_flight=asyncio.Semaphore(64),
+            limiter=limiter(store, clock),
+            rate_scopes=[account_scope("7", 40)],
+        )
+        outcomes = await asyncio.gather(*(dispatch(record, dispatch_deps) for record in queue.commands))
+        return [outcome.submitted for outcome in outcomes]
+
+    # When they run
+    submitted = asyncio.run(invocation())
+    # Then all went out, the two records' grants counted against the one account counter: never more than 40 in
+    # a second, so 150 messages took four seconds of grants (the limit counts grants, docs/rate-limits.md)
+    assert [len(record.message_ids) for record in queue.commands] == [100, 50]
+    assert submitted == [100, 50]
+    per_second = store.per_second("account:7")
+    assert max(per_second.values()) == 40
+    assert sum(per_second.values()) == 150
+    assert len(per_second) == 4
+    assert min(upstream.seconds) == SECOND and max(upstream.seconds) >= SECOND + 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from sms_gateway.domain.models import DispatchCommand, Message, StatusChange, ut
 from sms_gateway.domain.routing import RouteTable
 from sms_gateway.logic import settle, webhook_retries
 from sms_gateway.logic.dispatch import DispatchDependencies, backoff_seconds, dispatch
+from sms_gateway.logic.fifo import handle_in_group_order
 from sms_gateway.logic.notify import WebhookFailed, WebhookResponse, deliver, dlr_notification
 from sms_gateway.logic.ratelimit import RateLimiter, account_scope
 from sms_gateway.observability import logger, metrics
@@ -75,20 +77,55 @@ def _settle_later(message: Message) -> None:
     gateway().notify_queue.publish([settle.settle_check([message], now=utc_now())])
 
 
-def dispatch_record(record: SQSRecord) -> dict[str, Any]:
+def dispatch_records(event: dict[str, Any]) -> dict[str, Any]:
+    """The dispatcher's invocation: its FIFO records handled concurrently across message groups (accounts and their
+    priority lanes), in order within each, under one limit on submits in flight; the partial batch response."""
+    records = [SQSRecord(raw) for raw in event["Records"]]
+    failed = http.run(_dispatch_all(records))
+    return {"batchItemFailures": [{"itemIdentifier": record.message_id} for record in failed]}
+
+
+async def _dispatch_all(records: Sequence[SQSRecord]) -> list[SQSRecord]:
+    in_flight = asyncio.Semaphore(gateway().settings.dispatch_concurrency)
+    return await handle_in_group_order(
+        records,
+        group_of=lambda record: record.attributes.message_group_id or record.message_id,
+        may_overlap=_same_batch,
+        handle=lambda record: dispatch_record(record, in_flight),
+    )
+
+
+def _same_batch(before: SQSRecord, record: SQSRecord) -> bool:
+    """Records of one batch may overlap: their messages were never sent in any order among themselves (a record's
+    own go out concurrently). A batch's first record waits until every record before it in the group is done."""
+    batch = _batch_of(before)
+    return batch is not None and batch == _batch_of(record)
+
+
+def _batch_of(record: SQSRecord) -> tuple[str, int] | None:
+    try:
+        command = DispatchCommand.model_validate_json(record.body)
+    except ValueError:
+        return None
+    return (command.account_id, command.reference_id)
+
+
+async def dispatch_record(record: SQSRecord, in_flight: asyncio.Semaphore | None = None) -> dict[str, Any]:
     attempt = int(record.attributes.approximate_receive_count or 1)
     try:
-        return _dispatch_record(record, attempt)
+        return await _dispatch_record(record, attempt, in_flight)
     except RetryLater:
         raise
     except Exception as error:
         wiring = gateway()
         if attempt < wiring.settings.dispatch_max_attempts:
+            logger.warning("dispatch record failed; retried", extra={"attempt": attempt, "error": type(error).__name__})
             raise
         # The record keeps failing for a reason that is not the upstream's: park it where the alarm sees it,
         # with the reason, instead of letting it cycle until the queue's redrive drops it without one.
         logger.exception("dispatch record dead-lettered", extra={"attempt": attempt})
-        wiring.dispatch_dead_letters.dead_letter(
+        await asyncio.to_thread(
+            wiring.dispatch_dead_letters.dead_letter,
             record.body,
             group_id=record.attributes.message_group_id or "dead-letter",
             dedup_id=record.message_id,
@@ -99,19 +136,24 @@ def dispatch_record(record: SQSRecord) -> dict[str, Any]:
         return {"dead_lettered": True}
 
 
-def _dispatch_record(record: SQSRecord, attempt: int) -> dict[str, Any]:
+async def _dispatch_record(record: SQSRecord, attempt: int, in_flight: asyncio.Semaphore | None) -> dict[str, Any]:
     command = DispatchCommand.model_validate_json(record.body)
     wiring = gateway()
+    # Cached settings: a store read at most once per SETTINGS_MAX_AGE_SECONDS, off the loop all the same.
+    routes, rate_limit = await asyncio.gather(
+        asyncio.to_thread(_route_table), asyncio.to_thread(_rate_limit, command.account_id)
+    )
     deps = DispatchDependencies(
         messages=wiring.store,
         accounts=wiring.store,
-        upstreams_for=_routed(_route_table()),
+        upstreams_for=_routed(routes),
         callback_base_url=wiring.settings.callback_base_url,
         clock=utc_now,
         concurrency=wiring.settings.dispatch_concurrency,
+        in_flight=in_flight,
         validity=timedelta(hours=wiring.settings.message_validity_hours),
         limiter=RateLimiter(wiring.store),
-        rate_scopes=[account_scope(command.account_id, _rate_limit(command.account_id))],
+        rate_scopes=[account_scope(command.account_id, rate_limit)],
         # Read once per upstream and record rather than per message, as the upstreams themselves are.
         route_limit=functools.cache(upstream_rate_limit),
         final_attempt=attempt >= wiring.settings.dispatch_max_attempts,
@@ -119,7 +161,7 @@ def _dispatch_record(record: SQSRecord, attempt: int) -> dict[str, Any]:
         announce=_announce,
         settle_later=_settle_later,
     )
-    outcome = http.run(dispatch(command, deps))
+    outcome = await dispatch(command, deps)
     metrics.add_metric(name="MessagesSubmitted", unit="Count", value=outcome.submitted)
     metrics.add_metric(name="MessagesFailed", unit="Count", value=outcome.failed)
     count_final_statuses(outcome.changes)
@@ -136,7 +178,8 @@ def _dispatch_record(record: SQSRecord, attempt: int) -> dict[str, Any]:
         },
     )
     if outcome.needs_retry:
-        wiring.dispatch_queue.delay(record.receipt_handle, backoff_seconds(attempt, outcome.retry_after))
+        delay = backoff_seconds(attempt, outcome.retry_after)
+        await asyncio.to_thread(wiring.dispatch_queue.delay, record.receipt_handle, delay)
         raise RetryLater(f"{len(outcome.retry)} messages of batch {command.reference_id} met transient failures")
     return {"submitted": outcome.submitted}
 

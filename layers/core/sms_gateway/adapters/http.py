@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -12,15 +12,11 @@ from typing import Any, TypeVar
 
 import httpx
 
+from sms_gateway.adapters.http_streams import StreamTransport
 from sms_gateway.settings import get_settings
 
 T = TypeVar("T")
 _local = threading.local()
-# httpcore's pool scans every connection it holds each time a request is queued or released (quadratic CPU in
-# the pool's size, a socket-readable check per idle connection): past this many connections, several small pools
-# serve one client (see ShardedTransport). Pools of 2 took about 20% less CPU per submit than pools of 8 at 64 in
-# flight (bench dispatcher_throughput, httpx_cpu_ms_per_submit); picking the least busy of many pools costs little.
-CONNECTIONS_PER_POOL = 2
 
 
 def _loop() -> asyncio.AbstractEventLoop:
@@ -47,82 +43,44 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return _loop().run_until_complete(coroutine)
 
 
+class _NoCookies(httpx.Cookies):
+    """A jar that keeps nothing an answer sets."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class UpstreamClient(httpx.AsyncClient):
+    """httpx's client without a cookie jar. One client serves every upstream, so a jar would carry one
+    upstream's cookies into later requests nobody meant to be stateful; and reading each answer's headers into it
+    (http.cookiejar) cost about 0.1 ms of CPU per submit."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._no_cookies = _NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        if cookies:
+            raise ValueError("the upstream client keeps no cookies")
+
+
 def async_client() -> httpx.AsyncClient:
     client: httpx.AsyncClient | None = getattr(_local, "client", None)
     if client is None:
         settings = get_settings()
-        client = httpx.AsyncClient(
+        client = UpstreamClient(
             timeout=httpx.Timeout(settings.upstream_read_timeout, connect=settings.upstream_connect_timeout, pool=30.0),
-            transport=ShardedTransport(settings.dispatch_concurrency),
+            # httpx's own transport cost about twice the CPU per submit (docs/dispatch.md).
+            transport=StreamTransport(settings.dispatch_concurrency),
             follow_redirects=False,
         )
         _local.client = client
     return client
-
-
-class ShardedTransport(httpx.AsyncBaseTransport):
-    """`connections` connections in pools of at most CONNECTIONS_PER_POOL; each request goes to the pool with the
-    fewest requests in flight, so while fewer than `connections` are in flight none waits for a connection."""
-
-    def __init__(
-        self,
-        connections: int,
-        per_pool: int = CONNECTIONS_PER_POOL,
-        pool: Callable[[httpx.Limits], httpx.AsyncBaseTransport] = lambda limits: httpx.AsyncHTTPTransport(
-            limits=limits
-        ),
-    ) -> None:
-        pools = max(1, -(-connections // per_pool))
-        size = -(-connections // pools)
-        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
-        self._pools = [pool(limits) for _ in range(pools)]
-        self._in_flight = [0] * pools
-
-    @property
-    def in_flight(self) -> list[int]:
-        """Requests in flight per pool (a response counts until its body is closed)."""
-        return list(self._in_flight)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        index = min(range(len(self._pools)), key=self._in_flight.__getitem__)
-        self._in_flight[index] += 1
-        try:
-            response = await self._pools[index].handle_async_request(request)
-        except BaseException:
-            self._in_flight[index] -= 1
-            raise
-        # The connection stays taken until the body is read and closed: only then does the pool count it free.
-        return httpx.Response(
-            status_code=response.status_code,
-            headers=response.headers,
-            stream=_ReleasingStream(response.stream, lambda: self._release(index)),
-            extensions=response.extensions,
-        )
-
-    def _release(self, index: int) -> None:
-        self._in_flight[index] -= 1
-
-    async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.aclose()
-
-
-class _ReleasingStream(httpx.AsyncByteStream):
-    def __init__(self, stream: Any, on_close: Callable[[], None]) -> None:
-        self._stream = stream
-        self._on_close: Callable[[], None] | None = on_close
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._stream.aclose()
-        finally:
-            if self._on_close is not None:
-                self._on_close()
-                self._on_close = None
 
 
 def close() -> None:

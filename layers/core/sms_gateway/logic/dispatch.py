@@ -15,6 +15,7 @@ from sms_gateway.domain.models import (
     Message,
     StatusChange,
     SubmitRequest,
+    SubmitResult,
     from_iso,
 )
 from sms_gateway.domain.status import MessageStatus
@@ -55,6 +56,9 @@ class DispatchDependencies:
     callback_base_url: str
     clock: Callable[[], datetime]
     concurrency: int = 64
+    # The invocation's limit on submits in flight, shared by the records it handles at once; None: this record's
+    # own, of `concurrency`.
+    in_flight: asyncio.Semaphore | None = None
     # A message not submitted within this time of being queued expires instead of arriving late.
     validity: timedelta = DEFAULT_VALIDITY
     limiter: RateLimiter | None = None
@@ -104,14 +108,13 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
         deps.messages.get_messages, command.account_id, command.reference_id, list(command.message_ids)
     )
     outcome = DispatchOutcome(skipped=len(command.message_ids) - len(messages))
-    in_flight = asyncio.Semaphore(deps.concurrency)
+    in_flight = deps.in_flight or asyncio.Semaphore(deps.concurrency)
     announcer = _Announcer(deps.announce)
 
     async def one(message: Message) -> None:
-        async with in_flight:
-            await _dispatch_one(message, deps, outcome)
-            # A message's changes are made by its own task only, so these are exactly this message's.
-            await announcer.add([c for c in outcome.changes if c.message.message_id == message.message_id])
+        await _dispatch_one(message, deps, outcome, in_flight)
+        # A message's changes are made by its own task only, so these are exactly this message's.
+        await announcer.add([c for c in outcome.changes if c.message.message_id == message.message_id])
 
     pending = [m for m in messages if m.status == MessageStatus.QUEUED]
     outcome.skipped += len(messages) - len(pending)
@@ -176,7 +179,9 @@ def change_made_by_dispatch(message: Message) -> StatusChange | None:
     return StatusChange(message=then, changed=True)
 
 
-async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: DispatchOutcome) -> None:
+async def _dispatch_one(
+    message: Message, deps: DispatchDependencies, outcome: DispatchOutcome, in_flight: asyncio.Semaphore
+) -> None:
     if message.status != MessageStatus.QUEUED:
         outcome.skipped += 1
         return
@@ -184,9 +189,14 @@ async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: D
         await _finish(message, MessageStatus.EXPIRED, "validity_period_ended", deps, outcome)
         outcome.expired += 1
         return
-    claim = await asyncio.to_thread(
-        deps.messages.claim_for_dispatch, message.key, now=deps.clock(), lease_seconds=deps.claim_lease_seconds
-    )
+    async with in_flight:
+        # Claimed only once a submit slot is ours, and submitted at once: a message claimed and left waiting for a
+        # slot would, if the dispatcher died meanwhile, be taken for one the upstream may have, and never be sent.
+        claim = await asyncio.to_thread(
+            deps.messages.claim_for_dispatch, message.key, now=deps.clock(), lease_seconds=deps.claim_lease_seconds
+        )
+        sent = await _submit(message, deps, outcome) if claim == ClaimOutcome.CLAIMED else None
+    # The status writes come after the slot is given back: the limit is on submits in flight, not store requests.
     if claim == ClaimOutcome.BUSY:
         outcome.skipped += 1
         return
@@ -210,14 +220,37 @@ async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: D
         outcome.record(change)
         outcome.unconfirmed += 1
         return
+    if isinstance(sent, UpstreamError) or sent is None:
+        assert sent is not None, "a claimed message was offered to its upstreams"
+        await _not_taken(message, sent, deps, outcome)
+        return
+    provider, result = sent
+    change = await asyncio.to_thread(
+        deps.messages.transition,
+        message.key,
+        MessageStatus.SUBMITTED,
+        now=deps.clock(),
+        upstream=provider.name,
+        upstream_message_id=result.upstream_message_id,
+    )
+    outcome.record(change)
+    outcome.submitted += 1
+    if not getattr(provider, "echoes_client_ref", False):
+        await asyncio.to_thread(_link_upstream_id, message, provider.name, result.upstream_message_id, deps, outcome)
+
+
+async def _submit(
+    message: Message, deps: DispatchDependencies, outcome: DispatchOutcome
+) -> tuple[Provider, SubmitResult] | UpstreamError:
+    """The upstream that took the claimed message and its answer, trying the route's upstreams in order; or why
+    none took it."""
     failure: UpstreamError | None = None
     for provider in deps.upstreams_for(message):
         if not await _route_allows(provider.name, deps):
             # A route at its limit is a throttle: wait for it rather than fail over.
-            failure = UpstreamError(f"{provider.name} is at its rate limit", permanent=False, retry_after=1.0)
-            break
+            return UpstreamError(f"{provider.name} is at its rate limit", permanent=False, retry_after=1.0)
         try:
-            result = await provider.submit(_submit_request(message, provider, deps.callback_base_url))
+            return provider, await provider.submit(_submit_request(message, provider, deps.callback_base_url))
         except UpstreamError as error:
             failure = error
             outcome.upstream_failures[(provider.name, "permanent" if error.permanent else "transient")] += 1
@@ -231,25 +264,17 @@ async def _dispatch_one(message: Message, deps: DispatchDependencies, outcome: D
                     "permanent": error.permanent,
                 },
             )
-            if error.unavailable:
-                continue
-            break
-        change = await asyncio.to_thread(
-            deps.messages.transition,
-            message.key,
-            MessageStatus.SUBMITTED,
-            now=deps.clock(),
-            upstream=provider.name,
-            upstream_message_id=result.upstream_message_id,
-        )
-        outcome.record(change)
-        outcome.submitted += 1
-        if not getattr(provider, "echoes_client_ref", False):
-            await asyncio.to_thread(
-                _link_upstream_id, message, provider.name, result.upstream_message_id, deps, outcome
-            )
-        return
+            if not error.unavailable:
+                break
     assert failure is not None, "a route names at least one upstream"
+    return failure
+
+
+async def _not_taken(
+    message: Message, failure: UpstreamError, deps: DispatchDependencies, outcome: DispatchOutcome
+) -> None:
+    """A claimed message no upstream took: back to the queue, its claim released, after a transient failure while
+    attempts remain; otherwise failed and refunded."""
     if not failure.permanent and not deps.final_attempt:
         await asyncio.to_thread(deps.messages.release_claim, message.key)
         outcome.retry.append(message.message_id)

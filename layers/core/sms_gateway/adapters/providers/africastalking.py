@@ -104,7 +104,8 @@ class AfricasTalkingProvider:
         self._api_key = api_key
         self._callback_token = callback_token
         root = base_url or (SANDBOX_BASE_URL if username == "sandbox" else LIVE_BASE_URL)
-        self._url = f"{root.rstrip('/')}{MESSAGING_PATH}"
+        # Parsed once: httpx parses a URL given as a string on every request.
+        self._url = httpx.URL(f"{root.rstrip('/')}{MESSAGING_PATH}")
         self._bulk_sms_mode = bulk_sms_mode
         self._enqueue = enqueue
         self._client = client

@@ -95,6 +95,8 @@ class JasminProvider:
             codecs.lookup(mo_charset)  # an unknown codec fails at configuration, not on the first MO
         self.name = name
         self.url = url.rstrip("/")
+        # Parsed once: httpx parses a URL given as a string on every request.
+        self._send_url = httpx.URL(f"{self.url}{SEND_PATH}")
         self._username = username
         self._password = password
         self._token = callback_token
@@ -147,7 +149,7 @@ class JasminProvider:
             form["dlr"] = "no"
         client = self._client or async_client()
         try:
-            response = await client.post(f"{self.url}{SEND_PATH}", data=form)
+            response = await client.post(self._send_url, data=form)
         except httpx.TimeoutException as error:
             raise UpstreamError(f"{self.name} timed out", permanent=False, unavailable=True) from error
         except httpx.TransportError as error:

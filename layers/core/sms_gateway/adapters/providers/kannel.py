@@ -90,6 +90,8 @@ class KannelProvider:
             raise ValueError(f"upstream {name!r}: callback_token must be 16 or more of A-Z a-z 0-9 - _ . ~")
         self.name = name
         self.url = url.rstrip("/")
+        # Parsed once: httpx parses a URL given as a string on every request.
+        self._send_url = httpx.URL(f"{self.url}{SENDSMS_PATH}")
         self._username = username
         self._password = password
         self._token = callback_token
@@ -138,7 +140,7 @@ class KannelProvider:
             params["dlr-url"] = self.dlr_url(request.dlr_url, request.client_ref)
         client = self._client or async_client()
         try:
-            response = await client.get(f"{self.url}{SENDSMS_PATH}", params=params)
+            response = await client.get(self._send_url, params=params)
         except httpx.TimeoutException as error:
             raise UpstreamError(f"{self.name} timed out", permanent=False, unavailable=True) from error
         except httpx.TransportError as error:

@@ -68,6 +68,8 @@ class NinebitsProvider:
             raise ValueError(f"upstream {name!r}: a webhook_token or webhook_secret is required to verify callbacks")
         self.name = name
         self.url = url.rstrip("/")
+        # Parsed once: httpx parses a URL given as a string on every request.
+        self._send_url = httpx.URL(f"{self.url}{SEND_PATH}")
         self._token = token
         self._webhook_token = webhook_token or None
         self._webhook_secret = webhook_secret or None
@@ -99,7 +101,7 @@ class NinebitsProvider:
         client = self._client or async_client()
         try:
             response = await client.post(
-                f"{self.url}{SEND_PATH}",
+                self._send_url,
                 json=payload,
                 headers={"Authorization": f"Bearer {self._token}", "Idempotency-Key": request.client_ref},
             )

@@ -39,6 +39,8 @@ class SimulatorProvider:
     def __init__(self, *, name: str, url: str, secret: str, client: httpx.AsyncClient | None = None) -> None:
         self.name = name
         self.url = url.rstrip("/")
+        # Parsed once: httpx parses a URL given as a string on every request.
+        self._send_url = httpx.URL(f"{self.url}/sms/send")
         self._secret = secret
         self._client = client
 
@@ -46,7 +48,7 @@ class SimulatorProvider:
         client = self._client or async_client()
         try:
             response = await client.post(
-                f"{self.url}/sms/send",
+                self._send_url,
                 json={
                     "client_ref": request.client_ref,
                     "from": request.sender,

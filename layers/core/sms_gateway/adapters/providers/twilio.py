@@ -111,7 +111,10 @@ class TwilioProvider:
         self._auth_token = auth_token
         self._auth = (api_key_sid, api_key_secret) if api_key_sid and api_key_secret else (account_sid, auth_token)
         self._messaging_service_sid = messaging_service_sid or None
-        self._messages_url = f"{base_url.rstrip('/')}/2010-04-01/Accounts/{quote(account_sid, safe='')}/Messages.json"
+        # Parsed once: httpx parses a URL given as a string on every request.
+        self._messages_url = httpx.URL(
+            f"{base_url.rstrip('/')}/2010-04-01/Accounts/{quote(account_sid, safe='')}/Messages.json"
+        )
         self._client = client
 
     @classmethod

@@ -1,0 +1,108 @@
+"""One dispatcher invocation over several accounts' records: concurrent across accounts, under one in-flight limit,
+each account's batches still in the order they were accepted (the real handler on moto)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import route_simulator_upstreams_to
+from tests.integration.test_send_path import (
+    FakeContext,
+    as_lambda_sqs_event,
+    load_function,
+    queued_records,
+    send_event,
+)
+
+
+class SlowUpstream:
+    """A simulator-protocol upstream that answers after a while, counting the submits it holds at once."""
+
+    def __init__(self, latency: float = 0.05) -> None:
+        self.latency = latency
+        self.in_flight = 0
+        self.peak = 0
+        self.events: list[tuple[str, str]] = []
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        payload = json.loads(request.content)
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        self.events.append(("start", payload["text"]))
+        try:
+            await asyncio.sleep(self.latency)
+        finally:
+            self.in_flight -= 1
+            self.events.append(("end", payload["text"]))
+        return httpx.Response(200, json={"message_id": f"sim-{payload['client_ref']}"})
+
+
+@pytest.fixture
+def upstream(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> SlowUpstream:
+    recorder = SlowUpstream()
+    route_simulator_upstreams_to(monkeypatch, recorder)
+    return recorder
+
+
+def in_flight_limit(monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
+    from sms_gateway import bootstrap
+
+    monkeypatch.setenv("DISPATCH_CONCURRENCY", str(limit))
+    bootstrap.reset()
+
+
+def bulk_send(api: Any, account: dict[str, Any], text: str, recipients: int) -> None:
+    numbers = [f"234802000{index:04d}" for index in range(recipients)]
+    response = api(send_event(account["token"], {"from": account["sender"], "to": numbers, "body": text}))
+    assert response["statusCode"] == 200, response
+
+
+@pytest.fixture
+def api(aws: dict[str, str]) -> Any:
+    module = load_function("api")
+    return lambda event: module.handler(event, FakeContext())
+
+
+def new_account(name: str, sender: str) -> dict[str, Any]:
+    from sms_gateway_tools.admin import create_account
+
+    return {**create_account(name=name, senders=[sender], credits=50), "sender": sender}
+
+
+def test_accounts_records_go_out_together_and_never_exceed_the_in_flight_limit(aws, api, upstream, monkeypatch):
+    # Given an in-flight limit of 5 and three accounts' bulk batches of three messages each, one record apiece
+    in_flight_limit(monkeypatch, 5)
+    for index, sender in enumerate(("48971", "48972", "48973")):
+        bulk_send(api, new_account(f"Account {index}", sender), f"batch {index}", recipients=3)
+    records = queued_records(aws)
+    assert len({record["Attributes"]["MessageGroupId"] for record in records}) == 3
+    # When one invocation gets them
+    answer = load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
+    # Then all nine went out, with the upstream holding as many at once as the limit allows (one record at a
+    # time would have held three) and never more
+    assert answer == {"batchItemFailures": []}
+    assert sum(kind == "start" for kind, _ in upstream.events) == 9
+    assert upstream.peak == 5
+
+
+def test_an_accounts_next_batch_waits_until_its_batch_before_is_submitted(aws, api, upstream, monkeypatch):
+    # Given one account's two bulk batches (one group) and room for everything at once
+    in_flight_limit(monkeypatch, 64)
+    account = new_account("Cinema Club", "48974")
+    bulk_send(api, account, "first", recipients=4)
+    bulk_send(api, account, "second", recipients=4)
+    records = queued_records(aws)
+    assert len(records) == 2
+    # When one invocation gets both records
+    answer = load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
+    # Then no message of the second batch was offered before the upstream had answered every one of the first
+    assert answer == {"batchItemFailures": []}
+    last_first_answered = max(i for i, event in enumerate(upstream.events) if event == ("end", "first"))
+    first_second_offered = min(i for i, event in enumerate(upstream.events) if event == ("start", "second"))
+    assert last_first_answered < first_second_offered
+    assert upstream.peak == 4

@@ -1,0 +1,337 @@
+"""The upstream client's transport (adapters/http_streams.py) against a scripted HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import ssl
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sms_gateway.adapters.http_streams import MAX_BODY_BYTES, StreamTransport
+
+Answer = Callable[[int, bytes], Awaitable[bytes | None]]
+
+
+def ok(body: dict, *extra_headers: str) -> bytes:
+    payload = json.dumps(body).encode()
+    head = ["HTTP/1.1 200 OK", "Content-Type: application/json", f"Content-Length: {len(payload)}", *extra_headers]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + payload
+
+
+class Server:
+    """Reads each request (head and Content-Length body) and writes what `answer(index, request)` returns; None
+    closes the connection without an answer. Counts connections and requests in progress."""
+
+    def __init__(
+        self,
+        answer: Answer,
+        *,
+        close_after: Callable[[int], bool] = lambda index: False,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.answer = answer
+        self.close_after = close_after
+        self.tls = tls
+        self.connections = 0
+        self.open = 0
+        self.most_open = 0
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    return
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length")
+                    ),
+                    0,
+                )
+                request = head + await reader.readexactly(length)
+                self.requests.append(request)
+                answer = await self.answer(len(self.requests) - 1, request)
+                if answer is None:
+                    return
+                writer.write(answer)
+                await writer.drain()
+                if self.close_after(len(self.requests) - 1):
+                    return
+        finally:
+            self.open -= 1
+            writer.close()
+
+
+def client(connections: int = 4, **timeouts: float) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=StreamTransport(connections), timeout=httpx.Timeout(5.0, **timeouts))
+
+
+def test_a_post_goes_out_whole_and_keep_alive_connections_are_reused():
+    async def scenario() -> tuple[Server, list[httpx.Response]]:
+        async def answer(index: int, request: bytes) -> bytes:
+            return ok({"message_id": f"m{index}"})
+
+        server = Server(answer)
+        async with server as url, client() as http:
+            answers = [await http.post(f"{url}/sms/send?x=1", json={"to": "234", "text": "hi"}) for _ in range(3)]
+        return server, answers
+
+    server, answers = asyncio.run(scenario())
+    # Then each answer reads as httpx's would, and the three requests shared one connection
+    assert [answer.json() for answer in answers] == [{"message_id": f"m{index}"} for index in range(3)]
+    assert answers[0].status_code == 200 and answers[0].headers["content-type"] == "application/json"
+    assert server.connections == 1
+    head, _, body = server.requests[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /sms/send?x=1 HTTP/1.1\r\n")
+    assert json.loads(body) == {"to": "234", "text": "hi"}
+    assert f"content-length: {len(body)}".encode() in head.lower()
+    assert b"\r\nhost: 127.0.0.1:" in head.lower()
+
+
+def test_chunked_answers_and_answers_read_to_the_close_are_whole_and_close_means_a_new_connection():
+    async def scenario() -> tuple[Server, list[bytes]]:
+        async def answer(index: int, request: bytes) -> bytes | None:
+            if index == 0:
+                return (
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n"
+                )
+            if index == 1:
+                return ok({"n": 1}, "Connection: close")
+            return b"HTTP/1.0 202 Accepted\r\n\r\nuntil the end"
+
+        server = Server(answer, close_after=lambda index: index >= 1)
+        async with server as url, client() as http:
+            bodies = [(await http.get(f"{url}/{index}")).content for index in range(3)]
+        return server, bodies
+
+    server, bodies = asyncio.run(scenario())
+    assert bodies[0] == b"hello world"
+    assert json.loads(bodies[1]) == {"n": 1}
+    assert bodies[2] == b"until the end"
+    # The answer with Connection: close made the third request open a connection of its own
+    assert server.connections == 2
+
+
+def test_an_idle_connection_the_server_closed_is_not_reused():
+    async def scenario() -> tuple[Server, int]:
+        async def answer(index: int, request: bytes) -> bytes | None:
+            return ok({"index": index})
+
+        # A server that drops each connection once it has answered (as servers do after their keep-alive timeout),
+        # without saying so in the answer
+        server = Server(answer, close_after=lambda index: True)
+        async with server as url, client() as http:
+            await http.get(f"{url}/first")
+            await asyncio.sleep(0.05)
+            second = await http.get(f"{url}/second")
+        return server, second.json()["index"]
+
+    server, index = asyncio.run(scenario())
+    # Then the second request went on a fresh connection and was answered, rather than failing on the dead one
+    assert index == 1
+    assert server.connections == 2
+
+
+def test_never_more_connections_to_an_origin_than_the_limit():
+    async def scenario() -> Server:
+        async def answer(index: int, request: bytes) -> bytes:
+            await asyncio.sleep(0.01)
+            return ok({"index": index})
+
+        server = Server(answer)
+        async with server as url, client(connections=3) as http:
+            answers = await asyncio.gather(*(http.post(f"{url}/sms/send", json={"n": n}) for n in range(12)))
+        assert all(answer.status_code == 200 for answer in answers)
+        return server
+
+    server = asyncio.run(scenario())
+    assert server.most_open == 3
+    assert len(server.requests) == 12
+
+
+def test_failures_are_httpx_errors_the_providers_already_handle():
+    async def scenario() -> list[type[Exception]]:
+        async def answer(index: int, request: bytes) -> bytes | None:
+            if index == 0:
+                await asyncio.sleep(1)
+                return ok({})
+            if index == 1:
+                return None  # the connection drops before any answer
+            if index == 2:
+                return b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\ncut short"
+            return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY_BYTES + 1)
+
+        raised: list[type[Exception]] = []
+        server = Server(answer, close_after=lambda index: index == 2)
+        async with server as url, client(read=0.2) as http:
+            for _ in range(4):
+                try:
+                    await http.post(f"{url}/sms/send", json={})
+                except httpx.TransportError as error:
+                    raised.append(type(error))
+        # A port nobody listens on
+        async with client() as http:
+            try:
+                await http.post(f"{url.rsplit(':', 1)[0]}:9/sms/send", json={})
+            except httpx.TransportError as error:
+                raised.append(type(error))
+        return raised
+
+    raised = asyncio.run(scenario())
+    assert raised == [
+        httpx.ReadTimeout,
+        httpx.RemoteProtocolError,
+        httpx.RemoteProtocolError,
+        httpx.RemoteProtocolError,
+        httpx.ConnectError,
+    ]
+
+
+def test_a_scheme_other_than_http_is_refused():
+    async def scenario() -> None:
+        async with client() as http:
+            await http.get("ftp://127.0.0.1/file")
+
+    with pytest.raises(httpx.UnsupportedProtocol):
+        asyncio.run(scenario())
+
+
+def test_a_compressed_answer_reads_decompressed():
+    import gzip
+
+    async def scenario() -> httpx.Response:
+        payload = gzip.compress(json.dumps({"sid": "SM1"}).encode())
+
+        async def answer(index: int, request: bytes) -> bytes:
+            head = f"HTTP/1.1 201 Created\r\nContent-Encoding: gzip\r\nContent-Length: {len(payload)}\r\n\r\n"
+            return head.encode() + payload
+
+        async with Server(answer) as url, client() as http:
+            return await http.post(f"{url}/Messages.json", data={"To": "+234"})
+
+    response = asyncio.run(scenario())
+    assert response.status_code == 201
+    assert response.json() == {"sid": "SM1"}
+
+
+def test_the_upstream_client_sends_no_cookie_an_upstream_set():
+    from sms_gateway.adapters.http import UpstreamClient
+
+    async def scenario() -> Server:
+        async def answer(index: int, request: bytes) -> bytes:
+            return ok({"index": index}, "Set-Cookie: session=abc; Path=/")
+
+        server = Server(answer)
+        async with server as url, UpstreamClient(transport=StreamTransport(2)) as http:
+            for _ in range(2):
+                await http.post(f"{url}/sms/send", json={})
+            assert not http.cookies
+        return server
+
+    server = asyncio.run(scenario())
+    # Then the second request carried no Cookie header back
+    assert all(b"\r\ncookie:" not in request.lower() for request in server.requests)
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "upstream.test")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def test_https_upstreams_are_verified(tmp_path: Path):
+    # Given an HTTPS upstream whose certificate a private authority issued
+    cert_path, key_path = self_signed_certificate(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert_path, key_path)
+
+    async def scenario() -> tuple[dict, type[Exception] | None]:
+        async def answer(index: int, request: bytes) -> bytes:
+            return ok({"index": index})
+
+        async with Server(answer, tls=server_tls) as url:
+            # When a client trusting that authority submits, and one with the default (public) roots
+            trusting = httpx.AsyncClient(
+                transport=StreamTransport(2, ssl_context=ssl.create_default_context(cafile=cert_path))
+            )
+            async with trusting:
+                answered = (await trusting.post(f"{url}/sms/send", json={})).json()
+            refused = None
+            async with client() as default:
+                try:
+                    await default.post(f"{url}/sms/send", json={})
+                except httpx.TransportError as error:
+                    refused = type(error)
+        return answered, refused
+
+    answered, refused = asyncio.run(scenario())
+    # Then the first is answered over TLS, and the second refuses the unknown certificate before sending anything
+    assert answered == {"index": 0}
+    assert refused is httpx.ConnectError
+
+
+def test_a_request_waiting_longer_than_the_pool_timeout_for_a_connection_gives_up():
+    async def scenario() -> tuple[list[object], Server]:
+        async def answer(index: int, request: bytes) -> bytes:
+            await asyncio.sleep(0.5)
+            return ok({"index": index})
+
+        server = Server(answer)
+        async with server as url, client(connections=1, pool=0.1) as http:
+            answers = await asyncio.gather(
+                http.post(f"{url}/sms/send", json={}), http.post(f"{url}/sms/send", json={}), return_exceptions=True
+            )
+        return answers, server
+
+    answers, server = asyncio.run(scenario())
+    # Then the first was answered on the one connection; the second never went out
+    assert isinstance(answers[0], httpx.Response) and answers[0].json() == {"index": 0}
+    assert isinstance(answers[1], httpx.PoolTimeout)
+    assert len(server.requests) == 1
