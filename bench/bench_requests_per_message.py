@@ -39,8 +39,10 @@ class Stage:
     calls: Counter[str] = field(default_factory=Counter)
     units: Counter[str] = field(default_factory=Counter)
     invocations: list[Invocation] = field(default_factory=list)
-    # Requests through the HttpApi: client sends (accept) and upstream callbacks (dlr).
+    # Requests through the HttpApi (client sends, accept) and through the webhook function's URL (upstream
+    # callbacks, dlr: no per-request charge, template.yaml's FunctionUrlConfig).
     http_requests: int = 0
+    function_url_requests: int = 0
     log_bytes: int = 0
     log_lines: int = 0
 
@@ -119,7 +121,7 @@ def run_flow(scenario: str, sends: int, recipients: int, *, capacity: bool, warm
             def dlrs(run: StageRun) -> None:
                 before = gateway.dlr_cursor
                 gateway.post_dlrs(run, limit=step)
-                stages["dlr"].http_requests += gateway.dlr_cursor - before
+                stages["dlr"].function_url_requests += gateway.dlr_cursor - before
 
             record("dlr", dlrs)
             record("notify", lambda run: gateway.drain("NOTIFY", "notifier", run))

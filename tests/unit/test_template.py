@@ -199,6 +199,31 @@ def test_http_routes_match_the_design(functions: dict[str, FunctionDefinition]) 
         assert functions[name].routes == []
 
 
+def test_upstream_callbacks_reach_the_webhook_through_its_function_url(
+    functions: dict[str, FunctionDefinition],
+) -> None:
+    template = load_template()
+    # Then only the webhook function has a URL, public because each callback proves itself by its signature
+    assert {name: fn.function_url_auth for name, fn in functions.items() if fn.function_url_auth} == {
+        "WebhookFunction": "NONE"
+    }
+    # And the dispatcher gives upstreams that URL, not the HttpApi's (no per-request charge)
+    assert functions["DispatcherFunction"].function_url_environment == {"CALLBACK_BASE_URL": "WebhookFunction"}
+    # And the public may invoke the function only through its URL (required for new URLs since October 2025)
+    [(_, permission)] = list(resources_of_type(template, "AWS::Lambda::Permission"))
+    assert permission == {
+        "Action": "lambda:InvokeFunction",
+        "FunctionName": {"Ref": "WebhookFunction"},
+        "Principal": "*",
+        "InvokedViaFunctionUrl": True,
+    }
+    # And operators find the URL to give providers in the stack's outputs
+    url = template["Outputs"]["CallbackUrl"]["Value"]["Fn::Sub"]
+    assert url[0] == "https://${Host}"
+    function_url = {"Fn::GetAtt": ["WebhookFunctionUrl", "FunctionUrl"]}
+    assert url[1]["Host"] == {"Fn::Select": [2, {"Fn::Split": ["/", function_url]}]}
+
+
 def test_queue_consumers_report_partial_batch_failures(functions: dict[str, FunctionDefinition]) -> None:
     # Given the SQS event sources
     sources = {source.queue: (name, source) for name, fn in functions.items() for source in fn.sqs_events}
