@@ -24,8 +24,13 @@ LOG_EVENT_OVERHEAD_BYTES = 26
 # The time an AWS request from Lambda takes (DynamoDB and SQS in the same region answer in a few ms); added for
 # every request as if made one after another: an upper bound where the dispatcher makes them concurrently.
 AWS_REQUEST_SECONDS = 0.005
-# X-Ray's default sampling rule: the first request each second, then 5%; at a million messages' rate, ~5%.
+# Lambda's fixed sampling for a function with Tracing: Active (the first request each second, then 5%; X-Ray's
+# sampling rules do not apply to it); at a million messages' rate, ~5%.
 XRAY_SAMPLED = 0.05
+# Stages whose function, with Tracing: PassThrough, continues traces its queue's records carry from a sampled
+# producer: counted as if each of their invocations were a trace of its own at the same 5% (an upper bound: a
+# continued trace is the producer's). A PassThrough function invoked by an upstream's HTTP callback starts none.
+CONTINUES_TRACES = frozenset({"dispatch", "notify"})
 # Recipients of the bulk send whose durations are measured (two dispatch records; the counts use 1000).
 TIMED_BULK = 200
 # Typical values for the HttpApi access log format's variables (one line per HTTP request).
@@ -52,11 +57,24 @@ def template_facts() -> dict[str, Any]:
 
     template = tpl.load_template(REPO / "template.yaml")
     memory = {fn.code_uri.strip("/").split("/")[-1]: fn.memory_size for fn in tpl.function_definitions(template)}
+    tracing = {
+        str(props["CodeUri"]).strip("/").split("/")[-1]: props.get("Tracing")
+        or template["Globals"]["Function"]["Tracing"]
+        for _, props in tpl.resources_of_type(template, "AWS::Serverless::Function")
+    }
     access_format = template["Resources"]["HttpApi"]["Properties"]["AccessLogSettings"]["Format"]
     access_line = re.sub(
         r"\$context\.([A-Za-z.]+)", lambda m: ACCESS_LOG_SAMPLE.get(m.group(1), "x" * 8), access_format
     )
-    return {"memory_mb": memory, "access_log_bytes": len(access_line.encode()) + 1}
+    return {"memory_mb": memory, "tracing": tracing, "access_log_bytes": len(access_line.encode()) + 1}
+
+
+def traced_share(stage: str, facts: dict[str, Any]) -> float:
+    """The share of a stage's invocations recorded as X-Ray traces, from its function's Tracing mode."""
+    mode = facts["tracing"][STAGE_FUNCTION[stage]]
+    if mode == "Active" or (mode == "PassThrough" and stage in CONTINUES_TRACES):
+        return XRAY_SAMPLED
+    return 0.0
 
 
 def billed_seconds(flow: Flow, stage: str) -> float:
@@ -98,8 +116,7 @@ def cost_per_million(units: Flow, timed: Flow, prices: dict[str, float], facts: 
         "DynamoDB reads (RRU)": total_units["dynamodb:RRU"] * prices["dynamodb_read_request_unit"] * million,
         "EventBridge Scheduler": 0.0,
         "CloudWatch Logs ingestion": log_bytes / 1024**3 * prices["cloudwatch_logs_ingestion_gb"] * million,
-        "X-Ray traces (Tracing: Active)": sum(invocations.values())
-        * XRAY_SAMPLED
+        "X-Ray traces": sum(invocations[stage] * traced_share(stage, facts) for stage in STAGES)
         * prices["xray_trace_recorded"]
         * million,
         "SSM GetParameter (standard)": 0.0,

@@ -199,6 +199,16 @@ def test_http_routes_match_the_design(functions: dict[str, FunctionDefinition]) 
         assert functions[name].routes == []
 
 
+def test_traces_start_only_where_a_client_request_enters(template: dict[str, Any]) -> None:
+    # Lambda samples an Active function at a fixed rate (1/s and 5%) whatever X-Ray's sampling rules say: the
+    # per-message functions (one webhook invocation per DLR) must not start traces of their own
+    modes = {
+        name: (props.get("Tracing") or template["Globals"]["Function"]["Tracing"])
+        for name, props in resources_of_type(template, "AWS::Serverless::Function")
+    }
+    assert modes == {name: "Active" if name == "ApiFunction" else "PassThrough" for name in FUNCTIONS}
+
+
 def test_upstream_callbacks_reach_the_webhook_through_its_function_url(
     functions: dict[str, FunctionDefinition],
 ) -> None:
