@@ -12,6 +12,7 @@ from typing import Any
 
 from bench import REPO, median
 from bench.bench_requests_per_message import STAGE_FUNCTION, STAGES, Flow, measure
+from bench.moto_gateway import ALPHANUMERIC_SENDER, SENDER
 
 NAME = "cost"
 TARGET_USD_PER_MILLION = 5.0
@@ -126,9 +127,10 @@ def cost_per_million(units: Flow, timed: Flow, prices: dict[str, float], facts: 
 def run(quick: bool) -> dict[str, Any]:
     prices = load_prices()
     facts = template_facts()
-    counted = measure(quick, capacity=True)
+    # From the shortcode and from an alphanumeric sender ID: the two cost different DynamoDB writes.
+    counted = measure(quick, capacity=True, alphanumeric=True)
     # Durations per message do not depend on the bulk send's size past a few records: a smaller one saves time.
-    timed = measure(quick, capacity=False, bulk=None if quick else TIMED_BULK, warm=True)
+    timed = measure(quick, capacity=False, bulk=None if quick else TIMED_BULK, warm=True, alphanumeric=True)
     scenarios: dict[str, dict[str, float]] = {}
     for scenario, runs in counted.items():
         # Each run's counts with the same run's durations; the median of the runs, service by service.
@@ -172,14 +174,31 @@ def run(quick: bool) -> dict[str, Any]:
         for scenario, runs in counted.items()
         for flow in runs[:1]
     }
+    verdicts = {
+        f"{scenario} ({counted[scenario][0].recipients} rcpt)": (
+            f"${total:.2f}/M: {'met' if total < TARGET_USD_PER_MILLION else 'NOT met'}"
+        )
+        for scenario, total in totals.items()
+    }
     return {
         "name": NAME,
         "title": "Infrastructure cost per million SMS with delivery reports",
         "command": f".venv/bin/python -m bench --only {NAME}",
         "target": f"under ${TARGET_USD_PER_MILLION:.0f} per million single-part SMS with delivery reports",
         "met": all(total < TARGET_USD_PER_MILLION for total in totals.values()),
+        "met_by_scenario": {scenario: total < TARGET_USD_PER_MILLION for scenario, total in totals.items()},
         "rows": rows,
         "notes": [
+            f"Target (under ${TARGET_USD_PER_MILLION:.0f}/M) per scenario: "
+            + "; ".join(f"{scenario} {verdict}" for scenario, verdict in verdicts.items())
+            + ". The overall verdict above is met only if every scenario is.",
+            f"Senders: `single` and `bulk` send from the shortcode {SENDER} (a reply is possible, so each message"
+            " also writes a conversation-index entry); the `alphanumeric` scenarios send the same flows from the"
+            f" sender ID {ALPHANUMERIC_SENDER} (no reply possible: no index entry, one WRU less per message,"
+            " docs/data-model.md). Requests are the same for both.",
+            "HTTP API: client sends only (one request per send). Upstream delivery reports reach the webhook"
+            " function through its function URL (template.yaml FunctionUrlConfig), which has no per-request charge:"
+            " they cost Lambda requests and duration, like any invocation.",
             "Prices: bench/prices.json (us-east-1 list prices, from memory of the public pages: check them before"
             " relying on the figures). Carrier fees, about $8,000 per million, are not included.",
             f"Per message: {json.dumps(per_message)}. Requests, DynamoDB units (from item sizes: bench/capacity.py)"
@@ -194,12 +213,17 @@ def run(quick: bool) -> dict[str, Any]:
             f" (warm containers; its bulk send: {TIMED_BULK} recipients in full mode).",
             "CloudWatch Logs: the handlers' output captured at the template's production log level (Powertools JSON"
             f" lines and EMF metric lines), plus {PLATFORM_LOG_BYTES_PER_INVOCATION} bytes per invocation for"
-            " Lambda's own platform records (estimated: LogFormat JSON), the HttpApi access log line"
-            f" ({facts['access_log_bytes']} bytes, its template format with typical values) per HTTP request, and"
-            f" {LOG_EVENT_OVERHEAD_BYTES} bytes per event.",
-            "X-Ray is not in the issue's list but the template sets Tracing: Active: default sampling, ~5% of"
-            " invocations at this volume. Scheduler is 0 for unscheduled sends (one invocation per scheduled"
-            " batch otherwise). Not counted: Lambda INIT time of cold starts, idle SQS long polling (fixed,"
-            " ~$0.3/month per queue), storage (DynamoDB GB-month, PITR, logs retention), data transfer.",
+            " Lambda's own platform records (estimated: LogFormat JSON, system log level INFO: START and REPORT),"
+            f" the HttpApi access log line ({facts['access_log_bytes']} bytes, its template format with typical"
+            f" values) per HttpApi request (a function URL writes none), and {LOG_EVENT_OVERHEAD_BYTES} bytes per"
+            " event.",
+            "X-Ray is not in the issue's list but the template traces: Tracing per function"
+            f" {json.dumps(facts['tracing'])}. An Active function is sampled at Lambda's fixed rate"
+            f" (~{XRAY_SAMPLED:.0%} at this volume); the PassThrough queue consumers (dispatch, notify) are"
+            " counted at the same share as an upper bound (they only continue traces their records carry); the"
+            " PassThrough webhook, called by upstreams, starts none. Scheduler is 0 for unscheduled sends (one"
+            " invocation per scheduled batch otherwise). Not counted: Lambda INIT time of cold starts, idle SQS"
+            " long polling (fixed, ~$0.3/month per queue), storage (DynamoDB GB-month, PITR, logs retention),"
+            " data transfer.",
         ],
     }

@@ -19,7 +19,10 @@ from bench.capacity import CapacityMeter
 
 STACK = "sms-gateway-bench"
 SIMULATOR_SECRET = "bench-simulator-secret"
+# The 9bits seed's shortcode: a handset can reply to it, so its messages get a conversation-index entry.
 SENDER = "48974"
+# An alphanumeric sender ID (OTPs, alerts): no reply possible, no conversation-index entry (docs/data-model.md).
+ALPHANUMERIC_SENDER = "BenchBank"
 API_DOMAIN = "abc123.execute-api.us-east-1.amazonaws.com"
 # The webhook function's URL (template.yaml's FunctionUrlConfig): where upstream callbacks arrive.
 CALLBACK_DOMAIN = "xyz789abcdefghijklmnopqrstuvwxyz.lambda-url.us-east-1.on.aws"
@@ -173,8 +176,10 @@ class MotoGateway:
 
     # ------------------------------------------------------------------ stages
 
-    def send(self, to: list[str], text: str = "Your code is 123456", **extra: Any) -> tuple[dict[str, Any], Invocation]:
-        body = {"from": SENDER, "to": to if len(to) > 1 else to[0], "message": text, **extra}
+    def send(
+        self, to: list[str], text: str = "Your code is 123456", sender: str = SENDER, **extra: Any
+    ) -> tuple[dict[str, Any], Invocation]:
+        body = {"from": sender, "to": to if len(to) > 1 else to[0], "message": text, **extra}
         event = http_api_event(
             "POST", "/ng/v1/sendsms", json.dumps(body), {"authorization": f"Bearer {self.account['token']}"}
         )
@@ -290,7 +295,7 @@ def moto_gateway(*, capacity: bool = False, credits: int = 10_000_000) -> Iterat
         stack.callback(bootstrap.reset)
         account = create_account(
             name="Bench",
-            senders=[SENDER],
+            senders=[SENDER, ALPHANUMERIC_SENDER],
             credits=credits,
             dlr_url=f"http://127.0.0.1:{webhook.server_address[1]}/dlr",
         )
