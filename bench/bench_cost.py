@@ -12,6 +12,7 @@ from typing import Any
 
 from bench import REPO, median
 from bench.bench_requests_per_message import STAGE_FUNCTION, STAGES, Flow, measure
+from bench.moto_gateway import ALPHANUMERIC_SENDER, SENDER
 
 NAME = "cost"
 TARGET_USD_PER_MILLION = 5.0
@@ -24,8 +25,13 @@ LOG_EVENT_OVERHEAD_BYTES = 26
 # The time an AWS request from Lambda takes (DynamoDB and SQS in the same region answer in a few ms); added for
 # every request as if made one after another: an upper bound where the dispatcher makes them concurrently.
 AWS_REQUEST_SECONDS = 0.005
-# X-Ray's default sampling rule: the first request each second, then 5%; at a million messages' rate, ~5%.
+# Lambda's fixed sampling for a function with Tracing: Active (the first request each second, then 5%; X-Ray's
+# sampling rules do not apply to it); at a million messages' rate, ~5%.
 XRAY_SAMPLED = 0.05
+# Stages whose function, with Tracing: PassThrough, continues traces its queue's records carry from a sampled
+# producer: counted as if each of their invocations were a trace of its own at the same 5% (an upper bound: a
+# continued trace is the producer's). A PassThrough function invoked by an upstream's HTTP callback starts none.
+CONTINUES_TRACES = frozenset({"dispatch", "notify"})
 # Recipients of the bulk send whose durations are measured (two dispatch records; the counts use 1000).
 TIMED_BULK = 200
 # Typical values for the HttpApi access log format's variables (one line per HTTP request).
@@ -52,11 +58,24 @@ def template_facts() -> dict[str, Any]:
 
     template = tpl.load_template(REPO / "template.yaml")
     memory = {fn.code_uri.strip("/").split("/")[-1]: fn.memory_size for fn in tpl.function_definitions(template)}
+    tracing = {
+        str(props["CodeUri"]).strip("/").split("/")[-1]: props.get("Tracing")
+        or template["Globals"]["Function"]["Tracing"]
+        for _, props in tpl.resources_of_type(template, "AWS::Serverless::Function")
+    }
     access_format = template["Resources"]["HttpApi"]["Properties"]["AccessLogSettings"]["Format"]
     access_line = re.sub(
         r"\$context\.([A-Za-z.]+)", lambda m: ACCESS_LOG_SAMPLE.get(m.group(1), "x" * 8), access_format
     )
-    return {"memory_mb": memory, "access_log_bytes": len(access_line.encode()) + 1}
+    return {"memory_mb": memory, "tracing": tracing, "access_log_bytes": len(access_line.encode()) + 1}
+
+
+def traced_share(stage: str, facts: dict[str, Any]) -> float:
+    """The share of a stage's invocations recorded as X-Ray traces, from its function's Tracing mode."""
+    mode = facts["tracing"][STAGE_FUNCTION[stage]]
+    if mode == "Active" or (mode == "PassThrough" and stage in CONTINUES_TRACES):
+        return XRAY_SAMPLED
+    return 0.0
 
 
 def billed_seconds(flow: Flow, stage: str) -> float:
@@ -98,8 +117,7 @@ def cost_per_million(units: Flow, timed: Flow, prices: dict[str, float], facts: 
         "DynamoDB reads (RRU)": total_units["dynamodb:RRU"] * prices["dynamodb_read_request_unit"] * million,
         "EventBridge Scheduler": 0.0,
         "CloudWatch Logs ingestion": log_bytes / 1024**3 * prices["cloudwatch_logs_ingestion_gb"] * million,
-        "X-Ray traces (Tracing: Active)": sum(invocations.values())
-        * XRAY_SAMPLED
+        "X-Ray traces": sum(invocations[stage] * traced_share(stage, facts) for stage in STAGES)
         * prices["xray_trace_recorded"]
         * million,
         "SSM GetParameter (standard)": 0.0,
@@ -109,9 +127,10 @@ def cost_per_million(units: Flow, timed: Flow, prices: dict[str, float], facts: 
 def run(quick: bool) -> dict[str, Any]:
     prices = load_prices()
     facts = template_facts()
-    counted = measure(quick, capacity=True)
+    # From the shortcode and from an alphanumeric sender ID: the two cost different DynamoDB writes.
+    counted = measure(quick, capacity=True, alphanumeric=True)
     # Durations per message do not depend on the bulk send's size past a few records: a smaller one saves time.
-    timed = measure(quick, capacity=False, bulk=None if quick else TIMED_BULK, warm=True)
+    timed = measure(quick, capacity=False, bulk=None if quick else TIMED_BULK, warm=True, alphanumeric=True)
     scenarios: dict[str, dict[str, float]] = {}
     for scenario, runs in counted.items():
         # Each run's counts with the same run's durations; the median of the runs, service by service.
@@ -155,14 +174,31 @@ def run(quick: bool) -> dict[str, Any]:
         for scenario, runs in counted.items()
         for flow in runs[:1]
     }
+    verdicts = {
+        f"{scenario} ({counted[scenario][0].recipients} rcpt)": (
+            f"${total:.2f}/M: {'met' if total < TARGET_USD_PER_MILLION else 'NOT met'}"
+        )
+        for scenario, total in totals.items()
+    }
     return {
         "name": NAME,
         "title": "Infrastructure cost per million SMS with delivery reports",
         "command": f".venv/bin/python -m bench --only {NAME}",
         "target": f"under ${TARGET_USD_PER_MILLION:.0f} per million single-part SMS with delivery reports",
         "met": all(total < TARGET_USD_PER_MILLION for total in totals.values()),
+        "met_by_scenario": {scenario: total < TARGET_USD_PER_MILLION for scenario, total in totals.items()},
         "rows": rows,
         "notes": [
+            f"Target (under ${TARGET_USD_PER_MILLION:.0f}/M) per scenario: "
+            + "; ".join(f"{scenario} {verdict}" for scenario, verdict in verdicts.items())
+            + ". The overall verdict above is met only if every scenario is.",
+            f"Senders: `single` and `bulk` send from the shortcode {SENDER} (a reply is possible, so each message"
+            " also writes a conversation-index entry); the `alphanumeric` scenarios send the same flows from the"
+            f" sender ID {ALPHANUMERIC_SENDER} (no reply possible: no index entry, one WRU less per message,"
+            " docs/data-model.md). Requests are the same for both.",
+            "HTTP API: client sends only (one request per send). Upstream delivery reports reach the webhook"
+            " function through its function URL (template.yaml FunctionUrlConfig), which has no per-request charge:"
+            " they cost Lambda requests and duration, like any invocation.",
             "Prices: bench/prices.json (us-east-1 list prices, from memory of the public pages: check them before"
             " relying on the figures). Carrier fees, about $8,000 per million, are not included.",
             f"Per message: {json.dumps(per_message)}. Requests, DynamoDB units (from item sizes: bench/capacity.py)"
@@ -177,12 +213,17 @@ def run(quick: bool) -> dict[str, Any]:
             f" (warm containers; its bulk send: {TIMED_BULK} recipients in full mode).",
             "CloudWatch Logs: the handlers' output captured at the template's production log level (Powertools JSON"
             f" lines and EMF metric lines), plus {PLATFORM_LOG_BYTES_PER_INVOCATION} bytes per invocation for"
-            " Lambda's own platform records (estimated: LogFormat JSON), the HttpApi access log line"
-            f" ({facts['access_log_bytes']} bytes, its template format with typical values) per HTTP request, and"
-            f" {LOG_EVENT_OVERHEAD_BYTES} bytes per event.",
-            "X-Ray is not in the issue's list but the template sets Tracing: Active: default sampling, ~5% of"
-            " invocations at this volume. Scheduler is 0 for unscheduled sends (one invocation per scheduled"
-            " batch otherwise). Not counted: Lambda INIT time of cold starts, idle SQS long polling (fixed,"
-            " ~$0.3/month per queue), storage (DynamoDB GB-month, PITR, logs retention), data transfer.",
+            " Lambda's own platform records (estimated: LogFormat JSON, system log level INFO: START and REPORT),"
+            f" the HttpApi access log line ({facts['access_log_bytes']} bytes, its template format with typical"
+            f" values) per HttpApi request (a function URL writes none), and {LOG_EVENT_OVERHEAD_BYTES} bytes per"
+            " event.",
+            "X-Ray is not in the issue's list but the template traces: Tracing per function"
+            f" {json.dumps(facts['tracing'])}. An Active function is sampled at Lambda's fixed rate"
+            f" (~{XRAY_SAMPLED:.0%} at this volume); the PassThrough queue consumers (dispatch, notify) are"
+            " counted at the same share as an upper bound (they only continue traces their records carry); the"
+            " PassThrough webhook, called by upstreams, starts none. Scheduler is 0 for unscheduled sends (one"
+            " invocation per scheduled batch otherwise). Not counted: Lambda INIT time of cold starts, idle SQS"
+            " long polling (fixed, ~$0.3/month per queue), storage (DynamoDB GB-month, PITR, logs retention),"
+            " data transfer.",
         ],
     }

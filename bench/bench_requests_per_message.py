@@ -10,6 +10,8 @@ from typing import Any
 
 from bench import median
 from bench.moto_gateway import (
+    ALPHANUMERIC_SENDER,
+    SENDER,
     Invocation,
     LogVolume,
     MotoGateway,
@@ -39,8 +41,10 @@ class Stage:
     calls: Counter[str] = field(default_factory=Counter)
     units: Counter[str] = field(default_factory=Counter)
     invocations: list[Invocation] = field(default_factory=list)
-    # Requests through the HttpApi: client sends (accept) and upstream callbacks (dlr).
+    # Requests through the HttpApi (client sends, accept) and through the webhook function's URL (upstream
+    # callbacks, dlr: no per-request charge, template.yaml's FunctionUrlConfig).
     http_requests: int = 0
+    function_url_requests: int = 0
     log_bytes: int = 0
     log_lines: int = 0
 
@@ -88,7 +92,9 @@ class _Recorder:
         stage.log_lines += self.logs.lines - log_lines
 
 
-def run_flow(scenario: str, sends: int, recipients: int, *, capacity: bool, warm: bool = False) -> Flow:
+def run_flow(
+    scenario: str, sends: int, recipients: int, *, capacity: bool, warm: bool = False, sender: str = SENDER
+) -> Flow:
     """`sends` sends of `recipients` recipients each with delivery reports, through every stage to the client's
     webhook. Queues are drained in the template's batch sizes; notifications are drained as they pile up so
     moto's queues stay shallow. With `warm`, one message goes through every stage first, uncounted, so that
@@ -106,7 +112,9 @@ def run_flow(scenario: str, sends: int, recipients: int, *, capacity: bool, warm
 
         def accept(run: StageRun) -> None:
             for i in range(sends):
-                _, invocation = gateway.send(numbers(recipients, start=i * recipients), delivery_report="yes")
+                _, invocation = gateway.send(
+                    numbers(recipients, start=i * recipients), sender=sender, delivery_report="yes"
+                )
                 run.invocations.append(invocation)
                 stages["accept"].http_requests += 1
 
@@ -119,7 +127,7 @@ def run_flow(scenario: str, sends: int, recipients: int, *, capacity: bool, warm
             def dlrs(run: StageRun) -> None:
                 before = gateway.dlr_cursor
                 gateway.post_dlrs(run, limit=step)
-                stages["dlr"].http_requests += gateway.dlr_cursor - before
+                stages["dlr"].function_url_requests += gateway.dlr_cursor - before
 
             record("dlr", dlrs)
             record("notify", lambda run: gateway.drain("NOTIFY", "notifier", run))
@@ -157,16 +165,23 @@ def _operations(stage: Stage, messages: int) -> str:
 
 
 def measure(
-    quick: bool, *, capacity: bool = True, bulk: int | None = None, warm: bool = False
+    quick: bool, *, capacity: bool = True, bulk: int | None = None, warm: bool = False, alphanumeric: bool = False
 ) -> dict[str, list[Flow]]:
-    """The single-send flow (several runs: their counts must agree) and the bulk flow (`bulk` recipients)."""
+    """The single-send flow (several runs: their counts must agree) and the bulk flow (`bulk` recipients), from the
+    shortcode SENDER; with `alphanumeric`, both again from ALPHANUMERIC_SENDER (one index write less per message;
+    the same requests)."""
     single_runs, single_sends = (1, 10) if quick else (3, 20)
     bulk = bulk or (50 if quick else 1000)
-    return {
-        "single": [run_flow("single", single_sends, 1, capacity=capacity, warm=warm) for _ in range(single_runs)],
+    senders = {"": SENDER, **({"alphanumeric": ALPHANUMERIC_SENDER} if alphanumeric else {})}
+    flows: dict[str, list[Flow]] = {}
+    for label, sender in senders.items():
+        single, many = (f"{kind} {label}".strip() for kind in ("single", "bulk"))
+        flows[single] = [
+            run_flow(single, single_sends, 1, capacity=capacity, warm=warm, sender=sender) for _ in range(single_runs)
+        ]
         # One run: its counts are as deterministic as the single sends' (which the runs above check).
-        "bulk": [run_flow("bulk", 1, bulk, capacity=capacity, warm=warm)],
-    }
+        flows[many] = [run_flow(many, 1, bulk, capacity=capacity, warm=warm, sender=sender)]
+    return flows
 
 
 def run(quick: bool) -> dict[str, Any]:

@@ -19,8 +19,13 @@ from bench.capacity import CapacityMeter
 
 STACK = "sms-gateway-bench"
 SIMULATOR_SECRET = "bench-simulator-secret"
+# The 9bits seed's shortcode: a handset can reply to it, so its messages get a conversation-index entry.
 SENDER = "48974"
+# An alphanumeric sender ID (OTPs, alerts): no reply possible, no conversation-index entry (docs/data-model.md).
+ALPHANUMERIC_SENDER = "BenchBank"
 API_DOMAIN = "abc123.execute-api.us-east-1.amazonaws.com"
+# The webhook function's URL (template.yaml's FunctionUrlConfig): where upstream callbacks arrive.
+CALLBACK_DOMAIN = "xyz789abcdefghijklmnopqrstuvwxyz.lambda-url.us-east-1.on.aws"
 RATE_LIMIT = 10_000
 
 
@@ -76,22 +81,26 @@ def client_webhook() -> Iterator[ThreadingHTTPServer]:
         server.server_close()
 
 
-def http_api_event(method: str, path: str, body: str, headers: dict[str, str]) -> dict[str, Any]:
-    """An API Gateway HTTP API (payload 2.0) event, as the HttpApi hands it to the function."""
+def http_api_event(
+    method: str, path: str, body: str, headers: dict[str, str], *, domain: str = API_DOMAIN, route_key: str = ""
+) -> dict[str, Any]:
+    """An API Gateway HTTP API (payload 2.0) event, as the HttpApi hands it to the function; with a function URL's
+    `domain` and route_key `$default`, the event Lambda builds for a request to that function URL."""
+    route_key = route_key or f"{method} {path}"
     return {
         "version": "2.0",
-        "routeKey": f"{method} {path}",
+        "routeKey": route_key,
         "rawPath": path,
         "rawQueryString": "",
-        "headers": {"host": API_DOMAIN, "content-type": "application/json", **headers},
+        "headers": {"host": domain, "content-type": "application/json", **headers},
         "requestContext": {
             "accountId": "123456789012",
-            "apiId": "abc123",
-            "domainName": API_DOMAIN,
-            "domainPrefix": "abc123",
+            "apiId": domain.split(".", 1)[0],
+            "domainName": domain,
+            "domainPrefix": domain.split(".", 1)[0],
             "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "203.0.113.10"},
             "requestId": "bench",
-            "routeKey": f"{method} {path}",
+            "routeKey": route_key,
             "stage": "$default",
             "timeEpoch": int(time.time() * 1000),
         },
@@ -167,8 +176,10 @@ class MotoGateway:
 
     # ------------------------------------------------------------------ stages
 
-    def send(self, to: list[str], text: str = "Your code is 123456", **extra: Any) -> tuple[dict[str, Any], Invocation]:
-        body = {"from": SENDER, "to": to if len(to) > 1 else to[0], "message": text, **extra}
+    def send(
+        self, to: list[str], text: str = "Your code is 123456", sender: str = SENDER, **extra: Any
+    ) -> tuple[dict[str, Any], Invocation]:
+        body = {"from": sender, "to": to if len(to) > 1 else to[0], "message": text, **extra}
         event = http_api_event(
             "POST", "/ng/v1/sendsms", json.dumps(body), {"authorization": f"Bearer {self.account['token']}"}
         )
@@ -224,7 +235,7 @@ class MotoGateway:
 
     def post_dlrs(self, run: StageRun, *, limit: int | None = None, status: str = "DELIVRD") -> None:
         """The simulator's signed DLR callback for the next `limit` submits not yet reported (all by default),
-        one HTTP request each."""
+        one HTTP request each, to the webhook function's URL (CALLBACK_BASE_URL)."""
         end = len(self.upstream.submits) if limit is None else min(len(self.upstream.submits), self.dlr_cursor + limit)
         for submit in self.upstream.submits[self.dlr_cursor : end]:
             body = json.dumps(
@@ -244,9 +255,9 @@ class MotoGateway:
                 "/callbacks/simulator/dlr",
                 body,
                 {"x-simulator-timestamp": timestamp, "x-simulator-signature": signature.hexdigest()},
+                domain=CALLBACK_DOMAIN,
+                route_key="$default",
             )
-            event["pathParameters"] = {"provider": "simulator"}
-            event["routeKey"] = event["requestContext"]["routeKey"] = "POST /callbacks/{provider}/dlr"
             answer, invocation = self.invoke("webhook", event)
             if answer["statusCode"] != 200:
                 raise RuntimeError(f"DLR refused: {answer}")
@@ -276,6 +287,7 @@ def moto_gateway(*, capacity: bool = False, credits: int = 10_000_000) -> Iterat
             stack_name=STACK,
             simulator_url="http://127.0.0.1:9",
             api_url=f"https://{API_DOMAIN}",
+            callback_url=f"https://{CALLBACK_DOMAIN}/",
             simulator_secret=SIMULATOR_SECRET,
         )
         stack.enter_context(patched_environ(env))
@@ -283,7 +295,7 @@ def moto_gateway(*, capacity: bool = False, credits: int = 10_000_000) -> Iterat
         stack.callback(bootstrap.reset)
         account = create_account(
             name="Bench",
-            senders=[SENDER],
+            senders=[SENDER, ALPHANUMERIC_SENDER],
             credits=credits,
             dlr_url=f"http://127.0.0.1:{webhook.server_address[1]}/dlr",
         )

@@ -220,7 +220,11 @@ class InMemoryStore:
             return self.messages[key]
 
     def last_sent_to(self, account_id: str, msisdn: str) -> SentMessage | None:
-        sent = [m for m in self.messages.values() if (m.account_id, m.msisdn) == (account_id, msisdn)]
+        sent = [
+            m
+            for m in self.messages.values()
+            if (m.account_id, m.msisdn) == (account_id, msisdn) and m.can_be_replied_to
+        ]
         if not sent:
             return None
         last = max(sent, key=lambda m: m.message_id)

@@ -73,13 +73,17 @@ class Gateway:
 
     routes: list[tuple[str, str, str]] = field(default_factory=list)
     handlers: dict[str, Any] = field(default_factory=dict)
+    # Functions with a FunctionUrlConfig in the template: `request(..., function_url=...)` reaches them directly.
+    function_urls: list[str] = field(default_factory=list)
 
     @classmethod
     def start(cls) -> Gateway:
         from sms_gateway_tools.template import function_definitions, function_routes, load_template
 
-        routes = function_routes(function_definitions(load_template()))
-        return cls(routes, {logical_id: load_function(name).handler for logical_id, name in HTTP_FUNCTIONS.items()})
+        definitions = function_definitions(load_template())
+        handlers = {logical_id: load_function(name).handler for logical_id, name in HTTP_FUNCTIONS.items()}
+        with_url = [fn.logical_id for fn in definitions if fn.function_url_auth is not None]
+        return cls(function_routes(definitions), handlers, with_url)
 
     def request(
         self,
@@ -89,11 +93,18 @@ class Gateway:
         query: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         body: Any = None,
+        function_url: str | None = None,
     ) -> Answer:
-        from sms_gateway_tools.localstack.http_bridge import HttpRequest, build_event
+        """Through the HttpApi's routes, or with `function_url` (a function's logical id) through that function's
+        URL: every path reaches it, as a `$default` event without path parameters."""
+        from sms_gateway_tools.localstack.http_bridge import HttpRequest, build_event, function_url_route
         from sms_gateway_tools.template import match_route
 
-        found = match_route(self.routes, method, path)
+        if function_url is not None:
+            assert function_url in self.function_urls, f"{function_url} has no function URL in the template"
+            found = function_url_route(function_url)(method, path)
+        else:
+            found = match_route(self.routes, method, path)
         assert found is not None, f"API Gateway has no route for {method} {path}"
         logical_id, route_key, path_parameters = found
         headers = dict(headers or {})

@@ -124,3 +124,25 @@ class TestConversationIndex:
         # Another account's messages to the same number are not its conversation
         assert store.last_sent_to(str(new_id()), later.msisdn) is None
         assert store.last_sent_to(account_id, "+2348099999999") is None
+
+    def test_a_message_from_an_alphanumeric_sender_has_no_conversation_entry(self, store):
+        # Given a message from a shortcode, then a newer one from an alphanumeric sender ID to the same number
+        account_id = str(new_id())
+        numeric_batch, [numeric] = new_batch(account_id, 1)
+        alpha_batch, [alpha] = new_batch(account_id, 1)
+        store.create_batch(numeric_batch, [numeric.model_copy(update={"session_id": "s-1"})])
+        store.create_batch(
+            alpha_batch.model_copy(update={"sender": "DemoCo"}),
+            [alpha.model_copy(update={"sender": "DemoCo", "session_id": "s-2"})],
+        )
+        # Then the alphanumeric one is stored without the index attribute (no index write), the numeric one with it
+        assert "conversation" not in (raw_message(store, alpha.key) or {})
+        assert "conversation" in (raw_message(store, numeric.key) or {})
+        # And a reply from that number continues the conversation it could answer: the shortcode's
+        found = store.last_sent_to(account_id, alpha.msisdn)
+        assert found is not None and (found.key, found.session_id) == (numeric.key, "s-1")
+        # And a number that only ever got alphanumeric messages has no conversation to continue
+        only_alpha_batch, [only_alpha] = new_batch(account_id, 1)
+        only_alpha = only_alpha.model_copy(update={"sender": "DemoCo", "msisdn": "+2348031234567"})
+        store.create_batch(only_alpha_batch.model_copy(update={"sender": "DemoCo"}), [only_alpha])
+        assert store.last_sent_to(account_id, "+2348031234567") is None

@@ -96,11 +96,13 @@ def test_start_and_stop_leave_nothing_behind(tmp_path: Path) -> None:
 
     # When a stack is started on free ports and stopped again
     with LocalStack(port=0, functions={"ApiFunction": Fakes().api}, state_dir=tmp_path) as stack:
-        urls = [stack.api_url, stack.simulator_url, stack.moto_endpoint]
+        urls = [stack.api_url, *stack.function_urls.values(), stack.simulator_url, stack.moto_endpoint]
+        assert list(stack.function_urls) == ["WebhookFunction"]
         assert httpx.get(f"{stack.api_url}/login", timeout=5).status_code == 201
         state = read_stack_file(tmp_path)
         assert state is not None
         assert state["api_url"] == stack.api_url
+        assert state["callback_url"] == stack.function_urls["WebhookFunction"]
         assert state["env"]["TABLE_NAME"] == os.environ["TABLE_NAME"]
 
     # Then its ports are closed, its threads are gone, the state file is removed and the environment restored
@@ -140,7 +142,9 @@ def test_environment_points_the_functions_at_moto(stack: LocalStack) -> None:
     env = stack.env
     assert env["AWS_ENDPOINT_URL"] == stack.moto_endpoint
     assert env["STAGE"] == "local"
-    assert env["CALLBACK_BASE_URL"] == stack.api_url
+    # And upstream callbacks go to the webhook function's URL (its own port, as on AWS its own host), not the API
+    assert env["CALLBACK_BASE_URL"] == stack.function_urls["WebhookFunction"] == stack.callback_url
+    assert stack.callback_url != stack.api_url
     assert env["DISPATCH_QUEUE_URL"].endswith(".fifo")
     assert env["SCHEDULED_DISPATCH_FUNCTION_ARN"] == stack.function_arn("ScheduledDispatchFunction")
     assert env["SCHEDULE_DLQ_ARN"].startswith("arn:aws:sqs:us-east-1:")
@@ -221,6 +225,32 @@ def test_path_parameters_and_binary_bodies(stack: LocalStack, fakes: Fakes) -> N
     assert event["pathParameters"] == {"provider": "simulator"}
     assert event["isBase64Encoded"] is True
     assert base64.b64decode(event["body"]) == b"id=42&stat=DELIVRD"
+
+
+def test_the_webhook_function_url_takes_any_path_as_a_default_route_event(stack: LocalStack, fakes: Fakes) -> None:
+    # When an upstream posts a form to the webhook function's URL
+    response = httpx.post(
+        f"{stack.callback_url}/callbacks/simulator/dlr?ref=a.b.1",
+        data={"id": "42", "stat": "DELIVRD"},
+        timeout=10,
+    )
+
+    # Then the function gets a payload v2.0 event as Lambda builds for a function URL: route $default, no path
+    # parameters (the resolver routes by rawPath), the URL's own host, the form base64-encoded
+    event = fakes.webhook_events.get(timeout=5)
+    assert response.status_code == 200
+    assert response.json() == {"ok": True}
+    assert event["routeKey"] == event["requestContext"]["routeKey"] == "$default"
+    assert "pathParameters" not in event
+    assert event["rawPath"] == "/callbacks/simulator/dlr"
+    assert event["rawQueryString"] == "ref=a.b.1"
+    assert event["requestContext"]["domainName"] == stack.callback_url.removeprefix("http://")
+    assert base64.b64decode(event["body"]) == b"id=42&stat=DELIVRD"
+
+    # And no other function is reachable through it
+    httpx.get(f"{stack.callback_url}/ng/v1/balance", timeout=10)
+    assert fakes.webhook_events.get(timeout=5)["rawPath"] == "/ng/v1/balance"
+    assert fakes.api_events.empty()
 
 
 def test_greedy_path_and_plain_results(stack: LocalStack, fakes: Fakes) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
+from io import StringIO
 from typing import Any
 
 import boto3
@@ -60,6 +63,47 @@ def simulator_dlr(aws: dict[str, str], client_ref: str, status: str, done_at: st
     event["headers"]["x-simulator-timestamp"] = timestamp
     event["headers"]["x-simulator-signature"] = signature(secret, timestamp, body)
     return event
+
+
+@contextmanager
+def log_lines_at(level: str) -> Iterator[list[dict[str, Any]]]:
+    """The gateway logger's JSON lines written inside the block at `level` (prod logs at INFO), once it ends."""
+    from sms_gateway.observability import logger
+
+    handler, output = logger.registered_handler, StringIO()
+    previous_stream, previous_level = handler.stream, logger.log_level
+    handler.setStream(output)
+    logger.setLevel(level)
+    lines: list[dict[str, Any]] = []
+    try:
+        yield lines
+    finally:
+        handler.setStream(previous_stream)
+        logger.setLevel(previous_level)
+        lines.extend(json.loads(line) for line in output.getvalue().splitlines() if line.startswith("{"))
+
+
+def test_a_routine_dispatch_record_logs_nothing_at_info_and_one_with_a_failure_its_counts(aws, account, api, upstream):
+    sqs = boto3.client("sqs")
+    # Given a record whose message the upstream takes
+    api(send_event(account["token"]))
+    [record] = queued_records(aws)
+    with log_lines_at("INFO") as lines:
+        assert dispatch([record]) == {"batchItemFailures": []}
+    sqs.delete_message(QueueUrl=aws["DISPATCH_QUEUE_URL"], ReceiptHandle=record["ReceiptHandle"])
+    # Then nothing is logged at INFO: the metrics count it
+    assert [line["message"] for line in lines] == []
+
+    # Given a record whose message the upstream refuses for good
+    upstream.status = 400
+    api(send_event(account["token"]))
+    [record] = queued_records(aws)
+    with log_lines_at("INFO") as lines:
+        dispatch([record])
+    # Then its line is at INFO with the counts an operator looks for
+    [line] = [line for line in lines if line["message"] == "dispatch record processed"]
+    assert (line["level"], line["submitted"], line["failed"]) == ("INFO", 0, 1)
+    assert line["reference_id"] == json.loads(record["Body"])["reference_id"]
 
 
 def test_a_send_counts_its_accepted_messages_not_its_requests(aws, account, api, capsys):

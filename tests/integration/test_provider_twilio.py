@@ -424,10 +424,18 @@ def test_an_incoming_message_without_from_is_rejected() -> None:
 # --- end to end: dispatcher and webhook functions over moto ---------------------------------------------------
 
 API_DOMAIN = "abc123.execute-api.us-east-1.amazonaws.com"
+# The webhook function's URL (template.yaml: CALLBACK_BASE_URL); its FunctionUrl attribute ends with "/".
+FUNCTION_URL_DOMAIN = "q2w3e4r5t6y7u8i9o0p1a2s3d4f5g6h7.lambda-url.us-east-1.on.aws"
+
+
+@pytest.fixture(params=[FUNCTION_URL_DOMAIN, API_DOMAIN], ids=["function-url", "http-api"])
+def callback_domain(request: pytest.FixtureRequest) -> str:
+    """Where callbacks arrive: the webhook's function URL, or the HttpApi's routes kept for older messages."""
+    return str(request.param)
 
 
 @pytest.fixture
-def twilio_upstream(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> FakeTwilio:
+def twilio_upstream(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch, callback_domain: str) -> FakeTwilio:
     import boto3
 
     from sms_gateway import bootstrap
@@ -438,7 +446,7 @@ def twilio_upstream(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Fak
         Value=json.dumps({"type": "twilio", "account_sid": ACCOUNT_SID, "auth_token": AUTH_TOKEN}),
     )
     monkeypatch.setenv("DEFAULT_UPSTREAM", "twilio")
-    monkeypatch.setenv("CALLBACK_BASE_URL", f"https://{API_DOMAIN}")
+    monkeypatch.setenv("CALLBACK_BASE_URL", f"https://{callback_domain}/")
     bootstrap.reset()
     fake = FakeTwilio()
     client = httpx.AsyncClient(transport=httpx.MockTransport(fake))
@@ -451,23 +459,33 @@ def twilio_upstream(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Fak
     return fake
 
 
-def webhook_event(path: str, query: str, body: str, signature: str) -> dict[str, Any]:
+def webhook_event(path: str, query: str, body: str, signature: str, domain: str = API_DOMAIN) -> dict[str, Any]:
+    """Twilio's callback as the webhook function gets it: through the HttpApi's route, or (`domain` a function
+    URL's) through the function URL, whose events have route $default and no path parameters."""
     event = load_event("webhook-dlr-simulator.json")
     event["rawPath"] = path
     event["rawQueryString"] = query
     event["queryStringParameters"] = {key: values[-1] for key, values in parse_qs(query).items()}
     event["requestContext"]["http"]["path"] = path
-    event["pathParameters"] = {"provider": "twilio"}
+    event["requestContext"]["domainName"] = domain
+    event["requestContext"]["domainPrefix"] = event["requestContext"]["apiId"] = domain.split(".", 1)[0]
+    if domain.endswith(".on.aws"):
+        event["routeKey"] = event["requestContext"]["routeKey"] = "$default"
+        del event["pathParameters"]
+    else:
+        event["pathParameters"] = {"provider": "twilio"}
     event["headers"] = {
         "content-type": "application/x-www-form-urlencoded",
-        "host": API_DOMAIN,
+        "host": domain,
         "x-twilio-signature": signature,
     }
     event["body"] = body
     return event
 
 
-def test_end_to_end_a_twilio_status_callback_finds_its_message_by_our_reference(aws, twilio_upstream) -> None:
+def test_end_to_end_a_twilio_status_callback_finds_its_message_by_our_reference(
+    aws, twilio_upstream, callback_domain
+) -> None:
     from sms_gateway_tools.admin import create_account
 
     account = create_account(name="Cinema Club", senders=["48974"], credits=100)
@@ -498,18 +516,20 @@ def test_end_to_end_a_twilio_status_callback_finds_its_message_by_our_reference(
     }
     assert load_function("dispatcher").handler(sqs_event, FakeContext()) == {"batchItemFailures": []}
     callback = twilio_upstream.form()["StatusCallback"][0]
-    assert callback.startswith(f"https://{API_DOMAIN}/callbacks/twilio/dlr?ref=")
+    assert callback.startswith(f"https://{callback_domain}/callbacks/twilio/dlr?ref=")
     query = callback.partition("?")[2]
     webhook = load_function("webhook")
 
     # When a forged status callback arrives, it is refused and changes nothing
     body = status_callback_body("delivered")
-    forged = webhook_event("/callbacks/twilio/dlr", query, body, "bm90IGEgc2lnbmF0dXJl")
+    forged = webhook_event("/callbacks/twilio/dlr", query, body, "bm90IGEgc2lnbmF0dXJl", callback_domain)
     assert webhook.handler(forged, FakeContext())["statusCode"] == 401
 
     # When Twilio posts the delivered callback to the URL we gave it, signed over that full URL
     signature = twilio_signature(AUTH_TOKEN, callback, parse_qs(body))
-    answer = webhook.handler(webhook_event("/callbacks/twilio/dlr", query, body, signature), FakeContext())
+    answer = webhook.handler(
+        webhook_event("/callbacks/twilio/dlr", query, body, signature, callback_domain), FakeContext()
+    )
 
     # Then it is applied to the message, which reads delivered
     assert answer["statusCode"] == 200, answer

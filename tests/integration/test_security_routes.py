@@ -409,8 +409,40 @@ def _under(path: str, prefix: str) -> bool:
 
 
 CALLBACK_BODY = '{"message_id": "1", "status": "DELIVRD", "from": "2348020000000", "to": "48974", "text": "hi"}'
+# The webhook function's public URL (template.yaml FunctionUrlConfig, AuthType NONE): upstream callbacks arrive
+# there; the HttpApi keeps the same routes for callbacks set up before.
+CALLBACK_ENTRIES = {"http-api": None, "function-url": "WebhookFunction"}
 
 
+def test_only_the_webhook_function_has_a_public_url(gateway):
+    # A function URL bypasses the HttpApi's routing: every path reaches the function, so only the function whose
+    # every route verifies its caller's signature may have one
+    assert gateway.function_urls == ["WebhookFunction"]
+    assert {function for function, _, _ in resolver_routes() if function in gateway.function_urls} == {
+        "WebhookFunction"
+    }
+    assert all(
+        path.startswith("/callbacks/") for function, _, path in resolver_routes() if function == "WebhookFunction"
+    )
+
+
+@pytest.mark.parametrize(
+    ("function", "method", "path"),
+    [route for route in resolver_routes() if not route[2].startswith("/callbacks/")],
+    ids=str,
+)
+def test_no_client_route_is_reachable_through_the_webhook_function_url(aws, gateway, victim, function, method, path):
+    # When a client route's path, with the owner's valid credentials, is sent to the webhook's function URL
+    before = stored_state(aws)
+    answer = gateway.request(
+        method, concrete_path(path, victim), headers=victim.bearer, body=_owner(victim), function_url="WebhookFunction"
+    )
+    # Then it is not found and nothing changes
+    assert answer.status == 404, answer
+    assert stored_state(aws) == before
+
+
+@pytest.mark.parametrize("entry", CALLBACK_ENTRIES)
 @pytest.mark.parametrize(
     ("function", "method", "path"),
     [route for route in resolver_routes() if route[2].startswith("/callbacks/")],
@@ -418,7 +450,7 @@ CALLBACK_BODY = '{"message_id": "1", "status": "DELIVRD", "from": "2348020000000
 )
 @pytest.mark.parametrize("provider", ["simulator", "kannel", "jasmin", "twilio", "africastalking", "ninebits", "nope"])
 def test_every_upstream_callback_refuses_missing_and_wrong_signatures_and_changes_nothing(
-    aws, gateway, victim, function, method, path, provider
+    aws, gateway, victim, function, method, path, provider, entry
 ):
     before = stored_state(aws)
     accepted = []
@@ -429,6 +461,7 @@ def test_every_upstream_callback_refuses_missing_and_wrong_signatures_and_change
             query=attempt.query,
             headers={"content-type": "application/json", **attempt.headers},
             body=CALLBACK_BODY if method == "POST" else None,
+            function_url=CALLBACK_ENTRIES[entry],
         )
         if answer.status not in (401, 403):
             accepted.append((attempt.label, answer.status, answer.text[:200]))

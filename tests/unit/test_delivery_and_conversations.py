@@ -163,6 +163,17 @@ class TestConversations:
         latest = max(store.messages.values(), key=lambda m: m.message_id)
         assert stored.in_reply_to == latest.message_id
 
+    def test_a_reply_continues_the_last_message_it_could_answer_not_a_later_alphanumeric_one(self, store):
+        # Given a send from the shortcode in session "s-1", then one from the alphanumeric sender ID "CINEMA"
+        store.accounts["7"] = store.accounts["7"].model_copy(update={"senders": ("48974", "CINEMA")})
+        send(store, command(1, session_id="s-1", ref_id="r-1"))
+        alphanumeric = command(1, session_id="s-2", ref_id="r-2").model_copy(update={"sender": "CINEMA"})
+        send(store, alphanumeric)
+        # When the number replies (to the shortcode: a handset cannot answer "CINEMA")
+        payload = self.receive(store, self.reply())
+        # Then the reply is threaded onto the shortcode's message
+        assert (payload["session_id"], payload["ref_id"]) == ("s-1", "r-1")
+
     def test_a_number_never_sent_to_starts_a_new_conversation(self, store):
         send(store, command(1, session_id="s-1", ref_id="r-1"))
         payload = self.receive(store, self.reply(sender="2348039999999"))

@@ -200,6 +200,33 @@ def test_http_routes_match_the_design(functions: dict[str, FunctionDefinition]) 
         assert functions[name].routes == []
 
 
+def test_traces_start_only_where_a_client_request_enters(template: dict[str, Any]) -> None:
+    # Lambda samples an Active function at a fixed rate (1/s and 5%) whatever X-Ray's sampling rules say: the
+    # per-message functions (one webhook invocation per DLR) must not start traces of their own
+    modes = {
+        name: (props.get("Tracing") or template["Globals"]["Function"]["Tracing"])
+        for name, props in resources_of_type(template, "AWS::Serverless::Function")
+    }
+    assert modes == {name: "Active" if name == "ApiFunction" else "PassThrough" for name in FUNCTIONS}
+
+
+def test_upstream_callbacks_reach_the_webhook_through_its_function_url(
+    functions: dict[str, FunctionDefinition],
+) -> None:
+    template = load_template()
+    # Then only the webhook function has a URL, public because each callback proves itself by its signature
+    assert {name: fn.function_url_auth for name, fn in functions.items() if fn.function_url_auth} == {
+        "WebhookFunction": "NONE"
+    }
+    # And the dispatcher gives upstreams that URL, not the HttpApi's (no per-request charge)
+    assert functions["DispatcherFunction"].function_url_environment == {"CALLBACK_BASE_URL": "WebhookFunction"}
+    # And operators find the URL to give providers in the stack's outputs
+    url = template["Outputs"]["CallbackUrl"]["Value"]["Fn::Sub"]
+    assert url[0] == "https://${Host}"
+    function_url = {"Fn::GetAtt": ["WebhookFunctionUrl", "FunctionUrl"]}
+    assert url[1]["Host"] == {"Fn::Select": [2, {"Fn::Split": ["/", function_url]}]}
+
+
 def test_queue_consumers_report_partial_batch_failures(functions: dict[str, FunctionDefinition]) -> None:
     # Given the SQS event sources
     sources = {source.queue: (name, source) for name, fn in functions.items() for source in fn.sqs_events}

@@ -421,6 +421,12 @@ class FunctionDefinition:
     sqs_events: list[SqsEventSource] = field(default_factory=list)
     # Environment variables whose value is a plain literal in the template (e.g. POWERTOOLS_SERVICE_NAME).
     literal_environment: dict[str, str] = field(default_factory=dict)
+    # FunctionUrlConfig's AuthType (NONE or AWS_IAM) when the function has a URL: every path and method
+    # reaches it, as payload v2.0 events with routeKey $default.
+    function_url_auth: str | None = None
+    # Environment variables whose value is another function's URL (`!GetAtt <Function>Url.FunctionUrl`):
+    # variable -> that function's logical id.
+    function_url_environment: dict[str, str] = field(default_factory=dict)
 
     @property
     def module(self) -> str:
@@ -479,9 +485,26 @@ def function_definitions(template: Mapping[str, Any]) -> list[FunctionDefinition
                 literal_environment={
                     name: _string(value) for name, value in env.items() if isinstance(value, str | int | bool)
                 },
+                function_url_auth=str((merged.get("FunctionUrlConfig") or {}).get("AuthType", "AWS_IAM"))
+                if "FunctionUrlConfig" in merged
+                else None,
+                function_url_environment={
+                    name: target for name, value in env.items() if (target := _function_url_target(value))
+                },
             )
         )
     return definitions
+
+
+def _function_url_target(value: Any) -> str | None:
+    """The function whose URL `value` names (`!GetAtt <Function>Url.FunctionUrl`: SAM's generated
+    AWS::Lambda::Url is the function's logical id plus `Url`), else None."""
+    target = value.get("Fn::GetAtt") if isinstance(value, dict) else None
+    if isinstance(target, str):
+        target = target.split(".", 1)
+    if isinstance(target, list) and len(target) == 2 and target[1] == "FunctionUrl" and target[0].endswith("Url"):
+        return str(target[0])[: -len("Url")]
+    return None
 
 
 def function_routes(definitions: list[FunctionDefinition]) -> list[tuple[str, str, str]]:

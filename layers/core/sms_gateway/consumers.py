@@ -166,7 +166,11 @@ async def _dispatch_record(record: SQSRecord, attempt: int, in_flight: asyncio.S
     metrics.add_metric(name="MessagesFailed", unit="Count", value=outcome.failed)
     count_final_statuses(outcome.changes)
     count_upstream_failures(outcome.upstream_failures)
-    logger.info(
+    # A record whose every message was submitted is told by the metrics above: its line is DEBUG (about 450 bytes
+    # of CloudWatch Logs per record, one per message for single sends; docs/benchmarks-floor.md). One with
+    # failures, expiries, skips or retries is what an operator looks for: INFO.
+    routine = not (outcome.failed or outcome.expired or outcome.skipped or outcome.retry)
+    (logger.debug if routine else logger.info)(
         "dispatch record processed",
         extra={
             "reference_id": command.reference_id,

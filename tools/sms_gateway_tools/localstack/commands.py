@@ -64,6 +64,7 @@ def banner(stack: LocalStack, account: dict[str, Any] | None) -> str:
         "SMS gateway: local stack is running (Ctrl-C to stop)",
         f"  API            {stack.api_url}",
         f"  portal         {stack.api_url}/portal   (sign in with an account's username and password)",
+        f"  callbacks      {stack.callback_url}   (the webhook function's URL)",
         f"  simulator      {stack.simulator_url}   (GET /stats, GET /messages)",
         f"  moto           {stack.moto_endpoint}",
         f"  state file     {stack.state_file}",

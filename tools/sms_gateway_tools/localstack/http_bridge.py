@@ -165,8 +165,19 @@ def _header_value(value: Any) -> str:
     return str(value)
 
 
+def function_url_route(logical_id: str) -> RouteMatcher:
+    """A Lambda function URL's routing: every method and path reaches the one function, as a payload v2.0 event
+    with routeKey `$default` and no path parameters (the function's resolver routes by its raw path)."""
+
+    def match(method: str, path: str) -> tuple[str, str, Mapping[str, str]]:
+        return logical_id, "$default", {}
+
+    return match
+
+
 class HttpBridge:
-    """The HTTP API on 127.0.0.1:`port`: routes with `match`, invokes `functions[logical_id]`."""
+    """The HTTP API (or a function URL) on 127.0.0.1:`port`: routes with `match`, invokes
+    `functions[logical_id]`."""
 
     def __init__(
         self,

@@ -112,11 +112,13 @@ def function_environment(
     api_url: str,
     names: Mapping[str, str],
     *,
+    callback_url: str | None = None,
     log_level: str = "WARNING",
     template: Mapping[str, Any] | None = None,
     notify_retry_delays: str = LOCAL_NOTIFY_RETRY_DELAYS,
 ) -> dict[str, str | None]:
-    """The functions' environment as template.yaml sets it, with local values (None = unset)."""
+    """The functions' environment as template.yaml sets it, with local values (None = unset). `callback_url`:
+    where upstream callbacks reach the webhook function (its function URL; the API's URL when not given)."""
     scheduled = names.get("ScheduledDispatchFunction", f"{stack_name}-ScheduledDispatchFunction")
     computed: dict[str, str | None] = {
         "STAGE": STAGE,
@@ -131,7 +133,7 @@ def function_environment(
         "SCHEDULED_DISPATCH_FUNCTION_ARN": function_arn(scheduled),
         "SCHEDULE_DLQ_ARN": resources.queue_arns.get("ScheduleDeadLetterQueue", ""),
         "UPSTREAM_PARAMETER_PREFIX": UPSTREAM_PARAMETER_PREFIX,
-        "CALLBACK_BASE_URL": api_url,
+        "CALLBACK_BASE_URL": callback_url or api_url,
         "DEFAULT_UPSTREAM": UPSTREAM_NAME,
         "ALLOW_HTTP_WEBHOOKS": "true",
         "POWERTOOLS_SERVICE_NAME": "sms-gateway",
@@ -161,6 +163,7 @@ def create_resources(
     stack_name: str,
     simulator_url: str,
     api_url: str,
+    callback_url: str | None = None,
     simulator_secret: str | None = None,
     template: Mapping[str, Any] | None = None,
     endpoint: str | None = None,
@@ -173,5 +176,7 @@ def create_resources(
     resources = create_stack_resources(clients, template, stack_name)
     put_simulator_parameter(clients["ssm"], simulator_url, simulator_secret or secrets.token_hex(32))
     names = function_names(template, stack_name)
-    env = function_environment(stack_name, resources, api_url, names, log_level=log_level, template=template)
+    env = function_environment(
+        stack_name, resources, api_url, names, callback_url=callback_url, log_level=log_level, template=template
+    )
     return {name: value for name, value in env.items() if value is not None}

@@ -15,7 +15,7 @@ from typing import Any
 
 from sms_gateway_tools import template as tpl
 from sms_gateway_tools.localstack.console import DivertedStdout
-from sms_gateway_tools.localstack.http_bridge import HttpBridge
+from sms_gateway_tools.localstack.http_bridge import HttpBridge, function_url_route
 from sms_gateway_tools.localstack.lambdas import REGION, Handler, LocalFunction, resolve_handlers
 from sms_gateway_tools.localstack.moto_server import EmbeddedMoto
 from sms_gateway_tools.localstack.resources import (
@@ -116,6 +116,8 @@ class LocalStack:
         self.resources: Resources | None = None
         self.functions: dict[str, LocalFunction] = {}
         self.bridge: HttpBridge | None = None
+        # One server per function with a FunctionUrlConfig (its own host:port, as each URL has its own host).
+        self.url_bridges: dict[str, HttpBridge] = {}
         self.pollers: list[SqsPoller] = []
         self.scheduler: SchedulerLoop | None = None
         self._env: dict[str, str] = {}
@@ -129,6 +131,16 @@ class LocalStack:
     @property
     def api_url(self) -> str:
         return self._require(self.bridge, "bridge").url
+
+    @property
+    def function_urls(self) -> dict[str, str]:
+        """Function logical id -> its local function URL (no trailing slash), for each FunctionUrlConfig."""
+        return {logical_id: bridge.url for logical_id, bridge in self.url_bridges.items()}
+
+    @property
+    def callback_url(self) -> str:
+        """Where upstream callbacks go: CALLBACK_BASE_URL as the functions got it."""
+        return self._env.get("CALLBACK_BASE_URL") or self.api_url
 
     @property
     def simulator_url(self) -> str:
@@ -194,12 +206,21 @@ class LocalStack:
         self.bridge = HttpBridge(
             lambda method, path: tpl.match_route(routes, method, path), self.functions, port=self.port
         )
+        for fn in definitions.values():
+            if fn.function_url_auth is not None:
+                self.url_bridges[fn.logical_id] = HttpBridge(function_url_route(fn.logical_id), self.functions, port=0)
+        # CALLBACK_BASE_URL names the webhook function's URL in the template (else the API's URL, as before).
+        callback_function = next(
+            (f for fn in definitions.values() for f in fn.function_url_environment.values() if f in self.url_bridges),
+            None,
+        )
+        callback_url = self.url_bridges[callback_function].url if callback_function else self.api_url
 
         secret = secrets.token_hex(32)
         self.simulator = UpstreamSimulator(
             secret,
             port=self.simulator_port,
-            inbound_url=f"{self.api_url}/callbacks/{UPSTREAM_NAME}/inbound",
+            inbound_url=f"{callback_url}/callbacks/{UPSTREAM_NAME}/inbound",
             dlr_delay=self.dlr_delay,
             failure_rate=self.failure_rate,
             seed=self.seed,
@@ -213,6 +234,7 @@ class LocalStack:
                 self.resources,
                 self.api_url,
                 names,
+                callback_url=callback_url,
                 log_level=self.log_level,
                 template=template,
                 notify_retry_delays=self.notify_retry_delays,
@@ -246,6 +268,8 @@ class LocalStack:
             )
 
         self.bridge.start()
+        for bridge in self.url_bridges.values():
+            bridge.start()
         sqs = self.client("sqs")
         for logical_id, function in self.functions.items():
             for source in definitions[logical_id].sqs_events:
@@ -277,7 +301,13 @@ class LocalStack:
         )
         self.scheduler.start()
         self._write_state_file()
-        logger.info("local stack %s: API %s, simulator %s", self.stack_name, self.api_url, self.simulator.url)
+        logger.info(
+            "local stack %s: API %s, callbacks %s, simulator %s",
+            self.stack_name,
+            self.api_url,
+            self.callback_url,
+            self.simulator.url,
+        )
 
     # -- stop ------------------------------------------------------------------------------------
 
@@ -294,6 +324,7 @@ class LocalStack:
         steps.extend((f"poller {p.source.queue_logical_id}", p.stop) for p in self.pollers)
         if self.bridge is not None:
             steps.append(("http bridge", self.bridge.stop))
+        steps.extend((f"function URL of {logical_id}", bridge.stop) for logical_id, bridge in self.url_bridges.items())
         if self.simulator is not None:
             steps.append(("simulator", self.simulator.stop))
         steps.append(("state file", self._remove_state_file))
@@ -309,6 +340,7 @@ class LocalStack:
         self.scheduler = None
         self.pollers = []
         self.functions.clear()
+        self.url_bridges = {}
         self._stdout = None
         for client in self._clients.values():
             client.close()
@@ -375,6 +407,8 @@ class LocalStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         state = {
             "api_url": self.api_url,
+            "function_urls": self.function_urls,
+            "callback_url": self.callback_url,
             "simulator_url": self.simulator_url,
             "moto_endpoint": self.moto_endpoint,
             "stack_name": self.stack_name,

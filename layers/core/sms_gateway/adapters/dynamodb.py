@@ -329,10 +329,13 @@ class DynamoStore(
             "pk": messages_pk(message.account_id, message.reference_id),
             "sk": message_sk(message.message_id),
             "expires_at": expires_at,
-            # The conversation index finds the last message to a number when a reply comes in.
-            "conversation": conversation_key(message.account_id, message.msisdn),
             **message.model_dump(mode="json"),
         }
+        if message.can_be_replied_to:
+            # The conversation index finds the last message to a number when a reply comes in. A message from an
+            # alphanumeric sender cannot be replied to, so it gets no entry: the index is sparse, and each entry
+            # is a write unit per message (docs/data-model.md).
+            item["conversation"] = conversation_key(message.account_id, message.msisdn)
         if message.parts == 1:
             # Only multi-part messages track their parts (record_part_status needs the map to exist).
             item.pop("part_status", None)

@@ -159,6 +159,17 @@ class Message(Record):
     def key(self) -> MessageKey:
         return MessageKey(account_id=self.account_id, reference_id=self.reference_id, message_id=self.message_id)
 
+    @property
+    def can_be_replied_to(self) -> bool:
+        """A handset can answer a number (long number, shortcode) but not an alphanumeric sender ID: only messages
+        from a number can start a conversation a reply continues."""
+        return sender_accepts_replies(self.sender)
+
+
+def sender_accepts_replies(sender: str) -> bool:
+    """False for an alphanumeric sender ID (any letter): a handset has no number to reply to."""
+    return not any(character.isalpha() for character in sender)
+
 
 class SentMessage(Record):
     """The part of a sent message a reply needs to continue its conversation."""
