@@ -4,6 +4,7 @@ under its in-flight limit, and a thread pool as large as that limit for the stor
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 
 import httpx
@@ -76,3 +77,24 @@ def test_store_calls_run_as_concurrently_as_the_dispatch_concurrency(monkeypatch
         assert sorted(http.run(forty_blocking_calls())) == list(range(40))
     finally:
         get_settings.cache_clear()
+
+
+def test_the_upstream_pools_load_the_ca_bundle_once_and_verify_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Loading the CA bundle costs ~40 ms of CPU: once per pool made the dispatcher's first invocation a second slower.
+    made: list[ssl.SSLContext] = []
+    create = httpx.create_ssl_context
+
+    def counting(*args: object, **kwargs: object) -> ssl.SSLContext:
+        context = create(*args, **kwargs)  # type: ignore[arg-type]
+        made.append(context)
+        return context
+
+    monkeypatch.setattr(httpx, "create_ssl_context", counting)
+    transport = http.ShardedTransport(64)
+    pools = transport._pools
+    assert len(pools) == 32
+    assert len(made) == 1
+    # Every pool verifies certificates with that one context (hostname checks on).
+    contexts = {id(pool._pool._ssl_context) for pool in pools}  # type: ignore[attr-defined]
+    assert contexts == {id(made[0])}
+    assert made[0].verify_mode == ssl.CERT_REQUIRED and made[0].check_hostname
