@@ -342,8 +342,8 @@ def measure(quick: bool, env: dict[str, str]) -> dict[str, Any]:
             "them) on sys.path, including everything built at module level; no invocation. No function creates an AWS"
             " client at import (sms_gateway.adapters.aws makes them on first use), so with_clients_ms adds creating "
             "the clients its IAM policies allow (`clients`) through that factory: what the function pays before its "
-            "first AWS call, excluding the first invocation itself. The ratio and the target are judged on "
-            "with_clients_ms against the floor, which imports boto3 and creates the same clients.",
+            "first AWS call, excluding the first invocation itself. ratio is with_clients_ms against the floor, which "
+            "imports boto3 and creates the same clients; the target is judged on ratio and first_call_ratio both.",
             "first_call_ms: the same fresh process loads the function and then handles one typical event, against"
             " moto (a server in the benchmark's process, so its CPU is not counted) and the upstream simulator: api a"
             " 9bits send to one number with delivery reports; dispatcher the SQS record that send queued; webhook"
