@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench import REPO, median, offline_aws_environment
@@ -161,12 +166,28 @@ def lambda_importable() -> list[str]:
     return sorted(modules | {"sms_gateway"})
 
 
-def subprocess_environment() -> dict[str, str]:
+@contextmanager
+def layer_package() -> Iterator[Path]:
+    """A directory holding the gateway's package as the layer ships it: the sources and their bytecode, compiled
+    as layers/core/Makefile compiles them (so no run compiles them, as no Lambda cold start does)."""
+    with tempfile.TemporaryDirectory(prefix="bench-layer-") as directory:
+        shutil.copytree(
+            LAYER / "sms_gateway", Path(directory, "sms_gateway"), ignore=shutil.ignore_patterns("__pycache__")
+        )
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash", directory],
+            check=True,
+            capture_output=True,
+        )
+        yield Path(directory)
+
+
+def subprocess_environment(layer: Path = LAYER) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "POWERTOOLS_"))}
     env.update(function_environment())
     env.update(offline_aws_environment())
     # Lambda puts the layer's python/ directory on sys.path; the dependencies come from this virtualenv.
-    env["PYTHONPATH"] = str(LAYER)
+    env["PYTHONPATH"] = str(layer)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 
@@ -218,11 +239,25 @@ def extra_imports(function: dict[str, float], floor: dict[str, float], top: int 
 
 
 def run(quick: bool) -> dict[str, Any]:
+    with layer_package() as layer:
+        return measure(quick, subprocess_environment(layer))
+
+
+def measure(quick: bool, env: dict[str, str]) -> dict[str, Any]:
+    from bench.first_invocation import Measured, first_invocations
+
     runs = 1 if quick else 5
-    env = subprocess_environment()
     importable = lambda_importable()
     rows: list[dict[str, Any]] = []
     found = functions()
+    # Init + first invocation: one round of typical events through every function (each in a fresh process,
+    # paired with its floor) per run; the rounds come first, so the import-only figures below do not share a
+    # moment of the machine's load with them any more than the two sides of one ratio do.
+    invoked: dict[str, list[Measured]] = {fn.name: [] for fn in found}
+    with first_invocations(run_script, env) as harness:
+        for _ in range(runs):
+            for name, measured in harness.round({fn.name: fn.path for fn in found}).items():
+                invoked[name].append(measured)
     for fn in found:
         args = {"path": fn.path, "services": list(fn.services), "importable": importable}
         function_runs: list[dict[str, Any]] = []
@@ -242,6 +277,9 @@ def run(quick: bool) -> dict[str, Any]:
         wall_ratio = median([r["ready_wall_ms"] for r in function_runs]) / median(
             [r["ready_wall_ms"] for r in floor_runs]
         )
+        first = invoked[fn.name]
+        first_ms = median([m.function_ms for m in first])
+        first_floor_ms = median([m.floor_ms for m in first])
         packages, modules = (
             ("(full run only)", "")
             if quick
@@ -259,7 +297,14 @@ def run(quick: bool) -> dict[str, Any]:
                 "libraries_only_ms": None if libraries_ms is None else round(libraries_ms, 1),
                 "ratio": round(ready_ms / floor_ms, 2),
                 "wall_ratio": round(wall_ratio, 2),
-                "met": ready_ms / floor_ms <= TARGET_RATIO,
+                "first_call_ms": round(first_ms, 1),
+                "floor_requests_ms": round(first_floor_ms, 1),
+                "first_call_ratio": round(first_ms / first_floor_ms, 2),
+                "first_call_wall_ratio": round(
+                    median([m.function_wall_ms for m in first]) / median([m.floor_wall_ms for m in first]), 2
+                ),
+                "aws_requests": len(first[0].requests),
+                "met": ready_ms / floor_ms <= TARGET_RATIO and first_ms / first_floor_ms <= TARGET_RATIO,
                 "top_extra_packages_ms": packages,
                 "top_extra_modules_ms": modules,
             }
@@ -281,9 +326,10 @@ def run(quick: bool) -> dict[str, Any]:
     )
     return {
         "name": "cold_start",
-        "title": "Cold start: import + init against a boto3 floor",
+        "title": "Cold start: import + init (and + first invocation) against a boto3 floor",
         "command": ".venv/bin/python -m bench --only cold_start",
-        "target": f"every function within {TARGET_RATIO}x of the floor (boto3 import + the same clients)",
+        "target": f"every function within {TARGET_RATIO}x of the floor (boto3 import + the same clients), at init"
+        " (ratio) and at init + first invocation (first_call_ratio)",
         "met": all(row["met"] for row in rows),
         "rows": rows,
         "notes": [
@@ -291,12 +337,24 @@ def run(quick: bool) -> dict[str, Any]:
             " the process (interpreter start-up, the same on both sides, is excluded). The *_ms figures are CPU"
             " time (time.process_time): importing is CPU-bound, and on this shared 2-core machine wall time mostly"
             " measures the other jobs; wall_ratio is the same ratio in wall time, for comparison.",
-            "import_init_ms: loading functions/<name>/app.py by file path (as Lambda does) with layers/core on"
-            " sys.path, including everything built at module level; no invocation. No function creates an AWS"
-            " client at import (sms_gateway.adapters.aws makes them on first use), so with_clients_ms adds"
-            " creating the clients its IAM policies allow (`clients`) through that factory: what the function"
-            " pays before its first AWS call, excluding the first invocation itself. The ratio and the target are"
-            " judged on with_clients_ms against the floor, which imports boto3 and creates the same clients.",
+            "import_init_ms: loading functions/<name>/app.py by file path (as Lambda does) with the gateway's package"
+            " as the layer ships it (sources and unchecked-hash bytecode, compiled as layers/core/Makefile compiles "
+            "them) on sys.path, including everything built at module level; no invocation. No function creates an AWS"
+            " client at import (sms_gateway.adapters.aws makes them on first use), so with_clients_ms adds creating "
+            "the clients its IAM policies allow (`clients`) through that factory: what the function pays before its "
+            "first AWS call, excluding the first invocation itself. ratio is with_clients_ms against the floor, which "
+            "imports boto3 and creates the same clients; the target is judged on ratio and first_call_ratio both.",
+            "first_call_ms: the same fresh process loads the function and then handles one typical event, against"
+            " moto (a server in the benchmark's process, so its CPU is not counted) and the upstream simulator: api a"
+            " 9bits send to one number with delivery reports; dispatcher the SQS record that send queued; webhook"
+            " the simulator's signed DLR for the submit the dispatcher made; notifier the DLR notification the"
+            " webhook queued; scheduled_dispatch the input of a batch's one-time schedule. floor_requests_ms: a"
+            " fresh process imports boto3, creates one client per service the function called (with the gateway's"
+            " client configuration) and makes the same AWS requests again (recorded with botocore's"
+            " provide-client-params hook; a repeated conditional write may be refused: the service still answers"
+            " and the client parses it). A Lambda cold start is init plus the first invocation, so work moved from"
+            " init into the first call shows here. Not in the floor: the function's own non-AWS requests (the"
+            " dispatcher's submit over httpx, the notifier's webhook post); aws_requests counts the AWS ones.",
             "Environment: the local stack's values for template.yaml's variables (POWERTOOLS_TRACE_DISABLED=true,"
             " as the template sets it) with offline AWS credentials; nothing calls AWS.",
             "libraries_only_ms: the floor plus importing every third-party module the function ends up with"

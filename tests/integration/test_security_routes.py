@@ -55,6 +55,8 @@ def resolver_routes() -> list[tuple[str, str, str]]:
     """(template function, method, path with <params>) of every route the two resolvers registered."""
     from sms_gateway.dialects import api, callbacks
 
+    # The api resolver registers a dialect's routes on its first request there: all of them, for this list.
+    api.app.register_everything()
     found = []
     for module, resolver in (("api", api.app), ("callbacks", callbacks.app)):
         for route in [*resolver._static_routes, *resolver._dynamic_routes]:

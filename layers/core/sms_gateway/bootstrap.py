@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cache
+from typing import TYPE_CHECKING
 
 from sms_gateway.adapters.dynamodb import DynamoStore
 from sms_gateway.adapters.scheduler import EventBridgeBatchScheduler
 from sms_gateway.adapters.sqs import SqsDeadLetterQueue, SqsDispatchQueue, SqsNotifyQueue
 from sms_gateway.caching import TtlCache
-from sms_gateway.logic.send import SendDependencies
 from sms_gateway.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from sms_gateway.logic.send import SendDependencies
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ def reset() -> None:
 
 
 def send_dependencies() -> SendDependencies:
+    # Imported here: only the functions that accept sends need the send logic (and the number parsing under it).
+    from sms_gateway.logic.send import SendDependencies
+
     wiring = gateway()
     return SendDependencies(
         accounts=wiring.store,

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from aws_lambda_powertools import Logger, Metrics
 
+from sms_gateway.snapstart import register_restore_hooks
+
 if TYPE_CHECKING:
     from aws_lambda_powertools import Tracer
 
@@ -18,6 +20,8 @@ Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 logger = Logger(service="sms-gateway")
 metrics = Metrics(namespace="SmsGateway", service="sms-gateway")
+# Every function imports this module: the place to give SnapStart's restored environments their own random state.
+register_restore_hooks()
 
 
 def tracing_enabled() -> bool:

@@ -236,7 +236,7 @@ class Provider(Protocol):
 class CredentialInfo(BaseModel):
     """An issued credential as an operator may see it: never the secret, only its first characters."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 
     kind: str
     prefix: str
@@ -248,7 +248,7 @@ class CredentialInfo(BaseModel):
 class AccountChanges(BaseModel):
     """Settings an operator changes on an account: a field left None is kept, a name in `clear` is removed."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     default_country: str | None = None
     timezone: str | None = None
@@ -468,7 +468,7 @@ WebhookFailureState = Literal["retrying", "dead", "delivered", "resent"]
 class WebhookFailure(BaseModel):
     """A client notification that failed at least once: where it stands, why, and the notification itself."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 
     account_id: str
     notification_id: str

@@ -1,47 +1,126 @@
-"""The `api` function's resolver: every client dialect's router; errors rendered in the caller's dialect."""
+"""The `api` function's resolver: every client dialect's router, each registered on the first request that needs it;
+errors rendered in the caller's dialect."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import threading
+from collections.abc import Mapping
 from typing import Any
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
-from sms_gateway.dialects import ninebits, ninebits_inbox, portal, sessionkey, shortcode
-from sms_gateway.dialects.ninebits_webhooks import router as ninebits_webhooks_router
 from sms_gateway.dialects.openapi import DOCS_PATH, TITLE, DocumentedResolver
 from sms_gateway.errors import GatewayError, InvalidRequest, NotFound
 from sms_gateway.observability import logger
 
-app = DocumentedResolver(enable_validation=True)
-app.enable_swagger(path=DOCS_PATH, title=TITLE, version="1.0.0")
-app.include_router(ninebits.router)
-app.include_router(ninebits_inbox.router)
-app.include_router(shortcode.router)
-app.include_router(sessionkey.router)
-app.include_router(ninebits_webhooks_router)
-app.include_router(portal.router)
-
-# Which dialect a path belongs to, so every error reaches the client in the shape its code expects.
-ERROR_RENDERERS: list[tuple[str, Callable[[GatewayError], Response]]] = [
-    ("/api/services/", shortcode.render_error),
-    ("/login", sessionkey.render_error),
-    ("/sms", sessionkey.render_error),
-    ("/status", sessionkey.render_error),
-    ("/portal/", portal.render_error),
+# Which dialect a path belongs to: the modules whose routers serve it (imported, and their routes registered, on the
+# first request under the prefix: a client of one dialect never pays for importing the others at cold start) and
+# the module that renders its errors, so every error reaches the client in the shape its code expects. Prefixes
+# never overlap: no route of one dialect can match a path of another.
+DIALECTS: list[tuple[str, tuple[str, ...], str]] = [
+    ("/ng/v1/inbounds", ("ninebits_inbox",), "ninebits"),
+    ("/ng/v1/settings/webhooks", ("ninebits_inbox",), "ninebits"),
+    ("/ng/v1/webhooks", ("ninebits_webhooks",), "ninebits"),
+    ("/ng/v1", ("ninebits",), "ninebits"),
+    ("/api/services", ("shortcode",), "shortcode"),
+    ("/login", ("sessionkey",), "sessionkey"),
+    ("/sms", ("sessionkey",), "sessionkey"),
+    ("/status", ("sessionkey",), "sessionkey"),
+    ("/portal", ("portal",), "portal"),
 ]
+# Anything else (the documentation under /v1, unknown paths) answers in the 9bits shape.
+DEFAULT_DIALECT = "ninebits"
+DOCUMENT_PATH = "/v1/openapi.json"
+
+
+def _dialect(name: str) -> Any:
+    return importlib.import_module(f"sms_gateway.dialects.{name}")
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(f"{prefix}/")
+
+
+# What the documentation's paths register (every route), in the order of the time all were registered at import:
+# the Swagger page, the dialects, the document.
+DOCUMENTATION_UI = "swagger"
+DOCUMENT = "document"
+EVERYTHING = (DOCUMENTATION_UI, "ninebits", "ninebits_inbox", "shortcode", "sessionkey", "ninebits_webhooks", "portal", DOCUMENT)
+
+
+def steps_for(path: str) -> tuple[str, ...]:
+    """What must be registered before a request for `path` is resolved."""
+    for prefix, routers, _ in DIALECTS:
+        if _under(path, prefix):
+            return routers
+    return EVERYTHING if _under(path, "/v1") else ()
+
+
+def _order(step: str) -> int:
+    # A router registered outside EVERYTHING comes after it.
+    return EVERYTHING.index(step) if step in EVERYTHING else len(EVERYTHING)
+
+
+class ApiResolver(DocumentedResolver):
+    """Registers a dialect's routes when a request first needs them, and every route before the OpenAPI document
+    is made (so the document is the same whatever the container served before)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._registered: set[str] = set()
+        self._registering = threading.Lock()
+        self._step_of_route: dict[int, int] = {}
+
+    def register(self, *steps: str) -> None:
+        """Runs each step once: DOCUMENTATION_UI, DOCUMENT, or a dialect module's name (its router)."""
+        with self._registering:
+            for step in steps:
+                if step in self._registered:
+                    continue
+                if step == DOCUMENTATION_UI:
+                    # Imports Powertools' OpenAPI models (over 100 ms): only for the documentation's paths.
+                    self.enable_swagger(path=DOCS_PATH, title=TITLE, version="1.0.0")
+                elif step == DOCUMENT:
+                    self.get(DOCUMENT_PATH)(openapi_document)
+                else:
+                    self.include_router(_dialect(step).router)
+                self._registered.add(step)
+                for route in self._routes():
+                    self._step_of_route.setdefault(id(route), _order(step))
+
+    def _routes(self) -> list[Any]:
+        return [*self._static_routes, *self._dynamic_routes]
+
+    def register_everything(self) -> None:
+        self.register(*EVERYTHING)
+
+    def resolve(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+        # The path as Powertools routes it (a named stage's prefix removed).
+        self.register(*steps_for(APIGatewayProxyEventV2(dict(event)).path))
+        return super().resolve(event, context)
+
+    def get_openapi_schema(self, *args: Any, **kwargs: Any) -> Any:
+        self.register_everything()
+        # The document lists paths in the order their routes were registered: put the routes back in the order of
+        # EVERYTHING, so the document is the same byte for byte whichever dialect this container served first.
+        # Matching does not depend on this order: no route of one dialect matches another's paths.
+        with self._registering:
+            self._static_routes.sort(key=lambda route: self._step_of_route[id(route)])
+            self._dynamic_routes.sort(key=lambda route: self._step_of_route[id(route)])
+        return super().get_openapi_schema(*args, **kwargs)
 
 
 def render_error(path: str, error: GatewayError) -> Response[Any]:
-    for prefix, render in ERROR_RENDERERS:
-        root = prefix.rstrip("/")
-        if path == root or path.startswith(f"{root}/"):
-            return render(error)
-    return ninebits.render_error(error)
+    renderer = next((module for prefix, _, module in DIALECTS if _under(path, prefix)), DEFAULT_DIALECT)
+    return _dialect(renderer).render_error(error)
 
 
-@app.get("/v1/openapi.json")
+app = ApiResolver(enable_validation=True)
+
+
 def openapi_document() -> Response[Any]:
     return Response(200, content_types.APPLICATION_JSON, app.get_openapi_json_schema(title=TITLE, version="1.0.0"))
 

@@ -12,7 +12,7 @@ DEFAULT_PRICE_PER_PART = 1
 class PriceTable(BaseModel):
     """`prices[tier][network]` credits per part; `*` is the tier's price for networks not listed."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     prices: dict[str, dict[str, int]] = Field(default_factory=dict)
 

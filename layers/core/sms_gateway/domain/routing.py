@@ -36,7 +36,7 @@ def _upstream_name(value: str, field: str) -> str:
 class RouteChoice(BaseModel):
     """The upstreams to try for one message, in order; `route_id` is None when the default upstream was chosen."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     primary: str
     fallback: str | None = None
@@ -51,7 +51,7 @@ class Route(BaseModel):
     """Messages matching every match field given (account, network, number prefix) go to `upstream`, and to
     `fallback` when `upstream` is unavailable."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 
     route_id: str
     account_id: str | None = None
@@ -155,7 +155,7 @@ def default_route_id(account_id: str | None, network: str | None, prefix: str | 
 class Routes(BaseModel):
     """The operator's routes as stored: one record, `version` +1 per edit (0: never written)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     routes: tuple[Route, ...] = ()
     version: int = 0
