@@ -133,7 +133,7 @@ def render_doc(results: dict[str, Any]) -> str:
             f'<a id="{name.replace("_", "-")}"></a>',
             f"## {result.get('title', name)}",
             "",
-            f"- Target: {result.get('target', '')} — **{_met(result.get('met'))}**",
+            f"- Target: {result.get('target', '')} — {_met(result.get('met'))}",
             f"- Command: `{result.get('command', 'make bench')}`",
             f"- Measured: {result.get('measured_at', '')} on {where.get('cores', '?')} cores ({where.get('cpu', '?')}),"
             f" {where.get('implementation', 'CPython')} {where.get('python', '?')}, {where.get('platform', '?')};"

@@ -25,4 +25,3 @@ def test_store_calls_run_as_concurrently_as_the_dispatch_concurrency(monkeypatch
         assert sorted(http.run(forty_blocking_calls())) == list(range(40))
     finally:
         get_settings.cache_clear()
-

@@ -48,7 +48,16 @@ def _under(path: str, prefix: str) -> bool:
 # the Swagger page, the dialects, the document.
 DOCUMENTATION_UI = "swagger"
 DOCUMENT = "document"
-EVERYTHING = (DOCUMENTATION_UI, "ninebits", "ninebits_inbox", "shortcode", "sessionkey", "ninebits_webhooks", "portal", DOCUMENT)
+EVERYTHING = (
+    DOCUMENTATION_UI,
+    "ninebits",
+    "ninebits_inbox",
+    "shortcode",
+    "sessionkey",
+    "ninebits_webhooks",
+    "portal",
+    DOCUMENT,
+)
 
 
 def steps_for(path: str) -> tuple[str, ...]:
