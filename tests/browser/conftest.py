@@ -177,7 +177,7 @@ class Portal:
         self.find(f"{form_css} button[type=submit]").click()
         if confirm:
             WebDriverWait(self.driver, WAIT_SECONDS).until(expected_conditions.alert_is_present()).accept()
-        WebDriverWait(self.driver, WAIT_SECONDS).until(expected_conditions.staleness_of(old_page))
+        WebDriverWait(self.driver, WAIT_SECONDS).until(lambda _: replaced(old_page))
         self.wait_for_page()
 
     def form(self, action: str) -> str:
@@ -205,3 +205,19 @@ def portal(request: pytest.FixtureRequest, driver: Any, stack: Any) -> Iterator[
         helper.shot(f"end-{outcome}")
     finally:
         clear_cookies(driver)
+
+
+def replaced(element: Any) -> bool:
+    """Whether the page that held `element` is gone. Mid-navigation Chromium may answer that the node "does not
+    belong to the document" instead of calling it stale: both mean the old page was replaced."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as error:
+        if "does not belong to the document" in str(error):
+            return True
+        raise
+    return False
