@@ -23,20 +23,6 @@ DAY = datetime(2026, 1, 2, 10, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def account(aws: dict[str, str]) -> dict[str, Any]:
-    from sms_gateway_tools.admin import create_account
-
-    return create_account(name="Cinema Club", senders=["48974"], credits=100)
-
-
-@pytest.fixture
-def other_account(aws: dict[str, str]) -> dict[str, Any]:
-    from sms_gateway_tools.admin import create_account
-
-    return create_account(name="Other Club", senders=["55555"], credits=100)
-
-
-@pytest.fixture
 def api(aws: dict[str, str]) -> Api:
     module = load_function("api")
     return lambda event: module.handler(event, FakeContext())
