@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from tests.conftest import FakeContext, load_event, load_function
-from tests.integration.test_batches_dialect import AIRTEL, MTN, account, api, send  # noqa: F401 (fixtures)
+from tests.integration.test_batches_dialect import AIRTEL, MTN, api, send  # noqa: F401 (fixtures)
 from tests.integration.test_send_path import queued_records
 
 
