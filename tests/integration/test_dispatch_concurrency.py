@@ -106,3 +106,70 @@ def test_an_accounts_next_batch_waits_until_its_batch_before_is_submitted(aws, a
     first_second_offered = min(i for i, event in enumerate(upstream.events) if event == ("start", "second"))
     assert last_first_answered < first_second_offered
     assert upstream.peak == 4
+
+
+class ContainerDied(BaseException):
+    """The Lambda container dying mid-invocation: no `except Exception` in the dispatcher handles it."""
+
+
+class AcceptingUpstream(SlowUpstream):
+    """Takes each message the moment its submit arrives (as a real SMSC does) and answers after the latency, so
+    a dispatcher that dies meanwhile leaves messages the upstream has but the store does not know were sent."""
+
+    def __init__(self) -> None:
+        super().__init__(latency=0.2)
+        self.taken: list[str] = []
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.taken.append(json.loads(request.content)["client_ref"])
+        return await super().__call__(request)
+
+
+def test_a_container_dying_mid_invocation_never_has_a_taken_message_sent_again(aws, api, monkeypatch):
+    # Given three accounts' records in one invocation, submits taking 0.2 s, and the container dying right after
+    # the upstream answered one of account 1's messages, while the other records' submits are still in flight
+    from sms_gateway import bootstrap
+    from sms_gateway.adapters.providers.simulator import SimulatorProvider
+
+    upstream = AcceptingUpstream()
+    route_simulator_upstreams_to(monkeypatch, upstream)
+    in_flight_limit(monkeypatch, 4)
+    monkeypatch.setenv("DISPATCH_CLAIM_LEASE_SECONDS", "1")
+    bootstrap.reset()
+    accounts = [new_account(f"Account {index}", sender) for index, sender in enumerate(("48975", "48976", "48977"))]
+    for index, account in enumerate(accounts):
+        bulk_send(api, account, f"batch {index}", recipients=3)
+    records = queued_records(aws)
+    answered = SimulatorProvider.submit
+    deaths: list[int] = []
+
+    async def die_after_the_first_answer(provider: SimulatorProvider, request: Any) -> Any:
+        result = await answered(provider, request)
+        if not deaths and request.text == "batch 1":
+            deaths.append(upstream.in_flight)
+            raise ContainerDied(request.client_ref)
+        return result
+
+    monkeypatch.setattr(SimulatorProvider, "submit", die_after_the_first_answer)
+    with pytest.raises(ContainerDied):
+        load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
+    # (other submits were still in flight when it died: the upstream has taken them, their answers are lost)
+    assert deaths and deaths[0] > 0
+    # When every record comes back once the claims of the dead container have lapsed
+    monkeypatch.setattr(SimulatorProvider, "submit", answered)
+    asyncio.run(asyncio.sleep(1.2))
+    answer = load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
+    # Then no message the upstream had taken was offered again, each of the others went out once, and none is
+    # left queued: the taken ones are recorded submitted (unconfirmed when their answer died with the container)
+    assert answer == {"batchItemFailures": []}
+    assert len(upstream.taken) == len(set(upstream.taken)) == 9
+    from sms_gateway.bootstrap import gateway
+
+    store = gateway().store
+    statuses = []
+    for record in records:
+        command = json.loads(record["Body"])
+        statuses += [
+            m.status for m in store.get_messages(command["account_id"], command["reference_id"], command["message_ids"])
+        ]
+    assert sorted(map(str, statuses)) == ["submitted"] * 9

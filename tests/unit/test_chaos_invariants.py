@@ -64,11 +64,29 @@ def test_a_message_left_in_flight_is_flagged_unless_dead_lettered_with_a_reason(
 
 
 def test_a_second_send_of_one_reference_is_flagged():
-    # Two upstream messages for one reference, or a repeat after the upstream had answered "accepted"
+    # Two upstream messages for one reference
     twice = replace(clean_run(), upstream=[*clean_run().upstream, UpstreamMessage("sim-9", "7.100.1")])
     assert broken(twice)["submitted_once"] >= 1
-    after_accept = replace(clean_run(), upstream_stats={"resubmits_after_accept": 1})
+    # A submit of a reference the dispatcher had already read "accepted" for
+    heard = replace(clean_run(), resubmitted_after_heard_accept=["7.100.1"])
+    assert broken(heard) == {"submitted_once": 1}
+    # A repeat after the simulator wrote "accepted", when no submit of that reference went unanswered
+    repeated = [UpstreamMessage("sim-1", "7.100.1", repeats=1, repeats_after_accept=1)]
+    after_accept = replace(clean_run(), upstream=repeated, upstream_stats={"resubmits_after_accept": 1})
     assert broken(after_accept) == {"submitted_once": 1}
+
+
+def test_a_retry_after_an_answer_the_dispatcher_never_read_is_not_a_second_send():
+    # The simulator wrote "accepted", but the dispatcher's read timed out first, so it submitted again
+    repeated = [UpstreamMessage("sim-1", "7.100.1", repeats=1, repeats_after_accept=1)]
+    retried = replace(
+        clean_run(),
+        upstream=repeated,
+        upstream_stats={"resubmits_after_accept": 1},
+        unanswered_refs=frozenset({"7.100.1"}),
+        submits_unanswered={"ReadTimeout": 1},
+    )
+    assert broken(retried) == {}
 
 
 def test_a_status_that_moves_back_is_flagged():

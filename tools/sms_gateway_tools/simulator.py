@@ -89,6 +89,8 @@ class Submit:
     dlr_url: str | None
     submitted_at: str
     duplicates: int = 0
+    # Of those, the repeats that came after the sender had been answered 'accepted'.
+    duplicates_after_accept: int = 0
     dlr_status: str | None = None
     dlr_delivered: bool = False
     parts: int = 1
@@ -110,6 +112,7 @@ class Submit:
             "dlr_url": self.dlr_url,
             "submitted_at": self.submitted_at,
             "duplicates": self.duplicates,
+            "duplicates_after_accept": self.duplicates_after_accept,
             "dlr_status": self.dlr_status,
             "dlr_delivered": self.dlr_delivered,
             "parts": self.parts,
@@ -306,6 +309,7 @@ class UpstreamSimulator:
                 existing.duplicates += 1
                 self._stats.duplicates += 1
                 if existing.acknowledged:
+                    existing.duplicates_after_accept += 1
                     self._stats.resubmits_after_accept += 1
                 else:
                     self._stats.resubmits_after_timeout += 1

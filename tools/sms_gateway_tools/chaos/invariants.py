@@ -45,6 +45,8 @@ class UpstreamMessage:
     message_id: str
     client_ref: str | None
     repeats: int = 0
+    # Repeats that came after the simulator had written its 'accepted' answer to an earlier submit.
+    repeats_after_accept: int = 0
 
 
 @dataclass
@@ -60,6 +62,11 @@ class Observations:
     dead_lettered_messages: Mapping[str, str] = field(default_factory=dict)
     # webhook-id -> reason, for notifications parked in the notify DLQ after every attempt failed.
     dead_lettered_notifications: Mapping[str, str] = field(default_factory=dict)
+    # The dispatcher's side (chaos/faults.py): references submitted again after it had read their 'accepted';
+    # references with a submit whose answer it never read, and those submits by error type (ReadTimeout, ...).
+    resubmitted_after_heard_accept: list[str] = field(default_factory=list)
+    unanswered_refs: frozenset[str] = frozenset()
+    submits_unanswered: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -114,8 +121,13 @@ def settled(observed: Observations) -> Verdict:
 
 def submitted_once(observed: Observations) -> Verdict:
     """No message the upstream would have sent twice: one upstream message per client reference, and no
-    repeat of a reference after the upstream had told us it accepted it. Repeats after a timeout (the answer
-    never reached us) are the designed retry the upstream deduplicates by our reference: counted, not faults."""
+    reference submitted again after the dispatcher had read the upstream's 'accepted' for it.
+
+    A repeat after a submit whose answer the dispatcher never read (an injected timeout, or its own read timeout
+    firing on an answer the simulator had just written) is the designed retry, deduplicated by the upstream by our
+    reference: the dispatcher cannot tell it from a submit that never arrived. The simulator counts an answer
+    accepted once its write succeeded, so it counts the second kind among its `resubmits_after_accept`: such a
+    repeat is a fault only for a reference with no unanswered submit."""
     verdict = Verdict("submitted_once", "no message submitted upstream twice", len(observed.messages))
     ours = {message.client_ref: message for message in observed.messages}
     by_ref: dict[str | None, list[UpstreamMessage]] = defaultdict(list)
@@ -126,9 +138,14 @@ def submitted_once(observed: Observations) -> Verdict:
             verdict.violations.append(f"the upstream has {len(copies)} message(s) for unknown reference {client_ref}")
         elif len(copies) > 1:
             verdict.violations.append(f"{client_ref} became {len(copies)} upstream messages")
-    after_accept = int(observed.upstream_stats.get("resubmits_after_accept", 0))
-    if after_accept:
-        verdict.violations.append(f"{after_accept} submit(s) repeated after the upstream had answered 'accepted'")
+    for client_ref in observed.resubmitted_after_heard_accept:
+        verdict.violations.append(f"{client_ref} submitted again after the dispatcher had read 'accepted'")
+    for copy in observed.upstream:
+        if copy.repeats_after_accept and copy.client_ref not in observed.unanswered_refs:
+            verdict.violations.append(
+                f"{copy.client_ref} submitted again after the simulator answered 'accepted', with no submit whose "
+                "answer the dispatcher missed"
+            )
     for message in observed.messages:
         copies = by_ref.get(message.client_ref, [])
         if message.upstream_message_id and copies and copies[0].message_id != message.upstream_message_id:
@@ -136,9 +153,12 @@ def submitted_once(observed: Observations) -> Verdict:
                 f"{message.message_id} records upstream id {message.upstream_message_id}, "
                 f"the upstream has {copies[0].message_id}"
             )
+    unanswered = ", ".join(f"{name} {count}" for name, count in sorted(observed.submits_unanswered.items()))
     verdict.notes.append(
-        f"{observed.upstream_stats.get('resubmits_after_timeout', 0)} resubmits after a timeout, deduplicated "
-        f"by the upstream; {sum(1 for m in observed.messages if m.error_code == 'submit_unconfirmed')} "
+        f"{observed.upstream_stats.get('resubmits_after_timeout', 0)} resubmits after an injected timeout and "
+        f"{observed.upstream_stats.get('resubmits_after_accept', 0)} after an answer the simulator wrote, all "
+        f"deduplicated by the upstream; submits whose answer the dispatcher did not read: {unanswered or 'none'}; "
+        f"{sum(1 for m in observed.messages if m.error_code == 'submit_unconfirmed')} "
         "recorded submitted-unconfirmed after a dispatcher died"
     )
     return verdict

@@ -190,7 +190,7 @@ class ChaosRun:
                     )
                     self._drain(stack, dispatch_depth=20, notify_depth=300)
             settled_at = self._settle(stack)
-            observed = self._observe(stack, webhook)
+            observed = self._observe(stack, webhook, kills)
             verdicts = check(observed)
             return self._summary(
                 stack, webhook=webhook, kills=kills, observed=observed, verdicts=verdicts, settled_at=settled_at
@@ -309,7 +309,7 @@ class ChaosRun:
 
     # -- what happened ---------------------------------------------------------------------------
 
-    def _observe(self, stack: Any, webhook: FlakyWebhook) -> Observations:
+    def _observe(self, stack: Any, webhook: FlakyWebhook, kills: KillAfterSubmit) -> Observations:
         from sms_gateway.bootstrap import gateway
         from sms_gateway.domain.models import DeliveryReportMode
 
@@ -340,7 +340,12 @@ class ChaosRun:
                 )
             )
         upstream = [
-            UpstreamMessage(message_id=m["message_id"], client_ref=m["client_ref"], repeats=m["duplicates"])
+            UpstreamMessage(
+                message_id=m["message_id"],
+                client_ref=m["client_ref"],
+                repeats=m["duplicates"],
+                repeats_after_accept=m["duplicates_after_accept"],
+            )
             for m in stack.simulator.messages()
         ]
         parked_messages: dict[str, str] = {}
@@ -359,6 +364,9 @@ class ChaosRun:
             notifications={key: delivery.body for key, delivery in webhook.log.delivered.items()},
             dead_lettered_messages=parked_messages,
             dead_lettered_notifications=parked_notifications,
+            resubmitted_after_heard_accept=list(kills.resubmitted_after_heard_accept),
+            unanswered_refs=frozenset(kills.unanswered_refs),
+            submits_unanswered=dict(kills.unanswered),
         )
 
     def _dead_letters(self, stack: Any, queue_id: str) -> list[tuple[str, str]]:
@@ -424,6 +432,8 @@ class ChaosRun:
                 "unique": stats.get("unique", 0),
                 "resubmits_after_timeout": stats.get("resubmits_after_timeout", 0),
                 "resubmits_after_accept": stats.get("resubmits_after_accept", 0),
+                "resubmits_after_dispatcher_heard_accept": len(observed.resubmitted_after_heard_accept),
+                "submits_unanswered": dict(sorted(observed.submits_unanswered.items())),
                 "dlrs_sent": stats.get("dlrs_sent", 0),
                 "dlrs_failed": stats.get("dlrs_failed", 0),
             },

@@ -22,6 +22,29 @@ ACCOUNT_ID = "123456789012"
 Handler = Callable[[Any, Any], Any]
 
 
+class FairLock:
+    """A lock granted in the order it was asked for. `threading.Lock` wakes an arbitrary waiter, so under load
+    one caller (a client's send behind a stream of delivery-report callbacks) can wait far past its HTTP
+    timeout; Lambda gives every request its own container instead."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition(threading.Lock())
+        self._next_ticket = 0
+        self._serving = 0
+
+    def __enter__(self) -> FairLock:
+        with self._changed:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._changed.wait_for(lambda: self._serving == ticket)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._changed:
+            self._serving += 1
+            self._changed.notify_all()
+
+
 @dataclass
 class LambdaContext:
     """The attributes and method of the Lambda Python context object that handlers and Powertools use."""
@@ -58,7 +81,7 @@ class LocalFunction:
     # Held during an invocation: one invocation at a time, like one warm Lambda container. Handlers keep
     # per-invocation state in module globals (Powertools' resolver even in a class attribute), so
     # concurrent invocations in one process would see each other's events.
-    lock: threading.Lock | None = None
+    lock: FairLock | None = None
     invocations: int = field(default=0, init=False)
 
     @property

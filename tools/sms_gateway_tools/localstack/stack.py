@@ -7,7 +7,6 @@ import logging
 import os
 import random
 import secrets
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 from sms_gateway_tools import template as tpl
 from sms_gateway_tools.localstack.console import DivertedStdout
 from sms_gateway_tools.localstack.http_bridge import HttpBridge, function_url_route
-from sms_gateway_tools.localstack.lambdas import REGION, Handler, LocalFunction, resolve_handlers
+from sms_gateway_tools.localstack.lambdas import REGION, FairLock, Handler, LocalFunction, resolve_handlers
 from sms_gateway_tools.localstack.moto_server import EmbeddedMoto
 from sms_gateway_tools.localstack.resources import (
     LOCAL_NOTIFY_RETRY_DELAYS,
@@ -254,7 +253,7 @@ class LocalStack:
         # package (Powertools' resolvers keep the current event in a class attribute; logger keys and
         # the metric set are one object), so by default every invocation takes one process-wide lock.
         # `serialize_invocations=False` lets functions run concurrently, except the HTTP ones.
-        shared_lock = threading.Lock()
+        shared_lock = FairLock()
         for logical_id, handler in handlers.items():
             fn = definitions[logical_id]
             self.functions[logical_id] = LocalFunction(
@@ -264,7 +263,7 @@ class LocalStack:
                 timeout=float(fn.timeout),
                 memory_size=int(fn.memory_size),
                 before_invoke=self._ensure_env,
-                lock=shared_lock if self.serialize_invocations or fn.routes else threading.Lock(),
+                lock=shared_lock if self.serialize_invocations or fn.routes else FairLock(),
             )
 
         self.bridge.start()

@@ -1,0 +1,34 @@
+"""The local stack's invocation lock serves callers in the order they came, so none waits behind later ones."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from sms_gateway_tools.localstack.lambdas import FairLock
+
+
+def test_waiters_get_the_lock_in_the_order_they_asked_for_it():
+    # Given a held lock and five callers queued behind it one after another
+    lock = FairLock()
+    served: list[int] = []
+    lock.__enter__()
+
+    def caller(number: int) -> None:
+        with lock:
+            served.append(number)
+
+    threads = []
+    for number in range(5):
+        thread = threading.Thread(target=caller, args=(number,))
+        thread.start()
+        threads.append(thread)
+        deadline = time.monotonic() + 5
+        while lock._next_ticket < number + 2 and time.monotonic() < deadline:  # this caller has taken its place
+            time.sleep(0.001)
+    # When the holder lets go
+    lock.__exit__(None, None, None)
+    for thread in threads:
+        thread.join(5)
+    # Then they were served first come, first served
+    assert served == [0, 1, 2, 3, 4]
