@@ -253,6 +253,11 @@ def test_backoff_never_comes_back_before_retry_after():
     assert backoff_seconds(1, 120.0, rand=lambda: 0.0) == 120
 
 
+def test_backoff_starts_from_the_configured_base():
+    assert [backoff_seconds(attempt, None, rand=lambda: 1.0, base=1.0) for attempt in (1, 2, 3)] == [1, 2, 4]
+    assert backoff_seconds(1, 10.0, rand=lambda: 1.0, base=1.0) == 10
+
+
 def submitted_message(store: InMemoryStore, **extra: object):
     _, deps = send(store, command(1, **extra))
     asyncio.run(dispatch(deps.dispatch_queue.commands[0], dispatch_deps(store, FakeProvider())))

@@ -182,7 +182,7 @@ async def _dispatch_record(record: SQSRecord, attempt: int, in_flight: asyncio.S
         },
     )
     if outcome.needs_retry:
-        delay = backoff_seconds(attempt, outcome.retry_after)
+        delay = backoff_seconds(attempt, outcome.retry_after, base=wiring.settings.dispatch_backoff_base_seconds)
         await asyncio.to_thread(wiring.dispatch_queue.delay, record.receipt_handle, delay)
         raise RetryLater(f"{len(outcome.retry)} messages of batch {command.reference_id} met transient failures")
     return {"submitted": outcome.submitted}

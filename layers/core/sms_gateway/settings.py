@@ -42,6 +42,9 @@ class Settings(BaseModel):
     # How long a dispatcher's claim on a message lasts; it must outlive a submit and stay below the dispatch
     # queue's visibility timeout (360 s), so a crashed dispatcher's redelivered record finds the claim lapsed.
     dispatch_claim_lease_seconds: int = 120
+    # The first retry delay of a record that met transient upstream failures; each further attempt doubles it
+    # (with jitter, up to 5 minutes). The chaos run shortens it to finish in bounded time.
+    dispatch_backoff_base_seconds: float = 5.0
     # A send_at closer than this is sent now: a schedule would fire about as late as the queue delivers.
     schedule_threshold_seconds: int = 60
     upstream_connect_timeout: float = 3.0

@@ -60,6 +60,8 @@ class ChaosOptions:
     read_timeout: float = 0.5
     timeout_delay: float = 1.0
     claim_lease_seconds: int = 10
+    # A record's first retry after upstream failures (deployed: 5 s, doubling per attempt).
+    backoff_base_seconds: float = 1.0
     dispatch_visibility_timeout: int = 20
     notify_retry_delays: str = "1,1,2,2,3,3,5,5,5,5"
     dlr_delay: float = 0.5
@@ -158,6 +160,7 @@ class ChaosRun:
                 environment={
                     "UPSTREAM_READ_TIMEOUT": str(o.read_timeout),
                     "DISPATCH_CLAIM_LEASE_SECONDS": str(o.claim_lease_seconds),
+                    "DISPATCH_BACKOFF_BASE_SECONDS": str(o.backoff_base_seconds),
                     "DLR_WAIT_SECONDS": str(o.dlr_wait_seconds),
                 },
                 visibility_timeouts={"DispatchQueue": o.dispatch_visibility_timeout},

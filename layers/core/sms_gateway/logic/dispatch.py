@@ -39,10 +39,16 @@ ANNOUNCE_BATCH = 10
 DISPATCHED = frozenset({MessageStatus.SUBMITTED, MessageStatus.FAILED, MessageStatus.EXPIRED})
 
 
-def backoff_seconds(attempt: int, retry_after: float | None, rand: Callable[[], float] = random.random) -> int:
-    """How long a record waits before its next attempt (`attempt` counts from 1). An upstream's Retry-After
-    is a floor: we never come back sooner than it asked."""
-    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(attempt - 1, 0))
+def backoff_seconds(
+    attempt: int,
+    retry_after: float | None,
+    rand: Callable[[], float] = random.random,
+    *,
+    base: float = BACKOFF_BASE_SECONDS,
+) -> int:
+    """How long a record waits before its next attempt (`attempt` counts from 1): up to `base` seconds, doubling
+    per attempt. An upstream's Retry-After is a floor: we never come back sooner than it asked."""
+    ceiling = min(BACKOFF_CAP_SECONDS, base * 2 ** max(attempt - 1, 0))
     delay = ceiling / 2 + rand() * ceiling / 2
     return int(max(delay, retry_after or 0.0, 1.0))
 
