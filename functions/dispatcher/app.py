@@ -13,4 +13,4 @@ from sms_gateway.observability import capture_lambda_handler, logger, metrics
 def handler(event: dict, context: LambdaContext) -> dict:
     # Records of different groups go concurrently and a failed record holds back only its own group's later
     # records (SqsFifoPartialProcessor(skip_group_on_error=True)'s contract, without handling one record at a time).
-    return dispatch_records(event)
+    return dispatch_records(event, context.get_remaining_time_in_millis)

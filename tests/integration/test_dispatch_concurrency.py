@@ -173,3 +173,28 @@ def test_a_container_dying_mid_invocation_never_has_a_taken_message_sent_again(a
             m.status for m in store.get_messages(command["account_id"], command["reference_id"], command["message_ids"])
         ]
     assert sorted(map(str, statuses)) == ["submitted"] * 9
+
+
+class ContextNearItsTimeout(FakeContext):
+    """An invocation with 5 s left: less than a submit's worst case (3 s connect + 10 s read) and its recording."""
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 5_000
+
+
+def test_an_invocation_near_its_timeout_claims_nothing_and_hands_its_records_back(aws, api, upstream, monkeypatch):
+    # Given two accounts' records, and a dispatcher invocation that has only 5 s left
+    in_flight_limit(monkeypatch, 64)
+    for index, sender in enumerate(("48978", "48979")):
+        bulk_send(api, new_account(f"Account {index}", sender), f"batch {index}", recipients=2)
+    records = queued_records(aws)
+    answer = load_function("dispatcher").handler(as_lambda_sqs_event(records), ContextNearItsTimeout())
+    # Then nothing was offered upstream, both records go back to the queue, and their messages are still queued
+    # and unclaimed, so a later invocation sends them
+    assert upstream.events == []
+    assert sorted(item["itemIdentifier"] for item in answer["batchItemFailures"]) == sorted(
+        record["MessageId"] for record in records
+    )
+    again = load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
+    assert again == {"batchItemFailures": []}
+    assert sorted(text for kind, text in upstream.events if kind == "start") == ["batch 0"] * 2 + ["batch 1"] * 2

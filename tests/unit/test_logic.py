@@ -188,6 +188,26 @@ class TestDispatch:
         assert {m.error_code for m in store.messages.values()} == {"upstream_unavailable"}
         assert store.accounts["7"].credits == 1000
 
+    def test_near_the_end_of_the_invocation_no_message_is_claimed_and_the_rest_come_back(self, store):
+        # Given a record of five and an invocation whose time runs short after two submits
+        _, deps = send(store, command(5))
+        provider = FakeProvider()
+        short = replace(dispatch_deps(store, provider), concurrency=1, out_of_time=lambda: len(provider.submits) >= 2)
+        # When it dispatches the record
+        outcome = asyncio.run(dispatch(deps.dispatch_queue.commands[0], short))
+        # Then two went out and the other three go back to the queue unclaimed (a claim the timeout cut short
+        # would keep them from ever being sent), charged still, with no failure reported to the client
+        assert (outcome.submitted, len(outcome.retry), outcome.failed) == (2, 3, 0)
+        assert outcome.needs_retry and outcome.retry_after == 1.0
+        statuses = sorted(str(m.status) for m in store.messages.values())
+        assert statuses == ["queued"] * 3 + ["submitted"] * 2
+        assert store.claims == {}
+        assert store.accounts["7"].credits == 995
+        # And the next invocation, with its whole time, sends exactly those three
+        again = asyncio.run(dispatch(deps.dispatch_queue.commands[0], dispatch_deps(store, provider)))
+        assert (again.submitted, again.skipped) == (3, 2)
+        assert len({r.client_ref for r in provider.submits}) == len(provider.submits) == 5
+
     def test_a_message_past_its_validity_expires_unsent_and_is_refunded(self, store):
         _, deps = send(store, command(1))
         provider = FakeProvider()

@@ -348,4 +348,6 @@ def test_records_of_one_batch_dispatched_side_by_side_keep_the_accounts_limit(st
     assert max(per_second.values()) == 40
     assert sum(per_second.values()) == 150
     assert len(per_second) == 4
-    assert min(upstream.seconds) == SECOND and max(upstream.seconds) >= SECOND + 3
+    # (no submit before its grant: the last ones went out in the fourth second at the earliest; when the first
+    # went out depends on the store threads' timing against the virtual clock)
+    assert min(upstream.seconds) >= SECOND and max(upstream.seconds) >= SECOND + 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -26,6 +27,10 @@ from sms_gateway.logic.ratelimit import RateLimiter, account_scope
 from sms_gateway.observability import logger, metrics
 from sms_gateway.outcome_metrics import count_final_statuses, count_upstream_failures
 from sms_gateway.ports import Provider
+
+# Kept back from the invocation's time after a submit's worst case: the status write, the record's announcements
+# and its return to the queue.
+RECORDING_RESERVE_SECONDS = 3.0
 
 
 class RetryLater(Exception):
@@ -77,21 +82,32 @@ def _settle_later(message: Message) -> None:
     gateway().notify_queue.publish([settle.settle_check([message], now=utc_now())])
 
 
-def dispatch_records(event: dict[str, Any]) -> dict[str, Any]:
+def dispatch_records(event: dict[str, Any], remaining_ms: Callable[[], int] | None = None) -> dict[str, Any]:
     """The dispatcher's invocation: its FIFO records handled concurrently across message groups (accounts and their
-    priority lanes), in order within each, under one limit on submits in flight; the partial batch response."""
+    priority lanes), in order within each, under one limit on submits in flight; the partial batch response.
+    `remaining_ms` is the Lambda context's time left: no message is claimed once a submit could outlast it."""
     records = [SQSRecord(raw) for raw in event["Records"]]
-    failed = http.run(_dispatch_all(records))
+    failed = http.run(_dispatch_all(records, _out_of_time(remaining_ms)))
     return {"batchItemFailures": [{"itemIdentifier": record.message_id} for record in failed]}
 
 
-async def _dispatch_all(records: Sequence[SQSRecord]) -> list[SQSRecord]:
+def _out_of_time(remaining_ms: Callable[[], int] | None) -> Callable[[], bool]:
+    if remaining_ms is None:
+        return lambda: False
+    settings = gateway().settings
+    # A submit's worst case (connect and read timeouts), then its status write and the record's announcements.
+    reserve = settings.upstream_connect_timeout + settings.upstream_read_timeout + RECORDING_RESERVE_SECONDS
+    deadline = time.monotonic() + remaining_ms() / 1000 - reserve
+    return lambda: time.monotonic() >= deadline
+
+
+async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], bool]) -> list[SQSRecord]:
     in_flight = asyncio.Semaphore(gateway().settings.dispatch_concurrency)
     return await handle_in_group_order(
         records,
         group_of=lambda record: record.attributes.message_group_id or record.message_id,
         may_overlap=_same_batch,
-        handle=lambda record: dispatch_record(record, in_flight),
+        handle=lambda record: dispatch_record(record, in_flight, out_of_time),
     )
 
 
@@ -110,10 +126,12 @@ def _batch_of(record: SQSRecord) -> tuple[str, int] | None:
     return (command.account_id, command.reference_id)
 
 
-async def dispatch_record(record: SQSRecord, in_flight: asyncio.Semaphore | None = None) -> dict[str, Any]:
+async def dispatch_record(
+    record: SQSRecord, in_flight: asyncio.Semaphore | None = None, out_of_time: Callable[[], bool] | None = None
+) -> dict[str, Any]:
     attempt = int(record.attributes.approximate_receive_count or 1)
     try:
-        return await _dispatch_record(record, attempt, in_flight)
+        return await _dispatch_record(record, attempt, in_flight, out_of_time or (lambda: False))
     except RetryLater:
         raise
     except Exception as error:
@@ -136,7 +154,9 @@ async def dispatch_record(record: SQSRecord, in_flight: asyncio.Semaphore | None
         return {"dead_lettered": True}
 
 
-async def _dispatch_record(record: SQSRecord, attempt: int, in_flight: asyncio.Semaphore | None) -> dict[str, Any]:
+async def _dispatch_record(
+    record: SQSRecord, attempt: int, in_flight: asyncio.Semaphore | None, out_of_time: Callable[[], bool]
+) -> dict[str, Any]:
     command = DispatchCommand.model_validate_json(record.body)
     wiring = gateway()
     # Cached settings: a store read at most once per SETTINGS_MAX_AGE_SECONDS, off the loop all the same.
@@ -160,6 +180,7 @@ async def _dispatch_record(record: SQSRecord, attempt: int, in_flight: asyncio.S
         claim_lease_seconds=wiring.settings.dispatch_claim_lease_seconds,
         announce=_announce,
         settle_later=_settle_later,
+        out_of_time=out_of_time,
     )
     outcome = await dispatch(command, deps)
     metrics.add_metric(name="MessagesSubmitted", unit="Count", value=outcome.submitted)

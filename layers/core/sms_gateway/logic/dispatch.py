@@ -82,6 +82,10 @@ class DispatchDependencies:
     # Asked to settle a message later when it is recorded submitted without the upstream's word: if no final
     # DLR comes, nothing else would ever end it (logic/settle.py).
     settle_later: Callable[[Message], None] | None = None
+    # True once too little of the invocation is left to submit one more message and record the answer. Lambda
+    # stops a function at its timeout like a crash: a message claimed then would wait out the DLR wait and expire
+    # unsent. So no claim is made after it; the messages not yet claimed go back to the queue for the next one.
+    out_of_time: Callable[[], bool] = lambda: False
 
 
 @dataclass
@@ -128,6 +132,9 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
         # An earlier delivery of this record may have died between a status write and its announcement.
         await announcer.add([c for c in map(change_made_by_dispatch, messages) if c is not None])
         while pending:
+            if deps.out_of_time():
+                _come_back_soon(pending, outcome)
+                break
             # The account's rate limit is shared by every dispatcher container: each grant is one counted write.
             granted = await deps.limiter.acquire(deps.rate_scopes, len(pending)) if deps.limiter else len(pending)
             if granted == 0:
@@ -196,6 +203,10 @@ async def _dispatch_one(
         outcome.expired += 1
         return
     async with in_flight:
+        if deps.out_of_time():
+            # The slot came too late to submit and record the answer before the invocation ends.
+            _come_back_soon([message], outcome)
+            return
         # Claimed only once a submit slot is ours, and submitted at once: a message claimed and left waiting for a
         # slot would, if the dispatcher died meanwhile, be taken for one the upstream may have, and never be sent.
         claim = await asyncio.to_thread(
@@ -243,6 +254,12 @@ async def _dispatch_one(
     outcome.submitted += 1
     if not getattr(provider, "echoes_client_ref", False):
         await asyncio.to_thread(_link_upstream_id, message, provider.name, result.upstream_message_id, deps, outcome)
+
+
+def _come_back_soon(messages: Sequence[Message], outcome: DispatchOutcome) -> None:
+    """Unclaimed messages returned to the queue: the next invocation has its whole time for them."""
+    outcome.retry.extend(m.message_id for m in messages)
+    outcome.retry_after = max(outcome.retry_after or 0.0, 1.0)
 
 
 async def _submit(
