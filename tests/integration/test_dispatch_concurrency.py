@@ -113,15 +113,18 @@ class ContainerDied(BaseException):
 
 
 class AcceptingUpstream(SlowUpstream):
-    """Takes each message the moment its submit arrives (as a real SMSC does) and answers after the latency, so
-    a dispatcher that dies meanwhile leaves messages the upstream has but the store does not know were sent."""
+    """Takes each message the moment its submit arrives (as a real SMSC does) and answers after the latency (batch
+    1's quickly, the others' slowly), so a dispatcher dying at a batch 1 answer leaves the other submits taken by
+    the upstream but unknown to the store as sent."""
 
     def __init__(self) -> None:
-        super().__init__(latency=0.2)
+        super().__init__(latency=0.3)
         self.taken: list[str] = []
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.taken.append(json.loads(request.content)["client_ref"])
+        payload = json.loads(request.content)
+        self.taken.append(payload["client_ref"])
+        self.latency = 0.05 if payload["text"] == "batch 1" else 0.3
         return await super().__call__(request)
 
 
@@ -141,38 +144,43 @@ def test_a_container_dying_mid_invocation_never_has_a_taken_message_sent_again(a
         bulk_send(api, account, f"batch {index}", recipients=3)
     records = queued_records(aws)
     answered = SimulatorProvider.submit
+    unanswered: set[str] = set()
     deaths: list[int] = []
 
     async def die_after_the_first_answer(provider: SimulatorProvider, request: Any) -> Any:
+        unanswered.add(request.client_ref)
         result = await answered(provider, request)
-        if not deaths and request.text == "batch 1":
-            deaths.append(upstream.in_flight)
+        unanswered.discard(request.client_ref)
+        if not deaths and request.text == "batch 1" and unanswered:
+            deaths.append(len(unanswered))
             raise ContainerDied(request.client_ref)
         return result
 
     monkeypatch.setattr(SimulatorProvider, "submit", die_after_the_first_answer)
     with pytest.raises(ContainerDied):
         load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
-    # (other submits were still in flight when it died: the upstream has taken them, their answers are lost)
+    # (other submits were in flight when it died: the upstream has taken them, their answers are lost)
     assert deaths and deaths[0] > 0
-    # When every record comes back once the claims of the dead container have lapsed
+    # When every record comes back once the claims of the dead container have lapsed (whole seconds: 2 s at most)
     monkeypatch.setattr(SimulatorProvider, "submit", answered)
-    asyncio.run(asyncio.sleep(1.2))
+    asyncio.run(asyncio.sleep(2.2))
     answer = load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
-    # Then no message the upstream had taken was offered again, each of the others went out once, and none is
-    # left queued: the taken ones are recorded submitted (unconfirmed when their answer died with the container)
+    # Then no message was offered to the upstream twice, and none is left queued: each is submitted, those whose
+    # claim or answer died with the container without being resent (submitted-unconfirmed, for the upstream's
+    # DLR or the settle check to end; a claimed message the container died before sending never reaches it)
     assert answer == {"batchItemFailures": []}
-    assert len(upstream.taken) == len(set(upstream.taken)) == 9
+    assert len(upstream.taken) == len(set(upstream.taken))
     from sms_gateway.bootstrap import gateway
 
     store = gateway().store
-    statuses = []
+    messages = []
     for record in records:
         command = json.loads(record["Body"])
-        statuses += [
-            m.status for m in store.get_messages(command["account_id"], command["reference_id"], command["message_ids"])
-        ]
-    assert sorted(map(str, statuses)) == ["submitted"] * 9
+        messages += store.get_messages(command["account_id"], command["reference_id"], command["message_ids"])
+    assert sorted(str(m.status) for m in messages) == ["submitted"] * 9
+    taken = set(upstream.taken)
+    assert all(m.error_code == "submit_unconfirmed" for m in messages if m.key.to_ref() not in taken)
+    assert any(m.error_code == "submit_unconfirmed" for m in messages)
 
 
 class ContextNearItsTimeout(FakeContext):
@@ -198,3 +206,43 @@ def test_an_invocation_near_its_timeout_claims_nothing_and_hands_its_records_bac
     again = load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
     assert again == {"batchItemFailures": []}
     assert sorted(text for kind, text in upstream.events if kind == "start") == ["batch 0"] * 2 + ["batch 1"] * 2
+
+
+def test_records_held_back_behind_a_failed_one_come_back_with_it_not_after_the_visibility_timeout(
+    aws, api, monkeypatch
+):
+    # Given one account's two batches (one message group) and an upstream failing the first batch for now
+    import boto3
+
+    from sms_gateway import bootstrap
+
+    failing = {"first"}
+
+    async def upstream(request: httpx.Request) -> httpx.Response:
+        payload = json.loads(request.content)
+        if payload["text"] in failing:
+            return httpx.Response(503, json={"error": "busy"})
+        return httpx.Response(200, json={"message_id": f"sim-{payload['client_ref']}"})
+
+    route_simulator_upstreams_to(monkeypatch, upstream)
+    monkeypatch.setenv("DISPATCH_BACKOFF_BASE_SECONDS", "1")
+    bootstrap.reset()
+    account = new_account("Cinema Club", "48980")
+    bulk_send(api, account, "first", recipients=2)
+    bulk_send(api, account, "second", recipients=2)
+    records = queued_records(aws)
+    assert len(records) == 2
+    # When one invocation gets both: the first record fails and is retried in about a second, the second is not
+    # started (it must not overtake the first)
+    answer = load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
+    assert len(answer["batchItemFailures"]) == 2
+    # Then once the first record's retry is due, both come back, in order (not the first alone, with the second
+    # out of sight for the queue's 360 s visibility timeout)
+    failing.clear()
+    asyncio.run(asyncio.sleep(1.5))
+    again = boto3.client("sqs").receive_message(
+        QueueUrl=aws["DISPATCH_QUEUE_URL"], MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
+    )["Messages"]
+    assert [json.loads(r["Body"])["reference_id"] for r in again] == [
+        json.loads(r["Body"])["reference_id"] for r in records
+    ]

@@ -103,12 +103,35 @@ def _out_of_time(remaining_ms: Callable[[], int] | None) -> Callable[[], bool]:
 
 async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], bool]) -> list[SQSRecord]:
     in_flight = asyncio.Semaphore(gateway().settings.dispatch_concurrency)
-    return await handle_in_group_order(
+    started: set[str] = set()
+
+    async def handle(record: SQSRecord) -> dict[str, Any]:
+        started.add(record.message_id)
+        return await dispatch_record(record, in_flight, out_of_time)
+
+    failed = await handle_in_group_order(
         records,
         group_of=lambda record: record.attributes.message_group_id or record.message_id,
         may_overlap=_same_batch,
-        handle=lambda record: dispatch_record(record, in_flight, out_of_time),
+        handle=handle,
     )
+    held_back = [record for record in failed if record.message_id not in started]
+    if held_back:
+        await asyncio.to_thread(_release_held_back, held_back)
+    return failed
+
+
+def _release_held_back(records: Sequence[SQSRecord]) -> None:
+    """Records never started because an earlier record of their group failed: visible again at once. SQS FIFO
+    returns nothing of a group while a record of it is in flight, so they still come after the failed record, at
+    its retry; left alone they would wait out the queue's visibility timeout (360 s) and hold the group that long."""
+    queue = gateway().dispatch_queue
+    for record in records:
+        try:
+            queue.delay(record.receipt_handle, 0)
+        except Exception:
+            # Only later, not lost: it comes back after the visibility timeout.
+            logger.warning("could not release a held-back dispatch record", extra={"record": record.message_id})
 
 
 def _same_batch(before: SQSRecord, record: SQSRecord) -> bool:
