@@ -74,6 +74,16 @@ def new_account(name: str, sender: str) -> dict[str, Any]:
     return {**create_account(name=name, senders=[sender], credits=50), "sender": sender}
 
 
+def two_batches_of_one_account(aws: dict[str, str], api: Any, sender: str, recipients: int) -> list[dict[str, Any]]:
+    """The dispatch records of one account's bulk batches "first" and "second": one message group, in that order."""
+    account = new_account("Cinema Club", sender)
+    bulk_send(api, account, "first", recipients=recipients)
+    bulk_send(api, account, "second", recipients=recipients)
+    records = queued_records(aws)
+    assert len(records) == 2
+    return records
+
+
 def test_accounts_records_go_out_together_and_never_exceed_the_in_flight_limit(aws, api, upstream, monkeypatch):
     # Given an in-flight limit of 5 and three accounts' bulk batches of three messages each, one record apiece
     in_flight_limit(monkeypatch, 5)
@@ -93,11 +103,7 @@ def test_accounts_records_go_out_together_and_never_exceed_the_in_flight_limit(a
 def test_an_accounts_next_batch_waits_until_its_batch_before_is_submitted(aws, api, upstream, monkeypatch):
     # Given one account's two bulk batches (one group) and room for everything at once
     in_flight_limit(monkeypatch, 64)
-    account = new_account("Cinema Club", "48974")
-    bulk_send(api, account, "first", recipients=4)
-    bulk_send(api, account, "second", recipients=4)
-    records = queued_records(aws)
-    assert len(records) == 2
+    records = two_batches_of_one_account(aws, api, "48974", recipients=4)
     # When one invocation gets both records
     answer = load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
     # Then no message of the second batch was offered before the upstream had answered every one of the first
@@ -227,11 +233,7 @@ def test_records_held_back_behind_a_failed_one_come_back_with_it_not_after_the_v
     route_simulator_upstreams_to(monkeypatch, upstream)
     monkeypatch.setenv("DISPATCH_BACKOFF_BASE_SECONDS", "1")
     bootstrap.reset()
-    account = new_account("Cinema Club", "48980")
-    bulk_send(api, account, "first", recipients=2)
-    bulk_send(api, account, "second", recipients=2)
-    records = queued_records(aws)
-    assert len(records) == 2
+    records = two_batches_of_one_account(aws, api, "48980", recipients=2)
     # When one invocation gets both: the first record fails and is retried in about a second, the second is not
     # started (it must not overtake the first)
     answer = load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
