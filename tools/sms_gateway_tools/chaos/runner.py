@@ -40,7 +40,7 @@ PREFIXES = ("234803", "234802")  # MTN, Airtel (Nigeria)
 class ChaosOptions:
     messages: int = 5000
     seed: int = 1
-    time_limit: float = 900.0
+    time_limit: float = 2700.0
     # Each account is a FIFO lane (two: bulk and priority) whose head record, backing off after an upstream
     # failure, holds up the records behind it: more accounts, more lanes moving at once.
     accounts: int = 8
