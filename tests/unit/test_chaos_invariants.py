@@ -128,3 +128,21 @@ def test_one_change_notified_twice_under_different_ids_is_flagged():
         notifications={**clean_run().notifications, "dlr_1_9": callback("1", 9, "submitted")},
     )
     assert "every_change_notified" in broken(doubled)
+
+
+def test_the_report_counts_the_messages_expired_for_want_of_a_dlr_that_the_upstream_had():
+    from sms_gateway_tools.chaos.runner import _expired_unreported
+
+    # Given three messages our settle check expired: one the upstream delivered, one it failed, one it never got
+    expired = {"status": "expired", "error_code": "no_delivery_report"}
+    observed = replace(
+        clean_run(),
+        messages=[message("1", **expired), message("2", **expired), message("3", **expired), message("4")],
+        upstream=[
+            UpstreamMessage("sim-1", "7.100.1", dlr_status="DELIVRD"),
+            UpstreamMessage("sim-2", "7.100.2", dlr_status="UNDELIV"),
+            UpstreamMessage("sim-4", "7.100.4", dlr_status="DELIVRD"),
+        ],
+    )
+    # Then the report says so
+    assert _expired_unreported(observed) == {"total": 3, "reached": 2, "delivered": 1}

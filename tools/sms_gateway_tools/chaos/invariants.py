@@ -47,6 +47,8 @@ class UpstreamMessage:
     repeats: int = 0
     # Repeats that came after the simulator had written its 'accepted' answer to an earlier submit.
     repeats_after_accept: int = 0
+    # The final state the simulator reports for it (DELIVRD, UNDELIV).
+    dlr_status: str | None = None
 
 
 @dataclass

@@ -348,6 +348,7 @@ class ChaosRun:
                 client_ref=m["client_ref"],
                 repeats=m["duplicates"],
                 repeats_after_accept=m["duplicates_after_accept"],
+                dlr_status=m["dlr_status"],
             )
             for m in stack.simulator.messages()
         ]
@@ -421,6 +422,7 @@ class ChaosRun:
             "refused_sends": self.progress.refused_sends[:5],
             "statuses": dict(sorted(statuses.items())),
             "error_codes": dict(sorted(error_codes.items())),
+            "expired_unreported": _expired_unreported(observed),
             "injected": {
                 "upstream_5xx": stats.get("errors_injected", 0),
                 "upstream_timeouts": stats.get("timeouts_injected", 0),
@@ -456,6 +458,20 @@ class ChaosRun:
         }
 
 
+def _expired_unreported(observed: Observations) -> dict[str, int]:
+    """Messages our settle check expired (`no_delivery_report`): how many the upstream had after all, and how many
+    of those it delivered. The invariants allow them (a final status does not move); the count shows what a DLR wait
+    shorter than the upstream's reporting delay costs."""
+    upstream = {copy.client_ref: copy for copy in observed.upstream}
+    expired = [m for m in observed.messages if m.status == "expired" and m.error_code == "no_delivery_report"]
+    reached = [upstream[m.client_ref] for m in expired if m.client_ref in upstream]
+    return {
+        "total": len(expired),
+        "reached": len(reached),
+        "delivered": sum(1 for copy in reached if copy.dlr_status == "DELIVRD"),
+    }
+
+
 def render(summary: dict[str, Any]) -> str:
     """The printed report: what was injected, what happened, and each invariant."""
     o = summary["options"]
@@ -466,6 +482,8 @@ def render(summary: dict[str, Any]) -> str:
         f"{'after ' + str(summary['settled_after_seconds']) + ' s' if summary['settled_after_seconds'] else 'no'})",
         "final statuses: " + ", ".join(f"{k} {v}" for k, v in summary["statuses"].items()),
         "error codes: " + (", ".join(f"{k} {v}" for k, v in summary["error_codes"].items()) or "none"),
+        "expired for want of a DLR: {total}, of which the upstream had {reached} ({delivered} reported delivered by "
+        "it after the DLR wait); the rest never reached it".format(**summary["expired_unreported"]),
         "injected: " + ", ".join(f"{k} {v}" for k, v in summary["injected"].items()),
         "upstream: " + ", ".join(f"{k} {v}" for k, v in summary["upstream"].items()),
         "client webhook: " + ", ".join(f"{k} {v}" for k, v in summary["webhook"].items()),
