@@ -1,11 +1,13 @@
-"""Memory: peak RSS of the api and dispatcher functions handling their largest event, against template.yaml's
-MemorySize, with moto in another process."""
+"""Memory: peak RSS of each function handling its largest event, against template.yaml's MemorySize, with moto in
+another process."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +16,19 @@ from bench.bench_cold_start import run_script
 
 TARGET_SHARE = 0.60
 STACK = "sms-gateway-bench"
+SIMULATOR_SECRET = "bench-simulator-secret"
+# The order a run measures them in: each one's event comes from what the ones before it did.
+FUNCTIONS = ("api", "dispatcher", "webhook", "notifier", "scheduled_dispatch")
 
 # Run once against the moto server: the template's resources and an account, printed as the functions' env.
 SEED_SCRIPT = """
 import json, os, sys
 from sms_gateway_tools.localstack.resources import create_resources
 env = create_resources(stack_name=sys.argv[1], simulator_url="http://127.0.0.1:9", api_url="http://127.0.0.1:8",
-                       endpoint=os.environ["AWS_ENDPOINT_URL"])
+                       simulator_secret=sys.argv[2], endpoint=os.environ["AWS_ENDPOINT_URL"])
 os.environ.update(env)
 from sms_gateway_tools.admin import create_account
-account = create_account(name="Bench", senders=["48974"], credits=10_000_000)
+account = create_account(name="Bench", senders=["48974"], credits=100_000_000, dlr_url=sys.argv[3])
 print(json.dumps({"env": env, "token": account["token"]}))
 """
 
@@ -65,41 +70,90 @@ class Context:
 handler_started = time.process_time()
 answer = module.handler(event, Context())
 handler_cpu = time.process_time() - handler_started
-if name == "api":
+if name in ("api", "webhook"):
     assert answer["statusCode"] == 200, answer
+elif name == "scheduled_dispatch":
+    assert answer == {"released": True}, answer
 else:
     assert answer == {"batchItemFailures": []}, answer
+if name == "dispatcher":
     assert len(submitted) == sum(len(json.loads(r["body"])["message_ids"]) for r in event["Records"]), submitted
 print(json.dumps({"start": start, "with_boto3": with_boto3, "imported": imported, "peak": status("VmHWM"),
                   "init_cpu": init_cpu, "handler_cpu": handler_cpu}))
 """
 
 
-def send_event(token: str, recipients: int) -> dict[str, Any]:
+def send_event(token: str, recipients: int, send_at: datetime | None = None) -> dict[str, Any]:
+    """A 9bits bulk send with delivery reports (each status change is a client callback), now or scheduled."""
     event = json.loads((REPO / "events" / "api-sendsms-batch.json").read_text().replace("{YOUR_API_Token}", token))
     numbers = [f"23480{3100000 + i:08d}" for i in range(recipients)]
-    event["body"] = json.dumps({"from": "48974", "to": numbers, "body": "Bench: hello there"})
+    body: dict[str, Any] = {"from": "48974", "to": numbers, "body": "Bench: hello there", "delivery_report": "yes"}
+    if send_at is not None:
+        body["send_at"] = send_at.isoformat()
+    event["body"] = json.dumps(body)
     return event
 
 
-def take_dispatch_event(sqs: Any, queue_url: str) -> dict[str, Any]:
-    """Everything on the dispatch queue, as the Lambda event source would hand it over (then deleted)."""
+def take_queue_event(sqs: Any, queue_url: str, arn: str, limit: int | None = None) -> dict[str, Any]:
+    """What a queue holds (at most `limit` records), as the Lambda event source would hand it over (then
+    deleted); the rest is left."""
     records: list[dict[str, Any]] = []
-    while got := sqs.receive_message(
-        QueueUrl=queue_url, MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
-    ).get("Messages", []):
+    while limit is None or len(records) < limit:
+        wanted = 10 if limit is None else min(10, limit - len(records))
+        got = sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=wanted, MessageSystemAttributeNames=["All"]
+        ).get("Messages", [])
+        if not got:
+            break
         records += got
-        for record in got:
-            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=record["ReceiptHandle"])
+        sqs.delete_message_batch(
+            QueueUrl=queue_url,
+            Entries=[{"Id": str(i), "ReceiptHandle": record["ReceiptHandle"]} for i, record in enumerate(got)],
+        )
     from sms_gateway_tools.localstack.sqs_poller import lambda_record
 
-    arn = "arn:aws:sqs:us-east-1:123456789012:dispatch.fifo"
     return {"Records": [lambda_record(record, arn) for record in records]}
+
+
+def dlr_event(dispatch: dict[str, Any]) -> dict[str, Any]:
+    """The simulator's signed DLR for the first message the dispatcher submitted, as the function URL hands it
+    over (one report per request, as every upstream sends them: the webhook's events are all about this size)."""
+    from bench.moto_gateway import http_api_event
+    from sms_gateway_tools.simulator import sign
+
+    command = json.loads(dispatch["Records"][0]["body"])
+    client_ref = f"{command['account_id']}.{command['reference_id']}.{command['message_ids'][0]}"
+    body = json.dumps(
+        {
+            "message_id": "sim-1",
+            "client_ref": client_ref,
+            "to": "2348031000000",
+            "status": "DELIVRD",
+            "error_code": "000",
+            "done_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+    )
+    timestamp = str(int(time.time()))
+    headers = {"x-simulator-timestamp": timestamp, "x-simulator-signature": sign(SIMULATOR_SECRET, timestamp, body)}
+    event = http_api_event("POST", "/callbacks/simulator/dlr", body, headers)
+    event["pathParameters"] = {"provider": "simulator"}
+    event["routeKey"] = event["requestContext"]["routeKey"] = "POST /callbacks/{provider}/dlr"
+    return event
 
 
 def _python(script: str, env: dict[str, str], *args: str) -> str:
     """The last line the script prints (the handlers' metrics go to stdout before it)."""
     return run_script(script, list(args), env).stdout.strip().splitlines()[-1]
+
+
+def notifier_batch_size() -> int:
+    """The notifier's event source BatchSize in template.yaml: the most records its event holds."""
+    from sms_gateway_tools import template as tpl
+
+    [notifier] = [
+        fn for fn in tpl.function_definitions(tpl.load_template()) if fn.code_uri.strip("/").endswith("notifier")
+    ]
+    return max(int(source.batch_size) for source in notifier.sqs_events)
 
 
 def memory_sizes() -> dict[str, int]:
@@ -118,40 +172,60 @@ def rss_mb() -> float:
     return 0.0
 
 
-def measure(recipients: int, runs: int) -> tuple[dict[str, list[dict[str, float]]], int, float]:
-    """Per function, each run's figures; the number of dispatch records; what the moto server took."""
+def measure(recipients: int, runs: int) -> tuple[dict[str, list[dict[str, float]]], dict[str, int], float]:
+    """Per function, each run's figures; how many records the queue-fed functions got; what the moto server took."""
     import boto3
 
+    from bench.moto_gateway import client_webhook, take_schedule_input
     from sms_gateway_tools.localstack.moto_server import EmbeddedMoto
 
-    measured: dict[str, list[dict[str, float]]] = {"api": [], "dispatcher": []}
-    records = 0
+    measured: dict[str, list[dict[str, float]]] = {name: [] for name in FUNCTIONS}
+    records: dict[str, int] = {}
     before_moto = rss_mb()
     moto = EmbeddedMoto()
     endpoint = moto.start()
     try:
-        base_env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "PYTHONPATH": os.pathsep.join(str(path) for path in (REPO / "layers" / "core", REPO / "tools", REPO)),
-            **offline_aws_environment(),
-            "AWS_ENDPOINT_URL": endpoint,
-        }
-        seeded = json.loads(_python(SEED_SCRIPT, base_env, STACK))
-        env = {**base_env, **seeded["env"]}
-        sqs = boto3.session.Session(
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            region_name="us-east-1",
-        ).client("sqs", endpoint_url=endpoint)
-        with tempfile.TemporaryDirectory() as scratch:
+        with client_webhook() as webhook, tempfile.TemporaryDirectory() as scratch:
+            base_env = {
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "PYTHONPATH": os.pathsep.join(str(path) for path in (REPO / "layers" / "core", REPO / "tools", REPO)),
+                **offline_aws_environment(),
+                "AWS_ENDPOINT_URL": endpoint,
+            }
+            dlr_url = f"http://127.0.0.1:{webhook.server_address[1]}/dlr"
+            seeded = json.loads(_python(SEED_SCRIPT, base_env, STACK, SIMULATOR_SECRET, dlr_url))
+            env = {**base_env, **seeded["env"]}
+            session = boto3.session.Session(
+                aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+            )
+            sqs = session.client("sqs", endpoint_url=endpoint)
+            scheduler = session.client("scheduler", endpoint_url=endpoint)
+            dispatch_queue = (env["DISPATCH_QUEUE_URL"], "arn:aws:sqs:us-east-1:123456789012:dispatch.fifo")
+            notify_queue = (env["NOTIFY_QUEUE_URL"], "arn:aws:sqs:us-east-1:123456789012:notify")
             event_file = str(Path(scratch) / "event.json")
-            for _ in range(runs):
-                Path(event_file).write_text(json.dumps(send_event(seeded["token"], recipients)))
-                measured["api"].append(json.loads(_python(MEASURE_SCRIPT, env, "api", event_file)))
-                event = take_dispatch_event(sqs, env["DISPATCH_QUEUE_URL"])
-                records = len(event["Records"])
+
+            def run_function(name: str, event: dict[str, Any]) -> dict[str, float]:
                 Path(event_file).write_text(json.dumps(event))
-                measured["dispatcher"].append(json.loads(_python(MEASURE_SCRIPT, env, "dispatcher", event_file)))
+                return dict(json.loads(_python(MEASURE_SCRIPT, env, name, event_file)))
+
+            for _ in range(runs):
+                measured["api"].append(run_function("api", send_event(seeded["token"], recipients)))
+                dispatch = take_queue_event(sqs, *dispatch_queue)
+                records["dispatcher"] = len(dispatch["Records"])
+                measured["dispatcher"].append(run_function("dispatcher", dispatch))
+                # The dispatcher announced a `submitted` callback per message: the notifier's queue is full.
+                measured["webhook"].append(run_function("webhook", dlr_event(dispatch)))
+                notify = take_queue_event(sqs, *notify_queue, limit=notifier_batch_size())
+                records["notifier"] = len(notify["Records"])
+                measured["notifier"].append(run_function("notifier", notify))
+                take_queue_event(sqs, *notify_queue)
+                # A batch of the same size scheduled an hour ahead (the api's run here is not measured), released by
+                # the input its one-time schedule carries.
+                later = datetime.now(UTC) + timedelta(hours=1)
+                run_function("api", send_event(seeded["token"], recipients, send_at=later))
+                release = take_schedule_input(scheduler, env["SCHEDULE_GROUP_NAME"])
+                measured["scheduled_dispatch"].append(run_function("scheduled_dispatch", release))
+                take_queue_event(sqs, *dispatch_queue)
         moto_mb = rss_mb() - before_moto
     finally:
         moto.stop()
@@ -164,8 +238,11 @@ def run(quick: bool) -> dict[str, Any]:
     sizes = memory_sizes()
     measured, records, moto_mb = measure(recipients, runs)
     events = {
-        "api": f"send to {recipients} recipients (9bits POST /ng/v1/sendsms)",
-        "dispatcher": f"{records} records of up to 100 messages",
+        "api": f"send to {recipients} recipients with delivery reports (9bits POST /ng/v1/sendsms)",
+        "dispatcher": f"{records['dispatcher']} records of up to 100 messages",
+        "webhook": "a signed simulator DLR (upstreams send one report per request)",
+        "notifier": f"{records['notifier']} client callbacks (its BatchSize) to a webhook on 127.0.0.1",
+        "scheduled_dispatch": f"release of a scheduled batch of {recipients} recipients",
     }
     rows: list[dict[str, Any]] = []
     for function, event_name in events.items():
@@ -203,9 +280,14 @@ def run(quick: bool) -> dict[str, Any]:
             "peak_mb is the process's VmHWM after handling the event: the figure judged against MemorySize."
             " function_share_mb = peak - python_boto3_mb is what the gateway adds to an interpreter that has"
             " imported boto3, as the Lambda runtime's has (its own client, awslambdaric, a few MB, is not counted).",
-            "Each api run sends to the same recipients as a new batch; the dispatcher then gets exactly the records"
-            " that send queued (taken off the queue by the bench, as the event source mapping would), and its"
-            " upstream answers at once through httpx.MockTransport (simulator protocol).",
+            "Each api run sends to the same recipients as a new batch, with delivery reports; the dispatcher then gets"
+            " exactly the records that send queued (taken off the queue by the bench, as the event source mapping"
+            " would), and its upstream answers at once through httpx.MockTransport (simulator protocol). The"
+            " webhook gets the simulator's signed DLR for the first of those messages; the notifier gets"
+            f" {records['notifier']} (its BatchSize) of the callbacks the dispatcher queued (one per message) and"
+            " posts them to a client webhook in the bench process; scheduled_dispatch gets the input of the"
+            " one-time schedule of a batch of the same size sent for an hour later (that api run is not measured),"
+            " and queues its records.",
             "init_cpu_s (importing the handler module) and handler_cpu_s (handling the event, the boto3 clients"
             " included) are the function process's CPU time; moto's work is in the other process. On Lambda a"
             " function gets CPU in proportion to its memory (1769 MB = one vCPU), so at MemorySize M that CPU"

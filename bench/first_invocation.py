@@ -193,14 +193,9 @@ class FirstInvocations:
             answer = self.api_handler(self.send_event(send_at=send_at), FakeContext())
         if answer["statusCode"] != 200:
             raise RuntimeError(f"scheduled send refused: {answer}")
-        scheduler = self.stack.client("scheduler")
-        group = self.stack.resources.schedule_groups[0]
-        names = [s["Name"] for s in scheduler.list_schedules(GroupName=group)["Schedules"]]
-        if len(names) != 1:
-            raise RuntimeError(f"expected one schedule, found {names}")
-        schedule = scheduler.get_schedule(GroupName=group, Name=names[0])
-        scheduler.delete_schedule(GroupName=group, Name=names[0])
-        return dict(json.loads(schedule["Target"]["Input"]))
+        from bench.moto_gateway import take_schedule_input
+
+        return take_schedule_input(self.stack.client("scheduler"), self.stack.resources.schedule_groups[0])
 
     # -- runs -----------------------------------------------------------------------------------
 

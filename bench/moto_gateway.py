@@ -81,6 +81,17 @@ def client_webhook() -> Iterator[ThreadingHTTPServer]:
         server.server_close()
 
 
+def take_schedule_input(scheduler: Any, group: str) -> dict[str, Any]:
+    """The input of the one schedule the group holds (what it would invoke scheduled_dispatch with); the schedule
+    is deleted, as a one-time schedule deletes itself once it fired."""
+    names = [schedule["Name"] for schedule in scheduler.list_schedules(GroupName=group)["Schedules"]]
+    if len(names) != 1:
+        raise RuntimeError(f"expected one schedule, found {names}")
+    schedule = scheduler.get_schedule(GroupName=group, Name=names[0])
+    scheduler.delete_schedule(GroupName=group, Name=names[0])
+    return dict(json.loads(schedule["Target"]["Input"]))
+
+
 def http_api_event(
     method: str, path: str, body: str, headers: dict[str, str], *, domain: str = API_DOMAIN, route_key: str = ""
 ) -> dict[str, Any]:
