@@ -138,8 +138,7 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
             # The account's rate limit is shared by every dispatcher container: each grant is one counted write.
             granted = await deps.limiter.acquire(deps.rate_scopes, len(pending)) if deps.limiter else len(pending)
             if granted == 0:
-                outcome.retry.extend(m.message_id for m in pending)
-                outcome.retry_after = max(outcome.retry_after or 0.0, 1.0)
+                _come_back_soon(pending, outcome)
                 break
             now_sending, pending = pending[:granted], pending[granted:]
             await asyncio.gather(*(one(m) for m in now_sending))
@@ -257,7 +256,8 @@ async def _dispatch_one(
 
 
 def _come_back_soon(messages: Sequence[Message], outcome: DispatchOutcome) -> None:
-    """Unclaimed messages returned to the queue: the next invocation has its whole time for them."""
+    """Unclaimed messages back to the queue for a second or so: out of rate-limit grants, or of invocation time
+    (the next invocation has its whole time for them)."""
     outcome.retry.extend(m.message_id for m in messages)
     outcome.retry_after = max(outcome.retry_after or 0.0, 1.0)
 
