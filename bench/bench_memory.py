@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from bench.bench_cold_start import run_script
 
 TARGET_SHARE = 0.60
 STACK = "sms-gateway-bench"
-SIMULATOR_SECRET = "bench-simulator-secret"
 # The order a run measures them in: each one's event comes from what the ones before it did.
 FUNCTIONS = ("api", "dispatcher", "webhook", "notifier", "scheduled_dispatch")
 
@@ -116,29 +114,13 @@ def take_queue_event(sqs: Any, queue_url: str, arn: str, limit: int | None = Non
 
 
 def dlr_event(dispatch: dict[str, Any]) -> dict[str, Any]:
-    """The simulator's signed DLR for the first message the dispatcher submitted, as the function URL hands it
-    over (one report per request, as every upstream sends them: the webhook's events are all about this size)."""
-    from bench.moto_gateway import http_api_event
-    from sms_gateway_tools.simulator import sign
+    """The simulator's signed DLR for the first message the dispatcher submitted, as the HTTP API hands it over
+    (one report per request, as every upstream sends them: the webhook's events are all about this size)."""
+    from bench.moto_gateway import SIMULATOR_SECRET, simulator_dlr_event
 
     command = json.loads(dispatch["Records"][0]["body"])
     client_ref = f"{command['account_id']}.{command['reference_id']}.{command['message_ids'][0]}"
-    body = json.dumps(
-        {
-            "message_id": "sim-1",
-            "client_ref": client_ref,
-            "to": "2348031000000",
-            "status": "DELIVRD",
-            "error_code": "000",
-            "done_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
-    )
-    timestamp = str(int(time.time()))
-    headers = {"x-simulator-timestamp": timestamp, "x-simulator-signature": sign(SIMULATOR_SECRET, timestamp, body)}
-    event = http_api_event("POST", "/callbacks/simulator/dlr", body, headers)
-    event["pathParameters"] = {"provider": "simulator"}
-    event["routeKey"] = event["requestContext"]["routeKey"] = "POST /callbacks/{provider}/dlr"
-    return event
+    return simulator_dlr_event(SIMULATOR_SECRET, message_id="sim-1", client_ref=client_ref, to="2348031000000")
 
 
 def _python(script: str, env: dict[str, str], *args: str) -> str:
@@ -176,7 +158,7 @@ def measure(recipients: int, runs: int) -> tuple[dict[str, list[dict[str, float]
     """Per function, each run's figures; how many records the queue-fed functions got; what the moto server took."""
     import boto3
 
-    from bench.moto_gateway import client_webhook, take_schedule_input
+    from bench.moto_gateway import SIMULATOR_SECRET, client_webhook, take_schedule_input
     from sms_gateway_tools.localstack.moto_server import EmbeddedMoto
 
     measured: dict[str, list[dict[str, float]]] = {name: [] for name in FUNCTIONS}

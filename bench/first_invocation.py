@@ -156,29 +156,15 @@ class FirstInvocations:
 
     def dlr_event(self) -> dict[str, Any]:
         """The simulator's signed DLR for its latest submit (the dispatcher's), as the HTTP API hands it over."""
-        from bench.moto_gateway import http_api_event
-        from sms_gateway_tools.simulator import sign
+        from bench.moto_gateway import simulator_dlr_event
 
         submit = self.stack.simulator.messages()[-1]
-        body = json.dumps(
-            {
-                "message_id": submit["message_id"],
-                "client_ref": submit["client_ref"],
-                "to": submit["to"],
-                "status": "DELIVRD",
-                "error_code": "000",
-                "done_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            }
+        return simulator_dlr_event(
+            self.stack.simulator.secret,
+            message_id=submit["message_id"],
+            client_ref=submit["client_ref"],
+            to=submit["to"],
         )
-        timestamp = str(int(time.time()))
-        headers = {
-            "x-simulator-timestamp": timestamp,
-            "x-simulator-signature": sign(self.stack.simulator.secret, timestamp, body),
-        }
-        event = http_api_event("POST", "/callbacks/simulator/dlr", body, headers)
-        event["pathParameters"] = {"provider": "simulator"}
-        event["routeKey"] = event["requestContext"]["routeKey"] = "POST /callbacks/{provider}/dlr"
-        return event
 
     def schedule_event(self) -> dict[str, Any]:
         """A batch scheduled an hour ahead (sent through the api handler in this process), and the input its

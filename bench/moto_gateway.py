@@ -3,8 +3,6 @@ request-counting and cost benchmarks): accept (api), dispatch, upstream DLR (web
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import threading
 import time
@@ -90,6 +88,42 @@ def take_schedule_input(scheduler: Any, group: str) -> dict[str, Any]:
     schedule = scheduler.get_schedule(GroupName=group, Name=names[0])
     scheduler.delete_schedule(GroupName=group, Name=names[0])
     return dict(json.loads(schedule["Target"]["Input"]))
+
+
+def simulator_dlr_event(
+    secret: str,
+    *,
+    message_id: str,
+    client_ref: str,
+    to: str,
+    status: str = "DELIVRD",
+    done_at: str | None = None,
+    function_url: bool = False,
+) -> dict[str, Any]:
+    """The simulator's signed DLR as the webhook function gets it: through its function URL (`function_url`, a
+    `$default` route event), or through the HTTP API's `POST /callbacks/{provider}/dlr` route."""
+    from datetime import UTC, datetime
+
+    from sms_gateway_tools.simulator import sign
+
+    report = {
+        "message_id": message_id,
+        "client_ref": client_ref,
+        "to": to,
+        "status": status,
+        "error_code": "000",
+        "done_at": done_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    body = json.dumps(report)
+    timestamp = str(int(time.time()))
+    headers = {"x-simulator-timestamp": timestamp, "x-simulator-signature": sign(secret, timestamp, body)}
+    path = "/callbacks/simulator/dlr"
+    if function_url:
+        return http_api_event("POST", path, body, headers, domain=CALLBACK_DOMAIN, route_key="$default")
+    event = http_api_event("POST", path, body, headers)
+    event["pathParameters"] = {"provider": "simulator"}
+    event["routeKey"] = event["requestContext"]["routeKey"] = "POST /callbacks/{provider}/dlr"
+    return event
 
 
 def http_api_event(
@@ -249,25 +283,14 @@ class MotoGateway:
         one HTTP request each, to the webhook function's URL (CALLBACK_BASE_URL)."""
         end = len(self.upstream.submits) if limit is None else min(len(self.upstream.submits), self.dlr_cursor + limit)
         for submit in self.upstream.submits[self.dlr_cursor : end]:
-            body = json.dumps(
-                {
-                    "message_id": f"sim-{submit['client_ref']}",
-                    "client_ref": submit["client_ref"],
-                    "to": submit["to"],
-                    "status": status,
-                    "error_code": "000",
-                    "done_at": "2026-01-01T00:00:01Z",
-                }
-            )
-            timestamp = str(int(time.time()))
-            signature = hmac.new(SIMULATOR_SECRET.encode(), f"{timestamp}.{body}".encode(), hashlib.sha256)
-            event = http_api_event(
-                "POST",
-                "/callbacks/simulator/dlr",
-                body,
-                {"x-simulator-timestamp": timestamp, "x-simulator-signature": signature.hexdigest()},
-                domain=CALLBACK_DOMAIN,
-                route_key="$default",
+            event = simulator_dlr_event(
+                SIMULATOR_SECRET,
+                message_id=f"sim-{submit['client_ref']}",
+                client_ref=submit["client_ref"],
+                to=submit["to"],
+                status=status,
+                done_at="2026-01-01T00:00:01Z",
+                function_url=True,
             )
             answer, invocation = self.invoke("webhook", event)
             if answer["statusCode"] != 200:
