@@ -32,3 +32,30 @@ def test_waiters_get_the_lock_in_the_order_they_asked_for_it():
         thread.join(5)
     # Then they were served first come, first served
     assert served == [0, 1, 2, 3, 4]
+
+
+def test_a_holder_that_lets_go_and_asks_again_queues_behind_the_waiter():
+    # Given a held lock and a caller waiting for it (the stream of callbacks against one client's send: with
+    # threading.Lock the thread that lets go takes it straight back, and the waiter starves)
+    lock = FairLock()
+    order: list[str] = []
+    lock.__enter__()
+
+    def waiter() -> None:
+        with lock:
+            order.append("waiter")
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while lock._next_ticket < 2 and time.monotonic() < deadline:  # the waiter has taken its place
+        time.sleep(0.001)
+    # When the holder lets go and asks again, three times over
+    for _ in range(3):
+        lock.__exit__(None, None, None)
+        lock.__enter__()
+        order.append("holder")
+    lock.__exit__(None, None, None)
+    thread.join(5)
+    # Then the waiter went first
+    assert order == ["waiter", "holder", "holder", "holder"]
