@@ -121,6 +121,7 @@ def cost_per_million(units: Flow, timed: Flow, prices: dict[str, float], facts: 
         * prices["xray_trace_recorded"]
         * million,
         "SSM GetParameter (standard)": 0.0,
+        "KMS requests (webhook credentials)": total_units["kms:request"] * prices["kms_request"] * million,
     }
 
 

@@ -121,6 +121,9 @@ class CapacityMeter(AwsCallMeter):
                 self._sqs(operation, params)
             elif service == "dynamodb":
                 self._dynamodb(operation, params, parsed, context.get("bench_old", []), ok)
+            elif service == "kms":
+                # The notifier opens an account's webhook credentials once per container (adapters/kms.py).
+                self.units["kms:request"] += 1
 
     # ------------------------------------------------------------------ SQS
 

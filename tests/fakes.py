@@ -18,6 +18,7 @@ from sms_gateway.domain.models import (
     InboundSms,
     Message,
     MessageKey,
+    SealedSecret,
     SentMessage,
     StatusChange,
     StoredInbound,
@@ -229,6 +230,35 @@ class InMemoryStore:
             return None
         last = max(sent, key=lambda m: m.message_id)
         return SentMessage(key=last.key, sender=last.sender, session_id=last.session_id, ref_id=last.ref_id)
+
+
+class FakeSecretBox:
+    """Seals like the KMS box (bound to an account and a purpose; opened for another, it fails), reversibly and
+    without AWS: the sealed text is not the secret, so a test can tell a sealed attribute from a plain one."""
+
+    def __init__(self) -> None:
+        self.opened: list[tuple[str, str]] = []
+
+    def seal(self, account_id: str, purpose: str, secret: str) -> SealedSecret:
+        import base64
+        import json
+
+        from sms_gateway.domain.models import shown_prefix
+
+        sealed = base64.b64encode(json.dumps([account_id, purpose, secret]).encode()).decode()
+        return SealedSecret(sealed=sealed, prefix=shown_prefix(secret))
+
+    def open(self, account_id: str, purpose: str, sealed: SealedSecret) -> str:
+        import base64
+        import json
+
+        if sealed.scheme == "plain":
+            return sealed.sealed
+        bound_account, bound_purpose, secret = json.loads(base64.b64decode(sealed.sealed))
+        if (bound_account, bound_purpose) != (account_id, purpose):
+            raise ValueError(f"sealed for {bound_account}/{bound_purpose}, not {account_id}/{purpose}")
+        self.opened.append((account_id, purpose))
+        return str(secret)
 
 
 class RecordingQueue:

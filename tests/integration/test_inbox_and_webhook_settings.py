@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import FakeContext, load_event, load_function
 from tests.integration.test_batches_dialect import request
 from tests.integration.test_send_path import balance, queued_records
+from tests.stored_accounts import stored, webhook_credentials
 
 Api = Callable[[dict[str, Any]], dict[str, Any]]
 AIRTEL = "+2348020000000"
@@ -241,12 +242,6 @@ def test_the_inbox_needs_a_valid_bearer_token(aws, account, api):
 # ---------------------------------------------------------------- webhook settings
 
 
-def stored(account_id: str) -> Any:
-    from sms_gateway.bootstrap import gateway
-
-    return gateway().store.get_account(account_id)
-
-
 def settings(api: Api, token: str, method: str = "GET", body: Any = None) -> tuple[int, dict[str, Any], dict]:
     return call(api, token, method, "/ng/v1/settings/webhooks", body)
 
@@ -254,6 +249,7 @@ def settings(api: Api, token: str, method: str = "GET", body: Any = None) -> tup
 def test_webhook_settings_round_trip_without_showing_secrets(aws, account, api):
     token = account["token"]
     before = stored(account["account_id"])
+    before_token, before_secret = webhook_credentials(account["account_id"])
     # When the client sets both URLs
     status, changed, headers = settings(
         api,
@@ -264,10 +260,10 @@ def test_webhook_settings_round_trip_without_showing_secrets(aws, account, api):
     # Then they are stored and shown, with only the start of each secret
     assert status == 200, changed
     assert (changed["inbound_url"], changed["dlr_url"]) == ("https://client.example/in", "https://client.example/dlr")
-    assert changed["webhook_token_prefix"] == before.webhook_token[:8]
-    assert changed["signing_secret_prefix"] == before.webhook_secret[:14]
+    assert changed["webhook_token_prefix"] == before_token[:8]
+    assert changed["signing_secret_prefix"] == before_secret[:14]
     assert "webhook_token" not in changed and "signing_secret" not in changed
-    assert before.webhook_token not in json.dumps(changed) and before.webhook_secret not in json.dumps(changed)
+    assert before_token not in json.dumps(changed) and before_secret not in json.dumps(changed)
     assert headers.get("Cache-Control") == "no-store"
     status, read, _ = settings(api, token)
     assert status == 200
@@ -289,8 +285,10 @@ def test_a_rotated_token_and_secret_are_shown_in_full_once(aws, account, api):
     # Then the answer holds the new ones in full, and they are what the account now signs and sends with
     assert status == 200, rotated
     after = stored(account["account_id"])
-    assert rotated["webhook_token"] == after.webhook_token != before.webhook_token
-    assert rotated["signing_secret"] == after.webhook_secret != before.webhook_secret
+    assert (rotated["webhook_token"], rotated["signing_secret"]) == webhook_credentials(account["account_id"])
+    assert after.webhook_token != before.webhook_token and after.webhook_secret != before.webhook_secret
+    assert rotated["webhook_token"] != account["webhook_token"]
+    assert rotated["signing_secret"] != account["webhook_secret"]
     assert rotated["signing_secret"].startswith("whsec_")
     assert rotated["webhook_token"].startswith(rotated["webhook_token_prefix"])
     assert rotated["signing_secret"].startswith(rotated["signing_secret_prefix"])
@@ -371,6 +369,7 @@ def test_the_cli_rotates_the_signing_secret(aws, account, monkeypatch, capsys):
     shown = json.loads(capsys.readouterr().out)
     assert code == 0
     after = stored(account["account_id"])
-    assert shown["signing_secret"] == after.webhook_secret != before.webhook_secret
+    assert shown["signing_secret"] == webhook_credentials(account["account_id"])[1] != account["webhook_secret"]
+    assert after.webhook_secret != before.webhook_secret
     assert "webhook_token" not in shown
     assert after.webhook_token == before.webhook_token

@@ -1,6 +1,8 @@
-"""No secret a client or an operator hands us is stored in plain text: every item of the table is scanned for every
-secret value (API tokens, API keys, passwords, session keys, upstream credentials) after each has been issued and
-used through the real handlers. Upstream credentials live only in Parameter Store, as SecureString."""
+"""No secret a client or an operator hands us, and none we hand out, is stored in plain text: every item of the
+table is scanned for every secret value (API tokens, API keys, passwords, session keys, webhook tokens and signing
+secrets, upstream credentials) after each has been issued and used through the real handlers. Upstream credentials
+live only in Parameter Store, as SecureString; the webhook credentials we must present are sealed with the stack's
+KMS key."""
 
 from __future__ import annotations
 
@@ -10,15 +12,11 @@ from typing import Any
 
 import boto3
 import pytest
+from boto3.dynamodb.types import TypeDeserializer
 
 from tests.security_stack import Tenant, log_in, module_fixtures, populate, scan_items, simulator_callback
 
 aws, gateway = module_fixtures()
-
-# Knowingly stored as given, because we must present them, not check them (docs/webhooks.md): the token our calls
-# to the client's webhook carry (`Authorization: Bearer`) and the key we sign those calls with. A hash could not be
-# sent or signed with. They may appear in their own account item only, in the attributes named here.
-OUTBOUND_SECRET_ATTRIBUTES = {"webhook_token", "webhook_secret"}
 
 
 def _texts(item: dict[str, Any]) -> str:
@@ -68,6 +66,10 @@ def secrets_in_use(aws, gateway) -> dict[str, Any]:
             "password": account["password"],
             "session key": tenant.session["Session_key"],
             "second session key": second_session["Session_key"],
+            "webhook token as created": account["webhook_token"],
+            "signing secret as created": account["webhook_secret"],
+            "rotated webhook token": rotated.json["webhook_token"],
+            "rotated signing secret": rotated.json["signing_secret"],
         },
         "upstream_secrets": upstream_secrets,
         "webhook": {"token": rotated.json["webhook_token"], "secret": rotated.json["signing_secret"]},
@@ -88,15 +90,34 @@ def test_no_client_or_upstream_secret_is_in_any_stored_item(aws, secrets_in_use)
     assert found == []
 
 
-def test_the_outbound_webhook_secrets_are_only_in_their_own_account_item(aws, secrets_in_use):
-    # The documented exception: stored as given, in the account item, and nowhere else
-    for value in secrets_in_use["webhook"].values():
-        holders = [item for item in scan_items(aws) if value in _texts(item)]
-        assert len(holders) == 1, value[:6]
-        (holder,) = holders
-        attributes = {name for name, typed in holder.items() if value in _texts(typed)}
-        assert attributes <= OUTBOUND_SECRET_ATTRIBUTES, attributes
-        assert secrets_in_use["account"]["account_id"] in _texts(holder)
+def test_the_webhook_credentials_are_sealed_with_the_stacks_key_for_their_own_account(aws, secrets_in_use):
+    # Given the account item after its webhook token and signing secret were rotated
+    from sms_gateway.bootstrap import gateway
+
+    account_id = secrets_in_use["account"]["account_id"]
+    typed = TypeDeserializer()
+    items = [{name: typed.deserialize(value) for name, value in item.items()} for item in scan_items(aws)]
+    (item,) = [item for item in items if item["pk"] == f"ACC#{account_id}" and item["sk"] == "ACCOUNT"]
+    kms = boto3.client("kms")
+    for attribute, answered in (
+        ("webhook_token", secrets_in_use["webhook"]["token"]),
+        ("webhook_secret", secrets_in_use["webhook"]["secret"]),
+    ):
+        sealed = item[attribute]
+        # Then each attribute is KMS ciphertext, bound to the account and the attribute, holding what was answered
+        assert sealed["scheme"] == "kms"
+        blob = base64.b64decode(sealed["sealed"])
+        context = {"account_id": account_id, "purpose": attribute}
+        opened = kms.decrypt(CiphertextBlob=blob, EncryptionContext=context)
+        assert opened["KeyId"] == aws["WEBHOOK_CREDENTIALS_KEY_ID"]
+        assert opened["Plaintext"].decode() == answered
+        # And it does not open for another account, or as the other attribute
+        for wrong in ({**context, "account_id": "1"}, {**context, "purpose": "other"}):
+            with pytest.raises(kms.exceptions.InvalidCiphertextException):
+                kms.decrypt(CiphertextBlob=blob, EncryptionContext=wrong)
+        # And what the notifier opens is what was answered
+        account = gateway().store.get_account(account_id)
+        assert gateway().webhook_credentials.open(account_id, attribute, getattr(account, attribute)) == answered
 
 
 def test_upstream_credentials_are_secure_strings_in_parameter_store(aws, secrets_in_use):

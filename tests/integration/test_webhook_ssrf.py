@@ -21,7 +21,7 @@ from sms_gateway.adapters.webhook_http import GuardedBackend, UnsafeWebhookTarge
 from sms_gateway.domain.models import Account
 from sms_gateway.logic.notify import WebhookFailed, deliver
 from sms_gateway.settings import get_settings
-from tests.fakes import InMemoryStore
+from tests.fakes import FakeSecretBox, InMemoryStore
 
 HOOK_NAME = "hooks.example"
 
@@ -240,7 +240,7 @@ def test_the_notifier_reports_a_forbidden_address_as_a_failed_delivery(stack, na
     names[HOOK_NAME] = ["10.0.0.5"]
     # When the notifier delivers a DLR there
     with pytest.raises(WebhookFailed) as failed:
-        http.run(deliver(notification(f"https://{HOOK_NAME}/dlr"), accounts, consumers.post_webhook))
+        http.run(deliver(notification(f"https://{HOOK_NAME}/dlr"), accounts, consumers.post_webhook, FakeSecretBox()))
     # Then it is a failed delivery that says why
     assert str(failed.value) == "webhook URL resolves to a forbidden address 10.0.0.5"
 
@@ -250,14 +250,23 @@ def test_the_notifier_does_not_follow_a_redirect(stack, server: WebhookServer, a
     stack(True)
     # When the notifier delivers there
     with pytest.raises(WebhookFailed, match="answered 302"):
-        http.run(deliver(notification(f"http://127.0.0.1:{server.port}/redirect"), accounts, consumers.post_webhook))
+        http.run(
+            deliver(
+                notification(f"http://127.0.0.1:{server.port}/redirect"),
+                accounts,
+                consumers.post_webhook,
+                FakeSecretBox(),
+            )
+        )
     # Then the redirect's target was never asked
     assert server.paths() == ["/redirect"]
 
 
 def test_the_notifier_delivers_to_an_allowed_webhook(stack, server: WebhookServer, accounts) -> None:
     stack(True)
-    assert http.run(deliver(notification(f"http://127.0.0.1:{server.port}/hook"), accounts, consumers.post_webhook))
+    assert http.run(
+        deliver(notification(f"http://127.0.0.1:{server.port}/hook"), accounts, consumers.post_webhook, FakeSecretBox())
+    )
     assert server.paths() == ["/hook"]
 
 

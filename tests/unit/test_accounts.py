@@ -13,9 +13,10 @@ from sms_gateway.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from sms_gateway.logic import accounts
 from sms_gateway.logic.auth import account_for_credential
 from sms_gateway.ports import AccountAdmin, AccountChanges, CredentialInfo
-from tests.fakes import InMemoryStore
+from tests.fakes import FakeSecretBox, InMemoryStore
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+BOX = FakeSecretBox()
 PREFIX = 8
 
 
@@ -100,7 +101,7 @@ class AdminStore(InMemoryStore):
 
     def update_account(self, account_id: str, changes: AccountChanges) -> Account:
         account = self._require(account_id)
-        update: dict[str, Any] = changes.model_dump(exclude={"clear"}, exclude_none=True)
+        update: dict[str, Any] = {name: value for name, value in changes if name != "clear" and value is not None}
         update |= dict.fromkeys(changes.clear)
         self.accounts[account_id] = account.model_copy(update=update)
         return self.accounts[account_id]
@@ -117,7 +118,10 @@ def store() -> AdminStore:
 
 @pytest.fixture
 def account(store: AdminStore) -> tuple[Account, Credentials]:
-    return accounts.create_account(store, name="Cinema Club", senders=["48974"], credits=10, now=NOW)
+    created, credentials, _ = accounts.create_account(
+        store, BOX, name="Cinema Club", senders=["48974"], credits=10, now=NOW
+    )
+    return created, credentials
 
 
 def test_the_fake_implements_the_port(store: AdminStore) -> None:
@@ -181,7 +185,7 @@ class TestCredentials:
 
     def test_another_accounts_prefix_is_not_found_and_stays_valid(self, store, account):
         # Given two accounts
-        other, other_credentials = accounts.create_account(store, name="Other", senders=[], credits=0, now=NOW)
+        other, other_credentials, _ = accounts.create_account(store, BOX, name="Other", senders=[], credits=0, now=NOW)
         # When the first account's operator names the other's token prefix
         with pytest.raises(NotFound, match="no credential with prefix"):
             accounts.revoke_credential(store, account[0].account_id, other_credentials.token[:PREFIX], now=NOW)
@@ -206,7 +210,7 @@ class TestSenders:
         assert accounts.add_sender(store, created.account_id, "48974").senders == ("48974",)
 
     def test_a_sender_taken_by_another_account_is_refused(self, store, account):
-        other, _ = accounts.create_account(store, name="Other", senders=[], credits=0, now=NOW)
+        other, _, _ = accounts.create_account(store, BOX, name="Other", senders=[], credits=0, now=NOW)
         with pytest.raises(Conflict, match="registered to account"):
             accounts.add_sender(store, other.account_id, "48974")
         assert store.accounts[other.account_id].senders == ()
@@ -257,15 +261,38 @@ class TestCreditsAndPrices:
 class TestSettings:
     def test_webhooks_are_set_cleared_and_the_token_rotated(self, store, account):
         created, _ = account
-        updated, token = accounts.set_webhooks(
-            store, created.account_id, dlr_url="https://client.example/dlr", rotate_token=True
+        updated, rotated = accounts.set_webhooks(
+            store, BOX, created.account_id, dlr_url="https://client.example/dlr", rotate_token=True
         )
         assert updated.dlr_url == "https://client.example/dlr"
-        assert token and updated.webhook_token == token and token != created.webhook_token
-        cleared, no_token = accounts.set_webhooks(store, created.account_id, dlr_url="")
+        # The new token is answered once and stored sealed; the signing secret is untouched
+        assert rotated.token and rotated.secret is None
+        assert BOX.open(created.account_id, "webhook_token", updated.webhook_token) == rotated.token
+        assert updated.webhook_token != created.webhook_token
+        assert updated.webhook_secret == created.webhook_secret
+        cleared, nothing_rotated = accounts.set_webhooks(store, BOX, created.account_id, dlr_url="")
         assert cleared.dlr_url is None
-        assert no_token is None
-        assert cleared.webhook_token == token
+        assert nothing_rotated == accounts.WebhookCredentials()
+        assert cleared.webhook_token == updated.webhook_token
+
+    def test_a_rotated_signing_secret_is_answered_once_and_stored_sealed(self, store, account):
+        created, _ = account
+        updated, rotated = accounts.set_webhooks(store, BOX, created.account_id, rotate_secret=True)
+        assert rotated.secret and rotated.secret.startswith("whsec_") and rotated.token is None
+        assert rotated.secret not in str(store.accounts[created.account_id].model_dump())
+        assert BOX.open(created.account_id, "webhook_secret", updated.webhook_secret) == rotated.secret
+        assert updated.webhook_secret.prefix == rotated.secret[:14]
+
+    def test_a_new_accounts_webhook_credentials_are_issued_once_and_stored_sealed(self, store):
+        created, _, webhook = accounts.create_account(store, BOX, name="Sealed", senders=[], credits=0, now=NOW)
+        stored = str(store.accounts[created.account_id].model_dump())
+        assert webhook.token and webhook.secret
+        assert webhook.token not in stored and webhook.secret not in stored
+        assert BOX.open(created.account_id, "webhook_token", created.webhook_token) == webhook.token
+        assert BOX.open(created.account_id, "webhook_secret", created.webhook_secret) == webhook.secret
+        # Sealed for this account and purpose: it does not open as the other secret
+        with pytest.raises(ValueError, match="sealed for"):
+            BOX.open(created.account_id, "webhook_secret", created.webhook_token)
 
     @pytest.mark.parametrize(
         ("url", "allow_http"),
@@ -274,12 +301,14 @@ class TestSettings:
     def test_a_bad_webhook_url_changes_nothing(self, store, account, url, allow_http):
         before = store.accounts[account[0].account_id]
         with pytest.raises(InvalidRequest, match="webhook URL"):
-            accounts.set_webhooks(store, before.account_id, inbound_url=url, rotate_token=True, allow_http=allow_http)
+            accounts.set_webhooks(
+                store, BOX, before.account_id, inbound_url=url, rotate_token=True, allow_http=allow_http
+            )
         assert store.accounts[before.account_id] == before
 
     def test_http_is_allowed_where_the_stack_allows_it(self, store, account):
         updated, _ = accounts.set_webhooks(
-            store, account[0].account_id, inbound_url="http://127.0.0.1:9/in", allow_http=True
+            store, BOX, account[0].account_id, inbound_url="http://127.0.0.1:9/in", allow_http=True
         )
         assert updated.inbound_url == "http://127.0.0.1:9/in"
 
@@ -312,15 +341,17 @@ class TestSettings:
         with pytest.raises(NotFound):
             accounts.set_account(store, "404", rate_limit=5)
         with pytest.raises(NotFound):
-            accounts.set_webhooks(store, "404", rotate_token=True)
+            accounts.set_webhooks(store, BOX, "404", rotate_token=True)
 
-    def test_the_account_view_holds_no_secret(self, account):
-        view = accounts.account_view(account[0]).model_dump()
-        assert account[0].webhook_token not in str(view)
+    def test_the_account_view_holds_no_secret(self, store):
+        created, _, webhook = accounts.create_account(store, BOX, name="Viewed", senders=["48974"], credits=10, now=NOW)
+        view = accounts.account_view(created).model_dump()
+        assert webhook.token not in str(view) and webhook.secret not in str(view)
+        assert created.webhook_token.sealed not in str(view) and created.webhook_token.prefix not in str(view)
         assert view["credits"] == 10
         assert view["senders"] == ("48974",)
 
     def test_an_account_with_an_unknown_country_is_not_created(self, store):
         with pytest.raises(InvalidRequest, match="country"):
-            accounts.create_account(store, name="X", senders=[], credits=0, now=NOW, default_country="QQ")
+            accounts.create_account(store, BOX, name="X", senders=[], credits=0, now=NOW, default_country="QQ")
         assert store.accounts == {}

@@ -18,9 +18,10 @@ from sms_gateway.domain.webhook_urls import (
 from sms_gateway.errors import InvalidRequest
 from sms_gateway.logic import accounts
 from sms_gateway.ports import AccountChanges
-from tests.fakes import InMemoryStore
+from tests.fakes import FakeSecretBox, InMemoryStore
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+BOX = FakeSecretBox()
 
 GOOD = [
     "https://client.example/dlr",
@@ -186,7 +187,7 @@ class WebhookStore(InMemoryStore):
     """InMemoryStore plus the one AccountAdmin write set_webhooks makes."""
 
     def update_account(self, account_id: str, changes: AccountChanges) -> Any:
-        update: dict[str, Any] = changes.model_dump(exclude={"clear"}, exclude_none=True)
+        update: dict[str, Any] = {name: value for name, value in changes if name != "clear" and value is not None}
         update |= dict.fromkeys(changes.clear)
         self.accounts[account_id] = self.accounts[account_id].model_copy(update=update)
         return self.accounts[account_id]
@@ -199,8 +200,8 @@ def store() -> WebhookStore:
 
 @pytest.fixture
 def account_id(store: WebhookStore) -> str:
-    account, _ = accounts.create_account(
-        store, name="Acme", senders=["ACME"], credits=10, now=NOW, dlr_url="https://client.example/dlr"
+    account, _, _ = accounts.create_account(
+        store, BOX, name="Acme", senders=["ACME"], credits=10, now=NOW, dlr_url="https://client.example/dlr"
     )
     return account.account_id
 
@@ -213,24 +214,24 @@ def test_set_webhooks_refuses_an_internal_url_and_changes_nothing(
     before = store.accounts[account_id]
     # When an operator points its webhooks at an internal address (and asks for a new token at the same time)
     with pytest.raises(InvalidRequest, match="webhook URL"):
-        accounts.set_webhooks(store, account_id, dlr_url=url, inbound_url=url, rotate_token=True)
+        accounts.set_webhooks(store, BOX, account_id, dlr_url=url, inbound_url=url, rotate_token=True)
     # Then nothing changed: not the URLs, not the token
     assert store.accounts[account_id] == before
 
 
 def test_set_webhooks_keeps_a_public_url(store: WebhookStore, account_id: str) -> None:
-    updated, _ = accounts.set_webhooks(store, account_id, inbound_url="https://client.example/in")
+    updated, _ = accounts.set_webhooks(store, BOX, account_id, inbound_url="https://client.example/in")
     assert updated.inbound_url == "https://client.example/in"
 
 
 def test_the_local_stack_may_point_webhooks_at_loopback(store: WebhookStore, account_id: str) -> None:
-    updated, _ = accounts.set_webhooks(store, account_id, inbound_url="http://127.0.0.1:9/in", allow_http=True)
+    updated, _ = accounts.set_webhooks(store, BOX, account_id, inbound_url="http://127.0.0.1:9/in", allow_http=True)
     assert updated.inbound_url == "http://127.0.0.1:9/in"
 
 
 def test_create_account_refuses_a_metadata_webhook_and_creates_nothing(store: WebhookStore) -> None:
     with pytest.raises(InvalidRequest, match="cloud metadata address"):
         accounts.create_account(
-            store, name="Evil", senders=["EVIL"], credits=10, now=NOW, inbound_url="https://169.254.169.254/"
+            store, BOX, name="Evil", senders=["EVIL"], credits=10, now=NOW, inbound_url="https://169.254.169.254/"
         )
     assert store.accounts == {}

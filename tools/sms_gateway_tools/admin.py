@@ -57,6 +57,8 @@ def use_deployed_stack(stack_name: str) -> str:
     os.environ["TABLE_NAME"] = outputs["TableName"]
     os.environ["DISPATCH_QUEUE_URL"] = outputs.get("DispatchQueueUrl", "")
     os.environ["NOTIFY_QUEUE_URL"] = outputs.get("NotifyQueueUrl", "")
+    # New accounts' and rotated webhook credentials are sealed with the stack's key (the operator needs kms:Encrypt).
+    os.environ["WEBHOOK_CREDENTIALS_KEY_ID"] = outputs.get("WebhookCredentialsKeyArn", "")
     # Deployed functions never call http:// webhooks; a local stack's setting left in this shell must not apply.
     os.environ["ALLOW_HTTP_WEBHOOKS"] = "false"
     # The route commands name upstreams as the deployed functions see them: the stage's parameter prefix, and
@@ -93,8 +95,9 @@ def create_account(
     from sms_gateway.domain.models import utc_now
     from sms_gateway.logic import accounts
 
-    account, credentials = accounts.create_account(
+    account, credentials, webhook = accounts.create_account(
         gateway().store,
+        gateway().webhook_credentials,
         name=name,
         senders=senders,
         credits=credits,
@@ -114,8 +117,8 @@ def create_account(
         "password": credentials.password,
         "senders": list(account.senders),
         "credits": account.credits,
-        "webhook_token": account.webhook_token,
-        "webhook_secret": account.webhook_secret,
+        "webhook_token": webhook.token,
+        "webhook_secret": webhook.secret,
         "dlr_url": account.dlr_url,
         "inbound_url": account.inbound_url,
         "api_url": api_url,
@@ -228,8 +231,9 @@ def set_webhooks(
     from sms_gateway.bootstrap import gateway
     from sms_gateway.logic import accounts
 
-    account, token = accounts.set_webhooks(
+    account, rotated = accounts.set_webhooks(
         _store(),
+        gateway().webhook_credentials,
         account_id,
         dlr_url=dlr_url,
         inbound_url=inbound_url,
@@ -238,9 +242,9 @@ def set_webhooks(
         rotate_secret=rotate_secret,
     )
     view = _view(account)
-    if token:
-        view = {**view, "webhook_token": token}
-    return {**view, "signing_secret": account.webhook_secret} if rotate_secret else view
+    if rotated.token:
+        view = {**view, "webhook_token": rotated.token}
+    return {**view, "signing_secret": rotated.secret} if rotated.secret else view
 
 
 def set_account(

@@ -391,6 +391,14 @@ def schedule_group_names(
     ]
 
 
+# --------------------------------------------------------------------------------------- kms
+
+
+def kms_key_logical_ids(template: Mapping[str, Any]) -> list[str]:
+    """Every AWS::KMS::Key: the local stack makes one per logical id (their key policies are IAM's business)."""
+    return [logical_id for logical_id, _ in resources_of_type(template, "AWS::KMS::Key")]
+
+
 # --------------------------------------------------------------------------------------- functions
 
 

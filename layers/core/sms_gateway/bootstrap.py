@@ -8,6 +8,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from sms_gateway.adapters.dynamodb import DynamoStore
+from sms_gateway.adapters.kms import KmsSecretBox
 from sms_gateway.adapters.scheduler import EventBridgeBatchScheduler
 from sms_gateway.adapters.sqs import SqsDeadLetterQueue, SqsDispatchQueue, SqsNotifyQueue
 from sms_gateway.caching import TtlCache
@@ -25,6 +26,7 @@ class Gateway:
     notify_queue: SqsNotifyQueue
     scheduler: EventBridgeBatchScheduler
     dispatch_dead_letters: SqsDeadLetterQueue
+    webhook_credentials: KmsSecretBox
     # Rarely changing settings the consumers read per record (accounts' webhook and rate-limit settings, routes).
     settings_cache: TtlCache = field(default_factory=TtlCache)
 
@@ -39,6 +41,7 @@ def gateway() -> Gateway:
         dispatch_queue=SqsDispatchQueue(settings.dispatch_queue_url),
         dispatch_dead_letters=SqsDeadLetterQueue(settings.dispatch_dead_letter_queue_url),
         notify_queue=SqsNotifyQueue(settings.notify_queue_url),
+        webhook_credentials=KmsSecretBox(settings.webhook_credentials_key_id),
         scheduler=EventBridgeBatchScheduler(
             group_name=settings.schedule_group_name,
             target_arn=settings.scheduled_dispatch_function_arn,

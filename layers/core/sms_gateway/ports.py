@@ -20,6 +20,7 @@ from sms_gateway.domain.models import (
     InboundSms,
     Message,
     MessageKey,
+    SealedSecret,
     SenderRequest,
     SenderRequestStatus,
     SentMessage,
@@ -33,6 +34,16 @@ from sms_gateway.domain.optouts import OptOut
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.routing import Route, RouteTable
 from sms_gateway.domain.status import MessageStatus
+
+
+class SecretBox(Protocol):
+    """Seals the secrets we must present rather than check (webhook tokens and signing secrets), so no stored item
+    holds them in plain text, and opens them where they are used. A secret is sealed for one account and one
+    purpose: opened for another, it fails."""
+
+    def seal(self, account_id: str, purpose: str, secret: str) -> SealedSecret: ...
+
+    def open(self, account_id: str, purpose: str, sealed: SealedSecret) -> str: ...
 
 
 class AccountLookup(Protocol):
@@ -256,8 +267,8 @@ class AccountChanges(BaseModel):
     max_parts: int | None = None
     dlr_url: str | None = None
     inbound_url: str | None = None
-    webhook_token: str | None = None
-    webhook_secret: str | None = None
+    webhook_token: SealedSecret | None = None
+    webhook_secret: SealedSecret | None = None
     clear: frozenset[Literal["dlr_url", "inbound_url"]] = frozenset()
 
 

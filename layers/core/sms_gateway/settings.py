@@ -29,6 +29,8 @@ class Settings(BaseModel):
     schedule_dlq_arn: str = ""
     upstream_parameter_prefix: str = "/sms-gateway/dev/upstreams/"
     callback_base_url: str = ""
+    # The KMS key that seals the clients' webhook tokens and signing secrets (adapters/kms.py).
+    webhook_credentials_key_id: str = ""
     default_upstream: str = "simulator"
     allow_http_webhooks: bool = False
     # How long a message record is kept after it was created (DynamoDB TTL), in days.

@@ -18,6 +18,8 @@ logger = logging.getLogger("sms_gateway_tools.localstack.resources")
 STAGE = "local"
 UPSTREAM_NAME = "simulator"
 UPSTREAM_PARAMETER_PREFIX = f"/sms-gateway/{STAGE}/upstreams/"
+# The services whose resources the local stack makes from the template (and the simulator's parameter).
+STACK_SERVICES = ("dynamodb", "sqs", "scheduler", "ssm", "kms")
 # Client webhook retries locally: 8 attempts within about 9 minutes rather than 24 hours (docs/local-stack.md).
 LOCAL_NOTIFY_RETRY_DELAYS = "2,5,10,30,60,120,300"
 
@@ -28,6 +30,7 @@ class Resources:
     queue_urls: dict[str, str] = field(default_factory=dict)  # logical id -> queue URL
     queue_arns: dict[str, str] = field(default_factory=dict)  # logical id -> queue ARN
     schedule_groups: list[str] = field(default_factory=list)
+    kms_keys: dict[str, str] = field(default_factory=dict)  # logical id -> key ARN
 
 
 def aws_clients(endpoint: str | None, services: Iterable[str]) -> dict[str, Any]:
@@ -60,7 +63,7 @@ def function_names(template: Mapping[str, Any], stack_name: str) -> dict[str, st
 
 
 def create_stack_resources(clients: Mapping[str, Any], template: Mapping[str, Any], stack_name: str) -> Resources:
-    """Tables (with TTL and PITR), DLQs then queues (with their redrive policies), schedule groups."""
+    """Tables (with TTL and PITR), DLQs then queues (with their redrive policies), schedule groups, KMS keys."""
     resources = Resources()
     dynamodb, sqs, scheduler = clients["dynamodb"], clients["sqs"], clients["scheduler"]
 
@@ -91,6 +94,10 @@ def create_stack_resources(clients: Mapping[str, Any], template: Mapping[str, An
     for group in tpl.schedule_group_names(template, stack_name):
         scheduler.create_schedule_group(Name=group)
         resources.schedule_groups.append(group)
+
+    for logical_id in tpl.kms_key_logical_ids(template):
+        key = clients["kms"].create_key(Description=f"{stack_name} {logical_id}")["KeyMetadata"]
+        resources.kms_keys[logical_id] = key["Arn"]
     return resources
 
 
@@ -135,6 +142,7 @@ def function_environment(
         "UPSTREAM_PARAMETER_PREFIX": UPSTREAM_PARAMETER_PREFIX,
         "CALLBACK_BASE_URL": callback_url or api_url,
         "DEFAULT_UPSTREAM": UPSTREAM_NAME,
+        "WEBHOOK_CREDENTIALS_KEY_ID": resources.kms_keys.get("WebhookCredentialsKey", ""),
         "ALLOW_HTTP_WEBHOOKS": "true",
         "POWERTOOLS_SERVICE_NAME": "sms-gateway",
         "POWERTOOLS_METRICS_NAMESPACE": "SmsGateway",
@@ -172,7 +180,7 @@ def create_resources(
     """Everything in one call, for tests under `moto.mock_aws` (endpoint None) or against a moto server:
     creates the resources and the simulator parameter, and returns the functions' environment."""
     template = tpl.load_template() if template is None else template
-    clients = aws_clients(endpoint, ["dynamodb", "sqs", "scheduler", "ssm"])
+    clients = aws_clients(endpoint, STACK_SERVICES)
     resources = create_stack_resources(clients, template, stack_name)
     put_simulator_parameter(clients["ssm"], simulator_url, simulator_secret or secrets.token_hex(32))
     names = function_names(template, stack_name)

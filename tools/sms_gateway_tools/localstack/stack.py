@@ -19,6 +19,7 @@ from sms_gateway_tools.localstack.lambdas import REGION, FairLock, Handler, Loca
 from sms_gateway_tools.localstack.moto_server import EmbeddedMoto
 from sms_gateway_tools.localstack.resources import (
     LOCAL_NOTIFY_RETRY_DELAYS,
+    STACK_SERVICES,
     UPSTREAM_NAME,
     Resources,
     aws_clients,
@@ -192,9 +193,7 @@ class LocalStack:
 
         endpoint = self.moto.start()
         self._set_env(aws_environment(endpoint))
-        self.resources = create_stack_resources(
-            aws_clients(endpoint, ["dynamodb", "sqs", "scheduler", "ssm"]), template, self.stack_name
-        )
+        self.resources = create_stack_resources(aws_clients(endpoint, STACK_SERVICES), template, self.stack_name)
         for queue_id, seconds in self.visibility_timeouts.items():
             self.client("sqs").set_queue_attributes(
                 QueueUrl=self.resources.queue_urls[queue_id], Attributes={"VisibilityTimeout": str(int(seconds))}

@@ -18,7 +18,6 @@ from sms_gateway.dialects.ninebits import _caller
 from sms_gateway.domain.ids import ascii_digits, id_time_ms
 from sms_gateway.domain.models import Account, StoredInbound, iso
 from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
-from sms_gateway.domain.webhooks import SECRET_PREFIX
 from sms_gateway.errors import InvalidRequest
 from sms_gateway.logic import accounts
 from sms_gateway.logic.inbound import inbound_notification
@@ -27,8 +26,6 @@ router = APIGatewayHttpRouter()
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
 MAX_URL_LENGTH = 2048
-# Enough of a secret to tell two apart, far too little to guess the rest (as with credential prefixes).
-PREFIX_LENGTH = 8
 _DATE_ONLY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 # Secrets in an answer must not be kept by a cache on the way.
 _NO_STORE = {"Cache-Control": "no-store"}
@@ -180,8 +177,8 @@ def _settings(account: Account, message: str, *, token: str | None = None, secre
         message=message,
         inbound_url=account.inbound_url,
         dlr_url=account.dlr_url,
-        webhook_token_prefix=account.webhook_token[:PREFIX_LENGTH] or None,
-        signing_secret_prefix=_secret_prefix(account.webhook_secret),
+        webhook_token_prefix=account.webhook_token.prefix if account.webhook_token else None,
+        signing_secret_prefix=account.webhook_secret.prefix if account.webhook_secret else None,
         webhook_token=token,
         signing_secret=secret,
     )
@@ -191,13 +188,6 @@ def _settings(account: Account, message: str, *, token: str | None = None, secre
         if body[name] is None:
             del body[name]
     return json_response(200, body, headers=_NO_STORE)
-
-
-def _secret_prefix(secret: str) -> str | None:
-    if not secret:
-        return None
-    shown = len(SECRET_PREFIX) + PREFIX_LENGTH if secret.startswith(SECRET_PREFIX) else PREFIX_LENGTH
-    return secret[:shown]
 
 
 _SETTINGS_RESPONSES: Any = {
@@ -214,8 +204,9 @@ def read_webhook_settings() -> Response[Any]:
 def change_webhook_settings() -> Response[Any]:
     account = _caller()
     request = json_request(router.current_event, WebhookSettingsRequest)
-    updated, token = accounts.set_webhooks(
+    updated, rotated = accounts.set_webhooks(
         gateway().store,
+        gateway().webhook_credentials,
         account.account_id,
         dlr_url=request.dlr_url,
         inbound_url=request.inbound_url,
@@ -226,6 +217,6 @@ def change_webhook_settings() -> Response[Any]:
     return _settings(
         updated,
         "webhook settings changed",
-        token=token,
-        secret=updated.webhook_secret if request.rotate_secret else None,
+        token=rotated.token,
+        secret=rotated.secret,
     )

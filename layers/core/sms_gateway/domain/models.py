@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.status import MessageStatus
+from sms_gateway.domain.webhooks import SECRET_PREFIX
 
 
 def utc_now() -> datetime:
@@ -34,6 +36,26 @@ class DeliveryReportMode(StrEnum):
     YES = "yes"
 
 
+class SealedSecret(Record):
+    """A secret we present rather than check (the webhook token, the signing secret), as stored. `sealed` is the
+    base64 of what the key service (ports.SecretBox) opens; `prefix` is its first characters, to tell secrets apart.
+    Scheme "plain": an item written before sealing, whose `sealed` is the secret itself (docs/security.md)."""
+
+    scheme: Literal["kms", "plain"] = "kms"
+    sealed: str
+    prefix: str
+
+
+# The characters of a secret that may be shown again after it was issued (a Standard Webhooks `whsec_` prefix is
+# not counted): enough to tell two apart, far too few to guess the rest.
+SHOWN_PREFIX_LENGTH = 8
+
+
+def shown_prefix(secret: str) -> str:
+    shown = SHOWN_PREFIX_LENGTH + (len(SECRET_PREFIX) if secret.startswith(SECRET_PREFIX) else 0)
+    return secret[:shown]
+
+
 class Account(Record):
     account_id: str
     name: str
@@ -45,9 +67,9 @@ class Account(Record):
     dlr_url: str | None = None
     inbound_url: str | None = None
     # Clients authenticate our webhook calls with this token as a Bearer header, as the seeds show.
-    webhook_token: str = ""
-    # Signs every client webhook (Standard Webhooks); kept retrievable because signing needs it.
-    webhook_secret: str = ""
+    webhook_token: SealedSecret | None = None
+    # Signs every client webhook (Standard Webhooks). Both are sealed: only the key service opens them.
+    webhook_secret: SealedSecret | None = None
     rate_limit_per_second: int = 50
     # A message longer than this many parts is refused: it protects clients from a runaway template.
     max_parts: int = 10
@@ -55,6 +77,14 @@ class Account(Record):
     # Active opt-outs (STOP) of the account's numbers, kept exact by the opt-out writes' transactions: a send
     # for an account with none skips the opt-out lookup (docs/opt-outs.md).
     opt_outs: int = 0
+
+    @field_validator("webhook_token", "webhook_secret", mode="before")
+    @classmethod
+    def _written_before_sealing(cls, value: Any) -> Any:
+        # Items written before the credentials were sealed hold them as plain strings.
+        if isinstance(value, str):
+            return SealedSecret(scheme="plain", sealed=value, prefix=shown_prefix(value)) if value else None
+        return value
 
     @property
     def default_sender(self) -> str | None:

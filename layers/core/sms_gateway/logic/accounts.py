@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sms_gateway.domain.ids import new_id
-from sms_gateway.domain.models import Account, CredentialKind, Credentials, Record, iso
+from sms_gateway.domain.models import Account, CredentialKind, Credentials, Record, SealedSecret, iso
 from sms_gateway.domain.networks import CATALOGUE
 from sms_gateway.domain.pricing import ANY_NETWORK, ROUTE_TIERS, PriceTable
 from sms_gateway.domain.webhook_urls import require_safe_webhook_url
 from sms_gateway.domain.webhooks import new_signing_secret
 from sms_gateway.errors import Conflict, InvalidRequest, NotFound
-from sms_gateway.ports import AccountAdmin, AccountChanges, AccountStore, CredentialInfo, PriceBook
+from sms_gateway.ports import AccountAdmin, AccountChanges, AccountStore, CredentialInfo, PriceBook, SecretBox
 
 SENDER_ID = re.compile(r"^(?:[A-Za-z0-9 ]{1,11}|\+?[0-9]{3,15})$")
 # Bearer tokens and shortcode API keys are issued here; session keys come from /login.
@@ -57,8 +57,27 @@ def default_username(name: str) -> str:
     return f"{slug}-{secrets.token_hex(2)}"
 
 
+class WebhookCredentials(Record):
+    """The webhook token and signing secret as issued or rotated, shown this once: the account keeps them sealed
+    (ports.SecretBox), so no stored item holds them in plain text. None: not issued by this call."""
+
+    token: str | None = None
+    secret: str | None = None
+
+
+def new_webhook_credentials() -> WebhookCredentials:
+    return WebhookCredentials(token=secrets.token_urlsafe(24), secret=new_signing_secret())
+
+
+def sealed_changes(box: SecretBox, account_id: str, issued: WebhookCredentials) -> dict[str, SealedSecret]:
+    """The account attributes that store newly issued webhook credentials, sealed for that account."""
+    given = {"webhook_token": issued.token, "webhook_secret": issued.secret}
+    return {name: box.seal(account_id, name, value) for name, value in given.items() if value is not None}
+
+
 def create_account(
     store: AccountStore,
+    box: SecretBox,
     *,
     name: str,
     senders: Sequence[str],
@@ -70,7 +89,7 @@ def create_account(
     dlr_url: str | None = None,
     inbound_url: str | None = None,
     allow_http_webhooks: bool = False,
-) -> tuple[Account, Credentials]:
+) -> tuple[Account, Credentials, WebhookCredentials]:
     bad = [sender for sender in senders if not SENDER_ID.match(sender)]
     if bad:
         raise InvalidRequest(
@@ -84,8 +103,10 @@ def create_account(
     check_country(default_country)
     check_timezone(timezone)
     credentials = issue_credentials(username or default_username(name))
+    account_id = str(new_id())
+    webhook = new_webhook_credentials()
     account = Account(
-        account_id=str(new_id()),
+        account_id=account_id,
         name=name,
         credits=credits,
         default_country=default_country.upper(),
@@ -94,12 +115,11 @@ def create_account(
         partner_id=credentials.partner_id,
         dlr_url=dlr_url,
         inbound_url=inbound_url,
-        webhook_token=secrets.token_urlsafe(24),
-        webhook_secret=new_signing_secret(),
+        **sealed_changes(box, account_id, webhook),
         created_at=iso(now),
     )
     store.create_account(account, credentials)
-    return account, credentials
+    return account, credentials, webhook
 
 
 class IssuedCredential(Record):
@@ -252,6 +272,7 @@ def show_prices(store: PriceBook) -> PriceTable:
 
 def set_webhooks(
     store: AccountAdmin,
+    box: SecretBox,
     account_id: str,
     *,
     dlr_url: str | None = None,
@@ -259,9 +280,9 @@ def set_webhooks(
     rotate_token: bool = False,
     allow_http: bool = False,
     rotate_secret: bool = False,
-) -> tuple[Account, str | None]:
-    """An empty URL removes that webhook. Returns the account and, when rotated, the new webhook token (shown once).
-    With rotate_secret the account gets a new signing secret (the returned account's `webhook_secret`)."""
+) -> tuple[Account, WebhookCredentials]:
+    """An empty URL removes that webhook. Returns the account and the webhook credentials this call rotated (shown
+    once): a new token with rotate_token, a new signing secret with rotate_secret."""
     if dlr_url is None and inbound_url is None and not rotate_token and not rotate_secret:
         raise InvalidRequest(
             "nothing to change: give a DLR URL, an inbound URL or rotate the webhook token or signing secret"
@@ -274,13 +295,13 @@ def set_webhooks(
         elif url is not None:
             check_webhook_url(url, allow_http=allow_http)
             values[name] = url
-    token = secrets.token_urlsafe(24) if rotate_token else None
     require_account(store, account_id)
-    secret = new_signing_secret() if rotate_secret else None
-    changes = AccountChanges.model_validate(
-        {**values, "webhook_token": token, "webhook_secret": secret, "clear": clear}
+    fresh = new_webhook_credentials()
+    rotated = WebhookCredentials(
+        token=fresh.token if rotate_token else None, secret=fresh.secret if rotate_secret else None
     )
-    return store.update_account(account_id, changes), token
+    changes = AccountChanges.model_validate({**values, **sealed_changes(box, account_id, rotated), "clear": clear})
+    return store.update_account(account_id, changes), rotated
 
 
 def set_account(

@@ -13,7 +13,7 @@ from typing import Any
 from sms_gateway.domain.models import Account, DeliveryReportMode, StatusChange
 from sms_gateway.domain.webhooks import signed_headers
 from sms_gateway.errors import InvalidRequest, NotFound
-from sms_gateway.ports import AccountLookup
+from sms_gateway.ports import AccountLookup, SecretBox
 
 DLR = "dlr"
 
@@ -77,7 +77,12 @@ def target_url(account: Account, notification: dict[str, Any]) -> str | None:
 
 
 async def deliver(
-    notification: dict[str, Any], accounts: AccountLookup, post: Post, *, now: Callable[[], float] = time.time
+    notification: dict[str, Any],
+    accounts: AccountLookup,
+    post: Post,
+    box: SecretBox,
+    *,
+    now: Callable[[], float] = time.time,
 ) -> bool:
     """POSTs one notification. The client must answer 2xx with valid JSON (the seeds require it);
     anything else raises WebhookFailed so the record is retried. False when there is nowhere to send it."""
@@ -88,10 +93,12 @@ async def deliver(
     if not url:
         return False
     body = json.dumps(notification["payload"], separators=(",", ":"))
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {account.webhook_token}"}
+    token = box.open(account.account_id, "webhook_token", account.webhook_token) if account.webhook_token else ""
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
     if account.webhook_secret:
+        secret = box.open(account.account_id, "webhook_secret", account.webhook_secret)
         webhook_id = str(notification.get("id") or f"{notification['kind']}_{hash_of(body)}")
-        headers |= signed_headers(account.webhook_secret, webhook_id, int(now()), body)
+        headers |= signed_headers(secret, webhook_id, int(now()), body)
     try:
         response = await post(url, headers, body.encode())
     except WebhookFailed as failure:
@@ -153,7 +160,9 @@ def make_test_event(account: Account, kind: str, *, sent_at: str) -> dict[str, A
     }
 
 
-async def send_test_event(account: Account, kind: str, post: Post, *, sent_at: str) -> WebhookTestResult:
+async def send_test_event(
+    account: Account, kind: str, post: Post, box: SecretBox, *, sent_at: str
+) -> WebhookTestResult:
     """POSTs a test event the way every notification is posted (signed, with the webhook token); WebhookFailed
     when the client's webhook does not answer 2xx with JSON, InvalidRequest when no URL is set for `kind`."""
     notification = make_test_event(account, kind, sent_at=sent_at)
@@ -167,5 +176,5 @@ async def send_test_event(account: Account, kind: str, post: Post, *, sent_at: s
         answers.append(await post(target, headers, body))
         return answers[-1]
 
-    await deliver(notification, _OneAccount(account), recording_post)
+    await deliver(notification, _OneAccount(account), recording_post, box)
     return WebhookTestResult(url=url, status_code=answers[-1].status_code)

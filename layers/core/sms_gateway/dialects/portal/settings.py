@@ -12,6 +12,7 @@ from sms_gateway.domain.models import Account, utc_now
 
 if TYPE_CHECKING:
     from sms_gateway.adapters.dynamodb import DynamoStore
+    from sms_gateway.logic.accounts import WebhookCredentials
 
 SETTINGS_PATH = "/portal/settings"
 CREDENTIAL_KINDS = (("token", "Bearer token (9bits, batches)"), ("apikey", "API key (shortcode API)"))
@@ -90,13 +91,14 @@ def _set_webhooks(
     inbound_url: str | None = None,
     rotate_token: bool = False,
     rotate_secret: bool = False,
-) -> tuple[Account, str | None]:
+) -> WebhookCredentials:
     from sms_gateway.bootstrap import gateway
     from sms_gateway.logic import accounts
 
     wiring = gateway()
-    return accounts.set_webhooks(
+    _, rotated = accounts.set_webhooks(
         wiring.store,
+        wiring.webhook_credentials,
         ctx.account.account_id,
         dlr_url=dlr_url,
         inbound_url=inbound_url,
@@ -104,6 +106,7 @@ def _set_webhooks(
         rotate_secret=rotate_secret,
         allow_http=wiring.settings.allow_http_webhooks,
     )
+    return rotated
 
 
 @settings_page.action("webhooks")
@@ -114,21 +117,22 @@ def save_webhooks(ctx: PageContext) -> Notice:
 
 @settings_page.action("rotate-token")
 def rotate_token(ctx: PageContext) -> Notice:
-    _, token = _set_webhooks(ctx, rotate_token=True)
-    return Notice("A new webhook token is in use from now on.", reveal=(("Webhook token", token or ""),))
+    rotated = _set_webhooks(ctx, rotate_token=True)
+    return Notice("A new webhook token is in use from now on.", reveal=(("Webhook token", rotated.token or ""),))
 
 
 @settings_page.action("rotate-secret")
 def rotate_secret(ctx: PageContext) -> Notice:
-    account, _ = _set_webhooks(ctx, rotate_secret=True)
+    rotated = _set_webhooks(ctx, rotate_secret=True)
     return Notice(
-        "Webhooks are signed with a new secret from now on.", reveal=(("Signing secret", account.webhook_secret or ""),)
+        "Webhooks are signed with a new secret from now on.", reveal=(("Signing secret", rotated.secret or ""),)
     )
 
 
 @settings_page.action("test-event")
 def send_test_event(ctx: PageContext) -> Notice:
     from sms_gateway.adapters import http
+    from sms_gateway.bootstrap import gateway
     from sms_gateway.consumers import post_webhook
     from sms_gateway.domain.models import iso
     from sms_gateway.errors import InvalidRequest
@@ -138,7 +142,11 @@ def send_test_event(ctx: PageContext) -> Notice:
     if kind not in dict(WEBHOOK_KINDS):
         raise InvalidRequest(f"test event kind must be one of {', '.join(dict(WEBHOOK_KINDS))}")
     try:
-        result = http.run(notify.send_test_event(ctx.account, kind, post_webhook, sent_at=iso(utc_now())))
+        wiring = gateway()
+        sent = notify.send_test_event(
+            ctx.account, kind, post_webhook, wiring.webhook_credentials, sent_at=iso(utc_now())
+        )
+        result = http.run(sent)
     except notify.WebhookFailed as failure:
         return Notice(f"The test event to {failure.url or 'your webhook'} failed: {failure}.", failed=True)
     return Notice(f"Test event sent to {result.url}: your webhook answered {result.status_code}.")
