@@ -155,8 +155,12 @@ class InMemoryStore:
             self.claims[key] = now.timestamp() + lease_seconds
             return ClaimOutcome.CLAIMED if lapsed is None else ClaimOutcome.ABANDONED
 
-    def release_claim(self, key: MessageKey) -> None:
-        self.claims.pop(key, None)
+    def release_claim(self, key: MessageKey, *, attempted: bool = True) -> None:
+        with self._lock:
+            self.claims.pop(key, None)
+            message = self.messages.get(key)
+            if attempted and message is not None and message.status == MessageStatus.QUEUED:
+                self.messages[key] = message.model_copy(update={"submit_attempts": message.submit_attempts + 1})
 
     def transition(
         self,

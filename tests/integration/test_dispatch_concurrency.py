@@ -248,3 +248,62 @@ def test_records_held_back_behind_a_failed_one_come_back_with_it_not_after_the_v
     assert [json.loads(r["Body"])["reference_id"] for r in again] == [
         json.loads(r["Body"])["reference_id"] for r in records
     ]
+
+
+def time_for_checks(checks: int) -> Any:
+    """An invocation's out-of-time test that passes `checks` times, then says the invocation is ending."""
+    left = iter(range(checks))
+    return lambda: next(left, None) is None
+
+
+def drain_like_the_event_source(aws: dict[str, str], invocations: int) -> int:
+    """Hands the dispatch queue's records to the dispatcher as Lambda's poller does (up to BatchSize 10, deleting
+    what succeeded) until the queue is empty; returns the invocations it took."""
+    import time
+
+    import boto3
+
+    sqs = boto3.client("sqs")
+    dispatcher = load_function("dispatcher")
+    for invocation in range(invocations):
+        records = queued_records(aws)
+        if not records:
+            attributes = sqs.get_queue_attributes(QueueUrl=aws["DISPATCH_QUEUE_URL"], AttributeNames=["All"])
+            counts = attributes["Attributes"]
+            if int(counts["ApproximateNumberOfMessages"]) + int(counts["ApproximateNumberOfMessagesNotVisible"]) == 0:
+                return invocation
+            time.sleep(0.25)
+            continue
+        answer = dispatcher.handler(as_lambda_sqs_event(records), FakeContext())
+        failed = {item["itemIdentifier"] for item in answer["batchItemFailures"]}
+        done = [record for record in records if record["MessageId"] not in failed]
+        if done:
+            sqs.delete_message_batch(
+                QueueUrl=aws["DISPATCH_QUEUE_URL"],
+                Entries=[{"Id": str(i), "ReceiptHandle": r["ReceiptHandle"]} for i, r in enumerate(done)],
+            )
+    raise AssertionError(f"the queue was not drained in {invocations} rounds")
+
+
+def test_a_backlog_longer_than_an_invocation_is_all_sent_in_order_and_none_dead_lettered(
+    aws, api, upstream, monkeypatch
+):
+    # Given one account's twelve single sends queued (twelve records of one message group), as a low rate limit
+    # leaves them, and dispatcher invocations with time for one message each
+    import boto3
+
+    from sms_gateway import consumers
+
+    account = new_account("Backlog", "48981")
+    for index in range(12):
+        bulk_send(api, account, f"message {index:02d}", recipients=1)
+    monkeypatch.setattr(consumers, "_out_of_time", lambda remaining_ms: time_for_checks(2))
+    # When Lambda's poller hands the group to invocation after invocation, each taking up to ten of its records
+    drain_like_the_event_source(aws, invocations=400)
+    # Then every message went upstream once and in the order sent, and no record was moved to the dead-letter
+    # queue for having been received (held back) more often than its maxReceiveCount
+    assert [text for kind, text in upstream.events if kind == "start"] == [f"message {i:02d}" for i in range(12)]
+    dead = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=aws["DISPATCH_DEAD_LETTER_QUEUE_URL"], AttributeNames=["ApproximateNumberOfMessages"]
+    )
+    assert dead["Attributes"]["ApproximateNumberOfMessages"] == "0"

@@ -491,6 +491,24 @@ class TestOnASharedTable:
         found = store.get_messages(message.account_id, message.reference_id, [message.message_id])
         assert [m.status for m in found] == [MessageStatus.QUEUED]
 
+    def test_a_released_claim_counts_an_attempt_unless_the_message_was_never_offered(self, store):
+        # Given a queued message claimed twice, released after an upstream failure and after our own throttle
+        message = one_message(store, MessageStatus.QUEUED)
+        assert claim(store, message.key)
+        store.release_claim(message.key)
+        assert claim(store, message.key)
+        store.release_claim(message.key, attempted=False)
+        assert claim(store, message.key)
+        store.release_claim(message.key)
+        # Then the message counts the two attempts an upstream did not take, and is free to claim
+        (found,) = store.get_messages(message.account_id, message.reference_id, [message.message_id])
+        assert (found.submit_attempts, found.status) == (2, MessageStatus.QUEUED)
+        assert "claim_until" not in raw_message(store, message.key)
+
+    def test_a_dispatch_records_failures_are_counted_per_record(self, store):
+        assert [store.count_record_failure("rec-1", now=NOW) for _ in range(3)] == [1, 2, 3]
+        assert store.count_record_failure("rec-2", now=NOW) == 1
+
     def test_releasing_a_claim_does_not_touch_a_message_that_moved_on(self, store):
         # Given a message that was claimed and then submitted
         message = one_message(store, MessageStatus.QUEUED)

@@ -245,11 +245,11 @@ def test_a_forged_cursor_is_a_400_not_a_read_of_someone_else(aws, account, api):
     assert "cursor" in json.loads(response["body"])["message"]
 
 
-def poison_record(attempt: int) -> dict[str, Any]:
+def poison_record(receive_count: int) -> dict[str, Any]:
     event = load_event("sqs-dispatch.json")
     record = event["Records"][0]
     record["body"] = '{"not": "a dispatch command"}'
-    record["attributes"]["ApproximateReceiveCount"] = str(attempt)
+    record["attributes"]["ApproximateReceiveCount"] = str(receive_count)
     return event
 
 
@@ -257,13 +257,15 @@ def test_a_record_that_keeps_failing_is_dead_lettered_with_its_reason(aws):
     import boto3
 
     dispatcher = load_function("dispatcher")
-    # Given a record the dispatcher cannot process: before its last attempt it is simply retried
-    early = poison_record(attempt=1)
-    assert dispatcher.handler(early, FakeContext()) == {
-        "batchItemFailures": [{"itemIdentifier": early["Records"][0]["messageId"]}]
-    }
-    # When it comes for the last allowed time
-    last = poison_record(attempt=6)
+    # Given a record the dispatcher cannot process, delivered many times already (held behind others of its group,
+    # handed back for want of time: not failures): its first five failures are simply retried
+    for delivery in range(5):
+        early = poison_record(receive_count=50 + delivery)
+        assert dispatcher.handler(early, FakeContext()) == {
+            "batchItemFailures": [{"itemIdentifier": early["Records"][0]["messageId"]}]
+        }
+    # When it fails for the sixth time (DISPATCH_MAX_ATTEMPTS), counted per record in the table
+    last = poison_record(receive_count=55)
     # Then it is consumed and parked in the dead-letter queue with the reason
     assert dispatcher.handler(last, FakeContext()) == {"batchItemFailures": []}
     parked = boto3.client("sqs").receive_message(

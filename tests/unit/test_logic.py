@@ -179,14 +179,40 @@ class TestDispatch:
         assert store.accounts["7"].credits == 1000
 
     def test_a_transient_failure_on_the_last_attempt_fails_the_message_and_refunds_it(self, store):
+        # Given two messages and an upstream that keeps timing out, and three submit attempts per message
         _, deps = send(store, command(2))
         provider = FakeProvider()
         provider.failure = UpstreamError("timeout", permanent=False)
-        last = replace(dispatch_deps(store, provider), final_attempt=True)
-        outcome = asyncio.run(dispatch(deps.dispatch_queue.commands[0], last))
-        assert (outcome.failed, outcome.needs_retry) == (2, False)
+        three = replace(dispatch_deps(store, provider), max_submit_attempts=3)
+        record = deps.dispatch_queue.commands[0]
+        # When the record is delivered again and again: each failed attempt is counted on the message, and the
+        # record's backoff grows with it
+        first = asyncio.run(dispatch(record, three))
+        second = asyncio.run(dispatch(record, three))
+        assert (first.failed_attempts, second.failed_attempts) == (1, 2)
+        assert {m.submit_attempts for m in store.messages.values()} == {2}
+        # Then the third attempt's failure is final: failed and refunded
+        last = asyncio.run(dispatch(record, three))
+        assert (last.failed, last.needs_retry) == (2, False)
         assert {m.error_code for m in store.messages.values()} == {"upstream_unavailable"}
         assert store.accounts["7"].credits == 1000
+
+    def test_hand_backs_count_no_attempt_and_wait_no_backoff(self, store):
+        # Given a record of three and invocations that are each already at their end
+        _, deps = send(store, command(3))
+        provider = FakeProvider()
+        record = deps.dispatch_queue.commands[0]
+        ending = replace(dispatch_deps(store, provider), out_of_time=lambda: True)
+        for _ in range(8):
+            # When it is handed back for want of time, more times than a message has attempts
+            outcome = asyncio.run(dispatch(record, ending))
+            assert (outcome.failed, len(outcome.retry)) == (0, 3)
+            # Then each hand-back waits a second, not a growing backoff
+            assert (outcome.failed_attempts, outcome.retry_delay(backoff_base=5)) == (0, 1)
+        # And nothing was counted against the messages, which all go out once time allows
+        assert {m.submit_attempts for m in store.messages.values()} == {0}
+        done = asyncio.run(dispatch(record, dispatch_deps(store, provider)))
+        assert (done.submitted, done.needs_retry) == (3, False)
 
     def test_near_the_end_of_the_invocation_no_message_is_claimed_and_the_rest_come_back(self, store):
         # Given a record of five and an invocation whose time runs short after two submits
@@ -651,6 +677,46 @@ def test_the_rate_limit_holds_back_what_it_does_not_grant(store):
     assert store.claims == {}
 
 
+class BusyThenFreeLimiter:
+    """Refuses (other records took the second's tokens) `busy` times, then grants what is asked."""
+
+    def __init__(self, busy: int) -> None:
+        self.busy = busy
+        self.asked = 0
+
+    async def acquire(self, scopes, wanted):
+        self.asked += 1
+        return 0 if self.asked <= self.busy else wanted
+
+
+def test_a_handler_with_a_deadline_waits_out_the_rate_limit_instead_of_handing_the_record_back(store):
+    # Given five queued messages and a limiter whose tokens other records hold for a while
+    _, deps = send(store, command(5))
+    provider, limiter = FakeProvider(), BusyThenFreeLimiter(busy=3)
+    waiting = replace(
+        dispatch_deps(store, provider), limiter=limiter, rate_scopes=[("account:7", 5)], wait_out_the_rate_limit=True
+    )
+    # When the record is dispatched by an invocation that still has time
+    outcome = asyncio.run(dispatch(deps.dispatch_queue.commands[0], waiting))
+    # Then it waited and sent them all, rather than coming back (each delivery counts towards maxReceiveCount)
+    assert (outcome.submitted, outcome.needs_retry, limiter.asked) == (5, False, 4)
+
+
+def test_waiting_out_the_rate_limit_stops_at_the_end_of_the_invocation(store):
+    _, deps = send(store, command(5))
+    provider, limiter = FakeProvider(), BusyThenFreeLimiter(busy=1_000)
+    ending = replace(
+        dispatch_deps(store, provider),
+        limiter=limiter,
+        rate_scopes=[("account:7", 5)],
+        wait_out_the_rate_limit=True,
+        out_of_time=lambda: limiter.asked >= 3,
+    )
+    outcome = asyncio.run(dispatch(deps.dispatch_queue.commands[0], ending))
+    assert (outcome.submitted, len(outcome.retry), outcome.retry_delay(backoff_base=5)) == (0, 5, 1)
+    assert store.claims == {}
+
+
 class RouteFullLimiter:
     async def acquire(self, scopes, wanted, *, max_wait_seconds=None):
         return 0 if scopes and scopes[0][0].startswith("route:") else wanted
@@ -669,6 +735,9 @@ def test_an_upstream_at_its_own_rate_limit_is_waited_for_not_failed_over(store):
     assert outcome.needs_retry and outcome.retry_after == 1.0
     assert primary.submits == fallback.submits == []
     assert store.claims == {}
+    # Held back by our own limiter, it was never offered upstream: no attempt counted, no backoff
+    assert [m.submit_attempts for m in store.messages.values()] == [0]
+    assert (outcome.failed_attempts, outcome.retry_delay(backoff_base=5)) == (0, 1)
 
 
 def test_every_change_the_dispatcher_makes_is_reported_for_client_callbacks(store):

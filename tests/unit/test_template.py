@@ -321,7 +321,7 @@ def test_queue_definitions_create_queues_with_redrive_in_sqs(
 
     assert json.loads(dispatch["RedrivePolicy"]) == {
         "deadLetterTargetArn": arns["DispatchDeadLetterQueue"],
-        "maxReceiveCount": 8,
+        "maxReceiveCount": 100,
     }
     assert json.loads(notify["RedrivePolicy"]) == {
         "deadLetterTargetArn": arns["NotifyDeadLetterQueue"],

@@ -20,7 +20,7 @@ from sms_gateway.caching import CachedAccountSettings
 from sms_gateway.domain.models import DispatchCommand, Message, StatusChange, utc_now
 from sms_gateway.domain.routing import RouteTable
 from sms_gateway.logic import settle, webhook_retries
-from sms_gateway.logic.dispatch import DispatchDependencies, backoff_seconds, dispatch
+from sms_gateway.logic.dispatch import DispatchDependencies, dispatch
 from sms_gateway.logic.fifo import handle_in_group_order
 from sms_gateway.logic.notify import WebhookFailed, WebhookResponse, deliver, dlr_notification
 from sms_gateway.logic.ratelimit import RateLimiter, account_scope
@@ -91,9 +91,10 @@ def dispatch_records(event: dict[str, Any], remaining_ms: Callable[[], int] | No
     return {"batchItemFailures": [{"itemIdentifier": record.message_id} for record in failed]}
 
 
-def _out_of_time(remaining_ms: Callable[[], int] | None) -> Callable[[], bool]:
+def _out_of_time(remaining_ms: Callable[[], int] | None) -> Callable[[], bool] | None:
+    """True once no more messages may be claimed; None without a deadline (no Lambda context)."""
     if remaining_ms is None:
-        return lambda: False
+        return None
     settings = gateway().settings
     # A submit's worst case (connect and read timeouts), then its status write and the record's announcements.
     reserve = settings.upstream_connect_timeout + settings.upstream_read_timeout + RECORDING_RESERVE_SECONDS
@@ -101,7 +102,7 @@ def _out_of_time(remaining_ms: Callable[[], int] | None) -> Callable[[], bool]:
     return lambda: time.monotonic() >= deadline
 
 
-async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], bool]) -> list[SQSRecord]:
+async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], bool] | None) -> list[SQSRecord]:
     in_flight = asyncio.Semaphore(gateway().settings.dispatch_concurrency)
     started: set[str] = set()
 
@@ -152,33 +153,46 @@ def _batch_of(record: SQSRecord) -> tuple[str, int] | None:
 async def dispatch_record(
     record: SQSRecord, in_flight: asyncio.Semaphore | None = None, out_of_time: Callable[[], bool] | None = None
 ) -> dict[str, Any]:
-    attempt = int(record.attributes.approximate_receive_count or 1)
     try:
-        return await _dispatch_record(record, attempt, in_flight, out_of_time or (lambda: False))
+        return await _dispatch_record(record, in_flight, out_of_time)
     except RetryLater:
         raise
     except Exception as error:
         wiring = gateway()
-        if attempt < wiring.settings.dispatch_max_attempts:
-            logger.warning("dispatch record failed; retried", extra={"attempt": attempt, "error": type(error).__name__})
+        failures = await asyncio.to_thread(_count_failure, record)
+        if failures < wiring.settings.dispatch_max_attempts:
+            logger.warning(
+                "dispatch record failed; retried", extra={"failures": failures, "error": type(error).__name__}
+            )
             raise
         # The record keeps failing for a reason that is not the upstream's: park it where the alarm sees it,
         # with the reason, instead of letting it cycle until the queue's redrive drops it without one.
-        logger.exception("dispatch record dead-lettered", extra={"attempt": attempt})
+        logger.exception("dispatch record dead-lettered", extra={"failures": failures})
         await asyncio.to_thread(
             wiring.dispatch_dead_letters.dead_letter,
             record.body,
             group_id=record.attributes.message_group_id or "dead-letter",
             dedup_id=record.message_id,
-            reason=f"failed {attempt} times: {type(error).__name__}",
+            reason=f"failed {failures} times: {type(error).__name__}",
             error=str(error),
         )
         metrics.add_metric(name="DispatchDeadLettered", unit="Count", value=1)
         return {"dead_lettered": True}
 
 
+def _count_failure(record: SQSRecord) -> int:
+    """How often this record has failed, this time included. Counted in the store, because SQS's receive count
+    also grows each time a record is handed back or held behind another of its group (neither a failure). When the
+    store cannot count (it may be what is failing), the receive count stands in."""
+    try:
+        return gateway().store.count_record_failure(record.message_id, now=utc_now())
+    except Exception:
+        logger.warning("could not count a dispatch record's failure", extra={"record": record.message_id})
+        return int(record.attributes.approximate_receive_count or 1)
+
+
 async def _dispatch_record(
-    record: SQSRecord, attempt: int, in_flight: asyncio.Semaphore | None, out_of_time: Callable[[], bool]
+    record: SQSRecord, in_flight: asyncio.Semaphore | None, out_of_time: Callable[[], bool] | None
 ) -> dict[str, Any]:
     command = DispatchCommand.model_validate_json(record.body)
     wiring = gateway()
@@ -199,11 +213,12 @@ async def _dispatch_record(
         rate_scopes=[account_scope(command.account_id, rate_limit)],
         # Read once per upstream and record rather than per message, as the upstreams themselves are.
         route_limit=functools.cache(upstream_rate_limit),
-        final_attempt=attempt >= wiring.settings.dispatch_max_attempts,
+        max_submit_attempts=wiring.settings.dispatch_max_attempts,
         claim_lease_seconds=wiring.settings.dispatch_claim_lease_seconds,
         announce=_announce,
         settle_later=_settle_later,
-        out_of_time=out_of_time,
+        out_of_time=out_of_time or (lambda: False),
+        wait_out_the_rate_limit=out_of_time is not None,
     )
     outcome = await dispatch(command, deps)
     metrics.add_metric(name="MessagesSubmitted", unit="Count", value=outcome.submitted)
@@ -226,7 +241,7 @@ async def _dispatch_record(
         },
     )
     if outcome.needs_retry:
-        delay = backoff_seconds(attempt, outcome.retry_after, base=wiring.settings.dispatch_backoff_base_seconds)
+        delay = outcome.retry_delay(backoff_base=wiring.settings.dispatch_backoff_base_seconds)
         await asyncio.to_thread(wiring.dispatch_queue.delay, record.receipt_handle, delay)
         raise RetryLater(f"{len(outcome.retry)} messages of batch {command.reference_id} met transient failures")
     return {"submitted": outcome.submitted}

@@ -139,8 +139,9 @@ class MessageStore(Protocol):
         lease that lapsed (its holder died, maybe mid-submit) from one that is live."""
         ...
 
-    def release_claim(self, key: MessageKey) -> None:
-        """Gives a lease back after a transient failure, so the retry need not wait for it to lapse."""
+    def release_claim(self, key: MessageKey, *, attempted: bool = True) -> None:
+        """Gives a lease back after a transient failure, so the retry need not wait for it to lapse, and counts the
+        attempt (`Message.submit_attempts`) unless the message was never offered upstream."""
         ...
 
     def transition(

@@ -37,8 +37,8 @@ class Settings(BaseModel):
     message_retention_days: int = 180
     # Upper bound of concurrent upstream submits in one dispatcher invocation.
     dispatch_concurrency: int = 64
-    # Attempts a dispatch record gets before its transient failures become final (below the queue's
-    # maxReceiveCount, so the dead-letter queue keeps only records that crash the handler).
+    # Submits a message gets before a transient upstream failure is final (counted per message), and failures a
+    # dispatch record gets before the handler parks it in the dead-letter queue (counted per record in the table).
     dispatch_max_attempts: int = 6
     message_validity_hours: int = 24
     # How long a dispatcher's claim on a message lasts; it must outlive a submit and stay below the dispatch

@@ -56,6 +56,8 @@ from sms_gateway.errors import Conflict, InsufficientCredits, InvalidRequest
 
 MESSAGE_INDEX = "message-index"
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
+# How long a dispatch record's failure count is kept (the dispatch queue keeps a record 4 days).
+RECORD_FAILURES_KEPT = timedelta(days=7)
 BATCH_WRITE_SIZE = 25
 BATCH_GET_SIZE = 100
 _MAX_UNPROCESSED_ROUNDS = 8
@@ -486,15 +488,19 @@ class DynamoStore(
             return ClaimOutcome.HELD
         return ClaimOutcome.ABANDONED
 
-    def release_claim(self, key: MessageKey) -> None:
+    def release_claim(self, key: MessageKey, *, attempted: bool = True) -> None:
+        values: dict[str, Any] = {":queued": {"S": str(MessageStatus.QUEUED)}}
+        if attempted:
+            values[":one"] = {"N": "1"}
         with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
             self.client.update_item(
                 TableName=self.table_name,
                 Key=_key_of(key),
-                UpdateExpression="REMOVE claim_until",
+                # The same write counts the attempt the upstream did not take.
+                UpdateExpression="REMOVE claim_until" + (" ADD submit_attempts :one" if attempted else ""),
                 ConditionExpression="#status = :queued",
                 ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={":queued": {"S": str(MessageStatus.QUEUED)}},
+                ExpressionAttributeValues=values,
             )
 
     def transition(
@@ -590,6 +596,23 @@ class DynamoStore(
             TableName=self.table_name,
             Item=self._codec.dump({"pk": "CONFIG", "sk": "PRICES", **table.model_dump(mode="json")}),
         )
+
+    # ---------------------------------------------------------------- dispatch record failures
+
+    def count_record_failure(self, record_id: str, *, now: datetime) -> int:
+        """Counts one more failure of the dispatch record with this SQS message id and returns the count. Written
+        only when a record fails (rare), kept a week: longer than the queue keeps a record (4 days)."""
+        answer = self.client.update_item(
+            TableName=self.table_name,
+            Key={"pk": {"S": f"DISPATCH_FAILURES#{record_id}"}, "sk": {"S": "RECORD"}},
+            UpdateExpression="ADD failures :one SET expires_at = :expires",
+            ExpressionAttributeValues={
+                ":one": {"N": "1"},
+                ":expires": {"N": str(int((now + RECORD_FAILURES_KEPT).timestamp()))},
+            },
+            ReturnValues="UPDATED_NEW",
+        )
+        return int(answer["Attributes"]["failures"]["N"])
 
     # ---------------------------------------------------------------- idempotency
 

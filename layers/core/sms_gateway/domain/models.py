@@ -183,6 +183,9 @@ class Message(Record):
     reported_at: str | None = None
     # Multi-part messages: the latest status each part's DLR reported, by part number ("1", "2", ...).
     part_status: dict[str, str] = Field(default_factory=dict)
+    # Submits no upstream took for a transient reason, counted when the claim is released: the message's own
+    # attempts, whatever how often its dispatch record was handed back for want of time or rate (logic/dispatch.py).
+    submit_attempts: int = 0
     created_at: str
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -71,9 +72,10 @@ class DispatchDependencies:
     rate_scopes: Sequence[Scope] = ()
     # An upstream's own messages-per-second limit (None: unlimited), taken one message at a time.
     route_limit: Callable[[str], int | None] = lambda _: None
-    # On the record's last allowed attempt a transient failure is final: the message fails and is refunded,
-    # rather than the record going to the dead-letter queue.
-    final_attempt: bool = False
+    # Submit attempts a message gets: a transient failure on its last is final (failed and refunded). Counted per
+    # message in the store, not by the record's deliveries, which grow whenever a record is handed back or held
+    # behind another of its group.
+    max_submit_attempts: int = 6
     claim_lease_seconds: int = CLAIM_LEASE_SECONDS
     # Told of the record's status changes for the client's delivery-report callbacks, ten at a time and the rest
     # at the end of the record. Changes a dead dispatcher made but never announced are announced again by the
@@ -86,6 +88,9 @@ class DispatchDependencies:
     # stops a function at its timeout like a crash: a message claimed then would wait out the DLR wait and expire
     # unsent. So no claim is made after it; the messages not yet claimed go back to the queue for the next one.
     out_of_time: Callable[[], bool] = lambda: False
+    # Whether a record the rate limit starves keeps waiting in the invocation (until `out_of_time`) rather than going
+    # back to the queue at once: the handler's choice, since it knows the invocation's deadline.
+    wait_out_the_rate_limit: bool = False
 
 
 @dataclass
@@ -97,6 +102,9 @@ class DispatchOutcome:
     skipped: int = 0
     retry: list[int] = field(default_factory=list)
     retry_after: float | None = None
+    # The highest attempt number among the retried messages an upstream did not take (0: every retry is a hand-back
+    # for want of time, rate or a free claim, which waits no backoff): what the record's backoff grows with.
+    failed_attempts: int = 0
     # Every status change this dispatch made, for the client's delivery-report callbacks.
     changes: list[StatusChange] = field(default_factory=list)
     # Submit attempts an upstream did not take, by (upstream, "transient" | "permanent"), failovers included.
@@ -109,6 +117,13 @@ class DispatchOutcome:
     @property
     def needs_retry(self) -> bool:
         return bool(self.retry)
+
+    def retry_delay(self, *, backoff_base: float) -> int:
+        """Seconds until the record comes back: a backoff growing with its messages' failed attempts when an
+        upstream did not take one, else the hand-back's own wait (a second, or a held claim's lease)."""
+        if self.failed_attempts:
+            return backoff_seconds(self.failed_attempts, self.retry_after, base=backoff_base)
+        return math.ceil(max(self.retry_after or 0.0, 1.0))
 
 
 async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> DispatchOutcome:
@@ -138,6 +153,11 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
             # The account's rate limit is shared by every dispatcher container: each grant is one counted write.
             granted = await deps.limiter.acquire(deps.rate_scopes, len(pending)) if deps.limiter else len(pending)
             if granted == 0:
+                # Other records took the second's tokens: wait on while the invocation has time. Handing the record
+                # back instead would bring it, and the records held behind it, back within seconds, each delivery
+                # counted by SQS towards the queue's maxReceiveCount.
+                if deps.wait_out_the_rate_limit:
+                    continue
                 _come_back_soon(pending, outcome)
                 break
             now_sending, pending = pending[:granted], pending[granted:]
@@ -270,8 +290,10 @@ async def _submit(
     failure: UpstreamError | None = None
     for provider in deps.upstreams_for(message):
         if not await _route_allows(provider.name, deps):
-            # A route at its limit is a throttle: wait for it rather than fail over.
-            return UpstreamError(f"{provider.name} is at its rate limit", permanent=False, retry_after=1.0)
+            # A route at its limit is a throttle: wait for it rather than fail over. Not an attempt, unless an
+            # upstream before it in the route already failed this one.
+            throttled = RouteAtItsLimit if failure is None else UpstreamError
+            return throttled(f"{provider.name} is at its rate limit", permanent=False, retry_after=1.0)
         try:
             return provider, await provider.submit(_submit_request(message, provider, deps.callback_base_url))
         except UpstreamError as error:
@@ -293,14 +315,25 @@ async def _submit(
     return failure
 
 
+class RouteAtItsLimit(UpstreamError):
+    """Our own limiter held a claimed message back for its upstream's messages-per-second: not an attempt."""
+
+
 async def _not_taken(
     message: Message, failure: UpstreamError, deps: DispatchDependencies, outcome: DispatchOutcome
 ) -> None:
     """A claimed message no upstream took: back to the queue, its claim released, after a transient failure while
-    attempts remain; otherwise failed and refunded."""
-    if not failure.permanent and not deps.final_attempt:
+    attempts remain; otherwise failed and refunded. One our route limit held back comes back without an attempt
+    counted."""
+    if isinstance(failure, RouteAtItsLimit):
+        await asyncio.to_thread(deps.messages.release_claim, message.key, attempted=False)
+        _come_back_soon([message], outcome)
+        return
+    attempt = message.submit_attempts + 1
+    if not failure.permanent and attempt < deps.max_submit_attempts:
         await asyncio.to_thread(deps.messages.release_claim, message.key)
         outcome.retry.append(message.message_id)
+        outcome.failed_attempts = max(outcome.failed_attempts, attempt)
         if failure.retry_after is not None:
             outcome.retry_after = max(outcome.retry_after or 0.0, failure.retry_after)
         return
