@@ -117,6 +117,10 @@ def test_credits_that_do_not_add_up_are_flagged():
 def test_a_status_change_the_client_never_heard_of_is_flagged():
     missing = replace(clean_run(), notifications={"dlr_1_3": callback("1", 3, "delivered")})
     assert broken(missing) == {"every_change_notified": 1}
+    # The report carries the evidence to chase it: the stored history and what the client did get
+    (verdict,) = [v for v in check(missing) if not v.ok]
+    assert "the message is delivered at sequence 3" in verdict.violations[0]
+    assert "callbacks received: [dlr_1_3: delivered]" in verdict.violations[0]
     # Parked in the notify DLQ with its reason counts as accounted for
     parked = replace(missing, dead_lettered_notifications={"dlr_1_2": "client webhook failed 11 attempts"})
     assert broken(parked) == {}

@@ -229,7 +229,10 @@ def every_change_notified(observed: Observations) -> Verdict:
             if observed.dead_lettered_notifications.get(webhook_id):
                 parked += 1
                 continue
-            verdict.violations.append(f"{webhook_id} (change {sequence} of {message.message_id}) never arrived")
+            verdict.violations.append(
+                f"{webhook_id} (change {sequence} of {message.message_id}) never arrived; "
+                + _what_the_client_got(message, observed.notifications)
+            )
         last = observed.notifications.get(f"dlr_{message.message_id}_{message.sequence}")
         if last is not None and last.get("status") != message.status:
             verdict.violations.append(
@@ -245,6 +248,20 @@ def every_change_notified(observed: Observations) -> Verdict:
     if parked:
         verdict.notes.append(f"{parked} in the notify DLQ with a reason")
     return verdict
+
+
+def _what_the_client_got(message: MessageRecord, notifications: Mapping[str, Mapping[str, Any]]) -> str:
+    """A missing change's evidence: the message's status history as stored, and the callbacks that did arrive."""
+    history = ", ".join(f"{status} {at}" for status, at in sorted(message.status_at.items(), key=lambda e: e[1]))
+    received = sorted(
+        f"{webhook_id}: {body.get('status')}"
+        for webhook_id, body in notifications.items()
+        if str(body.get("message_id")) == message.message_id
+    )
+    return (
+        f"the message is {message.status} at sequence {message.sequence} ({message.error_code or 'no error code'}), "
+        f"status_at [{history}]; callbacks received: [{', '.join(received) or 'none'}]"
+    )
 
 
 def _callbacks_by_message(bodies: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
