@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 from collections.abc import Sequence
 from datetime import datetime
@@ -25,6 +27,7 @@ from sms_gateway.domain.models import (
     SubmitRequest,
     SubmitResult,
     iso,
+    shown_prefix,
 )
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.status import MessageStatus, allowed_previous
@@ -244,18 +247,10 @@ class FakeSecretBox:
         self.opened: list[tuple[str, str]] = []
 
     def seal(self, account_id: str, purpose: str, secret: str) -> SealedSecret:
-        import base64
-        import json
-
-        from sms_gateway.domain.models import shown_prefix
-
         sealed = base64.b64encode(json.dumps([account_id, purpose, secret]).encode()).decode()
         return SealedSecret(sealed=sealed, prefix=shown_prefix(secret))
 
     def open(self, account_id: str, purpose: str, sealed: SealedSecret) -> str:
-        import base64
-        import json
-
         if sealed.scheme == "plain":
             return sealed.sealed
         bound_account, bound_purpose, secret = json.loads(base64.b64decode(sealed.sealed))
