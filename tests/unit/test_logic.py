@@ -626,6 +626,102 @@ def test_changes_whose_announcement_died_with_the_dispatcher_are_announced_by_th
     assert store.messages[first.key].status == MessageStatus.DELIVERED
 
 
+class DispatchedByAnotherJustBeforeTheClaim:
+    """The store, where a concurrent delivery of the same record claims, submits and records each message of
+    `taken` just before this dispatcher's claim reaches it, and then dies without announcing the change."""
+
+    def __init__(self, store: InMemoryStore, taken: set[int]) -> None:
+        self.store = store
+        self.taken = taken
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+    def claim_for_dispatch(self, key, *, now, lease_seconds):
+        if key.message_id in self.taken:
+            assert self.store.claim_for_dispatch(key, now=now, lease_seconds=lease_seconds) == ClaimOutcome.CLAIMED
+            self.store.transition(
+                key, MessageStatus.SUBMITTED, now=now, upstream="other", upstream_message_id=f"up-{key.message_id}"
+            )
+        return self.store.claim_for_dispatch(key, now=now, lease_seconds=lease_seconds)
+
+
+def test_changes_another_delivery_made_between_the_read_and_the_claim_are_announced_by_this_one(store):
+    # Given a record of three messages that asked for delivery reports, two of which a concurrent delivery of the
+    # record submits and records after this dispatcher read them queued, and which dies before announcing them
+    _, deps = send(store, command(3, delivery_report=DeliveryReportMode.YES))
+    [record] = deps.dispatch_queue.commands
+    racing = DispatchedByAnotherJustBeforeTheClaim(store, taken=set(record.message_ids[:2]))
+    provider = FakeProvider()
+    announced: list = []
+    # When this dispatcher handles the record (which is then consumed: nothing of it is left to retry)
+    outcome = asyncio.run(
+        dispatch(record, replace(dispatch_deps(store, provider), messages=racing, announce=announced.extend))
+    )
+    assert (outcome.submitted, outcome.skipped, outcome.retry) == (1, 2, [])
+    # Then every message was submitted once, and the client hears of all three changes, the two the other
+    # dispatcher made included, under the webhook ids they had when they were made
+    assert [r.client_ref for r in provider.submits] == [m.key.to_ref() for m in store.messages.values()][2:]
+    ids = {notification["id"]: notification["payload"]["status"] for notification in map(dlr_notification, announced)}
+    assert ids == {f"dlr_{message_id}_2": "submitted" for message_id in record.message_ids}
+
+
+class SlowAfterTheFirst(FakeProvider):
+    """Answers the first submit at once and the others after a moment."""
+
+    async def submit(self, request):
+        result = await super().submit(request)
+        if len(self.submits) > 1:
+            await asyncio.sleep(0.05)
+        return result
+
+
+class FailsToRecord:
+    """The store, whose status write for one message raises (a throttled or failing table)."""
+
+    def __init__(self, store: InMemoryStore, message_id: int) -> None:
+        self.store = store
+        self.message_id = message_id
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+    def transition(self, key, target, **kwargs):
+        if key.message_id == self.message_id:
+            raise RuntimeError("the table did not take the write")
+        return self.store.transition(key, target, **kwargs)
+
+
+def test_when_one_message_cannot_be_recorded_the_others_in_flight_finish_before_the_record_fails(store):
+    # Given a record of three messages that asked for delivery reports, and a table that fails the first one's
+    # status write while the upstream is still answering the other two
+    _, deps = send(store, command(3, delivery_report=DeliveryReportMode.YES))
+    [record] = deps.dispatch_queue.commands
+    announced: list = []
+    failing = replace(
+        dispatch_deps(store, SlowAfterTheFirst()),
+        messages=FailsToRecord(store, record.message_ids[0]),
+        announce=announced.extend,
+    )
+    left_running: list = []
+
+    async def invocation():
+        try:
+            await dispatch(record, failing)
+        finally:
+            left_running.extend(t for t in asyncio.all_tasks() if t is not asyncio.current_task())
+
+    # When the record is dispatched, it fails (SQS brings it back)
+    with pytest.raises(RuntimeError, match="did not take the write"):
+        asyncio.run(invocation())
+    # Then no task of it is left to resume in a later invocation on the container's loop: the other two messages
+    # were recorded submitted and announced before the record failed
+    assert left_running == []
+    statuses = {m.message_id: m.status for m in store.messages.values()}
+    assert [statuses[i] for i in record.message_ids] == [MessageStatus.QUEUED] + [MessageStatus.SUBMITTED] * 2
+    assert sorted(c.message.message_id for c in announced) == sorted(record.message_ids[1:])
+
+
 def test_status_changes_are_announced_ten_at_a_time_and_the_rest_at_the_end(store):
     # Given a record of 25 messages that asked for delivery reports
     _, deps = send(store, command(25, delivery_report=DeliveryReportMode.YES))

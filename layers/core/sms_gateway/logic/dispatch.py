@@ -6,12 +6,13 @@ import asyncio
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sms_gateway.domain.models import (
     ClaimOutcome,
+    DeliveryReportMode,
     DispatchCommand,
     Message,
     StatusChange,
@@ -107,6 +108,9 @@ class DispatchOutcome:
     failed_attempts: int = 0
     # Every status change this dispatch made, for the client's delivery-report callbacks.
     changes: list[StatusChange] = field(default_factory=list)
+    # Messages found queued but moved on by the time this dispatch came to claim them (by a concurrent delivery of
+    # the record, mostly): their change is the other dispatcher's to announce, and is announced here too.
+    moved_on: list[Message] = field(default_factory=list)
     # Submit attempts an upstream did not take, by (upstream, "transient" | "permanent"), failovers included.
     upstream_failures: Counter[tuple[str, str]] = field(default_factory=Counter)
 
@@ -161,11 +165,37 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
                 _come_back_soon(pending, outcome)
                 break
             now_sending, pending = pending[:granted], pending[granted:]
-            await asyncio.gather(*(one(m) for m in now_sending))
+            await _all_to_their_end([one(m) for m in now_sending])
+        await announcer.add(await _changes_made_meanwhile(command, outcome.moved_on, deps))
     finally:
         # Also when a message's task raised: what was done is announced now, not only by the redelivery.
         await announcer.flush()
     return outcome
+
+
+async def _all_to_their_end(coroutines: Sequence[Coroutine[object, object, None]]) -> None:
+    """Runs the messages' tasks at once and, when one raises, still lets the others finish their submits and
+    writes before raising its exception: a task left running would sit on the container's loop, which outlives
+    the invocation, and resume mid-submit in a later one, after the record's retry has claimed its message.
+    A dying container's BaseException is raised at once, as itself: nothing of it would run on."""
+    pending = {asyncio.ensure_future(coroutine) for coroutine in coroutines}
+    failures: list[BaseException] = []
+    while pending:
+        try:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+        except asyncio.CancelledError:
+            # The invocation is going down (another record's container death): these go with it, as gather's would.
+            for task in pending:
+                task.cancel()
+            raise
+        for task in done:
+            failure = task.exception()
+            if failure is not None and not isinstance(failure, Exception):
+                raise failure
+            if failure is not None:
+                failures.append(failure)
+    if failures:
+        raise failures[0]
 
 
 class _Announcer:
@@ -187,6 +217,19 @@ class _Announcer:
         if self.announce is not None and self.waiting:
             ready, self.waiting = self.waiting, []
             await asyncio.to_thread(self.announce, ready)
+
+
+async def _changes_made_meanwhile(
+    command: DispatchCommand, moved_on: Sequence[Message], deps: DispatchDependencies
+) -> list[StatusChange]:
+    """The dispatch changes of messages another dispatcher moved on between this one's read and its claim. That one
+    announces them, unless it dies first; this record is then consumed here, and no redelivery of it would come back
+    to announce them. So they are announced here as well, under the same webhook ids (the client deduplicates)."""
+    wanted = [m.message_id for m in moved_on if m.delivery_report == DeliveryReportMode.YES]
+    if deps.announce is None or not wanted:
+        return []
+    current = await asyncio.to_thread(deps.messages.get_messages, command.account_id, command.reference_id, wanted)
+    return [c for c in map(change_made_by_dispatch, current) if c is not None]
 
 
 def change_made_by_dispatch(message: Message) -> StatusChange | None:
@@ -235,6 +278,7 @@ async def _dispatch_one(
     # The status writes come after the slot is given back: the limit is on submits in flight, not store requests.
     if claim == ClaimOutcome.BUSY:
         outcome.skipped += 1
+        outcome.moved_on.append(message)
         return
     if claim == ClaimOutcome.HELD:
         # Its holder may die before the lease lapses; only a later look can then find the lease lapsed, so this
