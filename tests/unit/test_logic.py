@@ -244,6 +244,28 @@ class TestDispatch:
         [message] = store.messages.values()
         assert (message.status, message.error_code) == (MessageStatus.EXPIRED, "validity_period_ended")
         assert store.accounts["7"].credits == 1000
+        assert store.claims == {}
+
+    def test_a_message_another_dispatcher_is_submitting_is_not_expired_under_it(self, store):
+        # Given a message just past its validity, which another dispatcher claimed a moment ago and is submitting
+        _, deps = send(store, command(1))
+        [message] = store.messages.values()
+        at = NOW + timedelta(hours=24, seconds=1)
+        assert store.claim_for_dispatch(message.key, now=at, lease_seconds=120) == ClaimOutcome.CLAIMED
+        charged = store.accounts["7"].credits
+        # When a duplicate delivery of its record comes meanwhile
+        late = replace(dispatch_deps(store, FakeProvider()), clock=lambda: at)
+        outcome = asyncio.run(dispatch(deps.dispatch_queue.commands[0], late))
+        # Then it leaves the message to its holder (and comes back after the lease) instead of expiring and refunding
+        # a message the upstream is taking
+        assert (outcome.expired, outcome.retry, outcome.retry_after) == (0, [message.message_id], 120.0)
+        assert store.messages[message.key].status == MessageStatus.QUEUED
+        assert store.accounts["7"].credits == charged
+        # And the holder's answer is recorded
+        change = store.transition(
+            message.key, MessageStatus.SUBMITTED, now=at, upstream="fake", upstream_message_id="u1"
+        )
+        assert change is not None and change.changed
 
 
 class TestFailover:

@@ -260,10 +260,6 @@ async def _dispatch_one(
     if message.status != MessageStatus.QUEUED:
         outcome.skipped += 1
         return
-    if deps.clock() > valid_until(message, deps.validity):
-        await _finish(message, MessageStatus.EXPIRED, "validity_period_ended", deps, outcome)
-        outcome.expired += 1
-        return
     async with in_flight:
         if deps.out_of_time():
             # The slot came too late to submit and record the answer before the invocation ends.
@@ -274,7 +270,14 @@ async def _dispatch_one(
         claim = await asyncio.to_thread(
             deps.messages.claim_for_dispatch, message.key, now=deps.clock(), lease_seconds=deps.claim_lease_seconds
         )
-        sent = await _submit(message, deps, outcome) if claim == ClaimOutcome.CLAIMED else None
+        # Expired only under the claim: without it, a message another dispatcher is submitting right now could be
+        # recorded expired and refunded while the upstream takes it.
+        too_late = claim == ClaimOutcome.CLAIMED and deps.clock() > valid_until(message, deps.validity)
+        sent = await _submit(message, deps, outcome) if claim == ClaimOutcome.CLAIMED and not too_late else None
+    if too_late:
+        await _finish(message, MessageStatus.EXPIRED, "validity_period_ended", deps, outcome)
+        outcome.expired += 1
+        return
     # The status writes come after the slot is given back: the limit is on submits in flight, not store requests.
     if claim == ClaimOutcome.BUSY:
         outcome.skipped += 1
