@@ -13,6 +13,7 @@ from sms_gateway.domain.models import (
     ClaimOutcome,
     DeliveryReport,
     DeliveryReportMode,
+    DispatchCommand,
     InboundSms,
     Recipient,
     SendCommand,
@@ -305,6 +306,81 @@ class TestFailover:
         outcome = self.run(store, primary, fallback)
         assert outcome.needs_retry
         assert (len(primary.submits), len(fallback.submits)) == (1, 1)
+
+
+class DeduplicatingProvider(FakeProvider):
+    """An upstream that answers a repeat of our reference with its first answer (the simulator, 9bits)."""
+
+    deduplicates_submits = True
+
+
+def no_answer_after_the_request() -> UpstreamError:
+    return UpstreamError("primary timed out", permanent=False, unavailable=True, maybe_taken=True)
+
+
+class TestNoAnswerFromTheUpstream:
+    """A submit whose request reached the upstream but got no answer: the upstream may have taken the message."""
+
+    def deps(self, store, primary: FakeProvider, fallback: FakeProvider, checks: list, **changes):
+        return replace(
+            dispatch_deps(store, primary),
+            upstreams_for=lambda _: [primary, fallback],
+            settle_later=checks.append,
+            **changes,
+        )
+
+    def record(self, store) -> DispatchCommand:
+        _, deps = send(store, command(1, delivery_report=DeliveryReportMode.YES))
+        return deps.dispatch_queue.commands[0]
+
+    def test_an_upstream_that_cannot_tell_repeats_is_never_offered_the_message_again(self, store):
+        # Given an upstream without deduplication (Kannel, Jasmin, Twilio, Africa's Talking) whose answer never came
+        primary, fallback = FakeProvider("primary"), FakeProvider("fallback")
+        primary.failure = no_answer_after_the_request()
+        checks: list = []
+        outcome = asyncio.run(dispatch(self.record(store), self.deps(store, primary, fallback, checks)))
+        # Then neither it nor the fallback gets the message again (that could put it on the phone twice)
+        assert (len(primary.submits), fallback.submits, outcome.retry) == (1, [], [])
+        # And it is recorded submitted-unconfirmed, charged, and left to its DLR, with a settle check if none comes
+        [message] = store.messages.values()
+        assert (message.status, message.error_code) == (MessageStatus.SUBMITTED, "submit_unconfirmed")
+        assert [m.message_id for m in checks] == [message.message_id]
+        assert (outcome.unconfirmed, outcome.failed) == (1, 0)
+        assert store.accounts["7"].credits == 1000 - message.price
+        # And the client hears of it as submitted (change 2), not as failed
+        assert [(c.message.status, c.message.sequence) for c in outcome.changes] == [(MessageStatus.SUBMITTED, 2)]
+
+    def test_an_upstream_that_deduplicates_is_asked_again_later_but_the_fallback_never(self, store):
+        # Given an upstream that answers a repeat of our reference with its first answer, whose answer never came
+        primary, fallback = DeduplicatingProvider("primary"), FakeProvider("fallback")
+        primary.failure = no_answer_after_the_request()
+        record, checks = self.record(store), []
+        outcome = asyncio.run(dispatch(record, self.deps(store, primary, fallback, checks)))
+        # Then the record comes back for the same upstream, and the fallback is not offered the message
+        [message] = store.messages.values()
+        assert (outcome.retry, fallback.submits, checks) == ([message.message_id], [], [])
+        assert message.status == MessageStatus.QUEUED and store.claims == {}
+        # And when that upstream answers the next attempt, the message is submitted through it
+        primary.failure = None
+        again = asyncio.run(dispatch(record, self.deps(store, primary, fallback, checks)))
+        assert again.submitted == 1 and store.messages[message.key].upstream == "primary"
+        assert (len(primary.submits), fallback.submits) == (2, [])
+
+    def test_on_its_last_attempt_a_message_an_upstream_may_have_is_unconfirmed_not_failed(self, store):
+        primary, fallback = DeduplicatingProvider("primary"), FakeProvider("fallback")
+        primary.failure = no_answer_after_the_request()
+        checks: list = []
+        last = self.deps(store, primary, fallback, checks, max_submit_attempts=1)
+        outcome = asyncio.run(dispatch(self.record(store), last))
+        [message] = store.messages.values()
+        assert (message.status, message.error_code) == (MessageStatus.SUBMITTED, "submit_unconfirmed")
+        assert (outcome.failed, outcome.unconfirmed, len(checks), fallback.submits) == (0, 1, 1, [])
+
+    def test_a_request_that_never_left_still_goes_to_the_fallback(self, store):
+        primary, fallback = FakeProvider("primary"), FakeProvider("fallback")
+        primary.failure = UpstreamError("primary unreachable", permanent=False, unavailable=True)
+        outcome = asyncio.run(dispatch(self.record(store), self.deps(store, primary, fallback, [])))
+        assert (outcome.submitted, len(fallback.submits)) == (1, 1)
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3, 5, 8, 20])

@@ -65,7 +65,13 @@ class UpstreamError(GatewayError):
     code = "upstream_error"
 
     def __init__(
-        self, message: str, *, permanent: bool, retry_after: float | None = None, unavailable: bool | None = None
+        self,
+        message: str,
+        *,
+        permanent: bool,
+        retry_after: float | None = None,
+        unavailable: bool | None = None,
+        maybe_taken: bool = False,
     ) -> None:
         super().__init__(message)
         self.permanent = permanent
@@ -73,6 +79,9 @@ class UpstreamError(GatewayError):
         # Unavailable (5xx, timeout, connection refused) sends the message to the fallback upstream at once; a
         # throttle (429, or anything that says when to come back) waits for the same upstream instead.
         self.unavailable = (not permanent and retry_after is None) if unavailable is None else unavailable
+        # No answer came after the request reached the upstream (timed out or cut while being written or answered):
+        # the upstream may have taken the message, so offering it again, there or elsewhere, could send it twice.
+        self.maybe_taken = maybe_taken
 
 
 class CallbackRejected(GatewayError):

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import httpx
 
 from sms_gateway.adapters.http_streams import StreamTransport
+from sms_gateway.errors import UpstreamError
 from sms_gateway.settings import get_settings
 
 T = TypeVar("T")
@@ -41,6 +42,27 @@ def _loop() -> asyncio.AbstractEventLoop:
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
     """Runs a coroutine on this thread's long-lived loop: pooled connections survive between invocations."""
     return _loop().run_until_complete(coroutine)
+
+
+# Failures before the request left us: the upstream cannot have the message.
+_NOT_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+    httpx.ProxyError,
+    httpx.LocalProtocolError,
+)
+
+
+def no_answer(upstream: str, error: httpx.TransportError) -> UpstreamError:
+    """A submit that got no answer: transient and unavailable (the fallback upstream may take it), unless the
+    request may have reached the upstream (a timeout or a cut connection while writing it or awaiting the
+    answer): then the upstream may have taken the message (`maybe_taken`)."""
+    what = "timed out" if isinstance(error, httpx.TimeoutException) else f"unreachable: {error}"
+    return UpstreamError(
+        f"{upstream} {what}", permanent=False, unavailable=True, maybe_taken=not isinstance(error, _NOT_SENT)
+    )
 
 
 class _NoCookies(httpx.Cookies):

@@ -290,18 +290,8 @@ async def _dispatch_one(
         outcome.retry_after = max(outcome.retry_after or 0.0, float(deps.claim_lease_seconds))
         return
     if claim == ClaimOutcome.ABANDONED:
-        # At most once: the upstream may already have it (its DLR will find it by our reference), so it is
-        # recorded as submitted without an upstream id rather than submitted again.
         logger.warning("dispatcher died mid-submit before; not resubmitting", extra={"message_id": message.message_id})
-        if deps.settle_later is not None:
-            # Asked before the write: a dispatcher dying between the two leaves the claim lapsed, so the record's
-            # redelivery comes back here and asks again; asked after, the check could be lost with the write done.
-            await asyncio.to_thread(deps.settle_later, message)
-        change = await asyncio.to_thread(
-            deps.messages.transition, message.key, MessageStatus.SUBMITTED, now=deps.clock(), error_code=UNCONFIRMED
-        )
-        outcome.record(change)
-        outcome.unconfirmed += 1
+        await _record_unconfirmed(message, deps, outcome)
         return
     if isinstance(sent, UpstreamError) or sent is None:
         assert sent is not None, "a claimed message was offered to its upstreams"
@@ -320,6 +310,20 @@ async def _dispatch_one(
     outcome.submitted += 1
     if not getattr(provider, "echoes_client_ref", False):
         await asyncio.to_thread(_link_upstream_id, message, provider.name, result.upstream_message_id, deps, outcome)
+
+
+async def _record_unconfirmed(message: Message, deps: DispatchDependencies, outcome: DispatchOutcome) -> None:
+    """At most once: an upstream may already have the message (its DLR will find it by our reference), so it is
+    recorded as submitted without an upstream id rather than submitted again, and settled later if no DLR comes."""
+    if deps.settle_later is not None:
+        # Asked before the write: a dispatcher dying between the two leaves the claim lapsed, so the record's
+        # redelivery comes back here and asks again; asked after, the check could be lost with the write done.
+        await asyncio.to_thread(deps.settle_later, message)
+    change = await asyncio.to_thread(
+        deps.messages.transition, message.key, MessageStatus.SUBMITTED, now=deps.clock(), error_code=UNCONFIRMED
+    )
+    outcome.record(change)
+    outcome.unconfirmed += 1
 
 
 def _come_back_soon(messages: Sequence[Message], outcome: DispatchOutcome) -> None:
@@ -356,6 +360,10 @@ async def _submit(
                     "permanent": error.permanent,
                 },
             )
+            if error.maybe_taken:
+                # The upstream may have it: no other upstream is offered it, which could send it twice. One that
+                # answers a repeat of our reference with its first answer is asked again later; any other never.
+                return error if getattr(provider, "deduplicates_submits", False) else MaybeSent(error.message)
             if not error.unavailable:
                 break
     assert failure is not None, "a route names at least one upstream"
@@ -366,17 +374,34 @@ class RouteAtItsLimit(UpstreamError):
     """Our own limiter held a claimed message back for its upstream's messages-per-second: not an attempt."""
 
 
+class MaybeSent(UpstreamError):
+    """No answer came from an upstream that cannot tell a repeated submit from a new one, after the request
+    reached it: it may have taken the message, so the message is never offered again."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=True, maybe_taken=True)
+
+
 async def _not_taken(
     message: Message, failure: UpstreamError, deps: DispatchDependencies, outcome: DispatchOutcome
 ) -> None:
     """A claimed message no upstream took: back to the queue, its claim released, after a transient failure while
     attempts remain; otherwise failed and refunded. One our route limit held back comes back without an attempt
-    counted."""
+    counted. One an upstream may have taken (no answer) is recorded submitted-unconfirmed instead of being offered
+    again, unless that upstream deduplicates by our reference and attempts remain."""
     if isinstance(failure, RouteAtItsLimit):
         await asyncio.to_thread(deps.messages.release_claim, message.key, attempted=False)
         _come_back_soon([message], outcome)
         return
     attempt = message.submit_attempts + 1
+    if isinstance(failure, MaybeSent) or (failure.maybe_taken and attempt >= deps.max_submit_attempts):
+        # Failing and refunding a message an upstream may be delivering would be a wrong report: its DLR settles it.
+        logger.warning(
+            "upstream may have taken the message; not resubmitting",
+            extra={"message_id": message.message_id, "error": failure.message},
+        )
+        await _record_unconfirmed(message, deps, outcome)
+        return
     if not failure.permanent and attempt < deps.max_submit_attempts:
         await asyncio.to_thread(deps.messages.release_claim, message.key)
         outcome.retry.append(message.message_id)

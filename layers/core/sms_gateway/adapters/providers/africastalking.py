@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, retry_after_seconds
+from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
@@ -145,10 +145,8 @@ class AfricasTalkingProvider:
             response = await client.post(
                 self._url, data=form, headers={"apiKey": self._api_key, "Accept": "application/json"}
             )
-        except httpx.TimeoutException as error:
-            raise UpstreamError(f"{self.name} timed out", permanent=False, unavailable=True) from error
         except httpx.TransportError as error:
-            raise UpstreamError(f"{self.name} unreachable: {error}", permanent=False, unavailable=True) from error
+            raise no_answer(self.name, error) from error
         status = response.status_code
         if status == 429 or status >= 500:
             raise UpstreamError(

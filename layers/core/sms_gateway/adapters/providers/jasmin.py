@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, quote
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, retry_after_seconds
+from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
 from sms_gateway.domain.segments import Encoding, segment
@@ -150,10 +150,8 @@ class JasminProvider:
         client = self._client or async_client()
         try:
             response = await client.post(self._send_url, data=form)
-        except httpx.TimeoutException as error:
-            raise UpstreamError(f"{self.name} timed out", permanent=False, unavailable=True) from error
         except httpx.TransportError as error:
-            raise UpstreamError(f"{self.name} unreachable: {error}", permanent=False, unavailable=True) from error
+            raise no_answer(self.name, error) from error
         body = response.text.strip()
         refused = _ERROR.match(body)
         reason = refused.group(1)[:200] if refused else body[:200]

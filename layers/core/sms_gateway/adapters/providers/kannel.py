@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, retry_after_seconds
+from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import (
     CallbackRequest,
@@ -141,10 +141,8 @@ class KannelProvider:
         client = self._client or async_client()
         try:
             response = await client.get(self._send_url, params=params)
-        except httpx.TimeoutException as error:
-            raise UpstreamError(f"{self.name} timed out", permanent=False, unavailable=True) from error
         except httpx.TransportError as error:
-            raise UpstreamError(f"{self.name} unreachable: {error}", permanent=False, unavailable=True) from error
+            raise no_answer(self.name, error) from error
         answer = response.text.strip()[:200]
         if response.status_code == 429 or response.status_code >= 500:
             raise UpstreamError(

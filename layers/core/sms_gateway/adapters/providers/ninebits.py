@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, retry_after_seconds
+from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds
 from sms_gateway.domain import webhooks
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
 from sms_gateway.domain.status import MessageStatus
@@ -52,6 +52,8 @@ STATUS: dict[str, MessageStatus] = {
 class NinebitsProvider:
     # No upstream-id link needed: its DLRs echo the ref_id we submit (our reference).
     echoes_client_ref = True
+    # Idempotent on the Idempotency-Key (our reference) for 24 hours: a repeat is answered again, not sent again.
+    deduplicates_submits = True
 
     def __init__(
         self,
@@ -105,10 +107,8 @@ class NinebitsProvider:
                 json=payload,
                 headers={"Authorization": f"Bearer {self._token}", "Idempotency-Key": request.client_ref},
             )
-        except httpx.TimeoutException as error:
-            raise UpstreamError(f"{self.name} timed out", permanent=False, unavailable=True) from error
         except httpx.TransportError as error:
-            raise UpstreamError(f"{self.name} unreachable: {error}", permanent=False, unavailable=True) from error
+            raise no_answer(self.name, error) from error
         reason = _message(response)
         if response.status_code == 429 or response.status_code >= 500:
             raise UpstreamError(

@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, retry_after_seconds
+from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
 from sms_gateway.domain.status import MessageStatus
@@ -35,6 +35,8 @@ def signature(secret: str, timestamp: str, body: str) -> str:
 class SimulatorProvider:
     # No upstream-id link needed: its DLRs carry the client_ref we submitted.
     echoes_client_ref = True
+    # A repeated client_ref is answered with the first message id, not sent again.
+    deduplicates_submits = True
 
     def __init__(self, *, name: str, url: str, secret: str, client: httpx.AsyncClient | None = None) -> None:
         self.name = name
@@ -58,10 +60,8 @@ class SimulatorProvider:
                 },
                 headers={"Authorization": f"Bearer {self._secret}"},
             )
-        except httpx.TimeoutException as error:
-            raise UpstreamError(f"{self.name} timed out", permanent=False, unavailable=True) from error
         except httpx.TransportError as error:
-            raise UpstreamError(f"{self.name} unreachable: {error}", permanent=False, unavailable=True) from error
+            raise no_answer(self.name, error) from error
         if response.status_code == 429 or response.status_code >= 500:
             retry_after = response.headers.get("retry-after")
             raise UpstreamError(

@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, retry_after_seconds
+from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import (
     CallbackRequest,
@@ -146,10 +146,8 @@ class TwilioProvider:
             response = await client.post(
                 self._messages_url, data=form, auth=self._auth, headers={"Accept": "application/json"}
             )
-        except httpx.TimeoutException as error:
-            raise UpstreamError(f"{self.name} timed out", permanent=False, unavailable=True) from error
         except httpx.TransportError as error:
-            raise UpstreamError(f"{self.name} unreachable: {error}", permanent=False, unavailable=True) from error
+            raise no_answer(self.name, error) from error
         if response.is_success:
             return SubmitResult(upstream_message_id=self._message_sid(response))
         raise self._error(response)
