@@ -76,7 +76,7 @@ def test_a_second_send_of_one_reference_is_flagged():
     assert broken(after_accept) == {"submitted_once": 1}
 
 
-def test_a_retry_after_an_answer_the_dispatcher_never_read_is_not_a_second_send():
+def test_a_retry_after_an_answer_the_dispatcher_never_read_is_not_a_second_send_on_a_deduplicating_upstream():
     # The simulator wrote "accepted", but the dispatcher's read timed out first, so it submitted again
     repeated = [UpstreamMessage("sim-1", "7.100.1", repeats=1, repeats_after_accept=1)]
     retried = replace(
@@ -87,6 +87,12 @@ def test_a_retry_after_an_answer_the_dispatcher_never_read_is_not_a_second_send(
         submits_unanswered={"ReadTimeout": 1},
     )
     assert broken(retried) == {}
+    # But to an upstream the gateway was told cannot tell repeats (Kannel), that retry is a text sent twice
+    assert broken(replace(retried, upstream_deduplicates=False)) == {"submitted_once": 1}
+    # And so is a repeat after an injected timeout
+    after_timeout = [UpstreamMessage("sim-1", "7.100.1", repeats=1)]
+    assert broken(replace(clean_run(), upstream=after_timeout, upstream_deduplicates=False)) == {"submitted_once": 1}
+    assert broken(replace(clean_run(), upstream_deduplicates=False)) == {}
 
 
 def test_a_status_that_moves_back_is_flagged():
@@ -143,10 +149,14 @@ def test_the_report_counts_the_messages_expired_for_want_of_a_dlr_that_the_upstr
         clean_run(),
         messages=[message("1", **expired), message("2", **expired), message("3", **expired), message("4")],
         upstream=[
-            UpstreamMessage("sim-1", "7.100.1", dlr_status="DELIVRD"),
+            UpstreamMessage("sim-1", "7.100.1", dlr_status="DELIVRD", submitted_at=AT, dlr_delivered_at="late"),
             UpstreamMessage("sim-2", "7.100.2", dlr_status="UNDELIV"),
             UpstreamMessage("sim-4", "7.100.4", dlr_status="DELIVRD"),
         ],
     )
-    # Then the report says so
-    assert _expired_unreported(observed) == {"total": 3, "reached": 2, "delivered": 1}
+    # Then the report says so, with the times on both sides of those the upstream had
+    report = _expired_unreported(observed)
+    assert (report["total"], report["reached"], report["delivered"]) == (3, 2, 1)
+    first, second = report["examples"]
+    assert (first["message_id"], first["upstream_took_it_at"], first["dlr_answered_at"]) == ("1", AT, "late")
+    assert (first["status_at"], second["message_id"]) == (message("1").status_at, "2")

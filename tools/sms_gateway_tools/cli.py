@@ -31,6 +31,7 @@ def _chaos(args: argparse.Namespace) -> int:
         wave=args.wave,
         accounts=args.accounts,
         kill_rate=args.kill_rate,
+        upstream_deduplicates=args.upstream_deduplicates,
     )
     return run_chaos(options, json_path=Path(args.json) if args.json else None)
 
@@ -72,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--accounts", type=int, default=8, help="accounts sending (each its own FIFO lanes)")
     chaos.add_argument(
         "--kill-rate", type=float, default=0.02, help="share of messages whose dispatcher is killed mid-submit"
+    )
+    chaos.add_argument(
+        "--upstream-deduplicates",
+        action="store_true",
+        help="let the gateway count on the simulator answering a repeated submit instead of sending again (as 9bits "
+        "does); by default it is treated like Kannel, and any repeat is a message sent twice",
     )
     chaos.add_argument("--json", help="also write the summary as JSON to this file")
     chaos.set_defaults(func=_chaos)

@@ -93,6 +93,8 @@ class Submit:
     duplicates_after_accept: int = 0
     dlr_status: str | None = None
     dlr_delivered: bool = False
+    # When the DLR that completed the message was answered 2xx by the gateway.
+    dlr_delivered_at: str | None = None
     parts: int = 1
     dlr_parts_delivered: int = 0
     # Whether the sender was answered in time at least once: a repeat after that is a second send, not a retry.
@@ -115,6 +117,7 @@ class Submit:
             "duplicates_after_accept": self.duplicates_after_accept,
             "dlr_status": self.dlr_status,
             "dlr_delivered": self.dlr_delivered,
+            "dlr_delivered_at": self.dlr_delivered_at,
             "parts": self.parts,
         }
 
@@ -388,6 +391,8 @@ class UpstreamSimulator:
                 if not extra:
                     submit.dlr_parts_delivered += 1
                     submit.dlr_delivered = submit.dlr_parts_delivered >= submit.parts
+                    if submit.dlr_delivered and submit.dlr_delivered_at is None:
+                        submit.dlr_delivered_at = _now_iso()
                 self._stats.dlrs_sent += 1
             return
         if attempt < len(CALLBACK_RETRY_DELAYS):

@@ -49,6 +49,9 @@ class UpstreamMessage:
     repeats_after_accept: int = 0
     # The final state the simulator reports for it (DELIVRD, UNDELIV).
     dlr_status: str | None = None
+    # When it first took the message, and when the gateway answered the DLR that completed it (None: never did).
+    submitted_at: str | None = None
+    dlr_delivered_at: str | None = None
 
 
 @dataclass
@@ -69,6 +72,8 @@ class Observations:
     resubmitted_after_heard_accept: list[str] = field(default_factory=list)
     unanswered_refs: frozenset[str] = frozenset()
     submits_unanswered: Mapping[str, int] = field(default_factory=dict)
+    # Whether the gateway was told the upstream deduplicates by our reference: if not, no repeat is allowed.
+    upstream_deduplicates: bool = True
 
 
 @dataclass
@@ -125,9 +130,11 @@ def submitted_once(observed: Observations) -> Verdict:
     """No message the upstream would have sent twice: one upstream message per client reference, and no
     reference submitted again after the dispatcher had read the upstream's 'accepted' for it.
 
-    A repeat after a submit whose answer the dispatcher never read (an injected timeout, or its own read timeout
-    firing on an answer the simulator had just written) is the designed retry, deduplicated by the upstream by our
-    reference: the dispatcher cannot tell it from a submit that never arrived. The simulator counts an answer
+    Against an upstream the gateway was told cannot tell repeats (the default run), every repeat of a reference is a
+    violation. Against one it may count on to deduplicate, a repeat after a submit whose answer the dispatcher never
+    read (an injected timeout, or its own read timeout firing on an answer the simulator had just written) is the
+    designed retry, deduplicated by the upstream by our reference: the dispatcher cannot tell it from a submit that
+    never arrived. The simulator counts an answer
     accepted once its write succeeded, so it counts the second kind among its `resubmits_after_accept`: such a
     repeat is a fault only for a reference with no unanswered submit."""
     verdict = Verdict("submitted_once", "no message submitted upstream twice", len(observed.messages))
@@ -140,6 +147,12 @@ def submitted_once(observed: Observations) -> Verdict:
             verdict.violations.append(f"the upstream has {len(copies)} message(s) for unknown reference {client_ref}")
         elif len(copies) > 1:
             verdict.violations.append(f"{client_ref} became {len(copies)} upstream messages")
+    if not observed.upstream_deduplicates:
+        for copy in observed.upstream:
+            if copy.repeats:
+                verdict.violations.append(
+                    f"{copy.client_ref} submitted {copy.repeats + 1} times to an upstream that cannot tell repeats"
+                )
     for client_ref in observed.resubmitted_after_heard_accept:
         verdict.violations.append(f"{client_ref} submitted again after the dispatcher had read 'accepted'")
     for copy in observed.upstream:
@@ -156,12 +169,17 @@ def submitted_once(observed: Observations) -> Verdict:
                 f"the upstream has {copies[0].message_id}"
             )
     unanswered = ", ".join(f"{name} {count}" for name, count in sorted(observed.submits_unanswered.items()))
-    verdict.notes.append(
+    repeats = (
         f"{observed.upstream_stats.get('resubmits_after_timeout', 0)} resubmits after an injected timeout and "
         f"{observed.upstream_stats.get('resubmits_after_accept', 0)} after an answer the simulator wrote, all "
-        f"deduplicated by the upstream; submits whose answer the dispatcher did not read: {unanswered or 'none'}; "
+        "deduplicated by the upstream"
+        if observed.upstream_deduplicates
+        else f"an upstream that cannot tell repeats: {sum(copy.repeats for copy in observed.upstream)} repeats"
+    )
+    verdict.notes.append(
+        f"{repeats}; submits whose answer the dispatcher did not read: {unanswered or 'none'}; "
         f"{sum(1 for m in observed.messages if m.error_code == 'submit_unconfirmed')} "
-        "recorded submitted-unconfirmed after a dispatcher died"
+        "recorded submitted-unconfirmed (a dispatcher died, or no answer came)"
     )
     return verdict
 

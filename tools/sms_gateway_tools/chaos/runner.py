@@ -54,6 +54,11 @@ class ChaosOptions:
     dlr_duplicate_rate: float = 0.10
     dlr_reorder_rate: float = 0.10
     kill_rate: float = 0.02
+    # False: the gateway is told the upstream cannot tell a repeated submit from a new one, as Kannel, Jasmin, Twilio
+    # and Africa's Talking cannot, so every repeat the simulator counts is a text a real upstream would send twice.
+    # True: it may count on the simulator's deduplication by client_ref (as on 9bits'), and repeats after a
+    # submit whose answer the dispatcher missed are the designed retry.
+    upstream_deduplicates: bool = False
     sqs_duplicate_rate: float = 0.05
     webhook_failure_rate: float = 0.30
     # Short local timings so every retry path completes within the run (the deployed values are far longer).
@@ -166,6 +171,7 @@ class ChaosRun:
                 visibility_timeouts={"DispatchQueue": o.dispatch_visibility_timeout},
                 sqs_duplicate_rate=o.sqs_duplicate_rate,
                 seed=o.seed,
+                upstream_deduplicates=o.upstream_deduplicates,
                 serialize_invocations=o.serialize_invocations,
             ) as stack,
             kills.installed(),
@@ -349,6 +355,8 @@ class ChaosRun:
                 repeats=m["duplicates"],
                 repeats_after_accept=m["duplicates_after_accept"],
                 dlr_status=m["dlr_status"],
+                submitted_at=m["submitted_at"],
+                dlr_delivered_at=m["dlr_delivered_at"],
             )
             for m in stack.simulator.messages()
         ]
@@ -371,6 +379,7 @@ class ChaosRun:
             resubmitted_after_heard_accept=list(kills.resubmitted_after_heard_accept),
             unanswered_refs=frozenset(kills.unanswered_refs),
             submits_unanswered=dict(kills.unanswered),
+            upstream_deduplicates=self.options.upstream_deduplicates,
         )
 
     def _dead_letters(self, stack: Any, queue_id: str) -> list[tuple[str, str]]:
@@ -458,17 +467,28 @@ class ChaosRun:
         }
 
 
-def _expired_unreported(observed: Observations) -> dict[str, int]:
+def _expired_unreported(observed: Observations) -> dict[str, Any]:
     """Messages our settle check expired (`no_delivery_report`): how many the upstream had after all, and how many
     of those it delivered. The invariants allow them (a final status does not move); the count shows what a DLR wait
-    shorter than the upstream's reporting delay costs."""
+    shorter than the upstream's reporting delay costs. The first few that reached it come with the times on both
+    sides, so a run shows whether their DLR came late or was lost."""
     upstream = {copy.client_ref: copy for copy in observed.upstream}
     expired = [m for m in observed.messages if m.status == "expired" and m.error_code == "no_delivery_report"]
-    reached = [upstream[m.client_ref] for m in expired if m.client_ref in upstream]
+    reached = [(m, upstream[m.client_ref]) for m in expired if m.client_ref in upstream]
     return {
         "total": len(expired),
         "reached": len(reached),
-        "delivered": sum(1 for copy in reached if copy.dlr_status == "DELIVRD"),
+        "delivered": sum(1 for _, copy in reached if copy.dlr_status == "DELIVRD"),
+        "examples": [
+            {
+                "message_id": message.message_id,
+                "status_at": dict(message.status_at),
+                "upstream_took_it_at": copy.submitted_at,
+                "upstream_status": copy.dlr_status,
+                "dlr_answered_at": copy.dlr_delivered_at,
+            }
+            for message, copy in reached[:5]
+        ],
     }
 
 
@@ -482,8 +502,9 @@ def render(summary: dict[str, Any]) -> str:
         f"{'after ' + str(summary['settled_after_seconds']) + ' s' if summary['settled_after_seconds'] else 'no'})",
         "final statuses: " + ", ".join(f"{k} {v}" for k, v in summary["statuses"].items()),
         "error codes: " + (", ".join(f"{k} {v}" for k, v in summary["error_codes"].items()) or "none"),
-        "expired for want of a DLR: {total}, of which the upstream had {reached} ({delivered} reported delivered by "
-        "it after the DLR wait); the rest never reached it".format(**summary["expired_unreported"]),
+        "expired for want of a DLR: {total}, of which the upstream had {reached} ({delivered} it reported delivered, "
+        "its DLR answered too late or never); the rest never reached it".format(**summary["expired_unreported"]),
+        *(f"    e.g. {json.dumps(example)}" for example in summary["expired_unreported"]["examples"][:3]),
         "injected: " + ", ".join(f"{k} {v}" for k, v in summary["injected"].items()),
         "upstream: " + ", ".join(f"{k} {v}" for k, v in summary["upstream"].items()),
         "client webhook: " + ", ".join(f"{k} {v}" for k, v in summary["webhook"].items()),

@@ -101,15 +101,12 @@ def create_stack_resources(clients: Mapping[str, Any], template: Mapping[str, An
     return resources
 
 
-def put_simulator_parameter(ssm: Any, simulator_url: str, secret: str) -> str:
-    """Registers the upstream simulator where the provider registry looks for upstreams."""
+def put_simulator_parameter(ssm: Any, simulator_url: str, secret: str, *, deduplicates: bool = True) -> str:
+    """Registers the upstream simulator where the provider registry looks for upstreams; `deduplicates` says
+    whether the gateway may count on it to answer a repeated submit instead of sending again."""
     name = f"{UPSTREAM_PARAMETER_PREFIX}{UPSTREAM_NAME}"
-    ssm.put_parameter(
-        Name=name,
-        Type="SecureString",
-        Value=json.dumps({"type": "simulator", "url": simulator_url, "secret": secret}),
-        Overwrite=True,
-    )
+    config = {"type": "simulator", "url": simulator_url, "secret": secret, "deduplicates": deduplicates}
+    ssm.put_parameter(Name=name, Type="SecureString", Value=json.dumps(config), Overwrite=True)
     return name
 
 

@@ -84,6 +84,7 @@ class LocalStack:
         visibility_timeouts: Mapping[str, int] | None = None,
         sqs_duplicate_rate: float = 0.0,
         seed: int | None = None,
+        upstream_deduplicates: bool = True,
     ) -> None:
         self.port = port
         self.simulator_port = simulator_port
@@ -110,6 +111,8 @@ class LocalStack:
         self.visibility_timeouts = dict(visibility_timeouts or {})
         self.sqs_duplicate_rate = sqs_duplicate_rate
         self.seed = seed
+        # False: the gateway is told the simulator cannot tell a repeated submit from a new one (like Kannel).
+        self.upstream_deduplicates = upstream_deduplicates
 
         self.moto = EmbeddedMoto()
         self.simulator: UpstreamSimulator | None = None
@@ -223,7 +226,7 @@ class LocalStack:
             failure_rate=self.failure_rate,
             seed=self.seed,
         ).start()
-        put_simulator_parameter(self.client("ssm"), self.simulator.url, secret)
+        put_simulator_parameter(self.client("ssm"), self.simulator.url, secret, deduplicates=self.upstream_deduplicates)
 
         names = function_names(template, self.stack_name)
         self._set_env(

@@ -16,7 +16,9 @@ CONFIG_MAX_AGE = 300
 def _simulator(name: str, config: dict[str, Any]) -> Provider:
     from sms_gateway.adapters.providers.simulator import SimulatorProvider
 
-    return SimulatorProvider(name=name, url=config["url"], secret=config["secret"])
+    return SimulatorProvider(
+        name=name, url=config["url"], secret=config["secret"], deduplicates=bool(config.get("deduplicates", True))
+    )
 
 
 def _twilio(name: str, config: dict[str, Any]) -> Provider:

@@ -35,11 +35,21 @@ def signature(secret: str, timestamp: str, body: str) -> str:
 class SimulatorProvider:
     # No upstream-id link needed: its DLRs carry the client_ref we submitted.
     echoes_client_ref = True
-    # A repeated client_ref is answered with the first message id, not sent again.
-    deduplicates_submits = True
 
-    def __init__(self, *, name: str, url: str, secret: str, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        url: str,
+        secret: str,
+        client: httpx.AsyncClient | None = None,
+        deduplicates: bool = True,
+    ) -> None:
         self.name = name
+        # It answers a repeated client_ref with the first message id, not sending again. Configured off
+        # (`"deduplicates": false`), the dispatcher treats it like an upstream that cannot tell repeats (Kannel): what
+        # `sms-gateway chaos` runs against by default, so that any repeat it counts is one a real upstream would send.
+        self.deduplicates_submits = deduplicates
         self.url = url.rstrip("/")
         # Parsed once: httpx parses a URL given as a string on every request.
         self._send_url = httpx.URL(f"{self.url}/sms/send")
