@@ -179,7 +179,7 @@ def submitted_once(observed: Observations) -> Verdict:
     verdict.notes.append(
         f"{repeats}; submits whose answer the dispatcher did not read: {unanswered or 'none'}; "
         f"{sum(1 for m in observed.messages if m.error_code == 'submit_unconfirmed')} "
-        "recorded submitted-unconfirmed (a dispatcher died, or no answer came)"
+        "left submitted-unconfirmed at the end (a dispatcher died, or no answer came, and no DLR settled it)"
     )
     return verdict
 
