@@ -158,12 +158,17 @@ class InMemoryStore:
             self.claims[key] = now.timestamp() + lease_seconds
             return ClaimOutcome.CLAIMED if lapsed is None else ClaimOutcome.ABANDONED
 
-    def release_claim(self, key: MessageKey, *, attempted: bool = True) -> None:
+    def release_claim(self, key: MessageKey, *, attempted: bool = True, maybe_taken_by: str | None = None) -> None:
         with self._lock:
             self.claims.pop(key, None)
             message = self.messages.get(key)
-            if attempted and message is not None and message.status == MessageStatus.QUEUED:
-                self.messages[key] = message.model_copy(update={"submit_attempts": message.submit_attempts + 1})
+            if message is None or message.status != MessageStatus.QUEUED:
+                return
+            if attempted:
+                message = message.model_copy(update={"submit_attempts": message.submit_attempts + 1})
+            if maybe_taken_by is not None:
+                message = message.model_copy(update={"maybe_taken_by": maybe_taken_by})
+            self.messages[key] = message
 
     def transition(
         self,

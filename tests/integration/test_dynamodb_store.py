@@ -505,6 +505,18 @@ class TestOnASharedTable:
         assert (found.submit_attempts, found.status) == (2, MessageStatus.QUEUED)
         assert "claim_until" not in raw_message(store, message.key)
 
+    def test_a_released_claim_can_say_which_upstream_may_have_the_message(self, store):
+        # Given a queued message whose submit got no answer from a deduplicating upstream, then a plain failure
+        message = one_message(store, MessageStatus.QUEUED)
+        assert claim(store, message.key)
+        store.release_claim(message.key, maybe_taken_by="ninebits")
+        assert claim(store, message.key)
+        store.release_claim(message.key)
+        # Then the same writes that count the attempts keep the upstream that may have it
+        (found,) = store.get_messages(message.account_id, message.reference_id, [message.message_id])
+        assert (found.maybe_taken_by, found.submit_attempts, found.status) == ("ninebits", 2, MessageStatus.QUEUED)
+        assert "claim_until" not in raw_message(store, message.key)
+
     def test_a_dispatch_records_failures_are_counted_per_record(self, store):
         assert [store.count_record_failure("rec-1", now=NOW) for _ in range(3)] == [1, 2, 3]
         assert store.count_record_failure("rec-2", now=NOW) == 1

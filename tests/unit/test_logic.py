@@ -366,6 +366,36 @@ class TestNoAnswerFromTheUpstream:
         assert again.submitted == 1 and store.messages[message.key].upstream == "primary"
         assert (len(primary.submits), fallback.submits) == (2, [])
 
+    def test_once_a_deduplicating_upstream_may_have_it_no_later_failure_sends_it_elsewhere_or_fails_it(self, store):
+        # Given a message whose first submit to a deduplicating primary got no answer
+        primary, fallback = DeduplicatingProvider("primary"), FakeProvider("fallback")
+        primary.failure = no_answer_after_the_request()
+        record, checks = self.record(store), []
+        asyncio.run(dispatch(record, self.deps(store, primary, fallback, checks)))
+        [message] = store.messages.values()
+        assert store.messages[message.key].maybe_taken_by == "primary"
+        # When the primary then answers 503, which would normally send the message to the fallback at once
+        primary.failure = UpstreamError("503", permanent=False, unavailable=True)
+        again = asyncio.run(dispatch(record, self.deps(store, primary, fallback, checks)))
+        # Then the fallback is still never offered it: the record comes back for the primary alone
+        assert (again.retry, fallback.submits, len(primary.submits)) == ([message.message_id], [], 2)
+        # And when the 503 comes on its last attempt, the message is left to its DLR, not failed and refunded
+        last = asyncio.run(dispatch(record, self.deps(store, primary, fallback, checks, max_submit_attempts=3)))
+        assert (last.failed, last.unconfirmed, fallback.submits) == (0, 1, [])
+        assert store.messages[message.key].error_code == "submit_unconfirmed"
+        assert store.accounts["7"].credits == 1000 - message.price
+
+    def test_an_upstream_that_may_have_it_and_left_the_route_is_not_replaced_by_another(self, store):
+        primary, fallback = DeduplicatingProvider("primary"), FakeProvider("fallback")
+        primary.failure = no_answer_after_the_request()
+        record, checks = self.record(store), []
+        asyncio.run(dispatch(record, self.deps(store, primary, fallback, checks)))
+        # When the route now names the fallback only
+        rerouted = replace(self.deps(store, primary, fallback, checks), upstreams_for=lambda _: [fallback])
+        outcome = asyncio.run(dispatch(record, rerouted))
+        # Then the message is left to the DLR of the upstream that may have it
+        assert (outcome.unconfirmed, fallback.submits) == (1, [])
+
     def test_on_its_last_attempt_a_message_an_upstream_may_have_is_unconfirmed_not_failed(self, store):
         primary, fallback = DeduplicatingProvider("primary"), FakeProvider("fallback")
         primary.failure = no_answer_after_the_request()

@@ -139,9 +139,10 @@ class MessageStore(Protocol):
         lease that lapsed (its holder died, maybe mid-submit) from one that is live."""
         ...
 
-    def release_claim(self, key: MessageKey, *, attempted: bool = True) -> None:
+    def release_claim(self, key: MessageKey, *, attempted: bool = True, maybe_taken_by: str | None = None) -> None:
         """Gives a lease back after a transient failure, so the retry need not wait for it to lapse, and counts the
-        attempt (`Message.submit_attempts`) unless the message was never offered upstream."""
+        attempt (`Message.submit_attempts`) unless the message was never offered upstream. `maybe_taken_by` records
+        the upstream that may have it (`Message.maybe_taken_by`) in the same write."""
         ...
 
     def transition(

@@ -488,16 +488,22 @@ class DynamoStore(
             return ClaimOutcome.HELD
         return ClaimOutcome.ABANDONED
 
-    def release_claim(self, key: MessageKey, *, attempted: bool = True) -> None:
+    def release_claim(self, key: MessageKey, *, attempted: bool = True, maybe_taken_by: str | None = None) -> None:
         values: dict[str, Any] = {":queued": {"S": str(MessageStatus.QUEUED)}}
+        update = ""
+        if maybe_taken_by is not None:
+            values[":taken_by"] = {"S": maybe_taken_by}
+            update += "SET maybe_taken_by = :taken_by "
+        update += "REMOVE claim_until"
         if attempted:
             values[":one"] = {"N": "1"}
+            update += " ADD submit_attempts :one"
         with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
             self.client.update_item(
                 TableName=self.table_name,
                 Key=_key_of(key),
-                # The same write counts the attempt the upstream did not take.
-                UpdateExpression="REMOVE claim_until" + (" ADD submit_attempts :one" if attempted else ""),
+                # The same write counts the attempt the upstream did not take, and says who may have it.
+                UpdateExpression=update,
                 ConditionExpression="#status = :queued",
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues=values,

@@ -339,7 +339,14 @@ async def _submit(
     """The upstream that took the claimed message and its answer, trying the route's upstreams in order; or why
     none took it."""
     failure: UpstreamError | None = None
-    for provider in deps.upstreams_for(message):
+    upstreams = deps.upstreams_for(message)
+    if message.maybe_taken_by is not None:
+        # An earlier submit there got no answer: only that upstream may be asked again (it answers a repeat with its
+        # first answer); if the route no longer names it, no upstream may.
+        upstreams = [provider for provider in upstreams if provider.name == message.maybe_taken_by]
+        if not upstreams:
+            return MaybeSent(f"{message.maybe_taken_by} may have the message and is no longer on its route")
+    for provider in upstreams:
         if not await _route_allows(provider.name, deps):
             # A route at its limit is a throttle: wait for it rather than fail over. Not an attempt, unless an
             # upstream before it in the route already failed this one.
@@ -363,7 +370,9 @@ async def _submit(
             if error.maybe_taken:
                 # The upstream may have it: no other upstream is offered it, which could send it twice. One that
                 # answers a repeat of our reference with its first answer is asked again later; any other never.
-                return error if getattr(provider, "deduplicates_submits", False) else MaybeSent(error.message)
+                if getattr(provider, "deduplicates_submits", False):
+                    return MaybeTakenBy(provider.name, error)
+                return MaybeSent(error.message)
             if not error.unavailable:
                 break
     assert failure is not None, "a route names at least one upstream"
@@ -372,6 +381,15 @@ async def _submit(
 
 class RouteAtItsLimit(UpstreamError):
     """Our own limiter held a claimed message back for its upstream's messages-per-second: not an attempt."""
+
+
+class MaybeTakenBy(UpstreamError):
+    """No answer came from an upstream that deduplicates by our reference: it may have the message, and is the only
+    upstream that may be asked again (a transient failure)."""
+
+    def __init__(self, upstream: str, error: UpstreamError) -> None:
+        super().__init__(error.message, permanent=False, retry_after=error.retry_after, maybe_taken=True)
+        self.upstream = upstream
 
 
 class MaybeSent(UpstreamError):
@@ -394,16 +412,18 @@ async def _not_taken(
         _come_back_soon([message], outcome)
         return
     attempt = message.submit_attempts + 1
-    if isinstance(failure, MaybeSent) or (failure.maybe_taken and attempt >= deps.max_submit_attempts):
+    taken_by = failure.upstream if isinstance(failure, MaybeTakenBy) else message.maybe_taken_by
+    final = failure.permanent or attempt >= deps.max_submit_attempts
+    if isinstance(failure, MaybeSent) or (taken_by is not None and final):
         # Failing and refunding a message an upstream may be delivering would be a wrong report: its DLR settles it.
         logger.warning(
             "upstream may have taken the message; not resubmitting",
-            extra={"message_id": message.message_id, "error": failure.message},
+            extra={"message_id": message.message_id, "upstream": taken_by, "error": failure.message},
         )
         await _record_unconfirmed(message, deps, outcome)
         return
-    if not failure.permanent and attempt < deps.max_submit_attempts:
-        await asyncio.to_thread(deps.messages.release_claim, message.key)
+    if not final:
+        await asyncio.to_thread(deps.messages.release_claim, message.key, maybe_taken_by=taken_by)
         outcome.retry.append(message.message_id)
         outcome.failed_attempts = max(outcome.failed_attempts, attempt)
         if failure.retry_after is not None:
