@@ -76,8 +76,9 @@ class UpstreamError(GatewayError):
         super().__init__(message)
         self.permanent = permanent
         self.retry_after = retry_after
-        # Unavailable (5xx, timeout, connection refused) sends the message to the fallback upstream at once; a
-        # throttle (429, or anything that says when to come back) waits for the same upstream instead.
+        # Unavailable (5xx, connection refused or timed out) sends the message to the fallback upstream at once,
+        # unless `maybe_taken`; a throttle (429, or anything that says when to come back) waits for the same
+        # upstream instead.
         self.unavailable = (not permanent and retry_after is None) if unavailable is None else unavailable
         # No answer came after the request reached the upstream (timed out or cut while being written or answered):
         # the upstream may have taken the message, so offering it again, there or elsewhere, could send it twice.
