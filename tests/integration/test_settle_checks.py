@@ -1,5 +1,6 @@
 """Settle checks through the real handlers on moto: a message a dead dispatcher left submitted-unconfirmed is
-expired, refunded and announced once no final DLR came within the DLR wait; a DLR that came first wins."""
+expired, refunded and announced once no final DLR came within the DLR wait; a DLR that came first wins, and is
+announced even when its first announcement failed."""
 
 from __future__ import annotations
 
@@ -132,3 +133,32 @@ def test_a_dlr_before_the_check_is_due_wins_and_the_check_changes_nothing(aws, a
     assert message_now(message).status == "delivered"
     assert balance(account["account_id"]) == charged
     assert [p["body"]["status"] for p in hook.posts] == ["submitted", "delivered"]
+
+
+def test_a_dlr_whose_announcement_failed_is_announced_when_the_upstream_retries_it(aws, account, hook, monkeypatch):
+    # Given a submitted message whose final DLR was written but not announced: the notify queue refused the
+    # notification, so the webhook function failed and the upstream got no answer
+    from sms_gateway.adapters.sqs import SqsNotifyQueue
+
+    message = stranded_message(aws, account)
+    notify_pass(aws)  # the client hears of the submit; the settle check waits hidden
+    dlr = simulator_dlr(aws, message.key.to_ref(), "DELIVRD", "2026-01-02T23:50:40Z")
+    publish = SqsNotifyQueue.publish
+
+    def refused(self, notifications):
+        raise RuntimeError("SQS did not take the notification")
+
+    monkeypatch.setattr(SqsNotifyQueue, "publish", refused)
+    with pytest.raises(RuntimeError):
+        load_function("webhook").handler(dlr, FakeContext())
+    assert message_now(message).status == "delivered"
+    # When the upstream retries the callback
+    monkeypatch.setattr(SqsNotifyQueue, "publish", publish)
+    assert load_function("webhook").handler(dlr, FakeContext())["statusCode"] == 200
+    notify_pass(aws)
+    # Then the client hears of the delivery, under the webhook id of the change that made it
+    delivered = message_now(message)
+    assert [(p["body"]["status"], p["body"]["sequence"]) for p in hook.posts] == [
+        ("submitted", 2),
+        ("delivered", delivered.sequence),
+    ]

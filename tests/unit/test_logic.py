@@ -472,6 +472,36 @@ class TestDeliveryReports:
         assert current.reported_at == "2026-01-02T23:50:40.000000Z"
         assert [c.message.status for c in changes] == [MessageStatus.DELIVERED]
 
+    def test_a_retried_final_report_announces_again_what_the_first_died_before_announcing(self, store):
+        # Given a final DLR whose status write succeeded but whose announcement failed (the notify queue refused it,
+        # or the function died), so the upstream, which got no answer, retries the callback
+        message = submitted_message(store, delivery_report=DeliveryReportMode.YES)
+        provider = FakeProvider()
+        provider.reports = [report(message, MessageStatus.DELIVERED)]
+
+        def queue_down(change):
+            raise RuntimeError("the notify queue did not take it")
+
+        with pytest.raises(RuntimeError):
+            receive_delivery_reports(
+                provider, callback(), DeliveryDependencies(store, store, clock, on_change=queue_down)
+            )
+        # When the retry comes (and with it an older intermediate report, and a conflicting final one)
+        changes, repeats = [], []
+        deps = DeliveryDependencies(store, store, clock, on_change=changes.append, on_repeat=repeats.append)
+        provider.reports = [
+            report(message, MessageStatus.DELIVERED),
+            report(message, MessageStatus.SUBMITTED),
+            report(message, MessageStatus.FAILED),
+        ]
+        outcome = receive_delivery_reports(provider, callback(), deps)
+        # Then nothing changes, and the repeat of the settling report alone is announced again, under the webhook id
+        # the lost announcement had (`delivered` is change 3)
+        assert (outcome.applied, outcome.unchanged, changes) == (0, 3, [])
+        assert [dlr_notification(change)["id"] for change in repeats] == [f"dlr_{message.message_id}_3"]
+        assert [dlr_notification(change)["payload"]["status"] for change in repeats] == ["delivered"]
+        assert store.messages[message.key].status == MessageStatus.DELIVERED
+
     def test_a_final_failure_refunds_the_message(self, store):
         message = submitted_message(store)
         provider = FakeProvider()

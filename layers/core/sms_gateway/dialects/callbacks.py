@@ -47,16 +47,24 @@ def delivery_report(provider: str) -> Response:
     wiring = gateway()
 
     def queue_client_callback(change: StatusChange) -> None:
-        count_final_statuses([change])
         notification = dlr_notification(change)
         if notification is not None:
             wiring.notify_queue.publish([notification])
+
+    def count_and_queue(change: StatusChange) -> None:
+        count_final_statuses([change])
+        queue_client_callback(change)
 
     outcome = receive_delivery_reports(
         upstream,
         _callback_request(),
         DeliveryDependencies(
-            messages=wiring.store, accounts=wiring.store, clock=utc_now, on_change=queue_client_callback
+            messages=wiring.store,
+            accounts=wiring.store,
+            clock=utc_now,
+            on_change=count_and_queue,
+            # The same notification, same webhook id: a client that has it drops the repeat.
+            on_repeat=queue_client_callback,
         ),
     )
     metrics.add_metric(name="DeliveryReportsApplied", unit="Count", value=outcome.applied)

@@ -21,6 +21,9 @@ class DeliveryDependencies:
     accounts: AccountStore
     clock: Callable[[], datetime]
     on_change: Callable[[StatusChange], None] | None = None
+    # Told of a repeat of the report that settled a message (`changed` False): the first may have died between its
+    # status write and its announcement, which an upstream that got no answer retries, so it is announced again.
+    on_repeat: Callable[[StatusChange], None] | None = None
 
 
 @dataclass
@@ -100,6 +103,8 @@ def apply_delivery_report(report: DeliveryReport, deps: DeliveryDependencies, ou
     if not change.changed:
         # A duplicate, late or out-of-order report: the conditional write kept the message where it was.
         outcome.unchanged += 1
+        if deps.on_repeat is not None and report.status in TERMINAL and change.message.status == report.status:
+            deps.on_repeat(change)
         return
     outcome.applied += 1
     if change.message.status in REFUNDED:
