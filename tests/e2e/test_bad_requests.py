@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 import requests
 
-from tests.state_snapshot import StateClients, assert_unchanged, capture, clients_for_stack, wait_until_quiet
+from tests.state_snapshot import (
+    REFUSAL_BOOKKEEPING,
+    StateClients,
+    assert_unchanged,
+    capture,
+    clients_for_stack,
+    wait_until_quiet,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -599,4 +606,8 @@ def test_an_exact_replay_of_an_applied_dlr_changes_nothing(
         # Then it is acknowledged (so the upstream stops retrying) but applies nothing
         assert response.status_code == 200, response.text
         assert response.json()["applied"] == 0
-    assert_unchanged(state, before, settle=0.5)
+    # And once the stack is quiet nothing was written, moved or left queued. (A repeat of the report that settled a
+    # message announces that final report again, same webhook-id, in case the first was never queued: it passes
+    # through the notify queue to the client, here an account with no DLR URL, and leaves nothing behind.)
+    after = wait_until_quiet(state)
+    assert before.without(REFUSAL_BOOKKEEPING).differences(after.without(REFUSAL_BOOKKEEPING)) == []
