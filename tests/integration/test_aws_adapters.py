@@ -276,3 +276,13 @@ def test_a_priority_command_has_its_own_lane_and_overtakes_the_accounts_bulk(wir
     rest = receive_all(queue_url, expected=11)
     assert [DispatchCommand.model_validate_json(m["Body"]) for m in rest] == bulk[1:]
     assert {m["Attributes"]["MessageGroupId"] for m in rest} == {account_id}
+
+
+def test_a_containers_clients_share_one_session_and_its_loaded_models(aws):
+    """Cold start: a botocore session per client would load the endpoint rules and models once per client."""
+    clients.reset_clients()
+    sqs, dynamodb = clients.client("sqs"), clients.client("dynamodb")
+    assert clients.client("sqs") is sqs
+    assert sqs._loader is dynamodb._loader
+    clients.reset_clients()
+    assert clients.client("sqs") is not sqs
