@@ -20,8 +20,8 @@ from sms_gateway.domain.models import (
 )
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.status import MessageStatus
-from sms_gateway.errors import InsufficientCredits, InvalidRequest, InvalidSender, Unauthorized, UpstreamError
-from sms_gateway.logic.batches import BatchView
+from sms_gateway.errors import Conflict, InsufficientCredits, InvalidRequest, InvalidSender, Unauthorized, UpstreamError
+from sms_gateway.logic.batches import BatchView, cancel_batch
 from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
 from sms_gateway.logic.dispatch import DispatchDependencies, backoff_seconds, dispatch
 from sms_gateway.logic.inbound import InboundDependencies, receive_inbound
@@ -529,7 +529,11 @@ class TestScheduledRelease:
         first = release_scheduled_batch("7", batch.reference_id, messages=store, queue=queue, clock=clock)
         second = release_scheduled_batch("7", batch.reference_id, messages=store, queue=queue, clock=clock)
         assert (first, second) == (True, False)
-        assert [len(c.message_ids) for c in queue.commands] == [3]
+        # The second cannot tell a finished release from one that died before queueing, so it queues the messages
+        # still queued again: the same records, which the FIFO queue drops by deduplication id (and which the
+        # dispatcher's claims would make harmless).
+        assert [len(c.message_ids) for c in queue.commands] == [3, 3]
+        assert queue.commands[0] == queue.commands[1]
         assert all(m.status == MessageStatus.QUEUED for m in store.messages.values())
 
     def test_a_cancelled_batch_stays_cancelled(self, store):
@@ -538,6 +542,72 @@ class TestScheduledRelease:
         queue = RecordingQueue()
         assert not release_scheduled_batch("7", batch.reference_id, messages=store, queue=queue, clock=clock)
         assert queue.commands == []
+
+    def cancel(self, store: InMemoryStore, reference_id: int) -> int:
+        _, refunded = cancel_batch(
+            messages=store,
+            accounts=store,
+            scheduler=RecordingScheduler(),
+            account_id="7",
+            reference_id=reference_id,
+            now=NOW,
+        )
+        return refunded
+
+    def test_a_cancel_while_the_release_queues_the_messages_is_refused_and_cancels_nothing(self, store):
+        batch, _ = send(store, command(3, send_at=NOW + timedelta(hours=2)))
+        credits = store.accounts["7"].credits
+        refused: list[Exception] = []
+
+        class CancelledWhileQueueing(RecordingQueue):
+            def enqueue(this, commands):
+                # A dispatcher may claim these messages from now on: a cancel must not refund them under it.
+                try:
+                    self.cancel(store, batch.reference_id)
+                except Conflict as error:
+                    refused.append(error)
+                super().enqueue(commands)
+
+        queue = CancelledWhileQueueing()
+        assert release_scheduled_batch("7", batch.reference_id, messages=store, queue=queue, clock=clock)
+        assert "this one is queued" in str(refused[0])
+        assert [len(c.message_ids) for c in queue.commands] == [3]
+        assert all(m.status == MessageStatus.QUEUED for m in store.messages.values())
+        assert store.batches[("7", batch.reference_id)].status == MessageStatus.QUEUED
+        assert store.accounts["7"].credits == credits
+
+    def test_a_cancel_between_the_releases_read_and_its_write_wins_and_nothing_is_released(self, store):
+        batch, _ = send(store, command(3, send_at=NOW + timedelta(hours=2)))
+        paid = store.accounts["7"].credits
+        read = store.get_batch
+
+        def read_then_cancelled(account_id, reference_id):
+            found = read(account_id, reference_id)
+            if store.get_batch is read_then_cancelled:
+                store.get_batch = read  # the cancel reads the batch too
+                self.cancel(store, reference_id)
+            return found
+
+        store.get_batch = read_then_cancelled
+        queue = RecordingQueue()
+        assert not release_scheduled_batch("7", batch.reference_id, messages=store, queue=queue, clock=clock)
+        assert queue.commands == []
+        assert all(m.status == MessageStatus.CANCELLED for m in store.messages.values())
+        assert store.batches[("7", batch.reference_id)].status == MessageStatus.CANCELLED
+        assert store.accounts["7"].credits > paid
+
+    def test_a_retry_after_a_release_died_before_queueing_queues_the_messages(self, store):
+        batch, _ = send(store, command(3, send_at=NOW + timedelta(hours=2)))
+        with pytest.raises(RuntimeError):
+            release_scheduled_batch(
+                "7", batch.reference_id, messages=store, queue=RecordingQueue(fail=True), clock=clock
+            )
+        queue = RecordingQueue()
+        release_scheduled_batch("7", batch.reference_id, messages=store, queue=queue, clock=clock)
+        assert sorted(i for c in queue.commands for i in c.message_ids) == sorted(
+            m.message_id for m in store.messages.values()
+        )
+        assert all(m.status == MessageStatus.QUEUED for m in store.messages.values())
 
 
 class TestInbound:

@@ -75,6 +75,10 @@ def delivery_reports(
     return store.list_messages(account_id, reference_id, limit=limit, cursor=cursor, status=status)
 
 
+# A scheduled batch is released or cancelled by moving it from here first (logic.scheduled, cancel_batch).
+ONLY_SCHEDULED = frozenset({MessageStatus.SCHEDULED})
+
+
 def cancel_batch(
     *,
     messages: MessageStore,
@@ -88,9 +92,8 @@ def cancel_batch(
     Returns the batch and the credits refunded. The batch's own conditional write decides a race with
     the schedule firing: whichever moves the batch first wins, and the other does nothing."""
     batch = get_batch(messages, account_id, reference_id)
-    only_scheduled = frozenset({MessageStatus.SCHEDULED})
-    if batch.status not in only_scheduled or not messages.set_batch_status(
-        account_id, reference_id, MessageStatus.CANCELLED, only_from=only_scheduled
+    if batch.status not in ONLY_SCHEDULED or not messages.set_batch_status(
+        account_id, reference_id, MessageStatus.CANCELLED, only_from=ONLY_SCHEDULED
     ):
         current = get_batch(messages, account_id, reference_id).status
         raise Conflict(f"only a scheduled batch can be cancelled; this one is {current}")
