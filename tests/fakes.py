@@ -31,7 +31,7 @@ from sms_gateway.domain.models import (
 )
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.status import MessageStatus, allowed_previous
-from sms_gateway.errors import InsufficientCredits, UpstreamError
+from sms_gateway.errors import Conflict, InsufficientCredits, UpstreamError
 
 
 class InMemoryStore:
@@ -91,7 +91,12 @@ class InMemoryStore:
 
     # batches and messages
     def create_batch(self, batch: Batch, messages: Sequence[Message]) -> None:
+        if (batch.account_id, batch.reference_id) in self.batches:
+            raise Conflict(f"batch {batch.reference_id} exists already")
         self.batches[(batch.account_id, batch.reference_id)] = batch
+        self.add_messages(batch, messages)
+
+    def add_messages(self, batch: Batch, messages: Sequence[Message]) -> None:
         for message in messages:
             self.messages[message.key] = message
 

@@ -121,6 +121,16 @@ def test_cancel_deletes_the_schedule_once(wired, aws):
     assert wired.scheduler.cancel(account_id, new_id()) is False
 
 
+def test_scheduling_a_batch_again_keeps_its_one_schedule(wired, aws):
+    # A send finished by a retry after its first request died schedules its batch again (logic/send.release)
+    client, group = clients.client("scheduler"), aws["SCHEDULE_GROUP_NAME"]
+    account_id, reference_id = str(new_id()), new_id()
+    at = datetime.fromisoformat("2030-01-01T00:00:00+00:00")
+    wired.scheduler.schedule(account_id, reference_id, at)
+    wired.scheduler.schedule(account_id, reference_id, at)
+    assert len(client.list_schedules(GroupName=group)["Schedules"]) == 1
+
+
 def test_without_a_dead_letter_queue_the_target_has_none(wired, aws):
     scheduler = EventBridgeBatchScheduler(
         group_name=aws["SCHEDULE_GROUP_NAME"],

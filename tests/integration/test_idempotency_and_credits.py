@@ -109,3 +109,165 @@ def test_two_requests_racing_for_the_last_credit_exactly_one_wins(aws, api, seri
     assert sorted(statuses) == [200, 402]
     assert balance(account["account_id"]) == 0
     assert len(queued_records(aws)) == 1
+
+
+# ---------------------------------------------------------------- a send whose Lambda died holding its key
+
+
+class Killed(BaseException):
+    """What a Lambda that times out or runs out of memory does to a request: it stops where it is, and no `except`
+    or `finally` of ours runs (nor does Powertools' error handling: it catches Exception)."""
+
+
+def die_once(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, *, on_call: int = 1) -> None:
+    """The request dies in its `on_call`th call of `owner.name`, before the call does anything."""
+    real = getattr(owner, name)
+    calls = [0]
+
+    def dying(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == on_call:
+            raise Killed(f"{name} call {on_call}")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, dying)
+
+
+def leases_run_out() -> None:
+    """Time passes beyond every send's lease (logic.idempotency.SEND_LEASE): its holder is taken to be dead."""
+    import boto3
+
+    from sms_gateway.bootstrap import gateway
+
+    store = gateway().store
+    table = boto3.client("dynamodb")
+    for item in table.scan(TableName=store.table_name)["Items"]:
+        if item["pk"]["S"].startswith("IDEM#") and "lease_until" in item:
+            table.update_item(
+                TableName=store.table_name,
+                Key={"pk": item["pk"], "sk": item["sk"]},
+                UpdateExpression="SET lease_until = :past",
+                ExpressionAttributeValues={":past": {"N": "1"}},
+            )
+
+
+def batches_of(account_id: str) -> list[Any]:
+    from sms_gateway.bootstrap import gateway
+
+    return gateway().store.list_batches(account_id, limit=100)[0]
+
+
+def messages_of(account_id: str, reference_id: int) -> list[Any]:
+    from sms_gateway.bootstrap import gateway
+
+    return gateway().store.list_messages(account_id, reference_id, limit=1000)[0]
+
+
+def queued_message_ids(env: dict[str, str]) -> list[int]:
+    return [i for record in queued_records(env) for i in json.loads(record["Body"])["message_ids"]]
+
+
+NUMBERS = [f"23480300{n:05d}" for n in range(30)]
+
+
+def test_a_send_that_died_before_queueing_is_finished_by_its_retry_once_its_lease_runs_out(aws, api, monkeypatch):
+    from sms_gateway.adapters.sqs import SqsDispatchQueue
+
+    account = make_account(10)
+    die_once(monkeypatch, SqsDispatchQueue, "enqueue")
+    with pytest.raises(Killed):
+        api(with_key(send_event(account["token"]), "order-died"))
+    # Stored and charged, not queued: a retry while the lease runs is told to wait, and changes nothing
+    (stored,) = batches_of(account["account_id"])
+    early = api(with_key(send_event(account["token"]), "order-died"))
+    assert early["statusCode"] == 409
+    assert "still being processed" in json.loads(early["body"])["message"]
+    leases_run_out()
+    retried = api(with_key(send_event(account["token"]), "order-died"))
+    assert retried["statusCode"] == 200
+    assert json.loads(retried["body"])["reference_id"] == str(stored.reference_id)
+    assert [b.reference_id for b in batches_of(account["account_id"])] == [stored.reference_id]
+    assert balance(account["account_id"]) == 9
+    (message,) = messages_of(account["account_id"], stored.reference_id)
+    assert queued_message_ids(aws) == [message.message_id]
+    # The key is answered now: a further repeat gets the same answer and sends nothing
+    again = api(with_key(send_event(account["token"]), "order-died"))
+    assert json.loads(again["body"]) == json.loads(retried["body"])
+    assert balance(account["account_id"]) == 9
+
+
+def test_a_send_that_died_while_storing_its_messages_gets_the_rest_from_its_retry(aws, api, monkeypatch):
+    from sms_gateway.adapters.dynamodb import DynamoStore
+
+    account = make_account(100)
+    body = {"from": "48974", "to": NUMBERS, "message": "thirty of them"}
+    # 30 messages are two BatchWriteItem requests of 25 and 5: the request dies before the second
+    die_once(monkeypatch, DynamoStore, "_batch_write", on_call=2)
+    with pytest.raises(Killed):
+        api(with_key(send_event(account["token"], body), "bulk-died"))
+    (stored,) = batches_of(account["account_id"])
+    assert len(messages_of(account["account_id"], stored.reference_id)) == 25
+    leases_run_out()
+    retried = api(with_key(send_event(account["token"], body), "bulk-died"))
+    assert retried["statusCode"] == 200
+    assert json.loads(retried["body"])["reference_id"] == str(stored.reference_id)
+    messages = messages_of(account["account_id"], stored.reference_id)
+    assert sorted(m.msisdn for m in messages) == sorted(f"+{n}" for n in NUMBERS)
+    assert balance(account["account_id"]) == 100 - 30
+    assert sorted(queued_message_ids(aws)) == sorted(m.message_id for m in messages)
+
+
+def test_a_send_that_died_after_queueing_is_answered_by_its_retry_without_sending_again(aws, api, monkeypatch):
+    from sms_gateway.adapters.dynamodb import DynamoStore
+
+    account = make_account(10)
+    die_once(monkeypatch, DynamoStore, "complete")
+    with pytest.raises(Killed):
+        api(with_key(send_event(account["token"]), "answer-died"))
+    leases_run_out()
+    retried = api(with_key(send_event(account["token"]), "answer-died"))
+    assert retried["statusCode"] == 200
+    (stored,) = batches_of(account["account_id"])
+    assert json.loads(retried["body"])["reference_id"] == str(stored.reference_id)
+    assert balance(account["account_id"]) == 9
+    # Queued again under the same deduplication id: the FIFO queue holds the record once
+    assert len(queued_records(aws)) == 1
+
+
+def test_a_send_that_died_before_storing_anything_is_sent_by_its_retry(aws, api, monkeypatch):
+    from sms_gateway.adapters.dynamodb import DynamoStore
+
+    account = make_account(10)
+    die_once(monkeypatch, DynamoStore, "reserve_credits")
+    with pytest.raises(Killed):
+        api(with_key(send_event(account["token"]), "died-early"))
+    assert batches_of(account["account_id"]) == []
+    leases_run_out()
+    retried = api(with_key(send_event(account["token"]), "died-early"))
+    assert retried["statusCode"] == 200
+    assert [str(b.reference_id) for b in batches_of(account["account_id"])] == [
+        json.loads(retried["body"])["reference_id"]
+    ]
+    assert balance(account["account_id"]) == 9
+    assert len(queued_records(aws)) == 1
+
+
+def test_of_two_retries_after_the_lease_only_one_finishes_the_send(aws):
+    from datetime import timedelta
+
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import KeyClaim, utc_now
+    from sms_gateway.errors import Conflict
+
+    store = gateway().store
+    now = utc_now()
+    lease = timedelta(seconds=90)
+    assert store.begin("acc", "k", "f", now=now, reference_id=42, lease=lease) == KeyClaim(reference_id=42)
+    later = now + timedelta(seconds=91)
+    assert store.begin("acc", "k", "f", now=later, reference_id=43, lease=lease) == KeyClaim(42, resumed=True)
+    with pytest.raises(Conflict, match="still being processed"):
+        store.begin("acc", "k", "f", now=later, reference_id=44, lease=lease)
+    # A key taken without a lease (a request that cannot be finished) waits for its window, as before
+    store.begin("acc", "group", "f", now=now, reference_id=45)
+    with pytest.raises(Conflict, match="still being processed"):
+        store.begin("acc", "group", "f", now=later + timedelta(hours=1), reference_id=46, lease=lease)

@@ -9,12 +9,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from sms_gateway.domain.models import (
+    Batch,
     CallbackRequest,
     ClaimOutcome,
     DeliveryReport,
     DeliveryReportMode,
     DispatchCommand,
     InboundSms,
+    KeyClaim,
     Recipient,
     SendCommand,
 )
@@ -520,6 +522,52 @@ class TestDeliveryReports:
         with pytest.raises(Unauthorized):
             receive_delivery_reports(provider, callback("forged"), DeliveryDependencies(store, store, clock))
         assert store.messages[message.key].status == MessageStatus.SUBMITTED
+
+
+class TestFinishingASendThatDied:
+    """A send whose request died after storing its batch (and reserving its credits) is finished by a retry that
+    takes its idempotency key over: accept_send with a resumed claim."""
+
+    def died_after_storing(self, store: InMemoryStore, count: int, kept: int) -> tuple[Batch, SendCommand]:
+        cmd = command(count)
+        batch, _ = send(store, cmd)
+        for key in [k for k, m in store.messages.items() if m.reference_id == batch.reference_id][kept:]:
+            del store.messages[key]  # never written
+        return batch, cmd
+
+    def resume(self, store: InMemoryStore, cmd: SendCommand, batch: Batch, queue: RecordingQueue):
+        deps = SendDependencies(
+            accounts=store, messages=store, dispatch_queue=queue, scheduler=RecordingScheduler(), prices=store
+        )
+        claim = KeyClaim(reference_id=batch.reference_id, resumed=True)
+        return accept_send(store.accounts["7"], cmd, deps, now=NOW, claim=claim)
+
+    def test_the_messages_it_did_not_store_are_added_and_every_message_is_queued_charged_once(self, store):
+        batch, cmd = self.died_after_storing(store, 3, kept=2)
+        credits = store.accounts["7"].credits
+        queue = RecordingQueue()
+        accepted = self.resume(store, cmd, batch, queue)
+        assert accepted.batch.reference_id == batch.reference_id
+        mine = [m for m in store.messages.values() if m.reference_id == batch.reference_id]
+        assert sorted(m.msisdn for m in mine) == sorted(r.msisdn for r in cmd.recipients)
+        assert sorted(i for c in queue.commands for i in c.message_ids) == sorted(m.message_id for m in mine)
+        assert store.accounts["7"].credits == credits
+        assert len(store.batches) == 1
+
+    def test_a_price_change_meanwhile_moves_only_the_difference_for_the_messages_added(self, store):
+        batch, cmd = self.died_after_storing(store, 3, kept=2)
+        credits = store.accounts["7"].credits
+        price = store.prices.per_part(cmd.route_tier, None)
+        store.prices = store.prices.with_price(cmd.route_tier, "*", price + 4)
+        self.resume(store, cmd, batch, RecordingQueue())
+        assert store.accounts["7"].credits == credits - 4
+
+    def test_a_retry_of_a_send_that_failed_and_was_refunded_is_a_new_send(self, store):
+        batch, cmd = self.died_after_storing(store, 1, kept=1)
+        assert store.set_batch_status("7", batch.reference_id, MessageStatus.FAILED)
+        accepted = self.resume(store, cmd, batch, RecordingQueue())
+        assert accepted.batch.reference_id != batch.reference_id
+        assert len(store.batches) == 2
 
 
 class TestScheduledRelease:

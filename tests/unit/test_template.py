@@ -175,6 +175,10 @@ def test_functions_resolve_globals(functions: dict[str, FunctionDefinition]) -> 
     # And API Gateway's 30 s integration limit is respected by the HTTP-facing functions
     assert functions["ApiFunction"].timeout < 30
     assert functions["WebhookFunction"].timeout < 30
+    # And a send that holds its idempotency key longer than its lease is taken to have died: never a live one
+    from sms_gateway.logic.idempotency import SEND_LEASE
+
+    assert functions["ApiFunction"].timeout * 2 < SEND_LEASE.total_seconds()
 
 
 def test_http_routes_match_the_design(functions: dict[str, FunctionDefinition]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -18,6 +18,7 @@ from sms_gateway.domain.models import (
     DeliveryReport,
     DispatchCommand,
     InboundSms,
+    KeyClaim,
     Message,
     MessageKey,
     SealedSecret,
@@ -99,7 +100,13 @@ class InboxStore(Protocol):
 
 
 class MessageStore(Protocol):
-    def create_batch(self, batch: Batch, messages: Sequence[Message]) -> None: ...
+    def create_batch(self, batch: Batch, messages: Sequence[Message]) -> None:
+        """Writes the batch (refused with Conflict if it exists), then its messages."""
+        ...
+
+    def add_messages(self, batch: Batch, messages: Sequence[Message]) -> None:
+        """Writes messages of a batch that exists (a send that died part-way is finished this way)."""
+        ...
 
     def get_batch(self, account_id: str, reference_id: int) -> Batch | None: ...
 
@@ -208,9 +215,21 @@ class PriceBook(Protocol):
 
 
 class IdempotencyStore(Protocol):
-    def begin(self, scope: str, key: str, fingerprint: str, *, now: datetime) -> StoredAnswer | None:
-        """Claims a key: None when this call owns it. The stored answer when the same request was answered
-        already. Raises Conflict for a different request under the same key, or one still in progress."""
+    def begin(
+        self,
+        scope: str,
+        key: str,
+        fingerprint: str,
+        *,
+        now: datetime,
+        reference_id: int,
+        lease: timedelta | None = None,
+    ) -> StoredAnswer | KeyClaim:
+        """Claims a key for the batch `reference_id`: a KeyClaim when this call owns it. The stored answer when the
+        same request was answered already. Raises Conflict for a different request under the same key, or one still
+        in progress. With a `lease`, a request that held the key longer than that without answering is taken to
+        have died: the key is taken over (a conditional write, so only one retry wins) and the claim names the
+        batch the dead request planned, `resumed`. Without one, the key is held until it expires."""
         ...
 
     def complete(self, scope: str, key: str, answer: StoredAnswer) -> None: ...

@@ -44,6 +44,7 @@ from sms_gateway.domain.models import (
     ClaimOutcome,
     CredentialKind,
     Credentials,
+    KeyClaim,
     Message,
     MessageKey,
     StatusChange,
@@ -320,6 +321,10 @@ class DynamoStore(
             )
         except self.client.exceptions.ConditionalCheckFailedException as error:
             raise Conflict(f"batch {batch.reference_id} exists already") from error
+        self.add_messages(batch, messages)
+
+    def add_messages(self, batch: Batch, messages: Sequence[Message]) -> None:
+        expires_at = self._expires_at(batch.created_at)
         requests = [
             {"PutRequest": {"Item": self._codec.dump(self._message_item(message, expires_at))}} for message in messages
         ]
@@ -625,13 +630,25 @@ class DynamoStore(
     def _idempotency_key(self, scope: str, key: str) -> dict[str, Any]:
         return {"pk": {"S": f"IDEM#{scope}#{hash_secret(key)}"}, "sk": {"S": "IDEM"}}
 
-    def begin(self, scope: str, key: str, fingerprint: str, *, now: datetime) -> StoredAnswer | None:
+    def begin(
+        self,
+        scope: str,
+        key: str,
+        fingerprint: str,
+        *,
+        now: datetime,
+        reference_id: int,
+        lease: timedelta | None = None,
+    ) -> StoredAnswer | KeyClaim:
         item = {
             **self._idempotency_key(scope, key),
             "fingerprint": {"S": fingerprint},
             "state": {"S": "in_progress"},
+            "reference_id": {"N": str(reference_id)},
             "expires_at": {"N": str(int((now + IDEMPOTENCY_WINDOW).timestamp()))},
         }
+        if lease is not None:
+            item["lease_until"] = {"N": str(int((now + lease).timestamp()))}
         try:
             self.client.put_item(
                 TableName=self.table_name,
@@ -645,10 +662,36 @@ class DynamoStore(
             current = self._codec.load(error.response.get("Item") or {})
             if current.get("fingerprint") != fingerprint:
                 raise Conflict("this idempotency key was used for a different request") from error
-            if current.get("state") != "done":
-                raise Conflict("a request with this idempotency key is still being processed; retry later") from error
-            return StoredAnswer.model_validate(current["answer"])
-        return None
+            if current.get("state") == "done":
+                return StoredAnswer.model_validate(current["answer"])
+            return self._take_over(scope, key, current, now=now, lease=lease)
+        return KeyClaim(reference_id=reference_id)
+
+    def _take_over(
+        self, scope: str, key: str, current: dict[str, Any], *, now: datetime, lease: timedelta | None
+    ) -> KeyClaim:
+        """A key still in progress: taken over only when its holder's lease ran out (it died without answering),
+        by a write conditional on that lease, so of two retries only one resumes the batch."""
+        still_processing = Conflict("a request with this idempotency key is still being processed; retry later")
+        held_until, planned = current.get("lease_until"), current.get("reference_id")
+        if lease is None or held_until is None or planned is None or int(held_until) >= int(now.timestamp()):
+            raise still_processing
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=self._idempotency_key(scope, key),
+                UpdateExpression="SET lease_until = :lease",
+                ConditionExpression="#state = :in_progress AND lease_until = :held",
+                ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues={
+                    ":lease": {"N": str(int((now + lease).timestamp()))},
+                    ":in_progress": {"S": "in_progress"},
+                    ":held": {"N": str(int(held_until))},
+                },
+            )
+        except self.client.exceptions.ConditionalCheckFailedException as error:
+            raise still_processing from error
+        return KeyClaim(reference_id=int(planned), resumed=True)
 
     def complete(self, scope: str, key: str, answer: StoredAnswer) -> None:
         self.client.update_item(

@@ -112,6 +112,14 @@ def close() -> None:
         _local.client = None
 
 
+def forget_thread_loop() -> None:
+    """What a container's death does to this thread's work: its loop and client are dropped, never run again, so
+    tasks an invocation left on the loop (a killed one's in-flight submits) never resume in the next invocation
+    (tests that model a death; the next call makes a new loop and client)."""
+    _local.loop = None
+    _local.client = None
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     """A Retry-After header in seconds, or as an HTTP date; None when absent or unreadable."""
     if not value:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -44,15 +45,18 @@ class EventBridgeBatchScheduler:
         }
         if self.dead_letter_arn:
             target["DeadLetterConfig"] = {"Arn": self.dead_letter_arn}
-        self.client.create_schedule(
-            Name=schedule_name(account_id, reference_id),
-            GroupName=self.group_name,
-            ScheduleExpression=f"at({at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S')})",
-            ScheduleExpressionTimezone="UTC",
-            FlexibleTimeWindow={"Mode": "OFF"},
-            ActionAfterCompletion="DELETE",
-            Target=target,
-        )
+        # Named by the batch: a schedule that exists already was made by an earlier request for this batch (a send
+        # finished after its first request died, logic/send.finish_stored_batch).
+        with contextlib.suppress(self.client.exceptions.ConflictException):
+            self.client.create_schedule(
+                Name=schedule_name(account_id, reference_id),
+                GroupName=self.group_name,
+                ScheduleExpression=f"at({at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S')})",
+                ScheduleExpressionTimezone="UTC",
+                FlexibleTimeWindow={"Mode": "OFF"},
+                ActionAfterCompletion="DELETE",
+                Target=target,
+            )
 
     def cancel(self, account_id: str, reference_id: int) -> bool:
         try:

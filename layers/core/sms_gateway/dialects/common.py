@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextvars import ContextVar
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from pydantic import BaseModel, ValidationError
 
 from sms_gateway.bootstrap import send_dependencies
-from sms_gateway.domain.models import Account, SendCommand, StoredAnswer, utc_now
+from sms_gateway.domain.models import Account, KeyClaim, SendCommand, StoredAnswer, utc_now
 from sms_gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
-from sms_gateway.logic.idempotency import fingerprint, run_once
+from sms_gateway.logic.idempotency import SEND_LEASE, fingerprint, run_once
 from sms_gateway.logic.send import Accepted, accept_send
 from sms_gateway.outcome_metrics import count_accepted
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+T = TypeVar("T")
 
 # HTTP status of each domain error code, shared by the JSON dialects unless a dialect overrides it.
 HTTP_STATUS = {
@@ -37,11 +40,24 @@ HTTP_STATUS = {
 }
 
 
+# The idempotency key the request being answered holds (set around its send by `idempotent`/`under_claim`).
+_key_claim: ContextVar[KeyClaim | None] = ContextVar("key_claim", default=None)
+
+
 def accept(account: Account, command: SendCommand) -> Accepted:
     """Every dialect's send: the use case, then the accepted messages counted for the dashboard."""
-    accepted = accept_send(account, command, send_dependencies(), now=utc_now())
+    accepted = accept_send(account, command, send_dependencies(), now=utc_now(), claim=_key_claim.get())
     count_accepted(len(accepted.messages))
     return accepted
+
+
+def under_claim(claim: KeyClaim | None, produce: Callable[[], T]) -> T:
+    """Runs a send holding `claim`: the batch `accept` makes is the one the key names."""
+    token = _key_claim.set(claim)
+    try:
+        return produce()
+    finally:
+        _key_claim.reset(token)
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -107,9 +123,18 @@ def status_for(error: GatewayError) -> int:
     return HTTP_STATUS.get(error.code, 400)
 
 
-def idempotent(event: Any, account_id: str, key: str | None, produce: Callable[[], Response]) -> Response[Any]:
+def idempotent(
+    event: Any,
+    account_id: str,
+    key: str | None,
+    produce: Callable[[], Response],
+    *,
+    lease: timedelta | None = SEND_LEASE,
+) -> Response[Any]:
     """Runs a send once per idempotency key (see logic.idempotency): a repeat gets the first answer back.
-    The fingerprint covers method, path, query and body, so the same key with another request is refused."""
+    The fingerprint covers method, path, query and body, so the same key with another request is refused.
+    `lease`: how long before a request that died holding the key is taken over and its batch finished; None for
+    a request that cannot be finished that way (it holds its key until the key expires)."""
     from sms_gateway.bootstrap import gateway
     from sms_gateway.domain.models import utc_now
 
@@ -120,8 +145,8 @@ def idempotent(event: Any, account_id: str, key: str | None, produce: Callable[[
         event.body or "",
     )
 
-    def answer() -> StoredAnswer:
-        response = produce()
+    def answer(claim: KeyClaim | None) -> StoredAnswer:
+        response = under_claim(claim, produce)
         return StoredAnswer(
             status_code=response.status_code,
             body=str(response.body or ""),
@@ -135,5 +160,6 @@ def idempotent(event: Any, account_id: str, key: str | None, produce: Callable[[
         request_fingerprint=request_fingerprint,
         now=utc_now(),
         produce=answer,
+        lease=lease,
     )
     return Response(status_code=stored.status_code, content_type=stored.content_type, body=stored.body)

@@ -404,7 +404,7 @@ def create_group() -> Response[Any]:
     event = router.current_event
     request = json_request(event, GroupRequest)
     key = request_key(event.headers.get("idempotency-key"), None)
-    return idempotent(event, account.account_id, key, lambda: _create_group(account, request))
+    return idempotent(event, account.account_id, key, lambda: _create_group(account, request), lease=None)
 
 
 def _create_group(account: Account, request: GroupRequest) -> Response[Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -318,6 +319,16 @@ class StoredAnswer(Record):
     status_code: int
     body: str
     content_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class KeyClaim:
+    """An idempotency key this request holds: the batch its send makes is `reference_id`. `resumed` when an earlier
+    request under the key died holding it (its lease ran out before it answered): that request may have stored,
+    charged or queued batch `reference_id` part-way, and this one finishes that batch instead of making another."""
+
+    reference_id: int
+    resumed: bool = False
 
 
 class SenderRequestStatus(StrEnum):

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sms_gateway.domain.models import StoredAnswer
+from sms_gateway.domain.ids import new_id
+from sms_gateway.domain.models import KeyClaim, StoredAnswer
 from sms_gateway.errors import InvalidRequest
 from sms_gateway.ports import IdempotencyStore
 
 MAX_KEY_LENGTH = 255
+# How long a send may hold its key before a retry takes it to have died: well over the `api` function's Timeout
+# (template.yaml: 29 s, the HTTP API's limit), so a live request is never taken over.
+SEND_LEASE = timedelta(seconds=90)
 
 
 def request_key(header_value: str | None, ref_id: str | None) -> str | None:
@@ -38,18 +42,27 @@ def run_once(
     key: str | None,
     request_fingerprint: str,
     now: datetime,
-    produce: Callable[[], StoredAnswer],
+    produce: Callable[[KeyClaim | None], StoredAnswer],
+    lease: timedelta | None = None,
 ) -> StoredAnswer:
-    """Only a successful (2xx) answer is kept: a refused or failed request may be retried under its key."""
+    """Only a successful (2xx) answer is kept: a refused or failed request may be retried under its key.
+
+    `produce` gets the claim on the key (None without a key): a send makes the batch the claim names. With a
+    `lease` (sends: SEND_LEASE), a key whose request died holding it is taken over once the lease runs out, and
+    the claim is `resumed`: the send finishes that batch (logic.send). A resumed request that fails keeps the key,
+    since the batch may hold stored or charged messages that a fresh send under the key would send again; the
+    next retry after the lease resumes it again."""
     if key is None:
-        return produce()
-    earlier = store.begin(scope, key, request_fingerprint, now=now)
-    if earlier is not None:
-        return earlier
+        return produce(None)
+    begun = store.begin(scope, key, request_fingerprint, now=now, reference_id=new_id(), lease=lease)
+    if isinstance(begun, StoredAnswer):
+        return begun
     try:
-        answer = produce()
-    except BaseException:
-        store.abandon(scope, key)
+        answer = produce(begun)
+    except Exception:
+        # A Lambda that dies (timeout, memory) runs none of this: its key waits for the lease (or the window).
+        if not begun.resumed:
+            store.abandon(scope, key)
         raise
     if 200 <= answer.status_code < 300:
         store.complete(scope, key, answer)

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sms_gateway.domain.ids import new_id
-from sms_gateway.domain.models import Account, Batch, DispatchCommand, Message, Recipient, SendCommand, iso
+from sms_gateway.domain.models import (
+    Account,
+    Batch,
+    DispatchCommand,
+    KeyClaim,
+    Message,
+    Recipient,
+    SendCommand,
+    from_iso,
+    iso,
+)
 from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
 from sms_gateway.domain.optouts import refusal_reason
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.segments import Segmentation, segment
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import InvalidRecipient, InvalidRequest, InvalidSender, OptedOut
+from sms_gateway.logic.batches import all_messages
 from sms_gateway.observability import logger
 from sms_gateway.ports import AccountStore, BatchScheduler, DispatchQueue, MessageStore, OptOutStore, PriceBook
 
@@ -124,7 +136,24 @@ def refuse_opted_out(
     return [r for r in recipients if r.msisdn not in found], refused
 
 
-def accept_send(account: Account, command: SendCommand, deps: SendDependencies, *, now: datetime) -> Accepted:
+def accept_send(
+    account: Account,
+    command: SendCommand,
+    deps: SendDependencies,
+    *,
+    now: datetime,
+    claim: KeyClaim | None = None,
+) -> Accepted:
+    """`claim`: the idempotency key's claim, when the request has a key; the batch gets the id it names. A resumed
+    claim means an earlier request under the key died holding it: if it stored its batch, this finishes that batch
+    (finish_stored_batch) instead of sending again; if not, nothing of it was stored and the send starts afresh."""
+    if claim is not None and claim.resumed:
+        earlier = deps.messages.get_batch(account.account_id, claim.reference_id)
+        if earlier is not None and earlier.status != MessageStatus.FAILED:
+            return finish_stored_batch(account, command, earlier, deps, now=now)
+        if earlier is not None:
+            # It failed and was refunded before it died: this is a new send, under a new id.
+            claim = None
     require_sender(account, command.sender)
     if command.send_at is not None and command.send_at - now > MAX_SCHEDULE_AHEAD:
         raise InvalidRequest(f"the send time is more than {MAX_SCHEDULE_AHEAD.days} days ahead")
@@ -138,9 +167,8 @@ def accept_send(account: Account, command: SendCommand, deps: SendDependencies, 
     scheduled = command.send_at is not None and command.send_at - now > deps.schedule_threshold
     status = MessageStatus.SCHEDULED if scheduled else MessageStatus.QUEUED
     created_at = iso(now)
-    status_at = {str(MessageStatus.ACCEPTED): created_at, str(status): created_at}
     batch = Batch(
-        reference_id=new_id(),
+        reference_id=claim.reference_id if claim is not None else new_id(),
         account_id=account.account_id,
         sender=command.sender,
         text=command.text,
@@ -158,45 +186,96 @@ def accept_send(account: Account, command: SendCommand, deps: SendDependencies, 
         created_at=created_at,
         send_at=iso(command.send_at) if command.send_at else None,
     )
-    messages = [
-        Message(
-            message_id=new_id(),
-            reference_id=batch.reference_id,
-            account_id=account.account_id,
-            msisdn=recipient.msisdn,
-            telco=recipient.telco,
-            network_id=recipient.network_id,
-            sender=command.sender,
-            text=command.text,
-            encoding=batch.encoding,
-            parts=segmentation.parts,
-            price=priced.price_per_recipient[recipient.msisdn],
-            status=status,
-            status_at=status_at,
-            sequence=1,
-            session_id=command.session_id,
-            ref_id=command.ref_id,
-            sent_date=command.sent_date,
-            delivery_report=command.delivery_report,
-            callback_url=command.callback_url,
-            created_at=created_at,
-        )
-        for recipient in recipients
-    ]
+    messages = new_messages(batch, command, recipients, priced)
     balance = deps.accounts.reserve_credits(account.account_id, cost)
     try:
         deps.messages.create_batch(batch, messages)
-        if scheduled:
-            assert command.send_at is not None
-            deps.scheduler.schedule(account.account_id, batch.reference_id, command.send_at)
-        else:
-            deps.dispatch_queue.enqueue(dispatch_commands(batch, [m.message_id for m in messages]))
+        release(batch, messages, deps)
     except Exception:
         # Nothing half-done stays charged: the batch is marked failed and its credits come back.
         logger.exception("send could not be stored or queued; refunding", extra={"reference_id": batch.reference_id})
         deps.messages.set_batch_status(account.account_id, batch.reference_id, MessageStatus.FAILED)
         deps.accounts.refund_credits(account.account_id, cost)
         raise
+    return Accepted(batch=batch, messages=messages, balance=balance, refused=refused)
+
+
+def new_messages(batch: Batch, command: SendCommand, recipients: Sequence[Recipient], priced: Quote) -> list[Message]:
+    """The batch's messages to `recipients`, in the batch's status since it was created."""
+    status_at = {str(MessageStatus.ACCEPTED): batch.created_at, str(batch.status): batch.created_at}
+    return [
+        Message(
+            message_id=new_id(),
+            reference_id=batch.reference_id,
+            account_id=batch.account_id,
+            msisdn=recipient.msisdn,
+            telco=recipient.telco,
+            network_id=recipient.network_id,
+            sender=batch.sender,
+            text=batch.text,
+            encoding=batch.encoding,
+            parts=batch.parts,
+            price=priced.price_per_recipient[recipient.msisdn],
+            status=batch.status,
+            status_at=status_at,
+            sequence=1,
+            session_id=batch.session_id,
+            ref_id=batch.ref_id,
+            sent_date=command.sent_date,
+            delivery_report=batch.delivery_report,
+            callback_url=batch.callback_url,
+            created_at=batch.created_at,
+        )
+        for recipient in recipients
+    ]
+
+
+def release(batch: Batch, messages: Sequence[Message], deps: SendDependencies) -> None:
+    """Schedules the batch, or queues those of `messages` still queued (both idempotent: a schedule is named by
+    the batch, a dispatch record deduplicated by its messages, and the dispatcher claims each message)."""
+    if batch.status == MessageStatus.SCHEDULED:
+        assert batch.send_at is not None
+        deps.scheduler.schedule(batch.account_id, batch.reference_id, from_iso(batch.send_at))
+        return
+    queued = [m.message_id for m in messages if m.status == MessageStatus.QUEUED]
+    if queued:
+        deps.dispatch_queue.enqueue(dispatch_commands(batch, queued))
+
+
+def finish_stored_batch(
+    account: Account, command: SendCommand, batch: Batch, deps: SendDependencies, *, now: datetime
+) -> Accepted:
+    """Finishes a send whose request died after storing its batch (its credits were reserved first): writes the
+    messages it did not get to, from the same request, and queues or schedules the batch again. The answer is the
+    one the send would have given. Credits move only by the difference between what the first request reserved
+    and what the messages cost (nothing, unless a recipient opted out or the price table changed meanwhile)."""
+    stored = list(all_messages(deps.messages, account.account_id, batch.reference_id))
+    recipients, refused = refuse_opted_out(account, command.sender, command.recipients, deps.opt_outs)
+    have = Counter(m.msisdn for m in stored)
+    missing: list[Recipient] = []
+    for recipient in recipients:
+        if have[recipient.msisdn] > 0:
+            have[recipient.msisdn] -= 1
+        else:
+            missing.append(recipient)
+    if batch.status not in (MessageStatus.QUEUED, MessageStatus.SCHEDULED):
+        missing = []  # cancelled meanwhile: nothing more is sent or charged
+    priced = quote(account, command.text, missing, command.route_tier, deps.prices.price_table())
+    added = new_messages(batch, command, missing, priced)
+    messages = stored + added
+    owed = sum(m.price for m in messages) - batch.cost
+    balance = account.credits
+    if owed > 0:
+        balance = deps.accounts.reserve_credits(account.account_id, owed)
+    elif owed < 0:
+        balance = deps.accounts.refund_credits(account.account_id, -owed)
+    if added:
+        deps.messages.add_messages(batch, added)
+    release(batch, messages, deps)
+    logger.warning(
+        "finished a send whose request died part-way",
+        extra={"reference_id": batch.reference_id, "stored": len(stored), "added": len(added), "owed": owed},
+    )
     return Accepted(batch=batch, messages=messages, balance=balance, refused=refused)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from sms_gateway.dialects.common import accept, json_request, json_response, status_for
+from sms_gateway.dialects.common import accept, json_request, json_response, status_for, under_claim
 from sms_gateway.dialects.ninebits import ROUTE_TIER
 from sms_gateway.dialects.portal.compose import COMPOSE_PATH, PREVIEW_PATH
 from sms_gateway.dialects.portal.framework import (
@@ -31,7 +31,7 @@ from sms_gateway.domain.dates import InvalidClientDatetime, parse_client_datetim
 from sms_gateway.domain.models import Account, DeliveryReportMode, SendCommand, StoredAnswer, utc_now
 from sms_gateway.errors import Conflict, GatewayError, InvalidRecipient, InvalidRequest
 from sms_gateway.logic import compose
-from sms_gateway.logic.idempotency import MAX_KEY_LENGTH, fingerprint, run_once
+from sms_gateway.logic.idempotency import MAX_KEY_LENGTH, SEND_LEASE, fingerprint, run_once
 from sms_gateway.logic.send import listed
 
 CSRF_HEADER = "x-csrf-token"
@@ -132,7 +132,8 @@ def send(ctx: PageContext) -> Response[Any]:
             key=f"portal-send:{key}",
             request_fingerprint=fingerprint(COMPOSE_PATH, *(ctx.form.get(name, "") for name in SEND_FIELDS)),
             now=utc_now(),
-            produce=lambda: send_once(account, ctx.form),
+            produce=lambda claim: under_claim(claim, lambda: send_once(account, ctx.form)),
+            lease=SEND_LEASE,
         )
     except Conflict as error:
         # The key is taken: this form was sent already (then changed), or its first send is still under way.
