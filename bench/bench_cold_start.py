@@ -166,10 +166,20 @@ def lambda_importable() -> list[str]:
     return sorted(modules | {"sms_gateway"})
 
 
+# BENCH_LAYER=sources: the third-party packages as the layer shipped them until 2026-12-02 (sources, compiled at
+# every cold start), for comparison (docs/layer.md).
+SHIPPED_AS_SOURCES = os.environ.get("BENCH_LAYER") == "sources"
+
+
 @contextmanager
 def layer_package() -> Iterator[Path]:
-    """A directory holding the gateway's package as the layer ships it: the sources and their bytecode, compiled
-    as layers/core/Makefile compiles them (so no run compiles them, as no Lambda cold start does)."""
+    """A directory holding what the layer ships, for this machine's platform: the gateway's package (its sources and
+    their bytecode, compiled as layers/core/Makefile compiles them) and the third-party packages as bytecode only
+    (the build's own `bytecode-only` step on copies of this virtualenv's). It comes first on the measured
+    processes' sys.path, so nothing they import compiles, as nothing does at a Lambda cold start; only boto3 and its
+    dependencies come from the virtualenv (with its bytecode), standing in for the runtime's."""
+    from sms_gateway_tools.layer import copy_shipped_packages
+
     with tempfile.TemporaryDirectory(prefix="bench-layer-") as directory:
         shutil.copytree(
             LAYER / "sms_gateway", Path(directory, "sms_gateway"), ignore=shutil.ignore_patterns("__pycache__")
@@ -179,6 +189,7 @@ def layer_package() -> Iterator[Path]:
             check=True,
             capture_output=True,
         )
+        copy_shipped_packages(Path(directory), bytecode=not SHIPPED_AS_SOURCES)
         yield Path(directory)
 
 
@@ -337,9 +348,19 @@ def measure(quick: bool, env: dict[str, str]) -> dict[str, Any]:
             " the process (interpreter start-up, the same on both sides, is excluded). The *_ms figures are CPU"
             " time (time.process_time): importing is CPU-bound, and on this shared 2-core machine wall time mostly"
             " measures the other jobs; wall_ratio is the same ratio in wall time, for comparison.",
-            "import_init_ms: loading functions/<name>/app.py by file path (as Lambda does) with the gateway's package"
-            " as the layer ships it (sources and unchecked-hash bytecode, compiled as layers/core/Makefile compiles "
-            "them) on sys.path, including everything built at module level; no invocation. No function creates an AWS"
+            "import_init_ms: loading functions/<name>/app.py by file path (as Lambda does) with the layer as it"
+            " ships, for this machine's platform, first on sys.path: the gateway's package as sources and"
+            " unchecked-hash bytecode, the third-party packages as bytecode only (layers/core/Makefile's own"
+            " `bytecode-only` step on copies of this virtualenv's; sms_gateway_tools.layer.copy_shipped_packages),"
+            " so nothing compiles, as at a Lambda cold start"
+            + (
+                " (this run: BENCH_LAYER=sources, the third-party packages as sources, compiled at every import, as"
+                " the layer shipped them until 2026-12-02)"
+                if SHIPPED_AS_SOURCES
+                else ""
+            )
+            + "; boto3 and its dependencies come from the virtualenv (compiled), standing in for the runtime's."
+            " Everything built at module level is included; no invocation. No function creates an AWS"
             " client at import (sms_gateway.adapters.aws makes them on first use), so with_clients_ms adds creating "
             "the clients its IAM policies allow (`clients`) through that factory: what the function pays before its "
             "first AWS call, excluding the first invocation itself. ratio is with_clients_ms against the floor, which "

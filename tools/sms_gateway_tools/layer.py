@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib.metadata
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -47,3 +51,38 @@ def top_level_modules(distributions: set[str]) -> set[str]:
         for module, owners in importlib.metadata.packages_distributions().items()
         if any(canonicalize_name(owner) in distributions for owner in owners)
     }
+
+
+def makefile_list(variable: str, layer_dir: Path = LAYER_DIR) -> list[str]:
+    """A `NAME := a b c` list of layers/core/Makefile."""
+    text = (layer_dir / "Makefile").read_text().replace("\\\n", " ")
+    found = re.search(rf"^{variable}\s*:=(.*)$", text, re.MULTILINE)
+    if not found:
+        raise KeyError(f"{variable} is not set in layers/core/Makefile")
+    return found.group(1).split()
+
+
+def copy_shipped_packages(target: Path, layer_dir: Path = LAYER_DIR, *, bytecode: bool = True) -> list[str]:
+    """Copies this machine's installed third-party packages that the layer ships (its requirements' closure, less
+    what the Lambda runtime provides) into `target`, sources only, then runs the build's `bytecode-only` step on
+    them: what the layer's code imports on Lambda, for this machine's platform. Returns the top-level names.
+    `bytecode=False` leaves the sources, as the layer shipped them until 2026-12-02 (compiled at every import)."""
+    site = Path(str(importlib.metadata.distribution("pydantic").locate_file("")))
+    runtime = set(makefile_list("RUNTIME_PROVIDED", layer_dir))
+    shipped = sorted(top_level_modules(distribution_closure(*layer_requirements(layer_dir))) - runtime)
+    for name in shipped:
+        if (site / name).is_dir():
+            shutil.copytree(site / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif (site / f"{name}.py").is_file():
+            shutil.copy(site / f"{name}.py", target)
+    if not bytecode:
+        return shipped
+    make = shutil.which("make") or "make"
+    # A fixed command of our own build, with paths we made: nothing untrusted reaches it.
+    subprocess.run(  # noqa: S603
+        [make, "-s", "bytecode-only", f"DIR={target}", f"PYTHON={sys.executable}"],
+        cwd=layer_dir,
+        check=True,
+        capture_output=True,
+    )
+    return shipped
