@@ -8,7 +8,7 @@ from typing import Any
 _clients: dict[str, Any] = {}
 # One session for every client: a botocore session loads and keeps the endpoint rules, partitions and service
 # models, so a session per client loads them once per client (about 55 ms of CPU each at cold start, measured in
-# docs/benchmarks.md#cold-start). Sessions are not thread-safe; clients are created under the lock only.
+# docs/cold-start.md). Sessions are not thread-safe; clients are created under the lock only.
 _session: list[Any] = []
 _lock = threading.Lock()
 
