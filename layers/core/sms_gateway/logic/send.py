@@ -150,7 +150,7 @@ def accept_send(
     if claim is not None and claim.resumed:
         earlier = deps.messages.get_batch(account.account_id, claim.reference_id)
         if earlier is not None and earlier.status != MessageStatus.FAILED:
-            return finish_stored_batch(account, command, earlier, deps, now=now)
+            return finish_stored_batch(account, command, earlier, deps)
         if earlier is not None:
             # It failed and was refunded before it died: this is a new send, under a new id.
             claim = None
@@ -242,9 +242,7 @@ def release(batch: Batch, messages: Sequence[Message], deps: SendDependencies) -
         deps.dispatch_queue.enqueue(dispatch_commands(batch, queued))
 
 
-def finish_stored_batch(
-    account: Account, command: SendCommand, batch: Batch, deps: SendDependencies, *, now: datetime
-) -> Accepted:
+def finish_stored_batch(account: Account, command: SendCommand, batch: Batch, deps: SendDependencies) -> Accepted:
     """Finishes a send whose request died after storing its batch (its credits were reserved first): writes the
     messages it did not get to, from the same request, and queues or schedules the batch again. The answer is the
     one the send would have given. Credits move only by the difference between what the first request reserved
