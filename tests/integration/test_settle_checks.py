@@ -1,6 +1,6 @@
-"""Settle checks through the real handlers on moto: a message a dead dispatcher left submitted-unconfirmed is
-expired, refunded and announced once no final DLR came within the DLR wait; a DLR that came first wins, and is
-announced even when its first announcement failed."""
+"""Settle checks through the real handlers on moto: a message the upstream took but never reported on, or one a dead
+dispatcher left submitted-unconfirmed, is expired, refunded and announced once no final DLR came within the DLR wait;
+a DLR that came first wins, and is announced even when its first announcement failed."""
 
 from __future__ import annotations
 
@@ -12,9 +12,14 @@ import boto3
 import pytest
 
 from tests.conftest import FakeContext, load_function
+from tests.integration import test_send_path
 from tests.integration.test_operations_metrics import simulator_dlr
 from tests.integration.test_send_path import as_lambda_sqs_event, balance, queued_records, send_event
 from tests.integration.test_webhook_retries import ClientWebhook, receive, run_notifier
+from tests.state_snapshot import parked_records
+
+# The send path's recording simulator upstream.
+upstream = test_send_path.upstream
 
 
 @pytest.fixture
@@ -102,7 +107,10 @@ def test_a_stranded_message_is_expired_refunded_and_announced_once_no_dlr_came(a
     [hidden] = notify_pass(aws)
     # Then the client hears of the submit, and the settle check waits hidden on the queue, changing nothing
     check = json.loads(hidden["body"])
-    assert check["kind"] == "settle" and check["message_ids"] == [message.message_id]
+    assert check["kind"] == "settle"
+    assert check["batches"] == [
+        {"account_id": account["account_id"], "reference_id": message.reference_id, "message_ids": [message.message_id]}
+    ]
     assert [p["body"]["status"] for p in hook.posts] == ["submitted"]
     assert receive(aws["NOTIFY_QUEUE_URL"]) == [] and message_now(message).status == "submitted"
     # When the wait is over and the check comes back, twice (SQS delivers at least once)
@@ -162,3 +170,75 @@ def test_a_dlr_whose_announcement_failed_is_announced_when_the_upstream_retries_
         ("submitted", 2),
         ("delivered", delivered.sequence),
     ]
+
+
+def three_single_sends(aws: dict[str, str], account: dict[str, Any]) -> dict[str, Any]:
+    """Three sends of one message each, without delivery reports: three dispatch records, as one SQS event."""
+    api = load_function("api")
+    for number in ("2348020000000", "2348020000001", "2348020000002"):
+        body = {"from": "48974", "to": number, "message": "hi"}
+        assert api.handler(send_event(account["token"], body), FakeContext())["statusCode"] == 200
+    event = as_lambda_sqs_event(queued_records(aws))
+    assert len(event["Records"]) == 3
+    return event
+
+
+def account_messages(account: dict[str, Any]) -> list[Any]:
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic.batches import all_messages
+
+    store = gateway().store
+    batches, _ = store.list_batches(account["account_id"])
+    return [m for batch in batches for m in all_messages(store, account["account_id"], batch.reference_id)]
+
+
+def test_messages_the_upstream_took_but_never_reported_on_are_expired_and_refunded_after_the_wait(
+    aws, account, hook, upstream, monkeypatch
+):
+    # Given three single sends the upstream took, in one dispatcher invocation, and no DLR ever
+    event = three_single_sends(aws, account)
+    assert load_function("dispatcher").handler(event, FakeContext()) == {"batchItemFailures": []}
+    assert len(upstream.submits) == 3 and balance(account["account_id"]) < 100
+    # Then the invocation queued one settle check for the three batches, which waits hidden on the queue
+    [hidden] = notify_pass(aws)
+    check = json.loads(hidden["body"])
+    assert sorted(len(batch["message_ids"]) for batch in check["batches"]) == [1, 1, 1]
+    # (hidden by the notifier for just under 12 h: SQS refuses 12 h itself once the record was received)
+    assert parked_records(aws["NOTIFY_QUEUE_URL"]) == 1
+    # When the wait is over
+    after_the_wait(monkeypatch, aws, [hidden])
+    drain_notify_queue(aws)
+    # Then every message is expired for want of a DLR and refunded (they asked for no reports: none is posted)
+    settled = account_messages(account)
+    assert [(m.status, m.error_code) for m in settled] == [("expired", "no_delivery_report")] * 3
+    assert balance(account["account_id"]) == 100 and hook.posts == []
+
+
+def test_an_invocation_that_cannot_queue_its_settle_check_hands_every_record_back(
+    aws, account, hook, upstream, monkeypatch
+):
+    from sms_gateway.adapters.sqs import SqsNotifyQueue
+
+    # Given three records the upstream takes, and a notify queue that refuses the settle check
+    event = three_single_sends(aws, account)
+    publish = SqsNotifyQueue.publish
+
+    def refused(self, notifications):
+        raise RuntimeError("SQS did not take the settle check")
+
+    monkeypatch.setattr(SqsNotifyQueue, "publish", refused)
+    # When the dispatcher handles them
+    answer = load_function("dispatcher").handler(event, FakeContext())
+    # Then the messages are submitted, but no record is consumed: a record deleted now would leave its messages
+    # without a check, `submitted` for good if their DLRs never come
+    handed_back = {item["itemIdentifier"] for item in answer["batchItemFailures"]}
+    assert handed_back == {record["messageId"] for record in event["Records"]}
+    assert len(upstream.submits) == 3 and {m.status for m in account_messages(account)} == {"submitted"}
+    # When the records come back and the queue takes the check
+    monkeypatch.setattr(SqsNotifyQueue, "publish", publish)
+    assert load_function("dispatcher").handler(event, FakeContext()) == {"batchItemFailures": []}
+    # Then nothing is submitted again, and the check covers the messages the first invocation submitted
+    assert len(upstream.submits) == 3
+    [hidden] = notify_pass(aws)
+    listed = {m for batch in json.loads(hidden["body"])["batches"] for m in batch["message_ids"]}
+    assert listed == {m.message_id for m in account_messages(account)}

@@ -19,6 +19,7 @@ from sms_gateway.domain.models import (
     KeyClaim,
     Recipient,
     SendCommand,
+    from_iso,
 )
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.status import MessageStatus
@@ -30,7 +31,7 @@ from sms_gateway.logic.inbound import InboundDependencies, receive_inbound
 from sms_gateway.logic.notify import dlr_notification
 from sms_gateway.logic.scheduled import release_scheduled_batch
 from sms_gateway.logic.send import SendDependencies, accept_send, normalise_recipients
-from sms_gateway.logic.settle import SettleDependencies, settle, settle_check
+from sms_gateway.logic.settle import CHECK_MESSAGES, MAX_HOP_SECONDS, SettleDependencies, settle, settle_checks
 from tests.fakes import FakeProvider, InMemoryStore, RecordingQueue, RecordingScheduler, cinema_store
 
 NOW = datetime(2026, 1, 2, 23, 50, 37, tzinfo=UTC)
@@ -327,7 +328,7 @@ class TestNoAnswerFromTheUpstream:
         return replace(
             dispatch_deps(store, primary),
             upstreams_for=lambda _: [primary, fallback],
-            settle_later=checks.append,
+            awaiting_report=checks.extend,
             **changes,
         )
 
@@ -781,7 +782,7 @@ def stranded_unconfirmed(store: InMemoryStore) -> tuple[list, int]:
     later = replace(
         dispatch_deps(store, FakeProvider()),
         clock=lambda: NOW + timedelta(minutes=5),
-        settle_later=lambda message: checks.append(settle_check([message], now=NOW + timedelta(minutes=5))),
+        awaiting_report=lambda messages: checks.extend(settle_checks(messages, now=NOW + timedelta(minutes=5))),
     )
     assert asyncio.run(dispatch(record, later)).unconfirmed == 1
     return checks, before
@@ -801,7 +802,7 @@ class TestSettleChecks:
         # When the check is looked at before the DLR wait is over
         early = settle(check, settle_deps(store, NOW + timedelta(hours=1)))
         # Then nothing changes and it asks to come back, at most 12 h later (SQS's visibility limit)
-        assert (early.changes, early.check_again_in) == ([], 43_200)
+        assert (early.changes, early.check_again_in) == ([], MAX_HOP_SECONDS)
         assert store.messages[message.key].status == MessageStatus.SUBMITTED
         assert settle(check, settle_deps(store, NOW + timedelta(hours=40))).check_again_in == 8 * 3600 + 5 * 60 + 1
         # When it is looked at once the wait is over, and again (SQS delivers at least once)
@@ -831,6 +832,80 @@ class TestSettleChecks:
         assert store.messages[message.key].status == MessageStatus.DELIVERED
         assert store.accounts["7"].credits == credits
         assert (outcome.changes, outcome.made_before, outcome.check_again_in) == ([], [], None)
+
+    def test_a_message_the_upstream_took_but_never_reported_on_is_expired_and_refunded_after_the_wait(self, store):
+        # Given three messages the upstream took (with its ids), and the settle check their dispatch asked for
+        credits_before = store.accounts["7"].credits
+        _, deps = send(store, command(3, delivery_report=DeliveryReportMode.YES))
+        [record] = deps.dispatch_queue.commands
+        told: list = []
+        deps_told = replace(dispatch_deps(store, FakeProvider()), awaiting_report=told.extend)
+        outcome = asyncio.run(dispatch(record, deps_told))
+        assert outcome.submitted == 3 and sorted(m.message_id for m in told) == sorted(record.message_ids)
+        [check] = settle_checks(told, now=NOW)
+        # And the final DLR of one of them only
+        first = next(m for m in store.messages.values() if m.message_id == record.message_ids[0])
+        provider = FakeProvider()
+        provider.reports = [report(first, MessageStatus.DELIVERED)]
+        receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock))
+        # When the check comes due
+        due = settle(check, settle_deps(store, NOW + timedelta(hours=48, seconds=1)))
+        # Then the two the upstream never reported on are expired for want of a DLR and refunded; the one it
+        # reported on stays delivered and charged
+        statuses = sorted((m.status, m.error_code) for m in store.messages.values())
+        assert statuses == [
+            (MessageStatus.DELIVERED, None),
+            (MessageStatus.EXPIRED, "no_delivery_report"),
+            (MessageStatus.EXPIRED, "no_delivery_report"),
+        ]
+        assert store.accounts["7"].credits == credits_before - first.price
+        assert len(due.changes) == 2 and due.check_again_in is None
+
+    def test_a_record_redelivered_after_its_dispatcher_died_asks_for_the_messages_already_submitted(self, store):
+        # Given a record whose dispatcher recorded two of its three messages submitted and died before it could
+        # ask for their settle check
+        _, deps = send(store, command(3))
+        [record] = deps.dispatch_queue.commands
+        killed = replace(dispatch_deps(store, DiesOnTheLastSubmit(last=3, store=store)), concurrency=1)
+        with pytest.raises(Crash):
+            asyncio.run(dispatch(record, killed))
+        # When the record is redelivered once the claims lapsed
+        told: list = []
+        later = replace(
+            dispatch_deps(store, FakeProvider()),
+            clock=lambda: NOW + timedelta(minutes=5),
+            awaiting_report=told.extend,
+        )
+        asyncio.run(dispatch(record, later))
+        # Then the check it asks for covers every message of the record: the two found submitted, and the one it
+        # recorded submitted-unconfirmed
+        assert sorted(m.message_id for m in told) == sorted(record.message_ids)
+        assert {m.status for m in store.messages.values()} == {MessageStatus.SUBMITTED}
+
+    def test_checks_group_message_ids_by_batch_once_each_and_split_past_the_limit(self, store):
+        # Given messages of two batches, one listed twice, more than one check holds
+        send(store, command(2))
+        send(store, command(1))
+        messages = list(store.messages.values())
+        many = [messages[0].model_copy(update={"message_id": i}) for i in range(CHECK_MESSAGES)]
+        # When they are put into checks
+        checks = settle_checks([*messages, messages[0], *many], now=NOW)
+        # Then each batch's ids are listed once, and no check holds more than CHECK_MESSAGES ids
+        listed = [(b["reference_id"], m) for c in checks for b in c["batches"] for m in b["message_ids"]]
+        assert len(listed) == len(set(listed)) == len(messages) + CHECK_MESSAGES
+        assert [sum(len(b["message_ids"]) for b in c["batches"]) for c in checks] == [CHECK_MESSAGES, len(messages)]
+        assert all(c["kind"] == "settle" and from_iso(c["since"]) == NOW for c in checks)
+
+    def test_a_check_queued_before_checks_held_several_batches_still_settles(self, store):
+        # Given a check in the old form (one batch, no `batches`), queued before the upgrade
+        [check], _ = stranded_unconfirmed(store)
+        [batch] = check.pop("batches")
+        old_form = {**check, **batch}
+        # When it comes due
+        settle(old_form, settle_deps(store, NOW + timedelta(hours=49)))
+        # Then it settles its message as a new one would
+        [message] = store.messages.values()
+        assert (message.status, message.error_code) == (MessageStatus.EXPIRED, "no_delivery_report")
 
 
 class DiesOnTheLastSubmit(FakeProvider):

@@ -76,10 +76,10 @@ def _announce(changes: Sequence[StatusChange]) -> None:
         gateway().notify_queue.publish(notifications)
 
 
-def _settle_later(message: Message) -> None:
-    """A settle check on the notify queue (a standard queue, so it can wait hours without holding up the
-    account's FIFO group); the notifier acts on it once the DLR wait is over."""
-    gateway().notify_queue.publish([settle.settle_check([message], now=utc_now())])
+def _settle_later(messages: Sequence[Message]) -> None:
+    """Settle checks on the notify queue (a standard queue, so they can wait hours without holding up the
+    account's FIFO group); the notifier acts on them once the DLR wait is over."""
+    gateway().notify_queue.publish(settle.settle_checks(messages, now=utc_now()))
 
 
 def dispatch_records(event: dict[str, Any], remaining_ms: Callable[[], int] | None = None) -> dict[str, Any]:
@@ -105,10 +105,11 @@ def _out_of_time(remaining_ms: Callable[[], int] | None) -> Callable[[], bool] |
 async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], bool] | None) -> list[SQSRecord]:
     in_flight = asyncio.Semaphore(gateway().settings.dispatch_concurrency)
     started: set[str] = set()
+    awaiting_report: list[Message] = []
 
     async def handle(record: SQSRecord) -> dict[str, Any]:
         started.add(record.message_id)
-        return await dispatch_record(record, in_flight, out_of_time)
+        return await dispatch_record(record, in_flight, out_of_time, awaiting_report.extend)
 
     failed = await handle_in_group_order(
         records,
@@ -119,7 +120,21 @@ async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], 
     held_back = [record for record in failed if record.message_id not in started]
     if held_back:
         await asyncio.to_thread(_release_held_back, held_back)
+    if awaiting_report and not await _asked_to_settle(awaiting_report):
+        return list(records)
     return failed
+
+
+async def _asked_to_settle(messages: Sequence[Message]) -> bool:
+    """One settle check for the invocation's submitted messages, queued before any of its records is consumed.
+    When it cannot be queued, every record goes back to the queue: their redelivery finds the messages submitted
+    and asks again (a check asked twice settles once)."""
+    try:
+        await asyncio.to_thread(_settle_later, messages)
+    except Exception:
+        logger.exception("could not queue the settle check; the records come back", extra={"messages": len(messages)})
+        return False
+    return True
 
 
 def _release_held_back(records: Sequence[SQSRecord]) -> None:
@@ -151,10 +166,14 @@ def _batch_of(record: SQSRecord) -> tuple[str, int] | None:
 
 
 async def dispatch_record(
-    record: SQSRecord, in_flight: asyncio.Semaphore | None = None, out_of_time: Callable[[], bool] | None = None
+    record: SQSRecord,
+    in_flight: asyncio.Semaphore,
+    out_of_time: Callable[[], bool] | None,
+    awaiting_report: Callable[[Sequence[Message]], None],
 ) -> dict[str, Any]:
+    """`awaiting_report` collects the record's submitted messages for the invocation's settle check."""
     try:
-        return await _dispatch_record(record, in_flight, out_of_time)
+        return await _dispatch_record(record, in_flight, out_of_time, awaiting_report)
     except RetryLater:
         raise
     except Exception as error:
@@ -192,7 +211,10 @@ def _count_failure(record: SQSRecord) -> int:
 
 
 async def _dispatch_record(
-    record: SQSRecord, in_flight: asyncio.Semaphore | None, out_of_time: Callable[[], bool] | None
+    record: SQSRecord,
+    in_flight: asyncio.Semaphore,
+    out_of_time: Callable[[], bool] | None,
+    awaiting_report: Callable[[Sequence[Message]], None],
 ) -> dict[str, Any]:
     command = DispatchCommand.model_validate_json(record.body)
     wiring = gateway()
@@ -216,7 +238,7 @@ async def _dispatch_record(
         max_submit_attempts=wiring.settings.dispatch_max_attempts,
         claim_lease_seconds=wiring.settings.dispatch_claim_lease_seconds,
         announce=_announce,
-        settle_later=_settle_later,
+        awaiting_report=awaiting_report,
         out_of_time=out_of_time or (lambda: False),
         wait_out_the_rate_limit=out_of_time is not None,
     )

@@ -36,6 +36,11 @@ from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.routing import Route, RouteTable
 from sms_gateway.domain.status import MessageStatus
 
+# The longest a handler may hide a queue record it received (a retry's delay, a settle check's wait): SQS refuses a
+# visibility timeout that would keep the record hidden past 12 hours from its receipt, and a handler asks within its
+# Timeout (at most 120 s in template.yaml) of the receipt, so 12 hours less 5 minutes is always taken.
+MAX_QUEUE_DELAY_SECONDS = 42_900
+
 
 class SecretBox(Protocol):
     """Seals the secrets we must present rather than check (webhook tokens and signing secrets), so no stored item
@@ -136,6 +141,10 @@ class MessageStore(Protocol):
         ...
 
     def get_messages(self, account_id: str, reference_id: int, message_ids: Sequence[int]) -> list[Message]: ...
+
+    def get_messages_by_key(self, keys: Sequence[MessageKey]) -> list[Message]:
+        """The messages found of `keys`, which may belong to several batches (strongly consistent reads)."""
+        ...
 
     def find_message(self, account_id: str, message_id: int) -> Message | None:
         """A message by its id alone, only if it belongs to `account_id`."""

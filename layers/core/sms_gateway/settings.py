@@ -7,9 +7,11 @@ from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from sms_gateway.ports import MAX_QUEUE_DELAY_SECONDS
+
 # A submitted message with no final DLR after this long is expired and refunded (logic/settle.py). Each wait of a
-# settle check is a visibility timeout of at most 12 h on the notify queue, which keeps messages 4 days and takes
-# 12 receives: 72 h keeps both well out of reach.
+# settle check is a visibility timeout of just under 12 h on the notify queue, which keeps messages 4 days and takes
+# 12 receives: 72 h (7 receives) keeps both well out of reach.
 MAX_DLR_WAIT_SECONDS = 259_200
 # Notify attempts are delays + 1 and must stay below the notify queue's maxReceiveCount (template.yaml: 12).
 MAX_NOTIFY_RETRY_DELAYS = 10
@@ -79,8 +81,10 @@ class Settings(BaseModel):
         # becomes a visibility timeout, which SQS caps at 12 h.
         if len(value) > MAX_NOTIFY_RETRY_DELAYS:
             raise ValueError(f"NOTIFY_RETRY_DELAYS takes at most {MAX_NOTIFY_RETRY_DELAYS} delays")
-        if any(not 0 <= delay <= 43_200 for delay in value):
-            raise ValueError("each of NOTIFY_RETRY_DELAYS must be from 0 to 43200 seconds (12 h)")
+        if any(not 0 <= delay <= MAX_QUEUE_DELAY_SECONDS for delay in value):
+            raise ValueError(
+                f"each of NOTIFY_RETRY_DELAYS must be from 0 to {MAX_QUEUE_DELAY_SECONDS} seconds (12 h less 5 min)"
+            )
         return value
 
     @field_validator("dlr_wait_seconds")

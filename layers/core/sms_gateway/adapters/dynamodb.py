@@ -441,11 +441,12 @@ class DynamoStore(
         return messages, last
 
     def get_messages(self, account_id: str, reference_id: int, message_ids: Sequence[int]) -> list[Message]:
-        keys = [
-            _key_of(MessageKey(account_id=account_id, reference_id=reference_id, message_id=message_id))
-            for message_id in message_ids
-        ]
-        items = batch_get(self.client, self.table_name, keys, consistent=True)
+        return self.get_messages_by_key(
+            [MessageKey(account_id=account_id, reference_id=reference_id, message_id=i) for i in message_ids]
+        )
+
+    def get_messages_by_key(self, keys: Sequence[MessageKey]) -> list[Message]:
+        items = batch_get(self.client, self.table_name, [_key_of(key) for key in keys], consistent=True)
         found = [Message.model_validate(self._codec.load(item)) for item in items]
         found.sort(key=lambda message: message.message_id)
         return found

@@ -82,9 +82,10 @@ class DispatchDependencies:
     # at the end of the record. Changes a dead dispatcher made but never announced are announced again by the
     # record's redelivery (same webhook id per change, which the client deduplicates).
     announce: Callable[[Sequence[StatusChange]], None] | None = None
-    # Asked to settle a message later when it is recorded submitted without the upstream's word: if no final
-    # DLR comes, nothing else would ever end it (logic/settle.py).
-    settle_later: Callable[[Message], None] | None = None
+    # Told, at the end of the record, of its messages recorded submitted (by this dispatch or by an earlier delivery
+    # of the record that may have died before its own telling): each needs a settle check, for if no final DLR
+    # ever comes nothing else would end it (logic/settle.py). The record must not be consumed before they are asked.
+    awaiting_report: Callable[[Sequence[Message]], None] | None = None
     # True once too little of the invocation is left to submit one more message and record the answer. Lambda
     # stops a function at its timeout like a crash: a message claimed then would wait out the DLR wait and expire
     # unsent. So no claim is made after it; the messages not yet claimed go back to the queue for the next one.
@@ -170,7 +171,15 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
     finally:
         # Also when a message's task raised: what was done is announced now, not only by the redelivery.
         await announcer.flush()
+        if deps.awaiting_report is not None:
+            deps.awaiting_report(_recorded_submitted(messages, outcome.changes))
     return outcome
+
+
+def _recorded_submitted(read: Sequence[Message], changes: Sequence[StatusChange]) -> list[Message]:
+    """The record's messages found submitted when it was read, and those this dispatch recorded submitted."""
+    made = [c.message for c in changes if c.message.status == MessageStatus.SUBMITTED]
+    return [m for m in read if m.status == MessageStatus.SUBMITTED] + made
 
 
 async def _all_to_their_end(coroutines: Sequence[Coroutine[object, object, None]]) -> None:
@@ -314,11 +323,7 @@ async def _dispatch_one(
 
 async def _record_unconfirmed(message: Message, deps: DispatchDependencies, outcome: DispatchOutcome) -> None:
     """At most once: an upstream may already have the message (its DLR will find it by our reference), so it is
-    recorded as submitted without an upstream id rather than submitted again, and settled later if no DLR comes."""
-    if deps.settle_later is not None:
-        # Asked before the write: a dispatcher dying between the two leaves the claim lapsed, so the record's
-        # redelivery comes back here and asks again; asked after, the check could be lost with the write done.
-        await asyncio.to_thread(deps.settle_later, message)
+    recorded as submitted without an upstream id rather than submitted again, and settled if no DLR comes."""
     change = await asyncio.to_thread(
         deps.messages.transition, message.key, MessageStatus.SUBMITTED, now=deps.clock(), error_code=UNCONFIRMED
     )

@@ -1,34 +1,66 @@
-"""Settle checks: a message recorded submitted that never gets a final delivery report is expired and refunded."""
+"""Settle checks: a message recorded submitted that never gets a final delivery report is expired and refunded.
+
+Every message a dispatcher records submitted, with the upstream's word or without it, is in a check: upstreams lose
+delivery reports, and without the check such a message would stay `submitted` for good. The dispatcher puts all the
+messages of one invocation in one check (records of single sends come ten to an invocation under load), and the
+check waits out the DLR wait on the notify queue; messages settled by their DLR by then cost one read each."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sms_gateway.domain.models import Message, StatusChange, from_iso, iso
+from sms_gateway.domain.models import Message, MessageKey, StatusChange, from_iso, iso
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.observability import logger
-from sms_gateway.ports import AccountStore, MessageStore
+from sms_gateway.ports import MAX_QUEUE_DELAY_SECONDS, AccountStore, MessageStore
 
 # The kind of a notify-queue record that is a settle check rather than a client notification.
 SETTLE = "settle"
 NO_DELIVERY_REPORT = "no_delivery_report"
 # SQS hides a received record for at most 12 hours: a longer wait takes several hops.
-MAX_HOP_SECONDS = 43_200
+MAX_HOP_SECONDS = MAX_QUEUE_DELAY_SECONDS
+# Message ids in one check: about 21 KB of JSON, well inside an SQS message (a dispatcher invocation holds at most
+# 10 records of 100 messages).
+CHECK_MESSAGES = 1_000
 
 
-def settle_check(messages: Sequence[Message], *, now: datetime) -> dict[str, Any]:
-    """The notify-queue body asking to settle `messages` (one batch of one account) once the DLR wait is over."""
-    first = messages[0]
-    return {
-        "kind": SETTLE,
-        "account_id": first.account_id,
-        "reference_id": first.reference_id,
-        "message_ids": [message.message_id for message in messages],
-        "since": iso(now),
-    }
+def settle_checks(messages: Sequence[Message], *, now: datetime) -> list[dict[str, Any]]:
+    """The notify-queue bodies asking to settle `messages` once the DLR wait is over: their ids by batch, at most
+    CHECK_MESSAGES to a check (a message listed twice is checked once)."""
+    by_batch: dict[tuple[str, int], dict[int, None]] = {}
+    for message in messages:
+        by_batch.setdefault((message.account_id, message.reference_id), {})[message.message_id] = None
+    checks: list[dict[str, Any]] = []
+    batches: list[dict[str, Any]] = []
+    room = CHECK_MESSAGES
+    for (account_id, reference_id), ids in by_batch.items():
+        pending = list(ids)
+        while pending:
+            if room == 0:
+                checks.append(_check(batches, now))
+                batches, room = [], CHECK_MESSAGES
+            taken, pending = pending[:room], pending[room:]
+            batches.append({"account_id": account_id, "reference_id": reference_id, "message_ids": taken})
+            room -= len(taken)
+    if batches:
+        checks.append(_check(batches, now))
+    return checks
+
+
+def _check(batches: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
+    return {"kind": SETTLE, "since": iso(now), "batches": batches}
+
+
+def _keys_of(check: Mapping[str, Any]) -> Iterator[MessageKey]:
+    """The messages a check lists; a check queued before checks held several batches holds one, at its top level."""
+    for batch in check.get("batches") or [check]:
+        for message_id in batch["message_ids"]:
+            yield MessageKey(
+                account_id=str(batch["account_id"]), reference_id=int(batch["reference_id"]), message_id=int(message_id)
+            )
 
 
 @dataclass(frozen=True)
@@ -60,15 +92,14 @@ def settle(check: Mapping[str, Any], deps: SettleDependencies) -> SettleOutcome:
     if now < due:
         outcome.check_again_in = _hop(due - now)
         return outcome
-    messages = deps.messages.get_messages(
-        str(check["account_id"]), int(check["reference_id"]), [int(m) for m in check["message_ids"]]
-    )
+    # One read for the check's batches together: BatchGetItem takes 100 keys of any partitions.
+    messages = deps.messages.get_messages_by_key(list(_keys_of(check)))
     later: list[datetime] = []
     for message in messages:
         if message.status == MessageStatus.EXPIRED and message.error_code == NO_DELIVERY_REPORT:
             outcome.made_before.append(StatusChange(message=message, changed=True))
             continue
-        # Queued messages belong to their dispatch record still (it asks again if it records them unconfirmed).
+        # Queued messages belong to their dispatch record still: its next delivery checks them once it submits them.
         if message.status != MessageStatus.SUBMITTED:
             continue
         submitted_at = message.status_at.get(str(MessageStatus.SUBMITTED))

@@ -14,10 +14,16 @@ from typing import Any
 from sms_gateway.domain.models import iso
 from sms_gateway.errors import Conflict, InvalidRequest, NotFound
 from sms_gateway.logic.notify import WebhookFailed, hash_of
-from sms_gateway.ports import NotificationQueue, WebhookFailure, WebhookFailureState, WebhookFailureStore
+from sms_gateway.ports import (
+    MAX_QUEUE_DELAY_SECONDS,
+    NotificationQueue,
+    WebhookFailure,
+    WebhookFailureState,
+    WebhookFailureStore,
+)
 
-# SQS keeps a received record invisible for at most 12 hours: no delay can be longer.
-MAX_DELAY_SECONDS = 43_200
+# SQS keeps a received record invisible for at most 12 hours from its receipt: no delay can be longer.
+MAX_DELAY_SECONDS = MAX_QUEUE_DELAY_SECONDS
 JITTER = 0.10
 RESEND_ALL_LIMIT = 500
 MAX_PAGE_SIZE = 500
