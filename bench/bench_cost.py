@@ -31,7 +31,7 @@ XRAY_SAMPLED = 0.05
 # Stages whose function, with Tracing: PassThrough, continues traces its queue's records carry from a sampled
 # producer: counted as if each of their invocations were a trace of its own at the same 5% (an upper bound: a
 # continued trace is the producer's). A PassThrough function invoked by an upstream's HTTP callback starts none.
-CONTINUES_TRACES = frozenset({"dispatch", "notify"})
+CONTINUES_TRACES = frozenset({"dispatch", "notify", "settle"})
 # Recipients of the bulk send whose durations are measured (two dispatch records; the counts use 1000).
 TIMED_BULK = 200
 # Typical values for the HttpApi access log format's variables (one line per HTTP request).

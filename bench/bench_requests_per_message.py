@@ -23,10 +23,17 @@ from bench.moto_gateway import (
 )
 
 NAME = "requests_per_message"
-STAGES = ("accept", "dispatch", "dlr", "notify")
+STAGES = ("accept", "dispatch", "dlr", "notify", "settle")
 TARGET_RATIO = 1.1
-# The function each stage runs in (its MemorySize and batch size come from template.yaml).
-STAGE_FUNCTION = {"accept": "api", "dispatch": "dispatcher", "dlr": "webhook", "notify": "notifier"}
+# The function each stage runs in (its MemorySize and batch size come from template.yaml). `settle` is the settle
+# checks' later passes through the notifier, after the DLR wait (their first pass shares the notify stage's batches).
+STAGE_FUNCTION = {
+    "accept": "api",
+    "dispatch": "dispatcher",
+    "dlr": "webhook",
+    "notify": "notifier",
+    "settle": "notifier",
+}
 # Each message a client asked delivery reports for reaches its webhook twice: the dispatcher's `submitted`
 # and the upstream's final status (docs/webhooks.md).
 NOTIFICATIONS_PER_MESSAGE = 2
@@ -131,6 +138,9 @@ def run_flow(
 
             record("dlr", dlrs)
             record("notify", lambda run: gateway.drain("NOTIFY", "notifier", run))
+        record("settle", gateway.settle_after_the_wait)
+        if gateway.settle_checks_waiting:
+            raise RuntimeError(f"{len(gateway.settle_checks_waiting)} settle checks never came due")
         posts = gateway.webhook.posts  # type: ignore[attr-defined]
         expected = (sends * recipients + warm_up) * NOTIFICATIONS_PER_MESSAGE
         if posts != expected:
@@ -142,22 +152,33 @@ def floor(recipients: int, batch_sizes: dict[str, int]) -> dict[str, float]:
     """The fewest AWS requests per message, by stage, for sends of `recipients` recipients with delivery reports
     (the derivation, line by line: docs/benchmarks-floor.md)."""
     from sms_gateway.logic.send import DISPATCH_CHUNK
+    from sms_gateway.logic.settle import MAX_HOP_SECONDS
+    from sms_gateway.settings import Settings
 
     records = math.ceil(recipients / DISPATCH_CHUNK)
     per_record = min(recipients, DISPATCH_CHUNK)
     dispatch_batch = batch_sizes["DispatcherFunction"]
     notify_batch = batch_sizes["NotifierFunction"]
+    # One settle check per dispatcher invocation, which under load gets full batches: dispatch_batch records (of
+    # other sends too, for sends of fewer records), per_record messages each.
+    checked_together = dispatch_batch * per_record
+    hops = math.ceil(Settings.from_environ({}).dlr_wait_seconds / MAX_HOP_SECONDS)
     # credential read, account read, credit reservation, conditional batch put, message writes, enqueue
     accept = 4 + math.ceil(recipients / BATCH_WRITE_SIZE) + math.ceil(records / SEND_BATCH_SIZE)
     # per record: Lambda's receive and delete (shared by a batch of records), the messages' read, the rate-limit
     # grant, the `submitted` notifications; per message: the claim and the submitted transition
     dispatch_per_record = 2 / dispatch_batch + 1 + 1 + math.ceil(per_record / SEND_BATCH_SIZE)
-    dispatch = records * dispatch_per_record / recipients + 2
+    # per invocation: its settle check
+    dispatch = records * dispatch_per_record / recipients + 2 + 1 / checked_together
     # per callback (one message): the status transition and its notification
     dlr = 2.0
-    # per notification: Lambda's receive and delete, shared by a batch
-    notify = NOTIFICATIONS_PER_MESSAGE * 2 / notify_batch
-    return {"accept": accept / recipients, "dispatch": dispatch, "dlr": dlr, "notify": notify}
+    # per notification: Lambda's receive and delete, shared by a batch; per settle check, its first receive (a
+    # share) and the hop that hides it
+    notify = NOTIFICATIONS_PER_MESSAGE * 2 / notify_batch + (1 / notify_batch + 1) / checked_together
+    # per settle check, once queued: `hops` more receives (shares), all but the last asking to be hidden again, the
+    # delete (a share) and one read of its messages (BatchGetItem, 100 keys a request)
+    settle = ((hops + 1) / notify_batch + hops - 1 + math.ceil(checked_together / 100)) / checked_together
+    return {"accept": accept / recipients, "dispatch": dispatch, "dlr": dlr, "notify": notify, "settle": settle}
 
 
 def _operations(stage: Stage, messages: int) -> str:
@@ -224,13 +245,19 @@ def run(quick: bool) -> dict[str, Any]:
         "Every request counted with botocore's before-call hook on the gateway's own clients, the real handlers"
         " (functions/*/app.py) run in-process on moto. `[lambda]` rows are the SQS requests Lambda's event source"
         " mapping makes on our behalf (billed to us): one ReceiveMessage and one DeleteMessageBatch per batch it"
-        " hands over, derived from the batches the harness fed at the template's BatchSize (full batches, as"
-        " under load; idle long polling, about 0.3 $/month per queue, is a fixed cost, not per message).",
+        " hands over and deletes, derived from the records the harness fed at the template's BatchSize and counted"
+        " as shares of full batches, as under load (1/BatchSize per record; idle long polling, about 0.3 $/month"
+        " per queue, is a fixed cost, not per message).",
         "The account's rate limit is set to 10,000/s, so a grant is always one write per record and the limiter"
         " never waits (at the default 50/s a 100-message record takes two grants: one more write per record).",
         "Each message asked for delivery reports: the client's webhook gets two (the dispatcher's `submitted`"
         " and the DLR's `delivered`), both checked to arrive. DLRs are the simulator's signed callbacks, one per"
         " message, through the webhook function.",
+        "Every submitted message is in a settle check (logic/settle.py: expired and refunded if no final DLR comes"
+        " within DLR_WAIT_SECONDS, 48 h): one check per dispatcher invocation, queued by the dispatch stage. Its"
+        " first pass, hidden for just under 12 h, is in the notify stage; `settle` is the rest, run by letting the"
+        " notifier's clock move on a hop at a time (MotoGateway.settle_after_the_wait): 48 h take five hops, and the"
+        " last pass reads the messages (all delivered here) and deletes the check.",
         "The floor, line by line, and what is irreducible (a conditional write per state change per message):"
         " [docs/benchmarks-floor.md](benchmarks-floor.md).",
     ]

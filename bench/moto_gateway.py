@@ -187,10 +187,10 @@ class StageRun:
     invocations: list[Invocation] = field(default_factory=list)
     # SQS requests Lambda's event source mapping makes for us (billed to us): one ReceiveMessage per batch it
     # hands over and one DeleteMessageBatch per batch it deletes.
-    polling_requests: dict[str, int] = field(default_factory=dict)
+    polling_requests: dict[str, float] = field(default_factory=dict)
     # Their billing units by queue type (`sqs:fifo`, `sqs:standard`): each receive of up to 10 small records
     # is one 64 KB chunk.
-    polling_units: dict[str, int] = field(default_factory=dict)
+    polling_units: dict[str, float] = field(default_factory=dict)
 
 
 class MotoGateway:
@@ -282,10 +282,13 @@ class MotoGateway:
                     QueueUrl=url,
                     Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
                 )
-            for operation in ("sqs:ReceiveMessage", "sqs:DeleteMessageBatch"):
-                run.polling_requests[operation] = run.polling_requests.get(operation, 0) + 1
+            # As under load: the mapping's receive hands over full batches and its delete removes full batches, so
+            # a batch's requests are shared by BatchSize records (the small flows' last batches are not full).
+            received, deleted = len(messages) / size, len(done) / size
+            for operation, share in (("sqs:ReceiveMessage", received), ("sqs:DeleteMessageBatch", deleted)):
+                run.polling_requests[operation] = run.polling_requests.get(operation, 0) + share
             kind = "sqs:fifo" if url.endswith(".fifo") else "sqs:standard"
-            run.polling_units[kind] = run.polling_units.get(kind, 0) + 2
+            run.polling_units[kind] = run.polling_units.get(kind, 0) + received + deleted
 
     def settle_after_the_wait(self, run: StageRun) -> None:
         """Lets the DLR wait (DLR_WAIT_SECONDS) pass for the settle checks the notifier hid, as it passes on AWS: the
