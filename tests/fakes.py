@@ -143,7 +143,7 @@ class InMemoryStore:
         keys = [MessageKey(account_id=account_id, reference_id=reference_id, message_id=i) for i in message_ids]
         return self.get_messages_by_key(keys)
 
-    def get_messages_by_key(self, keys: Sequence[MessageKey]) -> list[Message]:
+    def get_messages_by_key(self, keys: Sequence[MessageKey], *, consistent: bool = True) -> list[Message]:
         return [self.messages[k] for k in keys if k in self.messages]
 
     def find_message(self, account_id: str, message_id: int) -> Message | None:

@@ -142,8 +142,9 @@ class MessageStore(Protocol):
 
     def get_messages(self, account_id: str, reference_id: int, message_ids: Sequence[int]) -> list[Message]: ...
 
-    def get_messages_by_key(self, keys: Sequence[MessageKey]) -> list[Message]:
-        """The messages found of `keys`, which may belong to several batches (strongly consistent reads)."""
+    def get_messages_by_key(self, keys: Sequence[MessageKey], *, consistent: bool = True) -> list[Message]:
+        """The messages found of `keys`, which may belong to several batches; `consistent=False` reads at half
+        the price where a write seconds old need not show (the status writes it may lead to are conditional)."""
         ...
 
     def find_message(self, account_id: str, message_id: int) -> Message | None:

@@ -445,8 +445,8 @@ class DynamoStore(
             [MessageKey(account_id=account_id, reference_id=reference_id, message_id=i) for i in message_ids]
         )
 
-    def get_messages_by_key(self, keys: Sequence[MessageKey]) -> list[Message]:
-        items = batch_get(self.client, self.table_name, [_key_of(key) for key in keys], consistent=True)
+    def get_messages_by_key(self, keys: Sequence[MessageKey], *, consistent: bool = True) -> list[Message]:
+        items = batch_get(self.client, self.table_name, [_key_of(key) for key in keys], consistent=consistent)
         found = [Message.model_validate(self._codec.load(item)) for item in items]
         found.sort(key=lambda message: message.message_id)
         return found

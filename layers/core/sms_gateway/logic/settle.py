@@ -92,8 +92,9 @@ def settle(check: Mapping[str, Any], deps: SettleDependencies) -> SettleOutcome:
     if now < due:
         outcome.check_again_in = _hop(due - now)
         return outcome
-    # One read for the check's batches together: BatchGetItem takes 100 keys of any partitions.
-    messages = deps.messages.get_messages_by_key(list(_keys_of(check)))
+    # One read for the check's batches together (BatchGetItem takes 100 keys of any partitions), eventually
+    # consistent: the wait is hours, and the expiry below is a conditional write that a newer status wins.
+    messages = deps.messages.get_messages_by_key(list(_keys_of(check)), consistent=False)
     later: list[datetime] = []
     for message in messages:
         if message.status == MessageStatus.EXPIRED and message.error_code == NO_DELIVERY_REPORT:
