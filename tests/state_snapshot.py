@@ -147,21 +147,13 @@ PARKED_AFTER_SECONDS = 900
 
 
 def parked_records(url: str) -> int:
-    """Records of the queue hidden for more than PARKED_AFTER_SECONDS yet, read from moto's own memory (the local
-    stack's moto server and mock_aws both run in this process; SQS itself does not tell hidden records apart)."""
+    """Records of the queue hidden for more than PARKED_AFTER_SECONDS yet."""
     from moto.core.utils import unix_time_millis
-    from moto.sqs.models import sqs_backends
 
-    name = url.rsplit("/", 1)[-1]
+    from sms_gateway_tools.localstack.moto_server import queue_contents
+
     horizon = unix_time_millis() + PARKED_AFTER_SECONDS * 1000
-    return sum(
-        message.visible_at > horizon
-        for backend in sqs_backends.values()
-        for regional in backend.values()
-        for queue_name, queue in regional.queues.items()
-        if queue_name == name
-        for message in queue._messages
-    )
+    return sum(message.visible_at > horizon for message in queue_contents(url))
 
 
 def _scan(dynamodb: Any, table: str) -> list[dict[str, Any]]:

@@ -30,6 +30,9 @@ def test_a_small_chaos_run_loses_nothing_and_doubles_nothing(tmp_path: Path) -> 
             "7",
             "--time-limit",
             "400",
+            # Short, so the run's end does not wait minutes for the last settle checks (some late DLRs lose to them).
+            "--dlr-wait",
+            "20",
             "--json",
             str(summary_path),
         ],

@@ -32,6 +32,7 @@ def _chaos(args: argparse.Namespace) -> int:
         accounts=args.accounts,
         kill_rate=args.kill_rate,
         upstream_deduplicates=args.upstream_deduplicates,
+        **({"dlr_wait_seconds": args.dlr_wait} if args.dlr_wait is not None else {}),
     )
     return run_chaos(options, json_path=Path(args.json) if args.json else None)
 
@@ -79,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let the gateway count on the simulator answering a repeated submit instead of sending again (as 9bits "
         "does); by default it is treated like Kannel, and any repeat is a message sent twice",
+    )
+    chaos.add_argument(
+        "--dlr-wait",
+        type=int,
+        help="seconds a submitted message waits for a final DLR before its settle check expires it (default: "
+        "ChaosOptions.dlr_wait_seconds, minutes; deployed: 48 h)",
     )
     chaos.add_argument("--json", help="also write the summary as JSON to this file")
     chaos.set_defaults(func=_chaos)

@@ -70,9 +70,11 @@ class ChaosOptions:
     dispatch_visibility_timeout: int = 20
     notify_retry_delays: str = "1,1,2,2,3,3,5,5,5,5"
     dlr_delay: float = 0.5
-    # How long a submitted-unconfirmed message (its dispatcher killed) waits for a final DLR before its settle
-    # check expires and refunds it (deployed: 48 h). Well above dlr_delay, so a DLR that is coming comes first.
-    dlr_wait_seconds: int = 20
+    # How long a submitted message waits for a final DLR before its settle check expires and refunds it (deployed:
+    # 48 h). Well above dlr_delay and above the minutes a DLR POST can wait behind the busy local stack, so a DLR
+    # that is coming mostly comes first; the run's end waits for the last check (at most this long) when a message
+    # still needs one.
+    dlr_wait_seconds: int = 180
     # The dispatcher and the notifier each take turns on their own lock instead of the process-wide one
     # (docs/local-stack.md, Limits): without it a dispatcher waiting out an upstream timeout stalls the API.
     serialize_invocations: bool = False
@@ -256,6 +258,8 @@ class ChaosRun:
             list(pool.map(post, wave))
 
     def _depth(self, stack: Any, queue_id: str) -> int:
+        """Records on the queue, visible or not, but the settle checks: each waits out DLR_WAIT_SECONDS hidden on
+        the notify queue whatever else happens, and the end of the run waits for them apart (`_settle`)."""
         assert stack.resources is not None
         attributes = stack.client("sqs").get_queue_attributes(
             QueueUrl=stack.resources.queue_urls[queue_id],
@@ -265,7 +269,16 @@ class ChaosRun:
                 "ApproximateNumberOfMessagesDelayed",
             ],
         )["Attributes"]
-        return sum(int(value) for value in attributes.values())
+        return sum(int(value) for value in attributes.values()) - self._settle_checks(stack, queue_id)
+
+    @staticmethod
+    def _settle_checks(stack: Any, queue_id: str) -> int:
+        from sms_gateway.logic.settle import SETTLE
+        from sms_gateway_tools.localstack.moto_server import queue_contents
+
+        assert stack.resources is not None
+        bodies = [message.body for message in queue_contents(stack.resources.queue_urls[queue_id])]
+        return sum(json.loads(body).get("kind") == SETTLE for body in bodies if body.startswith("{"))
 
     def _drain(self, stack: Any, *, dispatch_depth: int, notify_depth: int) -> None:
         while not self._past_deadline():
@@ -285,8 +298,14 @@ class ChaosRun:
             depths = (self._depth(stack, "DispatchQueue"), self._depth(stack, "NotifyQueue"))
             if depths == (0, 0):
                 counts = self._unsettled_counts()
+                # Settle checks still waiting only look again at final messages: the run is over.
                 if sum(counts) == 0:
                     return time.monotonic() - self.started
+                if self._settle_checks(stack, "NotifyQueue"):
+                    # Not quiet: what is not final may be waiting for its check, due within DLR_WAIT_SECONDS.
+                    quiet_since, last = None, None
+                    time.sleep(2.0)
+                    continue
                 state = (*counts, stack.simulator.stats()["dlrs_sent"])
                 if state != last:
                     last, quiet_since = state, time.monotonic()

@@ -55,3 +55,21 @@ class EmbeddedMoto:
         if wsgi_server is not None:
             wsgi_server.server_close()
         self.endpoint = ""
+
+
+def queue_contents(queue_url: str) -> list[Any]:
+    """The messages moto holds for a queue, visible or hidden (its `Message` objects: `body`, `visible_at` in epoch
+    ms), read from its memory: the embedded server and `mock_aws` both keep their backends in this process. SQS
+    itself only counts hidden messages, and the local tools need to tell a settle check waiting out its hours, or a
+    notification waiting for its retry, from work in progress."""
+    from moto.sqs.models import sqs_backends
+
+    name = queue_url.rsplit("/", 1)[-1]
+    return [
+        message
+        for backend in list(sqs_backends.values())
+        for regional in list(backend.values())
+        for queue_name, queue in list(regional.queues.items())
+        if queue_name == name
+        for message in list(queue._messages)
+    ]
