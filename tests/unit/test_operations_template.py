@@ -80,6 +80,8 @@ def test_every_gateway_metric_the_dashboard_and_alarms_read_is_one_the_code_emit
         if "MetricStat" in query and query["MetricStat"]["Metric"]["Namespace"] == "SmsGateway"
     }
     assert "UpstreamFailures" in searched and "UpstreamFailures" in alarmed
+    # An upstream that stops sending DLRs shows as settle-check expiries: an alarm watches their share
+    assert "MessagesExpiredWithoutDlr" in alarmed
     assert read | searched | alarmed <= emitted, f"not emitted by the code: {(read | searched | alarmed) - emitted}"
 
 
