@@ -86,6 +86,17 @@ def test_submit_posts_the_documented_form_and_reads_the_message_id() -> None:
     }
 
 
+def test_the_message_s_remaining_validity_goes_as_jasmin_s_validity_period_in_minutes() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, text=f'Success "{MESSAGE_ID}"', headers={"Content-Type": "text/plain"})
+
+    asyncio.run(provider(handler).submit(submit_request().model_copy(update={"validity_minutes": 90})))
+    assert form(seen[0])["validity-period"] == "90"
+
+
 def test_ucs2_text_goes_as_hex_content_with_coding_8() -> None:
     _, request = recorded_send(text="Hello ™ world")
     fields = form(request)

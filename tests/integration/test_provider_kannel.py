@@ -82,6 +82,22 @@ def kannel_expands(dlr_url: str, values: dict[str, str]) -> str:
 # --- submit -------------------------------------------------------------------------------------------------------
 
 
+def test_the_message_s_remaining_validity_goes_as_kannel_s_validity_minutes() -> None:
+    # Given a message with 1380 minutes of its validity left
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, text="0: Accepted for delivery", headers={"Content-Type": "text/html"})
+
+    request = submit_request().model_copy(update={"validity_minutes": 1380})
+    asyncio.run(provider(handler).submit(request))
+    # Then Kannel tells the SMSC to try it for that many minutes (and no longer), and without one it says nothing
+    assert seen[0].url.params["validity"] == "1380"
+    asyncio.run(provider(handler).submit(submit_request()))
+    assert "validity" not in seen[1].url.params
+
+
 def test_submit_sends_the_documented_sendsms_get_and_takes_202_accepted() -> None:
     # Given Kannel answering sendsms as its user guide shows
     seen: list[httpx.Request] = []

@@ -128,6 +128,17 @@ def test_submit_posts_the_documented_form_with_basic_auth_and_returns_the_sid() 
     assert result.upstream_message_id == MESSAGE_SID
 
 
+def test_a_validity_under_twilio_s_ten_hour_limit_goes_as_validity_period_in_seconds() -> None:
+    twilio = FakeTwilio()
+    # Given one message with 90 minutes of validity left and one with 23 hours
+    asyncio.run(provider(twilio).submit(submit_request(validity_minutes=90)))
+    asyncio.run(provider(twilio).submit(submit_request(validity_minutes=23 * 60)))
+    # Then the first waits in Twilio's queue at most 5400 s; the second gets Twilio's own (and maximum) 36000 s,
+    # as Twilio refuses a ValidityPeriod above it
+    assert twilio.form(0)["ValidityPeriod"] == ["5400"]
+    assert "ValidityPeriod" not in twilio.form(1)
+
+
 def test_a_messaging_service_and_an_api_key_replace_from_and_the_account_credentials() -> None:
     twilio = FakeTwilio(body=created_message(status="accepted", messaging_service_sid="MGaaaa"))
     configured = provider(twilio, messaging_service_sid="MGaaaa", api_key_sid="SKxxxxxxxx", api_key_secret="key-secret")

@@ -151,6 +151,16 @@ def dispatch_deps(store: InMemoryStore, provider: FakeProvider) -> DispatchDepen
 
 
 class TestDispatch:
+    def test_the_upstream_is_told_what_is_left_of_the_message_s_validity(self, store):
+        # Given a message queued at NOW with the default 24 h validity, dispatched 61 minutes later
+        _, deps = send(store, command(1))
+        provider = FakeProvider()
+        later = replace(dispatch_deps(store, provider), clock=lambda: NOW + timedelta(minutes=61, seconds=30))
+        asyncio.run(dispatch(deps.dispatch_queue.commands[0], later))
+        # Then the submit asks the upstream to keep trying for the 1378 whole minutes left, not the full day
+        [request] = provider.submits
+        assert request.validity_minutes == 24 * 60 - 62
+
     def test_each_message_is_submitted_once_even_when_the_record_is_delivered_twice(self, store):
         _, deps = send(store, command(5))
         provider = FakeProvider()

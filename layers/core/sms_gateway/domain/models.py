@@ -234,6 +234,9 @@ class SubmitRequest(Record):
     msisdn: str
     text: str
     dlr_url: str | None = None
+    # Minutes the upstream may keep trying to deliver: what is left of the message's validity when it is submitted,
+    # so an SMSC gives up (and reports it expired) long before the gateway's DLR wait ends. None: the upstream's own.
+    validity_minutes: int | None = None
 
 
 class SubmitResult(Record):

@@ -358,7 +358,7 @@ async def _submit(
             throttled = RouteAtItsLimit if failure is None else UpstreamError
             return throttled(f"{provider.name} is at its rate limit", permanent=False, retry_after=1.0)
         try:
-            return provider, await provider.submit(_submit_request(message, provider, deps.callback_base_url))
+            return provider, await provider.submit(_submit_request(message, provider, deps))
         except UpstreamError as error:
             failure = error
             outcome.upstream_failures[(provider.name, "permanent" if error.permanent else "transient")] += 1
@@ -463,13 +463,15 @@ async def _route_allows(upstream: str, deps: DispatchDependencies) -> bool:
     return await deps.limiter.acquire([route_scope(upstream, limit)], 1, max_wait_seconds=1.0) > 0
 
 
-def _submit_request(message: Message, provider: Provider, callback_base_url: str) -> SubmitRequest:
+def _submit_request(message: Message, provider: Provider, deps: DispatchDependencies) -> SubmitRequest:
+    left = valid_until(message, deps.validity) - deps.clock()
     return SubmitRequest(
         client_ref=message.key.to_ref(),
         sender=message.sender,
         msisdn=message.msisdn,
         text=message.text,
-        dlr_url=f"{callback_base_url.rstrip('/')}/callbacks/{provider.name}/dlr",
+        dlr_url=f"{deps.callback_base_url.rstrip('/')}/callbacks/{provider.name}/dlr",
+        validity_minutes=max(1, int(left.total_seconds() // 60)),
     )
 
 

@@ -138,6 +138,9 @@ class JasminProvider:
             # Jasmin converts UTF-8 content to GSM 03.38 itself when coding is 0.
             form["coding"] = CODING_DEFAULT
             form["content"] = request.text
+        if request.validity_minutes is not None:
+            # Minutes, passed on to the SMSC as the message's validity period.
+            form["validity-period"] = str(request.validity_minutes)
         if request.dlr_url:
             form |= {
                 "dlr": "yes",

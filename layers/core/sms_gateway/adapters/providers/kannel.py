@@ -135,6 +135,9 @@ class KannelProvider:
         }
         if self._smsc:
             params["smsc"] = self._smsc
+        if request.validity_minutes is not None:
+            # Minutes the SMSC should keep trying: it then gives up and reports the message expired.
+            params["validity"] = str(request.validity_minutes)
         if request.dlr_url:
             params["dlr-mask"] = str(self._dlr_mask)
             params["dlr-url"] = self.dlr_url(request.dlr_url, request.client_ref)

@@ -45,6 +45,8 @@ from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
 
 DEFAULT_BASE_URL = "https://api.twilio.com"
+# Twilio's ValidityPeriod, in seconds, is 1 to 36000 (its default): a longer validity is left to the default.
+MAX_VALIDITY_SECONDS = 36_000
 # The query parameter of our StatusCallback URL that carries our client reference back.
 REF_PARAM = "ref"
 SIGNATURE_HEADER = "x-twilio-signature"
@@ -141,6 +143,9 @@ class TwilioProvider:
         callback = status_callback_url(request.dlr_url, request.client_ref)
         if callback:
             form["StatusCallback"] = callback
+        if request.validity_minutes is not None and request.validity_minutes * 60 < MAX_VALIDITY_SECONDS:
+            # How long the message may wait in Twilio's queue (1 to 36000 s, which is also its default).
+            form["ValidityPeriod"] = str(request.validity_minutes * 60)
         client = self._client or async_client()
         try:
             response = await client.post(
