@@ -558,8 +558,10 @@ def test_against_a_real_kannel(kannel: tuple[KannelProvider, Receiver, subproces
     adapter, receiver, fakesmsc = kannel
     dlr_base = f"http://127.0.0.1:{receiver.port}/callbacks/kannel/dlr"
 
-    # A UCS-2 submit through the adapter is accepted, and our reference is the upstream id
-    request = SubmitRequest(client_ref=REF, sender="48974", msisdn="+2348020000000", text="Hé ™", dlr_url=dlr_base)
+    # A UCS-2 submit through the adapter, with a validity, is accepted, and our reference is the upstream id
+    request = SubmitRequest(
+        client_ref=REF, sender="48974", msisdn="+2348020000000", text="Hé ™", dlr_url=dlr_base, validity_minutes=1380
+    )
     assert asyncio.run(_submit(adapter, request)) == REF
 
     # Kannel calls the DLR URL twice: SMSC submit (8), then delivered (1) from the fake SMSC
