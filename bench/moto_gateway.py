@@ -292,10 +292,10 @@ class MotoGateway:
 
     def settle_after_the_wait(self, run: StageRun) -> None:
         """Lets the DLR wait (DLR_WAIT_SECONDS) pass for the settle checks the notifier hid, as it passes on AWS: the
-        notifier's clock moves on a visibility hop (12 h at most) at a time, each hidden check is made visible again
-        (by the harness: on AWS its visibility timeout ends) and the notify queue drained, until no check is hidden.
-        A check queued at t=0 comes back 12 h, 24 h and 36 h later, asking each time to be hidden 12 h more, and is
-        acted on and deleted at 48 h: what it costs on AWS."""
+        notifier's clock moves on a visibility hop (MAX_HOP_SECONDS, just under 12 h) at a time, each hidden check is
+        made visible again (by the harness: on AWS its visibility timeout ends) and the notify queue drained, until
+        no check is hidden. With the 48 h default a check queued at t=0 is hidden five times (the fifth for the 20
+        minutes left) and acted on and deleted at the sixth receive: what it costs on AWS."""
         from sms_gateway import consumers
         from sms_gateway.domain.models import utc_now
         from sms_gateway.logic.settle import MAX_HOP_SECONDS
