@@ -351,9 +351,9 @@ class MotoGateway:
 
 
 def _is_settle_check(message: dict[str, Any]) -> bool:
-    from sms_gateway.logic.settle import SETTLE
+    from sms_gateway.logic.settle import is_settle_check
 
-    return bool(json.loads(message["Body"]).get("kind") == SETTLE)
+    return is_settle_check(json.loads(message["Body"]))
 
 
 @contextmanager

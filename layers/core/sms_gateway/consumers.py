@@ -298,7 +298,7 @@ class SettleLater(Exception):
 
 def notify_record(record: SQSRecord) -> dict[str, Any]:
     notification = json.loads(record.body)
-    if notification.get("kind") == settle.SETTLE:
+    if settle.is_settle_check(notification):
         return _settle_record(record, notification)
     attempt = int(record.attributes.approximate_receive_count or 1)
     wiring = gateway()

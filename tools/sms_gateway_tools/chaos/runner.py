@@ -273,12 +273,12 @@ class ChaosRun:
 
     @staticmethod
     def _settle_checks(stack: Any, queue_id: str) -> int:
-        from sms_gateway.logic.settle import SETTLE
+        from sms_gateway.logic.settle import is_settle_check
         from sms_gateway_tools.localstack.moto_server import queue_contents
 
         assert stack.resources is not None
         bodies = [message.body for message in queue_contents(stack.resources.queue_urls[queue_id])]
-        return sum(json.loads(body).get("kind") == SETTLE for body in bodies if body.startswith("{"))
+        return sum(is_settle_check(json.loads(body)) for body in bodies if body.startswith("{"))
 
     def _drain(self, stack: Any, *, dispatch_depth: int, notify_depth: int) -> None:
         while not self._past_deadline():

@@ -50,6 +50,11 @@ def settle_checks(messages: Sequence[Message], *, now: datetime) -> list[dict[st
     return checks
 
 
+def is_settle_check(record_body: Mapping[str, Any]) -> bool:
+    """Whether a notify-queue record's (decoded) body is a settle check rather than a client notification."""
+    return record_body.get("kind") == SETTLE
+
+
 def _check(batches: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
     return {"kind": SETTLE, "since": iso(now), "batches": batches}
 
