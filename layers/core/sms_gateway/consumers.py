@@ -76,12 +76,6 @@ def _announce(changes: Sequence[StatusChange]) -> None:
         gateway().notify_queue.publish(notifications)
 
 
-def _settle_later(messages: Sequence[Message]) -> None:
-    """Settle checks on the notify queue (a standard queue, so they can wait hours without holding up the
-    account's FIFO group); the notifier acts on them once the DLR wait is over."""
-    gateway().notify_queue.publish(settle.settle_checks(messages, now=utc_now()))
-
-
 def dispatch_records(event: dict[str, Any], remaining_ms: Callable[[], int] | None = None) -> dict[str, Any]:
     """The dispatcher's invocation: its FIFO records handled concurrently across message groups (accounts and their
     priority lanes), in order within each, under one limit on submits in flight; the partial batch response.
@@ -126,11 +120,12 @@ async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], 
 
 
 async def _asked_to_settle(messages: Sequence[Message]) -> bool:
-    """One settle check for the invocation's submitted messages, queued before any of its records is consumed.
-    When it cannot be queued, every record goes back to the queue: their redelivery finds the messages submitted
-    and asks again (a check asked twice settles once)."""
+    """One settle check for the invocation's submitted messages, queued before any of its records is consumed, on
+    the notify queue (a standard queue, so it can wait hours without holding up the accounts' FIFO groups). When it
+    cannot be queued, every record goes back to the queue: their redelivery finds the messages submitted and asks
+    again (a check asked twice settles once)."""
     try:
-        await asyncio.to_thread(_settle_later, messages)
+        await asyncio.to_thread(gateway().notify_queue.publish, settle.settle_checks(messages, now=utc_now()))
     except Exception:
         logger.exception("could not queue the settle check; the records come back", extra={"messages": len(messages)})
         return False

@@ -30,24 +30,8 @@ CHECK_MESSAGES = 1_000
 def settle_checks(messages: Sequence[Message], *, now: datetime) -> list[dict[str, Any]]:
     """The notify-queue bodies asking to settle `messages` once the DLR wait is over: their ids by batch, at most
     CHECK_MESSAGES to a check (a message listed twice is checked once)."""
-    by_batch: dict[tuple[str, int], dict[int, None]] = {}
-    for message in messages:
-        by_batch.setdefault((message.account_id, message.reference_id), {})[message.message_id] = None
-    checks: list[dict[str, Any]] = []
-    batches: list[dict[str, Any]] = []
-    room = CHECK_MESSAGES
-    for (account_id, reference_id), ids in by_batch.items():
-        pending = list(ids)
-        while pending:
-            if room == 0:
-                checks.append(_check(batches, now))
-                batches, room = [], CHECK_MESSAGES
-            taken, pending = pending[:room], pending[room:]
-            batches.append({"account_id": account_id, "reference_id": reference_id, "message_ids": taken})
-            room -= len(taken)
-    if batches:
-        checks.append(_check(batches, now))
-    return checks
+    keys = list(dict.fromkeys((m.account_id, m.reference_id, m.message_id) for m in messages))
+    return [_check(keys[start : start + CHECK_MESSAGES], now) for start in range(0, len(keys), CHECK_MESSAGES)]
 
 
 def is_settle_check(record_body: Mapping[str, Any]) -> bool:
@@ -55,7 +39,11 @@ def is_settle_check(record_body: Mapping[str, Any]) -> bool:
     return record_body.get("kind") == SETTLE
 
 
-def _check(batches: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
+def _check(keys: Sequence[tuple[str, int, int]], now: datetime) -> dict[str, Any]:
+    by_batch: dict[tuple[str, int], list[int]] = {}
+    for account_id, reference_id, message_id in keys:
+        by_batch.setdefault((account_id, reference_id), []).append(message_id)
+    batches = [{"account_id": a, "reference_id": r, "message_ids": ids} for (a, r), ids in by_batch.items()]
     return {"kind": SETTLE, "since": iso(now), "batches": batches}
 
 
