@@ -113,6 +113,16 @@ class FakeContext:
         return 30_000
 
 
+class ShortOfTime(FakeContext):
+    """A Lambda context with `remaining_ms` left of its invocation."""
+
+    def __init__(self, remaining_ms: int) -> None:
+        self.remaining_ms = remaining_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
 def load_function(name: str) -> ModuleType:
     """A function's handler module, loaded from functions/<name>/app.py as Lambda would."""
     spec = importlib.util.spec_from_file_location(f"fn_{name}", Path(REPO, "functions", name, "app.py"))

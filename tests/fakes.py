@@ -188,12 +188,13 @@ class InMemoryStore:
         upstream_message_id: str | None = None,
         error_code: str | None = None,
         reported_at: str | None = None,
+        unclaimed_only: bool = False,
     ) -> StatusChange | None:
         with self._lock:
             message = self.messages.get(key)
             if message is None:
                 return None
-            if message.status not in allowed_previous(target):
+            if message.status not in allowed_previous(target) or (unclaimed_only and key in self.claims):
                 return StatusChange(message=message, changed=False)
             update: dict[str, Any] = {
                 "status": target,

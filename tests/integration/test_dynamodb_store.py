@@ -633,3 +633,16 @@ def test_a_lapsed_claim_is_told_apart_from_a_live_one_and_taken_over_once(store)
     second = store.claim_for_dispatch(message.key, now=later, lease_seconds=120)
     # Then exactly one takes it over, knowing it may have been submitted already
     assert (first, second) == (ClaimOutcome.ABANDONED, ClaimOutcome.HELD)
+
+
+def test_a_withdrawal_takes_only_a_message_no_dispatcher_has_claimed(store):
+    # Given two queued messages, one of them claimed by a dispatcher
+    claimed, free = one_message(store, MessageStatus.QUEUED), one_message(store, MessageStatus.QUEUED)
+    assert claim(store, claimed.key)
+    # When both are withdrawn (failed, only if unclaimed)
+    refused = store.transition(claimed.key, MessageStatus.FAILED, now=NOW, error_code="not_queued", unclaimed_only=True)
+    taken = store.transition(free.key, MessageStatus.FAILED, now=NOW, error_code="not_queued", unclaimed_only=True)
+    # Then the claimed one stays queued for its dispatcher, and the other is failed
+    assert refused is not None and (refused.changed, refused.message.status) == (False, MessageStatus.QUEUED)
+    assert taken is not None and (taken.changed, taken.message.status) == (True, MessageStatus.FAILED)
+    assert taken.message.error_code == "not_queued"

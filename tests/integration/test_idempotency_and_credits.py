@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import FakeContext, ShortOfTime
 from tests.integration.test_send_path import balance, queued_records, send_event
 
 
@@ -271,3 +272,65 @@ def test_of_two_retries_after_the_lease_only_one_finishes_the_send(aws):
     store.begin("acc", "group", "f", now=now, reference_id=45)
     with pytest.raises(Conflict, match="still being processed"):
         store.begin("acc", "group", "f", now=later + timedelta(hours=1), reference_id=46, lease=lease)
+
+
+def test_a_send_with_too_little_of_its_invocation_left_is_a_503_to_retry_and_changes_nothing(aws):
+    from tests.integration.test_send_path import load_function
+
+    account = make_account(10)
+    module = load_function("api")
+    # When a send arrives with less than the send's reserve left of its invocation
+    answer = module.handler(with_key(send_event(account["token"]), "late-1"), ShortOfTime(4_000))
+    # Then it is the 9bits family's error shape, 503 with Retry-After, and nothing was stored, charged or queued
+    assert answer["statusCode"] == 503
+    assert answer["headers"]["Retry-After"] == "1"
+    body = json.loads(answer["body"])
+    assert body["status_code"] == 503
+    assert "nothing was stored or charged; try again" in body["message"]
+    assert balance(account["account_id"]) == 10
+    assert queued_records(aws) == []
+    # And the key was let go: the retry, with time, is sent once
+    retry = module.handler(with_key(send_event(account["token"]), "late-1"), ShortOfTime(20_000))
+    assert retry["statusCode"] == 200
+    assert balance(account["account_id"]) == 9
+
+
+def test_a_send_the_queue_took_but_failed_to_confirm_is_withdrawn_never_submitted_and_its_retry_sends_once(
+    aws, api, monkeypatch
+):
+    from sms_gateway.adapters.sqs import SqsDispatchQueue
+    from tests.conftest import route_simulator_upstreams_to
+    from tests.integration.test_send_path import RecordingUpstream
+
+    upstream = RecordingUpstream()
+    route_simulator_upstreams_to(monkeypatch, upstream)
+    from tests.integration.test_send_path import as_lambda_sqs_event, load_function, read_delivery_report
+
+    account = make_account(10)
+    # Given a dispatch queue that takes the send's record and then fails (SQS gave no answer)
+    real_enqueue = SqsDispatchQueue.enqueue
+
+    def took_it_but_failed(self, commands):
+        real_enqueue(self, commands)
+        raise TimeoutError("Read timeout on endpoint URL")
+
+    monkeypatch.setattr(SqsDispatchQueue, "enqueue", took_it_but_failed)
+    answer = api(with_key(send_event(account["token"]), "order-77"))
+    # Then the caller gets a 503 to retry, and the credits are back
+    assert answer["statusCode"] == 503, answer
+    assert "could not be queued in time and was undone" in json.loads(answer["body"])["message"]
+    assert balance(account["account_id"]) == 10
+    # And when the dispatcher gets the record SQS took after all, it submits nothing: the message was withdrawn
+    records = queued_records(aws)
+    assert len(records) == 1
+    withdrawn = json.loads(records[0]["Body"])["reference_id"]
+    assert load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext()) == {"batchItemFailures": []}
+    assert upstream.submits == []
+    [entry] = read_delivery_report(api, account["token"], str(withdrawn))
+    assert entry["status"] == "failed"
+    # And the client's retry under the same key is a new send, charged and submitted once
+    monkeypatch.setattr(SqsDispatchQueue, "enqueue", real_enqueue)
+    retry = api(with_key(send_event(account["token"]), "order-77"))
+    assert retry["statusCode"] == 200
+    assert json.loads(retry["body"])["reference_id"] != withdrawn
+    assert balance(account["account_id"]) == 9

@@ -618,3 +618,14 @@ def test_status_refuses_a_malformed_flag(aws, account, api):
     response = api(route_event("GET", "/status", log_in(api, account), {"getMoney": "maybe"}))
     assert response["statusCode"] == 400
     assert answer(response)["error"] == "getMoney must be 'true' or 'false', got 'maybe'"
+
+
+def test_an_order_with_too_little_time_left_is_a_503_to_retry_and_changes_nothing(aws, account, api):
+    from tests.conftest import ShortOfTime
+
+    keys = log_in(api, account)
+    response = load_function("api").handler(sms_event(keys), ShortOfTime(4_000))
+    assert (response["statusCode"], response["headers"]["Retry-After"]) == (503, "1")
+    assert answer(response)["result"] == "KO"
+    assert "nothing was stored or charged; try again" in answer(response)["error"]
+    assert batch_count(account["account_id"]) == 0

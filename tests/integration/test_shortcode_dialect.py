@@ -429,3 +429,16 @@ def test_the_documented_tables_are_the_code_tables():
     # Then every code the module can answer is documented with the same words, and so is every delivery state
     assert set(ERROR_CODES.values()) | {INTERNAL_ERROR} <= documented_codes
     assert set(DELIVERY_STATUS.values()) == documented_statuses
+
+
+def test_a_send_with_too_little_time_left_is_the_familys_try_again_error_and_changes_nothing(aws, account):
+    from sms_gateway.bootstrap import gateway
+    from tests.conftest import ShortOfTime
+
+    module = load_function("api")
+    response = module.handler(get_event(account), ShortOfTime(4_000))
+    assert response["headers"]["Retry-After"] == "1"
+    body = answer(response)
+    assert (body["response-code"], body["response-description"]) == (4090, "Internal Error. Try again after 5 minutes")
+    assert "nothing was stored or charged; try again" in body["response-details"]
+    assert gateway().store.get_account(account["account_id"]).credits == 100

@@ -23,7 +23,15 @@ from sms_gateway.domain.models import (
 )
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.status import MessageStatus
-from sms_gateway.errors import Conflict, InsufficientCredits, InvalidRequest, InvalidSender, Unauthorized, UpstreamError
+from sms_gateway.errors import (
+    Conflict,
+    InsufficientCredits,
+    InvalidRequest,
+    InvalidSender,
+    Unauthorized,
+    Unavailable,
+    UpstreamError,
+)
 from sms_gateway.logic.batches import BatchView, cancel_batch
 from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
 from sms_gateway.logic.dispatch import DispatchDependencies, backoff_seconds, dispatch
@@ -89,12 +97,88 @@ class TestAcceptSend:
         assert store.accounts["7"].credits == 1000
         assert store.batches == {}
 
-    def test_a_queue_failure_refunds_and_marks_the_batch_failed(self, store):
-        with pytest.raises(RuntimeError):
+    def test_a_queue_failure_is_undone_refunded_and_answered_as_unavailable(self, store):
+        # When the dispatch queue refuses the send's records (or answers nothing: SQS may have taken them)
+        with pytest.raises(Unavailable, match="could not be queued in time and was undone: nothing was sent"):
             send(store, command(3), queue=RecordingQueue(fail=True))
+        # Then the credits are back, the batch is failed, and so is each message, so no dispatcher sends it
         assert store.accounts["7"].credits == 1000
         [batch] = store.batches.values()
         assert batch.status == MessageStatus.FAILED
+        assert [(m.status, m.error_code) for m in store.messages.values()] == [(MessageStatus.FAILED, "not_queued")] * 3
+
+    def test_a_message_a_dispatcher_claimed_before_the_queue_failure_was_undone_goes_on_and_the_send_stands(
+        self, store
+    ):
+        # Given a queue that took the records but answered an error, and a dispatcher that claimed one message at once
+        class TookItButFailed(RecordingQueue):
+            def enqueue(this, commands):
+                super().enqueue(commands)
+                key = next(iter(store.messages))
+                assert store.claim_for_dispatch(key, now=NOW, lease_seconds=60) == ClaimOutcome.CLAIMED
+                raise TimeoutError("no answer from SQS")
+
+        batch, _ = send(store, command(3), queue=TookItButFailed())
+        # Then the claimed message goes on, charged; the two others are failed and refunded; the send stands
+        statuses = [m.status for m in store.messages.values()]
+        assert statuses == [MessageStatus.QUEUED, MessageStatus.FAILED, MessageStatus.FAILED]
+        assert store.accounts["7"].credits == 1000 - 1
+        assert store.batches[("7", batch.reference_id)].status == MessageStatus.QUEUED
+
+    def test_a_schedule_that_fails_is_undone_and_the_batch_can_never_be_released(self, store):
+        class FailingScheduler(RecordingScheduler):
+            def schedule(this, account_id, reference_id, at):
+                super().schedule(account_id, reference_id, at)
+                raise TimeoutError("no answer from EventBridge Scheduler")
+
+        scheduler = FailingScheduler()
+        with pytest.raises(Unavailable, match="could not be queued"):
+            send(store, command(2, send_at=NOW + timedelta(hours=1)), scheduler=scheduler)
+        assert store.accounts["7"].credits == 1000
+        [(account_id, reference_id)] = scheduler.scheduled
+        assert store.batches[(account_id, reference_id)].status == MessageStatus.FAILED
+        assert {m.status for m in store.messages.values()} == {MessageStatus.FAILED}
+        # And when the schedule that was created after all fires, it releases nothing
+        queue = RecordingQueue()
+        assert not release_scheduled_batch(account_id, reference_id, messages=store, queue=queue, clock=clock)
+        assert queue.commands == []
+
+    def test_a_send_whose_batch_id_is_taken_is_a_conflict_that_leaves_the_other_batch_alone(self, store):
+        first, deps = send(store, command(2))
+        with pytest.raises(Conflict, match="exists already"):
+            accept_send(store.accounts["7"], command(3), deps, now=NOW, claim=KeyClaim(reference_id=first.reference_id))
+        assert store.batches[("7", first.reference_id)].status == MessageStatus.QUEUED
+        assert store.accounts["7"].credits == 1000 - 2
+
+    def test_a_send_with_too_little_time_left_is_refused_before_anything_is_stored_or_charged(self, store):
+        deps = SendDependencies(
+            accounts=store,
+            messages=store,
+            dispatch_queue=RecordingQueue(),
+            scheduler=RecordingScheduler(),
+            prices=store,
+        )
+        with pytest.raises(Unavailable, match="nothing was stored or charged"):
+            accept_send(store.accounts["7"], command(3), deps, now=NOW, out_of_time=lambda: True)
+        assert (store.accounts["7"].credits, store.batches, store.messages) == (1000, {}, {})
+
+    def test_a_send_that_runs_out_of_time_while_storing_is_undone_before_anything_is_queued(self, store):
+        # Given an invocation that runs out of time after two chunks of 100 messages are stored
+        looks = iter([False, False, False, True])
+        queue = RecordingQueue()
+        deps = SendDependencies(
+            accounts=store, messages=store, dispatch_queue=queue, scheduler=RecordingScheduler(), prices=store
+        )
+        with pytest.raises(
+            Unavailable, match="could not be stored in time and was undone: nothing was sent or charged"
+        ):
+            accept_send(store.accounts["7"], command(250), deps, now=NOW, out_of_time=lambda: next(looks))
+        # Then nothing is queued, the credits are back and the batch is failed
+        assert queue.commands == []
+        assert store.accounts["7"].credits == 1000
+        [batch] = store.batches.values()
+        assert batch.status == MessageStatus.FAILED
+        assert len(store.messages) == 200
 
     def test_send_at_in_the_future_schedules_instead_of_queueing(self, store):
         scheduler = RecordingScheduler()

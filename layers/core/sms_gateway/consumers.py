@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -17,6 +16,7 @@ from sms_gateway.adapters.providers import get_provider, upstream_rate_limit
 from sms_gateway.adapters.sqs import SqsDeadLetterQueue
 from sms_gateway.bootstrap import gateway
 from sms_gateway.caching import CachedAccountSettings
+from sms_gateway.deadlines import out_of_time_after
 from sms_gateway.domain.models import DispatchCommand, Message, StatusChange, utc_now
 from sms_gateway.domain.routing import RouteTable
 from sms_gateway.logic import settle, webhook_retries
@@ -92,8 +92,7 @@ def _out_of_time(remaining_ms: Callable[[], int] | None) -> Callable[[], bool] |
     settings = gateway().settings
     # A submit's worst case (connect and read timeouts), then its status write and the record's announcements.
     reserve = settings.upstream_connect_timeout + settings.upstream_read_timeout + RECORDING_RESERVE_SECONDS
-    deadline = time.monotonic() + remaining_ms() / 1000 - reserve
-    return lambda: time.monotonic() >= deadline
+    return out_of_time_after(remaining_ms, reserve_seconds=reserve)
 
 
 async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], bool] | None) -> list[SQSRecord]:

@@ -85,6 +85,17 @@ class UpstreamError(GatewayError):
         self.maybe_taken = maybe_taken
 
 
+class Unavailable(GatewayError):
+    """The gateway could not finish the request in time (or could not queue it) and undid what it had done:
+    nothing changed, and the same request may be sent again after `retry_after` seconds."""
+
+    code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class CallbackRejected(GatewayError):
     """An upstream callback failed verification or could not be parsed."""
 

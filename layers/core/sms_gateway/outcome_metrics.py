@@ -28,6 +28,12 @@ def count_accepted(messages: int) -> None:
     metrics.add_metric(name="MessagesAccepted", unit=MetricUnit.Count, value=messages)
 
 
+def count_sends_undone() -> None:
+    """A send that could not be stored or queued (in time) and was undone: the caller got a 503 to retry. The
+    api function's error-rate alarm counts these with its invocation errors."""
+    metrics.add_metric(name="SendsUndone", unit=MetricUnit.Count, value=1)
+
+
 def count_final_statuses(changes: Iterable[StatusChange]) -> None:
     """Each change that moved a message into a final status counts once under that status; one that reached it
     after a submit also gives the delivery-report latency (submitted to the report's time), for p50/p90."""

@@ -172,8 +172,10 @@ class MessageStore(Protocol):
         upstream_message_id: str | None = None,
         error_code: str | None = None,
         reported_at: str | None = None,
+        unclaimed_only: bool = False,
     ) -> StatusChange | None:
-        """Moves a message forward with a conditional write. None when there is no such message."""
+        """Moves a message forward with a conditional write. None when there is no such message.
+        `unclaimed_only`: not while a dispatcher holds (or held, and died holding) a claim on it."""
         ...
 
     def find_by_upstream_id(self, upstream: str, upstream_message_id: str) -> MessageKey | None:

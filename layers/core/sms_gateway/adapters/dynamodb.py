@@ -525,6 +525,7 @@ class DynamoStore(
         upstream_message_id: str | None = None,
         error_code: str | None = None,
         reported_at: str | None = None,
+        unclaimed_only: bool = False,
     ) -> StatusChange | None:
         previous = sorted(allowed_previous(target))
         if not previous:
@@ -563,7 +564,8 @@ class DynamoStore(
                 TableName=self.table_name,
                 Key=_key_of(key),
                 UpdateExpression=f"SET {', '.join(sets)} REMOVE claim_until",
-                ConditionExpression=f"attribute_exists(pk) AND #status IN ({previous_names})",
+                ConditionExpression=f"attribute_exists(pk) AND #status IN ({previous_names})"
+                + (" AND attribute_not_exists(claim_until)" if unclaimed_only else ""),
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",

@@ -12,6 +12,7 @@ from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
+from sms_gateway.dialects.common import within_invocation
 from sms_gateway.dialects.openapi import DOCS_PATH, TITLE, DocumentedResolver
 from sms_gateway.errors import GatewayError, InvalidRequest, NotFound
 from sms_gateway.observability import logger
@@ -109,7 +110,7 @@ class ApiResolver(DocumentedResolver):
     def resolve(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
         # The path as Powertools routes it (a named stage's prefix removed).
         self.register(*steps_for(APIGatewayProxyEventV2(dict(event)).path))
-        return super().resolve(event, context)
+        return within_invocation(context, lambda: super(ApiResolver, self).resolve(event, context))
 
     def get_openapi_schema(self, *args: Any, **kwargs: Any) -> Any:
         self.register_everything()

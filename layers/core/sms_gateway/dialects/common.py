@@ -12,10 +12,18 @@ from aws_lambda_powertools.event_handler import Response, content_types
 from pydantic import BaseModel, ValidationError
 
 from sms_gateway.bootstrap import send_dependencies
+from sms_gateway.deadlines import OutOfTime, out_of_time_after
 from sms_gateway.domain.models import Account, KeyClaim, SendCommand, StoredAnswer, utc_now
-from sms_gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from sms_gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    PayloadTooLarge,
+    TooManyAttempts,
+    Unavailable,
+    UnsupportedMediaType,
+)
 from sms_gateway.logic.idempotency import SEND_LEASE, fingerprint, run_once
-from sms_gateway.logic.send import Accepted, accept_send
+from sms_gateway.logic.send import SEND_RESERVE_SECONDS, Accepted, accept_send
 from sms_gateway.outcome_metrics import count_accepted
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -37,16 +45,33 @@ HTTP_STATUS = {
     "upstream_error": 502,
     # Like Twilio's 21610 (a send to an unsubscribed number): a 400 naming the numbers and their STOP.
     "opted_out": 400,
+    # The send could not be finished in time or queued, and was undone: nothing changed, try again.
+    "unavailable": 503,
 }
 
 
 # The idempotency key the request being answered holds (set around its send by `idempotent`/`under_claim`).
 _key_claim: ContextVar[KeyClaim | None] = ContextVar("key_claim", default=None)
+# Whether the invocation answering the request is about to time out (set for it by `within_invocation`).
+_out_of_time: ContextVar[OutOfTime | None] = ContextVar("out_of_time", default=None)
+
+
+def within_invocation(context: Any, answer: Callable[[], T]) -> T:
+    """Answers a request inside its Lambda invocation: a send stops, and undoes what it stored, while there is
+    still time to answer (logic.send.SEND_RESERVE_SECONDS before the function's timeout)."""
+    remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
+    token = _out_of_time.set(out_of_time_after(remaining_ms, reserve_seconds=SEND_RESERVE_SECONDS))
+    try:
+        return answer()
+    finally:
+        _out_of_time.reset(token)
 
 
 def accept(account: Account, command: SendCommand) -> Accepted:
     """Every dialect's send: the use case, then the accepted messages counted for the dashboard."""
-    accepted = accept_send(account, command, send_dependencies(), now=utc_now(), claim=_key_claim.get())
+    accepted = accept_send(
+        account, command, send_dependencies(), now=utc_now(), claim=_key_claim.get(), out_of_time=_out_of_time.get()
+    )
     count_accepted(len(accepted.messages))
     return accepted
 
@@ -117,6 +142,11 @@ def json_response(status_code: int, body: Any, headers: dict[str, str] | None = 
         body=json.dumps(body, separators=(",", ":")),
         headers=headers,
     )
+
+
+def retry_after_header(error: GatewayError) -> dict[str, str] | None:
+    """Retry-After for an error that passes (too many logins, a send undone for want of time)."""
+    return {"Retry-After": str(error.retry_after)} if isinstance(error, TooManyAttempts | Unavailable) else None
 
 
 def status_for(error: GatewayError) -> int:

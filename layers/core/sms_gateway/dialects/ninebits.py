@@ -15,6 +15,7 @@ from sms_gateway.dialects.common import (
     idempotent,
     json_request,
     json_response,
+    retry_after_header,
     status_for,
 )
 from sms_gateway.domain.ids import ascii_digits
@@ -136,7 +137,7 @@ class SendRequest(BaseModel):
 
 def render_error(error: GatewayError) -> Response[Any]:
     status = status_for(error)
-    return json_response(status, {"status_code": status, "message": error.message})
+    return json_response(status, {"status_code": status, "message": error.message}, headers=retry_after_header(error))
 
 
 def _caller() -> Account:

@@ -13,12 +13,20 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sms_gateway.bootstrap import gateway
-from sms_gateway.dialects.common import accept, idempotent, json_response, parse_json_body, parse_model, request_text
+from sms_gateway.dialects.common import (
+    accept,
+    idempotent,
+    json_response,
+    parse_json_body,
+    parse_model,
+    request_text,
+    retry_after_header,
+)
 from sms_gateway.domain.dates import InvalidClientDatetime, parse_client_datetime
 from sms_gateway.domain.models import Account, Message, SendCommand, utc_now
 from sms_gateway.domain.pricing import ROUTE_TIERS
 from sms_gateway.domain.status import MessageStatus
-from sms_gateway.errors import Conflict, GatewayError, InvalidRequest, InvalidSender, NotFound, TooManyAttempts
+from sms_gateway.errors import Conflict, GatewayError, InvalidRequest, InvalidSender, NotFound
 from sms_gateway.logic import batches, sessions
 from sms_gateway.logic.idempotency import request_key
 from sms_gateway.logic.send import normalise_recipients, require_valid
@@ -51,6 +59,8 @@ HTTP_STATUS: dict[str, int] = {
     "upstream_error": 502,
     # Every recipient opted out (STOP): "other errors, details are in the body".
     "opted_out": 400,
+    # The send could not be finished in time or queued, and was undone: nothing changed, try again.
+    "unavailable": 503,
 }
 DEFAULT_STATUS = 400
 
@@ -73,9 +83,8 @@ RECIPIENT_STATUS: dict[MessageStatus, str] = {
 
 
 def render_error(error: GatewayError) -> Response[Any]:
-    headers = {"Retry-After": str(error.retry_after)} if isinstance(error, TooManyAttempts) else None
     body = {"result": "KO", "error": error.message}
-    return json_response(HTTP_STATUS.get(error.code, DEFAULT_STATUS), body, headers=headers)
+    return json_response(HTTP_STATUS.get(error.code, DEFAULT_STATUS), body, headers=retry_after_header(error))
 
 
 # ------------------------------------------------------------------ requests

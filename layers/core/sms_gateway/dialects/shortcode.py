@@ -15,7 +15,14 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sms_gateway.bootstrap import gateway
-from sms_gateway.dialects.common import accept, describe_validation_error, idempotent, json_response, request_text
+from sms_gateway.dialects.common import (
+    accept,
+    describe_validation_error,
+    idempotent,
+    json_response,
+    request_text,
+    retry_after_header,
+)
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import Account, CredentialKind, Message, Recipient, SendCommand
 from sms_gateway.domain.status import TERMINAL, MessageStatus
@@ -71,6 +78,7 @@ class UnsupportedRequest(InvalidRequest):
     code = "unsupported_request"
 
 
+INTERNAL_ERROR = (4090, "Internal Error. Try again after 5 minutes")
 # The family's codes (200-4093, as the vendor documents them) and ours (4094 up) for what the family leaves out.
 # Keys are domain error codes; docs/dialects/shortcode.md mirrors this table.
 ERROR_CODES: dict[str, tuple[int, str]] = {
@@ -94,8 +102,9 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "invalid_time_to_send": (4098, "Invalid timeToSend"),
     "conflict": (4099, "Idempotency-Key conflict"),
     "opted_out": (4100, "Mobile number opted out"),
+    # A send undone for want of time (or of a queue): the family's own "try again" error.
+    "unavailable": INTERNAL_ERROR,
 }
-INTERNAL_ERROR = (4090, "Internal Error. Try again after 5 minutes")
 # Credential failures say no more than the family's words: nothing about which part was wrong or who exists.
 _NO_DETAILS = frozenset({"unauthorized", "no_partner_id", "no_api_key"})
 
@@ -118,7 +127,7 @@ def render_error(error: GatewayError) -> Response[Any]:
     body: dict[str, Any] = {"response-code": code, "response-description": description}
     if error.code not in _NO_DETAILS and error.message and error.message != description:
         body["response-details"] = error.message
-    return json_response(HTTP_STATUS, body)
+    return json_response(HTTP_STATUS, body, headers=retry_after_header(error))
 
 
 # ------------------------------------------------------------------ request parameters

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
+from sms_gateway.deadlines import OutOfTime
 from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.models import (
     Account,
@@ -24,12 +25,28 @@ from sms_gateway.domain.optouts import refusal_reason
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.segments import Segmentation, segment
 from sms_gateway.domain.status import MessageStatus
-from sms_gateway.errors import InvalidRecipient, InvalidRequest, InvalidSender, OptedOut
+from sms_gateway.errors import (
+    Conflict,
+    GatewayError,
+    InvalidRecipient,
+    InvalidRequest,
+    InvalidSender,
+    OptedOut,
+    Unavailable,
+)
 from sms_gateway.logic.batches import all_messages
 from sms_gateway.observability import logger
+from sms_gateway.outcome_metrics import count_sends_undone
 from sms_gateway.ports import AccountStore, BatchScheduler, DispatchQueue, MessageStore, OptOutStore, PriceBook
 
 DISPATCH_CHUNK = 100
+# A send stops storing once less than this is left of its invocation: time to undo what it stored (the batch
+# marked failed, the credits refunded) and to answer, before Lambda's timeout kills it half-way.
+SEND_RESERVE_SECONDS = 5.0
+# Messages stored between two looks at the time left: four BatchWriteItem requests.
+STORE_CHUNK = 100
+# Why a message is failed when its send was undone after its release failed: it was never queued.
+NOT_QUEUED = "not_queued"
 # A send_at closer than this is sent now: a schedule would fire about as late as the queue delivers.
 SCHEDULE_THRESHOLD = timedelta(minutes=1)
 # Well inside the records' retention (180 days by default), so a batch is never expired before it is sent.
@@ -143,8 +160,11 @@ def accept_send(
     *,
     now: datetime,
     claim: KeyClaim | None = None,
+    out_of_time: OutOfTime | None = None,
 ) -> Accepted:
-    """`claim`: the idempotency key's claim, when the request has a key; the batch gets the id it names. A resumed
+    """`out_of_time`: whether the invocation is about to run out; the send is refused (Unavailable) or undone
+    before it does (store_batch).
+    `claim`: the idempotency key's claim, when the request has a key; the batch gets the id it names. A resumed
     claim means an earlier request under the key died holding it: if it stored its batch, this finishes that batch
     (finish_stored_batch) instead of sending again; if not, nothing of it was stored and the send starts afresh."""
     if claim is not None and claim.resumed:
@@ -187,17 +207,84 @@ def accept_send(
         send_at=iso(command.send_at) if command.send_at else None,
     )
     messages = new_messages(batch, command, recipients, priced)
+    if out_of_time is not None and out_of_time():
+        raise Unavailable("too little time was left to take this send: nothing was stored or charged; try again")
     balance = deps.accounts.reserve_credits(account.account_id, cost)
     try:
-        deps.messages.create_batch(batch, messages)
-        release(batch, messages, deps)
-    except Exception:
-        # Nothing half-done stays charged: the batch is marked failed and its credits come back.
-        logger.exception("send could not be stored or queued; refunding", extra={"reference_id": batch.reference_id})
-        deps.messages.set_batch_status(account.account_id, batch.reference_id, MessageStatus.FAILED)
+        store_batch(batch, messages, deps, out_of_time)
+    except Exception as error:
+        # Nothing is queued yet, so nothing half-done stays charged: the batch is failed, its credits come back.
+        log_undone(batch, "stored")
+        if not isinstance(error, Conflict):  # the batch is another request's: ours was never written
+            deps.messages.set_batch_status(account.account_id, batch.reference_id, MessageStatus.FAILED)
         deps.accounts.refund_credits(account.account_id, cost)
-        raise
+        raise undone("could not be stored", error) from error
+    try:
+        release(batch, messages, deps)
+    except Exception as error:
+        log_undone(batch, "queued")
+        return withdraw(Accepted(batch, messages, balance, refused), deps, now=now, error=error)
     return Accepted(batch=batch, messages=messages, balance=balance, refused=refused)
+
+
+def store_batch(
+    batch: Batch, messages: Sequence[Message], deps: SendDependencies, out_of_time: OutOfTime | None
+) -> None:
+    """Writes the batch, then its messages a chunk at a time; gives up (Unavailable) between chunks, and before
+    the release, once the invocation is out of time. The caller undoes what was written."""
+    deps.messages.create_batch(batch, [])
+    for start in range(0, len(messages), STORE_CHUNK):
+        if out_of_time is not None and out_of_time():
+            raise Unavailable("the invocation ran out of time while storing the send")
+        deps.messages.add_messages(batch, messages[start : start + STORE_CHUNK])
+    if out_of_time is not None and out_of_time():
+        raise Unavailable("the invocation ran out of time before queueing the send")
+
+
+def log_undone(batch: Batch, step: str) -> None:
+    logger.exception(f"send could not be {step}; undoing it", extra={"reference_id": batch.reference_id})
+    count_sends_undone()
+
+
+def undone(step: str, error: Exception) -> GatewayError:
+    """What the caller is told of a send undone: a refusal stays what it was; anything else is Unavailable."""
+    if isinstance(error, GatewayError) and not isinstance(error, Unavailable):
+        return error
+    return Unavailable(f"the send {step} in time and was undone: nothing was sent or charged; try again")
+
+
+def withdraw(accepted: Accepted, deps: SendDependencies, *, now: datetime, error: Exception) -> Accepted:
+    """Undoes a send whose release failed with its outcome unknown (SQS may have taken some of the records, the
+    scheduler the schedule). Each message no dispatcher has claimed is failed (`not_queued`) by a conditional write
+    and refunded; a message a dispatcher claimed meanwhile goes on, charged, and then the send stands (returned,
+    its messages as they are now). Otherwise the batch is failed and the caller told (Unavailable)."""
+    batch = accepted.batch
+    if batch.status == MessageStatus.SCHEDULED:
+        # First, so that a schedule created after all finds the batch failed and releases nothing.
+        deps.messages.set_batch_status(
+            batch.account_id, batch.reference_id, MessageStatus.FAILED, only_from=frozenset({MessageStatus.SCHEDULED})
+        )
+    messages: list[Message] = []
+    refund = 0
+    for message in accepted.messages:
+        change = deps.messages.transition(
+            message.key, MessageStatus.FAILED, now=now, error_code=NOT_QUEUED, unclaimed_only=True
+        )
+        if change is not None and change.changed:
+            refund += message.price
+        messages.append(change.message if change is not None else message)
+    balance = deps.accounts.refund_credits(batch.account_id, refund) if refund else accepted.balance
+    if any(message.status != MessageStatus.FAILED for message in messages):
+        logger.warning(
+            "a dispatcher took part of a send whose queueing failed: the send stands",
+            extra={
+                "reference_id": batch.reference_id,
+                "withdrawn": sum(m.status == MessageStatus.FAILED for m in messages),
+            },
+        )
+        return replace(accepted, messages=messages, balance=balance)
+    deps.messages.set_batch_status(batch.account_id, batch.reference_id, MessageStatus.FAILED)
+    raise undone("could not be queued", error) from error
 
 
 def new_messages(batch: Batch, command: SendCommand, recipients: Sequence[Recipient], priced: Quote) -> list[Message]:
