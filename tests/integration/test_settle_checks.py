@@ -217,7 +217,11 @@ def test_messages_the_upstream_took_but_never_reported_on_are_expired_and_refund
 def test_an_invocation_that_cannot_queue_its_settle_check_hands_every_record_back(
     aws, account, hook, upstream, monkeypatch
 ):
+    from moto.core.utils import unix_time_millis
+
     from sms_gateway.adapters.sqs import SqsNotifyQueue
+    from sms_gateway.consumers import SETTLE_RETRY_SECONDS
+    from sms_gateway_tools.localstack.moto_server import queue_contents
 
     # Given three records the upstream takes, and a notify queue that refuses the settle check
     event = three_single_sends(aws, account)
@@ -234,6 +238,9 @@ def test_an_invocation_that_cannot_queue_its_settle_check_hands_every_record_bac
     handed_back = {item["itemIdentifier"] for item in answer["batchItemFailures"]}
     assert handed_back == {record["messageId"] for record in event["Records"]}
     assert len(upstream.submits) == 3 and {m.status for m in account_messages(account)} == {"submitted"}
+    # And they come back within seconds, not after the queue's 360 s visibility timeout (holding their FIFO groups)
+    back_within = [record.visible_at - unix_time_millis() for record in queue_contents(aws["DISPATCH_QUEUE_URL"])]
+    assert len(back_within) == 3 and all(0 < ms <= SETTLE_RETRY_SECONDS * 1000 for ms in back_within), back_within
     # When the records come back and the queue takes the check
     monkeypatch.setattr(SqsNotifyQueue, "publish", publish)
     assert load_function("dispatcher").handler(event, FakeContext()) == {"batchItemFailures": []}

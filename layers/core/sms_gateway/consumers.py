@@ -114,8 +114,14 @@ async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], 
     if held_back:
         await asyncio.to_thread(_release_held_back, held_back)
     if awaiting_report and not await _asked_to_settle(awaiting_report):
+        await asyncio.to_thread(_return_records, records, SETTLE_RETRY_SECONDS, "to ask for its settle check again")
         return list(records)
     return failed
+
+
+# An invocation that could not queue its settle check hands its records back for this long: the notify queue's
+# fault may pass in seconds, and the records hold their accounts' FIFO groups while they are away.
+SETTLE_RETRY_SECONDS = 20
 
 
 async def _asked_to_settle(messages: Sequence[Message]) -> bool:
@@ -135,13 +141,19 @@ def _release_held_back(records: Sequence[SQSRecord]) -> None:
     """Records never started because an earlier record of their group failed: visible again at once. SQS FIFO
     returns nothing of a group while a record of it is in flight, so they still come after the failed record, at
     its retry; left alone they would wait out the queue's visibility timeout (360 s) and hold the group that long."""
+    _return_records(records, 0, "held back behind a failed record")
+
+
+def _return_records(records: Sequence[SQSRecord], seconds: int, why: str) -> None:
+    """Records handed back, made visible again after `seconds` rather than the queue's visibility timeout (360 s),
+    for which they would hold their message groups."""
     queue = gateway().dispatch_queue
     for record in records:
         try:
-            queue.delay(record.receipt_handle, 0)
+            queue.delay(record.receipt_handle, seconds)
         except Exception:
             # Only later, not lost: it comes back after the visibility timeout.
-            logger.warning("could not release a held-back dispatch record", extra={"record": record.message_id})
+            logger.warning(f"could not return a dispatch record {why}", extra={"record": record.message_id})
 
 
 def _same_batch(before: SQSRecord, record: SQSRecord) -> bool:
