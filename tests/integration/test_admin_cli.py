@@ -442,3 +442,45 @@ def test_text_output_is_one_line_per_field(cli, account):
     assert code == 0
     lines = dict(line.split(None, 1) for line in text.strip().splitlines())
     assert lines["credits"] == "107"
+
+
+def test_credentials_written_before_sealing_are_sealed_in_place_and_still_the_same(cli, account, other):
+    import boto3
+
+    from sms_gateway.bootstrap import gateway
+
+    table = gateway().store.table_name
+    dynamodb = boto3.client("dynamodb")
+    # Given an account item as a deployment before sealing wrote it: token and secret as plain strings
+    plain_token, plain_secret = "old-token-0123456789abcdef", "whsec_b2xkLXNpZ25pbmctc2VjcmV0LTAxMjM0NTY3"
+    dynamodb.update_item(
+        TableName=table,
+        Key={"pk": {"S": f"ACC#{account['account_id']}"}, "sk": {"S": "ACCOUNT"}},
+        UpdateExpression="SET webhook_token = :token, webhook_secret = :secret",
+        ExpressionAttributeValues={":token": {"S": plain_token}, ":secret": {"S": plain_secret}},
+    )
+    sealed_other = webhook_credentials(other["account_id"])
+    # When the operator seals them in place
+    code, report, _ = cli("seal-webhook-credentials", "--json")
+    # Then both are sealed, in that one account (the other was sealed at creation and is left as it was)
+    assert code == 0
+    assert report == {"sealed": 2, "accounts": 1, "changed_meanwhile": 0}
+    # And no item of the table holds either in plain text, yet they open to the same secrets: clients change nothing
+    items = json.dumps(dynamodb.scan(TableName=table)["Items"])
+    assert plain_token not in items and plain_secret not in items
+    assert webhook_credentials(account["account_id"]) == (plain_token, plain_secret)
+    assert webhook_credentials(other["account_id"]) == sealed_other
+    # And running it again seals nothing more
+    assert cli("seal-webhook-credentials", "--json")[1] == {"sealed": 0, "accounts": 0, "changed_meanwhile": 0}
+
+
+def test_a_credential_rotated_while_sealing_runs_keeps_its_rotation(aws, account):
+    from sms_gateway.bootstrap import gateway
+
+    store = gateway().store
+    current = webhook_credentials(account["account_id"])
+    stale = gateway().webhook_credentials.seal(account["account_id"], "webhook_token", "the-plain-token-it-read")
+    # When the sealing pass read a plain token that a rotation has replaced since
+    assert not store.seal_plain_credential(account["account_id"], "webhook_token", "the-plain-token-it-read", stale)
+    # Then the rotated (current) token stays
+    assert webhook_credentials(account["account_id"]) == current

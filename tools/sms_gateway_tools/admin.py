@@ -247,6 +247,14 @@ def set_webhooks(
     return {**view, "signing_secret": rotated.secret} if rotated.secret else view
 
 
+def seal_webhook_credentials() -> dict[str, Any]:
+    """Seals in place the webhook credentials of accounts created before sealing (no rotation: clients keep theirs)."""
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic import accounts
+
+    return accounts.seal_plain_webhook_credentials(_store(), gateway().webhook_credentials).model_dump(mode="json")
+
+
 def set_account(
     *,
     account_id: str,
@@ -504,6 +512,10 @@ def _cmd_set_webhooks(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_seal_webhook_credentials(args: argparse.Namespace) -> int:
+    return _run(args, lambda _: seal_webhook_credentials())
+
+
 def _cmd_set_account(args: argparse.Namespace) -> int:
     if args.country is None and args.timezone is None and args.rate_limit is None and args.max_parts is None:
         print("error: nothing to change: pass --country, --timezone, --rate-limit or --max-parts", file=sys.stderr)
@@ -628,6 +640,13 @@ def _add_account_commands(command: Command, account: argparse.ArgumentParser) ->
         "--rotate-secret", action="store_true", help="issue a new signing secret (the key of webhook-signature)"
     )
     hooks.set_defaults(func=_cmd_set_webhooks)
+
+    seal = command(
+        "seal-webhook-credentials",
+        "seal with the stack's KMS key the webhook tokens and signing secrets of accounts created before sealing, "
+        "in place (the same secrets: clients change nothing); scans the table once",
+    )
+    seal.set_defaults(func=_cmd_seal_webhook_credentials)
 
     settings = command("set-account", "change an account's country, time zone, rate limit or part limit", account)
     settings.add_argument("--country", help="default country for local numbers (ISO code, e.g. NG)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
@@ -332,6 +332,14 @@ class AccountAdmin(AccountStore, Protocol):
         ...
 
     def update_account(self, account_id: str, changes: AccountChanges) -> Account: ...
+
+    def accounts_with_plain_webhook_credentials(self) -> Iterator[Account]:
+        """Accounts whose webhook token or signing secret was stored before sealing (scheme "plain")."""
+        ...
+
+    def seal_plain_credential(self, account_id: str, name: str, plain: str, sealed: SealedSecret) -> bool:
+        """Replaces a plain-text webhook credential with `sealed` while it is still `plain`; False otherwise."""
+        ...
 
     def set_price(self, tier: str, network: str, credits: int) -> PriceTable:
         """Sets one cell of the price table atomically; returns the whole table."""

@@ -9,9 +9,10 @@ lets an operator list and revoke an account's credentials without a scan.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from typing import Any
 
-from sms_gateway.domain.models import Account
+from sms_gateway.domain.models import Account, SealedSecret
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.errors import Conflict, NotFound
 from sms_gateway.ports import AccountChanges, CredentialInfo
@@ -291,6 +292,41 @@ class DynamoAccountAdmin:
         except self.client.exceptions.ConditionalCheckFailedException as error:
             raise NotFound(f"no account {account_id}") from error
         return Account.model_validate(self._codec.load(answer["Attributes"]))
+
+    def accounts_with_plain_webhook_credentials(self) -> Iterator[Account]:
+        """Accounts written before the webhook credentials were sealed: their token or secret is a string attribute.
+        A Scan of the whole table (the accounts have no index of their own): an operator's one-off, about 0.5 read
+        units per 4 KB of table."""
+        paginator = self.client.get_paginator("scan")
+        pages = paginator.paginate(
+            TableName=self.table_name,
+            FilterExpression="sk = :account"
+            " AND (attribute_type(webhook_token, :s) OR attribute_type(webhook_secret, :s))",
+            ExpressionAttributeValues={":account": {"S": _ACCOUNT_SK}, ":s": {"S": "S"}},
+        )
+        for page in pages:
+            for item in page.get("Items", []):
+                yield Account.model_validate(self._codec.load(item))
+
+    def seal_plain_credential(self, account_id: str, name: str, plain: str, sealed: SealedSecret) -> bool:
+        """Replaces one webhook credential stored in plain text with the same secret sealed, only while the stored
+        value is still that plain text (a rotation meanwhile wins). False when it was not."""
+        if name not in ("webhook_token", "webhook_secret"):
+            raise ValueError(f"{name} is not a webhook credential")
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=_account_key(account_id),
+                UpdateExpression="SET #name = :sealed",
+                ConditionExpression="#name = :plain",
+                ExpressionAttributeNames={"#name": name},
+                ExpressionAttributeValues=self._codec.dump(
+                    {":sealed": sealed.model_dump(mode="json"), ":plain": plain}
+                ),
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
 
     # ---------------------------------------------------------------- prices
 

@@ -304,6 +304,39 @@ def set_webhooks(
     return store.update_account(account_id, changes), rotated
 
 
+class SealingReport(Record):
+    """What seal_plain_webhook_credentials did: the credentials it sealed, in how many accounts, and those it left
+    because they changed while it ran (rotated: sealed by the rotation)."""
+
+    sealed: int = 0
+    accounts: int = 0
+    changed_meanwhile: int = 0
+
+
+def seal_plain_webhook_credentials(store: AccountAdmin, box: SecretBox) -> SealingReport:
+    """Seals, in place, the webhook tokens and signing secrets of accounts written before sealing (scheme "plain"):
+    the same secrets, so clients notice nothing, no longer readable from the table. Each is one conditional write
+    (only while the stored value is still that plain text); running it again seals nothing more."""
+    sealed = accounts = changed = 0
+    for account in store.accounts_with_plain_webhook_credentials():
+        plain = {
+            name: credential.sealed
+            for name, credential in (
+                ("webhook_token", account.webhook_token),
+                ("webhook_secret", account.webhook_secret),
+            )
+            if credential is not None and credential.scheme == "plain"
+        }
+        done = [
+            store.seal_plain_credential(account.account_id, name, value, box.seal(account.account_id, name, value))
+            for name, value in plain.items()
+        ]
+        sealed += sum(done)
+        changed += len(done) - sum(done)
+        accounts += any(done)
+    return SealingReport(sealed=sealed, accounts=accounts, changed_meanwhile=changed)
+
+
 def set_account(
     store: AccountAdmin,
     account_id: str,
