@@ -296,3 +296,39 @@ def test_a_containers_clients_share_one_session_and_its_loaded_models(aws):
     assert sqs._loader is dynamodb._loader
     clients.reset_clients()
     assert clients.client("sqs") is not sqs
+
+
+class _Body:
+    def __init__(self, content: bytes) -> None:
+        self.content = content
+
+    def stream(self, **_: Any) -> Any:
+        yield self.content
+
+
+@pytest.mark.parametrize("out_of_time", [False, True])
+def test_a_failing_aws_call_is_not_retried_once_an_armed_deadline_has_passed(aws, monkeypatch, out_of_time):
+    from botocore.awsrequest import AWSResponse
+
+    from sms_gateway import deadlines
+
+    # Given DynamoDB throttling every attempt of a call (and botocore's backoff sleeps skipped)
+    monkeypatch.setattr("botocore.endpoint.time.sleep", lambda seconds: None)
+    dynamodb = clients.client("dynamodb")
+    sent: list[str] = []
+    throttled = json.dumps({"__type": "com.amazonaws.dynamodb.v20120810#ThrottlingException", "message": "slow down"})
+
+    def throttle(request: Any, **_: Any) -> AWSResponse:
+        sent.append(request.url)
+        return AWSResponse(request.url, 400, {}, _Body(throttled.encode()))
+
+    dynamodb.meta.events.register_first("before-send.dynamodb.DescribeTable", throttle)
+    try:
+        # When it is made with a deadline armed that has (or has not) passed
+        with deadlines.armed(lambda: out_of_time), pytest.raises(Exception) as raised:
+            dynamodb.describe_table(TableName=aws["TABLE_NAME"])
+    finally:
+        dynamodb.meta.events.unregister("before-send.dynamodb.DescribeTable", throttle)
+    # Then past the deadline it stops after the first failure instead of using its attempts (5 and more)
+    assert len(sent) == 1 if out_of_time else len(sent) >= 5
+    assert isinstance(raised.value, deadlines.DeadlineReached) == out_of_time

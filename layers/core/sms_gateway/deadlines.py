@@ -1,12 +1,22 @@
 """The time an invocation has left, as a test its work asks between steps, so it stops and tidies up before
-Lambda kills it instead of dying half-way."""
+Lambda kills it instead of dying half-way; and, while a deadline is armed, no failed AWS call is retried past it
+(botocore's retries back off for up to about 15 s between five attempts)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import Any
 
 OutOfTime = Callable[[], bool]
+
+_armed: ContextVar[OutOfTime | None] = ContextVar("armed_deadline", default=None)
+
+
+class DeadlineReached(Exception):
+    """An AWS call failed after its work ran out of time: it is not tried again."""
 
 
 def out_of_time_after(remaining_ms: Callable[[], int] | None, *, reserve_seconds: float) -> OutOfTime | None:
@@ -16,3 +26,24 @@ def out_of_time_after(remaining_ms: Callable[[], int] | None, *, reserve_seconds
         return None
     deadline = time.monotonic() + remaining_ms() / 1000 - reserve_seconds
     return lambda: time.monotonic() >= deadline
+
+
+@contextlib.contextmanager
+def armed(out_of_time: OutOfTime | None) -> Iterator[None]:
+    """Within it, an AWS call of this thread that fails once `out_of_time()` is true raises DeadlineReached instead
+    of being retried. Work that must finish whatever the time (undoing a send) runs outside it."""
+    token = _armed.set(out_of_time)
+    try:
+        yield
+    finally:
+        _armed.reset(token)
+
+
+def no_retry_past_deadline(response: Any = None, caught_exception: Any = None, **_: Any) -> None:
+    """botocore `needs-retry` handler (adapters.aws registers it on every client): raising here ends the call."""
+    out_of_time = _armed.get()
+    if out_of_time is None or not out_of_time():
+        return
+    failed = caught_exception is not None or (response is not None and "Error" in response[1])
+    if failed:
+        raise DeadlineReached("the AWS call failed with too little time left to try it again")

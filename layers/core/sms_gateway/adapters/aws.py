@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from sms_gateway import deadlines
+
 _clients: dict[str, Any] = {}
 # One session for every client: a botocore session loads and keeps the endpoint rules, partitions and service
 # models, so a session per client loads them once per client (about 55 ms of CPU each at cold start, measured in
@@ -34,7 +36,9 @@ def client(service: str) -> Any:
             )
             if not _session:
                 _session.append(boto3.session.Session())
-            _clients[service] = _session[0].client(service, config=config)
+            created = _session[0].client(service, config=config)
+            created.meta.events.register("needs-retry", deadlines.no_retry_past_deadline)
+            _clients[service] = created
         return _clients[service]
 
 

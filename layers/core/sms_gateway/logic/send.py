@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
+from sms_gateway import deadlines
 from sms_gateway.deadlines import OutOfTime
 from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.models import (
@@ -211,7 +212,8 @@ def accept_send(
         raise Unavailable("too little time was left to take this send: nothing was stored or charged; try again")
     balance = deps.accounts.reserve_credits(account.account_id, cost)
     try:
-        store_batch(batch, messages, deps, out_of_time)
+        with deadlines.armed(out_of_time):
+            store_batch(batch, messages, deps, out_of_time)
     except Exception as error:
         # Nothing is queued yet, so nothing half-done stays charged: the batch is failed, its credits come back.
         log_undone(batch, "stored")
@@ -220,7 +222,8 @@ def accept_send(
         deps.accounts.refund_credits(account.account_id, cost)
         raise undone("could not be stored", error) from error
     try:
-        release(batch, messages, deps)
+        with deadlines.armed(out_of_time):
+            release(batch, messages, deps)
     except Exception as error:
         log_undone(batch, "queued")
         return withdraw(Accepted(batch, messages, balance, refused), deps, now=now, error=error)
