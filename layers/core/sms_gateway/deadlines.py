@@ -13,6 +13,7 @@ from typing import Any
 OutOfTime = Callable[[], bool]
 
 _armed: ContextVar[OutOfTime | None] = ContextVar("armed_deadline", default=None)
+_invocation: ContextVar[OutOfTime | None] = ContextVar("invocation_deadline", default=None)
 
 
 class DeadlineReached(Exception):
@@ -26,6 +27,21 @@ def out_of_time_after(remaining_ms: Callable[[], int] | None, *, reserve_seconds
         return None
     deadline = time.monotonic() + remaining_ms() / 1000 - reserve_seconds
     return lambda: time.monotonic() >= deadline
+
+
+@contextlib.contextmanager
+def invocation(remaining_ms: Callable[[], int] | None, *, reserve_seconds: float) -> Iterator[None]:
+    """Handles one invocation: within it, `invocation_out_of_time()` is true once less than `reserve_seconds` of it
+    are left (None without a Lambda context)."""
+    token = _invocation.set(out_of_time_after(remaining_ms, reserve_seconds=reserve_seconds))
+    try:
+        yield
+    finally:
+        _invocation.reset(token)
+
+
+def invocation_out_of_time() -> OutOfTime | None:
+    return _invocation.get()
 
 
 @contextlib.contextmanager

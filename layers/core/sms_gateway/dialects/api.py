@@ -12,7 +12,7 @@ from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
-from sms_gateway.dialects.common import within_invocation
+from sms_gateway import deadlines
 from sms_gateway.dialects.openapi import DOCS_PATH, TITLE, DocumentedResolver
 from sms_gateway.errors import GatewayError, InvalidRequest, NotFound
 from sms_gateway.observability import logger
@@ -34,6 +34,9 @@ DIALECTS: list[tuple[str, tuple[str, ...], str]] = [
 ]
 # Anything else (the documentation under /v1, unknown paths) answers in the 9bits shape.
 DEFAULT_DIALECT = "ninebits"
+# A send stops storing once less than this is left of its invocation: time to undo what it stored (the batch
+# marked failed, the credits refunded) and to answer, before Lambda's timeout kills it half-way (logic/send.py).
+SEND_RESERVE_SECONDS = 5.0
 DOCUMENT_PATH = "/v1/openapi.json"
 
 
@@ -110,7 +113,11 @@ class ApiResolver(DocumentedResolver):
     def resolve(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
         # The path as Powertools routes it (a named stage's prefix removed).
         self.register(*steps_for(APIGatewayProxyEventV2(dict(event)).path))
-        return within_invocation(context, lambda: super(ApiResolver, self).resolve(event, context))
+        # A send stops, and undoes what it stored, while there is still time to answer (logic/send.py).
+        with deadlines.invocation(
+            getattr(context, "get_remaining_time_in_millis", None), reserve_seconds=SEND_RESERVE_SECONDS
+        ):
+            return super().resolve(event, context)
 
     def get_openapi_schema(self, *args: Any, **kwargs: Any) -> Any:
         self.register_everything()

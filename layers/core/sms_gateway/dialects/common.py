@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 from aws_lambda_powertools.event_handler import Response, content_types
 from pydantic import BaseModel, ValidationError
 
+from sms_gateway import deadlines
 from sms_gateway.bootstrap import send_dependencies
-from sms_gateway.deadlines import OutOfTime, out_of_time_after
 from sms_gateway.domain.models import Account, KeyClaim, SendCommand, StoredAnswer, utc_now
 from sms_gateway.errors import (
     GatewayError,
@@ -23,7 +23,7 @@ from sms_gateway.errors import (
     UnsupportedMediaType,
 )
 from sms_gateway.logic.idempotency import SEND_LEASE, fingerprint, run_once
-from sms_gateway.logic.send import SEND_RESERVE_SECONDS, Accepted, accept_send
+from sms_gateway.logic.send import Accepted, accept_send
 from sms_gateway.outcome_metrics import count_accepted
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -52,25 +52,17 @@ HTTP_STATUS = {
 
 # The idempotency key the request being answered holds (set around its send by `idempotent`/`under_claim`).
 _key_claim: ContextVar[KeyClaim | None] = ContextVar("key_claim", default=None)
-# Whether the invocation answering the request is about to time out (set for it by `within_invocation`).
-_out_of_time: ContextVar[OutOfTime | None] = ContextVar("out_of_time", default=None)
-
-
-def within_invocation(context: Any, answer: Callable[[], T]) -> T:
-    """Answers a request inside its Lambda invocation: a send stops, and undoes what it stored, while there is
-    still time to answer (logic.send.SEND_RESERVE_SECONDS before the function's timeout)."""
-    remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
-    token = _out_of_time.set(out_of_time_after(remaining_ms, reserve_seconds=SEND_RESERVE_SECONDS))
-    try:
-        return answer()
-    finally:
-        _out_of_time.reset(token)
 
 
 def accept(account: Account, command: SendCommand) -> Accepted:
     """Every dialect's send: the use case, then the accepted messages counted for the dashboard."""
     accepted = accept_send(
-        account, command, send_dependencies(), now=utc_now(), claim=_key_claim.get(), out_of_time=_out_of_time.get()
+        account,
+        command,
+        send_dependencies(),
+        now=utc_now(),
+        claim=_key_claim.get(),
+        out_of_time=deadlines.invocation_out_of_time(),
     )
     count_accepted(len(accepted.messages))
     return accepted

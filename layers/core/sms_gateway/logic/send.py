@@ -41,9 +41,6 @@ from sms_gateway.outcome_metrics import count_sends_undone
 from sms_gateway.ports import AccountStore, BatchScheduler, DispatchQueue, MessageStore, OptOutStore, PriceBook
 
 DISPATCH_CHUNK = 100
-# A send stops storing once less than this is left of its invocation: time to undo what it stored (the batch
-# marked failed, the credits refunded) and to answer, before Lambda's timeout kills it half-way.
-SEND_RESERVE_SECONDS = 5.0
 # Messages stored between two looks at the time left: four BatchWriteItem requests.
 STORE_CHUNK = 100
 # Why a message is failed when its send was undone after its release failed: it was never queued.
