@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import Batch, Message
@@ -75,6 +76,21 @@ def delivery_reports(
     return store.list_messages(account_id, reference_id, limit=limit, cursor=cursor, status=status)
 
 
+def move_messages(
+    store: MessageStore, messages: Iterable[Message], target: MessageStatus, *, now: datetime, **options: Any
+) -> tuple[list[Message], int]:
+    """Moves each message to `target` by its conditional write (`options`: transition's). The messages as they are
+    now, and what those this call moved had cost: the credits to give back for them."""
+    current: list[Message] = []
+    moved_cost = 0
+    for message in messages:
+        change = store.transition(message.key, target, now=now, **options)
+        if change is not None and change.changed:
+            moved_cost += change.message.price
+        current.append(change.message if change is not None else message)
+    return current, moved_cost
+
+
 # A scheduled batch is released or cancelled by moving it from here first (logic.scheduled, cancel_batch).
 ONLY_SCHEDULED = frozenset({MessageStatus.SCHEDULED})
 
@@ -98,11 +114,8 @@ def cancel_batch(
         current = get_batch(messages, account_id, reference_id).status
         raise Conflict(f"only a scheduled batch can be cancelled; this one is {current}")
     scheduler.cancel(account_id, reference_id)
-    refund = 0
-    for message in all_messages(messages, account_id, reference_id):
-        change = messages.transition(message.key, MessageStatus.CANCELLED, now=now)
-        if change is not None and change.changed:
-            refund += change.message.price
+    batch_messages = all_messages(messages, account_id, reference_id)
+    _, refund = move_messages(messages, batch_messages, MessageStatus.CANCELLED, now=now)
     if refund:
         accounts.refund_credits(account_id, refund)
     return get_batch(messages, account_id, reference_id), refund

@@ -35,7 +35,7 @@ from sms_gateway.errors import (
     OptedOut,
     Unavailable,
 )
-from sms_gateway.logic.batches import all_messages
+from sms_gateway.logic.batches import all_messages, move_messages
 from sms_gateway.observability import logger
 from sms_gateway.outcome_metrics import count_sends_undone
 from sms_gateway.ports import AccountStore, BatchScheduler, DispatchQueue, MessageStore, OptOutStore, PriceBook
@@ -264,15 +264,9 @@ def withdraw(accepted: Accepted, deps: SendDependencies, *, now: datetime, error
         deps.messages.set_batch_status(
             batch.account_id, batch.reference_id, MessageStatus.FAILED, only_from=frozenset({MessageStatus.SCHEDULED})
         )
-    messages: list[Message] = []
-    refund = 0
-    for message in accepted.messages:
-        change = deps.messages.transition(
-            message.key, MessageStatus.FAILED, now=now, error_code=NOT_QUEUED, unclaimed_only=True
-        )
-        if change is not None and change.changed:
-            refund += message.price
-        messages.append(change.message if change is not None else message)
+    messages, refund = move_messages(
+        deps.messages, accepted.messages, MessageStatus.FAILED, now=now, error_code=NOT_QUEUED, unclaimed_only=True
+    )
     balance = deps.accounts.refund_credits(batch.account_id, refund) if refund else accepted.balance
     if any(message.status != MessageStatus.FAILED for message in messages):
         logger.warning(
