@@ -80,11 +80,13 @@ class AwsCallMeter:
     `before-call` fires once per API operation (botocore's retries happen inside it), so the count is the number
     of requests our code asks for. `moto_cpu_seconds` is the CPU spent inside moto's request handler (timed by
     wrapping moto's BotocoreStubber, see `timing_moto`); botocore's own serialisation stays on our side, as it
-    would in Lambda."""
+    would in Lambda. With `request_latency` (seconds) every request answers that much later than moto does, as
+    AWS in the same region would: a wait, not CPU, so the handlers' waits and how they overlap them are measured."""
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
         self.moto_cpu_seconds = 0.0
+        self.request_latency = 0.0
         # The dispatcher makes requests from several threads at once: a Counter's += is not atomic.
         self.lock = threading.Lock()
 
@@ -138,6 +140,8 @@ def metering_boto3_clients(meter: AwsCallMeter | None = None) -> Iterator[AwsCal
             return original_stub(self, *args, **kwargs)
         finally:
             meter.moto_cpu_seconds += time.thread_time() - started
+            if meter.request_latency:
+                time.sleep(meter.request_latency)
 
     boto3.session.Session.client = client  # type: ignore[method-assign]
     BotocoreStubber.__call__ = stub  # type: ignore[method-assign]

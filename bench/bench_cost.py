@@ -12,7 +12,7 @@ from typing import Any
 
 from bench import REPO, median
 from bench.bench_requests_per_message import STAGE_FUNCTION, STAGES, Flow, measure
-from bench.moto_gateway import ALPHANUMERIC_SENDER, SENDER
+from bench.moto_gateway import ALPHANUMERIC_SENDER, SENDER, TYPICAL_LATENCIES, Invocation
 
 NAME = "cost"
 TARGET_USD_PER_MILLION = 5.0
@@ -22,9 +22,10 @@ PRICES = Path(__file__).with_name("prices.json")
 PLATFORM_LOG_BYTES_PER_INVOCATION = 500
 # CloudWatch Logs counts each event's bytes plus 26 bytes of overhead.
 LOG_EVENT_OVERHEAD_BYTES = 26
-# The time an AWS request from Lambda takes (DynamoDB and SQS in the same region answer in a few ms); added for
-# every request as if made one after another: an upper bound where the dispatcher makes them concurrently.
-AWS_REQUEST_SECONDS = 0.005
+# Lambda gives a function CPU in proportion to its memory: one vCPU at 1769 MB, less below it. A second of CPU on
+# one core takes 1769 / MemorySize seconds at a smaller size, so CPU costs the same GB-s at any size up to 1769 MB
+# and waiting costs in proportion to the size.
+ONE_VCPU_MB = 1769
 # Lambda's fixed sampling for a function with Tracing: Active (the first request each second, then 5%; X-Ray's
 # sampling rules do not apply to it); at a million messages' rate, ~5%.
 XRAY_SAMPLED = 0.05
@@ -78,15 +79,24 @@ def traced_share(stage: str, facts: dict[str, Any]) -> float:
     return 0.0
 
 
-def billed_seconds(flow: Flow, stage: str) -> float:
-    """A stage's billed Lambda time per message: for each invocation, our code's CPU time in-process (the
+def billed_seconds(flow: Flow, stage: str, memory_mb: int) -> float:
+    """A stage's billed Lambda time per message at `memory_mb`: for each invocation, our code's CPU time (the
     handler's CPU minus the CPU moto spent standing in for AWS; CPU, not wall time, so other processes on this
-    machine do not inflate it) plus its AWS requests at AWS_REQUEST_SECONDS each, rounded up to Lambda's 1 ms."""
+    machine do not inflate it) stretched by the share of a vCPU Lambda gives that size, plus the time the handler
+    spent waiting (its wall time less the process's CPU: AWS, the upstream and the client's webhook answering
+    after TYPICAL_LATENCIES, as much of it overlapped as the code overlaps it), rounded up to Lambda's 1 ms."""
+    stretch = max(1.0, ONE_VCPU_MB / memory_mb)
     billed = [
-        math.ceil((max(0.0, i.cpu_seconds - i.moto_cpu_seconds) + i.requests * AWS_REQUEST_SECONDS) * 1000) / 1000
+        math.ceil((max(0.0, i.cpu_seconds - i.moto_cpu_seconds) * stretch + waiting_seconds(i)) * 1000) / 1000
         for i in flow.stages[stage].invocations
     ]
     return sum(billed) / flow.messages
+
+
+def waiting_seconds(invocation: Invocation) -> float:
+    """Wall time the handler did not spend on this process's CPU (moto's included, which stands in for AWS and
+    answers after the latency besides): what it waited for."""
+    return max(0.0, invocation.wall_seconds - invocation.cpu_seconds)
 
 
 def cost_per_million(units: Flow, timed: Flow, prices: dict[str, float], facts: dict[str, Any]) -> dict[str, float]:
@@ -98,8 +108,9 @@ def cost_per_million(units: Flow, timed: Flow, prices: dict[str, float], facts: 
     for stage in STAGES:
         total_units.update(units.stages[stage].units)
     # Per message, from the timed flow (its own size), scaled to the counted flow's messages.
+    memory = {stage: facts["memory_mb"][STAGE_FUNCTION[stage]] for stage in STAGES}
     gb_seconds = units.messages * sum(
-        billed_seconds(timed, stage) * facts["memory_mb"][STAGE_FUNCTION[stage]] / 1024 for stage in STAGES
+        billed_seconds(timed, stage, memory[stage]) * memory[stage] / 1024 for stage in STAGES
     )
     http_requests = sum(units.stages[stage].http_requests for stage in STAGES)
     wru = sum(count for key, count in total_units.items() if key.startswith("dynamodb:WRU"))
@@ -131,7 +142,14 @@ def run(quick: bool) -> dict[str, Any]:
     # From the shortcode and from an alphanumeric sender ID: the two cost different DynamoDB writes.
     counted = measure(quick, capacity=True, alphanumeric=True)
     # Durations per message do not depend on the bulk send's size past a few records: a smaller one saves time.
-    timed = measure(quick, capacity=False, bulk=None if quick else TIMED_BULK, warm=True, alphanumeric=True)
+    timed = measure(
+        quick,
+        capacity=False,
+        bulk=None if quick else TIMED_BULK,
+        warm=True,
+        alphanumeric=True,
+        latencies=TYPICAL_LATENCIES,
+    )
     scenarios: dict[str, dict[str, float]] = {}
     for scenario, runs in counted.items():
         # Each run's counts with the same run's durations; the median of the runs, service by service.
@@ -157,8 +175,23 @@ def run(quick: bool) -> dict[str, Any]:
             },
         }
     )
+    memory = {stage: facts["memory_mb"][STAGE_FUNCTION[stage]] for stage in STAGES}
     durations = {
-        scenario: {stage: round(median([billed_seconds(flow, stage) for flow in runs]) * 1000, 2) for stage in STAGES}
+        scenario: {
+            stage: round(median([billed_seconds(flow, stage, memory[stage]) for flow in runs]) * 1000, 2)
+            for stage in STAGES
+        }
+        for scenario, runs in timed.items()
+    }
+    waits = {
+        scenario: {
+            stage: round(
+                median([sum(map(waiting_seconds, flow.stages[stage].invocations)) / flow.messages for flow in runs])
+                * 1000,
+                2,
+            )
+            for stage in STAGES
+        }
         for scenario, runs in timed.items()
     }
     per_message = {
@@ -205,13 +238,19 @@ def run(quick: bool) -> dict[str, Any]:
             f"Per message: {json.dumps(per_message)}. Requests, DynamoDB units (from item sizes: bench/capacity.py)"
             " and SQS chunks counted as in requests_per_message; the flows drain full batches (the template's"
             " BatchSize), as under load.",
-            f"Billed Lambda ms per message by stage: {json.dumps(durations)}. Each invocation: the handler's CPU"
-            " time on this machine (not Lambda arm64's; the notifier's includes the local client webhook's thread)"
-            f" minus moto's, plus {AWS_REQUEST_SECONDS * 1000:.0f} ms per AWS request as if made one after another"
-            " (an upper bound for the dispatcher, which makes them concurrently), rounded up to 1 ms; times"
-            f" MemorySize read from template.yaml at run time ({json.dumps(facts['memory_mb'])} MB). Durations come"
-            f" from a second run of the flows without the capacity probes, after one message through every stage"
-            f" (warm containers; its bulk send: {TIMED_BULK} recipients in full mode).",
+            f"Billed Lambda ms per message by stage: {json.dumps(durations)}, of which waiting: {json.dumps(waits)}."
+            " Each invocation: the handler's CPU time on this machine (not Lambda arm64's; the notifier's includes"
+            " the local client webhook's thread) minus moto's, stretched by the vCPU share of the function's"
+            f" MemorySize (x {ONE_VCPU_MB}/MemorySize below {ONE_VCPU_MB} MB: Lambda's CPU is proportional to memory),"
+            " plus its waiting (wall time less the process's CPU) while AWS answered each request after"
+            f" {TYPICAL_LATENCIES.aws_request * 1000:.0f} ms, the upstream each submit after"
+            f" {TYPICAL_LATENCIES.upstream_submit * 1000:.0f} ms and the client's webhook each post after"
+            f" {TYPICAL_LATENCIES.client_webhook * 1000:.0f} ms (as much of it overlapped as the code overlaps it),"
+            " rounded up to 1 ms; times MemorySize read from template.yaml at run time"
+            f" ({json.dumps(facts['memory_mb'])} MB). Durations come from a second run of the flows without the"
+            " capacity probes, after one message through every stage (warm containers; its bulk send:"
+            f" {TIMED_BULK} recipients in full mode). Waiting on this shared machine also holds any time the"
+            " process waited for a core: an overestimate, never an underestimate.",
             "CloudWatch Logs: the handlers' output captured at the template's production log level (Powertools JSON"
             f" lines and EMF metric lines), plus {PLATFORM_LOG_BYTES_PER_INVOCATION} bytes per invocation for"
             " Lambda's own platform records (estimated: LogFormat JSON, system log level INFO: START and REPORT),"
@@ -223,7 +262,8 @@ def run(quick: bool) -> dict[str, Any]:
             f" (~{XRAY_SAMPLED:.0%} at this volume); the PassThrough queue consumers (dispatch, notify) are"
             " counted at the same share as an upper bound (they only continue traces their records carry); the"
             " PassThrough webhook, called by upstreams, starts none. Scheduler is 0 for unscheduled sends (one"
-            " invocation per scheduled batch otherwise). Not counted: Lambda INIT time of cold starts, idle SQS"
+            " invocation per scheduled batch otherwise). Not counted: Lambda INIT time of cold starts (billed since"
+            " August 2025, but once per container, not per message), idle SQS"
             " long polling (fixed, ~$0.3/month per queue), storage (DynamoDB GB-month, PITR, logs retention),"
             " data transfer.",
         ],

@@ -11,8 +11,10 @@ from typing import Any
 from bench import median
 from bench.moto_gateway import (
     ALPHANUMERIC_SENDER,
+    NO_LATENCIES,
     SENDER,
     Invocation,
+    Latencies,
     LogVolume,
     MotoGateway,
     StageRun,
@@ -100,14 +102,21 @@ class _Recorder:
 
 
 def run_flow(
-    scenario: str, sends: int, recipients: int, *, capacity: bool, warm: bool = False, sender: str = SENDER
+    scenario: str,
+    sends: int,
+    recipients: int,
+    *,
+    capacity: bool,
+    warm: bool = False,
+    sender: str = SENDER,
+    latencies: Latencies = NO_LATENCIES,
 ) -> Flow:
     """`sends` sends of `recipients` recipients each with delivery reports, through every stage to the client's
     webhook. Queues are drained in the template's batch sizes; notifications are drained as they pile up so
     moto's queues stay shallow. With `warm`, one message goes through every stage first, uncounted, so that
     timed invocations are warm containers' (counted flows start cold: per-container reads are real requests)."""
     stages = {name: Stage() for name in STAGES}
-    with moto_gateway(capacity=capacity) as gateway, captured_logs(production_log_level()) as logs:
+    with moto_gateway(capacity=capacity, latencies=latencies) as gateway, captured_logs(production_log_level()) as logs:
         record = _Recorder(gateway, logs, stages).run
         warm_up = 1 if warm else 0
         if warm:
@@ -186,11 +195,17 @@ def _operations(stage: Stage, messages: int) -> str:
 
 
 def measure(
-    quick: bool, *, capacity: bool = True, bulk: int | None = None, warm: bool = False, alphanumeric: bool = False
+    quick: bool,
+    *,
+    capacity: bool = True,
+    bulk: int | None = None,
+    warm: bool = False,
+    alphanumeric: bool = False,
+    latencies: Latencies = NO_LATENCIES,
 ) -> dict[str, list[Flow]]:
     """The single-send flow (several runs: their counts must agree) and the bulk flow (`bulk` recipients), from the
     shortcode SENDER; with `alphanumeric`, both again from ALPHANUMERIC_SENDER (one index write less per message;
-    the same requests)."""
+    the same requests). AWS, the upstream and the client's webhook answer after `latencies`."""
     single_runs, single_sends = (1, 10) if quick else (3, 20)
     bulk = bulk or (50 if quick else 1000)
     senders = {"": SENDER, **({"alphanumeric": ALPHANUMERIC_SENDER} if alphanumeric else {})}
@@ -198,10 +213,11 @@ def measure(
     for label, sender in senders.items():
         single, many = (f"{kind} {label}".strip() for kind in ("single", "bulk"))
         flows[single] = [
-            run_flow(single, single_sends, 1, capacity=capacity, warm=warm, sender=sender) for _ in range(single_runs)
+            run_flow(single, single_sends, 1, capacity=capacity, warm=warm, sender=sender, latencies=latencies)
+            for _ in range(single_runs)
         ]
         # One run: its counts are as deterministic as the single sends' (which the runs above check).
-        flows[many] = [run_flow(many, 1, bulk, capacity=capacity, warm=warm, sender=sender)]
+        flows[many] = [run_flow(many, 1, bulk, capacity=capacity, warm=warm, sender=sender, latencies=latencies)]
     return flows
 
 

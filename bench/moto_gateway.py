@@ -29,6 +29,25 @@ CALLBACK_DOMAIN = "xyz789abcdefghijklmnopqrstuvwxyz.lambda-url.us-east-1.on.aws"
 RATE_LIMIT = 10_000
 
 
+@dataclass(frozen=True)
+class Latencies:
+    """How long what the functions wait on takes to answer (seconds): AWS (DynamoDB, SQS, KMS) per request, the
+    upstream per submit, the client's webhook per post. All 0 (answers at once) where requests are counted; the
+    cost benchmark's timed flows use TYPICAL, so what a function bills for waiting, and how much of the waiting
+    it overlaps, is measured rather than assumed."""
+
+    aws_request: float = 0.0
+    upstream_submit: float = 0.0
+    client_webhook: float = 0.0
+
+
+# Everything answers at once: where requests are counted, not timed.
+NO_LATENCIES = Latencies()
+# AWS in the same region answers in a few ms; an upstream's submit and a client's webhook in tens to hundreds
+# (the dispatcher throughput benchmark's upstream answers in 50 ms too).
+TYPICAL_LATENCIES = Latencies(aws_request=0.005, upstream_submit=0.050, client_webhook=0.050)
+
+
 def numbers(count: int, start: int = 0) -> list[str]:
     """Distinct valid Nigerian MTN numbers (the 9bits seed's network)."""
     return [f"234803{start + i:07d}" for i in range(count)]
@@ -51,9 +70,10 @@ class RecordingSimulator:
     """The upstream simulator's submit protocol through httpx.MockTransport: every submit is accepted and
     recorded, so its DLR can be posted back to the webhook function afterwards."""
 
-    def __init__(self) -> None:
+    def __init__(self, latency: float = 0.0) -> None:
         self.submits: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        self.latency = latency
 
     def __call__(self, request: Any) -> Any:
         import httpx
@@ -62,13 +82,23 @@ class RecordingSimulator:
         with self._lock:
             self.submits.append(payload)
             upstream_id = f"sim-{len(self.submits)}"
-        return httpx.Response(200, json={"message_id": upstream_id, "status": "accepted"})
+        response = httpx.Response(200, json={"message_id": upstream_id, "status": "accepted"})
+        return self._later(response) if self.latency else response
+
+    async def _later(self, response: Any) -> Any:
+        # httpx.MockTransport awaits a handler's coroutine: the submit answers after the latency, without holding
+        # the dispatcher's event loop (as a real upstream's answer would not).
+        import asyncio
+
+        await asyncio.sleep(self.latency)
+        return response
 
 
 class _ClientWebhookHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length") or 0))
         self.server.posts += 1  # type: ignore[attr-defined]
+        time.sleep(self.server.latency)  # type: ignore[attr-defined]
         body = b'{"ok":true}'
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -81,10 +111,12 @@ class _ClientWebhookHandler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def client_webhook() -> Iterator[ThreadingHTTPServer]:
-    """A client's DLR webhook on 127.0.0.1 that answers 200 with JSON, counting the posts it gets."""
+def client_webhook(latency: float = 0.0) -> Iterator[ThreadingHTTPServer]:
+    """A client's DLR webhook on 127.0.0.1 that answers 200 with JSON after `latency` seconds, counting the posts
+    it gets."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _ClientWebhookHandler)
     server.posts = 0  # type: ignore[attr-defined]
+    server.latency = latency  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -357,10 +389,13 @@ def _is_settle_check(message: dict[str, Any]) -> bool:
 
 
 @contextmanager
-def moto_gateway(*, capacity: bool = False, credits: int = 10_000_000) -> Iterator[MotoGateway]:
+def moto_gateway(
+    *, capacity: bool = False, credits: int = 10_000_000, latencies: Latencies = NO_LATENCIES
+) -> Iterator[MotoGateway]:
     """moto with the template's resources, one account with a DLR webhook on 127.0.0.1, the simulator as the
     default upstream (through httpx.MockTransport), and every boto3 client the gateway makes metered (with
-    `capacity`, in DynamoDB and SQS billing units too: slower, so never with timings)."""
+    `capacity`, in DynamoDB and SQS billing units too: slower, so never with timings). AWS, the upstream and the
+    client's webhook answer after `latencies`."""
     import boto3
     import pytest
     from moto import mock_aws
@@ -373,7 +408,7 @@ def moto_gateway(*, capacity: bool = False, credits: int = 10_000_000) -> Iterat
     with ExitStack() as stack:
         stack.enter_context(patched_environ(offline_aws_environment()))
         stack.enter_context(mock_aws())
-        webhook = stack.enter_context(client_webhook())
+        webhook = stack.enter_context(client_webhook(latencies.client_webhook))
         env = create_resources(
             stack_name=STACK,
             simulator_url="http://127.0.0.1:9",
@@ -396,9 +431,11 @@ def moto_gateway(*, capacity: bool = False, credits: int = 10_000_000) -> Iterat
         patches = stack.enter_context(pytest.MonkeyPatch.context())
         wanted = CapacityMeter(boto3.client("dynamodb"), env["TABLE_NAME"]) if capacity else None
         meter = stack.enter_context(metering_boto3_clients(wanted))
+        meter.request_latency = latencies.aws_request
         # Clients made from here on are the gateway's own, and counted.
         bootstrap.reset()
         gateway_run = MotoGateway(env, meter, account, poller)
+        gateway_run.upstream.latency = latencies.upstream_submit
         route_simulator_upstreams_to(patches, gateway_run.upstream)
         gateway_run.webhook = webhook  # type: ignore[attr-defined]
         yield gateway_run

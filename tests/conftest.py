@@ -45,8 +45,11 @@ def template_stack(setenv: Callable[[str, str], None]) -> Iterator[dict[str, str
     from moto import mock_aws
 
     from sms_gateway import bootstrap
+    from sms_gateway_tools.localstack.moto_server import serialise_dynamodb_writes
     from sms_gateway_tools.localstack.resources import create_resources
 
+    # The consumers make concurrent conditional writes: moto must apply them one at a time, as DynamoDB does.
+    serialise_dynamodb_writes()
     with mock_aws():
         env = create_resources(stack_name=STACK, simulator_url="http://127.0.0.1:9", api_url="http://127.0.0.1:8")
         for key, value in env.items():
@@ -62,25 +65,6 @@ def template_stack(setenv: Callable[[str, str], None]) -> Iterator[dict[str, str
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     with template_stack(monkeypatch.setenv) as env:
         yield env
-
-
-@pytest.fixture
-def serialised_moto_updates(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Real DynamoDB applies writes to one item one at a time; moto's in-process handler does not lock (it even
-    reads the old item before the backend applies the write), so concurrent conditional updates race inside
-    moto itself. Tests of our races serialise whole UpdateItem requests, as DynamoDB does per item."""
-    import threading
-
-    from moto.dynamodb.responses import DynamoHandler
-
-    lock = threading.RLock()
-    original = DynamoHandler.update_item
-
-    def update_item(self: Any) -> Any:
-        with lock:
-            return original(self)
-
-    monkeypatch.setattr(DynamoHandler, "update_item", update_item)
 
 
 def route_simulator_upstreams_to(monkeypatch: pytest.MonkeyPatch, handler: Any) -> None:

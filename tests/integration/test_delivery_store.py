@@ -13,8 +13,8 @@ from sms_gateway.domain.models import DeliveryReport, MessageKey
 from sms_gateway.domain.status import MessageStatus
 from tests.integration.test_dynamodb_store import NOW, new_batch, one_message, raw_message
 
-# DynamoDB applies the writes to one item one at a time; moto only does under this fixture.
-pytestmark = pytest.mark.usefixtures("serialised_moto_updates")
+# DynamoDB applies the writes to one item one at a time; moto does too under the `aws` fixture
+# (sms_gateway_tools.localstack.moto_server.serialise_dynamodb_writes).
 
 
 @pytest.fixture

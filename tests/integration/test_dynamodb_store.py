@@ -292,9 +292,9 @@ class TestOnASharedTable:
         assert store.refund_credits(account.account_id, 12) == 12
         assert balance(store, account.account_id) == 12
 
-    def test_concurrent_reserves_never_overdraw(self, store, serialised_moto_updates):
+    def test_concurrent_reserves_never_overdraw(self, store):
         # moto races concurrent conditional updates inside itself (17 of 20 "succeeded" in a trial);
-        # the fixture serialises it per item as DynamoDB does, so this checks the adapter's write.
+        # the `aws` fixture serialises DynamoDB's writes as DynamoDB does, so this checks the adapter's write.
         # Given an account with 100 credits and 20 threads that each want 10 at the same moment
         account, credentials = new_account(credits=100)
         store.create_account(account, credentials)

@@ -89,7 +89,7 @@ def test_a_wrong_content_type_is_a_415_and_changes_nothing(aws, api):
     assert balance(account["account_id"]) == 10
 
 
-def test_two_requests_racing_for_the_last_credit_exactly_one_wins(aws, api, serialised_moto_updates):
+def test_two_requests_racing_for_the_last_credit_exactly_one_wins(aws, api):
     # Given an account with one credit left
     account = make_account(1)
     statuses: list[int] = []

@@ -98,7 +98,7 @@ def test_a_give_back_never_creates_a_counter(aws, store):
 
 
 @pytest.mark.parametrize("wanted", [10, 7])
-def test_threads_racing_for_one_second_get_exactly_the_limit(aws, store, serialised_moto_updates, wanted):
+def test_threads_racing_for_one_second_get_exactly_the_limit(aws, store, wanted):
     # Given 20 dispatchers asking `wanted` tokens each of a limit of 50, all at once (7 leaves a partial grant)
     granted: list[int] = []
     start = threading.Barrier(20)

@@ -4,6 +4,7 @@ reason, the failure records, and listing and resending them in the 9bits dialect
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -428,3 +429,24 @@ def test_a_batch_of_notifications_reads_the_accounts_settings_once(aws, accounts
     # Then all ten were posted, signed with the account's settings read once (a setting, not a balance)
     assert len(hook.posts) == 10
     assert reads == [accounts["a"]["account_id"]]
+
+
+def test_a_batch_of_notifications_is_posted_concurrently(aws, accounts, monkeypatch):
+    from sms_gateway import consumers
+
+    # Given a client webhook that answers none of ten posts until all ten are waiting on it at once
+    everyone_posting = threading.Barrier(10, timeout=10)
+    posted: list[dict[str, Any]] = []
+
+    async def slow_webhook(url: str, headers: dict[str, str], body: bytes) -> WebhookResponse:
+        everyone_posting.wait()  # raises BrokenBarrierError (the post fails) if the posts come one at a time
+        posted.append(json.loads(body))
+        return WebhookResponse(status_code=200, body='{"ok":true}', retry_after=None)
+
+    monkeypatch.setattr(consumers, "post_webhook", slow_webhook)
+    publish(*(notification(accounts["a"]["account_id"], n) for n in range(10)))
+    # When the notifier takes the batch of ten
+    result = run_notifier(aws)
+    # Then every post was made alongside the others (a batch waits for its slowest webhook answer, not their sum)
+    assert result["failed"] == 0
+    assert sorted(post["message_id"] for post in posted) == [str(n) for n in range(10)]

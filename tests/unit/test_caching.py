@@ -56,3 +56,32 @@ def test_clear_forgets_everything():
     cache.clear()
     cache.get("k", lambda: loads.append(1) or "v")
     assert len(loads) == 2
+
+
+def test_threads_missing_one_key_at_once_load_it_once():
+    import threading
+    import time
+
+    cache = TtlCache(max_age=30)
+    loads: list[int] = []
+    release = threading.Event()
+
+    def load() -> str:
+        loads.append(1)
+        release.wait(timeout=10)
+        return "settings"
+
+    # Given ten threads asking for the same key while its first load is still reading
+    found: list[str] = []
+    threads = [threading.Thread(target=lambda: found.append(cache.get("a", load))) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    while not loads:
+        time.sleep(0.01)
+    time.sleep(0.2)  # the other threads' time to ask (without the single load, they would all be reading too)
+    release.set()
+    for thread in threads:
+        thread.join(timeout=10)
+    # Then the key was read once, and every thread got its value
+    assert found == ["settings"] * 10
+    assert len(loads) == 1

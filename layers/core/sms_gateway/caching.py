@@ -17,25 +17,40 @@ SETTINGS_MAX_AGE_SECONDS = 30.0
 
 
 class TtlCache:
-    """Values by key, each kept for `max_age` seconds after it was loaded; None is never cached."""
+    """Values by key, each kept for `max_age` seconds after it was loaded; None is never cached. Threads that miss
+    the same key at once load it once: the others wait for that load (a batch's records, handled concurrently,
+    would otherwise all read the item they share)."""
 
     def __init__(self, max_age: float = SETTINGS_MAX_AGE_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_age = max_age
         self.clock = clock
         self._values: dict[Hashable, tuple[float, Any]] = {}
+        self._loading: dict[Hashable, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
-        now = self.clock()
+        fresh = self._fresh(key)
+        if fresh is not None:
+            return fresh[0]
+        with self._lock:
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
+            fresh = self._fresh(key)  # loaded by another thread while this one waited
+            if fresh is not None:
+                return fresh[0]
+            now = self.clock()
+            value = load()
+            if value is not None:
+                with self._lock:
+                    self._values[key] = (now, value)
+            return value
+
+    def _fresh(self, key: Hashable) -> tuple[Any] | None:
         with self._lock:
             found = self._values.get(key)
-        if found is not None and now - found[0] < self.max_age:
-            return found[1]
-        value = load()
-        if value is not None:
-            with self._lock:
-                self._values[key] = (now, value)
-        return value
+        if found is not None and self.clock() - found[0] < self.max_age:
+            return (found[1],)
+        return None
 
     def clear(self) -> None:
         with self._lock:

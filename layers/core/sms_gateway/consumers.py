@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import json
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -31,6 +33,10 @@ from sms_gateway.ports import Provider
 # Kept back from the invocation's time after a submit's worst case: the status write, the record's announcements
 # and its return to the queue.
 RECORDING_RESERVE_SECONDS = 3.0
+# The notifier's records handled at once (its BatchSize in template.yaml): a batch of client webhook posts takes
+# as long as the slowest, not as long as all of them one after another, and Lambda bills the wait.
+NOTIFY_CONCURRENCY = 10
+_notify_workers: list[ThreadPoolExecutor] = []
 
 
 class RetryLater(Exception):
@@ -300,6 +306,16 @@ class NotifyLater(Exception):
 
 class SettleLater(Exception):
     """Raised for a settle check that is not due yet: the record comes back when it is (at most 12 h a hop)."""
+
+
+async def notify_record_alongside_others(record: SQSRecord) -> dict[str, Any]:
+    """notify_record on a worker thread of its own, so that a batch's records are posted concurrently (Powertools'
+    AsyncBatchProcessor gathers them). A worker has its own event loop and webhook client (adapters/http.py,
+    adapters/webhook_http.py); the workers live as long as the container, so their connections are reused."""
+    if not _notify_workers:
+        _notify_workers.append(ThreadPoolExecutor(NOTIFY_CONCURRENCY, thread_name_prefix="sms-gateway-notify"))
+    in_context = functools.partial(contextvars.copy_context().run, notify_record, record)
+    return await asyncio.get_running_loop().run_in_executor(_notify_workers[0], in_context)
 
 
 def notify_record(record: SQSRecord) -> dict[str, Any]:

@@ -3,10 +3,37 @@
 from __future__ import annotations
 
 import logging
+import threading
 import urllib.request
 from typing import Any
 
 logger = logging.getLogger("sms_gateway_tools.localstack.moto")
+
+# DynamoDB's write actions: each applies to its items atomically on AWS.
+_DYNAMODB_WRITES = ("put_item", "update_item", "delete_item", "batch_write_item", "transact_write_items")
+_writes_serialised: list[threading.RLock] = []
+
+
+def serialise_dynamodb_writes() -> None:
+    """Makes moto apply DynamoDB writes one at a time, in this process, from now on (idempotent). DynamoDB applies
+    a conditional write to its item atomically; moto's handler does not lock (it even reads the old item before its
+    backend applies the write), so two threads' conditional updates of one item can both succeed inside moto: a
+    double refund that AWS would never allow. The consumers handle records concurrently (the dispatcher's messages,
+    the notifier's records), so the local stack and the tests need DynamoDB's semantics here, not moto's."""
+    from moto.dynamodb.responses import DynamoHandler
+
+    if _writes_serialised:
+        return
+    lock = threading.RLock()
+    _writes_serialised.append(lock)
+    for action in _DYNAMODB_WRITES:
+        original = getattr(DynamoHandler, action)
+
+        def serialised(self: Any, _original: Any = original) -> Any:
+            with lock:
+                return _original(self)
+
+        setattr(DynamoHandler, action, serialised)
 
 
 class EmbeddedMoto:
@@ -23,6 +50,7 @@ class EmbeddedMoto:
         werkzeug = logging.getLogger("werkzeug")
         if not werkzeug.isEnabledFor(logging.DEBUG):
             werkzeug.setLevel(logging.WARNING)
+        serialise_dynamodb_writes()
         server = ThreadedMotoServer(ip_address=self._host, port=self._port, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
