@@ -114,7 +114,11 @@ class _ClientWebhookHandler(BaseHTTPRequestHandler):
 def client_webhook(latency: float = 0.0) -> Iterator[ThreadingHTTPServer]:
     """A client's DLR webhook on 127.0.0.1 that answers 200 with JSON after `latency` seconds, counting the posts
     it gets."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ClientWebhookHandler)
+    from sms_gateway_tools.localstack.httpserver import TrackingHTTPServer
+
+    # Not socketserver's default backlog (5): it drops connections of a notifier batch posting ten at once, and a
+    # dropped SYN is sent again only after a second. A client's real webhook listens with a longer queue.
+    server = TrackingHTTPServer(("127.0.0.1", 0), _ClientWebhookHandler)
     server.posts = 0  # type: ignore[attr-defined]
     server.latency = latency  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
