@@ -59,6 +59,37 @@ def test_a_container_asks_kms_once_per_sealed_value(box: KmsSecretBox) -> None:
     assert decrypts.count == 3
 
 
+def test_threads_opening_one_sealed_value_at_once_ask_kms_once(box: KmsSecretBox) -> None:
+    import threading
+    import time
+
+    # Given a sealed token, and KMS taking a while to answer (its first Decrypt is held until the others ask)
+    sealed = box.seal("111", "webhook_token", "token-one")
+    decrypts = CountingDecrypts()
+    asked = threading.Event()
+
+    def slow(**_: Any) -> None:
+        asked.set()
+        time.sleep(0.2)  # the other threads' time to ask (each would decrypt too, without the single opening)
+
+    from sms_gateway.adapters import aws
+
+    aws.client("kms").meta.events.register("before-call.kms.Decrypt", slow)
+    # When a notifier's ten concurrent records open it at once
+    opened: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: opened.append(box.open("111", "webhook_token", sealed))) for _ in range(10)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    # Then KMS was asked once, and every record got the token
+    assert asked.is_set()
+    assert opened == ["token-one"] * 10
+    assert decrypts.count == 1
+
+
 def test_an_account_written_before_sealing_keeps_working(box: KmsSecretBox) -> None:
     # Given an account item from before the credentials were sealed (plain strings)
     account = Account.model_validate(

@@ -16,25 +16,36 @@ from sms_gateway.ports import AccountLookup
 SETTINGS_MAX_AGE_SECONDS = 30.0
 
 
+class KeyedLocks:
+    """A lock per key, for threads that miss the same key at once to load it once: the others wait for that load
+    (a batch's records, handled concurrently, would otherwise all read, or ask KMS for, the value they share).
+    Its keys are few (accounts' settings and sealed secrets), so their locks are kept."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def of(self, key: Hashable) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault(key, threading.Lock())
+
+
 class TtlCache:
     """Values by key, each kept for `max_age` seconds after it was loaded; None is never cached. Threads that miss
-    the same key at once load it once: the others wait for that load (a batch's records, handled concurrently,
-    would otherwise all read the item they share)."""
+    the same key at once load it once (KeyedLocks)."""
 
     def __init__(self, max_age: float = SETTINGS_MAX_AGE_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_age = max_age
         self.clock = clock
         self._values: dict[Hashable, tuple[float, Any]] = {}
-        self._loading: dict[Hashable, threading.Lock] = {}
+        self._loading = KeyedLocks()
         self._lock = threading.Lock()
 
     def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
         fresh = self._fresh(key)
         if fresh is not None:
             return fresh[0]
-        with self._lock:
-            loading = self._loading.setdefault(key, threading.Lock())
-        with loading:
+        with self._loading.of(key):
             fresh = self._fresh(key)  # loaded by another thread while this one waited
             if fresh is not None:
                 return fresh[0]
