@@ -175,10 +175,11 @@ def floor(recipients: int, batch_sizes: dict[str, int]) -> dict[str, float]:
     # credential read, account read, credit reservation, conditional batch put, message writes, enqueue
     accept = 4 + math.ceil(recipients / BATCH_WRITE_SIZE) + math.ceil(records / SEND_BATCH_SIZE)
     # per record: Lambda's receive and delete (shared by a batch of records), the messages' read, the rate-limit
-    # grant, the `submitted` notifications; per message: the claim and the submitted transition
-    dispatch_per_record = 2 / dispatch_batch + 1 + 1 + math.ceil(per_record / SEND_BATCH_SIZE)
-    # per invocation: its settle check
-    dispatch = records * dispatch_per_record / recipients + 2 + 1 / checked_together
+    # grant; per message: the claim and the submitted transition
+    dispatch_per_record = 2 / dispatch_batch + 1 + 1
+    # per invocation: the `submitted` notifications of its messages and its settle check, ten to a request
+    announced = math.ceil((checked_together + 1) / SEND_BATCH_SIZE) / checked_together
+    dispatch = records * dispatch_per_record / recipients + 2 + announced
     # per callback (one message): the status transition and its notification
     dlr = 2.0
     # per notification: Lambda's receive and delete, shared by a batch; per settle check, its first receive (a

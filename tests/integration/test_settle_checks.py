@@ -172,11 +172,12 @@ def test_a_dlr_whose_announcement_failed_is_announced_when_the_upstream_retries_
     ]
 
 
-def three_single_sends(aws: dict[str, str], account: dict[str, Any]) -> dict[str, Any]:
-    """Three sends of one message each, without delivery reports: three dispatch records, as one SQS event."""
+def three_single_sends(aws: dict[str, str], account: dict[str, Any], *, reports: bool = False) -> dict[str, Any]:
+    """Three sends of one message each (delivery reports asked for with `reports`): three dispatch records, as one
+    SQS event."""
     api = load_function("api")
     for number in ("2348020000000", "2348020000001", "2348020000002"):
-        body = {"from": "48974", "to": number, "message": "hi"}
+        body = {"from": "48974", "to": number, "message": "hi", **({"delivery_report": "yes"} if reports else {})}
         assert api.handler(send_event(account["token"], body), FakeContext())["statusCode"] == 200
     event = as_lambda_sqs_event(queued_records(aws))
     assert len(event["Records"]) == 3
@@ -249,3 +250,54 @@ def test_an_invocation_that_cannot_queue_its_settle_check_hands_every_record_bac
     [hidden] = notify_pass(aws)
     listed = {m for batch in json.loads(hidden["body"])["batches"] for m in batch["message_ids"]}
     assert listed == {m.message_id for m in account_messages(account)}
+
+
+def published_to_the_notify_queue(monkeypatch: pytest.MonkeyPatch, *, first_fails: bool = False) -> list[list[str]]:
+    """What the gateway queues for the notifier, one list per accepted publish (its entries' kinds, and the status
+    of each `dlr` notification); with `first_fails`, the first publish is refused."""
+    from sms_gateway.adapters.sqs import SqsNotifyQueue
+
+    accepted: list[list[str]] = []
+    refused: list[int] = []
+    publish = SqsNotifyQueue.publish
+
+    def recorded(self: Any, notifications: Any) -> None:
+        if first_fails and not refused:
+            refused.append(len(notifications))
+            raise RuntimeError("SQS did not take them")
+        publish(self, notifications)
+        accepted.append([n.get("payload", {}).get("status", n["kind"]) for n in notifications])
+
+    monkeypatch.setattr(SqsNotifyQueue, "publish", recorded)
+    return accepted
+
+
+def test_an_invocations_notifications_go_out_with_its_settle_check_in_one_request(
+    aws, account, hook, upstream, monkeypatch
+):
+    # Given three single sends with delivery reports (three records, one notification each), as one event
+    event = three_single_sends(aws, account, reports=True)
+    published = published_to_the_notify_queue(monkeypatch)
+    # When the dispatcher handles them
+    assert load_function("dispatcher").handler(event, FakeContext()) == {"batchItemFailures": []}
+    # Then their `submitted` notifications and the settle check were queued together, not one request per record
+    assert published == [["submitted", "submitted", "submitted", "settle"]]
+    # And the client hears of each submit
+    notify_pass(aws)
+    assert sorted(p["body"]["status"] for p in hook.posts) == ["submitted"] * 3
+
+
+def test_notifications_the_queue_refused_mid_invocation_go_out_at_its_end(aws, account, hook, upstream, monkeypatch):
+    # Given a send to twelve numbers with delivery reports (one record, twelve notifications: a full batch of ten
+    # is queued as soon as it is ready), and a notify queue that refuses the first batch
+    api = load_function("api")
+    numbers = [f"23480200000{n:02d}" for n in range(12)]
+    body = {"from": "48974", "to": numbers, "message": "hi", "delivery_report": "yes"}
+    assert api.handler(send_event(account["token"], body), FakeContext())["statusCode"] == 200
+    published = published_to_the_notify_queue(monkeypatch, first_fails=True)
+    # When the dispatcher handles the record
+    event = as_lambda_sqs_event(queued_records(aws))
+    assert load_function("dispatcher").handler(event, FakeContext()) == {"batchItemFailures": []}
+    # Then the refused ten went out later in the invocation: all twelve submits announced, once, and the check
+    assert sorted(entry for accepted in published for entry in accepted) == ["settle"] + ["submitted"] * 12
+    assert len(upstream.submits) == 12

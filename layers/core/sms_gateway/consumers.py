@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import functools
 import json
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -22,7 +23,7 @@ from sms_gateway.deadlines import out_of_time_after
 from sms_gateway.domain.models import DispatchCommand, Message, StatusChange, utc_now
 from sms_gateway.domain.routing import RouteTable
 from sms_gateway.logic import settle, webhook_retries
-from sms_gateway.logic.dispatch import DispatchDependencies, dispatch
+from sms_gateway.logic.dispatch import ANNOUNCE_BATCH, DispatchDependencies, dispatch
 from sms_gateway.logic.fifo import handle_in_group_order
 from sms_gateway.logic.notify import WebhookFailed, WebhookResponse, deliver, dlr_notification
 from sms_gateway.logic.ratelimit import RateLimiter, account_scope
@@ -82,6 +83,38 @@ def _announce(changes: Sequence[StatusChange]) -> None:
         gateway().notify_queue.publish(notifications)
 
 
+class _InvocationAnnouncements:
+    """The client notifications of a dispatcher invocation's records, sent ANNOUNCE_BATCH to a SendMessageBatch
+    across records (ten single sends' `submitted` notifications in one request, not ten). What is left when the
+    records are done goes with the invocation's settle check (_queue_the_rest). A batch that cannot be sent now
+    waits for that last send too, whose failure hands every record back: their redelivery announces again what
+    the dispatcher changed (logic.dispatch.change_made_by_dispatch), under the same webhook ids."""
+
+    def __init__(self) -> None:
+        self._waiting: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def add(self, changes: Sequence[StatusChange]) -> None:
+        """Called from the records' worker threads (logic.dispatch announces off the event loop)."""
+        notifications = [n for n in (dlr_notification(change) for change in changes) if n is not None]
+        with self._lock:
+            self._waiting.extend(notifications)
+            if len(self._waiting) < ANNOUNCE_BATCH:
+                return
+            ready, self._waiting = self._waiting[:ANNOUNCE_BATCH], self._waiting[ANNOUNCE_BATCH:]
+        try:
+            gateway().notify_queue.publish(ready)
+        except Exception:
+            logger.warning("could not queue client notifications; trying again at the end of the invocation")
+            with self._lock:
+                self._waiting[:0] = ready
+
+    def take_the_rest(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rest, self._waiting = self._waiting, []
+        return rest
+
+
 def dispatch_records(event: dict[str, Any], remaining_ms: Callable[[], int] | None = None) -> dict[str, Any]:
     """The dispatcher's invocation: its FIFO records handled concurrently across message groups (accounts and their
     priority lanes), in order within each, under one limit on submits in flight; the partial batch response.
@@ -105,10 +138,11 @@ async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], 
     in_flight = asyncio.Semaphore(gateway().settings.dispatch_concurrency)
     started: set[str] = set()
     awaiting_report: list[Message] = []
+    announcements = _InvocationAnnouncements()
 
     async def handle(record: SQSRecord) -> dict[str, Any]:
         started.add(record.message_id)
-        return await dispatch_record(record, in_flight, out_of_time, awaiting_report.extend)
+        return await dispatch_record(record, in_flight, out_of_time, awaiting_report.extend, announcements.add)
 
     failed = await handle_in_group_order(
         records,
@@ -119,26 +153,33 @@ async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], 
     held_back = [record for record in failed if record.message_id not in started]
     if held_back:
         await asyncio.to_thread(_release_held_back, held_back)
-    if awaiting_report and not await _asked_to_settle(awaiting_report):
-        await asyncio.to_thread(_return_records, records, SETTLE_RETRY_SECONDS, "to ask for its settle check again")
+    if not await _queue_the_rest(announcements.take_the_rest(), awaiting_report):
+        await asyncio.to_thread(_return_records, records, SETTLE_RETRY_SECONDS, "to queue its notifications again")
         return list(records)
     return failed
 
 
-# An invocation that could not queue its settle check hands its records back for this long: the notify queue's
-# fault may pass in seconds, and the records hold their accounts' FIFO groups while they are away.
+# An invocation that could not queue its settle check or its last notifications hands its records back for this
+# long: the notify queue's fault may pass in seconds, and the records hold their accounts' FIFO groups meanwhile.
 SETTLE_RETRY_SECONDS = 20
 
 
-async def _asked_to_settle(messages: Sequence[Message]) -> bool:
-    """One settle check for the invocation's submitted messages, queued before any of its records is consumed, on
-    the notify queue (a standard queue, so it can wait hours without holding up the accounts' FIFO groups). When it
-    cannot be queued, every record goes back to the queue: their redelivery finds the messages submitted and asks
-    again (a check asked twice settles once)."""
+async def _queue_the_rest(notifications: list[dict[str, Any]], submitted: Sequence[Message]) -> bool:
+    """The invocation's last client notifications and one settle check for its submitted messages, queued in one go
+    before any of its records is consumed, on the notify queue (a standard queue, so a check can wait hours without
+    holding up the accounts' FIFO groups). When they cannot be queued, every record goes back to the queue: their
+    redelivery finds the messages submitted, announces them again (under the same webhook ids) and asks again (a
+    check asked twice settles once)."""
+    checks = settle.settle_checks(submitted, now=utc_now()) if submitted else []
+    if not notifications and not checks:
+        return True
     try:
-        await asyncio.to_thread(gateway().notify_queue.publish, settle.settle_checks(messages, now=utc_now()))
+        await asyncio.to_thread(gateway().notify_queue.publish, [*notifications, *checks])
     except Exception:
-        logger.exception("could not queue the settle check; the records come back", extra={"messages": len(messages)})
+        logger.exception(
+            "could not queue the settle check and last notifications; the records come back",
+            extra={"messages": len(submitted), "notifications": len(notifications)},
+        )
         return False
     return True
 
@@ -182,10 +223,12 @@ async def dispatch_record(
     in_flight: asyncio.Semaphore,
     out_of_time: Callable[[], bool] | None,
     awaiting_report: Callable[[Sequence[Message]], None],
+    announce: Callable[[Sequence[StatusChange]], None],
 ) -> dict[str, Any]:
-    """`awaiting_report` collects the record's submitted messages for the invocation's settle check."""
+    """`awaiting_report` collects the record's submitted messages for the invocation's settle check; `announce`
+    takes its client-visible status changes."""
     try:
-        return await _dispatch_record(record, in_flight, out_of_time, awaiting_report)
+        return await _dispatch_record(record, in_flight, out_of_time, awaiting_report, announce)
     except RetryLater:
         raise
     except Exception as error:
@@ -227,6 +270,7 @@ async def _dispatch_record(
     in_flight: asyncio.Semaphore,
     out_of_time: Callable[[], bool] | None,
     awaiting_report: Callable[[Sequence[Message]], None],
+    announce: Callable[[Sequence[StatusChange]], None],
 ) -> dict[str, Any]:
     command = DispatchCommand.model_validate_json(record.body)
     wiring = gateway()
@@ -249,7 +293,7 @@ async def _dispatch_record(
         route_limit=functools.cache(upstream_rate_limit),
         max_submit_attempts=wiring.settings.dispatch_max_attempts,
         claim_lease_seconds=wiring.settings.dispatch_claim_lease_seconds,
-        announce=_announce,
+        announce=announce,
         awaiting_report=awaiting_report,
         out_of_time=out_of_time or (lambda: False),
         wait_out_the_rate_limit=out_of_time is not None,
