@@ -167,10 +167,12 @@ def _one_run(
     *,
     store: RemoteStore | None,
     messages: int,
+    sends: int = 1,
 ) -> dict[str, float]:
-    """One invocation with `messages` freshly queued messages: wall time, our CPU, moto's (or the in-memory
-    store's) and the simulator's CPU."""
-    commands = _seed(account_id, messages)
+    """One invocation with `sends` freshly queued sends of `messages` messages: wall time, our CPU, moto's (or the
+    in-memory store's) and the simulator's CPU."""
+    commands = [command for _ in range(sends) for command in _seed(account_id, messages)]
+    messages *= sends
     event = _event(commands)
     submits_before = simulator.ask("stats")["unique"]
     meter.reset()
@@ -278,6 +280,10 @@ def measure(
                                 )
                             )
                     if in_memory:
+                        with patched_environ({"DISPATCH_CONCURRENCY": str(TARGET_IN_FLIGHT)}):
+                            extra["single_sends_msg_per_s"] = _single_sends_rate(
+                                account_id, runs=runs, aws=aws, simulator=simulator, store=store
+                            )
                         # The median of `runs` samples: one sample of half a second of CPU shows any other job.
                         count = 5 * PER_RECORD if runs > 1 else PER_RECORD
                         samples = [
@@ -407,18 +413,7 @@ def _measure_one(
     simulator: Helper,
     store: RemoteStore | None,
 ) -> dict[str, Any]:
-    from sms_gateway import bootstrap
-    from sms_gateway.adapters import http
-
-    with metering_boto3_clients() as meter:
-        bootstrap.reset()
-        http.close()
-        with _wired_to(store):
-            handler = _load_dispatcher().handler
-            # A warm container: the first invocation pays for imports, clients and the upstream's configuration.
-            invoke = functools.partial(_one_run, handler, account_id, aws, simulator, meter, store=store)
-            invoke(messages=PER_RECORD)
-            measured = [invoke(messages=messages) for _ in range(runs)]
+    measured = _warm_runs(account_id, runs=runs, aws=aws, simulator=simulator, store=store, messages=messages)
     bound = concurrency / LATENCY
     rate = median([messages / run["wall"] for run in measured])
     row: dict[str, Any] = {
@@ -443,6 +438,38 @@ def _measure_one(
         row["store_cpu_ms_per_msg"] = 1000 * median([run["store_cpu"] for run in measured]) / messages
     row["cpu_cap_msg_per_s"] = 1000 / row["cpu_ms_per_msg"]
     return row
+
+
+def _warm_runs(
+    account_id: str,
+    *,
+    runs: int,
+    aws: _Aws,
+    simulator: Helper,
+    store: RemoteStore | None,
+    messages: int,
+    sends: int = 1,
+) -> list[dict[str, float]]:
+    """`runs` invocations of a warm dispatcher container (see _one_run)."""
+    from sms_gateway import bootstrap
+    from sms_gateway.adapters import http
+
+    with metering_boto3_clients() as meter:
+        bootstrap.reset()
+        http.close()
+        with _wired_to(store):
+            handler = _load_dispatcher().handler
+            # A warm container: the first invocation pays for imports, clients and the upstream's configuration.
+            invoke = functools.partial(_one_run, handler, account_id, aws, simulator, meter, store=store)
+            invoke(messages=PER_RECORD)
+            return [invoke(messages=messages, sends=sends) for _ in range(runs)]
+
+
+def _single_sends_rate(account_id: str, *, runs: int, aws: _Aws, simulator: Helper, store: RemoteStore | None) -> float:
+    """msg/s of one invocation of RECORDS single-recipient sends of one account: its priority lane, one message
+    group, whose records go one after another (each waits for the one before to be answered: docs/dispatch.md)."""
+    measured = _warm_runs(account_id, runs=runs, aws=aws, simulator=simulator, store=store, messages=1, sends=RECORDS)
+    return median([RECORDS / run["wall"] for run in measured])
 
 
 def _slot_cap(concurrency: int, store_latency: float) -> float:
@@ -486,7 +513,13 @@ def _measured_apart(extra: dict[str, float]) -> list[str]:
     return [
         f"Measured apart in this run: botocore {extra['botocore_cpu_ms_per_request']:.2f} ms CPU per DynamoDB "
         f"request (botocore_cpu_ms_per_request); httpx {extra['httpx_cpu_ms_per_submit']:.2f} ms CPU per submit "
-        "(httpx_cpu_ms_per_submit)."
+        "(httpx_cpu_ms_per_submit).",
+        f"One account's single-recipient sends (OTPs), {RECORDS} records of one message in one invocation at "
+        f"{TARGET_IN_FLIGHT} in flight: {extra['single_sends_msg_per_s']:.1f} msg/s (single_sends_msg_per_s), not "
+        "judged. They share the account's priority lane, one message group, and a send's record starts only once "
+        "the one before it was answered (docs/dispatch.md, 'Batches keep their order'), so an account's OTPs go "
+        f"out at about one per upstream answer ({LATENCY * 1000:.0f} ms here) and its store requests: the price of "
+        "keeping them in order. Other accounts' lanes run alongside, and so do an account's bulk batches.",
     ]
 
 
