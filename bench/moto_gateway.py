@@ -33,8 +33,8 @@ RATE_LIMIT = 10_000
 class Latencies:
     """How long what the functions wait on takes to answer (seconds): AWS (DynamoDB, SQS, KMS) per request, the
     upstream per submit, the client's webhook per post. All 0 (answers at once) where requests are counted; the
-    cost benchmark's timed flows use TYPICAL, so what a function bills for waiting, and how much of the waiting
-    it overlaps, is measured rather than assumed."""
+    cost benchmark's timed flows use TYPICAL_LATENCIES, so what a function bills for waiting, and how much of the
+    waiting it overlaps, is measured rather than assumed."""
 
     aws_request: float = 0.0
     upstream_submit: float = 0.0
@@ -97,7 +97,9 @@ class RecordingSimulator:
 class _ClientWebhookHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length") or 0))
-        self.server.posts += 1  # type: ignore[attr-defined]
+        with self.server.lock:  # type: ignore[attr-defined]
+            # The notifier posts a batch's records concurrently: `+=` alone could lose a count.
+            self.server.posts += 1  # type: ignore[attr-defined]
         time.sleep(self.server.latency)  # type: ignore[attr-defined]
         body = b'{"ok":true}'
         self.send_response(200)
@@ -120,6 +122,7 @@ def client_webhook(latency: float = 0.0) -> Iterator[ThreadingHTTPServer]:
     # dropped SYN is sent again only after a second. A client's real webhook listens with a longer queue.
     server = TrackingHTTPServer(("127.0.0.1", 0), _ClientWebhookHandler)
     server.posts = 0  # type: ignore[attr-defined]
+    server.lock = threading.Lock()  # type: ignore[attr-defined]
     server.latency = latency  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
