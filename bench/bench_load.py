@@ -172,7 +172,7 @@ def run(quick: bool) -> dict[str, Any]:
             "each sending its requests one after the other (9bits POST /ng/v1/sendsms, `to` a list of distinct "
             "valid Nigerian numbers). Latency is per request, measured by the client.",
             "Dispatch is paused (the DispatchQueue poller is stopped): the local stack runs one function "
-            "invocation at a time (its HTTP functions always share one lock), so a dispatcher invocation would "
+            "invocation at a time (its default, serialize_invocations=True), so a dispatcher invocation would "
             "hold the API up, and the account's 50 msg/s rate limit would make it drain for minutes; the "
             "figures are the API's intake. A drainer thread receives and deletes the dispatch records as they "
             "come (moto's SQS slows down badly as a queue gets deep); dispatch_records_queued counts them.",

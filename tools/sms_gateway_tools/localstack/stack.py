@@ -29,6 +29,7 @@ from sms_gateway_tools.localstack.resources import (
     put_simulator_parameter,
 )
 from sms_gateway_tools.localstack.scheduler_loop import SchedulerLoop
+from sms_gateway_tools.localstack.shared_state import let_functions_run_side_by_side
 from sms_gateway_tools.localstack.sqs_poller import EventSource, SqsPoller
 from sms_gateway_tools.simulator import UpstreamSimulator
 
@@ -254,8 +255,11 @@ class LocalStack:
         # One invocation at a time per lock. The functions share module-level state of the runtime
         # package (Powertools' resolvers keep the current event in a class attribute; logger keys and
         # the metric set are one object), so by default every invocation takes one process-wide lock.
-        # `serialize_invocations=False` lets functions run concurrently, except the HTTP ones.
+        # `serialize_invocations=False` gives each function its own lock (one warm container each), the
+        # HTTP ones included, once Powertools' process-wide state allows it (localstack/shared_state.py).
         shared_lock = FairLock()
+        if not self.serialize_invocations:
+            let_functions_run_side_by_side()
         for logical_id, handler in handlers.items():
             fn = definitions[logical_id]
             self.functions[logical_id] = LocalFunction(
@@ -265,7 +269,7 @@ class LocalStack:
                 timeout=float(fn.timeout),
                 memory_size=int(fn.memory_size),
                 before_invoke=self._ensure_env,
-                lock=shared_lock if self.serialize_invocations or fn.routes else FairLock(),
+                lock=shared_lock if self.serialize_invocations else FairLock(),
             )
 
         self.bridge.start()

@@ -1,0 +1,94 @@
+"""The local stack runs its functions as threads of one process, where Lambda gives each its own containers.
+Two pieces of Powertools' state are process-wide and assume one invocation at a time per process:
+
+- the HTTP resolvers keep the request they are resolving in class attributes of `BaseRouter` (`current_event`,
+  `lambda_context`), shared by every resolver: two HTTP functions invoked at once (the api's send and the
+  webhook's DLR) would read each other's request;
+- `Metrics` keeps one metric set per process (class attributes): an invocation flushing it while another adds to
+  it can fail with "dictionary changed size during iteration".
+
+`let_functions_run_side_by_side()` keeps the resolvers' two attributes per thread and makes the metric set's
+changes and flushes take turns, so each function can run on its own lock (`LocalStack(serialize_invocations=False)`).
+An invocation's flush may carry a metric another function added meanwhile: same namespace and service, so the
+totals are right. The deployed functions never call it."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from abc import ABCMeta
+from collections.abc import Callable
+from typing import Any
+
+PER_THREAD = ("current_event", "lambda_context")
+
+_state = threading.local()
+_installed = threading.Lock()
+
+
+class _PerThread:
+    """A data descriptor on `BaseRouter`: `self.current_event` (an instance read) and `BaseRouter.current_event`
+    (a class read) both see the value the current thread set."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        try:
+            return getattr(_state, self.name)
+        except AttributeError:
+            raise AttributeError(f"no request is being resolved in this thread ({self.name})") from None
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        setattr(_state, self.name, value)
+
+
+class _RouterMeta(ABCMeta):
+    """`BaseRouter.current_event = event` (what `resolve()` does) is a class assignment: it goes to the metaclass,
+    which stores it for the current thread instead of replacing the descriptor."""
+
+    def __setattr__(cls, name: str, value: Any) -> None:
+        descriptor = cls.__dict__.get(name)
+        if isinstance(descriptor, _PerThread):
+            descriptor.__set__(None, value)
+            return
+        super().__setattr__(name, value)
+
+
+METRIC_SET_METHODS = (
+    "add_metric",
+    "add_dimension",
+    "add_dimensions",
+    "add_metadata",
+    "set_timestamp",
+    "serialize_metric_set",
+    "clear_metrics",
+    "flush_metrics",
+)
+_metric_set_turns = threading.RLock()
+
+
+def _taking_turns(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def in_turn(*args: Any, **kwargs: Any) -> Any:
+        with _metric_set_turns:
+            return method(*args, **kwargs)
+
+    in_turn.takes_turns = True  # type: ignore[attr-defined]
+    return in_turn
+
+
+def let_functions_run_side_by_side() -> None:
+    """Idempotent; for the local stack and tests only."""
+    from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
+    from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import AmazonCloudWatchEMFProvider
+
+    with _installed:
+        if type(BaseRouter) is not _RouterMeta:
+            for name in PER_THREAD:
+                type.__setattr__(BaseRouter, name, _PerThread(name))
+            BaseRouter.__class__ = _RouterMeta
+        for name in METRIC_SET_METHODS:
+            method = getattr(AmazonCloudWatchEMFProvider, name)
+            if not getattr(method, "takes_turns", False):
+                setattr(AmazonCloudWatchEMFProvider, name, _taking_turns(method))
