@@ -12,7 +12,7 @@ import pytest
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 
-from sms_gateway_tools.localstack.shared_state import let_functions_run_side_by_side
+from sms_gateway_tools.localstack.shared_state import let_functions_run_side_by_side, make_methods_take_turns
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -128,3 +128,54 @@ def test_a_metric_added_while_another_invocation_flushes_waits_for_the_flush(mon
         ["Flushed"],
         ["AddedDuringFlush"],
     ]
+
+
+def test_methods_made_to_take_turns_run_one_at_a_time_and_are_wrapped_once() -> None:
+    # Given a class whose first call waits inside the method until released
+    inside = threading.Event()
+    release = threading.Event()
+    calls: list[str] = []
+
+    class Handler:
+        def write(self, name: str) -> None:
+            calls.append(f"{name} in")
+            if name == "first":
+                inside.set()
+                assert release.wait(10)
+            calls.append(f"{name} out")
+
+        def other_write(self, name: str) -> None:
+            self.write(name)
+
+    turns = threading.RLock()
+    make_methods_take_turns(Handler, ("write", "other_write"), turns)
+    wrapped = Handler.write
+    make_methods_take_turns(Handler, ("write", "other_write"), turns)
+    assert Handler.write is wrapped
+
+    # When a second thread calls the other method while the first is inside
+    first = threading.Thread(target=Handler().write, args=("first",))
+    first.start()
+    assert inside.wait(10)
+    second = threading.Thread(target=Handler().other_write, args=("second",))
+    second.start()
+    second.join(timeout=0.3)
+
+    # Then it waits its turn (and one method calling the other does not deadlock)
+    assert second.is_alive()
+    release.set()
+    first.join(timeout=10)
+    second.join(timeout=10)
+    assert calls == ["first in", "first out", "second in", "second out"]
+
+
+def test_moto_applies_dynamodb_writes_one_at_a_time_once_asked() -> None:
+    from moto.dynamodb.responses import DynamoHandler
+
+    from sms_gateway_tools.localstack.moto_server import serialise_dynamodb_writes
+
+    serialise_dynamodb_writes()
+    assert all(
+        getattr(getattr(DynamoHandler, action), "takes_turns", False)
+        for action in ("put_item", "update_item", "delete_item", "batch_write_item", "transact_write_items")
+    )

@@ -7,11 +7,13 @@ import threading
 import urllib.request
 from typing import Any
 
+from sms_gateway_tools.localstack.shared_state import make_methods_take_turns
+
 logger = logging.getLogger("sms_gateway_tools.localstack.moto")
 
 # DynamoDB's write actions: each applies to its items atomically on AWS.
 _DYNAMODB_WRITES = ("put_item", "update_item", "delete_item", "batch_write_item", "transact_write_items")
-_writes_serialised: list[threading.RLock] = []
+_dynamodb_writes_turns = threading.RLock()
 
 
 def serialise_dynamodb_writes() -> None:
@@ -22,18 +24,7 @@ def serialise_dynamodb_writes() -> None:
     the notifier's records), so the local stack and the tests need DynamoDB's semantics here, not moto's."""
     from moto.dynamodb.responses import DynamoHandler
 
-    if _writes_serialised:
-        return
-    lock = threading.RLock()
-    _writes_serialised.append(lock)
-    for action in _DYNAMODB_WRITES:
-        original = getattr(DynamoHandler, action)
-
-        def serialised(self: Any, _original: Any = original) -> Any:
-            with lock:
-                return _original(self)
-
-        setattr(DynamoHandler, action, serialised)
+    make_methods_take_turns(DynamoHandler, _DYNAMODB_WRITES, _dynamodb_writes_turns)
 
 
 class EmbeddedMoto:

@@ -23,7 +23,7 @@ from typing import Any
 PER_THREAD = ("current_event", "lambda_context")
 
 _state = threading.local()
-_installed = threading.Lock()
+_installed = threading.RLock()
 
 
 class _PerThread:
@@ -68,14 +68,22 @@ METRIC_SET_METHODS = (
 _metric_set_turns = threading.RLock()
 
 
-def _taking_turns(method: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(method)
-    def in_turn(*args: Any, **kwargs: Any) -> Any:
-        with _metric_set_turns:
-            return method(*args, **kwargs)
+def make_methods_take_turns(cls: type, names: tuple[str, ...], turns: threading.RLock) -> None:
+    """Wraps each named method of `cls` so that calls of any of them, from any thread, run one at a time (holding
+    `turns`, reentrant: one may call another). Idempotent: a method already wrapped is left as it is."""
+    with _installed:
+        for name in names:
+            method = getattr(cls, name)
+            if getattr(method, "takes_turns", False):
+                continue
 
-    in_turn.takes_turns = True  # type: ignore[attr-defined]
-    return in_turn
+            @functools.wraps(method)
+            def in_turn(*args: Any, _method: Callable[..., Any] = method, **kwargs: Any) -> Any:
+                with turns:
+                    return _method(*args, **kwargs)
+
+            in_turn.takes_turns = True  # type: ignore[attr-defined]
+            setattr(cls, name, in_turn)
 
 
 def let_functions_run_side_by_side() -> None:
@@ -87,8 +95,5 @@ def let_functions_run_side_by_side() -> None:
         if type(BaseRouter) is not _RouterMeta:
             for name in PER_THREAD:
                 type.__setattr__(BaseRouter, name, _PerThread(name))
-            BaseRouter.__class__ = _RouterMeta
-        for name in METRIC_SET_METHODS:
-            method = getattr(AmazonCloudWatchEMFProvider, name)
-            if not getattr(method, "takes_turns", False):
-                setattr(AmazonCloudWatchEMFProvider, name, _taking_turns(method))
+            BaseRouter.__class__ = _RouterMeta  # type: ignore[method-assign,assignment]
+    make_methods_take_turns(AmazonCloudWatchEMFProvider, METRIC_SET_METHODS, _metric_set_turns)
