@@ -29,6 +29,11 @@ def out_of_time_after(remaining_ms: Callable[[], int] | None, *, reserve_seconds
     return lambda: time.monotonic() >= deadline
 
 
+def ran_out(out_of_time: OutOfTime | None) -> bool:
+    """Whether a deadline that may be absent (no Lambda context) has been reached."""
+    return out_of_time is not None and out_of_time()
+
+
 @contextlib.contextmanager
 def invocation(remaining_ms: Callable[[], int] | None, *, reserve_seconds: float) -> Iterator[None]:
     """Handles one invocation: within it, `invocation_out_of_time()` is true once less than `reserve_seconds` of it
@@ -58,7 +63,7 @@ def armed(out_of_time: OutOfTime | None) -> Iterator[None]:
 def no_retry_past_deadline(response: Any = None, caught_exception: Any = None, **_: Any) -> None:
     """botocore `needs-retry` handler (adapters.aws registers it on every client): raising here ends the call."""
     out_of_time = _armed.get()
-    if out_of_time is None or not out_of_time():
+    if not ran_out(out_of_time):
         return
     failed = caught_exception is not None or (response is not None and "Error" in response[1])
     if failed:

@@ -208,7 +208,10 @@ async def _all_to_their_end(coroutines: Sequence[Coroutine[object, object, None]
 
 
 class _Announcer:
-    """Collects the record's client-visible status changes and hands them on ANNOUNCE_BATCH at a time."""
+    """Collects the record's client-visible status changes and hands them on ANNOUNCE_BATCH at a time: one hop off
+    the event loop per ten changes, not one per message (`announce` may block on an SQS request). The dispatcher
+    invocation's announcer (consumers._InvocationAnnouncements) batches again across records, so a record's
+    remainder is sent with other records' changes."""
 
     def __init__(self, announce: Callable[[Sequence[StatusChange]], None] | None) -> None:
         self.announce = announce

@@ -205,7 +205,7 @@ def accept_send(
         send_at=iso(command.send_at) if command.send_at else None,
     )
     messages = new_messages(batch, command, recipients, priced)
-    if out_of_time is not None and out_of_time():
+    if deadlines.ran_out(out_of_time):
         raise Unavailable("too little time was left to take this send: nothing was stored or charged; try again")
     balance = deps.accounts.reserve_credits(account.account_id, cost)
     try:
@@ -234,10 +234,10 @@ def store_batch(
     the release, once the invocation is out of time. The caller undoes what was written."""
     deps.messages.create_batch(batch, [])
     for start in range(0, len(messages), STORE_CHUNK):
-        if out_of_time is not None and out_of_time():
+        if deadlines.ran_out(out_of_time):
             raise Unavailable("the invocation ran out of time while storing the send")
         deps.messages.add_messages(batch, messages[start : start + STORE_CHUNK])
-    if out_of_time is not None and out_of_time():
+    if deadlines.ran_out(out_of_time):
         raise Unavailable("the invocation ran out of time before queueing the send")
 
 
