@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import queue
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -33,6 +35,7 @@ class Fakes:
         self.scheduled: queue.Queue[dict[str, Any]] = queue.Queue()
         self.contexts: queue.Queue[Any] = queue.Queue()
         self.dispatch_batches: list[dict[str, Any]] = []
+        self.slow_started = threading.Event()
 
     def api(self, event: dict[str, Any], context: Any) -> Any:
         self.api_events.put(event)
@@ -42,6 +45,10 @@ class Fakes:
             raise RuntimeError("boom")
         if path.endswith("/plain"):
             return {"hello": "world"}
+        if path.endswith("/slow"):
+            self.slow_started.set()
+            time.sleep(0.3)
+            return {"slow": True}
         return {
             "statusCode": 201,
             "headers": {"Content-Type": "application/octet-stream", "X-Request-Route": event["routeKey"]},
@@ -279,6 +286,27 @@ def test_unknown_route_is_404_and_a_failing_handler_500(stack: LocalStack) -> No
     # Then API Gateway's 500 comes back
     assert failed.status_code == 500
     assert failed.json() == {"message": "Internal Server Error"}
+
+
+def test_a_caller_gone_before_its_answer_is_logged_once_and_the_bridge_serves_on(
+    stack: LocalStack, fakes: Fakes, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a client that gives up (resets its connection) while the function is still running
+    caplog.set_level(logging.WARNING, logger="sms_gateway_tools.localstack.http_bridge")
+    port = int(stack.api_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        client.sendall(b"GET /v1/accounts/me/slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert fakes.slow_started.wait(5)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    # Then the bridge says in one line that the answer was dropped, and why
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any("had gone" in r.getMessage() for r in caplog.records):
+        time.sleep(0.05)
+    [dropped] = [r.getMessage() for r in caplog.records if "had gone" in r.getMessage()]
+    assert dropped.startswith("the caller of GET /v1/accounts/me/slow had gone when its answer (200) was ready")
+    # And the next caller is answered
+    assert httpx.get(f"{stack.api_url}/v1/accounts/me/plain", timeout=10).json() == {"hello": "world"}
 
 
 def test_sqs_messages_reach_the_dispatcher_with_partial_batch_failures(stack: LocalStack, fakes: Fakes) -> None:

@@ -255,8 +255,20 @@ class _BridgeHandler(RequestHandler):
             source_ip=self.client_address[0],
             protocol=self.request_version,
         )
+        started = time.monotonic()
         status, headers, payload = bridge.handle(request)
-        self.send(status, payload, headers)
+        try:
+            self.send(status, payload, headers)
+        except (BrokenPipeError, ConnectionResetError):
+            # As API Gateway does once its caller has gone: the function ran, its answer goes nowhere.
+            logger.warning(
+                "the caller of %s %s had gone when its answer (%s) was ready, %.1f s later; answer dropped",
+                self.command,
+                urlsplit(self.path).path,
+                status,
+                time.monotonic() - started,
+            )
+            self.close_connection = True
 
     do_GET = _dispatch
     do_POST = _dispatch
