@@ -31,6 +31,7 @@ def _chaos(args: argparse.Namespace) -> int:
         wave=args.wave,
         accounts=args.accounts,
         kill_rate=args.kill_rate,
+        send_step_failure_rate=args.send_failure_rate,
         upstream_deduplicates=args.upstream_deduplicates,
         **({"dlr_wait_seconds": args.dlr_wait} if args.dlr_wait is not None else {}),
     )
@@ -74,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--accounts", type=int, default=8, help="accounts sending (each its own FIFO lanes)")
     chaos.add_argument(
         "--kill-rate", type=float, default=0.02, help="share of messages whose dispatcher is killed mid-submit"
+    )
+    chaos.add_argument(
+        "--send-failure-rate",
+        type=float,
+        default=0.02,
+        help="share of sends whose storing, queueing or queueing answer fails at the api (each step)",
     )
     chaos.add_argument(
         "--upstream-deduplicates",

@@ -1,4 +1,5 @@
-"""Faults the chaos run injects into the gateway's own process: a dispatcher killed mid-submit."""
+"""Faults the chaos run injects into the gateway's own process: a dispatcher killed mid-submit, the api's storing and
+queueing of a send failing."""
 
 from __future__ import annotations
 
@@ -93,3 +94,69 @@ class KillAfterSubmit:
             yield self
         finally:
             SimulatorProvider.submit = original  # type: ignore[method-assign]
+
+
+class SendStepFailed(Exception):
+    """Stands for DynamoDB or SQS failing the api's request after botocore's own retries gave up."""
+
+
+class FailingSendSteps:
+    """Makes the api's storing or queueing of a send fail, at one of three steps, each for a `rate` share:
+
+    - `store`: a chunk of the send's messages is refused by DynamoDB (before it is written);
+    - `queue`: the send's dispatch records are refused by SQS (none taken);
+    - `queue_answer_lost`: SQS takes the records but its answer never comes (the api cannot know it did).
+
+    The api undoes such a send (logic/send.py: refunds it, fails what no dispatcher claimed) and answers 503, unless a
+    dispatcher claimed one of its messages first (the third step only), when the send stands. The client sends it
+    again under the same Idempotency-Key. Choices are stable per seed: by the chunk's first recipient, or by the
+    batch's reference; each chosen one fails once."""
+
+    STEPS = ("store", "queue", "queue_answer_lost")
+
+    def __init__(self, rate: float, seed: int) -> None:
+        self.rate = rate
+        self.seed = seed
+        self.injected: Counter[str] = Counter()
+        self._failed: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def _fails(self, step: str, key: str) -> bool:
+        """Once per chosen step and key: a chunk that failed is stored when the client sends it again."""
+        if not chosen(self.seed, f"{step}:{key}", self.rate):
+            return False
+        with self._lock:
+            if (step, key) in self._failed:
+                return False
+            self._failed.add((step, key))
+            self.injected[step] += 1
+        return True
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[FailingSendSteps]:
+        from sms_gateway.adapters.dynamodb import DynamoStore
+        from sms_gateway.adapters.sqs import SqsDispatchQueue
+
+        add_messages, enqueue = DynamoStore.add_messages, SqsDispatchQueue.enqueue
+        faults = self
+
+        def add_messages_or_fail(store: DynamoStore, batch: Any, messages: Any) -> None:
+            if messages and faults._fails("store", messages[0].msisdn):
+                raise SendStepFailed(f"DynamoDB refused a chunk of batch {batch.reference_id} (injected)")
+            add_messages(store, batch, messages)
+
+        def enqueue_or_fail(queue: SqsDispatchQueue, commands: Any) -> None:
+            key = str(commands[0].reference_id) if commands else ""
+            if commands and faults._fails("queue", key):
+                raise SendStepFailed(f"SQS refused the records of batch {key} (injected)")
+            enqueue(queue, commands)
+            if commands and faults._fails("queue_answer_lost", key):
+                raise SendStepFailed(f"SQS took the records of batch {key}, its answer was lost (injected)")
+
+        DynamoStore.add_messages = add_messages_or_fail  # type: ignore[method-assign,assignment]
+        SqsDispatchQueue.enqueue = enqueue_or_fail  # type: ignore[method-assign,assignment]
+        try:
+            yield self
+        finally:
+            DynamoStore.add_messages = add_messages  # type: ignore[method-assign]
+            SqsDispatchQueue.enqueue = enqueue  # type: ignore[method-assign]

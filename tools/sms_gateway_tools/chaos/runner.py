@@ -6,6 +6,7 @@ import json
 import logging
 import random
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -14,7 +15,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from sms_gateway_tools.chaos.faults import KillAfterSubmit
+from sms_gateway_tools.chaos.faults import FailingSendSteps, KillAfterSubmit
 from sms_gateway_tools.chaos.invariants import (
     AccountCredits,
     MessageRecord,
@@ -54,6 +55,10 @@ class ChaosOptions:
     dlr_duplicate_rate: float = 0.10
     dlr_reorder_rate: float = 0.10
     kill_rate: float = 0.02
+    # Each of the api's three send steps (a chunk stored, the records queued, SQS's answer to that) fails for this
+    # share of sends (chaos/faults.FailingSendSteps); the client sends again under the same Idempotency-Key.
+    send_step_failure_rate: float = 0.02
+    send_attempts: int = 5
     # False: the gateway is told the upstream cannot tell a repeated submit from a new one, as Kannel, Jasmin, Twilio
     # and Africa's Talking cannot, so every repeat the simulator counts is a text a real upstream would send twice.
     # True: it may count on the simulator's deduplication by client_ref (as on 9bits'), and repeats after a
@@ -95,6 +100,8 @@ class Progress:
     sends: int = 0
     accepted_messages: int = 0
     refused_sends: list[str] = field(default_factory=list)
+    # Answers of 5xx that the client sent again under the same Idempotency-Key, by status.
+    sends_retried: dict[int, int] = field(default_factory=dict)
     waves: int = 0
     references: list[tuple[str, int]] = field(default_factory=list)
 
@@ -146,6 +153,7 @@ class ChaosRun:
         self.progress = Progress()
         self.accounts: list[dict[str, Any]] = []
         self.timed_out = False
+        self._progress_lock = threading.Lock()
 
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.started:6.1f}s] {text}", file=self.out, flush=True)
@@ -157,6 +165,7 @@ class ChaosRun:
 
         o = self.options
         kills = KillAfterSubmit(o.kill_rate, o.seed)
+        send_faults = FailingSendSteps(o.send_step_failure_rate, o.seed)
         with (
             FlakyWebhook(o.webhook_failure_rate, seed=o.seed) as webhook,
             LocalStack(
@@ -177,6 +186,7 @@ class ChaosRun:
                 serialize_invocations=o.serialize_invocations,
             ) as stack,
             kills.installed(),
+            send_faults.installed(),
         ):
             assert stack.simulator is not None
             stack.simulator.configure(
@@ -204,7 +214,13 @@ class ChaosRun:
             observed = self._observe(stack, webhook, kills)
             verdicts = check(observed)
             return self._summary(
-                stack, webhook=webhook, kills=kills, observed=observed, verdicts=verdicts, settled_at=settled_at
+                stack,
+                webhook=webhook,
+                kills=kills,
+                send_faults=send_faults,
+                observed=observed,
+                verdicts=verdicts,
+                settled_at=settled_at,
             )
 
     def _past_deadline(self) -> bool:
@@ -244,9 +260,16 @@ class ChaosRun:
                 body |= {"to": send.recipients[0], "message": send.text}
             else:
                 body |= {"to": list(send.recipients), "body": send.text}
-            answer = client.post(
-                f"{stack.api_url}/ng/v1/sendsms", json=body, headers={"Authorization": f"Bearer {account['token']}"}
-            )
+            # A client that sends again after a 5xx, under the same key, as the API documents.
+            headers = {"Authorization": f"Bearer {account['token']}", "Idempotency-Key": f"chaos-{send.recipients[0]}"}
+            for attempt in range(1, self.options.send_attempts + 1):
+                answer = client.post(f"{stack.api_url}/ng/v1/sendsms", json=body, headers=headers)
+                if answer.status_code < 500 or attempt == self.options.send_attempts:
+                    break
+                with self._progress_lock:
+                    self.progress.sends_retried[answer.status_code] = (
+                        self.progress.sends_retried.get(answer.status_code, 0) + 1
+                    )
             self.progress.sends += 1
             if answer.status_code != 200:
                 self.progress.refused_sends.append(f"{answer.status_code} {answer.text[:200]}")
@@ -427,6 +450,7 @@ class ChaosRun:
         *,
         webhook: FlakyWebhook,
         kills: KillAfterSubmit,
+        send_faults: FailingSendSteps,
         observed: Observations,
         verdicts: list[Verdict],
         settled_at: float | None,
@@ -448,6 +472,7 @@ class ChaosRun:
             "sends": self.progress.sends,
             "messages": len(observed.messages),
             "refused_sends": self.progress.refused_sends[:5],
+            "sends_retried": dict(sorted(self.progress.sends_retried.items())),
             "statuses": dict(sorted(statuses.items())),
             "error_codes": dict(sorted(error_codes.items())),
             "expired_unreported": _expired_unreported(observed),
@@ -457,6 +482,7 @@ class ChaosRun:
                 "dlrs_duplicated": stats.get("dlrs_duplicated", 0),
                 "dlrs_reordered": stats.get("dlrs_reordered", 0),
                 "dispatcher_kills": len(kills.killed),
+                "send_step_failures": {step: send_faults.injected[step] for step in FailingSendSteps.STEPS},
                 "sqs_duplicate_deliveries": duplicates,
                 "webhook_500s": webhook.log.failed,
             },
@@ -525,6 +551,8 @@ def render(summary: dict[str, Any]) -> str:
         "its DLR answered too late or never); the rest never reached it".format(**summary["expired_unreported"]),
         *(f"    e.g. {json.dumps(example)}" for example in summary["expired_unreported"]["examples"][:3]),
         "injected: " + ", ".join(f"{k} {v}" for k, v in summary["injected"].items()),
+        "sends answered 5xx and sent again under their Idempotency-Key: "
+        + (", ".join(f"{k} {v}" for k, v in summary.get("sends_retried", {}).items()) or "none"),
         "upstream: " + ", ".join(f"{k} {v}" for k, v in summary["upstream"].items()),
         "client webhook: " + ", ".join(f"{k} {v}" for k, v in summary["webhook"].items()),
         "",
