@@ -739,6 +739,63 @@ class TestScheduledRelease:
         assert store.batches[("7", batch.reference_id)].status == MessageStatus.CANCELLED
         assert store.accounts["7"].credits > paid
 
+    def test_a_cancel_that_died_after_the_batch_write_is_finished_by_the_next_and_only_once(self, store):
+        # Given a scheduled batch of three whose cancel died once the batch was written (its schedule deletion failed)
+        scheduler = RecordingScheduler()
+        batch, _ = send(store, command(3, send_at=NOW + timedelta(hours=2)), scheduler=scheduler)
+        charged = store.accounts["7"].credits
+
+        class DiesDeletingTheSchedule(RecordingScheduler):
+            def cancel(self, account_id, reference_id):
+                raise RuntimeError("the container died here")
+
+        with pytest.raises(RuntimeError):
+            cancel_batch(
+                messages=store,
+                accounts=store,
+                scheduler=DiesDeletingTheSchedule(),
+                account_id="7",
+                reference_id=batch.reference_id,
+                now=NOW,
+            )
+        assert store.batches[("7", batch.reference_id)].status == MessageStatus.CANCELLED
+        assert all(m.status == MessageStatus.SCHEDULED for m in store.messages.values())
+        # When the client cancels again
+        again, refunded = cancel_batch(
+            messages=store,
+            accounts=store,
+            scheduler=scheduler,
+            account_id="7",
+            reference_id=batch.reference_id,
+            now=NOW,
+        )
+        # Then the cancel is finished, as the first would have: schedule gone, messages cancelled, credits back
+        assert (again.status, refunded) == (MessageStatus.CANCELLED, 3)
+        assert scheduler.scheduled == {}
+        assert all(m.status == MessageStatus.CANCELLED for m in store.messages.values())
+        assert store.accounts["7"].credits == charged + 3
+        # And once it is finished, another cancel is a conflict that refunds nothing more
+        with pytest.raises(Conflict, match="this one is cancelled"):
+            self.cancel(store, batch.reference_id)
+        assert store.accounts["7"].credits == charged + 3
+
+    def test_a_schedule_firing_for_a_batch_whose_cancel_died_finishes_the_cancel_and_releases_nothing(self, store):
+        # Given a scheduled batch moved to cancelled by a cancel that died before anything else (schedule left)
+        batch, _ = send(store, command(2, send_at=NOW + timedelta(hours=2)))
+        charged = store.accounts["7"].credits
+        assert store.set_batch_status("7", batch.reference_id, MessageStatus.CANCELLED)
+        # When its schedule fires
+        queue = RecordingQueue()
+        released = release_scheduled_batch(
+            "7", batch.reference_id, messages=store, queue=queue, clock=clock, accounts=store
+        )
+        # Then nothing is released, and the messages are cancelled and refunded once
+        assert not released and queue.commands == []
+        assert all(m.status == MessageStatus.CANCELLED for m in store.messages.values())
+        assert store.accounts["7"].credits == charged + 2
+        release_scheduled_batch("7", batch.reference_id, messages=store, queue=queue, clock=clock, accounts=store)
+        assert store.accounts["7"].credits == charged + 2
+
     def test_a_retry_after_a_release_died_before_queueing_queues_the_messages(self, store):
         batch, _ = send(store, command(3, send_at=NOW + timedelta(hours=2)))
         with pytest.raises(RuntimeError):

@@ -18,5 +18,6 @@ def release_schedule(event: dict[str, Any]) -> dict[str, Any]:
         messages=wiring.store,
         queue=wiring.dispatch_queue,
         clock=utc_now,
+        accounts=wiring.store,
     )
     return {"released": released}

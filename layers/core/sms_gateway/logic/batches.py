@@ -106,16 +106,41 @@ def cancel_batch(
 ) -> tuple[Batch, int]:
     """Cancels a scheduled batch: deletes its schedule, cancels its messages, refunds them.
     Returns the batch and the credits refunded. The batch's own conditional write decides a race with
-    the schedule firing: whichever moves the batch first wins, and the other does nothing."""
+    the schedule firing: whichever moves the batch first wins, and the other does nothing.
+
+    A cancel that died after the batch's write (messages still scheduled, and charged) is finished by the next one,
+    which answers as the first would have; once every message is cancelled, another cancel is a conflict."""
     batch = get_batch(messages, account_id, reference_id)
+    if batch.status == MessageStatus.CANCELLED:
+        refund = finish_cancel(messages, accounts, scheduler, account_id, reference_id, now=now)
+        if not refund:
+            raise Conflict("only a scheduled batch can be cancelled; this one is cancelled")
+        return batch, refund
     if batch.status not in ONLY_SCHEDULED or not messages.set_batch_status(
         account_id, reference_id, MessageStatus.CANCELLED, only_from=ONLY_SCHEDULED
     ):
         current = get_batch(messages, account_id, reference_id).status
         raise Conflict(f"only a scheduled batch can be cancelled; this one is {current}")
-    scheduler.cancel(account_id, reference_id)
+    refund = finish_cancel(messages, accounts, scheduler, account_id, reference_id, now=now)
+    return get_batch(messages, account_id, reference_id), refund
+
+
+def finish_cancel(
+    messages: MessageStore,
+    accounts: AccountStore,
+    scheduler: BatchScheduler | None,
+    account_id: str,
+    reference_id: int,
+    *,
+    now: datetime,
+) -> int:
+    """For a batch already moved to cancelled: deletes its schedule (None: the schedule is the caller, firing, and
+    deletes itself), cancels its messages still scheduled (each by a conditional write) and refunds those this call
+    moved. Safe to run again, or alongside another: a message is moved, and refunded, once. The credits refunded."""
+    if scheduler is not None:
+        scheduler.cancel(account_id, reference_id)
     batch_messages = all_messages(messages, account_id, reference_id)
     _, refund = move_messages(messages, batch_messages, MessageStatus.CANCELLED, now=now)
     if refund:
         accounts.refund_credits(account_id, refund)
-    return get_batch(messages, account_id, reference_id), refund
+    return refund

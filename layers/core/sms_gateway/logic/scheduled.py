@@ -6,10 +6,10 @@ from collections.abc import Callable
 from datetime import datetime
 
 from sms_gateway.domain.status import MessageStatus
-from sms_gateway.logic.batches import ONLY_SCHEDULED, all_messages
+from sms_gateway.logic.batches import ONLY_SCHEDULED, all_messages, finish_cancel
 from sms_gateway.logic.send import dispatch_commands
 from sms_gateway.observability import logger
-from sms_gateway.ports import DispatchQueue, MessageStore
+from sms_gateway.ports import AccountStore, DispatchQueue, MessageStore
 
 
 def release_scheduled_batch(
@@ -19,6 +19,7 @@ def release_scheduled_batch(
     messages: MessageStore,
     queue: DispatchQueue,
     clock: Callable[[], datetime],
+    accounts: AccountStore | None = None,
 ) -> bool:
     """Safe to run twice: the batch moves scheduled -> queued first, with a conditional write, then its messages
     (conditional writes too), then their dispatch records are queued (deduplication ids; the dispatcher claims each
@@ -27,8 +28,9 @@ def release_scheduled_batch(
 
     The batch's write decides a race with a cancel (logic.batches.cancel_batch, which moves a scheduled batch to
     cancelled with the same kind of write): whichever moves the batch first wins. A cancel that came first leaves
-    nothing to release; a release that came first makes the cancel a conflict, so a message this call queued
-    (and a dispatcher may be submitting) is never cancelled and refunded under it.
+    nothing to release (and a cancel that died after its batch write is finished here, with `accounts`); a release
+    that came first makes the cancel a conflict, so a message this call queued (and a dispatcher may be submitting)
+    is never cancelled and refunded under it.
     Returns True when this call released the batch."""
     batch = messages.get_batch(account_id, reference_id)
     released = (
@@ -38,6 +40,15 @@ def release_scheduled_batch(
     )
     if not released:
         batch = messages.get_batch(account_id, reference_id)
+        if batch is not None and batch.status == MessageStatus.CANCELLED and accounts is not None:
+            # A cancel that died after the batch's write left its schedule, which is what fired: finish it.
+            refunded = finish_cancel(messages, accounts, None, account_id, reference_id, now=clock())
+            if refunded:
+                logger.warning(
+                    "schedule fired for a batch whose cancel did not finish; finished it",
+                    extra={"reference_id": reference_id, "refunded_credits": refunded},
+                )
+            return False
         if batch is None or batch.status != MessageStatus.QUEUED:
             logger.info(
                 "schedule fired for a batch that is not scheduled; nothing to release",
