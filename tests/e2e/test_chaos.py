@@ -16,7 +16,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(540)]
 def test_a_small_chaos_run_loses_nothing_and_doubles_nothing(tmp_path: Path) -> None:
     # Given the local stack with the faults of `make chaos` injected (upstream 5xx and timeouts, duplicated and
     # reordered DLRs, duplicate SQS deliveries, a client webhook failing 30%, dispatchers killed mid-record), and
-    # the api's storing and queueing of a send failing (10% per step here, so a run this small has some of each)
+    # the api's storing and queueing of a send failing (10% per step here, so a run this small has some of each),
+    # and scheduled batches cancelled by the client
     summary_path = tmp_path / "chaos.json"
     # When 300 messages go through it (a process of its own: the run owns moto and os.environ while it lasts)
     finished = subprocess.run(
@@ -61,5 +62,8 @@ def test_a_small_chaos_run_loses_nothing_and_doubles_nothing(tmp_path: Path) -> 
         "no_regressions": 0,
         "credits_conserved": 0,
         "every_change_notified": 0,
+        "cancels_honoured": 0,
     }
+    # And this seed's plan schedules one of its two bulk sends a few seconds ahead, which the client cancels
+    assert summary["scheduled_sends"] == 1 and sum(summary["cancels_answered"].values()) == 1
     assert "RESULT: all invariants hold" in finished.stdout

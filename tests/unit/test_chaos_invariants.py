@@ -160,3 +160,59 @@ def test_the_report_counts_the_messages_expired_for_want_of_a_dlr_that_the_upstr
     first, second = report["examples"]
     assert (first["message_id"], first["upstream_took_it_at"], first["dlr_answered_at"]) == ("1", AT, "late")
     assert (first["status_at"], second["message_id"]) == (message("1").status_at, "2")
+
+
+def scheduled(message_id: str, reference: str, **changes: object) -> MessageRecord:
+    """A message of scheduled batch `reference`: scheduled (1), queued (2), submitted (3), delivered (4)."""
+    fields: dict[str, object] = {
+        "client_ref": f"7.{reference}.{message_id}",
+        "reference_id": reference,
+        "status_at": {"accepted": AT, "scheduled": AT, "queued": AT, "submitted": AT, "delivered": AT},
+        "sequence": 4,
+    }
+    return message(message_id, **(fields | changes))
+
+
+def test_a_scheduled_message_is_reported_from_its_submit_and_a_cancelled_one_not_at_all():
+    # A released scheduled message: its release (2) is not a report, its submit (3) and delivery (4) are
+    released = scheduled("2", "200")
+    cancelled = scheduled(
+        "3",
+        "300",
+        status="cancelled",
+        status_at={"accepted": AT, "scheduled": AT, "cancelled": AT},
+        sequence=2,
+        upstream_message_id=None,
+    )
+    observed = replace(
+        clean_run(),
+        messages=[*clean_run().messages, released, cancelled],
+        accounts=[AccountCredits(account_id="7", initial=100, balance=96)],
+        upstream=[*clean_run().upstream, UpstreamMessage("sim-2", "7.200.2")],
+        notifications={
+            **clean_run().notifications,
+            "dlr_2_3": callback("2", 3, "submitted"),
+            "dlr_2_4": callback("2", 4, "delivered"),
+        },
+        cancels={"300": 200},
+    )
+    assert broken(observed) == {}
+    # But a missing submit report of the released one is still flagged
+    missing = replace(observed, notifications={k: v for k, v in observed.notifications.items() if k != "dlr_2_3"})
+    assert broken(missing) == {"every_change_notified": 1}
+
+
+def test_a_cancel_answered_200_that_let_a_message_out_or_a_409_that_cancelled_one_is_flagged():
+    sent_anyway = scheduled("2", "200", delivery_report=False)
+    cancelled = scheduled("3", "300", status="cancelled", delivery_report=False, sequence=2, upstream_message_id=None)
+    base = replace(
+        clean_run(),
+        messages=[*clean_run().messages, sent_anyway, cancelled],
+        accounts=[AccountCredits(account_id="7", initial=100, balance=96)],
+        upstream=[*clean_run().upstream, UpstreamMessage("sim-2", "7.200.2")],
+    )
+    # Each batch's cancel answered as it turned out: nothing to flag
+    assert broken(replace(base, cancels={"200": 409, "300": 200})) == {}
+    # A 200 for the batch that went out, a 409 for the one cancelled, and an answer that is neither
+    assert broken(replace(base, cancels={"200": 200, "300": 409})) == {"cancels_honoured": 2}
+    assert broken(replace(base, cancels={"300": 500})) == {"cancels_honoured": 1}

@@ -32,6 +32,8 @@ def _chaos(args: argparse.Namespace) -> int:
         accounts=args.accounts,
         kill_rate=args.kill_rate,
         send_step_failure_rate=args.send_failure_rate,
+        scheduled_share=args.scheduled_share,
+        cancel_share=args.cancel_share,
         upstream_deduplicates=args.upstream_deduplicates,
         **({"dlr_wait_seconds": args.dlr_wait} if args.dlr_wait is not None else {}),
     )
@@ -81,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.02,
         help="share of sends whose storing, queueing or queueing answer fails at the api (each step)",
+    )
+    chaos.add_argument(
+        "--scheduled-share", type=float, default=0.3, help="share of bulk sends scheduled 3-15 s ahead (send_at)"
+    )
+    chaos.add_argument(
+        "--cancel-share",
+        type=float,
+        default=0.5,
+        help="share of scheduled sends the client cancels, before, while or just after their schedule fires",
     )
     chaos.add_argument(
         "--upstream-deduplicates",

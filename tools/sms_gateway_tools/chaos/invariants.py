@@ -29,6 +29,7 @@ class MessageRecord:
     delivery_report: bool
     error_code: str | None = None
     upstream_message_id: str | None = None
+    reference_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ class Observations:
     submits_unanswered: Mapping[str, int] = field(default_factory=dict)
     # Whether the gateway was told the upstream deduplicates by our reference: if not, no repeat is allowed.
     upstream_deduplicates: bool = True
+    # reference_id -> the HTTP status the client's cancel of that scheduled batch was answered with.
+    cancels: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -108,6 +111,7 @@ def check(observed: Observations) -> list[Verdict]:
         no_regressions(observed),
         credits_conserved(observed),
         every_change_notified(observed),
+        cancels_honoured(observed),
     ]
 
 
@@ -237,9 +241,12 @@ def every_change_notified(observed: Observations) -> Verdict:
     messages = {message.message_id: message for message in observed.messages}
     parked = 0
     for message in observed.messages:
-        if not message.delivery_report:
+        if not message.delivery_report or message.status == MessageStatus.CANCELLED:
+            # A cancel is the client's own request and sends no reports (docs/delivery-reports.md).
             continue
-        for sequence in range(2, message.sequence + 1):
+        # The release of a scheduled batch (scheduled -> queued) is not a report either.
+        first_reported = 3 if str(MessageStatus.SCHEDULED) in message.status_at else 2
+        for sequence in range(first_reported, message.sequence + 1):
             verdict.checked += 1
             webhook_id = f"dlr_{message.message_id}_{sequence}"
             if webhook_id in observed.notifications:
@@ -265,6 +272,37 @@ def every_change_notified(observed: Observations) -> Verdict:
             verdict.violations.append(f"{message_id}: {status} notified {statuses.count(status)} times")
     if parked:
         verdict.notes.append(f"{parked} in the notify DLQ with a reason")
+    return verdict
+
+
+def cancels_honoured(observed: Observations) -> Verdict:
+    """A cancel answered 200 cancelled the whole batch: every message `cancelled` and none at the upstream. One
+    answered 409 lost to the schedule's release: none of its messages cancelled (they go out as any others). No
+    other answer."""
+    verdict = Verdict("cancels_honoured", "a cancel answered 200 sent nothing; one answered 409 cancelled nothing", 0)
+    by_reference: dict[str, list[MessageRecord]] = defaultdict(list)
+    for message in observed.messages:
+        by_reference[message.reference_id].append(message)
+    at_upstream = {copy.client_ref for copy in observed.upstream}
+    for reference_id, status in sorted(observed.cancels.items()):
+        verdict.checked += 1
+        batch = by_reference.get(reference_id, [])
+        cancelled = [m for m in batch if m.status == MessageStatus.CANCELLED]
+        sent = [m for m in batch if m.client_ref in at_upstream]
+        if status == 200 and (len(cancelled) != len(batch) or sent or not batch):
+            verdict.violations.append(
+                f"batch {reference_id}: cancel answered 200, but {len(batch) - len(cancelled)} of its {len(batch)} "
+                f"messages are not cancelled and {len(sent)} reached the upstream"
+            )
+        elif status == 409 and cancelled:
+            verdict.violations.append(f"batch {reference_id}: cancel answered 409, yet {len(cancelled)} are cancelled")
+        elif status not in (200, 409):
+            verdict.violations.append(f"batch {reference_id}: cancel answered {status}")
+    answered: dict[int, int] = defaultdict(int)
+    for status in observed.cancels.values():
+        answered[status] += 1
+    if answered:
+        verdict.notes.append(", ".join(f"{count} answered {status}" for status, count in sorted(answered.items())))
     return verdict
 
 

@@ -10,6 +10,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -50,6 +51,11 @@ class ChaosOptions:
     single_share: float = 0.1
     delivery_report_share: float = 0.4
     long_text_share: float = 0.1
+    # Bulk sends scheduled a few seconds ahead (`send_at`; the local stack fires due schedules every 0.5 s), and of
+    # those the share the client cancels at a moment between its accept and just after its time: some before the
+    # schedule fires, some racing it, some after it (a 409: already released).
+    scheduled_share: float = 0.3
+    cancel_share: float = 0.5
     upstream_error_rate: float = 0.20
     upstream_timeout_rate: float = 0.05
     dlr_duplicate_rate: float = 0.10
@@ -93,6 +99,10 @@ class Send:
     recipients: tuple[str, ...]
     text: str
     delivery_report: bool
+    # Seconds ahead of its post that the send is scheduled for (None: sent now).
+    send_in: float | None = None
+    # Seconds after its accept that the client cancels it (None: never).
+    cancel_after: float | None = None
 
 
 @dataclass
@@ -104,6 +114,8 @@ class Progress:
     sends_retried: dict[int, int] = field(default_factory=dict)
     waves: int = 0
     references: list[tuple[str, int]] = field(default_factory=list)
+    # reference_id -> the status the cancel was answered with.
+    cancels: dict[str, int] = field(default_factory=dict)
 
 
 def plan_sends(options: ChaosOptions) -> list[Send]:
@@ -120,12 +132,20 @@ def plan_sends(options: ChaosOptions) -> list[Send]:
             number += 1
             recipients.append(f"{PREFIXES[number % 2]}{number:07d}")
         text = (LONG_TEXT if rand.random() < options.long_text_share else SHORT_TEXT).format(n=number)
+        delivery_report = rand.random() < options.delivery_report_share
+        send_in = cancel_after = None
+        if not single and rand.random() < options.scheduled_share:
+            send_in = rand.uniform(3, 15)
+            if rand.random() < options.cancel_share:
+                cancel_after = rand.uniform(0, send_in + 2)
         sends.append(
             Send(
                 account=len(sends) % options.accounts,
                 recipients=tuple(recipients),
                 text=text,
-                delivery_report=rand.random() < options.delivery_report_share,
+                delivery_report=delivery_report,
+                send_in=send_in,
+                cancel_after=cancel_after,
             )
         )
         remaining -= size
@@ -154,6 +174,7 @@ class ChaosRun:
         self.accounts: list[dict[str, Any]] = []
         self.timed_out = False
         self._progress_lock = threading.Lock()
+        self._cancel_timers: list[threading.Timer] = []
 
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.started:6.1f}s] {text}", file=self.out, flush=True)
@@ -178,6 +199,8 @@ class ChaosRun:
                     "DISPATCH_CLAIM_LEASE_SECONDS": str(o.claim_lease_seconds),
                     "DISPATCH_BACKOFF_BASE_SECONDS": str(o.backoff_base_seconds),
                     "DLR_WAIT_SECONDS": str(o.dlr_wait_seconds),
+                    # Scheduled sends a few seconds ahead get a schedule (deployed: only beyond 60 s).
+                    "SCHEDULE_THRESHOLD_SECONDS": "1",
                 },
                 visibility_timeouts={"DispatchQueue": o.dispatch_visibility_timeout},
                 sqs_duplicate_rate=o.sqs_duplicate_rate,
@@ -210,6 +233,7 @@ class ChaosRun:
                         f"({self.progress.accepted_messages}/{o.messages} accepted)"
                     )
                     self._drain(stack, dispatch_depth=20, notify_depth=300)
+            self._wait_for_cancels()
             settled_at = self._settle(stack)
             observed = self._observe(stack, webhook, kills)
             verdicts = check(observed)
@@ -260,6 +284,8 @@ class ChaosRun:
                 body |= {"to": send.recipients[0], "message": send.text}
             else:
                 body |= {"to": list(send.recipients), "body": send.text}
+            if send.send_in is not None:
+                body["send_at"] = (datetime.now(UTC) + timedelta(seconds=send.send_in)).isoformat()
             # A client that sends again after a 5xx, under the same key, as the API documents.
             headers = {"Authorization": f"Bearer {account['token']}", "Idempotency-Key": f"chaos-{send.recipients[0]}"}
             for attempt in range(1, self.options.send_attempts + 1):
@@ -274,11 +300,40 @@ class ChaosRun:
             if answer.status_code != 200:
                 self.progress.refused_sends.append(f"{answer.status_code} {answer.text[:200]}")
                 return
-            self.progress.references.append((account["account_id"], int(answer.json()["reference_id"])))
+            reference_id = answer.json()["reference_id"]
+            self.progress.references.append((account["account_id"], int(reference_id)))
+            if send.cancel_after is not None:
+                cancel = threading.Timer(send.cancel_after, self._cancel, args=(stack, account, str(reference_id)))
+                cancel.start()
+                with self._progress_lock:
+                    self._cancel_timers.append(cancel)
             self.progress.accepted_messages += len(send.recipients)
 
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="chaos-send") as pool:
             list(pool.map(post, wave))
+
+    def _cancel(self, stack: Any, account: dict[str, Any], reference_id: str) -> None:
+        """The client's DELETE of a scheduled batch, sent again after a 5xx or a lost answer as a client would."""
+        status = 0
+        with httpx.Client(timeout=30) as client:
+            for _ in range(self.options.send_attempts):
+                try:
+                    status = client.delete(
+                        f"{stack.api_url}/ng/v1/batches/{reference_id}",
+                        headers={"Authorization": f"Bearer {account['token']}"},
+                    ).status_code
+                except httpx.TransportError:
+                    continue
+                if status < 500:
+                    break
+        with self._progress_lock:
+            self.progress.cancels[reference_id] = status
+
+    def _wait_for_cancels(self) -> None:
+        with self._progress_lock:
+            timers = list(self._cancel_timers)
+        for timer in timers:
+            timer.join(timeout=max(1.0, self.deadline - time.monotonic()))
 
     def _depth(self, stack: Any, queue_id: str) -> int:
         """Records on the queue, visible or not, but the settle checks: each waits out DLR_WAIT_SECONDS hidden on
@@ -377,6 +432,7 @@ class ChaosRun:
                 delivery_report=m.delivery_report == DeliveryReportMode.YES,
                 error_code=m.error_code,
                 upstream_message_id=m.upstream_message_id,
+                reference_id=str(m.reference_id),
             )
             for m in self._messages()
         ]
@@ -422,6 +478,7 @@ class ChaosRun:
             unanswered_refs=frozenset(kills.unanswered_refs),
             submits_unanswered=dict(kills.unanswered),
             upstream_deduplicates=self.options.upstream_deduplicates,
+            cancels=dict(self.progress.cancels),
         )
 
     def _dead_letters(self, stack: Any, queue_id: str) -> list[tuple[str, str]]:
@@ -473,6 +530,8 @@ class ChaosRun:
             "messages": len(observed.messages),
             "refused_sends": self.progress.refused_sends[:5],
             "sends_retried": dict(sorted(self.progress.sends_retried.items())),
+            "scheduled_sends": len({m.reference_id for m in observed.messages if "scheduled" in m.status_at}),
+            "cancels_answered": _count_by_status(self.progress.cancels.values()),
             "statuses": dict(sorted(statuses.items())),
             "error_codes": dict(sorted(error_codes.items())),
             "expired_unreported": _expired_unreported(observed),
@@ -510,6 +569,13 @@ class ChaosRun:
             and webhook.log.bad_signatures == 0
             and len(observed.messages) == self.options.messages,
         }
+
+
+def _count_by_status(statuses: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for status in statuses:
+        counts[str(status)] = counts.get(str(status), 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _expired_unreported(observed: Observations) -> dict[str, Any]:
@@ -553,6 +619,8 @@ def render(summary: dict[str, Any]) -> str:
         "injected: " + ", ".join(f"{k} {v}" for k, v in summary["injected"].items()),
         "sends answered 5xx and sent again under their Idempotency-Key: "
         + (", ".join(f"{k} {v}" for k, v in summary.get("sends_retried", {}).items()) or "none"),
+        f"scheduled batches: {summary.get('scheduled_sends', 0)}; cancels answered: "
+        + (", ".join(f"{k} {v}" for k, v in summary.get("cancels_answered", {}).items()) or "none"),
         "upstream: " + ", ".join(f"{k} {v}" for k, v in summary["upstream"].items()),
         "client webhook: " + ", ".join(f"{k} {v}" for k, v in summary["webhook"].items()),
         "",
