@@ -75,24 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chaos.add_argument("--wave", type=int, default=500, help="messages sent before waiting for the queues to drain")
     chaos.add_argument("--accounts", type=int, default=8, help="accounts sending (each its own FIFO lanes)")
-    chaos.add_argument(
-        "--kill-rate", type=float, default=0.02, help="share of messages whose dispatcher is killed mid-submit"
-    )
-    chaos.add_argument(
-        "--send-failure-rate",
-        type=float,
-        default=0.02,
-        help="share of sends whose storing, queueing or queueing answer fails at the api (each step)",
-    )
-    chaos.add_argument(
-        "--scheduled-share", type=float, default=0.3, help="share of bulk sends scheduled 3-15 s ahead (send_at)"
-    )
-    chaos.add_argument(
-        "--cancel-share",
-        type=float,
-        default=0.5,
-        help="share of scheduled sends the client cancels, before, while or just after their schedule fires",
-    )
+    shares = {
+        "--kill-rate": (0.02, "share of messages whose dispatcher is killed mid-submit"),
+        "--send-failure-rate": (
+            0.02,
+            "share of sends whose storing, queueing or queueing answer fails at the api (each step)",
+        ),
+        "--scheduled-share": (0.3, "share of bulk sends scheduled 3-15 s ahead (send_at)"),
+        "--cancel-share": (
+            0.5,
+            "share of scheduled sends the client cancels, before, while or just after their schedule fires",
+        ),
+    }
+    for flag, (default, help_text) in shares.items():
+        chaos.add_argument(flag, type=float, default=default, help=f"{help_text} (default {default})")
     chaos.add_argument(
         "--upstream-deduplicates",
         action="store_true",
