@@ -59,3 +59,32 @@ def test_a_holder_that_lets_go_and_asks_again_queues_behind_the_waiter():
     thread.join(5)
     # Then the waiter went first
     assert order == ["waiter", "holder", "holder", "holder"]
+
+
+def test_a_lock_of_several_permits_lets_that_many_in_and_the_rest_in_the_order_they_asked():
+    # Given a lock of two permits, both taken
+    lock = FairLock(permits=2)
+    lock.__enter__()
+    lock.__enter__()
+    served: list[int] = []
+
+    def caller(number: int) -> None:
+        with lock:
+            served.append(number)
+
+    threads = []
+    for number in range(3):
+        thread = threading.Thread(target=caller, args=(number,))
+        thread.start()
+        threads.append(thread)
+        deadline = time.monotonic() + 5
+        while lock._next_ticket < number + 3 and time.monotonic() < deadline:
+            time.sleep(0.001)
+    # Then nobody else is in while both are held
+    time.sleep(0.05)
+    assert served == []
+    # When one holder lets go, the first waiter gets in (and, leaving, lets the next in), in the order they asked
+    lock.__exit__(None, None, None)
+    for thread in threads:
+        thread.join(5)
+    assert served == [0, 1, 2]

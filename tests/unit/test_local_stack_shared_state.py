@@ -179,3 +179,33 @@ def test_moto_applies_dynamodb_writes_one_at_a_time_once_asked() -> None:
         getattr(getattr(DynamoHandler, action), "takes_turns", False)
         for action in ("put_item", "update_item", "delete_item", "batch_write_item", "transact_write_items")
     )
+
+
+def test_two_invocations_of_one_http_function_at_once_keep_their_own_route_arguments() -> None:
+    # Given one function (one resolver) invoked twice at once, as the webhook is by a burst of DLRs
+    let_functions_run_side_by_side()
+    app = APIGatewayHttpResolver()
+    both_resolving = threading.Barrier(2, timeout=10)
+
+    @app.get("/callbacks/<provider>")
+    def callback(provider: str) -> dict[str, str]:
+        both_resolving.wait()
+        both_resolving.wait()
+        # Read again after the other request was routed: the route arguments live in the resolver's context
+        return {"provider": provider, "again": app.context["_route_args"]["provider"], "path": app.current_event.path}
+
+    answers: dict[str, Any] = {}
+
+    def invoke(provider: str) -> None:
+        answers[provider] = json.loads(app.resolve(http_event(f"/callbacks/{provider}"), None)["body"])
+
+    threads = [threading.Thread(target=invoke, args=(name,)) for name in ("kannel", "twilio")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+
+    # Then each answered its own request
+    assert answers == {
+        name: {"provider": name, "again": name, "path": f"/callbacks/{name}"} for name in ("kannel", "twilio")
+    }

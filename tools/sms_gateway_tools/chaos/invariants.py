@@ -279,7 +279,7 @@ def cancels_honoured(observed: Observations) -> Verdict:
     """A cancel answered 200 cancelled the whole batch: every message `cancelled` and none at the upstream. One
     answered 409 lost to the schedule's release: none of its messages cancelled (they go out as any others). No
     other answer."""
-    verdict = Verdict("cancels_honoured", "a cancel answered 200 sent nothing; one answered 409 cancelled nothing", 0)
+    verdict = Verdict("cancels_honoured", "a cancel did what its answer said (200: nothing sent)", 0)
     by_reference: dict[str, list[MessageRecord]] = defaultdict(list)
     for message in observed.messages:
         by_reference[message.reference_id].append(message)

@@ -89,6 +89,9 @@ class ChaosOptions:
     # The dispatcher and the notifier each take turns on their own lock instead of the process-wide one
     # (docs/local-stack.md, Limits): without it a dispatcher waiting out an upstream timeout stalls the API.
     serialize_invocations: bool = False
+    # Invocations each HTTP function (the api, the webhook) runs at once: on Lambda a burst of DLR callbacks runs in
+    # as many containers; with one at a time here, DLRs queued for minutes behind each other (docs/chaos.md).
+    http_concurrency: int = 4
     # Stop waiting once the queues have been empty and nothing changed for this long.
     quiet_seconds: float = 45.0
 
@@ -207,6 +210,7 @@ class ChaosRun:
                 seed=o.seed,
                 upstream_deduplicates=o.upstream_deduplicates,
                 serialize_invocations=o.serialize_invocations,
+                http_concurrency=o.http_concurrency,
             ) as stack,
             kills.installed(),
             send_faults.installed(),

@@ -23,25 +23,29 @@ Handler = Callable[[Any, Any], Any]
 
 
 class FairLock:
-    """A lock granted in the order it was asked for. `threading.Lock` wakes an arbitrary waiter, so under load
-    one caller (a client's send behind a stream of delivery-report callbacks) can wait far past its HTTP
-    timeout; Lambda gives every request its own container instead."""
+    """A lock (or, with `permits` > 1, a semaphore) granted in the order it was asked for. `threading.Lock` wakes an
+    arbitrary waiter, so under load one caller (a client's send behind a stream of delivery-report callbacks) can
+    wait far past its HTTP timeout; Lambda gives every request its own container instead."""
 
-    def __init__(self) -> None:
+    def __init__(self, permits: int = 1) -> None:
+        if permits < 1:
+            raise ValueError("a lock needs at least one permit")
+        self.permits = permits
         self._changed = threading.Condition(threading.Lock())
         self._next_ticket = 0
-        self._serving = 0
+        self._released = 0
 
     def __enter__(self) -> FairLock:
         with self._changed:
             ticket = self._next_ticket
             self._next_ticket += 1
-            self._changed.wait_for(lambda: self._serving == ticket)
+            # Tickets enter in order: the k-th waits until all but `permits - 1` of those before it have left.
+            self._changed.wait_for(lambda: ticket < self._released + self.permits)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         with self._changed:
-            self._serving += 1
+            self._released += 1
             self._changed.notify_all()
 
 

@@ -1,16 +1,18 @@
-"""The local stack runs its functions as threads of one process, where Lambda gives each its own containers.
-Two pieces of Powertools' state are process-wide and assume one invocation at a time per process:
+"""The local stack runs its functions as threads of one process, where Lambda gives each invocation a container of
+its own. Two pieces of Powertools' state are process-wide and assume one invocation at a time per process:
 
 - the HTTP resolvers keep the request they are resolving in class attributes of `BaseRouter` (`current_event`,
-  `lambda_context`), shared by every resolver: two HTTP functions invoked at once (the api's send and the
-  webhook's DLR) would read each other's request;
+  `lambda_context`), shared by every resolver, and in the resolver's `context` dict (route arguments, the parsed
+  request): two HTTP invocations at once (the api's send and the webhook's DLR, or two DLRs) would read each
+  other's request;
 - `Metrics` keeps one metric set per process (class attributes): an invocation flushing it while another adds to
   it can fail with "dictionary changed size during iteration".
 
-`let_functions_run_side_by_side()` keeps the resolvers' two attributes per thread and makes the metric set's
-changes and flushes take turns, so each function can run on its own lock (`LocalStack(serialize_invocations=False)`).
-An invocation's flush may carry a metric another function added meanwhile: same namespace and service, so the
-totals are right. The deployed functions never call it."""
+`let_functions_run_side_by_side()` keeps the resolvers' three attributes per thread and makes the metric set's
+changes and flushes take turns, so each function can run on its own lock, and an HTTP function several
+invocations at once (`LocalStack(serialize_invocations=False, http_concurrency=N)`). An invocation's flush may
+carry a metric another invocation added meanwhile: same namespace and service, so the totals are right. The
+deployed functions never call it."""
 
 from __future__ import annotations
 
@@ -21,7 +23,10 @@ from abc import ABCMeta
 from collections.abc import Callable
 from typing import Any
 
-PER_THREAD = ("current_event", "lambda_context")
+# What a resolver keeps of the request it is resolving: the event, the Lambda context, and its `context` dict
+# (route arguments, the parsed request), which is per resolver instance on Lambda and per thread here (a thread
+# resolves one request at a time), so concurrent invocations of one function keep theirs apart too.
+PER_THREAD: dict[str, Callable[[], Any] | None] = {"current_event": None, "lambda_context": None, "context": dict}
 
 _state = threading.local()
 _installed = threading.RLock()
@@ -31,14 +36,19 @@ class _PerThread:
     """A data descriptor on `BaseRouter`: `self.current_event` (an instance read) and `BaseRouter.current_event`
     (a class read) both see the value the current thread set."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, default: Callable[[], Any] | None = None) -> None:
         self.name = name
+        self.default = default
 
     def __get__(self, instance: Any, owner: Any = None) -> Any:
         try:
             return getattr(_state, self.name)
         except AttributeError:
-            raise AttributeError(f"no request is being resolved in this thread ({self.name})") from None
+            if self.default is None:
+                raise AttributeError(f"no request is being resolved in this thread ({self.name})") from None
+        value = self.default()
+        setattr(_state, self.name, value)
+        return value
 
     def __set__(self, instance: Any, value: Any) -> None:
         setattr(_state, self.name, value)
@@ -94,8 +104,8 @@ def let_functions_run_side_by_side() -> None:
 
     with _installed:
         if type(BaseRouter) is not _RouterMeta:
-            for name in PER_THREAD:
-                type.__setattr__(BaseRouter, name, _PerThread(name))
+            for name, default in PER_THREAD.items():
+                type.__setattr__(BaseRouter, name, _PerThread(name, default))
             BaseRouter.__class__ = _RouterMeta  # type: ignore[method-assign,assignment]
     make_methods_take_turns(AmazonCloudWatchEMFProvider, METRIC_SET_METHODS, _metric_set_turns)
     # An invocation whose metrics another function's flush already carried finds the set empty: expected here.

@@ -80,6 +80,7 @@ class LocalStack:
         divert_metrics: bool = True,
         scheduler_interval: float = 0.5,
         serialize_invocations: bool = True,
+        http_concurrency: int = 1,
         notify_retry_delays: str | None = None,
         environment: Mapping[str, str] | None = None,
         visibility_timeouts: Mapping[str, int] | None = None,
@@ -99,6 +100,9 @@ class LocalStack:
         self.divert_metrics = divert_metrics
         self.scheduler_interval = scheduler_interval
         self.serialize_invocations = serialize_invocations
+        # With serialize_invocations=False: how many invocations each HTTP function (api, webhook) runs at once, as
+        # Lambda runs a burst of requests in as many containers (the SQS consumers' is their MaximumConcurrency).
+        self.http_concurrency = http_concurrency
         # Seconds between client webhook attempts, comma-separated: the argument, else NOTIFY_RETRY_DELAYS from
         # the environment, else a short local schedule (tests pass e.g. "1,1" to see retries in seconds).
         self.notify_retry_delays = (
@@ -255,8 +259,8 @@ class LocalStack:
         # One invocation at a time per lock. The functions share module-level state of the runtime
         # package (Powertools' resolvers keep the current event in a class attribute; logger keys and
         # the metric set are one object), so by default every invocation takes one process-wide lock.
-        # `serialize_invocations=False` gives each function its own lock (one warm container each), the
-        # HTTP ones included, once Powertools' process-wide state allows it (localstack/shared_state.py).
+        # `serialize_invocations=False` gives each function its own lock (one warm container each; the HTTP ones
+        # `http_concurrency`), once Powertools' process-wide state allows it (localstack/shared_state.py).
         shared_lock = FairLock()
         if not self.serialize_invocations:
             let_functions_run_side_by_side()
@@ -269,7 +273,9 @@ class LocalStack:
                 timeout=float(fn.timeout),
                 memory_size=int(fn.memory_size),
                 before_invoke=self._ensure_env,
-                lock=shared_lock if self.serialize_invocations else FairLock(),
+                lock=shared_lock
+                if self.serialize_invocations
+                else FairLock(permits=self.http_concurrency if fn.routes else 1),
             )
 
         self.bridge.start()
