@@ -8,24 +8,32 @@ import time
 from sms_gateway_tools.localstack.lambdas import FairLock
 
 
-def test_waiters_get_the_lock_in_the_order_they_asked_for_it():
-    # Given a held lock and five callers queued behind it one after another
-    lock = FairLock()
-    served: list[int] = []
-    lock.__enter__()
+def queue_callers(lock: FairLock, count: int, served: list[int]) -> list[threading.Thread]:
+    """Starts `count` callers one after another, each queued (holding its ticket) before the next starts; each
+    appends its number to `served` once it has the lock."""
 
     def caller(number: int) -> None:
         with lock:
             served.append(number)
 
     threads = []
-    for number in range(5):
+    for number in range(count):
+        tickets_before = lock._next_ticket
         thread = threading.Thread(target=caller, args=(number,))
         thread.start()
         threads.append(thread)
         deadline = time.monotonic() + 5
-        while lock._next_ticket < number + 2 and time.monotonic() < deadline:  # this caller has taken its place
+        while lock._next_ticket == tickets_before and time.monotonic() < deadline:  # it has taken its place
             time.sleep(0.001)
+    return threads
+
+
+def test_waiters_get_the_lock_in_the_order_they_asked_for_it():
+    # Given a held lock and five callers queued behind it one after another
+    lock = FairLock()
+    lock.__enter__()
+    served: list[int] = []
+    threads = queue_callers(lock, 5, served)
     # When the holder lets go
     lock.__exit__(None, None, None)
     for thread in threads:
@@ -67,19 +75,7 @@ def test_a_lock_of_several_permits_lets_that_many_in_and_the_rest_in_the_order_t
     lock.__enter__()
     lock.__enter__()
     served: list[int] = []
-
-    def caller(number: int) -> None:
-        with lock:
-            served.append(number)
-
-    threads = []
-    for number in range(3):
-        thread = threading.Thread(target=caller, args=(number,))
-        thread.start()
-        threads.append(thread)
-        deadline = time.monotonic() + 5
-        while lock._next_ticket < number + 3 and time.monotonic() < deadline:
-            time.sleep(0.001)
+    threads = queue_callers(lock, 3, served)
     # Then nobody else is in while both are held
     time.sleep(0.05)
     assert served == []
