@@ -334,3 +334,43 @@ def test_a_send_the_queue_took_but_failed_to_confirm_is_withdrawn_never_submitte
     assert retry["statusCode"] == 200
     assert json.loads(retry["body"])["reference_id"] != withdrawn
     assert balance(account["account_id"]) == 9
+
+
+def test_a_send_that_stands_after_its_queueing_failed_reports_its_withdrawn_messages_to_the_client(
+    aws, api, monkeypatch
+):
+    import boto3
+
+    from sms_gateway.adapters.sqs import SqsDispatchQueue
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import utc_now
+
+    account = make_account(10)
+    # Given a dispatch queue that takes a send's record and then fails, while a dispatcher claims one message
+    real_enqueue = SqsDispatchQueue.enqueue
+
+    def took_it_and_one_was_claimed(self, commands):
+        real_enqueue(self, commands)
+        [first] = messages_of(account["account_id"], commands[0].reference_id)[:1]
+        gateway().store.claim_for_dispatch(first.key, now=utc_now(), lease_seconds=60)
+        raise TimeoutError("Read timeout on endpoint URL")
+
+    monkeypatch.setattr(SqsDispatchQueue, "enqueue", took_it_and_one_was_claimed)
+    body = {
+        "from": "48974",
+        "to": ["2348020000001", "2348030000002", "2348020000003"],
+        "body": "Hi",
+        "delivery_report": "yes",
+    }
+    answer = api(send_event(account["token"], body))
+    # Then the send stands (the claimed message goes on), the other two are failed and refunded
+    assert answer["statusCode"] == 200, answer
+    reference_id = int(json.loads(answer["body"])["reference_id"])
+    failed = [m for m in messages_of(account["account_id"], reference_id) if m.status == "failed"]
+    assert len(failed) == 2
+    assert balance(account["account_id"]) == 10 - 1
+    # And the client hears of the two failures through its delivery-report webhook, as of any other
+    queued = boto3.client("sqs").receive_message(QueueUrl=aws["NOTIFY_QUEUE_URL"], MaxNumberOfMessages=10)
+    reports = [json.loads(m["Body"]) for m in queued.get("Messages", [])]
+    assert sorted(r["id"] for r in reports) == sorted(f"dlr_{m.message_id}_2" for m in failed)
+    assert {(r["payload"]["status"], r["payload"]["error_code"]) for r in reports} == {("failed", "not_queued")}

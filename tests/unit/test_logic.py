@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -36,7 +37,7 @@ from sms_gateway.logic.batches import BatchView, cancel_batch
 from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
 from sms_gateway.logic.dispatch import DispatchDependencies, backoff_seconds, dispatch
 from sms_gateway.logic.inbound import InboundDependencies, receive_inbound
-from sms_gateway.logic.notify import dlr_notification
+from sms_gateway.logic.notify import dlr_notification, notifications_of
 from sms_gateway.logic.scheduled import release_scheduled_batch
 from sms_gateway.logic.send import SendDependencies, accept_send, normalise_recipients
 from sms_gateway.logic.settle import CHECK_MESSAGES, MAX_HOP_SECONDS, SettleDependencies, settle, settle_checks
@@ -62,13 +63,14 @@ def command(count: int = 1, text: str = "hello", **extra: object) -> SendCommand
     return SendCommand(account_id="7", sender="48974", text=text, recipients=recipients(count), **extra)
 
 
-def send(store: InMemoryStore, cmd: SendCommand, queue: RecordingQueue | None = None, scheduler=None):
+def send(store: InMemoryStore, cmd: SendCommand, queue: RecordingQueue | None = None, scheduler=None, announce=None):
     deps = SendDependencies(
         accounts=store,
         messages=store,
         dispatch_queue=queue or RecordingQueue(),
         scheduler=scheduler or RecordingScheduler(),
         prices=store,
+        announce=announce,
     )
     return accept_send(store.accounts["7"], cmd, deps, now=NOW).batch, deps
 
@@ -118,12 +120,23 @@ class TestAcceptSend:
                 assert store.claim_for_dispatch(key, now=NOW, lease_seconds=60) == ClaimOutcome.CLAIMED
                 raise TimeoutError("no answer from SQS")
 
-        batch, _ = send(store, command(3), queue=TookItButFailed())
+        announced: list = []
+        batch, _ = send(
+            store,
+            command(3, delivery_report=DeliveryReportMode.YES),
+            queue=TookItButFailed(),
+            announce=announced.extend,
+        )
         # Then the claimed message goes on, charged; the two others are failed and refunded; the send stands
         statuses = [m.status for m in store.messages.values()]
         assert statuses == [MessageStatus.QUEUED, MessageStatus.FAILED, MessageStatus.FAILED]
         assert store.accounts["7"].credits == 1000 - 1
         assert store.batches[("7", batch.reference_id)].status == MessageStatus.QUEUED
+        # And the client, which asked for delivery reports, hears of the two failures like any others
+        reports = notifications_of(announced)
+        withdrawn = [m for m in store.messages.values() if m.status == MessageStatus.FAILED]
+        assert sorted(r["id"] for r in reports) == sorted(f"dlr_{m.message_id}_2" for m in withdrawn)
+        assert {(r["payload"]["status"], r["payload"]["error_code"]) for r in reports} == {("failed", "not_queued")}
 
     def test_a_schedule_that_fails_is_undone_and_the_batch_can_never_be_released(self, store):
         class FailingScheduler(RecordingScheduler):
@@ -1074,14 +1087,20 @@ class DiesOnTheLastSubmit(FakeProvider):
     async def submit(self, request):
         result = await super().submit(request)
         if len(self.submits) == self.last:
-            for _ in range(1000):
-                if self.written() == self.last - 1:
-                    break
+            # Once those are written and their tasks have taken the write's answer back from its worker thread and
+            # finished (a fixed sleep was not always enough on a loaded machine).
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not (self.written() == self.last - 1 and self.others_done()):
                 await asyncio.sleep(0.001)
-            # And their tasks have taken the write's answer back from its worker thread.
-            await asyncio.sleep(0.05)
             raise Crash
         return result
+
+    @staticmethod
+    def others_done() -> bool:
+        """Every other message's task of the record (logic.dispatch's `one`) has finished."""
+        current = asyncio.current_task()
+        others = [t for t in asyncio.all_tasks() if t is not current and t.get_coro().__qualname__.endswith(".one")]
+        return all(task.done() for task in others)
 
 
 def test_changes_made_before_the_dispatcher_dies_still_reach_the_client(store):
@@ -1096,9 +1115,10 @@ def test_changes_made_before_the_dispatcher_dies_still_reach_the_client(store):
     # When it is killed mid-record
     with pytest.raises(Crash):
         asyncio.run(dispatch(record, dying))
-    # Then the first two messages' changes were announced as each was done, not lost with the invocation
-    assert [(c.message.message_id, c.message.status) for c in announced] == [
-        (message_id, MessageStatus.SUBMITTED) for message_id in record.message_ids[:2]
+    # Then the first two messages' changes were announced as each was done, not lost with the invocation (in the
+    # order their status writes came back, which their worker threads decide: clients order by `sequence`)
+    assert sorted((c.message.message_id, c.message.status) for c in announced) == [
+        (message_id, MessageStatus.SUBMITTED) for message_id in sorted(record.message_ids[:2])
     ]
 
 

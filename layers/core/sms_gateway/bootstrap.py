@@ -62,6 +62,7 @@ def reset() -> None:
 
 def send_dependencies() -> SendDependencies:
     # Imported here: only the functions that accept sends need the send logic (and the number parsing under it).
+    from sms_gateway.logic.notify import notifications_of
     from sms_gateway.logic.send import SendDependencies
 
     wiring = gateway()
@@ -73,4 +74,5 @@ def send_dependencies() -> SendDependencies:
         prices=wiring.store,
         schedule_threshold=timedelta(seconds=wiring.settings.schedule_threshold_seconds),
         opt_outs=wiring.store,
+        announce=lambda changes: wiring.notify_queue.publish(notifications_of(changes)),
     )

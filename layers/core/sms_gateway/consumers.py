@@ -25,7 +25,7 @@ from sms_gateway.domain.routing import RouteTable
 from sms_gateway.logic import settle, webhook_retries
 from sms_gateway.logic.dispatch import ANNOUNCE_BATCH, DispatchDependencies, dispatch
 from sms_gateway.logic.fifo import handle_in_group_order
-from sms_gateway.logic.notify import WebhookFailed, WebhookResponse, deliver, dlr_notification
+from sms_gateway.logic.notify import WebhookFailed, WebhookResponse, deliver, notifications_of
 from sms_gateway.logic.ratelimit import RateLimiter, account_scope
 from sms_gateway.observability import logger, metrics
 from sms_gateway.outcome_metrics import count_final_statuses, count_upstream_failures
@@ -78,7 +78,7 @@ def _routed(table: RouteTable) -> Callable[[Message], list[Provider]]:
 
 def _announce(changes: Sequence[StatusChange]) -> None:
     """Clients that asked for delivery reports hear of every change, including those the dispatcher makes."""
-    notifications = [n for n in (dlr_notification(change) for change in changes) if n is not None]
+    notifications = notifications_of(changes)
     if notifications:
         gateway().notify_queue.publish(notifications)
 
@@ -96,7 +96,7 @@ class _InvocationAnnouncements:
 
     def add(self, changes: Sequence[StatusChange]) -> None:
         """Called from the records' worker threads (logic.dispatch announces off the event loop)."""
-        notifications = [n for n in (dlr_notification(change) for change in changes) if n is not None]
+        notifications = notifications_of(changes)
         with self._lock:
             self._waiting.extend(notifications)
             if len(self._waiting) < ANNOUNCE_BATCH:

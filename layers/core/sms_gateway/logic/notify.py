@@ -6,7 +6,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,11 @@ def dlr_notification(change: StatusChange) -> dict[str, Any] | None:
             "sequence": message.sequence,
         },
     }
+
+
+def notifications_of(changes: Iterable[StatusChange]) -> list[dict[str, Any]]:
+    """The DLR callbacks of those changes whose batch asked for delivery reports."""
+    return [notification for notification in map(dlr_notification, changes) if notification is not None]
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -18,6 +18,7 @@ from sms_gateway.domain.models import (
     Message,
     Recipient,
     SendCommand,
+    StatusChange,
     from_iso,
     iso,
 )
@@ -95,6 +96,9 @@ class SendDependencies:
     schedule_threshold: timedelta = SCHEDULE_THRESHOLD
     # None: nobody's opt-outs are checked (callers that predate opt-outs keep working).
     opt_outs: OptOutStore | None = None
+    # Queues the client notifications of status changes the send makes after its answer was decided (the messages
+    # withdrawn from a send that stands: logic.send.withdraw); None: not announced.
+    announce: Callable[[Sequence[StatusChange]], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -269,16 +273,27 @@ def withdraw(accepted: Accepted, deps: SendDependencies, *, now: datetime, error
     )
     balance = deps.accounts.refund_credits(batch.account_id, refund) if refund else accepted.balance
     if any(message.status != MessageStatus.FAILED for message in messages):
+        withdrawn = [m for m in messages if m.status == MessageStatus.FAILED]
         logger.warning(
             "a dispatcher took part of a send whose queueing failed: the send stands",
-            extra={
-                "reference_id": batch.reference_id,
-                "withdrawn": sum(m.status == MessageStatus.FAILED for m in messages),
-            },
+            extra={"reference_id": batch.reference_id, "withdrawn": len(withdrawn)},
         )
+        announce_withdrawn(withdrawn, deps)
         return replace(accepted, messages=messages, balance=balance)
     deps.messages.set_batch_status(batch.account_id, batch.reference_id, MessageStatus.FAILED)
     raise undone("could not be queued", error) from error
+
+
+def announce_withdrawn(withdrawn: Sequence[Message], deps: SendDependencies) -> None:
+    """A send that stands answers with its withdrawn messages `failed` (`not_queued`), and a client that asked for
+    delivery reports gets that change as a report too, like any other failure. Best effort: the send's answer says
+    it already, and failing the request now would make the client send again what a dispatcher is sending."""
+    if deps.announce is None or not withdrawn:
+        return
+    try:
+        deps.announce([StatusChange(message=message, changed=True) for message in withdrawn])
+    except Exception:
+        logger.exception("could not queue the reports of a standing send's withdrawn messages")
 
 
 def new_messages(batch: Batch, command: SendCommand, recipients: Sequence[Recipient], priced: Quote) -> list[Message]:
