@@ -33,7 +33,7 @@ from sms_gateway.errors import (
     Unavailable,
     UpstreamError,
 )
-from sms_gateway.logic.batches import BatchView, cancel_batch
+from sms_gateway.logic.batches import AlreadyCancelled, BatchView, cancel_batch
 from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
 from sms_gateway.logic.dispatch import DispatchDependencies, backoff_seconds, dispatch
 from sms_gateway.logic.inbound import InboundDependencies, receive_inbound
@@ -752,7 +752,7 @@ class TestScheduledRelease:
         assert store.batches[("7", batch.reference_id)].status == MessageStatus.CANCELLED
         assert store.accounts["7"].credits > paid
 
-    def test_a_cancel_that_died_after_the_batch_write_is_finished_by_the_next_and_only_once(self, store):
+    def test_a_cancel_that_died_after_the_batch_write_is_finished_by_the_next_and_refunds_once(self, store):
         # Given a scheduled batch of three whose cancel died once the batch was written (its schedule deletion failed)
         scheduler = RecordingScheduler()
         batch, _ = send(store, command(3, send_at=NOW + timedelta(hours=2)), scheduler=scheduler)
@@ -787,8 +787,8 @@ class TestScheduledRelease:
         assert scheduler.scheduled == {}
         assert all(m.status == MessageStatus.CANCELLED for m in store.messages.values())
         assert store.accounts["7"].credits == charged + 3
-        # And once it is finished, another cancel is a conflict that refunds nothing more
-        with pytest.raises(Conflict, match="this one is cancelled"):
+        # And once it is finished, another cancel finds nothing left to do and refunds nothing more
+        with pytest.raises(AlreadyCancelled):
             self.cancel(store, batch.reference_id)
         assert store.accounts["7"].credits == charged + 3
 

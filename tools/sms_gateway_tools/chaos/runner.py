@@ -117,8 +117,10 @@ class Progress:
     sends_retried: dict[int, int] = field(default_factory=dict)
     waves: int = 0
     references: list[tuple[str, int]] = field(default_factory=list)
-    # reference_id -> the status the cancel was answered with.
+    # reference_id -> the status the cancel was answered with (its last attempt's).
     cancels: dict[str, int] = field(default_factory=dict)
+    # Cancels sent again after a 5xx or a lost answer.
+    cancels_retried: int = 0
 
 
 def plan_sends(options: ChaosOptions) -> list[Send]:
@@ -320,7 +322,10 @@ class ChaosRun:
         """The client's DELETE of a scheduled batch, sent again after a 5xx or a lost answer as a client would."""
         status = 0
         with httpx.Client(timeout=30) as client:
-            for _ in range(self.options.send_attempts):
+            for attempt in range(self.options.send_attempts):
+                if attempt:
+                    with self._progress_lock:
+                        self.progress.cancels_retried += 1
                 try:
                     status = client.delete(
                         f"{stack.api_url}/ng/v1/batches/{reference_id}",
@@ -536,6 +541,7 @@ class ChaosRun:
             "sends_retried": dict(sorted(self.progress.sends_retried.items())),
             "scheduled_sends": len({m.reference_id for m in observed.messages if "scheduled" in m.status_at}),
             "cancels_answered": _count_by_status(self.progress.cancels.values()),
+            "cancels_retried": self.progress.cancels_retried,
             "statuses": dict(sorted(statuses.items())),
             "error_codes": dict(sorted(error_codes.items())),
             "expired_unreported": _expired_unreported(observed),
@@ -624,7 +630,8 @@ def render(summary: dict[str, Any]) -> str:
         "sends answered 5xx and sent again under their Idempotency-Key: "
         + (", ".join(f"{k} {v}" for k, v in summary.get("sends_retried", {}).items()) or "none"),
         f"scheduled batches: {summary.get('scheduled_sends', 0)}; cancels answered: "
-        + (", ".join(f"{k} {v}" for k, v in summary.get("cancels_answered", {}).items()) or "none"),
+        + (", ".join(f"{k} {v}" for k, v in summary.get("cancels_answered", {}).items()) or "none")
+        + f" (sent again after a 5xx or a lost answer: {summary.get('cancels_retried', 0)})",
         "upstream: " + ", ".join(f"{k} {v}" for k, v in summary["upstream"].items()),
         "client webhook: " + ", ".join(f"{k} {v}" for k, v in summary["webhook"].items()),
         "",

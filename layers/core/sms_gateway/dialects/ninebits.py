@@ -247,14 +247,18 @@ def _invalid_entries(rejected: list[Rejection], field: str) -> list[dict[str, st
 def cancel_batch(reference_id: str) -> Response[Any]:
     account = _caller()
     store = gateway().store
-    batch, refunded = batches.cancel_batch(
-        messages=store,
-        accounts=store,
-        scheduler=gateway().scheduler,
-        account_id=account.account_id,
-        reference_id=batches.parse_reference_id(reference_id),
-        now=utc_now(),
-    )
+    try:
+        batch, refunded = batches.cancel_batch(
+            messages=store,
+            accounts=store,
+            scheduler=gateway().scheduler,
+            account_id=account.account_id,
+            reference_id=batches.parse_reference_id(reference_id),
+            now=utc_now(),
+        )
+    except batches.AlreadyCancelled as done:
+        # A repeated cancel (the client did not get the first answer) gets the same answer, refunding nothing more.
+        batch, refunded = done.batch, 0
     after = store.get_account(account.account_id)
     return json_response(
         200,

@@ -91,6 +91,14 @@ def move_messages(
     return current, moved_cost
 
 
+class AlreadyCancelled(Conflict):
+    """A cancel of a batch whose cancel was already done (all its messages cancelled and refunded)."""
+
+    def __init__(self, batch: Batch) -> None:
+        super().__init__("only a scheduled batch can be cancelled; this one is cancelled")
+        self.batch = batch
+
+
 # A scheduled batch is released or cancelled by moving it from here first (logic.scheduled, cancel_batch).
 ONLY_SCHEDULED = frozenset({MessageStatus.SCHEDULED})
 
@@ -109,12 +117,13 @@ def cancel_batch(
     the schedule firing: whichever moves the batch first wins, and the other does nothing.
 
     A cancel that died after the batch's write (messages still scheduled, and charged) is finished by the next one,
-    which answers as the first would have; once every message is cancelled, another cancel is a conflict."""
+    which answers as the first would have. Once every message is cancelled, another cancel raises AlreadyCancelled
+    (a Conflict): each dialect says what a repeated cancel answers."""
     batch = get_batch(messages, account_id, reference_id)
     if batch.status == MessageStatus.CANCELLED:
         refund = finish_cancel(messages, accounts, scheduler, account_id, reference_id, now=now)
         if not refund:
-            raise Conflict("only a scheduled batch can be cancelled; this one is cancelled")
+            raise AlreadyCancelled(batch)
         return batch, refund
     if batch.status not in ONLY_SCHEDULED or not messages.set_batch_status(
         account_id, reference_id, MessageStatus.CANCELLED, only_from=ONLY_SCHEDULED
