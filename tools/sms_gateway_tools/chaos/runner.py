@@ -119,8 +119,8 @@ class Progress:
     references: list[tuple[str, int]] = field(default_factory=list)
     # reference_id -> the status the cancel was answered with (its last attempt's).
     cancels: dict[str, int] = field(default_factory=dict)
-    # Cancels sent again after a 5xx or a lost answer.
-    cancels_retried: int = 0
+    # Cancels sent again, by why: the 5xx status, or the transport error that lost the answer.
+    cancels_retried: dict[str, int] = field(default_factory=dict)
 
 
 def plan_sends(options: ChaosOptions) -> list[Send]:
@@ -322,21 +322,24 @@ class ChaosRun:
         """The client's DELETE of a scheduled batch, sent again after a 5xx or a lost answer as a client would."""
         status = 0
         with httpx.Client(timeout=30) as client:
-            for attempt in range(self.options.send_attempts):
-                if attempt:
-                    with self._progress_lock:
-                        self.progress.cancels_retried += 1
+            for _ in range(self.options.send_attempts):
                 try:
                     status = client.delete(
                         f"{stack.api_url}/ng/v1/batches/{reference_id}",
                         headers={"Authorization": f"Bearer {account['token']}"},
                     ).status_code
-                except httpx.TransportError:
+                except httpx.TransportError as error:
+                    self._count_cancel_retry(type(error).__name__)
                     continue
                 if status < 500:
                     break
+                self._count_cancel_retry(str(status))
         with self._progress_lock:
             self.progress.cancels[reference_id] = status
+
+    def _count_cancel_retry(self, why: str) -> None:
+        with self._progress_lock:
+            self.progress.cancels_retried[why] = self.progress.cancels_retried.get(why, 0) + 1
 
     def _wait_for_cancels(self) -> None:
         with self._progress_lock:
@@ -541,7 +544,7 @@ class ChaosRun:
             "sends_retried": dict(sorted(self.progress.sends_retried.items())),
             "scheduled_sends": len({m.reference_id for m in observed.messages if "scheduled" in m.status_at}),
             "cancels_answered": _count_by_status(self.progress.cancels.values()),
-            "cancels_retried": self.progress.cancels_retried,
+            "cancels_retried": dict(sorted(self.progress.cancels_retried.items())),
             "statuses": dict(sorted(statuses.items())),
             "error_codes": dict(sorted(error_codes.items())),
             "expired_unreported": _expired_unreported(observed),
@@ -631,7 +634,9 @@ def render(summary: dict[str, Any]) -> str:
         + (", ".join(f"{k} {v}" for k, v in summary.get("sends_retried", {}).items()) or "none"),
         f"scheduled batches: {summary.get('scheduled_sends', 0)}; cancels answered: "
         + (", ".join(f"{k} {v}" for k, v in summary.get("cancels_answered", {}).items()) or "none")
-        + f" (sent again after a 5xx or a lost answer: {summary.get('cancels_retried', 0)})",
+        + " (sent again: "
+        + (", ".join(f"{k} {v}" for k, v in summary.get("cancels_retried", {}).items()) or "none")
+        + ")",
         "upstream: " + ", ".join(f"{k} {v}" for k, v in summary["upstream"].items()),
         "client webhook: " + ", ".join(f"{k} {v}" for k, v in summary["webhook"].items()),
         "",
