@@ -45,7 +45,7 @@ class InMemoryStore:
         self.links: dict[tuple[str, str], MessageKey] = {}
         self.held: dict[tuple[str, str], list[DeliveryReport]] = {}
         self.prices = PriceTable()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     # accounts
     def create_account(self, account: Account, credentials: Credentials) -> None:
@@ -189,6 +189,7 @@ class InMemoryStore:
         error_code: str | None = None,
         reported_at: str | None = None,
         unclaimed_only: bool = False,
+        refund: bool = False,
     ) -> StatusChange | None:
         with self._lock:
             message = self.messages.get(key)
@@ -196,6 +197,8 @@ class InMemoryStore:
                 return None
             if message.status not in allowed_previous(target) or (unclaimed_only and key in self.claims):
                 return StatusChange(message=message, changed=False)
+            if refund:
+                self.refund_credits(message.account_id, message.price)
             update: dict[str, Any] = {
                 "status": target,
                 "status_at": {**message.status_at, str(target): iso(now)},
@@ -210,6 +213,11 @@ class InMemoryStore:
             self.messages[key] = message.model_copy(update=update)
             self.claims.pop(key, None)
             return StatusChange(message=self.messages[key], changed=True)
+
+    def move_and_refund(
+        self, messages: Sequence[Message], target: MessageStatus, *, now: datetime, **options: Any
+    ) -> list[StatusChange | None]:
+        return [self.transition(message.key, target, now=now, refund=True, **options) for message in messages]
 
     def link_upstream_id(
         self, upstream: str, upstream_message_id: str, key: MessageKey, *, now: datetime

@@ -702,7 +702,6 @@ class TestScheduledRelease:
     def cancel(self, store: InMemoryStore, reference_id: int) -> int:
         _, refunded = cancel_batch(
             messages=store,
-            accounts=store,
             scheduler=RecordingScheduler(),
             account_id="7",
             reference_id=reference_id,
@@ -765,7 +764,6 @@ class TestScheduledRelease:
         with pytest.raises(RuntimeError):
             cancel_batch(
                 messages=store,
-                accounts=store,
                 scheduler=DiesDeletingTheSchedule(),
                 account_id="7",
                 reference_id=batch.reference_id,
@@ -776,7 +774,6 @@ class TestScheduledRelease:
         # When the client cancels again
         again, refunded = cancel_batch(
             messages=store,
-            accounts=store,
             scheduler=scheduler,
             account_id="7",
             reference_id=batch.reference_id,
@@ -800,13 +797,13 @@ class TestScheduledRelease:
         # When its schedule fires
         queue = RecordingQueue()
         released = release_scheduled_batch(
-            "7", batch.reference_id, messages=store, queue=queue, clock=clock, accounts=store
+            "7", batch.reference_id, messages=store, queue=queue, clock=clock, finish_cancels=True
         )
         # Then nothing is released, and the messages are cancelled and refunded once
         assert not released and queue.commands == []
         assert all(m.status == MessageStatus.CANCELLED for m in store.messages.values())
         assert store.accounts["7"].credits == charged + 2
-        release_scheduled_batch("7", batch.reference_id, messages=store, queue=queue, clock=clock, accounts=store)
+        release_scheduled_batch("7", batch.reference_id, messages=store, queue=queue, clock=clock, finish_cancels=True)
         assert store.accounts["7"].credits == charged + 2
 
     def test_a_retry_after_a_release_died_before_queueing_queues_the_messages(self, store):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -173,9 +173,19 @@ class MessageStore(Protocol):
         error_code: str | None = None,
         reported_at: str | None = None,
         unclaimed_only: bool = False,
+        refund: bool = False,
     ) -> StatusChange | None:
         """Moves a message forward with a conditional write. None when there is no such message.
-        `unclaimed_only`: not while a dispatcher holds (or held, and died holding) a claim on it."""
+        `unclaimed_only`: not while a dispatcher holds (or held, and died holding) a claim on it.
+        `refund`: the write that moves it also gives its price back to its account, atomically (move_and_refund)."""
+        ...
+
+    def move_and_refund(
+        self, messages: Sequence[Message], target: MessageStatus, *, now: datetime, **options: Any
+    ) -> list[StatusChange | None]:
+        """Moves each of `messages` (one account's) to `target` by its conditional write and gives the price of each
+        one moved back to the account, both or neither: a crash between them cannot lose or double a refund.
+        `options`: transition's. Aligned with `messages`: each as it is now, None where there is no such message."""
         ...
 
     def find_by_upstream_id(self, upstream: str, upstream_message_id: str) -> MessageKey | None:

@@ -18,6 +18,6 @@ def release_schedule(event: dict[str, Any]) -> dict[str, Any]:
         messages=wiring.store,
         queue=wiring.dispatch_queue,
         clock=utc_now,
-        accounts=wiring.store,
+        finish_cancels=True,
     )
     return {"released": released}

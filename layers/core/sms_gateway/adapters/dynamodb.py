@@ -63,6 +63,10 @@ BATCH_WRITE_SIZE = 25
 BATCH_GET_SIZE = 100
 _MAX_UNPROCESSED_ROUNDS = 8
 _MAX_FILTER_ROUNDS = 10
+# Messages moved and refunded in one TransactWriteItems (its limit is 100 items; one more is the account's).
+REFUND_CHUNK = 99
+_MAX_TRANSACTION_ATTEMPTS = 6
+_TRANSACTION_BACKOFF_SECONDS = 0.02
 
 # scrypt parameters (RFC 7914 interactive setting); cost is paid once per /login, not per send.
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
@@ -127,6 +131,64 @@ def _key_of(key: MessageKey) -> dict[str, Any]:
         "pk": {"S": messages_pk(key.account_id, key.reference_id)},
         "sk": {"S": message_sk(key.message_id)},
     }
+
+
+def _transition_update(
+    key: MessageKey,
+    target: MessageStatus,
+    *,
+    now: datetime,
+    upstream: str | None = None,
+    upstream_message_id: str | None = None,
+    error_code: str | None = None,
+    reported_at: str | None = None,
+    unclaimed_only: bool = False,
+) -> dict[str, Any]:
+    """The conditional write that moves a message to `target` (UpdateItem's, or a transaction's Update): only
+    from a state allowed to move there; `unclaimed_only`: not while a dispatcher holds (or died holding) a claim."""
+    previous = sorted(allowed_previous(target))
+    if not previous:
+        raise ValueError(f"no status can move to {target}")
+    names = {"#status": "status", "#target": str(target), "#sequence": "sequence"}
+    values: dict[str, Any] = {
+        ":target": {"S": str(target)},
+        ":now": {"S": iso(now)},
+        ":one": {"N": "1"},
+        **{f":p{i}": {"S": str(status)} for i, status in enumerate(previous)},
+    }
+    previous_names = ", ".join(f":p{i}" for i in range(len(previous)))
+    sets = [
+        "#status = :target",
+        "status_at.#target = :now",
+        "updated_at = :now",
+        "#sequence = #sequence + :one",
+    ]
+    if upstream and upstream_message_id:
+        # The first upstream id wins: a DLR must not relabel a message another upstream accepted.
+        sets += [
+            "upstream = if_not_exists(upstream, :upstream)",
+            "upstream_message_id = if_not_exists(upstream_message_id, :upstream_id)",
+        ]
+        values[":upstream"] = {"S": upstream}
+        values[":upstream_id"] = {"S": upstream_message_id}
+    if error_code is not None:
+        sets.append("error_code = :error_code")
+        values[":error_code"] = {"S": error_code}
+    if reported_at is not None:
+        sets.append("reported_at = :reported_at")
+        values[":reported_at"] = {"S": reported_at}
+    return {
+        "Key": _key_of(key),
+        "UpdateExpression": f"SET {', '.join(sets)} REMOVE claim_until",
+        "ConditionExpression": f"attribute_exists(pk) AND #status IN ({previous_names})"
+        + (" AND attribute_not_exists(claim_until)" if unclaimed_only else ""),
+        "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": values,
+    }
+
+
+def _back_off(attempt: int) -> None:
+    time.sleep(_TRANSACTION_BACKOFF_SECONDS * (2**attempt) * (0.5 + secrets.randbelow(100) / 100))
 
 
 def _message_key_from_item_keys(pk: str, sk: str) -> MessageKey:
@@ -276,8 +338,7 @@ class DynamoStore(
 
     def reserve_credits(self, account_id: str, amount: int) -> int:
         try:
-            answer = self.client.update_item(
-                TableName=self.table_name,
+            answer = self._write_account(
                 Key={"pk": {"S": account_pk(account_id)}, "sk": {"S": "ACCOUNT"}},
                 UpdateExpression="SET credits = credits - :amount",
                 ConditionExpression="attribute_exists(pk) AND credits >= :amount",
@@ -289,15 +350,30 @@ class DynamoStore(
         return int(answer["Attributes"]["credits"]["N"])
 
     def refund_credits(self, account_id: str, amount: int) -> int:
-        answer = self.client.update_item(
-            TableName=self.table_name,
-            Key={"pk": {"S": account_pk(account_id)}, "sk": {"S": "ACCOUNT"}},
-            UpdateExpression="SET credits = credits + :amount",
-            ConditionExpression="attribute_exists(pk)",
-            ExpressionAttributeValues={":amount": {"N": str(amount)}},
-            ReturnValues="UPDATED_NEW",
-        )
+        answer = self._write_account(**self._credits_update(account_id, amount), ReturnValues="UPDATED_NEW")
         return int(answer["Attributes"]["credits"]["N"])
+
+    def _credits_update(self, account_id: str, amount: int) -> dict[str, Any]:
+        return {
+            "TableName": self.table_name,
+            "Key": {"pk": {"S": account_pk(account_id)}, "sk": {"S": "ACCOUNT"}},
+            "UpdateExpression": "SET credits = credits + :amount",
+            "ConditionExpression": "attribute_exists(pk)",
+            "ExpressionAttributeValues": {":amount": {"N": str(amount)}},
+        }
+
+    def _write_account(self, **update: Any) -> Any:
+        """An UpdateItem of an account item, tried again while a refund's transaction holds the item (DynamoDB
+        refuses the write with TransactionConflictException, which botocore does not retry)."""
+        update.setdefault("TableName", self.table_name)
+        for attempt in range(_MAX_TRANSACTION_ATTEMPTS):
+            try:
+                return self.client.update_item(**update)
+            except self.client.exceptions.TransactionConflictException:
+                if attempt == _MAX_TRANSACTION_ATTEMPTS - 1:
+                    raise
+                _back_off(attempt)
+        raise AssertionError("unreachable")
 
     # ---------------------------------------------------------------- batches and messages
 
@@ -526,48 +602,22 @@ class DynamoStore(
         error_code: str | None = None,
         reported_at: str | None = None,
         unclaimed_only: bool = False,
+        refund: bool = False,
     ) -> StatusChange | None:
-        previous = sorted(allowed_previous(target))
-        if not previous:
-            raise ValueError(f"no status can move to {target}")
-        names = {"#status": "status", "#target": str(target)}
-        values: dict[str, Any] = {
-            ":target": {"S": str(target)},
-            ":now": {"S": iso(now)},
-            ":one": {"N": "1"},
-            **{f":p{i}": {"S": str(status)} for i, status in enumerate(previous)},
+        options: dict[str, Any] = {
+            "upstream": upstream,
+            "upstream_message_id": upstream_message_id,
+            "error_code": error_code,
+            "reported_at": reported_at,
+            "unclaimed_only": unclaimed_only,
         }
-        previous_names = ", ".join(f":p{i}" for i in range(len(previous)))
-        sets = [
-            "#status = :target",
-            "status_at.#target = :now",
-            "updated_at = :now",
-            "#sequence = #sequence + :one",
-        ]
-        names["#sequence"] = "sequence"
-        if upstream and upstream_message_id:
-            # The first upstream id wins: a DLR must not relabel a message another upstream accepted.
-            sets += [
-                "upstream = if_not_exists(upstream, :upstream)",
-                "upstream_message_id = if_not_exists(upstream_message_id, :upstream_id)",
-            ]
-            values[":upstream"] = {"S": upstream}
-            values[":upstream_id"] = {"S": upstream_message_id}
-        if error_code is not None:
-            sets.append("error_code = :error_code")
-            values[":error_code"] = {"S": error_code}
-        if reported_at is not None:
-            sets.append("reported_at = :reported_at")
-            values[":reported_at"] = {"S": reported_at}
+        if refund:
+            found = self.get_messages_by_key([key])
+            return self.move_and_refund(found, target, now=now, **options)[0] if found else None
         try:
             answer = self.client.update_item(
                 TableName=self.table_name,
-                Key=_key_of(key),
-                UpdateExpression=f"SET {', '.join(sets)} REMOVE claim_until",
-                ConditionExpression=f"attribute_exists(pk) AND #status IN ({previous_names})"
-                + (" AND attribute_not_exists(claim_until)" if unclaimed_only else ""),
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
+                **_transition_update(key, target, now=now, **options),
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
@@ -575,8 +625,76 @@ class DynamoStore(
             current = error.response.get("Item")
             if not current:
                 return None
-            return StatusChange(message=Message.model_validate(self._codec.load(current)), changed=False)
-        return StatusChange(message=Message.model_validate(self._codec.load(answer["Attributes"])), changed=True)
+            return StatusChange(message=self._message(current), changed=False)
+        return StatusChange(message=self._message(answer["Attributes"]), changed=True)
+
+    def _message(self, item: dict[str, Any]) -> Message:
+        return Message.model_validate(self._codec.load(item))
+
+    def move_and_refund(
+        self, messages: Sequence[Message], target: MessageStatus, *, now: datetime, **options: Any
+    ) -> list[StatusChange | None]:
+        """Moves each of `messages` (one account's, as last read) to `target` by its conditional write, and gives
+        the price of every message it moved back to the account in the same transaction (TransactWriteItems, up to
+        REFUND_CHUNK messages to one), so a crash never leaves a message refunded-for but not moved, or moved but
+        not refunded. `options`: transition's. Aligned with `messages`: each as it is now (changed: this call moved
+        it), None for a message that is not there."""
+        if not messages:
+            return []
+        account_ids = {message.account_id for message in messages}
+        if len(account_ids) != 1:
+            raise ValueError("move_and_refund takes one account's messages")
+        changes: dict[MessageKey, StatusChange | None] = {}
+        for start in range(0, len(messages), REFUND_CHUNK):
+            changes |= self._move_and_refund_chunk(messages[start : start + REFUND_CHUNK], target, now, options)
+        return [changes[message.key] for message in messages]
+
+    def _move_and_refund_chunk(
+        self, chunk: Sequence[Message], target: MessageStatus, now: datetime, options: dict[str, Any]
+    ) -> dict[MessageKey, StatusChange | None]:
+        changes: dict[MessageKey, StatusChange | None] = {}
+        pending = list(chunk)
+        for attempt in range(_MAX_TRANSACTION_ATTEMPTS):
+            if not pending:
+                return changes
+            writes = [
+                {
+                    "Update": {
+                        "TableName": self.table_name,
+                        **_transition_update(message.key, target, now=now, **options),
+                        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                    }
+                }
+                for message in pending
+            ]
+            writes.append({"Update": self._credits_update(pending[0].account_id, sum(m.price for m in pending))})
+            try:
+                # A token per transaction: botocore's retry of a call whose answer was lost is then not applied twice.
+                self.client.transact_write_items(TransactItems=writes, ClientRequestToken=secrets.token_hex(16))
+            except self.client.exceptions.TransactionCanceledException as error:
+                reasons = error.response.get("CancellationReasons") or []
+                if len(reasons) != len(writes) or reasons[-1].get("Code") not in (None, "None", "TransactionConflict"):
+                    raise
+                still: list[Message] = []
+                for message, reason in zip(pending, reasons, strict=False):
+                    if reason.get("Code") == "ConditionalCheckFailed":
+                        # Not in a state it can move from (or not there): it stays, and nothing is given back for it.
+                        item = reason.get("Item")
+                        changes[message.key] = (
+                            StatusChange(message=self._message(item), changed=False) if item else None
+                        )
+                    else:
+                        still.append(message)
+                if len(still) == len(pending):  # a conflict with another write to one of the items: try again
+                    _back_off(attempt)
+                pending = still
+                continue
+            moved = {m.key: m for m in self.get_messages_by_key([m.key for m in pending])}
+            changes |= {key: StatusChange(message=message, changed=True) for key, message in moved.items()}
+            return changes
+        raise RuntimeError(
+            f"moving {len(pending)} messages and refunding them conflicted {_MAX_TRANSACTION_ATTEMPTS} times"
+        )
 
     def find_message(self, account_id: str, message_id: int) -> Message | None:
         answer = self.client.query(

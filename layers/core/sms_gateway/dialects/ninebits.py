@@ -250,7 +250,6 @@ def cancel_batch(reference_id: str) -> Response[Any]:
     try:
         batch, refunded = batches.cancel_batch(
             messages=store,
-            accounts=store,
             scheduler=gateway().scheduler,
             account_id=account.account_id,
             reference_id=batches.parse_reference_id(reference_id),

@@ -333,7 +333,6 @@ def remove_order(order_id: str) -> Response[Any]:
     try:
         batches.cancel_batch(
             messages=wiring.store,
-            accounts=wiring.store,
             scheduler=wiring.scheduler,
             account_id=account.account_id,
             reference_id=reference_id,

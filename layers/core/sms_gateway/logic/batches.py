@@ -12,7 +12,7 @@ from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import Batch, Message
 from sms_gateway.domain.status import TERMINAL, MessageStatus
 from sms_gateway.errors import Conflict, NotFound
-from sms_gateway.ports import AccountStore, BatchScheduler, MessageStore
+from sms_gateway.ports import BatchScheduler, MessageStore
 
 
 @dataclass(frozen=True)
@@ -76,19 +76,20 @@ def delivery_reports(
     return store.list_messages(account_id, reference_id, limit=limit, cursor=cursor, status=status)
 
 
-def move_messages(
+def move_and_refund(
     store: MessageStore, messages: Iterable[Message], target: MessageStatus, *, now: datetime, **options: Any
 ) -> tuple[list[Message], int]:
-    """Moves each message to `target` by its conditional write (`options`: transition's). The messages as they are
-    now, and what those this call moved had cost: the credits to give back for them."""
+    """Moves each of one account's messages to `target` by its conditional write (`options`: transition's) and
+    gives back what each one moved had cost, in the same transactions (MessageStore.move_and_refund). The messages
+    as they are now, and the credits given back."""
+    given = list(messages)
     current: list[Message] = []
-    moved_cost = 0
-    for message in messages:
-        change = store.transition(message.key, target, now=now, **options)
+    refunded = 0
+    for message, change in zip(given, store.move_and_refund(given, target, now=now, **options), strict=True):
         if change is not None and change.changed:
-            moved_cost += change.message.price
+            refunded += change.message.price
         current.append(change.message if change is not None else message)
-    return current, moved_cost
+    return current, refunded
 
 
 class AlreadyCancelled(Conflict):
@@ -106,7 +107,6 @@ ONLY_SCHEDULED = frozenset({MessageStatus.SCHEDULED})
 def cancel_batch(
     *,
     messages: MessageStore,
-    accounts: AccountStore,
     scheduler: BatchScheduler,
     account_id: str,
     reference_id: int,
@@ -121,7 +121,7 @@ def cancel_batch(
     (a Conflict): each dialect says what a repeated cancel answers."""
     batch = get_batch(messages, account_id, reference_id)
     if batch.status == MessageStatus.CANCELLED:
-        refund = finish_cancel(messages, accounts, scheduler, account_id, reference_id, now=now)
+        refund = finish_cancel(messages, scheduler, account_id, reference_id, now=now)
         if not refund:
             raise AlreadyCancelled(batch)
         return batch, refund
@@ -130,13 +130,12 @@ def cancel_batch(
     ):
         current = get_batch(messages, account_id, reference_id).status
         raise Conflict(f"only a scheduled batch can be cancelled; this one is {current}")
-    refund = finish_cancel(messages, accounts, scheduler, account_id, reference_id, now=now)
+    refund = finish_cancel(messages, scheduler, account_id, reference_id, now=now)
     return get_batch(messages, account_id, reference_id), refund
 
 
 def finish_cancel(
     messages: MessageStore,
-    accounts: AccountStore,
     scheduler: BatchScheduler | None,
     account_id: str,
     reference_id: int,
@@ -145,11 +144,10 @@ def finish_cancel(
 ) -> int:
     """For a batch already moved to cancelled: deletes its schedule (None: the schedule is the caller, firing, and
     deletes itself), cancels its messages still scheduled (each by a conditional write) and refunds those this call
-    moved. Safe to run again, or alongside another: a message is moved, and refunded, once. The credits refunded."""
+    moved, in the same transactions. Safe to run again, or alongside another, or after a crash part-way: a message
+    is moved, and refunded, once. The credits refunded."""
     if scheduler is not None:
         scheduler.cancel(account_id, reference_id)
     batch_messages = all_messages(messages, account_id, reference_id)
-    _, refund = move_messages(messages, batch_messages, MessageStatus.CANCELLED, now=now)
-    if refund:
-        accounts.refund_credits(account_id, refund)
+    _, refund = move_and_refund(messages, batch_messages, MessageStatus.CANCELLED, now=now)
     return refund

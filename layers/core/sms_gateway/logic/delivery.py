@@ -96,6 +96,7 @@ def apply_delivery_report(report: DeliveryReport, deps: DeliveryDependencies, ou
         upstream_message_id=report.upstream_message_id,
         error_code=report.error_code,
         reported_at=report.reported_at,
+        refund=report.status in REFUNDED,
     )
     if change is None:
         _unmatched(report, outcome)
@@ -107,8 +108,6 @@ def apply_delivery_report(report: DeliveryReport, deps: DeliveryDependencies, ou
             deps.on_repeat(change)
         return
     outcome.applied += 1
-    if change.message.status in REFUNDED:
-        deps.accounts.refund_credits(change.message.account_id, change.message.price)
     if deps.on_change is not None:
         deps.on_change(change)
 

@@ -486,11 +486,9 @@ def valid_until(message: Message, validity: timedelta) -> datetime:
 async def _finish(
     message: Message, status: MessageStatus, error_code: str, deps: DispatchDependencies, outcome: DispatchOutcome
 ) -> None:
-    """A final state reached before delivery: the conditional write decides, and only the write that made
-    the change refunds, so a retried record never refunds twice."""
+    """A final state reached before delivery: the conditional write decides, and the write that made the change
+    refunds in the same transaction, so a retried record never refunds twice and a crash never loses the refund."""
     change = await asyncio.to_thread(
-        deps.messages.transition, message.key, status, now=deps.clock(), error_code=error_code
+        deps.messages.transition, message.key, status, now=deps.clock(), error_code=error_code, refund=True
     )
     outcome.record(change)
-    if change is not None and change.changed:
-        await asyncio.to_thread(deps.accounts.refund_credits, message.account_id, message.price)

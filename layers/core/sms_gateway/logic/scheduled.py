@@ -9,7 +9,7 @@ from sms_gateway.domain.status import MessageStatus
 from sms_gateway.logic.batches import ONLY_SCHEDULED, all_messages, finish_cancel
 from sms_gateway.logic.send import dispatch_commands
 from sms_gateway.observability import logger
-from sms_gateway.ports import AccountStore, DispatchQueue, MessageStore
+from sms_gateway.ports import DispatchQueue, MessageStore
 
 
 def release_scheduled_batch(
@@ -19,7 +19,7 @@ def release_scheduled_batch(
     messages: MessageStore,
     queue: DispatchQueue,
     clock: Callable[[], datetime],
-    accounts: AccountStore | None = None,
+    finish_cancels: bool = False,
 ) -> bool:
     """Safe to run twice: the batch moves scheduled -> queued first, with a conditional write, then its messages
     (conditional writes too), then their dispatch records are queued (deduplication ids; the dispatcher claims each
@@ -28,7 +28,7 @@ def release_scheduled_batch(
 
     The batch's write decides a race with a cancel (logic.batches.cancel_batch, which moves a scheduled batch to
     cancelled with the same kind of write): whichever moves the batch first wins. A cancel that came first leaves
-    nothing to release (and a cancel that died after its batch write is finished here, with `accounts`); a release
+    nothing to release (and a cancel that died after its batch write is finished here, with `finish_cancels`); a release
     that came first makes the cancel a conflict, so a message this call queued (and a dispatcher may be submitting)
     is never cancelled and refunded under it.
     Returns True when this call released the batch."""
@@ -40,9 +40,9 @@ def release_scheduled_batch(
     )
     if not released:
         batch = messages.get_batch(account_id, reference_id)
-        if batch is not None and batch.status == MessageStatus.CANCELLED and accounts is not None:
+        if batch is not None and batch.status == MessageStatus.CANCELLED and finish_cancels:
             # A cancel that died after the batch's write left its schedule, which is what fired: finish it.
-            refunded = finish_cancel(messages, accounts, None, account_id, reference_id, now=clock())
+            refunded = finish_cancel(messages, None, account_id, reference_id, now=clock())
             if refunded:
                 logger.warning(
                     "schedule fired for a batch whose cancel did not finish; finished it",

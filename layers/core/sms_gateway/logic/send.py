@@ -36,7 +36,7 @@ from sms_gateway.errors import (
     OptedOut,
     Unavailable,
 )
-from sms_gateway.logic.batches import all_messages, move_messages
+from sms_gateway.logic.batches import all_messages, move_and_refund
 from sms_gateway.observability import logger
 from sms_gateway.outcome_metrics import count_sends_undone
 from sms_gateway.ports import AccountStore, BatchScheduler, DispatchQueue, MessageStore, OptOutStore, PriceBook
@@ -268,10 +268,11 @@ def withdraw(accepted: Accepted, deps: SendDependencies, *, now: datetime, error
         deps.messages.set_batch_status(
             batch.account_id, batch.reference_id, MessageStatus.FAILED, only_from=frozenset({MessageStatus.SCHEDULED})
         )
-    messages, refund = move_messages(
+    messages, refund = move_and_refund(
         deps.messages, accepted.messages, MessageStatus.FAILED, now=now, error_code=NOT_QUEUED, unclaimed_only=True
     )
-    balance = deps.accounts.refund_credits(batch.account_id, refund) if refund else accepted.balance
+    account_now = deps.accounts.get_account(batch.account_id) if refund else None
+    balance = account_now.credits if account_now is not None else accepted.balance
     if any(message.status != MessageStatus.FAILED for message in messages):
         withdrawn = [m for m in messages if m.status == MessageStatus.FAILED]
         logger.warning(

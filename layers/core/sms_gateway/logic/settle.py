@@ -101,10 +101,11 @@ def settle(check: Mapping[str, Any], deps: SettleDependencies) -> SettleOutcome:
         if now < message_due:
             later.append(message_due)
             continue
-        change = deps.messages.transition(message.key, MessageStatus.EXPIRED, now=now, error_code=NO_DELIVERY_REPORT)
+        change = deps.messages.transition(
+            message.key, MessageStatus.EXPIRED, now=now, error_code=NO_DELIVERY_REPORT, refund=True
+        )
         if change is None or not change.changed:
             continue
-        deps.accounts.refund_credits(message.account_id, message.price)
         outcome.changes.append(change)
         logger.warning(
             "no final delivery report within the wait; message expired and refunded",

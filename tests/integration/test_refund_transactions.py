@@ -1,0 +1,213 @@
+"""Refunds against moto: a message's move to a refunded final state and its account's credits are one transaction,
+so a crash, a lost answer or a conflicting write never leaves one done without the other."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from botocore.exceptions import ConnectionClosedError
+
+from sms_gateway.adapters.dynamodb import REFUND_CHUNK, DynamoStore
+from sms_gateway.domain.ids import new_id
+from sms_gateway.domain.status import MessageStatus, allowed_previous
+from tests.integration.test_dynamodb_store import NOW, balance, new_account, new_batch, raw_item, raw_message
+
+REFUNDED_TARGETS = [MessageStatus.FAILED, MessageStatus.EXPIRED, MessageStatus.REJECTED, MessageStatus.CANCELLED]
+
+
+@pytest.fixture(scope="module")
+def table(shared_store_module: DynamoStore) -> DynamoStore:
+    return shared_store_module
+
+
+@pytest.fixture(scope="module")
+def shared_store_module():
+    from moto import mock_aws
+
+    from sms_gateway_tools.localstack.resources import aws_clients, create_resources
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB", "AWS_PROFILE"):
+            patch.delenv(name, raising=False)
+        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        with mock_aws():
+            env = create_resources(stack_name="refunds", simulator_url="http://x:9", api_url="http://x:8")
+            client = aws_clients(None, ["dynamodb"])["dynamodb"]
+            yield DynamoStore(env["TABLE_NAME"], client=client)
+
+
+def funded_messages(store: DynamoStore, count: int, status: MessageStatus, *, credits: int = 1000, price: int = 2):
+    account, credentials = new_account(credits=credits)
+    store.create_account(account, credentials)
+    batch, messages = new_batch(account.account_id, count, status=status)
+    messages = [m.model_copy(update={"price": price}) for m in messages]
+    store.create_batch(batch, messages)
+    return account.account_id, messages
+
+
+class ClientThat:
+    """The table's client, with one of its calls replaced (`call`: name -> function of the real client's method)."""
+
+    def __init__(self, client: Any, **calls: Any) -> None:
+        self._client = client
+        self._calls = calls
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._client, name)
+        if name in self._calls:
+            return lambda **kwargs: self._calls[name](real, **kwargs)
+        return real
+
+
+def with_client(store: DynamoStore, client: Any) -> DynamoStore:
+    return DynamoStore(store.table_name, client=client)
+
+
+@pytest.mark.parametrize("current", list(MessageStatus))
+@pytest.mark.parametrize("target", REFUNDED_TARGETS)
+def test_a_refunding_move_gives_the_price_back_exactly_when_it_moves_the_message(table, current, target):
+    # Given a message of price 2 in state `current`, from an account with 1000 credits
+    account_id, [message] = funded_messages(table, 1, current)
+    # When it is moved to a refunded final state, twice (a duplicate report, a redelivered record)
+    first = table.transition(message.key, target, now=NOW, error_code="E1", refund=True)
+    second = table.transition(message.key, target, now=NOW, error_code="E1", refund=True)
+    # Then it moved exactly when allowed, and its price came back once, only then
+    moved = current in allowed_previous(target)
+    assert first is not None and second is not None
+    assert (first.changed, second.changed) == (moved, False)
+    assert first.message.status == (target if moved else current)
+    assert second.message == first.message
+    assert balance(table, account_id) == 1000 + (2 if moved else 0)
+    if moved:
+        assert first.message.error_code == "E1" and first.message.sequence == message.sequence + 1
+
+
+def test_when_the_refund_cannot_be_written_the_message_does_not_move_either(table):
+    # Given a submitted message whose account item is gone (the refund's half of the write cannot succeed)
+    account_id, [message] = funded_messages(table, 1, MessageStatus.SUBMITTED)
+    table.client.delete_item(TableName=table.table_name, Key={"pk": {"S": f"ACC#{account_id}"}, "sk": {"S": "ACCOUNT"}})
+    before = raw_message(table, message.key)
+    # When its failure report is applied, the write is refused as a whole
+    with pytest.raises(table.client.exceptions.TransactionCanceledException):
+        table.transition(message.key, MessageStatus.FAILED, now=NOW, refund=True)
+    # Then the message is still submitted: the report's redelivery can still apply it and refund it
+    assert raw_message(table, message.key) == before
+    assert raw_item(table, f"ACC#{account_id}", "ACCOUNT") is None
+
+
+@pytest.mark.parametrize("applied", [False, True], ids=["lost-before-applying", "answer-lost-after-applying"])
+def test_a_refund_whose_call_failed_is_applied_once_by_the_retry(table, applied):
+    # Given a submitted message, and a table whose first transaction fails on the wire, before or after DynamoDB
+    # applied it (a container killed there behaves the same: the retry is the record's or the report's redelivery)
+    account_id, [message] = funded_messages(table, 1, MessageStatus.SUBMITTED)
+    failures = [1]
+
+    def transact_write_items(real, **kwargs):
+        if failures:
+            failures.pop()
+            if applied:
+                real(**kwargs)
+            raise ConnectionClosedError(endpoint_url="http://dynamodb")
+        return real(**kwargs)
+
+    flaky = with_client(table, ClientThat(table.client, transact_write_items=transact_write_items))
+    with pytest.raises(ConnectionClosedError):
+        flaky.transition(message.key, MessageStatus.EXPIRED, now=NOW, refund=True)
+    # When the same move is tried again
+    retry = flaky.transition(message.key, MessageStatus.EXPIRED, now=NOW, refund=True)
+    # Then the message is expired and its price came back exactly once
+    assert retry is not None and retry.message.status == MessageStatus.EXPIRED
+    assert retry.changed is not applied
+    assert balance(table, account_id) == 1000 + 2
+
+
+def test_a_batch_is_moved_and_refunded_a_transaction_per_chunk_and_only_for_what_moved(table):
+    # Given 150 scheduled messages of one account, of which three were queued and submitted meanwhile (and so
+    # cannot be cancelled), and the key of one that is not there
+    account_id, messages = funded_messages(table, 150, MessageStatus.SCHEDULED)
+    for gone_on in messages[:3]:
+        table.transition(gone_on.key, MessageStatus.QUEUED, now=NOW)
+        table.transition(gone_on.key, MessageStatus.SUBMITTED, now=NOW)
+    ghost = messages[3].model_copy(update={"message_id": new_id()})
+    transactions: list[int] = []
+    table.client.meta.events.register(
+        "provide-client-params.dynamodb.TransactWriteItems",
+        lambda params, **_: transactions.append(len(params["TransactItems"])),
+        unique_id="count-refund-transactions",
+    )
+    try:
+        # When the batch is cancelled
+        changes = table.move_and_refund([*messages, ghost], MessageStatus.CANCELLED, now=NOW)
+    finally:
+        table.client.meta.events.unregister(
+            "provide-client-params.dynamodb.TransactWriteItems", unique_id="count-refund-transactions"
+        )
+    # Then every answer lines up with its message: 147 cancelled by this call, 3 left submitted, the ghost None
+    assert [c.changed for c in changes[:3]] == [False] * 3
+    assert all(c.message.status == MessageStatus.SUBMITTED for c in changes[:3])
+    assert all(c is not None and c.changed and c.message.status == MessageStatus.CANCELLED for c in changes[3:150])
+    assert changes[150] is None
+    # And the account got back exactly the price of what moved
+    assert balance(table, account_id) == 1000 + 147 * 2
+    # And it took a transaction per chunk of up to REFUND_CHUNK messages (plus the account), each sent once more
+    # without what it could not move (the first chunk held the submitted three, the second the ghost)
+    assert transactions == [REFUND_CHUNK + 1, REFUND_CHUNK + 1 - 3, 150 + 1 - REFUND_CHUNK + 1, 150 + 1 - REFUND_CHUNK]
+    # And a second cancel moves and refunds nothing
+    again = table.move_and_refund(messages, MessageStatus.CANCELLED, now=NOW)
+    assert not any(c is not None and c.changed for c in again)
+    assert balance(table, account_id) == 1000 + 147 * 2
+
+
+def test_a_transaction_that_conflicts_with_another_write_is_tried_again(table):
+    # Given a submitted message, and a table whose first transaction is cancelled for a conflict on the account
+    account_id, [message] = funded_messages(table, 1, MessageStatus.SUBMITTED)
+    conflicts = [1]
+
+    def transact_write_items(real, **kwargs):
+        if conflicts:
+            conflicts.pop()
+            raise table.client.exceptions.TransactionCanceledException(
+                {
+                    "Error": {"Code": "TransactionCanceledException", "Message": "Transaction cancelled"},
+                    "CancellationReasons": [{"Code": "None"}, {"Code": "TransactionConflict"}],
+                },
+                "TransactWriteItems",
+            )
+        return real(**kwargs)
+
+    conflicting = with_client(table, ClientThat(table.client, transact_write_items=transact_write_items))
+    # When the message is failed and refunded
+    change = conflicting.transition(message.key, MessageStatus.FAILED, now=NOW, refund=True)
+    # Then the second try moved it and refunded it, once
+    assert change is not None and change.changed and not conflicts
+    assert balance(table, account_id) == 1000 + 2
+
+
+def test_a_send_reserving_credits_while_a_refund_holds_the_account_is_tried_again(table):
+    # Given an account, and a table that refuses the first write to it: a refund's transaction holds the item
+    account, credentials = new_account(credits=100)
+    table.create_account(account, credentials)
+    held = [1]
+
+    def update_item(real, **kwargs):
+        if held:
+            held.pop()
+            raise table.client.exceptions.TransactionConflictException(
+                {"Error": {"Code": "TransactionConflictException", "Message": "ongoing transaction"}}, "UpdateItem"
+            )
+        return real(**kwargs)
+
+    busy = with_client(table, ClientThat(table.client, update_item=update_item))
+    # When a send reserves credits
+    assert busy.reserve_credits(account.account_id, 30) == 70
+    # Then the write went through on its second try, once
+    assert not held and balance(table, account.account_id) == 70
+
+
+def test_messages_of_two_accounts_are_never_refunded_in_one_call(table):
+    _, [one] = funded_messages(table, 1, MessageStatus.QUEUED)
+    _, [other] = funded_messages(table, 1, MessageStatus.QUEUED)
+    with pytest.raises(ValueError, match="one account's messages"):
+        table.move_and_refund([one, other], MessageStatus.CANCELLED, now=NOW)
+    assert [raw_message(table, m.key)["status"]["S"] for m in (one, other)] == ["queued", "queued"]  # type: ignore[index]
