@@ -17,6 +17,7 @@ from sms_gateway.domain.models import Account, Batch, ClaimOutcome, Credentials,
 from sms_gateway.domain.status import MessageStatus, allowed_previous
 from sms_gateway.errors import Conflict, InsufficientCredits
 from sms_gateway.logic.accounts import issue_credentials
+from tests.integration.conftest import moto_table
 
 NOW = datetime(2025, 3, 14, 9, 26, 53, 589793, tzinfo=UTC)
 STATUSES = list(MessageStatus)
@@ -137,18 +138,8 @@ def store(aws: dict[str, str]) -> DynamoStore:
 @pytest.fixture(scope="class")
 def shared_store() -> Iterator[DynamoStore]:
     """One moto table for a class of many small tests (each uses its own keys); much faster than `aws`."""
-    from moto import mock_aws
-
-    from sms_gateway_tools.localstack.resources import aws_clients, create_resources
-
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB", "AWS_PROFILE"):
-            patch.delenv(name, raising=False)
-        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        with mock_aws():
-            env = create_resources(stack_name="matrix", simulator_url="http://x:9", api_url="http://x:8")
-            client = aws_clients(None, ["dynamodb"])["dynamodb"]
-            yield DynamoStore(env["TABLE_NAME"], client=client)
+    with moto_table("matrix") as store:
+        yield store
 
 
 # ---------------------------------------------------------------------------------------------- accounts

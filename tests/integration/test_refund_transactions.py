@@ -3,6 +3,7 @@ so a crash, a lost answer or a conflicting write never leaves one done without t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,30 +12,16 @@ from botocore.exceptions import ConnectionClosedError
 from sms_gateway.adapters.dynamodb import REFUND_CHUNK, DynamoStore
 from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.status import MessageStatus, allowed_previous
+from tests.integration.conftest import moto_table
 from tests.integration.test_dynamodb_store import NOW, balance, new_account, new_batch, raw_item, raw_message
 
 REFUNDED_TARGETS = [MessageStatus.FAILED, MessageStatus.EXPIRED, MessageStatus.REJECTED, MessageStatus.CANCELLED]
 
 
 @pytest.fixture(scope="module")
-def table(shared_store_module: DynamoStore) -> DynamoStore:
-    return shared_store_module
-
-
-@pytest.fixture(scope="module")
-def shared_store_module():
-    from moto import mock_aws
-
-    from sms_gateway_tools.localstack.resources import aws_clients, create_resources
-
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB", "AWS_PROFILE"):
-            patch.delenv(name, raising=False)
-        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        with mock_aws():
-            env = create_resources(stack_name="refunds", simulator_url="http://x:9", api_url="http://x:8")
-            client = aws_clients(None, ["dynamodb"])["dynamodb"]
-            yield DynamoStore(env["TABLE_NAME"], client=client)
+def table() -> Iterator[DynamoStore]:
+    with moto_table("refunds") as store:
+        yield store
 
 
 def funded_messages(store: DynamoStore, count: int, status: MessageStatus, *, credits: int = 1000, price: int = 2):
