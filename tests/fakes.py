@@ -100,6 +100,24 @@ class InMemoryStore:
         for message in messages:
             self.messages[message.key] = message
 
+    def create_batch_and_reserve(self, batch: Batch) -> int:
+        with self._lock:
+            if (batch.account_id, batch.reference_id) in self.batches:
+                raise Conflict(f"batch {batch.reference_id} exists already")
+            balance = self.reserve_credits(batch.account_id, batch.cost)
+            self.batches[(batch.account_id, batch.reference_id)] = batch
+            return balance
+
+    def fail_batch_and_refund(self, batch: Batch) -> bool | None:
+        with self._lock:
+            if (batch.account_id, batch.reference_id) not in self.batches:
+                return None
+            unsent = frozenset({MessageStatus.QUEUED, MessageStatus.SCHEDULED})
+            if not self.set_batch_status(batch.account_id, batch.reference_id, MessageStatus.FAILED, only_from=unsent):
+                return False
+            self.refund_credits(batch.account_id, batch.cost)
+            return True
+
     def get_batch(self, account_id: str, reference_id: int) -> Batch | None:
         return self.batches.get((account_id, reference_id))
 

@@ -120,16 +120,19 @@ class Killed(BaseException):
     or `finally` of ours runs (nor does Powertools' error handling: it catches Exception)."""
 
 
-def die_once(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, *, on_call: int = 1) -> None:
-    """The request dies in its `on_call`th call of `owner.name`, before the call does anything."""
+def die_once(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, *, on_call: int = 1, after: bool = False) -> None:
+    """The request dies in its `on_call`th call of `owner.name`, before the call does anything (`after`: once it
+    has done it, before its caller hears back)."""
     real = getattr(owner, name)
     calls = [0]
 
     def dying(*args: Any, **kwargs: Any) -> Any:
         calls[0] += 1
-        if calls[0] == on_call:
-            raise Killed(f"{name} call {on_call}")
-        return real(*args, **kwargs)
+        if calls[0] != on_call:
+            return real(*args, **kwargs)
+        if after:
+            real(*args, **kwargs)
+        raise Killed(f"{name} call {on_call}")
 
     monkeypatch.setattr(owner, name, dying)
 
@@ -239,7 +242,7 @@ def test_a_send_that_died_before_storing_anything_is_sent_by_its_retry(aws, api,
     from sms_gateway.adapters.dynamodb import DynamoStore
 
     account = make_account(10)
-    die_once(monkeypatch, DynamoStore, "reserve_credits")
+    die_once(monkeypatch, DynamoStore, "create_batch_and_reserve")
     with pytest.raises(Killed):
         api(with_key(send_event(account["token"]), "died-early"))
     assert batches_of(account["account_id"]) == []
@@ -251,6 +254,121 @@ def test_a_send_that_died_before_storing_anything_is_sent_by_its_retry(aws, api,
     ]
     assert balance(account["account_id"]) == 9
     assert len(queued_records(aws)) == 1
+
+
+KILL_POINTS = [
+    ("DynamoStore", "create_batch_and_reserve", 1, False),
+    ("DynamoStore", "create_batch_and_reserve", 1, True),
+    ("DynamoStore", "_batch_write", 1, True),
+    ("DynamoStore", "_batch_write", 2, False),
+    ("DynamoStore", "_batch_write", 2, True),
+    ("SqsDispatchQueue", "enqueue", 1, False),
+    ("SqsDispatchQueue", "enqueue", 1, True),
+    ("DynamoStore", "complete", 1, False),
+]
+
+
+def owner_named(name: str) -> Any:
+    from sms_gateway.adapters.dynamodb import DynamoStore
+    from sms_gateway.adapters.sqs import SqsDispatchQueue
+
+    return {"DynamoStore": DynamoStore, "SqsDispatchQueue": SqsDispatchQueue}[name]
+
+
+def assert_sent_once(env: dict[str, str], account_id: str, answer: dict[str, Any], credits_left: int) -> None:
+    """The keyed send of NUMBERS stands as one batch: every recipient stored once, queued once, charged once."""
+    assert answer["statusCode"] == 200, answer
+    (batch,) = [b for b in batches_of(account_id) if b.status != "failed"]
+    assert json.loads(answer["body"])["reference_id"] == str(batch.reference_id)
+    messages = messages_of(account_id, batch.reference_id)
+    assert sorted(m.msisdn for m in messages) == sorted(f"+{n}" for n in NUMBERS)
+    assert sorted(queued_message_ids(env)) == sorted(m.message_id for m in messages)
+    assert balance(account_id) == credits_left
+
+
+@pytest.mark.parametrize(("owner", "call", "on_call", "after"), KILL_POINTS)
+def test_wherever_a_keyed_send_dies_its_retry_sends_it_once_and_charges_it_once(
+    aws, api, monkeypatch, owner, call, on_call, after
+):
+    # Given a send to 30 numbers whose request is killed at one of its steps (before it or right after it)
+    account = make_account(100)
+    body = {"from": "48974", "to": NUMBERS, "message": "thirty of them"}
+    die_once(monkeypatch, owner_named(owner), call, on_call=on_call, after=after)
+    with pytest.raises(Killed):
+        api(with_key(send_event(account["token"], body), "kill-point"))
+    # When the client retries under its key once the dead request's lease ran out
+    leases_run_out()
+    retried = api(with_key(send_event(account["token"], body), "kill-point"))
+    # Then the send stands once: 30 messages stored and queued, 30 credits taken, no more
+    assert_sent_once(aws, account["account_id"], retried, 100 - 30)
+
+
+def fail_the_second_chunk(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The second BatchWriteItem of the send's messages times out; returns the real method."""
+    from sms_gateway.adapters.dynamodb import DynamoStore
+
+    real_batch_write = DynamoStore._batch_write
+    calls = [0]
+
+    def second_chunk_fails(self, requests):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise TimeoutError("Read timeout on endpoint URL")
+        return real_batch_write(self, requests)
+
+    monkeypatch.setattr(DynamoStore, "_batch_write", second_chunk_fails)
+    return real_batch_write
+
+
+@pytest.mark.parametrize("after", [False, True])
+def test_a_send_whose_undo_dies_is_charged_once_by_its_retry(aws, api, monkeypatch, after):
+    from sms_gateway.adapters.dynamodb import DynamoStore
+
+    # Given a send whose second chunk of messages cannot be stored, and whose undo is killed before or after it ran
+    account = make_account(100)
+    body = {"from": "48974", "to": NUMBERS, "message": "thirty of them"}
+    real_batch_write = fail_the_second_chunk(monkeypatch)
+    die_once(monkeypatch, DynamoStore, "fail_batch_and_refund", after=after)
+    with pytest.raises(Killed):
+        api(with_key(send_event(account["token"], body), "undo-died"))
+    # Then the batch and its credits moved together: failed and given back, or neither
+    (first,) = batches_of(account["account_id"])
+    assert (first.status, balance(account["account_id"])) == (("failed", 100) if after else ("queued", 70))
+    # And the client's retry sends it once and charges it once (finishing the batch, or afresh if it was undone)
+    monkeypatch.setattr(DynamoStore, "_batch_write", real_batch_write)
+    leases_run_out()
+    retried = api(with_key(send_event(account["token"], body), "undo-died"))
+    assert_sent_once(aws, account["account_id"], retried, 100 - 30)
+
+
+def test_an_unkeyed_send_that_cannot_be_stored_is_failed_and_refunded_once(aws, api, monkeypatch):
+    # Given a send without a key whose second chunk of messages cannot be stored
+    account = make_account(100)
+    body = {"from": "48974", "to": NUMBERS, "message": "thirty of them"}
+    fail_the_second_chunk(monkeypatch)
+    answer = api(send_event(account["token"], body))
+    # Then the caller is told to retry, the batch is failed, the credits are all back and nothing is queued
+    assert answer["statusCode"] == 503, answer
+    assert "could not be stored in time and was undone" in json.loads(answer["body"])["message"]
+    (batch,) = batches_of(account["account_id"])
+    assert batch.status == "failed"
+    assert balance(account["account_id"]) == 100
+    assert queued_records(aws) == []
+
+
+def test_an_unkeyed_send_whose_batch_was_never_written_gets_its_reservation_back(aws, api, monkeypatch):
+    from sms_gateway.adapters.dynamodb import DynamoStore
+
+    account = make_account(100)
+
+    def unreachable(self, batch, messages):
+        raise TimeoutError("Connect timeout on endpoint URL")
+
+    monkeypatch.setattr(DynamoStore, "create_batch", unreachable)
+    answer = api(send_event(account["token"], {"from": "48974", "to": NUMBERS, "message": "thirty of them"}))
+    assert answer["statusCode"] == 503, answer
+    assert batches_of(account["account_id"]) == []
+    assert balance(account["account_id"]) == 100
 
 
 def test_of_two_retries_after_the_lease_only_one_finishes_the_send(aws):

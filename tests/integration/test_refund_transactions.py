@@ -76,7 +76,7 @@ def test_when_the_refund_cannot_be_written_the_message_does_not_move_either(tabl
     table.client.delete_item(TableName=table.table_name, Key={"pk": {"S": f"ACC#{account_id}"}, "sk": {"S": "ACCOUNT"}})
     before = raw_message(table, message.key)
     # When its failure report is applied, the write is refused as a whole
-    with pytest.raises(table.client.exceptions.TransactionCanceledException):
+    with pytest.raises(RuntimeError, match="refund of 1 messages was refused"):
         table.transition(message.key, MessageStatus.FAILED, now=NOW, refund=True)
     # Then the message is still submitted: the report's redelivery can still apply it and refund it
     assert raw_message(table, message.key) == before
@@ -146,10 +146,8 @@ def test_a_batch_is_moved_and_refunded_a_transaction_per_chunk_and_only_for_what
     assert balance(table, account_id) == 1000 + 147 * 2
 
 
-def test_a_transaction_that_conflicts_with_another_write_is_tried_again(table):
-    # Given a submitted message, and a table whose first transaction is cancelled for a conflict on the account
-    account_id, [message] = funded_messages(table, 1, MessageStatus.SUBMITTED)
-    conflicts = [1]
+def conflicting_once(table: DynamoStore, conflicts: list[int], codes: list[str]) -> DynamoStore:
+    """The table, whose next transactions (one per entry of `conflicts`, popped) are cancelled with `codes`."""
 
     def transact_write_items(real, **kwargs):
         if conflicts:
@@ -157,13 +155,20 @@ def test_a_transaction_that_conflicts_with_another_write_is_tried_again(table):
             raise table.client.exceptions.TransactionCanceledException(
                 {
                     "Error": {"Code": "TransactionCanceledException", "Message": "Transaction cancelled"},
-                    "CancellationReasons": [{"Code": "None"}, {"Code": "TransactionConflict"}],
+                    "CancellationReasons": [{"Code": code} for code in codes],
                 },
                 "TransactWriteItems",
             )
         return real(**kwargs)
 
-    conflicting = with_client(table, ClientThat(table.client, transact_write_items=transact_write_items))
+    return with_client(table, ClientThat(table.client, transact_write_items=transact_write_items))
+
+
+def test_a_transaction_that_conflicts_with_another_write_is_tried_again(table):
+    # Given a submitted message, and a table whose first transaction is cancelled for a conflict on the account
+    account_id, [message] = funded_messages(table, 1, MessageStatus.SUBMITTED)
+    conflicts = [1]
+    conflicting = conflicting_once(table, conflicts, ["None", "TransactionConflict"])
     # When the message is failed and refunded
     change = conflicting.transition(message.key, MessageStatus.FAILED, now=NOW, refund=True)
     # Then the second try moved it and refunded it, once
@@ -198,3 +203,97 @@ def test_messages_of_two_accounts_are_never_refunded_in_one_call(table):
     with pytest.raises(ValueError, match="one account's messages"):
         table.move_and_refund([one, other], MessageStatus.CANCELLED, now=NOW)
     assert [raw_message(table, m.key)["status"]["S"] for m in (one, other)] == ["queued", "queued"]  # type: ignore[index]
+
+
+# ---------------------------------------------------------------- a send's batch and its credits
+
+
+def funded_account(store: DynamoStore, credits: int) -> str:
+    account, credentials = new_account(credits=credits)
+    store.create_account(account, credentials)
+    return account.account_id
+
+
+def test_a_batch_and_its_reservation_are_written_together(table):
+    account_id = funded_account(table, 100)
+    batch, _ = new_batch(account_id, 30)
+    # When a keyed send writes its batch
+    assert table.create_batch_and_reserve(batch) == 70
+    # Then the batch is there and its cost was taken
+    assert table.get_batch(account_id, batch.reference_id) == batch
+    assert balance(table, account_id) == 70
+
+
+def test_a_batch_the_balance_cannot_pay_for_is_not_written_and_nothing_is_taken(table):
+    from sms_gateway.errors import InsufficientCredits
+
+    account_id = funded_account(table, 29)
+    batch, _ = new_batch(account_id, 30)
+    with pytest.raises(InsufficientCredits, match="costs 30 credits"):
+        table.create_batch_and_reserve(batch)
+    assert table.get_batch(account_id, batch.reference_id) is None
+    assert balance(table, account_id) == 29
+
+
+def test_a_batch_that_exists_is_refused_and_nothing_is_taken(table):
+    from sms_gateway.errors import Conflict
+
+    account_id = funded_account(table, 100)
+    batch, _ = new_batch(account_id, 30)
+    table.create_batch_and_reserve(batch)
+    # When another request under the same key writes the same batch
+    with pytest.raises(Conflict, match="exists already"):
+        table.create_batch_and_reserve(batch.model_copy(update={"text": "another"}))
+    # Then the first stands and was charged once
+    assert table.get_batch(account_id, batch.reference_id) == batch
+    assert balance(table, account_id) == 70
+
+
+def test_a_batch_written_while_a_refund_holds_the_account_is_tried_again(table):
+    account_id = funded_account(table, 100)
+    batch, _ = new_batch(account_id, 30)
+    conflicts = [1]
+    busy = conflicting_once(table, conflicts, ["TransactionConflict", "None"])
+    assert busy.create_batch_and_reserve(batch) == 70
+    assert not conflicts and table.get_batch(account_id, batch.reference_id) == batch
+
+
+@pytest.mark.parametrize(
+    ("status", "undone"),
+    [
+        (MessageStatus.QUEUED, True),
+        (MessageStatus.SCHEDULED, True),
+        (MessageStatus.CANCELLED, False),
+        (MessageStatus.FAILED, False),
+    ],
+)
+def test_only_an_unsent_batch_is_failed_and_its_cost_given_back_once(table, status, undone):
+    account_id = funded_account(table, 100)
+    batch, _ = new_batch(account_id, 30, status=status)
+    table.create_batch_and_reserve(batch)
+    # When the send's undo runs, and runs again (a retried undo)
+    assert table.fail_batch_and_refund(batch) is undone
+    assert table.fail_batch_and_refund(batch) is False
+    # Then an unsent batch is failed and its cost came back once; one that moved on is left as it was
+    found = table.get_batch(account_id, batch.reference_id)
+    assert found is not None and found.status == (MessageStatus.FAILED if undone else status)
+    assert balance(table, account_id) == (100 if undone else 70)
+
+
+def test_failing_a_batch_that_was_never_written_changes_nothing(table):
+    account_id = funded_account(table, 100)
+    batch, _ = new_batch(account_id, 30)
+    assert table.fail_batch_and_refund(batch) is None
+    assert table.get_batch(account_id, batch.reference_id) is None
+    assert balance(table, account_id) == 100
+
+
+def test_a_batch_whose_account_is_gone_is_not_failed_either(table):
+    account_id = funded_account(table, 100)
+    batch, _ = new_batch(account_id, 30)
+    table.create_batch_and_reserve(batch)
+    table.client.delete_item(TableName=table.table_name, Key={"pk": {"S": f"ACC#{account_id}"}, "sk": {"S": "ACCOUNT"}})
+    with pytest.raises(RuntimeError, match="is gone"):
+        table.fail_batch_and_refund(batch)
+    found = table.get_batch(account_id, batch.reference_id)
+    assert found is not None and found.status == MessageStatus.QUEUED

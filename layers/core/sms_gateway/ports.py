@@ -113,6 +113,17 @@ class MessageStore(Protocol):
         """Writes messages of a batch that exists (a send that died part-way is finished this way)."""
         ...
 
+    def create_batch_and_reserve(self, batch: Batch) -> int:
+        """Writes the batch (no messages yet) and takes its cost from its account's credits, both or neither;
+        returns the balance after. Raises Conflict when the batch exists, InsufficientCredits when the balance is
+        short (and then did neither)."""
+        ...
+
+    def fail_batch_and_refund(self, batch: Batch) -> bool | None:
+        """Moves a queued or scheduled batch to failed and gives its cost back, both or neither. True: done by this
+        call; False: the batch is in no state to fail from (nothing changed); None: there is no such batch."""
+        ...
+
     def get_batch(self, account_id: str, reference_id: int) -> Batch | None: ...
 
     def set_batch_status(

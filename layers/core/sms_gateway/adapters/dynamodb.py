@@ -187,6 +187,18 @@ def _transition_update(
     }
 
 
+# What a TransactWriteItems cancellation says of the writes it did not refuse (the others' codes say why).
+_NOT_REFUSED = (None, "None", "TransactionConflict")
+
+
+def _short_of_credits(amount: int) -> InsufficientCredits:
+    return InsufficientCredits(f"this send costs {amount} credits, more than the balance")
+
+
+def _batch_exists(batch: Batch) -> Conflict:
+    return Conflict(f"batch {batch.reference_id} exists already")
+
+
 def _back_off(attempt: int) -> None:
     time.sleep(_TRANSACTION_BACKOFF_SECONDS * (2**attempt) * (0.5 + secrets.randbelow(100) / 100))
 
@@ -338,16 +350,19 @@ class DynamoStore(
 
     def reserve_credits(self, account_id: str, amount: int) -> int:
         try:
-            answer = self._write_account(
-                Key={"pk": {"S": account_pk(account_id)}, "sk": {"S": "ACCOUNT"}},
-                UpdateExpression="SET credits = credits - :amount",
-                ConditionExpression="attribute_exists(pk) AND credits >= :amount",
-                ExpressionAttributeValues={":amount": {"N": str(amount)}},
-                ReturnValues="UPDATED_NEW",
-            )
+            answer = self._write_account(**self._reserve_update(account_id, amount), ReturnValues="UPDATED_NEW")
         except self.client.exceptions.ConditionalCheckFailedException as error:
-            raise InsufficientCredits(f"this send costs {amount} credits, more than the balance") from error
+            raise _short_of_credits(amount) from error
         return int(answer["Attributes"]["credits"]["N"])
+
+    def _reserve_update(self, account_id: str, amount: int) -> dict[str, Any]:
+        return {
+            "TableName": self.table_name,
+            "Key": {"pk": {"S": account_pk(account_id)}, "sk": {"S": "ACCOUNT"}},
+            "UpdateExpression": "SET credits = credits - :amount",
+            "ConditionExpression": "attribute_exists(pk) AND credits >= :amount",
+            "ExpressionAttributeValues": {":amount": {"N": str(amount)}},
+        }
 
     def refund_credits(self, account_id: str, amount: int) -> int:
         answer = self._write_account(**self._credits_update(account_id, amount), ReturnValues="UPDATED_NEW")
@@ -382,22 +397,95 @@ class DynamoStore(
         return int((created + self._retention).timestamp())
 
     def create_batch(self, batch: Batch, messages: Sequence[Message]) -> None:
-        expires_at = self._expires_at(batch.created_at)
-        batch_item = {
+        try:
+            self.client.put_item(**self._new_batch_put(batch))
+        except self.client.exceptions.ConditionalCheckFailedException as error:
+            raise _batch_exists(batch) from error
+        self.add_messages(batch, messages)
+
+    def _new_batch_put(self, batch: Batch) -> dict[str, Any]:
+        item = {
             "pk": account_pk(batch.account_id),
             "sk": batch_sk(batch.reference_id),
-            "expires_at": expires_at,
+            "expires_at": self._expires_at(batch.created_at),
             **batch.model_dump(mode="json"),
         }
+        return {
+            "TableName": self.table_name,
+            "Item": self._codec.dump(item),
+            "ConditionExpression": "attribute_not_exists(pk)",
+        }
+
+    def create_batch_and_reserve(self, batch: Batch) -> int:
+        """Writes the batch (without messages) and takes its cost from the account's credits in one transaction,
+        both or neither; returns the balance after. A retry that finds the batch then knows its credits were
+        taken: there is no moment at which they are gone and the batch is not there."""
+        writes = [{"Update": self._reserve_update(batch.account_id, batch.cost)}, {"Put": self._new_batch_put(batch)}]
+        account_refused, batch_refused = self._transact_until_decided(writes)
+        if batch_refused:
+            raise _batch_exists(batch)
+        if account_refused:
+            raise _short_of_credits(batch.cost)
+        # The transaction returns nothing: the balance it left is read back, consistently (it includes the writes of
+        # any send that overlapped this one, as reserve_credits' answer does not).
+        found = self.client.get_item(
+            TableName=self.table_name,
+            Key={"pk": {"S": account_pk(batch.account_id)}, "sk": {"S": "ACCOUNT"}},
+            ProjectionExpression="credits",
+            ConsistentRead=True,
+        ).get("Item")
+        return int(found["credits"]["N"]) if found else 0
+
+    def fail_batch_and_refund(self, batch: Batch) -> bool | None:
+        """Moves a batch that is queued or scheduled to failed and gives its cost back to the account in one
+        transaction, both or neither (the undo of a send that could not be stored). True: this call did both;
+        False: the batch is there but in no state to fail from (undone already, or sent on), nothing changed;
+        None: there is no such batch, nothing changed."""
+        previous = sorted(allowed_previous(MessageStatus.FAILED) & {MessageStatus.QUEUED, MessageStatus.SCHEDULED})
+        values = {f":p{i}": {"S": str(status)} for i, status in enumerate(previous)}
+        fail = {
+            "TableName": self.table_name,
+            "Key": {"pk": {"S": account_pk(batch.account_id)}, "sk": {"S": batch_sk(batch.reference_id)}},
+            "UpdateExpression": "SET #status = :failed",
+            "ConditionExpression": f"#status IN ({', '.join(values)})",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {":failed": {"S": str(MessageStatus.FAILED)}, **values},
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+        refund = self._credits_update(batch.account_id, batch.cost)
+        batch_refused, account_refused = self._transact_until_decided([{"Update": fail}, {"Update": refund}])
+        if batch_refused:
+            return False if batch_refused.get("Item") else None
+        if account_refused:
+            raise RuntimeError(f"account {batch.account_id} is gone: the cost of batch {batch.reference_id} stays")
+        return True
+
+    def _transact(self, writes: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """One TransactWriteItems: None when it was applied, else why each write was refused (aligned with
+        `writes`). A token per transaction: botocore's retry of a call whose answer was lost is not applied twice."""
         try:
-            self.client.put_item(
-                TableName=self.table_name,
-                Item=self._codec.dump(batch_item),
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-        except self.client.exceptions.ConditionalCheckFailedException as error:
-            raise Conflict(f"batch {batch.reference_id} exists already") from error
-        self.add_messages(batch, messages)
+            self.client.transact_write_items(TransactItems=writes, ClientRequestToken=secrets.token_hex(16))
+        except self.client.exceptions.TransactionCanceledException as error:
+            reasons = error.response.get("CancellationReasons") or []
+            if len(reasons) != len(writes):
+                raise
+            return list(reasons)
+        return None
+
+    def _transact_until_decided(self, writes: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+        """`_transact`, tried again while only conflicts with other writes refuse it. Aligned with `writes`: the
+        reason a condition refused each (its code and, if asked for, the item), or None for each when applied."""
+        for attempt in range(_MAX_TRANSACTION_ATTEMPTS):
+            reasons = self._transact(writes)
+            if reasons is None:
+                return [None] * len(writes)
+            codes = [reason.get("Code") for reason in reasons]
+            if "ConditionalCheckFailed" in codes:
+                return [reason if reason.get("Code") == "ConditionalCheckFailed" else None for reason in reasons]
+            if any(code not in _NOT_REFUSED for code in codes):
+                raise RuntimeError(f"DynamoDB refused a transaction: {codes}")
+            _back_off(attempt)
+        raise RuntimeError(f"a transaction conflicted with other writes {_MAX_TRANSACTION_ATTEMPTS} times")
 
     def add_messages(self, batch: Batch, messages: Sequence[Message]) -> None:
         expires_at = self._expires_at(batch.created_at)
@@ -668,13 +756,10 @@ class DynamoStore(
                 for message in pending
             ]
             writes.append({"Update": self._credits_update(pending[0].account_id, sum(m.price for m in pending))})
-            try:
-                # A token per transaction: botocore's retry of a call whose answer was lost is then not applied twice.
-                self.client.transact_write_items(TransactItems=writes, ClientRequestToken=secrets.token_hex(16))
-            except self.client.exceptions.TransactionCanceledException as error:
-                reasons = error.response.get("CancellationReasons") or []
-                if len(reasons) != len(writes) or reasons[-1].get("Code") not in (None, "None", "TransactionConflict"):
-                    raise
+            reasons = self._transact(writes)
+            if reasons is not None:
+                if reasons[-1].get("Code") not in _NOT_REFUSED:
+                    raise RuntimeError(f"the refund of {len(pending)} messages was refused: {reasons[-1]}")
                 still: list[Message] = []
                 for message, reason in zip(pending, reasons, strict=False):
                     if reason.get("Code") == "ConditionalCheckFailed":

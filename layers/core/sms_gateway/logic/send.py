@@ -30,6 +30,7 @@ from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import (
     Conflict,
     GatewayError,
+    InsufficientCredits,
     InvalidRecipient,
     InvalidRequest,
     InvalidSender,
@@ -211,16 +212,23 @@ def accept_send(
     messages = new_messages(batch, command, recipients, priced)
     if deadlines.ran_out(out_of_time):
         raise Unavailable("too little time was left to take this send: nothing was stored or charged; try again")
-    balance = deps.accounts.reserve_credits(account.account_id, cost)
+    # Under an Idempotency-Key the batch and its credits are written together, so a retry that finds the batch
+    # knows they were taken, and one that does not knows they were not. Without a key nothing would retry the send,
+    # and a transaction costs twice the writes (docs/dispatch.md, "A send's credits").
+    reserved_with_batch = claim is not None
+    if not reserved_with_batch:
+        balance = deps.accounts.reserve_credits(account.account_id, cost)
     try:
         with deadlines.armed(out_of_time):
-            store_batch(batch, messages, deps, out_of_time)
+            if reserved_with_batch:
+                # Inside the undo: a transaction whose answer was lost may have been applied.
+                balance = deps.messages.create_batch_and_reserve(batch)
+            store_batch(batch, messages, deps, out_of_time, batch_written=reserved_with_batch)
+    except InsufficientCredits:
+        raise  # the transaction was refused: it wrote nothing
     except Exception as error:
-        # Nothing is queued yet, so nothing half-done stays charged: the batch is failed, its credits come back.
         log_undone(batch, "stored")
-        if not isinstance(error, Conflict):  # the batch is another request's: ours was never written
-            deps.messages.set_batch_status(account.account_id, batch.reference_id, MessageStatus.FAILED)
-        deps.accounts.refund_credits(account.account_id, cost)
+        give_back(batch, deps, error, reserved_with_batch=reserved_with_batch)
         raise undone("could not be stored", error) from error
     try:
         with deadlines.armed(out_of_time):
@@ -232,17 +240,34 @@ def accept_send(
 
 
 def store_batch(
-    batch: Batch, messages: Sequence[Message], deps: SendDependencies, out_of_time: OutOfTime | None
+    batch: Batch,
+    messages: Sequence[Message],
+    deps: SendDependencies,
+    out_of_time: OutOfTime | None,
+    *,
+    batch_written: bool,
 ) -> None:
-    """Writes the batch, then its messages a chunk at a time; gives up (Unavailable) between chunks, and before
-    the release, once the invocation is out of time. The caller undoes what was written."""
-    deps.messages.create_batch(batch, [])
+    """Writes the batch (unless `batch_written`), then its messages a chunk at a time; gives up (Unavailable)
+    between chunks, and before the release, once the invocation is out of time. The caller undoes what was written."""
+    if not batch_written:
+        deps.messages.create_batch(batch, [])
     for start in range(0, len(messages), STORE_CHUNK):
         if deadlines.ran_out(out_of_time):
             raise Unavailable("the invocation ran out of time while storing the send")
         deps.messages.add_messages(batch, messages[start : start + STORE_CHUNK])
     if deadlines.ran_out(out_of_time):
         raise Unavailable("the invocation ran out of time before queueing the send")
+
+
+def give_back(batch: Batch, deps: SendDependencies, error: Exception, *, reserved_with_batch: bool) -> None:
+    """Undoes the reservation of a send that could not be stored. Nothing is queued yet, so nothing half-done stays
+    charged: the batch is failed and its cost given back in one write (a crash cannot leave it failed but kept, and
+    a retry under the key then finds it failed and sends afresh). A batch that was never written had only its
+    reservation to give back; one that is another request's (Conflict under the same key) is left alone."""
+    if isinstance(error, Conflict) and reserved_with_batch:
+        return  # the transaction found the other request's batch and so reserved nothing
+    if deps.messages.fail_batch_and_refund(batch) is None and not reserved_with_batch:
+        deps.accounts.refund_credits(batch.account_id, batch.cost)
 
 
 def log_undone(batch: Batch, step: str) -> None:
