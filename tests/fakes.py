@@ -108,6 +108,19 @@ class InMemoryStore:
             self.batches[(batch.account_id, batch.reference_id)] = batch
             return balance
 
+    def reprice_batch(self, batch: Batch, cost: int) -> int:
+        with self._lock:
+            key = (batch.account_id, batch.reference_id)
+            if self.batches[key].cost != batch.cost:
+                raise Conflict(f"the cost of batch {batch.reference_id} changed meanwhile")
+            owed = cost - batch.cost
+            if owed > 0:
+                balance = self.reserve_credits(batch.account_id, owed)
+            else:
+                balance = self.refund_credits(batch.account_id, -owed)
+            self.batches[key] = self.batches[key].model_copy(update={"cost": cost})
+            return balance
+
     def fail_batch_and_refund(self, batch: Batch) -> bool | None:
         with self._lock:
             if (batch.account_id, batch.reference_id) not in self.batches:

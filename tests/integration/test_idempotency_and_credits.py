@@ -200,27 +200,6 @@ def test_a_send_that_died_before_queueing_is_finished_by_its_retry_once_its_leas
     assert balance(account["account_id"]) == 9
 
 
-def test_a_send_that_died_while_storing_its_messages_gets_the_rest_from_its_retry(aws, api, monkeypatch):
-    from sms_gateway.adapters.dynamodb import DynamoStore
-
-    account = make_account(100)
-    body = {"from": "48974", "to": NUMBERS, "message": "thirty of them"}
-    # 30 messages are two BatchWriteItem requests of 25 and 5: the request dies before the second
-    die_once(monkeypatch, DynamoStore, "_batch_write", on_call=2)
-    with pytest.raises(Killed):
-        api(with_key(send_event(account["token"], body), "bulk-died"))
-    (stored,) = batches_of(account["account_id"])
-    assert len(messages_of(account["account_id"], stored.reference_id)) == 25
-    leases_run_out()
-    retried = api(with_key(send_event(account["token"], body), "bulk-died"))
-    assert retried["statusCode"] == 200
-    assert json.loads(retried["body"])["reference_id"] == str(stored.reference_id)
-    messages = messages_of(account["account_id"], stored.reference_id)
-    assert sorted(m.msisdn for m in messages) == sorted(f"+{n}" for n in NUMBERS)
-    assert balance(account["account_id"]) == 100 - 30
-    assert sorted(queued_message_ids(aws)) == sorted(m.message_id for m in messages)
-
-
 def test_a_send_that_died_after_queueing_is_answered_by_its_retry_without_sending_again(aws, api, monkeypatch):
     from sms_gateway.adapters.dynamodb import DynamoStore
 
@@ -339,6 +318,39 @@ def test_a_send_whose_undo_dies_is_charged_once_by_its_retry(aws, api, monkeypat
     leases_run_out()
     retried = api(with_key(send_event(account["token"], body), "undo-died"))
     assert_sent_once(aws, account["account_id"], retried, 100 - 30)
+
+
+def test_a_finishing_retry_that_dies_after_settling_the_difference_leaves_nothing_owed(aws, api, monkeypatch):
+    from sms_gateway.adapters.dynamodb import DynamoStore
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.optouts import OptOut
+
+    # Given a keyed send to 30 numbers that died after storing 25 of them
+    account = make_account(100)
+    body = {"from": "48974", "to": NUMBERS, "message": "thirty of them"}
+    die_once(monkeypatch, DynamoStore, "_batch_write", on_call=2)
+    with pytest.raises(Killed):
+        api(with_key(send_event(account["token"], body), "owed"))
+    # And one of the 5 it did not store opted out meanwhile (so the batch costs 29 now, not the 30 it reserved)
+    opted_out = f"+{NUMBERS[-1]}"
+    gateway().store.opt_out(
+        OptOut(account_id=account["account_id"], sender="48974", msisdn=opted_out, keyword="STOP", at="x")
+    )
+    # When its first retry dies right after giving the difference back, and a second retry finishes it
+    leases_run_out()
+    die_once(monkeypatch, DynamoStore, "reprice_batch", after=True)
+    with pytest.raises(Killed):
+        api(with_key(send_event(account["token"], body), "owed"))
+    leases_run_out()
+    retried = api(with_key(send_event(account["token"], body), "owed"))
+    # Then the 29 are stored and queued once, and the difference was given back once: 29 credits taken
+    assert retried["statusCode"] == 200, retried
+    (batch,) = batches_of(account["account_id"])
+    messages = messages_of(account["account_id"], batch.reference_id)
+    assert sorted(m.msisdn for m in messages) == sorted(f"+{n}" for n in NUMBERS[:-1])
+    assert sorted(queued_message_ids(aws)) == sorted(m.message_id for m in messages)
+    assert batch.cost == 29
+    assert balance(account["account_id"]) == 100 - 29
 
 
 def test_an_unkeyed_send_that_cannot_be_stored_is_failed_and_refunded_once(aws, api, monkeypatch):

@@ -297,3 +297,33 @@ def test_a_batch_whose_account_is_gone_is_not_failed_either(table):
         table.fail_batch_and_refund(batch)
     found = table.get_batch(account_id, batch.reference_id)
     assert found is not None and found.status == MessageStatus.QUEUED
+
+
+@pytest.mark.parametrize(("cost", "credits_left"), [(35, 65), (25, 75), (30, 70)])
+def test_a_batch_repriced_moves_its_cost_and_the_difference_together(table, cost, credits_left):
+    account_id = funded_account(table, 100)
+    batch, _ = new_batch(account_id, 30)
+    table.create_batch_and_reserve(batch)
+    # When a finishing send finds the messages cost something else now
+    assert table.reprice_batch(batch, cost) == credits_left
+    # Then the batch says what was taken, and a second try with the batch as first read changes nothing
+    found = table.get_batch(account_id, batch.reference_id)
+    assert found is not None and found.cost == cost
+    if cost != batch.cost:
+        from sms_gateway.errors import Conflict
+
+        with pytest.raises(Conflict, match="changed meanwhile"):
+            table.reprice_batch(batch, cost)
+    assert balance(table, account_id) == credits_left
+
+
+def test_a_batch_repriced_beyond_the_balance_changes_nothing(table):
+    from sms_gateway.errors import InsufficientCredits
+
+    account_id = funded_account(table, 32)
+    batch, _ = new_batch(account_id, 30)
+    table.create_batch_and_reserve(batch)
+    with pytest.raises(InsufficientCredits):
+        table.reprice_batch(batch, 33)
+    assert table.get_batch(account_id, batch.reference_id) == batch
+    assert balance(table, account_id) == 2

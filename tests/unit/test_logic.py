@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,8 @@ from sms_gateway.domain.models import (
     KeyClaim,
     Recipient,
     SendCommand,
+    SubmitRequest,
+    SubmitResult,
     from_iso,
 )
 from sms_gateway.domain.pricing import PriceTable
@@ -237,6 +240,29 @@ def test_recipients_are_normalised_deduplicated_and_invalid_ones_reported():
     assert all(r.reason for r in rejected)
 
 
+class Killed(BaseException):
+    """A container dying mid-invocation: no `except Exception` of ours catches it."""
+
+
+class DyingProvider(FakeProvider):
+    """Its first submit dies at once, its second a moment later; later ones are answered after 30 ms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answered: list[SubmitRequest] = []
+
+    async def submit(self, request: SubmitRequest) -> SubmitResult:
+        self.submits.append(request)
+        if len(self.submits) == 1:
+            raise Killed("first submit")
+        if len(self.submits) == 2:
+            await asyncio.sleep(0.01)
+            raise Killed("second submit")
+        await asyncio.sleep(0.03)
+        self.answered.append(request)
+        return SubmitResult(upstream_message_id="up-late")
+
+
 def dispatch_deps(store: InMemoryStore, provider: FakeProvider) -> DispatchDependencies:
     return DispatchDependencies(
         messages=store,
@@ -269,6 +295,27 @@ class TestDispatch:
         assert provider.submits[0].dlr_url == "https://gw.example/callbacks/fake/dlr"
         assert all(m.status == MessageStatus.SUBMITTED for m in store.messages.values())
         assert {m.upstream for m in store.messages.values()} == {"fake"}
+
+    def test_a_dying_container_runs_none_of_its_other_messages_on(self, store, caplog):
+        # Given three messages whose submits start together: the first dies at once, the second a moment later,
+        # and the third would be answered after both (a container killed mid-record, as the chaos run kills it)
+        _, deps = send(store, command(3))
+        provider = DyingProvider()
+        loop = asyncio.new_event_loop()
+        try:
+            # When the record is dispatched on a loop that outlives the invocation (as a warm container's does)
+            with pytest.raises(Killed):
+                loop.run_until_complete(dispatch(deps.dispatch_queue.commands[0], dispatch_deps(store, provider)))
+            loop.run_until_complete(asyncio.sleep(0.1))
+        finally:
+            loop.close()
+        del loop
+        gc.collect()
+        # Then nothing of that invocation ran on: the third submit never finished, nothing was written after it
+        assert len(provider.submits) == 3 and provider.answered == []
+        assert {m.status for m in store.messages.values()} == {MessageStatus.QUEUED}
+        # And no task was left to end with an exception nobody read (asyncio logs those as errors)
+        assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
     def test_a_transient_failure_asks_for_a_retry_and_leaves_the_message_queued(self, store):
         _, deps = send(store, command(2))

@@ -119,6 +119,12 @@ class MessageStore(Protocol):
         short (and then did neither)."""
         ...
 
+    def reprice_batch(self, batch: Batch, cost: int) -> int:
+        """Sets the batch's cost and moves the difference from what it reserved (`batch.cost`) between it and the
+        account's credits, both or neither, only while the batch's cost is still `batch.cost`; returns the balance.
+        Raises InsufficientCredits or Conflict (its cost changed meanwhile) having changed nothing."""
+        ...
+
     def fail_batch_and_refund(self, batch: Batch) -> bool | None:
         """Moves a queued or scheduled batch to failed and gives its cost back, both or neither. True: done by this
         call; False: the batch is in no state to fail from (nothing changed); None: there is no such batch."""

@@ -426,15 +426,44 @@ class DynamoStore(
             raise _batch_exists(batch)
         if account_refused:
             raise _short_of_credits(batch.cost)
-        # The transaction returns nothing: the balance it left is read back, consistently (it includes the writes of
-        # any send that overlapped this one, as reserve_credits' answer does not).
+        return self._balance(batch.account_id)
+
+    def _balance(self, account_id: str) -> int:
+        """The account's credits, read consistently: a transaction returns nothing, so what it left is read back
+        (with the writes of any send that overlapped it, which an UpdateItem's answer would not include)."""
         found = self.client.get_item(
             TableName=self.table_name,
-            Key={"pk": {"S": account_pk(batch.account_id)}, "sk": {"S": "ACCOUNT"}},
+            Key={"pk": {"S": account_pk(account_id)}, "sk": {"S": "ACCOUNT"}},
             ProjectionExpression="credits",
             ConsistentRead=True,
         ).get("Item")
         return int(found["credits"]["N"]) if found else 0
+
+    def reprice_batch(self, batch: Batch, cost: int) -> int:
+        """Sets the batch's cost to `cost` and moves the difference between the credits it reserved (`batch.cost`,
+        as read) and `cost` from or to the account in one transaction, only while the batch still has the cost it
+        was read with; returns the balance after. So a finisher that dies after it leaves a batch whose cost says
+        what was taken, and the next one owes nothing more. InsufficientCredits when the balance is short, Conflict
+        when the batch's cost changed meanwhile (another request repriced it): then nothing changed."""
+        owed = cost - batch.cost
+        if owed > 0:
+            account = self._reserve_update(batch.account_id, owed)
+        else:
+            account = self._credits_update(batch.account_id, -owed)
+        set_cost = {
+            "TableName": self.table_name,
+            "Key": {"pk": {"S": account_pk(batch.account_id)}, "sk": {"S": batch_sk(batch.reference_id)}},
+            "UpdateExpression": "SET #cost = :cost",
+            "ConditionExpression": "#cost = :read",
+            "ExpressionAttributeNames": {"#cost": "cost"},
+            "ExpressionAttributeValues": {":cost": {"N": str(cost)}, ":read": {"N": str(batch.cost)}},
+        }
+        account_refused, batch_refused = self._transact_until_decided([{"Update": account}, {"Update": set_cost}])
+        if batch_refused:
+            raise Conflict(f"the cost of batch {batch.reference_id} changed meanwhile")
+        if account_refused:
+            raise _short_of_credits(owed)
+        return self._balance(batch.account_id)
 
     def fail_batch_and_refund(self, batch: Batch) -> bool | None:
         """Moves a batch that is queued or scheduled to failed and gives its cost back to the account in one

@@ -186,7 +186,8 @@ async def _all_to_their_end(coroutines: Sequence[Coroutine[object, object, None]
     """Runs the messages' tasks at once and, when one raises, still lets the others finish their submits and
     writes before raising its exception: a task left running would sit on the container's loop, which outlives
     the invocation, and resume mid-submit in a later one, after the record's retry has claimed its message.
-    A dying container's BaseException is raised at once, as itself: nothing of it would run on."""
+    A dying container's BaseException is raised at once, as itself, and the other tasks are cancelled: nothing of
+    it would run on (and none is left to end later with an exception nobody reads)."""
     pending = {asyncio.ensure_future(coroutine) for coroutine in coroutines}
     failures: list[BaseException] = []
     while pending:
@@ -197,12 +198,13 @@ async def _all_to_their_end(coroutines: Sequence[Coroutine[object, object, None]
             for task in pending:
                 task.cancel()
             raise
-        for task in done:
-            failure = task.exception()
-            if failure is not None and not isinstance(failure, Exception):
-                raise failure
-            if failure is not None:
-                failures.append(failure)
+        found = [failure for failure in (task.exception() for task in done) if failure is not None]
+        dying = [failure for failure in found if not isinstance(failure, Exception)]
+        if dying:
+            for task in pending:
+                task.cancel()
+            raise dying[0]
+        failures += found
     if failures:
         raise failures[0]
 

@@ -365,10 +365,11 @@ def release(batch: Batch, messages: Sequence[Message], deps: SendDependencies) -
 
 
 def finish_stored_batch(account: Account, command: SendCommand, batch: Batch, deps: SendDependencies) -> Accepted:
-    """Finishes a send whose request died after storing its batch (its credits were reserved first): writes the
+    """Finishes a send whose request died after storing its batch (with its credits' reservation): writes the
     messages it did not get to, from the same request, and queues or schedules the batch again. The answer is the
     one the send would have given. Credits move only by the difference between what the first request reserved
-    and what the messages cost (nothing, unless a recipient opted out or the price table changed meanwhile)."""
+    and what the messages cost (nothing, unless a recipient opted out or the price table changed meanwhile), and
+    with the batch's cost (reprice_batch), so a finisher that dies after that leaves nothing owed to the next one."""
     stored = list(all_messages(deps.messages, account.account_id, batch.reference_id))
     recipients, refused = refuse_opted_out(account, command.sender, command.recipients, deps.opt_outs)
     have = Counter(m.msisdn for m in stored)
@@ -383,12 +384,13 @@ def finish_stored_batch(account: Account, command: SendCommand, batch: Batch, de
     priced = quote(account, command.text, missing, command.route_tier, deps.prices.price_table())
     added = new_messages(batch, command, missing, priced)
     messages = stored + added
-    owed = sum(m.price for m in messages) - batch.cost
+    cost = sum(m.price for m in messages)
+    owed = cost - batch.cost
     balance = account.credits
-    if owed > 0:
-        balance = deps.accounts.reserve_credits(account.account_id, owed)
-    elif owed < 0:
-        balance = deps.accounts.refund_credits(account.account_id, -owed)
+    if owed:
+        # The batch's cost moves with the credits, in one write: a finisher that dies after it leaves nothing owed.
+        balance = deps.messages.reprice_batch(batch, cost)
+        batch = batch.model_copy(update={"cost": cost})
     if added:
         deps.messages.add_messages(batch, added)
     release(batch, messages, deps)
