@@ -245,17 +245,23 @@ class Killed(BaseException):
 
 
 class DyingProvider(FakeProvider):
-    """Its first submit dies at once, its second a moment later; later ones are answered after 30 ms."""
+    """Once three submits are under way, the first dies at once, the second a moment later, and the third is
+    answered after 30 ms."""
 
     def __init__(self) -> None:
         super().__init__()
         self.answered: list[SubmitRequest] = []
+        self.all_started = asyncio.Event()
 
     async def submit(self, request: SubmitRequest) -> SubmitResult:
         self.submits.append(request)
-        if len(self.submits) == 1:
+        order = len(self.submits)
+        if order == 3:
+            self.all_started.set()
+        await asyncio.wait_for(self.all_started.wait(), 5)
+        if order == 1:
             raise Killed("first submit")
-        if len(self.submits) == 2:
+        if order == 2:
             await asyncio.sleep(0.01)
             raise Killed("second submit")
         await asyncio.sleep(0.03)
