@@ -26,7 +26,7 @@ from decimal import Decimal
 from typing import Any
 
 from sms_gateway.adapters import aws
-from sms_gateway.adapters.dynamodb_admin import DynamoAccountAdmin, credential_listing_item
+from sms_gateway.adapters.dynamodb_admin import DynamoAccountAdmin, account_key, credential_listing_item
 from sms_gateway.adapters.dynamodb_batch import batch_get
 from sms_gateway.adapters.dynamodb_delivery import DynamoDeliveryMixin, conversation_key
 from sms_gateway.adapters.dynamodb_groups import DynamoGroupStore
@@ -191,6 +191,10 @@ def _transition_update(
 _NOT_REFUSED = (None, "None", "TransactionConflict")
 
 
+def _batch_key(account_id: str, reference_id: int) -> dict[str, Any]:
+    return {"pk": {"S": account_pk(account_id)}, "sk": {"S": batch_sk(reference_id)}}
+
+
 def _short_of_credits(amount: int) -> InsufficientCredits:
     return InsufficientCredits(f"this send costs {amount} credits, more than the balance")
 
@@ -316,9 +320,7 @@ class DynamoStore(
         )
 
     def get_account(self, account_id: str) -> Account | None:
-        found = self.client.get_item(
-            TableName=self.table_name, Key={"pk": {"S": account_pk(account_id)}, "sk": {"S": "ACCOUNT"}}
-        ).get("Item")
+        found = self.client.get_item(TableName=self.table_name, Key=account_key(account_id)).get("Item")
         return Account.model_validate(self._codec.load(found)) if found else None
 
     def account_id_for_credential(self, kind: str, secret: str) -> str | None:
@@ -358,7 +360,7 @@ class DynamoStore(
     def _reserve_update(self, account_id: str, amount: int) -> dict[str, Any]:
         return {
             "TableName": self.table_name,
-            "Key": {"pk": {"S": account_pk(account_id)}, "sk": {"S": "ACCOUNT"}},
+            "Key": account_key(account_id),
             "UpdateExpression": "SET credits = credits - :amount",
             "ConditionExpression": "attribute_exists(pk) AND credits >= :amount",
             "ExpressionAttributeValues": {":amount": {"N": str(amount)}},
@@ -371,7 +373,7 @@ class DynamoStore(
     def _credits_update(self, account_id: str, amount: int) -> dict[str, Any]:
         return {
             "TableName": self.table_name,
-            "Key": {"pk": {"S": account_pk(account_id)}, "sk": {"S": "ACCOUNT"}},
+            "Key": account_key(account_id),
             "UpdateExpression": "SET credits = credits + :amount",
             "ConditionExpression": "attribute_exists(pk)",
             "ExpressionAttributeValues": {":amount": {"N": str(amount)}},
@@ -433,7 +435,7 @@ class DynamoStore(
         (with the writes of any send that overlapped it, which an UpdateItem's answer would not include)."""
         found = self.client.get_item(
             TableName=self.table_name,
-            Key={"pk": {"S": account_pk(account_id)}, "sk": {"S": "ACCOUNT"}},
+            Key=account_key(account_id),
             ProjectionExpression="credits",
             ConsistentRead=True,
         ).get("Item")
@@ -452,7 +454,7 @@ class DynamoStore(
             account = self._credits_update(batch.account_id, -owed)
         set_cost = {
             "TableName": self.table_name,
-            "Key": {"pk": {"S": account_pk(batch.account_id)}, "sk": {"S": batch_sk(batch.reference_id)}},
+            "Key": _batch_key(batch.account_id, batch.reference_id),
             "UpdateExpression": "SET #cost = :cost",
             "ConditionExpression": "#cost = :read",
             "ExpressionAttributeNames": {"#cost": "cost"},
@@ -470,17 +472,10 @@ class DynamoStore(
         transaction, both or neither (the undo of a send that could not be stored). True: this call did both;
         False: the batch is there but in no state to fail from (undone already, or sent on), nothing changed;
         None: there is no such batch, nothing changed."""
-        previous = sorted(allowed_previous(MessageStatus.FAILED) & {MessageStatus.QUEUED, MessageStatus.SCHEDULED})
-        values = {f":p{i}": {"S": str(status)} for i, status in enumerate(previous)}
-        fail = {
-            "TableName": self.table_name,
-            "Key": {"pk": {"S": account_pk(batch.account_id)}, "sk": {"S": batch_sk(batch.reference_id)}},
-            "UpdateExpression": "SET #status = :failed",
-            "ConditionExpression": f"#status IN ({', '.join(values)})",
-            "ExpressionAttributeNames": {"#status": "status"},
-            "ExpressionAttributeValues": {":failed": {"S": str(MessageStatus.FAILED)}, **values},
-            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-        }
+        unsent = frozenset({MessageStatus.QUEUED, MessageStatus.SCHEDULED})
+        fail = self._batch_status_update(batch.account_id, batch.reference_id, MessageStatus.FAILED, unsent)
+        assert fail is not None  # failed follows queued and scheduled
+        fail["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
         refund = self._credits_update(batch.account_id, batch.cost)
         batch_refused, account_refused = self._transact_until_decided([{"Update": fail}, {"Update": refund}])
         if batch_refused:
@@ -553,7 +548,7 @@ class DynamoStore(
     def get_batch(self, account_id: str, reference_id: int) -> Batch | None:
         found = self.client.get_item(
             TableName=self.table_name,
-            Key={"pk": {"S": account_pk(account_id)}, "sk": {"S": batch_sk(reference_id)}},
+            Key=_batch_key(account_id, reference_id),
             ConsistentRead=True,
         ).get("Item")
         return Batch.model_validate(self._codec.load(found)) if found else None
@@ -566,22 +561,32 @@ class DynamoStore(
         *,
         only_from: frozenset[MessageStatus] | None = None,
     ) -> bool:
-        previous = sorted(allowed_previous(target) & (only_from or allowed_previous(target)))
-        if not previous:
+        update = self._batch_status_update(account_id, reference_id, target, only_from)
+        if update is None:
             return False
-        values = {f":p{i}": {"S": str(status)} for i, status in enumerate(previous)}
         try:
-            self.client.update_item(
-                TableName=self.table_name,
-                Key={"pk": {"S": account_pk(account_id)}, "sk": {"S": batch_sk(reference_id)}},
-                UpdateExpression="SET #status = :target",
-                ConditionExpression=f"#status IN ({', '.join(values)})",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={":target": {"S": str(target)}, **values},
-            )
+            self.client.update_item(**update)
         except self.client.exceptions.ConditionalCheckFailedException:
             return False
         return True
+
+    def _batch_status_update(
+        self, account_id: str, reference_id: int, target: MessageStatus, only_from: frozenset[MessageStatus] | None
+    ) -> dict[str, Any] | None:
+        """The conditional write of a batch to `target`, from a state it may follow (narrowed to `only_from`);
+        None when there is no such state."""
+        previous = sorted(allowed_previous(target) & (only_from or allowed_previous(target)))
+        if not previous:
+            return None
+        values = {f":p{i}": {"S": str(status)} for i, status in enumerate(previous)}
+        return {
+            "TableName": self.table_name,
+            "Key": _batch_key(account_id, reference_id),
+            "UpdateExpression": "SET #status = :target",
+            "ConditionExpression": f"#status IN ({', '.join(values)})",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {":target": {"S": str(target)}, **values},
+        }
 
     def list_messages(
         self,

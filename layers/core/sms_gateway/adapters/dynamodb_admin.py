@@ -34,7 +34,7 @@ _SETTABLE = (
 )
 
 
-def _account_key(account_id: str) -> dict[str, Any]:
+def account_key(account_id: str) -> dict[str, Any]:
     return {"pk": {"S": f"ACC#{account_id}"}, "sk": {"S": _ACCOUNT_SK}}
 
 
@@ -77,13 +77,13 @@ class DynamoAccountAdmin:
         return {
             "ConditionCheck": {
                 "TableName": self.table_name,
-                "Key": _account_key(account_id),
+                "Key": account_key(account_id),
                 "ConditionExpression": _EXISTS,
             }
         }
 
     def _read_account(self, account_id: str) -> Account:
-        found = self.client.get_item(TableName=self.table_name, Key=_account_key(account_id), ConsistentRead=True).get(
+        found = self.client.get_item(TableName=self.table_name, Key=account_key(account_id), ConsistentRead=True).get(
             "Item"
         )
         if not found:
@@ -195,7 +195,7 @@ class DynamoAccountAdmin:
                     {
                         "Update": {
                             "TableName": self.table_name,
-                            "Key": _account_key(account_id),
+                            "Key": account_key(account_id),
                             "UpdateExpression": "SET senders = list_append(if_not_exists(senders, :empty), :new)",
                             "ConditionExpression": _EXISTS,
                             "ExpressionAttributeValues": {":empty": {"L": []}, ":new": {"L": [{"S": sender}]}},
@@ -231,7 +231,7 @@ class DynamoAccountAdmin:
                     {
                         "Update": {
                             "TableName": self.table_name,
-                            "Key": _account_key(account_id),
+                            "Key": account_key(account_id),
                             # A list element is removed by position: the condition makes sure it is still this one.
                             "UpdateExpression": f"REMOVE senders[{index}]",
                             "ConditionExpression": f"{_EXISTS} AND senders[{index}] = :sender",
@@ -255,7 +255,7 @@ class DynamoAccountAdmin:
         try:
             answer = self.client.update_item(
                 TableName=self.table_name,
-                Key=_account_key(account_id),
+                Key=account_key(account_id),
                 UpdateExpression="ADD credits :amount",
                 ConditionExpression=_EXISTS,
                 ExpressionAttributeValues={":amount": {"N": str(credits)}},
@@ -277,7 +277,7 @@ class DynamoAccountAdmin:
             return self._read_account(account_id)
         request: dict[str, Any] = {
             "TableName": self.table_name,
-            "Key": _account_key(account_id),
+            "Key": account_key(account_id),
             "UpdateExpression": " ".join(clauses),
             "ConditionExpression": _EXISTS,
             "ExpressionAttributeNames": names,
@@ -316,7 +316,7 @@ class DynamoAccountAdmin:
         try:
             self.client.update_item(
                 TableName=self.table_name,
-                Key=_account_key(account_id),
+                Key=account_key(account_id),
                 UpdateExpression="SET #name = :sealed",
                 ConditionExpression="#name = :plain",
                 ExpressionAttributeNames={"#name": name},
