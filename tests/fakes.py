@@ -100,12 +100,21 @@ class InMemoryStore:
         for message in messages:
             self.messages[message.key] = message
 
-    def create_batch_and_reserve(self, batch: Batch) -> int:
+    def create_batch_and_reserve(self, batch: Batch, *, superseding: int | None = None) -> int:
         with self._lock:
             if (batch.account_id, batch.reference_id) in self.batches:
                 raise Conflict(f"batch {batch.reference_id} exists already")
+            replaced = self.batches.get((batch.account_id, superseding)) if superseding is not None else None
+            if superseding is not None and (
+                replaced is None or replaced.status != MessageStatus.FAILED or replaced.superseded_by is not None
+            ):
+                raise Conflict(f"batch {superseding} is not a failed batch waiting to be sent afresh")
             balance = self.reserve_credits(batch.account_id, batch.cost)
             self.batches[(batch.account_id, batch.reference_id)] = batch
+            if replaced is not None:
+                self.batches[(batch.account_id, replaced.reference_id)] = replaced.model_copy(
+                    update={"superseded_by": batch.reference_id}
+                )
             return balance
 
     def reprice_batch(self, batch: Batch, cost: int) -> int:

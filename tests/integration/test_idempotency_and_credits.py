@@ -320,6 +320,44 @@ def test_a_send_whose_undo_dies_is_charged_once_by_its_retry(aws, api, monkeypat
     assert_sent_once(aws, account["account_id"], retried, 100 - 30)
 
 
+RESEND_KILL_POINTS = [
+    ("DynamoStore", "create_batch_and_reserve", 1, True),
+    ("DynamoStore", "_batch_write", 1, True),
+    ("SqsDispatchQueue", "enqueue", 1, True),
+    ("DynamoStore", "complete", 1, False),
+]
+
+
+@pytest.mark.parametrize(("owner", "call", "on_call", "after"), RESEND_KILL_POINTS)
+def test_a_send_undone_and_then_sent_afresh_is_still_sent_once_when_the_fresh_send_dies(
+    aws, api, monkeypatch, owner, call, on_call, after
+):
+    from sms_gateway.adapters.dynamodb import DynamoStore
+
+    # Given a keyed send that could not be stored and was undone (failed, refunded), killed before it let go of its key
+    account = make_account(100)
+    body = {"from": "48974", "to": NUMBERS, "message": "thirty of them"}
+    real_batch_write = fail_the_second_chunk(monkeypatch)
+    die_once(monkeypatch, DynamoStore, "abandon")
+    with pytest.raises(Killed):
+        api(with_key(send_event(account["token"], body), "resent"))
+    monkeypatch.setattr(DynamoStore, "_batch_write", real_batch_write)
+    # And its first retry, finding the batch undone, sends afresh, and is killed part-way too
+    leases_run_out()
+    die_once(monkeypatch, owner_named(owner), call, on_call=on_call, after=after)
+    with pytest.raises(Killed):
+        api(with_key(send_event(account["token"], body), "resent"))
+    # When the client retries once more
+    leases_run_out()
+    retried = api(with_key(send_event(account["token"], body), "resent"))
+    # Then the fresh send is the one finished: stored once, queued once, charged once
+    assert_sent_once(aws, account["account_id"], retried, 100 - 30)
+    # And a repeat gets the same answer
+    again = api(with_key(send_event(account["token"], body), "resent"))
+    assert json.loads(again["body"]) == json.loads(retried["body"])
+    assert balance(account["account_id"]) == 100 - 30
+
+
 def test_a_finishing_retry_that_dies_after_settling_the_difference_leaves_nothing_owed(aws, api, monkeypatch):
     from sms_gateway.adapters.dynamodb import DynamoStore
     from sms_gateway.bootstrap import gateway

@@ -258,6 +258,41 @@ def test_a_batch_written_while_a_refund_holds_the_account_is_tried_again(table):
     assert not conflicts and table.get_batch(account_id, batch.reference_id) == batch
 
 
+def test_a_send_afresh_links_the_undone_batch_it_replaces_in_the_same_write(table):
+    account_id = funded_account(table, 100)
+    undone, _ = new_batch(account_id, 30)
+    table.create_batch_and_reserve(undone)
+    table.fail_batch_and_refund(undone)
+    afresh, _ = new_batch(account_id, 30)
+    # When a retry under the key sends afresh in place of the undone batch
+    assert table.create_batch_and_reserve(afresh, superseding=undone.reference_id) == 70
+    # Then the undone batch links to the new one, which was charged once
+    replaced = table.get_batch(account_id, undone.reference_id)
+    assert replaced is not None and replaced.superseded_by == afresh.reference_id
+    assert table.get_batch(account_id, afresh.reference_id) == afresh
+
+
+@pytest.mark.parametrize("replaced", ["queued", "superseded", "missing"])
+def test_a_send_afresh_in_place_of_a_batch_that_is_not_waiting_for_one_writes_nothing(table, replaced):
+    from sms_gateway.errors import Conflict
+
+    account_id = funded_account(table, 100)
+    earlier, _ = new_batch(account_id, 30)
+    if replaced != "missing":
+        table.create_batch_and_reserve(earlier)
+    if replaced == "superseded":
+        table.fail_batch_and_refund(earlier)
+        table.create_batch_and_reserve(new_batch(account_id, 1)[0], superseding=earlier.reference_id)
+    before = (balance(table, account_id), table.get_batch(account_id, earlier.reference_id))
+    afresh, _ = new_batch(account_id, 30)
+    # When a send afresh names a batch that is still queued, was replaced already, or is not there
+    with pytest.raises(Conflict, match="not a failed batch waiting to be sent afresh"):
+        table.create_batch_and_reserve(afresh, superseding=earlier.reference_id)
+    # Then nothing was written: no new batch, no credits taken, the earlier batch as it was
+    assert table.get_batch(account_id, afresh.reference_id) is None
+    assert (balance(table, account_id), table.get_batch(account_id, earlier.reference_id)) == before
+
+
 @pytest.mark.parametrize(
     ("status", "undone"),
     [

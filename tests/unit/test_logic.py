@@ -729,6 +729,11 @@ class TestFinishingASendThatDied:
         accepted = self.resume(store, cmd, batch, RecordingQueue())
         assert accepted.batch.reference_id != batch.reference_id
         assert len(store.batches) == 2
+        # And the undone batch links to the new one, so a further retry under the key finishes that send
+        assert store.batches[("7", batch.reference_id)].superseded_by == accepted.batch.reference_id
+        again = self.resume(store, cmd, batch, RecordingQueue())
+        assert again.batch.reference_id == accepted.batch.reference_id
+        assert len(store.batches) == 2
 
 
 class TestScheduledRelease:

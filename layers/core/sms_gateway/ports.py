@@ -113,10 +113,12 @@ class MessageStore(Protocol):
         """Writes messages of a batch that exists (a send that died part-way is finished this way)."""
         ...
 
-    def create_batch_and_reserve(self, batch: Batch) -> int:
+    def create_batch_and_reserve(self, batch: Batch, *, superseding: int | None = None) -> int:
         """Writes the batch (no messages yet) and takes its cost from its account's credits, both or neither;
         returns the balance after. Raises Conflict when the batch exists, InsufficientCredits when the balance is
-        short (and then did neither)."""
+        short (and then did neither). `superseding`: a failed batch of the account that this one replaces (a send
+        afresh under the same idempotency key), linked to it (`superseded_by`) in the same write; Conflict when
+        it is not failed or already superseded."""
         ...
 
     def reprice_batch(self, batch: Batch, cost: int) -> int:

@@ -418,17 +418,37 @@ class DynamoStore(
             "ConditionExpression": "attribute_not_exists(pk)",
         }
 
-    def create_batch_and_reserve(self, batch: Batch) -> int:
+    def create_batch_and_reserve(self, batch: Batch, *, superseding: int | None = None) -> int:
         """Writes the batch (without messages) and takes its cost from the account's credits in one transaction,
         both or neither; returns the balance after. A retry that finds the batch then knows its credits were
-        taken: there is no moment at which they are gone and the batch is not there."""
+        taken: there is no moment at which they are gone and the batch is not there. With `superseding`, the
+        failed batch it replaces gets its link to this one in the same transaction: a retry that follows the
+        link finds this batch, and one that finds no link knows nothing of this one was written."""
         writes = [{"Update": self._reserve_update(batch.account_id, batch.cost)}, {"Put": self._new_batch_put(batch)}]
-        account_refused, batch_refused = self._transact_until_decided(writes)
+        if superseding is not None:
+            writes.append({"Update": self._supersede_update(batch.account_id, superseding, batch.reference_id)})
+        account_refused, batch_refused, *superseded_refused = self._transact_until_decided(writes)
         if batch_refused:
             raise _batch_exists(batch)
+        if any(superseded_refused):
+            raise Conflict(f"batch {superseding} is not a failed batch waiting to be sent afresh")
         if account_refused:
             raise _short_of_credits(batch.cost)
         return self._balance(batch.account_id)
+
+    def _supersede_update(self, account_id: str, failed_reference_id: int, reference_id: int) -> dict[str, Any]:
+        """Links a failed batch to the one sent afresh in its place, once."""
+        return {
+            "TableName": self.table_name,
+            "Key": _batch_key(account_id, failed_reference_id),
+            "UpdateExpression": "SET superseded_by = :by",
+            "ConditionExpression": "#status = :failed AND attribute_not_exists(superseded_by)",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {
+                ":by": {"N": str(reference_id)},
+                ":failed": {"S": str(MessageStatus.FAILED)},
+            },
+        }
 
     def _balance(self, account_id: str) -> int:
         """The account's credits, read consistently: a transaction returns nothing, so what it left is read back

@@ -135,6 +135,9 @@ class Batch(Record):
     dialect: str = "9bits"
     created_at: str
     send_at: str | None = None
+    # Set on a failed (undone) batch when a retry under the same idempotency key sent afresh as this batch: the
+    # key names the first batch, and a later retry follows these links to the send that stands (logic.send).
+    superseded_by: int | None = None
 
 
 class MessageKey(Record):

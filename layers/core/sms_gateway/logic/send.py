@@ -170,13 +170,17 @@ def accept_send(
     `claim`: the idempotency key's claim, when the request has a key; the batch gets the id it names. A resumed
     claim means an earlier request under the key died holding it: if it stored its batch, this finishes that batch
     (finish_stored_batch) instead of sending again; if not, nothing of it was stored and the send starts afresh."""
+    superseding: int | None = None
     if claim is not None and claim.resumed:
-        earlier = deps.messages.get_batch(account.account_id, claim.reference_id)
+        earlier = send_standing_under_key(deps.messages, account.account_id, claim.reference_id)
         if earlier is not None and earlier.status != MessageStatus.FAILED:
             return finish_stored_batch(account, command, earlier, deps)
         if earlier is not None:
-            # It failed and was refunded before it died: this is a new send, under a new id.
-            claim = None
+            # It was undone (failed, refunded) before its request died: this is a send afresh, under a new id that
+            # the undone batch links to in the same write as this one's credits, so a retry after this request dies
+            # too finishes this send rather than making a third.
+            superseding = earlier.reference_id
+            claim = KeyClaim(reference_id=new_id())
     require_sender(account, command.sender)
     if command.send_at is not None and command.send_at - now > MAX_SCHEDULE_AHEAD:
         raise InvalidRequest(f"the send time is more than {MAX_SCHEDULE_AHEAD.days} days ahead")
@@ -222,7 +226,7 @@ def accept_send(
         with deadlines.armed(out_of_time):
             if reserved_with_batch:
                 # Inside the undo: a transaction whose answer was lost may have been applied.
-                balance = deps.messages.create_batch_and_reserve(batch)
+                balance = deps.messages.create_batch_and_reserve(batch, superseding=superseding)
             store_batch(batch, messages, deps, out_of_time, batch_written=reserved_with_batch)
     except InsufficientCredits:
         raise  # the transaction was refused: it wrote nothing
@@ -237,6 +241,15 @@ def accept_send(
         log_undone(batch, "queued")
         return withdraw(Accepted(batch, messages, balance, refused), deps, now=now, error=error)
     return Accepted(batch=batch, messages=messages, balance=balance, refused=refused)
+
+
+def send_standing_under_key(store: MessageStore, account_id: str, reference_id: int) -> Batch | None:
+    """The batch an idempotency key's send stands as: the one the key names or, when that one was undone and sent
+    afresh, the last of the batches sent in its place (each undone one links to the next: `superseded_by`)."""
+    batch = store.get_batch(account_id, reference_id)
+    while batch is not None and batch.superseded_by is not None:
+        batch = store.get_batch(account_id, batch.superseded_by)
+    return batch
 
 
 def store_batch(
