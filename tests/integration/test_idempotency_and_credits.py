@@ -265,6 +265,17 @@ def assert_sent_once(env: dict[str, str], account_id: str, answer: dict[str, Any
     assert balance(account_id) == credits_left
 
 
+def killed_at(
+    monkeypatch: pytest.MonkeyPatch, api: Any, event: dict[str, Any], key: str, kill: tuple[str, str, int, bool]
+) -> None:
+    """The keyed request is killed at `kill` (a KILL_POINTS entry), and its lease then runs out."""
+    owner, call, on_call, after = kill
+    die_once(monkeypatch, owner_named(owner), call, on_call=on_call, after=after)
+    with pytest.raises(Killed):
+        api(with_key(event, key))
+    leases_run_out()
+
+
 @pytest.mark.parametrize(("owner", "call", "on_call", "after"), KILL_POINTS)
 def test_wherever_a_keyed_send_dies_its_retry_sends_it_once_and_charges_it_once(
     aws, api, monkeypatch, owner, call, on_call, after
@@ -272,11 +283,8 @@ def test_wherever_a_keyed_send_dies_its_retry_sends_it_once_and_charges_it_once(
     # Given a send to 30 numbers whose request is killed at one of its steps (before it or right after it)
     account = make_account(100)
     body = {"from": "48974", "to": NUMBERS, "message": "thirty of them"}
-    die_once(monkeypatch, owner_named(owner), call, on_call=on_call, after=after)
-    with pytest.raises(Killed):
-        api(with_key(send_event(account["token"], body), "kill-point"))
+    killed_at(monkeypatch, api, send_event(account["token"], body), "kill-point", (owner, call, on_call, after))
     # When the client retries under its key once the dead request's lease ran out
-    leases_run_out()
     retried = api(with_key(send_event(account["token"], body), "kill-point"))
     # Then the send stands once: 30 messages stored and queued, 30 credits taken, no more
     assert_sent_once(aws, account["account_id"], retried, 100 - 30)
@@ -344,11 +352,8 @@ def test_a_send_undone_and_then_sent_afresh_is_still_sent_once_when_the_fresh_se
     monkeypatch.setattr(DynamoStore, "_batch_write", real_batch_write)
     # And its first retry, finding the batch undone, sends afresh, and is killed part-way too
     leases_run_out()
-    die_once(monkeypatch, owner_named(owner), call, on_call=on_call, after=after)
-    with pytest.raises(Killed):
-        api(with_key(send_event(account["token"], body), "resent"))
+    killed_at(monkeypatch, api, send_event(account["token"], body), "resent", (owner, call, on_call, after))
     # When the client retries once more
-    leases_run_out()
     retried = api(with_key(send_event(account["token"], body), "resent"))
     # Then the fresh send is the one finished: stored once, queued once, charged once
     assert_sent_once(aws, account["account_id"], retried, 100 - 30)
