@@ -134,8 +134,10 @@ class InMemoryStore:
         with self._lock:
             if (batch.account_id, batch.reference_id) not in self.batches:
                 return None
-            unsent = frozenset({MessageStatus.QUEUED, MessageStatus.SCHEDULED})
-            if not self.set_batch_status(batch.account_id, batch.reference_id, MessageStatus.FAILED, only_from=unsent):
+            as_written = frozenset({batch.status})
+            if not self.set_batch_status(
+                batch.account_id, batch.reference_id, MessageStatus.FAILED, only_from=as_written
+            ):
                 return False
             self.refund_credits(batch.account_id, batch.cost)
             return True
@@ -258,6 +260,11 @@ class InMemoryStore:
         self, messages: Sequence[Message], target: MessageStatus, *, now: datetime, **options: Any
     ) -> list[StatusChange | None]:
         return [self.transition(message.key, target, now=now, refund=True, **options) for message in messages]
+
+    def move_messages(
+        self, messages: Sequence[Message], target: MessageStatus, *, now: datetime, **options: Any
+    ) -> list[StatusChange | None]:
+        return [self.transition(message.key, target, now=now, **options) for message in messages]
 
     def link_upstream_id(
         self, upstream: str, upstream_message_id: str, key: MessageKey, *, now: datetime

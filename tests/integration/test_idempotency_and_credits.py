@@ -409,6 +409,9 @@ def test_an_unkeyed_send_that_cannot_be_stored_is_failed_and_refunded_once(aws, 
     assert batch.status == "failed"
     assert balance(account["account_id"]) == 100
     assert queued_records(aws) == []
+    # And the messages it stored before the failure are failed too: none reads as waiting to be sent
+    stored = messages_of(account["account_id"], batch.reference_id)
+    assert stored and {(m.status, m.error_code) for m in stored} == {("failed", "not_queued")}
 
 
 def test_an_unkeyed_send_whose_batch_was_never_written_gets_its_reservation_back(aws, api, monkeypatch):

@@ -109,7 +109,12 @@ def test_a_refund_whose_call_failed_is_applied_once_by_the_retry(table, applied)
     assert balance(table, account_id) == 1000 + 2
 
 
-def test_a_batch_is_moved_and_refunded_a_transaction_per_chunk_and_only_for_what_moved(table):
+@pytest.mark.parametrize("refund", [True, False])
+def test_a_batch_is_moved_and_refunded_a_transaction_per_chunk_and_only_for_what_moved(table, refund):
+    # (without `refund`: move_messages, the same moves for messages whose credits went back another way)
+    move = table.move_and_refund if refund else table.move_messages
+    account = 1 if refund else 0  # the account's write in each transaction
+    given_back = 147 * 2 if refund else 0
     # Given 150 scheduled messages of one account, of which three were queued and submitted meanwhile (and so
     # cannot be cancelled), and the key of one that is not there
     account_id, messages = funded_messages(table, 150, MessageStatus.SCHEDULED)
@@ -125,7 +130,7 @@ def test_a_batch_is_moved_and_refunded_a_transaction_per_chunk_and_only_for_what
     )
     try:
         # When the batch is cancelled
-        changes = table.move_and_refund([*messages, ghost], MessageStatus.CANCELLED, now=NOW)
+        changes = move([*messages, ghost], MessageStatus.CANCELLED, now=NOW)
     finally:
         table.client.meta.events.unregister(
             "provide-client-params.dynamodb.TransactWriteItems", unique_id="count-refund-transactions"
@@ -135,15 +140,21 @@ def test_a_batch_is_moved_and_refunded_a_transaction_per_chunk_and_only_for_what
     assert all(c.message.status == MessageStatus.SUBMITTED for c in changes[:3])
     assert all(c is not None and c.changed and c.message.status == MessageStatus.CANCELLED for c in changes[3:150])
     assert changes[150] is None
-    # And the account got back exactly the price of what moved
-    assert balance(table, account_id) == 1000 + 147 * 2
+    # And the account got back exactly the price of what moved (nothing without `refund`)
+    assert balance(table, account_id) == 1000 + given_back
     # And it took a transaction per chunk of up to REFUND_CHUNK messages (plus the account), each sent once more
     # without what it could not move (the first chunk held the submitted three, the second the ghost)
-    assert transactions == [REFUND_CHUNK + 1, REFUND_CHUNK + 1 - 3, 150 + 1 - REFUND_CHUNK + 1, 150 + 1 - REFUND_CHUNK]
+    second_chunk = 150 + 1 - REFUND_CHUNK
+    assert transactions == [
+        REFUND_CHUNK + account,
+        REFUND_CHUNK + account - 3,
+        second_chunk + account,
+        second_chunk - 1 + account,
+    ]
     # And a second cancel moves and refunds nothing
-    again = table.move_and_refund(messages, MessageStatus.CANCELLED, now=NOW)
+    again = move(messages, MessageStatus.CANCELLED, now=NOW)
     assert not any(c is not None and c.changed for c in again)
-    assert balance(table, account_id) == 1000 + 147 * 2
+    assert balance(table, account_id) == 1000 + given_back
 
 
 def conflicting_once(table: DynamoStore, conflicts: list[int], codes: list[str]) -> DynamoStore:
@@ -313,6 +324,19 @@ def test_only_an_unsent_batch_is_failed_and_its_cost_given_back_once(table, stat
     found = table.get_batch(account_id, batch.reference_id)
     assert found is not None and found.status == (MessageStatus.FAILED if undone else status)
     assert balance(table, account_id) == (100 if undone else 70)
+
+
+def test_a_scheduled_batch_released_meanwhile_is_not_failed(table):
+    account_id = funded_account(table, 100)
+    batch, _ = new_batch(account_id, 30, status=MessageStatus.SCHEDULED)
+    table.create_batch_and_reserve(batch)
+    # When its schedule fires and releases it before the undo of its send runs
+    assert table.set_batch_status(account_id, batch.reference_id, MessageStatus.QUEUED)
+    # Then the undo, which knew it scheduled, leaves it released and charged
+    assert table.fail_batch_and_refund(batch) is False
+    found = table.get_batch(account_id, batch.reference_id)
+    assert found is not None and found.status == MessageStatus.QUEUED
+    assert balance(table, account_id) == 70
 
 
 def test_failing_a_batch_that_was_never_written_changes_nothing(table):

@@ -159,6 +159,51 @@ class TestAcceptSend:
         assert not release_scheduled_batch(account_id, reference_id, messages=store, queue=queue, clock=clock)
         assert queue.commands == []
 
+    def test_a_scheduled_send_undone_is_refunded_whole_even_if_failing_its_messages_then_dies(self, store):
+        class FailingScheduler(RecordingScheduler):
+            def schedule(this, account_id, reference_id, at):
+                raise TimeoutError("no answer from EventBridge Scheduler")
+
+        class Died(BaseException):
+            pass
+
+        def dies(*args, **kwargs):
+            raise Died()
+
+        # Given a scheduled send whose schedule fails, and a request killed right after the batch's undo (before
+        # any of its messages is moved, with or without a refund)
+        store.move_messages = dies  # type: ignore[method-assign]
+        store.move_and_refund = dies  # type: ignore[method-assign]
+        with pytest.raises(Died):
+            send(store, command(3, send_at=NOW + timedelta(hours=1)), scheduler=FailingScheduler())
+        # Then the batch is failed and every credit is back (one write), its messages left scheduled under it
+        [batch] = store.batches.values()
+        assert batch.status == MessageStatus.FAILED
+        assert store.accounts["7"].credits == 1000
+        assert {m.status for m in store.messages.values()} == {MessageStatus.SCHEDULED}
+        # And they are never released
+        queue = RecordingQueue()
+        assert not release_scheduled_batch("7", batch.reference_id, messages=store, queue=queue, clock=clock)
+        assert queue.commands == []
+
+    def test_a_scheduled_send_released_before_its_undo_is_undone_message_by_message(self, store):
+        # Given a schedule that fires (and releases the batch) before the scheduler's answer is lost
+        queue = RecordingQueue()
+
+        class FiredThenFailed(RecordingScheduler):
+            def schedule(this, account_id, reference_id, at):
+                assert release_scheduled_batch(account_id, reference_id, messages=store, queue=queue, clock=clock)
+                raise TimeoutError("no answer from EventBridge Scheduler")
+
+        with pytest.raises(Unavailable, match="could not be queued"):
+            send(store, command(3, send_at=NOW + timedelta(hours=1)), scheduler=FiredThenFailed())
+        # Then the released messages no dispatcher claimed yet are failed and refunded, and so is the batch
+        [batch] = store.batches.values()
+        assert batch.status == MessageStatus.FAILED
+        assert [(m.status, m.error_code) for m in store.messages.values()] == [(MessageStatus.FAILED, "not_queued")] * 3
+        assert store.accounts["7"].credits == 1000
+        assert [len(c.message_ids) for c in queue.commands] == [3]
+
     def test_a_send_whose_batch_id_is_taken_is_a_conflict_that_leaves_the_other_batch_alone(self, store):
         first, deps = send(store, command(2))
         with pytest.raises(Conflict, match="exists already"):

@@ -128,8 +128,9 @@ class MessageStore(Protocol):
         ...
 
     def fail_batch_and_refund(self, batch: Batch) -> bool | None:
-        """Moves a queued or scheduled batch to failed and gives its cost back, both or neither. True: done by this
-        call; False: the batch is in no state to fail from (nothing changed); None: there is no such batch."""
+        """Moves a batch that is still in the status it was written with (`batch.status`: queued or scheduled, a
+        send not released yet) to failed and gives its cost back, both or neither. True: done by this call; False:
+        the batch moved on (undone already, released, cancelled; nothing changed); None: there is no such batch."""
         ...
 
     def get_batch(self, account_id: str, reference_id: int) -> Batch | None: ...
@@ -205,6 +206,13 @@ class MessageStore(Protocol):
         """Moves each of `messages` (one account's) to `target` by its conditional write and gives the price of each
         one moved back to the account, both or neither: a crash between them cannot lose or double a refund.
         `options`: transition's. Aligned with `messages`: each as it is now, None where there is no such message."""
+        ...
+
+    def move_messages(
+        self, messages: Sequence[Message], target: MessageStatus, *, now: datetime, **options: Any
+    ) -> list[StatusChange | None]:
+        """move_and_refund's conditional moves without the refund, as few requests as it takes: for messages whose
+        credits went back another way (their batch's whole cost, fail_batch_and_refund). Aligned likewise."""
         ...
 
     def find_by_upstream_id(self, upstream: str, upstream_message_id: str) -> MessageKey | None:

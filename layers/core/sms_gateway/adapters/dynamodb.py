@@ -488,13 +488,15 @@ class DynamoStore(
         return self._balance(batch.account_id)
 
     def fail_batch_and_refund(self, batch: Batch) -> bool | None:
-        """Moves a batch that is queued or scheduled to failed and gives its cost back to the account in one
-        transaction, both or neither (the undo of a send that could not be stored). True: this call did both;
-        False: the batch is there but in no state to fail from (undone already, or sent on), nothing changed;
-        None: there is no such batch, nothing changed."""
-        unsent = frozenset({MessageStatus.QUEUED, MessageStatus.SCHEDULED})
-        fail = self._batch_status_update(batch.account_id, batch.reference_id, MessageStatus.FAILED, unsent)
-        assert fail is not None  # failed follows queued and scheduled
+        """Moves a batch still in the status it was written with (`batch.status`, queued or scheduled: nothing of
+        it released) to failed and gives its cost back to the account in one transaction, both or neither (the
+        undo of a send that could not be stored or scheduled). True: this call did both; False: the batch is there
+        but moved on (undone already, released, cancelled), nothing changed; None: there is no such batch."""
+        fail = self._batch_status_update(
+            batch.account_id, batch.reference_id, MessageStatus.FAILED, frozenset({batch.status})
+        )
+        if fail is None:
+            return False  # failed cannot follow the status it has
         fail["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
         refund = self._credits_update(batch.account_id, batch.cost)
         batch_refused, account_refused = self._transact_until_decided([{"Update": fail}, {"Update": refund}])
@@ -786,13 +788,32 @@ class DynamoStore(
         account_ids = {message.account_id for message in messages}
         if len(account_ids) != 1:
             raise ValueError("move_and_refund takes one account's messages")
+        return self._move_in_chunks(messages, target, now, options, refund=True)
+
+    def move_messages(
+        self, messages: Sequence[Message], target: MessageStatus, *, now: datetime, **options: Any
+    ) -> list[StatusChange | None]:
+        """move_and_refund without the refund (their credits went back another way): the same conditional writes,
+        a transaction of up to REFUND_CHUNK messages at a time."""
+        return self._move_in_chunks(messages, target, now, options, refund=False) if messages else []
+
+    def _move_in_chunks(
+        self,
+        messages: Sequence[Message],
+        target: MessageStatus,
+        now: datetime,
+        options: dict[str, Any],
+        *,
+        refund: bool,
+    ) -> list[StatusChange | None]:
         changes: dict[MessageKey, StatusChange | None] = {}
         for start in range(0, len(messages), REFUND_CHUNK):
-            changes |= self._move_and_refund_chunk(messages[start : start + REFUND_CHUNK], target, now, options)
+            chunk = messages[start : start + REFUND_CHUNK]
+            changes |= self._move_chunk(chunk, target, now, options, refund=refund)
         return [changes[message.key] for message in messages]
 
-    def _move_and_refund_chunk(
-        self, chunk: Sequence[Message], target: MessageStatus, now: datetime, options: dict[str, Any]
+    def _move_chunk(
+        self, chunk: Sequence[Message], target: MessageStatus, now: datetime, options: dict[str, Any], *, refund: bool
     ) -> dict[MessageKey, StatusChange | None]:
         changes: dict[MessageKey, StatusChange | None] = {}
         pending = list(chunk)
@@ -809,10 +830,11 @@ class DynamoStore(
                 }
                 for message in pending
             ]
-            writes.append({"Update": self._credits_update(pending[0].account_id, sum(m.price for m in pending))})
+            if refund:
+                writes.append({"Update": self._credits_update(pending[0].account_id, sum(m.price for m in pending))})
             reasons = self._transact(writes)
             if reasons is not None:
-                if reasons[-1].get("Code") not in _NOT_REFUSED:
+                if refund and reasons[-1].get("Code") not in _NOT_REFUSED:
                     raise RuntimeError(f"the refund of {len(pending)} messages was refused: {reasons[-1]}")
                 still: list[Message] = []
                 for message, reason in zip(pending, reasons, strict=False):

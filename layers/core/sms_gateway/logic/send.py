@@ -232,7 +232,7 @@ def accept_send(
         raise  # the transaction was refused: it wrote nothing
     except Exception as error:
         log_undone(batch, "stored")
-        give_back(batch, deps, error, reserved_with_batch=reserved_with_batch)
+        give_back(batch, deps, error, reserved_with_batch=reserved_with_batch, now=now)
         raise undone("could not be stored", error) from error
     try:
         with deadlines.armed(out_of_time):
@@ -272,15 +272,37 @@ def store_batch(
         raise Unavailable("the invocation ran out of time before queueing the send")
 
 
-def give_back(batch: Batch, deps: SendDependencies, error: Exception, *, reserved_with_batch: bool) -> None:
+def give_back(
+    batch: Batch, deps: SendDependencies, error: Exception, *, reserved_with_batch: bool, now: datetime
+) -> None:
     """Undoes the reservation of a send that could not be stored. Nothing is queued yet, so nothing half-done stays
     charged: the batch is failed and its cost given back in one write (a crash cannot leave it failed but kept, and
-    a retry under the key then finds it failed and sends afresh). A batch that was never written had only its
-    reservation to give back; one that is another request's (Conflict under the same key) is left alone."""
+    a retry under the key then finds it failed and sends afresh), then the messages it stored are failed too. A
+    batch that was never written had only its reservation to give back; one that is another request's (Conflict
+    under the same key) is left alone."""
     if isinstance(error, Conflict) and reserved_with_batch:
         return  # the transaction found the other request's batch and so reserved nothing
-    if deps.messages.fail_batch_and_refund(batch) is None and not reserved_with_batch:
+    undone_now = deps.messages.fail_batch_and_refund(batch)
+    if undone_now is None and not reserved_with_batch:
         deps.accounts.refund_credits(batch.account_id, batch.cost)
+    if undone_now:
+        fail_unsent_messages(batch, deps, now=now)
+
+
+def fail_unsent_messages(batch: Batch, deps: SendDependencies, *, now: datetime) -> None:
+    """The stored messages of a batch failed and refunded whole (fail_batch_and_refund), failed too (`not_queued`),
+    so that none reads as waiting to be sent. Their credits went back with the batch, so these moves give nothing
+    back. Best effort: a crash or an error here leaves them as they were under the failed batch, which nothing
+    releases, and the caller's answer (the send undone) stands."""
+    try:
+        stored = [
+            message
+            for message in all_messages(deps.messages, batch.account_id, batch.reference_id)
+            if message.status in (MessageStatus.QUEUED, MessageStatus.SCHEDULED)
+        ]
+        deps.messages.move_messages(stored, MessageStatus.FAILED, now=now, error_code=NOT_QUEUED)
+    except Exception:
+        logger.exception("could not fail the messages of an undone send", extra={"reference_id": batch.reference_id})
 
 
 def log_undone(batch: Batch, step: str) -> None:
@@ -297,15 +319,18 @@ def undone(step: str, error: Exception) -> GatewayError:
 
 def withdraw(accepted: Accepted, deps: SendDependencies, *, now: datetime, error: Exception) -> Accepted:
     """Undoes a send whose release failed with its outcome unknown (SQS may have taken some of the records, the
-    scheduler the schedule). Each message no dispatcher has claimed is failed (`not_queued`) by a conditional write
-    and refunded; a message a dispatcher claimed meanwhile goes on, charged, and then the send stands (returned,
-    its messages as they are now). Otherwise the batch is failed and the caller told (Unavailable)."""
+    scheduler the schedule). A batch still scheduled is failed and refunded whole, with its messages after (no
+    schedule has released any of it). Otherwise each message no dispatcher has claimed is failed (`not_queued`) by
+    a conditional write and refunded; a message a dispatcher claimed meanwhile goes on, charged, and then the send
+    stands (returned, its messages as they are now). Otherwise the batch is failed and the caller told
+    (Unavailable)."""
     batch = accepted.batch
-    if batch.status == MessageStatus.SCHEDULED:
-        # First, so that a schedule created after all finds the batch failed and releases nothing.
-        deps.messages.set_batch_status(
-            batch.account_id, batch.reference_id, MessageStatus.FAILED, only_from=frozenset({MessageStatus.SCHEDULED})
-        )
+    if batch.status == MessageStatus.SCHEDULED and deps.messages.fail_batch_and_refund(batch):
+        # Nothing of a batch still scheduled was released (a release moves the batch first), so the batch fails and
+        # its whole cost goes back in one write; a schedule created after all then finds it failed and releases
+        # nothing. Failing it first and refunding its messages after would leave them charged after a crash between.
+        fail_unsent_messages(batch, deps, now=now)
+        raise undone("could not be queued", error) from error
     messages, refund = move_and_refund(
         deps.messages, accepted.messages, MessageStatus.FAILED, now=now, error_code=NOT_QUEUED, unclaimed_only=True
     )
