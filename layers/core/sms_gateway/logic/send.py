@@ -232,7 +232,7 @@ def accept_send(
         raise  # the transaction was refused: it wrote nothing
     except Exception as error:
         log_undone(batch, "stored")
-        give_back(batch, deps, error, reserved_with_batch=reserved_with_batch, now=now)
+        give_back(batch, messages, deps, error, reserved_with_batch=reserved_with_batch, now=now)
         raise undone("could not be stored", error) from error
     try:
         with deadlines.armed(out_of_time):
@@ -273,7 +273,13 @@ def store_batch(
 
 
 def give_back(
-    batch: Batch, deps: SendDependencies, error: Exception, *, reserved_with_batch: bool, now: datetime
+    batch: Batch,
+    messages: Sequence[Message],
+    deps: SendDependencies,
+    error: Exception,
+    *,
+    reserved_with_batch: bool,
+    now: datetime,
 ) -> None:
     """Undoes the reservation of a send that could not be stored. Nothing is queued yet, so nothing half-done stays
     charged: the batch is failed and its cost given back in one write (a crash cannot leave it failed but kept, and
@@ -286,21 +292,17 @@ def give_back(
     if undone_now is None and not reserved_with_batch:
         deps.accounts.refund_credits(batch.account_id, batch.cost)
     if undone_now:
-        fail_unsent_messages(batch, deps, now=now)
+        fail_unsent_messages(batch, messages, deps, now=now)
 
 
-def fail_unsent_messages(batch: Batch, deps: SendDependencies, *, now: datetime) -> None:
-    """The stored messages of a batch failed and refunded whole (fail_batch_and_refund), failed too (`not_queued`),
-    so that none reads as waiting to be sent. Their credits went back with the batch, so these moves give nothing
-    back. Best effort: a crash or an error here leaves them as they were under the failed batch, which nothing
-    releases, and the caller's answer (the send undone) stands."""
+def fail_unsent_messages(batch: Batch, messages: Sequence[Message], deps: SendDependencies, *, now: datetime) -> None:
+    """The messages of a batch failed and refunded whole (fail_batch_and_refund), failed too (`not_queued`), so
+    that none reads as waiting to be sent: each by its conditional write, which finds nothing to move for one that
+    was never stored. Their credits went back with the batch, so these moves give nothing back. Best effort: a
+    crash or an error here leaves them as they were under the failed batch, which nothing releases, and the
+    caller's answer (the send undone) stands."""
     try:
-        stored = [
-            message
-            for message in all_messages(deps.messages, batch.account_id, batch.reference_id)
-            if message.status in (MessageStatus.QUEUED, MessageStatus.SCHEDULED)
-        ]
-        deps.messages.move_messages(stored, MessageStatus.FAILED, now=now, error_code=NOT_QUEUED)
+        deps.messages.move_messages(messages, MessageStatus.FAILED, now=now, error_code=NOT_QUEUED)
     except Exception:
         logger.exception("could not fail the messages of an undone send", extra={"reference_id": batch.reference_id})
 
@@ -329,7 +331,7 @@ def withdraw(accepted: Accepted, deps: SendDependencies, *, now: datetime, error
         # Nothing of a batch still scheduled was released (a release moves the batch first), so the batch fails and
         # its whole cost goes back in one write; a schedule created after all then finds it failed and releases
         # nothing. Failing it first and refunding its messages after would leave them charged after a crash between.
-        fail_unsent_messages(batch, deps, now=now)
+        fail_unsent_messages(batch, accepted.messages, deps, now=now)
         raise undone("could not be queued", error) from error
     messages, refund = move_and_refund(
         deps.messages, accepted.messages, MessageStatus.FAILED, now=now, error_code=NOT_QUEUED, unclaimed_only=True
