@@ -96,6 +96,13 @@ class Unavailable(GatewayError):
         self.retry_after = retry_after
 
 
+class InternalError(GatewayError):
+    """Something no route expected failed while answering (an AWS error, a bug): the request may have been done in
+    part, so the caller retries it under the same idempotency key, or looks before sending it again."""
+
+    code = "internal_error"
+
+
 class CallbackRejected(GatewayError):
     """An upstream callback failed verification or could not be parsed."""
 

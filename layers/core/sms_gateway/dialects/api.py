@@ -14,8 +14,8 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
 from sms_gateway import deadlines
 from sms_gateway.dialects.openapi import DOCS_PATH, TITLE, DocumentedResolver
-from sms_gateway.errors import GatewayError, InvalidRequest, NotFound
-from sms_gateway.observability import logger
+from sms_gateway.errors import GatewayError, InternalError, InvalidRequest, NotFound
+from sms_gateway.observability import logger, metrics
 
 # Which dialect a path belongs to: the modules whose routers serve it (imported, and their routes registered, on the
 # first request under the prefix: a client of one dialect never pays for importing the others at cold start) and
@@ -156,6 +156,25 @@ def invalid_parameters(error: RequestValidationError) -> Response[Any]:
         for item in error.errors()
     )
     return gateway_error(InvalidRequest(problems or "invalid request"))
+
+
+@app.exception_handler(Exception)
+def unexpected_error(error: Exception) -> Response[Any]:
+    """Whatever no route expected (an AWS error a route does not handle, a bug) still answers in the caller's dialect,
+    where it would otherwise be the HTTP API's bare 500 that no vendor's client can read: the family's internal
+    error, naming the Lambda request id under which it is logged (at ERROR, with the traceback) and counted
+    (`RequestsFailed`, in the api function's error-rate alarm)."""
+    path = app.current_event.path
+    request_id = getattr(app.lambda_context, "aws_request_id", None) or "unknown"
+    logger.exception("request failed unexpectedly", extra={"path": path, "error_type": type(error).__name__})
+    metrics.add_metric(name="RequestsFailed", unit="Count", value=1)
+    return render_error(
+        path,
+        InternalError(
+            f"the gateway failed while answering this request (request id {request_id}); it may have been done in "
+            "part: send it again under the same Idempotency-Key, or look it up before sending it again"
+        ),
+    )
 
 
 @app.not_found

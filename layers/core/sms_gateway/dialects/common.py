@@ -47,6 +47,8 @@ HTTP_STATUS = {
     "opted_out": 400,
     # The send could not be finished in time or queued, and was undone: nothing changed, try again.
     "unavailable": 503,
+    # Something failed unexpectedly: the request may have been done in part.
+    "internal_error": 500,
 }
 
 

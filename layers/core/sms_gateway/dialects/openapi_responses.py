@@ -31,9 +31,9 @@ def shape(optional: dict[str, Schema] | None = None, **required: Schema) -> Sche
 # ------------------------------------------------------------------ errors, per dialect
 
 NINEBITS_ERROR = shape(status_code=INTEGER, message=STRING)
-NINEBITS_ERROR_STATUSES = (400, 401, 402, 404, 409, 413, 415, 503)
+NINEBITS_ERROR_STATUSES = (400, 401, 402, 404, 409, 413, 415, 500, 503)
 SESSION_ERROR = shape(result={"const": "KO"}, error=STRING)
-SESSION_ERROR_STATUSES = (400, 401, 404, 409, 413, 415, 503)
+SESSION_ERROR_STATUSES = (400, 401, 404, 409, 413, 415, 500, 503)
 # The shortcode family answers every outcome as HTTP 200, an error with its code in the body.
 SHORTCODE_ERROR = shape({"response-details": STRING}, **{"response-code": INTEGER, "response-description": STRING})
 ERROR_DESCRIPTIONS = {
@@ -44,6 +44,7 @@ ERROR_DESCRIPTIONS = {
     409: "conflict (an Idempotency-Key reused for another request, or a batch that can no longer change)",
     413: "request body over 256 KB",
     415: "unsupported Content-Type",
+    500: "an unexpected failure, logged under the request id the message names; the request may be done in part",
     503: "a send that could not be stored or queued in time, undone (nothing sent or charged): retry after Retry-After",
 }
 

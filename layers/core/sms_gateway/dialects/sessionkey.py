@@ -61,6 +61,8 @@ HTTP_STATUS: dict[str, int] = {
     "opted_out": 400,
     # The send could not be finished in time or queued, and was undone: nothing changed, try again.
     "unavailable": 503,
+    # Something failed unexpectedly: the request may have been done in part.
+    "internal_error": 500,
 }
 DEFAULT_STATUS = 400
 

@@ -104,6 +104,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "opted_out": (4100, "Mobile number opted out"),
     # A send undone for want of time (or of a queue): the family's own "try again" error.
     "unavailable": INTERNAL_ERROR,
+    "internal_error": INTERNAL_ERROR,
 }
 # Credential failures say no more than the family's words: nothing about which part was wrong or who exists.
 _NO_DETAILS = frozenset({"unauthorized", "no_partner_id", "no_api_key"})
