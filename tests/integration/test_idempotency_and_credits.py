@@ -396,6 +396,41 @@ def test_a_finishing_retry_that_dies_after_settling_the_difference_leaves_nothin
     assert balance(account["account_id"]) == 100 - 29
 
 
+def test_a_keyed_send_whose_undo_fails_keeps_its_key_and_its_retry_sends_it_once(aws, api, monkeypatch):
+    from botocore.exceptions import ClientError
+
+    from sms_gateway.adapters.dynamodb import DynamoStore
+    from sms_gateway.adapters.sqs import SqsDispatchQueue
+
+    # Given a keyed send whose records SQS takes but whose answer is lost, and whose undo then fails too (DynamoDB
+    # throttling the refunds): its records may be out, its batch queued and charged
+    account = make_account(100)
+    body = {"from": "48974", "to": NUMBERS, "message": "thirty of them"}
+    real_enqueue, real_move_and_refund = SqsDispatchQueue.enqueue, DynamoStore.move_and_refund
+
+    def taken_but_unanswered(self, commands):
+        real_enqueue(self, commands)
+        raise TimeoutError("Read timeout on endpoint URL")
+
+    def throttled(self, *args, **kwargs):
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "TransactWriteItems")
+
+    monkeypatch.setattr(SqsDispatchQueue, "enqueue", taken_but_unanswered)
+    monkeypatch.setattr(DynamoStore, "move_and_refund", throttled)
+    answer = api(with_key(send_event(account["token"], body), "undo-failed"))
+    # Then the client is told it failed and may have been done in part
+    assert answer["statusCode"] == 500, answer
+    assert "may have been done in part" in json.loads(answer["body"])["message"]
+    # And its retry under the key, once the lease ran out, finishes that send rather than sending it again
+    monkeypatch.setattr(SqsDispatchQueue, "enqueue", real_enqueue)
+    monkeypatch.setattr(DynamoStore, "move_and_refund", real_move_and_refund)
+    early = api(with_key(send_event(account["token"], body), "undo-failed"))
+    assert early["statusCode"] == 409
+    leases_run_out()
+    retried = api(with_key(send_event(account["token"], body), "undo-failed"))
+    assert_sent_once(aws, account["account_id"], retried, 100 - 30)
+
+
 def test_an_unkeyed_send_that_cannot_be_stored_is_failed_and_refunded_once(aws, api, monkeypatch):
     # Given a send without a key whose second chunk of messages cannot be stored
     account = make_account(100)

@@ -164,6 +164,8 @@ def unexpected_error(error: Exception) -> Response[Any]:
     where it would otherwise be the HTTP API's bare 500 that no vendor's client can read: the family's internal
     error, naming the Lambda request id under which it is logged (at ERROR, with the traceback) and counted
     (`RequestsFailed`, in the api function's error-rate alarm)."""
+    from sms_gateway.logic.idempotency import SEND_LEASE  # here: the models it imports are not needed at cold start
+
     path = app.current_event.path
     request_id = getattr(app.lambda_context, "aws_request_id", None) or "unknown"
     logger.exception("request failed unexpectedly", extra={"path": path, "error_type": type(error).__name__})
@@ -172,7 +174,8 @@ def unexpected_error(error: Exception) -> Response[Any]:
         path,
         InternalError(
             f"the gateway failed while answering this request (request id {request_id}); it may have been done in "
-            "part: send it again under the same Idempotency-Key, or look it up before sending it again"
+            f"part: send it again under the same Idempotency-Key (a send is held as in progress for "
+            f"{SEND_LEASE.seconds} seconds, then finished by the retry), or look it up before sending it again"
         ),
     )
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.models import KeyClaim, StoredAnswer
-from sms_gateway.errors import InvalidRequest
+from sms_gateway.errors import GatewayError, InvalidRequest
 from sms_gateway.ports import IdempotencyStore
 
 MAX_KEY_LENGTH = 255
@@ -51,7 +51,9 @@ def run_once(
     `lease` (sends: SEND_LEASE), a key whose request died holding it is taken over once the lease runs out, and
     the claim is `resumed`: the send finishes that batch (logic.send). A resumed request that fails keeps the key,
     since the batch may hold stored or charged messages that a fresh send under the key would send again; the
-    next retry after the lease resumes it again."""
+    next retry after the lease resumes it again. So does a leased request that fails with anything but a
+    GatewayError (a refusal, or a send undone: nothing of it stands): an unexpected failure, such as the undo of a
+    send failing too, may leave its batch stored, charged or queued."""
     if key is None:
         return produce(None)
     begun = store.begin(scope, key, request_fingerprint, now=now, reference_id=new_id(), lease=lease)
@@ -59,9 +61,10 @@ def run_once(
         return begun
     try:
         answer = produce(begun)
-    except Exception:
+    except Exception as error:
         # A Lambda that dies (timeout, memory) runs none of this: its key waits for the lease (or the window).
-        if not begun.resumed:
+        # Without a lease nothing could resume the request, so its key is let go whatever the failure.
+        if not begun.resumed and (isinstance(error, GatewayError) or lease is None):
             store.abandon(scope, key)
         raise
     if 200 <= answer.status_code < 300:

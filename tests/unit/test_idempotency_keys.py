@@ -1,0 +1,61 @@
+"""When a request under an idempotency key fails, whether its key is let go (the retry is a new request) or kept
+(the retry, after the lease, resumes what the failed request may have left part-done)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from sms_gateway.domain.models import KeyClaim, StoredAnswer
+from sms_gateway.errors import InsufficientCredits, Unavailable
+from sms_gateway.logic.idempotency import SEND_LEASE, run_once
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class RecordingKeys:
+    """An IdempotencyStore whose every key is free: records what becomes of it."""
+
+    def __init__(self) -> None:
+        self.abandoned: list[str] = []
+        self.completed: list[str] = []
+
+    def begin(self, scope: str, key: str, fingerprint: str, *, now: datetime, reference_id: int, **_: Any) -> Any:
+        return KeyClaim(reference_id=reference_id)
+
+    def complete(self, scope: str, key: str, answer: StoredAnswer) -> None:
+        self.completed.append(key)
+
+    def abandon(self, scope: str, key: str) -> None:
+        self.abandoned.append(key)
+
+
+def failing(error: Exception) -> Any:
+    def produce(claim: KeyClaim | None) -> StoredAnswer:
+        raise error
+
+    return produce
+
+
+@pytest.mark.parametrize(
+    ("error", "lease", "let_go"),
+    [
+        # A refusal, or a send that undid itself: nothing of it stands, the retry is a new send.
+        (InsufficientCredits("not enough credits"), SEND_LEASE, True),
+        (Unavailable("undone"), SEND_LEASE, True),
+        # Anything else may have left the send stored, charged or queued: the retry after the lease resumes it.
+        (TimeoutError("Read timeout on endpoint URL"), SEND_LEASE, False),
+        # Without a lease nothing could resume it, so the key is let go (it would be held for its whole window).
+        (TimeoutError("Read timeout on endpoint URL"), None, True),
+    ],
+)
+def test_a_failed_request_lets_its_key_go_only_when_nothing_of_it_can_stand(
+    error: Exception, lease: timedelta | None, let_go: bool
+) -> None:
+    keys = RecordingKeys()
+    with pytest.raises(type(error)):
+        run_once(keys, scope="acc", key="k", request_fingerprint="f", now=NOW, produce=failing(error), lease=lease)
+    assert keys.abandoned == (["k"] if let_go else [])
+    assert keys.completed == []
