@@ -238,7 +238,13 @@ class ChaosRun:
                         f"wave {number}: {sum(len(s.recipients) for s in wave)} messages in {len(wave)} sends "
                         f"({self.progress.accepted_messages}/{o.messages} accepted)"
                     )
-                    self._drain(stack, dispatch_depth=20, notify_depth=300)
+                    waited, deepest = self._drain(stack, dispatch_depth=20, notify_depth=300)
+                    if waited >= 60:
+                        # A slow wave: the next waits for the queues behind this one (docs/chaos.md, "Slow waves").
+                        self.say(
+                            f"waited {waited:.0f} s for the queues to drain before the next wave "
+                            f"(deepest: dispatch {deepest[0]}, notify {deepest[1]})"
+                        )
             self._wait_for_cancels()
             settled_at = self._settle(stack)
             observed = self._observe(stack, webhook, kills)
@@ -370,12 +376,17 @@ class ChaosRun:
         bodies = [message.body for message in queue_contents(stack.resources.queue_urls[queue_id])]
         return sum(is_settle_check(json.loads(body)) for body in bodies if body.startswith("{"))
 
-    def _drain(self, stack: Any, *, dispatch_depth: int, notify_depth: int) -> None:
+    def _drain(self, stack: Any, *, dispatch_depth: int, notify_depth: int) -> tuple[float, tuple[int, int]]:
+        """Waits until both queues are down to the given depths; returns how long it waited and the deepest each
+        queue was meanwhile."""
+        started, deepest = time.monotonic(), (0, 0)
         while not self._past_deadline():
             dispatch, notify = self._depth(stack, "DispatchQueue"), self._depth(stack, "NotifyQueue")
+            deepest = (max(deepest[0], dispatch), max(deepest[1], notify))
             if dispatch <= dispatch_depth and notify <= notify_depth:
-                return
+                break
             time.sleep(0.5)
+        return time.monotonic() - started, deepest
 
     def _settle(self, stack: Any) -> float | None:
         """Waits until every message is final and both queues are empty; gives up at the time limit, or once
