@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -396,39 +398,71 @@ def test_a_finishing_retry_that_dies_after_settling_the_difference_leaves_nothin
     assert balance(account["account_id"]) == 100 - 29
 
 
-def test_a_keyed_send_whose_undo_fails_keeps_its_key_and_its_retry_sends_it_once(aws, api, monkeypatch):
+@contextmanager
+def queueing_and_then_undo_fail(failing_write: str) -> Iterator[None]:
+    """Inside the block SQS takes a send's records but its answer is lost, and DynamoStore's `failing_write` is
+    throttled (a ClientError) whenever the send's undo calls it."""
     from botocore.exceptions import ClientError
 
     from sms_gateway.adapters.dynamodb import DynamoStore
     from sms_gateway.adapters.sqs import SqsDispatchQueue
 
+    real_enqueue = SqsDispatchQueue.enqueue
+
+    def taken_but_unanswered(self: Any, commands: Any) -> None:
+        real_enqueue(self, commands)
+        raise TimeoutError("Read timeout on endpoint URL")
+
+    def throttled(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, failing_write)
+
+    with pytest.MonkeyPatch.context() as patches:
+        patches.setattr(SqsDispatchQueue, "enqueue", taken_but_unanswered)
+        patches.setattr(DynamoStore, failing_write, throttled)
+        yield
+
+
+def test_a_keyed_send_whose_undo_fails_keeps_its_key_and_its_retry_sends_it_once(aws, api):
     # Given a keyed send whose records SQS takes but whose answer is lost, and whose undo then fails too (DynamoDB
     # throttling the refunds): its records may be out, its batch queued and charged
     account = make_account(100)
     body = {"from": "48974", "to": NUMBERS, "message": "thirty of them"}
-    real_enqueue, real_move_and_refund = SqsDispatchQueue.enqueue, DynamoStore.move_and_refund
-
-    def taken_but_unanswered(self, commands):
-        real_enqueue(self, commands)
-        raise TimeoutError("Read timeout on endpoint URL")
-
-    def throttled(self, *args, **kwargs):
-        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "TransactWriteItems")
-
-    monkeypatch.setattr(SqsDispatchQueue, "enqueue", taken_but_unanswered)
-    monkeypatch.setattr(DynamoStore, "move_and_refund", throttled)
-    answer = api(with_key(send_event(account["token"], body), "undo-failed"))
+    with queueing_and_then_undo_fail("move_and_refund"):
+        answer = api(with_key(send_event(account["token"], body), "undo-failed"))
     # Then the client is told it failed and may have been done in part
     assert answer["statusCode"] == 500, answer
     assert "may have been done in part" in json.loads(answer["body"])["message"]
     # And its retry under the key, once the lease ran out, finishes that send rather than sending it again
-    monkeypatch.setattr(SqsDispatchQueue, "enqueue", real_enqueue)
-    monkeypatch.setattr(DynamoStore, "move_and_refund", real_move_and_refund)
     early = api(with_key(send_event(account["token"], body), "undo-failed"))
     assert early["statusCode"] == 409
     leases_run_out()
     retried = api(with_key(send_event(account["token"], body), "undo-failed"))
     assert_sent_once(aws, account["account_id"], retried, 100 - 30)
+
+
+def test_a_keyed_send_withdrawn_whole_but_for_its_batch_is_sent_afresh_by_its_retry(aws, api):
+    # Given a keyed send whose records SQS took without answering, whose undo failed and refunded every message,
+    # and whose last write (the batch to failed) failed: a batch still queued with nothing left to send
+    account = make_account(100)
+    body = {"from": "48974", "to": NUMBERS, "message": "thirty of them"}
+    with queueing_and_then_undo_fail("set_batch_status"):
+        assert api(with_key(send_event(account["token"], body), "withdrawn"))["statusCode"] == 500
+    (withdrawn,) = batches_of(account["account_id"])
+    assert withdrawn.status == "queued" and balance(account["account_id"]) == 100
+    # When the client retries under its key once the lease ran out
+    leases_run_out()
+    retried = api(with_key(send_event(account["token"], body), "withdrawn"))
+    # Then the withdrawn batch is failed and the send goes out afresh, once, as after the 503 it should have had
+    assert retried["statusCode"] == 200, retried
+    standing = [b for b in batches_of(account["account_id"]) if b.status != "failed"]
+    assert [str(b.reference_id) for b in standing] == [json.loads(retried["body"])["reference_id"]]
+    messages = messages_of(account["account_id"], standing[0].reference_id)
+    assert sorted(m.msisdn for m in messages) == sorted(f"+{n}" for n in NUMBERS)
+    assert balance(account["account_id"]) == 100 - 30
+    # And the withdrawn batch's records, still queued, hold only failed messages: nothing of them is sent
+    first = {m.message_id: m.status for m in messages_of(account["account_id"], withdrawn.reference_id)}
+    assert set(first.values()) == {"failed"}
+    assert sorted(queued_message_ids(aws)) == sorted([*first, *(m.message_id for m in messages)])
 
 
 def test_an_unkeyed_send_that_cannot_be_stored_is_failed_and_refunded_once(aws, api, monkeypatch):

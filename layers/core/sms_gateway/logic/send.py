@@ -173,6 +173,12 @@ def accept_send(
     superseding: int | None = None
     if claim is not None and claim.resumed:
         earlier = send_standing_under_key(deps.messages, account.account_id, claim.reference_id)
+        if earlier is not None and withdrawn_whole(earlier, deps):
+            # Its undo failed every message and died before failing the batch: the answer it owed was the undo's.
+            deps.messages.set_batch_status(
+                earlier.account_id, earlier.reference_id, MessageStatus.FAILED, only_from=ONLY_QUEUED
+            )
+            earlier = earlier.model_copy(update={"status": MessageStatus.FAILED})
         if earlier is not None and earlier.status != MessageStatus.FAILED:
             return finish_stored_batch(account, command, earlier, deps)
         if earlier is not None:
@@ -241,6 +247,20 @@ def accept_send(
         log_undone(batch, "queued")
         return withdraw(Accepted(batch, messages, balance, refused), deps, now=now, error=error)
     return Accepted(batch=batch, messages=messages, balance=balance, refused=refused)
+
+
+ONLY_QUEUED = frozenset({MessageStatus.QUEUED})
+
+
+def withdrawn_whole(batch: Batch, deps: SendDependencies) -> bool:
+    """A batch still `queued` whose messages were all withdrawn (`failed`, `not_queued`, refunded) by the undo of a
+    send whose queueing failed: the undo's last write, the batch's, never happened."""
+    if batch.status != MessageStatus.QUEUED:
+        return False
+    stored = list(all_messages(deps.messages, batch.account_id, batch.reference_id))
+    return bool(stored) and all(
+        message.status == MessageStatus.FAILED and message.error_code == NOT_QUEUED for message in stored
+    )
 
 
 def send_standing_under_key(store: MessageStore, account_id: str, reference_id: int) -> Batch | None:
