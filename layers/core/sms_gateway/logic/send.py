@@ -173,12 +173,6 @@ def accept_send(
     superseding: int | None = None
     if claim is not None and claim.resumed:
         earlier = send_standing_under_key(deps.messages, account.account_id, claim.reference_id)
-        if earlier is not None and withdrawn_whole(earlier, deps):
-            # Its undo failed every message and died before failing the batch: the answer it owed was the undo's.
-            deps.messages.set_batch_status(
-                earlier.account_id, earlier.reference_id, MessageStatus.FAILED, only_from=ONLY_QUEUED
-            )
-            earlier = earlier.model_copy(update={"status": MessageStatus.FAILED})
         if earlier is not None and earlier.status != MessageStatus.FAILED:
             return finish_stored_batch(account, command, earlier, deps)
         if earlier is not None:
@@ -252,24 +246,29 @@ def accept_send(
 ONLY_QUEUED = frozenset({MessageStatus.QUEUED})
 
 
-def withdrawn_whole(batch: Batch, deps: SendDependencies) -> bool:
+def send_standing_under_key(store: MessageStore, account_id: str, reference_id: int) -> Batch | None:
+    """The batch an idempotency key's send stands as: the one the key names or, when that one was undone and sent
+    afresh, the last of the batches sent in its place (each undone one links to the next: `superseded_by`). One
+    whose undo withdrew every message but never got to fail the batch is failed now: the answer its request owed
+    was the undo's."""
+    batch = store.get_batch(account_id, reference_id)
+    while batch is not None and batch.superseded_by is not None:
+        batch = store.get_batch(account_id, batch.superseded_by)
+    if batch is not None and withdrawn_whole(batch, store):
+        store.set_batch_status(account_id, batch.reference_id, MessageStatus.FAILED, only_from=ONLY_QUEUED)
+        batch = batch.model_copy(update={"status": MessageStatus.FAILED})
+    return batch
+
+
+def withdrawn_whole(batch: Batch, store: MessageStore) -> bool:
     """A batch still `queued` whose messages were all withdrawn (`failed`, `not_queued`, refunded) by the undo of a
     send whose queueing failed: the undo's last write, the batch's, never happened."""
     if batch.status != MessageStatus.QUEUED:
         return False
-    stored = list(all_messages(deps.messages, batch.account_id, batch.reference_id))
+    stored = list(all_messages(store, batch.account_id, batch.reference_id))
     return bool(stored) and all(
         message.status == MessageStatus.FAILED and message.error_code == NOT_QUEUED for message in stored
     )
-
-
-def send_standing_under_key(store: MessageStore, account_id: str, reference_id: int) -> Batch | None:
-    """The batch an idempotency key's send stands as: the one the key names or, when that one was undone and sent
-    afresh, the last of the batches sent in its place (each undone one links to the next: `superseded_by`)."""
-    batch = store.get_batch(account_id, reference_id)
-    while batch is not None and batch.superseded_by is not None:
-        batch = store.get_batch(account_id, batch.superseded_by)
-    return batch
 
 
 def store_batch(
