@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--messages", type=int, default=5000, help="messages to send (default 5000)")
     chaos.add_argument("--seed", type=int, default=1, help="seed of the sends and the injected faults (default 1)")
     chaos.add_argument(
-        "--time-limit", type=float, default=2700.0, help="seconds after which the run stops and reports (default 2700)"
+        "--time-limit", type=float, default=3600.0, help="seconds after which the run stops and reports (default 3600)"
     )
     chaos.add_argument("--wave", type=int, default=500, help="messages sent before waiting for the queues to drain")
     chaos.add_argument("--accounts", type=int, default=8, help="accounts sending (each its own FIFO lanes)")
