@@ -116,6 +116,16 @@ def test_every_alarm_notifies_the_alarm_topic_and_shows_on_the_dashboard(templat
     assert sorted(status["properties"]["alarms"]) == sorted(f"placeholder-{name}.Arn" for name in alarms)
 
 
+def test_every_metric_an_alarm_fetches_for_its_expression_is_read_by_it(template):
+    # A query left out of the expression (the api's SendsUndone or RequestsFailed, say) would silently count nothing
+    for logical_id, alarm in resources_of_type(template, "AWS::CloudWatch::Alarm"):
+        queries = alarm.get("Metrics", [])
+        expressions = " ".join(query["Expression"] for query in queries if "Expression" in query)
+        for query in queries:
+            if "MetricStat" in query and query.get("ReturnData") is False:
+                assert re.search(rf"\b{query['Id']}\b", expressions), f"{logical_id}: {query['Id']} is not read"
+
+
 def test_each_function_has_an_error_rate_alarm_and_the_dispatch_queue_an_age_alarm(template):
     alarms = [alarm for _, alarm in resources_of_type(template, "AWS::CloudWatch::Alarm")]
     error_rate_functions = {

@@ -795,7 +795,7 @@ class DynamoStore(
     ) -> list[StatusChange | None]:
         """move_and_refund without the refund (their credits went back another way): the same conditional writes,
         a transaction of up to REFUND_CHUNK messages at a time."""
-        return self._move_in_chunks(messages, target, now, options, refund=False) if messages else []
+        return self._move_in_chunks(messages, target, now, options, refund=False)
 
     def _move_in_chunks(
         self,

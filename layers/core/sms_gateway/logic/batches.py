@@ -102,6 +102,8 @@ class AlreadyCancelled(Conflict):
 
 # A scheduled batch is released or cancelled by moving it from here first (logic.scheduled, cancel_batch).
 ONLY_SCHEDULED = frozenset({MessageStatus.SCHEDULED})
+# A send's batch that its undo withdrew whole is failed from here (logic.send.send_standing_under_key).
+ONLY_QUEUED = frozenset({MessageStatus.QUEUED})
 
 
 def cancel_batch(

@@ -37,7 +37,7 @@ from sms_gateway.errors import (
     OptedOut,
     Unavailable,
 )
-from sms_gateway.logic.batches import all_messages, move_and_refund
+from sms_gateway.logic.batches import ONLY_QUEUED, all_messages, move_and_refund
 from sms_gateway.observability import logger
 from sms_gateway.outcome_metrics import count_sends_undone
 from sms_gateway.ports import AccountStore, BatchScheduler, DispatchQueue, MessageStore, OptOutStore, PriceBook
@@ -172,9 +172,9 @@ def accept_send(
     (finish_stored_batch) instead of sending again; if not, nothing of it was stored and the send starts afresh."""
     superseding: int | None = None
     if claim is not None and claim.resumed:
-        earlier = send_standing_under_key(deps.messages, account.account_id, claim.reference_id)
+        earlier, stored = send_standing_under_key(deps.messages, account.account_id, claim.reference_id)
         if earlier is not None and earlier.status != MessageStatus.FAILED:
-            return finish_stored_batch(account, command, earlier, deps)
+            return finish_stored_batch(account, command, earlier, stored, deps)
         if earlier is not None:
             # It was undone (failed, refunded) before its request died: this is a send afresh, under a new id that
             # the undone batch links to in the same write as this one's credits, so a retry after this request dies
@@ -243,31 +243,32 @@ def accept_send(
     return Accepted(batch=batch, messages=messages, balance=balance, refused=refused)
 
 
-ONLY_QUEUED = frozenset({MessageStatus.QUEUED})
-
-
-def send_standing_under_key(store: MessageStore, account_id: str, reference_id: int) -> Batch | None:
-    """The batch an idempotency key's send stands as: the one the key names or, when that one was undone and sent
-    afresh, the last of the batches sent in its place (each undone one links to the next: `superseded_by`). One
-    whose undo withdrew every message but never got to fail the batch is failed now: the answer its request owed
-    was the undo's."""
+def send_standing_under_key(
+    store: MessageStore, account_id: str, reference_id: int
+) -> tuple[Batch | None, list[Message]]:
+    """The batch an idempotency key's send stands as, and the messages stored under it (none read for a failed
+    one): the batch the key names or, when that one was undone and sent afresh, the last of the batches sent in its
+    place (each undone one links to the next: `superseded_by`). One whose undo withdrew every message but never got
+    to fail the batch is failed now: the answer its request owed was the undo's."""
     batch = store.get_batch(account_id, reference_id)
     while batch is not None and batch.superseded_by is not None:
         batch = store.get_batch(account_id, batch.superseded_by)
-    if batch is not None and withdrawn_whole(batch, store):
+    if batch is None or batch.status == MessageStatus.FAILED:
+        return batch, []
+    stored = list(all_messages(store, account_id, batch.reference_id))
+    if withdrawn_whole(batch, stored):
         store.set_batch_status(account_id, batch.reference_id, MessageStatus.FAILED, only_from=ONLY_QUEUED)
-        batch = batch.model_copy(update={"status": MessageStatus.FAILED})
-    return batch
+        return batch.model_copy(update={"status": MessageStatus.FAILED}), []
+    return batch, stored
 
 
-def withdrawn_whole(batch: Batch, store: MessageStore) -> bool:
+def withdrawn_whole(batch: Batch, stored: Sequence[Message]) -> bool:
     """A batch still `queued` whose messages were all withdrawn (`failed`, `not_queued`, refunded) by the undo of a
     send whose queueing failed: the undo's last write, the batch's, never happened."""
-    if batch.status != MessageStatus.QUEUED:
-        return False
-    stored = list(all_messages(store, batch.account_id, batch.reference_id))
-    return bool(stored) and all(
-        message.status == MessageStatus.FAILED and message.error_code == NOT_QUEUED for message in stored
+    return (
+        batch.status == MessageStatus.QUEUED
+        and bool(stored)
+        and all(message.status == MessageStatus.FAILED and message.error_code == NOT_QUEUED for message in stored)
     )
 
 
@@ -423,13 +424,15 @@ def release(batch: Batch, messages: Sequence[Message], deps: SendDependencies) -
         deps.dispatch_queue.enqueue(dispatch_commands(batch, queued))
 
 
-def finish_stored_batch(account: Account, command: SendCommand, batch: Batch, deps: SendDependencies) -> Accepted:
-    """Finishes a send whose request died after storing its batch (with its credits' reservation): writes the
-    messages it did not get to, from the same request, and queues or schedules the batch again. The answer is the
+def finish_stored_batch(
+    account: Account, command: SendCommand, batch: Batch, stored: Sequence[Message], deps: SendDependencies
+) -> Accepted:
+    """Finishes a send whose request died after storing its batch (with its credits' reservation; `stored`: the
+    messages it got to, as read): writes the ones it did not, from the same request, and queues or schedules the
+    batch again. The answer is the
     one the send would have given. Credits move only by the difference between what the first request reserved
     and what the messages cost (nothing, unless a recipient opted out or the price table changed meanwhile), and
     with the batch's cost (reprice_batch), so a finisher that dies after that leaves nothing owed to the next one."""
-    stored = list(all_messages(deps.messages, account.account_id, batch.reference_id))
     recipients, refused = refuse_opted_out(account, command.sender, command.recipients, deps.opt_outs)
     have = Counter(m.msisdn for m in stored)
     missing: list[Recipient] = []
@@ -442,7 +445,7 @@ def finish_stored_batch(account: Account, command: SendCommand, batch: Batch, de
         missing = []  # cancelled meanwhile: nothing more is sent or charged
     priced = quote(account, command.text, missing, command.route_tier, deps.prices.price_table())
     added = new_messages(batch, command, missing, priced)
-    messages = stored + added
+    messages = [*stored, *added]
     cost = sum(m.price for m in messages)
     owed = cost - batch.cost
     balance = account.credits
