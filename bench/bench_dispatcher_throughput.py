@@ -395,7 +395,7 @@ def _botocore_cpu_per_request(account_id: str) -> float:
         meter.reset()
         started = time.thread_time()
         for key in keys:
-            store.claim_for_dispatch(key, now=utc_now(), lease_seconds=120)
+            store.claim_for_dispatch(key, now=utc_now(), lease_seconds=120, upstream="simulator")
             store.transition(key, MessageStatus.SUBMITTED, now=utc_now(), upstream="simulator", upstream_message_id="x")
         cpu = time.thread_time() - started - meter.moto_cpu_seconds
         requests = meter.total

@@ -67,6 +67,7 @@ class RemoteStore(InMemoryStore):
     get_account = _request("GetItem")(InMemoryStore.get_account)
     claim_for_dispatch = _request("UpdateItem")(InMemoryStore.claim_for_dispatch)
     release_claim = _request("UpdateItem")(InMemoryStore.release_claim)
+    move_claim = _request("UpdateItem")(InMemoryStore.move_claim)
     transition = _request("UpdateItem")(InMemoryStore.transition)
     refund_credits = _request("UpdateItem")(InMemoryStore.refund_credits)
     link_upstream_id = _request("UpdateItem")(InMemoryStore.link_upstream_id)

@@ -67,17 +67,22 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
         yield env
 
 
-def route_simulator_upstreams_to(monkeypatch: pytest.MonkeyPatch, handler: Any) -> None:
-    """Every simulator-protocol upstream the dispatcher builds talks to `handler` through httpx.MockTransport."""
+def route_simulator_upstreams_to(
+    monkeypatch: pytest.MonkeyPatch, handler: Any, *, deduplicates: bool | None = None
+) -> None:
+    """Every simulator-protocol upstream the dispatcher builds talks to `handler` through httpx.MockTransport;
+    `deduplicates` overrides whether the dispatcher may count on it to answer a repeated reference with its first
+    answer (configured on by default)."""
     import httpx
 
     from sms_gateway.adapters.providers import simulator
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     original = simulator.SimulatorProvider.__init__
+    told = {} if deduplicates is None else {"deduplicates": deduplicates}
 
     def with_mock_client(self: Any, **kwargs: Any) -> None:
-        original(self, **{**kwargs, "client": client})
+        original(self, **{**kwargs, "client": client, **told})
 
     monkeypatch.setattr(simulator.SimulatorProvider, "__init__", with_mock_client)
 

@@ -13,6 +13,7 @@ from sms_gateway.domain.models import (
     Account,
     Batch,
     CallbackRequest,
+    Claim,
     ClaimOutcome,
     Credentials,
     DeliveryReport,
@@ -41,6 +42,7 @@ class InMemoryStore:
         self.batches: dict[tuple[str, int], Batch] = {}
         self.messages: dict[MessageKey, Message] = {}
         self.claims: dict[MessageKey, float] = {}
+        self.claim_upstreams: dict[MessageKey, str] = {}
         self.inbox: dict[tuple[str, str], StoredInbound] = {}
         self.links: dict[tuple[str, str], MessageKey] = {}
         self.held: dict[tuple[str, str], list[DeliveryReport]] = {}
@@ -197,20 +199,39 @@ class InMemoryStore:
     def price_table(self) -> PriceTable:
         return self.prices
 
-    def claim_for_dispatch(self, key: MessageKey, *, now: datetime, lease_seconds: int) -> ClaimOutcome:
+    def claim_for_dispatch(
+        self, key: MessageKey, *, now: datetime, lease_seconds: int, upstream: str | None = None
+    ) -> Claim:
         with self._lock:
             message = self.messages.get(key)
             if message is None or message.status != MessageStatus.QUEUED:
-                return ClaimOutcome.BUSY
+                return Claim(ClaimOutcome.BUSY)
             lapsed = self.claims.get(key)
             if lapsed is not None and lapsed >= now.timestamp():
-                return ClaimOutcome.HELD
+                return Claim(ClaimOutcome.HELD)
             self.claims[key] = now.timestamp() + lease_seconds
-            return ClaimOutcome.CLAIMED if lapsed is None else ClaimOutcome.ABANDONED
+            if lapsed is None:
+                if upstream is not None:
+                    self.claim_upstreams[key] = upstream
+                return Claim(ClaimOutcome.CLAIMED)
+            # Taken over: the dead holder's submit counts as an attempt; the lease keeps naming its upstream.
+            self.messages[key] = message.model_copy(update={"submit_attempts": message.submit_attempts + 1})
+            return Claim(ClaimOutcome.ABANDONED, lapsed_upstream=self.claim_upstreams.get(key))
+
+    def move_claim(self, key: MessageKey, *, from_upstream: str, to_upstream: str) -> bool:
+        with self._lock:
+            message = self.messages.get(key)
+            if message is None or message.status != MessageStatus.QUEUED or key not in self.claims:
+                return False
+            if self.claim_upstreams.get(key) != from_upstream:
+                return False
+            self.claim_upstreams[key] = to_upstream
+            return True
 
     def release_claim(self, key: MessageKey, *, attempted: bool = True, maybe_taken_by: str | None = None) -> None:
         with self._lock:
             self.claims.pop(key, None)
+            self.claim_upstreams.pop(key, None)
             message = self.messages.get(key)
             if message is None or message.status != MessageStatus.QUEUED:
                 return
@@ -254,6 +275,7 @@ class InMemoryStore:
                 update["reported_at"] = reported_at
             self.messages[key] = message.model_copy(update=update)
             self.claims.pop(key, None)
+            self.claim_upstreams.pop(key, None)
             return StatusChange(message=self.messages[key], changed=True)
 
     def move_and_refund(

@@ -121,28 +121,34 @@ class ContainerDied(BaseException):
 class AcceptingUpstream(SlowUpstream):
     """Takes each message the moment its submit arrives (as a real SMSC does) and answers after the latency (batch
     1's quickly, the others' slowly), so a dispatcher dying at a batch 1 answer leaves the other submits taken by
-    the upstream but unknown to the store as sent."""
+    the upstream but unknown to the store as sent. `taken`: every submit it put on a phone; one that deduplicates
+    answers a repeated reference with its first answer and takes nothing more."""
 
-    def __init__(self) -> None:
+    def __init__(self, deduplicates: bool) -> None:
         super().__init__(latency=0.3)
+        self.deduplicates = deduplicates
+        self.asked: list[str] = []
         self.taken: list[str] = []
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         payload = json.loads(request.content)
-        self.taken.append(payload["client_ref"])
+        self.asked.append(payload["client_ref"])
+        if not (self.deduplicates and payload["client_ref"] in self.taken):
+            self.taken.append(payload["client_ref"])
         self.latency = 0.05 if payload["text"] == "batch 1" else 0.3
         return await super().__call__(request)
 
 
-def test_a_container_dying_mid_invocation_never_has_a_taken_message_sent_again(aws, api, monkeypatch):
+@pytest.mark.parametrize("deduplicates", [False, True], ids=["upstream-cannot-tell-repeats", "upstream-deduplicates"])
+def test_a_container_dying_mid_invocation_never_has_a_taken_message_sent_again(aws, api, monkeypatch, deduplicates):
     # Given three accounts' records in one invocation, submits taking 0.2 s, and the container dying right after
     # the upstream answered one of account 1's messages, while the other records' submits are still in flight
     from sms_gateway import bootstrap
     from sms_gateway.adapters import http
     from sms_gateway.adapters.providers.simulator import SimulatorProvider
 
-    upstream = AcceptingUpstream()
-    route_simulator_upstreams_to(monkeypatch, upstream)
+    upstream = AcceptingUpstream(deduplicates)
+    route_simulator_upstreams_to(monkeypatch, upstream, deduplicates=deduplicates)
     in_flight_limit(monkeypatch, 4)
     monkeypatch.setenv("DISPATCH_CLAIM_LEASE_SECONDS", "1")
     bootstrap.reset()
@@ -175,9 +181,7 @@ def test_a_container_dying_mid_invocation_never_has_a_taken_message_sent_again(a
     monkeypatch.setattr(SimulatorProvider, "submit", answered)
     asyncio.run(asyncio.sleep(2.2))
     answer = load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
-    # Then no message was offered to the upstream twice, and none is left queued: each is submitted, those whose
-    # claim or answer died with the container without being resent (submitted-unconfirmed, for the upstream's
-    # DLR or the settle check to end; a claimed message the container died before sending never reaches it)
+    # Then no message was put on a phone twice, and none is left queued
     assert answer == {"batchItemFailures": []}
     assert len(upstream.taken) == len(set(upstream.taken))
     from sms_gateway.bootstrap import gateway
@@ -188,6 +192,17 @@ def test_a_container_dying_mid_invocation_never_has_a_taken_message_sent_again(a
         command = json.loads(record["Body"])
         messages += store.get_messages(command["account_id"], command["reference_id"], command["message_ids"])
     assert sorted(str(m.status) for m in messages) == ["submitted"] * 9
+    if deduplicates:
+        # And the messages whose claim died with the container were asked of the upstream again under the same
+        # reference: every one is sent, with the upstream's id, none left for a DLR that may never come
+        assert len(upstream.asked) > len(upstream.taken) == 9
+        assert [m.upstream_message_id for m in messages] == [f"sim-{m.key.to_ref()}" for m in messages]
+        assert all(m.error_code is None for m in messages)
+        return
+    # And an upstream that cannot tell repeats is never asked again: those whose claim or answer died with the
+    # container are left submitted-unconfirmed, for the upstream's DLR or the settle check to end (a claimed
+    # message the container died before sending never reaches it)
+    assert upstream.asked == upstream.taken
     taken = set(upstream.taken)
     assert all(m.error_code == "submit_unconfirmed" for m in messages if m.key.to_ref() not in taken)
     assert any(m.error_code == "submit_unconfirmed" for m in messages)

@@ -13,7 +13,7 @@ import pytest
 
 from sms_gateway.adapters.dynamodb import DynamoStore
 from sms_gateway.domain.ids import new_id
-from sms_gateway.domain.models import Account, Batch, ClaimOutcome, Credentials, Message, MessageKey, iso
+from sms_gateway.domain.models import Account, Batch, Claim, ClaimOutcome, Credentials, Message, MessageKey, iso
 from sms_gateway.domain.status import MessageStatus, allowed_previous
 from sms_gateway.errors import Conflict, InsufficientCredits
 from sms_gateway.logic.accounts import issue_credentials
@@ -123,7 +123,10 @@ def balance(store: DynamoStore, account_id: str) -> int:
 
 def claim(store: DynamoStore, key: MessageKey, now: datetime = NOW) -> bool:
     """True when this caller now holds the message: a fresh claim, or one taken over after a lapsed lease."""
-    return store.claim_for_dispatch(key, now=now, lease_seconds=120) in (ClaimOutcome.CLAIMED, ClaimOutcome.ABANDONED)
+    return store.claim_for_dispatch(key, now=now, lease_seconds=120).outcome in (
+        ClaimOutcome.CLAIMED,
+        ClaimOutcome.ABANDONED,
+    )
 
 
 @pytest.fixture
@@ -616,14 +619,64 @@ class TestTransitionMatrix:
 def test_a_lapsed_claim_is_told_apart_from_a_live_one_and_taken_over_once(store):
     # Given a queued message whose dispatcher claimed it and then died (its lease lapsed)
     message = one_message(store, MessageStatus.QUEUED)
-    assert store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120) == ClaimOutcome.CLAIMED
-    assert store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120) == ClaimOutcome.HELD
+    assert store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120) == Claim(ClaimOutcome.CLAIMED)
+    assert store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120) == Claim(ClaimOutcome.HELD)
     # When two dispatchers find it after the lease lapsed
     later = NOW + timedelta(seconds=121)
     first = store.claim_for_dispatch(message.key, now=later, lease_seconds=120)
     second = store.claim_for_dispatch(message.key, now=later, lease_seconds=120)
     # Then exactly one takes it over, knowing it may have been submitted already
-    assert (first, second) == (ClaimOutcome.ABANDONED, ClaimOutcome.HELD)
+    assert (first, second) == (Claim(ClaimOutcome.ABANDONED), Claim(ClaimOutcome.HELD))
+
+
+def test_a_lapsed_claim_taken_over_tells_where_its_holder_was_submitting_and_counts_its_attempt(store):
+    # Given a queued message claimed for the primary, whose holder failed over to the fallback and then died
+    message = one_message(store, MessageStatus.QUEUED)
+    assert store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120, upstream="primary").outcome == (
+        ClaimOutcome.CLAIMED
+    )
+    assert raw_message(store, message.key)["claim_upstream"] == {"S": "primary"}
+    assert not store.move_claim(message.key, from_upstream="fallback", to_upstream="primary")
+    assert store.move_claim(message.key, from_upstream="primary", to_upstream="fallback")
+    # When another dispatcher finds the lease lapsed, and a third one after it
+    later = NOW + timedelta(seconds=121)
+    first = store.claim_for_dispatch(message.key, now=later, lease_seconds=120, upstream="primary")
+    second = store.claim_for_dispatch(message.key, now=later, lease_seconds=120, upstream="primary")
+    # Then the first takes it over, told the upstream the dead holder was submitting to; the third is held off
+    assert (first, second) == (Claim(ClaimOutcome.ABANDONED, lapsed_upstream="fallback"), Claim(ClaimOutcome.HELD))
+    # And the lease still names that upstream, and the dead holder's submit is counted as an attempt
+    item = raw_message(store, message.key)
+    assert (item["claim_upstream"], item["submit_attempts"]) == ({"S": "fallback"}, {"N": "1"})
+    # And the status write that records the outcome clears the lease and its upstream
+    store.transition(message.key, MessageStatus.SUBMITTED, now=later, upstream="fallback", upstream_message_id="f-1")
+    item = raw_message(store, message.key)
+    assert "claim_until" not in item and "claim_upstream" not in item
+    assert not store.move_claim(message.key, from_upstream="fallback", to_upstream="primary")
+
+
+def test_a_lapsed_claim_is_taken_over_only_while_it_names_the_upstream_read_with_it(store):
+    # Given a lapsed claim naming the fallback (its holder failed over just before its lease lapsed)
+    message = one_message(store, MessageStatus.QUEUED)
+    store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120, upstream="primary")
+    store.move_claim(message.key, from_upstream="primary", to_upstream="fallback")
+    lapsed = raw_message(store, message.key)["claim_until"]["N"]
+    values = {":until": {"N": "9999999999"}, ":one": {"N": "1"}, ":queued": {"S": "queued"}}
+    # When a dispatcher that read it still naming the primary tries to take it over
+    taken = store._take_over_lapsed_claim(message.key, lapsed, "primary", values)
+    # Then it is refused (it would ask the primary again while the fallback may have the message), nothing written
+    assert taken == Claim(ClaimOutcome.HELD)
+    assert raw_message(store, message.key)["claim_until"] == {"N": lapsed}
+
+
+def test_a_released_claim_forgets_its_upstream(store):
+    message = one_message(store, MessageStatus.QUEUED)
+    store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120, upstream="primary")
+    store.release_claim(message.key)
+    item = raw_message(store, message.key)
+    assert "claim_until" not in item and "claim_upstream" not in item
+    # And a fresh claim then names no upstream unless told one
+    assert store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120) == Claim(ClaimOutcome.CLAIMED)
+    assert "claim_upstream" not in raw_message(store, message.key)
 
 
 def test_a_withdrawal_takes_only_a_message_no_dispatcher_has_claimed(store):

@@ -49,7 +49,7 @@ def test_a_message_is_claimed_once_and_each_request_is_counted_after_its_latency
     first = store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120)
     second = store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120)
     assert time.perf_counter() - started >= 0.02
-    assert (first, second) == (ClaimOutcome.CLAIMED, ClaimOutcome.HELD)
+    assert (first.outcome, second.outcome) == (ClaimOutcome.CLAIMED, ClaimOutcome.HELD)
     change = store.transition(message.key, MessageStatus.SUBMITTED, now=NOW, upstream="simulator")
     assert change is not None and change.changed
     assert store.requests == {"UpdateItem": 3}

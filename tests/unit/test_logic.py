@@ -19,6 +19,7 @@ from sms_gateway.domain.models import (
     DispatchCommand,
     InboundSms,
     KeyClaim,
+    Message,
     Recipient,
     SendCommand,
     SubmitRequest,
@@ -38,7 +39,7 @@ from sms_gateway.errors import (
 )
 from sms_gateway.logic.batches import AlreadyCancelled, BatchView, cancel_batch
 from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
-from sms_gateway.logic.dispatch import DispatchDependencies, backoff_seconds, dispatch
+from sms_gateway.logic.dispatch import DispatchDependencies, DispatchOutcome, backoff_seconds, dispatch
 from sms_gateway.logic.inbound import InboundDependencies, receive_inbound
 from sms_gateway.logic.notify import dlr_notification, notifications_of
 from sms_gateway.logic.scheduled import release_scheduled_batch
@@ -120,7 +121,7 @@ class TestAcceptSend:
             def enqueue(this, commands):
                 super().enqueue(commands)
                 key = next(iter(store.messages))
-                assert store.claim_for_dispatch(key, now=NOW, lease_seconds=60) == ClaimOutcome.CLAIMED
+                assert store.claim_for_dispatch(key, now=NOW, lease_seconds=60).outcome == ClaimOutcome.CLAIMED
                 raise TimeoutError("no answer from SQS")
 
         announced: list = []
@@ -460,7 +461,7 @@ class TestDispatch:
         _, deps = send(store, command(1))
         [message] = store.messages.values()
         at = NOW + timedelta(hours=24, seconds=1)
-        assert store.claim_for_dispatch(message.key, now=at, lease_seconds=120) == ClaimOutcome.CLAIMED
+        assert store.claim_for_dispatch(message.key, now=at, lease_seconds=120).outcome == ClaimOutcome.CLAIMED
         charged = store.accounts["7"].credits
         # When a duplicate delivery of its record comes meanwhile
         late = replace(dispatch_deps(store, FakeProvider()), clock=lambda: at)
@@ -1034,6 +1035,145 @@ def test_a_dispatcher_killed_between_submit_and_write_never_causes_a_second_subm
     assert store.messages[message.key].status == MessageStatus.DELIVERED
 
 
+class RememberingUpstream(DeduplicatingProvider):
+    """An upstream that really deduplicates: a repeat of our reference gets the first answer and puts nothing more
+    on the phone (`delivered_refs` holds each reference it took once). `dies_after_submit`: the dispatcher is
+    killed once this upstream has taken the message, before its answer is recorded."""
+
+    def __init__(self, name: str, *, dies_after_submit: bool = False) -> None:
+        super().__init__(name)
+        self.dies_after_submit = dies_after_submit
+        self.answers: dict[str, SubmitResult] = {}
+        self.delivered_refs: list[str] = []
+
+    async def submit(self, request):
+        self.submits.append(request)
+        if self.failure is not None:
+            raise self.failure
+        if request.client_ref not in self.answers:
+            self.answers[request.client_ref] = SubmitResult(upstream_message_id=f"{self.name}-{len(self.answers) + 1}")
+            self.delivered_refs.append(request.client_ref)
+        if self.dies_after_submit:
+            raise Crash
+        return self.answers[request.client_ref]
+
+
+class TestAMessageAbandonedMidSubmit:
+    """A dispatcher killed after claiming a message, before recording the upstream's answer: whoever takes the
+    lapsed claim over may ask the upstream the claim names again only if that upstream deduplicates by our
+    reference (it answers a repeat with its first answer), so the message is sent, and sent once."""
+
+    later = NOW + timedelta(minutes=5)
+
+    def killed_mid_submit(self, store, *route: FakeProvider) -> tuple[DispatchCommand, Message]:
+        _, deps = send(store, command(1, delivery_report=DeliveryReportMode.YES))
+        [record] = deps.dispatch_queue.commands
+        with pytest.raises(Crash):
+            asyncio.run(dispatch(record, replace(dispatch_deps(store, route[0]), upstreams_for=lambda _: list(route))))
+        [message] = store.messages.values()
+        return record, message
+
+    def redelivered(self, store, record, *route: FakeProvider, **changes) -> DispatchOutcome:
+        deps = replace(dispatch_deps(store, route[0]), upstreams_for=lambda _: list(route), clock=lambda: self.later)
+        return asyncio.run(dispatch(record, replace(deps, **changes)))
+
+    def test_it_is_asked_again_of_the_deduplicating_upstream_and_goes_out_once(self, store):
+        # Given a message the primary (which deduplicates) took, whose dispatcher died before recording it
+        primary, fallback = RememberingUpstream("primary", dies_after_submit=True), FakeProvider("fallback")
+        record, message = self.killed_mid_submit(store, primary, fallback)
+        # When the record comes back after the claim lapsed
+        primary.dies_after_submit = False
+        outcome = self.redelivered(store, record, primary, fallback)
+        # Then the primary alone is asked again, with the same reference, and answers with its first answer
+        assert [s.client_ref for s in primary.submits] == [message.key.to_ref()] * 2 and fallback.submits == []
+        assert primary.delivered_refs == [message.key.to_ref()]
+        stored = store.messages[message.key]
+        assert (outcome.submitted, outcome.unconfirmed) == (1, 0)
+        assert (stored.status, stored.upstream, stored.upstream_message_id, stored.error_code) == (
+            MessageStatus.SUBMITTED,
+            "primary",
+            "primary-1",
+            None,
+        )
+        # And it is charged once, its dead holder's submit counted as an attempt, and no claim is left
+        assert store.accounts["7"].credits == 1000 - message.price
+        assert stored.submit_attempts == 1 and store.claims == {} and store.claim_upstreams == {}
+
+    def test_one_the_dead_holder_never_reached_is_sent_by_the_next(self, store):
+        # Given a dispatcher killed after claiming a message and before its submit reached the upstream
+        primary = RememberingUpstream("primary")
+        primary.failure = Crash()
+        record, message = self.killed_mid_submit(store, primary)
+        # When the record comes back after the claim lapsed
+        primary.failure = None
+        outcome = self.redelivered(store, record, primary)
+        # Then the message goes out (once), rather than waiting out the DLR wait to be expired unsent
+        assert outcome.submitted == 1 and primary.delivered_refs == [message.key.to_ref()]
+        assert store.messages[message.key].upstream_message_id == "primary-1"
+
+    def test_after_a_failover_the_claim_names_the_fallback_and_the_primary_is_never_asked_again(self, store):
+        # Given a deduplicating primary that answered 503, and a fallback that cannot tell repeats, which took the
+        # message just before its dispatcher died
+        primary, fallback = RememberingUpstream("primary"), RememberingUpstream("fallback", dies_after_submit=True)
+        fallback.deduplicates_submits = False
+        primary.failure = UpstreamError("503", permanent=False, unavailable=True)
+        record, message = self.killed_mid_submit(store, primary, fallback)
+        assert store.claim_upstreams == {message.key: "fallback"}
+        # When the record comes back after the claim lapsed, the primary healthy again
+        primary.failure, fallback.dies_after_submit = None, False
+        outcome = self.redelivered(store, record, primary, fallback)
+        # Then neither upstream is asked again (the fallback may have it): submitted, unconfirmed, left to its DLR
+        assert (len(primary.submits), len(fallback.submits), outcome.unconfirmed) == (1, 1, 1)
+        assert store.messages[message.key].error_code == "submit_unconfirmed"
+
+    def test_a_failover_whose_claim_is_no_longer_ours_is_not_made(self, store):
+        # Given a message whose primary answers 503, and whose claim names another upstream by the time this
+        # dispatcher would fail over (it is no longer this dispatcher's claim)
+        primary, fallback = RememberingUpstream("primary"), RememberingUpstream("fallback")
+        primary.failure = UpstreamError("503", permanent=False, unavailable=True)
+        _, deps = send(store, command(1))
+        [record] = deps.dispatch_queue.commands
+
+        async def taken_away(request):
+            store.claim_upstreams[next(iter(store.messages))] = "elsewhere"
+            raise UpstreamError("503", permanent=False, unavailable=True)
+
+        primary.submit = taken_away  # type: ignore[method-assign,assignment]
+        outcome = asyncio.run(
+            dispatch(record, replace(dispatch_deps(store, primary), upstreams_for=lambda _: [primary, fallback]))
+        )
+        # Then the fallback is not offered it, and the record comes back
+        assert fallback.submits == [] and outcome.needs_retry
+
+    @pytest.mark.parametrize(
+        "why",
+        ["the upstream cannot tell repeats", "the upstream left the route", "no attempt left", "too late"],
+    )
+    def test_otherwise_it_is_recorded_submitted_unconfirmed(self, store, why):
+        # Given a message the primary took, whose dispatcher died before recording it
+        primary = RememberingUpstream("primary", dies_after_submit=True)
+        other = FakeProvider("other")
+        if why == "the upstream cannot tell repeats":
+            primary.deduplicates_submits = False
+        record, message = self.killed_mid_submit(store, primary)
+        primary.dies_after_submit = False
+        changes: dict = {}
+        route: tuple[FakeProvider, ...] = (primary,)
+        if why == "the upstream left the route":
+            route = (other,)
+        elif why == "no attempt left":
+            changes["max_submit_attempts"] = 1
+        elif why == "too late":
+            changes["validity"] = timedelta(minutes=4)
+        # When the record comes back after the claim lapsed
+        outcome = self.redelivered(store, record, *route, **changes)
+        # Then it is not submitted again anywhere, nor expired and refunded: it is left to its DLR
+        assert (len(primary.submits), other.submits, outcome.unconfirmed) == (1, [], 1)
+        stored = store.messages[message.key]
+        assert (stored.status, stored.error_code) == (MessageStatus.SUBMITTED, "submit_unconfirmed")
+        assert store.accounts["7"].credits == 1000 - message.price
+
+
 def stranded_unconfirmed(store: InMemoryStore) -> tuple[list, int]:
     """A message that asked for delivery reports, whose dispatcher died mid-submit: the record's redelivery
     records it submitted-unconfirmed and asks for a settle check. Returns the checks and the credits before."""
@@ -1259,9 +1399,11 @@ class DispatchedByAnotherJustBeforeTheClaim:
     def __getattr__(self, name: str):
         return getattr(self.store, name)
 
-    def claim_for_dispatch(self, key, *, now, lease_seconds):
+    def claim_for_dispatch(self, key, *, now, lease_seconds, upstream=None):
         if key.message_id in self.taken:
-            assert self.store.claim_for_dispatch(key, now=now, lease_seconds=lease_seconds) == ClaimOutcome.CLAIMED
+            assert (
+                self.store.claim_for_dispatch(key, now=now, lease_seconds=lease_seconds).outcome == ClaimOutcome.CLAIMED
+            )
             self.store.transition(
                 key, MessageStatus.SUBMITTED, now=now, upstream="other", upstream_message_id=f"up-{key.message_id}"
             )
@@ -1361,7 +1503,7 @@ def test_a_record_that_finds_a_live_claim_comes_back_instead_of_being_consumed(s
     _, deps = send(store, command(1))
     [record] = deps.dispatch_queue.commands
     [message] = store.messages.values()
-    assert store.claim_for_dispatch(message.key, now=NOW, lease_seconds=30) == ClaimOutcome.CLAIMED
+    assert store.claim_for_dispatch(message.key, now=NOW, lease_seconds=30).outcome == ClaimOutcome.CLAIMED
     # When a duplicate delivery of its record is dispatched meanwhile
     provider = FakeProvider()
     outcome = asyncio.run(dispatch(record, replace(dispatch_deps(store, provider), claim_lease_seconds=30)))

@@ -13,7 +13,7 @@ from sms_gateway.domain.models import (
     Account,
     Batch,
     CallbackRequest,
-    ClaimOutcome,
+    Claim,
     Credentials,
     DeliveryReport,
     DispatchCommand,
@@ -171,9 +171,18 @@ class MessageStore(Protocol):
         """A message by its id alone, only if it belongs to `account_id`."""
         ...
 
-    def claim_for_dispatch(self, key: MessageKey, *, now: datetime, lease_seconds: int) -> ClaimOutcome:
+    def claim_for_dispatch(
+        self, key: MessageKey, *, now: datetime, lease_seconds: int, upstream: str | None = None
+    ) -> Claim:
         """Takes a lease on a queued message so that two dispatchers never submit it at once; tells apart a
-        lease that lapsed (its holder died, maybe mid-submit) from one that is live."""
+        lease that lapsed (its holder died, maybe mid-submit) from one that is live. `upstream`: the one the
+        holder submits to first, kept with the lease so that whoever takes a lapsed lease over knows where the
+        message may be (`Claim.lapsed_upstream`)."""
+        ...
+
+    def move_claim(self, key: MessageKey, *, from_upstream: str, to_upstream: str) -> bool:
+        """Names another upstream in a live lease, before the holder fails over to it: False (nothing written)
+        when the lease no longer names `from_upstream` or the message is no longer queued."""
         ...
 
     def release_claim(self, key: MessageKey, *, attempted: bool = True, maybe_taken_by: str | None = None) -> None:

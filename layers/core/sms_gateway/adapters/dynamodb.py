@@ -41,6 +41,7 @@ from sms_gateway.adapters.dynamodb_sessions import DynamoSessionsMixin
 from sms_gateway.domain.models import (
     Account,
     Batch,
+    Claim,
     ClaimOutcome,
     CredentialKind,
     Credentials,
@@ -179,7 +180,7 @@ def _transition_update(
         values[":reported_at"] = {"S": reported_at}
     return {
         "Key": _key_of(key),
-        "UpdateExpression": f"SET {', '.join(sets)} REMOVE claim_until",
+        "UpdateExpression": f"SET {', '.join(sets)} REMOVE claim_until, claim_upstream",
         "ConditionExpression": f"attribute_exists(pk) AND #status IN ({previous_names})"
         + (" AND attribute_not_exists(claim_until)" if unclaimed_only else ""),
         "ExpressionAttributeNames": names,
@@ -671,18 +672,24 @@ class DynamoStore(
         found.sort(key=lambda message: message.message_id)
         return found
 
-    def claim_for_dispatch(self, key: MessageKey, *, now: datetime, lease_seconds: int) -> ClaimOutcome:
+    def claim_for_dispatch(
+        self, key: MessageKey, *, now: datetime, lease_seconds: int, upstream: str | None = None
+    ) -> Claim:
         now_epoch = int(now.timestamp())
         values = {
             ":until": {"N": str(now_epoch + lease_seconds)},
             ":one": {"N": "1"},
             ":queued": {"S": str(MessageStatus.QUEUED)},
         }
+        claim = "SET claim_until = :until"
+        if upstream is not None:
+            claim += ", claim_upstream = :upstream"
+            values[":upstream"] = {"S": upstream}
         try:
             self.client.update_item(
                 TableName=self.table_name,
                 Key=_key_of(key),
-                UpdateExpression="SET claim_until = :until ADD dispatch_attempts :one",
+                UpdateExpression=f"{claim} ADD dispatch_attempts :one",
                 ConditionExpression="#status = :queued AND attribute_not_exists(claim_until)",
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues=values,
@@ -692,27 +699,55 @@ class DynamoStore(
             current = error.response.get("Item") or {}
             lapsed = current.get("claim_until", {}).get("N")
             if current.get("status", {}).get("S") != MessageStatus.QUEUED or lapsed is None:
-                return ClaimOutcome.BUSY
+                return Claim(ClaimOutcome.BUSY)
             if int(lapsed) >= now_epoch:
-                return ClaimOutcome.HELD
-            return self._take_over_lapsed_claim(key, lapsed, values)
-        return ClaimOutcome.CLAIMED
+                return Claim(ClaimOutcome.HELD)
+            return self._take_over_lapsed_claim(key, lapsed, current.get("claim_upstream", {}).get("S"), values)
+        return Claim(ClaimOutcome.CLAIMED)
 
-    def _take_over_lapsed_claim(self, key: MessageKey, lapsed: str, values: dict[str, Any]) -> ClaimOutcome:
+    def _take_over_lapsed_claim(
+        self, key: MessageKey, lapsed: str, lapsed_upstream: str | None, claim_values: dict[str, Any]
+    ) -> Claim:
+        values = {name: claim_values[name] for name in (":until", ":one", ":queued")} | {":lapsed": {"N": lapsed}}
+        # Only the one dispatcher that replaces exactly this lapsed lease resolves the message, knowing where it
+        # may be: the lease still names the upstream read with it. The dead holder's submit counts as an attempt.
+        condition = "#status = :queued AND claim_until = :lapsed AND "
+        if lapsed_upstream is None:
+            condition += "attribute_not_exists(claim_upstream)"
+        else:
+            condition += "claim_upstream = :lapsed_upstream"
+            values[":lapsed_upstream"] = {"S": lapsed_upstream}
         try:
             self.client.update_item(
                 TableName=self.table_name,
                 Key=_key_of(key),
-                UpdateExpression="SET claim_until = :until ADD dispatch_attempts :one",
-                # Only the one dispatcher that replaces exactly this lapsed lease resolves the message.
-                ConditionExpression="#status = :queued AND claim_until = :lapsed",
+                UpdateExpression="SET claim_until = :until ADD dispatch_attempts :one, submit_attempts :one",
+                ConditionExpression=condition,
                 ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={**values, ":lapsed": {"N": lapsed}},
+                ExpressionAttributeValues=values,
             )
         except self.client.exceptions.ConditionalCheckFailedException:
             # Another dispatcher took it over (or it moved on): if the first, that one now holds a live claim.
-            return ClaimOutcome.HELD
-        return ClaimOutcome.ABANDONED
+            return Claim(ClaimOutcome.HELD)
+        return Claim(ClaimOutcome.ABANDONED, lapsed_upstream=lapsed_upstream)
+
+    def move_claim(self, key: MessageKey, *, from_upstream: str, to_upstream: str) -> bool:
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=_key_of(key),
+                UpdateExpression="SET claim_upstream = :to",
+                ConditionExpression="#status = :queued AND attribute_exists(claim_until) AND claim_upstream = :from",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":queued": {"S": str(MessageStatus.QUEUED)},
+                    ":from": {"S": from_upstream},
+                    ":to": {"S": to_upstream},
+                },
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
 
     def release_claim(self, key: MessageKey, *, attempted: bool = True, maybe_taken_by: str | None = None) -> None:
         values: dict[str, Any] = {":queued": {"S": str(MessageStatus.QUEUED)}}
@@ -720,7 +755,7 @@ class DynamoStore(
         if maybe_taken_by is not None:
             values[":taken_by"] = {"S": maybe_taken_by}
             update += "SET maybe_taken_by = :taken_by "
-        update += "REMOVE claim_until"
+        update += "REMOVE claim_until, claim_upstream"
         if attempted:
             values[":one"] = {"N": "1"}
             update += " ADD submit_attempts :one"

@@ -363,6 +363,16 @@ class ClaimOutcome(StrEnum):
     # Another dispatcher holds a live claim. It may still die before its lease lapses, so the record that found
     # it held comes back later instead of being consumed (consuming it could strand the message queued).
     HELD = "held"
-    # A previous dispatcher's claim lapsed without a result: it may have died after the upstream accepted the
-    # message, so submitting again could send it twice. The message is recorded as submitted, unconfirmed.
+    # A previous dispatcher's claim lapsed without a result, and is now ours: that dispatcher may have died after the
+    # upstream accepted the message, so only an upstream that deduplicates by our reference may be asked again
+    # (`Claim.lapsed_upstream`); otherwise the message is recorded as submitted, unconfirmed.
     ABANDONED = "abandoned"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A dispatcher's request for a message's lease, answered."""
+
+    outcome: ClaimOutcome
+    # ABANDONED only: the upstream the lapsed claim's holder was submitting to, when its claim named one.
+    lapsed_upstream: str | None = None

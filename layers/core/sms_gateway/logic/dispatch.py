@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sms_gateway.domain.models import (
+    Claim,
     ClaimOutcome,
     DeliveryReportMode,
     DispatchCommand,
@@ -281,29 +282,40 @@ async def _dispatch_one(
             return
         # Claimed only once a submit slot is ours, and submitted at once: a message claimed and left waiting for a
         # slot would, if the dispatcher died meanwhile, be taken for one the upstream may have, and never be sent.
+        # The claim names the upstream tried first, so that whoever takes it over after this dispatcher died knows
+        # where the message may be.
+        upstreams = offered_upstreams(message, deps)
         claim = await asyncio.to_thread(
-            deps.messages.claim_for_dispatch, message.key, now=deps.clock(), lease_seconds=deps.claim_lease_seconds
+            deps.messages.claim_for_dispatch,
+            message.key,
+            now=deps.clock(),
+            lease_seconds=deps.claim_lease_seconds,
+            upstream=upstreams[0].name if upstreams else None,
         )
+        resumed = resumable(message, claim, deps)
+        if resumed is not None:
+            message, upstreams = resumed, offered_upstreams(resumed, deps)
+        ours = claim.outcome == ClaimOutcome.CLAIMED or resumed is not None
         # Expired only under the claim: without it, a message another dispatcher is submitting right now could be
         # recorded expired and refunded while the upstream takes it.
-        too_late = claim == ClaimOutcome.CLAIMED and deps.clock() > valid_until(message, deps.validity)
-        sent = await _submit(message, deps, outcome) if claim == ClaimOutcome.CLAIMED and not too_late else None
-    if too_late:
+        too_late = ours and deps.clock() > valid_until(message, deps.validity)
+        sent = await _submit(message, upstreams, deps, outcome) if ours and not too_late else None
+    if too_late and resumed is None:
         await _finish(message, MessageStatus.EXPIRED, "validity_period_ended", deps, outcome)
         outcome.expired += 1
         return
     # The status writes come after the slot is given back: the limit is on submits in flight, not store requests.
-    if claim == ClaimOutcome.BUSY:
+    if claim.outcome == ClaimOutcome.BUSY:
         outcome.skipped += 1
         outcome.moved_on.append(message)
         return
-    if claim == ClaimOutcome.HELD:
+    if claim.outcome == ClaimOutcome.HELD:
         # Its holder may die before the lease lapses; only a later look can then find the lease lapsed, so this
         # record comes back once it has (a duplicate delivery of the holder's own record must not consume it).
         outcome.retry.append(message.message_id)
         outcome.retry_after = max(outcome.retry_after or 0.0, float(deps.claim_lease_seconds))
         return
-    if claim == ClaimOutcome.ABANDONED:
+    if claim.outcome == ClaimOutcome.ABANDONED and sent is None:
         logger.warning("dispatcher died mid-submit before; not resubmitting", extra={"message_id": message.message_id})
         await _record_unconfirmed(message, deps, outcome)
         return
@@ -343,25 +355,53 @@ def _come_back_soon(messages: Sequence[Message], outcome: DispatchOutcome) -> No
     outcome.retry_after = max(outcome.retry_after or 0.0, 1.0)
 
 
+def offered_upstreams(message: Message, deps: DispatchDependencies) -> list[Provider]:
+    """The upstreams a message is offered to, in order: its route's; or, when an earlier submit got no answer from
+    one, only that one (it answers a repeat of our reference with its first answer), and none if the route no
+    longer names it."""
+    upstreams = list(deps.upstreams_for(message))
+    if message.maybe_taken_by is None:
+        return upstreams
+    return [provider for provider in upstreams if provider.name == message.maybe_taken_by]
+
+
+def resumable(message: Message, claim: Claim, deps: DispatchDependencies) -> Message | None:
+    """A message whose lapsed claim this dispatcher took over, if it may be submitted again: the dead holder was
+    submitting it to an upstream that deduplicates by our reference, still on its route, and attempts remain (the
+    holder's counts, and the takeover counted it). It is then offered to that upstream alone, exactly as after a
+    submit there that got no answer. None otherwise: the message is recorded submitted, unconfirmed."""
+    if claim.outcome != ClaimOutcome.ABANDONED or claim.lapsed_upstream is None:
+        return None
+    attempts = message.submit_attempts + 1
+    there = [provider for provider in deps.upstreams_for(message) if provider.name == claim.lapsed_upstream]
+    if not there or not getattr(there[0], "deduplicates_submits", False) or attempts >= deps.max_submit_attempts:
+        return None
+    logger.warning(
+        "dispatcher died mid-submit before; asking its upstream again, which deduplicates by our reference",
+        extra={"message_id": message.message_id, "upstream": claim.lapsed_upstream},
+    )
+    return message.model_copy(update={"maybe_taken_by": claim.lapsed_upstream, "submit_attempts": attempts})
+
+
 async def _submit(
-    message: Message, deps: DispatchDependencies, outcome: DispatchOutcome
+    message: Message, upstreams: Sequence[Provider], deps: DispatchDependencies, outcome: DispatchOutcome
 ) -> tuple[Provider, SubmitResult] | UpstreamError:
-    """The upstream that took the claimed message and its answer, trying the route's upstreams in order; or why
-    none took it."""
+    """The upstream that took the claimed message and its answer, trying `upstreams` in order; or why none took
+    it."""
     failure: UpstreamError | None = None
-    upstreams = deps.upstreams_for(message)
-    if message.maybe_taken_by is not None:
-        # An earlier submit there got no answer: only that upstream may be asked again (it answers a repeat with its
-        # first answer); if the route no longer names it, no upstream may.
-        upstreams = [provider for provider in upstreams if provider.name == message.maybe_taken_by]
-        if not upstreams:
-            return MaybeSent(f"{message.maybe_taken_by} may have the message and is no longer on its route")
-    for provider in upstreams:
+    if not upstreams and message.maybe_taken_by is not None:
+        return MaybeSent(f"{message.maybe_taken_by} may have the message and is no longer on its route")
+    for tried, provider in enumerate(upstreams):
         if not await _route_allows(provider.name, deps):
             # A route at its limit is a throttle: wait for it rather than fail over. Not an attempt, unless an
             # upstream before it in the route already failed this one.
             throttled = RouteAtItsLimit if failure is None else UpstreamError
             return throttled(f"{provider.name} is at its rate limit", permanent=False, retry_after=1.0)
+        if tried and not await asyncio.to_thread(
+            deps.messages.move_claim, message.key, from_upstream=upstreams[tried - 1].name, to_upstream=provider.name
+        ):
+            # The claim names where the message may be before it goes there; a claim no longer ours stops here.
+            break
         try:
             return provider, await provider.submit(_submit_request(message, provider, deps))
         except UpstreamError as error:
