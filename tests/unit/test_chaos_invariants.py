@@ -67,13 +67,32 @@ def test_a_second_send_of_one_reference_is_flagged():
     # Two upstream messages for one reference
     twice = replace(clean_run(), upstream=[*clean_run().upstream, UpstreamMessage("sim-9", "7.100.1")])
     assert broken(twice)["submitted_once"] >= 1
-    # A submit of a reference the dispatcher had already read "accepted" for
-    heard = replace(clean_run(), resubmitted_after_heard_accept=["7.100.1"])
+    # A submit of a reference the dispatcher had already read "accepted" for, to an upstream that cannot tell repeats
+    heard = replace(clean_run(), resubmitted_after_heard_accept=["7.100.1"], upstream_deduplicates=False)
     assert broken(heard) == {"submitted_once": 1}
-    # A repeat after the simulator wrote "accepted", when no submit of that reference went unanswered
+    # A repeat after the simulator wrote "accepted", when no submit of that reference went unanswered and no
+    # dispatcher that read the answer died before recording it
     repeated = [UpstreamMessage("sim-1", "7.100.1", repeats=1, repeats_after_accept=1)]
     after_accept = replace(clean_run(), upstream=repeated, upstream_stats={"resubmits_after_accept": 1})
     assert broken(after_accept) == {"submitted_once": 1}
+
+
+def test_a_deduplicating_upstream_asked_again_after_a_killed_dispatcher_read_accepted_is_not_a_second_send():
+    # The dispatcher read "accepted" and was killed before recording it; the one that took its claim over asked the
+    # deduplicating upstream again, which answered with the first message's id
+    repeated = [UpstreamMessage("sim-1", "7.100.1", repeats=1, repeats_after_accept=1)]
+    taken_over = replace(
+        clean_run(),
+        upstream=repeated,
+        upstream_stats={"resubmits_after_accept": 1},
+        resubmitted_after_heard_accept=["7.100.1"],
+    )
+    assert broken(taken_over) == {}
+    [once] = [verdict for verdict in check(taken_over) if verdict.name == "submitted_once"]
+    assert "1 of them of messages taken over from a killed dispatcher" in " ".join(once.notes)
+    # But not if the message then records another upstream message than the one the upstream has
+    relabelled = replace(taken_over, messages=[message("1", upstream_message_id="sim-2")])
+    assert broken(relabelled) == {"submitted_once": 1}
 
 
 def test_a_retry_after_an_answer_the_dispatcher_never_read_is_not_a_second_send_on_a_deduplicating_upstream():
