@@ -89,7 +89,7 @@ def test_a_deduplicating_upstream_asked_again_after_a_killed_dispatcher_read_acc
     )
     assert broken(taken_over) == {}
     [once] = [verdict for verdict in check(taken_over) if verdict.name == "submitted_once"]
-    assert "1 of them of messages taken over from a killed dispatcher" in " ".join(once.notes)
+    assert "1 references asked again by the dispatcher that took over the claim of a killed one" in once.notes[0]
     # But not if the message then records another upstream message than the one the upstream has
     relabelled = replace(taken_over, messages=[message("1", upstream_message_id="sim-2")])
     assert broken(relabelled) == {"submitted_once": 1}

@@ -182,8 +182,8 @@ def submitted_once(observed: Observations) -> Verdict:
     repeats = (
         f"{observed.upstream_stats.get('resubmits_after_timeout', 0)} resubmits after an injected timeout and "
         f"{observed.upstream_stats.get('resubmits_after_accept', 0)} after an answer the simulator wrote, all "
-        f"deduplicated by the upstream, {len(taken_over)} of them of messages taken over from a killed "
-        "dispatcher that had read 'accepted'"
+        f"deduplicated by the upstream; {len(taken_over)} references asked again by the dispatcher that took "
+        "over the claim of a killed one that had read 'accepted'"
         if observed.upstream_deduplicates
         else f"an upstream that cannot tell repeats: {sum(copy.repeats for copy in observed.upstream)} repeats"
     )
