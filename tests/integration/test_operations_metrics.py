@@ -106,6 +106,33 @@ def test_a_routine_dispatch_record_logs_nothing_at_info_and_one_with_a_failure_i
     assert line["reference_id"] == json.loads(record["Body"])["reference_id"]
 
 
+@pytest.mark.parametrize(
+    ("lapsed_claim_for", "counts"),
+    [("simulator", {"submitted": 1, "taken_over": 1, "unconfirmed": 0}), ("gone", {"submitted": 0, "unconfirmed": 1})],
+    ids=["deduplicating-upstream-asked-again", "upstream-off-the-route"],
+)
+def test_a_record_meeting_a_dead_dispatchers_claim_logs_at_info_what_became_of_it(
+    aws, account, api, upstream, lapsed_claim_for, counts
+):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import utc_now
+
+    # Given a record whose message a dispatcher claimed for an upstream an hour ago and then died holding
+    api(send_event(account["token"]))
+    [record] = queued_records(aws)
+    body = json.loads(record["Body"])
+    [message] = gateway().store.get_messages(body["account_id"], body["reference_id"], body["message_ids"])
+    hour_ago = utc_now() - timedelta(hours=1)
+    gateway().store.claim_for_dispatch(message.key, now=hour_ago, lease_seconds=120, upstream=lapsed_claim_for)
+    # When the record comes back
+    with log_lines_at("INFO") as lines:
+        assert dispatch([record]) == {"batchItemFailures": []}
+    # Then its line is at INFO, saying whether the message was asked again of the deduplicating simulator or left
+    # submitted-unconfirmed (the upstream the claim names is not on its route)
+    [line] = [line for line in lines if line["message"] == "dispatch record processed"]
+    assert line["level"] == "INFO" and {name: line[name] for name in counts} == counts
+
+
 def test_a_send_counts_its_accepted_messages_not_its_requests(aws, account, api, capsys):
     response = api(send_event(account["token"], {"from": "48974", "to": ["2348020000000", "2348030000000"]}))
     response = api(

@@ -1088,7 +1088,7 @@ class TestAMessageAbandonedMidSubmit:
         assert [s.client_ref for s in primary.submits] == [message.key.to_ref()] * 2 and fallback.submits == []
         assert primary.delivered_refs == [message.key.to_ref()]
         stored = store.messages[message.key]
-        assert (outcome.submitted, outcome.unconfirmed) == (1, 0)
+        assert (outcome.submitted, outcome.unconfirmed, outcome.taken_over) == (1, 0, 1)
         assert (stored.status, stored.upstream, stored.upstream_message_id, stored.error_code) == (
             MessageStatus.SUBMITTED,
             "primary",
@@ -1168,7 +1168,7 @@ class TestAMessageAbandonedMidSubmit:
         # When the record comes back after the claim lapsed
         outcome = self.redelivered(store, record, *route, **changes)
         # Then it is not submitted again anywhere, nor expired and refunded: it is left to its DLR
-        assert (len(primary.submits), other.submits, outcome.unconfirmed) == (1, [], 1)
+        assert (len(primary.submits), other.submits, outcome.unconfirmed, outcome.taken_over) == (1, [], 1, 0)
         stored = store.messages[message.key]
         assert (stored.status, stored.error_code) == (MessageStatus.SUBMITTED, "submit_unconfirmed")
         assert store.accounts["7"].credits == 1000 - message.price

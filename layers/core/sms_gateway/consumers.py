@@ -305,8 +305,15 @@ async def _dispatch_record(
     count_upstream_failures(outcome.upstream_failures)
     # A record whose every message was submitted is told by the metrics above: its line is DEBUG (about 450 bytes
     # of CloudWatch Logs per record, one per message for single sends; docs/benchmarks-floor.md). One with
-    # failures, expiries, skips or retries is what an operator looks for: INFO.
-    routine = not (outcome.failed or outcome.expired or outcome.skipped or outcome.retry)
+    # failures, expiries, skips, retries or a dead dispatcher's messages is what an operator looks for: INFO.
+    routine = not (
+        outcome.failed
+        or outcome.expired
+        or outcome.skipped
+        or outcome.retry
+        or outcome.unconfirmed
+        or outcome.taken_over
+    )
     (logger.debug if routine else logger.info)(
         "dispatch record processed",
         extra={
@@ -315,6 +322,8 @@ async def _dispatch_record(
             "failed": outcome.failed,
             "expired": outcome.expired,
             "skipped": outcome.skipped,
+            "unconfirmed": outcome.unconfirmed,
+            "taken_over": outcome.taken_over,
             "retry": len(outcome.retry),
         },
     )

@@ -102,6 +102,9 @@ class DispatchOutcome:
     failed: int = 0
     expired: int = 0
     unconfirmed: int = 0
+    # Messages whose lapsed claim (its dispatcher died mid-submit) this dispatch took over and offered again to the
+    # deduplicating upstream the claim named (`resumable`).
+    taken_over: int = 0
     skipped: int = 0
     retry: list[int] = field(default_factory=list)
     retry_after: float | None = None
@@ -295,12 +298,13 @@ async def _dispatch_one(
         resumed = resumable(message, claim, deps)
         if resumed is not None:
             message, upstreams = resumed, offered_upstreams(resumed, deps)
+            outcome.taken_over += 1
         ours = claim.outcome == ClaimOutcome.CLAIMED or resumed is not None
         # Expired only under the claim: without it, a message another dispatcher is submitting right now could be
         # recorded expired and refunded while the upstream takes it.
-        too_late = ours and deps.clock() > valid_until(message, deps.validity)
+        too_late = claim.outcome == ClaimOutcome.CLAIMED and deps.clock() > valid_until(message, deps.validity)
         sent = await _submit(message, upstreams, deps, outcome) if ours and not too_late else None
-    if too_late and resumed is None:
+    if too_late:
         await _finish(message, MessageStatus.EXPIRED, "validity_period_ended", deps, outcome)
         outcome.expired += 1
         return
@@ -375,6 +379,9 @@ def resumable(message: Message, claim: Claim, deps: DispatchDependencies) -> Mes
     attempts = message.submit_attempts + 1
     there = [provider for provider in deps.upstreams_for(message) if provider.name == claim.lapsed_upstream]
     if not there or not getattr(there[0], "deduplicates_submits", False) or attempts >= deps.max_submit_attempts:
+        return None
+    if deps.clock() > valid_until(message, deps.validity):
+        # Too late to send, and maybe sent: left to its DLR rather than expired and refunded.
         return None
     logger.warning(
         "dispatcher died mid-submit before; asking its upstream again, which deduplicates by our reference",
