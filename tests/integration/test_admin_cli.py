@@ -423,6 +423,15 @@ def test_account_settings_change(cli, account):
     assert (shown["default_country"], shown["timezone"]) == ("GH", "Africa/Accra")
     assert (shown["rate_limit_per_second"], shown["max_parts"]) == (20, 4)
     assert stored_account(account["account_id"]).max_parts == 4
+    # And single sends keep their order until told otherwise, and can be told either way
+    assert shown["single_sends_in_order"] is True
+    for answer, stored in (("no", False), ("YES", True)):
+        code, shown, err = cli(
+            "set-account", "--account", account["account_id"], "--single-sends-in-order", answer, "--json"
+        )
+        assert code == 0, err
+        assert shown["single_sends_in_order"] is stored
+        assert stored_account(account["account_id"]).single_sends_in_order is stored
 
 
 def test_a_bad_account_setting_is_refused_and_changes_nothing(cli, account):
@@ -433,6 +442,7 @@ def test_a_bad_account_setting_is_refused_and_changes_nothing(cli, account):
     assert_refused(cli, [*settings, "--rate-limit", "0"], "rate limit")
     assert_refused(cli, [*settings, "--max-parts", "-2"], "max parts")
     assert_refused(cli, [*settings, "--country", "GH", "--max-parts", "300"], "at most 255")
+    assert_refused(cli, [*settings, "--single-sends-in-order", "maybe"], "takes yes or no, not 'maybe'")
     assert_refused(cli, settings, "nothing to change")
     assert stored_account(account["account_id"]) == before
 

@@ -114,6 +114,43 @@ def test_an_accounts_next_batch_waits_until_its_batch_before_is_submitted(aws, a
     assert upstream.peak == 4
 
 
+@pytest.mark.parametrize("in_order", [True, False], ids=["single-sends-in-order", "single-sends-in-any-order"])
+def test_an_accounts_single_sends_go_out_one_after_another_unless_it_lets_them_overlap(
+    aws, api, upstream, monkeypatch, in_order
+):
+    from sms_gateway_tools.admin import set_account
+
+    # Given an account's five single sends (OTPs), with or without `single_sends_in_order`, and room for all at once
+    in_flight_limit(monkeypatch, 64)
+    account = new_account("Bank", "48974")
+    if not in_order:
+        set_account(account_id=account["account_id"], single_sends_in_order=False)
+    for index in range(5):
+        answer = api(
+            send_event(account["token"], {"from": "48974", "to": f"23480200000{index:02d}", "body": f"code {index}"})
+        )
+        assert answer["statusCode"] == 200, answer
+    records = queued_records(aws)
+    assert len(records) == 5
+    # Then in order they share the account's priority lane; otherwise each send has a lane of its own
+    groups = [record["Attributes"]["MessageGroupId"] for record in records]
+    references = [json.loads(record["Body"])["reference_id"] for record in records]
+    if in_order:
+        assert groups == [f"{account['account_id']}#priority"] * 5
+    else:
+        assert groups == [f"{account['account_id']}#send#{reference}" for reference in references]
+    # When one invocation gets them all
+    answer = load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
+    # Then all are sent: one at a time, each after the answer to the one before, or all five at once
+    assert answer == {"batchItemFailures": []}
+    assert sorted(text for event, text in upstream.events if event == "end") == [f"code {i}" for i in range(5)]
+    if in_order:
+        assert upstream.peak == 1
+        assert upstream.events == [(kind, f"code {i}") for i in range(5) for kind in ("start", "end")]
+    else:
+        assert upstream.peak == 5
+
+
 class ContainerDied(BaseException):
     """The Lambda container dying mid-invocation: no `except Exception` in the dispatcher handles it."""
 

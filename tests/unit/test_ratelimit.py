@@ -275,6 +275,19 @@ def test_a_bulk_batch_is_not_priority_even_in_a_record_of_one():
     assert not any(c.priority for c in commands)
 
 
+def test_a_single_send_that_needs_no_order_has_a_lane_of_its_own_and_a_bulk_batch_never():
+    from sms_gateway.adapters.sqs import dispatch_group_id
+
+    # Given an account whose single sends need no order (single_sends_in_order: false)
+    single = dispatch_commands(batch_of(1), [101], in_order=False)
+    bulk = dispatch_commands(batch_of(201), list(range(201)), in_order=False)
+    # Then its single send's record is a lane of its own, its bulk batch's records stay in the account's lane
+    assert [dispatch_group_id(c) for c in single] == ["a#send#7"]
+    assert [dispatch_group_id(c) for c in bulk] == ["a"] * 3
+    # And by default a single send takes the account's priority lane
+    assert [dispatch_group_id(c) for c in dispatch_commands(batch_of(1), [101])] == ["a#priority"]
+
+
 # ------------------------------------------------------------------ records of one batch dispatched side by side
 
 

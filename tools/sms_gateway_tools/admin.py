@@ -262,11 +262,18 @@ def set_account(
     timezone: str | None = None,
     rate_limit: int | None = None,
     max_parts: int | None = None,
+    single_sends_in_order: bool | None = None,
 ) -> dict[str, Any]:
     from sms_gateway.logic import accounts
 
     account = accounts.set_account(
-        _store(), account_id, country=country, timezone=timezone, rate_limit=rate_limit, max_parts=max_parts
+        _store(),
+        account_id,
+        country=country,
+        timezone=timezone,
+        rate_limit=rate_limit,
+        max_parts=max_parts,
+        single_sends_in_order=single_sends_in_order,
     )
     return _view(account)
 
@@ -516,9 +523,21 @@ def _cmd_seal_webhook_credentials(args: argparse.Namespace) -> int:
     return _run(args, lambda _: seal_webhook_credentials())
 
 
+_YES_OR_NO = {"yes": True, "no": False}
+
+
 def _cmd_set_account(args: argparse.Namespace) -> int:
-    if args.country is None and args.timezone is None and args.rate_limit is None and args.max_parts is None:
-        print("error: nothing to change: pass --country, --timezone, --rate-limit or --max-parts", file=sys.stderr)
+    settings = (args.country, args.timezone, args.rate_limit, args.max_parts, args.single_sends_in_order)
+    if all(value is None for value in settings):
+        print(
+            "error: nothing to change: pass --country, --timezone, --rate-limit, --max-parts or "
+            "--single-sends-in-order",
+            file=sys.stderr,
+        )
+        return 2
+    in_order = None if args.single_sends_in_order is None else _YES_OR_NO.get(args.single_sends_in_order.lower())
+    if args.single_sends_in_order is not None and in_order is None:
+        print(f"error: --single-sends-in-order takes yes or no, not {args.single_sends_in_order!r}", file=sys.stderr)
         return 2
     return _run(
         args,
@@ -528,6 +547,7 @@ def _cmd_set_account(args: argparse.Namespace) -> int:
             timezone=args.timezone,
             rate_limit=args.rate_limit,
             max_parts=args.max_parts,
+            single_sends_in_order=in_order,
         ),
     )
 
@@ -648,11 +668,21 @@ def _add_account_commands(command: Command, account: argparse.ArgumentParser) ->
     )
     seal.set_defaults(func=_cmd_seal_webhook_credentials)
 
-    settings = command("set-account", "change an account's country, time zone, rate limit or part limit", account)
+    settings = command(
+        "set-account",
+        "change an account's country, time zone, rate limit, part limit or single sends' order",
+        account,
+    )
     settings.add_argument("--country", help="default country for local numbers (ISO code, e.g. NG)")
     settings.add_argument("--timezone", help="IANA time zone, e.g. Africa/Lagos")
     settings.add_argument("--rate-limit", type=int, metavar="N", help="messages per second dispatched upstream")
     settings.add_argument("--max-parts", type=int, metavar="N", help="longest message accepted, in parts (1-255)")
+    settings.add_argument(
+        "--single-sends-in-order",
+        metavar="yes|no",
+        help="yes (the default): the account's single sends reach the upstream in the order they were accepted, one "
+        "after another; no: each goes out alongside the others, in any order (much faster for OTPs)",
+    )
     settings.set_defaults(func=_cmd_set_account)
 
 

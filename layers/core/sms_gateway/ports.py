@@ -344,6 +344,7 @@ class AccountChanges(BaseModel):
     timezone: str | None = None
     rate_limit_per_second: int | None = None
     max_parts: int | None = None
+    single_sends_in_order: bool | None = None
     dlr_url: str | None = None
     inbound_url: str | None = None
     webhook_token: SealedSecret | None = None

@@ -27,6 +27,7 @@ _SETTABLE = (
     "timezone",
     "rate_limit_per_second",
     "max_parts",
+    "single_sends_in_order",
     "dlr_url",
     "inbound_url",
     "webhook_token",

@@ -42,7 +42,13 @@ class _Queue:
 
 
 def dispatch_group_id(command: DispatchCommand) -> str:
-    return f"{command.account_id}#priority" if command.priority else command.account_id
+    """The record's message group: the account's bulk lane (its batches in order), its priority lane (its single
+    sends in order, ahead of its bulk), or, for a single send that needs no order, a lane of the send's own."""
+    if not command.priority:
+        return command.account_id
+    if not command.in_order:
+        return f"{command.account_id}#send#{command.reference_id}"
+    return f"{command.account_id}#priority"
 
 
 class SqsDispatchQueue(_Queue):

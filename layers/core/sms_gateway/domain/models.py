@@ -74,6 +74,10 @@ class Account(Record):
     rate_limit_per_second: int = 50
     # A message longer than this many parts is refused: it protects clients from a runaway template.
     max_parts: int = 10
+    # Whether the account's single sends (its OTPs) reach the upstream in the order they were accepted: one after
+    # another, each after the answer to the one before (about one per upstream answer). False: each single send
+    # has a dispatch lane of its own and they go out alongside each other, in any order (docs/dispatch.md).
+    single_sends_in_order: bool = True
     created_at: str = ""
     # Active opt-outs (STOP) of the account's numbers, kept exact by the opt-out writes' transactions: a send
     # for an account with none skips the opt-out lookup (docs/opt-outs.md).
@@ -229,6 +233,9 @@ class DispatchCommand(Record):
     message_ids: tuple[int, ...] = Field(min_length=1, max_length=100)
     # A single-recipient send (an OTP): queued in the account's priority lane, ahead of its bulk batches.
     priority: bool = False
+    # False: a single send of an account whose single sends need no order (`Account.single_sends_in_order`): a
+    # lane of its own, so it goes out alongside the account's other single sends instead of after them.
+    in_order: bool = True
 
 
 class SubmitRequest(Record):

@@ -145,6 +145,7 @@ class AccountView(Record):
     timezone: str
     rate_limit_per_second: int
     max_parts: int
+    single_sends_in_order: bool
     partner_id: str
     created_at: str
 
@@ -345,14 +346,20 @@ def set_account(
     timezone: str | None = None,
     rate_limit: int | None = None,
     max_parts: int | None = None,
+    single_sends_in_order: bool | None = None,
 ) -> Account:
-    if country is None and timezone is None and rate_limit is None and max_parts is None:
-        raise InvalidRequest("nothing to change: give a country, a time zone, a rate limit or a maximum of parts")
+    wanted = (country, timezone, rate_limit, max_parts, single_sends_in_order)
+    if all(value is None for value in wanted):
+        raise InvalidRequest(
+            "nothing to change: give a country, a time zone, a rate limit, a maximum of parts or whether single "
+            "sends keep their order"
+        )
     changes = AccountChanges(
         default_country=check_country(country) if country is not None else None,
         timezone=check_timezone(timezone) if timezone is not None else None,
         rate_limit_per_second=_positive(rate_limit, "rate limit") if rate_limit is not None else None,
         max_parts=_positive(max_parts, "max parts", most=MAX_PARTS_LIMIT) if max_parts is not None else None,
+        single_sends_in_order=single_sends_in_order,
     )
     require_account(store, account_id)
     return store.update_account(account_id, changes)

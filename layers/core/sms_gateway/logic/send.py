@@ -236,7 +236,7 @@ def accept_send(
         raise undone("could not be stored", error) from error
     try:
         with deadlines.armed(out_of_time):
-            release(batch, messages, deps)
+            release(batch, messages, deps, in_order=account.single_sends_in_order)
     except Exception as error:
         log_undone(batch, "queued")
         return withdraw(Accepted(batch, messages, balance, refused), deps, now=now, error=error)
@@ -412,16 +412,17 @@ def new_messages(batch: Batch, command: SendCommand, recipients: Sequence[Recipi
     ]
 
 
-def release(batch: Batch, messages: Sequence[Message], deps: SendDependencies) -> None:
+def release(batch: Batch, messages: Sequence[Message], deps: SendDependencies, *, in_order: bool = True) -> None:
     """Schedules the batch, or queues those of `messages` still queued (both idempotent: a schedule is named by
-    the batch, a dispatch record deduplicated by its messages, and the dispatcher claims each message)."""
+    the batch, a dispatch record deduplicated by its messages, and the dispatcher claims each message).
+    `in_order`: the account's `single_sends_in_order`."""
     if batch.status == MessageStatus.SCHEDULED:
         assert batch.send_at is not None
         deps.scheduler.schedule(batch.account_id, batch.reference_id, from_iso(batch.send_at))
         return
     queued = [m.message_id for m in messages if m.status == MessageStatus.QUEUED]
     if queued:
-        deps.dispatch_queue.enqueue(dispatch_commands(batch, queued))
+        deps.dispatch_queue.enqueue(dispatch_commands(batch, queued, in_order=in_order))
 
 
 def finish_stored_batch(
@@ -455,7 +456,7 @@ def finish_stored_batch(
         batch = batch.model_copy(update={"cost": cost})
     if added:
         deps.messages.add_messages(batch, added)
-    release(batch, messages, deps)
+    release(batch, messages, deps, in_order=account.single_sends_in_order)
     logger.warning(
         "finished a send whose request died part-way",
         extra={"reference_id": batch.reference_id, "stored": len(stored), "added": len(added), "owed": owed},
@@ -463,14 +464,18 @@ def finish_stored_batch(
     return Accepted(batch=batch, messages=messages, balance=balance, refused=refused)
 
 
-def dispatch_commands(batch: Batch, message_ids: Sequence[int]) -> list[DispatchCommand]:
+def dispatch_commands(batch: Batch, message_ids: Sequence[int], *, in_order: bool = True) -> list[DispatchCommand]:
+    """The batch's dispatch records. `in_order=False` (the account's `single_sends_in_order`): a single send gets a
+    lane of its own instead of the account's priority lane; a bulk batch keeps the account's lane either way."""
+    single = batch.recipients == 1
     return [
         DispatchCommand(
             account_id=batch.account_id,
             reference_id=batch.reference_id,
             message_ids=tuple(message_ids[start : start + DISPATCH_CHUNK]),
             # One recipient is an OTP or a notification: it goes in the priority lane, ahead of bulk batches.
-            priority=batch.recipients == 1,
+            priority=single,
+            in_order=in_order or not single,
         )
         for start in range(0, len(message_ids), DISPATCH_CHUNK)
     ]
