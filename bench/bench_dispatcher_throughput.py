@@ -586,9 +586,12 @@ def _notes(in_memory: bool) -> list[str]:
         "process, moto's CPU taken off (request building, signing, parsing; no TLS, which moto skips); "
         "cpu_ms_per_msg_with_botocore adds aws_req_per_msg of them, the estimate the CPU target is judged on.",
         "This machine has 2 cores shared with other jobs; its CPU per request is not Lambda's (arm64, 1024 MB: "
-        "about 0.6 of a vCPU). The GIL serialises the CPU of every message, so the rate is the lower of slot_cap "
-        "and what one core (less what other jobs take of it) does at cpu_ms_per_msg; at 64 in flight the CPU is "
-        "what keeps the rate under slot_cap. Of cpu_ms_per_msg, the submit through httpx's API and "
+        "about 0.6 of a vCPU). The GIL serialises the CPU of every message, so the rate stays under both slot_cap "
+        "and cpu_cap (what one core, less what other jobs take of it, does at cpu_ms_per_msg), and at 64 in flight "
+        "under both at once: each message holds its slot about 70-85 ms where its claim and submit take 55 ms, "
+        "waiting for the event loop and the GIL between its steps while 63 others take theirs (py-spy, session "
+        "15; a shorter GIL switch interval moved it less than the run-to-run spread, 57-73% of the bound in "
+        "thirteen runs). Of cpu_ms_per_msg, the submit through httpx's API and "
         "adapters/http_streams.StreamTransport is httpx_cpu_ms_per_submit, the two store calls' thread hand-offs "
         "about 0.1 ms each (asyncio.to_thread with 64 workers, measured apart), the rest the dispatch logic, "
         "asyncio and Powertools.",
