@@ -110,13 +110,17 @@ def run_flow(
     warm: bool = False,
     sender: str = SENDER,
     latencies: Latencies = NO_LATENCIES,
+    single_sends_in_order: bool = True,
 ) -> Flow:
     """`sends` sends of `recipients` recipients each with delivery reports, through every stage to the client's
     webhook. Queues are drained in the template's batch sizes; notifications are drained as they pile up so
     moto's queues stay shallow. With `warm`, one message goes through every stage first, uncounted, so that
     timed invocations are warm containers' (counted flows start cold: per-container reads are real requests)."""
     stages = {name: Stage() for name in STAGES}
-    with moto_gateway(capacity=capacity, latencies=latencies) as gateway, captured_logs(production_log_level()) as logs:
+    with (
+        moto_gateway(capacity=capacity, latencies=latencies, single_sends_in_order=single_sends_in_order) as gateway,
+        captured_logs(production_log_level()) as logs,
+    ):
         record = _Recorder(gateway, logs, stages).run
         warm_up = 1 if warm else 0
         if warm:
@@ -202,11 +206,14 @@ def measure(
     bulk: int | None = None,
     warm: bool = False,
     alphanumeric: bool = False,
+    any_order: bool = False,
     latencies: Latencies = NO_LATENCIES,
 ) -> dict[str, list[Flow]]:
     """The single-send flow (several runs: their counts must agree) and the bulk flow (`bulk` recipients), from the
     shortcode SENDER; with `alphanumeric`, both again from ALPHANUMERIC_SENDER (one index write less per message;
-    the same requests). AWS, the upstream and the client's webhook answer after `latencies`."""
+    the same requests); with `any_order`, the single-send flow again for an account whose single sends need no
+    order (`single_sends_in_order: false`: each send its own dispatch lane). AWS, the upstream and the client's
+    webhook answer after `latencies`."""
     single_runs, single_sends = (1, 10) if quick else (3, 20)
     bulk = bulk or (50 if quick else 1000)
     senders = {"": SENDER, **({"alphanumeric": ALPHANUMERIC_SENDER} if alphanumeric else {})}
@@ -219,6 +226,19 @@ def measure(
         ]
         # One run: its counts are as deterministic as the single sends' (which the runs above check).
         flows[many] = [run_flow(many, 1, bulk, capacity=capacity, warm=warm, sender=sender, latencies=latencies)]
+    if any_order:
+        flows["single any order"] = [
+            run_flow(
+                "single any order",
+                single_sends,
+                1,
+                capacity=capacity,
+                warm=warm,
+                latencies=latencies,
+                single_sends_in_order=False,
+            )
+            for _ in range(single_runs)
+        ]
     return flows
 
 

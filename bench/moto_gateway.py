@@ -397,7 +397,11 @@ def _is_settle_check(message: dict[str, Any]) -> bool:
 
 @contextmanager
 def moto_gateway(
-    *, capacity: bool = False, credits: int = 10_000_000, latencies: Latencies = NO_LATENCIES
+    *,
+    capacity: bool = False,
+    credits: int = 10_000_000,
+    latencies: Latencies = NO_LATENCIES,
+    single_sends_in_order: bool = True,
 ) -> Iterator[MotoGateway]:
     """moto with the template's resources, one account with a DLR webhook on 127.0.0.1, the simulator as the
     default upstream (through httpx.MockTransport), and every boto3 client the gateway makes metered (with
@@ -433,7 +437,9 @@ def moto_gateway(
             dlr_url=f"http://127.0.0.1:{webhook.server_address[1]}/dlr",
         )
         # Above any single record (100 messages), so the limiter never makes the benchmark wait on the clock.
-        set_account(account_id=account["account_id"], rate_limit=RATE_LIMIT)
+        set_account(
+            account_id=account["account_id"], rate_limit=RATE_LIMIT, single_sends_in_order=single_sends_in_order
+        )
         poller = boto3.client("sqs")
         patches = stack.enter_context(pytest.MonkeyPatch.context())
         wanted = CapacityMeter(boto3.client("dynamodb"), env["TABLE_NAME"]) if capacity else None
