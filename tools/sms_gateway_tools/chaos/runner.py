@@ -281,8 +281,9 @@ class ChaosRun:
                 api_url=stack.api_url,
                 dlr_url=f"{webhook.url}/dlr",
             )
-            # The run measures correctness under faults, not the rate limiter: let each account send freely.
-            accounts.set_account(store, created["account_id"], rate_limit=10_000)
+            # The run measures correctness under faults, not the rate limiter: let each account send freely. Every
+            # other account lets its single sends go out in any order (each a dispatch lane of its own).
+            accounts.set_account(store, created["account_id"], rate_limit=10_000, single_sends_in_order=index % 2 == 0)
             webhook.secrets[created["webhook_token"]] = created["webhook_secret"]
             self.accounts.append(created)
 
