@@ -594,6 +594,21 @@ class TestNoAnswerFromTheUpstream:
         assert store.messages[message.key].error_code == "submit_unconfirmed"
         assert store.accounts["7"].credits == 1000 - message.price
 
+    def test_one_a_deduplicating_upstream_may_have_is_left_to_its_dlr_once_too_late_not_expired(self, store):
+        # Given a message whose submit to a deduplicating primary got no answer, whose record comes back only after
+        # the message's validity ended (held behind its group)
+        primary, fallback = DeduplicatingProvider("primary"), FakeProvider("fallback")
+        primary.failure = no_answer_after_the_request()
+        record, checks = self.record(store), []
+        asyncio.run(dispatch(record, self.deps(store, primary, fallback, checks)))
+        [message] = store.messages.values()
+        a_day_later = lambda: NOW + timedelta(hours=25)  # noqa: E731
+        outcome = asyncio.run(dispatch(record, self.deps(store, primary, fallback, checks, clock=a_day_later)))
+        # Then it is not asked again, nor expired and refunded: the primary may be delivering it
+        assert (len(primary.submits), fallback.submits, outcome.expired, outcome.unconfirmed) == (1, [], 0, 1)
+        assert store.messages[message.key].error_code == "submit_unconfirmed"
+        assert store.accounts["7"].credits == 1000 - message.price
+
     def test_an_upstream_that_may_have_it_and_left_the_route_is_not_replaced_by_another(self, store):
         primary, fallback = DeduplicatingProvider("primary"), FakeProvider("fallback")
         primary.failure = no_answer_after_the_request()

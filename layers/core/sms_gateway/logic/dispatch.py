@@ -304,6 +304,11 @@ async def _dispatch_one(
         # recorded expired and refunded while the upstream takes it.
         too_late = claim.outcome == ClaimOutcome.CLAIMED and deps.clock() > valid_until(message, deps.validity)
         sent = await _submit(message, upstreams, deps, outcome) if ours and not too_late else None
+    if too_late and message.maybe_taken_by is not None:
+        # An earlier submit there got no answer: the upstream may be delivering it, so it is left to its DLR rather
+        # than expired and refunded.
+        await _record_unconfirmed(message, deps, outcome)
+        return
     if too_late:
         await _finish(message, MessageStatus.EXPIRED, "validity_period_ended", deps, outcome)
         outcome.expired += 1
