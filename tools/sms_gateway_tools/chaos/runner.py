@@ -36,6 +36,9 @@ INITIAL_CREDITS = 10_000_000
 # Prices per part that differ by network, so a refund of the wrong message shows in the credit check.
 PRICES = {"mtn": 2, "airtel": 3}
 PREFIXES = ("234803", "234802")  # MTN, Airtel (Nigeria)
+# How long the run must stay settled (queues empty, the client's webhook idle) before it is over: longer than the
+# settle check's handler takes from a message's expiry to queueing its notification.
+SETTLED_GRACE_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,7 @@ class ChaosRun:
                             f"(deepest: dispatch {deepest[0]}, notify {deepest[1]})"
                         )
             self._wait_for_cancels()
-            settled_at = self._settle(stack)
+            settled_at = self._settle(stack, webhook)
             observed = self._observe(stack, webhook, kills)
             verdicts = check(observed)
             return self._summary(
@@ -390,7 +393,7 @@ class ChaosRun:
             time.sleep(0.5)
         return time.monotonic() - started, deepest
 
-    def _settle(self, stack: Any) -> float | None:
+    def _settle(self, stack: Any, webhook: FlakyWebhook) -> float | None:
         """Waits until every message is final and both queues are empty; gives up at the time limit, or once
         nothing has moved for `quiet_seconds` (what is left then is reported unsettled). Returns when it
         settled (seconds into the run), or None."""
@@ -401,9 +404,12 @@ class ChaosRun:
             depths = (self._depth(stack, "DispatchQueue"), self._depth(stack, "NotifyQueue"))
             if depths == (0, 0):
                 counts = self._unsettled_counts()
-                # Settle checks still waiting only look again at final messages: the run is over.
+                # Settle checks still waiting only look again at final messages: the run is over, once it stays so.
                 if sum(counts) == 0:
-                    return time.monotonic() - self.started
+                    settled_at = time.monotonic() - self.started
+                    if self._stays_settled(stack, webhook):
+                        return settled_at
+                    continue
                 if self._settle_checks(stack, "NotifyQueue"):
                     # Not quiet: what is not final may be waiting for its check, due within DLR_WAIT_SECONDS.
                     quiet_since, last = None, None
@@ -422,6 +428,16 @@ class ChaosRun:
                 time.sleep(1.0)
         self.say("time limit reached; checking what is left")
         return None
+
+    def _stays_settled(self, stack: Any, webhook: FlakyWebhook) -> bool:
+        """Whether the queues are still empty and the client's webhook still idle SETTLED_GRACE_SECONDS later. A
+        settle check being handled is not counted in the queues' depth (`_depth`): the one that expires the last
+        message queues that message's notification just after its write, so a look in between saw the run over
+        with a change still to announce (a 300-message run once reported it as never notified)."""
+        requests = webhook.log.requests
+        time.sleep(SETTLED_GRACE_SECONDS)
+        depths = (self._depth(stack, "DispatchQueue"), self._depth(stack, "NotifyQueue"))
+        return depths == (0, 0) and webhook.log.requests == requests
 
     def _unsettled_counts(self) -> tuple[int]:
         from sms_gateway.domain.status import TERMINAL
