@@ -1,0 +1,65 @@
+"""The chaos run's end: it is over only once it stays settled, not at the first look that finds it so."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from sms_gateway_tools.chaos import runner
+from sms_gateway_tools.chaos.runner import ChaosOptions, ChaosRun
+
+
+class SettleCheckExpiringTheLastMessage:
+    """The notify queue as the run sees it while a settle check expires the last message: the message is final at
+    once, its notification is queued only a moment later (first look: empty), then posted to the client's webhook."""
+
+    def __init__(self, webhook: Any) -> None:
+        self.webhook = webhook
+        self.looks = 0
+        self.notification_posted = False
+
+    def depth(self, stack: Any, queue_id: str) -> int:
+        if queue_id == "DispatchQueue":
+            return 0
+        self.looks += 1
+        if self.looks == 1:
+            return 0  # the check wrote the expiry; its notification is not queued yet
+        if self.looks == 2:
+            return 1  # queued
+        if not self.notification_posted:
+            self.notification_posted = True
+            self.webhook.log.requests += 1
+        return 0
+
+
+def test_the_run_is_not_over_while_the_last_expiry_s_notification_is_still_to_be_queued(monkeypatch):
+    monkeypatch.setattr(runner, "SETTLED_GRACE_SECONDS", 0.01)
+    monkeypatch.setattr(runner.time, "sleep", lambda seconds: None)
+    run = ChaosRun(ChaosOptions(messages=1, time_limit=60), out=io.StringIO())
+    webhook = SimpleNamespace(log=SimpleNamespace(requests=0))
+    queue = SettleCheckExpiringTheLastMessage(webhook)
+    monkeypatch.setattr(run, "_depth", queue.depth)
+    monkeypatch.setattr(run, "_unsettled_counts", lambda: (0,))
+    monkeypatch.setattr(run, "_settle_checks", lambda stack, queue_id: 0)
+    # When the run waits for the end
+    settled_at = run._settle(stack=None, webhook=webhook)  # type: ignore[arg-type]
+    # Then it saw the notification queued and posted before calling the run over
+    assert settled_at is not None
+    assert queue.notification_posted and queue.looks >= 4
+
+
+@pytest.mark.parametrize("requests_meanwhile", [0, 1])
+def test_staying_settled_means_empty_queues_and_an_idle_webhook_a_moment_later(monkeypatch, requests_meanwhile):
+    monkeypatch.setattr(runner, "SETTLED_GRACE_SECONDS", 0.01)
+    run = ChaosRun(ChaosOptions(messages=1, time_limit=60), out=io.StringIO())
+    webhook = SimpleNamespace(log=SimpleNamespace(requests=5))
+
+    def sleep(seconds: float) -> None:
+        webhook.log.requests += requests_meanwhile
+
+    monkeypatch.setattr(runner.time, "sleep", sleep)
+    monkeypatch.setattr(run, "_depth", lambda stack, queue_id: 0)
+    assert run._stays_settled(None, webhook) is (requests_meanwhile == 0)  # type: ignore[arg-type]
