@@ -48,6 +48,12 @@ def clean_run() -> Observations:
     )
 
 
+def repeated_after_accept(**changes: object) -> Observations:
+    """The clean run, but the simulator got its one reference again after it had written "accepted" for it."""
+    repeated = [UpstreamMessage("sim-1", "7.100.1", repeats=1, repeats_after_accept=1)]
+    return replace(clean_run(), upstream=repeated, upstream_stats={"resubmits_after_accept": 1}, **changes)  # type: ignore[arg-type]
+
+
 def broken(observed: Observations) -> dict[str, int]:
     return {verdict.name: len(verdict.violations) for verdict in check(observed) if not verdict.ok}
 
@@ -72,21 +78,13 @@ def test_a_second_send_of_one_reference_is_flagged():
     assert broken(heard) == {"submitted_once": 1}
     # A repeat after the simulator wrote "accepted", when no submit of that reference went unanswered and no
     # dispatcher that read the answer died before recording it
-    repeated = [UpstreamMessage("sim-1", "7.100.1", repeats=1, repeats_after_accept=1)]
-    after_accept = replace(clean_run(), upstream=repeated, upstream_stats={"resubmits_after_accept": 1})
-    assert broken(after_accept) == {"submitted_once": 1}
+    assert broken(repeated_after_accept()) == {"submitted_once": 1}
 
 
 def test_a_deduplicating_upstream_asked_again_after_a_killed_dispatcher_read_accepted_is_not_a_second_send():
     # The dispatcher read "accepted" and was killed before recording it; the one that took its claim over asked the
     # deduplicating upstream again, which answered with the first message's id
-    repeated = [UpstreamMessage("sim-1", "7.100.1", repeats=1, repeats_after_accept=1)]
-    taken_over = replace(
-        clean_run(),
-        upstream=repeated,
-        upstream_stats={"resubmits_after_accept": 1},
-        resubmitted_after_heard_accept=["7.100.1"],
-    )
+    taken_over = repeated_after_accept(resubmitted_after_heard_accept=["7.100.1"])
     assert broken(taken_over) == {}
     [once] = [verdict for verdict in check(taken_over) if verdict.name == "submitted_once"]
     assert "1 references asked again by the dispatcher that took over the claim of a killed one" in once.notes[0]
@@ -97,14 +95,7 @@ def test_a_deduplicating_upstream_asked_again_after_a_killed_dispatcher_read_acc
 
 def test_a_retry_after_an_answer_the_dispatcher_never_read_is_not_a_second_send_on_a_deduplicating_upstream():
     # The simulator wrote "accepted", but the dispatcher's read timed out first, so it submitted again
-    repeated = [UpstreamMessage("sim-1", "7.100.1", repeats=1, repeats_after_accept=1)]
-    retried = replace(
-        clean_run(),
-        upstream=repeated,
-        upstream_stats={"resubmits_after_accept": 1},
-        unanswered_refs=frozenset({"7.100.1"}),
-        submits_unanswered={"ReadTimeout": 1},
-    )
+    retried = repeated_after_accept(unanswered_refs=frozenset({"7.100.1"}), submits_unanswered={"ReadTimeout": 1})
     assert broken(retried) == {}
     # But to an upstream the gateway was told cannot tell repeats (Kannel), that retry is a text sent twice
     assert broken(replace(retried, upstream_deduplicates=False)) == {"submitted_once": 1}

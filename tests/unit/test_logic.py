@@ -542,6 +542,18 @@ class TestNoAnswerFromTheUpstream:
         _, deps = send(store, command(1, delivery_report=DeliveryReportMode.YES))
         return deps.dispatch_queue.commands[0]
 
+    def first_submit_unanswered(
+        self, store
+    ) -> tuple[FakeProvider, FakeProvider, DispatchCommand, list, DispatchOutcome]:
+        """A message whose first submit, to a primary that deduplicates by our reference, got no answer: the
+        primary (still failing so), a fallback, the message's record, the settle checks asked for and the outcome
+        of that first dispatch."""
+        primary, fallback = DeduplicatingProvider("primary"), FakeProvider("fallback")
+        primary.failure = no_answer_after_the_request()
+        record, checks = self.record(store), []
+        outcome = asyncio.run(dispatch(record, self.deps(store, primary, fallback, checks)))
+        return primary, fallback, record, checks, outcome
+
     def test_an_upstream_that_cannot_tell_repeats_is_never_offered_the_message_again(self, store):
         # Given an upstream without deduplication (Kannel, Jasmin, Twilio, Africa's Talking) whose answer never came
         primary, fallback = FakeProvider("primary"), FakeProvider("fallback")
@@ -561,10 +573,7 @@ class TestNoAnswerFromTheUpstream:
 
     def test_an_upstream_that_deduplicates_is_asked_again_later_but_the_fallback_never(self, store):
         # Given an upstream that answers a repeat of our reference with its first answer, whose answer never came
-        primary, fallback = DeduplicatingProvider("primary"), FakeProvider("fallback")
-        primary.failure = no_answer_after_the_request()
-        record, checks = self.record(store), []
-        outcome = asyncio.run(dispatch(record, self.deps(store, primary, fallback, checks)))
+        primary, fallback, record, checks, outcome = self.first_submit_unanswered(store)
         # Then the record comes back for the same upstream, and the fallback is not offered the message
         [message] = store.messages.values()
         assert (outcome.retry, fallback.submits, checks) == ([message.message_id], [], [])
@@ -577,10 +586,7 @@ class TestNoAnswerFromTheUpstream:
 
     def test_once_a_deduplicating_upstream_may_have_it_no_later_failure_sends_it_elsewhere_or_fails_it(self, store):
         # Given a message whose first submit to a deduplicating primary got no answer
-        primary, fallback = DeduplicatingProvider("primary"), FakeProvider("fallback")
-        primary.failure = no_answer_after_the_request()
-        record, checks = self.record(store), []
-        asyncio.run(dispatch(record, self.deps(store, primary, fallback, checks)))
+        primary, fallback, record, checks, _ = self.first_submit_unanswered(store)
         [message] = store.messages.values()
         assert store.messages[message.key].maybe_taken_by == "primary"
         # When the primary then answers 503, which would normally send the message to the fallback at once
@@ -597,10 +603,7 @@ class TestNoAnswerFromTheUpstream:
     def test_one_a_deduplicating_upstream_may_have_is_left_to_its_dlr_once_too_late_not_expired(self, store):
         # Given a message whose submit to a deduplicating primary got no answer, whose record comes back only after
         # the message's validity ended (held behind its group)
-        primary, fallback = DeduplicatingProvider("primary"), FakeProvider("fallback")
-        primary.failure = no_answer_after_the_request()
-        record, checks = self.record(store), []
-        asyncio.run(dispatch(record, self.deps(store, primary, fallback, checks)))
+        primary, fallback, record, checks, _ = self.first_submit_unanswered(store)
         [message] = store.messages.values()
         a_day_later = lambda: NOW + timedelta(hours=25)  # noqa: E731
         outcome = asyncio.run(dispatch(record, self.deps(store, primary, fallback, checks, clock=a_day_later)))
@@ -610,10 +613,7 @@ class TestNoAnswerFromTheUpstream:
         assert store.accounts["7"].credits == 1000 - message.price
 
     def test_an_upstream_that_may_have_it_and_left_the_route_is_not_replaced_by_another(self, store):
-        primary, fallback = DeduplicatingProvider("primary"), FakeProvider("fallback")
-        primary.failure = no_answer_after_the_request()
-        record, checks = self.record(store), []
-        asyncio.run(dispatch(record, self.deps(store, primary, fallback, checks)))
+        primary, fallback, record, checks, _ = self.first_submit_unanswered(store)
         # When the route now names the fallback only
         rerouted = replace(self.deps(store, primary, fallback, checks), upstreams_for=lambda _: [fallback])
         outcome = asyncio.run(dispatch(record, rerouted))

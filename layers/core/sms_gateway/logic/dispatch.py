@@ -297,7 +297,7 @@ async def _dispatch_one(
         )
         resumed = resumable(message, claim, deps)
         if resumed is not None:
-            message, upstreams = resumed, offered_upstreams(resumed, deps)
+            message, upstreams = resumed
             outcome.taken_over += 1
         ours = claim.outcome == ClaimOutcome.CLAIMED or resumed is not None
         # Expired only under the claim: without it, a message another dispatcher is submitting right now could be
@@ -374,15 +374,17 @@ def offered_upstreams(message: Message, deps: DispatchDependencies) -> list[Prov
     return [provider for provider in upstreams if provider.name == message.maybe_taken_by]
 
 
-def resumable(message: Message, claim: Claim, deps: DispatchDependencies) -> Message | None:
-    """A message whose lapsed claim this dispatcher took over, if it may be submitted again: the dead holder was
-    submitting it to an upstream that deduplicates by our reference, still on its route, and attempts remain (the
-    holder's counts, and the takeover counted it). It is then offered to that upstream alone, exactly as after a
-    submit there that got no answer. None otherwise: the message is recorded submitted, unconfirmed."""
+def resumable(message: Message, claim: Claim, deps: DispatchDependencies) -> tuple[Message, list[Provider]] | None:
+    """A message whose lapsed claim this dispatcher took over, if it may be submitted again, and the one upstream it
+    is offered to: the dead holder was submitting it to an upstream that deduplicates by our reference, still on its
+    route, and attempts remain (the holder's counts, and the takeover counted it). It is then offered to that
+    upstream alone, exactly as after a submit there that got no answer. None otherwise: the message is recorded
+    submitted, unconfirmed."""
     if claim.outcome != ClaimOutcome.ABANDONED or claim.lapsed_upstream is None:
         return None
     attempts = message.submit_attempts + 1
-    there = [provider for provider in deps.upstreams_for(message) if provider.name == claim.lapsed_upstream]
+    resumed = message.model_copy(update={"maybe_taken_by": claim.lapsed_upstream, "submit_attempts": attempts})
+    there = offered_upstreams(resumed, deps)
     if not there or not getattr(there[0], "deduplicates_submits", False) or attempts >= deps.max_submit_attempts:
         return None
     if deps.clock() > valid_until(message, deps.validity):
@@ -392,7 +394,7 @@ def resumable(message: Message, claim: Claim, deps: DispatchDependencies) -> Mes
         "dispatcher died mid-submit before; asking its upstream again, which deduplicates by our reference",
         extra={"message_id": message.message_id, "upstream": claim.lapsed_upstream},
     )
-    return message.model_copy(update={"maybe_taken_by": claim.lapsed_upstream, "submit_attempts": attempts})
+    return resumed, there
 
 
 async def _submit(
