@@ -11,13 +11,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import httpcore
 import httpx
 import pytest
 
 from sms_gateway import consumers
 from sms_gateway.adapters import http, webhook_http
-from sms_gateway.adapters.webhook_http import GuardedBackend, UnsafeWebhookTarget, new_webhook_client, webhook_client
+from sms_gateway.adapters.webhook_http import GuardedTransport, UnsafeWebhookTarget, new_webhook_client, webhook_client
 from sms_gateway.domain.models import Account
 from sms_gateway.logic.notify import WebhookFailed, deliver
 from sms_gateway.settings import get_settings
@@ -37,7 +36,9 @@ class WebhookServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                outer.requests.append({"path": self.path, "host": self.headers.get("Host", "")})
+                outer.requests.append(
+                    {"path": self.path, "host": self.headers.get("Host", ""), "cookie": self.headers.get("Cookie", "")}
+                )
                 if self.path == "/redirect":
                     self.send_response(302)
                     self.send_header("Location", f"http://127.0.0.1:{outer.port}/hook")
@@ -47,6 +48,7 @@ class WebhookServer:
                 answer = b'{"ok":true}'
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
+                self.send_header("Set-Cookie", "session=abc; Path=/")
                 self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
                 self.wfile.write(answer)
@@ -117,8 +119,7 @@ def test_a_name_that_resolves_to_loopback_is_refused_before_connecting(server: W
     # When the notifier's client posts to it
     with pytest.raises(UnsafeWebhookTarget, match=re.escape("webhook URL resolves to a forbidden address 127.0.0.1")):
         post(client, f"https://{HOOK_NAME}:{server.port}/hook")
-    # Then nothing reached the server. This also proves httpx still sends through the pool GuardedTransport put in
-    # its private `_pool`: with httpx's own pool the name would go to real DNS and fail differently.
+    # Then nothing reached the server.
     assert server.requests == []
     http.run(client.aclose())
 
@@ -140,7 +141,7 @@ def test_the_local_stack_reaches_a_loopback_webhook_by_name(server: WebhookServe
     response = post(client, f"http://{HOOK_NAME}:{server.port}/hook")
     # Then the server got it, addressed to the name
     assert response.status_code == 200
-    assert server.requests == [{"path": "/hook", "host": f"{HOOK_NAME}:{server.port}"}]
+    assert [(r["path"], r["host"]) for r in server.requests] == [("/hook", f"{HOOK_NAME}:{server.port}")]
     http.run(client.aclose())
 
 
@@ -160,17 +161,17 @@ def test_plain_http_is_refused_off_the_local_stack(names) -> None:
     http.run(client.aclose())
 
 
-class RecordingBackend(httpcore.AsyncNetworkBackend):
-    """Stands in for the network under GuardedBackend: records what it is asked to dial, dials nothing."""
+class RecordingNetwork:
+    """Stands in for the network under GuardedTransport: records what it is asked to dial, dials nothing."""
 
     def __init__(self) -> None:
-        self.dialled: list[tuple[str, int]] = []
+        self.dialled: list[tuple[str, int, str]] = []
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, **_: Any) -> Any:
-        self.dialled.append((host, port))
-        if host == "2001:db8:dead::1":
-            raise httpcore.ConnectError("unreachable")
-        return httpcore.AsyncMockStream([])
+    async def __call__(self, address: str, port: int, *, tls: ssl.SSLContext | None, server_hostname: str) -> Any:
+        self.dialled.append((address, port, server_hostname))
+        if address == "2001:db8:dead::1":
+            raise OSError("unreachable")
+        return "reader", "writer"
 
 
 def run(coroutine: Awaitable[Any]) -> Any:
@@ -184,12 +185,22 @@ def test_the_vetted_address_is_dialled_not_the_name(names) -> None:
     # Given a name with an unreachable IPv6 answer and a reachable IPv4 one, both public
     names[HOOK_NAME] = ["2001:db8:dead::1", "93.184.216.34"]
     names["2001:db8:dead::1"] = ["2001:db8:dead::1"]  # documentation prefix: only reached through our fake network
-    network = RecordingBackend()
-    backend = GuardedBackend(allow_local=True, inner=network)
+    network = RecordingNetwork()
+    transport = GuardedTransport(allow_local=True, connect=network)
     # When the guard connects
-    run(backend.connect_tcp(HOOK_NAME, 443, timeout=3.0))
-    # Then it dialled the addresses it resolved, in order, never the name (nothing left to re-resolve)
-    assert network.dialled == [("2001:db8:dead::1", 443), ("93.184.216.34", 443)]
+    assert run(transport._dial(HOOK_NAME, 443, None)) == ("reader", "writer")
+    # Then it dialled the addresses it resolved, in order, never the name (nothing left to re-resolve), each
+    # under the URL's host name (what TLS asks for and checks)
+    assert network.dialled == [("2001:db8:dead::1", 443, HOOK_NAME), ("93.184.216.34", 443, HOOK_NAME)]
+
+
+def test_a_name_whose_every_address_is_unreachable_is_a_connect_error(names) -> None:
+    names[HOOK_NAME] = ["2001:db8:dead::1"]
+    network = RecordingNetwork()
+    client = httpx.AsyncClient(transport=GuardedTransport(allow_local=True, connect=network))
+    with pytest.raises(httpx.ConnectError, match="unreachable"):
+        post(client, f"https://{HOOK_NAME}/hook")
+    assert network.dialled == [("2001:db8:dead::1", 443, HOOK_NAME)]
 
 
 @pytest.mark.parametrize(
@@ -198,9 +209,9 @@ def test_the_vetted_address_is_dialled_not_the_name(names) -> None:
 )
 def test_any_forbidden_answer_refuses_the_name(names, answers: list[str]) -> None:
     names[HOOK_NAME] = answers
-    network = RecordingBackend()
+    network = RecordingNetwork()
     with pytest.raises(UnsafeWebhookTarget, match="forbidden address") as refused:
-        run(GuardedBackend(allow_local=False, inner=network).connect_tcp(HOOK_NAME, 443, timeout=3.0))
+        run(GuardedTransport(allow_local=False, connect=network)._dial(HOOK_NAME, 443, None))
     assert refused.value.host == HOOK_NAME
     assert ipaddress.ip_address(refused.value.address) in {ipaddress.ip_address(a) for a in answers}
     assert network.dialled == []
@@ -268,6 +279,17 @@ def test_the_notifier_delivers_to_an_allowed_webhook(stack, server: WebhookServe
         deliver(notification(f"http://127.0.0.1:{server.port}/hook"), accounts, consumers.post_webhook, FakeSecretBox())
     )
     assert server.paths() == ["/hook"]
+
+
+def test_the_webhook_client_keeps_no_cookies_between_posts(stack, server: WebhookServer, accounts) -> None:
+    # Given a client webhook that sets a cookie on every answer
+    stack(True)
+    hook = notification(f"http://127.0.0.1:{server.port}/hook")
+    # When the notifier posts to it twice (one thread's client, as a notifier worker's)
+    for _ in range(2):
+        assert http.run(deliver(hook, accounts, consumers.post_webhook, FakeSecretBox()))
+    # Then neither post carried it: one account's webhook cannot make the notifier stateful
+    assert [request["cookie"] for request in server.requests] == ["", ""]
 
 
 def test_the_webhook_client_is_its_own_guarded_client(stack) -> None:
@@ -345,7 +367,7 @@ def test_tls_names_the_host_while_the_socket_goes_to_the_vetted_address(tls_serv
     # Given an https webhook whose certificate is for hooks.example only, and hooks.example resolving to it
     server, trust = tls_server
     names[HOOK_NAME] = ["127.0.0.1"]
-    client = new_webhook_client(allow_local=True, verify=trust)
+    client = new_webhook_client(allow_local=True, ssl_context=trust)
     # When the guarded client posts there (it dials 127.0.0.1 itself)
     response = post(client, f"https://{HOOK_NAME}:{server.port}/hook")
     # Then TLS asked for hooks.example (SNI) and the certificate was checked against that name
@@ -357,7 +379,7 @@ def test_tls_names_the_host_while_the_socket_goes_to_the_vetted_address(tls_serv
 def test_tls_still_refuses_a_certificate_for_another_name(tls_server, names) -> None:
     server, trust = tls_server
     names["other.example"] = ["127.0.0.1"]
-    client = new_webhook_client(allow_local=True, verify=trust)
+    client = new_webhook_client(allow_local=True, ssl_context=trust)
     with pytest.raises(httpx.ConnectError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
         post(client, f"https://other.example:{server.port}/hook")
     assert server.requests == []

@@ -238,14 +238,14 @@ def test_a_compressed_answer_reads_decompressed():
 
 
 def test_the_upstream_client_sends_no_cookie_an_upstream_set():
-    from sms_gateway.adapters.http import UpstreamClient
+    from sms_gateway.adapters.http import CookielessClient
 
     async def scenario() -> Server:
         async def answer(index: int, request: bytes) -> bytes:
             return ok({"index": index}, "Set-Cookie: session=abc; Path=/")
 
         server = Server(answer)
-        async with server as url, UpstreamClient(transport=StreamTransport(2)) as http:
+        async with server as url, CookielessClient(transport=StreamTransport(2)) as http:
             for _ in range(2):
                 await http.post(f"{url}/sms/send", json={})
             assert not http.cookies

@@ -72,10 +72,10 @@ class _NoCookies(httpx.Cookies):
         return None
 
 
-class UpstreamClient(httpx.AsyncClient):
-    """httpx's client without a cookie jar. One client serves every upstream, so a jar would carry one
-    upstream's cookies into later requests nobody meant to be stateful; and reading each answer's headers into it
-    (http.cookiejar) cost about 0.1 ms of CPU per submit."""
+class CookielessClient(httpx.AsyncClient):
+    """httpx's client without a cookie jar. One client serves every upstream (and one every client webhook), so a
+    jar would carry one server's cookies into later requests nobody meant to be stateful; and reading each
+    answer's headers into it (http.cookiejar) cost about 0.1 ms of CPU per submit."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -95,7 +95,7 @@ def async_client() -> httpx.AsyncClient:
     client: httpx.AsyncClient | None = getattr(_local, "client", None)
     if client is None:
         settings = get_settings()
-        client = UpstreamClient(
+        client = CookielessClient(
             timeout=httpx.Timeout(settings.upstream_read_timeout, connect=settings.upstream_connect_timeout, pool=30.0),
             # httpx's own transport cost about twice the CPU per submit (docs/dispatch.md).
             transport=StreamTransport(settings.dispatch_concurrency),

@@ -7,19 +7,22 @@ import ipaddress
 import socket
 import ssl
 import threading
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
-import httpcore
 import httpx
 
 from sms_gateway.adapters import http
+from sms_gateway.adapters.http_streams import StreamTransport, open_stream
 from sms_gateway.domain.webhook_urls import is_forbidden_address
 from sms_gateway.settings import get_settings
 
 CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = 10.0
+# Connections kept per webhook origin by one thread's client: each notifier worker posts one record at a time.
+CONNECTIONS_PER_ORIGIN = 10
 _local = threading.local()
+
+Connect = Callable[..., Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
 class UnsafeWebhookTarget(Exception):
@@ -38,101 +41,62 @@ async def resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]).partition("%")[0] for info in infos))
 
 
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """Resolves the host itself, refuses it if ANY answer is forbidden, then dials the vetted IP.
-
-    httpcore starts TLS on the returned stream with the URL's host name, so SNI and the certificate check still
-    use the name while the socket can only reach the address checked here: no second lookup to rebind."""
-
-    def __init__(self, *, allow_local: bool, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
-        self.allow_local = allow_local
-        self.inner = inner or httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        addresses = await self._vetted(host, port, timeout)
-        error: Exception = httpcore.ConnectError(f"{host} resolved to no address")
+async def vetted_addresses(host: str, port: int, *, allow_local: bool) -> list[str]:
+    """The addresses `host` resolves to; UnsafeWebhookTarget if ANY of them is forbidden (unless `allow_local`)."""
+    try:
+        addresses = await resolve(host, port)
+    except OSError as error:
+        raise httpx.ConnectError(f"cannot resolve {host}: {error}") from error
+    if not addresses:
+        raise httpx.ConnectError(f"{host} resolved to no address")
+    if not allow_local:
         for address in addresses:
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                raise httpcore.ConnectTimeout(f"connecting to {host} timed out")
-            try:
-                return await self.inner.connect_tcp(
-                    address, port, timeout=remaining, local_address=local_address, socket_options=socket_options
+            if is_forbidden_address(ipaddress.ip_address(address)):
+                raise UnsafeWebhookTarget(
+                    f"webhook URL resolves to a forbidden address {address}", host=host, address=address
                 )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as failure:
-                error = failure
-        raise error
-
-    async def _vetted(self, host: str, port: int, timeout: float | None) -> list[str]:
-        try:
-            async with asyncio.timeout(timeout):
-                addresses = await resolve(host, port)
-        except TimeoutError as error:
-            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from error
-        except OSError as error:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {error}") from error
-        if not self.allow_local:
-            for address in addresses:
-                if is_forbidden_address(ipaddress.ip_address(address)):
-                    raise UnsafeWebhookTarget(
-                        f"webhook URL resolves to a forbidden address {address}", host=host, address=address
-                    )
-        return addresses
-
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.AsyncNetworkStream:
-        raise UnsafeWebhookTarget("webhooks never connect to a unix socket")
-
-    async def sleep(self, seconds: float) -> None:
-        await self.inner.sleep(seconds)
+    return addresses
 
 
-class GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's own transport over a connection pool that dials through GuardedBackend. No proxy: a proxy would
-    resolve the name itself, after our check."""
+class GuardedTransport(StreamTransport):
+    """Resolves the host itself, refuses it if ANY answer is forbidden, then dials the vetted IPs in order.
+
+    TLS still asks for and checks the URL's host name (SNI and the certificate), while the socket can only reach an
+    address checked here: no second lookup to rebind. Plain http only on the local stack (`allow_local`). No proxy
+    (a proxy would resolve the name itself, after our check): the client is built with trust_env=False."""
 
     def __init__(
-        self, *, allow_local: bool, verify: ssl.SSLContext | bool = True, limits: httpx.Limits | None = None
+        self,
+        *,
+        allow_local: bool,
+        ssl_context: ssl.SSLContext | None = None,
+        connect: Connect = open_stream,
     ) -> None:
-        limits = limits or httpx.Limits()
-        ssl_context = httpx.create_ssl_context(verify=verify)  # once: loading the CA bundle is the slow part
-        super().__init__(verify=ssl_context, limits=limits)
-        if not isinstance(getattr(self, "_pool", None), httpcore.AsyncConnectionPool):
-            raise RuntimeError(
-                "httpx.AsyncHTTPTransport no longer keeps its httpcore pool in `_pool`: review the guard"
-            )
+        super().__init__(CONNECTIONS_PER_ORIGIN, ssl_context=ssl_context)
         self.allow_local = allow_local
-        self.backend = GuardedBackend(allow_local=allow_local)
-        # httpx offers no way to hand its pool a network backend, so the pool it sends through (`_pool`, a private
-        # attribute; tests/integration/test_webhook_ssrf.py fails if httpx stops using it) is replaced by an equal
-        # one that has ours.
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=self.backend,
-        )
+        self._connect = connect
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.scheme != "https" and not self.allow_local:
             raise UnsafeWebhookTarget(f"webhook URL must be https, not {request.url.scheme}")
         return await super().handle_async_request(request)
 
+    async def _dial(
+        self, host: str, port: int, tls: ssl.SSLContext | None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        error: OSError | None = None
+        for address in await vetted_addresses(host, port, allow_local=self.allow_local):
+            try:
+                return await self._connect(address, port, tls=tls, server_hostname=host)
+            except OSError as failure:
+                error = failure
+        assert error is not None  # vetted_addresses never answers an empty list
+        raise error
 
-def new_webhook_client(*, allow_local: bool, verify: ssl.SSLContext | bool = True) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        transport=GuardedTransport(allow_local=allow_local, verify=verify),
+
+def new_webhook_client(*, allow_local: bool, ssl_context: ssl.SSLContext | None = None) -> httpx.AsyncClient:
+    return http.CookielessClient(
+        transport=GuardedTransport(allow_local=allow_local, ssl_context=ssl_context),
         timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
         follow_redirects=False,
         # Nothing from the environment: no proxy (it would resolve the name after our check), no .netrc credentials.
