@@ -243,8 +243,8 @@ def run(quick: bool) -> dict[str, Any]:
             " and SQS chunks counted as in requests_per_message; the flows drain full batches (the template's"
             " BatchSize), as under load.",
             f"Billed Lambda ms per message by stage: {json.dumps(durations)}, of which waiting: {json.dumps(waits)}."
-            " Each invocation: the handler's CPU time on this machine (not Lambda arm64's; the notifier's includes"
-            " the local client webhook's thread) minus moto's, stretched by the vCPU share of the function's"
+            " Each invocation: the handler's CPU time on this machine (not Lambda arm64's) minus moto's, stretched"
+            " by the vCPU share of the function's"
             f" MemorySize (x {ONE_VCPU_MB}/MemorySize below {ONE_VCPU_MB} MB: Lambda's CPU is proportional to memory),"
             " plus its waiting (wall time less the process's CPU) while AWS answered each request after"
             f" {TYPICAL_LATENCIES.aws_request * 1000:.0f} ms, the upstream each submit after"
@@ -254,7 +254,10 @@ def run(quick: bool) -> dict[str, Any]:
             f" ({json.dumps(facts['memory_mb'])} MB). Durations come from a second run of the flows without the"
             " capacity probes, after one message through every stage (warm containers; its bulk send:"
             f" {TIMED_BULK} recipients in full mode). Waiting on this shared machine also holds any time the"
-            " process waited for a core: an overestimate, never an underestimate.",
+            " process waited for a core: an overestimate, never an underestimate. The client's webhook (a"
+            " keep-alive HTTP/1.1 server) runs in a process of its own (bench/helpers.py), so its CPU is not the"
+            " notifier's (until 2026-12-04 it ran on a thread of the measured process, and closed each connection);"
+            " the upstream answers through httpx.MockTransport in the dispatcher's process (a few µs a submit).",
             "CloudWatch Logs: the handlers' output captured at the template's production log level (Powertools JSON"
             f" lines and EMF metric lines), plus {PLATFORM_LOG_BYTES_PER_INVOCATION} bytes per invocation for"
             " Lambda's own platform records (estimated: LogFormat JSON, system log level INFO: START and REPORT),"

@@ -4,86 +4,26 @@ answers after 50 ms, against the bound the in-flight limit sets (in flight / lat
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
 import secrets
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import replace
-from multiprocessing.connection import Connection
 from typing import Any
 
 from bench import AwsCallMeter, median, metering_boto3_clients, offline_aws_environment, patched_environ
+from bench.helpers import SIMULATOR_LATENCY as LATENCY
+from bench.helpers import Helper
 from bench.remote_store import DYNAMODB_LATENCY, RemoteStore
 
 NAME = "dispatcher_throughput"
-LATENCY = 0.050
 RECORDS = 10
 PER_RECORD = 100
 TARGET_IN_FLIGHT = 64
 TARGET_SHARE = 0.80
 TARGET_CPU_MS = 0.3
 STACK = "sms-gateway-bench"
-
-
-# -- helper processes: the upstream simulator and moto, so their CPU is not counted as the dispatcher's ------------
-
-
-def _serve(kind: str, secret: str, conn: Connection) -> None:
-    """Runs in a child process: serves until the parent says stop; answers "cpu" with this process's CPU."""
-    import logging
-
-    logging.basicConfig(level=logging.WARNING)
-    server: Any
-    if kind == "simulator":
-        from sms_gateway_tools.simulator import UpstreamSimulator
-
-        # DLRs an hour away: none is posted while we measure (the gateway's callback URL is not running).
-        server = UpstreamSimulator(secret, submit_latency=LATENCY, dlr_delay=3600).start()
-        conn.send(server.url)
-    else:
-        from sms_gateway_tools.localstack.moto_server import EmbeddedMoto
-
-        server = EmbeddedMoto()
-        conn.send(server.start())
-    try:
-        while True:
-            command = conn.recv()
-            if command == "cpu":
-                conn.send(time.process_time())
-            elif command == "stats":
-                conn.send(server.stats() if kind == "simulator" else {})
-            else:
-                break
-    finally:
-        server.stop()
-
-
-class Helper:
-    """A child process serving the simulator or moto on 127.0.0.1."""
-
-    def __init__(self, kind: str, secret: str = "") -> None:
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe()
-        self._process = context.Process(target=_serve, args=(kind, secret, child), name=f"bench-{kind}", daemon=True)
-        self._process.start()
-        if not self._conn.poll(60):
-            self.stop()
-            raise RuntimeError(f"the {kind} process did not start")
-        self.url: str = self._conn.recv()
-
-    def ask(self, command: str) -> Any:
-        self._conn.send(command)
-        return self._conn.recv()
-
-    def stop(self) -> None:
-        with suppress(OSError):
-            self._conn.send("stop")
-        self._process.join(10)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(5)
 
 
 # -- the gateway side --------------------------------------------------------------------------------------------
@@ -242,7 +182,7 @@ def measure(
     secret = secrets.token_hex(16)
     rows: list[dict[str, Any]] = []
     extra: dict[str, float] = {}
-    simulator = Helper("simulator", secret)
+    simulator = Helper("simulator", secret=secret)
     try:
         # In memory mode moto still holds the template's resources: the upstream's configuration in Parameter
         # Store (read once, then cached for CONFIG_MAX_AGE) and the settings the functions get.

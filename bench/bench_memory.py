@@ -267,7 +267,7 @@ def run(quick: bool) -> dict[str, Any]:
             " would), and its upstream answers at once through httpx.MockTransport (simulator protocol). The"
             " webhook gets the simulator's signed DLR for the first of those messages; the notifier gets"
             f" {records['notifier']} (its BatchSize) of the callbacks the dispatcher queued (one per message) and"
-            " posts them to a client webhook in the bench process; scheduled_dispatch gets the input of the"
+            " posts them to a client webhook in a process of its own; scheduled_dispatch gets the input of the"
             " one-time schedule of a batch of the same size sent for an hour later (that api run is not measured),"
             " and queues its records.",
             "init_cpu_s (importing the handler module) and handler_cpu_s (handling the event, the boto3 clients"

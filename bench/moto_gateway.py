@@ -95,6 +95,10 @@ class RecordingSimulator:
 
 
 class _ClientWebhookHandler(BaseHTTPRequestHandler):
+    # Keep-alive, as client webhooks behind any current web server or load balancer answer (http.server's default,
+    # HTTP/1.0, would make the notifier open a connection for every post).
+    protocol_version = "HTTP/1.1"
+
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length") or 0))
         with self.server.lock:  # type: ignore[attr-defined]
@@ -112,10 +116,9 @@ class _ClientWebhookHandler(BaseHTTPRequestHandler):
         pass
 
 
-@contextmanager
-def client_webhook(latency: float = 0.0) -> Iterator[ThreadingHTTPServer]:
-    """A client's DLR webhook on 127.0.0.1 that answers 200 with JSON after `latency` seconds, counting the posts
-    it gets."""
+def serve_client_webhook(latency: float = 0.0) -> ThreadingHTTPServer:
+    """A client's DLR webhook on 127.0.0.1, served on a thread of this process, that answers 200 with JSON after
+    `latency` seconds, counting the posts it gets (`posts`). Stop it with shutdown() and server_close()."""
     from sms_gateway_tools.localstack.httpserver import TrackingHTTPServer
 
     # Not socketserver's default backlog (5): it drops connections of a notifier batch posting ten at once, and a
@@ -124,13 +127,33 @@ def client_webhook(latency: float = 0.0) -> Iterator[ThreadingHTTPServer]:
     server.posts = 0  # type: ignore[attr-defined]
     server.lock = threading.Lock()  # type: ignore[attr-defined]
     server.latency = latency  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+class ClientWebhook:
+    """The client's webhook as the benchmarks see it: where it listens, and how many posts it has had."""
+
+    def __init__(self, helper: Any) -> None:
+        self._helper = helper
+        self.server_address = ("127.0.0.1", int(helper.url.rsplit(":", 1)[1]))
+
+    @property
+    def posts(self) -> int:
+        return int(self._helper.ask("posts"))
+
+
+@contextmanager
+def client_webhook(latency: float = 0.0) -> Iterator[ClientWebhook]:
+    """serve_client_webhook in a child process of its own (bench/helpers.py): its CPU (reading each post,
+    answering it) is the client's, never counted as the notifier's or any measured function's."""
+    from bench.helpers import Helper
+
+    helper = Helper("webhook", latency=latency)
     try:
-        yield server
+        yield ClientWebhook(helper)
     finally:
-        server.shutdown()
-        server.server_close()
+        helper.stop()
 
 
 def take_schedule_input(scheduler: Any, group: str) -> dict[str, Any]:
