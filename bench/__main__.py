@@ -25,6 +25,7 @@ MODULES = [
     "requests_per_message",
     "cost",
     "dispatcher_throughput",
+    "webhook_posts",
     "load",
     "portal_pages",
 ]
