@@ -317,6 +317,35 @@ def test_https_upstreams_are_verified(tmp_path: Path):
     assert refused is httpx.ConnectError
 
 
+def test_an_operators_private_authority_named_by_ssl_cert_file_is_trusted_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # Given an HTTPS upstream whose certificate a private authority issued, and SSL_CERT_FILE naming that authority
+    # (as httpx's own transport honours it)
+    from sms_gateway.adapters.http_streams import default_ssl_context
+
+    cert_path, key_path = self_signed_certificate(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert_path, key_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_path))
+    default_ssl_context.cache_clear()
+
+    async def scenario() -> dict:
+        async def answer(index: int, request: bytes) -> bytes:
+            return ok({"index": index})
+
+        async with Server(answer, tls=server_tls) as url, client() as default:
+            return dict((await default.post(f"{url}/sms/send", json={})).json())
+
+    try:
+        # When a transport with the default context submits
+        answered = asyncio.run(scenario())
+    finally:
+        default_ssl_context.cache_clear()
+    # Then TLS is verified against that authority and the answer comes back
+    assert answered == {"index": 0}
+
+
 def test_a_request_waiting_longer_than_the_pool_timeout_for_a_connection_gives_up():
     async def scenario() -> tuple[list[object], Server]:
         async def answer(index: int, request: bytes) -> bytes:

@@ -15,7 +15,6 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import certifi
 import httpx
 
 # Upstream answers are a few hundred bytes; an answer past this is refused rather than held in memory.
@@ -228,9 +227,10 @@ async def open_stream(
 
 @functools.cache
 def default_ssl_context() -> ssl.SSLContext:
-    """What httpx verifies against by default, certifi's bundle: loaded once per container (it takes tens of ms),
+    """What httpx's own transport verifies against: certifi's bundle, or the CA file or directory that SSL_CERT_FILE
+    or SSL_CERT_DIR names (for an operator's private CA). Loaded once per container (it takes tens of ms) and
     shared by every thread's transports (an SSLContext may wrap sockets from several threads)."""
-    return ssl.create_default_context(cafile=certifi.where())
+    return httpx.create_ssl_context()
 
 
 def _parse_head(head: bytes) -> tuple[bytes, int, bytes, list[tuple[bytes, bytes]]]:
