@@ -1,4 +1,4 @@
-"""The upstream client's transport (adapters/http_streams.py) against a scripted HTTP server on 127.0.0.1."""
+"""The HTTP clients' transport (adapters/http_streams.py) against a scripted HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import asyncio
 import ipaddress
 import json
 import ssl
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 from sms_gateway.adapters.http_streams import MAX_BODY_BYTES, StreamTransport
 
 Answer = Callable[[int, bytes], Awaitable[bytes | None]]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def ok(body: dict, *extra_headers: str) -> bytes:
@@ -364,3 +367,19 @@ def test_a_request_waiting_longer_than_the_pool_timeout_for_a_connection_gives_u
     assert isinstance(answers[0], httpx.Response) and answers[0].json() == {"index": 0}
     assert isinstance(answers[1], httpx.PoolTimeout)
     assert len(server.requests) == 1
+
+
+def test_neither_http_client_loads_httpcore_anyio_or_h11() -> None:
+    # Given a fresh interpreter (importing httpcore, anyio and h11 takes about 100 ms of a cold start)
+    script = (
+        "import sys\n"
+        "from sms_gateway.adapters import http, webhook_http\n"
+        "from sms_gateway.adapters.http_streams import default_ssl_context\n"
+        "clients = [http.async_client(), webhook_http.webhook_client()]\n"
+        "default_ssl_context()\n"
+        "print(sorted({m.partition('.')[0] for m in sys.modules} & {'httpcore', 'anyio', 'h11'}))\n"
+    )
+    # When the upstream client and the notifier's webhook client are built (with their TLS context)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO)
+    # Then none of httpx's own transport's packages was imported
+    assert run.stdout.split() == ["[]"]
