@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from sms_gateway.adapters.dynamodb import DynamoStore
-from sms_gateway.domain.ids import new_id
+from sms_gateway.domain.ids import message_id_at, new_batch_id, new_id
 from sms_gateway.domain.models import Account, Batch, Claim, ClaimOutcome, Credentials, Message, MessageKey, iso
 from sms_gateway.domain.status import MessageStatus, allowed_previous
 from sms_gateway.errors import Conflict, InsufficientCredits
@@ -690,3 +690,88 @@ def test_a_withdrawal_takes_only_a_message_no_dispatcher_has_claimed(store):
     assert refused is not None and (refused.changed, refused.message.status) == (False, MessageStatus.QUEUED)
     assert taken is not None and (taken.changed, taken.message.status) == (True, MessageStatus.FAILED)
     assert taken.message.error_code == "not_queued"
+
+
+# ------------------------------------------------------------------------------ a message found by its id alone
+
+
+def batch_from(account_id: str, sender: str, count: int, *, ids_name_their_batch: bool = True) -> tuple[Batch, list]:
+    """A batch whose messages take the ids after its own (as sends make them), or random ids (as they were made
+    before ids named their batch)."""
+    reference_id = new_batch_id()
+    batch, messages = new_batch(account_id, count, reference_id=reference_id)
+    batch = batch.model_copy(update={"sender": sender})
+    messages = [
+        message.model_copy(
+            update={
+                "sender": sender,
+                "message_id": message_id_at(reference_id, position) if ids_name_their_batch else new_id(),
+            }
+        )
+        for position, message in enumerate(messages)
+    ]
+    return batch, messages
+
+
+def indexed(store: DynamoStore, message_id: int) -> list[dict[str, Any]]:
+    return store.client.query(
+        TableName=store.table_name,
+        IndexName="message-index",
+        KeyConditionExpression="message_id = :id",
+        ExpressionAttributeValues={":id": {"N": str(message_id)}},
+    )["Items"]
+
+
+class TestAMessageFoundByItsId:
+    def test_an_alphanumeric_senders_message_has_no_index_entry_and_is_found_in_the_batch_its_id_names(
+        self, store: DynamoStore
+    ) -> None:
+        # Given a send from an alphanumeric sender ID (no handset can reply to it)
+        account_id = str(new_id())
+        batch, messages = batch_from(account_id, "ACME", 3)
+        store.create_batch(batch, messages)
+        second = messages[1]
+        # Then its items carry no message_id attribute, so no index writes an entry for them
+        item = raw_message(store, second.key)
+        assert item is not None and "message_id" not in item and "conversation" not in item
+        assert indexed(store, second.message_id) == []
+        # And the message is found by its id alone, and read back with it, whichever way it is read
+        assert store.find_message(account_id, second.message_id) == second
+        assert [m.message_id for m in store.get_messages(account_id, batch.reference_id, [second.message_id])] == [
+            second.message_id
+        ]
+        listed, _ = store.list_messages(account_id, batch.reference_id)
+        assert [m.message_id for m in listed] == [m.message_id for m in messages]
+
+    def test_a_message_a_handset_can_reply_to_keeps_its_id_for_the_conversation_index(self, store: DynamoStore) -> None:
+        account_id = str(new_id())
+        batch, messages = batch_from(account_id, "48974", 2)
+        store.create_batch(batch, messages)
+        item = raw_message(store, messages[0].key)
+        assert item is not None and item["message_id"] == {"N": str(messages[0].message_id)}
+        assert store.find_message(account_id, messages[0].message_id) == messages[0]
+        assert store.last_sent_to(account_id, messages[1].msisdn) is not None
+
+    def test_a_message_stored_before_ids_named_their_batch_is_found_through_the_index(self, store: DynamoStore) -> None:
+        # Given a message whose id was random (stored before the change; its item has the attribute)
+        account_id = str(new_id())
+        batch, messages = batch_from(account_id, "48974", 2, ids_name_their_batch=False)
+        store.create_batch(batch, messages)
+        # Then it is still found by its id
+        assert store.find_message(account_id, messages[1].message_id) == messages[1]
+
+    @pytest.mark.parametrize("sender", ["ACME", "48974"])
+    def test_another_accounts_message_is_never_found(self, store: DynamoStore, sender: str) -> None:
+        owner, stranger = str(new_id()), str(new_id())
+        batch, messages = batch_from(owner, sender, 1)
+        store.create_batch(batch, messages)
+        store.create_batch(*batch_from(stranger, sender, 1))
+        assert store.find_message(stranger, messages[0].message_id) is None
+
+    def test_an_id_that_names_no_message_of_the_account_is_none(self, store: DynamoStore) -> None:
+        account_id = str(new_id())
+        batch, messages = batch_from(account_id, "ACME", 2)
+        store.create_batch(batch, messages)
+        # One past its last message, and its own batch's id
+        assert store.find_message(account_id, messages[-1].message_id + 1) is None
+        assert store.find_message(account_id, batch.reference_id) is None

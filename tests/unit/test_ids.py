@@ -11,7 +11,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sms_gateway.domain.ids import EPOCH_MS, MAX_ID, IdGenerator, id_time_ms, new_id
+from sms_gateway.domain.ids import (
+    EPOCH_MS,
+    MAX_ID,
+    MESSAGES_PER_BATCH,
+    IdGenerator,
+    batch_ids_around,
+    id_time_ms,
+    message_id_at,
+    new_id,
+)
 
 LAST_MS = EPOCH_MS + 2**41 - 1
 moments = st.integers(min_value=EPOCH_MS, max_value=LAST_MS)
@@ -146,3 +155,31 @@ def test_only_ascii_digits_count_as_digits_so_int_never_fails_on_them():
     for text in ("\u00b2", "1\u00b2", "\u2460", "", " 1", "-1", "1.0"):
         assert not ascii_digits(text), text
     assert MessageKey.from_ref("acc.\u00b2.3") is None
+
+
+# -- a batch's ids and its messages' ----------------------------------------------------------------------------
+
+
+def test_a_batch_keeps_the_ids_after_its_own_for_its_messages() -> None:
+    # Given a generator that makes a batch's id and then any other id, in the same millisecond
+    generator = IdGenerator(random_bits=lambda bits: 0)
+    batch = generator.new_block(MESSAGES_PER_BATCH, now_ms=EPOCH_MS + 5)
+    after = generator.new_id(now_ms=EPOCH_MS + 5)
+    # Then its messages' ids are the next 1000 numbers, and no later id falls among them
+    ids = [message_id_at(batch, position) for position in range(MESSAGES_PER_BATCH)]
+    assert ids == list(range(batch + 1, batch + 1 + MESSAGES_PER_BATCH))
+    assert after > ids[-1]
+
+
+def test_a_message_id_names_the_range_its_batch_is_in() -> None:
+    batch = new_id()
+    for position in (0, 1, 499, MESSAGES_PER_BATCH - 1):
+        lowest, highest = batch_ids_around(message_id_at(batch, position))
+        assert lowest <= batch <= highest
+        assert highest - lowest == MESSAGES_PER_BATCH - 1
+
+
+@pytest.mark.parametrize("position", [-1, MESSAGES_PER_BATCH])
+def test_a_batch_has_no_message_beyond_its_room(position: int) -> None:
+    with pytest.raises(ValueError, match="at most 1000 messages"):
+        message_id_at(new_id(), position)

@@ -98,10 +98,20 @@ class TestAcceptSend:
         assert store.messages == {}
 
     def test_a_send_beyond_the_balance_changes_nothing(self, store):
+        # 501 two-part messages: 1002 credits of the 1000
         with pytest.raises(InsufficientCredits):
-            send(store, command(1001))
+            send(store, command(501, text="x" * 200))
         assert store.accounts["7"].credits == 1000
         assert store.batches == {}
+
+    def test_a_send_to_more_recipients_than_a_batch_holds_is_refused_and_changes_nothing(self, store):
+        # The dialects refuse over 1000 in their own words; the send itself refuses them too (a batch's message
+        # ids have room for 1000)
+        store.accounts["7"] = store.accounts["7"].model_copy(update={"credits": 10_000})
+        with pytest.raises(InvalidRequest, match="at most 1000 recipients per send, got 1001"):
+            send(store, command(1001))
+        assert store.accounts["7"].credits == 10_000
+        assert store.batches == {} and store.messages == {}
 
     def test_a_queue_failure_is_undone_refunded_and_answered_as_unavailable(self, store):
         # When the dispatch queue refuses the send's records (or answers nothing: SQS may have taken them)
@@ -775,6 +785,15 @@ class TestFinishingASendThatDied:
         assert sorted(i for c in queue.commands for i in c.message_ids) == sorted(m.message_id for m in mine)
         assert store.accounts["7"].credits == credits
         assert len(store.batches) == 1
+
+    def test_the_messages_it_adds_get_the_ids_the_first_request_would_have_given_them(self, store):
+        # Given a send of three that died after storing its first message
+        batch, cmd = self.died_after_storing(store, 3, kept=1)
+        # When a retry finishes it
+        self.resume(store, cmd, batch, RecordingQueue())
+        # Then every message has the id of its recipient's place in the request, after the batch's own
+        mine = {m.msisdn: m.message_id for m in store.messages.values() if m.reference_id == batch.reference_id}
+        assert mine == {r.msisdn: batch.reference_id + 1 + i for i, r in enumerate(cmd.recipients)}
 
     def test_a_price_change_meanwhile_moves_only_the_difference_for_the_messages_added(self, store):
         batch, cmd = self.died_after_storing(store, 3, kept=2)

@@ -28,7 +28,7 @@ from typing import Any
 from sms_gateway.adapters import aws
 from sms_gateway.adapters.dynamodb_admin import DynamoAccountAdmin, account_key, credential_listing_item
 from sms_gateway.adapters.dynamodb_batch import batch_get
-from sms_gateway.adapters.dynamodb_delivery import DynamoDeliveryMixin, conversation_key
+from sms_gateway.adapters.dynamodb_delivery import DynamoDeliveryMixin, conversation_key, message_from_item
 from sms_gateway.adapters.dynamodb_groups import DynamoGroupStore
 from sms_gateway.adapters.dynamodb_history import DynamoHistoryMixin
 from sms_gateway.adapters.dynamodb_inbox import DynamoInboxMixin
@@ -38,6 +38,7 @@ from sms_gateway.adapters.dynamodb_ratelimit import DynamoRateLimitMixin
 from sms_gateway.adapters.dynamodb_routes import DynamoRouteStore
 from sms_gateway.adapters.dynamodb_sender_requests import DynamoSenderRequestsMixin
 from sms_gateway.adapters.dynamodb_sessions import DynamoSessionsMixin
+from sms_gateway.domain.ids import batch_ids_around
 from sms_gateway.domain.models import (
     Account,
     Batch,
@@ -554,6 +555,11 @@ class DynamoStore(
             # alphanumeric sender cannot be replied to, so it gets no entry: the index is sparse, and each entry
             # is a write unit per message (docs/data-model.md).
             item["conversation"] = conversation_key(message.account_id, message.msisdn)
+        else:
+            # Nor a `message-index` entry: the id is in the sort key, and names the batch (find_message). The
+            # conversation index sorts by `message_id`, so a message that has an entry keeps the attribute (and
+            # with it an index entry too).
+            del item["message_id"]
         if message.parts == 1:
             # Only multi-part messages track their parts (record_part_status needs the map to exist).
             item.pop("part_status", None)
@@ -630,7 +636,7 @@ class DynamoStore(
             query["ExclusiveStartKey"] = decode_cursor(cursor, pk=messages_pk(account_id, reference_id))
         if status is None:
             answer = self.client.query(**query)
-            messages = [Message.model_validate(self._codec.load(item)) for item in answer.get("Items", [])]
+            messages = [message_from_item(self._codec, item) for item in answer.get("Items", [])]
             last = answer.get("LastEvaluatedKey")
         else:
             messages, last = self._filtered_messages(query, status, limit)
@@ -650,7 +656,7 @@ class DynamoStore(
         last: dict[str, Any] | None = None
         for _ in range(_MAX_FILTER_ROUNDS):
             answer = self.client.query(**query)
-            messages.extend(Message.model_validate(self._codec.load(item)) for item in answer.get("Items", []))
+            messages.extend(message_from_item(self._codec, item) for item in answer.get("Items", []))
             last = answer.get("LastEvaluatedKey")
             if len(messages) > limit:
                 # Read past the page: it ends at its last message, and the next page starts after that one.
@@ -668,7 +674,7 @@ class DynamoStore(
 
     def get_messages_by_key(self, keys: Sequence[MessageKey], *, consistent: bool = True) -> list[Message]:
         items = batch_get(self.client, self.table_name, [_key_of(key) for key in keys], consistent=consistent)
-        found = [Message.model_validate(self._codec.load(item)) for item in items]
+        found = [message_from_item(self._codec, item) for item in items]
         found.sort(key=lambda message: message.message_id)
         return found
 
@@ -808,7 +814,7 @@ class DynamoStore(
         return StatusChange(message=self._message(answer["Attributes"]), changed=True)
 
     def _message(self, item: dict[str, Any]) -> Message:
-        return Message.model_validate(self._codec.load(item))
+        return message_from_item(self._codec, item)
 
     def move_and_refund(
         self, messages: Sequence[Message], target: MessageStatus, *, now: datetime, **options: Any
@@ -893,6 +899,39 @@ class DynamoStore(
         )
 
     def find_message(self, account_id: str, message_id: int) -> Message | None:
+        """The account's message with this id: read in the batch its id names (a batch's messages take the ids
+        after its own, domain/ids.message_id_at), else through `message-index` (messages stored before ids named
+        their batch, and any a collision of two containers' ids put elsewhere)."""
+        return self._find_message_in_its_batch(account_id, message_id) or self._find_indexed_message(
+            account_id, message_id
+        )
+
+    def _find_message_in_its_batch(self, account_id: str, message_id: int) -> Message | None:
+        lowest, highest = batch_ids_around(message_id)
+        if highest < lowest:
+            return None
+        # The account's batches that could hold it, newest first: almost always one.
+        answer = self.client.query(
+            TableName=self.table_name,
+            KeyConditionExpression="pk = :pk AND sk BETWEEN :lowest AND :highest",
+            ExpressionAttributeValues={
+                ":pk": {"S": account_pk(account_id)},
+                ":lowest": {"S": batch_sk(lowest)},
+                ":highest": {"S": batch_sk(highest)},
+            },
+            ProjectionExpression="sk",
+            ScanIndexForward=False,
+            ConsistentRead=True,
+        )
+        for batch in answer.get("Items", []):
+            reference_id = int(batch["sk"]["S"].partition("#")[2])
+            key = MessageKey(account_id=account_id, reference_id=reference_id, message_id=message_id)
+            found = self.client.get_item(TableName=self.table_name, Key=_key_of(key), ConsistentRead=True).get("Item")
+            if found:
+                return message_from_item(self._codec, found)
+        return None
+
+    def _find_indexed_message(self, account_id: str, message_id: int) -> Message | None:
         answer = self.client.query(
             TableName=self.table_name,
             IndexName=MESSAGE_INDEX,
@@ -908,7 +947,7 @@ class DynamoStore(
                 TableName=self.table_name, Key={"pk": keys["pk"], "sk": keys["sk"]}, ConsistentRead=True
             ).get("Item")
             if found:
-                return Message.model_validate(self._codec.load(found))
+                return message_from_item(self._codec, found)
         return None
 
     # ---------------------------------------------------------------- prices

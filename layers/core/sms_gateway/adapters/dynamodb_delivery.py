@@ -25,6 +25,15 @@ def conversation_key(account_id: str, msisdn: str) -> str:
     return f"{account_id}#{msisdn}"
 
 
+def message_from_item(codec: Any, item: dict[str, Any]) -> Message:
+    """A message item as the domain's Message. An item with no `conversation` entry carries no `message_id`
+    attribute (the key of both indexes, so neither writes for it): its id is the sort key's `MSG#<id>`."""
+    loaded = codec.load(item)
+    if "message_id" not in loaded:
+        loaded["message_id"] = int(str(loaded["sk"]).partition("#")[2])
+    return Message.model_validate(loaded)
+
+
 class DynamoDeliveryMixin:
     """Implements the delivery parts of ports.MessageStore for DynamoStore (`client`, `table_name`, `_codec`)."""
 
@@ -105,8 +114,8 @@ class DynamoDeliveryMixin:
             )
         except self.client.exceptions.ConditionalCheckFailedException as error:
             current = error.response.get("Item")
-            return Message.model_validate(self._codec.load(current)) if current else None
-        return Message.model_validate(self._codec.load(answer["Attributes"]))
+            return message_from_item(self._codec, current) if current else None
+        return message_from_item(self._codec, answer["Attributes"])
 
     def last_sent_to(self, account_id: str, msisdn: str) -> SentMessage | None:
         """The newest message the account sent to a number (the conversation index is kept by DynamoDB)."""

@@ -15,6 +15,11 @@ MAX_ID = 2**63 - 1
 _MAX_ELAPSED_MS = 2**TIME_BITS - 1
 
 
+# A batch's messages take the ids right after the batch's own (reference_id + 1 + position), so a message id
+# names its batch to within this many ids: a message is found by its id without an index (adapters/dynamodb.py).
+MESSAGES_PER_BATCH = 1000
+
+
 class IdGenerator:
     """Ids that strictly increase within the process, even within one millisecond or when the clock steps
     back. Across processes (concurrent Lambdas) uniqueness rests on the 22 random bits, so stores still
@@ -41,6 +46,15 @@ class IdGenerator:
             self._last = candidate
         return candidate
 
+    def new_block(self, size: int, now_ms: int | None = None) -> int:
+        """A new id whose next `size` ids are this generator's too: no later id falls among them."""
+        first = self.new_id(now_ms)
+        if first + size > MAX_ID:
+            raise OverflowError("id space exhausted")
+        with self._lock:
+            self._last = max(self._last, first + size)
+        return first
+
 
 _default = IdGenerator()
 
@@ -48,6 +62,24 @@ _default = IdGenerator()
 def new_id(now_ms: int | None = None) -> int:
     """A new id from the process-wide generator; `now_ms` (Unix ms) defaults to the wall clock."""
     return _default.new_id(now_ms)
+
+
+def new_batch_id(now_ms: int | None = None) -> int:
+    """A batch's reference id, with the MESSAGES_PER_BATCH ids after it kept for its messages (message_id_at)."""
+    return _default.new_block(MESSAGES_PER_BATCH, now_ms)
+
+
+def message_id_at(reference_id: int, position: int) -> int:
+    """The id of the message to the recipient at `position` (from 0) of its batch's request: the same on every
+    attempt at the request, so a send finished after its first request died gives its messages the same ids."""
+    if not 0 <= position < MESSAGES_PER_BATCH:
+        raise ValueError(f"a batch has at most {MESSAGES_PER_BATCH} messages, not a message at {position}")
+    return reference_id + 1 + position
+
+
+def batch_ids_around(message_id: int) -> tuple[int, int]:
+    """The lowest and highest reference id the batch of a message with this id can have (message_id_at)."""
+    return max(0, message_id - MESSAGES_PER_BATCH), message_id - 1
 
 
 def id_time_ms(id: int) -> int:

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sms_gateway.domain.ids import new_id
+from sms_gateway.domain.ids import new_batch_id
 from sms_gateway.domain.models import KeyClaim, StoredAnswer
 from sms_gateway.errors import GatewayError, InvalidRequest
 from sms_gateway.ports import IdempotencyStore
@@ -56,7 +56,7 @@ def run_once(
     send failing too, may leave its batch stored, charged or queued."""
     if key is None:
         return produce(None)
-    begun = store.begin(scope, key, request_fingerprint, now=now, reference_id=new_id(), lease=lease)
+    begun = store.begin(scope, key, request_fingerprint, now=now, reference_id=new_batch_id(), lease=lease)
     if isinstance(begun, StoredAnswer):
         return begun
     try:

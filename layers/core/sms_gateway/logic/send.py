@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from sms_gateway import deadlines
 from sms_gateway.deadlines import OutOfTime
-from sms_gateway.domain.ids import new_id
+from sms_gateway.domain.ids import MESSAGES_PER_BATCH, message_id_at, new_batch_id
 from sms_gateway.domain.models import (
     Account,
     Batch,
@@ -170,6 +170,9 @@ def accept_send(
     `claim`: the idempotency key's claim, when the request has a key; the batch gets the id it names. A resumed
     claim means an earlier request under the key died holding it: if it stored its batch, this finishes that batch
     (finish_stored_batch) instead of sending again; if not, nothing of it was stored and the send starts afresh."""
+    if len(command.recipients) > MESSAGES_PER_BATCH:
+        # The dialects refuse more in their own words first; a batch's message ids have room for no more.
+        raise InvalidRequest(f"at most {MESSAGES_PER_BATCH} recipients per send, got {len(command.recipients)}")
     superseding: int | None = None
     if claim is not None and claim.resumed:
         earlier, stored = send_standing_under_key(deps.messages, account.account_id, claim.reference_id)
@@ -180,7 +183,7 @@ def accept_send(
             # the undone batch links to in the same write as this one's credits, so a retry after this request dies
             # too finishes this send rather than making a third.
             superseding = earlier.reference_id
-            claim = KeyClaim(reference_id=new_id())
+            claim = KeyClaim(reference_id=new_batch_id())
     require_sender(account, command.sender)
     if command.send_at is not None and command.send_at - now > MAX_SCHEDULE_AHEAD:
         raise InvalidRequest(f"the send time is more than {MAX_SCHEDULE_AHEAD.days} days ahead")
@@ -195,7 +198,7 @@ def accept_send(
     status = MessageStatus.SCHEDULED if scheduled else MessageStatus.QUEUED
     created_at = iso(now)
     batch = Batch(
-        reference_id=claim.reference_id if claim is not None else new_id(),
+        reference_id=claim.reference_id if claim is not None else new_batch_id(),
         account_id=account.account_id,
         sender=command.sender,
         text=command.text,
@@ -383,11 +386,14 @@ def announce_withdrawn(withdrawn: Sequence[Message], deps: SendDependencies) -> 
 
 
 def new_messages(batch: Batch, command: SendCommand, recipients: Sequence[Recipient], priced: Quote) -> list[Message]:
-    """The batch's messages to `recipients`, in the batch's status since it was created."""
+    """The batch's messages to `recipients` (some or all of the command's), in the batch's status since it was
+    created. Each message's id follows from the batch's and the recipient's place in the request (message_id_at),
+    so the id names the batch (found without an index) and a send finished by a retry gives the same ids."""
     status_at = {str(MessageStatus.ACCEPTED): batch.created_at, str(batch.status): batch.created_at}
+    position = {recipient.msisdn: index for index, recipient in enumerate(command.recipients)}
     return [
         Message(
-            message_id=new_id(),
+            message_id=message_id_at(batch.reference_id, position[recipient.msisdn]),
             reference_id=batch.reference_id,
             account_id=batch.account_id,
             msisdn=recipient.msisdn,
