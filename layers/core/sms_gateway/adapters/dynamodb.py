@@ -28,7 +28,7 @@ from typing import Any
 from sms_gateway.adapters import aws
 from sms_gateway.adapters.dynamodb_admin import DynamoAccountAdmin, account_key, credential_listing_item
 from sms_gateway.adapters.dynamodb_batch import batch_get
-from sms_gateway.adapters.dynamodb_delivery import DynamoDeliveryMixin, conversation_key, message_from_item
+from sms_gateway.adapters.dynamodb_delivery import DynamoDeliveryMixin, conversation_key
 from sms_gateway.adapters.dynamodb_groups import DynamoGroupStore
 from sms_gateway.adapters.dynamodb_history import DynamoHistoryMixin
 from sms_gateway.adapters.dynamodb_inbox import DynamoInboxMixin
@@ -212,6 +212,15 @@ def _back_off(attempt: int) -> None:
 def _message_key_from_item_keys(pk: str, sk: str) -> MessageKey:
     _, account_id, reference_id = pk.split("#", 2)
     return MessageKey(account_id=account_id, reference_id=int(reference_id), message_id=int(sk.split("#", 1)[1]))
+
+
+def message_from_item(codec: Any, item: dict[str, Any]) -> Message:
+    """A message item as the domain's Message. An item with no `conversation` entry carries no `message_id`
+    attribute (the key of both indexes, so neither writes for it): its id is in its keys."""
+    loaded = codec.load(item)
+    if "message_id" not in loaded:
+        loaded["message_id"] = _message_key_from_item_keys(loaded["pk"], loaded["sk"]).message_id
+    return Message.model_validate(loaded)
 
 
 class _Codec:
@@ -919,12 +928,12 @@ class DynamoStore(
                 ":lowest": {"S": batch_sk(lowest)},
                 ":highest": {"S": batch_sk(highest)},
             },
-            ProjectionExpression="sk",
+            ProjectionExpression="reference_id",
             ScanIndexForward=False,
             ConsistentRead=True,
         )
         for batch in answer.get("Items", []):
-            reference_id = int(batch["sk"]["S"].partition("#")[2])
+            reference_id = int(batch["reference_id"]["N"])
             key = MessageKey(account_id=account_id, reference_id=reference_id, message_id=message_id)
             found = self.client.get_item(TableName=self.table_name, Key=_key_of(key), ConsistentRead=True).get("Item")
             if found:

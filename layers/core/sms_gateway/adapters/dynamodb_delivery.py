@@ -25,15 +25,6 @@ def conversation_key(account_id: str, msisdn: str) -> str:
     return f"{account_id}#{msisdn}"
 
 
-def message_from_item(codec: Any, item: dict[str, Any]) -> Message:
-    """A message item as the domain's Message. An item with no `conversation` entry carries no `message_id`
-    attribute (the key of both indexes, so neither writes for it): its id is the sort key's `MSG#<id>`."""
-    loaded = codec.load(item)
-    if "message_id" not in loaded:
-        loaded["message_id"] = int(str(loaded["sk"]).partition("#")[2])
-    return Message.model_validate(loaded)
-
-
 class DynamoDeliveryMixin:
     """Implements the delivery parts of ports.MessageStore for DynamoStore (`client`, `table_name`, `_codec`)."""
 
@@ -89,7 +80,7 @@ class DynamoDeliveryMixin:
     def record_part_status(self, key: MessageKey, part: int, status: MessageStatus, *, now: datetime) -> Message | None:
         """Moves one part of a multi-part message forward (never back); returns the message as it is now, or
         None when there is no such message."""
-        from sms_gateway.adapters.dynamodb import _key_of  # adapters.dynamodb imports this module
+        from sms_gateway.adapters.dynamodb import _key_of, message_from_item  # it imports this module
 
         previous = sorted(allowed_previous(status))
         values: dict[str, Any] = {
