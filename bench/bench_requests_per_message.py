@@ -179,8 +179,11 @@ def floor(recipients: int, batch_sizes: dict[str, int]) -> dict[str, float]:
     # credential read, account read, credit reservation, conditional batch put, message writes, enqueue
     accept = 4 + math.ceil(recipients / BATCH_WRITE_SIZE) + math.ceil(records / SEND_BATCH_SIZE)
     # per record: Lambda's receive and delete (shared by a batch of records), the messages' read, the rate-limit
-    # grant; per message: the claim and the submitted transition
-    dispatch_per_record = 2 / dispatch_batch + 1 + 1
+    # grant (each write takes the invocation's tokens up to its in-flight limit ahead, so its records of fewer
+    # messages share one: docs/rate-limits.md); per message: the claim and the submitted transition
+    take_ahead = Settings.from_environ({}).dispatch_concurrency
+    grants = math.ceil(dispatch_batch * per_record / max(per_record, take_ahead)) / dispatch_batch
+    dispatch_per_record = 2 / dispatch_batch + 1 + grants
     # per invocation: the `submitted` notifications of its messages and its settle check, ten to a request
     announced = math.ceil((checked_together + 1) / SEND_BATCH_SIZE) / checked_together
     dispatch = records * dispatch_per_record / recipients + 2 + announced
@@ -285,8 +288,10 @@ def run(quick: bool) -> dict[str, Any]:
         " hands over and deletes, derived from the records the harness fed at the template's BatchSize and counted"
         " as shares of full batches, as under load (1/BatchSize per record; idle long polling, about 0.3 $/month"
         " per queue, is a fixed cost, not per message).",
-        "The account's rate limit is set to 10,000/s, so a grant is always one write per record and the limiter"
-        " never waits (at the default 50/s a 100-message record takes two grants: one more write per record).",
+        "The account's rate limit is set to 10,000/s, so a grant is always one write per record of 100 and the limiter"
+        " never waits (at the default 50/s a 100-message record takes two grants: one more write per record); an"
+        " invocation's single sends share one grant (its limiter takes their tokens ahead, docs/rate-limits.md), two"
+        " when a second ends on the way.",
         "Each message asked for delivery reports: the client's webhook gets two (the dispatcher's `submitted`"
         " and the DLR's `delivered`), both checked to arrive. DLRs are the simulator's signed callbacks, one per"
         " message, through the webhook function.",

@@ -74,6 +74,15 @@ def new_account(name: str, sender: str) -> dict[str, Any]:
     return {**create_account(name=name, senders=[sender], credits=50), "sender": sender}
 
 
+def single_sends(api: Any, account: dict[str, Any], count: int) -> None:
+    """The account's `count` single sends from 48974, "code 0", "code 1", ..., one after another."""
+    for index in range(count):
+        answer = api(
+            send_event(account["token"], {"from": "48974", "to": f"23480200000{index:02d}", "body": f"code {index}"})
+        )
+        assert answer["statusCode"] == 200, answer
+
+
 def two_batches_of_one_account(aws: dict[str, str], api: Any, sender: str, recipients: int) -> list[dict[str, Any]]:
     """The dispatch records of one account's bulk batches "first" and "second": one message group, in that order."""
     account = new_account("Cinema Club", sender)
@@ -125,11 +134,7 @@ def test_an_accounts_single_sends_go_out_one_after_another_unless_it_lets_them_o
     account = new_account("Bank", "48974")
     if not in_order:
         set_account(account_id=account["account_id"], single_sends_in_order=False)
-    for index in range(5):
-        answer = api(
-            send_event(account["token"], {"from": "48974", "to": f"23480200000{index:02d}", "body": f"code {index}"})
-        )
-        assert answer["statusCode"] == 200, answer
+    single_sends(api, account, 5)
     records = queued_records(aws)
     assert len(records) == 5
     # Then in order they share the account's priority lane; otherwise each send has a lane of its own
@@ -149,6 +154,44 @@ def test_an_accounts_single_sends_go_out_one_after_another_unless_it_lets_them_o
         assert upstream.events == [(kind, f"code {i}") for i in range(5) for kind in ("start", "end")]
     else:
         assert upstream.peak == 5
+
+
+def test_an_invocations_single_sends_take_their_accounts_rate_limit_tokens_in_one_or_two_writes(
+    aws, api, upstream, monkeypatch
+):
+    import boto3
+
+    from sms_gateway.adapters import aws as aws_clients
+
+    # Given an account (limited to 50 a second) with ten single sends queued in its priority lane
+    in_flight_limit(monkeypatch, 64)
+    upstream.latency = 0.01
+    account = new_account("Bank", "48974")
+    single_sends(api, account, 10)
+    records = queued_records(aws)
+    assert len(records) == 10
+    counter_writes: list[dict[str, Any]] = []
+
+    def note_counter_write(params: dict[str, Any], **_: Any) -> None:
+        if params["Key"]["pk"]["S"].startswith("RATE#"):
+            counter_writes.append(params)
+
+    aws_clients.client("dynamodb").meta.events.register("provide-client-params.dynamodb.UpdateItem", note_counter_write)
+    # When one invocation sends them, one after another
+    answer = load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
+    # Then all ten went out, their tokens taken by one write for the ten (two when a second ended on the way, a
+    # third to give back what the last second did not use), not one write per send
+    assert answer == {"batchItemFailures": []}
+    assert sum(kind == "end" for kind, _ in upstream.events) == 10
+    assert 1 <= len(counter_writes) <= 3
+    # And the account's counters hold the ten sends, none above the limit
+    table = boto3.resource("dynamodb").Table(aws["TABLE_NAME"])
+    counters = table.query(
+        KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": f"RATE#account:{account['account_id']}"}
+    )["Items"]
+    used = [int(counter["used"]) for counter in counters]
+    assert all(count <= 50 for count in used)
+    assert sum(used) >= 10
 
 
 class ContainerDied(BaseException):

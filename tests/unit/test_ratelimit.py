@@ -242,6 +242,137 @@ def test_an_unlimited_scope_is_not_counted(store, clock, unlimited):
     assert [call[1] for call in store.calls] == ["route:sim"]
 
 
+# ---------------------------------------------------------------------------------------------- taking ahead
+
+
+def holder(store: CountingStore, clock: VirtualClock, expects: int, take_ahead: int = 64) -> RateLimiter:
+    """A limiter for a holder (a dispatcher invocation) that expects to ask for `expects` tokens of each scope."""
+    return RateLimiter(
+        store, clock=clock, sleep=clock.sleep, max_wait_seconds=30.0, expected=lambda _: expects, take_ahead=take_ahead
+    )
+
+
+def takes(store: CountingStore) -> list[tuple[str, str, int]]:
+    return [call for call in store.calls if call[0] == "take"]
+
+
+def test_a_holder_expecting_ten_sends_takes_their_tokens_in_one_write(store, clock):
+    # Given an invocation with ten single sends of one account limited to 50 a second
+    rate = holder(store, clock, expects=10)
+
+    async def one_at_a_time() -> list[int]:
+        return [await rate.acquire([account_scope("a", 50)], 1) for _ in range(10)]
+
+    # When each send asks for its token in turn, within one second
+    granted = asyncio.run(one_at_a_time())
+    # Then each got one, and the ten were counted by a single write
+    assert granted == [1] * 10
+    assert takes(store) == [("take", "account:a", SECOND)]
+    assert store.per_second("account:a") == {SECOND: 10}
+
+
+def test_a_holder_takes_ahead_no_more_than_its_cap_nor_the_scopes_limit(store, clock):
+    # Given a holder expecting 500 sends, taking ahead at most 64, of an account limited to 40 a second
+    rate = holder(store, clock, expects=500, take_ahead=64)
+    # When it asks for one token on a route of 1,000 a second and one on the account
+    asyncio.run(rate.acquire([route_scope("sim", 1000)], 1))
+    asyncio.run(rate.acquire([account_scope("a", 40)], 1))
+    # Then the route counted 64 and the account its whole second, 40, no more
+    assert store.per_second("route:sim") == {SECOND: 64}
+    assert store.per_second("account:a") == {SECOND: 40}
+
+
+def test_tokens_kept_from_a_second_are_never_handed_out_in_the_next(store, clock):
+    # Given a holder that took ten tokens for its second and used one
+    rate = holder(store, clock, expects=10)
+    asyncio.run(rate.acquire([account_scope("a", 50)], 1))
+    # When the next second has begun and it asks again
+    clock.now += 1
+    granted = asyncio.run(rate.acquire([account_scope("a", 50)], 1))
+    # Then the grant was counted anew in the new second (nine left to expect, so nine taken), not served from the
+    # old second's nine
+    assert granted == 1
+    assert takes(store) == [("take", "account:a", SECOND), ("take", "account:a", SECOND + 1)]
+    assert store.per_second("account:a") == {SECOND: 10, SECOND + 1: 9}
+
+
+def test_release_gives_back_what_is_kept_for_the_current_second(store, clock):
+    # Given a holder that took ten tokens and used three
+    rate = holder(store, clock, expects=10)
+    for _ in range(3):
+        asyncio.run(rate.acquire([account_scope("a", 50)], 1))
+    # When it is done within the second
+    asyncio.run(rate.release())
+    # Then the seven it did not use are counted no more, and usable by others this second
+    assert store.per_second("account:a") == {SECOND: 3}
+    # And releasing again gives back nothing twice
+    asyncio.run(rate.release())
+    assert store.per_second("account:a") == {SECOND: 3}
+
+
+def test_release_after_the_second_is_over_writes_nothing(store, clock):
+    rate = holder(store, clock, expects=10)
+    asyncio.run(rate.acquire([account_scope("a", 50)], 1))
+    clock.now += 1
+    asyncio.run(rate.release())
+    assert [call for call in store.calls if call[0] == "give_back"] == []
+
+
+def test_tokens_a_later_scope_refuses_are_kept_by_a_holder_and_released_at_its_end(store, clock):
+    # Given a route whose second is full, and a holder expecting ten sends of an account with room
+    store.used[("route:sim", SECOND)] = 200
+    rate = holder(store, clock, expects=10)
+    # When it asks for one without waiting
+    granted = asyncio.run(rate.acquire([account_scope("a", 50), route_scope("sim", 200)], 1, max_wait_seconds=0))
+    # Then it gets nothing; the account's tokens stay with it, not written back at once
+    assert granted == 0
+    assert [call for call in store.calls if call[0] == "give_back"] == []
+    # And when it is done, they go back
+    asyncio.run(rate.release())
+    assert store.per_second("account:a") == {}
+
+
+def three_containers_sending_one_account(take_ahead: bool) -> tuple[list[int], CountingStore]:
+    """Three dispatcher containers, each an invocation of ten records of 7 messages for one account limited to 50 a
+    second, every record asking for at most 3 tokens at a time until its messages are sent."""
+    store, clock = CountingStore(), VirtualClock()
+    holders = [
+        holder(store, clock, expects=70)
+        if take_ahead
+        else RateLimiter(store, clock=clock, sleep=clock.sleep, max_wait_seconds=30.0)
+        for _ in range(3)
+    ]
+
+    async def send_all(rate: RateLimiter, count: int) -> int:
+        sent = 0
+        while sent < count:
+            sent += await rate.acquire([account_scope("a", 50)], min(count - sent, 3))
+        return sent
+
+    async def everyone() -> list[int]:
+        sent = await asyncio.gather(*(send_all(rate, 7) for rate in holders for _ in range(10)))
+        for rate in holders:
+            await rate.release()
+        return sent
+
+    return asyncio.run(everyone()), store
+
+
+def test_holders_taking_ahead_side_by_side_never_pass_the_limit_and_write_far_less():
+    # When three containers' records all ask at once, with and without taking ahead
+    sent, store = three_containers_sending_one_account(take_ahead=True)
+    _, plain = three_containers_sending_one_account(take_ahead=False)
+    # Then every record sent all of its messages, no second counted more than 50, and the counters hold at least
+    # what was sent (tokens taken ahead and unused when their second ended stay counted in it)
+    assert sent == [7] * 30
+    per_second = store.per_second("account:a")
+    assert max(per_second.values()) <= 50
+    assert sum(per_second.values()) >= 210
+    # And the counter writes (refused ones included) were far fewer than without taking ahead: a container asks the
+    # store once a second, give or take, instead of once per record and ask
+    assert len(takes(store)) * 3 < len(takes(plain))
+
+
 # ---------------------------------------------------------------------------------------------- priority lane
 
 

@@ -7,8 +7,10 @@ import contextvars
 import functools
 import json
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -26,7 +28,7 @@ from sms_gateway.logic import settle, webhook_retries
 from sms_gateway.logic.dispatch import ANNOUNCE_BATCH, DispatchDependencies, dispatch
 from sms_gateway.logic.fifo import handle_in_group_order
 from sms_gateway.logic.notify import WebhookFailed, WebhookResponse, deliver, notifications_of
-from sms_gateway.logic.ratelimit import RateLimiter, account_scope
+from sms_gateway.logic.ratelimit import RateLimiter, account_scope, expected_grants
 from sms_gateway.observability import logger, metrics
 from sms_gateway.outcome_metrics import count_final_statuses, count_upstream_failures
 from sms_gateway.ports import Provider
@@ -134,15 +136,40 @@ def _out_of_time(remaining_ms: Callable[[], int] | None) -> Callable[[], bool] |
     return out_of_time_after(remaining_ms, reserve_seconds=reserve)
 
 
+@dataclass(frozen=True)
+class _Invocation:
+    """What a dispatcher invocation's records share: the limit on submits in flight, the rate limiter (its counter
+    tokens taken for all of them), the deadline for claims, and where their settle checks and client notifications
+    gather."""
+
+    in_flight: asyncio.Semaphore
+    limiter: RateLimiter
+    out_of_time: Callable[[], bool] | None
+    awaiting_report: Callable[[Sequence[Message]], None]
+    announce: Callable[[Sequence[StatusChange]], None]
+
+
 async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], bool] | None) -> list[SQSRecord]:
-    in_flight = asyncio.Semaphore(gateway().settings.dispatch_concurrency)
-    started: set[str] = set()
+    wiring = gateway()
+    concurrency = wiring.settings.dispatch_concurrency
     awaiting_report: list[Message] = []
     announcements = _InvocationAnnouncements()
+    invocation = _Invocation(
+        in_flight=asyncio.Semaphore(concurrency),
+        # One counter write takes the tokens of several records (an account's single sends), up to the in-flight
+        # limit: tokens are good for their second only, and more than that many cannot be submitted at once.
+        limiter=RateLimiter(
+            wiring.store, expected=expected_grants(_messages_by_account(records)), take_ahead=concurrency
+        ),
+        out_of_time=out_of_time,
+        awaiting_report=awaiting_report.extend,
+        announce=announcements.add,
+    )
+    started: set[str] = set()
 
     async def handle(record: SQSRecord) -> dict[str, Any]:
         started.add(record.message_id)
-        return await dispatch_record(record, in_flight, out_of_time, awaiting_report.extend, announcements.add)
+        return await dispatch_record(record, invocation)
 
     failed = await handle_in_group_order(
         records,
@@ -150,6 +177,7 @@ async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], 
         may_overlap=_same_batch,
         handle=handle,
     )
+    await _release_unused_tokens(invocation.limiter)
     held_back = [record for record in failed if record.message_id not in started]
     if held_back:
         await asyncio.to_thread(_release_held_back, held_back)
@@ -157,6 +185,25 @@ async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], 
         await asyncio.to_thread(_return_records, records, SETTLE_RETRY_SECONDS, "to queue its notifications again")
         return list(records)
     return failed
+
+
+def _messages_by_account(records: Sequence[SQSRecord]) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for record in records:
+        command = _command_of(record)
+        if command is not None:
+            counts[command.account_id] += len(command.message_ids)
+    return counts
+
+
+async def _release_unused_tokens(limiter: RateLimiter) -> None:
+    """Tokens taken ahead and not used go back while their second lasts. If they cannot (or the invocation died
+    before), they only keep the rest of that second from other dispatchers: a counter may overstate a second, never
+    understate it."""
+    try:
+        await limiter.release()
+    except Exception:
+        logger.warning("could not give back unused rate-limit tokens")
 
 
 # An invocation that could not queue its settle check or its last notifications hands its records back for this
@@ -211,24 +258,23 @@ def _same_batch(before: SQSRecord, record: SQSRecord) -> bool:
 
 
 def _batch_of(record: SQSRecord) -> tuple[str, int] | None:
+    command = _command_of(record)
+    return None if command is None else (command.account_id, command.reference_id)
+
+
+def _command_of(record: SQSRecord) -> DispatchCommand | None:
+    """The record's dispatch command; None for a body that is not one (its handling fails, and dead-letters it)."""
     try:
-        command = DispatchCommand.model_validate_json(record.body)
+        return DispatchCommand.model_validate_json(record.body)
     except ValueError:
         return None
-    return (command.account_id, command.reference_id)
 
 
-async def dispatch_record(
-    record: SQSRecord,
-    in_flight: asyncio.Semaphore,
-    out_of_time: Callable[[], bool] | None,
-    awaiting_report: Callable[[Sequence[Message]], None],
-    announce: Callable[[Sequence[StatusChange]], None],
-) -> dict[str, Any]:
-    """`awaiting_report` collects the record's submitted messages for the invocation's settle check; `announce`
-    takes its client-visible status changes."""
+async def dispatch_record(record: SQSRecord, invocation: _Invocation) -> dict[str, Any]:
+    """The record's submitted messages go to the invocation's settle check (`awaiting_report`), its client-visible
+    status changes to its `announce`."""
     try:
-        return await _dispatch_record(record, in_flight, out_of_time, awaiting_report, announce)
+        return await _dispatch_record(record, invocation)
     except RetryLater:
         raise
     except Exception as error:
@@ -265,13 +311,7 @@ def _count_failure(record: SQSRecord) -> int:
         return int(record.attributes.approximate_receive_count or 1)
 
 
-async def _dispatch_record(
-    record: SQSRecord,
-    in_flight: asyncio.Semaphore,
-    out_of_time: Callable[[], bool] | None,
-    awaiting_report: Callable[[Sequence[Message]], None],
-    announce: Callable[[Sequence[StatusChange]], None],
-) -> dict[str, Any]:
+async def _dispatch_record(record: SQSRecord, invocation: _Invocation) -> dict[str, Any]:
     command = DispatchCommand.model_validate_json(record.body)
     wiring = gateway()
     # Cached settings: a store read at most once per SETTINGS_MAX_AGE_SECONDS, off the loop all the same.
@@ -285,18 +325,18 @@ async def _dispatch_record(
         callback_base_url=wiring.settings.callback_base_url,
         clock=utc_now,
         concurrency=wiring.settings.dispatch_concurrency,
-        in_flight=in_flight,
+        in_flight=invocation.in_flight,
         validity=timedelta(hours=wiring.settings.message_validity_hours),
-        limiter=RateLimiter(wiring.store),
+        limiter=invocation.limiter,
         rate_scopes=[account_scope(command.account_id, rate_limit)],
         # Read once per upstream and record rather than per message, as the upstreams themselves are.
         route_limit=functools.cache(upstream_rate_limit),
         max_submit_attempts=wiring.settings.dispatch_max_attempts,
         claim_lease_seconds=wiring.settings.dispatch_claim_lease_seconds,
-        announce=announce,
-        awaiting_report=awaiting_report,
-        out_of_time=out_of_time or (lambda: False),
-        wait_out_the_rate_limit=out_of_time is not None,
+        announce=invocation.announce,
+        awaiting_report=invocation.awaiting_report,
+        out_of_time=invocation.out_of_time or (lambda: False),
+        wait_out_the_rate_limit=invocation.out_of_time is not None,
     )
     outcome = await dispatch(command, deps)
     metrics.add_metric(name="MessagesSubmitted", unit="Count", value=outcome.submitted)

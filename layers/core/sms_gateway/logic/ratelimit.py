@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from sms_gateway.ports import RateLimitStore
 
@@ -27,12 +28,26 @@ def route_scope(upstream: str, limit: int | None) -> Scope:
     return (f"route:{upstream}", limit)
 
 
+def expected_grants(messages_by_account: Mapping[str, int]) -> Callable[[str], int]:
+    """How many tokens a holder with these messages to send may ask of a scope in all: an account's scope its own
+    messages, a route's any of them."""
+    everything = sum(messages_by_account.values())
+    per_scope = {account_scope(account, None)[0]: count for account, count in messages_by_account.items()}
+    return lambda scope: per_scope.get(scope, 0) if scope.startswith("account:") else everything
+
+
 class RateLimiter:
     """Grants up to `wanted` sends for the current second under every scope's limit.
 
     Each scope's count lives in the store, so every dispatcher container shares it. A grant costs one store
     write per limited scope, whatever its size; tokens a scope granted that a later scope refused are given
     back, so a counter never stays above what was really sent (see docs/rate-limits.md).
+
+    A holder that knows how much it will ask (`expected`: a dispatcher invocation, its records' messages) has a
+    write take more than asked, up to what it still expects and `take_ahead` at most, and keeps the rest for later
+    asks in the same second: ten single sends of an account in one invocation cost one counter write, not ten.
+    Kept tokens are counted in the store, so no second grants more than its limit; they are used only in their own
+    second (a new second takes anew) and `release` gives back what is left of the current one.
     """
 
     def __init__(
@@ -42,11 +57,21 @@ class RateLimiter:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS,
+        expected: Callable[[str], int] | None = None,
+        take_ahead: int = 0,
     ) -> None:
         self.store = store
         self.clock = clock
         self.sleep = sleep
         self.max_wait_seconds = max_wait_seconds
+        self.expected = expected
+        self.take_ahead = take_ahead
+        # By scope: the second of the tokens kept, and how many of them are counted there and not handed out yet.
+        self._kept: dict[str, tuple[int, int]] = {}
+        self._handed: Counter[str] = Counter()
+        # By scope: the last second the store found full, so that the holder's other asks in it need no write.
+        self._full: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
 
     async def acquire(self, scopes: Sequence[Scope], wanted: int, *, max_wait_seconds: float | None = None) -> int:
         """How many of `wanted` sends may go now: between 1 and `wanted`, all counted in the current second.
@@ -73,18 +98,57 @@ class RateLimiter:
                 return 0
             await self.sleep(max(wake_at - self.clock(), 0.0))
 
+    async def release(self) -> None:
+        """Gives back the tokens kept for the current second (one write per scope that has some): the holder is
+        done, and other holders may use them. Those kept for a second gone by need nothing: it is over."""
+        second = math.floor(self.clock())
+        kept, self._kept = self._kept, {}
+        for name, (kept_second, count) in kept.items():
+            if kept_second == second and count:
+                await asyncio.to_thread(self.store.give_back_tokens, name, second, count)
+
     async def _take(self, scopes: Sequence[tuple[str, int]], second: int, wanted: int) -> int:
         # Each scope is asked for what the one before it granted, so every scope taken so far holds `granted`.
         counted: list[str] = []
         granted = wanted
         for name, limit in scopes:
-            got = await asyncio.to_thread(self.store.take_tokens, name, second, granted, limit)
+            got = await self._take_from(name, limit, second, granted)
             if got < granted:
                 # What the earlier scopes counted but will not be sent goes back, to stay usable this second.
                 for earlier in counted:
-                    await asyncio.to_thread(self.store.give_back_tokens, earlier, second, granted - got)
+                    await self._give_back(earlier, second, granted - got)
             granted = got
             if not granted:
                 return 0
             counted.append(name)
         return granted
+
+    async def _take_from(self, name: str, limit: int, second: int, wanted: int) -> int:
+        """Up to `wanted` tokens of one scope: from those kept for this second, and what they lack from the store,
+        with as many more as the holder still expects to ask for (kept)."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            kept = self._kept_for(name, second)
+            if kept < wanted and self._full.get(name) != second:
+                ahead = min(self.take_ahead, self.expected(name) - self._handed[name]) if self.expected else 0
+                asked = max(wanted, ahead) - kept
+                got = await asyncio.to_thread(self.store.take_tokens, name, second, asked, limit)
+                if not got:
+                    self._full[name] = second
+                kept += got
+            handed = min(wanted, kept)
+            self._kept[name] = (second, kept - handed)
+            self._handed[name] += handed
+            return handed
+
+    async def _give_back(self, name: str, second: int, count: int) -> None:
+        if self.expected is None:
+            await asyncio.to_thread(self.store.give_back_tokens, name, second, count)
+            return
+        # A holder that takes ahead keeps them for its next ask this second (`release` returns what is left).
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            self._kept[name] = (second, self._kept_for(name, second) + count)
+            self._handed[name] -= count
+
+    def _kept_for(self, name: str, second: int) -> int:
+        kept_second, count = self._kept.get(name, (second, 0))
+        return count if kept_second == second else 0
