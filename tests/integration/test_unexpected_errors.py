@@ -77,6 +77,7 @@ SENDS: dict[str, Callable[[Gateway, Tenant], Answer]] = {
 def test_a_send_that_fails_unexpectedly_is_answered_in_its_dialect_and_changes_nothing(
     aws, gateway, tenant, dialect, monkeypatch, capsys
 ):
+    from sms_gateway import bootstrap
     from sms_gateway.adapters.dynamodb import DynamoStore
 
     send = SENDS[dialect]
@@ -84,8 +85,10 @@ def test_a_send_that_fails_unexpectedly_is_answered_in_its_dialect_and_changes_n
         log_in(gateway, tenant.account)  # the session's own writes, before the state is taken
     before = stored_state(aws, ignoring=("SESSION#", "LOGIN#"))
     capsys.readouterr()
-    # Given DynamoDB throttling the read of the price table, which no route handles
+    # Given DynamoDB throttling the read of the price table, which no route handles (read afresh: the container's
+    # settings cache forgotten)
     monkeypatch.setattr(DynamoStore, "price_table", throttled)
+    bootstrap.gateway().settings_cache.clear()
     # When a client sends
     with log_lines_at("INFO") as logged:
         answer = send(gateway, tenant)

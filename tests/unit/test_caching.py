@@ -85,3 +85,30 @@ def test_threads_missing_one_key_at_once_load_it_once():
     # Then the key was read once, and every thread got its value
     assert found == ["settings"] * 10
     assert len(loads) == 1
+
+
+class CountingPrices:
+    def __init__(self, table: object) -> None:
+        self.table = table
+        self.reads = 0
+
+    def price_table(self) -> object:
+        self.reads += 1
+        return self.table
+
+
+def test_the_price_table_is_read_once_per_max_age_not_once_per_send():
+    from sms_gateway.caching import CachedPriceBook
+
+    clock = Clock()
+    prices = CountingPrices("N at 2 credits")
+    book = CachedPriceBook(prices, TtlCache(max_age=30, clock=clock))  # type: ignore[arg-type]
+    # Given a container pricing a hundred sends within the max age
+    assert {book.price_table() for _ in range(100)} == {"N at 2 credits"}
+    # Then the table was read once
+    assert prices.reads == 1
+    # And an operator's new price is used once the max age has passed
+    prices.table = "N at 3 credits"
+    clock.now += 31
+    assert book.price_table() == "N at 3 credits"
+    assert prices.reads == 2

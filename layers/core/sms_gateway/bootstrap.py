@@ -11,7 +11,7 @@ from sms_gateway.adapters.dynamodb import DynamoStore
 from sms_gateway.adapters.kms import KmsSecretBox
 from sms_gateway.adapters.scheduler import EventBridgeBatchScheduler
 from sms_gateway.adapters.sqs import SqsDeadLetterQueue, SqsDispatchQueue, SqsNotifyQueue
-from sms_gateway.caching import TtlCache
+from sms_gateway.caching import CachedPriceBook, TtlCache
 from sms_gateway.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -60,6 +60,12 @@ def reset() -> None:
     aws.reset_clients()
 
 
+def price_book() -> CachedPriceBook:
+    """The price table the api prices sends and quotes with (cached: docs/operators.md, "Prices")."""
+    wiring = gateway()
+    return CachedPriceBook(wiring.store, wiring.settings_cache)
+
+
 def send_dependencies() -> SendDependencies:
     # Imported here: only the functions that accept sends need the send logic (and the number parsing under it).
     from sms_gateway.logic.notify import notifications_of
@@ -71,7 +77,7 @@ def send_dependencies() -> SendDependencies:
         messages=wiring.store,
         dispatch_queue=wiring.dispatch_queue,
         scheduler=wiring.scheduler,
-        prices=wiring.store,
+        prices=price_book(),
         schedule_threshold=timedelta(seconds=wiring.settings.schedule_threshold_seconds),
         opt_outs=wiring.store,
         announce=lambda changes: wiring.notify_queue.publish(notifications_of(changes)),

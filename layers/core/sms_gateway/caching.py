@@ -1,15 +1,19 @@
-"""Settings that change rarely (an account's webhook and rate-limit settings, the route table), cached per
-container for a short time, so a consumer that handles many records does not read the same item per record."""
+"""Settings that change rarely (an account's webhook and rate-limit settings, the route table, the price table),
+cached per container for a short time, so a consumer that handles many records, or an api container many sends,
+does not read the same item each time."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sms_gateway.domain.models import Account
-from sms_gateway.ports import AccountLookup
+from sms_gateway.ports import AccountLookup, PriceBook
+
+if TYPE_CHECKING:
+    from sms_gateway.domain.pricing import PriceTable
 
 # How stale a cached setting may be: a change an operator or client makes reaches running consumers within
 # this time (as an upstream's Parameter Store configuration does within CONFIG_MAX_AGE). Never used for credits.
@@ -79,3 +83,17 @@ class CachedAccountSettings:
     def get_account(self, account_id: str) -> Account | None:
         found: Account | None = self.cache.get(("account", account_id), lambda: self.accounts.get_account(account_id))
         return found
+
+
+class CachedPriceBook:
+    """The operator's price table through the cache: a price change applies to the sends (and quotes) of every
+    container within SETTINGS_MAX_AGE_SECONDS, as a route or rate-limit change does, instead of costing each send
+    a read. The credits themselves are never cached: each send reserves them with a conditional write."""
+
+    def __init__(self, prices: PriceBook, cache: TtlCache) -> None:
+        self.prices = prices
+        self.cache = cache
+
+    def price_table(self) -> PriceTable:
+        table: PriceTable = self.cache.get("prices", self.prices.price_table)
+        return table

@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sms_gateway.bootstrap import gateway, send_dependencies
+from sms_gateway.bootstrap import gateway, price_book, send_dependencies
 from sms_gateway.dialects.common import (
     accept,
     idempotent,
@@ -208,7 +208,7 @@ def dry_run() -> Response[Any]:
         request.to,
         groups_store=gateway().store,
         opt_outs=send_dependencies().opt_outs,
-        prices=gateway().store.price_table(),
+        prices=price_book().price_table(),
         route_tier=ROUTE_TIER,
     )
     segmentation = dry.priced.segmentation

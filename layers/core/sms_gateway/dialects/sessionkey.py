@@ -12,7 +12,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sms_gateway.bootstrap import gateway
+from sms_gateway.bootstrap import gateway, price_book
 from sms_gateway.dialects.common import (
     accept,
     idempotent,
@@ -362,7 +362,7 @@ def user_status() -> Response[Any]:
     query = router.current_event.query_string_parameters or {}
     get_money = _flag("getMoney", query.get("getMoney"))
     _flag("typeAliases", query.get("typeAliases"))  # we always answer the names (N, L, LL), as typeAliases=true
-    prices = gateway().store.price_table()
+    prices = price_book().price_table()
     sms = [
         {"type": tier, "quantity": sms_quantity(account.credits, prices.per_part(tier, None))} for tier in ROUTE_TIERS
     ]

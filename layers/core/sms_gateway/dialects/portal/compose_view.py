@@ -227,7 +227,7 @@ def preview(event: Any) -> Response[Any]:
 
 
 def preview_of(account: Account, request: PreviewRequest) -> dict[str, Any]:
-    from sms_gateway.bootstrap import gateway, send_dependencies
+    from sms_gateway.bootstrap import gateway, price_book, send_dependencies
 
     numbers = compose.pasted_numbers(request.numbers)
     csv_problems: list[str] = []
@@ -242,7 +242,7 @@ def preview_of(account: Account, request: PreviewRequest) -> dict[str, Any]:
         numbers,
         groups_store=gateway().store,
         opt_outs=send_dependencies().opt_outs,
-        prices=gateway().store.price_table(),
+        prices=price_book().price_table(),
         route_tier=ROUTE_TIER,
     )
     segmentation = dry.priced.segmentation
