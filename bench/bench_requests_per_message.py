@@ -178,12 +178,15 @@ def floor(recipients: int, batch_sizes: dict[str, int]) -> dict[str, float]:
     hops = math.ceil(Settings.from_environ({}).dlr_wait_seconds / MAX_HOP_SECONDS)
     # credential read, account read, credit reservation, conditional batch put, message writes, enqueue
     accept = 4 + math.ceil(recipients / BATCH_WRITE_SIZE) + math.ceil(records / SEND_BATCH_SIZE)
-    # per record: Lambda's receive and delete (shared by a batch of records), the messages' read, the rate-limit
-    # grant (each write takes the invocation's tokens up to its in-flight limit ahead, so its records of fewer
-    # messages share one: docs/rate-limits.md); per message: the claim and the submitted transition
+    # per record: Lambda's receive and delete (shared by a batch of records), the messages' read (one for all of an
+    # invocation's single sends), the rate-limit grant (each write takes the invocation's tokens up to its in-flight
+    # limit ahead, so its records of fewer messages share one: docs/rate-limits.md); per message: the claim and the
+    # submitted transition
     take_ahead = Settings.from_environ({}).dispatch_concurrency
     grants = math.ceil(dispatch_batch * per_record / max(per_record, take_ahead)) / dispatch_batch
-    dispatch_per_record = 2 / dispatch_batch + 1 + grants
+    # an invocation's single sends are read together (logic/dispatch.ReadAhead), bulk records each on their own
+    reads = 1 / dispatch_batch if per_record == 1 else 1
+    dispatch_per_record = 2 / dispatch_batch + reads + grants
     # per invocation: the `submitted` notifications of its messages and its settle check, ten to a request
     announced = math.ceil((checked_together + 1) / SEND_BATCH_SIZE) / checked_together
     dispatch = records * dispatch_per_record / recipients + 2 + announced

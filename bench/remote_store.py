@@ -63,7 +63,8 @@ class RemoteStore(InMemoryStore):
             self.cpu_seconds = 0.0
 
     # The requests the dispatcher makes, each one DynamoDB request in adapters/dynamodb*.py.
-    get_messages = _request("BatchGetItem")(InMemoryStore.get_messages)
+    # get_messages reads through get_messages_by_key (an invocation's single sends are read with it alone).
+    get_messages_by_key = _request("BatchGetItem")(InMemoryStore.get_messages_by_key)
     get_account = _request("GetItem")(InMemoryStore.get_account)
     claim_for_dispatch = _request("UpdateItem")(InMemoryStore.claim_for_dispatch)
     release_claim = _request("UpdateItem")(InMemoryStore.release_claim)

@@ -200,13 +200,21 @@ class InMemoryStore:
         return self.prices
 
     def claim_for_dispatch(
-        self, key: MessageKey, *, now: datetime, lease_seconds: int, upstream: str | None = None
+        self,
+        key: MessageKey,
+        *,
+        now: datetime,
+        lease_seconds: int,
+        upstream: str | None = None,
+        attempts_read: int | None = None,
     ) -> Claim:
         with self._lock:
             message = self.messages.get(key)
             if message is None or message.status != MessageStatus.QUEUED:
                 return Claim(ClaimOutcome.BUSY)
             lapsed = self.claims.get(key)
+            if lapsed is None and attempts_read is not None and message.submit_attempts != attempts_read:
+                return Claim(ClaimOutcome.STALE)
             if lapsed is not None and lapsed >= now.timestamp():
                 return Claim(ClaimOutcome.HELD)
             self.claims[key] = now.timestamp() + lease_seconds

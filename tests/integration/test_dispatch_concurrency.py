@@ -156,7 +156,7 @@ def test_an_accounts_single_sends_go_out_one_after_another_unless_it_lets_them_o
         assert upstream.peak == 5
 
 
-def test_an_invocations_single_sends_take_their_accounts_rate_limit_tokens_in_one_or_two_writes(
+def test_an_invocations_single_sends_are_read_together_and_take_their_rate_limit_tokens_in_one_or_two_writes(
     aws, api, upstream, monkeypatch
 ):
     import boto3
@@ -171,12 +171,15 @@ def test_an_invocations_single_sends_take_their_accounts_rate_limit_tokens_in_on
     records = queued_records(aws)
     assert len(records) == 10
     counter_writes: list[dict[str, Any]] = []
+    message_reads: list[dict[str, Any]] = []
 
     def note_counter_write(params: dict[str, Any], **_: Any) -> None:
         if params["Key"]["pk"]["S"].startswith("RATE#"):
             counter_writes.append(params)
 
-    aws_clients.client("dynamodb").meta.events.register("provide-client-params.dynamodb.UpdateItem", note_counter_write)
+    events = aws_clients.client("dynamodb").meta.events
+    events.register("provide-client-params.dynamodb.UpdateItem", note_counter_write)
+    events.register("provide-client-params.dynamodb.BatchGetItem", lambda params, **_: message_reads.append(params))
     # When one invocation sends them, one after another
     answer = load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
     # Then all ten went out, their tokens taken by one write for the ten (two when a second ended on the way, a
@@ -184,6 +187,8 @@ def test_an_invocations_single_sends_take_their_accounts_rate_limit_tokens_in_on
     assert answer == {"batchItemFailures": []}
     assert sum(kind == "end" for kind, _ in upstream.events) == 10
     assert 1 <= len(counter_writes) <= 3
+    # And their ten messages were read in one request, not one per record
+    assert len(message_reads) == 1
     # And the account's counters hold the ten sends, none above the limit
     table = boto3.resource("dynamodb").Table(aws["TABLE_NAME"])
     counters = table.query(

@@ -629,6 +629,25 @@ def test_a_lapsed_claim_is_told_apart_from_a_live_one_and_taken_over_once(store)
     assert (first, second) == (Claim(ClaimOutcome.ABANDONED), Claim(ClaimOutcome.HELD))
 
 
+def test_a_claim_on_a_read_made_before_the_message_was_handed_back_finds_it_stale_and_takes_nothing(store):
+    # Given a queued message read by a dispatcher (no attempt yet), which another dispatcher then claimed and handed
+    # back, naming the upstream that may have it
+    message = one_message(store, MessageStatus.QUEUED)
+    assert message.submit_attempts == 0
+    assert store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120).outcome == ClaimOutcome.CLAIMED
+    store.release_claim(message.key, maybe_taken_by="primary")
+    # When the first dispatcher claims it on what it read
+    claim = store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120, upstream="fallback", attempts_read=0)
+    # Then the claim is refused as stale, and nothing of the message changed: no lease, still naming the primary
+    assert claim == Claim(ClaimOutcome.STALE)
+    item = raw_message(store, message.key)
+    assert "claim_until" not in item and "claim_upstream" not in item
+    assert (item["maybe_taken_by"], item["submit_attempts"]) == ({"S": "primary"}, {"N": "1"})
+    # And a claim on a fresh read (one attempt) takes it
+    fresh = store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120, upstream="primary", attempts_read=1)
+    assert fresh == Claim(ClaimOutcome.CLAIMED)
+
+
 def test_a_lapsed_claim_taken_over_tells_where_its_holder_was_submitting_and_counts_its_attempt(store):
     # Given a queued message claimed for the primary, whose holder failed over to the fallback and then died
     message = one_message(store, MessageStatus.QUEUED)

@@ -1433,7 +1433,7 @@ class DispatchedByAnotherJustBeforeTheClaim:
     def __getattr__(self, name: str):
         return getattr(self.store, name)
 
-    def claim_for_dispatch(self, key, *, now, lease_seconds, upstream=None):
+    def claim_for_dispatch(self, key, *, now, lease_seconds, **claim):
         if key.message_id in self.taken:
             assert (
                 self.store.claim_for_dispatch(key, now=now, lease_seconds=lease_seconds).outcome == ClaimOutcome.CLAIMED
@@ -1441,7 +1441,89 @@ class DispatchedByAnotherJustBeforeTheClaim:
             self.store.transition(
                 key, MessageStatus.SUBMITTED, now=now, upstream="other", upstream_message_id=f"up-{key.message_id}"
             )
-        return self.store.claim_for_dispatch(key, now=now, lease_seconds=lease_seconds)
+        return self.store.claim_for_dispatch(key, now=now, lease_seconds=lease_seconds, **claim)
+
+
+def test_an_invocations_single_sends_are_read_together_and_a_bulk_record_reads_its_own(store):
+    from sms_gateway.logic.dispatch import read_single_sends
+
+    # Given an invocation with two single sends and a bulk record of three
+    singles = [send(store, command(1, text=f"code {n}"))[1].dispatch_queue.commands[0] for n in range(2)]
+    [bulk] = send(store, command(3))[1].dispatch_queue.commands
+    # When its single sends are read together
+    read = read_single_sends(store, [*singles, bulk])
+    # Then each single send's record gets its message from that read, and the bulk record none (it reads its own)
+    for record in singles:
+        [message] = read.of(record) or []
+        assert message.message_id == record.message_ids[0]
+    assert read.of(bulk) is None
+    # And a single send alone is not read ahead: it would be the same one request
+    assert read_single_sends(store, singles[:1]).of(singles[0]) is None
+
+
+def test_a_single_send_read_ahead_and_sent_meanwhile_by_a_duplicate_delivery_is_not_sent_twice(store):
+    from sms_gateway.logic.dispatch import read_single_sends
+
+    # Given two single sends read together at the start of an invocation
+    records = [send(store, command(1, text=f"code {n}"))[1].dispatch_queue.commands[0] for n in range(2)]
+    read = read_single_sends(store, records)
+    provider = FakeProvider()
+    deps = dispatch_deps(store, provider)
+    # When a duplicate delivery of the second record sends it before this invocation comes to it
+    asyncio.run(dispatch(records[1], deps))
+    outcomes = [asyncio.run(dispatch(record, replace(deps, read_ahead=read.of(record)))) for record in records]
+    # Then this invocation sent only the first: its read of the second (still queued then) lost to the claim
+    sent = [request.text for request in provider.submits]
+    assert sent == ["code 1", "code 0"]
+    assert [(o.submitted, o.skipped) for o in outcomes] == [(1, 0), (0, 1)]
+
+
+class HandedBackByAnotherJustBeforeTheClaim:
+    """The store, where a concurrent delivery of the same record claims the message just before this dispatcher's
+    claim reaches it, gets no answer from the deduplicating upstream `maybe_taken_by`, and hands it back naming
+    that upstream (an attempt counted)."""
+
+    def __init__(self, store: InMemoryStore, maybe_taken_by: str) -> None:
+        self.store = store
+        self.maybe_taken_by = maybe_taken_by
+        self.done = False
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+    def claim_for_dispatch(self, key, *, now, lease_seconds, **claim):
+        if not self.done:
+            self.done = True
+            assert (
+                self.store.claim_for_dispatch(key, now=now, lease_seconds=lease_seconds).outcome == ClaimOutcome.CLAIMED
+            )
+            self.store.release_claim(key, maybe_taken_by=self.maybe_taken_by)
+        return self.store.claim_for_dispatch(key, now=now, lease_seconds=lease_seconds, **claim)
+
+
+def test_a_message_handed_back_between_the_read_and_the_claim_is_read_again_not_offered_elsewhere(store):
+    # Given a message whose route is a primary upstream, then a fallback, and which another delivery of its record
+    # offered to the primary (no answer: the primary may have it) and handed back after this dispatcher read it
+    _, deps = send(store, command(1))
+    [record] = deps.dispatch_queue.commands
+    primary, fallback = FakeProvider("primary"), FakeProvider("fallback")
+    primary.failure = UpstreamError("primary is down", permanent=False, unavailable=True)
+    racing = HandedBackByAnotherJustBeforeTheClaim(store, maybe_taken_by="primary")
+    route = replace(dispatch_deps(store, primary), messages=racing, upstreams_for=lambda _: [primary, fallback])
+    # When this dispatcher handles the record on what it read
+    outcome = asyncio.run(dispatch(record, route))
+    # Then it offered the message to no upstream (on its read, it would have failed over to the fallback while the
+    # primary may be delivering it), and the record comes back to read it again
+    assert primary.submits == [] and fallback.submits == []
+    assert outcome.retry == list(record.message_ids)
+    [message] = store.messages.values()
+    assert (message.status, message.maybe_taken_by, message.submit_attempts) == (MessageStatus.QUEUED, "primary", 1)
+    assert message.key not in store.claims
+    # And its next delivery, reading afresh, offers it to the primary alone
+    primary.failure = None
+    again = asyncio.run(dispatch(record, replace(route, messages=store)))
+    assert again.submitted == 1
+    assert len(primary.submits) == 1 and fallback.submits == []
 
 
 def test_changes_another_delivery_made_between_the_read_and_the_claim_are_announced_by_this_one(store):

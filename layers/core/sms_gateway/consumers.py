@@ -25,7 +25,7 @@ from sms_gateway.deadlines import out_of_time_after
 from sms_gateway.domain.models import DispatchCommand, Message, StatusChange, utc_now
 from sms_gateway.domain.routing import RouteTable
 from sms_gateway.logic import settle, webhook_retries
-from sms_gateway.logic.dispatch import ANNOUNCE_BATCH, DispatchDependencies, dispatch
+from sms_gateway.logic.dispatch import ANNOUNCE_BATCH, DispatchDependencies, ReadAhead, dispatch, read_single_sends
 from sms_gateway.logic.fifo import handle_in_group_order
 from sms_gateway.logic.notify import WebhookFailed, WebhookResponse, deliver, notifications_of
 from sms_gateway.logic.ratelimit import RateLimiter, account_scope, expected_grants
@@ -139,11 +139,12 @@ def _out_of_time(remaining_ms: Callable[[], int] | None) -> Callable[[], bool] |
 @dataclass(frozen=True)
 class _Invocation:
     """What a dispatcher invocation's records share: the limit on submits in flight, the rate limiter (its counter
-    tokens taken for all of them), the deadline for claims, and where their settle checks and client notifications
-    gather."""
+    tokens taken for all of them), its single sends' messages (read together), the deadline for claims, and where
+    their settle checks and client notifications gather."""
 
     in_flight: asyncio.Semaphore
     limiter: RateLimiter
+    read_ahead: ReadAhead
     out_of_time: Callable[[], bool] | None
     awaiting_report: Callable[[Sequence[Message]], None]
     announce: Callable[[Sequence[StatusChange]], None]
@@ -152,6 +153,7 @@ class _Invocation:
 async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], bool] | None) -> list[SQSRecord]:
     wiring = gateway()
     concurrency = wiring.settings.dispatch_concurrency
+    commands = [command for command in map(_command_of, records) if command is not None]
     awaiting_report: list[Message] = []
     announcements = _InvocationAnnouncements()
     invocation = _Invocation(
@@ -159,8 +161,9 @@ async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], 
         # One counter write takes the tokens of several records (an account's single sends), up to the in-flight
         # limit: tokens are good for their second only, and more than that many cannot be submitted at once.
         limiter=RateLimiter(
-            wiring.store, expected=expected_grants(_messages_by_account(records)), take_ahead=concurrency
+            wiring.store, expected=expected_grants(_messages_by_account(commands)), take_ahead=concurrency
         ),
+        read_ahead=await asyncio.to_thread(_read_single_sends, commands),
         out_of_time=out_of_time,
         awaiting_report=awaiting_report.extend,
         announce=announcements.add,
@@ -187,13 +190,20 @@ async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], 
     return failed
 
 
-def _messages_by_account(records: Sequence[SQSRecord]) -> Counter[str]:
+def _messages_by_account(commands: Sequence[DispatchCommand]) -> Counter[str]:
     counts: Counter[str] = Counter()
-    for record in records:
-        command = _command_of(record)
-        if command is not None:
-            counts[command.account_id] += len(command.message_ids)
+    for command in commands:
+        counts[command.account_id] += len(command.message_ids)
     return counts
+
+
+def _read_single_sends(commands: Sequence[DispatchCommand]) -> ReadAhead:
+    """When the read fails, each record reads its own messages, as it would without it."""
+    try:
+        return read_single_sends(gateway().store, commands)
+    except Exception:
+        logger.warning("could not read the invocation's single sends together; each record reads its own")
+        return ReadAhead()
 
 
 async def _release_unused_tokens(limiter: RateLimiter) -> None:
@@ -337,6 +347,7 @@ async def _dispatch_record(record: SQSRecord, invocation: _Invocation) -> dict[s
         awaiting_report=invocation.awaiting_report,
         out_of_time=invocation.out_of_time or (lambda: False),
         wait_out_the_rate_limit=invocation.out_of_time is not None,
+        read_ahead=invocation.read_ahead.of(command),
     )
     outcome = await dispatch(command, deps)
     metrics.add_metric(name="MessagesSubmitted", unit="Count", value=outcome.submitted)

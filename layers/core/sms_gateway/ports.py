@@ -172,12 +172,20 @@ class MessageStore(Protocol):
         ...
 
     def claim_for_dispatch(
-        self, key: MessageKey, *, now: datetime, lease_seconds: int, upstream: str | None = None
+        self,
+        key: MessageKey,
+        *,
+        now: datetime,
+        lease_seconds: int,
+        upstream: str | None = None,
+        attempts_read: int | None = None,
     ) -> Claim:
         """Takes a lease on a queued message so that two dispatchers never submit it at once; tells apart a
         lease that lapsed (its holder died, maybe mid-submit) from one that is live. `upstream`: the one the
         holder submits to first, kept with the lease so that whoever takes a lapsed lease over knows where the
-        message may be (`Claim.lapsed_upstream`)."""
+        message may be (`Claim.lapsed_upstream`). `attempts_read`: the message's submit attempts as the claimer
+        read them; a message attempted since (handed back, maybe naming an upstream that may have it) is not
+        claimed but found STALE, so the claimer reads it again rather than act on what it read."""
         ...
 
     def move_claim(self, key: MessageKey, *, from_upstream: str, to_upstream: str) -> bool:

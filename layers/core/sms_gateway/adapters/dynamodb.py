@@ -688,7 +688,13 @@ class DynamoStore(
         return found
 
     def claim_for_dispatch(
-        self, key: MessageKey, *, now: datetime, lease_seconds: int, upstream: str | None = None
+        self,
+        key: MessageKey,
+        *,
+        now: datetime,
+        lease_seconds: int,
+        upstream: str | None = None,
+        attempts_read: int | None = None,
     ) -> Claim:
         now_epoch = int(now.timestamp())
         values = {
@@ -700,12 +706,18 @@ class DynamoStore(
         if upstream is not None:
             claim += ", claim_upstream = :upstream"
             values[":upstream"] = {"S": upstream}
+        condition = "#status = :queued AND attribute_not_exists(claim_until)"
+        if attempts_read is not None:
+            # Messages are stored with `submit_attempts: 0`; one stored without it has never been attempted either.
+            never = " OR attribute_not_exists(submit_attempts)" if attempts_read == 0 else ""
+            condition += f" AND (submit_attempts = :attempts_read{never})"
+            values[":attempts_read"] = {"N": str(attempts_read)}
         try:
             self.client.update_item(
                 TableName=self.table_name,
                 Key=_key_of(key),
                 UpdateExpression=f"{claim} ADD dispatch_attempts :one",
-                ConditionExpression="#status = :queued AND attribute_not_exists(claim_until)",
+                ConditionExpression=condition,
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues=values,
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
@@ -713,8 +725,12 @@ class DynamoStore(
         except self.client.exceptions.ConditionalCheckFailedException as error:
             current = error.response.get("Item") or {}
             lapsed = current.get("claim_until", {}).get("N")
-            if current.get("status", {}).get("S") != MessageStatus.QUEUED or lapsed is None:
+            if current.get("status", {}).get("S") != MessageStatus.QUEUED:
                 return Claim(ClaimOutcome.BUSY)
+            if lapsed is None:
+                attempts = int(current.get("submit_attempts", {}).get("N", "0"))
+                stale = attempts_read is not None and attempts != attempts_read
+                return Claim(ClaimOutcome.STALE if stale else ClaimOutcome.BUSY)
             if int(lapsed) >= now_epoch:
                 return Claim(ClaimOutcome.HELD)
             return self._take_over_lapsed_claim(key, lapsed, current.get("claim_upstream", {}).get("S"), values)

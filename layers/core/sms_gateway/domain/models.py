@@ -374,6 +374,10 @@ class ClaimOutcome(StrEnum):
     # upstream accepted the message, so only an upstream that deduplicates by our reference may be asked again
     # (`Claim.lapsed_upstream`); otherwise the message is recorded as submitted, unconfirmed.
     ABANDONED = "abandoned"
+    # Still queued and unclaimed, but attempted since the dispatcher read it (another dispatcher, on a duplicate
+    # delivery of its record, submitted it and handed it back): what was read of where the message may be
+    # (`maybe_taken_by`) may be out of date, so the record comes back to read it again.
+    STALE = "stale"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from sms_gateway.domain.models import (
     DeliveryReportMode,
     DispatchCommand,
     Message,
+    MessageKey,
     StatusChange,
     SubmitRequest,
     SubmitResult,
@@ -94,6 +95,43 @@ class DispatchDependencies:
     # Whether a record the rate limit starves keeps waiting in the invocation (until `out_of_time`) rather than going
     # back to the queue at once: the handler's choice, since it knows the invocation's deadline.
     wait_out_the_rate_limit: bool = False
+    # The record's messages as its invocation read them with its other records' (ReadAhead); None: read here.
+    read_ahead: Sequence[Message] | None = None
+
+
+@dataclass(frozen=True)
+class ReadAhead:
+    """The messages of an invocation's single sends, read in one request rather than one per record (ten single
+    sends in an account's lane: one read, not ten, and no read between one send's answer and the next one's claim).
+    A message read this way may have moved on before its record comes to claim it (cancelled, or sent by a
+    duplicate delivery of its record): the claim, conditional on the message still being queued, decides, as it does
+    for a read made a moment before; a message moved on meanwhile is announced as one another dispatcher moved on."""
+
+    keys: frozenset[MessageKey] = frozenset()
+    found: dict[MessageKey, Message] = field(default_factory=dict)
+
+    def of(self, command: DispatchCommand) -> list[Message] | None:
+        """The record's messages found by the read, or None when the read did not cover the record."""
+        keys = _keys_of(command)
+        if not keys or not all(key in self.keys for key in keys):
+            return None
+        return [self.found[key] for key in keys if key in self.found]
+
+
+def read_single_sends(messages: MessageStore, commands: Sequence[DispatchCommand]) -> ReadAhead:
+    """The messages of the records of one message (single sends), read together: BatchGetItem takes 100 keys."""
+    keys = [key for command in commands if len(command.message_ids) == 1 for key in _keys_of(command)][:100]
+    if len(keys) < 2:
+        return ReadAhead()
+    found = messages.get_messages_by_key(keys)
+    return ReadAhead(keys=frozenset(keys), found={message.key: message for message in found})
+
+
+def _keys_of(command: DispatchCommand) -> list[MessageKey]:
+    return [
+        MessageKey(account_id=command.account_id, reference_id=command.reference_id, message_id=message_id)
+        for message_id in command.message_ids
+    ]
 
 
 @dataclass
@@ -138,9 +176,11 @@ class DispatchOutcome:
 async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> DispatchOutcome:
     """Idempotent: messages no longer queued (already submitted, cancelled, ...) are skipped, and a message
     is only submitted under a claim, so a duplicate SQS delivery cannot submit it twice."""
-    messages = await asyncio.to_thread(
-        deps.messages.get_messages, command.account_id, command.reference_id, list(command.message_ids)
-    )
+    messages = deps.read_ahead
+    if messages is None:
+        messages = await asyncio.to_thread(
+            deps.messages.get_messages, command.account_id, command.reference_id, list(command.message_ids)
+        )
     outcome = DispatchOutcome(skipped=len(command.message_ids) - len(messages))
     in_flight = deps.in_flight or asyncio.Semaphore(deps.concurrency)
     announcer = _Announcer(deps.announce)
@@ -294,6 +334,7 @@ async def _dispatch_one(
             now=deps.clock(),
             lease_seconds=deps.claim_lease_seconds,
             upstream=upstreams[0].name if upstreams else None,
+            attempts_read=message.submit_attempts,
         )
         resumed = resumable(message, claim, deps)
         if resumed is not None:
@@ -317,6 +358,11 @@ async def _dispatch_one(
     if claim.outcome == ClaimOutcome.BUSY:
         outcome.skipped += 1
         outcome.moved_on.append(message)
+        return
+    if claim.outcome == ClaimOutcome.STALE:
+        # Handed back by another dispatcher since it was read, maybe naming an upstream that may have it: offered
+        # on what was read, it could go to another upstream too. The record comes back and reads it again.
+        _come_back_soon([message], outcome)
         return
     if claim.outcome == ClaimOutcome.HELD:
         # Its holder may die before the lease lapses; only a later look can then find the lease lapsed, so this
