@@ -159,8 +159,6 @@ def test_an_accounts_single_sends_go_out_one_after_another_unless_it_lets_them_o
 def test_an_invocations_single_sends_are_read_together_and_take_their_rate_limit_tokens_in_one_or_two_writes(
     aws, api, upstream, monkeypatch
 ):
-    import boto3
-
     from sms_gateway.adapters import aws as aws_clients
 
     # Given an account (limited to 50 a second) with ten single sends queued in its priority lane
@@ -170,16 +168,11 @@ def test_an_invocations_single_sends_are_read_together_and_take_their_rate_limit
     single_sends(api, account, 10)
     records = queued_records(aws)
     assert len(records) == 10
-    counter_writes: list[dict[str, Any]] = []
+    counter_writes = noted_counter_writes()
     message_reads: list[dict[str, Any]] = []
-
-    def note_counter_write(params: dict[str, Any], **_: Any) -> None:
-        if params["Key"]["pk"]["S"].startswith("RATE#"):
-            counter_writes.append(params)
-
-    events = aws_clients.client("dynamodb").meta.events
-    events.register("provide-client-params.dynamodb.UpdateItem", note_counter_write)
-    events.register("provide-client-params.dynamodb.BatchGetItem", lambda params, **_: message_reads.append(params))
+    aws_clients.client("dynamodb").meta.events.register(
+        "provide-client-params.dynamodb.BatchGetItem", lambda params, **_: message_reads.append(params)
+    )
     # When one invocation sends them, one after another
     answer = load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
     # Then all ten went out, their tokens taken by one write for the ten (two when a second ended on the way, a
@@ -190,13 +183,70 @@ def test_an_invocations_single_sends_are_read_together_and_take_their_rate_limit
     # And their ten messages were read in one request, not one per record
     assert len(message_reads) == 1
     # And the account's counters hold the ten sends, none above the limit
-    table = boto3.resource("dynamodb").Table(aws["TABLE_NAME"])
-    counters = table.query(
-        KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": f"RATE#account:{account['account_id']}"}
-    )["Items"]
-    used = [int(counter["used"]) for counter in counters]
+    used = tokens_counted(aws, account["account_id"])
     assert all(count <= 50 for count in used)
     assert sum(used) >= 10
+
+
+def noted_counter_writes() -> list[dict[str, Any]]:
+    """The parameters of every rate-limit counter write the gateway's DynamoDB client makes from now on."""
+    from sms_gateway.adapters import aws as aws_clients
+
+    writes: list[dict[str, Any]] = []
+
+    def note(params: dict[str, Any], **_: Any) -> None:
+        if params["Key"]["pk"]["S"].startswith("RATE#"):
+            writes.append(params)
+
+    aws_clients.client("dynamodb").meta.events.register("provide-client-params.dynamodb.UpdateItem", note)
+    return writes
+
+
+def tokens_counted(aws: dict[str, str], account_id: str) -> list[int]:
+    """The account's rate-limit counters, a second each."""
+    import boto3
+
+    table = boto3.resource("dynamodb").Table(aws["TABLE_NAME"])
+    counters = table.query(
+        KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": f"RATE#account:{account_id}"}
+    )["Items"]
+    return [int(counter["used"]) for counter in counters]
+
+
+def test_tokens_an_invocation_took_ahead_and_did_not_use_are_given_back_while_their_second_lasts(
+    aws, api, upstream, monkeypatch
+):
+    import time
+
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import MessageKey, utc_now
+    from sms_gateway.domain.status import MessageStatus
+
+    # Given two single sends of an account, the second already sent by a duplicate delivery of its record
+    in_flight_limit(monkeypatch, 64)
+    account = new_account("Bank", "48974")
+    single_sends(api, account, 2)
+    records = queued_records(aws)
+    second = json.loads(records[1]["Body"])
+    key = MessageKey(
+        account_id=second["account_id"], reference_id=second["reference_id"], message_id=second["message_ids"][0]
+    )
+    store = gateway().store
+    store.claim_for_dispatch(key, now=utc_now(), lease_seconds=120)
+    store.transition(key, MessageStatus.SUBMITTED, now=utc_now(), upstream="other", upstream_message_id="up-1")
+    counter_writes = noted_counter_writes()
+    # When one invocation gets both records: the first takes a token for each, and only the first is sent
+    answer = load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
+    ended = int(time.time())
+    assert answer == {"batchItemFailures": []}
+    assert [text for event, text in upstream.events if event == "end"] == ["code 0"]
+    took = counter_writes[0]
+    assert took["ExpressionAttributeValues"][":n"] == {"N": "2"}
+    # Then, when the invocation ended within the second of that take, the unused token went back: the counter holds
+    # the one send (a second over by then keeps it counted there, which no longer matters)
+    if ended == int(took["Key"]["sk"]["S"]):
+        assert any(":minus" in write["ExpressionAttributeValues"] for write in counter_writes[1:])
+        assert tokens_counted(aws, account["account_id"]) == [1]
 
 
 class ContainerDied(BaseException):
