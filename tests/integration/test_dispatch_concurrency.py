@@ -188,6 +188,41 @@ def test_an_invocations_single_sends_are_read_together_and_take_their_rate_limit
     assert sum(used) >= 10
 
 
+def test_when_the_shared_read_of_single_sends_fails_each_record_reads_its_own_and_all_are_sent_once(
+    aws, api, upstream, monkeypatch
+):
+    from botocore.exceptions import ClientError
+
+    from sms_gateway.adapters.dynamodb import DynamoStore
+
+    # Given ten single sends queued in an account's priority lane
+    in_flight_limit(monkeypatch, 64)
+    upstream.latency = 0.01
+    account = new_account("Bank", "48974")
+    single_sends(api, account, 10)
+    records = queued_records(aws)
+    assert len(records) == 10
+    # And DynamoDB refusing the invocation's first read of messages (the one meant for all ten)
+    reads: list[int] = []
+    read_messages = DynamoStore.get_messages_by_key
+
+    def first_read_throttled(store: DynamoStore, keys: Any, **options: Any) -> Any:
+        reads.append(len(keys))
+        if len(reads) == 1:
+            raise ClientError(
+                {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}}, "BatchGetItem"
+            )
+        return read_messages(store, keys, **options)
+
+    monkeypatch.setattr(DynamoStore, "get_messages_by_key", first_read_throttled)
+    # When one invocation handles the ten records
+    answer = load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
+    # Then no record failed for it: each read its own message, and every send went out once
+    assert answer == {"batchItemFailures": []}
+    assert reads == [10] + [1] * 10
+    assert sorted(text for kind, text in upstream.events if kind == "start") == sorted(f"code {i}" for i in range(10))
+
+
 def noted_counter_writes() -> list[dict[str, Any]]:
     """The parameters of every rate-limit counter write the gateway's DynamoDB client makes from now on."""
     from sms_gateway.adapters import aws as aws_clients

@@ -8,7 +8,7 @@ import functools
 import json
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -145,6 +145,8 @@ class _Invocation:
     in_flight: asyncio.Semaphore
     limiter: RateLimiter
     read_ahead: ReadAhead
+    # Each record's command, parsed once: None for a body that is not one.
+    commands: Mapping[str, DispatchCommand | None]
     out_of_time: Callable[[], bool] | None
     awaiting_report: Callable[[Sequence[Message]], None]
     announce: Callable[[Sequence[StatusChange]], None]
@@ -153,7 +155,8 @@ class _Invocation:
 async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], bool] | None) -> list[SQSRecord]:
     wiring = gateway()
     concurrency = wiring.settings.dispatch_concurrency
-    commands = [command for command in map(_command_of, records) if command is not None]
+    command_of = {record.message_id: _command_of(record) for record in records}
+    commands = [command for command in command_of.values() if command is not None]
     awaiting_report: list[Message] = []
     announcements = _InvocationAnnouncements()
     invocation = _Invocation(
@@ -164,6 +167,7 @@ async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], 
             wiring.store, expected=expected_grants(_messages_by_account(commands)), take_ahead=concurrency
         ),
         read_ahead=await asyncio.to_thread(_read_single_sends, commands),
+        commands=command_of,
         out_of_time=out_of_time,
         awaiting_report=awaiting_report.extend,
         announce=announcements.add,
@@ -177,7 +181,7 @@ async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], 
     failed = await handle_in_group_order(
         records,
         group_of=lambda record: record.attributes.message_group_id or record.message_id,
-        may_overlap=_same_batch,
+        may_overlap=lambda before, record: _same_batch(command_of[before.message_id], command_of[record.message_id]),
         handle=handle,
     )
     await _release_unused_tokens(invocation.limiter)
@@ -260,16 +264,12 @@ def _return_records(records: Sequence[SQSRecord], seconds: int, why: str) -> Non
             logger.warning(f"could not return a dispatch record {why}", extra={"record": record.message_id})
 
 
-def _same_batch(before: SQSRecord, record: SQSRecord) -> bool:
+def _same_batch(before: DispatchCommand | None, command: DispatchCommand | None) -> bool:
     """Records of one batch may overlap: their messages were never sent in any order among themselves (a record's
     own go out concurrently). A batch's first record waits until every record before it in the group is done."""
-    batch = _batch_of(before)
-    return batch is not None and batch == _batch_of(record)
-
-
-def _batch_of(record: SQSRecord) -> tuple[str, int] | None:
-    command = _command_of(record)
-    return None if command is None else (command.account_id, command.reference_id)
+    if before is None or command is None:
+        return False
+    return (before.account_id, before.reference_id) == (command.account_id, command.reference_id)
 
 
 def _command_of(record: SQSRecord) -> DispatchCommand | None:
@@ -322,7 +322,9 @@ def _count_failure(record: SQSRecord) -> int:
 
 
 async def _dispatch_record(record: SQSRecord, invocation: _Invocation) -> dict[str, Any]:
-    command = DispatchCommand.model_validate_json(record.body)
+    # A body that is not a command is parsed again, to raise what is wrong with it: a failure like any other
+    # (dispatch_record), retried, then dead-lettered with that reason.
+    command = invocation.commands.get(record.message_id) or DispatchCommand.model_validate_json(record.body)
     wiring = gateway()
     # Cached settings: a store read at most once per SETTINGS_MAX_AGE_SECONDS, off the loop all the same.
     routes, rate_limit = await asyncio.gather(
