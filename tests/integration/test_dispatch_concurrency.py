@@ -156,18 +156,27 @@ def test_an_accounts_single_sends_go_out_one_after_another_unless_it_lets_them_o
         assert upstream.peak == 5
 
 
-def test_an_invocations_single_sends_are_read_together_and_take_their_rate_limit_tokens_in_one_or_two_writes(
-    aws, api, upstream, monkeypatch
-):
-    from sms_gateway.adapters import aws as aws_clients
-
-    # Given an account (limited to 50 a second) with ten single sends queued in its priority lane
+def ten_queued_single_sends(
+    aws: dict[str, str], api: Any, upstream: SlowUpstream, monkeypatch: pytest.MonkeyPatch
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A new account's ten single sends, queued in its priority lane (ten records), for an upstream answering in
+    10 ms and 64 submits in flight."""
     in_flight_limit(monkeypatch, 64)
     upstream.latency = 0.01
     account = new_account("Bank", "48974")
     single_sends(api, account, 10)
     records = queued_records(aws)
     assert len(records) == 10
+    return account, records
+
+
+def test_an_invocations_single_sends_are_read_together_and_take_their_rate_limit_tokens_in_one_or_two_writes(
+    aws, api, upstream, monkeypatch
+):
+    from sms_gateway.adapters import aws as aws_clients
+
+    # Given an account (limited to 50 a second) with ten single sends queued in its priority lane
+    account, records = ten_queued_single_sends(aws, api, upstream, monkeypatch)
     counter_writes = noted_counter_writes()
     message_reads: list[dict[str, Any]] = []
     aws_clients.client("dynamodb").meta.events.register(
@@ -196,12 +205,7 @@ def test_when_the_shared_read_of_single_sends_fails_each_record_reads_its_own_an
     from sms_gateway.adapters.dynamodb import DynamoStore
 
     # Given ten single sends queued in an account's priority lane
-    in_flight_limit(monkeypatch, 64)
-    upstream.latency = 0.01
-    account = new_account("Bank", "48974")
-    single_sends(api, account, 10)
-    records = queued_records(aws)
-    assert len(records) == 10
+    _, records = ten_queued_single_sends(aws, api, upstream, monkeypatch)
     # And DynamoDB refusing the invocation's first read of messages (the one meant for all ten)
     reads: list[int] = []
     read_messages = DynamoStore.get_messages_by_key
