@@ -332,6 +332,81 @@ def test_tokens_a_later_scope_refuses_are_kept_by_a_holder_and_released_at_its_e
     assert store.per_second("account:a") == {}
 
 
+class SlowFirstWriteStore(CountingStore):
+    """Its first write to `slow_scope` is held until the test lets it go (a write that outlasts a second)."""
+
+    def __init__(self, slow_scope: str) -> None:
+        super().__init__()
+        self.slow_scope = slow_scope
+        self.held = threading.Event()
+        self.let_go = threading.Event()
+
+    def take_tokens(self, scope: str, second: int, wanted: int, limit: int) -> int:
+        if scope == self.slow_scope and not self.held.is_set():
+            self.held.set()
+            self.let_go.wait(10)
+        return super().take_tokens(scope, second, wanted, limit)
+
+
+def test_an_ask_that_began_in_the_second_before_uses_the_tokens_kept_for_this_one_and_keeps_them(clock):
+    # Given a holder whose ask on account a and route sim began in a second, its account write still pending when
+    # the next second began
+    store = SlowFirstWriteStore("account:a")
+    rate = holder(store, clock, expects=50)
+    both = [account_scope("a", 50), route_scope("sim", 1000)]
+
+    async def scenario() -> list[int]:
+        late = asyncio.create_task(rate.acquire(both, 1))
+        while not store.held.is_set():
+            await asyncio.sleep(0.001)
+        clock.now += 1
+        # And meanwhile an ask for account b, in the new second, that took route tokens ahead for it
+        meanwhile = await rate.acquire([account_scope("b", 50), route_scope("sim", 1000)], 1)
+        store.let_go.set()
+        granted = [meanwhile, await late]
+        # When the late ask is done and another comes in the new second
+        granted.append(await rate.acquire([account_scope("b", 50), route_scope("sim", 1000)], 1))
+        return granted
+
+    granted = asyncio.run(scenario())
+    # Then every ask got its token, and the route was written once, for the new second: the late ask took its
+    # token from those kept for the new second rather than writing for the old one and dropping them, so the next
+    # ask found them still kept
+    assert granted == [1, 1, 1]
+    assert [call for call in takes(store) if call[1] == "route:sim"] == [("take", "route:sim", SECOND + 1)]
+    assert store.per_second("route:sim") == {SECOND + 1: 50}
+
+
+def test_tokens_a_late_ask_took_from_the_new_second_go_back_there_when_a_later_scope_refuses(clock):
+    # Given a holder whose ask on routes x and sim and account a began in a second, its write on route x (asked
+    # first, the least limit) still pending when the next second began; route sim's old second full
+    store = SlowFirstWriteStore("route:x")
+    store.used[("route:sim", SECOND)] = 1000
+    rate = holder(store, clock, expects=50)
+    scopes = [route_scope("x", 10), account_scope("a", 50), route_scope("sim", 1000)]
+
+    async def scenario() -> list[int]:
+        late = asyncio.create_task(rate.acquire(scopes, 1, max_wait_seconds=0))
+        while not store.held.is_set():
+            await asyncio.sleep(0.001)
+        clock.now += 1
+        # And meanwhile an ask on account a alone, in the new second, that took its tokens ahead
+        granted = [await rate.acquire([account_scope("a", 50)], 1)]
+        store.let_go.set()
+        # When the late ask takes account a's token from the new second and route sim refuses it
+        granted.append(await late)
+        # And one more ask on account a comes, and the holder is done
+        granted.append(await rate.acquire([account_scope("a", 50)], 1))
+        await rate.release()
+        return granted
+
+    granted = asyncio.run(scenario())
+    # Then the refused token went back to those kept for the new second: the account's counter holds the two sent
+    assert granted == [1, 0, 1]
+    assert [call for call in takes(store) if call[1] == "account:a"] == [("take", "account:a", SECOND + 1)]
+    assert store.per_second("account:a") == {SECOND + 1: 2}
+
+
 def three_containers_sending_one_account(take_ahead: bool) -> tuple[list[int], CountingStore]:
     """Three dispatcher containers, each an invocation of ten records of 7 messages for one account limited to 50 a
     second, every record asking for at most 3 tokens at a time until its messages are sent."""

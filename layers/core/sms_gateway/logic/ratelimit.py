@@ -109,24 +109,28 @@ class RateLimiter:
 
     async def _take(self, scopes: Sequence[tuple[str, int]], second: int, wanted: int) -> int:
         # Each scope is asked for what the one before it granted, so every scope taken so far holds `granted`.
-        counted: list[str] = []
+        counted: list[tuple[str, int]] = []
         granted = wanted
         for name, limit in scopes:
-            got = await self._take_from(name, limit, second, granted)
+            got, counted_in = await self._take_from(name, limit, second, granted)
             if got < granted:
                 # What the earlier scopes counted but will not be sent goes back, to stay usable this second.
-                for earlier in counted:
-                    await self._give_back(earlier, second, granted - got)
+                for earlier, earlier_second in counted:
+                    await self._give_back(earlier, earlier_second, granted - got)
             granted = got
             if not granted:
                 return 0
-            counted.append(name)
+            counted.append((name, counted_in))
         return granted
 
-    async def _take_from(self, name: str, limit: int, second: int, wanted: int) -> int:
+    async def _take_from(self, name: str, limit: int, second: int, wanted: int) -> tuple[int, int]:
         """Up to `wanted` tokens of one scope: from those kept for this second, and what they lack from the store,
-        with as many more as the holder still expects to ask for (kept)."""
+        with as many more as the holder still expects to ask for (kept); and the second they are counted in."""
         async with self._locks.setdefault(name, asyncio.Lock()):
+            # An ask that began before a second boundary and reaches this scope after another ask kept tokens for
+            # the new second is served in the new second: from those tokens, and any write for it. Asked for the
+            # old second, it would write there and then keep its leftover over the new second's, dropping them.
+            second = self._current_second(name, second)
             kept = self._kept_for(name, second)
             if kept < wanted and self._full.get(name) != second:
                 ahead = min(self.take_ahead, self.expected(name) - self._handed[name]) if self.expected else 0
@@ -138,7 +142,7 @@ class RateLimiter:
             handed = min(wanted, kept)
             self._kept[name] = (second, kept - handed)
             self._handed[name] += handed
-            return handed
+            return handed, second
 
     async def _give_back(self, name: str, second: int, count: int) -> None:
         if self.expected is None:
@@ -146,8 +150,16 @@ class RateLimiter:
             return
         # A holder that takes ahead keeps them for its next ask this second (`release` returns what is left).
         async with self._locks.setdefault(name, asyncio.Lock()):
-            self._kept[name] = (second, self._kept_for(name, second) + count)
+            if self._current_second(name, second) == second:
+                self._kept[name] = (second, self._kept_for(name, second) + count)
+            # Else they were counted in a second that is over, and tokens are kept for a later one: nothing to
+            # keep of them, and those are not overwritten.
             self._handed[name] -= count
+
+    def _current_second(self, name: str, second: int) -> int:
+        """`second`, or a later one this holder keeps tokens for (only a holder taking ahead keeps any)."""
+        kept_second, count = self._kept.get(name, (second, 0))
+        return kept_second if kept_second > second and count else second
 
     def _kept_for(self, name: str, second: int) -> int:
         kept_second, count = self._kept.get(name, (second, 0))
