@@ -184,8 +184,7 @@ class InMemoryStore:
         return page, (str(start + limit) if start + limit < len(found) else None)
 
     def get_messages(self, account_id: str, reference_id: int, message_ids: Sequence[int]) -> list[Message]:
-        keys = [MessageKey(account_id=account_id, reference_id=reference_id, message_id=i) for i in message_ids]
-        return self.get_messages_by_key(keys)
+        return self.get_messages_by_key(MessageKey.of_batch(account_id, reference_id, message_ids))
 
     def get_messages_by_key(self, keys: Sequence[MessageKey], *, consistent: bool = True) -> list[Message]:
         return [self.messages[k] for k in keys if k in self.messages]

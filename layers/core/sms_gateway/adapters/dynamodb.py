@@ -677,9 +677,7 @@ class DynamoStore(
         return messages, last
 
     def get_messages(self, account_id: str, reference_id: int, message_ids: Sequence[int]) -> list[Message]:
-        return self.get_messages_by_key(
-            [MessageKey(account_id=account_id, reference_id=reference_id, message_id=i) for i in message_ids]
-        )
+        return self.get_messages_by_key(MessageKey.of_batch(account_id, reference_id, message_ids))
 
     def get_messages_by_key(self, keys: Sequence[MessageKey], *, consistent: bool = True) -> list[Message]:
         items = batch_get(self.client, self.table_name, [_key_of(key) for key in keys], consistent=consistent)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -161,6 +162,11 @@ class MessageKey(Record):
         if len(parts) != 3 or not all(ascii_digits(p) for p in parts):
             return None
         return cls(account_id=parts[0], reference_id=int(parts[1]), message_id=int(parts[2]))
+
+    @classmethod
+    def of_batch(cls, account_id: str, reference_id: int, message_ids: Sequence[int]) -> list[MessageKey]:
+        """The keys of a batch's messages `message_ids`, in that order."""
+        return [cls(account_id=account_id, reference_id=reference_id, message_id=i) for i in message_ids]
 
 
 class Message(Record):

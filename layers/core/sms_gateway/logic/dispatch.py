@@ -128,10 +128,7 @@ def read_single_sends(messages: MessageStore, commands: Sequence[DispatchCommand
 
 
 def _keys_of(command: DispatchCommand) -> list[MessageKey]:
-    return [
-        MessageKey(account_id=command.account_id, reference_id=command.reference_id, message_id=message_id)
-        for message_id in command.message_ids
-    ]
+    return MessageKey.of_batch(command.account_id, command.reference_id, command.message_ids)
 
 
 @dataclass
