@@ -92,8 +92,12 @@ def raw_item(store: DynamoStore, pk: str, sk: str) -> dict[str, Any] | None:
     ).get("Item")
 
 
+def message_item_key(key: MessageKey) -> dict[str, dict[str, str]]:
+    return {"pk": {"S": f"MSGS#{key.account_id}#{key.reference_id}"}, "sk": {"S": f"MSG#{key.message_id:019d}"}}
+
+
 def raw_message(store: DynamoStore, key: MessageKey) -> dict[str, Any] | None:
-    return raw_item(store, f"MSGS#{key.account_id}#{key.reference_id}", f"MSG#{key.message_id:019d}")
+    return store.client.get_item(TableName=store.table_name, Key=message_item_key(key), ConsistentRead=True).get("Item")
 
 
 def scan_all(store: DynamoStore) -> list[dict[str, Any]]:
@@ -646,6 +650,25 @@ def test_a_claim_on_a_read_made_before_the_message_was_handed_back_finds_it_stal
     # And a claim on a fresh read (one attempt) takes it
     fresh = store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120, upstream="primary", attempts_read=1)
     assert fresh == Claim(ClaimOutcome.CLAIMED)
+
+
+def test_a_message_stored_without_an_attempt_count_is_claimed_as_never_attempted_and_counted_from_there(store):
+    # Given a queued message stored without `submit_attempts` (no current writer stores one)
+    message = one_message(store, MessageStatus.QUEUED)
+    store.client.update_item(
+        TableName=store.table_name,
+        Key=message_item_key(message.key),
+        UpdateExpression="REMOVE submit_attempts",
+    )
+    assert "submit_attempts" not in raw_message(store, message.key)
+    # When a dispatcher that read one attempt claims it, then one that read it as never attempted
+    stale = store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120, attempts_read=1)
+    claim = store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120, attempts_read=0)
+    # Then the first read is stale and the second claims it
+    assert (stale, claim) == (Claim(ClaimOutcome.STALE), Claim(ClaimOutcome.CLAIMED))
+    # And handing it back after a submit counts that attempt from nothing
+    store.release_claim(message.key)
+    assert raw_message(store, message.key)["submit_attempts"] == {"N": "1"}
 
 
 def test_a_lapsed_claim_taken_over_tells_where_its_holder_was_submitting_and_counts_its_attempt(store):
