@@ -213,6 +213,29 @@ def test_login_needs_the_right_password_of_a_known_user(store):
     assert store.account_id_for_login("nobody-" + credentials.username, credentials.password) is None
 
 
+def test_an_unknown_username_costs_the_same_key_derivations_as_a_wrong_password(store, monkeypatch):
+    import hashlib
+
+    # Given an account with a username and password, and one unknown username already tried
+    account, credentials = new_account()
+    store.create_account(account, credentials)
+    store.account_id_for_login("nobody-" + credentials.username, "guess")
+    derivations: list[int] = []
+    scrypt = hashlib.scrypt
+
+    def counted(*args, **kwargs):
+        derivations.append(1)
+        return scrypt(*args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "scrypt", counted)
+    # When a wrong password is tried for the known username, then for another unknown one
+    assert store.account_id_for_login(credentials.username, "guess") is None
+    for_known = len(derivations)
+    assert store.account_id_for_login("someone-" + credentials.username, "guess") is None
+    # Then both cost one derivation, so the time taken does not tell which usernames exist
+    assert (for_known, len(derivations) - for_known) == (1, 1)
+
+
 @pytest.mark.parametrize("clash", ["username", "sender"])
 def test_an_account_whose_username_or_sender_is_taken_is_not_created_at_all(store, clash):
     # Given an account that holds a username and a sender

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -83,6 +84,13 @@ def hash_password(password: str, salt: bytes | None = None) -> str:
     salt = salt or secrets.token_bytes(16)
     digest = hashlib.scrypt(password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P)
     return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${salt.hex()}${digest.hex()}"
+
+
+@functools.cache
+def _hash_of_no_password() -> str:
+    """What an unknown username's password is checked against: made once, so that check costs one derivation, as a
+    wrong password for a real username does."""
+    return hash_password(secrets.token_urlsafe(16))
 
 
 def verify_password(password: str, stored: str) -> bool:
@@ -349,7 +357,7 @@ class DynamoStore(
         ).get("Item")
         if not found:
             # Spend the same time as a wrong password so the answer does not reveal which usernames exist.
-            verify_password(password, hash_password("x"))
+            verify_password(password, _hash_of_no_password())
             return None
         if not verify_password(password, found["password_hash"]["S"]):
             return None
