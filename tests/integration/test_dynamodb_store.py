@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sms_gateway.adapters.dynamodb import DynamoStore
+from sms_gateway.adapters.dynamodb import DynamoStore, message_sk, messages_pk
 from sms_gateway.domain.ids import message_id_at, new_batch_id, new_id
 from sms_gateway.domain.models import Account, Batch, Claim, ClaimOutcome, Credentials, Message, MessageKey, iso
 from sms_gateway.domain.status import MessageStatus, allowed_previous
@@ -93,11 +93,11 @@ def raw_item(store: DynamoStore, pk: str, sk: str) -> dict[str, Any] | None:
 
 
 def message_item_key(key: MessageKey) -> dict[str, dict[str, str]]:
-    return {"pk": {"S": f"MSGS#{key.account_id}#{key.reference_id}"}, "sk": {"S": f"MSG#{key.message_id:019d}"}}
+    return {"pk": {"S": messages_pk(key.account_id, key.reference_id)}, "sk": {"S": message_sk(key.message_id)}}
 
 
 def raw_message(store: DynamoStore, key: MessageKey) -> dict[str, Any] | None:
-    return store.client.get_item(TableName=store.table_name, Key=message_item_key(key), ConsistentRead=True).get("Item")
+    return raw_item(store, messages_pk(key.account_id, key.reference_id), message_sk(key.message_id))
 
 
 def scan_all(store: DynamoStore) -> list[dict[str, Any]]:
