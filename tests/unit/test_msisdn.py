@@ -117,8 +117,31 @@ def test_parsing_an_msisdn_s_own_output_gives_it_back(number: tuple[str, str], s
 def test_numbers_are_read_in_their_own_country(raw: str, default_country: str, expected: Msisdn) -> None:
     # Given a number and an account's default country
     # When it is parsed
-    # Then a bare international number wins over the default country, and a national one uses it
+    # Then a bare international number is read as such, and a national one uses the default country
     assert parse_msisdn(raw, default_country) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "default_country", "expected_e164"),
+    [
+        ("9513500049", "US", "+19513500049"),
+        ("2015550123", "US", "+12015550123"),
+        ("5143487481", "CA", "+15143487481"),
+        ("3234411839", "IT", "+393234411839"),
+        ("19513500049", "US", "+19513500049"),
+        ("393234411839", "IT", "+393234411839"),
+        ("254712345678", "NG", "+254712345678"),
+    ],
+)
+def test_a_number_valid_both_ways_is_read_in_the_account_s_country(
+    raw: str, default_country: str, expected_e164: str
+) -> None:
+    # Given bare digits that are a valid national number of the account's country and, read as starting with
+    # a calling code, also a valid number elsewhere (US 951... is also Myanmar +95 13500049)
+    # When they are parsed
+    parsed = parse_msisdn(raw, default_country)
+    # Then the account's own country wins, unless the digits begin with its calling code
+    assert parsed.e164 == expected_e164
 
 
 def test_a_fixed_line_number_is_valid_but_has_no_network() -> None:

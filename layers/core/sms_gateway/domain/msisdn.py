@@ -63,15 +63,15 @@ def _parse(raw: str, default_country: str) -> Msisdn | str:
     if digits.startswith("00"):
         return _resolve("+" + digits[2:], None)
     as_international = _resolve("+" + digits, None)
-    if isinstance(as_international, Msisdn):
-        return as_international
     as_national = _resolve(digits, region)
-    if isinstance(as_national, Msisdn):
-        return as_national
-    # Explain the reading the client most likely meant: international when it starts with the country's code.
-    if _starts_with_calling_code(digits, region):
-        return as_international
-    return as_national
+    # Bare digits can read both ways (US 951 350 0049 is also Myanmar +95 1350 0049). The client most likely
+    # meant international when they start with the account's calling code, and its own country otherwise;
+    # that reading also names the error when neither is valid.
+    meant_international = _starts_with_calling_code(digits, region)
+    preferred, other = (as_international, as_national) if meant_international else (as_national, as_international)
+    if isinstance(preferred, Msisdn) or not isinstance(other, Msisdn):
+        return preferred
+    return other
 
 
 def _clean(raw: str) -> tuple[str, bool] | str:
