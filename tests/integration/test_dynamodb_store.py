@@ -345,10 +345,12 @@ class TestOnASharedTable:
             thread.start()
         for thread in threads:
             thread.join(timeout=30)
-        # Then exactly 10 succeed, each seeing a different balance, and the rest are refused
+        # Then exactly 10 succeed, each answered a balance its own reservation is taken from (read after the write,
+        # so it may include the reservations that overlapped it), and the rest are refused
         assert errors == []
         assert len(balances) == 10
-        assert sorted(balances) == list(range(0, 100, 10))
+        assert all(left in range(0, 100, 10) for left in balances)
+        assert min(balances) == 0
         assert len(refused) == 10
         # And the balance is zero, never negative
         assert balance(store, account.account_id) == 0

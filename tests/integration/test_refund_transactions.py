@@ -192,16 +192,7 @@ def test_a_send_reserving_credits_while_a_refund_holds_the_account_is_tried_agai
     account, credentials = new_account(credits=100)
     table.create_account(account, credentials)
     held = [1]
-
-    def update_item(real, **kwargs):
-        if held:
-            held.pop()
-            raise table.client.exceptions.TransactionConflictException(
-                {"Error": {"Code": "TransactionConflictException", "Message": "ongoing transaction"}}, "UpdateItem"
-            )
-        return real(**kwargs)
-
-    busy = with_client(table, ClientThat(table.client, update_item=update_item))
+    busy = conflicting_once(table, held, ["TransactionConflict"])
     # When a send reserves credits
     assert busy.reserve_credits(account.account_id, 30) == 70
     # Then the write went through on its second try, once
@@ -386,3 +377,72 @@ def test_a_batch_repriced_beyond_the_balance_changes_nothing(table):
         table.reprice_batch(batch, 33)
     assert table.get_batch(account_id, batch.reference_id) == batch
     assert balance(table, account_id) == 2
+
+
+class AnswerLostOnce:
+    """Stands in front of moto on a client: the first request reaches DynamoDB (moto) and then its answer is lost
+    on the wire, so botocore sends the same request again. Like DynamoDB, it answers a transaction whose
+    ClientRequestToken it has already applied without applying it again (moto keeps no tokens)."""
+
+    def __init__(self, client: Any) -> None:
+        from moto.core.models import botocore_stubber
+
+        self.sent = 0
+        self._moto = botocore_stubber
+        self._applied_tokens: set[str] = set()
+        client.meta.events.unregister("before-send", botocore_stubber)
+        client.meta.events.register("before-send", self._before_send)
+
+    def _before_send(self, request: Any, event_name: str, **_: Any) -> Any:
+        import json
+
+        from botocore.awsrequest import AWSResponse
+
+        self.sent += 1
+        token = json.loads(request.body or b"{}").get("ClientRequestToken")
+        if token in self._applied_tokens:
+            return AWSResponse(request.url, 200, {}, _RawBody(b"{}"))
+        answer = self._moto(event_name=event_name, request=request)
+        if self.sent > 1:
+            return answer
+        if token and answer.status_code == 200:
+            self._applied_tokens.add(token)
+        raise ConnectionClosedError(endpoint_url=request.url)
+
+
+class _RawBody:
+    def __init__(self, content: bytes) -> None:
+        self._content = content
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self._content
+
+
+@pytest.mark.parametrize(
+    ("move", "expected"),
+    [
+        (lambda store, account_id: store.reserve_credits(account_id, 30), 70),
+        (lambda store, account_id: store.refund_credits(account_id, 30), 130),
+        (lambda store, account_id: store.top_up(account_id, 30), 130),
+    ],
+    ids=["reserve", "refund", "top-up"],
+)
+def test_a_credit_move_whose_answer_is_lost_is_applied_once_when_botocore_sends_it_again(table, move, expected):
+    # Given an account with 100 credits, and a client (the gateway's own retry settings) whose first write to the
+    # account is applied by DynamoDB and its answer then lost, so botocore sends the same request again
+    from sms_gateway.adapters import aws
+
+    account, credentials = new_account(credits=100)
+    table.create_account(account, credentials)
+    aws.reset_clients()
+    client = aws.client("dynamodb")
+    lost = AnswerLostOnce(client)
+    try:
+        # When credits are reserved, given back or topped up through it
+        answer = move(with_client(table, client), account.account_id)
+    finally:
+        aws.reset_clients()
+    # Then botocore sent the write again, the credits moved once, and the answer is the balance after
+    assert lost.sent >= 3  # the write, its retry and the read of the balance
+    assert balance(table, account.account_id) == expected
+    assert answer == expected

@@ -56,7 +56,7 @@ from sms_gateway.domain.models import (
 )
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.status import MessageStatus, allowed_previous
-from sms_gateway.errors import Conflict, InsufficientCredits, InvalidRequest
+from sms_gateway.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound
 
 MESSAGE_INDEX = "message-index"
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -370,11 +370,9 @@ class DynamoStore(
         return str(found["account_id"]["S"]) if found else None
 
     def reserve_credits(self, account_id: str, amount: int) -> int:
-        try:
-            answer = self._write_account(**self._reserve_update(account_id, amount), ReturnValues="UPDATED_NEW")
-        except self.client.exceptions.ConditionalCheckFailedException as error:
-            raise _short_of_credits(amount) from error
-        return int(answer["Attributes"]["credits"]["N"])
+        if self._move_credits(self._reserve_update(account_id, amount)):
+            raise _short_of_credits(amount)
+        return self._balance(account_id)
 
     def _reserve_update(self, account_id: str, amount: int) -> dict[str, Any]:
         return {
@@ -386,8 +384,14 @@ class DynamoStore(
         }
 
     def refund_credits(self, account_id: str, amount: int) -> int:
-        answer = self._write_account(**self._credits_update(account_id, amount), ReturnValues="UPDATED_NEW")
-        return int(answer["Attributes"]["credits"]["N"])
+        if self._move_credits(self._credits_update(account_id, amount)):
+            raise RuntimeError(f"account {account_id} is gone: {amount} credits could not be given back")
+        return self._balance(account_id)
+
+    def top_up(self, account_id: str, credits: int) -> int:
+        if self._move_credits(self._credits_update(account_id, credits)):
+            raise NotFound(f"no account {account_id}")
+        return self._balance(account_id)
 
     def _credits_update(self, account_id: str, amount: int) -> dict[str, Any]:
         return {
@@ -398,18 +402,14 @@ class DynamoStore(
             "ExpressionAttributeValues": {":amount": {"N": str(amount)}},
         }
 
-    def _write_account(self, **update: Any) -> Any:
-        """An UpdateItem of an account item, tried again while a refund's transaction holds the item (DynamoDB
-        refuses the write with TransactionConflictException, which botocore does not retry)."""
-        update.setdefault("TableName", self.table_name)
-        for attempt in range(_MAX_TRANSACTION_ATTEMPTS):
-            try:
-                return self.client.update_item(**update)
-            except self.client.exceptions.TransactionConflictException:
-                if attempt == _MAX_TRANSACTION_ATTEMPTS - 1:
-                    raise
-                _back_off(attempt)
-        raise AssertionError("unreachable")
+    def _move_credits(self, update: dict[str, Any]) -> bool:
+        """Writes an account's credits as a transaction of one item, so that the write carries a token: when its
+        answer is lost botocore sends the same request again, and DynamoDB applies a transaction it receives twice
+        under one token once, where it would apply an UpdateItem twice. Tried again while another transaction holds
+        the item. True when the update's condition refused it. The transaction answers nothing, so callers read the
+        balance after (`_balance`): a write unit and a read more than an UpdateItem, for credits that add up."""
+        (refused,) = self._transact_until_decided([{"Update": update}])
+        return refused is not None
 
     # ---------------------------------------------------------------- batches and messages
 

@@ -250,21 +250,7 @@ class DynamoAccountAdmin:
             raise Conflict(f"account {account_id} changed while removing {sender!r}; try again") from error
         return self._read_account(account_id)
 
-    # ---------------------------------------------------------------- balance and settings
-
-    def top_up(self, account_id: str, credits: int) -> int:
-        try:
-            answer = self.client.update_item(
-                TableName=self.table_name,
-                Key=account_key(account_id),
-                UpdateExpression="ADD credits :amount",
-                ConditionExpression=_EXISTS,
-                ExpressionAttributeValues={":amount": {"N": str(credits)}},
-                ReturnValues="UPDATED_NEW",
-            )
-        except self.client.exceptions.ConditionalCheckFailedException as error:
-            raise NotFound(f"no account {account_id}") from error
-        return int(answer["Attributes"]["credits"]["N"])
+    # ---------------------------------------------------------------- settings (credits: DynamoStore.top_up)
 
     def update_account(self, account_id: str, changes: AccountChanges) -> Account:
         values = changes.model_dump(include=set(_SETTABLE), exclude_none=True)
