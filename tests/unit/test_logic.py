@@ -20,6 +20,7 @@ from sms_gateway.domain.models import (
     InboundSms,
     KeyClaim,
     Message,
+    MessageKey,
     Recipient,
     SendCommand,
     SubmitRequest,
@@ -1320,6 +1321,21 @@ class TestSettleChecks:
         assert sorted(m.message_id for m in told) == sorted(record.message_ids)
         assert {m.status for m in store.messages.values()} == {MessageStatus.SUBMITTED}
 
+    def test_a_message_whose_interim_report_overtook_its_dispatcher_still_gets_its_settle_check(self, store):
+        # Given a message whose upstream sends an interim report (enroute: submitted) that is applied before the
+        # dispatcher writes the submit down, so the dispatcher's write finds it submitted already
+        _, deps = send(store, command(1))
+        [record] = deps.dispatch_queue.commands
+        provider = ReportsWhileSubmitting(store, MessageStatus.SUBMITTED)
+        told: list = []
+        # When it is dispatched
+        asyncio.run(dispatch(record, replace(dispatch_deps(store, provider), awaiting_report=told.extend)))
+        # Then it is submitted, and the dispatch still asks for its settle check: without one, a message whose final
+        # report never comes would stay submitted (and charged) for ever
+        [message] = store.messages.values()
+        assert message.status == MessageStatus.SUBMITTED and provider.applied == 1
+        assert [m.message_id for m in told] == list(record.message_ids)
+
     def test_checks_group_message_ids_by_batch_once_each_and_split_past_the_limit(self, store):
         # Given messages of two batches, one listed twice, more than one check holds
         send(store, command(2))
@@ -1344,6 +1360,24 @@ class TestSettleChecks:
         # Then it settles its message as a new one would
         [message] = store.messages.values()
         assert (message.status, message.error_code) == (MessageStatus.EXPIRED, "no_delivery_report")
+
+
+class ReportsWhileSubmitting(FakeProvider):
+    """An upstream whose report on a message reaches the gateway (and is applied) before its answer to the submit."""
+
+    def __init__(self, store: InMemoryStore, status: MessageStatus) -> None:
+        super().__init__()
+        self.store = store
+        self.status = status
+        self.applied = 0
+
+    async def submit(self, request):
+        result = await super().submit(request)
+        key = MessageKey.from_ref(request.client_ref)
+        self.reports = [report(self.store.messages[key], self.status)]
+        delivered = receive_delivery_reports(self, callback(), DeliveryDependencies(self.store, self.store, clock))
+        self.applied += delivered.applied
+        return result
 
 
 class DiesOnTheLastSubmit(FakeProvider):

@@ -154,9 +154,17 @@ class DispatchOutcome:
     # Submit attempts an upstream did not take, by (upstream, "transient" | "permanent"), failovers included.
     upstream_failures: Counter[tuple[str, str]] = field(default_factory=Counter)
 
+    # Messages this dispatch's submitted write found submitted already: an interim report (enroute, accepted) of
+    # the upstream overtook the write. Unchanged, so not among `changes`, they still await a final report.
+    found_submitted: list[Message] = field(default_factory=list)
+
     def record(self, change: StatusChange | None) -> None:
-        if change is not None and change.changed:
+        if change is None:
+            return
+        if change.changed:
             self.changes.append(change)
+        elif change.message.status == MessageStatus.SUBMITTED:
+            self.found_submitted.append(change.message)
 
     @property
     def needs_retry(self) -> bool:
@@ -213,14 +221,15 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
         # Also when a message's task raised: what was done is announced now, not only by the redelivery.
         await announcer.flush()
         if deps.awaiting_report is not None:
-            deps.awaiting_report(_recorded_submitted(messages, outcome.changes))
+            deps.awaiting_report(_recorded_submitted(messages, outcome))
     return outcome
 
 
-def _recorded_submitted(read: Sequence[Message], changes: Sequence[StatusChange]) -> list[Message]:
-    """The record's messages found submitted when it was read, and those this dispatch recorded submitted."""
-    made = [c.message for c in changes if c.message.status == MessageStatus.SUBMITTED]
-    return [m for m in read if m.status == MessageStatus.SUBMITTED] + made
+def _recorded_submitted(read: Sequence[Message], outcome: DispatchOutcome) -> list[Message]:
+    """The record's messages found submitted when it was read, those this dispatch recorded submitted, and those
+    its write found submitted by an interim report that overtook it."""
+    made = [c.message for c in outcome.changes if c.message.status == MessageStatus.SUBMITTED]
+    return [m for m in read if m.status == MessageStatus.SUBMITTED] + made + outcome.found_submitted
 
 
 async def _all_to_their_end(coroutines: Sequence[Coroutine[object, object, None]]) -> None:
