@@ -42,3 +42,31 @@ def test_a_verified_jasmin_dlr_is_answered_with_its_ack_and_a_forged_one_is_not(
     forged = webhook.handler(jasmin_dlr("wrong-token-0123456789"), FakeContext())
     assert forged["statusCode"] == 401
     assert forged["body"] != "ACK/Jasmin"
+
+
+def test_a_dlr_that_arrives_while_parameter_store_fails_is_refused_for_a_retry_not_as_forged(aws, monkeypatch):
+    # Given a configured Jasmin, and Parameter Store (or the KMS key of its SecureStrings) failing for a moment
+    configure(
+        aws,
+        "jasmin",
+        {"type": "jasmin", "url": "http://127.0.0.1:1401", "username": "u", "password": "p", "callback_token": TOKEN},
+    )
+    from botocore.exceptions import ClientError
+
+    from sms_gateway.adapters import aws as aws_clients
+
+    real_client = aws_clients.client
+
+    class FailingSsm:
+        def get_parameter(self, **_: object) -> None:
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "GetParameter")
+
+    monkeypatch.setattr(
+        aws_clients, "client", lambda service: FailingSsm() if service == "ssm" else real_client(service)
+    )
+    webhook = load_function("webhook")
+    # When Jasmin posts a genuine delivery report
+    answer = webhook.handler(jasmin_dlr(TOKEN), FakeContext())
+    # Then it is answered with a 5xx (Jasmin posts it again later), not the 401 of a forged or unknown callback
+    assert answer["statusCode"] == 503, answer
+    assert "try again" in json.loads(answer["body"])["message"]

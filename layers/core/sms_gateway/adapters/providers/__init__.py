@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sms_gateway.errors import NotFound
+from sms_gateway.errors import NotFound, Unavailable
 from sms_gateway.ports import Provider
 from sms_gateway.settings import get_settings
 
@@ -86,10 +86,22 @@ def provider_config(name: str) -> dict[str, Any]:
             max_age=CONFIG_MAX_AGE,
         )
     except parameters.exceptions.GetParameterError as error:
-        raise NotFound(f"no upstream named {name!r} is configured") from error
+        if _parameter_not_found(error):
+            raise NotFound(f"no upstream named {name!r} is configured") from error
+        # Throttled, or the KMS key of the SecureString refused for a moment: not the same as no such upstream (a
+        # callback would be refused as forged, and its upstream would not post it again).
+        raise Unavailable(f"the configuration of upstream {name!r} could not be read; try again") from error
     if not isinstance(config, dict):
         raise NotFound(f"upstream {name!r} has no valid configuration")
     return config
+
+
+def _parameter_not_found(error: Exception) -> bool:
+    """Powertools wraps every error of the read in GetParameterError, raised while handling the SDK's own."""
+    from botocore.exceptions import ClientError
+
+    cause = error.__cause__ or error.__context__
+    return isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") == "ParameterNotFound"
 
 
 def get_provider(name: str) -> Provider:
