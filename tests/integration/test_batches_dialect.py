@@ -326,6 +326,38 @@ def test_cancelling_a_scheduled_batch_deletes_its_schedule_cancels_its_messages_
     assert balance(account["account_id"]) == 100
 
 
+@pytest.mark.parametrize(
+    ("written", "scheduled_for"),
+    [
+        ("{day}T10:00:00", "{day}T09:00:00.000000Z"),
+        ("{day}T10:00", "{day}T09:00:00.000000Z"),
+        ("{day}", "{eve}T23:00:00.000000Z"),
+        ("{day}T10:00:00+03:00", "{day}T07:00:00.000000Z"),
+    ],
+    ids=["no-offset", "no-seconds", "date-only", "with-offset"],
+)
+def test_a_send_at_without_an_offset_is_read_in_the_account_s_time_zone(aws, account, api, written, scheduled_for):
+    # Given a send_at two days ahead written as a wall-clock time or a date, for an account in Africa/Lagos (UTC+1)
+    day = datetime.now(UTC).date() + timedelta(days=2)
+    dates = {"day": day.isoformat(), "eve": (day - timedelta(days=1)).isoformat()}
+    # When the batch is sent
+    status, sent = send(api, account["token"], [AIRTEL], send_at=written.format(**dates))
+    # Then it is scheduled for that time in Lagos
+    assert status == 200, sent
+    batch = call(api, account["token"], "GET", f"/ng/v1/batches/{sent['reference_id']}")[1]
+    assert (batch["status"], batch["send_at"]) == ("scheduled", scheduled_for.format(**dates))
+
+
+@pytest.mark.parametrize("send_at", ["0001-01-01T00:00:00+05:00", "0001-01-01T00:00:00", "1970-01-01"])
+def test_a_send_at_long_past_sends_now(aws, account, api, send_at):
+    # When a batch is sent with a send_at at the start of the calendar
+    status, sent = send(api, account["token"], [AIRTEL], send_at=send_at)
+    # Then it is sent now, like any send_at in the past
+    assert status == 200, sent
+    assert call(api, account["token"], "GET", f"/ng/v1/batches/{sent['reference_id']}")[1]["status"] == "queued"
+    assert len(queued_records(aws)) == 1 and schedule_names(aws) == []
+
+
 def test_cancelling_a_queued_batch_is_a_409_and_changes_nothing(aws, account, api):
     # Given a batch sent now
     status, sent = send(api, account["token"], [AIRTEL])

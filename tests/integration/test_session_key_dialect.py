@@ -448,6 +448,8 @@ def test_a_naive_time_is_read_in_the_given_time_zone(aws, account, api):
         (seed_body(scheduled_delivery_time="tomorrow"), "scheduled_delivery_time: 'tomorrow' is not a date-time"),
         (seed_body(scheduled_delivery_time="20170230101010"), "no such date or time"),
         (seed_body(scheduled_delivery_time="2030-01-01T10:00", scheduled_delivery_timezone="Mars/Base"), "IANA"),
+        (seed_body(scheduled_delivery_time="2030-01-01T10:00", scheduled_delivery_timezone="Europe"), "IANA"),
+        (seed_body(scheduled_delivery_time="2030-01-01T10:00", scheduled_delivery_timezone="x" * 256), "IANA"),
         (seed_body(order_id="mine-1"), "custom order ids are not supported"),
         (seed_body(recipient=[f"+23480200{i:05d}" for i in range(101)]), "more than the balance"),
         (seed_body(message="x" * 1601), "over this account's limit"),

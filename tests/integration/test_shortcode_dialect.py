@@ -281,10 +281,13 @@ def test_time_to_send_in_the_account_zone_schedules_the_batch(aws, account, api,
 
 
 def test_time_to_send_in_the_past_or_empty_sends_now(aws, account, api):
-    answer(api(get_event(account, timeToSend="2019-09-01 18:00")))
-    answer(api(get_event(account, timeToSend="")))
+    answers = [
+        answer(api(get_event(account, timeToSend=when)))["responses"]
+        for when in ("2019-09-01 18:00", "", "0001-01-01 00:00", "0001-01-01T00:00:00+05:00")
+    ]
+    assert [[entry["response-code"] for entry in entries] for entries in answers] == [[200]] * 4
     assert schedules(aws) == []
-    assert len(queued_records(aws)) == 2
+    assert len(queued_records(aws)) == 4
 
 
 def test_a_scheduled_message_reads_scheduled(aws, account, api):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import zoneinfo
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Annotated, Any
 
@@ -18,6 +17,7 @@ from sms_gateway.dialects.ninebits import _caller
 from sms_gateway.domain.ids import ascii_digits, id_time_ms
 from sms_gateway.domain.models import Account, StoredInbound, iso
 from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
+from sms_gateway.domain.zones import account_zone
 from sms_gateway.errors import InvalidRequest
 from sms_gateway.logic import accounts
 from sms_gateway.logic.inbound import inbound_notification
@@ -88,7 +88,7 @@ def list_inbounds(
 ) -> Response[Any]:
     account = _caller()
     page_size = _limit(limit)
-    zone = _zone(account)
+    zone = account_zone(account.timezone)
     start = _moment("from", since, zone, end_of_day=False) if since else None
     end = _moment("to", until, zone, end_of_day=True) if until else None
     if start is not None and end is not None and start > end:
@@ -111,13 +111,6 @@ def _limit(raw: str | None) -> int:
     if not ascii_digits(raw.strip()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise InvalidRequest(f"`limit` must be a whole number from 1 to {MAX_LIMIT}, not {raw!r}")
     return int(raw)
-
-
-def _zone(account: Account) -> tzinfo:
-    try:
-        return zoneinfo.ZoneInfo(account.timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return UTC
 
 
 def _moment(name: str, raw: str, zone: tzinfo, *, end_of_day: bool) -> datetime:

@@ -6,7 +6,7 @@ import base64
 import binascii
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
@@ -26,6 +26,7 @@ from sms_gateway.domain.dates import InvalidClientDatetime, parse_client_datetim
 from sms_gateway.domain.models import Account, Message, SendCommand, utc_now
 from sms_gateway.domain.pricing import ROUTE_TIERS
 from sms_gateway.domain.status import MessageStatus
+from sms_gateway.domain.zones import account_zone, zone_named
 from sms_gateway.errors import Conflict, GatewayError, InvalidRequest, InvalidSender, NotFound
 from sms_gateway.logic import batches, sessions
 from sms_gateway.logic.idempotency import request_key
@@ -186,25 +187,14 @@ def _caller() -> Account:
     return sessions.account_for_session(store, store, _header("user_key"), _header("session_key"), now=utc_now())
 
 
-def _zone(name: str) -> ZoneInfo | None:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return None
-
-
-def account_zone(account: Account) -> ZoneInfo:
-    return _zone(account.timezone) or ZoneInfo("UTC")
-
-
 def scheduled_time(request: SendRequest, account: Account) -> datetime | None:
     """`scheduled_delivery_time` as an aware datetime; a value without an offset is read in
     `scheduled_delivery_timezone` when given, else in the account's time zone."""
     if request.scheduled_delivery_time is None:
         return None
-    zone = account_zone(account)
+    zone = account_zone(account.timezone)
     if request.scheduled_delivery_timezone is not None:
-        given = _zone(request.scheduled_delivery_timezone)
+        given = zone_named(request.scheduled_delivery_timezone)
         if given is None:
             raise InvalidRequest(
                 f"scheduled_delivery_timezone: {request.scheduled_delivery_timezone!r} is not an IANA time zone"
@@ -316,7 +306,7 @@ def order_state(order_id: str) -> Response[Any]:
         messages = _messages(account.account_id, reference_id)
     except NotFound as error:
         raise NotFound(f"no order with order_id {order_id!r}") from error
-    zone = account_zone(account)
+    zone = account_zone(account.timezone)
     return json_response(
         200,
         {

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
@@ -26,6 +26,7 @@ from sms_gateway.dialects.common import (
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import Account, CredentialKind, Message, Recipient, SendCommand
 from sms_gateway.domain.status import TERMINAL, MessageStatus
+from sms_gateway.domain.zones import account_zone, in_zone
 from sms_gateway.errors import GatewayError, InvalidRequest, NotFound, Unauthorized
 from sms_gateway.logic.auth import account_for_credential
 from sms_gateway.logic.idempotency import request_key
@@ -280,13 +281,6 @@ class ShortcodeSend(BaseModel):
     send_at: datetime | None = None
 
 
-def account_zone(account: Account) -> ZoneInfo:
-    try:
-        return ZoneInfo(account.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
-
-
 def parse_time_to_send(value: str | int | float | None, zone: ZoneInfo) -> datetime | None:
     """A Unix timestamp (number or digits), or a date such as `2019-09-01 18:00` read in the account's zone."""
     if value is None:
@@ -300,7 +294,7 @@ def parse_time_to_send(value: str | int | float | None, zone: ZoneInfo) -> datet
         raise InvalidTimeToSend(
             f"timeToSend {text!r} is not a time: give a Unix timestamp or a date such as '2019-09-01 18:00'"
         ) from error
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=zone)
+    return in_zone(moment, zone)
 
 
 def _send_request(params: ShortcodeParams, account: Account, *, many: bool) -> ShortcodeSend:
@@ -321,7 +315,7 @@ def _send_request(params: ShortcodeParams, account: Account, *, many: bool) -> S
         shortcode=params.shortcode,
         message=params.message,
         mobiles=mobiles,
-        send_at=parse_time_to_send(params.time_to_send, account_zone(account)),
+        send_at=parse_time_to_send(params.time_to_send, account_zone(account.timezone)),
     )
 
 
@@ -451,7 +445,7 @@ def get_dlr() -> Response[Any]:
     message = gateway().store.find_message(account.account_id, int(params.message_id))
     if message is None:
         raise NotFound(f"no message {params.message_id}")
-    return json_response(HTTP_STATUS, delivery_report(message, account_zone(account)))
+    return json_response(HTTP_STATUS, delivery_report(message, account_zone(account.timezone)))
 
 
 @router.route(f"{SERVICES}/getbalance", method=["GET", "POST"])

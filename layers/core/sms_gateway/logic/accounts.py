@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import zoneinfo
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -14,6 +13,7 @@ from sms_gateway.domain.networks import CATALOGUE
 from sms_gateway.domain.pricing import ANY_NETWORK, ROUTE_TIERS, PriceTable
 from sms_gateway.domain.webhook_urls import require_safe_webhook_url
 from sms_gateway.domain.webhooks import new_signing_secret
+from sms_gateway.domain.zones import zone_named
 from sms_gateway.errors import Conflict, InvalidRequest, NotFound
 from sms_gateway.ports import AccountAdmin, AccountChanges, AccountStore, CredentialInfo, PriceBook, SecretBox
 
@@ -165,10 +165,8 @@ def check_country(code: str) -> str:
 
 
 def check_timezone(name: str) -> str:
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as error:
-        raise InvalidRequest(f"time zone {name!r} is not an IANA time zone (e.g. Africa/Lagos)") from error
+    if zone_named(name) is None:
+        raise InvalidRequest(f"time zone {name!r} is not an IANA time zone (e.g. Africa/Lagos)")
     return name
 
 

@@ -27,6 +27,7 @@ from sms_gateway.domain.optouts import refusal_reason
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.segments import Segmentation, segment
 from sms_gateway.domain.status import MessageStatus
+from sms_gateway.domain.zones import account_zone, in_zone
 from sms_gateway.errors import (
     Conflict,
     GatewayError,
@@ -185,6 +186,7 @@ def accept_send(
             superseding = earlier.reference_id
             claim = KeyClaim(reference_id=new_batch_id())
     require_sender(account, command.sender)
+    command = command.model_copy(update={"send_at": send_time(command.send_at, account, now)})
     if command.send_at is not None and command.send_at - now > MAX_SCHEDULE_AHEAD:
         raise InvalidRequest(f"the send time is more than {MAX_SCHEDULE_AHEAD.days} days ahead")
     # Opted-out numbers go before pricing, so they are never charged; with none left, nothing happens at all.
@@ -244,6 +246,14 @@ def accept_send(
         log_undone(batch, "queued")
         return withdraw(Accepted(batch, messages, balance, refused), deps, now=now, error=error)
     return Accepted(batch=batch, messages=messages, balance=balance, refused=refused)
+
+
+def send_time(requested: datetime | None, account: Account, now: datetime) -> datetime | None:
+    """When a send is due: a time written without an offset (or a date alone) is the account's wall-clock time, and
+    one in the past is now (also one in the year 1, past which no date arithmetic stays in range)."""
+    if requested is None:
+        return None
+    return max(in_zone(requested, account_zone(account.timezone)), now)
 
 
 def send_standing_under_key(

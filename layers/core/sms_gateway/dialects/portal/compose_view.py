@@ -156,10 +156,10 @@ def send_once(account: Account, form: Mapping[str, str]) -> StoredAnswer:
     numbers = recipients_of(form, account)
     send_at = None
     if form.get("send_at", "").strip():
-        from sms_gateway.dialects.sessionkey import account_zone
+        from sms_gateway.domain.zones import account_zone
 
         try:
-            send_at = parse_client_datetime(form["send_at"].strip(), account_zone(account))
+            send_at = parse_client_datetime(form["send_at"].strip(), account_zone(account.timezone))
         except InvalidClientDatetime as error:
             raise InvalidRequest(f"Send at: {error}") from error
         if send_at < utc_now() - PAST_TOLERANCE:

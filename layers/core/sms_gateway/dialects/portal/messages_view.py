@@ -27,9 +27,9 @@ TEXT_SHOWN = 60
 
 
 def messages_page(ctx: PageContext) -> str | Response[Any]:
-    from sms_gateway.dialects.sessionkey import account_zone
+    from sms_gateway.domain.zones import account_zone
 
-    zone = account_zone(ctx.account)
+    zone = account_zone(ctx.account.timezone)
     try:
         if ctx.query.get("batch"):
             return stylesheet() + batch_detail(ctx, ctx.query["batch"], zone)
