@@ -31,7 +31,7 @@ from sms_gateway.domain.models import (
     shown_prefix,
 )
 from sms_gateway.domain.pricing import PriceTable
-from sms_gateway.domain.status import MessageStatus, allowed_previous
+from sms_gateway.domain.status import MessageStatus, allowed_previous, may_have_reached_the_handset
 from sms_gateway.errors import Conflict, InsufficientCredits, UpstreamError
 
 
@@ -329,7 +329,9 @@ class InMemoryStore:
         sent = [
             m
             for m in self.messages.values()
-            if (m.account_id, m.msisdn) == (account_id, msisdn) and m.can_be_replied_to
+            if (m.account_id, m.msisdn) == (account_id, msisdn)
+            and m.can_be_replied_to
+            and may_have_reached_the_handset(m.status, m.status_at)
         ]
         if not sent:
             return None

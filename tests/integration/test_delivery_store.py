@@ -111,8 +111,8 @@ class TestPartStatuses:
 class TestConversationIndex:
     def test_the_last_message_to_a_number_is_found_with_its_session_and_ref_ids(self, store):
         account_id = str(new_id())
-        first_batch, [first] = new_batch(account_id, 1)
-        later_batch, [later] = new_batch(account_id, 1)
+        first_batch, [first] = new_batch(account_id, 1, status=MessageStatus.DELIVERED)
+        later_batch, [later] = new_batch(account_id, 1, status=MessageStatus.SUBMITTED)
         store.create_batch(
             first_batch.model_copy(update={"session_id": "s-1"}),
             [first.model_copy(update={"session_id": "s-1", "ref_id": "r-1"})],
@@ -125,11 +125,29 @@ class TestConversationIndex:
         assert store.last_sent_to(str(new_id()), later.msisdn) is None
         assert store.last_sent_to(account_id, "+2348099999999") is None
 
+    @pytest.mark.parametrize(
+        "unsent",
+        [MessageStatus.SCHEDULED, MessageStatus.QUEUED, MessageStatus.CANCELLED, MessageStatus.REJECTED],
+    )
+    def test_a_reply_continues_the_last_message_the_number_could_have_received(self, store, unsent):
+        # Given a message delivered to a number, then newer ones to it that never left (scheduled for tomorrow,
+        # still queued, cancelled, rejected)
+        account_id = str(new_id())
+        sent_batch, [sent] = new_batch(account_id, 1, status=MessageStatus.DELIVERED)
+        store.create_batch(sent_batch, [sent.model_copy(update={"session_id": "s-sent"})])
+        for _ in range(2):
+            unsent_batch, [never] = new_batch(account_id, 1, status=unsent)
+            store.create_batch(unsent_batch, [never.model_copy(update={"session_id": "s-unsent"})])
+        # When a reply comes from that number
+        found = store.last_sent_to(account_id, sent.msisdn)
+        # Then it continues the delivered message's conversation: the handset never got the others
+        assert found is not None and (found.key, found.session_id) == (sent.key, "s-sent")
+
     def test_a_message_from_an_alphanumeric_sender_has_no_conversation_entry(self, store):
         # Given a message from a shortcode, then a newer one from an alphanumeric sender ID to the same number
         account_id = str(new_id())
-        numeric_batch, [numeric] = new_batch(account_id, 1)
-        alpha_batch, [alpha] = new_batch(account_id, 1)
+        numeric_batch, [numeric] = new_batch(account_id, 1, status=MessageStatus.SUBMITTED)
+        alpha_batch, [alpha] = new_batch(account_id, 1, status=MessageStatus.SUBMITTED)
         store.create_batch(numeric_batch, [numeric.model_copy(update={"session_id": "s-1"})])
         store.create_batch(
             alpha_batch.model_copy(update={"sender": "DemoCo"}),
@@ -142,7 +160,7 @@ class TestConversationIndex:
         found = store.last_sent_to(account_id, alpha.msisdn)
         assert found is not None and (found.key, found.session_id) == (numeric.key, "s-1")
         # And a number that only ever got alphanumeric messages has no conversation to continue
-        only_alpha_batch, [only_alpha] = new_batch(account_id, 1)
+        only_alpha_batch, [only_alpha] = new_batch(account_id, 1, status=MessageStatus.SUBMITTED)
         only_alpha = only_alpha.model_copy(update={"sender": "DemoCo", "msisdn": "+2348031234567"})
         store.create_batch(only_alpha_batch.model_copy(update={"sender": "DemoCo"}), [only_alpha])
         assert store.last_sent_to(account_id, "+2348031234567") is None

@@ -817,6 +817,7 @@ class TestAMessageFoundByItsId:
         item = raw_message(store, messages[0].key)
         assert item is not None and item["message_id"] == {"N": str(messages[0].message_id)}
         assert store.find_message(account_id, messages[0].message_id) == messages[0]
+        assert store.transition(messages[1].key, MessageStatus.SUBMITTED, now=NOW) is not None
         assert store.last_sent_to(account_id, messages[1].msisdn) is not None
 
     def test_a_message_stored_before_ids_named_their_batch_is_found_through_the_index(self, store: DynamoStore) -> None:

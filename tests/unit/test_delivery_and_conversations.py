@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import pytest
 
-from sms_gateway.domain.models import DeliveryReport, DeliveryReportMode, InboundSms, StatusChange
+from sms_gateway.domain.models import DeliveryReport, DeliveryReportMode, InboundSms, SendCommand, StatusChange
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.logic.delivery import DeliveryDependencies, DeliveryOutcome, apply_delivery_report
 from sms_gateway.logic.dispatch import dispatch
 from sms_gateway.logic.inbound import InboundDependencies, receive_inbound
 from sms_gateway.logic.notify import dlr_notification
 from tests.fakes import FakeProvider, InMemoryStore, cinema_store
-from tests.unit.test_logic import callback, clock, command, dispatch_deps, send
+from tests.unit.test_logic import NOW, callback, clock, command, dispatch_deps, send
 
 LONG_TEXT = "x" * 400  # three GSM-7 parts of at most 153 characters
 
@@ -151,10 +152,16 @@ class TestConversations:
         [notification] = published
         return notification["payload"]
 
+    def sent(self, store: InMemoryStore, sending: SendCommand) -> None:
+        """Sent and taken by the upstream: a message a handset can have read and replied to."""
+        _, deps = send(store, sending)
+        for record in deps.dispatch_queue.commands:
+            asyncio.run(dispatch(record, dispatch_deps(store, FakeProvider())))
+
     def test_a_reply_carries_the_session_and_ref_ids_of_the_last_message_sent_to_that_number(self, store):
         # Given two sends to +2348020000000, the later one in session "s-2" with ref_id "r-2"
-        send(store, command(1, session_id="s-1", ref_id="r-1"))
-        send(store, command(1, session_id="s-2", ref_id="r-2"))
+        self.sent(store, command(1, session_id="s-1", ref_id="r-1"))
+        self.sent(store, command(1, session_id="s-2", ref_id="r-2"))
         # When that number replies
         payload = self.receive(store, self.reply())
         # Then the reply is threaded onto the later send
@@ -166,12 +173,22 @@ class TestConversations:
     def test_a_reply_continues_the_last_message_it_could_answer_not_a_later_alphanumeric_one(self, store):
         # Given a send from the shortcode in session "s-1", then one from the alphanumeric sender ID "CINEMA"
         store.accounts["7"] = store.accounts["7"].model_copy(update={"senders": ("48974", "CINEMA")})
-        send(store, command(1, session_id="s-1", ref_id="r-1"))
+        self.sent(store, command(1, session_id="s-1", ref_id="r-1"))
         alphanumeric = command(1, session_id="s-2", ref_id="r-2").model_copy(update={"sender": "CINEMA"})
-        send(store, alphanumeric)
+        self.sent(store, alphanumeric)
         # When the number replies (to the shortcode: a handset cannot answer "CINEMA")
         payload = self.receive(store, self.reply())
         # Then the reply is threaded onto the shortcode's message
+        assert (payload["session_id"], payload["ref_id"]) == ("s-1", "r-1")
+
+    def test_a_reply_is_not_threaded_onto_a_later_send_still_scheduled_or_queued(self, store):
+        # Given a send that went out in session "s-1", then one scheduled for tomorrow and one still queued
+        self.sent(store, command(1, session_id="s-1", ref_id="r-1"))
+        send(store, command(1, session_id="s-2", ref_id="r-2").model_copy(update={"send_at": NOW + timedelta(days=1)}))
+        send(store, command(1, session_id="s-3", ref_id="r-3"))
+        # When the number replies
+        payload = self.receive(store, self.reply())
+        # Then the reply answers the message it got
         assert (payload["session_id"], payload["ref_id"]) == ("s-1", "r-1")
 
     def test_a_number_never_sent_to_starts_a_new_conversation(self, store):

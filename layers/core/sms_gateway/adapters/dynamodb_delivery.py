@@ -10,9 +10,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sms_gateway.domain.models import DeliveryReport, Message, MessageKey, SentMessage, iso
-from sms_gateway.domain.status import MessageStatus, allowed_previous
+from sms_gateway.domain.status import MessageStatus, allowed_previous, may_have_reached_the_handset
 
 CONVERSATION_INDEX = "conversation-index"
+# A reply's lookup reads the number's newest index entries this many at a time, at most this many pages: messages
+# scheduled ahead to one number are few, and past them the reply starts a conversation of its own.
+_CONVERSATION_PAGE = 5
+_CONVERSATION_PAGES = 4
 # Kept as long as an upstream may still report on a message (validity plus the carriers' retry window).
 LINK_RETENTION = timedelta(days=7)
 
@@ -109,24 +113,47 @@ class DynamoDeliveryMixin:
         return message_from_item(self._codec, answer["Attributes"])
 
     def last_sent_to(self, account_id: str, msisdn: str) -> SentMessage | None:
-        """The newest message the account sent to a number (the conversation index is kept by DynamoDB)."""
+        """The newest message the account sent to a number that may have reached it (the conversation index is
+        kept by DynamoDB): newer ones that never left, scheduled for later or cancelled, are passed over, each for
+        one read of its status. A reply threads onto a message the handset got, or onto none."""
         from sms_gateway.adapters.dynamodb import _message_key_from_item_keys
 
-        answer = self.client.query(
-            TableName=self.table_name,
-            IndexName=CONVERSATION_INDEX,
-            KeyConditionExpression="conversation = :conversation",
-            ExpressionAttributeValues={":conversation": {"S": conversation_key(account_id, msisdn)}},
-            ScanIndexForward=False,
-            Limit=1,
-        )
-        for item in answer.get("Items", []):
-            values = self._codec.load(item)
-            key = _message_key_from_item_keys(values["pk"], values["sk"])
-            return SentMessage(
-                key=key,
-                sender=values.get("sender"),
-                session_id=values.get("session_id"),
-                ref_id=values.get("ref_id"),
-            )
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "IndexName": CONVERSATION_INDEX,
+            "KeyConditionExpression": "conversation = :conversation",
+            "ExpressionAttributeValues": {":conversation": {"S": conversation_key(account_id, msisdn)}},
+            "ScanIndexForward": False,
+            "Limit": _CONVERSATION_PAGE,
+        }
+        for _ in range(_CONVERSATION_PAGES):
+            answer = self.client.query(**request)
+            for item in answer.get("Items", []):
+                values = self._codec.load(item)
+                key = _message_key_from_item_keys(values["pk"], values["sk"])
+                if self._may_have_reached_the_handset(key):
+                    return SentMessage(
+                        key=key,
+                        sender=values.get("sender"),
+                        session_id=values.get("session_id"),
+                        ref_id=values.get("ref_id"),
+                    )
+            if "LastEvaluatedKey" not in answer:
+                return None
+            request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
         return None
+
+    def _may_have_reached_the_handset(self, key: MessageKey) -> bool:
+        # The index holds no status: it would take replacing the index in every deployed table to add one.
+        from sms_gateway.adapters.dynamodb import _key_of
+
+        found = self.client.get_item(
+            TableName=self.table_name,
+            Key=_key_of(key),
+            ProjectionExpression="#status, status_at",
+            ExpressionAttributeNames={"#status": "status"},
+        ).get("Item")
+        if not found:
+            return False
+        values = self._codec.load(found)
+        return may_have_reached_the_handset(MessageStatus(values["status"]), values.get("status_at") or {})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 
 
@@ -106,3 +106,12 @@ def aggregate_parts(part_statuses: Sequence[MessageStatus], parts: int) -> Messa
     if not in_flight:
         return MessageStatus.SUBMITTED
     return min(in_flight, key=rank)
+
+
+def may_have_reached_the_handset(status: MessageStatus, status_at: Mapping[str, str]) -> bool:
+    """Whether the recipient may have got the message, so that a reply from them can be an answer to it: it was
+    delivered, or an upstream took it (submitted, whatever came after) and did not reject it. One that never left
+    (scheduled, queued, cancelled, failed or expired before a submit) cannot have been read."""
+    if status in (MessageStatus.DELIVERED, MessageStatus.SUBMITTED):
+        return True
+    return str(MessageStatus.SUBMITTED) in status_at and status != MessageStatus.REJECTED
