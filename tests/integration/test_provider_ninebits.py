@@ -299,6 +299,33 @@ def test_without_a_secret_a_dlr_may_come_with_the_bearer_token() -> None:
     assert ninebits.verify_callback(forged) is False
 
 
+def test_a_gateway_upstream_that_signs_and_sends_the_bearer_is_verified_by_the_token_we_have() -> None:
+    # Given a 9bits upstream configured with its webhook_token only, whose notifier (this gateway's own, for an
+    # account there with a webhook secret) signs each callback and also sends the bearer token
+    body = their_dlr_body(MessageStatus.DELIVERED)
+    ninebits = provider(webhook_secret=None)
+    request = signed(body, secret="whsec_" + base64.b64encode(b"theirs" * 6).decode())
+    with_bearer = request.model_copy(
+        update={"headers": {**request.headers, "authorization": f"Bearer {WEBHOOK_TOKEN}"}}
+    )
+    # Then the token verifies it (a signature we have no secret for is no reason to refuse every callback); a wrong
+    # token still does not
+    assert ninebits.verify_callback(with_bearer) is True
+    wrong = {**request.headers, "authorization": "Bearer guessed"}
+    assert ninebits.verify_callback(request.model_copy(update={"headers": wrong})) is False
+
+
+@pytest.mark.parametrize("suffix", ["?x=1", "/?x=1", "?token=abc&ref=1", "/"])
+def test_a_dlr_must_be_signed_once_we_know_the_secret_whatever_its_query(suffix: str) -> None:
+    # Given the secret configured, an unsigned DLR with the right bearer token, at the DLR path with a query added
+    body = their_dlr_body(MessageStatus.DELIVERED)
+    unsigned = CallbackRequest(
+        method="POST", url=DLR_URL + suffix, headers={"authorization": f"Bearer {WEBHOOK_TOKEN}"}, body=body
+    )
+    # Then it is refused like one without the query
+    assert provider().verify_callback(unsigned) is False
+
+
 def test_malformed_dlrs_are_rejected() -> None:
     ninebits = provider()
     for body in ("not json", "[]", json.dumps({"status": "teleported", "ref_id": REF}), json.dumps({"ref_id": REF})):
