@@ -172,6 +172,26 @@ def test_a_multipart_form_base64_encoded_by_api_gateway_is_read(aws, account, ap
     assert balance(account["account_id"]) == 99
 
 
+@pytest.mark.parametrize("encoding", ["form", "multipart"])
+def test_a_mobile_field_given_twice_in_a_form_sends_to_both(aws, account, api, encoding):
+    # Given a form that names `mobile` twice (a client building the form from a list)
+    fields = [(k, v) for k, v in json.loads(post_event(account)["body"]).items() if k != "mobile"]
+    fields += [("mobile", AIRTEL), ("mobile", MTN)]
+    if encoding == "form":
+        event = post_event(account, urlencode(fields))
+        event["headers"]["content-type"] = "application/x-www-form-urlencoded"
+    else:
+        boundary = "----b0undary"
+        parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n' for k, v in fields]
+        event = post_event(account, "".join(parts) + f"--{boundary}--\r\n")
+        event["headers"]["content-type"] = f"multipart/form-data; boundary={boundary}"
+    # When it is posted
+    entries = answer(api(event))["responses"]
+    # Then both numbers are sent to, as a GET's repeated query parameter is (API Gateway joins it with commas)
+    assert sorted(str(entry["mobile"]) for entry in entries if entry["response-code"] == 200) == sorted([AIRTEL, MTN])
+    assert balance(account["account_id"]) == 98
+
+
 # ------------------------------------------------------------------ errors change nothing
 
 

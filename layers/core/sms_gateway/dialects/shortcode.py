@@ -30,7 +30,7 @@ from sms_gateway.domain.zones import account_zone, in_zone
 from sms_gateway.errors import GatewayError, InvalidRequest, NotFound, Unauthorized
 from sms_gateway.logic.auth import account_for_credential
 from sms_gateway.logic.idempotency import request_key
-from sms_gateway.logic.send import Rejection, normalise_recipients, require_sender, require_valid
+from sms_gateway.logic.send import NOT_QUEUED, Rejection, normalise_recipients, require_sender, require_valid
 
 router = APIGatewayHttpRouter()
 
@@ -216,13 +216,22 @@ def _multipart_fields(content_type: str, body: str) -> dict[str, Any]:
     message = BytesParser(policy=HTTP).parsebytes(envelope)
     if not message.is_multipart():
         raise InvalidRequest("the multipart/form-data body could not be read")
-    fields: dict[str, Any] = {}
+    fields: list[tuple[str, str]] = []
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
         if isinstance(name, str):
             content = part.get_content()
-            fields[name] = content if isinstance(content, str) else content.decode(errors="replace")
-    return fields
+            fields.append((name, content if isinstance(content, str) else content.decode(errors="replace")))
+    return _joined(fields)
+
+
+def _joined(fields: list[tuple[str, str]]) -> dict[str, str]:
+    """A form's fields; one given more than once is its values joined by commas, as API Gateway joins a query
+    string's (so `mobile=...&mobile=...` sends to both, where the last one alone was kept)."""
+    values: dict[str, list[str]] = {}
+    for name, value in fields:
+        values.setdefault(name, []).append(value)
+    return {name: ",".join(given) for name, given in values.items()}
 
 
 def _body_fields(headers: dict[str, str], body: str) -> dict[str, Any]:
@@ -232,7 +241,7 @@ def _body_fields(headers: dict[str, str], body: str) -> dict[str, Any]:
         return _json_object(body)
     if media in ("", "application/x-www-form-urlencoded", "text/plain"):
         # curl labels a json_encode()d string as a form unless the client sets the header; read it as what it is.
-        return _json_object(body) if looks_like_json else dict(parse_qsl(body, keep_blank_values=True))
+        return _json_object(body) if looks_like_json else _joined(parse_qsl(body, keep_blank_values=True))
     if media == "multipart/form-data":
         return _multipart_fields(headers["content-type"], body)
     raise UnsupportedRequest(
@@ -384,7 +393,10 @@ def send_entries(
                 }
             )
             continue
-        message = by_msisdn[recipient.msisdn]
+        message = by_msisdn.get(recipient.msisdn)
+        if message is None or message.status in NOT_GOING_OUT:
+            entries.append(_not_sent_entry(recipient, message))
+            continue
         entries.append(
             {
                 "response-code": 200,
@@ -395,6 +407,33 @@ def send_entries(
             }
         )
     return entries
+
+
+# A send stands with some messages withdrawn (its queueing failed after a dispatcher took others: logic/send.py
+# `withdraw`), or finished under its key after a cancel: those numbers are not sent to.
+NOT_GOING_OUT = frozenset({MessageStatus.FAILED, MessageStatus.CANCELLED, MessageStatus.REJECTED})
+
+
+def _not_sent_entry(recipient: Recipient, message: Message | None) -> dict[str, Any]:
+    """A number the send stands without: 4090 (try again) when its message could not be queued, with its credits
+    given back; 1005 otherwise (cancelled, refused). With the message id when there is a message to look up."""
+    if message is not None and message.status == MessageStatus.FAILED and message.error_code == NOT_QUEUED:
+        code, description = INTERNAL_ERROR
+        details = "not sent (it could not be queued in time) and not charged: send to it again"
+    else:
+        code, description = ERROR_CODES["upstream_error"]
+        status = message.status if message is not None else MessageStatus.CANCELLED
+        details = f"not sent ({status}) and not charged"
+    entry: dict[str, Any] = {
+        "response-code": code,
+        "response-description": description,
+        "mobile": int(recipient.msisdn.lstrip("+")),
+        "response-details": details,
+    }
+    if message is not None:
+        entry["messageid"] = message.message_id
+        entry["networkid"] = message.network_id
+    return entry
 
 
 # ------------------------------------------------------------------ getdlr, getbalance
