@@ -113,6 +113,10 @@ CATALOGUE: dict[str, Bad] = {
         "9bits", "POST", "/ng/v1/sendsms", 400, "invalid recipient", send(to=["\u202e\u0007" + NUMBER])
     ),
     "9bits-very-long-ref-id": Bad("9bits", "POST", "/ng/v1/sendsms", 400, "ref_id", send(ref_id="r" * 10_000)),
+    "9bits-lone-surrogate-in-message": Bad(
+        "9bits", "POST", "/ng/v1/sendsms", 400, "surrogate", send(message="hi \ud800 there")
+    ),
+    "9bits-blank-message": Bad("9bits", "POST", "/ng/v1/sendsms", 400, "blank", send(message=" \t\n ")),
     "9bits-unknown-group": Bad("9bits", "POST", "/ng/v1/sendsms", 400, "grp_missing", send(to=["grp_missing"])),
     "9bits-callback-url-without-reports": Bad(
         "9bits", "POST", "/ng/v1/sendsms", 400, "callback_url", send(callback_url="https://example.com/dlr")
@@ -239,6 +243,14 @@ CATALOGUE: dict[str, Bad] = {
     "shortcode-malformed-json": Bad(
         "shortcode", "POST", "/api/services/sendsms", 1009, "not valid JSON", '{"apikey": "{apikey}", '
     ),
+    "shortcode-lone-surrogate-in-json": Bad(
+        "shortcode",
+        "POST",
+        "/api/services/sendsms",
+        1009,
+        "surrogate",
+        json.dumps(shortcode_form(mobile=NUMBER, message="\udc00")),
+    ),
     "shortcode-xml-content-type": Bad(
         "shortcode", "POST", "/api/services/sendsms", 1010, "content type", "<sms/>", content_type="application/xml"
     ),
@@ -298,6 +310,10 @@ CATALOGUE: dict[str, Bad] = {
         "session", "POST", "/sms", 400, "not valid JSON", "<sms><message>hi</message></sms>", content_type="text/xml"
     ),
     "session-oversize-body": Bad("session", "POST", "/sms", 413, "256 KB", session_send(message=OVERSIZE)),
+    "session-lone-surrogate-in-message": Bad(
+        "session", "POST", "/sms", 400, "surrogate", session_send(message="\ud83d alone")
+    ),
+    "session-blank-message": Bad("session", "POST", "/sms", 400, "blank", session_send(message="   ")),
     "session-message-type-xx": Bad("session", "POST", "/sms", 400, "message_type", session_send(message_type="XX")),
     "session-scheduled-time-garbage": Bad(
         "session", "POST", "/sms", 400, "scheduled_delivery_time", session_send(scheduled_delivery_time="soonish")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import timedelta
@@ -102,13 +103,27 @@ def request_text(event: Any) -> str:
         raise InvalidRequest("the request body is not UTF-8 text") from error
 
 
+# A JSON escape of a UTF-16 surrogate (\ud800-\udfff). A pair of them is one character (an emoji); one alone
+# decodes to a str that cannot be written as UTF-8, so DynamoDB and every webhook would refuse it.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def parse_json_body(raw: str | None) -> Any:
     if raw is None or not raw.strip():
         raise InvalidRequest("the request body is empty: expected a JSON object")
     try:
-        return json.loads(raw)
+        payload = json.loads(raw)
     except ValueError as error:
         raise InvalidRequest(f"the request body is not valid JSON: {error}") from error
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(payload, ensure_ascii=False).encode()
+        except UnicodeEncodeError as error:
+            raise InvalidRequest(
+                "the request body holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape without its pair): "
+                "it is not text"
+            ) from error
+    return payload
 
 
 def json_request(event: Any, model: type[ModelT]) -> ModelT:

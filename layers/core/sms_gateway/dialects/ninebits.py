@@ -122,8 +122,8 @@ class SendRequest(BaseModel):
         given = [name for name in TEXT_FIELDS if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError("give the text in exactly one of 'message', 'body' or 'content'")
-        if not self.text:
-            raise ValueError("the message text is empty")
+        if not self.text.strip():
+            raise ValueError("the message text is empty or blank")
         if self.callback_url is not None and self.delivery_report != DeliveryReportMode.YES:
             raise ValueError("'callback_url' receives delivery reports: it needs 'delivery_report': 'yes'")
         return self

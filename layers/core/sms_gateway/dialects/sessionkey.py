@@ -116,6 +116,13 @@ class SendRequest(BaseModel):
     allow_invalid_recipients: bool = Field(default=False, alias="allowInvalidRecipients")
     order_id: str | None = None
 
+    @field_validator("message")
+    @classmethod
+    def not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the text is blank: nothing to send")
+        return value
+
     @field_validator("message_type", mode="before")
     @classmethod
     def known_type(cls, value: Any) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +19,7 @@ from sms_gateway.dialects.common import (
     describe_validation_error,
     idempotent,
     json_response,
+    parse_json_body,
     request_text,
     retry_after_header,
 )
@@ -198,10 +198,7 @@ def _media_type(headers: dict[str, str]) -> str:
 
 
 def _json_object(body: str) -> dict[str, Any]:
-    try:
-        payload = json.loads(body)
-    except ValueError as error:
-        raise InvalidRequest(f"the request body is not valid JSON: {error}") from error
+    payload = parse_json_body(body)
     if not isinstance(payload, dict):
         raise InvalidRequest("the request body must be a JSON object")
     return payload
