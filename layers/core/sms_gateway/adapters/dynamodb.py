@@ -13,12 +13,10 @@ Item layout (see docs/data-model.md):
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 import hashlib
 import hmac
-import json
 import secrets
 import time
 from collections.abc import Sequence
@@ -27,6 +25,7 @@ from decimal import Decimal
 from typing import Any
 
 from sms_gateway.adapters import aws
+from sms_gateway.adapters.cursors import decode_cursor, encode_cursor
 from sms_gateway.adapters.dynamodb_admin import DynamoAccountAdmin, account_key, credential_listing_item
 from sms_gateway.adapters.dynamodb_batch import batch_get
 from sms_gateway.adapters.dynamodb_delivery import DynamoDeliveryMixin, conversation_key
@@ -56,7 +55,7 @@ from sms_gateway.domain.models import (
 )
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.status import MessageStatus, allowed_previous
-from sms_gateway.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound
+from sms_gateway.errors import Conflict, InsufficientCredits, NotFound
 
 MESSAGE_INDEX = "message-index"
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -116,19 +115,6 @@ def messages_pk(account_id: str, reference_id: int) -> str:
 
 def message_sk(message_id: int) -> str:
     return f"MSG#{message_id:019d}"
-
-
-def decode_cursor(cursor: str, *, pk: str) -> dict[str, Any]:
-    """A cursor is only ever one this store issued for the same partition: anything else is the client's error,
-    and a cursor from another account's partition cannot be used to read it."""
-    try:
-        key = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        valid = isinstance(key, dict) and key.get("pk") == {"S": pk} and set(key["sk"]) == {"S"}
-    except (ValueError, TypeError, KeyError):
-        valid = False
-    if not valid:
-        raise InvalidRequest("the `next` cursor is not valid for this listing")
-    return dict(key)
 
 
 def sender_pk(sender: str) -> str:
@@ -657,7 +643,7 @@ class DynamoStore(
             last = answer.get("LastEvaluatedKey")
         else:
             messages, last = self._filtered_messages(query, status, limit)
-        next_cursor = base64.urlsafe_b64encode(json.dumps(last).encode()).decode() if last else None
+        next_cursor = encode_cursor(last)
         return messages, next_cursor
 
     def _filtered_messages(

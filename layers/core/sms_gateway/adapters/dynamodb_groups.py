@@ -5,13 +5,11 @@ group  pk=ACC#<account_id>  sk=GROUP#<group number, 19 digits>  members (SS of E
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Sequence
 from typing import Any
 
+from sms_gateway.adapters.cursors import decode_cursor, encode_cursor
 from sms_gateway.domain.groups import Group, GroupSummary, group_number
-from sms_gateway.errors import InvalidRequest
 
 GROUP_SK_PREFIX = "GROUP#"
 # Lists leave the members out: a page of groups stays small however big the groups are.
@@ -76,17 +74,11 @@ class DynamoGroupStore:
             "Limit": limit,
         }
         if cursor:
-            start = _decode_cursor(cursor)
-            # A cursor names a key in this account's group range; anything else is a forged or stale cursor.
-            if start.get("pk") != {"S": _account_pk(account_id)} or not start.get("sk", {}).get("S", "").startswith(
-                GROUP_SK_PREFIX
-            ):
-                raise InvalidRequest("next is not a cursor this list gave out")
-            query["ExclusiveStartKey"] = start
+            query["ExclusiveStartKey"] = decode_cursor(cursor, pk=_account_pk(account_id), sk_prefix=GROUP_SK_PREFIX)
         answer = self.client.query(**query)
         groups = [GroupSummary.model_validate(self._codec.load(item)) for item in answer.get("Items", [])]
         last = answer.get("LastEvaluatedKey")
-        return groups, (base64.urlsafe_b64encode(json.dumps(last).encode()).decode() if last else None)
+        return groups, encode_cursor(last)
 
     def add_group_members(
         self,
@@ -166,13 +158,3 @@ def _group_number(group_id: str) -> int:
     if number is None:
         raise ValueError(f"not a group id: {group_id!r}")
     return number
-
-
-def _decode_cursor(cursor: str) -> dict[str, Any]:
-    try:
-        decoded = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-    except ValueError as error:
-        raise InvalidRequest("next is not a cursor this list gave out") from error
-    if not isinstance(decoded, dict):
-        raise InvalidRequest("next is not a cursor this list gave out")
-    return decoded

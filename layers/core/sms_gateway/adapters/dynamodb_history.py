@@ -7,15 +7,13 @@ the account item, its groups and credential listings. Reference ids are time-ord
 
 from __future__ import annotations
 
-import base64
-import json
 from datetime import datetime
 from typing import Any
 
+from sms_gateway.adapters.cursors import decode_cursor, encode_cursor
 from sms_gateway.adapters.dynamodb_inbox import first_id_at, last_id_at
 from sms_gateway.domain.ids import MAX_ID
 from sms_gateway.domain.models import Batch
-from sms_gateway.errors import InvalidRequest
 
 BATCH_SK_PREFIX = "BATCH#"
 
@@ -37,7 +35,7 @@ class DynamoHistoryMixin:
         until: datetime | None = None,
     ) -> tuple[list[Batch], str | None]:
         # Imported here: adapters.dynamodb imports this module to build DynamoStore.
-        from sms_gateway.adapters.dynamodb import account_pk, batch_sk, decode_cursor
+        from sms_gateway.adapters.dynamodb import account_pk, batch_sk
 
         pk = account_pk(account_id)
         low_id = first_id_at(since) if since is not None else 0
@@ -53,13 +51,9 @@ class DynamoHistoryMixin:
             "Limit": limit,
         }
         if cursor:
-            start = decode_cursor(cursor, pk=pk)
-            # DynamoDB refuses a start key outside the key range: ours to refuse with a reason, not a server error.
-            if not low <= str(start["sk"]["S"]) <= high:
-                raise InvalidRequest("the `next` cursor is not valid for this listing")
-            query["ExclusiveStartKey"] = start
+            query["ExclusiveStartKey"] = decode_cursor(cursor, pk=pk, sk_range=(low, high))
         answer = self.client.query(**query)
         batches = [Batch.model_validate(self._codec.load(item)) for item in answer.get("Items", [])]
         last = answer.get("LastEvaluatedKey")
-        next_cursor = base64.urlsafe_b64encode(json.dumps(last).encode()).decode() if last else None
+        next_cursor = encode_cursor(last)
         return batches, next_cursor

@@ -8,14 +8,12 @@ Inbound ids are time-ordered, so the inbox sort key is the arrival order and a d
 
 from __future__ import annotations
 
-import base64
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sms_gateway.adapters.cursors import decode_cursor, encode_cursor
 from sms_gateway.domain.ids import EPOCH_MS, MAX_ID, RANDOM_BITS, id_time_ms
 from sms_gateway.domain.models import StoredInbound
-from sms_gateway.errors import InvalidRequest
 
 INBOX_SK_PREFIX = "IN#"
 MARKER_SK = "INBOUND"
@@ -189,24 +187,17 @@ class DynamoInboxMixin:
             if not last or len(found) >= limit:
                 break
             query["ExclusiveStartKey"] = last
-        next_cursor = base64.urlsafe_b64encode(json.dumps(last).encode()).decode() if last else None
+        next_cursor = encode_cursor(last)
         return found, next_cursor
 
     @staticmethod
     def _inbox_cursor(cursor: str, pk: str, low: str, high: str) -> dict[str, Any]:
-        # Imported here: adapters.dynamodb imports this module to build DynamoStore.
-        from sms_gateway.adapters.dynamodb import decode_cursor
-
-        problem = InvalidRequest(
-            "the `cursor` is not valid for this listing: pass the last page's next_cursor, with the same `from`/`to`"
+        # A cursor kept across a change of from/to falls outside the new range: refused, with a reason.
+        return decode_cursor(
+            cursor,
+            pk=pk,
+            sk_prefix=INBOX_SK_PREFIX,
+            sk_range=(low, high),
+            problem="the `cursor` is not valid for this listing: pass the last page's next_cursor, with the same "
+            "`from`/`to`",
         )
-        try:
-            key = decode_cursor(cursor, pk=pk)
-        except InvalidRequest:
-            raise problem from None
-        sk = key["sk"]["S"]
-        # DynamoDB refuses a start key outside the key range: a cursor kept across a change of from/to is ours to
-        # refuse, with a reason, rather than a server error.
-        if not isinstance(sk, str) or not sk.startswith(INBOX_SK_PREFIX) or not low <= sk <= high:
-            raise problem
-        return key

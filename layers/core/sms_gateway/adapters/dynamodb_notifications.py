@@ -3,15 +3,14 @@ listing pointer sk=FAILAT#<first failure time>#<notification id> so they list ne
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import time
 from datetime import timedelta
 from typing import Any
 
+from sms_gateway.adapters.cursors import decode_cursor, encode_cursor
 from sms_gateway.adapters.dynamodb_batch import batch_get
-from sms_gateway.errors import InvalidRequest
 from sms_gateway.ports import WebhookFailure, WebhookFailureState
 
 # Long enough to look into last week's outage, short enough that the partition stays small.
@@ -141,8 +140,6 @@ class DynamoNotificationsMixin:
         """Reads the listing pointers newest first and fetches their records. With a state filter a page is filled
         by reading on, bounded in reads: it may come back short, with a cursor to follow. The cursor is the key
         of the last pointer kept or read, so no record is skipped or repeated."""
-        from sms_gateway.adapters.dynamodb import decode_cursor
-
         query: dict[str, Any] = {
             "TableName": self.table_name,
             "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
@@ -151,9 +148,7 @@ class DynamoNotificationsMixin:
             "Limit": limit,
         }
         if cursor:
-            query["ExclusiveStartKey"] = decode_cursor(cursor, pk=_pk(account_id))
-            if not query["ExclusiveStartKey"]["sk"]["S"].startswith("FAILAT#"):
-                raise InvalidRequest("the cursor is not valid for this listing")
+            query["ExclusiveStartKey"] = decode_cursor(cursor, pk=_pk(account_id), sk_prefix="FAILAT#")
         kept: list[tuple[dict[str, Any], WebhookFailure]] = []
         last: dict[str, Any] | None = None
         for _ in range(_MAX_LIST_ROUNDS):
@@ -172,7 +167,7 @@ class DynamoNotificationsMixin:
             if not last or len(kept) >= limit:
                 break
             query["ExclusiveStartKey"] = last
-        next_cursor = base64.urlsafe_b64encode(json.dumps(last).encode()).decode() if last else None
+        next_cursor = encode_cursor(last)
         return [failure for _, failure in kept], next_cursor
 
     def _failures_of(self, account_id: str, notification_ids: list[str]) -> dict[str, WebhookFailure]:
