@@ -286,6 +286,26 @@ def test_a_dry_run_with_an_unregistered_sender_is_a_400(aws, account, api):
     assert "not registered" in body["message"]
 
 
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ({"send_at": (datetime.now(UTC) + timedelta(days=91)).isoformat()}, "90 days"),
+        ({"delivery_report": "yes", "callback_url": "ftp://client.example/dlr"}, "https"),
+        ({"callback_url": "https://client.example/dlr"}, "needs 'delivery_report'"),
+    ],
+    ids=["send-at-beyond-90-days", "callback-url-not-https", "callback-url-without-reports"],
+)
+def test_a_dry_run_refuses_what_the_send_would_refuse(aws, account, api, extra, says):
+    # Given a send the gateway would refuse for its send_at or its callback_url
+    body = {"from": "48974", "to": [AIRTEL], "body": "hi", **extra}
+    assert call(api, account["token"], "POST", "/ng/v1/sendsms", body)[0] == 400
+    # When the same request is dry-run
+    status, answer = call(api, account["token"], "POST", "/ng/v1/batches/dry_run", body)
+    # Then it is refused the same way, not answered "would_be_accepted": true
+    assert (status, answer["status_code"]) == (400, 400), answer
+    assert says in answer["message"]
+
+
 # ---------------------------------------------------------------- cancel
 
 

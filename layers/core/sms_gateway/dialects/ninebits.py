@@ -34,7 +34,7 @@ from sms_gateway.logic import batches, groups
 from sms_gateway.logic.accounts import check_webhook_url
 from sms_gateway.logic.auth import account_for_credential, bearer_token
 from sms_gateway.logic.idempotency import request_key
-from sms_gateway.logic.send import Rejection
+from sms_gateway.logic.send import Rejection, send_time
 
 router = APIGatewayHttpRouter()
 # The same limit as logic/compose.py's (a test keeps them equal); that module is imported on the first send only.
@@ -160,9 +160,15 @@ def send_sms() -> Response[Any]:
     return idempotent(event, account.account_id, key, lambda: _send(account, request))
 
 
-def _send(account: Account, request: SendRequest) -> Response[Any]:
+def _check_send_options(account: Account, request: SendRequest) -> None:
+    """What a send refuses before it reads its recipients, which a dry run refuses the same way."""
     if request.callback_url is not None:
         check_webhook_url(request.callback_url, allow_http=gateway().settings.allow_http_webhooks)
+    send_time(request.send_at, account, utc_now())
+
+
+def _send(account: Account, request: SendRequest) -> Response[Any]:
+    _check_send_options(account, request)
     from sms_gateway.logic import compose
 
     recipients = compose.resolve_recipients(gateway().store, account, request.to, strict=True).recipients
@@ -199,6 +205,7 @@ def dry_run() -> Response[Any]:
     """The send's answer without the send: parts, encoding, cost and balance; nothing stored, charged or queued."""
     account = _caller()
     request = json_request(router.current_event, SendRequest)
+    _check_send_options(account, request)
     from sms_gateway.logic import compose
 
     dry = compose.dry_run(

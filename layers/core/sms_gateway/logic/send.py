@@ -187,8 +187,6 @@ def accept_send(
             claim = KeyClaim(reference_id=new_batch_id())
     require_sender(account, command.sender)
     command = command.model_copy(update={"send_at": send_time(command.send_at, account, now)})
-    if command.send_at is not None and command.send_at - now > MAX_SCHEDULE_AHEAD:
-        raise InvalidRequest(f"the send time is more than {MAX_SCHEDULE_AHEAD.days} days ahead")
     # Opted-out numbers go before pricing, so they are never charged; with none left, nothing happens at all.
     recipients, refused = refuse_opted_out(account, command.sender, command.recipients, deps.opt_outs)
     if not recipients:
@@ -250,10 +248,14 @@ def accept_send(
 
 def send_time(requested: datetime | None, account: Account, now: datetime) -> datetime | None:
     """When a send is due: a time written without an offset (or a date alone) is the account's wall-clock time, and
-    one in the past is now (also one in the year 1, past which no date arithmetic stays in range)."""
+    one in the past is now (also one in the year 1, past which no date arithmetic stays in range). InvalidRequest
+    when it is further ahead than a schedule may be."""
     if requested is None:
         return None
-    return max(in_zone(requested, account_zone(account.timezone)), now)
+    due = max(in_zone(requested, account_zone(account.timezone)), now)
+    if due - now > MAX_SCHEDULE_AHEAD:
+        raise InvalidRequest(f"the send time is more than {MAX_SCHEDULE_AHEAD.days} days ahead")
+    return due
 
 
 def send_standing_under_key(
