@@ -306,6 +306,26 @@ def test_a_dry_run_refuses_what_the_send_would_refuse(aws, account, api, extra, 
     assert says in answer["message"]
 
 
+def test_the_client_s_sent_date_is_given_back_on_reads_and_in_delivery_reports(aws, account, api):
+    # Given a send carrying the seed's sent_date
+    sent_date = "2024-01-02T23:50:37.000000Z"
+    status, sent = send(api, account["token"], [AIRTEL], sent_date=sent_date, session_id="s-1", ref_id="r-1")
+    assert status == 200, sent
+    # When the batch and its delivery report are read, and its message's status change is told to the client
+    batch = call(api, account["token"], "GET", f"/ng/v1/batches/{sent['reference_id']}")[1]
+    report = call(api, account["token"], "GET", f"/ng/v1/batches/{sent['reference_id']}/delivery_report")[1]
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import StatusChange
+    from sms_gateway.logic.notify import dlr_notification
+
+    [message] = gateway().store.list_messages(account["account_id"], int(sent["reference_id"]))[0]
+    told = dlr_notification(StatusChange(message=message.model_copy(update={"delivery_report": "yes"}), changed=True))
+    # Then each carries it back, as the docs say, beside session_id and ref_id
+    assert (batch["sent_date"], batch["session_id"], batch["ref_id"]) == (sent_date, "s-1", "r-1")
+    assert [entry["sent_date"] for entry in report["data"]] == [sent_date]
+    assert told is not None and told["payload"]["sent_date"] == sent_date
+
+
 # ---------------------------------------------------------------- cancel
 
 

@@ -118,6 +118,7 @@ SUCCESSES: dict[tuple[str, str], tuple[int, Schema]] = {
             delivery_report=STRING,
             session_id=NULLABLE_STRING,
             ref_id=NULLABLE_STRING,
+            sent_date=NULLABLE_STRING,
             created_at=STRING,
             send_at=NULLABLE_STRING,
         ),

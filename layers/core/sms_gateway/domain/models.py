@@ -136,6 +136,8 @@ class Batch(Record):
     callback_url: str | None = None
     session_id: str | None = None
     ref_id: str | None = None
+    # The client's own date for the send (9bits `sent_date`): stored and given back, never read.
+    sent_date: str | None = None
     route_tier: str = "N"
     dialect: str = "9bits"
     created_at: str

@@ -36,6 +36,7 @@ def dlr_notification(change: StatusChange) -> dict[str, Any] | None:
             "reference_id": str(message.reference_id),
             "ref_id": message.ref_id,
             "session_id": message.session_id,
+            "sent_date": message.sent_date,
             "from": message.sender,
             "to": message.msisdn.lstrip("+"),
             "telco": message.telco,

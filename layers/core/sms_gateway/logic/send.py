@@ -211,6 +211,7 @@ def accept_send(
         callback_url=command.callback_url,
         session_id=command.session_id,
         ref_id=command.ref_id,
+        sent_date=command.sent_date,
         route_tier=command.route_tier,
         dialect=command.dialect,
         created_at=created_at,
