@@ -890,6 +890,30 @@ class TestScheduledRelease:
         assert store.batches[("7", batch.reference_id)].status == MessageStatus.CANCELLED
         assert store.accounts["7"].credits > paid
 
+    def test_of_two_cancels_racing_the_one_that_loses_the_batch_write_answers_as_a_repeated_cancel(self, store):
+        # Given a scheduled batch of three, and a cancel that reads it scheduled while another cancel moves it
+        batch, _ = send(store, command(3, send_at=NOW + timedelta(hours=2)))
+        charged = store.accounts["7"].credits
+        read = store.get_batch
+        winner: list[int] = []
+
+        def read_then_cancelled_by_another(account_id, reference_id):
+            found = read(account_id, reference_id)
+            if not winner:
+                store.get_batch = read
+                winner.append(self.cancel(store, reference_id))
+                store.get_batch = read_then_cancelled_by_another
+            return found
+
+        store.get_batch = read_then_cancelled_by_another
+        # When the losing cancel goes on
+        with pytest.raises(AlreadyCancelled):
+            self.cancel(store, batch.reference_id)
+        # Then it is told what a repeated cancel is told (each dialect answers it as cancelled), not 409, and the
+        # credits came back once
+        assert winner == [3]
+        assert store.accounts["7"].credits == charged + 3
+
     def test_a_cancel_that_died_after_the_batch_write_is_finished_by_the_next_and_refunds_once(self, store):
         # Given a scheduled batch of three whose cancel died once the batch was written (its schedule deletion failed)
         scheduler = RecordingScheduler()

@@ -122,18 +122,18 @@ def cancel_batch(
     which answers as the first would have. Once every message is cancelled, another cancel raises AlreadyCancelled
     (a Conflict): each dialect says what a repeated cancel answers."""
     batch = get_batch(messages, account_id, reference_id)
-    if batch.status == MessageStatus.CANCELLED:
-        refund = finish_cancel(messages, scheduler, account_id, reference_id, now=now)
-        if not refund:
-            raise AlreadyCancelled(batch)
-        return batch, refund
-    if batch.status not in ONLY_SCHEDULED or not messages.set_batch_status(
-        account_id, reference_id, MessageStatus.CANCELLED, only_from=ONLY_SCHEDULED
-    ):
-        current = get_batch(messages, account_id, reference_id).status
-        raise Conflict(f"only a scheduled batch can be cancelled; this one is {current}")
+    if batch.status in ONLY_SCHEDULED:
+        if messages.set_batch_status(account_id, reference_id, MessageStatus.CANCELLED, only_from=ONLY_SCHEDULED):
+            refund = finish_cancel(messages, scheduler, account_id, reference_id, now=now)
+            return get_batch(messages, account_id, reference_id), refund
+        # Moved since it was read: released, or cancelled by another request (then this one is a repeat of it).
+        batch = get_batch(messages, account_id, reference_id)
+    if batch.status != MessageStatus.CANCELLED:
+        raise Conflict(f"only a scheduled batch can be cancelled; this one is {batch.status}")
     refund = finish_cancel(messages, scheduler, account_id, reference_id, now=now)
-    return get_batch(messages, account_id, reference_id), refund
+    if not refund:
+        raise AlreadyCancelled(batch)
+    return batch, refund
 
 
 def finish_cancel(
