@@ -70,3 +70,43 @@ def test_a_dlr_that_arrives_while_parameter_store_fails_is_refused_for_a_retry_n
     # Then it is answered with a 5xx (Jasmin posts it again later), not the 401 of a forged or unknown callback
     assert answer["statusCode"] == 503, answer
     assert "try again" in json.loads(answer["body"])["message"]
+
+
+def test_a_kannel_mo_in_ucs2_whose_body_is_utf16_is_stored_with_its_text(aws, account):
+    # Given Kannel configured as the docs say (post-url with text_hex), without mo-recode: an MO in UCS-2 is posted
+    # with its body in UTF-16BE (API Gateway base64-encodes it) and the same bytes in text_hex
+    import base64
+
+    configure(
+        aws,
+        "kannel",
+        {"type": "kannel", "url": "http://127.0.0.1:13013", "username": "u", "password": "p", "callback_token": TOKEN},
+    )
+    text = "Hé™ 😀 yes"
+    raw = text.encode("utf-16-be")
+    query = {
+        "token": TOKEN,
+        "from": "+2348020000000",
+        "to": "48974",
+        "ts": "1767398400",
+        "id": "7e3b2f1a-0000-4000-8000-0000000000aa",
+        "coding": "2",
+        "charset": "UTF-16BE",
+        "text_hex": raw.hex(),
+    }
+    event = load_event("webhook-dlr-simulator.json")
+    event["rawPath"] = event["requestContext"]["http"]["path"] = "/callbacks/kannel/inbound"
+    event["pathParameters"] = {"provider": "kannel"}
+    event["rawQueryString"] = "&".join(f"{k}={v}" for k, v in query.items())
+    event["queryStringParameters"] = query
+    event["headers"] = {"content-type": "text/plain; charset=UTF-16BE"}
+    event["body"] = base64.b64encode(raw).decode()
+    event["isBase64Encoded"] = True
+    # When it reaches the webhook
+    answer = load_function("webhook").handler(event, FakeContext())
+    # Then it is taken (not refused as a body that is not UTF-8), and stored with its text
+    assert answer["statusCode"] == 200, answer
+    from sms_gateway.bootstrap import gateway
+
+    [stored] = gateway().store.list_inbounds(account["account_id"])[0]
+    assert stored.text == text

@@ -8,7 +8,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 
 from sms_gateway.adapters.providers import get_provider
 from sms_gateway.bootstrap import gateway
-from sms_gateway.dialects.common import json_response, request_text, status_for
+from sms_gateway.dialects.common import callback_text, json_response, status_for
 from sms_gateway.domain.models import CallbackRequest, StatusChange, utc_now
 from sms_gateway.errors import GatewayError, NotFound, Unauthorized
 from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
@@ -29,7 +29,7 @@ def _callback_request() -> CallbackRequest:
         + (f"?{event.raw_query_string}" if event.get("rawQueryString") else ""),
         headers={k.lower(): v for k, v in (event.headers or {}).items()},
         query=dict(event.query_string_parameters or {}),
-        body=request_text(event),
+        body=callback_text(event),
     )
 
 

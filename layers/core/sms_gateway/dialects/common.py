@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import re
 from collections.abc import Callable
@@ -93,14 +95,45 @@ MAX_BODY_BYTES = 256 * 1024
 
 def request_text(event: Any) -> str:
     """The request body as text, refused when over 256 KB or not UTF-8 (before anything is parsed or stored)."""
-    raw = event.body or ""
-    size = len(raw) * 3 // 4 if event.is_base64_encoded else len(raw.encode())
-    if size > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"the request body is {size} bytes, over the {MAX_BODY_BYTES // 1024} KB limit")
+    _refuse_oversize(event)
     try:
         return str(event.decoded_body or "")
     except (UnicodeDecodeError, ValueError) as error:
         raise InvalidRequest("the request body is not UTF-8 text") from error
+
+
+def callback_text(event: Any) -> str:
+    """An upstream callback's body as text, in the charset its Content-Type names (Kannel posts an MO that it did not
+    recode in UTF-16BE), else UTF-8 with what is not replaced: an upstream reads its texts from fields of its own
+    (Kannel's `text_hex`), and a body that cannot be read must not refuse the callback (the MO would be lost)."""
+    _refuse_oversize(event)
+    raw = event.body or ""
+    if not event.is_base64_encoded:
+        return str(raw)
+    try:
+        data = base64.b64decode(raw)
+    except ValueError as error:
+        raise InvalidRequest("the request body is not valid base64") from error
+    charset = _charset(str((event.headers or {}).get("content-type") or ""))
+    if charset:
+        with contextlib.suppress(LookupError, UnicodeDecodeError):
+            return data.decode(charset)
+    return data.decode("utf-8", errors="replace")
+
+
+def _charset(content_type: str) -> str | None:
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"') or None
+    return None
+
+
+def _refuse_oversize(event: Any) -> None:
+    raw = event.body or ""
+    size = len(raw) * 3 // 4 if event.is_base64_encoded else len(raw.encode())
+    if size > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"the request body is {size} bytes, over the {MAX_BODY_BYTES // 1024} KB limit")
 
 
 # A JSON escape of a UTF-16 surrogate (\ud800-\udfff). A pair of them is one character (an emoji); one alone
