@@ -110,3 +110,31 @@ def test_a_kannel_mo_in_ucs2_whose_body_is_utf16_is_stored_with_its_text(aws, ac
 
     [stored] = gateway().store.list_inbounds(account["account_id"])[0]
     assert stored.text == text
+
+
+def test_a_twilio_incoming_message_is_answered_with_empty_twiml(aws):
+    # Given Twilio configured, and an incoming message it posts, signed with the auth token over our URL
+    from urllib.parse import parse_qs
+
+    from sms_gateway.adapters.providers.twilio import twilio_signature
+    from tests.integration.test_provider_twilio import ACCOUNT_SID, AUTH_TOKEN, incoming_message_body
+
+    configure(aws, "twilio", {"type": "twilio", "account_sid": ACCOUNT_SID, "auth_token": AUTH_TOKEN})
+    event = load_event("webhook-dlr-simulator.json")
+    event["rawPath"] = event["requestContext"]["http"]["path"] = "/callbacks/twilio/inbound"
+    event["pathParameters"] = {"provider": "twilio"}
+    event["rawQueryString"] = ""
+    event.pop("queryStringParameters", None)
+    body = incoming_message_body()
+    url = f"https://{event['requestContext']['domainName']}/callbacks/twilio/inbound"
+    event["headers"] = {
+        "content-type": "application/x-www-form-urlencoded",
+        "x-twilio-signature": twilio_signature(AUTH_TOKEN, url, parse_qs(body, keep_blank_values=True)),
+    }
+    event["body"] = body
+    event["isBase64Encoded"] = False
+    # When it reaches the webhook
+    answer = load_function("webhook").handler(event, FakeContext())
+    # Then the answer is the TwiML Twilio expects (nothing sent back to the phone), not JSON
+    assert (answer["statusCode"], answer["body"]) == (200, "<Response/>"), answer
+    assert answer["headers"]["Content-Type"].startswith("text/xml")
