@@ -335,11 +335,20 @@ def test_a_price_is_set_shown_and_charged(cli, account, send):
     # And a one-part send to an Airtel number (the seed's 0802) costs 3
     assert send(account["token"])["status"] == 200
     assert stored_account(account["account_id"]).credits == 97
+    # And Airtel can be priced for one country only, which leaves Nigeria's price as it was
+    code, table, err = cli(
+        "set-price", "--tier", "N", "--network", "airtel", "--country", "ke", "--credits", "6", "--json"
+    )
+    assert code == 0, err
+    assert table["prices"]["N"] == {"airtel": 3, "*": 2, "airtel@KE": 6}
+    assert send(account["token"])["status"] == 200
+    assert stored_account(account["account_id"]).credits == 94
 
 
 def test_a_bad_price_is_refused_and_changes_nothing(cli):
     assert_refused(cli, ["set-price", "--tier", "N", "--network", "nope", "--credits", "1"], "network")
     assert_refused(cli, ["set-price", "--tier", "N", "--credits", "-1"], "negative")
+    assert_refused(cli, ["set-price", "--tier", "N", "--country", "Kenya", "--credits", "1"], "ISO 3166")
     assert cli("show-prices", "--json")[1]["prices"] == {}
 
 

@@ -248,13 +248,32 @@ class TestCreditsAndPrices:
         assert table.per_part("N", "glo") == 1
         assert accounts.show_prices(store).prices == {"N": {"mtn": 3}}
 
+    def test_a_network_price_may_hold_in_one_country_and_wins_there(self, store):
+        # Given MTN priced at 3 everywhere, at 7 in Ghana, and any network in Ghana at 5
+        accounts.set_price(store, tier="N", network="mtn", credits=3)
+        accounts.set_price(store, tier="N", network="mtn", country="gh", credits=7)
+        table = accounts.set_price(store, tier="N", network="*", country="GH", credits=5)
+        # Then the most specific price that is set prices a part: the network in the recipient's country, any
+        # network there, the network anywhere, then the tier's default
+        assert table.prices == {"N": {"mtn": 3, "mtn@GH": 7, "*@GH": 5}}
+        assert table.per_part("N", "mtn", "GH") == 7
+        assert table.per_part("N", "vodafone", "GH") == 5
+        assert table.per_part("N", "mtn", "NG") == 3
+        assert table.per_part("N", "mtn") == 3
+        assert table.per_part("N", "glo", "NG") == 1
+
     @pytest.mark.parametrize(
-        ("tier", "network", "credits", "fragment"),
-        [("X", "*", 1, "route tier"), ("N", "vodacomm", 1, "network"), ("L", "*", -1, "negative")],
+        ("tier", "network", "credits", "fragment", "country"),
+        [
+            ("X", "*", 1, "route tier", None),
+            ("N", "vodacomm", 1, "network", None),
+            ("L", "*", -1, "negative", None),
+            ("N", "mtn", 1, "ISO 3166", "Ghana"),
+        ],
     )
-    def test_a_bad_price_changes_nothing(self, store, tier, network, credits, fragment):
+    def test_a_bad_price_changes_nothing(self, store, tier, network, credits, fragment, country):
         with pytest.raises(InvalidRequest, match=fragment):
-            accounts.set_price(store, tier=tier, network=network, credits=credits)
+            accounts.set_price(store, tier=tier, network=network, credits=credits, country=country)
         assert store.prices == PriceTable()
 
 

@@ -278,6 +278,15 @@ class TestAcceptSend:
         assert cheap.cost == 1
         assert store.accounts["7"].credits == 1000 - 16 - 1
 
+    def test_a_network_priced_for_one_country_is_charged_so_only_there(self, store):
+        # Given MTN at 2 credits a part, and at 9 in Ghana
+        store.prices = PriceTable().with_price("N", "mtn", 2).with_price("N", "mtn@GH", 9)
+        # When the account sends to an MTN number in Nigeria and one in Ghana, as a client writes them
+        recipients, _ = normalise_recipients(["08030000000", "+233241234567"], "NG")
+        batch, _ = send(store, command().model_copy(update={"recipients": tuple(recipients)}))
+        # Then each is charged its own country's price
+        assert batch.cost == 2 + 9
+
     def test_a_message_over_the_part_limit_is_refused(self, store):
         with pytest.raises(InvalidRequest, match="over this account's limit of 10"):
             send(store, command(text="x" * (153 * 10 + 1)))

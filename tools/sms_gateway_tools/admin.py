@@ -193,10 +193,11 @@ def reject_sender(*, account_id: str, sender: str, reason: str) -> dict[str, Any
     return sender_requests.reject(_store(), account_id, sender, reason, now=utc_now()).model_dump(mode="json")
 
 
-def set_price(*, tier: str, network: str, credits: int) -> dict[str, Any]:
+def set_price(*, tier: str, network: str, credits: int, country: str | None = None) -> dict[str, Any]:
     from sms_gateway.logic import accounts
 
-    return accounts.set_price(_store(), tier=tier, network=network, credits=credits).model_dump(mode="json")
+    table = accounts.set_price(_store(), tier=tier, network=network, credits=credits, country=country)
+    return table.model_dump(mode="json")
 
 
 def show_prices() -> dict[str, Any]:
@@ -478,7 +479,7 @@ def _cmd_reject_sender(args: argparse.Namespace) -> int:
 def _cmd_set_price(args: argparse.Namespace) -> int:
     return _run(
         args,
-        lambda _: set_price(tier=args.tier, network=args.network, credits=args.credits),
+        lambda _: set_price(tier=args.tier, network=args.network, credits=args.credits, country=args.country),
         show=lambda table: _print_rows(_price_rows(table["prices"]), ["tier", "network", "credits"]),
     )
 
@@ -704,6 +705,11 @@ def _add_price_commands(command: Command) -> None:
     price = command("set-price", "set the credits per message part of a route (tier and network)")
     price.add_argument("--tier", required=True, type=str.upper, choices=["N", "L", "LL"], help="route tier")
     price.add_argument("--network", default="*", help="network slug (mtn, airtel, glo, 9mobile, ...) or * (default)")
+    price.add_argument(
+        "--country",
+        help="ISO 3166 code (NG, GH, ...): the price holds for the network in that country only; a network slug "
+        "names a carrier in many countries (mtn: NG, GH, ZA, ...)",
+    )
     price.add_argument("--credits", required=True, type=int, help="credits per part (0 or more)")
     price.set_defaults(func=_cmd_set_price)
 

@@ -103,6 +103,8 @@ class Recipient(Record):
     msisdn: str
     telco: str | None = None
     network_id: int = 0
+    # ISO 3166 region of the number (prices may differ by country for one network slug); None when not known.
+    country: str | None = None
 
 
 class SendCommand(Record):

@@ -10,7 +10,7 @@ from datetime import datetime
 from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.models import Account, CredentialKind, Credentials, Record, SealedSecret, iso
 from sms_gateway.domain.networks import CATALOGUE
-from sms_gateway.domain.pricing import ANY_NETWORK, ROUTE_TIERS, PriceTable
+from sms_gateway.domain.pricing import ANY_NETWORK, ROUTE_TIERS, PriceTable, price_key
 from sms_gateway.domain.webhook_urls import require_safe_webhook_url
 from sms_gateway.domain.webhooks import new_signing_secret
 from sms_gateway.domain.zones import zone_named
@@ -253,7 +253,7 @@ def top_up(store: AccountAdmin, account_id: str, credits: int) -> int:
     return store.top_up(account_id, credits)
 
 
-def set_price(store: AccountAdmin, *, tier: str, network: str, credits: int) -> PriceTable:
+def set_price(store: AccountAdmin, *, tier: str, network: str, credits: int, country: str | None = None) -> PriceTable:
     tier = tier.upper()
     if tier not in ROUTE_TIERS:
         raise InvalidRequest(f"route tier {tier!r} must be one of {', '.join(ROUTE_TIERS)}")
@@ -262,7 +262,7 @@ def set_price(store: AccountAdmin, *, tier: str, network: str, credits: int) -> 
         raise InvalidRequest(f"network {network!r} must be {ANY_NETWORK!r} or one of {', '.join(sorted(networks))}")
     if credits < 0:
         raise InvalidRequest(f"a price cannot be negative, not {credits}")
-    return store.set_price(tier, network, credits)
+    return store.set_price(tier, price_key(network, check_country(country) if country else None), credits)
 
 
 def show_prices(store: PriceBook) -> PriceTable:

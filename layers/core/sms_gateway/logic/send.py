@@ -72,7 +72,8 @@ def normalise_recipients(raw_numbers: Sequence[str], default_country: str) -> tu
             rejected.append(Rejection(raw=str(raw), reason=error.reason))
             continue
         accepted.setdefault(
-            parsed.e164, Recipient(msisdn=parsed.e164, telco=parsed.telco, network_id=parsed.network_id)
+            parsed.e164,
+            Recipient(msisdn=parsed.e164, telco=parsed.telco, network_id=parsed.network_id, country=parsed.country),
         )
     return list(accepted.values()), rejected
 
@@ -132,7 +133,9 @@ def quote(account: Account, text: str, recipients: Sequence[Recipient], route_ti
         )
     return Quote(
         segmentation=segmentation,
-        price_per_recipient={r.msisdn: segmentation.parts * prices.per_part(route_tier, r.telco) for r in recipients},
+        price_per_recipient={
+            r.msisdn: segmentation.parts * prices.per_part(route_tier, r.telco, r.country) for r in recipients
+        },
     )
 
 
