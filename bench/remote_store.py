@@ -70,8 +70,8 @@ class RemoteStore(InMemoryStore):
     release_claim = _request("UpdateItem")(InMemoryStore.release_claim)
     move_claim = _request("UpdateItem")(InMemoryStore.move_claim)
     transition = _request("UpdateItem")(InMemoryStore.transition)
-    # A transaction of the account item (its token makes a resent request apply once), then a read of the balance.
-    refund_credits = _request("GetItem")(_request("TransactWriteItems")(InMemoryStore.refund_credits))
+    # A transaction of the account item alone: its token makes a resent request apply once.
+    refund_credits = _request("TransactWriteItems")(InMemoryStore.refund_credits)
     link_upstream_id = _request("UpdateItem")(InMemoryStore.link_upstream_id)
 
     @_request("GetItem")

@@ -77,19 +77,21 @@ class InMemoryStore:
     def account_id_for_credential(self, kind: str, secret: str) -> str | None:
         return self.credentials.get((kind, secret))
 
-    def reserve_credits(self, account_id: str, amount: int) -> int:
+    def reserve_credits(self, account_id: str, amount: int) -> None:
         with self._lock:
             account = self.accounts[account_id]
             if account.credits < amount:
                 raise InsufficientCredits("not enough credits")
             self.accounts[account_id] = account.model_copy(update={"credits": account.credits - amount})
-            return account.credits - amount
 
-    def refund_credits(self, account_id: str, amount: int) -> int:
+    def refund_credits(self, account_id: str, amount: int) -> None:
         with self._lock:
             account = self.accounts[account_id]
             self.accounts[account_id] = account.model_copy(update={"credits": account.credits + amount})
-            return account.credits + amount
+
+    def balance(self, account_id: str) -> int:
+        account = self.accounts.get(account_id)
+        return account.credits if account is not None else 0
 
     # batches and messages
     def create_batch(self, batch: Batch, messages: Sequence[Message]) -> None:
@@ -102,7 +104,7 @@ class InMemoryStore:
         for message in messages:
             self.messages[message.key] = message
 
-    def create_batch_and_reserve(self, batch: Batch, *, superseding: int | None = None) -> int:
+    def create_batch_and_reserve(self, batch: Batch, *, superseding: int | None = None) -> None:
         with self._lock:
             if (batch.account_id, batch.reference_id) in self.batches:
                 raise Conflict(f"batch {batch.reference_id} exists already")
@@ -111,13 +113,12 @@ class InMemoryStore:
                 replaced is None or replaced.status != MessageStatus.FAILED or replaced.superseded_by is not None
             ):
                 raise Conflict(f"batch {superseding} is not a failed batch waiting to be sent afresh")
-            balance = self.reserve_credits(batch.account_id, batch.cost)
+            self.reserve_credits(batch.account_id, batch.cost)
             self.batches[(batch.account_id, batch.reference_id)] = batch
             if replaced is not None:
                 self.batches[(batch.account_id, replaced.reference_id)] = replaced.model_copy(
                     update={"superseded_by": batch.reference_id}
                 )
-            return balance
 
     def reprice_batch(self, batch: Batch, cost: int) -> int:
         with self._lock:
@@ -126,11 +127,11 @@ class InMemoryStore:
                 raise Conflict(f"the cost of batch {batch.reference_id} changed meanwhile")
             owed = cost - batch.cost
             if owed > 0:
-                balance = self.reserve_credits(batch.account_id, owed)
+                self.reserve_credits(batch.account_id, owed)
             else:
-                balance = self.refund_credits(batch.account_id, -owed)
+                self.refund_credits(batch.account_id, -owed)
             self.batches[key] = self.batches[key].model_copy(update={"cost": cost})
-            return balance
+            return self.balance(batch.account_id)
 
     def fail_batch_and_refund(self, batch: Batch) -> bool | None:
         with self._lock:

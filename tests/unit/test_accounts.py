@@ -97,7 +97,8 @@ class AdminStore(InMemoryStore):
         return self.accounts[account_id]
 
     def top_up(self, account_id: str, credits: int) -> int:
-        return self.refund_credits(self._require(account_id).account_id, credits)
+        self.refund_credits(self._require(account_id).account_id, credits)
+        return self.balance(account_id)
 
     def update_account(self, account_id: str, changes: AccountChanges) -> Account:
         account = self._require(account_id)

@@ -67,12 +67,15 @@ class AccountStore(Protocol):
         """Stores the account and its credentials; secrets are stored only as hashes."""
         ...
 
-    def reserve_credits(self, account_id: str, amount: int) -> int:
-        """Takes `amount` credits if the balance allows (never below zero); returns the new balance.
-        Raises InsufficientCredits otherwise."""
+    def reserve_credits(self, account_id: str, amount: int) -> None:
+        """Takes `amount` credits if the balance allows (never below zero). Raises InsufficientCredits otherwise."""
         ...
 
-    def refund_credits(self, account_id: str, amount: int) -> int: ...
+    def refund_credits(self, account_id: str, amount: int) -> None: ...
+
+    def balance(self, account_id: str) -> int:
+        """The account's credits now, read consistently (with every write made before it); 0 for no account."""
+        ...
 
     def account_id_for_sender(self, sender: str) -> str | None:
         """The account that registered a sender ID, shortcode or long number (each belongs to one account)."""
@@ -113,11 +116,11 @@ class MessageStore(Protocol):
         """Writes messages of a batch that exists (a send that died part-way is finished this way)."""
         ...
 
-    def create_batch_and_reserve(self, batch: Batch, *, superseding: int | None = None) -> int:
-        """Writes the batch (no messages yet) and takes its cost from its account's credits, both or neither;
-        returns the balance after. Raises Conflict when the batch exists, InsufficientCredits when the balance is
-        short (and then did neither). `superseding`: a failed batch of the account that this one replaces (a send
-        afresh under the same idempotency key), linked to it (`superseded_by`) in the same write; Conflict when
+    def create_batch_and_reserve(self, batch: Batch, *, superseding: int | None = None) -> None:
+        """Writes the batch (no messages yet) and takes its cost from its account's credits, both or neither.
+        Raises Conflict when the batch exists, InsufficientCredits when the balance is short (and then did
+        neither). `superseding`: a failed batch of the account that this one replaces (a send afresh under the same
+        idempotency key), linked to it (`superseded_by`) in the same write; Conflict when
         it is not failed or already superseded."""
         ...
 

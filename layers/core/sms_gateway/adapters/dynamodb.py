@@ -355,10 +355,9 @@ class DynamoStore(
         ).get("Item")
         return str(found["account_id"]["S"]) if found else None
 
-    def reserve_credits(self, account_id: str, amount: int) -> int:
+    def reserve_credits(self, account_id: str, amount: int) -> None:
         if self._move_credits(self._reserve_update(account_id, amount)):
             raise _short_of_credits(amount)
-        return self._balance(account_id)
 
     def _reserve_update(self, account_id: str, amount: int) -> dict[str, Any]:
         return {
@@ -369,15 +368,14 @@ class DynamoStore(
             "ExpressionAttributeValues": {":amount": {"N": str(amount)}},
         }
 
-    def refund_credits(self, account_id: str, amount: int) -> int:
+    def refund_credits(self, account_id: str, amount: int) -> None:
         if self._move_credits(self._credits_update(account_id, amount)):
             raise RuntimeError(f"account {account_id} is gone: {amount} credits could not be given back")
-        return self._balance(account_id)
 
     def top_up(self, account_id: str, credits: int) -> int:
         if self._move_credits(self._credits_update(account_id, credits)):
             raise NotFound(f"no account {account_id}")
-        return self._balance(account_id)
+        return self.balance(account_id)
 
     def _credits_update(self, account_id: str, amount: int) -> dict[str, Any]:
         return {
@@ -392,8 +390,8 @@ class DynamoStore(
         """Writes an account's credits as a transaction of one item, so that the write carries a token: when its
         answer is lost botocore sends the same request again, and DynamoDB applies a transaction it receives twice
         under one token once, where it would apply an UpdateItem twice. Tried again while another transaction holds
-        the item. True when the update's condition refused it. The transaction answers nothing, so callers read the
-        balance after (`_balance`): a write unit and a read more than an UpdateItem, for credits that add up."""
+        the item. True when the update's condition refused it. The transaction answers nothing: a caller that needs
+        the balance after reads it (`balance`); a send reads it only for a dialect that answers with it."""
         (refused,) = self._transact_until_decided([{"Update": update}])
         return refused is not None
 
@@ -423,9 +421,9 @@ class DynamoStore(
             "ConditionExpression": "attribute_not_exists(pk)",
         }
 
-    def create_batch_and_reserve(self, batch: Batch, *, superseding: int | None = None) -> int:
+    def create_batch_and_reserve(self, batch: Batch, *, superseding: int | None = None) -> None:
         """Writes the batch (without messages) and takes its cost from the account's credits in one transaction,
-        both or neither; returns the balance after. A retry that finds the batch then knows its credits were
+        both or neither. A retry that finds the batch then knows its credits were
         taken: there is no moment at which they are gone and the batch is not there. With `superseding`, the
         failed batch it replaces gets its link to this one in the same transaction: a retry that follows the
         link finds this batch, and one that finds no link knows nothing of this one was written."""
@@ -439,7 +437,6 @@ class DynamoStore(
             raise Conflict(f"batch {superseding} is not a failed batch waiting to be sent afresh")
         if account_refused:
             raise _short_of_credits(batch.cost)
-        return self._balance(batch.account_id)
 
     def _supersede_update(self, account_id: str, failed_reference_id: int, reference_id: int) -> dict[str, Any]:
         """Links a failed batch to the one sent afresh in its place, once."""
@@ -455,9 +452,9 @@ class DynamoStore(
             },
         }
 
-    def _balance(self, account_id: str) -> int:
-        """The account's credits, read consistently: a transaction returns nothing, so what it left is read back
-        (with the writes of any send that overlapped it, which an UpdateItem's answer would not include)."""
+    def balance(self, account_id: str) -> int:
+        """The account's credits, read consistently: the writes of credits are transactions, which return nothing, so
+        what they left is read back when a caller needs it (with the writes of any send that overlapped)."""
         found = self.client.get_item(
             TableName=self.table_name,
             Key=account_key(account_id),
@@ -490,7 +487,7 @@ class DynamoStore(
             raise Conflict(f"the cost of batch {batch.reference_id} changed meanwhile")
         if account_refused:
             raise _short_of_credits(owed)
-        return self._balance(batch.account_id)
+        return self.balance(batch.account_id)
 
     def fail_batch_and_refund(self, batch: Batch) -> bool | None:
         """Moves a batch still in the status it was written with (`batch.status`, queued or scheduled: nothing of

@@ -30,7 +30,7 @@ from sms_gateway.domain.zones import account_zone, zone_named
 from sms_gateway.errors import Conflict, GatewayError, InvalidRequest, InvalidSender, NotFound
 from sms_gateway.logic import batches, sessions
 from sms_gateway.logic.idempotency import request_key
-from sms_gateway.logic.send import normalise_recipients, require_valid
+from sms_gateway.logic.send import balance_after, normalise_recipients, require_valid
 
 router = APIGatewayHttpRouter()
 
@@ -270,7 +270,7 @@ def _send(account: Account, request: SendRequest) -> Response[Any]:
     }
     # The seed's clients ask for remaining_credits with returnCredits; the family names it returnRemaining.
     if request.return_credits or request.return_remaining:
-        body["remaining_credits"] = accepted.balance
+        body["remaining_credits"] = balance_after(accepted, gateway().store)
     body["internal_order_id"] = str(batch.reference_id)
     # Opted-out numbers (STOP) are listed here too, whatever allowInvalidRecipients says: they are not invalid,
     # so the others are sent to, and only a send in which every recipient opted out is refused.

@@ -108,7 +108,9 @@ class SendDependencies:
 class Accepted:
     batch: Batch
     messages: list[Message]
-    balance: int
+    # The credits left, when the send read them (a send that finished another request's batch, or withdrew
+    # messages); None: not read, since the write of the credits answers nothing (`balance_after`).
+    balance: int | None
     # Recipients left out because they opted out of the sender: not stored, not charged.
     refused: list[Rejection] = field(default_factory=list)
 
@@ -228,12 +230,12 @@ def accept_send(
     # and a transaction costs twice the writes (docs/dispatch.md, "A send's credits").
     reserved_with_batch = claim is not None
     if not reserved_with_batch:
-        balance = deps.accounts.reserve_credits(account.account_id, cost)
+        deps.accounts.reserve_credits(account.account_id, cost)
     try:
         with deadlines.armed(out_of_time):
             if reserved_with_batch:
                 # Inside the undo: a transaction whose answer was lost may have been applied.
-                balance = deps.messages.create_batch_and_reserve(batch, superseding=superseding)
+                deps.messages.create_batch_and_reserve(batch, superseding=superseding)
             store_batch(batch, messages, deps, out_of_time, batch_written=reserved_with_batch)
     except InsufficientCredits:
         raise  # the transaction was refused: it wrote nothing
@@ -246,8 +248,16 @@ def accept_send(
             release(batch, messages, deps, in_order=account.single_sends_in_order)
     except Exception as error:
         log_undone(batch, "queued")
-        return withdraw(Accepted(batch, messages, balance, refused), deps, now=now, error=error)
-    return Accepted(batch=batch, messages=messages, balance=balance, refused=refused)
+        return withdraw(Accepted(batch, messages, None, refused), deps, now=now, error=error)
+    return Accepted(batch=batch, messages=messages, balance=None, refused=refused)
+
+
+def balance_after(accepted: Accepted, accounts: AccountStore) -> int:
+    """The credits left after a send, for a dialect that answers with them: read now (one consistent read) unless
+    the send read them already."""
+    if accepted.balance is not None:
+        return accepted.balance
+    return accounts.balance(accepted.batch.account_id)
 
 
 def send_time(requested: datetime | None, account: Account, now: datetime) -> datetime | None:
