@@ -436,6 +436,21 @@ def test_assets_are_served_with_their_type_and_cached_by_version(browser):
     assert browser.get("/portal/assets/..%2Fframework.py").status == 404
 
 
+def test_asking_for_unknown_assets_keeps_nothing_per_name(browser):
+    # Given the assets served once (the container reads them)
+    from sms_gateway.dialects.portal import framework
+
+    browser.get("/portal/assets/portal.js")
+    kept = framework._assets()
+    # When anyone, signed in or not, asks for many names that are no asset
+    for number in range(50):
+        assert browser.get(f"/portal/assets/{number:04d}{'x' * 300}.css").status == 404
+    # Then they are all 404 and the container keeps only its one table of real assets: a cache keyed by the
+    # name asked for grew by every unknown name (about 6 KB each), so requests alone could fill the api's memory
+    assert framework._assets.cache_info().currsize == 1
+    assert framework._assets() is kept and set(kept) == {path.name for path in framework.ASSETS_DIR.iterdir()}
+
+
 def test_approving_a_sender_another_account_owns_is_refused_and_the_request_stays_pending(
     signed_in, account, other_account
 ):

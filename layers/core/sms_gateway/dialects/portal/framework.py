@@ -440,14 +440,21 @@ def render_error(error: GatewayError) -> Response[Any]:
 # ------------------------------------------------------------------ static assets
 
 
-@cache
 def asset(name: str) -> tuple[bytes, str, str] | None:
     """(content, content type, short hash) of a file in assets/, or None; only names listed there are served."""
-    suffix = Path(name).suffix
-    if suffix not in ASSET_TYPES or name not in {p.name for p in ASSETS_DIR.iterdir() if p.is_file()}:
-        return None
-    content = (ASSETS_DIR / name).read_bytes()
-    return content, ASSET_TYPES[suffix], hashlib.sha256(content).hexdigest()[:12]
+    return _assets().get(name)
+
+
+@cache
+def _assets() -> dict[str, tuple[bytes, str, str]]:
+    """Every servable asset, read once per container. Cached whole, not per name asked for: a cache keyed by the
+    requested name kept every unknown name anyone sent (an unauthenticated request grew the api's memory)."""
+    found: dict[str, tuple[bytes, str, str]] = {}
+    for path in ASSETS_DIR.iterdir():
+        if path.is_file() and path.suffix in ASSET_TYPES:
+            content = path.read_bytes()
+            found[path.name] = (content, ASSET_TYPES[path.suffix], hashlib.sha256(content).hexdigest()[:12])
+    return found
 
 
 def asset_url(name: str) -> str:
