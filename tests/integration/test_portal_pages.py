@@ -249,6 +249,10 @@ class TestMessages:
         by_date = client.get(f"{MESSAGES}?from=2020-01-01&to=2020-01-31")
         assert "No batches" in by_date.body.split('id="results"')[1].split("</section>")[0]
         assert second in client.get(f"{MESSAGES}?from={today}&to={today}").body.split('id="results"')[1]
+        # The ends of the calendar are dates too: everything, not a 500
+        everything = client.get(f"{MESSAGES}?from=0001-01-01&to=9999-12-31")
+        assert everything.status == 200
+        assert first in everything.body.split('id="results"')[1] and second in everything.body.split('id="results"')[1]
 
     def test_a_bad_search_is_refused_with_its_reason(self, client):
         response = client.get(f"{MESSAGES}?number=12ab")

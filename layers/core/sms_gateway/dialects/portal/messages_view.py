@@ -177,7 +177,7 @@ def search_query(query: Mapping[str, str], zone: tzinfo) -> history.SearchQuery:
         number=(query.get("number") or "").strip() or None,
         reference=(query.get("reference") or "").strip() or None,
         since=datetime.combine(first, time(), zone) if first else None,
-        until=datetime.combine(last + timedelta(days=1), time(), zone) - timedelta(microseconds=1) if last else None,
+        until=datetime.combine(last, time.max, zone) if last else None,
     )
 
 
