@@ -254,6 +254,11 @@ def test_webhook_urls_are_saved_and_a_bad_one_changes_nothing(signed_in, account
     # The form shows what was typed, the account keeps the saved URL
     assert 'value="ftp://hooks.example/dlr"' in bad.body
     assert stored(account["account_id"]).dlr_url == "https://hooks.example/dlr"
+    # A URL longer than the API takes (2048 characters) is refused here too, not stored on the account
+    long = "https://hooks.example/" + "a" * 3000
+    too_long = signed_in.submit(SETTINGS, "webhooks", {"dlr_url": long, "inbound_url": ""})
+    assert too_long.status == 400 and "at most 2048 characters" in too_long.text()
+    assert stored(account["account_id"]).dlr_url == "https://hooks.example/dlr"
 
 
 def test_a_test_event_reaches_the_webhook_signed_and_the_page_shows_its_answer(signed_in, account, hook):

@@ -25,7 +25,6 @@ from sms_gateway.logic.inbound import inbound_notification
 router = APIGatewayHttpRouter()
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
-MAX_URL_LENGTH = 2048
 _DATE_ONLY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 # Secrets in an answer must not be kept by a cache on the way.
 _NO_STORE = {"Cache-Control": "no-store"}
@@ -148,8 +147,8 @@ class WebhookSettingsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    inbound_url: str | None = Field(default=None, max_length=MAX_URL_LENGTH)
-    dlr_url: str | None = Field(default=None, max_length=MAX_URL_LENGTH)
+    inbound_url: str | None = Field(default=None, max_length=accounts.MAX_URL_LENGTH)
+    dlr_url: str | None = Field(default=None, max_length=accounts.MAX_URL_LENGTH)
     rotate_token: bool = False
     rotate_secret: bool = False
 

@@ -28,8 +28,15 @@ MAX_PARTS_LIMIT = 255
 _ISSUE_ATTEMPTS = 3
 
 
+# A webhook URL is stored on the account (read on every send) or the batch, and posted to for every report.
+MAX_URL_LENGTH = 2048
+
+
 def check_webhook_url(url: str, *, allow_http: bool) -> None:
-    """The SSRF guard's set-time check; `allow_http` (the local stack's setting) also allows local hosts."""
+    """The SSRF guard's set-time check, and a length every surface shares (the API's models, the portal's forms);
+    `allow_http` (the local stack's setting) also allows local hosts."""
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidRequest(f"a webhook URL has at most {MAX_URL_LENGTH} characters, not {len(url)}")
     require_safe_webhook_url(url, allow_local=allow_http)
 
 
@@ -158,7 +165,9 @@ def check_country(code: str) -> str:
     # Imported here: only account settings need it, and it costs the api function's cold start.
     import phonenumbers
 
-    country = code.strip().upper()
+    # Two ASCII letters before upper-casing: Unicode's upper case makes 'ß' 'SS' (South Sudan) and a dotless 'ıd'
+    # 'ID' (Indonesia), real regions the client never named.
+    country = code.strip().upper() if re.fullmatch(r"[A-Za-z]{2}", code.strip()) else ""
     if country not in phonenumbers.SUPPORTED_REGIONS:
         raise InvalidRequest(f"country {code!r} is not an ISO 3166 code phonenumbers knows (e.g. NG, KE, GH)")
     return country
