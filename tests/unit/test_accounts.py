@@ -373,7 +373,7 @@ class TestSettings:
 
     @pytest.mark.parametrize("country", ["QQ", "\u00df", "\u0131d", "\uff4e\uff47", "N G", "NGA", ""])
     def test_an_account_with_an_unknown_country_is_not_created(self, store, country):
-        # 'ß' and a dotless 'ıd' upper-case to 'SS' and 'ID', real regions the client never named
+        # 'ß' and a dotless-i 'id' (U+0131) upper-case to 'SS' and 'ID', real regions the client never named
         with pytest.raises(InvalidRequest, match="country"):
             accounts.create_account(store, BOX, name="X", senders=[], credits=0, now=NOW, default_country=country)
         assert store.accounts == {}

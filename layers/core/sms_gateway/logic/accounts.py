@@ -165,7 +165,7 @@ def check_country(code: str) -> str:
     # Imported here: only account settings need it, and it costs the api function's cold start.
     import phonenumbers
 
-    # Two ASCII letters before upper-casing: Unicode's upper case makes 'ß' 'SS' (South Sudan) and a dotless 'ıd'
+    # Two ASCII letters before upper-casing: Unicode's upper case makes 'ß' 'SS' (South Sudan) and a dotless-i 'id'
     # 'ID' (Indonesia), real regions the client never named.
     country = code.strip().upper() if re.fullmatch(r"[A-Za-z]{2}", code.strip()) else ""
     if country not in phonenumbers.SUPPORTED_REGIONS:
