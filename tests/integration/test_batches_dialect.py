@@ -197,6 +197,19 @@ def test_an_unknown_group_id_is_a_400_and_nothing_is_sent(aws, account, api):
     assert stored_batches(account["account_id"]) == []
 
 
+def test_a_send_to_a_group_with_no_members_is_a_400_and_leaves_its_key_free(aws, account, api):
+    # Given a group whose every member was removed
+    group_id = create_group(api, account["token"], [AIRTEL])
+    assert call(api, account["token"], "DELETE", f"/ng/v1/groups/{group_id}/members", {"members": [AIRTEL]})[0] == 200
+    # When a send names only that group
+    status, body = send(api, account["token"], [group_id])
+    # Then it is refused with a reason, and nothing is stored, charged or queued
+    assert (status, body["status_code"]) == (400, 400), body
+    assert "no recipient" in body["message"]
+    assert balance(account["account_id"]) == 100
+    assert queued_records(aws) == [] and stored_batches(account["account_id"]) == []
+
+
 def test_the_thousand_recipient_cap_applies_after_expansion(aws, api):
     from sms_gateway_tools.admin import create_account
 

@@ -55,6 +55,9 @@ def resolve_recipients(store: GroupStore, account: Account, to: Sequence[str], *
     recipients, rejected = normalise_recipients(expansion.numbers, account.default_country)
     if strict:
         require_valid(rejected)
+        if not recipients:
+            # Only groups with no members: a send needs one recipient (it was a 500, and held its Idempotency-Key).
+            raise InvalidRequest("'to' names no recipient: its groups have no members")
     require_at_most_a_thousand(len(recipients))
     return Resolved(recipients=recipients, rejected=rejected, unknown_groups=expansion.unknown_groups)
 
