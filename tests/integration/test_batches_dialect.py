@@ -210,6 +210,23 @@ def test_a_send_to_a_group_with_no_members_is_a_400_and_leaves_its_key_free(aws,
     assert queued_records(aws) == [] and stored_batches(account["account_id"]) == []
 
 
+def test_a_keyed_group_create_with_thousands_of_invalid_members_answers_and_its_retry_gets_the_same(aws, account, api):
+    # Given a group create under an Idempotency-Key listing one valid member and 9,999 invalid entries
+    members = [AIRTEL] + [f"bad-entry-{i:010d}" for i in range(9999)]
+    event = request(account["token"], "POST", "/ng/v1/groups", {"name": "Import", "members": members})
+    event["headers"]["idempotency-key"] = "import-1"
+    # When it is sent, and sent again under the key
+    first = api(event)
+    again = api(event)
+    # Then the group is created once, the answer counts every invalid entry and lists the first thousand, and the
+    # retry gets that answer back (it was a 500: the answer was too large to keep under the key)
+    assert first["statusCode"] == 201, first["body"][:300]
+    body = json.loads(first["body"])
+    assert (body["member_count"], body["invalid_count"], len(body["invalid"])) == (1, 9999, 1000)
+    assert (again["statusCode"], again["body"]) == (201, first["body"])
+    assert len(call(api, account["token"], "GET", "/ng/v1/groups")[1]["data"]) == 1
+
+
 def test_the_thousand_recipient_cap_applies_after_expansion(aws, api):
     from sms_gateway_tools.admin import create_account
 

@@ -246,8 +246,18 @@ def _priced_recipient(recipient: Recipient, cost: int) -> dict[str, Any]:
     return {"to": recipient.msisdn.lstrip("+"), "telco": recipient.telco, "cost": cost}
 
 
+# An answer lists at most this many rejected entries, each as given up to this many characters (`invalid_count`
+# counts them all): a keyed request's answer is kept whole in one DynamoDB item (400 KB), and a group create of
+# 10,000 invalid members made an answer too large to keep, so the request failed after the group was stored.
+MAX_LISTED_INVALID = 1000
+MAX_ECHOED_CHARACTERS = 64
+
+
 def _invalid_entries(rejected: list[Rejection], field: str) -> list[dict[str, str]]:
-    return [{field: rejection.raw, "reason": rejection.reason} for rejection in rejected]
+    return [
+        {field: rejection.raw[:MAX_ECHOED_CHARACTERS], "reason": rejection.reason[:200]}
+        for rejection in rejected[:MAX_LISTED_INVALID]
+    ]
 
 
 @router.delete("/ng/v1/batches/<reference_id>")
