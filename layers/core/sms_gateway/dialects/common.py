@@ -104,8 +104,9 @@ def request_text(event: Any) -> str:
 
 def callback_text(event: Any) -> str:
     """An upstream callback's body as text, in the charset its Content-Type names (Kannel posts an MO that it did not
-    recode in UTF-16BE), else UTF-8 with what is not replaced: an upstream reads its texts from fields of its own
-    (Kannel's `text_hex`), and a body that cannot be read must not refuse the callback (the MO would be lost)."""
+    recode in UTF-16BE), else as UTF-8 with what cannot be read replaced: an upstream's adapter reads the text from
+    fields of its own (Kannel's `text_hex`), and a body that cannot be read must not refuse the callback (the MO
+    would be lost)."""
     _refuse_oversize(event)
     raw = event.body or ""
     if not event.is_base64_encoded:
