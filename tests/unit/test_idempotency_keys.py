@@ -59,3 +59,24 @@ def test_a_failed_request_lets_its_key_go_only_when_nothing_of_it_can_stand(
         run_once(keys, scope="acc", key="k", request_fingerprint="f", now=NOW, produce=failing(error), lease=lease)
     assert keys.abandoned == (["k"] if let_go else [])
     assert keys.completed == []
+
+
+class KeysThatCannotComplete(RecordingKeys):
+    def complete(self, scope: str, key: str, answer: StoredAnswer) -> None:
+        raise TimeoutError("Read timeout on endpoint URL")
+
+
+@pytest.mark.parametrize("lease", [SEND_LEASE, None])
+def test_a_request_that_succeeded_gets_its_answer_even_when_keeping_it_under_the_key_fails(
+    lease: timedelta | None,
+) -> None:
+    """The request stands (the send is queued, the group stored): a 500 would tell the client it failed, and its
+    retry under the key would find the key still held. The key is kept, not let go, since letting it go would let a
+    retry do it all again."""
+    keys = KeysThatCannotComplete()
+    done = StoredAnswer(status_code=201, content_type="application/json", body='{"ok": true}')
+    answer = run_once(
+        keys, scope="acc", key="k", request_fingerprint="f", now=NOW, produce=lambda claim: done, lease=lease
+    )
+    assert answer == done
+    assert keys.abandoned == []

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from sms_gateway.domain.ids import new_batch_id
 from sms_gateway.domain.models import KeyClaim, StoredAnswer
 from sms_gateway.errors import GatewayError, InvalidRequest
+from sms_gateway.observability import logger
 from sms_gateway.ports import IdempotencyStore
 
 MAX_KEY_LENGTH = 255
@@ -68,7 +69,18 @@ def run_once(
             store.abandon(scope, key)
         raise
     if 200 <= answer.status_code < 300:
-        store.complete(scope, key, answer)
+        _keep(store, scope, key, answer)
     else:
         store.abandon(scope, key)
     return answer
+
+
+def _keep(store: IdempotencyStore, scope: str, key: str, answer: StoredAnswer) -> None:
+    """The request stands whether or not its answer can be kept, so the client gets it: a 500 would say it failed.
+    A key that could not be completed stays in progress: a leased one is resumed by a retry after its lease (the
+    send finishes the same batch and keeps the answer then); one without a lease answers its retries "still being
+    processed" until its window ends. Letting the key go instead would let a retry do the request twice."""
+    try:
+        store.complete(scope, key, answer)
+    except Exception:
+        logger.exception("could not keep the answer under its idempotency key", extra={"scope": scope})
