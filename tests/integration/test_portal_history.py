@@ -189,11 +189,12 @@ class TestFigures:
             {MTN: S.DELIVERED, GLO: S.DELIVERED, AIRTEL: S.EXPIRED, "+2348030000009": S.SUBMITTED},
         )
         add_batch(store, account.account_id, NOW, {"+2348030000010": S.CANCELLED})
-        window = history.recent_window(store, store, account.account_id, now=NOW)
+        window = history.recent_window(store, store, account.account_id, now=NOW, zone=UTC)
         # When the figures are drawn per day, in UTC
         days = history.delivery_over_time(window, UTC, now=NOW)
-        # Then each day of the window has a point, and the rate counts only known outcomes
-        assert len(days) == history.WINDOW_DAYS + 1
+        # Then each day of the window has a point (whole days: today and the 6 before it), and the rate counts
+        # only known outcomes
+        assert len(days) == history.WINDOW_DAYS
         assert days[-1].label == NOW.strftime("%Y-%m-%d")
         assert days[-2].rate == 0.5
         assert days[-1].rate == pytest.approx(2 / 3)
@@ -202,6 +203,18 @@ class TestFigures:
         networks = {point.label: point for point in history.delivery_by_network(window)}
         assert networks["mtn"].rate == 1.0 and networks["mtn"].total == 4
         assert networks["airtel"].rate == 0.0 and networks["glo"].rate == 1.0
+
+    def test_the_last_7_days_are_whole_days_in_the_account_s_zone(self, store, account):
+        # Given a batch at midnight 6 days ago and one a week ago to the second (on the 8th day back)
+        first_day = datetime.combine(NOW.date() - timedelta(days=6), datetime.min.time(), UTC)
+        add_batch(store, account.account_id, first_day, {MTN: S.DELIVERED})
+        add_batch(store, account.account_id, NOW - timedelta(days=7), {AIRTEL: S.DELIVERED})
+        window = history.recent_window(store, store, account.account_id, now=NOW, zone=UTC)
+        days = history.delivery_over_time(window, UTC, now=NOW)
+        # Then the chart has 7 days, the first of them whole, and the week-old batch is not in it
+        assert days[0].label == first_day.strftime("%Y-%m-%d")
+        assert [point.delivered for point in days] == [1, 0, 0, 0, 0, 0, 0]
+        assert {point.label for point in history.delivery_by_network(window)} == {"mtn"}
 
     def test_hourly_points_cover_the_window(self, store, account):
         add_batch(store, account.account_id, NOW - timedelta(hours=3), {MTN: S.DELIVERED})
@@ -214,7 +227,7 @@ class TestFigures:
         add_batch(store, account.account_id, NOW - timedelta(days=1), {MTN: S.DELIVERED, AIRTEL: S.FAILED}, price=3)
         add_batch(store, account.account_id, NOW, {MTN: S.DELIVERED, GLO: S.CANCELLED}, price=2)
         add_batch(store, account.account_id, NOW, {}, price=0, status=S.FAILED)
-        window = history.recent_window(store, store, account.account_id, now=NOW)
+        window = history.recent_window(store, store, account.account_id, now=NOW, zone=UTC)
         usage = history.credit_usage(window, UTC)
         assert [(day.day, day.charged, day.refunded, day.spent) for day in usage] == [
             (NOW.date(), 4, 2, 2),

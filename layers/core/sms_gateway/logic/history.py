@@ -22,8 +22,9 @@ from sms_gateway.logic.batches import BatchView
 from sms_gateway.logic.delivery import REFUNDED
 from sms_gateway.ports import BatchHistory, MessageStore
 
-# The window the portal's figures and number search cover: the last 7 days, at most 100 batches and 2000 of
-# their messages (newest first). Beyond that a page says the figures cover only part of the period.
+# The window the portal's figures and number search cover: the last 7 days (today and the 6 before it), at most
+# 100 batches and 2000 of their messages (newest first). Beyond that a page says the figures cover only part of
+# the period.
 WINDOW_DAYS = 7
 MAX_WINDOW_BATCHES = 100
 MAX_WINDOW_MESSAGES = 2000
@@ -113,9 +114,13 @@ def _first_messages(store: MessageStore, batch: Batch, wanted: int) -> list[Mess
     return found
 
 
-def recent_window(history: BatchHistory, store: MessageStore, account_id: str, *, now: datetime) -> Window:
-    """The window the portal's delivery figures and credit usage cover."""
-    return read_window(history, store, account_id, since=now - timedelta(days=WINDOW_DAYS), until=now)
+def recent_window(
+    history: BatchHistory, store: MessageStore, account_id: str, *, now: datetime, zone: tzinfo
+) -> Window:
+    """The window the portal's delivery figures and credit usage cover: today and the 6 days before it, whole days
+    in the account's zone (7 days back to the hour would start with a part of an eighth day)."""
+    first_day = now.astimezone(zone).date() - timedelta(days=WINDOW_DAYS - 1)
+    return read_window(history, store, account_id, since=datetime.combine(first_day, time(), zone), until=now)
 
 
 @dataclass(frozen=True)

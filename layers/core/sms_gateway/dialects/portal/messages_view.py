@@ -57,7 +57,7 @@ def overview(ctx: PageContext, zone: tzinfo) -> str:
     store = gateway().store
     account = ctx.account
     now = utc_now()
-    window = history.recent_window(store, store, account.account_id, now=now)
+    window = history.recent_window(store, store, account.account_id, now=now, zone=zone)
     parts = [
         section("Credits", credits_html(account, window, zone), id_="credits"),
         section("Search", search_form(ctx.query), id_="search"),
