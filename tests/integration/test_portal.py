@@ -261,6 +261,21 @@ def test_webhook_urls_are_saved_and_a_bad_one_changes_nothing(signed_in, account
     assert stored(account["account_id"]).dlr_url == "https://hooks.example/dlr"
 
 
+def test_a_webhooks_post_changes_only_the_urls_it_carries(signed_in, account):
+    """An empty field removes its webhook; a field the post leaves out (a script's form post) leaves it as it is."""
+    signed_in.submit(
+        SETTINGS, "webhooks", {"dlr_url": "https://hooks.example/dlr", "inbound_url": "https://hooks.example/in"}
+    )
+    saved = signed_in.submit(SETTINGS, "webhooks", {"dlr_url": "https://hooks.example/dlr2"})
+    assert saved.status == 200
+    assert (stored(account["account_id"]).dlr_url, stored(account["account_id"]).inbound_url) == (
+        "https://hooks.example/dlr2",
+        "https://hooks.example/in",
+    )
+    signed_in.submit(SETTINGS, "webhooks", {"dlr_url": "", "inbound_url": "https://hooks.example/in"})
+    assert stored(account["account_id"]).dlr_url is None
+
+
 def test_a_test_event_reaches_the_webhook_signed_and_the_page_shows_its_answer(signed_in, account, hook):
     from sms_gateway.domain.webhooks import verify
 

@@ -111,8 +111,14 @@ def _set_webhooks(
 
 @settings_page.action("webhooks")
 def save_webhooks(ctx: PageContext) -> Notice:
-    _set_webhooks(ctx, dlr_url=ctx.form.get("dlr_url", "").strip(), inbound_url=ctx.form.get("inbound_url", "").strip())
+    _set_webhooks(ctx, dlr_url=_posted_url(ctx, "dlr_url"), inbound_url=_posted_url(ctx, "inbound_url"))
     return Notice("Webhook URLs saved.")
+
+
+def _posted_url(ctx: PageContext, name: str) -> str | None:
+    """An empty field removes its webhook; a field the post leaves out keeps it (None: unchanged)."""
+    value = ctx.form.get(name)
+    return None if value is None else value.strip()
 
 
 @settings_page.action("rotate-token")
