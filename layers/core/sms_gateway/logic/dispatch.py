@@ -524,7 +524,11 @@ async def _not_taken(
     counted. One an upstream may have taken (no answer) is recorded submitted-unconfirmed instead of being offered
     again, unless that upstream deduplicates by our reference and attempts remain."""
     if isinstance(failure, RouteAtItsLimit):
-        await asyncio.to_thread(deps.messages.release_claim, message.key, attempted=False)
+        # A message taken over from a dead holder keeps the name of the upstream that may have it: released without
+        # it, the next delivery would offer it to the whole route, and another upstream could send it a second time.
+        await asyncio.to_thread(
+            deps.messages.release_claim, message.key, attempted=False, maybe_taken_by=message.maybe_taken_by
+        )
         _come_back_soon([message], outcome)
         return
     attempt = message.submit_attempts + 1
