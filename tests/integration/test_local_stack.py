@@ -414,37 +414,51 @@ def test_due_schedule_fires_once_and_is_deleted(stack: LocalStack, fakes: Fakes)
     scheduler.delete_schedule(GroupName=group, Name="later")
 
 
-def test_failing_schedule_is_retried_then_dead_lettered(stack: LocalStack, fakes: Fakes) -> None:
-    # Given a due schedule whose target fails every time, with one retry and a dead-letter queue
+def _due_schedule(stack: LocalStack, name: str, target_arn: str, payload: str) -> tuple[Any, str, str]:
+    """A one-time schedule due a second ago at `target_arn`, with one scheduler retry and the schedule DLQ: the
+    scheduler client, the group and the DLQ's ARN."""
     scheduler = stack.client("scheduler")
     group = stack.env["SCHEDULE_GROUP_NAME"]
     dlq_arn = stack.env["SCHEDULE_DLQ_ARN"]
-    payload = json.dumps({"account_id": "a-2", "reference_id": 9, "fail": True})
     scheduler.create_schedule(
-        Name="failing",
+        Name=name,
         GroupName=group,
         ScheduleExpression=_at(datetime.now(UTC) - timedelta(seconds=1)),
         FlexibleTimeWindow={"Mode": "OFF"},
         ActionAfterCompletion="DELETE",
         Target={
-            "Arn": stack.env["SCHEDULED_DISPATCH_FUNCTION_ARN"],
+            "Arn": target_arn,
             "RoleArn": stack.env["SCHEDULER_ROLE_ARN"],
             "Input": payload,
             "RetryPolicy": {"MaximumRetryAttempts": 1, "MaximumEventAgeInSeconds": 60},
             "DeadLetterConfig": {"Arn": dlq_arn},
         },
     )
+    return scheduler, group, dlq_arn
+
+
+def test_a_release_that_keeps_failing_is_retried_by_lambda_then_kept_in_the_schedule_dlq(
+    stack: LocalStack, fakes: Fakes
+) -> None:
+    # Given a due schedule whose function raises every time (Scheduler invokes it asynchronously, so its own retry
+    # policy and DLQ cover only an invoke refused: the function's errors are Lambda's to retry)
+    payload = json.dumps({"account_id": "a-2", "reference_id": 9, "fail": True})
+    scheduler, group, dlq_arn = _due_schedule(stack, "failing", stack.env["SCHEDULED_DISPATCH_FUNCTION_ARN"], payload)
 
     # When the loop has fired it
-    attempts = [fakes.scheduled.get(timeout=10), fakes.scheduled.get(timeout=10)]
+    attempts = [fakes.scheduled.get(timeout=10) for _ in range(3)]
 
-    # Then it was tried twice, its Input went to the dead-letter queue and the schedule was deleted
-    assert attempts == [json.loads(payload)] * 2
+    # Then Lambda ran it three times (the template's EventInvokeConfig: two retries), and its on-failure destination,
+    # the schedule DLQ, holds the release as the failure record's requestPayload; the schedule is gone
+    assert attempts == [json.loads(payload)] * 3
     sqs = stack.client("sqs")
     dlq_url = sqs.get_queue_url(QueueName=dlq_arn.rsplit(":", 1)[1])["QueueUrl"]
-    messages = sqs.receive_message(QueueUrl=dlq_url, WaitTimeSeconds=5, MessageAttributeNames=["All"])["Messages"]
-    assert messages[0]["Body"] == payload
-    assert messages[0]["MessageAttributes"]["ERROR_CODE"]["StringValue"] == "RuntimeError"
+    [message] = sqs.receive_message(QueueUrl=dlq_url, WaitTimeSeconds=5)["Messages"]
+    record = json.loads(message["Body"])
+    assert record["requestPayload"] == json.loads(payload)
+    assert record["requestContext"]["condition"] == "RetriesExhausted"
+    assert record["responsePayload"]["errorType"] == "RuntimeError"
+    sqs.delete_message(QueueUrl=dlq_url, ReceiptHandle=message["ReceiptHandle"])
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         names = [s["Name"] for s in scheduler.list_schedules(GroupName=group)["Schedules"]]
@@ -453,6 +467,20 @@ def test_failing_schedule_is_retried_then_dead_lettered(stack: LocalStack, fakes
         time.sleep(0.1)
     assert "failing" not in names
     assert drain(fakes.scheduled, 1.0) == []
+
+
+def test_a_schedule_whose_target_refuses_it_is_retried_then_dead_lettered_by_the_scheduler(stack: LocalStack) -> None:
+    # Given a due schedule whose target function does not exist (the invoke itself is refused)
+    payload = json.dumps({"account_id": "a-3", "reference_id": 10})
+    _, _, dlq_arn = _due_schedule(stack, "refused", stack.env["SCHEDULED_DISPATCH_FUNCTION_ARN"] + "-gone", payload)
+
+    # Then, its retry spent, the scheduler puts the input itself in its dead-letter queue, the error alongside
+    sqs = stack.client("sqs")
+    dlq_url = sqs.get_queue_url(QueueName=dlq_arn.rsplit(":", 1)[1])["QueueUrl"]
+    [message] = sqs.receive_message(QueueUrl=dlq_url, WaitTimeSeconds=10, MessageAttributeNames=["All"])["Messages"]
+    assert message["Body"] == payload
+    assert message["MessageAttributes"]["ERROR_CODE"]["StringValue"] == "LookupError"
+    sqs.delete_message(QueueUrl=dlq_url, ReceiptHandle=message["ReceiptHandle"])
 
 
 @pytest.mark.parametrize(

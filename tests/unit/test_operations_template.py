@@ -149,3 +149,18 @@ def test_every_stage_has_every_alarm_threshold(template):
     for stage in stages:
         assert used <= set(thresholds[stage]), stage
         assert all(isinstance(value, int) and value > 0 for value in thresholds[stage].values())
+
+
+def test_a_scheduled_release_that_keeps_failing_lands_in_the_alarmed_schedule_dlq(template):
+    # Scheduler invokes scheduled_dispatch asynchronously: its retry policy and DLQ cover only an invoke refused. A
+    # release that raises is retried by Lambda and then discarded, unless the function names an on-failure
+    # destination: the batch would stay charged and never be sent, with no DLQ or alarm to say so.
+    resources = template["Resources"]
+    invoke_config = resources["ScheduledDispatchFunction"]["Properties"]["EventInvokeConfig"]
+    on_failure = invoke_config["DestinationConfig"]["OnFailure"]
+    assert on_failure["Type"] == "SQS"
+    assert on_failure["Destination"] == {"Fn::GetAtt": ["ScheduleDeadLetterQueue", "Arn"]}
+    alarm = resources["ScheduleDeadLetterAlarm"]["Properties"]
+    assert {"Name": "QueueName", "Value": {"Fn::GetAtt": ["ScheduleDeadLetterQueue", "QueueName"]}} in alarm[
+        "Dimensions"
+    ]

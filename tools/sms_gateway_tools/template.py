@@ -19,6 +19,8 @@ DEFAULT_TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "template.yaml"
 # SAM's own defaults, used when neither the function nor Globals.Function sets a value.
 _SAM_DEFAULT_TIMEOUT = 3
 _SAM_DEFAULT_MEMORY_SIZE = 128
+# Lambda retries an asynchronous invocation that raised twice unless EventInvokeConfig says otherwise.
+_LAMBDA_DEFAULT_ASYNC_RETRIES = 2
 _SQS_DEFAULT_BATCH_SIZE = 10
 
 # Short-form tags whose long form is not "Fn::<Tag>".
@@ -435,6 +437,10 @@ class FunctionDefinition:
     # Environment variables whose value is another function's URL (`!GetAtt <Function>Url.FunctionUrl`):
     # variable -> that function's logical id.
     function_url_environment: dict[str, str] = field(default_factory=dict)
+    # EventInvokeConfig: how often Lambda retries an asynchronous invocation that raised, and the queue (logical id)
+    # its event then goes to (None: it is discarded).
+    async_retries: int = _LAMBDA_DEFAULT_ASYNC_RETRIES
+    on_failure_queue: str | None = None
 
     @property
     def module(self) -> str:
@@ -479,6 +485,8 @@ def function_definitions(template: Mapping[str, Any]) -> list[FunctionDefinition
         # SAM merges environment maps (function wins) instead of replacing them.
         env = {**global_env, **(((props.get("Environment") or {}).get("Variables")) or {})}
         routes, sqs = _events(props)
+        invoke_config = merged.get("EventInvokeConfig") or {}
+        on_failure = (invoke_config.get("DestinationConfig") or {}).get("OnFailure") or {}
         definitions.append(
             FunctionDefinition(
                 logical_id=logical_id,
@@ -499,6 +507,10 @@ def function_definitions(template: Mapping[str, Any]) -> list[FunctionDefinition
                 function_url_environment={
                     name: target for name, value in env.items() if (target := _function_url_target(value))
                 },
+                async_retries=int(invoke_config.get("MaximumRetryAttempts", _LAMBDA_DEFAULT_ASYNC_RETRIES)),
+                on_failure_queue=_logical_id_of_arn(on_failure["Destination"])
+                if on_failure.get("Type") == "SQS" and "Destination" in on_failure
+                else None,
             )
         )
     return definitions

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -86,6 +87,10 @@ class LocalFunction:
     # per-invocation state in module globals (Powertools' resolver even in a class attribute), so
     # concurrent invocations in one process would see each other's events.
     lock: FairLock | None = None
+    # Asynchronous invocations (EventBridge Scheduler's): retries after an error, and the queue ARN that then gets
+    # the failure record (None: Lambda discards the event).
+    async_retries: int = 2
+    on_failure_queue_arn: str | None = None
     invocations: int = field(default=0, init=False)
 
     @property
@@ -129,6 +134,26 @@ class LocalFunction:
                     elapsed,
                     self.timeout,
                 )
+
+
+def async_failure_record(function: LocalFunction, event: Any, error: Exception, invoke_count: int) -> dict[str, Any]:
+    """What Lambda sends to an on-failure destination once an asynchronous invocation's retries are spent: the
+    event is the record's `requestPayload`."""
+    now = datetime.now(UTC)
+    request_id = str(uuid.uuid4())
+    return {
+        "version": "1.0",
+        "timestamp": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
+        "requestContext": {
+            "requestId": request_id,
+            "functionArn": f"{function.arn}:$LATEST",
+            "condition": "RetriesExhausted",
+            "approximateInvokeCount": invoke_count,
+        },
+        "requestPayload": event,
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+        "responsePayload": {"errorMessage": str(error), "errorType": type(error).__name__, "requestId": request_id},
+    }
 
 
 def function_arn(function_name: str, region: str = REGION, account_id: str = ACCOUNT_ID) -> str:

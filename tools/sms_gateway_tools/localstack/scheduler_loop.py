@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sms_gateway_tools.localstack.lambdas import LocalFunction
+from sms_gateway_tools.localstack.lambdas import LocalFunction, async_failure_record
 from sms_gateway_tools.localstack.timers import DelayedExecutor
 
 logger = logging.getLogger("sms_gateway_tools.localstack.scheduler")
@@ -171,16 +171,49 @@ class SchedulerLoop:
         self._complete(group, schedule)
 
     def _invoke(self, target: Mapping[str, Any]) -> None:
+        """Hands the schedule's input to its target; raises only when the target refuses it (the scheduler's retry
+        policy and dead-letter queue cover that, and nothing else)."""
         arn = str(target.get("Arn", ""))
         raw_input = target.get("Input")
         function = self.functions_by_arn.get(arn)
         if function is not None:
-            function.invoke(json.loads(raw_input) if raw_input else {})
+            # Scheduler invokes a function asynchronously: Lambda accepts the event at once, and the function's own
+            # errors are Lambda's to retry and then send to its on-failure destination, never the scheduler's.
+            event = json.loads(raw_input) if raw_input else {}
+            self._jobs.call_later(0, lambda: self._run_async(function, event, 0))
             return
         if arn.startswith("arn:aws:sqs:"):
             self._send_to_queue(arn, raw_input or "{}", {}, target.get("SqsParameters") or {})
             return
         raise LookupError(f"no local function or queue for target {arn}")
+
+    def _run_async(self, function: LocalFunction, event: Any, attempt: int) -> None:
+        try:
+            function.invoke(event)
+            return
+        except Exception as error:
+            if self._stopping.is_set():
+                logger.warning(
+                    "%s: asynchronous attempt %d failed while stopping: %s", function.logical_id, attempt + 1, error
+                )
+                return
+            if attempt < min(function.async_retries, self.max_retries):
+                logger.warning(
+                    "%s: asynchronous attempt %d failed (%s), retrying", function.logical_id, attempt + 1, error
+                )
+                delay = self.retry_delay * (attempt + 1)
+                if self._jobs.call_later(delay, lambda: self._run_async(function, event, attempt + 1)):
+                    return
+            logger.error(
+                "%s: asynchronous invocation failed after %d attempts: %s", function.logical_id, attempt + 1, error
+            )
+            if function.on_failure_queue_arn is None:
+                return  # Lambda discards the event
+            record = async_failure_record(function, event, error, attempt + 1)
+            try:
+                self._send_to_queue(function.on_failure_queue_arn, json.dumps(record), {}, {})
+            except Exception as destination_error:
+                logger.error("%s: on-failure destination failed: %s", function.logical_id, destination_error)
 
     def _dead_letter(
         self, schedule: Mapping[str, Any], target: Mapping[str, Any], error: Exception, attempts: int

@@ -276,6 +276,8 @@ class LocalStack:
                 lock=shared_lock
                 if self.serialize_invocations
                 else FairLock(permits=self.http_concurrency if fn.routes else 1),
+                async_retries=fn.async_retries,
+                on_failure_queue_arn=self.resources.queue_arns[fn.on_failure_queue] if fn.on_failure_queue else None,
             )
 
         self.bridge.start()
