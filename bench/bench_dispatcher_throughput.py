@@ -60,7 +60,7 @@ def _seed(account_id: str, recipients: int) -> list[Any]:
 
 def _event(commands: list[Any]) -> dict[str, Any]:
     """The SQS event Lambda gives the dispatcher: FIFO records in the account's message group."""
-    from sms_gateway.adapters.sqs import dispatch_group_id
+    from sms_gateway.adapters.sqs import dispatch_dedup_id, dispatch_group_id
 
     records = []
     for index, command in enumerate(commands):
@@ -73,7 +73,7 @@ def _event(commands: list[Any]) -> dict[str, Any]:
                     "ApproximateReceiveCount": "1",
                     "SentTimestamp": str(int(time.time() * 1000)),
                     "MessageGroupId": dispatch_group_id(command),
-                    "MessageDeduplicationId": f"{command.reference_id}-{command.message_ids[0]}",
+                    "MessageDeduplicationId": dispatch_dedup_id(command),
                     "SequenceNumber": str(index + 1),
                 },
                 "messageAttributes": {},

@@ -11,7 +11,7 @@ import pytest
 
 from sms_gateway.adapters import aws as clients
 from sms_gateway.adapters.scheduler import EventBridgeBatchScheduler
-from sms_gateway.adapters.sqs import SqsDispatchQueue, SqsNotifyQueue
+from sms_gateway.adapters.sqs import SqsDispatchQueue, SqsNotifyQueue, dispatch_dedup_id
 from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.models import DispatchCommand
 
@@ -278,8 +278,8 @@ def test_a_priority_command_has_its_own_lane_and_overtakes_the_accounts_bulk(wir
     received = answer.get("Messages", [])
     assert [DispatchCommand.model_validate_json(m["Body"]) for m in received] == [otp]
     assert received[0]["Attributes"]["MessageGroupId"] == f"{account_id}#priority"
-    # And it keeps the deduplication id scheme: batch and first message
-    assert received[0]["Attributes"]["MessageDeduplicationId"] == f"{otp.reference_id}-{otp.message_ids[0]}"
+    # And it keeps the deduplication id scheme: the batch and its record's contents
+    assert received[0]["Attributes"]["MessageDeduplicationId"] == dispatch_dedup_id(otp)
     # And the bulk records still come in order, in the account's own group
     sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=first["Messages"][0]["ReceiptHandle"])
     sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=received[0]["ReceiptHandle"])

@@ -451,6 +451,125 @@ def test_another_account_cannot_cancel_a_batch(aws, account, other_account, api)
     assert balance(account["account_id"]) == 99
 
 
+def all_records(env: dict[str, str]) -> list[dict[str, Any]]:
+    """Every record in the dispatch queue (received, so invisible to later reads)."""
+    import boto3
+
+    sqs = boto3.client("sqs")
+    records: list[dict[str, Any]] = []
+    while True:
+        answer = sqs.receive_message(QueueUrl=env["DISPATCH_QUEUE_URL"], MaxNumberOfMessages=10, VisibilityTimeout=300)
+        page = answer.get("Messages", [])
+        if not page:
+            return records
+        records.extend(page)
+
+
+def test_a_retried_release_after_sqs_refused_one_record_queues_every_message(aws, api, monkeypatch):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import MessageKey, utc_now
+    from sms_gateway.domain.status import MessageStatus
+    from sms_gateway_tools.admin import create_account
+
+    account = create_account(name="Bulk Club", senders=["48974"], credits=1000)
+    # Given a scheduled batch of 150 (two dispatch records: messages 0-99 and 100-149)
+    numbers = [f"23480300{i:05d}" for i in range(150)]
+    send_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    status, sent = send(api, account["token"], numbers, send_at=send_at)
+    assert (status, sent["recipients_processed"]) == (200, 150), sent
+    reference_id = int(sent["reference_id"])
+    event = load_event("scheduler-release-batch.json")
+    event.update(account_id=account["account_id"], reference_id=reference_id)
+    function = load_function("scheduled_dispatch")
+    # And SQS that refuses the second record of the release's SendMessageBatch once (a partial failure)
+    client = gateway().dispatch_queue.client
+    real = client.send_message_batch
+    refused = []
+
+    def refuse_second_entry_once(**kwargs: Any) -> Any:
+        if refused:
+            return real(**kwargs)
+        refused.append(True)
+        entries = kwargs["Entries"]
+        answer = real(**{**kwargs, "Entries": [e for e in entries if e["Id"] != "1"]})
+        return {
+            **answer,
+            "Failed": [{"Id": "1", "SenderFault": False, "Code": "InternalError", "Message": "try again"}],
+        }
+
+    monkeypatch.setattr(client, "send_message_batch", refuse_second_entry_once)
+    # When the schedule fires: the release fails (Lambda will retry the invocation)
+    with pytest.raises(RuntimeError, match="SQS refused 1 entries"):
+        function.handler(event, FakeContext())
+    # And meanwhile the dispatcher takes the first record and submits its second message (the first waits its retry)
+    store = gateway().store
+    first_ids = [reference_id + 1 + i for i in range(150)]
+    store.transition(
+        MessageKey(account_id=account["account_id"], reference_id=reference_id, message_id=first_ids[1]),
+        MessageStatus.SUBMITTED,
+        now=utc_now(),
+    )
+    # And Lambda retries the invocation a minute later
+    function.handler(event, FakeContext())
+    # Then every message still queued is in some dispatch record
+    queued = {
+        m.message_id
+        for m in store.list_messages(account["account_id"], reference_id, limit=1000)[0]
+        if m.status == MessageStatus.QUEUED
+    }
+    in_records = {i for r in all_records(aws) for i in json.loads(r["Body"])["message_ids"]}
+    assert queued - in_records == set(), f"queued but in no dispatch record: {sorted(queued - in_records)}"
+
+
+def test_a_cancel_that_fails_refunding_leaves_its_schedule_to_finish_it(aws, account, api):
+    from sms_gateway.bootstrap import gateway
+
+    # Given a batch of two scheduled an hour ahead (98 credits left)
+    send_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    status, sent = send(api, account["token"], [AIRTEL, MTN], send_at=send_at)
+    assert status == 200, sent
+    reference_id = sent["reference_id"]
+    assert balance(account["account_id"]) == 98
+    # And DynamoDB that refuses the cancel's refund transactions (a busy account's credits item: TransactionConflict
+    # six times running, the adapter's limit)
+    store = gateway().store
+
+    def refund_fails(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("moving 2 messages and refunding them conflicted 6 times")
+
+    store.move_and_refund = refund_fails  # type: ignore[method-assign]
+    # When the client cancels: the answer is a 500 that tells it to look before trying again
+    status, body = call(api, account["token"], "DELETE", f"/ng/v1/batches/{reference_id}")
+    assert status == 500, body
+    del store.move_and_refund
+    # And it looks: the batch reads cancelled, so it does not cancel again
+    assert call(api, account["token"], "GET", f"/ng/v1/batches/{reference_id}")[1]["status"] == "cancelled"
+    # Then something is left that finishes the cancel (its schedule, which would refund when it fires), or the
+    # credits are back already; instead the schedule was deleted first, and the two credits stay taken for good
+    assert schedule_names(aws) != [] or balance(account["account_id"]) == 100, (
+        f"schedule gone, messages still scheduled and charged: balance {balance(account['account_id'])}"
+    )
+
+
+def test_cancelling_a_delivered_batch_names_the_status_the_batch_reads(aws, account, api):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import MessageKey, utc_now
+    from sms_gateway.domain.status import MessageStatus
+
+    # Given a batch sent now, long since delivered: it reads "completed"
+    status, sent = send(api, account["token"], [AIRTEL])
+    reference_id = int(sent["reference_id"])
+    key = MessageKey(account_id=account["account_id"], reference_id=reference_id, message_id=reference_id + 1)
+    gateway().store.transition(key, MessageStatus.DELIVERED, now=utc_now())
+    status, batch = call(api, account["token"], "GET", f"/ng/v1/batches/{reference_id}")
+    assert batch["status"] == "completed"
+    # When the client tries to cancel it
+    status, body = call(api, account["token"], "DELETE", f"/ng/v1/batches/{reference_id}")
+    # Then the 409 says why with the status the client can see, not "this one is queued" (still waiting to go)
+    assert status == 409
+    assert body["message"] == "only a scheduled batch can be cancelled; this one is completed", body
+
+
 # ---------------------------------------------------------------- delivery report filter
 
 

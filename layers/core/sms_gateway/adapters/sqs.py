@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -51,6 +52,16 @@ def dispatch_group_id(command: DispatchCommand) -> str:
     return f"{command.account_id}#priority"
 
 
+def dispatch_dedup_id(command: DispatchCommand) -> str:
+    """Names the record's whole contents, so SQS drops only a record that repeats one exactly (a retried enqueue).
+    A retry that regrouped the messages still queued (the dispatcher sent some of the first records meanwhile) makes
+    new records: named by their first message alone, one could share an earlier record's id while holding a message
+    that record did not, and be dropped with it. A message in two records is submitted once (the dispatcher's
+    claim)."""
+    contents = ",".join(str(message_id) for message_id in command.message_ids)
+    return f"{command.reference_id}-{hashlib.sha256(contents.encode()).hexdigest()[:64]}"
+
+
 class SqsDispatchQueue(_Queue):
     def enqueue(self, commands: Sequence[DispatchCommand]) -> None:
         self._send(
@@ -60,8 +71,7 @@ class SqsDispatchQueue(_Queue):
                     # The account is the message group: its batches keep their order; others don't wait.
                     # Priority commands have a lane of their own, so an OTP overtakes the account's bulk.
                     "MessageGroupId": dispatch_group_id(command),
-                    # Same batch and same first message = same record: a retried enqueue is dropped by SQS.
-                    "MessageDeduplicationId": f"{command.reference_id}-{command.message_ids[0]}",
+                    "MessageDeduplicationId": dispatch_dedup_id(command),
                 }
                 for command in commands
             ]
