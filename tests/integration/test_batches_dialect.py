@@ -67,10 +67,14 @@ def stored_batches(account_id: str) -> list[dict[str, Any]]:
     )["Items"]
 
 
-def report_numbers(api: Api, token: str, reference_id: str) -> list[str]:
+def report_entries(api: Api, token: str, reference_id: str) -> list[dict[str, Any]]:
     status, body = call(api, token, "GET", f"/ng/v1/batches/{reference_id}/delivery_report")
     assert status == 200, body
-    return sorted(entry["to"] for entry in body["data"])
+    return list(body["data"])
+
+
+def report_numbers(api: Api, token: str, reference_id: str) -> list[str]:
+    return sorted(entry["to"] for entry in report_entries(api, token, reference_id))
 
 
 # ---------------------------------------------------------------- groups
@@ -366,13 +370,17 @@ def schedule_names(env: dict[str, str]) -> list[str]:
     return [s["Name"] for s in client.list_schedules(GroupName=env["SCHEDULE_GROUP_NAME"])["Schedules"]]
 
 
-def test_cancelling_a_scheduled_batch_deletes_its_schedule_cancels_its_messages_and_refunds(aws, account, api):
-    # Given a batch of two scheduled an hour ahead
+def schedule_two_an_hour_ahead(api: Api, account: dict[str, Any]) -> str:
+    """Given a batch of two scheduled an hour ahead (98 credits of 100 left): its reference_id."""
     send_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     status, sent = send(api, account["token"], [AIRTEL, MTN], send_at=send_at)
     assert status == 200, sent
-    reference_id = sent["reference_id"]
     assert balance(account["account_id"]) == 98
+    return str(sent["reference_id"])
+
+
+def test_cancelling_a_scheduled_batch_deletes_its_schedule_cancels_its_messages_and_refunds(aws, account, api):
+    reference_id = schedule_two_an_hour_ahead(api, account)
     assert len(schedule_names(aws)) == 1
     # When it is cancelled
     status, body = call(api, account["token"], "DELETE", f"/ng/v1/batches/{reference_id}")
@@ -521,15 +529,10 @@ def test_a_retried_release_after_sqs_refused_one_record_queues_every_message(aws
     assert queued - in_records == set(), f"queued but in no dispatch record: {sorted(queued - in_records)}"
 
 
-def test_a_cancel_that_fails_refunding_leaves_its_schedule_to_finish_it(aws, account, api):
+def test_a_cancel_that_fails_refunding_leaves_its_schedule_to_finish_it(aws, account, api, monkeypatch):
     from sms_gateway.bootstrap import gateway
 
-    # Given a batch of two scheduled an hour ahead (98 credits left)
-    send_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    status, sent = send(api, account["token"], [AIRTEL, MTN], send_at=send_at)
-    assert status == 200, sent
-    reference_id = sent["reference_id"]
-    assert balance(account["account_id"]) == 98
+    reference_id = schedule_two_an_hour_ahead(api, account)
     # And DynamoDB that refuses the cancel's refund transactions (a busy account's credits item: TransactionConflict
     # six times running, the adapter's limit)
     store = gateway().store
@@ -537,18 +540,23 @@ def test_a_cancel_that_fails_refunding_leaves_its_schedule_to_finish_it(aws, acc
     def refund_fails(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("moving 2 messages and refunding them conflicted 6 times")
 
-    store.move_and_refund = refund_fails  # type: ignore[method-assign]
-    # When the client cancels: the answer is a 500 that tells it to look before trying again
-    status, body = call(api, account["token"], "DELETE", f"/ng/v1/batches/{reference_id}")
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "move_and_refund", refund_fails)
+        # When the client cancels: the answer is a 500 that tells it to look before trying again
+        status, body = call(api, account["token"], "DELETE", f"/ng/v1/batches/{reference_id}")
     assert status == 500, body
-    del store.move_and_refund
     # And it looks: the batch reads cancelled, so it does not cancel again
     assert call(api, account["token"], "GET", f"/ng/v1/batches/{reference_id}")[1]["status"] == "cancelled"
-    # Then something is left that finishes the cancel (its schedule, which would refund when it fires), or the
-    # credits are back already; instead the schedule was deleted first, and the two credits stay taken for good
-    assert schedule_names(aws) != [] or balance(account["account_id"]) == 100, (
-        f"schedule gone, messages still scheduled and charged: balance {balance(account['account_id'])}"
-    )
+    # Then its schedule is still there (deleted only once the refund is done), and its firing finishes the cancel
+    assert schedule_names(aws) != [], "schedule deleted first: the messages stay scheduled and charged for good"
+    event = load_event("scheduler-release-batch.json")
+    event.update(account_id=account["account_id"], reference_id=int(reference_id))
+    assert load_function("scheduled_dispatch").handler(event, FakeContext()) == {"released": False}
+    assert balance(account["account_id"]) == 100
+    assert {entry["to"]: entry["status"] for entry in report_entries(api, account["token"], reference_id)} == {
+        AIRTEL: "cancelled",
+        MTN: "cancelled",
+    }
 
 
 def test_cancelling_a_delivered_batch_names_the_status_the_batch_reads(aws, account, api):

@@ -129,7 +129,9 @@ def cancel_batch(
         # Moved since it was read: released, or cancelled by another request (then this one is a repeat of it).
         batch = get_batch(messages, account_id, reference_id)
     if batch.status != MessageStatus.CANCELLED:
-        raise Conflict(f"only a scheduled batch can be cancelled; this one is {batch.status}")
+        # Named as the client reads it (a released batch is stored queued for good, but reads completed once sent).
+        status = batch_view(messages, account_id, reference_id).status
+        raise Conflict(f"only a scheduled batch can be cancelled; this one is {status}")
     refund = finish_cancel(messages, scheduler, account_id, reference_id, now=now)
     if not refund:
         raise AlreadyCancelled(batch)
@@ -144,12 +146,13 @@ def finish_cancel(
     *,
     now: datetime,
 ) -> int:
-    """For a batch already moved to cancelled: deletes its schedule (None: the schedule is the caller, firing, and
-    deletes itself), cancels its messages still scheduled (each by a conditional write) and refunds those this call
-    moved, in the same transactions. Safe to run again, or alongside another, or after a crash part-way: a message
-    is moved, and refunded, once. The credits refunded."""
-    if scheduler is not None:
-        scheduler.cancel(account_id, reference_id)
+    """For a batch already moved to cancelled: cancels its messages still scheduled (each by a conditional write),
+    refunds those this call moved in the same transactions, then deletes its schedule (None: the schedule is the
+    caller, firing, and deletes itself). Safe to run again, or alongside another, or after a crash part-way: a
+    message is moved, and refunded, once. The schedule goes last: a cancel that fails part-way leaves it, and its
+    firing finishes the cancel (logic.scheduled) even if the client never cancels again. The credits refunded."""
     batch_messages = all_messages(messages, account_id, reference_id)
     _, refund = move_and_refund(messages, batch_messages, MessageStatus.CANCELLED, now=now)
+    if scheduler is not None:
+        scheduler.cancel(account_id, reference_id)
     return refund
