@@ -57,3 +57,89 @@ def test_a_taken_over_message_held_back_by_its_route_limit_is_never_offered_to_a
     # Then the primary must not be offered it: the fallback may already have delivered it (sent twice otherwise)
     assert primary.submits[1:] == [], "the message went out a second time, through the primary"
     assert store.messages[message.key].maybe_taken_by == "fallback"
+
+
+class LinkFailsOnce:
+    """The store's link write for an upstream that reports by its own id fails once (DynamoDB throttling past
+    botocore's retries)."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self.failed = False
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def link_upstream_id(self, *args, **kwargs):
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("ProvisionedThroughputExceededException")
+        return self.store.link_upstream_id(*args, **kwargs)
+
+
+def test_a_message_whose_upstream_id_could_not_be_linked_is_settled_by_its_report_not_expired(store):
+    from sms_gateway.domain.status import MessageStatus
+    from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
+    from sms_gateway.logic.settle import settle, settle_checks
+    from tests.unit.test_logic import callback, clock, report, settle_deps
+
+    # Given an upstream whose DLRs name only its own id (like Africa's Talking), and a message it took whose link
+    # write failed: the message is recorded submitted all the same, with the upstream's id
+    _, deps = send(store, command(1, delivery_report=DeliveryReportMode.YES))
+    provider = FakeProvider()
+    flaky = replace(dispatch_deps(store, provider), messages=LinkFailsOnce(store))
+    asyncio.run(dispatch(deps.dispatch_queue.commands[0], flaky))
+    [message] = store.messages.values()
+    assert (message.status, message.upstream_message_id) == (MessageStatus.SUBMITTED, "up-1")
+    # And the upstream reports it delivered, by its own id: the report is held, as no link names the message
+    provider.reports = [report(message, MessageStatus.DELIVERED, by_ref=False)]
+    outcome = receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock))
+    assert outcome.held == 1
+    # When its settle check comes, the DLR wait over
+    [check] = settle_checks([message], now=NOW)
+    settled = settle(check, settle_deps(store, NOW + timedelta(hours=49)))
+    # Then the held report settles it: delivered, announced to the client, not expired and refunded
+    assert store.messages[message.key].status == MessageStatus.DELIVERED
+    assert [change.message.status for change in settled.changes] == [MessageStatus.DELIVERED]
+    assert len(provider.submits) == 1
+
+
+class DiesRecordingSubmitted:
+    """The dispatcher's container dies right after the upstream took the message (a Lambda timeout), before the
+    status write."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def transition(self, key, target, **kwargs):
+        from sms_gateway.domain.status import MessageStatus
+
+        if target == MessageStatus.SUBMITTED:
+            raise Crash("the container died here")
+        return self.store.transition(key, target, **kwargs)
+
+
+def test_a_message_whose_dispatcher_died_before_recording_it_is_found_by_its_upstream_id_report(store):
+    from sms_gateway.domain.status import MessageStatus
+    from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
+    from tests.unit.test_logic import callback, clock, report
+
+    # Given an upstream whose DLRs name only its own id, which took a message just before its dispatcher died
+    _, deps = send(store, command(1, delivery_report=DeliveryReportMode.YES))
+    [record] = deps.dispatch_queue.commands
+    provider = FakeProvider()
+    with pytest.raises(Crash):
+        asyncio.run(dispatch(record, replace(dispatch_deps(store, provider), messages=DiesRecordingSubmitted(store))))
+    # And the record comes back once the claim lapsed: the message is recorded submitted, unconfirmed, not resent
+    asyncio.run(dispatch(record, replace(dispatch_deps(store, provider), clock=lambda: NOW + timedelta(minutes=5))))
+    [message] = store.messages.values()
+    assert message.status == MessageStatus.SUBMITTED and len(provider.submits) == 1
+    # When the upstream reports it delivered, by its own id
+    by_its_id = message.model_copy(update={"upstream_message_id": "up-1"})
+    provider.reports = [report(by_its_id, MessageStatus.DELIVERED, by_ref=False)]
+    receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock))
+    # Then the report finds the message (the link was written before the status): delivered
+    assert store.messages[message.key].status == MessageStatus.DELIVERED

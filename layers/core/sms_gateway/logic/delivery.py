@@ -51,6 +51,22 @@ def receive_delivery_reports(
     return outcome
 
 
+def link_upstream_id(message: Message, upstream: str, upstream_message_id: str, deps: DeliveryDependencies) -> int:
+    """Links an upstream's own id to `message`, for an upstream whose DLRs name only that id, and applies the
+    reports held on the id before the link was written (they were waiting for it). Safe to repeat: the link is a
+    plain write, and a report applied twice changes nothing the second time. The reports applied."""
+    held = deps.messages.link_upstream_id(upstream, upstream_message_id, message.key, now=deps.clock())
+    apply_held_reports(message, held, deps)
+    return len(held)
+
+
+def apply_held_reports(message: Message, held: list[DeliveryReport], deps: DeliveryDependencies) -> None:
+    """Applies the reports an upstream sent for `message`'s id before the id was linked to it."""
+    outcome = DeliveryOutcome()
+    for report in held:
+        apply_delivery_report(report.model_copy(update={"client_ref": message.key.to_ref()}), deps, outcome)
+
+
 def _locate(report: DeliveryReport, deps: DeliveryDependencies, outcome: DeliveryOutcome) -> MessageKey | None:
     """The message a report is about; None (counted as held or unmatched) when it cannot be applied now."""
     # Our own client reference is a direct key; the upstream's id goes through the link the dispatcher wrote.

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from sms_gateway.domain.models import (
     Claim,
     ClaimOutcome,
+    DeliveryReport,
     DeliveryReportMode,
     DispatchCommand,
     Message,
@@ -24,7 +25,7 @@ from sms_gateway.domain.models import (
 )
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import UpstreamError
-from sms_gateway.logic.delivery import DeliveryDependencies, DeliveryOutcome, apply_delivery_report
+from sms_gateway.logic.delivery import DeliveryDependencies, apply_held_reports
 from sms_gateway.logic.notify import dlr_notification
 from sms_gateway.logic.ratelimit import RateLimiter, Scope, route_scope
 from sms_gateway.observability import logger, mask_msisdn
@@ -385,6 +386,12 @@ async def _dispatch_one(
         await _not_taken(message, sent, deps, outcome)
         return
     provider, result = sent
+    held: list[DeliveryReport] = []
+    if not getattr(provider, "echoes_client_ref", False):
+        # Linked first: a dispatcher that dies before the status write leaves the link (the message, taken over
+        # later, is recorded submitted and its DLRs find it). Written after, the link was lost with it, and the DLRs
+        # held for good. Reports held on the id are applied once the message reads submitted, in order.
+        held = await asyncio.to_thread(_link_upstream_id, message, provider.name, result.upstream_message_id, deps)
     change = await asyncio.to_thread(
         deps.messages.transition,
         message.key,
@@ -395,8 +402,11 @@ async def _dispatch_one(
     )
     outcome.record(change)
     outcome.submitted += 1
-    if not getattr(provider, "echoes_client_ref", False):
-        await asyncio.to_thread(_link_upstream_id, message, provider.name, result.upstream_message_id, deps, outcome)
+    if held:
+        delivery = DeliveryDependencies(
+            messages=deps.messages, accounts=deps.accounts, clock=deps.clock, on_change=outcome.record
+        )
+        await asyncio.to_thread(apply_held_reports, message, held, delivery)
 
 
 async def _record_unconfirmed(message: Message, deps: DispatchDependencies, outcome: DispatchOutcome) -> None:
@@ -555,20 +565,19 @@ async def _not_taken(
 
 
 def _link_upstream_id(
-    message: Message, upstream: str, upstream_message_id: str, deps: DispatchDependencies, outcome: DispatchOutcome
-) -> None:
-    """An upstream that reports by its own id alone needs the id linked to the message; DLRs that came before
-    the link was written were held, and are applied now."""
-    held = deps.messages.link_upstream_id(upstream, upstream_message_id, message.key, now=deps.clock())
-    if not held:
-        return
-    delivery = DeliveryDependencies(
-        messages=deps.messages, accounts=deps.accounts, clock=deps.clock, on_change=outcome.record
-    )
-    for report in held:
-        apply_delivery_report(
-            report.model_copy(update={"client_ref": message.key.to_ref()}), delivery, DeliveryOutcome()
+    message: Message, upstream: str, upstream_message_id: str, deps: DispatchDependencies
+) -> list[DeliveryReport]:
+    """Links the id of an upstream that reports by its own id alone to the message: the reports held on it before.
+    A link that cannot be written is logged and left to the settle check, which links the id the status write
+    stores on the message (and applies what was held on it) before it would expire the message."""
+    try:
+        return deps.messages.link_upstream_id(upstream, upstream_message_id, message.key, now=deps.clock())
+    except Exception:
+        logger.exception(
+            "could not link the upstream's id to the message; its settle check will",
+            extra={"message_id": message.message_id, "upstream": upstream, "upstream_message_id": upstream_message_id},
         )
+        return []
 
 
 async def _route_allows(upstream: str, deps: DispatchDependencies) -> bool:

@@ -13,7 +13,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sms_gateway.domain.models import Message, MessageKey, StatusChange, from_iso, iso
-from sms_gateway.domain.status import MessageStatus
+from sms_gateway.domain.status import TERMINAL, MessageStatus
+from sms_gateway.logic.delivery import DeliveryDependencies, link_upstream_id
 from sms_gateway.observability import logger
 from sms_gateway.ports import MAX_QUEUE_DELAY_SECONDS, AccountStore, MessageStore
 
@@ -101,6 +102,8 @@ def settle(check: Mapping[str, Any], deps: SettleDependencies) -> SettleOutcome:
         if now < message_due:
             later.append(message_due)
             continue
+        if message.upstream and message.upstream_message_id and _reported_while_unlinked(message, deps, outcome):
+            continue
         change = deps.messages.transition(
             message.key, MessageStatus.EXPIRED, now=now, error_code=NO_DELIVERY_REPORT, refund=True
         )
@@ -114,6 +117,25 @@ def settle(check: Mapping[str, Any], deps: SettleDependencies) -> SettleOutcome:
     if later:
         outcome.check_again_in = _hop(max(later) - now)
     return outcome
+
+
+def _reported_while_unlinked(message: Message, deps: SettleDependencies, outcome: SettleOutcome) -> bool:
+    """Before a message is expired for want of a report: links the upstream's id stored on it, in case the
+    dispatcher's link write failed (its reports are then held on the id), and applies what was held. Whether that
+    settled the message. One write, for the few messages no report reached (an upstream that reports by our
+    reference never holds any)."""
+    assert message.upstream and message.upstream_message_id
+    delivery = DeliveryDependencies(
+        messages=deps.messages, accounts=deps.accounts, clock=deps.clock, on_change=outcome.changes.append
+    )
+    before = len(outcome.changes)
+    if not link_upstream_id(message, message.upstream, message.upstream_message_id, delivery):
+        return False
+    logger.warning(
+        "delivery reports were held on an upstream id never linked; applied them before expiring",
+        extra={"message_id": message.message_id, "upstream": message.upstream},
+    )
+    return any(change.message.status in TERMINAL for change in outcome.changes[before:])
 
 
 def _hop(wait: timedelta) -> int:
