@@ -143,3 +143,78 @@ def test_a_message_whose_dispatcher_died_before_recording_it_is_found_by_its_ups
     receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock))
     # Then the report finds the message (the link was written before the status): delivered
     assert store.messages[message.key].status == MessageStatus.DELIVERED
+
+
+def test_a_settle_check_not_due_yet_is_put_off_as_settle_later_not_a_key_error(store, monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+    from sms_gateway import consumers
+    from sms_gateway.domain.models import utc_now
+    from sms_gateway.logic.settle import settle_checks
+
+    # Given a settle check as the dispatcher queues it today (its batches listed under "batches")
+    _, deps = send(store, command(1))
+    asyncio.run(dispatch(deps.dispatch_queue.commands[0], dispatch_deps(store, FakeProvider())))
+    [check] = settle_checks(list(store.messages.values()), now=utc_now())
+    delays: list[int] = []
+    wiring = SimpleNamespace(
+        store=store,
+        settings=SimpleNamespace(dlr_wait_seconds=172_800),
+        notify_queue=SimpleNamespace(delay=lambda handle, seconds: delays.append(seconds), publish=lambda n: None),
+    )
+    monkeypatch.setattr(consumers, "gateway", lambda: wiring)
+    record = SQSRecord({"messageId": "m-1", "receiptHandle": "rh-1", "body": json.dumps(check), "attributes": {}})
+    # When the notifier receives it before the DLR wait is over
+    # Then it is hidden for the next hop and put off with SettleLater (the documented outcome), not a KeyError on
+    # the top-level "reference_id" that only checks of the old format had
+    with pytest.raises(consumers.SettleLater):
+        consumers._settle_record(record, check)
+    assert delays and delays[0] > 0
+
+
+def test_a_backlogged_record_is_not_dead_lettered_on_its_first_failure_because_the_store_could_not_count_it(
+    monkeypatch,
+):
+    from types import SimpleNamespace
+
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+    from sms_gateway import consumers
+
+    # Given a record near the front of a deep backlog: delivered 30 times, each a hand-back behind the records ahead
+    # of it (docs/dispatch.md, "A backlog longer than an invocation"), never once failed
+    record = SQSRecord(
+        {
+            "messageId": "m-1",
+            "receiptHandle": "rh-1",
+            "body": "{}",
+            "attributes": {"ApproximateReceiveCount": "30", "MessageGroupId": "7"},
+        }
+    )
+    dead_lettered: list[str] = []
+
+    class ThrottledStore:
+        def count_record_failure(self, record_id, *, now):
+            raise RuntimeError("ProvisionedThroughputExceededException")
+
+    wiring = SimpleNamespace(
+        store=ThrottledStore(),
+        settings=SimpleNamespace(dispatch_max_attempts=6),
+        dispatch_dead_letters=SimpleNamespace(dead_letter=lambda body, **_: dead_lettered.append(body)),
+    )
+    monkeypatch.setattr(consumers, "gateway", lambda: wiring)
+
+    async def throttled(record, invocation):
+        raise RuntimeError("ProvisionedThroughputExceededException")
+
+    monkeypatch.setattr(consumers, "_dispatch_record", throttled)
+    # When its first failure comes from a moment of DynamoDB throttling (which also keeps the failure from being
+    # counted in the table)
+    with pytest.raises(RuntimeError, match="ProvisionedThroughputExceededException"):
+        asyncio.run(consumers.dispatch_record(record, None))  # type: ignore[arg-type]
+    # Then it is retried, not parked in the dead-letter queue on its first failure (its messages stay queued and
+    # charged until an operator replays it): "failures per record, never by deliveries"
+    assert dead_lettered == []

@@ -290,7 +290,7 @@ async def dispatch_record(record: SQSRecord, invocation: _Invocation) -> dict[st
     except Exception as error:
         wiring = gateway()
         failures = await asyncio.to_thread(_count_failure, record)
-        if failures < wiring.settings.dispatch_max_attempts:
+        if failures is None or failures < wiring.settings.dispatch_max_attempts:
             logger.warning(
                 "dispatch record failed; retried", extra={"failures": failures, "error": type(error).__name__}
             )
@@ -310,15 +310,17 @@ async def dispatch_record(record: SQSRecord, invocation: _Invocation) -> dict[st
         return {"dead_lettered": True}
 
 
-def _count_failure(record: SQSRecord) -> int:
+def _count_failure(record: SQSRecord) -> int | None:
     """How often this record has failed, this time included. Counted in the store, because SQS's receive count
-    also grows each time a record is handed back or held behind another of its group (neither a failure). When the
-    store cannot count (it may be what is failing), the receive count stands in."""
+    also grows each time a record is handed back or held behind another of its group (neither a failure). None when
+    the store cannot count (it may be what is failing): the record is retried, and the queue's own redrive
+    (`maxReceiveCount`) is the backstop. The receive count does not stand in: a record held at the front of a
+    backlog has been received many times without failing once, and would be dead-lettered on its first failure."""
     try:
         return gateway().store.count_record_failure(record.message_id, now=utc_now())
     except Exception:
-        logger.warning("could not count a dispatch record's failure", extra={"record": record.message_id})
-        return int(record.attributes.approximate_receive_count or 1)
+        logger.warning("could not count a dispatch record's failure; retried", extra={"record": record.message_id})
+        return None
 
 
 async def _dispatch_record(record: SQSRecord, invocation: _Invocation) -> dict[str, Any]:
@@ -453,7 +455,7 @@ def _settle_record(record: SQSRecord, check: dict[str, Any]) -> dict[str, Any]:
     count_final_statuses(outcome.changes)
     if outcome.check_again_in is not None:
         wiring.notify_queue.delay(record.receipt_handle, outcome.check_again_in)
-        raise SettleLater(f"settle check of batch {check['reference_id']} due in {outcome.check_again_in} s")
+        raise SettleLater(f"settle check due in {outcome.check_again_in} s")
     if outcome.changes:
         metrics.add_metric(name="MessagesExpiredWithoutDlr", unit="Count", value=len(outcome.changes))
     return {"expired": len(outcome.changes)}

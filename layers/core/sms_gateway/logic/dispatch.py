@@ -33,7 +33,8 @@ from sms_gateway.ports import AccountStore, MessageStore, Provider
 
 # A claim outlives a normal submit by far; it only matters when a dispatcher dies mid-submit.
 CLAIM_LEASE_SECONDS = 120
-# Retry delays grow 5 s, 10 s, 20 s ... up to 5 minutes, with full jitter so retries from a burst spread out.
+# Retry delays grow 5 s, 10 s, 20 s ... up to 5 minutes, with "equal jitter" (half of each step fixed, half random),
+# so retries from a burst spread out and none comes back at once.
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_CAP_SECONDS = 300.0
 DEFAULT_VALIDITY = timedelta(hours=24)
