@@ -218,3 +218,42 @@ def test_a_backlogged_record_is_not_dead_lettered_on_its_first_failure_because_t
     # Then it is retried, not parked in the dead-letter queue on its first failure (its messages stay queued and
     # charged until an operator replays it): "failures per record, never by deliveries"
     assert dead_lettered == []
+
+
+class RunsOutTheClock(FakeProvider):
+    """Fails with `failure` and, answering, uses up the invocation's time for claims."""
+
+    def __init__(self, name: str, clock_out: list[bool]) -> None:
+        super().__init__(name)
+        self.clock_out = clock_out
+
+    async def submit(self, request):
+        self.clock_out.append(True)
+        return await super().submit(request)
+
+
+def test_a_message_is_not_failed_over_once_the_invocation_has_no_time_left_for_a_submit(store):
+    from sms_gateway.domain.status import MessageStatus
+
+    # Given a route whose primary answers 503 only as the invocation's time for a submit and its recording runs out
+    clock_out: list[bool] = []
+    primary, fallback = RunsOutTheClock("primary", clock_out), FakeProvider("fallback")
+    primary.failure = UpstreamError("503", permanent=False, unavailable=True)
+    _, deps = send(store, command(1))
+    [record] = deps.dispatch_queue.commands
+    route = replace(
+        dispatch_deps(store, primary), upstreams_for=lambda _: [primary, fallback], out_of_time=lambda: bool(clock_out)
+    )
+    # When the record is dispatched
+    outcome = asyncio.run(dispatch(record, route))
+    # Then the fallback is not offered it (its answer could come after Lambda ended the invocation, the message left
+    # claimed and later taken for one that may have gone out): it is queued again, its claim released, the record
+    # retried
+    assert fallback.submits == []
+    [message] = store.messages.values()
+    assert message.status == MessageStatus.QUEUED and message.key not in store.claims
+    assert outcome.retry == [message.message_id]
+    # And the next delivery, with its whole time, fails it over
+    asyncio.run(dispatch(record, replace(route, out_of_time=lambda: False)))
+    assert len(fallback.submits) == 1
+    assert store.messages[message.key].status == MessageStatus.SUBMITTED

@@ -469,6 +469,11 @@ async def _submit(
     if not upstreams and message.maybe_taken_by is not None:
         return MaybeSent(f"{message.maybe_taken_by} may have the message and is no longer on its route")
     for tried, provider in enumerate(upstreams):
+        if tried and deps.out_of_time():
+            # A failover is a second submit under the claim: begun this late, it could still be waiting for its
+            # answer when the invocation ends, and the message be taken over later for one that may have gone out.
+            # Counted as the attempt the upstream before it failed; the next delivery has its whole time for both.
+            return UpstreamError(f"no time left in the invocation to offer it to {provider.name}", permanent=False)
         if not await _route_allows(provider.name, deps):
             # A route at its limit is a throttle: wait for it rather than fail over. Not an attempt, unless an
             # upstream before it in the route already failed this one.
