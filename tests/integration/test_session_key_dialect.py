@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -185,6 +186,86 @@ def test_login_also_takes_http_basic_credentials(aws, account, api):
 
 
 # ------------------------------------------------------------------ sessions on /sms
+
+
+def test_concurrent_successful_logins_are_never_refused_as_failed_logins(aws, account, monkeypatch):
+    """docs/dialects/session-key.md: "a successful login gives its place back, so successes never count". Eleven
+    workers running the seed's sample at once (each one logs in first, as every sample's main does) must all get in."""
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.errors import GatewayError
+    from sms_gateway.logic import sessions
+
+    store = gateway().store
+    workers = 11
+    lock, reservations, all_reserved = threading.Lock(), [0], threading.Event()
+    real_reserve, real_check = store.begin_login_attempt, store.account_id_for_login
+
+    def reserve(*args: Any, **kwargs: Any) -> bool:
+        try:
+            return real_reserve(*args, **kwargs)
+        finally:
+            with lock:
+                reservations[0] += 1
+                if reservations[0] == workers:
+                    all_reserved.set()
+
+    def check(username: str, password: str) -> str | None:
+        # Each login's password check (scrypt, tens of milliseconds) overlaps the others' reservations, as it
+        # does when the logins arrive together: it goes on once all eleven have reserved their place.
+        all_reserved.wait(timeout=10)
+        return real_check(username, password)
+
+    monkeypatch.setattr(store, "begin_login_attempt", reserve)
+    monkeypatch.setattr(store, "account_id_for_login", check)
+    outcomes: list[str] = []
+
+    def one_login() -> None:
+        try:
+            sessions.log_in(store, account["username"], account["password"], now=datetime.now(UTC))
+            outcomes.append("ok")
+        except GatewayError as error:
+            outcomes.append(f"{error.code}: {error.message}")
+
+    threads = [threading.Thread(target=one_login) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    # Then every one of the right-password logins gets a session; none is told of "failed logins"
+    assert outcomes == ["ok"] * workers, outcomes
+
+
+def test_a_username_longer_than_a_dynamodb_key_gets_the_familys_401_not_a_500(aws, account, api, monkeypatch):
+    """DynamoDB refuses a GetItem whose partition key is over 2048 bytes (ValidationException: "Size of hashkey has
+    exceeded the maximum size limit of2048 bytes"); moto enforces that limit on writes only, so the read is made
+    to behave as DynamoDB's here."""
+    from botocore.exceptions import ClientError
+
+    from sms_gateway.bootstrap import gateway
+
+    client = gateway().store.client
+    real_get_item = client.get_item
+
+    def get_item(**kwargs: Any) -> Any:
+        if len(kwargs["Key"]["pk"]["S"].encode()) > 2048:
+            raise ClientError(
+                {
+                    "Error": {
+                        "Code": "ValidationException",
+                        "Message": "One or more parameter values were invalid: Size of hashkey has exceeded the "
+                        "maximum size limit of2048 bytes",
+                    }
+                },
+                "GetItem",
+            )
+        return real_get_item(**kwargs)
+
+    monkeypatch.setattr(client, "get_item", get_item)
+    # Given an unauthenticated /login whose username is 3000 characters (well within the HTTP API's request limit)
+    response = api(login_event("u" * 3000, "whatever"))
+    # Then it is refused like any unknown username: the family's 401, not an internal error
+    assert response["statusCode"] == 401, response
+    assert answer(response) == {"result": "KO", "error": "invalid username or password"}
 
 
 def logged_in_at(api: Api, account: dict[str, Any], moment: datetime) -> tuple[str, str]:

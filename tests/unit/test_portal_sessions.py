@@ -28,14 +28,13 @@ class Stores:
     def account_id_for_login(self, username: str, password: str) -> str | None:
         return ACCOUNT.account_id if (username, password) == ("cinema", "right") else None
 
-    def reserve_login_attempt(self, username: str, window: int, limit: int, *, expires_at: datetime) -> bool:
-        if self.attempts.get((username, window), 0) >= limit:
-            return False
-        self.attempts[(username, window)] = self.attempts.get((username, window), 0) + 1
-        return True
+    def begin_login_attempt(
+        self, username: str, window: int, *, max_failures: int, max_in_flight: int, expires_at: datetime
+    ) -> bool:
+        return self.attempts.get((username, window), 0) < max_failures
 
-    def release_login_attempt(self, username: str, window: int) -> None:
-        self.attempts[(username, window)] -= 1
+    def end_login_attempt(self, username: str, window: int, *, failed: bool) -> None:
+        self.attempts[(username, window)] = self.attempts.get((username, window), 0) + int(failed)
 
     # accounts
     def get_account(self, account_id: str) -> Account | None:

@@ -461,12 +461,15 @@ class SessionStore(Protocol):
         """The account of a live session, or None when the key is unknown or expired at `now`."""
         ...
 
-    def reserve_login_attempt(self, username: str, window: int, limit: int, *, expires_at: datetime) -> bool:
-        """Counts one attempt at `username` in `window` unless `limit` are counted already (then False)."""
+    def begin_login_attempt(
+        self, username: str, window: int, *, max_failures: int, max_in_flight: int, expires_at: datetime
+    ) -> bool:
+        """Counts one attempt at `username` in `window` as in flight, unless `max_failures` failed already or
+        `max_in_flight` are in flight (then False, nothing counted)."""
         ...
 
-    def release_login_attempt(self, username: str, window: int) -> None:
-        """Uncounts an attempt that succeeded: only failures use up the window's allowance."""
+    def end_login_attempt(self, username: str, window: int, *, failed: bool) -> None:
+        """An attempt begun in `window` is over: no longer in flight, and counted a failure when it `failed`."""
         ...
 
 

@@ -63,6 +63,8 @@ IDEMPOTENCY_WINDOW = timedelta(hours=24)
 RECORD_FAILURES_KEPT = timedelta(days=7)
 BATCH_WRITE_SIZE = 25
 BATCH_GET_SIZE = 100
+# DynamoDB refuses any request whose partition key value is longer (in UTF-8).
+MAX_PARTITION_KEY_BYTES = 2048
 _MAX_UNPROCESSED_ROUNDS = 8
 _MAX_FILTER_ROUNDS = 10
 # Messages moved and refunded in one TransactWriteItems (its limit is 100 items; one more is the account's).
@@ -338,9 +340,14 @@ class DynamoStore(
         return str(found["account_id"]["S"])
 
     def account_id_for_login(self, username: str, password: str) -> str | None:
-        found = self.client.get_item(
-            TableName=self.table_name, Key={"pk": {"S": f"LOGIN#{username}"}, "sk": {"S": "LOGIN"}}
-        ).get("Item")
+        key = f"LOGIN#{username}"
+        # DynamoDB refuses a read by a partition key over its limit (a ValidationException, a 500): no account
+        # has such a username, so it is an unknown one, checked in the same time.
+        found = (
+            self.client.get_item(TableName=self.table_name, Key={"pk": {"S": key}, "sk": {"S": "LOGIN"}}).get("Item")
+            if len(key.encode()) <= MAX_PARTITION_KEY_BYTES
+            else None
+        )
         if not found:
             # Spend the same time as a wrong password so the answer does not reveal which usernames exist.
             verify_password(password, _hash_of_no_password())

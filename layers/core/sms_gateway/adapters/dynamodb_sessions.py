@@ -106,27 +106,36 @@ class DynamoSessionsMixin:
         # Hashed: the counter must not store what someone typed as a username (it may be a password by mistake).
         return {"pk": {"S": f"LOGINS#{hash_secret(username)}"}, "sk": {"S": f"WINDOW#{window}"}}
 
-    def reserve_login_attempt(self, username: str, window: int, limit: int, *, expires_at: datetime) -> bool:
+    def begin_login_attempt(
+        self, username: str, window: int, *, max_failures: int, max_in_flight: int, expires_at: datetime
+    ) -> bool:
         return self._count_login_attempt(
             username,
             window,
-            UpdateExpression="ADD attempts :one SET expires_at = :expires",
-            ConditionExpression="attribute_not_exists(attempts) OR attempts < :limit",
+            UpdateExpression="ADD in_flight :one SET expires_at = :expires",
+            ConditionExpression="(attribute_not_exists(failures) OR failures < :max_failures) "
+            "AND (attribute_not_exists(in_flight) OR in_flight < :max_in_flight)",
             ExpressionAttributeValues={
                 ":one": {"N": "1"},
-                ":limit": {"N": str(limit)},
+                ":max_failures": {"N": str(max_failures)},
+                ":max_in_flight": {"N": str(max_in_flight)},
                 ":expires": {"N": str(int(expires_at.timestamp()))},
             },
         )
 
-    def release_login_attempt(self, username: str, window: int) -> None:
-        # Never below zero: a release without its reservation (the item expired meanwhile) changes nothing.
+    def end_login_attempt(self, username: str, window: int, *, failed: bool) -> None:
+        # Never below zero: an end without its beginning (the item expired meanwhile) changes nothing.
+        values = {":minus_one": {"N": "-1"}, ":zero": {"N": "0"}}
+        update = "ADD in_flight :minus_one"
+        if failed:
+            values[":one"] = {"N": "1"}
+            update += ", failures :one"
         self._count_login_attempt(
             username,
             window,
-            UpdateExpression="ADD attempts :minus_one",
-            ConditionExpression="attempts > :zero",
-            ExpressionAttributeValues={":minus_one": {"N": "-1"}, ":zero": {"N": "0"}},
+            UpdateExpression=update,
+            ConditionExpression="in_flight > :zero",
+            ExpressionAttributeValues=values,
         )
 
     def _count_login_attempt(self, username: str, window: int, **update: Any) -> bool:

@@ -16,9 +16,12 @@ SESSION_LIFETIME = timedelta(hours=24)
 BAD_LOGIN = "invalid username or password"
 BAD_SESSION = "invalid or expired session: log in again with GET /login"
 # Failed logins allowed per username in one fixed window: scrypt makes each guess slow, this caps how many there are.
-# Every attempt reserves a place before the password is checked (so concurrent guesses cannot overshoot) and a
-# success gives it back. The price is that ten wrong passwords lock the username out until the window ends.
+# The price is that ten wrong passwords lock the username out until the window ends.
 MAX_FAILED_LOGINS = 10
+# Logins of one username being checked at once. Failures are counted once checked, so concurrent guesses could
+# overshoot the failure limit: this bounds the overshoot (at most MAX_FAILED_LOGINS + MAX_LOGINS_IN_FLIGHT - 1
+# guesses a window) while a client's workers that all log in at once (each seed sample logs in as it starts) get in.
+MAX_LOGINS_IN_FLIGHT = 20
 LOGIN_WINDOW = timedelta(minutes=15)
 
 
@@ -41,15 +44,26 @@ def check_login(store: SessionStore, username: str | None, password: str | None,
     window_seconds = int(LOGIN_WINDOW.total_seconds())
     window = int(now.timestamp()) // window_seconds
     window_ends = datetime.fromtimestamp((window + 1) * window_seconds, tz=now.tzinfo)
-    if not store.reserve_login_attempt(username, window, MAX_FAILED_LOGINS, expires_at=window_ends + LOGIN_WINDOW):
+    if not store.begin_login_attempt(
+        username,
+        window,
+        max_failures=MAX_FAILED_LOGINS,
+        max_in_flight=MAX_LOGINS_IN_FLIGHT,
+        expires_at=window_ends + LOGIN_WINDOW,
+    ):
         retry_after = max(int((window_ends - now).total_seconds()), 1)
         raise TooManyAttempts(
             f"too many failed logins for this username: try again in {retry_after} s", retry_after=retry_after
         )
-    account_id = store.account_id_for_login(username, password)
+    try:
+        account_id = store.account_id_for_login(username, password)
+    except Exception:
+        # Only a wrong password counts: a check that raised (the store failing) ends the attempt uncounted.
+        store.end_login_attempt(username, window, failed=False)
+        raise
+    store.end_login_attempt(username, window, failed=account_id is None)
     if account_id is None:
         raise Unauthorized(BAD_LOGIN)
-    store.release_login_attempt(username, window)
     return account_id
 
 
