@@ -712,3 +712,40 @@ def test_an_order_with_too_little_time_left_is_a_503_to_retry_and_changes_nothin
     assert answer(response)["result"] == "KO"
     assert "nothing was stored or charged; try again" in answer(response)["error"]
     assert batch_count(account["account_id"]) == 0
+
+
+def test_status_counts_what_the_balance_buys_at_the_accounts_country_price(aws, account, api):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.pricing import PriceTable
+
+    # Given N priced at 4 credits per part for any network in Nigeria (the account's country), 1 elsewhere
+    gateway().store.save_price_table(PriceTable().with_price("N", "*@NG", 4))
+    keys = log_in(api, account)
+    # And a one-part N send to a Nigerian number costs 4 of the 100 credits
+    sent = api(sms_event(keys, seed_body(recipient=[NIGERIAN], returnCredits=True)))
+    assert answer(sent)["remaining_credits"] == 96
+    # Then /status says the 96 credits left buy 24 such messages, not 96
+    status = answer(api(route_event("GET", "/status", keys)))
+    assert status["sms"][0] == {"type": "N", "quantity": 24}, status
+
+
+@pytest.mark.parametrize("reported_at", ["0001-01-01T00:30:00+05:00", "9999-12-31T23:30:00-05:00"])
+def test_an_order_whose_dlr_time_is_out_of_range_still_reads(aws, account, api, reported_at):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import MessageKey
+    from sms_gateway.domain.status import MessageStatus
+
+    keys = log_in(api, account)
+    order = answer(api(sms_event(keys, seed_body(recipient=[NIGERIAN]))))["order_id"]
+    store = gateway().store
+    [message] = store.list_messages(account["account_id"], int(order))[0]
+    key = MessageKey(account_id=account["account_id"], reference_id=int(order), message_id=message.message_id)
+    now = datetime.now(UTC)
+    store.transition(key, MessageStatus.SUBMITTED, now=now, upstream="simulator", upstream_message_id="sim-1")
+    # Given a DLR whose reported_at is a valid ISO date-time that cannot be moved into the account's zone
+    # (a 9bits upstream's reported_at is stored as the text it sent)
+    store.transition(key, MessageStatus.DELIVERED, now=now, reported_at=reported_at)
+    # Then the order still reads, delivered, rather than failing with a 500
+    response = api(route_event("GET", f"/sms/{order}", keys))
+    assert response["statusCode"] == 200, response
+    assert answer(response)["recipients"][0]["status"] == "DLVRD"

@@ -290,7 +290,9 @@ def _family_time(stamp: str | None, zone: ZoneInfo) -> str | None:
         return None
     try:
         return datetime.fromisoformat(stamp).astimezone(zone).strftime(FAMILY_TIME)
-    except ValueError:
+    except (ValueError, OverflowError):
+        # An upstream's time that is no date, or one that cannot be moved into the zone (year 1 or 9999): the
+        # caller falls back to when the message got its state.
         return None
 
 
@@ -361,11 +363,13 @@ def user_status() -> Response[Any]:
     _flag("typeAliases", query.get("typeAliases"))  # we always answer the names (N, L, LL), as typeAliases=true
     prices = price_book().price_table()
     sms = [
-        {"type": tier, "quantity": sms_quantity(account.credits, prices.per_part(tier, None))} for tier in ROUTE_TIERS
+        {"type": tier, "quantity": sms_quantity(account.credits, prices.per_part(tier, None, account.default_country))}
+        for tier in ROUTE_TIERS
     ]
     return json_response(200, {"money": account.credits if get_money else None, "sms": sms, "email": None})
 
 
 def sms_quantity(credits: int, price_per_part: int) -> int:
-    """How many one-part messages the balance buys at the tier's default price (a free tier: one per credit)."""
+    """How many one-part messages the balance buys at the tier's price for any network of the account's country
+    (a free tier: one per credit)."""
     return credits // price_per_part if price_per_part > 0 else credits
