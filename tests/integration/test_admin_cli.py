@@ -58,9 +58,11 @@ def send(aws: dict[str, str]) -> Callable[..., dict[str, Any]]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 
-    def post(token: str, sender: str = "48974", text: str = "Hello from the cinema") -> dict[str, Any]:
+    def post(
+        token: str, sender: str = "48974", text: str = "Hello from the cinema", to: str = "2348020000000"
+    ) -> dict[str, Any]:
         event = load_event("api-sendsms-9bits.json", YOUR_API_Token=token)
-        event["body"] = json.dumps({"from": sender, "to": "2348020000000", "message": text})
+        event["body"] = json.dumps({"from": sender, "to": to, "message": text})
         response = module.handler(event, FakeContext())
         return {"status": response["statusCode"], "body": json.loads(response["body"])}
 
@@ -503,3 +505,101 @@ def test_a_credential_rotated_while_sealing_runs_keeps_its_rotation(aws, account
     assert not store.seal_plain_credential(account["account_id"], "webhook_token", "the-plain-token-it-read", stale)
     # Then the rotated (current) token stays
     assert webhook_credentials(account["account_id"]) == current
+
+
+# ---------------------------------------------------------------- numbers, senders and countries at the edges
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["create-account", "--name", "Typo Co", "--credits", str(10**40)],
+        ["set-account", "--account", "{account}", "--rate-limit", str(10**40)],
+    ],
+    ids=["create-account --credits", "set-account --rate-limit"],
+)
+def test_a_huge_number_is_a_one_line_error_with_exit_code_2_not_a_traceback(cli, account, argv):
+    argv = [a.replace("{account}", account["account_id"]) for a in argv]
+    # docs/operators.md: on bad input every command prints `error: ...` on stderr and exits 2. A number over 38
+    # digits fails in boto3 itself (decimal.Rounded, before any request), against real DynamoDB as on moto: it was a
+    # traceback, exit 1.
+    code, out, err = cli(*argv)
+    assert code == 2
+    assert out == ""
+    assert err.startswith("error: ")
+
+
+def test_the_opening_balance_has_the_same_typo_guard_as_a_top_up(cli, account):
+    # An account id pasted into --credits (a realistic slip): top-up refuses it as a typo (over 10**12) ...
+    pasted = account["account_id"]
+    code, out, err = cli("top-up", "--account", account["account_id"], "--credits", pasted)
+    assert code == 2 and "at most" in err
+    # ... and so does create-account, for an opening balance
+    code, out, err = cli("create-account", "--name", "Typo Co", "--credits", pasted, "--json")
+    assert code == 2, f"created with {out['credits'] if code == 0 else out} credits"
+
+
+def test_a_sender_with_surrounding_spaces_cannot_shadow_another_accounts_shortcode(cli, account, other):
+    # Given account A owns shortcode 48974
+    # When the operator registers " 48974" (a copy-paste with a space) to account B
+    code, _out, _err = cli("add-sender", "--account", other["account_id"], "--sender", " 48974")
+    # Then it is refused as 48974 itself is (taken by A), not registered as a look-alike B could send from
+    assert code == 2, f"registered: {stored_account(other['account_id']).senders}"
+    assert stored_account(other["account_id"]).senders == ("OTHERCO",)
+
+
+def test_a_sender_pasted_with_a_trailing_space_is_registered_as_the_sender(cli, account, send):
+    # When the operator registers "CINEMA " (a paste with a space after it)
+    code, _out, err = cli("add-sender", "--account", account["account_id"], "--sender", "CINEMA ")
+    # Then the account holds CINEMA itself, and its sends from CINEMA are accepted
+    assert code == 0, err
+    assert stored_account(account["account_id"]).senders == ("48974", "CINEMA")
+    assert send(account["token"], "CINEMA")["status"] == 200
+
+
+def test_a_sender_id_of_only_spaces_is_refused(cli, account):
+    code, _out, err = cli("add-sender", "--account", account["account_id"], "--sender", "   ")
+    assert code == 2, f"registered: {stored_account(account['account_id']).senders}"
+    assert "invalid" in err
+
+
+def test_create_account_stores_the_country_it_checked(cli, send):
+    # Given a country with a space after it (a script's variable): it is checked, and stored, as NG
+    code, created, err = cli(
+        "create-account", "--name", "Lagos Co", "--sender", "LAGOSCO", "--credits", "5", "--country", "ng ", "--json"
+    )
+    assert code == 0, err
+    assert stored_account(created["account_id"]).default_country == "NG"
+    # And so a local-form number (the account's country) is accepted, as for any NG account
+    answer = send(created["token"], "LAGOSCO", to="08020000000")
+    assert answer["status"] == 200, answer
+
+
+def test_adding_a_sender_the_account_holds_in_another_form_changes_nothing(cli, account):
+    # docs/operators.md: "adding one the account holds already changes nothing". 48974 is the account's own, and
+    # "+48974" is the same registry entry (SENDER#48974): not a sender "registered to account <its own id>"
+    code, _out, err = cli("add-sender", "--account", account["account_id"], "--sender", "+48974")
+    assert code == 0, err
+    assert stored_account(account["account_id"]).senders == ("48974",)
+
+
+def test_one_sender_given_twice_in_two_forms_is_a_clear_error(cli):
+    code, _out, err = cli("create-account", "--name", "Twice Co", "--sender", "55555", "--sender", "+55555")
+    assert code == 2
+    # Said plainly, not DynamoDB's "Transaction request cannot include multiple operations on one item"
+    assert "ValidationException" not in err
+    assert "55555" in err
+
+
+def test_list_sender_requests_of_an_unknown_account_is_an_error_like_the_other_listings(cli):
+    code, out, err = cli("list-credentials", "--account", "404")
+    assert (code, "no account 404" in err) == (2, True)
+    code, out, err = cli("list-sender-requests", "--account", "404")
+    assert code == 2, out
+    assert "no account 404" in err
+
+
+def test_a_price_or_rate_limit_past_its_typo_guard_is_refused(cli, account):
+    assert_refused(cli, ["set-price", "--tier", "N", "--credits", str(10**6 + 1)], "at most")
+    assert_refused(cli, ["set-account", "--account", account["account_id"], "--rate-limit", str(10**6 + 1)], "at most")
+    assert stored_account(account["account_id"]).rate_limit_per_second != 10**6 + 1

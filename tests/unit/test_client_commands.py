@@ -138,3 +138,37 @@ def test_a_csv_send_refuses_options_that_are_for_one_message(capsys: pytest.Capt
     assert "--to and --csv do not go together" in capsys.readouterr().err
     assert cli.main([*common, "--idempotency-key", "k"]) == 2
     assert "each row gets its own key" in capsys.readouterr().err
+
+
+def test_a_send_whose_gateway_refused_a_recipient_exits_1(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    # Given a gateway that sends to the first number and refuses the second (it opted out: the 9bits answer's
+    # `refused`, dialects/ninebits.py), as it answers a two-recipient send
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(
+                200,
+                json={
+                    "status_code": 200,
+                    "message": "request is being processed",
+                    "reference_id": "386172872980037029",
+                    "recipients_processed": 1,
+                    "refused": [{"to": "2348020000001", "reason": "2348020000001 opted out of 48974 (STOP)"}],
+                },
+            )
+        return httpx.Response(200, json={"reference_id": "386172872980037029", "parts": 1, "cost": 1})
+
+    monkeypatch.setattr(
+        client_commands,
+        "_open_client",
+        lambda args: GatewayClient("http://gw", "t", transport=httpx.MockTransport(handler)),
+    )
+    from sms_gateway_tools import cli
+
+    # When the client sends to both
+    code = cli.main(
+        ["send", "--from", "48974", "--to", "2348020000000", "--to", "2348020000001", "--message", "Hi", "--json"]
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["refused"]
+    # Then (docs/cli.md) "1: the gateway refused something": a script must not read 0 as "both were sent"
+    assert code == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import decimal
 import json
 import os
 import sys
@@ -173,8 +174,10 @@ def remove_sender(*, account_id: str, sender: str) -> dict[str, Any]:
 
 def list_sender_requests(*, account_id: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
     """Sender ID and shortcode requests accounts made in the portal: one account's, or all of them."""
-    from sms_gateway.logic import sender_requests
+    from sms_gateway.logic import accounts, sender_requests
 
+    if account_id is not None:
+        accounts.require_account(_store(), account_id)  # an unknown account is an error, not an empty listing
     return [r.model_dump(mode="json") for r in sender_requests.list_requests(_store(), account_id, status)]
 
 
@@ -404,6 +407,10 @@ def _run(args: argparse.Namespace, action: Any, show: Any = None, note: str | No
         answer = action(api_url)
     except (TargetNotFound, GatewayError, BotoCoreError, ClientError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except decimal.DecimalException as error:
+        # boto3 refuses a number DynamoDB cannot hold (over 38 digits) before any request: a value no guard caught.
+        print(f"error: a number too large for DynamoDB ({type(error).__name__})", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(answer))

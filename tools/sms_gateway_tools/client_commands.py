@@ -196,7 +196,8 @@ def _cmd_send(args: argparse.Namespace) -> int:
     else:
         refused = [f"{r['to']}: {r['reason']}" for r in answer.get("refused", [])]
         _print_record({**result, "refused": refused} if refused else result)
-    return 0
+    # Sent to the others, but not to every number asked: a script must not read it as all sent.
+    return REFUSED if answer.get("refused") else 0
 
 
 def _batch_or_nothing(client: GatewayClient, reference_id: str) -> dict[str, Any]:

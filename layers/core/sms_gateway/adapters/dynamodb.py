@@ -54,6 +54,7 @@ from sms_gateway.domain.models import (
     iso,
 )
 from sms_gateway.domain.pricing import PriceTable
+from sms_gateway.domain.senders import registry_form
 from sms_gateway.domain.status import MessageStatus, allowed_previous
 from sms_gateway.errors import Conflict, InsufficientCredits, NotFound
 
@@ -121,7 +122,7 @@ def message_sk(message_id: int) -> str:
 
 def sender_pk(sender: str) -> str:
     # Numbers arrive with or without '+': one form, so an inbound SMS finds the account either way.
-    return f"SENDER#{sender.lstrip('+').upper()}"
+    return f"SENDER#{registry_form(sender)}"
 
 
 def _key_of(key: MessageKey) -> dict[str, Any]:

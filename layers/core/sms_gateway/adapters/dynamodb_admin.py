@@ -14,6 +14,7 @@ from typing import Any
 
 from sms_gateway.domain.models import Account, SealedSecret
 from sms_gateway.domain.pricing import PriceTable
+from sms_gateway.domain.senders import registry_form, same_sender
 from sms_gateway.errors import Conflict, NotFound
 from sms_gateway.ports import AccountChanges, CredentialInfo
 
@@ -41,11 +42,7 @@ def account_key(account_id: str) -> dict[str, Any]:
 
 def _sender_key(sender: str) -> dict[str, Any]:
     # The same normal form as dynamodb.sender_pk: numbers with or without '+', ids in any case.
-    return {"pk": {"S": f"SENDER#{sender.lstrip('+').upper()}"}, "sk": {"S": "SENDER"}}
-
-
-def _same_sender(a: str, b: str) -> bool:
-    return a.lstrip("+").upper() == b.lstrip("+").upper()
+    return {"pk": {"S": f"SENDER#{registry_form(sender)}"}, "sk": {"S": "SENDER"}}
 
 
 def credential_listing_item(account_id: str, kind: str, secret: str, created_at: str) -> dict[str, Any]:
@@ -215,7 +212,7 @@ class DynamoAccountAdmin:
 
     def remove_sender(self, account_id: str, sender: str) -> Account:
         account = self._read_account(account_id)
-        index = next((i for i, own in enumerate(account.senders) if _same_sender(own, sender)), None)
+        index = next((i for i, own in enumerate(account.senders) if same_sender(own, sender)), None)
         if index is None:
             raise NotFound(f"sender {sender!r} is not registered to account {account_id}")
         try:

@@ -7,18 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 from sms_gateway.domain.models import SenderRequest, SenderRequestStatus
+from sms_gateway.domain.senders import registry_form
 from sms_gateway.errors import Conflict, NotFound
 
 _PARTITION = "SENDER_REQUESTS"
 
 
-def _normal(sender: str) -> str:
-    # As the sender registry keys them (adapters/dynamodb_admin._sender_key): '+' optional, letters in any case.
-    return sender.lstrip("+").upper()
-
-
 def _key(account_id: str, sender: str) -> dict[str, Any]:
-    return {"pk": {"S": _PARTITION}, "sk": {"S": f"ACC#{account_id}#{_normal(sender)}"}}
+    return {"pk": {"S": _PARTITION}, "sk": {"S": f"ACC#{account_id}#{registry_form(sender)}"}}
 
 
 def _request(item: dict[str, Any]) -> SenderRequest:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from sms_gateway.domain.models import Record
+from sms_gateway.domain.senders import registry_form
 
 # The sender of an opt-out from every sender of the account (STOPALL).
 ALL_SENDERS = "*"
@@ -33,7 +34,7 @@ class KeywordRequest:
 
 def sender_key(sender: str) -> str:
     """One form per sender, as the sender registry keeps it: numbers with or without '+', ids in any case."""
-    return ALL_SENDERS if sender == ALL_SENDERS else sender.lstrip("+").upper()
+    return ALL_SENDERS if sender == ALL_SENDERS else registry_form(sender)
 
 
 def _trimmed(text: str) -> str:

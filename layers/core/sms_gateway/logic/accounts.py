@@ -11,17 +11,21 @@ from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.models import Account, CredentialKind, Credentials, Record, SealedSecret, iso
 from sms_gateway.domain.networks import CATALOGUE
 from sms_gateway.domain.pricing import ANY_NETWORK, ROUTE_TIERS, PriceTable, price_key
+from sms_gateway.domain.senders import SENDER_ID, registry_form, same_sender
 from sms_gateway.domain.webhook_urls import require_safe_webhook_url
 from sms_gateway.domain.webhooks import new_signing_secret
 from sms_gateway.domain.zones import zone_named
 from sms_gateway.errors import Conflict, InvalidRequest, NotFound
 from sms_gateway.ports import AccountAdmin, AccountChanges, AccountStore, CredentialInfo, PriceBook, SecretBox
 
-SENDER_ID = re.compile(r"^(?:[A-Za-z0-9 ]{1,11}|\+?[0-9]{3,15})$")
 # Bearer tokens and shortcode API keys are issued here; session keys come from /login.
 ISSUABLE_KINDS = (CredentialKind.TOKEN, CredentialKind.APIKEY)
-# A typo guard: no real top-up is a trillion credits, and DynamoDB numbers have 38 digits at most.
+# A typo guard: no real top-up (or opening balance) is a trillion credits, and DynamoDB numbers have 38 digits at
+# most (a longer one fails in boto3 before any request).
 MAX_TOP_UP = 10**12
+# Typo guards too: no route costs a million credits a part, and no account sends a million messages a second.
+MAX_PRICE_PER_PART = 10**6
+MAX_RATE_LIMIT = 10**6
 # Concatenated SMS count their parts in one octet of the user data header.
 MAX_PARTS_LIMIT = 255
 # A secret's prefix is drawn again when it collides with one the account holds already (about 1 in 2**30).
@@ -97,17 +101,15 @@ def create_account(
     inbound_url: str | None = None,
     allow_http_webhooks: bool = False,
 ) -> tuple[Account, Credentials, WebhookCredentials]:
-    bad = [sender for sender in senders if not SENDER_ID.match(sender)]
-    if bad:
-        raise InvalidRequest(
-            f"invalid sender id(s) {bad}: alphanumeric up to 11 characters, or a number (shortcode/long code)"
-        )
+    senders = _distinct_senders(senders)
     for url in (dlr_url, inbound_url):
         if url is not None:
             check_webhook_url(url, allow_http=allow_http_webhooks)
     if credits < 0:
         raise InvalidRequest("credits cannot be negative")
-    check_country(default_country)
+    if credits > MAX_TOP_UP:
+        raise InvalidRequest(f"an opening balance must be at most {MAX_TOP_UP}, not {credits}")
+    default_country = check_country(default_country)
     check_timezone(timezone)
     credentials = issue_credentials(username or default_username(name))
     account_id = str(new_id())
@@ -116,9 +118,9 @@ def create_account(
         account_id=account_id,
         name=name,
         credits=credits,
-        default_country=default_country.upper(),
+        default_country=default_country,
         timezone=timezone,
-        senders=tuple(dict.fromkeys(senders)),
+        senders=senders,
         partner_id=credentials.partner_id,
         dlr_url=dlr_url,
         inbound_url=inbound_url,
@@ -236,6 +238,9 @@ def revoke_credential(
 
 
 def check_sender(sender: str) -> str:
+    """The sender as it is registered: spaces around it dropped (a pasted " 48974" is 48974, never a look-alike the
+    registry would keep apart); InvalidRequest when it is no sender id."""
+    sender = sender.strip()
     if not SENDER_ID.match(sender):
         raise InvalidRequest(
             f"invalid sender id {sender!r}: alphanumeric up to 11 characters, or a number (shortcode/long code)"
@@ -243,17 +248,32 @@ def check_sender(sender: str) -> str:
     return sender
 
 
+def _distinct_senders(senders: Sequence[str]) -> tuple[str, ...]:
+    """Each sender as it is registered, once: the same sender written twice ('48974' and '+48974') is a clear error,
+    not a transaction DynamoDB refuses."""
+    bad = [sender for sender in senders if not SENDER_ID.match(sender.strip())]
+    if bad:
+        raise InvalidRequest(
+            f"invalid sender id(s) {bad}: alphanumeric up to 11 characters, or a number (shortcode/long code)"
+        )
+    forms: dict[str, str] = {}
+    for sender in (sender.strip() for sender in senders):
+        if (earlier := forms.setdefault(registry_form(sender), sender)) != sender:
+            raise InvalidRequest(f"senders {earlier!r} and {sender!r} are the same sender: give it once")
+    return tuple(forms.values())
+
+
 def add_sender(store: AccountAdmin, account_id: str, sender: str) -> Account:
-    check_sender(sender)
+    sender = check_sender(sender)
     account = require_account(store, account_id)
-    if sender in account.senders:
-        return account  # already this account's: adding it again changes nothing
+    if any(same_sender(sender, own) for own in account.senders):
+        return account  # already this account's, in whatever form: adding it again changes nothing
     return store.add_sender(account_id, sender)
 
 
 def remove_sender(store: AccountAdmin, account_id: str, sender: str) -> Account:
     require_account(store, account_id)
-    return store.remove_sender(account_id, sender)
+    return store.remove_sender(account_id, sender.strip())
 
 
 def top_up(store: AccountAdmin, account_id: str, credits: int) -> int:
@@ -271,6 +291,8 @@ def set_price(store: AccountAdmin, *, tier: str, network: str, credits: int, cou
         raise InvalidRequest(f"network {network!r} must be {ANY_NETWORK!r} or one of {', '.join(sorted(networks))}")
     if credits < 0:
         raise InvalidRequest(f"a price cannot be negative, not {credits}")
+    if credits > MAX_PRICE_PER_PART:
+        raise InvalidRequest(f"a price must be at most {MAX_PRICE_PER_PART} credits a part, not {credits}")
     return store.set_price(tier, price_key(network, check_country(country) if country else None), credits)
 
 
@@ -364,7 +386,9 @@ def set_account(
     changes = AccountChanges(
         default_country=check_country(country) if country is not None else None,
         timezone=check_timezone(timezone) if timezone is not None else None,
-        rate_limit_per_second=_positive(rate_limit, "rate limit") if rate_limit is not None else None,
+        rate_limit_per_second=(
+            _positive(rate_limit, "rate limit", most=MAX_RATE_LIMIT) if rate_limit is not None else None
+        ),
         max_parts=_positive(max_parts, "max parts", most=MAX_PARTS_LIMIT) if max_parts is not None else None,
         single_sends_in_order=single_sends_in_order,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sms_gateway.domain.models import Account, SenderRequest, SenderRequestStatus, iso
+from sms_gateway.domain.senders import same_sender
 from sms_gateway.errors import Conflict, InvalidRequest, NotFound
 from sms_gateway.logic.accounts import add_sender, check_sender, require_account
 from sms_gateway.ports import AccountAdmin, SenderRequestStore
@@ -12,15 +13,11 @@ from sms_gateway.ports import AccountAdmin, SenderRequestStore
 MAX_REASON_LENGTH = 500
 
 
-def _same(a: str, b: str) -> bool:
-    return a.lstrip("+").upper() == b.lstrip("+").upper()
-
-
 def request_sender(store: SenderRequestStore, account: Account, sender: str, *, now: datetime) -> SenderRequest:
     """A new pending request; InvalidRequest for a malformed sender, Conflict when it is the account's already or
     asked for and not rejected."""
     sender = check_sender(sender.strip())
-    if any(_same(sender, own) for own in account.senders):
+    if any(same_sender(sender, own) for own in account.senders):
         raise Conflict(f"sender {sender!r} is registered to your account already")
     request = SenderRequest(account_id=account.account_id, sender=sender, requested_at=iso(now))
     store.add_sender_request(request)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from sms_gateway.dialects.portal.framework import Notice, PageContext, page
 from sms_gateway.dialects.portal.markup import esc, field, section, select, table
 from sms_gateway.domain.models import Account, utc_now
+from sms_gateway.domain.senders import registry_form
 
 if TYPE_CHECKING:
     from sms_gateway.adapters.dynamodb import DynamoStore
@@ -228,11 +229,11 @@ def senders_html(ctx: PageContext, account: Account) -> str:
     from sms_gateway.logic import sender_requests
 
     requests = sender_requests.list_requests(_store(), account.account_id)
-    requested = {request.sender.lstrip("+").upper() for request in requests}
+    requested = {registry_form(request.sender) for request in requests}
     rows = [
         (_sender_cell(sender), '<span class="status-approved">registered</span>', "", "")
         for sender in account.senders
-        if sender.lstrip("+").upper() not in requested
+        if registry_form(sender) not in requested
     ]
     rows += [
         (
