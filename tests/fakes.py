@@ -31,6 +31,7 @@ from sms_gateway.domain.models import (
     shown_prefix,
 )
 from sms_gateway.domain.pricing import PriceTable
+from sms_gateway.domain.senders import registry_form
 from sms_gateway.domain.status import MessageStatus, allowed_previous, may_have_reached_the_handset
 from sms_gateway.errors import Conflict, InsufficientCredits, UpstreamError
 
@@ -57,7 +58,7 @@ class InMemoryStore:
 
     def account_id_for_sender(self, sender: str) -> str | None:
         for account in self.accounts.values():
-            if sender.lstrip("+").upper() in {s.lstrip("+").upper() for s in account.senders}:
+            if registry_form(sender) in {registry_form(s) for s in account.senders}:
                 return account.account_id
         return None
 

@@ -9,6 +9,7 @@ import pytest
 
 from sms_gateway.domain.models import Account, CredentialKind, Credentials
 from sms_gateway.domain.pricing import PriceTable
+from sms_gateway.domain.senders import registry_form
 from sms_gateway.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from sms_gateway.logic import accounts
 from sms_gateway.logic.auth import account_for_credential
@@ -18,10 +19,6 @@ from tests.fakes import FakeSecretBox, InMemoryStore
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 BOX = FakeSecretBox()
 PREFIX = 8
-
-
-def _normal(sender: str) -> str:
-    return sender.lstrip("+").upper()
 
 
 class AdminStore(InMemoryStore):
@@ -40,16 +37,16 @@ class AdminStore(InMemoryStore):
         return self.accounts[account_id]
 
     def create_account(self, account: Account, credentials: Credentials) -> None:
-        if any(_normal(s) in self.owners for s in account.senders):
+        if any(registry_form(s) in self.owners for s in account.senders):
             raise Conflict("a sender is taken")
         super().create_account(account, credentials)
         for sender in account.senders:
-            self.owners[_normal(sender)] = account.account_id
+            self.owners[registry_form(sender)] = account.account_id
         for kind, secret in (("token", credentials.token), ("apikey", credentials.apikey)):
             self.add_credential(account.account_id, kind, secret, created_at=account.created_at)
 
     def account_id_for_sender(self, sender: str) -> str | None:
-        return self.owners.get(_normal(sender))
+        return self.owners.get(registry_form(sender))
 
     def account_id_for_credential(self, kind: str, secret: str) -> str | None:
         found = self.secrets.get((kind, secret))
@@ -81,18 +78,18 @@ class AdminStore(InMemoryStore):
 
     def add_sender(self, account_id: str, sender: str) -> Account:
         account = self._require(account_id)
-        if _normal(sender) in self.owners:
-            raise Conflict(f"sender {sender!r} is registered to account {self.owners[_normal(sender)]}")
-        self.owners[_normal(sender)] = account_id
+        if registry_form(sender) in self.owners:
+            raise Conflict(f"sender {sender!r} is registered to account {self.owners[registry_form(sender)]}")
+        self.owners[registry_form(sender)] = account_id
         self.accounts[account_id] = account.model_copy(update={"senders": (*account.senders, sender)})
         return self.accounts[account_id]
 
     def remove_sender(self, account_id: str, sender: str) -> Account:
         account = self._require(account_id)
-        kept = tuple(s for s in account.senders if _normal(s) != _normal(sender))
-        if kept == account.senders or self.owners.get(_normal(sender)) != account_id:
+        kept = tuple(s for s in account.senders if registry_form(s) != registry_form(sender))
+        if kept == account.senders or self.owners.get(registry_form(sender)) != account_id:
             raise NotFound(f"sender {sender!r} is not registered to account {account_id}")
-        del self.owners[_normal(sender)]
+        del self.owners[registry_form(sender)]
         self.accounts[account_id] = account.model_copy(update={"senders": kept})
         return self.accounts[account_id]
 
