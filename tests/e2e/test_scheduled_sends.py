@@ -20,11 +20,13 @@ def stack() -> Iterator[Any]:
 
     # Schedule anything more than a second ahead, so the test need not wait a minute for the real threshold.
     os.environ["SCHEDULE_THRESHOLD_SECONDS"] = "1"
+    os.environ["SCHEDULER_PRECISION_SECONDS"] = "1"
     try:
         with LocalStack(port=0, dlr_delay=0.2) as running:
             yield running
     finally:
         os.environ.pop("SCHEDULE_THRESHOLD_SECONDS", None)
+        os.environ.pop("SCHEDULER_PRECISION_SECONDS", None)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -67,8 +67,9 @@ def test_a_scheduled_batch_gets_a_one_time_schedule_in_utc(wired, aws):
     listed = client.list_schedules(GroupName=aws["SCHEDULE_GROUP_NAME"])["Schedules"]
     assert len(listed) == 1
     found = client.get_schedule(Name=listed[0]["Name"], GroupName=aws["SCHEDULE_GROUP_NAME"])
-    # And it fires once, at the same instant written in UTC (the day before, in UTC)
-    assert found["ScheduleExpression"] == "at(2031-01-01T23:30:15)"
+    # And it fires once, at the same instant written in UTC (the day before, in UTC), rounded up to the whole
+    # minute: Scheduler fires anywhere within the minute of its time, and a batch must not go out early
+    assert found["ScheduleExpression"] == "at(2031-01-01T23:31:00)"
     assert found.get("ScheduleExpressionTimezone", "UTC") == "UTC"
     # And it deletes itself afterwards and does not wait for a flexible window
     assert found["ActionAfterCompletion"] == "DELETE"
@@ -84,6 +85,24 @@ def test_a_scheduled_batch_gets_a_one_time_schedule_in_utc(wired, aws):
     assert 60 <= retry["MaximumEventAgeInSeconds"] < 86400
     assert target["DeadLetterConfig"]["Arn"] == aws["SCHEDULE_DLQ_ARN"]
     assert aws["SCHEDULE_DLQ_ARN"].endswith("-schedule-dlq")
+
+
+def test_a_batch_due_already_or_within_the_scheduler_s_precision_is_scheduled_a_precision_ahead(aws):
+    # Given a scheduler at 10:00:20 (a send finished by a retry after its first request died may be due already)
+    now = datetime(2030, 7, 1, 10, 0, 20, tzinfo=UTC)
+    scheduler = EventBridgeBatchScheduler(group_name="g", target_arn="t", role_arn="r", clock=lambda: now)
+    # Then a time past, or less than a minute ahead, fires in the first whole minute a minute ahead; a later one in
+    # the whole minute at or after it; never before the time asked
+    assert scheduler.firing_time(now - timedelta(hours=1)) == datetime(2030, 7, 1, 10, 2, tzinfo=UTC)
+    assert scheduler.firing_time(now + timedelta(seconds=30)) == datetime(2030, 7, 1, 10, 2, tzinfo=UTC)
+    assert scheduler.firing_time(datetime(2030, 7, 1, 10, 5, tzinfo=UTC)) == datetime(2030, 7, 1, 10, 5, tzinfo=UTC)
+    assert scheduler.firing_time(datetime(2030, 7, 1, 10, 5, 1, tzinfo=UTC)) == datetime(2030, 7, 1, 10, 6, tzinfo=UTC)
+    # And a scheduler that fires to the second (the local stack's) only keeps it a second ahead of now
+    precise = EventBridgeBatchScheduler(
+        group_name="g", target_arn="t", role_arn="r", clock=lambda: now, precision_seconds=1
+    )
+    assert precise.firing_time(now - timedelta(hours=1)) == now + timedelta(seconds=1)
+    assert precise.firing_time(now + timedelta(seconds=30.2)) == now + timedelta(seconds=31)
 
 
 def test_the_same_instant_in_any_zone_gives_the_same_expression(wired, aws):

@@ -47,6 +47,7 @@ def gateway() -> Gateway:
             target_arn=settings.scheduled_dispatch_function_arn,
             role_arn=settings.scheduler_role_arn,
             dead_letter_arn=settings.schedule_dlq_arn or None,
+            precision_seconds=settings.scheduler_precision_seconds,
         ),
     )
 

@@ -51,6 +51,10 @@ class Settings(BaseModel):
     dispatch_backoff_base_seconds: float = 5.0
     # A send_at closer than this is sent now: a schedule would fire about as late as the queue delivers.
     schedule_threshold_seconds: int = 60
+    # EventBridge Scheduler fires a one-time schedule anywhere within the minute of its time: a schedule is set to a
+    # whole multiple of this (rounded up), so a batch never goes out before its send_at. The local stack, which
+    # fires to the second, may use 1.
+    scheduler_precision_seconds: int = 60
     upstream_connect_timeout: float = 3.0
     upstream_read_timeout: float = 10.0
     # How long a message recorded submitted without the upstream's word (a dispatcher died mid-submit) waits for

@@ -210,6 +210,8 @@ class ChaosRun:
                     "DLR_WAIT_SECONDS": str(o.dlr_wait_seconds),
                     # Scheduled sends a few seconds ahead get a schedule (deployed: only beyond 60 s).
                     "SCHEDULE_THRESHOLD_SECONDS": "1",
+                    # And fired to the second (deployed: rounded up to Scheduler's minute).
+                    "SCHEDULER_PRECISION_SECONDS": "1",
                 },
                 visibility_timeouts={"DispatchQueue": o.dispatch_visibility_timeout},
                 sqs_duplicate_rate=o.sqs_duplicate_rate,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from datetime import UTC, datetime
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sms_gateway.adapters import aws
@@ -23,7 +25,11 @@ class EventBridgeBatchScheduler:
         role_arn: str,
         dead_letter_arn: str | None = None,
         client: Any | None = None,
+        precision_seconds: int = 60,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self.precision_seconds = max(1, precision_seconds)
+        self.clock = clock
         self.group_name = group_name
         self.target_arn = target_arn
         self.role_arn = role_arn
@@ -51,12 +57,21 @@ class EventBridgeBatchScheduler:
             self.client.create_schedule(
                 Name=schedule_name(account_id, reference_id),
                 GroupName=self.group_name,
-                ScheduleExpression=f"at({at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S')})",
+                ScheduleExpression=f"at({self.firing_time(at).strftime('%Y-%m-%dT%H:%M:%S')})",
                 ScheduleExpressionTimezone="UTC",
                 FlexibleTimeWindow={"Mode": "OFF"},
                 ActionAfterCompletion="DELETE",
                 Target=target,
             )
+
+    def firing_time(self, at: datetime) -> datetime:
+        """The schedule's time for a batch due `at`, in UTC: rounded up to the scheduler's precision, as Scheduler
+        fires anywhere within the minute of its time (a schedule at 10:00:30 could fire at 10:00:00, before the
+        send_at); and a precision ahead of now at least, as a send finished after its first request died may be
+        due already (a time in the past is no schedule to make)."""
+        earliest = max(at, self.clock() + timedelta(seconds=self.precision_seconds)).astimezone(UTC)
+        seconds = math.ceil(earliest.timestamp() / self.precision_seconds) * self.precision_seconds
+        return datetime.fromtimestamp(seconds, tz=UTC)
 
     def cancel(self, account_id: str, reference_id: int) -> bool:
         try:
