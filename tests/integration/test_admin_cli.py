@@ -134,6 +134,19 @@ def test_a_missing_local_stack_is_a_clear_error(aws, monkeypatch, capsys, tmp_pa
     assert "make dev" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content", ['{"env": {"TABLE_NAME": "t"', '{"api_url": "http://127.0.0.1:1"}', "[]"])
+def test_an_unreadable_local_stack_state_is_a_clear_error(aws, monkeypatch, capsys, tmp_path, content):
+    # Given a .local/stack.json cut short, or without what a command needs
+    from sms_gateway_tools import admin, cli
+
+    state = tmp_path / "stack.json"
+    state.write_text(content)
+    monkeypatch.setattr(admin, "STATE_FILE", state)
+    # Then a command says so on stderr, with exit code 2, not a traceback
+    assert cli.main(["admin", "show-prices"]) == 2
+    assert "make dev" in capsys.readouterr().err
+
+
 def test_an_unknown_deployed_stack_is_a_clear_error(aws, capsys):
     from sms_gateway_tools import cli
 

@@ -172,3 +172,15 @@ def test_a_send_whose_gateway_refused_a_recipient_exits_1(monkeypatch: pytest.Mo
     assert out["refused"]
     # Then (docs/cli.md) "1: the gateway refused something": a script must not read 0 as "both were sent"
     assert code == 1
+
+
+@pytest.mark.parametrize("interval", ["0", "-1", "nan", "soon"])
+def test_tail_refuses_an_interval_that_would_spin_or_fail(interval, capsys) -> None:
+    from sms_gateway_tools import cli
+
+    # When tail is asked to poll every 0 s (a tight loop on the API), a negative or no number of seconds
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["tail", "386172872980037029", "--interval", interval])
+    # Then argparse refuses it before any request, exit 2, saying why
+    assert stopped.value.code == 2
+    assert "--interval" in capsys.readouterr().err

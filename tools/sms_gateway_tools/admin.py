@@ -28,10 +28,16 @@ def use_local_stack(state_file: Path | None = None) -> str:
     state_file = state_file or STATE_FILE
     if not state_file.exists():
         raise TargetNotFound("no local stack is running (start one with `make dev`), or pass --stack-name")
-    state = json.loads(state_file.read_text())
-    os.environ.update(state["env"])
+    try:
+        state = json.loads(state_file.read_text())
+        environment, api_url = dict(state["env"]), str(state["api_url"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise TargetNotFound(
+            f"the local stack's state file {state_file} is unreadable ({error!r}): restart `make dev`"
+        ) from error
+    os.environ.update({str(name): str(value) for name, value in environment.items()})
     _forget_wiring()
-    return str(state["api_url"])
+    return api_url
 
 
 def describe_stack(stack_name: str) -> list[Any]:

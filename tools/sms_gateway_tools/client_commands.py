@@ -436,6 +436,17 @@ def _reference_ids(args: argparse.Namespace) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+def _poll_interval(raw: str) -> float:
+    """argparse's type for --interval: at least 0.1 s (0 would poll the API in a tight loop, a negative one fail)."""
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds") from None
+    if not seconds >= 0.1:
+        raise argparse.ArgumentTypeError(f"an interval is at least 0.1 s, not {raw}")
+    return seconds
+
+
 def _cmd_tail(args: argparse.Namespace) -> int:
     reference_ids = _reference_ids(args)
     if not reference_ids:
@@ -545,6 +556,8 @@ def register(subparsers: Any) -> None:
     tail.add_argument(
         "--csv", metavar="FILE", help="also follow the batches accepted from this CSV (its progress file)"
     )
-    tail.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="between polls (default 1)")
+    tail.add_argument(
+        "--interval", type=_poll_interval, default=1.0, metavar="SECONDS", help="between polls (default 1, min 0.1)"
+    )
     tail.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after this long (default: never)")
     tail.set_defaults(func=_cmd_tail)
