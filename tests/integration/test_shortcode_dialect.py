@@ -465,3 +465,139 @@ def test_a_send_with_too_little_time_left_is_the_familys_try_again_error_and_cha
     assert (body["response-code"], body["response-description"]) == (4090, "Internal Error. Try again after 5 minutes")
     assert "nothing was stored or charged; try again" in body["response-details"]
     assert gateway().store.get_account(account["account_id"]).credits == 100
+
+
+# ---------------------------------------------------------------- bodies as PHP clients send them
+
+
+BOUNDARY = "------------------------d74496d66958873e"
+
+
+def _multipart(fields: list[tuple[str, str]], part_headers: dict[str, str] | None = None) -> str:
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (part_headers or {}).items())
+    parts = [
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n{extra}\r\n{value}\r\n'
+        for name, value in fields
+    ]
+    return "".join(parts) + f"--{BOUNDARY}--\r\n"
+
+
+def _multipart_event(account: dict[str, Any], body: str) -> dict[str, Any]:
+    # As API Gateway hands multipart/form-data to Lambda: base64-encoded.
+    event = post_event(account, base64.b64encode(body.encode()).decode())
+    event["isBase64Encoded"] = True
+    event["headers"]["content-type"] = f"multipart/form-data; boundary={BOUNDARY}"
+    return event
+
+
+def _seed_fields(account: dict[str, Any], message: str) -> list[tuple[str, str]]:
+    return [
+        ("apikey", account["apikey"]),
+        ("partnerID", account["partner_id"]),
+        ("message", message),
+        ("shortcode", "48974"),
+        ("mobile", AIRTEL),
+    ]
+
+
+def _stored_texts() -> list[str]:
+    from sms_gateway.bootstrap import gateway
+
+    store = gateway().store
+    items = store.client.scan(TableName=store.table_name)["Items"]
+    return sorted(
+        {item["text"]["S"] for item in items if "text" in item and item.get("sk", {}).get("S", "").startswith("MSG")}
+    )
+
+
+# ------------------------------------------------------------------ 1. multipart text is mangled and over-charged
+
+
+def test_a_multipart_form_sends_non_ascii_text_as_written_and_charges_its_real_parts(aws, account, api):
+    # Given PHP's `CURLOPT_POSTFIELDS => $array` (multipart/form-data, the form docs/dialects/shortcode.md supports):
+    # curl sends each field without a Content-Type of its own, the text as UTF-8. 64 Cyrillic characters are one
+    # UCS-2 part.
+    text = "Привет! " * 8
+    event = _multipart_event(account, _multipart(_seed_fields(account, text)))
+    # When it is posted
+    [entry] = answer(api(event))["responses"]
+    assert entry["response-code"] == 200
+    # Then the recipient gets the text that was sent, and one part (one credit) is charged
+    assert (_stored_texts(), balance(account["account_id"])) == ([text], 99)
+
+
+# ------------------------------------------------------------------ 2. malformed bodies answer "internal error"
+
+DEEP_JSON = '{"apikey": "k", "partnerID": "1", "x": ' + "[" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("label", "build"),
+    [
+        ("deeply nested JSON", lambda a: post_event(a, DEEP_JSON)),
+        (
+            "multipart part that is itself multipart",
+            lambda a: _multipart_event(
+                a, _multipart([("apikey", "x")], {"Content-Type": "multipart/mixed; boundary=z"})
+            ),
+        ),
+        (
+            "multipart part with an unknown charset",
+            lambda a: _multipart_event(a, _multipart([("apikey", "x")], {"Content-Type": "text/plain; charset=foo"})),
+        ),
+        (
+            "multipart part that is a message/rfc822",
+            lambda a: _multipart_event(a, _multipart([("apikey", "x")], {"Content-Type": "message/rfc822"})),
+        ),
+    ],
+)
+def test_an_unreadable_body_is_1009_not_the_internal_error(aws, account, api, label, build):
+    # Given an unauthenticated request whose body cannot be read as the fields it claims to carry
+    # When it is posted
+    body = answer(api(build(account)))
+    # Then it is the dialect's "Unsupported data type", as docs/dialects/shortcode.md says for a body that cannot be
+    # read, not 4090 "Internal Error" (which also logs an ERROR and counts RequestsFailed for the api error alarm)
+    assert (body["response-code"], body["response-description"]) == (1009, "Unsupported data type"), body
+    assert balance(account["account_id"]) == 100
+
+
+# ------------------------------------------------------------------ 3. a form that is not UTF-8 is sent garbled
+
+
+def test_a_form_whose_text_is_not_utf8_is_refused_not_sent_garbled(aws, account, api):
+    # Given a form whose message is percent-encoded Latin-1 (PHP's urlencode() of an ISO-8859-1 "Café")
+    body = (
+        f"apikey={account['apikey']}&partnerID={account['partner_id']}&shortcode=48974&mobile={AIRTEL}&message=Caf%E9"
+    )
+    event = post_event(account, body)
+    event["headers"]["content-type"] = "application/x-www-form-urlencoded"
+    # When it is posted
+    answered = answer(api(event))
+    # Then it is refused like a JSON body that is not UTF-8 (1009), and nothing is sent or charged,
+    # instead of "Caf\ufffd" going to the recipient
+    assert answered.get("response-code") == 1009, (answered, _stored_texts())
+    assert balance(account["account_id"]) == 100
+    assert queued_records(aws) == []
+
+
+# ------------------------------------------------------------------ 4. timeToSend date strings of the vendor
+
+
+@pytest.mark.parametrize(
+    "render",
+    [
+        lambda t: t.strftime("%Y/%m/%d %H:%M"),
+        lambda t: f"{t.year}-{t.month}-{t.day} {t.hour}:{t.minute:02d}",  # the hour (7) is never padded here
+        lambda t: t.strftime("%Y-%m-%d %I:%M %p"),
+    ],
+    ids=["slashes", "no-zero-padding", "12-hour-clock"],
+)
+def test_time_to_send_accepts_the_date_strings_that_resolve_to_a_unix_timestamp(aws, account, api, render):
+    # Given the seed's tip: timeToSend is "a valid date string that resolves to a Unix timestamp" (the family's
+    # PHP strtotime() reads all of these), a day ahead in the account's zone
+    at = (_lagos_tomorrow() + timedelta(days=1)).replace(hour=7, minute=5)
+    # When it is posted
+    answered = answer(api(post_event(account, timeToSend=render(at), mobile=AIRTEL)))
+    # Then the message is scheduled for that time, not refused with 4098
+    assert "responses" in answered, answered
+    assert len(schedules(aws)) == 1

@@ -149,6 +149,8 @@ def parse_json_body(raw: str | None) -> Any:
         payload = json.loads(raw)
     except ValueError as error:
         raise InvalidRequest(f"the request body is not valid JSON: {error}") from error
+    except RecursionError as error:
+        raise InvalidRequest("the request body is JSON nested too deeply to read") from error
     if _SURROGATE_ESCAPE.search(raw):
         try:
             json.dumps(payload, ensure_ascii=False).encode()

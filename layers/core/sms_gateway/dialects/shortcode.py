@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -217,9 +218,20 @@ def _multipart_fields(content_type: str, body: str) -> dict[str, Any]:
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
         if isinstance(name, str):
-            content = part.get_content()
-            fields.append((name, content if isinstance(content, str) else content.decode(errors="replace")))
+            fields.append((name, _field_text(name, part)))
     return _joined(fields)
+
+
+def _field_text(name: str, part: Any) -> str:
+    """A form field's value, decoded in the part's own charset: UTF-8 when it names none, as curl and browsers send
+    a plain field (the email package's default, US-ASCII with replacement, garbled every other character)."""
+    if part.is_multipart() or part.get_content_maintype() in ("multipart", "message"):
+        raise InvalidRequest(f"form field {name!r} is not text")
+    raw = part.get_payload(decode=True) or b""
+    try:
+        return bytes(raw).decode(part.get_content_charset() or "utf-8")
+    except (LookupError, UnicodeDecodeError) as error:
+        raise InvalidRequest(f"form field {name!r} is not text in its charset: {error}") from error
 
 
 def _joined(fields: list[tuple[str, str]]) -> dict[str, str]:
@@ -231,6 +243,15 @@ def _joined(fields: list[tuple[str, str]]) -> dict[str, str]:
     return {name: ",".join(given) for name, given in values.items()}
 
 
+def _form_fields(body: str) -> list[tuple[str, str]]:
+    """A urlencoded form's fields; a percent-escape that is not UTF-8 (an ISO-8859-1 `Caf%E9`) is refused, not
+    sent as a replacement character."""
+    try:
+        return parse_qsl(body, keep_blank_values=True, encoding="utf-8", errors="strict")
+    except UnicodeDecodeError as error:
+        raise InvalidRequest(f"the form is not UTF-8 text: {error}") from error
+
+
 def _body_fields(headers: dict[str, str], body: str) -> dict[str, Any]:
     media = _media_type(headers)
     looks_like_json = body.lstrip().startswith("{")
@@ -238,7 +259,7 @@ def _body_fields(headers: dict[str, str], body: str) -> dict[str, Any]:
         return _json_object(body)
     if media in ("", "application/x-www-form-urlencoded", "text/plain"):
         # curl labels a json_encode()d string as a form unless the client sets the header; read it as what it is.
-        return _json_object(body) if looks_like_json else _joined(parse_qsl(body, keep_blank_values=True))
+        return _json_object(body) if looks_like_json else _joined(_form_fields(body))
     if media == "multipart/form-data":
         return _multipart_fields(headers["content-type"], body)
     raise UnsupportedRequest(
@@ -287,6 +308,15 @@ class ShortcodeSend(BaseModel):
     send_at: datetime | None = None
 
 
+# Date strings the vendor's PHP clients write (strtotime reads them) besides ISO 8601: slashes, unpadded fields
+# (strptime takes `2026-12-7 7:05`), a 12-hour clock.
+_TIME_TO_SEND_FORMATS = tuple(
+    f"{day}{clock}"
+    for day in ("%Y-%m-%d", "%Y/%m/%d")
+    for clock in ("", " %H:%M", " %H:%M:%S", " %I:%M %p", " %I:%M:%S %p", " %I:%M%p", " %I:%M:%S%p")
+)
+
+
 def parse_time_to_send(value: str | int | float | None, zone: ZoneInfo) -> datetime | None:
     """A Unix timestamp (number or digits), or a date such as `2019-09-01 18:00` read in the account's zone."""
     if value is None:
@@ -295,12 +325,22 @@ def parse_time_to_send(value: str | int | float | None, zone: ZoneInfo) -> datet
     try:
         if isinstance(value, int | float) or text.replace(".", "", 1).isdigit():
             return datetime.fromtimestamp(float(text), tz=UTC)
-        moment = datetime.fromisoformat(text)
+        moment = _date_string(text)
     except (ValueError, OverflowError, OSError) as error:
         raise InvalidTimeToSend(
             f"timeToSend {text!r} is not a time: give a Unix timestamp or a date such as '2019-09-01 18:00'"
         ) from error
     return in_zone(moment, zone)
+
+
+def _date_string(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        for form in _TIME_TO_SEND_FORMATS:
+            with contextlib.suppress(ValueError):
+                return datetime.strptime(text, form)
+        raise
 
 
 def _send_request(params: ShortcodeParams, account: Account, *, many: bool) -> ShortcodeSend:
