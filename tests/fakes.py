@@ -278,10 +278,8 @@ class InMemoryStore:
             }
             if upstream and upstream_message_id and not message.upstream_message_id:
                 update |= {"upstream": upstream, "upstream_message_id": upstream_message_id}
-            if error_code is not None:
-                update["error_code"] = error_code
-            if reported_at is not None:
-                update["reported_at"] = reported_at
+            # Each change says its own error code and handset time, or none (a stale one is not carried over).
+            update |= {"error_code": error_code, "reported_at": reported_at}
             self.messages[key] = message.model_copy(update=update)
             self.claims.pop(key, None)
             self.claim_upstreams.pop(key, None)

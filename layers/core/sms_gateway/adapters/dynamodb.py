@@ -170,15 +170,18 @@ def _transition_update(
         ]
         values[":upstream"] = {"S": upstream}
         values[":upstream_id"] = {"S": upstream_message_id}
-    if error_code is not None:
-        sets.append("error_code = :error_code")
-        values[":error_code"] = {"S": error_code}
-    if reported_at is not None:
-        sets.append("reported_at = :reported_at")
-        values[":reported_at"] = {"S": reported_at}
+    removes = ["claim_until", "claim_upstream"]
+    # Each change says its own error code and handset time, or has none: a delivered report after an unconfirmed
+    # submit must not carry `submit_unconfirmed`, nor an expiry the gateway made an interim report's time.
+    for name, value in (("error_code", error_code), ("reported_at", reported_at)):
+        if value is None:
+            removes.append(name)
+        else:
+            sets.append(f"{name} = :{name}")
+            values[f":{name}"] = {"S": value}
     return {
         "Key": _key_of(key),
-        "UpdateExpression": f"SET {', '.join(sets)} REMOVE claim_until, claim_upstream",
+        "UpdateExpression": f"SET {', '.join(sets)} REMOVE {', '.join(removes)}",
         "ConditionExpression": f"attribute_exists(pk) AND #status IN ({previous_names})"
         + (" AND attribute_not_exists(claim_until)" if unclaimed_only else ""),
         "ExpressionAttributeNames": names,

@@ -3,7 +3,6 @@ listing pointer sk=FAILAT#<first failure time>#<notification id> so they list ne
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from datetime import timedelta
@@ -78,23 +77,21 @@ class DynamoNotificationsMixin:
         except self.client.exceptions.ConditionalCheckFailedException:
             return False
         first_failed_at = answer["Attributes"]["first_failed_at"]["S"]
-        self._put_listing_pointer(failure, first_failed_at, expires_at)
+        self._put_listing_pointer(failure.account_id, failure.notification_id, first_failed_at, expires_at)
         return True
 
-    def _put_listing_pointer(self, failure: WebhookFailure, first_failed_at: str, expires_at: int) -> None:
-        """Written with every failure, not only the first: if the first one's Lambda died between the two writes,
-        the next attempt makes the record listable. The key holds the first failure time, which never changes."""
-        with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
-            self.client.put_item(
-                TableName=self.table_name,
-                Item={
-                    "pk": {"S": _pk(failure.account_id)},
-                    "sk": {"S": f"FAILAT#{first_failed_at}#{failure.notification_id}"},
-                    "notification_id": {"S": failure.notification_id},
-                    "expires_at": {"N": str(expires_at)},
-                },
-                ConditionExpression="attribute_not_exists(pk)",
-            )
+    def _put_listing_pointer(
+        self, account_id: str, notification_id: str, first_failed_at: str, expires_at: int
+    ) -> None:
+        """Written with every change of the record, and expiring with it: if the first failure's Lambda died between
+        the two writes, the next makes the record listable; a record kept longer (it failed again, or was resent)
+        stays listed as long. The key holds the first failure time, which never changes."""
+        self.client.update_item(
+            TableName=self.table_name,
+            Key={"pk": {"S": _pk(account_id)}, "sk": {"S": f"FAILAT#{first_failed_at}#{notification_id}"}},
+            UpdateExpression="SET notification_id = :id, expires_at = :expires",
+            ExpressionAttributeValues={":id": {"S": notification_id}, ":expires": {"N": str(expires_at)}},
+        )
 
     def get_webhook_failure(self, account_id: str, notification_id: str) -> WebhookFailure | None:
         found = self.client.get_item(
@@ -120,18 +117,29 @@ class DynamoNotificationsMixin:
         if not allowed:
             return False
         values = {f":from{i}": {"S": state} for i, state in enumerate(allowed)}
+        # Kept for the retention after its last change, as after a failure (a resend on day 29 has its 30 days).
+        expires_at = int(time.time() + FAILURE_RETENTION.total_seconds())
         try:
-            self.client.update_item(
+            answer = self.client.update_item(
                 TableName=self.table_name,
                 Key=_failure_key(account_id, notification_id),
                 # No further attempt is planned in any state this moves to: resent starts a fresh schedule.
-                UpdateExpression="SET #state = :target, #stamp = :now REMOVE next_attempt_at",
+                UpdateExpression="SET #state = :target, #stamp = :now, expires_at = :expires REMOVE next_attempt_at",
                 ConditionExpression=f"attribute_exists(pk) AND #state IN ({', '.join(values)})",
                 ExpressionAttributeNames={"#state": "state", "#stamp": f"{target}_at"},
-                ExpressionAttributeValues={":target": {"S": target}, ":now": {"S": now}, **values},
+                ExpressionAttributeValues={
+                    ":target": {"S": target},
+                    ":now": {"S": now},
+                    ":expires": {"N": str(expires_at)},
+                    **values,
+                },
+                ReturnValues="ALL_NEW",
             )
         except self.client.exceptions.ConditionalCheckFailedException:
             return False
+        first_failed_at = answer["Attributes"].get("first_failed_at", {}).get("S")
+        if first_failed_at is not None:
+            self._put_listing_pointer(account_id, notification_id, first_failed_at, expires_at)
         return True
 
     def list_webhook_failures(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -120,19 +121,26 @@ def forget_thread_loop() -> None:
     _local.client = None
 
 
+# A day: longer than any queue can hide a record, and a cap on what an answer can make us wait.
+MAX_RETRY_AFTER_SECONDS = 86_400.0
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     """A Retry-After header in seconds, or as an HTTP date; None when absent or unreadable."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        # `Infinity`, `1e999` and `nan` are floats to Python, and no wait anyone can keep.
+        return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+    return min(max((when - datetime.now(UTC)).total_seconds(), 0.0), MAX_RETRY_AFTER_SECONDS)

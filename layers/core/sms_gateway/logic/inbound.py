@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -9,7 +10,7 @@ from typing import Any
 
 from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.models import CallbackRequest, InboundSms, StoredInbound
-from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
+from sms_gateway.domain.msisdn import InvalidMsisdn, Msisdn, parse_msisdn
 from sms_gateway.errors import CallbackRejected, Unauthorized
 from sms_gateway.logic.optouts import apply_keyword
 from sms_gateway.observability import logger, mask_msisdn
@@ -66,7 +67,7 @@ def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundD
         # Acknowledged so the upstream stops retrying; nobody here owns that number.
         logger.warning("inbound SMS to a number no account owns", extra={"to": sms.to, "upstream": sms.upstream})
         return InboundOutcome(routed=False, stored=False)
-    stored = _stored(sms, account_id, deps.conversations)
+    stored = _stored(sms, account_id, _sender_number(sms.msisdn, account_id, deps.accounts), deps.conversations)
     is_new = deps.inbox.save_inbound(stored)
     if is_new:
         if deps.opt_outs is not None:
@@ -94,11 +95,22 @@ def _apply_keyword(inbound: StoredInbound, opt_outs: OptOutStore, now: datetime)
         )
 
 
-def _stored(sms: InboundSms, account_id: str, conversations: ConversationLookup | None) -> StoredInbound:
+def _sender_number(raw: str, account_id: str, accounts: AccountStore) -> Msisdn:
+    """The handset's number: international with or without '+' (as upstreams mostly give it), else in the national
+    form of the account's country (an SMSC passing `08020000000` or `00234...` through as the handset sent it)."""
+    if not raw.startswith("+"):
+        with contextlib.suppress(InvalidMsisdn):
+            return parse_msisdn(f"+{raw}")
+    account = accounts.get_account(account_id)
     try:
-        number = parse_msisdn(sms.msisdn if sms.msisdn.startswith("+") else f"+{sms.msisdn}")
+        return parse_msisdn(raw, account.default_country if account is not None else "NG")
     except InvalidMsisdn as error:
         raise CallbackRejected(f"inbound SMS from an invalid number: {error.reason}") from error
+
+
+def _stored(
+    sms: InboundSms, account_id: str, number: Msisdn, conversations: ConversationLookup | None
+) -> StoredInbound:
     logger.info("inbound SMS", extra={"from": mask_msisdn(number.e164), "to": sms.to})
     inbound_id = new_id()
     # A reply continues the conversation of the last message the account sent to that number: its session_id

@@ -178,8 +178,9 @@ def resend_dead(
         resent += len(claimed)
         if cursor is None:
             return resent, False
-    page, _ = store.list_webhook_failures(account_id, state="dead", limit=1, cursor=cursor)
-    return resent, bool(page)
+    # A page of dead ones read as far as the listing reads at once: empty with a cursor, more may lie beyond it.
+    page, beyond = store.list_webhook_failures(account_id, state="dead", limit=1, cursor=cursor)
+    return resent, bool(page) or beyond is not None
 
 
 def _claim(store: WebhookFailureStore, failure: WebhookFailure, now: datetime) -> bool:
