@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import boto3
 
@@ -26,6 +27,19 @@ def jasmin_dlr(token: str) -> dict:
     event["queryStringParameters"] = {"ref": "1.2.3", "token": token}
     event["headers"]["content-type"] = "application/x-www-form-urlencoded"
     event["body"] = "id=7e3b2f1a-0000-4000-8000-000000000001&message_status=DELIVRD&level=2&err=000"
+    return event
+
+
+def kannel_inbound_event(query: dict[str, str], content_type: str, body: str, *, encoded: bool) -> dict[str, Any]:
+    """Kannel's MO post to /callbacks/kannel/inbound, as docs/providers-smsc.md configures its post-url."""
+    event = load_event("webhook-dlr-simulator.json")
+    event["rawPath"] = event["requestContext"]["http"]["path"] = "/callbacks/kannel/inbound"
+    event["pathParameters"] = {"provider": "kannel"}
+    event["rawQueryString"] = "&".join(f"{k}={v}" for k, v in query.items())
+    event["queryStringParameters"] = query
+    event["headers"] = {"content-type": content_type}
+    event["body"] = body
+    event["isBase64Encoded"] = encoded
     return event
 
 
@@ -94,14 +108,7 @@ def test_a_kannel_mo_in_ucs2_whose_body_is_utf16_is_stored_with_its_text(aws, ac
         "charset": "UTF-16BE",
         "text_hex": raw.hex(),
     }
-    event = load_event("webhook-dlr-simulator.json")
-    event["rawPath"] = event["requestContext"]["http"]["path"] = "/callbacks/kannel/inbound"
-    event["pathParameters"] = {"provider": "kannel"}
-    event["rawQueryString"] = "&".join(f"{k}={v}" for k, v in query.items())
-    event["queryStringParameters"] = query
-    event["headers"] = {"content-type": "text/plain; charset=UTF-16BE"}
-    event["body"] = base64.b64encode(raw).decode()
-    event["isBase64Encoded"] = True
+    event = kannel_inbound_event(query, "text/plain; charset=UTF-16BE", base64.b64encode(raw).decode(), encoded=True)
     # When it reaches the webhook
     answer = load_function("webhook").handler(event, FakeContext())
     # Then it is taken (not refused as a body that is not UTF-8), and stored with its text

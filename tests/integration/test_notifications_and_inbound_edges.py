@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import FakeContext, load_event, load_function
+from tests.conftest import FakeContext, load_function
+from tests.integration.test_callback_acknowledgements import kannel_inbound_event
 from tests.integration.test_operations_metrics import simulator_dlr
 from tests.integration.test_settle_checks import message_now, stranded_message
 from tests.integration.test_webhook_retries import ClientWebhook, notification, run_notifier
@@ -50,15 +51,7 @@ def kannel_mo(sender: str, text: str, mo_id: str) -> dict[str, Any]:
         "charset": "UTF-8",
         "text_hex": text.encode().hex(),
     }
-    event = load_event("webhook-dlr-simulator.json")
-    event["rawPath"] = event["requestContext"]["http"]["path"] = "/callbacks/kannel/inbound"
-    event["pathParameters"] = {"provider": "kannel"}
-    event["rawQueryString"] = "&".join(f"{k}={v}" for k, v in query.items())
-    event["queryStringParameters"] = query
-    event["headers"] = {"content-type": "text/plain; charset=UTF-8"}
-    event["body"] = text
-    event["isBase64Encoded"] = False
-    return event
+    return kannel_inbound_event(query, "text/plain; charset=UTF-8", text, encoded=False)
 
 
 # ---------------------------------------------------------------- finding 1: national-form MO sender refused
