@@ -121,7 +121,7 @@ class InMemoryStore:
                     update={"superseded_by": batch.reference_id}
                 )
 
-    def reprice_batch(self, batch: Batch, cost: int) -> int:
+    def reprice_batch(self, batch: Batch, cost: int, recipients: int | None = None) -> int:
         with self._lock:
             key = (batch.account_id, batch.reference_id)
             if self.batches[key].cost != batch.cost:
@@ -131,7 +131,8 @@ class InMemoryStore:
                 self.reserve_credits(batch.account_id, owed)
             else:
                 self.refund_credits(batch.account_id, -owed)
-            self.batches[key] = self.batches[key].model_copy(update={"cost": cost})
+            counted = {"recipients": recipients} if recipients is not None else {}
+            self.batches[key] = self.batches[key].model_copy(update={"cost": cost, **counted})
             return self.balance(batch.account_id)
 
     def fail_batch_and_refund(self, batch: Batch) -> bool | None:
@@ -325,11 +326,12 @@ class InMemoryStore:
             self.messages[key] = message.model_copy(update={"part_status": {**message.part_status, str(part): status}})
             return self.messages[key]
 
-    def last_sent_to(self, account_id: str, msisdn: str) -> SentMessage | None:
+    def last_sent_to(self, account_id: str, msisdn: str, sender: str | None = None) -> SentMessage | None:
         sent = [
             m
             for m in self.messages.values()
             if (m.account_id, m.msisdn) == (account_id, msisdn)
+            and (sender is None or registry_form(m.sender) == registry_form(sender))
             and m.can_be_replied_to
             and may_have_reached_the_handset(m.status, m.status_at)
         ]

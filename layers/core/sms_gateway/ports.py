@@ -124,9 +124,10 @@ class MessageStore(Protocol):
         it is not failed or already superseded."""
         ...
 
-    def reprice_batch(self, batch: Batch, cost: int) -> int:
-        """Sets the batch's cost and moves the difference from what it reserved (`batch.cost`) between it and the
-        account's credits, both or neither, only while the batch's cost is still `batch.cost`; returns the balance.
+    def reprice_batch(self, batch: Batch, cost: int, recipients: int | None = None) -> int:
+        """Sets the batch's cost (and its count of recipients, when given) and moves the difference from what it
+        reserved (`batch.cost`) between it and the account's credits, both or neither, only while the batch's cost
+        is still `batch.cost`; returns the balance.
         Raises InsufficientCredits or Conflict (its cost changed meanwhile) having changed nothing."""
         ...
 
@@ -274,8 +275,9 @@ class BatchHistory(Protocol):
 
 
 class ConversationLookup(Protocol):
-    def last_sent_to(self, account_id: str, msisdn: str) -> SentMessage | None:
-        """The newest message the account sent to the number, or None."""
+    def last_sent_to(self, account_id: str, msisdn: str, sender: str | None = None) -> SentMessage | None:
+        """The newest message the account sent to the number (from `sender`, in any of its forms, when given), or
+        None."""
         ...
 
 

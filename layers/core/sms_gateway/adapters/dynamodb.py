@@ -474,7 +474,7 @@ class DynamoStore(
         ).get("Item")
         return int(found["credits"]["N"]) if found else 0
 
-    def reprice_batch(self, batch: Batch, cost: int) -> int:
+    def reprice_batch(self, batch: Batch, cost: int, recipients: int | None = None) -> int:
         """Sets the batch's cost to `cost` and moves the difference between the credits it reserved (`batch.cost`,
         as read) and `cost` from or to the account in one transaction, only while the batch still has the cost it
         was read with; returns the balance after. So a finisher that dies after it leaves a batch whose cost says
@@ -485,7 +485,7 @@ class DynamoStore(
             account = self._reserve_update(batch.account_id, owed)
         else:
             account = self._credits_update(batch.account_id, -owed)
-        set_cost = {
+        set_cost: dict[str, Any] = {
             "TableName": self.table_name,
             "Key": _batch_key(batch.account_id, batch.reference_id),
             "UpdateExpression": "SET #cost = :cost",
@@ -493,6 +493,9 @@ class DynamoStore(
             "ExpressionAttributeNames": {"#cost": "cost"},
             "ExpressionAttributeValues": {":cost": {"N": str(cost)}, ":read": {"N": str(batch.cost)}},
         }
+        if recipients is not None:
+            set_cost["UpdateExpression"] += ", recipients = :recipients"
+            set_cost["ExpressionAttributeValues"][":recipients"] = {"N": str(recipients)}
         account_refused, batch_refused = self._transact_until_decided([{"Update": account}, {"Update": set_cost}])
         if batch_refused:
             raise Conflict(f"the cost of batch {batch.reference_id} changed meanwhile")

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sms_gateway.domain.models import DeliveryReport, Message, MessageKey, SentMessage, iso
+from sms_gateway.domain.senders import same_sender
 from sms_gateway.domain.status import MessageStatus, allowed_previous, may_have_reached_the_handset
 
 CONVERSATION_INDEX = "conversation-index"
@@ -112,10 +113,11 @@ class DynamoDeliveryMixin:
             return message_from_item(self._codec, current) if current else None
         return message_from_item(self._codec, answer["Attributes"])
 
-    def last_sent_to(self, account_id: str, msisdn: str) -> SentMessage | None:
-        """The newest message the account sent to a number that may have reached it (the conversation index is
-        kept by DynamoDB): newer ones that never left, scheduled for later or cancelled, are passed over, each for
-        one read of its status. A reply threads onto a message the handset got, or onto none."""
+    def last_sent_to(self, account_id: str, msisdn: str, sender: str | None = None) -> SentMessage | None:
+        """The newest message the account sent to a number (from `sender`, when given: the number a reply was sent
+        to) that may have reached it (the conversation index is kept by DynamoDB): newer ones that never left,
+        scheduled for later or cancelled, are passed over, each for one read of its status; ones from another
+        sender cost nothing. A reply threads onto a message the handset got, or onto none."""
         from sms_gateway.adapters.dynamodb import _message_key_from_item_keys
 
         request: dict[str, Any] = {
@@ -130,6 +132,8 @@ class DynamoDeliveryMixin:
             answer = self.client.query(**request)
             for item in answer.get("Items", []):
                 values = self._codec.load(item)
+                if sender is not None and not same_sender(str(values.get("sender") or ""), sender):
+                    continue
                 key = _message_key_from_item_keys(values["pk"], values["sk"])
                 if self._may_have_reached_the_handset(key):
                     return SentMessage(

@@ -119,8 +119,10 @@ def _moment(name: str, raw: str, zone: tzinfo, *, end_of_day: bool) -> datetime:
     try:
         if _DATE_ONLY.fullmatch(text):
             day = date.fromisoformat(text)
+            if end_of_day and day == date.max:
+                return datetime.max.replace(tzinfo=UTC)
             moment = datetime.combine(day + timedelta(days=1) if end_of_day else day, time(), tzinfo=zone)
-            return moment.astimezone(UTC) - (timedelta(microseconds=1) if end_of_day else timedelta())
+            return _utc(moment) - (timedelta(microseconds=1) if end_of_day else timedelta())
         moment = datetime.fromisoformat(text)
     except ValueError:
         hint = " (send a '+' offset as %2B)" if " " in text else ""
@@ -129,7 +131,16 @@ def _moment(name: str, raw: str, zone: tzinfo, *, end_of_day: bool) -> datetime:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
-    return moment.astimezone(UTC)
+    return _utc(moment)
+
+
+def _utc(moment: datetime) -> datetime:
+    """In UTC; a moment at either end of the calendar (`0001-01-01` in a zone east of UTC, `9999-12-31` west of
+    it) that UTC cannot hold is its first or last moment: no id is older or newer."""
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        return (datetime.min if moment.year == 1 else datetime.max).replace(tzinfo=UTC)
 
 
 def _number(raw: str, account: Account) -> str:

@@ -115,7 +115,8 @@ def _stored(
     inbound_id = new_id()
     # A reply continues the conversation of the last message the account sent to that number: its session_id
     # and ref_id are carried over so the client can thread it. A new conversation gets a session of its own.
-    last = conversations.last_sent_to(account_id, number.e164) if conversations is not None else None
+    # Only a message from the number the reply was sent to: an OTP from another shortcode is another conversation.
+    last = conversations.last_sent_to(account_id, number.e164, sms.to) if conversations is not None else None
     return StoredInbound(
         inbound_id=inbound_id,
         account_id=account_id,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -142,7 +142,12 @@ def quote(account: Account, text: str, recipients: Sequence[Recipient], route_ti
 
 
 def require_sender(account: Account, sender: str) -> None:
-    if sender not in account.senders:
+    """A sender the account holds: as registered, or a number written with or without its '+' (the registry's one
+    form). An ID in another case is refused: the handset would show it as written."""
+    if sender in account.senders:
+        return
+    number = sender.lstrip("+")
+    if not (number.isascii() and number.isdigit() and any(own.lstrip("+") == number for own in account.senders)):
         raise InvalidSender(f"sender {sender!r} is not registered for this account")
 
 
@@ -411,12 +416,20 @@ def announce_withdrawn(withdrawn: Sequence[Message], deps: SendDependencies) -> 
         logger.exception("could not queue the reports of a standing send's withdrawn messages")
 
 
-def new_messages(batch: Batch, command: SendCommand, recipients: Sequence[Recipient], priced: Quote) -> list[Message]:
+def new_messages(
+    batch: Batch,
+    command: SendCommand,
+    recipients: Sequence[Recipient],
+    priced: Quote,
+    position: Mapping[str, int] | None = None,
+) -> list[Message]:
     """The batch's messages to `recipients` (some or all of the command's), in the batch's status since it was
     created. Each message's id follows from the batch's and the recipient's place in the request (message_id_at),
-    so the id names the batch (found without an index) and a send finished by a retry gives the same ids."""
+    so the id names the batch (found without an index) and a send finished by a retry gives the same ids;
+    `position` overrides that place (finish_stored_batch: where the request's place is another message's)."""
     status_at = {str(MessageStatus.ACCEPTED): batch.created_at, str(batch.status): batch.created_at}
-    position = {recipient.msisdn: index for index, recipient in enumerate(command.recipients)}
+    if position is None:
+        position = {recipient.msisdn: index for index, recipient in enumerate(command.recipients)}
     return [
         Message(
             message_id=message_id_at(batch.reference_id, position[recipient.msisdn]),
@@ -477,15 +490,16 @@ def finish_stored_batch(
     if batch.status not in (MessageStatus.QUEUED, MessageStatus.SCHEDULED):
         missing = []  # cancelled meanwhile: nothing more is sent or charged
     priced = quote(account, command.text, missing, command.route_tier, deps.prices.price_table())
-    added = new_messages(batch, command, missing, priced)
+    added = new_messages(batch, command, missing, priced, free_positions(batch, command, missing, stored))
     messages = [*stored, *added]
     cost = sum(m.price for m in messages)
     owed = cost - batch.cost
     balance = account.credits
-    if owed:
+    if owed or len(messages) != batch.recipients:
         # The batch's cost moves with the credits, in one write: a finisher that dies after it leaves nothing owed.
-        balance = deps.messages.reprice_batch(batch, cost)
-        batch = batch.model_copy(update={"cost": cost})
+        # Its count follows its messages (a group read again may have gained or lost members meanwhile).
+        balance = deps.messages.reprice_batch(batch, cost, recipients=len(messages))
+        batch = batch.model_copy(update={"cost": cost, "recipients": len(messages)})
     if added:
         deps.messages.add_messages(batch, added)
     release(batch, messages, deps, in_order=account.single_sends_in_order)
@@ -494,6 +508,30 @@ def finish_stored_batch(
         extra={"reference_id": batch.reference_id, "stored": len(stored), "added": len(added), "owed": owed},
     )
     return Accepted(batch=batch, messages=messages, balance=balance, refused=refused)
+
+
+def free_positions(
+    batch: Batch, command: SendCommand, missing: Sequence[Recipient], stored: Sequence[Message]
+) -> dict[str, int]:
+    """Places for the recipients a finished send adds, none of them a stored message's: each its place in this
+    request where that is free, else the lowest free one. A retry reads its groups again, and a member added or
+    removed meanwhile shifts every place after it: the place of a recipient not stored yet can be a stored
+    message's, which writing there would replace (a message charged, and never sent)."""
+    taken = {message.message_id - batch.reference_id - 1 for message in stored}
+    natural = {recipient.msisdn: index for index, recipient in enumerate(command.recipients)}
+    places: dict[str, int] = {}
+    for recipient in missing:
+        if natural[recipient.msisdn] not in taken:
+            places[recipient.msisdn] = natural[recipient.msisdn]
+            taken.add(natural[recipient.msisdn])
+    free = (place for place in range(MESSAGES_PER_BATCH) if place not in taken)
+    for recipient in missing:
+        if recipient.msisdn not in places:
+            place = next(free, None)
+            if place is None:
+                raise InvalidRequest(f"this send would have more than {MESSAGES_PER_BATCH} messages")
+            places[recipient.msisdn] = place
+    return places
 
 
 def dispatch_commands(batch: Batch, message_ids: Sequence[int], *, in_order: bool = True) -> list[DispatchCommand]:
