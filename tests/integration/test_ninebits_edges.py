@@ -157,3 +157,67 @@ def test_a_reply_to_one_shortcode_carries_the_ref_id_of_that_shortcode_s_message
     # Then the reply continues 48974's conversation (seed 2: the Receive SMS to 48974 carries the ref_id of the
     # message it answers), not the OTP that 40404 sent
     assert (entry["session_id"], entry["ref_id"]) == ("cinema-session", "cinema-ref")
+
+
+# ---------------------------------------------------------------- a keyed group create that died or lost its answer
+
+
+def test_a_keyed_group_create_whose_request_died_is_answered_by_its_retry_with_the_group_it_made(
+    aws, account, api, monkeypatch
+):
+    from sms_gateway.adapters.dynamodb import DynamoStore
+
+    token = account["token"]
+    body = {"name": "Cinema regulars", "members": [AIRTEL]}
+    # Given a group create under an Idempotency-Key whose Lambda times out after storing the group, before its
+    # answer was kept (the client saw a 5xx or a timeout: exactly what the key is for)
+    die_once(monkeypatch, DynamoStore, "complete")
+    with pytest.raises(Killed):
+        api(with_key(request(token, "POST", "/ng/v1/groups", body), "group-1"))
+    _, listed = call(api, token, "GET", "/ng/v1/groups")
+    [made] = listed["data"]
+    # When the client retries under its key (after any lease a send would wait for)
+    leases_run_out()
+    retried = api(with_key(request(token, "POST", "/ng/v1/groups", body), "group-1"))
+    # Then it gets the group the first request made (docs/dialects/9bits.md: "An Idempotency-Key header makes a
+    # retry return the same group"), not "still being processed" until the key's 24-hour window ends
+    assert retried["statusCode"] == 201, retried["body"]
+    assert json.loads(retried["body"])["group_id"] == made["group_id"]
+    assert len(call(api, token, "GET", "/ng/v1/groups")[1]["data"]) == 1
+
+
+def test_a_keyed_group_create_that_failed_after_storing_is_not_created_twice_by_its_retry(
+    aws, account, api, monkeypatch
+):
+    from sms_gateway.adapters.dynamodb import DynamoStore
+
+    token = account["token"]
+    body = {"name": "Cinema regulars", "members": [AIRTEL]}
+    real_create = DynamoStore.create_group
+    calls = [0]
+
+    def stored_but_answer_lost(self: Any, group: Any) -> bool:
+        # DynamoDB applied the put; its answer never came back (a timeout or reset connection in botocore)
+        made = real_create(self, group)
+        calls[0] += 1
+        if calls[0] == 1:
+            from botocore.exceptions import ReadTimeoutError
+
+            raise ReadTimeoutError(endpoint_url="https://dynamodb.us-east-1.amazonaws.com/")
+        return made
+
+    monkeypatch.setattr(DynamoStore, "create_group", stored_but_answer_lost)
+    first = api(with_key(request(token, "POST", "/ng/v1/groups", body), "group-2"))
+    assert first["statusCode"] == 500
+    # When the client does what the 500 says: "send it again under the same Idempotency-Key". At once, the key is
+    # still held (as a send's is): the attempt that failed may have stored the group
+    again = api(with_key(request(token, "POST", "/ng/v1/groups", body), "group-2"))
+    assert again["statusCode"] == 409 and "still being processed" in again["body"]
+    assert len(call(api, token, "GET", "/ng/v1/groups")[1]["data"]) == 1
+    # And once the failed attempt's lease has run out, the retry answers with the group it made
+    leases_run_out()
+    retried = api(with_key(request(token, "POST", "/ng/v1/groups", body), "group-2"))
+    assert retried["statusCode"] == 201, retried["body"]
+    # Then the account has the one group, not two of the same name from one keyed request
+    groups = call(api, token, "GET", "/ng/v1/groups")[1]["data"]
+    assert [g["group_id"] for g in groups] == [json.loads(retried["body"])["group_id"]]

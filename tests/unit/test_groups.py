@@ -25,10 +25,13 @@ class GroupMemoryStore(InMemoryStore):
         # Changes another request slips in before the next conditional write (to exercise the retry).
         self.interleaved: list[Sequence[str]] = []
 
-    def create_group(self, group: Group) -> None:
+    def create_group(self, group: Group) -> bool:
         number = groups.group_number(group.group_id)
         assert number is not None
+        if (group.account_id, number) in self.groups:
+            return False
         self.groups[(group.account_id, number)] = group
+        return True
 
     def get_group(self, account_id: str, group_number: int) -> Group | None:
         self.group_reads += 1

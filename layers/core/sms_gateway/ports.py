@@ -409,7 +409,9 @@ class AccountAdmin(AccountStore, Protocol):
 class GroupStore(Protocol):
     """Recipient groups, keyed by account and the number in their `grp_<number>` id."""
 
-    def create_group(self, group: Group) -> None: ...
+    def create_group(self, group: Group) -> bool:
+        """Stores a new group; False (nothing written) when a group with its id exists already."""
+        ...
 
     def get_group(self, account_id: str, group_number: int) -> Group | None: ...
 

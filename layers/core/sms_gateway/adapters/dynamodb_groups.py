@@ -36,7 +36,7 @@ class DynamoGroupStore:
     table_name: str
     _codec: Any
 
-    def create_group(self, group: Group) -> None:
+    def create_group(self, group: Group) -> bool:
         item: dict[str, Any] = {
             "pk": _account_pk(group.account_id),
             "sk": group_sk(_group_number(group.group_id)),
@@ -46,11 +46,15 @@ class DynamoGroupStore:
         # DynamoDB has no empty sets: a group without members simply has no `members` attribute.
         if group.members:
             item["members"] = set(group.members)
-        self.client.put_item(
-            TableName=self.table_name,
-            Item=self._codec.dump(item),
-            ConditionExpression="attribute_not_exists(pk)",
-        )
+        try:
+            self.client.put_item(
+                TableName=self.table_name,
+                Item=self._codec.dump(item),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
 
     def get_group(self, account_id: str, group_number: int) -> Group | None:
         found = self.client.get_item(

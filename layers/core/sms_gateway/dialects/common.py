@@ -59,6 +59,11 @@ HTTP_STATUS = {
 _key_claim: ContextVar[KeyClaim | None] = ContextVar("key_claim", default=None)
 
 
+def key_claim() -> KeyClaim | None:
+    """The idempotency key the request being answered holds, if any."""
+    return _key_claim.get()
+
+
 def accept(account: Account, command: SendCommand) -> Accepted:
     """Every dialect's send: the use case, then the accepted messages counted for the dashboard."""
     accepted = accept_send(

@@ -15,6 +15,7 @@ from sms_gateway.dialects.common import (
     idempotent,
     json_request,
     json_response,
+    key_claim,
     retry_after_header,
     status_for,
 )
@@ -427,10 +428,13 @@ def create_group() -> Response[Any]:
     event = router.current_event
     request = json_request(event, GroupRequest)
     key = request_key(event.headers.get("idempotency-key"), None)
-    return idempotent(event, account.account_id, key, lambda: _create_group(account, request), lease=None)
+    # Under a key the group's id is the one the key names: a retry after an attempt that stored it and died, or
+    # lost its answer, answers with that group (after the lease, when the attempt died), never makes a second.
+    return idempotent(event, account.account_id, key, lambda: _create_group(account, request))
 
 
 def _create_group(account: Account, request: GroupRequest) -> Response[Any]:
+    claim = key_claim()
     change = groups.create_group(
         gateway().store,
         account_id=account.account_id,
@@ -438,6 +442,7 @@ def _create_group(account: Account, request: GroupRequest) -> Response[Any]:
         name=request.name,
         members=request.members,
         now=utc_now(),
+        number=claim.reference_id if claim is not None else None,
     )
     return json_response(
         201,

@@ -61,21 +61,34 @@ def _require_within_cap(count: int) -> None:
 
 
 def create_group(
-    store: GroupStore, *, account_id: str, default_country: str, name: str, members: Sequence[str], now: datetime
+    store: GroupStore,
+    *,
+    account_id: str,
+    default_country: str,
+    name: str,
+    members: Sequence[str],
+    now: datetime,
+    number: int | None = None,
 ) -> GroupChange:
-    """Valid numbers join the group; invalid ones are reported with their reason, not stored."""
+    """Valid numbers join the group; invalid ones are reported with their reason, not stored. `number`: the group's
+    id, when the request's idempotency key names it; a group with that id exists already when an earlier attempt
+    under the key made it (its answer was lost, or its Lambda died after the write), and is the answer again."""
     recipients, rejected = normalise_recipients(members, default_country)
     _require_within_cap(len(recipients))
     created_at = iso(now)
     group = Group(
-        group_id=new_group_id(),
+        group_id=f"{GROUP_ID_PREFIX}{number}" if number is not None else new_group_id(),
         account_id=account_id,
         name=_name(name),
         members=tuple(sorted(r.msisdn for r in recipients)),
         created_at=created_at,
         updated_at=created_at,
     )
-    store.create_group(group)
+    if not store.create_group(group):
+        made = store.get_group(account_id, number) if number is not None else None
+        if made is None:
+            raise Conflict(f"group {group.group_id} exists already")
+        group = made
     return GroupChange(group=group, changed=len(recipients), unchanged=0, rejected=rejected)
 
 
