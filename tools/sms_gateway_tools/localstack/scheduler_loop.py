@@ -154,21 +154,44 @@ class SchedulerLoop:
     def _attempt(
         self, group: str, schedule: Mapping[str, Any], target: Mapping[str, Any], attempt: int, retries: int
     ) -> None:
-        name = str(schedule["Name"])
+        over = self._try(
+            f"schedule {group}/{schedule['Name']}",
+            attempt,
+            retries,
+            lambda: self._invoke(target),
+            again=lambda: self._attempt(group, schedule, target, attempt + 1, retries),
+            give_up=lambda error: self._dead_letter(schedule, target, error, attempt + 1),
+        )
+        if over:
+            self._complete(group, schedule)
+
+    def _try(
+        self,
+        label: str,
+        attempt: int,
+        retries: int,
+        action: Callable[[], None],
+        *,
+        again: Callable[[], None],
+        give_up: Callable[[Exception], None],
+    ) -> bool:
+        """Runs attempt `attempt` (from 0) of `action`: after a failure `again` runs a little later while retries
+        remain, then `give_up`. True once it is over (it succeeded, or gave up); False while a retry is due or the
+        loop is stopping."""
         try:
-            self._invoke(target)
+            action()
+            return True
         except Exception as error:
             if self._stopping.is_set():
-                logger.warning("schedule %s/%s: attempt %d failed while stopping: %s", group, name, attempt + 1, error)
-                return
+                logger.warning("%s: attempt %d failed while stopping: %s", label, attempt + 1, error)
+                return False
             if attempt < retries:
-                logger.warning("schedule %s/%s: attempt %d failed (%s), retrying", group, name, attempt + 1, error)
-                delay = self.retry_delay * (attempt + 1)
-                if self._jobs.call_later(delay, lambda: self._attempt(group, schedule, target, attempt + 1, retries)):
-                    return
-            logger.error("schedule %s/%s: target failed after %d attempts: %s", group, name, attempt + 1, error)
-            self._dead_letter(schedule, target, error, attempt + 1)
-        self._complete(group, schedule)
+                logger.warning("%s: attempt %d failed (%s), retrying", label, attempt + 1, error)
+                if self._jobs.call_later(self.retry_delay * (attempt + 1), again):
+                    return False
+            logger.error("%s: failed after %d attempts: %s", label, attempt + 1, error)
+            give_up(error)
+            return True
 
     def _invoke(self, target: Mapping[str, Any]) -> None:
         """Hands the schedule's input to its target; raises only when the target refuses it (the scheduler's retry
@@ -188,32 +211,24 @@ class SchedulerLoop:
         raise LookupError(f"no local function or queue for target {arn}")
 
     def _run_async(self, function: LocalFunction, event: Any, attempt: int) -> None:
-        try:
-            function.invoke(event)
+        self._try(
+            f"{function.logical_id} (asynchronous)",
+            attempt,
+            min(function.async_retries, self.max_retries),
+            lambda: function.invoke(event),
+            again=lambda: self._run_async(function, event, attempt + 1),
+            give_up=lambda error: self._send_failure_record(function, event, error, attempt + 1),
+        )
+
+    def _send_failure_record(self, function: LocalFunction, event: Any, error: Exception, attempts: int) -> None:
+        """Lambda's on-failure destination, when the function names one; otherwise it discards the event."""
+        if function.on_failure_queue_arn is None:
             return
-        except Exception as error:
-            if self._stopping.is_set():
-                logger.warning(
-                    "%s: asynchronous attempt %d failed while stopping: %s", function.logical_id, attempt + 1, error
-                )
-                return
-            if attempt < min(function.async_retries, self.max_retries):
-                logger.warning(
-                    "%s: asynchronous attempt %d failed (%s), retrying", function.logical_id, attempt + 1, error
-                )
-                delay = self.retry_delay * (attempt + 1)
-                if self._jobs.call_later(delay, lambda: self._run_async(function, event, attempt + 1)):
-                    return
-            logger.error(
-                "%s: asynchronous invocation failed after %d attempts: %s", function.logical_id, attempt + 1, error
-            )
-            if function.on_failure_queue_arn is None:
-                return  # Lambda discards the event
-            record = async_failure_record(function, event, error, attempt + 1)
-            try:
-                self._send_to_queue(function.on_failure_queue_arn, json.dumps(record), {}, {})
-            except Exception as destination_error:
-                logger.error("%s: on-failure destination failed: %s", function.logical_id, destination_error)
+        record = async_failure_record(function, event, error, attempts)
+        try:
+            self._send_to_queue(function.on_failure_queue_arn, json.dumps(record), {}, {})
+        except Exception as destination_error:
+            logger.error("%s: on-failure destination failed: %s", function.logical_id, destination_error)
 
     def _dead_letter(
         self, schedule: Mapping[str, Any], target: Mapping[str, Any], error: Exception, attempts: int
