@@ -133,14 +133,12 @@ def retry_after_seconds(value: str | None) -> float | None:
     try:
         seconds = float(value)
     except ValueError:
-        pass
-    else:
-        # `Infinity`, `1e999` and `nan` are floats to Python, and no wait anyone can keep.
-        return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS) if math.isfinite(seconds) else None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return min(max((when - datetime.now(UTC)).total_seconds(), 0.0), MAX_RETRY_AFTER_SECONDS)
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    # `Infinity`, `1e999` and `nan` are floats to Python, and no wait anyone can keep.
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS) if math.isfinite(seconds) else None

@@ -18,6 +18,7 @@ from sms_gateway.domain.zones import zone_named
 from sms_gateway.errors import Conflict, InvalidRequest, NotFound
 from sms_gateway.ports import AccountAdmin, AccountChanges, AccountStore, CredentialInfo, PriceBook, SecretBox
 
+SENDER_RULE = "alphanumeric up to 11 characters, or a number (shortcode/long code)"
 # Bearer tokens and shortcode API keys are issued here; session keys come from /login.
 ISSUABLE_KINDS = (CredentialKind.TOKEN, CredentialKind.APIKEY)
 # A typo guard: no real top-up (or opening balance) is a trillion credits, and DynamoDB numbers have 38 digits at
@@ -242,9 +243,7 @@ def check_sender(sender: str) -> str:
     registry would keep apart); InvalidRequest when it is no sender id."""
     sender = sender.strip()
     if not SENDER_ID.match(sender):
-        raise InvalidRequest(
-            f"invalid sender id {sender!r}: alphanumeric up to 11 characters, or a number (shortcode/long code)"
-        )
+        raise InvalidRequest(f"invalid sender id {sender!r}: {SENDER_RULE}")
     return sender
 
 
@@ -253,9 +252,7 @@ def _distinct_senders(senders: Sequence[str]) -> tuple[str, ...]:
     not a transaction DynamoDB refuses."""
     bad = [sender for sender in senders if not SENDER_ID.match(sender.strip())]
     if bad:
-        raise InvalidRequest(
-            f"invalid sender id(s) {bad}: alphanumeric up to 11 characters, or a number (shortcode/long code)"
-        )
+        raise InvalidRequest(f"invalid sender id(s) {bad}: {SENDER_RULE}")
     forms: dict[str, str] = {}
     for sender in (sender.strip() for sender in senders):
         if (earlier := forms.setdefault(registry_form(sender), sender)) != sender:

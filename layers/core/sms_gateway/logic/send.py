@@ -26,6 +26,7 @@ from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
 from sms_gateway.domain.optouts import refusal_reason
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.segments import Segmentation, segment
+from sms_gateway.domain.senders import same_sender
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.domain.zones import account_zone, in_zone
 from sms_gateway.errors import (
@@ -147,7 +148,7 @@ def require_sender(account: Account, sender: str) -> None:
     if sender in account.senders:
         return
     number = sender.lstrip("+")
-    if not (number.isascii() and number.isdigit() and any(own.lstrip("+") == number for own in account.senders)):
+    if not (number.isascii() and number.isdigit() and any(same_sender(own, sender) for own in account.senders)):
         raise InvalidSender(f"sender {sender!r} is not registered for this account")
 
 
