@@ -301,7 +301,7 @@ class InMemoryStore:
     ) -> list[DeliveryReport]:
         with self._lock:
             self.links[(upstream, upstream_message_id)] = key
-            return self.held.pop((upstream, upstream_message_id), [])
+            return list(self.held.get((upstream, upstream_message_id), []))
 
     def find_by_upstream_id(self, upstream: str, upstream_message_id: str) -> MessageKey | None:
         return self.links.get((upstream, upstream_message_id))

@@ -104,20 +104,19 @@ def test_a_message_whose_upstream_id_could_not_be_linked_is_settled_by_its_repor
     assert len(provider.submits) == 1
 
 
-class DiesRecordingSubmitted:
-    """The dispatcher's container dies right after the upstream took the message (a Lambda timeout), before the
-    status write."""
+class DiesRecording:
+    """The dispatcher's container dies (a Lambda timeout) as it records `status`: `submitted`, right after the
+    upstream took the message; `delivered`, applying the reports that were held on the upstream's id."""
 
-    def __init__(self, store) -> None:
+    def __init__(self, store, status) -> None:
         self.store = store
+        self.status = status
 
     def __getattr__(self, name):
         return getattr(self.store, name)
 
     def transition(self, key, target, **kwargs):
-        from sms_gateway.domain.status import MessageStatus
-
-        if target == MessageStatus.SUBMITTED:
+        if target == self.status:
             raise Crash("the container died here")
         return self.store.transition(key, target, **kwargs)
 
@@ -132,7 +131,11 @@ def test_a_message_whose_dispatcher_died_before_recording_it_is_found_by_its_ups
     [record] = deps.dispatch_queue.commands
     provider = FakeProvider()
     with pytest.raises(Crash):
-        asyncio.run(dispatch(record, replace(dispatch_deps(store, provider), messages=DiesRecordingSubmitted(store))))
+        asyncio.run(
+            dispatch(
+                record, replace(dispatch_deps(store, provider), messages=DiesRecording(store, MessageStatus.SUBMITTED))
+            )
+        )
     # And the record comes back once the claim lapsed: the message is recorded submitted, unconfirmed, not resent
     asyncio.run(dispatch(record, replace(dispatch_deps(store, provider), clock=lambda: NOW + timedelta(minutes=5))))
     [message] = store.messages.values()
@@ -143,6 +146,33 @@ def test_a_message_whose_dispatcher_died_before_recording_it_is_found_by_its_ups
     receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock))
     # Then the report finds the message (the link was written before the status): delivered
     assert store.messages[message.key].status == MessageStatus.DELIVERED
+
+
+def test_reports_held_before_the_link_survive_a_dispatcher_that_died_before_applying_them(store):
+    from sms_gateway.domain.status import MessageStatus
+    from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
+    from sms_gateway.logic.settle import settle, settle_checks
+    from tests.unit.test_logic import callback, clock, report, settle_deps
+
+    # Given an upstream whose DLRs name only its own id, whose DLR for a message overtook the dispatcher's link
+    _, deps = send(store, command(1, delivery_report=DeliveryReportMode.YES))
+    [queued] = store.messages.values()
+    provider = FakeProvider()
+    by_its_id = queued.model_copy(update={"upstream_message_id": "up-1"})
+    provider.reports = [report(by_its_id, MessageStatus.DELIVERED, by_ref=False)]
+    assert receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock)).held == 1
+    # And the dispatcher linked the id and recorded the message submitted, then died applying the held report
+    with pytest.raises(Crash):
+        dying = replace(dispatch_deps(store, provider), messages=DiesRecording(store, MessageStatus.DELIVERED))
+        asyncio.run(dispatch(deps.dispatch_queue.commands[0], dying))
+    [message] = store.messages.values()
+    assert (message.status, message.upstream_message_id) == (MessageStatus.SUBMITTED, "up-1")
+    # When its settle check comes, the DLR wait over
+    [check] = settle_checks([message], now=NOW)
+    settled = settle(check, settle_deps(store, NOW + timedelta(hours=49)))
+    # Then the report the link took is applied: delivered and announced, not expired and refunded
+    assert store.messages[message.key].status == MessageStatus.DELIVERED
+    assert [change.message.status for change in settled.changes] == [MessageStatus.DELIVERED]
 
 
 def test_a_settle_check_not_due_yet_is_put_off_as_settle_later_not_a_key_error(store, monkeypatch):

@@ -44,11 +44,13 @@ class DynamoDeliveryMixin:
         self, upstream: str, upstream_message_id: str, key: MessageKey, *, now: datetime
     ) -> list[DeliveryReport]:
         """Records which message an upstream id names, and hands back any DLRs that arrived before it did.
-        One write: a report held at the same moment is either returned here or finds the link (hold_report)."""
+        One write: a report held at the same moment is either returned here or finds the link (hold_report). The
+        held reports stay on the link (it expires with them), so a second link write, the settle check's, hands
+        them back again when the first writer died before applying them; applying a report twice changes nothing."""
         answer = self.client.update_item(
             TableName=self.table_name,
             Key=upstream_link_key(upstream, upstream_message_id),
-            UpdateExpression="SET message_ref = :ref, expires_at = :expires REMOVE held",
+            UpdateExpression="SET message_ref = :ref, expires_at = :expires",
             ExpressionAttributeValues={":ref": {"S": key.to_ref()}, ":expires": self._link_expiry(now)},
             ReturnValues="ALL_OLD",
         )

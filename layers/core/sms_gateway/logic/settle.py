@@ -121,7 +121,8 @@ def settle(check: Mapping[str, Any], deps: SettleDependencies) -> SettleOutcome:
 
 def _reported_while_unlinked(message: Message, deps: SettleDependencies, outcome: SettleOutcome) -> bool:
     """Before a message is expired for want of a report: links the upstream's id stored on it, in case the
-    dispatcher's link write failed (its reports are then held on the id), and applies what was held. Whether that
+    dispatcher's link write failed (its reports are then held on the id) or the dispatcher died before applying
+    what the link handed it (the reports stay on the link), and applies what was held. Whether that
     settled the message. One write, for the few messages no report reached (an upstream that reports by our
     reference never holds any)."""
     assert message.upstream and message.upstream_message_id
@@ -132,7 +133,7 @@ def _reported_while_unlinked(message: Message, deps: SettleDependencies, outcome
     if not link_upstream_id(message, message.upstream, message.upstream_message_id, delivery):
         return False
     logger.warning(
-        "delivery reports were held on an upstream id never linked; applied them before expiring",
+        "applied the delivery reports held on the upstream id before expiring the message",
         extra={"message_id": message.message_id, "upstream": message.upstream},
     )
     return any(change.message.status in TERMINAL for change in outcome.changes[before:])
