@@ -72,6 +72,11 @@ class InMemoryStore:
     def find_inbound(self, upstream: str, upstream_message_id: str) -> StoredInbound | None:
         return self.inbox.get((upstream, upstream_message_id))
 
+    def keyword_applied(self, inbound: StoredInbound) -> None:
+        key = (inbound.upstream, inbound.upstream_message_id or str(inbound.inbound_id))
+        if key in self.inbox:
+            self.inbox[key] = self.inbox[key].model_copy(update={"keyword_pending": False})
+
     def get_account(self, account_id: str) -> Account | None:
         return self.accounts.get(account_id)
 

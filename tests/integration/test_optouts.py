@@ -155,6 +155,44 @@ def test_a_duplicate_stop_callback_is_applied_once(aws, account, webhook):
     assert len(queued) == 2 and queued[0]["id"] == queued[1]["id"]
 
 
+def test_a_stop_whose_opt_out_could_not_be_recorded_fails_the_callback_and_the_retry_records_it(
+    aws, account, webhook, monkeypatch
+):
+    from sms_gateway.bootstrap import gateway
+
+    # Given a STOP whose opt-out write fails (DynamoDB throttling past botocore's retries)
+    store = gateway().store
+    record_opt_out = store.opt_out
+
+    def throttled(opt_out):
+        monkeypatch.setattr(store, "opt_out", record_opt_out)
+        raise RuntimeError("ProvisionedThroughputExceededException")
+
+    monkeypatch.setattr(store, "opt_out", throttled)
+    # When the upstream posts it, the callback fails (so the upstream retries it), and the client has its copy
+    with pytest.raises(RuntimeError, match="Throughput"):
+        webhook(inbound_event("STOP", "sim-throttled"))
+    assert stored_opt_outs(account["account_id"]) == []
+    # And when the upstream retries it
+    texts(webhook, "STOP", "sim-throttled")
+    # Then the STOP is recorded and counted once, and the client's copy queued again under its own id
+    assert [item["keyword"] for item in stored_opt_outs(account["account_id"])] == ["STOP"]
+    assert counter(account["account_id"]) == 1
+    queued = notifications(aws)
+    assert len(queued) == 2 and queued[0]["id"] == queued[1]["id"]
+
+
+def test_a_repeated_stop_callback_after_a_start_does_not_opt_the_number_out_again(aws, account, webhook):
+    # Given a STOP, applied, and then a START from the same number
+    texts(webhook, "STOP", "sim-stop")
+    texts(webhook, "START", "sim-start")
+    # When the upstream posts the STOP's callback again (it never got our answer)
+    texts(webhook, "STOP", "sim-stop")
+    # Then the number stays opted in: the STOP was applied once, when it came
+    assert stored_opt_outs(account["account_id"]) == []
+    assert counter(account["account_id"]) == 0
+
+
 # ------------------------------------------------------------------ 9bits
 
 

@@ -358,14 +358,25 @@ class TestInboundKeywords:
         receive(store, inbound("STOP"), published, opt_outs=False)
         assert store.opt_out_records == {} and len(published) == 1
 
-    def test_a_failing_opt_out_write_still_forwards_the_sms(self, store):
+    def test_a_failing_opt_out_write_forwards_the_sms_and_fails_the_callback_for_its_retry_to_apply(self, store):
         # Given an opt-out store that fails
         store.fail_opt_outs = True
         published: list = []
-        # When STOP arrives / Then the client still gets it (a retry would be a duplicate, never applied)
+        # When STOP arrives: the client still gets it, and the callback fails so the upstream retries it
+        with pytest.raises(RuntimeError, match="DynamoDB is down"):
+            receive(store, inbound("STOP"), published)
+        assert len(published) == 1 and store.opt_out_records == {}
+        # And when the upstream retries it, the store back
+        store.fail_opt_outs = False
         outcome = receive(store, inbound("STOP"), published)
-        assert outcome.stored is True
-        assert len(published) == 1
+        # Then the repeat is not stored again, the STOP is applied, and the client's copy queued again, same id
+        assert outcome.stored is False
+        assert list(store.opt_out_records) == [("7", "48974", STOPPED)]
+        assert len(published) == 2 and published[0]["id"] == published[1]["id"]
+        # And once the number opted back in, a further repeat of the STOP applies nothing
+        store.opt_in("7", STOPPED, None)
+        receive(store, inbound("STOP"), published)
+        assert store.opt_out_records == {}
 
 
 # ------------------------------------------------------------------ operator opt-outs

@@ -91,6 +91,10 @@ class InboxStore(Protocol):
         """The inbound SMS stored for an upstream's message id, or None."""
         ...
 
+    def keyword_applied(self, inbound: StoredInbound) -> None:
+        """Records that the inbound SMS's STOP / START changed the opt-outs (clears `keyword_pending`)."""
+        ...
+
     def list_inbounds(
         self,
         account_id: str,

@@ -8,6 +8,7 @@ Inbound ids are time-ordered, so the inbox sort key is the arrival order and a d
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -137,6 +138,16 @@ class DynamoInboxMixin:
             ConsistentRead=True,
         ).get("Item")
         return StoredInbound.model_validate(self._codec.load(found)) if found else None
+
+    def keyword_applied(self, inbound: StoredInbound) -> None:
+        # Never an item of its own: an inbound SMS expired in the meantime stays gone.
+        with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
+            self.client.update_item(
+                TableName=self.table_name,
+                Key={"pk": {"S": inbox_pk(inbound.account_id)}, "sk": {"S": inbound_sk(inbound.inbound_id)}},
+                UpdateExpression="REMOVE keyword_pending",
+                ConditionExpression="attribute_exists(pk)",
+            )
 
     def list_inbounds(
         self,

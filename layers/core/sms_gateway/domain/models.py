@@ -334,6 +334,8 @@ class StoredInbound(Record):
     # The last message the account sent to this number before the reply came: the conversation it continues.
     in_reply_to: int | None = None
     received_at: str
+    # A STOP / START whose opt-out change is not recorded yet: a retry of its callback applies it (logic/inbound.py).
+    keyword_pending: bool = False
 
 
 class StoredAnswer(Record):

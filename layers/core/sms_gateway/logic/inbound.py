@@ -11,6 +11,7 @@ from typing import Any
 from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.models import CallbackRequest, InboundSms, StoredInbound
 from sms_gateway.domain.msisdn import InvalidMsisdn, Msisdn, parse_msisdn
+from sms_gateway.domain.optouts import keyword_request
 from sms_gateway.errors import CallbackRejected, Unauthorized
 from sms_gateway.logic.optouts import apply_keyword
 from sms_gateway.observability import logger, mask_msisdn
@@ -67,32 +68,41 @@ def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundD
         # Acknowledged so the upstream stops retrying; nobody here owns that number.
         logger.warning("inbound SMS to a number no account owns", extra={"to": sms.to, "upstream": sms.upstream})
         return InboundOutcome(routed=False, stored=False)
-    stored = _stored(sms, account_id, _sender_number(sms.msisdn, account_id, deps.accounts), deps.conversations)
-    is_new = deps.inbox.save_inbound(stored)
-    if is_new:
-        if deps.opt_outs is not None:
-            _apply_keyword(stored, deps.opt_outs, deps.clock())
+    number = _sender_number(sms.msisdn, account_id, deps.accounts)
+    stored = _stored(sms, account_id, number, deps.conversations).model_copy(
+        update={"keyword_pending": deps.opt_outs is not None and keyword_request(sms.text, sms.to) is not None}
+    )
+    if deps.inbox.save_inbound(stored):
         deps.publish(inbound_notification(stored))
+        _apply_pending_keyword(stored, deps)
         return InboundOutcome(routed=True, stored=True, inbound=stored)
-    # The upstream retries only when it did not get our answer: perhaps the notification was never queued.
-    # Queue the stored one again; it keeps its webhook-id, so a client that has it already drops the copy.
+    # The upstream retries only when it did not get our answer: perhaps the notification was never queued, or
+    # the keyword never applied. Queue the stored one again; it keeps its webhook-id, so a client that has it
+    # already drops the copy.
     original = deps.inbox.find_inbound(sms.upstream, sms.upstream_message_id) if sms.upstream_message_id else None
+    logger.info("duplicate inbound callback: stored once", extra={"upstream_message_id": sms.upstream_message_id})
     if original is not None:
         deps.publish(inbound_notification(original))
-    logger.info("duplicate inbound callback: stored once", extra={"upstream_message_id": sms.upstream_message_id})
+        _apply_pending_keyword(original, deps)
     return InboundOutcome(routed=True, stored=False, inbound=original)
 
 
-def _apply_keyword(inbound: StoredInbound, opt_outs: OptOutStore, now: datetime) -> None:
-    """STOP / START keywords change the account's opt-outs; the SMS is still forwarded like any other."""
+def _apply_pending_keyword(inbound: StoredInbound, deps: InboundDependencies) -> None:
+    """STOP / START keywords change the account's opt-outs (the SMS is forwarded like any other, first). Until
+    that change is recorded the stored SMS says `keyword_pending`, and a failure here fails the callback: the
+    upstream's retry is a duplicate, which applies the keyword still pending. Once recorded, a repeat of the
+    callback (after a later START, say) applies nothing."""
+    if not inbound.keyword_pending or deps.opt_outs is None:
+        return
     try:
-        apply_keyword(opt_outs, inbound, now)
+        apply_keyword(deps.opt_outs, inbound, deps.clock())
     except Exception:
-        # The inbound is stored already, so an upstream retry would be a duplicate that never gets here again:
-        # failing the callback would lose the client's copy too. Logged at error level for the alarm instead.
         logger.exception(
-            "opt-out keyword could not be applied", extra={"from": mask_msisdn(inbound.msisdn), "to": inbound.to}
+            "opt-out keyword not applied yet; failing the callback so the upstream retries it",
+            extra={"from": mask_msisdn(inbound.msisdn), "to": inbound.to},
         )
+        raise
+    deps.inbox.keyword_applied(inbound)
 
 
 def _sender_number(raw: str, account_id: str, accounts: AccountStore) -> Msisdn:
