@@ -59,7 +59,8 @@ class TestReportsThatOvertakeTheSubmit:
             MessageStatus.DELIVERED,
         ]
         assert [change.message.sequence for change in result.changes] == [2, 3]
-        assert store.held == {}
+        # And it stays on the link, for a second link write (the settle check's) to hand back if this one had died
+        assert store.held == {("fake", "up-1"): [early]}
         assert store.accounts["7"].credits == credits_after_send  # delivered: nothing refunded
 
     def test_a_dlr_after_the_link_finds_the_message_by_the_upstream_id(self, store):
