@@ -268,12 +268,17 @@ class InMemoryStore:
         reported_at: str | None = None,
         unclaimed_only: bool = False,
         refund: bool = False,
+        reported_by: str | None = None,
     ) -> StatusChange | None:
         with self._lock:
             message = self.messages.get(key)
             if message is None:
                 return None
-            if message.status not in allowed_previous(target) or (unclaimed_only and key in self.claims):
+            if (
+                message.status not in allowed_previous(target)
+                or (unclaimed_only and key in self.claims)
+                or not self._carries(key, message, reported_by)
+            ):
                 return StatusChange(message=message, changed=False)
             if refund:
                 self.refund_credits(message.account_id, message.price)
@@ -282,8 +287,10 @@ class InMemoryStore:
                 "status_at": {**message.status_at, str(target): iso(now)},
                 "sequence": message.sequence + 1,
             }
+            if upstream and not message.upstream:
+                update["upstream"] = upstream
             if upstream and upstream_message_id and not message.upstream_message_id:
-                update |= {"upstream": upstream, "upstream_message_id": upstream_message_id}
+                update["upstream_message_id"] = upstream_message_id
             # Each change says its own error code and handset time, or none (a stale one is not carried over).
             update |= {"error_code": error_code, "reported_at": reported_at}
             self.messages[key] = message.model_copy(update=update)
@@ -320,7 +327,14 @@ class InMemoryStore:
             self.held.setdefault(link, []).append(report)
             return None
 
-    def record_part_status(self, key: MessageKey, part: int, status: MessageStatus, *, now: datetime) -> Message | None:
+    def _carries(self, key: MessageKey, message: Message, reported_by: str | None) -> bool:
+        """The store's REPORTER_CARRIES_IT: a report's upstream took the message, is being given it, or may have it."""
+        carriers = (message.upstream, message.maybe_taken_by, self.claim_upstreams.get(key))
+        return reported_by is None or reported_by in carriers
+
+    def record_part_status(
+        self, key: MessageKey, part: int, status: MessageStatus, *, now: datetime, reported_by: str | None = None
+    ) -> Message | None:
         with self._lock:
             message = self.messages.get(key)
             if message is None:
@@ -328,7 +342,12 @@ class InMemoryStore:
             current = message.part_status.get(str(part))
             if current is not None and MessageStatus(current) not in allowed_previous(status):
                 return message
-            self.messages[key] = message.model_copy(update={"part_status": {**message.part_status, str(part): status}})
+            if not self._carries(key, message, reported_by):
+                return message
+            update: dict[str, Any] = {"part_status": {**message.part_status, str(part): status}}
+            if reported_by and not message.upstream:
+                update["upstream"] = reported_by
+            self.messages[key] = message.model_copy(update=update)
             return self.messages[key]
 
     def last_sent_to(self, account_id: str, msisdn: str, sender: str | None = None) -> SentMessage | None:

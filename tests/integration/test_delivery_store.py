@@ -28,10 +28,10 @@ def report(upstream_id: str, status: MessageStatus = MessageStatus.DELIVERED) ->
     return DeliveryReport(upstream="at", upstream_message_id=upstream_id, status=status, error_code="000")
 
 
-def multi_part(store: DynamoStore, parts: int = 3):
+def multi_part(store: DynamoStore, parts: int = 3, upstream: str | None = None):
     batch, messages = new_batch(str(new_id()), 1, status=MessageStatus.SUBMITTED)
     batch = batch.model_copy(update={"parts": parts})
-    message = messages[0].model_copy(update={"parts": parts})
+    message = messages[0].model_copy(update={"parts": parts, "upstream": upstream})
     store.create_batch(batch, [message])
     return message
 
@@ -87,6 +87,37 @@ class TestUpstreamLinks:
             thread.join()
         # Then every report was either handed to the link or answered with the key: none is lost
         assert len(linked) + sum(1 for key in returned if key == message.key) == 8
+
+
+class TestReportsOnlyFromTheCarrier:
+    """A report by our reference (the message's key) moves a message only when its upstream carries it."""
+
+    def test_a_status_or_part_report_of_another_upstream_changes_nothing(self, store):
+        # Given a two-part message Kannel took
+        message = multi_part(store, parts=2, upstream="kannel")
+        # When Jasmin reports on it, a part and the whole
+        part = store.record_part_status(message.key, 1, MessageStatus.FAILED, now=NOW, reported_by="jasmin")
+        whole = store.transition(message.key, MessageStatus.FAILED, now=NOW, upstream="jasmin", reported_by="jasmin")
+        # Then neither moves it, and it still names Kannel
+        assert part is not None and part.part_status == {}
+        assert whole is not None and not whole.changed
+        assert (whole.message.status, whole.message.upstream) == (MessageStatus.SUBMITTED, "kannel")
+        # And Kannel's own reports do
+        part = store.record_part_status(message.key, 1, MessageStatus.DELIVERED, now=NOW, reported_by="kannel")
+        assert part is not None and part.part_status == {"1": "delivered"}
+        whole = store.transition(message.key, MessageStatus.DELIVERED, now=NOW, upstream="kannel", reported_by="kannel")
+        assert whole is not None and whole.changed
+
+    def test_the_upstream_a_dispatcher_is_submitting_to_may_report_before_the_submit_is_recorded(self, store):
+        # Given a queued message a dispatcher claimed for Kannel, whose DLR overtakes the dispatcher's status write
+        message = one_message(store, MessageStatus.QUEUED)
+        store.claim_for_dispatch(message.key, now=NOW, lease_seconds=60, upstream="kannel")
+        # Then Jasmin's report is kept out, Kannel's applied, and the message then names Kannel
+        assert not store.transition(message.key, MessageStatus.DELIVERED, now=NOW, reported_by="jasmin").changed
+        change = store.transition(
+            message.key, MessageStatus.DELIVERED, now=NOW, upstream="kannel", reported_by="kannel"
+        )
+        assert change is not None and change.changed and change.message.upstream == "kannel"
 
 
 class TestPartStatuses:

@@ -39,8 +39,10 @@ def hook(monkeypatch: pytest.MonkeyPatch) -> ClientWebhook:
 
 
 def stranded_message(aws: dict[str, str], account: dict[str, Any]) -> Any:
-    """A sent message (delivery reports asked for) whose claim a dead dispatcher left to lapse, dispatched again:
-    the dispatcher records it submitted-unconfirmed without submitting it."""
+    """A sent message (delivery reports asked for) whose claim on the simulator a dead dispatcher left to lapse, on
+    its last attempt, dispatched again: the dispatcher records it submitted-unconfirmed there without submitting it
+    (the simulator deduplicates by our reference, so one with attempts left would be submitted again)."""
+    from sms_gateway.adapters.dynamodb import _key_of
     from sms_gateway.bootstrap import gateway
     from sms_gateway.domain.models import utc_now
     from sms_gateway.logic.batches import all_messages
@@ -51,7 +53,13 @@ def stranded_message(aws: dict[str, str], account: dict[str, Any]) -> Any:
     reference_id = int(json.loads(response["body"])["reference_id"])
     store = gateway().store
     [message] = all_messages(store, account["account_id"], reference_id)
-    store.claim_for_dispatch(message.key, now=utc_now() - timedelta(hours=1), lease_seconds=120)
+    store.client.update_item(
+        TableName=store.table_name,
+        Key=_key_of(message.key),
+        UpdateExpression="SET submit_attempts = :last",
+        ExpressionAttributeValues={":last": {"N": str(gateway().settings.dispatch_max_attempts - 1)}},
+    )
+    store.claim_for_dispatch(message.key, now=utc_now() - timedelta(hours=1), lease_seconds=120, upstream="simulator")
     event = as_lambda_sqs_event(queued_records(aws))
     assert load_function("dispatcher").handler(event, FakeContext()) == {"batchItemFailures": []}
     [message] = all_messages(store, account["account_id"], reference_id)

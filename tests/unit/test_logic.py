@@ -757,6 +757,24 @@ class TestDeliveryReports:
         receive_delivery_reports(provider, callback(), deps)
         assert store.accounts["7"].credits == 1000
 
+    def test_a_report_from_an_upstream_that_did_not_carry_the_message_changes_nothing(self, store):
+        # Given a message the upstream "fake" took
+        message = submitted_message(store, delivery_report=DeliveryReportMode.YES)
+        credits = store.accounts["7"].credits
+        # When another upstream's callback (its own token: valid for its own reports) names it by our reference
+        other, changes = FakeProvider(), []
+        forged = report(message, MessageStatus.FAILED).model_copy(update={"upstream": "other"})
+        other.reports = [forged, forged.model_copy(update={"status": MessageStatus.DELIVERED})]
+        outcome = receive_delivery_reports(other, callback(), DeliveryDependencies(store, store, clock, changes.append))
+        # Then neither report applies: the message stays submitted, its credits stay spent, nothing is announced
+        assert (outcome.applied, outcome.unmatched, changes) == (0, 2, [])
+        assert store.messages[message.key].status == MessageStatus.SUBMITTED
+        assert store.accounts["7"].credits == credits
+        # And the upstream that carried it still settles it
+        provider = FakeProvider()
+        provider.reports = [report(message, MessageStatus.DELIVERED)]
+        assert receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock)).applied == 1
+
     def test_an_unverified_callback_is_refused_and_changes_nothing(self, store):
         message = submitted_message(store)
         provider = FakeProvider()

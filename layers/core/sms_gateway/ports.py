@@ -219,9 +219,13 @@ class MessageStore(Protocol):
         reported_at: str | None = None,
         unclaimed_only: bool = False,
         refund: bool = False,
+        reported_by: str | None = None,
     ) -> StatusChange | None:
         """Moves a message forward with a conditional write. None when there is no such message.
+        `upstream`: the upstream that carries it, recorded unless one is already (the first wins).
         `unclaimed_only`: not while a dispatcher holds (or held, and died holding) a claim on it.
+        `reported_by`: a DLR's upstream, which must carry the message (the one recorded, the one a dispatcher is
+        submitting it to, or the one that may have it); another's report changes nothing.
         `refund`: the write that moves it also gives its price back to its account, atomically (move_and_refund)."""
         ...
 
@@ -255,8 +259,11 @@ class MessageStore(Protocol):
         appeared meanwhile (then the report is not kept and the caller applies it)."""
         ...
 
-    def record_part_status(self, key: MessageKey, part: int, status: MessageStatus, *, now: datetime) -> Message | None:
-        """Moves one part of a multi-part message forward only; the message as it is now, None if unknown."""
+    def record_part_status(
+        self, key: MessageKey, part: int, status: MessageStatus, *, now: datetime, reported_by: str | None = None
+    ) -> Message | None:
+        """Moves one part of a multi-part message forward only, and only on a report of an upstream that carries
+        the message (`reported_by`, as transition's); the message as it is now, None if unknown."""
         ...
 
 

@@ -28,7 +28,7 @@ from sms_gateway.adapters import aws
 from sms_gateway.adapters.cursors import decode_cursor, encode_cursor
 from sms_gateway.adapters.dynamodb_admin import DynamoAccountAdmin, account_key, credential_listing_item
 from sms_gateway.adapters.dynamodb_batch import batch_get
-from sms_gateway.adapters.dynamodb_delivery import DynamoDeliveryMixin, conversation_key
+from sms_gateway.adapters.dynamodb_delivery import REPORTER_CARRIES_IT, DynamoDeliveryMixin, conversation_key
 from sms_gateway.adapters.dynamodb_groups import DynamoGroupStore
 from sms_gateway.adapters.dynamodb_history import DynamoHistoryMixin
 from sms_gateway.adapters.dynamodb_inbox import DynamoInboxMixin
@@ -142,9 +142,11 @@ def _transition_update(
     error_code: str | None = None,
     reported_at: str | None = None,
     unclaimed_only: bool = False,
+    reported_by: str | None = None,
 ) -> dict[str, Any]:
     """The conditional write that moves a message to `target` (UpdateItem's, or a transaction's Update): only
-    from a state allowed to move there; `unclaimed_only`: not while a dispatcher holds (or died holding) a claim."""
+    from a state allowed to move there; `unclaimed_only`: not while a dispatcher holds (or died holding) a claim;
+    `reported_by`: only when that upstream carries the message (REPORTER_CARRIES_IT)."""
     previous = sorted(allowed_previous(target))
     if not previous:
         raise ValueError(f"no status can move to {target}")
@@ -162,14 +164,14 @@ def _transition_update(
         "updated_at = :now",
         "#sequence = #sequence + :one",
     ]
-    if upstream and upstream_message_id:
-        # The first upstream id wins: a DLR must not relabel a message another upstream accepted.
-        sets += [
-            "upstream = if_not_exists(upstream, :upstream)",
-            "upstream_message_id = if_not_exists(upstream_message_id, :upstream_id)",
-        ]
+    if upstream:
+        # The first upstream wins: a DLR must not relabel a message another upstream accepted. Named without an id
+        # too (a submit left unconfirmed), so that upstream's reports by our reference are known to be its own.
+        sets.append("upstream = if_not_exists(upstream, :upstream)")
         values[":upstream"] = {"S": upstream}
-        values[":upstream_id"] = {"S": upstream_message_id}
+        if upstream_message_id:
+            sets.append("upstream_message_id = if_not_exists(upstream_message_id, :upstream_id)")
+            values[":upstream_id"] = {"S": upstream_message_id}
     removes = ["claim_until", "claim_upstream"]
     # Each change says its own error code and handset time, or has none: a delivered report after an unconfirmed
     # submit must not carry `submit_unconfirmed`, nor an expiry the gateway made an interim report's time.
@@ -179,11 +181,16 @@ def _transition_update(
         else:
             sets.append(f"{name} = :{name}")
             values[f":{name}"] = {"S": value}
+    condition = f"attribute_exists(pk) AND #status IN ({previous_names})"
+    if unclaimed_only:
+        condition += " AND attribute_not_exists(claim_until)"
+    if reported_by is not None:
+        condition += f" AND {REPORTER_CARRIES_IT}"
+        values[":reporter"] = {"S": reported_by}
     return {
         "Key": _key_of(key),
         "UpdateExpression": f"SET {', '.join(sets)} REMOVE {', '.join(removes)}",
-        "ConditionExpression": f"attribute_exists(pk) AND #status IN ({previous_names})"
-        + (" AND attribute_not_exists(claim_until)" if unclaimed_only else ""),
+        "ConditionExpression": condition,
         "ExpressionAttributeNames": names,
         "ExpressionAttributeValues": values,
     }
@@ -816,6 +823,7 @@ class DynamoStore(
         reported_at: str | None = None,
         unclaimed_only: bool = False,
         refund: bool = False,
+        reported_by: str | None = None,
     ) -> StatusChange | None:
         options: dict[str, Any] = {
             "upstream": upstream,
@@ -823,6 +831,7 @@ class DynamoStore(
             "error_code": error_code,
             "reported_at": reported_at,
             "unclaimed_only": unclaimed_only,
+            "reported_by": reported_by,
         }
         if refund:
             found = self.get_messages_by_key([key])

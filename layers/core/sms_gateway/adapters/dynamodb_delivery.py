@@ -21,6 +21,11 @@ _CONVERSATION_PAGES = 4
 # Kept as long as an upstream may still report on a message (validity plus the carriers' retry window).
 LINK_RETENTION = timedelta(days=7)
 
+# A report by our reference is applied only when the upstream that sent it carries the message: the one that took
+# it, the one a dispatcher is submitting it to, or the one that may have it (an unanswered submit). Any other
+# upstream's callback, authenticated by its own token, could otherwise settle and refund another's message.
+REPORTER_CARRIES_IT = "(upstream = :reporter OR claim_upstream = :reporter OR maybe_taken_by = :reporter)"
+
 
 def upstream_link_key(upstream: str, upstream_message_id: str) -> dict[str, Any]:
     return {"pk": {"S": f"UPMSG#{upstream}#{upstream_message_id}"}, "sk": {"S": "LINK"}}
@@ -84,9 +89,11 @@ class DynamoDeliveryMixin:
             return MessageKey.from_ref(error.response["Item"]["message_ref"]["S"])
         return None
 
-    def record_part_status(self, key: MessageKey, part: int, status: MessageStatus, *, now: datetime) -> Message | None:
-        """Moves one part of a multi-part message forward (never back); returns the message as it is now, or
-        None when there is no such message."""
+    def record_part_status(
+        self, key: MessageKey, part: int, status: MessageStatus, *, now: datetime, reported_by: str | None = None
+    ) -> Message | None:
+        """Moves one part of a multi-part message forward (never back), on a report of an upstream that carries
+        it (`reported_by`); returns the message as it is now, or None when there is no such message."""
         from sms_gateway.adapters.dynamodb import _key_of, message_from_item  # it imports this module
 
         previous = sorted(allowed_previous(status))
@@ -96,15 +103,21 @@ class DynamoDeliveryMixin:
             **{f":p{i}": {"S": str(state)} for i, state in enumerate(previous)},
         }
         allowed = ", ".join(f":p{i}" for i in range(len(previous)))
+        condition = (
+            "attribute_exists(pk) AND attribute_exists(part_status) AND "
+            f"(attribute_not_exists(part_status.#part) OR part_status.#part IN ({allowed}))"
+        )
+        update = "SET part_status.#part = :status, updated_at = :now"
+        if reported_by is not None:
+            condition += f" AND {REPORTER_CARRIES_IT}"
+            update += ", upstream = if_not_exists(upstream, :reporter)"
+            values[":reporter"] = {"S": reported_by}
         try:
             answer = self.client.update_item(
                 TableName=self.table_name,
                 Key=_key_of(key),
-                UpdateExpression="SET part_status.#part = :status, updated_at = :now",
-                ConditionExpression=(
-                    "attribute_exists(pk) AND attribute_exists(part_status) AND "
-                    f"(attribute_not_exists(part_status.#part) OR part_status.#part IN ({allowed}))"
-                ),
+                UpdateExpression=update,
+                ConditionExpression=condition,
                 ExpressionAttributeNames={"#part": str(part)},
                 ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",

@@ -94,8 +94,10 @@ def apply_delivery_report(report: DeliveryReport, deps: DeliveryDependencies, ou
     if key is None:
         return
     if report.part is not None:
-        message = deps.messages.record_part_status(key, report.part, report.status, now=deps.clock())
-        if message is None:
+        message = deps.messages.record_part_status(
+            key, report.part, report.status, now=deps.clock(), reported_by=report.upstream
+        )
+        if message is None or not _carried_by(message, report.upstream):
             _unmatched(report, outcome)
             return
         if message.parts > 1:
@@ -113,8 +115,9 @@ def apply_delivery_report(report: DeliveryReport, deps: DeliveryDependencies, ou
         error_code=report.error_code,
         reported_at=report.reported_at,
         refund=report.status in REFUNDED,
+        reported_by=report.upstream,
     )
-    if change is None:
+    if change is None or (not change.changed and not _carried_by(change.message, report.upstream)):
         _unmatched(report, outcome)
         return
     if not change.changed:
@@ -128,6 +131,13 @@ def apply_delivery_report(report: DeliveryReport, deps: DeliveryDependencies, ou
         deps.on_change(change)
 
 
+def _carried_by(message: Message, upstream: str) -> bool:
+    """Whether the stored message names `upstream` as one that took it or may have it. The store applies a report
+    only from such an upstream (or the one a dispatcher is submitting it to, recorded as it applies it): a report
+    it kept out from any other is counted unmatched, never announced as a repeat."""
+    return upstream in (message.upstream, message.maybe_taken_by)
+
+
 def _settled_status(message: Message) -> MessageStatus | None:
     """The whole message's final status once its parts settle it (delivered when every part is, failed when
     any part fails); None while they do not."""
@@ -138,6 +148,6 @@ def _settled_status(message: Message) -> MessageStatus | None:
 def _unmatched(report: DeliveryReport, outcome: DeliveryOutcome) -> None:
     outcome.unmatched += 1
     logger.warning(
-        "delivery report for an unknown message",
+        "delivery report for an unknown message, or one another upstream carries",
         extra={"upstream": report.upstream, "upstream_message_id": report.upstream_message_id},
     )

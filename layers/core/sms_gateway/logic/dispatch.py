@@ -356,7 +356,7 @@ async def _dispatch_one(
     if too_late and message.maybe_taken_by is not None:
         # An earlier submit there got no answer: the upstream may be delivering it, so it is left to its DLR rather
         # than expired and refunded.
-        await _record_unconfirmed(message, deps, outcome)
+        await _record_unconfirmed(message, message.maybe_taken_by, deps, outcome)
         return
     if too_late:
         await _finish(message, MessageStatus.EXPIRED, "validity_period_ended", deps, outcome)
@@ -380,7 +380,7 @@ async def _dispatch_one(
         return
     if claim.outcome == ClaimOutcome.ABANDONED and sent is None:
         logger.warning("dispatcher died mid-submit before; not resubmitting", extra={"message_id": message.message_id})
-        await _record_unconfirmed(message, deps, outcome)
+        await _record_unconfirmed(message, claim.lapsed_upstream, deps, outcome)
         return
     if isinstance(sent, UpstreamError) or sent is None:
         assert sent is not None, "a claimed message was offered to its upstreams"
@@ -410,11 +410,19 @@ async def _dispatch_one(
         await asyncio.to_thread(apply_held_reports, message, held, delivery)
 
 
-async def _record_unconfirmed(message: Message, deps: DispatchDependencies, outcome: DispatchOutcome) -> None:
-    """At most once: an upstream may already have the message (its DLR will find it by our reference), so it is
-    recorded as submitted without an upstream id rather than submitted again, and settled if no DLR comes."""
+async def _record_unconfirmed(
+    message: Message, upstream: str | None, deps: DispatchDependencies, outcome: DispatchOutcome
+) -> None:
+    """At most once: `upstream` may already have the message (its DLR will find it by our reference), so it is
+    recorded as submitted there without an upstream id rather than submitted again, and settled if no DLR comes.
+    The upstream is recorded: only its reports may settle the message."""
     change = await asyncio.to_thread(
-        deps.messages.transition, message.key, MessageStatus.SUBMITTED, now=deps.clock(), error_code=UNCONFIRMED
+        deps.messages.transition,
+        message.key,
+        MessageStatus.SUBMITTED,
+        now=deps.clock(),
+        upstream=upstream,
+        error_code=UNCONFIRMED,
     )
     outcome.record(change)
     outcome.unconfirmed += 1
@@ -467,7 +475,9 @@ async def _submit(
     it."""
     failure: UpstreamError | None = None
     if not upstreams and message.maybe_taken_by is not None:
-        return MaybeSent(f"{message.maybe_taken_by} may have the message and is no longer on its route")
+        return MaybeSent(
+            message.maybe_taken_by, f"{message.maybe_taken_by} may have the message and is no longer on its route"
+        )
     for tried, provider in enumerate(upstreams):
         if tried and deps.out_of_time():
             # A failover is a second submit under the claim: begun this late, it could still be waiting for its
@@ -504,7 +514,7 @@ async def _submit(
                 # answers a repeat of our reference with its first answer is asked again later; any other never.
                 if getattr(provider, "deduplicates_submits", False):
                     return MaybeTakenBy(provider.name, error)
-                return MaybeSent(error.message)
+                return MaybeSent(provider.name, error.message)
             if not error.unavailable:
                 break
     assert failure is not None, "a route names at least one upstream"
@@ -528,8 +538,9 @@ class MaybeSent(UpstreamError):
     """No answer came from an upstream that cannot tell a repeated submit from a new one, after the request
     reached it: it may have taken the message, so the message is never offered again."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, upstream: str, message: str) -> None:
         super().__init__(message, permanent=True, maybe_taken=True)
+        self.upstream = upstream
 
 
 async def _not_taken(
@@ -556,7 +567,8 @@ async def _not_taken(
             "upstream may have taken the message; not resubmitting",
             extra={"message_id": message.message_id, "upstream": taken_by, "error": failure.message},
         )
-        await _record_unconfirmed(message, deps, outcome)
+        carrier = failure.upstream if isinstance(failure, MaybeSent | MaybeTakenBy) else taken_by
+        await _record_unconfirmed(message, carrier, deps, outcome)
         return
     if not final:
         await asyncio.to_thread(deps.messages.release_claim, message.key, maybe_taken_by=taken_by)
