@@ -483,19 +483,56 @@ def test_an_unkeyed_send_that_cannot_be_stored_is_failed_and_refunded_once(aws, 
     assert stored and {(m.status, m.error_code) for m in stored} == {("failed", "not_queued")}
 
 
-def test_an_unkeyed_send_whose_batch_was_never_written_gets_its_reservation_back(aws, api, monkeypatch):
+def test_an_unkeyed_send_whose_batch_and_credits_write_fails_takes_nothing(aws, api, monkeypatch):
     from sms_gateway.adapters.dynamodb import DynamoStore
 
     account = make_account(100)
 
-    def unreachable(self, batch, messages):
+    def unreachable(self, batch, *, superseding=None):
         raise TimeoutError("Connect timeout on endpoint URL")
 
-    monkeypatch.setattr(DynamoStore, "create_batch", unreachable)
+    monkeypatch.setattr(DynamoStore, "create_batch_and_reserve", unreachable)
     answer = api(send_event(account["token"], {"from": "48974", "to": NUMBERS, "message": "thirty of them"}))
     assert answer["statusCode"] == 503, answer
     assert batches_of(account["account_id"]) == []
     assert balance(account["account_id"]) == 100
+
+
+def test_an_unkeyed_send_whose_batch_and_credits_write_lost_its_answer_is_given_back_once(aws, api, monkeypatch):
+    from sms_gateway.adapters.dynamodb import DynamoStore
+
+    account = make_account(100)
+    written = DynamoStore.create_batch_and_reserve
+
+    def answer_lost(self, batch, *, superseding=None):
+        written(self, batch, superseding=superseding)
+        raise TimeoutError("Read timeout on endpoint URL")
+
+    monkeypatch.setattr(DynamoStore, "create_batch_and_reserve", answer_lost)
+    answer = api(send_event(account["token"], {"from": "48974", "to": NUMBERS, "message": "thirty of them"}))
+    assert answer["statusCode"] == 503, answer
+    assert [batch.status for batch in batches_of(account["account_id"])] == ["failed"]
+    assert balance(account["account_id"]) == 100
+    assert queued_records(aws) == []
+
+
+def test_an_unkeyed_send_given_an_id_another_batch_has_takes_nothing_and_leaves_that_batch_alone(aws, api, monkeypatch):
+    from sms_gateway.logic import send
+
+    # Given a batch sent and charged (30 credits), and a second send whose new id happens to be the same (two
+    # containers' ids met in one millisecond with the same random bits)
+    account = make_account(100)
+    first = api(send_event(account["token"], {"from": "48974", "to": NUMBERS, "message": "thirty of them"}))
+    taken = int(json.loads(first["body"])["reference_id"])
+    monkeypatch.setattr(send, "new_batch_id", lambda: taken)
+    # When that second send is made without a key
+    answer = api(send_event(account["token"], {"from": "48974", "to": NUMBERS[:5], "message": "five"}))
+    # Then it is a 503 to retry (a retry gets a new id) and takes nothing, and the first batch is still queued and
+    # charged (not failed and refunded by the second send's undo)
+    assert answer["statusCode"] == 503, answer
+    [batch] = batches_of(account["account_id"])
+    assert (batch.reference_id, batch.status) == (taken, "queued")
+    assert balance(account["account_id"]) == 70
 
 
 def test_of_two_retries_after_the_lease_only_one_finishes_the_send(aws):

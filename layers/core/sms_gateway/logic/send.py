@@ -178,7 +178,7 @@ def accept_send(
     out_of_time: OutOfTime | None = None,
 ) -> Accepted:
     """`out_of_time`: whether the invocation is about to run out; the send is refused (Unavailable) or undone
-    before it does (store_batch).
+    before it does (store_messages).
     `claim`: the idempotency key's claim, when the request has a key; the batch gets the id it names. A resumed
     claim means an earlier request under the key died holding it: if it stored its batch, this finishes that batch
     (finish_stored_batch) instead of sending again; if not, nothing of it was stored and the send starts afresh."""
@@ -231,23 +231,22 @@ def accept_send(
     messages = new_messages(batch, command, recipients, priced)
     if deadlines.ran_out(out_of_time):
         raise Unavailable("too little time was left to take this send: nothing was stored or charged; try again")
-    # Under an Idempotency-Key the batch and its credits are written together, so a retry that finds the batch
-    # knows they were taken, and one that does not knows they were not. Without a key nothing would retry the send,
-    # and a transaction costs twice the writes (docs/dispatch.md, "A send's credits").
-    reserved_with_batch = claim is not None
-    if not reserved_with_batch:
-        deps.accounts.reserve_credits(account.account_id, cost)
+    # The batch and its credits are written together, both or neither: a retry under a key that finds the batch
+    # knows they were taken, and one that does not knows they were not; a send killed after the write leaves a batch
+    # that records what it took (docs/dispatch.md, "A send's credits").
     try:
         with deadlines.armed(out_of_time):
-            if reserved_with_batch:
-                # Inside the undo: a transaction whose answer was lost may have been applied.
-                deps.messages.create_batch_and_reserve(batch, superseding=superseding)
-            store_batch(batch, messages, deps, out_of_time, batch_written=reserved_with_batch)
+            # Inside the undo: a transaction whose answer was lost may have been applied.
+            deps.messages.create_batch_and_reserve(batch, superseding=superseding)
+            store_messages(batch, messages, deps, out_of_time)
     except InsufficientCredits:
         raise  # the transaction was refused: it wrote nothing
     except Exception as error:
         log_undone(batch, "stored")
-        give_back(batch, messages, deps, error, reserved_with_batch=reserved_with_batch, now=now)
+        give_back(batch, messages, deps, error, now=now)
+        if isinstance(error, Conflict) and claim is None:
+            # Not the caller's conflict: two new ids met (one millisecond, the same random bits). A retry gets another.
+            raise undone("could not be stored", Unavailable(error.message)) from error
         raise undone("could not be stored", error) from error
     try:
         with deadlines.armed(out_of_time):
@@ -307,18 +306,11 @@ def withdrawn_whole(batch: Batch, stored: Sequence[Message]) -> bool:
     )
 
 
-def store_batch(
-    batch: Batch,
-    messages: Sequence[Message],
-    deps: SendDependencies,
-    out_of_time: OutOfTime | None,
-    *,
-    batch_written: bool,
+def store_messages(
+    batch: Batch, messages: Sequence[Message], deps: SendDependencies, out_of_time: OutOfTime | None
 ) -> None:
-    """Writes the batch (unless `batch_written`), then its messages a chunk at a time; gives up (Unavailable)
-    between chunks, and before the release, once the invocation is out of time. The caller undoes what was written."""
-    if not batch_written:
-        deps.messages.create_batch(batch, [])
+    """Writes the stored batch's messages a chunk at a time; gives up (Unavailable) between chunks, and before the
+    release, once the invocation is out of time. The caller undoes what was written."""
     for start in range(0, len(messages), STORE_CHUNK):
         if deadlines.ran_out(out_of_time):
             raise Unavailable("the invocation ran out of time while storing the send")
@@ -333,19 +325,16 @@ def give_back(
     deps: SendDependencies,
     error: Exception,
     *,
-    reserved_with_batch: bool,
     now: datetime,
 ) -> None:
     """Undoes the reservation of a send that could not be stored. Nothing is queued yet, so nothing half-done stays
     charged: the batch is failed and its cost given back in one write (a crash cannot leave it failed but kept, and
     a retry under the key then finds it failed and sends afresh), then the messages it stored are failed too. A
-    batch that was never written had only its reservation to give back; one that is another request's (Conflict
-    under the same key) is left alone."""
-    if isinstance(error, Conflict) and reserved_with_batch:
+    batch that was never written took nothing (it was written with its credits); one that is another request's
+    (Conflict under the same key, or the same id) is left alone."""
+    if isinstance(error, Conflict):
         return  # the transaction found the other request's batch and so reserved nothing
     undone_now = deps.messages.fail_batch_and_refund(batch)
-    if undone_now is None and not reserved_with_batch:
-        deps.accounts.refund_credits(batch.account_id, batch.cost)
     if undone_now:
         fail_unsent_messages(batch, messages, deps, now=now)
 
