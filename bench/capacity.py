@@ -102,6 +102,8 @@ class CapacityMeter(AwsCallMeter):
         params = context.get("bench_params", {})
         if service == "dynamodb" and operation in ("PutItem", "UpdateItem", "DeleteItem"):
             context["bench_old"] = [self._current(params["Key"] if "Key" in params else self._key(params["Item"]))]
+        elif service == "dynamodb" and operation == "TransactWriteItems":
+            context["bench_old"] = [self._current(key) if key else None for key in self._transaction_keys(params)]
         elif service == "dynamodb" and operation == "BatchWriteItem":
             context["bench_old"] = [
                 self._current(
@@ -148,6 +150,17 @@ class CapacityMeter(AwsCallMeter):
         hash_name, *range_name = self.key_names
         found = self._table.get_item(DynamoType(key[hash_name]), DynamoType(key[range_name[0]]) if range_name else None)
         return found.to_json()["Attributes"] if found else None
+
+    def _transaction_keys(self, params: dict[str, Any]) -> list[dict[str, Any] | None]:
+        """The key of each entry of a TransactWriteItems on this table (None for another table's)."""
+        keys: list[dict[str, Any] | None] = []
+        for entry in params["TransactItems"]:
+            spec = next(iter(entry.values()))
+            if spec.get("TableName") != self.table_name:
+                keys.append(None)
+            else:
+                keys.append(spec["Key"] if "Key" in spec else self._key(spec["Item"]))
+        return keys
 
     def _write(self, old: dict[str, Any] | None, new: dict[str, Any] | None, ok: bool) -> None:
         if not ok:
@@ -197,9 +210,14 @@ class CapacityMeter(AwsCallMeter):
             for before, request in zip(old, params["RequestItems"].get(self.table_name, []), strict=False):
                 self._write(before, request.get("PutRequest", {}).get("Item"), ok)
         elif operation == "TransactWriteItems":
-            for entry in params["TransactItems"]:
-                spec = next(iter(entry.values()))
-                self.units["dynamodb:WRU"] += 2 * write_units(item_size(spec.get("Item")))
+            # Each entry bills twice the units of a plain write of the same item (the larger of before and after;
+            # a ConditionCheck the item it reads); its index entries as a plain write's.
+            for key, before in zip(self._transaction_keys(params), old, strict=True):
+                if key is None:
+                    continue  # another table's item: not metered here
+                after = self._current(key) if ok else None
+                self.units["dynamodb:WRU"] += write_units(max(item_size(before), item_size(after)))
+                self._write(before, after, ok)
         elif operation == "TransactGetItems":
             for entry in parsed.get("Responses", []):
                 self.units["dynamodb:RRU"] += 2 * read_units(item_size(entry.get("Item")), True)

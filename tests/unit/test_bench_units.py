@@ -6,6 +6,7 @@ import pytest
 
 from bench.bench_requests_per_message import floor
 from bench.capacity import item_size, read_units, write_units
+from tests.conftest import create_key_table
 
 TEMPLATE_BATCHES = {"DispatcherFunction": 10, "NotifierFunction": 10}
 
@@ -29,6 +30,40 @@ def test_units_round_up_per_kilobyte_written_and_per_4_kb_read():
 
 def test_the_floor_is_the_one_the_doc_derives():
     single = floor(1, TEMPLATE_BATCHES)
-    assert single == pytest.approx({"accept": 6, "dispatch": 2.6, "dlr": 2, "notify": 0.51, "settle": 0.56})
-    assert sum(single.values()) == pytest.approx(11.67)
-    assert sum(floor(1000, TEMPLATE_BATCHES).values()) == pytest.approx(4.5837)
+    assert single == pytest.approx({"accept": 5, "dispatch": 2.6, "dlr": 2, "notify": 0.51, "settle": 0.56})
+    assert sum(single.values()) == pytest.approx(10.67)
+    assert sum(floor(1000, TEMPLATE_BATCHES).values()) == pytest.approx(4.5827)
+
+
+def test_a_transactional_write_is_billed_twice_a_plain_writes_units_by_the_size_of_its_item():
+    import boto3
+    from moto import mock_aws
+
+    from bench import metering_boto3_clients
+    from bench.capacity import CapacityMeter
+
+    with mock_aws():
+        probe = boto3.client("dynamodb", region_name="us-east-1")
+        create_key_table(probe)
+        # Given an account item of about 3 KB (a long webhook URL, KMS ciphertexts, many senders)
+        key = {"pk": {"S": "ACC#1"}, "sk": {"S": "ACCOUNT"}}
+        probe.put_item(TableName="t", Item={**key, "blob": {"S": "x" * 3000}, "credits": {"N": "100"}})
+        meter = CapacityMeter(probe, "t")
+        update = {
+            "TableName": "t",
+            "Key": key,
+            "UpdateExpression": "SET credits = credits - :c",
+            "ConditionExpression": "credits >= :c",
+            "ExpressionAttributeValues": {":c": {"N": "1"}},
+        }
+        batch = {"TableName": "t", "Item": {"pk": {"S": "ACC#1"}, "sk": {"S": "BATCH#1"}, "cost": {"N": "1"}}}
+        with metering_boto3_clients(meter):
+            client = boto3.session.Session(region_name="us-east-1").client("dynamodb")
+            client.update_item(**update)
+            plain = meter.units["dynamodb:WRU"]
+            # When the same update goes in a transaction, with a small new item beside it
+            client.transact_write_items(TransactItems=[{"Update": update}, {"Put": batch}])
+            transactional = meter.units["dynamodb:WRU"] - plain
+    # Then the update is billed twice its 3 units, and the put twice its one
+    assert plain == 3
+    assert transactional == 2 * 3 + 2 * 1

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import create_key_table
+
 
 @pytest.fixture
 def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
@@ -24,15 +26,7 @@ def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     serialise_dynamodb_writes()
     with mock_aws():
         client = boto3.client("dynamodb")
-        client.create_table(
-            TableName="t",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_key_table(client)
         for pk, sk in (("P1", "a"), ("P1", "b"), ("P2", "c"), ("P3", "d")):
             client.put_item(TableName="t", Item={"pk": {"S": pk}, "sk": {"S": sk}, "n": {"N": "1"}})
         yield client
