@@ -232,6 +232,33 @@ def test_dlrs_map_to_our_statuses(fields: dict[str, str], status: MessageStatus,
         assert report.reported_at == ("2013-11-02T23:39:00.000000Z" if "donedate" in fields else None)
 
 
+@pytest.mark.parametrize("esme_status", ["ESME_RTHROTTLED", "ESME_RMSGQFUL", "ESME_RSYSERR", "ESME_RINVSCHED"])
+def test_a_level1_dlr_for_a_submit_error_jasmin_retries_leaves_the_message_submitted(esme_status: str) -> None:
+    # Given a level-1 DLR for a submit_sm_resp status that Jasmin's sm-listener requeues by default
+    # (jasmin/managers/configs.py submit_error_retrial: ESME_RSYSERR, ESME_RTHROTTLED, ESME_RMSGQFUL, ESME_RINVSCHED)
+    request = dlr({"id": MESSAGE_ID, "message_status": esme_status, "level": "1"})
+
+    # When it is parsed
+    (report,) = provider(answer(200, "")).parse_delivery_reports(request)
+
+    # Then the message stays submitted (Jasmin submits it again; it may well be delivered), the status noted on it
+    assert report.status is MessageStatus.SUBMITTED
+    assert report.error_code == esme_status
+
+
+def test_the_submit_errors_jasmin_retries_follow_the_upstream_s_retried_statuses() -> None:
+    # Given a Jasmin whose submit_error_retrial retries ESME_RX_T_APPN and no longer ESME_RTHROTTLED
+    jasmin = provider(answer(200, ""), retried_statuses=["esme_rx_t_appn"])
+
+    # When level-1 DLRs for both statuses arrive
+    retried = jasmin.parse_delivery_reports(dlr({"id": MESSAGE_ID, "message_status": "ESME_RX_T_APPN", "level": "1"}))
+    final = jasmin.parse_delivery_reports(dlr({"id": MESSAGE_ID, "message_status": "ESME_RTHROTTLED", "level": "1"}))
+
+    # Then the one it retries leaves the message submitted, the other refuses it
+    assert (retried[0].status, retried[0].error_code) == (MessageStatus.SUBMITTED, "ESME_RX_T_APPN")
+    assert (final[0].status, final[0].error_code) == (MessageStatus.REJECTED, "ESME_RTHROTTLED")
+
+
 def test_an_unknown_or_incomplete_dlr_is_rejected() -> None:
     jasmin = provider(answer(200, ""))
     with pytest.raises(CallbackRejected):
@@ -324,6 +351,9 @@ def test_configuration_is_checked() -> None:
         JasminProvider.from_config("jasmin", {**CONFIG, "dlr_level": 4})
     with pytest.raises(LookupError):
         JasminProvider.from_config("jasmin", {**CONFIG, "mo_charset": "no-such-codec"})
+    for retried in ("ESME_RTHROTTLED", 7, ["ESME_ROK"], ["DELIVRD"], [7]):
+        with pytest.raises(ValueError, match="retried_statuses"):
+            JasminProvider.from_config("jasmin", {**CONFIG, "retried_statuses": retried})
 
 
 def test_the_dlr_url_keeps_our_query_when_jasmin_posts() -> None:

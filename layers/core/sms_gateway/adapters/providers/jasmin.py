@@ -6,8 +6,10 @@ its source jasmin/protocols/http/endpoints/send.py, jasmin/protocols/http/errors
   `hex-content`, `coding`, `dlr` (yes|no), `dlr-url`, `dlr-level` (1 SMSC, 2 terminal, 3 both), `dlr-method`.
 - Answers `200 Success "<uuid>"`; errors `Error "<reason>"` with 400 (validation), 403 (authentication,
   authorization, charging, throughput), 412 (no route), 500/503 (server, interceptor).
-- DLR: `id`, `message_status`, `level`, and for level 2 `id_smsc`, `sub`, `dlvrd`, `subdate`, `donedate`, `err`,
-  `text`; form-encoded in the body with `dlr-method=POST` (the dlr-url, with its query string, is kept as given).
+- DLR: `id`, `message_status`, `level` (level 1: the submit_sm_resp command status, thrown once for the first answer
+  to a submit that Jasmin then retries itself, jasmin/managers/listeners.py and dlr.py), and for level 2 `id_smsc`,
+  `sub`, `dlvrd`, `subdate`, `donedate`, `err`, `text`; form-encoded in the body with `dlr-method=POST` (the
+  dlr-url, with its query string, is kept as given).
 - MO through an HTTP client connector: `id`, `from`, `to`, `origin-connector`, `priority`, `coding`, `validity`,
   `content`, `binary` (the content hexlified).
 Jasmin considers a callback delivered only when the answer is `200` with the body `ACK/Jasmin` exactly; see
@@ -19,7 +21,7 @@ from __future__ import annotations
 import codecs
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote
@@ -42,7 +44,8 @@ CODING_DEFAULT, CODING_UCS2 = "0", "8"
 MO_GSM7 = "gsm0338"
 
 # The one status table. Level 1 reports the SMSC's answer to submit_sm (an ESME_* command status: ESME_ROK is a
-# take, any other status a refusal); level 2 reports the receipt's final state from the handset side.
+# take, any other status a refusal, unless Jasmin retries it: see RETRIED_STATUSES); level 2 reports the receipt's
+# final state from the handset side.
 STATUS: dict[str, MessageStatus] = {
     "ESME_ROK": MessageStatus.SUBMITTED,
     "ESME_*": MessageStatus.REJECTED,
@@ -55,6 +58,11 @@ STATUS: dict[str, MessageStatus] = {
     "UNKNOWN": MessageStatus.FAILED,
     "REJECTD": MessageStatus.REJECTED,
 }
+# The submit_sm_resp statuses Jasmin's SMPP client requeues and submits again itself: its sm-listener's
+# `submit_error_retrial` defaults (jasmin/managers/configs.py). Jasmin throws the first such answer as a level-1 DLR
+# and then drops the DLR request, so no later report comes: the message stays submitted, still charged, until the
+# DLR wait settles it. An operator who changes `submit_error_retrial` sets the upstream's `retried_statuses`.
+RETRIED_STATUSES = frozenset({"ESME_RSYSERR", "ESME_RTHROTTLED", "ESME_RMSGQFUL", "ESME_RINVSCHED"})
 _NO_ERROR = {"", "0", "00", "000", "ND"}
 _SUCCESS = re.compile(r'^Success\s+"([^"]+)"')
 _ERROR = re.compile(r'^Error\s+"(.*)"', re.DOTALL)
@@ -85,6 +93,7 @@ class JasminProvider:
         callback_token: str,
         dlr_level: int = DLR_LEVEL_BOTH,
         mo_charset: str = MO_GSM7,
+        retried_statuses: Iterable[str] = RETRIED_STATUSES,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         if len(callback_token) < 16:
@@ -93,6 +102,7 @@ class JasminProvider:
             raise ValueError(f"upstream {name!r}: dlr_level is 1, 2 or 3, not {dlr_level!r}")
         if mo_charset != MO_GSM7:
             codecs.lookup(mo_charset)  # an unknown codec fails at configuration, not on the first MO
+        retried = _esme_statuses(name, retried_statuses)
         self.name = name
         self.url = url.rstrip("/")
         # Parsed once: httpx parses a URL given as a string on every request.
@@ -102,6 +112,7 @@ class JasminProvider:
         self._token = callback_token
         self._dlr_level = dlr_level
         self._mo_charset = mo_charset
+        self._retried = retried
         self._client = client
 
     @classmethod
@@ -116,6 +127,7 @@ class JasminProvider:
             callback_token=str(config["callback_token"]),
             dlr_level=int(config.get("dlr_level", DLR_LEVEL_BOTH)),
             mo_charset=str(config.get("mo_charset") or MO_GSM7),
+            retried_statuses=config.get("retried_statuses", RETRIED_STATUSES),
             client=client,
         )
 
@@ -189,13 +201,19 @@ class JasminProvider:
         state = fields.get("message_status", "").strip().upper()
         if not message_id or not state:
             raise CallbackRejected("not a Jasmin DLR: id and message_status are required")
-        status = STATUS.get(state) or (STATUS["ESME_*"] if state.startswith("ESME_") else None)
+        submit_error = state.startswith("ESME_") and state != "ESME_ROK"
+        # A submit error Jasmin retries is no refusal: the message stays submitted, the error noted as its error_code.
+        status = MessageStatus.SUBMITTED if state in self._retried else STATUS.get(state)
+        if status is None and submit_error:
+            status = STATUS["ESME_*"]
         if status is None:
             raise CallbackRejected(f"unknown Jasmin message_status {state!r}")
         error = fields.get("err", "").strip()
         error_code = None
-        if status is not MessageStatus.SUBMITTED and status is not MessageStatus.DELIVERED:
-            error_code = state if state.startswith("ESME_") else (error if error not in _NO_ERROR else None)
+        if submit_error:
+            error_code = state
+        elif status is not MessageStatus.SUBMITTED and status is not MessageStatus.DELIVERED and error not in _NO_ERROR:
+            error_code = error
         return [
             DeliveryReport(
                 upstream=self.name,
@@ -220,6 +238,17 @@ class JasminProvider:
             text=_mo_text(fields, self._mo_charset),
             received_at=iso(datetime.now(UTC)),
         )
+
+
+def _esme_statuses(name: str, statuses: Iterable[str]) -> frozenset[str]:
+    """The SMPP command statuses of a `retried_statuses` setting (a list of ESME_* names, ESME_ROK not one)."""
+    if not isinstance(statuses, list | tuple | set | frozenset) or not all(isinstance(s, str) for s in statuses):
+        raise ValueError(f"upstream {name!r}: retried_statuses is a list of ESME_* statuses, not {statuses!r}")
+    upper = frozenset(status.strip().upper() for status in statuses)
+    wrong = sorted(status for status in upper if not status.startswith("ESME_") or status == "ESME_ROK")
+    if wrong:
+        raise ValueError(f"upstream {name!r}: retried_statuses names submit errors (ESME_*), not {wrong}")
+    return upper
 
 
 def _fields(request: CallbackRequest) -> dict[str, str]:
