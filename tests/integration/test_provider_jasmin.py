@@ -129,6 +129,20 @@ def test_refusals_are_permanent(status: int, body: str) -> None:
     assert body.split('"')[1] in raised.value.message
 
 
+def test_a_failover_route_whose_connectors_are_all_unbound_sends_the_message_elsewhere() -> None:
+    # Given Jasmin answers as jasmin/protocols/http/endpoints/send.py does when every connector of a failover route is
+    # unbound (ConnectorNotFoundError, HTTP 412 in jasmin/protocols/http/errors.py): a passing outage of its SMSC binds
+    jasmin = provider(answer(412, 'Error "Failover route has no bound connectors"'))
+
+    # When a message is submitted
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(jasmin.submit(submit_request()))
+
+    # Then it is not failed and refunded: it is offered to the fallback upstream and retried
+    assert (raised.value.permanent, raised.value.unavailable) == (False, True)
+    assert "no bound connectors" in raised.value.message
+
+
 def test_throughput_exceeded_is_a_short_throttle() -> None:
     with pytest.raises(UpstreamError) as raised:
         asyncio.run(provider(answer(403, 'Error "User throughput exceeded"')).submit(submit_request()))

@@ -5,7 +5,8 @@ its source jasmin/protocols/http/endpoints/send.py, jasmin/protocols/http/errors
 - `POST /send` (GET also works) with `username`, `password` (16 characters at most), `to`, `from`, `content` or
   `hex-content`, `coding`, `dlr` (yes|no), `dlr-url`, `dlr-level` (1 SMSC, 2 terminal, 3 both), `dlr-method`.
 - Answers `200 Success "<uuid>"`; errors `Error "<reason>"` with 400 (validation), 403 (authentication,
-  authorization, charging, throughput), 412 (no route), 500/503 (server, interceptor).
+  authorization, charging, throughput), 412 (no route, or a failover route with no bound connector), 500/503
+  (server, interceptor).
 - DLR: `id`, `message_status`, `level` (level 1: the submit_sm_resp command status, thrown once for the first answer
   to a submit that Jasmin then retries itself, jasmin/managers/listeners.py and dlr.py), and for level 2 `id_smsc`,
   `sub`, `dlvrd`, `subdate`, `donedate`, `err`, `text`; form-encoded in the body with `dlr-method=POST` (the
@@ -183,8 +184,11 @@ class JasminProvider:
         if response.status_code == 403 and "cannot charge" in reason.lower():
             # Our balance at the upstream ran out: not the message's fault, another upstream may take it.
             raise UpstreamError(f"{self.name} cannot charge us: {reason}", permanent=False, unavailable=True)
+        if response.status_code == 412 and "no bound connector" in reason.lower():
+            # A failover route whose SMPP binds are all down (ConnectorNotFoundError): an outage, not a refusal.
+            raise UpstreamError(f"{self.name} cannot reach its SMSC: {reason}", permanent=False, unavailable=True)
         if response.status_code >= 400:
-            # 400 validation, 403 authentication/authorization, 412 no route for the number.
+            # 400 validation, 403 authentication/authorization, 412 no route for the number ("No route found").
             raise UpstreamError(f"{self.name} refused the message ({response.status_code}): {reason}", permanent=True)
         accepted = _SUCCESS.match(body)
         if response.status_code != 200 or accepted is None:
