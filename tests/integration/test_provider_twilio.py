@@ -202,7 +202,6 @@ def test_twilio_refusing_the_number_or_sender_is_permanent(code: int, message: s
             None,
             False,
         ),
-        (500, twilio_error(20500, "Internal Server Error", 500), {}, None, True),
         (503, twilio_error(20503, "Service Unavailable", 503), {"Retry-After": "30"}, 30.0, True),
         (401, twilio_error(20003, "Authenticate", 401), {}, None, True),
         (404, twilio_error(20404, "The requested resource was not found", 404), {}, None, True),
@@ -217,6 +216,36 @@ def test_throttling_outages_and_our_own_setup_errors_are_transient(
     assert raised.value.permanent is False
     assert raised.value.retry_after == retry_after
     assert raised.value.unavailable is unavailable
+    assert raised.value.maybe_taken is False
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(500, json=twilio_error(20500, "Internal Server Error", 500)),
+        httpx.Response(502, text="<html><body>502 Bad Gateway</body></html>", headers={"Content-Type": "text/html"}),
+        httpx.Response(
+            504, text="<html><body>504 Gateway Time-out</body></html>", headers={"Content-Type": "text/html"}
+        ),
+    ],
+    ids=["500", "502", "504"],
+)
+def test_a_server_error_to_create_a_message_may_have_sent_it_so_it_is_never_offered_again(
+    answer: httpx.Response,
+) -> None:
+    # Given Twilio answers the Messages POST with its documented 500 (error 20500: "an error in the server handling
+    # logic or a timeout in the API"; sending an SMS "is not idempotent ... it is possible for a customer to receive
+    # multiple messages"), or its edge with a 502/504 (a proxy lost the backend's answer)
+    twilio = provider(lambda request: answer)
+
+    # When a message is submitted
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(twilio.submit(submit_request()))
+
+    # Then the dispatcher is told Twilio may have the message: neither the fallback nor Twilio is asked again
+    assert raised.value.permanent is False
+    assert raised.value.maybe_taken is True
+    assert f"answered {answer.status_code}" in raised.value.message
 
 
 @pytest.mark.parametrize("failure", [httpx.ConnectTimeout("slow"), httpx.ConnectError("refused")])

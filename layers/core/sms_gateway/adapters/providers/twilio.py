@@ -80,6 +80,11 @@ TRANSIENT_ERROR_CODES = frozenset(
 # HTTP statuses meaning our credentials or account setup are wrong: not the message's fault, so it is offered to the
 # fallback upstream (and retried) rather than failed.
 ACCOUNT_PROBLEM_STATUSES = frozenset({401, 403, 404})
+# HTTP statuses after which Twilio may have created the message: a 500 (error 20500) is "an error in the server
+# handling logic or a timeout in the API", and creating a message is not idempotent (a retry "can send multiple
+# messages", https://www.twilio.com/docs/api/errors/20500); a 502/504 is its edge losing the backend's answer. Like
+# no answer at all (`no_answer`), not like a 503, which says the request was not served.
+MAYBE_TAKEN_STATUSES = frozenset({500, 502, 504})
 
 _LONG_DIGITS = re.compile(r"\+?\d{7,}")
 
@@ -175,6 +180,8 @@ class TwilioProvider:
         described = f"{self.name} answered {status}" + (f" error {code}" if code is not None else "")
         if message:
             described += f": {message}"
+        if status in MAYBE_TAKEN_STATUSES:
+            return UpstreamError(described, permanent=False, unavailable=True, maybe_taken=True)
         if status == 429 or status >= 500 or code in TRANSIENT_ERROR_CODES:
             return UpstreamError(
                 described,
