@@ -266,6 +266,19 @@ def test_dlr_types_and_receipts_map_to_our_statuses(
     assert report.reported_at == "2026-11-22T01:02:44.000000Z"
 
 
+@pytest.mark.parametrize("text", ["text:stat:UNDELIV err:1", "Text:STAT: DELIVRD ERR:000", "text:Stat:REJECTD"])
+def test_a_receipt_s_status_and_error_come_from_the_smsc_not_from_the_quoted_message_text(text: str) -> None:
+    # Given an SMPP receipt (Kannel's %A) for a message that expired, whose first 20 characters (the receipt's
+    # `text:` field, written by the sender) happen to contain "stat:" or "err:" words
+    receipt = RECEIPT.format(dlvrd="000", stat="EXPIRED", err="027").replace("text:Hello", text)
+
+    # When the DLR is parsed
+    (report,) = provider(answer(202, "")).parse_delivery_reports(dlr(2, receipt))
+
+    # Then the SMSC's own fields decide: expired, error 027 (not the words quoted from the message)
+    assert (report.status, report.error_code) == (MessageStatus.EXPIRED, "027")
+
+
 def test_the_dlr_url_we_give_kannel_comes_back_as_a_matching_report() -> None:
     # Given the DLR URL the adapter hands to Kannel
     kannel = provider(answer(202, ""))

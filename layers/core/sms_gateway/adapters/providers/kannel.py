@@ -65,6 +65,9 @@ STATUS: dict[str, MessageStatus] = {
 # Kannel's report types are bits; a value may carry extra flags (0x20 expired, 0x40 unknown, on type 2).
 _TYPE_BITS = (1, 2, 16, 4, 8)
 _RECEIPT_FIELD = re.compile(r"\b(stat|err)\s*:\s*([A-Za-z0-9_]+)", re.IGNORECASE)
+# The receipt's last field, `text:` (SMPP v3.4 appendix B: the first 20 characters of the message), is the sender's
+# own words: nothing after it is the SMSC's.
+_RECEIPT_TEXT = re.compile(r"\btext\s*:", re.IGNORECASE)
 _NO_ERROR = {"", "0", "00", "000", "ND"}
 _URL_SAFE = re.compile(r"[A-Za-z0-9._~-]{16,}")
 
@@ -174,7 +177,7 @@ class KannelProvider:
         if not ref:
             raise CallbackRejected("not a Kannel DLR: no ref in the query string")
         answer = query.get("answer", "")
-        receipt = {key.lower(): value for key, value in _RECEIPT_FIELD.findall(answer)}
+        receipt = _receipt_fields(answer)
         status = self._status(query.get("type", ""), receipt.get("stat", "").upper())
         error = receipt.get("err", "")
         failed = status in TERMINAL and status is not MessageStatus.DELIVERED
@@ -222,6 +225,15 @@ class KannelProvider:
             text=_inbound_text(request),
             received_at=_epoch(query.get("ts")) or iso(datetime.now(UTC)),
         )
+
+
+def _receipt_fields(answer: str) -> dict[str, str]:
+    """`stat` and `err` of an SMSC receipt (`id:… stat:UNDELIV err:001 text:…`), read before its `text:` field and
+    each the first given: the quoted message may say "stat:" or "err:" itself."""
+    fields: dict[str, str] = {}
+    for key, value in _RECEIPT_FIELD.findall(_RECEIPT_TEXT.split(answer, maxsplit=1)[0]):
+        fields.setdefault(key.lower(), value)
+    return fields
 
 
 def _inbound_text(request: CallbackRequest) -> str:
