@@ -104,6 +104,27 @@ def _json_event(client: PortalClient, body: dict[str, Any], headers: dict[str, s
     return event
 
 
+@pytest.fixture
+def group_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the group lookups (one DynamoDB GetItem each) the request makes."""
+    from sms_gateway.bootstrap import gateway
+
+    store_type = type(gateway().store)
+    original = store_type.get_group
+    calls: list[int] = []
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(store_type, "get_group", counted)
+    return calls
+
+
+# 2,000 distinct group ids: 18 KB of a 256 KB body (a full body holds about 30,000).
+MANY_GROUP_IDS = ",".join(f"grp_{n}" for n in range(2000))
+
+
 class TestSend:
     def test_a_send_charges_once_even_when_the_form_is_submitted_twice(self, client, account):
         form = compose_form(client, numbers=f"{MTN}\n08020000002")
@@ -155,6 +176,25 @@ class TestSend:
         assert batch_count(account["account_id"]) == 0
         assert balance(account["account_id"]) == 100
 
+    def test_more_than_a_thousand_entries_are_refused_before_any_is_read(self, client, account, group_reads):
+        # Given a form whose recipients are 2,000 group ids (each would be one read)
+        form = compose_form(client, numbers=MANY_GROUP_IDS)
+        # When it is sent
+        response = client.post(COMPOSE, form)
+        # Then it is refused with the limit, before a single group is read, and nothing is sent or charged
+        assert response.status == 400 and "at most 1000 recipients per request" in response.text()
+        assert group_reads == []
+        assert batch_count(account["account_id"]) == 0 and balance(account["account_id"]) == 100
+
+    def test_a_thousand_and_one_pasted_numbers_are_refused_as_a_csv_of_them_is(self, client, account):
+        # Given 1001 entries pasted (the same number: the 9bits `to` counts entries as given, as a CSV counts rows)
+        form = compose_form(client, numbers="\n".join([MTN] * 1001))
+        # When the form is sent
+        response = client.post(COMPOSE, form)
+        # Then it is refused, as a CSV of 1001 rows is, and nothing is charged
+        assert response.status == 400 and "1001 numbers and group ids were given" in response.text()
+        assert batch_count(account["account_id"]) == 0 and balance(account["account_id"]) == 100
+
     def test_a_csv_with_bad_rows_lists_each_row_with_its_reason(self, client, account):
         response = client.post(COMPOSE, compose_form(client, csv=f"phone\n{MTN}\nnot a number\n\n0803\n"))
         text = response.text()
@@ -204,6 +244,15 @@ class TestPreview:
         assert preview(client, body, csrf=csrf, origin="https://evil.example")[0] == 403
         assert preview(PortalClient(handler), body, csrf=csrf)[0] == 401
         assert preview(client, body, csrf=csrf)[0] == 200
+
+    def test_more_than_a_thousand_entries_are_refused_before_any_is_read(self, client, group_reads):
+        # Given the preview (run on every pause in typing) of 2,000 group ids
+        csrf = client.get(COMPOSE).csrf_token()
+        # When it is asked for
+        status, answer = preview(client, {"sender": "48974", "text": "Hi", "numbers": MANY_GROUP_IDS}, csrf=csrf)
+        # Then it answers 400 with the limit and reads no group
+        assert status == 400 and "at most 1000 recipients per request" in answer["message"]
+        assert group_reads == []
 
     def test_a_sender_of_another_account_is_refused(self, client):
         csrf = client.get(COMPOSE).csrf_token()

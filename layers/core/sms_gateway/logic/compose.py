@@ -28,10 +28,10 @@ MAX_RECIPIENTS = 1000
 UNKNOWN_GROUP = "unknown group id"
 
 
-def require_at_most_a_thousand(count: int, *, groups_alone: bool = False) -> None:
+def require_at_most_a_thousand(count: int, counted: str) -> None:
+    """`counted` says what `count` counted, for the message (e.g. "2000 numbers and group ids were given")."""
     if count > MAX_RECIPIENTS:
-        names = f"its groups alone have {count} members" if groups_alone else f"with its groups expanded names {count}"
-        raise InvalidRequest(f"at most {MAX_RECIPIENTS} recipients per request: 'to' {names}")
+        raise InvalidRequest(f"at most {MAX_RECIPIENTS} recipients per request: {counted}")
 
 
 @dataclass(frozen=True)
@@ -46,19 +46,24 @@ class Resolved:
 
 def resolve_recipients(store: GroupStore, account: Account, to: Sequence[str], *, strict: bool) -> Resolved:
     """Strict (a send): an unknown group or an invalid number refuses the whole request before anything is
-    priced. Otherwise (a dry run) they are returned for the caller to list."""
+    priced. Otherwise (a dry run) they are returned for the caller to list.
+
+    More than 1000 entries (numbers and group ids, as given, repeats included) are refused before anything is read:
+    expanding reads each distinct group id, so this bounds the reads of every caller (the 9bits request model
+    counts its `to` alike; the portal's pasted numbers and CSV come here unbounded)."""
+    require_at_most_a_thousand(len(to), f"{len(to)} numbers and group ids were given")
     expansion = groups.expand(store, account.account_id, to)
     if strict:
         groups.require_known_groups(expansion)
     # Members are distinct numbers already: a group too big for one send is refused before any number is parsed.
-    require_at_most_a_thousand(expansion.group_members, groups_alone=True)
+    require_at_most_a_thousand(expansion.group_members, f"'to' its groups alone have {expansion.group_members} members")
     recipients, rejected = normalise_recipients(expansion.numbers, account.default_country)
     if strict:
         require_valid(rejected)
         if not recipients:
             # Only groups with no members: a send needs one recipient (it was a 500, and held its Idempotency-Key).
             raise InvalidRequest("'to' names no recipient: its groups have no members")
-    require_at_most_a_thousand(len(recipients))
+    require_at_most_a_thousand(len(recipients), f"'to' with its groups expanded names {len(recipients)}")
     return Resolved(recipients=recipients, rejected=rejected, unknown_groups=expansion.unknown_groups)
 
 
