@@ -404,6 +404,29 @@ def test_a_rejected_request_shows_its_reason_and_may_be_asked_again(signed_in, a
     assert "BANK" not in stored(account["account_id"]).senders
 
 
+def test_a_sender_the_operator_released_is_shown_released_and_may_be_asked_for_again(signed_in, account):
+    from sms_gateway_tools import admin
+
+    # Given CINEMA requested, approved, and later released by the operator (admin remove-sender)
+    assert signed_in.submit(SETTINGS, "request-sender", {"sender": "CINEMA"}).status == 200
+    admin.approve_sender(account_id=account["account_id"], sender="CINEMA")
+    admin.remove_sender(account_id=account["account_id"], sender="CINEMA")
+    assert "CINEMA" not in stored(account["account_id"]).senders
+    # When the account opens Settings
+    page = signed_in.get(SETTINGS)
+    # Then CINEMA is not shown as approved (Compose refuses it) but as released
+    assert 'status-approved">approved' not in page.body
+    assert 'status-released">released' in page.body and "you may request it again" in page.body
+    # And when the account asks for it again, it is pending as after a rejection, and the operator can approve it
+    again = signed_in.submit(SETTINGS, "request-sender", {"sender": "CINEMA"})
+    assert again.status == 200, again.text()[-400:]
+    assert 'status-pending">pending' in signed_in.get(SETTINGS).body
+    assert signed_in.submit(SETTINGS, "request-sender", {"sender": "CINEMA"}).status == 409
+    admin.approve_sender(account_id=account["account_id"], sender="CINEMA")
+    assert "CINEMA" in stored(account["account_id"]).senders
+    assert 'status-approved">approved' in signed_in.get(SETTINGS).body
+
+
 @pytest.mark.parametrize(
     ("sender", "status", "message"),
     [

@@ -521,7 +521,8 @@ class SenderRequestStore(Protocol):
     """Sender ID and shortcode requests, listed per account (the portal) and all together (the operator)."""
 
     def add_sender_request(self, request: SenderRequest) -> None:
-        """Stores a new pending request; Conflict when the account has one for that sender that is not rejected."""
+        """Stores a new pending request over none, a rejected one or an approved one (the caller has checked that the
+        account does not have the sender, so an approved one was released since); Conflict over a pending one."""
         ...
 
     def sender_request(self, account_id: str, sender: str) -> SenderRequest | None: ...

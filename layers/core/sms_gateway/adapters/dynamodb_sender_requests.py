@@ -45,10 +45,14 @@ class DynamoSenderRequestsMixin:
                     "status": {"S": str(SenderRequestStatus.PENDING)},
                     "requested_at": {"S": request.requested_at},
                 },
-                # A rejected request may be made again; a pending or approved one stays as it is.
-                ConditionExpression="attribute_not_exists(pk) OR #status = :rejected",
+                # A rejected request may be made again, and an approved one whose sender the account no longer has
+                # (request_sender refuses a sender the account has before this write); a pending one stays as it is.
+                ConditionExpression="attribute_not_exists(pk) OR #status IN (:rejected, :approved)",
                 ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={":rejected": {"S": str(SenderRequestStatus.REJECTED)}},
+                ExpressionAttributeValues={
+                    ":rejected": {"S": str(SenderRequestStatus.REJECTED)},
+                    ":approved": {"S": str(SenderRequestStatus.APPROVED)},
+                },
             )
         except self.client.exceptions.ConditionalCheckFailedException as error:
             existing = self.sender_request(request.account_id, request.sender)

@@ -364,7 +364,8 @@ class SenderRequestStatus(StrEnum):
 
 class SenderRequest(Record):
     """An account's request for a sender ID or shortcode, which an operator approves (it is then registered to the
-    account) or rejects with a reason. One per account and sender; a rejected one may be asked for again."""
+    account) or rejects with a reason. One per account and sender; a rejected one may be asked for again, and an
+    approved one whose sender the operator released since (remove-sender), which the portal shows as released."""
 
     account_id: str
     sender: str

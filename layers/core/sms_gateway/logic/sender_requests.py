@@ -11,17 +11,32 @@ from sms_gateway.logic.accounts import add_sender, check_sender, require_account
 from sms_gateway.ports import AccountAdmin, SenderRequestStore
 
 MAX_REASON_LENGTH = 500
+# What the account is shown for an approved request whose sender it no longer has (not a stored status).
+RELEASED = "released"
 
 
 def request_sender(store: SenderRequestStore, account: Account, sender: str, *, now: datetime) -> SenderRequest:
     """A new pending request; InvalidRequest for a malformed sender, Conflict when it is the account's already or
-    asked for and not rejected."""
+    asked for and pending. It replaces a rejected request, and an approved one: the account not having the sender
+    (checked here, on the account read for this request) means the operator released it since (remove-sender)."""
     sender = check_sender(sender.strip())
-    if any(same_sender(sender, own) for own in account.senders):
+    if _owns(account, sender):
         raise Conflict(f"sender {sender!r} is registered to your account already")
     request = SenderRequest(account_id=account.account_id, sender=sender, requested_at=iso(now))
     store.add_sender_request(request)
     return request
+
+
+def shown_status(request: SenderRequest, account: Account) -> str:
+    """The request's status as the account should read it: an approved request whose sender the account no longer
+    has is `released` (the operator removed the sender; it may be asked for again), not approved."""
+    if request.status == SenderRequestStatus.APPROVED and not _owns(account, request.sender):
+        return RELEASED
+    return str(request.status)
+
+
+def _owns(account: Account, sender: str) -> bool:
+    return any(same_sender(sender, own) for own in account.senders)
 
 
 def list_requests(

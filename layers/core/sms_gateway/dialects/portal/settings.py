@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from sms_gateway.dialects.portal.framework import Notice, PageContext, page
 from sms_gateway.dialects.portal.markup import esc, field, section, select, table
-from sms_gateway.domain.models import Account, utc_now
+from sms_gateway.domain.models import Account, SenderRequest, utc_now
 from sms_gateway.domain.senders import registry_form
 
 if TYPE_CHECKING:
@@ -235,15 +235,7 @@ def senders_html(ctx: PageContext, account: Account) -> str:
         for sender in account.senders
         if registry_form(sender) not in requested
     ]
-    rows += [
-        (
-            _sender_cell(request.sender),
-            f'<span class="status-{esc(request.status)}">{esc(request.status)}</span>',
-            esc(request.requested_at),
-            esc(request.reason or ""),
-        )
-        for request in requests
-    ]
+    rows += [_request_row(request, sender_requests.shown_status(request, account)) for request in requests]
     listing = table(["Sender", "Status", "Requested", "Reason"], rows, empty="No sender IDs or shortcodes yet.")
     ask = ctx.form_html(
         "request-sender",
@@ -258,6 +250,18 @@ def senders_html(ctx: PageContext, account: Account) -> str:
         submit="Request",
     )
     return listing + ask
+
+
+def _request_row(request: SenderRequest, status: str) -> tuple[str, str, str, str]:
+    from sms_gateway.logic.sender_requests import RELEASED
+
+    reason = "an operator released it: you may request it again" if status == RELEASED else request.reason or ""
+    return (
+        _sender_cell(request.sender),
+        f'<span class="status-{esc(status)}">{esc(status)}</span>',
+        esc(request.requested_at),
+        esc(reason),
+    )
 
 
 @settings_page.action("request-sender")
