@@ -43,15 +43,44 @@ SESSION_KEY = ("+2348020000105", "08020000105")
 REFUSED_UPSTREAM = ("+2348030000106", "2348030000106")
 UNAVAILABLE_UPSTREAM = ("+2348050000107", "2348050000107")
 REPLIER = ("+2348090000108", "2348090000108")  # sends STOP, then is sent to
-NUMBERS = [KANNEL_NOW, BATCH, GROUP_MEMBER, SHORTCODE_GET, SESSION_KEY, REFUSED_UPSTREAM, UNAVAILABLE_UPSTREAM, REPLIER]
-# Not valid numbers, but a client's data all the same: refused with a reason that must not echo them whole.
-INVALID = ["+23480200001099", "0802000011"]
+# As people type numbers into a form: in groups, with spaces, dashes or dots (the separators the parser accepts).
+SPACED = ("+2348020000109", "+234 802 000 0109")
+DASHED = ("+2348030000110", "0803-000-0110")
+DOTTED = ("+2348050000111", "0805.000.0111")
+NUMBERS = [
+    KANNEL_NOW,
+    BATCH,
+    GROUP_MEMBER,
+    SHORTCODE_GET,
+    SESSION_KEY,
+    REFUSED_UPSTREAM,
+    UNAVAILABLE_UPSTREAM,
+    REPLIER,
+    SPACED,
+    DASHED,
+    DOTTED,
+]
+# Not valid numbers, but a client's data all the same: refused with a reason that must not echo them whole. The
+# last three are a valid number (2348020000199) typed with separators, and a stray character or a name after it.
+INVALID = ["+23480200001099", "0802000011", "+234 802 000 0199 (Ada)", "0802-000-0199/", "+234.802.000.0199;"]
 
 
 def forms(e164: str) -> list[str]:
     """Every way a log line could spell the number: +E.164, digits, local (0...) and national significant."""
     national = e164.removeprefix("+234")
     return [e164, e164.lstrip("+"), f"0{national}", national]
+
+
+def digits_only(line: str) -> str:
+    """The line with separators between digits removed: how a reader (or grep) puts a number written in groups
+    ("+234 802 000 0109", "0803-000-0110", "0805.000.0111") back together."""
+    return re.sub(r"(?<=\d)[\s\-./()'\"]+(?=\d)", "", line)
+
+
+def number_leaks(lines: list[str], numbers: list[str]) -> list[tuple[str, str]]:
+    """(number, line) for every line that carries one of the numbers whole, in whatever groups it was written."""
+    wanted = {number: "".join(c for c in number if c.isdigit()) for number in numbers}
+    return [(number, line[:300]) for line in lines for number, digits in wanted.items() if digits in digits_only(line)]
 
 
 class EveryRecord(logging.Handler):
@@ -183,9 +212,10 @@ def _end_to_end_run(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch, upstre
         gateway.request("POST", "/ng/v1/groups", headers=bearer, body={"name": "Club", "members": [GROUP_MEMBER[1]]}),
         201,
     )
+    written_in_groups = [SPACED[1], DASHED[1], DOTTED[1]]
     batch = {
         "from": SENDER,
-        "to": [BATCH[1], group["group_id"], REFUSED_UPSTREAM[1], UNAVAILABLE_UPSTREAM[1]],
+        "to": [BATCH[1], group["group_id"], REFUSED_UPSTREAM[1], UNAVAILABLE_UPSTREAM[1], *written_in_groups],
         "body": "batch",
         "delivery_report": "yes",
     }
@@ -293,8 +323,29 @@ def test_no_log_line_of_an_end_to_end_run_carries_a_full_number_or_a_secret(aws,
         for line in lines
         if re.search(rf"(?<!\d){re.escape(form)}(?!\d)", line)
     ]
-    leaks += [(invalid, line[:300]) for invalid in INVALID for line in lines if invalid.lstrip("+") in line]
+    # A number written in groups is found however the line spells it: its digits, put back together
+    leaks += number_leaks(lines, [e164.removeprefix("+234") for e164, _ in NUMBERS])
+    leaks += number_leaks(lines, INVALID)
     leaks += [
         ("secret", line[:300]) for secret in secrets["client"] + secrets["upstream"] for line in lines if secret in line
     ]
     assert leaks == []
+
+
+def test_a_refused_number_written_with_separators_is_not_logged_whole(aws, monkeypatch):
+    # Given an account, and a valid number as a person types it: in groups, with a stray character or a name after it
+    configure_upstreams(aws)
+    gateway = Gateway.start()
+    tenant = populate(gateway, "Typist", SENDER)
+    typed = INVALID[-3:]
+    # When the client sends to each, and the gateway refuses it (quoting it back, so the client sees which entry)
+    with every_log_line(monkeypatch) as lines:
+        for number in typed:
+            answer = gateway.request(
+                "POST", "/ng/v1/sendsms", headers=tenant.bearer, body={"from": SENDER, "to": [number], "body": "x"}
+            )
+            assert answer.status == 400, answer
+            assert number in answer.json["message"], answer
+    # Then no log line carries the number whole, in any grouping (the "request refused" line included)
+    assert any('"request refused"' in line for line in lines)
+    assert number_leaks(lines, [*typed, "8020000199"]) == []

@@ -35,3 +35,23 @@ def test_the_filter_masks_message_arguments_extras_and_the_exception():
     assert record.numbers == ["234*******102"]
     assert "234*******103" in record.exception and "2348050000103" not in record.exception
     assert record.exception_name == "ValueError" and record.exc_text == record.exception
+
+
+def test_numbers_written_in_groups_are_masked_in_their_shape_and_dates_are_not():
+    # Given numbers as people type them (the separators the number parser takes), beside a date-time and our ids
+    text = (
+        "to +234 802 000 0199 (Ada), 0802-000-0199/, (0802) 000.0199 on 2026-01-02 10:30:00; batch 386161367775919616"
+    )
+    # Then each number keeps its shape with its middle digits hidden; the date-time and the id are left as they are
+    assert mask_numbers(text) == (
+        "to +234 *** *** *199 (Ada), 080*-***-*199/, (080*) ***.*199 on 2026-01-02 10:30:00; batch 386161367775919616"
+    )
+
+
+def test_a_refused_number_is_logged_as_its_digits_masked():
+    from sms_gateway.observability import mask_typed_number
+
+    # Given what a client typed as a number, separators, name and all; Then a log quotes only its digits, masked
+    assert mask_typed_number("+234 802 000 0199 (Ada)") == "234*******199"
+    assert mask_typed_number("0802/000/0199") == "080*****199"
+    assert mask_typed_number("Ada") == "(no digits)"

@@ -8,9 +8,12 @@ class GatewayError(Exception):
 
     code = "gateway_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, logged: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # The message as a log line may carry it. An answer quotes what the client typed (a refused number, as
+        # written) so the client sees which entry is wrong; `logged` says the same without it.
+        self.logged = message if logged is None else logged
 
 
 class Unauthorized(GatewayError):

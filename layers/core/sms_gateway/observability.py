@@ -47,6 +47,13 @@ def capture_lambda_handler(handler: Handler) -> Handler:
 
 # A phone number in any form (+E.164, digits, local): 7 to 15 digits standing alone. Our ids are longer (17+).
 _PHONE_NUMBER = re.compile(r"(?<!\d)\+?(\d{7,15})(?!\d)")
+# The same, written in groups joined by what the number parser takes between them (msisdn._SEPARATORS: spaces,
+# '-', '.', '(' and ')'), as people type numbers: "+234 802 000 0199", "(0802) 000-0199", "0802.000.0199". A date
+# (2026-01-02, with its time) is a run of groups too: it is matched first, to be left as it is.
+_GROUPED_DIGITS = re.compile(
+    r"(?P<date>(?<!\d)\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?(?:[.,]\d+)?)?(?!\d))"
+    r"|(?P<groups>(?<!\d)\d+(?:[ \t\-.()]{1,3}\d+)+)"
+)
 # A URL's query string: upstreams such as Kannel take the number, and their password, in a GET query.
 _QUERY_STRING = re.compile(r"(\bhttps?://[^\s?\"']+)\?[^\s\"']*")
 # Every attribute a plain LogRecord has; anything else on a record came in as `extra`.
@@ -65,12 +72,30 @@ def mask_numbers(text: str) -> str:
     """Free text (an error from a client, an upstream or a library) with every phone number in it masked and
     every URL's query string dropped."""
     text = _QUERY_STRING.sub(r"\1?<query hidden>", text)
-    return _PHONE_NUMBER.sub(lambda match: _mask_digits(match.group(1)), text)
+    return _PHONE_NUMBER.sub(lambda match: _mask_digits(match.group(1)), _GROUPED_DIGITS.sub(_mask_groups, text))
+
+
+def mask_typed_number(raw: str) -> str:
+    """What a client typed as a phone number and the gateway refused, as a log may quote it: its digits only,
+    masked. Its separators, letters or name stay out, whatever characters it was written with."""
+    digits = "".join(character for character in raw if character in "0123456789")
+    return _mask_digits(digits) if digits else "(no digits)"
 
 
 def _mask_digits(digits: str) -> str:
     # Short numbers (local forms) would show most of their digits under the E.164 rule: hide all but the last two.
-    return mask_msisdn(digits) if len(digits) >= 10 else "*" * (len(digits) - 2) + digits[-2:]
+    return mask_msisdn(digits) if len(digits) >= 10 else "*" * max(len(digits) - 2, 0) + digits[-2:]
+
+
+def _mask_groups(match: re.Match[str]) -> str:
+    """A number written in groups, masked as its digits would be, in its own shape ("+234 802 *** *199")."""
+    text = match.group(0)
+    digits = [character for character in text if character.isdigit()]
+    if match.group("date") is not None or not 7 <= len(digits) <= 15:
+        # A date, or more digits than any phone number (ids side by side): each run is masked on its own.
+        return text
+    masked = iter(_mask_digits("".join(digits)))
+    return "".join(next(masked) if character.isdigit() else character for character in text)
 
 
 def _masked(value: Any) -> Any:

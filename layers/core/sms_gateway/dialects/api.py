@@ -145,7 +145,7 @@ def openapi_document() -> Response[Any]:
 @app.exception_handler(GatewayError)
 def gateway_error(error: GatewayError) -> Response[Any]:
     path = app.current_event.path
-    logger.info("request refused", extra={"code": error.code, "reason": error.message, "path": path})
+    logger.info("request refused", extra={"code": error.code, "reason": error.logged, "path": path})
     return render_error(path, error)
 
 

@@ -108,6 +108,6 @@ def _acknowledge(upstream: Provider, kind: str) -> Response[Any] | None:
 
 @app.exception_handler(GatewayError)
 def gateway_error(error: GatewayError) -> Response:
-    logger.warning("callback refused", extra={"code": error.code, "reason": error.message})
+    logger.warning("callback refused", extra={"code": error.code, "reason": error.logged})
     status = status_for(error)
     return json_response(status, {"status": "error", "message": error.message})

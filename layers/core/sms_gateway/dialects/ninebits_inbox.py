@@ -21,6 +21,7 @@ from sms_gateway.domain.zones import account_zone
 from sms_gateway.errors import InvalidRequest
 from sms_gateway.logic import accounts
 from sms_gateway.logic.inbound import inbound_notification
+from sms_gateway.observability import mask_typed_number
 
 router = APIGatewayHttpRouter()
 DEFAULT_LIMIT = 50
@@ -147,7 +148,9 @@ def _number(raw: str, account: Account) -> str:
     try:
         return parse_msisdn(raw, account.default_country).e164
     except InvalidMsisdn as error:
-        raise InvalidRequest(f"`number` {raw!r} is not a valid phone number: {error.reason}") from None
+        # The answer quotes the number as typed, the log line only its digits, masked
+        refusal = "`number` {} is not a valid phone number: " + error.reason
+        raise InvalidRequest(refusal.format(repr(raw)), logged=refusal.format(mask_typed_number(raw))) from None
 
 
 # ---------------------------------------------------------------- webhook settings

@@ -40,7 +40,7 @@ from sms_gateway.errors import (
     Unavailable,
 )
 from sms_gateway.logic.batches import ONLY_QUEUED, all_messages, move_and_refund
-from sms_gateway.observability import logger
+from sms_gateway.observability import logger, mask_typed_number
 from sms_gateway.outcome_metrics import count_sends_undone
 from sms_gateway.ports import AccountStore, BatchScheduler, DispatchQueue, MessageStore, OptOutStore, PriceBook
 
@@ -86,8 +86,14 @@ def listed(reasons: Sequence[str], shown: int = 10) -> str:
 
 
 def require_valid(rejected: Sequence[Rejection]) -> None:
+    """Refuses the send when a number is invalid: the answer quotes each as the client typed it, the log line only
+    its digits, masked (a number in groups, "+234 802 000 0199 (Ada)", is still a whole number)."""
     if rejected:
-        raise InvalidRecipient(f"invalid recipient number: {listed([f'{r.raw!r}: {r.reason}' for r in rejected])}")
+
+        def reasons(quoted: Callable[[str], str]) -> str:
+            return f"invalid recipient number: {listed([f'{quoted(r.raw)}: {r.reason}' for r in rejected])}"
+
+        raise InvalidRecipient(reasons(repr), logged=reasons(mask_typed_number))
 
 
 @dataclass(frozen=True)
