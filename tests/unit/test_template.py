@@ -57,11 +57,16 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
 def _statements(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every policy statement anywhere in the template, with where it sits."""
+    """Every policy statement anywhere in the template, with where it sits. IAM takes a policy's `Statement` as a
+    list or as one statement on its own: both are found."""
     if isinstance(node, dict):
-        if isinstance(node.get("Statement"), list):
-            for statement in node["Statement"]:
+        if "Statement" in node:
+            for statement in _as_list(node["Statement"]):
                 yield path, statement
         for key, value in node.items():
             yield from _statements(value, f"{path}/{key}")
