@@ -55,7 +55,8 @@ def resolver_routes() -> list[tuple[str, str, str]]:
     """(template function, method, path with <params>) of every route the two resolvers registered."""
     from sms_gateway.dialects import api, callbacks
 
-    # The api resolver registers a dialect's routes on its first request there: all of them, for this list.
+    # The api resolver registers a dialect's routes on its first request there: all of them, for this list. That is
+    # every router it may serve (every_step: the documented ones and any DIALECTS names), not only the documented.
     api.app.register_everything()
     found = []
     for module, resolver in (("api", api.app), ("callbacks", callbacks.app)):
@@ -138,6 +139,32 @@ def test_every_template_route_serves_some_resolver_route():
     assert unserved == []
     # And the enumeration really found both lists
     assert len(resolver) > 30 and len(template_routes()) >= 12
+
+
+def test_a_router_served_by_its_prefix_alone_is_enumerated(monkeypatch):
+    import sys
+    import types
+
+    from aws_lambda_powertools.event_handler.api_gateway import Router
+
+    from sms_gateway.dialects import api
+    from sms_gateway_tools.template import match_route
+
+    # Given a new dialect module whose route reads no credentials, wired up by its prefix in DIALECTS (which decides
+    # what is served) but left out of EVERYTHING (the documentation's list)
+    unlisted = types.ModuleType("sms_gateway.dialects.unlisted_reports")
+    unlisted.router = Router()  # type: ignore[attr-defined]
+    unlisted.router.get("/ng/v1/reports")(lambda: {"everyone's": "data"})  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, unlisted.__name__, unlisted)
+    monkeypatch.setattr(api, "DIALECTS", [("/ng/v1/reports", ("unlisted_reports",), "ninebits"), *api.DIALECTS])
+    # on a resolver of its own, so the process's stays as it was
+    monkeypatch.setattr(api, "app", api.ApiResolver())
+    # and reachable: API Gateway sends it to the api function, whose first request there serves it
+    assert match_route(template_routes(), "GET", "/ng/v1/reports")[0] == "ApiFunction"
+    # When the routes are enumerated
+    routes = resolver_routes()
+    # Then it is among them, so the credentials tests run on it
+    assert ("ApiFunction", "GET", "/ng/v1/reports") in routes
 
 
 # ---------------------------------------------------------------- credentials, per dialect

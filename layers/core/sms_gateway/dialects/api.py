@@ -49,7 +49,8 @@ def _under(path: str, prefix: str) -> bool:
 
 
 # What the documentation's paths register (every route), in the order of the time all were registered at import:
-# the Swagger page, the dialects, the document.
+# the Swagger page, the dialects, the document. A router DIALECTS serves and this list lacks comes after it
+# (every_step).
 DOCUMENTATION_UI = "swagger"
 DOCUMENT = "document"
 EVERYTHING = (
@@ -64,12 +65,20 @@ EVERYTHING = (
 )
 
 
+def every_step() -> tuple[str, ...]:
+    """Every step the function may register: EVERYTHING, then any router DIALECTS serves that EVERYTHING lacks. A
+    dialect wired in by its prefix alone is served all the same, so it is documented, and enumerated by the
+    security tests, with the rest (until 2026-12-05 only EVERYTHING was)."""
+    served = (router for _, routers, _ in DIALECTS for router in routers)
+    return (*EVERYTHING, *dict.fromkeys(router for router in served if router not in EVERYTHING))
+
+
 def steps_for(path: str) -> tuple[str, ...]:
     """What must be registered before a request for `path` is resolved."""
     for prefix, routers, _ in DIALECTS:
         if _under(path, prefix):
             return routers
-    return EVERYTHING if _under(path, "/v1") else ()
+    return every_step() if _under(path, "/v1") else ()
 
 
 def _order(step: str) -> int:
@@ -108,7 +117,7 @@ class ApiResolver(DocumentedResolver):
         return [*self._static_routes, *self._dynamic_routes]
 
     def register_everything(self) -> None:
-        self.register(*EVERYTHING)
+        self.register(*every_step())
 
     def resolve(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
         # The path as Powertools routes it (a named stage's prefix removed).
