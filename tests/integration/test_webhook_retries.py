@@ -450,3 +450,24 @@ def test_a_batch_of_notifications_is_posted_concurrently(aws, accounts, monkeypa
     # Then every post was made alongside the others (a batch waits for its slowest webhook answer, not their sum)
     assert result["failed"] == 0
     assert sorted(post["message_id"] for post in posted) == [str(n) for n in range(10)]
+
+
+def test_a_webhook_url_set_after_the_notifier_read_the_account_without_one_gets_the_next_notification(aws, webhook):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway_tools.admin import create_account, set_webhooks
+
+    # Given an account without a delivery-report URL, whose notification the notifier read it for (and cached it)
+    account = create_account(name="No URL yet", senders=["48976"], credits=10)
+    hook = webhook()
+    seconds = [1000.0]
+    gateway().settings_cache.clock = lambda: seconds[0]
+    publish(notification(account["account_id"], 1))
+    run_notifier(aws)
+    assert hook.posts == []
+    # When the client sets its URL, and the next notification comes 2 s later, within the settings' cache time (30 s)
+    set_webhooks(account_id=account["account_id"], dlr_url="https://client.example/dlr")
+    seconds[0] += 2
+    publish(notification(account["account_id"], 2))
+    run_notifier(aws)
+    # Then it is posted to the new URL: the notifier read the account again before dropping it for want of one
+    assert [(post["url"], post["body"]["message_id"]) for post in hook.posts] == [("https://client.example/dlr", "2")]

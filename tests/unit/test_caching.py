@@ -40,6 +40,23 @@ def test_a_setting_is_read_once_within_its_max_age_and_again_after_it():
     assert accounts.reads == 2
 
 
+def test_a_recheck_reads_the_account_again_once_a_second_at_most():
+    clock = Clock()
+    accounts = CountingAccounts({"a": "no webhook URL"})
+    cached = CachedAccountSettings(accounts, TtlCache(max_age=30, clock=clock))  # type: ignore[arg-type]
+    assert cached.get_account("a") == "no webhook URL"
+    accounts.known["a"] = "a webhook URL"
+    # Within a second of the read, a recheck takes what was cached; after it, the account as it is now
+    clock.now += 0.5
+    assert cached.recheck("a") == "no webhook URL"
+    clock.now += 1
+    assert cached.recheck("a") == "a webhook URL"
+    # And what it read is cached for the others, for the cache's own max age
+    clock.now += 20
+    assert cached.get_account("a") == "a webhook URL"
+    assert accounts.reads == 2
+
+
 def test_an_unknown_account_is_not_cached_so_a_new_account_is_found_at_once():
     clock = Clock()
     accounts = CountingAccounts({})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Hashable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sms_gateway.domain.models import Account
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
 # How stale a cached setting may be: a change an operator or client makes reaches running consumers within
 # this time (as an upstream's Parameter Store configuration does within CONFIG_MAX_AGE). Never used for credits.
 SETTINGS_MAX_AGE_SECONDS = 30.0
+# How stale a setting may be when what was cached would drop something (an account without the webhook URL a
+# notification needs may have set it since): read again if older, so a container rereads it at most this often.
+RECHECK_SECONDS = 1.0
 
 
 class KeyedLocks:
@@ -45,12 +49,13 @@ class TtlCache:
         self._loading = KeyedLocks()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, load: Callable[[], Any]) -> Any:
-        fresh = self._fresh(key)
+    def get(self, key: Hashable, load: Callable[[], Any], *, max_age: float | None = None) -> Any:
+        """The value cached for `key`, loaded first when none was loaded within `max_age` (default: the cache's)."""
+        fresh = self._fresh(key, max_age)
         if fresh is not None:
             return fresh[0]
         with self._loading.of(key):
-            fresh = self._fresh(key)  # loaded by another thread while this one waited
+            fresh = self._fresh(key, max_age)  # loaded by another thread while this one waited
             if fresh is not None:
                 return fresh[0]
             now = self.clock()
@@ -60,10 +65,10 @@ class TtlCache:
                     self._values[key] = (now, value)
             return value
 
-    def _fresh(self, key: Hashable) -> tuple[Any] | None:
+    def _fresh(self, key: Hashable, max_age: float | None = None) -> tuple[Any] | None:
         with self._lock:
             found = self._values.get(key)
-        if found is not None and self.clock() - found[0] < self.max_age:
+        if found is not None and self.clock() - found[0] < (self.max_age if max_age is None else max_age):
             return (found[1],)
         return None
 
@@ -80,9 +85,15 @@ class CachedAccountSettings:
         self.accounts = accounts
         self.cache = cache
 
-    def get_account(self, account_id: str) -> Account | None:
-        found: Account | None = self.cache.get(("account", account_id), lambda: self.accounts.get_account(account_id))
+    def get_account(self, account_id: str, *, max_age: float | None = None) -> Account | None:
+        load = partial(self.accounts.get_account, account_id)
+        found: Account | None = self.cache.get(("account", account_id), load, max_age=max_age)
         return found
+
+    def recheck(self, account_id: str) -> Account | None:
+        """The account read again unless it was within RECHECK_SECONDS: for a setting whose absence would drop
+        something (a webhook URL set since the cached read)."""
+        return self.get_account(account_id, max_age=RECHECK_SECONDS)
 
 
 class CachedPriceBook:

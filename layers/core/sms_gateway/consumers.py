@@ -433,7 +433,10 @@ def notify_record(record: SQSRecord) -> dict[str, Any]:
     attempt = int(record.attributes.approximate_receive_count or 1)
     wiring = gateway()
     try:
-        delivered = http.run(deliver(notification, _account_settings(), post_webhook, wiring.webhook_credentials))
+        settings = _account_settings()
+        delivered = http.run(
+            deliver(notification, settings, post_webhook, wiring.webhook_credentials, recheck=settings.recheck)
+        )
     except WebhookFailed as failure:
         return _notify_failed(record, notification, attempt, failure)
     if delivered and webhook_retries.needs_delivered_mark(notification, attempt):

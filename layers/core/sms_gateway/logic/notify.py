@@ -89,13 +89,19 @@ async def deliver(
     box: SecretBox,
     *,
     now: Callable[[], float] = time.time,
+    recheck: Callable[[str], Account | None] | None = None,
 ) -> bool:
     """POSTs one notification. The client must answer 2xx with valid JSON (the seeds require it);
-    anything else raises WebhookFailed so the record is retried. False when there is nowhere to send it."""
+    anything else raises WebhookFailed so the record is retried. False when there is nowhere to send it.
+    `recheck`: the account read afresh, when `accounts` (cached settings) names no URL for the notification: the
+    client may have set one since, and the notification would be dropped."""
     account = accounts.get_account(str(notification["account_id"]))
     if account is None:
         raise NotFound(f"account {notification['account_id']} no longer exists")
     url = target_url(account, notification)
+    if not url and recheck is not None:
+        account = recheck(account.account_id) or account
+        url = target_url(account, notification)
     if not url:
         return False
     body = json.dumps(notification["payload"], separators=(",", ":"))
