@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
 from sms_gateway.domain.models import DeliveryReportMode
+from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import UpstreamError
 from sms_gateway.logic.dispatch import dispatch
+from sms_gateway.logic.ratelimit import RateLimiter
 from tests.fakes import FakeProvider, InMemoryStore, cinema_store
 from tests.unit.test_logic import (
     NOW,
@@ -21,6 +24,7 @@ from tests.unit.test_logic import (
     dispatch_deps,
     send,
 )
+from tests.unit.test_ratelimit import CountingStore, VirtualClock
 
 
 @pytest.fixture
@@ -287,3 +291,77 @@ def test_a_message_is_not_failed_over_once_the_invocation_has_no_time_left_for_a
     asyncio.run(dispatch(record, replace(route, out_of_time=lambda: False)))
     assert len(fallback.submits) == 1
     assert store.messages[message.key].status == MessageStatus.SUBMITTED
+
+
+class FlakyCounters(CountingStore):
+    """Rate-limit counters whose first `failures` writes fail, as a hot counter item's throttling does."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def take_tokens(self, scope: str, second: int, wanted: int, limit: int) -> int:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("ProvisionedThroughputExceededException: the route's counter item is throttled")
+        return super().take_tokens(scope, second, wanted, limit)
+
+
+def test_a_route_token_that_cannot_be_taken_leaves_the_message_unclaimed_and_it_is_sent_when_it_comes_back(store):
+    # Given a queued message for an upstream with a route limit (an upstream that does not deduplicate submits),
+    # and a route counter whose first write fails (DynamoDB throttles the hot counter item)
+    _, sent = send(store, command(1))
+    [record] = sent.dispatch_queue.commands
+    provider = FakeProvider("kannel")
+    counters = FlakyCounters(failures=1)
+    vclock = VirtualClock()
+
+    def deps(at):
+        return replace(
+            dispatch_deps(store, provider),
+            clock=lambda: at,
+            limiter=RateLimiter(counters, clock=vclock, sleep=vclock.sleep),
+            route_limit=lambda _: 30,
+        )
+
+    # When the record is dispatched (its handling fails on the counter write) and comes back later, after the
+    # queue's visibility timeout (360 s), with the counters healthy again
+    with contextlib.suppress(Exception):
+        asyncio.run(dispatch(record, deps(NOW)))
+    assert store.claims == {}
+    vclock.now += 400
+    asyncio.run(dispatch(record, deps(NOW + timedelta(seconds=400))))
+    # Then the message was really submitted to the upstream, once: no upstream ever saw it before, as no submit
+    # was made (until 2026-12-05 the token was taken under the claim: the redelivery found the claim lapsed and
+    # recorded the message submitted, `submit_unconfirmed`, never offered to anyone)
+    [message] = store.messages.values()
+    assert len(provider.submits) == 1, (message.status, message.error_code)
+    assert message.status == MessageStatus.SUBMITTED and message.error_code is None
+
+
+def test_a_failovers_route_token_that_cannot_be_taken_releases_the_claim_and_the_message_comes_back(store):
+    # Given a message whose primary is down (503) and whose fallback has a route limit, and a route counter that
+    # fails the fallback's token write (the token of the primary, unlimited, needs none)
+    _, sent = send(store, command(1))
+    [record] = sent.dispatch_queue.commands
+    primary, fallback = FakeProvider("primary"), FakeProvider("fallback")
+    primary.failure = UpstreamError("503", permanent=False, unavailable=True)
+    vclock = VirtualClock()
+    route = replace(
+        dispatch_deps(store, primary),
+        upstreams_for=lambda _: [primary, fallback],
+        limiter=RateLimiter(FlakyCounters(failures=1), clock=vclock, sleep=vclock.sleep),
+        route_limit=lambda name: 10 if name == "fallback" else None,
+    )
+    # When the record is dispatched: the primary fails, and the failover's token cannot be taken under the claim
+    outcome = asyncio.run(dispatch(record, route))
+    # Then the claim is released and the message comes back, with only the primary's failure counted as an
+    # attempt: the fallback was never offered it, so it is not taken for one an upstream may have
+    [message] = store.messages.values()
+    assert outcome.needs_retry and store.claims == {}
+    assert fallback.submits == []
+    assert (message.status, message.submit_attempts, message.maybe_taken_by) == (MessageStatus.QUEUED, 1, None)
+    # And it is sent through the fallback when it comes back
+    vclock.now += 5
+    asyncio.run(dispatch(record, route))
+    assert len(fallback.submits) == 1 and store.messages[message.key].status == MessageStatus.SUBMITTED

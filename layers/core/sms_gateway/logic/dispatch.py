@@ -336,6 +336,14 @@ async def _dispatch_one(
         # The claim names the upstream tried first, so that whoever takes it over after this dispatcher died knows
         # where the message may be.
         upstreams = offered_upstreams(message, deps)
+        first = upstreams[0].name if upstreams else None
+        # So its route token is taken before the claim too: the limiter may wait up to a second for it, and its
+        # counter write or the upstream's limit may fail; under the claim, either left a message that reads as maybe
+        # submitted and was never sent. Failing here, the message is simply unclaimed (the record fails and comes
+        # back, as when the claim's own write fails); at its limit, it comes back in a second.
+        if first is not None and not await _route_allows(first, deps):
+            _come_back_soon([message], outcome)
+            return
         claim = await asyncio.to_thread(
             deps.messages.claim_for_dispatch,
             message.key,
@@ -352,7 +360,7 @@ async def _dispatch_one(
         # Expired only under the claim: without it, a message another dispatcher is submitting right now could be
         # recorded expired and refunded while the upstream takes it.
         too_late = claim.outcome == ClaimOutcome.CLAIMED and deps.clock() > valid_until(message, deps.validity)
-        sent = await _submit(message, upstreams, deps, outcome) if ours and not too_late else None
+        sent = await _submit(message, upstreams, deps, outcome, token_for=first) if ours and not too_late else None
     if too_late and message.maybe_taken_by is not None:
         # An earlier submit there got no answer: the upstream may be delivering it, so it is left to its DLR rather
         # than expired and refunded.
@@ -469,10 +477,15 @@ def resumable(message: Message, claim: Claim, deps: DispatchDependencies) -> tup
 
 
 async def _submit(
-    message: Message, upstreams: Sequence[Provider], deps: DispatchDependencies, outcome: DispatchOutcome
+    message: Message,
+    upstreams: Sequence[Provider],
+    deps: DispatchDependencies,
+    outcome: DispatchOutcome,
+    *,
+    token_for: str | None = None,
 ) -> tuple[Provider, SubmitResult] | UpstreamError:
     """The upstream that took the claimed message and its answer, trying `upstreams` in order; or why none took
-    it."""
+    it. `token_for` names the upstream whose route token was taken before the claim."""
     failure: UpstreamError | None = None
     if not upstreams and message.maybe_taken_by is not None:
         return MaybeSent(
@@ -484,7 +497,7 @@ async def _submit(
             # answer when the invocation ends, and the message be taken over later for one that may have gone out.
             # Counted as the attempt the upstream before it failed; the next delivery has its whole time for both.
             return UpstreamError(f"no time left in the invocation to offer it to {provider.name}", permanent=False)
-        if not await _route_allows(provider.name, deps):
+        if provider.name != token_for and not await _route_allows_under_claim(message, provider.name, deps):
             # A route at its limit is a throttle: wait for it rather than fail over. Not an attempt, unless an
             # upstream before it in the route already failed this one.
             throttled = RouteAtItsLimit if failure is None else UpstreamError
@@ -596,6 +609,21 @@ def _link_upstream_id(
             extra={"message_id": message.message_id, "upstream": upstream, "upstream_message_id": upstream_message_id},
         )
         return []
+
+
+async def _route_allows_under_claim(message: Message, upstream: str, deps: DispatchDependencies) -> bool:
+    """A route token taken while the message is claimed (a failover, or the upstream a taken-over claim named). A
+    failure to take it is handled as the route being at its limit: the claim is released and the message comes
+    back soon. Until 2026-12-05 the failure left the claim held, and the record's redelivery took the message for
+    one the upstream may have: recorded submitted-unconfirmed, and never sent."""
+    try:
+        return await _route_allows(upstream, deps)
+    except Exception:
+        logger.exception(
+            "could not take the upstream's rate-limit token; the message comes back",
+            extra={"message_id": message.message_id, "upstream": upstream},
+        )
+        return False
 
 
 async def _route_allows(upstream: str, deps: DispatchDependencies) -> bool:
