@@ -458,16 +458,22 @@ def test_account_settings_change(cli, account):
         assert stored_account(account["account_id"]).single_sends_in_order is stored
 
 
-def test_a_bad_account_setting_is_refused_and_changes_nothing(cli, account):
+def test_a_bad_account_setting_is_refused_and_changes_nothing(cli, account, capsys):
     before = stored_account(account["account_id"])
     settings = ["set-account", "--account", account["account_id"]]
     assert_refused(cli, [*settings, "--timezone", "Africa/Atlantis"], "time zone")
     assert_refused(cli, [*settings, "--country", "XX"], "country")
     assert_refused(cli, [*settings, "--rate-limit", "0"], "rate limit")
+    assert_refused(cli, [*settings, "--rate-limit", "-5"], "rate limit must be a positive whole number")
     assert_refused(cli, [*settings, "--max-parts", "-2"], "max parts")
     assert_refused(cli, [*settings, "--country", "GH", "--max-parts", "300"], "at most 255")
     assert_refused(cli, [*settings, "--single-sends-in-order", "maybe"], "takes yes or no, not 'maybe'")
     assert_refused(cli, settings, "nothing to change")
+    # argparse refuses a rate limit that is not a whole number, with its own usage line and exit code 2
+    with pytest.raises(SystemExit) as exited:
+        cli(*settings, "--rate-limit", "0.5")
+    assert exited.value.code == 2
+    assert "--rate-limit" in capsys.readouterr().err
     assert stored_account(account["account_id"]) == before
 
 

@@ -98,3 +98,31 @@ def test_an_unrouted_network_uses_the_default_upstream(aws, api, upstreams):
     api(send_event(account["token"], {"from": "48974", "to": "2348020000000", "message": "default"}))
     dispatch_all(aws)
     assert upstreams.seen == ["127.0.0.1"]
+
+
+def test_a_route_to_an_upstream_whose_rate_limit_is_not_a_whole_number_sends_nothing_and_fails_loudly(
+    aws, api, upstreams
+):
+    from sms_gateway_tools.admin import create_account
+
+    account = create_account(name="Slow", senders=["48974"], credits=10)
+    route_mtn(account["account_id"])
+    # Given MTN routed to `primary`, whose configuration says rate_limit_per_second: 0.5 (one every two seconds)
+    boto3.client("ssm").put_parameter(
+        Name=f"{aws['UPSTREAM_PARAMETER_PREFIX']}primary",
+        Value=json.dumps(
+            {"type": "simulator", "url": "http://primary.test", "secret": "s", "rate_limit_per_second": 0.5}
+        ),
+        Type="SecureString",
+        Overwrite=True,
+    )
+    body = {"from": "48974", "to": "2348030000000", "message": "slow"}
+    reference_id = json.loads(api(send_event(account["token"], body))["body"])["reference_id"]
+    # When the dispatcher takes the record
+    failures = dispatch_all(aws)["batchItemFailures"]
+    # Then the record fails (retried, then dead-lettered with the reason), no upstream saw the message, and it is
+    # still queued, not claimed (until 2026-12-05 0.5 was read as unlimited and everything went at once)
+    assert len(failures) == 1
+    assert upstreams.seen == []
+    [entry] = read_delivery_report(api, account["token"], reference_id)
+    assert entry["status"] == "queued"

@@ -365,3 +365,44 @@ def test_a_failovers_route_token_that_cannot_be_taken_releases_the_claim_and_the
     vclock.now += 5
     asyncio.run(dispatch(record, route))
     assert len(fallback.submits) == 1 and store.messages[message.key].status == MessageStatus.SUBMITTED
+
+
+def upstream_configured_with(monkeypatch, rate_limit):
+    """The dispatcher's reading of an upstream's limit, over a configuration saying `rate_limit_per_second`."""
+    from sms_gateway.adapters import providers
+
+    config = {"type": "kannel"} if rate_limit is None else {"type": "kannel", "rate_limit_per_second": rate_limit}
+    monkeypatch.setattr(providers, "provider_config", lambda name: config)
+    return providers.upstream_rate_limit
+
+
+@pytest.mark.parametrize("configured", [0.5, 1.5, -5, "-5", "30/s", True, [30]])
+def test_an_upstream_limit_that_is_not_a_whole_number_of_messages_a_second_is_refused_before_any_claim(
+    store, monkeypatch, caplog, configured
+):
+    # Given an upstream whose configuration says rate_limit_per_second: 0.5 (one every two seconds was meant),
+    # -5 (a typo) or text, and two queued messages for it
+    _, sent = send(store, command(2))
+    [record] = sent.dispatch_queue.commands
+    provider = FakeProvider("slow")
+    vclock = VirtualClock()
+    deps = replace(
+        dispatch_deps(store, provider),
+        limiter=RateLimiter(CountingStore(), clock=vclock, sleep=vclock.sleep),
+        route_limit=upstream_configured_with(monkeypatch, configured),
+    )
+    # When the record is dispatched
+    with pytest.raises(ValueError, match="rate_limit_per_second"):
+        asyncio.run(dispatch(record, deps))
+    # Then the record fails with an error naming the parameter (retried, then dead-lettered with that reason),
+    # logged as an error, and nothing is claimed or sent: until 2026-12-05 0.5 and 1.5 were read as int() 0
+    # (unlimited: both went in the same second) and 1, and a negative limit held every message back as "at its
+    # rate limit" without counting an attempt, until it expired
+    assert provider.submits == [] and store.claims == {}
+    assert [m.submit_attempts for m in store.messages.values()] == [0, 0]
+    assert any(r.levelname == "ERROR" and "/upstreams/slow" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("configured", "limit"), [(None, None), (0, None), (30, 30), (30.0, 30), (" 30", 30)])
+def test_an_upstream_limit_is_a_whole_number_and_absent_or_zero_is_unlimited(monkeypatch, configured, limit):
+    assert upstream_configured_with(monkeypatch, configured)("slow") == limit

@@ -66,10 +66,16 @@ def _route_table() -> RouteTable:
     return table
 
 
-def _routed(table: RouteTable) -> Callable[[Message], list[Provider]]:
+def _routed(table: RouteTable, route_limit: Callable[[str], int | None]) -> Callable[[Message], list[Provider]]:
     """A message's upstreams in the order to try them: its route's primary, then the route's fallback. Each
-    upstream is built once per record (its configuration is one for all the record's messages), not per message."""
-    provider = functools.cache(get_provider)
+    upstream is built once per record (its configuration is one for all the record's messages), not per message,
+    and its rate limit is read with it: one that is not valid refuses the upstream before any of its messages is
+    claimed (the record fails, and is dead-lettered with the reason)."""
+
+    @functools.cache
+    def provider(name: str) -> Provider:
+        route_limit(name)
+        return get_provider(name)
 
     def upstreams_for(message: Message) -> list[Provider]:
         choice = table.choose(message.account_id, message.telco, message.msisdn)
@@ -332,10 +338,12 @@ async def _dispatch_record(record: SQSRecord, invocation: _Invocation) -> dict[s
     routes, rate_limit = await asyncio.gather(
         asyncio.to_thread(_route_table), asyncio.to_thread(_rate_limit, command.account_id)
     )
+    # Read once per upstream and record rather than per message, as the upstreams themselves are.
+    route_limit = functools.cache(upstream_rate_limit)
     deps = DispatchDependencies(
         messages=wiring.store,
         accounts=wiring.store,
-        upstreams_for=_routed(routes),
+        upstreams_for=_routed(routes, route_limit),
         callback_base_url=wiring.settings.callback_base_url,
         clock=utc_now,
         concurrency=wiring.settings.dispatch_concurrency,
@@ -343,8 +351,7 @@ async def _dispatch_record(record: SQSRecord, invocation: _Invocation) -> dict[s
         validity=timedelta(hours=wiring.settings.message_validity_hours),
         limiter=invocation.limiter,
         rate_scopes=[account_scope(command.account_id, rate_limit)],
-        # Read once per upstream and record rather than per message, as the upstreams themselves are.
-        route_limit=functools.cache(upstream_rate_limit),
+        route_limit=route_limit,
         max_submit_attempts=wiring.settings.dispatch_max_attempts,
         claim_lease_seconds=wiring.settings.dispatch_claim_lease_seconds,
         announce=invocation.announce,

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sms_gateway.errors import NotFound, Unavailable
+from sms_gateway.observability import logger
 from sms_gateway.ports import Provider
 from sms_gateway.settings import get_settings
 
@@ -113,7 +114,42 @@ def get_provider(name: str) -> Provider:
     return factory(name, config)
 
 
+class InvalidUpstreamConfig(ValueError):
+    """An upstream's configuration holds a value the gateway cannot use: nothing is sent to it until it is fixed."""
+
+
 def upstream_rate_limit(name: str) -> int | None:
-    """The messages per second an upstream accepts (`rate_limit_per_second` in its configuration), if set."""
-    limit = provider_config(name).get("rate_limit_per_second")
-    return int(limit) if limit else None
+    """The messages per second an upstream accepts (`rate_limit_per_second` in its configuration): a whole number
+    from 1; absent or 0 means unlimited (None). Anything else (0.5, -5, "30/s", true) is refused with an error that
+    names the parameter, and the dispatcher sends nothing to the upstream meanwhile: until 2026-12-05 it was read
+    with a bare int(), so 0.5 meant unlimited, 1.5 meant 1, and a negative limit held every message back until it
+    expired."""
+    value = provider_config(name).get("rate_limit_per_second")
+    limit = _whole_number(value)
+    if limit is None:
+        parameter = f"{get_settings().upstream_parameter_prefix}{name}"
+        problem = (
+            f"upstream {name!r}: rate_limit_per_second must be a whole number of messages a second, at least 1 "
+            f"(absent or 0: unlimited), not {value!r}; fix the parameter {parameter}"
+        )
+        logger.error(problem, extra={"upstream": name, "parameter": parameter})
+        raise InvalidUpstreamConfig(problem)
+    return limit or None
+
+
+def _whole_number(value: Any) -> int | None:
+    """`value` as a whole number from 0 (absent: 0), or None when it is not one. JSON may carry it as 30, 30.0 or
+    "30"; a fraction, a negative number, a boolean or any other text is not one."""
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdecimal():
+        number = int(value.strip())
+    else:
+        return None
+    return number if number >= 0 else None
