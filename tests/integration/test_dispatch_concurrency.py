@@ -197,6 +197,28 @@ def test_an_invocations_single_sends_are_read_together_and_take_their_rate_limit
     assert sum(used) >= 10
 
 
+def test_an_invocations_single_sends_for_a_limited_upstream_take_its_route_tokens_in_one_or_two_writes(
+    aws, api, upstream, monkeypatch
+):
+    import boto3
+
+    # Given ten single sends queued in an account's priority lane, for the default upstream limited to 50 a second
+    _, records = ten_queued_single_sends(aws, api, upstream, monkeypatch)
+    ssm, name = boto3.client("ssm"), f"{aws['UPSTREAM_PARAMETER_PREFIX']}simulator"
+    config = json.loads(ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"])
+    limited = json.dumps({**config, "rate_limit_per_second": 50})
+    ssm.put_parameter(Name=name, Value=limited, Type="SecureString", Overwrite=True)
+    counter_writes = noted_counter_writes()
+    # When one invocation sends them, one after another
+    answer = load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
+    # Then all ten went out, and the route's tokens were taken for the ten at once (the invocation routed the
+    # single sends it read together before their records began), not by one write per send
+    assert answer == {"batchItemFailures": []}
+    assert sum(kind == "end" for kind, _ in upstream.events) == 10
+    route_writes = [write for write in counter_writes if write["Key"]["pk"]["S"] == "RATE#route:simulator"]
+    assert 1 <= len(route_writes) <= 3
+
+
 def test_when_the_shared_read_of_single_sends_fails_each_record_reads_its_own_and_all_are_sent_once(
     aws, api, upstream, monkeypatch
 ):

@@ -1717,6 +1717,9 @@ class StingyLimiter:
     def __init__(self) -> None:
         self.asked: list[tuple[list, int]] = []
 
+    def expect(self, asks):
+        pass
+
     async def acquire(self, scopes, wanted):
         self.asked.append((list(scopes), wanted))
         return min(2, wanted) if len(self.asked) == 1 else 0
@@ -1742,6 +1745,9 @@ class BusyThenFreeLimiter:
     def __init__(self, busy: int) -> None:
         self.busy = busy
         self.asked = 0
+
+    def expect(self, asks):
+        pass
 
     async def acquire(self, scopes, wanted):
         self.asked += 1
@@ -1777,6 +1783,9 @@ def test_waiting_out_the_rate_limit_stops_at_the_end_of_the_invocation(store):
 
 
 class RouteFullLimiter:
+    def expect(self, asks):
+        pass
+
     async def acquire(self, scopes, wanted, *, max_wait_seconds=None):
         return 0 if scopes and scopes[0][0].startswith("route:") else wanted
 
@@ -1797,6 +1806,33 @@ def test_an_upstream_at_its_own_rate_limit_is_waited_for_not_failed_over(store):
     # Held back by our own limiter, it was never offered upstream: no attempt counted, no backoff
     assert [m.submit_attempts for m in store.messages.values()] == [0]
     assert (outcome.failed_attempts, outcome.retry_delay(backoff_base=5)) == (0, 1)
+
+
+def test_a_record_takes_a_limited_routes_tokens_ahead_only_for_its_messages_routed_there(store):
+    from sms_gateway.logic.ratelimit import RateLimiter, expected_grants
+    from tests.unit.test_ratelimit import SECOND, CountingStore, VirtualClock
+
+    # Given a record of five messages of which one is routed to "slow" (ten a second) and four to an unlimited
+    # upstream, and the invocation's limiter as consumers builds it (its records' messages, take-ahead 64)
+    _, deps = send(store, command(5))
+    [record] = deps.dispatch_queue.commands
+    slow, fast = FakeProvider("slow"), FakeProvider("fast")
+    first = min(m.msisdn for m in store.messages.values())
+    counters, vclock = CountingStore(), VirtualClock()
+    routed = replace(
+        dispatch_deps(store, fast),
+        upstreams_for=lambda message: [slow if message.msisdn == first else fast],
+        limiter=RateLimiter(
+            counters, clock=vclock, sleep=vclock.sleep, expected=expected_grants({"7": 5}), take_ahead=64
+        ),
+        route_limit=lambda name: 10 if name == "slow" else None,
+    )
+    # When the record is dispatched
+    outcome = asyncio.run(dispatch(record, routed))
+    # Then "slow" counted the one token its message used, and kept none from other dispatchers (until 2026-12-05 a
+    # route expected every message of the invocation: five tokens taken, four kept unused until the invocation end)
+    assert (outcome.submitted, len(slow.submits), len(fast.submits)) == (5, 1, 4)
+    assert counters.per_second("route:slow") == {SECOND: 1}
 
 
 def test_every_change_the_dispatcher_makes_is_reported_for_client_callbacks(store):

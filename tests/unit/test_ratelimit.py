@@ -10,7 +10,7 @@ import pytest
 
 from sms_gateway.domain.models import Batch
 from sms_gateway.domain.status import MessageStatus
-from sms_gateway.logic.ratelimit import RateLimiter, account_scope, route_scope
+from sms_gateway.logic.ratelimit import RateLimiter, Scope, account_scope, expected_grants, route_scope
 from sms_gateway.logic.send import dispatch_commands
 from tests.fakes import InMemoryStore
 
@@ -256,15 +256,20 @@ def takes(store: CountingStore) -> list[tuple[str, str, int]]:
     return [call for call in store.calls if call[0] == "take"]
 
 
+def ten_asks_one_at_a_time(rate: RateLimiter, scope: Scope) -> list[int]:
+    """Ten asks of one token each, one after another, as ten sends in turn make them."""
+
+    async def in_turn() -> list[int]:
+        return [await rate.acquire([scope], 1) for _ in range(10)]
+
+    return asyncio.run(in_turn())
+
+
 def test_a_holder_expecting_ten_sends_takes_their_tokens_in_one_write(store, clock):
     # Given an invocation with ten single sends of one account limited to 50 a second
     rate = holder(store, clock, expects=10)
-
-    async def one_at_a_time() -> list[int]:
-        return [await rate.acquire([account_scope("a", 50)], 1) for _ in range(10)]
-
     # When each send asks for its token in turn, within one second
-    granted = asyncio.run(one_at_a_time())
+    granted = ten_asks_one_at_a_time(rate, account_scope("a", 50))
     # Then each got one, and the ten were counted by a single write
     assert granted == [1] * 10
     assert takes(store) == [("take", "account:a", SECOND)]
@@ -280,6 +285,49 @@ def test_a_holder_takes_ahead_no_more_than_its_cap_nor_the_scopes_limit(store, c
     # Then the route counted 64 and the account its whole second, 40, no more
     assert store.per_second("route:sim") == {SECOND: 64}
     assert store.per_second("account:a") == {SECOND: 40}
+
+
+def test_one_message_for_a_limited_upstream_takes_one_token_not_the_whole_second_from_other_dispatchers(store, clock):
+    def invocation(messages_by_account, messages_by_upstream=None):
+        # As consumers._dispatch_all builds it: expectations from the records' messages, take-ahead = in-flight limit
+        return RateLimiter(
+            store,
+            clock=clock,
+            sleep=clock.sleep,
+            expected=expected_grants(messages_by_account, messages_by_upstream),
+            take_ahead=64,
+        )
+
+    # Given an upstream "slow" limited to 10 messages a second, and two dispatcher invocations side by side: one
+    # holding a bulk record of 100 messages of which a single one is routed to "slow", the other a single send
+    # routed to "slow"
+    bulk, single = invocation({"cinema": 100}), invocation({"bank": 1}, {"slow": 1})
+    bulk.expect({route_scope("slow", None)[0]: 1})
+
+    async def both():
+        # When each takes the one route token its message needs, in the same second (as the dispatcher does)
+        first = await bulk.acquire([route_scope("slow", 10)], 1, max_wait_seconds=0.0)
+        second = await single.acquire([route_scope("slow", 10)], 1, max_wait_seconds=0.0)
+        return first, second
+
+    granted = asyncio.run(both())
+    # Then both go, and the second counts two: two messages of a route allowing ten a second (until 2026-12-05 a
+    # route's scope expected every message of the invocation: the bulk invocation took all 10 tokens for its one
+    # message and kept 9 until it ended, so the single send was held back a second, or handed back to the queue)
+    assert granted == (1, 1)
+    assert store.per_second("route:slow") == {SECOND: 2}
+
+
+def test_a_holder_told_of_a_records_messages_for_a_route_takes_their_tokens_in_one_write(store, clock):
+    # Given an invocation that expected nothing of a route when it began, then read a record of ten messages for it
+    rate = RateLimiter(store, clock=clock, sleep=clock.sleep, expected=expected_grants({"a": 10}), take_ahead=64)
+    rate.expect({route_scope("sim", None)[0]: 10})
+    # When each message asks for its route token in turn
+    granted = ten_asks_one_at_a_time(rate, route_scope("sim", 200))
+    # Then the ten tokens were taken by one write, and no more than the ten
+    assert granted == [1] * 10
+    assert takes(store) == [("take", "route:sim", SECOND)]
+    assert store.per_second("route:sim") == {SECOND: 10}
 
 
 def test_tokens_kept_from_a_second_are_never_handed_out_in_the_next(store, clock):

@@ -25,7 +25,14 @@ from sms_gateway.deadlines import out_of_time_after
 from sms_gateway.domain.models import DispatchCommand, Message, StatusChange, utc_now
 from sms_gateway.domain.routing import RouteTable
 from sms_gateway.logic import settle, webhook_retries
-from sms_gateway.logic.dispatch import ANNOUNCE_BATCH, DispatchDependencies, ReadAhead, dispatch, read_single_sends
+from sms_gateway.logic.dispatch import (
+    ANNOUNCE_BATCH,
+    DispatchDependencies,
+    ReadAhead,
+    dispatch,
+    read_single_sends,
+    route_asks,
+)
 from sms_gateway.logic.fifo import handle_in_group_order
 from sms_gateway.logic.notify import WebhookFailed, WebhookResponse, deliver, notifications_of
 from sms_gateway.logic.ratelimit import RateLimiter, account_scope, expected_grants
@@ -165,14 +172,20 @@ async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], 
     commands = [command for command in command_of.values() if command is not None]
     awaiting_report: list[Message] = []
     announcements = _InvocationAnnouncements()
+    read_ahead = await asyncio.to_thread(_read_single_sends, commands)
+    # A route's tokens are expected for the single sends read here, routed to it; each other record tells the
+    # limiter of its own when it has read them (logic.dispatch).
+    by_upstream = await asyncio.to_thread(_messages_by_upstream, read_ahead)
     invocation = _Invocation(
         in_flight=asyncio.Semaphore(concurrency),
         # One counter write takes the tokens of several records (an account's single sends), up to the in-flight
         # limit: tokens are good for their second only, and more than that many cannot be submitted at once.
         limiter=RateLimiter(
-            wiring.store, expected=expected_grants(_messages_by_account(commands)), take_ahead=concurrency
+            wiring.store,
+            expected=expected_grants(_messages_by_account(commands), by_upstream),
+            take_ahead=concurrency,
         ),
-        read_ahead=await asyncio.to_thread(_read_single_sends, commands),
+        read_ahead=read_ahead,
         commands=command_of,
         out_of_time=out_of_time,
         awaiting_report=awaiting_report.extend,
@@ -205,6 +218,19 @@ def _messages_by_account(commands: Sequence[DispatchCommand]) -> Counter[str]:
     for command in commands:
         counts[command.account_id] += len(command.message_ids)
     return counts
+
+
+def _messages_by_upstream(read_ahead: ReadAhead) -> Counter[str]:
+    """The single sends read ahead, by the upstream each is offered first. Without the route table (it could not be
+    read), none: their routes' tokens are then taken as asked, and their records fail on the table themselves."""
+    if not read_ahead.found:
+        return Counter()
+    try:
+        routes = _route_table()
+    except Exception:
+        logger.warning("could not read the route table; the single sends' route tokens are taken one by one")
+        return Counter()
+    return route_asks(read_ahead.found.values(), _routed(routes, functools.cache(upstream_rate_limit)))
 
 
 def _read_single_sends(commands: Sequence[DispatchCommand]) -> ReadAhead:

@@ -6,7 +6,7 @@ import asyncio
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -97,7 +97,8 @@ class DispatchDependencies:
     # Whether a record the rate limit starves keeps waiting in the invocation (until `out_of_time`) rather than going
     # back to the queue at once: the handler's choice, since it knows the invocation's deadline.
     wait_out_the_rate_limit: bool = False
-    # The record's messages as its invocation read them with its other records' (ReadAhead); None: read here.
+    # The record's messages as its invocation read them with its other records' (ReadAhead), and whose route tokens
+    # its limiter expects already (`route_asks`); None: read here, and the route tokens they will ask told to it.
     read_ahead: Sequence[Message] | None = None
 
 
@@ -199,6 +200,8 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
 
     pending = [m for m in messages if m.status == MessageStatus.QUEUED]
     outcome.skipped += len(messages) - len(pending)
+    if deps.read_ahead is None:
+        _expect_route_tokens(pending, deps)
     try:
         # An earlier delivery of this record may have died between a status write and its announcement.
         await announcer.add([c for c in map(change_made_by_dispatch, messages) if c is not None])
@@ -225,6 +228,33 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
         if deps.awaiting_report is not None:
             deps.awaiting_report(_recorded_submitted(messages, outcome))
     return outcome
+
+
+def route_asks(messages: Iterable[Message], upstreams_for: Callable[[Message], Sequence[Provider]]) -> Counter[str]:
+    """How many route tokens these messages will ask, by upstream: one of the upstream each queued one is offered
+    first. A message whose upstreams cannot be built now is left out (its own dispatch fails on it)."""
+    asks: Counter[str] = Counter()
+    for message in messages:
+        if message.status != MessageStatus.QUEUED:
+            continue
+        try:
+            upstreams = offered_upstreams(message, upstreams_for)
+        except Exception:
+            # Its own dispatch meets the failure (an upstream not configured, or not validly) and fails on it.
+            upstreams = []
+        if upstreams:
+            asks[upstreams[0].name] += 1
+    return asks
+
+
+def _expect_route_tokens(pending: Sequence[Message], deps: DispatchDependencies) -> None:
+    """Tells the invocation's limiter the route tokens this record's messages will ask, so that it takes a route's
+    tokens ahead only for the messages offered to that upstream."""
+    if deps.limiter is None:
+        return
+    asks = route_asks(pending, deps.upstreams_for)
+    if asks:
+        deps.limiter.expect({route_scope(upstream, None)[0]: count for upstream, count in asks.items()})
 
 
 def _recorded_submitted(read: Sequence[Message], outcome: DispatchOutcome) -> list[Message]:
@@ -335,7 +365,7 @@ async def _dispatch_one(
         # slot would, if the dispatcher died meanwhile, be taken for one the upstream may have, and never be sent.
         # The claim names the upstream tried first, so that whoever takes it over after this dispatcher died knows
         # where the message may be.
-        upstreams = offered_upstreams(message, deps)
+        upstreams = offered_upstreams(message, deps.upstreams_for)
         first = upstreams[0].name if upstreams else None
         # So its route token is taken before the claim too: the limiter may wait up to a second for it, and its
         # counter write or the upstream's limit may fail; under the claim, either left a message that reads as maybe
@@ -443,11 +473,11 @@ def _come_back_soon(messages: Sequence[Message], outcome: DispatchOutcome) -> No
     outcome.retry_after = max(outcome.retry_after or 0.0, 1.0)
 
 
-def offered_upstreams(message: Message, deps: DispatchDependencies) -> list[Provider]:
+def offered_upstreams(message: Message, upstreams_for: Callable[[Message], Sequence[Provider]]) -> list[Provider]:
     """The upstreams a message is offered to, in order: its route's; or, when an earlier submit got no answer from
     one, only that one (it answers a repeat of our reference with its first answer), and none if the route no
     longer names it."""
-    upstreams = list(deps.upstreams_for(message))
+    upstreams = list(upstreams_for(message))
     if message.maybe_taken_by is None:
         return upstreams
     return [provider for provider in upstreams if provider.name == message.maybe_taken_by]
@@ -463,7 +493,7 @@ def resumable(message: Message, claim: Claim, deps: DispatchDependencies) -> tup
         return None
     attempts = message.submit_attempts + 1
     resumed = message.model_copy(update={"maybe_taken_by": claim.lapsed_upstream, "submit_attempts": attempts})
-    there = offered_upstreams(resumed, deps)
+    there = offered_upstreams(resumed, deps.upstreams_for)
     if not there or not getattr(there[0], "deduplicates_submits", False) or attempts >= deps.max_submit_attempts:
         return None
     if deps.clock() > valid_until(message, deps.validity):

@@ -28,12 +28,16 @@ def route_scope(upstream: str, limit: int | None) -> Scope:
     return (f"route:{upstream}", limit)
 
 
-def expected_grants(messages_by_account: Mapping[str, int]) -> Callable[[str], int]:
+def expected_grants(
+    messages_by_account: Mapping[str, int], messages_by_upstream: Mapping[str, int] | None = None
+) -> Callable[[str], int]:
     """How many tokens a holder with these messages to send may ask of a scope in all: an account's scope its own
-    messages, a route's any of them."""
-    everything = sum(messages_by_account.values())
+    messages, a route's those offered first to its upstream (as far as the holder knows them yet: `expect` adds
+    more). Until 2026-12-05 a route's scope expected every message of the holder, whatever its upstream: one
+    message for a limited upstream took that upstream's whole second from every other dispatcher."""
     per_scope = {account_scope(account, None)[0]: count for account, count in messages_by_account.items()}
-    return lambda scope: per_scope.get(scope, 0) if scope.startswith("account:") else everything
+    per_scope |= {route_scope(upstream, None)[0]: count for upstream, count in (messages_by_upstream or {}).items()}
+    return lambda scope: per_scope.get(scope, 0)
 
 
 class RateLimiter:
@@ -72,6 +76,13 @@ class RateLimiter:
         # By scope: the last second the store found full, so that the holder's other asks in it need no write.
         self._full: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # By scope: asks the holder learnt of after it was made (`expect`), on top of `expected`.
+        self._learnt: Counter[str] = Counter()
+
+    def expect(self, asks: Mapping[str, int]) -> None:
+        """More asks the holder now expects, by scope: those of a record whose messages it read only when the record
+        began. Nothing changes for a holder without expectations (it takes exactly what is asked)."""
+        self._learnt.update(asks)
 
     async def acquire(self, scopes: Sequence[Scope], wanted: int, *, max_wait_seconds: float | None = None) -> int:
         """How many of `wanted` sends may go now: between 1 and `wanted`, all counted in the current second.
@@ -133,7 +144,8 @@ class RateLimiter:
             second = self._current_second(name, second)
             kept = self._kept_for(name, second)
             if kept < wanted and self._full.get(name) != second:
-                ahead = min(self.take_ahead, self.expected(name) - self._handed[name]) if self.expected else 0
+                expected = self.expected(name) + self._learnt[name] if self.expected else 0
+                ahead = min(self.take_ahead, expected - self._handed[name])
                 asked = max(wanted, ahead) - kept
                 got = await asyncio.to_thread(self.store.take_tokens, name, second, asked, limit)
                 if not got:
