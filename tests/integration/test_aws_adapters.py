@@ -351,3 +351,40 @@ def test_a_failing_aws_call_is_not_retried_once_an_armed_deadline_has_passed(aws
     # Then past the deadline it stops after the first failure instead of using its attempts (5 and more)
     assert len(sent) == 1 if out_of_time else len(sent) >= 5
     assert isinstance(raised.value, deadlines.DeadlineReached) == out_of_time
+
+
+@pytest.mark.parametrize(
+    ("failure", "once"),
+    [("read timeout", True), ("internal error", True), ("throttled", False)],
+)
+def test_a_call_made_at_most_once_is_not_retried_when_it_may_have_been_applied(aws, monkeypatch, failure, once):
+    from botocore.awsrequest import AWSResponse
+    from botocore.exceptions import ReadTimeoutError
+
+    from sms_gateway import deadlines
+
+    # Given DynamoDB failing every attempt of a call: with no answer, inside the service (500: it may have applied
+    # the call), or refusing it (throttled: certainly not applied); botocore's backoff sleeps skipped
+    monkeypatch.setattr("botocore.endpoint.time.sleep", lambda seconds: None)
+    dynamodb = clients.client("dynamodb")
+    sent: list[str] = []
+    kinds = {"internal error": (500, "InternalServerError"), "throttled": (400, "ThrottlingException")}
+
+    def fail(request: Any, **_: Any) -> AWSResponse:
+        sent.append(request.url)
+        if failure == "read timeout":
+            raise ReadTimeoutError(endpoint_url=request.url)
+        status, code = kinds[failure]
+        body = json.dumps({"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": failure})
+        return AWSResponse(request.url, status, {}, _Body(body.encode()))
+
+    dynamodb.meta.events.register_first("before-send.dynamodb.DescribeTable", fail)
+    try:
+        # When it is made at most once (as a rate-limit give-back is)
+        with deadlines.at_most_once(), pytest.raises(Exception) as raised:
+            dynamodb.describe_table(TableName=aws["TABLE_NAME"])
+    finally:
+        dynamodb.meta.events.unregister("before-send.dynamodb.DescribeTable", fail)
+    # Then one that may have been applied is sent once and fails as such; a refusal is retried as usual (5 and more)
+    assert len(sent) == 1 if once else len(sent) >= 5
+    assert isinstance(raised.value, deadlines.MaybeApplied) == once

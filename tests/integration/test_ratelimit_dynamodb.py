@@ -97,6 +97,42 @@ def test_a_give_back_never_creates_a_counter(aws, store):
     assert counter(aws, "route:sim", SECOND) is None
 
 
+def lose_the_first_answer_to_a_give_back(client: Any) -> list[str]:
+    """DynamoDB applies the first give-back, and its answer is lost on the way back (a read timeout), as happens to
+    any request now and then."""
+    from botocore.exceptions import ReadTimeoutError
+    from moto.core.models import botocore_stubber
+
+    lost: list[str] = []
+
+    def applied_then_lost(request: Any, **kwargs: Any) -> None:
+        if lost or b":minus" not in (request.body or b""):
+            return None
+        botocore_stubber(request=request, **kwargs)  # applied by the service ...
+        lost.append(request.url)
+        raise ReadTimeoutError(endpoint_url=request.url)  # ... and the answer never arrives
+
+    client.meta.events.register_first("before-send.dynamodb.UpdateItem", applied_then_lost)
+    return lost
+
+
+def test_a_give_back_whose_answer_was_lost_is_not_applied_twice_so_the_second_never_passes_its_limit(aws, store):
+    from sms_gateway.deadlines import MaybeApplied
+
+    # Given a second of a limit of 10 in which a holder took all 10 tokens and sent 6 (4 to give back)
+    assert store.take_tokens("route:kannel", SECOND, 10, 10) == 10
+    lost = lose_the_first_answer_to_a_give_back(store.client)
+    # When it gives the 4 back, and the answer to that write is lost
+    with pytest.raises(MaybeApplied):
+        store.give_back_tokens("route:kannel", SECOND, 4)
+    assert lost, "the give-back's answer was lost once"
+    # Then the give-back fails rather than being sent again, and no more than the 4 given back can be taken again
+    # in that second: 6 + 4 = 10 sent, never more (until 2026-12-05 the client's retry sent the same ADD -4 again,
+    # the counter fell to 2 while 6 were sent, and 8 more were granted: 14 in a second of 10)
+    again = store.take_tokens("route:kannel", SECOND, 10, 10)
+    assert 6 + again <= 10, (again, used(aws, "route:kannel", SECOND))
+
+
 @pytest.mark.parametrize("wanted", [10, 7])
 def test_threads_racing_for_one_second_get_exactly_the_limit(aws, store, wanted):
     # Given 20 dispatchers asking `wanted` tokens each of a limit of 50, all at once (7 leaves a partial grant)

@@ -242,6 +242,27 @@ def test_an_unlimited_scope_is_not_counted(store, clock, unlimited):
     assert [call[1] for call in store.calls] == ["route:sim"]
 
 
+class GiveBackFails(CountingStore):
+    """Counters whose give-backs fail (or may not have been applied: the store never sends one twice)."""
+
+    def give_back_tokens(self, scope: str, second: int, count: int) -> None:
+        self.calls.append(("give_back", scope, second))
+        raise RuntimeError("ReadTimeoutError: the give-back may have been applied")
+
+
+def test_a_give_back_that_fails_leaves_the_counter_overstated_and_the_grant_stands(clock):
+    # Given an account with room and a route with 30 tokens left this second, and give-backs that fail
+    store = GiveBackFails()
+    store.used[("route:sim", SECOND)] = 170
+    rate = limiter(store, clock)
+    # When 100 are asked of both: the account grants 50, the route 30, and the account's 20 should go back
+    granted = asyncio.run(rate.acquire([account_scope("a", 50), route_scope("sim", 200)], 100))
+    # Then the 30 are granted all the same, and the account's counter keeps the 20 (fewer sends, never more)
+    assert granted == 30
+    assert ("give_back", "account:a", SECOND) in store.calls
+    assert store.per_second("account:a") == {SECOND: 50}
+
+
 # ---------------------------------------------------------------------------------------------- taking ahead
 
 

@@ -203,7 +203,9 @@ async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], 
         may_overlap=lambda before, record: _same_batch(command_of[before.message_id], command_of[record.message_id]),
         handle=handle,
     )
-    await _release_unused_tokens(invocation.limiter)
+    # Tokens taken ahead and not used go back while their second lasts. If they cannot (or the invocation died
+    # before), they only keep the rest of that second from other dispatchers (RateLimiter.release).
+    await invocation.limiter.release()
     held_back = [record for record in failed if record.message_id not in started]
     if held_back:
         await asyncio.to_thread(_release_held_back, held_back)
@@ -240,16 +242,6 @@ def _read_single_sends(commands: Sequence[DispatchCommand]) -> ReadAhead:
     except Exception:
         logger.warning("could not read the invocation's single sends together; each record reads its own")
         return ReadAhead()
-
-
-async def _release_unused_tokens(limiter: RateLimiter) -> None:
-    """Tokens taken ahead and not used go back while their second lasts. If they cannot (or the invocation died
-    before), they only keep the rest of that second from other dispatchers: a counter may overstate a second, never
-    understate it."""
-    try:
-        await limiter.release()
-    except Exception:
-        logger.warning("could not give back unused rate-limit tokens")
 
 
 # An invocation that could not queue its settle check or its last notifications hands its records back for this

@@ -1,6 +1,7 @@
 """The time an invocation has left, as a test its work asks between steps, so it stops and tidies up before
 Lambda kills it instead of dying half-way; and, while a deadline is armed, no failed AWS call is retried past it
-(botocore's retries back off for up to about 15 s between five attempts)."""
+(botocore's retries back off for up to about 15 s between five attempts). Also the other call that is never
+retried: one made `at_most_once` that may have been applied."""
 
 from __future__ import annotations
 
@@ -8,16 +9,32 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
 OutOfTime = Callable[[], bool]
+T = TypeVar("T")
 
 _armed: ContextVar[OutOfTime | None] = ContextVar("armed_deadline", default=None)
 _invocation: ContextVar[OutOfTime | None] = ContextVar("invocation_deadline", default=None)
+_at_most_once: ContextVar[bool] = ContextVar("aws_call_at_most_once", default=False)
 
 
 class DeadlineReached(Exception):
     """An AWS call failed after its work ran out of time: it is not tried again."""
+
+
+class MaybeApplied(Exception):
+    """An AWS call made `at_most_once` got no answer, or failed inside the service: it may have been applied, so it
+    is not sent again."""
+
+
+@contextlib.contextmanager
+def _within(var: ContextVar[T], value: T) -> Iterator[None]:
+    token = var.set(value)
+    try:
+        yield
+    finally:
+        var.reset(token)
 
 
 def out_of_time_after(remaining_ms: Callable[[], int] | None, *, reserve_seconds: float) -> OutOfTime | None:
@@ -38,11 +55,8 @@ def ran_out(out_of_time: OutOfTime | None) -> bool:
 def invocation(remaining_ms: Callable[[], int] | None, *, reserve_seconds: float) -> Iterator[None]:
     """Handles one invocation: within it, `invocation_out_of_time()` is true once less than `reserve_seconds` of it
     are left (None without a Lambda context)."""
-    token = _invocation.set(out_of_time_after(remaining_ms, reserve_seconds=reserve_seconds))
-    try:
+    with _within(_invocation, out_of_time_after(remaining_ms, reserve_seconds=reserve_seconds)):
         yield
-    finally:
-        _invocation.reset(token)
 
 
 def invocation_out_of_time() -> OutOfTime | None:
@@ -53,15 +67,26 @@ def invocation_out_of_time() -> OutOfTime | None:
 def armed(out_of_time: OutOfTime | None) -> Iterator[None]:
     """Within it, an AWS call of this thread that fails once `out_of_time()` is true raises DeadlineReached instead
     of being retried. Work that must finish whatever the time (undoing a send) runs outside it."""
-    token = _armed.set(out_of_time)
-    try:
+    with _within(_armed, out_of_time):
         yield
-    finally:
-        _armed.reset(token)
 
 
-def no_retry_past_deadline(response: Any = None, caught_exception: Any = None, **_: Any) -> None:
+@contextlib.contextmanager
+def at_most_once() -> Iterator[None]:
+    """Within it, an AWS call of this thread that may have been applied is not retried: one whose answer never
+    came (a read timeout, a cut connection) or that failed inside the service (5xx). A refusal that certainly was
+    not applied (throttling, a failed condition) is retried or raised by botocore as usual. For writes that are not
+    idempotent, which a retry would apply twice (a rate-limit give-back, `ADD used :-n`)."""
+    with _within(_at_most_once, True):
+        yield
+
+
+def no_retry_past_deadline_or_once(response: Any = None, caught_exception: Any = None, **_: Any) -> None:
     """botocore `needs-retry` handler (adapters.aws registers it on every client): raising here ends the call."""
+    if _at_most_once.get() and (
+        caught_exception is not None or (response is not None and response[0].status_code >= 500)
+    ):
+        raise MaybeApplied("the AWS call may have been applied; it is not sent again") from caught_exception
     out_of_time = _armed.get()
     if not ran_out(out_of_time):
         return

@@ -37,7 +37,7 @@ def client(service: str) -> Any:
             if not _session:
                 _session.append(boto3.session.Session())
             created = _session[0].client(service, config=config)
-            created.meta.events.register("needs-retry", deadlines.no_retry_past_deadline)
+            created.meta.events.register("needs-retry", deadlines.no_retry_past_deadline_or_once)
             _clients[service] = created
         return _clients[service]
 

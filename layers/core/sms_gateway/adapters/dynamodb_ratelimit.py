@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from sms_gateway import deadlines
+
 # A counter only matters during its own second; TTL removes it a minute later (lazily: it is never read again).
 COUNTER_TTL_SECONDS = 60
 # A partial grant can lose its race with another dispatcher; it is retried while room remains, this many times.
@@ -58,8 +60,11 @@ class DynamoRateLimitMixin:
         if count <= 0:
             return
         # Only onto a counter that exists: a give-back must never create a negative one. A counter gone already
-        # (its TTL passed) needs nothing back.
-        with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
+        # (its TTL passed) needs nothing back. Sent at most once: a retry after a lost answer would take the tokens
+        # off twice, and the counter would then understate its second and grant more than its limit (until
+        # 2026-12-05 the client's retries did so). A give-back that may not have been applied raises instead, and
+        # leaves the counter overstating its second, the safe side.
+        with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException), deadlines.at_most_once():
             self.client.update_item(
                 TableName=self.table_name,
                 Key=_counter_key(scope, second),

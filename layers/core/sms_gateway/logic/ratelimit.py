@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+from sms_gateway.observability import logger
 from sms_gateway.ports import RateLimitStore
 
 # How long an acquire waits for a second with room in it before giving up, by default.
@@ -116,7 +117,7 @@ class RateLimiter:
         kept, self._kept = self._kept, {}
         for name, (kept_second, count) in kept.items():
             if kept_second == second and count:
-                await asyncio.to_thread(self.store.give_back_tokens, name, second, count)
+                await self._give_back_to_store(name, second, count)
 
     async def _take(self, scopes: Sequence[tuple[str, int]], second: int, wanted: int) -> int:
         # Each scope is asked for what the one before it granted, so every scope taken so far holds `granted`.
@@ -158,7 +159,7 @@ class RateLimiter:
 
     async def _give_back(self, name: str, second: int, count: int) -> None:
         if self.expected is None:
-            await asyncio.to_thread(self.store.give_back_tokens, name, second, count)
+            await self._give_back_to_store(name, second, count)
             return
         # A holder that takes ahead keeps them for its next ask this second (`release` returns what is left).
         async with self._locks.setdefault(name, asyncio.Lock()):
@@ -167,6 +168,17 @@ class RateLimiter:
             # Else they were counted in a second that is over, and tokens are kept for a later one: nothing to
             # keep of them, and those are not overwritten.
             self._handed[name] -= count
+
+    async def _give_back_to_store(self, name: str, second: int, count: int) -> None:
+        """A give-back that fails (or may not have been applied: the store never repeats one) leaves the counter
+        overstating its second: fewer sends that second, never more than the limit. The grant stands."""
+        try:
+            await asyncio.to_thread(self.store.give_back_tokens, name, second, count)
+        except Exception:
+            logger.warning(
+                "could not give back rate-limit tokens; the counter overstates its second",
+                extra={"scope": name, "second": second, "tokens": count},
+            )
 
     def _current_second(self, name: str, second: int) -> int:
         """`second`, or a later one this holder keeps tokens for (only a holder taking ahead keeps any)."""
