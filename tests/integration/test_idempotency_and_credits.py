@@ -62,6 +62,34 @@ def test_the_same_ref_id_within_a_day_is_sent_once(aws, api):
     assert balance(account["account_id"]) == 9
 
 
+def test_a_repeat_re_encoded_by_another_json_library_is_the_same_request(aws, api):
+    # Given a send with a ref_id, as the README writes it
+    account = make_account(10)
+    body = {"from": "48974", "to": "2348020000000", "message": "hi é", "ref_id": "873ghf8749956778gf5"}
+    event = send_event(account["token"])
+    event["body"] = json.dumps(body, indent=2)
+    first = api(event)
+    # When the client's retry writes the same fields in another order, without spaces and with é unescaped
+    again = send_event(account["token"])
+    again["body"] = json.dumps(dict(reversed(list(body.items()))), separators=(",", ":"), ensure_ascii=False)
+    second = api(again)
+    # Then it is the same request: the first answer, sent and charged once
+    assert second["statusCode"] == 200, second
+    assert json.loads(second["body"]) == json.loads(first["body"])
+    assert balance(account["account_id"]) == 9
+    assert len(queued_records(aws)) == 1
+
+
+def test_a_ref_id_repeated_with_other_fields_is_a_409_that_names_the_ref_id(aws, api):
+    account = make_account(10)
+    body = {"from": "48974", "to": "2348020000000", "message": "hi", "ref_id": "873ghf8749956778gf5"}
+    api(send_event(account["token"], body))
+    answer = api(send_event(account["token"], {**body, "message": "another text"}))
+    assert answer["statusCode"] == 409
+    assert "ref_id '873ghf8749956778gf5'" in json.loads(answer["body"])["message"]
+    assert balance(account["account_id"]) == 9
+
+
 def test_keys_are_per_account(aws, api):
     one, two = make_account(10), make_account(10, sender="48975")
     first = api(with_key(send_event(one["token"]), "shared-key"))

@@ -62,6 +62,10 @@ class Conflict(GatewayError):
     code = "conflict"
 
 
+class KeyReused(Conflict):
+    """An idempotency key (or ref_id) the account used, within its window, for a request with other content."""
+
+
 class UpstreamError(GatewayError):
     """An upstream refused or failed a submit. `permanent` says whether a retry can help."""
 

@@ -56,7 +56,7 @@ from sms_gateway.domain.models import (
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.senders import registry_form
 from sms_gateway.domain.status import MessageStatus, allowed_previous
-from sms_gateway.errors import Conflict, InsufficientCredits, NotFound
+from sms_gateway.errors import Conflict, InsufficientCredits, KeyReused, NotFound
 
 MESSAGE_INDEX = "message-index"
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -1054,7 +1054,7 @@ class DynamoStore(
         except self.client.exceptions.ConditionalCheckFailedException as error:
             current = self._codec.load(error.response.get("Item") or {})
             if current.get("fingerprint") != fingerprint:
-                raise Conflict("this idempotency key was used for a different request") from error
+                raise KeyReused("this idempotency key was used for a different request") from error
             if current.get("state") == "done":
                 return StoredAnswer.model_validate(current["answer"])
             return self._take_over(scope, key, current, now=now, lease=lease)

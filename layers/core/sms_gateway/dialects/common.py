@@ -25,7 +25,7 @@ from sms_gateway.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
-from sms_gateway.logic.idempotency import SEND_LEASE, fingerprint, run_once
+from sms_gateway.logic.idempotency import SEND_LEASE, canonical_body, fingerprint, run_once
 from sms_gateway.logic.send import Accepted, accept_send
 from sms_gateway.outcome_metrics import count_accepted
 
@@ -212,7 +212,8 @@ def idempotent(
     lease: timedelta | None = SEND_LEASE,
 ) -> Response[Any]:
     """Runs a send once per idempotency key (see logic.idempotency): a repeat gets the first answer back.
-    The fingerprint covers method, path, query and body, so the same key with another request is refused.
+    The fingerprint covers method, path, query and body (a JSON body as its value: canonical_body), so the same key
+    with another request is refused.
     `lease`: how long before a request that died holding the key is taken over and its batch finished; None for
     a request that cannot be finished that way (it holds its key until the key expires)."""
     from sms_gateway.bootstrap import gateway
@@ -222,7 +223,7 @@ def idempotent(
         event.http_method,
         event.path,
         json.dumps(event.query_string_parameters or {}, sort_keys=True),
-        event.body or "",
+        canonical_body(event.body or ""),
     )
 
     def answer(claim: KeyClaim | None) -> StoredAnswer:

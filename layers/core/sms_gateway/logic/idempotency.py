@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sms_gateway.domain.ids import new_batch_id
 from sms_gateway.domain.models import KeyClaim, StoredAnswer
-from sms_gateway.errors import GatewayError, InvalidRequest
+from sms_gateway.errors import GatewayError, InvalidRequest, KeyReused
 from sms_gateway.observability import logger
 from sms_gateway.ports import IdempotencyStore
 
@@ -26,6 +27,16 @@ def request_key(header_value: str | None, ref_id: str | None) -> str | None:
             raise InvalidRequest(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
         return f"key:{key}"
     return f"ref:{ref_id}" if ref_id else None
+
+
+def canonical_body(body: str) -> str:
+    """A JSON body as its value written one way (keys sorted, no spaces, characters unescaped), so that a retry that
+    another JSON library wrote is the same request; any other body as it came."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return body
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def fingerprint(*parts: str) -> str:
@@ -57,7 +68,10 @@ def run_once(
     send failing too, may leave its batch stored, charged or queued."""
     if key is None:
         return produce(None)
-    begun = store.begin(scope, key, request_fingerprint, now=now, reference_id=new_batch_id(), lease=lease)
+    try:
+        begun = store.begin(scope, key, request_fingerprint, now=now, reference_id=new_batch_id(), lease=lease)
+    except KeyReused as error:
+        raise KeyReused(_used_for_another_request(key)) from error
     if isinstance(begun, StoredAnswer):
         return begun
     try:
@@ -73,6 +87,13 @@ def run_once(
     else:
         store.abandon(scope, key)
     return answer
+
+
+def _used_for_another_request(key: str) -> str:
+    kind, _, value = key.partition(":")
+    if kind == "ref":
+        return f"ref_id {value!r} was used within 24 hours for a different request: a repeat must carry the same fields"
+    return "this Idempotency-Key was used for a different request"
 
 
 def _keep(store: IdempotencyStore, scope: str, key: str, answer: StoredAnswer) -> None:
