@@ -298,6 +298,20 @@ def test_a_sender_taken_by_another_account_is_refused_and_changes_nothing(cli, a
     assert gateway().store.account_id_for_sender("48974") == account["account_id"]
 
 
+def test_a_new_account_asking_for_a_taken_sender_is_told_which_sender_and_whose(cli, account):
+    # Given an account that owns 48974 (as `make dev`'s demo account does)
+    # When the operator creates another account with a free sender and 48974
+    code, out, err = cli("create-account", "--name", "Cinema Club", "--sender", "55555", "--sender", "48974")
+    # Then it is refused, naming the taken sender and the account it is registered to, as add-sender does
+    assert (code, out) == (2, "")
+    assert f"error: sender '48974' is registered to account {account['account_id']}" in err
+    assert "55555" not in err
+    # And nothing was created: 55555 is still free
+    from sms_gateway.bootstrap import gateway
+
+    assert gateway().store.account_id_for_sender("55555") is None
+
+
 def test_a_bad_sender_change_is_refused_and_changes_nothing(cli, account, other):
     assert_refused(cli, ["add-sender", "--account", account["account_id"], "--sender", "WAY-TOO-LONG-ID"], "invalid")
     assert_refused(cli, ["remove-sender", "--account", account["account_id"], "--sender", "OTHERCO"], "not registered")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -246,9 +247,16 @@ def test_an_account_whose_username_or_sender_is_taken_is_not_created_at_all(stor
     second, second_credentials = new_account(senders=("48974",) if clash == "sender" else ("55555",))
     if clash == "username":
         second_credentials = second_credentials.model_copy(update={"username": first_credentials.username})
-    # Then it is refused as a conflict
-    with pytest.raises(Conflict):
+    # Then it is refused as a conflict that names what is taken (and, for a sender, its owner, as add-sender does)
+    taken = {
+        "username": f"username {first_credentials.username!r} is taken by another account",
+        "sender": f"sender '48974' is registered to account {first.account_id}",
+    }[clash]
+    with pytest.raises(Conflict, match=re.escape(taken)) as refused:
         store.create_account(second, second_credentials)
+    # And nothing else is named: not the free sender, nor the owner of a taken username
+    assert "55555" not in str(refused.value)
+    assert clash == "sender" or "registered to" not in str(refused.value)
     # And nothing of it was written: the table is exactly as before
     after = scan_all(store)
     assert sorted(map(repr, after)) == sorted(map(repr, before))

@@ -26,7 +26,12 @@ from typing import Any
 
 from sms_gateway.adapters import aws
 from sms_gateway.adapters.cursors import decode_cursor, encode_cursor
-from sms_gateway.adapters.dynamodb_admin import DynamoAccountAdmin, account_key, credential_listing_item
+from sms_gateway.adapters.dynamodb_admin import (
+    DynamoAccountAdmin,
+    account_key,
+    credential_listing_item,
+    failed_items,
+)
 from sms_gateway.adapters.dynamodb_batch import batch_get
 from sms_gateway.adapters.dynamodb_delivery import REPORTER_CARRIES_IT, DynamoDeliveryMixin, conversation_key
 from sms_gateway.adapters.dynamodb_groups import DynamoGroupStore
@@ -321,7 +326,18 @@ class DynamoStore(
         try:
             self._put_all_new(items)
         except self.client.exceptions.TransactionCanceledException as error:
-            raise Conflict("the username or one of the sender ids is taken by another account") from error
+            raise self._account_refused(items, failed_items(error), account.senders, credentials.username) from error
+
+    def _account_refused(
+        self, items: list[dict[str, Any]], failed: list[bool], senders: Sequence[str], username: str
+    ) -> Conflict:
+        """Names what a new account asked for that another holds: each taken sender with its owner (as add-sender
+        does), or the username (not whose it is: no operator command shows an account's username)."""
+        refused = {item["pk"] for item, taken in zip(items, failed, strict=False) if taken}
+        reasons = [str(self.sender_taken(sender)) for sender in senders if sender_pk(sender) in refused]
+        if f"LOGIN#{username}" in refused:
+            reasons.append(f"username {username!r} is taken by another account")
+        return Conflict("; ".join(reasons) or "the username or one of the sender ids is taken by another account")
 
     def _put_all_new(self, items: list[dict[str, Any]]) -> None:
         self.client.transact_write_items(

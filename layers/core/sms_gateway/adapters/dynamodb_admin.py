@@ -58,7 +58,7 @@ def credential_listing_item(account_id: str, kind: str, secret: str, created_at:
     }
 
 
-def _failed(error: Any) -> list[bool]:
+def failed_items(error: Any) -> list[bool]:
     """Which items of a cancelled transaction failed their condition, in request order."""
     reasons = error.response.get("CancellationReasons") or []
     return [reason.get("Code") == "ConditionalCheckFailed" for reason in reasons]
@@ -117,7 +117,7 @@ class DynamoAccountAdmin:
                 ]
             )
         except self.client.exceptions.TransactionCanceledException as error:
-            failed = _failed(error)
+            failed = failed_items(error)
             if failed and failed[0]:
                 raise NotFound(f"no account {account_id}") from error
             raise Conflict(f"account {account_id} has a {kind} starting {listing['prefix']!r} already") from error
@@ -202,13 +202,17 @@ class DynamoAccountAdmin:
                 ]
             )
         except self.client.exceptions.TransactionCanceledException as error:
-            failed = _failed(error)
+            failed = failed_items(error)
             if len(failed) > 1 and failed[1]:
                 raise NotFound(f"no account {account_id}") from error
-            owner = self.client.get_item(TableName=self.table_name, Key=_sender_key(sender), ConsistentRead=True)
-            owner_id = owner.get("Item", {}).get("account_id", {}).get("S", "another account")
-            raise Conflict(f"sender {sender!r} is registered to account {owner_id}") from error
+            raise self.sender_taken(sender) from error
         return self._read_account(account_id)
+
+    def sender_taken(self, sender: str) -> Conflict:
+        """The refusal of a sender another account holds, naming that account (an operator's answer only)."""
+        owner = self.client.get_item(TableName=self.table_name, Key=_sender_key(sender), ConsistentRead=True)
+        owner_id = owner.get("Item", {}).get("account_id", {}).get("S", "another account")
+        return Conflict(f"sender {sender!r} is registered to account {owner_id}")
 
     def remove_sender(self, account_id: str, sender: str) -> Account:
         account = self._read_account(account_id)
@@ -239,7 +243,7 @@ class DynamoAccountAdmin:
                 ]
             )
         except self.client.exceptions.TransactionCanceledException as error:
-            failed = _failed(error)
+            failed = failed_items(error)
             if failed and failed[0]:
                 raise Conflict(
                     f"sender {sender!r} is not owned by account {account_id} in the sender registry"
