@@ -89,7 +89,7 @@ def test_setting_a_webhook_and_sending_a_signed_test_event(portal, account, hook
     request = hook.next("/dlr", timeout=10)
     assert request["body"]["type"] == "test"
     assert request["headers"]["Authorization"] == f"Bearer {account['webhook_token']}"
-    assert_signed_by(request, account["webhook_secret"])
+    assert_signed_by(request, account["signing_secret"])
 
 
 def test_a_rotated_signing_secret_is_shown_once_and_signs_from_then_on(portal, account, hook):
@@ -99,7 +99,7 @@ def test_a_rotated_signing_secret_is_shown_once_and_signs_from_then_on(portal, a
     portal.submit(portal.form("rotate-secret"), confirm=True)
     portal.shot("secret-shown-once")
     secret = shown_once_secret(portal)
-    assert secret.startswith("whsec_") and secret != account["webhook_secret"]
+    assert secret.startswith("whsec_") and secret != account["signing_secret"]
     assert "Shown once." in portal.text()
     # The next event is signed with the new secret, not the old one
     portal.submit(portal.form("test-event"))
@@ -108,7 +108,7 @@ def test_a_rotated_signing_secret_is_shown_once_and_signs_from_then_on(portal, a
     from sms_gateway.domain.webhooks import verify
 
     headers = {name.lower(): value for name, value in request["headers"].items()}
-    assert not verify(account["webhook_secret"], headers, request["raw"], now=time.time())
+    assert not verify(account["signing_secret"], headers, request["raw"], now=time.time())
     # And the secret is never shown again
     portal.open(SETTINGS)
     portal.shot("secret-not-shown-again")

@@ -88,7 +88,7 @@ def test_a_batch_asking_for_delivery_reports_gets_them_on_the_client_webhook(sta
     for request in reports:
         # Authenticated with the account's webhook token, and signed the Standard Webhooks way
         assert request["headers"]["Authorization"] == f"Bearer {account['webhook_token']}"
-        assert_signed(request, account["webhook_secret"])
+        assert_signed(request, account["signing_secret"])
     report = by_sequence[-1]["body"]
     assert report["reference_id"] == answer.json()["reference_id"]
     assert report["to"] == "2348030000000"
@@ -107,7 +107,7 @@ def test_an_inbound_sms_reaches_the_client_in_the_seed_receive_format(stack, acc
     # Then the client's inbound URL gets the seed's "Receive SMS" body with the webhook token
     request = webhook.next("/inbound")
     assert request["headers"]["Authorization"] == f"Bearer {account['webhook_token']}"
-    assert_signed(request, account["webhook_secret"])
+    assert_signed(request, account["signing_secret"])
     assert request["headers"]["Content-Type"] == "application/json"
     body = request["body"]
     assert body["type"] == "two-way sms"

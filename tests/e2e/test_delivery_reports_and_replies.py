@@ -142,7 +142,7 @@ def test_a_reply_continues_the_conversation_of_the_last_message_to_that_number(s
     assert result["delivered"] is True
     # Then the client gets the reply in the exact "Receive SMS" format, threaded onto that message
     request = webhook.next("/inbound")
-    assert_signed(request, account["webhook_secret"])
+    assert_signed(request, account["signing_secret"])
     body = request["body"]
     assert list(body) == ["type", "telco", "from", "to", "message", "session_id", "sent_date", "ref_id"]
     assert (body["from"], body["to"], body["message"]) == (NUMBER, "48976", "YES")
@@ -165,7 +165,7 @@ def test_a_multi_part_message_reports_to_the_batch_callback_url_once_every_part_
     assert statuses == ["submitted", "delivered"]
     assert all(r["body"]["parts"] == 2 for r in reports)
     for request in reports:
-        assert_signed(request, account["webhook_secret"])
+        assert_signed(request, account["signing_secret"])
     assert wait_for(stack, account, reference_id, "completed")["counts"] == {"delivered": 1}
     # And the simulator sent a DLR for each part
     [submit] = [m for m in httpx.get(f"{stack.simulator_url}/messages", timeout=10).json() if m["text"] == LONG_TEXT]

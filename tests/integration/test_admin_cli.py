@@ -491,6 +491,21 @@ def test_a_bad_account_setting_is_refused_and_changes_nothing(cli, account, caps
     assert stored_account(account["account_id"]) == before
 
 
+def test_create_account_shows_the_signing_secret_once_by_the_name_rotation_gives_it(cli):
+    # When an account is created, with --json and in text
+    code, created, err = cli("create-account", "--name", "Signing Co", "--sender", "SIGNCO", "--json")
+    assert code == 0, err
+    code, text, err = cli("create-account", "--name", "Signing Text Co", "--sender", "SIGNTEXT")
+    assert code == 0, err
+    lines = dict(line.split(None, 1) for line in text.strip().splitlines())
+    # Then the secret that signs its webhooks is `signing_secret`, as set-webhooks --rotate-secret and the API call it
+    assert created["signing_secret"] == webhook_credentials(created["account_id"])[1]
+    assert lines["signing_secret"].startswith("whsec_")
+    # And under that one name only
+    assert "webhook_secret" not in created and "webhook_secret" not in lines
+    assert created["webhook_token"] == webhook_credentials(created["account_id"])[0]
+
+
 def test_text_output_is_one_line_per_field(cli, account):
     code, text, _ = cli("top-up", "--account", account["account_id"], "--credits", "7")
     assert code == 0

@@ -288,7 +288,7 @@ def test_a_rotated_token_and_secret_are_shown_in_full_once(aws, account, api):
     assert (rotated["webhook_token"], rotated["signing_secret"]) == webhook_credentials(account["account_id"])
     assert after.webhook_token != before.webhook_token and after.webhook_secret != before.webhook_secret
     assert rotated["webhook_token"] != account["webhook_token"]
-    assert rotated["signing_secret"] != account["webhook_secret"]
+    assert rotated["signing_secret"] != account["signing_secret"]
     assert rotated["signing_secret"].startswith("whsec_")
     assert rotated["webhook_token"].startswith(rotated["webhook_token_prefix"])
     assert rotated["signing_secret"].startswith(rotated["signing_secret_prefix"])
@@ -369,7 +369,7 @@ def test_the_cli_rotates_the_signing_secret(aws, account, monkeypatch, capsys):
     shown = json.loads(capsys.readouterr().out)
     assert code == 0
     after = stored(account["account_id"])
-    assert shown["signing_secret"] == webhook_credentials(account["account_id"])[1] != account["webhook_secret"]
+    assert shown["signing_secret"] == webhook_credentials(account["account_id"])[1] != account["signing_secret"]
     assert after.webhook_secret != before.webhook_secret
     assert "webhook_token" not in shown
     assert after.webhook_token == before.webhook_token

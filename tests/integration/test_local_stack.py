@@ -505,3 +505,30 @@ def test_partial_batch_response_follows_lambda(response: Any, expected: set[str]
     from sms_gateway_tools.localstack.sqs_poller import failed_message_ids
 
     assert failed_message_ids(response, ["m-1", "m-2"]) == expected
+
+
+def local_stack_at(port: int) -> Any:
+    """What the banner reads of a running stack."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        api_url=f"http://127.0.0.1:{port}",
+        callback_url=f"http://127.0.0.1:{port + 1}",
+        simulator_url=f"http://127.0.0.1:{port + 2}",
+        moto_endpoint=f"http://127.0.0.1:{port + 3}",
+        state_file=Path(".local/stack.json"),
+    )
+
+
+def test_the_banner_shows_the_demo_accounts_signing_secret_by_its_name(aws: dict[str, str]) -> None:
+    from sms_gateway_tools.localstack.commands import _demo_account, banner
+
+    # Given the demo account `make dev` creates
+    stack = local_stack_at(3000)
+    account = _demo_account(stack.api_url)
+    assert account is not None
+    # When the banner prints it
+    lines = dict(line.split(None, 1) for line in banner(stack, account).splitlines() if " " in line.strip())
+    # Then its signing secret is under the name the admin commands and the API use
+    assert lines["signing_secret"].startswith("whsec_")
+    assert "webhook_secret" not in lines

@@ -285,7 +285,7 @@ def test_a_test_event_reaches_the_webhook_signed_and_the_page_shows_its_answer(s
     assert f"Test event sent to {hook.url}/dlr: your webhook answered 200." in answer.text()
     request = hook.next("/dlr", timeout=5)
     headers = {name.lower(): value for name, value in request["headers"].items()}
-    assert verify(account["webhook_secret"], headers, request["raw"], now=time.time())
+    assert verify(account["signing_secret"], headers, request["raw"], now=time.time())
     assert headers["authorization"] == f"Bearer {account['webhook_token']}"
     assert request["body"]["type"] == "test"
     signed_in.submit(SETTINGS, "test-event", {"kind": "inbound"})
@@ -309,14 +309,14 @@ def test_a_test_event_without_a_url_says_so(signed_in):
 @pytest.mark.parametrize(
     ("action", "label", "attribute"),
     [
-        ("rotate-secret", "Signing secret", "webhook_secret"),
+        ("rotate-secret", "Signing secret", "signing_secret"),
         ("rotate-token", "Webhook token", "webhook_token"),
     ],
 )
 def test_a_rotated_webhook_secret_is_shown_once(signed_in, account, action, label, attribute):
     answer = signed_in.submit(SETTINGS, action)
     token, secret = webhook_credentials(account["account_id"])
-    new_value = secret if attribute == "webhook_secret" else token
+    new_value = secret if attribute == "signing_secret" else token
     assert new_value != account[attribute]
     assert label in answer.text()
     assert new_value in answer.body

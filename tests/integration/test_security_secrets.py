@@ -67,7 +67,7 @@ def secrets_in_use(aws, gateway) -> dict[str, Any]:
             "session key": tenant.session["Session_key"],
             "second session key": second_session["Session_key"],
             "webhook token as created": account["webhook_token"],
-            "signing secret as created": account["webhook_secret"],
+            "signing secret as created": account["signing_secret"],
             "rotated webhook token": rotated.json["webhook_token"],
             "rotated signing secret": rotated.json["signing_secret"],
         },

@@ -125,7 +125,7 @@ def create_account(
         "senders": list(account.senders),
         "credits": account.credits,
         "webhook_token": webhook.token,
-        "webhook_secret": webhook.secret,
+        "signing_secret": webhook.secret,
         "dlr_url": account.dlr_url,
         "inbound_url": account.inbound_url,
         "api_url": api_url,

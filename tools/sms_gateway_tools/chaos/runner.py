@@ -289,7 +289,7 @@ class ChaosRun:
             # The run measures correctness under faults, not the rate limiter: let each account send freely. Every
             # other account lets its single sends go out in any order (each a dispatch lane of its own).
             accounts.set_account(store, created["account_id"], rate_limit=10_000, single_sends_in_order=index % 2 == 0)
-            webhook.secrets[created["webhook_token"]] = created["webhook_secret"]
+            webhook.secrets[created["webhook_token"]] = created["signing_secret"]
             self.accounts.append(created)
 
     def _send_wave(self, client: httpx.Client, stack: Any, wave: list[Send]) -> None:
