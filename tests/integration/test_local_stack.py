@@ -532,3 +532,27 @@ def test_the_banner_shows_the_demo_accounts_signing_secret_by_its_name(aws: dict
     # Then its signing secret is under the name the admin commands and the API use
     assert lines["signing_secret"].startswith("whsec_")
     assert "webhook_secret" not in lines
+
+
+def test_the_banners_inbound_command_runs_as_printed_without_an_activated_virtualenv() -> None:
+    import subprocess
+
+    from sms_gateway_tools.localstack.commands import banner
+
+    # Given the banner `make dev` prints (the virtualenv's bin is not on a fresh shell's PATH)
+    lines = banner(local_stack_at(3000), None).splitlines()
+    command = lines[lines.index("Simulate an inbound SMS:") + 1].split()
+    # When its command is run as printed, from the repository root, with a PATH that has no virtualenv on it
+    assert command[1:3] == ["simulate", "inbound"]
+    ran = subprocess.run(
+        [*command[:3], "--help"],
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # Then it runs
+    assert ran.returncode == 0, ran.stderr
+    assert "--message" in ran.stdout

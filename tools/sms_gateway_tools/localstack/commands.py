@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -85,10 +86,21 @@ def banner(stack: LocalStack, account: dict[str, Any] | None) -> str:
     lines += [
         "",
         "Simulate an inbound SMS:",
-        "  sms-gateway simulate inbound --from 2348020000000 --to 48974 --message STOP",
+        f"  {cli_command()} simulate inbound --from 2348020000000 --to 48974 --message STOP",
         "",
     ]
     return "\n".join(lines)
+
+
+def cli_command() -> str:
+    """This CLI as a command that runs from the repository root in any shell: the script installed beside this
+    Python (`.venv/bin/sms-gateway`), which is not on PATH unless the virtualenv is activated."""
+    script = Path(sys.executable).absolute().parent / "sms-gateway"
+    if not script.exists():
+        return "sms-gateway"
+    with contextlib.suppress(ValueError):
+        return str(script.relative_to(Path.cwd()))
+    return str(script)
 
 
 def _show(value: Any) -> str:
