@@ -556,3 +556,37 @@ def test_the_banners_inbound_command_runs_as_printed_without_an_activated_virtua
     # Then it runs
     assert ran.returncode == 0, ran.stderr
     assert "--message" in ran.stdout
+
+
+def test_the_banner_shows_an_unset_webhook_as_the_admin_commands_do(aws: dict[str, str]) -> None:
+    from sms_gateway_tools.localstack.commands import _demo_account, banner
+
+    # Given the demo account, which has no webhook URLs
+    stack = local_stack_at(3000)
+    account = _demo_account(stack.api_url)
+    assert account is not None
+    # When the banner prints it
+    lines = dict(line.split(None, 1) for line in banner(stack, account).splitlines() if " " in line.strip())
+    # Then an unset URL is "-", as show-account prints it, not Python's None
+    assert (lines["dlr_url"], lines["inbound_url"]) == ("-", "-")
+    assert lines["senders"] == "48974, DemoCo"
+
+
+def test_a_busy_port_says_how_to_pick_another(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sms_gateway_tools.localstack import commands
+
+    # Given a port another program listens on
+    def busy(self: LocalStack) -> None:
+        raise OSError(98, "Address already in use")
+
+    monkeypatch.setattr(LocalStack, "start", busy)
+    monkeypatch.setattr(LocalStack, "stop", lambda self: None)
+    # When the local stack is started on it
+    code = commands.run_local(port=3000, dlr_delay=0.3, failure_rate=0.0, log_level="WARNING")
+    # Then it stops with exit code 1 and says how to use another port
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Address already in use" in err
+    assert "PORT=3001 make dev" in err and "--port 3001" in err

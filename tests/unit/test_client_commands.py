@@ -72,6 +72,22 @@ def test_the_gateway_s_error_message_and_status_are_kept() -> None:
     assert str(raised.value) == "insufficient credits: 3 needed, 1 left (HTTP 402)"
 
 
+def test_an_unreachable_gateway_is_said_without_an_http_status_it_never_gave() -> None:
+    # Given a gateway that refuses the connection
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    # When the client sends
+    with (
+        GatewayClient("http://127.0.0.1:1", "t", transport=httpx.MockTransport(handler)) as client,
+        pytest.raises(ApiError) as raised,
+    ):
+        client.send({"from": "48974", "to": "0802", "message": "x"}, "k")
+    # Then the error says it could not reach it, with no "(HTTP 0)": there was no answer at all
+    assert str(raised.value) == "cannot reach the gateway at http://127.0.0.1:1: [Errno 111] Connection refused"
+    assert client_commands._fail(raised.value) == client_commands.CANNOT_RUN
+
+
 def test_a_retry_under_a_key_is_byte_for_byte_the_same_request() -> None:
     bodies: list[tuple[str, bytes]] = []
 

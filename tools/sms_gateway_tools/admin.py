@@ -371,7 +371,8 @@ def _target(args: argparse.Namespace) -> str:
     return use_deployed_stack(args.stack_name) if args.stack_name else use_local_stack()
 
 
-def _text(value: Any) -> str:
+def field_text(value: Any) -> str:
+    """A field as the text output prints it: `-` for none, a list comma-separated, yes or no."""
     if value is None:
         return "-"
     if isinstance(value, list | tuple):
@@ -384,11 +385,11 @@ def _text(value: Any) -> str:
 def _print_record(record: dict[str, Any]) -> None:
     width = max((len(key) for key in record), default=0)
     for key, value in record.items():
-        print(f"{key:<{width}}  {_text(value)}")
+        print(f"{key:<{width}}  {field_text(value)}")
 
 
 def _print_rows(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    cells = [columns, *([_text(row.get(column)) for column in columns] for row in rows)]
+    cells = [columns, *([field_text(row.get(column)) for column in columns] for row in rows)]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     for line in cells:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())

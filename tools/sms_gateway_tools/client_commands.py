@@ -43,6 +43,10 @@ CANNOT_RUN = 2
 INTERRUPTED = 130
 
 
+# The status of an ApiError when the gateway gave no answer at all (unreachable).
+NO_ANSWER = 0
+
+
 class ApiError(Exception):
     """The gateway answered with an error: its HTTP status and its own message."""
 
@@ -52,7 +56,7 @@ class ApiError(Exception):
         self.message = message
 
     def __str__(self) -> str:
-        return f"{self.message} (HTTP {self.status_code})"
+        return self.message if self.status_code == NO_ANSWER else f"{self.message} (HTTP {self.status_code})"
 
 
 def resolve_api_url(api_url: str | None, stack_name: str | None) -> str:
@@ -107,7 +111,7 @@ class GatewayClient:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as error:
-            raise ApiError(0, f"cannot reach the gateway at {self.http.base_url}: {error}") from error
+            raise ApiError(NO_ANSWER, f"cannot reach the gateway at {self.http.base_url}: {error}") from error
         try:
             body = response.json()
         except ValueError:
@@ -211,7 +215,7 @@ def _batch_or_nothing(client: GatewayClient, reference_id: str) -> dict[str, Any
 
 def _row_error(error: ApiError) -> Exception:
     """A refusal of the caller (or no gateway at all) stops a CSV run: every other row would meet it too."""
-    if error.status_code in (0, 401, 403):
+    if error.status_code in (NO_ANSWER, 401, 403):
         return BulkSendError(str(error))
     return RowRejected(error.message)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import signal
@@ -11,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from sms_gateway_tools.admin import field_text
 from sms_gateway_tools.localstack.stack import LocalStack, read_stack_file
 
 DEMO_BODY = {
@@ -36,13 +38,20 @@ def run_local(*, port: int, dlr_delay: float, failure_rate: float, log_level: st
             pass
         print("\nstopping the local stack ...", flush=True)
     except OSError as error:
-        print(f"error: cannot start the local stack: {error}", file=sys.stderr)
+        print(f"error: cannot start the local stack: {error}{_port_hint(error, port)}", file=sys.stderr)
         return 1
     finally:
         stack.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def _port_hint(error: OSError, port: int) -> str:
+    if error.errno != errno.EADDRINUSE:
+        return ""
+    other = port + 1
+    return f" (port {port} is taken: use another, as `PORT={other} make dev` or `{cli_command()} local --port {other}`)"
 
 
 def _demo_account(api_url: str) -> dict[str, Any] | None:
@@ -73,7 +82,7 @@ def banner(stack: LocalStack, account: dict[str, Any] | None) -> str:
     if account:
         lines += ["", "Demo account (credentials are shown once):"]
         width = max(len(str(key)) for key in account)
-        lines += [f"  {key:<{width}}  {_show(value)}" for key, value in account.items()]
+        lines += [f"  {key:<{width}}  {field_text(value)}" for key, value in account.items()]
         token = account.get("token", "<token>")
         lines += [
             "",
@@ -101,10 +110,6 @@ def cli_command() -> str:
     with contextlib.suppress(ValueError):
         return str(script.relative_to(Path.cwd()))
     return str(script)
-
-
-def _show(value: Any) -> str:
-    return ", ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
 
 
 def simulate_inbound(*, sender: str, to: str, message: str, state_dir: Path | None = None) -> int:
