@@ -370,3 +370,78 @@ def test_on_a_deployed_stack_the_stages_upstreams_and_default_apply(aws, capsys,
     assert code == 0
     assert json.loads(out)["default_upstream"] == "simulator"
     assert [r["route_id"] for r in json.loads(out)["routes"]] == ["network-mtn"]
+
+
+@pytest.fixture
+def local_stack_file(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Any:
+    """A running local stack's .local/stack.json, whose environment is the moto stack the `aws` fixture made."""
+    from sms_gateway_tools.localstack import stack
+
+    monkeypatch.setattr(stack, "default_state_dir", lambda: tmp_path)
+    state = {"api_url": API_URL, "simulator_url": "http://127.0.0.1:9", "env": dict(aws)}
+    (tmp_path / stack.STATE_FILE_NAME).write_text(json.dumps(state))
+    return tmp_path
+
+
+def simulate(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    from sms_gateway_tools import cli
+
+    capsys.readouterr()
+    code = cli.main(["simulate", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def upstream_parameter(env: dict[str, str], name: str) -> dict[str, Any] | None:
+    import boto3
+
+    ssm = boto3.client("ssm")
+    try:
+        found = ssm.get_parameter(Name=f"{env['UPSTREAM_PARAMETER_PREFIX']}{name}", WithDecryption=True)
+    except ssm.exceptions.ParameterNotFound:
+        return None
+    return dict(json.loads(found["Parameter"]["Value"]))
+
+
+def test_a_local_upstream_added_by_name_is_served_by_the_simulator_and_can_be_routed_to(
+    aws, cli, local_stack_file, capsys
+):
+    # Given the local stack, whose only upstream is the simulator: a route to kannel is refused
+    code, _, err = cli("set-route", "--network", "mtn", "--upstream", "kannel", "--fallback", "simulator")
+    assert code == 2 and "no upstream named 'kannel'" in err
+    # When the developer adds an upstream named kannel
+    code, out, err = simulate(capsys, "add-upstream", "kannel")
+    # Then it is configured as the simulator is (the same URL and secret: the simulator takes its messages)
+    assert code == 0, err
+    assert upstream_parameter(aws, "kannel") == upstream_parameter(aws, "simulator")
+    assert "/upstreams/kannel" in out
+    # And the operator's route to it, with the simulator as its fallback, is accepted
+    code, _, err = cli("set-route", "--network", "mtn", "--upstream", "kannel", "--fallback", "simulator")
+    assert code == 0, err
+    # And adding it again changes nothing
+    assert simulate(capsys, "add-upstream", "kannel")[0] == 0
+
+
+def test_a_local_upstream_is_not_added_over_another_configuration_or_under_a_bad_name(aws, local_stack_file, capsys):
+    # Given an upstream named jasmin configured by hand (another type, another URL)
+    configure_upstream(aws, "jasmin")
+    before = upstream_parameter(aws, "jasmin")
+    # When the developer adds jasmin, or a name that is no upstream name
+    for name, says in (("jasmin", "configured already"), ("Kannel!", "not an upstream name")):
+        code, out, err = simulate(capsys, "add-upstream", name)
+        # Then each is refused (exit 2) and nothing changes
+        assert (code, out) == (2, ""), name
+        assert says in err, (name, err)
+    assert upstream_parameter(aws, "jasmin") == before
+
+
+def test_adding_a_local_upstream_needs_a_running_local_stack(aws, monkeypatch, tmp_path, capsys):
+    from sms_gateway_tools.localstack import stack
+
+    # Given no local stack running
+    monkeypatch.setattr(stack, "default_state_dir", lambda: tmp_path)
+    # When an upstream is added
+    code, _, err = simulate(capsys, "add-upstream", "kannel")
+    # Then the command says so (exit 2) and nothing is configured
+    assert code == 2 and "no local stack is running" in err
+    assert upstream_parameter(aws, "kannel") is None

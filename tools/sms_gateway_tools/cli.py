@@ -19,6 +19,12 @@ def _simulate_inbound(args: argparse.Namespace) -> int:
     return simulate_inbound(sender=args.sender, to=args.to, message=args.message)
 
 
+def _simulate_add_upstream(args: argparse.Namespace) -> int:
+    from sms_gateway_tools.localstack.commands import add_upstream
+
+    return add_upstream(name=args.name)
+
+
 def _chaos(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -64,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     inbound.add_argument("--to", required=True, help="the shortcode or number receiving")
     inbound.add_argument("--message", required=True, help="the text")
     inbound.set_defaults(func=_simulate_inbound)
+    upstream = simulate_commands.add_parser(
+        "add-upstream",
+        help="configure another upstream name (kannel, jasmin, ...) that the simulator serves, to try routes locally",
+    )
+    upstream.add_argument("name", help="the upstream's name, as set-route takes it (lowercase, digits, '-', '_')")
+    upstream.set_defaults(func=_simulate_add_upstream)
 
     chaos = commands.add_parser(
         "chaos", help="send messages through the local stack with faults injected and check nothing is lost or doubled"

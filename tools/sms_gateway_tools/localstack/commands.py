@@ -112,16 +112,60 @@ def cli_command() -> str:
     return str(script)
 
 
-def simulate_inbound(*, sender: str, to: str, message: str, state_dir: Path | None = None) -> int:
-    """Asks the running stack's simulator to deliver an inbound SMS; prints its answer."""
-    import httpx
-
+def _running_stack(state_dir: Path | None) -> dict[str, Any] | None:
+    """The running local stack's state file, or None after saying on stderr that none is running."""
     state = read_stack_file(state_dir)
     if state is None or not state.get("simulator_url"):
         print(
             "error: no local stack is running (start one with `make dev` or `sms-gateway local`)",
             file=sys.stderr,
         )
+        return None
+    return state
+
+
+def add_upstream(*, name: str, state_dir: Path | None = None) -> int:
+    """Configures upstream `name` in the running local stack as a copy of the simulator's parameter (its URL and
+    secret): the simulator then takes the messages routed to `name`, and `admin set-route` accepts the name."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from sms_gateway.adapters import aws
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.routing import UPSTREAM_NAME
+    from sms_gateway_tools.admin import TargetNotFound, use_local_stack
+    from sms_gateway_tools.localstack.resources import UPSTREAM_NAME as SIMULATOR
+    from sms_gateway_tools.localstack.stack import STATE_FILE_NAME, default_state_dir
+
+    if not UPSTREAM_NAME.fullmatch(name):
+        print(f"error: {name!r} is not an upstream name: lowercase letters, digits, '-' and '_'", file=sys.stderr)
+        return 2
+    if _running_stack(state_dir) is None:
+        return 2
+    try:
+        use_local_stack((state_dir or default_state_dir()) / STATE_FILE_NAME)
+        prefix = gateway().settings.upstream_parameter_prefix
+        ssm = aws.client("ssm")
+        config = ssm.get_parameter(Name=f"{prefix}{SIMULATOR}", WithDecryption=True)["Parameter"]["Value"]
+        parameter = f"{prefix}{name}"
+        try:
+            ssm.put_parameter(Name=parameter, Type="SecureString", Value=config, Overwrite=False)
+        except ssm.exceptions.ParameterAlreadyExists:
+            if ssm.get_parameter(Name=parameter, WithDecryption=True)["Parameter"]["Value"] != config:
+                print(f"error: upstream {name!r} is configured already ({parameter}): left as it is", file=sys.stderr)
+                return 2
+    except (TargetNotFound, BotoCoreError, ClientError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"upstream {name!r} configured ({parameter}): the simulator takes its messages")
+    return 0
+
+
+def simulate_inbound(*, sender: str, to: str, message: str, state_dir: Path | None = None) -> int:
+    """Asks the running stack's simulator to deliver an inbound SMS; prints its answer."""
+    import httpx
+
+    state = _running_stack(state_dir)
+    if state is None:
         return 2
     try:
         response = httpx.post(
