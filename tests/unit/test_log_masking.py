@@ -55,3 +55,23 @@ def test_a_refused_number_is_logged_as_its_digits_masked():
     assert mask_typed_number("+234 802 000 0199 (Ada)") == "234*******199"
     assert mask_typed_number("0802/000/0199") == "080*****199"
     assert mask_typed_number("Ada") == "(no digits)"
+
+
+def test_grouped_digit_masking_leaves_ids_decimals_addresses_and_dates_as_they_are():
+    # Given a Jasmin message id (a UUID its DLRs name), logged as an extra
+    jasmin_id = "f0c4d3d7-2351-483f-96ea-13f2c6cf299d"
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "delivery report for an unknown message", (), None)
+    record.upstream_message_id = jasmin_id
+    assert NumberMaskingFilter().filter(record)
+    # Then the id is logged whole, so the operator can find the message by it
+    assert record.upstream_message_id == jasmin_id
+    assert mask_numbers("ids 0c4d3d7f-2351-4837-96ea-13f2c6cf299d") == "ids 0c4d3d7f-2351-4837-96ea-13f2c6cf299d"
+    # And neither a decimal, an IP address nor a date after a short number is taken for a grouped phone number
+    for text in (
+        "upstream answered in 1234.567 ms",
+        "connect to 172.31.255.254:13013 failed",
+        "batch 7 2026-12-05T10:00:00Z",
+    ):
+        assert mask_numbers(text) == text
+    # While a dotted phone number still is masked
+    assert mask_numbers("call 0802.000.0199.") == "call 080*.***.*199."

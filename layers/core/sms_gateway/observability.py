@@ -49,11 +49,15 @@ def capture_lambda_handler(handler: Handler) -> Handler:
 _PHONE_NUMBER = re.compile(r"(?<!\d)\+?(\d{7,15})(?!\d)")
 # The same, written in groups joined by what the number parser takes between them (msisdn._SEPARATORS: spaces,
 # '-', '.', '(' and ')'), as people type numbers: "+234 802 000 0199", "(0802) 000-0199", "0802.000.0199". A date
-# (2026-01-02, with its time) is a run of groups too: it is matched first, to be left as it is.
+# (2026-01-02, with its time) is a run of groups too: it is matched first, to be left as it is. A run that touches
+# a letter, or a '-' or '.' outside it, is part of an id (a UUID's "7-2351-483"), not a number someone typed.
 _GROUPED_DIGITS = re.compile(
     r"(?P<date>(?<!\d)\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?(?:[.,]\d+)?)?(?!\d))"
-    r"|(?P<groups>(?<!\d)\d+(?:[ \t\-.()]{1,3}\d+)+)"
+    r"|(?P<groups>(?<![\w.\-])\d+(?:[ \t\-.()]{1,3}\d+)+(?![\w\-]))"
 )
+# Dotted digits that are not a phone number: a decimal (two groups) or an IPv4 address (four of at most three).
+_NOT_A_DOTTED_NUMBER = re.compile(r"\d+\.\d+|\d{1,3}(?:\.\d{1,3}){3}")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 # A URL's query string: upstreams such as Kannel take the number, and their password, in a GET query.
 _QUERY_STRING = re.compile(r"(\bhttps?://[^\s?\"']+)\?[^\s\"']*")
 # Every attribute a plain LogRecord has; anything else on a record came in as `extra`.
@@ -94,6 +98,8 @@ def _mask_groups(match: re.Match[str]) -> str:
     if match.group("date") is not None or not 7 <= len(digits) <= 15:
         # A date, or more digits than any phone number (ids side by side): each run is masked on its own.
         return text
+    if _NOT_A_DOTTED_NUMBER.fullmatch(text) or _DATE.search(text):
+        return text  # a decimal, an IP address, or a short number before a date
     masked = iter(_mask_digits("".join(digits)))
     return "".join(next(masked) if character.isdigit() else character for character in text)
 
