@@ -32,7 +32,7 @@ from sms_gateway.domain.models import (
 )
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.senders import registry_form
-from sms_gateway.domain.status import MessageStatus, allowed_previous, may_have_reached_the_handset
+from sms_gateway.domain.status import SUBMIT_UNCONFIRMED, MessageStatus, allowed_previous, may_have_reached_the_handset
 from sms_gateway.errors import Conflict, InsufficientCredits, UpstreamError
 
 
@@ -330,7 +330,8 @@ class InMemoryStore:
     def _carries(self, key: MessageKey, message: Message, reported_by: str | None) -> bool:
         """The store's REPORTER_CARRIES_IT: a report's upstream took the message, is being given it, or may have it."""
         carriers = (message.upstream, message.maybe_taken_by, self.claim_upstreams.get(key))
-        return reported_by is None or reported_by in carriers
+        left_unnamed = message.upstream is None and message.error_code == SUBMIT_UNCONFIRMED
+        return reported_by is None or left_unnamed or reported_by in carriers
 
     def record_part_status(
         self, key: MessageKey, part: int, status: MessageStatus, *, now: datetime, reported_by: str | None = None

@@ -10,7 +10,7 @@ import pytest
 from sms_gateway.adapters.dynamodb import DynamoStore
 from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.models import DeliveryReport, MessageKey
-from sms_gateway.domain.status import MessageStatus
+from sms_gateway.domain.status import SUBMIT_UNCONFIRMED, MessageStatus
 from tests.integration.test_dynamodb_store import NOW, new_batch, one_message, raw_message
 
 # DynamoDB applies the writes to one item one at a time; moto does too under the `aws` fixture
@@ -107,6 +107,21 @@ class TestReportsOnlyFromTheCarrier:
         assert part is not None and part.part_status == {"1": "delivered"}
         whole = store.transition(message.key, MessageStatus.DELIVERED, now=NOW, upstream="kannel", reported_by="kannel")
         assert whole is not None and whole.changed
+
+    def test_a_message_left_unconfirmed_before_unconfirmed_submits_named_their_upstream_takes_any_report(self, store):
+        # Given a message recorded submitted-unconfirmed as the dispatcher wrote it before 2026-12-05: its claim
+        # gone, and no upstream named (Kannel got the submit; its answer was lost)
+        message = one_message(store, MessageStatus.QUEUED)
+        store.claim_for_dispatch(message.key, now=NOW, lease_seconds=60, upstream="kannel")
+        store.transition(message.key, MessageStatus.SUBMITTED, now=NOW, error_code=SUBMIT_UNCONFIRMED)
+        # When Kannel's report for it comes (by our reference), the store does not know Kannel carries it
+        change = store.transition(
+            message.key, MessageStatus.DELIVERED, now=NOW, upstream="kannel", reported_by="kannel"
+        )
+        # Then it is applied all the same, as before, and the message now names Kannel: only its reports apply next
+        assert change is not None and change.changed and change.message.upstream == "kannel"
+        refused = store.transition(message.key, MessageStatus.FAILED, now=NOW, reported_by="jasmin")
+        assert refused is not None and not refused.changed
 
     def test_the_upstream_a_dispatcher_is_submitting_to_may_report_before_the_submit_is_recorded(self, store):
         # Given a queued message a dispatcher claimed for Kannel, whose DLR overtakes the dispatcher's status write

@@ -33,7 +33,12 @@ from sms_gateway.adapters.dynamodb_admin import (
     failed_items,
 )
 from sms_gateway.adapters.dynamodb_batch import batch_get
-from sms_gateway.adapters.dynamodb_delivery import REPORTER_CARRIES_IT, DynamoDeliveryMixin, conversation_key
+from sms_gateway.adapters.dynamodb_delivery import (
+    REPORTER_CARRIES_IT,
+    DynamoDeliveryMixin,
+    conversation_key,
+    reporter_values,
+)
 from sms_gateway.adapters.dynamodb_groups import DynamoGroupStore
 from sms_gateway.adapters.dynamodb_history import DynamoHistoryMixin
 from sms_gateway.adapters.dynamodb_inbox import DynamoInboxMixin
@@ -191,7 +196,7 @@ def _transition_update(
         condition += " AND attribute_not_exists(claim_until)"
     if reported_by is not None:
         condition += f" AND {REPORTER_CARRIES_IT}"
-        values[":reporter"] = {"S": reported_by}
+        values |= reporter_values(reported_by)
     return {
         "Key": _key_of(key),
         "UpdateExpression": f"SET {', '.join(sets)} REMOVE {', '.join(removes)}",

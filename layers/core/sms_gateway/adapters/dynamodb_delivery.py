@@ -11,7 +11,12 @@ from typing import Any
 
 from sms_gateway.domain.models import DeliveryReport, Message, MessageKey, SentMessage, iso
 from sms_gateway.domain.senders import same_sender
-from sms_gateway.domain.status import MessageStatus, allowed_previous, may_have_reached_the_handset
+from sms_gateway.domain.status import (
+    SUBMIT_UNCONFIRMED,
+    MessageStatus,
+    allowed_previous,
+    may_have_reached_the_handset,
+)
 
 CONVERSATION_INDEX = "conversation-index"
 # A reply's lookup reads the number's newest index entries this many at a time, at most this many pages: messages
@@ -23,8 +28,18 @@ LINK_RETENTION = timedelta(days=7)
 
 # A report by our reference is applied only when the upstream that sent it carries the message: the one that took
 # it, the one a dispatcher is submitting it to, or the one that may have it (an unanswered submit). Any other
-# upstream's callback, authenticated by its own token, could otherwise settle and refund another's message.
-REPORTER_CARRIES_IT = "(upstream = :reporter OR claim_upstream = :reporter OR maybe_taken_by = :reporter)"
+# upstream's callback, authenticated by its own token, could otherwise settle and refund another's message. A
+# message recorded submitted-unconfirmed before 2026-12-05 names no upstream (that write did not record it): any
+# upstream's report applies to it, as it did then, until its DLR wait is over.
+REPORTER_CARRIES_IT = (
+    "(upstream = :reporter OR claim_upstream = :reporter OR maybe_taken_by = :reporter"
+    " OR (attribute_not_exists(upstream) AND error_code = :unconfirmed))"
+)
+
+
+def reporter_values(reporter: str) -> dict[str, Any]:
+    """The values REPORTER_CARRIES_IT names."""
+    return {":reporter": {"S": reporter}, ":unconfirmed": {"S": SUBMIT_UNCONFIRMED}}
 
 
 def upstream_link_key(upstream: str, upstream_message_id: str) -> dict[str, Any]:
@@ -111,7 +126,7 @@ class DynamoDeliveryMixin:
         if reported_by is not None:
             condition += f" AND {REPORTER_CARRIES_IT}"
             update += ", upstream = if_not_exists(upstream, :reporter)"
-            values[":reporter"] = {"S": reported_by}
+            values |= reporter_values(reported_by)
         try:
             answer = self.client.update_item(
                 TableName=self.table_name,

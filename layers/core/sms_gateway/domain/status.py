@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 
+# The error code of a message recorded submitted though its submit got no answer: an upstream may have it, and its
+# report (or the DLR wait) settles it (logic/dispatch.py).
+SUBMIT_UNCONFIRMED = "submit_unconfirmed"
+
 
 class MessageStatus(StrEnum):
     ACCEPTED = "accepted"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, Message, MessageKey, StatusChange
-from sms_gateway.domain.status import TERMINAL, MessageStatus, aggregate_parts
+from sms_gateway.domain.status import SUBMIT_UNCONFIRMED, TERMINAL, MessageStatus, aggregate_parts
 from sms_gateway.errors import CallbackRejected, Unauthorized
 from sms_gateway.observability import logger
 from sms_gateway.ports import AccountStore, MessageStore, Provider
@@ -133,9 +133,11 @@ def apply_delivery_report(report: DeliveryReport, deps: DeliveryDependencies, ou
 
 def _carried_by(message: Message, upstream: str) -> bool:
     """Whether the stored message names `upstream` as one that took it or may have it. The store applies a report
-    only from such an upstream (or the one a dispatcher is submitting it to, recorded as it applies it): a report
-    it kept out from any other is counted unmatched, never announced as a repeat."""
-    return upstream in (message.upstream, message.maybe_taken_by)
+    only from such an upstream (or the one a dispatcher is submitting it to, recorded as it applies it; or any, for
+    a message left unconfirmed before unconfirmed submits named theirs): a report it kept out from any other is
+    counted unmatched, never announced as a repeat."""
+    left_unnamed = message.upstream is None and message.error_code == SUBMIT_UNCONFIRMED
+    return left_unnamed or upstream in (message.upstream, message.maybe_taken_by)
 
 
 def _settled_status(message: Message) -> MessageStatus | None:

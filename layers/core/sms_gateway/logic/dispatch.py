@@ -23,7 +23,7 @@ from sms_gateway.domain.models import (
     SubmitResult,
     from_iso,
 )
-from sms_gateway.domain.status import MessageStatus
+from sms_gateway.domain.status import SUBMIT_UNCONFIRMED, MessageStatus
 from sms_gateway.errors import UpstreamError
 from sms_gateway.logic.delivery import DeliveryDependencies, apply_held_reports
 from sms_gateway.logic.notify import dlr_notification
@@ -38,7 +38,7 @@ CLAIM_LEASE_SECONDS = 120
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_CAP_SECONDS = 300.0
 DEFAULT_VALIDITY = timedelta(hours=24)
-UNCONFIRMED = "submit_unconfirmed"
+UNCONFIRMED = SUBMIT_UNCONFIRMED
 # Status changes announced in one go: one SQS SendMessageBatch carries ten.
 ANNOUNCE_BATCH = 10
 # The states a dispatcher moves a queued message to.
