@@ -406,3 +406,28 @@ def test_an_upstream_limit_that_is_not_a_whole_number_of_messages_a_second_is_re
 @pytest.mark.parametrize(("configured", "limit"), [(None, None), (0, None), (30, 30), (30.0, 30), (" 30", 30)])
 def test_an_upstream_limit_is_a_whole_number_and_absent_or_zero_is_unlimited(monkeypatch, configured, limit):
     assert upstream_configured_with(monkeypatch, configured)("slow") == limit
+
+
+def test_a_duplicate_delivery_whose_claim_is_held_gives_back_the_route_token_it_took(store):
+    from sms_gateway.logic.ratelimit import RateLimiter, route_scope
+
+    # Given a queued message for an upstream limited to 1 message a second, claimed by a live dispatcher (whose own
+    # token is its business: the count starts from here)
+    _, sent = send(store, command(1))
+    [record] = sent.dispatch_queue.commands
+    [message] = store.messages.values()
+    provider = FakeProvider("kannel")
+    counters, clock = CountingStore(), VirtualClock()
+    scope = route_scope("kannel", None)[0]
+    assert store.claim_for_dispatch(message.key, now=NOW, lease_seconds=60, upstream="kannel").outcome.value
+    # When a duplicate SQS delivery of its record is dispatched meanwhile (the claim is held)
+    deps = replace(
+        dispatch_deps(store, provider),
+        limiter=RateLimiter(counters, clock=clock, sleep=clock.sleep),
+        route_limit=lambda _: 1,
+    )
+    outcome = asyncio.run(dispatch(record, deps))
+    # Then it sends nothing and comes back later, and the route token it took before the claim is given back: the
+    # second's one send is still there for the route's other messages
+    assert provider.submits == [] and outcome.retry == [message.message_id]
+    assert counters.per_second(scope) == {}

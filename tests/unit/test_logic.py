@@ -1789,6 +1789,9 @@ class RouteFullLimiter:
     async def acquire(self, scopes, wanted, *, max_wait_seconds=None):
         return 0 if scopes and scopes[0][0].startswith("route:") else wanted
 
+    async def acquire_one(self, scope, *, max_wait_seconds=None):
+        return None if scope[0].startswith("route:") else 0
+
 
 def test_an_upstream_at_its_own_rate_limit_is_waited_for_not_failed_over(store):
     _, deps = send(store, command(1))

@@ -379,6 +379,23 @@ def test_release_gives_back_what_is_kept_for_the_current_second(store, clock):
     assert store.per_second("account:a") == {SECOND: 3}
 
 
+def test_a_token_given_back_in_its_second_is_granted_again_and_one_given_back_late_is_not(store, clock):
+    # Given a route limited to one send a second, whose one token a holder took
+    rate = RateLimiter(store, clock=clock, sleep=clock.sleep)
+    second = asyncio.run(rate.acquire_one(route_scope("kannel", 1), max_wait_seconds=0))
+    assert second == SECOND and asyncio.run(rate.acquire([route_scope("kannel", 1)], 1, max_wait_seconds=0)) == 0
+    # When it gives it back unused within that second, another send may have it
+    asyncio.run(rate.give_back("route:kannel", second))
+    assert asyncio.run(rate.acquire([route_scope("kannel", 1)], 1, max_wait_seconds=0)) == 1
+    # And a token given back after its second is over goes back to that second, never to the current one
+    clock.now += 1
+    asyncio.run(rate.give_back("route:kannel", second))
+    assert asyncio.run(rate.acquire([route_scope("kannel", 1)], 1, max_wait_seconds=0)) == 1
+    assert asyncio.run(rate.acquire([route_scope("kannel", 1)], 1, max_wait_seconds=0)) == 0
+    # And no second ever counted more than its limit
+    assert all(used <= 1 for used in store.per_second("route:kannel").values())
+
+
 def test_release_after_the_second_is_over_writes_nothing(store, clock):
     rate = holder(store, clock, expects=10)
     asyncio.run(rate.acquire([account_scope("a", 50)], 1))

@@ -371,7 +371,8 @@ async def _dispatch_one(
         # counter write or the upstream's limit may fail; under the claim, either left a message that reads as maybe
         # submitted and was never sent. Failing here, the message is simply unclaimed (the record fails and comes
         # back, as when the claim's own write fails); at its limit, it comes back in a second.
-        if first is not None and not await _route_allows(first, deps):
+        token = await _take_route_token(first, deps) if first is not None else None
+        if first is not None and token is None:
             _come_back_soon([message], outcome)
             return
         claim = await asyncio.to_thread(
@@ -390,7 +391,9 @@ async def _dispatch_one(
         # Expired only under the claim: without it, a message another dispatcher is submitting right now could be
         # recorded expired and refunded while the upstream takes it.
         too_late = claim.outcome == ClaimOutcome.CLAIMED and deps.clock() > valid_until(message, deps.validity)
-        sent = await _submit(message, upstreams, deps, outcome, token_for=first) if ours and not too_late else None
+        submitting = ours and not too_late
+        token_for = await _route_token_used(token, upstreams if submitting else [], deps)
+        sent = await _submit(message, upstreams, deps, outcome, token_for=token_for) if submitting else None
     if too_late and message.maybe_taken_by is not None:
         # An earlier submit there got no answer: the upstream may be delivering it, so it is left to its DLR rather
         # than expired and refunded.
@@ -654,6 +657,39 @@ async def _route_allows_under_claim(message: Message, upstream: str, deps: Dispa
             extra={"message_id": message.message_id, "upstream": upstream},
         )
         return False
+
+
+@dataclass(frozen=True)
+class RouteToken:
+    """A route's token taken before the claim: its upstream, and the second it counts in (None: no limit)."""
+
+    upstream: str
+    second: int | None = None
+
+
+async def _take_route_token(upstream: str, deps: DispatchDependencies) -> RouteToken | None:
+    """The upstream's route token, or None when its route stayed at its limit for a second."""
+    limit = deps.route_limit(upstream)
+    if not limit or deps.limiter is None:
+        return RouteToken(upstream)
+    second = await deps.limiter.acquire_one(route_scope(upstream, limit), max_wait_seconds=1.0)
+    return None if second is None else RouteToken(upstream, second)
+
+
+async def _route_token_used(
+    token: RouteToken | None, submitted_to: Sequence[Provider], deps: DispatchDependencies
+) -> str | None:
+    """The upstream whose token, taken before the claim, the submit to `submitted_to` uses first. None, and the
+    token given back for the route's other messages this second, when the message is not submitted there after all
+    (the claim is another's, the message too late, or a takeover resumed it at another upstream). Until 2026-12-05
+    it was kept: a duplicate delivery of a record took its route's tokens for nothing."""
+    if token is None:
+        return None
+    if submitted_to and submitted_to[0].name == token.upstream:
+        return token.upstream
+    if token.second is not None and deps.limiter is not None:
+        await deps.limiter.give_back(route_scope(token.upstream, None)[0], token.second)
+    return None
 
 
 async def _route_allows(upstream: str, deps: DispatchDependencies) -> bool:

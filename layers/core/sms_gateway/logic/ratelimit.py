@@ -99,15 +99,39 @@ class RateLimiter:
         limited = sorted(((name, limit) for name, limit in scopes if limit), key=lambda scope: scope[1])
         if not limited:
             return wanted
+        granted, _ = await self._acquire(limited, wanted, max_wait_seconds)
+        return granted
+
+    async def acquire_one(self, scope: Scope, *, max_wait_seconds: float | None = None) -> int | None:
+        """One token of one limited scope, as `acquire` grants it: the second it is counted in (what `give_back`
+        needs, should it not be used), or None when no second with room came before the deadline."""
+        name, limit = scope
+        if not limit:
+            raise ValueError(f"scope {name!r} has no limit: there is no token to take")
+        granted, counted = await self._acquire([(name, limit)], 1, max_wait_seconds)
+        return counted[0][1] if granted else None
+
+    async def give_back(self, name: str, second: int, count: int = 1) -> None:
+        """Tokens of scope `name` this holder was granted in `second` and will not use (the send did not happen):
+        kept for its next ask while that second lasts (a holder taking ahead), else given back to the store. Only in
+        the second they were counted in: given back in another, they would let that second grant more than its
+        limit."""
+        await self._give_back(name, second, count)
+        if self._full.get(name) == second:
+            del self._full[name]  # there is room in it again
+
+    async def _acquire(
+        self, limited: Sequence[tuple[str, int]], wanted: int, max_wait_seconds: float | None
+    ) -> tuple[int, list[tuple[str, int]]]:
         deadline = self.clock() + (self.max_wait_seconds if max_wait_seconds is None else max_wait_seconds)
         while True:
             now = self.clock()
-            granted = await self._take(limited, math.floor(now), wanted)
+            granted, counted = await self._take(limited, math.floor(now), wanted)
             if granted:
-                return granted
+                return granted, counted
             wake_at = math.floor(now) + 1 + _PAST_BOUNDARY
             if wake_at > deadline:
-                return 0
+                return 0, []
             await self.sleep(max(wake_at - self.clock(), 0.0))
 
     async def release(self) -> None:
@@ -119,7 +143,10 @@ class RateLimiter:
             if kept_second == second and count:
                 await self._give_back_to_store(name, second, count)
 
-    async def _take(self, scopes: Sequence[tuple[str, int]], second: int, wanted: int) -> int:
+    async def _take(
+        self, scopes: Sequence[tuple[str, int]], second: int, wanted: int
+    ) -> tuple[int, list[tuple[str, int]]]:
+        """What every scope granted, and the second each scope counted it in."""
         # Each scope is asked for what the one before it granted, so every scope taken so far holds `granted`.
         counted: list[tuple[str, int]] = []
         granted = wanted
@@ -131,9 +158,9 @@ class RateLimiter:
                     await self._give_back(earlier, earlier_second, granted - got)
             granted = got
             if not granted:
-                return 0
+                return 0, []
             counted.append((name, counted_in))
-        return granted
+        return granted, counted
 
     async def _take_from(self, name: str, limit: int, second: int, wanted: int) -> tuple[int, int]:
         """Up to `wanted` tokens of one scope: from those kept for this second, and what they lack from the store,
