@@ -67,12 +67,6 @@ class AccountStore(Protocol):
         """Stores the account and its credentials; secrets are stored only as hashes."""
         ...
 
-    def reserve_credits(self, account_id: str, amount: int) -> None:
-        """Takes `amount` credits if the balance allows (never below zero). Raises InsufficientCredits otherwise."""
-        ...
-
-    def refund_credits(self, account_id: str, amount: int) -> None: ...
-
     def balance(self, account_id: str) -> int:
         """The account's credits now, read consistently (with every write made before it); 0 for no account."""
         ...
@@ -112,10 +106,6 @@ class InboxStore(Protocol):
 
 
 class MessageStore(Protocol):
-    def create_batch(self, batch: Batch, messages: Sequence[Message]) -> None:
-        """Writes the batch (refused with Conflict if it exists), then its messages."""
-        ...
-
     def add_messages(self, batch: Batch, messages: Sequence[Message]) -> None:
         """Writes messages of a batch that exists (a send that died part-way is finished this way)."""
         ...

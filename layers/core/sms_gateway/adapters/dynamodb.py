@@ -394,6 +394,9 @@ class DynamoStore(
         ).get("Item")
         return str(found["account_id"]["S"]) if found else None
 
+    # reserve_credits, refund_credits and create_batch are no port's any more (a send writes its batch and credits
+    # together, create_batch_and_reserve, since 2026-12-05): kept for the tests that set up batches and balances,
+    # and that hold the credit writes' transaction token to its promise.
     def reserve_credits(self, account_id: str, amount: int) -> None:
         if self._move_credits(self._reserve_update(account_id, amount)):
             raise _short_of_credits(amount)

@@ -38,7 +38,6 @@ CLAIM_LEASE_SECONDS = 120
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_CAP_SECONDS = 300.0
 DEFAULT_VALIDITY = timedelta(hours=24)
-UNCONFIRMED = SUBMIT_UNCONFIRMED
 # Status changes announced in one go: one SQS SendMessageBatch carries ten.
 ANNOUNCE_BATCH = 10
 # The states a dispatcher moves a queued message to.
@@ -463,7 +462,7 @@ async def _record_unconfirmed(
         MessageStatus.SUBMITTED,
         now=deps.clock(),
         upstream=upstream,
-        error_code=UNCONFIRMED,
+        error_code=SUBMIT_UNCONFIRMED,
     )
     outcome.record(change)
     outcome.unconfirmed += 1
@@ -650,7 +649,7 @@ async def _route_allows_under_claim(message: Message, upstream: str, deps: Dispa
     back soon. Until 2026-12-05 the failure left the claim held, and the record's redelivery took the message for
     one the upstream may have: recorded submitted-unconfirmed, and never sent."""
     try:
-        return await _route_allows(upstream, deps)
+        return await _take_route_token(upstream, deps) is not None
     except Exception:
         logger.exception(
             "could not take the upstream's rate-limit token; the message comes back",
@@ -690,13 +689,6 @@ async def _route_token_used(
     if token.second is not None and deps.limiter is not None:
         await deps.limiter.give_back(route_scope(token.upstream, None)[0], token.second)
     return None
-
-
-async def _route_allows(upstream: str, deps: DispatchDependencies) -> bool:
-    limit = deps.route_limit(upstream)
-    if not limit or deps.limiter is None:
-        return True
-    return await deps.limiter.acquire([route_scope(upstream, limit)], 1, max_wait_seconds=1.0) > 0
 
 
 def _submit_request(message: Message, provider: Provider, deps: DispatchDependencies) -> SubmitRequest:

@@ -69,9 +69,7 @@ def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundD
         logger.warning("inbound SMS to a number no account owns", extra={"to": sms.to, "upstream": sms.upstream})
         return InboundOutcome(routed=False, stored=False)
     number = _sender_number(sms.msisdn, account_id, deps.accounts)
-    stored = _stored(sms, account_id, number, deps.conversations).model_copy(
-        update={"keyword_pending": deps.opt_outs is not None and keyword_request(sms.text, sms.to) is not None}
-    )
+    stored = _stored(sms, account_id, number, deps.conversations, applies_keywords=deps.opt_outs is not None)
     if deps.inbox.save_inbound(stored):
         deps.publish(inbound_notification(stored))
         _apply_pending_keyword(stored, deps)
@@ -119,8 +117,15 @@ def _sender_number(raw: str, account_id: str, accounts: AccountStore) -> Msisdn:
 
 
 def _stored(
-    sms: InboundSms, account_id: str, number: Msisdn, conversations: ConversationLookup | None
+    sms: InboundSms,
+    account_id: str,
+    number: Msisdn,
+    conversations: ConversationLookup | None,
+    *,
+    applies_keywords: bool,
 ) -> StoredInbound:
+    """The SMS as stored: `keyword_pending` when it is a STOP / START whose opt-out change is still to be made, where
+    keywords are applied at all (`applies_keywords`)."""
     logger.info("inbound SMS", extra={"from": mask_msisdn(number.e164), "to": sms.to})
     inbound_id = new_id()
     # A reply continues the conversation of the last message the account sent to that number: its session_id
@@ -139,5 +144,6 @@ def _stored(
         session_id=(last.session_id if last else None) or str(inbound_id),
         ref_id=last.ref_id if last else None,
         in_reply_to=last.key.message_id if last else None,
+        keyword_pending=applies_keywords and keyword_request(sms.text, sms.to) is not None,
         received_at=sms.received_at,
     )
