@@ -417,6 +417,11 @@ def test_a_sender_the_operator_released_is_shown_released_and_may_be_asked_for_a
     # Then CINEMA is not shown as approved (Compose refuses it) but as released
     assert 'status-approved">approved' not in page.body
     assert 'status-released">released' in page.body and "you may request it again" in page.body
+    # And the operator's listing says released too (and filters on it), not approved
+    listed = admin.list_sender_requests(account_id=account["account_id"])
+    assert [(r["sender"], r["status"]) for r in listed] == [("CINEMA", "released")]
+    assert admin.list_sender_requests(status="approved") == []
+    assert [r["sender"] for r in admin.list_sender_requests(status="released")] == ["CINEMA"]
     # And when the account asks for it again, it is pending as after a rejection, and the operator can approve it
     again = signed_in.submit(SETTINGS, "request-sender", {"sender": "CINEMA"})
     assert again.status == 200, again.text()[-400:]

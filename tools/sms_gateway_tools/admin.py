@@ -184,7 +184,8 @@ def list_sender_requests(*, account_id: str | None = None, status: str | None = 
 
     if account_id is not None:
         accounts.require_account(_store(), account_id)  # an unknown account is an error, not an empty listing
-    return [r.model_dump(mode="json") for r in sender_requests.list_requests(_store(), account_id, status)]
+    listed = sender_requests.list_requests_as_shown(_store(), account_id, status)
+    return [{**request.model_dump(mode="json"), "status": shown} for request, shown in listed]
 
 
 def approve_sender(*, account_id: str, sender: str) -> dict[str, Any]:
@@ -646,7 +647,11 @@ def _add_account_commands(command: Command, account: argparse.ArgumentParser) ->
 
     requests = command("list-sender-requests", "list sender ID and shortcode requests made in the portal")
     requests.add_argument("--account", metavar="ID", help="only this account's requests")
-    requests.add_argument("--status", choices=["pending", "approved", "rejected"], help="only requests in this state")
+    requests.add_argument(
+        "--status",
+        choices=["pending", "approved", "rejected", "released"],
+        help="only requests in this state (released: approved, and the sender removed since)",
+    )
     requests.set_defaults(func=_cmd_list_sender_requests)
 
     approve = command("approve-sender", "approve a sender request: registers the sender to the account", account)

@@ -39,20 +39,36 @@ def _owns(account: Account, sender: str) -> bool:
     return any(same_sender(sender, own) for own in account.senders)
 
 
-def list_requests(
-    store: SenderRequestStore, account_id: str | None = None, status: str | None = None
-) -> list[SenderRequest]:
-    wanted = _status(status) if status is not None else None
-    return [r for r in store.sender_requests(account_id) if wanted is None or r.status == wanted]
+def list_requests(store: SenderRequestStore, account_id: str) -> list[SenderRequest]:
+    """One account's requests, as stored (the caller has the account to give each its shown_status)."""
+    return store.sender_requests(account_id)
 
 
-def _status(value: str) -> SenderRequestStatus:
-    try:
-        return SenderRequestStatus(value)
-    except ValueError as error:
-        raise InvalidRequest(
-            f"status {value!r} must be one of {', '.join(str(s) for s in SenderRequestStatus)}"
-        ) from error
+def list_requests_as_shown(
+    store: SenderRequestAdmin, account_id: str | None = None, status: str | None = None
+) -> list[tuple[SenderRequest, str]]:
+    """The operator's listing: each request with the status its account reads (shown_status, so `released` for an
+    approved sender removed since), filtered on that status. Reads each account with an approved request once."""
+    wanted = _shown_status(status) if status is not None else None
+    owners: dict[str, Account | None] = {}
+    listed = []
+    for request in store.sender_requests(account_id):
+        shown = str(request.status)
+        if request.status == SenderRequestStatus.APPROVED:
+            if request.account_id not in owners:
+                owners[request.account_id] = store.get_account(request.account_id)
+            owner = owners[request.account_id]
+            shown = shown_status(request, owner) if owner is not None else RELEASED
+        if wanted is None or shown == wanted:
+            listed.append((request, shown))
+    return listed
+
+
+def _shown_status(value: str) -> str:
+    statuses = [*(str(s) for s in SenderRequestStatus), RELEASED]
+    if value not in statuses:
+        raise InvalidRequest(f"status {value!r} must be one of {', '.join(statuses)}")
+    return value
 
 
 def _pending(store: SenderRequestStore, account_id: str, sender: str) -> SenderRequest:
