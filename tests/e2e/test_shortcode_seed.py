@@ -74,8 +74,8 @@ def run_seed_client(
     return json.loads("\n".join(printed))
 
 
-def delivery_report(stack: Any, account: dict[str, Any], message_id: int) -> dict[str, Any]:
-    payload = {"apikey": account["apikey"], "partnerID": account["partner_id"], "messageID": str(message_id)}
+def delivery_report(stack: Any, account: dict[str, Any], message_id: str) -> dict[str, Any]:
+    payload = {"apikey": account["apikey"], "partnerID": account["partner_id"], "messageID": message_id}
     response = requests.post(f"{stack.api_url}/api/services/getdlr", json=payload, timeout=10)
     assert response.status_code == 200, response.text
     report: dict[str, Any] = response.json()
@@ -90,7 +90,7 @@ def credit(stack: Any, account: dict[str, Any]) -> float:
     return float(balance["credit"])
 
 
-def wait_for_delivered(stack: Any, account: dict[str, Any], message_id: int, timeout: float = 20.0) -> dict[str, Any]:
+def wait_for_delivered(stack: Any, account: dict[str, Any], message_id: str, timeout: float = 20.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         report = delivery_report(stack, account, message_id)
@@ -118,7 +118,7 @@ def test_seed_get_client_sends_a_message_that_is_delivered(
     assert entry["response-code"] == 200
     assert entry["response-description"] == "Success"
     assert entry["mobile"] == 2348020000000
-    assert isinstance(entry["messageid"], int)
+    assert isinstance(entry["messageid"], str) and entry["messageid"].isdigit()
     assert entry["networkid"] == 2
     # And the simulator delivers it, as getdlr shows
     report = wait_for_delivered(stack, account, entry["messageid"])

@@ -80,19 +80,40 @@ def test_seed_get_sends_to_the_one_mobile(aws, account, api):
     # Given the seed's GET request with exactly its parameter names
     # When it is sent
     body = answer(api(get_event(account)))
-    # Then the answer is the seed's shape: one entry, the number as digits, our integer message id
+    # Then the answer is the seed's shape: one entry, the number as digits, our message id as a string of digits
+    # (quoted, as the seed's sample shows it)
     [entry] = body["responses"]
     assert list(body) == ["responses"]
     assert list(entry) == ["response-code", "response-description", "mobile", "messageid", "networkid"]
     assert entry["response-code"] == 200
     assert entry["response-description"] == "Success"
     assert entry["mobile"] == int(AIRTEL)
-    assert isinstance(entry["messageid"], int)
+    assert isinstance(entry["messageid"], str) and entry["messageid"].isdigit()
     assert entry["networkid"] == 2
     # And one credit is taken and the message is queued
     assert balance(account["account_id"]) == 99
     [record] = queued_records(aws)
-    assert json.loads(record["Body"])["message_ids"] == [entry["messageid"]]
+    assert json.loads(record["Body"])["message_ids"] == [int(entry["messageid"])]
+
+
+def test_a_javascript_client_reads_every_messageid_exactly_and_gets_its_own_report(aws, account, api):
+    """The seed's Node sample parses answers with JSON.parse, where a number is a double: an integer id above 2^53
+    would be rounded to a neighbour's (a batch's ids are consecutive) and getdlr would answer that one's report."""
+
+    def javascript(body: str) -> Any:
+        return json.loads(body, parse_int=float)  # JSON.parse: every number a double
+
+    # Given a send to 20 numbers, its answer read as JavaScript reads it
+    numbers = [f"23480300000{n:02d}" for n in range(20)]
+    sent = javascript(api(post_event(account, mobile=",".join(numbers)))["body"])["responses"]
+    # When the client asks getdlr for each messageid it kept
+    for entry in sent:
+        event = service_event(account, "getdlr", messageID=entry["messageid"])
+        report = javascript(api(event)["body"])
+        # Then each is found and is its own message's report, under the same id
+        assert report["response-code"] == 200, report
+        assert report["message-id"] == entry["messageid"]
+    assert len({entry["messageid"] for entry in sent}) == 20
 
 
 def test_seed_post_sends_to_each_comma_separated_mobile(aws, account, api):
@@ -109,7 +130,7 @@ def test_seed_post_sends_to_each_comma_separated_mobile(aws, account, api):
     # And both are charged and queued in one batch
     assert balance(account["account_id"]) == 98
     [record] = queued_records(aws)
-    assert sorted(json.loads(record["Body"])["message_ids"]) == sorted(e["messageid"] for e in entries)
+    assert sorted(json.loads(record["Body"])["message_ids"]) == sorted(int(e["messageid"]) for e in entries)
 
 
 def test_invalid_numbers_get_their_own_entry_while_the_valid_ones_are_sent(aws, account, api):
@@ -126,7 +147,7 @@ def test_invalid_numbers_get_their_own_entry_while_the_valid_ones_are_sent(aws, 
     # And only the valid number is charged and queued
     assert balance(account["account_id"]) == 99
     [record] = queued_records(aws)
-    assert json.loads(record["Body"])["message_ids"] == [entries[1]["messageid"]]
+    assert json.loads(record["Body"])["message_ids"] == [int(entries[1]["messageid"])]
 
 
 @pytest.mark.parametrize(
@@ -364,7 +385,7 @@ def test_getdlr_follows_the_message_to_delivered(aws, account, api):
 
     # Given a message sent through the seed's GET request
     [entry] = answer(api(get_event(account)))["responses"]
-    message_id = entry["messageid"]
+    message_id = int(entry["messageid"])
     # When its delivery report is asked for before and after the carrier reports it delivered
     queued = answer(api(service_event(account, "getdlr", messageID=str(message_id))))
     message = gateway().store.find_message(account["account_id"], message_id)
@@ -388,7 +409,7 @@ def test_getdlr_follows_the_message_to_delivered(aws, account, api):
         "delivery-time",
     ]
     assert delivered["response-code"] == 200
-    assert delivered["message-id"] == message_id
+    assert delivered["message-id"] == str(message_id)
     assert delivered["delivery-status"] == 32
     assert delivered["delivery-description"] == "DeliveredToTerminal"
     assert delivered["delivery-networkid"] == 2

@@ -33,7 +33,7 @@ def test_a_send_that_stands_answers_its_withdrawn_numbers_not_sent_with_their_me
     entries = send_entries(readings, [messages[0], *withdrawn])
     # Then the one going out is Success, and the withdrawn ones say they were not sent (try again), with their ids
     assert [entry["response-code"] for entry in entries] == [200, 4090, 4090]
-    assert [entry["messageid"] for entry in entries] == [m.message_id for m in messages]
+    assert [entry["messageid"] for entry in entries] == [str(m.message_id) for m in messages]
     assert all("not sent" in entry["response-details"] for entry in entries[1:])
 
 

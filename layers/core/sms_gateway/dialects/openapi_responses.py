@@ -68,7 +68,7 @@ SHORTCODE_SEND = shape(
 SHORTCODE_DLR = shape(
     **{
         "response-code": INTEGER,
-        "message-id": INTEGER,
+        "message-id": STRING,
         "response-description": STRING,
         "delivery-status": INTEGER,
         "delivery-description": STRING,

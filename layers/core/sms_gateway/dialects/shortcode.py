@@ -439,11 +439,18 @@ def send_entries(
                 "response-code": 200,
                 "response-description": "Success",
                 "mobile": int(message.msisdn.lstrip("+")),
-                "messageid": message.message_id,
+                "messageid": message_id_text(message),
                 "networkid": message.network_id,
             }
         )
     return entries
+
+
+def message_id_text(message: Message) -> str:
+    """A message id as the family's answers carry it: a string of digits, as the seed's sample shows it. Our ids are
+    63-bit (above 2^53), which a JSON number would not keep exactly in JavaScript (the seed's Node sample): it would
+    read a neighbouring message's id, and getdlr would answer that message's report."""
+    return str(message.message_id)
 
 
 # A send stands with some messages withdrawn (its queueing failed after a dispatcher took others: logic/send.py
@@ -468,7 +475,7 @@ def _not_sent_entry(recipient: Recipient, message: Message | None) -> dict[str, 
         "response-details": details,
     }
     if message is not None:
-        entry["messageid"] = message.message_id
+        entry["messageid"] = message_id_text(message)
         entry["networkid"] = message.network_id
     return entry
 
@@ -498,7 +505,7 @@ def delivery_report(message: Message, zone: ZoneInfo) -> dict[str, Any]:
     code, description = DELIVERY_STATUS[message.status]
     return {
         "response-code": 200,
-        "message-id": message.message_id,
+        "message-id": message_id_text(message),
         "response-description": "Success",
         "delivery-status": code,
         "delivery-description": description,
