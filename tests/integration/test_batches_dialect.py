@@ -411,19 +411,36 @@ def test_cancelling_a_scheduled_batch_deletes_its_schedule_cancels_its_messages_
         ("{day}T10:00", "{day}T09:00:00.000000Z"),
         ("{day}", "{eve}T23:00:00.000000Z"),
         ("{day}T10:00:00+03:00", "{day}T07:00:00.000000Z"),
+        # ISO 8601's basic form, digits alone: a date, as the other dialects read it, not Unix time (which would be
+        # 1970 or, as milliseconds, 1976: in the past, so sent at once and beyond a cancel)
+        ("{digits}", "{eve}T23:00:00.000000Z"),
+        ("{digits}1000", "{day}T09:00:00.000000Z"),
+        ("{digits}100000", "{day}T09:00:00.000000Z"),
     ],
-    ids=["no-offset", "no-seconds", "date-only", "with-offset"],
+    ids=["no-offset", "no-seconds", "date-only", "with-offset", "yyyyMMdd", "yyyyMMddHHmm", "yyyyMMddHHmmss"],
 )
 def test_a_send_at_without_an_offset_is_read_in_the_account_s_time_zone(aws, account, api, written, scheduled_for):
     # Given a send_at two days ahead written as a wall-clock time or a date, for an account in Africa/Lagos (UTC+1)
     day = datetime.now(UTC).date() + timedelta(days=2)
-    dates = {"day": day.isoformat(), "eve": (day - timedelta(days=1)).isoformat()}
+    dates = {"day": day.isoformat(), "eve": (day - timedelta(days=1)).isoformat(), "digits": f"{day:%Y%m%d}"}
     # When the batch is sent
     status, sent = send(api, account["token"], [AIRTEL], send_at=written.format(**dates))
     # Then it is scheduled for that time in Lagos
     assert status == 200, sent
     batch = call(api, account["token"], "GET", f"/ng/v1/batches/{sent['reference_id']}")[1]
     assert (batch["status"], batch["send_at"]) == ("scheduled", scheduled_for.format(**dates))
+
+
+@pytest.mark.parametrize("unit", [1, 1000], ids=["seconds", "milliseconds"])
+def test_a_send_at_of_other_digits_is_unix_time(aws, account, api, unit):
+    # Given a moment two days ahead written as a Unix time in seconds (10 digits) or milliseconds (13)
+    at = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0)
+    # When the batch is sent with it
+    status, sent = send(api, account["token"], [AIRTEL], send_at=str(int(at.timestamp()) * unit))
+    # Then it is scheduled for that moment
+    assert status == 200, sent
+    batch = call(api, account["token"], "GET", f"/ng/v1/batches/{sent['reference_id']}")[1]
+    assert (batch["status"], batch["send_at"]) == ("scheduled", at.strftime("%Y-%m-%dT%H:%M:%S.000000Z"))
 
 
 @pytest.mark.parametrize("send_at", ["0001-01-01T00:00:00+05:00", "0001-01-01T00:00:00", "1970-01-01"])

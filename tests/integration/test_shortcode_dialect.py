@@ -304,8 +304,11 @@ def _lagos_tomorrow() -> datetime:
         lambda t: t.astimezone(UTC).isoformat(),
         lambda t: int(t.timestamp()),
         lambda t: str(int(t.timestamp())),
+        # ISO 8601's basic form, as strtotime reads it: a date, not Unix time
+        lambda t: t.strftime("%Y%m%d%H%M"),
+        lambda t: t.strftime("%Y%m%d%H%M%S"),
     ],
-    ids=["seed-format", "with-seconds", "iso-8601-utc", "unix-number", "unix-string"],
+    ids=["seed-format", "with-seconds", "iso-8601-utc", "unix-number", "unix-string", "yyyyMMddHHmm", "yyyyMMddHHmmss"],
 )
 def test_time_to_send_in_the_account_zone_schedules_the_batch(aws, account, api, render):
     # Given a timeToSend a day ahead, written as the account's local time (Africa/Lagos, UTC+1) or absolute
@@ -318,6 +321,19 @@ def test_time_to_send_in_the_account_zone_schedules_the_batch(aws, account, api,
     assert schedule["ScheduleExpression"] == f"at({at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S')})"
     assert schedule["ScheduleExpressionTimezone"] == "UTC"
     assert balance(account["account_id"]) == 98
+    assert queued_records(aws) == []
+
+
+def test_time_to_send_written_as_yyyymmdd_is_that_day_s_midnight_in_the_account_zone(aws, account, api):
+    # Given timeToSend as a date in digits, two days ahead: strtotime("20261208") is that day, as the session-key
+    # dialect reads it too (as Unix seconds it would be 1970, so sent at once and beyond a cancel)
+    day = _lagos_tomorrow().date() + timedelta(days=1)
+    # When it is posted
+    answered = answer(api(post_event(account, timeToSend=f"{day:%Y%m%d}")))
+    # Then the batch is scheduled for that day's midnight in Lagos (UTC+1), not sent now
+    assert [entry["response-code"] for entry in answered["responses"]] == [200, 200]
+    [schedule] = schedules(aws)
+    assert schedule["ScheduleExpression"] == f"at({day - timedelta(days=1):%Y-%m-%d}T23:00:00)"
     assert queued_records(aws) == []
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sms_gateway.domain.dates import InvalidClientDatetime, parse_client_datetime
+from sms_gateway.domain.dates import InvalidClientDatetime, basic_form_wall_clock, parse_client_datetime
 
 ROME = ZoneInfo("Europe/Rome")
 ZONES = st.sampled_from(
@@ -60,6 +60,8 @@ def gson(moment: datetime) -> str:
         ("2017-08-18 13:31.0", datetime(2017, 8, 18, 11, 31, tzinfo=UTC)),
         ("2017-08-18 13:31:00.0", datetime(2017, 8, 18, 11, 31, tzinfo=UTC)),
         ("  20171223101010 ", datetime(2017, 12, 23, 9, 10, 10, tzinfo=UTC)),
+        # yyyyMMddHHmm: ISO 8601's basic form without seconds, which the shortcode and 9bits dialects read too
+        ("201708181331", datetime(2017, 8, 18, 11, 31, tzinfo=UTC)),
     ],
 )
 def test_each_form_is_read_in_the_accounts_zone_unless_it_has_an_offset(value, expected):
@@ -128,6 +130,32 @@ def test_anything_else_is_either_a_moment_or_a_clear_refusal(text, zone):
         assert parsed.tzinfo is UTC
 
 
+# ------------------------------------------------------------------ ISO 8601's basic form, which every dialect reads
+
+
+@given(WALL_CLOCK)
+def test_the_basic_form_in_digits_is_a_wall_clock_time(moment):
+    moment = moment.replace(microsecond=0)
+    assert basic_form_wall_clock(moment.strftime("%Y%m%d%H%M%S")) == moment
+    assert basic_form_wall_clock(moment.strftime("%Y%m%d%H%M")) == moment.replace(second=0)
+    assert basic_form_wall_clock(f" {moment:%Y%m%d} ") == moment.replace(hour=0, minute=0, second=0)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["1765000000", "1765000000000", "176500000", "1808171331", "180817", "2017-08-18", "2017-08-18T13:31", "", "x" * 8],
+)
+def test_other_text_is_not_the_basic_form(value):
+    # Unix seconds (9, 10 digits) and milliseconds (13), the session-key family's ddMMyy forms, and ISO's extended form
+    assert basic_form_wall_clock(value) is None
+
+
+def test_the_basic_form_naming_no_such_date_is_refused_with_the_reason():
+    with pytest.raises(InvalidClientDatetime) as raised:
+        basic_form_wall_clock("20170230")
+    assert "no such date or time" in raised.value.reason
+
+
 # ------------------------------------------------------------------ refusals
 
 
@@ -138,7 +166,9 @@ def test_anything_else_is_either_a_moment_or_a_clear_refusal(text, zone):
         ("   ", "it is empty"),
         ("tomorrow", "use one of yyyyMMddHHmmss"),
         ("123", "3 digits match no form"),
-        ("201712231010", "12 digits match no form"),
+        ("20171223101", "11 digits match no form"),
+        ("2017122310101", "13 digits match no form"),
+        ("201712231060", "no such date or time"),
         ("1513937410", "no such date or time"),  # a Unix timestamp reads as ddMMyyHHmm: day 15, month 13
         ("20171323101010", "no such date or time"),
         ("20170230101010", "no such date or time"),

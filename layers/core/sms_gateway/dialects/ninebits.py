@@ -19,6 +19,7 @@ from sms_gateway.dialects.common import (
     retry_after_header,
     status_for,
 )
+from sms_gateway.domain.dates import basic_form_wall_clock
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import (
     Account,
@@ -110,6 +111,15 @@ class SendRequest(BaseModel):
     @classmethod
     def one_or_many(cls, value: Any) -> Any:
         return _as_list(value)
+
+    @field_validator("send_at", mode="before")
+    @classmethod
+    def basic_form_is_a_date(cls, value: Any) -> Any:
+        """yyyyMMdd[HHmm[ss]] (ISO 8601's basic form) is a wall-clock time, as in every dialect; pydantic would read
+        those digits as Unix time (it still reads any other string of digits so)."""
+        if isinstance(value, str) and (wall_clock := basic_form_wall_clock(value)) is not None:
+            return wall_clock
+        return value
 
     @field_validator("to")
     @classmethod

@@ -1,4 +1,5 @@
-"""Client date-times as the session-key family's clients write them, read into aware UTC datetimes."""
+"""Client date-times as the session-key family's clients write them, read into aware UTC datetimes; and ISO 8601's
+basic form in digits alone, which every dialect reads as a date."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 # The forms the family documents, plus what the seed's sample clients emit: PHP's date('YmdHis'), Python's
 # isoformat(), JSON.NET's DateTime, JavaScript's toJSON() and Gson's default (US-locale DateFormat).
 ACCEPTED_FORMS = (
-    "yyyyMMddHHmmss, yyyyMMdd, ddMMyyHHmm, ddMMyy, yyyy-MM-dd HH:mm, yyyy-MM-dd HH:mm:ss[.f], "
+    "yyyyMMddHHmmss, yyyyMMddHHmm, yyyyMMdd, ddMMyyHHmm, ddMMyy, yyyy-MM-dd HH:mm, yyyy-MM-dd HH:mm:ss[.f], "
     "ISO 8601 (yyyy-MM-ddTHH:mm[:ss[.f]][Z|±HH:mm]) or 'MMM d, yyyy h:mm:ss AM'"
 )
 
 _DIGITS = re.compile(r"[0-9]+")
+# yyyyMMdd, yyyyMMddHHmm and yyyyMMddHHmmss by their length. Read as Unix time they would name no moment anyone
+# schedules (8 digits: before 1973 in seconds; 12: before 2002 in milliseconds; 14: after 2286 in milliseconds), so
+# the dialects that take Unix time read these as dates too.
+_BASIC_FORM_LENGTHS = (8, 12, 14)
 _ISO = re.compile(
     r"(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})[T ](?P<hour>[0-9]{2}):(?P<minute>[0-9]{2})"
     # Seconds with an optional fraction, or the family's literal "HH:mm.0" (a Java Timestamp cut short).
@@ -58,22 +63,34 @@ def parse_client_datetime(value: str, tz: tzinfo) -> datetime:
     raise InvalidClientDatetime(value, f"use one of {ACCEPTED_FORMS}")
 
 
+def basic_form_wall_clock(value: str) -> datetime | None:
+    """The wall-clock time (naive) that `value` writes in ISO 8601's basic form in digits alone, yyyyMMdd[HHmm[ss]],
+    or None for any other text. InvalidClientDatetime when it has that form but names no such date or time."""
+    text = value.strip()
+    if not _DIGITS.fullmatch(text) or len(text) not in _BASIC_FORM_LENGTHS:
+        return None
+    fields = (text[0:4], text[4:6], text[6:8], text[8:10] or "0", text[10:12] or "0", text[12:14] or "0")
+    year, month, day, hour, minute, second = (int(field) for field in fields)
+    return _wall_clock(value, year=year, month=month, day=day, hour=hour, minute=minute, second=second)
+
+
 def _from_digits(raw: str, digits: str, tz: tzinfo) -> datetime:
     length = len(digits)
-    if length == 14:  # yyyyMMddHHmmss
-        fields = (digits[0:4], digits[4:6], digits[6:8], digits[8:10], digits[10:12], digits[12:14])
-    elif length == 8:  # yyyyMMdd
-        fields = (digits[0:4], digits[4:6], digits[6:8], "0", "0", "0")
-    elif length == 10:  # ddMMyyHHmm
+    if (wall_clock := basic_form_wall_clock(raw)) is not None:
+        return _placed(raw, wall_clock, tz)
+    if length == 10:  # ddMMyyHHmm
         fields = (_century(digits[4:6]), digits[2:4], digits[0:2], digits[6:8], digits[8:10], "0")
     elif length == 6:  # ddMMyy
         fields = (_century(digits[4:6]), digits[2:4], digits[0:2], "0", "0", "0")
     else:
         raise InvalidClientDatetime(
-            raw, f"{length} digits match no form: use yyyyMMddHHmmss (14), yyyyMMdd (8), ddMMyyHHmm (10) or ddMMyy (6)"
+            raw,
+            f"{length} digits match no form: use yyyyMMddHHmmss (14), yyyyMMddHHmm (12), yyyyMMdd (8), "
+            "ddMMyyHHmm (10) or ddMMyy (6)",
         )
     year, month, day, hour, minute, second = (int(field) for field in fields)
-    return _build(raw, tz, year=year, month=month, day=day, hour=hour, minute=minute, second=second)
+    wall_clock = _wall_clock(raw, year=year, month=month, day=day, hour=hour, minute=minute, second=second)
+    return _placed(raw, wall_clock, tz)
 
 
 def _century(two_digits: str) -> str:
@@ -84,9 +101,8 @@ def _century(two_digits: str) -> str:
 def _from_iso(raw: str, found: re.Match[str], tz: tzinfo) -> datetime:
     fraction = (found["fraction"] or "").ljust(6, "0")[:6]
     zone = _offset(raw, found["offset"]) if found["offset"] else tz
-    return _build(
+    wall_clock = _wall_clock(
         raw,
-        zone,
         year=int(found["year"]),
         month=int(found["month"]),
         day=int(found["day"]),
@@ -95,6 +111,7 @@ def _from_iso(raw: str, found: re.Match[str], tz: tzinfo) -> datetime:
         second=int(found["second"] or 0),
         microsecond=int(fraction),
     )
+    return _placed(raw, wall_clock, zone)
 
 
 def _offset(raw: str, text: str) -> tzinfo:
@@ -117,9 +134,8 @@ def _from_gson(raw: str, found: re.Match[str], tz: tzinfo) -> datetime:
         raise InvalidClientDatetime(raw, f"hour {hour} is not on a 12-hour clock")
     afternoon = found["meridiem"].upper().startswith("P")
     hour = hour % 12 + (12 if afternoon else 0)
-    return _build(
+    wall_clock = _wall_clock(
         raw,
-        tz,
         year=int(found["year"]),
         month=month,
         day=int(found["day"]),
@@ -127,11 +143,11 @@ def _from_gson(raw: str, found: re.Match[str], tz: tzinfo) -> datetime:
         minute=int(found["minute"]),
         second=int(found["second"]),
     )
+    return _placed(raw, wall_clock, tz)
 
 
-def _build(
+def _wall_clock(
     raw: str,
-    zone: tzinfo,
     *,
     year: int,
     month: int,
@@ -142,6 +158,14 @@ def _build(
     microsecond: int = 0,
 ) -> datetime:
     try:
-        return datetime(year, month, day, hour, minute, second, microsecond, tzinfo=zone).astimezone(UTC)
+        return datetime(year, month, day, hour, minute, second, microsecond)
+    except ValueError as error:
+        raise InvalidClientDatetime(raw, f"no such date or time ({error})") from error
+
+
+def _placed(raw: str, wall_clock: datetime, zone: tzinfo) -> datetime:
+    """The moment `wall_clock` names in `zone`, in UTC (which the first and last days of the calendar may not have)."""
+    try:
+        return wall_clock.replace(tzinfo=zone).astimezone(UTC)
     except (ValueError, OverflowError) as error:
         raise InvalidClientDatetime(raw, f"no such date or time ({error})") from error
