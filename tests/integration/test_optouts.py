@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -63,9 +64,11 @@ def texts(webhook: Handler, text: str, message_id: str, **fields: str) -> None:
     assert json.loads(response["body"]) == {"status": "ok", "routed": True}
 
 
-def ninebits(api: Handler, account: dict[str, Any], to: list[str], sender: str = "48974") -> tuple[int, Any]:
+def ninebits(
+    api: Handler, account: dict[str, Any], to: list[str], sender: str = "48974", **options: Any
+) -> tuple[int, Any]:
     event = load_event("api-sendsms-9bits.json", YOUR_API_Token=account["token"])
-    event["body"] = json.dumps({"from": sender, "to": to, "body": "Tonight: two for one"})
+    event["body"] = json.dumps({"from": sender, "to": to, "body": "Tonight: two for one", **options})
     response = api(event)
     return response["statusCode"], json.loads(response["body"])
 
@@ -209,6 +212,28 @@ def test_a_9bits_send_refuses_the_opted_out_number_and_charges_only_the_other(aw
     assert balance(account["account_id"]) == 99
     [record] = queued_records(aws)
     assert len(json.loads(record["Body"])["message_ids"]) == 1
+
+
+def test_a_number_that_texts_stop_after_a_send_was_scheduled_is_not_sent_to_at_its_release(aws, account, webhook, api):
+    # Given a batch to two numbers scheduled an hour ahead, with delivery reports (2 credits)
+    send_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    status, sent = ninebits(api, account, [STOPPED, OTHER], send_at=send_at, delivery_report="yes")
+    assert status == 200, sent
+    assert balance(account["account_id"]) == 98
+    # And one of them texts STOP to the sender before the schedule fires
+    texts(webhook, "STOP", "sim-1")
+    # When the schedule fires
+    event = load_event("scheduler-release-batch.json")
+    event.update(account_id=account["account_id"], reference_id=int(sent["reference_id"]))
+    load_function("scheduled_dispatch").handler(event, FakeContext())
+    # Then only the other number's message is queued for dispatch
+    [record] = queued_records(aws)
+    assert len(json.loads(record["Body"])["message_ids"]) == 1
+    # And the stopped number's credit is given back
+    assert balance(account["account_id"]) == 99
+    # And the client is told with a delivery report: failed, opted_out
+    [report] = [n["payload"] for n in notifications(aws) if n["kind"] == "dlr"]
+    assert (report["to"], report["status"], report["error_code"]) == (STOPPED, "failed", "opted_out")
 
 
 def test_a_9bits_send_without_opt_outs_answers_exactly_the_seed_shape(aws, account, api):

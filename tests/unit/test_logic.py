@@ -64,6 +64,22 @@ def recipients(count: int) -> tuple[Recipient, ...]:
     return tuple(Recipient(msisdn=f"+2348020{i:06d}") for i in range(count))
 
 
+def release(
+    store: InMemoryStore, account_id: str, reference_id: int, queue: RecordingQueue, finish_cancels: bool = False
+) -> bool:
+    """The batch's schedule firing (no opt-out store: the in-memory one keeps none)."""
+    return release_scheduled_batch(
+        account_id,
+        reference_id,
+        messages=store,
+        accounts=store,
+        opt_outs=None,
+        queue=queue,
+        clock=clock,
+        finish_cancels=finish_cancels,
+    )
+
+
 def command(count: int = 1, text: str = "hello", **extra: object) -> SendCommand:
     return SendCommand(account_id="7", sender="48974", text=text, recipients=recipients(count), **extra)
 
@@ -168,7 +184,7 @@ class TestAcceptSend:
         assert {m.status for m in store.messages.values()} == {MessageStatus.FAILED}
         # And when the schedule that was created after all fires, it releases nothing
         queue = RecordingQueue()
-        assert not release_scheduled_batch(account_id, reference_id, messages=store, queue=queue, clock=clock)
+        assert not release(store, account_id, reference_id, queue)
         assert queue.commands == []
 
     def test_a_scheduled_send_undone_is_refunded_whole_even_if_failing_its_messages_then_dies(self, store):
@@ -195,7 +211,7 @@ class TestAcceptSend:
         assert {m.status for m in store.messages.values()} == {MessageStatus.SCHEDULED}
         # And they are never released
         queue = RecordingQueue()
-        assert not release_scheduled_batch("7", batch.reference_id, messages=store, queue=queue, clock=clock)
+        assert not release(store, "7", batch.reference_id, queue)
         assert queue.commands == []
 
     def test_a_scheduled_send_released_before_its_undo_is_undone_message_by_message(self, store):
@@ -204,7 +220,7 @@ class TestAcceptSend:
 
         class FiredThenFailed(RecordingScheduler):
             def schedule(this, account_id, reference_id, at):
-                assert release_scheduled_batch(account_id, reference_id, messages=store, queue=queue, clock=clock)
+                assert release(store, account_id, reference_id, queue)
                 raise TimeoutError("no answer from EventBridge Scheduler")
 
         with pytest.raises(Unavailable, match="could not be queued"):
@@ -848,8 +864,8 @@ class TestScheduledRelease:
     def test_a_schedule_that_fires_twice_releases_once(self, store):
         batch, _ = send(store, command(3, send_at=NOW + timedelta(hours=2)))
         queue = RecordingQueue()
-        first = release_scheduled_batch("7", batch.reference_id, messages=store, queue=queue, clock=clock)
-        second = release_scheduled_batch("7", batch.reference_id, messages=store, queue=queue, clock=clock)
+        first = release(store, "7", batch.reference_id, queue)
+        second = release(store, "7", batch.reference_id, queue)
         assert (first, second) == (True, False)
         # The second cannot tell a finished release from one that died before queueing, so it queues the messages
         # still queued again: the same records, which the FIFO queue drops by deduplication id (and which the
@@ -862,7 +878,7 @@ class TestScheduledRelease:
         batch, _ = send(store, command(1, send_at=NOW + timedelta(hours=2)))
         assert store.set_batch_status("7", batch.reference_id, MessageStatus.CANCELLED)
         queue = RecordingQueue()
-        assert not release_scheduled_batch("7", batch.reference_id, messages=store, queue=queue, clock=clock)
+        assert not release(store, "7", batch.reference_id, queue)
         assert queue.commands == []
 
     def cancel(self, store: InMemoryStore, reference_id: int) -> int:
@@ -890,7 +906,7 @@ class TestScheduledRelease:
                 super().enqueue(commands)
 
         queue = CancelledWhileQueueing()
-        assert release_scheduled_batch("7", batch.reference_id, messages=store, queue=queue, clock=clock)
+        assert release(store, "7", batch.reference_id, queue)
         assert "this one is queued" in str(refused[0])
         assert [len(c.message_ids) for c in queue.commands] == [3]
         assert all(m.status == MessageStatus.QUEUED for m in store.messages.values())
@@ -911,7 +927,7 @@ class TestScheduledRelease:
 
         store.get_batch = read_then_cancelled
         queue = RecordingQueue()
-        assert not release_scheduled_batch("7", batch.reference_id, messages=store, queue=queue, clock=clock)
+        assert not release(store, "7", batch.reference_id, queue)
         assert queue.commands == []
         assert all(m.status == MessageStatus.CANCELLED for m in store.messages.values())
         assert store.batches[("7", batch.reference_id)].status == MessageStatus.CANCELLED
@@ -984,24 +1000,20 @@ class TestScheduledRelease:
         assert store.set_batch_status("7", batch.reference_id, MessageStatus.CANCELLED)
         # When its schedule fires
         queue = RecordingQueue()
-        released = release_scheduled_batch(
-            "7", batch.reference_id, messages=store, queue=queue, clock=clock, finish_cancels=True
-        )
+        released = release(store, "7", batch.reference_id, queue, finish_cancels=True)
         # Then nothing is released, and the messages are cancelled and refunded once
         assert not released and queue.commands == []
         assert all(m.status == MessageStatus.CANCELLED for m in store.messages.values())
         assert store.accounts["7"].credits == charged + 2
-        release_scheduled_batch("7", batch.reference_id, messages=store, queue=queue, clock=clock, finish_cancels=True)
+        release(store, "7", batch.reference_id, queue, finish_cancels=True)
         assert store.accounts["7"].credits == charged + 2
 
     def test_a_retry_after_a_release_died_before_queueing_queues_the_messages(self, store):
         batch, _ = send(store, command(3, send_at=NOW + timedelta(hours=2)))
         with pytest.raises(RuntimeError):
-            release_scheduled_batch(
-                "7", batch.reference_id, messages=store, queue=RecordingQueue(fail=True), clock=clock
-            )
+            release(store, "7", batch.reference_id, RecordingQueue(fail=True))
         queue = RecordingQueue()
-        release_scheduled_batch("7", batch.reference_id, messages=store, queue=queue, clock=clock)
+        release(store, "7", batch.reference_id, queue)
         assert sorted(i for c in queue.commands for i in c.message_ids) == sorted(
             m.message_id for m in store.messages.values()
         )

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sms_gateway.domain.models import Account, CallbackRequest, Credentials, InboundSms, Recipient, SendCommand
+from sms_gateway.domain.models import (
+    Account,
+    CallbackRequest,
+    Credentials,
+    DeliveryReportMode,
+    InboundSms,
+    Recipient,
+    SendCommand,
+)
 from sms_gateway.domain.optouts import (
     ALL_SENDERS,
     OPERATOR,
@@ -18,9 +26,12 @@ from sms_gateway.domain.optouts import (
     refusal_reason,
     sender_key,
 )
+from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import InsufficientCredits, InvalidRequest, NotFound, OptedOut
 from sms_gateway.logic import optouts
 from sms_gateway.logic.inbound import InboundDependencies, inbound_notification, receive_inbound
+from sms_gateway.logic.notify import notifications_of
+from sms_gateway.logic.scheduled import release_scheduled_batch
 from sms_gateway.logic.send import Accepted, SendDependencies, accept_send
 from tests.fakes import FakeProvider, InMemoryStore, RecordingQueue, RecordingScheduler
 
@@ -96,9 +107,15 @@ def stop(store: OptOutMemoryStore, msisdn: str = STOPPED, sender: str = "48974",
     )
 
 
-def send(store: OptOutMemoryStore, *numbers: str, sender: str = "48974", queue: RecordingQueue | None = None):
+def send(
+    store: OptOutMemoryStore,
+    *numbers: str,
+    sender: str = "48974",
+    queue: RecordingQueue | None = None,
+    **options: object,
+):
     command = SendCommand(
-        account_id="7", sender=sender, text="hello", recipients=tuple(Recipient(msisdn=n) for n in numbers)
+        account_id="7", sender=sender, text="hello", recipients=tuple(Recipient(msisdn=n) for n in numbers), **options
     )
     deps = SendDependencies(
         accounts=store,
@@ -251,6 +268,67 @@ class TestSendToOptedOutNumbers:
         # And without the opt-out the same send would have been refused
         with pytest.raises(InsufficientCredits):
             send(store, OTHER, "+2348050000000")
+
+
+class TestScheduledSendsAtTheirRelease:
+    def release(self, store: OptOutMemoryStore, reference_id: int, queue: RecordingQueue, announced: list) -> bool:
+        return release_scheduled_batch(
+            "7",
+            reference_id,
+            messages=store,
+            accounts=store,
+            opt_outs=store,
+            queue=queue,
+            clock=lambda: NOW + timedelta(hours=1),
+            announce=announced.extend,
+        )
+
+    def test_a_number_that_opted_out_since_the_send_is_failed_refunded_and_reported_the_others_are_sent(self, store):
+        # Given a batch from 48974 to two numbers, scheduled an hour ahead with delivery reports (2 credits)
+        batch = send(
+            store, STOPPED, OTHER, send_at=NOW + timedelta(hours=1), delivery_report=DeliveryReportMode.YES
+        ).batch
+        assert store.accounts["7"].credits == 998
+        # And one of them sends STOP to 48974 before the schedule fires
+        stop(store)
+        queue, announced = RecordingQueue(), []
+        # When it fires
+        assert self.release(store, batch.reference_id, queue, announced)
+        # Then only the other number's message is queued for dispatch
+        by_number = {m.msisdn: m for m in store.messages.values()}
+        assert [list(c.message_ids) for c in queue.commands] == [[by_number[OTHER].message_id]]
+        # And the stopped number's message is failed, named for the opt-out as a send's refusal is, and refunded
+        stopped = by_number[STOPPED]
+        assert (stopped.status, stopped.error_code) == (MessageStatus.FAILED, "opted_out")
+        assert store.accounts["7"].credits == 999
+        # And the client that asked for delivery reports is told, as of any other failure
+        assert [n["payload"]["status"] for n in notifications_of(announced)] == ["failed"]
+        assert notifications_of(announced)[0]["payload"]["error_code"] == "opted_out"
+        # And a second firing refunds nothing more and reports the same change again (one webhook id: deduplicated)
+        again: list = []
+        assert not self.release(store, batch.reference_id, RecordingQueue(), again)
+        assert store.accounts["7"].credits == 999
+        assert [n["id"] for n in notifications_of(again)] == [n["id"] for n in notifications_of(announced)]
+
+    def test_when_every_number_opted_out_nothing_is_queued_and_everything_is_refunded(self, store):
+        # Given a batch to one number scheduled an hour ahead, whose number opts out of every sender meanwhile
+        batch = send(store, STOPPED, send_at=NOW + timedelta(hours=1)).batch
+        stop(store, sender=ALL_SENDERS, keyword="STOPALL")
+        queue, announced = RecordingQueue(), []
+        # When the schedule fires
+        self.release(store, batch.reference_id, queue, announced)
+        # Then nothing is queued, the credit is back, and no report is queued (the batch asked for none)
+        assert queue.commands == []
+        assert [m.status for m in store.messages.values()] == [MessageStatus.FAILED]
+        assert store.accounts["7"].credits == 1000
+        assert notifications_of(announced) == []
+
+    def test_an_account_with_no_opt_outs_costs_no_lookup_at_the_release(self, store):
+        batch = send(store, STOPPED, OTHER, send_at=NOW + timedelta(hours=1)).batch
+        queue: RecordingQueue = RecordingQueue()
+        self.release(store, batch.reference_id, queue, [])
+        assert store.lookups == 0
+        assert [len(c.message_ids) for c in queue.commands] == [2]
 
 
 # ------------------------------------------------------------------ inbound keywords

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from sms_gateway.domain.models import Account, StoredInbound, iso
@@ -10,6 +11,16 @@ from sms_gateway.domain.optouts import ALL_SENDERS, OPERATOR, KeywordAction, Opt
 from sms_gateway.errors import InvalidRequest, NotFound
 from sms_gateway.observability import logger, mask_msisdn
 from sms_gateway.ports import AccountStore, OptOutStore
+
+
+def opted_out_of(
+    account: Account, sender: str, msisdns: Sequence[str], opt_outs: OptOutStore | None
+) -> dict[str, OptOut]:
+    """The numbers among `msisdns` that opted out of `sender` (or of every sender of the account), each with its
+    opt-out. An account whose opt-out counter is zero costs no read at all."""
+    if opt_outs is None or account.opt_outs <= 0 or not msisdns:
+        return {}
+    return opt_outs.opted_out(account.account_id, sender, msisdns, known_count=account.opt_outs)
 
 
 def apply_keyword(opt_outs: OptOutStore, inbound: StoredInbound, now: datetime) -> KeywordAction | None:

@@ -1,15 +1,22 @@
-"""Releases a scheduled batch into the dispatch queue when its schedule fires, unless it was cancelled."""
+"""Releases a scheduled batch into the dispatch queue when its schedule fires, unless it was cancelled, and fails
+its messages to numbers that opted out since it was accepted."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
+from sms_gateway.domain.models import Account, Batch, Message, StatusChange
 from sms_gateway.domain.status import MessageStatus
-from sms_gateway.logic.batches import ONLY_SCHEDULED, all_messages, finish_cancel
+from sms_gateway.errors import OptedOut
+from sms_gateway.logic.batches import ONLY_SCHEDULED, all_messages, finish_cancel, move_and_refund
+from sms_gateway.logic.optouts import opted_out_of
 from sms_gateway.logic.send import dispatch_commands
 from sms_gateway.observability import logger
-from sms_gateway.ports import DispatchQueue, MessageStore
+from sms_gateway.ports import AccountLookup, DispatchQueue, MessageStore, OptOutStore
+
+# Why a scheduled message is failed at its release: the code a send to numbers that all opted out is refused with.
+OPTED_OUT = OptedOut.code
 
 
 def release_scheduled_batch(
@@ -17,8 +24,11 @@ def release_scheduled_batch(
     reference_id: int,
     *,
     messages: MessageStore,
+    accounts: AccountLookup,
+    opt_outs: OptOutStore | None,
     queue: DispatchQueue,
     clock: Callable[[], datetime],
+    announce: Callable[[Sequence[StatusChange]], None] | None = None,
     finish_cancels: bool = False,
 ) -> bool:
     """Safe to run twice: the batch moves scheduled -> queued first, with a conditional write, then its messages
@@ -31,6 +41,9 @@ def release_scheduled_batch(
     nothing to release (and a cancel that died after its batch write is finished here, with `finish_cancels`); a release
     that came first makes the cancel a conflict, so a message this call queued (and a dispatcher may be submitting)
     is never cancelled and refunded under it.
+    A message to a number that opted out of the batch's sender since the send was accepted (STOP, STOPALL or an
+    operator's opt-out) is failed instead (`error_code` opted_out) and refunded in the same write, and announced to
+    `announce` (a report, when the batch asked for them): again by a retry, under the same webhook id.
     Returns True when this call released the batch."""
     batch = messages.get_batch(account_id, reference_id)
     released = (
@@ -56,8 +69,16 @@ def release_scheduled_batch(
             )
             return False
     assert batch is not None
+    current = _fail_opted_out(
+        batch,
+        list(all_messages(messages, account_id, reference_id)),
+        account=accounts.get_account(account_id),
+        messages=messages,
+        opt_outs=opt_outs,
+        clock=clock,
+    )
     queued: list[int] = []
-    for message in all_messages(messages, account_id, reference_id):
+    for message in current:
         if message.status == MessageStatus.SCHEDULED:
             change = messages.transition(message.key, MessageStatus.QUEUED, now=clock())
             if change is None or change.message.status != MessageStatus.QUEUED:
@@ -67,4 +88,34 @@ def release_scheduled_batch(
         queued.append(message.message_id)
     if queued:
         queue.enqueue(dispatch_commands(batch, queued))
+    failed = [m for m in current if m.status == MessageStatus.FAILED and m.error_code == OPTED_OUT]
+    if failed and announce is not None:
+        announce([StatusChange(message=message, changed=True) for message in failed])
     return released
+
+
+def _fail_opted_out(
+    batch: Batch,
+    batch_messages: list[Message],
+    *,
+    account: Account | None,
+    messages: MessageStore,
+    opt_outs: OptOutStore | None,
+    clock: Callable[[], datetime],
+) -> list[Message]:
+    """The batch's messages as they are once those still scheduled to numbers that opted out are failed and
+    refunded (each by its conditional write, with its refund)."""
+    scheduled = [m for m in batch_messages if m.status == MessageStatus.SCHEDULED]
+    if account is None or not scheduled:
+        return batch_messages
+    found = opted_out_of(account, batch.sender, [m.msisdn for m in scheduled], opt_outs)
+    if not found:
+        return batch_messages
+    stopped = [m for m in scheduled if m.msisdn in found]
+    moved, refunded = move_and_refund(messages, stopped, MessageStatus.FAILED, now=clock(), error_code=OPTED_OUT)
+    logger.info(
+        "scheduled messages to numbers that opted out since were failed at release",
+        extra={"reference_id": batch.reference_id, "failed": len(stopped), "refunded_credits": refunded},
+    )
+    now_as = {m.message_id: m for m in moved}
+    return [now_as.get(m.message_id, m) for m in batch_messages]

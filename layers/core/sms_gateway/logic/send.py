@@ -40,6 +40,7 @@ from sms_gateway.errors import (
     Unavailable,
 )
 from sms_gateway.logic.batches import ONLY_QUEUED, all_messages, move_and_refund
+from sms_gateway.logic.optouts import opted_out_of
 from sms_gateway.observability import logger, mask_typed_number
 from sms_gateway.outcome_metrics import count_sends_undone
 from sms_gateway.ports import AccountStore, BatchScheduler, DispatchQueue, MessageStore, OptOutStore, PriceBook
@@ -163,9 +164,7 @@ def refuse_opted_out(
 ) -> tuple[list[Recipient], list[Rejection]]:
     """The recipients that may be sent to, and a refusal (number without '+', reason) for each that opted out
     of `sender`. An account whose opt-out counter is zero costs no read at all."""
-    if opt_outs is None or account.opt_outs <= 0 or not recipients:
-        return list(recipients), []
-    found = opt_outs.opted_out(account.account_id, sender, [r.msisdn for r in recipients], known_count=account.opt_outs)
+    found = opted_out_of(account, sender, [r.msisdn for r in recipients], opt_outs)
     refused = [
         Rejection(raw=r.msisdn.lstrip("+"), reason=refusal_reason(found[r.msisdn], sender))
         for r in recipients
