@@ -874,6 +874,20 @@ class TestScheduledRelease:
         assert queue.commands[0] == queue.commands[1]
         assert all(m.status == MessageStatus.QUEUED for m in store.messages.values())
 
+    @pytest.mark.parametrize("in_order", [True, False])
+    def test_a_scheduled_single_send_takes_the_lane_the_account_s_setting_gives_a_single_send(self, store, in_order):
+        # Given an account whose single sends keep their order (the default) or need none
+        store.accounts["7"] = store.accounts["7"].model_copy(update={"single_sends_in_order": in_order})
+        # And the lane a single send sent now takes
+        now_queue = RecordingQueue()
+        send(store, command(1), queue=now_queue)
+        # When the same single send is scheduled and its schedule fires
+        batch, _ = send(store, command(1, send_at=NOW + timedelta(hours=2)))
+        queue = RecordingQueue()
+        assert release(store, "7", batch.reference_id, queue)
+        # Then it is queued in the same kind of lane
+        assert [c.in_order for c in queue.commands] == [c.in_order for c in now_queue.commands] == [in_order]
+
     def test_a_cancelled_batch_stays_cancelled(self, store):
         batch, _ = send(store, command(1, send_at=NOW + timedelta(hours=2)))
         assert store.set_batch_status("7", batch.reference_id, MessageStatus.CANCELLED)

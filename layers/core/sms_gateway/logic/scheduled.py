@@ -43,7 +43,8 @@ def release_scheduled_batch(
     is never cancelled and refunded under it.
     A message to a number that opted out of the batch's sender since the send was accepted (STOP, STOPALL or an
     operator's opt-out) is failed instead (`error_code` opted_out) and refunded in the same write, and announced to
-    `announce` (a report, when the batch asked for them): again by a retry, under the same webhook id.
+    `announce` (a report, when the batch asked for them): again by a retry, under the same webhook id. A single send
+    is queued in the lane the account's `single_sends_in_order` gives it at the release.
     Returns True when this call released the batch."""
     batch = messages.get_batch(account_id, reference_id)
     released = (
@@ -69,10 +70,11 @@ def release_scheduled_batch(
             )
             return False
     assert batch is not None
+    account = accounts.get_account(account_id)
     current = _fail_opted_out(
         batch,
         list(all_messages(messages, account_id, reference_id)),
-        account=accounts.get_account(account_id),
+        account=account,
         messages=messages,
         opt_outs=opt_outs,
         clock=clock,
@@ -87,7 +89,9 @@ def release_scheduled_batch(
             continue
         queued.append(message.message_id)
     if queued:
-        queue.enqueue(dispatch_commands(batch, queued))
+        # The lane the account's single sends take now, as a send accepted now would (its order kept by default).
+        in_order = account.single_sends_in_order if account is not None else True
+        queue.enqueue(dispatch_commands(batch, queued, in_order=in_order))
     failed = [m for m in current if m.status == MessageStatus.FAILED and m.error_code == OPTED_OUT]
     if failed and announce is not None:
         announce([StatusChange(message=message, changed=True) for message in failed])
