@@ -443,6 +443,16 @@ def test_a_send_at_of_other_digits_is_unix_time(aws, account, api, unit):
     assert (batch["status"], batch["send_at"]) == ("scheduled", at.strftime("%Y-%m-%dT%H:%M:%S.000000Z"))
 
 
+@pytest.mark.parametrize("send_at", ["", "  "], ids=["empty", "blank"])
+def test_an_empty_send_at_sends_now_as_in_the_other_dialects(aws, account, api, send_at):
+    # When a batch is sent with send_at "" (a PHP client's unset field; shortcode and session-key read it as now)
+    status, sent = send(api, account["token"], [AIRTEL], send_at=send_at)
+    # Then it is sent now
+    assert status == 200, sent
+    assert call(api, account["token"], "GET", f"/ng/v1/batches/{sent['reference_id']}")[1]["status"] == "queued"
+    assert len(queued_records(aws)) == 1 and schedule_names(aws) == []
+
+
 @pytest.mark.parametrize("send_at", ["0001-01-01T00:00:00+05:00", "0001-01-01T00:00:00", "1970-01-01"])
 def test_a_send_at_long_past_sends_now(aws, account, api, send_at):
     # When a batch is sent with a send_at at the start of the calendar

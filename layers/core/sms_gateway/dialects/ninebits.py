@@ -114,12 +114,16 @@ class SendRequest(BaseModel):
 
     @field_validator("send_at", mode="before")
     @classmethod
-    def basic_form_is_a_date(cls, value: Any) -> Any:
-        """yyyyMMdd[HHmm[ss]] (ISO 8601's basic form) is a wall-clock time, as in every dialect; pydantic would read
-        those digits as Unix time (it still reads any other string of digits so)."""
-        if isinstance(value, str) and (wall_clock := basic_form_wall_clock(value)) is not None:
-            return wall_clock
-        return value
+    def send_at_as_every_dialect_reads_it(cls, value: Any) -> Any:
+        """Blank is now (PHP clients send an unset field as ""), and yyyyMMdd[HHmm[ss]] (ISO 8601's basic form) a
+        wall-clock time, as in every dialect; pydantic would refuse the one and read the other as Unix time (it still
+        reads any other string of digits so)."""
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return None
+        wall_clock = basic_form_wall_clock(value)
+        return wall_clock if wall_clock is not None else value
 
     @field_validator("to")
     @classmethod
