@@ -1,21 +1,30 @@
-"""The HTTP clients' transport (adapters/http_streams.py) against a scripted HTTP server on 127.0.0.1."""
+"""The HTTP clients' transport (adapters/http_streams.py) against a scripted HTTP server: on 127.0.0.1, or at the far
+end of a socketpair handed to the transport in place of the network (no listening port)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gzip
 import ipaddress
 import json
+import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+import threading
+import zlib
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
-from sms_gateway.adapters.http_streams import MAX_BODY_BYTES, StreamTransport
+from sms_gateway import consumers
+from sms_gateway.adapters import http, webhook_http
+from sms_gateway.adapters.http_streams import MAX_BODY_BYTES, MAX_HEAD_BYTES, StreamTransport
+from sms_gateway.logic.notify import WebhookFailed, WebhookResponse
 
 Answer = Callable[[int, bytes], Awaitable[bytes | None]]
 REPO = Path(__file__).resolve().parents[2]
@@ -383,3 +392,206 @@ def test_neither_http_client_loads_httpcore_anyio_or_h11() -> None:
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO)
     # Then none of httpx's own transport's packages was imported
     assert run.stdout.split() == ["[]"]
+
+
+# ---------------------------------------------------------------- a server at the far end of a socketpair
+
+
+def _read_request(sock: socket.socket, buffered: bytes) -> tuple[bytes | None, bytes]:
+    """One whole request (head and Content-Length body) from `sock`; None when the peer closed or went idle."""
+    data = buffered
+    while b"\r\n\r\n" not in data:
+        try:
+            chunk = sock.recv(65536)
+        except OSError:
+            return None, b""
+        if not chunk:
+            return None, b""
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None, b""
+        rest += chunk
+    return head + b"\r\n\r\n" + rest[:length], rest[length:]
+
+
+class PairedServer:
+    """Stands in for the network (a transport's dialling): every dial gets a fresh socketpair whose far end, on a
+    thread, answers each request with `answer(request)` and keeps the connection alive like an HTTP/1.1 server,
+    closing it after `idle_timeout` seconds without a request (a server's keep-alive timeout)."""
+
+    def __init__(self, answer: Callable[[bytes], bytes], *, idle_timeout: float = 30.0) -> None:
+        self.answer = answer
+        self.idle_timeout = idle_timeout
+        self.requests: list[bytes] = []
+        self.dials = 0
+        self._threads: list[threading.Thread] = []
+        self._ends: list[socket.socket] = []
+
+    async def __call__(
+        self, address: str, port: int, *, tls: object, server_hostname: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        self.dials += 1
+        ours, theirs = socket.socketpair()
+        self._ends.append(theirs)
+        thread = threading.Thread(target=self._serve, args=(theirs,), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return await asyncio.open_connection(sock=ours, limit=MAX_HEAD_BYTES)
+
+    def _serve(self, sock: socket.socket) -> None:
+        sock.settimeout(self.idle_timeout)
+        buffered = b""
+        try:
+            while True:
+                request, buffered = _read_request(sock, buffered)
+                if request is None:
+                    return
+                self.requests.append(request)
+                sock.sendall(self.answer(request))
+        finally:
+            sock.close()
+
+    def close(self) -> None:
+        for end in self._ends:
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+class PairedTransport(StreamTransport):
+    """The upstream client's transport, dialling a PairedServer instead of the network."""
+
+    def __init__(self, server: PairedServer) -> None:
+        super().__init__(4)
+        self.server = server
+
+    async def _dial(
+        self, host: str, port: int, tls: ssl.SSLContext | None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await self.server(host, port, tls=tls, server_hostname=host)
+
+
+def http_answer(status: int, body: bytes, *extra: tuple[str, str]) -> bytes:
+    head = [f"HTTP/1.1 {status} X", "Content-Type: application/json", f"Content-Length: {len(body)}"]
+    head += [f"{name}: {value}" for name, value in extra]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def header_of(request: bytes, name: bytes) -> bytes | None:
+    for line in request.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            return value.strip()
+    return None
+
+
+@pytest.fixture
+def paired(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., PairedServer]]:
+    """`paired(answer)`: a PairedServer as the network of the notifier's real webhook client (new_webhook_client),
+    which consumers.post_webhook then posts through as it does in the notifier."""
+    made: list[tuple[PairedServer, httpx.AsyncClient]] = []
+
+    def install(answer: Callable[[bytes], bytes], *, idle_timeout: float = 30.0) -> PairedServer:
+        server = PairedServer(answer, idle_timeout=idle_timeout)
+        client = webhook_http.new_webhook_client(allow_local=True)
+        transport = client._transport
+        assert isinstance(transport, webhook_http.GuardedTransport)
+        transport._connect = server
+        monkeypatch.setattr(webhook_http, "webhook_client", lambda: client)
+        made.append((server, client))
+        return server
+
+    yield install
+    for server, client in made:
+        http.run(client.aclose())
+        server.close()
+
+
+def post_notification() -> WebhookResponse:
+    body = json.dumps({"type": "delivery report", "sequence": 3}).encode()
+    return http.run(consumers.post_webhook("http://127.0.0.1/dlr", {"Content-Type": "application/json"}, body))
+
+
+def upstream_post(answer: bytes) -> tuple[httpx.Response | type[Exception], PairedServer]:
+    """One POST through the upstream client's transport and headers (adapters/http.async_client) to a server
+    answering `answer`: the answer, or the type of the transport error it raised."""
+    server = PairedServer(lambda _request: answer)
+    upstream = http.async_client()
+
+    async def scenario() -> httpx.Response:
+        async with httpx.AsyncClient(transport=PairedTransport(server), headers=upstream.headers) as client:
+            return await client.post("http://upstream.example/sms/send", json={})
+
+    try:
+        return asyncio.run(scenario()), server
+    except httpx.TransportError as error:
+        return type(error), server
+    finally:
+        server.close()
+
+
+# ---------------------------------------------------------------- compressed answers
+
+
+def test_a_client_webhook_answer_that_inflates_past_one_mib_is_a_failed_delivery(paired) -> None:
+    # Given a client webhook (hostile, or a misconfigured proxy) that answers 2xx with 8 MiB of JSON gzipped
+    # twice: under a kilobyte on the wire, which httpx would have inflated whole (a triple gzip of a few KiB
+    # becomes gigabytes and kills the 512 MB notifier, with the other accounts' notifications of its batch)
+    wire = gzip.compress(gzip.compress(b"{}" + b" " * (8 << 20), 9), 9)
+    assert len(wire) < 1024
+    server = paired(lambda _request: http_answer(200, wire, ("Content-Encoding", "gzip, gzip")))
+    # When the notifier posts a notification to it
+    # Then it is a failed delivery, retried on the schedule, with nothing inflated past MAX_BODY_BYTES
+    with pytest.raises(WebhookFailed, match="encoded 2 times over"):
+        post_notification()
+    # And the notifier asked for an answer without compression in the first place
+    assert header_of(server.requests[0], b"accept-encoding") == b"identity"
+
+
+@pytest.mark.parametrize(
+    "coding, compress",
+    [("gzip", gzip.compress), ("deflate", zlib.compress)],
+)
+def test_a_compressed_answer_is_decoded_up_to_one_mib_and_refused_past_it(coding: str, compress: Callable) -> None:
+    # Given an upstream that compresses its answers, a small one and one that inflates just past the limit
+    small = json.dumps({"sid": "SM1"}).encode()
+    large = b'"' + b"x" * (MAX_BODY_BYTES - 1) + b'"'
+    # When the upstream client posts to it
+    answered, server = upstream_post(http_answer(200, compress(small), ("Content-Encoding", coding)))
+    refused, _ = upstream_post(http_answer(200, compress(large), ("Content-Encoding", coding)))
+    # Then the small one reads decoded, and httpx does not decode it a second time
+    assert isinstance(answered, httpx.Response)
+    assert answered.json() == {"sid": "SM1"} and "content-encoding" not in answered.headers
+    assert answered.headers["content-length"] == str(len(small))
+    # And the client asked for only what the transport decodes
+    assert header_of(server.requests[0], b"accept-encoding") == b"gzip, deflate"
+    # And the one past MAX_BODY_BYTES once decoded is refused, as a larger answer on the wire is
+    assert refused is httpx.RemoteProtocolError
+
+
+def test_a_raw_deflate_answer_reads_and_other_codings_or_layers_are_refused() -> None:
+    raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    raw_deflate = raw.compress(b'{"ok":true}') + raw.flush()
+    # Given answers in raw deflate (some servers send it so), and in codings the transport does not read
+    answered, _ = upstream_post(http_answer(200, raw_deflate, ("Content-Encoding", "deflate")))
+    identity, _ = upstream_post(http_answer(200, b'{"ok":true}', ("Content-Encoding", "identity")))
+    brotli, _ = upstream_post(http_answer(200, b"\x0b\x02\x80{}\x03", ("Content-Encoding", "br")))
+    twice, _ = upstream_post(
+        http_answer(
+            200, gzip.compress(gzip.compress(b"{}")), ("Content-Encoding", "gzip"), ("Content-Encoding", "gzip")
+        )
+    )
+    corrupt, _ = upstream_post(http_answer(200, b"not gzip at all", ("Content-Encoding", "gzip")))
+    # Then raw deflate and identity read, and the others are transport errors the providers already handle
+    assert isinstance(answered, httpx.Response) and answered.json() == {"ok": True}
+    assert isinstance(identity, httpx.Response) and identity.json() == {"ok": True}
+    assert [brotli, twice, corrupt] == [httpx.RemoteProtocolError] * 3

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from sms_gateway.adapters.http_streams import StreamTransport
+from sms_gateway.adapters.http_streams import ACCEPT_ENCODING, StreamTransport
 from sms_gateway.errors import UpstreamError
 from sms_gateway.settings import get_settings
 
@@ -101,6 +101,9 @@ def async_client() -> httpx.AsyncClient:
             # httpx's own transport cost about twice the CPU per submit (docs/dispatch.md).
             transport=StreamTransport(settings.dispatch_concurrency),
             follow_redirects=False,
+            # Some upstreams compress their answers; ask only for what the transport decodes (httpx's default would
+            # add br and zstd when their packages are installed).
+            headers={"Accept-Encoding": ACCEPT_ENCODING},
         )
         _local.client = client
     return client

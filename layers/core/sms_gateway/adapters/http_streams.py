@@ -2,9 +2,10 @@
 
 httpx's own transport (httpcore on anyio, h11) spent about 0.7 ms of CPU per upstream submit, most of the
 dispatcher's CPU per message, and about 1.6 ms per client webhook post; upstream and webhook answers are small, so
-this transport writes the request in one go, reads the whole answer (Content-Length, chunked, or up to the close)
-and hands httpx a response already read. The dispatcher's upstream client and the notifier's SSRF-guarded webhook
-client (adapters/webhook_http.py) both send through it.
+this transport writes the request in one go, reads the whole answer (Content-Length, chunked, or up to the close),
+undoes its gzip or deflate coding, at most MAX_BODY_BYTES either way, and hands httpx a response already read. The
+dispatcher's upstream client and the notifier's SSRF-guarded webhook client (adapters/webhook_http.py) both send
+through it.
 """
 
 from __future__ import annotations
@@ -12,13 +13,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
 
-# Upstream answers are a few hundred bytes; an answer past this is refused rather than held in memory.
+# Upstream answers are a few hundred bytes; an answer past this is refused rather than held in memory, on the wire
+# and again once decoded (a few hundred gzipped bytes can inflate to gigabytes).
 MAX_BODY_BYTES = 1 << 20
+# The content codings this transport decodes (one layer at most), and zlib's window bits for each. An answer in any
+# other coding, or encoded twice over, is refused: httpx would have decoded it without a limit.
+_WINDOW_BITS = {b"gzip": zlib.MAX_WBITS | 16, b"deflate": zlib.MAX_WBITS}
+# What a client built on this transport may ask for (its Accept-Encoding): only what it can decode.
+ACCEPT_ENCODING = "gzip, deflate"
 MAX_HEAD_BYTES = 64 * 1024
 # An idle connection older than this is closed rather than reused: servers drop idle ones after a few seconds,
 # and a request written to a connection the server is closing fails without knowing whether it was taken.
@@ -207,6 +215,7 @@ class StreamTransport(httpx.AsyncBaseTransport):
         else:
             body = await _read_to_close(reader)
             keep = False
+        headers, body = _decoded(headers, body)
         return status, reason, headers, body, keep
 
     async def aclose(self) -> None:
@@ -246,6 +255,46 @@ def _parse_head(head: bytes) -> tuple[bytes, int, bytes, list[tuple[bytes, bytes
             raise ValueError(f"not a header line: {line[:80]!r}")
         headers.append((name, value.strip()))
     return version, int(code), reason, headers
+
+
+def _decoded(headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The body with its Content-Encoding undone, at most MAX_BODY_BYTES of it, and the headers without
+    Content-Encoding and Content-Length: httpx then takes the body as it is, instead of inflating it without a limit
+    (ValueError for an answer decoded past the limit, in a coding other than gzip or deflate, or encoded twice)."""
+    codings = [
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == b"content-encoding"
+        for token in value.split(b",")
+        if token.strip().lower() not in (b"", b"identity")
+    ]
+    if not codings:
+        return headers, body
+    if len(codings) > 1:
+        raise ValueError(f"an answer encoded {len(codings)} times over ({b', '.join(codings)[:80]!r})")
+    window_bits = _WINDOW_BITS.get(codings[0])
+    if window_bits is None:
+        raise ValueError(f"an answer in a content coding we do not read ({codings[0][:40]!r})")
+    try:
+        decoded = _inflate(body, window_bits)
+    except zlib.error as error:
+        if codings[0] != b"deflate":
+            raise ValueError(f"an answer that is not valid {codings[0].decode()}: {error}") from error
+        # "deflate" is zlib-wrapped by the standard, but some servers send the raw stream (httpx reads both).
+        try:
+            decoded = _inflate(body, -zlib.MAX_WBITS)
+        except zlib.error as raw_error:
+            raise ValueError(f"an answer that is not valid deflate: {raw_error}") from raw_error
+    kept = [(name, value) for name, value in headers if name.lower() not in (b"content-encoding", b"content-length")]
+    return kept, decoded
+
+
+def _inflate(body: bytes, window_bits: int) -> bytes:
+    # One byte past the limit at most is ever inflated: enough to tell the answer is too large.
+    decoded = zlib.decompressobj(window_bits).decompress(body, MAX_BODY_BYTES + 1)
+    if len(decoded) > MAX_BODY_BYTES:
+        raise ValueError(f"an answer over {MAX_BODY_BYTES} bytes once decoded")
+    return decoded
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:

@@ -99,6 +99,10 @@ def new_webhook_client(*, allow_local: bool, ssl_context: ssl.SSLContext | None 
         transport=GuardedTransport(allow_local=allow_local, ssl_context=ssl_context),
         timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
         follow_redirects=False,
+        # A client's answer is only checked to be JSON: nothing to gain from compression, and a compressed answer is
+        # one a hostile server can make inflate (the transport still caps what it decodes, as a server may compress
+        # unasked).
+        headers={"Accept-Encoding": "identity"},
         # Nothing from the environment: no proxy (it would resolve the name after our check), no .netrc credentials.
         trust_env=False,
     )
