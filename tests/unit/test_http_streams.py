@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -595,3 +596,42 @@ def test_a_raw_deflate_answer_reads_and_other_codings_or_layers_are_refused() ->
     assert isinstance(answered, httpx.Response) and answered.json() == {"ok": True}
     assert isinstance(identity, httpx.Response) and identity.json() == {"ok": True}
     assert [brotli, twice, corrupt] == [httpx.RemoteProtocolError] * 3
+
+
+# ---------------------------------------------------------------- idle connections the server closed
+
+
+def test_a_keepalive_connection_a_client_webhook_closed_while_the_notifier_was_idle_is_not_reused(paired) -> None:
+    # Given a client webhook server that closes an idle keep-alive connection after 0.3 s (gunicorn's default
+    # keep-alive is 2 s, under the transport's KEEPALIVE_EXPIRY_SECONDS of 4 s)
+    server = paired(lambda _request: http_answer(200, b'{"ok":true}'), idle_timeout=0.3)
+    assert post_notification().status_code == 200
+    # When the next notification for it comes 1 s later, the worker's event loop not running in between (as
+    # between two notifier invocations, so nothing has read the server's FIN)
+    time.sleep(1.0)
+    # Then it goes on a new connection and is delivered, not written to the closed one and failed ("malformed or
+    # cut answer": a failure record, WebhooksRetried, the notification 5 s late)
+    assert post_notification().status_code == 200
+    assert server.dials == 2
+
+
+def test_an_upstream_connection_closed_while_the_dispatcher_was_idle_is_not_reused_nor_a_submit_retried() -> None:
+    # Given an upstream that closes idle connections after 0.3 s
+    server = PairedServer(lambda _request: http_answer(200, b'{"ok":true}'), idle_timeout=0.3)
+
+    async def scenario() -> list[int]:
+        async with httpx.AsyncClient(transport=PairedTransport(server)) as client:
+            first = await client.post("http://upstream.example/sms/send", json={})
+            # When the next submit comes 1 s later, the loop blocked in between (between two invocations)
+            time.sleep(1.0)
+            second = await client.post("http://upstream.example/sms/send", json={})
+            return [first.status_code, second.status_code]
+
+    try:
+        statuses = asyncio.run(scenario())
+    finally:
+        server.close()
+    # Then it goes on a fresh connection (not written to the dead one and recorded submit_unconfirmed), and each
+    # submit was sent exactly once
+    assert statuses == [200, 200]
+    assert server.dials == 2 and len(server.requests) == 2

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import select
+import socket
 import ssl
 import zlib
 from collections.abc import Callable
@@ -41,17 +43,33 @@ class _Connection:
     idle_since: float = 0.0
 
     def reusable(self, now: float) -> bool:
-        # A server that closed it has fed EOF (or sent bytes nobody asked for) by the time the loop runs again.
         return (
             not self.writer.is_closing()
             and not self.reader.at_eof()
             # Unread bytes on an idle connection: the server said something nobody asked for; unusable.
             and not getattr(self.reader, "_buffer", b"")
             and now - self.idle_since < KEEPALIVE_EXPIRY_SECONDS
+            # The loop only sees a server's FIN while it runs, and between invocations (or a notifier worker's
+            # records) it does not: ask the socket itself. A request written to a connection the server closed
+            # fails, and no request is retried.
+            and not _readable(self.writer.get_extra_info("socket"))
         )
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _readable(sock: socket.socket | None) -> bool:
+    """Whether an idle connection's socket has bytes or an EOF waiting (what httpx's own pool checks before reusing
+    one); poll, not select, which fails on descriptors above 1023."""
+    if sock is None:
+        return False
+    descriptor = sock.fileno()
+    if descriptor < 0:
+        return True
+    poller = select.poll()
+    poller.register(descriptor, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 @dataclass
