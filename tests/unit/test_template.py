@@ -22,6 +22,7 @@ from sms_gateway_tools.template import (
     load_template,
     match_route,
     queue_definitions,
+    resolved,
     resources_of_type,
     schedule_group_names,
     table_definitions,
@@ -251,6 +252,24 @@ def test_queue_consumers_report_partial_batch_failures(functions: dict[str, Func
     assert sources["NotifyQueue"][1].maximum_batching_window_seconds == 1
     # FIFO event sources do not support a batching window
     assert sources["DispatchQueue"][1].maximum_batching_window_seconds == 0
+
+
+def test_the_notifier_cannot_take_the_whole_accounts_lambda_concurrency(template: dict[str, Any]) -> None:
+    # Given the notifier: one client's webhook that answers in 10 s (the read timeout) or blackholes its SYN holds a
+    # slot 3-10 s per notification (x8 attempts), and a bulk send with delivery reports queues two per recipient
+    notifier = template["Resources"]["NotifierFunction"]["Properties"]
+    scaling = notifier["Events"]["Notify"]["Properties"].get("ScalingConfig") or {}
+    # Then its event source bounds its concurrent invocations (a template parameter, 50 unless set), so a slow
+    # client's backlog cannot scale it to the region's whole Lambda concurrency and throttle the API and the
+    # upstream callbacks of every account
+    assert resolved(template, scaling.get("MaximumConcurrency")) == "50"
+    assert template["Parameters"]["NotifierMaximumConcurrency"]["MinValue"] == 2  # Lambda's smallest
+    # And no function reserves concurrency: a reservation can fail the deploy on an account with a low quota
+    assert not [
+        logical_id
+        for logical_id, properties in resources_of_type(template, "AWS::Serverless::Function")
+        if "ReservedConcurrentExecutions" in properties
+    ]
 
 
 # --------------------------------------------------------------------------------------- moto

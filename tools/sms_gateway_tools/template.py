@@ -183,6 +183,12 @@ def _resolve(value: Any, ctx: _Context) -> Any:
     return {key: _resolve(arg, ctx)}
 
 
+def resolved(template: Mapping[str, Any], value: Any) -> Any:
+    """`value` with its Refs to parameters (at their defaults) and its Subs, FindInMaps, Joins and Ifs resolved
+    (UnresolvableError for what only CloudFormation knows)."""
+    return _resolve(value, _context(template, "local", None))
+
+
 def _condition(name_or_expression: Any, ctx: _Context) -> bool:
     expression = name_or_expression
     if isinstance(name_or_expression, str):

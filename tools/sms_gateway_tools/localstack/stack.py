@@ -441,14 +441,16 @@ class LocalStack:
 
 
 def _maximum_concurrency(template: Mapping[str, Any], function_id: str, queue_id: str) -> int:
-    """ScalingConfig.MaximumConcurrency of the function's SQS event on `queue_id` (default 2)."""
+    """ScalingConfig.MaximumConcurrency of the function's SQS event on `queue_id` (default 2), at most 2: a queue
+    consumer runs one invocation at a time here (its lock), so batches received further ahead would only wait,
+    in flight, for their visibility timeout to run out (the notifier's 50 on AWS stays 2 here)."""
     events = ((template["Resources"][function_id].get("Properties") or {}).get("Events")) or {}
     for event in events.values():
         spec = event.get("Properties") or {}
         queue = spec.get("Queue")
         target = queue.get("Fn::GetAtt") if isinstance(queue, dict) else None
         if event.get("Type") == "SQS" and isinstance(target, list) and target[0] == queue_id:
-            return int((spec.get("ScalingConfig") or {}).get("MaximumConcurrency", 2))
+            return min(int(tpl.resolved(template, (spec.get("ScalingConfig") or {}).get("MaximumConcurrency", 2))), 2)
     return 2
 
 
