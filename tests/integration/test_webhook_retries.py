@@ -471,3 +471,41 @@ def test_a_webhook_url_set_after_the_notifier_read_the_account_without_one_gets_
     run_notifier(aws)
     # Then it is posted to the new URL: the notifier read the account again before dropping it for want of one
     assert [(post["url"], post["body"]["message_id"]) for post in hook.posts] == [("https://client.example/dlr", "2")]
+
+
+def test_a_notification_that_finds_its_url_removed_is_dead_and_can_be_resent_once_one_is_set(aws, accounts, delays):
+    from sms_gateway import bootstrap, consumers
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic import accounts as account_logic
+
+    delays("0,0,0")
+    account_id, token = accounts["a"]["account_id"], accounts["a"]["token"]
+    hook = ClientWebhook(500)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(consumers, "post_webhook", hook)
+        # Given a delivery report the client's webhook failed once: listed `retrying`, due again
+        publish(notification(account_id))
+        run_notifier(aws)
+        assert record_of(account_id, "dlr_1_3").state == "retrying"
+        # When the client clears its DLR URL meanwhile (to pause webhooks while it moves its endpoint)
+        account_logic.set_webhooks(gateway().store, gateway().webhook_credentials, account_id, dlr_url="")
+        bootstrap.reset()  # past the notifier's settings cache
+        run_notifier(aws)
+        # ...the retry finds no URL and the notification leaves the queue
+        assert queue_counts(aws["NOTIFY_QUEUE_URL"]) == (0, 0)
+        # Then its record says so: dead, "no webhook URL set", no next attempt (it stayed `retrying`, due in the
+        # past, for its 30 days, and could not be resent: the report was lost)
+        record = record_of(account_id, "dlr_1_3")
+        assert (record.state, record.last_error, record.next_attempt_at) == ("dead", "no webhook URL set", None)
+        status, body = api("GET", "/ng/v1/webhooks/failures", token, query={"state": "dead"})
+        assert status == 200 and [entry["id"] for entry in body["data"]] == ["dlr_1_3"]
+        # And once a URL is set again, the client can have it resent, and it arrives there
+        account_logic.set_webhooks(
+            gateway().store, gateway().webhook_credentials, account_id, dlr_url="https://client.example/dlr2"
+        )
+        bootstrap.reset()
+        status, body = api("POST", "/ng/v1/webhooks/failures/dlr_1_3/resend", token)
+        assert status == 202, body
+        run_notifier(aws)
+    assert [post["url"] for post in hook.posts] == ["https://client.example/dlr", "https://client.example/dlr2"]
+    assert record_of(account_id, "dlr_1_3").state == "delivered"

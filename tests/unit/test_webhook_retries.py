@@ -48,13 +48,15 @@ class FailureStore(InMemoryStore):
         *,
         only_from: frozenset[WebhookFailureState],
         now: str,
+        last_error: str | None = None,
     ) -> bool:
         current = self.failures.get((account_id, notification_id))
         if current is None or current.state not in only_from:
             return False
         stamp = {f"{target}_at": now} if target in ("resent", "delivered") else {}
+        reason = {"last_error": last_error, "last_status_code": None} if last_error is not None else {}
         self.failures[(account_id, notification_id)] = current.model_copy(
-            update={"state": target, "next_attempt_at": None, **stamp}
+            update={"state": target, "next_attempt_at": None, **stamp, **reason}
         )
         return True
 
@@ -229,14 +231,42 @@ def test_a_delivered_notification_is_not_reopened_by_a_failing_duplicate():
     assert record is not None and record.state == "delivered"
 
 
-def test_only_a_notification_that_failed_before_needs_a_delivered_mark():
-    assert not webhook_retries.needs_delivered_mark(notification(), 1)
-    assert webhook_retries.needs_delivered_mark(notification(), 2)
-    assert webhook_retries.needs_delivered_mark({**notification(), "resent": True}, 1)
+def test_only_a_notification_that_failed_before_can_have_a_failure_record_to_close():
+    assert not webhook_retries.may_have_failure_record(notification(), 1)
+    assert webhook_retries.may_have_failure_record(notification(), 2)
+    assert webhook_retries.may_have_failure_record({**notification(), "resent": True}, 1)
     # And marking one that never failed writes nothing
     store = FailureStore()
     assert not webhook_retries.record_delivered(store, notification(), now=NOW)
     assert store.failures == {}
+
+
+def test_a_failed_notification_that_finds_no_url_is_dead_saying_so_once():
+    # Given a notification that failed once (retrying) and one that was resent
+    store = FailureStore()
+    webhook_retries.record_failure(store, notification(1), failed(), attempt=1, delays=DEFAULT, now=NOW)
+    webhook_retries.record_failure(store, notification(2), failed(), attempt=8, delays=DEFAULT, now=NOW)
+    webhook_retries.resend_failure(store, RecordingNotifyQueue(), "7", "dlr_2_2", now=NOW)
+    # When each comes back and finds no URL set
+    later = NOW + timedelta(minutes=5)
+    marked = [webhook_retries.record_no_url(store, notification(n), now=later) for n in (1, 2)]
+    # Then both are dead with that reason (no stale status code, no next attempt), so they can be resent
+    assert marked == [True, True]
+    for n in (1, 2):
+        record = store.failures[("7", f"dlr_{n}_2")]
+        assert (record.state, record.last_error, record.last_status_code, record.next_attempt_at) == (
+            "dead",
+            "no webhook URL set",
+            None,
+            None,
+        )
+    # And a duplicate of the record changes nothing, nor does one for a delivered or never-failed notification
+    assert not webhook_retries.record_no_url(store, notification(1), now=later)
+    webhook_retries.record_failure(store, notification(3), failed(), attempt=1, delays=DEFAULT, now=NOW)
+    webhook_retries.record_delivered(store, notification(3), now=NOW)
+    assert not webhook_retries.record_no_url(store, notification(3), now=later)
+    assert store.failures[("7", "dlr_3_2")].state == "delivered"
+    assert not webhook_retries.record_no_url(store, notification(4), now=later)
 
 
 def test_a_notification_without_an_id_is_recorded_under_its_signed_webhook_id():

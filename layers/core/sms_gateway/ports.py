@@ -624,9 +624,11 @@ class WebhookFailureStore(Protocol):
         *,
         only_from: frozenset[WebhookFailureState],
         now: str,
+        last_error: str | None = None,
     ) -> bool:
         """Conditional: moves an existing record to `target` only from a state in `only_from`, stamping
-        `<target>_at`. True when this call moved it."""
+        `<target>_at`; with `last_error`, that is its reason now (and the last failed answer's status code is
+        dropped). True when this call moved it."""
         ...
 
     def list_webhook_failures(

@@ -112,11 +112,17 @@ class DynamoNotificationsMixin:
         *,
         only_from: frozenset[WebhookFailureState],
         now: str,
+        last_error: str | None = None,
     ) -> bool:
         allowed = sorted(only_from)
         if not allowed:
             return False
-        values = {f":from{i}": {"S": state} for i, state in enumerate(allowed)}
+        values: dict[str, dict[str, str]] = {f":from{i}": {"S": state} for i, state in enumerate(allowed)}
+        sets, removed = "SET #state = :target, #stamp = :now, expires_at = :expires", "REMOVE next_attempt_at"
+        if last_error is not None:
+            sets += ", last_error = :error"
+            removed += ", last_status_code"
+            values[":error"] = {"S": last_error}
         # Kept for the retention after its last change, as after a failure (a resend on day 29 has its 30 days).
         expires_at = int(time.time() + FAILURE_RETENTION.total_seconds())
         try:
@@ -124,7 +130,7 @@ class DynamoNotificationsMixin:
                 TableName=self.table_name,
                 Key=_failure_key(account_id, notification_id),
                 # No further attempt is planned in any state this moves to: resent starts a fresh schedule.
-                UpdateExpression="SET #state = :target, #stamp = :now, expires_at = :expires REMOVE next_attempt_at",
+                UpdateExpression=f"{sets} {removed}",
                 ConditionExpression=f"attribute_exists(pk) AND #state IN ({', '.join(values)})",
                 ExpressionAttributeNames={"#state": "state", "#stamp": f"{target}_at"},
                 ExpressionAttributeValues={

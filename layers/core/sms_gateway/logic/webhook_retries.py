@@ -103,19 +103,43 @@ def record_failure(
     return FailureOutcome(retry_in=retry_in, failure=failure, recorded=recorded)
 
 
-def needs_delivered_mark(notification: dict[str, Any], attempt: int) -> bool:
-    """Only a notification that failed before can have a record to close: the first try of a new one costs no
-    extra write. A resent one starts again at attempt 1, so it says so itself."""
+def may_have_failure_record(notification: dict[str, Any], attempt: int) -> bool:
+    """Only a notification that failed before can have a record to close (delivered, or dead for want of a URL):
+    the first try of a new one costs no extra write. A resent one starts again at attempt 1, so it says so itself."""
     return attempt > 1 or bool(notification.get("resent"))
 
 
 def record_delivered(store: WebhookFailureStore, notification: dict[str, Any], *, now: datetime) -> bool:
+    return _move(store, notification, "delivered", only_from=_DELIVERED_FROM, now=now)
+
+
+NO_URL_ERROR = "no webhook URL set"
+
+
+def record_no_url(store: WebhookFailureStore, notification: dict[str, Any], *, now: datetime) -> bool:
+    """A notification that failed before and, on its retry (or resend), finds no URL set: its record dead with that
+    reason, as it will not be tried again, so it is listed truthfully and can be resent once a URL is set. Left
+    retrying, it was neither tried again nor resendable. Only from retrying or resent: a duplicate finds it dead
+    (or delivered) already and changes nothing."""
+    return _move(store, notification, "dead", only_from=_RETRYING_FROM, now=now, last_error=NO_URL_ERROR)
+
+
+def _move(
+    store: WebhookFailureStore,
+    notification: dict[str, Any],
+    target: WebhookFailureState,
+    *,
+    only_from: frozenset[WebhookFailureState],
+    now: datetime,
+    last_error: str | None = None,
+) -> bool:
     return store.set_webhook_failure_state(
         str(notification["account_id"]),
         notification_id(notification),
-        "delivered",
-        only_from=_DELIVERED_FROM,
+        target,
+        only_from=only_from,
         now=iso(now),
+        last_error=last_error,
     )
 
 
