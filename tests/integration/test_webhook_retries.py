@@ -197,6 +197,31 @@ def test_a_failed_attempt_hides_the_record_for_its_delay(aws, accounts, delays, 
     assert before + timedelta(seconds=299) <= due <= datetime.now(UTC) + timedelta(seconds=301)
 
 
+def test_a_2xx_answer_nested_too_deep_to_read_is_a_failed_delivery_on_the_schedule(aws, accounts, delays, monkeypatch):
+    from sms_gateway import consumers
+
+    # Given a client webhook answering 200 with a body json.loads cannot read (nested deeper than the recursion
+    # limit: a RecursionError, not a ValueError)
+    async def answers_deep_json(url: str, headers: dict[str, str], body: bytes) -> WebhookResponse:
+        return WebhookResponse(status_code=200, body="[" * 100_000)
+
+    monkeypatch.setattr(consumers, "post_webhook", answers_deep_json)
+    delays("120,120")
+    account_id = accounts["a"]["account_id"]
+    publish(notification(account_id))
+    # When the notifier posts it
+    assert run_notifier(aws)["failed"] == 1
+    # Then it is a failed delivery like any 2xx without valid JSON: recorded retrying, hidden for its delay (it
+    # escaped as an error: back every 200 s with no record, parked by the redrive after 12 receives, no reason)
+    record = record_of(account_id, "dlr_1_3")
+    assert (record.state, record.last_error, record.last_status_code) == (
+        "retrying",
+        "client webhook answered 2xx without valid JSON",
+        200,
+    )
+    assert queue_counts(aws["NOTIFY_QUEUE_URL"]) == (0, 1)
+
+
 def test_the_happy_path_writes_no_failure_record(aws, accounts, delays, webhook):
     delays("0")
     hook = webhook(200)

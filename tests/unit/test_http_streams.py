@@ -635,3 +635,23 @@ def test_an_upstream_connection_closed_while_the_dispatcher_was_idle_is_not_reus
     # submit was sent exactly once
     assert statuses == [200, 200]
     assert server.dials == 2 and len(server.requests) == 2
+
+
+def test_a_client_webhook_answer_nested_too_deep_to_read_is_a_failed_delivery(paired) -> None:
+    from sms_gateway.domain.models import Account
+    from sms_gateway.logic.notify import deliver
+    from tests.fakes import FakeSecretBox
+
+    # Given a client webhook answering 200 with JSON nested deeper than the interpreter's recursion limit
+    paired(lambda _request: http_answer(200, b"[" * 100_000))
+    account = Account(account_id="acct-1", name="Deep", credits=0, dlr_url="http://127.0.0.1/dlr")
+
+    class OneAccount:
+        def get_account(self, account_id: str) -> Account | None:
+            return account if account_id == "acct-1" else None
+
+    notification = {"kind": "dlr", "id": "dlr_1_3", "account_id": "acct-1", "url": None, "payload": {"sequence": 3}}
+    # When the notifier delivers to it through its real client
+    # Then it is a failed delivery (recorded, retried on the schedule), not a RecursionError out of deliver()
+    with pytest.raises(WebhookFailed, match="2xx without valid JSON"):
+        http.run(deliver(notification, OneAccount(), consumers.post_webhook, FakeSecretBox()))

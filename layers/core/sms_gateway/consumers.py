@@ -426,11 +426,18 @@ async def post_webhook(url: str, headers: dict[str, str], body: bytes) -> Webhoo
         raise WebhookFailed(str(error)) from error
     except (httpx.HTTPError, httpx.InvalidURL) as error:
         raise WebhookFailed(f"client webhook unreachable: {error}") from error
-    return WebhookResponse(
-        status_code=response.status_code,
-        body=response.text,
-        retry_after=http.retry_after_seconds(response.headers.get("retry-after")),
-    )
+    try:
+        return WebhookResponse(
+            status_code=response.status_code,
+            body=response.text,
+            retry_after=http.retry_after_seconds(response.headers.get("retry-after")),
+        )
+    except Exception as error:
+        # Whatever the client's answer makes fail here is a failed delivery on the retry schedule, not an error that
+        # returns the record every 200 s until the redrive parks it without a reason.
+        raise WebhookFailed(
+            f"client webhook's answer could not be read: {error!r}"[:300], status_code=response.status_code
+        ) from error
 
 
 class NotifyLater(Exception):

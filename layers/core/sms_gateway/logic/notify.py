@@ -125,7 +125,8 @@ async def deliver(
         )
     try:
         json.loads(response.body)
-    except ValueError as error:
+    # RecursionError: JSON nested deeper than the interpreter's stack ("[" * 100000) is no more valid to us.
+    except (ValueError, RecursionError) as error:
         raise WebhookFailed(
             "client webhook answered 2xx without valid JSON", status_code=response.status_code, url=url
         ) from error
