@@ -501,6 +501,43 @@ def test_allow_invalid_recipients_sends_to_the_valid_ones_and_lists_the_others(a
     assert balance(account["account_id"]) == 99
 
 
+@pytest.mark.parametrize("return_credits", [True, False], ids=["credits", "messages"])
+def test_a_send_that_stands_after_its_queueing_failed_counts_and_names_only_what_goes_out(
+    aws, account, api, monkeypatch, return_credits
+):
+    """docs/dispatch.md: queueing fails after a dispatcher claimed one message, so the send stands with the other
+    two failed (`not_queued`) and refunded. The answer counted all three as sent and named neither of the others."""
+    from sms_gateway.adapters.sqs import SqsDispatchQueue
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import utc_now
+
+    real_enqueue = SqsDispatchQueue.enqueue
+
+    def took_it_and_one_was_claimed(self, commands):
+        real_enqueue(self, commands)
+        store = gateway().store
+        first = store.list_messages(account["account_id"], commands[0].reference_id, limit=10)[0][0]
+        store.claim_for_dispatch(first.key, now=utc_now(), lease_seconds=60)
+        raise TimeoutError("Read timeout on endpoint URL")
+
+    # Given a send of three whose queueing fails once a dispatcher has claimed the first
+    monkeypatch.setattr(SqsDispatchQueue, "enqueue", took_it_and_one_was_claimed)
+    keys = log_in(api, account)
+    numbers = ["+2348020000001", "+2348030000002", "+2348020000003"]
+    response = api(sms_event(keys, seed_body(recipient=numbers, returnCredits=return_credits, returnRemaining=True)))
+    # Then it stands, and its answer counts the one message going out, in credits or messages, as charged
+    assert response["statusCode"] == 201, response
+    body = answer(response)
+    messages = gateway().store.list_messages(account["account_id"], int(body["order_id"]), limit=10)[0]
+    not_sent = sorted(m.msisdn.lstrip("+") for m in messages if m.status == "failed")
+    assert len(not_sent) == 2
+    assert body["remaining_credits"] == balance(account["account_id"]) == 99
+    assert body["total_sent"] == 1
+    # And it names the two numbers not sent, saying to send to them again
+    assert sorted(r["recipient"] for r in body["invalid_recipients"]) == not_sent
+    assert all("could not be queued in time" in r["reason"] for r in body["invalid_recipients"])
+
+
 def test_a_naive_time_is_read_in_the_given_time_zone(aws, account, api):
     # Given a wall-clock time 5 minutes ahead in Tokyo, with scheduled_delivery_timezone saying so
     tokyo = (datetime.now(UTC) + timedelta(minutes=5)).astimezone(ZoneInfo("Asia/Tokyo"))

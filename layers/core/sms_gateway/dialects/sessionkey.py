@@ -30,7 +30,7 @@ from sms_gateway.domain.zones import account_zone, zone_named
 from sms_gateway.errors import Conflict, GatewayError, InvalidRequest, InvalidSender, NotFound
 from sms_gateway.logic import batches, sessions
 from sms_gateway.logic.idempotency import request_key
-from sms_gateway.logic.send import balance_after, normalise_recipients, require_valid
+from sms_gateway.logic.send import balance_after, going_out, normalise_recipients, not_sent_to, require_valid
 
 router = APIGatewayHttpRouter()
 
@@ -262,20 +262,24 @@ def _send(account: Account, request: SendRequest) -> Response[Any]:
     )
     accepted = accept(account, command)
     batch = accepted.batch
+    # Only what goes out: a send that stands after its queueing failed part-way was refunded the rest.
+    sent = going_out(accepted)
     body: dict[str, Any] = {
         "result": "OK",
         "order_id": str(batch.reference_id),
         # The family's returnCredits counts credits used instead of messages (one per recipient).
-        "total_sent": batch.cost if request.return_credits else batch.recipients,
+        "total_sent": sum(message.price for message in sent) if request.return_credits else len(sent),
     }
     # The seed's clients ask for remaining_credits with returnCredits; the family names it returnRemaining.
     if request.return_credits or request.return_remaining:
         body["remaining_credits"] = balance_after(accepted, gateway().store)
     body["internal_order_id"] = str(batch.reference_id)
     # Opted-out numbers (STOP) are listed here too, whatever allowInvalidRecipients says: they are not invalid,
-    # so the others are sent to, and only a send in which every recipient opted out is refused.
-    if rejected or accepted.refused:
-        body["invalid_recipients"] = [{"recipient": r.raw, "reason": r.reason} for r in [*rejected, *accepted.refused]]
+    # so the others are sent to, and only a send in which every recipient opted out is refused. So are the numbers
+    # a send that stands does not send to (not queued in time): the client is to send to them again.
+    left_out = [*rejected, *accepted.refused, *not_sent_to(accepted, recipients)]
+    if left_out:
+        body["invalid_recipients"] = [{"recipient": r.raw, "reason": r.reason} for r in left_out]
     return json_response(201, body)
 
 

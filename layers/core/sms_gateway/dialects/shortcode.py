@@ -32,7 +32,14 @@ from sms_gateway.domain.zones import account_zone, in_zone
 from sms_gateway.errors import GatewayError, InvalidRequest, NotFound, Unauthorized
 from sms_gateway.logic.auth import account_for_credential
 from sms_gateway.logic.idempotency import request_key
-from sms_gateway.logic.send import NOT_QUEUED, Rejection, normalise_recipients, require_sender, require_valid
+from sms_gateway.logic.send import (
+    Rejection,
+    could_not_be_queued,
+    normalise_recipients,
+    require_sender,
+    require_valid,
+    why_not_sent,
+)
 
 router = APIGatewayHttpRouter()
 
@@ -435,9 +442,11 @@ def send_entries(
             )
             continue
         message = by_msisdn.get(recipient.msisdn)
-        if message is None or message.status in NOT_GOING_OUT:
-            entries.append(_not_sent_entry(recipient, message))
+        reason = why_not_sent(message)
+        if reason is not None:
+            entries.append(_not_sent_entry(recipient, message, reason))
             continue
+        assert message is not None  # why_not_sent names every number without a message
         entries.append(
             {
                 "response-code": 200,
@@ -457,26 +466,15 @@ def message_id_text(message: Message) -> str:
     return str(message.message_id)
 
 
-# A send stands with some messages withdrawn (its queueing failed after a dispatcher took others: logic/send.py
-# `withdraw`), or finished under its key after a cancel: those numbers are not sent to.
-NOT_GOING_OUT = frozenset({MessageStatus.FAILED, MessageStatus.CANCELLED, MessageStatus.REJECTED})
-
-
-def _not_sent_entry(recipient: Recipient, message: Message | None) -> dict[str, Any]:
+def _not_sent_entry(recipient: Recipient, message: Message | None, reason: str) -> dict[str, Any]:
     """A number the send stands without: 4090 (try again) when its message could not be queued, with its credits
     given back; 1005 otherwise (cancelled, refused). With the message id when there is a message to look up."""
-    if message is not None and message.status == MessageStatus.FAILED and message.error_code == NOT_QUEUED:
-        code, description = INTERNAL_ERROR
-        details = "not sent (it could not be queued in time) and not charged: send to it again"
-    else:
-        code, description = ERROR_CODES["upstream_error"]
-        status = message.status if message is not None else MessageStatus.CANCELLED
-        details = f"not sent ({status}) and not charged"
+    code, description = INTERNAL_ERROR if could_not_be_queued(message) else ERROR_CODES["upstream_error"]
     entry: dict[str, Any] = {
         "response-code": code,
         "response-description": description,
         "mobile": int(recipient.msisdn.lstrip("+")),
-        "response-details": details,
+        "response-details": reason,
     }
     if message is not None:
         entry["messageid"] = message_id_text(message)

@@ -304,11 +304,48 @@ def send_standing_under_key(
 def withdrawn_whole(batch: Batch, stored: Sequence[Message]) -> bool:
     """A batch still `queued` whose messages were all withdrawn (`failed`, `not_queued`, refunded) by the undo of a
     send whose queueing failed: the undo's last write, the batch's, never happened."""
-    return (
-        batch.status == MessageStatus.QUEUED
-        and bool(stored)
-        and all(message.status == MessageStatus.FAILED and message.error_code == NOT_QUEUED for message in stored)
-    )
+    return batch.status == MessageStatus.QUEUED and bool(stored) and all(map(could_not_be_queued, stored))
+
+
+def could_not_be_queued(message: Message | None) -> bool:
+    """Withdrawn (failed, refunded) because its send's queueing failed: sending to its number again is safe."""
+    return message is not None and message.status == MessageStatus.FAILED and message.error_code == NOT_QUEUED
+
+
+# A send stands with some messages withdrawn (its queueing failed after a dispatcher took others: `withdraw`), or
+# finished under its key after a cancel (`finish_stored_batch`): those numbers are not sent to.
+NOT_GOING_OUT = frozenset({MessageStatus.FAILED, MessageStatus.CANCELLED, MessageStatus.REJECTED})
+
+
+def why_not_sent(message: Message | None) -> str | None:
+    """Why a recipient of a send that stands is not sent to, in words for its answer; None when its message goes
+    out. `message` None: none was stored for it (its batch was cancelled before a retry under its key finished it).
+    Either way it is not charged."""
+    if message is not None and message.status not in NOT_GOING_OUT:
+        return None
+    if could_not_be_queued(message):
+        return "not sent (it could not be queued in time) and not charged: send to it again"
+    status = message.status if message is not None else MessageStatus.CANCELLED
+    return f"not sent ({status}) and not charged"
+
+
+def going_out(accepted: Accepted) -> list[Message]:
+    """The messages of an accepted send that are sent (and charged): all, unless the send stands without some."""
+    return [message for message in accepted.messages if why_not_sent(message) is None]
+
+
+def not_sent_to(accepted: Accepted, recipients: Sequence[Recipient]) -> list[Rejection]:
+    """Each of the send's `recipients` it stands without (number without '+', why), in their order; opted-out ones
+    are `accepted.refused` already."""
+    by_msisdn = {message.msisdn: message for message in accepted.messages}
+    opted_out = {rejection.raw for rejection in accepted.refused}
+    withheld = []
+    for recipient in recipients:
+        digits = recipient.msisdn.lstrip("+")
+        reason = None if digits in opted_out else why_not_sent(by_msisdn.get(recipient.msisdn))
+        if reason is not None:
+            withheld.append(Rejection(raw=digits, reason=reason))
+    return withheld
 
 
 def store_messages(
