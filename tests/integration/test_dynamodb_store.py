@@ -561,6 +561,50 @@ class TestOnASharedTable:
         assert raw_message(store, message.key) == before
 
 
+# ---------------------------------------------------------------------------------------------- login places
+
+
+def begin_login(store: DynamoStore, at: datetime, *, max_in_flight: int = 2, max_failures: int = 3) -> Any:
+    return store.begin_login_attempt(
+        "ada",
+        7,
+        max_failures=max_failures,
+        max_in_flight=max_in_flight,
+        started_at=at,
+        stale_before=at - timedelta(seconds=60),
+        expires_at=at + timedelta(hours=1),
+    )
+
+
+def test_logins_in_flight_each_take_a_place_and_give_it_back(store):
+    from sms_gateway.ports import LoginAttempt, LoginRefusal
+
+    # Given two places, both taken
+    first, second = begin_login(store, NOW), begin_login(store, NOW)
+    assert isinstance(first, LoginAttempt) and isinstance(second, LoginAttempt)
+    assert {first.place, second.place} == {0, 1}
+    # Then a third is busy (not locked out), until one of them ends
+    assert begin_login(store, NOW) == LoginRefusal.BUSY
+    store.end_login_attempt("ada", 7, first, failed=False)
+    assert isinstance(begin_login(store, NOW), LoginAttempt)
+
+
+def test_a_login_whose_place_was_taken_over_as_stale_leaves_the_new_one_there_and_still_counts_its_failure(store):
+    from sms_gateway.ports import LoginAttempt, LoginRefusal
+
+    # Given a login that took the only place and was not heard of for over a minute, then taken over
+    stale = begin_login(store, NOW - timedelta(seconds=61), max_in_flight=1)
+    fresh = begin_login(store, NOW, max_in_flight=1)
+    assert isinstance(stale, LoginAttempt) and isinstance(fresh, LoginAttempt) and fresh.place == stale.place
+    # When the stale one ends after all, with a wrong password
+    store.end_login_attempt("ada", 7, stale, failed=True)
+    # Then the new one still holds its place, and the failure counts towards the lockout
+    assert begin_login(store, NOW, max_in_flight=1) == LoginRefusal.BUSY
+    store.end_login_attempt("ada", 7, fresh, failed=True)
+    store.end_login_attempt("ada", 7, begin_login(store, NOW, max_in_flight=1), failed=True)
+    assert begin_login(store, NOW, max_in_flight=1) == LoginRefusal.LOCKED_OUT
+
+
 # ---------------------------------------------------------------------------------------------- matrices
 
 

@@ -200,7 +200,7 @@ def test_concurrent_successful_logins_are_never_refused_as_failed_logins(aws, ac
     lock, reservations, all_reserved = threading.Lock(), [0], threading.Event()
     real_reserve, real_check = store.begin_login_attempt, store.account_id_for_login
 
-    def reserve(*args: Any, **kwargs: Any) -> bool:
+    def reserve(*args: Any, **kwargs: Any) -> Any:
         try:
             return real_reserve(*args, **kwargs)
         finally:
@@ -233,6 +233,81 @@ def test_concurrent_successful_logins_are_never_refused_as_failed_logins(aws, ac
         thread.join(timeout=30)
     # Then every one of the right-password logins gets a session; none is told of "failed logins"
     assert outcomes == ["ok"] * workers, outcomes
+
+
+def logins_in_flight(username: str, count: int, started_at: datetime) -> None:
+    """`count` logins of `username` begun at `started_at` and not ended (being checked, or their Lambda died)."""
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic import sessions
+    from sms_gateway.ports import LoginAttempt
+
+    window_seconds = int(sessions.LOGIN_WINDOW.total_seconds())
+    window = int(datetime.now(UTC).timestamp()) // window_seconds  # the window a login now counts in
+    for _ in range(count):
+        attempt = gateway().store.begin_login_attempt(
+            username,
+            window,
+            max_failures=sessions.MAX_FAILED_LOGINS,
+            max_in_flight=sessions.MAX_LOGINS_IN_FLIGHT,
+            started_at=started_at,
+            stale_before=started_at - sessions.LOGIN_IN_FLIGHT_FOR,
+            expires_at=started_at + 2 * sessions.LOGIN_WINDOW,
+        )
+        assert isinstance(attempt, LoginAttempt)
+
+
+def test_a_login_beyond_those_in_flight_is_told_to_retry_in_a_second_not_of_failed_logins(
+    aws, account, api, monkeypatch
+):
+    """At most 20 logins of a username are checked at once. The 21st was refused like a locked-out username: "too
+    many failed logins ... try again in <up to 900> s", though none had failed and a place frees within a password
+    check, so a client whose workers all log in as they start was sent away for up to a quarter of an hour."""
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic import sessions
+
+    store = gateway().store
+    real_check = store.account_id_for_login
+    checking, go_on = threading.Semaphore(0), threading.Event()
+
+    def slow_check(username: str, password: str) -> str | None:
+        checking.release()
+        go_on.wait(timeout=10)
+        return real_check(username, password)
+
+    # Given as many right-password logins of the username being checked right now as may be
+    monkeypatch.setattr(store, "account_id_for_login", slow_check)
+    outcomes: list[str] = []
+    workers = [
+        threading.Thread(target=lambda: outcomes.append(log_in(api, account)[0]))
+        for _ in range(sessions.MAX_LOGINS_IN_FLIGHT)
+    ]
+    for worker in workers:
+        worker.start()
+    for _ in workers:
+        assert checking.acquire(timeout=10)
+    # When one more arrives
+    response = api(login_event(account["username"], account["password"]))
+    go_on.set()
+    for worker in workers:
+        worker.join(timeout=30)
+    # Then it is told to come back in a second, and not that logins failed; and the others all got in
+    assert response["statusCode"] == 429
+    assert response["headers"]["Retry-After"] == "1"
+    assert answer(response) == {"result": "KO", "error": "too many logins of this username at once: retry in 1 s"}
+    assert outcomes == [account["account_id"]] * len(workers)
+
+
+def test_logins_whose_lambda_died_hold_their_place_only_for_a_minute(aws, account, api):
+    """A login whose invocation dies between taking its place and giving it back (a timeout, out of memory) never
+    gives it back: twenty such locked the username out until its 15-minute window ended."""
+    from sms_gateway.logic import sessions
+
+    # Given the username's every place held by logins that began over a minute ago and never ended
+    now = datetime.now(UTC)
+    began = now - sessions.LOGIN_IN_FLIGHT_FOR - timedelta(seconds=1)
+    logins_in_flight(account["username"], sessions.MAX_LOGINS_IN_FLIGHT, began)
+    # When the right password comes now, then it gets in: their places count as free
+    assert api(login_event(account["username"], account["password"]))["statusCode"] == 200
 
 
 def test_a_username_longer_than_a_dynamodb_key_gets_the_familys_401_not_a_500(aws, account, api, monkeypatch):

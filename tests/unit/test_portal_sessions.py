@@ -10,7 +10,7 @@ from sms_gateway.domain.models import Account
 from sms_gateway.errors import TooManyAttempts, Unauthorized
 from sms_gateway.logic import portal_sessions
 from sms_gateway.logic.portal_sessions import ABSOLUTE_LIFETIME, EXTEND_EVERY, IDLE_TIMEOUT
-from sms_gateway.ports import PortalSession
+from sms_gateway.ports import LoginAttempt, LoginRefusal, PortalSession
 
 NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 ACCOUNT = Account(account_id="42", name="Cinema Club", credits=0, partner_id="123456", created_at="2026-01-01")
@@ -29,11 +29,13 @@ class Stores:
         return ACCOUNT.account_id if (username, password) == ("cinema", "right") else None
 
     def begin_login_attempt(
-        self, username: str, window: int, *, max_failures: int, max_in_flight: int, expires_at: datetime
-    ) -> bool:
-        return self.attempts.get((username, window), 0) < max_failures
+        self, username: str, window: int, *, max_failures: int, max_in_flight: int, **times: datetime
+    ) -> LoginAttempt | LoginRefusal:
+        if self.attempts.get((username, window), 0) >= max_failures:
+            return LoginRefusal.LOCKED_OUT
+        return LoginAttempt(place=0, started_ms=0)
 
-    def end_login_attempt(self, username: str, window: int, *, failed: bool) -> None:
+    def end_login_attempt(self, username: str, window: int, attempt: LoginAttempt, *, failed: bool) -> None:
         self.attempts[(username, window)] = self.attempts.get((username, window), 0) + int(failed)
 
     # accounts

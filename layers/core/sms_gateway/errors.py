@@ -21,7 +21,8 @@ class Unauthorized(GatewayError):
 
 
 class TooManyAttempts(GatewayError):
-    """Too many failed logins for one username in the current window: refused before the password is checked."""
+    """Too many failed logins for one username in the current window, or too many of its logins at once: refused
+    before the password is checked."""
 
     code = "too_many_attempts"
 

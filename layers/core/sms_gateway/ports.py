@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -467,15 +469,43 @@ class SessionStore(Protocol):
         ...
 
     def begin_login_attempt(
-        self, username: str, window: int, *, max_failures: int, max_in_flight: int, expires_at: datetime
-    ) -> bool:
-        """Counts one attempt at `username` in `window` as in flight, unless `max_failures` failed already or
-        `max_in_flight` are in flight (then False, nothing counted)."""
+        self,
+        username: str,
+        window: int,
+        *,
+        max_failures: int,
+        max_in_flight: int,
+        started_at: datetime,
+        stale_before: datetime,
+        expires_at: datetime,
+    ) -> LoginAttempt | LoginRefusal:
+        """Counts one attempt at `username` in `window` as in flight since `started_at`, in one of `max_in_flight`
+        places, unless `max_failures` failed already (LOCKED_OUT) or every place holds an attempt that began at or
+        after `stale_before` (BUSY); nothing is counted then. A place whose attempt began before is free: that
+        attempt's invocation ended without giving it back."""
         ...
 
-    def end_login_attempt(self, username: str, window: int, *, failed: bool) -> None:
-        """An attempt begun in `window` is over: no longer in flight, and counted a failure when it `failed`."""
+    def end_login_attempt(self, username: str, window: int, attempt: LoginAttempt, *, failed: bool) -> None:
+        """An attempt begun in `window` is over: its place given back (unless another attempt took it over as
+        stale), and counted a failure when it `failed`."""
         ...
+
+
+class LoginRefusal(StrEnum):
+    """Why a login was not let in to be checked."""
+
+    # The window's failed logins reached the limit: the username is locked until the window ends.
+    LOCKED_OUT = "locked_out"
+    # The limit of logins being checked at once is reached: a place frees within a password check.
+    BUSY = "busy"
+
+
+@dataclass(frozen=True)
+class LoginAttempt:
+    """A login being checked: its place among the username's logins in flight, and when it took it."""
+
+    place: int
+    started_ms: int
 
 
 class PortalSession(BaseModel):

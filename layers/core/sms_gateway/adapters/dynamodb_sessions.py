@@ -1,14 +1,15 @@
 """DynamoDB session items of the session-key dialect: pk=SESSION#<sha256 of the key>, sk=SESSION; portal sessions:
-pk=PORTAL#<sha256 of the cookie's token>, sk=SESSION; and failed-login counters: pk=LOGINS#<sha256 of the username>,
-sk=WINDOW#<window number>."""
+pk=PORTAL#<sha256 of the cookie's token>, sk=SESSION; and login counters (failed logins, logins in flight):
+pk=LOGINS#<sha256 of the username>, sk=WINDOW#<window number>."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
 from sms_gateway.domain.models import iso
-from sms_gateway.ports import PortalSession
+from sms_gateway.ports import LoginAttempt, LoginRefusal, PortalSession
 
 
 class DynamoSessionsMixin:
@@ -107,40 +108,87 @@ class DynamoSessionsMixin:
         return {"pk": {"S": f"LOGINS#{hash_secret(username)}"}, "sk": {"S": f"WINDOW#{window}"}}
 
     def begin_login_attempt(
-        self, username: str, window: int, *, max_failures: int, max_in_flight: int, expires_at: datetime
-    ) -> bool:
-        return self._count_login_attempt(
-            username,
-            window,
-            UpdateExpression="ADD in_flight :one SET expires_at = :expires",
-            ConditionExpression="(attribute_not_exists(failures) OR failures < :max_failures) "
-            "AND (attribute_not_exists(in_flight) OR in_flight < :max_in_flight)",
-            ExpressionAttributeValues={
-                ":one": {"N": "1"},
-                ":max_failures": {"N": str(max_failures)},
-                ":max_in_flight": {"N": str(max_in_flight)},
-                ":expires": {"N": str(int(expires_at.timestamp()))},
-            },
-        )
+        self,
+        username: str,
+        window: int,
+        *,
+        max_failures: int,
+        max_in_flight: int,
+        started_at: datetime,
+        stale_before: datetime,
+        expires_at: datetime,
+    ) -> LoginAttempt | LoginRefusal:
+        # Each login in flight holds a place of its own, `attempt_<n>`, set to when it began: one whose login's
+        # invocation died is taken over once stale, where a count would hold it until the window ends. The first
+        # try takes place 0 without a read (a lone login, the usual case); a try that finds its place taken gets the
+        # item back and tries a free one, so racing logins each end up in their own.
+        started_ms = int(started_at.timestamp() * 1000)
+        stale_ms = int(stale_before.timestamp() * 1000)
+        key = self._login_window_item(username, window)
+        values = {
+            ":started": {"N": str(started_ms)},
+            ":stale": {"N": str(stale_ms)},
+            ":max_failures": {"N": str(max_failures)},
+            ":expires": {"N": str(int(expires_at.timestamp()))},
+        }
+        place: int | None = 0
+        for _ in range(max_in_flight + 1):
+            if place is None:
+                return LoginRefusal.BUSY
+            found = self._take_login_place(key, place, values)
+            if found is None:
+                return LoginAttempt(place=place, started_ms=started_ms)
+            if int(found.get("failures", {}).get("N", "0")) >= max_failures:
+                return LoginRefusal.LOCKED_OUT
+            place = next(
+                (
+                    free
+                    for free in range(max_in_flight)
+                    if int(found.get(f"attempt_{free}", {}).get("N", "0")) < stale_ms
+                ),
+                None,
+            )
+        return LoginRefusal.BUSY
 
-    def end_login_attempt(self, username: str, window: int, *, failed: bool) -> None:
-        # Never below zero: an end without its beginning (the item expired meanwhile) changes nothing.
-        values = {":minus_one": {"N": "-1"}, ":zero": {"N": "0"}}
-        update = "ADD in_flight :minus_one"
-        if failed:
-            values[":one"] = {"N": "1"}
-            update += ", failures :one"
-        self._count_login_attempt(
-            username,
-            window,
-            UpdateExpression=update,
-            ConditionExpression="in_flight > :zero",
-            ExpressionAttributeValues=values,
-        )
-
-    def _count_login_attempt(self, username: str, window: int, **update: Any) -> bool:
+    def _take_login_place(self, key: dict[str, Any], place: int, values: dict[str, Any]) -> dict[str, Any] | None:
+        """None once this login holds `place`; else the item as it was (the place held by a live login, or the
+        username locked out)."""
         try:
-            self.client.update_item(TableName=self.table_name, Key=self._login_window_item(username, window), **update)
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=key,
+                UpdateExpression="SET #place = :started, expires_at = :expires",
+                ConditionExpression="(attribute_not_exists(failures) OR failures < :max_failures) "
+                "AND (attribute_not_exists(#place) OR #place < :stale)",
+                ExpressionAttributeNames={"#place": f"attempt_{place}"},
+                ExpressionAttributeValues=values,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except self.client.exceptions.ConditionalCheckFailedException as error:
+            return dict(error.response.get("Item") or {})
+        return None
+
+    def end_login_attempt(self, username: str, window: int, attempt: LoginAttempt, *, failed: bool) -> None:
+        key = self._login_window_item(username, window)
+        failure = {":one": {"N": "1"}} if failed else {}
+        try:
+            # Only its own place: one taken over as stale meanwhile is another login's now.
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=key,
+                UpdateExpression="REMOVE #place" + (" ADD failures :one" if failed else ""),
+                ConditionExpression="#place = :started",
+                ExpressionAttributeNames={"#place": f"attempt_{attempt.place}"},
+                ExpressionAttributeValues={":started": {"N": str(attempt.started_ms)}, **failure},
+            )
         except self.client.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
+            if failed:
+                # A wrong password counts all the same, on the window's counter while it exists.
+                with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
+                    self.client.update_item(
+                        TableName=self.table_name,
+                        Key=key,
+                        UpdateExpression="ADD failures :one",
+                        ConditionExpression="attribute_exists(pk)",
+                        ExpressionAttributeValues=failure,
+                    )

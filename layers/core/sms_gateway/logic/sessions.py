@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from sms_gateway.domain.models import Account
 from sms_gateway.errors import TooManyAttempts, Unauthorized
-from sms_gateway.ports import AccountStore, SessionStore
+from sms_gateway.ports import AccountStore, LoginRefusal, SessionStore
 
 # Absolute, not sliding: a key is good for this long after /login whatever its use, so reading it never writes.
 SESSION_LIFETIME = timedelta(hours=24)
@@ -23,6 +23,11 @@ MAX_FAILED_LOGINS = 10
 # guesses a window) while a client's workers that all log in at once (each seed sample logs in as it starts) get in.
 MAX_LOGINS_IN_FLIGHT = 20
 LOGIN_WINDOW = timedelta(minutes=15)
+# A login counts as in flight for at most this long: twice the longest an API request runs (API Gateway gives up
+# after 30 s), so only a login whose invocation died (a timeout, out of memory) before giving its place back is
+# past it, and its place is free again then rather than held until the window ends.
+LOGIN_IN_FLIGHT_FOR = timedelta(seconds=60)
+BUSY_RETRY_AFTER = 1
 
 
 @dataclass(frozen=True)
@@ -44,27 +49,40 @@ def check_login(store: SessionStore, username: str | None, password: str | None,
     window_seconds = int(LOGIN_WINDOW.total_seconds())
     window = int(now.timestamp()) // window_seconds
     window_ends = datetime.fromtimestamp((window + 1) * window_seconds, tz=now.tzinfo)
-    if not store.begin_login_attempt(
+    attempt = store.begin_login_attempt(
         username,
         window,
         max_failures=MAX_FAILED_LOGINS,
         max_in_flight=MAX_LOGINS_IN_FLIGHT,
+        started_at=now,
+        stale_before=now - LOGIN_IN_FLIGHT_FOR,
         expires_at=window_ends + LOGIN_WINDOW,
-    ):
-        retry_after = max(int((window_ends - now).total_seconds()), 1)
-        raise TooManyAttempts(
-            f"too many failed logins for this username: try again in {retry_after} s", retry_after=retry_after
-        )
+    )
+    if isinstance(attempt, LoginRefusal):
+        raise refused(attempt, window_ends, now=now)
     try:
         account_id = store.account_id_for_login(username, password)
     except Exception:
         # Only a wrong password counts: a check that raised (the store failing) ends the attempt uncounted.
-        store.end_login_attempt(username, window, failed=False)
+        store.end_login_attempt(username, window, attempt, failed=False)
         raise
-    store.end_login_attempt(username, window, failed=account_id is None)
+    store.end_login_attempt(username, window, attempt, failed=account_id is None)
     if account_id is None:
         raise Unauthorized(BAD_LOGIN)
     return account_id
+
+
+def refused(refusal: LoginRefusal, window_ends: datetime, *, now: datetime) -> TooManyAttempts:
+    """A login not let in, with when to come back: a busy username in a second (no login failed, a place frees
+    within a password check), a locked-out one when its window ends."""
+    if refusal == LoginRefusal.BUSY:
+        return TooManyAttempts(
+            f"too many logins of this username at once: retry in {BUSY_RETRY_AFTER} s", retry_after=BUSY_RETRY_AFTER
+        )
+    retry_after = max(int((window_ends - now).total_seconds()), 1)
+    return TooManyAttempts(
+        f"too many failed logins for this username: try again in {retry_after} s", retry_after=retry_after
+    )
 
 
 def log_in(store: SessionStore, username: str | None, password: str | None, *, now: datetime) -> SessionKeys:
