@@ -101,6 +101,7 @@ def assert_refused(cli: Cli, argv: list[str], fragment: str) -> None:
         "issue-credential",
         "list-credentials",
         "revoke-credential",
+        "reset-password",
         "add-sender",
         "remove-sender",
         "set-price",
@@ -210,6 +211,66 @@ def test_a_revoked_token_no_longer_authenticates_a_send(cli, account, send, aws)
     assert [c["revoked"] for c in listed if c["prefix"] == account["token"][:8]] == [True]
 
 
+def session_key_api(aws: dict[str, str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    from tests.integration.test_send_path import load_function
+
+    module = load_function("api")
+    return lambda event: module.handler(event, FakeContext())
+
+
+def test_a_reset_password_shuts_out_the_leaked_password_and_every_session_opened_with_it(cli, account, aws):
+    """The password travels in the query string of every seed sample's /login, so it can leak. Revoking every token
+    and API key left it working, and the sessions opened with it too (24 hours), with no way to change it."""
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import utc_now
+    from sms_gateway.logic import portal_sessions
+    from tests.integration.test_session_key_dialect import log_in, login_event, seed_body, sms_event
+
+    api = session_key_api(aws)
+    store = gateway().store
+    # Given a session-key session and a portal session opened with the account's password
+    stolen = log_in(api, account)
+    portal = portal_sessions.sign_in(store, store, account["username"], account["password"], now=utc_now())
+    # When the operator resets the password
+    code, reset, err = cli("reset-password", "--account", account["account_id"], "--json")
+    assert code == 0, err
+    assert reset["account_id"] == account["account_id"] and reset["password"] != account["password"]
+    # Then the old password opens nothing, and neither session works any more
+    assert api(login_event(account["username"], account["password"]))["statusCode"] == 401
+    assert api(sms_event(stolen, seed_body(recipient=["+2348020000000"])))["statusCode"] == 401
+    assert portal_sessions.signed_in(store, store, portal, now=utc_now()) is None
+    # And the new password opens a session that sends
+    fresh = log_in(api, {**account, "password": reset["password"]})
+    assert api(sms_event(fresh, seed_body(recipient=["+2348020000000"])))["statusCode"] == 201
+    # And the new password is shown this once: stored only as a hash
+    items = boto3_scan(aws)
+    assert not [item for item in items if reset["password"] in json.dumps(item)]
+
+
+def test_a_reset_password_finds_the_login_of_an_account_created_before_it_was_listed(cli, account, aws):
+    import boto3
+
+    # Given an account whose login has no account-side pointer (created before 2026-12-05)
+    table = aws["TABLE_NAME"]
+    pointer = {"pk": {"S": f"ACC#{account['account_id']}"}, "sk": {"S": "LOGIN"}}
+    boto3.client("dynamodb").delete_item(TableName=table, Key=pointer)
+    # When the operator resets its password
+    code, reset, err = cli("reset-password", "--account", account["account_id"], "--json")
+    assert code == 0, err
+    # Then the new password logs in, and the pointer is written for the next time
+    from sms_gateway.bootstrap import gateway
+
+    assert gateway().store.account_id_for_login(account["username"], reset["password"]) == account["account_id"]
+    found = boto3.client("dynamodb").get_item(TableName=table, Key=pointer)["Item"]
+    assert found["username"]["S"] == account["username"]
+
+
+def boto3_scan(aws: dict[str, str]) -> list[dict[str, Any]]:
+    import boto3
+
+    return list(boto3.client("dynamodb").scan(TableName=aws["TABLE_NAME"])["Items"])
+
+
 def test_another_accounts_credential_cannot_be_revoked(cli, account, other, send):
     # Given two accounts
     # When the operator names the other account's token prefix under the first account
@@ -232,6 +293,7 @@ def test_an_unknown_account_is_a_clear_error_and_creates_nothing(cli, aws):
         ["issue-credential", "--account", "404", "--kind", "token"],
         ["list-credentials", "--account", "404"],
         ["revoke-credential", "--account", "404", "--prefix", "sk_abcde"],
+        ["reset-password", "--account", "404"],
         ["add-sender", "--account", "404", "--sender", "NEWONE"],
         ["remove-sender", "--account", "404", "--sender", "48974"],
         ["top-up", "--account", "404", "--credits", "5"],

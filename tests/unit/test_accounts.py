@@ -30,6 +30,7 @@ class AdminStore(InMemoryStore):
         self.listings: dict[tuple[str, str, str], CredentialInfo] = {}
         self.secrets: dict[tuple[str, str], tuple[str, str]] = {}  # (kind, secret) -> (account_id, prefix)
         self.owners: dict[str, str] = {}
+        self.passwords: dict[str, str] = {}
 
     def _require(self, account_id: str) -> Account:
         if account_id not in self.accounts:
@@ -108,6 +109,12 @@ class AdminStore(InMemoryStore):
         self.prices = self.prices.with_price(tier, network, credits)
         return self.prices
 
+    def reset_password(self, account_id: str, password: str, *, sessions_valid_from: datetime) -> Account:
+        account = self._require(account_id)
+        self.passwords[account_id] = password
+        self.accounts[account_id] = account.model_copy(update={"sessions_valid_from": sessions_valid_from})
+        return self.accounts[account_id]
+
 
 @pytest.fixture
 def store() -> AdminStore:
@@ -128,6 +135,14 @@ def test_the_fake_implements_the_port(store: AdminStore) -> None:
 
 
 class TestCredentials:
+    def test_a_password_reset_gives_a_new_password_and_ends_the_sessions_before_it(self, store, account):
+        created, credentials = account
+        reset = accounts.reset_password(store, created.account_id, now=NOW)
+        assert reset.password != credentials.password and store.passwords[created.account_id] == reset.password
+        assert store.accounts[created.account_id].sessions_valid_from == NOW
+        with pytest.raises(NotFound):
+            accounts.reset_password(store, "404", now=NOW)
+
     def test_an_issued_token_authenticates_and_is_listed_by_prefix_only(self, store, account):
         # Given an account
         created, _ = account

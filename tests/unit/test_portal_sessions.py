@@ -23,6 +23,7 @@ class Stores:
         self.sessions: dict[str, PortalSession] = {}
         self.attempts: dict[tuple[str, int], int] = {}
         self.extensions = 0
+        self.account = ACCOUNT
 
     # login (ports.SessionStore, the parts check_login uses)
     def account_id_for_login(self, username: str, password: str) -> str | None:
@@ -40,7 +41,7 @@ class Stores:
 
     # accounts
     def get_account(self, account_id: str) -> Account | None:
-        return ACCOUNT if account_id == ACCOUNT.account_id else None
+        return self.account if account_id == ACCOUNT.account_id else None
 
     # portal sessions
     def save_portal_session(self, token: str, session: PortalSession) -> None:
@@ -147,3 +148,13 @@ def test_each_session_has_its_own_csrf_token_that_reveals_nothing_of_the_cookie(
     assert not portal_sessions.csrf_matches(second, token)
     assert not portal_sessions.csrf_matches(first, "")
     assert not portal_sessions.csrf_matches(first, None)
+
+
+def test_a_password_reset_ends_the_sessions_signed_in_before_it(stores):
+    # Given a session signed in before the account's password was reset, and one after
+    before = sign_in(stores)
+    stores.account = ACCOUNT.model_copy(update={"sessions_valid_from": NOW + timedelta(minutes=1)})
+    after = sign_in(stores, at=NOW + timedelta(minutes=2))
+    # Then only the one after is a session
+    assert signed_in(stores, before, NOW + timedelta(minutes=3)) is None
+    assert signed_in(stores, after, NOW + timedelta(minutes=3)) is not None

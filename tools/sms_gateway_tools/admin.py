@@ -166,6 +166,14 @@ def revoke_credential(*, account_id: str, prefix: str, kind: str | None = None) 
     return {"account_id": account_id, **revoked.model_dump(mode="json")}
 
 
+def reset_password(*, account_id: str) -> dict[str, Any]:
+    """Sets a new /login (and portal) password, shown this once, and ends every session opened before it."""
+    from sms_gateway.domain.models import utc_now
+    from sms_gateway.logic import accounts
+
+    return accounts.reset_password(_store(), account_id, now=utc_now()).model_dump(mode="json")
+
+
 def add_sender(*, account_id: str, sender: str) -> dict[str, Any]:
     from sms_gateway.logic import accounts
 
@@ -467,6 +475,14 @@ def _cmd_revoke_credential(args: argparse.Namespace) -> int:
     return _run(args, lambda _: revoke_credential(account_id=args.account, prefix=args.prefix, kind=args.kind))
 
 
+def _cmd_reset_password(args: argparse.Namespace) -> int:
+    return _run(
+        args,
+        lambda _: reset_password(account_id=args.account),
+        note="the password above is shown once: store it now; every session opened before it is ended",
+    )
+
+
 def _cmd_add_sender(args: argparse.Namespace) -> int:
     return _run(args, lambda _: add_sender(account_id=args.account, sender=args.sender))
 
@@ -718,6 +734,14 @@ def _add_credential_commands(command: Command, account: argparse.ArgumentParser)
     revoke.add_argument("--prefix", required=True, help="the credential's prefix, as list-credentials shows it")
     revoke.add_argument("--kind", choices=["token", "apikey"], help="only needed if the prefix is ambiguous")
     revoke.set_defaults(func=_cmd_revoke_credential)
+
+    reset = command(
+        "reset-password",
+        "set a new /login and portal password (printed once) and end every session opened before it, session-key "
+        "and portal (for a leaked password)",
+        account,
+    )
+    reset.set_defaults(func=_cmd_reset_password)
 
 
 def _add_price_commands(command: Command) -> None:

@@ -396,6 +396,11 @@ class AccountAdmin(AccountStore, Protocol):
 
     def update_account(self, account_id: str, changes: AccountChanges) -> Account: ...
 
+    def reset_password(self, account_id: str, password: str, *, sessions_valid_from: datetime) -> Account:
+        """Replaces the account's /login password (stored hashed) and, in the same write, sets its
+        `sessions_valid_from`; NotFound when the account does not exist."""
+        ...
+
     def accounts_with_plain_webhook_credentials(self) -> Iterator[Account]:
         """Accounts whose webhook token or signing secret was stored before sealing (scheme "plain")."""
         ...
@@ -464,8 +469,8 @@ class SessionStore(Protocol):
         self, session_key: str, account_id: str, *, created_at: datetime, expires_at: datetime
     ) -> None: ...
 
-    def account_id_for_session(self, session_key: str, *, now: datetime) -> str | None:
-        """The account of a live session, or None when the key is unknown or expired at `now`."""
+    def key_session(self, session_key: str, *, now: datetime) -> KeySession | None:
+        """The live session of a key, or None when the key is unknown or expired at `now`."""
         ...
 
     def begin_login_attempt(
@@ -489,6 +494,15 @@ class SessionStore(Protocol):
         """An attempt begun in `window` is over: its place given back (unless another attempt took it over as
         stale), and counted a failure when it `failed`."""
         ...
+
+
+class KeySession(BaseModel):
+    """A session-key session as stored (its key only as a hash): whose it is, and when /login opened it."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    account_id: str
+    created_at: datetime
 
 
 class LoginRefusal(StrEnum):

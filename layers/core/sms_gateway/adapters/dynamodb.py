@@ -31,6 +31,7 @@ from sms_gateway.adapters.dynamodb_admin import (
     account_key,
     credential_listing_item,
     failed_items,
+    login_listing_item,
 )
 from sms_gateway.adapters.dynamodb_batch import batch_get
 from sms_gateway.adapters.dynamodb_delivery import (
@@ -327,6 +328,7 @@ class DynamoStore(
                 "password_hash": hash_password(credentials.password),
             }
         )
+        items.append(login_listing_item(account.account_id, credentials.username))
         # One transaction: an account never exists without its credentials; a taken name or sender fails whole.
         try:
             self._put_all_new(items)

@@ -2,6 +2,7 @@
 
 Items it adds (see docs/data-model.md):
   credential listing  pk=ACC#<account_id>  sk=CRED#<kind>#<prefix>  -> secret_hash, created_at, revoked
+  login listing       pk=ACC#<account_id>  sk=LOGIN                 -> username (reset-password finds the login)
 The credential item itself (pk=CRED#<kind>#<sha256>) stays the one lookup authentication makes; the listing
 lets an operator list and revoke an account's credentials without a scan.
 """
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
-from sms_gateway.domain.models import Account, SealedSecret
+from sms_gateway.domain.models import Account, SealedSecret, iso
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.senders import registry_form, same_sender
 from sms_gateway.errors import Conflict, NotFound
@@ -20,6 +22,7 @@ from sms_gateway.ports import AccountChanges, CredentialInfo
 
 PREFIX_LENGTH = 8
 _ACCOUNT_SK = "ACCOUNT"
+_LOGIN_SK = "LOGIN"
 _EXISTS = "attribute_exists(pk)"
 _NEW = "attribute_not_exists(pk)"
 # Only these attributes of the account item may be changed through update_account.
@@ -56,6 +59,11 @@ def credential_listing_item(account_id: str, kind: str, secret: str, created_at:
         "created_at": created_at,
         "revoked": False,
     }
+
+
+def login_listing_item(account_id: str, username: str) -> dict[str, Any]:
+    """The account-side pointer to its login (pk=LOGIN#<username>), so a password reset finds it by the account."""
+    return {"pk": f"ACC#{account_id}", "sk": _LOGIN_SK, "username": username}
 
 
 def failed_items(error: Any) -> list[bool]:
@@ -280,6 +288,75 @@ class DynamoAccountAdmin:
         except self.client.exceptions.ConditionalCheckFailedException as error:
             raise NotFound(f"no account {account_id}") from error
         return Account.model_validate(self._codec.load(answer["Attributes"]))
+
+    def reset_password(self, account_id: str, password: str, *, sessions_valid_from: datetime) -> Account:
+        # Imported here: adapters.dynamodb imports this module to build DynamoStore.
+        from sms_gateway.adapters.dynamodb import hash_password
+
+        username = self._login_username(account_id)
+        # One transaction: the new password never works while the sessions of the old one still do, nor the reverse.
+        try:
+            self.client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Update": {
+                            "TableName": self.table_name,
+                            "Key": account_key(account_id),
+                            "UpdateExpression": "SET sessions_valid_from = :valid_from",
+                            "ConditionExpression": _EXISTS,
+                            "ExpressionAttributeValues": {":valid_from": {"S": iso(sessions_valid_from)}},
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self.table_name,
+                            "Key": {"pk": {"S": f"LOGIN#{username}"}, "sk": {"S": _LOGIN_SK}},
+                            "UpdateExpression": "SET password_hash = :hash",
+                            "ConditionExpression": "account_id = :account",
+                            "ExpressionAttributeValues": {
+                                ":hash": {"S": hash_password(password)},
+                                ":account": {"S": account_id},
+                            },
+                        }
+                    },
+                    {
+                        "Put": {
+                            "TableName": self.table_name,
+                            "Item": self._codec.dump(login_listing_item(account_id, username)),
+                            "ConditionExpression": f"{_NEW} OR username = :username",
+                            "ExpressionAttributeValues": {":username": {"S": username}},
+                        }
+                    },
+                ]
+            )
+        except self.client.exceptions.TransactionCanceledException as error:
+            raise NotFound(f"no account {account_id}, or its login changed meanwhile: try again") from error
+        return self._read_account(account_id)
+
+    def _login_username(self, account_id: str) -> str:
+        """The account's /login username: from its pointer, or, for an account created before pointers (2026-12-05),
+        from the one login item that names it, found by a Scan of the table (once: the reset writes the pointer)."""
+        pointer = self.client.get_item(
+            TableName=self.table_name,
+            Key={"pk": {"S": f"ACC#{account_id}"}, "sk": {"S": _LOGIN_SK}},
+            ConsistentRead=True,
+        ).get("Item")
+        if pointer:
+            return str(pointer["username"]["S"])
+        pages = self.client.get_paginator("scan").paginate(
+            TableName=self.table_name,
+            FilterExpression="sk = :login AND begins_with(pk, :prefix) AND account_id = :account",
+            ExpressionAttributeValues={
+                ":login": {"S": _LOGIN_SK},
+                ":prefix": {"S": "LOGIN#"},
+                ":account": {"S": account_id},
+            },
+            ConsistentRead=True,
+        )
+        for page in pages:
+            for item in page.get("Items", []):
+                return str(item["pk"]["S"]).removeprefix("LOGIN#")
+        raise NotFound(f"account {account_id} has no /login username")
 
     def accounts_with_plain_webhook_credentials(self) -> Iterator[Account]:
         """Accounts written before the webhook credentials were sealed: their token or secret is a string attribute.

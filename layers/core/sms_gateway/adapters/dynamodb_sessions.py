@@ -8,8 +8,8 @@ import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
-from sms_gateway.domain.models import iso
-from sms_gateway.ports import LoginAttempt, LoginRefusal, PortalSession
+from sms_gateway.domain.models import from_iso, iso
+from sms_gateway.ports import KeySession, LoginAttempt, LoginRefusal, PortalSession
 
 
 class DynamoSessionsMixin:
@@ -39,7 +39,7 @@ class DynamoSessionsMixin:
             ConditionExpression="attribute_not_exists(pk)",
         )
 
-    def account_id_for_session(self, session_key: str, *, now: datetime) -> str | None:
+    def key_session(self, session_key: str, *, now: datetime) -> KeySession | None:
         found = self.client.get_item(
             TableName=self.table_name,
             Key=self._session_key_item(session_key),
@@ -49,7 +49,7 @@ class DynamoSessionsMixin:
         # DynamoDB's TTL deletes expired items lazily (up to days later), so expiry is checked here.
         if not found or int(found["expires_at"]["N"]) <= int(now.timestamp()):
             return None
-        return str(found["account_id"]["S"])
+        return KeySession(account_id=found["account_id"]["S"], created_at=from_iso(found["created_at"]["S"]))
 
     @staticmethod
     def _portal_session_key(token: str) -> dict[str, Any]:

@@ -83,6 +83,9 @@ class Account(Record):
     # Active opt-outs (STOP) of the account's numbers, kept exact by the opt-out writes' transactions: a send
     # for an account with none skips the opt-out lookup (docs/opt-outs.md).
     opt_outs: int = 0
+    # Set by a password reset (admin reset-password): every session opened before it, session-key or portal, is
+    # refused from then on. None: the password was never reset.
+    sessions_valid_from: datetime | None = None
 
     @field_validator("webhook_token", "webhook_secret", mode="before")
     @classmethod

@@ -54,13 +54,18 @@ def new_secret(kind: CredentialKind) -> str:
     raise InvalidRequest(f"credential kind must be one of {', '.join(ISSUABLE_KINDS)}")
 
 
+def new_password() -> str:
+    """A /login password (and the portal's): 144 random bits, URL-safe, so it goes in a query string as it is."""
+    return secrets.token_urlsafe(18)
+
+
 def issue_credentials(username: str) -> Credentials:
     return Credentials(
         token=new_secret(CredentialKind.TOKEN),
         apikey=new_secret(CredentialKind.APIKEY),
         partner_id=str(secrets.randbelow(900_000) + 100_000),
         username=username,
-        password=secrets.token_urlsafe(18),
+        password=new_password(),
     )
 
 
@@ -236,6 +241,23 @@ def revoke_credential(
     if len(matches) > 1:
         raise Conflict(f"prefix {prefix!r} matches {len(matches)} credentials of account {account_id}: give the kind")
     return store.revoke_credential(account_id, matches[0].kind, prefix, revoked_at=iso(now))
+
+
+class PasswordReset(Record):
+    """A new /login password, shown this once (stored only hashed), and the time before which the account's
+    sessions, session-key and portal, are refused."""
+
+    account_id: str
+    password: str
+    sessions_valid_from: str
+
+
+def reset_password(store: AccountAdmin, account_id: str, *, now: datetime) -> PasswordReset:
+    """Shuts a leaked password out: a new one replaces it, and every session opened with it before `now` ends."""
+    require_account(store, account_id)
+    password = new_password()
+    store.reset_password(account_id, password, sessions_valid_from=now)
+    return PasswordReset(account_id=account_id, password=password, sessions_valid_from=iso(now))
 
 
 def check_sender(sender: str) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sms_gateway.domain.models import Account
-from sms_gateway.logic.sessions import check_login
+from sms_gateway.logic.sessions import check_login, ended_by_reset
 from sms_gateway.ports import AccountStore, PortalSession, PortalSessionStore, SessionStore
 
 # Signed out after this long without a request, and after ABSOLUTE_LIFETIME whatever the use.
@@ -68,7 +68,7 @@ def signed_in(
     if session is None or now >= session.expires_at or now >= session.idle_until:
         return None
     account = accounts.get_account(session.account_id)
-    if account is None:
+    if account is None or ended_by_reset(account, session.created_at):
         return None
     idle_until = min(now + IDLE_TIMEOUT, session.expires_at)
     if idle_until - session.idle_until >= EXTEND_EVERY:

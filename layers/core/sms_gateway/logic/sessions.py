@@ -100,11 +100,17 @@ def account_for_session(
     """The caller's account, when `session_key` is live and was issued for `user_key`."""
     if not user_key or not session_key:
         raise Unauthorized("missing user_key or Session_key header: log in with GET /login first")
-    account_id = sessions.account_id_for_session(session_key, now=now)
+    session = sessions.key_session(session_key, now=now)
     # Both headers must agree, as the family requires: the session's own account is the user_key.
-    if account_id is None or not hmac.compare_digest(account_id.encode(), user_key.encode()):
+    if session is None or not hmac.compare_digest(session.account_id.encode(), user_key.encode()):
         raise Unauthorized(BAD_SESSION)
-    account = accounts.get_account(account_id)
-    if account is None:
+    account = accounts.get_account(session.account_id)
+    if account is None or ended_by_reset(account, session.created_at):
         raise Unauthorized(BAD_SESSION)
     return account
+
+
+def ended_by_reset(account: Account, opened_at: datetime) -> bool:
+    """Whether a session the account opened at `opened_at` (session-key or portal) was ended by a password reset
+    since: it is read with the account, so ending every session costs no scan."""
+    return account.sessions_valid_from is not None and opened_at < account.sessions_valid_from
