@@ -360,6 +360,22 @@ def test_the_client_s_sent_date_is_given_back_on_reads_and_in_delivery_reports(a
     assert told is not None and told["payload"]["sent_date"] == sent_date
 
 
+def test_a_batch_read_gives_back_seed_3_s_body_and_to_in_the_9bits_envelope(aws, account, api):
+    # Given a send to a group and a number the group also holds (seed 3 lists `body` and `to` in its schema)
+    group_id = create_group(api, account["token"], [AIRTEL, MTN])
+    status, sent = send(api, account["token"], [MTN, group_id])
+    assert status == 200, sent
+    # When the batch and its delivery reports are read
+    status, batch = call(api, account["token"], "GET", f"/ng/v1/batches/{sent['reference_id']}")
+    report = call(api, account["token"], "GET", f"/ng/v1/batches/{sent['reference_id']}/delivery_report")[1]
+    # Then the batch gives back its text and the numbers its messages go to, and both answers carry status_code
+    # and message as every other 9bits answer does (until 2026-12-06 they had neither, nor `body` or `to`)
+    assert status == 200, batch
+    assert (batch["status_code"], batch["message"], batch["body"]) == (200, "ok", "Hello Buddy")
+    assert sorted(batch["to"]) == sorted([AIRTEL, MTN]) == sorted(entry["to"] for entry in report["data"])
+    assert (report["status_code"], report["message"]) == (200, "ok")
+
+
 # ---------------------------------------------------------------- cancel
 
 
@@ -644,6 +660,8 @@ def test_the_delivery_report_status_filter_pages_through_matches_only(aws, accou
     # And the other filters and an unfiltered read agree
     assert len(call(api, account["token"], "GET", path, status="queued")[1]["data"]) == 2
     assert call(api, account["token"], "GET", path, status="delivered")[1] == {
+        "status_code": 200,
+        "message": "ok",
         "reference_id": reference_id,
         "data": [],
         "next": None,

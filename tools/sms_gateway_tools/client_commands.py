@@ -426,7 +426,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps({"batch": batch, "messages": messages}))
         return 0
     counts = ", ".join(f"{status} {n}" for status, n in sorted((batch.get("counts") or {}).items()))
-    _print_record({**batch, "counts": counts or None})
+    # Not the answer's envelope, nor `to`: each number is a row of the table below.
+    shown = {key: value for key, value in batch.items() if key not in ("status_code", "message", "to")}
+    _print_record({**shown, "counts": counts or None})
     print()
     _print_rows(messages, ["message_id", "to", "telco", "status", "error_code", "parts", "updated_at"])
     return 0

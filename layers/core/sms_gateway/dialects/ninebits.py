@@ -312,9 +312,13 @@ def read_batch(reference_id: str) -> Response[Any]:
     return json_response(
         200,
         {
+            "status_code": 200,
+            "message": "ok",
             "reference_id": str(batch.reference_id),
             "status": view.status,
             "from": batch.sender,
+            "to": list(view.numbers),
+            "body": batch.text,
             "recipients": batch.recipients,
             "counts": view.counts,
             "parts": batch.parts,
@@ -384,7 +388,13 @@ def read_delivery_reports(reference_id: str) -> Response[Any]:
     )
     return json_response(
         200,
-        {"reference_id": reference_id, "data": [delivery_report_entry(m) for m in page], "next": cursor},
+        {
+            "status_code": 200,
+            "message": "ok",
+            "reference_id": reference_id,
+            "data": [delivery_report_entry(m) for m in page],
+            "next": cursor,
+        },
     )
 
 

@@ -107,9 +107,12 @@ SUCCESSES: dict[tuple[str, str], tuple[int, Schema]] = {
     ("/ng/v1/batches/{reference_id}", "get"): (
         200,
         shape(
+            **_NINEBITS_STATUS,
             reference_id=STRING,
             status=STRING,
             **{"from": STRING},
+            to={"type": "array", "items": STRING},
+            body=STRING,
             recipients=INTEGER,
             counts=OBJECT,
             parts=INTEGER,
@@ -135,7 +138,7 @@ SUCCESSES: dict[tuple[str, str], tuple[int, Schema]] = {
     ),
     ("/ng/v1/batches/{reference_id}/delivery_report", "get"): (
         200,
-        shape(reference_id=STRING, data=ARRAY, next=NULLABLE_STRING),
+        shape(**_NINEBITS_STATUS, reference_id=STRING, data=ARRAY, next=NULLABLE_STRING),
     ),
     ("/ng/v1/groups", "post"): (201, shape(**_GROUP, members=ARRAY, invalid_count=INTEGER, invalid=ARRAY)),
     ("/ng/v1/groups", "get"): (200, shape(**_NINEBITS_STATUS, data=ARRAY, next=NULLABLE_STRING)),

@@ -19,6 +19,9 @@ from sms_gateway.ports import BatchScheduler, MessageStore
 class BatchView:
     batch: Batch
     counts: dict[str, int]
+    # The numbers its messages go to (one message per distinct number, groups expanded), in message order, without
+    # their `+`; left empty by readers that count a batch's messages without listing them (logic.history).
+    numbers: tuple[str, ...] = ()
 
     @property
     def status(self) -> str:
@@ -48,9 +51,13 @@ def get_batch(store: MessageStore, account_id: str, reference_id: int) -> Batch:
 
 
 def batch_view(store: MessageStore, account_id: str, reference_id: int) -> BatchView:
+    """The batch, its messages counted by status and the numbers they go to, from one read of its messages (at most
+    1000, the recipients a send takes)."""
     batch = get_batch(store, account_id, reference_id)
-    counts = Counter(str(message.status) for message in all_messages(store, account_id, reference_id))
-    return BatchView(batch=batch, counts=dict(counts))
+    messages = list(all_messages(store, account_id, reference_id))
+    counts = Counter(str(message.status) for message in messages)
+    numbers = tuple(message.msisdn.lstrip("+") for message in messages)
+    return BatchView(batch=batch, counts=dict(counts), numbers=numbers)
 
 
 def all_messages(store: MessageStore, account_id: str, reference_id: int) -> Iterator[Message]:
