@@ -89,6 +89,28 @@ def test_an_inbox_date_at_the_end_of_the_calendar_is_read_not_a_500(aws, account
     assert body["status_code"] == status
 
 
+@pytest.mark.parametrize(
+    ("path", "name", "maximum"),
+    [
+        ("/ng/v1/groups", "page_size", 1000),
+        ("/ng/v1/batches/1/delivery_report", "page_size", 1000),
+        ("/ng/v1/inbounds", "limit", 100),
+        ("/ng/v1/webhooks/failures", "limit", 500),
+    ],
+)
+def test_a_page_size_too_long_to_read_as_a_number_is_a_400_naming_the_parameter(aws, account, api, path, name, maximum):
+    # More than 4300 digits is more than Python's int() reads (a ValueError, which was the internal-error 500 and
+    # counted towards the api's error alarm); blanks and leading zeros around a good size are still read
+    for raw in ("1" * 5000, "0" * 5000):
+        status, body = call(api, account["token"], "GET", path, **{name: raw})
+        assert (status, body["status_code"]) == (400, 400), body
+        assert f"`{name}` must be a whole number from 1 to {maximum}" in body["message"]
+        assert len(body["message"]) < 200
+    for raw in (" 05 ", "0" * 5000 + "5"):
+        status, body = call(api, account["token"], "GET", path, **{name: raw})
+        assert status == (404 if "batches" in path else 200), body
+
+
 # ---------------------------------------------------------------- 3. a registered long code given without its '+'
 
 

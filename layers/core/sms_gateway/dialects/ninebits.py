@@ -16,11 +16,11 @@ from sms_gateway.dialects.common import (
     json_request,
     json_response,
     key_claim,
+    page_size_parameter,
     retry_after_header,
     status_for,
 )
 from sms_gateway.domain.dates import basic_form_wall_clock
-from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import (
     Account,
     CredentialKind,
@@ -355,11 +355,7 @@ def delivery_report_entry(message: Message) -> dict[str, Any]:
 
 
 def _page_size(raw: str | None) -> int:
-    if raw is None:
-        return DEFAULT_PAGE_SIZE
-    if not ascii_digits(raw) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
-        raise InvalidRequest(f"page_size must be a whole number from 1 to {MAX_PAGE_SIZE}")
-    return int(raw)
+    return page_size_parameter(raw, "page_size", default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
 
 
 def _status_filter(raw: str | None) -> MessageStatus | None:

@@ -12,9 +12,9 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from sms_gateway.bootstrap import gateway
-from sms_gateway.dialects.common import json_request, json_response
+from sms_gateway.dialects.common import json_request, json_response, page_size_parameter
 from sms_gateway.dialects.ninebits import _caller
-from sms_gateway.domain.ids import ascii_digits, id_time_ms
+from sms_gateway.domain.ids import id_time_ms
 from sms_gateway.domain.models import Account, StoredInbound, iso
 from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
 from sms_gateway.domain.zones import account_zone
@@ -87,7 +87,7 @@ def list_inbounds(
     number: Annotated[str | None, Query(description="only SMS from this number (any form the account accepts)")] = None,
 ) -> Response[Any]:
     account = _caller()
-    page_size = _limit(limit)
+    page_size = page_size_parameter(limit, "limit", default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
     zone = account_zone(account.timezone)
     start = _moment("from", since, zone, end_of_day=False) if since else None
     end = _moment("to", until, zone, end_of_day=True) if until else None
@@ -103,14 +103,6 @@ def list_inbounds(
     )
     body = InboxPage(data=[inbound_entry(inbound) for inbound in page], next_cursor=next_cursor)
     return json_response(200, body.model_dump(mode="json", by_alias=True))
-
-
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return DEFAULT_LIMIT
-    if not ascii_digits(raw.strip()) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise InvalidRequest(f"`limit` must be a whole number from 1 to {MAX_LIMIT}, not {raw!r}")
-    return int(raw)
 
 
 def _moment(name: str, raw: str, zone: tzinfo, *, end_of_day: bool) -> datetime:

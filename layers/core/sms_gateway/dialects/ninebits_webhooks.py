@@ -9,11 +9,9 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from pydantic import BaseModel, ConfigDict
 
 from sms_gateway.bootstrap import gateway
-from sms_gateway.dialects.common import json_request, json_response
+from sms_gateway.dialects.common import json_request, json_response, page_size_parameter
 from sms_gateway.dialects.ninebits import caller
-from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import utc_now
-from sms_gateway.errors import InvalidRequest
 from sms_gateway.logic import webhook_retries
 from sms_gateway.ports import WebhookFailure
 
@@ -48,21 +46,14 @@ def failure_entry(failure: WebhookFailure) -> dict[str, Any]:
     }
 
 
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return DEFAULT_LIMIT
-    maximum = webhook_retries.MAX_PAGE_SIZE
-    if not ascii_digits(raw) or not 1 <= int(raw) <= maximum:
-        raise InvalidRequest(f"limit must be a whole number from 1 to {maximum}")
-    return int(raw)
-
-
 @router.get("/ng/v1/webhooks/failures")
 def list_failures() -> Response[Any]:
     account = caller()
     query = router.current_event.query_string_parameters or {}
     state = webhook_retries.parse_state(query.get("state"))
-    limit = _limit(query.get("limit"))
+    limit = page_size_parameter(
+        query.get("limit"), "limit", default=DEFAULT_LIMIT, maximum=webhook_retries.MAX_PAGE_SIZE
+    )
     page, cursor = gateway().store.list_webhook_failures(
         account.account_id, state=state, limit=limit, cursor=query.get("cursor") or None
     )
