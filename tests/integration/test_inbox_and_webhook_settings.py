@@ -173,6 +173,16 @@ def test_dates_filter_on_arrival_in_the_account_time_zone_and_bounds_are_inclusi
     assert texts(inbox(api, token, to="2026-01-02T10:59:59")[1]) == ["day -1"]
 
 
+@pytest.mark.parametrize("written", ["2026-01-02", "20260102", "2026-W01-5", "2026W015"])
+def test_a_date_in_any_iso_8601_form_is_that_whole_day(aws, account, api, written):
+    # Given SMS received at 10:00 UTC on 1, 2 and 3 January, 2 January being Friday of ISO week 1
+    for day in (-1, 0, 1):
+        put_inbound(account["account_id"], DAY + timedelta(days=day), text=f"day {day}")
+    # Then the basic and week forms are the whole day like the extended form (until 2026-12-06 they were read as
+    # its midnight: `to=20260102` ended before its day began, and left that day's SMS out without a word)
+    assert texts(inbox(api, account["token"], **{"from": written, "to": written})[1]) == ["day 0"]
+
+
 def test_a_number_filter_accepts_local_forms_and_fills_pages_across_reads(aws, account, api, monkeypatch):
     from sms_gateway.adapters import dynamodb_inbox
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Annotated, Any
 
@@ -26,7 +25,6 @@ from sms_gateway.observability import mask_typed_number
 router = APIGatewayHttpRouter()
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
-_DATE_ONLY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 # Secrets in an answer must not be kept by a cache on the way.
 _NO_STORE = {"Cache-Control": "no-store"}
 
@@ -109,13 +107,13 @@ def _moment(name: str, raw: str, zone: tzinfo, *, end_of_day: bool) -> datetime:
     """A date means the whole day in the account's time zone (`to` includes it); a date-time without an offset
     is the account's wall-clock time too."""
     text = raw.strip()
+    day = _date_only(text)
+    if day is not None:
+        if end_of_day and day == date.max:
+            return datetime.max.replace(tzinfo=UTC)
+        moment = datetime.combine(day + timedelta(days=1) if end_of_day else day, time(), tzinfo=zone)
+        return _utc(moment) - (timedelta(microseconds=1) if end_of_day else timedelta())
     try:
-        if _DATE_ONLY.fullmatch(text):
-            day = date.fromisoformat(text)
-            if end_of_day and day == date.max:
-                return datetime.max.replace(tzinfo=UTC)
-            moment = datetime.combine(day + timedelta(days=1) if end_of_day else day, time(), tzinfo=zone)
-            return _utc(moment) - (timedelta(microseconds=1) if end_of_day else timedelta())
         moment = datetime.fromisoformat(text)
     except ValueError:
         hint = " (send a '+' offset as %2B)" if " " in text else ""
@@ -125,6 +123,16 @@ def _moment(name: str, raw: str, zone: tzinfo, *, end_of_day: bool) -> datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
     return _utc(moment)
+
+
+def _date_only(text: str) -> date | None:
+    """The day `text` names when it is a date alone, in any form `date.fromisoformat` reads (`2026-01-02`, and the
+    basic and week forms `20260102`, `2026-W01-5`); `datetime.fromisoformat` reads those too, as their midnight, so
+    a `to=20260102` read by it ended at the start of its day."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def _utc(moment: datetime) -> datetime:
