@@ -25,7 +25,7 @@ from decimal import Decimal
 from typing import Any
 
 from sms_gateway.adapters import aws
-from sms_gateway.adapters.cursors import decode_cursor, encode_cursor
+from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key
 from sms_gateway.adapters.dynamodb_admin import (
     DynamoAccountAdmin,
     account_key,
@@ -129,6 +129,9 @@ def messages_pk(account_id: str, reference_id: int) -> str:
 
 def message_sk(message_id: int) -> str:
     return f"MSG#{message_id:019d}"
+
+
+MESSAGE_SK = id_sort_key("MSG#")
 
 
 def sender_pk(sender: str) -> str:
@@ -680,7 +683,9 @@ class DynamoStore(
             "Limit": limit,
         }
         if cursor:
-            query["ExclusiveStartKey"] = decode_cursor(cursor, pk=messages_pk(account_id, reference_id))
+            query["ExclusiveStartKey"] = decode_cursor(
+                cursor, pk=messages_pk(account_id, reference_id), sk_form=MESSAGE_SK
+            )
         if status is None:
             answer = self.client.query(**query)
             messages = [message_from_item(self._codec, item) for item in answer.get("Items", [])]

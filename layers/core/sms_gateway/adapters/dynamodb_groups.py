@@ -8,10 +8,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sms_gateway.adapters.cursors import decode_cursor, encode_cursor
+from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key
 from sms_gateway.domain.groups import Group, GroupSummary, group_number
 
 GROUP_SK_PREFIX = "GROUP#"
+GROUP_SK = id_sort_key(GROUP_SK_PREFIX)
 # Lists leave the members out: a page of groups stays small however big the groups are.
 _SUMMARY_ATTRIBUTES = ("group_id", "account_id", "#name", "member_count", "created_at", "updated_at")
 
@@ -78,7 +79,7 @@ class DynamoGroupStore:
             "Limit": limit,
         }
         if cursor:
-            query["ExclusiveStartKey"] = decode_cursor(cursor, pk=_account_pk(account_id), sk_prefix=GROUP_SK_PREFIX)
+            query["ExclusiveStartKey"] = decode_cursor(cursor, pk=_account_pk(account_id), sk_form=GROUP_SK)
         answer = self.client.query(**query)
         groups = [GroupSummary.model_validate(self._codec.load(item)) for item in answer.get("Items", [])]
         last = answer.get("LastEvaluatedKey")

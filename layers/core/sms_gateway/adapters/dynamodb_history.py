@@ -10,12 +10,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sms_gateway.adapters.cursors import decode_cursor, encode_cursor
+from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key
 from sms_gateway.adapters.dynamodb_inbox import first_id_at, last_id_at
 from sms_gateway.domain.ids import MAX_ID
 from sms_gateway.domain.models import Batch
 
 BATCH_SK_PREFIX = "BATCH#"
+BATCH_SK = id_sort_key(BATCH_SK_PREFIX)
 
 
 class DynamoHistoryMixin:
@@ -51,7 +52,7 @@ class DynamoHistoryMixin:
             "Limit": limit,
         }
         if cursor:
-            query["ExclusiveStartKey"] = decode_cursor(cursor, pk=pk, sk_range=(low, high))
+            query["ExclusiveStartKey"] = decode_cursor(cursor, pk=pk, sk_form=BATCH_SK, sk_range=(low, high))
         answer = self.client.query(**query)
         batches = [Batch.model_validate(self._codec.load(item)) for item in answer.get("Items", [])]
         last = answer.get("LastEvaluatedKey")

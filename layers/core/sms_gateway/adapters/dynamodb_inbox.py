@@ -12,11 +12,12 @@ import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sms_gateway.adapters.cursors import decode_cursor, encode_cursor
+from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key
 from sms_gateway.domain.ids import EPOCH_MS, MAX_ID, RANDOM_BITS, id_time_ms
 from sms_gateway.domain.models import StoredInbound
 
 INBOX_SK_PREFIX = "IN#"
+INBOUND_SK = id_sort_key(INBOX_SK_PREFIX)
 MARKER_SK = "INBOUND"
 # A number filter runs in DynamoDB after the key range is read: each round reads at least this many items, and
 # a page stops after this many rounds (it may then come back short, with a cursor to follow).
@@ -207,7 +208,7 @@ class DynamoInboxMixin:
         return decode_cursor(
             cursor,
             pk=pk,
-            sk_prefix=INBOX_SK_PREFIX,
+            sk_form=INBOUND_SK,
             sk_range=(low, high),
             problem="the `cursor` is not valid for this listing: pass the last page's next_cursor, with the same "
             "`from`/`to`",

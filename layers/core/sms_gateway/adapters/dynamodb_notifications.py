@@ -4,6 +4,7 @@ listing pointer sk=FAILAT#<first failure time>#<notification id> so they list ne
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import timedelta
 from typing import Any
@@ -15,6 +16,11 @@ from sms_gateway.ports import WebhookFailure, WebhookFailureState
 # Long enough to look into last week's outage, short enough that the partition stays small.
 FAILURE_RETENTION = timedelta(days=30)
 _MAX_LIST_ROUNDS = 10
+# The listing pointer's sort key: FAILAT#, the first failure's time as models.iso writes it, # and the notification's
+# id (dlr_<message_id>_<sequence>, in_<inbound_id>, test_<hex>: the characters the resend route takes).
+_LISTING_SK = re.compile(
+    r"FAILAT#[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z#[A-Za-z0-9_.:-]{1,128}"
+)
 
 
 def _pk(account_id: str) -> str:
@@ -162,7 +168,7 @@ class DynamoNotificationsMixin:
             "Limit": limit,
         }
         if cursor:
-            query["ExclusiveStartKey"] = decode_cursor(cursor, pk=_pk(account_id), sk_prefix="FAILAT#")
+            query["ExclusiveStartKey"] = decode_cursor(cursor, pk=_pk(account_id), sk_form=_LISTING_SK)
         kept: list[tuple[dict[str, Any], WebhookFailure]] = []
         last: dict[str, Any] | None = None
         for _ in range(_MAX_LIST_ROUNDS):
