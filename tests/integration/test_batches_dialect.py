@@ -231,6 +231,25 @@ def test_a_keyed_group_create_with_thousands_of_invalid_members_answers_and_its_
     assert len(call(api, account["token"], "GET", "/ng/v1/groups")[1]["data"]) == 1
 
 
+def test_a_keyed_group_create_whose_invalid_members_are_not_ascii_is_answered_again_the_same(aws, account, api):
+    # Given a group create under an Idempotency-Key of 1000 invalid members of 60 '™' each, which JSON writes as
+    # 6-byte escapes (64 of them a member made ~400 KB of answer: too large to keep under the key, so a retry got
+    # a 409, and on the local stack a 500, instead of the first answer)
+    members = [f"{n:04d}" + "™" * 60 for n in range(1000)]
+    event = request(account["token"], "POST", "/ng/v1/groups")
+    event["headers"]["idempotency-key"] = "group-2026-01"
+    event["body"] = json.dumps({"name": "Unicode junk", "members": members}, ensure_ascii=False)
+    # When it is sent, and sent again under the key
+    first = api(event)
+    again = api(dict(event))
+    # Then each member is echoed cut to 64 bytes as written, and the retry gets the first answer back
+    assert first["statusCode"] == 201, first["body"][:300]
+    body = json.loads(first["body"])
+    assert (body["invalid_count"], len(body["invalid"])) == (1000, 1000)
+    assert body["invalid"][0]["member"] == "0000" + "™" * 10
+    assert (again["statusCode"], again["body"]) == (201, first["body"])
+
+
 def test_the_thousand_recipient_cap_applies_after_expansion(aws, api):
     from sms_gateway_tools.admin import create_account
 

@@ -200,6 +200,17 @@ def page_size_parameter(raw: str | None, name: str, *, default: int, maximum: in
     return int(digits)
 
 
+def json_prefix(text: str, max_bytes: int) -> str:
+    """The longest start of `text` that `json_response` writes in at most `max_bytes`: it writes ASCII, so any
+    other character takes 6 bytes (`\\u2122`) or 12 (a surrogate pair), and a quote or control character 2 to 6."""
+    size = 0
+    for end, character in enumerate(text):
+        size += len(json.dumps(character)) - 2
+        if size > max_bytes:
+            return text[:end]
+    return text
+
+
 def json_response(status_code: int, body: Any, headers: dict[str, str] | None = None) -> Response[Any]:
     return Response(
         status_code=status_code,

@@ -13,6 +13,7 @@ from sms_gateway.bootstrap import gateway, price_book, send_dependencies
 from sms_gateway.dialects.common import (
     accept,
     idempotent,
+    json_prefix,
     json_request,
     json_response,
     key_claim,
@@ -261,16 +262,22 @@ def _priced_recipient(recipient: Recipient, cost: int) -> dict[str, Any]:
     return {"to": recipient.msisdn.lstrip("+"), "telco": recipient.telco, "cost": cost}
 
 
-# An answer lists at most this many rejected entries, each as given up to this many characters (`invalid_count`
-# counts them all): a keyed request's answer is kept whole in one DynamoDB item (400 KB), and a group create of
-# 10,000 invalid members made an answer too large to keep, so the request failed after the group was stored.
+# An answer lists at most this many rejected entries, each as given up to this many bytes as the answer's JSON
+# writes it (`invalid_count` counts them all): a keyed request's answer is kept whole in one DynamoDB item (400 KB),
+# and a group create of 10,000 invalid members made an answer too large to keep, so the request failed after the
+# group was stored. Bytes, not characters: JSON writes each non-ASCII character as a 6-byte escape, and 1000
+# entries of 64 '™' were again too large to keep.
 MAX_LISTED_INVALID = 1000
-MAX_ECHOED_CHARACTERS = 64
+MAX_ECHOED_BYTES = 64
+MAX_REASON_BYTES = 200
 
 
 def _invalid_entries(rejected: list[Rejection], field: str) -> list[dict[str, str]]:
     return [
-        {field: rejection.raw[:MAX_ECHOED_CHARACTERS], "reason": rejection.reason[:200]}
+        {
+            field: json_prefix(rejection.raw, MAX_ECHOED_BYTES),
+            "reason": json_prefix(rejection.reason, MAX_REASON_BYTES),
+        }
         for rejection in rejected[:MAX_LISTED_INVALID]
     ]
 
