@@ -21,3 +21,23 @@ def webhook_credentials(account_id: str) -> tuple[str, str]:
         box.open(account_id, "webhook_token", account.webhook_token),
         box.open(account_id, "webhook_secret", account.webhook_secret),
     )
+
+
+def account_reads_lag(monkeypatch: Any, account_id: str) -> None:
+    """From now on an eventually consistent read of the account item answers it as it is now, as a DynamoDB replica
+    that has not caught up may (moto is always consistent); a consistent read answers it as it is then."""
+    from sms_gateway.adapters.dynamodb import account_key
+    from sms_gateway.bootstrap import gateway
+
+    client = gateway().store.client
+    key = account_key(account_id)
+    table = gateway().store.table_name
+    stale = client.get_item(TableName=table, Key=key, ConsistentRead=True)
+    read = client.get_item
+
+    def get_item(**request: Any) -> Any:
+        if request.get("Key") == key and not request.get("ConsistentRead"):
+            return stale
+        return read(**request)
+
+    monkeypatch.setattr(client, "get_item", get_item)

@@ -439,6 +439,19 @@ def test_cancelling_a_scheduled_batch_deletes_its_schedule_cancels_its_messages_
     assert balance(account["account_id"]) == 100
 
 
+def test_the_cancel_answer_shows_the_balance_after_its_refund(aws, account, api, monkeypatch):
+    from tests.stored_accounts import account_reads_lag
+
+    # Given a batch scheduled for two credits (98 of 100 left), and reads of the account that lag behind
+    reference_id = schedule_two_an_hour_ahead(api, account)
+    account_reads_lag(monkeypatch, account["account_id"])
+    # When it is cancelled
+    status, body = call(api, account["token"], "DELETE", f"/ng/v1/batches/{reference_id}")
+    # Then the answer's balance has the refund in it (it was read eventually consistent: maybe the one before)
+    assert status == 200, body
+    assert (body["refunded_credits"], body["balance"]) == (2, 100)
+
+
 @pytest.mark.parametrize(
     ("written", "scheduled_for"),
     [

@@ -287,6 +287,19 @@ def test_webhook_settings_round_trip_without_showing_secrets(aws, account, api):
     assert (after.webhook_token, after.webhook_secret) == (before.webhook_token, before.webhook_secret)
 
 
+def test_webhook_settings_read_right_after_a_change_show_the_change(aws, account, api, monkeypatch):
+    from tests.stored_accounts import account_reads_lag
+
+    # Given reads of the account that lag behind a change (as an eventually consistent read may)
+    account_reads_lag(monkeypatch, account["account_id"])
+    # When the client sets its inbound URL and reads its settings at once
+    status, changed, _ = settings(api, account["token"], "PUT", {"inbound_url": "https://client.example/in"})
+    assert status == 200, changed
+    status, read, _ = settings(api, account["token"])
+    # Then the read shows the URL just set (it could show the settings from before the change)
+    assert (status, read["inbound_url"]) == (200, "https://client.example/in")
+
+
 def test_a_rotated_token_and_secret_are_shown_in_full_once(aws, account, api):
     token = account["token"]
     before = stored(account["account_id"])

@@ -363,8 +363,11 @@ class DynamoStore(
             ]
         )
 
-    def get_account(self, account_id: str) -> Account | None:
-        found = self.client.get_item(TableName=self.table_name, Key=account_key(account_id)).get("Item")
+    def get_account(self, account_id: str, *, consistent: bool = False) -> Account | None:
+        """`consistent`: a strongly consistent read, for an answer that shows what this request just changed."""
+        found = self.client.get_item(
+            TableName=self.table_name, Key=account_key(account_id), ConsistentRead=consistent
+        ).get("Item")
         return Account.model_validate(self._codec.load(found)) if found else None
 
     def account_id_for_credential(self, kind: str, secret: str) -> str | None:

@@ -297,7 +297,8 @@ def cancel_batch(reference_id: str) -> Response[Any]:
     except batches.AlreadyCancelled as done:
         # A repeated cancel (the client did not get the first answer) gets the same answer, refunding nothing more.
         batch, refunded = done.batch, 0
-    after = store.get_account(account.account_id)
+    # Read consistently: an eventually consistent read right after the refund may show the balance before it.
+    after = store.get_account(account.account_id, consistent=True)
     return json_response(
         200,
         {

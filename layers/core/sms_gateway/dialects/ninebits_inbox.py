@@ -203,7 +203,10 @@ _SETTINGS_RESPONSES: Any = {
 
 @router.get("/ng/v1/settings/webhooks", summary="Read the account's webhook settings", responses=_SETTINGS_RESPONSES)
 def read_webhook_settings() -> Response[Any]:
-    return _settings(_caller(), "ok")
+    # The settings as they are now (read consistently), not as an eventually consistent read may still show them:
+    # a GET right after a PUT shows the change.
+    account = _caller()
+    return _settings(gateway().store.get_account(account.account_id, consistent=True) or account, "ok")
 
 
 @router.put("/ng/v1/settings/webhooks", summary="Change the account's webhooks", responses=_SETTINGS_RESPONSES)
