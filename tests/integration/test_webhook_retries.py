@@ -377,7 +377,7 @@ BAD_REQUESTS = [
     ("GET", "/ng/v1/webhooks/failures", {"state": "lost"}, None, 400, "state must be one of"),
     ("GET", "/ng/v1/webhooks/failures", {"limit": "0"}, None, 400, "`limit` must be"),
     ("GET", "/ng/v1/webhooks/failures", {"limit": "501"}, None, 400, "`limit` must be"),
-    ("GET", "/ng/v1/webhooks/failures", {"cursor": "bm90IGEgY3Vyc29y"}, None, 400, "not valid"),
+    ("GET", "/ng/v1/webhooks/failures", {"cursor": "bm90IGEgY3Vyc29y"}, None, 400, "the `cursor` is not valid"),
     ("POST", "/ng/v1/webhooks/failures/dlr_404_3/resend", None, None, 404, "no failed notification"),
     ("POST", "/ng/v1/webhooks/failures/dlr*1/resend", None, None, 400, "notification id"),
     ("POST", "/ng/v1/webhooks/failures/resend", None, {"state": "retrying"}, 400, "state"),

@@ -168,7 +168,12 @@ class DynamoNotificationsMixin:
             "Limit": limit,
         }
         if cursor:
-            query["ExclusiveStartKey"] = decode_cursor(cursor, pk=_pk(account_id), sk_form=_LISTING_SK)
+            query["ExclusiveStartKey"] = decode_cursor(
+                cursor,
+                pk=_pk(account_id),
+                sk_form=_LISTING_SK,
+                problem="the `cursor` is not valid for this listing: pass the last page's next_cursor",
+            )
         kept: list[tuple[dict[str, Any], WebhookFailure]] = []
         last: dict[str, Any] | None = None
         for _ in range(_MAX_LIST_ROUNDS):
