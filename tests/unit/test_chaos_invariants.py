@@ -39,7 +39,7 @@ def clean_run() -> Observations:
     return Observations(
         messages=[message("1")],
         accounts=[AccountCredits(account_id="7", initial=100, balance=98)],
-        upstream=[UpstreamMessage(message_id="sim-1", client_ref="7.100.1")],
+        upstream=[UpstreamMessage(message_id="sim-1", client_ref="7.100.1", dlr_status="DELIVRD")],
         upstream_stats={"resubmits_after_accept": 0, "resubmits_after_timeout": 1},
         notifications={
             "dlr_1_2": callback("1", 2, "submitted"),
@@ -50,7 +50,7 @@ def clean_run() -> Observations:
 
 def repeated_after_accept(**changes: object) -> Observations:
     """The clean run, but the simulator got its one reference again after it had written "accepted" for it."""
-    repeated = [UpstreamMessage("sim-1", "7.100.1", repeats=1, repeats_after_accept=1)]
+    repeated = [UpstreamMessage("sim-1", "7.100.1", repeats=1, repeats_after_accept=1, dlr_status="DELIVRD")]
     return replace(clean_run(), upstream=repeated, upstream_stats={"resubmits_after_accept": 1}, **changes)  # type: ignore[arg-type]
 
 
@@ -100,7 +100,7 @@ def test_a_retry_after_an_answer_the_dispatcher_never_read_is_not_a_second_send_
     # But to an upstream the gateway was told cannot tell repeats (Kannel), that retry is a text sent twice
     assert broken(replace(retried, upstream_deduplicates=False)) == {"submitted_once": 1}
     # And so is a repeat after an injected timeout
-    after_timeout = [UpstreamMessage("sim-1", "7.100.1", repeats=1)]
+    after_timeout = [UpstreamMessage("sim-1", "7.100.1", repeats=1, dlr_status="DELIVRD")]
     assert broken(replace(clean_run(), upstream=after_timeout, upstream_deduplicates=False)) == {"submitted_once": 1}
     assert broken(replace(clean_run(), upstream_deduplicates=False)) == {}
 
@@ -121,10 +121,11 @@ def test_credits_that_do_not_add_up_are_flagged():
     # A delivered message that was also refunded: spent 0, but it cost 2
     refunded = replace(clean_run(), accounts=[AccountCredits(account_id="7", initial=100, balance=100)])
     assert broken(refunded) == {"credits_conserved": 1}
-    # A failed message that was never refunded
+    # A failed message (the upstream reported it undelivered) that was never refunded
     failed = replace(
         clean_run(),
         messages=[message("1", status="failed", status_at={"queued": AT, "submitted": AT, "failed": AT})],
+        upstream=[UpstreamMessage("sim-1", "7.100.1", dlr_status="UNDELIV")],
         notifications={"dlr_1_2": callback("1", 2, "submitted"), "dlr_1_3": callback("1", 3, "failed")},
     )
     assert broken(failed) == {"credits_conserved": 1}
@@ -183,22 +184,26 @@ def scheduled(message_id: str, reference: str, **changes: object) -> MessageReco
     return message(message_id, **(fields | changes))
 
 
+def cancelled_before_release(message_id: str, reference: str, **changes: object) -> MessageRecord:
+    """A message of scheduled batch `reference` cancelled before its release: scheduled (1), cancelled (2)."""
+    fields: dict[str, object] = {
+        "status": "cancelled",
+        "status_at": {"accepted": AT, "scheduled": AT, "cancelled": AT},
+        "sequence": 2,
+        "upstream_message_id": None,
+    }
+    return scheduled(message_id, reference, **(fields | changes))
+
+
 def test_a_scheduled_message_is_reported_from_its_submit_and_a_cancelled_one_not_at_all():
     # A released scheduled message: its release (2) is not a report, its submit (3) and delivery (4) are
     released = scheduled("2", "200")
-    cancelled = scheduled(
-        "3",
-        "300",
-        status="cancelled",
-        status_at={"accepted": AT, "scheduled": AT, "cancelled": AT},
-        sequence=2,
-        upstream_message_id=None,
-    )
+    cancelled = cancelled_before_release("3", "300")
     observed = replace(
         clean_run(),
         messages=[*clean_run().messages, released, cancelled],
         accounts=[AccountCredits(account_id="7", initial=100, balance=96)],
-        upstream=[*clean_run().upstream, UpstreamMessage("sim-2", "7.200.2")],
+        upstream=[*clean_run().upstream, UpstreamMessage("sim-2", "7.200.2", dlr_status="DELIVRD")],
         notifications={
             **clean_run().notifications,
             "dlr_2_3": callback("2", 3, "submitted"),
@@ -212,14 +217,52 @@ def test_a_scheduled_message_is_reported_from_its_submit_and_a_cancelled_one_not
     assert broken(missing) == {"every_change_notified": 1}
 
 
+def test_a_message_cancelled_in_a_batch_the_client_never_cancelled_is_flagged():
+    # Given a batch nobody cancelled whose message ended `cancelled` (and refunded, so the credits balance): dropped
+    dropped = cancelled_before_release("2", "200")
+    observed = replace(clean_run(), messages=[*clean_run().messages, dropped])
+    # Then it is flagged, whether it asked for reports (a cancel sends none) or not
+    assert broken(observed) == {"cancels_honoured": 1}
+    assert broken(replace(observed, messages=[message("1"), replace(dropped, delivery_report=False)])) == {
+        "cancels_honoured": 1
+    }
+    # But not once the client's cancel of that batch was answered 200
+    assert broken(replace(observed, cancels={"200": 200})) == {}
+
+
+def test_a_final_status_the_upstream_does_not_bear_out_is_flagged():
+    # Delivered, charged and final, but the upstream never had it
+    assert broken(replace(clean_run(), upstream=[])) == {"settled": 1}
+    # Delivered, but the upstream reported it undelivered
+    undelivered = [UpstreamMessage("sim-1", "7.100.1", dlr_status="UNDELIV")]
+    assert broken(replace(clean_run(), upstream=undelivered)) == {"settled": 1}
+    # Failed and refunded (the client told so), but the upstream delivered it
+    failed = replace(
+        clean_run(),
+        messages=[message("1", status="failed", status_at={"queued": AT, "submitted": AT, "failed": AT})],
+        accounts=[AccountCredits(account_id="7", initial=100, balance=100)],
+        notifications={"dlr_1_2": callback("1", 2, "submitted"), "dlr_1_3": callback("1", 3, "failed")},
+    )
+    assert broken(failed) == {"settled": 1}
+    # Failed at the upstream too, or never reached it: true
+    assert broken(replace(failed, upstream=undelivered)) == {}
+    assert broken(replace(failed, upstream=[])) == {}
+    # Expired for want of a DLR stays allowed whatever the upstream did (a late DLR loses to the expiry)
+    expired = replace(failed, messages=[message("1", status="expired", error_code="no_delivery_report")])
+    assert (
+        broken(replace(expired, notifications={**clean_run().notifications, "dlr_1_3": callback("1", 3, "expired")}))
+        == {}
+    )
+
+
 def test_a_cancel_answered_200_that_let_a_message_out_or_a_409_that_cancelled_one_is_flagged():
     sent_anyway = scheduled("2", "200", delivery_report=False)
-    cancelled = scheduled("3", "300", status="cancelled", delivery_report=False, sequence=2, upstream_message_id=None)
+    cancelled = cancelled_before_release("3", "300", delivery_report=False)
     base = replace(
         clean_run(),
         messages=[*clean_run().messages, sent_anyway, cancelled],
         accounts=[AccountCredits(account_id="7", initial=100, balance=96)],
-        upstream=[*clean_run().upstream, UpstreamMessage("sim-2", "7.200.2")],
+        upstream=[*clean_run().upstream, UpstreamMessage("sim-2", "7.200.2", dlr_status="DELIVRD")],
     )
     # Each batch's cancel answered as it turned out: nothing to flag
     assert broken(replace(base, cancels={"200": 409, "300": 200})) == {}

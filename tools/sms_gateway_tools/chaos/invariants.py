@@ -116,10 +116,18 @@ def check(observed: Observations) -> list[Verdict]:
 
 
 def settled(observed: Observations) -> Verdict:
+    """Every message final, or parked in the dispatch DLQ with a reason; and a final status the upstream bears out:
+    `delivered` only for a message the upstream has and reported DELIVRD, `failed` or `rejected` never for one it
+    delivered (`expired` stays open either way: a DLR that comes after the wait loses to the expiry)."""
     verdict = Verdict("settled", "every message final, or in a DLQ with its reason", len(observed.messages))
+    upstream = {copy.client_ref: copy for copy in observed.upstream}
     parked = 0
     for message in observed.messages:
-        if MessageStatus(message.status) in TERMINAL:
+        status = MessageStatus(message.status)
+        if status in TERMINAL:
+            untrue = _untrue_to_the_upstream(message, upstream.get(message.client_ref))
+            if untrue:
+                verdict.violations.append(untrue)
             continue
         if observed.dead_lettered_messages.get(message.message_id):
             parked += 1
@@ -128,6 +136,19 @@ def settled(observed: Observations) -> Verdict:
     if parked:
         verdict.notes.append(f"{parked} in the dispatch DLQ with a reason")
     return verdict
+
+
+def _untrue_to_the_upstream(message: MessageRecord, copy: UpstreamMessage | None) -> str | None:
+    """Why a final status is one the message cannot honestly have reached, by what the upstream holds; None if it
+    can have."""
+    status = MessageStatus(message.status)
+    if status == MessageStatus.DELIVERED and copy is None:
+        return f"{message.message_id} is delivered, but the upstream never had it"
+    if status == MessageStatus.DELIVERED and copy is not None and copy.dlr_status != "DELIVRD":
+        return f"{message.message_id} is delivered, but the upstream reported it {copy.dlr_status}"
+    if status in (MessageStatus.FAILED, MessageStatus.REJECTED) and copy is not None and copy.dlr_status == "DELIVRD":
+        return f"{message.message_id} is {status} ({message.error_code}), but the upstream delivered it"
+    return None
 
 
 def submitted_once(observed: Observations) -> Verdict:
@@ -285,12 +306,21 @@ def every_change_notified(observed: Observations) -> Verdict:
 def cancels_honoured(observed: Observations) -> Verdict:
     """A cancel answered 200 cancelled the whole batch: every message `cancelled` and none at the upstream. One
     answered 409 lost to the schedule's release: none of its messages cancelled (they go out as any others). No
-    other answer."""
+    other answer. And no message is `cancelled` in a batch the client never cancelled."""
     verdict = Verdict("cancels_honoured", "a cancel did what its answer said (200: nothing sent)", 0)
     by_reference: dict[str, list[MessageRecord]] = defaultdict(list)
     for message in observed.messages:
         by_reference[message.reference_id].append(message)
     at_upstream = {copy.client_ref for copy in observed.upstream}
+    # Only a client's cancel answered 200 cancels (logic/batches.py): a batch cancelled without one was dropped.
+    for reference_id, batch in sorted(by_reference.items()):
+        cancelled = [m for m in batch if m.status == MessageStatus.CANCELLED]
+        if cancelled and reference_id not in observed.cancels:
+            verdict.checked += 1
+            verdict.violations.append(
+                f"batch {reference_id}: {len(cancelled)} of its {len(batch)} messages are cancelled, but the client "
+                "never cancelled it"
+            )
     for reference_id, status in sorted(observed.cancels.items()):
         verdict.checked += 1
         batch = by_reference.get(reference_id, [])
