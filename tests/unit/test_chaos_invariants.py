@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import replace
 
+from sms_gateway.domain.webhooks import new_signing_secret, signed_headers
 from sms_gateway_tools.chaos.invariants import (
     AccountCredits,
     MessageRecord,
@@ -11,6 +14,7 @@ from sms_gateway_tools.chaos.invariants import (
     UpstreamMessage,
     check,
 )
+from sms_gateway_tools.chaos.webhook import FlakyWebhook
 
 AT = "2026-01-01T00:00:00.000Z"
 
@@ -269,3 +273,81 @@ def test_a_cancel_answered_200_that_let_a_message_out_or_a_409_that_cancelled_on
     # A 200 for the batch that went out, a 409 for the one cancelled, and an answer that is neither
     assert broken(replace(base, cancels={"200": 200, "300": 409})) == {"cancels_honoured": 2}
     assert broken(replace(base, cancels={"300": 500})) == {"cancels_honoured": 1}
+
+
+def post_to(webhook: FlakyWebhook, body: dict[str, object], *, token: str | None, secret: str | None) -> int:
+    """A notification as the notifier posts it: the account's bearer token, signed with its secret (None: left out)."""
+    raw = json.dumps(body, separators=(",", ":"))
+    headers: dict[str, str] = {"content-type": "application/json"}
+    if token is not None:
+        headers["authorization"] = f"Bearer {token}"
+    if secret is not None:
+        headers |= signed_headers(secret, f"dlr_{body['message_id']}_{body['sequence']}", int(time.time()), raw)
+    return webhook.receive(headers, raw.encode())
+
+
+def test_the_client_webhook_refuses_a_notification_without_a_known_token_or_a_valid_signature():
+    # Given the webhook of account 7 (token-of-7), failing no request
+    webhook = FlakyWebhook(failure_rate=0.0, seed=1)
+    secret = new_signing_secret()
+    webhook.register("token-of-7", account_id="7", signing_secret=secret)
+    submitted = callback("1", 2, "submitted")
+    # When notifications come without a token, with one it does not know, or unsigned
+    refused = [
+        post_to(webhook, submitted, token=None, secret=None),
+        post_to(webhook, submitted, token=None, secret=secret),
+        post_to(webhook, submitted, token="token-of-9", secret=secret),
+        post_to(webhook, submitted, token="token-of-7", secret=None),
+        post_to(webhook, submitted, token="token-of-7", secret=new_signing_secret()),
+    ]
+    # Then each is refused and counted, and none recorded as delivered
+    assert refused == [400] * 5
+    assert webhook.log.bad_signatures == 5 and not webhook.log.delivered
+    # But the same notification with the account's token and signature is taken, with the account it came for
+    assert post_to(webhook, submitted, token="token-of-7", secret=secret) == 200
+    assert webhook.log.delivered["dlr_1_2"].account_ids == {"7"}
+
+
+def test_a_report_delivered_to_another_accounts_webhook_or_of_a_message_never_sent_is_flagged():
+    # Given account 7's message 1, whose delivery was announced with account 8's token and signature (the run gives
+    # every account the same webhook URL, told apart by token)
+    webhook = FlakyWebhook(failure_rate=0.0, seed=1)
+    secret_7, secret_8 = new_signing_secret(), new_signing_secret()
+    webhook.register("token-of-7", account_id="7", signing_secret=secret_7)
+    webhook.register("token-of-8", account_id="8", signing_secret=secret_8)
+    assert post_to(webhook, callback("1", 2, "submitted"), token="token-of-7", secret=secret_7) == 200
+    assert post_to(webhook, callback("1", 3, "delivered"), token="token-of-8", secret=secret_8) == 200
+    # When the run hands the invariants what the webhook took, as the runner does
+    observed = replace(
+        clean_run(),
+        notifications={key: delivery.body for key, delivery in webhook.log.delivered.items()},
+        notified_accounts={key: frozenset(delivery.account_ids) for key, delivery in webhook.log.delivered.items()},
+    )
+    # Then the leak is flagged, though the history is complete and in order
+    assert broken(observed) == {"every_change_notified": 1}
+    assert "came with the webhook token of account 8" in next(v for v in check(observed) if not v.ok).violations[0]
+    # And so is a report of a message the run never sent
+    stray = replace(clean_run(), notifications={**clean_run().notifications, "dlr_9_2": callback("9", 2, "submitted")})
+    assert broken(stray) == {"every_change_notified": 1}
+
+
+def test_a_report_of_a_message_withdrawn_with_its_undone_send_is_counted_not_flagged():
+    # Given a send whose queueing the run failed (batch 900 of account 7, answered 503 and sent again afresh), and the
+    # withdrawal of its message 901 (failed, not_queued) reported to account 7, which never learnt that message
+    withdrawal = callback("901", 2, "failed") | {"reference_id": "900", "error_code": "not_queued"}
+    observed = replace(
+        clean_run(),
+        notifications={**clean_run().notifications, "dlr_901_2": withdrawal},
+        notified_accounts={"dlr_901_2": frozenset({"7"})},
+        unqueued_batches={"900": "7"},
+    )
+    # Then it is no violation, but counted in the note
+    assert broken(observed) == {}
+    [notified] = [verdict for verdict in check(observed) if verdict.name == "every_change_notified"]
+    assert notified.notes[0].startswith("1 reports of messages failed (not_queued) by the undo of a send")
+    # But the same report to another account, or of anything but that withdrawal, is
+    assert broken(replace(observed, notified_accounts={"dlr_901_2": frozenset({"8"})})) == {"every_change_notified": 1}
+    delivered = {"dlr_901_2": withdrawal | {"status": "delivered", "error_code": None}}
+    assert broken(replace(observed, notifications={**clean_run().notifications, **delivered})) == {
+        "every_change_notified": 1
+    }

@@ -118,6 +118,8 @@ class FailingSendSteps:
         self.rate = rate
         self.seed = seed
         self.injected: Counter[str] = Counter()
+        # reference_id -> account_id of each batch whose queueing failed here (its send undone, unless it stood).
+        self.unqueued_batches: dict[str, str] = {}
         self._failed: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
@@ -148,9 +150,11 @@ class FailingSendSteps:
         def enqueue_or_fail(queue: SqsDispatchQueue, commands: Any) -> None:
             key = str(commands[0].reference_id) if commands else ""
             if commands and faults._fails("queue", key):
+                faults.unqueued_batches[key] = commands[0].account_id
                 raise SendStepFailed(f"SQS refused the records of batch {key} (injected)")
             enqueue(queue, commands)
             if commands and faults._fails("queue_answer_lost", key):
+                faults.unqueued_batches[key] = commands[0].account_id
                 raise SendStepFailed(f"SQS took the records of batch {key}, its answer was lost (injected)")
 
         DynamoStore.add_messages = add_messages_or_fail  # type: ignore[method-assign,assignment]

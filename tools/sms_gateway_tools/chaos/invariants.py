@@ -8,7 +8,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sms_gateway.domain.ids import batch_ids_around
 from sms_gateway.domain.status import TERMINAL, MessageStatus, rank
+from sms_gateway.logic.send import NOT_QUEUED
 
 # Statuses whose credits were given back (logic/delivery.py REFUNDED, plus cancelled by logic/batches.py).
 REFUNDED = frozenset({MessageStatus.FAILED, MessageStatus.EXPIRED, MessageStatus.REJECTED, MessageStatus.CANCELLED})
@@ -64,6 +66,11 @@ class Observations:
     upstream_stats: Mapping[str, int]
     # Client webhook: webhook-id -> the notification body it accepted (answered 200).
     notifications: Mapping[str, Mapping[str, Any]]
+    # webhook-id -> the accounts whose webhook token the notification came with (the run's accounts share one URL).
+    notified_accounts: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # reference_id -> account_id of the batches whose queueing the run failed (chaos/faults.py): sends undone, whose
+    # messages the client never learnt (a send that stood after all is among the run's messages).
+    unqueued_batches: Mapping[str, str] = field(default_factory=dict)
     # message_id -> reason, for messages whose dispatch record sits in the dispatch DLQ.
     dead_lettered_messages: Mapping[str, str] = field(default_factory=dict)
     # webhook-id -> reason, for notifications parked in the notify DLQ after every attempt failed.
@@ -264,7 +271,8 @@ def credits_conserved(observed: Observations) -> Verdict:
 def every_change_notified(observed: Observations) -> Verdict:
     """Each status change of a message that asked for delivery reports reached the client webhook (its
     sequence numbers 2.. count the changes after `queued`), or sits in the notify DLQ with its reason; no
-    change twice under different ids; nothing for messages that did not ask."""
+    change twice under different ids; nothing for messages that did not ask; each report only to the account
+    whose message it is (by the webhook token it came with), and none of a message the run never sent."""
     verdict = Verdict("every_change_notified", "every status change delivered to the client webhook", 0)
     messages = {message.message_id: message for message in observed.messages}
     parked = 0
@@ -291,6 +299,22 @@ def every_change_notified(observed: Observations) -> Verdict:
             verdict.violations.append(
                 f"{message.message_id}: the last callback says {last.get('status')}, the message is {message.status}"
             )
+    withdrawn = 0
+    for webhook_id, body in sorted(observed.notifications.items()):
+        if body.get("type") != "delivery report":
+            continue
+        accounts = observed.notified_accounts.get(webhook_id, frozenset())
+        if str(body.get("message_id")) not in messages and _withdrawn_unheard_of(body, accounts, observed):
+            withdrawn += 1
+            continue
+        leaked = _not_for_its_account(webhook_id, body, messages, accounts)
+        if leaked:
+            verdict.violations.append(leaked)
+    if withdrawn:
+        verdict.notes.append(
+            f"{withdrawn} reports of messages failed (not_queued) by the undo of a send answered 503, which the client "
+            "never learnt: the dispatcher that found them moved on announces them as its own change"
+        )
     for message_id, seen in _callbacks_by_message(observed.notifications.values()).items():
         asked = messages.get(message_id)
         if asked is not None and not asked.delivery_report:
@@ -341,6 +365,40 @@ def cancels_honoured(observed: Observations) -> Verdict:
     if answered:
         verdict.notes.append(", ".join(f"{count} answered {status}" for status, count in sorted(answered.items())))
     return verdict
+
+
+def _withdrawn_unheard_of(body: Mapping[str, Any], accounts: frozenset[str], observed: Observations) -> bool:
+    """Whether a report is the withdrawal (`failed`, `not_queued`) of a message of a batch whose queueing the run
+    failed, to the account that sent it: the send was undone, so the client never learnt that message's id."""
+    reference_id = str(body.get("reference_id"))
+    lowest, highest = batch_ids_around(int(body.get("message_id") or 0))
+    return (
+        reference_id in observed.unqueued_batches
+        and lowest <= int(reference_id) <= highest
+        and accounts == {observed.unqueued_batches[reference_id]}
+        and body.get("status") == MessageStatus.FAILED
+        and body.get("error_code") == NOT_QUEUED
+    )
+
+
+def _not_for_its_account(
+    webhook_id: str,
+    body: Mapping[str, Any],
+    messages: Mapping[str, MessageRecord],
+    accounts: frozenset[str],
+) -> str | None:
+    """Why a delivery report the client accepted was not its own: a message the run never sent, or one of another
+    account's, announced under this account's token; None if it was."""
+    message = messages.get(str(body.get("message_id")))
+    if message is None:
+        return f"{webhook_id}: a report of message {body.get('message_id')}, which the run never sent"
+    others = sorted(accounts - {message.account_id})
+    if others:
+        return (
+            f"{webhook_id}: a report of account {message.account_id}'s message {message.message_id} came with "
+            f"the webhook token of account {', '.join(others)}"
+        )
+    return None
 
 
 def _what_the_client_got(message: MessageRecord, notifications: Mapping[str, Mapping[str, Any]]) -> str:

@@ -253,7 +253,7 @@ class ChaosRun:
                         )
             self._wait_for_cancels()
             settled_at = self._settle(stack, webhook)
-            observed = self._observe(stack, webhook, kills)
+            observed = self._observe(stack, webhook, kills, send_faults)
             verdicts = check(observed)
             return self._summary(
                 stack,
@@ -289,7 +289,9 @@ class ChaosRun:
             # The run measures correctness under faults, not the rate limiter: let each account send freely. Every
             # other account lets its single sends go out in any order (each a dispatch lane of its own).
             accounts.set_account(store, created["account_id"], rate_limit=10_000, single_sends_in_order=index % 2 == 0)
-            webhook.secrets[created["webhook_token"]] = created["signing_secret"]
+            webhook.register(
+                created["webhook_token"], account_id=created["account_id"], signing_secret=created["signing_secret"]
+            )
             self.accounts.append(created)
 
     def _send_wave(self, client: httpx.Client, stack: Any, wave: list[Send]) -> None:
@@ -458,7 +460,9 @@ class ChaosRun:
 
     # -- what happened ---------------------------------------------------------------------------
 
-    def _observe(self, stack: Any, webhook: FlakyWebhook, kills: KillAfterSubmit) -> Observations:
+    def _observe(
+        self, stack: Any, webhook: FlakyWebhook, kills: KillAfterSubmit, send_faults: FailingSendSteps
+    ) -> Observations:
         from sms_gateway.bootstrap import gateway
         from sms_gateway.domain.models import DeliveryReportMode
 
@@ -515,6 +519,8 @@ class ChaosRun:
             upstream=upstream,
             upstream_stats=stack.simulator.stats(),
             notifications={key: delivery.body for key, delivery in webhook.log.delivered.items()},
+            notified_accounts={key: frozenset(delivery.account_ids) for key, delivery in webhook.log.delivered.items()},
+            unqueued_batches=dict(send_faults.unqueued_batches),
             dead_lettered_messages=parked_messages,
             dead_lettered_notifications=parked_notifications,
             resubmitted_after_heard_accept=list(kills.resubmitted_after_heard_accept),

@@ -15,17 +15,28 @@ from sms_gateway_tools.localstack.httpserver import RequestHandler, ServerThread
 
 @dataclass
 class Delivery:
-    """One notification the client accepted (answered 200), by its webhook-id."""
+    """One notification the client accepted (answered 200), by its webhook-id, and the accounts whose webhook token
+    it came with (more than one only when a repeat came with another account's)."""
 
     webhook_id: str
     body: dict[str, Any]
+    account_ids: set[str]
     times: int = 1
+
+
+@dataclass(frozen=True)
+class Client:
+    """An account as the webhook knows it by its bearer token: whose it is, and the secret it signs with."""
+
+    account_id: str
+    signing_secret: str
 
 
 @dataclass
 class WebhookLog:
     requests: int = 0
     failed: int = 0
+    # Refused with 400: a token the webhook does not know (or none), or a missing or bad signature.
     bad_signatures: int = 0
     # webhook-id -> the notification; `times` counts accepted repeats of the same id (the client dedups them).
     delivered: dict[str, Delivery] = field(default_factory=dict)
@@ -38,12 +49,14 @@ class WebhookLog:
 class FlakyWebhook:
     """Answers 500 to a `failure_rate` share of POSTs, 200 `{"ok":true}` to the others, which it records.
 
-    `secrets` maps each account's webhook token (the request's bearer token) to its signing secret, so each
-    request's Standard Webhooks signature is checked (a bad one is counted and refused with 400)."""
+    Every account posts to this one URL, told apart by its webhook token (the request's bearer token): `register`
+    each. A request must carry a registered token and the Standard Webhooks headers signed with that account's
+    secret; any other is counted and refused with 400. Each accepted notification keeps the account whose token
+    it came with, so the invariants can tell one delivered to another account."""
 
     def __init__(self, failure_rate: float = 0.3, seed: int | None = None) -> None:
         self.failure_rate = failure_rate
-        self.secrets: dict[str, str] = {}
+        self.clients: dict[str, Client] = {}
         self.log = WebhookLog()
         self._random = random.Random(seed)  # noqa: S311 (repeatable fault injection, not a secret)
         self._lock = threading.Lock()
@@ -73,6 +86,9 @@ class FlakyWebhook:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    def register(self, token: str, *, account_id: str, signing_secret: str) -> None:
+        self.clients[token] = Client(account_id=account_id, signing_secret=signing_secret)
+
     def receive(self, headers: dict[str, str], raw: bytes) -> int:
         """Decides one request's answer and records an accepted notification; returns the HTTP status."""
         with self._lock:
@@ -81,23 +97,21 @@ class FlakyWebhook:
                 self.log.failed += 1
                 return 500
         body = json.loads(raw)
-        webhook_id = headers.get("webhook-id") or f"dlr_{body.get('message_id')}_{body.get('sequence')}"
-        secret = self._secret_for(headers)
-        if secret is not None and not verify(secret, headers, raw.decode(), now=time.time()):
+        client = self.clients.get(headers.get("authorization", "").removeprefix("Bearer ").strip())
+        # `verify` also refuses a request without webhook-id, webhook-timestamp or webhook-signature.
+        if client is None or not verify(client.signing_secret, headers, raw.decode(), now=time.time()):
             with self._lock:
                 self.log.bad_signatures += 1
             return 400
+        webhook_id = headers["webhook-id"]
         with self._lock:
             known = self.log.delivered.get(webhook_id)
             if known is None:
-                self.log.delivered[webhook_id] = Delivery(webhook_id=webhook_id, body=body)
+                self.log.delivered[webhook_id] = Delivery(webhook_id, body, account_ids={client.account_id})
             else:
                 known.times += 1
+                known.account_ids.add(client.account_id)
         return 200
-
-    def _secret_for(self, headers: dict[str, str]) -> str | None:
-        token = headers.get("authorization", "").removeprefix("Bearer ").strip()
-        return self.secrets.get(token)
 
 
 class _Handler(RequestHandler):
