@@ -147,6 +147,23 @@ def test_a_status_change_the_client_never_heard_of_is_flagged():
     assert broken(parked) == {}
 
 
+def test_a_status_change_that_never_got_a_sequence_number_still_needs_its_report():
+    # Given a message that went queued -> submitted -> delivered (status_at says so) but whose sequence was bumped
+    # once only, so its `submitted` change was never announced, and the client got dlr_1_2: delivered
+    unnumbered = replace(
+        clean_run(),
+        messages=[message("1", sequence=2)],
+        notifications={"dlr_1_2": callback("1", 2, "delivered")},
+    )
+    # Then the disagreement and the report missing are flagged, though the callbacks agree with `sequence`
+    assert broken(unnumbered) == {"every_change_notified": 2}
+    # But a DLR that overtook the submit (queued -> delivered, no `submitted` at all) is one change, one report
+    overtaken = replace(
+        unnumbered, messages=[message("1", sequence=2, status_at={"accepted": AT, "queued": AT, "delivered": AT})]
+    )
+    assert broken(overtaken) == {}
+
+
 def test_one_change_notified_twice_under_different_ids_is_flagged():
     doubled = replace(
         clean_run(),

@@ -270,7 +270,8 @@ def credits_conserved(observed: Observations) -> Verdict:
 
 def every_change_notified(observed: Observations) -> Verdict:
     """Each status change of a message that asked for delivery reports reached the client webhook (its
-    sequence numbers 2.. count the changes after `queued`), or sits in the notify DLQ with its reason; no
+    sequence numbers 2.. count the changes after `queued`, as its `status_at` records them, and its `sequence`
+    must agree), or sits in the notify DLQ with its reason; no
     change twice under different ids; nothing for messages that did not ask; each report only to the account
     whose message it is (by the webhook token it came with), and none of a message the run never sent."""
     verdict = Verdict("every_change_notified", "every status change delivered to the client webhook", 0)
@@ -280,9 +281,15 @@ def every_change_notified(observed: Observations) -> Verdict:
         if not message.delivery_report or message.status == MessageStatus.CANCELLED:
             # A cancel is the client's own request and sends no reports (docs/delivery-reports.md).
             continue
-        # The release of a scheduled batch (scheduled -> queued) is not a report either.
-        first_reported = 3 if str(MessageStatus.SCHEDULED) in message.status_at else 2
-        for sequence in range(first_reported, message.sequence + 1):
+        # The reports expected follow from the statuses the message reached, not from its `sequence`: a change
+        # written without a number of its own was never announced.
+        written, reported = _status_writes(message)
+        if message.sequence != written:
+            verdict.violations.append(
+                f"{message.message_id} is at sequence {message.sequence}, but made {written} status writes; "
+                + _what_the_client_got(message, observed.notifications)
+            )
+        for sequence in reported:
             verdict.checked += 1
             webhook_id = f"dlr_{message.message_id}_{sequence}"
             if webhook_id in observed.notifications:
@@ -365,6 +372,22 @@ def cancels_honoured(observed: Observations) -> Verdict:
     if answered:
         verdict.notes.append(", ".join(f"{count} answered {status}" for status, count in sorted(answered.items())))
     return verdict
+
+
+def _status_writes(message: MessageRecord) -> tuple[int, list[int]]:
+    """The sequence number the message's `status_at` says it is at (1 for the status it was stored in, one more per
+    status it moved to since), and the sequence numbers of those moves that are reports: all but the release of a
+    scheduled batch (scheduled -> queued) and a cancel, the client's own request (docs/delivery-reports.md)."""
+    reached = sorted(
+        (MessageStatus(status) for status in message.status_at if status != MessageStatus.ACCEPTED),
+        key=lambda status: (rank(status), message.status_at[status]),
+    )
+    reported = [
+        sequence
+        for sequence, status in enumerate(reached, start=1)
+        if sequence > 1 and status not in (MessageStatus.QUEUED, MessageStatus.CANCELLED)
+    ]
+    return len(reached), reported
 
 
 def _withdrawn_unheard_of(body: Mapping[str, Any], accounts: frozenset[str], observed: Observations) -> bool:
