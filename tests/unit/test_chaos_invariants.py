@@ -28,6 +28,7 @@ def message(message_id: str = "1", **changes: object) -> MessageRecord:
         status_at={"accepted": AT, "queued": AT, "submitted": AT, "delivered": AT},
         sequence=3,
         price=2,
+        expected_price=2,
         delivery_report=True,
         upstream_message_id=f"sim-{message_id}",
     )
@@ -133,6 +134,36 @@ def test_credits_that_do_not_add_up_are_flagged():
         notifications={"dlr_1_2": callback("1", 2, "submitted"), "dlr_1_3": callback("1", 3, "failed")},
     )
     assert broken(failed) == {"credits_conserved": 1}
+
+
+def test_credits_are_checked_against_what_the_messages_should_cost_not_the_price_the_gateway_wrote():
+    # Given a second delivered message that should cost 2, which the gateway priced 0 and charged nothing for
+    # (spent 2 == recorded 2 + 0)
+    free = replace(
+        clean_run(),
+        messages=[message("1"), message("2", delivery_report=False, price=0)],
+        upstream=[*clean_run().upstream, UpstreamMessage("sim-2", "7.100.2", dlr_status="DELIVRD")],
+    )
+    # Then the wrong price and the credits it leaked are flagged
+    assert broken(free) == {"credits_conserved": 2}
+    # And a message to a number the run never sent to, however priced
+    stray = replace(clean_run(), messages=[message("1", expected_price=None)])
+    assert broken(stray) == {"credits_conserved": 1}
+
+
+def test_the_run_knows_what_each_message_should_cost_from_its_network_and_its_parts():
+    from sms_gateway.domain.segments import segment
+    from sms_gateway_tools.chaos.runner import LONG_TEXT, SHORT_TEXT, Send, expected_prices
+
+    # Given a one-part text to an MTN and an Airtel number, and a two-part text to an MTN number
+    short, long = SHORT_TEXT.format(n=1), LONG_TEXT.format(n=3)
+    sends = [
+        Send(account=0, recipients=("2348030000001", "2348020000002"), text=short, delivery_report=False),
+        Send(account=1, recipients=("2348030000003",), text=long, delivery_report=False),
+    ]
+    # Then each costs its network's price per part (MTN 2, Airtel 3) times its parts, as the gateway counts them
+    assert (segment(short).parts, segment(long).parts) == (1, 2)
+    assert expected_prices(sends) == {"2348030000001": 2, "2348020000002": 3, "2348030000003": 4}
 
 
 def test_a_status_change_the_client_never_heard_of_is_flagged():

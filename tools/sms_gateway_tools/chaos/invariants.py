@@ -27,7 +27,10 @@ class MessageRecord:
     status: str
     status_at: Mapping[str, str]
     sequence: int
+    # What the gateway recorded it cost, and what the run says it should cost (its network's price per part times
+    # its text's parts; None: a recipient the run never sent to).
     price: int
+    expected_price: int | None
     delivery_report: bool
     error_code: str | None = None
     upstream_message_id: str | None = None
@@ -247,15 +250,26 @@ def no_regressions(observed: Observations) -> Verdict:
 
 
 def credits_conserved(observed: Observations) -> Verdict:
-    """Per account: credits spent (initial - balance) == the prices of its messages that were not refunded."""
+    """Per account: credits spent (initial - balance) == what its messages that were not refunded should cost, by
+    the run's own prices (not the price the gateway recorded, which must agree)."""
     verdict = Verdict("credits_conserved", "credits conserved (charged - refunded == delivered or in flight)", 0)
     kept: dict[str, int] = defaultdict(int)
     refunded: dict[str, int] = defaultdict(int)
     for message in observed.messages:
+        if message.price != message.expected_price:
+            verdict.violations.append(
+                f"{message.message_id} was priced {message.price}, but should cost "
+                + (
+                    "nothing: the run never sent to its number"
+                    if message.expected_price is None
+                    else str(message.expected_price)
+                )
+            )
+        cost = message.price if message.expected_price is None else message.expected_price
         if MessageStatus(message.status) in REFUNDED:
-            refunded[message.account_id] += message.price
+            refunded[message.account_id] += cost
         else:
-            kept[message.account_id] += message.price
+            kept[message.account_id] += cost
     for account in observed.accounts:
         verdict.checked += 1
         spent = account.initial - account.balance

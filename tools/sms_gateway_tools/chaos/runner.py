@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import sys
 import threading
@@ -33,9 +34,13 @@ SHORT_TEXT = "Your code is {n}. It expires in 10 minutes."
 # 200 GSM-7 characters: two parts, so per-part DLRs are aggregated (and duplicated and reordered).
 LONG_TEXT = ("Reminder {n}: your appointment is confirmed for Friday at 10:00. Reply STOP to opt out. " * 3)[:200]
 INITIAL_CREDITS = 10_000_000
-# Prices per part that differ by network, so a refund of the wrong message shows in the credit check.
+# Prices per part that differ by network, so a refund of the wrong message shows in the credit check; with each
+# number's network (by its prefix: Nigeria's MTN, Airtel) the run knows what each message should cost.
 PRICES = {"mtn": 2, "airtel": 3}
-PREFIXES = ("234803", "234802")  # MTN, Airtel (Nigeria)
+NETWORKS = {"234803": "mtn", "234802": "airtel"}
+PREFIXES = tuple(NETWORKS)
+# A GSM-7 text (the plan's all are) goes in one part up to 160 characters, else in parts of 153.
+SINGLE_PART_CHARACTERS, CONCATENATED_PART_CHARACTERS = 160, 153
 # How long the run must stay settled (queues empty, the client's webhook idle) before it is over: longer than the
 # settle check's handler takes from a message's expiry to queueing its notification.
 SETTLED_GRACE_SECONDS = 3.0
@@ -161,6 +166,23 @@ def plan_sends(options: ChaosOptions) -> list[Send]:
     return sends
 
 
+def expected_prices(sends: list[Send]) -> dict[str, int]:
+    """What each planned message should cost, by its recipient: its network's price per part times its parts."""
+    return {
+        recipient: price_per_part(recipient) * parts_of(send.text) for send in sends for recipient in send.recipients
+    }
+
+
+def price_per_part(msisdn: str) -> int:
+    return next(PRICES[network] for prefix, network in NETWORKS.items() if msisdn.startswith(prefix))
+
+
+def parts_of(text: str) -> int:
+    if len(text) <= SINGLE_PART_CHARACTERS:
+        return 1
+    return math.ceil(len(text) / CONCATENATED_PART_CHARACTERS)
+
+
 def waves(sends: list[Send], size: int) -> list[list[Send]]:
     grouped: list[list[Send]] = [[]]
     count = 0
@@ -181,6 +203,8 @@ class ChaosRun:
         self.deadline = self.started + options.time_limit
         self.progress = Progress()
         self.accounts: list[dict[str, Any]] = []
+        # Recipient -> what the message to it should cost (every planned message has a recipient of its own).
+        self.expected_prices: dict[str, int] = {}
         self.timed_out = False
         self._progress_lock = threading.Lock()
         self._cancel_timers: list[threading.Timer] = []
@@ -234,6 +258,7 @@ class ChaosRun:
             self._create_accounts(stack, webhook)
             self.say(f"stack up: API {stack.api_url}, simulator {stack.simulator_url}, webhook {webhook.url}")
             planned = plan_sends(o)
+            self.expected_prices = expected_prices(planned)
             with httpx.Client(timeout=60) as client:
                 for number, wave in enumerate(waves(planned, o.wave), start=1):
                     if self._past_deadline():
@@ -476,6 +501,8 @@ class ChaosRun:
                 status_at=dict(m.status_at),
                 sequence=int(m.sequence),
                 price=int(m.price),
+                # Stored in E.164 ('+' first), planned as the client sent it.
+                expected_price=self.expected_prices.get(m.msisdn.removeprefix("+")),
                 delivery_report=m.delivery_report == DeliveryReportMode.YES,
                 error_code=m.error_code,
                 upstream_message_id=m.upstream_message_id,
