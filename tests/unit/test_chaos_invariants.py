@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import replace
+from types import SimpleNamespace
 
 from sms_gateway.domain.webhooks import new_signing_secret, signed_headers
 from sms_gateway_tools.chaos.invariants import (
@@ -399,3 +400,31 @@ def test_a_report_of_a_message_withdrawn_with_its_undone_send_is_counted_not_fla
     assert broken(replace(observed, notifications={**clean_run().notifications, **delivered})) == {
         "every_change_notified": 1
     }
+
+
+def test_the_run_reads_every_record_parked_in_the_fifo_dispatch_dlq():
+    import boto3
+    from moto import mock_aws
+
+    from sms_gateway_tools.chaos.runner import ChaosOptions, ChaosRun
+
+    with mock_aws():
+        # Given 15 records parked in the FIFO dispatch DLQ under one account's lane (message group), with their reason
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        url = sqs.create_queue(QueueName="dlq.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
+        for number in range(15):
+            sqs.send_message(
+                QueueUrl=url,
+                MessageBody=json.dumps({"message_ids": [number]}),
+                MessageGroupId="account-7",
+                MessageDeduplicationId=f"record-{number}",
+                MessageAttributes={"reason": {"DataType": "String", "StringValue": "failed 6 times: RuntimeError"}},
+            )
+        stack = SimpleNamespace(
+            resources=SimpleNamespace(queue_urls={"DispatchDeadLetterQueue": url}), client=lambda _service: sqs
+        )
+        # When the run reads the DLQ to judge which messages are accounted for
+        found = ChaosRun(ChaosOptions(messages=1))._dead_letters(stack, "DispatchDeadLetterQueue")
+    # Then it finds all 15 with their reason (receiving stops at the group's first 10, in flight then)
+    assert sorted(json.loads(body)["message_ids"][0] for body, _ in found) == list(range(15))
+    assert {reason for _, reason in found} == {"failed 6 times: RuntimeError"}

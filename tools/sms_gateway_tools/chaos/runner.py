@@ -558,24 +558,19 @@ class ChaosRun:
         )
 
     def _dead_letters(self, stack: Any, queue_id: str) -> list[tuple[str, str]]:
-        """Every record in a dead-letter queue with its `reason` attribute ('' when it has none)."""
+        """Every record in a dead-letter queue with its `reason` attribute ('' when it has none), read from moto's
+        memory: ReceiveMessage returns nothing more of a FIFO message group while its received records are in
+        flight, so receiving would stop at the first few of an account's lane (the dispatch DLQ is FIFO)."""
+        from sms_gateway_tools.localstack.moto_server import queue_contents
+
         assert stack.resources is not None
         url = stack.resources.queue_urls.get(queue_id)
         if url is None:
             return []
-        found: list[tuple[str, str]] = []
-        seen: set[str] = set()
-        while True:
-            answer = stack.client("sqs").receive_message(
-                QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=300, MessageAttributeNames=["All"]
-            )
-            received = [m for m in answer.get("Messages") or [] if m["MessageId"] not in seen]
-            if not received:
-                return found
-            for message in received:
-                seen.add(message["MessageId"])
-                reason = ((message.get("MessageAttributes") or {}).get("reason") or {}).get("StringValue", "")
-                found.append((message["Body"], reason))
+        return [
+            (message.body, (message.message_attributes.get("reason") or {}).get("StringValue", ""))
+            for message in queue_contents(url)
+        ]
 
     def _summary(
         self,
