@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import replace
 from types import SimpleNamespace
+
+import pytest
 
 from sms_gateway.domain.webhooks import new_signing_secret, signed_headers
 from sms_gateway_tools.chaos.invariants import (
@@ -90,13 +93,58 @@ def test_a_second_send_of_one_reference_is_flagged():
 def test_a_deduplicating_upstream_asked_again_after_a_killed_dispatcher_read_accepted_is_not_a_second_send():
     # The dispatcher read "accepted" and was killed before recording it; the one that took its claim over asked the
     # deduplicating upstream again, which answered with the first message's id
-    taken_over = repeated_after_accept(resubmitted_after_heard_accept=["7.100.1"])
+    taken_over = repeated_after_accept(
+        resubmitted_after_heard_accept=["7.100.1"], accepted_then_killed=frozenset({"7.100.1"})
+    )
     assert broken(taken_over) == {}
     [once] = [verdict for verdict in check(taken_over) if verdict.name == "submitted_once"]
     assert "1 references asked again by the dispatcher that took over the claim of a killed one" in once.notes[0]
     # But not if the message then records another upstream message than the one the upstream has
     relabelled = replace(taken_over, messages=[message("1", upstream_message_id="sim-2")])
     assert broken(relabelled) == {"submitted_once": 1}
+
+
+def test_a_deduplicating_upstream_asked_again_after_a_heard_accept_with_no_dispatcher_killed_is_a_second_send():
+    # The dispatcher read "accepted" and was not killed (an SQS duplicate, say, or a claim given up), yet the
+    # reference was submitted again: only the takeover of a killed dispatcher's claim may ask again
+    asked_again = repeated_after_accept(resubmitted_after_heard_accept=["7.100.1"])
+    assert broken(asked_again) == {"submitted_once": 2}
+    # Nor does a kill of another reference's dispatcher excuse it
+    assert broken(replace(asked_again, accepted_then_killed=frozenset({"7.100.2"}))) == {"submitted_once": 2}
+
+
+def test_a_kill_loses_the_accepts_its_whole_invocation_had_heard_and_no_others():
+    from sms_gateway_tools.chaos.faults import DispatcherKilled, KillAfterSubmit
+
+    kills = KillAfterSubmit(rate=1.0, seed=1)
+    # The dispatcher's thread keeps one event loop across invocations (adapters/http.run), each message a task
+    loop = asyncio.new_event_loop()
+
+    async def submit(client_ref: str) -> None:
+        await asyncio.to_thread(kills.answered, client_ref)
+
+    async def dispatch(heard: list[str]) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            for client_ref in heard:
+                tasks.create_task(submit(client_ref))
+
+    def dispatcher(event: tuple[list[str], bool], context: object) -> None:
+        # Each reference of the invocation heard accepted, then (if told) the last one's dispatcher killed
+        heard, killed = event
+        loop.run_until_complete(dispatch(heard))
+        if killed and kills.should_kill(heard[-1]):
+            raise DispatcherKilled(heard[-1])
+
+    invoke = kills.one_invocation_each(dispatcher)
+    # Given an invocation that heard one accept and lived, then one killed after hearing two, then one that lived
+    invoke((["7.100.1"], False), None)
+    with pytest.raises(DispatcherKilled):
+        invoke((["7.100.2", "7.100.3"], True), None)
+    invoke((["7.100.4"], False), None)
+    loop.close()
+    # Then the killed invocation lost both its accepts (its sibling's with the killed message's), and only those
+    assert kills.killed == {"7.100.3"}
+    assert kills.accepted_then_killed == {"7.100.2", "7.100.3"}
 
 
 def test_a_retry_after_an_answer_the_dispatcher_never_read_is_not_a_second_send_on_a_deduplicating_upstream():

@@ -4,6 +4,7 @@ queueing of a send failing."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import threading
 from collections import Counter
@@ -11,6 +12,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+
+from sms_gateway_tools.localstack.lambdas import Handler, LocalFunction
 
 
 class DispatcherKilled(BaseException):
@@ -30,7 +33,9 @@ class KillAfterSubmit:
 
     It also keeps the dispatcher's side of every submit: which references it heard accepted, and each submit
     of a reference it had already heard accepted (a second send the dispatcher knew better than to make; the
-    simulator's own count also holds repeats after answers the dispatcher gave up waiting for)."""
+    simulator's own count also holds repeats after answers the dispatcher gave up waiting for). With the dispatcher
+    function given to `installed`, it keeps them by invocation, so it knows which accepts died with a kill: the
+    killed message's, and those its siblings in the same invocation had heard but maybe not yet recorded."""
 
     def __init__(self, rate: float, seed: int) -> None:
         self.rate = rate
@@ -42,6 +47,12 @@ class KillAfterSubmit:
         # references, and the count by the transport error's type name.
         self.unanswered_refs: set[str] = set()
         self.unanswered: Counter[str] = Counter()
+        # The references the current dispatcher invocation heard accepted (None outside one), and those of each
+        # invocation that was killed.
+        self._this_invocation: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar(
+            "chaos_dispatcher_invocation", default=None
+        )
+        self._killed_invocations: list[set[str]] = []
         self._lock = threading.Lock()
 
     def before_submit(self, client_ref: str) -> None:
@@ -52,6 +63,9 @@ class KillAfterSubmit:
     def answered(self, client_ref: str) -> None:
         with self._lock:
             self.heard_accepted.add(client_ref)
+            heard_here = self._this_invocation.get()
+            if heard_here is not None:
+                heard_here.add(client_ref)
 
     def not_answered(self, client_ref: str, error: BaseException) -> None:
         with self._lock:
@@ -65,10 +79,34 @@ class KillAfterSubmit:
             if client_ref in self.killed:
                 return False
             self.killed.add(client_ref)
+            # Kept by reference: a sibling that hears its answer as the invocation goes down is in it too.
+            self._killed_invocations.append(self._this_invocation.get() or {client_ref})
             return True
 
+    @property
+    def accepted_then_killed(self) -> frozenset[str]:
+        """The references a dispatcher read 'accepted' for in an invocation that was then killed: the only ones
+        the dispatcher taking their lapsed claims over may ask a deduplicating upstream again."""
+        with self._lock:
+            return frozenset(ref for heard in self._killed_invocations for ref in heard)
+
+    def one_invocation_each(self, handler: Handler) -> Handler:
+        """The dispatcher's `handler`, each call an invocation of its own for the accepts it hears (its message
+        tasks and threads inherit the context)."""
+
+        def invocation(event: Any, context: Any) -> Any:
+            token = self._this_invocation.set(set())
+            try:
+                return handler(event, context)
+            finally:
+                self._this_invocation.reset(token)
+
+        return invocation
+
     @contextlib.contextmanager
-    def installed(self) -> Iterator[KillAfterSubmit]:
+    def installed(self, dispatcher: LocalFunction | None = None) -> Iterator[KillAfterSubmit]:
+        """Wraps the simulator provider's `submit`, and `dispatcher`'s handler (the local stack's dispatcher
+        function: without it, a kill is known to lose its own message's accept only) while it lasts."""
         from sms_gateway.adapters.providers.simulator import SimulatorProvider
 
         original = SimulatorProvider.submit
@@ -90,10 +128,15 @@ class KillAfterSubmit:
             return result
 
         SimulatorProvider.submit = submit_then_maybe_die  # type: ignore[method-assign,assignment]
+        unwrapped = dispatcher.handler if dispatcher is not None else None
+        if dispatcher is not None:
+            dispatcher.handler = self.one_invocation_each(dispatcher.handler)
         try:
             yield self
         finally:
             SimulatorProvider.submit = original  # type: ignore[method-assign]
+            if dispatcher is not None and unwrapped is not None:
+                dispatcher.handler = unwrapped
 
 
 class SendStepFailed(Exception):

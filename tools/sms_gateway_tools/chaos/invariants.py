@@ -81,6 +81,8 @@ class Observations:
     # The dispatcher's side (chaos/faults.py): references submitted again after it had read their 'accepted';
     # references with a submit whose answer it never read, and those submits by error type (ReadTimeout, ...).
     resubmitted_after_heard_accept: list[str] = field(default_factory=list)
+    # References a dispatcher read 'accepted' for in an invocation that was then killed (chaos/faults.py).
+    accepted_then_killed: frozenset[str] = frozenset()
     unanswered_refs: frozenset[str] = frozenset()
     submits_unanswered: Mapping[str, int] = field(default_factory=dict)
     # Whether the gateway was told the upstream deduplicates by our reference: if not, no repeat is allowed.
@@ -189,12 +191,19 @@ def submitted_once(observed: Observations) -> Verdict:
                     f"{copy.client_ref} submitted {copy.repeats + 1} times to an upstream that cannot tell repeats"
                 )
     # A dispatcher can only submit a message it claimed, and only a queued message can be claimed: a reference
-    # submitted again after a dispatcher read its 'accepted' is one whose answer was never recorded (that dispatcher
-    # was killed first). A deduplicating upstream is asked again by whoever takes the lapsed claim over (the designed
-    # takeover: docs/dispatch.md, step 3); any other never.
-    taken_over = set(observed.resubmitted_after_heard_accept) if observed.upstream_deduplicates else set()
-    if not observed.upstream_deduplicates:
-        for client_ref in observed.resubmitted_after_heard_accept:
+    # submitted again after a dispatcher read its 'accepted' is one whose answer was never recorded. A deduplicating
+    # upstream is asked again by whoever takes over the lapsed claim of a dispatcher killed before it recorded the
+    # answer (the designed takeover: docs/dispatch.md, step 3); any other never.
+    taken_over: set[str] = set()
+    for client_ref in observed.resubmitted_after_heard_accept:
+        if observed.upstream_deduplicates and client_ref in observed.accepted_then_killed:
+            taken_over.add(client_ref)
+        elif observed.upstream_deduplicates:
+            verdict.violations.append(
+                f"{client_ref} submitted again after the dispatcher had read 'accepted', and no dispatcher that "
+                "read it was killed"
+            )
+        else:
             verdict.violations.append(f"{client_ref} submitted again after the dispatcher had read 'accepted'")
     for copy in observed.upstream:
         if copy.repeats_after_accept and copy.client_ref not in observed.unanswered_refs | taken_over:

@@ -244,7 +244,7 @@ class ChaosRun:
                 serialize_invocations=o.serialize_invocations,
                 http_concurrency=o.http_concurrency,
             ) as stack,
-            kills.installed(),
+            kills.installed(stack.functions["DispatcherFunction"]),
             send_faults.installed(),
         ):
             assert stack.simulator is not None
@@ -551,6 +551,7 @@ class ChaosRun:
             dead_lettered_messages=parked_messages,
             dead_lettered_notifications=parked_notifications,
             resubmitted_after_heard_accept=list(kills.resubmitted_after_heard_accept),
+            accepted_then_killed=kills.accepted_then_killed,
             unanswered_refs=frozenset(kills.unanswered_refs),
             submits_unanswered=dict(kills.unanswered),
             upstream_deduplicates=self.options.upstream_deduplicates,
