@@ -66,3 +66,39 @@ def test_each_operation_documents_its_answers_and_the_query_parameters_it_reads(
     assert {"reference_id", "status", "page_size", "next"} <= reports
     send_body = paths["/ng/v1/sendsms"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert [rule["required"] for rule in send_body["oneOf"]] == [["message"], ["body"], ["content"]]
+
+
+def test_the_document_says_how_each_family_authenticates(aws):
+    """Swagger UI's Authorize button and a client generated from the document need the credentials each family
+    takes: a Bearer token for /ng/v1, the user_key and Session_key headers for the session-key family, and the
+    Idempotency-Key header every send (and group create) honours."""
+    document = json.loads(get("/v1/openapi.json")["body"])
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["bearer"] == {"type": "http", "scheme": "bearer", "description": schemes["bearer"]["description"]}
+    assert {(s["in"], s["name"]) for s in schemes.values() if s["type"] == "apiKey"} == {
+        ("header", "user_key"),
+        ("header", "Session_key"),
+    }
+    missing = []
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            security = operation.get("security")
+            if path.startswith("/ng/v1/") and security != [{"bearer": []}]:
+                missing.append(f"{method.upper()} {path}: {security}")
+            if path in ("/sms", "/sms/{order_id}", "/status") and security != [{"user_key": [], "Session_key": []}]:
+                missing.append(f"{method.upper()} {path}: {security}")
+            if path in ("/login",) or path.startswith("/api/services/"):
+                assert "security" not in operation, path
+    assert not missing, "\n".join(missing)
+    for path, method in (
+        ("/ng/v1/sendsms", "post"),
+        ("/sms", "post"),
+        ("/ng/v1/groups", "post"),
+        ("/api/services/sendsms", "get"),
+        ("/api/services/sendsms/", "post"),
+    ):
+        headers = [p for p in document["paths"][path][method]["parameters"] if p["in"] == "header"]
+        assert [(p["name"], p["required"], p["schema"]["maxLength"]) for p in headers] == [
+            ("Idempotency-Key", False, 255)
+        ], path
+    assert "parameters" not in document["paths"]["/ng/v1/batches/dry_run"]["post"]

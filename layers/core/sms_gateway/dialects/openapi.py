@@ -45,7 +45,7 @@ class DocumentedResolver(APIGatewayHttpResolver):
         schema = super().get_openapi_schema(*args, **kwargs)
         document = schema.model_dump(by_alias=True, exclude_none=True, mode="json")
         components = document.setdefault("components", {}).setdefault("schemas", {})
-        _document_responses_and_queries(document)
+        _document_operations(document)
         for (path, method), (model, content_types) in self.request_bodies().items():
             operation = document.get("paths", {}).get(path, {}).get(method)
             if operation is None:
@@ -66,14 +66,19 @@ class DocumentedResolver(APIGatewayHttpResolver):
         return type(schema).model_validate(document)
 
 
-def _document_responses_and_queries(document: dict[str, Any]) -> None:
-    """Each operation's answers (success and its dialect's errors) and the query parameters it reads itself."""
-    from sms_gateway.dialects.openapi_responses import query_parameters, responses_for
+def _document_operations(document: dict[str, Any]) -> None:
+    """Each operation's answers (success and its dialect's errors), the credentials it takes and the parameters it
+    reads itself."""
+    from sms_gateway.dialects.openapi_responses import SECURITY_SCHEMES, parameters_for, responses_for, security_for
 
+    document["components"]["securitySchemes"] = SECURITY_SCHEMES
     for path, operations in document.get("paths", {}).items():
         for method, operation in operations.items():
             operation["responses"] = responses_for(path, method, operation.get("responses", {}))
+            security = security_for(path)
+            if security is not None:
+                operation["security"] = security
             declared = {parameter["name"] for parameter in operation.get("parameters", [])}
-            extra = [parameter for parameter in query_parameters(path, method) if parameter["name"] not in declared]
+            extra = [parameter for parameter in parameters_for(path, method) if parameter["name"] not in declared]
             if extra:
                 operation["parameters"] = [*operation.get("parameters", []), *extra]

@@ -1,4 +1,4 @@
-"""What the OpenAPI document says each operation answers, and the query parameters it reads itself.
+"""What the OpenAPI document says each operation answers, the credentials it takes and the parameters it reads itself.
 
 Dialects build their answers as dicts in the seeds' exact shapes and parse their own parameters (so errors keep
 the dialect's shape), so Powertools cannot see either; they are written down here, once, and `openapi.py` adds
@@ -7,6 +7,8 @@ them when the document is asked for. tests/e2e/test_openapi_conformance.py holds
 from __future__ import annotations
 
 from typing import Any
+
+from sms_gateway.logic.idempotency import MAX_KEY_LENGTH
 
 Schema = dict[str, Any]
 
@@ -228,6 +230,49 @@ QUERY_PARAMETERS: dict[tuple[str, str], dict[str, Schema]] = {
 }
 
 
+# ------------------------------------------------------------------ credentials, per dialect
+
+# How each family authenticates (Swagger UI's Authorize button, and what a generated client sends). The shortcode
+# family's apikey and partnerID are documented as the parameters they are (query or body), /login as its own.
+SECURITY_SCHEMES: dict[str, Schema] = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "the account's API token (the 9bits family)"},
+    "user_key": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "user_key",
+        "description": "the first half of GET /login's answer (the session-key family)",
+    },
+    "Session_key": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "Session_key",
+        "description": "the second half of GET /login's answer (the session-key family)",
+    },
+}
+SECURITY: dict[str, list[dict[str, list[str]]]] = {
+    "9bits": [{"bearer": []}],
+    "session-key": [{"user_key": [], "Session_key": []}],
+}
+UNAUTHENTICATED = {"/login"}
+# The operations a repeat under the same key answers once (logic/idempotency.py; keyed on the path without its
+# trailing slash).
+IDEMPOTENT: set[tuple[str, str]] = {
+    ("/ng/v1/sendsms", "post"),
+    ("/ng/v1/groups", "post"),
+    ("/sms", "post"),
+    ("/api/services/sendsms", "get"),
+    ("/api/services/sendsms", "post"),
+}
+IDEMPOTENCY_KEY: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "a repeat of the same request under the same key, for 24 hours, gets the first answer back and "
+    "does nothing again; the key used for another request is a conflict",
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": "\\S"},
+}
+
+
 def dialect_of(path: str) -> str:
     if path.startswith("/api/services"):
         return "shortcode"
@@ -263,9 +308,17 @@ def responses_for(path: str, method: str, documented: dict[str, Any]) -> dict[st
     return responses
 
 
-def query_parameters(path: str, method: str) -> list[dict[str, Any]]:
-    names = QUERY_PARAMETERS.get((path.rstrip("/") or "/", method), {})
-    return [{"name": name, "in": "query", "required": False, "schema": schema} for name, schema in names.items()]
+def security_for(path: str) -> list[dict[str, list[str]]] | None:
+    """The credentials the operation takes, if its family sends them as a security scheme."""
+    return None if path in UNAUTHENTICATED else SECURITY.get(dialect_of(path))
+
+
+def parameters_for(path: str, method: str) -> list[dict[str, Any]]:
+    """The query and header parameters the operation reads itself."""
+    key = (path.rstrip("/") or "/", method)
+    names = QUERY_PARAMETERS.get(key, {})
+    query = [{"name": name, "in": "query", "required": False, "schema": schema} for name, schema in names.items()]
+    return [*query, IDEMPOTENCY_KEY] if key in IDEMPOTENT else query
 
 
 def _json(description: str, schema: Schema) -> dict[str, Any]:
