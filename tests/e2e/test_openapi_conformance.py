@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     negative_data_rejection,
+    response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -57,6 +58,18 @@ def credentials(stack: Any) -> dict[str, str]:
         "user_key": user_key,
         "session_key": session_key,
     }
+
+
+@pytest.fixture(scope="module")
+def locked_out_username(stack: Any) -> str:
+    """An account's username after more failed logins than /login takes (logic/sessions.py MAX_FAILED_LOGINS)."""
+    from sms_gateway.logic.sessions import MAX_FAILED_LOGINS
+    from sms_gateway_tools.admin import create_account
+
+    username = create_account(name="Locked out", senders=["LOCKED"], credits=0, api_url=stack.api_url)["username"]
+    for _ in range(MAX_FAILED_LOGINS):
+        requests.get(f"{stack.api_url}/login", params={"username": username, "password": "wrong"}, timeout=10)
+    return str(username)
 
 
 def openapi_document() -> dict[str, Any]:
@@ -165,6 +178,17 @@ def test_every_operation_conforms_to_the_document(case: Any, stack: Any, credent
             negative_data_refused_in_the_dialect,
         ],
     )
+
+
+def test_a_locked_out_login_answers_as_documented(stack: Any, locked_out_username: str) -> None:
+    # authorise() gives every generated /login the right credentials: the lock-out is checked here.
+    case = schema["/login"]["GET"].Case(query={"username": locked_out_username, "password": "wrong"})
+    response = case.call_and_validate(
+        base_url=stack.api_url,
+        timeout=30,
+        checks=[status_code_conformance, response_headers_conformance, response_schema_conformance],
+    )
+    assert response.status_code == 429 and int(response.headers["retry-after"][0]) > 0
 
 
 @pytest.mark.parametrize("method", ["TRACE", "QUERY", "BREW"])

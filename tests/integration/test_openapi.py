@@ -62,6 +62,10 @@ def test_each_operation_documents_its_answers_and_the_query_parameters_it_reads(
     assert len(shortcode["anyOf"]) == 2
     assert set(paths["/api/services/sendsms"]["get"]["responses"]) == {"200"}
     assert paths["/login"]["get"]["responses"]["200"]["content"]["text/plain"]
+    # The errors that pass say when to come back: a locked-out login (only /login answers 429), an undone send.
+    assert paths["/login"]["get"]["responses"]["429"]["headers"]["Retry-After"]["required"] is True
+    assert "429" not in paths["/sms"]["post"]["responses"]
+    assert send["503"]["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 0}
     reports = {p["name"] for p in paths["/ng/v1/batches/{reference_id}/delivery_report"]["get"]["parameters"]}
     assert {"reference_id", "status", "page_size", "next"} <= reports
     send_body = paths["/ng/v1/sendsms"]["post"]["requestBody"]["content"]["application/json"]["schema"]

@@ -36,8 +36,22 @@ NINEBITS_ERROR = shape(status_code=INTEGER, message=STRING)
 NINEBITS_ERROR_STATUSES = (400, 401, 402, 404, 409, 413, 415, 500, 503)
 SESSION_ERROR = shape(result={"const": "KO"}, error=STRING)
 SESSION_ERROR_STATUSES = (400, 401, 404, 409, 413, 415, 500, 503)
+# The dialects whose errors are HTTP errors: their statuses and body.
+HTTP_ERRORS: dict[str, tuple[tuple[int, ...], Schema]] = {
+    "9bits": (NINEBITS_ERROR_STATUSES, NINEBITS_ERROR),
+    "session-key": (SESSION_ERROR_STATUSES, SESSION_ERROR),
+}
 # The shortcode family answers every outcome as HTTP 200, an error with its code in the body.
 SHORTCODE_ERROR = shape({"response-details": STRING}, **{"response-code": INTEGER, "response-description": STRING})
+# Errors only some operations of a dialect answer: (path, method) -> statuses.
+EXTRA_ERROR_STATUSES: dict[tuple[str, str], tuple[int, ...]] = {("/login", "get"): (429,)}
+# Errors that pass: the answer says when to come back (dialects/common.retry_after_header).
+RETRY_AFTER_STATUSES = (429, 503)
+RETRY_AFTER: dict[str, Any] = {
+    "required": True,
+    "description": "seconds to wait before the same request can succeed",
+    "schema": {"type": "integer", "minimum": 0},
+}
 ERROR_DESCRIPTIONS = {
     400: "invalid request: the message names what is wrong",
     401: "missing or invalid credentials",
@@ -46,6 +60,7 @@ ERROR_DESCRIPTIONS = {
     409: "conflict (an Idempotency-Key reused for another request, or a batch that can no longer change)",
     413: "request body over 256 KB",
     415: "unsupported Content-Type",
+    429: "too many failed logins for this username in the current 15-minute window: retry after Retry-After",
     500: "an unexpected failure, logged under the request id the message names; the request may be done in part",
     503: "a send that could not be stored or queued in time, undone (nothing sent or charged): retry after Retry-After",
 }
@@ -301,10 +316,12 @@ def responses_for(path: str, method: str, documented: dict[str, Any]) -> dict[st
         responses["200"] = _json("not a service of this API", SHORTCODE_ERROR)
     elif "200" in documented:
         responses["200"] = documented["200"]
-    if dialect == "9bits":
-        responses.update({str(s): _json(ERROR_DESCRIPTIONS[s], NINEBITS_ERROR) for s in NINEBITS_ERROR_STATUSES})
-    elif dialect == "session-key":
-        responses.update({str(s): _json(ERROR_DESCRIPTIONS[s], SESSION_ERROR) for s in SESSION_ERROR_STATUSES})
+    if dialect in HTTP_ERRORS:
+        statuses, error_schema = HTTP_ERRORS[dialect]
+        for status in sorted((*statuses, *EXTRA_ERROR_STATUSES.get(key, ()))):
+            responses[str(status)] = _json(ERROR_DESCRIPTIONS[status], error_schema)
+            if status in RETRY_AFTER_STATUSES:
+                responses[str(status)]["headers"] = {"Retry-After": RETRY_AFTER}
     return responses
 
 
