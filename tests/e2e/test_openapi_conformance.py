@@ -119,10 +119,13 @@ def authorise(case: Any, credentials: dict[str, str]) -> dict[str, str]:
         return {"Authorization": f"Bearer {credentials['token']}"}
     if path.startswith(SHORTCODE_FAMILY):
         family = {"apikey": credentials["apikey"], "partnerID": credentials["partner_id"]}
-        case.query = {**(case.query or {}), **family}
-        # A body's parameters win over the query's: a positive case's generated ones are replaced too.
-        if isinstance(case.body, dict) and not case.meta.generation.mode.is_negative:
-            case.body.update(family)
+        if case.method.upper() == "GET":
+            case.query = {**(case.query or {}), **family}
+        elif isinstance(case.body, dict):
+            # Where the document puts them, a POST's body: in a negative case only those left as the strings they
+            # should be (one the case leaves out or breaks is what the server must refuse).
+            negative = case.meta.generation.mode.is_negative
+            case.body.update({k: v for k, v in family.items() if not negative or isinstance(case.body.get(k), str)})
         return {}
     if path == "/login":
         case.query = {**(case.query or {}), "username": credentials["username"], "password": credentials["password"]}

@@ -106,3 +106,22 @@ def test_the_document_says_how_each_family_authenticates(aws):
             ("Idempotency-Key", False, 255)
         ], path
     assert "parameters" not in document["paths"]["/ng/v1/batches/dry_run"]["post"]
+
+
+def test_every_shortcode_post_documents_the_parameters_it_reads(aws):
+    """POST getdlr and getbalance read the credentials (and getdlr the messageID) from the body, and each
+    trailing-slash twin reads what its path without the slash reads: a client built from the document can send
+    them, as JSON, a form or a multipart form (PHP's CURLOPT_POSTFIELDS array)."""
+    paths = json.loads(get("/v1/openapi.json")["body"])["paths"]
+    required = {
+        "sendsms": ["apikey", "partnerID", "message", "shortcode", "mobile"],
+        "getdlr": ["apikey", "partnerID", "messageID"],
+        "getbalance": ["apikey", "partnerID"],
+    }
+    for service, fields in required.items():
+        for path in (f"/api/services/{service}", f"/api/services/{service}/"):
+            content = paths[path]["post"]["requestBody"]["content"]
+            assert list(content) == ["application/json", "application/x-www-form-urlencoded", "multipart/form-data"]
+            for media in content.values():
+                assert media["schema"]["required"] == fields, path
+                assert set(fields) <= set(media["schema"]["properties"]), path

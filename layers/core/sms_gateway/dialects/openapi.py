@@ -13,8 +13,14 @@ from pydantic import BaseModel
 
 TITLE = "SMS gateway: 9bits, batches, shortcode and session-key dialects"
 DOCS_PATH = "/v1/docs"
-# Fields a body must have that its model leaves optional because the same model reads a query string too.
-REQUIRED_BODY_FIELDS = {("/api/services/sendsms", "post"): ("apikey", "partnerID", "message", "shortcode", "mobile")}
+# Fields a body must have that its model leaves optional because the same model reads a query string too (keyed,
+# as the bodies are, on the path without a trailing slash: /api/services/getdlr/ reads what /getdlr reads).
+_SHORTCODE_CREDENTIALS = ("apikey", "partnerID")
+REQUIRED_BODY_FIELDS = {
+    ("/api/services/sendsms", "post"): (*_SHORTCODE_CREDENTIALS, "message", "shortcode", "mobile"),
+    ("/api/services/getdlr", "post"): (*_SHORTCODE_CREDENTIALS, "messageID"),
+    ("/api/services/getbalance", "post"): _SHORTCODE_CREDENTIALS,
+}
 
 
 def _request_bodies() -> dict[tuple[str, str], tuple[type[BaseModel], tuple[str, ...]]]:
@@ -22,7 +28,8 @@ def _request_bodies() -> dict[tuple[str, str], tuple[type[BaseModel], tuple[str,
     from sms_gateway.dialects.ninebits_webhooks import ResendAllRequest
 
     json_only = ("application/json",)
-    forms = ("application/json", "application/x-www-form-urlencoded")
+    # The shortcode family's clients post JSON, a form, or (PHP's CURLOPT_POSTFIELDS array) a multipart form.
+    forms = ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")
     return {
         ("/ng/v1/sendsms", "post"): (ninebits.SendRequest, json_only),
         ("/ng/v1/batches/dry_run", "post"): (ninebits.SendRequest, json_only),
@@ -32,6 +39,8 @@ def _request_bodies() -> dict[tuple[str, str], tuple[type[BaseModel], tuple[str,
         ("/ng/v1/settings/webhooks", "put"): (ninebits_inbox.WebhookSettingsRequest, json_only),
         ("/ng/v1/webhooks/failures/resend", "post"): (ResendAllRequest, json_only),
         ("/api/services/sendsms", "post"): (shortcode.ShortcodeParams, forms),
+        ("/api/services/getdlr", "post"): (shortcode.ShortcodeParams, forms),
+        ("/api/services/getbalance", "post"): (shortcode.ShortcodeParams, forms),
         ("/sms", "post"): (sessionkey.SendRequest, json_only),
     }
 
@@ -46,23 +55,30 @@ class DocumentedResolver(APIGatewayHttpResolver):
         document = schema.model_dump(by_alias=True, exclude_none=True, mode="json")
         components = document.setdefault("components", {}).setdefault("schemas", {})
         _document_operations(document)
-        for (path, method), (model, content_types) in self.request_bodies().items():
-            operation = document.get("paths", {}).get(path, {}).get(method)
-            if operation is None:
-                continue
-            body_schema = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
-            components.update(body_schema.pop("$defs", {}))
-            components[
-                model.__name__ if model.__name__ not in components else f"{model.__module__}.{model.__name__}"
-            ] = body_schema
-            body_schema.setdefault("required", [])
-            body_schema["required"] += [
-                name for name in REQUIRED_BODY_FIELDS.get((path, method), ()) if name not in body_schema["required"]
-            ]
-            operation["requestBody"] = {
-                "required": True,
-                "content": {content_type: {"schema": body_schema} for content_type in content_types},
-            }
+        bodies = self.request_bodies()
+        registered: dict[type[BaseModel], str] = {}
+        for path, operations in document.get("paths", {}).items():
+            for method, operation in operations.items():
+                key = (path.rstrip("/") or "/", method)
+                if key not in bodies:
+                    continue
+                model, content_types = bodies[key]
+                body_schema = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+                components.update(body_schema.pop("$defs", {}))
+                if model not in registered:
+                    # Under its own name, or its module's where another model took that name first.
+                    qualified = f"{model.__module__}.{model.__name__}"
+                    registered[model] = qualified if model.__name__ in components else model.__name__
+                    components[registered[model]] = body_schema
+                required = list(body_schema.get("required", []))
+                required += [name for name in REQUIRED_BODY_FIELDS.get(key, ()) if name not in required]
+                operation["requestBody"] = {
+                    "required": True,
+                    "content": {
+                        content_type: {"schema": {**body_schema, "required": required}}
+                        for content_type in content_types
+                    },
+                }
         return type(schema).model_validate(document)
 
 
