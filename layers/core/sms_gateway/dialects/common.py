@@ -33,6 +33,9 @@ from sms_gateway.outcome_metrics import count_accepted
 ModelT = TypeVar("ModelT", bound=BaseModel)
 T = TypeVar("T")
 
+# A text that is not blank, as the OpenAPI document states what the validators take (a schema cannot run them).
+NOT_BLANK = r"\S"
+
 # HTTP status of each domain error code, shared by the JSON dialects unless a dialect overrides it.
 HTTP_STATUS = {
     "unauthorized": 401,

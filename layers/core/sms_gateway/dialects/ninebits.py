@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from sms_gateway.bootstrap import gateway, price_book, send_dependencies
 from sms_gateway.dialects.common import (
+    NOT_BLANK,
     accept,
     idempotent,
     json_prefix,
@@ -33,7 +34,7 @@ from sms_gateway.domain.models import (
 )
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import GatewayError, InvalidRequest
-from sms_gateway.logic import batches, groups
+from sms_gateway.logic import accounts, batches, groups
 from sms_gateway.logic.accounts import check_webhook_url
 from sms_gateway.logic.auth import account_for_credential, bearer_token
 from sms_gateway.logic.idempotency import request_key
@@ -61,6 +62,14 @@ def _as_list(value: Any) -> Any:
 
 
 TEXT_FIELDS = ("message", "body", "content")
+# A webhook URL as the OpenAPI document states it: https, a host without user:pass@, no spaces, backslashes or
+# control characters (domain/webhook_urls.py, which also refuses local and private hosts: the description says so).
+WEBHOOK_URL_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "pattern": r"^https://[^/?#@\\\s\x00-\x1f\x7f]+([/?#][^\\\s\x00-\x1f\x7f]*)?$",
+    "maxLength": accounts.MAX_URL_LENGTH,
+    "description": "an https URL of a public host (not localhost, a private address or *.internal)",
+}
 
 
 def _document_numbers(schema: dict[str, Any], name: str, *, min_items: int = 0, max_items: int | None = None) -> None:
@@ -75,17 +84,19 @@ def _document_numbers(schema: dict[str, Any], name: str, *, min_items: int = 0, 
 def _document_send_rules(schema: dict[str, Any]) -> None:
     """The rules the validators below apply, in the OpenAPI document too: `to` is one number (string or integer)
     or a list of them; the text is in exactly one of message, body or content (the others absent or null);
-    callback_url needs delivery_report "yes"."""
+    callback_url is a webhook URL, and needs delivery_report "yes"."""
     _document_numbers(schema, "to", min_items=1)
     schema["oneOf"] = [
         {
             "required": [given],
             "properties": {
-                name: {"type": "string", "minLength": 1} if name == given else {"type": "null"} for name in TEXT_FIELDS
+                name: {"type": "string", "minLength": 1, "pattern": NOT_BLANK} if name == given else {"type": "null"}
+                for name in TEXT_FIELDS
             },
         }
         for given in TEXT_FIELDS
     ]
+    schema["properties"]["callback_url"] = {"anyOf": [WEBHOOK_URL_SCHEMA, {"type": "null"}], "title": "Callback Url"}
     schema["if"] = {"required": ["callback_url"], "properties": {"callback_url": {"type": "string"}}}
     schema["then"] = {"required": ["delivery_report"], "properties": {"delivery_report": {"const": "yes"}}}
 

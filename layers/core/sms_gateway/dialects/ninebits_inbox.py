@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sms_gateway.bootstrap import gateway
 from sms_gateway.dialects.common import json_request, json_response, page_size_parameter
-from sms_gateway.dialects.ninebits import _caller
+from sms_gateway.dialects.ninebits import WEBHOOK_URL_SCHEMA, _caller
 from sms_gateway.domain.ids import id_time_ms
 from sms_gateway.domain.models import Account, StoredInbound, iso
 from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
@@ -156,10 +156,21 @@ def _number(raw: str, account: Account) -> str:
 # ---------------------------------------------------------------- webhook settings
 
 
+def _document_webhook_urls(schema: dict[str, Any]) -> None:
+    """What a change takes, as the OpenAPI document states it: each URL a webhook URL, "" (remove it) or null (keep
+    it); and something to change, a URL or a rotation (logic/accounts.set_webhooks)."""
+    for name in ("inbound_url", "dlr_url"):
+        schema["properties"][name] = {"anyOf": [WEBHOOK_URL_SCHEMA, {"const": ""}, {"type": "null"}]}
+    schema["anyOf"] = [
+        *({"required": [name], "properties": {name: {"type": "string"}}} for name in ("inbound_url", "dlr_url")),
+        *({"required": [name], "properties": {name: {"const": True}}} for name in ("rotate_token", "rotate_secret")),
+    ]
+
+
 class WebhookSettingsRequest(BaseModel):
     """A URL given as "" removes that webhook; null or absent keeps it."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_document_webhook_urls)
 
     inbound_url: str | None = Field(default=None, max_length=accounts.MAX_URL_LENGTH)
     dlr_url: str | None = Field(default=None, max_length=accounts.MAX_URL_LENGTH)

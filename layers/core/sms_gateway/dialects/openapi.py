@@ -13,13 +13,13 @@ from pydantic import BaseModel
 
 TITLE = "SMS gateway: 9bits, batches, shortcode and session-key dialects"
 DOCS_PATH = "/v1/docs"
-# Fields a body must have that its model leaves optional because the same model reads a query string too (keyed,
-# as the bodies are, on the path without a trailing slash: /api/services/getdlr/ reads what /getdlr reads).
+# Fields a request must give (in its body, or a GET in its query) that the model leaves optional because the same
+# model reads a query string too; keyed on the path without a trailing slash: /getdlr/ reads what /getdlr reads.
 _SHORTCODE_CREDENTIALS = ("apikey", "partnerID")
-REQUIRED_BODY_FIELDS = {
-    ("/api/services/sendsms", "post"): (*_SHORTCODE_CREDENTIALS, "message", "shortcode", "mobile"),
-    ("/api/services/getdlr", "post"): (*_SHORTCODE_CREDENTIALS, "messageID"),
-    ("/api/services/getbalance", "post"): _SHORTCODE_CREDENTIALS,
+REQUIRED_FIELDS = {
+    "/api/services/sendsms": (*_SHORTCODE_CREDENTIALS, "message", "shortcode", "mobile"),
+    "/api/services/getdlr": (*_SHORTCODE_CREDENTIALS, "messageID"),
+    "/api/services/getbalance": _SHORTCODE_CREDENTIALS,
 }
 
 
@@ -51,6 +51,8 @@ class DocumentedResolver(APIGatewayHttpResolver):
     )
 
     def get_openapi_schema(self, *args: Any, **kwargs: Any) -> Any:
+        from sms_gateway.dialects.openapi_responses import given
+
         schema = super().get_openapi_schema(*args, **kwargs)
         document = schema.model_dump(by_alias=True, exclude_none=True, mode="json")
         components = document.setdefault("components", {}).setdefault("schemas", {})
@@ -71,13 +73,16 @@ class DocumentedResolver(APIGatewayHttpResolver):
                     registered[model] = qualified if model.__name__ in components else model.__name__
                     components[registered[model]] = body_schema
                 required = list(body_schema.get("required", []))
-                required += [name for name in REQUIRED_BODY_FIELDS.get(key, ()) if name not in required]
+                required += [name for name in REQUIRED_FIELDS.get(key[0], ()) if name not in required]
+                # A field the model leaves optional that the request must give: neither null nor blank.
+                properties = {
+                    name: given(schema) if name in REQUIRED_FIELDS.get(key[0], ()) else schema
+                    for name, schema in body_schema.get("properties", {}).items()
+                }
+                operation_schema = {**body_schema, "properties": properties, "required": required}
                 operation["requestBody"] = {
                     "required": True,
-                    "content": {
-                        content_type: {"schema": {**body_schema, "required": required}}
-                        for content_type in content_types
-                    },
+                    "content": {content_type: {"schema": operation_schema} for content_type in content_types},
                 }
         return type(schema).model_validate(document)
 
@@ -94,7 +99,6 @@ def _document_operations(document: dict[str, Any]) -> None:
             security = security_for(path)
             if security is not None:
                 operation["security"] = security
-            declared = {parameter["name"] for parameter in operation.get("parameters", [])}
-            extra = [parameter for parameter in parameters_for(path, method) if parameter["name"] not in declared]
-            if extra:
-                operation["parameters"] = [*operation.get("parameters", []), *extra]
+            parameters = parameters_for(path, method, operation.get("parameters", []))
+            if parameters:
+                operation["parameters"] = parameters

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from sms_gateway.dialects.common import NOT_BLANK
+from sms_gateway.dialects.ninebits_inbox import MAX_LIMIT as MAX_INBOX_LIMIT
+from sms_gateway.dialects.openapi import REQUIRED_FIELDS
 from sms_gateway.logic.idempotency import MAX_KEY_LENGTH
+from sms_gateway.logic.webhook_retries import NOTIFICATION_ID
 
 Schema = dict[str, Any]
 
@@ -288,6 +292,30 @@ IDEMPOTENCY_KEY: dict[str, Any] = {
 }
 
 
+# The parameters routes declare (so Powertools documents them as the plain strings they are read as): what the
+# dialect's own checks take of them.
+# The patterns say it too to a client that takes `format` as a note (JSON Schema's default).
+_DATE_OR_DATE_TIME: Schema = {
+    "anyOf": [
+        {"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
+        {"type": "string", "format": "date-time", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}"},
+        {"const": ""},
+    ],
+    "description": "a date-time without an offset is the account's time; empty is no bound",
+}
+DECLARED_PARAMETERS: dict[tuple[str, str], dict[str, Schema]] = {
+    ("/ng/v1/inbounds", "get"): {
+        "limit": {"type": "integer", "minimum": 1, "maximum": MAX_INBOX_LIMIT},
+        "from": _DATE_OR_DATE_TIME,
+        "to": _DATE_OR_DATE_TIME,
+    },
+    ("/ng/v1/webhooks/failures/{notification_id}/resend", "post"): {
+        # The ids the gateway makes (dlr_<message_id>_<sequence>, in_<id>): ':' is taken only if sent unescaped.
+        "notification_id": {"type": "string", "pattern": NOTIFICATION_ID.pattern.replace(":", "")},
+    },
+}
+
+
 def dialect_of(path: str) -> str:
     if path.startswith("/api/services"):
         return "shortcode"
@@ -330,12 +358,33 @@ def security_for(path: str) -> list[dict[str, list[str]]] | None:
     return None if path in UNAUTHENTICATED else SECURITY.get(dialect_of(path))
 
 
-def parameters_for(path: str, method: str) -> list[dict[str, Any]]:
-    """The query and header parameters the operation reads itself."""
+def parameters_for(path: str, method: str, declared: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The operation's parameters: those its route declares, with what the dialect's checks take of them, then the
+    query and header parameters it reads itself (a shortcode service's required fields required)."""
     key = (path.rstrip("/") or "/", method)
-    names = QUERY_PARAMETERS.get(key, {})
-    query = [{"name": name, "in": "query", "required": False, "schema": schema} for name, schema in names.items()]
-    return [*query, IDEMPOTENCY_KEY] if key in IDEMPOTENT else query
+    schemas = DECLARED_PARAMETERS.get(key, {})
+    parameters = [
+        {**parameter, "schema": schemas[parameter["name"]]} if parameter["name"] in schemas else parameter
+        for parameter in declared
+    ]
+    names = {parameter["name"] for parameter in declared}
+    required = REQUIRED_FIELDS.get(key[0], ())
+    parameters += [
+        {"name": name, "in": "query", "required": True, "schema": given(schema)}
+        if name in required
+        else {"name": name, "in": "query", "required": False, "schema": schema}
+        for name, schema in QUERY_PARAMETERS.get(key, {}).items()
+        if name not in names
+    ]
+    return [*parameters, IDEMPOTENCY_KEY] if key in IDEMPOTENT else parameters
+
+
+def given(schema: Schema) -> Schema:
+    """A required field's schema: not null, and (a text being read stripped, a blank one as missing) not blank."""
+    alternatives = [branch for branch in schema.get("anyOf", [schema]) if branch != {"type": "null"}]
+    rest = {key: value for key, value in schema.items() if key not in ("anyOf", "default", "type")}
+    one = {**rest, **alternatives[0]} if len(alternatives) == 1 else {**rest, "anyOf": alternatives}
+    return {**one, "pattern": NOT_BLANK}
 
 
 def _json(description: str, schema: Schema) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sms_gateway.bootstrap import gateway, price_book
 from sms_gateway.dialects.common import (
+    NOT_BLANK,
     accept,
     idempotent,
     json_response,
@@ -100,10 +101,19 @@ def _blank_is_none(value: Any) -> Any:
     return value
 
 
+def _document_send_rules(schema: dict[str, Any]) -> None:
+    """The rules the validators below apply, in the OpenAPI document too: a text that is not blank, one of the
+    family's message types (null is N), and no order_id of the client's own."""
+    properties = schema["properties"]
+    properties["message"]["pattern"] = NOT_BLANK
+    properties["message_type"] = {"enum": [*MESSAGE_TYPES, None], "default": "N", "title": "Message Type"}
+    properties["order_id"] = {"type": "null", "description": "custom order ids are not supported: leave it out"}
+
+
 class SendRequest(BaseModel):
     """POST /sms as the seed's clients write it (Gson leaves null fields out, JSON.NET writes them as null)."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, json_schema_extra=_document_send_rules)
 
     message: str = Field(min_length=1)
     message_type: str = "N"

@@ -144,10 +144,23 @@ def render_error(error: GatewayError) -> Response[Any]:
 # ------------------------------------------------------------------ request parameters
 
 
+def _document_numbers_as_text(schema: dict[str, Any]) -> None:
+    """In the OpenAPI document too: the numbers the validators below read as text."""
+    integer, null = {"type": "integer"}, {"type": "null"}
+    properties = schema["properties"]
+    for name in ("apikey", "partnerID", "shortcode", "messageID"):
+        properties[name]["anyOf"] = [{"type": "string"}, integer, null]
+    properties["message"]["anyOf"] = [{"type": "string"}, {"type": "number"}, null]
+    one = {"anyOf": [{"type": "string"}, integer]}
+    properties["mobile"]["anyOf"] = [{"type": "string"}, integer, {"type": "array", "items": one}, null]
+
+
 class ShortcodeParams(BaseModel):
     """The family's parameters, named as in the seed, from a query string, a JSON body or a form."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="ignore", frozen=True, populate_by_name=True, json_schema_extra=_document_numbers_as_text
+    )
 
     apikey: str | None = None
     partner_id: str | None = Field(default=None, alias="partnerID")
