@@ -21,6 +21,7 @@ from schemathesis.specs.openapi.checks import (
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
+    unsupported_method,
 )
 
 pytestmark = pytest.mark.e2e
@@ -35,8 +36,9 @@ SHORTCODE_FAMILY = "/api/services/"
 UNSUPPORTED_SERVICES = "/api/services/{action}"
 SHORTCODE_SENDS = "/api/services/sendsms"
 # The shortcode family's response-codes, as the HTTP statuses the other dialects answer: success; invalid
-# credentials, no partnerID, no apikey; not found; an Idempotency-Key conflict; an internal error. Any other is 400.
-SHORTCODE_STATUSES = {200: 200, 1006: 401, 4091: 401, 4092: 401, 4093: 404, 4099: 409, 4090: 500}
+# credentials, no partnerID, no apikey; not found; an unsupported request (a method or content type the service does
+# not take); an Idempotency-Key conflict; an internal error. Any other is 400.
+SHORTCODE_STATUSES = {200: 200, 1006: 401, 4091: 401, 4092: 401, 4093: 404, 1010: 405, 4099: 409, 4090: 500}
 
 
 @pytest.fixture(scope="module")
@@ -258,6 +260,13 @@ def negative_data_refused_in_the_dialect(ctx: Any, response: Any, case: Any) -> 
 
 
 @schemathesis.check
+def unsupported_method_refused_in_the_dialect(ctx: Any, response: Any, case: Any) -> bool | None:
+    """Schemathesis' check that a method the path does not take is answered 405 with Allow, reading the shortcode
+    family's HTTP 200 (with Allow) as the refusal it is."""
+    return unsupported_method(ctx, in_the_dialect(response, case), case)
+
+
+@schemathesis.check
 def positive_data_accepted_in_the_dialect(ctx: Any, response: Any, case: Any) -> bool | None:
     """Schemathesis' positive-data check (what the document calls valid is not refused as invalid), reading the
     shortcode family's HTTP 200 errors as the refusals they are."""
@@ -283,6 +292,7 @@ def test_every_operation_conforms_to_the_document(
             response_schema_conformance,
             negative_data_refused_in_the_dialect,
             positive_data_accepted_in_the_dialect,
+            unsupported_method_refused_in_the_dialect,
         ],
     )
     if 200 <= in_the_dialect(response, case).status_code < 300:
@@ -327,8 +337,43 @@ def test_a_locked_out_login_answers_as_documented(stack: Any, locked_out_usernam
 
 
 @pytest.mark.parametrize("method", ["TRACE", "QUERY", "BREW"])
-def test_a_method_no_route_takes_is_not_found_rather_than_a_server_error(stack: Any, method: str) -> None:
+def test_a_method_no_route_takes_is_refused_rather_than_a_server_error(stack: Any, method: str) -> None:
     # The local bridge used to leave these to http.server, whose 501 reads as a server error.
     response = requests.request(method, f"{stack.api_url}/ng/v1/sendsms", timeout=10)
-    assert response.status_code == 404
+    assert response.status_code == 405 and response.headers["Allow"] == "POST"
     assert method in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed", "body_keys"),
+    [
+        ("GET", "/ng/v1/sendsms", {"POST"}, {"status_code", "message"}),
+        ("PUT", "/ng/v1/groups/{group_id}", {"GET", "DELETE"}, {"status_code", "message"}),
+        ("GET", "/sms", {"POST"}, {"result", "error"}),
+        ("POST", "/login", {"GET"}, {"result", "error"}),
+        ("PUT", "/status", {"GET"}, {"result", "error"}),
+    ],
+)
+def test_a_method_the_path_does_not_take_is_405_with_allow_in_the_dialects_shape(
+    stack: Any,
+    credentials: dict[str, str],
+    existing: dict[str, Any],
+    method: str,
+    path: str,
+    allowed: set[str],
+    body_keys: set[str],
+) -> None:
+    """A client that used the wrong method is told so (405, and the methods the path takes), in its dialect's shape:
+    until 2026-12-06 it was told the resource did not exist (404), or for /sms, /login and /status got API Gateway's
+    bare {"message": "Not Found"}, which no session-key client can read."""
+    headers = {
+        "Authorization": f"Bearer {credentials['token']}",
+        "user_key": credentials["user_key"],
+        "Session_key": credentials["session_key"],
+    }
+    group_id = existing["path"]["GET /ng/v1/groups/{group_id}"]["group_id"]
+    url = f"{stack.api_url}{path.replace('{group_id}', group_id)}"
+    answer = requests.request(method, url, headers=headers, timeout=10)
+    assert answer.status_code == 405, answer.text
+    assert {name.strip() for name in answer.headers["Allow"].split(",")} == allowed
+    assert set(answer.json()) == body_keys

@@ -784,9 +784,15 @@ def test_order_routes_need_a_session(aws, account, api):
     assert balance(account["account_id"]) == 99
 
 
-def test_an_unknown_route_under_sms_is_a_404_in_the_familys_shape(aws, account, api):
-    response = api(route_event("PUT", "/sms/123", log_in(api, account)))
+def test_an_unknown_path_under_sms_is_a_404_and_a_wrong_method_a_405_in_the_familys_shape(aws, account, api):
+    keys = log_in(api, account)
+    response = api(route_event("GET", "/sms/123/recipients", keys))
     assert response["statusCode"] == 404
+    assert answer(response)["result"] == "KO"
+    # An order's path asked with a method it does not take: HTTP's 405, naming the ones it takes
+    response = api(route_event("PUT", "/sms/123", keys))
+    assert response["statusCode"] == 405
+    assert response["headers"]["Allow"] == "DELETE, GET"
     assert answer(response)["result"] == "KO"
 
 

@@ -59,6 +59,16 @@ class NotFound(GatewayError):
     code = "not_found"
 
 
+class MethodNotAllowed(GatewayError):
+    """A path the api serves, asked with a method none of its routes takes: `allowed` lists the ones they take."""
+
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allowed: list[str]) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+
 class Conflict(GatewayError):
     code = "conflict"
 

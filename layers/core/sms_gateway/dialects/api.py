@@ -14,7 +14,7 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
 from sms_gateway import deadlines
 from sms_gateway.dialects.openapi import DOCS_PATH, TITLE, DocumentedResolver
-from sms_gateway.errors import GatewayError, InternalError, InvalidRequest, NotFound
+from sms_gateway.errors import GatewayError, InternalError, InvalidRequest, MethodNotAllowed, NotFound
 from sms_gateway.observability import logger, metrics
 
 # Which dialect a path belongs to: the modules whose routers serve it (imported, and their routes registered, on the
@@ -116,6 +116,10 @@ class ApiResolver(DocumentedResolver):
     def _routes(self) -> list[Any]:
         return [*self._static_routes, *self._dynamic_routes]
 
+    def methods_for(self, path: str) -> list[str]:
+        """The methods the registered routes take for `path` (those of its dialect: the request registered them)."""
+        return sorted({route.method for route in self._routes() if route.rule.match(path)})
+
     def register_everything(self) -> None:
         self.register(*every_step())
 
@@ -191,5 +195,12 @@ def unexpected_error(error: Exception) -> Response[Any]:
 
 @app.not_found
 def not_found(_: Exception) -> Response[Any]:
-    path = app.current_event.path
-    return render_error(path, NotFound(f"no route for {app.current_event.http_method} {path}"))
+    """No route for the method and path: 405 with Allow where a route takes the path with another method (HTTP's
+    answer, in the dialect's shape), else 404."""
+    path, method = app.current_event.path, app.current_event.http_method.upper()
+    allowed = app.methods_for(path)
+    if allowed:
+        return render_error(
+            path, MethodNotAllowed(f"{path} does not take {method}: use {' or '.join(allowed)}", allowed=allowed)
+        )
+    return render_error(path, NotFound(f"no route for {method} {path}"))

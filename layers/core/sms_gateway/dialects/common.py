@@ -21,6 +21,7 @@ from sms_gateway.domain.models import Account, KeyClaim, SendCommand, StoredAnsw
 from sms_gateway.errors import (
     GatewayError,
     InvalidRequest,
+    MethodNotAllowed,
     PayloadTooLarge,
     TooManyAttempts,
     Unavailable,
@@ -45,6 +46,7 @@ HTTP_STATUS = {
     "invalid_recipient": 400,
     "insufficient_credits": 402,
     "not_found": 404,
+    "method_not_allowed": 405,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "conflict": 409,
@@ -223,9 +225,14 @@ def json_response(status_code: int, body: Any, headers: dict[str, str] | None = 
     )
 
 
-def retry_after_header(error: GatewayError) -> dict[str, str] | None:
-    """Retry-After for an error that passes (too many logins, a send undone for want of time)."""
-    return {"Retry-After": str(error.retry_after)} if isinstance(error, TooManyAttempts | Unavailable) else None
+def error_headers(error: GatewayError) -> dict[str, str] | None:
+    """Retry-After for an error that passes (too many logins, a send undone for want of time); Allow for a method
+    the path does not take."""
+    if isinstance(error, TooManyAttempts | Unavailable):
+        return {"Retry-After": str(error.retry_after)}
+    if isinstance(error, MethodNotAllowed):
+        return {"Allow": ", ".join(error.allowed)}
+    return None
 
 
 def status_for(error: GatewayError) -> int:

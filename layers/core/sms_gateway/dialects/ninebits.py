@@ -13,13 +13,13 @@ from sms_gateway.bootstrap import gateway, price_book, send_dependencies
 from sms_gateway.dialects.common import (
     NOT_BLANK,
     accept,
+    error_headers,
     idempotent,
     json_prefix,
     json_request,
     json_response,
     key_claim,
     page_size_parameter,
-    retry_after_header,
     status_for,
 )
 from sms_gateway.domain.dates import basic_form_wall_clock
@@ -164,7 +164,7 @@ class SendRequest(BaseModel):
 
 def render_error(error: GatewayError) -> Response[Any]:
     status = status_for(error)
-    return json_response(status, {"status_code": status, "message": error.message}, headers=retry_after_header(error))
+    return json_response(status, {"status_code": status, "message": error.message}, headers=error_headers(error))
 
 
 def _caller() -> Account:

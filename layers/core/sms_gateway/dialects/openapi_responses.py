@@ -49,7 +49,7 @@ HTTP_ERRORS: dict[str, tuple[tuple[int, ...], Schema]] = {
 SHORTCODE_ERROR = shape({"response-details": STRING}, **{"response-code": INTEGER, "response-description": STRING})
 # Errors only some operations of a dialect answer: (path, method) -> statuses.
 EXTRA_ERROR_STATUSES: dict[tuple[str, str], tuple[int, ...]] = {("/login", "get"): (429,)}
-# Errors that pass: the answer says when to come back (dialects/common.retry_after_header).
+# Errors that pass: the answer says when to come back (dialects/common.error_headers).
 RETRY_AFTER_STATUSES = (429, 503)
 RETRY_AFTER: dict[str, Any] = {
     "required": True,

@@ -16,12 +16,12 @@ from sms_gateway.bootstrap import gateway, price_book
 from sms_gateway.dialects.common import (
     NOT_BLANK,
     accept,
+    error_headers,
     idempotent,
     json_response,
     parse_json_body,
     parse_model,
     request_text,
-    retry_after_header,
 )
 from sms_gateway.domain.dates import InvalidClientDatetime, parse_client_datetime
 from sms_gateway.domain.models import Account, Message, SendCommand, utc_now
@@ -52,6 +52,8 @@ HTTP_STATUS: dict[str, int] = {
     "invalid_recipient": 400,
     "insufficient_credits": 400,
     "not_found": 404,
+    # A path of the family asked with a method it does not take (GET /sms), with Allow.
+    "method_not_allowed": 405,
     # Too many failed logins for one username: HTTP's own word for it, with Retry-After.
     "too_many_attempts": 429,
     "payload_too_large": 413,
@@ -88,7 +90,7 @@ RECIPIENT_STATUS: dict[MessageStatus, str] = {
 
 def render_error(error: GatewayError) -> Response[Any]:
     body = {"result": "KO", "error": error.message}
-    return json_response(HTTP_STATUS.get(error.code, DEFAULT_STATUS), body, headers=retry_after_header(error))
+    return json_response(HTTP_STATUS.get(error.code, DEFAULT_STATUS), body, headers=error_headers(error))
 
 
 # ------------------------------------------------------------------ requests

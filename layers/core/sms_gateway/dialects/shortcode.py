@@ -18,11 +18,11 @@ from sms_gateway.bootstrap import gateway
 from sms_gateway.dialects.common import (
     accept,
     describe_validation_error,
+    error_headers,
     idempotent,
     json_response,
     parse_json_body,
     request_text,
-    retry_after_header,
 )
 from sms_gateway.domain.dates import basic_form_wall_clock
 from sms_gateway.domain.ids import ascii_digits
@@ -101,6 +101,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "payload_too_large": (1009, "Unsupported data type"),
     "unsupported_media_type": (1009, "Unsupported data type"),
     "unsupported_request": (1010, "Unsupported request type"),
+    "method_not_allowed": (1010, "Unsupported request type"),
     "too_many_mobiles": (1104, "Too many comma separated contacts"),
     "no_partner_id": (4091, "No Partner ID is Set"),
     "no_api_key": (4092, "No API KEY Provided"),
@@ -138,7 +139,7 @@ def render_error(error: GatewayError) -> Response[Any]:
     body: dict[str, Any] = {"response-code": code, "response-description": description}
     if error.code not in _NO_DETAILS and error.message and error.message != description:
         body["response-details"] = error.message
-    return json_response(HTTP_STATUS, body, headers=retry_after_header(error))
+    return json_response(HTTP_STATUS, body, headers=error_headers(error))
 
 
 # ------------------------------------------------------------------ request parameters

@@ -17,7 +17,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from aws_lambda_powertools.shared.cookies import Cookie, SameSite
 
-from sms_gateway.dialects.common import request_text, status_for
+from sms_gateway.dialects.common import error_headers, request_text, status_for
 from sms_gateway.dialects.portal.markup import attrs, esc, layout
 from sms_gateway.domain.models import Account, utc_now
 from sms_gateway.errors import GatewayError, InvalidRequest, UnsupportedMediaType
@@ -434,7 +434,8 @@ def refusal(status: int, message: str) -> Response[Any]:
 
 def render_error(error: GatewayError) -> Response[Any]:
     """The api's error renderer for /portal paths (unknown page, oversized form, ...): an HTML page."""
-    return html_response(status_for(error), page_html(title="Something went wrong", body="", error=error.message))
+    page = page_html(title="Something went wrong", body="", error=error.message)
+    return html_response(status_for(error), page, headers=error_headers(error))
 
 
 # ------------------------------------------------------------------ static assets
