@@ -232,6 +232,8 @@ def make_acceptable(case: Any, existing: dict[str, Any]) -> None:
                 # Scheduled a day ahead: each send dispatched and reported costs the local stack about a second
                 # (the sends the fixture made are dispatched), and the answer is the same.
                 container.update(existing["scheduled"][case.path])
+    if case.path == "/ng/v1/inbounds" and isinstance(case.query, dict) and case.query.get("from"):
+        case.query.pop("to", None)  # a `from` after `to` is refused: a relation between two values no schema states
     ids = existing["path"].get(operation_of(case), {})
     if ids and case.path_parameters:
         case.path_parameters = {**case.path_parameters, **ids}

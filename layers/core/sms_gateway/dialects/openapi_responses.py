@@ -301,7 +301,8 @@ _DATE_OR_DATE_TIME: Schema = {
         {"type": "string", "format": "date-time", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}"},
         {"const": ""},
     ],
-    "description": "a date-time without an offset is the account's time; empty is no bound",
+    "description": "a date-time without an offset is the account's time; empty is no bound; `from` after `to` is "
+    "refused",
 }
 DECLARED_PARAMETERS: dict[tuple[str, str], dict[str, Schema]] = {
     ("/ng/v1/inbounds", "get"): {
