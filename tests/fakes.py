@@ -43,6 +43,8 @@ class InMemoryStore:
         self.batches: dict[tuple[str, int], Batch] = {}
         self.messages: dict[MessageKey, Message] = {}
         self.claims: dict[MessageKey, float] = {}
+        # Every message a dispatcher ever claimed (the table's dispatch_attempts): never withdrawn as unsent.
+        self.ever_claimed: set[MessageKey] = set()
         self.claim_upstreams: dict[MessageKey, str] = {}
         self.inbox: dict[tuple[str, str], StoredInbound] = {}
         self.links: dict[tuple[str, str], MessageKey] = {}
@@ -225,6 +227,7 @@ class InMemoryStore:
             if lapsed is not None and lapsed >= now.timestamp():
                 return Claim(ClaimOutcome.HELD)
             self.claims[key] = now.timestamp() + lease_seconds
+            self.ever_claimed.add(key)
             if lapsed is None:
                 if upstream is not None:
                     self.claim_upstreams[key] = upstream
@@ -276,7 +279,7 @@ class InMemoryStore:
                 return None
             if (
                 message.status not in allowed_previous(target)
-                or (unclaimed_only and key in self.claims)
+                or (unclaimed_only and key in self.ever_claimed)
                 or not self._carries(key, message, reported_by)
             ):
                 return StatusChange(message=message, changed=False)

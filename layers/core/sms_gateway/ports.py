@@ -215,7 +215,7 @@ class MessageStore(Protocol):
     ) -> StatusChange | None:
         """Moves a message forward with a conditional write. None when there is no such message.
         `upstream`: the upstream that carries it, recorded unless one is already (the first wins).
-        `unclaimed_only`: not while a dispatcher holds (or held, and died holding) a claim on it.
+        `unclaimed_only`: only a message no dispatcher ever claimed (none is submitting it, none submitted it).
         `reported_by`: a DLR's upstream, which must carry the message (the one recorded, the one a dispatcher is
         submitting it to, or the one that may have it); another's report changes nothing.
         `refund`: the write that moves it also gives its price back to its account, atomically (move_and_refund)."""

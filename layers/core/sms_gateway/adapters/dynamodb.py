@@ -159,7 +159,7 @@ def _transition_update(
     reported_by: str | None = None,
 ) -> dict[str, Any]:
     """The conditional write that moves a message to `target` (UpdateItem's, or a transaction's Update): only
-    from a state allowed to move there; `unclaimed_only`: not while a dispatcher holds (or died holding) a claim;
+    from a state allowed to move there; `unclaimed_only`: only a message no dispatcher ever claimed;
     `reported_by`: only when that upstream carries the message (REPORTER_CARRIES_IT)."""
     previous = sorted(allowed_previous(target))
     if not previous:
@@ -197,7 +197,10 @@ def _transition_update(
             values[f":{name}"] = {"S": value}
     condition = f"attribute_exists(pk) AND #status IN ({previous_names})"
     if unclaimed_only:
-        condition += " AND attribute_not_exists(claim_until)"
+        # Never claimed, not merely unclaimed now: a dispatcher drops its claim when it records the submit, or after
+        # a submit that got no answer, and such a message went (or may have gone) out. Every claim adds to
+        # dispatch_attempts.
+        condition += " AND attribute_not_exists(claim_until) AND attribute_not_exists(dispatch_attempts)"
     if reported_by is not None:
         condition += f" AND {REPORTER_CARRIES_IT}"
         values |= reporter_values(reported_by)

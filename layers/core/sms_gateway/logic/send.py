@@ -422,8 +422,8 @@ def withdraw(accepted: Accepted, deps: SendDependencies, *, now: datetime, error
     messages, refund = move_and_refund(
         deps.messages, accepted.messages, MessageStatus.FAILED, now=now, error_code=NOT_QUEUED, unclaimed_only=True
     )
-    account_now = deps.accounts.get_account(batch.account_id) if refund else None
-    balance = account_now.credits if account_now is not None else accepted.balance
+    # Read consistently: right after the refund, an eventually consistent read may not show it yet.
+    balance = deps.accounts.balance(batch.account_id) if refund else accepted.balance
     if any(message.status != MessageStatus.FAILED for message in messages):
         withdrawn = [m for m in messages if m.status == MessageStatus.FAILED]
         logger.warning(
