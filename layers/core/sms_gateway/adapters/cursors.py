@@ -6,11 +6,14 @@ from __future__ import annotations
 import base64
 import json
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sms_gateway.errors import InvalidRequest
 
 NOT_A_CURSOR = "the `next` cursor is not valid for this listing"
+
+Kept = TypeVar("Kept")
 
 
 def id_sort_key(prefix: str) -> re.Pattern[str]:
@@ -52,3 +55,35 @@ def decode_cursor(
     if not valid:
         raise InvalidRequest(problem)
     return dict(key)
+
+
+def read_page(
+    query: Callable[..., dict[str, Any]],
+    request: dict[str, Any],
+    limit: int,
+    *,
+    load: Callable[[list[dict[str, Any]]], list[Kept]],
+    key_of: Callable[[Kept], dict[str, Any]],
+    rounds: int = 1,
+    read_size: int = 0,
+) -> tuple[list[Kept], dict[str, Any] | None]:
+    """A page of at most `limit` of what `load` keeps of the items `request` reads, and the start key of the next
+    page, or None when there is none. It reads one item past the page: DynamoDB answers a LastEvaluatedKey whenever
+    it stops at its Limit, so a page that ended exactly at the listing's end would otherwise carry a cursor to an
+    empty page. With a filter (`load` keeps fewer than it is given) it reads on, at most `rounds` reads of at least
+    `read_size` items each: the page may then come back short, with a cursor to follow. The cursor of a full page is
+    the key of its last item (`key_of`), so nothing is skipped or repeated."""
+    request = {**request, "Limit": max(limit + 1, read_size)}
+    kept: list[Kept] = []
+    last: dict[str, Any] | None = None
+    for _ in range(rounds):
+        answer = query(**request)
+        kept.extend(load(answer.get("Items", [])))
+        if len(kept) > limit:
+            kept = kept[:limit]
+            return kept, key_of(kept[-1])
+        last = answer.get("LastEvaluatedKey")
+        if not last:
+            return kept, None
+        request["ExclusiveStartKey"] = last
+    return kept, last

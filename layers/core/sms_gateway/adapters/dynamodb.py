@@ -25,7 +25,7 @@ from decimal import Decimal
 from typing import Any
 
 from sms_gateway.adapters import aws
-from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key
+from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key, read_page
 from sms_gateway.adapters.dynamodb_admin import (
     DynamoAccountAdmin,
     account_key,
@@ -686,44 +686,27 @@ class DynamoStore(
             "TableName": self.table_name,
             "KeyConditionExpression": "pk = :pk",
             "ExpressionAttributeValues": {":pk": {"S": messages_pk(account_id, reference_id)}},
-            "Limit": limit,
         }
         if cursor:
             query["ExclusiveStartKey"] = decode_cursor(
                 cursor, pk=messages_pk(account_id, reference_id), sk_form=MESSAGE_SK
             )
-        if status is None:
-            answer = self.client.query(**query)
-            messages = [message_from_item(self._codec, item) for item in answer.get("Items", [])]
-            last = answer.get("LastEvaluatedKey")
-        else:
-            messages, last = self._filtered_messages(query, status, limit)
-        next_cursor = encode_cursor(last)
-        return messages, next_cursor
-
-    def _filtered_messages(
-        self, query: dict[str, Any], status: MessageStatus, limit: int
-    ) -> tuple[list[Message], dict[str, Any] | None]:
-        """DynamoDB applies Limit before the filter, so a page is filled by reading on from where the last read
-        stopped; the cursor is the key of the last message read or kept, so none is skipped or repeated.
-        Bounded in reads: a page may come back short, with a cursor to follow."""
-        query["FilterExpression"] = "#status = :status"
-        query["ExpressionAttributeNames"] = {"#status": "status"}
-        query["ExpressionAttributeValues"][":status"] = {"S": str(status)}
-        messages: list[Message] = []
-        last: dict[str, Any] | None = None
-        for _ in range(_MAX_FILTER_ROUNDS):
-            answer = self.client.query(**query)
-            messages.extend(message_from_item(self._codec, item) for item in answer.get("Items", []))
-            last = answer.get("LastEvaluatedKey")
-            if len(messages) > limit:
-                # Read past the page: it ends at its last message, and the next page starts after that one.
-                messages = messages[:limit]
-                last = _key_of(messages[-1].key)
-            if not last or len(messages) >= limit:
-                break
-            query["ExclusiveStartKey"] = last
-        return messages, last
+        rounds = 1
+        if status is not None:
+            # DynamoDB applies Limit before the filter: a page is filled by reading on, bounded in reads.
+            query["FilterExpression"] = "#status = :status"
+            query["ExpressionAttributeNames"] = {"#status": "status"}
+            query["ExpressionAttributeValues"][":status"] = {"S": str(status)}
+            rounds = _MAX_FILTER_ROUNDS
+        messages, last = read_page(
+            self.client.query,
+            query,
+            limit,
+            load=lambda items: [message_from_item(self._codec, item) for item in items],
+            key_of=lambda message: _key_of(message.key),
+            rounds=rounds,
+        )
+        return messages, encode_cursor(last)
 
     def get_messages(self, account_id: str, reference_id: int, message_ids: Sequence[int]) -> list[Message]:
         return self.get_messages_by_key(MessageKey.of_batch(account_id, reference_id, message_ids))

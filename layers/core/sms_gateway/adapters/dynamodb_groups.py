@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key
+from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key, read_page
 from sms_gateway.domain.groups import Group, GroupSummary, group_number
 
 GROUP_SK_PREFIX = "GROUP#"
@@ -28,6 +28,13 @@ def group_sk(group_number: int) -> str:
 
 def _group_key(account_id: str, group_number: int) -> dict[str, Any]:
     return {"pk": {"S": _account_pk(account_id)}, "sk": {"S": group_sk(group_number)}}
+
+
+def _listed_group_key(account_id: str, group: GroupSummary) -> dict[str, Any]:
+    number = group_number(group.group_id)
+    if number is None:  # a stored group's id is always one this store made
+        raise ValueError(f"stored group has a malformed id {group.group_id!r}")
+    return _group_key(account_id, number)
 
 
 class DynamoGroupStore:
@@ -76,13 +83,16 @@ class DynamoGroupStore:
             "ExpressionAttributeValues": {":pk": {"S": _account_pk(account_id)}, ":prefix": {"S": GROUP_SK_PREFIX}},
             "ExpressionAttributeNames": {"#name": "name"},
             "ProjectionExpression": ", ".join(_SUMMARY_ATTRIBUTES),
-            "Limit": limit,
         }
         if cursor:
             query["ExclusiveStartKey"] = decode_cursor(cursor, pk=_account_pk(account_id), sk_form=GROUP_SK)
-        answer = self.client.query(**query)
-        groups = [GroupSummary.model_validate(self._codec.load(item)) for item in answer.get("Items", [])]
-        last = answer.get("LastEvaluatedKey")
+        groups, last = read_page(
+            self.client.query,
+            query,
+            limit,
+            load=lambda items: [GroupSummary.model_validate(self._codec.load(item)) for item in items],
+            key_of=lambda group: _listed_group_key(account_id, group),
+        )
         return groups, encode_cursor(last)
 
     def add_group_members(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key
+from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key, read_page
 from sms_gateway.adapters.dynamodb_inbox import first_id_at, last_id_at
 from sms_gateway.domain.ids import MAX_ID
 from sms_gateway.domain.models import Batch
@@ -49,12 +49,14 @@ class DynamoHistoryMixin:
             "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
             "ExpressionAttributeValues": {":pk": {"S": pk}, ":low": {"S": low}, ":high": {"S": high}},
             "ScanIndexForward": False,
-            "Limit": limit,
         }
         if cursor:
             query["ExclusiveStartKey"] = decode_cursor(cursor, pk=pk, sk_form=BATCH_SK, sk_range=(low, high))
-        answer = self.client.query(**query)
-        batches = [Batch.model_validate(self._codec.load(item)) for item in answer.get("Items", [])]
-        last = answer.get("LastEvaluatedKey")
-        next_cursor = encode_cursor(last)
-        return batches, next_cursor
+        batches, last = read_page(
+            self.client.query,
+            query,
+            limit,
+            load=lambda items: [Batch.model_validate(self._codec.load(item)) for item in items],
+            key_of=lambda batch: {"pk": {"S": pk}, "sk": {"S": batch_sk(batch.reference_id)}},
+        )
+        return batches, encode_cursor(last)

@@ -12,7 +12,7 @@ import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key
+from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key, read_page
 from sms_gateway.domain.ids import EPOCH_MS, MAX_ID, RANDOM_BITS, id_time_ms
 from sms_gateway.domain.models import StoredInbound
 
@@ -174,33 +174,26 @@ class DynamoInboxMixin:
                 ":high": {"S": inbound_sk(high)},
             },
             "ScanIndexForward": False,
-            "Limit": limit,
             # A client polling "from the last one I saw" must not miss an SMS stored a moment ago.
             "ConsistentRead": True,
         }
         if cursor:
             query["ExclusiveStartKey"] = self._inbox_cursor(cursor, pk, inbound_sk(low), inbound_sk(high))
-        rounds = 1
+        rounds, read_size = 1, 0
         if msisdn is not None:
             query["FilterExpression"] = "msisdn = :msisdn"
             query["ExpressionAttributeValues"][":msisdn"] = {"S": msisdn}
-            query["Limit"] = max(limit, _FILTER_READ_SIZE)
-            rounds = _MAX_FILTER_ROUNDS
-        found: list[StoredInbound] = []
-        last: dict[str, Any] | None = None
-        for _ in range(rounds):
-            answer = self.client.query(**query)
-            found.extend(StoredInbound.model_validate(self._codec.load(item)) for item in answer.get("Items", []))
-            last = answer.get("LastEvaluatedKey")
-            if len(found) > limit:
-                # Read past the page: it ends at its last SMS, and the next page starts after that one.
-                found = found[:limit]
-                last = {"pk": {"S": pk}, "sk": {"S": inbound_sk(found[-1].inbound_id)}}
-            if not last or len(found) >= limit:
-                break
-            query["ExclusiveStartKey"] = last
-        next_cursor = encode_cursor(last)
-        return found, next_cursor
+            rounds, read_size = _MAX_FILTER_ROUNDS, _FILTER_READ_SIZE
+        found, last = read_page(
+            self.client.query,
+            query,
+            limit,
+            load=lambda items: [StoredInbound.model_validate(self._codec.load(item)) for item in items],
+            key_of=lambda inbound: {"pk": {"S": pk}, "sk": {"S": inbound_sk(inbound.inbound_id)}},
+            rounds=rounds,
+            read_size=read_size,
+        )
+        return found, encode_cursor(last)
 
     @staticmethod
     def _inbox_cursor(cursor: str, pk: str, low: str, high: str) -> dict[str, Any]:

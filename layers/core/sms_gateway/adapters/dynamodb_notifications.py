@@ -9,7 +9,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from sms_gateway.adapters.cursors import decode_cursor, encode_cursor
+from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, read_page
 from sms_gateway.adapters.dynamodb_batch import batch_get
 from sms_gateway.ports import WebhookFailure, WebhookFailureState
 
@@ -165,7 +165,6 @@ class DynamoNotificationsMixin:
             "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
             "ExpressionAttributeValues": {":pk": {"S": _pk(account_id)}, ":prefix": {"S": "FAILAT#"}},
             "ScanIndexForward": False,
-            "Limit": limit,
         }
         if cursor:
             query["ExclusiveStartKey"] = decode_cursor(
@@ -174,26 +173,21 @@ class DynamoNotificationsMixin:
                 sk_form=_LISTING_SK,
                 problem="the `cursor` is not valid for this listing: pass the last page's next_cursor",
             )
-        kept: list[tuple[dict[str, Any], WebhookFailure]] = []
-        last: dict[str, Any] | None = None
-        for _ in range(_MAX_LIST_ROUNDS):
-            answer = self.client.query(**query)
-            pointers = answer.get("Items", [])
+
+        def load(pointers: list[dict[str, Any]]) -> list[tuple[dict[str, Any], WebhookFailure]]:
             found = self._failures_of(account_id, [p["notification_id"]["S"] for p in pointers])
+            kept = []
             for pointer in pointers:
                 failure = found.get(pointer["notification_id"]["S"])
                 # A pointer outlives its record by at most TTL's lag: skip it.
                 if failure is not None and (state is None or failure.state == state):
                     kept.append(({"pk": pointer["pk"], "sk": pointer["sk"]}, failure))
-            last = answer.get("LastEvaluatedKey")
-            if len(kept) > limit:
-                kept = kept[:limit]
-                last = kept[-1][0]
-            if not last or len(kept) >= limit:
-                break
-            query["ExclusiveStartKey"] = last
-        next_cursor = encode_cursor(last)
-        return [failure for _, failure in kept], next_cursor
+            return kept
+
+        kept, last = read_page(
+            self.client.query, query, limit, load=load, key_of=lambda pair: pair[0], rounds=_MAX_LIST_ROUNDS
+        )
+        return [failure for _, failure in kept], encode_cursor(last)
 
     def _failures_of(self, account_id: str, notification_ids: list[str]) -> dict[str, WebhookFailure]:
         keys = [_failure_key(account_id, nid) for nid in dict.fromkeys(notification_ids)]
