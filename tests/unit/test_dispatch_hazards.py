@@ -254,6 +254,47 @@ def test_a_backlogged_record_is_not_dead_lettered_on_its_first_failure_because_t
     assert dead_lettered == []
 
 
+@pytest.mark.parametrize(("failures", "retry_in"), [(1, [5]), (2, [30]), (3, []), (5, []), (None, [])])
+def test_a_failed_record_is_retried_soon_at_first_then_after_the_visibility_timeout(monkeypatch, failures, retry_in):
+    from types import SimpleNamespace
+
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+    from sms_gateway import consumers
+
+    # Given a record whose dispatch fails for a reason not the upstream's (a throttled write, a dropped connection),
+    # for the `failures`th time (None: the store could not count it)
+    record = SQSRecord(
+        {"messageId": "m-1", "receiptHandle": "rh-1", "body": "{}", "attributes": {"MessageGroupId": "7"}}
+    )
+    returned: list[int] = []
+
+    class Store:
+        def count_record_failure(self, record_id, *, now):
+            if failures is None:
+                raise RuntimeError("ProvisionedThroughputExceededException")
+            return failures
+
+    wiring = SimpleNamespace(
+        store=Store(),
+        settings=SimpleNamespace(dispatch_max_attempts=6),
+        dispatch_queue=SimpleNamespace(delay=lambda handle, seconds: returned.append(seconds)),
+    )
+    monkeypatch.setattr(consumers, "gateway", lambda: wiring)
+
+    async def fails(record, invocation):
+        raise RuntimeError("connection reset")
+
+    monkeypatch.setattr(consumers, "_dispatch_record", fails)
+    # When it fails
+    with pytest.raises(RuntimeError, match="connection reset"):
+        asyncio.run(consumers.dispatch_record(record, None))  # type: ignore[arg-type]
+    # Then its first two retries come within seconds (it holds its account's FIFO group until then: six minutes of
+    # the queue's visibility timeout for a moment's fault), later ones after the visibility timeout, so its six
+    # attempts still span a longer outage before it is parked
+    assert returned == retry_in
+
+
 class RunsOutTheClock(FakeProvider):
     """Fails with `failure` and, answering, uses up the invocation's time for claims."""
 

@@ -315,9 +315,13 @@ async def dispatch_record(record: SQSRecord, invocation: _Invocation) -> dict[st
         wiring = gateway()
         failures = await asyncio.to_thread(_count_failure, record)
         if failures is None or failures < wiring.settings.dispatch_max_attempts:
+            retry_in = failed_record_retry_seconds(failures)
             logger.warning(
-                "dispatch record failed; retried", extra={"failures": failures, "error": type(error).__name__}
+                "dispatch record failed; retried",
+                extra={"failures": failures, "error": type(error).__name__, "retry_in": retry_in},
             )
+            if retry_in is not None:
+                await asyncio.to_thread(_return_records, [record], retry_in, "to retry it soon after a failure")
             raise
         # The record keeps failing for a reason that is not the upstream's: park it where the alarm sees it,
         # with the reason, instead of letting it cycle until the queue's redrive drops it without one.
@@ -332,6 +336,21 @@ async def dispatch_record(record: SQSRecord, invocation: _Invocation) -> dict[st
         )
         metrics.add_metric(name="DispatchDeadLettered", unit="Count", value=1)
         return {"dead_lettered": True}
+
+
+# A failed record's first retries come soon, as most failures are a moment's (a throttled write, a dropped
+# connection) and the record holds its account's FIFO group until it is retried; later ones wait out the queue's
+# visibility timeout (360 s), so dispatch_max_attempts failures span a longer outage (about 18 minutes) before the
+# record is parked.
+FAILED_RECORD_RETRY_SECONDS = (5, 30)
+
+
+def failed_record_retry_seconds(failures: int | None) -> int | None:
+    """When a record that failed `failures` times comes back; None: after the queue's visibility timeout (also when
+    the store could not count the failure: it may be what is failing)."""
+    if failures is None or not 1 <= failures <= len(FAILED_RECORD_RETRY_SECONDS):
+        return None
+    return FAILED_RECORD_RETRY_SECONDS[failures - 1]
 
 
 def _count_failure(record: SQSRecord) -> int | None:
