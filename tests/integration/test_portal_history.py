@@ -47,8 +47,10 @@ def add_batch(
     ref_id: str | None = None,
     price: int = 2,
     status: MessageStatus = S.QUEUED,
+    unstored: int = 0,
 ) -> Batch:
-    """A batch sent at `when` whose messages ended as `outcomes` says (number -> status)."""
+    """A batch sent at `when` whose messages ended as `outcomes` says (number -> status); `unstored`: recipients
+    more that it counted and charged for but whose messages were never stored (a send undone part-way)."""
     created_at = iso(when)
     # A generator of its own: the process-wide one never goes back in time, and these batches are back-dated.
     ids = IdGenerator()
@@ -60,8 +62,8 @@ def add_batch(
         text="Hello",
         encoding="GSM-7",
         parts=1,
-        recipients=len(outcomes),
-        cost=price * len(outcomes),
+        recipients=len(outcomes) + unstored,
+        cost=price * (len(outcomes) + unstored),
         status=status,
         ref_id=ref_id,
         created_at=created_at,
@@ -233,3 +235,41 @@ class TestFigures:
             (NOW.date(), 4, 2, 2),
             ((NOW - timedelta(days=1)).date(), 6, 3, 3),
         ]
+
+    def test_a_send_undone_after_storing_part_of_its_messages_spent_nothing(self, aws, monkeypatch):
+        from sms_gateway.bootstrap import gateway
+        from sms_gateway_tools.admin import create_account
+        from tests.conftest import FakeContext
+        from tests.integration.test_idempotency_and_credits import NUMBERS, fail_the_second_chunk
+        from tests.integration.test_send_path import balance, load_function, send_event
+
+        # Given a send of 30 whose second chunk of messages could not be stored: undone, its batch failed and its
+        # whole cost given back in one write, the 25 messages it stored failed (not_queued) and given back nothing
+        created = create_account(name="Undone", senders=["48974"], credits=100)
+        fail_the_second_chunk(monkeypatch)
+        answer = load_function("api").handler(
+            send_event(created["token"], {"from": "48974", "to": NUMBERS, "message": "thirty of them"}),
+            FakeContext(),
+        )
+        assert answer["statusCode"] == 503, answer
+        assert balance(created["account_id"]) == 100
+        # When the portal reads the account's credit usage
+        store = gateway().store
+        window = history.recent_window(store, store, created["account_id"], now=datetime.now(UTC), zone=UTC)
+        (day,) = history.credit_usage(window, UTC)
+        # Then the day shows the whole cost charged and refunded: nothing spent, as the balance says
+        assert window.messages[window.batches[0].reference_id], "some of its messages were stored"
+        assert (day.charged, day.refunded, day.spent) == (30, 30, 0)
+
+    def test_a_failed_batch_counts_as_refunded_whole_and_a_withdrawn_message_of_one_that_stands_once(
+        self, store, account
+    ):
+        # Given an undone batch of three of which only one message was stored, and a batch that stands with one
+        # message withdrawn (failed, not_queued, refunded on its own) and one delivered
+        add_batch(store, account.account_id, NOW, {MTN: S.FAILED}, price=2, status=S.FAILED, unstored=2)
+        add_batch(store, account.account_id, NOW, {AIRTEL: S.FAILED, GLO: S.DELIVERED}, price=3)
+        # When the usage is read
+        window = history.recent_window(store, store, account.account_id, now=NOW, zone=UTC)
+        usage = history.credit_usage(window, UTC)
+        # Then the undone batch's whole cost came back, and the standing batch's withdrawn message
+        assert [(day.charged, day.refunded, day.spent) for day in usage] == [(12, 9, 3)]

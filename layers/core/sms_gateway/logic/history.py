@@ -338,14 +338,18 @@ class UsageDay:
 
 def credit_usage(window: Window, zone: tzinfo) -> list[UsageDay]:
     """Credits per day of the window, newest first (days with no batch left out): charged is what the day's
-    batches reserved, refunded what came back for their messages that failed or were cancelled."""
+    batches reserved, refunded what came back: the whole cost of a batch that failed, and for the others the
+    prices of their messages that failed or were cancelled."""
     charged: Counter[date] = Counter()
     refunded: Counter[date] = Counter()
     for batch in window.batches:
         day = _local(batch.created_at, zone).date()
         charged[day] += batch.cost
-        if batch.status == MessageStatus.FAILED and not window.messages.get(batch.reference_id):
-            # A send that could not be stored or queued was refunded whole (logic/send.py).
+        if batch.status == MessageStatus.FAILED:
+            # Only an undone send fails its batch, and every undo gives the whole cost back (logic/send.py): in the
+            # batch's own write (give_back, or withdraw of a scheduled one), after which the messages it had stored
+            # are failed (not_queued) without a refund of their own, some or none of them; or message by message
+            # when every one was stored and withdrawn. Its messages' prices would miss those never stored.
             refunded[day] += batch.cost
             continue
         refunded[day] += sum(
