@@ -331,6 +331,97 @@ class TestMessages:
             assert response.status == 303 and response.location == "/portal/login"
 
 
+def schedule(client: PortalClient, numbers: str, *, sender: str = "48974") -> str:
+    """Given a send from Compose scheduled for tomorrow: the batch's page."""
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+    sent = client.post(COMPOSE, compose_form(client, sender=sender, numbers=numbers, send_at=tomorrow))
+    return f"{MESSAGES}?batch={reference_of(sent)}"
+
+
+def stored_batch(account_id: str, page: str) -> tuple[str, set[str]]:
+    """The batch's stored status and its messages' statuses."""
+    from sms_gateway.bootstrap import gateway
+
+    store = gateway().store
+    reference_id = int(page.rsplit("=", 1)[1])
+    batch = store.get_batch(account_id, reference_id)
+    assert batch is not None
+    return str(batch.status), {str(m.status) for m in store.list_messages(account_id, reference_id)[0]}
+
+
+CANCEL_FORM = 'name="action" value="cancel-batch"'
+
+
+class TestCancel:
+    def test_a_scheduled_send_is_cancelled_from_its_page_and_its_credits_refunded(self, aws, client, account):
+        from tests.integration.test_batches_dialect import schedule_names
+
+        # Given a send of two scheduled for tomorrow (2 credits of 100 taken), whose page offers to cancel it
+        page = schedule(client, f"{MTN}\n{AIRTEL}")
+        assert balance(account["account_id"]) == 98 and len(schedule_names(aws)) == 1
+        assert CANCEL_FORM in client.get(page).body
+        # When its Cancel form is sent
+        response = client.submit(page, "cancel-batch")
+        # Then the page says it is cancelled, with the credits refunded and the balance after
+        assert response.status == 200, response.text()[:2000]
+        text = response.text()
+        assert "is cancelled: 2 credits were refunded" in text and "balance is now 100 credits" in text
+        # And the batch and its messages are cancelled, the credits back, the schedule gone, the form too
+        assert stored_batch(account["account_id"], page) == ("cancelled", {"cancelled"})
+        assert balance(account["account_id"]) == 100
+        assert schedule_names(aws) == []
+        assert CANCEL_FORM not in response.body and CANCEL_FORM not in client.get(page).body
+
+    def test_a_cancelled_send_cancelled_again_is_refused_and_refunds_nothing_more(self, client, account):
+        page = schedule(client, MTN)
+        assert client.submit(page, "cancel-batch").status == 200
+        again = client.submit(page, "cancel-batch")
+        assert again.status == 409 and "only a scheduled batch can be cancelled; this one is cancelled" in again.text()
+        assert balance(account["account_id"]) == 100
+
+    def test_another_accounts_batch_cannot_be_cancelled(self, aws, client, handler, account):
+        from tests.integration.test_batches_dialect import schedule_names
+
+        # Given another account's scheduled send
+        other = new_account("Other Club", "55555")
+        other_client = PortalClient(handler)
+        other_client.sign_in(other["username"], other["password"])
+        theirs = schedule(other_client, MTN, sender="55555")
+        # When this account posts the Cancel form to its page (with this account's own valid CSRF token)
+        response = client.submit(theirs, "cancel-batch", from_page=MESSAGES)
+        # Then it is refused as a batch that does not exist, and nothing of theirs changed
+        assert response.status == 404 and "no batch with reference_id" in response.text()
+        assert stored_batch(other["account_id"], theirs) == ("scheduled", {"scheduled"})
+        assert balance(other["account_id"]) == 99 and len(schedule_names(aws)) == 1
+
+    def test_a_released_send_cannot_be_cancelled(self, aws, client, account):
+        from tests.conftest import load_event
+
+        # Given a scheduled send whose schedule fired: released, its message queued and charged
+        page = schedule(client, MTN)
+        event = load_event("scheduler-release-batch.json")
+        event.update(account_id=account["account_id"], reference_id=int(page.rsplit("=", 1)[1]))
+        load_function("scheduled_dispatch").handler(event, FakeContext())
+        assert CANCEL_FORM not in client.get(page).body
+        # When the Cancel form is sent anyway (a page loaded before the release)
+        response = client.submit(page, "cancel-batch")
+        # Then it is refused, saying why, and nothing changed
+        assert response.status == 409, response.text()[:2000]
+        assert "only a scheduled batch can be cancelled; this one is queued" in response.text()
+        assert stored_batch(account["account_id"], page) == ("queued", {"queued"})
+        assert balance(account["account_id"]) == 99
+
+    @pytest.mark.parametrize("csrf", [None, "forged"])
+    def test_a_cancel_without_the_right_csrf_token_is_refused_and_changes_nothing(self, aws, client, account, csrf):
+        from tests.integration.test_batches_dialect import schedule_names
+
+        page = schedule(client, MTN)
+        form = {"action": "cancel-batch", **({"csrf_token": csrf} if csrf else {})}
+        assert client.post(page, form).status == 403
+        assert stored_batch(account["account_id"], page) == ("scheduled", {"scheduled"})
+        assert balance(account["account_id"]) == 99 and len(schedule_names(aws)) == 1
+
+
 class TestOptedOut:
     def test_an_opted_out_number_is_shown_in_the_preview_and_left_out_of_the_send(self, client, account):
         from sms_gateway.bootstrap import gateway

@@ -381,13 +381,15 @@ def _send_portal(gateway: Gateway, method: str, path: str, victim: Tenant, attem
         headers.pop("origin", None)
         return gateway.request(method, target, query=attempt.query, headers=headers)
     answer = None
+    # The Messages page's forms act on the batch its query names: the victim's scheduled one, which a cancel changes.
+    query = {"batch": victim.scheduled_reference_id} if path == "/portal/messages" else {}
     for form in _portal_forms(path, victim):
         fields = {**form, **attempt.body}
         if path.endswith("/login"):
             # Sign-in takes no session: its own CSRF token (a cookie and a field) and origin are what is checked.
             fields["csrf_token"] = attempt.body.get("csrf_token", "")
         body = urlencode(fields)
-        answer = gateway.request(method, target, headers={**headers, "content-type": FORM}, body=body)
+        answer = gateway.request(method, target, query=query, headers={**headers, "content-type": FORM}, body=body)
         if not _portal_refusal(answer):
             return answer
     assert answer is not None

@@ -14,10 +14,11 @@ from aws_lambda_powertools.event_handler import Response
 
 from sms_gateway.dialects.common import status_for
 from sms_gateway.dialects.portal.charts import figures_table, rate_by_network, rate_over_time
-from sms_gateway.dialects.portal.framework import PageContext, asset_url, html_response, page_html
+from sms_gateway.dialects.portal.framework import Notice, PageContext, asset_url, html_response, page_html
 from sms_gateway.dialects.portal.markup import attrs, esc, section, table
 from sms_gateway.dialects.portal.messages import MESSAGES_PATH
 from sms_gateway.domain.models import Account, Batch, Message, from_iso, utc_now
+from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import GatewayError, InvalidRequest
 from sms_gateway.logic import batches, history
 
@@ -243,9 +244,50 @@ def batch_detail(ctx: PageContext, raw_reference: str, zone: tzinfo) -> str:
     return (
         sent
         + f'<p><a href="{MESSAGES_PATH}">All batches</a></p>'
-        + section(f"Batch {batch.reference_id}", summary + f'<p class="text">{esc(batch.text)}</p>', id_="batch")
+        + section(
+            f"Batch {batch.reference_id}",
+            summary + f'<p class="text">{esc(batch.text)}</p>' + cancel_form(ctx, batch),
+            id_="batch",
+        )
         + section("Messages", messages_table(page_of_messages, zone, with_batch=False, empty="No messages.") + more)
     )
+
+
+def cancel_form(ctx: PageContext, batch: Batch) -> str:
+    """Offered only while the batch is scheduled; the cancel itself decides (a release may come first)."""
+    if batch.status != MessageStatus.SCHEDULED:
+        return ""
+    return ctx.form_html(
+        "cancel-batch",
+        "",
+        submit="Cancel this send",
+        path=_url(batch=str(batch.reference_id)),
+        css_class="cancel-batch",
+        confirm=f"Cancel this send to {batch.recipients} recipients? Nothing of it is sent, and its credits come back.",
+    )
+
+
+def cancel_batch(ctx: PageContext) -> Notice:
+    """The Cancel form of a scheduled batch's page: cancels the batch the page shows with the API's own cancel
+    (logic.batches.cancel_batch: only the account's own batch, only while it is scheduled; its messages cancelled
+    and refunded, its schedule deleted), and says what came back. Anything else is refused as that cancel refuses
+    it, with nothing changed: another account's batch as one that does not exist (404), a released, failed or
+    cancelled one with its status (409)."""
+    from sms_gateway.bootstrap import gateway
+
+    wiring = gateway()
+    account_id = ctx.account.account_id
+    batch, refunded = batches.cancel_batch(
+        messages=wiring.store,
+        scheduler=wiring.scheduler,
+        account_id=account_id,
+        reference_id=batches.parse_reference_id((ctx.query.get("batch") or "").strip()),
+        now=utc_now(),
+    )
+    # Read consistently: an eventually consistent read right after the refund may show the balance before it.
+    after = wiring.store.get_account(account_id, consistent=True)
+    left = f" Your balance is now {after.credits} credits." if after is not None else ""
+    return Notice(f"Batch {batch.reference_id} is cancelled: {refunded} credits were refunded.{left}")
 
 
 def messages_table(messages: list[Message], zone: tzinfo, *, with_batch: bool, empty: str) -> str:
