@@ -167,6 +167,23 @@ def die_once(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, *, on_call:
     monkeypatch.setattr(owner, name, dying)
 
 
+def sqs_answer_lost(monkeypatch: pytest.MonkeyPatch, meanwhile: Any = None) -> Any:
+    """SQS takes each send's records but its answer is lost (a timeout after the request left); `meanwhile(commands)`
+    runs between the two (a dispatcher that got them at once). Returns the real enqueue, to put back."""
+    from sms_gateway.adapters.sqs import SqsDispatchQueue
+
+    real_enqueue = SqsDispatchQueue.enqueue
+
+    def taken_but_unanswered(self: Any, commands: Any) -> None:
+        real_enqueue(self, commands)
+        if meanwhile is not None:
+            meanwhile(commands)
+        raise TimeoutError("Read timeout on endpoint URL")
+
+    monkeypatch.setattr(SqsDispatchQueue, "enqueue", taken_but_unanswered)
+    return real_enqueue
+
+
 def leases_run_out() -> None:
     """Time passes beyond every send's lease (logic.idempotency.SEND_LEASE): its holder is taken to be dead."""
     import boto3
@@ -618,13 +635,7 @@ def test_a_send_the_queue_took_but_failed_to_confirm_is_withdrawn_never_submitte
 
     account = make_account(10)
     # Given a dispatch queue that takes the send's record and then fails (SQS gave no answer)
-    real_enqueue = SqsDispatchQueue.enqueue
-
-    def took_it_but_failed(self, commands):
-        real_enqueue(self, commands)
-        raise TimeoutError("Read timeout on endpoint URL")
-
-    monkeypatch.setattr(SqsDispatchQueue, "enqueue", took_it_but_failed)
+    real_enqueue = sqs_answer_lost(monkeypatch)
     answer = api(with_key(send_event(account["token"]), "order-77"))
     # Then the caller gets a 503 to retry, and the credits are back
     assert answer["statusCode"] == 503, answer

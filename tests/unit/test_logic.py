@@ -169,6 +169,37 @@ class TestAcceptSend:
         assert sorted(r["id"] for r in reports) == sorted(f"dlr_{m.message_id}_2" for m in withdrawn)
         assert {(r["payload"]["status"], r["payload"]["error_code"]) for r in reports} == {("failed", "not_queued")}
 
+    def test_a_message_an_upstream_refused_before_the_queue_failure_was_undone_keeps_the_send_standing(self, store):
+        # Given a queue that took the records but answered an error, and a dispatcher that got the first message at
+        # once and failed it (the upstream refused it for good), announcing that failure to the client
+        provider = FakeProvider()
+        provider.failure = UpstreamError("bad number", permanent=True)
+        announced: list = []
+
+        class TookItAndOneFailed(RecordingQueue):
+            def enqueue(this, commands):
+                super().enqueue(commands)
+                first = commands[0].model_copy(update={"message_ids": commands[0].message_ids[:1]})
+                asyncio.run(dispatch(first, replace(dispatch_deps(store, provider), announce=announced.extend)))
+                raise TimeoutError("no answer from SQS")
+
+        batch, _ = send(
+            store,
+            command(3, delivery_report=DeliveryReportMode.YES),
+            queue=TookItAndOneFailed(),
+            announce=announced.extend,
+        )
+        # Then the send stands, for the client has a report of its first message: a send undone whole (a 503, no
+        # message id given) must leave the client nothing to hear about
+        failed = [m for m in store.messages.values()]
+        assert [m.error_code for m in failed] == ["upstream_rejected", "not_queued", "not_queued"]
+        assert store.batches[("7", batch.reference_id)].status == MessageStatus.QUEUED
+        assert store.accounts["7"].credits == 1000
+        # And each failure is reported once: the upstream's by the dispatcher, the two withdrawals by the send
+        reports = notifications_of(announced)
+        assert sorted(r["id"] for r in reports) == sorted(f"dlr_{m.message_id}_2" for m in failed)
+        assert [r["payload"]["error_code"] for r in reports].count("not_queued") == 2
+
     def test_a_schedule_that_fails_is_undone_and_the_batch_can_never_be_released(self, store):
         class FailingScheduler(RecordingScheduler):
             def schedule(this, account_id, reference_id, at):
@@ -1653,6 +1684,42 @@ def test_changes_another_delivery_made_between_the_read_and_the_claim_are_announ
     assert [r.client_ref for r in provider.submits] == [m.key.to_ref() for m in store.messages.values()][2:]
     ids = {notification["id"]: notification["payload"]["status"] for notification in map(dlr_notification, announced)}
     assert ids == {f"dlr_{message_id}_2": "submitted" for message_id in record.message_ids}
+
+
+class TakesTheRecordsThenFails(RecordingQueue):
+    """A dispatch queue that takes the send's records but answers an error (SQS's answer lost): the send is undone.
+    `read`: the messages as a dispatcher that got the records at once read them, before the undo."""
+
+    def __init__(self, store: InMemoryStore) -> None:
+        super().__init__()
+        self.store = store
+        self.read: list[Message] = []
+
+    def enqueue(self, commands):
+        super().enqueue(commands)
+        self.read = self.store.get_messages(commands[0].account_id, commands[0].reference_id, commands[0].message_ids)
+        raise TimeoutError("no answer from SQS")
+
+
+def test_a_dispatcher_that_gets_the_records_of_a_send_undone_whole_reports_nothing_to_the_client(store):
+    # Given a send of three that asked for delivery reports, undone whole (answered 503: the client never learnt its
+    # message ids) after SQS took its record after all
+    queue = TakesTheRecordsThenFails(store)
+    with pytest.raises(Unavailable, match="undone"):
+        send(store, command(3, delivery_report=DeliveryReportMode.YES), queue=queue)
+    [record] = queue.commands
+    provider = FakeProvider()
+    announced: list = []
+    # When a dispatcher gets that record, reading the messages afresh or as it read them before the undo failed them
+    # (its claims then find them moved on, as it finds those another dispatcher took)
+    deps = replace(dispatch_deps(store, provider), announce=announced.extend)
+    asyncio.run(dispatch(record, deps))
+    asyncio.run(dispatch(record, replace(deps, read_ahead=queue.read)))
+    # Then it submits nothing and announces nothing: the undo's `not_queued` is not a change a dispatcher made, and
+    # a report of a message whose id the client never got is one it cannot place
+    assert [(m.status, m.error_code) for m in queue.read] == [(MessageStatus.QUEUED, None)] * 3
+    assert provider.submits == []
+    assert announced == []
 
 
 class SlowAfterTheFirst(FakeProvider):

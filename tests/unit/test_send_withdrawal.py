@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from tests.conftest import FakeContext
-from tests.integration.test_idempotency_and_credits import make_account, messages_of, with_key
+from tests.integration.test_idempotency_and_credits import make_account, messages_of, sqs_answer_lost, with_key
 from tests.integration.test_send_path import (
     RecordingUpstream,
     as_lambda_sqs_event,
@@ -32,19 +32,16 @@ def test_a_message_a_dispatcher_submitted_before_the_queueing_failed_is_not_with
     route_simulator_upstreams_to(monkeypatch, upstream)
     api = api_handler()
     account = make_account(10)
+
     # Given a dispatch queue that takes the send's record, and a dispatcher that gets it and submits the message
     # (tens of milliseconds) while SQS's answer is still lost (botocore waits seconds before it gives up)
-    real_enqueue = SqsDispatchQueue.enqueue
-
-    def took_it_was_sent_and_then_failed(self, commands):
-        real_enqueue(self, commands)
+    def sent_meanwhile(commands):
         records = queued_records(aws)
         assert load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext()) == {
             "batchItemFailures": []
         }
-        raise TimeoutError("Read timeout on endpoint URL")
 
-    monkeypatch.setattr(SqsDispatchQueue, "enqueue", took_it_was_sent_and_then_failed)
+    real_enqueue = sqs_answer_lost(monkeypatch, sent_meanwhile)
     answer = api(with_key(send_event(account["token"]), "order-88"))
     # The upstream has the message: the handset gets it
     assert len(upstream.submits) == 1
@@ -132,3 +129,28 @@ def test_session_key_remaining_credits_after_a_partly_withdrawn_send_is_read_con
     # Then remaining_credits is the balance the send left (100 - 1), read consistently as docs/dispatch.md promises
     assert store.balance(account["account_id"]) == 99
     assert json.loads(answer["body"])["remaining_credits"] == 99
+
+
+def test_a_send_undone_whole_sends_the_client_no_report_when_a_dispatcher_gets_its_records_after_all(aws, monkeypatch):
+    import boto3
+
+    from tests.conftest import route_simulator_upstreams_to
+
+    upstream = RecordingUpstream()
+    route_simulator_upstreams_to(monkeypatch, upstream)
+    api = api_handler()
+    account = make_account(10)
+    # Given a send of two that asked for delivery reports, whose records SQS took but whose answer was lost
+    sqs_answer_lost(monkeypatch)
+    body = {"from": "48974", "to": ["2348020000001", "2348030000002"], "body": "Hi", "delivery_report": "yes"}
+    answer = api(send_event(account["token"], body))
+    # Then the send is undone whole: a 503, no message id given, nothing charged
+    assert answer["statusCode"] == 503, answer
+    assert balance(account["account_id"]) == 10
+    # When a dispatcher gets the records SQS took after all
+    records = queued_records(aws)
+    assert load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext()) == {"batchItemFailures": []}
+    # Then nothing is sent, and the client's webhook is told nothing of messages whose ids it never had
+    assert upstream.submits == []
+    notify = boto3.client("sqs").receive_message(QueueUrl=aws["NOTIFY_QUEUE_URL"], MaxNumberOfMessages=10)
+    assert notify.get("Messages", []) == []

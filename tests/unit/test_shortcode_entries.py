@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sms_gateway.dialects.shortcode import send_entries
-from sms_gateway.domain.status import MessageStatus
-from sms_gateway.logic.send import NOT_QUEUED
+from sms_gateway.domain.status import NOT_QUEUED, MessageStatus
 from tests.fakes import InMemoryStore, cinema_store
 from tests.unit.test_logic import command, send
 

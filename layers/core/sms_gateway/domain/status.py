@@ -8,6 +8,9 @@ from enum import StrEnum
 # The error code of a message recorded submitted though its submit got no answer: an upstream may have it, and its
 # report (or the DLR wait) settles it (logic/dispatch.py).
 SUBMIT_UNCONFIRMED = "submit_unconfirmed"
+# The error code of a message failed by the undo of its send, whose queueing failed (logic/send.py): it was never
+# queued. A change the send makes, not a dispatcher: it is reported only when the send stands.
+NOT_QUEUED = "not_queued"
 
 
 class MessageStatus(StrEnum):

@@ -23,7 +23,7 @@ from sms_gateway.domain.models import (
     SubmitResult,
     from_iso,
 )
-from sms_gateway.domain.status import SUBMIT_UNCONFIRMED, MessageStatus
+from sms_gateway.domain.status import NOT_QUEUED, SUBMIT_UNCONFIRMED, MessageStatus
 from sms_gateway.errors import UpstreamError
 from sms_gateway.logic.delivery import DeliveryDependencies, apply_held_reports
 from sms_gateway.logic.notify import dlr_notification
@@ -330,7 +330,8 @@ async def _changes_made_meanwhile(
 def change_made_by_dispatch(message: Message) -> StatusChange | None:
     """The status change a dispatcher made to a message no longer queued, rebuilt from its status times: the
     status that followed `queued`, with the sequence number it had then (each later change added one). None for
-    a message still queued or never dispatched (cancelled, or settled by a DLR that overtook the dispatcher)."""
+    a message still queued or never dispatched (cancelled, settled by a DLR that overtook the dispatcher, or
+    withdrawn by the undo of its send: `not_queued`)."""
     history = sorted(message.status_at.items(), key=lambda entry: from_iso(entry[1]))
     statuses = [MessageStatus(status) for status, _ in history]
     if MessageStatus.QUEUED not in statuses or statuses[-1] == MessageStatus.QUEUED:
@@ -339,6 +340,10 @@ def change_made_by_dispatch(message: Message) -> StatusChange | None:
     if after_queued >= len(statuses) or statuses[after_queued] not in DISPATCHED:
         return None
     made = statuses[after_queued]
+    if made == MessageStatus.FAILED and message.error_code == NOT_QUEUED:
+        # The send's undo made it, and a failure is final. The send reports it when it stands (logic.send,
+        # announce_withdrawn); one undone whole answered 5xx and gave the client no message id to place a report by.
+        return None
     if made == message.status:
         return StatusChange(message=message, changed=True)
     later = len(statuses) - after_queued - 1

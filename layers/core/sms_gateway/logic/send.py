@@ -27,7 +27,7 @@ from sms_gateway.domain.optouts import refusal_reason
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.segments import Segmentation, segment
 from sms_gateway.domain.senders import same_sender
-from sms_gateway.domain.status import MessageStatus
+from sms_gateway.domain.status import NOT_QUEUED, MessageStatus
 from sms_gateway.domain.zones import account_zone, in_zone
 from sms_gateway.errors import (
     Conflict,
@@ -48,8 +48,6 @@ from sms_gateway.ports import AccountStore, BatchScheduler, DispatchQueue, Messa
 DISPATCH_CHUNK = 100
 # Messages stored between two looks at the time left: four BatchWriteItem requests.
 STORE_CHUNK = 100
-# Why a message is failed when its send was undone after its release failed: it was never queued.
-NOT_QUEUED = "not_queued"
 # A send_at closer than this is sent now: a schedule would fire about as late as the queue delivers.
 SCHEDULE_THRESHOLD = timedelta(minutes=1)
 # Well inside the records' retention (180 days by default), so a batch is never expired before it is sent.
@@ -409,9 +407,10 @@ def withdraw(accepted: Accepted, deps: SendDependencies, *, now: datetime, error
     """Undoes a send whose release failed with its outcome unknown (SQS may have taken some of the records, the
     scheduler the schedule). A batch still scheduled is failed and refunded whole, with its messages after (no
     schedule has released any of it). Otherwise each message no dispatcher has claimed is failed (`not_queued`) by
-    a conditional write and refunded; a message a dispatcher claimed meanwhile goes on, charged, and then the send
-    stands (returned, its messages as they are now). Otherwise the batch is failed and the caller told
-    (Unavailable)."""
+    a conditional write and refunded; a message a dispatcher claimed meanwhile goes on, charged (or failed by its
+    upstream, refunded, and reported by that dispatcher), and then the send stands (returned, its messages as they
+    are now). Otherwise the batch is failed and the caller told (Unavailable): nothing of the send was reported to
+    the client, which never learns its message ids."""
     batch = accepted.batch
     if batch.status == MessageStatus.SCHEDULED and deps.messages.fail_batch_and_refund(batch):
         # Nothing of a batch still scheduled was released (a release moves the batch first), so the batch fails and
@@ -424,8 +423,9 @@ def withdraw(accepted: Accepted, deps: SendDependencies, *, now: datetime, error
     )
     # Read consistently: right after the refund, an eventually consistent read may not show it yet.
     balance = deps.accounts.balance(batch.account_id) if refund else accepted.balance
-    if any(message.status != MessageStatus.FAILED for message in messages):
-        withdrawn = [m for m in messages if m.status == MessageStatus.FAILED]
+    # Any message this undo did not withdraw was dispatched: the client may hear of it, so it must have its id.
+    if not all(map(could_not_be_queued, messages)):
+        withdrawn = [m for m in messages if could_not_be_queued(m)]
         logger.warning(
             "a dispatcher took part of a send whose queueing failed: the send stands",
             extra={"reference_id": batch.reference_id, "withdrawn": len(withdrawn)},
