@@ -428,7 +428,7 @@ def test_a_report_delivered_to_another_accounts_webhook_or_of_a_message_never_se
     assert broken(stray) == {"every_change_notified": 1}
 
 
-def test_a_report_of_a_message_withdrawn_with_its_undone_send_is_counted_not_flagged():
+def test_a_report_of_a_message_of_a_send_undone_whole_is_flagged():
     # Given a send whose queueing the run failed (batch 900 of account 7, answered 503 and sent again afresh), and the
     # withdrawal of its message 901 (failed, not_queued) reported to account 7, which never learnt that message
     withdrawal = callback("901", 2, "failed") | {"reference_id": "900", "error_code": "not_queued"}
@@ -438,16 +438,32 @@ def test_a_report_of_a_message_withdrawn_with_its_undone_send_is_counted_not_fla
         notified_accounts={"dlr_901_2": frozenset({"7"})},
         unqueued_batches={"900": "7"},
     )
-    # Then it is no violation, but counted in the note
-    assert broken(observed) == {}
+    # Then it is a violation that names the undone send: the client had no id to place the report by
+    assert broken(observed) == {"every_change_notified": 1}
     [notified] = [verdict for verdict in check(observed) if verdict.name == "every_change_notified"]
-    assert notified.notes[0].startswith("1 reports of messages failed (not_queued) by the undo of a send")
-    # But the same report to another account, or of anything but that withdrawal, is
-    assert broken(replace(observed, notified_accounts={"dlr_901_2": frozenset({"8"})})) == {"every_change_notified": 1}
-    delivered = {"dlr_901_2": withdrawal | {"status": "delivered", "error_code": None}}
-    assert broken(replace(observed, notifications={**clean_run().notifications, **delivered})) == {
+    assert notified.violations == [
+        "dlr_901_2: a report (failed, not_queued) of message 901 of batch 900, a send undone whole (answered 503): "
+        "the client never learnt that message's id"
+    ]
+    assert notified.notes == []
+    # And so is a report of any other status of such a message (its upstream's failure, say)
+    refused = {"dlr_901_2": withdrawal | {"error_code": "upstream_rejected"}}
+    assert broken(replace(observed, notifications={**clean_run().notifications, **refused})) == {
         "every_change_notified": 1
     }
+    # But a withdrawn message of a send that stood (answered 2xx, naming it not sent) is among the run's messages:
+    # its report is one like any other, expected and checked as such
+    stood = message(
+        "901",
+        reference_id="900",
+        status="failed",
+        status_at={"accepted": AT, "queued": AT, "failed": "2026-01-01T00:00:01.000Z"},
+        sequence=2,
+        error_code="not_queued",
+    )
+    standing = replace(observed, messages=[*clean_run().messages, stood])
+    [notified] = [verdict for verdict in check(standing) if verdict.name == "every_change_notified"]
+    assert notified.violations == []
 
 
 def test_the_run_reads_every_record_parked_in_the_fifo_dispatch_dlq():

@@ -10,7 +10,6 @@ from typing import Any
 
 from sms_gateway.domain.ids import batch_ids_around
 from sms_gateway.domain.status import TERMINAL, MessageStatus, rank
-from sms_gateway.logic.send import NOT_QUEUED
 
 # Statuses whose credits were given back (logic/delivery.py REFUNDED, plus cancelled by logic/batches.py).
 REFUNDED = frozenset({MessageStatus.FAILED, MessageStatus.EXPIRED, MessageStatus.REJECTED, MessageStatus.CANCELLED})
@@ -329,22 +328,20 @@ def every_change_notified(observed: Observations) -> Verdict:
             verdict.violations.append(
                 f"{message.message_id}: the last callback says {last.get('status')}, the message is {message.status}"
             )
-    withdrawn = 0
     for webhook_id, body in sorted(observed.notifications.items()):
         if body.get("type") != "delivery report":
             continue
         accounts = observed.notified_accounts.get(webhook_id, frozenset())
-        if str(body.get("message_id")) not in messages and _withdrawn_unheard_of(body, accounts, observed):
-            withdrawn += 1
+        if str(body.get("message_id")) not in messages and _of_a_send_undone_whole(body, observed):
+            verdict.violations.append(
+                f"{webhook_id}: a report ({body.get('status')}, {body.get('error_code') or 'no error code'}) of "
+                f"message {body.get('message_id')} of batch {body.get('reference_id')}, a send undone whole (answered "
+                "503): the client never learnt that message's id"
+            )
             continue
         leaked = _not_for_its_account(webhook_id, body, messages, accounts)
         if leaked:
             verdict.violations.append(leaked)
-    if withdrawn:
-        verdict.notes.append(
-            f"{withdrawn} reports of messages failed (not_queued) by the undo of a send answered 503, which the client "
-            "never learnt: the dispatcher that found them moved on announces them as its own change"
-        )
     for message_id, seen in _callbacks_by_message(observed.notifications.values()).items():
         asked = messages.get(message_id)
         if asked is not None and not asked.delivery_report:
@@ -413,18 +410,12 @@ def _status_writes(message: MessageRecord) -> tuple[int, list[int]]:
     return len(reached), reported
 
 
-def _withdrawn_unheard_of(body: Mapping[str, Any], accounts: frozenset[str], observed: Observations) -> bool:
-    """Whether a report is the withdrawal (`failed`, `not_queued`) of a message of a batch whose queueing the run
-    failed, to the account that sent it: the send was undone, so the client never learnt that message's id."""
+def _of_a_send_undone_whole(body: Mapping[str, Any], observed: Observations) -> bool:
+    """Whether a report (of a message the run's sends do not hold) is of a message of a batch whose queueing the run
+    failed: its send was undone whole and answered 503 (one that stood is among the run's sends)."""
     reference_id = str(body.get("reference_id"))
     lowest, highest = batch_ids_around(int(body.get("message_id") or 0))
-    return (
-        reference_id in observed.unqueued_batches
-        and lowest <= int(reference_id) <= highest
-        and accounts == {observed.unqueued_batches[reference_id]}
-        and body.get("status") == MessageStatus.FAILED
-        and body.get("error_code") == NOT_QUEUED
-    )
+    return reference_id in observed.unqueued_batches and lowest <= int(reference_id) <= highest
 
 
 def _not_for_its_account(
