@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +165,37 @@ def test_a_scheduled_release_that_keeps_failing_lands_in_the_alarmed_schedule_dl
     assert {"Name": "QueueName", "Value": {"Fn::GetAtt": ["ScheduleDeadLetterQueue", "QueueName"]}} in alarm[
         "Dimensions"
     ]
+
+
+def stateful_resource_types() -> set[str]:
+    """The resource types cfn-lint calls stateful (rule I3011): deleting or replacing one loses what it holds."""
+    spec = json.loads(files("cfnlint.data.AdditionalSpecs").joinpath("StatefulResources.json").read_text())
+    return set(spec["ResourceTypes"])
+
+
+# What no deploy can rebuild: the table (accounts, credentials, messages, balances) and the keys that seal what the
+# table stores. A bucket or a secret added later holds data too.
+KEPT_TYPES = {"AWS::DynamoDB::Table", "AWS::DynamoDB::GlobalTable", "AWS::KMS::Key", "AWS::S3::Bucket"}
+KEPT_TYPES |= {"AWS::SecretsManager::Secret"}
+# Stateful by type but holding nothing stored: the alarm topic's key encrypts alarm notifications in flight only.
+NOT_KEPT = {"AlarmTopicKey"}
+
+
+def test_a_stack_deleted_or_replaced_keeps_the_data_and_the_keys_that_open_it(template):
+    # Deleting or replacing a stack deletes its table with every account and message, and schedules for deletion
+    # the key that decrypts every stored webhook token and signing secret, unless the resource says Retain
+    resources = template["Resources"]
+    stateful = stateful_resource_types()
+    assert {"AWS::DynamoDB::Table", "AWS::KMS::Key", "AWS::SQS::Queue"} <= stateful
+    checked = []
+    for logical_id, resource in resources.items():
+        if resource["Type"] not in stateful:
+            continue
+        # Every stateful resource says what happens to it, so the choice is made, not defaulted
+        assert {"DeletionPolicy", "UpdateReplacePolicy"} <= set(resource), logical_id
+        if resource["Type"] in KEPT_TYPES and logical_id not in NOT_KEPT:
+            assert resource["DeletionPolicy"] == "Retain", logical_id
+            assert resource["UpdateReplacePolicy"] == "Retain", logical_id
+            checked.append(logical_id)
+    assert {"GatewayTable", "WebhookCredentialsKey"} <= set(checked)
+    assert set(resources) >= NOT_KEPT
