@@ -46,6 +46,8 @@ ACCESS_LOG_SAMPLE = {
     "responseLatency": "45",
     "integrationLatency": "43",
     "integrationErrorMessage": "-",
+    "integrationStatus": "200",
+    "apiId": "a1b2c3d4e5",
 }
 
 

@@ -83,6 +83,14 @@ def test_every_gateway_metric_the_dashboard_and_alarms_read_is_one_the_code_emit
     assert "UpstreamFailures" in searched and "UpstreamFailures" in alarmed
     # An upstream that stops sending DLRs shows as settle-check expiries: an alarm watches their share
     assert "MessagesExpiredWithoutDlr" in alarmed
+    # ... or by one of the template's metric filters (API Gateway's throttled requests, which the code never sees)
+    filtered = {
+        transformation["MetricName"]
+        for _, spec in resources_of_type(template, "AWS::Logs::MetricFilter")
+        for transformation in spec["MetricTransformations"]
+        if transformation["MetricNamespace"] == "SmsGateway"
+    }
+    emitted |= filtered
     assert read | searched | alarmed <= emitted, f"not emitted by the code: {(read | searched | alarmed) - emitted}"
 
 
@@ -199,3 +207,49 @@ def test_a_stack_deleted_or_replaced_keeps_the_data_and_the_keys_that_open_it(te
             checked.append(logical_id)
     assert {"GatewayTable", "WebhookCredentialsKey"} <= set(checked)
     assert set(resources) >= NOT_KEPT
+
+
+def test_a_throttled_api_raises_an_alarm(template):
+    # A request API Gateway refuses with 429 (its throttle) never reaches the api function, and one Lambda throttles
+    # never runs it: neither is an error nor an invocation, so ApiErrorRateAlarm cannot see clients being refused
+    resources = template["Resources"]
+    filters = dict(resources_of_type(template, "AWS::Logs::MetricFilter"))
+    throttled = {
+        (transformation["MetricNamespace"], transformation["MetricName"]): spec
+        for spec in filters.values()
+        if spec["LogGroupName"] == {"Ref": "HttpApiAccessLogGroup"}
+        for transformation in spec["MetricTransformations"]
+    }
+    assert len(throttled) == 1
+    [((namespace, name), spec)] = throttled.items()
+    pattern = spec["FilterPattern"]
+    # Only the 429s API Gateway answered itself: the api function answers 429 too (a locked-out login), and those
+    # reached it (the Lambda invoke's own status, integrationStatus, is then 200)
+    assert '$.status = "429"' in pattern and '$.integrationStatus != "200"' in pattern
+    # Every field the filter reads is one the access log writes, as a string
+    access_log = json.loads(resources["HttpApi"]["Properties"]["AccessLogSettings"]["Format"])
+    read = set(re.findall(r"\$\.(\w+)", pattern + json.dumps(spec["MetricTransformations"])))
+    assert read <= set(access_log), read - set(access_log)
+
+    alarms = [alarm for _, alarm in resources_of_type(template, "AWS::CloudWatch::Alarm")]
+    [alarm] = [
+        a
+        for a in alarms
+        if any(q.get("MetricStat", {}).get("Metric", {}).get("MetricName") == name for q in a.get("Metrics", []))
+    ]
+    metrics = {
+        query["MetricStat"]["Metric"]["Namespace"] + "/" + query["MetricStat"]["Metric"]["MetricName"]: query
+        for query in alarm["Metrics"]
+        if "MetricStat" in query
+    }
+    assert f"{namespace}/{name}" in metrics
+    lambda_throttles = metrics["AWS/Lambda/Throttles"]["MetricStat"]["Metric"]
+    assert lambda_throttles["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "ApiFunction"}}]
+    # This stack's API alone: another stack's requests in the same account do not count
+    assert metrics[f"{namespace}/{name}"]["MetricStat"]["Metric"]["Dimensions"] == [
+        {"Name": "ApiId", "Value": {"Ref": "HttpApi"}}
+    ]
+    assert metrics["AWS/ApiGateway/Count"]["MetricStat"]["Metric"]["Dimensions"] == [
+        {"Name": "ApiId", "Value": {"Ref": "HttpApi"}}
+    ]
+    assert alarm["Threshold"] == {"Fn::FindInMap": ["AlarmThresholds", {"Ref": "Stage"}, "ApiThrottledPercent"]}
