@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from sms_gateway.outcome_metrics import FINAL_STATUS_METRICS, UPSTREAM_FAILURES
+from sms_gateway.settings import Settings
 from sms_gateway_tools.template import load_template, resources_of_type
 
 CODE = Path(__file__).resolve().parents[2] / "layers" / "core" / "sms_gateway"
@@ -253,3 +254,94 @@ def test_a_throttled_api_raises_an_alarm(template):
         {"Name": "ApiId", "Value": {"Ref": "HttpApi"}}
     ]
     assert alarm["Threshold"] == {"Fn::FindInMap": ["AlarmThresholds", {"Ref": "Stage"}, "ApiThrottledPercent"]}
+
+
+RUNBOOK = Path(__file__).resolve().parents[2] / "docs" / "runbook.md"
+SMALL_NUMBERS = {"once": 1, "twice": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8}
+
+
+def numbers_in(text: str) -> set[int]:
+    return {int(n) for n in re.findall(r"\b\d+\b", text)}
+
+
+def runbook_rows(heading: str) -> list[list[str]]:
+    """The cells of each row of the first table under a runbook heading (header and rule left out)."""
+    section = RUNBOOK.read_text().split(f"\n{heading}\n", 1)[1]
+    table = section[section.index("\n|") :].split("\n\n", 1)[0]
+    rows = [line for line in table.strip().splitlines() if line.startswith("|")][2:]
+    return [[cell.strip() for cell in re.split(r"(?<!\\)\|", row)[1:-1]] for row in rows]
+
+
+def dead_letter_counts(template: dict[str, Any]) -> dict[str, int]:
+    """The numbers the DLQ texts state, from the code and the template that decide them."""
+    resources = template["Resources"]
+    settings = Settings()
+    invoke = resources["ScheduledDispatchFunction"]["Properties"]["EventInvokeConfig"]
+    return {
+        "dispatch_attempts": settings.dispatch_max_attempts,
+        "dispatch_receives": resources["DispatchQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"],
+        "notify_attempts": len(settings.notify_retry_delays) + 1,
+        "notify_hours": round(sum(settings.notify_retry_delays) / 3600),
+        "notify_receives": resources["NotifyQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"],
+        "release_attempts": invoke["MaximumRetryAttempts"] + 1,
+    }
+
+
+def test_the_dead_letter_alarms_state_the_attempts_the_code_and_template_make(template):
+    # The dispatch DLQ alarm said 8 attempts while the dispatcher parks a record after DISPATCH_MAX_ATTEMPTS (6)
+    counts = dead_letter_counts(template)
+    resources = template["Resources"]
+
+    def described(logical_id: str) -> set[int]:
+        return numbers_in(resources[logical_id]["Properties"]["AlarmDescription"])
+
+    assert described("DispatchDeadLetterAlarm") == {counts["dispatch_attempts"], counts["dispatch_receives"]}
+    assert described("NotifyDeadLetterAlarm") == {counts["notify_attempts"], counts["notify_hours"]}
+    assert described("ScheduleDeadLetterAlarm") == {counts["release_attempts"]}
+
+
+def test_the_runbook_states_the_attempts_and_thresholds_the_code_and_template_use(template):
+    counts = dead_letter_counts(template)
+    text = RUNBOOK.read_text()
+    # `SETTING_NAME` (N): N is the setting's default
+    defaults = Settings().model_dump()
+    named = re.findall(r"`([A-Z_]+)` \((\d+)\)", text)
+    assert named
+    for name, value in named:
+        assert defaults[name.lower()] == int(value), name
+
+    dlqs = {row[0]: " ".join(row[1:]) for row in runbook_rows("## Replay a dead-letter queue")}
+    [dispatch] = [row for queue, row in dlqs.items() if "dispatch-dlq" in queue]
+    [notify] = [row for queue, row in dlqs.items() if "notify-dlq" in queue]
+    [schedule] = [row for queue, row in dlqs.items() if "schedule-dlq" in queue]
+    assert re.findall(r"after (\d+) receives", dispatch) == [str(counts["dispatch_receives"])]
+    assert re.findall(r"failed all (\d+) attempts", notify) == [str(counts["notify_attempts"])]
+    assert re.findall(r"after (\d+) receives", notify) == [str(counts["notify_receives"])]
+    assert [SMALL_NUMBERS[word] for word in re.findall(r"raised (\w+) times", schedule)] == [counts["release_attempts"]]
+
+    # Each alarm's threshold column, dev / prod, is the template's
+    alarms = template["Resources"]
+    thresholds = template["Mappings"]["AlarmThresholds"]
+    rows = runbook_rows("### Alarms")
+    assert len(rows) >= 6
+    for row in rows:
+        name = re.findall(r"`(\w+|<Function>\w+)`", row[0])[0].replace("<Function>", "Api")
+        threshold = alarms[name]["Properties"]["Threshold"]
+        if isinstance(threshold, dict):
+            key = threshold["Fn::FindInMap"][2]
+            expected = [thresholds["dev"][key], thresholds["prod"][key]]
+        else:
+            expected = [threshold, threshold]
+        stated = [int(n) for n in re.findall(r"\d+", row[2])]
+        assert (stated * 2 if len(stated) == 1 else stated) == expected, name
+
+
+def test_each_alarm_description_names_a_runbook_section_and_thresholds_that_exist(template):
+    headings = set(re.findall(r"^#+ (.+)$", RUNBOOK.read_text(), flags=re.MULTILINE))
+    thresholds = set(template["Mappings"]["AlarmThresholds"]["prod"])
+    for logical_id, alarm in resources_of_type(template, "AWS::CloudWatch::Alarm"):
+        description = alarm["AlarmDescription"]
+        text = description["Fn::Sub"] if isinstance(description, dict) else description
+        for section in re.findall(r'docs/runbook\.md, "([^"]+)"', text):
+            assert section in headings or f"`{section}`" in RUNBOOK.read_text(), (logical_id, section)
+        assert set(re.findall(r"AlarmThresholds\.(\w+)", text)) <= thresholds, logical_id
