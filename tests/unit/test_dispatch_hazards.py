@@ -108,6 +108,58 @@ def test_a_message_whose_upstream_id_could_not_be_linked_is_settled_by_its_repor
     assert len(provider.submits) == 1
 
 
+def test_only_messages_expired_for_want_of_a_report_count_as_expired_without_a_dlr(store, monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+    from sms_gateway import consumers
+    from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
+    from sms_gateway.logic.settle import settle_checks
+    from sms_gateway.observability import metrics
+    from tests.unit.test_logic import callback, clock, report
+
+    # Given two messages to an upstream whose DLRs name only its own id, the link write of one failed, and both
+    # reported delivered: one report is applied, the other held on the upstream's id
+    _, deps = send(store, command(2, delivery_report=DeliveryReportMode.YES))
+    provider = FakeProvider()
+    asyncio.run(
+        dispatch(
+            deps.dispatch_queue.commands[0], replace(dispatch_deps(store, provider), messages=LinkFailsOnce(store))
+        )
+    )
+    reported = list(store.messages.values())
+    provider.reports = [report(m, MessageStatus.DELIVERED, by_ref=False) for m in reported]
+    assert receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock)).held == 1
+    # And a third message the upstream never reports
+    _, deps = send(store, command(1, delivery_report=DeliveryReportMode.YES))
+    asyncio.run(dispatch(deps.dispatch_queue.commands[0], dispatch_deps(store, provider)))
+    [unreported] = [m for m in store.messages.values() if m.key not in {r.key for r in reported}]
+    # When their settle check comes, the DLR wait over
+    [check] = settle_checks(list(store.messages.values()), now=NOW)
+    wiring = SimpleNamespace(
+        store=store,
+        settings=SimpleNamespace(dlr_wait_seconds=172_800),
+        notify_queue=SimpleNamespace(publish=lambda notifications: None),
+    )
+    monkeypatch.setattr(consumers, "gateway", lambda: wiring)
+    record = SQSRecord({"messageId": "m-1", "receiptHandle": "rh-1", "body": json.dumps(check), "attributes": {}})
+    metrics.clear_metrics()
+    try:
+        answer = consumers._settle_record(record, check)
+        counted = {name: sum(entry["Value"]) for name, entry in metrics.metric_set.items()}
+    finally:
+        metrics.clear_metrics()
+    # Then the held report settles its message (delivered), and only the unreported one is expired for want of a
+    # report: MissingDeliveryReportsAlarm reads this count (it counted the held report's delivery too)
+    assert store.messages[unreported.key].status == MessageStatus.EXPIRED
+    assert [store.messages[m.key].status for m in reported] == [MessageStatus.DELIVERED] * 2
+    assert counted["MessagesExpiredWithoutDlr"] == 1
+    assert counted["MessagesDelivered"] == 1 and counted["MessagesExpired"] == 1
+    assert answer == {"expired": 1}
+
+
 class DiesRecording:
     """The dispatcher's container dies (a Lambda timeout) as it records `status`: `submitted`, right after the
     upstream took the message; `delivered`, applying the reports that were held on the upstream's id."""

@@ -516,9 +516,10 @@ def _settle_record(record: SQSRecord, check: dict[str, Any]) -> dict[str, Any]:
     if outcome.check_again_in is not None:
         wiring.notify_queue.delay(record.receipt_handle, outcome.check_again_in)
         raise SettleLater(f"settle check due in {outcome.check_again_in} s")
-    if outcome.changes:
-        metrics.add_metric(name="MessagesExpiredWithoutDlr", unit="Count", value=len(outcome.changes))
-    return {"expired": len(outcome.changes)}
+    # Only the expiries: the changes also hold what reports held on an upstream id settled (delivered, failed).
+    if outcome.expired:
+        metrics.add_metric(name="MessagesExpiredWithoutDlr", unit="Count", value=len(outcome.expired))
+    return {"expired": len(outcome.expired)}
 
 
 def _notify_failed(

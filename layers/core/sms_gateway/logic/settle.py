@@ -68,8 +68,10 @@ class SettleDependencies:
 
 @dataclass
 class SettleOutcome:
-    # Changes this check made.
+    # Changes this check made: its expiries, and the changes of reports held on an upstream id it applied.
     changes: list[StatusChange] = field(default_factory=list)
+    # Of those, the messages it expired for want of a final report (MessagesExpiredWithoutDlr counts these).
+    expired: list[StatusChange] = field(default_factory=list)
     # Changes an earlier delivery of the check made: their announcements may have died with the notifier that made
     # them, so they go out again under the same webhook id (one per status change), which the client dedupes.
     made_before: list[StatusChange] = field(default_factory=list)
@@ -110,6 +112,7 @@ def settle(check: Mapping[str, Any], deps: SettleDependencies) -> SettleOutcome:
         if change is None or not change.changed:
             continue
         outcome.changes.append(change)
+        outcome.expired.append(change)
         logger.warning(
             "no final delivery report within the wait; message expired and refunded",
             extra={"message_id": message.message_id, "upstream": message.upstream},
