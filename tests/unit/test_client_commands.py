@@ -200,3 +200,55 @@ def test_tail_refuses_an_interval_that_would_spin_or_fail(interval, capsys) -> N
     # Then argparse refuses it before any request, exit 2, saying why
     assert stopped.value.code == 2
     assert "--interval" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag", "said"),
+    [
+        (["local", "--port", "70000"], "--port", "0 to 65535"),
+        (["local", "--port", "-1"], "--port", "0 to 65535"),
+        (["local", "--failure-rate", "1.5"], "--failure-rate", "from 0 to 1"),
+        (["local", "--dlr-delay", "-1"], "--dlr-delay", "at least 0"),
+        (["chaos", "--kill-rate", "3"], "--kill-rate", "from 0 to 1"),
+        (["chaos", "--send-failure-rate", "-0.1"], "--send-failure-rate", "from 0 to 1"),
+        (["chaos", "--scheduled-share", "nan"], "--scheduled-share", "from 0 to 1"),
+        (["chaos", "--cancel-share", "many"], "--cancel-share", "not a number"),
+        (["chaos", "--messages", "-5"], "--messages", "at least 1"),
+        (["chaos", "--wave", "0"], "--wave", "at least 1"),
+        (["chaos", "--accounts", "0"], "--accounts", "at least 1"),
+        (["chaos", "--time-limit", "0"], "--time-limit", "more than 0"),
+        (["chaos", "--dlr-wait", "0"], "--dlr-wait", "1 to 259200"),
+        (["send", "--from", "x", "--concurrency", "0"], "--concurrency", "at least 1"),
+        (["tail", "1", "--timeout", "-1"], "--timeout", "at least 0"),
+    ],
+)
+def test_an_out_of_range_number_is_refused_before_anything_starts(argv, flag, said, monkeypatch, capsys) -> None:
+    from sms_gateway_tools import cli
+
+    # Given commands that would start a stack, a chaos run or reach a gateway
+    def started(args):
+        raise AssertionError(f"started with {args}")
+
+    monkeypatch.setattr(cli, "_local", started)
+    monkeypatch.setattr(cli, "_chaos", started)
+    # When a port, rate, count or number of seconds is out of its range
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv)
+    # Then argparse refuses it, exit 2, naming the flag and its range, and nothing started
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and said in err, err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["local", "--port", "0", "--failure-rate", "1", "--dlr-delay", "0"],
+        ["local", "--port", "65535", "--failure-rate", "0"],
+        ["chaos", "--kill-rate", "0", "--cancel-share", "1", "--messages", "1", "--wave", "1", "--dlr-wait", "259200"],
+    ],
+)
+def test_numbers_at_the_ends_of_their_ranges_are_taken(argv) -> None:
+    from sms_gateway_tools import cli
+
+    cli.build_parser().parse_args(argv)

@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from sms_gateway_tools.arguments import number, port, share, whole_number
+
 
 def _local(args: argparse.Namespace) -> int:
     from sms_gateway_tools.localstack.commands import run_local
@@ -46,14 +48,21 @@ def _chaos(args: argparse.Namespace) -> int:
     return run_chaos(options, json_path=Path(args.json) if args.json else None)
 
 
+def _dlr_wait(raw: str) -> int:
+    """--dlr-wait as the gateway's settings take it (imported only when the flag is given: they load pydantic)."""
+    from sms_gateway.settings import MAX_DLR_WAIT_SECONDS
+
+    return whole_number(1, MAX_DLR_WAIT_SECONDS)(raw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sms-gateway", description="SMS gateway developer and operator tools")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     local = commands.add_parser("local", help="run the whole gateway locally (moto, no AWS, no Docker)")
-    local.add_argument("--port", type=int, default=3000, help="API port on 127.0.0.1 (default 3000)")
-    local.add_argument("--dlr-delay", type=float, default=0.3, help="seconds before the simulator's DLR")
-    local.add_argument("--failure-rate", type=float, default=0.0, help="fraction of messages reported UNDELIV")
+    local.add_argument("--port", type=port, default=3000, help="API port on 127.0.0.1 (default 3000; 0: any free port)")
+    local.add_argument("--dlr-delay", type=number(0), default=0.3, help="seconds before the simulator's DLR")
+    local.add_argument("--failure-rate", type=share, default=0.0, help="fraction of messages reported UNDELIV (0 to 1)")
     local.add_argument(
         "--log-level",
         default="WARNING",
@@ -80,13 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     chaos = commands.add_parser(
         "chaos", help="send messages through the local stack with faults injected and check nothing is lost or doubled"
     )
-    chaos.add_argument("--messages", type=int, default=5000, help="messages to send (default 5000)")
+    chaos.add_argument("--messages", type=whole_number(1), default=5000, help="messages to send (default 5000)")
     chaos.add_argument("--seed", type=int, default=1, help="seed of the sends and the injected faults (default 1)")
     chaos.add_argument(
-        "--time-limit", type=float, default=3600.0, help="seconds after which the run stops and reports (default 3600)"
+        "--time-limit",
+        type=number(0, above=True),
+        default=3600.0,
+        help="seconds after which the run stops and reports (default 3600)",
     )
-    chaos.add_argument("--wave", type=int, default=500, help="messages sent before waiting for the queues to drain")
-    chaos.add_argument("--accounts", type=int, default=8, help="accounts sending (each its own FIFO lanes)")
+    chaos.add_argument(
+        "--wave", type=whole_number(1), default=500, help="messages sent before waiting for the queues to drain"
+    )
+    chaos.add_argument("--accounts", type=whole_number(1), default=8, help="accounts sending (each its own FIFO lanes)")
     shares = {
         "--kill-rate": (0.02, "share of messages whose dispatcher is killed mid-submit"),
         "--send-failure-rate": (
@@ -100,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     }
     for flag, (default, help_text) in shares.items():
-        chaos.add_argument(flag, type=float, default=default, help=f"{help_text} (default {default})")
+        chaos.add_argument(flag, type=share, default=default, help=f"{help_text}, 0 to 1 (default {default})")
     chaos.add_argument(
         "--upstream-deduplicates",
         action="store_true",
@@ -109,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chaos.add_argument(
         "--dlr-wait",
-        type=int,
+        type=_dlr_wait,
         help="seconds a submitted message waits for a final DLR before its settle check expires it (default: "
         "ChaosOptions.dlr_wait_seconds, minutes; deployed: 48 h)",
     )

@@ -16,6 +16,7 @@ import httpx
 
 from sms_gateway.domain.status import TERMINAL
 from sms_gateway_tools.admin import TargetNotFound, _print_record, _print_rows, describe_stack, stack_outputs
+from sms_gateway_tools.arguments import number, whole_number
 from sms_gateway_tools.bulk_send import (
     BulkSendError,
     ProgressFile,
@@ -442,17 +443,6 @@ def _reference_ids(args: argparse.Namespace) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def _poll_interval(raw: str) -> float:
-    """argparse's type for --interval: at least 0.1 s (0 would poll the API in a tight loop, a negative one fail)."""
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds") from None
-    if not seconds >= 0.1:
-        raise argparse.ArgumentTypeError(f"an interval is at least 0.1 s, not {raw}")
-    return seconds
-
-
 def _cmd_tail(args: argparse.Namespace) -> int:
     reference_ids = _reference_ids(args)
     if not reference_ids:
@@ -538,7 +528,11 @@ def register(subparsers: Any) -> None:
         help="only ask the gateway what it would cost and refuse (parts, encoding, invalid numbers); send nothing",
     )
     send.add_argument(
-        "--concurrency", type=int, default=4, metavar="N", help="rows in flight at once with --csv (default 4)"
+        "--concurrency",
+        type=whole_number(1),
+        default=4,
+        metavar="N",
+        help="rows in flight at once with --csv (default 4)",
     )
     send.set_defaults(func=_cmd_send)
 
@@ -563,7 +557,7 @@ def register(subparsers: Any) -> None:
         "--csv", metavar="FILE", help="also follow the batches accepted from this CSV (its progress file)"
     )
     tail.add_argument(
-        "--interval", type=_poll_interval, default=1.0, metavar="SECONDS", help="between polls (default 1, min 0.1)"
+        "--interval", type=number(0.1), default=1.0, metavar="SECONDS", help="between polls (default 1, min 0.1)"
     )
-    tail.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after this long (default: never)")
+    tail.add_argument("--timeout", type=number(0), metavar="SECONDS", help="stop after this long (default: never)")
     tail.set_defaults(func=_cmd_tail)
