@@ -369,6 +369,16 @@ class InMemoryStore:
         return SentMessage(key=last.key, sender=last.sender, session_id=last.session_id, ref_id=last.ref_id)
 
 
+class Clock:
+    """A clock of seconds (time.time's or time.monotonic's kind) that moves only when a test sets `now`."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class FakeSecretBox:
     """Seals like the KMS box (bound to an account and a purpose; opened for another, it fails), reversibly and
     without AWS: the sealed text is not the secret, so a test can tell a sealed attribute from a plain one."""

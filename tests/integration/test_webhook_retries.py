@@ -29,7 +29,7 @@ class ClientWebhook:
         status = self.statuses.pop(0) if self.statuses else 200
         self.posts.append({"url": url, "headers": headers, "body": json.loads(body), "status": status})
         if status == 0:
-            raise WebhookFailed("client webhook unreachable: connection refused")
+            raise WebhookFailed("client webhook unreachable: connection refused", unreachable=True)
         return WebhookResponse(status_code=status, body='{"ok":true}', retry_after=self.retry_after)
 
 
@@ -534,3 +534,41 @@ def test_a_notification_that_finds_its_url_removed_is_dead_and_can_be_resent_onc
         run_notifier(aws)
     assert [post["url"] for post in hook.posts] == ["https://client.example/dlr", "https://client.example/dlr2"]
     assert record_of(account_id, "dlr_1_3").state == "delivered"
+
+
+def test_a_blackholed_origin_fails_its_sixth_notification_at_once_while_another_origin_is_posted(aws, accounts, delays):
+    from sms_gateway import consumers
+
+    # Given account a's webhook blackholed (its connections time out), account b's answering
+    delays("120,120")
+    posted: list[str] = []
+
+    async def webhooks(url: str, headers: dict[str, str], body: bytes) -> WebhookResponse:
+        posted.append(url)
+        if url.startswith("https://client.example/"):
+            raise WebhookFailed(
+                "client webhook unreachable: connecting to client.example:443 timed out", unreachable=True
+            )
+        return WebhookResponse(status_code=200, body='{"ok":true}')
+
+    a, b = accounts["a"]["account_id"], accounts["b"]["account_id"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(consumers, "post_webhook", webhooks)
+        # And five of a's notifications that failed against it, in a row
+        publish(*(notification(a, n) for n in range(1, 6)))
+        assert run_notifier(aws)["failed"] == 5
+        assert len(posted) == 5
+        # When the sixth comes in one batch with a notification of b's
+        publish(notification(a, 6), notification(b, 7))
+        result = run_notifier(aws)
+    # Then the sixth fails at once without a post, b's is posted and delivered
+    assert result["failed"] == 1
+    assert posted[5:] == ["https://other.example/dlr"]
+    # And the sixth is on the retry schedule like any failure, recorded with why and its attempt counted
+    record = record_of(a, "dlr_6_3")
+    assert (record.state, record.attempts, record.last_status_code) == ("retrying", 1, None)
+    assert record.last_error.startswith(
+        "client webhook not tried: https://client.example:443 failed 5 times in a row in this container; next try after"
+    )
+    assert record.next_attempt_at is not None
+    assert record_of(b, "dlr_7_3") is None

@@ -384,3 +384,33 @@ def test_tls_still_refuses_a_certificate_for_another_name(tls_server, names) -> 
         post(client, f"https://other.example:{server.port}/hook")
     assert server.requests == []
     http.run(client.aclose())
+
+
+def test_the_notifier_tells_an_unreachable_webhook_from_one_that_answered_or_was_refused(stack, server, names) -> None:
+    # Given the local stack, a port nothing listens on, and a name pointing inside the VPC (the deployed guard)
+    stack(True)
+    closed = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    port = closed.server_address[1]
+    closed.server_close()
+
+    def failure(url: str) -> WebhookFailed:
+        with pytest.raises(WebhookFailed) as failed:
+            http.run(consumers.post_webhook(url, {}, b"{}"))
+        return failed.value
+
+    # Then a refused connection is unreachable (what the notifier's circuit breaker counts) ...
+    assert failure(f"http://127.0.0.1:{port}/hook").unreachable is True
+
+    # ... as is a connect that times out
+    async def never_connects(*_args: Any, **_kwargs: Any) -> Any:
+        raise httpx.ConnectTimeout("connecting timed out")
+
+    transport = webhook_client()._transport
+    assert isinstance(transport, GuardedTransport)
+    real_connect, transport._connect = transport._connect, never_connects
+    assert failure(f"http://127.0.0.1:{server.port}/hook").unreachable is True
+    transport._connect = real_connect
+    # ... and an address the guard refuses is not: the host was never asked
+    stack(False)
+    names[HOOK_NAME] = ["10.0.0.5"]
+    assert failure(f"https://{HOOK_NAME}/dlr").unreachable is False

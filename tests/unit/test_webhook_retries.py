@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,11 +14,19 @@ from pydantic import ValidationError
 
 from sms_gateway.errors import Conflict, InvalidRequest, NotFound
 from sms_gateway.logic import webhook_retries
-from sms_gateway.logic.notify import WebhookFailed
+from sms_gateway.logic.notify import WebhookFailed, WebhookResponse
+from sms_gateway.logic.webhook_breaker import (
+    FAILURES_TO_OPEN,
+    OPEN_SECONDS,
+    Outcome,
+    WebhookBreaker,
+    WebhookNotTried,
+    origin_of,
+)
 from sms_gateway.ports import MAX_QUEUE_DELAY_SECONDS, WebhookFailure, WebhookFailureState
 from sms_gateway.settings import MAX_NOTIFY_RETRY_DELAYS, Settings
 from sms_gateway_tools.template import load_template
-from tests.fakes import InMemoryStore
+from tests.fakes import Clock, InMemoryStore
 
 NOW = datetime(2026, 1, 2, 12, 0, 0, tzinfo=UTC)
 DEFAULT = Settings().notify_retry_delays
@@ -351,3 +362,171 @@ def test_resend_all_is_bounded_and_says_whether_more_are_left():
 def test_an_unknown_state_filter_is_refused(raw):
     with pytest.raises(InvalidRequest, match="state must be one of"):
         webhook_retries.parse_state(raw)
+
+
+# ---------------------------------------------------------------- the circuit breaker per webhook origin
+
+
+class ScriptedPost:
+    """A client webhook post answering each URL's scripted statuses in turn (0: unreachable), then 200."""
+
+    def __init__(self) -> None:
+        self.script: dict[str, list[int]] = {}
+        self.posted: list[str] = []
+
+    def answer(self, url: str, *statuses: int) -> None:
+        self.script.setdefault(url, []).extend(statuses)
+
+    async def __call__(self, url: str, headers: dict[str, str], body: bytes) -> WebhookResponse:
+        self.posted.append(url)
+        status = self.script.get(url, []).pop(0) if self.script.get(url) else 200
+        if status == 0:
+            raise WebhookFailed("client webhook unreachable: connect timed out", unreachable=True)
+        return WebhookResponse(status_code=status, body='{"ok":true}')
+
+
+def post_through(breaker: WebhookBreaker, post: ScriptedPost, url: str) -> int | str:
+    """The status a guarded post came to, "not tried" when the breaker refused it, "unreachable" when it failed."""
+    try:
+        return asyncio.run(breaker.guard(post)(url, {}, b"{}")).status_code
+    except WebhookNotTried:
+        return "not tried"
+    except WebhookFailed:
+        return "unreachable"
+
+
+BLACKHOLE = "https://hooks.example:8443/dlr"
+OTHER = "https://other.example/dlr"
+
+
+def test_an_origin_failing_five_times_in_a_row_is_not_posted_to_for_30_seconds():
+    # Given an origin whose connections time out, then a 503 and three more timeouts
+    clock, post = Clock(1_800_000_000.0), ScriptedPost()
+    breaker = WebhookBreaker(clock=clock)
+    post.answer(BLACKHOLE, 0, 503, 0, 0, 0)
+    # When five notifications fail against it in a row
+    assert [post_through(breaker, post, BLACKHOLE) for _ in range(5)] == ["unreachable", 503] + ["unreachable"] * 3
+    # Then the sixth fails at once without a post, saying why and until when, and asks to come back then
+    clock.now += 12
+    with pytest.raises(WebhookNotTried) as refused:
+        asyncio.run(breaker.guard(post)(BLACKHOLE, {}, b"{}"))
+    assert len(post.posted) == 5
+    until = datetime.fromtimestamp(clock.now - 12 + OPEN_SECONDS, UTC).isoformat(timespec="seconds")
+    assert str(refused.value) == (
+        "client webhook not tried: https://hooks.example:8443 failed 5 times in a row in this container; "
+        f"next try after {until}"
+    )
+    assert refused.value.retry_after == pytest.approx(OPEN_SECONDS - 12)
+    # And no other path of that origin is posted to either
+    assert FAILURES_TO_OPEN == 5 and post_through(breaker, post, "https://hooks.example:8443/inbound") == "not tried"
+
+
+def opened(*failures: int) -> tuple[Clock, ScriptedPost, WebhookBreaker]:
+    """A breaker whose BLACKHOLE origin just failed 5 times in a row, its clock, and the post that failed them
+    (scripted to answer `failures` after those five)."""
+    clock, post = Clock(1_800_000_000.0), ScriptedPost()
+    breaker = WebhookBreaker(clock=clock)
+    post.answer(BLACKHOLE, *[500] * 5, *failures)
+    for _ in range(5):
+        post_through(breaker, post, BLACKHOLE)
+    return clock, post, breaker
+
+
+def test_after_the_cool_down_one_trial_post_goes_and_its_success_closes_the_origin():
+    clock, post, breaker = opened()
+    # Given the cool-down over, and a trial post on its way
+    clock.now += OPEN_SECONDS
+    assert breaker.admit("https://hooks.example:8443") is True
+    # Then every other post waits for its outcome (not tried, on the normal schedule)
+    with pytest.raises(WebhookNotTried, match="a trial post is on its way") as refused:
+        breaker.admit("https://hooks.example:8443")
+    assert refused.value.retry_after is None
+    # When the trial succeeds, the origin is closed and its count starts again
+    breaker.record("https://hooks.example:8443", Outcome.SUCCESS, trial=True)
+    post.answer(BLACKHOLE, *[500] * 4)
+    assert [post_through(breaker, post, BLACKHOLE) for _ in range(5)] == [500] * 4 + [200]
+
+
+def test_a_failed_trial_post_opens_the_origin_for_another_30_seconds():
+    clock, post, breaker = opened(0)
+    clock.now += OPEN_SECONDS + 1
+    # When the one post let through after the cool-down fails too
+    assert post_through(breaker, post, BLACKHOLE) == "unreachable"
+    # Then nothing is posted for another 30 s, and then one post again
+    clock.now += OPEN_SECONDS - 1
+    assert post_through(breaker, post, BLACKHOLE) == "not tried"
+    clock.now += 1
+    assert post_through(breaker, post, BLACKHOLE) == 200
+    assert len(post.posted) == 7 and not breaker.is_open("https://hooks.example:8443")
+
+
+def test_a_4xx_other_than_429_neither_counts_nor_resets_and_429_counts():
+    post = ScriptedPost()
+    breaker = WebhookBreaker(clock=Clock(1_800_000_000.0))
+    # Given four failures, a 400 and a 404 (the host is up: the request is wrong), then a 429
+    post.answer(BLACKHOLE, 500, 500, 0, 500, 400, 404, 429)
+    outcomes = [post_through(breaker, post, BLACKHOLE) for _ in range(7)]
+    # Then the 429 is the fifth failure in a row: the next is not tried
+    assert outcomes == [500, 500, "unreachable", 500, 400, 404, 429]
+    assert post_through(breaker, post, BLACKHOLE) == "not tried"
+
+
+def test_a_success_resets_the_count_and_origins_are_counted_apart():
+    post = ScriptedPost()
+    breaker = WebhookBreaker(clock=Clock(1_800_000_000.0))
+    # Given four failures, a success, four failures: never five in a row
+    post.answer(BLACKHOLE, *[503] * 4, 200, *[503] * 4)
+    assert [post_through(breaker, post, BLACKHOLE) for _ in range(9)] == [503] * 4 + [200] + [503] * 4
+    # And another origin of the same host (another port) and another host failing in between
+    post.answer("https://hooks.example/dlr", *[503] * 5)
+    post.answer(OTHER, *[503] * 4)
+    for url in ["https://hooks.example/dlr"] * 5 + [OTHER] * 4:
+        post_through(breaker, post, url)
+    # Then only the origin that failed five times in a row is open; the others are still posted to
+    assert post_through(breaker, post, "https://HOOKS.example:443/x") == "not tried"
+    assert post_through(breaker, post, OTHER) == 200
+    assert post_through(breaker, post, BLACKHOLE) == 200
+
+
+def test_concurrent_posts_keep_the_count_and_let_one_trial_through():
+    # Given 16 threads failing against one origin at once, 25 times each
+    breaker = WebhookBreaker(clock=Clock(), failures_to_open=10**9)
+    origin = "https://hooks.example:8443"
+
+    def fail() -> None:
+        for _ in range(25):
+            breaker.record(origin, Outcome.FAILURE)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda _: fail(), range(16)))
+    # Then no failure was lost
+    assert breaker._origins[origin].failures == 400
+    # And once open and cooled down, of 16 threads asking at once exactly one gets the trial post
+    breaker.failures_to_open = 1
+    breaker.record(origin, Outcome.FAILURE)
+    breaker.clock.now += OPEN_SECONDS  # type: ignore[attr-defined]
+    start = threading.Barrier(16)
+
+    def ask() -> bool:
+        start.wait()
+        try:
+            return breaker.admit(origin)
+        except WebhookNotTried:
+            return False
+
+    with ThreadPoolExecutor(16) as pool:
+        assert sorted(pool.map(lambda _: ask(), range(16))) == [False] * 15 + [True]
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("https://Hooks.Example/dlr?x=1", "https://hooks.example:443"),
+        ("http://127.0.0.1:8080/a", "http://127.0.0.1:8080"),
+        ("https://[::1]:9/", "https://[::1]:9"),
+        ("not a url", None),
+        ("https://host:99999/", None),
+    ],
+)
+def test_the_origin_is_scheme_host_and_port(url, origin):
+    assert origin_of(url) == origin

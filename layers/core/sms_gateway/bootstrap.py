@@ -16,6 +16,14 @@ from sms_gateway.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from sms_gateway.logic.send import SendDependencies
+    from sms_gateway.logic.webhook_breaker import WebhookBreaker
+
+
+def _webhook_breaker() -> WebhookBreaker:
+    # Imported here: only the notifier posts to client webhooks.
+    from sms_gateway.logic.webhook_breaker import WebhookBreaker
+
+    return WebhookBreaker()
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,8 @@ class Gateway:
     webhook_credentials: KmsSecretBox
     # Rarely changing settings the consumers read per record (accounts' webhook and rate-limit settings, routes).
     settings_cache: TtlCache = field(default_factory=TtlCache)
+    # The notifier's count of each client webhook origin's failures in a row, shared by its worker threads.
+    webhook_breaker: WebhookBreaker = field(default_factory=_webhook_breaker)
 
 
 @cache

@@ -36,6 +36,7 @@ from sms_gateway.logic.dispatch import (
 from sms_gateway.logic.fifo import handle_in_group_order
 from sms_gateway.logic.notify import WebhookFailed, WebhookResponse, deliver, notifications_of
 from sms_gateway.logic.ratelimit import RateLimiter, account_scope, expected_grants
+from sms_gateway.logic.webhook_breaker import WebhookNotTried
 from sms_gateway.observability import logger, metrics
 from sms_gateway.outcome_metrics import count_final_statuses, count_upstream_failures
 from sms_gateway.ports import Provider
@@ -443,6 +444,8 @@ async def post_webhook(url: str, headers: dict[str, str], body: bytes) -> Webhoo
         response = await webhook_client().post(url, headers=headers, content=body)
     except UnsafeWebhookTarget as error:
         raise WebhookFailed(str(error)) from error
+    except (httpx.ConnectError, httpx.TimeoutException) as error:
+        raise WebhookFailed(f"client webhook unreachable: {error}", unreachable=True) from error
     except (httpx.HTTPError, httpx.InvalidURL) as error:
         raise WebhookFailed(f"client webhook unreachable: {error}") from error
     try:
@@ -486,9 +489,18 @@ def notify_record(record: SQSRecord) -> dict[str, Any]:
     try:
         settings = _account_settings()
         delivered = http.run(
-            deliver(notification, settings, post_webhook, wiring.webhook_credentials, recheck=settings.recheck)
+            deliver(
+                notification,
+                settings,
+                # An origin that failed FAILURES_TO_OPEN times in a row here is not posted to for a while.
+                wiring.webhook_breaker.guard(post_webhook),
+                wiring.webhook_credentials,
+                recheck=settings.recheck,
+            )
         )
     except WebhookFailed as failure:
+        if isinstance(failure, WebhookNotTried):
+            metrics.add_metric(name="WebhooksNotTriedHostFailing", unit="Count", value=1)
         return _notify_failed(record, notification, attempt, failure)
     if webhook_retries.may_have_failure_record(notification, attempt):
         if delivered:

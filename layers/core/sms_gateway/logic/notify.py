@@ -67,10 +67,18 @@ Post = Callable[[str, dict[str, str], bytes], Awaitable[WebhookResponse]]
 
 class WebhookFailed(Exception):
     def __init__(
-        self, reason: str, retry_after: float | None = None, *, status_code: int | None = None, url: str | None = None
+        self,
+        reason: str,
+        retry_after: float | None = None,
+        *,
+        status_code: int | None = None,
+        url: str | None = None,
+        unreachable: bool = False,
     ) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+        # No answer at all: the connection failed or timed out (what the circuit breaker counts, with 5xx and 429).
+        self.unreachable = unreachable
         # What the failed-notifications record shows: the client's answer, and where it was posted.
         self.status_code = status_code
         self.url = url
