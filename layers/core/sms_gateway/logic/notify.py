@@ -77,7 +77,7 @@ class WebhookFailed(Exception):
     ) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
-        # No answer at all: the connection failed or timed out (what the circuit breaker counts, with 5xx and 429).
+        # No answer at all: the connection failed or timed out (all the circuit breaker counts).
         self.unreachable = unreachable
         # What the failed-notifications record shows: the client's answer, and where it was posted.
         self.status_code = status_code
