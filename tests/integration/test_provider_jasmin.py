@@ -361,8 +361,11 @@ def test_configuration_is_checked() -> None:
     assert isinstance(FACTORIES["jasmin"]("jasmin", dict(CONFIG)), JasminProvider)
     with pytest.raises(ValueError, match="callback_token"):
         JasminProvider.from_config("jasmin", {**CONFIG, "callback_token": "short"})
-    with pytest.raises(ValueError, match="dlr_level"):
-        JasminProvider.from_config("jasmin", {**CONFIG, "dlr_level": 4})
+    for level in (4, 0, 1):
+        # 1: the SMSC's acceptance only, never a final report: every message expired and refunded, delivered or not
+        with pytest.raises(ValueError, match="dlr_level"):
+            JasminProvider.from_config("jasmin", {**CONFIG, "dlr_level": level})
+    assert JasminProvider.from_config("jasmin", {**CONFIG, "dlr_level": 2})
     with pytest.raises(LookupError):
         JasminProvider.from_config("jasmin", {**CONFIG, "mo_charset": "no-such-codec"})
     for retried in ("ESME_RTHROTTLED", 7, ["ESME_ROK"], ["DELIVRD"], [7]):

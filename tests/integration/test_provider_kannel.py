@@ -317,6 +317,19 @@ def test_a_token_kannel_could_mangle_is_refused_at_configuration() -> None:
         KannelProvider.from_config("kannel", {**CONFIG, "callback_token": "tooshort"})
 
 
+@pytest.mark.parametrize("mask", [0, 1, 2, 8 | 16, 29, 256, -1])
+def test_a_dlr_mask_without_the_final_reports_is_refused_at_configuration(mask: int) -> None:
+    # Without delivered (1) and failed (2) no message gets a final report: each would be expired and refunded after
+    # the DLR wait, delivered or not
+    with pytest.raises(ValueError, match="dlr_mask"):
+        KannelProvider.from_config("kannel", {**CONFIG, "dlr_mask": mask})
+
+
+@pytest.mark.parametrize("mask", [3, 7, 31, 63])
+def test_a_dlr_mask_with_the_final_reports_is_taken(mask: int) -> None:
+    assert KannelProvider.from_config("kannel", {**CONFIG, "dlr_mask": mask})
+
+
 # --- inbound (MO) -------------------------------------------------------------------------------------------------
 
 INBOUND_BASE = "https://gw.example.com/callbacks/kannel/inbound"

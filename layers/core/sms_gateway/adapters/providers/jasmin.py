@@ -99,8 +99,13 @@ class JasminProvider:
     ) -> None:
         if len(callback_token) < 16:
             raise ValueError(f"upstream {name!r}: callback_token (16 characters or more) verifies Jasmin's callbacks")
-        if dlr_level not in (1, 2, 3):
-            raise ValueError(f"upstream {name!r}: dlr_level is 1, 2 or 3, not {dlr_level!r}")
+        if dlr_level not in (2, 3):
+            # Level 1 is the SMSC's acceptance only: no message would get a final report, and each would be expired
+            # and refunded after the DLR wait, delivered or not (logic/settle.py).
+            raise ValueError(
+                f"upstream {name!r}: dlr_level is 3 (SMSC and terminal reports) or 2 (terminal only), not "
+                f"{dlr_level!r}: the gateway needs the terminal (final) reports"
+            )
         if mo_charset != MO_GSM7:
             codecs.lookup(mo_charset)  # an unknown codec fails at configuration, not on the first MO
         retried = _esme_statuses(name, retried_statuses)

@@ -42,6 +42,9 @@ from sms_gateway.errors import CallbackRejected, UpstreamError
 SENDSMS_PATH = "/cgi-bin/sendsms"
 # Every report type: delivered, failed, buffered, SMSC submit, SMSC reject.
 DEFAULT_DLR_MASK = 31
+# The handset's final reports (delivered 1, failed 2): a mask without both leaves messages with no final report, each
+# expired and refunded after the DLR wait however it went (logic/settle.py).
+FINAL_REPORTS_MASK = 1 | 2
 # Kannel's `coding` CGI variable: 0 = 7-bit (GSM), 2 = UCS-2.
 CODING_GSM7, CODING_UCS2 = "0", "2"
 
@@ -91,6 +94,12 @@ class KannelProvider:
         if not _URL_SAFE.fullmatch(callback_token):
             # Kannel expands `%` escapes in the DLR URL: a token that needs percent-encoding would be mangled.
             raise ValueError(f"upstream {name!r}: callback_token must be 16 or more of A-Z a-z 0-9 - _ . ~")
+        if not 0 < dlr_mask < 256 or dlr_mask & FINAL_REPORTS_MASK != FINAL_REPORTS_MASK:
+            raise ValueError(
+                f"upstream {name!r}: dlr_mask {dlr_mask!r} must ask for the final reports (delivered 1 and failed 2, "
+                f"within 1-255; default {DEFAULT_DLR_MASK}): without them every message would be expired and "
+                "refunded after the DLR wait, delivered or not"
+            )
         self.name = name
         self.url = url.rstrip("/")
         # Parsed once: httpx parses a URL given as a string on every request.
