@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from sms_gateway.domain.ids import id_time_ms
 from sms_gateway.domain.models import (
     Account,
     Batch,
@@ -73,6 +74,32 @@ class InMemoryStore:
 
     def find_inbound(self, upstream: str, upstream_message_id: str) -> StoredInbound | None:
         return self.inbox.get((upstream, upstream_message_id))
+
+    def list_inbounds(
+        self,
+        account_id: str,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        msisdn: str | None = None,
+    ) -> tuple[list[StoredInbound], str | None]:
+        found = sorted(
+            (
+                i
+                for i in self.inbox.values()
+                if i.account_id == account_id
+                and (msisdn is None or i.msisdn == msisdn)
+                and (since is None or id_time_ms(i.inbound_id) >= since.timestamp() * 1000)
+            ),
+            key=lambda i: -i.inbound_id,
+        )
+        return found[:limit], None
+
+    def get_inbound(self, account_id: str, inbound_id: int) -> StoredInbound | None:
+        found = [i for i in self.inbox.values() if (i.account_id, i.inbound_id) == (account_id, inbound_id)]
+        return found[0] if found else None
 
     def keyword_applied(self, inbound: StoredInbound) -> None:
         key = (inbound.upstream, inbound.upstream_message_id or str(inbound.inbound_id))

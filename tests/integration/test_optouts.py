@@ -185,6 +185,65 @@ def test_a_stop_whose_opt_out_could_not_be_recorded_fails_the_callback_and_the_r
     assert len(queued) == 2 and queued[0]["id"] == queued[1]["id"]
 
 
+def failing_opt_out_writes(monkeypatch: pytest.MonkeyPatch, times: int) -> None:
+    """The next `times` opt-out writes fail, as DynamoDB throttling past botocore's retries does."""
+    from sms_gateway.bootstrap import gateway
+
+    store = gateway().store
+    record_opt_out, left = store.opt_out, [times]
+
+    def throttled(opt_out):
+        left[0] -= 1
+        if left[0] <= 0:
+            monkeypatch.setattr(store, "opt_out", record_opt_out)
+        raise RuntimeError("ProvisionedThroughputExceededException")
+
+    monkeypatch.setattr(store, "opt_out", throttled)
+
+
+def notifier_handles_the_queued_notifications(env: dict[str, str]) -> None:
+    from tests.integration.test_send_path import as_lambda_sqs_event
+
+    answer = boto3.client("sqs").receive_message(
+        QueueUrl=env["NOTIFY_QUEUE_URL"], MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
+    )
+    records = answer.get("Messages", [])
+    assert records
+    load_function("notifier").handler(as_lambda_sqs_event(records), FakeContext())
+
+
+def test_a_stop_whose_callback_failed_and_was_never_retried_is_applied_by_the_notifier(
+    aws, account, webhook, api, monkeypatch
+):
+    # Given a STOP whose opt-out write fails, through an upstream that never retries a failed callback (Twilio and
+    # Kannel by default): the SMS is stored and its notification queued, the callback answered 5xx
+    failing_opt_out_writes(monkeypatch, 1)
+    with pytest.raises(RuntimeError, match="Throughput"):
+        webhook(inbound_event("STOP", "sim-never-retried"))
+    assert stored_opt_outs(account["account_id"]) == []
+    # When the notifier handles the SMS's notification
+    notifier_handles_the_queued_notifications(aws)
+    # Then the STOP is recorded, and a send to the number is refused
+    assert [item["keyword"] for item in stored_opt_outs(account["account_id"])] == ["STOP"]
+    status, body = ninebits(api, account, [STOPPED])
+    assert status == 400 and stop_reason(account) in json.dumps(body)
+
+
+def test_a_pending_stop_applied_late_does_not_undo_the_start_the_number_sent_after_it(
+    aws, account, webhook, monkeypatch
+):
+    # Given a STOP whose opt-out write failed (left pending), and then a START from the same number, applied
+    failing_opt_out_writes(monkeypatch, 1)
+    with pytest.raises(RuntimeError, match="Throughput"):
+        webhook(inbound_event("STOP", "sim-stop-pending"))
+    texts(webhook, "START", "sim-start-after")
+    # When the STOP is applied late: by the upstream's retry of its callback, or by the notifier
+    texts(webhook, "STOP", "sim-stop-pending")
+    notifier_handles_the_queued_notifications(aws)
+    # Then the number stays opted in: the latest keyword decides
+    assert stored_opt_outs(account["account_id"]) == []
+
+
 def test_a_repeated_stop_callback_after_a_start_does_not_opt_the_number_out_again(aws, account, webhook):
     # Given a STOP, applied, and then a START from the same number
     texts(webhook, "STOP", "sim-stop")

@@ -24,7 +24,7 @@ from sms_gateway.caching import CachedAccountSettings
 from sms_gateway.deadlines import out_of_time_after
 from sms_gateway.domain.models import DispatchCommand, Message, StatusChange, utc_now
 from sms_gateway.domain.routing import RouteTable
-from sms_gateway.logic import settle, webhook_retries
+from sms_gateway.logic import inbound, settle, webhook_retries
 from sms_gateway.logic.dispatch import (
     ANNOUNCE_BATCH,
     DispatchDependencies,
@@ -486,6 +486,9 @@ def notify_record(record: SQSRecord) -> dict[str, Any]:
         return _settle_record(record, notification)
     attempt = int(record.attributes.approximate_receive_count or 1)
     wiring = gateway()
+    # Before the post, whatever the client's webhook does: a STOP is the law's, not the client's, to honour.
+    if inbound.apply_keyword_still_pending(notification, wiring.store, wiring.store, utc_now()):
+        metrics.add_metric(name="KeywordsAppliedByNotifier", unit="Count", value=1)
     try:
         settings = _account_settings()
         delivered = http.run(

@@ -87,6 +87,10 @@ class InboxStore(Protocol):
         """The inbound SMS stored for an upstream's message id, or None."""
         ...
 
+    def get_inbound(self, account_id: str, inbound_id: int) -> StoredInbound | None:
+        """The account's inbound SMS of that id, read consistently, or None."""
+        ...
+
     def keyword_applied(self, inbound: StoredInbound) -> None:
         """Records that the inbound SMS's STOP / START changed the opt-outs (clears `keyword_pending`)."""
         ...

@@ -130,12 +130,12 @@ class DynamoInboxMixin:
         ).get("Item")
         if not marker:
             return None
+        return self.get_inbound(marker["account_id"]["S"], int(marker["inbound_id"]["N"]))
+
+    def get_inbound(self, account_id: str, inbound_id: int) -> StoredInbound | None:
         found = self.client.get_item(
             TableName=self.table_name,
-            Key={
-                "pk": {"S": inbox_pk(marker["account_id"]["S"])},
-                "sk": {"S": inbound_sk(int(marker["inbound_id"]["N"]))},
-            },
+            Key={"pk": {"S": inbox_pk(account_id)}, "sk": {"S": inbound_sk(inbound_id)}},
             ConsistentRead=True,
         ).get("Item")
         return StoredInbound.model_validate(self._codec.load(found)) if found else None

@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sms_gateway.domain.ids import new_id
+from sms_gateway.domain.ids import id_time_ms, new_id
 from sms_gateway.domain.models import CallbackRequest, InboundSms, StoredInbound
 from sms_gateway.domain.msisdn import InvalidMsisdn, Msisdn, parse_msisdn
-from sms_gateway.domain.optouts import keyword_request
+from sms_gateway.domain.optouts import ALL_SENDERS, keyword_request
 from sms_gateway.errors import CallbackRejected, Unauthorized
 from sms_gateway.logic.optouts import apply_keyword
 from sms_gateway.observability import logger, mask_msisdn
@@ -40,11 +40,14 @@ class InboundOutcome:
 
 
 def inbound_notification(inbound: StoredInbound) -> dict[str, Any]:
-    """The seeds' "Receive SMS" body, exactly: numbers in international format without '+'."""
+    """The seeds' "Receive SMS" body, exactly: numbers in international format without '+'. A STOP / START whose
+    opt-out change is still to be made says so outside the payload, for the notifier to make it
+    (apply_keyword_still_pending) if the callback's own attempt fails and its upstream never retries."""
     return {
         "kind": INBOUND,
         "id": f"in_{inbound.inbound_id}",
         "account_id": inbound.account_id,
+        **({"keyword_pending": inbound.inbound_id} if inbound.keyword_pending else {}),
         "url": None,
         "payload": {
             "type": "two-way sms",
@@ -88,19 +91,71 @@ def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundD
 def _apply_pending_keyword(inbound: StoredInbound, deps: InboundDependencies) -> None:
     """STOP / START keywords change the account's opt-outs (the SMS is forwarded like any other, first). Until
     that change is recorded the stored SMS says `keyword_pending`, and a failure here fails the callback: the
-    upstream's retry is a duplicate, which applies the keyword still pending. Once recorded, a repeat of the
-    callback (after a later START, say) applies nothing."""
+    upstream's retry is a duplicate, which applies the keyword still pending. An upstream that does not retry a
+    failed callback (Twilio, Kannel by default) leaves it to the notifier, whose notification of this SMS says the
+    keyword is pending (apply_keyword_still_pending). Once recorded, a repeat of the callback (after a later START,
+    say) applies nothing."""
     if not inbound.keyword_pending or deps.opt_outs is None:
         return
     try:
-        apply_keyword(deps.opt_outs, inbound, deps.clock())
+        _apply_unless_superseded(inbound, deps.inbox, deps.opt_outs, deps.clock())
     except Exception:
         logger.exception(
-            "opt-out keyword not applied yet; failing the callback so the upstream retries it",
+            "opt-out keyword not applied yet; failing the callback so the upstream retries it (and the notifier "
+            "applies it with the SMS's notification)",
             extra={"from": mask_msisdn(inbound.msisdn), "to": inbound.to},
         )
         raise
     deps.inbox.keyword_applied(inbound)
+
+
+def apply_keyword_still_pending(
+    notification: dict[str, Any], inbox: InboxStore, opt_outs: OptOutStore, now: datetime
+) -> bool:
+    """For the notifier: the STOP / START of the inbound SMS a notification forwards, when its callback could not
+    record it and the stored SMS still says `keyword_pending` (read consistently: applied since, by the callback or
+    its retry, it is not applied again, so an old STOP cannot undo a later START). True when it applied it; a
+    failure raises, and the notification's record comes back to try again (SQS), whatever the client's webhook does."""
+    inbound_id = notification.get("keyword_pending")
+    if notification.get("kind") != INBOUND or not isinstance(inbound_id, int):
+        return False
+    inbound = inbox.get_inbound(str(notification["account_id"]), inbound_id)
+    if inbound is None or not inbound.keyword_pending:
+        return False
+    if not _apply_unless_superseded(inbound, inbox, opt_outs, now):
+        return False
+    inbox.keyword_applied(inbound)
+    logger.warning(
+        "opt-out keyword applied by the notifier: its callback failed and was not retried",
+        extra={"from": mask_msisdn(inbound.msisdn), "to": inbound.to},
+    )
+    return True
+
+
+# Later SMS of the number read to find a keyword that supersedes a pending one: a STOP and a START a moment apart.
+_LATER_SMS_READ = 50
+
+
+def _apply_unless_superseded(inbound: StoredInbound, inbox: InboxStore, opt_outs: OptOutStore, now: datetime) -> bool:
+    """Applies a pending STOP / START unless the number sent a later keyword of the same scope (the same sender, or
+    STOPALL either way): the latest keyword decides, so a STOP applied late (its callback's retry, or the notifier)
+    cannot undo the START that followed it. True when it applied it."""
+    request = keyword_request(inbound.text, inbound.to)
+    if request is None:
+        return False
+    since = datetime.fromtimestamp(id_time_ms(inbound.inbound_id) / 1000, UTC)
+    later, _ = inbox.list_inbounds(inbound.account_id, since=since, msisdn=inbound.msisdn, limit=_LATER_SMS_READ)
+    scopes = {request.sender, ALL_SENDERS}
+    for sms in later:
+        other = keyword_request(sms.text, sms.to) if sms.inbound_id > inbound.inbound_id else None
+        if other is not None and (other.sender in scopes or request.sender == ALL_SENDERS):
+            logger.info(
+                "pending keyword superseded by a later one from the number: not applied",
+                extra={"from": mask_msisdn(inbound.msisdn), "to": inbound.to, "keyword": request.keyword},
+            )
+            return False
+    apply_keyword(opt_outs, inbound, now)
+    return True
 
 
 def _sender_number(raw: str, account_id: str, accounts: AccountStore) -> Msisdn:
