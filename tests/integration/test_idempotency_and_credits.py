@@ -686,10 +686,16 @@ def test_a_send_that_stands_after_its_queueing_failed_reports_its_withdrawn_mess
     answer = api(send_event(account["token"], body))
     # Then the send stands (the claimed message goes on), the other two are failed and refunded
     assert answer["statusCode"] == 200, answer
-    reference_id = int(json.loads(answer["body"])["reference_id"])
+    answered = json.loads(answer["body"])
+    reference_id = int(answered["reference_id"])
     failed = [m for m in messages_of(account["account_id"], reference_id) if m.status == "failed"]
     assert len(failed) == 2
     assert balance(account["account_id"]) == 10 - 1
+    # And its answer counts only the message going out (it counted all three) and names the two others in
+    # `refused`, saying to send to them again
+    assert answered["recipients_processed"] == 1
+    assert sorted(r["to"] for r in answered["refused"]) == sorted(m.msisdn.lstrip("+") for m in failed)
+    assert all("could not be queued in time" in r["reason"] for r in answered["refused"])
     # And the client hears of the two failures through its delivery-report webhook, as of any other
     queued = boto3.client("sqs").receive_message(QueueUrl=aws["NOTIFY_QUEUE_URL"], MaxNumberOfMessages=10)
     reports = [json.loads(m["Body"]) for m in queued.get("Messages", [])]

@@ -38,7 +38,7 @@ from sms_gateway.logic import accounts, batches, groups
 from sms_gateway.logic.accounts import check_webhook_url
 from sms_gateway.logic.auth import account_for_credential, bearer_token
 from sms_gateway.logic.idempotency import request_key
-from sms_gateway.logic.send import Rejection, send_time
+from sms_gateway.logic.send import Rejection, going_out, not_sent_to, send_time
 
 router = APIGatewayHttpRouter()
 # The same limit as logic/compose.py's (a test keeps them equal); that module is imported on the first send only.
@@ -219,11 +219,14 @@ def _send(account: Account, request: SendRequest) -> Response[Any]:
         "status_code": 200,
         "message": "request is being processed",
         "reference_id": str(batch.reference_id),
-        "recipients_processed": batch.recipients,
+        # Only what goes out: a send that stands after its queueing failed part-way was refunded the rest.
+        "recipients_processed": len(going_out(accepted)),
     }
-    # Only when some recipient opted out (STOP), so the seeds' answer stays exactly as they show it otherwise.
-    if accepted.refused:
-        body["refused"] = _invalid_entries(accepted.refused, "to")
+    # Only when some recipient opted out (STOP), or the send stands without some (not queued in time: the client is
+    # to send to them again), so the seeds' answer stays exactly as they show it otherwise.
+    left_out = [*accepted.refused, *not_sent_to(accepted, recipients)]
+    if left_out:
+        body["refused"] = _invalid_entries(left_out, "to")
     return json_response(200, body)
 
 
