@@ -479,12 +479,46 @@ def test_a_send_at_without_an_offset_is_read_in_the_account_s_time_zone(aws, acc
     assert (batch["status"], batch["send_at"]) == ("scheduled", scheduled_for.format(**dates))
 
 
+@pytest.mark.parametrize(
+    ("written", "scheduled_for"),
+    [
+        ("{digits}", "{eve}T23:00:00.000000Z"),
+        ("{digits}1000", "{day}T09:00:00.000000Z"),
+        ("{digits}100000", "{day}T09:00:00.000000Z"),
+    ],
+    ids=["yyyyMMdd", "yyyyMMddHHmm", "yyyyMMddHHmmss"],
+)
+def test_a_send_at_in_the_basic_form_as_a_json_number_is_the_same_date(aws, account, api, written, scheduled_for):
+    # Given a send_at two days ahead in ISO 8601's basic form, written as a JSON number (a PHP client's int): it was
+    # read as Unix time (1970, or 1976 as milliseconds), so the batch was sent at once, charged and beyond a cancel
+    day = datetime.now(UTC).date() + timedelta(days=2)
+    dates = {"day": day.isoformat(), "eve": (day - timedelta(days=1)).isoformat(), "digits": f"{day:%Y%m%d}"}
+    # When the batch is sent
+    status, sent = send(api, account["token"], [AIRTEL], send_at=int(written.format(**dates)))
+    # Then it is scheduled for that time in Lagos, as the same digits in a string are
+    assert status == 200, sent
+    batch = call(api, account["token"], "GET", f"/ng/v1/batches/{sent['reference_id']}")[1]
+    assert (batch["status"], batch["send_at"]) == ("scheduled", scheduled_for.format(**dates))
+    assert queued_records(aws) == []
+
+
+def test_a_send_at_number_in_the_basic_form_naming_no_date_is_refused(aws, account, api):
+    # When a batch is sent with a send_at of 8 digits that name no date (as the string "20261332" is refused)
+    status, body = send(api, account["token"], [AIRTEL], send_at=20261332)
+    # Then it is refused, saying why, and nothing is sent or charged
+    assert status == 400, body
+    assert "no such date or time" in body["message"]
+    assert queued_records(aws) == [] and schedule_names(aws) == []
+    assert stored_batches(account["account_id"]) == []
+
+
 @pytest.mark.parametrize("unit", [1, 1000], ids=["seconds", "milliseconds"])
-def test_a_send_at_of_other_digits_is_unix_time(aws, account, api, unit):
+@pytest.mark.parametrize("written", [str, int], ids=["string", "number"])
+def test_a_send_at_of_other_digits_is_unix_time(aws, account, api, unit, written):
     # Given a moment two days ahead written as a Unix time in seconds (10 digits) or milliseconds (13)
     at = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0)
     # When the batch is sent with it
-    status, sent = send(api, account["token"], [AIRTEL], send_at=str(int(at.timestamp()) * unit))
+    status, sent = send(api, account["token"], [AIRTEL], send_at=written(int(at.timestamp()) * unit))
     # Then it is scheduled for that moment
     assert status == 200, sent
     batch = call(api, account["token"], "GET", f"/ng/v1/batches/{sent['reference_id']}")[1]

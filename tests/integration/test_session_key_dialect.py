@@ -626,6 +626,20 @@ def test_a_naive_time_is_read_in_the_given_time_zone(aws, account, api):
     assert abs(send_at - tokyo.replace(microsecond=0)) < timedelta(seconds=1)
 
 
+@pytest.mark.parametrize("form", ["%Y%m%d", "%Y%m%d%H%M", "%Y%m%d%H%M%S"])
+def test_a_scheduled_time_in_the_basic_form_as_a_json_number_is_that_wall_clock_time(aws, account, api, form):
+    # Given a time two days ahead in Lagos in yyyyMMdd[HHmm[ss]], written as a JSON number (a PHP client's int)
+    lagos = (datetime.now(UTC) + timedelta(days=2)).astimezone(ZoneInfo("Africa/Lagos"))
+    written = lagos.strftime(form)
+    keys = log_in(api, account)
+    result = answer(api(sms_event(keys, seed_body(scheduled_delivery_time=int(written)))))
+    # Then the order is scheduled for that wall-clock time in the account's zone, as the same digits in a string are
+    batch = stored_batch(account["account_id"], result["order_id"])
+    assert batch.status == "scheduled"
+    wall_clock = datetime.strptime(written, form).replace(tzinfo=ZoneInfo("Africa/Lagos"))
+    assert datetime.fromisoformat(batch.send_at) == wall_clock.astimezone(UTC)
+
+
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [

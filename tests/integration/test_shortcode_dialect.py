@@ -239,6 +239,8 @@ BAD_REQUESTS: list[tuple[str, Callable[[dict[str, Any]], dict[str, Any]], int, s
     ("beyond the balance", lambda a: post_event(a, mobile=",".join(f"234802{i:07d}" for i in range(101))), 1004, ""),
     ("text over the part limit", lambda a: post_event(a, message="x" * 1600), 1009, "Unsupported data type"),
     ("bad timeToSend", lambda a: post_event(a, timeToSend="next tuesday"), 4098, "Invalid timeToSend"),
+    # yyyyMMdd naming no date, as a JSON number: it was Unix time (1970), so sent at once
+    ("timeToSend number naming no date", lambda a: post_event(a, timeToSend=20261332), 4098, "Invalid timeToSend"),
     ("boolean timeToSend", lambda a: post_event(a, timeToSend=True), 1009, "Unsupported data type"),
     ("mobile an object", lambda a: post_event(a, mobile={"n": 1}), 1009, "Unsupported data type"),
     ("malformed JSON", lambda a: post_event(a, "{not json"), 1009, "Unsupported data type"),
@@ -307,8 +309,21 @@ def _lagos_tomorrow() -> datetime:
         # ISO 8601's basic form, as strtotime reads it: a date, not Unix time
         lambda t: t.strftime("%Y%m%d%H%M"),
         lambda t: t.strftime("%Y%m%d%H%M%S"),
+        # ... also as a JSON number (a PHP client's int), which was read as Unix seconds (1976, or past year 9999)
+        lambda t: int(t.strftime("%Y%m%d%H%M")),
+        lambda t: int(t.strftime("%Y%m%d%H%M%S")),
     ],
-    ids=["seed-format", "with-seconds", "iso-8601-utc", "unix-number", "unix-string", "yyyyMMddHHmm", "yyyyMMddHHmmss"],
+    ids=[
+        "seed-format",
+        "with-seconds",
+        "iso-8601-utc",
+        "unix-number",
+        "unix-string",
+        "yyyyMMddHHmm",
+        "yyyyMMddHHmmss",
+        "yyyyMMddHHmm-number",
+        "yyyyMMddHHmmss-number",
+    ],
 )
 def test_time_to_send_in_the_account_zone_schedules_the_batch(aws, account, api, render):
     # Given a timeToSend a day ahead, written as the account's local time (Africa/Lagos, UTC+1) or absolute
@@ -324,12 +339,14 @@ def test_time_to_send_in_the_account_zone_schedules_the_batch(aws, account, api,
     assert queued_records(aws) == []
 
 
-def test_time_to_send_written_as_yyyymmdd_is_that_day_s_midnight_in_the_account_zone(aws, account, api):
-    # Given timeToSend as a date in digits, two days ahead: strtotime("20261208") is that day, as the session-key
-    # dialect reads it too (as Unix seconds it would be 1970, so sent at once and beyond a cancel)
+@pytest.mark.parametrize("written", [str, int], ids=["string", "number"])
+def test_time_to_send_written_as_yyyymmdd_is_that_day_s_midnight_in_the_account_zone(aws, account, api, written):
+    # Given timeToSend as a date in digits, two days ahead, in a string or a JSON number: strtotime("20261208") is
+    # that day, as the session-key dialect reads it too (as Unix seconds it would be 1970, so sent at once and beyond
+    # a cancel; the number was read so until 2026-12-06)
     day = _lagos_tomorrow().date() + timedelta(days=1)
     # When it is posted
-    answered = answer(api(post_event(account, timeToSend=f"{day:%Y%m%d}")))
+    answered = answer(api(post_event(account, timeToSend=written(f"{day:%Y%m%d}"))))
     # Then the batch is scheduled for that day's midnight in Lagos (UTC+1), not sent now
     assert [entry["response-code"] for entry in answered["responses"]] == [200, 200]
     [schedule] = schedules(aws)

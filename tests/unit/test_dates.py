@@ -150,10 +150,27 @@ def test_other_text_is_not_the_basic_form(value):
     assert basic_form_wall_clock(value) is None
 
 
+@given(WALL_CLOCK)
+def test_the_basic_form_as_a_json_number_is_the_same_wall_clock_time(moment):
+    # A PHP client sends 20261208 unquoted: read as the digit string is, not as Unix time (1970)
+    moment = moment.replace(microsecond=0)
+    for form in ("%Y%m%d%H%M%S", "%Y%m%d%H%M", "%Y%m%d"):
+        assert basic_form_wall_clock(int(moment.strftime(form))) == basic_form_wall_clock(moment.strftime(form))
+
+
+@pytest.mark.parametrize("value", [1765000000, 1765000000000, 176500000, 1808171331, 180817, -20261208, True, False])
+def test_other_numbers_are_not_the_basic_form(value):
+    # Unix seconds (9, 10 digits) and milliseconds (13), negative numbers, and booleans (Python's bool is an int)
+    assert basic_form_wall_clock(value) is None
+
+
 def test_the_basic_form_naming_no_such_date_is_refused_with_the_reason():
     with pytest.raises(InvalidClientDatetime) as raised:
         basic_form_wall_clock("20170230")
     assert "no such date or time" in raised.value.reason
+    with pytest.raises(InvalidClientDatetime) as raised:
+        basic_form_wall_clock(20170230)
+    assert (raised.value.raw, raised.value.reason[:20]) == ("20170230", "no such date or time")
 
 
 # ------------------------------------------------------------------ refusals

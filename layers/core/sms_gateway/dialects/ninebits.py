@@ -127,13 +127,13 @@ class SendRequest(BaseModel):
     @field_validator("send_at", mode="before")
     @classmethod
     def send_at_as_every_dialect_reads_it(cls, value: Any) -> Any:
-        """Blank is now (PHP clients send an unset field as ""), and yyyyMMdd[HHmm[ss]] (ISO 8601's basic form) a
-        wall-clock time, as in every dialect; pydantic would refuse the one and read the other as Unix time (it still
-        reads any other string of digits so)."""
-        if not isinstance(value, str):
-            return value
-        if not value.strip():
+        """Blank is now (PHP clients send an unset field as ""), and yyyyMMdd[HHmm[ss]] (ISO 8601's basic form, in a
+        string or a JSON number) a wall-clock time, as in every dialect; pydantic would refuse the one and read the
+        other as Unix time (it still reads any other digits, string or number, so)."""
+        if isinstance(value, str) and not value.strip():
             return None
+        if not isinstance(value, str | int):
+            return value
         wall_clock = basic_form_wall_clock(value)
         return wall_clock if wall_clock is not None else value
 

@@ -16,7 +16,7 @@ ACCEPTED_FORMS = (
 _DIGITS = re.compile(r"[0-9]+")
 # yyyyMMdd, yyyyMMddHHmm and yyyyMMddHHmmss by their length. Read as Unix time they would name no moment anyone
 # schedules (8 digits: before 1973 in seconds; 12: before 2002 in milliseconds; 14: after 2286 in milliseconds), so
-# the dialects that take Unix time read these as dates too.
+# the dialects that take Unix time read these as dates too, in a string or a JSON number.
 _BASIC_FORM_LENGTHS = (8, 12, 14)
 _ISO = re.compile(
     r"(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})[T ](?P<hour>[0-9]{2}):(?P<minute>[0-9]{2})"
@@ -63,15 +63,20 @@ def parse_client_datetime(value: str, tz: tzinfo) -> datetime:
     raise InvalidClientDatetime(value, f"use one of {ACCEPTED_FORMS}")
 
 
-def basic_form_wall_clock(value: str) -> datetime | None:
+def basic_form_wall_clock(value: str | int) -> datetime | None:
     """The wall-clock time (naive) that `value` writes in ISO 8601's basic form in digits alone, yyyyMMdd[HHmm[ss]],
-    or None for any other text. InvalidClientDatetime when it has that form but names no such date or time."""
-    text = value.strip()
+    or None for any other text. A JSON number written in those digits (PHP clients send 20261208 unquoted) is read
+    the same; a boolean is no number here. InvalidClientDatetime when it has that form but names no such date or
+    time."""
+    if isinstance(value, bool):
+        return None
+    raw = str(value)
+    text = raw.strip()
     if not _DIGITS.fullmatch(text) or len(text) not in _BASIC_FORM_LENGTHS:
         return None
     fields = (text[0:4], text[4:6], text[6:8], text[8:10] or "0", text[10:12] or "0", text[12:14] or "0")
     year, month, day, hour, minute, second = (int(field) for field in fields)
-    return _wall_clock(value, year=year, month=month, day=day, hour=hour, minute=minute, second=second)
+    return _wall_clock(raw, year=year, month=month, day=day, hour=hour, minute=minute, second=second)
 
 
 def _from_digits(raw: str, digits: str, tz: tzinfo) -> datetime:
