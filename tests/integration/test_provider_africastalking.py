@@ -468,3 +468,15 @@ def test_end_to_end_an_at_incoming_message_reaches_the_account_that_owns_the_sho
     answer = webhook.handler(webhook_event("inbound", incoming_body(), CALLBACK_TOKEN), FakeContext())
     assert answer["statusCode"] == 200, answer
     assert json.loads(answer["body"])["routed"] is True
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: an acceptance AT took but we cannot read is a refusal: the message is failed and refunded",
+)
+@pytest.mark.parametrize("body", [{"unexpected": True}, sent(recipient(101, "Success", message_id="None"))])
+def test_an_acceptance_we_cannot_read_is_left_to_its_dlr_as_one_at_may_have(body: dict[str, Any]) -> None:
+    # AT took the request (2xx, or statusCode 101 Sent): the dispatcher must record the message submitted-unconfirmed
+    # (maybe_taken), not fail and refund a message AT is delivering
+    error = refusal(FakeAT(body=body))
+    assert error.maybe_taken is True
