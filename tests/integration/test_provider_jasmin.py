@@ -387,3 +387,19 @@ def test_the_dlr_url_keeps_our_query_when_jasmin_posts() -> None:
     assert jasmin.verify_callback(request) is True
     assert jasmin.parse_delivery_reports(request)[0].client_ref == REF
     assert quote(REF, safe="") in url
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: a 200 Jasmin took but we cannot read is retried on Jasmin, which cannot tell repeats: sent twice",
+)
+@pytest.mark.parametrize(
+    "body", ["Success 07033084-5cfd-4812-90a4-e4d24ffb6e3d", "<html><body>OK</body></html>", ""], ids=str
+)
+def test_a_200_we_cannot_read_is_one_jasmin_may_have_taken_not_a_plain_retry(body: str) -> None:
+    # Given Jasmin (or the proxy in front of it) answering 200 with a body that is not `Success "<id>"`
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(answer(200, body)).submit(submit_request()))
+    # Then the dispatcher is told Jasmin may have the message (recorded submitted-unconfirmed, never asked again),
+    # not a transient failure that submits it to Jasmin again on the record's next attempt
+    assert raised.value.maybe_taken is True
