@@ -403,3 +403,41 @@ def test_a_200_we_cannot_read_is_one_jasmin_may_have_taken_not_a_plain_retry(bod
     # Then the dispatcher is told Jasmin may have the message (recorded submitted-unconfirmed, never asked again),
     # not a transient failure that submits it to Jasmin again on the record's next attempt
     assert raised.value.maybe_taken is True
+
+
+# Jasmin's [http-api] long_content_max_parts (default 5): SMPPOperationFactory.SubmitSM clamps the number of parts it
+# builds to it and drops the rest of the text (jasmin/protocols/smpp/operations.py, "Obey to configured
+# longContentMaxParts"), while still answering `Success "<id>"`.
+JASMIN_DEFAULT_MAX_PARTS = 5
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: a message over Jasmin's long_content_max_parts (5) is handed over and its tail silently dropped",
+)
+@pytest.mark.parametrize(
+    ("text", "per_part"),
+    [("x" * (6 * 153), 153), ("\u0627" * (7 * 67), 67)],
+    ids=["gsm-6-parts", "ucs2-7-parts"],
+)
+def test_a_message_longer_than_jasmin_sends_is_never_handed_over_to_be_cut(text: str, per_part: int) -> None:
+    # Given a message the gateway accepted and charged for in full (an account may send up to 10 parts), and a Jasmin
+    # with its default long_content_max_parts
+    delivered: list[str] = []
+
+    def jasmin(request: httpx.Request) -> httpx.Response:
+        fields = form(request)
+        content = (
+            bytes.fromhex(fields["hex-content"]).decode("utf-16-be") if "hex-content" in fields else fields["content"]
+        )
+        # What Jasmin puts on the phone: at most long_content_max_parts parts of the text
+        delivered.append(content[: per_part * JASMIN_DEFAULT_MAX_PARTS])
+        return httpx.Response(200, text=f'Success "{MESSAGE_ID}"', headers={"Content-Type": "text/plain"})
+
+    # When it is submitted
+    try:
+        asyncio.run(provider(jasmin).submit(submit_request(text=text)))
+    except UpstreamError:
+        return  # refused before Jasmin cut it (the dispatcher can fail it over or fail and refund it): fine
+    # Then, if Jasmin took it, the recipient got the whole text the client paid for, not its first five parts
+    assert delivered == [text]
