@@ -33,6 +33,11 @@ from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
 
 SEND_PATH = "/ng/v1/sendsms"
+# HTTP statuses after which they may have taken the message: the dialect's 500 says "the request may have been done
+# in part, so send it again under the same Idempotency-Key" (docs/dialects/9bits.md), and a 502/504 is a proxy in
+# front of them losing the answer. Like no answer at all (`no_answer`): asked again of them alone, which answers the
+# repeat of our Idempotency-Key with its first answer, never offered to the fallback. A 503 was not served.
+MAYBE_TAKEN_STATUSES = frozenset({500, 502, 504})
 SIGNATURE_TOLERANCE_SECONDS = 300
 
 # The one status table: their statuses are ours (docs/dialects/9bits.md); whatever is still on its way upstream
@@ -111,6 +116,13 @@ class NinebitsProvider:
         except httpx.TransportError as error:
             raise no_answer(self.name, error) from error
         reason = _message(response)
+        if response.status_code in MAYBE_TAKEN_STATUSES:
+            raise UpstreamError(
+                f"{self.name} answered {response.status_code}: {reason}",
+                permanent=False,
+                unavailable=True,
+                maybe_taken=True,
+            )
         if response.status_code == 429 or response.status_code >= 500:
             raise UpstreamError(
                 f"{self.name} answered {response.status_code}: {reason}",
