@@ -389,10 +389,6 @@ def test_the_dlr_url_keeps_our_query_when_jasmin_posts() -> None:
     assert quote(REF, safe="") in url
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a 200 Jasmin took but we cannot read is retried on Jasmin, which cannot tell repeats: sent twice",
-)
 @pytest.mark.parametrize(
     "body", ["Success 07033084-5cfd-4812-90a4-e4d24ffb6e3d", "<html><body>OK</body></html>", ""], ids=str
 )

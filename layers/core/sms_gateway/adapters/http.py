@@ -66,6 +66,13 @@ def no_answer(upstream: str, error: httpx.TransportError) -> UpstreamError:
     )
 
 
+def unreadable_take(upstream: str, what: str) -> UpstreamError:
+    """A 2xx answer we cannot read (no message id, a body a proxy rewrote or cut): the upstream took the request and
+    may be sending the message, so it is handled as no answer after the request left (`maybe_taken`): never offered
+    again, elsewhere or there, nor failed and refunded while it may be delivered."""
+    return UpstreamError(f"{upstream} {what}", permanent=False, unavailable=False, maybe_taken=True)
+
+
 class _NoCookies(httpx.Cookies):
     """A jar that keeps nothing an answer sets."""
 

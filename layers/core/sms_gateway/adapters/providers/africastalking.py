@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds
+from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds, unreadable_take
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
@@ -168,8 +168,8 @@ class AfricasTalkingProvider:
             recipients = data.get("Recipients") or []
             summary = str(data.get("Message") or "")
         except (ValueError, KeyError, TypeError, AttributeError) as error:
-            # AT took the request: trying again could send the text twice, so this is not retried.
-            raise UpstreamError(f"{self.name} answered an unreadable body", permanent=True) from error
+            # AT took the request: it may be sending the message, which its DLR (or the DLR wait) settles.
+            raise unreadable_take(self.name, f"answered {response.status_code} with an unreadable body") from error
         recipient = _recipient(recipients, msisdn)
         if recipient is None:
             # Nothing was sent; AT names the reason in Message (e.g. "InvalidSenderId").
@@ -185,7 +185,7 @@ class AfricasTalkingProvider:
         if outcome is Outcome.ACCEPTED:
             message_id = str(recipient.get("messageId") or "")
             if not message_id or message_id == "None":
-                raise UpstreamError(f"{self.name} accepted the message without a messageId", permanent=True)
+                raise unreadable_take(self.name, "accepted the message without a messageId")
             return SubmitResult(upstream_message_id=message_id)
         described = f"{self.name} refused the recipient: {code} {name}"
         if outcome is Outcome.TRANSIENT:

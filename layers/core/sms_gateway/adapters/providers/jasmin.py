@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, quote
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds
+from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds, unreadable_take
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
 from sms_gateway.domain.segments import Encoding, segment
@@ -196,6 +196,9 @@ class JasminProvider:
             # 400 validation, 403 authentication/authorization, 412 no route for the number ("No route found").
             raise UpstreamError(f"{self.name} refused the message ({response.status_code}): {reason}", permanent=True)
         accepted = _SUCCESS.match(body)
+        if response.is_success and accepted is None:
+            # Jasmin (or a proxy in front of it) took the request: sent again, Jasmin would send the SMS twice.
+            raise unreadable_take(self.name, f'answered {response.status_code} without Success "<id>"')
         if response.status_code != 200 or accepted is None:
             raise UpstreamError(f"{self.name} gave an unexpected answer {response.status_code}", permanent=False)
         return SubmitResult(upstream_message_id=accepted.group(1))

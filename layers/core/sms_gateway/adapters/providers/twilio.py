@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds
+from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds, unreadable_take
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import (
     CallbackRequest,
@@ -165,13 +165,11 @@ class TwilioProvider:
     def _message_sid(self, response: httpx.Response) -> str:
         try:
             sid = response.json()["sid"]
-        except (ValueError, KeyError, TypeError) as error:
-            # Twilio took the request: trying again could send the text twice, so this is not retried.
-            raise UpstreamError(
-                f"{self.name} answered {response.status_code} without a message sid", permanent=True
-            ) from error
+        except (ValueError, KeyError, TypeError):
+            sid = None
         if not isinstance(sid, str) or not sid:
-            raise UpstreamError(f"{self.name} answered {response.status_code} without a message sid", permanent=True)
+            # Twilio took the request: its status callback (carrying our reference) settles the message.
+            raise unreadable_take(self.name, f"answered {response.status_code} without a message sid")
         return sid
 
     def _error(self, response: httpx.Response) -> UpstreamError:
