@@ -407,10 +407,6 @@ def test_a_200_we_cannot_read_is_one_jasmin_may_have_taken_not_a_plain_retry(bod
 JASMIN_DEFAULT_MAX_PARTS = 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a message over Jasmin's long_content_max_parts (5) is handed over and its tail silently dropped",
-)
 @pytest.mark.parametrize(
     ("text", "per_part"),
     [("x" * (6 * 153), 153), ("\u0627" * (7 * 67), 67)],
@@ -460,3 +456,81 @@ def test_a_password_jasmin_refuses_as_malformed_is_never_quoted_in_our_errors() 
         asyncio.run(upstream.submit(submit_request()))
     # Then the error the dispatcher logs ("upstream did not take the message", error=...) does not carry the secret
     assert password not in raised.value.message
+
+
+def test_an_upstream_that_sends_more_parts_says_so_in_max_parts() -> None:
+    # Given a Jasmin whose long_content_max_parts was raised to 10, and said so in max_parts
+    seen: list[httpx.Request] = []
+
+    def jasmin(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, text=f'Success "{MESSAGE_ID}"', headers={"Content-Type": "text/plain"})
+
+    text = "x" * (10 * 153)
+    # When a 10-part message is submitted, Then it is handed over whole
+    asyncio.run(provider(jasmin, max_parts=10).submit(submit_request(text=text)))
+    assert form(seen[0])["content"] == text
+
+
+def test_a_message_over_max_parts_is_never_sent_and_leaves_the_fallback_free_to_take_it() -> None:
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(answer(200, f'Success "{MESSAGE_ID}"')).submit(submit_request(text="x" * (6 * 153))))
+    error = raised.value
+    assert (error.unavailable, error.permanent, error.maybe_taken, error.error_code) == (
+        True,
+        True,
+        False,
+        "too_many_parts",
+    )
+    assert "at most 5 parts" in error.message
+
+
+@pytest.mark.parametrize("value", [0, 256, 2.5, "10", True])
+def test_a_max_parts_that_is_not_1_to_255_is_refused_at_configuration(value: Any) -> None:
+    with pytest.raises(ValueError, match="max_parts"):
+        provider(answer(200, ""), max_parts=value)
+
+
+@pytest.mark.parametrize("with_fallback", [True, False], ids=["fallback", "no-fallback"])
+def test_a_message_jasmin_would_cut_goes_to_the_fallback_or_fails_refunded_never_lost(with_fallback: bool) -> None:
+    from datetime import UTC, datetime
+
+    from sms_gateway.domain.models import Recipient, SendCommand
+    from sms_gateway.logic.dispatch import DispatchDependencies, dispatch
+    from sms_gateway.logic.send import SendDependencies, accept_send
+    from tests.fakes import FakeProvider, RecordingQueue, RecordingScheduler, cinema_store
+
+    now = datetime(2026, 1, 2, 23, 50, 37, tzinfo=UTC)
+    store, queue = cinema_store(), RecordingQueue()
+    send_deps = SendDependencies(
+        accounts=store, messages=store, dispatch_queue=queue, scheduler=RecordingScheduler(), prices=store
+    )
+    before = store.accounts["7"].credits
+    command = SendCommand(
+        account_id="7", sender="48974", text="x" * (6 * 153), recipients=(Recipient(msisdn="+2348020000000"),)
+    )
+    accept_send(store.accounts["7"], command, send_deps, now=now)
+    # Given a 6-part message, a Jasmin that sends 5 at most (never asked), and maybe a fallback
+    asked: list[httpx.Request] = []
+    jasmin = provider(lambda request: asked.append(request) or httpx.Response(200, text=f'Success "{MESSAGE_ID}"'))
+    fallback = FakeProvider("fallback")
+    deps = DispatchDependencies(
+        messages=store,
+        accounts=store,
+        upstreams_for=lambda _: [jasmin, fallback] if with_fallback else [jasmin],
+        callback_base_url="https://gw.example",
+        clock=lambda: now,
+    )
+    # When it is dispatched
+    outcome = asyncio.run(dispatch(queue.commands[0], deps))
+    [message] = store.messages.values()
+    assert asked == []
+    if with_fallback:
+        # Then the fallback took the whole text
+        assert [request.text for request in fallback.submits] == [command.text]
+        assert (message.status, message.upstream) == (MessageStatus.SUBMITTED, "fallback")
+    else:
+        # Then it fails at once with an error that says why, and the client gets its credits back
+        assert (outcome.failed, outcome.retry) == (1, [])
+        assert (message.status, message.error_code) == (MessageStatus.FAILED, "too_many_parts")
+        assert store.accounts["7"].credits == before

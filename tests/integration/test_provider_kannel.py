@@ -549,6 +549,7 @@ def kannel(tmp_path: Path) -> Iterator[tuple[KannelProvider, Receiver, subproces
                 username="tester",
                 password="foobar",
                 callback_token=LIVE_TOKEN,
+                max_parts=5,  # the sendsms-user's max-messages above
                 client=None,
             ),
             receiver,
@@ -627,3 +628,24 @@ def test_against_a_real_kannel(kannel: tuple[KannelProvider, Receiver, subproces
     sms = adapter.parse_inbound(mo_request)
     assert (sms.msisdn, sms.to, sms.text) == ("2348020000000", "48974", "Hello from the phone")
     assert sms.upstream_message_id
+
+
+def test_a_message_over_max_parts_is_never_handed_to_kannel_to_be_cut() -> None:
+    # Given Kannel's default sendsms-user max-messages (1): a longer text would be cut to its first part and 202'd
+    seen: list[httpx.Request] = []
+
+    def kannel(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, text="0: Accepted for delivery")
+
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(kannel).submit(submit_request(text="x" * 161)))
+    # Then nothing is sent, and the dispatcher may offer it to the fallback (or fail and refund it: too_many_parts)
+    assert seen == []
+    assert (raised.value.unavailable, raised.value.error_code) == (True, "too_many_parts")
+    # And an upstream whose max-messages is 10 says so in max_parts, and takes 10 parts
+    text = "x" * (10 * 153)
+    asyncio.run(provider(kannel, max_parts=10).submit(submit_request(text=text)))
+    assert dict(parse_qsl(urlsplit(str(seen[0].url)).query))["text"] == text
+    with pytest.raises(ValueError, match="max_parts"):
+        provider(kannel, max_parts=0)

@@ -90,6 +90,7 @@ class UpstreamError(GatewayError):
         retry_after: float | None = None,
         unavailable: bool | None = None,
         maybe_taken: bool = False,
+        error_code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.permanent = permanent
@@ -101,6 +102,8 @@ class UpstreamError(GatewayError):
         # No answer came after the request reached the upstream (timed out or cut while being written or answered):
         # the upstream may have taken the message, so offering it again, there or elsewhere, could send it twice.
         self.maybe_taken = maybe_taken
+        # The message's error_code when this failure fails it; None: upstream_rejected or upstream_unavailable.
+        self.error_code = error_code
 
 
 class Unavailable(GatewayError):

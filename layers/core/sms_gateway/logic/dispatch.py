@@ -627,7 +627,7 @@ async def _not_taken(
         if failure.retry_after is not None:
             outcome.retry_after = max(outcome.retry_after or 0.0, failure.retry_after)
         return
-    reason = "upstream_rejected" if failure.permanent else "upstream_unavailable"
+    reason = failure.error_code or ("upstream_rejected" if failure.permanent else "upstream_unavailable")
     await _finish(message, MessageStatus.FAILED, reason, deps, outcome)
     outcome.failed += 1
 

@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl, quote
 import httpx
 
 from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds, unreadable_take
+from sms_gateway.adapters.providers.parts import max_parts_setting, refuse_longer
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
 from sms_gateway.domain.segments import Encoding, segment
@@ -40,6 +41,9 @@ SEND_PATH = "/send"
 # The body Jasmin's DLR and MO throwers require, or they retry (3 more times, 30 s apart, by default).
 CALLBACK_ACK = "ACK/Jasmin"
 DLR_LEVEL_BOTH = 3
+# Jasmin's `[http-api] long_content_max_parts` default: it sends that many parts of a longer text, drops the rest
+# (SMPPOperationFactory.SubmitSM) and still answers Success.
+DEFAULT_MAX_PARTS = 5
 CODING_DEFAULT, CODING_UCS2 = "0", "8"
 # How an MO with data_coding 0 is read: GSM 03.38, or a Python codec name the SMSC actually uses ("latin-1").
 MO_GSM7 = "gsm0338"
@@ -95,6 +99,7 @@ class JasminProvider:
         dlr_level: int = DLR_LEVEL_BOTH,
         mo_charset: str = MO_GSM7,
         retried_statuses: Iterable[str] = RETRIED_STATUSES,
+        max_parts: int = DEFAULT_MAX_PARTS,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         if len(callback_token) < 16:
@@ -109,6 +114,7 @@ class JasminProvider:
         if mo_charset != MO_GSM7:
             codecs.lookup(mo_charset)  # an unknown codec fails at configuration, not on the first MO
         retried = _esme_statuses(name, retried_statuses)
+        self._max_parts = max_parts_setting(name, max_parts, DEFAULT_MAX_PARTS)
         self.name = name
         self.url = url.rstrip("/")
         # Parsed once: httpx parses a URL given as a string on every request.
@@ -134,6 +140,7 @@ class JasminProvider:
             dlr_level=int(config.get("dlr_level", DLR_LEVEL_BOTH)),
             mo_charset=str(config.get("mo_charset") or MO_GSM7),
             retried_statuses=config.get("retried_statuses", RETRIED_STATUSES),
+            max_parts=config.get("max_parts", DEFAULT_MAX_PARTS),
             client=client,
         )
 
@@ -142,13 +149,15 @@ class JasminProvider:
         return f"{base}{separator}ref={quote(client_ref, safe='')}&token={quote(self._token, safe='')}"
 
     async def submit(self, request: SubmitRequest) -> SubmitResult:
+        segmentation = segment(request.text)
+        refuse_longer(self.name, segmentation, self._max_parts)
         form: dict[str, str] = {
             "username": self._username,
             "password": self._password,
             "to": request.msisdn.lstrip("+"),
             "from": request.sender,
         }
-        if segment(request.text).encoding is Encoding.UCS2:
+        if segmentation.encoding is Encoding.UCS2:
             # UCS-2 travels as hex so that no form decoding or charset guess stands between us and the SMSC.
             form["coding"] = CODING_UCS2
             form["hex-content"] = request.text.encode("utf-16-be").hex()

@@ -26,6 +26,7 @@ from urllib.parse import quote
 import httpx
 
 from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds
+from sms_gateway.adapters.providers.parts import max_parts_setting, refuse_longer
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import (
     CallbackRequest,
@@ -45,6 +46,9 @@ DEFAULT_DLR_MASK = 31
 # The handset's final reports (delivered 1, failed 2): a mask without both leaves messages with no final report, each
 # expired and refunded after the DLR wait however it went (logic/settle.py).
 FINAL_REPORTS_MASK = 1 | 2
+# The sendsms-user's `max-messages` when it sets none: Kannel sends that many parts of a longer text, drops the rest
+# and still answers `202 0: Accepted for delivery`. An upstream whose max-messages is higher says so in max_parts.
+DEFAULT_MAX_PARTS = 1
 # Kannel's `coding` CGI variable: 0 = 7-bit (GSM), 2 = UCS-2.
 CODING_GSM7, CODING_UCS2 = "0", "2"
 
@@ -89,6 +93,7 @@ class KannelProvider:
         callback_token: str,
         smsc: str | None = None,
         dlr_mask: int = DEFAULT_DLR_MASK,
+        max_parts: int = DEFAULT_MAX_PARTS,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         if not _URL_SAFE.fullmatch(callback_token):
@@ -100,6 +105,7 @@ class KannelProvider:
                 f"within 1-255; default {DEFAULT_DLR_MASK}): without them every message would be expired and "
                 "refunded after the DLR wait, delivered or not"
             )
+        self._max_parts = max_parts_setting(name, max_parts, DEFAULT_MAX_PARTS)
         self.name = name
         self.url = url.rstrip("/")
         # Parsed once: httpx parses a URL given as a string on every request.
@@ -123,6 +129,7 @@ class KannelProvider:
             callback_token=str(config["callback_token"]),
             smsc=config.get("smsc") or None,
             dlr_mask=int(config.get("dlr_mask", DEFAULT_DLR_MASK)),
+            max_parts=config.get("max_parts", DEFAULT_MAX_PARTS),
             client=client,
         )
 
@@ -135,7 +142,9 @@ class KannelProvider:
         )
 
     async def submit(self, request: SubmitRequest) -> SubmitResult:
-        ucs2 = segment(request.text).encoding is Encoding.UCS2
+        segmentation = segment(request.text)
+        refuse_longer(self.name, segmentation, self._max_parts)
+        ucs2 = segmentation.encoding is Encoding.UCS2
         params: dict[str, str] = {
             "username": self._username,
             "password": self._password,
