@@ -256,7 +256,7 @@ def upstream_configurations(
             "type": "jasmin",
             "url": "http://127.0.0.1:9/secure/send",
             "username": "jasmin-user",
-            "password": "jasmin-password-0001",
+            "password": "jasmin-pass-0001",
             "callback_token": "jasmin-callback-token-0001",
         },
         "twilio": {

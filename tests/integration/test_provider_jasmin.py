@@ -435,10 +435,6 @@ def test_a_message_longer_than_jasmin_sends_is_never_handed_over_to_be_cut(text:
     assert delivered == [text]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: Jasmin's validation error echoes a password over 16 characters; it goes into our WARNING log",
-)
 def test_a_password_jasmin_refuses_as_malformed_is_never_quoted_in_our_errors() -> None:
     # Given a password longer than the 16 characters Jasmin's /send takes (its pattern ^.{1,16}$): Jasmin answers
     # 400 and quotes the value (jasmin/protocols/http/validation.py, UrlArgsValidator)
@@ -534,3 +530,13 @@ def test_a_message_jasmin_would_cut_goes_to_the_fallback_or_fails_refunded_never
         assert (outcome.failed, outcome.retry) == (1, [])
         assert (message.status, message.error_code) == (MessageStatus.FAILED, "too_many_parts")
         assert store.accounts["7"].credits == before
+
+
+@pytest.mark.parametrize("field", ["username", "password"])
+@pytest.mark.parametrize("value", ["", "x" * 17])
+def test_a_username_or_password_jasmin_would_refuse_is_refused_at_configuration_without_quoting_it(
+    field: str, value: str
+) -> None:
+    with pytest.raises(ValueError, match=f"{field} is 1 to 16 characters") as raised:
+        provider(answer(200, f'Success "{MESSAGE_ID}"'), **{field: value})
+    assert value not in str(raised.value) or not value

@@ -1,10 +1,13 @@
-"""Every upstream adapter tells a submit that never left us from one the upstream may have taken without answering."""
+"""Every upstream adapter tells a submit that never left us from one the upstream may have taken without answering,
+and keeps our credentials out of the upstream error texts it quotes."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 import pytest
@@ -19,10 +22,12 @@ from tests.integration import (
     test_provider_twilio,
 )
 
+SIMULATOR_SECRET = "simulator-shared-secret"
+
 
 def simulator(handler: Callable[[httpx.Request], httpx.Response]) -> SimulatorProvider:
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return SimulatorProvider(name="simulator", url="http://127.0.0.1:9/", secret="s", client=client)
+    return SimulatorProvider(name="simulator", url="http://127.0.0.1:9/", secret=SIMULATOR_SECRET, client=client)
 
 
 # Each adapter, how its tests build it, and whether the upstream answers a repeat of our reference with its first
@@ -77,3 +82,34 @@ def test_no_answer_after_the_request_left_says_the_upstream_may_have_the_message
 def test_only_upstreams_that_answer_a_repeat_with_their_first_answer_say_they_deduplicate(adapter: str) -> None:
     build, _, deduplicates = ADAPTERS[adapter]
     assert getattr(build(lambda request: httpx.Response(500)), "deduplicates_submits", False) is deduplicates
+
+
+# The credential each adapter sends, which an upstream's error answer must never carry into our errors and logs.
+SECRETS = {
+    "kannel": test_provider_kannel.CONFIG["password"],
+    "jasmin": test_provider_jasmin.CONFIG["password"],
+    "twilio": test_provider_twilio.AUTH_TOKEN,
+    "africastalking": test_provider_africastalking.API_KEY,
+    "ninebits": test_provider_ninebits.API_TOKEN,
+    "simulator": SIMULATOR_SECRET,
+}
+
+
+def quoting_what_it_was_sent(request: httpx.Request) -> httpx.Response:
+    """An upstream that refuses the request and quotes the credentials it was given (Jasmin does, for a password
+    over 16 characters), in its own words and percent-encoded."""
+    fields = dict(parse_qsl(request.url.query.decode())) | dict(parse_qsl(request.content.decode(errors="replace")))
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    given = base64.b64decode(value).decode().partition(":")[2] if scheme == "Basic" else value
+    quoted = [fields.get("password", ""), request.headers.get("apikey", ""), given]
+    text = "invalid credentials: " + " ".join(quoted) + " " + str(request.url.copy_with(path="/x"))
+    return httpx.Response(400, json={"message": text, "code": 20003})
+
+
+@pytest.mark.parametrize("adapter", sorted(ADAPTERS))
+def test_an_upstream_error_that_quotes_our_credentials_never_carries_them_into_our_errors(adapter: str) -> None:
+    build, request, _ = ADAPTERS[adapter]
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(build(quoting_what_it_was_sent).submit(request()))
+    assert "***" in raised.value.message
+    assert SECRETS[adapter] not in raised.value.message

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
+from urllib.parse import quote, quote_plus
 
 import httpx
 
@@ -64,6 +65,18 @@ def no_answer(upstream: str, error: httpx.TransportError) -> UpstreamError:
     return UpstreamError(
         f"{upstream} {what}", permanent=False, unavailable=True, maybe_taken=not isinstance(error, _NOT_SENT)
     )
+
+
+def scrubbed(text: str, secrets: Iterable[str | None], *, limit: int = 200) -> str:
+    """An upstream's text (an error answer) without our credentials in it, then cut to `limit` characters: some
+    quote what they were sent (Jasmin's validation errors quote a malformed password), and the text goes into our
+    error messages and logs. Each secret is replaced as sent and percent-encoded, before the cut, so none is left
+    in part."""
+    for secret in secrets:
+        if secret:
+            for form in {secret, quote(secret, safe=""), quote_plus(secret, safe="")}:
+                text = text.replace(form, "***")
+    return text[:limit]
 
 
 def unreadable_take(upstream: str, what: str) -> UpstreamError:

@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds, unreadable_take
+from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds, scrubbed, unreadable_take
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
@@ -159,7 +159,10 @@ class AfricasTalkingProvider:
             # A wrong username or API key: our setup, not the message. Offered to the fallback, then retried.
             raise UpstreamError(f"{self.name} refused our credentials ({status})", permanent=False, unavailable=True)
         if not response.is_success:
-            raise UpstreamError(f"{self.name} refused the request ({status}): {response.text[:120]}", permanent=True)
+            raise UpstreamError(
+                f"{self.name} refused the request ({status}): {scrubbed(response.text, (self._api_key,), limit=120)}",
+                permanent=True,
+            )
         return self._result(response, request.msisdn)
 
     def _result(self, response: httpx.Response, msisdn: str) -> SubmitResult:
@@ -175,7 +178,7 @@ class AfricasTalkingProvider:
             # Nothing was sent; AT names the reason in Message (e.g. "InvalidSenderId").
             code, outcome = _BY_NAME.get(summary.strip().lower(), (None, Outcome.PERMANENT))
             raise UpstreamError(
-                f"{self.name} sent nothing: {summary[:120] or 'no recipients'}",
+                f"{self.name} sent nothing: {scrubbed(summary, (self._api_key,), limit=120) or 'no recipients'}",
                 permanent=outcome is not Outcome.TRANSIENT,
                 unavailable=True if outcome is Outcome.TRANSIENT else None,
             )

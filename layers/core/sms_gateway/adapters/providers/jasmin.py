@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, quote
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds, unreadable_take
+from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds, scrubbed, unreadable_take
 from sms_gateway.adapters.providers.parts import max_parts_setting, refuse_longer
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
@@ -41,6 +41,8 @@ SEND_PATH = "/send"
 # The body Jasmin's DLR and MO throwers require, or they retry (3 more times, 30 s apart, by default).
 CALLBACK_ACK = "ACK/Jasmin"
 DLR_LEVEL_BOTH = 3
+# Jasmin's /send takes a username and password of 1 to 16 characters (its pattern ^.{1,16}$).
+MAX_CREDENTIAL_LENGTH = 16
 # Jasmin's `[http-api] long_content_max_parts` default: it sends that many parts of a longer text, drops the rest
 # (SMPPOperationFactory.SubmitSM) and still answers Success.
 DEFAULT_MAX_PARTS = 5
@@ -104,6 +106,13 @@ class JasminProvider:
     ) -> None:
         if len(callback_token) < 16:
             raise ValueError(f"upstream {name!r}: callback_token (16 characters or more) verifies Jasmin's callbacks")
+        for field, value in (("username", username), ("password", password)):
+            if not 1 <= len(value) <= MAX_CREDENTIAL_LENGTH:
+                # Jasmin's /send refuses it (400) on every submit, quoting it: refused here, where nothing is sent.
+                raise ValueError(
+                    f"upstream {name!r}: {field} is 1 to {MAX_CREDENTIAL_LENGTH} characters (Jasmin's /send takes no "
+                    f"more), not {len(value)}"
+                )
         if dlr_level not in (2, 3):
             # Level 1 is the SMSC's acceptance only: no message would get a final report, and each would be expired
             # and refunded after the DLR wait, delivered or not (logic/settle.py).
@@ -182,7 +191,7 @@ class JasminProvider:
             response = await client.post(self._send_url, data=form)
         except httpx.TransportError as error:
             raise no_answer(self.name, error) from error
-        body = response.text.strip()
+        body = scrubbed(response.text.strip(), (self._password,), limit=len(response.text))
         refused = _ERROR.match(body)
         reason = refused.group(1)[:200] if refused else body[:200]
         if response.status_code == 429 or response.status_code >= 500:

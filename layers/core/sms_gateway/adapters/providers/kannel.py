@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds
+from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds, scrubbed
 from sms_gateway.adapters.providers.parts import max_parts_setting, refuse_longer
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import (
@@ -167,7 +167,7 @@ class KannelProvider:
             response = await client.get(self._send_url, params=params)
         except httpx.TransportError as error:
             raise no_answer(self.name, error) from error
-        answer = response.text.strip()[:200]
+        answer = scrubbed(response.text.strip(), (self._password,))
         if response.status_code == 429 or response.status_code >= 500:
             raise UpstreamError(
                 f"{self.name} answered {response.status_code}: {answer}",

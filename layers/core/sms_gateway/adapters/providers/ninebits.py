@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds
+from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds, scrubbed
 from sms_gateway.domain import webhooks
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
 from sms_gateway.domain.status import MessageStatus
@@ -115,7 +115,7 @@ class NinebitsProvider:
             )
         except httpx.TransportError as error:
             raise no_answer(self.name, error) from error
-        reason = _message(response)
+        reason = scrubbed(_message(response), (self._token,))
         if response.status_code in MAYBE_TAKEN_STATUSES:
             raise UpstreamError(
                 f"{self.name} answered {response.status_code}: {reason}",
@@ -236,5 +236,5 @@ def _message(response: httpx.Response) -> str:
     try:
         body = response.json()
     except ValueError:
-        return response.text[:200]
-    return str(body.get("message", ""))[:200] if isinstance(body, dict) else response.text[:200]
+        return response.text
+    return str(body.get("message", "")) if isinstance(body, dict) else response.text

@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds
+from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds, scrubbed
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
 from sms_gateway.domain.status import MessageStatus
@@ -81,7 +81,9 @@ class SimulatorProvider:
                 unavailable=response.status_code >= 500,
             )
         if response.status_code >= 400:
-            raise UpstreamError(f"{self.name} refused the message: {response.text[:200]}", permanent=True)
+            raise UpstreamError(
+                f"{self.name} refused the message: {scrubbed(response.text, (self._secret,))}", permanent=True
+            )
         return SubmitResult(upstream_message_id=str(response.json()["message_id"]))
 
     def verify_callback(self, request: CallbackRequest) -> bool:

@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds, unreadable_take
+from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds, scrubbed, unreadable_take
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import (
     CallbackRequest,
@@ -174,7 +174,9 @@ class TwilioProvider:
 
     def _error(self, response: httpx.Response) -> UpstreamError:
         status = response.status_code
-        code, message = _twilio_error(response)
+        code, quoted = _twilio_error(response)
+        # Twilio's messages quote the number ("The 'To' number +1555... is not valid"): logs never see it whole.
+        message = _LONG_DIGITS.sub("***", scrubbed(quoted, (self._auth_token, self._auth[1])))
         described = f"{self.name} answered {status}" + (f" error {code}" if code is not None else "")
         if message:
             described += f": {message}"
@@ -276,9 +278,8 @@ def _twilio_error(response: httpx.Response) -> tuple[int | None, str]:
     if not isinstance(payload, dict):
         return None, ""
     code = payload.get("code")
-    # Twilio's messages quote the number ("The 'To' number +1555... is not valid"): logs never see it whole.
-    message = _LONG_DIGITS.sub("***", str(payload.get("message") or ""))[:200]
-    return (int(code) if isinstance(code, int | str) and ascii_digits(str(code)) else None), message
+    number = int(code) if isinstance(code, int | str) and ascii_digits(str(code)) else None
+    return number, str(payload.get("message") or "")
 
 
 def _url_variants(url: str) -> list[str]:
