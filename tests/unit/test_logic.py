@@ -596,10 +596,6 @@ class TestFailover:
         [message] = store.messages.values()
         assert (message.status, message.error_code) == (MessageStatus.QUEUED, None)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="review: a fallback's refusal after the primary was only unavailable fails and refunds the message",
-    )
     def test_a_fallback_refusing_what_only_the_primary_can_send_does_not_fail_the_message(self, store):
         # Given a primary that is down for a moment (503) and a fallback that refuses the message's sender (the
         # sender ID is registered with the primary only: Africa's Talking 402 InvalidSenderId, Twilio 21606)

@@ -547,7 +547,7 @@ async def _submit(
         try:
             return provider, await provider.submit(_submit_request(message, provider, deps))
         except UpstreamError as error:
-            failure = error
+            unavailable_before, failure = failure, error
             outcome.upstream_failures[(provider.name, "permanent" if error.permanent else "transient")] += 1
             logger.warning(
                 "upstream did not take the message",
@@ -565,6 +565,16 @@ async def _submit(
                 if getattr(provider, "deduplicates_submits", False):
                     return MaybeTakenBy(provider.name, error)
                 return MaybeSent(provider.name, error.message)
+            if unavailable_before is not None and error.permanent:
+                # A fallback's refusal says nothing of the primary, which was only unavailable: the sender ID, the
+                # number range or the content may be registered with the primary alone. The message waits for the
+                # primary, a transient failure counted as an attempt; only the primary's own refusal fails it.
+                return UpstreamError(
+                    f"{unavailable_before.message}; {provider.name} refused it: {error.message}",
+                    permanent=False,
+                    unavailable=True,
+                    retry_after=unavailable_before.retry_after,
+                )
             if not error.unavailable:
                 break
     assert failure is not None, "a route names at least one upstream"
