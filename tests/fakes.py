@@ -273,7 +273,9 @@ class InMemoryStore:
             self.claim_upstreams[key] = to_upstream
             return True
 
-    def release_claim(self, key: MessageKey, *, attempted: bool = True, maybe_taken_by: str | None = None) -> None:
+    def release_claim(
+        self, key: MessageKey, *, attempted: bool = True, maybe_taken_by: str | None = None, throttled: bool = False
+    ) -> None:
         with self._lock:
             self.claims.pop(key, None)
             self.claim_upstreams.pop(key, None)
@@ -282,6 +284,8 @@ class InMemoryStore:
                 return
             if attempted:
                 message = message.model_copy(update={"submit_attempts": message.submit_attempts + 1})
+            if throttled:
+                message = message.model_copy(update={"submit_throttles": message.submit_throttles + 1})
             if maybe_taken_by is not None:
                 message = message.model_copy(update={"maybe_taken_by": maybe_taken_by})
             self.messages[key] = message

@@ -533,6 +533,18 @@ class TestOnASharedTable:
         assert (found.submit_attempts, found.status) == (2, MessageStatus.QUEUED)
         assert "claim_until" not in raw_message(store, message.key)
 
+    def test_a_throttled_release_counts_a_throttle_not_an_attempt(self, store):
+        # Given a queued message (stored without a throttle count) whose upstream throttled it twice
+        message = one_message(store, MessageStatus.QUEUED)
+        assert "submit_throttles" not in raw_message(store, message.key)
+        for _ in range(2):
+            assert claim(store, message.key)
+            store.release_claim(message.key, attempted=False, throttled=True)
+        # Then the throttles are counted and no attempt is, and the message is free to claim
+        (found,) = store.get_messages(message.account_id, message.reference_id, [message.message_id])
+        assert (found.submit_throttles, found.submit_attempts, found.status) == (2, 0, MessageStatus.QUEUED)
+        assert claim(store, message.key)
+
     def test_a_released_claim_can_say_which_upstream_may_have_the_message(self, store):
         # Given a queued message whose submit got no answer from a deduplicating upstream, then a plain failure
         message = one_message(store, MessageStatus.QUEUED)

@@ -576,10 +576,6 @@ class TestFailover:
         assert fallback.submits == []
         assert store.accounts["7"].credits == 1000
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="review: an upstream's throttles (429 + Retry-After) use up attempts: failed and refunded, never sent",
-    )
     def test_an_upstream_that_only_asks_us_to_slow_down_never_gets_the_message_failed(self, store):
         # Given an upstream that is up but throttles a burst (Twilio 429 / 20429, Jasmin 403 "User throughput
         # exceeded", 9bits 429), each time with Retry-After: the message is fine and would be taken a little later
@@ -595,6 +591,53 @@ class TestFailover:
         # "upstream_unavailable" for an upstream that answered every time
         [message] = store.messages.values()
         assert (message.status, message.error_code) == (MessageStatus.QUEUED, None)
+
+    def test_a_throttled_message_waits_longer_each_time_and_expires_with_its_validity(self, store):
+        # Given an upstream that throttles every submit, without a Retry-After (a 429: not unavailable, so no failover)
+        primary = FakeProvider("primary")
+        primary.failure = UpstreamError("429 too many requests", permanent=False, unavailable=False)
+        _, sent = send(store, command(1))
+        record = sent.dispatch_queue.commands[0]
+        deps = dispatch_deps(store, primary)
+        # When the record comes back twelve times in the first hour
+        delays = []
+        for minute in range(12):
+            at = replace(deps, clock=lambda minute=minute: NOW + timedelta(minutes=5 * minute))
+            outcome = asyncio.run(dispatch(record, at))
+            delays.append(outcome.retry_delay(backoff_base=5))
+        # Then no attempt is counted, and its record waits longer each time (about 2.5-5 s at first), up to a cap of
+        # the validity over THROTTLED_RETURNS_IN_VALIDITY (48 minutes of a day): no hot loop, no lane held for hours
+        [message] = store.messages.values()
+        assert (message.status, message.submit_attempts, message.submit_throttles) == (MessageStatus.QUEUED, 0, 12)
+        assert 2 <= delays[0] <= 5 and delays[-1] >= 2880 / 2
+        assert all(delay <= 2880 for delay in delays)
+        # And a record back a minute before the message's validity ends waits no longer than that minute
+        at = replace(deps, clock=lambda: NOW + timedelta(hours=23, minutes=59))
+        assert asyncio.run(dispatch(record, at)).retry_delay(backoff_base=5) <= 61
+        # Then, back after it, the message is expired and refunded like any other
+        at = replace(deps, clock=lambda: NOW + timedelta(hours=24, seconds=1))
+        assert asyncio.run(dispatch(record, at)).expired == 1
+        [message] = store.messages.values()
+        assert (message.status, message.error_code) == (MessageStatus.EXPIRED, "validity_period_ended")
+        assert store.accounts["7"].credits == 1000
+
+    def test_a_throttle_never_brings_the_record_back_before_its_retry_after(self, store):
+        primary, fallback = FakeProvider("primary"), FakeProvider("fallback")
+        primary.failure = UpstreamError("429 too many requests", permanent=False, retry_after=40.0)
+        outcome = self.run(store, primary, fallback)
+        [message] = store.messages.values()
+        assert (message.submit_attempts, fallback.submits, outcome.retry_delay(backoff_base=5)) == (0, [], 40)
+
+    def test_a_fallbacks_throttle_after_an_unavailable_primary_counts_the_attempt(self, store):
+        # Given a primary that is down and a fallback that throttles
+        primary, fallback = FakeProvider("primary"), FakeProvider("fallback")
+        primary.failure = UpstreamError("503", permanent=False, unavailable=True)
+        fallback.failure = UpstreamError("429", permanent=False, retry_after=3.0)
+        outcome = self.run(store, primary, fallback)
+        # Then the primary's failure is an attempt, as when our own route limit holds the fallback back
+        [message] = store.messages.values()
+        assert (message.status, message.submit_attempts, message.submit_throttles) == (MessageStatus.QUEUED, 1, 0)
+        assert outcome.failed_attempts == 1 and outcome.retry_delay(backoff_base=5) >= 3
 
     def test_a_fallback_refusing_what_only_the_primary_can_send_does_not_fail_the_message(self, store):
         # Given a primary that is down for a moment (503) and a fallback that refuses the message's sender (the

@@ -91,6 +91,7 @@ class UpstreamError(GatewayError):
         unavailable: bool | None = None,
         maybe_taken: bool = False,
         error_code: str | None = None,
+        throttled: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.permanent = permanent
@@ -104,6 +105,12 @@ class UpstreamError(GatewayError):
         self.maybe_taken = maybe_taken
         # The message's error_code when this failure fails it; None: upstream_rejected or upstream_unavailable.
         self.error_code = error_code
+        # The upstream is up and took the request, but asks us to slow down (429, Twilio 20429, Jasmin's "User
+        # throughput exceeded"): by default any transient answer that is neither unavailable nor maybe taken. Not a
+        # failed attempt: the message waits for the same upstream, within its validity (logic/dispatch.py).
+        self.throttled = (
+            (not permanent and not self.unavailable and not maybe_taken) if throttled is None else throttled
+        )
 
 
 class Unavailable(GatewayError):

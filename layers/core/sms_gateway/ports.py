@@ -197,10 +197,13 @@ class MessageStore(Protocol):
         when the lease no longer names `from_upstream` or the message is no longer queued."""
         ...
 
-    def release_claim(self, key: MessageKey, *, attempted: bool = True, maybe_taken_by: str | None = None) -> None:
+    def release_claim(
+        self, key: MessageKey, *, attempted: bool = True, maybe_taken_by: str | None = None, throttled: bool = False
+    ) -> None:
         """Gives a lease back after a transient failure, so the retry need not wait for it to lapse, and counts the
         attempt (`Message.submit_attempts`) unless the message was never offered upstream. `maybe_taken_by` records
-        the upstream that may have it (`Message.maybe_taken_by`) in the same write."""
+        the upstream that may have it (`Message.maybe_taken_by`) in the same write; `throttled` counts an upstream's
+        throttle (`Message.submit_throttles`)."""
         ...
 
     def transition(

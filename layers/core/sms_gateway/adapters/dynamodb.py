@@ -619,6 +619,9 @@ class DynamoStore(
         if message.parts == 1:
             # Only multi-part messages track their parts (record_part_status needs the map to exist).
             item.pop("part_status", None)
+        if not message.submit_throttles:
+            # Counted by the first throttle's release (ADD on a missing attribute starts from 0).
+            item.pop("submit_throttles", None)
         return item
 
     def _batch_write(self, requests: list[dict[str, Any]]) -> None:
@@ -810,16 +813,19 @@ class DynamoStore(
             return False
         return True
 
-    def release_claim(self, key: MessageKey, *, attempted: bool = True, maybe_taken_by: str | None = None) -> None:
+    def release_claim(
+        self, key: MessageKey, *, attempted: bool = True, maybe_taken_by: str | None = None, throttled: bool = False
+    ) -> None:
         values: dict[str, Any] = {":queued": {"S": str(MessageStatus.QUEUED)}}
         update = ""
         if maybe_taken_by is not None:
             values[":taken_by"] = {"S": maybe_taken_by}
             update += "SET maybe_taken_by = :taken_by "
         update += "REMOVE claim_until, claim_upstream"
-        if attempted:
+        added = [name for name, counted in (("submit_attempts", attempted), ("submit_throttles", throttled)) if counted]
+        if added:
             values[":one"] = {"N": "1"}
-            update += " ADD submit_attempts :one"
+            update += " ADD " + ", ".join(f"{name} :one" for name in added)
         with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
             self.client.update_item(
                 TableName=self.table_name,

@@ -207,6 +207,9 @@ class Message(Record):
     # Submits no upstream took for a transient reason, counted when the claim is released: the message's own
     # attempts, whatever how often its dispatch record was handed back for want of time or rate (logic/dispatch.py).
     submit_attempts: int = 0
+    # Submits the upstream throttled (it asked us to slow down): no attempt, but the wait before the next one grows
+    # with them, so a message throttled for hours comes back a few dozen times within its validity, not thousands.
+    submit_throttles: int = 0
     # The upstream that may already have the message: an earlier submit there got no answer after the request
     # left. Only it is offered the message again (it deduplicates by our reference), and a last attempt that fails
     # leaves the message submitted-unconfirmed rather than failed (logic/dispatch.py).

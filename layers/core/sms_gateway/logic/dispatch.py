@@ -37,6 +37,10 @@ CLAIM_LEASE_SECONDS = 120
 # so retries from a burst spread out and none comes back at once.
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_CAP_SECONDS = 300.0
+# A message an upstream keeps throttling waits the same growing backoff, with a cap of its validity over this many
+# returns instead of 5 minutes: about 45 returns of its record in a 24 h validity, well within the dispatch queue's
+# maxReceiveCount (100), which also counts the deliveries a backlog holds it behind others.
+THROTTLED_RETURNS_IN_VALIDITY = 30
 DEFAULT_VALIDITY = timedelta(hours=24)
 # Status changes announced in one go: one SQS SendMessageBatch carries ten.
 ANNOUNCE_BATCH = 10
@@ -50,10 +54,11 @@ def backoff_seconds(
     rand: Callable[[], float] = random.random,
     *,
     base: float = BACKOFF_BASE_SECONDS,
+    cap: float = BACKOFF_CAP_SECONDS,
 ) -> int:
     """How long a record waits before its next attempt (`attempt` counts from 1): up to `base` seconds, doubling
-    per attempt. An upstream's Retry-After is a floor: we never come back sooner than it asked."""
-    ceiling = min(BACKOFF_CAP_SECONDS, base * 2 ** max(attempt - 1, 0))
+    per attempt up to `cap`. An upstream's Retry-After is a floor: we never come back sooner than it asked."""
+    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
     delay = ceiling / 2 + rand() * ceiling / 2
     return int(max(delay, retry_after or 0.0, 1.0))
 
@@ -148,6 +153,11 @@ class DispatchOutcome:
     # The highest attempt number among the retried messages an upstream did not take (0: every retry is a hand-back
     # for want of time, rate or a free claim, which waits no backoff): what the record's backoff grows with.
     failed_attempts: int = 0
+    # The most throttles among the retried messages an upstream throttled (no attempt counted), the cap of their
+    # backoff, and the seconds until the first of them is no longer valid (it comes back then, to be expired).
+    throttles: int = 0
+    throttle_cap: float = BACKOFF_CAP_SECONDS
+    throttled_valid_for: float | None = None
     # Every status change this dispatch made, for the client's delivery-report callbacks.
     changes: list[StatusChange] = field(default_factory=list)
     # Messages found queued but moved on by the time this dispatch came to claim them (by a concurrent delivery of
@@ -174,10 +184,18 @@ class DispatchOutcome:
 
     def retry_delay(self, *, backoff_base: float) -> int:
         """Seconds until the record comes back: a backoff growing with its messages' failed attempts when an
-        upstream did not take one, else the hand-back's own wait (a second, or a held claim's lease)."""
+        upstream did not take one, or with their throttles when an upstream throttled one (never sooner than its
+        Retry-After, nor later than the validity of the first of them), else the hand-back's own wait (a second, or
+        a held claim's lease)."""
+        delays = [math.ceil(max(self.retry_after or 0.0, 1.0))]
         if self.failed_attempts:
-            return backoff_seconds(self.failed_attempts, self.retry_after, base=backoff_base)
-        return math.ceil(max(self.retry_after or 0.0, 1.0))
+            delays.append(backoff_seconds(self.failed_attempts, self.retry_after, base=backoff_base))
+        if self.throttles:
+            backoff = backoff_seconds(self.throttles, self.retry_after, base=backoff_base, cap=self.throttle_cap)
+            if self.throttled_valid_for is not None:
+                backoff = min(backoff, max(math.ceil(self.throttled_valid_for) + 1, 1))
+            delays.append(backoff)
+        return max(delays)
 
 
 async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> DispatchOutcome:
@@ -565,6 +583,10 @@ async def _submit(
                 if getattr(provider, "deduplicates_submits", False):
                     return MaybeTakenBy(provider.name, error)
                 return MaybeSent(provider.name, error.message)
+            if unavailable_before is None and error.throttled:
+                # The upstream is up and asks us to slow down: no failover, no attempt (an upstream before it that
+                # failed the message makes it one, as for our own route limit).
+                return Throttled(provider.name, error)
             if unavailable_before is not None and error.permanent:
                 # A fallback's refusal says nothing of the primary, which was only unavailable: the sender ID, the
                 # number range or the content may be registered with the primary alone. The message waits for the
@@ -583,6 +605,17 @@ async def _submit(
 
 class RouteAtItsLimit(UpstreamError):
     """Our own limiter held a claimed message back for its upstream's messages-per-second: not an attempt."""
+
+
+class Throttled(UpstreamError):
+    """The first upstream offered the message throttled it (429, or any answer that asks us to slow down): it is up
+    and would take the message later. Not an attempt; the message waits within its validity."""
+
+    def __init__(self, upstream: str, error: UpstreamError) -> None:
+        super().__init__(
+            error.message, permanent=False, retry_after=error.retry_after, unavailable=False, throttled=True
+        )
+        self.upstream = upstream
 
 
 class MaybeTakenBy(UpstreamError):
@@ -608,8 +641,9 @@ async def _not_taken(
 ) -> None:
     """A claimed message no upstream took: back to the queue, its claim released, after a transient failure while
     attempts remain; otherwise failed and refunded. One our route limit held back comes back without an attempt
-    counted. One an upstream may have taken (no answer) is recorded submitted-unconfirmed instead of being offered
-    again, unless that upstream deduplicates by our reference and attempts remain."""
+    counted, and so does one its upstream throttled, after a backoff that grows with its throttles. One an upstream
+    may have taken (no answer) is recorded submitted-unconfirmed instead of being offered again, unless that
+    upstream deduplicates by our reference and attempts remain."""
     if isinstance(failure, RouteAtItsLimit):
         # A message taken over from a dead holder keeps the name of the upstream that may have it: released without
         # it, the next delivery would offer it to the whole route, and another upstream could send it a second time.
@@ -617,6 +651,16 @@ async def _not_taken(
             deps.messages.release_claim, message.key, attempted=False, maybe_taken_by=message.maybe_taken_by
         )
         _come_back_soon([message], outcome)
+        return
+    if isinstance(failure, Throttled):
+        await asyncio.to_thread(
+            deps.messages.release_claim,
+            message.key,
+            attempted=False,
+            maybe_taken_by=message.maybe_taken_by,
+            throttled=True,
+        )
+        _throttled(message, failure, deps, outcome)
         return
     attempt = message.submit_attempts + 1
     taken_by = failure.upstream if isinstance(failure, MaybeTakenBy) else message.maybe_taken_by
@@ -640,6 +684,20 @@ async def _not_taken(
     reason = failure.error_code or ("upstream_rejected" if failure.permanent else "upstream_unavailable")
     await _finish(message, MessageStatus.FAILED, reason, deps, outcome)
     outcome.failed += 1
+
+
+def _throttled(message: Message, failure: Throttled, deps: DispatchDependencies, outcome: DispatchOutcome) -> None:
+    """A throttled message back to the queue: its record waits a backoff growing with the message's throttles (at
+    least the Retry-After), capped so that the record returns a few dozen times within the message's validity, and
+    comes back by the end of that validity, when the message is expired and refunded like any other."""
+    outcome.retry.append(message.message_id)
+    outcome.throttles = max(outcome.throttles, message.submit_throttles + 1)
+    outcome.throttle_cap = max(BACKOFF_CAP_SECONDS, deps.validity.total_seconds() / THROTTLED_RETURNS_IN_VALIDITY)
+    valid_for = (valid_until(message, deps.validity) - deps.clock()).total_seconds()
+    if outcome.throttled_valid_for is None or valid_for < outcome.throttled_valid_for:
+        outcome.throttled_valid_for = valid_for
+    if failure.retry_after is not None:
+        outcome.retry_after = max(outcome.retry_after or 0.0, failure.retry_after)
 
 
 def _link_upstream_id(
