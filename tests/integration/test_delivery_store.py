@@ -212,7 +212,9 @@ class TestConversationIndex:
         store.create_batch(only_alpha_batch.model_copy(update={"sender": "DemoCo"}), [only_alpha])
         assert store.last_sent_to(account_id, "+2348031234567") is None
 
-    @pytest.mark.xfail(strict=True, reason="review: messages from another shortcode use up the reply lookup's 20 entries")
+    @pytest.mark.xfail(
+        strict=True, reason="review: messages from another shortcode use up the reply lookup's 20 entries"
+    )
     def test_a_reply_continues_its_shortcode_s_message_however_many_the_account_sent_from_another_one_since(
         self, store
     ):
