@@ -311,3 +311,35 @@ def test_notifications_the_queue_refused_mid_invocation_go_out_at_its_end(aws, a
     # Then the refused ten went out later in the invocation: all twelve submits announced, once, and the check
     assert sorted(entry for accepted in published for entry in accepted) == ["settle"] + ["submitted"] * 12
     assert len(upstream.submits) == 12
+
+
+@pytest.mark.xfail(
+    strict=True, reason="review: a DLR whose announcement failed is lost when the upstream never retries"
+)
+def test_a_dlr_whose_announcement_failed_reaches_the_client_though_its_upstream_does_not_retry(
+    aws, account, hook, monkeypatch
+):
+    # Given a submitted message whose final DLR was written but not announced (the notify queue refused it, so the
+    # webhook answered 5xx), from an upstream that does not post a callback again: Twilio retries a status callback
+    # only when its URL asks for it (#rc, webhooks-connection-overrides), and our StatusCallback does not
+    from sms_gateway.adapters.sqs import SqsNotifyQueue
+
+    message = stranded_message(aws, account)
+    hidden = notify_pass(aws)  # the client hears of the submit; the settle check waits hidden
+    dlr = simulator_dlr(aws, message.key.to_ref(), "DELIVRD", "2026-01-02T23:50:40Z")
+    publish = SqsNotifyQueue.publish
+
+    def refused(self, notifications):
+        raise RuntimeError("SQS did not take the notification")
+
+    monkeypatch.setattr(SqsNotifyQueue, "publish", refused)
+    with pytest.raises(RuntimeError):
+        load_function("webhook").handler(dlr, FakeContext())
+    monkeypatch.setattr(SqsNotifyQueue, "publish", publish)
+    assert message_now(message).status == "delivered"
+    # When the message's settle check comes due (nothing else will look at it again)
+    after_the_wait(monkeypatch, aws, hidden)
+    drain_notify_queue(aws)
+    # Then the client has heard of the delivery ("Nothing lost between the write and your callback",
+    # docs/delivery-reports.md): it was told "submitted" only, and would wait on a message that is final
+    assert sorted(p["body"]["status"] for p in hook.posts) == ["delivered", "submitted"]
