@@ -649,3 +649,16 @@ def test_a_message_over_max_parts_is_never_handed_to_kannel_to_be_cut() -> None:
     assert dict(parse_qsl(urlsplit(str(seen[0].url)).query))["text"] == text
     with pytest.raises(ValueError, match="max_parts"):
         provider(kannel, max_parts=0)
+
+
+@pytest.mark.xfail(strict=True, reason="review: an SMSC reject's command status (NACK/0x...) is dropped")
+def test_an_smsc_reject_carries_the_smsc_s_command_status_as_its_error_code() -> None:
+    # Given Kannel's report of a submit_sm the SMSC refused: type 16, %A as smsc_smpp.c builds it for
+    # bb_smscconn_send_failed, "NACK/" + "0x%08lx/%s" (the submit_sm_resp command_status and its name)
+    request = dlr(16, "NACK/0x0000000b/Invalid Destination Address")
+    # When it is parsed
+    (report,) = provider(answer(202, "")).parse_delivery_reports(request)
+    # Then the message is rejected with the SMSC's reason, as a failure's error_code is (docs/delivery-reports.md:
+    # "the upstream's error code for a failure"; Jasmin's level-1 reject keeps its ESME status the same way)
+    assert report.status is MessageStatus.REJECTED
+    assert report.error_code == "0x0000000b"
