@@ -246,7 +246,9 @@ def dlr(dlr_type: int, answer_text: str = "", token: str = TOKEN) -> CallbackReq
         (2, RECEIPT.format(dlvrd="000", stat="REJECTD", err="011"), MessageStatus.REJECTED, "011"),
         (2, RECEIPT.format(dlvrd="000", stat="DELETED", err="000"), MessageStatus.FAILED, None),
         (0x22, "", MessageStatus.EXPIRED, None),
-        (16, "NACK/0x0000000b/Invalid Destination Address", MessageStatus.REJECTED, None),
+        (16, "NACK/0x0000000b/Invalid Destination Address", MessageStatus.REJECTED, "0x0000000b"),
+        (16, "NACK/", MessageStatus.REJECTED, None),
+        (16, "NACK/Retry later", MessageStatus.REJECTED, None),
     ],
 )
 def test_dlr_types_and_receipts_map_to_our_statuses(
@@ -651,7 +653,6 @@ def test_a_message_over_max_parts_is_never_handed_to_kannel_to_be_cut() -> None:
         provider(kannel, max_parts=0)
 
 
-@pytest.mark.xfail(strict=True, reason="review: an SMSC reject's command status (NACK/0x...) is dropped")
 def test_an_smsc_reject_carries_the_smsc_s_command_status_as_its_error_code() -> None:
     # Given Kannel's report of a submit_sm the SMSC refused: type 16, %A as smsc_smpp.c builds it for
     # bb_smscconn_send_failed, "NACK/" + "0x%08lx/%s" (the submit_sm_resp command_status and its name)

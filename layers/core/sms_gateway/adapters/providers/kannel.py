@@ -75,6 +75,9 @@ _RECEIPT_FIELD = re.compile(r"\b(stat|err)\s*:\s*([A-Za-z0-9_]+)", re.IGNORECASE
 # The receipt's last field, `text:` (SMPP v3.4 appendix B: the first 20 characters of the message), is the sender's
 # own words: nothing after it is the SMSC's.
 _RECEIPT_TEXT = re.compile(r"\btext\s*:", re.IGNORECASE)
+# An SMSC reject's `%A` (type 16): "NACK/" and, from an SMPP SMSC, the submit_sm_resp command status and its name
+# (smsc_smpp.c: "0x%08lx/%s"). The status is the reject's error code.
+_NACK_STATUS = re.compile(r"NACK/(0x[0-9A-Fa-f]{1,8})\b")
 _NO_ERROR = {"", "0", "00", "000", "ND"}
 _URL_SAFE = re.compile(r"[A-Za-z0-9._~-]{16,}")
 
@@ -197,7 +200,8 @@ class KannelProvider:
         answer = query.get("answer", "")
         receipt = _receipt_fields(answer)
         status = self._status(query.get("type", ""), receipt.get("stat", "").upper())
-        error = receipt.get("err", "")
+        nack = _NACK_STATUS.match(answer)
+        error = nack.group(1) if nack else receipt.get("err", "")
         failed = status in TERMINAL and status is not MessageStatus.DELIVERED
         return [
             DeliveryReport(
