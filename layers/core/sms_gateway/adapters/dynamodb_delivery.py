@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sms_gateway.domain.models import DeliveryReport, Message, MessageKey, SentMessage, iso
-from sms_gateway.domain.senders import same_sender
+from sms_gateway.domain.senders import registry_form, same_sender
 from sms_gateway.domain.status import (
     SUBMIT_UNCONFIRMED,
     MessageStatus,
@@ -19,10 +19,13 @@ from sms_gateway.domain.status import (
 )
 
 CONVERSATION_INDEX = "conversation-index"
-# A reply's lookup reads the number's newest index entries this many at a time, at most this many pages: messages
-# scheduled ahead to one number are few, and past them the reply starts a conversation of its own.
-_CONVERSATION_PAGE = 5
+# A reply's lookup reads the number's newest index entries this many at a time, at most this many pages (100
+# entries, from any of the account's numbers: the index's entries are small, a page of 25 is one read unit or two),
+# keeping those from the number the reply was sent to; of these it reads the status of at most this many (messages
+# scheduled ahead to one number are few). Past either bound the reply starts a conversation of its own.
+_CONVERSATION_PAGE = 25
 _CONVERSATION_PAGES = 4
+_CONVERSATION_STATUS_READS = 20
 # Kept as long as an upstream may still report on a message (validity plus the carriers' retry window).
 LINK_RETENTION = timedelta(days=7)
 
@@ -147,7 +150,8 @@ class DynamoDeliveryMixin:
         """The newest message the account sent to a number (from `sender`, when given: the number a reply was sent
         to) that may have reached it (the conversation index is kept by DynamoDB): newer ones that never left,
         scheduled for later or cancelled, are passed over, each for one read of its status; ones from another
-        sender cost nothing. A reply threads onto a message the handset got, or onto none."""
+        sender are filtered out by DynamoDB (read, not returned). A reply threads onto a message the handset got, or
+        onto none."""
         from sms_gateway.adapters.dynamodb import _message_key_from_item_keys
 
         request: dict[str, Any] = {
@@ -158,12 +162,22 @@ class DynamoDeliveryMixin:
             "ScanIndexForward": False,
             "Limit": _CONVERSATION_PAGE,
         }
+        if sender is not None:
+            # Only numbers are indexed (an alphanumeric sender cannot be replied to); one is stored as the client
+            # gave it, with or without '+'.
+            bare = registry_form(sender)
+            request["FilterExpression"] = "sender IN (:bare, :plus)"
+            request["ExpressionAttributeValues"] |= {":bare": {"S": bare}, ":plus": {"S": f"+{bare}"}}
+        status_reads = 0
         for _ in range(_CONVERSATION_PAGES):
             answer = self.client.query(**request)
             for item in answer.get("Items", []):
                 values = self._codec.load(item)
                 if sender is not None and not same_sender(str(values.get("sender") or ""), sender):
                     continue
+                if status_reads == _CONVERSATION_STATUS_READS:
+                    return None
+                status_reads += 1
                 key = _message_key_from_item_keys(values["pk"], values["sk"])
                 if self._may_have_reached_the_handset(key):
                     return SentMessage(
