@@ -367,6 +367,19 @@ class InMemoryStore:
         left_unnamed = message.upstream is None and message.error_code == SUBMIT_UNCONFIRMED
         return reported_by is None or left_unnamed or reported_by in carriers
 
+    def note_error_code(self, key: MessageKey, status: MessageStatus, error_code: str, *, reported_by: str) -> bool:
+        with self._lock:
+            message = self.messages.get(key)
+            if (
+                message is None
+                or message.status != status
+                or message.error_code == SUBMIT_UNCONFIRMED
+                or not self._carries(key, message, reported_by)
+            ):
+                return False
+            self.messages[key] = message.model_copy(update={"error_code": error_code})
+            return True
+
     def record_part_status(
         self, key: MessageKey, part: int, status: MessageStatus, *, now: datetime, reported_by: str | None = None
     ) -> Message | None:

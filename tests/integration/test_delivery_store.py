@@ -134,6 +134,28 @@ class TestReportsOnlyFromTheCarrier:
         )
         assert change is not None and change.changed and change.message.upstream == "kannel"
 
+    def test_an_error_code_is_noted_only_on_a_message_in_the_status_its_carrier_reports(self, store):
+        # Given a message Jasmin took, and one left submitted-unconfirmed at Jasmin
+        taken = one_message(store, MessageStatus.QUEUED)
+        submitted = store.transition(taken.key, MessageStatus.SUBMITTED, now=NOW, upstream="jasmin")
+        assert submitted is not None
+        unconfirmed = one_message(store, MessageStatus.QUEUED)
+        store.transition(
+            unconfirmed.key, MessageStatus.SUBMITTED, now=NOW, upstream="jasmin", error_code=SUBMIT_UNCONFIRMED
+        )
+        # When error codes are noted on them for "submitted"
+        by_other = store.note_error_code(taken.key, MessageStatus.SUBMITTED, "ESME_RSYSERR", reported_by="kannel")
+        for_other_status = store.note_error_code(taken.key, MessageStatus.QUEUED, "X", reported_by="jasmin")
+        noted = store.note_error_code(taken.key, MessageStatus.SUBMITTED, "ESME_RTHROTTLED", reported_by="jasmin")
+        on_mark = store.note_error_code(unconfirmed.key, MessageStatus.SUBMITTED, "ESME_RSYSERR", reported_by="jasmin")
+        # Then only the carrier's, for the status the message is in, is written, without a step of its sequence;
+        # the unconfirmed mark (which decides whose reports settle the message) stays
+        assert (by_other, for_other_status, noted, on_mark) == (False, False, True, False)
+        now_taken, now_unconfirmed = store.get_messages_by_key([taken.key, unconfirmed.key])
+        assert (now_taken.error_code, now_taken.status) == ("ESME_RTHROTTLED", MessageStatus.SUBMITTED)
+        assert now_taken.sequence == submitted.message.sequence
+        assert now_unconfirmed.error_code == SUBMIT_UNCONFIRMED
+
 
 class TestPartStatuses:
     def test_parts_move_forward_only_and_a_single_part_message_has_no_part_map(self, store):

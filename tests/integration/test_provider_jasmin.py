@@ -542,7 +542,6 @@ def test_a_username_or_password_jasmin_would_refuse_is_refused_at_configuration_
     assert value not in str(raised.value) or not value
 
 
-@pytest.mark.xfail(strict=True, reason="review: a retried submit error is not noted on a message already submitted")
 def test_a_submit_error_jasmin_retries_is_noted_on_the_submitted_message(aws) -> None:
     from sms_gateway.bootstrap import gateway
     from sms_gateway.domain.models import utc_now
@@ -552,15 +551,32 @@ def test_a_submit_error_jasmin_retries_is_noted_on_the_submitted_message(aws) ->
     # Given a message Jasmin took (answered Success "<id>"), recorded submitted there as the dispatcher does
     store = gateway().store
     message = one_message(store, MessageStatus.QUEUED)
-    store.transition(
+    submitted = store.transition(
         message.key, MessageStatus.SUBMITTED, now=utc_now(), upstream="jasmin", upstream_message_id=MESSAGE_ID
     )
+    assert submitted is not None
+    told: list[object] = []
+    deps = DeliveryDependencies(store, store, utc_now, on_change=told.append, on_repeat=told.append)
     # When Jasmin throws the level-1 DLR of the SMSC's first answer, a throttle it will submit again itself (the
     # DLR comes after Jasmin's HTTP answer, so after the dispatcher's write, the usual order)
     fields = {"id": MESSAGE_ID, "message_status": "ESME_RTHROTTLED", "level": "1"}
     request = dlr(fields).model_copy(update={"query": {"ref": message.key.to_ref(), "token": TOKEN}})
-    receive_delivery_reports(provider(answer(200, "")), request, DeliveryDependencies(store, store, utc_now))
+    receive_delivery_reports(provider(answer(200, "")), request, deps)
     # Then the message stays submitted, "the ESME status noted as its error_code" (docs/providers-smsc.md): the
     # operator can see why no terminal report will come, before the settle check expires it
     [now] = store.get_messages_by_key([message.key])
     assert (now.status, now.error_code) == (MessageStatus.SUBMITTED, "ESME_RTHROTTLED")
+    # And it is no change: the client is not told, the sequence does not step
+    assert told == [] and now.sequence == submitted.message.sequence
+    # And another upstream's report of the same status, its token its own, notes nothing on Jasmin's message
+    other_token = "other-jasmin-token-0123456789"
+    other = JasminProvider.from_config(
+        "jasmin-b",
+        {**CONFIG, "callback_token": other_token},
+        client=httpx.AsyncClient(transport=httpx.MockTransport(answer(200, ""))),
+    )
+    fields = {"id": MESSAGE_ID, "message_status": "ESME_RMSGQFUL", "level": "1"}
+    request = dlr(fields).model_copy(update={"query": {"ref": message.key.to_ref(), "token": other_token}})
+    receive_delivery_reports(other, request, deps)
+    [now] = store.get_messages_by_key([message.key])
+    assert now.error_code == "ESME_RTHROTTLED" and told == []

@@ -265,6 +265,12 @@ class MessageStore(Protocol):
         the message (`reported_by`, as transition's); the message as it is now, None if unknown."""
         ...
 
+    def note_error_code(self, key: MessageKey, status: MessageStatus, error_code: str, *, reported_by: str) -> bool:
+        """Writes an upstream's error code on a message still in `status` that `reported_by` carries (as
+        transition's), a report that does not move it (a submit error the upstream retries itself): no status
+        change, no `sequence` step, nothing to announce. Leaves a `submit_unconfirmed` mark. Whether it wrote."""
+        ...
+
 
 class BatchHistory(Protocol):
     """An account's batches in time order, for the portal's listings and its delivery figures."""

@@ -146,6 +146,29 @@ class DynamoDeliveryMixin:
             return message_from_item(self._codec, current) if current else None
         return message_from_item(self._codec, answer["Attributes"])
 
+    def note_error_code(self, key: MessageKey, status: MessageStatus, error_code: str, *, reported_by: str) -> bool:
+        from sms_gateway.adapters.dynamodb import _key_of  # it imports this module
+
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=_key_of(key),
+                UpdateExpression="SET error_code = :code",
+                ConditionExpression=(
+                    "attribute_exists(pk) AND #status = :status AND "
+                    f"(attribute_not_exists(error_code) OR error_code <> :unconfirmed) AND {REPORTER_CARRIES_IT}"
+                ),
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":code": {"S": error_code},
+                    ":status": {"S": str(status)},
+                    **reporter_values(reported_by),
+                },
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
     def last_sent_to(self, account_id: str, msisdn: str, sender: str | None = None) -> SentMessage | None:
         """The newest message the account sent to a number (from `sender`, when given: the number a reply was sent
         to) that may have reached it (the conversation index is kept by DynamoDB): newer ones that never left,

@@ -123,12 +123,27 @@ def apply_delivery_report(report: DeliveryReport, deps: DeliveryDependencies, ou
     if not change.changed:
         # A duplicate, late or out-of-order report: the conditional write kept the message where it was.
         outcome.unchanged += 1
+        _note_error_code(report, change.message, deps)
         if deps.on_repeat is not None and report.status in TERMINAL and change.message.status == report.status:
             deps.on_repeat(change)
         return
     outcome.applied += 1
     if deps.on_change is not None:
         deps.on_change(change)
+
+
+def _note_error_code(report: DeliveryReport, message: Message, deps: DeliveryDependencies) -> None:
+    """An error code reported for the status the message is already in, before it is final (Jasmin's level-1 DLR
+    of a submit error it retries itself, after we recorded the submit): noted on the message, so the operator sees
+    why no later report comes. Not a change: the client is not told, the sequence does not step."""
+    if (
+        report.error_code is None
+        or report.status in TERMINAL
+        or message.status != report.status
+        or message.error_code == report.error_code
+    ):
+        return
+    deps.messages.note_error_code(message.key, report.status, report.error_code, reported_by=report.upstream)
 
 
 def _carried_by(message: Message, upstream: str) -> bool:
