@@ -367,6 +367,22 @@ class InMemoryStore:
         left_unnamed = message.upstream is None and message.error_code == SUBMIT_UNCONFIRMED
         return reported_by is None or left_unnamed or reported_by in carriers
 
+    def mark_unannounced(self, key: MessageKey, sequence: int) -> bool:
+        with self._lock:
+            message = self.messages.get(key)
+            if message is None or message.sequence != sequence:
+                return False
+            self.messages[key] = message.model_copy(update={"announce_pending": sequence})
+            return True
+
+    def clear_unannounced(self, key: MessageKey, sequence: int) -> bool:
+        with self._lock:
+            message = self.messages.get(key)
+            if message is None or message.announce_pending != sequence:
+                return False
+            self.messages[key] = message.model_copy(update={"announce_pending": None})
+            return True
+
     def note_error_code(self, key: MessageKey, status: MessageStatus, error_code: str, *, reported_by: str) -> bool:
         with self._lock:
             message = self.messages.get(key)

@@ -207,3 +207,65 @@ def test_a_batch_callback_url_is_where_its_delivery_reports_go(store, callback_u
     notification = dlr_notification(change)
     assert notification is not None
     assert notification["url"] == callback_url
+
+
+class TestAnnouncementsTheQueueRefused:
+    """announce_change: a report's client notification, and the mark its settle check reads when the queue refused
+    it (docs/delivery-reports.md, "Nothing lost between the write and your callback")."""
+
+    @staticmethod
+    def submitted(store: InMemoryStore, mode: DeliveryReportMode = DeliveryReportMode.YES):
+        _, deps = send(store, command(1, delivery_report=mode))
+        asyncio.run(dispatch(deps.dispatch_queue.commands[0], dispatch_deps(store, FakeProvider())))
+        [message] = store.messages.values()
+        return message
+
+    @staticmethod
+    def refused(notifications) -> None:
+        raise RuntimeError("SQS did not take the notification")
+
+    def test_a_final_change_the_queue_refused_is_marked_and_the_callback_still_fails(self, store):
+        from sms_gateway.logic.delivery import announce_change
+
+        message = self.submitted(store)
+        change = store.transition(message.key, MessageStatus.DELIVERED, now=NOW)
+        with pytest.raises(RuntimeError):
+            announce_change(change, self.refused, store)
+        assert store.messages[message.key].announce_pending == change.message.sequence
+        # And its repeat, queued this time, clears the mark: the settle check need not announce it again
+        [repeat] = [store.transition(message.key, MessageStatus.DELIVERED, now=NOW)]
+        published: list[object] = []
+        announce_change(repeat, published.extend, store)
+        assert published == [dlr_notification(change)] and store.messages[message.key].announce_pending is None
+
+    def test_a_change_queued_or_not_final_or_not_asked_for_writes_no_mark(self, store):
+        from sms_gateway.logic.delivery import announce_change
+
+        # A final change queued: one publish, no write
+        message = self.submitted(store)
+        published: list[object] = []
+        announce_change(store.transition(message.key, MessageStatus.DELIVERED, now=NOW), published.extend, store)
+        assert len(published) == 1 and store.messages[message.key].announce_pending is None
+        # A change that is not final: the final one supersedes it, and its settle check is still to come
+        store.messages.clear()
+        message = self.submitted(store)
+        with pytest.raises(RuntimeError):
+            announce_change(StatusChange(message=message, changed=True), self.refused, store)
+        assert store.messages[message.key].announce_pending is None
+        # A batch that asked for no reports publishes nothing
+        store.messages.clear()
+        message = self.submitted(store, DeliveryReportMode.NONE)
+        announce_change(store.transition(message.key, MessageStatus.DELIVERED, now=NOW), self.refused, store)
+        assert store.messages[message.key].announce_pending is None
+
+    def test_a_mark_that_cannot_be_written_leaves_the_queue_s_error_to_fail_the_callback(self, store):
+        from sms_gateway.logic.delivery import announce_change
+
+        class MarkFails(InMemoryStore):
+            def mark_unannounced(self, key, sequence):
+                raise ConnectionError("DynamoDB unreachable")
+
+        message = self.submitted(store)
+        change = store.transition(message.key, MessageStatus.DELIVERED, now=NOW)
+        with pytest.raises(RuntimeError, match="SQS did not take"):
+            announce_change(change, self.refused, MarkFails())

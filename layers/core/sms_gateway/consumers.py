@@ -526,7 +526,8 @@ def _settle_record(record: SQSRecord, check: dict[str, Any]) -> dict[str, Any]:
         dlr_wait=timedelta(seconds=wiring.settings.dlr_wait_seconds),
     )
     outcome = settle.settle(check, deps)
-    _announce([*outcome.made_before, *outcome.changes])
+    _announce([*outcome.made_before, *outcome.unannounced, *outcome.changes])
+    settle.announced_again(outcome, deps)
     count_final_statuses(outcome.changes)
     if outcome.check_again_in is not None:
         wiring.notify_queue.delay(record.receipt_handle, outcome.check_again_in)

@@ -265,6 +265,15 @@ class MessageStore(Protocol):
         the message (`reported_by`, as transition's); the message as it is now, None if unknown."""
         ...
 
+    def mark_unannounced(self, key: MessageKey, sequence: int) -> bool:
+        """Marks a message whose change `sequence` could not be announced (`Message.announce_pending`), while the
+        message is still at that change; whether it wrote."""
+        ...
+
+    def clear_unannounced(self, key: MessageKey, sequence: int) -> bool:
+        """Clears that mark once the change went out, when it still names `sequence`; whether it wrote."""
+        ...
+
     def note_error_code(self, key: MessageKey, status: MessageStatus, error_code: str, *, reported_by: str) -> bool:
         """Writes an upstream's error code on a message still in `status` that `reported_by` carries (as
         transition's), a report that does not move it (a submit error the upstream retries itself): no status

@@ -622,6 +622,8 @@ class DynamoStore(
         if not message.submit_throttles:
             # Counted by the first throttle's release (ADD on a missing attribute starts from 0).
             item.pop("submit_throttles", None)
+        # Written only when a change's announcement failed (mark_unannounced).
+        item.pop("announce_pending", None)
         return item
 
     def _batch_write(self, requests: list[dict[str, Any]]) -> None:

@@ -146,28 +146,55 @@ class DynamoDeliveryMixin:
             return message_from_item(self._codec, current) if current else None
         return message_from_item(self._codec, answer["Attributes"])
 
-    def note_error_code(self, key: MessageKey, status: MessageStatus, error_code: str, *, reported_by: str) -> bool:
+    def mark_unannounced(self, key: MessageKey, sequence: int) -> bool:
+        return self._update_if(
+            key,
+            "SET announce_pending = :sequence",
+            "attribute_exists(pk) AND #sequence = :sequence",
+            {"#sequence": "sequence"},
+            {":sequence": {"N": str(sequence)}},
+        )
+
+    def clear_unannounced(self, key: MessageKey, sequence: int) -> bool:
+        return self._update_if(
+            key, "REMOVE announce_pending", "announce_pending = :sequence", None, {":sequence": {"N": str(sequence)}}
+        )
+
+    def _update_if(
+        self,
+        key: MessageKey,
+        update: str,
+        condition: str,
+        names: dict[str, str] | None,
+        values: dict[str, Any],
+    ) -> bool:
+        """One conditional update of a message item; whether its condition held."""
         from sms_gateway.adapters.dynamodb import _key_of  # it imports this module
 
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Key": _key_of(key),
+            "UpdateExpression": update,
+            "ConditionExpression": condition,
+            "ExpressionAttributeValues": values,
+        }
+        if names:
+            request["ExpressionAttributeNames"] = names
         try:
-            self.client.update_item(
-                TableName=self.table_name,
-                Key=_key_of(key),
-                UpdateExpression="SET error_code = :code",
-                ConditionExpression=(
-                    "attribute_exists(pk) AND #status = :status AND "
-                    f"(attribute_not_exists(error_code) OR error_code <> :unconfirmed) AND {REPORTER_CARRIES_IT}"
-                ),
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":code": {"S": error_code},
-                    ":status": {"S": str(status)},
-                    **reporter_values(reported_by),
-                },
-            )
+            self.client.update_item(**request)
         except self.client.exceptions.ConditionalCheckFailedException:
             return False
         return True
+
+    def note_error_code(self, key: MessageKey, status: MessageStatus, error_code: str, *, reported_by: str) -> bool:
+        return self._update_if(
+            key,
+            "SET error_code = :code",
+            "attribute_exists(pk) AND #status = :status AND "
+            f"(attribute_not_exists(error_code) OR error_code <> :unconfirmed) AND {REPORTER_CARRIES_IT}",
+            {"#status": "status"},
+            {":code": {"S": error_code}, ":status": {"S": str(status)}, **reporter_values(reported_by)},
+        )
 
     def last_sent_to(self, account_id: str, msisdn: str, sender: str | None = None) -> SentMessage | None:
         """The newest message the account sent to a number (from `sender`, when given: the number a reply was sent

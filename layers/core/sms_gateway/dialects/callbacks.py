@@ -11,9 +11,8 @@ from sms_gateway.bootstrap import gateway
 from sms_gateway.dialects.common import callback_text, json_response, status_for
 from sms_gateway.domain.models import CallbackRequest, StatusChange, utc_now
 from sms_gateway.errors import GatewayError, NotFound, Unauthorized
-from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
+from sms_gateway.logic.delivery import DeliveryDependencies, announce_change, receive_delivery_reports
 from sms_gateway.logic.inbound import InboundDependencies, receive_inbound
-from sms_gateway.logic.notify import dlr_notification
 from sms_gateway.observability import logger, metrics
 from sms_gateway.outcome_metrics import count_final_statuses
 from sms_gateway.ports import Provider
@@ -47,9 +46,7 @@ def delivery_report(provider: str) -> Response:
     wiring = gateway()
 
     def queue_client_callback(change: StatusChange) -> None:
-        notification = dlr_notification(change)
-        if notification is not None:
-            wiring.notify_queue.publish([notification])
+        announce_change(change, wiring.notify_queue.publish, wiring.store)
 
     def count_and_queue(change: StatusChange) -> None:
         count_final_statuses([change])

@@ -214,6 +214,10 @@ class Message(Record):
     # left. Only it is offered the message again (it deduplicates by our reference), and a last attempt that fails
     # leaves the message submitted-unconfirmed rather than failed (logic/dispatch.py).
     maybe_taken_by: str | None = None
+    # The `sequence` of a final change whose client notification the notify queue refused (the webhook callback
+    # that applied it answered 5xx): the message's settle check announces it again and clears this
+    # (logic/delivery.announce_change, logic/settle.py). Never set when the notification went out.
+    announce_pending: int | None = None
     created_at: str
 
     @property

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, Message, MessageKey, StatusChange
 from sms_gateway.domain.status import SUBMIT_UNCONFIRMED, TERMINAL, MessageStatus, aggregate_parts
 from sms_gateway.errors import CallbackRejected, Unauthorized
+from sms_gateway.logic.notify import dlr_notification
 from sms_gateway.observability import logger
 from sms_gateway.ports import AccountStore, MessageStore, Provider
 
@@ -49,6 +51,38 @@ def receive_delivery_reports(
     for report in reports:
         apply_delivery_report(report, deps, outcome)
     return outcome
+
+
+def announce_change(
+    change: StatusChange, publish: Callable[[Sequence[dict[str, Any]]], None], messages: MessageStore
+) -> None:
+    """Queues a report's client notification. When the queue refuses a final change's, the message is marked
+    (`announce_pending`, one conditional write) before the error goes on to fail the callback: its settle check
+    announces it again, under the same webhook id, for an upstream that does not post the callback again. Nothing
+    is written when the notification is queued."""
+    notification = dlr_notification(change)
+    if notification is None:
+        return
+    message = change.message
+    try:
+        publish([notification])
+    except Exception:
+        if message.status in TERMINAL:
+            try:
+                messages.mark_unannounced(message.key, message.sequence)
+            except Exception:
+                # The callback fails all the same: only an upstream that posts it again brings the report back.
+                logger.exception("could not mark a delivery report left unannounced", extra=_ids(message))
+            else:
+                logger.warning("delivery report not announced; its settle check will", extra=_ids(message))
+        raise
+    if message.announce_pending is not None and message.announce_pending == message.sequence:
+        # A repeat the upstream posted of a report whose announcement had failed: the check need not repeat it.
+        messages.clear_unannounced(message.key, message.sequence)
+
+
+def _ids(message: Message) -> dict[str, Any]:
+    return {"message_id": message.message_id, "sequence": message.sequence}
 
 
 def link_upstream_id(message: Message, upstream: str, upstream_message_id: str, deps: DeliveryDependencies) -> int:

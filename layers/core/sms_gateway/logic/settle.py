@@ -75,6 +75,10 @@ class SettleOutcome:
     # Changes an earlier delivery of the check made: their announcements may have died with the notifier that made
     # them, so they go out again under the same webhook id (one per status change), which the client dedupes.
     made_before: list[StatusChange] = field(default_factory=list)
+    # Final changes of delivery reports whose announcement the notify queue refused (`announce_pending`): the
+    # upstream may never post the callback again, so they go out under their webhook id, then their marks are
+    # cleared (announced_again).
+    unannounced: list[StatusChange] = field(default_factory=list)
     # Seconds until the check must look again (None: nothing left for it to do).
     check_again_in: int | None = None
 
@@ -93,6 +97,9 @@ def settle(check: Mapping[str, Any], deps: SettleDependencies) -> SettleOutcome:
     messages = deps.messages.get_messages_by_key(list(_keys_of(check)), consistent=False)
     later: list[datetime] = []
     for message in messages:
+        if message.announce_pending is not None and message.status in TERMINAL:
+            outcome.unannounced.append(StatusChange(message=message, changed=True))
+            continue
         if message.status == MessageStatus.EXPIRED and message.error_code == NO_DELIVERY_REPORT:
             outcome.made_before.append(StatusChange(message=message, changed=True))
             continue
@@ -120,6 +127,20 @@ def settle(check: Mapping[str, Any], deps: SettleDependencies) -> SettleOutcome:
     if later:
         outcome.check_again_in = _hop(max(later) - now)
     return outcome
+
+
+def announced_again(outcome: SettleOutcome, deps: SettleDependencies) -> None:
+    """Clears the marks of the changes in `outcome.unannounced` once they are queued again (a conditional write
+    each, on the sequence announced): a check that dies before this announces them once more, and the client drops
+    the repeat by its webhook id."""
+    for change in outcome.unannounced:
+        message = change.message
+        if message.announce_pending is not None:
+            deps.messages.clear_unannounced(message.key, message.announce_pending)
+        logger.warning(
+            "announced a delivery report whose announcement had failed",
+            extra={"message_id": message.message_id, "sequence": message.sequence},
+        )
 
 
 def _reported_while_unlinked(message: Message, deps: SettleDependencies, outcome: SettleOutcome) -> bool:
