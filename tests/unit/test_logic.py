@@ -661,6 +661,21 @@ class TestFailover:
         )
         assert again.submitted == 1 and store.messages[message.key].upstream == "primary"
 
+    def test_a_fallbacks_refusal_after_a_primary_that_can_never_send_it_fails_the_message(self, store):
+        # Given a primary that can never take the message (more parts than it sends: unavailable to it for good)
+        # and a fallback that refuses it too
+        primary, fallback = FakeProvider("primary"), FakeProvider("fallback")
+        primary.failure = UpstreamError(
+            "4 parts, primary sends 1", permanent=True, unavailable=True, error_code="too_many_parts"
+        )
+        fallback.failure = UpstreamError("fallback refused the sender", permanent=True)
+        outcome = self.run(store, primary, fallback)
+        # Then it fails now and is refunded: waiting for the primary could not help, and six attempts would only
+        # delay the same end
+        [message] = store.messages.values()
+        assert (outcome.failed, outcome.needs_retry) == (1, False)
+        assert message.status == MessageStatus.FAILED
+
     def test_both_unavailable_means_a_retry_of_the_record(self, store):
         primary, fallback = FakeProvider("primary"), FakeProvider("fallback")
         primary.failure = fallback.failure = UpstreamError("timeout", permanent=False, unavailable=True)

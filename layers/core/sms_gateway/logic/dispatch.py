@@ -587,10 +587,11 @@ async def _submit(
                 # The upstream is up and asks us to slow down: no failover, no attempt (an upstream before it that
                 # failed the message makes it one, as for our own route limit).
                 return Throttled(provider.name, error)
-            if unavailable_before is not None and error.permanent:
-                # A fallback's refusal says nothing of the primary, which was only unavailable: the sender ID, the
-                # number range or the content may be registered with the primary alone. The message waits for the
-                # primary, a transient failure counted as an attempt; only the primary's own refusal fails it.
+            if unavailable_before is not None and not unavailable_before.permanent and error.permanent:
+                # A fallback's refusal says nothing of the primary, which was only unavailable for now: the sender
+                # ID, the number range or the content may be registered with the primary alone. The message waits for
+                # the primary, a transient failure counted as an attempt; only the primary's own refusal fails it.
+                # (A primary that can never take it, too many parts for it, leaves the fallback's refusal final.)
                 return UpstreamError(
                     f"{unavailable_before.message}; {provider.name} refused it: {error.message}",
                     permanent=False,
