@@ -697,6 +697,29 @@ class TestFailover:
         assert (outcome.failed, outcome.needs_retry) == (1, False)
         assert message.status == MessageStatus.FAILED
 
+    @pytest.mark.xfail(
+        strict=True,
+        reason="review: a fallback's throttle after a primary that can never send the message (too_many_parts) counts "
+        "an attempt; after DISPATCH_MAX_ATTEMPTS throttles the message is failed upstream_unavailable and refunded, "
+        "though the only upstream that can send it answered every time",
+    )
+    def test_a_fallbacks_throttle_after_a_primary_that_can_never_send_it_never_fails_the_message(self, store):
+        # Given a primary that can never take the message (more parts than it sends) and a fallback that throttles
+        primary, fallback = FakeProvider("primary"), FakeProvider("fallback")
+        primary.failure = UpstreamError(
+            "4 parts, primary sends 1", permanent=True, unavailable=True, error_code="too_many_parts"
+        )
+        fallback.failure = UpstreamError("429 too many requests", permanent=False, retry_after=2.0)
+        _, sent = send(store, command(1))
+        record = sent.dispatch_queue.commands[0]
+        routed = replace(dispatch_deps(store, primary), upstreams_for=lambda _: [primary, fallback])
+        # When the record comes back as often as DISPATCH_MAX_ATTEMPTS
+        for _ in range(routed.max_submit_attempts):
+            asyncio.run(dispatch(record, routed))
+        # Then the message waits for the fallback within its validity, as it would with the fallback as its primary
+        [message] = store.messages.values()
+        assert (message.status, message.error_code) == (MessageStatus.QUEUED, None)
+
     def test_both_unavailable_means_a_retry_of_the_record(self, store):
         primary, fallback = FakeProvider("primary"), FakeProvider("fallback")
         primary.failure = fallback.failure = UpstreamError("timeout", permanent=False, unavailable=True)
