@@ -244,11 +244,6 @@ def test_a_pending_stop_applied_late_does_not_undo_the_start_the_number_sent_aft
     assert stored_opt_outs(account["account_id"]) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a pending STOPALL applied late is skipped when the number later sent a narrower STOP; the number "
-    "ends opted out of that one sender only, and the account's other senders go on sending to it",
-)
 def test_a_pending_stopall_applied_late_is_not_lost_to_a_later_stop_of_one_sender(aws, account, webhook, monkeypatch):
     # Given a STOPALL whose opt-out write failed (left pending), then a STOP to 48974 from the same number, applied
     failing_opt_out_writes(monkeypatch, 1)

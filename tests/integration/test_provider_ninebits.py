@@ -462,11 +462,6 @@ def test_a_500_that_may_have_been_done_in_part_is_asked_again_of_the_same_upstre
     assert store.messages[message.key].maybe_taken_by == "ninebits"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a 9bits 2xx without a reference_id is unavailable and goes to the fallback, which sends the SMS "
-    "a second time; Twilio's, AT's and Jasmin's unreadable 2xx are maybe_taken since 6f0472c",
-)
 def test_a_2xx_without_a_reference_id_is_handled_as_no_answer_not_offered_to_the_fallback() -> None:
     # Given 9bits (or a proxy in front of it) answering 200 to our submit, with a body we cannot read the id from
     with pytest.raises(UpstreamError) as unreadable:

@@ -605,12 +605,12 @@ class TestFailover:
             at = replace(deps, clock=lambda minute=minute: NOW + timedelta(minutes=5 * minute))
             outcome = asyncio.run(dispatch(record, at))
             delays.append(outcome.retry_delay(backoff_base=5))
-        # Then no attempt is counted, and its record waits longer each time (about 2.5-5 s at first), up to a cap of
-        # the validity over THROTTLED_RETURNS_IN_VALIDITY (48 minutes of a day): no hot loop, no lane held for hours
+        # Then no attempt is counted, and its record waits longer each time (about 2.5-5 s at first), up to the
+        # usual 5 minutes (it holds the account's FIFO lane meanwhile): no hot loop, no lane held for long
         [message] = store.messages.values()
         assert (message.status, message.submit_attempts, message.submit_throttles) == (MessageStatus.QUEUED, 0, 12)
-        assert 2 <= delays[0] <= 5 and delays[-1] >= 2880 / 2
-        assert all(delay <= 2880 for delay in delays)
+        assert 2 <= delays[0] <= 5 and delays[-1] >= 300 / 2
+        assert all(delay <= 300 for delay in delays)
         # And a record back a minute before the message's validity ends waits no longer than that minute
         at = replace(deps, clock=lambda: NOW + timedelta(hours=23, minutes=59))
         assert asyncio.run(dispatch(record, at)).retry_delay(backoff_base=5) <= 61
@@ -621,11 +621,28 @@ class TestFailover:
         assert (message.status, message.error_code) == (MessageStatus.EXPIRED, "validity_period_ended")
         assert store.accounts["7"].credits == 1000
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="review: a message an upstream keeps throttling holds its record, and so its account's whole FIFO lane "
-        "(every route), in flight 24-48 minutes a time for up to its whole validity, though the upstream asked 1 s",
-    )
+    def test_a_message_throttled_max_times_is_failed_and_refunded_so_its_lane_moves_on(self, store):
+        from sms_gateway.logic.dispatch import MAX_SUBMIT_THROTTLES
+
+        # Given an upstream that throttles a message every time, asking to come back in a second
+        primary = FakeProvider("primary")
+        primary.failure = UpstreamError("throttled: User throughput exceeded", permanent=False, retry_after=1.0)
+        _, sent = send(store, command(1))
+        record = sent.dispatch_queue.commands[0]
+        deps = dispatch_deps(store, primary)
+        # When its record comes back MAX_SUBMIT_THROTTLES times
+        outcomes = [asyncio.run(dispatch(record, deps)) for _ in range(MAX_SUBMIT_THROTTLES)]
+        # Then it waited without an attempt counted until the last, which fails it `upstream_throttled`, refunded:
+        # the account's FIFO lane moves on, and the record never nears the queue's maxReceiveCount (100)
+        assert [o.needs_retry for o in outcomes] == [True] * (MAX_SUBMIT_THROTTLES - 1) + [False]
+        [message] = store.messages.values()
+        assert (message.status, message.error_code, message.submit_attempts) == (
+            MessageStatus.FAILED,
+            "upstream_throttled",
+            0,
+        )
+        assert store.accounts["7"].credits == 1000
+
     def test_a_throttled_record_holds_its_accounts_lane_no_longer_than_the_usual_backoff(self, store):
         # Given an upstream that throttles a message again and again, asking each time to come back in 1 s (Jasmin's
         # 403 "User throughput exceeded", Twilio 21611 while the sender's queue drains)
@@ -697,12 +714,6 @@ class TestFailover:
         assert (outcome.failed, outcome.needs_retry) == (1, False)
         assert message.status == MessageStatus.FAILED
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="review: a fallback's throttle after a primary that can never send the message (too_many_parts) counts "
-        "an attempt; after DISPATCH_MAX_ATTEMPTS throttles the message is failed upstream_unavailable and refunded, "
-        "though the only upstream that can send it answered every time",
-    )
     def test_a_fallbacks_throttle_after_a_primary_that_can_never_send_it_never_fails_the_message(self, store):
         # Given a primary that can never take the message (more parts than it sends) and a fallback that throttles
         primary, fallback = FakeProvider("primary"), FakeProvider("fallback")

@@ -37,10 +37,13 @@ CLAIM_LEASE_SECONDS = 120
 # so retries from a burst spread out and none comes back at once.
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_CAP_SECONDS = 300.0
-# A message an upstream keeps throttling waits the same growing backoff, with a cap of its validity over this many
-# returns instead of 5 minutes: about 45 returns of its record in a 24 h validity, well within the dispatch queue's
-# maxReceiveCount (100), which also counts the deliveries a backlog holds it behind others.
-THROTTLED_RETURNS_IN_VALIDITY = 30
+# A message an upstream keeps throttling waits the same growing backoff (its record holds the account's FIFO lane
+# meanwhile, so never more than BACKOFF_CAP_SECONDS a time), and is failed `upstream_throttled` and refunded at this
+# many throttles (about an hour and a half of them), or expired at the end of its validity if that comes first: its
+# record's returns stay well within the dispatch queue's maxReceiveCount (100), which also counts the deliveries a
+# backlog holds it behind others.
+MAX_SUBMIT_THROTTLES = 24
+UPSTREAM_THROTTLED = "upstream_throttled"
 DEFAULT_VALIDITY = timedelta(hours=24)
 # Status changes announced in one go: one SQS SendMessageBatch carries ten.
 ANNOUNCE_BATCH = 10
@@ -156,7 +159,6 @@ class DispatchOutcome:
     # The most throttles among the retried messages an upstream throttled (no attempt counted), the cap of their
     # backoff, and the seconds until the first of them is no longer valid (it comes back then, to be expired).
     throttles: int = 0
-    throttle_cap: float = BACKOFF_CAP_SECONDS
     throttled_valid_for: float | None = None
     # Every status change this dispatch made, for the client's delivery-report callbacks.
     changes: list[StatusChange] = field(default_factory=list)
@@ -191,7 +193,7 @@ class DispatchOutcome:
         if self.failed_attempts:
             delays.append(backoff_seconds(self.failed_attempts, self.retry_after, base=backoff_base))
         if self.throttles:
-            backoff = backoff_seconds(self.throttles, self.retry_after, base=backoff_base, cap=self.throttle_cap)
+            backoff = backoff_seconds(self.throttles, self.retry_after, base=backoff_base)
             if self.throttled_valid_for is not None:
                 backoff = min(backoff, max(math.ceil(self.throttled_valid_for) + 1, 1))
             delays.append(backoff)
@@ -583,9 +585,10 @@ async def _submit(
                 if getattr(provider, "deduplicates_submits", False):
                     return MaybeTakenBy(provider.name, error)
                 return MaybeSent(provider.name, error.message)
-            if unavailable_before is None and error.throttled:
+            if (unavailable_before is None or unavailable_before.permanent) and error.throttled:
                 # The upstream is up and asks us to slow down: no failover, no attempt (an upstream before it that
-                # failed the message makes it one, as for our own route limit).
+                # was unavailable for now makes it one, as for our own route limit; one that can never take the
+                # message does not: this upstream is the message's only way out).
                 return Throttled(provider.name, error)
             if unavailable_before is not None and not unavailable_before.permanent and error.permanent:
                 # A fallback's refusal says nothing of the primary, which was only unavailable for now: the sender
@@ -653,6 +656,10 @@ async def _not_taken(
         )
         _come_back_soon([message], outcome)
         return
+    if isinstance(failure, Throttled) and message.submit_throttles + 1 >= MAX_SUBMIT_THROTTLES:
+        await _finish(message, MessageStatus.FAILED, UPSTREAM_THROTTLED, deps, outcome)
+        outcome.failed += 1
+        return
     if isinstance(failure, Throttled):
         await asyncio.to_thread(
             deps.messages.release_claim,
@@ -689,11 +696,11 @@ async def _not_taken(
 
 def _throttled(message: Message, failure: Throttled, deps: DispatchDependencies, outcome: DispatchOutcome) -> None:
     """A throttled message back to the queue: its record waits a backoff growing with the message's throttles (at
-    least the Retry-After), capped so that the record returns a few dozen times within the message's validity, and
-    comes back by the end of that validity, when the message is expired and refunded like any other."""
+    least the Retry-After, at most BACKOFF_CAP_SECONDS unless the Retry-After asks more), and comes back by the end of
+    the message's validity, when the message is expired and refunded like any other. MAX_SUBMIT_THROTTLES end it
+    sooner (_not_taken)."""
     outcome.retry.append(message.message_id)
     outcome.throttles = max(outcome.throttles, message.submit_throttles + 1)
-    outcome.throttle_cap = max(BACKOFF_CAP_SECONDS, deps.validity.total_seconds() / THROTTLED_RETURNS_IN_VALIDITY)
     valid_for = (valid_until(message, deps.validity) - deps.clock()).total_seconds()
     if outcome.throttled_valid_for is None or valid_for < outcome.throttled_valid_for:
         outcome.throttled_valid_for = valid_for

@@ -11,7 +11,7 @@ from typing import Any
 from sms_gateway.domain.ids import id_time_ms, new_id
 from sms_gateway.domain.models import CallbackRequest, InboundSms, StoredInbound
 from sms_gateway.domain.msisdn import InvalidMsisdn, Msisdn, parse_msisdn
-from sms_gateway.domain.optouts import ALL_SENDERS, keyword_request
+from sms_gateway.domain.optouts import ALL_SENDERS, KeywordAction, KeywordRequest, keyword_request
 from sms_gateway.errors import CallbackRejected, Unauthorized
 from sms_gateway.logic.optouts import apply_keyword
 from sms_gateway.observability import logger, mask_msisdn
@@ -145,10 +145,9 @@ def _apply_unless_superseded(inbound: StoredInbound, inbox: InboxStore, opt_outs
         return False
     since = datetime.fromtimestamp(id_time_ms(inbound.inbound_id) / 1000, UTC)
     later, _ = inbox.list_inbounds(inbound.account_id, since=since, msisdn=inbound.msisdn, limit=_LATER_SMS_READ)
-    scopes = {request.sender, ALL_SENDERS}
     for sms in later:
         other = keyword_request(sms.text, sms.to) if sms.inbound_id > inbound.inbound_id else None
-        if other is not None and (other.sender in scopes or request.sender == ALL_SENDERS):
+        if other is not None and _supersedes(other, request):
             logger.info(
                 "pending keyword superseded by a later one from the number: not applied",
                 extra={"from": mask_msisdn(inbound.msisdn), "to": inbound.to, "keyword": request.keyword},
@@ -156,6 +155,15 @@ def _apply_unless_superseded(inbound: StoredInbound, inbox: InboxStore, opt_outs
             return False
     apply_keyword(opt_outs, inbound, now)
     return True
+
+
+def _supersedes(later: KeywordRequest, pending: KeywordRequest) -> bool:
+    """Whether a later keyword of the number decides what a pending one would: for a STOPALL, a later START (which
+    takes the STOPALL back) or STOPALL (a later STOP of one sender does not take back the others); for a STOP or
+    START of one sender, any later keyword of that sender, or a STOPALL."""
+    if pending.sender == ALL_SENDERS:
+        return later.action == KeywordAction.OPT_IN or later.sender == ALL_SENDERS
+    return later.sender in (pending.sender, ALL_SENDERS)
 
 
 def _sender_number(raw: str, account_id: str, accounts: AccountStore) -> Msisdn:

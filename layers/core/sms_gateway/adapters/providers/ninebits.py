@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds, scrubbed
+from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds, scrubbed, unreadable_take
 from sms_gateway.domain import webhooks
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
 from sms_gateway.domain.status import MessageStatus
@@ -143,9 +143,9 @@ class NinebitsProvider:
         try:
             reference_id = response.json()["reference_id"]
         except (ValueError, KeyError, TypeError) as error:
-            raise UpstreamError(
-                f"{self.name} answered {response.status_code} without a reference_id", permanent=False
-            ) from error
+            # It answered 2xx: it may have taken the message. Asked again of 9bits alone (it deduplicates by our
+            # Idempotency-Key), never of the fallback.
+            raise unreadable_take(self.name, f"answered {response.status_code} without a reference_id") from error
         return SubmitResult(upstream_message_id=str(reference_id))
 
     def verify_callback(self, request: CallbackRequest) -> bool:
