@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import asyncio
 import gc
 import time
@@ -1596,6 +1597,51 @@ class TestSettleChecks:
         [message] = store.messages.values()
         assert message.status == MessageStatus.SUBMITTED and provider.applied == 1
         assert [m.message_id for m in told] == list(record.message_ids)
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="review: a final DLR that overtook the dispatcher's write and whose announcement the queue refused "
+        "is marked announce_pending, but the message is in no settle check: the mark stays, the client never hears",
+    )
+    def test_a_final_report_that_overtook_its_dispatcher_and_was_not_announced_is_announced_by_a_settle_check(
+        self, store
+    ):
+        from sms_gateway.logic.delivery import announce_change
+
+        # Given a message whose upstream's final report (delivered) is applied before the dispatcher writes the
+        # submit down, and whose announcement the notify queue refuses (the callback fails, an upstream that posts
+        # it once never posts it again)
+        _, deps = send(store, command(1, delivery_report=DeliveryReportMode.YES))
+        [record] = deps.dispatch_queue.commands
+
+        def refused(notifications):
+            raise RuntimeError("SQS SendMessage failed")
+
+        class DeliveredWhileSubmitting(ReportsWhileSubmitting):
+            async def submit(self, request):
+                result = await FakeProvider.submit(self, request)
+                key = MessageKey.from_ref(request.client_ref)
+                self.reports = [report(self.store.messages[key], self.status)]
+                on_change = lambda change: announce_change(change, refused, self.store)  # noqa: E731
+                with contextlib.suppress(RuntimeError):
+                    receive_delivery_reports(
+                        self, callback(), DeliveryDependencies(self.store, self.store, clock, on_change=on_change)
+                    )
+                return result
+
+        provider = DeliveredWhileSubmitting(store, MessageStatus.DELIVERED)
+        told: list = []
+        # When it is dispatched
+        asyncio.run(dispatch(record, replace(dispatch_deps(store, provider), awaiting_report=told.extend)))
+        [message] = store.messages.values()
+        assert message.status == MessageStatus.DELIVERED and message.announce_pending == message.sequence
+        # Then a settle check covers it, and announces the delivered report the client never got
+        announced = [
+            change.message.message_id
+            for check in settle_checks(told, now=NOW)
+            for change in settle(check, settle_deps(store, NOW + timedelta(hours=49))).unannounced
+        ]
+        assert announced == [message.message_id]
 
     def test_checks_group_message_ids_by_batch_once_each_and_split_past_the_limit(self, store):
         # Given messages of two batches, one listed twice, more than one check holds
