@@ -835,6 +835,26 @@ class TestNoAnswerFromTheUpstream:
         assert store.messages[message.key].error_code == "submit_unconfirmed"
         assert store.accounts["7"].credits == 1000 - message.price
 
+    @pytest.mark.xfail(
+        strict=True,
+        reason="review: MAX_SUBMIT_THROTTLES fails and refunds a message a deduplicating upstream may have taken "
+        "(maybe_taken_by): the non-throttle path leaves it submitted-unconfirmed to its DLR",
+    )
+    def test_a_message_a_deduplicating_upstream_may_have_is_never_failed_for_its_throttles(self, store):
+        from sms_gateway.logic.dispatch import MAX_SUBMIT_THROTTLES
+
+        # Given a message whose first submit to a deduplicating primary got no answer (9bits' 502: it may have it)
+        primary, fallback, record, checks, _ = self.first_submit_unanswered(store)
+        [message] = store.messages.values()
+        # When the primary, overloaded, answers each ask again under our reference with a 429
+        primary.failure = UpstreamError("429 too many requests", permanent=False, retry_after=1.0)
+        for _ in range(MAX_SUBMIT_THROTTLES):
+            asyncio.run(dispatch(record, self.deps(store, primary, fallback, checks)))
+        # Then it is not failed and refunded while the primary may be delivering it: left to its DLR
+        found = store.messages[message.key]
+        assert (found.status, found.error_code) == (MessageStatus.SUBMITTED, "submit_unconfirmed")
+        assert store.accounts["7"].credits == 1000 - message.price
+
     def test_an_upstream_that_may_have_it_and_left_the_route_is_not_replaced_by_another(self, store):
         primary, fallback, record, checks, _ = self.first_submit_unanswered(store)
         # When the route now names the fallback only
