@@ -257,11 +257,6 @@ def test_a_pending_stopall_applied_late_is_not_lost_to_a_later_stop_of_one_sende
     assert "*" in senders, senders
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a pending STOP is skipped as superseded by a later STOPALL, which a START to another sender "
-    "then takes back: the number is texted by the sender it told STOP",
-)
 def test_a_pending_stop_applied_late_is_not_lost_to_a_stopall_a_later_start_took_back(
     aws, account, webhook, api, monkeypatch
 ):
@@ -295,11 +290,6 @@ def failing_opt_in_writes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store, "opt_in", throttled)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: the later-keyword check reads the account's inbox newest first, at most 1000 items: on a busy "
-    "shortcode a pending START applied late misses the STOP after it and undoes it",
-)
 def test_a_pending_start_applied_late_does_not_undo_the_stop_after_it_on_a_busy_shortcode(
     aws, account, webhook, api, monkeypatch
 ):

@@ -582,11 +582,6 @@ def test_a_submit_error_jasmin_retries_is_noted_on_the_submitted_message(aws) ->
     assert now.error_code == "ESME_RTHROTTLED" and told == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: Jasmin's answer is scrubbed of the password before its message id is read: a short password "
-    "that occurs in the id (Jasmin's 1-16 characters allow '4812') mangles the id, and no DLR ever matches",
-)
 @pytest.mark.parametrize("password", ["4812", "S"])
 def test_a_short_password_never_changes_the_message_id_jasmin_answers(password: str) -> None:
     # Given a Jasmin user whose password is short (Jasmin takes 1 to 16 characters) and happens to occur in the

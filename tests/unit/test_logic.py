@@ -835,11 +835,6 @@ class TestNoAnswerFromTheUpstream:
         assert store.messages[message.key].error_code == "submit_unconfirmed"
         assert store.accounts["7"].credits == 1000 - message.price
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="review: MAX_SUBMIT_THROTTLES fails and refunds a message a deduplicating upstream may have taken "
-        "(maybe_taken_by): the non-throttle path leaves it submitted-unconfirmed to its DLR",
-    )
     def test_a_message_a_deduplicating_upstream_may_have_is_never_failed_for_its_throttles(self, store):
         from sms_gateway.logic.dispatch import MAX_SUBMIT_THROTTLES
 
@@ -1618,11 +1613,6 @@ class TestSettleChecks:
         assert message.status == MessageStatus.SUBMITTED and provider.applied == 1
         assert [m.message_id for m in told] == list(record.message_ids)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="review: a final DLR that overtook the dispatcher's write and whose announcement the queue refused "
-        "is marked announce_pending, but the message is in no settle check: the mark stays, the client never hears",
-    )
     def test_a_final_report_that_overtook_its_dispatcher_and_was_not_announced_is_announced_by_a_settle_check(
         self, store
     ):

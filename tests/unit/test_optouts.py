@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -65,11 +65,11 @@ class OptOutMemoryStore(InMemoryStore):
         self._count(opt_out.account_id, 1)
         return True
 
-    def opt_in(self, account_id: str, msisdn: str, sender: str | None) -> int:
+    def opt_in(self, account_id: str, msisdn: str, sender: str | None, *, only: Collection[str] | None = None) -> int:
         senders = (
             {s for (a, s, n) in self.opt_out_records if (a, n) == (account_id, msisdn)}
             if sender is None
-            else {sender_key(sender), ALL_SENDERS}
+            else {key for key in (sender_key(sender), ALL_SENDERS) if only is None or key in only}
         )
         removed = [key for key in [(account_id, s, msisdn) for s in senders] if self.opt_out_records.pop(key, None)]
         self._count(account_id, -len(removed))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -632,9 +632,10 @@ class OptOutStore(Protocol):
         out of that sender already (then nothing changes); NotFound when there is no such account."""
         ...
 
-    def opt_in(self, account_id: str, msisdn: str, sender: str | None) -> int:
+    def opt_in(self, account_id: str, msisdn: str, sender: str | None, *, only: Collection[str] | None = None) -> int:
         """Removes the number's opt-outs of `sender` and of every sender (STOPALL), or all of its opt-outs when
-        `sender` is None, uncounting each; returns how many it removed."""
+        `sender` is None, uncounting each; `only`: just those of these sender keys (ALL_SENDERS for STOPALL's).
+        Returns how many it removed."""
         ...
 
     def opted_out(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from sms_gateway.adapters.dynamodb_batch import batch_get
@@ -79,13 +79,13 @@ class DynamoOptOutsMixin:
             raise NotFound(f"no account {opt_out.account_id}") from error
         return True
 
-    def opt_in(self, account_id: str, msisdn: str, sender: str | None) -> int:
+    def opt_in(self, account_id: str, msisdn: str, sender: str | None, *, only: Collection[str] | None = None) -> int:
         if sender is None:
             sks = [
                 optout_sk(found.sender, msisdn) for found in self.list_opt_outs(account_id) if found.msisdn == msisdn
             ]
         else:
-            sks = [optout_sk(sender, msisdn), optout_sk(ALL_SENDERS, msisdn)]
+            sks = [optout_sk(key, msisdn) for key in (sender, ALL_SENDERS) if only is None or key in only]
         return sum(self._remove(account_id, sk) for sk in dict.fromkeys(sks))
 
     def _remove(self, account_id: str, sk: str) -> bool:

@@ -177,7 +177,9 @@ class DispatchOutcome:
             return
         if change.changed:
             self.changes.append(change)
-        elif change.message.status == MessageStatus.SUBMITTED:
+        elif change.message.status == MessageStatus.SUBMITTED or change.message.announce_pending is not None:
+            # Also a message a final report settled first, whose announcement the notify queue refused: its settle
+            # check announces it (logic/settle.py), as no upstream may post that report again.
             self.found_submitted.append(change.message)
 
     @property
@@ -657,6 +659,11 @@ async def _not_taken(
         _come_back_soon([message], outcome)
         return
     if isinstance(failure, Throttled) and message.submit_throttles + 1 >= MAX_SUBMIT_THROTTLES:
+        if message.maybe_taken_by is not None:
+            # An earlier submit with no answer may have reached that upstream: its DLR settles the message, never a
+            # failure and refund while it may be delivered.
+            await _record_unconfirmed(message, message.maybe_taken_by, deps, outcome)
+            return
         await _finish(message, MessageStatus.FAILED, UPSTREAM_THROTTLED, deps, outcome)
         outcome.failed += 1
         return

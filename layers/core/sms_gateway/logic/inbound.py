@@ -11,9 +11,9 @@ from typing import Any
 from sms_gateway.domain.ids import id_time_ms, new_id
 from sms_gateway.domain.models import CallbackRequest, InboundSms, StoredInbound
 from sms_gateway.domain.msisdn import InvalidMsisdn, Msisdn, parse_msisdn
-from sms_gateway.domain.optouts import ALL_SENDERS, KeywordAction, KeywordRequest, keyword_request
+from sms_gateway.domain.optouts import keyword_request
 from sms_gateway.errors import CallbackRejected, Unauthorized
-from sms_gateway.logic.optouts import apply_keyword
+from sms_gateway.logic.optouts import apply_keyword, records_of
 from sms_gateway.observability import logger, mask_msisdn
 from sms_gateway.ports import AccountStore, ConversationLookup, InboxStore, OptOutStore, Provider
 
@@ -122,9 +122,11 @@ def apply_keyword_still_pending(
     inbound = inbox.get_inbound(str(notification["account_id"]), inbound_id)
     if inbound is None or not inbound.keyword_pending:
         return False
-    if not _apply_unless_superseded(inbound, inbox, opt_outs, now):
-        return False
+    applied = _apply_unless_superseded(inbound, inbox, opt_outs, now)
+    # Cleared superseded too: decided by a later keyword, it is no longer pending (each retry would look again).
     inbox.keyword_applied(inbound)
+    if not applied:
+        return False
     logger.warning(
         "opt-out keyword applied by the notifier: its callback failed and was not retried",
         extra={"from": mask_msisdn(inbound.msisdn), "to": inbound.to},
@@ -132,38 +134,38 @@ def apply_keyword_still_pending(
     return True
 
 
-# Later SMS of the number read to find a keyword that supersedes a pending one: a STOP and a START a moment apart.
-_LATER_SMS_READ = 50
+# Pages of the number's later SMS read to find the keywords that decide a pending one (each page evaluates at most
+# about 1,000 of the account's inbound SMS): bounded, so a keyword applied late on a very busy inbox may not see one.
+_LATER_SMS_PAGES = 20
 
 
 def _apply_unless_superseded(inbound: StoredInbound, inbox: InboxStore, opt_outs: OptOutStore, now: datetime) -> bool:
-    """Applies a pending STOP / START unless the number sent a later keyword of the same scope (the same sender, or
-    STOPALL either way): the latest keyword decides, so a STOP applied late (its callback's retry, or the notifier)
-    cannot undo the START that followed it. True when it applied it."""
+    """Applies a pending STOP / START to the opt-out records no later keyword of the number wrote (records_of: a STOP
+    its sender's, a STOPALL the every-sender one, a START both): what the number said last decides each record, so
+    a STOP applied late (its callback's retry, or the notifier) cannot undo the START that followed it, nor a late
+    START the STOP after it. True when it wrote anything."""
     request = keyword_request(inbound.text, inbound.to)
     if request is None:
         return False
+    left = set(records_of(request))
     since = datetime.fromtimestamp(id_time_ms(inbound.inbound_id) / 1000, UTC)
-    later, _ = inbox.list_inbounds(inbound.account_id, since=since, msisdn=inbound.msisdn, limit=_LATER_SMS_READ)
-    for sms in later:
-        other = keyword_request(sms.text, sms.to) if sms.inbound_id > inbound.inbound_id else None
-        if other is not None and _supersedes(other, request):
-            logger.info(
-                "pending keyword superseded by a later one from the number: not applied",
-                extra={"from": mask_msisdn(inbound.msisdn), "to": inbound.to, "keyword": request.keyword},
-            )
-            return False
-    apply_keyword(opt_outs, inbound, now)
+    cursor: str | None = None
+    for _ in range(_LATER_SMS_PAGES):
+        later, cursor = inbox.list_inbounds(inbound.account_id, since=since, msisdn=inbound.msisdn, cursor=cursor)
+        for sms in later:
+            other = keyword_request(sms.text, sms.to) if sms.inbound_id > inbound.inbound_id else None
+            if other is not None:
+                left -= records_of(other)
+        if not left or cursor is None:
+            break
+    if not left:
+        logger.info(
+            "pending keyword superseded by later ones from the number: not applied",
+            extra={"from": mask_msisdn(inbound.msisdn), "to": inbound.to, "keyword": request.keyword},
+        )
+        return False
+    apply_keyword(opt_outs, inbound, now, only=frozenset(left))
     return True
-
-
-def _supersedes(later: KeywordRequest, pending: KeywordRequest) -> bool:
-    """Whether a later keyword of the number decides what a pending one would: for a STOPALL, a later START (which
-    takes the STOPALL back) or STOPALL (a later STOP of one sender does not take back the others); for a STOP or
-    START of one sender, any later keyword of that sender, or a STOPALL."""
-    if pending.sender == ALL_SENDERS:
-        return later.action == KeywordAction.OPT_IN or later.sender == ALL_SENDERS
-    return later.sender in (pending.sender, ALL_SENDERS)
 
 
 def _sender_number(raw: str, account_id: str, accounts: AccountStore) -> Msisdn:

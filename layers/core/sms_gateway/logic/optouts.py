@@ -7,7 +7,15 @@ from datetime import datetime
 
 from sms_gateway.domain.models import Account, StoredInbound, iso
 from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
-from sms_gateway.domain.optouts import ALL_SENDERS, OPERATOR, KeywordAction, OptOut, keyword_request, sender_key
+from sms_gateway.domain.optouts import (
+    ALL_SENDERS,
+    OPERATOR,
+    KeywordAction,
+    KeywordRequest,
+    OptOut,
+    keyword_request,
+    sender_key,
+)
 from sms_gateway.errors import InvalidRequest, NotFound
 from sms_gateway.observability import logger, mask_msisdn
 from sms_gateway.ports import AccountStore, OptOutStore
@@ -23,14 +31,25 @@ def opted_out_of(
     return opt_outs.opted_out(account.account_id, sender, msisdns, known_count=account.opt_outs)
 
 
-def apply_keyword(opt_outs: OptOutStore, inbound: StoredInbound, now: datetime) -> KeywordAction | None:
+def records_of(request: KeywordRequest) -> frozenset[str]:
+    """The opt-out records (by sender key) a keyword writes: a STOP its sender's, a STOPALL the every-sender one
+    (ALL_SENDERS), a START both (it takes back the number's STOPALL too)."""
+    if request.action == KeywordAction.OPT_IN:
+        return frozenset({request.sender, ALL_SENDERS})
+    return frozenset({request.sender})
+
+
+def apply_keyword(
+    opt_outs: OptOutStore, inbound: StoredInbound, now: datetime, *, only: frozenset[str] | None = None
+) -> KeywordAction | None:
     """STOP (and its kin) opts the number out of the sender it was sent to, STOPALL out of all the account's
-    senders, START or UNSTOP back in. Returns what the SMS did, None when it is not a keyword."""
+    senders, START or UNSTOP back in. `only`: the records (records_of) it may still write, when a later keyword of
+    the number decided the others. Returns what the SMS did, None when it is not a keyword."""
     request = keyword_request(inbound.text, inbound.to)
     if request is None:
         return None
     who = {"from": mask_msisdn(inbound.msisdn), "to": inbound.to, "keyword": request.keyword}
-    if request.action == KeywordAction.OPT_OUT:
+    if request.action == KeywordAction.OPT_OUT and (only is None or request.sender in only):
         opt_out = OptOut(
             account_id=inbound.account_id,
             sender=request.sender,
@@ -40,8 +59,8 @@ def apply_keyword(opt_outs: OptOutStore, inbound: StoredInbound, now: datetime) 
             inbound_id=inbound.inbound_id,
         )
         logger.info("opt-out keyword", extra={**who, "new": opt_outs.opt_out(opt_out)})
-    else:
-        removed = opt_outs.opt_in(inbound.account_id, inbound.msisdn, request.sender)
+    elif request.action == KeywordAction.OPT_IN:
+        removed = opt_outs.opt_in(inbound.account_id, inbound.msisdn, request.sender, only=only)
         logger.info("opt-in keyword", extra={**who, "removed": removed})
     return request.action
 

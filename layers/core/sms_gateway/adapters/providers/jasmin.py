@@ -191,9 +191,11 @@ class JasminProvider:
             response = await client.post(self._send_url, data=form)
         except httpx.TransportError as error:
             raise no_answer(self.name, error) from error
-        body = scrubbed(response.text.strip(), (self._password,), limit=len(response.text))
+        body = response.text.strip()
         refused = _ERROR.match(body)
-        reason = refused.group(1)[:200] if refused else body[:200]
+        # Only the text that goes into errors and logs is scrubbed: a short password could occur in the id Jasmin
+        # answers ("Success" included), which is read from the raw body below.
+        reason = scrubbed(refused.group(1) if refused else body, (self._password,), limit=200)
         if response.status_code == 429 or response.status_code >= 500:
             raise UpstreamError(
                 f"{self.name} answered {response.status_code}: {reason}",
