@@ -57,11 +57,10 @@ def backoff_seconds(
     rand: Callable[[], float] = random.random,
     *,
     base: float = BACKOFF_BASE_SECONDS,
-    cap: float = BACKOFF_CAP_SECONDS,
 ) -> int:
     """How long a record waits before its next attempt (`attempt` counts from 1): up to `base` seconds, doubling
-    per attempt up to `cap`. An upstream's Retry-After is a floor: we never come back sooner than it asked."""
-    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
+    per attempt up to 5 minutes. An upstream's Retry-After is a floor: we never come back sooner than it asked."""
+    ceiling = min(BACKOFF_CAP_SECONDS, base * 2 ** max(attempt - 1, 0))
     delay = ceiling / 2 + rand() * ceiling / 2
     return int(max(delay, retry_after or 0.0, 1.0))
 
@@ -156,8 +155,8 @@ class DispatchOutcome:
     # The highest attempt number among the retried messages an upstream did not take (0: every retry is a hand-back
     # for want of time, rate or a free claim, which waits no backoff): what the record's backoff grows with.
     failed_attempts: int = 0
-    # The most throttles among the retried messages an upstream throttled (no attempt counted), the cap of their
-    # backoff, and the seconds until the first of them is no longer valid (it comes back then, to be expired).
+    # The most throttles among the retried messages an upstream throttled (no attempt counted), and the seconds
+    # until the first of them is no longer valid (it comes back then, to be expired).
     throttles: int = 0
     throttled_valid_for: float | None = None
     # Every status change this dispatch made, for the client's delivery-report callbacks.
@@ -658,24 +657,8 @@ async def _not_taken(
         )
         _come_back_soon([message], outcome)
         return
-    if isinstance(failure, Throttled) and message.submit_throttles + 1 >= MAX_SUBMIT_THROTTLES:
-        if message.maybe_taken_by is not None:
-            # An earlier submit with no answer may have reached that upstream: its DLR settles the message, never a
-            # failure and refund while it may be delivered.
-            await _record_unconfirmed(message, message.maybe_taken_by, deps, outcome)
-            return
-        await _finish(message, MessageStatus.FAILED, UPSTREAM_THROTTLED, deps, outcome)
-        outcome.failed += 1
-        return
     if isinstance(failure, Throttled):
-        await asyncio.to_thread(
-            deps.messages.release_claim,
-            message.key,
-            attempted=False,
-            maybe_taken_by=message.maybe_taken_by,
-            throttled=True,
-        )
-        _throttled(message, failure, deps, outcome)
+        await _throttled(message, failure, deps, outcome)
         return
     attempt = message.submit_attempts + 1
     taken_by = failure.upstream if isinstance(failure, MaybeTakenBy) else message.maybe_taken_by
@@ -701,11 +684,30 @@ async def _not_taken(
     outcome.failed += 1
 
 
-def _throttled(message: Message, failure: Throttled, deps: DispatchDependencies, outcome: DispatchOutcome) -> None:
-    """A throttled message back to the queue: its record waits a backoff growing with the message's throttles (at
-    least the Retry-After, at most BACKOFF_CAP_SECONDS unless the Retry-After asks more), and comes back by the end of
-    the message's validity, when the message is expired and refunded like any other. MAX_SUBMIT_THROTTLES end it
-    sooner (_not_taken)."""
+async def _throttled(
+    message: Message, failure: Throttled, deps: DispatchDependencies, outcome: DispatchOutcome
+) -> None:
+    """A throttled message back to the queue, no attempt counted: its record waits a backoff growing with the
+    message's throttles (at least the Retry-After, at most BACKOFF_CAP_SECONDS unless the Retry-After asks more), and
+    comes back by the end of the message's validity, when the message is expired and refunded like any other. At
+    MAX_SUBMIT_THROTTLES it is failed `upstream_throttled` and refunded, or, when an upstream may have it, left to its
+    DLR (submitted-unconfirmed)."""
+    if message.submit_throttles + 1 >= MAX_SUBMIT_THROTTLES:
+        if message.maybe_taken_by is not None:
+            # An earlier submit with no answer may have reached that upstream: its DLR settles the message, never a
+            # failure and refund while it may be delivered.
+            await _record_unconfirmed(message, message.maybe_taken_by, deps, outcome)
+            return
+        await _finish(message, MessageStatus.FAILED, UPSTREAM_THROTTLED, deps, outcome)
+        outcome.failed += 1
+        return
+    await asyncio.to_thread(
+        deps.messages.release_claim,
+        message.key,
+        attempted=False,
+        maybe_taken_by=message.maybe_taken_by,
+        throttled=True,
+    )
     outcome.retry.append(message.message_id)
     outcome.throttles = max(outcome.throttles, message.submit_throttles + 1)
     valid_for = (valid_until(message, deps.validity) - deps.clock()).total_seconds()
