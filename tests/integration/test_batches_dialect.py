@@ -488,13 +488,17 @@ def test_a_send_at_without_an_offset_is_read_in_the_account_s_time_zone(aws, acc
     ],
     ids=["yyyyMMdd", "yyyyMMddHHmm", "yyyyMMddHHmmss"],
 )
-def test_a_send_at_in_the_basic_form_as_a_json_number_is_the_same_date(aws, account, api, written, scheduled_for):
-    # Given a send_at two days ahead in ISO 8601's basic form, written as a JSON number (a PHP client's int): it was
-    # read as Unix time (1970, or 1976 as milliseconds), so the batch was sent at once, charged and beyond a cancel
+@pytest.mark.parametrize("number", [int, float], ids=["int", "whole-float"])
+def test_a_send_at_in_the_basic_form_as_a_json_number_is_the_same_date(
+    aws, account, api, written, scheduled_for, number
+):
+    # Given a send_at two days ahead in ISO 8601's basic form, written as a JSON number (a PHP client's int, or a
+    # JavaScript client's 20261208.0): it was read as Unix time (1970, or 1976 as milliseconds), so the batch was
+    # sent at once, charged and beyond a cancel
     day = datetime.now(UTC).date() + timedelta(days=2)
     dates = {"day": day.isoformat(), "eve": (day - timedelta(days=1)).isoformat(), "digits": f"{day:%Y%m%d}"}
     # When the batch is sent
-    status, sent = send(api, account["token"], [AIRTEL], send_at=int(written.format(**dates)))
+    status, sent = send(api, account["token"], [AIRTEL], send_at=number(written.format(**dates)))
     # Then it is scheduled for that time in Lagos, as the same digits in a string are
     assert status == 200, sent
     batch = call(api, account["token"], "GET", f"/ng/v1/batches/{sent['reference_id']}")[1]

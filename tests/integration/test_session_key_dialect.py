@@ -626,13 +626,15 @@ def test_a_naive_time_is_read_in_the_given_time_zone(aws, account, api):
     assert abs(send_at - tokyo.replace(microsecond=0)) < timedelta(seconds=1)
 
 
+@pytest.mark.parametrize("number", [int, float], ids=["int", "whole-float"])
 @pytest.mark.parametrize("form", ["%Y%m%d", "%Y%m%d%H%M", "%Y%m%d%H%M%S"])
-def test_a_scheduled_time_in_the_basic_form_as_a_json_number_is_that_wall_clock_time(aws, account, api, form):
-    # Given a time two days ahead in Lagos in yyyyMMdd[HHmm[ss]], written as a JSON number (a PHP client's int)
+def test_a_scheduled_time_in_the_basic_form_as_a_json_number_is_that_wall_clock_time(aws, account, api, form, number):
+    # Given a time two days ahead in Lagos in yyyyMMdd[HHmm[ss]], written as a JSON number (a PHP client's int, or a
+    # JavaScript client's 20261208.0, which was refused as no text)
     lagos = (datetime.now(UTC) + timedelta(days=2)).astimezone(ZoneInfo("Africa/Lagos"))
     written = lagos.strftime(form)
     keys = log_in(api, account)
-    result = answer(api(sms_event(keys, seed_body(scheduled_delivery_time=int(written)))))
+    result = answer(api(sms_event(keys, seed_body(scheduled_delivery_time=number(written)))))
     # Then the order is scheduled for that wall-clock time in the account's zone, as the same digits in a string are
     batch = stored_batch(account["account_id"], result["order_id"])
     assert batch.status == "scheduled"

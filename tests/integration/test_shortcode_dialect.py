@@ -312,6 +312,7 @@ def _lagos_tomorrow() -> datetime:
         # ... also as a JSON number (a PHP client's int), which was read as Unix seconds (1976, or past year 9999)
         lambda t: int(t.strftime("%Y%m%d%H%M")),
         lambda t: int(t.strftime("%Y%m%d%H%M%S")),
+        lambda t: float(t.strftime("%Y%m%d%H%M")),
     ],
     ids=[
         "seed-format",
@@ -323,6 +324,7 @@ def _lagos_tomorrow() -> datetime:
         "yyyyMMddHHmmss",
         "yyyyMMddHHmm-number",
         "yyyyMMddHHmmss-number",
+        "yyyyMMddHHmm-whole-float",
     ],
 )
 def test_time_to_send_in_the_account_zone_schedules_the_batch(aws, account, api, render):

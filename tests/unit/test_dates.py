@@ -156,11 +156,17 @@ def test_the_basic_form_as_a_json_number_is_the_same_wall_clock_time(moment):
     moment = moment.replace(microsecond=0)
     for form in ("%Y%m%d%H%M%S", "%Y%m%d%H%M", "%Y%m%d"):
         assert basic_form_wall_clock(int(moment.strftime(form))) == basic_form_wall_clock(moment.strftime(form))
+        # ... and so is a whole float (a JavaScript or PHP client's 20261208.0): it was Unix time, in 1970
+        assert basic_form_wall_clock(float(moment.strftime(form))) == basic_form_wall_clock(moment.strftime(form))
 
 
-@pytest.mark.parametrize("value", [1765000000, 1765000000000, 176500000, 1808171331, 180817, -20261208, True, False])
+@pytest.mark.parametrize(
+    "value",
+    [1765000000, 1765000000000, 176500000, 1808171331, 180817, -20261208, True, False, 20261208.5, float("nan")],
+)
 def test_other_numbers_are_not_the_basic_form(value):
-    # Unix seconds (9, 10 digits) and milliseconds (13), negative numbers, and booleans (Python's bool is an int)
+    # Unix seconds (9, 10 digits) and milliseconds (13), negative numbers, booleans (Python's bool is an int), and
+    # floats with a fraction (a moment in Unix time, not a date)
     assert basic_form_wall_clock(value) is None
 
 

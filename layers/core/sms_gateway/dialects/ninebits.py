@@ -132,7 +132,7 @@ class SendRequest(BaseModel):
         other as Unix time (it still reads any other digits, string or number, so)."""
         if isinstance(value, str) and not value.strip():
             return None
-        if not isinstance(value, str | int):
+        if not isinstance(value, str | int | float):
             return value
         wall_clock = basic_form_wall_clock(value)
         return wall_clock if wall_clock is not None else value

@@ -164,6 +164,8 @@ class SendRequest(BaseModel):
     def time_text(cls, value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)  # 20171223101010 written as a JSON number
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))  # ... and as a JavaScript client's 20171223101010.0
         return _blank_is_none(value)
 
     @field_validator("return_credits", "return_remaining", "allow_invalid_recipients", mode="before")

@@ -341,13 +341,13 @@ _TIME_TO_SEND_FORMATS = tuple(
 
 def parse_time_to_send(value: str | int | float | None, zone: ZoneInfo) -> datetime | None:
     """A Unix timestamp (number or digits), or a date such as `2019-09-01 18:00` read in the account's zone. Digits
-    in ISO 8601's basic form (yyyyMMdd[HHmm[ss]], as strtotime reads them too), in a string or a JSON number, are
-    such a date, not Unix time."""
+    in ISO 8601's basic form (yyyyMMdd[HHmm[ss]], as strtotime reads them too), in a string or a JSON number (a whole
+    float too), are such a date, not Unix time."""
     if value is None:
         return None
     text = str(value).strip()
     try:
-        if isinstance(value, str | int) and (wall_clock := basic_form_wall_clock(text)) is not None:
+        if (wall_clock := basic_form_wall_clock(text if isinstance(value, str) else value)) is not None:
             return in_zone(wall_clock, zone)
         if isinstance(value, int | float) or text.replace(".", "", 1).isdigit():
             return datetime.fromtimestamp(float(text), tz=UTC)

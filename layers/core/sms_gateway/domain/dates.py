@@ -63,13 +63,17 @@ def parse_client_datetime(value: str, tz: tzinfo) -> datetime:
     raise InvalidClientDatetime(value, f"use one of {ACCEPTED_FORMS}")
 
 
-def basic_form_wall_clock(value: str | int) -> datetime | None:
+def basic_form_wall_clock(value: str | int | float) -> datetime | None:
     """The wall-clock time (naive) that `value` writes in ISO 8601's basic form in digits alone, yyyyMMdd[HHmm[ss]],
-    or None for any other text. A JSON number written in those digits (PHP clients send 20261208 unquoted) is read
-    the same; a boolean is no number here. InvalidClientDatetime when it has that form but names no such date or
-    time."""
+    or None for any other text. A JSON number written in those digits (PHP clients send 20261208 unquoted, and a
+    JavaScript client's number may arrive as 20261208.0) is read the same; a number with a fraction is no date, and a
+    boolean is no number here. InvalidClientDatetime when it has that form but names no such date or time."""
     if isinstance(value, bool):
         return None
+    if isinstance(value, float):
+        if not value.is_integer():
+            return None
+        value = int(value)
     raw = str(value)
     text = raw.strip()
     if not _DIGITS.fullmatch(text) or len(text) not in _BASIC_FORM_LENGTHS:
