@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from tests.conftest import load_event
 from tests.integration.test_send_path import FakeContext, load_function
@@ -29,6 +30,9 @@ def test_the_openapi_document_covers_every_dialect_with_its_request_bodies(aws):
     send_body = paths["/ng/v1/sendsms"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert {"from", "to", "message", "body", "content", "ref_id", "send_at"} <= set(send_body["properties"])
     assert "from" in send_body["required"]
+    # A send time may be a JSON number too (yyyyMMdd digits, or Unix time in 9bits), as the dialects accept it: the
+    # document said a date-time string only, so a generated client refused (or quoted) the number its user gave
+    assert_send_time_takes_numbers(send_body["properties"]["send_at"])
     shortcode_body = paths["/api/services/sendsms"]["post"]["requestBody"]["content"]
     assert {"apikey", "partnerID", "message", "shortcode", "mobile"} <= set(
         shortcode_body["application/json"]["schema"]["properties"]
@@ -37,6 +41,14 @@ def test_the_openapi_document_covers_every_dialect_with_its_request_bodies(aws):
     assert {"message", "message_type", "recipient", "sender", "scheduled_delivery_time"} <= set(
         session_body["properties"]
     )
+    assert_send_time_takes_numbers(session_body["properties"]["scheduled_delivery_time"])
+    assert_send_time_takes_numbers(shortcode_body["application/json"]["schema"]["properties"]["timeToSend"])
+
+
+def assert_send_time_takes_numbers(schema: dict[str, Any]) -> None:
+    types = {option.get("type") for option in schema.get("anyOf", [schema])}
+    assert {"string", "integer", "number", "null"} <= types, schema
+    assert "yyyyMMdd" in schema.get("description", ""), schema
 
 
 def test_swagger_ui_is_served_as_a_page_and_its_json_matches(aws):

@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from aws_lambda_powertools.event_handler import Response, content_types
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, WithJsonSchema
 
 from sms_gateway import deadlines
 from sms_gateway.bootstrap import send_dependencies
@@ -63,6 +63,18 @@ HTTP_STATUS = {
 
 # The idempotency key the request being answered holds (set around its send by `idempotent`/`under_claim`).
 _key_claim: ContextVar[KeyClaim | None] = ContextVar("key_claim", default=None)
+
+
+def send_time_schema(description: str) -> WithJsonSchema:
+    """The OpenAPI schema of a send time the dialect reads from a string or a JSON number (yyyyMMdd[HHmm[ss]] digits
+    unquoted, as PHP clients send them): `description` says which forms it takes."""
+    return WithJsonSchema(
+        {
+            "anyOf": [{"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "null"}],
+            "default": None,
+            "description": description,
+        }
+    )
 
 
 def key_claim() -> KeyClaim | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
@@ -20,6 +20,7 @@ from sms_gateway.dialects.common import (
     json_response,
     key_claim,
     page_size_parameter,
+    send_time_schema,
     status_for,
 )
 from sms_gateway.domain.dates import basic_form_wall_clock
@@ -117,7 +118,14 @@ class SendRequest(BaseModel):
     delivery_report: DeliveryReportMode = DeliveryReportMode.NONE
     # This batch's delivery reports go here instead of the account's DLR URL.
     callback_url: str | None = Field(default=None, max_length=2048)
-    send_at: datetime | None = None
+    send_at: Annotated[
+        datetime | None,
+        send_time_schema(
+            "ISO 8601: extended (2026-12-08T10:00, with or without an offset) or basic in digits alone "
+            "(yyyyMMdd, yyyyMMddHHmm, yyyyMMddHHmmss, in a string or a JSON number), read in the account's time zone "
+            "when it has no offset; any other digits are Unix time (seconds, or milliseconds); empty sends now"
+        ),
+    ] = None
 
     @field_validator("to", mode="before")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from aws_lambda_powertools.event_handler import Response
@@ -22,6 +22,7 @@ from sms_gateway.dialects.common import (
     parse_json_body,
     parse_model,
     request_text,
+    send_time_schema,
 )
 from sms_gateway.domain.dates import InvalidClientDatetime, parse_client_datetime
 from sms_gateway.domain.models import Account, Message, SendCommand, utc_now
@@ -121,7 +122,14 @@ class SendRequest(BaseModel):
     message_type: str = "N"
     recipient: list[str] = Field(min_length=1, max_length=MAX_RECIPIENTS)
     sender: str | None = None
-    scheduled_delivery_time: str | None = None
+    scheduled_delivery_time: Annotated[
+        str | None,
+        send_time_schema(
+            "a date and time (2017-12-23 10:10:10, ISO 8601) or digits yyyyMMddHHmmss, yyyyMMddHHmm, yyyyMMdd, "
+            "ddMMyyHHmm or ddMMyy, in a string or a JSON number; read in scheduled_delivery_timezone, else the "
+            "account's time zone, when it has no offset"
+        ),
+    ] = None
     scheduled_delivery_timezone: str | None = None
     return_credits: bool = Field(default=False, alias="returnCredits")
     return_remaining: bool = Field(default=False, alias="returnRemaining")

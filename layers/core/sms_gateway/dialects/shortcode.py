@@ -6,7 +6,7 @@ import contextlib
 import hmac
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl
 from zoneinfo import ZoneInfo
 
@@ -23,6 +23,7 @@ from sms_gateway.dialects.common import (
     json_response,
     parse_json_body,
     request_text,
+    send_time_schema,
 )
 from sms_gateway.domain.dates import basic_form_wall_clock
 from sms_gateway.domain.ids import ascii_digits
@@ -168,7 +169,13 @@ class ShortcodeParams(BaseModel):
     message: str | None = None
     shortcode: str | None = None
     mobile: str | None = None
-    time_to_send: str | int | float | None = Field(default=None, alias="timeToSend")
+    time_to_send: Annotated[
+        str | int | float | None,
+        send_time_schema(
+            "a Unix timestamp in seconds (a number or digits), a date such as 2019-09-01 18:00 read in the account's "
+            "time zone, or yyyyMMdd, yyyyMMddHHmm, yyyyMMddHHmmss digits (a date, in a string or a JSON number)"
+        ),
+    ] = Field(default=None, alias="timeToSend")
     message_id: str | None = Field(default=None, alias="messageID")
 
     @field_validator("apikey", "partner_id", "shortcode", "message_id", mode="before")
