@@ -168,15 +168,22 @@ def test_a_delivery_report_counts_the_final_status_and_its_latency(aws, account,
     assert [metric for metric, _, _ in emitted(out) if metric.startswith("Messages")] == ["MessagesDelivered"]
 
 
-def test_upstream_failures_are_counted_per_upstream_and_kind(aws, account, api, upstream, capsys):
-    # A transient failure (503): the record goes back, and the attempt counts as a transient failure
-    upstream.status = 503
+@pytest.mark.parametrize(
+    ("status", "kind", "other"), [(503, "transient", "throttled"), (429, "throttled", "transient")], ids=["503", "429"]
+)
+def test_upstream_failures_are_counted_per_upstream_and_kind(aws, account, api, upstream, capsys, status, kind, other):
+    # A transient failure (503) or a throttle (429, the upstream up and asking us to slow down): the record goes
+    # back, counted by its kind, so the dashboard tells a throttling upstream from a failing one (a 429 was counted
+    # "transient", like a 503)
+    upstream.status = status
     api(send_event(account["token"]))
     capsys.readouterr()
     dispatch(queued_records(aws))
     out = capsys.readouterr().out
+    # The failure-rate alarm's total counts both (an upstream throttling most submits needs looking at too)
     assert values(out, "UpstreamFailures") == [1.0]
-    assert values(out, "UpstreamFailures", upstream="simulator", failure="transient") == [1.0]
+    assert values(out, "UpstreamFailures", upstream="simulator", failure=kind) == [1.0]
+    assert values(out, "UpstreamFailures", upstream="simulator", failure=other) == []
     assert values(out, "MessagesUndelivered") == []
 
 

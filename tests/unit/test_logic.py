@@ -622,6 +622,47 @@ class TestFailover:
         assert (message.status, message.error_code) == (MessageStatus.EXPIRED, "validity_period_ended")
         assert store.accounts["7"].credits == 1000
 
+    def test_a_throttle_holds_back_the_rest_of_the_record_for_that_upstream_without_counting_their_throttles(
+        self, store
+    ):
+        # Given a bulk record of 5 messages and an upstream that throttles (429, up but asking us to slow down)
+        primary = FakeProvider("primary")
+        primary.failure = UpstreamError("429 too many requests", permanent=False, retry_after=2.0)
+        _, sent = send(store, command(5))
+        record = sent.dispatch_queue.commands[0]
+        deps = replace(dispatch_deps(store, primary), concurrency=1)
+        # When the record is dispatched, one message at a time
+        outcome = asyncio.run(dispatch(record, deps))
+        # Then only the first is offered: the others are not sent into the throttle (each would be another 429,
+        # another request, and another throttle counted towards the message's MAX_SUBMIT_THROTTLES)
+        assert len(primary.submits) == 1
+        messages = list(store.messages.values())
+        assert {m.status for m in messages} == {MessageStatus.QUEUED}
+        assert sorted(m.submit_throttles for m in messages) == [0, 0, 0, 0, 1]
+        assert not any(m.submit_attempts for m in messages)
+        assert store.claims == {}
+        # And the whole record comes back after the throttle's wait, every message in it
+        assert sorted(outcome.retry) == sorted(m.message_id for m in messages)
+        assert outcome.retry_delay(backoff_base=5) >= 2
+
+    def test_a_throttle_holds_back_only_the_messages_routed_to_that_upstream(self, store):
+        # Given a bulk record whose first message is routed to a throttling upstream and the rest to another
+        throttling, other = FakeProvider("throttling"), FakeProvider("other")
+        throttling.failure = UpstreamError("429 too many requests", permanent=False, retry_after=2.0)
+        _, sent = send(store, command(5))
+        record = sent.dispatch_queue.commands[0]
+        first = min(store.messages.values(), key=lambda m: m.message_id)
+        routed = replace(
+            dispatch_deps(store, other),
+            concurrency=1,
+            upstreams_for=lambda m: [throttling] if m.msisdn == first.msisdn else [other],
+        )
+        # When it is dispatched
+        outcome = asyncio.run(dispatch(record, routed))
+        # Then the other upstream's messages go out; only the throttled one waits
+        assert (len(throttling.submits), len(other.submits), outcome.submitted) == (1, 4, 4)
+        assert outcome.retry == [first.message_id]
+
     def test_a_message_throttled_max_times_is_failed_and_refunded_so_its_lane_moves_on(self, store):
         from sms_gateway.logic.dispatch import MAX_SUBMIT_THROTTLES
 

@@ -112,6 +112,13 @@ class UpstreamError(GatewayError):
             (not permanent and not self.unavailable and not maybe_taken) if throttled is None else throttled
         )
 
+    @property
+    def kind(self) -> str:
+        """As the `UpstreamFailures` metric names it: permanent, throttled or transient."""
+        if self.permanent:
+            return "permanent"
+        return "throttled" if self.throttled else "transient"
+
 
 class Unavailable(GatewayError):
     """The gateway could not finish the request in time (or could not queue it) and undid what it had done:

@@ -159,6 +159,9 @@ class DispatchOutcome:
     # until the first of them is no longer valid (it comes back then, to be expired).
     throttles: int = 0
     throttled_valid_for: float | None = None
+    # Upstreams that throttled a message of this dispatch: the record's messages not yet offered to them wait with it
+    # rather than being sent into the throttle.
+    throttled_by: set[str] = field(default_factory=set)
     # Every status change this dispatch made, for the client's delivery-report callbacks.
     changes: list[StatusChange] = field(default_factory=list)
     # Messages found queued but moved on by the time this dispatch came to claim them (by a concurrent delivery of
@@ -392,6 +395,8 @@ async def _dispatch_one(
         # where the message may be.
         upstreams = offered_upstreams(message, deps.upstreams_for)
         first = upstreams[0].name if upstreams else None
+        if _held_back_for_a_throttle(message, first, deps, outcome):
+            return
         # So its route token is taken before the claim too: the limiter may wait up to a second for it, and its
         # counter write or the upstream's limit may fail; under the claim, either left a message that reads as maybe
         # submitted and was never sent. Failing here, the message is simply unclaimed (the record fails and comes
@@ -569,7 +574,7 @@ async def _submit(
             return provider, await provider.submit(_submit_request(message, provider, deps))
         except UpstreamError as error:
             unavailable_before, failure = failure, error
-            outcome.upstream_failures[(provider.name, "permanent" if error.permanent else "transient")] += 1
+            outcome.upstream_failures[(provider.name, error.kind)] += 1
             logger.warning(
                 "upstream did not take the message",
                 extra={
@@ -589,7 +594,9 @@ async def _submit(
             if (unavailable_before is None or unavailable_before.permanent) and error.throttled:
                 # The upstream is up and asks us to slow down: no failover, no attempt (an upstream before it that
                 # was unavailable for now makes it one, as for our own route limit; one that can never take the
-                # message does not: this upstream is the message's only way out).
+                # message does not: this upstream is the message's only way out). Noted at once, before the slot
+                # is given back: the record's next message must not be offered to it meanwhile.
+                outcome.throttled_by.add(provider.name)
                 return Throttled(provider.name, error)
             if unavailable_before is not None and not unavailable_before.permanent and error.permanent:
                 # A fallback's refusal says nothing of the primary, which was only unavailable for now: the sender
@@ -708,13 +715,31 @@ async def _throttled(
         maybe_taken_by=message.maybe_taken_by,
         throttled=True,
     )
-    outcome.retry.append(message.message_id)
     outcome.throttles = max(outcome.throttles, message.submit_throttles + 1)
+    _wait_out_the_throttle(message, deps, outcome)
+    if failure.retry_after is not None:
+        outcome.retry_after = max(outcome.retry_after or 0.0, failure.retry_after)
+
+
+def _held_back_for_a_throttle(
+    message: Message, upstream: str | None, deps: DispatchDependencies, outcome: DispatchOutcome
+) -> bool:
+    """True when the message's upstream throttled another message of this dispatch a moment ago: offered now, it
+    would be another 429 (another request, another throttle counted to the message). Left unclaimed, it comes back
+    with the record, no throttle counted."""
+    if upstream not in outcome.throttled_by:
+        return False
+    _wait_out_the_throttle(message, deps, outcome)
+    return True
+
+
+def _wait_out_the_throttle(message: Message, deps: DispatchDependencies, outcome: DispatchOutcome) -> None:
+    """The message comes back with its record after the throttle's backoff, or sooner, when its validity ends (to be
+    expired)."""
+    outcome.retry.append(message.message_id)
     valid_for = (valid_until(message, deps.validity) - deps.clock()).total_seconds()
     if outcome.throttled_valid_for is None or valid_for < outcome.throttled_valid_for:
         outcome.throttled_valid_for = valid_for
-    if failure.retry_after is not None:
-        outcome.retry_after = max(outcome.retry_after or 0.0, failure.retry_after)
 
 
 def _link_upstream_id(
