@@ -250,10 +250,26 @@ class FirstInvocations:
             lambda answer: bool(answer.get("released")),
         )
         self.empty("DispatchQueue")
+        # Its rate rule's event; a run that finds nothing to queue (the typical one: callbacks queue their SMS).
+        measured["sweeper"], _ = self.measure(
+            "sweeper", paths["sweeper"], SCHEDULED_EVENT, lambda answer: answer.get("inbound_queued") == 0
+        )
         return {name: measured[name] for name in paths}
 
 
-PIPELINE = ("api", "dispatcher", "webhook", "notifier", "scheduled_dispatch")
+PIPELINE = ("api", "dispatcher", "webhook", "notifier", "scheduled_dispatch", "sweeper")
+# What an EventBridge rule's Schedule event hands its function.
+SCHEDULED_EVENT = {
+    "version": "0",
+    "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
+    "detail-type": "Scheduled Event",
+    "source": "aws.events",
+    "account": "123456789012",
+    "time": "2026-12-06T05:00:00Z",
+    "region": "us-east-1",
+    "resources": ["arn:aws:events:us-east-1:123456789012:rule/sms-gateway-sweeper"],
+    "detail": {},
+}
 
 
 _IMPORTABLE: list[str] = []

@@ -48,6 +48,8 @@ class InMemoryStore:
         self.ever_claimed: set[MessageKey] = set()
         self.claim_upstreams: dict[MessageKey, str] = {}
         self.inbox: dict[tuple[str, str], StoredInbound] = {}
+        # The inbound SMS marked as not queued for the client yet: when a sweep may queue each.
+        self.inbound_sweep_at: dict[tuple[str, str], datetime] = {}
         self.links: dict[tuple[str, str], MessageKey] = {}
         self.held: dict[tuple[str, str], list[DeliveryReport]] = {}
         self.prices = PriceTable()
@@ -65,12 +67,24 @@ class InMemoryStore:
                 return account.account_id
         return None
 
-    def save_inbound(self, inbound: StoredInbound) -> bool:
+    def save_inbound(self, inbound: StoredInbound, *, notify_due: datetime | None = None) -> bool:
         key = (inbound.upstream, inbound.upstream_message_id or str(inbound.inbound_id))
         if key in self.inbox:
             return False
         self.inbox[key] = inbound
+        if notify_due is not None:
+            self.inbound_sweep_at[key] = notify_due
         return True
+
+    def inbound_notified(self, inbound: StoredInbound) -> None:
+        self.inbound_sweep_at.pop((inbound.upstream, inbound.upstream_message_id or str(inbound.inbound_id)), None)
+
+    def claim_inbound_notifications(self, *, now: datetime, until: datetime, limit: int) -> list[StoredInbound]:
+        with self._lock:
+            due = sorted((at, key) for key, at in self.inbound_sweep_at.items() if at <= now)[:limit]
+            for _, key in due:
+                self.inbound_sweep_at[key] = until
+            return [self.inbox[key] for _, key in due]
 
     def find_inbound(self, upstream: str, upstream_message_id: str) -> StoredInbound | None:
         return self.inbox.get((upstream, upstream_message_id))

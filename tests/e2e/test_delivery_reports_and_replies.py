@@ -31,7 +31,10 @@ def webhook() -> Iterator[ClientWebhook]:
 def stack() -> Iterator[Any]:
     from sms_gateway_tools.localstack import LocalStack
 
-    with LocalStack(port=0, dlr_delay=0.2) as running:
+    # The sweeper every second, and an inbound SMS due for it 2 s after it is stored (2 minutes each on AWS).
+    with LocalStack(
+        port=0, dlr_delay=0.2, rule_interval=1.0, environment={"INBOUND_SWEEP_DELAY_SECONDS": "2"}
+    ) as running:
         yield running
 
 
@@ -147,6 +150,36 @@ def test_a_reply_continues_the_conversation_of_the_last_message_to_that_number(s
     assert list(body) == ["type", "telco", "from", "to", "message", "session_id", "sent_date", "ref_id"]
     assert (body["from"], body["to"], body["message"]) == (NUMBER, "48976", "YES")
     assert (body["session_id"], body["ref_id"]) == ("sess-42", "order-42")
+
+
+def test_a_reply_whose_notification_the_queue_refused_reaches_the_client_from_the_sweeper(
+    stack, account, webhook, monkeypatch
+):
+    from sms_gateway.adapters.sqs import SqsNotifyQueue
+
+    # Given a notify queue that refuses the next notification (SQS unavailable for a moment)
+    publish, refused = SqsNotifyQueue.publish, []
+
+    def refuse_once(queue: SqsNotifyQueue, notifications: Any) -> None:
+        if not refused:
+            refused.append(notifications)
+            raise RuntimeError("SQS unavailable")
+        publish(queue, notifications)
+
+    monkeypatch.setattr(SqsNotifyQueue, "publish", refuse_once)
+    # When the subscriber texts the shortcode: the callback fails, and the upstream (the simulator, like Twilio)
+    # never posts it again
+    result = httpx.post(
+        f"{stack.simulator_url}/control/inbound",
+        json={"from": NUMBER, "to": "48976", "message": "Are there seats left for 9pm?"},
+        timeout=10,
+    ).json()
+    assert result["delivered"] is False and refused
+    # Then the sweeper queues it once it is due, and the client gets it, signed, once
+    request = webhook.next("/inbound", timeout=30)
+    assert_signed(request, account["signing_secret"])
+    assert (request["body"]["from"], request["body"]["message"]) == (NUMBER, "Are there seats left for 9pm?")
+    assert quiet(webhook, 3) == []
 
 
 def test_a_multi_part_message_reports_to_the_batch_callback_url_once_every_part_is_delivered(stack, account, webhook):

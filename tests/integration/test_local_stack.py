@@ -33,6 +33,7 @@ class Fakes:
         self.webhook_events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.dispatched: queue.Queue[dict[str, Any]] = queue.Queue()
         self.scheduled: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.swept: queue.Queue[dict[str, Any]] = queue.Queue()
         self.contexts: queue.Queue[Any] = queue.Queue()
         self.dispatch_batches: list[dict[str, Any]] = []
         self.slow_started = threading.Event()
@@ -69,6 +70,10 @@ class Fakes:
             if record["body"].startswith("fail-once") and record["attributes"]["ApproximateReceiveCount"] == "1":
                 failures.append({"itemIdentifier": record["messageId"]})
         return {"batchItemFailures": failures}
+
+    def sweeper(self, event: dict[str, Any], context: Any) -> Any:
+        self.swept.put(event)
+        return {"inbound_queued": 0}
 
     def scheduled_dispatch(self, event: dict[str, Any], context: Any) -> Any:
         self.scheduled.put(event)
@@ -137,9 +142,14 @@ def stack(fakes: Fakes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
         "WebhookFunction": fakes.webhook,
         "DispatcherFunction": fakes.dispatcher,
         "ScheduledDispatchFunction": fakes.scheduled_dispatch,
+        "SweeperFunction": fakes.sweeper,
     }
     with LocalStack(
-        port=0, functions=functions, state_dir=tmp_path_factory.mktemp("local"), scheduler_interval=0.2
+        port=0,
+        functions=functions,
+        state_dir=tmp_path_factory.mktemp("local"),
+        scheduler_interval=0.2,
+        rule_interval=0.5,
     ) as started:
         yield started
 
@@ -412,6 +422,24 @@ def test_due_schedule_fires_once_and_is_deleted(stack: LocalStack, fakes: Fakes)
     # And the future one waits
     assert scheduler.get_schedule(GroupName=group, Name="later")["State"] == "ENABLED"
     scheduler.delete_schedule(GroupName=group, Name="later")
+
+
+def test_a_function_with_a_rate_rule_is_invoked_on_its_rate_as_eventbridge_does(
+    stack: LocalStack, fakes: Fakes
+) -> None:
+    # Given the sweeper's Schedule event (template.yaml: rate(2 minutes)), its rate shortened to half a second
+    from sms_gateway_tools.template import function_definitions, load_template, rate_seconds
+
+    [expression] = next(
+        fn for fn in function_definitions(load_template()) if fn.logical_id == "SweeperFunction"
+    ).schedule_events
+    assert rate_seconds(expression) == 120
+    # When the stack runs for a while
+    events = [fakes.swept.get(timeout=10), fakes.swept.get(timeout=10)]
+    # Then the function is invoked again and again, with a scheduled event as EventBridge sends it
+    for event in events:
+        assert (event["source"], event["detail-type"], event["detail"]) == ("aws.events", "Scheduled Event", {})
+    assert events[0]["id"] != events[1]["id"]
 
 
 def _due_schedule(stack: LocalStack, name: str, target_arn: str, payload: str) -> tuple[Any, str, str]:

@@ -255,3 +255,162 @@ def test_a_notification_dead_again_after_a_resend_stays_listed_as_long_as_its_re
         f"pointer expires on day {(pointer_expires - start.timestamp()) / DAY:.0f}, "
         f"record on day {(record_expires - start.timestamp()) / DAY:.0f}"
     )
+
+
+# ---------------------------------------------------------------- an inbound SMS its callback did not queue
+
+
+def refusing_notify_queue(monkeypatch: pytest.MonkeyPatch, times: int) -> None:
+    """The notify queue refuses the next `times` publishes (SQS unavailable past botocore's retries)."""
+    from sms_gateway.bootstrap import gateway
+
+    queue = gateway().notify_queue
+    publish, left = queue.publish, [times]
+
+    def refused(notifications: Any) -> None:
+        left[0] -= 1
+        if left[0] <= 0:
+            monkeypatch.setattr(queue, "publish", publish)
+        raise RuntimeError("SQS unavailable")
+
+    monkeypatch.setattr(queue, "publish", refused)
+
+
+def signed_inbound(text: str, message_id: str) -> dict[str, Any]:
+    import boto3
+
+    from sms_gateway_tools.localstack.resources import put_simulator_parameter
+    from tests.integration.test_optouts import SECRET, inbound_event
+
+    put_simulator_parameter(boto3.client("ssm"), "http://127.0.0.1:9", SECRET)
+    return inbound_event(text, message_id)
+
+
+def sweeper_runs(monkeypatch: pytest.MonkeyPatch, minutes_after_now: float) -> dict[str, Any]:
+    """One scheduled run of the sweeper, `minutes_after_now` from the real clock."""
+    from sms_gateway import sweeps
+    from sms_gateway.domain.models import utc_now
+
+    monkeypatch.setattr(sweeps, "utc_now", lambda: utc_now() + timedelta(minutes=minutes_after_now))
+    return load_function("sweeper").handler({"detail-type": "Scheduled Event", "detail": {}}, FakeContext())
+
+
+def queued_notifications(env: dict[str, str]) -> list[dict[str, Any]]:
+    """Every notification on the notify queue (each taken once: moto hides it for the visibility timeout)."""
+    import json
+
+    import boto3
+
+    found: list[dict[str, Any]] = []
+    while True:
+        answer = boto3.client("sqs").receive_message(QueueUrl=env["NOTIFY_QUEUE_URL"], MaxNumberOfMessages=10)
+        if not answer.get("Messages"):
+            return found
+        found.extend(json.loads(message["Body"]) for message in answer["Messages"])
+
+
+def raw_inbound(account_id: str) -> dict[str, Any]:
+    """The account's one inbound SMS as stored, with the attributes the adapter adds (its mark, if any)."""
+    from sms_gateway.adapters.dynamodb_inbox import inbound_sk, inbox_pk
+    from sms_gateway.bootstrap import gateway
+
+    store = gateway().store
+    [stored] = store.list_inbounds(account_id)[0]
+
+    item = store.client.get_item(
+        TableName=store.table_name,
+        Key={"pk": {"S": inbox_pk(account_id)}, "sk": {"S": inbound_sk(stored.inbound_id)}},
+        ConsistentRead=True,
+    )["Item"]
+    return dict(store._codec.load(item))
+
+
+def test_an_inbound_sms_whose_notification_the_queue_refused_reaches_the_client_from_the_sweeper(
+    aws, account, monkeypatch
+):
+    # Given an inbound SMS whose notification the notify queue refuses, through an upstream that never posts a
+    # failed callback again (Twilio; Kannel by default)
+    refusing_notify_queue(monkeypatch, 1)
+    with pytest.raises(RuntimeError, match="SQS"):
+        load_function("webhook").handler(signed_inbound("Two tickets please", "sim-unqueued"), FakeContext())
+    # Then the SMS is stored (the inbox has it), marked as not queued, and nothing is queued
+    stored = raw_inbound(account["account_id"])
+    assert stored["text"] == "Two tickets please" and "sweep_at" in stored
+    assert queued_notifications(aws) == []
+    # When the sweeper runs before the SMS is due (its callback could still be running), it queues nothing
+    assert sweeper_runs(monkeypatch, 1) == {"inbound_queued": 0}
+    assert queued_notifications(aws) == []
+    # And when it runs after, it queues the SMS's notification once, under the SMS's own webhook id
+    assert sweeper_runs(monkeypatch, 3) == {"inbound_queued": 1}
+    [queued] = queued_notifications(aws)
+    assert queued["id"] == f"in_{stored['inbound_id']}"
+    assert queued["payload"]["message"] == "Two tickets please"
+    # And clears the mark: a second run queues nothing again
+    assert "sweep_at" not in raw_inbound(account["account_id"])
+    assert sweeper_runs(monkeypatch, 10) == {"inbound_queued": 0}
+    assert queued_notifications(aws) == []
+
+
+def test_an_inbound_sms_queued_by_its_callback_costs_one_write_more_and_is_never_swept(aws, account, monkeypatch):
+    # Given an inbound SMS whose callback queued its notification
+    answer = load_function("webhook").handler(signed_inbound("Hello", "sim-queued"), FakeContext())
+    assert answer["statusCode"] == 200, answer
+    # Then its mark is gone, and the sweeper queues nothing, however late it runs
+    assert "sweep_at" not in raw_inbound(account["account_id"])
+    assert sweeper_runs(monkeypatch, 60) == {"inbound_queued": 0}
+    assert len(queued_notifications(aws)) == 1
+
+
+@pytest.mark.parametrize("retry_first", [True, False], ids=["callback-retry-then-sweep", "sweep-then-callback-retry"])
+def test_a_callback_retry_and_a_sweep_give_the_client_one_webhook_id(aws, account, monkeypatch, retry_first):
+    # Given an inbound SMS whose notification the notify queue refused
+    refusing_notify_queue(monkeypatch, 1)
+    event = signed_inbound("Is the 8pm showing sold out?", "sim-retried")
+    with pytest.raises(RuntimeError, match="SQS"):
+        load_function("webhook").handler(event, FakeContext())
+    # When the upstream posts the callback again and the sweeper runs, in either order
+    steps = [
+        lambda: load_function("webhook").handler(
+            signed_inbound("Is the 8pm showing sold out?", "sim-retried"), FakeContext()
+        ),
+        lambda: sweeper_runs(monkeypatch, 3),
+    ]
+    for step in steps if retry_first else steps[::-1]:
+        step()
+    # Then every notification queued is the same one: the client, which drops a webhook id it has, gets it once
+    queued = queued_notifications(aws)
+    assert queued and len({json_key(n) for n in queued}) == 1
+    assert len(queued) == (1 if retry_first else 2)
+    # And nothing is left for a later sweep
+    assert sweeper_runs(monkeypatch, 10) == {"inbound_queued": 0}
+
+
+def json_key(notification: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(notification, sort_keys=True)
+
+
+def test_two_sweeps_at_once_queue_an_sms_once(aws, account, monkeypatch):
+    # Given an inbound SMS left unqueued by its callback
+    refusing_notify_queue(monkeypatch, 1)
+    with pytest.raises(RuntimeError, match="SQS"):
+        load_function("webhook").handler(signed_inbound("See you at 8", "sim-two-sweeps"), FakeContext())
+    # When two sweeper runs find it due in the same moment (EventBridge delivers a rule's event twice, say): the
+    # first's claim is made between the second's query and its claim
+    from sms_gateway.bootstrap import gateway
+
+    store = gateway().store
+    claim = store.claim_inbound_notifications
+    second: list[dict[str, Any]] = []
+
+    def first_claims_meanwhile(**kwargs: Any) -> Any:
+        monkeypatch.setattr(store, "claim_inbound_notifications", claim)
+        second.append(sweeper_runs(monkeypatch, 3))
+        return claim(**kwargs)
+
+    monkeypatch.setattr(store, "claim_inbound_notifications", first_claims_meanwhile)
+    first = sweeper_runs(monkeypatch, 3)
+    # Then one of them queued it, once
+    assert sorted([first["inbound_queued"], second[0]["inbound_queued"]]) == [0, 1]
+    assert len(queued_notifications(aws)) == 1

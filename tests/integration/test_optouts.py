@@ -229,6 +229,26 @@ def test_a_stop_whose_callback_failed_and_was_never_retried_is_applied_by_the_no
     assert status == 400 and stop_reason(account) in json.dumps(body)
 
 
+def test_a_stop_whose_notification_the_queue_refused_is_applied_once_the_sweeper_queues_it(
+    aws, account, webhook, api, monkeypatch
+):
+    from tests.integration.test_notifications_and_inbound_edges import refusing_notify_queue, sweeper_runs
+
+    # Given a STOP whose notification the notify queue refuses, through an upstream that never retries a failed
+    # callback: the SMS is stored, its opt-out still pending (the callback failed before applying it)
+    refusing_notify_queue(monkeypatch, 1)
+    with pytest.raises(RuntimeError, match="SQS"):
+        webhook(inbound_event("STOP", "sim-stop-unqueued"))
+    assert stored_opt_outs(account["account_id"]) == []
+    # When the sweeper queues its notification, and the notifier handles it
+    assert sweeper_runs(monkeypatch, 3) == {"inbound_queued": 1}
+    notifier_handles_the_queued_notifications(aws)
+    # Then the STOP is recorded, and a send to the number is refused
+    assert [item["keyword"] for item in stored_opt_outs(account["account_id"])] == ["STOP"]
+    status, body = ninebits(api, account, [STOPPED])
+    assert status == 400 and stop_reason(account) in json.dumps(body)
+
+
 def test_a_pending_stop_applied_late_does_not_undo_the_start_the_number_sent_after_it(
     aws, account, webhook, monkeypatch
 ):

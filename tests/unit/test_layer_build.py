@@ -121,7 +121,7 @@ def test_the_third_party_packages_ship_as_bytecode_that_imports_without_sources(
     # Nigerian number to its network and validates a model: nothing compiles at a cold start
     script = (
         "import importlib.util, sys\n"
-        "for name in ('api', 'dispatcher', 'webhook', 'notifier', 'scheduled_dispatch'):\n"
+        "for name in ('api', 'dispatcher', 'webhook', 'notifier', 'scheduled_dispatch', 'sweeper'):\n"
         "    spec = importlib.util.spec_from_file_location('app_' + name, f'functions/{name}/app.py')\n"
         "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
         "from sms_gateway.domain.msisdn import parse_msisdn\n"

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.models import (
     Batch,
     CallbackRequest,
@@ -24,6 +25,7 @@ from sms_gateway.domain.models import (
     MessageKey,
     Recipient,
     SendCommand,
+    StoredInbound,
     SubmitRequest,
     SubmitResult,
     from_iso,
@@ -42,11 +44,12 @@ from sms_gateway.errors import (
 from sms_gateway.logic.batches import AlreadyCancelled, BatchView, cancel_batch
 from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
 from sms_gateway.logic.dispatch import DispatchDependencies, DispatchOutcome, backoff_seconds, dispatch
-from sms_gateway.logic.inbound import InboundDependencies, receive_inbound
+from sms_gateway.logic.inbound import InboundDependencies, inbound_notification, receive_inbound
 from sms_gateway.logic.notify import dlr_notification, notifications_of
 from sms_gateway.logic.scheduled import release_scheduled_batch
 from sms_gateway.logic.send import SendDependencies, accept_send, normalise_recipients
 from sms_gateway.logic.settle import CHECK_MESSAGES, MAX_HOP_SECONDS, SettleDependencies, settle, settle_checks
+from sms_gateway.logic.sweep import SweepDependencies, SweepIncomplete, SweepOutcome, sweep_inbound_notifications
 from tests.fakes import FakeProvider, InMemoryStore, RecordingQueue, RecordingScheduler, cinema_store
 
 NOW = datetime(2026, 1, 2, 23, 50, 37, tzinfo=UTC)
@@ -942,6 +945,24 @@ def submitted_message(store: InMemoryStore, **extra: object):
     return message
 
 
+def _refuse() -> None:
+    raise RuntimeError("SQS unavailable")
+
+
+def _stored_inbound(sms: InboundSms) -> StoredInbound:
+    return StoredInbound(
+        inbound_id=new_id(),
+        account_id="7",
+        upstream=sms.upstream,
+        upstream_message_id=sms.upstream_message_id,
+        msisdn="+2348030000000",
+        to=sms.to,
+        text=sms.text,
+        session_id="s",
+        received_at=sms.received_at,
+    )
+
+
 def callback(token: str = "s3cret") -> CallbackRequest:
     return CallbackRequest(method="POST", url="https://gw/callbacks/fake/dlr", headers={"x-token": token})
 
@@ -1333,6 +1354,56 @@ class TestInbound:
             receive_inbound(provider, callback("forged"), self.deps(store, published))
         assert published == []
         assert store.inbox == {}
+
+    def sweep(self, store: InMemoryStore, published: list, at: datetime) -> SweepOutcome:
+        return sweep_inbound_notifications(SweepDependencies(inbox=store, publish=published.append, clock=lambda: at))
+
+    def test_an_sms_whose_notification_the_queue_refused_is_queued_by_a_sweep_once_it_is_due(self, store):
+        # Given an inbound SMS whose notification the notify queue refuses: the callback fails, and its upstream
+        # never posts it again (Twilio; Kannel by default)
+        provider = FakeProvider()
+        provider.inbound = self.sms()
+
+        def refused(notification: dict) -> None:
+            raise RuntimeError("SQS unavailable")
+
+        deps = InboundDependencies(accounts=store, inbox=store, publish=refused, clock=clock)
+        with pytest.raises(RuntimeError, match="SQS"):
+            receive_inbound(provider, callback(), deps)
+        [stored] = store.inbox.values()
+        # When a sweep runs before it is due (a callback may still be running), nothing is queued
+        published: list = []
+        assert self.sweep(store, published, NOW + timedelta(minutes=1)) == SweepOutcome(0, 0)
+        assert published == []
+        # Then a sweep after it is due queues its notification, as its callback would have, and clears the mark
+        assert self.sweep(store, published, NOW + timedelta(minutes=3)) == SweepOutcome(1, 0)
+        assert published == [inbound_notification(stored)]
+        assert published[0]["id"] == f"in_{stored.inbound_id}"
+        # And a later sweep queues nothing again
+        assert self.sweep(store, published, NOW + timedelta(hours=1)) == SweepOutcome(0, 0)
+        assert len(published) == 1
+
+    def test_an_sms_queued_by_its_callback_is_left_alone_by_the_sweep(self, store):
+        provider, published = FakeProvider(), []
+        provider.inbound = self.sms()
+        receive_inbound(provider, callback(), self.deps(store, published))
+        assert self.sweep(store, published, NOW + timedelta(hours=1)) == SweepOutcome(0, 0)
+        assert len(published) == 1
+
+    def test_a_sweep_whose_publish_fails_keeps_the_sms_for_a_run_after_its_claim(self, store):
+        # Given an SMS left unqueued by its callback
+        provider = FakeProvider()
+        provider.inbound = self.sms()
+        store.save_inbound(_stored_inbound(provider.inbound), notify_due=NOW)
+        # When a sweep's publish fails too
+        with pytest.raises(SweepIncomplete):
+            sweep_inbound_notifications(
+                SweepDependencies(inbox=store, publish=lambda n: _refuse(), clock=lambda: NOW + timedelta(minutes=1))
+            )
+        # Then a run while its claim lasts leaves it, and one after the claim queues it
+        published: list = []
+        assert self.sweep(store, published, NOW + timedelta(minutes=2)) == SweepOutcome(0, 0)
+        assert self.sweep(store, published, NOW + timedelta(minutes=7)) == SweepOutcome(1, 0)
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,7 @@ FUNCTIONS = {
     "DispatcherFunction": "functions/dispatcher/",
     "ScheduledDispatchFunction": "functions/scheduled_dispatch/",
     "NotifierFunction": "functions/notifier/",
+    "SweeperFunction": "functions/sweeper/",
 }
 
 
@@ -206,7 +207,7 @@ def test_http_routes_match_the_design(functions: dict[str, FunctionDefinition]) 
         ("GET", "/callbacks/{provider}/dlr"),
         ("POST", "/callbacks/{provider}/inbound"),
     }
-    for name in ("DispatcherFunction", "ScheduledDispatchFunction", "NotifierFunction"):
+    for name in ("DispatcherFunction", "ScheduledDispatchFunction", "NotifierFunction", "SweeperFunction"):
         assert functions[name].routes == []
 
 
@@ -293,7 +294,7 @@ def test_table_definitions_create_the_table_in_dynamodb(template: dict[str, Any]
             PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True},
         )
 
-    # Then the created table has the single-table keys, the conversation and message indexes, TTL and PITR
+    # Then the created table has the single-table keys, the conversation, message and sweep indexes, TTL and PITR
     described = dynamodb.describe_table(TableName=f"{STACK}-GatewayTable")["Table"]
     assert described["KeySchema"] == [
         {"AttributeName": "pk", "KeyType": "HASH"},
@@ -301,7 +302,7 @@ def test_table_definitions_create_the_table_in_dynamodb(template: dict[str, Any]
     ]
     assert described["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
     indexes = {index["IndexName"]: index for index in described["GlobalSecondaryIndexes"]}
-    assert sorted(indexes) == ["conversation-index", "message-index"]
+    assert sorted(indexes) == ["conversation-index", "message-index", "sweep-index"]
     assert indexes["conversation-index"]["KeySchema"] == [
         {"AttributeName": "conversation", "KeyType": "HASH"},
         {"AttributeName": "message_id", "KeyType": "RANGE"},
@@ -309,6 +310,11 @@ def test_table_definitions_create_the_table_in_dynamodb(template: dict[str, Any]
     assert indexes["conversation-index"]["Projection"]["ProjectionType"] == "INCLUDE"
     assert indexes["message-index"]["KeySchema"] == [{"AttributeName": "message_id", "KeyType": "HASH"}]
     assert indexes["message-index"]["Projection"]["ProjectionType"] == "KEYS_ONLY"
+    assert indexes["sweep-index"]["KeySchema"] == [
+        {"AttributeName": "sweep_shard", "KeyType": "HASH"},
+        {"AttributeName": "sweep_at", "KeyType": "RANGE"},
+    ]
+    assert indexes["sweep-index"]["Projection"]["ProjectionType"] == "KEYS_ONLY"
     ttl = dynamodb.describe_time_to_live(TableName=table.table_name)["TimeToLiveDescription"]
     assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "expires_at")
     backups = dynamodb.describe_continuous_backups(TableName=table.table_name)["ContinuousBackupsDescription"]
@@ -642,3 +648,19 @@ def test_cfn_lint_passes() -> None:
 
     # Then it reports nothing
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_sweeper_runs_on_a_rate_rule_the_local_stack_can_fire(functions: dict[str, FunctionDefinition]) -> None:
+    from sms_gateway_tools.template import rate_seconds
+
+    # Given the template's Schedule events, Then only the sweeper has one, a rate the local stack reads
+    assert {name: fn.schedule_events for name, fn in functions.items() if fn.schedule_events} == {
+        "SweeperFunction": ["rate(2 minutes)"]
+    }
+    assert [rate_seconds(e) for e in ("rate(2 minutes)", "rate(1 minute)", "rate(1 hour)", "rate(3 days)")] == [
+        120,
+        60,
+        3600,
+        259200,
+    ]
+    assert rate_seconds("cron(0 12 * * ? *)") is None

@@ -422,6 +422,18 @@ class SqsEventSource(NamedTuple):
     maximum_batching_window_seconds: int
 
 
+_RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
+_RATE_UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+def rate_seconds(expression: str) -> int | None:
+    """The period of an EventBridge `rate(N unit)` expression in seconds; None for anything else (cron)."""
+    found = _RATE.match(expression.strip())
+    if found is None:
+        return None
+    return int(found.group(1)) * _RATE_UNIT_SECONDS[found.group(2).rstrip("s")]
+
+
 @dataclass(frozen=True)
 class FunctionDefinition:
     """One AWS::Serverless::Function with Globals.Function applied."""
@@ -435,6 +447,8 @@ class FunctionDefinition:
     environment: list[str]
     routes: list[Route] = field(default_factory=list)
     sqs_events: list[SqsEventSource] = field(default_factory=list)
+    # The expressions of its Schedule events (an EventBridge rule invokes it: `rate(2 minutes)`).
+    schedule_events: list[str] = field(default_factory=list)
     # Environment variables whose value is a plain literal in the template (e.g. POWERTOOLS_SERVICE_NAME).
     literal_environment: dict[str, str] = field(default_factory=dict)
     # FunctionUrlConfig's AuthType (NONE or AWS_IAM) when the function has a URL: every path and method
@@ -459,9 +473,10 @@ class FunctionDefinition:
         return self.handler.rsplit(".", 1)[1]
 
 
-def _events(props: Mapping[str, Any]) -> tuple[list[Route], list[SqsEventSource]]:
+def _events(props: Mapping[str, Any]) -> tuple[list[Route], list[SqsEventSource], list[str]]:
     routes: list[Route] = []
     sqs: list[SqsEventSource] = []
+    schedules: list[str] = []
     for event in (props.get("Events") or {}).values():
         kind, spec = event.get("Type"), event.get("Properties") or {}
         if kind in ("HttpApi", "Api"):
@@ -478,7 +493,9 @@ def _events(props: Mapping[str, Any]) -> tuple[list[Route], list[SqsEventSource]
                     maximum_batching_window_seconds=int(spec.get("MaximumBatchingWindowInSeconds", 0)),
                 )
             )
-    return routes, sqs
+        elif kind == "Schedule":
+            schedules.append(str(spec["Schedule"]))
+    return routes, sqs, schedules
 
 
 def function_definitions(template: Mapping[str, Any]) -> list[FunctionDefinition]:
@@ -490,7 +507,7 @@ def function_definitions(template: Mapping[str, Any]) -> list[FunctionDefinition
         merged = {**globals_, **props}
         # SAM merges environment maps (function wins) instead of replacing them.
         env = {**global_env, **(((props.get("Environment") or {}).get("Variables")) or {})}
-        routes, sqs = _events(props)
+        routes, sqs, schedules = _events(props)
         invoke_config = merged.get("EventInvokeConfig") or {}
         on_failure = (invoke_config.get("DestinationConfig") or {}).get("OnFailure") or {}
         definitions.append(
@@ -504,6 +521,7 @@ def function_definitions(template: Mapping[str, Any]) -> list[FunctionDefinition
                 environment=list(env),
                 routes=routes,
                 sqs_events=sqs,
+                schedule_events=schedules,
                 literal_environment={
                     name: _string(value) for name, value in env.items() if isinstance(value, str | int | bool)
                 },

@@ -79,8 +79,20 @@ class AccountStore(Protocol):
 
 
 class InboxStore(Protocol):
-    def save_inbound(self, inbound: StoredInbound) -> bool:
-        """Stores an inbound SMS once: False when the same upstream message was stored already."""
+    def save_inbound(self, inbound: StoredInbound, *, notify_due: datetime | None = None) -> bool:
+        """Stores an inbound SMS once: False when the same upstream message was stored already. `notify_due`: the
+        SMS is stored marked as not yet queued for the client, in the same write, and from that moment on a sweep
+        (`claim_inbound_notifications`) finds it until `inbound_notified` clears the mark."""
+        ...
+
+    def inbound_notified(self, inbound: StoredInbound) -> None:
+        """Clears the SMS's not-yet-queued mark (a conditional write: an SMS without it, or gone, is left alone)."""
+        ...
+
+    def claim_inbound_notifications(self, *, now: datetime, until: datetime, limit: int) -> list[StoredInbound]:
+        """Up to `limit` inbound SMS whose mark fell due by `now`, each claimed until `until` (its due time moved
+        there by a conditional write on it being due still): a concurrent sweep, or one before `until`, does not
+        get it again, and one after `until` does if the mark is still there. Oldest due first, as stored now."""
         ...
 
     def find_inbound(self, upstream: str, upstream_message_id: str) -> StoredInbound | None:

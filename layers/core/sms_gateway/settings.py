@@ -60,6 +60,9 @@ class Settings(BaseModel):
     # How long a message recorded submitted without the upstream's word (a dispatcher died mid-submit) waits for
     # a final delivery report before it is expired with `no_delivery_report` and refunded.
     dlr_wait_seconds: int = 172_800
+    # How long after it is stored an inbound SMS whose notification its callback did not queue waits for the
+    # sweeper to queue it (logic/inbound.py, NOTIFY_SWEEP_DELAY); the local stack's tests shorten it.
+    inbound_sweep_delay_seconds: int = 120
     # Client webhook notifications that fail every attempt are parked here with their reason.
     notify_dead_letter_queue_url: str = ""
     # Seconds to wait after each failed client webhook attempt (one attempt more than delays): 5 s, 5 min, 30 min,

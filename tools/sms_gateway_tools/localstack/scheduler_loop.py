@@ -1,13 +1,17 @@
-"""EventBridge Scheduler, locally: moto stores schedules but never fires them; this loop does."""
+"""EventBridge Scheduler, locally: moto stores schedules but never fires them; this loop does. It also fires the
+template's EventBridge rules (a function's Schedule event, `rate(...)`): those moto never sees at all."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -34,8 +38,32 @@ def parse_at(expression: str, timezone: str | None = None) -> datetime | None:
     return local.replace(tzinfo=zone).astimezone(UTC)
 
 
+def rule_event(function: LocalFunction) -> dict[str, Any]:
+    """What an EventBridge rule's Schedule event hands the function."""
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": function.account_id,
+        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "region": function.region,
+        "resources": [f"arn:aws:events:{function.region}:{function.account_id}:rule/{function.function_name}"],
+        "detail": {},
+    }
+
+
+@dataclass
+class _Rule:
+    function: LocalFunction
+    period: float
+    # When it is next due, on the monotonic clock.
+    due: float
+
+
 class SchedulerLoop:
-    """Fires due one-time schedules of `group_names` at their function (by ARN) or SQS queue target."""
+    """Fires due one-time schedules of `group_names` at their function (by ARN) or SQS queue target, and invokes
+    each function of `rules` (function, seconds between invocations) as its rate rule would, asynchronously."""
 
     def __init__(
         self,
@@ -48,8 +76,11 @@ class SchedulerLoop:
         max_retries: int = MAX_LOCAL_RETRIES,
         retry_delay: float = RETRY_DELAY,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rules: Sequence[tuple[LocalFunction, float]] = (),
     ) -> None:
         self.scheduler = scheduler
+        # A rule first fires one period after start, as a new rule on AWS does.
+        self._rules = [_Rule(function, period, time.monotonic() + period) for function, period in rules]
         self.sqs = sqs
         self.group_names = list(group_names)
         self.functions_by_arn = dict(functions_by_arn)
@@ -84,8 +115,23 @@ class SchedulerLoop:
                     logger.warning("scheduler loop: %s", error)
             self._stopping.wait(self.interval)
 
+    def fire_rules(self) -> int:
+        """Invokes each rule's function whose period ran out (a slow run delays none: Lambda would run them side by
+        side); returns how many it started."""
+        started = 0
+        now = time.monotonic()
+        for rule in self._rules:
+            if rule.due <= now:
+                rule.due = now + rule.period
+                self._jobs.call_later(
+                    0, functools.partial(self._run_async, rule.function, rule_event(rule.function), 0)
+                )
+                started += 1
+        return started
+
     def tick(self) -> int:
         """One pass over every group; returns how many schedules were started."""
+        self.fire_rules()
         started = 0
         now = self.clock()
         listed: set[tuple[str, str]] = set()

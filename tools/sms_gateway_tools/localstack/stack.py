@@ -87,6 +87,7 @@ class LocalStack:
         sqs_duplicate_rate: float = 0.0,
         seed: int | None = None,
         upstream_deduplicates: bool = True,
+        rule_interval: float | None = None,
     ) -> None:
         self.port = port
         self.simulator_port = simulator_port
@@ -118,6 +119,9 @@ class LocalStack:
         self.seed = seed
         # False: the gateway is told the simulator cannot tell a repeated submit from a new one (like Kannel).
         self.upstream_deduplicates = upstream_deduplicates
+        # Seconds between invocations of a function a rate rule invokes (the sweeper): the template's rate by
+        # default, as on AWS; tests shorten it.
+        self.rule_interval = rule_interval
 
         self.moto = EmbeddedMoto()
         self.simulator: UpstreamSimulator | None = None
@@ -311,6 +315,7 @@ class LocalStack:
             self.resources.schedule_groups,
             {function.arn: function for function in self.functions.values()},
             interval=self.scheduler_interval,
+            rules=self._rules(definitions),
         )
         self.scheduler.start()
         self._write_state_file()
@@ -321,6 +326,18 @@ class LocalStack:
             self.callback_url,
             self.simulator.url,
         )
+
+    def _rules(self, definitions: Mapping[str, tpl.FunctionDefinition]) -> list[tuple[LocalFunction, float]]:
+        """(function, seconds between invocations) for each rate rule of a function this stack runs."""
+        rules: list[tuple[LocalFunction, float]] = []
+        for logical_id, function in self.functions.items():
+            for expression in definitions[logical_id].schedule_events:
+                period = tpl.rate_seconds(expression)
+                if period is None:
+                    logger.warning("%s: only rate(...) rules fire locally, not %r", logical_id, expression)
+                    continue
+                rules.append((function, self.rule_interval if self.rule_interval is not None else float(period)))
+        return rules
 
     # -- stop ------------------------------------------------------------------------------------
 

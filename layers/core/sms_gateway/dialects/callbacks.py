@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
@@ -84,6 +85,7 @@ def inbound_sms(provider: str) -> Response:
             clock=utc_now,
             conversations=wiring.store,
             opt_outs=wiring.store,
+            notify_sweep_delay=timedelta(seconds=wiring.settings.inbound_sweep_delay_seconds),
         ),
     )
     metrics.add_metric(name="InboundReceived", unit="Count", value=1 if outcome.stored else 0)

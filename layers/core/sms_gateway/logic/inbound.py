@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sms_gateway.domain.ids import id_time_ms, new_id
@@ -18,6 +18,10 @@ from sms_gateway.observability import logger, mask_msisdn
 from sms_gateway.ports import AccountStore, ConversationLookup, InboxStore, OptOutStore, Provider
 
 INBOUND = "inbound"
+# How long after it is stored an SMS whose notification was not queued (the queue refused it, or the function died
+# first) waits for a sweep (logic/sweep.py) to queue it: far past the webhook function's timeout, so a sweep never
+# queues the notification of a callback still running.
+NOTIFY_SWEEP_DELAY = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,8 @@ class InboundDependencies:
     conversations: ConversationLookup | None = None
     # Applies STOP / START keywords to the account's opt-outs; None: keywords are forwarded like any message.
     opt_outs: OptOutStore | None = None
+    # How long after it is stored an SMS whose notification is not queued waits for the sweeper to queue it.
+    notify_sweep_delay: timedelta = NOTIFY_SWEEP_DELAY
 
 
 @dataclass(frozen=True)
@@ -73,8 +79,10 @@ def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundD
         return InboundOutcome(routed=False, stored=False)
     number = _sender_number(sms.msisdn, account_id, deps.accounts)
     stored = _stored(sms, account_id, number, deps.conversations, applies_keywords=deps.opt_outs is not None)
-    if deps.inbox.save_inbound(stored):
-        deps.publish(inbound_notification(stored))
+    # Stored marked as not queued yet, in the same write: a callback that fails or dies before the notification is
+    # queued leaves the mark, and a sweep queues it even when the upstream never posts the callback again.
+    if deps.inbox.save_inbound(stored, notify_due=deps.clock() + deps.notify_sweep_delay):
+        _queue_notification(stored, deps)
         _apply_pending_keyword(stored, deps)
         return InboundOutcome(routed=True, stored=True, inbound=stored)
     # The upstream retries only when it did not get our answer: perhaps the notification was never queued, or
@@ -83,9 +91,15 @@ def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundD
     original = deps.inbox.find_inbound(sms.upstream, sms.upstream_message_id) if sms.upstream_message_id else None
     logger.info("duplicate inbound callback: stored once", extra={"upstream_message_id": sms.upstream_message_id})
     if original is not None:
-        deps.publish(inbound_notification(original))
+        _queue_notification(original, deps)
         _apply_pending_keyword(original, deps)
     return InboundOutcome(routed=True, stored=False, inbound=original)
+
+
+def _queue_notification(inbound: StoredInbound, deps: InboundDependencies) -> None:
+    """Queues the SMS's notification, then clears its not-queued mark (a failure to queue keeps it for the sweep)."""
+    deps.publish(inbound_notification(inbound))
+    deps.inbox.inbound_notified(inbound)
 
 
 def _apply_pending_keyword(inbound: StoredInbound, deps: InboundDependencies) -> None:
