@@ -23,6 +23,7 @@ from sms_gateway.domain.models import (
     Message,
     MessageKey,
     SealedSecret,
+    SenderRegistration,
     SentMessage,
     StatusChange,
     StoredInbound,
@@ -32,9 +33,15 @@ from sms_gateway.domain.models import (
     shown_prefix,
 )
 from sms_gateway.domain.pricing import PriceTable
+from sms_gateway.domain.routing import RouteTable
 from sms_gateway.domain.senders import registry_form
 from sms_gateway.domain.status import SUBMIT_UNCONFIRMED, MessageStatus, allowed_previous, may_have_reached_the_handset
 from sms_gateway.errors import Conflict, InsufficientCredits, UpstreamError
+
+
+def fake_routes() -> RouteTable:
+    """No routes: every account's messages go to the fake upstream, which may then deliver its numbers' inbound SMS."""
+    return RouteTable(default_upstream="fake")
 
 
 class InMemoryStore:
@@ -53,6 +60,8 @@ class InMemoryStore:
         self.links: dict[tuple[str, str], MessageKey] = {}
         self.held: dict[tuple[str, str], list[DeliveryReport]] = {}
         self.prices = PriceTable()
+        # Sender (registry form) -> the upstreams that may deliver its inbound SMS; absent: the account's routes'.
+        self.inbound_upstreams: dict[str, tuple[str, ...]] = {}
         self._lock = threading.RLock()
 
     # accounts
@@ -66,6 +75,14 @@ class InMemoryStore:
             if registry_form(sender) in {registry_form(s) for s in account.senders}:
                 return account.account_id
         return None
+
+    def sender_registration(self, sender: str) -> SenderRegistration | None:
+        account_id = self.account_id_for_sender(sender)
+        if account_id is None:
+            return None
+        return SenderRegistration(
+            account_id=account_id, inbound_upstreams=self.inbound_upstreams.get(registry_form(sender))
+        )
 
     def save_inbound(self, inbound: StoredInbound, *, notify_due: datetime | None = None) -> bool:
         key = (inbound.upstream, inbound.upstream_message_id or str(inbound.inbound_id))

@@ -103,6 +103,7 @@ def assert_refused(cli: Cli, argv: list[str], fragment: str) -> None:
         "revoke-credential",
         "reset-password",
         "add-sender",
+        "set-sender",
         "remove-sender",
         "set-price",
         "show-prices",
@@ -379,6 +380,81 @@ def test_a_bad_sender_change_is_refused_and_changes_nothing(cli, account, other)
     assert_refused(cli, ["remove-sender", "--account", account["account_id"], "--sender", "OTHERCO"], "not registered")
     assert stored_account(account["account_id"]).senders == ("48974",)
     assert stored_account(other["account_id"]).senders == ("OTHERCO",)
+
+
+def test_a_numbers_inbound_upstreams_are_set_shown_and_put_back_on_the_routes(cli, account, aws):
+    # Given two configured upstreams: the simulator (the default upstream, so the routes') and Kannel
+    from tests.integration.test_callback_acknowledgements import configure
+
+    configure(aws, "kannel", {"type": "kannel", "url": "http://127.0.0.1:9"})
+    account_id = account["account_id"]
+    # When nothing is set, the account shows its number taking inbound SMS from its routes' upstreams
+    code, shown, _ = cli("show-account", "--account", account_id, "--json")
+    assert (shown["inbound_upstreams"], shown["inbound_upstreams_set"]) == ({"48974": ["simulator"]}, [])
+    # When the operator binds 48974 to Kannel and the simulator, and adds a number taking only Kannel's
+    code, set_to, err = cli(
+        "set-sender", "--account", account_id, "--sender", "48974", "--inbound-upstream", "kannel",
+        "--inbound-upstream", "simulator", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert set_to == {
+        "account_id": account_id,
+        "sender": "48974",
+        "inbound_upstreams": ["kannel", "simulator"],
+        "set": True,
+    }
+    code, added, err = cli(
+        "add-sender", "--account", account_id, "--sender", "55019", "--inbound-upstream", "kannel", "--json"
+    )
+    assert code == 0, err
+    # Then the account shows both as set
+    assert added["inbound_upstreams"] == {"48974": ["kannel", "simulator"], "55019": ["kannel"]}
+    assert added["inbound_upstreams_set"] == ["48974", "55019"]
+    code, text, _ = cli("show-account", "--account", account_id)
+    assert "48974: kannel, simulator; 55019: kannel" in text
+    # When 48974 is put back on its routes, it shows the routes' upstreams again
+    code, set_to, _ = cli("set-sender", "--account", account_id, "--sender", "48974", "--inbound-from-routes", "--json")
+    assert (code, set_to["inbound_upstreams"], set_to["set"]) == (0, ["simulator"], False)
+
+
+def assert_usage_error(cli: Cli, capsys: pytest.CaptureFixture[str], argv: list[str], fragment: str) -> None:
+    """argparse refuses the command line, with its usage line, `fragment` on stderr and exit code 2."""
+    with pytest.raises(SystemExit) as exited:
+        cli(*argv)
+    assert exited.value.code == 2, argv
+    assert fragment in capsys.readouterr().err, argv
+
+
+def test_a_bad_inbound_upstream_is_refused_with_exit_2_and_changes_nothing(cli, account, other, aws, capsys):
+    from tests.integration.test_callback_acknowledgements import configure
+
+    configure(aws, "kannel", {"type": "kannel", "url": "http://127.0.0.1:9"})
+    account_id = account["account_id"]
+    set_sender = ["set-sender", "--account", account_id, "--sender", "48974"]
+    # A name that is no upstream name, or one no upstream is configured under, is refused
+    assert_usage_error(cli, capsys, [*set_sender, "--inbound-upstream", "Kannel!"], "'Kannel!' is not an upstream name")
+    assert_refused(
+        cli, [*set_sender, "--inbound-upstream", "kannel", "--inbound-upstream", "twilo"], "no upstream named 'twilo'"
+    )
+    assert_refused(
+        cli, ["add-sender", "--account", account_id, "--sender", "55019", "--inbound-upstream", "twilo"], "twilo"
+    )
+    # ... as are no list at all, a list and --inbound-from-routes together, and another account's number
+    assert_usage_error(cli, capsys, set_sender, "one of the arguments --inbound-upstream --inbound-from-routes")
+    assert_usage_error(
+        cli, capsys, [*set_sender, "--inbound-upstream", "kannel", "--inbound-from-routes"], "not allowed"
+    )
+    assert_refused(
+        cli,
+        ["set-sender", "--account", account_id, "--sender", "OTHERCO", "--inbound-upstream", "kannel"],
+        "not registered",
+    )
+    # And nothing changed
+    from sms_gateway.bootstrap import gateway
+
+    assert gateway().store.sender_registration("48974").inbound_upstreams is None
+    assert gateway().store.sender_registration("OTHERCO").inbound_upstreams is None
+    assert gateway().store.sender_registration("55019") is None
 
 
 # ---------------------------------------------------------------- credits and prices

@@ -96,6 +96,10 @@ def test_a_kannel_mo_in_ucs2_whose_body_is_utf16_is_stored_with_its_text(aws, ac
         "kannel",
         {"type": "kannel", "url": "http://127.0.0.1:13013", "username": "u", "password": "p", "callback_token": TOKEN},
     )
+    from sms_gateway_tools.admin import set_sender
+
+    # ... taking the shortcode's inbound SMS (no route names Kannel: it carries only these)
+    set_sender(account_id=account["account_id"], sender="48974", inbound_upstreams=["kannel"])
     text = "Hé™ 😀 yes"
     raw = text.encode("utf-16-be")
     query = {

@@ -39,6 +39,14 @@ def hook(monkeypatch: pytest.MonkeyPatch) -> ClientWebhook:
     return recorder
 
 
+def configure_kannel(aws: dict[str, str]) -> None:
+    """Kannel set up as docs/providers-smsc.md says, its MO posts carrying KANNEL_TOKEN."""
+    from tests.integration.test_callback_acknowledgements import configure
+
+    config = {"type": "kannel", "url": "http://127.0.0.1:13013", "username": "u", "password": "p"}
+    configure(aws, "kannel", {**config, "callback_token": KANNEL_TOKEN})
+
+
 def kannel_mo(sender: str, text: str, mo_id: str) -> dict[str, Any]:
     """Kannel's MO post as docs/providers-smsc.md configures it (from=%p, to=%P, id=%I, text_hex=%e)."""
     query = {
@@ -60,19 +68,11 @@ def kannel_mo(sender: str, text: str, mo_id: str) -> dict[str, Any]:
 def test_a_stop_from_a_handset_the_smsc_names_in_national_form_is_stored_forwarded_and_honoured(aws, account):
     # Given Kannel set up as docs/providers-smsc.md says, behind an SMSC that gives the MO's source address in the
     # national form (TON national: 08020000000), as many do unless Kannel's unified-prefix rewrites it
-    from tests.integration.test_callback_acknowledgements import configure
+    configure_kannel(aws)
+    # ... and taking the shortcode's inbound SMS (Kannel carries only these: no route names it)
+    from sms_gateway_tools.admin import set_sender
 
-    configure(
-        aws,
-        "kannel",
-        {
-            "type": "kannel",
-            "url": "http://127.0.0.1:13013",
-            "username": "u",
-            "password": "p",
-            "callback_token": KANNEL_TOKEN,
-        },
-    )
+    set_sender(account_id=account["account_id"], sender="48974", inbound_upstreams=["kannel"])
     # When the handset texts STOP to the account's shortcode
     answer = load_function("webhook").handler(
         kannel_mo("08020000000", "STOP", "7e3b2f1a-0000-4000-8000-0000000000b1"), FakeContext()
@@ -85,6 +85,109 @@ def test_a_stop_from_a_handset_the_smsc_names_in_national_form_is_stored_forward
     assert stored.msisdn == "+2348020000000"
     # ... and the number is opted out of 48974
     assert gateway().store.opted_out(account["account_id"], "48974", ["+2348020000000"])
+
+
+# ---------------------------------------------------------------- inbound only from the upstreams bound to the number
+
+
+@pytest.fixture
+def two_upstreams(aws: dict[str, str]) -> None:
+    """The simulator (the default upstream: the one the account's routes name) and Kannel (say, a box shared with a
+    partner), both configured with credentials their callbacks pass."""
+    import boto3
+
+    from sms_gateway_tools.localstack.resources import put_simulator_parameter
+    from tests.integration.test_optouts import SECRET
+
+    put_simulator_parameter(boto3.client("ssm"), "http://127.0.0.1:9", SECRET)
+    configure_kannel(aws)
+
+
+def simulator_mo(text: str, message_id: str) -> dict[str, Any]:
+    from tests.integration.test_optouts import inbound_event
+
+    return inbound_event(text, message_id, msisdn="2348020000000", to="48974")
+
+
+def test_a_stopall_from_an_upstream_the_number_is_not_bound_to_is_acknowledged_and_changes_nothing(
+    aws, account, two_upstreams, caplog
+):
+    # Given account 48974, whose routes name only the simulator, and Kannel, whose credentials are valid
+    from sms_gateway.bootstrap import gateway
+    from tests.integration.test_optouts import stored_opt_outs
+
+    webhook = load_function("webhook")
+    # When Kannel posts a STOPALL from a handset to 48974
+    answer = webhook.handler(
+        kannel_mo("+2348020000000", "STOPALL", "7e3b2f1a-0000-4000-8000-0000000000c1"), FakeContext()
+    )
+    # Then it is acknowledged (Kannel stops retrying it), as an SMS to a number no account owns is
+    assert answer["statusCode"] == 200, answer
+    # ... but nothing is stored, forwarded or opted out
+    assert gateway().store.list_inbounds(account["account_id"])[0] == []
+    assert stored_opt_outs(account["account_id"]) == []
+    assert queued_notifications(aws) == []
+    # ... and the operator is told which upstream, without the whole number
+    [warning] = [r for r in caplog.records if "not allowed to deliver" in r.getMessage()]
+    assert warning.levelname == "WARNING"
+    assert (warning.upstream, warning.to, warning.allowed) == ("kannel", "48974", ["simulator"])
+    assert not any("2348020000000" in str(value) for r in caplog.records for value in vars(r).values())
+    # When the simulator, the upstream the number's routes name, posts the same STOPALL
+    answer = webhook.handler(simulator_mo("STOPALL", "sim-stopall-1"), FakeContext())
+    # Then it is stored, forwarded and applied
+    assert answer["statusCode"] == 200, answer
+    [stored] = gateway().store.list_inbounds(account["account_id"])[0]
+    assert (stored.upstream, stored.text) == ("simulator", "STOPALL")
+    assert [n["kind"] for n in queued_notifications(aws)] == ["inbound"]
+    assert stored_opt_outs(account["account_id"]) != []
+
+
+def test_an_inbound_only_upstream_named_in_the_numbers_setting_is_taken_and_only_the_upstreams_named(
+    aws, account, two_upstreams
+):
+    # Given 48974 set to take its inbound SMS from Kannel only (an upstream no route names: it carries only MO)
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway_tools.admin import set_sender
+
+    set_sender(account_id=account["account_id"], sender="48974", inbound_upstreams=["kannel"])
+    webhook = load_function("webhook")
+    # When Kannel posts an SMS to it
+    answer = webhook.handler(
+        kannel_mo("+2348020000000", "Yes please", "7e3b2f1a-0000-4000-8000-0000000000c2"), FakeContext()
+    )
+    # Then it is stored
+    assert answer["statusCode"] == 200, answer
+    [stored] = gateway().store.list_inbounds(account["account_id"])[0]
+    assert (stored.upstream, stored.text) == ("kannel", "Yes please")
+    # When the simulator, which the routes name but the setting does not, posts one
+    assert webhook.handler(simulator_mo("STOP", "sim-stop-9"), FakeContext())["statusCode"] == 200
+    # Then it is not taken: the setting is the whole list
+    assert len(gateway().store.list_inbounds(account["account_id"])[0]) == 1
+    assert not gateway().store.opted_out(account["account_id"], "48974", ["+2348020000000"])
+    # When the operator puts the number back on its routes' upstreams, the simulator's is taken again
+    set_sender(account_id=account["account_id"], sender="48974", inbound_upstreams=[])
+    assert webhook.handler(simulator_mo("STOP", "sim-stop-10"), FakeContext())["statusCode"] == 200
+    assert gateway().store.opted_out(account["account_id"], "48974", ["+2348020000000"])
+
+
+def test_an_upstream_of_another_accounts_route_may_not_deliver_this_accounts_inbound(aws, account, two_upstreams):
+    # Given another account whose own route sends through Kannel, and this account with no route of its own
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway_tools.admin import create_account, set_route
+
+    other = create_account(name="Partner", senders=["55555"], credits=0)
+    set_route(upstream="kannel", account_id=other["account_id"])
+    webhook = load_function("webhook")
+    # When Kannel posts an SMS to each account's number
+    to_this = kannel_mo("+2348020000000", "hello", "7e3b2f1a-0000-4000-8000-0000000000c3")
+    to_other = kannel_mo("+2348020000000", "hello", "7e3b2f1a-0000-4000-8000-0000000000c4")
+    to_other["queryStringParameters"]["to"] = "55555"
+    to_other["rawQueryString"] = to_other["rawQueryString"].replace("to=48974", "to=55555")
+    assert webhook.handler(to_this, FakeContext())["statusCode"] == 200
+    assert webhook.handler(to_other, FakeContext())["statusCode"] == 200
+    # Then the other account's is taken (its route names Kannel) and this account's is not
+    assert len(gateway().store.list_inbounds(other["account_id"])[0]) == 1
+    assert gateway().store.list_inbounds(account["account_id"])[0] == []
 
 
 # ---------------------------------------------------------------- finding 3: delivered DLR carries an error code

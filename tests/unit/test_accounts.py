@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from sms_gateway.domain.models import Account, CredentialKind, Credentials
+from sms_gateway.domain.models import Account, CredentialKind, Credentials, SenderRegistration
 from sms_gateway.domain.pricing import PriceTable
+from sms_gateway.domain.routing import Route, RouteTable
 from sms_gateway.domain.senders import registry_form
 from sms_gateway.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from sms_gateway.logic import accounts
@@ -49,6 +50,23 @@ class AdminStore(InMemoryStore):
     def account_id_for_sender(self, sender: str) -> str | None:
         return self.owners.get(registry_form(sender))
 
+    def sender_registration(self, sender: str) -> SenderRegistration | None:
+        owner = self.owners.get(registry_form(sender))
+        if owner is None:
+            return None
+        return SenderRegistration(account_id=owner, inbound_upstreams=self.inbound_upstreams.get(registry_form(sender)))
+
+    def set_inbound_upstreams(
+        self, account_id: str, sender: str, inbound_upstreams: tuple[str, ...] | None
+    ) -> SenderRegistration:
+        if self.owners.get(registry_form(sender)) != account_id:
+            raise NotFound(f"sender {sender!r} is not registered to account {account_id}")
+        if inbound_upstreams is None:
+            self.inbound_upstreams.pop(registry_form(sender), None)
+        else:
+            self.inbound_upstreams[registry_form(sender)] = inbound_upstreams
+        return SenderRegistration(account_id=account_id, inbound_upstreams=inbound_upstreams)
+
     def account_id_for_credential(self, kind: str, secret: str) -> str | None:
         found = self.secrets.get((kind, secret))
         if found is None or self.listings[(found[0], kind, found[1])].revoked:
@@ -77,11 +95,13 @@ class AdminStore(InMemoryStore):
         self.listings[key] = info.model_copy(update={"revoked": True, "revoked_at": info.revoked_at or revoked_at})
         return self.listings[key]
 
-    def add_sender(self, account_id: str, sender: str) -> Account:
+    def add_sender(self, account_id: str, sender: str, *, inbound_upstreams: tuple[str, ...] | None = None) -> Account:
         account = self._require(account_id)
         if registry_form(sender) in self.owners:
             raise Conflict(f"sender {sender!r} is registered to account {self.owners[registry_form(sender)]}")
         self.owners[registry_form(sender)] = account_id
+        if inbound_upstreams is not None:
+            self.inbound_upstreams[registry_form(sender)] = inbound_upstreams
         self.accounts[account_id] = account.model_copy(update={"senders": (*account.senders, sender)})
         return self.accounts[account_id]
 
@@ -91,6 +111,7 @@ class AdminStore(InMemoryStore):
         if kept == account.senders or self.owners.get(registry_form(sender)) != account_id:
             raise NotFound(f"sender {sender!r} is not registered to account {account_id}")
         del self.owners[registry_form(sender)]
+        self.inbound_upstreams.pop(registry_form(sender), None)
         self.accounts[account_id] = account.model_copy(update={"senders": kept})
         return self.accounts[account_id]
 
@@ -234,6 +255,51 @@ class TestSenders:
         with pytest.raises(InvalidRequest, match="invalid sender id"):
             accounts.add_sender(store, account[0].account_id, sender)
         assert store.accounts[account[0].account_id].senders == ("48974",)
+
+    def test_a_numbers_inbound_upstreams_are_set_shown_and_put_back_on_the_routes(self, store, account):
+        created, _ = account
+        routes = RouteTable(
+            default_upstream="simulator",
+            routes=(Route(route_id="own", account_id=created.account_id, network="mtn", upstream="twilio"),),
+        )
+        # Given a number added with the upstreams that may deliver its inbound SMS, one named twice
+        added = accounts.add_sender(
+            store, created.account_id, "55019", inbound_upstreams=["kannel", " twilio", "kannel"]
+        )
+        # Then it keeps them, each once; the number with none follows the routes: their primaries and the default
+        assert store.sender_registration("55019") == SenderRegistration(
+            account_id=created.account_id, inbound_upstreams=("kannel", "twilio")
+        )
+        shown = {s.sender: s for s in accounts.senders_inbound(store, added, routes)}
+        assert (shown["48974"].inbound_upstreams, shown["48974"].taken_from) == (None, ("simulator", "twilio"))
+        assert (shown["55019"].inbound_upstreams, shown["55019"].taken_from) == (("kannel", "twilio"),) * 2
+        # When the operator sets 48974's, and then puts 55019 back on its routes
+        accounts.set_inbound_upstreams(store, created.account_id, "48974", ["kannel"])
+        accounts.set_inbound_upstreams(store, created.account_id, "+55019", [])
+        # Then each is as set
+        assert store.sender_registration("48974").inbound_upstreams == ("kannel",)
+        assert store.sender_registration("55019").inbound_upstreams is None
+
+    def test_adding_an_own_sender_again_with_inbound_upstreams_sets_them(self, store, account):
+        created, _ = account
+        accounts.add_sender(store, created.account_id, "+48974", inbound_upstreams=["kannel"])
+        assert store.sender_registration("48974").inbound_upstreams == ("kannel",)
+
+    @pytest.mark.parametrize("names", [["Kannel"], ["kannel", ""], ["../prod/kannel"]])
+    def test_a_bad_inbound_upstream_name_changes_nothing(self, store, account, names):
+        created, _ = account
+        with pytest.raises(InvalidRequest, match="is not an upstream name"):
+            accounts.set_inbound_upstreams(store, created.account_id, "48974", names)
+        with pytest.raises(InvalidRequest, match="is not an upstream name"):
+            accounts.add_sender(store, created.account_id, "55019", inbound_upstreams=names)
+        assert store.sender_registration("48974").inbound_upstreams is None
+        assert store.sender_registration("55019") is None
+
+    def test_another_accounts_number_cannot_be_bound(self, store, account):
+        other, _, _ = accounts.create_account(store, BOX, name="Other", senders=["55555"], credits=0, now=NOW)
+        with pytest.raises(NotFound, match="not registered to account"):
+            accounts.set_inbound_upstreams(store, account[0].account_id, "55555", ["kannel"])
+        assert store.sender_registration("55555") == SenderRegistration(account_id=other.account_id)
 
     def test_removing_a_sender_the_account_does_not_have_is_not_found(self, store, account):
         with pytest.raises(NotFound):

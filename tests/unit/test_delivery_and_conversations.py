@@ -13,7 +13,7 @@ from sms_gateway.logic.delivery import DeliveryDependencies, DeliveryOutcome, ap
 from sms_gateway.logic.dispatch import dispatch
 from sms_gateway.logic.inbound import InboundDependencies, receive_inbound
 from sms_gateway.logic.notify import dlr_notification
-from tests.fakes import FakeProvider, InMemoryStore, cinema_store
+from tests.fakes import FakeProvider, InMemoryStore, cinema_store, fake_routes
 from tests.unit.test_logic import NOW, callback, clock, command, dispatch_deps, send
 
 LONG_TEXT = "x" * 400  # three GSM-7 parts of at most 153 characters
@@ -147,7 +147,7 @@ class TestConversations:
         provider, published = FakeProvider(), []
         provider.inbound = sms
         deps = InboundDependencies(
-            accounts=store, inbox=store, publish=published.append, clock=clock, conversations=store
+            accounts=store, inbox=store, publish=published.append, clock=clock, routes=fake_routes, conversations=store
         )
         receive_inbound(provider, callback(), deps)
         [notification] = published

@@ -50,7 +50,7 @@ from sms_gateway.logic.scheduled import release_scheduled_batch
 from sms_gateway.logic.send import SendDependencies, accept_send, normalise_recipients
 from sms_gateway.logic.settle import CHECK_MESSAGES, MAX_HOP_SECONDS, SettleDependencies, settle, settle_checks
 from sms_gateway.logic.sweep import SweepDependencies, SweepIncomplete, SweepOutcome, sweep_inbound_notifications
-from tests.fakes import FakeProvider, InMemoryStore, RecordingQueue, RecordingScheduler, cinema_store
+from tests.fakes import FakeProvider, InMemoryStore, RecordingQueue, RecordingScheduler, cinema_store, fake_routes
 
 NOW = datetime(2026, 1, 2, 23, 50, 37, tzinfo=UTC)
 
@@ -1310,7 +1310,9 @@ class TestInbound:
         )
 
     def deps(self, store: InMemoryStore, published: list) -> InboundDependencies:
-        return InboundDependencies(accounts=store, inbox=store, publish=published.append, clock=clock)
+        return InboundDependencies(
+            accounts=store, inbox=store, publish=published.append, clock=clock, routes=fake_routes
+        )
 
     def test_an_inbound_sms_is_routed_to_the_owner_of_the_number_stored_and_forwarded_in_the_seed_format(self, store):
         provider, published = FakeProvider(), []
@@ -1346,6 +1348,27 @@ class TestInbound:
         outcome = receive_inbound(provider, callback(), self.deps(store, published))
         assert not outcome.routed
         assert published == []
+
+    def test_an_sms_from_an_upstream_the_number_is_not_bound_to_is_acknowledged_and_dropped(self, store):
+        # Given 48974, whose account's routes name only the fake upstream, and another upstream whose callbacks verify
+        provider, published = FakeProvider(name="partner-kannel"), []
+        provider.inbound = self.sms()
+        # When it posts a STOP to 48974, even again
+        outcomes = [receive_inbound(provider, callback(), self.deps(store, published)) for _ in range(2)]
+        # Then it is acknowledged but not taken: nothing stored, nothing forwarded
+        assert all(outcome.not_allowed and not outcome.routed and not outcome.stored for outcome in outcomes)
+        assert published == []
+        assert store.inbox == {}
+
+    def test_a_numbers_inbound_upstreams_are_exactly_the_ones_set(self, store):
+        # Given 48974 set to take inbound SMS from the partner's Kannel only
+        store.inbound_upstreams["48974"] = ("partner-kannel",)
+        partner, routed, published = FakeProvider(name="partner-kannel"), FakeProvider(), []
+        partner.inbound = routed.inbound = self.sms()
+        # Then the partner's SMS is taken and the routes' upstream's is not
+        assert receive_inbound(partner, callback(), self.deps(store, published)).stored
+        assert receive_inbound(routed, callback(), self.deps(store, published)).not_allowed
+        assert len(published) == 1
 
     def test_an_unverified_inbound_callback_is_refused(self, store):
         provider, published = FakeProvider(), []

@@ -33,7 +33,7 @@ from sms_gateway.logic.inbound import InboundDependencies, inbound_notification,
 from sms_gateway.logic.notify import notifications_of
 from sms_gateway.logic.scheduled import release_scheduled_batch
 from sms_gateway.logic.send import Accepted, SendDependencies, accept_send
-from tests.fakes import FakeProvider, InMemoryStore, RecordingQueue, RecordingScheduler
+from tests.fakes import FakeProvider, InMemoryStore, RecordingQueue, RecordingScheduler, fake_routes
 
 NOW = datetime(2026, 1, 2, 23, 50, 37, tzinfo=UTC)
 STOPPED = "+2348020000000"
@@ -353,6 +353,7 @@ def receive(store: OptOutMemoryStore, provider: FakeProvider, published: list, o
         inbox=store,
         publish=published.append,
         clock=lambda: NOW,
+        routes=fake_routes,
         opt_outs=store if opt_outs else None,
     )
     return receive_inbound(

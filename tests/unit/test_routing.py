@@ -165,6 +165,26 @@ def test_the_choice_matches_and_no_matching_route_is_more_specific(table, accoun
     assert all(r.specificity <= winner.specificity for r in matching)
 
 
+@given(tables(), ACCOUNTS, TELCOS, NUMBERS)
+def test_an_accounts_upstreams_hold_every_upstream_its_messages_can_go_to(table, account_id, telco, msisdn):
+    # The upstreams an account's numbers take inbound SMS from when no list is set for them (docs/providers.md)
+    assert set(table.choose(account_id, telco, msisdn).upstreams) <= table.upstreams_for_account(account_id)
+
+
+def test_an_accounts_upstreams_are_its_routes_primaries_and_fallbacks_and_no_other_accounts():
+    table = RouteTable(
+        default_upstream="simulator",
+        routes=(
+            route("own", "twilio", "kannel", account_id=ACCOUNT, network="mtn"),
+            route("partner", "jasmin", account_id=OTHER),
+            route("glo", "africastalking", network="glo"),
+        ),
+    )
+    assert table.upstreams_for_account(ACCOUNT) == {"twilio", "kannel", "africastalking", "simulator"}
+    assert table.upstreams_for_account(OTHER) == {"jasmin"}
+    assert table.upstreams_for_account("382686224833035000") == {"africastalking", "simulator"}
+
+
 @given(tables(), ACCOUNTS, TELCOS, NUMBERS, st.randoms(use_true_random=False))
 def test_the_order_of_the_routes_does_not_matter(table, account_id, telco, msisdn, rnd: random.Random):
     shuffled = list(table.routes)

@@ -174,10 +174,49 @@ def reset_password(*, account_id: str) -> dict[str, Any]:
     return accounts.reset_password(_store(), account_id, now=utc_now()).model_dump(mode="json")
 
 
-def add_sender(*, account_id: str, sender: str) -> dict[str, Any]:
+def add_sender(*, account_id: str, sender: str, inbound_upstreams: list[str] | None = None) -> dict[str, Any]:
+    """`inbound_upstreams`: the upstreams that may deliver its inbound SMS (set_sender); none: its routes'."""
     from sms_gateway.logic import accounts
 
-    return _view(accounts.add_sender(_store(), account_id, sender))
+    _require_upstreams(inbound_upstreams or [])
+    account = accounts.add_sender(_store(), account_id, sender, inbound_upstreams=inbound_upstreams)
+    return _view_with_inbound(account)
+
+
+def set_sender(*, account_id: str, sender: str, inbound_upstreams: list[str]) -> dict[str, Any]:
+    """Binds the inbound SMS of one of the account's numbers to exactly `inbound_upstreams` (each configured); an
+    empty list puts it back on the upstreams the account's routes name."""
+    from sms_gateway.logic import accounts
+
+    _require_upstreams(inbound_upstreams)
+    registration = accounts.set_inbound_upstreams(_store(), account_id, sender, inbound_upstreams)
+    routed = _store().route_table(_default_upstream()).upstreams_for_account(account_id)
+    return {
+        "account_id": account_id,
+        "sender": sender.strip(),
+        "inbound_upstreams": sorted(registration.inbound_upstreams_with(routed)),
+        "set": registration.inbound_upstreams is not None,
+    }
+
+
+def _require_upstreams(names: list[str]) -> None:
+    from sms_gateway.logic import accounts
+
+    for name in accounts.inbound_upstream_names(names) or ():
+        _require_upstream(name)
+
+
+def _view_with_inbound(account: Any) -> dict[str, Any]:
+    """The account's view, with the upstreams each of its numbers takes inbound SMS from now (`inbound_upstreams`)
+    and the numbers whose list an operator set (`inbound_upstreams_set`; the others follow the routes)."""
+    from sms_gateway.logic import accounts
+
+    shown = accounts.senders_inbound(_store(), account, _store().route_table(_default_upstream()))
+    return {
+        **_view(account),
+        "inbound_upstreams": {sender.sender: list(sender.taken_from) for sender in shown},
+        "inbound_upstreams_set": [sender.sender for sender in shown if sender.inbound_upstreams is not None],
+    }
 
 
 def remove_sender(*, account_id: str, sender: str) -> dict[str, Any]:
@@ -235,7 +274,7 @@ def top_up(*, account_id: str, credits: int) -> dict[str, Any]:
 def show_account(*, account_id: str) -> dict[str, Any]:
     from sms_gateway.logic import accounts
 
-    return _view(accounts.require_account(_store(), account_id))
+    return _view_with_inbound(accounts.require_account(_store(), account_id))
 
 
 def set_webhooks(
@@ -388,6 +427,8 @@ def field_text(value: Any) -> str:
         return ", ".join(str(v) for v in value) or "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, dict):
+        return "; ".join(f"{key}: {field_text(item)}" for key, item in value.items()) or "-"
     return str(value)
 
 
@@ -484,7 +525,31 @@ def _cmd_reset_password(args: argparse.Namespace) -> int:
 
 
 def _cmd_add_sender(args: argparse.Namespace) -> int:
-    return _run(args, lambda _: add_sender(account_id=args.account, sender=args.sender))
+    return _run(
+        args,
+        lambda _: add_sender(account_id=args.account, sender=args.sender, inbound_upstreams=args.inbound_upstream),
+    )
+
+
+def _cmd_set_sender(args: argparse.Namespace) -> int:
+    upstreams = [] if args.inbound_from_routes else args.inbound_upstream
+    return _run(args, lambda _: set_sender(account_id=args.account, sender=args.sender, inbound_upstreams=upstreams))
+
+
+def _upstream_argument(value: str) -> str:
+    """An upstream name as argparse takes it: a malformed one is a usage error (exit 2) before anything is read."""
+    from sms_gateway.domain.routing import upstream_name
+
+    try:
+        return upstream_name(value.strip())
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+_INBOUND_UPSTREAM_HELP = (
+    "an upstream that may deliver this number's inbound SMS (repeatable): exactly these, any other's is dropped; "
+    "an upstream that carries only inbound SMS must be named (default: the upstreams the account's routes name)"
+)
 
 
 def _cmd_remove_sender(args: argparse.Namespace) -> int:
@@ -643,6 +708,34 @@ def register(subparsers: Any) -> None:
     _add_opt_out_commands(command, account)
 
 
+def _add_sender_commands(command: Command, account: argparse.ArgumentParser) -> None:
+    add = command("add-sender", "register a sender ID or shortcode to the account (one owner each)", account)
+    add.add_argument("--sender", required=True, help="alphanumeric up to 11 characters, or a number")
+    add.add_argument(
+        "--inbound-upstream", action="append", type=_upstream_argument, metavar="NAME", help=_INBOUND_UPSTREAM_HELP
+    )
+    add.set_defaults(func=_cmd_add_sender)
+
+    sender = command(
+        "set-sender", "set the upstreams that may deliver inbound SMS to one of the account's numbers", account
+    )
+    sender.add_argument("--sender", required=True, help="the account's sender ID, shortcode or long number")
+    inbound = sender.add_mutually_exclusive_group(required=True)
+    inbound.add_argument(
+        "--inbound-upstream", action="append", type=_upstream_argument, metavar="NAME", help=_INBOUND_UPSTREAM_HELP
+    )
+    inbound.add_argument(
+        "--inbound-from-routes",
+        action="store_true",
+        help="take its inbound SMS from the upstreams the account's routes name again (primaries and fallbacks)",
+    )
+    sender.set_defaults(func=_cmd_set_sender)
+
+    remove = command("remove-sender", "release one of the account's sender IDs or shortcodes", account)
+    remove.add_argument("--sender", required=True, help="the sender ID or shortcode")
+    remove.set_defaults(func=_cmd_remove_sender)
+
+
 def _add_account_commands(command: Command, account: argparse.ArgumentParser) -> None:
     create = command("create-account", "create an account and print its credentials once")
     create.add_argument("--name", required=True, help="the account's display name")
@@ -652,14 +745,7 @@ def _add_account_commands(command: Command, account: argparse.ArgumentParser) ->
     create.add_argument("--dlr-url", help="the client's webhook for delivery reports")
     create.add_argument("--inbound-url", help="the client's webhook for inbound (two-way) SMS")
     create.set_defaults(func=_cmd_create_account)
-
-    add = command("add-sender", "register a sender ID or shortcode to the account (one owner each)", account)
-    add.add_argument("--sender", required=True, help="alphanumeric up to 11 characters, or a number")
-    add.set_defaults(func=_cmd_add_sender)
-
-    remove = command("remove-sender", "release one of the account's sender IDs or shortcodes", account)
-    remove.add_argument("--sender", required=True, help="the sender ID or shortcode")
-    remove.set_defaults(func=_cmd_remove_sender)
+    _add_sender_commands(command, account)
 
     requests = command("list-sender-requests", "list sender ID and shortcode requests made in the portal")
     requests.add_argument("--account", metavar="ID", help="only this account's requests")

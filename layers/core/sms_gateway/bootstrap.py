@@ -15,6 +15,7 @@ from sms_gateway.caching import CachedPriceBook, TtlCache
 from sms_gateway.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from sms_gateway.domain.routing import RouteTable
     from sms_gateway.logic.send import SendDependencies
     from sms_gateway.logic.webhook_breaker import WebhookBreaker
 
@@ -75,6 +76,16 @@ def price_book() -> CachedPriceBook:
     """The price table the api prices sends and quotes with (cached: docs/operators.md, "Prices")."""
     wiring = gateway()
     return CachedPriceBook(wiring.store, wiring.settings_cache)
+
+
+def route_table() -> RouteTable:
+    """The route table (one item), read at most once per SETTINGS_MAX_AGE_SECONDS per container: the dispatcher's
+    choice of upstream per message, and the webhook's upstreams allowed to deliver a number's inbound SMS."""
+    wiring = gateway()
+    table: RouteTable = wiring.settings_cache.get(
+        "routes", lambda: wiring.store.route_table(wiring.settings.default_upstream)
+    )
+    return table
 
 
 def send_dependencies() -> SendDependencies:

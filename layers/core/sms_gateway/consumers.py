@@ -19,7 +19,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from sms_gateway.adapters import http
 from sms_gateway.adapters.providers import get_provider, upstream_rate_limit
 from sms_gateway.adapters.sqs import SqsDeadLetterQueue
-from sms_gateway.bootstrap import gateway
+from sms_gateway.bootstrap import gateway, route_table
 from sms_gateway.caching import CachedAccountSettings
 from sms_gateway.deadlines import out_of_time_after
 from sms_gateway.domain.models import DispatchCommand, Message, StatusChange, utc_now
@@ -62,16 +62,6 @@ def _account_settings() -> CachedAccountSettings:
 def _rate_limit(account_id: str) -> int | None:
     account = _account_settings().get_account(account_id)
     return account.rate_limit_per_second if account else None
-
-
-def _route_table() -> RouteTable:
-    """The table is one item, read at most once per SETTINGS_MAX_AGE_SECONDS per container; the choice per
-    message is then pure."""
-    wiring = gateway()
-    table: RouteTable = wiring.settings_cache.get(
-        "routes", lambda: wiring.store.route_table(wiring.settings.default_upstream)
-    )
-    return table
 
 
 def _routed(table: RouteTable, route_limit: Callable[[str], int | None]) -> Callable[[Message], list[Provider]]:
@@ -229,7 +219,7 @@ def _messages_by_upstream(read_ahead: ReadAhead) -> Counter[str]:
     if not read_ahead.found:
         return Counter()
     try:
-        routes = _route_table()
+        routes = route_table()
     except Exception:
         logger.warning("could not read the route table; the single sends' route tokens are taken one by one")
         return Counter()
@@ -374,7 +364,7 @@ async def _dispatch_record(record: SQSRecord, invocation: _Invocation) -> dict[s
     wiring = gateway()
     # Cached settings: a store read at most once per SETTINGS_MAX_AGE_SECONDS, off the loop all the same.
     routes, rate_limit = await asyncio.gather(
-        asyncio.to_thread(_route_table), asyncio.to_thread(_rate_limit, command.account_id)
+        asyncio.to_thread(route_table), asyncio.to_thread(_rate_limit, command.account_id)
     )
     # Read once per upstream and record rather than per message, as the upstreams themselves are.
     route_limit = functools.cache(upstream_rate_limit)

@@ -24,6 +24,7 @@ from sms_gateway.domain.models import (
     Message,
     MessageKey,
     SealedSecret,
+    SenderRegistration,
     SenderRequest,
     SenderRequestStatus,
     SentMessage,
@@ -75,6 +76,10 @@ class AccountStore(Protocol):
 
     def account_id_for_sender(self, sender: str) -> str | None:
         """The account that registered a sender ID, shortcode or long number (each belongs to one account)."""
+        ...
+
+    def sender_registration(self, sender: str) -> SenderRegistration | None:
+        """A sender's account and the upstreams that may deliver its inbound SMS, or None when no account has it."""
         ...
 
 
@@ -416,8 +421,16 @@ class AccountAdmin(AccountStore, Protocol):
         """Marks one of the account's credentials revoked; NotFound when the account has no such credential."""
         ...
 
-    def add_sender(self, account_id: str, sender: str) -> Account:
-        """Registers a sender to the account; Conflict when another account owns it."""
+    def add_sender(self, account_id: str, sender: str, *, inbound_upstreams: tuple[str, ...] | None = None) -> Account:
+        """Registers a sender to the account (with the upstreams that may deliver its inbound SMS, if given: None
+        follows the account's routes); Conflict when another account owns it."""
+        ...
+
+    def set_inbound_upstreams(
+        self, account_id: str, sender: str, inbound_upstreams: tuple[str, ...] | None
+    ) -> SenderRegistration:
+        """Sets the upstreams that may deliver the sender's inbound SMS (None: those the account's routes name);
+        NotFound when the sender is not the account's."""
         ...
 
     def remove_sender(self, account_id: str, sender: str) -> Account:

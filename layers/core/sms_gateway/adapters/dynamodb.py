@@ -60,6 +60,7 @@ from sms_gateway.domain.models import (
     KeyClaim,
     Message,
     MessageKey,
+    SenderRegistration,
     StatusChange,
     StoredAnswer,
     iso,
@@ -400,10 +401,14 @@ class DynamoStore(
         return str(found["account_id"]["S"])
 
     def account_id_for_sender(self, sender: str) -> str | None:
+        registration = self.sender_registration(sender)
+        return registration.account_id if registration is not None else None
+
+    def sender_registration(self, sender: str) -> SenderRegistration | None:
         found = self.client.get_item(
             TableName=self.table_name, Key={"pk": {"S": sender_pk(sender)}, "sk": {"S": "SENDER"}}
         ).get("Item")
-        return str(found["account_id"]["S"]) if found else None
+        return SenderRegistration.model_validate(self._codec.load(found)) if found else None
 
     # reserve_credits, refund_credits and create_batch are no port's any more (a send writes its batch and credits
     # together, create_batch_and_reserve, since 2026-12-05): kept for the tests that set up batches and balances,

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from sms_gateway.domain.models import Account, SealedSecret, iso
+from sms_gateway.domain.models import Account, SealedSecret, SenderRegistration, iso
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.senders import registry_form, same_sender
 from sms_gateway.errors import Conflict, NotFound
@@ -187,14 +187,17 @@ class DynamoAccountAdmin:
 
     # ---------------------------------------------------------------- senders
 
-    def add_sender(self, account_id: str, sender: str) -> Account:
+    def add_sender(self, account_id: str, sender: str, *, inbound_upstreams: tuple[str, ...] | None = None) -> Account:
+        item = {**_sender_key(sender), "account_id": {"S": account_id}}
+        if inbound_upstreams is not None:
+            item["inbound_upstreams"] = {"L": [{"S": name} for name in inbound_upstreams]}
         try:
             self.client.transact_write_items(
                 TransactItems=[
                     {
                         "Put": {
                             "TableName": self.table_name,
-                            "Item": {**_sender_key(sender), "account_id": {"S": account_id}},
+                            "Item": item,
                             "ConditionExpression": _NEW,
                         }
                     },
@@ -215,6 +218,27 @@ class DynamoAccountAdmin:
                 raise NotFound(f"no account {account_id}") from error
             raise self.sender_taken(sender) from error
         return self._read_account(account_id)
+
+    def set_inbound_upstreams(
+        self, account_id: str, sender: str, inbound_upstreams: tuple[str, ...] | None
+    ) -> SenderRegistration:
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Key": _sender_key(sender),
+            "ConditionExpression": "account_id = :account",
+            "ExpressionAttributeValues": {":account": {"S": account_id}},
+            "ReturnValues": "ALL_NEW",
+        }
+        if inbound_upstreams is None:
+            request["UpdateExpression"] = "REMOVE inbound_upstreams"
+        else:
+            request["UpdateExpression"] = "SET inbound_upstreams = :upstreams"
+            request["ExpressionAttributeValues"][":upstreams"] = {"L": [{"S": name} for name in inbound_upstreams]}
+        try:
+            answer = self.client.update_item(**request)
+        except self.client.exceptions.ConditionalCheckFailedException as error:
+            raise NotFound(f"sender {sender!r} is not registered to account {account_id}") from error
+        return SenderRegistration.model_validate(self._codec.load(answer["Attributes"]))
 
     def sender_taken(self, sender: str) -> Conflict:
         """The refusal of a sender another account holds, naming that account (an operator's answer only)."""

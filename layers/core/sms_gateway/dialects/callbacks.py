@@ -8,7 +8,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 
 from sms_gateway.adapters.providers import get_provider
-from sms_gateway.bootstrap import gateway
+from sms_gateway.bootstrap import gateway, route_table
 from sms_gateway.dialects.common import callback_text, json_response, status_for
 from sms_gateway.domain.models import CallbackRequest, StatusChange, utc_now
 from sms_gateway.errors import GatewayError, NotFound, Unauthorized
@@ -83,12 +83,15 @@ def inbound_sms(provider: str) -> Response:
             inbox=wiring.store,
             publish=lambda notification: wiring.notify_queue.publish([notification]),
             clock=utc_now,
+            routes=route_table,
             conversations=wiring.store,
             opt_outs=wiring.store,
             notify_sweep_delay=timedelta(seconds=wiring.settings.inbound_sweep_delay_seconds),
         ),
     )
     metrics.add_metric(name="InboundReceived", unit="Count", value=1 if outcome.stored else 0)
+    if outcome.not_allowed:
+        metrics.add_metric(name="InboundNotAllowed", unit="Count", value=1)
     return _acknowledge(upstream, "inbound") or json_response(200, {"status": "ok", "routed": outcome.routed})
 
 

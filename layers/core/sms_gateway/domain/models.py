@@ -100,6 +100,19 @@ class Account(Record):
         return self.senders[0] if self.senders else None
 
 
+class SenderRegistration(Record):
+    """The account a sender ID, shortcode or long number is registered to, and the upstreams that may deliver the
+    inbound SMS sent to it: None, those the account's routes name (RouteTable.upstreams_for_account); set, exactly
+    these (an upstream that carries only the number's inbound SMS must be named)."""
+
+    account_id: str
+    inbound_upstreams: tuple[str, ...] | None = None
+
+    def inbound_upstreams_with(self, routed: frozenset[str]) -> frozenset[str]:
+        """The upstreams its inbound SMS is taken from, given those the account's routes name."""
+        return routed if self.inbound_upstreams is None else frozenset(self.inbound_upstreams)
+
+
 class Recipient(Record):
     """A recipient after normalisation: E.164 number and its network."""
 

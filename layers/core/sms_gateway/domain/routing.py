@@ -24,7 +24,8 @@ class RouteConflict(ValueError):
     """Another route already matches exactly the same messages: the table would be ambiguous."""
 
 
-def _upstream_name(value: str, field: str) -> str:
+def upstream_name(value: str, field: str = "upstream") -> str:
+    """`value` when it is an upstream name; ValueError saying what one is otherwise."""
     if not UPSTREAM_NAME.fullmatch(value):
         raise ValueError(
             f"{field} {value!r} is not an upstream name: lowercase letters, digits, '-' and '_', "
@@ -101,12 +102,12 @@ class Route(BaseModel):
     @field_validator("upstream")
     @classmethod
     def _upstream(cls, value: str) -> str:
-        return _upstream_name(value, "upstream")
+        return upstream_name(value, "upstream")
 
     @field_validator("fallback")
     @classmethod
     def _fallback(cls, value: str | None) -> str | None:
-        return None if value is None else _upstream_name(value, "fallback")
+        return None if value is None else upstream_name(value, "fallback")
 
     @model_validator(mode="after")
     def _sensible(self) -> Self:
@@ -219,7 +220,7 @@ class RouteTable(Routes):
     @field_validator("default_upstream")
     @classmethod
     def _default_upstream(cls, value: str) -> str:
-        return _upstream_name(value, "default upstream")
+        return upstream_name(value, "default upstream")
 
     def choose(self, account_id: str, telco: str | None, msisdn: str) -> RouteChoice:
         """The most specific route matching the message wins: an account's own route before a general one, then
@@ -234,3 +235,18 @@ class RouteTable(Routes):
         if best is None:
             return RouteChoice(primary=self.default_upstream)
         return RouteChoice(primary=best.upstream, fallback=best.fallback, route_id=best.route_id)
+
+    def upstreams_for_account(self, account_id: str) -> frozenset[str]:
+        """Every upstream a message of the account can go out through, primary or fallback: its own routes', and
+        the general routes' and the default upstream unless one of its own matches all its messages (no network,
+        no prefix: then nothing more general is ever chosen for it)."""
+        own = [route for route in self.routes if route.account_id == account_id]
+        if any(route.network is None and route.prefix is None for route in own):
+            used, names = own, set[str]()
+        else:
+            used, names = [*own, *(route for route in self.routes if route.account_id is None)], {self.default_upstream}
+        for route in used:
+            names.add(route.upstream)
+            if route.fallback is not None:
+                names.add(route.fallback)
+        return frozenset(names)

@@ -8,9 +8,18 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sms_gateway.domain.ids import new_id
-from sms_gateway.domain.models import Account, CredentialKind, Credentials, Record, SealedSecret, iso
+from sms_gateway.domain.models import (
+    Account,
+    CredentialKind,
+    Credentials,
+    Record,
+    SealedSecret,
+    SenderRegistration,
+    iso,
+)
 from sms_gateway.domain.networks import CATALOGUE
 from sms_gateway.domain.pricing import ANY_NETWORK, ROUTE_TIERS, PriceTable, price_key
+from sms_gateway.domain.routing import RouteTable, upstream_name
 from sms_gateway.domain.senders import SENDER_ID, registry_form, same_sender
 from sms_gateway.domain.webhook_urls import require_safe_webhook_url
 from sms_gateway.domain.webhooks import new_signing_secret
@@ -282,12 +291,61 @@ def _distinct_senders(senders: Sequence[str]) -> tuple[str, ...]:
     return tuple(forms.values())
 
 
-def add_sender(store: AccountAdmin, account_id: str, sender: str) -> Account:
+def add_sender(
+    store: AccountAdmin, account_id: str, sender: str, *, inbound_upstreams: Sequence[str] | None = None
+) -> Account:
+    """`inbound_upstreams`: the upstreams that may deliver its inbound SMS (set_inbound_upstreams); None or empty,
+    those the account's routes name."""
     sender = check_sender(sender)
+    upstreams = inbound_upstream_names(inbound_upstreams or ())
     account = require_account(store, account_id)
-    if any(same_sender(sender, own) for own in account.senders):
-        return account  # already this account's, in whatever form: adding it again changes nothing
-    return store.add_sender(account_id, sender)
+    held = next((own for own in account.senders if same_sender(sender, own)), None)
+    if held is None:
+        return store.add_sender(account_id, sender, inbound_upstreams=upstreams)
+    # Already this account's, in whatever form: adding it again changes nothing but a list of upstreams it names.
+    if upstreams is not None:
+        store.set_inbound_upstreams(account_id, held, upstreams)
+    return account
+
+
+def inbound_upstream_names(names: Sequence[str]) -> tuple[str, ...] | None:
+    """The upstreams a number's inbound SMS may come from, each once, in the order given; None for none given (the
+    number then follows the account's routes). InvalidRequest for a name that is no upstream name."""
+    try:
+        checked = tuple(dict.fromkeys(upstream_name(name.strip()) for name in names))
+    except ValueError as error:
+        raise InvalidRequest(str(error)) from error
+    return checked or None
+
+
+def set_inbound_upstreams(
+    store: AccountAdmin, account_id: str, sender: str, inbound_upstreams: Sequence[str]
+) -> SenderRegistration:
+    """Binds the inbound SMS of one of the account's numbers to exactly these upstreams: an SMS to it from any other
+    is acknowledged and dropped (logic/inbound.py). Empty: back to the upstreams the account's routes name."""
+    upstreams = inbound_upstream_names(inbound_upstreams)
+    require_account(store, account_id)
+    return store.set_inbound_upstreams(account_id, sender.strip(), upstreams)
+
+
+class SenderInbound(Record):
+    """Where a number's inbound SMS is taken from, as an operator sees it: `inbound_upstreams` as set, or (None)
+    following the account's routes, and `taken_from`, the upstreams that is now."""
+
+    sender: str
+    inbound_upstreams: tuple[str, ...] | None
+    taken_from: tuple[str, ...]
+
+
+def senders_inbound(store: AccountStore, account: Account, routes: RouteTable) -> list[SenderInbound]:
+    routed = routes.upstreams_for_account(account.account_id)
+    shown = []
+    for sender in account.senders:
+        registration = store.sender_registration(sender)
+        set_to = registration.inbound_upstreams if registration is not None else None
+        taken = registration.inbound_upstreams_with(routed) if registration is not None else frozenset()
+        shown.append(SenderInbound(sender=sender, inbound_upstreams=set_to, taken_from=tuple(sorted(taken))))
+    return shown
 
 
 def remove_sender(store: AccountAdmin, account_id: str, sender: str) -> Account:

@@ -1,4 +1,5 @@
-"""Inbound (two-way) SMS: route to the account that owns the number it was sent to, store, forward."""
+"""Inbound (two-way) SMS: route to the account that owns the number it was sent to, from an upstream allowed to
+deliver that number's SMS; store, forward."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sms_gateway.domain.ids import id_time_ms, new_id
 from sms_gateway.domain.models import CallbackRequest, InboundSms, StoredInbound
 from sms_gateway.domain.msisdn import InvalidMsisdn, Msisdn, parse_msisdn
 from sms_gateway.domain.optouts import keyword_request
+from sms_gateway.domain.routing import RouteTable
 from sms_gateway.errors import CallbackRejected, Unauthorized
 from sms_gateway.logic.optouts import apply_keyword, records_of
 from sms_gateway.observability import logger, mask_msisdn
@@ -30,6 +32,9 @@ class InboundDependencies:
     inbox: InboxStore
     publish: Callable[[dict[str, Any]], None]
     clock: Callable[[], datetime]
+    # The route table: a number with no list of inbound upstreams of its own takes inbound SMS from the upstreams its
+    # account's routes name.
+    routes: Callable[[], RouteTable]
     # Threads a reply onto the last message the account sent to that number; None: every SMS starts anew.
     conversations: ConversationLookup | None = None
     # Applies STOP / START keywords to the account's opt-outs; None: keywords are forwarded like any message.
@@ -43,6 +48,8 @@ class InboundOutcome:
     routed: bool
     stored: bool
     inbound: StoredInbound | None = None
+    # Sent to an account's number by an upstream not allowed to deliver that number's SMS: acknowledged, not taken.
+    not_allowed: bool = False
 
 
 def inbound_notification(inbound: StoredInbound) -> dict[str, Any]:
@@ -72,11 +79,29 @@ def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundD
     if not provider.verify_callback(request):
         raise Unauthorized(f"callback not verified for upstream {provider.name!r}")
     sms = provider.parse_inbound(request)
-    account_id = deps.accounts.account_id_for_sender(sms.to)
-    if account_id is None:
+    registration = deps.accounts.sender_registration(sms.to)
+    if registration is None:
         # Acknowledged so the upstream stops retrying; nobody here owns that number.
         logger.warning("inbound SMS to a number no account owns", extra={"to": sms.to, "upstream": sms.upstream})
         return InboundOutcome(routed=False, stored=False)
+    account_id = registration.account_id
+    allowed = registration.inbound_upstreams_with(deps.routes().upstreams_for_account(account_id))
+    if provider.name not in allowed:
+        # Valid credentials of one upstream (a box shared with a partner, another account's carrier) must not make
+        # replies or opt-outs for every account's numbers. Acknowledged, like a number no account owns, so that an
+        # upstream that may not deliver it stops retrying; nothing is stored, forwarded or applied.
+        logger.warning(
+            "inbound SMS from an upstream not allowed to deliver that number's SMS: acknowledged, not taken "
+            "(an upstream that carries only inbound SMS must be named in the number's inbound upstreams)",
+            extra={
+                "upstream": provider.name,
+                "to": sms.to,
+                "from": mask_msisdn(sms.msisdn),
+                "account_id": account_id,
+                "allowed": sorted(allowed),
+            },
+        )
+        return InboundOutcome(routed=False, stored=False, not_allowed=True)
     number = _sender_number(sms.msisdn, account_id, deps.accounts)
     stored = _stored(sms, account_id, number, deps.conversations, applies_keywords=deps.opt_outs is not None)
     # Stored marked as not queued yet, in the same write: a callback that fails or dies before the notification is
