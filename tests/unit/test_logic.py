@@ -1390,7 +1390,7 @@ class TestInbound:
         def refused(notification: dict) -> None:
             raise RuntimeError("SQS unavailable")
 
-        deps = InboundDependencies(accounts=store, inbox=store, publish=refused, clock=clock)
+        deps = InboundDependencies(accounts=store, inbox=store, publish=refused, clock=clock, routes=fake_routes)
         with pytest.raises(RuntimeError, match="SQS"):
             receive_inbound(provider, callback(), deps)
         [stored] = store.inbox.values()
