@@ -12,11 +12,13 @@ from typing import Any
 
 from bench import REPO, median, offline_aws_environment
 from bench.bench_cold_start import run_script
+from bench.first_invocation import SCHEDULED_EVENT
+from sms_gateway.logic.sweep import SWEEP_LIMIT
 
 TARGET_SHARE = 0.60
 STACK = "sms-gateway-bench"
 # The order a run measures them in: each one's event comes from what the ones before it did.
-FUNCTIONS = ("api", "dispatcher", "webhook", "notifier", "scheduled_dispatch")
+FUNCTIONS = ("api", "dispatcher", "webhook", "notifier", "scheduled_dispatch", "sweeper")
 
 # Run once against the moto server: the template's resources and an account, printed as the functions' env.
 SEED_SCRIPT = """
@@ -27,7 +29,26 @@ env = create_resources(stack_name=sys.argv[1], simulator_url="http://127.0.0.1:9
 os.environ.update(env)
 from sms_gateway_tools.admin import create_account
 account = create_account(name="Bench", senders=["48974"], credits=100_000_000, dlr_url=sys.argv[3])
-print(json.dumps({"env": env, "token": account["token"]}))
+print(json.dumps({"env": env, "token": account["token"], "account_id": account["account_id"]}))
+"""
+
+# Run against the moto server: `count` inbound SMS stored with their notification not queued and due (what an outage
+# of the notify queue leaves the sweeper), so that one sweep has the most a run takes.
+SWEEP_SEED_SCRIPT = """
+import sys
+from datetime import timedelta
+from sms_gateway.bootstrap import gateway
+from sms_gateway.domain.ids import new_id
+from sms_gateway.domain.models import StoredInbound, utc_now
+account_id, count = sys.argv[1], int(sys.argv[2])
+store, now = gateway().store, utc_now()
+for i in range(count):
+    inbound_id = new_id()
+    sms = StoredInbound(inbound_id=inbound_id, account_id=account_id, upstream="simulator",
+                        upstream_message_id=f"bench-mo-{inbound_id}", msisdn=f"+23480{3100000 + i:08d}", to="48974",
+                        text="Bench: a reply", session_id=str(inbound_id), received_at=now.isoformat())
+    assert store.save_inbound(sms, notify_due=now - timedelta(minutes=1))
+print(count)
 """
 
 # A fresh process that is only the function: python, boto3, the handler module and what it does with the event
@@ -72,6 +93,8 @@ if name in ("api", "webhook"):
     assert answer["statusCode"] == 200, answer
 elif name == "scheduled_dispatch":
     assert answer == {"released": True}, answer
+elif name == "sweeper":
+    assert answer["inbound_queued"] == int(sys.argv[3]), answer
 else:
     assert answer == {"batchItemFailures": []}, answer
 if name == "dispatcher":
@@ -186,9 +209,9 @@ def measure(recipients: int, runs: int) -> tuple[dict[str, list[dict[str, float]
             notify_queue = (env["NOTIFY_QUEUE_URL"], "arn:aws:sqs:us-east-1:123456789012:notify")
             event_file = str(Path(scratch) / "event.json")
 
-            def run_function(name: str, event: dict[str, Any]) -> dict[str, float]:
+            def run_function(name: str, event: dict[str, Any], *expected: str) -> dict[str, float]:
                 Path(event_file).write_text(json.dumps(event))
-                return dict(json.loads(_python(MEASURE_SCRIPT, env, name, event_file)))
+                return dict(json.loads(_python(MEASURE_SCRIPT, env, name, event_file, *expected)))
 
             for _ in range(runs):
                 measured["api"].append(run_function("api", send_event(seeded["token"], recipients)))
@@ -208,6 +231,10 @@ def measure(recipients: int, runs: int) -> tuple[dict[str, list[dict[str, float]
                 release = take_schedule_input(scheduler, env["SCHEDULE_GROUP_NAME"])
                 measured["scheduled_dispatch"].append(run_function("scheduled_dispatch", release))
                 take_queue_event(sqs, *dispatch_queue)
+                # A sweep that finds the most a run takes (SWEEP_LIMIT SMS a notify-queue outage left unqueued).
+                _python(SWEEP_SEED_SCRIPT, env, seeded["account_id"], str(SWEEP_LIMIT))
+                measured["sweeper"].append(run_function("sweeper", SCHEDULED_EVENT, str(SWEEP_LIMIT)))
+                take_queue_event(sqs, *notify_queue)
         moto_mb = rss_mb() - before_moto
     finally:
         moto.stop()
@@ -225,6 +252,7 @@ def run(quick: bool) -> dict[str, Any]:
         "webhook": "a signed simulator DLR (upstreams send one report per request)",
         "notifier": f"{records['notifier']} client callbacks (its BatchSize) to a webhook on 127.0.0.1",
         "scheduled_dispatch": f"release of a scheduled batch of {recipients} recipients",
+        "sweeper": f"a run queueing {SWEEP_LIMIT} inbound notifications a notify-queue outage left (SWEEP_LIMIT)",
     }
     rows: list[dict[str, Any]] = []
     for function, event_name in events.items():
@@ -269,7 +297,8 @@ def run(quick: bool) -> dict[str, Any]:
             f" {records['notifier']} (its BatchSize) of the callbacks the dispatcher queued (one per message) and"
             " posts them to a client webhook in a process of its own; scheduled_dispatch gets the input of the"
             " one-time schedule of a batch of the same size sent for an hour later (that api run is not measured),"
-            " and queues its records.",
+            " and queues its records; the sweeper gets its rate rule's event with as many inbound SMS due as a run"
+            " takes (stored with their notification not queued, as an outage of the notify queue leaves them).",
             "init_cpu_s (importing the handler module) and handler_cpu_s (handling the event, the boto3 clients"
             " included) are the function process's CPU time; moto's work is in the other process. On Lambda a"
             " function gets CPU in proportion to its memory (1769 MB = one vCPU), so at MemorySize M that CPU"
