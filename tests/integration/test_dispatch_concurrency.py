@@ -28,6 +28,9 @@ class SlowUpstream:
         self.in_flight = 0
         self.peak = 0
         self.events: list[tuple[str, str]] = []
+        # When set, each submit is held (up to `latency`) until this many are in flight at once: a test of overlap
+        # then does not depend on the machine being quick enough to start them all within one latency.
+        self.hold_until_in_flight: int | None = None
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         payload = json.loads(request.content)
@@ -35,11 +38,19 @@ class SlowUpstream:
         self.peak = max(self.peak, self.in_flight)
         self.events.append(("start", payload["text"]))
         try:
-            await asyncio.sleep(self.latency)
+            if self.hold_until_in_flight is None:
+                await asyncio.sleep(self.latency)
+            else:
+                await self._held(self.hold_until_in_flight)
         finally:
             self.in_flight -= 1
             self.events.append(("end", payload["text"]))
         return httpx.Response(200, json={"message_id": f"sim-{payload['client_ref']}"})
+
+    async def _held(self, wanted: int) -> None:
+        deadline = asyncio.get_running_loop().time() + self.latency
+        while self.peak < wanted and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
 
 
 @pytest.fixture
@@ -134,6 +145,9 @@ def test_an_accounts_single_sends_go_out_one_after_another_unless_it_lets_them_o
     account = new_account("Bank", "48974")
     if not in_order:
         set_account(account_id=account["account_id"], single_sends_in_order=False)
+        # Each answer waits (up to 5 s) for the five to overlap: a busy machine may start the fifth later than 50 ms
+        # after the first, which once made this fail though the sends did overlap
+        upstream.latency, upstream.hold_until_in_flight = 5.0, 5
     single_sends(api, account, 5)
     records = queued_records(aws)
     assert len(records) == 5
