@@ -114,7 +114,6 @@ def test_compose_send_see_delivered_chart_and_search(portal: Portal, account: di
         portal.shot(f"search-{field.removeprefix('#search-')}")
 
 
-@pytest.mark.xfail(strict=True, reason="review: Chromium posts the textarea's line break as CRLF, charged as a char")
 def test_a_line_break_in_the_text_is_sent_and_charged_as_the_preview_quotes_it(portal: Portal, account: dict[str, Any]):
     # Given a signed-in user typing 160 GSM characters, one of them a line break: the preview quotes one part
     portal.sign_in(account)

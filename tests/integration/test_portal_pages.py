@@ -152,7 +152,6 @@ class TestSend:
         reference_of(client.post(COMPOSE, compose_form(client, numbers=MTN)))
         assert batch_count(account["account_id"]) == 2
 
-    @pytest.mark.xfail(strict=True, reason="review: textarea line breaks arrive as CRLF, each charged a char")
     def test_a_line_break_typed_in_the_message_is_charged_as_the_preview_and_the_api_quote_it(self, client, account):
         # Given a 160-character GSM text with one line break: one part, as the 9bits API and the preview quote it
         typed = "a" * 100 + "\n" + "b" * 59
@@ -253,6 +252,17 @@ class TestPreview:
         assert status == 200
         assert answer["recipients"] == 1 and answer["csv_problems"][0].startswith("row 2 'xyz'")
         assert not answer["would_be_accepted"]
+
+    def test_the_preview_reads_any_line_break_as_the_send_does(self, client):
+        # Given a CSV file saved with CR line breaks (an old Mac export; the script sends the file as read) and a
+        # text of 160 GSM characters whose line break came as CR LF
+        csrf = client.get(COMPOSE).csrf_token()
+        body = {"sender": "48974", "text": "a" * 100 + "\r\n" + "b" * 59, "csv": f"phone\r{MTN}\r{AIRTEL}\r"}
+        # When the page asks for the preview
+        status, answer = preview(client, body, csrf=csrf)
+        # Then it quotes what Send sends: both numbers, and the line break as one character
+        assert status == 200, answer
+        assert (answer["recipients"], answer["parts"], answer["csv_problems"]) == (2, 1, [])
 
     def test_the_preview_refuses_a_missing_or_wrong_csrf_token_another_origin_and_no_session(self, client, handler):
         body = {"sender": "48974", "text": "Hi", "numbers": MTN}

@@ -150,7 +150,7 @@ def send_once(account: Account, form: Mapping[str, str]) -> StoredAnswer:
     """The send itself, the path every dialect takes (logic/send.py): checked, priced, charged, stored, queued."""
     from sms_gateway.bootstrap import gateway
 
-    text = form.get("text", "")
+    text = as_typed(form.get("text", ""))
     if not text.strip():
         raise InvalidRequest("the message is empty: type the text to send")
     numbers = recipients_of(form, account)
@@ -184,7 +184,7 @@ def send_once(account: Account, form: Mapping[str, str]) -> StoredAnswer:
 def recipients_of(form: Mapping[str, str], account: Account) -> list[str]:
     """The pasted numbers and the CSV's, as typed (the send parses them); a CSV with a bad row sends nothing."""
     numbers = compose.pasted_numbers(form.get("numbers", ""))
-    csv_text = form.get("csv", "")
+    csv_text = as_typed(form.get("csv", ""))
     if csv_text.strip():
         from_csv, problems = compose.csv_numbers(csv_text.encode(), account.default_country)
         if problems:
@@ -194,6 +194,14 @@ def recipients_of(form: Mapping[str, str], account: Account) -> list[str]:
     if not numbers:
         raise InvalidRequest("there is no recipient: type or paste numbers, or choose a CSV file")
     return numbers
+
+
+def as_typed(value: str) -> str:
+    """A field's line breaks as the user typed them, one LF each, as compose.js counts them for the preview: HTML's
+    form encoding sends every line break of a textarea (and of the CSV the script puts in its hidden field) as CR LF,
+    which counted, was charged and reached the handset as one character more per line; a lone CR (a file saved
+    on an old Mac) is a line break too. The send key's fingerprint stays on the form as posted."""
+    return value.replace("\r\n", "\n").replace("\r", "\n")
 
 
 # ------------------------------------------------------------------ live preview
@@ -230,15 +238,16 @@ def preview_of(account: Account, request: PreviewRequest) -> dict[str, Any]:
     from sms_gateway.bootstrap import gateway, price_book, send_dependencies
 
     numbers = compose.pasted_numbers(request.numbers)
+    text, csv_text = as_typed(request.text), as_typed(request.csv)
     csv_problems: list[str] = []
-    if request.csv.strip():
-        from_csv, problems = compose.csv_numbers(request.csv.encode(), account.default_country)
+    if csv_text.strip():
+        from_csv, problems = compose.csv_numbers(csv_text.encode(), account.default_country)
         numbers += from_csv
         csv_problems = [str(problem) for problem in problems]
     dry = compose.dry_run(
         account,
         request.sender,
-        request.text,
+        text,
         numbers,
         groups_store=gateway().store,
         opt_outs=send_dependencies().opt_outs,
@@ -259,5 +268,5 @@ def preview_of(account: Account, request: PreviewRequest) -> dict[str, Any]:
         "invalid": [{"to": r.raw, "reason": r.reason} for r in dry.invalid],
         "opted_out": [{"to": r.raw, "reason": r.reason} for r in dry.opted_out],
         "csv_problems": csv_problems,
-        "would_be_accepted": dry.would_be_accepted and bool(request.text.strip()) and not csv_problems,
+        "would_be_accepted": dry.would_be_accepted and bool(text.strip()) and not csv_problems,
     }
