@@ -274,7 +274,6 @@ class TestFigures:
         # Then the undone batch's whole cost came back, and the standing batch's withdrawn message
         assert [(day.charged, day.refunded, day.spent) for day in usage] == [(12, 9, 3)]
 
-    @pytest.mark.xfail(strict=True, reason="review: batches past the message bound count charged but never refunded")
     def test_a_batch_whose_messages_the_bound_left_unread_is_not_counted_as_spent(self, store, account):
         # Given a scheduled batch of two that was cancelled (its 4 credits all came back), then a newer batch of two
         # delivered (4 credits spent)
@@ -288,3 +287,20 @@ class TestFigures:
         usage = history.credit_usage(window, UTC)
         # Then the usage says 4 spent, as the balance moved: not the cancelled batch's cost counted as spent too
         assert [day.spent for day in usage] == [4]
+
+    def test_a_batch_the_bound_cut_part_way_is_left_out_and_an_undone_one_past_it_still_counts_whole(
+        self, store, account
+    ):
+        # Given an undone batch (its 4 credits given back in its own write), a cancelled batch of two (4 credits
+        # back), then a newer delivered batch of two (4 credits spent)
+        add_batch(store, account.account_id, NOW - timedelta(minutes=9), {MTN: S.FAILED}, price=4, status=S.FAILED)
+        cancelled = {MTN: S.CANCELLED, AIRTEL: S.CANCELLED}
+        add_batch(store, account.account_id, NOW - timedelta(minutes=5), cancelled, price=2, status=S.CANCELLED)
+        add_batch(store, account.account_id, NOW, {AIRTEL: S.DELIVERED, GLO: S.DELIVERED}, price=2)
+        # When the bound stops the reading at one of the cancelled batch's messages
+        window = history.read_window(store, store, account.account_id, since=NOW - timedelta(days=1), max_messages=3)
+        assert not window.complete and len(window.messages[window.batches[1].reference_id]) == 1
+        usage = history.credit_usage(window, UTC)
+        # Then the cut batch is left out (half its refund is unknown), and the undone one counts as charged and
+        # refunded whole, as the balance moved
+        assert [(day.charged, day.refunded, day.spent) for day in usage] == [(8, 4, 4)]

@@ -339,20 +339,25 @@ class UsageDay:
 def credit_usage(window: Window, zone: tzinfo) -> list[UsageDay]:
     """Credits per day of the window, newest first (days with no batch left out): charged is what the day's
     batches reserved, refunded what came back: the whole cost of a batch that failed, and for the others the
-    prices of their messages that failed or were cancelled."""
+    prices of their messages that failed or were cancelled. A batch whose messages the window's bound left unread
+    (some or all) is left out, charged and refunded alike: what came back of it is not known, and the window is
+    then not complete, so the page says the figures cover only part of the period."""
     charged: Counter[date] = Counter()
     refunded: Counter[date] = Counter()
     for batch in window.batches:
         day = _local(batch.created_at, zone).date()
-        charged[day] += batch.cost
         if batch.status == MessageStatus.FAILED:
             # Only an undone send fails its batch, and every undo gives the whole cost back (logic/send.py): in the
             # batch's own write (give_back, or withdraw of a scheduled one), after which the messages it had stored
             # are failed (not_queued) without a refund of their own, some or none of them; or message by message
             # when every one was stored and withdrawn. Its messages' prices would miss those never stored.
+            charged[day] += batch.cost
             refunded[day] += batch.cost
-            continue
-        refunded[day] += sum(
-            m.price for m in window.messages.get(batch.reference_id, ()) if m.status in REFUNDED_MESSAGES
-        )
+        elif batch.reference_id in window.whole:
+            # Not a cancelled batch's cost from its status alone: a cancel that died part-way leaves the batch
+            # cancelled and some messages still scheduled and charged (logic/batches.finish_cancel).
+            charged[day] += batch.cost
+            refunded[day] += sum(
+                m.price for m in window.messages.get(batch.reference_id, ()) if m.status in REFUNDED_MESSAGES
+            )
     return [UsageDay(day=day, charged=charged[day], refunded=refunded[day]) for day in sorted(charged, reverse=True)]
