@@ -24,6 +24,7 @@ class Stores:
         self.attempts: dict[tuple[str, int], int] = {}
         self.extensions = 0
         self.account = ACCOUNT
+        self.consistent_reads: list[bool] = []
 
     # login (ports.SessionStore, the parts check_login uses)
     def account_id_for_login(self, username: str, password: str) -> str | None:
@@ -40,7 +41,8 @@ class Stores:
         self.attempts[(username, window)] = self.attempts.get((username, window), 0) + int(failed)
 
     # accounts
-    def get_account(self, account_id: str) -> Account | None:
+    def get_account(self, account_id: str, *, consistent: bool = False) -> Account | None:
+        self.consistent_reads.append(consistent)
         return self.account if account_id == ACCOUNT.account_id else None
 
     # portal sessions
@@ -158,3 +160,13 @@ def test_a_password_reset_ends_the_sessions_signed_in_before_it(stores):
     # Then only the one after is a session
     assert signed_in(stores, before, NOW + timedelta(minutes=3)) is None
     assert signed_in(stores, after, NOW + timedelta(minutes=3)) is not None
+
+
+def test_a_form_reads_the_account_consistently_and_a_page_view_at_half_the_cost(stores):
+    # Given a session
+    token = sign_in(stores)
+    # When a page is viewed, then a form posted
+    portal_sessions.signed_in(stores, stores, token, now=NOW)
+    portal_sessions.signed_in(stores, stores, token, now=NOW, consistent=True)
+    # Then only the form's read of the account is strongly consistent (it sees a save or a reset just made)
+    assert stores.consistent_reads == [False, True]

@@ -59,6 +59,13 @@ class AccountLookup(Protocol):
     def get_account(self, account_id: str) -> Account | None: ...
 
 
+class ConsistentAccountLookup(Protocol):
+    def get_account(self, account_id: str, *, consistent: bool = False) -> Account | None:
+        """`consistent`: a strongly consistent read (twice an eventually consistent one's cost), which sees every
+        write made before it; else one a replica that lags may answer with the account as it was."""
+        ...
+
+
 class AccountStore(Protocol):
     def get_account(self, account_id: str) -> Account | None: ...
 

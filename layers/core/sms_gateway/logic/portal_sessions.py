@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from sms_gateway.domain.models import Account
 from sms_gateway.logic.sessions import check_login, ended_by_reset
-from sms_gateway.ports import AccountStore, PortalSession, PortalSessionStore, SessionStore
+from sms_gateway.ports import ConsistentAccountLookup, PortalSession, PortalSessionStore, SessionStore
 
 # Signed out after this long without a request, and after ABSOLUTE_LIFETIME whatever the use.
 IDLE_TIMEOUT = timedelta(minutes=30)
@@ -59,15 +59,22 @@ def sign_in(store: SessionStore, sessions: PortalSessionStore, username: str, pa
 
 
 def signed_in(
-    sessions: PortalSessionStore, accounts: AccountStore, token: str | None, *, now: datetime
+    sessions: PortalSessionStore,
+    accounts: ConsistentAccountLookup,
+    token: str | None,
+    *,
+    now: datetime,
+    consistent: bool = False,
 ) -> SignedIn | None:
-    """The live session of a cookie's token, its idle expiry moved forward; None when unknown or expired."""
+    """The live session of a cookie's token, its idle expiry moved forward; None when unknown or expired.
+    `consistent`: the account read sees every write made before it (a form's action works on the account as it
+    is, and a password reset just made ends the session); a page view may read it from a replica that lags."""
     if not token:
         return None
     session = sessions.portal_session(token)
     if session is None or now >= session.expires_at or now >= session.idle_until:
         return None
-    account = accounts.get_account(session.account_id)
+    account = accounts.get_account(session.account_id, consistent=consistent)
     if account is None or ended_by_reset(account, session.created_at):
         return None
     idle_until = min(now + IDLE_TIMEOUT, session.expires_at)

@@ -221,7 +221,8 @@ def preview(event: Any) -> Response[Any]:
     CSRF token in a header (a form on another site can send neither). Nothing is stored, charged or queued."""
     if not same_origin(event):
         return json_response(403, {"message": BAD_ORIGIN})
-    who = current_session(event)
+    # Consistent, as every POST: the balance quoted is the one left by a send just made.
+    who = current_session(event, consistent=True)
     if who is None:
         return json_response(401, {"message": SIGNED_OUT})
     from sms_gateway.logic.portal_sessions import csrf_matches

@@ -218,7 +218,7 @@ def serve(registered: Page) -> Response[Any]:
     method = event.request_context.http.method.upper()
     if method == "POST" and not same_origin(event):
         return refusal(403, BAD_ORIGIN)
-    who = current_session(event)
+    who = current_session(event, consistent=method == "POST")
     if who is None:
         if method == "GET":
             return redirect(LOGIN_PATH)
@@ -330,20 +330,24 @@ def cookie(event: Any, name: str) -> str | None:
     return None
 
 
-def current_session(event: Any) -> SignedIn | None:
+def current_session(event: Any, *, consistent: bool = False) -> SignedIn | None:
+    """The request's session; `consistent` for a POST, whose action must work on the account as it is (a page view
+    reads it at half the cost, from a replica that may lag a moment behind)."""
     from sms_gateway.bootstrap import gateway
     from sms_gateway.logic import portal_sessions
 
     store = gateway().store
-    return portal_sessions.signed_in(store, store, session_cookie(event), now=utc_now())
+    return portal_sessions.signed_in(store, store, session_cookie(event), now=utc_now(), consistent=consistent)
 
 
 def refreshed(who: SignedIn) -> SignedIn:
+    """The session with the account as the action just left it: read consistently, as an eventually consistent read
+    right after the write may answer with the account before it (the saved field shown as it was)."""
     import dataclasses
 
     from sms_gateway.bootstrap import gateway
 
-    account = gateway().store.get_account(who.account.account_id)
+    account = gateway().store.get_account(who.account.account_id, consistent=True)
     return dataclasses.replace(who, account=account) if account is not None else who
 
 
