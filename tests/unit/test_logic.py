@@ -625,7 +625,7 @@ class TestFailover:
         assert (message.status, message.error_code) == (MessageStatus.EXPIRED, "validity_period_ended")
         assert store.accounts["7"].credits == 1000
 
-    def test_a_throttle_holds_back_the_rest_of_the_record_for_that_upstream_without_counting_their_throttles(
+    def test_a_throttle_holds_back_the_rest_of_the_record_for_that_upstream_without_a_request(
         self, store
     ):
         # Given a bulk record of 5 messages and an upstream that throttles (429, up but asking us to slow down)
@@ -636,12 +636,13 @@ class TestFailover:
         deps = replace(dispatch_deps(store, primary), concurrency=1)
         # When the record is dispatched, one message at a time
         outcome = asyncio.run(dispatch(record, deps))
-        # Then only the first is offered: the others are not sent into the throttle (each would be another 429,
-        # another request, and another throttle counted towards the message's MAX_SUBMIT_THROTTLES)
+        # Then only the first is offered: the others are not sent into the throttle (each would be another 429)
         assert len(primary.submits) == 1
         messages = list(store.messages.values())
         assert {m.status for m in messages} == {MessageStatus.QUEUED}
-        assert sorted(m.submit_throttles for m in messages) == [0, 0, 0, 0, 1]
+        # And each counts the throttle it met without a request, so a record an upstream throttles whole is done
+        # within MAX_SUBMIT_THROTTLES returns, as when each was offered
+        assert [m.submit_throttles for m in messages] == [1] * 5
         assert not any(m.submit_attempts for m in messages)
         assert store.claims == {}
         # And the whole record comes back after the throttle's wait, every message in it
@@ -687,6 +688,34 @@ class TestFailover:
             0,
         )
         assert store.accounts["7"].credits == 1000
+
+    def test_an_upstream_that_throttles_every_message_releases_a_full_record_within_its_throttle_bound(self, store):
+        from sms_gateway.logic.dispatch import MAX_SUBMIT_THROTTLES
+        from sms_gateway.logic.send import DISPATCH_CHUNK
+
+        # Given a full bulk record (100 messages) and an upstream that throttles every submit, in an invocation
+        # whose 64 in-flight slots four accounts' records share (16 each)
+        primary = FakeProvider("primary")
+        primary.failure = UpstreamError("429 too many requests", permanent=False, retry_after=1.0)
+        _, sent = send(store, command(DISPATCH_CHUNK))
+        record = sent.dispatch_queue.commands[0]
+        deps = replace(dispatch_deps(store, primary), concurrency=16)
+        # When the record comes back until nothing in it is left to retry
+        returns, held_for = 0, 0
+        while returns < 200:
+            outcome = asyncio.run(dispatch(record, deps))
+            if not outcome.needs_retry:
+                break
+            returns += 1
+            held_for += outcome.retry_delay(backoff_base=5)
+        # Then every message is failed `upstream_throttled` after its MAX_SUBMIT_THROTTLES, as docs/dispatch.md says
+        assert {(m.status, m.error_code) for m in store.messages.values()} == {
+            (MessageStatus.FAILED, "upstream_throttled")
+        }
+        # ... and, as before the hold-back (24 returns, about an hour of backoff), the record's returns stay well
+        # within the dispatch queue's maxReceiveCount (100: SQS moves it to the DLQ, its messages still queued, on
+        # the 101st) and the account's FIFO lane is not held for many hours behind it
+        assert returns < MAX_SUBMIT_THROTTLES + 1, f"{returns} returns, the lane held {held_for / 3600:.1f} h"
 
     def test_a_throttled_record_holds_its_accounts_lane_no_longer_than_the_usual_backoff(self, store):
         # Given an upstream that throttles a message again and again, asking each time to come back in 1 s (Jasmin's

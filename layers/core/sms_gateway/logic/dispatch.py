@@ -395,14 +395,14 @@ async def _dispatch_one(
         # where the message may be.
         upstreams = offered_upstreams(message, deps.upstreams_for)
         first = upstreams[0].name if upstreams else None
-        if _held_back_for_a_throttle(message, first, deps, outcome):
-            return
+        throttled_a_moment_ago = _held_back_for_a_throttle(first, outcome)
         # So its route token is taken before the claim too: the limiter may wait up to a second for it, and its
         # counter write or the upstream's limit may fail; under the claim, either left a message that reads as maybe
         # submitted and was never sent. Failing here, the message is simply unclaimed (the record fails and comes
-        # back, as when the claim's own write fails); at its limit, it comes back in a second.
-        token = await _take_route_token(first, deps) if first is not None else None
-        if first is not None and token is None:
+        # back, as when the claim's own write fails); at its limit, it comes back in a second. A message held back
+        # for a throttle takes none: it is not submitted.
+        token = await _take_route_token(first, deps) if first is not None and throttled_a_moment_ago is None else None
+        if first is not None and token is None and throttled_a_moment_ago is None:
             _come_back_soon([message], outcome)
             return
         claim = await asyncio.to_thread(
@@ -423,7 +423,11 @@ async def _dispatch_one(
         too_late = claim.outcome == ClaimOutcome.CLAIMED and deps.clock() > valid_until(message, deps.validity)
         submitting = ours and not too_late
         token_for = await _route_token_used(token, upstreams if submitting else [], deps)
-        sent = await _submit(message, upstreams, deps, outcome, token_for=token_for) if submitting else None
+        sent = (
+            (throttled_a_moment_ago or await _submit(message, upstreams, deps, outcome, token_for=token_for))
+            if submitting
+            else None
+        )
     if too_late and message.maybe_taken_by is not None:
         # An earlier submit there got no answer: the upstream may be delivering it, so it is left to its DLR rather
         # than expired and refunded.
@@ -715,31 +719,24 @@ async def _throttled(
         maybe_taken_by=message.maybe_taken_by,
         throttled=True,
     )
+    outcome.retry.append(message.message_id)
     outcome.throttles = max(outcome.throttles, message.submit_throttles + 1)
-    _wait_out_the_throttle(message, deps, outcome)
+    valid_for = (valid_until(message, deps.validity) - deps.clock()).total_seconds()
+    if outcome.throttled_valid_for is None or valid_for < outcome.throttled_valid_for:
+        outcome.throttled_valid_for = valid_for
     if failure.retry_after is not None:
         outcome.retry_after = max(outcome.retry_after or 0.0, failure.retry_after)
 
 
-def _held_back_for_a_throttle(
-    message: Message, upstream: str | None, deps: DispatchDependencies, outcome: DispatchOutcome
-) -> bool:
-    """True when the message's upstream throttled another message of this dispatch a moment ago: offered now, it
-    would be another 429 (another request, another throttle counted to the message). Left unclaimed, it comes back
-    with the record, no throttle counted."""
-    if upstream not in outcome.throttled_by:
-        return False
-    _wait_out_the_throttle(message, deps, outcome)
-    return True
-
-
-def _wait_out_the_throttle(message: Message, deps: DispatchDependencies, outcome: DispatchOutcome) -> None:
-    """The message comes back with its record after the throttle's backoff, or sooner, when its validity ends (to be
-    expired)."""
-    outcome.retry.append(message.message_id)
-    valid_for = (valid_until(message, deps.validity) - deps.clock()).total_seconds()
-    if outcome.throttled_valid_for is None or valid_for < outcome.throttled_valid_for:
-        outcome.throttled_valid_for = valid_for
+def _held_back_for_a_throttle(upstream: str | None, outcome: DispatchOutcome) -> Throttled | None:
+    """The throttle a message meets without a request when its upstream throttled another message of this dispatch a
+    moment ago: offered now, it would be another 429. It is claimed and released like a throttled one, its throttle
+    counted, so that a record an upstream throttles whole is done within MAX_SUBMIT_THROTTLES returns (each message
+    failed `upstream_throttled` at its last), as when every message was offered; None when it may be offered."""
+    if upstream is None or upstream not in outcome.throttled_by:
+        return None
+    held = UpstreamError(f"{upstream} throttled this record a moment ago: not offered", permanent=False, throttled=True)
+    return Throttled(upstream, held)
 
 
 def _link_upstream_id(
