@@ -883,3 +883,26 @@ def test_an_order_whose_dlr_time_is_out_of_range_still_reads(aws, account, api, 
     response = api(route_event("GET", f"/sms/{order}", keys))
     assert response["statusCode"] == 200, response
     assert answer(response)["recipients"][0]["status"] == "DLVRD"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: `invalid_recipients` echoes every refused number whole, so a keyed order's answer can exceed "
+    "the 400 KB DynamoDB item: it is never kept, and a retry under the key is a 409 instead of the first answer",
+)
+def test_a_keyed_order_with_many_long_invalid_recipients_is_answered_again_the_same(aws, account, api):
+    # Given a keyed order to one valid number and 999 invalid entries of non-ASCII text (240 KB as UTF-8, under the
+    # 256 KB body limit; its answer writes each character as a 6-byte \u escape)
+    keys = log_in(api, account)
+    body = seed_body(recipient=[NIGERIAN, *(f"{n:03d}" + "\u2122" * 80 for n in range(999))])
+    body["allowInvalidRecipients"] = True
+    event = sms_event(keys, json.dumps(body, ensure_ascii=False))
+    event["headers"]["idempotency-key"] = "long-invalid"
+    first = api(event)
+    assert first["statusCode"] == 201, first["body"][:300]
+    # When the client repeats it under its key (its first answer was lost)
+    again = api(event)
+    # Then it gets the first answer again, and nothing more is sent
+    assert again["statusCode"] == 201, again["body"][:300]
+    assert again["body"] == first["body"]
+    assert balance(account["account_id"]) == 99
