@@ -703,11 +703,6 @@ def test_a_send_that_stands_after_its_queueing_failed_reports_its_withdrawn_mess
     assert {(r["payload"]["status"], r["payload"]["error_code"]) for r in reports} == {("failed", "not_queued")}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a send finished under its key after a recipient opted out still sends and charges that "
-    "recipient's stored message, while its answer lists the number as refused (opted out, not charged)",
-)
 def test_a_send_finished_by_its_retry_after_a_recipient_opted_out_does_not_send_to_that_recipient(
     aws, api, monkeypatch
 ):

@@ -8,15 +8,11 @@ from datetime import datetime
 
 from sms_gateway.domain.models import Account, Batch, Message, StatusChange
 from sms_gateway.domain.status import MessageStatus
-from sms_gateway.errors import OptedOut
-from sms_gateway.logic.batches import ONLY_SCHEDULED, all_messages, finish_cancel, move_and_refund
+from sms_gateway.logic.batches import ONLY_SCHEDULED, all_messages, finish_cancel
 from sms_gateway.logic.optouts import opted_out_of
-from sms_gateway.logic.send import dispatch_commands
+from sms_gateway.logic.send import OPTED_OUT, dispatch_commands, fail_opted_out
 from sms_gateway.observability import logger
 from sms_gateway.ports import AccountLookup, DispatchQueue, MessageStore, OptOutStore
-
-# Why a scheduled message is failed at its release: the code a send to numbers that all opted out is refused with.
-OPTED_OUT = OptedOut.code
 
 
 def release_scheduled_batch(
@@ -116,10 +112,9 @@ def _fail_opted_out(
     if not found:
         return batch_messages
     stopped = [m for m in scheduled if m.msisdn in found]
-    moved, refunded = move_and_refund(messages, stopped, MessageStatus.FAILED, now=clock(), error_code=OPTED_OUT)
+    current, refunded = fail_opted_out(messages, batch_messages, stopped, now=clock())
     logger.info(
         "scheduled messages to numbers that opted out since were failed at release",
         extra={"reference_id": batch.reference_id, "failed": len(stopped), "refunded_credits": refunded},
     )
-    now_as = {m.message_id: m for m in moved}
-    return [now_as.get(m.message_id, m) for m in batch_messages]
+    return current

@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from sms_gateway import deadlines
 from sms_gateway.deadlines import OutOfTime
@@ -52,6 +53,9 @@ STORE_CHUNK = 100
 SCHEDULE_THRESHOLD = timedelta(minutes=1)
 # Well inside the records' retention (180 days by default), so a batch is never expired before it is sent.
 MAX_SCHEDULE_AHEAD = timedelta(days=90)
+# Why a stored message is failed when its number opted out before it was released: the code a send to numbers that
+# all opted out is refused with.
+OPTED_OUT = OptedOut.code
 
 
 @dataclass(frozen=True)
@@ -192,7 +196,7 @@ def accept_send(
     if claim is not None and claim.resumed:
         earlier, stored = send_standing_under_key(deps.messages, account.account_id, claim.reference_id)
         if earlier is not None and earlier.status != MessageStatus.FAILED:
-            return finish_stored_batch(account, command, earlier, stored, deps)
+            return finish_stored_batch(account, command, earlier, stored, deps, now=now)
         if earlier is not None:
             # It was undone (failed, refunded) before its request died: this is a send afresh, under a new id that
             # the undone batch links to in the same write as this one's credits, so a retry after this request dies
@@ -503,15 +507,24 @@ def release(batch: Batch, messages: Sequence[Message], deps: SendDependencies, *
 
 
 def finish_stored_batch(
-    account: Account, command: SendCommand, batch: Batch, stored: Sequence[Message], deps: SendDependencies
+    account: Account,
+    command: SendCommand,
+    batch: Batch,
+    stored: Sequence[Message],
+    deps: SendDependencies,
+    *,
+    now: datetime,
 ) -> Accepted:
     """Finishes a send whose request died after storing its batch (with its credits' reservation; `stored`: the
     messages it got to, as read): writes the ones it did not, from the same request, and queues or schedules the
-    batch again. The answer is the
-    one the send would have given. Credits move only by the difference between what the first request reserved
-    and what the messages cost (nothing, unless a recipient opted out or the price table changed meanwhile), and
-    with the batch's cost (reprice_batch), so a finisher that dies after that leaves nothing owed to the next one."""
+    batch again. The answer is the one the send would have given. A stored message to a number that opted out
+    meanwhile is failed (`opted_out`) and refunded first, as a scheduled one is at its release, so it is neither
+    sent nor charged, as the answer says. Credits move only by the difference between what the first request
+    reserved and what the messages cost (nothing, unless the price table changed meanwhile or a group read again
+    gained or lost members), and with the batch's cost (reprice_batch), so a finisher that dies after that leaves
+    nothing owed to the next one."""
     recipients, refused = refuse_opted_out(account, command.sender, command.recipients, deps.opt_outs)
+    stored, refused = withhold_opted_out(batch, stored, refused, deps, now=now)
     have = Counter(m.msisdn for m in stored)
     missing: list[Recipient] = []
     for recipient in recipients:
@@ -540,6 +553,37 @@ def finish_stored_batch(
         extra={"reference_id": batch.reference_id, "stored": len(stored), "added": len(added), "owed": owed},
     )
     return Accepted(batch=batch, messages=messages, balance=balance, refused=refused)
+
+
+def withhold_opted_out(
+    batch: Batch, stored: Sequence[Message], refused: Sequence[Rejection], deps: SendDependencies, *, now: datetime
+) -> tuple[list[Message], list[Rejection]]:
+    """The stored messages of a send being finished, once those still waiting (queued or scheduled, never claimed by
+    a dispatcher) to the `refused` numbers (opted out since they were stored) are failed and refunded; and the
+    refusals of the numbers none of whose messages goes out after all (one a dispatcher took before the first request
+    died is sent, and charged: its number is not answered as refused)."""
+    numbers = {f"+{rejection.raw}" for rejection in refused}
+    stopped = [m for m in stored if m.msisdn in numbers and m.status in (MessageStatus.QUEUED, MessageStatus.SCHEDULED)]
+    current = list(stored)
+    if stopped:
+        current, refunded = fail_opted_out(deps.messages, current, stopped, now=now, unclaimed_only=True)
+        logger.info(
+            "stored messages to numbers that opted out since were failed before the send was finished",
+            extra={"reference_id": batch.reference_id, "failed": len(stopped), "refunded_credits": refunded},
+        )
+    going = {m.msisdn for m in current if why_not_sent(m) is None}
+    return current, [rejection for rejection in refused if f"+{rejection.raw}" not in going]
+
+
+def fail_opted_out(
+    store: MessageStore, batch_messages: Sequence[Message], stopped: Sequence[Message], *, now: datetime, **options: Any
+) -> tuple[list[Message], int]:
+    """`batch_messages` as they are once `stopped` (those of them to numbers that opted out of the sender since they
+    were stored) are failed (`opted_out`) and refunded, each by its conditional write with its refund (`options`:
+    transition's); and the credits given back."""
+    moved, refunded = move_and_refund(store, stopped, MessageStatus.FAILED, now=now, error_code=OPTED_OUT, **options)
+    now_as = {m.message_id: m for m in moved}
+    return [now_as.get(m.message_id, m) for m in batch_messages], refunded
 
 
 def free_positions(
