@@ -737,11 +737,6 @@ def test_a_send_finished_by_its_retry_after_a_recipient_opted_out_does_not_send_
     assert balance(account["account_id"]) == 9
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a keyed send to a group, charged and stored by a request that died, is never finished nor "
-    "refunded once the group is gone: its retry re-resolves `to` and is refused (400) before it finds the batch",
-)
 def test_a_keyed_send_to_a_group_deleted_after_its_request_died_is_finished_or_refunded_by_its_retry(
     aws, api, monkeypatch
 ):
@@ -780,6 +775,57 @@ def test_a_keyed_send_to_a_group_deleted_after_its_request_died_is_finished_or_r
         assert len(queued_message_ids(aws)) == 2
     else:
         assert balance(account["account_id"]) == 10, (retried["statusCode"], json.loads(retried["body"]))
+
+
+def test_a_keyed_send_whose_retry_is_short_of_credits_for_its_grown_group_is_refunded_and_lets_its_key_go(
+    aws, api, monkeypatch
+):
+    from sms_gateway.adapters.sqs import SqsDispatchQueue
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import utc_now
+    from sms_gateway.logic import groups
+
+    # Given a keyed send to a group of two, with exactly the credits for it, whose request died after storing and
+    # charging it, before queueing it
+    account = make_account(2)
+    store = gateway().store
+    members = ["2348020000000", "2348030000000"]
+    created = groups.create_group(
+        store, account_id=account["account_id"], default_country="NG", name="Regulars", members=members, now=utc_now()
+    )
+    group_id = created.group.group_id
+    body = {"from": "48974", "to": [group_id], "body": "Tonight: two for one"}
+    die_once(monkeypatch, SqsDispatchQueue, "enqueue")
+    with pytest.raises(Killed):
+        api(with_key(send_event(account["token"], body), "group-grew"))
+    assert balance(account["account_id"]) == 0
+    # And the group gains a member meanwhile, so finishing the send would cost a credit the account does not have
+    groups.add_members(
+        store,
+        account_id=account["account_id"],
+        default_country="NG",
+        group_id=group_id,
+        members=["2348040000000"],
+        now=utc_now(),
+    )
+    leases_run_out()
+    # When the client retries under its key
+    retried = api(with_key(send_event(account["token"], body), "group-grew"))
+    # Then it is refused for want of credits, and the send its first request left is undone: nothing queued, the
+    # two credits back
+    assert retried["statusCode"] == 402, retried
+    assert queued_message_ids(aws) == []
+    assert balance(account["account_id"]) == 2
+    (undone,) = batches_of(account["account_id"])
+    assert undone.status == "failed"
+    assert {m.status for m in messages_of(account["account_id"], undone.reference_id)} == {"failed"}
+    # And the key is let go: after a top-up, the same request is sent (once, to the three)
+    store.refund_credits(account["account_id"], 1)
+    again = api(with_key(send_event(account["token"], body), "group-grew"))
+    assert again["statusCode"] == 200, again
+    assert json.loads(again["body"])["recipients_processed"] == 3
+    assert len(queued_message_ids(aws)) == 3
+    assert balance(account["account_id"]) == 0
 
 
 @pytest.mark.xfail(

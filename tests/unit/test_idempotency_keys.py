@@ -61,6 +61,52 @@ def test_a_failed_request_lets_its_key_go_only_when_nothing_of_it_can_stand(
     assert keys.completed == []
 
 
+class ResumedKeys(RecordingKeys):
+    """Every key was held by a request that died: the claim is resumed."""
+
+    def begin(self, scope: str, key: str, fingerprint: str, *, now: datetime, reference_id: int, **_: Any) -> Any:
+        return KeyClaim(reference_id=reference_id, resumed=True)
+
+
+def undo_that(result: bool | Exception) -> Any:
+    def undo(claim: KeyClaim) -> bool:
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    return undo
+
+
+@pytest.mark.parametrize(
+    ("error", "undone", "let_go"),
+    [
+        # A refused retry whose undo left nothing of the died request's send standing: the key goes.
+        (InsufficientCredits("not enough credits"), True, True),
+        # Some of it stands (a dispatcher took a message), or the undo failed: kept, for a retry after the lease.
+        (InsufficientCredits("not enough credits"), False, False),
+        (InsufficientCredits("not enough credits"), TimeoutError("Read timeout on endpoint URL"), False),
+        # Not a refusal: nothing is undone, the key is kept.
+        (TimeoutError("Read timeout on endpoint URL"), True, False),
+    ],
+)
+def test_a_refused_resumed_request_lets_its_key_go_only_once_what_it_resumed_is_undone(
+    error: Exception, undone: bool | Exception, let_go: bool
+) -> None:
+    keys = ResumedKeys()
+    with pytest.raises(type(error)):
+        run_once(
+            keys,
+            scope="acc",
+            key="k",
+            request_fingerprint="f",
+            now=NOW,
+            produce=failing(error),
+            lease=SEND_LEASE,
+            undo=undo_that(undone),
+        )
+    assert keys.abandoned == (["k"] if let_go else [])
+
+
 class KeysThatCannotComplete(RecordingKeys):
     def complete(self, scope: str, key: str, answer: StoredAnswer) -> None:
         raise TimeoutError("Read timeout on endpoint URL")

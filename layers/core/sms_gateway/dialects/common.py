@@ -28,7 +28,7 @@ from sms_gateway.errors import (
     UnsupportedMediaType,
 )
 from sms_gateway.logic.idempotency import SEND_LEASE, canonical_body, fingerprint, run_once
-from sms_gateway.logic.send import Accepted, accept_send
+from sms_gateway.logic.send import Accepted, accept_send, undo_standing_send
 from sms_gateway.outcome_metrics import count_accepted
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -94,6 +94,12 @@ def accept(account: Account, command: SendCommand) -> Accepted:
     )
     count_accepted(len(accepted.messages))
     return accepted
+
+
+def undo_refused_send(account_id: str) -> Callable[[KeyClaim], bool]:
+    """run_once's `undo` for a send of `account_id`: what a resumed request left standing, undone when the retry that
+    resumed it is refused (logic.send.undo_standing_send)."""
+    return lambda claim: undo_standing_send(account_id, claim.reference_id, send_dependencies(), now=utc_now())
 
 
 def under_claim(claim: KeyClaim | None, produce: Callable[[], T]) -> T:
@@ -290,5 +296,6 @@ def idempotent(
         now=utc_now(),
         produce=answer,
         lease=lease,
+        undo=undo_refused_send(account_id),
     )
     return Response(status_code=stored.status_code, content_type=stored.content_type, body=stored.body)

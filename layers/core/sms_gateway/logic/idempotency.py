@@ -56,6 +56,7 @@ def run_once(
     now: datetime,
     produce: Callable[[KeyClaim | None], StoredAnswer],
     lease: timedelta | None = None,
+    undo: Callable[[KeyClaim], bool] | None = None,
 ) -> StoredAnswer:
     """Only a successful (2xx) answer is kept: a refused or failed request may be retried under its key.
 
@@ -63,7 +64,10 @@ def run_once(
     `lease` (sends: SEND_LEASE), a key whose request died holding it is taken over once the lease runs out, and
     the claim is `resumed`: the send finishes that batch (logic.send). A resumed request that fails keeps the key,
     since the batch may hold stored or charged messages that a fresh send under the key would send again; the
-    next retry after the lease resumes it again. So does a leased request that fails with anything but a
+    next retry after the lease resumes it again, unless it was refused (a GatewayError: the group it names was
+    deleted since, its sender deregistered, ...) and `undo` (logic.send.undo_standing_send) then undid what the
+    request it resumed left (True: nothing of it stands): a refused retry reaches no stored batch, so every later one
+    would be refused too while the batch stayed charged. So does a leased request that fails with anything but a
     GatewayError (a refusal, or a send undone: nothing of it stands): an unexpected failure, such as the undo of a
     send failing too, may leave its batch stored, charged or queued."""
     if key is None:
@@ -79,7 +83,10 @@ def run_once(
     except Exception as error:
         # A Lambda that dies (timeout, memory) runs none of this: its key waits for the lease (or the window).
         # Without a lease nothing could resume the request, so its key is let go whatever the failure.
-        if not begun.resumed and (isinstance(error, GatewayError) or lease is None):
+        refused = isinstance(error, GatewayError)
+        # A resumed request's key goes only once what the request it resumed left is undone.
+        let_go = _undone(undo, begun) if begun.resumed and refused else not begun.resumed and (refused or lease is None)
+        if let_go:
             store.abandon(scope, key)
         raise
     if 200 <= answer.status_code < 300:
@@ -87,6 +94,18 @@ def run_once(
     else:
         store.abandon(scope, key)
     return answer
+
+
+def _undone(undo: Callable[[KeyClaim], bool] | None, claim: KeyClaim) -> bool:
+    """Whether `undo` left nothing of the resumed claim's send standing; an undo that fails keeps the key (the next
+    retry after the lease tries again) and the refusal stands as the answer."""
+    if undo is None:
+        return False
+    try:
+        return undo(claim)
+    except Exception:
+        logger.exception("could not undo the send of a refused retry under its key", extra={"scope": "send"})
+        return False
 
 
 def _used_for_another_request(key: str) -> str:

@@ -40,7 +40,7 @@ from sms_gateway.errors import (
     OptedOut,
     Unavailable,
 )
-from sms_gateway.logic.batches import ONLY_QUEUED, all_messages, move_and_refund
+from sms_gateway.logic.batches import ONLY_QUEUED, ONLY_SCHEDULED, all_messages, move_and_refund
 from sms_gateway.logic.optouts import opted_out_of
 from sms_gateway.observability import logger, mask_typed_number
 from sms_gateway.outcome_metrics import count_sends_undone
@@ -301,6 +301,51 @@ def send_standing_under_key(
         store.set_batch_status(account_id, batch.reference_id, MessageStatus.FAILED, only_from=ONLY_QUEUED)
         return batch.model_copy(update={"status": MessageStatus.FAILED}), []
     return batch, stored
+
+
+def undo_standing_send(account_id: str, reference_id: int, deps: SendDependencies, *, now: datetime) -> bool:
+    """Undoes the send an idempotency key's request left standing when it died, for a retry under the key that is
+    refused (the group it named deleted since, its sender deregistered, too few credits for what its messages cost
+    now): such a retry never reaches the stored batch, and every later one would be refused the same way while the
+    credits stay taken. The credits of the messages never stored go back with the batch's `cost` (reprice_batch),
+    then each stored message no dispatcher ever claimed is failed (`not_queued`) and refunded by its conditional
+    write, then the batch is failed. True when nothing of the send stands now (none was stored, it was undone
+    before, or now), so the key may go: a send afresh under it sends nothing twice. False when some of it stands: a
+    dispatcher took a message (it goes on, charged), or the batch was cancelled (the cancel gave back what it took);
+    the key then stays, and a retry that is not refused finishes the send as it stands. Each step is conditional, so
+    an undo that dies part-way is finished by the next refused retry."""
+    batch, stored = send_standing_under_key(deps.messages, account_id, reference_id)
+    if batch is None or batch.status == MessageStatus.FAILED:
+        return True
+    if batch.status not in (MessageStatus.QUEUED, MessageStatus.SCHEDULED):
+        return False
+    stored_cost = sum(message.price for message in stored)
+    if stored_cost < batch.cost:
+        # First, so that a crash after it leaves a batch whose cost is what its messages took.
+        deps.messages.reprice_batch(batch, stored_cost, recipients=len(stored))
+    messages, refunded = move_and_refund(
+        deps.messages, stored, MessageStatus.FAILED, now=now, error_code=NOT_QUEUED, unclaimed_only=True
+    )
+    if not all(map(never_taken, messages)):
+        logger.warning(
+            "a dispatcher took part of a send whose retry was refused: the send stands",
+            extra={"reference_id": batch.reference_id, "refunded_credits": refunded},
+        )
+        return False
+    deps.messages.set_batch_status(
+        account_id, batch.reference_id, MessageStatus.FAILED, only_from=ONLY_QUEUED | ONLY_SCHEDULED
+    )
+    logger.warning(
+        "undid a send whose request died, since its retry was refused",
+        extra={"reference_id": batch.reference_id, "undone_credits": batch.cost - stored_cost + refunded},
+    )
+    count_sends_undone()
+    return True
+
+
+def never_taken(message: Message) -> bool:
+    """Failed and refunded before any dispatcher took it: withdrawn (`not_queued`), or its number opted out."""
+    return could_not_be_queued(message) or (message.status == MessageStatus.FAILED and message.error_code == OPTED_OUT)
 
 
 def withdrawn_whole(batch: Batch, stored: Sequence[Message]) -> bool:

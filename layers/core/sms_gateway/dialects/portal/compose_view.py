@@ -12,7 +12,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from sms_gateway.dialects.common import accept, json_request, json_response, status_for, under_claim
+from sms_gateway.dialects.common import accept, json_request, json_response, status_for, under_claim, undo_refused_send
 from sms_gateway.dialects.ninebits import ROUTE_TIER
 from sms_gateway.dialects.portal.compose import COMPOSE_PATH, PREVIEW_PATH
 from sms_gateway.dialects.portal.framework import (
@@ -134,6 +134,7 @@ def send(ctx: PageContext) -> Response[Any]:
             now=utc_now(),
             produce=lambda claim: under_claim(claim, lambda: send_once(account, ctx.form)),
             lease=SEND_LEASE,
+            undo=undo_refused_send(account.account_id),
         )
     except Conflict as error:
         # The key is taken: this form was sent already (then changed), or its first send is still under way.
