@@ -828,11 +828,6 @@ def test_a_keyed_send_whose_retry_is_short_of_credits_for_its_grown_group_is_ref
     assert balance(account["account_id"]) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a body API Gateway base64-encodes (no Content-Type, as the 9bits dialect accepts) is "
-    "fingerprinted as its base64 text, so a retry re-encoded by another JSON library is a 409, not a repeat",
-)
 def test_a_repeat_without_a_content_type_re_encoded_by_another_json_library_is_the_same_request(aws, api):
     import base64
 

@@ -266,7 +266,8 @@ def idempotent(
     lease: timedelta | None = SEND_LEASE,
 ) -> Response[Any]:
     """Runs a send once per idempotency key (see logic.idempotency): a repeat gets the first answer back.
-    The fingerprint covers method, path, query and body (a JSON body as its value: canonical_body), so the same key
+    The fingerprint covers method, path, query and body (the body as text, decoded when API Gateway base64-encoded
+    it, as it does for a body without a Content-Type; a JSON body as its value: canonical_body), so the same key
     with another request is refused.
     `lease`: how long before a request that died holding the key is taken over and its batch finished; None for
     a request that cannot be finished that way (it holds its key until the key expires)."""
@@ -277,7 +278,7 @@ def idempotent(
         event.http_method,
         event.path,
         json.dumps(event.query_string_parameters or {}, sort_keys=True),
-        canonical_body(event.body or ""),
+        canonical_body(request_text(event)),
     )
 
     def answer(claim: KeyClaim | None) -> StoredAnswer:
