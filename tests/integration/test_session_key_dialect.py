@@ -885,11 +885,6 @@ def test_an_order_whose_dlr_time_is_out_of_range_still_reads(aws, account, api, 
     assert answer(response)["recipients"][0]["status"] == "DLVRD"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: `invalid_recipients` echoes every refused number whole, so a keyed order's answer can exceed "
-    "the 400 KB DynamoDB item: it is never kept, and a retry under the key is a 409 instead of the first answer",
-)
 def test_a_keyed_order_with_many_long_invalid_recipients_is_answered_again_the_same(aws, account, api):
     # Given a keyed order to one valid number and 999 invalid entries of non-ASCII text (240 KB as UTF-8, under the
     # 256 KB body limit; its answer writes each character as a 6-byte \u escape)

@@ -390,6 +390,26 @@ def test_a_repeat_under_the_same_idempotency_key_gets_the_same_answer_and_is_cha
     assert len(queued_records(aws)) == 1
 
 
+def test_a_keyed_send_with_many_long_invalid_mobiles_is_answered_again_the_same(aws, account, api):
+    # Given a keyed send to one valid number and 999 invalid entries of non-ASCII text (240 KB as UTF-8, under the
+    # 256 KB body limit; its answer writes each character as a 6-byte \u escape)
+    mobiles = [AIRTEL, *(f"{n:03d}" + "\u2122" * 80 for n in range(999))]
+    event = post_event(account, mobile=",".join(mobiles))
+    event["body"] = json.dumps(json.loads(event["body"]), ensure_ascii=False)
+    event["headers"]["idempotency-key"] = "long-invalid"
+    first = api(event)
+    entries = answer(first)["responses"]
+    assert [e["response-code"] for e in entries].count(1003) == 999
+    # Each invalid entry is echoed cut short, as the answer's JSON writes it
+    assert all(len(json.dumps(e["mobile"])) - 2 <= 64 for e in entries if e["response-code"] == 1003)
+    # When the client repeats it under its key (its first answer was lost)
+    again = api(event)
+    # Then it gets the first answer again, and nothing more is sent
+    assert again["body"] == first["body"]
+    assert balance(account["account_id"]) == 99
+    assert len(queued_records(aws)) == 1
+
+
 def test_the_same_idempotency_key_with_another_request_is_refused(aws, account, api):
     first = post_event(account)
     first["headers"]["idempotency-key"] = "order-1234"

@@ -6,7 +6,7 @@ import base64
 import contextlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -28,7 +28,7 @@ from sms_gateway.errors import (
     UnsupportedMediaType,
 )
 from sms_gateway.logic.idempotency import SEND_LEASE, canonical_body, fingerprint, run_once
-from sms_gateway.logic.send import Accepted, accept_send, undo_standing_send
+from sms_gateway.logic.send import Accepted, Rejection, accept_send, undo_standing_send
 from sms_gateway.outcome_metrics import count_accepted
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -232,6 +232,31 @@ def json_prefix(text: str, max_bytes: int) -> str:
         if size > max_bytes:
             return text[:end]
     return text
+
+
+# An answer lists at most this many rejected entries, each as given up to this many bytes as the answer's JSON
+# writes it (9bits' `invalid_count` counts them all): a keyed request's answer is kept whole in one DynamoDB item
+# (400 KB), and a group create of 10,000 invalid members made an answer too large to keep, so the request failed
+# after the group was stored. Bytes, not characters: JSON writes each non-ASCII character as a 6-byte escape, and
+# 1000 entries of 64 '™' were again too large to keep; so were a session-key order's 999 invalid recipients of 80
+# '™' each, echoed whole until 2026-12-06 (its key then stayed in progress, and a retry got 409, not the answer).
+MAX_LISTED_INVALID = 1000
+MAX_ECHOED_BYTES = 64
+MAX_REASON_BYTES = 200
+
+
+def echoed(raw: str) -> str:
+    """An entry the client gave, as an answer quotes it: cut to MAX_ECHOED_BYTES as the answer's JSON writes it."""
+    return json_prefix(raw, MAX_ECHOED_BYTES)
+
+
+def invalid_entries(rejected: Sequence[Rejection], field: str) -> list[dict[str, str]]:
+    """The rejected entries an answer lists, `field` naming each as given (echoed) with its reason: at most
+    MAX_LISTED_INVALID of them."""
+    return [
+        {field: echoed(rejection.raw), "reason": json_prefix(rejection.reason, MAX_REASON_BYTES)}
+        for rejection in rejected[:MAX_LISTED_INVALID]
+    ]
 
 
 def json_response(status_code: int, body: Any, headers: dict[str, str] | None = None) -> Response[Any]:

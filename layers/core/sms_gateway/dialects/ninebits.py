@@ -15,7 +15,7 @@ from sms_gateway.dialects.common import (
     accept,
     error_headers,
     idempotent,
-    json_prefix,
+    invalid_entries,
     json_request,
     json_response,
     key_claim,
@@ -39,7 +39,7 @@ from sms_gateway.logic import accounts, batches, groups
 from sms_gateway.logic.accounts import check_webhook_url
 from sms_gateway.logic.auth import account_for_credential, bearer_token
 from sms_gateway.logic.idempotency import request_key
-from sms_gateway.logic.send import Rejection, going_out, not_sent_to, send_time
+from sms_gateway.logic.send import going_out, not_sent_to, send_time
 
 router = APIGatewayHttpRouter()
 # The same limit as logic/compose.py's (a test keeps them equal); that module is imported on the first send only.
@@ -234,7 +234,7 @@ def _send(account: Account, request: SendRequest) -> Response[Any]:
     # to send to them again), so the seeds' answer stays exactly as they show it otherwise.
     left_out = [*accepted.refused, *not_sent_to(accepted, recipients)]
     if left_out:
-        body["refused"] = _invalid_entries(left_out, "to")
+        body["refused"] = invalid_entries(left_out, "to")
     return json_response(200, body)
 
 
@@ -274,7 +274,7 @@ def dry_run() -> Response[Any]:
             "balance": dry.balance,
             "balance_sufficient": dry.sufficient,
             "invalid_count": len(dry.invalid) + len(dry.opted_out),
-            "invalid": _invalid_entries(dry.invalid + dry.opted_out, "to"),
+            "invalid": invalid_entries(dry.invalid + dry.opted_out, "to"),
             "would_be_accepted": dry.would_be_accepted,
         },
     )
@@ -282,26 +282,6 @@ def dry_run() -> Response[Any]:
 
 def _priced_recipient(recipient: Recipient, cost: int) -> dict[str, Any]:
     return {"to": recipient.msisdn.lstrip("+"), "telco": recipient.telco, "cost": cost}
-
-
-# An answer lists at most this many rejected entries, each as given up to this many bytes as the answer's JSON
-# writes it (`invalid_count` counts them all): a keyed request's answer is kept whole in one DynamoDB item (400 KB),
-# and a group create of 10,000 invalid members made an answer too large to keep, so the request failed after the
-# group was stored. Bytes, not characters: JSON writes each non-ASCII character as a 6-byte escape, and 1000
-# entries of 64 '™' were again too large to keep.
-MAX_LISTED_INVALID = 1000
-MAX_ECHOED_BYTES = 64
-MAX_REASON_BYTES = 200
-
-
-def _invalid_entries(rejected: list[Rejection], field: str) -> list[dict[str, str]]:
-    return [
-        {
-            field: json_prefix(rejection.raw, MAX_ECHOED_BYTES),
-            "reason": json_prefix(rejection.reason, MAX_REASON_BYTES),
-        }
-        for rejection in rejected[:MAX_LISTED_INVALID]
-    ]
 
 
 @router.delete("/ng/v1/batches/<reference_id>")
@@ -501,7 +481,7 @@ def _create_group(account: Account, request: GroupRequest) -> Response[Any]:
             "message": "group created",
             **_group_body(change.group),
             "invalid_count": len(change.rejected),
-            "invalid": _invalid_entries(change.rejected, "member"),
+            "invalid": invalid_entries(change.rejected, "member"),
         },
     )
 
@@ -556,7 +536,7 @@ def _change_members(group_id: str, change_members: Any, message: str, counts: tu
             changed: change.changed,
             unchanged: change.unchanged,
             "invalid_count": len(change.rejected),
-            "invalid": _invalid_entries(change.rejected, "member"),
+            "invalid": invalid_entries(change.rejected, "member"),
         },
     )
 

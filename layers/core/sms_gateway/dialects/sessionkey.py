@@ -18,6 +18,7 @@ from sms_gateway.dialects.common import (
     accept,
     error_headers,
     idempotent,
+    invalid_entries,
     json_response,
     parse_json_body,
     parse_model,
@@ -301,7 +302,7 @@ def _send(account: Account, request: SendRequest) -> Response[Any]:
     # a send that stands does not send to (not queued in time): the client is to send to them again.
     left_out = [*rejected, *accepted.refused, *not_sent_to(accepted, recipients)]
     if left_out:
-        body["invalid_recipients"] = [{"recipient": r.raw, "reason": r.reason} for r in left_out]
+        body["invalid_recipients"] = invalid_entries(left_out, "recipient")
     return json_response(201, body)
 
 

@@ -18,6 +18,7 @@ from sms_gateway.bootstrap import gateway
 from sms_gateway.dialects.common import (
     accept,
     describe_validation_error,
+    echoed,
     error_headers,
     idempotent,
     json_response,
@@ -448,7 +449,9 @@ def send_entries(
     listed: set[str] = set()
     for raw, recipient in readings:
         if recipient is None:
-            entries.append({"response-code": invalid_code, "response-description": invalid_description, "mobile": raw})
+            entries.append(
+                {"response-code": invalid_code, "response-description": invalid_description, "mobile": echoed(raw)}
+            )
             continue
         if recipient.msisdn in listed:
             continue
