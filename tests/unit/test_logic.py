@@ -625,9 +625,7 @@ class TestFailover:
         assert (message.status, message.error_code) == (MessageStatus.EXPIRED, "validity_period_ended")
         assert store.accounts["7"].credits == 1000
 
-    def test_a_throttle_holds_back_the_rest_of_the_record_for_that_upstream_without_a_request(
-        self, store
-    ):
+    def test_a_throttle_holds_back_the_rest_of_the_record_for_that_upstream_without_a_request(self, store):
         # Given a bulk record of 5 messages and an upstream that throttles (429, up but asking us to slow down)
         primary = FakeProvider("primary")
         primary.failure = UpstreamError("429 too many requests", permanent=False, retry_after=2.0)
