@@ -57,6 +57,8 @@ class InMemoryStore:
         self.inbox: dict[tuple[str, str], StoredInbound] = {}
         # The inbound SMS marked as not queued for the client yet: when a sweep may queue each.
         self.inbound_sweep_at: dict[tuple[str, str], datetime] = {}
+        # The messages marked as holding a final report not announced yet (announce_pending): when a sweep may.
+        self.report_sweep_at: dict[MessageKey, datetime] = {}
         self.links: dict[tuple[str, str], MessageKey] = {}
         self.held: dict[tuple[str, str], list[DeliveryReport]] = {}
         self.prices = PriceTable()
@@ -398,12 +400,13 @@ class InMemoryStore:
         left_unnamed = message.upstream is None and message.error_code == SUBMIT_UNCONFIRMED
         return reported_by is None or left_unnamed or reported_by in carriers
 
-    def mark_unannounced(self, key: MessageKey, sequence: int) -> bool:
+    def mark_unannounced(self, key: MessageKey, sequence: int, *, due: datetime) -> bool:
         with self._lock:
             message = self.messages.get(key)
             if message is None or message.sequence != sequence:
                 return False
             self.messages[key] = message.model_copy(update={"announce_pending": sequence})
+            self.report_sweep_at[key] = due
             return True
 
     def clear_unannounced(self, key: MessageKey, sequence: int) -> bool:
@@ -412,7 +415,15 @@ class InMemoryStore:
             if message is None or message.announce_pending != sequence:
                 return False
             self.messages[key] = message.model_copy(update={"announce_pending": None})
+            self.report_sweep_at.pop(key, None)
             return True
+
+    def claim_unannounced_reports(self, *, now: datetime, until: datetime, limit: int) -> list[Message]:
+        with self._lock:
+            due = sorted((at, key.message_id, key) for key, at in self.report_sweep_at.items() if at <= now)[:limit]
+            for _, _, key in due:
+                self.report_sweep_at[key] = until
+            return [self.messages[key] for _, _, key in due]
 
     def note_error_code(self, key: MessageKey, status: MessageStatus, error_code: str, *, reported_by: str) -> bool:
         with self._lock:

@@ -1,4 +1,5 @@
-"""`sweeper`: on a schedule, queues the client notifications of inbound SMS whose callback did not queue them."""
+"""`sweeper`: on a schedule, queues the client notifications of inbound SMS whose callback did not queue them, and
+of delivery reports whose announcement the notify queue refused."""
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 

@@ -3,6 +3,7 @@ and upstream callbacks that are duplicated, out of order or forged."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import queue
 import time
@@ -179,6 +180,36 @@ def test_a_reply_whose_notification_the_queue_refused_reaches_the_client_from_th
     request = webhook.next("/inbound", timeout=30)
     assert_signed(request, account["signing_secret"])
     assert (request["body"]["from"], request["body"]["message"]) == (NUMBER, "Are there seats left for 9pm?")
+    assert quiet(webhook, 3) == []
+
+
+def test_a_delivery_report_whose_notification_the_queue_refused_reaches_the_client_from_the_sweeper(
+    stack, account, webhook, monkeypatch
+):
+    from sms_gateway.adapters.sqs import SqsNotifyQueue
+
+    # Given a notify queue that refuses the delivered report of one number whenever the webhook function queues it,
+    # so every callback the simulator posts for it (and its retries) fails: only the sweeper gets it through
+    number, publish, refused = "2348030000007", SqsNotifyQueue.publish, []
+
+    def refuse_but_from_the_sweeper(queue: SqsNotifyQueue, notifications: Any) -> None:
+        ours = [n for n in notifications if n.get("payload", {}).get("to") == number]
+        delivered = [n for n in ours if n["payload"]["status"] == "delivered"]
+        from_the_sweeper = any(frame.filename.endswith("sms_gateway/sweeps.py") for frame in inspect.stack())
+        if delivered and not from_the_sweeper:
+            refused.append(delivered)
+            raise RuntimeError("SQS unavailable")
+        publish(queue, notifications)
+
+    monkeypatch.setattr(SqsNotifyQueue, "publish", refuse_but_from_the_sweeper)
+    # When a message to it is sent and delivered
+    reference_id = send(stack, account, to=number, message="Your seats: row F", delivery_report="yes")
+    reports = reports_for(webhook, "/dlr", reference_id, until={"submitted", "delivered"})
+    # Then the client gets the delivered report from the sweeper (seconds here, minutes on AWS), once, under the
+    # webhook id of the change that made it
+    assert refused
+    [delivered] = [r for r in reports if r["body"]["status"] == "delivered"]
+    assert webhook_id(delivered) == f"dlr_{delivered['body']['message_id']}_{delivered['body']['sequence']}"
     assert quiet(webhook, 3) == []
 
 

@@ -99,6 +99,29 @@ def drain_notify_queue(aws: dict[str, str]) -> None:
         assert notify_pass(aws) == [], "a due settle check asked to come back"
 
 
+def raw_message(message: Any) -> dict[str, Any]:
+    """The message's item as stored, with the attributes the adapter adds (the sweeper's mark, if any)."""
+    from sms_gateway.adapters.dynamodb import _key_of
+    from sms_gateway.bootstrap import gateway
+
+    store = gateway().store
+    item = store.client.get_item(TableName=store.table_name, Key=_key_of(message.key), ConsistentRead=True)["Item"]
+    return dict(store._codec.load(item))
+
+
+def refuse_notifications(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The notify queue refuses every notification until the returned function is called."""
+    from sms_gateway.adapters.sqs import SqsNotifyQueue
+
+    publish = SqsNotifyQueue.publish
+
+    def refused(self: Any, notifications: Any) -> None:
+        raise RuntimeError("SQS did not take the notification")
+
+    monkeypatch.setattr(SqsNotifyQueue, "publish", refused)
+    return lambda: monkeypatch.setattr(SqsNotifyQueue, "publish", publish)
+
+
 def visible(aws: dict[str, str]) -> int:
     attributes = boto3.client("sqs").get_queue_attributes(
         QueueUrl=aws["NOTIFY_QUEUE_URL"], AttributeNames=["ApproximateNumberOfMessages"]
@@ -140,8 +163,9 @@ def test_a_dlr_before_the_check_is_due_wins_and_the_check_changes_nothing(aws, a
     charged = balance(account["account_id"])
     dlr = simulator_dlr(aws, message.key.to_ref(), "DELIVRD", "2026-01-02T23:50:40Z")
     assert load_function("webhook").handler(dlr, FakeContext())["statusCode"] == 200
-    # (announced at once: nothing marks it for the check to announce again)
+    # (announced at once: nothing marks it for the check or the sweeper to announce again)
     assert (message_now(message).status, message_now(message).announce_pending) == ("delivered", None)
+    assert "sweep_at" not in raw_message(message)
     hidden = notify_pass(aws)
     # When the settle check comes due
     after_the_wait(monkeypatch, aws, hidden)
@@ -362,3 +386,78 @@ def test_a_dlr_whose_announcement_failed_reaches_the_client_though_its_upstream_
     boto3.client("sqs").send_message(QueueUrl=aws["NOTIFY_QUEUE_URL"], MessageBody=check["body"])
     drain_notify_queue(aws)
     assert len(hook.posts) == posts
+
+
+def test_a_dlr_whose_announcement_failed_reaches_the_client_from_the_sweeper_within_minutes(
+    aws, account, hook, monkeypatch
+):
+    # Given a submitted message whose final DLR was written but not announced (the notify queue refused it, the
+    # webhook answered 5xx), from an upstream that does not post the callback again
+    from tests.integration.test_notifications_and_inbound_edges import sweeper_runs
+
+    message = stranded_message(aws, account)
+    hidden = notify_pass(aws)  # the client hears of the submit; the settle check waits hidden (48 h)
+    dlr = simulator_dlr(aws, message.key.to_ref(), "DELIVRD", "2026-01-02T23:50:40Z")
+    accept = refuse_notifications(monkeypatch)
+    with pytest.raises(RuntimeError):
+        load_function("webhook").handler(dlr, FakeContext())
+    accept()
+    # Then the message is marked in the same write for the sweeper, in a shard of its own kind
+    delivered = message_now(message)
+    stored = raw_message(message)
+    assert stored["announce_pending"] == delivered.sequence and stored["sweep_shard"].startswith("REPORT#")
+    # When the sweeper runs before the report is due, it queues nothing
+    assert sweeper_runs(monkeypatch, 1) == {"inbound_queued": 0, "reports_queued": 0}
+    assert visible(aws) == 0
+    # And when it runs after, it queues the report's notification once, as the settle check would have, 2 days on
+    assert sweeper_runs(monkeypatch, 3) == {"inbound_queued": 0, "reports_queued": 1}
+    notify_pass(aws)
+    assert {(p["body"]["status"], p["body"]["sequence"]) for p in hook.posts} == {
+        ("delivered", delivered.sequence),
+        ("submitted", 2),
+    }
+    ids = [p["headers"]["webhook-id"] for p in hook.posts if p["body"]["status"] == "delivered"]
+    assert ids == [f"dlr_{message.message_id}_{delivered.sequence}"]
+    # And clears the mark: a later run, and the settle check when it comes due, announce nothing more
+    assert not {"announce_pending", "sweep_shard", "sweep_at"} & raw_message(message).keys()
+    assert sweeper_runs(monkeypatch, 10) == {"inbound_queued": 0, "reports_queued": 0}
+    after_the_wait(monkeypatch, aws, hidden)
+    drain_notify_queue(aws)
+    assert len(hook.posts) == 2
+
+
+def test_a_dlr_applied_as_the_last_settle_check_ran_is_announced_by_the_sweeper(aws, account, hook, monkeypatch):
+    # Given a submitted message whose last settle check reads it still submitted, and whose final DLR is applied
+    # just then, its announcement refused by the notify queue: the check's expiry write loses, and the check is done
+    from sms_gateway.bootstrap import gateway
+    from tests.integration.test_notifications_and_inbound_edges import sweeper_runs
+
+    message = stranded_message(aws, account)
+    hidden = notify_pass(aws)
+    dlr = simulator_dlr(aws, message.key.to_ref(), "DELIVRD", "2026-01-02T23:50:40Z")
+    store = gateway().store
+    read = store.get_messages_by_key
+
+    def read_then_report(keys: Any, *, consistent: bool = True) -> Any:
+        monkeypatch.setattr(store, "get_messages_by_key", read)
+        found = read(keys, consistent=consistent)
+        accept = refuse_notifications(monkeypatch)
+        with pytest.raises(RuntimeError):
+            load_function("webhook").handler(dlr, FakeContext())
+        accept()
+        return found
+
+    monkeypatch.setattr(store, "get_messages_by_key", read_then_report)
+    after_the_wait(monkeypatch, aws, hidden)
+    drain_notify_queue(aws)
+    delivered = message_now(message)
+    assert (delivered.status, delivered.announce_pending) == ("delivered", delivered.sequence)
+    assert [p["body"]["status"] for p in hook.posts] == ["submitted"]
+    # When the sweeper runs once the report is due
+    assert sweeper_runs(monkeypatch, 3) == {"inbound_queued": 0, "reports_queued": 1}
+    notify_pass(aws)
+    # Then the client hears of the delivery, under the webhook id of the change that made it; before, the mark
+    # stayed for good and the client waited on a message that is final
+    ids = [p["headers"]["webhook-id"] for p in hook.posts if p["body"]["status"] == "delivered"]
+    assert ids == [f"dlr_{message.message_id}_{delivered.sequence}"]
+    assert message_now(message).announce_pending is None

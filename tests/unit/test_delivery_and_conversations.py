@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
-from sms_gateway.domain.models import DeliveryReport, DeliveryReportMode, InboundSms, SendCommand, StatusChange
+from sms_gateway.domain.models import (
+    DeliveryReport,
+    DeliveryReportMode,
+    InboundSms,
+    Message,
+    SendCommand,
+    StatusChange,
+)
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.logic.delivery import DeliveryDependencies, DeliveryOutcome, apply_delivery_report
 from sms_gateway.logic.dispatch import dispatch
 from sms_gateway.logic.inbound import InboundDependencies, receive_inbound
 from sms_gateway.logic.notify import dlr_notification
+from sms_gateway.logic.settle import settle, settle_checks
+from sms_gateway.logic.sweep import SweepDependencies, SweepIncomplete, SweepOutcome, sweep_notifications
 from tests.fakes import FakeProvider, InMemoryStore, cinema_store, fake_routes
-from tests.unit.test_logic import NOW, callback, clock, command, dispatch_deps, send
+from tests.unit.test_logic import NOW, callback, clock, command, dispatch_deps, send, settle_deps
 
 LONG_TEXT = "x" * 400  # three GSM-7 parts of at most 153 characters
 
@@ -230,12 +239,12 @@ class TestAnnouncementsTheQueueRefused:
         message = self.submitted(store)
         change = store.transition(message.key, MessageStatus.DELIVERED, now=NOW)
         with pytest.raises(RuntimeError):
-            announce_change(change, self.refused, store)
+            announce_change(change, self.refused, store, clock=clock)
         assert store.messages[message.key].announce_pending == change.message.sequence
         # And its repeat, queued this time, clears the mark: the settle check need not announce it again
         [repeat] = [store.transition(message.key, MessageStatus.DELIVERED, now=NOW)]
         published: list[object] = []
-        announce_change(repeat, published.extend, store)
+        announce_change(repeat, published.extend, store, clock=clock)
         assert published == [dlr_notification(change)] and store.messages[message.key].announce_pending is None
 
     def test_a_change_queued_or_not_final_or_not_asked_for_writes_no_mark(self, store):
@@ -244,28 +253,135 @@ class TestAnnouncementsTheQueueRefused:
         # A final change queued: one publish, no write
         message = self.submitted(store)
         published: list[object] = []
-        announce_change(store.transition(message.key, MessageStatus.DELIVERED, now=NOW), published.extend, store)
+        announce_change(
+            store.transition(message.key, MessageStatus.DELIVERED, now=NOW), published.extend, store, clock=clock
+        )
         assert len(published) == 1 and store.messages[message.key].announce_pending is None
         # A change that is not final: the final one supersedes it, and its settle check is still to come
         store.messages.clear()
         message = self.submitted(store)
         with pytest.raises(RuntimeError):
-            announce_change(StatusChange(message=message, changed=True), self.refused, store)
+            announce_change(StatusChange(message=message, changed=True), self.refused, store, clock=clock)
         assert store.messages[message.key].announce_pending is None
         # A batch that asked for no reports publishes nothing
         store.messages.clear()
         message = self.submitted(store, DeliveryReportMode.NONE)
-        announce_change(store.transition(message.key, MessageStatus.DELIVERED, now=NOW), self.refused, store)
+        announce_change(
+            store.transition(message.key, MessageStatus.DELIVERED, now=NOW), self.refused, store, clock=clock
+        )
         assert store.messages[message.key].announce_pending is None
 
     def test_a_mark_that_cannot_be_written_leaves_the_queue_s_error_to_fail_the_callback(self, store):
         from sms_gateway.logic.delivery import announce_change
 
         class MarkFails(InMemoryStore):
-            def mark_unannounced(self, key, sequence):
+            def mark_unannounced(self, key, sequence, *, due):
                 raise ConnectionError("DynamoDB unreachable")
 
         message = self.submitted(store)
         change = store.transition(message.key, MessageStatus.DELIVERED, now=NOW)
         with pytest.raises(RuntimeError, match="SQS did not take"):
-            announce_change(change, self.refused, MarkFails())
+            announce_change(change, self.refused, MarkFails(), clock=clock)
+
+
+class TestReportsTheSweeperAnnounces:
+    """A final report whose announcement the notify queue refused is marked for the sweeper too: it goes out minutes
+    later, not after the message's settle check (DLR_WAIT_SECONDS), and even when that check already ran."""
+
+    @staticmethod
+    def unannounced(store: InMemoryStore, message: Message | None = None) -> StatusChange:
+        """A message (a new one when not given) delivered at NOW, whose report's notification the notify queue
+        refused."""
+        from sms_gateway.logic.delivery import announce_change
+
+        message = message or TestAnnouncementsTheQueueRefused.submitted(store)
+        change = store.transition(message.key, MessageStatus.DELIVERED, now=NOW)
+        with pytest.raises(RuntimeError):
+            announce_change(change, TestAnnouncementsTheQueueRefused.refused, store, clock=clock)
+        return change
+
+    @staticmethod
+    def sweep(store: InMemoryStore, published: list, at: datetime) -> SweepOutcome:
+        return sweep_notifications(
+            SweepDependencies(inbox=store, messages=store, publish=published.append, clock=lambda: at)
+        )
+
+    def test_a_report_the_queue_refused_is_announced_by_a_sweep_once_it_is_due(self, store):
+        # Given a final report whose announcement the notify queue refused (the callback failed)
+        change = self.unannounced(store)
+        # When a sweep runs before it is due, nothing is announced
+        published: list = []
+        assert self.sweep(store, published, NOW + timedelta(minutes=1)) == SweepOutcome(0, 0, 0, 0)
+        assert published == []
+        # Then a sweep after it is due queues the notification the settle check would, under the same webhook id,
+        # and clears the mark (the settle check then has nothing to announce again)
+        assert self.sweep(store, published, NOW + timedelta(minutes=3)) == SweepOutcome(0, 0, 1, 0)
+        assert published == [dlr_notification(change)]
+        assert published[0]["id"] == f"dlr_{change.message.message_id}_{change.message.sequence}"
+        assert store.messages[change.message.key].announce_pending is None
+        # And a later sweep announces nothing again
+        assert self.sweep(store, published, NOW + timedelta(hours=1)) == SweepOutcome(0, 0, 0, 0)
+        assert len(published) == 1
+
+    def test_a_report_announced_at_once_or_by_the_upstream_s_repeat_is_left_alone_by_the_sweep(self, store):
+        from sms_gateway.logic.delivery import announce_change
+
+        # Given a report queued at once: then no sweep announces it again
+        message = TestAnnouncementsTheQueueRefused.submitted(store)
+        published: list = []
+        announce_change(
+            store.transition(message.key, MessageStatus.DELIVERED, now=NOW), published.extend, store, clock=clock
+        )
+        assert self.sweep(store, published, NOW + timedelta(hours=1)) == SweepOutcome(0, 0, 0, 0)
+        assert len(published) == 1
+        # Given a report whose repeat the upstream posted, queued this time: then no sweep announces it again either
+        store.messages.clear()
+        change = self.unannounced(store)
+        announce_change(
+            store.transition(change.message.key, MessageStatus.DELIVERED, now=NOW), published.extend, store, clock=clock
+        )
+        assert self.sweep(store, published, NOW + timedelta(hours=1)) == SweepOutcome(0, 0, 0, 0)
+        assert len(published) == 2
+
+    def test_a_sweep_whose_publish_fails_keeps_the_report_for_a_run_after_its_claim(self, store):
+        # Given a report left unannounced
+        change = self.unannounced(store)
+        # When a sweep's publish fails too, the run fails (its alarm) and the mark stays
+        with pytest.raises(SweepIncomplete, match="1 of 1 delivery reports"):
+            sweep_notifications(
+                SweepDependencies(
+                    inbox=store,
+                    messages=store,
+                    publish=TestAnnouncementsTheQueueRefused.refused,
+                    clock=lambda: NOW + timedelta(minutes=3),
+                )
+            )
+        assert store.messages[change.message.key].announce_pending == change.message.sequence
+        # Then a run while its claim lasts leaves it, and one after the claim announces it
+        published: list = []
+        assert self.sweep(store, published, NOW + timedelta(minutes=4)) == SweepOutcome(0, 0, 0, 0)
+        assert self.sweep(store, published, NOW + timedelta(minutes=9)) == SweepOutcome(0, 0, 1, 0)
+        assert published == [dlr_notification(change)]
+
+    def test_a_report_applied_after_the_last_settle_check_read_its_message_is_still_announced(self, store, monkeypatch):
+        # Given a message whose last settle check reads it still submitted, and whose final report is applied just
+        # then, its announcement refused by the notify queue: the check's expiry write loses, and the check is done
+        message = TestAnnouncementsTheQueueRefused.submitted(store)
+        [check] = settle_checks([message], now=NOW)
+        read, reported = store.get_messages_by_key, []
+
+        def read_then_report(keys, *, consistent):
+            found = read(keys, consistent=consistent)
+            reported.append(self.unannounced(store, message))
+            return found
+
+        monkeypatch.setattr(store, "get_messages_by_key", read_then_report)
+        settled = settle(check, settle_deps(store, NOW + timedelta(hours=49)))
+        assert (settled.changes, settled.unannounced, settled.check_again_in) == ([], [], None)
+        [change] = reported
+        # When the sweeper runs once the report is due
+        published: list = []
+        outcome = self.sweep(store, published, NOW + timedelta(hours=49, minutes=3))
+        # Then the client hears of the delivery, and nothing is left marked
+        assert outcome.reports_queued == 1 and published == [dlr_notification(change)]
+        assert store.messages[message.key].announce_pending is None

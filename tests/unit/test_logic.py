@@ -49,7 +49,7 @@ from sms_gateway.logic.notify import dlr_notification, notifications_of
 from sms_gateway.logic.scheduled import release_scheduled_batch
 from sms_gateway.logic.send import SendDependencies, accept_send, normalise_recipients
 from sms_gateway.logic.settle import CHECK_MESSAGES, MAX_HOP_SECONDS, SettleDependencies, settle, settle_checks
-from sms_gateway.logic.sweep import SweepDependencies, SweepIncomplete, SweepOutcome, sweep_inbound_notifications
+from sms_gateway.logic.sweep import SweepDependencies, SweepIncomplete, SweepOutcome, sweep_notifications
 from tests.fakes import FakeProvider, InMemoryStore, RecordingQueue, RecordingScheduler, cinema_store, fake_routes
 
 NOW = datetime(2026, 1, 2, 23, 50, 37, tzinfo=UTC)
@@ -1406,7 +1406,9 @@ class TestInbound:
         assert store.inbox == {}
 
     def sweep(self, store: InMemoryStore, published: list, at: datetime) -> SweepOutcome:
-        return sweep_inbound_notifications(SweepDependencies(inbox=store, publish=published.append, clock=lambda: at))
+        return sweep_notifications(
+            SweepDependencies(inbox=store, messages=store, publish=published.append, clock=lambda: at)
+        )
 
     def test_an_sms_whose_notification_the_queue_refused_is_queued_by_a_sweep_once_it_is_due(self, store):
         # Given an inbound SMS whose notification the notify queue refuses: the callback fails, and its upstream
@@ -1447,8 +1449,10 @@ class TestInbound:
         store.save_inbound(_stored_inbound(provider.inbound), notify_due=NOW)
         # When a sweep's publish fails too
         with pytest.raises(SweepIncomplete):
-            sweep_inbound_notifications(
-                SweepDependencies(inbox=store, publish=lambda n: _refuse(), clock=lambda: NOW + timedelta(minutes=1))
+            sweep_notifications(
+                SweepDependencies(
+                    inbox=store, messages=store, publish=lambda n: _refuse(), clock=lambda: NOW + timedelta(minutes=1)
+                )
             )
         # Then a run while its claim lasts leaves it, and one after the claim queues it
         published: list = []
@@ -1794,7 +1798,7 @@ class TestSettleChecks:
                 result = await FakeProvider.submit(self, request)
                 key = MessageKey.from_ref(request.client_ref)
                 self.reports = [report(self.store.messages[key], self.status)]
-                on_change = lambda change: announce_change(change, refused, self.store)  # noqa: E731
+                on_change = lambda change: announce_change(change, refused, self.store, clock=clock)  # noqa: E731
                 with contextlib.suppress(RuntimeError):
                     receive_delivery_reports(
                         self, callback(), DeliveryDependencies(self.store, self.store, clock, on_change=on_change)

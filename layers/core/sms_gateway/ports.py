@@ -289,13 +289,20 @@ class MessageStore(Protocol):
         the message (`reported_by`, as transition's); the message as it is now, None if unknown."""
         ...
 
-    def mark_unannounced(self, key: MessageKey, sequence: int) -> bool:
+    def mark_unannounced(self, key: MessageKey, sequence: int, *, due: datetime) -> bool:
         """Marks a message whose change `sequence` could not be announced (`Message.announce_pending`), while the
-        message is still at that change; whether it wrote."""
+        message is still at that change, and in the same write puts it where a sweep finds it from `due` on
+        (`claim_unannounced_reports`); whether it wrote."""
         ...
 
     def clear_unannounced(self, key: MessageKey, sequence: int) -> bool:
-        """Clears that mark once the change went out, when it still names `sequence`; whether it wrote."""
+        """Clears that mark (a sweep no longer finds the message) once the change went out, when it still names
+        `sequence`; whether it wrote."""
+        ...
+
+    def claim_unannounced_reports(self, *, now: datetime, until: datetime, limit: int) -> list[Message]:
+        """Up to `limit` marked messages due by `now`, each claimed until `until`, as claim_inbound_notifications
+        claims inbound SMS: a concurrent sweep, or one before `until`, does not get it again. As stored now."""
         ...
 
     def note_error_code(self, key: MessageKey, status: MessageStatus, error_code: str, *, reported_by: str) -> bool:

@@ -60,8 +60,9 @@ class Settings(BaseModel):
     # How long a message recorded submitted without the upstream's word (a dispatcher died mid-submit) waits for
     # a final delivery report before it is expired with `no_delivery_report` and refunded.
     dlr_wait_seconds: int = 172_800
-    # How long after it is stored an inbound SMS whose notification its callback did not queue waits for the
-    # sweeper to queue it (logic/inbound.py, NOTIFY_SWEEP_DELAY); the local stack's tests shorten it.
+    # How long after its callback an inbound SMS whose notification it did not queue, or a final delivery report
+    # whose announcement the notify queue refused, waits for the sweeper to queue it (logic/notify.py,
+    # NOTIFY_SWEEP_DELAY); the local stack's tests shorten it.
     inbound_sweep_delay_seconds: int = 120
     # Client webhook notifications that fail every attempt are parked here with their reason.
     notify_dead_letter_queue_url: str = ""

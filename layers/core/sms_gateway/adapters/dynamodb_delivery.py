@@ -2,6 +2,9 @@
 statuses and the conversation index.
 
   upstream link  pk=UPMSG#<upstream>#<upstream message id>  sk=LINK  -> message_ref, held (DLRs that came first)
+
+A message whose final report's notification the notify queue refused carries announce_pending and, in the same
+write, sweep_shard=REPORT#<0-3> and sweep_at (the sparse `sweep-index`, dynamodb_sweep.py), removed together.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from sms_gateway.adapters.dynamodb_sweep import REPORT, UNMARK, claim_due, sweep_keys
 from sms_gateway.domain.models import DeliveryReport, Message, MessageKey, SentMessage, iso
 from sms_gateway.domain.senders import registry_form, same_sender
 from sms_gateway.domain.status import (
@@ -146,19 +150,35 @@ class DynamoDeliveryMixin:
             return message_from_item(self._codec, current) if current else None
         return message_from_item(self._codec, answer["Attributes"])
 
-    def mark_unannounced(self, key: MessageKey, sequence: int) -> bool:
+    def mark_unannounced(self, key: MessageKey, sequence: int, *, due: datetime) -> bool:
+        keys = sweep_keys(REPORT, key.message_id, due)
         return self._update_if(
             key,
-            "SET announce_pending = :sequence",
+            "SET announce_pending = :sequence, sweep_shard = :shard, sweep_at = :due",
             "attribute_exists(pk) AND #sequence = :sequence",
             {"#sequence": "sequence"},
-            {":sequence": {"N": str(sequence)}},
+            {
+                ":sequence": {"N": str(sequence)},
+                ":shard": {"S": keys["sweep_shard"]},
+                ":due": {"N": str(keys["sweep_at"])},
+            },
         )
 
     def clear_unannounced(self, key: MessageKey, sequence: int) -> bool:
         return self._update_if(
-            key, "REMOVE announce_pending", "announce_pending = :sequence", None, {":sequence": {"N": str(sequence)}}
+            key,
+            f"REMOVE announce_pending, {UNMARK}",
+            "announce_pending = :sequence",
+            None,
+            {":sequence": {"N": str(sequence)}},
         )
+
+    def claim_unannounced_reports(self, *, now: datetime, until: datetime, limit: int) -> list[Message]:
+        from sms_gateway.adapters.dynamodb import message_from_item  # it imports this module
+
+        return [
+            message_from_item(self._codec, item) for item in claim_due(self, REPORT, now=now, until=until, limit=limit)
+        ]
 
     def _update_if(
         self,

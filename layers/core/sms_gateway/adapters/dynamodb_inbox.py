@@ -5,7 +5,7 @@ Items it adds (see docs/data-model.md):
   dedup marker  pk=INUP#<upstream>#<upstream message id>  sk=INBOUND                     -> account_id, inbound_id
 Inbound ids are time-ordered, so the inbox sort key is the arrival order and a date range is a key range.
 An inbound SMS whose notification is not queued yet carries sweep_shard=INBOUND#<0-3> and sweep_at=<when a sweep
-may queue it, epoch seconds>: the keys of the sparse `sweep-index`, removed once it is queued.
+may queue it, epoch seconds>: the keys of the sparse `sweep-index` (dynamodb_sweep.py), removed once it is queued.
 """
 
 from __future__ import annotations
@@ -15,17 +15,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key, read_page
+from sms_gateway.adapters.dynamodb_sweep import INBOUND, UNMARK, claim_due, sweep_keys
 from sms_gateway.domain.ids import EPOCH_MS, MAX_ID, RANDOM_BITS, id_time_ms
 from sms_gateway.domain.models import StoredInbound
 
 INBOX_SK_PREFIX = "IN#"
 INBOUND_SK = id_sort_key(INBOX_SK_PREFIX)
 MARKER_SK = "INBOUND"
-# The sparse index of items a sweep looks at (logic/sweep.py): partition `sweep_shard`, sorted by `sweep_at`.
-SWEEP_INDEX = "sweep-index"
-# A few partitions, so a burst of unqueued SMS (the notify queue down) is not one hot key; an SMS's shard is its
-# id's low bits, which are random.
-INBOUND_SWEEP_SHARDS = 4
 # A number filter runs in DynamoDB after the key range is read: each round reads at least this many items, and
 # a page stops after this many rounds (it may then come back short, with a cursor to follow).
 _FILTER_READ_SIZE = 100
@@ -43,14 +39,6 @@ def inbound_sk(inbound_id: int) -> str:
 
 def marker_pk(upstream: str, upstream_message_id: str) -> str:
     return f"INUP#{upstream}#{upstream_message_id}"
-
-
-def inbound_sweep_shard(shard: int) -> str:
-    return f"INBOUND#{shard}"
-
-
-def _epoch_seconds(moment: datetime) -> int:
-    return int(moment.timestamp())
 
 
 def _unix_ms(moment: datetime) -> int:
@@ -101,8 +89,7 @@ class DynamoInboxMixin:
             **inbound.model_dump(mode="json"),
         }
         if notify_due is not None:
-            item["sweep_shard"] = inbound_sweep_shard(inbound.inbound_id % INBOUND_SWEEP_SHARDS)
-            item["sweep_at"] = _epoch_seconds(notify_due)
+            item |= sweep_keys(INBOUND, inbound.inbound_id, notify_due)
         put_item = {
             "TableName": self.table_name,
             "Item": self._codec.dump(item),
@@ -173,44 +160,13 @@ class DynamoInboxMixin:
             self.client.update_item(
                 TableName=self.table_name,
                 Key={"pk": {"S": inbox_pk(inbound.account_id)}, "sk": {"S": inbound_sk(inbound.inbound_id)}},
-                UpdateExpression="REMOVE sweep_shard, sweep_at",
+                UpdateExpression=f"REMOVE {UNMARK}",
                 ConditionExpression="attribute_exists(sweep_at)",
             )
 
     def claim_inbound_notifications(self, *, now: datetime, until: datetime, limit: int) -> list[StoredInbound]:
-        due: list[tuple[int, dict[str, Any]]] = []
-        for shard in range(INBOUND_SWEEP_SHARDS):
-            # The index is eventually consistent (and keys only): the claim below decides, on the item itself.
-            found = self.client.query(
-                TableName=self.table_name,
-                IndexName=SWEEP_INDEX,
-                KeyConditionExpression="sweep_shard = :shard AND sweep_at <= :now",
-                ExpressionAttributeValues={
-                    ":shard": {"S": inbound_sweep_shard(shard)},
-                    ":now": {"N": str(_epoch_seconds(now))},
-                },
-                Limit=limit,
-            )
-            due.extend((int(item["sweep_at"]["N"]), item) for item in found.get("Items", []))
-        due.sort(key=lambda entry: entry[0])
-        claimed: list[StoredInbound] = []
-        for _, item in due[:limit]:
-            try:
-                answer = self.client.update_item(
-                    TableName=self.table_name,
-                    Key={"pk": item["pk"], "sk": item["sk"]},
-                    UpdateExpression="SET sweep_at = :until",
-                    ConditionExpression="sweep_at <= :now",
-                    ExpressionAttributeValues={
-                        ":now": {"N": str(_epoch_seconds(now))},
-                        ":until": {"N": str(_epoch_seconds(until))},
-                    },
-                    ReturnValues="ALL_NEW",
-                )
-            except self.client.exceptions.ConditionalCheckFailedException:
-                continue  # queued since (its mark removed), gone, or claimed by another sweep
-            claimed.append(StoredInbound.model_validate(self._codec.load(answer["Attributes"])))
-        return claimed
+        claimed = claim_due(self, INBOUND, now=now, until=until, limit=limit)
+        return [StoredInbound.model_validate(self._codec.load(item)) for item in claimed]
 
     def list_inbounds(
         self,

@@ -47,7 +47,13 @@ def delivery_report(provider: str) -> Response:
     wiring = gateway()
 
     def queue_client_callback(change: StatusChange) -> None:
-        announce_change(change, wiring.notify_queue.publish, wiring.store)
+        announce_change(
+            change,
+            wiring.notify_queue.publish,
+            wiring.store,
+            clock=utc_now,
+            sweep_delay=timedelta(seconds=wiring.settings.inbound_sweep_delay_seconds),
+        )
 
     def count_and_queue(change: StatusChange) -> None:
         count_final_statuses([change])

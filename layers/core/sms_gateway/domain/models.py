@@ -228,8 +228,9 @@ class Message(Record):
     # leaves the message submitted-unconfirmed rather than failed (logic/dispatch.py).
     maybe_taken_by: str | None = None
     # The `sequence` of a final change whose client notification the notify queue refused (the webhook callback
-    # that applied it answered 5xx): the message's settle check announces it again and clears this
-    # (logic/delivery.announce_change, logic/settle.py). Never set when the notification went out.
+    # that applied it answered 5xx): the sweeper announces it again minutes later and clears this, or the message's
+    # settle check if it comes first (logic/delivery.announce_change, logic/sweep.py, logic/settle.py). Never set
+    # when the notification went out.
     announce_pending: int | None = None
     created_at: str
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, Message, MessageKey, StatusChange
 from sms_gateway.domain.status import SUBMIT_UNCONFIRMED, TERMINAL, MessageStatus, aggregate_parts
 from sms_gateway.errors import CallbackRejected, Unauthorized
-from sms_gateway.logic.notify import dlr_notification
+from sms_gateway.logic.notify import NOTIFY_SWEEP_DELAY, dlr_notification
 from sms_gateway.observability import logger
 from sms_gateway.ports import AccountStore, MessageStore, Provider
 
@@ -54,12 +54,18 @@ def receive_delivery_reports(
 
 
 def announce_change(
-    change: StatusChange, publish: Callable[[Sequence[dict[str, Any]]], None], messages: MessageStore
+    change: StatusChange,
+    publish: Callable[[Sequence[dict[str, Any]]], None],
+    messages: MessageStore,
+    *,
+    clock: Callable[[], datetime],
+    sweep_delay: timedelta = NOTIFY_SWEEP_DELAY,
 ) -> None:
     """Queues a report's client notification. When the queue refuses a final change's, the message is marked
-    (`announce_pending`, one conditional write) before the error goes on to fail the callback: its settle check
-    announces it again, under the same webhook id, for an upstream that does not post the callback again. Nothing
-    is written when the notification is queued."""
+    (`announce_pending`, one conditional write that also puts it in the sweeper's index, due `sweep_delay` from now)
+    before the error goes on to fail the callback: the sweeper (logic/sweep.py) announces it minutes later, under the
+    same webhook id, for an upstream that does not post the callback again; its settle check too, if it comes first.
+    Nothing is written when the notification is queued."""
     notification = dlr_notification(change)
     if notification is None:
         return
@@ -69,15 +75,15 @@ def announce_change(
     except Exception:
         if message.status in TERMINAL:
             try:
-                messages.mark_unannounced(message.key, message.sequence)
+                messages.mark_unannounced(message.key, message.sequence, due=clock() + sweep_delay)
             except Exception:
                 # The callback fails all the same: only an upstream that posts it again brings the report back.
                 logger.exception("could not mark a delivery report left unannounced", extra=_ids(message))
             else:
-                logger.warning("delivery report not announced; its settle check will", extra=_ids(message))
+                logger.warning("delivery report not announced; the sweeper will", extra=_ids(message))
         raise
     if message.announce_pending is not None and message.announce_pending == message.sequence:
-        # A repeat the upstream posted of a report whose announcement had failed: the check need not repeat it.
+        # A repeat the upstream posted of a report whose announcement had failed: no sweep need repeat it.
         messages.clear_unannounced(message.key, message.sequence)
 
 

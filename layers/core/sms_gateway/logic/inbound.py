@@ -15,15 +15,12 @@ from sms_gateway.domain.msisdn import InvalidMsisdn, Msisdn, parse_msisdn
 from sms_gateway.domain.optouts import keyword_request
 from sms_gateway.domain.routing import RouteTable
 from sms_gateway.errors import CallbackRejected, Unauthorized
+from sms_gateway.logic.notify import NOTIFY_SWEEP_DELAY
 from sms_gateway.logic.optouts import apply_keyword, records_of
 from sms_gateway.observability import logger, mask_msisdn
 from sms_gateway.ports import AccountStore, ConversationLookup, InboxStore, OptOutStore, Provider
 
 INBOUND = "inbound"
-# How long after it is stored an SMS whose notification was not queued (the queue refused it, or the function died
-# first) waits for a sweep (logic/sweep.py) to queue it: far past the webhook function's timeout, so a sweep never
-# queues the notification of a callback still running.
-NOTIFY_SWEEP_DELAY = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)

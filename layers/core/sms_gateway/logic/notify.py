@@ -8,6 +8,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sms_gateway.domain.models import Account, DeliveryReportMode, StatusChange
@@ -16,6 +17,13 @@ from sms_gateway.errors import InvalidRequest, NotFound
 from sms_gateway.ports import AccountLookup, SecretBox
 
 DLR = "dlr"
+
+
+# How long after its callback an inbound SMS whose notification was not queued, or a final delivery report whose
+# announcement was not (the queue refused it, or the function died first), waits for a sweep (logic/sweep.py) to
+# queue it: far past the webhook function's timeout, so a sweep never queues the notification of a callback still
+# running.
+NOTIFY_SWEEP_DELAY = timedelta(minutes=2)
 
 
 def dlr_notification(change: StatusChange) -> dict[str, Any] | None:
