@@ -664,3 +664,19 @@ def test_the_sweeper_runs_on_a_rate_rule_the_local_stack_can_fire(functions: dic
         259200,
     ]
     assert rate_seconds("cron(0 12 * * ? *)") is None
+
+
+def test_the_sweepers_writes_are_bound_to_inbound_sms_and_messages(template: dict[str, Any]) -> None:
+    # Given the sweeper's policy: it only claims and clears inbound SMS (INBOX#<account>) and messages whose report
+    # it announces (MSGS#<account>#<batch>)
+    [policy] = template["Resources"]["SweeperFunction"]["Properties"]["Policies"]
+    [update] = [s for s in policy["Statement"] if "dynamodb:UpdateItem" in str(s["Action"])]
+    # Then its UpdateItem reaches only those partitions, not every item of the table: a bug or a compromised sweeper
+    # could otherwise rewrite an account's credits, credentials or the route table (found by a review of 2026-12-06)
+    leading = (update.get("Condition") or {}).get("ForAllValues:StringLike", {}).get("dynamodb:LeadingKeys")
+    assert leading == ["INBOX#*", "MSGS#*"], update
+    # ... which are the partitions its adapter writes
+    from sms_gateway.adapters.dynamodb import messages_pk
+    from sms_gateway.adapters.dynamodb_inbox import inbox_pk
+
+    assert inbox_pk("7").startswith("INBOX#") and messages_pk("7", 1).startswith("MSGS#")
