@@ -190,6 +190,35 @@ def test_an_upstream_of_another_accounts_route_may_not_deliver_this_accounts_inb
     assert gateway().store.list_inbounds(account["account_id"])[0] == []
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: routing an account's sends around its upstream (the runbook's remedy) drops that upstream's MO",
+)
+def test_routing_sends_around_a_failing_upstream_keeps_the_stops_that_upstream_still_delivers(
+    aws, account, two_upstreams
+):
+    # Given an account whose own route sends through Kannel, the box that also delivers its shortcode's MO (so the
+    # number follows its routes: nobody had a reason to set an inbound list), and a STOP it delivered, taken
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway_tools.admin import set_route
+
+    set_route(upstream="kannel", account_id=account["account_id"])
+    webhook = load_function("webhook")
+    first = kannel_mo("+2348020000000", "Yes please", "7e3b2f1a-0000-4000-8000-0000000000d1")
+    assert webhook.handler(first, FakeContext())["statusCode"] == 200
+    assert len(gateway().store.list_inbounds(account["account_id"])[0]) == 1
+    # When Kannel's submits fail and the operator does what docs/runbook.md says for UpstreamFailureRateAlarm,
+    # "route around it (sms-gateway admin set-route ... --upstream OTHER)": the account's sends go out through the
+    # simulator now, while Kannel's SMSC link still carries the shortcode's MO
+    set_route(upstream="simulator", account_id=account["account_id"])
+    gateway().settings_cache.clear()  # the route table's 30 s cache, run out
+    stop = kannel_mo("+2348020000000", "STOP", "7e3b2f1a-0000-4000-8000-0000000000d2")
+    assert webhook.handler(stop, FakeContext())["statusCode"] == 200
+    # Then the subscriber's STOP is still taken and honoured (Kannel was acknowledged: it will never post it again)
+    assert len(gateway().store.list_inbounds(account["account_id"])[0]) == 2
+    assert gateway().store.opted_out(account["account_id"], "48974", ["+2348020000000"])
+
+
 # ---------------------------------------------------------------- finding 3: delivered DLR carries an error code
 
 
