@@ -190,10 +190,6 @@ def test_an_upstream_of_another_accounts_route_may_not_deliver_this_accounts_inb
     assert gateway().store.list_inbounds(account["account_id"])[0] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: routing an account's sends around its upstream (the runbook's remedy) drops that upstream's MO",
-)
 def test_routing_sends_around_a_failing_upstream_keeps_the_stops_that_upstream_still_delivers(
     aws, account, two_upstreams
 ):

@@ -179,7 +179,7 @@ def shown(cli: Cli) -> dict[str, Any]:
     return dict(table)
 
 
-@pytest.mark.parametrize("command", ["set-route", "remove-route", "show-routes"])
+@pytest.mark.parametrize("command", ["set-route", "remove-route", "show-routes", "pin-inbound"])
 def test_every_route_command_has_help_with_json_and_stack_name(command, capsys):
     from sms_gateway_tools import cli
 
@@ -210,7 +210,9 @@ def test_an_operator_sets_shows_and_removes_routes(cli, upstreams, account_id):
         "--json",
     )
     assert code == 0, err
-    # Then the table lists them most specific first, with ids (made from the match when none was given)
+    # Then the table lists them most specific first, with ids (made from the match when none was given), and no
+    # number was pinned (the account has none)
+    assert table.pop("pinned") == []
     assert table == {
         "default_upstream": "simulator",
         "version": 2,
@@ -315,10 +317,10 @@ def test_remove_route_needs_an_id(cli):
     assert exited.value.code == 2
 
 
-def test_a_concurrent_edit_between_read_and_write_is_a_clear_conflict(cli, upstreams, monkeypatch):
+def someone_edits_after_our_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another operator's edit (route `theirs`) lands just after the next command reads the table."""
     from sms_gateway.adapters.dynamodb import DynamoStore
 
-    # Given another operator's edit lands just after our command read the table
     real = DynamoStore.route_table
 
     def read_then_someone_edits(self: Any, default_upstream: str) -> Any:
@@ -328,12 +330,135 @@ def test_a_concurrent_edit_between_read_and_write_is_a_clear_conflict(cli, upstr
         return table
 
     monkeypatch.setattr(DynamoStore, "route_table", read_then_someone_edits)
+
+
+def test_a_concurrent_edit_between_read_and_write_is_a_clear_conflict(cli, upstreams, monkeypatch):
+    # Given another operator's edit lands just after our command read the table
+    someone_edits_after_our_read(monkeypatch)
     # When our set-route writes
     code, out, err = cli("set-route", "--network", "mtn", "--upstream", "kannel")
     # Then it is refused, saying to read again, and only their route is in the table
     assert (code, out) == (2, "")
     assert "the route table changed since it was read" in err
     assert [r["route_id"] for r in shown(cli)["routes"]] == ["theirs"]
+
+
+# ---------------------------------------------------------------- numbers that follow their routes
+
+
+def with_senders(*senders: str, name: str = "Cinema Club") -> str:
+    from sms_gateway_tools import admin
+
+    return str(admin.create_account(name=name, senders=list(senders), credits=0)["account_id"])
+
+
+def inbound_set(number: str) -> tuple[str, ...] | None:
+    from sms_gateway.bootstrap import gateway
+
+    registration = gateway().store.sender_registration(number)
+    assert registration is not None
+    return registration.inbound_upstreams
+
+
+def test_routing_an_account_around_an_upstream_pins_its_numbers_that_followed_the_routes(cli, upstreams):
+    # Given a general MTN route through kannel, an account whose 48974 follows its routes (so takes inbound SMS
+    # from the simulator, the default, and kannel) and whose 55019 an operator bound to kannel, and another account
+    mine = with_senders("48974", "55019")
+    assert cli("set-sender", "--account", mine, "--sender", "55019", "--inbound-upstream", "kannel")[0] == 0
+    other = with_senders("OTHERCO", name="Other Co")
+    assert cli("set-route", "--network", "mtn", "--upstream", "kannel", "--json")[1]["pinned"] == []
+    # When the operator routes all the account's sends to jasmin (as the runbook says when kannel fails)
+    code, table, err = cli("set-route", "--account", mine, "--upstream", "jasmin", "--json")
+    # Then the route is set, and 48974 is pinned to the upstreams the routes named before and after: an SMS kannel
+    # or the simulator still delivers to it is taken, as is one from jasmin
+    assert code == 0, err
+    assert [r["route_id"] for r in table["routes"]] == [f"account-{mine}", "network-mtn"]
+    assert table["pinned"] == [
+        {"account_id": mine, "sender": "48974", "inbound_upstreams": ["jasmin", "kannel", "simulator"]}
+    ]
+    assert inbound_set("48974") == ("jasmin", "kannel", "simulator")
+    # And the number the operator bound, and the other account's (whose routes lost nothing), are left alone
+    assert (inbound_set("55019"), inbound_set("OTHERCO")) == (("kannel",), None)
+    code, account, _ = cli("show-account", "--account", mine, "--json")
+    assert account["inbound_upstreams_set"] == ["48974", "55019"]
+    assert cli("show-account", "--account", other, "--json")[1]["inbound_upstreams_set"] == []
+    # When the operator releases it, it follows the routes again (jasmin only), and a second edit pins nothing more
+    cli("set-sender", "--account", mine, "--sender", "48974", "--inbound-from-routes")
+    code, table, err = cli("set-route", "--account", mine, "--upstream", "jasmin", "--fallback", "kannel", "--json")
+    assert (code, table["pinned"], inbound_set("48974")) == (0, [], None)
+
+
+def test_a_general_route_change_or_removal_pins_the_numbers_of_every_account_that_loses_an_upstream(cli, upstreams):
+    # Given a general MTN route through kannel (jasmin as fallback); one account following it, one whose own route
+    # takes all its messages to the simulator (so no general route is ever chosen for it)
+    cli("set-route", "--network", "mtn", "--upstream", "kannel", "--fallback", "jasmin")
+    follows = with_senders("48974")
+    own = with_senders("55019", name="Own Route")
+    cli("set-route", "--account", own, "--upstream", "simulator")
+    cli("set-sender", "--account", own, "--sender", "55019", "--inbound-from-routes")  # set-route pinned it
+    # When the MTN route is moved from kannel to jasmin
+    code, table, err = cli("set-route", "--network", "mtn", "--upstream", "jasmin", "--json")
+    # Then only the number that took kannel's inbound SMS is pinned
+    assert code == 0, err
+    assert table["pinned"] == [
+        {"account_id": follows, "sender": "48974", "inbound_upstreams": ["jasmin", "kannel", "simulator"]}
+    ]
+    assert inbound_set("55019") is None
+    # And removing a route pins too, and says so in the text output, with how to release the number
+    cli("set-sender", "--account", follows, "--sender", "48974", "--inbound-from-routes")
+    code, text, err = cli("remove-route", "--id", "network-mtn")
+    assert code == 0, err
+    assert inbound_set("48974") == ("jasmin", "simulator")
+    assert f"account {follows}  48974  jasmin, simulator" in text
+    assert f"set-sender --account {follows} --sender 48974 --inbound-from-routes" in text
+
+
+def test_a_refused_route_change_pins_nothing_and_one_refused_after_pinning_says_what_it_pinned(
+    cli, upstreams, monkeypatch
+):
+    # Given an account whose number follows its routes (the simulator, the default upstream)
+    mine = with_senders("48974")
+    # When a route that takes the simulator away is refused before it is written (an unknown upstream, a bad id)
+    for argv in (["--upstream", "ghost"], ["--upstream", "kannel", "--id", "has space"]):
+        code, _, err = cli("set-route", "--account", mine, *argv)
+        # Then nothing is pinned
+        assert code == 2, err
+        assert inbound_set("48974") is None, argv
+    # When another operator's edit lands between our read of the table and our write
+    someone_edits_after_our_read(monkeypatch)
+    code, _, err = cli("set-route", "--account", mine, "--upstream", "kannel")
+    # Then the route is refused, but the number was pinned before the write (never routes changed under a number
+    # that follows them), and the error says so
+    assert code == 2
+    assert "the route table changed since it was read" in err
+    assert "48974" in err and "--inbound-from-routes" in err
+    assert inbound_set("48974") == ("kannel", "simulator")
+    assert [r["route_id"] for r in shown(cli)["routes"]] == ["theirs"]
+
+
+def test_before_the_default_upstream_changes_the_numbers_it_takes_away_from_are_pinned(cli, upstreams):
+    # Given an account following the routes (the default, simulator) and one whose own route names kannel only
+    follows = with_senders("48974")
+    own = with_senders("55019", name="Own Route")
+    cli("set-route", "--account", own, "--upstream", "kannel")
+    cli("set-sender", "--account", own, "--sender", "55019", "--inbound-from-routes")
+    # When the operator prepares a deploy with DefaultUpstream=jasmin
+    code, answer, err = cli("pin-inbound", "--default-upstream", "jasmin", "--json")
+    # Then the first account's number is pinned to the simulator and jasmin; the other loses nothing
+    assert code == 0, err
+    assert answer == {
+        "default_upstream": "simulator",
+        "new_default_upstream": "jasmin",
+        "pinned": [{"account_id": follows, "sender": "48974", "inbound_upstreams": ["jasmin", "simulator"]}],
+    }
+    assert inbound_set("55019") is None
+    # And an upstream that is not configured, or a name that is no upstream name, is refused, pinning nothing
+    cli("set-sender", "--account", follows, "--sender", "48974", "--inbound-from-routes")
+    code, _, err = cli("pin-inbound", "--default-upstream", "ghost")
+    assert code == 2 and "no upstream named 'ghost'" in err
+    code, _, err = cli("pin-inbound", "--default-upstream", "Kannel!")
+    assert code == 2 and "default upstream 'Kannel!' is not an upstream name" in err
+    assert inbound_set("48974") is None
 
 
 def test_on_a_deployed_stack_the_stages_upstreams_and_default_apply(aws, capsys, monkeypatch):

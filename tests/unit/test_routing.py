@@ -185,6 +185,27 @@ def test_an_accounts_upstreams_are_its_routes_primaries_and_fallbacks_and_no_oth
     assert table.upstreams_for_account("382686224833035000") == {"africastalking", "simulator"}
 
 
+@given(tables(), tables(), ACCOUNTS, st.sampled_from(["simulator", "kannel"]))
+def test_an_edit_names_every_account_it_takes_an_upstream_away_from(before, edited, account_id, default_upstream):
+    # Given any table and any other one it is edited into (the default upstream changed too, sometimes)
+    after = RouteTable(default_upstream=default_upstream, routes=edited.routes)
+    # When an account's routes name an upstream before the edit that they do not name after it
+    if before.upstreams_for_account(account_id) <= after.upstreams_for_account(account_id):
+        return
+    # Then the edit names that account, or says any account may have lost one (the numbers to pin before it)
+    affected = before.accounts_losing_upstreams(after)
+    assert affected is None or account_id in affected
+
+
+def test_an_edit_of_one_accounts_route_names_only_that_account_and_one_adding_upstreams_none():
+    general = route("mtn", "kannel", "jasmin", network="mtn")
+    table = RouteTable(default_upstream="simulator", routes=(general, route("own", "twilio", account_id=ACCOUNT)))
+    assert table.accounts_losing_upstreams(table.with_route(route("own", "jasmin", account_id=ACCOUNT))) == {ACCOUNT}
+    assert table.accounts_losing_upstreams(table.with_route(route("mtn", "kannel", "twilio", network="mtn"))) is None
+    assert table.accounts_losing_upstreams(table.with_route(route("glo", "twilio", network="glo"))) == frozenset()
+    assert table.accounts_losing_upstreams(table.model_copy(update={"default_upstream": "kannel"})) is None
+
+
 @given(tables(), ACCOUNTS, TELCOS, NUMBERS, st.randoms(use_true_random=False))
 def test_the_order_of_the_routes_does_not_matter(table, account_id, telco, msisdn, rnd: random.Random):
     shuffled = list(table.routes)

@@ -401,15 +401,62 @@ def set_route(
     for name in (route.upstream, route.fallback):
         if name is not None:
             _require_upstream(name)
-    store = _store()
-    store.put_route(route, store.route_table(_default_upstream()).version)
-    return show_routes()
+    return _edit_routes(lambda table: table.with_route(route), lambda store, version: store.put_route(route, version))
 
 
 def remove_route(*, route_id: str) -> dict[str, Any]:
+    return _edit_routes(
+        lambda table: table.without_route(route_id), lambda store, version: store.remove_route(route_id, version)
+    )
+
+
+def _edit_routes(edit: Callable[[Any], Any], write: Callable[[Any, int], int]) -> dict[str, Any]:
+    """Pins the numbers the edit takes an upstream away from (`pinned`), then writes it, conditional on the version
+    read: a number is never left following routes that no longer name an upstream delivering its SMS."""
+    from sms_gateway.errors import GatewayError
+    from sms_gateway.logic import accounts
+
     store = _store()
-    store.remove_route(route_id, store.route_table(_default_upstream()).version)
-    return show_routes()
+    before = store.route_table(_default_upstream())
+    try:
+        after = edit(before)
+    except (ValueError, LookupError):
+        after = before  # refused: the write below says why, in the store's words, and nothing is pinned
+    pinned = accounts.pin_inbound_before_route_change(store, before, after)
+    try:
+        write(store, before.version)
+    except GatewayError as error:
+        if not pinned:
+            raise
+        numbers = ", ".join(f"{number.sender} (account {number.account_id})" for number in pinned)
+        raise type(error)(
+            f"{error}; pinned before it, with what they take inbound SMS from now: {numbers} "
+            f"(release each with set-sender --inbound-from-routes)"
+        ) from error
+    return {**show_routes(), "pinned": [number.model_dump(mode="json") for number in pinned]}
+
+
+def pin_inbound(*, default_upstream: str) -> dict[str, Any]:
+    """Before a deploy that makes `default_upstream` the default: pins the numbers that follow their routes and
+    would lose an upstream by it (as a route edit does; the deploy itself cannot)."""
+    from sms_gateway.domain.routing import upstream_name
+    from sms_gateway.errors import InvalidRequest
+    from sms_gateway.logic import accounts
+
+    try:
+        upstream_name(default_upstream, "default upstream")
+    except ValueError as error:
+        raise InvalidRequest(str(error)) from error
+    _require_upstream(default_upstream)
+    store = _store()
+    before = store.route_table(_default_upstream())
+    after = before.model_copy(update={"default_upstream": default_upstream})
+    pinned = accounts.pin_inbound_before_route_change(store, before, after)
+    return {
+        "default_upstream": before.default_upstream,
+        "new_default_upstream": default_upstream,
+        "pinned": [number.model_dump(mode="json") for number in pinned],
+    }
 
 
 # ---------------------------------------------------------------- the command line
@@ -653,11 +700,36 @@ def _show_route_table(table: dict[str, Any]) -> None:
     default = table["default_upstream"]
     if not table["routes"]:
         print(f"no routes: every message goes to {default}, the default upstream (table version {table['version']})")
+    else:
+        _print_rows(table["routes"], ["route_id", "account_id", "network", "prefix", "upstream", "fallback"])
+        print(
+            f"(most specific first; any other message goes to {default}, the default upstream; "
+            f"version {table['version']})"
+        )
+    _show_pinned(table.get("pinned", []), "the routes no longer name an upstream they took inbound SMS from")
+
+
+def _show_pinned(pinned: list[dict[str, Any]], why: str) -> None:
+    """The numbers a route change pinned, and the command that puts each back on its routes."""
+    if not pinned:
         return
-    _print_rows(table["routes"], ["route_id", "account_id", "network", "prefix", "upstream", "fallback"])
-    print(
-        f"(most specific first; any other message goes to {default}, the default upstream; version {table['version']})"
-    )
+    print(f"\npinned {len(pinned)} number(s) that followed their routes ({why}); each now takes inbound SMS from:")
+    for number in pinned:
+        print(f"  account {number['account_id']}  {number['sender']}  {field_text(number['inbound_upstreams'])}")
+    print("once an old upstream no longer delivers a number's SMS, put it back on its routes:")
+    for number in pinned:
+        print(
+            f"  sms-gateway admin set-sender --account {number['account_id']} --sender {number['sender']}"
+            " --inbound-from-routes"
+        )
+
+
+def _show_pin_inbound(answer: dict[str, Any]) -> None:
+    new, pinned = answer["new_default_upstream"], answer["pinned"]
+    if not pinned:
+        print(f"no number loses an upstream when the default upstream becomes {new}: nothing pinned")
+    _show_pinned(pinned, f"the default upstream {answer['default_upstream']} becomes {new}")
+    print(f"now deploy with --parameter-overrides DefaultUpstream={new}")
 
 
 def _cmd_set_route(args: argparse.Namespace) -> int:
@@ -681,6 +753,10 @@ def _cmd_remove_route(args: argparse.Namespace) -> int:
 
 def _cmd_show_routes(args: argparse.Namespace) -> int:
     return _run(args, lambda _: show_routes(), show=_show_route_table)
+
+
+def _cmd_pin_inbound(args: argparse.Namespace) -> int:
+    return _run(args, lambda _: pin_inbound(default_upstream=args.default_upstream), show=_show_pin_inbound)
 
 
 def register(subparsers: Any) -> None:
@@ -867,6 +943,15 @@ def _add_route_commands(command: Command) -> None:
 
     routes = command("show-routes", "show the route table and the default upstream")
     routes.set_defaults(func=_cmd_show_routes)
+
+    pin = command(
+        "pin-inbound",
+        "before a deploy changing DefaultUpstream: pin the inbound upstreams of the numbers it takes one away from",
+    )
+    pin.add_argument(
+        "--default-upstream", required=True, metavar="NAME", help="the DefaultUpstream the next deploy sets"
+    )
+    pin.set_defaults(func=_cmd_pin_inbound)
 
 
 # ---------------------------------------------------------------- opt-outs (docs/opt-outs.md)

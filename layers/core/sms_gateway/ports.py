@@ -475,6 +475,21 @@ class AccountAdmin(AccountStore, Protocol):
         ...
 
 
+class InboundPins(AccountStore, Protocol):
+    """What a route edit needs to pin, before it is written, the inbound upstreams of the numbers it would take an
+    upstream away from (logic/accounts.pin_inbound_before_route_change)."""
+
+    def accounts_following_routes(self) -> Iterator[str]:
+        """The accounts with a number whose inbound SMS follow the routes (no `inbound_upstreams` set): a Scan of
+        the whole table, for an edit of a general route or the default upstream only."""
+        ...
+
+    def pin_inbound_upstreams(self, account_id: str, sender: str, inbound_upstreams: tuple[str, ...]) -> bool:
+        """Sets the upstreams that may deliver the sender's inbound SMS only while none are set and it is still the
+        account's; False (nothing written) otherwise."""
+        ...
+
+
 class GroupStore(Protocol):
     """Recipient groups, keyed by account and the number in their `grp_<number>` id."""
 

@@ -72,6 +72,25 @@ def failed_items(error: Any) -> list[bool]:
     return [reason.get("Code") == "ConditionalCheckFailed" for reason in reasons]
 
 
+def _inbound_update(
+    table_name: str, account_id: str, sender: str, inbound_upstreams: tuple[str, ...] | None
+) -> dict[str, Any]:
+    """The update of a sender's `inbound_upstreams` (None: removed), conditional on its being the account's."""
+    request: dict[str, Any] = {
+        "TableName": table_name,
+        "Key": _sender_key(sender),
+        "ConditionExpression": "account_id = :account",
+        "ExpressionAttributeValues": {":account": {"S": account_id}},
+        "ReturnValues": "ALL_NEW",
+    }
+    if inbound_upstreams is None:
+        request["UpdateExpression"] = "REMOVE inbound_upstreams"
+    else:
+        request["UpdateExpression"] = "SET inbound_upstreams = :upstreams"
+        request["ExpressionAttributeValues"][":upstreams"] = {"L": [{"S": name} for name in inbound_upstreams]}
+    return request
+
+
 class DynamoAccountAdmin:
     """Implements ports.AccountAdmin; mixed into DynamoStore, so `client`, `table_name` and `_codec` are its."""
 
@@ -222,23 +241,38 @@ class DynamoAccountAdmin:
     def set_inbound_upstreams(
         self, account_id: str, sender: str, inbound_upstreams: tuple[str, ...] | None
     ) -> SenderRegistration:
-        request: dict[str, Any] = {
-            "TableName": self.table_name,
-            "Key": _sender_key(sender),
-            "ConditionExpression": "account_id = :account",
-            "ExpressionAttributeValues": {":account": {"S": account_id}},
-            "ReturnValues": "ALL_NEW",
-        }
-        if inbound_upstreams is None:
-            request["UpdateExpression"] = "REMOVE inbound_upstreams"
-        else:
-            request["UpdateExpression"] = "SET inbound_upstreams = :upstreams"
-            request["ExpressionAttributeValues"][":upstreams"] = {"L": [{"S": name} for name in inbound_upstreams]}
         try:
-            answer = self.client.update_item(**request)
+            answer = self.client.update_item(**_inbound_update(self.table_name, account_id, sender, inbound_upstreams))
         except self.client.exceptions.ConditionalCheckFailedException as error:
             raise NotFound(f"sender {sender!r} is not registered to account {account_id}") from error
         return SenderRegistration.model_validate(self._codec.load(answer["Attributes"]))
+
+    def pin_inbound_upstreams(self, account_id: str, sender: str, inbound_upstreams: tuple[str, ...]) -> bool:
+        request = _inbound_update(self.table_name, account_id, sender, inbound_upstreams)
+        # Never over a list an operator set, even one set since the caller looked.
+        request["ConditionExpression"] += " AND attribute_not_exists(inbound_upstreams)"
+        try:
+            self.client.update_item(**request)
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def accounts_following_routes(self) -> Iterator[str]:
+        paginator = self.client.get_paginator("scan")
+        pages = paginator.paginate(
+            TableName=self.table_name,
+            FilterExpression="sk = :sender AND attribute_not_exists(inbound_upstreams)",
+            ProjectionExpression="account_id",
+            ExpressionAttributeValues={":sender": {"S": "SENDER"}},
+            ConsistentRead=True,  # a number released a moment ago follows the routes, and must be found
+        )
+        seen: set[str] = set()
+        for page in pages:
+            for item in page.get("Items", []):
+                account_id = item["account_id"]["S"]
+                if account_id not in seen:
+                    seen.add(account_id)
+                    yield account_id
 
     def sender_taken(self, sender: str) -> Conflict:
         """The refusal of a sender another account holds, naming that account (an operator's answer only)."""

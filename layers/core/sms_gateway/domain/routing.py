@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Self
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
@@ -242,11 +243,23 @@ class RouteTable(Routes):
         no prefix: then nothing more general is ever chosen for it)."""
         own = [route for route in self.routes if route.account_id == account_id]
         if any(route.network is None and route.prefix is None for route in own):
-            used, names = own, set[str]()
-        else:
-            used, names = [*own, *(route for route in self.routes if route.account_id is None)], {self.default_upstream}
-        for route in used:
-            names.add(route.upstream)
-            if route.fallback is not None:
-                names.add(route.fallback)
-        return frozenset(names)
+            return _named(own)
+        return _named(own) | self._general_upstreams()
+
+    def _general_upstreams(self) -> frozenset[str]:
+        """The upstreams of the general routes and the default: those of every account without a catch-all route."""
+        return _named(route for route in self.routes if route.account_id is None) | {self.default_upstream}
+
+    def accounts_losing_upstreams(self, after: RouteTable) -> frozenset[str] | None:
+        """The accounts whose routes may name an upstream in this table that they do not name in `after` (an edit
+        of it): those of the account routes it changes; None when it may be any account, because a general route
+        or the default upstream named one that `after` names nowhere outside the account routes."""
+        if not self._general_upstreams() <= after._general_upstreams():
+            return None
+        changed = set(self.routes) ^ set(after.routes)
+        return frozenset(route.account_id for route in changed if route.account_id is not None)
+
+
+def _named(routes: Iterable[Route]) -> frozenset[str]:
+    """Every upstream the routes name, primary or fallback."""
+    return frozenset(name for route in routes for name in (route.upstream, route.fallback) if name is not None)

@@ -25,7 +25,15 @@ from sms_gateway.domain.webhook_urls import require_safe_webhook_url
 from sms_gateway.domain.webhooks import new_signing_secret
 from sms_gateway.domain.zones import zone_named
 from sms_gateway.errors import Conflict, InvalidRequest, NotFound
-from sms_gateway.ports import AccountAdmin, AccountChanges, AccountStore, CredentialInfo, PriceBook, SecretBox
+from sms_gateway.ports import (
+    AccountAdmin,
+    AccountChanges,
+    AccountStore,
+    CredentialInfo,
+    InboundPins,
+    PriceBook,
+    SecretBox,
+)
 
 SENDER_RULE = "alphanumeric up to 11 characters, or a number (shortcode/long code)"
 # Bearer tokens and shortcode API keys are issued here; session keys come from /login.
@@ -346,6 +354,37 @@ def senders_inbound(store: AccountStore, account: Account, routes: RouteTable) -
         taken = registration.inbound_upstreams_with(routed) if registration is not None else frozenset()
         shown.append(SenderInbound(sender=sender, inbound_upstreams=set_to, taken_from=tuple(sorted(taken))))
     return shown
+
+
+class PinnedInbound(Record):
+    """A number that followed its account's routes, bound before a route edit to the upstreams it may take inbound
+    SMS from (`set-sender --inbound-from-routes` releases it)."""
+
+    account_id: str
+    sender: str
+    inbound_upstreams: tuple[str, ...]
+
+
+def pin_inbound_before_route_change(store: InboundPins, before: RouteTable, after: RouteTable) -> list[PinnedInbound]:
+    """Before the edit of `before` into `after` is written: binds each number that follows its routes, of every
+    account whose routes `after` names fewer upstreams, to the upstreams they name before and after it. An inbound
+    SMS is taken only from an upstream its number allows (logic/inbound.py), and an upstream the edit takes away
+    from the routes may still deliver the number's SMS (the SMSC link of an upstream routed around); pinned, nothing
+    taken today is dropped after the edit. Written first, so a crash before the edit leaves numbers pinned (safe),
+    never routes changed under numbers that follow them. The callback path pays nothing for it."""
+    accounts = before.accounts_losing_upstreams(after)
+    candidates = store.accounts_following_routes() if accounts is None else iter(accounts)
+    pinned = []
+    for account_id in sorted(candidates):
+        had, has = before.upstreams_for_account(account_id), after.upstreams_for_account(account_id)
+        account = store.get_account(account_id) if not had <= has else None
+        if account is None:  # lost nothing, or no such account (the edit's write refuses it)
+            continue
+        upstreams = tuple(sorted(had | has))
+        for sender in account.senders:
+            if store.pin_inbound_upstreams(account_id, sender, upstreams):
+                pinned.append(PinnedInbound(account_id=account_id, sender=sender, inbound_upstreams=upstreams))
+    return pinned
 
 
 def remove_sender(store: AccountAdmin, account_id: str, sender: str) -> Account:
