@@ -334,3 +334,47 @@ def test_after_stop_a_send_to_that_number_is_refused_and_not_charged(stack, acco
     assert alone.status_code == 400
     assert "opted out" in alone.json()["message"]
     assert credits(stack, account) == before - 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: on the local stack an inbound SMS always comes from the `simulator` upstream; once an account "
+    "is routed to an upstream added with `simulate add-upstream` (docs/operators.md's own route examples, "
+    "local-stack.md 'Other upstreams'), `simulate inbound` to its number is acknowledged and dropped "
+    "(InboundNotAllowed) while the simulator answers delivered: true, and no command can send it through the "
+    "added name",
+)
+def test_simulate_inbound_reaches_an_account_routed_to_an_upstream_added_on_the_local_stack(
+    stack, webhook, monkeypatch
+):
+    from sms_gateway import bootstrap
+    from sms_gateway_tools.admin import create_account, set_route
+
+    for name, value in stack.env.items():  # the operator commands act on this stack, as on `make dev`'s
+        monkeypatch.setenv(name, value)
+    bootstrap.reset()
+    # Given an upstream named jasmin added to the local stack, as `sms-gateway simulate add-upstream jasmin` does
+    # (a copy of the simulator's parameter: the simulator takes its messages)
+    ssm = stack.client("ssm")
+    prefix = stack.env["UPSTREAM_PARAMETER_PREFIX"]
+    config = ssm.get_parameter(Name=f"{prefix}simulator", WithDecryption=True)["Parameter"]["Value"]
+    ssm.put_parameter(Name=f"{prefix}jasmin", Type="SecureString", Value=config, Overwrite=True)
+    # And an account routed to it, as docs/operators.md's example `set-route --account ... --upstream jasmin`
+    routed = create_account(
+        name="Routed",
+        senders=["48979"],
+        credits=10,
+        api_url=stack.api_url,
+        inbound_url=f"{webhook.url}/routed-inbound",
+    )
+    set_route(account_id=routed["account_id"], upstream="jasmin", route_id="routed-to-jasmin")
+    bootstrap.reset()  # the webhook's cached route table (kept up to 30 s) sees the new route now
+    # When the developer simulates a reply to the account's number, as the README and local-stack.md show
+    result = httpx.post(
+        f"{stack.simulator_url}/control/inbound",
+        json={"from": NUMBER, "to": "48979", "message": "STOP"},
+        timeout=10,
+    ).json()
+    assert result["delivered"] is True
+    # Then the account's client gets it (today: dropped, never stored or forwarded, the STOP not applied)
+    assert webhook.next("/routed-inbound", timeout=10)["body"]["message"] == "STOP"
