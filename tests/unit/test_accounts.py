@@ -256,6 +256,20 @@ class TestSenders:
             accounts.add_sender(store, account[0].account_id, sender)
         assert store.accounts[account[0].account_id].senders == ("48974",)
 
+    @pytest.mark.xfail(
+        strict=True,
+        reason="review: docs/operators.md says a numeric sender is 3 to 15 digits ('+12' is refused), but '1' and "
+        "'12' pass as 11-character alphanumeric ids (SENDER_ID's first branch takes all-digit strings)",
+    )
+    @pytest.mark.parametrize("sender", ["1", "12", "00"])
+    def test_a_number_shorter_than_three_digits_is_refused_as_a_sender(self, store, account, sender):
+        # Given docs/operators.md: "a number of 3 to 15 digits (shortcode or long code)"; "+12" is refused already
+        # When an operator registers a one- or two-digit number (a typo for 48974, say)
+        with pytest.raises(InvalidRequest, match="invalid sender id"):
+            accounts.add_sender(store, account[0].account_id, sender)
+        # Then nothing is registered
+        assert store.accounts[account[0].account_id].senders == ("48974",)
+
     def test_a_numbers_inbound_upstreams_are_set_shown_and_put_back_on_the_routes(self, store, account):
         created, _ = account
         routes = RouteTable(
