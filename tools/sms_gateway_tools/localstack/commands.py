@@ -8,13 +8,15 @@ import json
 import logging
 import signal
 import sys
-import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from sms_gateway_tools.admin import field_text
 from sms_gateway_tools.localstack.stack import LocalStack, read_stack_file
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_POLL_SECONDS = 0.2
 DEMO_BODY = {
     "from": "48974",
     "to": "2348020000000",
@@ -27,15 +29,24 @@ DEMO_BODY = {
 def run_local(*, port: int, dlr_delay: float, failure_rate: float, log_level: str) -> int:
     """Runs the local stack in the foreground until SIGINT or SIGTERM; returns the exit code."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stopping: list[int] = []  # the signals received; a plain list, as a handler must not take a lock (below)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # Only a flag: a handler that takes a lock (threading.Event.set) deadlocks when a second signal lands
+        # while it holds it (`timeout` and make both sending SIGTERM, a double Ctrl-C). Further signals are
+        # ignored until the stack has stopped; the main loop below polls the flag.
+        stopping.append(signum)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     stack = LocalStack(port=port, dlr_delay=dlr_delay, failure_rate=failure_rate, log_level=log_level)
     try:
         stack.start()
         account = _demo_account(stack.api_url)
         print(banner(stack, account), flush=True)
-        while not stop.wait(0.5):
-            pass
+        while not stopping:
+            time.sleep(STOP_POLL_SECONDS)
         print("\nstopping the local stack ...", flush=True)
     except OSError as error:
         print(f"error: cannot start the local stack: {error}{_port_hint(error, port)}", file=sys.stderr)
