@@ -34,6 +34,7 @@ def shared_stack() -> Iterator[dict[str, str]]:
         for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
             patch.setenv(key, value)
         patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        patch.setenv("AWS_REGION", "us-east-1")
         patch.delenv("AWS_ENDPOINT_URL", raising=False)
         with template_stack(patch.setenv) as env:
             yield env

@@ -22,6 +22,7 @@ def moto_table(stack_name: str) -> Iterator[Any]:
         for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB", "AWS_PROFILE"):
             patch.delenv(name, raising=False)
         patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        patch.setenv("AWS_REGION", "us-east-1")
         with mock_aws():
             env = create_resources(stack_name=stack_name, simulator_url="http://x:9", api_url="http://x:8")
             client = aws_clients(None, ["dynamodb"])["dynamodb"]

@@ -157,12 +157,6 @@ def test_an_unknown_deployed_stack_is_a_clear_error(aws, capsys):
     assert "no-such-stack" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: docs/operators.md says --stack-name uses the region of your AWS CLI environment "
-    "(AWS_PROFILE, AWS_REGION), but boto3 reads AWS_DEFAULT_REGION and the profile, never AWS_REGION: the "
-    "commands act on the stack of that name in the profile's region, or fail with no region",
-)
 def test_a_deployed_stack_is_looked_up_in_the_region_aws_region_names(aws, monkeypatch):
     import os
 
@@ -183,8 +177,13 @@ def test_a_deployed_stack_is_looked_up_in_the_region_aws_region_names(aws, monke
     # When the operator names the region with AWS_REGION, as docs/operators.md says (the AWS CLI reads it too)
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
     admin.use_deployed_stack("sms-gateway-prod")
-    # Then the admin commands act on that region's stack
+    # Then the admin commands act on that region's stack: its outputs, and its table, queues, key and parameters
     assert os.environ["TABLE_NAME"] == "gateway-table-eu"
+    from sms_gateway.adapters import aws as aws_clients
+
+    aws_clients.reset_clients()
+    assert aws_clients.client("dynamodb").meta.region_name == "eu-west-1"
+    aws_clients.reset_clients()
 
 
 # ---------------------------------------------------------------- credentials

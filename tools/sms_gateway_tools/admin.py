@@ -45,8 +45,10 @@ def describe_stack(stack_name: str) -> list[Any]:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from sms_gateway.adapters.aws import region_name
+
     try:
-        return boto3.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"]
+        return boto3.client("cloudformation", region_name=region_name()).describe_stacks(StackName=stack_name)["Stacks"]
     except (BotoCoreError, ClientError) as error:
         raise TargetNotFound(f"cannot read stack {stack_name!r}: {error}") from error
 

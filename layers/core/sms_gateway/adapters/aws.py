@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -13,6 +14,13 @@ _clients: dict[str, Any] = {}
 # docs/cold-start.md). Sessions are not thread-safe; clients are created under the lock only.
 _session: list[Any] = []
 _lock = threading.Lock()
+
+
+def region_name() -> str | None:
+    """AWS_REGION when set (Lambda's runtime sets it; the AWS CLI and docs/operators.md name the region with it),
+    else None: boto3's own choice (AWS_DEFAULT_REGION, then the profile). boto3 alone never reads AWS_REGION, so
+    an operator's AWS_REGION=eu-west-1 reached the profile region's stack of the same name."""
+    return os.environ.get("AWS_REGION") or None
 
 
 def client(service: str) -> Any:
@@ -35,7 +43,7 @@ def client(service: str) -> Any:
                 parameter_validation=False,
             )
             if not _session:
-                _session.append(boto3.session.Session())
+                _session.append(boto3.session.Session(region_name=region_name()))
             created = _session[0].client(service, config=config)
             created.meta.events.register("needs-retry", deadlines.no_retry_past_deadline_or_once)
             _clients[service] = created
