@@ -256,11 +256,6 @@ class TestSenders:
             accounts.add_sender(store, account[0].account_id, sender)
         assert store.accounts[account[0].account_id].senders == ("48974",)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="review: docs/operators.md says a numeric sender is 3 to 15 digits ('+12' is refused), but '1' and "
-        "'12' pass as 11-character alphanumeric ids (SENDER_ID's first branch takes all-digit strings)",
-    )
     @pytest.mark.parametrize("sender", ["1", "12", "00"])
     def test_a_number_shorter_than_three_digits_is_refused_as_a_sender(self, store, account, sender):
         # Given docs/operators.md: "a number of 3 to 15 digits (shortcode or long code)"; "+12" is refused already

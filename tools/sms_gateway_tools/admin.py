@@ -788,7 +788,9 @@ def register(subparsers: Any) -> None:
 
 def _add_sender_commands(command: Command, account: argparse.ArgumentParser) -> None:
     add = command("add-sender", "register a sender ID or shortcode to the account (one owner each)", account)
-    add.add_argument("--sender", required=True, help="alphanumeric up to 11 characters, or a number")
+    add.add_argument(
+        "--sender", required=True, help="alphanumeric up to 11 characters with a letter, or a number of 3 to 15 digits"
+    )
     add.add_argument(
         "--inbound-upstream", action="append", type=_upstream_argument, metavar="NAME", help=_INBOUND_UPSTREAM_HELP
     )

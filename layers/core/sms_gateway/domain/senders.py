@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 
-# Alphanumeric, up to 11 characters, spaces only between others (" 48974" or "CINEMA " would be look-alikes the
-# registry tells apart); or a number (shortcode or long code), with or without '+'.
-SENDER_ID = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9 ]{0,9}[A-Za-z0-9])?|\+?[0-9]{3,15})$")
+# Alphanumeric, up to 11 characters with at least one letter, spaces only between others (" 48974" or "CINEMA "
+# would be look-alikes the registry tells apart); or a number of 3 to 15 digits (shortcode or long code), with or
+# without '+'. Without the letter, "1" or "12" passed as an alphanumeric id, though no network takes such a number.
+SENDER_ID = re.compile(r"^(?:(?=[A-Za-z0-9 ]*[A-Za-z])[A-Za-z0-9](?:[A-Za-z0-9 ]{0,9}[A-Za-z0-9])?|\+?[0-9]{3,15})$")
 
 
 def registry_form(sender: str) -> str:

@@ -35,7 +35,7 @@ from sms_gateway.ports import (
     SecretBox,
 )
 
-SENDER_RULE = "alphanumeric up to 11 characters, or a number (shortcode/long code)"
+SENDER_RULE = "alphanumeric up to 11 characters with a letter, or a number of 3 to 15 digits (shortcode/long code)"
 # Bearer tokens and shortcode API keys are issued here; session keys come from /login.
 ISSUABLE_KINDS = (CredentialKind.TOKEN, CredentialKind.APIKEY)
 # A typo guard: no real top-up (or opening balance) is a trillion credits, and DynamoDB numbers have 38 digits at
