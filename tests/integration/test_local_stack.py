@@ -629,13 +629,6 @@ sys.exit(commands.run_local(port=0, dlr_delay=0.3, failure_rate=0.0, log_level="
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a LocalStack started as the e2e/browser tests, `make chaos` and `make bench` start it (default "
-    "state dir) claims .local/stack.json; `make dev` started while one runs keeps it (only a warning in its log, "
-    "its banner still names the file), so the README's next commands (`admin create-account`, `simulate "
-    "inbound`) act on the test's stack, and once that stops on none",
-)
 def test_make_dev_started_while_a_test_stack_runs_is_the_one_the_admin_commands_reach(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sms_gateway_tools.admin import field_text
+from sms_gateway_tools.localstack import stack as stack_module
 from sms_gateway_tools.localstack.stack import LocalStack, read_stack_file
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -40,7 +41,13 @@ def run_local(*, port: int, dlr_delay: float, failure_rate: float, log_level: st
             signal.signal(sig, signal.SIG_IGN)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
-    stack = LocalStack(port=port, dlr_delay=dlr_delay, failure_rate=failure_rate, log_level=log_level)
+    stack = LocalStack(
+        port=port,
+        dlr_delay=dlr_delay,
+        failure_rate=failure_rate,
+        log_level=log_level,
+        state_dir=stack_module.default_state_dir(),  # the shared .local/stack.json: only this stack claims it
+    )
     try:
         stack.start()
         account = _demo_account(stack.api_url)

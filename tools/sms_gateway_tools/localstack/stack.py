@@ -7,6 +7,8 @@ import logging
 import os
 import random
 import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -45,6 +47,8 @@ def repo_root() -> Path:
 
 
 def default_state_dir() -> Path:
+    """The checkout's `.local/`: the state dir of the stack `sms-gateway local` (make dev) runs, whose stack.json
+    the admin and simulate commands read."""
     return repo_root() / ".local"
 
 
@@ -97,7 +101,11 @@ class LocalStack:
         self.failure_rate = failure_rate
         self.log_level = log_level.upper()
         self.template_path = template_path
-        self.state_dir = state_dir or default_state_dir()
+        # Only `sms-gateway local` (make dev) passes default_state_dir(): its .local/stack.json is how the admin and
+        # simulate commands find the stack. Any other stack (the e2e and browser tests, chaos, bench) keeps its state
+        # file and metrics.log in a private temporary directory, removed when it stops; until 2026-12-06 whichever
+        # stack started first claimed .local/stack.json, so a `make dev` started while a test ran never got it.
+        self._state_dir = state_dir
         self.divert_metrics = divert_metrics
         self.scheduler_interval = scheduler_interval
         self.serialize_invocations = serialize_invocations
@@ -137,6 +145,7 @@ class LocalStack:
         self._stdout: DivertedStdout | None = None
         self._started = False
         self._clients: dict[str, Any] = {}
+        self._private_state_dir: Path | None = None
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -166,6 +175,12 @@ class LocalStack:
     def env(self) -> dict[str, str]:
         """Every variable this stack put into os.environ (AWS endpoint, credentials, functions' settings)."""
         return dict(self._env)
+
+    @property
+    def state_dir(self) -> Path:
+        if self._state_dir is None:
+            self._state_dir = self._private_state_dir = Path(tempfile.mkdtemp(prefix="sms-gateway-stack-"))
+        return self._state_dir
 
     @property
     def state_file(self) -> Path:
@@ -362,6 +377,8 @@ class LocalStack:
         if self._stdout is not None:
             steps.append(("stdout", self._stdout.restore))
         steps.append(("environment", self._restore_env))
+        if self._private_state_dir is not None:
+            steps.append(("private state dir", self._remove_private_state_dir))
         for name, step in steps:
             try:
                 step()
@@ -449,6 +466,11 @@ class LocalStack:
         temporary = self.state_file.with_suffix(".tmp")
         temporary.write_text(json.dumps(state, indent=2) + "\n")
         temporary.replace(self.state_file)
+
+    def _remove_private_state_dir(self) -> None:
+        if self._private_state_dir is not None:
+            shutil.rmtree(self._private_state_dir, ignore_errors=True)
+            self._state_dir = self._private_state_dir = None
 
     def _remove_state_file(self) -> None:
         state = read_stack_file(self.state_dir)
