@@ -336,29 +336,21 @@ def test_after_stop_a_send_to_that_number_is_refused_and_not_charged(stack, acco
     assert credits(stack, account) == before - 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: on the local stack an inbound SMS always comes from the `simulator` upstream; once an account "
-    "is routed to an upstream added with `simulate add-upstream` (docs/operators.md's own route examples, "
-    "local-stack.md 'Other upstreams'), `simulate inbound` to its number is acknowledged and dropped "
-    "(InboundNotAllowed) while the simulator answers delivered: true, and no command can send it through the "
-    "added name",
-)
 def test_simulate_inbound_reaches_an_account_routed_to_an_upstream_added_on_the_local_stack(
-    stack, webhook, monkeypatch
+    stack, webhook, monkeypatch, capsys
 ):
     from sms_gateway import bootstrap
-    from sms_gateway_tools.admin import create_account, set_route
+    from sms_gateway_tools import cli
+    from sms_gateway_tools.admin import create_account, set_route, set_sender
+    from sms_gateway_tools.localstack import stack as stack_module
 
     for name, value in stack.env.items():  # the operator commands act on this stack, as on `make dev`'s
         monkeypatch.setenv(name, value)
     bootstrap.reset()
-    # Given an upstream named jasmin added to the local stack, as `sms-gateway simulate add-upstream jasmin` does
-    # (a copy of the simulator's parameter: the simulator takes its messages)
-    ssm = stack.client("ssm")
-    prefix = stack.env["UPSTREAM_PARAMETER_PREFIX"]
-    config = ssm.get_parameter(Name=f"{prefix}simulator", WithDecryption=True)["Parameter"]["Value"]
-    ssm.put_parameter(Name=f"{prefix}jasmin", Type="SecureString", Value=config, Overwrite=True)
+    # The simulate commands find this stack as they find `make dev`'s
+    monkeypatch.setattr(stack_module, "default_state_dir", lambda: stack.state_dir)
+    # Given an upstream named jasmin added to the local stack (a copy of the simulator's parameter)
+    assert cli.main(["simulate", "add-upstream", "jasmin"]) == 0
     # And an account routed to it, as docs/operators.md's example `set-route --account ... --upstream jasmin`
     routed = create_account(
         name="Routed",
@@ -368,13 +360,18 @@ def test_simulate_inbound_reaches_an_account_routed_to_an_upstream_added_on_the_
         inbound_url=f"{webhook.url}/routed-inbound",
     )
     set_route(account_id=routed["account_id"], upstream="jasmin", route_id="routed-to-jasmin")
+    # whose number follows its routes (the route change pinned it to simulator and jasmin; released, as the route
+    # commands advise once the old upstream is gone)
+    set_sender(account_id=routed["account_id"], sender="48979", inbound_upstreams=[])
     bootstrap.reset()  # the webhook's cached route table (kept up to 30 s) sees the new route now
-    # When the developer simulates a reply to the account's number, as the README and local-stack.md show
-    result = httpx.post(
-        f"{stack.simulator_url}/control/inbound",
-        json={"from": NUMBER, "to": "48979", "message": "STOP"},
-        timeout=10,
-    ).json()
-    assert result["delivered"] is True
-    # Then the account's client gets it (today: dropped, never stored or forwarded, the STOP not applied)
+    # When the developer simulates a reply to the account's number from that upstream (docs/local-stack.md, Other
+    # upstreams)
+    capsys.readouterr()
+    code = cli.main(
+        ["simulate", "inbound", "--from", NUMBER, "--to", "48979", "--message", "STOP", "--upstream", "jasmin"]
+    )
+    out = capsys.readouterr().out  # the stack's functions print here too
+    assert code == 0 and '"upstream": "jasmin"' in out and '"delivered": true' in out, out
+    # Then the account's client gets it (before: only the simulator's own upstream could post it, and the number
+    # took inbound SMS from jasmin only: acknowledged and dropped, never stored or forwarded, the STOP not applied)
     assert webhook.next("/routed-inbound", timeout=10)["body"]["message"] == "STOP"

@@ -560,6 +560,23 @@ def test_a_local_upstream_is_not_added_over_another_configuration_or_under_a_bad
     assert upstream_parameter(aws, "jasmin") == before
 
 
+def test_an_inbound_sms_is_simulated_only_from_an_upstream_the_simulator_serves(aws, local_stack_file, capsys):
+    # Given jasmin configured by hand (a Kannel: the simulator cannot speak for it), and no upstream named kannel
+    configure_upstream(aws, "jasmin")
+    # When the developer simulates an inbound SMS from each, or from a name that is no upstream name
+    for name, says in (
+        ("jasmin", "not one the simulator serves"),
+        ("kannel", "simulate add-upstream kannel"),
+        ("Kannel!", "not an upstream name"),
+    ):
+        code, out, err = simulate(
+            capsys, "inbound", "--from", "2348020000000", "--to", "48974", "--message", "hi", "--upstream", name
+        )
+        # Then each is refused with what to do (exit 2), and nothing is posted
+        assert (code, out) == (2, ""), name
+        assert says in err, (name, err)
+
+
 def test_adding_a_local_upstream_needs_a_running_local_stack(aws, monkeypatch, tmp_path, capsys):
     from sms_gateway_tools.localstack import stack
 

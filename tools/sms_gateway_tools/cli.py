@@ -18,7 +18,7 @@ def _local(args: argparse.Namespace) -> int:
 def _simulate_inbound(args: argparse.Namespace) -> int:
     from sms_gateway_tools.localstack.commands import simulate_inbound
 
-    return simulate_inbound(sender=args.sender, to=args.to, message=args.message)
+    return simulate_inbound(sender=args.sender, to=args.to, message=args.message, upstream=args.upstream)
 
 
 def _simulate_add_upstream(args: argparse.Namespace) -> int:
@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     inbound.add_argument("--from", dest="sender", required=True, help="the mobile number sending")
     inbound.add_argument("--to", required=True, help="the shortcode or number receiving")
     inbound.add_argument("--message", required=True, help="the text")
+    inbound.add_argument(
+        "--upstream",
+        metavar="NAME",
+        help="the upstream it comes from: one `simulate add-upstream` added (default: simulator)",
+    )
     inbound.set_defaults(func=_simulate_inbound)
     upstream = simulate_commands.add_parser(
         "add-upstream",

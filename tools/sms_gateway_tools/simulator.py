@@ -71,6 +71,27 @@ def sign(secret: str, timestamp: str | int, body: str | bytes) -> str:
     return hmac.new(secret.encode(), f"{timestamp}.".encode() + raw, hashlib.sha256).hexdigest()
 
 
+def signed_headers(secret: str, body: str) -> dict[str, str]:
+    """The headers of a callback with JSON `body`, signed with `secret` as an upstream of the simulator's kind."""
+    timestamp = str(int(time.time()))
+    return {
+        "Content-Type": "application/json",
+        TIMESTAMP_HEADER: timestamp,
+        SIGNATURE_HEADER: sign(secret, timestamp, body),
+    }
+
+
+def inbound_payload(sender: str, to: str, message: str) -> dict[str, str]:
+    """An inbound SMS as the simulator posts it to `/callbacks/<upstream>/inbound`."""
+    return {
+        "message_id": f"sim-in-{uuid.uuid4().hex}",
+        "from": sender,
+        "to": to,
+        "text": message,
+        "received_at": _now_iso(),
+    }
+
+
 def verify(secret: str, timestamp: str, body: str | bytes, signature: str) -> bool:
     return hmac.compare_digest(sign(secret, timestamp, body), signature)
 
@@ -406,13 +427,7 @@ class UpstreamSimulator:
 
     def send_inbound(self, sender: str, to: str, message: str) -> dict[str, Any]:
         """Posts one inbound SMS to `inbound_url` now; answers what `/control/inbound` answers."""
-        payload = {
-            "message_id": f"sim-in-{uuid.uuid4().hex}",
-            "from": sender,
-            "to": to,
-            "text": message,
-            "received_at": _now_iso(),
-        }
+        payload = inbound_payload(sender, to, message)
         status = self._post_signed(self.inbound_url, payload) if self.inbound_url else None
         delivered = status is not None and 200 <= status < 300
         with self._lock:
@@ -427,14 +442,8 @@ class UpstreamSimulator:
         if client is None:
             return None
         body = json.dumps(payload, separators=(",", ":"))
-        timestamp = str(int(time.time()))
-        headers = {
-            "Content-Type": "application/json",
-            TIMESTAMP_HEADER: timestamp,
-            SIGNATURE_HEADER: sign(self.secret, timestamp, body),
-        }
         try:
-            return client.post(url, content=body.encode(), headers=headers).status_code
+            return client.post(url, content=body.encode(), headers=signed_headers(self.secret, body)).status_code
         except (httpx.HTTPError, RuntimeError) as error:
             logger.info("callback to %s failed: %s", url, error)
             return None

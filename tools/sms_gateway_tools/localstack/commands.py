@@ -142,27 +142,37 @@ def _running_stack(state_dir: Path | None) -> dict[str, Any] | None:
     return state
 
 
+def _local_upstreams(state_dir: Path | None) -> tuple[Any, str]:
+    """Points this process at the running local stack; returns its moto's SSM client and the upstreams' prefix."""
+    from sms_gateway.adapters import aws
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway_tools.admin import use_local_stack
+
+    use_local_stack((state_dir or stack_module.default_state_dir()) / stack_module.STATE_FILE_NAME)
+    return aws.client("ssm"), gateway().settings.upstream_parameter_prefix
+
+
+def _is_upstream_name(name: str) -> bool:
+    from sms_gateway.domain.routing import UPSTREAM_NAME
+
+    if UPSTREAM_NAME.fullmatch(name):
+        return True
+    print(f"error: {name!r} is not an upstream name: lowercase letters, digits, '-' and '_'", file=sys.stderr)
+    return False
+
+
 def add_upstream(*, name: str, state_dir: Path | None = None) -> int:
     """Configures upstream `name` in the running local stack as a copy of the simulator's parameter (its URL and
     secret): the simulator then takes the messages routed to `name`, and `admin set-route` accepts the name."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from sms_gateway.adapters import aws
-    from sms_gateway.bootstrap import gateway
-    from sms_gateway.domain.routing import UPSTREAM_NAME
-    from sms_gateway_tools.admin import TargetNotFound, use_local_stack
+    from sms_gateway_tools.admin import TargetNotFound
     from sms_gateway_tools.localstack.resources import UPSTREAM_NAME as SIMULATOR
-    from sms_gateway_tools.localstack.stack import STATE_FILE_NAME, default_state_dir
 
-    if not UPSTREAM_NAME.fullmatch(name):
-        print(f"error: {name!r} is not an upstream name: lowercase letters, digits, '-' and '_'", file=sys.stderr)
-        return 2
-    if _running_stack(state_dir) is None:
+    if not _is_upstream_name(name) or _running_stack(state_dir) is None:
         return 2
     try:
-        use_local_stack((state_dir or default_state_dir()) / STATE_FILE_NAME)
-        prefix = gateway().settings.upstream_parameter_prefix
-        ssm = aws.client("ssm")
+        ssm, prefix = _local_upstreams(state_dir)
         config = ssm.get_parameter(Name=f"{prefix}{SIMULATOR}", WithDecryption=True)["Parameter"]["Value"]
         parameter = f"{prefix}{name}"
         try:
@@ -178,13 +188,22 @@ def add_upstream(*, name: str, state_dir: Path | None = None) -> int:
     return 0
 
 
-def simulate_inbound(*, sender: str, to: str, message: str, state_dir: Path | None = None) -> int:
-    """Asks the running stack's simulator to deliver an inbound SMS; prints its answer."""
+def simulate_inbound(
+    *, sender: str, to: str, message: str, upstream: str | None = None, state_dir: Path | None = None
+) -> int:
+    """Delivers an inbound SMS to the running stack and prints the answer: through the simulator's own upstream
+    (`simulator`), or, with `upstream`, as that upstream (one `simulate add-upstream` added) posts it."""
     import httpx
 
+    from sms_gateway_tools.localstack.resources import UPSTREAM_NAME as SIMULATOR
+
+    if upstream is not None and not _is_upstream_name(upstream):
+        return 2
     state = _running_stack(state_dir)
     if state is None:
         return 2
+    if upstream is not None and upstream != SIMULATOR:
+        return _inbound_as(upstream, state, state_dir, sender=sender, to=to, message=message)
     try:
         response = httpx.post(
             f"{state['simulator_url']}/control/inbound",
@@ -198,3 +217,58 @@ def simulate_inbound(*, sender: str, to: str, message: str, state_dir: Path | No
     if response.status_code != 200:
         return 1
     return 0 if response.json().get("delivered") else 1
+
+
+def _inbound_as(
+    upstream: str, state: dict[str, Any], state_dir: Path | None, *, sender: str, to: str, message: str
+) -> int:
+    """Posts an inbound SMS to /callbacks/<upstream>/inbound signed with that upstream's secret, as the simulator
+    posts its own: the gateway takes it as coming from `upstream`, so a number routed to it accepts it."""
+    import httpx
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from sms_gateway_tools.admin import TargetNotFound
+    from sms_gateway_tools.simulator import inbound_payload, signed_headers
+
+    try:
+        ssm, prefix = _local_upstreams(state_dir)
+        try:
+            value = ssm.get_parameter(Name=f"{prefix}{upstream}", WithDecryption=True)["Parameter"]["Value"]
+        except ssm.exceptions.ParameterNotFound:
+            print(
+                f"error: no upstream named {upstream!r} on the local stack: add it first with "
+                f"`{cli_command()} simulate add-upstream {upstream}`",
+                file=sys.stderr,
+            )
+            return 2
+    except (TargetNotFound, BotoCoreError, ClientError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    config = _json_object(value)
+    if config.get("type") != "simulator" or not isinstance(config.get("secret"), str):
+        print(
+            f"error: upstream {upstream!r} is a {config.get('type')!r} upstream, not one the simulator serves: "
+            "post its inbound SMS as that upstream does (docs/local-stack.md, Other upstreams)",
+            file=sys.stderr,
+        )
+        return 2
+    payload = inbound_payload(sender, to, message)
+    body = json.dumps(payload, separators=(",", ":"))
+    url = f"{state['callback_url']}/callbacks/{upstream}/inbound"
+    try:
+        response = httpx.post(url, content=body.encode(), headers=signed_headers(config["secret"], body), timeout=30)
+    except httpx.HTTPError as error:
+        print(f"error: the local stack at {state['callback_url']} does not answer: {error}", file=sys.stderr)
+        return 2
+    delivered = response.is_success
+    answer = {"message_id": payload["message_id"], "upstream": upstream, "delivered": delivered}
+    print(json.dumps(answer | {"status": response.status_code}, indent=2))
+    return 0 if delivered else 1
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
