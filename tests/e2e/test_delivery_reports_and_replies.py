@@ -205,12 +205,17 @@ def test_a_delivery_report_whose_notification_the_queue_refused_reaches_the_clie
     # When a message to it is sent and delivered
     reference_id = send(stack, account, to=number, message="Your seats: row F", delivery_report="yes")
     reports = reports_for(webhook, "/dlr", reference_id, until={"submitted", "delivered"})
-    # Then the client gets the delivered report from the sweeper (seconds here, minutes on AWS), once, under the
-    # webhook id of the change that made it
+    # Then the client gets the delivered report from the sweeper (seconds here, minutes on AWS), under the webhook id
+    # of the change that made it
     assert refused
     [delivered] = [r for r in reports if r["body"]["status"] == "delivered"]
     assert webhook_id(delivered) == f"dlr_{delivered['body']['message_id']}_{delivered['body']['sequence']}"
-    assert quiet(webhook, 3) == []
+    # And anything more it gets is that report again under the same id, which it drops (at-least-once: the
+    # simulator's retried callbacks mark the message again, and the notifier may post a notification twice), never
+    # another report of the message
+    assert {
+        webhook_id(r) for r in quiet(webhook, 3) if r["body"].get("reference_id") == delivered["body"]["reference_id"]
+    } <= {webhook_id(delivered)}
 
 
 def test_a_multi_part_message_reports_to_the_batch_callback_url_once_every_part_is_delivered(stack, account, webhook):
