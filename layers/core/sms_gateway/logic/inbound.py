@@ -104,7 +104,7 @@ def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundD
     # Stored marked as not queued yet, in the same write: a callback that fails or dies before the notification is
     # queued leaves the mark, and a sweep queues it even when the upstream never posts the callback again.
     if deps.inbox.save_inbound(stored, notify_due=deps.clock() + deps.notify_sweep_delay):
-        _queue_notification(stored, deps)
+        queue_inbound_notification(stored, deps.inbox, deps.publish)
         _apply_pending_keyword(stored, deps)
         return InboundOutcome(routed=True, stored=True, inbound=stored)
     # The upstream retries only when it did not get our answer: perhaps the notification was never queued, or
@@ -113,15 +113,17 @@ def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundD
     original = deps.inbox.find_inbound(sms.upstream, sms.upstream_message_id) if sms.upstream_message_id else None
     logger.info("duplicate inbound callback: stored once", extra={"upstream_message_id": sms.upstream_message_id})
     if original is not None:
-        _queue_notification(original, deps)
+        queue_inbound_notification(original, deps.inbox, deps.publish)
         _apply_pending_keyword(original, deps)
     return InboundOutcome(routed=True, stored=False, inbound=original)
 
 
-def _queue_notification(inbound: StoredInbound, deps: InboundDependencies) -> None:
+def queue_inbound_notification(
+    inbound: StoredInbound, inbox: InboxStore, publish: Callable[[dict[str, Any]], None]
+) -> None:
     """Queues the SMS's notification, then clears its not-queued mark (a failure to queue keeps it for the sweep)."""
-    deps.publish(inbound_notification(inbound))
-    deps.inbox.inbound_notified(inbound)
+    publish(inbound_notification(inbound))
+    inbox.inbound_notified(inbound)
 
 
 def _apply_pending_keyword(inbound: StoredInbound, deps: InboundDependencies) -> None:

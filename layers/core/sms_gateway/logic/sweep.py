@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sms_gateway.domain.models import Message, StatusChange, StoredInbound
-from sms_gateway.logic.inbound import inbound_notification
+from sms_gateway.logic.inbound import queue_inbound_notification
 from sms_gateway.logic.notify import notifications_of
 from sms_gateway.observability import logger
 from sms_gateway.ports import InboxStore, MessageStore
@@ -93,8 +93,7 @@ def _queue_each(claimed: Sequence[_Item], queue: Callable[[_Item], None], kind: 
 
 
 def _queue_inbound(inbound: StoredInbound, deps: SweepDependencies) -> None:
-    deps.publish(inbound_notification(inbound))
-    deps.inbox.inbound_notified(inbound)
+    queue_inbound_notification(inbound, deps.inbox, deps.publish)
     logger.warning(
         "inbound SMS queued for the client by the sweep: its callback did not queue it",
         extra={"inbound_id": inbound.inbound_id, "account_id": inbound.account_id},
