@@ -41,3 +41,23 @@ def account_reads_lag(monkeypatch: Any, account_id: str) -> None:
         return read(**request)
 
     monkeypatch.setattr(client, "get_item", get_item)
+
+
+def batch_message_reads_lag(monkeypatch: Any, account_id: str, reference_id: int) -> None:
+    """From now on an eventually consistent Query of the batch's messages answers as a DynamoDB replica that has not
+    caught up with the send that stored them yet may (moto is always consistent): none of them; a consistent Query
+    answers them as they are."""
+    from sms_gateway.adapters.dynamodb import messages_pk
+    from sms_gateway.bootstrap import gateway
+
+    client = gateway().store.client
+    pk = messages_pk(account_id, reference_id)
+    query = client.query
+
+    def lagging_query(**request: Any) -> Any:
+        values = request.get("ExpressionAttributeValues") or {}
+        if values.get(":pk") == {"S": pk} and not request.get("ConsistentRead") and "IndexName" not in request:
+            return {"Items": [], "Count": 0, "ScannedCount": 0}
+        return query(**request)
+
+    monkeypatch.setattr(client, "query", lagging_query)
