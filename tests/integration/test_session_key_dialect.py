@@ -831,6 +831,23 @@ def test_status_answers_what_the_balance_buys_per_tier(aws, account, api):
     assert with_money["money"] == 100
 
 
+def test_status_right_after_a_send_includes_its_charge(aws, account, api, monkeypatch):
+    from tests.stored_accounts import account_reads_lag
+
+    # Given reads of the account that lag behind (a replica that has not caught up yet), and one send of one credit
+    keys = log_in(api, account)
+    account_reads_lag(monkeypatch, account["account_id"])
+    assert answer(api(sms_event(keys, seed_body())))["result"] == "OK"
+    from sms_gateway.bootstrap import gateway
+
+    assert gateway().store.balance(account["account_id"]) == 99  # as stored (a consistent read)
+    # When the client asks for its money right after
+    status = answer(api(route_event("GET", "/status", keys, {"getMoney": "true"})))
+    # Then it is the balance after the send, and so is what it buys
+    assert status["money"] == 99
+    assert {tier["quantity"] for tier in status["sms"]} == {99}
+
+
 def test_status_refuses_a_malformed_flag(aws, account, api):
     response = api(route_event("GET", "/status", log_in(api, account), {"getMoney": "maybe"}))
     assert response["statusCode"] == 400

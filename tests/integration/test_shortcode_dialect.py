@@ -500,11 +500,6 @@ def test_getbalance_answers_the_callers_own_balance(aws, account, other_account,
     assert wrong == {"response-code": 1006, "response-description": "Invalid credentials"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: getbalance reads the account eventually consistent: right after a send it may answer the balance "
-    "before the send's charge (the 9bits cancel answer and the session-key remaining_credits read it consistently)",
-)
 def test_getbalance_right_after_a_send_includes_its_charge(aws, account, api, monkeypatch):
     from tests.stored_accounts import account_reads_lag
 

@@ -696,6 +696,9 @@ class DynamoStore(
             "TableName": self.table_name,
             "KeyConditionExpression": "pk = :pk",
             "ExpressionAttributeValues": {":pk": {"S": messages_pk(account_id, reference_id)}},
+            # Read-your-writes: a cancel, a status lookup or a resumed send right after the send that stored them
+            # must see every message (an eventually consistent replica may answer none yet).
+            "ConsistentRead": True,
         }
         if cursor:
             query["ExclusiveStartKey"] = decode_cursor(

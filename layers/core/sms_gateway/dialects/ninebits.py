@@ -252,6 +252,7 @@ def dry_run() -> Response[Any]:
         request.text,
         request.to,
         groups_store=gateway().store,
+        accounts=gateway().store,
         opt_outs=send_dependencies().opt_outs,
         prices=price_book().price_table(),
         route_tier=ROUTE_TIER,

@@ -389,11 +389,13 @@ def user_status() -> Response[Any]:
     get_money = _flag("getMoney", query.get("getMoney"))
     _flag("typeAliases", query.get("typeAliases"))  # we always answer the names (N, L, LL), as typeAliases=true
     prices = price_book().price_table()
+    # Read consistently: a status asked right after a send includes its charge.
+    credits = gateway().store.balance(account.account_id)
     sms = [
-        {"type": tier, "quantity": sms_quantity(account.credits, prices.per_part(tier, None, account.default_country))}
+        {"type": tier, "quantity": sms_quantity(credits, prices.per_part(tier, None, account.default_country))}
         for tier in ROUTE_TIERS
     ]
-    return json_response(200, {"money": account.credits if get_money else None, "sms": sms, "email": None})
+    return json_response(200, {"money": credits if get_money else None, "sms": sms, "email": None})
 
 
 def sms_quantity(credits: int, price_per_part: int) -> int:

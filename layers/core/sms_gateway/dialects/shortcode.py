@@ -562,9 +562,11 @@ def get_dlr() -> Response[Any]:
 @router.route(f"{SERVICES}/getbalance/", method=["GET", "POST"])
 def get_balance() -> Response[Any]:
     account = _authenticate(_params())
+    # Read consistently: a balance asked right after a send includes its charge.
+    credits = gateway().store.balance(account.account_id)
     return json_response(
         HTTP_STATUS,
-        {"response-code": 200, "credit": f"{account.credits:.2f}", "partner-id": account.partner_id},
+        {"response-code": 200, "credit": f"{credits:.2f}", "partner-id": account.partner_id},
     )
 
 

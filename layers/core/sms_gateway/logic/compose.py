@@ -22,7 +22,7 @@ from sms_gateway.logic.send import (
     require_sender,
     require_valid,
 )
-from sms_gateway.ports import GroupStore, OptOutStore
+from sms_gateway.ports import AccountStore, GroupStore, OptOutStore
 
 MAX_RECIPIENTS = 1000
 UNKNOWN_GROUP = "unknown group id"
@@ -96,6 +96,7 @@ def dry_run(
     to: Sequence[str],
     *,
     groups_store: GroupStore,
+    accounts: AccountStore,
     opt_outs: OptOutStore | None,
     prices: PriceTable,
     route_tier: str,
@@ -110,7 +111,8 @@ def dry_run(
         recipients=recipients,
         invalid=invalid + resolved.rejected,
         opted_out=opted_out,
-        balance=account.credits,
+        # Read consistently: a quote asked right after a send (or a top-up) weighs the balance it left.
+        balance=accounts.balance(account.account_id),
     )
 
 

@@ -252,6 +252,7 @@ def preview_of(account: Account, request: PreviewRequest) -> dict[str, Any]:
         text,
         numbers,
         groups_store=gateway().store,
+        accounts=gateway().store,
         opt_outs=send_dependencies().opt_outs,
         prices=price_book().price_table(),
         route_tier=ROUTE_TIER,
