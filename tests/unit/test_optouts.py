@@ -495,3 +495,41 @@ class TestOperatorOptOuts:
             optouts.record_opt_out(store, store, account_id, number, sender, now=NOW)
         assert store.opt_out_records == {}
         assert store.accounts["7"].opt_outs == 0
+
+
+# ------------------------------------------------------------------ review (session 28): queued messages at dispatch
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: a message queued before its number's STOP is still submitted and charged at dispatch; the "
+    "dispatcher never looks at opt-outs (only acceptance, a scheduled release and a keyed retry do)",
+)
+def test_a_queued_message_whose_number_sends_stop_before_it_is_dispatched_is_not_sent_nor_charged(store):
+    import asyncio
+
+    from sms_gateway.logic.dispatch import DispatchDependencies, dispatch
+
+    # Given a message from 48974 queued for a number (charged 1 credit), still waiting in the account's FIFO lane
+    # (behind its bulk batches, a rate limit or an upstream outage: up to the 24 h validity)
+    queue = RecordingQueue()
+    send(store, STOPPED, queue=queue)
+    assert store.accounts["7"].credits == 999
+    # And the number texts STOP to 48974 before the dispatcher reaches it
+    stop(store)
+    provider = FakeProvider()
+    deps = DispatchDependencies(
+        messages=store,
+        accounts=store,
+        upstreams_for=lambda _: [provider],
+        callback_base_url="https://gw.example/",
+        clock=lambda: NOW + timedelta(minutes=10),
+    )
+    # When the dispatcher takes the record
+    asyncio.run(dispatch(queue.commands[0], deps))
+    # Then the number is not sent to from 48974 again ("not sent to from that sender again until it texts START",
+    # docs/opt-outs.md), and the message is failed opted_out and refunded, as a scheduled one is at its release
+    assert provider.submits == []
+    [message] = store.messages.values()
+    assert (message.status, message.error_code) == (MessageStatus.FAILED, "opted_out")
+    assert store.accounts["7"].credits == 1000
