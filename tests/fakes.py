@@ -334,6 +334,7 @@ class InMemoryStore:
         error_code: str | None = None,
         reported_at: str | None = None,
         unclaimed_only: bool = False,
+        unheld_only: bool = False,
         refund: bool = False,
         reported_by: str | None = None,
     ) -> StatusChange | None:
@@ -341,9 +342,11 @@ class InMemoryStore:
             message = self.messages.get(key)
             if message is None:
                 return None
+            unheld = message.status == MessageStatus.QUEUED and key not in self.claims and not message.maybe_taken_by
             if (
                 message.status not in allowed_previous(target)
                 or (unclaimed_only and key in self.ever_claimed)
+                or (unheld_only and not unheld)
                 or not self._carries(key, message, reported_by)
             ):
                 return StatusChange(message=message, changed=False)

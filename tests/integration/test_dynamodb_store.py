@@ -820,6 +820,31 @@ def test_a_withdrawal_takes_only_a_message_no_dispatcher_has_claimed(store):
     assert taken.message.error_code == "not_queued"
 
 
+def test_a_dispatcher_fails_before_its_claim_only_a_queued_message_none_holds_and_no_upstream_may_have(store):
+    # Given queued messages: one claimed now, one handed back after a throttle, one handed back naming an upstream
+    # that may have it (its submit got no answer), one submitted
+    held, handed_back, maybe_out, submitted = (one_message(store, MessageStatus.QUEUED) for _ in range(4))
+    for message in (held, handed_back, maybe_out):
+        assert claim(store, message.key)
+    store.release_claim(handed_back.key, attempted=False, throttled=True)
+    store.release_claim(maybe_out.key, maybe_taken_by="primary")
+    store.transition(submitted.key, MessageStatus.SUBMITTED, now=NOW, upstream="primary", upstream_message_id="u1")
+    # When each is failed before a claim (unheld only)
+    moved = {
+        message.key: store.transition(
+            message.key, MessageStatus.FAILED, now=NOW, error_code="opted_out", unheld_only=True
+        )
+        for message in (held, handed_back, maybe_out, submitted)
+    }
+    # Then only the one handed back after a throttle is failed; the others are left as they were
+    assert {key: change.changed for key, change in moved.items() if change is not None} == {
+        held.key: False,
+        handed_back.key: True,
+        maybe_out.key: False,
+        submitted.key: False,
+    }
+
+
 # ------------------------------------------------------------------------------ a message found by its id alone
 
 

@@ -500,16 +500,25 @@ class TestOperatorOptOuts:
 # ------------------------------------------------------------------ review (session 28): queued messages at dispatch
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a message queued before its number's STOP is still submitted and charged at dispatch; the "
-    "dispatcher never looks at opt-outs (only acceptance, a scheduled release and a keyed retry do)",
-)
-def test_a_queued_message_whose_number_sends_stop_before_it_is_dispatched_is_not_sent_nor_charged(store):
+def dispatch_first(store: OptOutMemoryStore, queue: RecordingQueue, provider: FakeProvider, **options: object):
+    """The first dispatch record `queue` was given, dispatched ten minutes after the send, opt-outs looked at."""
     import asyncio
 
     from sms_gateway.logic.dispatch import DispatchDependencies, dispatch
 
+    deps = DispatchDependencies(
+        messages=store,
+        accounts=store,
+        upstreams_for=lambda _: [provider],
+        callback_base_url="https://gw.example/",
+        clock=lambda: NOW + timedelta(minutes=10),
+        opt_outs=store,
+        **options,  # type: ignore[arg-type]
+    )
+    return asyncio.run(dispatch(queue.commands[0], deps))
+
+
+def test_a_queued_message_whose_number_sends_stop_before_it_is_dispatched_is_not_sent_nor_charged(store):
     # Given a message from 48974 queued for a number (charged 1 credit), still waiting in the account's FIFO lane
     # (behind its bulk batches, a rate limit or an upstream outage: up to the 24 h validity)
     queue = RecordingQueue()
@@ -518,18 +527,71 @@ def test_a_queued_message_whose_number_sends_stop_before_it_is_dispatched_is_not
     # And the number texts STOP to 48974 before the dispatcher reaches it
     stop(store)
     provider = FakeProvider()
-    deps = DispatchDependencies(
-        messages=store,
-        accounts=store,
-        upstreams_for=lambda _: [provider],
-        callback_base_url="https://gw.example/",
-        clock=lambda: NOW + timedelta(minutes=10),
-    )
     # When the dispatcher takes the record
-    asyncio.run(dispatch(queue.commands[0], deps))
+    dispatch_first(store, queue, provider)
     # Then the number is not sent to from 48974 again ("not sent to from that sender again until it texts START",
     # docs/opt-outs.md), and the message is failed opted_out and refunded, as a scheduled one is at its release
     assert provider.submits == []
     [message] = store.messages.values()
     assert (message.status, message.error_code) == (MessageStatus.FAILED, "opted_out")
     assert store.accounts["7"].credits == 1000
+
+
+def test_a_queued_batch_reports_its_stopped_message_failed_and_sends_the_others(store):
+    # Given a batch from 48974 to two numbers, with delivery reports, queued; then one of them texts STOP
+    queue = RecordingQueue()
+    send(store, STOPPED, OTHER, queue=queue, delivery_report=DeliveryReportMode.YES)
+    stop(store)
+    provider, announced = FakeProvider(), []
+    # When the dispatcher takes the record
+    outcome = dispatch_first(store, queue, provider, announce=announced.extend)
+    # Then only the other number is sent to; the stopped one is failed, refunded and reported to the client
+    assert [request.msisdn for request in provider.submits] == [OTHER]
+    assert (outcome.submitted, outcome.failed) == (1, 1)
+    assert store.accounts["7"].credits == 999
+    [report] = [n["payload"] for n in notifications_of(announced) if n["payload"]["status"] == "failed"]
+    assert report["error_code"] == "opted_out"
+
+
+def test_a_message_handed_back_after_a_throttle_is_failed_at_its_next_dispatch_when_its_number_stopped(store):
+    # Given a queued message an upstream throttled: claimed, then handed back with no attempt counted
+    queue = RecordingQueue()
+    send(store, STOPPED, queue=queue)
+    [message] = store.messages.values()
+    store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120, upstream="fake")
+    store.release_claim(message.key, attempted=False, throttled=True)
+    # And its number texts STOP while it waits out the backoff
+    stop(store)
+    provider = FakeProvider()
+    # When its record comes back
+    dispatch_first(store, queue, provider)
+    # Then it is not sent: failed opted_out and refunded
+    assert provider.submits == []
+    assert store.messages[message.key].error_code == "opted_out"
+    assert store.accounts["7"].credits == 1000
+
+
+def test_a_message_an_upstream_may_have_is_not_failed_and_refunded_when_its_number_stops(store):
+    # Given a queued message whose submit got no answer from an upstream that may have it (handed back naming it)
+    queue = RecordingQueue()
+    send(store, STOPPED, queue=queue)
+    [message] = store.messages.values()
+    store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120, upstream="fake")
+    store.release_claim(message.key, maybe_taken_by="fake")
+    stop(store)
+    # When its record comes back
+    dispatch_first(store, queue, FakeProvider())
+    # Then it is not failed and refunded: it may be on its way, and its report settles it
+    assert store.messages[message.key].error_code != "opted_out"
+    assert store.accounts["7"].credits == 999
+
+
+def test_the_dispatcher_reads_no_opt_out_for_an_account_that_has_none(store):
+    # Given a message queued by an account with no opt-outs
+    queue = RecordingQueue()
+    send(store, STOPPED, queue=queue)
+    provider = FakeProvider()
+    # When the dispatcher takes the record / Then it is sent, and no opt-out was read for it
+    dispatch_first(store, queue, provider)
+    assert len(provider.submits) == 1
+    assert store.lookups == 0

@@ -241,12 +241,15 @@ class MessageStore(Protocol):
         error_code: str | None = None,
         reported_at: str | None = None,
         unclaimed_only: bool = False,
+        unheld_only: bool = False,
         refund: bool = False,
         reported_by: str | None = None,
     ) -> StatusChange | None:
         """Moves a message forward with a conditional write. None when there is no such message.
         `upstream`: the upstream that carries it, recorded unless one is already (the first wins).
         `unclaimed_only`: only a message no dispatcher ever claimed (none is submitting it, none submitted it).
+        `unheld_only`: only a queued message no dispatcher holds a claim on (live or lapsed) and no upstream may have
+        (`Message.maybe_taken_by`): one handed back after a failure or a throttle may move, none that may be out.
         `reported_by`: a DLR's upstream, which must carry the message (the one recorded, the one a dispatcher is
         submitting it to, or the one that may have it); another's report changes nothing.
         `refund`: the write that moves it also gives its price back to its account, atomically (move_and_refund)."""

@@ -157,10 +157,12 @@ def _transition_update(
     error_code: str | None = None,
     reported_at: str | None = None,
     unclaimed_only: bool = False,
+    unheld_only: bool = False,
     reported_by: str | None = None,
 ) -> dict[str, Any]:
     """The conditional write that moves a message to `target` (UpdateItem's, or a transaction's Update): only
-    from a state allowed to move there; `unclaimed_only`: only a message no dispatcher ever claimed;
+    from a state allowed to move there; `unclaimed_only`: only a message no dispatcher ever claimed; `unheld_only`:
+    only a queued message no dispatcher holds and no upstream may have;
     `reported_by`: only when that upstream carries the message (REPORTER_CARRIES_IT)."""
     previous = sorted(allowed_previous(target))
     if not previous:
@@ -202,6 +204,14 @@ def _transition_update(
         # a submit that got no answer, and such a message went (or may have gone) out. Every claim adds to
         # dispatch_attempts.
         condition += " AND attribute_not_exists(claim_until) AND attribute_not_exists(dispatch_attempts)"
+    if unheld_only:
+        # Claimed before maybe, but queued again: handed back after a failure or a throttle, with no claim (a live
+        # one's holder is submitting it, a lapsed one's may have) and no upstream that may have it (a submit that got
+        # no answer). A message submitted is no longer queued.
+        condition += (
+            " AND #status = :unheld AND attribute_not_exists(claim_until) AND attribute_not_exists(maybe_taken_by)"
+        )
+        values[":unheld"] = {"S": str(MessageStatus.QUEUED)}
     if reported_by is not None:
         condition += f" AND {REPORTER_CARRIES_IT}"
         values |= reporter_values(reported_by)
@@ -858,6 +868,7 @@ class DynamoStore(
         error_code: str | None = None,
         reported_at: str | None = None,
         unclaimed_only: bool = False,
+        unheld_only: bool = False,
         refund: bool = False,
         reported_by: str | None = None,
     ) -> StatusChange | None:
@@ -867,6 +878,7 @@ class DynamoStore(
             "error_code": error_code,
             "reported_at": reported_at,
             "unclaimed_only": unclaimed_only,
+            "unheld_only": unheld_only,
             "reported_by": reported_by,
         }
         if refund:

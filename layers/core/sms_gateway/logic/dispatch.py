@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sms_gateway.domain.models import (
+    Account,
     Claim,
     ClaimOutcome,
     DeliveryReport,
@@ -24,12 +25,13 @@ from sms_gateway.domain.models import (
     from_iso,
 )
 from sms_gateway.domain.status import NOT_QUEUED, SUBMIT_UNCONFIRMED, MessageStatus
-from sms_gateway.errors import UpstreamError
+from sms_gateway.errors import OptedOut, UpstreamError
 from sms_gateway.logic.delivery import DeliveryDependencies, apply_held_reports
 from sms_gateway.logic.notify import dlr_notification
+from sms_gateway.logic.optouts import opted_out_of
 from sms_gateway.logic.ratelimit import RateLimiter, Scope, route_scope
 from sms_gateway.observability import logger, mask_msisdn
-from sms_gateway.ports import AccountStore, MessageStore, Provider
+from sms_gateway.ports import AccountStore, MessageStore, OptOutStore, Provider
 
 # A claim outlives a normal submit by far; it only matters when a dispatcher dies mid-submit.
 CLAIM_LEASE_SECONDS = 120
@@ -45,6 +47,9 @@ BACKOFF_CAP_SECONDS = 300.0
 MAX_SUBMIT_THROTTLES = 24
 UPSTREAM_THROTTLED = "upstream_throttled"
 DEFAULT_VALIDITY = timedelta(hours=24)
+# Why a queued message is failed before it is claimed: its number opted out of its sender since it was queued (the
+# code a send to numbers that all opted out is refused with).
+OPTED_OUT = OptedOut.code
 # Status changes announced in one go: one SQS SendMessageBatch carries ten.
 ANNOUNCE_BATCH = 10
 # The states a dispatcher moves a queued message to.
@@ -106,6 +111,12 @@ class DispatchDependencies:
     # The record's messages as its invocation read them with its other records' (ReadAhead), and whose route tokens
     # its limiter expects already (`route_asks`); None: read here, and the route tokens they will ask told to it.
     read_ahead: Sequence[Message] | None = None
+    # The account's opt-outs: a message to a number that opted out of its sender since it was queued is failed
+    # `opted_out` and refunded before any of the record's messages is claimed. None: not looked at.
+    opt_outs: OptOutStore | None = None
+    # The record's account as its invocation read it (cached settings: its opt-out count), for that look; None: read
+    # from `accounts` when it is needed.
+    account: Account | None = None
 
 
 @dataclass(frozen=True)
@@ -228,6 +239,8 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
     try:
         # An earlier delivery of this record may have died between a status write and its announcement.
         await announcer.add([c for c in map(change_made_by_dispatch, messages) if c is not None])
+        pending, withdrawn = await _withdraw_refused(command, pending, deps, outcome)
+        await announcer.add(withdrawn)
         while pending:
             if deps.out_of_time():
                 _come_back_soon(pending, outcome)
@@ -278,6 +291,47 @@ def _expect_route_tokens(pending: Sequence[Message], deps: DispatchDependencies)
     asks = route_asks(pending, deps.upstreams_for)
     if asks:
         deps.limiter.expect({route_scope(upstream, None)[0]: count for upstream, count in asks.items()})
+
+
+async def _withdraw_refused(
+    command: DispatchCommand, pending: Sequence[Message], deps: DispatchDependencies, outcome: DispatchOutcome
+) -> tuple[list[Message], list[StatusChange]]:
+    """The record's queued messages still to be offered, and the changes made, once those the account may no longer
+    send are failed and refunded, before any is claimed: to a number that opted out of the message's sender since it
+    was queued (STOP, STOPALL or an operator's opt-out; `opted_out`). Each by its conditional write with its refund,
+    which moves only a message no dispatcher holds and no upstream may have (`unheld_only`): one a duplicate delivery
+    of the record is submitting goes on as it would have, its claim deciding. An account with no opt-outs costs no
+    read at all."""
+    if not pending or deps.opt_outs is None:
+        return list(pending), []
+    account = deps.account or await asyncio.to_thread(deps.accounts.get_account, command.account_id)
+    if account is None:
+        return list(pending), []
+    stopped: list[Message] = []
+    for sender in dict.fromkeys(m.sender for m in pending):
+        of_sender = [m for m in pending if m.sender == sender]
+        found = await asyncio.to_thread(opted_out_of, account, sender, [m.msisdn for m in of_sender], deps.opt_outs)
+        stopped += [m for m in of_sender if m.msisdn in found]
+    if not stopped:
+        return list(pending), []
+    changes = await asyncio.to_thread(
+        deps.messages.move_and_refund,
+        stopped,
+        MessageStatus.FAILED,
+        now=deps.clock(),
+        error_code=OPTED_OUT,
+        unheld_only=True,
+    )
+    made = [c for c in changes if c is not None and c.changed]
+    failed = {c.message.message_id for c in made}
+    for change in made:
+        outcome.record(change)
+    outcome.failed += len(failed)
+    logger.info(
+        "queued messages to numbers that opted out since were failed before dispatch",
+        extra={"reference_id": command.reference_id, "failed": len(failed), "held": len(stopped) - len(failed)},
+    )
+    return [m for m in pending if m.message_id not in failed], made
 
 
 def _recorded_submitted(read: Sequence[Message], outcome: DispatchOutcome) -> list[Message]:
