@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
 from tests.conftest import FakeContext, load_event, load_function
 from tests.integration.test_batches_dialect import AIRTEL, MTN, api, send  # noqa: F401 (fixtures)
 from tests.integration.test_send_path import queued_records
@@ -33,11 +31,6 @@ def test_the_schedule_releases_its_batch_into_the_dispatch_queue_once(aws, accou
     assert len(command["message_ids"]) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: remove-sender leaves the account's scheduled batches from that sender to be released and sent "
-    "under a sender it no longer holds (here another account's)",
-)
 def test_a_batch_scheduled_from_a_sender_the_operator_removed_is_not_sent_from_it(aws, account, api):  # noqa: F811
     from sms_gateway_tools import admin
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -25,6 +26,7 @@ from sms_gateway.domain.models import (
     MessageKey,
     Recipient,
     SendCommand,
+    StatusChange,
     StoredInbound,
     SubmitRequest,
     SubmitResult,
@@ -69,7 +71,12 @@ def recipients(count: int) -> tuple[Recipient, ...]:
 
 
 def release(
-    store: InMemoryStore, account_id: str, reference_id: int, queue: RecordingQueue, finish_cancels: bool = False
+    store: InMemoryStore,
+    account_id: str,
+    reference_id: int,
+    queue: RecordingQueue,
+    finish_cancels: bool = False,
+    announce: Callable[[Sequence[StatusChange]], None] | None = None,
 ) -> bool:
     """The batch's schedule firing (no opt-out store: the in-memory one keeps none)."""
     return release_scheduled_batch(
@@ -80,6 +87,7 @@ def release(
         opt_outs=None,
         queue=queue,
         clock=clock,
+        announce=announce,
         finish_cancels=finish_cancels,
     )
 
@@ -439,6 +447,21 @@ class TestDispatch:
         assert {m.status for m in store.messages.values()} == {MessageStatus.QUEUED}
         # And no task was left to end with an exception nobody read (asyncio logs those as errors)
         assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+    def test_messages_queued_from_a_sender_the_operator_removed_since_are_not_sent_from_it(self, store):
+        # Given two messages from 48974 queued with delivery reports, waiting in the account's lane
+        announced: list = []
+        _, deps = send(store, command(2, delivery_report=DeliveryReportMode.YES))
+        # When the operator removes 48974 from the account before the dispatcher reaches them
+        store.accounts["7"] = store.accounts["7"].model_copy(update={"senders": ()})
+        provider = FakeProvider()
+        record = deps.dispatch_queue.commands[0]
+        outcome = asyncio.run(dispatch(record, replace(dispatch_deps(store, provider), announce=announced.extend)))
+        # Then none goes out from it: each is failed sender_removed, refunded and reported to the client
+        assert provider.submits == [] and outcome.failed == 2
+        assert {(m.status, m.error_code) for m in store.messages.values()} == {(MessageStatus.FAILED, "sender_removed")}
+        assert store.accounts["7"].credits == 1000
+        assert [n["payload"]["error_code"] for n in notifications_of(announced)] == ["sender_removed"] * 2
 
     def test_a_transient_failure_asks_for_a_retry_and_leaves_the_message_queued(self, store):
         _, deps = send(store, command(2))
@@ -1178,6 +1201,21 @@ class TestScheduledRelease:
         assert release(store, "7", batch.reference_id, queue)
         # Then it is queued in the same kind of lane
         assert [c.in_order for c in queue.commands] == [c.in_order for c in now_queue.commands] == [in_order]
+
+    def test_a_batch_scheduled_from_a_sender_the_operator_removed_since_is_failed_and_refunded_not_queued(self, store):
+        # Given a batch from 48974 to three numbers scheduled two hours ahead, with delivery reports
+        batch, _ = send(store, command(3, send_at=NOW + timedelta(hours=2), delivery_report=DeliveryReportMode.YES))
+        assert store.accounts["7"].credits == 997
+        # When the operator removes 48974 from the account, and then the schedule fires (twice)
+        store.accounts["7"] = store.accounts["7"].model_copy(update={"senders": ("CINEMA",)})
+        queue, announced = RecordingQueue(), []
+        assert release(store, "7", batch.reference_id, queue, announce=announced.extend)
+        release(store, "7", batch.reference_id, queue, announce=announced.extend)
+        # Then nothing is queued: each message is failed sender_removed, refunded once, and reported to the client
+        assert queue.commands == []
+        assert {(m.status, m.error_code) for m in store.messages.values()} == {(MessageStatus.FAILED, "sender_removed")}
+        assert store.accounts["7"].credits == 1000
+        assert {n["payload"]["error_code"] for n in notifications_of(announced)} == {"sender_removed"}
 
     def test_a_cancelled_batch_stays_cancelled(self, store):
         batch, _ = send(store, command(1, send_at=NOW + timedelta(hours=2)))

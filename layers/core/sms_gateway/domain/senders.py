@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 
 # Alphanumeric, up to 11 characters with at least one letter, spaces only between others (" 48974" or "CINEMA "
 # would be look-alikes the registry tells apart); or a number of 3 to 15 digits (shortcode or long code), with or
 # without '+'. Without the letter, "1" or "12" passed as an alphanumeric id, though no network takes such a number.
 SENDER_ID = re.compile(r"^(?:(?=[A-Za-z0-9 ]*[A-Za-z])[A-Za-z0-9](?:[A-Za-z0-9 ]{0,9}[A-Za-z0-9])?|\+?[0-9]{3,15})$")
+
+# Why a stored message is failed rather than sent: the operator removed its sender from its account (remove-sender)
+# after the send was accepted, so the account may no longer send from it (the sender may be another's by now).
+SENDER_REMOVED = "sender_removed"
 
 
 def registry_form(sender: str) -> str:
@@ -17,3 +22,12 @@ def registry_form(sender: str) -> str:
 
 def same_sender(a: str, b: str) -> bool:
     return registry_form(a) == registry_form(b)
+
+
+def holds_sender(senders: Collection[str], sender: str) -> bool:
+    """Whether `sender` is one of an account's `senders`: as registered, or a number written with or without its
+    '+' (the registry's one form). An ID in another case is not: the handset would show it as written."""
+    if sender in senders:
+        return True
+    number = sender.lstrip("+")
+    return number.isascii() and number.isdigit() and any(same_sender(own, sender) for own in senders)

@@ -24,6 +24,7 @@ from sms_gateway.domain.models import (
     SubmitResult,
     from_iso,
 )
+from sms_gateway.domain.senders import SENDER_REMOVED, holds_sender
 from sms_gateway.domain.status import NOT_QUEUED, SUBMIT_UNCONFIRMED, MessageStatus
 from sms_gateway.errors import OptedOut, UpstreamError
 from sms_gateway.logic.delivery import DeliveryDependencies, apply_held_reports
@@ -297,40 +298,47 @@ async def _withdraw_refused(
     command: DispatchCommand, pending: Sequence[Message], deps: DispatchDependencies, outcome: DispatchOutcome
 ) -> tuple[list[Message], list[StatusChange]]:
     """The record's queued messages still to be offered, and the changes made, once those the account may no longer
-    send are failed and refunded, before any is claimed: to a number that opted out of the message's sender since it
-    was queued (STOP, STOPALL or an operator's opt-out; `opted_out`). Each by its conditional write with its refund,
-    which moves only a message no dispatcher holds and no upstream may have (`unheld_only`): one a duplicate delivery
-    of the record is submitting goes on as it would have, its claim deciding. An account with no opt-outs costs no
-    read at all."""
-    if not pending or deps.opt_outs is None:
-        return list(pending), []
-    account = deps.account or await asyncio.to_thread(deps.accounts.get_account, command.account_id)
+    send are failed and refunded, before any is claimed: from a sender the account no longer holds (the operator
+    removed it; `sender_removed`), or to a number that opted out of the message's sender since it was queued (STOP,
+    STOPALL or an operator's opt-out; `opted_out`). Each by its conditional write with its refund, which moves only
+    a message no dispatcher holds and no upstream may have (`unheld_only`): one a duplicate delivery of the record is
+    submitting goes on as it would have, its claim deciding. An account with no opt-outs costs no read at all."""
+    account = deps.account
+    if pending and account is None:
+        account = await asyncio.to_thread(deps.accounts.get_account, command.account_id)
     if account is None:
         return list(pending), []
-    stopped: list[Message] = []
+    refused: dict[str, list[Message]] = {SENDER_REMOVED: [], OPTED_OUT: []}
     for sender in dict.fromkeys(m.sender for m in pending):
         of_sender = [m for m in pending if m.sender == sender]
-        found = await asyncio.to_thread(opted_out_of, account, sender, [m.msisdn for m in of_sender], deps.opt_outs)
-        stopped += [m for m in of_sender if m.msisdn in found]
-    if not stopped:
-        return list(pending), []
-    changes = await asyncio.to_thread(
-        deps.messages.move_and_refund,
-        stopped,
-        MessageStatus.FAILED,
-        now=deps.clock(),
-        error_code=OPTED_OUT,
-        unheld_only=True,
-    )
-    made = [c for c in changes if c is not None and c.changed]
-    failed = {c.message.message_id for c in made}
+        if not holds_sender(account.senders, sender):
+            refused[SENDER_REMOVED] += of_sender
+            continue
+        numbers = [m.msisdn for m in of_sender]
+        found = await asyncio.to_thread(opted_out_of, account, sender, numbers, deps.opt_outs)
+        refused[OPTED_OUT] += [m for m in of_sender if m.msisdn in found]
+    made: list[StatusChange] = []
+    for reason, messages in refused.items():
+        if not messages:
+            continue
+        changes = await asyncio.to_thread(
+            deps.messages.move_and_refund,
+            messages,
+            MessageStatus.FAILED,
+            now=deps.clock(),
+            error_code=reason,
+            unheld_only=True,
+        )
+        moved = [c for c in changes if c is not None and c.changed]
+        logger.info(
+            "queued messages the account may no longer send were failed before dispatch",
+            extra={"reference_id": command.reference_id, "error_code": reason, "failed": len(moved)},
+        )
+        made += moved
     for change in made:
         outcome.record(change)
-    outcome.failed += len(failed)
-    logger.info(
-        "queued messages to numbers that opted out since were failed before dispatch",
-        extra={"reference_id": command.reference_id, "failed": len(failed), "held": len(stopped) - len(failed)},
-    )
+    outcome.failed += len(made)
+    failed = {c.message.message_id for c in made}
     return [m for m in pending if m.message_id not in failed], made
 
 

@@ -1,5 +1,6 @@
 """Releases a scheduled batch into the dispatch queue when its schedule fires, unless it was cancelled, and fails
-its messages to numbers that opted out since it was accepted."""
+its messages to numbers that opted out since it was accepted, or all of them when its sender was removed from the
+account since."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from sms_gateway.domain.models import Account, Batch, Message, StatusChange
+from sms_gateway.domain.senders import SENDER_REMOVED, holds_sender
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.logic.batches import ONLY_SCHEDULED, all_messages, finish_cancel
 from sms_gateway.logic.optouts import opted_out_of
 from sms_gateway.logic.send import OPTED_OUT, dispatch_commands, fail_opted_out
 from sms_gateway.observability import logger
 from sms_gateway.ports import AccountLookup, DispatchQueue, MessageStore, OptOutStore
+
+# Why a release fails a scheduled message rather than queue it.
+REFUSED_AT_RELEASE = frozenset({OPTED_OUT, SENDER_REMOVED})
 
 
 def release_scheduled_batch(
@@ -39,8 +44,9 @@ def release_scheduled_batch(
     is never cancelled and refunded under it.
     A message to a number that opted out of the batch's sender since the send was accepted (STOP, STOPALL or an
     operator's opt-out) is failed instead (`error_code` opted_out) and refunded in the same write, and announced to
-    `announce` (a report, when the batch asked for them): again by a retry, under the same webhook id. A single send
-    is queued in the lane the account's `single_sends_in_order` gives it at the release.
+    `announce` (a report, when the batch asked for them): again by a retry, under the same webhook id. So is every
+    message of a batch whose sender the account no longer holds (the operator removed it: `sender_removed`).
+    A single send is queued in the lane the account's `single_sends_in_order` gives it at the release.
     Returns True when this call released the batch."""
     batch = messages.get_batch(account_id, reference_id)
     released = (
@@ -67,7 +73,7 @@ def release_scheduled_batch(
             return False
     assert batch is not None
     account = accounts.get_account(account_id)
-    current = _fail_opted_out(
+    current = _fail_refused(
         batch,
         list(all_messages(messages, account_id, reference_id)),
         account=account,
@@ -88,13 +94,13 @@ def release_scheduled_batch(
         # The lane the account's single sends take now, as a send accepted now would (its order kept by default).
         in_order = account.single_sends_in_order if account is not None else True
         queue.enqueue(dispatch_commands(batch, queued, in_order=in_order))
-    failed = [m for m in current if m.status == MessageStatus.FAILED and m.error_code == OPTED_OUT]
+    failed = [m for m in current if m.status == MessageStatus.FAILED and m.error_code in REFUSED_AT_RELEASE]
     if failed and announce is not None:
         announce([StatusChange(message=message, changed=True) for message in failed])
     return released
 
 
-def _fail_opted_out(
+def _fail_refused(
     batch: Batch,
     batch_messages: list[Message],
     *,
@@ -103,18 +109,27 @@ def _fail_opted_out(
     opt_outs: OptOutStore | None,
     clock: Callable[[], datetime],
 ) -> list[Message]:
-    """The batch's messages as they are once those still scheduled to numbers that opted out are failed and
-    refunded (each by its conditional write, with its refund)."""
+    """The batch's messages as they are once those still scheduled that the account may no longer send are failed and
+    refunded (each by its conditional write, with its refund): every one when the account no longer holds the
+    batch's sender, else those to numbers that opted out of it."""
     scheduled = [m for m in batch_messages if m.status == MessageStatus.SCHEDULED]
     if account is None or not scheduled:
         return batch_messages
-    found = opted_out_of(account, batch.sender, [m.msisdn for m in scheduled], opt_outs)
-    if not found:
+    if not holds_sender(account.senders, batch.sender):
+        refused, reason = scheduled, SENDER_REMOVED
+    else:
+        found = opted_out_of(account, batch.sender, [m.msisdn for m in scheduled], opt_outs)
+        refused, reason = [m for m in scheduled if m.msisdn in found], OPTED_OUT
+    if not refused:
         return batch_messages
-    stopped = [m for m in scheduled if m.msisdn in found]
-    current, refunded = fail_opted_out(messages, batch_messages, stopped, now=clock())
+    current, refunded = fail_opted_out(messages, batch_messages, refused, now=clock(), error_code=reason)
     logger.info(
-        "scheduled messages to numbers that opted out since were failed at release",
-        extra={"reference_id": batch.reference_id, "failed": len(stopped), "refunded_credits": refunded},
+        "scheduled messages the account may no longer send were failed at release",
+        extra={
+            "reference_id": batch.reference_id,
+            "error_code": reason,
+            "failed": len(refused),
+            "refunded_credits": refunded,
+        },
     )
     return current

@@ -27,7 +27,7 @@ from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
 from sms_gateway.domain.optouts import refusal_reason
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.segments import Segmentation, segment
-from sms_gateway.domain.senders import same_sender
+from sms_gateway.domain.senders import holds_sender
 from sms_gateway.domain.status import NOT_QUEUED, MessageStatus
 from sms_gateway.domain.zones import account_zone, in_zone
 from sms_gateway.errors import (
@@ -154,10 +154,7 @@ def quote(account: Account, text: str, recipients: Sequence[Recipient], route_ti
 def require_sender(account: Account, sender: str) -> None:
     """A sender the account holds: as registered, or a number written with or without its '+' (the registry's one
     form). An ID in another case is refused: the handset would show it as written."""
-    if sender in account.senders:
-        return
-    number = sender.lstrip("+")
-    if not (number.isascii() and number.isdigit() and any(same_sender(own, sender) for own in account.senders)):
+    if not holds_sender(account.senders, sender):
         raise InvalidSender(f"sender {sender!r} is not registered for this account")
 
 
@@ -621,12 +618,18 @@ def withhold_opted_out(
 
 
 def fail_opted_out(
-    store: MessageStore, batch_messages: Sequence[Message], stopped: Sequence[Message], *, now: datetime, **options: Any
+    store: MessageStore,
+    batch_messages: Sequence[Message],
+    stopped: Sequence[Message],
+    *,
+    now: datetime,
+    error_code: str = OPTED_OUT,
+    **options: Any,
 ) -> tuple[list[Message], int]:
     """`batch_messages` as they are once `stopped` (those of them to numbers that opted out of the sender since they
-    were stored) are failed (`opted_out`) and refunded, each by its conditional write with its refund (`options`:
-    transition's); and the credits given back."""
-    moved, refunded = move_and_refund(store, stopped, MessageStatus.FAILED, now=now, error_code=OPTED_OUT, **options)
+    were stored, or all of them when the sender was removed: `error_code`) are failed and refunded, each by its
+    conditional write with its refund (`options`: transition's); and the credits given back."""
+    moved, refunded = move_and_refund(store, stopped, MessageStatus.FAILED, now=now, error_code=error_code, **options)
     now_as = {m.message_id: m for m in moved}
     return [now_as.get(m.message_id, m) for m in batch_messages], refunded
 
