@@ -54,6 +54,9 @@ class InMemoryStore:
         # Every message a dispatcher ever claimed (the table's dispatch_attempts): never withdrawn as unsent.
         self.ever_claimed: set[MessageKey] = set()
         self.claim_upstreams: dict[MessageKey, str] = {}
+        # The id written with each lease (the table's claim_id): the holder's later writes name it.
+        self.claim_ids: dict[MessageKey, str] = {}
+        self._claims_made = 0
         self.inbox: dict[tuple[str, str], StoredInbound] = {}
         # The inbound SMS marked as not queued for the client yet: when a sweep may queue each.
         self.inbound_sweep_at: dict[tuple[str, str], datetime] = {}
@@ -288,28 +291,42 @@ class InMemoryStore:
                 return Claim(ClaimOutcome.HELD)
             self.claims[key] = now.timestamp() + lease_seconds
             self.ever_claimed.add(key)
+            self._claims_made += 1
+            claim_id = self.claim_ids[key] = f"claim-{self._claims_made}"
             if lapsed is None:
                 if upstream is not None:
                     self.claim_upstreams[key] = upstream
-                return Claim(ClaimOutcome.CLAIMED)
+                return Claim(ClaimOutcome.CLAIMED, claim_id=claim_id)
             # Taken over: the dead holder's submit counts as an attempt; the lease keeps naming its upstream.
             self.messages[key] = message.model_copy(update={"submit_attempts": message.submit_attempts + 1})
-            return Claim(ClaimOutcome.ABANDONED, lapsed_upstream=self.claim_upstreams.get(key))
+            return Claim(ClaimOutcome.ABANDONED, lapsed_upstream=self.claim_upstreams.get(key), claim_id=claim_id)
 
-    def move_claim(self, key: MessageKey, *, from_upstream: str, to_upstream: str) -> bool:
+    def _not_holding(self, key: MessageKey, claim_id: str | None) -> bool:
+        return claim_id is not None and self.claim_ids.get(key) != claim_id
+
+    def move_claim(self, key: MessageKey, *, from_upstream: str, to_upstream: str, claim_id: str | None = None) -> bool:
         with self._lock:
             message = self.messages.get(key)
             if message is None or message.status != MessageStatus.QUEUED or key not in self.claims:
                 return False
-            if self.claim_upstreams.get(key) != from_upstream:
+            if self.claim_upstreams.get(key) != from_upstream or self._not_holding(key, claim_id):
                 return False
             self.claim_upstreams[key] = to_upstream
             return True
 
     def release_claim(
-        self, key: MessageKey, *, attempted: bool = True, maybe_taken_by: str | None = None, throttled: bool = False
+        self,
+        key: MessageKey,
+        *,
+        claim_id: str | None = None,
+        attempted: bool = True,
+        maybe_taken_by: str | None = None,
+        throttled: bool = False,
     ) -> None:
         with self._lock:
+            if self._not_holding(key, claim_id):
+                return
+            self.claim_ids.pop(key, None)
             self.claims.pop(key, None)
             self.claim_upstreams.pop(key, None)
             message = self.messages.get(key)
@@ -366,6 +383,7 @@ class InMemoryStore:
             self.messages[key] = message.model_copy(update=update)
             self.claims.pop(key, None)
             self.claim_upstreams.pop(key, None)
+            self.claim_ids.pop(key, None)
             return StatusChange(message=self.messages[key], changed=True)
 
     def move_and_refund(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import re
@@ -757,11 +758,6 @@ def test_a_message_stored_without_an_attempt_count_is_claimed_as_never_attempted
     assert raw_message(store, message.key)["submit_attempts"] == {"N": "1"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a claim whose answer is lost is sent again by botocore, finds its own lease, reads HELD, and the"
-    " message is later taken over as abandoned and recorded submit_unconfirmed without ever being submitted",
-)
 def test_a_claim_whose_answer_is_lost_is_still_ours_and_its_message_is_sent_once(store):
     import asyncio
     from dataclasses import replace
@@ -803,7 +799,7 @@ def test_a_claim_whose_answer_is_lost_is_still_ours_and_its_message_is_sent_once
     # retry found the lease it had itself just written (HELD, nothing submitted), and the redelivery took that lease
     # for a dead dispatcher's: recorded submitted, `submit_unconfirmed`, though no upstream ever saw it (the client
     # is told it was submitted, then after the 48 h DLR wait that it expired).
-    assert first.needs_retry
+    assert not first.needs_retry
     assert len(kannel.submits) == 1
     found = raw_message(store, message.key)
     assert found is not None and found["status"] == {"S": "submitted"}
@@ -841,7 +837,7 @@ def test_a_lapsed_claim_is_taken_over_only_while_it_names_the_upstream_read_with
     store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120, upstream="primary")
     store.move_claim(message.key, from_upstream="primary", to_upstream="fallback")
     lapsed = raw_message(store, message.key)["claim_until"]["N"]
-    values = {":until": {"N": "9999999999"}, ":one": {"N": "1"}, ":queued": {"S": "queued"}}
+    values = {":until": {"N": "9999999999"}, ":one": {"N": "1"}, ":queued": {"S": "queued"}, ":claim_id": {"S": "c"}}
     # When a dispatcher that read it still naming the primary tries to take it over
     taken = store._take_over_lapsed_claim(message.key, lapsed, "primary", values)
     # Then it is refused (it would ask the primary again while the fallback may have the message), nothing written
@@ -858,6 +854,87 @@ def test_a_released_claim_forgets_its_upstream(store):
     # And a fresh claim then names no upstream unless told one
     assert store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120) == Claim(ClaimOutcome.CLAIMED)
     assert "claim_upstream" not in raw_message(store, message.key)
+
+
+@contextlib.contextmanager
+def answer_lost_once(store: DynamoStore) -> Iterator[DynamoStore]:
+    """The store on a client whose first request reaches DynamoDB and then loses its answer (botocore sends it
+    again)."""
+    from sms_gateway.adapters import aws
+    from tests.integration.test_refund_transactions import AnswerLostOnce
+
+    aws.reset_clients()
+    client = aws.client("dynamodb")
+    lost = AnswerLostOnce(client)
+    try:
+        yield DynamoStore(store.table_name, client=client)
+    finally:
+        aws.reset_clients()
+    assert lost.sent >= 2
+
+
+def test_a_takeover_whose_answer_is_lost_is_still_ours(store):
+    # Given a lapsed claim naming the primary (its holder died mid-submit)
+    message = one_message(store, MessageStatus.QUEUED)
+    store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120, upstream="primary")
+    # When a dispatcher takes it over and the answer to its takeover write is lost
+    lapsed = raw_message(store, message.key)["claim_until"]["N"]
+    with answer_lost_once(store) as lossy:
+        taken = lossy._take_over_lapsed_claim(
+            message.key,
+            lapsed,
+            "primary",
+            {":until": {"N": "9999999999"}, ":one": {"N": "1"}, ":queued": {"S": "queued"}, ":claim_id": {"S": "c"}},
+        )
+    # Then botocore's retry finds the lease it wrote and knows it for its own: taken over (the dead holder's submit
+    # counted once), not another dispatcher's live claim
+    assert taken == Claim(ClaimOutcome.ABANDONED, lapsed_upstream="primary")
+    assert (taken.claim_id, raw_message(store, message.key)["claim_id"]) == ("c", {"S": "c"})
+    assert raw_message(store, message.key)["submit_attempts"] == {"N": "1"}
+
+
+def test_a_failover_move_whose_answer_is_lost_is_still_made(store):
+    # Given a claimed message
+    message = one_message(store, MessageStatus.QUEUED)
+    claim = store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120, upstream="primary")
+    # When its holder names the fallback before failing over, and the answer to that write is lost
+    with answer_lost_once(store) as lossy:
+        moved = lossy.move_claim(message.key, from_upstream="primary", to_upstream="fallback", claim_id=claim.claim_id)
+    # Then botocore's retry, finding the lease naming the fallback already, is the move made: the message is offered
+    # to the fallback (until 2026-12-06 the holder stopped and counted an attempt the fallback never saw)
+    assert moved
+    assert raw_message(store, message.key)["claim_upstream"] == {"S": "fallback"}
+    # And a holder whose lease is not that one moves nothing
+    assert not store.move_claim(message.key, from_upstream="fallback", to_upstream="primary", claim_id="another")
+
+
+def test_a_release_whose_answer_is_lost_counts_its_attempt_once(store):
+    # Given a claimed message whose submit failed for now
+    message = one_message(store, MessageStatus.QUEUED)
+    claim = store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120, upstream="primary")
+    # When its holder releases the claim and the answer to that write is lost
+    with answer_lost_once(store) as lossy:
+        lossy.release_claim(message.key, claim_id=claim.claim_id)
+    # Then botocore's retry changes nothing: the attempt is counted once and the lease is gone
+    item = raw_message(store, message.key)
+    assert item["submit_attempts"] == {"N": "1"}
+    assert not {"claim_until", "claim_upstream", "claim_id"} & item.keys()
+
+
+def test_a_holder_whose_lease_was_taken_over_releases_nothing_of_the_new_holders(store):
+    # Given a claim whose holder outlived its lease, and another dispatcher that took the lapsed lease over
+    message = one_message(store, MessageStatus.QUEUED)
+    slow = store.claim_for_dispatch(message.key, now=NOW, lease_seconds=120, upstream="primary")
+    later = NOW + timedelta(minutes=5)
+    taken = store.claim_for_dispatch(message.key, now=later, lease_seconds=120, upstream="primary")
+    assert taken.outcome == ClaimOutcome.ABANDONED
+    before = raw_message(store, message.key)
+    # When the slow holder, its submit failed at last, releases its claim and tries to fail over
+    store.release_claim(message.key, claim_id=slow.claim_id)
+    moved = store.move_claim(message.key, from_upstream="primary", to_upstream="fallback", claim_id=slow.claim_id)
+    # Then the new holder's lease stands untouched (released, the message could have been claimed and sent again)
+    assert not moved
+    assert raw_message(store, message.key) == before
 
 
 def test_a_withdrawal_takes_only_a_message_no_dispatcher_has_claimed(store):

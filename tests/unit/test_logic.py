@@ -16,6 +16,7 @@ from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.models import (
     Batch,
     CallbackRequest,
+    Claim,
     ClaimOutcome,
     DeliveryReport,
     DeliveryReportMode,
@@ -1549,6 +1550,28 @@ def test_a_dispatcher_killed_between_submit_and_write_never_causes_a_second_subm
     provider.reports = [report(message, MessageStatus.DELIVERED)]
     receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock))
     assert store.messages[message.key].status == MessageStatus.DELIVERED
+
+
+def test_a_dispatcher_that_outlived_its_lease_leaves_the_new_holders_claim_alone(store):
+    # Given a queued message whose upstream is so slow that the claim's lease lapses during the submit, and a
+    # redelivery of the record takes the lapsed claim over meanwhile; then the slow submit fails for now
+    _, deps = send(store, command(1))
+    [record] = deps.dispatch_queue.commands
+    taken: list[Claim] = []
+
+    class SlowThenDown(FakeProvider):
+        async def submit(self, request):
+            [key] = store.messages
+            taken.append(store.claim_for_dispatch(key, now=NOW + timedelta(minutes=5), lease_seconds=120))
+            raise UpstreamError("down", permanent=False)
+
+    asyncio.run(dispatch(record, dispatch_deps(store, SlowThenDown())))
+    # Then the slow dispatcher's release changes nothing of the new holder's lease (dropped, a third dispatcher could
+    # claim the message while the new holder submits it: sent twice), nor counts its attempt on it
+    [key] = store.messages
+    assert taken[0].outcome == ClaimOutcome.ABANDONED
+    assert key in store.claims and store.claim_ids[key] == taken[0].claim_id
+    assert store.messages[key].submit_attempts == 1  # the takeover's count of the lapsed holder's submit
 
 
 class RememberingUpstream(DeduplicatingProvider):

@@ -213,21 +213,31 @@ class MessageStore(Protocol):
         holder submits to first, kept with the lease so that whoever takes a lapsed lease over knows where the
         message may be (`Claim.lapsed_upstream`). `attempts_read`: the message's submit attempts as the claimer
         read them; a message attempted since (handed back, maybe naming an upstream that may have it) is not
-        claimed but found STALE, so the claimer reads it again rather than act on what it read."""
+        claimed but found STALE, so the claimer reads it again rather than act on what it read. A lease it holds
+        (CLAIMED, ABANDONED) comes with its `Claim.claim_id`, which the holder's later writes on it name; a claim
+        write applied whose answer was lost is still the claimer's own, never another's live lease (HELD)."""
         ...
 
-    def move_claim(self, key: MessageKey, *, from_upstream: str, to_upstream: str) -> bool:
+    def move_claim(self, key: MessageKey, *, from_upstream: str, to_upstream: str, claim_id: str | None = None) -> bool:
         """Names another upstream in a live lease, before the holder fails over to it: False (nothing written)
-        when the lease no longer names `from_upstream` or the message is no longer queued."""
+        when the lease no longer names `from_upstream`, is not the one `claim_id` names (when given), or the message
+        is no longer queued. True also when this very move was applied before (its answer lost)."""
         ...
 
     def release_claim(
-        self, key: MessageKey, *, attempted: bool = True, maybe_taken_by: str | None = None, throttled: bool = False
+        self,
+        key: MessageKey,
+        *,
+        claim_id: str | None = None,
+        attempted: bool = True,
+        maybe_taken_by: str | None = None,
+        throttled: bool = False,
     ) -> None:
         """Gives a lease back after a transient failure, so the retry need not wait for it to lapse, and counts the
         attempt (`Message.submit_attempts`) unless the message was never offered upstream. `maybe_taken_by` records
         the upstream that may have it (`Message.maybe_taken_by`) in the same write; `throttled` counts an upstream's
-        throttle (`Message.submit_throttles`)."""
+        throttle (`Message.submit_throttles`). With `claim_id`, only the lease it names: once, and never another
+        dispatcher's."""
         ...
 
     def transition(

@@ -189,7 +189,7 @@ def _transition_update(
         if upstream_message_id:
             sets.append("upstream_message_id = if_not_exists(upstream_message_id, :upstream_id)")
             values[":upstream_id"] = {"S": upstream_message_id}
-    removes = ["claim_until", "claim_upstream"]
+    removes = ["claim_until", "claim_upstream", "claim_id"]
     # Each change says its own error code and handset time, or has none: a delivered report after an unconfirmed
     # submit must not carry `submit_unconfirmed`, nor an expiry the gateway made an interim report's time.
     for name, value in (("error_code", error_code), ("reported_at", reported_at)):
@@ -238,6 +238,15 @@ def _short_of_credits(amount: int) -> InsufficientCredits:
 
 def _batch_exists(batch: Batch) -> Conflict:
     return Conflict(f"batch {batch.reference_id} exists already")
+
+
+def _holds(item: dict[str, Any], claim_id: str | None) -> bool:
+    """The message item (as a refused write found it) is queued under the lease `claim_id` names."""
+    return (
+        claim_id is not None
+        and item.get("claim_id", {}).get("S") == claim_id
+        and item.get("status", {}).get("S") == MessageStatus.QUEUED
+    )
 
 
 def _back_off(attempt: int) -> None:
@@ -750,12 +759,18 @@ class DynamoStore(
         attempts_read: int | None = None,
     ) -> Claim:
         now_epoch = int(now.timestamp())
+        # The lease carries an id of its own, as the credit writes carry a transaction token: when the claim's answer
+        # is lost botocore sends it again, and the retry, refused by the lease it finds, knows that lease for ours.
+        # Until 2026-12-06 it read as another dispatcher's (HELD): nothing was submitted, and the record's return
+        # took the lease for a dead holder's and recorded the message submitted, unconfirmed, never sent.
+        claim_id = secrets.token_hex(16)
         values = {
             ":until": {"N": str(now_epoch + lease_seconds)},
             ":one": {"N": "1"},
             ":queued": {"S": str(MessageStatus.QUEUED)},
+            ":claim_id": {"S": claim_id},
         }
-        claim = "SET claim_until = :until"
+        claim = "SET claim_until = :until, claim_id = :claim_id"
         if upstream is not None:
             claim += ", claim_upstream = :upstream"
             values[":upstream"] = {"S": upstream}
@@ -777,6 +792,8 @@ class DynamoStore(
             )
         except self.client.exceptions.ConditionalCheckFailedException as error:
             current = error.response.get("Item") or {}
+            if _holds(current, claim_id):
+                return Claim(ClaimOutcome.CLAIMED, claim_id=claim_id)
             lapsed = current.get("claim_until", {}).get("N")
             if current.get("status", {}).get("S") != MessageStatus.QUEUED:
                 return Claim(ClaimOutcome.BUSY)
@@ -787,12 +804,14 @@ class DynamoStore(
             if int(lapsed) >= now_epoch:
                 return Claim(ClaimOutcome.HELD)
             return self._take_over_lapsed_claim(key, lapsed, current.get("claim_upstream", {}).get("S"), values)
-        return Claim(ClaimOutcome.CLAIMED)
+        return Claim(ClaimOutcome.CLAIMED, claim_id=claim_id)
 
     def _take_over_lapsed_claim(
         self, key: MessageKey, lapsed: str, lapsed_upstream: str | None, claim_values: dict[str, Any]
     ) -> Claim:
-        values = {name: claim_values[name] for name in (":until", ":one", ":queued")} | {":lapsed": {"N": lapsed}}
+        names = (":until", ":one", ":queued", ":claim_id")
+        values = {name: claim_values[name] for name in names} | {":lapsed": {"N": lapsed}}
+        claim_id = claim_values[":claim_id"]["S"]
         # Only the one dispatcher that replaces exactly this lapsed lease resolves the message, knowing where it
         # may be: the lease still names the upstream read with it. The dead holder's submit counts as an attempt.
         condition = "#status = :queued AND claim_until = :lapsed AND "
@@ -805,43 +824,68 @@ class DynamoStore(
             self.client.update_item(
                 TableName=self.table_name,
                 Key=_key_of(key),
-                UpdateExpression="SET claim_until = :until ADD dispatch_attempts :one, submit_attempts :one",
+                UpdateExpression="SET claim_until = :until, claim_id = :claim_id "
+                "ADD dispatch_attempts :one, submit_attempts :one",
                 ConditionExpression=condition,
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues=values,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        except self.client.exceptions.ConditionalCheckFailedException:
+        except self.client.exceptions.ConditionalCheckFailedException as error:
+            if _holds(error.response.get("Item") or {}, claim_id):
+                # Our own takeover, applied, whose answer was lost: the retry found the lease it had just written.
+                return Claim(ClaimOutcome.ABANDONED, lapsed_upstream=lapsed_upstream, claim_id=claim_id)
             # Another dispatcher took it over (or it moved on): if the first, that one now holds a live claim.
             return Claim(ClaimOutcome.HELD)
-        return Claim(ClaimOutcome.ABANDONED, lapsed_upstream=lapsed_upstream)
+        return Claim(ClaimOutcome.ABANDONED, lapsed_upstream=lapsed_upstream, claim_id=claim_id)
 
-    def move_claim(self, key: MessageKey, *, from_upstream: str, to_upstream: str) -> bool:
+    def move_claim(self, key: MessageKey, *, from_upstream: str, to_upstream: str, claim_id: str | None = None) -> bool:
+        values = {
+            ":queued": {"S": str(MessageStatus.QUEUED)},
+            ":from": {"S": from_upstream},
+            ":to": {"S": to_upstream},
+        }
+        condition = "#status = :queued AND attribute_exists(claim_until) AND claim_upstream = :from"
+        if claim_id is not None:
+            condition += " AND claim_id = :claim_id"
+            values[":claim_id"] = {"S": claim_id}
         try:
             self.client.update_item(
                 TableName=self.table_name,
                 Key=_key_of(key),
                 UpdateExpression="SET claim_upstream = :to",
-                ConditionExpression="#status = :queued AND attribute_exists(claim_until) AND claim_upstream = :from",
+                ConditionExpression=condition,
                 ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":queued": {"S": str(MessageStatus.QUEUED)},
-                    ":from": {"S": from_upstream},
-                    ":to": {"S": to_upstream},
-                },
+                ExpressionAttributeValues=values,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        except self.client.exceptions.ConditionalCheckFailedException:
-            return False
+        except self.client.exceptions.ConditionalCheckFailedException as error:
+            # A move applied whose answer was lost finds, on botocore's retry, our lease naming `to_upstream`.
+            current = error.response.get("Item") or {}
+            return _holds(current, claim_id) and current.get("claim_upstream", {}).get("S") == to_upstream
         return True
 
     def release_claim(
-        self, key: MessageKey, *, attempted: bool = True, maybe_taken_by: str | None = None, throttled: bool = False
+        self,
+        key: MessageKey,
+        *,
+        claim_id: str | None = None,
+        attempted: bool = True,
+        maybe_taken_by: str | None = None,
+        throttled: bool = False,
     ) -> None:
         values: dict[str, Any] = {":queued": {"S": str(MessageStatus.QUEUED)}}
+        condition = "#status = :queued"
+        if claim_id is not None:
+            # Only our own lease: a release applied whose answer was lost, sent again by botocore, must not count the
+            # attempt twice, nor drop the lease another dispatcher took in between (it would then be sent twice).
+            condition += " AND claim_id = :claim_id"
+            values[":claim_id"] = {"S": claim_id}
         update = ""
         if maybe_taken_by is not None:
             values[":taken_by"] = {"S": maybe_taken_by}
             update += "SET maybe_taken_by = :taken_by "
-        update += "REMOVE claim_until, claim_upstream"
+        update += "REMOVE claim_until, claim_upstream, claim_id"
         added = [name for name, counted in (("submit_attempts", attempted), ("submit_throttles", throttled)) if counted]
         if added:
             values[":one"] = {"N": "1"}
@@ -852,7 +896,7 @@ class DynamoStore(
                 Key=_key_of(key),
                 # The same write counts the attempt the upstream did not take, and says who may have it.
                 UpdateExpression=update,
-                ConditionExpression="#status = :queued",
+                ConditionExpression=condition,
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues=values,
             )

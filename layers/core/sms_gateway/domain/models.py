@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -424,3 +424,8 @@ class Claim:
     outcome: ClaimOutcome
     # ABANDONED only: the upstream the lapsed claim's holder was submitting to, when its claim named one.
     lapsed_upstream: str | None = None
+    # CLAIMED and ABANDONED: the id written with the lease (the store's own, random). The holder's later writes on
+    # the lease name it, so that a write DynamoDB applied but whose answer was lost is known for its own when botocore
+    # sends it again, and a holder whose lease lapsed and was taken over changes nothing of the new holder's. Not
+    # part of what the claim answered (equality): it is the store's own token.
+    claim_id: str | None = field(default=None, compare=False)

@@ -486,7 +486,10 @@ async def _dispatch_one(
         submitting = ours and not too_late
         token_for = await _route_token_used(token, upstreams if submitting else [], deps)
         sent = (
-            (throttled_a_moment_ago or await _submit(message, upstreams, deps, outcome, token_for=token_for))
+            (
+                throttled_a_moment_ago
+                or await _submit(message, upstreams, deps, outcome, token_for=token_for, claim_id=claim.claim_id)
+            )
             if submitting
             else None
         )
@@ -521,7 +524,7 @@ async def _dispatch_one(
         return
     if isinstance(sent, UpstreamError) or sent is None:
         assert sent is not None, "a claimed message was offered to its upstreams"
-        await _not_taken(message, sent, deps, outcome)
+        await _not_taken(message, sent, deps, outcome, claim_id=claim.claim_id)
         return
     provider, result = sent
     held: list[DeliveryReport] = []
@@ -612,9 +615,10 @@ async def _submit(
     outcome: DispatchOutcome,
     *,
     token_for: str | None = None,
+    claim_id: str | None = None,
 ) -> tuple[Provider, SubmitResult] | UpstreamError:
     """The upstream that took the claimed message and its answer, trying `upstreams` in order; or why none took
-    it. `token_for` names the upstream whose route token was taken before the claim."""
+    it. `token_for` names the upstream whose route token was taken before the claim; `claim_id`, the claim."""
     failure: UpstreamError | None = None
     if not upstreams and message.maybe_taken_by is not None:
         return MaybeSent(
@@ -632,7 +636,11 @@ async def _submit(
             throttled = RouteAtItsLimit if failure is None else UpstreamError
             return throttled(f"{provider.name} is at its rate limit", permanent=False, retry_after=1.0)
         if tried and not await asyncio.to_thread(
-            deps.messages.move_claim, message.key, from_upstream=upstreams[tried - 1].name, to_upstream=provider.name
+            deps.messages.move_claim,
+            message.key,
+            from_upstream=upstreams[tried - 1].name,
+            to_upstream=provider.name,
+            claim_id=claim_id,
         ):
             # The claim names where the message may be before it goes there; a claim no longer ours stops here.
             break
@@ -715,7 +723,12 @@ class MaybeSent(UpstreamError):
 
 
 async def _not_taken(
-    message: Message, failure: UpstreamError, deps: DispatchDependencies, outcome: DispatchOutcome
+    message: Message,
+    failure: UpstreamError,
+    deps: DispatchDependencies,
+    outcome: DispatchOutcome,
+    *,
+    claim_id: str | None,
 ) -> None:
     """A claimed message no upstream took: back to the queue, its claim released, after a transient failure while
     attempts remain; otherwise failed and refunded. One our route limit held back comes back without an attempt
@@ -726,12 +739,16 @@ async def _not_taken(
         # A message taken over from a dead holder keeps the name of the upstream that may have it: released without
         # it, the next delivery would offer it to the whole route, and another upstream could send it a second time.
         await asyncio.to_thread(
-            deps.messages.release_claim, message.key, attempted=False, maybe_taken_by=message.maybe_taken_by
+            deps.messages.release_claim,
+            message.key,
+            claim_id=claim_id,
+            attempted=False,
+            maybe_taken_by=message.maybe_taken_by,
         )
         _come_back_soon([message], outcome)
         return
     if isinstance(failure, Throttled):
-        await _throttled(message, failure, deps, outcome)
+        await _throttled(message, failure, deps, outcome, claim_id=claim_id)
         return
     attempt = message.submit_attempts + 1
     taken_by = failure.upstream if isinstance(failure, MaybeTakenBy) else message.maybe_taken_by
@@ -746,7 +763,7 @@ async def _not_taken(
         await _record_unconfirmed(message, carrier, deps, outcome)
         return
     if not final:
-        await asyncio.to_thread(deps.messages.release_claim, message.key, maybe_taken_by=taken_by)
+        await asyncio.to_thread(deps.messages.release_claim, message.key, claim_id=claim_id, maybe_taken_by=taken_by)
         outcome.retry.append(message.message_id)
         outcome.failed_attempts = max(outcome.failed_attempts, attempt)
         if failure.retry_after is not None:
@@ -758,7 +775,7 @@ async def _not_taken(
 
 
 async def _throttled(
-    message: Message, failure: Throttled, deps: DispatchDependencies, outcome: DispatchOutcome
+    message: Message, failure: Throttled, deps: DispatchDependencies, outcome: DispatchOutcome, *, claim_id: str | None
 ) -> None:
     """A throttled message back to the queue, no attempt counted: its record waits a backoff growing with the
     message's throttles (at least the Retry-After, at most BACKOFF_CAP_SECONDS unless the Retry-After asks more), and
@@ -777,6 +794,7 @@ async def _throttled(
     await asyncio.to_thread(
         deps.messages.release_claim,
         message.key,
+        claim_id=claim_id,
         attempted=False,
         maybe_taken_by=message.maybe_taken_by,
         throttled=True,
