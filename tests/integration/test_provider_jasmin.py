@@ -169,11 +169,6 @@ def test_server_errors_are_transient(status: int, body: str) -> None:
     assert (raised.value.permanent, raised.value.unavailable) == (False, True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a proxy's 502/504 in front of Jasmin (which the adapter itself allows for) is classed unavailable,"
-    " so the dispatcher fails the message over to the route's fallback while Jasmin may be sending it: twice",
-)
 @pytest.mark.parametrize("status", [502, 504])
 def test_a_proxys_bad_gateway_or_gateway_timeout_is_an_answer_jasmin_may_have_taken(status: int) -> None:
     # Given Jasmin behind a reverse proxy that forwarded the submit and lost Jasmin's answer (504 Gateway Timeout,

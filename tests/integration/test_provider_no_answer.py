@@ -84,6 +84,32 @@ def test_only_upstreams_that_answer_a_repeat_with_their_first_answer_say_they_de
     assert getattr(build(lambda request: httpx.Response(500)), "deduplicates_submits", False) is deduplicates
 
 
+def failure_answered(adapter: str, status: int) -> UpstreamError:
+    build, request, _ = ADAPTERS[adapter]
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(build(lambda _: httpx.Response(status, text="<html>proxy page</html>")).submit(request()))
+    return raised.value
+
+
+@pytest.mark.parametrize("adapter", sorted(ADAPTERS))
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_proxys_bad_gateway_or_gateway_timeout_says_the_upstream_may_have_the_message(
+    adapter: str, status: int
+) -> None:
+    # Given an upstream behind a reverse proxy or load balancer that passed the submit on and lost its answer
+    # When the proxy answers 502 Bad Gateway or 504 Gateway Timeout
+    failure = failure_answered(adapter, status)
+    # Then the upstream may have the message: never offered to the fallback (until 2026-12-06 Kannel, Jasmin, Africa's
+    # Talking and the simulator offered it there at once, and the text could go out twice)
+    assert (failure.permanent, failure.maybe_taken) == (False, True)
+
+
+@pytest.mark.parametrize("adapter", sorted(ADAPTERS))
+def test_a_503_was_not_served_and_goes_to_the_fallback(adapter: str) -> None:
+    failure = failure_answered(adapter, 503)
+    assert (failure.permanent, failure.unavailable, failure.maybe_taken) == (False, True, False)
+
+
 # The credential each adapter sends, which an upstream's error answer must never carry into our errors and logs.
 SECRETS = {
     "kannel": test_provider_kannel.CONFIG["password"],

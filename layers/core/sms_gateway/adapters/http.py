@@ -86,6 +86,29 @@ def unreadable_take(upstream: str, what: str) -> UpstreamError:
     return UpstreamError(f"{upstream} {what}", permanent=False, unavailable=False, maybe_taken=True)
 
 
+# Answers of a proxy or load balancer in front of an upstream after it passed our request on: 502 Bad Gateway (the
+# connection to the upstream was cut, maybe mid-answer) and 504 Gateway Timeout (the upstream took too long to
+# answer). The upstream may have the message, as when no answer comes at all. A 503 says the request was not served.
+GATEWAY_ERROR_STATUSES = frozenset({502, 504})
+
+
+def server_error(
+    what: str, response: httpx.Response, *, maybe_taken_statuses: frozenset[int] = GATEWAY_ERROR_STATUSES
+) -> UpstreamError | None:
+    """The failure a submit's 429 or 5xx answer says, None for any other status; `what` says it in words. One of
+    `maybe_taken_statuses` (by default a proxy's 502/504; an upstream whose own 500 may have done the request adds
+    it) is handled as no answer after the request left (`maybe_taken`): never offered to the fallback, only asked
+    again of an upstream that deduplicates our reference. Any other 5xx is unavailable (the fallback is offered it at
+    once); a 429 is a throttle (the same upstream later, after its `Retry-After`)."""
+    status = response.status_code
+    if status != 429 and status < 500:
+        return None
+    retry_after = retry_after_seconds(response.headers.get("retry-after"))
+    if status in maybe_taken_statuses:
+        return UpstreamError(what, permanent=False, retry_after=retry_after, unavailable=True, maybe_taken=True)
+    return UpstreamError(what, permanent=False, retry_after=retry_after, unavailable=status >= 500)
+
+
 class _NoCookies(httpx.Cookies):
     """A jar that keeps nothing an answer sets."""
 

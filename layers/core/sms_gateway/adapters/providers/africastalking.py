@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds, scrubbed, unreadable_take
+from sms_gateway.adapters.http import async_client, no_answer, scrubbed, server_error, unreadable_take
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
@@ -148,13 +148,10 @@ class AfricasTalkingProvider:
         except httpx.TransportError as error:
             raise no_answer(self.name, error) from error
         status = response.status_code
-        if status == 429 or status >= 500:
-            raise UpstreamError(
-                f"{self.name} answered {status}",
-                permanent=False,
-                retry_after=retry_after_seconds(response.headers.get("retry-after")),
-                unavailable=status >= 500,
-            )
+        # A 502/504 is AT's edge (or our proxy) losing the answer of a request passed on: AT may be sending it.
+        failure = server_error(f"{self.name} answered {status}", response)
+        if failure is not None:
+            raise failure
         if status in (401, 403):
             # A wrong username or API key: our setup, not the message. Offered to the fallback, then retried.
             raise UpstreamError(f"{self.name} refused our credentials ({status})", permanent=False, unavailable=True)

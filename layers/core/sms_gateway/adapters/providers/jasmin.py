@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, quote
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds, scrubbed, unreadable_take
+from sms_gateway.adapters.http import async_client, no_answer, scrubbed, server_error, unreadable_take
 from sms_gateway.adapters.providers.parts import max_parts_setting, refuse_longer
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
@@ -196,13 +196,10 @@ class JasminProvider:
         # Only the text that goes into errors and logs is scrubbed: a short password could occur in the id Jasmin
         # answers ("Success" included), which is read from the raw body below.
         reason = scrubbed(refused.group(1) if refused else body, (self._password,), limit=200)
-        if response.status_code == 429 or response.status_code >= 500:
-            raise UpstreamError(
-                f"{self.name} answered {response.status_code}: {reason}",
-                permanent=False,
-                retry_after=retry_after_seconds(response.headers.get("retry-after")),
-                unavailable=response.status_code >= 500,
-            )
+        # Jasmin's own 500/503 (its SMPP client manager or interceptor) sent nothing; a proxy's 502/504 may have.
+        failure = server_error(f"{self.name} answered {response.status_code}: {reason}", response)
+        if failure is not None:
+            raise failure
         if response.status_code == 403 and "throughput exceeded" in reason.lower():
             # The user's http_throughput quota: come back shortly to the same upstream.
             raise UpstreamError(f"{self.name} throttled: {reason}", permanent=False, retry_after=1.0)

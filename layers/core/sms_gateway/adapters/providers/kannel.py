@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds, scrubbed
+from sms_gateway.adapters.http import async_client, no_answer, scrubbed, server_error
 from sms_gateway.adapters.providers.parts import max_parts_setting, refuse_longer
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import (
@@ -171,13 +171,10 @@ class KannelProvider:
         except httpx.TransportError as error:
             raise no_answer(self.name, error) from error
         answer = scrubbed(response.text.strip(), (self._password,))
-        if response.status_code == 429 or response.status_code >= 500:
-            raise UpstreamError(
-                f"{self.name} answered {response.status_code}: {answer}",
-                permanent=False,
-                retry_after=retry_after_seconds(response.headers.get("retry-after")),
-                unavailable=response.status_code >= 500,
-            )
+        # Kannel's own 503 "Temporal failure" sent nothing; a proxy's 502/504 in front of smsbox may have.
+        failure = server_error(f"{self.name} answered {response.status_code}: {answer}", response)
+        if failure is not None:
+            raise failure
         if response.status_code >= 400:
             # "Authorization failed for sendsms", "Missing receiver number, rejected", "Not routable. Do not try
             # again.", "Number(s) has/have been denied by white- and/or black-lists.": no retry changes these.

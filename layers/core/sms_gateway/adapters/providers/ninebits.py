@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds, scrubbed, unreadable_take
+from sms_gateway.adapters.http import async_client, no_answer, scrubbed, server_error, unreadable_take
 from sms_gateway.domain import webhooks
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
 from sms_gateway.domain.status import MessageStatus
@@ -116,20 +116,13 @@ class NinebitsProvider:
         except httpx.TransportError as error:
             raise no_answer(self.name, error) from error
         reason = scrubbed(_message(response), (self._token,))
-        if response.status_code in MAYBE_TAKEN_STATUSES:
-            raise UpstreamError(
-                f"{self.name} answered {response.status_code}: {reason}",
-                permanent=False,
-                unavailable=True,
-                maybe_taken=True,
-            )
-        if response.status_code == 429 or response.status_code >= 500:
-            raise UpstreamError(
-                f"{self.name} answered {response.status_code}: {reason}",
-                permanent=False,
-                retry_after=retry_after_seconds(response.headers.get("retry-after")),
-                unavailable=response.status_code >= 500,
-            )
+        failure = server_error(
+            f"{self.name} answered {response.status_code}: {reason}",
+            response,
+            maybe_taken_statuses=MAYBE_TAKEN_STATUSES,
+        )
+        if failure is not None:
+            raise failure
         if response.status_code == 402:
             # Our credits with them ran out: not the message's fault, another upstream may take it.
             raise UpstreamError(f"{self.name} has no credit for us: {reason}", permanent=False, unavailable=True)

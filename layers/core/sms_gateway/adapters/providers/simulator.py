@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds, scrubbed
+from sms_gateway.adapters.http import async_client, no_answer, scrubbed, server_error
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
 from sms_gateway.domain.status import MessageStatus
@@ -72,14 +72,9 @@ class SimulatorProvider:
             )
         except httpx.TransportError as error:
             raise no_answer(self.name, error) from error
-        if response.status_code == 429 or response.status_code >= 500:
-            retry_after = response.headers.get("retry-after")
-            raise UpstreamError(
-                f"{self.name} answered {response.status_code}",
-                permanent=False,
-                retry_after=retry_after_seconds(retry_after),
-                unavailable=response.status_code >= 500,
-            )
+        failure = server_error(f"{self.name} answered {response.status_code}", response)
+        if failure is not None:
+            raise failure
         if response.status_code >= 400:
             raise UpstreamError(
                 f"{self.name} refused the message: {scrubbed(response.text, (self._secret,))}", permanent=True

@@ -30,7 +30,14 @@ from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, no_answer, retry_after_seconds, scrubbed, unreadable_take
+from sms_gateway.adapters.http import (
+    async_client,
+    no_answer,
+    retry_after_seconds,
+    scrubbed,
+    server_error,
+    unreadable_take,
+)
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import (
     CallbackRequest,
@@ -180,14 +187,15 @@ class TwilioProvider:
         described = f"{self.name} answered {status}" + (f" error {code}" if code is not None else "")
         if message:
             described += f": {message}"
-        if status in MAYBE_TAKEN_STATUSES:
-            return UpstreamError(described, permanent=False, unavailable=True, maybe_taken=True)
-        if status == 429 or status >= 500 or code in TRANSIENT_ERROR_CODES:
+        failure = server_error(described, response, maybe_taken_statuses=MAYBE_TAKEN_STATUSES)
+        if failure is not None:
+            return failure
+        if code in TRANSIENT_ERROR_CODES:
             return UpstreamError(
                 described,
                 permanent=False,
                 retry_after=retry_after_seconds(response.headers.get("retry-after")),
-                unavailable=status >= 500,
+                unavailable=False,
             )
         if status in ACCOUNT_PROBLEM_STATUSES:
             return UpstreamError(described, permanent=False, unavailable=True)
