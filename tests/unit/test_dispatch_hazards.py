@@ -526,21 +526,7 @@ def test_a_duplicate_delivery_whose_claim_is_held_gives_back_the_route_token_it_
     assert counters.per_second(scope) == {}
 
 
-@pytest.mark.parametrize(
-    "limited",
-    [
-        "account",
-        pytest.param(
-            "route",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="review: a record starved by its upstream's route limit goes back to the queue after a second"
-                " instead of waiting it out in the invocation, so a rate-limited backlog's held-back records pass"
-                " maxReceiveCount and are dead-lettered unsent",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("limited", ["account", "route"])
 def test_a_record_starved_by_a_rate_limit_waits_it_out_in_the_invocation_whichever_scope_limits_it(store, limited):
     from sms_gateway.logic.ratelimit import account_scope
 
@@ -561,12 +547,40 @@ def test_a_record_starved_by_a_rate_limit_waits_it_out_in_the_invocation_whichev
     vclock_start = vclock.now
     # When one delivery of the record is dispatched
     outcome = asyncio.run(dispatch(record, deps))
-    # Then it sends at the limit for the invocation's time (about 80), as it does under the account's limit; under
-    # the route's it sends about 6 and hands the other 94 back after a second. Each such hand-back is one more
-    # invocation, and each invocation is one more receive of the nine records SQS hands over behind it in the
-    # account's FIFO group: a 1,000-message batch to a 2-a-second upstream takes about 17 deliveries per record, so
-    # its later records are received over 100 times (maxReceiveCount) and dead-lettered unsent.
+    # Then it sends at the limit for the invocation's time (about 80), under the route's limit as under the
+    # account's. Until 2026-12-06, under the route's it sent about 6 and handed the other 94 back after a second.
+    # Each such hand-back is one more invocation, and each invocation is one more receive of the nine records SQS
+    # hands over behind it in the account's FIFO group: a 1,000-message batch to a 2-a-second upstream took about 17
+    # deliveries per record, so its later records were received over 100 times (maxReceiveCount) and dead-lettered
+    # unsent.
     assert len(provider.submits) >= 60, (len(provider.submits), len(outcome.retry))
+
+
+def test_account_tokens_of_messages_their_route_holds_back_go_back_for_the_accounts_other_messages(store):
+    from sms_gateway.logic.ratelimit import account_scope
+
+    # Given a bulk record of 100 messages for an account limited to 50 a second, to an upstream limited to 2 a second
+    _, sent = send(store, command(100))
+    [record] = sent.dispatch_queue.commands
+    provider = FakeProvider("kannel")
+    counters, vclock = CountingStore(), VirtualClock()
+    start = vclock.now
+    deps = replace(
+        dispatch_deps(store, provider),
+        limiter=RateLimiter(counters, clock=vclock, sleep=vclock.sleep),
+        rate_scopes=[account_scope("7", 50)],
+        route_limit=lambda _: 2,
+        wait_out_the_rate_limit=True,
+        out_of_time=lambda: vclock.now > start + 10,
+    )
+    # When one delivery of the record is dispatched
+    asyncio.run(dispatch(record, deps))
+    # Then the account's second holds the tokens of the messages sent in it, not of the 50 it granted at first: the
+    # 48 its upstream held back went back, for the account's single sends (its priority lane) that second, and each
+    # took its token again with the route's. Until 2026-12-06 the account's first second was full for nothing.
+    per_second = counters.per_second("account:7")
+    assert per_second[int(start)] == 2, per_second
+    assert sum(per_second.values()) <= len(provider.submits) + 2, (per_second, len(provider.submits))
 
 
 @pytest.mark.xfail(

@@ -49,6 +49,7 @@ from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_re
 from sms_gateway.logic.dispatch import DispatchDependencies, DispatchOutcome, backoff_seconds, dispatch
 from sms_gateway.logic.inbound import InboundDependencies, inbound_notification, receive_inbound
 from sms_gateway.logic.notify import dlr_notification, notifications_of
+from sms_gateway.logic.ratelimit import Grant
 from sms_gateway.logic.scheduled import release_scheduled_batch
 from sms_gateway.logic.send import SendDependencies, accept_send, normalise_recipients
 from sms_gateway.logic.settle import CHECK_MESSAGES, MAX_HOP_SECONDS, SettleDependencies, settle, settle_checks
@@ -2289,9 +2290,9 @@ class StingyLimiter:
     def expect(self, asks):
         pass
 
-    async def acquire(self, scopes, wanted):
+    async def grant(self, scopes, wanted):
         self.asked.append((list(scopes), wanted))
-        return min(2, wanted) if len(self.asked) == 1 else 0
+        return Grant(min(2, wanted) if len(self.asked) == 1 else 0)
 
 
 def test_the_rate_limit_holds_back_what_it_does_not_grant(store):
@@ -2318,9 +2319,9 @@ class BusyThenFreeLimiter:
     def expect(self, asks):
         pass
 
-    async def acquire(self, scopes, wanted):
+    async def grant(self, scopes, wanted):
         self.asked += 1
-        return 0 if self.asked <= self.busy else wanted
+        return Grant(0 if self.asked <= self.busy else wanted)
 
 
 def test_a_handler_with_a_deadline_waits_out_the_rate_limit_instead_of_handing_the_record_back(store):
@@ -2355,11 +2356,14 @@ class RouteFullLimiter:
     def expect(self, asks):
         pass
 
-    async def acquire(self, scopes, wanted, *, max_wait_seconds=None):
-        return 0 if scopes and scopes[0][0].startswith("route:") else wanted
+    async def grant(self, scopes, wanted, *, max_wait_seconds=None):
+        return Grant(0 if any(name.startswith("route:") for name, _ in scopes) else wanted)
 
     async def acquire_one(self, scope, *, max_wait_seconds=None):
         return None if scope[0].startswith("route:") else 0
+
+    async def give_back_unused(self, seconds, count=1):
+        pass
 
 
 def test_an_upstream_at_its_own_rate_limit_is_waited_for_not_failed_over(store):

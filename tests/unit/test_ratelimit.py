@@ -396,6 +396,23 @@ def test_a_token_given_back_in_its_second_is_granted_again_and_one_given_back_la
     assert all(used <= 1 for used in store.per_second("route:kannel").values())
 
 
+def test_a_grants_unused_tokens_go_back_to_each_scope_while_their_second_lasts_and_cost_nothing_after(store, clock):
+    # Given a grant of one send under an account's limit and a route's, and the second each counted it in
+    rate = RateLimiter(store, clock=clock, sleep=clock.sleep)
+    grant = asyncio.run(rate.grant([account_scope("a", 50), route_scope("kannel", 1)], 1))
+    assert (grant.count, dict(grant.seconds)) == (1, {"account:a": SECOND, "route:kannel": SECOND})
+    # When the send does not happen and the grant goes back within its second
+    asyncio.run(rate.give_back_unused(grant.seconds))
+    # Then both scopes count it no more
+    assert store.per_second("account:a") == store.per_second("route:kannel") == {}
+    # And a grant given back once its second is over costs no write
+    grant = asyncio.run(rate.grant([account_scope("a", 50)], 1))
+    clock.now += 1
+    calls = len(store.calls)
+    asyncio.run(rate.give_back_unused(grant.seconds))
+    assert len(store.calls) == calls and store.per_second("account:a") == {SECOND: 1}
+
+
 def test_release_after_the_second_is_over_writes_nothing(store, clock):
     rate = holder(store, clock, expects=10)
     asyncio.run(rate.acquire([account_scope("a", 50)], 1))

@@ -6,7 +6,7 @@ import asyncio
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -30,7 +30,7 @@ from sms_gateway.errors import OptedOut, UpstreamError
 from sms_gateway.logic.delivery import DeliveryDependencies, apply_held_reports
 from sms_gateway.logic.notify import dlr_notification
 from sms_gateway.logic.optouts import opted_out_of
-from sms_gateway.logic.ratelimit import RateLimiter, Scope, route_scope
+from sms_gateway.logic.ratelimit import Grant, RateLimiter, Scope, route_scope
 from sms_gateway.observability import logger, mask_msisdn
 from sms_gateway.ports import AccountStore, MessageStore, OptOutStore, Provider
 
@@ -228,8 +228,8 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
     in_flight = deps.in_flight or asyncio.Semaphore(deps.concurrency)
     announcer = _Announcer(deps.announce)
 
-    async def one(message: Message) -> None:
-        await _dispatch_one(message, deps, outcome, in_flight)
+    async def one(message: Message, account_tokens: Mapping[str, int]) -> None:
+        await _dispatch_at_its_routes_pace(message, deps, outcome, in_flight, account_tokens)
         # A message's changes are made by its own task only, so these are exactly this message's.
         await announcer.add([c for c in outcome.changes if c.message.message_id == message.message_id])
 
@@ -247,7 +247,8 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
                 _come_back_soon(pending, outcome)
                 break
             # The account's rate limit is shared by every dispatcher container: each grant is one counted write.
-            granted = await deps.limiter.acquire(deps.rate_scopes, len(pending)) if deps.limiter else len(pending)
+            grant = await deps.limiter.grant(deps.rate_scopes, len(pending)) if deps.limiter else Grant(len(pending))
+            granted = grant.count
             if granted == 0:
                 # Other records took the second's tokens: wait on while the invocation has time. Handing the record
                 # back instead would bring it, and the records held behind it, back within seconds, each delivery
@@ -257,7 +258,7 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
                 _come_back_soon(pending, outcome)
                 break
             now_sending, pending = pending[:granted], pending[granted:]
-            await _all_to_their_end([one(m) for m in now_sending])
+            await _all_to_their_end([one(m, grant.seconds) for m in now_sending])
         await announcer.add(await _changes_made_meanwhile(command, outcome.moved_on, deps))
     finally:
         # Also when a message's task raised: what was done is announced now, not only by the redelivery.
@@ -440,8 +441,36 @@ def change_made_by_dispatch(message: Message) -> StatusChange | None:
     return StatusChange(message=then, changed=True)
 
 
+async def _dispatch_at_its_routes_pace(
+    message: Message,
+    deps: DispatchDependencies,
+    outcome: DispatchOutcome,
+    in_flight: asyncio.Semaphore,
+    account_tokens: Mapping[str, int],
+) -> None:
+    """A message dispatched once the route token of the upstream it is offered first is ours. The token is taken
+    before the claim: the limiter may wait for it, and its counter write or the upstream's limit may fail; under the
+    claim, either left a message that reads as maybe submitted and was never sent. Failing here, the message is simply
+    unclaimed (the record fails and comes back, as when the claim's own write fails). And before the submit slot: a
+    record waiting for a slow route's tokens would hold the slots the invocation's other records submit in. A message
+    held back for a throttle takes none: it is not submitted."""
+    upstreams = offered_upstreams(message, deps.upstreams_for) if message.status == MessageStatus.QUEUED else []
+    first = upstreams[0].name if upstreams else None
+    token = None
+    if first is not None and _held_back_for_a_throttle(first, outcome) is None:
+        token = await _wait_for_route_token(first, deps, account_tokens)
+        if token is None:
+            _come_back_soon([message], outcome)
+            return
+    await _dispatch_one(message, deps, outcome, in_flight, token)
+
+
 async def _dispatch_one(
-    message: Message, deps: DispatchDependencies, outcome: DispatchOutcome, in_flight: asyncio.Semaphore
+    message: Message,
+    deps: DispatchDependencies,
+    outcome: DispatchOutcome,
+    in_flight: asyncio.Semaphore,
+    token: RouteToken | None = None,
 ) -> None:
     if message.status != MessageStatus.QUEUED:
         outcome.skipped += 1
@@ -449,6 +478,7 @@ async def _dispatch_one(
     async with in_flight:
         if deps.out_of_time():
             # The slot came too late to submit and record the answer before the invocation ends.
+            await _route_token_used(token, [], deps)
             _come_back_soon([message], outcome)
             return
         # Claimed only once a submit slot is ours, and submitted at once: a message claimed and left waiting for a
@@ -456,17 +486,7 @@ async def _dispatch_one(
         # The claim names the upstream tried first, so that whoever takes it over after this dispatcher died knows
         # where the message may be.
         upstreams = offered_upstreams(message, deps.upstreams_for)
-        first = upstreams[0].name if upstreams else None
-        throttled_a_moment_ago = _held_back_for_a_throttle(first, outcome)
-        # So its route token is taken before the claim too: the limiter may wait up to a second for it, and its
-        # counter write or the upstream's limit may fail; under the claim, either left a message that reads as maybe
-        # submitted and was never sent. Failing here, the message is simply unclaimed (the record fails and comes
-        # back, as when the claim's own write fails); at its limit, it comes back in a second. A message held back
-        # for a throttle takes none: it is not submitted.
-        token = await _take_route_token(first, deps) if first is not None and throttled_a_moment_ago is None else None
-        if first is not None and token is None and throttled_a_moment_ago is None:
-            _come_back_soon([message], outcome)
-            return
+        throttled_a_moment_ago = _held_back_for_a_throttle(upstreams[0].name if upstreams else None, outcome)
         claim = await asyncio.to_thread(
             deps.messages.claim_for_dispatch,
             message.key,
@@ -484,7 +504,9 @@ async def _dispatch_one(
         # recorded expired and refunded while the upstream takes it.
         too_late = claim.outcome == ClaimOutcome.CLAIMED and deps.clock() > valid_until(message, deps.validity)
         submitting = ours and not too_late
-        token_for = await _route_token_used(token, upstreams if submitting else [], deps)
+        # A message its upstream's throttle now holds back (another message was throttled while it waited for its
+        # slot) gives its token back.
+        token_for = await _route_token_used(token, upstreams if submitting and not throttled_a_moment_ago else [], deps)
         sent = (
             (
                 throttled_a_moment_ago
@@ -852,10 +874,37 @@ async def _route_allows_under_claim(message: Message, upstream: str, deps: Dispa
 
 @dataclass(frozen=True)
 class RouteToken:
-    """A route's token taken before the claim: its upstream, and the second it counts in (None: no limit)."""
+    """A route's token taken before the claim: its upstream, and the second each scope counted it in: the route's,
+    and the account's when they were taken together (none: no limit)."""
 
     upstream: str
-    second: int | None = None
+    seconds: Mapping[str, int] = field(default_factory=dict)
+
+
+async def _wait_for_route_token(
+    upstream: str, deps: DispatchDependencies, account_tokens: Mapping[str, int]
+) -> RouteToken | None:
+    """The route token of the upstream a message is offered first. When the route is at its limit this second, the
+    account's tokens taken for the message go back (for the account's other messages this second, its priority lane
+    among them) and are taken again with the route's. The message waits for them up to a second, or, when the handler
+    waits out the rate limit, until the invocation's end (`out_of_time`), as for the account's limit. Until 2026-12-06
+    it waited a second whatever the handler chose, and the record went back to the queue with the route's held-back
+    messages: at 2 a second, 6 of a record's 100 a delivery, each one more receive of the records behind it in the
+    account's FIFO group, which passed maxReceiveCount and were dead-lettered unsent. None: it comes back."""
+    limit = deps.route_limit(upstream)
+    if not limit or deps.limiter is None:
+        return RouteToken(upstream)
+    route = route_scope(upstream, limit)
+    second = await deps.limiter.acquire_one(route, max_wait_seconds=0.0)
+    if second is not None:
+        return RouteToken(upstream, {route[0]: second})
+    await deps.limiter.give_back_unused(account_tokens)
+    while True:
+        grant = await deps.limiter.grant([*deps.rate_scopes, route], 1, max_wait_seconds=1.0)
+        if grant.count:
+            return RouteToken(upstream, grant.seconds)
+        if not deps.wait_out_the_rate_limit or deps.out_of_time():
+            return None
 
 
 async def _take_route_token(upstream: str, deps: DispatchDependencies) -> RouteToken | None:
@@ -864,22 +913,23 @@ async def _take_route_token(upstream: str, deps: DispatchDependencies) -> RouteT
     if not limit or deps.limiter is None:
         return RouteToken(upstream)
     second = await deps.limiter.acquire_one(route_scope(upstream, limit), max_wait_seconds=1.0)
-    return None if second is None else RouteToken(upstream, second)
+    return None if second is None else RouteToken(upstream, {route_scope(upstream, None)[0]: second})
 
 
 async def _route_token_used(
     token: RouteToken | None, submitted_to: Sequence[Provider], deps: DispatchDependencies
 ) -> str | None:
     """The upstream whose token, taken before the claim, the submit to `submitted_to` uses first. None, and the
-    token given back for the route's other messages this second, when the message is not submitted there after all
-    (the claim is another's, the message too late, or a takeover resumed it at another upstream). Until 2026-12-05
-    it was kept: a duplicate delivery of a record took its route's tokens for nothing."""
+    token given back for the route's other messages this second (with the account's taken with it), when the message
+    is not submitted there after all (the claim is another's, the message too late, or a takeover resumed it at
+    another upstream). Until 2026-12-05 it was kept: a duplicate delivery of a record took its route's tokens for
+    nothing."""
     if token is None:
         return None
     if submitted_to and submitted_to[0].name == token.upstream:
         return token.upstream
-    if token.second is not None and deps.limiter is not None:
-        await deps.limiter.give_back(route_scope(token.upstream, None)[0], token.second)
+    if deps.limiter is not None:
+        await deps.limiter.give_back_unused(token.seconds)
     return None
 
 

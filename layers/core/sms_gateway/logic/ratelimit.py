@@ -7,6 +7,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from sms_gateway.observability import logger
 from sms_gateway.ports import RateLimitStore
@@ -39,6 +40,15 @@ def expected_grants(
     per_scope = {account_scope(account, None)[0]: count for account, count in messages_by_account.items()}
     per_scope |= {route_scope(upstream, None)[0]: count for upstream, count in (messages_by_upstream or {}).items()}
     return lambda scope: per_scope.get(scope, 0)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Sends that may go now, and the second each limited scope counted them in (none when nothing was granted, or
+    no scope is limited)."""
+
+    count: int
+    seconds: Mapping[str, int] = field(default_factory=dict)
 
 
 class RateLimiter:
@@ -92,15 +102,20 @@ class RateLimiter:
         is full, waits for the next second and tries again; returns 0 only when no second with room came before
         the deadline (`max_wait_seconds`, the limiter's own if not given), so the caller can retry later.
         """
+        return (await self.grant(scopes, wanted, max_wait_seconds=max_wait_seconds)).count
+
+    async def grant(self, scopes: Sequence[Scope], wanted: int, *, max_wait_seconds: float | None = None) -> Grant:
+        """What `acquire` grants, and the second each limited scope counted it in (what `give_back` needs, should
+        some of it not be used)."""
         if wanted <= 0:
-            return 0
+            return Grant(0)
         # The most restrictive scope first: it is the one most likely to cut the grant, and what it grants
         # is all that the others are asked for.
         limited = sorted(((name, limit) for name, limit in scopes if limit), key=lambda scope: scope[1])
         if not limited:
-            return wanted
-        granted, _ = await self._acquire(limited, wanted, max_wait_seconds)
-        return granted
+            return Grant(wanted)
+        granted, counted = await self._acquire(limited, wanted, max_wait_seconds)
+        return Grant(granted, dict(counted))
 
     async def acquire_one(self, scope: Scope, *, max_wait_seconds: float | None = None) -> int | None:
         """One token of one limited scope, as `acquire` grants it: the second it is counted in (what `give_back`
@@ -119,6 +134,14 @@ class RateLimiter:
         await self._give_back(name, second, count)
         if self._full.get(name) == second:
             del self._full[name]  # there is room in it again
+
+    async def give_back_unused(self, seconds: Mapping[str, int], count: int = 1) -> None:
+        """Tokens of a grant (`Grant.seconds`) that will not be sent, given back to each scope whose second is still
+        the current one; a second that is over needs nothing (no write): it grants no more."""
+        now = math.floor(self.clock())
+        for name, second in seconds.items():
+            if second == now:
+                await self.give_back(name, second, count)
 
     async def _acquire(
         self, limited: Sequence[tuple[str, int]], wanted: int, max_wait_seconds: float | None
