@@ -583,35 +583,65 @@ def test_account_tokens_of_messages_their_route_holds_back_go_back_for_the_accou
     assert sum(per_second.values()) <= len(provider.submits) + 2, (per_second, len(provider.submits))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: with the primary down, each delivery counts an attempt on every message the fallback's own route"
-    " limit could not take within a second, so a bulk record's messages are failed upstream_unavailable and refunded"
-    " after 6 deliveries (about 2.5 minutes of outage) while the fallback was up and sending at its limit",
-)
-def test_messages_a_rate_limited_fallback_can_carry_are_not_failed_while_the_primary_is_down(store):
-    # Given a bulk record of 100 messages whose primary is down (503) and whose fallback is healthy but limited to 5
-    # messages a second (its Parameter Store rate_limit_per_second)
+def primary_down_and_fallback_limited(store, limit: int):
+    """A bulk record of 100 messages whose primary is down (503) and whose fallback is healthy but limited to `limit`
+    messages a second (its Parameter Store rate_limit_per_second), and the deps to dispatch it."""
     _, sent = send(store, command(100))
     [record] = sent.dispatch_queue.commands
     primary, fallback = FakeProvider("primary"), FakeProvider("fallback")
     primary.failure = UpstreamError("503", permanent=False, unavailable=True)
-    vclock = VirtualClock()
     deps = replace(
         dispatch_deps(store, primary),
         upstreams_for=lambda _: [primary, fallback],
-        limiter=RateLimiter(CountingStore(), clock=vclock, sleep=vclock.sleep),
-        route_limit=lambda name: 5 if name == "fallback" else None,
+        route_limit=lambda name: limit if name == "fallback" else None,
     )
+    return record, primary, fallback, deps
+
+
+def test_messages_a_rate_limited_fallback_can_carry_are_not_failed_while_the_primary_is_down(store):
+    # Given a bulk record of 100 messages whose primary is down (503) and whose fallback is healthy but limited to 5
+    # messages a second (its Parameter Store rate_limit_per_second)
+    record, _, fallback, deps = primary_down_and_fallback_limited(store, 5)
+    counters, vclock = CountingStore(), VirtualClock()
     # When the record comes back, after its backoff each time, until nothing in it is left to retry (the primary
-    # stays down throughout)
+    # stays down throughout), each delivery with its invocation's limiter over the shared counters
     for _ in range(100):
-        outcome = asyncio.run(dispatch(record, deps))
+        limiter = RateLimiter(counters, clock=vclock, sleep=vclock.sleep)
+        outcome = asyncio.run(dispatch(record, replace(deps, limiter=limiter)))
         if not outcome.needs_retry:
             break
         vclock.now += outcome.retry_delay(backoff_base=5)
-    # Then every message went out through the fallback, at its limit. Instead 74 of them are failed
+    # Then every message went out through the fallback, at its limit. Until 2026-12-06 74 of them were failed
     # `upstream_unavailable` and refunded on their 6th delivery: each delivery offered every message to the fallback
     # for a second, and each one its limit held back counted the primary's failure as an attempt
     statuses = {(m.status, m.error_code) for m in store.messages.values()}
     assert statuses == {(MessageStatus.SUBMITTED, None)}, (len(fallback.submits), statuses)
+
+
+def test_with_the_primary_down_a_record_waits_for_its_rate_limited_fallback_in_the_invocation(store):
+    from sms_gateway.logic.ratelimit import account_scope
+
+    # Given a bulk record of 100 messages whose primary is down (503) and whose fallback is limited to 2 messages a
+    # second, and an invocation with 40 s left for claims (the handler waits out the rate limit)
+    record, primary, fallback, deps = primary_down_and_fallback_limited(store, 2)
+    counters, vclock = CountingStore(), VirtualClock()
+    start = vclock.now
+    deps = replace(
+        deps,
+        limiter=RateLimiter(counters, clock=vclock, sleep=vclock.sleep),
+        rate_scopes=[account_scope("7", 50)],
+        wait_out_the_rate_limit=True,
+        out_of_time=lambda: vclock.now > start + 40,
+    )
+    # When one delivery of the record is dispatched
+    outcome = asyncio.run(dispatch(record, deps))
+    # Then the fallback carried them at its limit for the invocation's time, each message waiting for its token
+    # unclaimed rather than going back to the queue after a second (each delivery one more receive of the records
+    # behind it in the account's FIFO group); the rest come back with the record, no attempt counted, none claimed
+    assert len(fallback.submits) >= 70, len(fallback.submits)
+    assert all(used <= 2 for used in counters.per_second("route:fallback").values())
+    queued = [m for m in store.messages.values() if m.status == MessageStatus.QUEUED]
+    assert sorted(outcome.retry) == sorted(m.message_id for m in queued)
+    assert {m.submit_attempts for m in queued} <= {0} and store.claims == {}
+    # And the account's seconds counted no more than was sent in them, and a token for each
+    assert sum(counters.per_second("account:7").values()) <= len(primary.submits) + len(fallback.submits)

@@ -807,7 +807,8 @@ class TestFailover:
         primary.failure = UpstreamError("503", permanent=False, unavailable=True)
         fallback.failure = UpstreamError("429", permanent=False, retry_after=3.0)
         outcome = self.run(store, primary, fallback)
-        # Then the primary's failure is an attempt, as when our own route limit holds the fallback back
+        # Then the primary's failure is an attempt: the fallback's own throttle is no pacing of ours (when our route
+        # limit holds the fallback back, nothing is counted: tests/unit/test_dispatch_hazards.py)
         [message] = store.messages.values()
         assert (message.status, message.submit_attempts, message.submit_throttles) == (MessageStatus.QUEUED, 1, 0)
         assert outcome.failed_attempts == 1 and outcome.retry_delay(backoff_base=5) >= 3

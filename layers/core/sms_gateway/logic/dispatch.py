@@ -174,6 +174,8 @@ class DispatchOutcome:
     # Upstreams that throttled a message of this dispatch: the record's messages not yet offered to them wait with it
     # rather than being sent into the throttle.
     throttled_by: set[str] = field(default_factory=set)
+    # Claimed messages our limiter held back for an upstream at its limit (released unclaimed), by id: the upstream.
+    held_for: dict[int, str] = field(default_factory=dict)
     # Every status change this dispatch made, for the client's delivery-report callbacks.
     changes: list[StatusChange] = field(default_factory=list)
     # Messages found queued but moved on by the time this dispatch came to claim them (by a concurrent delivery of
@@ -453,7 +455,8 @@ async def _dispatch_at_its_routes_pace(
     claim, either left a message that reads as maybe submitted and was never sent. Failing here, the message is simply
     unclaimed (the record fails and comes back, as when the claim's own write fails). And before the submit slot: a
     record waiting for a slow route's tokens would hold the slots the invocation's other records submit in. A message
-    held back for a throttle takes none: it is not submitted."""
+    held back for a throttle takes none: it is not submitted. One our limiter held back under its claim, for a
+    failover at its limit, waits for that upstream's token the same way and goes again."""
     upstreams = offered_upstreams(message, deps.upstreams_for) if message.status == MessageStatus.QUEUED else []
     first = upstreams[0].name if upstreams else None
     token = None
@@ -463,6 +466,16 @@ async def _dispatch_at_its_routes_pace(
             _come_back_soon([message], outcome)
             return
     await _dispatch_one(message, deps, outcome, in_flight, token)
+    while (held_by := outcome.held_for.pop(message.message_id, None)) and _waits_on(deps):
+        # Its claim was released when our limiter held it back for a failover (its primary down): instead of going
+        # back to the queue it waits, unclaimed and without a slot, for that upstream's token (and an account token
+        # with it), and is offered to its route again with it, as long as the invocation lasts.
+        outcome.retry.remove(message.message_id)
+        token = await _wait_for_route_token(held_by, deps, None)
+        if token is None:
+            _come_back_soon([message], outcome)
+            return
+        await _dispatch_one(message, deps, outcome, in_flight, token)
 
 
 async def _dispatch_one(
@@ -652,11 +665,14 @@ async def _submit(
             # answer when the invocation ends, and the message be taken over later for one that may have gone out.
             # Counted as the attempt the upstream before it failed; the next delivery has its whole time for both.
             return UpstreamError(f"no time left in the invocation to offer it to {provider.name}", permanent=False)
-        if provider.name != token_for and not await _route_allows_under_claim(message, provider.name, deps):
-            # A route at its limit is a throttle: wait for it rather than fail over. Not an attempt, unless an
-            # upstream before it in the route already failed this one.
-            throttled = RouteAtItsLimit if failure is None else UpstreamError
-            return throttled(f"{provider.name} is at its rate limit", permanent=False, retry_after=1.0)
+        held = None if provider.name == token_for else await _route_refuses_under_claim(message, provider, deps)
+        if held is not None and failure is not None and held.counter_failed:
+            # A token that cannot be taken at all counts the failure of the upstream before it as an attempt.
+            return UpstreamError(held.message, permanent=False, retry_after=1.0)
+        if held is not None:
+            # A route at its limit is a throttle: wait for it rather than fail over, and not an attempt, also when an
+            # upstream before it failed this one (a primary down, its fallback at the limit we set for it).
+            return held
         if tried and not await asyncio.to_thread(
             deps.messages.move_claim,
             message.key,
@@ -714,6 +730,12 @@ async def _submit(
 class RouteAtItsLimit(UpstreamError):
     """Our own limiter held a claimed message back for its upstream's messages-per-second: not an attempt."""
 
+    def __init__(self, upstream: str, *, counter_failed: bool = False) -> None:
+        why = "its rate-limit token could not be taken" if counter_failed else "it is at its rate limit"
+        super().__init__(f"{upstream}: {why}", permanent=False, retry_after=1.0)
+        self.upstream = upstream
+        self.counter_failed = counter_failed
+
 
 class Throttled(UpstreamError):
     """The first upstream offered the message throttled it (429, or any answer that asks us to slow down): it is up
@@ -768,6 +790,7 @@ async def _not_taken(
             maybe_taken_by=message.maybe_taken_by,
         )
         _come_back_soon([message], outcome)
+        outcome.held_for[message.message_id] = failure.upstream
         return
     if isinstance(failure, Throttled):
         await _throttled(message, failure, deps, outcome, claim_id=claim_id)
@@ -857,19 +880,24 @@ def _link_upstream_id(
         return []
 
 
-async def _route_allows_under_claim(message: Message, upstream: str, deps: DispatchDependencies) -> bool:
-    """A route token taken while the message is claimed (a failover, or the upstream a taken-over claim named). A
-    failure to take it is handled as the route being at its limit: the claim is released and the message comes
-    back soon. Until 2026-12-05 the failure left the claim held, and the record's redelivery took the message for
-    one the upstream may have: recorded submitted-unconfirmed, and never sent."""
+async def _route_refuses_under_claim(
+    message: Message, provider: Provider, deps: DispatchDependencies
+) -> RouteAtItsLimit | None:
+    """None once the route token is taken while the message is claimed (a failover, or the upstream a taken-over claim
+    named); else the route stayed at its limit for a second, or its token could not be taken at all (`counter_failed`).
+    Either way the claim is released and the message comes back soon. Until 2026-12-05 a failure left the claim held,
+    and the record's redelivery took the message for one the upstream may have: recorded submitted-unconfirmed, and
+    never sent."""
     try:
-        return await _take_route_token(upstream, deps) is not None
+        if await _take_route_token(provider.name, deps) is not None:
+            return None
     except Exception:
         logger.exception(
             "could not take the upstream's rate-limit token; the message comes back",
-            extra={"message_id": message.message_id, "upstream": upstream},
+            extra={"message_id": message.message_id, "upstream": provider.name},
         )
-        return False
+        return RouteAtItsLimit(provider.name, counter_failed=True)
+    return RouteAtItsLimit(provider.name)
 
 
 @dataclass(frozen=True)
@@ -882,10 +910,11 @@ class RouteToken:
 
 
 async def _wait_for_route_token(
-    upstream: str, deps: DispatchDependencies, account_tokens: Mapping[str, int]
+    upstream: str, deps: DispatchDependencies, account_tokens: Mapping[str, int] | None
 ) -> RouteToken | None:
-    """The route token of the upstream a message is offered first. When the route is at its limit this second, the
-    account's tokens taken for the message go back (for the account's other messages this second, its priority lane
+    """The route token of the upstream a message is offered first, or of a failover that held it back (no
+    `account_tokens`: its account token was spent on the upstream before). When the route is at its limit this second,
+    the account's tokens taken for the message go back (for the account's other messages this second, its priority lane
     among them) and are taken again with the route's. The message waits for them up to a second, or, when the handler
     waits out the rate limit, until the invocation's end (`out_of_time`), as for the account's limit. Until 2026-12-06
     it waited a second whatever the handler chose, and the record went back to the queue with the route's held-back
@@ -895,16 +924,22 @@ async def _wait_for_route_token(
     if not limit or deps.limiter is None:
         return RouteToken(upstream)
     route = route_scope(upstream, limit)
-    second = await deps.limiter.acquire_one(route, max_wait_seconds=0.0)
-    if second is not None:
-        return RouteToken(upstream, {route[0]: second})
-    await deps.limiter.give_back_unused(account_tokens)
+    if account_tokens is not None:
+        second = await deps.limiter.acquire_one(route, max_wait_seconds=0.0)
+        if second is not None:
+            return RouteToken(upstream, {route[0]: second})
+        await deps.limiter.give_back_unused(account_tokens)
     while True:
         grant = await deps.limiter.grant([*deps.rate_scopes, route], 1, max_wait_seconds=1.0)
         if grant.count:
             return RouteToken(upstream, grant.seconds)
-        if not deps.wait_out_the_rate_limit or deps.out_of_time():
+        if not _waits_on(deps):
             return None
+
+
+def _waits_on(deps: DispatchDependencies) -> bool:
+    """Whether a message the rate limit holds back waits on in the invocation rather than going back to the queue."""
+    return deps.wait_out_the_rate_limit and not deps.out_of_time()
 
 
 async def _take_route_token(upstream: str, deps: DispatchDependencies) -> RouteToken | None:
@@ -919,14 +954,15 @@ async def _take_route_token(upstream: str, deps: DispatchDependencies) -> RouteT
 async def _route_token_used(
     token: RouteToken | None, submitted_to: Sequence[Provider], deps: DispatchDependencies
 ) -> str | None:
-    """The upstream whose token, taken before the claim, the submit to `submitted_to` uses first. None, and the
-    token given back for the route's other messages this second (with the account's taken with it), when the message
-    is not submitted there after all (the claim is another's, the message too late, or a takeover resumed it at
-    another upstream). Until 2026-12-05 it was kept: a duplicate delivery of a record took its route's tokens for
-    nothing."""
+    """The upstream whose token, taken before the claim, a submit to `submitted_to` uses: the first, or the failover a
+    moment ago held back at its limit (when an upstream before it takes the message after all, that token stays counted:
+    fewer sends that second, never more). None, and the token given back for the route's other messages this second
+    (with the account's taken with it), when the message is not submitted there after all (the claim is another's, the
+    message too late, or a takeover resumed it at another upstream). Until 2026-12-05 it was kept: a duplicate delivery
+    of a record took its route's tokens for nothing."""
     if token is None:
         return None
-    if submitted_to and submitted_to[0].name == token.upstream:
+    if any(provider.name == token.upstream for provider in submitted_to):
         return token.upstream
     if deps.limiter is not None:
         await deps.limiter.give_back_unused(token.seconds)
