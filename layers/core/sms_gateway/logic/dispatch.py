@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -44,7 +45,7 @@ BACKOFF_CAP_SECONDS = 300.0
 # meanwhile, so never more than BACKOFF_CAP_SECONDS a time), and is failed `upstream_throttled` and refunded at this
 # many throttles (about an hour and a half of them), or expired at the end of its validity if that comes first: its
 # record's returns stay well within the dispatch queue's maxReceiveCount (100), which also counts the deliveries a
-# backlog holds it behind others.
+# backlog holds it behind others. Only deliveries in which the upstream took none of the record's messages count.
 MAX_SUBMIT_THROTTLES = 24
 UPSTREAM_THROTTLED = "upstream_throttled"
 DEFAULT_VALIDITY = timedelta(hours=24)
@@ -152,6 +153,35 @@ def _keys_of(command: DispatchCommand) -> list[MessageKey]:
     return MessageKey.of_batch(command.account_id, command.reference_id, command.message_ids)
 
 
+class SubmitsInFlight:
+    """A dispatch's submits awaiting their upstream's answer, by upstream, and the upstreams that took one: whether
+    an upstream that throttles some of a record's messages took others in the same delivery is known once every
+    submit to it has been answered."""
+
+    def __init__(self) -> None:
+        self.waiting: Counter[str] = Counter()
+        self.took: set[str] = set()
+        self._answered = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def submitting(self, upstream: str) -> AsyncIterator[None]:
+        """Around one submit: the upstream took the message when the block ends without an exception."""
+        self.waiting[upstream] += 1
+        try:
+            yield
+            self.took.add(upstream)
+        finally:
+            self.waiting[upstream] -= 1
+            async with self._answered:
+                self._answered.notify_all()
+
+    async def took_some(self, upstream: str) -> bool:
+        """Whether the upstream took a message of this dispatch, once every submit to it so far has been answered."""
+        async with self._answered:
+            await self._answered.wait_for(lambda: not self.waiting[upstream])
+        return upstream in self.took
+
+
 @dataclass
 class DispatchOutcome:
     submitted: int = 0
@@ -174,6 +204,7 @@ class DispatchOutcome:
     # Upstreams that throttled a message of this dispatch: the record's messages not yet offered to them wait with it
     # rather than being sent into the throttle.
     throttled_by: set[str] = field(default_factory=set)
+    submits: SubmitsInFlight = field(default_factory=SubmitsInFlight, repr=False, compare=False)
     # Claimed messages our limiter held back for an upstream at its limit (released unclaimed), by id: the upstream.
     held_for: dict[int, str] = field(default_factory=dict)
     # Every status change this dispatch made, for the client's delivery-report callbacks.
@@ -683,7 +714,9 @@ async def _submit(
             # The claim names where the message may be before it goes there; a claim no longer ours stops here.
             break
         try:
-            return provider, await provider.submit(_submit_request(message, provider, deps))
+            async with outcome.submits.submitting(provider.name):
+                result = await provider.submit(_submit_request(message, provider, deps))
+            return provider, result
         except UpstreamError as error:
             unavailable_before, failure = failure, error
             outcome.upstream_failures[(provider.name, error.kind)] += 1
@@ -826,7 +859,16 @@ async def _throttled(
     message's throttles (at least the Retry-After, at most BACKOFF_CAP_SECONDS unless the Retry-After asks more), and
     comes back by the end of the message's validity, when the message is expired and refunded like any other. At
     MAX_SUBMIT_THROTTLES it is failed `upstream_throttled` and refunded, or, when an upstream may have it, left to its
-    DLR (submitted-unconfirmed)."""
+    DLR (submitted-unconfirmed). Its throttle counts only when the upstream took none of the record's messages in
+    this delivery: one that took some is slowing us down, not refusing, and the record comes back after a first
+    throttle's wait. Until 2026-12-06 every delivery counted a throttle on each message left, and an upstream taking
+    three messages a delivery had the tail of a 100-message record failed on its 24th."""
+    if await outcome.submits.took_some(failure.upstream):
+        await asyncio.to_thread(
+            deps.messages.release_claim, message.key, attempted=False, maybe_taken_by=message.maybe_taken_by
+        )
+        _back_after_a_throttle(message, failure, 1, deps, outcome)
+        return
     if message.submit_throttles + 1 >= MAX_SUBMIT_THROTTLES:
         if message.maybe_taken_by is not None:
             # An earlier submit with no answer may have reached that upstream: its DLR settles the message, never a
@@ -844,8 +886,15 @@ async def _throttled(
         maybe_taken_by=message.maybe_taken_by,
         throttled=True,
     )
+    _back_after_a_throttle(message, failure, message.submit_throttles + 1, deps, outcome)
+
+
+def _back_after_a_throttle(
+    message: Message, failure: Throttled, throttles: int, deps: DispatchDependencies, outcome: DispatchOutcome
+) -> None:
+    """A released message's record comes back after a backoff grown with `throttles`, by its validity's end."""
     outcome.retry.append(message.message_id)
-    outcome.throttles = max(outcome.throttles, message.submit_throttles + 1)
+    outcome.throttles = max(outcome.throttles, throttles)
     valid_for = (valid_until(message, deps.validity) - deps.clock()).total_seconds()
     if outcome.throttled_valid_for is None or valid_for < outcome.throttled_valid_for:
         outcome.throttled_valid_for = valid_for
