@@ -577,12 +577,13 @@ def test_rate_limited_backlogs_do_not_hold_every_dispatcher_slot_the_template_al
             bulk_send(api, account, f"{account['sender']} bulk {batch:02d}", recipients=1)
     other = new_account("Not limited", "48990")
     bulk_send(api, other, "one-time code", recipients=1)
+
     # And invocations of about 4 s (Lambda's 60 s less the dispatcher's 16 s reserve, scaled down)
-    monkeypatch.setattr(
-        consumers,
-        "_out_of_time",
-        lambda remaining_ms: (lambda deadline: lambda: time.monotonic() >= deadline)(time.monotonic() + 4.0),
-    )
+    def four_second_invocations(remaining_ms: Any) -> Any:
+        deadline = time.monotonic() + 4.0
+        return lambda: time.monotonic() >= deadline
+
+    monkeypatch.setattr(consumers, "_out_of_time", four_second_invocations)
     # When Lambda's poller runs at most `slots` invocations at once, each taking up to BatchSize records, oldest first
     sqs = boto3.client("sqs")
     dispatcher = load_function("dispatcher")
@@ -605,7 +606,7 @@ def test_rate_limited_backlogs_do_not_hold_every_dispatcher_slot_the_template_al
                         QueueUrl=aws["DISPATCH_QUEUE_URL"],
                         Entries=[{"Id": str(i), "ReceiptHandle": r["ReceiptHandle"]} for i, r in enumerate(done)],
                     )
-        except BaseException as error:  # noqa: BLE001 - reported below
+        except BaseException as error:  # reported below
             errors.append(error)
 
     threads = [threading.Thread(target=poller, daemon=True) for _ in range(slots)]
