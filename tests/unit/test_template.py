@@ -379,6 +379,24 @@ def test_redrive_policy_needs_a_dead_letter_queue(template: dict[str, Any]) -> N
         dlq.redrive_policy("arn:aws:sqs:us-east-1:123456789012:nowhere")
 
 
+def test_the_dispatchers_concurrency_cap_is_a_parameter(template: dict[str, Any]) -> None:
+    # Given the dispatcher: a record a rate limit holds back waits in its invocation (up to about 44 s), so each
+    # account with a rate-limited backlog can hold one invocation (docs/dispatch.md, "A backlog longer than an
+    # invocation")
+    dispatcher = template["Resources"]["DispatcherFunction"]["Properties"]
+    scaling = dispatcher["Events"]["Dispatch"]["Properties"].get("ScalingConfig") or {}
+    # Then its event source's cap is a template parameter, 10 unless set (no longer a fixed 2, which two such
+    # backlogs filled), that an operator can raise: the rate limits are shared DynamoDB counters, not per container
+    assert scaling.get("MaximumConcurrency") == {"Ref": "DispatcherMaximumConcurrency"}
+    assert resolved(template, scaling.get("MaximumConcurrency")) == "10"
+    parameter = template["Parameters"]["DispatcherMaximumConcurrency"]
+    assert (parameter["Type"], parameter["MinValue"], parameter["MaxValue"]) == ("Number", 2, 1000)  # Lambda's range
+    # And the local stack still runs at most 2 (a queue consumer runs one invocation at a time there)
+    from sms_gateway_tools.localstack.stack import _maximum_concurrency
+
+    assert _maximum_concurrency(template, "DispatcherFunction", "DispatchQueue") == 2
+
+
 # --------------------------------------------------------------------------------------- operations
 
 

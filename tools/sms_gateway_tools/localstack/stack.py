@@ -482,7 +482,8 @@ class LocalStack:
 def _maximum_concurrency(template: Mapping[str, Any], function_id: str, queue_id: str) -> int:
     """ScalingConfig.MaximumConcurrency of the function's SQS event on `queue_id` (default 2), at most 2: a queue
     consumer runs one invocation at a time here (its lock), so batches received further ahead would only wait,
-    in flight, for their visibility timeout to run out (the notifier's 50 on AWS stays 2 here)."""
+    in flight, for their visibility timeout to run out (the notifier's 50 and the dispatcher's 10 on AWS stay 2
+    here)."""
     events = ((template["Resources"][function_id].get("Properties") or {}).get("Events")) or {}
     for event in events.values():
         spec = event.get("Properties") or {}
