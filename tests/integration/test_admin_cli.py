@@ -548,11 +548,6 @@ def test_a_bad_price_is_refused_and_changes_nothing(cli):
     assert cli("show-prices", "--json")[1]["prices"] == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: set-price --country '' (an unset shell variable) is taken as no country and overwrites the "
-    "network's price in every country, exit 0",
-)
 def test_an_empty_country_is_refused_not_taken_as_every_country(cli):
     # Given MTN priced at 3 a part everywhere
     assert cli("set-price", "--tier", "N", "--network", "mtn", "--credits", "3")[0] == 0

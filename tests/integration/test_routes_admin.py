@@ -285,6 +285,8 @@ BAD_ROUTES = [
     (["--network", "mtn", "--upstream", "kannel", "--fallback", "ghost"], "no upstream named 'ghost'"),
     (["--account", "404404", "--upstream", "kannel"], "no account 404404"),
     (["--network", "glo", "--upstream", "kannel", "--id", "has space"], "route id 'has space'"),
+    # An empty id (--id "$ROUTE", unset) is refused, never taken as the id made from the match (replacing that route)
+    (["--network", "glo", "--upstream", "kannel", "--id", ""], "route id ''"),
     (["--network", "airtel", "--upstream", "kannel", "--id", "other"], "route 'airtel' already matches"),
 ]
 

@@ -390,7 +390,7 @@ def set_route(
 
     try:
         route = Route(
-            route_id=route_id or default_route_id(account_id, network, prefix),
+            route_id=route_id if route_id is not None else default_route_id(account_id, network, prefix),
             account_id=account_id,
             network=network,
             prefix=prefix,

@@ -409,7 +409,7 @@ def set_price(store: AccountAdmin, *, tier: str, network: str, credits: int, cou
         raise InvalidRequest(f"a price cannot be negative, not {credits}")
     if credits > MAX_PRICE_PER_PART:
         raise InvalidRequest(f"a price must be at most {MAX_PRICE_PER_PART} credits a part, not {credits}")
-    return store.set_price(tier, price_key(network, check_country(country) if country else None), credits)
+    return store.set_price(tier, price_key(network, check_country(country) if country is not None else None), credits)
 
 
 def show_prices(store: PriceBook) -> PriceTable:
