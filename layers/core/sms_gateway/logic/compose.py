@@ -52,11 +52,13 @@ def resolve_recipients(store: GroupStore, account: Account, to: Sequence[str], *
     expanding reads each distinct group id, so this bounds the reads of every caller (the 9bits request model
     counts its `to` alike; the portal's pasted numbers and CSV come here unbounded)."""
     require_at_most_a_thousand(len(to), f"{len(to)} numbers and group ids were given")
-    expansion = groups.expand(store, account.account_id, to)
+    expansion = groups.expand(store, account.account_id, to, most=MAX_RECIPIENTS)
     if strict:
         groups.require_known_groups(expansion)
-    # Members are distinct numbers already: a group too big for one send is refused before any number is parsed.
-    require_at_most_a_thousand(expansion.group_members, f"'to' its groups alone have {expansion.group_members} members")
+    # Members are distinct numbers already: a group too big for one send is refused before any number is parsed
+    # (and expand read no group past the cap: the count is then of the groups read, a floor).
+    counted = f"{'at least ' if expansion.stopped else ''}{expansion.group_members}"
+    require_at_most_a_thousand(expansion.group_members, f"'to' its groups alone have {counted} members")
     recipients, rejected = normalise_recipients(expansion.numbers, account.default_country)
     if strict:
         require_valid(rejected)

@@ -33,11 +33,14 @@ class GroupChange:
 
 @dataclass(frozen=True)
 class Expansion:
-    """A send's `to` with group ids replaced by their members, and the group ids that name no group."""
+    """A send's `to` with group ids replaced by their members, and the group ids that name no group.
+    `stopped`: the groups read had more members than the cap given to expand, so the rest of `to` was not read
+    (`group_members` then counts the groups read; `numbers` and `unknown_groups` end there too)."""
 
     numbers: list[str]
     unknown_groups: list[str]
     group_members: int
+    stopped: bool = False
 
 
 def is_group_id(entry: str) -> bool:
@@ -182,13 +185,18 @@ def _number(group: Group) -> int:
     return number
 
 
-def expand(store: GroupStore, account_id: str, entries: Sequence[str]) -> Expansion:
-    """Group ids in `to` replaced by their members, in the order given; each group is read once."""
+def expand(store: GroupStore, account_id: str, entries: Sequence[str], *, most: int | None = None) -> Expansion:
+    """Group ids in `to` replaced by their members, in the order given; each group is read once. With `most`, no
+    further group is read once those read have more than `most` distinct members (the request is refused then
+    anyway: a send's 1000 group ids of 10,000 members would be ~43,000 read units and 10 million numbers)."""
     numbers: list[str] = []
     unknown: list[str] = []
     members: set[str] = set()
     seen: set[str] = set()
-    for entry in entries:
+    for position, entry in enumerate(entries):
+        if most is not None and len(members) > most:
+            stopped = any(is_group_id(rest) for rest in entries[position:])
+            return Expansion(numbers=numbers, unknown_groups=unknown, group_members=len(members), stopped=stopped)
         if not is_group_id(entry):
             numbers.append(entry)
             continue
