@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -216,6 +216,73 @@ def messages_of(account_id: str, reference_id: int) -> list[Any]:
 
 def queued_message_ids(env: dict[str, str]) -> list[int]:
     return [i for record in queued_records(env) for i in json.loads(record["Body"])["message_ids"]]
+
+
+MEMBERS = ["2348020000000", "2348030000000"]
+
+
+def group_of_two(account_id: str) -> str:
+    """A new group of two numbers (MEMBERS) on the account: its id."""
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import utc_now
+    from sms_gateway.logic import groups
+
+    created = groups.create_group(
+        gateway().store, account_id=account_id, default_country="NG", name="Regulars", members=MEMBERS, now=utc_now()
+    )
+    return created.group.group_id
+
+
+def died_group_send(
+    api: Any, monkeypatch: pytest.MonkeyPatch, account: dict[str, Any], key: str, *, queued: bool
+) -> tuple[dict[str, Any], Any]:
+    """A keyed 9bits send to a new group of two whose request died after storing and charging it, before queueing it
+    (`queued`: right after, before it could answer): the request's body, and the batch it stored."""
+    from sms_gateway.adapters.sqs import SqsDispatchQueue
+
+    body = {"from": "48974", "to": [group_of_two(account["account_id"])], "body": "Tonight: two for one"}
+    die_once(monkeypatch, SqsDispatchQueue, "enqueue", after=queued)
+    with pytest.raises(Killed):
+        api(with_key(send_event(account["token"], body), key))
+    (stored,) = batches_of(account["account_id"])
+    return body, stored
+
+
+def a_member_joins(account_id: str, group_id: str) -> None:
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import utc_now
+    from sms_gateway.logic import groups
+
+    groups.add_members(
+        gateway().store,
+        account_id=account_id,
+        default_country="NG",
+        group_id=group_id,
+        members=["2348040000000"],
+        now=utc_now(),
+    )
+
+
+def taken_after_dying(monkeypatch: pytest.MonkeyPatch, account_id: str, request: Callable[[], Any]) -> Any:
+    """Runs `request`, a send that dies right after queueing (before it could answer), and has a dispatcher take
+    its messages (they go out, charged, whatever happens to the send now): the batch it stored."""
+    from sms_gateway.adapters.sqs import SqsDispatchQueue
+
+    die_once(monkeypatch, SqsDispatchQueue, "enqueue", after=True)
+    with pytest.raises(Killed):
+        request()
+    (stored,) = batches_of(account_id)
+    taken_by_a_dispatcher(messages_of(account_id, stored.reference_id))
+    return stored
+
+
+def taken_by_a_dispatcher(messages: Any) -> None:
+    """A dispatcher claims each of `messages`: they go out, charged, whatever happens to their send now."""
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import utc_now
+
+    for message in messages:
+        assert gateway().store.claim_for_dispatch(message.key, now=utc_now(), lease_seconds=60)
 
 
 NUMBERS = [f"23480300{n:05d}" for n in range(30)]
@@ -737,77 +804,40 @@ def test_a_send_finished_by_its_retry_after_a_recipient_opted_out_does_not_send_
     assert balance(account["account_id"]) == 9
 
 
-def test_a_keyed_send_to_a_group_deleted_after_its_request_died_is_finished_or_refunded_by_its_retry(
-    aws, api, monkeypatch
-):
-    from sms_gateway.adapters.sqs import SqsDispatchQueue
+def test_a_keyed_send_to_a_group_deleted_after_its_request_died_is_finished_by_its_retry(aws, api, monkeypatch):
     from sms_gateway.bootstrap import gateway
-    from sms_gateway.domain.models import utc_now
     from sms_gateway.logic import groups
 
     # Given a keyed send to a group of two whose request died after storing and charging it, before queueing it
     account = make_account(10)
-    store = gateway().store
-    change = groups.create_group(
-        store,
-        account_id=account["account_id"],
-        default_country="NG",
-        name="Regulars",
-        members=["2348020000000", "2348030000000"],
-        now=utc_now(),
-    )
-    group_id = change.group.group_id
-    body = {"from": "48974", "to": [group_id], "body": "Tonight: two for one"}
-    die_once(monkeypatch, SqsDispatchQueue, "enqueue")
-    with pytest.raises(Killed):
-        api(with_key(send_event(account["token"], body), "group-gone"))
-    (stored,) = batches_of(account["account_id"])
+    body, stored = died_group_send(api, monkeypatch, account, "group-gone", queued=False)
     assert balance(account["account_id"]) == 8
     # And the group is deleted meanwhile (its members were read into the stored messages already)
-    groups.delete_group(store, account["account_id"], group_id)
+    groups.delete_group(gateway().store, account["account_id"], body["to"][0])
     leases_run_out()
     # When the client retries under its key
     retried = api(with_key(send_event(account["token"], body), "group-gone"))
-    # Then the stored batch is either finished (sent once, as the first request would have) or given back:
-    # never left charged with nothing sent
-    if retried["statusCode"] == 200:
-        assert json.loads(retried["body"])["reference_id"] == str(stored.reference_id)
-        assert len(queued_message_ids(aws)) == 2
-    else:
-        assert balance(account["account_id"]) == 10, (retried["statusCode"], json.loads(retried["body"]))
+    # Then the stored batch is finished (sent once, charged once, as the first request would have): the send was
+    # made before the group was deleted (until 2026-12-06 it was undone and refused as an unknown group)
+    assert retried["statusCode"] == 200, retried
+    assert json.loads(retried["body"])["reference_id"] == str(stored.reference_id)
+    assert len(queued_message_ids(aws)) == 2
+    assert balance(account["account_id"]) == 8
 
 
 def test_a_keyed_send_whose_retry_is_short_of_credits_for_its_grown_group_is_refunded_and_lets_its_key_go(
     aws, api, monkeypatch
 ):
-    from sms_gateway.adapters.sqs import SqsDispatchQueue
     from sms_gateway.bootstrap import gateway
-    from sms_gateway.domain.models import utc_now
-    from sms_gateway.logic import groups
 
     # Given a keyed send to a group of two, with exactly the credits for it, whose request died after storing and
     # charging it, before queueing it
     account = make_account(2)
     store = gateway().store
-    members = ["2348020000000", "2348030000000"]
-    created = groups.create_group(
-        store, account_id=account["account_id"], default_country="NG", name="Regulars", members=members, now=utc_now()
-    )
-    group_id = created.group.group_id
-    body = {"from": "48974", "to": [group_id], "body": "Tonight: two for one"}
-    die_once(monkeypatch, SqsDispatchQueue, "enqueue")
-    with pytest.raises(Killed):
-        api(with_key(send_event(account["token"], body), "group-grew"))
+    body, _ = died_group_send(api, monkeypatch, account, "group-grew", queued=False)
     assert balance(account["account_id"]) == 0
     # And the group gains a member meanwhile, so finishing the send would cost a credit the account does not have
-    groups.add_members(
-        store,
-        account_id=account["account_id"],
-        default_country="NG",
-        group_id=group_id,
-        members=["2348040000000"],
-        now=utc_now(),
-    )
+    a_member_joins(account["account_id"], body["to"][0])
     leases_run_out()
     # When the client retries under its key
     retried = api(with_key(send_event(account["token"], body), "group-grew"))
@@ -852,41 +882,19 @@ def test_a_repeat_without_a_content_type_re_encoded_by_another_json_library_is_t
     assert balance(account["account_id"]) == 9
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a keyed send's retry refused for a deleted group answers 'nothing was sent' though the send its "
-    "died request queued stands, sent and charged (the undo could not undo it); the client sends again: doubled",
-)
 def test_a_refused_retry_of_a_keyed_group_send_that_a_dispatcher_took_does_not_say_nothing_was_sent(
     aws, api, monkeypatch
 ):
-    from sms_gateway.adapters.sqs import SqsDispatchQueue
     from sms_gateway.bootstrap import gateway
-    from sms_gateway.domain.models import utc_now
     from sms_gateway.logic import groups
 
     # Given a keyed send to a group of two whose request died right after queueing it (before it could answer)
     account = make_account(10)
-    store = gateway().store
-    change = groups.create_group(
-        store,
-        account_id=account["account_id"],
-        default_country="NG",
-        name="Regulars",
-        members=["2348020000000", "2348030000000"],
-        now=utc_now(),
-    )
-    group_id = change.group.group_id
-    body = {"from": "48974", "to": [group_id], "body": "Tonight: two for one"}
-    die_once(monkeypatch, SqsDispatchQueue, "enqueue", after=True)
-    with pytest.raises(Killed):
-        api(with_key(send_event(account["token"], body), "group-sent"))
-    (stored,) = batches_of(account["account_id"])
+    body, stored = died_group_send(api, monkeypatch, account, "group-sent", queued=True)
     # And a dispatcher took its messages (they go out, charged)
-    for message in messages_of(account["account_id"], stored.reference_id):
-        assert store.claim_for_dispatch(message.key, now=utc_now(), lease_seconds=60)
+    taken_by_a_dispatcher(messages_of(account["account_id"], stored.reference_id))
     # And the client deleted the group meanwhile (a campaign's temporary group, say)
-    groups.delete_group(store, account["account_id"], group_id)
+    groups.delete_group(gateway().store, account["account_id"], body["to"][0])
     leases_run_out()
     # When the client retries under its key
     retried = api(with_key(send_event(account["token"], body), "group-sent"))
@@ -898,3 +906,34 @@ def test_a_refused_retry_of_a_keyed_group_send_that_a_dispatcher_took_does_not_s
     # "nothing was sent" (which has the client send it again under a new key: every member texted twice)
     assert "nothing was sent" not in answered["message"], (retried["statusCode"], answered)
     assert str(stored.reference_id) in retried["body"], (retried["statusCode"], answered)
+
+
+def test_a_retry_refused_for_credits_whose_send_a_dispatcher_took_in_part_answers_with_the_send_that_stands(
+    aws, api, monkeypatch
+):
+
+    # Given a keyed send to a group of two, with exactly the credits for it, whose request died right after queueing
+    account = make_account(2)
+    body, stored = died_group_send(api, monkeypatch, account, "group-grew-taken", queued=True)
+    # And a dispatcher took the first member's message (it goes out, charged)
+    taken, waiting = sorted(messages_of(account["account_id"], stored.reference_id), key=lambda m: m.msisdn)
+    taken_by_a_dispatcher([taken])
+    # And the group gained a member, so finishing the send would cost a credit the account does not have
+    a_member_joins(account["account_id"], body["to"][0])
+    leases_run_out()
+    # When the client retries under its key
+    retried = api(with_key(send_event(account["token"], body), "group-grew-taken"))
+    # Then it is not refused (a 402 says nothing was sent): it answers with the send that stands, the message the
+    # dispatcher took, and names the member it does not send to (withdrawn, refunded) for the client to send again
+    assert retried["statusCode"] == 200, retried
+    answered = json.loads(retried["body"])
+    assert answered["reference_id"] == str(stored.reference_id)
+    assert answered["recipients_processed"] == 1
+    assert [r["to"] for r in answered["refused"]] == [waiting.msisdn.lstrip("+")]
+    assert balance(account["account_id"]) == 1
+    statuses = {m.msisdn: m.status for m in messages_of(account["account_id"], stored.reference_id)}
+    assert statuses == {taken.msisdn: "queued", waiting.msisdn: "failed"}
+    # And the key keeps that answer: a later retry gets it again and changes nothing
+    again = api(with_key(send_event(account["token"], body), "group-grew-taken"))
+    assert (again["statusCode"], json.loads(again["body"])) == (200, answered)
+    assert balance(account["account_id"]) == 1

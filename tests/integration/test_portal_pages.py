@@ -140,6 +140,26 @@ class TestSend:
         assert f"Batch {reference}" in text and "Hello from the portal" in text
         assert MTN in text and AIRTEL in text and "queued" in text
 
+    def test_a_form_resubmitted_after_its_send_died_and_its_group_was_deleted_shows_the_send_that_stands(
+        self, client, account, monkeypatch
+    ):
+        from sms_gateway.bootstrap import gateway
+        from sms_gateway.logic import groups
+        from tests.integration.test_idempotency_and_credits import group_of_two, leases_run_out, taken_after_dying
+
+        # Given a form sent to a group of two whose request died right after queueing the send
+        group_id = group_of_two(account["account_id"])
+        form = compose_form(client, numbers=group_id)
+        # And a dispatcher took its messages, and the group was deleted meanwhile
+        stored = taken_after_dying(monkeypatch, account["account_id"], lambda: client.post(COMPOSE, form))
+        groups.delete_group(gateway().store, account["account_id"], group_id)
+        leases_run_out()
+        # When the form is submitted again
+        again = client.post(COMPOSE, form)
+        # Then it shows the send that stands (never "unknown group: nothing was sent"), sent and charged once
+        assert reference_of(again) == str(stored.reference_id)
+        assert balance(account["account_id"]) == 98
+
     def test_the_same_form_changed_after_its_send_is_refused_not_sent(self, client, account):
         form = compose_form(client, numbers=MTN)
         reference_of(client.post(COMPOSE, form))

@@ -707,6 +707,29 @@ def test_an_idempotency_key_sends_once(aws, account, api):
     assert balance(account["account_id"]) == 99
 
 
+def test_a_retry_refused_for_want_of_a_sender_answers_with_the_order_a_dispatcher_took(aws, account, api, monkeypatch):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway_tools.admin import remove_sender
+    from tests.integration.test_idempotency_and_credits import leases_run_out, taken_after_dying
+
+    # Given a keyed order without a sender (the account's is used) whose request died right after queueing it
+    keys = log_in(api, account)
+    event = sms_event(keys, seed_body(returnCredits=True))
+    event["headers"]["idempotency-key"] = "order-taken"
+    # And a dispatcher took its message (it goes out, charged), and the operator removed the account's senders
+    stored = taken_after_dying(monkeypatch, account["account_id"], lambda: api(event))
+    for sender in gateway().store.get_account(account["account_id"]).senders:
+        remove_sender(account_id=account["account_id"], sender=sender)
+    leases_run_out()
+    # When the client retries under its key
+    retried = api(event)
+    # Then it is not refused for want of a sender (a 400 says nothing was sent): it answers with the order that stands
+    assert retried["statusCode"] == 201, retried
+    assert answer(retried)["order_id"] == str(stored.reference_id)
+    assert (answer(retried)["total_sent"], answer(retried)["remaining_credits"]) == (1, 99)
+    assert balance(account["account_id"]) == 99
+
+
 # ------------------------------------------------------------------ orders: state and removal
 
 

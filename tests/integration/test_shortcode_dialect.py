@@ -390,6 +390,29 @@ def test_a_repeat_under_the_same_idempotency_key_gets_the_same_answer_and_is_cha
     assert len(queued_records(aws)) == 1
 
 
+def test_a_retry_refused_after_its_shortcode_was_removed_answers_with_the_send_a_dispatcher_took(
+    aws, account, api, monkeypatch
+):
+    from sms_gateway_tools.admin import remove_sender
+    from tests.integration.test_idempotency_and_credits import leases_run_out, messages_of, taken_after_dying
+
+    # Given a keyed send to two numbers whose request died right after queueing it, before it could answer
+    event = post_event(account)
+    event["headers"]["idempotency-key"] = "order-taken"
+    # And a dispatcher took its messages (they go out, charged), and the operator removed the shortcode meanwhile
+    stored = taken_after_dying(monkeypatch, account["account_id"], lambda: api(event))
+    messages = messages_of(account["account_id"], stored.reference_id)
+    remove_sender(account_id=account["account_id"], sender="48974")
+    leases_run_out()
+    # When the client retries under its key
+    responses = answer(api(event))["responses"]
+    # Then the retry is not refused as an invalid sender (which says nothing was sent: the client sends again):
+    # it answers as the first request would have, with the message ids of the send that stands, charged once
+    assert [(r["response-code"], r["mobile"]) for r in responses] == [(200, 2348020000000), (200, 2348030000000)]
+    assert sorted(r["messageid"] for r in responses) == sorted(str(m.message_id) for m in messages)
+    assert balance(account["account_id"]) == 98
+
+
 def test_a_keyed_send_with_many_long_invalid_mobiles_is_answered_again_the_same(aws, account, api):
     # Given a keyed send to one valid number and 999 invalid entries of non-ASCII text (240 KB as UTF-8, under the
     # 256 KB body limit; its answer writes each character as a 6-byte \u escape)

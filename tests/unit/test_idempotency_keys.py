@@ -68,8 +68,25 @@ class ResumedKeys(RecordingKeys):
         return KeyClaim(reference_id=reference_id, resumed=True)
 
 
-def undo_that(result: bool | Exception) -> Any:
-    def undo(claim: KeyClaim) -> bool:
+def run_resumed(keys: ResumedKeys, error: Exception, undo: Any) -> StoredAnswer:
+    """A send under a key whose earlier request died, failing with `error`."""
+    return run_once(
+        keys,
+        scope="acc",
+        key="k",
+        request_fingerprint="f",
+        now=NOW,
+        produce=failing(error),
+        lease=SEND_LEASE,
+        undo=undo,
+    )
+
+
+STANDING = StoredAnswer(status_code=200, content_type="application/json", body='{"reference_id": "7"}')
+
+
+def undo_that(result: StoredAnswer | Exception | None) -> Any:
+    def undo(claim: KeyClaim) -> StoredAnswer | None:
         if isinstance(result, Exception):
             raise result
         return result
@@ -78,33 +95,42 @@ def undo_that(result: bool | Exception) -> Any:
 
 
 @pytest.mark.parametrize(
-    ("error", "undone", "let_go"),
+    ("error", "undone", "raised", "let_go"),
     [
-        # A refused retry whose undo left nothing of the died request's send standing: the key goes.
-        (InsufficientCredits("not enough credits"), True, True),
-        # Some of it stands (a dispatcher took a message), or the undo failed: kept, for a retry after the lease.
-        (InsufficientCredits("not enough credits"), False, False),
-        (InsufficientCredits("not enough credits"), TimeoutError("Read timeout on endpoint URL"), False),
+        # A refused retry whose undo left nothing of the died request's send standing: the key goes, refused.
+        (InsufficientCredits("not enough credits"), None, InsufficientCredits, True),
+        # The undo failed: kept, for a retry after the lease, and answered with the undo's failure (a 500: the send
+        # may stand), never with the refusal (a 4xx says nothing was sent).
+        (InsufficientCredits("not enough credits"), TimeoutError("Read timeout"), TimeoutError, False),
         # Not a refusal: nothing is undone, the key is kept.
-        (TimeoutError("Read timeout on endpoint URL"), True, False),
+        (TimeoutError("Read timeout on endpoint URL"), None, TimeoutError, False),
     ],
 )
 def test_a_refused_resumed_request_lets_its_key_go_only_once_what_it_resumed_is_undone(
-    error: Exception, undone: bool | Exception, let_go: bool
+    error: Exception, undone: StoredAnswer | Exception | None, raised: type[Exception], let_go: bool
 ) -> None:
     keys = ResumedKeys()
-    with pytest.raises(type(error)):
-        run_once(
-            keys,
-            scope="acc",
-            key="k",
-            request_fingerprint="f",
-            now=NOW,
-            produce=failing(error),
-            lease=SEND_LEASE,
-            undo=undo_that(undone),
-        )
+    with pytest.raises(raised):
+        run_resumed(keys, error, undo_that(undone))
     assert keys.abandoned == (["k"] if let_go else [])
+    assert keys.completed == []
+
+
+def test_a_refused_resumed_request_whose_send_stands_answers_with_it_and_keeps_it_under_its_key() -> None:
+    # Given a retry under a key whose died request's send stands (a dispatcher took it), refused for want of credits
+    keys = ResumedKeys()
+    # When it runs
+    answer = run_resumed(keys, InsufficientCredits("not enough credits"), undo_that(STANDING))
+    # Then it answers with the send that stands, not its refusal, and keeps that answer under the key
+    assert answer == STANDING
+    assert (keys.completed, keys.abandoned) == (["k"], [])
+
+
+def test_a_refused_resumed_request_without_an_undo_made_nothing_that_could_stand_and_lets_its_key_go() -> None:
+    keys = ResumedKeys()
+    with pytest.raises(InsufficientCredits):
+        run_resumed(keys, InsufficientCredits("not enough credits"), None)
+    assert keys.abandoned == ["k"]
 
 
 class KeysThatCannotComplete(RecordingKeys):

@@ -96,10 +96,27 @@ def accept(account: Account, command: SendCommand) -> Accepted:
     return accepted
 
 
-def undo_refused_send(account_id: str) -> Callable[[KeyClaim], bool]:
+def undo_refused_send(
+    account_id: str, answer: Callable[[Accepted], StoredAnswer]
+) -> Callable[[KeyClaim], StoredAnswer | None]:
     """run_once's `undo` for a send of `account_id`: what a resumed request left standing, undone when the retry that
-    resumed it is refused (logic.send.undo_standing_send)."""
-    return lambda claim: undo_standing_send(account_id, claim.reference_id, send_dependencies(), now=utc_now())
+    resumed it is refused (logic.send.undo_standing_send); None when nothing of it stands, else `answer` of the send
+    that stands (the dialect's answer to a send, as the first request would have given it)."""
+
+    def undo(claim: KeyClaim) -> StoredAnswer | None:
+        standing = undo_standing_send(account_id, claim.reference_id, send_dependencies(), now=utc_now())
+        return None if standing is None else answer(standing)
+
+    return undo
+
+
+def stored_answer(response: Response[Any]) -> StoredAnswer:
+    """A dialect's response as an idempotency key keeps it."""
+    return StoredAnswer(
+        status_code=response.status_code,
+        body=str(response.body or ""),
+        content_type=str(response.headers.get("Content-Type", content_types.APPLICATION_JSON)),
+    )
 
 
 def under_claim(claim: KeyClaim | None, produce: Callable[[], T]) -> T:
@@ -289,13 +306,17 @@ def idempotent(
     produce: Callable[[], Response],
     *,
     lease: timedelta | None = SEND_LEASE,
+    standing: Callable[[Accepted], Response] | None = None,
 ) -> Response[Any]:
     """Runs a send once per idempotency key (see logic.idempotency): a repeat gets the first answer back.
     The fingerprint covers method, path, query and body (the body as text, decoded when API Gateway base64-encoded
     it, as it does for a body without a Content-Type; a JSON body as its value: canonical_body), so the same key
     with another request is refused.
     `lease`: how long before a request that died holding the key is taken over and its batch finished; None for
-    a request that cannot be finished that way (it holds its key until the key expires)."""
+    a request that cannot be finished that way (it holds its key until the key expires).
+    `standing`: a send's answer to the send that stands under the key (the batch and its messages as stored), for a
+    retry that is refused while some of the send its died request made stands; None for a request that makes no
+    send (a group's creation)."""
     from sms_gateway.bootstrap import gateway
     from sms_gateway.domain.models import utc_now
 
@@ -307,12 +328,7 @@ def idempotent(
     )
 
     def answer(claim: KeyClaim | None) -> StoredAnswer:
-        response = under_claim(claim, produce)
-        return StoredAnswer(
-            status_code=response.status_code,
-            body=str(response.body or ""),
-            content_type=str(response.headers.get("Content-Type", content_types.APPLICATION_JSON)),
-        )
+        return stored_answer(under_claim(claim, produce))
 
     stored = run_once(
         gateway().store,
@@ -322,6 +338,6 @@ def idempotent(
         now=utc_now(),
         produce=answer,
         lease=lease,
-        undo=undo_refused_send(account_id),
+        undo=undo_refused_send(account_id, lambda sent: stored_answer(standing(sent))) if standing else None,
     )
     return Response(status_code=stored.status_code, content_type=stored.content_type, body=stored.body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -39,7 +40,7 @@ from sms_gateway.logic import accounts, batches, groups
 from sms_gateway.logic.accounts import check_webhook_url
 from sms_gateway.logic.auth import account_for_credential, bearer_token
 from sms_gateway.logic.idempotency import request_key
-from sms_gateway.logic.send import going_out, not_sent_to, send_time
+from sms_gateway.logic.send import Accepted, going_out, not_sent_to, send_time, stored_recipients
 
 router = APIGatewayHttpRouter()
 # The same limit as logic/compose.py's (a test keeps them equal); that module is imported on the first send only.
@@ -192,7 +193,13 @@ def send_sms() -> Response[Any]:
     event = router.current_event
     request = json_request(event, SendRequest)
     key = request_key(event.headers.get("idempotency-key"), request.ref_id)
-    return idempotent(event, account.account_id, key, lambda: _send(account, request))
+    return idempotent(
+        event,
+        account.account_id,
+        key,
+        lambda: _send(account, request),
+        standing=lambda accepted: _sent(accepted, stored_recipients(accepted.messages)),
+    )
 
 
 def _check_send_options(account: Account, request: SendRequest) -> None:
@@ -206,7 +213,8 @@ def _send(account: Account, request: SendRequest) -> Response[Any]:
     _check_send_options(account, request)
     from sms_gateway.logic import compose
 
-    recipients = compose.resolve_recipients(gateway().store, account, request.to, strict=True).recipients
+    store = gateway().store
+    recipients = compose.send_recipients(store, store, account, request.to, key_claim())
     command = SendCommand(
         account_id=account.account_id,
         sender=request.sender,
@@ -221,7 +229,11 @@ def _send(account: Account, request: SendRequest) -> Response[Any]:
         route_tier=ROUTE_TIER,
         dialect="9bits",
     )
-    accepted = accept(account, command)
+    return _sent(accept(account, command), recipients)
+
+
+def _sent(accepted: Accepted, recipients: Sequence[Recipient]) -> Response[Any]:
+    """The answer to a send that stands: `recipients`, those it was asked to send to."""
     batch = accepted.batch
     body: dict[str, Any] = {
         "status_code": 200,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
@@ -26,14 +27,22 @@ from sms_gateway.dialects.common import (
     send_time_schema,
 )
 from sms_gateway.domain.dates import InvalidClientDatetime, parse_client_datetime
-from sms_gateway.domain.models import Account, Message, SendCommand, utc_now
+from sms_gateway.domain.models import Account, Message, Recipient, SendCommand, utc_now
 from sms_gateway.domain.pricing import ROUTE_TIERS
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.domain.zones import account_zone, zone_named
 from sms_gateway.errors import Conflict, GatewayError, InvalidRequest, InvalidSender, NotFound
 from sms_gateway.logic import batches, sessions
 from sms_gateway.logic.idempotency import request_key
-from sms_gateway.logic.send import balance_after, going_out, normalise_recipients, not_sent_to, require_valid
+from sms_gateway.logic.send import (
+    Accepted,
+    Rejection,
+    balance_after,
+    going_out,
+    normalise_recipients,
+    not_sent_to,
+    require_valid,
+)
 
 router = APIGatewayHttpRouter()
 
@@ -263,7 +272,15 @@ def send_sms() -> Response[Any]:
     event = router.current_event
     request = parse_model(SendRequest, parse_json_body(request_text(event)))
     key = request_key(_header("idempotency-key"), None)
-    return idempotent(event, account.account_id, key, lambda: _send(account, request))
+    return idempotent(
+        event,
+        account.account_id,
+        key,
+        lambda: _send(account, request),
+        standing=lambda accepted: _sent(
+            request, *normalise_recipients(request.recipient, account.default_country), accepted
+        ),
+    )
 
 
 def _send(account: Account, request: SendRequest) -> Response[Any]:
@@ -283,7 +300,13 @@ def _send(account: Account, request: SendRequest) -> Response[Any]:
         route_tier=request.message_type,
         dialect=DIALECT,
     )
-    accepted = accept(account, command)
+    return _sent(request, recipients, rejected, accept(account, command))
+
+
+def _sent(
+    request: SendRequest, recipients: Sequence[Recipient], rejected: Sequence[Rejection], accepted: Accepted
+) -> Response[Any]:
+    """The answer to a send that stands: `recipients` (and the invalid `rejected`), those it was asked to send to."""
     batch = accepted.batch
     # Only what goes out: a send that stands after its queueing failed part-way was refunded the rest.
     sent = going_out(accepted)

@@ -35,6 +35,7 @@ from sms_gateway.errors import GatewayError, InvalidRequest, NotFound, Unauthori
 from sms_gateway.logic.auth import account_for_credential
 from sms_gateway.logic.idempotency import request_key
 from sms_gateway.logic.send import (
+    Accepted,
     Rejection,
     could_not_be_queued,
     normalise_recipients,
@@ -407,18 +408,30 @@ def send_sms() -> Response[Any]:
     account = _authenticate(params)
     request = _send_request(params, account, many=event.http_method.upper() == "POST")
     key = request_key(event.headers.get("idempotency-key"), None)
-    return idempotent(event, account.account_id, key, lambda: _send(account, request))
+    return idempotent(
+        event,
+        account.account_id,
+        key,
+        lambda: _send(account, request),
+        standing=lambda accepted: _sent(_readings(account, request)[0], accepted),
+    )
 
 
-def _send(account: Account, request: ShortcodeSend) -> Response[Any]:
-    require_sender(account, request.shortcode)
-    # Each number on its own, so that the answer lists them in the client's order.
+def _readings(account: Account, request: ShortcodeSend) -> tuple[list[tuple[str, Recipient | None]], list[Rejection]]:
+    """Each number on its own, so that the answer lists them in the client's order: as given, and its recipient
+    (None: invalid); and the invalid ones' refusals."""
     readings: list[tuple[str, Recipient | None]] = []
     rejected: list[Rejection] = []
     for raw in request.mobiles:
         valid, refused = normalise_recipients([raw], account.default_country)
         readings.append((raw, valid[0] if valid else None))
         rejected.extend(refused)
+    return readings, rejected
+
+
+def _send(account: Account, request: ShortcodeSend) -> Response[Any]:
+    require_sender(account, request.shortcode)
+    readings, rejected = _readings(account, request)
     recipients = list({r.msisdn: r for _, r in readings if r is not None}.values())
     if not recipients:
         require_valid(rejected)
@@ -430,7 +443,10 @@ def _send(account: Account, request: ShortcodeSend) -> Response[Any]:
         send_at=request.send_at,
         dialect="shortcode",
     )
-    accepted = accept(account, command)
+    return _sent(readings, accept(account, command))
+
+
+def _sent(readings: Sequence[tuple[str, Recipient | None]], accepted: Accepted) -> Response[Any]:
     return json_response(HTTP_STATUS, {"responses": send_entries(readings, accepted.messages, accepted.refused)})
 
 

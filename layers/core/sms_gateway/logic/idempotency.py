@@ -56,7 +56,7 @@ def run_once(
     now: datetime,
     produce: Callable[[KeyClaim | None], StoredAnswer],
     lease: timedelta | None = None,
-    undo: Callable[[KeyClaim], bool] | None = None,
+    undo: Callable[[KeyClaim], StoredAnswer | None] | None = None,
 ) -> StoredAnswer:
     """Only a successful (2xx) answer is kept: a refused or failed request may be retried under its key.
 
@@ -64,12 +64,18 @@ def run_once(
     `lease` (sends: SEND_LEASE), a key whose request died holding it is taken over once the lease runs out, and
     the claim is `resumed`: the send finishes that batch (logic.send). A resumed request that fails keeps the key,
     since the batch may hold stored or charged messages that a fresh send under the key would send again; the
-    next retry after the lease resumes it again, unless it was refused (a GatewayError: the group it names was
-    deleted since, its sender deregistered, ...) and `undo` (logic.send.undo_standing_send) then undid what the
-    request it resumed left (True: nothing of it stands): a refused retry reaches no stored batch, so every later one
-    would be refused too while the batch stayed charged. So does a leased request that fails with anything but a
-    GatewayError (a refusal, or a send undone: nothing of it stands): an unexpected failure, such as the undo of a
-    send failing too, may leave its batch stored, charged or queued."""
+    next retry after the lease resumes it again. One that is refused (a GatewayError: too few credits for what its
+    messages cost now, ...) has `undo` (logic.send.undo_standing_send) undo what the request it resumed left: a
+    refused retry reaches no stored batch, so every later one would be refused too while the batch stayed charged.
+    The undo returns None when nothing of that send stands: the key goes and the refusal is the answer. Otherwise
+    it returns the answer of the send that stands (a dispatcher took some of it), kept under the key and given
+    instead of the refusal, which would tell the client nothing was sent: it would send again. An undo that fails
+    keeps the key and answers with its own error (a 500: the request may have been done in part), never the
+    refusal. Without `undo` the request leaves nothing that could stand (its claim names no batch: a group's
+    creation), and a refused retry lets its key go.
+    A leased request that is not resumed lets its key go when it fails with a GatewayError (a refusal, or a send
+    undone: nothing of it stands): an unexpected failure, such as the undo of a send failing too, may leave its
+    batch stored, charged or queued."""
     if key is None:
         return produce(None)
     try:
@@ -80,13 +86,18 @@ def run_once(
         return begun
     try:
         answer = produce(begun)
-    except Exception as error:
+    except GatewayError as error:
+        # A refusal (or a send undone). A resumed request's key goes only once what the request it resumed left is
+        # undone; while some of it stands, that is the answer.
+        standing = _undo(undo, begun, error) if begun.resumed else None
+        if standing is None:
+            store.abandon(scope, key)
+            raise
+        answer = standing
+    except Exception:
         # A Lambda that dies (timeout, memory) runs none of this: its key waits for the lease (or the window).
         # Without a lease nothing could resume the request, so its key is let go whatever the failure.
-        refused = isinstance(error, GatewayError)
-        # A resumed request's key goes only once what the request it resumed left is undone.
-        let_go = _undone(undo, begun) if begun.resumed and refused else not begun.resumed and (refused or lease is None)
-        if let_go:
+        if lease is None:
             store.abandon(scope, key)
         raise
     if 200 <= answer.status_code < 300:
@@ -96,16 +107,20 @@ def run_once(
     return answer
 
 
-def _undone(undo: Callable[[KeyClaim], bool] | None, claim: KeyClaim) -> bool:
-    """Whether `undo` left nothing of the resumed claim's send standing; an undo that fails keeps the key (the next
-    retry after the lease tries again) and the refusal stands as the answer."""
+def _undo(
+    undo: Callable[[KeyClaim], StoredAnswer | None] | None, claim: KeyClaim, refusal: GatewayError
+) -> StoredAnswer | None:
+    """What the resumed claim's send left standing, undone: None when nothing of it stands, else its answer."""
     if undo is None:
-        return False
+        return None
     try:
-        return undo(claim)
-    except Exception:
+        standing = undo(claim)
+    except Exception as error:
         logger.exception("could not undo the send of a refused retry under its key", extra={"scope": "send"})
-        return False
+        raise error from refusal
+    if standing is not None:
+        logger.warning("a refused retry answers with the send under its key that stands", extra={"code": refusal.code})
+    return standing
 
 
 def _used_for_another_request(key: str) -> str:

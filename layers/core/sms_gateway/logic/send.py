@@ -300,26 +300,27 @@ def send_standing_under_key(
     return batch, stored
 
 
-def undo_standing_send(account_id: str, reference_id: int, deps: SendDependencies, *, now: datetime) -> bool:
+def undo_standing_send(account_id: str, reference_id: int, deps: SendDependencies, *, now: datetime) -> Accepted | None:
     """Undoes the send an idempotency key's request left standing when it died, for a retry under the key that is
-    refused (the group it named deleted since, its sender deregistered, too few credits for what its messages cost
-    now): such a retry never reaches the stored batch, and every later one would be refused the same way while the
-    credits stay taken. The credits of the messages never stored go back with the batch's `cost` (reprice_batch),
-    then each stored message no dispatcher ever claimed is failed (`not_queued`) and refunded by its conditional
-    write, then the batch is failed. True when nothing of the send stands now (none was stored, it was undone
-    before, or now), so the key may go: a send afresh under it sends nothing twice. False when some of it stands: a
-    dispatcher took a message (it goes on, charged), or the batch was cancelled (the cancel gave back what it took);
-    the key then stays, and a retry that is not refused finishes the send as it stands. Each step is conditional, so
-    an undo that dies part-way is finished by the next refused retry."""
+    refused (too few credits for what its messages cost now, ...): such a retry never finishes the stored batch, and
+    every later one would be refused the same way while the credits stay taken. The credits of the messages never
+    stored go back with the batch's `cost` (reprice_batch), then each stored message no dispatcher ever claimed is
+    failed (`not_queued`) and refunded by its conditional write, then the batch is failed. None when nothing of the
+    send stands now (none was stored, it was undone before, or now), so the key may go and the refusal is true: a
+    send afresh under it sends nothing twice. Otherwise what stands, which the retry answers with instead of its
+    refusal (a 4xx says nothing was sent): a dispatcher took a message (it goes on, charged; the rest are withdrawn,
+    listed as not sent), or the batch was cancelled (the cancel gave back what it took). Each step is conditional,
+    so an undo that dies part-way is finished by the next refused retry."""
     batch, stored = send_standing_under_key(deps.messages, account_id, reference_id)
     if batch is None or batch.status == MessageStatus.FAILED:
-        return True
+        return None
     if batch.status not in (MessageStatus.QUEUED, MessageStatus.SCHEDULED):
-        return False
+        return Accepted(batch=batch, messages=stored, balance=None)
     stored_cost = sum(message.price for message in stored)
     if stored_cost < batch.cost:
         # First, so that a crash after it leaves a batch whose cost is what its messages took.
         deps.messages.reprice_batch(batch, stored_cost, recipients=len(stored))
+        batch = batch.model_copy(update={"cost": stored_cost, "recipients": len(stored)})
     messages, refunded = move_and_refund(
         deps.messages, stored, MessageStatus.FAILED, now=now, error_code=NOT_QUEUED, unclaimed_only=True
     )
@@ -328,7 +329,8 @@ def undo_standing_send(account_id: str, reference_id: int, deps: SendDependencie
             "a dispatcher took part of a send whose retry was refused: the send stands",
             extra={"reference_id": batch.reference_id, "refunded_credits": refunded},
         )
-        return False
+        announce_withdrawn([m for m in messages if could_not_be_queued(m)], deps)
+        return Accepted(batch=batch, messages=messages, balance=None)
     deps.messages.set_batch_status(
         account_id, batch.reference_id, MessageStatus.FAILED, only_from=ONLY_QUEUED | ONLY_SCHEDULED
     )
@@ -337,7 +339,13 @@ def undo_standing_send(account_id: str, reference_id: int, deps: SendDependencie
         extra={"reference_id": batch.reference_id, "undone_credits": batch.cost - stored_cost + refunded},
     )
     count_sends_undone()
-    return True
+    return None
+
+
+def stored_recipients(stored: Sequence[Message]) -> list[Recipient]:
+    """The recipients of a send's stored messages, each number once, in their order."""
+    recipients = {m.msisdn: Recipient(msisdn=m.msisdn, telco=m.telco, network_id=m.network_id) for m in stored}
+    return list(recipients.values())
 
 
 def never_taken(message: Message) -> bool:

@@ -12,7 +12,15 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from sms_gateway.dialects.common import accept, json_request, json_response, status_for, under_claim, undo_refused_send
+from sms_gateway.dialects.common import (
+    accept,
+    json_request,
+    json_response,
+    key_claim,
+    status_for,
+    under_claim,
+    undo_refused_send,
+)
 from sms_gateway.dialects.ninebits import ROUTE_TIER
 from sms_gateway.dialects.portal.compose import COMPOSE_PATH, PREVIEW_PATH
 from sms_gateway.dialects.portal.framework import (
@@ -32,7 +40,7 @@ from sms_gateway.domain.models import Account, DeliveryReportMode, SendCommand, 
 from sms_gateway.errors import Conflict, GatewayError, InvalidRecipient, InvalidRequest
 from sms_gateway.logic import compose
 from sms_gateway.logic.idempotency import MAX_KEY_LENGTH, SEND_LEASE, fingerprint, run_once
-from sms_gateway.logic.send import listed
+from sms_gateway.logic.send import Accepted, listed
 
 CSRF_HEADER = "x-csrf-token"
 SEND_KEY_FIELD = "send_key"
@@ -134,7 +142,7 @@ def send(ctx: PageContext) -> Response[Any]:
             now=utc_now(),
             produce=lambda claim: under_claim(claim, lambda: send_once(account, ctx.form)),
             lease=SEND_LEASE,
-            undo=undo_refused_send(account.account_id),
+            undo=undo_refused_send(account.account_id, sent_answer),
         )
     except Conflict as error:
         # The key is taken: this form was sent already (then changed), or its first send is still under way.
@@ -165,7 +173,8 @@ def send_once(account: Account, form: Mapping[str, str]) -> StoredAnswer:
             raise InvalidRequest(f"Send at: {error}") from error
         if send_at < utc_now() - PAST_TOLERANCE:
             raise InvalidRequest("Send at is in the past: leave it empty to send now, or pick a later time")
-    recipients = compose.resolve_recipients(gateway().store, account, numbers, strict=True).recipients
+    store = gateway().store
+    recipients = compose.send_recipients(store, store, account, numbers, key_claim())
     command = SendCommand(
         account_id=account.account_id,
         sender=form.get("sender", ""),
@@ -177,7 +186,11 @@ def send_once(account: Account, form: Mapping[str, str]) -> StoredAnswer:
         route_tier=ROUTE_TIER,
         dialect="portal",
     )
-    accepted = accept(account, command)
+    return sent_answer(accept(account, command))
+
+
+def sent_answer(accepted: Accepted) -> StoredAnswer:
+    """What `send` redirects to: the batch's page, with the count of recipients that opted out."""
     body = {"reference_id": str(accepted.batch.reference_id), "refused": len(accepted.refused)}
     return StoredAnswer(status_code=200, body=json.dumps(body))
 
