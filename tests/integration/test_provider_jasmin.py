@@ -171,14 +171,30 @@ def test_server_errors_are_transient(status: int, body: str) -> None:
 
 @pytest.mark.parametrize("status", [502, 504])
 def test_a_proxys_bad_gateway_or_gateway_timeout_is_an_answer_jasmin_may_have_taken(status: int) -> None:
-    # Given Jasmin behind a reverse proxy that forwarded the submit and lost Jasmin's answer (504 Gateway Timeout,
-    # 502 Bad Gateway on a cut upstream connection)
+    # Given Jasmin behind a reverse proxy that forwards the submit and may lose Jasmin's answer (504 Gateway Timeout,
+    # 502 Bad Gateway on a cut upstream connection), as its operator says in gateway_errors
     # When the message is submitted
     with pytest.raises(UpstreamError) as raised:
-        asyncio.run(provider(answer(status, "<html>Gateway Time-out</html>")).submit(submit_request()))
+        handler = answer(status, "<html>Gateway Time-out</html>")
+        asyncio.run(provider(handler, gateway_errors="maybe_taken").submit(submit_request()))
     # Then it is handled as no answer after the request left (never offered to the fallback), as for 9bits and
     # Twilio; instead it is "unavailable", and the dispatcher offers it to the fallback at once
     assert raised.value.maybe_taken is True
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_by_default_a_proxys_bad_gateway_or_gateway_timeout_is_an_outage_and_goes_to_the_fallback(status: int) -> None:
+    # Given Jasmin down behind a proxy that cannot connect to it (502) or whose connect times out (504)
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(answer(status, "<html>Bad Gateway</html>")).submit(submit_request()))
+    # Then nothing was sent: the fallback is offered the message at once, not left submitted-unconfirmed
+    assert (raised.value.permanent, raised.value.unavailable, raised.value.maybe_taken) == (False, True, False)
+
+
+@pytest.mark.parametrize("value", ["maybe", "Unavailable", 1])
+def test_a_malformed_gateway_errors_is_refused_at_configuration(value: Any) -> None:
+    with pytest.raises(ValueError, match="gateway_errors"):
+        provider(answer(200, ""), gateway_errors=value)
 
 
 def test_429_with_retry_after() -> None:

@@ -86,25 +86,51 @@ def unreadable_take(upstream: str, what: str) -> UpstreamError:
     return UpstreamError(f"{upstream} {what}", permanent=False, unavailable=False, maybe_taken=True)
 
 
-# Answers of a proxy or load balancer in front of an upstream after it passed our request on: 502 Bad Gateway (the
-# connection to the upstream was cut, maybe mid-answer) and 504 Gateway Timeout (the upstream took too long to
-# answer). The upstream may have the message, as when no answer comes at all. A 503 says the request was not served.
+# 502 Bad Gateway and 504 Gateway Timeout: answers of a proxy or load balancer (or a hosted API's own edge) in front of
+# the upstream. They say two things: the proxy could not connect to the upstream (refused, connect timed out: nothing
+# was sent), or it passed our request on and lost the answer (a cut connection, an upstream slow to answer: the
+# upstream may have the message). A 503 says the request was not served.
 GATEWAY_ERROR_STATUSES = frozenset({502, 504})
+# How a 502/504 is taken: `unavailable` (nothing was sent: the fallback is offered the message at once) or
+# `maybe_taken` (the upstream may have it: never offered to the fallback). Kannel and Jasmin never answer 502/504
+# themselves: which one their proxy means only the operator knows (their `gateway_errors` setting).
+GATEWAY_ERRORS_UNAVAILABLE = "unavailable"
+GATEWAY_ERRORS_MAYBE_TAKEN = "maybe_taken"
+GATEWAY_ERRORS = (GATEWAY_ERRORS_UNAVAILABLE, GATEWAY_ERRORS_MAYBE_TAKEN)
+
+
+def gateway_errors_setting(name: str, value: Any, default: str = GATEWAY_ERRORS_UNAVAILABLE) -> str:
+    """A `gateway_errors` setting: how a proxy's 502/504 in front of the upstream is taken; absent, `default`."""
+    if value is None:
+        return default
+    if not isinstance(value, str) or value not in GATEWAY_ERRORS:
+        raise ValueError(
+            f"upstream {name!r}: gateway_errors is {GATEWAY_ERRORS_UNAVAILABLE!r} (a proxy's 502/504 means it could "
+            f"not reach the upstream: the fallback is offered the message) or {GATEWAY_ERRORS_MAYBE_TAKEN!r} (it "
+            f"passed our request on: the upstream may have it), default {default!r}, not {value!r}"
+        )
+    return value
 
 
 def server_error(
-    what: str, response: httpx.Response, *, maybe_taken_statuses: frozenset[int] = GATEWAY_ERROR_STATUSES
+    what: str,
+    response: httpx.Response,
+    *,
+    gateway_errors: str,
+    maybe_taken_statuses: frozenset[int] = frozenset(),
 ) -> UpstreamError | None:
-    """The failure a submit's 429 or 5xx answer says, None for any other status; `what` says it in words. One of
-    `maybe_taken_statuses` (by default a proxy's 502/504; an upstream whose own 500 may have done the request adds
-    it) is handled as no answer after the request left (`maybe_taken`): never offered to the fallback, only asked
-    again of an upstream that deduplicates our reference. Any other 5xx is unavailable (the fallback is offered it at
-    once); a 429 is a throttle (the same upstream later, after its `Retry-After`)."""
+    """The failure a submit's 429 or 5xx answer says, None for any other status; `what` says it in words. A 502/504
+    with `gateway_errors` `maybe_taken`, or one of `maybe_taken_statuses` (an upstream whose own 500 may have done the
+    request), is handled as no answer after the request left (`maybe_taken`): never offered to the fallback, only
+    asked again of an upstream that deduplicates our reference. Any other 5xx is unavailable (the fallback is offered
+    it at once); a 429 is a throttle (the same upstream later, after its `Retry-After`)."""
     status = response.status_code
     if status != 429 and status < 500:
         return None
     retry_after = retry_after_seconds(response.headers.get("retry-after"))
-    if status in maybe_taken_statuses:
+    if status in maybe_taken_statuses or (
+        gateway_errors == GATEWAY_ERRORS_MAYBE_TAKEN and status in GATEWAY_ERROR_STATUSES
+    ):
         return UpstreamError(what, permanent=False, retry_after=retry_after, unavailable=True, maybe_taken=True)
     return UpstreamError(what, permanent=False, retry_after=retry_after, unavailable=status >= 500)
 

@@ -17,9 +17,7 @@ CONFIG_MAX_AGE = 300
 def _simulator(name: str, config: dict[str, Any]) -> Provider:
     from sms_gateway.adapters.providers.simulator import SimulatorProvider
 
-    return SimulatorProvider(
-        name=name, url=config["url"], secret=config["secret"], deduplicates=bool(config.get("deduplicates", True))
-    )
+    return SimulatorProvider.from_config(name, config)
 
 
 def _twilio(name: str, config: dict[str, Any]) -> Provider:

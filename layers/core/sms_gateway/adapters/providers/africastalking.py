@@ -29,7 +29,14 @@ from urllib.parse import parse_qsl
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, no_answer, scrubbed, server_error, unreadable_take
+from sms_gateway.adapters.http import (
+    GATEWAY_ERRORS_MAYBE_TAKEN,
+    async_client,
+    no_answer,
+    scrubbed,
+    server_error,
+    unreadable_take,
+)
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
@@ -149,7 +156,7 @@ class AfricasTalkingProvider:
             raise no_answer(self.name, error) from error
         status = response.status_code
         # A 502/504 is AT's edge (or our proxy) losing the answer of a request passed on: AT may be sending it.
-        failure = server_error(f"{self.name} answered {status}", response)
+        failure = server_error(f"{self.name} answered {status}", response, gateway_errors=GATEWAY_ERRORS_MAYBE_TAKEN)
         if failure is not None:
             raise failure
         if status in (401, 403):

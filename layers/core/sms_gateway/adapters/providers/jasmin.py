@@ -29,7 +29,14 @@ from urllib.parse import parse_qsl, quote
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, no_answer, scrubbed, server_error, unreadable_take
+from sms_gateway.adapters.http import (
+    async_client,
+    gateway_errors_setting,
+    no_answer,
+    scrubbed,
+    server_error,
+    unreadable_take,
+)
 from sms_gateway.adapters.providers.parts import max_parts_setting, refuse_longer
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
@@ -102,6 +109,7 @@ class JasminProvider:
         mo_charset: str = MO_GSM7,
         retried_statuses: Iterable[str] = RETRIED_STATUSES,
         max_parts: int = DEFAULT_MAX_PARTS,
+        gateway_errors: str | None = None,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         if len(callback_token) < 16:
@@ -124,6 +132,7 @@ class JasminProvider:
             codecs.lookup(mo_charset)  # an unknown codec fails at configuration, not on the first MO
         retried = _esme_statuses(name, retried_statuses)
         self._max_parts = max_parts_setting(name, max_parts, DEFAULT_MAX_PARTS)
+        self._gateway_errors = gateway_errors_setting(name, gateway_errors)
         self.name = name
         self.url = url.rstrip("/")
         # Parsed once: httpx parses a URL given as a string on every request.
@@ -150,6 +159,7 @@ class JasminProvider:
             mo_charset=str(config.get("mo_charset") or MO_GSM7),
             retried_statuses=config.get("retried_statuses", RETRIED_STATUSES),
             max_parts=config.get("max_parts", DEFAULT_MAX_PARTS),
+            gateway_errors=config.get("gateway_errors"),
             client=client,
         )
 
@@ -196,8 +206,11 @@ class JasminProvider:
         # Only the text that goes into errors and logs is scrubbed: a short password could occur in the id Jasmin
         # answers ("Success" included), which is read from the raw body below.
         reason = scrubbed(refused.group(1) if refused else body, (self._password,), limit=200)
-        # Jasmin's own 500/503 (its SMPP client manager or interceptor) sent nothing; a proxy's 502/504 may have.
-        failure = server_error(f"{self.name} answered {response.status_code}: {reason}", response)
+        # Jasmin's own 500/503 (its SMPP client manager or interceptor) sent nothing; a proxy's 502/504 may have or
+        # not, as its gateway_errors says.
+        failure = server_error(
+            f"{self.name} answered {response.status_code}: {reason}", response, gateway_errors=self._gateway_errors
+        )
         if failure is not None:
             raise failure
         if response.status_code == 403 and "throughput exceeded" in reason.lower():

@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, no_answer, scrubbed, server_error
+from sms_gateway.adapters.http import async_client, gateway_errors_setting, no_answer, scrubbed, server_error
 from sms_gateway.adapters.providers.parts import max_parts_setting, refuse_longer
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import (
@@ -97,6 +97,7 @@ class KannelProvider:
         smsc: str | None = None,
         dlr_mask: int = DEFAULT_DLR_MASK,
         max_parts: int = DEFAULT_MAX_PARTS,
+        gateway_errors: str | None = None,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         if not _URL_SAFE.fullmatch(callback_token):
@@ -109,6 +110,7 @@ class KannelProvider:
                 "refunded after the DLR wait, delivered or not"
             )
         self._max_parts = max_parts_setting(name, max_parts, DEFAULT_MAX_PARTS)
+        self._gateway_errors = gateway_errors_setting(name, gateway_errors)
         self.name = name
         self.url = url.rstrip("/")
         # Parsed once: httpx parses a URL given as a string on every request.
@@ -133,6 +135,7 @@ class KannelProvider:
             smsc=config.get("smsc") or None,
             dlr_mask=int(config.get("dlr_mask", DEFAULT_DLR_MASK)),
             max_parts=config.get("max_parts", DEFAULT_MAX_PARTS),
+            gateway_errors=config.get("gateway_errors"),
             client=client,
         )
 
@@ -171,8 +174,11 @@ class KannelProvider:
         except httpx.TransportError as error:
             raise no_answer(self.name, error) from error
         answer = scrubbed(response.text.strip(), (self._password,))
-        # Kannel's own 503 "Temporal failure" sent nothing; a proxy's 502/504 in front of smsbox may have.
-        failure = server_error(f"{self.name} answered {response.status_code}: {answer}", response)
+        # Kannel's own 503 "Temporal failure" sent nothing; a proxy's 502/504 in front of smsbox may have or not, as
+        # its gateway_errors says.
+        failure = server_error(
+            f"{self.name} answered {response.status_code}: {answer}", response, gateway_errors=self._gateway_errors
+        )
         if failure is not None:
             raise failure
         if response.status_code >= 400:

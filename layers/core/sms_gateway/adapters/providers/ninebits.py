@@ -26,7 +26,14 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, no_answer, scrubbed, server_error, unreadable_take
+from sms_gateway.adapters.http import (
+    GATEWAY_ERRORS_MAYBE_TAKEN,
+    async_client,
+    no_answer,
+    scrubbed,
+    server_error,
+    unreadable_take,
+)
 from sms_gateway.domain import webhooks
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
 from sms_gateway.domain.status import MessageStatus
@@ -119,6 +126,7 @@ class NinebitsProvider:
         failure = server_error(
             f"{self.name} answered {response.status_code}: {reason}",
             response,
+            gateway_errors=GATEWAY_ERRORS_MAYBE_TAKEN,
             maybe_taken_statuses=MAYBE_TAKEN_STATUSES,
         )
         if failure is not None:

@@ -6,10 +6,12 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, no_answer, scrubbed, server_error
+from sms_gateway.adapters.http import async_client, gateway_errors_setting, no_answer, scrubbed, server_error
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
 from sms_gateway.domain.status import MessageStatus
@@ -44,7 +46,9 @@ class SimulatorProvider:
         secret: str,
         client: httpx.AsyncClient | None = None,
         deduplicates: bool = True,
+        gateway_errors: str | None = None,
     ) -> None:
+        self._gateway_errors = gateway_errors_setting(name, gateway_errors)
         self.name = name
         # It answers a repeated client_ref with the first message id, not sending again. Configured off
         # (`"deduplicates": false`), the dispatcher treats it like an upstream that cannot tell repeats (Kannel): what
@@ -55,6 +59,19 @@ class SimulatorProvider:
         self._send_url = httpx.URL(f"{self.url}/sms/send")
         self._secret = secret
         self._client = client
+
+    @classmethod
+    def from_config(
+        cls, name: str, config: Mapping[str, Any], *, client: httpx.AsyncClient | None = None
+    ) -> SimulatorProvider:
+        return cls(
+            name=name,
+            url=str(config["url"]),
+            secret=str(config["secret"]),
+            deduplicates=bool(config.get("deduplicates", True)),
+            gateway_errors=config.get("gateway_errors"),
+            client=client,
+        )
 
     async def submit(self, request: SubmitRequest) -> SubmitResult:
         client = self._client or async_client()
@@ -72,7 +89,9 @@ class SimulatorProvider:
             )
         except httpx.TransportError as error:
             raise no_answer(self.name, error) from error
-        failure = server_error(f"{self.name} answered {response.status_code}", response)
+        failure = server_error(
+            f"{self.name} answered {response.status_code}", response, gateway_errors=self._gateway_errors
+        )
         if failure is not None:
             raise failure
         if response.status_code >= 400:

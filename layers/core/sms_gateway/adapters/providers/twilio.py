@@ -31,6 +31,7 @@ from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 import httpx
 
 from sms_gateway.adapters.http import (
+    GATEWAY_ERRORS_MAYBE_TAKEN,
     async_client,
     no_answer,
     retry_after_seconds,
@@ -187,7 +188,9 @@ class TwilioProvider:
         described = f"{self.name} answered {status}" + (f" error {code}" if code is not None else "")
         if message:
             described += f": {message}"
-        failure = server_error(described, response, maybe_taken_statuses=MAYBE_TAKEN_STATUSES)
+        failure = server_error(
+            described, response, gateway_errors=GATEWAY_ERRORS_MAYBE_TAKEN, maybe_taken_statuses=MAYBE_TAKEN_STATUSES
+        )
         if failure is not None:
             return failure
         if code in TRANSIENT_ERROR_CODES:
