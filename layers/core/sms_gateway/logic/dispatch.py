@@ -865,7 +865,11 @@ async def _throttled(
     three messages a delivery had the tail of a 100-message record failed on its 24th."""
     if await outcome.submits.took_some(failure.upstream):
         await asyncio.to_thread(
-            deps.messages.release_claim, message.key, attempted=False, maybe_taken_by=message.maybe_taken_by
+            deps.messages.release_claim,
+            message.key,
+            claim_id=claim_id,
+            attempted=False,
+            maybe_taken_by=message.maybe_taken_by,
         )
         _back_after_a_throttle(message, failure, 1, deps, outcome)
         return
