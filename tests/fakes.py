@@ -142,7 +142,7 @@ class InMemoryStore:
         if key in self.inbox:
             self.inbox[key] = self.inbox[key].model_copy(update={"keyword_pending": False})
 
-    def get_account(self, account_id: str) -> Account | None:
+    def get_account(self, account_id: str, *, consistent: bool = False) -> Account | None:
         return self.accounts.get(account_id)
 
     def account_id_for_credential(self, kind: str, secret: str) -> str | None:

@@ -298,11 +298,6 @@ def test_a_failed_record_holds_back_the_rest_of_its_account_but_not_other_accoun
     assert sent_texts.count("other") == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: the dispatcher checks the sender against the account from its 30 s settings cache; a sender added "
-    "since (and accepted by the api, which reads the account fresh) is failed sender_removed and refunded",
-)
 def test_a_send_from_a_sender_just_added_is_sent_by_a_dispatcher_that_cached_the_account_before(
     aws, account, api, upstream
 ):

@@ -14,6 +14,7 @@ import pytest
 
 from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.models import (
+    Account,
     Batch,
     CallbackRequest,
     Claim,
@@ -464,6 +465,18 @@ class TestDispatch:
         assert {(m.status, m.error_code) for m in store.messages.values()} == {(MessageStatus.FAILED, "sender_removed")}
         assert store.accounts["7"].credits == 1000
         assert [n["payload"]["error_code"] for n in notifications_of(announced)] == ["sender_removed"] * 2
+
+    def test_a_dispatcher_whose_account_holds_the_sender_makes_no_account_read(self, store, monkeypatch):
+        # Given a queued message from 48974, and the invocation's (cached) account, which holds 48974
+        _, deps = send(store, command(1))
+        reads: list[str] = []
+        monkeypatch.setattr(store, "get_account", lambda account_id, **_: reads.append(account_id))
+        provider = FakeProvider()
+        cached = replace(dispatch_deps(store, provider), account=store.accounts["7"])
+        # When it is dispatched
+        asyncio.run(dispatch(deps.dispatch_queue.commands[0], cached))
+        # Then it is sent without reading the account again: only a sender the cached account lacks costs a read
+        assert len(provider.submits) == 1 and reads == []
 
     def test_a_transient_failure_asks_for_a_retry_and_leaves_the_message_queued(self, store):
         _, deps = send(store, command(2))
@@ -1301,6 +1314,25 @@ class TestScheduledRelease:
         assert {(m.status, m.error_code) for m in store.messages.values()} == {(MessageStatus.FAILED, "sender_removed")}
         assert store.accounts["7"].credits == 1000
         assert {n["payload"]["error_code"] for n in notifications_of(announced)} == {"sender_removed"}
+
+    def test_a_batch_scheduled_from_a_sender_just_added_is_queued_when_a_lagging_replica_lacks_it(self, store):
+        # Given the operator adds CINEMA to the account, and a batch from it is scheduled (the api read it fresh)
+        before = store.accounts["7"]
+        store.accounts["7"] = before.model_copy(update={"senders": (*before.senders, "CINEMA")})
+        batch, _ = send(store, command(2, send_at=NOW + timedelta(hours=2)).model_copy(update={"sender": "CINEMA"}))
+        # And a replica that lags still answers with the account as it was before (an eventually consistent read)
+        fresh = store.get_account
+
+        def lagging(account_id: str, *, consistent: bool = False) -> Account | None:
+            return fresh(account_id) if consistent else before
+
+        store.get_account = lagging  # type: ignore[method-assign]
+        # When the schedule fires
+        queue = RecordingQueue()
+        assert release(store, "7", batch.reference_id, queue)
+        # Then its messages are queued, not failed sender_removed and refunded
+        assert {m.status for m in store.messages.values()} == {MessageStatus.QUEUED}
+        assert sum(len(c.message_ids) for c in queue.commands) == 2
 
     def test_a_cancelled_batch_stays_cancelled(self, store):
         batch, _ = send(store, command(1, send_at=NOW + timedelta(hours=2)))

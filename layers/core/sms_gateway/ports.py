@@ -90,6 +90,12 @@ class AccountStore(Protocol):
         ...
 
 
+class ConsistentAccountStore(AccountStore, Protocol):
+    def get_account(self, account_id: str, *, consistent: bool = False) -> Account | None:
+        """`consistent`: as ConsistentAccountLookup's."""
+        ...
+
+
 class InboxStore(Protocol):
     def save_inbound(self, inbound: StoredInbound, *, notify_due: datetime | None = None) -> bool:
         """Stores an inbound SMS once: False when the same upstream message was stored already. `notify_due`: the

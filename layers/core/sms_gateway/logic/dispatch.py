@@ -33,7 +33,7 @@ from sms_gateway.logic.notify import dlr_notification
 from sms_gateway.logic.optouts import opted_out_of
 from sms_gateway.logic.ratelimit import Grant, RateLimiter, Scope, route_scope
 from sms_gateway.observability import logger, mask_msisdn
-from sms_gateway.ports import AccountStore, MessageStore, OptOutStore, Provider
+from sms_gateway.ports import ConsistentAccountStore, MessageStore, OptOutStore, Provider
 
 # A claim outlives a normal submit by far; it only matters when a dispatcher dies mid-submit.
 CLAIM_LEASE_SECONDS = 120
@@ -75,7 +75,7 @@ def backoff_seconds(
 @dataclass(frozen=True)
 class DispatchDependencies:
     messages: MessageStore
-    accounts: AccountStore
+    accounts: ConsistentAccountStore
     # The upstreams for a message in the order to try them: the route's primary, then its fallback if any.
     upstreams_for: Callable[[Message], Sequence[Provider]]
     callback_base_url: str
@@ -340,10 +340,18 @@ async def _withdraw_refused(
     account = deps.account
     if pending and account is None:
         account = await asyncio.to_thread(deps.accounts.get_account, command.account_id)
+    senders = dict.fromkeys(m.sender for m in pending)
+    if account is not None and not all(holds_sender(account.senders, sender) for sender in senders):
+        # The account read may be older than the send: the invocation's is cached settings (up to
+        # SETTINGS_MAX_AGE_SECONDS old), and either may come from a replica that lags. A sender added since, whose
+        # send the api accepted on the account read fresh, is not a removed one: only a consistent read, which sees
+        # every write made before it, tells that the account no longer holds it. Made only then, so the sends of the
+        # account's senders cost no read.
+        account = await asyncio.to_thread(deps.accounts.get_account, command.account_id, consistent=True)
     if account is None:
         return list(pending), []
     refused: dict[str, list[Message]] = {SENDER_REMOVED: [], OPTED_OUT: []}
-    for sender in dict.fromkeys(m.sender for m in pending):
+    for sender in senders:
         of_sender = [m for m in pending if m.sender == sender]
         if not holds_sender(account.senders, sender):
             refused[SENDER_REMOVED] += of_sender
@@ -364,10 +372,11 @@ async def _withdraw_refused(
             unheld_only=True,
         )
         moved = [c for c in changes if c is not None and c.changed]
-        logger.info(
-            "queued messages the account may no longer send were failed before dispatch",
-            extra={"reference_id": command.reference_id, "error_code": reason, "failed": len(moved)},
-        )
+        if moved:
+            logger.info(
+                "queued messages the account may no longer send were failed before dispatch",
+                extra={"reference_id": command.reference_id, "error_code": reason, "failed": len(moved)},
+            )
         made += moved
     for change in made:
         outcome.record(change)

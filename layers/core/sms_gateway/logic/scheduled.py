@@ -14,7 +14,7 @@ from sms_gateway.logic.batches import ONLY_SCHEDULED, all_messages, finish_cance
 from sms_gateway.logic.optouts import opted_out_of
 from sms_gateway.logic.send import OPTED_OUT, dispatch_commands, fail_opted_out
 from sms_gateway.observability import logger
-from sms_gateway.ports import AccountLookup, DispatchQueue, MessageStore, OptOutStore
+from sms_gateway.ports import ConsistentAccountLookup, DispatchQueue, MessageStore, OptOutStore
 
 # Why a release fails a scheduled message rather than queue it.
 REFUSED_AT_RELEASE = frozenset({OPTED_OUT, SENDER_REMOVED})
@@ -25,7 +25,7 @@ def release_scheduled_batch(
     reference_id: int,
     *,
     messages: MessageStore,
-    accounts: AccountLookup,
+    accounts: ConsistentAccountLookup,
     opt_outs: OptOutStore | None,
     queue: DispatchQueue,
     clock: Callable[[], datetime],
@@ -72,7 +72,9 @@ def release_scheduled_batch(
             )
             return False
     assert batch is not None
-    account = accounts.get_account(account_id)
+    # Read consistently (one read a release): a replica that lags could answer with the account as it was before a
+    # sender added a moment ago, and the batch the api accepted from it be failed `sender_removed` and refunded.
+    account = accounts.get_account(account_id, consistent=True)
     current = _fail_refused(
         batch,
         list(all_messages(messages, account_id, reference_id)),
