@@ -273,8 +273,11 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
     try:
         # An earlier delivery of this record may have died between a status write and its announcement.
         await announcer.add([c for c in map(change_made_by_dispatch, messages) if c is not None])
-        pending, withdrawn = await _withdraw_refused(command, pending, deps, outcome)
+        pending, left, withdrawn = await _withdraw_refused(command, pending, deps, outcome)
         await announcer.add(withdrawn)
+        if left:
+            await _all_to_their_end([_left_to_its_upstream(m, deps, outcome) for m in left])
+            await announcer.add([c for c in outcome.changes if c.message.message_id in {m.message_id for m in left}])
         while pending:
             if deps.out_of_time():
                 _come_back_soon(pending, outcome)
@@ -330,13 +333,15 @@ def _expect_route_tokens(pending: Sequence[Message], deps: DispatchDependencies)
 
 async def _withdraw_refused(
     command: DispatchCommand, pending: Sequence[Message], deps: DispatchDependencies, outcome: DispatchOutcome
-) -> tuple[list[Message], list[StatusChange]]:
-    """The record's queued messages still to be offered, and the changes made, once those the account may no longer
-    send are failed and refunded, before any is claimed: from a sender the account no longer holds (the operator
-    removed it; `sender_removed`), or to a number that opted out of the message's sender since it was queued (STOP,
-    STOPALL or an operator's opt-out; `opted_out`). Each by its conditional write with its refund, which moves only
-    a message no dispatcher holds and no upstream may have (`unheld_only`): one a duplicate delivery of the record is
-    submitting goes on as it would have, its claim deciding. An account with no opt-outs costs no read at all."""
+) -> tuple[list[Message], list[Message], list[StatusChange]]:
+    """The record's queued messages still to be offered, those the account may no longer send that were left, and
+    the changes made, once those the account may no longer send are failed and refunded, before any is claimed: from
+    a sender the account no longer holds (the operator removed it; `sender_removed`), or to a number that opted out
+    of the message's sender since it was queued (STOP, STOPALL or an operator's opt-out; `opted_out`). Each by its
+    conditional write with its refund, which moves only a message no dispatcher holds and no upstream may have
+    (`unheld_only`); the others are left, never to be offered again (`_left_to_its_upstream`): one a duplicate
+    delivery of the record is submitting goes on as it would have, its claim deciding. An account with no opt-outs
+    costs no read at all."""
     account = deps.account
     if pending and account is None:
         account = await asyncio.to_thread(deps.accounts.get_account, command.account_id)
@@ -349,7 +354,7 @@ async def _withdraw_refused(
         # account's senders cost no read.
         account = await asyncio.to_thread(deps.accounts.get_account, command.account_id, consistent=True)
     if account is None:
-        return list(pending), []
+        return list(pending), [], []
     refused: dict[str, list[Message]] = {SENDER_REMOVED: [], OPTED_OUT: []}
     for sender in senders:
         of_sender = [m for m in pending if m.sender == sender]
@@ -360,6 +365,7 @@ async def _withdraw_refused(
         found = await asyncio.to_thread(opted_out_of, account, sender, numbers, deps.opt_outs)
         refused[OPTED_OUT] += [m for m in of_sender if m.msisdn in found]
     made: list[StatusChange] = []
+    left: list[Message] = []
     for reason, messages in refused.items():
         if not messages:
             continue
@@ -372,6 +378,7 @@ async def _withdraw_refused(
             unheld_only=True,
         )
         moved = [c for c in changes if c is not None and c.changed]
+        left += [m for m, c in zip(messages, changes, strict=True) if c is not None and not c.changed]
         if moved:
             logger.info(
                 "queued messages the account may no longer send were failed before dispatch",
@@ -381,8 +388,8 @@ async def _withdraw_refused(
     for change in made:
         outcome.record(change)
     outcome.failed += len(made)
-    failed = {c.message.message_id for c in made}
-    return [m for m in pending if m.message_id not in failed], made
+    withdrawn = {c.message.message_id for c in made} | {m.message_id for m in left}
+    return [m for m in pending if m.message_id not in withdrawn], left, made
 
 
 def _recorded_submitted(read: Sequence[Message], outcome: DispatchOutcome) -> list[Message]:
@@ -578,20 +585,7 @@ async def _dispatch_one(
         outcome.expired += 1
         return
     # The status writes come after the slot is given back: the limit is on submits in flight, not store requests.
-    if claim.outcome == ClaimOutcome.BUSY:
-        outcome.skipped += 1
-        outcome.moved_on.append(message)
-        return
-    if claim.outcome == ClaimOutcome.STALE:
-        # Handed back by another dispatcher since it was read, maybe naming an upstream that may have it: offered
-        # on what was read, it could go to another upstream too. The record comes back and reads it again.
-        _come_back_soon([message], outcome)
-        return
-    if claim.outcome == ClaimOutcome.HELD:
-        # Its holder may die before the lease lapses; only a later look can then find the lease lapsed, so this
-        # record comes back once it has (a duplicate delivery of the holder's own record must not consume it).
-        outcome.retry.append(message.message_id)
-        outcome.retry_after = max(outcome.retry_after or 0.0, float(deps.claim_lease_seconds))
+    if _held_elsewhere(message, claim, deps, outcome):
         return
     if claim.outcome == ClaimOutcome.ABANDONED and sent is None:
         logger.warning("dispatcher died mid-submit before; not resubmitting", extra={"message_id": message.message_id})
@@ -623,6 +617,54 @@ async def _dispatch_one(
             messages=deps.messages, accounts=deps.accounts, clock=deps.clock, on_change=outcome.record
         )
         await asyncio.to_thread(apply_held_reports, message, held, delivery)
+
+
+def _held_elsewhere(message: Message, claim: Claim, deps: DispatchDependencies, outcome: DispatchOutcome) -> bool:
+    """Whether the claim found the message not ours to take now (moved on, handed back since it was read, or held by
+    another dispatcher), the outcome told what comes of it."""
+    if claim.outcome == ClaimOutcome.BUSY:
+        outcome.skipped += 1
+        outcome.moved_on.append(message)
+        return True
+    if claim.outcome == ClaimOutcome.STALE:
+        # Handed back by another dispatcher since it was read, maybe naming an upstream that may have it: offered
+        # on what was read, it could go to another upstream too. The record comes back and reads it again.
+        _come_back_soon([message], outcome)
+        return True
+    if claim.outcome == ClaimOutcome.HELD:
+        # Its holder may die before the lease lapses; only a later look can then find the lease lapsed, so this
+        # record comes back once it has (a duplicate delivery of the holder's own record must not consume it).
+        outcome.retry.append(message.message_id)
+        outcome.retry_after = max(outcome.retry_after or 0.0, float(deps.claim_lease_seconds))
+        return True
+    return False
+
+
+async def _left_to_its_upstream(message: Message, deps: DispatchDependencies, outcome: DispatchOutcome) -> None:
+    """A queued message the account may no longer send (`_withdraw_refused`) that its withdrawal left, as one an
+    upstream may have: an earlier submit there got no answer (`maybe_taken_by`), or its holder died mid-submit (a
+    lapsed claim). It is never offered again, not even to an upstream that deduplicates by our reference: one that
+    never got it would send a new SMS from a sender the account no longer holds, or to a number that texted STOP.
+    Under a claim, it is recorded submitted-unconfirmed at that upstream, without a refund, and its DLR (or its
+    settle check) settles it. One a live claim holds comes back once the lease has lapsed; one handed back without
+    an upstream that may have it since it was read, at once, to be failed and refunded."""
+    claim = await asyncio.to_thread(
+        deps.messages.claim_for_dispatch,
+        message.key,
+        now=deps.clock(),
+        lease_seconds=deps.claim_lease_seconds,
+        upstream=message.maybe_taken_by,
+        attempts_read=message.submit_attempts,
+    )
+    if _held_elsewhere(message, claim, deps, outcome):
+        return
+    if claim.outcome == ClaimOutcome.ABANDONED:
+        await _record_unconfirmed(message, claim.lapsed_upstream, deps, outcome)
+    elif message.maybe_taken_by is not None:
+        await _record_unconfirmed(message, message.maybe_taken_by, deps, outcome)
+    else:
+        await asyncio.to_thread(deps.messages.release_claim, message.key, claim_id=claim.claim_id, attempted=False)
+        _come_back_soon([message], outcome)
 
 
 async def _record_unconfirmed(
