@@ -413,6 +413,38 @@ def test_a_retry_refused_after_its_shortcode_was_removed_answers_with_the_send_a
     assert balance(account["account_id"]) == 98
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: a refused retry's standing answer gives an opted-out number 1005 'not sent (cancelled)', not 4100",
+)
+def test_a_standing_answer_gives_an_opted_out_number_the_opt_out_code_as_the_first_answer_would(
+    aws, account, api, monkeypatch
+):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import utc_now
+    from sms_gateway.logic.optouts import record_opt_out
+    from sms_gateway_tools.admin import remove_sender
+    from tests.integration.test_idempotency_and_credits import leases_run_out, taken_after_dying
+
+    # Given a number that texted STOP to the shortcode
+    store = gateway().store
+    stopped = "2348050000000"
+    record_opt_out(store, store, account["account_id"], stopped, "48974", now=utc_now())
+    # And a keyed send to it and two others whose request died right after queueing (before it could answer):
+    # it would have answered the opted-out number with 4100 "Mobile number opted out"
+    event = post_event(account, mobile=f"{AIRTEL},{MTN},{stopped}")
+    event["headers"]["idempotency-key"] = "order-stop"
+    taken_after_dying(monkeypatch, account["account_id"], lambda: api(event))
+    # And the shortcode was removed meanwhile, so the retry is refused and answers with the send that stands
+    remove_sender(account_id=account["account_id"], sender="48974")
+    leases_run_out()
+    responses = answer(api(event))["responses"]
+    by_mobile = {r["mobile"]: r for r in responses}
+    assert by_mobile[2348020000000]["response-code"] == 200
+    # Then the opted-out number is answered as opted out, as the first answer (and a plain send) would have
+    assert by_mobile[int(stopped)]["response-code"] == 4100, by_mobile[int(stopped)]
+
+
 def test_a_keyed_send_with_many_long_invalid_mobiles_is_answered_again_the_same(aws, account, api):
     # Given a keyed send to one valid number and 999 invalid entries of non-ASCII text (240 KB as UTF-8, under the
     # 256 KB body limit; its answer writes each character as a 6-byte \u escape)
