@@ -804,25 +804,30 @@ def test_a_send_finished_by_its_retry_after_a_recipient_opted_out_does_not_send_
     assert balance(account["account_id"]) == 9
 
 
-def test_a_keyed_send_to_a_group_deleted_after_its_request_died_is_finished_by_its_retry(aws, api, monkeypatch):
+def test_a_keyed_send_to_a_group_deleted_after_its_request_died_is_undone_and_refused_by_its_retry(
+    aws, api, monkeypatch
+):
     from sms_gateway.bootstrap import gateway
     from sms_gateway.logic import groups
 
     # Given a keyed send to a group of two whose request died after storing and charging it, before queueing it
     account = make_account(10)
-    body, stored = died_group_send(api, monkeypatch, account, "group-gone", queued=False)
+    body, _ = died_group_send(api, monkeypatch, account, "group-gone", queued=False)
     assert balance(account["account_id"]) == 8
-    # And the group is deleted meanwhile (its members were read into the stored messages already)
+    # And the group is deleted meanwhile
     groups.delete_group(gateway().store, account["account_id"], body["to"][0])
     leases_run_out()
     # When the client retries under its key
     retried = api(with_key(send_event(account["token"], body), "group-gone"))
-    # Then the stored batch is finished (sent once, charged once, as the first request would have): the send was
-    # made before the group was deleted (until 2026-12-06 it was undone and refused as an unknown group)
-    assert retried["statusCode"] == 200, retried
-    assert json.loads(retried["body"])["reference_id"] == str(stored.reference_id)
-    assert len(queued_message_ids(aws)) == 2
-    assert balance(account["account_id"]) == 8
+    # Then, since no dispatcher had any of it, the send is undone (credits back, nothing queued) and the refusal is
+    # true: the group is unknown and nothing was sent. From 2026-12-06 until the same day's fix the retry finished
+    # with the members its request had stored, which for a request that died storing is only part of the group
+    # (test_a_keyed_group_send_that_died_while_storing_is_not_sent_in_part_once_its_group_is_deleted)
+    assert retried["statusCode"] == 400, retried
+    assert "unknown group" in json.loads(retried["body"])["message"]
+    assert queued_message_ids(aws) == []
+    assert balance(account["account_id"]) == 10
+    assert batches_of(account["account_id"])[0].status == "failed"
 
 
 def test_a_keyed_send_whose_retry_is_short_of_credits_for_its_grown_group_is_refunded_and_lets_its_key_go(
@@ -939,7 +944,9 @@ def test_a_retry_refused_for_credits_whose_send_a_dispatcher_took_in_part_answer
     assert balance(account["account_id"]) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="review: a refused retry's standing 9bits answer leaves out the opted-out number")
+@pytest.mark.xfail(
+    strict=True, reason="review: a refused retry's standing 9bits answer leaves out the opted-out number"
+)
 def test_a_retry_answered_with_the_send_that_stands_still_names_the_number_that_opted_out(aws, api, monkeypatch):
     from sms_gateway.adapters.sqs import SqsDispatchQueue
     from sms_gateway.bootstrap import gateway
@@ -1041,9 +1048,6 @@ def test_a_withdrawn_message_of_a_send_that_stands_is_reported_once_however_ofte
     assert withdrawn[0]["id"].startswith(f"dlr_{waiting.message_id}_")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="review: a retry whose group was deleted finishes only the members its died request stored"
-)
 def test_a_keyed_group_send_that_died_while_storing_is_not_sent_in_part_once_its_group_is_deleted(
     aws, api, monkeypatch
 ):

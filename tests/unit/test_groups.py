@@ -307,34 +307,3 @@ def test_a_send_whose_groups_pass_a_thousand_members_reads_no_further_group(stor
     # Then it is refused, and once the first two groups named more than 1000 members the third was never read
     # (each group is up to 10,000 numbers, ~170 KB: one consistent read of ~43 units, and all kept in memory)
     assert store.group_reads <= 4, store.group_reads
-
-
-def test_a_resumed_send_whose_groups_are_refused_now_finishes_with_the_recipients_its_request_stored(store):
-    from sms_gateway.domain.ids import new_batch_id
-    from sms_gateway.domain.models import Account, KeyClaim, SendCommand
-    from sms_gateway.logic import compose
-    from sms_gateway.logic.send import SendDependencies, accept_send
-    from tests.fakes import RecordingQueue, RecordingScheduler
-
-    # Given a keyed send to a group of two, stored and charged by a request that then died
-    account = Account(account_id="7", name="Cinema", credits=10, senders=("48974",))
-    store.accounts["7"] = account
-    group_id = create(store, ["2348020000000", "2348030000000"]).group.group_id
-    claim = KeyClaim(reference_id=new_batch_id())
-    recipients = compose.send_recipients(store, store, account, [group_id], claim)
-    deps = SendDependencies(
-        accounts=store, messages=store, dispatch_queue=RecordingQueue(), scheduler=RecordingScheduler(), prices=store
-    )
-    command = SendCommand(account_id="7", sender="48974", text="hi", recipients=tuple(recipients))
-    accept_send(account, command, deps, now=NOW, claim=claim)
-    # And the group was deleted since
-    groups.delete_group(store, "7", group_id)
-    # When the retry that took the key over resolves the same `to`
-    resumed = KeyClaim(reference_id=claim.reference_id, resumed=True)
-    # Then its recipients are those the first request stored, so it finishes that send (not "nothing was sent")
-    stood = compose.send_recipients(store, store, account, [group_id], resumed)
-    assert [r.msisdn for r in stood] == ["+2348020000000", "+2348030000000"]
-    # And a request that is no retry, or whose key names no stored send, is refused as before
-    for other in (None, KeyClaim(reference_id=claim.reference_id), KeyClaim(reference_id=new_batch_id(), resumed=True)):
-        with pytest.raises(InvalidRecipient, match="unknown group id"):
-            compose.send_recipients(store, store, account, [group_id], other)

@@ -213,8 +213,7 @@ def _send(account: Account, request: SendRequest) -> Response[Any]:
     _check_send_options(account, request)
     from sms_gateway.logic import compose
 
-    store = gateway().store
-    recipients = compose.send_recipients(store, store, account, request.to, key_claim())
+    recipients = compose.resolve_recipients(gateway().store, account, request.to, strict=True).recipients
     command = SendCommand(
         account_id=account.account_id,
         sender=request.sender,

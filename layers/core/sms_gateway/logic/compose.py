@@ -8,11 +8,10 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sms_gateway.domain.models import Account, KeyClaim, Recipient
+from sms_gateway.domain.models import Account, Recipient
 from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
 from sms_gateway.domain.pricing import PriceTable
-from sms_gateway.domain.status import MessageStatus
-from sms_gateway.errors import GatewayError, InvalidRequest
+from sms_gateway.errors import InvalidRequest
 from sms_gateway.logic import groups
 from sms_gateway.logic.send import (
     Quote,
@@ -22,11 +21,8 @@ from sms_gateway.logic.send import (
     refuse_opted_out,
     require_sender,
     require_valid,
-    send_standing_under_key,
-    stored_recipients,
 )
-from sms_gateway.observability import logger
-from sms_gateway.ports import AccountStore, GroupStore, MessageStore, OptOutStore
+from sms_gateway.ports import AccountStore, GroupStore, OptOutStore
 
 MAX_RECIPIENTS = 1000
 UNKNOWN_GROUP = "unknown group id"
@@ -71,30 +67,6 @@ def resolve_recipients(store: GroupStore, account: Account, to: Sequence[str], *
             raise InvalidRequest("'to' names no recipient: its groups have no members")
     require_at_most_a_thousand(len(recipients), f"'to' with its groups expanded names {len(recipients)}")
     return Resolved(recipients=recipients, rejected=rejected, unknown_groups=expansion.unknown_groups)
-
-
-def send_recipients(
-    store: GroupStore, messages: MessageStore, account: Account, to: Sequence[str], claim: KeyClaim | None
-) -> list[Recipient]:
-    """A send's recipients (resolve_recipients, strict). A retry under the key of a request that died after storing
-    its send (`claim` resumed, its batch stored and not failed) that would be refused here (a group it names was
-    deleted, emptied or grew past 1000 since) finishes the send as it was stored instead: the first request read
-    its groups into the stored messages, which may be going out already (a dispatcher took them), and the refusal
-    would tell the client nothing was sent. Resolved first all the same: the first request may have died before
-    storing every message, and the groups as they are now name the ones it did not store."""
-    try:
-        return resolve_recipients(store, account, to, strict=True).recipients
-    except GatewayError as error:
-        if claim is None or not claim.resumed:
-            raise
-        batch, stored = send_standing_under_key(messages, account.account_id, claim.reference_id)
-        if batch is None or batch.status == MessageStatus.FAILED or not stored:
-            raise
-        logger.warning(
-            "a retry's recipients were refused; it finishes the send its request stored",
-            extra={"reference_id": batch.reference_id, "refused": error.code},
-        )
-        return stored_recipients(stored)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from sms_gateway.dialects.common import (
     accept,
     json_request,
     json_response,
-    key_claim,
     status_for,
     under_claim,
     undo_refused_send,
@@ -173,8 +172,7 @@ def send_once(account: Account, form: Mapping[str, str]) -> StoredAnswer:
             raise InvalidRequest(f"Send at: {error}") from error
         if send_at < utc_now() - PAST_TOLERANCE:
             raise InvalidRequest("Send at is in the past: leave it empty to send now, or pick a later time")
-    store = gateway().store
-    recipients = compose.send_recipients(store, store, account, numbers, key_claim())
+    recipients = compose.resolve_recipients(gateway().store, account, numbers, strict=True).recipients
     command = SendCommand(
         account_id=account.account_id,
         sender=form.get("sender", ""),
