@@ -944,9 +944,6 @@ def test_a_retry_refused_for_credits_whose_send_a_dispatcher_took_in_part_answer
     assert balance(account["account_id"]) == 1
 
 
-@pytest.mark.xfail(
-    strict=True, reason="review: a refused retry's standing 9bits answer leaves out the opted-out number"
-)
 def test_a_retry_answered_with_the_send_that_stands_still_names_the_number_that_opted_out(aws, api, monkeypatch):
     from sms_gateway.adapters.sqs import SqsDispatchQueue
     from sms_gateway.bootstrap import gateway

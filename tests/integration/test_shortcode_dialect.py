@@ -413,10 +413,6 @@ def test_a_retry_refused_after_its_shortcode_was_removed_answers_with_the_send_a
     assert balance(account["account_id"]) == 98
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a refused retry's standing answer gives an opted-out number 1005 'not sent (cancelled)', not 4100",
-)
 def test_a_standing_answer_gives_an_opted_out_number_the_opt_out_code_as_the_first_answer_would(
     aws, account, api, monkeypatch
 ):

@@ -8,6 +8,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ValidationError, WithJsonSchema
 from sms_gateway import deadlines
 from sms_gateway.bootstrap import send_dependencies
 from sms_gateway.domain.ids import ascii_digits
-from sms_gateway.domain.models import Account, KeyClaim, SendCommand, StoredAnswer, utc_now
+from sms_gateway.domain.models import Account, KeyClaim, Recipient, SendCommand, StoredAnswer, utc_now
 from sms_gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -28,7 +29,7 @@ from sms_gateway.errors import (
     UnsupportedMediaType,
 )
 from sms_gateway.logic.idempotency import SEND_LEASE, canonical_body, fingerprint, run_once
-from sms_gateway.logic.send import Accepted, Rejection, accept_send, undo_standing_send
+from sms_gateway.logic.send import Accepted, Rejection, accept_send, undo_standing_send, with_opted_out
 from sms_gateway.outcome_metrics import count_accepted
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -96,16 +97,31 @@ def accept(account: Account, command: SendCommand) -> Accepted:
     return accepted
 
 
+@dataclass(frozen=True)
+class Standing:
+    """How a dialect answers a refused retry with the send that stands under its key (undo_refused_send)."""
+
+    account: Account
+    # The recipients the request asks for, as far as they still resolve (logic.compose.recipients_still_named).
+    recipients: Callable[[], Sequence[Recipient]]
+    # The dialect's answer to a send, as the first request would have given it.
+    answer: Callable[[Accepted], Response[Any]]
+
+
 def undo_refused_send(
-    account_id: str, answer: Callable[[Accepted], StoredAnswer]
+    account: Account, recipients: Callable[[], Sequence[Recipient]], answer: Callable[[Accepted], StoredAnswer]
 ) -> Callable[[KeyClaim], StoredAnswer | None]:
-    """run_once's `undo` for a send of `account_id`: what a resumed request left standing, undone when the retry that
+    """run_once's `undo` for a send of `account`: what a resumed request left standing, undone when the retry that
     resumed it is refused (logic.send.undo_standing_send); None when nothing of it stands, else `answer` of the send
-    that stands (the dialect's answer to a send, as the first request would have given it)."""
+    that stands, with the request's `recipients` that opted out named as refused, as the first answer named them
+    (logic.send.with_opted_out): the one place every dialect and the portal get them from."""
 
     def undo(claim: KeyClaim) -> StoredAnswer | None:
-        standing = undo_standing_send(account_id, claim.reference_id, send_dependencies(), now=utc_now())
-        return None if standing is None else answer(standing)
+        deps = send_dependencies()
+        standing = undo_standing_send(account.account_id, claim.reference_id, deps, now=utc_now())
+        if standing is None:
+            return None
+        return answer(with_opted_out(account, standing, recipients(), deps.opt_outs))
 
     return undo
 
@@ -306,7 +322,7 @@ def idempotent(
     produce: Callable[[], Response],
     *,
     lease: timedelta | None = SEND_LEASE,
-    standing: Callable[[Accepted], Response] | None = None,
+    standing: Standing | None = None,
 ) -> Response[Any]:
     """Runs a send once per idempotency key (see logic.idempotency): a repeat gets the first answer back.
     The fingerprint covers method, path, query and body (the body as text, decoded when API Gateway base64-encoded
@@ -315,8 +331,8 @@ def idempotent(
     `lease`: how long before a request that died holding the key is taken over and its batch finished; None for
     a request that cannot be finished that way (it holds its key until the key expires).
     `standing`: a send's answer to the send that stands under the key (the batch and its messages as stored), for a
-    retry that is refused while some of the send its died request made stands; None for a request that makes no
-    send (a group's creation)."""
+    retry that is refused while some of the send its died request made stands (undo_refused_send); None for a
+    request that makes no send (a group's creation)."""
     from sms_gateway.bootstrap import gateway
     from sms_gateway.domain.models import utc_now
 
@@ -338,6 +354,8 @@ def idempotent(
         now=utc_now(),
         produce=answer,
         lease=lease,
-        undo=undo_refused_send(account_id, lambda sent: stored_answer(standing(sent))) if standing else None,
+        undo=undo_refused_send(standing.account, standing.recipients, lambda sent: stored_answer(standing.answer(sent)))
+        if standing
+        else None,
     )
     return Response(status_code=stored.status_code, content_type=stored.content_type, body=stored.body)

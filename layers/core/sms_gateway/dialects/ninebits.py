@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sms_gateway.bootstrap import gateway, price_book, send_dependencies
 from sms_gateway.dialects.common import (
     NOT_BLANK,
+    Standing,
     accept,
     error_headers,
     idempotent,
@@ -198,8 +199,18 @@ def send_sms() -> Response[Any]:
         account.account_id,
         key,
         lambda: _send(account, request),
-        standing=lambda accepted: _sent(accepted, stored_recipients(accepted.messages)),
+        standing=Standing(
+            account,
+            recipients=lambda: _still_named(account, request.to),
+            answer=lambda accepted: _sent(accepted, stored_recipients(accepted.messages)),
+        ),
     )
+
+
+def _still_named(account: Account, to: Sequence[str]) -> list[Recipient]:
+    from sms_gateway.logic import compose
+
+    return compose.recipients_still_named(gateway().store, account, to)
 
 
 def _check_send_options(account: Account, request: SendRequest) -> None:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sms_gateway.bootstrap import gateway, price_book
 from sms_gateway.dialects.common import (
     NOT_BLANK,
+    Standing,
     accept,
     error_headers,
     idempotent,
@@ -277,8 +278,12 @@ def send_sms() -> Response[Any]:
         account.account_id,
         key,
         lambda: _send(account, request),
-        standing=lambda accepted: _sent(
-            request, *normalise_recipients(request.recipient, account.default_country), accepted
+        standing=Standing(
+            account,
+            recipients=lambda: normalise_recipients(request.recipient, account.default_country)[0],
+            answer=lambda accepted: _sent(
+                request, *normalise_recipients(request.recipient, account.default_country), accepted
+            ),
         ),
     )
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sms_gateway.bootstrap import gateway
 from sms_gateway.dialects.common import (
+    Standing,
     accept,
     describe_validation_error,
     echoed,
@@ -413,7 +414,11 @@ def send_sms() -> Response[Any]:
         account.account_id,
         key,
         lambda: _send(account, request),
-        standing=lambda accepted: _sent(_readings(account, request)[0], accepted),
+        standing=Standing(
+            account,
+            recipients=lambda: [r for _, r in _readings(account, request)[0] if r is not None],
+            answer=lambda accepted: _sent(_readings(account, request)[0], accepted),
+        ),
     )
 
 

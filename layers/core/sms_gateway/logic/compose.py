@@ -69,6 +69,14 @@ def resolve_recipients(store: GroupStore, account: Account, to: Sequence[str], *
     return Resolved(recipients=recipients, rejected=rejected, unknown_groups=expansion.unknown_groups)
 
 
+def recipients_still_named(store: GroupStore, account: Account, to: Sequence[str]) -> list[Recipient]:
+    """A send's `to` as far as it resolves now, refusing nothing: for the answer of a send that stands under a key,
+    whose retry was refused (a group deleted since names nobody; invalid numbers are left out; no group is read past
+    MAX_RECIPIENTS members)."""
+    expansion = groups.expand(store, account.account_id, to, most=MAX_RECIPIENTS)
+    return normalise_recipients(expansion.numbers, account.default_country)[0]
+
+
 @dataclass(frozen=True)
 class DryRun:
     """What a send would do, with nothing stored, charged or queued."""

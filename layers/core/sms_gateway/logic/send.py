@@ -342,6 +342,18 @@ def undo_standing_send(account_id: str, reference_id: int, deps: SendDependencie
     return None
 
 
+def with_opted_out(
+    account: Account, standing: Accepted, recipients: Sequence[Recipient], opt_outs: OptOutStore | None
+) -> Accepted:
+    """A send that stands under a key (undo_standing_send), with the refusals its first answer gave: each of the
+    request's `recipients` that has no stored message and opted out of the send's sender (refuse_opted_out, as
+    accept_send left it out, unstored and uncharged), so that it is answered as opted out, not as not sent."""
+    stored = {message.msisdn for message in standing.messages}
+    unstored = [recipient for recipient in recipients if recipient.msisdn not in stored]
+    _, refused = refuse_opted_out(account, standing.batch.sender, unstored, opt_outs)
+    return replace(standing, refused=refused)
+
+
 def stored_recipients(stored: Sequence[Message]) -> list[Recipient]:
     """The recipients of a send's stored messages, each number once, in their order."""
     recipients = {m.msisdn: Recipient(msisdn=m.msisdn, telco=m.telco, network_id=m.network_id) for m in stored}

@@ -141,7 +141,11 @@ def send(ctx: PageContext) -> Response[Any]:
             now=utc_now(),
             produce=lambda claim: under_claim(claim, lambda: send_once(account, ctx.form)),
             lease=SEND_LEASE,
-            undo=undo_refused_send(account.account_id, sent_answer),
+            undo=undo_refused_send(
+                account,
+                lambda: compose.recipients_still_named(gateway().store, account, recipients_of(ctx.form, account)),
+                sent_answer,
+            ),
         )
     except Conflict as error:
         # The key is taken: this form was sent already (then changed), or its first send is still under way.
