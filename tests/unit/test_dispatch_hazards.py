@@ -642,6 +642,11 @@ def test_with_the_primary_down_a_record_waits_for_its_rate_limited_fallback_in_t
     assert all(used <= 2 for used in counters.per_second("route:fallback").values())
     queued = [m for m in store.messages.values() if m.status == MessageStatus.QUEUED]
     assert sorted(outcome.retry) == sorted(m.message_id for m in queued)
-    assert {m.submit_attempts for m in queued} <= {0} and store.claims == {}
+    # (but a message that took its fallback's token as the invocation's time ran out, between its primary's 503 and
+    # the failover, counts the primary's failure: too late to offer it the fallback; at 2 tokens a second, at most a
+    # couple of seconds' worth)
+    attempted = [m.submit_attempts for m in queued if m.submit_attempts]
+    assert set(attempted) <= {1} and len(attempted) <= 4, attempted
+    assert store.claims == {}
     # And the account's seconds counted no more than was sent in them, and a token for each
     assert sum(counters.per_second("account:7").values()) <= len(primary.submits) + len(fallback.submits)
