@@ -89,25 +89,14 @@ def move_and_refund(
     """Moves each of one account's messages to `target` by its conditional write (`options`: transition's) and
     gives back what each one moved had cost, in the same transactions (MessageStore.move_and_refund). The messages
     as they are now, and the credits given back."""
-    current, _, refunded = moved_and_refunded(store, messages, target, now=now, **options)
-    return current, refunded
-
-
-def moved_and_refunded(
-    store: MessageStore, messages: Iterable[Message], target: MessageStatus, *, now: datetime, **options: Any
-) -> tuple[list[Message], list[Message], int]:
-    """move_and_refund, and apart the messages this call moved (as they are now): one an earlier call moved is
-    `target` already, and not moved again."""
     given = list(messages)
     current: list[Message] = []
-    moved: list[Message] = []
     refunded = 0
     for message, change in zip(given, store.move_and_refund(given, target, now=now, **options), strict=True):
         if change is not None and change.changed:
             refunded += change.message.price
-            moved.append(change.message)
         current.append(change.message if change is not None else message)
-    return current, moved, refunded
+    return current, refunded
 
 
 class AlreadyCancelled(Conflict):

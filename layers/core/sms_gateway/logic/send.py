@@ -40,7 +40,7 @@ from sms_gateway.errors import (
     OptedOut,
     Unavailable,
 )
-from sms_gateway.logic.batches import ONLY_QUEUED, ONLY_SCHEDULED, all_messages, move_and_refund, moved_and_refunded
+from sms_gateway.logic.batches import ONLY_QUEUED, ONLY_SCHEDULED, all_messages, move_and_refund
 from sms_gateway.logic.optouts import opted_out_of
 from sms_gateway.observability import logger, mask_typed_number
 from sms_gateway.outcome_metrics import count_sends_undone
@@ -321,14 +321,15 @@ def undo_standing_send(account_id: str, reference_id: int, deps: SendDependencie
         # First, so that a crash after it leaves a batch whose cost is what its messages took.
         deps.messages.reprice_batch(batch, stored_cost, recipients=len(stored))
         batch = batch.model_copy(update={"cost": stored_cost, "recipients": len(stored)})
-    messages, withdrawn, refunded = withdraw_unclaimed(deps, stored, now=now)
+    messages, refunded = move_and_refund(
+        deps.messages, stored, MessageStatus.FAILED, now=now, error_code=NOT_QUEUED, unclaimed_only=True
+    )
     if not all(map(never_taken, messages)):
         logger.warning(
             "a dispatcher took part of a send whose retry was refused: the send stands",
             extra={"reference_id": batch.reference_id, "refunded_credits": refunded},
         )
-        # Only those this undo withdrew: an earlier one (or the died request's `withdraw`) announced its own.
-        announce_withdrawn(withdrawn, deps)
+        announce_withdrawn([m for m in messages if could_not_be_queued(m)], deps)
         return Accepted(batch=batch, messages=messages, balance=None)
     deps.messages.set_batch_status(
         account_id, batch.reference_id, MessageStatus.FAILED, only_from=ONLY_QUEUED | ONLY_SCHEDULED
@@ -483,11 +484,14 @@ def withdraw(accepted: Accepted, deps: SendDependencies, *, now: datetime, error
         # nothing. Failing it first and refunding its messages after would leave them charged after a crash between.
         fail_unsent_messages(batch, accepted.messages, deps, now=now)
         raise undone("could not be queued", error) from error
-    messages, withdrawn, refund = withdraw_unclaimed(deps, accepted.messages, now=now)
+    messages, refund = move_and_refund(
+        deps.messages, accepted.messages, MessageStatus.FAILED, now=now, error_code=NOT_QUEUED, unclaimed_only=True
+    )
     # Read consistently: right after the refund, an eventually consistent read may not show it yet.
     balance = deps.accounts.balance(batch.account_id) if refund else accepted.balance
     # Any message this undo did not withdraw was dispatched: the client may hear of it, so it must have its id.
     if not all(map(could_not_be_queued, messages)):
+        withdrawn = [m for m in messages if could_not_be_queued(m)]
         logger.warning(
             "a dispatcher took part of a send whose queueing failed: the send stands",
             extra={"reference_id": batch.reference_id, "withdrawn": len(withdrawn)},
@@ -496,17 +500,6 @@ def withdraw(accepted: Accepted, deps: SendDependencies, *, now: datetime, error
         return replace(accepted, messages=messages, balance=balance)
     deps.messages.set_batch_status(batch.account_id, batch.reference_id, MessageStatus.FAILED)
     raise undone("could not be queued", error) from error
-
-
-def withdraw_unclaimed(
-    deps: SendDependencies, messages: Sequence[Message], *, now: datetime
-) -> tuple[list[Message], list[Message], int]:
-    """Each of a send's `messages` that no dispatcher has claimed failed (`not_queued`) and refunded by its
-    conditional write: the messages as they are now, those this call withdrew (the ones for the caller to announce:
-    one withdrawn before was announced by the undo that withdrew it), and the credits given back."""
-    return moved_and_refunded(
-        deps.messages, messages, MessageStatus.FAILED, now=now, error_code=NOT_QUEUED, unclaimed_only=True
-    )
 
 
 def announce_withdrawn(withdrawn: Sequence[Message], deps: SendDependencies) -> None:
