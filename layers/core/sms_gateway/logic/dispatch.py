@@ -866,13 +866,7 @@ async def _not_taken(
     if isinstance(failure, RouteAtItsLimit):
         # A message taken over from a dead holder keeps the name of the upstream that may have it: released without
         # it, the next delivery would offer it to the whole route, and another upstream could send it a second time.
-        await asyncio.to_thread(
-            deps.messages.release_claim,
-            message.key,
-            claim_id=claim_id,
-            attempted=False,
-            maybe_taken_by=message.maybe_taken_by,
-        )
+        await _release_unattempted(message, deps, claim_id)
         _come_back_soon([message], outcome)
         outcome.held_for[message.message_id] = failure.upstream
         return
@@ -915,13 +909,7 @@ async def _throttled(
     throttle's wait. Until 2026-12-06 every delivery counted a throttle on each message left, and an upstream taking
     three messages a delivery had the tail of a 100-message record failed on its 24th."""
     if await outcome.submits.took_some(failure.upstream):
-        await asyncio.to_thread(
-            deps.messages.release_claim,
-            message.key,
-            claim_id=claim_id,
-            attempted=False,
-            maybe_taken_by=message.maybe_taken_by,
-        )
+        await _release_unattempted(message, deps, claim_id)
         _back_after_a_throttle(message, failure, 1, deps, outcome)
         return
     if message.submit_throttles + 1 >= MAX_SUBMIT_THROTTLES:
@@ -933,15 +921,23 @@ async def _throttled(
         await _finish(message, MessageStatus.FAILED, UPSTREAM_THROTTLED, deps, outcome)
         outcome.failed += 1
         return
+    await _release_unattempted(message, deps, claim_id, throttled=True)
+    _back_after_a_throttle(message, failure, message.submit_throttles + 1, deps, outcome)
+
+
+async def _release_unattempted(
+    message: Message, deps: DispatchDependencies, claim_id: str | None, *, throttled: bool = False
+) -> None:
+    """The claim `claim_id` names given back with no attempt counted (the message was held back, not refused),
+    keeping the upstream that may have the message; `throttled` counts an upstream's throttle."""
     await asyncio.to_thread(
         deps.messages.release_claim,
         message.key,
         claim_id=claim_id,
         attempted=False,
         maybe_taken_by=message.maybe_taken_by,
-        throttled=True,
+        throttled=throttled,
     )
-    _back_after_a_throttle(message, failure, message.submit_throttles + 1, deps, outcome)
 
 
 def _back_after_a_throttle(
