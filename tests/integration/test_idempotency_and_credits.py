@@ -288,6 +288,57 @@ def taken_by_a_dispatcher(messages: Any) -> None:
 NUMBERS = [f"23480300{n:05d}" for n in range(30)]
 
 
+def a_standing_send_with_a_waiting_message(
+    api: Any, monkeypatch: Any, *, key: str
+) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """A keyed send with delivery reports to a group of two, with exactly the credits for it, whose request died right
+    after queueing it; a dispatcher took the first member's message, the second (returned) waits; then the group
+    gained two members, so a retry under `key` is refused for credits and answers with the send that stands."""
+    from sms_gateway.adapters.sqs import SqsDispatchQueue
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import utc_now
+    from sms_gateway.logic import groups
+
+    account = make_account(2)
+    body = {
+        "from": "48974",
+        "to": [group_of_two(account["account_id"])],
+        "body": "Tonight: two for one",
+        "delivery_report": "yes",
+    }
+    die_once(monkeypatch, SqsDispatchQueue, "enqueue", after=True)
+    with pytest.raises(Killed):
+        api(with_key(send_event(account["token"], body), key))
+    (stored,) = batches_of(account["account_id"])
+    taken, waiting = sorted(messages_of(account["account_id"], stored.reference_id), key=lambda m: m.msisdn)
+    taken_by_a_dispatcher([taken])
+    groups.add_members(
+        gateway().store,
+        account_id=account["account_id"],
+        default_country="NG",
+        group_id=body["to"][0],
+        members=["2348040000000", "2348060000000"],
+        now=utc_now(),
+    )
+    leases_run_out()
+    return account, body, waiting
+
+
+def notifications_queued(aws: dict[str, str]) -> list[dict[str, Any]]:
+    """Every notification on the notify queue (taken off it)."""
+    import boto3
+
+    queue = boto3.client("sqs")
+    reports = []
+    while batch := queue.receive_message(QueueUrl=aws["NOTIFY_QUEUE_URL"], MaxNumberOfMessages=10).get("Messages"):
+        reports += [json.loads(m["Body"]) for m in batch]
+        queue.delete_message_batch(
+            QueueUrl=aws["NOTIFY_QUEUE_URL"],
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)],
+        )
+    return reports
+
+
 def test_a_send_that_died_before_queueing_is_finished_by_its_retry_once_its_lease_runs_out(aws, api, monkeypatch):
     from sms_gateway.adapters.sqs import SqsDispatchQueue
 
@@ -978,40 +1029,11 @@ def test_a_retry_answered_with_the_send_that_stands_still_names_the_number_that_
 def test_a_withdrawn_message_of_a_send_that_stands_is_reported_under_one_webhook_id_however_often_its_retry_is_refused(
     aws, api, monkeypatch
 ):
-    import boto3
-
     from sms_gateway.adapters.dynamodb import DynamoStore
-    from sms_gateway.adapters.sqs import SqsDispatchQueue
 
-    # Given a keyed send with delivery reports to a group of two, with exactly the credits for it, whose request died
-    # right after queueing it; a dispatcher took the first member's message
-    account = make_account(2)
-    body = {
-        "from": "48974",
-        "to": [group_of_two(account["account_id"])],
-        "body": "Tonight: two for one",
-        "delivery_report": "yes",
-    }
-    die_once(monkeypatch, SqsDispatchQueue, "enqueue", after=True)
-    with pytest.raises(Killed):
-        api(with_key(send_event(account["token"], body), "reported-once"))
-    (stored,) = batches_of(account["account_id"])
-    taken, waiting = sorted(messages_of(account["account_id"], stored.reference_id), key=lambda m: m.msisdn)
-    taken_by_a_dispatcher([taken])
-    # And the group gained two members, so a retry is refused for credits and answers with the send that stands
-    from sms_gateway.bootstrap import gateway
-    from sms_gateway.domain.models import utc_now
-    from sms_gateway.logic import groups
-
-    groups.add_members(
-        gateway().store,
-        account_id=account["account_id"],
-        default_country="NG",
-        group_id=body["to"][0],
-        members=["2348040000000", "2348060000000"],
-        now=utc_now(),
-    )
-    leases_run_out()
+    # Given a keyed send with delivery reports to a group of two whose request died after queueing it, a dispatcher
+    # took the first member's message, and the group then grew so that a retry is refused for credits
+    account, body, waiting = a_standing_send_with_a_waiting_message(api, monkeypatch, key="reported-once")
     # When the first such retry's answer cannot be kept under the key (a throttled write: the retry still answers)
     real_complete = DynamoStore.complete
     calls = [0]
@@ -1032,14 +1054,7 @@ def test_a_withdrawn_message_of_a_send_that_stands_is_reported_under_one_webhook
     # Then the withdrawn member's failure was reported to the client, and each refused retry's report of it (at least
     # once: a retry cannot tell whether the undo before it died before reporting) carries the same webhook id, so the
     # client keeps one
-    queue = boto3.client("sqs")
-    reports = []
-    while batch := queue.receive_message(QueueUrl=aws["NOTIFY_QUEUE_URL"], MaxNumberOfMessages=10).get("Messages"):
-        reports += [json.loads(m["Body"]) for m in batch]
-        queue.delete_message_batch(
-            QueueUrl=aws["NOTIFY_QUEUE_URL"],
-            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)],
-        )
+    reports = notifications_queued(aws)
     withdrawn = [r for r in reports if r["payload"].get("error_code") == "not_queued"]
     assert withdrawn, reports
     assert {r["id"] for r in withdrawn} == {withdrawn[0]["id"]}
@@ -1084,40 +1099,11 @@ def test_a_keyed_group_send_that_died_while_storing_is_not_sent_in_part_once_its
 
 
 def test_a_withdrawn_message_is_reported_when_the_undo_that_withdrew_it_died_before_reporting_it(aws, api, monkeypatch):
-    import boto3
-
     from sms_gateway.adapters.dynamodb import DynamoStore
-    from sms_gateway.adapters.sqs import SqsDispatchQueue
 
-    # Given a keyed send with delivery reports to a group of two, with exactly the credits for it, whose request died
-    # right after queueing it; a dispatcher took the first member's message
-    account = make_account(2)
-    body = {
-        "from": "48974",
-        "to": [group_of_two(account["account_id"])],
-        "body": "Tonight: two for one",
-        "delivery_report": "yes",
-    }
-    die_once(monkeypatch, SqsDispatchQueue, "enqueue", after=True)
-    with pytest.raises(Killed):
-        api(with_key(send_event(account["token"], body), "undo-died"))
-    (stored,) = batches_of(account["account_id"])
-    taken, _waiting = sorted(messages_of(account["account_id"], stored.reference_id), key=lambda m: m.msisdn)
-    taken_by_a_dispatcher([taken])
-    # And the group gained two members, so a retry is refused for credits and answers with the send that stands
-    from sms_gateway.bootstrap import gateway
-    from sms_gateway.domain.models import utc_now
-    from sms_gateway.logic import groups
-
-    groups.add_members(
-        gateway().store,
-        account_id=account["account_id"],
-        default_country="NG",
-        group_id=body["to"][0],
-        members=["2348040000000", "2348060000000"],
-        now=utc_now(),
-    )
-    leases_run_out()
+    # Given a keyed send with delivery reports to a group of two whose request died after queueing it, a dispatcher
+    # took the first member's message, and the group then grew so that a retry is refused for credits
+    account, body, _waiting = a_standing_send_with_a_waiting_message(api, monkeypatch, key="undo-died")
     # When the first such retry's undo dies right after its conditional write withdrew the waiting message (the
     # Lambda's timeout), before it reported it
     die_once(monkeypatch, DynamoStore, "move_and_refund", after=True)
@@ -1127,15 +1113,8 @@ def test_a_withdrawn_message_is_reported_when_the_undo_that_withdrew_it_died_bef
     leases_run_out()
     again = api(with_key(send_event(account["token"], body), "undo-died"))
     assert again["statusCode"] == 200, again
-    # Then the withdrawn member's failure was reported to the client once (docs/delivery-reports.md: not_queued is
-    # "reported by the send itself, once"): the finishing undo found it withdrawn already and reported nothing
-    queue = boto3.client("sqs")
-    reports = []
-    while batch := queue.receive_message(QueueUrl=aws["NOTIFY_QUEUE_URL"], MaxNumberOfMessages=10).get("Messages"):
-        reports += [json.loads(m["Body"]) for m in batch]
-        queue.delete_message_batch(
-            QueueUrl=aws["NOTIFY_QUEUE_URL"],
-            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)],
-        )
+    # Then the withdrawn member's failure was reported to the client once: the retry that finished the undo reported
+    # it (the undo that withdrew it died before reporting it, and a report is never lost that way)
+    reports = notifications_queued(aws)
     withdrawn = [r for r in reports if r["payload"].get("error_code") == "not_queued"]
     assert len(withdrawn) == 1, [r["id"] for r in withdrawn]
