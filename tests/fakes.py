@@ -460,7 +460,7 @@ class InMemoryStore:
             return True
 
     def record_part_status(
-        self, key: MessageKey, part: int, status: MessageStatus, *, now: datetime, reported_by: str | None = None
+        self, key: MessageKey, part: int | str, status: MessageStatus, *, now: datetime, reported_by: str | None = None
     ) -> Message | None:
         with self._lock:
             message = self.messages.get(key)

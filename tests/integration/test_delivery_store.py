@@ -172,6 +172,15 @@ class TestPartStatuses:
         single = one_message(store, MessageStatus.SUBMITTED)
         assert "part_status" not in (raw_message(store, single.key) or {})
 
+    def test_a_part_named_by_the_smsc_s_own_id_moves_forward_only_as_a_numbered_one(self, store):
+        # Given a long message Kannel sent, whose reports name each part by the SMSC's id for it (`%F`)
+        message = multi_part(store, upstream="kannel")
+        # When part "0a1b.2C:3d" is reported submitted, then delivered, then submitted again (late)
+        for status in (MessageStatus.SUBMITTED, MessageStatus.DELIVERED, MessageStatus.SUBMITTED):
+            after = store.record_part_status(message.key, "0a1b.2C:3d", status, now=NOW, reported_by="kannel")
+        # Then that part is delivered, under its own id
+        assert after is not None and after.part_status == {"0a1b.2C:3d": "delivered"}
+
     def test_an_unknown_message_has_no_parts(self, store):
         key = MessageKey(account_id="1", reference_id=2, message_id=3)
         assert store.record_part_status(key, 1, MessageStatus.DELIVERED, now=NOW) is None

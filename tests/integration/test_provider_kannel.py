@@ -134,6 +134,29 @@ def test_submit_sends_the_documented_sendsms_get_and_takes_202_accepted() -> Non
     assert "%25d" in str(request.url)
 
 
+def test_a_long_message_s_dlr_url_names_the_part_each_report_is_for() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, text="0: Accepted for delivery")
+
+    # When a 2-part message is submitted
+    asyncio.run(provider(handler, max_parts=2).submit(submit_request(text="x" * 200)))
+    # Then its DLR URL adds %F, the SMSC's id for the part Kannel reports (a message of one part goes without it)
+    dlr_url = seen[0].url.params["dlr-url"]
+    assert dlr_url == f"{DLR_BASE}?ref={REF}&token={TOKEN}&type=%d&answer=%A&ts=%T&smsc=%i&to=%p&from=%P&part=%F"
+    # And each part's report parses with that part; a report Kannel has no SMSC id for (fakesmsc's) names none
+    kannel = provider(handler)
+    for smsc_id, part in (("0a1b2c3d", "0a1b2c3d"), ("", None)):
+        called = kannel_expands(dlr_url, {"d": "1", "A": "stat:DELIVRD", "T": "1795309364", "F": smsc_id})
+        (report,) = kannel.parse_delivery_reports(callback(called))
+        assert (report.client_ref, report.status, report.part) == (REF, MessageStatus.DELIVERED, part)
+    # And a part id no SMSC gives (longer than SMPP's 64 characters) is refused
+    with pytest.raises(CallbackRejected, match="part"):
+        kannel.parse_delivery_reports(callback(kannel_expands(dlr_url, {"d": "1", "F": "9" * 65})))
+
+
 def test_submit_asks_for_ucs2_when_the_text_is_not_gsm7() -> None:
     seen: list[httpx.Request] = []
 

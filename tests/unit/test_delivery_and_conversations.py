@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
+import httpx
 import pytest
 
 from sms_gateway.domain.models import (
@@ -15,6 +17,7 @@ from sms_gateway.domain.models import (
     Message,
     SendCommand,
     StatusChange,
+    SubmitRequest,
 )
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.logic.delivery import DeliveryDependencies, DeliveryOutcome, apply_delivery_report
@@ -141,18 +144,18 @@ class TestMultiPartMessages:
         apply(store, self.part(message, 1, "submitted"))
         assert store.messages[message.key].part_status["1"] == "delivered"
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="review: Kannel reports each part of a long message on the same DLR URL and its parser gives no part, "
-        "so the first part's 'delivered' settles the whole message and a later part's failure is dropped "
-        "(delivery-reports.md: delivered only once every part is, failed as soon as any part fails)",
-    )
-    def test_a_kannel_long_message_is_delivered_only_when_every_part_is_and_fails_when_one_part_fails(self, store):
+    def kannel_reports(self, message: Message) -> Callable[..., DeliveryReport]:
+        """The reports a Kannel upstream (max_parts 3) parses from the DLR URL its submit of `message` gave Kannel,
+        as Kannel fills it in for one part's report (`F`: the id the SMSC gave that part)."""
         from sms_gateway.adapters.providers.kannel import KannelProvider
-        from sms_gateway.domain.models import CallbackRequest
+        from tests.integration.test_provider_kannel import callback, kannel_expands
 
-        # Given a 3-part message taken by a Kannel upstream (max_parts 3), named as the upstream that carries it
-        message = self.submitted(store)
+        sent: list[httpx.Request] = []
+
+        def smsbox(request: httpx.Request) -> httpx.Response:
+            sent.append(request)
+            return httpx.Response(202, text="0: Accepted for delivery")
+
         kannel = KannelProvider(
             name="fake",
             url="http://kannel:13013",
@@ -160,40 +163,69 @@ class TestMultiPartMessages:
             password="p",
             callback_token="kannel-callback-token-0123",
             max_parts=3,
+            client=httpx.AsyncClient(transport=httpx.MockTransport(smsbox)),
         )
+        request = SubmitRequest(
+            client_ref=message.key.to_ref(),
+            sender="48974",
+            msisdn=message.msisdn,
+            text=LONG_TEXT,
+            dlr_url="https://gw/callbacks/fake/dlr",
+        )
+        asyncio.run(kannel.submit(request))
+        dlr_url = sent[0].url.params["dlr-url"]
 
-        def dlr(dlr_type: str, answer: str) -> DeliveryReport:
-            # Kannel fetches the one dlr-url we gave it for each part's report (docs/providers-smsc.md)
-            query = {
-                "ref": message.key.to_ref(),
-                "token": "kannel-callback-token-0123",
-                "type": dlr_type,
-                "answer": answer,
-                "ts": "1795309364",
-            }
-            request = CallbackRequest(
-                method="GET", url="https://gw/callbacks/fake/dlr", headers={}, query=query, body=""
-            )
-            assert kannel.verify_callback(request)
-            [report] = kannel.parse_delivery_reports(request)
-            return report
+        def report(escapes: dict[str, str], url: str = dlr_url) -> DeliveryReport:
+            called = callback(kannel_expands(url, {"T": "1795309364", "i": "smpp", **escapes}))
+            assert kannel.verify_callback(called)
+            [parsed] = kannel.parse_delivery_reports(called)
+            return parsed
+
+        return report
+
+    def test_a_kannel_long_message_is_delivered_only_when_every_part_is_and_fails_when_one_part_fails(self, store):
+        # Given a 3-part message handed to a Kannel upstream, named as the upstream that carries it
+        message = self.submitted(store)
+        report = self.kannel_reports(message)
+        delivered = "id:a1 sub:001 dlvrd:001 submit date:2611220101 done date:2611220102 stat:DELIVRD err:000 text:"
+        undelivered = "id:a2 sub:001 dlvrd:000 submit date:2611220101 done date:2611220103 stat:UNDELIV err:001 text:"
 
         changes: list[StatusChange] = []
-        # When the SMSC reports part 1 delivered, then part 2 undelivered
-        apply(
-            store,
-            dlr("1", "id:a1 sub:001 dlvrd:001 submit date:2611220101 done date:2611220102 stat:DELIVRD err:000 text:"),
-            changes,
-        )
+        # When the SMSC reports part a1 delivered (Kannel fetches the one dlr-url for each part), then part a2 failed
+        apply(store, report({"d": "1", "A": delivered, "F": "a1"}), changes)
         delivered_after_one_part = store.messages[message.key].status
-        apply(
-            store,
-            dlr("2", "id:a2 sub:001 dlvrd:000 submit date:2611220101 done date:2611220103 stat:UNDELIV err:001 text:"),
-            changes,
-        )
+        apply(store, report({"d": "2", "A": undelivered, "F": "a2"}), changes)
         # Then the message is not delivered after part 1 alone, and ends failed (refunded) once part 2 failed
         assert delivered_after_one_part == MessageStatus.SUBMITTED
         assert store.messages[message.key].status == MessageStatus.FAILED
+        assert [(c.message.status, c.message.error_code) for c in changes] == [(MessageStatus.FAILED, "001")]
+
+    def test_a_kannel_long_message_is_delivered_once_each_of_its_parts_is(self, store):
+        message = self.submitted(store)
+        report = self.kannel_reports(message)
+        changes: list[StatusChange] = []
+        # When the SMSC accepts each part (type 8), then reports parts a1, a2 (twice) and a3 delivered
+        for part in ("a1", "a2", "a3"):
+            apply(store, report({"d": "8", "A": "ACK/", "F": part}), changes)
+        for part in ("a1", "a2", "a2"):
+            apply(store, report({"d": "1", "A": "stat:DELIVRD err:000", "F": part}), changes)
+        assert store.messages[message.key].status == MessageStatus.SUBMITTED
+        apply(store, report({"d": "1", "A": "stat:DELIVRD err:000", "F": "a3"}), changes)
+        # Then it is delivered once its third part is, and the client is told once
+        assert [c.message.status for c in changes] == [MessageStatus.DELIVERED]
+
+    def test_a_kannel_long_message_handed_over_before_the_dlr_url_named_the_part_still_settles(self, store):
+        # Given a long message Kannel took before the deploy: its dlr-url has no part (Kannel keeps the URL it got)
+        message = self.submitted(store)
+        report = self.kannel_reports(message)
+        old_url = (
+            f"https://gw/callbacks/fake/dlr?ref={message.key.to_ref()}&token=kannel-callback-token-0123"
+            "&type=%d&answer=%A&ts=%T&smsc=%i&to=%p&from=%P"
+        )
+        # When its first "delivered" report comes
+        apply(store, report({"d": "1", "A": "stat:DELIVRD err:000"}, old_url))
+        # Then it settles the message as before (nothing tells its parts apart), not left to expire
+        assert store.messages[message.key].status == MessageStatus.DELIVERED
 
 
 class TestConversations:

@@ -302,10 +302,11 @@ class MessageStore(Protocol):
         ...
 
     def record_part_status(
-        self, key: MessageKey, part: int, status: MessageStatus, *, now: datetime, reported_by: str | None = None
+        self, key: MessageKey, part: int | str, status: MessageStatus, *, now: datetime, reported_by: str | None = None
     ) -> Message | None:
-        """Moves one part of a multi-part message forward only, and only on a report of an upstream that carries
-        the message (`reported_by`, as transition's); the message as it is now, None if unknown."""
+        """Moves one part of a multi-part message (`part`: its number, or the upstream's own id for it) forward
+        only, and only on a report of an upstream that carries the message (`reported_by`, as transition's); the
+        message as it is now, None if unknown."""
         ...
 
     def mark_unannounced(self, key: MessageKey, sequence: int, *, due: datetime) -> bool:

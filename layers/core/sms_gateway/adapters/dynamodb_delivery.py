@@ -112,7 +112,7 @@ class DynamoDeliveryMixin:
         return None
 
     def record_part_status(
-        self, key: MessageKey, part: int, status: MessageStatus, *, now: datetime, reported_by: str | None = None
+        self, key: MessageKey, part: int | str, status: MessageStatus, *, now: datetime, reported_by: str | None = None
     ) -> Message | None:
         """Moves one part of a multi-part message forward (never back), on a report of an upstream that carries
         it (`reported_by`); returns the message as it is now, or None when there is no such message."""

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -287,6 +287,11 @@ class SubmitResult(Record):
     upstream_message_id: str
 
 
+# An SMPP message_id is at most 64 characters (a 65-octet C-Octet String).
+MAX_PART_ID_LENGTH = 64
+PartKey = Annotated[int, Field(ge=1)] | Annotated[str, Field(min_length=1, max_length=MAX_PART_ID_LENGTH)]
+
+
 class DeliveryReport(Record):
     """A DLR as an upstream told it, mapped to our status model."""
 
@@ -296,8 +301,9 @@ class DeliveryReport(Record):
     status: MessageStatus
     error_code: str | None = None
     reported_at: str | None = None
-    # Set when the upstream reports each part of a multi-part message on its own (1-based).
-    part: int | None = Field(default=None, ge=1)
+    # Set when the upstream reports each part of a multi-part message on its own: the part's number (1-based), or
+    # the upstream's own id for that part (Kannel's `%F`: the id the SMSC gave the part), one key of `part_status`.
+    part: PartKey | None = None
 
 
 class StatusChange(Record):

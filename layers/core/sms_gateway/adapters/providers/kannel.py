@@ -6,7 +6,8 @@ edition read from Debian's kannel-docs, /usr/share/doc/kannel-docs/userguide/use
   `202 0: Accepted for delivery`, `202 3: Queued for later delivery`, `4xx <reason>`, `503 Temporal failure`.
 - "SMS Delivery Reports" (chapter 10) and "Parameters (Escape Codes)" (Table 7-10): `dlr-mask` bits
   1 delivered, 2 failed, 4 buffered, 8 SMSC submit, 16 SMSC reject; the `dlr-url` is fetched with GET after
-  `%d` (type), `%A` (the SMSC's receipt text), `%T` (epoch), `%p`/`%P` and the others are filled in.
+  `%d` (type), `%A` (the SMSC's receipt text), `%T` (epoch), `%F` (the SMSC's id for the part reported: dlr.c's
+  dlr_find sets it to the id the report was matched on), `%p`/`%P` and the others are filled in.
 - "sms-service" `post-url` with the same escape codes, text in the body and X-Kannel headers (Table 7-12).
 
 Kannel's answer carries no message id, so our client reference travels in the DLR URL's query string together
@@ -29,6 +30,7 @@ from sms_gateway.adapters.http import async_client, gateway_errors_setting, no_a
 from sms_gateway.adapters.providers.parts import max_parts_setting, refuse_longer
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import (
+    MAX_PART_ID_LENGTH,
     CallbackRequest,
     DeliveryReport,
     InboundSms,
@@ -139,12 +141,14 @@ class KannelProvider:
             client=client,
         )
 
-    def dlr_url(self, base: str, client_ref: str) -> str:
-        """The URL Kannel fetches for each report: our reference and token, then Kannel's escape codes."""
+    def dlr_url(self, base: str, client_ref: str, parts: int = 1) -> str:
+        """The URL Kannel fetches for each report: our reference and token, then Kannel's escape codes. Kannel
+        fetches the one URL for each part of a longer message: `part=%F` (the id the SMSC gave that part) tells the
+        parts' reports apart, so the message settles once its parts do. A message of one part goes without it."""
         separator = "&" if "?" in base else "?"
         return (
             f"{base}{separator}ref={quote(client_ref, safe='')}&token={self._token}"
-            "&type=%d&answer=%A&ts=%T&smsc=%i&to=%p&from=%P"
+            "&type=%d&answer=%A&ts=%T&smsc=%i&to=%p&from=%P" + ("&part=%F" if parts > 1 else "")
         )
 
     async def submit(self, request: SubmitRequest) -> SubmitResult:
@@ -167,7 +171,7 @@ class KannelProvider:
             params["validity"] = str(request.validity_minutes)
         if request.dlr_url:
             params["dlr-mask"] = str(self._dlr_mask)
-            params["dlr-url"] = self.dlr_url(request.dlr_url, request.client_ref)
+            params["dlr-url"] = self.dlr_url(request.dlr_url, request.client_ref, segmentation.parts)
         client = self._client or async_client()
         try:
             response = await client.get(self._send_url, params=params)
@@ -214,6 +218,7 @@ class KannelProvider:
                 status=status,
                 error_code=error if failed and error not in _NO_ERROR else None,
                 reported_at=_epoch(query.get("ts")),
+                part=_part(query),
             )
         ]
 
@@ -250,6 +255,16 @@ class KannelProvider:
             text=_inbound_text(request),
             received_at=_epoch(query.get("ts")) or iso(datetime.now(UTC)),
         )
+
+
+def _part(query: Mapping[str, str]) -> str | None:
+    """The part of a long message a report is for: the SMSC's id for it (`%F`). None for a message of one part, one
+    handed to Kannel before the DLR URL carried it (until 2026-12-06), or a report Kannel has no SMSC id for
+    (fakesmsc's): such a report settles the whole message, as every report did before."""
+    part = query.get("part", "").strip()
+    if len(part) > MAX_PART_ID_LENGTH:
+        raise CallbackRejected(f"not a Kannel DLR: part longer than {MAX_PART_ID_LENGTH} characters")
+    return part or None
 
 
 def _receipt_fields(answer: str) -> dict[str, str]:
