@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -240,14 +239,18 @@ class TestConversations:
         )
 
     def receive(self, store: InMemoryStore, sms: InboundSms) -> dict:
+        [notification] = self.notifications(store, sms)
+        return notification["payload"]
+
+    def notifications(self, store: InMemoryStore, sms: InboundSms) -> list[dict]:
+        """The notifications one callback bringing `sms` queues."""
         provider, published = FakeProvider(), []
         provider.inbound = sms
         deps = InboundDependencies(
             accounts=store, inbox=store, publish=published.append, clock=clock, routes=fake_routes, conversations=store
         )
         receive_inbound(provider, callback(), deps)
-        [notification] = published
-        return notification["payload"]
+        return published
 
     def sent(self, store: InMemoryStore, sending: SendCommand) -> None:
         """Sent and taken by the upstream: a message a handset can have read and replied to."""
@@ -288,15 +291,10 @@ class TestConversations:
         # Then the reply answers the message it got
         assert (payload["session_id"], payload["ref_id"]) == ("s-1", "r-1")
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="review: the reply-threading lookup (up to 4 conversation-index queries and 20 status reads) runs "
-        "before the SMS is stored, so a read error there fails the callback with nothing stored: Twilio and Kannel "
-        "do not post it again and the sweeper has nothing to sweep, so the SMS (a STOP included) is lost",
-    )
     def test_an_sms_whose_reply_threading_lookup_fails_is_still_stored_for_the_sweeper(self, store, monkeypatch):
         # Given a number the account sent to, and the conversation index failing for a moment (throttled)
         self.sent(store, command(1, session_id="s-1", ref_id="r-1"))
+        lookup = store.last_sent_to
 
         def throttled(*_: object, **__: object) -> None:
             raise RuntimeError("ProvisionedThroughputExceededException on conversation-index")
@@ -304,11 +302,17 @@ class TestConversations:
         monkeypatch.setattr(store, "last_sent_to", throttled)
         # When that number texts STOP through an upstream that does not post a failed callback again
         stop = self.reply().model_copy(update={"text": "STOP"})
-        # (the callback may fail, 5xx: Twilio and Kannel by default never post it again)
-        with contextlib.suppress(RuntimeError):
-            self.receive(store, stop)
-        # Then the SMS is in the inbox all the same (threaded or not), for the notification and its STOP to follow
-        assert [sms.text for sms in store.inbox.values()] == ["STOP"]
+        [first] = self.notifications(store, stop)
+        # Then the callback succeeds: the SMS is stored and forwarded, as a new conversation (its own session)
+        [stored] = store.inbox.values()
+        assert stored.text == "STOP"
+        assert (first["payload"]["session_id"], first["payload"]["ref_id"]) == (str(stored.inbound_id), None)
+        # When an upstream that lost our answer posts it again, the lookup working again
+        monkeypatch.setattr(store, "last_sent_to", lookup)
+        [again] = self.notifications(store, stop)
+        # Then it is stored once, and forwarded again as first forwarded, under the same webhook id
+        assert list(store.inbox.values()) == [stored]
+        assert again == first
 
     def test_a_number_never_sent_to_starts_a_new_conversation(self, store):
         send(store, command(1, session_id="s-1", ref_id="r-1"))

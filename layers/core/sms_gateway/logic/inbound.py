@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sms_gateway.domain.ids import id_time_ms, new_id
-from sms_gateway.domain.models import CallbackRequest, InboundSms, StoredInbound
+from sms_gateway.domain.models import CallbackRequest, InboundSms, SentMessage, StoredInbound
 from sms_gateway.domain.msisdn import InvalidMsisdn, Msisdn, parse_msisdn
 from sms_gateway.domain.optouts import keyword_request
 from sms_gateway.domain.routing import RouteTable
@@ -219,6 +219,22 @@ def _sender_number(raw: str, account_id: str, accounts: AccountStore) -> Msisdn:
         raise CallbackRejected(f"inbound SMS from an invalid number: {error.reason}") from error
 
 
+def _last_sent_to(conversations: ConversationLookup, account_id: str, number: Msisdn, to: str) -> SentMessage | None:
+    """The message a reply from `number` to `to` answers; None, a new conversation, when the lookup fails (a
+    throttled read): the SMS is stored all the same. Failing the callback instead would lose it, a STOP included,
+    for an upstream that does not post a failed callback again (Twilio, Kannel by default). A re-post of an SMS
+    already stored is stored once and forwarded as first stored, whatever its own lookup found."""
+    try:
+        return conversations.last_sent_to(account_id, number.e164, to)
+    except Exception:
+        logger.warning(
+            "reply-threading lookup failed: the inbound SMS is stored as a new conversation",
+            exc_info=True,
+            extra={"from": mask_msisdn(number.e164), "to": to, "account_id": account_id},
+        )
+        return None
+
+
 def _stored(
     sms: InboundSms,
     account_id: str,
@@ -234,7 +250,7 @@ def _stored(
     # A reply continues the conversation of the last message the account sent to that number: its session_id
     # and ref_id are carried over so the client can thread it. A new conversation gets a session of its own.
     # Only a message from the number the reply was sent to: an OTP from another shortcode is another conversation.
-    last = conversations.last_sent_to(account_id, number.e164, sms.to) if conversations is not None else None
+    last = _last_sent_to(conversations, account_id, number, sms.to) if conversations is not None else None
     return StoredInbound(
         inbound_id=inbound_id,
         account_id=account_id,
