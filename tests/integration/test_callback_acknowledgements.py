@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import boto3
-import pytest
 
 from tests.conftest import load_event
 from tests.integration.test_send_path import FakeContext, load_function
@@ -75,6 +74,11 @@ def test_a_dlr_that_arrives_while_parameter_store_fails_is_refused_for_a_retry_n
     class FailingSsm:
         def get_parameter(self, **_: object) -> None:
             raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "GetParameter")
+
+        def get_parameters_by_path(self, **_: object) -> None:
+            raise ClientError(
+                {"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "GetParametersByPath"
+            )
 
     monkeypatch.setattr(
         aws_clients, "client", lambda service: FailingSsm() if service == "ssm" else real_client(service)
@@ -152,13 +156,6 @@ def test_a_twilio_incoming_message_is_answered_with_empty_twiml(aws):
     assert answer["headers"]["Content-Type"].startswith("text/xml")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a callback naming an upstream that is not configured is refused only after a Parameter Store "
-    "read, and a failed read is never cached: anonymous requests to the AuthType NONE function URL, one made-up name "
-    "each, spend the account's GetParameter quota (40/s by default, shared with the dispatchers), so real callbacks "
-    "and submits whose configuration is not cached are refused 503 meanwhile",
-)
 def test_callbacks_for_upstream_names_nobody_configured_do_not_each_read_parameter_store(aws, monkeypatch):
     # Given one configured upstream, and Parameter Store reads counted
     configure(
@@ -193,3 +190,25 @@ def test_callbacks_for_upstream_names_nobody_configured_do_not_each_read_paramet
         assert webhook.handler(event, FakeContext())["statusCode"] == 401
     # Then they are refused without a Parameter Store read each (the configured names are known already, or cheaply)
     assert len(reads) <= 1, f"{len(reads)} GetParameter calls for 20 refused callbacks"
+
+
+def test_an_upstream_configured_while_the_webhook_runs_has_its_callbacks_taken_within_half_a_minute(aws, monkeypatch):
+    # Given a webhook that has listed the configured upstreams (none named jasmin yet), on a clock we move
+    from sms_gateway.adapters import providers
+
+    now = [1000.0]
+    monkeypatch.setattr(providers, "_clock", lambda: now[0])
+    webhook = load_function("webhook")
+    assert webhook.handler(jasmin_dlr(TOKEN), FakeContext())["statusCode"] == 401
+    # When the operator configures Jasmin (docs/providers-smsc.md)
+    configure(
+        aws,
+        "jasmin",
+        {"type": "jasmin", "url": "http://127.0.0.1:1401", "username": "u", "password": "p", "callback_token": TOKEN},
+    )
+    # Then its callbacks are refused until the listing is NEW_UPSTREAM_WAIT old, and taken from then on
+    now[0] += providers.NEW_UPSTREAM_WAIT - 1
+    assert webhook.handler(jasmin_dlr(TOKEN), FakeContext())["statusCode"] == 401
+    now[0] += 1
+    answer = webhook.handler(jasmin_dlr(TOKEN), FakeContext())
+    assert (answer["statusCode"], answer["body"]) == (200, "ACK/Jasmin"), answer

@@ -7,7 +7,7 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 
-from sms_gateway.adapters.providers import get_provider
+from sms_gateway.adapters.providers import callback_provider
 from sms_gateway.bootstrap import gateway, route_table
 from sms_gateway.dialects.common import callback_text, json_response, status_for
 from sms_gateway.domain.models import CallbackRequest, StatusChange, utc_now
@@ -35,7 +35,7 @@ def _callback_request() -> CallbackRequest:
 
 def _provider(name: str) -> Provider:
     try:
-        return get_provider(name)
+        return callback_provider(name)
     except NotFound as error:
         # An unknown provider name is answered like a failed signature: callers learn nothing about our setup.
         raise Unauthorized("callback not verified") from error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,9 @@ from sms_gateway.settings import get_settings
 
 # Seconds a provider's configuration (and secret) is cached before Parameter Store is read again.
 CONFIG_MAX_AGE = 300
+# Seconds the list of configured upstream names is kept before a callback naming an upstream not in it lists them
+# again: a newly configured upstream's callbacks are taken within this long (docs/providers.md).
+NEW_UPSTREAM_WAIT = 30
 
 
 def _simulator(name: str, config: dict[str, Any]) -> Provider:
@@ -104,12 +108,69 @@ def _parameter_not_found(error: Exception) -> bool:
 
 
 def get_provider(name: str) -> Provider:
+    """The adapter of upstream `name`, from its configuration (read from Parameter Store, cached CONFIG_MAX_AGE)."""
     config = provider_config(name)
     kind = str(config.get("type", name))
     factory = FACTORIES.get(kind)
     if factory is None:
         raise NotFound(f"upstream {name!r} has an unknown type {kind!r}")
     return factory(name, config)
+
+
+def callback_provider(name: str) -> Provider:
+    """The adapter for a callback naming upstream `name`. Anyone may post one (the webhook's function URL has no
+    authentication), so a name that is not configured is refused (NotFound) from the list of configured names, not by
+    a Parameter Store read each: those are not cached when they fail, and they spend the account's GetParameter
+    quota that the dispatchers share (until 2026-12-06, 20 invented names cost 20 reads)."""
+    if not _configured(name):
+        raise NotFound(f"no upstream named {name!r} is configured")
+    return get_provider(name)
+
+
+_clock = time.monotonic  # replaced by tests
+# [the SSM client, monotonic time of the last listing (attempted), the names it found or None when it failed]
+_listing: list[Any] = [None, 0.0, None]
+
+
+def _configured(name: str) -> bool:
+    """Whether `name` is among the configured upstreams, listed (one GetParametersByPath a page of 10, no value
+    decrypted) at most every CONFIG_MAX_AGE, or every NEW_UPSTREAM_WAIT while a callback names one not listed. A
+    listing that fails keeps the one before; without one, each name is read as before rather than refused."""
+    from sms_gateway.adapters import aws
+
+    client = aws.client("ssm")
+    cached, listed_at, names = _listing
+    if cached is not client:
+        names = None
+    age = _clock() - listed_at
+    if (
+        cached is not client
+        or age >= CONFIG_MAX_AGE
+        or (age >= NEW_UPSTREAM_WAIT and (names is None or name not in names))
+    ):
+        listed = _list_upstreams(client)
+        names = listed if listed is not None else names
+        _listing[:] = [client, _clock(), names]
+    return names is None or name in names
+
+
+def _list_upstreams(client: Any) -> frozenset[str] | None:
+    """The names of the parameters under the upstream prefix, or None when Parameter Store could not list them."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    prefix = get_settings().upstream_parameter_prefix
+    names: set[str] = set()
+    request: dict[str, Any] = {"Path": prefix.rstrip("/"), "Recursive": False, "WithDecryption": False}
+    try:
+        while True:
+            page = client.get_parameters_by_path(**request, MaxResults=10)
+            names.update(p["Name"][len(prefix) :] for p in page.get("Parameters", []) if p["Name"].startswith(prefix))
+            if not page.get("NextToken"):
+                return frozenset(names)
+            request["NextToken"] = page["NextToken"]
+    except (BotoCoreError, ClientError) as error:
+        logger.warning("the configured upstreams could not be listed", extra={"reason": str(error)})
+        return None
 
 
 class InvalidUpstreamConfig(ValueError):
