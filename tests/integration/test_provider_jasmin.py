@@ -315,6 +315,28 @@ def test_a_missing_or_wrong_token_is_refused(token: str | None) -> None:
     assert provider(answer(200, "")).verify_callback(request) is False
 
 
+def test_dlrs_of_messages_handed_to_jasmin_before_a_callback_token_rotation_are_still_verified() -> None:
+    # Given a message handed to Jasmin before the rotation: Jasmin keeps the dlr-url it was given, old token included
+    _, sent = recorded_send()
+    dlr_url = urlsplit(form(sent)["dlr-url"])
+    request = CallbackRequest(
+        method="POST",
+        url=f"https://gw.example.com{dlr_url.path}",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        query=dict(parse_qsl(dlr_url.query)),
+        body=urlencode({**LEVEL2, "message_status": "DELIVRD"}),
+    )
+    # When the operator rotates the callback token as docs/runbook.md says (the old one kept for the DLR wait)
+    rotated = {"callback_token": "rotated-callback-token-9876543210"}
+    after = provider(answer(200, ""), **rotated, previous_callback_tokens=[TOKEN])
+    # Then Jasmin's report of that message is still taken, and refused once the old token is removed
+    assert after.verify_callback(request) is True
+    assert provider(answer(200, ""), **rotated).verify_callback(request) is False
+    # And a malformed list is refused when the upstream is configured
+    with pytest.raises(ValueError, match="previous_callback_tokens"):
+        provider(answer(200, ""), previous_callback_tokens=TOKEN)
+
+
 def test_the_adapter_names_jasmins_acknowledgement_body() -> None:
     assert CALLBACK_ACK == "ACK/Jasmin"
     assert provider(answer(200, "")).callback_ack == "ACK/Jasmin"

@@ -320,23 +320,31 @@ def test_the_dlr_url_we_give_kannel_comes_back_as_a_matching_report() -> None:
     assert (report.client_ref, report.status) == (REF, MessageStatus.DELIVERED)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: the callback_token is baked into each message's dlr-url, which Kannel keeps until the report; "
-    "after the runbook's rotation (overwrite the parameter with the new token) every DLR of a message already handed "
-    "to Kannel is refused 401 for good, not 'until both sides agree': delivered messages expire and are refunded",
-)
 def test_dlrs_of_messages_handed_to_kannel_before_a_callback_token_rotation_are_still_verified() -> None:
     # Given a message handed to Kannel before the rotation: Kannel keeps the dlr-url it was given, old token included
     before = provider(answer(202, ""))
     dlr_url = before.dlr_url(DLR_BASE, REF)
-    # When the operator rotates the callback token as docs/runbook.md says (overwrite the parameter's JSON)
-    after = provider(answer(202, ""), callback_token="rotated-callback-token-9876543210")
+    # When the operator rotates the callback token as docs/runbook.md says (the new one set, the old one kept in
+    # previous_callback_tokens for the DLR wait)
+    after = provider(
+        answer(202, ""), callback_token="rotated-callback-token-9876543210", previous_callback_tokens=[TOKEN]
+    )
     # And Kannel reports that message delivered on the URL it holds
     called = kannel_expands(dlr_url, {"d": "1", "A": "id:77 stat:DELIVRD err:000", "T": "1795309364", "i": "fake"})
     request = callback(kannel_expands(called, {"p": "+2348020000000", "P": "48974"}))
     # Then the report is still taken (the URL was ours, and Kannel can never be given another for that message)
     assert after.verify_callback(request) is True
+    # And once the operator removes the old token (after DLR_WAIT_SECONDS), it is refused
+    assert (
+        provider(answer(202, ""), callback_token="rotated-callback-token-9876543210").verify_callback(request) is False
+    )
+
+
+@pytest.mark.parametrize("previous", ["kannel-callback-token-0123456789", ["short"], [12345678901234567890], {}])
+def test_previous_callback_tokens_that_are_not_a_list_of_tokens_are_refused_at_configuration(previous: Any) -> None:
+    with pytest.raises(ValueError, match="previous_callback_tokens") as raised:
+        provider(answer(202, ""), previous_callback_tokens=previous)
+    assert "0123456789" not in str(raised.value)  # a secret, never in the error or the logs
 
 
 @pytest.mark.parametrize("query", [{}, {"type": "1"}, {"ref": REF, "type": "x"}, {"ref": REF, "type": "0"}])

@@ -20,7 +20,6 @@ Jasmin considers a callback delivered only when the answer is `200` with the bod
 from __future__ import annotations
 
 import codecs
-import hmac
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -38,6 +37,7 @@ from sms_gateway.adapters.http import (
     unreadable_take,
 )
 from sms_gateway.adapters.providers.parts import max_parts_setting, refuse_longer
+from sms_gateway.adapters.providers.tokens import previous_tokens_setting, token_verified
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
 from sms_gateway.domain.segments import Encoding, segment
@@ -105,6 +105,7 @@ class JasminProvider:
         username: str,
         password: str,
         callback_token: str,
+        previous_callback_tokens: list[str] | None = None,
         dlr_level: int = DLR_LEVEL_BOTH,
         mo_charset: str = MO_GSM7,
         retried_statuses: Iterable[str] = RETRIED_STATUSES,
@@ -140,6 +141,8 @@ class JasminProvider:
         self._username = username
         self._password = password
         self._token = callback_token
+        # The current token first; the replaced ones are still taken (tokens.py).
+        self._tokens = (callback_token, *previous_tokens_setting(name, previous_callback_tokens))
         self._dlr_level = dlr_level
         self._mo_charset = mo_charset
         self._retried = retried
@@ -155,6 +158,7 @@ class JasminProvider:
             username=str(config["username"]),
             password=str(config["password"]),
             callback_token=str(config["callback_token"]),
+            previous_callback_tokens=config.get("previous_callback_tokens"),
             dlr_level=int(config.get("dlr_level", DLR_LEVEL_BOTH)),
             mo_charset=str(config.get("mo_charset") or MO_GSM7),
             retried_statuses=config.get("retried_statuses", RETRIED_STATUSES),
@@ -234,8 +238,7 @@ class JasminProvider:
         return SubmitResult(upstream_message_id=accepted.group(1))
 
     def verify_callback(self, request: CallbackRequest) -> bool:
-        given = request.query.get("token", "")
-        return bool(given) and hmac.compare_digest(given.encode(), self._token.encode())
+        return token_verified(request, self._tokens)
 
     def parse_delivery_reports(self, request: CallbackRequest) -> list[DeliveryReport]:
         fields = _fields(request)

@@ -17,7 +17,6 @@ Checked against Debian's Kannel 1.4.5 (bearerbox + smsbox + fakesmsc): see docs/
 
 from __future__ import annotations
 
-import hmac
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ import httpx
 
 from sms_gateway.adapters.http import async_client, gateway_errors_setting, no_answer, scrubbed, server_error
 from sms_gateway.adapters.providers.parts import max_parts_setting, refuse_longer
+from sms_gateway.adapters.providers.tokens import previous_tokens_setting, token_verified
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import (
     MAX_PART_ID_LENGTH,
@@ -96,6 +96,7 @@ class KannelProvider:
         username: str,
         password: str,
         callback_token: str,
+        previous_callback_tokens: list[str] | None = None,
         smsc: str | None = None,
         dlr_mask: int = DEFAULT_DLR_MASK,
         max_parts: int = DEFAULT_MAX_PARTS,
@@ -120,6 +121,8 @@ class KannelProvider:
         self._username = username
         self._password = password
         self._token = callback_token
+        # The current token first; the replaced ones are still taken (tokens.py).
+        self._tokens = (callback_token, *previous_tokens_setting(name, previous_callback_tokens))
         self._smsc = smsc
         self._dlr_mask = dlr_mask
         self._client = client
@@ -134,6 +137,7 @@ class KannelProvider:
             username=str(config["username"]),
             password=str(config["password"]),
             callback_token=str(config["callback_token"]),
+            previous_callback_tokens=config.get("previous_callback_tokens"),
             smsc=config.get("smsc") or None,
             dlr_mask=int(config.get("dlr_mask", DEFAULT_DLR_MASK)),
             max_parts=config.get("max_parts", DEFAULT_MAX_PARTS),
@@ -196,8 +200,7 @@ class KannelProvider:
         return SubmitResult(upstream_message_id=request.client_ref)
 
     def verify_callback(self, request: CallbackRequest) -> bool:
-        given = request.query.get("token", "")
-        return bool(given) and hmac.compare_digest(given.encode(), self._token.encode())
+        return token_verified(request, self._tokens)
 
     def parse_delivery_reports(self, request: CallbackRequest) -> list[DeliveryReport]:
         query = request.query

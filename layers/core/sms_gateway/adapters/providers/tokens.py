@@ -1,0 +1,43 @@
+"""The callback token of an SMSC gateway (Kannel, Jasmin) and the ones it replaced. The token travels in each
+message's DLR URL, which the gateway keeps until the report arrives (up to DLR_WAIT_SECONDS): after a rotation those
+reports still carry the old token, so an upstream's `previous_callback_tokens` are taken as well until the operator
+removes them (docs/runbook.md, "Rotate secrets"). Until 2026-12-06 only the current token was, and every report of a
+message handed over before a rotation was refused for good: delivered messages expired and were refunded.
+
+Not a per-message value keyed by a secret that never rotates: a key that leaks must be replaceable too, and messages
+in flight would then need the old key accepted all the same; the inbound post-url is one fixed URL besides.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from sms_gateway.domain.models import CallbackRequest
+
+MIN_TOKEN_LENGTH = 16
+
+
+def previous_tokens_setting(name: str, value: Any) -> tuple[str, ...]:
+    """A `previous_callback_tokens` setting: a list of the tokens replaced, each a string of 16 characters or more;
+    absent, none. Anything else is refused when the upstream is configured (its values not named: they are secrets)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(t, str) and len(t) >= MIN_TOKEN_LENGTH for t in value):
+        raise ValueError(
+            f"upstream {name!r}: previous_callback_tokens is a list of the callback tokens replaced, each "
+            f"{MIN_TOKEN_LENGTH} characters or more"
+        )
+    return tuple(value)
+
+
+def token_verified(request: CallbackRequest, tokens: tuple[str, ...]) -> bool:
+    """Whether the callback's `token` query parameter is one of `tokens` (the current one first), each compared in
+    constant time and all of them compared, so the time taken tells nothing of which one or how much matched."""
+    given = request.query.get("token", "").encode()
+    if not given:
+        return False
+    matched = False
+    for token in tokens:
+        matched |= hmac.compare_digest(given, token.encode())
+    return matched
