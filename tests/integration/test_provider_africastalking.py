@@ -297,6 +297,26 @@ def test_a_missing_or_wrong_token_is_refused(token: str | None) -> None:
     assert provider(FakeAT()).verify_callback(callback("dlr", delivery_report_body(), token=token)) is False
 
 
+def test_callbacks_with_the_token_a_rotation_replaced_are_taken_until_it_is_removed() -> None:
+    # Given an upstream whose callback_token was rotated as docs/runbook.md says: the new token set, the old one kept
+    # in previous_callback_tokens while the callback URLs at AT still carry it
+    old = "cb-old-token-0123456789"
+    rotated = provider(FakeAT(), callback_token="cb-new-token-9876543210", previous_callback_tokens=[old])
+    # Then callbacks with either token are taken, any other refused
+    assert rotated.verify_callback(callback("dlr", delivery_report_body(), token=old)) is True
+    assert rotated.verify_callback(callback("inbound", incoming_body(), token="cb-new-token-9876543210")) is True
+    assert rotated.verify_callback(callback("dlr", delivery_report_body(), token=CALLBACK_TOKEN)) is False
+    # And once the old token is removed, it is refused
+    done = provider(FakeAT(), callback_token="cb-new-token-9876543210")
+    assert done.verify_callback(callback("dlr", delivery_report_body(), token=old)) is False
+
+
+@pytest.mark.parametrize("previous", ["cb-old-token-0123456789", ["short"], [7]], ids=repr)
+def test_previous_callback_tokens_that_are_not_a_list_of_tokens_are_refused_at_configuration(previous: Any) -> None:
+    with pytest.raises(ValueError, match="previous_callback_tokens"):
+        provider(FakeAT(), previous_callback_tokens=previous)
+
+
 def test_the_token_in_the_body_does_not_count() -> None:
     request = callback("dlr", delivery_report_body(token=CALLBACK_TOKEN), token=None)
     assert provider(FakeAT()).verify_callback(request) is False

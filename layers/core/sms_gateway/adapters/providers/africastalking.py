@@ -20,7 +20,6 @@ operator puts in the callback URLs configured at AT (`...?token=<callback_token>
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import Enum
@@ -37,6 +36,7 @@ from sms_gateway.adapters.http import (
     server_error,
     unreadable_take,
 )
+from sms_gateway.adapters.providers.tokens import TOKEN_PARAM, previous_tokens_setting, token_verified
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
@@ -44,7 +44,6 @@ from sms_gateway.errors import CallbackRejected, UpstreamError
 LIVE_BASE_URL = "https://api.africastalking.com"
 SANDBOX_BASE_URL = "https://api.sandbox.africastalking.com"
 MESSAGING_PATH = "/version1/messaging"
-TOKEN_PARAM = "token"  # noqa: S105 # the name of the query parameter, not a secret
 
 
 class Outcome(Enum):
@@ -97,6 +96,7 @@ class AfricasTalkingProvider:
         username: str,
         api_key: str,
         callback_token: str,
+        previous_callback_tokens: list[str] | None = None,
         base_url: str | None = None,
         bulk_sms_mode: int | None = 1,
         enqueue: bool = False,
@@ -109,7 +109,8 @@ class AfricasTalkingProvider:
         self.name = name
         self._username = username
         self._api_key = api_key
-        self._callback_token = callback_token
+        # The current token first; the ones a rotation replaced are still taken until removed (tokens.py).
+        self._callback_tokens = (callback_token, *previous_tokens_setting(name, previous_callback_tokens))
         root = base_url or (SANDBOX_BASE_URL if username == "sandbox" else LIVE_BASE_URL)
         # Parsed once: httpx parses a URL given as a string on every request.
         self._url = httpx.URL(f"{root.rstrip('/')}{MESSAGING_PATH}")
@@ -132,6 +133,7 @@ class AfricasTalkingProvider:
             username=username,
             api_key=str(config["api_key"]),
             callback_token=str(config["callback_token"]),
+            previous_callback_tokens=config.get("previous_callback_tokens"),
             base_url=base_url,
             bulk_sms_mode=None if bulk_sms_mode is None else int(bulk_sms_mode),
             enqueue=str(config.get("enqueue", False)).lower() in ("1", "true", "yes"),
@@ -200,8 +202,7 @@ class AfricasTalkingProvider:
         raise UpstreamError(described, permanent=True)
 
     def verify_callback(self, request: CallbackRequest) -> bool:
-        given = request.query.get(TOKEN_PARAM, "")
-        return bool(given) and hmac.compare_digest(given.encode(), self._callback_token.encode())
+        return token_verified(request, self._callback_tokens)
 
     def parse_delivery_reports(self, request: CallbackRequest) -> list[DeliveryReport]:
         fields = _callback_fields(request)

@@ -1,8 +1,10 @@
-"""The callback token of an SMSC gateway (Kannel, Jasmin) and the ones it replaced. The token travels in each
-message's DLR URL, which the gateway keeps until the report arrives (up to DLR_WAIT_SECONDS): after a rotation those
-reports still carry the old token, so an upstream's `previous_callback_tokens` are taken as well until the operator
-removes them (docs/runbook.md, "Rotate secrets"). Until 2026-12-06 only the current token was, and every report of a
-message handed over before a rotation was refused for good: delivered messages expired and were refunded.
+"""The callback token of an SMSC gateway (Kannel, Jasmin) or of the callback URLs set at Africa's Talking, and the
+ones it replaced. For Kannel and Jasmin the token travels in each message's DLR URL, which the gateway keeps until the
+report arrives (up to DLR_WAIT_SECONDS): after a rotation those reports still carry the old token, so an upstream's
+`previous_callback_tokens` are taken as well until the operator removes them (docs/runbook.md, "Rotate secrets"); at
+Africa's Talking they cover the time until its dashboard's callback URLs carry the new token. Until 2026-12-06 only
+the current token was taken, and every report of a message handed over before a rotation was refused for good:
+delivered messages expired and were refunded.
 
 Not a per-message value keyed by a secret that never rotates: a key that leaks must be replaceable too, and messages
 in flight would then need the old key accepted all the same; the inbound post-url is one fixed URL besides.
@@ -16,6 +18,8 @@ from typing import Any
 from sms_gateway.domain.models import CallbackRequest
 
 MIN_TOKEN_LENGTH = 16
+# The query parameter a callback carries its token in (the DLR URLs we give, the callback URLs set at the upstream).
+TOKEN_PARAM = "token"  # noqa: S105 # the name of the query parameter, not a secret
 
 
 def previous_tokens_setting(name: str, value: Any) -> tuple[str, ...]:
@@ -34,7 +38,7 @@ def previous_tokens_setting(name: str, value: Any) -> tuple[str, ...]:
 def token_verified(request: CallbackRequest, tokens: tuple[str, ...]) -> bool:
     """Whether the callback's `token` query parameter is one of `tokens` (the current one first), each compared in
     constant time and all of them compared, so the time taken tells nothing of which one or how much matched."""
-    given = request.query.get("token", "").encode()
+    given = request.query.get(TOKEN_PARAM, "").encode()
     if not given:
         return False
     matched = False
