@@ -537,3 +537,28 @@ def test_concurrent_posts_keep_the_count_and_let_one_trial_through():
 )
 def test_the_origin_is_scheme_host_and_port(url, origin):
     assert origin_of(url) == origin
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: NOTIFY_RETRY_DELAYS accepts schedules (10 delays of up to 42900 s, or any 9+ delays a client's "
+    "Retry-After stretches to 12 h) that outlive the notify queue's 4-day MessageRetentionPeriod: SQS deletes the "
+    "record mid-schedule, it is never dead-lettered, and its failure record stays `retrying` (not resendable)",
+)
+def test_no_accepted_retry_schedule_outlives_the_notify_queues_retention():
+    # Given the notify queue's retention (SQS deletes a record this long after it was sent, hidden or not)
+    queue = load_template()["Resources"]["NotifyQueue"]["Properties"]
+    retention = int(queue["MessageRetentionPeriod"])
+    # When an operator sets the longest schedule the settings accept (10 delays, each at the 42900 s limit)
+    try:
+        settings = Settings.from_environ({"NOTIFY_RETRY_DELAYS": ",".join(["42900"] * MAX_NOTIFY_RETRY_DELAYS)})
+    except ValidationError:
+        return  # refused: fine
+    delays = settings.notify_retry_delays
+    # Then every attempt still happens while the record exists: the last one, after every delay at its longest
+    # (jitter's +10%, or a client's Retry-After, both capped at 12 h), comes before SQS drops the record
+    longest = sum(
+        webhook_retries.retry_delay(n, delays, retry_after=43_200, rand=lambda: 0.999999) or 0
+        for n in range(1, len(delays) + 1)
+    )
+    assert longest < retention, f"the last attempt is due {longest} s after the first, the record is gone at {retention}"
