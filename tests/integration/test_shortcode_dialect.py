@@ -744,3 +744,32 @@ def test_time_to_send_accepts_the_date_strings_that_resolve_to_a_unix_timestamp(
     # Then the message is scheduled for that time, not refused with 4098
     assert "responses" in answered, answered
     assert len(schedules(aws)) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: docs/dialects/shortcode.md says a message the dispatcher offered and its upstream refused is "
+    "'reported through the DLR webhook like any failure', but shortcode sends never ask for delivery reports "
+    "(SendCommand without delivery_report), so no change of theirs ever reaches the account's DLR URL",
+)
+def test_a_shortcode_message_refused_by_its_upstream_is_reported_to_the_accounts_dlr_url(aws, api):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import MessageStatus, StatusChange
+    from sms_gateway.logic.notify import dlr_notification
+    from sms_gateway_tools.admin import create_account
+
+    # Given an account with a DLR URL that sends with the shortcode dialect
+    account = create_account(
+        name="Cinema Club", senders=["48974"], credits=100, dlr_url="https://client.example/dlr"
+    )
+    sent = answer(api(post_event(account, mobile=MTN)))["responses"][0]
+    message = gateway().store.find_message(account["account_id"], int(sent["messageid"]))
+    assert message is not None
+    # When its upstream refuses it (the dispatcher fails it, as docs/dialects/shortcode.md describes)
+    refused = message.model_copy(
+        update={"status": MessageStatus.FAILED, "error_code": "upstream_rejected", "sequence": message.sequence + 1}
+    )
+    # Then the failure is reported to the account's DLR URL, as the dialect's docs promise
+    notification = dlr_notification(StatusChange(message=refused, changed=True))
+    assert notification is not None
+    assert notification["payload"]["status"] == "failed"
