@@ -759,9 +759,7 @@ def test_a_shortcode_message_refused_by_its_upstream_is_reported_to_the_accounts
     from sms_gateway_tools.admin import create_account
 
     # Given an account with a DLR URL that sends with the shortcode dialect
-    account = create_account(
-        name="Cinema Club", senders=["48974"], credits=100, dlr_url="https://client.example/dlr"
-    )
+    account = create_account(name="Cinema Club", senders=["48974"], credits=100, dlr_url="https://client.example/dlr")
     sent = answer(api(post_event(account, mobile=MTN)))["responses"][0]
     message = gateway().store.find_message(account["account_id"], int(sent["messageid"]))
     assert message is not None

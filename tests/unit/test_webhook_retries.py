@@ -561,4 +561,6 @@ def test_no_accepted_retry_schedule_outlives_the_notify_queues_retention():
         webhook_retries.retry_delay(n, delays, retry_after=43_200, rand=lambda: 0.999999) or 0
         for n in range(1, len(delays) + 1)
     )
-    assert longest < retention, f"the last attempt is due {longest} s after the first, the record is gone at {retention}"
+    assert longest < retention, (
+        f"the last attempt is due {longest} s after the first, the record is gone at {retention}"
+    )
