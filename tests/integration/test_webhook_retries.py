@@ -29,7 +29,7 @@ class ClientWebhook:
         status = self.statuses.pop(0) if self.statuses else 200
         self.posts.append({"url": url, "headers": headers, "body": json.loads(body), "status": status})
         if status == 0:
-            raise WebhookFailed("client webhook unreachable: connection refused", unreachable=True)
+            raise WebhookFailed("client webhook unreachable: connection refused", unreachable=True, host_down=True)
         return WebhookResponse(status_code=status, body='{"ok":true}', retry_after=self.retry_after)
 
 
@@ -547,7 +547,9 @@ def test_a_blackholed_origin_fails_its_sixth_notification_at_once_while_another_
         posted.append(url)
         if url.startswith("https://client.example/"):
             raise WebhookFailed(
-                "client webhook unreachable: connecting to client.example:443 timed out", unreachable=True
+                "client webhook unreachable: connecting to client.example:443 timed out",
+                unreachable=True,
+                host_down=True,
             )
         return WebhookResponse(status_code=200, body='{"ok":true}')
 

@@ -398,8 +398,9 @@ def test_the_notifier_tells_an_unreachable_webhook_from_one_that_answered_or_was
             http.run(consumers.post_webhook(url, {}, b"{}"))
         return failed.value
 
-    # Then a refused connection is unreachable (what the notifier's circuit breaker counts) ...
-    assert failure(f"http://127.0.0.1:{port}/hook").unreachable is True
+    # Then a refused connection is unreachable, its host down (what the notifier's circuit breaker counts) ...
+    refused = failure(f"http://127.0.0.1:{port}/hook")
+    assert refused.unreachable is True and refused.host_down is True
 
     # ... as is a connect that times out
     async def never_connects(*_args: Any, **_kwargs: Any) -> Any:
@@ -408,7 +409,8 @@ def test_the_notifier_tells_an_unreachable_webhook_from_one_that_answered_or_was
     transport = webhook_client()._transport
     assert isinstance(transport, GuardedTransport)
     real_connect, transport._connect = transport._connect, never_connects
-    assert failure(f"http://127.0.0.1:{server.port}/hook").unreachable is True
+    timed_out = failure(f"http://127.0.0.1:{server.port}/hook")
+    assert timed_out.unreachable is True and timed_out.host_down is True
     transport._connect = real_connect
     # ... and an address the guard refuses is not: the host was never asked
     stack(False)

@@ -381,7 +381,7 @@ class ScriptedPost:
         self.posted.append(url)
         status = self.script.get(url, []).pop(0) if self.script.get(url) else 200
         if status == 0:
-            raise WebhookFailed("client webhook unreachable: connect timed out", unreachable=True)
+            raise WebhookFailed("client webhook unreachable: connect timed out", unreachable=True, host_down=True)
         return WebhookResponse(status_code=status, body='{"ok":true}')
 
 
@@ -566,12 +566,6 @@ def test_no_accepted_retry_schedule_outlives_the_notify_queues_retention():
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: the breaker counts a read timeout against the whole origin, so one account whose endpoint on a "
-    "shared webhook host (webhook.site, a relay, a SaaS inbox) answers slowly opens that origin, and every other "
-    "account's notifications to the same host fail 'not tried', spending their attempts without a post",
-)
 def test_one_accounts_slow_path_does_not_stop_posts_to_another_accounts_path_on_the_same_host(monkeypatch):
     import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

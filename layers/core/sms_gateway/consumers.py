@@ -438,7 +438,12 @@ async def post_webhook(url: str, headers: dict[str, str], body: bytes) -> Webhoo
         response = await webhook_client().post(url, headers=headers, content=body)
     except UnsafeWebhookTarget as error:
         raise WebhookFailed(str(error)) from error
-    except (httpx.ConnectError, httpx.TimeoutException) as error:
+    except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+        # No connection: the host is down or blackholed, whatever the path (what the circuit breaker counts).
+        raise WebhookFailed(f"client webhook unreachable: {error}", unreachable=True, host_down=True) from error
+    except httpx.TimeoutException as error:
+        # Connected but no answer in time: this URL is slow, not its host down (another account's path on a shared
+        # host may answer at once); its retry schedule judges it.
         raise WebhookFailed(f"client webhook unreachable: {error}", unreachable=True) from error
     except (httpx.HTTPError, httpx.InvalidURL) as error:
         raise WebhookFailed(f"client webhook unreachable: {error}") from error

@@ -82,11 +82,15 @@ class WebhookFailed(Exception):
         status_code: int | None = None,
         url: str | None = None,
         unreachable: bool = False,
+        host_down: bool = False,
     ) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
-        # No answer at all: the connection failed or timed out (all the circuit breaker counts).
+        # No answer at all: the connection failed, or it or the answer timed out.
         self.unreachable = unreachable
+        # No connection at all (refused, unresolvable, timed out connecting): all the circuit breaker counts, for
+        # every URL of the origin. A read timeout is not: the host is up, only that URL is slow.
+        self.host_down = host_down
         # What the failed-notifications record shows: the client's answer, and where it was posted.
         self.status_code = status_code
         self.url = url

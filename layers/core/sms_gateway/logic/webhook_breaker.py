@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 from sms_gateway.logic.notify import Post, WebhookFailed, WebhookResponse
 from sms_gateway.observability import logger
 
-# Posts in a row that could not reach the origin (no connection, a timeout) after which it is not posted to ...
+# Posts in a row that could not connect to the origin (refused, unresolvable, a connect timeout) after which it is not
+# posted to ...
 FAILURES_TO_OPEN = 5
 # ... for this long; then one post is let through: its success closes the origin, its failure opens it again.
 OPEN_SECONDS = 30.0
@@ -30,8 +31,11 @@ class Outcome(Enum):
     now and then and spend its notifications' attempts without a post."""
 
     SUCCESS = "success"  # any answer: the origin is reachable
-    FAILURE = "failure"  # no connection, or a timeout connecting or reading
-    NEITHER = "neither"  # an error of ours (an address the SSRF guard refuses, a request not made)
+    FAILURE = "failure"  # no connection: refused, unresolvable, or a timeout connecting
+    # An error of ours (an address the SSRF guard refuses, a request not made), or a connection made and no answer in
+    # time: a read timeout is that URL's own slowness (its retry schedule's to judge), not its host down. Counted per
+    # origin, one account's slow path on a shared webhook host would stop every other account's posts to that host.
+    NEITHER = "neither"
 
 
 class WebhookNotTried(WebhookFailed):
@@ -61,7 +65,7 @@ def origin_of(url: str) -> str | None:
 
 
 def outcome_of_failure(failure: WebhookFailed) -> Outcome:
-    if failure.unreachable:
+    if failure.host_down:
         return Outcome.FAILURE
     return Outcome.SUCCESS if failure.status_code is not None else Outcome.NEITHER
 
