@@ -652,13 +652,6 @@ def test_with_the_primary_down_a_record_waits_for_its_rate_limited_fallback_in_t
     assert sum(counters.per_second("account:7").values()) <= len(primary.submits) + len(fallback.submits)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: change_made_by_dispatch orders status_at by time alone, and a send writes `accepted` and `queued` "
-    "at the same instant; DynamoDB keeps a map unordered, so read back as {queued, accepted, ...} the dispatcher's "
-    "change is taken for `accepted`, and a redelivered record never announces again the report whose first "
-    "announcement died (the client never hears of it)",
-)
 def test_a_dispatcher_change_is_rebuilt_whatever_order_the_store_gives_the_status_times():
     from sms_gateway.domain.models import Message
     from sms_gateway.logic.dispatch import change_made_by_dispatch

@@ -190,3 +190,19 @@ def test_delivered_only_once_every_part_is(parts: int, delivered: int) -> None:
 def test_a_message_has_at_least_one_part() -> None:
     with pytest.raises(ValueError, match="at least one part"):
         aggregate_parts([S.DELIVERED], 0)
+
+
+def test_statuses_come_in_the_order_reached_whatever_the_order_or_ties_of_their_times():
+    from sms_gateway.domain.status import reached_in_order
+
+    at = "2026-12-06T10:00:00.000000Z"
+    # Given status times as a store may give them: accepted and queued at one instant, in no order, and a clock that
+    # wrote the dispatcher's `submitted` after the DLR's `delivered`
+    status_at = {"queued": at, "delivered": "2026-12-06T10:00:01Z", "accepted": at, "submitted": "2026-12-06T10:00:02Z"}
+    # Then they read in the order the message went
+    assert reached_in_order(status_at) == [
+        MessageStatus.ACCEPTED,
+        MessageStatus.QUEUED,
+        MessageStatus.SUBMITTED,
+        MessageStatus.DELIVERED,
+    ]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sms_gateway.domain.ids import batch_ids_around
-from sms_gateway.domain.status import TERMINAL, MessageStatus, rank
+from sms_gateway.domain.status import TERMINAL, MessageStatus, rank, reached_in_order
 
 # Statuses whose credits were given back (logic/delivery.py REFUNDED, plus cancelled by logic/batches.py).
 REFUNDED = frozenset({MessageStatus.FAILED, MessageStatus.EXPIRED, MessageStatus.REJECTED, MessageStatus.CANCELLED})
@@ -398,10 +398,7 @@ def _status_writes(message: MessageRecord) -> tuple[int, list[int]]:
     """The sequence number the message's `status_at` says it is at (1 for the status it was stored in, one more per
     status it moved to since), and the sequence numbers of those moves that are reports: all but the release of a
     scheduled batch (scheduled -> queued) and a cancel, the client's own request (docs/delivery-reports.md)."""
-    reached = sorted(
-        (MessageStatus(status) for status in message.status_at if status != MessageStatus.ACCEPTED),
-        key=lambda status: (rank(status), message.status_at[status]),
-    )
+    reached = [status for status in reached_in_order(message.status_at) if status != MessageStatus.ACCEPTED]
     reported = [
         sequence
         for sequence, status in enumerate(reached, start=1)
@@ -440,7 +437,7 @@ def _not_for_its_account(
 
 def _what_the_client_got(message: MessageRecord, notifications: Mapping[str, Mapping[str, Any]]) -> str:
     """A missing change's evidence: the message's status history as stored, and the callbacks that did arrive."""
-    history = ", ".join(f"{status} {at}" for status, at in sorted(message.status_at.items(), key=lambda e: e[1]))
+    history = ", ".join(f"{status} {message.status_at[status]}" for status in reached_in_order(message.status_at))
     received = sorted(
         f"{webhook_id}: {body.get('status')}"
         for webhook_id, body in notifications.items()

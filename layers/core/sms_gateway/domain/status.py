@@ -76,6 +76,14 @@ def rank(status: MessageStatus) -> int:
     return _RANK[status]
 
 
+def reached_in_order(status_at: Mapping[str, str]) -> list[MessageStatus]:
+    """The statuses a message's status times record, in the order it reached them. By rank, not by time: every move
+    goes forward, so rank is that order, where the times can tie (a send writes `accepted` and `queued`, or
+    `scheduled`, at one instant, and a stored map, DynamoDB's, gives its keys in no order) or disagree (two Lambdas'
+    clocks). The time only orders two final states, which no message should have."""
+    return sorted((MessageStatus(status) for status in status_at), key=lambda status: (rank(status), status_at[status]))
+
+
 def allowed_previous(target: MessageStatus) -> frozenset[MessageStatus]:
     """The states a message may move to `target` from; empty for `accepted`, where every message starts."""
     return _PREVIOUS[target]

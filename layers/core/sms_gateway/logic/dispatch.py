@@ -26,7 +26,7 @@ from sms_gateway.domain.models import (
     from_iso,
 )
 from sms_gateway.domain.senders import SENDER_REMOVED, holds_sender
-from sms_gateway.domain.status import NOT_QUEUED, SUBMIT_UNCONFIRMED, MessageStatus
+from sms_gateway.domain.status import NOT_QUEUED, SUBMIT_UNCONFIRMED, MessageStatus, reached_in_order
 from sms_gateway.errors import OptedOut, UpstreamError
 from sms_gateway.logic.delivery import DeliveryDependencies, apply_held_reports
 from sms_gateway.logic.notify import dlr_notification
@@ -464,12 +464,12 @@ async def _changes_made_meanwhile(
 
 
 def change_made_by_dispatch(message: Message) -> StatusChange | None:
-    """The status change a dispatcher made to a message no longer queued, rebuilt from its status times: the
+    """The status change a dispatcher made to a message no longer queued, rebuilt from the statuses its status times
+    record, in the order reached (by rank: `accepted` and `queued` share a time, and the store keeps no order): the
     status that followed `queued`, with the sequence number it had then (each later change added one). None for
     a message still queued or never dispatched (cancelled, settled by a DLR that overtook the dispatcher, or
     withdrawn by the undo of its send: `not_queued`)."""
-    history = sorted(message.status_at.items(), key=lambda entry: from_iso(entry[1]))
-    statuses = [MessageStatus(status) for status, _ in history]
+    statuses = reached_in_order(message.status_at)
     if MessageStatus.QUEUED not in statuses or statuses[-1] == MessageStatus.QUEUED:
         return None
     after_queued = statuses.index(MessageStatus.QUEUED) + 1
