@@ -34,7 +34,7 @@ def test_a_malformed_setting_fails_loudly_at_start():
 
 
 def test_the_dlr_wait_defaults_to_48_hours_and_stays_within_what_the_notify_queue_can_hold():
-    # Each hop of a settle check is a visibility timeout (12 h at most) on a queue keeping messages 4 days
+    # Each hop of a settle check is a visibility timeout (12 h at most) on a queue keeping messages 14 days
     assert Settings.from_environ({}).dlr_wait_seconds == 172_800
     assert Settings.from_environ({"DLR_WAIT_SECONDS": "20"}).dlr_wait_seconds == 20
     for beyond in ("0", "259201"):

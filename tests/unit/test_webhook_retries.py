@@ -24,7 +24,7 @@ from sms_gateway.logic.webhook_breaker import (
     origin_of,
 )
 from sms_gateway.ports import MAX_QUEUE_DELAY_SECONDS, WebhookFailure, WebhookFailureState
-from sms_gateway.settings import MAX_NOTIFY_RETRY_DELAYS, Settings
+from sms_gateway.settings import MAX_NOTIFY_RETRY_DELAYS, NOTIFY_QUEUE_RETENTION_SECONDS, Settings
 from sms_gateway_tools.template import load_template
 from tests.fakes import Clock, InMemoryStore
 
@@ -191,8 +191,18 @@ def test_the_notify_queue_redrive_leaves_room_for_every_attempt():
     max_receive = int(queue["RedrivePolicy"]["maxReceiveCount"])
     # Then SQS only dead-letters a record after the longest allowed schedule is spent: the handler decides
     assert max_receive > MAX_NOTIFY_RETRY_DELAYS + 1 >= len(DEFAULT) + 1
-    # And a record outlives its retries in the queue (retention at least two days)
-    assert int(queue["MessageRetentionPeriod"]) >= 2 * 86400 > sum(DEFAULT)
+    # And the settings check schedules against the queue's own retention
+    assert int(queue["MessageRetentionPeriod"]) == NOTIFY_QUEUE_RETENTION_SECONDS
+
+
+def test_a_schedule_that_could_outlive_the_notify_queues_retention_is_refused(monkeypatch):
+    # Given a notify queue that kept records 4 days, as it did until 2026-12-06
+    monkeypatch.setattr("sms_gateway.settings.NOTIFY_QUEUE_RETENTION_SECONDS", 345_600)
+    # Then 6 delays fit (each at most 12 h however a client's Retry-After stretches it, and a day to spare) ...
+    assert len(Settings.from_environ({"NOTIFY_RETRY_DELAYS": ",".join(["5"] * 6)}).notify_retry_delays) == 6
+    # ... and 7 short ones do not, the default schedule's count: Retry-After could stretch each to 12 h, 83 h in all
+    with pytest.raises(ValidationError, match="more than the notify queue keeps a record"):
+        Settings.from_environ({"NOTIFY_RETRY_DELAYS": ",".join(["5"] * 7)})
 
 
 # ---------------------------------------------------------------- failure records
@@ -539,12 +549,6 @@ def test_the_origin_is_scheme_host_and_port(url, origin):
     assert origin_of(url) == origin
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: NOTIFY_RETRY_DELAYS accepts schedules (10 delays of up to 42900 s, or any 9+ delays a client's "
-    "Retry-After stretches to 12 h) that outlive the notify queue's 4-day MessageRetentionPeriod: SQS deletes the "
-    "record mid-schedule, it is never dead-lettered, and its failure record stays `retrying` (not resendable)",
-)
 def test_no_accepted_retry_schedule_outlives_the_notify_queues_retention():
     # Given the notify queue's retention (SQS deletes a record this long after it was sent, hidden or not)
     queue = load_template()["Resources"]["NotifyQueue"]["Properties"]

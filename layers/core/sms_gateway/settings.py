@@ -10,11 +10,17 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from sms_gateway.ports import MAX_QUEUE_DELAY_SECONDS
 
 # A submitted message with no final DLR after this long is expired and refunded (logic/settle.py). Each wait of a
-# settle check is a visibility timeout of just under 12 h on the notify queue, which keeps messages 4 days and takes
+# settle check is a visibility timeout of just under 12 h on the notify queue, which keeps messages 14 days and takes
 # 12 receives: 72 h (7 receives) keeps both well out of reach.
 MAX_DLR_WAIT_SECONDS = 259_200
 # Notify attempts are delays + 1 and must stay below the notify queue's maxReceiveCount (template.yaml: 12).
 MAX_NOTIFY_RETRY_DELAYS = 10
+# How long the notify queue keeps a record (template.yaml NotifyQueue MessageRetentionPeriod, 14 days, the SQS
+# maximum): from when it was sent, hidden or not. A notification's whole retry schedule must end well before it, or
+# SQS deletes the record mid-schedule: no dead letter, no alarm, and its failure record reads `retrying` for ever.
+NOTIFY_QUEUE_RETENTION_SECONDS = 1_209_600
+# What the retry schedule leaves of that retention: the receives, the posts, a backlog the record waits in.
+NOTIFY_RETENTION_MARGIN_SECONDS = 86_400
 
 
 class Settings(BaseModel):
@@ -92,6 +98,14 @@ class Settings(BaseModel):
         if any(not 0 <= delay <= MAX_QUEUE_DELAY_SECONDS for delay in value):
             raise ValueError(
                 f"each of NOTIFY_RETRY_DELAYS must be from 0 to {MAX_QUEUE_DELAY_SECONDS} seconds (12 h less 5 min)"
+            )
+        # At its longest each delay is the 12 h cap, whatever its value: a client's Retry-After stretches it that far.
+        longest = len(value) * MAX_QUEUE_DELAY_SECONDS
+        if longest + NOTIFY_RETENTION_MARGIN_SECONDS > NOTIFY_QUEUE_RETENTION_SECONDS:
+            raise ValueError(
+                f"NOTIFY_RETRY_DELAYS may take {longest} s (a Retry-After stretches each delay to "
+                f"{MAX_QUEUE_DELAY_SECONDS} s): more than the notify queue keeps a record, "
+                f"{NOTIFY_QUEUE_RETENTION_SECONDS} s, less {NOTIFY_RETENTION_MARGIN_SECONDS} s to spare"
             )
         return value
 
