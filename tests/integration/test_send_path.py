@@ -89,6 +89,8 @@ def test_seed_one_send_is_accepted_stored_charged_and_queued(aws, account, api):
         (None, {"to": "2348020000000", "message": "hi"}, 400, "from"),
         (None, {**ONE, "callback_url": "https://client.example/dlr"}, 400, "needs 'delivery_report': 'yes'"),
         (None, {**ONE, "delivery_report": "yes", "callback_url": "ftp://client.example/dlr"}, 400, "https"),
+        # A host name the notifier's httpx (IDNA 2008) could never post to
+        (None, {**ONE, "delivery_report": "yes", "callback_url": "https://☃.net/dlr"}, 400, "IDNA 2008"),
     ],
 )
 def test_bad_requests_get_a_clear_error_and_change_nothing(aws, account, api, headers, body, status, fragment):

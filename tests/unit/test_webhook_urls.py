@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from sms_gateway.domain.webhook_urls import (
+    _read_host,
     forbidden_reason,
     is_forbidden_address,
     parse_ipv4,
@@ -95,7 +96,8 @@ BAD = [
     ("https://printer.local/dlr", "names a local host"),
     ("https://db.corp.internal/dlr", "names a local host"),
     ("https://metadata.google.internal/computeMetadata/v1/", "names a local host (metadata.google.internal)"),
-    ("https://\u24c1ocalhost/dlr", "names a local host (localhost)"),  # a circled L: IDNA maps it to "l"
+    # a circled L: IDNA 2003 maps it to "l"; httpx's IDNA 2008 refuses it, and so does the check, before any mapping
+    ("https://\u24c1ocalhost/dlr", "not a valid international"),
 ]
 
 
@@ -237,12 +239,6 @@ def test_create_account_refuses_a_metadata_webhook_and_creates_nothing(store: We
     assert store.accounts == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: the set-time check reads international host names with Python's IDNA 2003 codec, the notifier's "
-    "httpx with IDNA 2008: a URL such as https://☃.net/ is accepted (200, saved) and every notification to it then "
-    "fails 'Invalid IDNA hostname' until it is dead, where the client should have been told when setting it",
-)
 @pytest.mark.parametrize("url", ["https://☃.net/hook", "https://i♥sms.example/dlr"])
 def test_a_webhook_url_accepted_when_set_is_one_the_notifier_can_post_to(url):
     import httpx
@@ -253,3 +249,11 @@ def test_a_webhook_url_accepted_when_set_is_one_the_notifier_can_post_to(url):
         return  # refused when set, with a reason: fine
     # Accepted: then the notifier's client must be able to address it
     assert httpx.URL(url).raw_host
+
+
+def test_an_international_host_is_refused_saying_why_and_checked_as_the_notifier_dials_it():
+    # Given a symbol host name, which IDNA 2003 took and httpx (IDNA 2008) refuses
+    with pytest.raises(InvalidRequest, match="not a valid international \\(IDNA 2008\\) name"):
+        require_safe_webhook_url("https://☃.net/hook", allow_local=False)
+    # And a name both read, but as two hosts (IDNA 2003 maps ß to ss): the one checked is the one httpx dials
+    assert _read_host("https://faß.example/", "faß.example", bracketed=False) == (None, "xn--fa-hia.example")

@@ -153,10 +153,7 @@ def _read_host(url: str, host: str, *, bracketed: bool) -> tuple[IPAddress | Non
         except ValueError as error:
             raise InvalidRequest(f"webhook URL {url!r} has an invalid IPv6 address [{host}]") from error
     if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii").lower()
-        except UnicodeError as error:
-            raise InvalidRequest(f"webhook URL {url!r} has an invalid international host name") from error
+        host = _ascii_name(url, host)
     address = parse_ipv4(host)
     name = host.removesuffix(".")
     if address is not None:
@@ -167,3 +164,18 @@ def _read_host(url: str, host: str, *, bracketed: bool) -> tuple[IPAddress | Non
         # A name whose last label is a number is an address to a browser or libc: refuse the ones we cannot read.
         raise InvalidRequest(f"webhook URL {url!r} has a host {host!r} that is neither a host name nor an IP address")
     return None, name
+
+
+def _ascii_name(url: str, host: str) -> str:
+    """An international host name in ASCII as the notifier's httpx writes it: IDNA 2008, by the idna package (httpx's
+    own dependency), or InvalidRequest. Python's "idna" codec is IDNA 2003, which takes names httpx refuses (a symbol:
+    `☃.net`), so a URL set with one could never be posted to, and maps some to another host (`faß.de` to `fass.de`)
+    than the one httpx dials. Imported here, not at the top: its tables cost the API's cold start, for rare hosts."""
+    import idna
+
+    try:
+        return idna.encode(host.lower()).decode("ascii")
+    except UnicodeError as error:  # idna.IDNAError is one
+        raise InvalidRequest(
+            f"webhook URL {url!r} has a host name {host!r} that is not a valid international (IDNA 2008) name: {error}"
+        ) from error
