@@ -941,3 +941,27 @@ def test_a_keyed_order_with_many_long_invalid_recipients_is_answered_again_the_s
     assert again["statusCode"] == 201, again["body"][:300]
     assert again["body"] == first["body"]
     assert balance(account["account_id"]) == 99
+
+
+def test_a_session_key_message_refused_by_its_upstream_is_reported_to_the_accounts_dlr_url(aws, account, api):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import MessageStatus, StatusChange
+    from sms_gateway.logic.notify import dlr_notification
+    from sms_gateway_tools.admin import create_account
+
+    # Given an account with a DLR URL that sends with the session-key dialect (its seed has no report flag)
+    reporting = create_account(name="Film Club", senders=["48975"], credits=100, dlr_url="https://client.example/dlr")
+    order = answer(api(sms_event(log_in(api, reporting), seed_body(recipient=[NIGERIAN]))))["order_id"]
+    message = gateway().store.list_messages(reporting["account_id"], int(order))[0][0]
+    # When its upstream refuses it (the dispatcher fails it, as docs/dialects/session-key.md describes)
+    refused = message.model_copy(
+        update={"status": MessageStatus.FAILED, "error_code": "upstream_rejected", "sequence": message.sequence + 1}
+    )
+    # Then the failure is reported to the account's DLR URL, as the dialect's docs promise
+    notification = dlr_notification(StatusChange(message=refused, changed=True))
+    assert notification is not None and notification["payload"]["status"] == "failed"
+    # And an account without a DLR URL asks for no reports: there is nowhere to send them
+    quiet = answer(api(sms_event(log_in(api, account), seed_body(recipient=[NIGERIAN]))))["order_id"]
+    unreported = gateway().store.list_messages(account["account_id"], int(quiet))[0][0]
+    failed = unreported.model_copy(update={"status": MessageStatus.FAILED})
+    assert dlr_notification(StatusChange(message=failed, changed=True)) is None

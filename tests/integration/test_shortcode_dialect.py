@@ -746,12 +746,6 @@ def test_time_to_send_accepts_the_date_strings_that_resolve_to_a_unix_timestamp(
     assert len(schedules(aws)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: docs/dialects/shortcode.md says a message the dispatcher offered and its upstream refused is "
-    "'reported through the DLR webhook like any failure', but shortcode sends never ask for delivery reports "
-    "(SendCommand without delivery_report), so no change of theirs ever reaches the account's DLR URL",
-)
 def test_a_shortcode_message_refused_by_its_upstream_is_reported_to_the_accounts_dlr_url(aws, api):
     from sms_gateway.bootstrap import gateway
     from sms_gateway.domain.models import MessageStatus, StatusChange

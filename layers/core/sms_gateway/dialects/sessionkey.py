@@ -303,6 +303,8 @@ def _send(account: Account, request: SendRequest) -> Response[Any]:
         recipients=tuple(recipients),
         send_at=scheduled_time(request, account),
         route_tier=request.message_type,
+        # The seed has no delivery-report flag: reports go to the account's DLR URL when it has one.
+        delivery_report=account.default_delivery_report,
         dialect=DIALECT,
     )
     return _sent(request, recipients, rejected, accept(account, command))

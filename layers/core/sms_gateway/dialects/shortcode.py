@@ -446,6 +446,8 @@ def _send(account: Account, request: ShortcodeSend) -> Response[Any]:
         text=request.message,
         recipients=tuple(recipients),
         send_at=request.send_at,
+        # The seed has no delivery-report flag: reports go to the account's DLR URL when it has one.
+        delivery_report=account.default_delivery_report,
         dialect="shortcode",
     )
     return _sent(readings, accept(account, command))

@@ -99,6 +99,12 @@ class Account(Record):
     def default_sender(self) -> str | None:
         return self.senders[0] if self.senders else None
 
+    @property
+    def default_delivery_report(self) -> DeliveryReportMode:
+        """What a send asks for whose dialect has no delivery-report flag (the portal, shortcode, session-key):
+        reports to the account's DLR URL when it has one."""
+        return DeliveryReportMode.YES if self.dlr_url else DeliveryReportMode.NONE
+
 
 class SenderRegistration(Record):
     """The account a sender ID, shortcode or long number is registered to, and the upstreams that may deliver the

@@ -35,7 +35,7 @@ from sms_gateway.dialects.portal.framework import (
 from sms_gateway.dialects.portal.markup import attrs, esc, select
 from sms_gateway.dialects.portal.messages_view import stylesheet
 from sms_gateway.domain.dates import InvalidClientDatetime, parse_client_datetime
-from sms_gateway.domain.models import Account, DeliveryReportMode, SendCommand, StoredAnswer, utc_now
+from sms_gateway.domain.models import Account, SendCommand, StoredAnswer, utc_now
 from sms_gateway.errors import Conflict, GatewayError, InvalidRecipient, InvalidRequest
 from sms_gateway.logic import compose
 from sms_gateway.logic.idempotency import MAX_KEY_LENGTH, SEND_LEASE, fingerprint, run_once
@@ -183,7 +183,7 @@ def send_once(account: Account, form: Mapping[str, str]) -> StoredAnswer:
         text=text,
         recipients=tuple(recipients),
         # Reports go to the account's webhook when it has one; the portal shows them either way.
-        delivery_report=DeliveryReportMode.YES if account.dlr_url else DeliveryReportMode.NONE,
+        delivery_report=account.default_delivery_report,
         send_at=send_at,
         route_tier=ROUTE_TIER,
         dialect="portal",
