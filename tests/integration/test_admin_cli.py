@@ -834,9 +834,7 @@ def test_a_price_or_rate_limit_past_its_typo_guard_is_refused(cli, account):
     reason="review: a login with the old password made while reset-password is being written (after its `now`, "
     "before its transaction) opens a session the reset does not end",
 )
-def test_a_session_opened_with_the_old_password_while_the_reset_is_written_is_ended_too(
-    cli, account, aws, monkeypatch
-):
+def test_a_session_opened_with_the_old_password_while_the_reset_is_written_is_ended_too(cli, account, aws, monkeypatch):
     from sms_gateway.adapters import dynamodb
     from tests.integration.test_session_key_dialect import log_in, seed_body, sms_event
 
@@ -852,7 +850,7 @@ def test_a_session_opened_with_the_old_password_while_the_reset_is_written_is_en
     # Given a thief who keeps logging in with the leaked password
     monkeypatch.setattr(dynamodb, "hash_password", hashing_while_the_thief_logs_in)
     # When the operator resets the password, and a login of the thief's lands while the reset is being written
-    code, reset, err = cli("reset-password", "--account", account["account_id"], "--json")
+    code, _, err = cli("reset-password", "--account", account["account_id"], "--json")
     assert code == 0, err
     assert stolen
     # Then the session opened with the old password must be ended like every other one it opened
@@ -875,7 +873,7 @@ def test_a_session_opened_with_the_old_password_from_a_replica_that_lags_is_ende
     key = {"pk": {"S": f"LOGIN#{account['username']}"}, "sk": {"S": "LOGIN"}}
     before = store.client.get_item(TableName=store.table_name, Key=key, ConsistentRead=True)
     # When the operator resets the password
-    code, reset, err = cli("reset-password", "--account", account["account_id"], "--json")
+    code, _, err = cli("reset-password", "--account", account["account_id"], "--json")
     assert code == 0, err
     # And a login with the leaked password right after it is read from a replica that has not seen the reset yet
     real_get_item = store.client.get_item
