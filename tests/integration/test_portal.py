@@ -402,11 +402,6 @@ def test_a_credential_is_created_shown_once_listed_by_prefix_and_revoked(api, si
     assert _send(api, account["token"]) == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a credential's lookup is an eventually consistent read, so a revoked credential still "
-    "authenticates from a replica that has not seen the revocation (docs: refused from the next request on)",
-)
 def test_a_revoked_credential_is_refused_from_the_next_request_even_from_a_replica_that_lags(
     api, signed_in, account, monkeypatch
 ):

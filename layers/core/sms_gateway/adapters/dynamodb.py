@@ -397,6 +397,9 @@ class DynamoStore(
         found = self.client.get_item(
             TableName=self.table_name,
             Key={"pk": {"S": f"CRED#{kind}#{hash_secret(secret)}"}, "sk": {"S": "CRED"}},
+            # Strongly consistent (1 read unit, not 0.5): a replica that has not seen a revocation yet would let the
+            # revoked credential send, and charge, on the requests right after it (docs/operators.md).
+            ConsistentRead=True,
         ).get("Item")
         if not found or found.get("revoked", {}).get("BOOL"):
             return None
