@@ -19,6 +19,7 @@ from sms_gateway.domain.models import Account, Batch, Claim, ClaimOutcome, Crede
 from sms_gateway.domain.status import MessageStatus, allowed_previous
 from sms_gateway.errors import Conflict, InsufficientCredits
 from sms_gateway.logic.accounts import issue_credentials
+from sms_gateway.ports import PasswordLogin
 from tests.integration.conftest import moto_table
 
 NOW = datetime(2025, 3, 14, 9, 26, 53, 589793, tzinfo=UTC)
@@ -208,11 +209,11 @@ def test_login_needs_the_right_password_of_a_known_user(store):
     account, credentials = new_account()
     store.create_account(account, credentials)
     # Then the right password finds the account
-    assert store.account_id_for_login(credentials.username, credentials.password) == account.account_id
+    assert store.password_login(credentials.username, credentials.password) == PasswordLogin(account.account_id, "")
     # And a wrong password, an empty one, or an unknown user finds nothing
-    assert store.account_id_for_login(credentials.username, credentials.password + "x") is None
-    assert store.account_id_for_login(credentials.username, "") is None
-    assert store.account_id_for_login("nobody-" + credentials.username, credentials.password) is None
+    assert store.password_login(credentials.username, credentials.password + "x") is None
+    assert store.password_login(credentials.username, "") is None
+    assert store.password_login("nobody-" + credentials.username, credentials.password) is None
 
 
 def test_an_unknown_username_costs_the_same_key_derivations_as_a_wrong_password(store, monkeypatch):
@@ -221,7 +222,7 @@ def test_an_unknown_username_costs_the_same_key_derivations_as_a_wrong_password(
     # Given an account with a username and password, and one unknown username already tried
     account, credentials = new_account()
     store.create_account(account, credentials)
-    store.account_id_for_login("nobody-" + credentials.username, "guess")
+    store.password_login("nobody-" + credentials.username, "guess")
     derivations: list[int] = []
     scrypt = hashlib.scrypt
 
@@ -231,9 +232,9 @@ def test_an_unknown_username_costs_the_same_key_derivations_as_a_wrong_password(
 
     monkeypatch.setattr(hashlib, "scrypt", counted)
     # When a wrong password is tried for the known username, then for another unknown one
-    assert store.account_id_for_login(credentials.username, "guess") is None
+    assert store.password_login(credentials.username, "guess") is None
     for_known = len(derivations)
-    assert store.account_id_for_login("someone-" + credentials.username, "guess") is None
+    assert store.password_login("someone-" + credentials.username, "guess") is None
     # Then both cost one derivation, so the time taken does not tell which usernames exist
     assert (for_known, len(derivations) - for_known) == (1, 1)
 
@@ -266,7 +267,7 @@ def test_an_account_whose_username_or_sender_is_taken_is_not_created_at_all(stor
     assert store.account_id_for_credential("apikey", second_credentials.apikey) is None
     # And the first account keeps its name and sender
     login = (first_credentials.username, first_credentials.password)
-    assert store.account_id_for_login(*login) == first.account_id
+    assert store.password_login(*login) == PasswordLogin(first.account_id, "")
     assert store.account_id_for_sender("48974") == first.account_id
 
 

@@ -75,12 +75,12 @@ def test_a_login_whose_check_failed_inside_the_gateway_is_not_counted_a_failed_l
     account = create_account("Unlucky", "48974")
     store = wiring().store
 
-    def throttled(username: str, password: str) -> str | None:
+    def throttled(username: str, password: str) -> Any:
         raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "GetItem")
 
     # Given as many right-password logins as the limit, each failing inside the gateway (DynamoDB throttling)
     with monkeypatch.context() as patched:
-        patched.setattr(store, "account_id_for_login", throttled)
+        patched.setattr(store, "password_login", throttled)
         for _ in range(MAX_FAILED_LOGINS):
             assert login(gateway, account).status == 500
     # Then none counted as a failed login: the right password gets in, and the username keeps all its failures

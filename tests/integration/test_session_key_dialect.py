@@ -198,7 +198,7 @@ def test_concurrent_successful_logins_are_never_refused_as_failed_logins(aws, ac
     store = gateway().store
     workers = 11
     lock, reservations, all_reserved = threading.Lock(), [0], threading.Event()
-    real_reserve, real_check = store.begin_login_attempt, store.account_id_for_login
+    real_reserve, real_check = store.begin_login_attempt, store.password_login
 
     def reserve(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -209,14 +209,14 @@ def test_concurrent_successful_logins_are_never_refused_as_failed_logins(aws, ac
                 if reservations[0] == workers:
                     all_reserved.set()
 
-    def check(username: str, password: str) -> str | None:
+    def check(username: str, password: str) -> Any:
         # Each login's password check (scrypt, tens of milliseconds) overlaps the others' reservations, as it
         # does when the logins arrive together: it goes on once all eleven have reserved their place.
         all_reserved.wait(timeout=10)
         return real_check(username, password)
 
     monkeypatch.setattr(store, "begin_login_attempt", reserve)
-    monkeypatch.setattr(store, "account_id_for_login", check)
+    monkeypatch.setattr(store, "password_login", check)
     outcomes: list[str] = []
 
     def one_login() -> None:
@@ -266,16 +266,16 @@ def test_a_login_beyond_those_in_flight_is_told_to_retry_in_a_second_not_of_fail
     from sms_gateway.logic import sessions
 
     store = gateway().store
-    real_check = store.account_id_for_login
+    real_check = store.password_login
     checking, go_on = threading.Semaphore(0), threading.Event()
 
-    def slow_check(username: str, password: str) -> str | None:
+    def slow_check(username: str, password: str) -> Any:
         checking.release()
         go_on.wait(timeout=10)
         return real_check(username, password)
 
     # Given as many right-password logins of the username being checked right now as may be
-    monkeypatch.setattr(store, "account_id_for_login", slow_check)
+    monkeypatch.setattr(store, "password_login", slow_check)
     outcomes: list[str] = []
     workers = [
         threading.Thread(target=lambda: outcomes.append(log_in(api, account)[0]))

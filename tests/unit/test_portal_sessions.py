@@ -10,7 +10,7 @@ from sms_gateway.domain.models import Account
 from sms_gateway.errors import TooManyAttempts, Unauthorized
 from sms_gateway.logic import portal_sessions
 from sms_gateway.logic.portal_sessions import ABSOLUTE_LIFETIME, EXTEND_EVERY, IDLE_TIMEOUT
-from sms_gateway.ports import LoginAttempt, LoginRefusal, PortalSession
+from sms_gateway.ports import LoginAttempt, LoginRefusal, PasswordLogin, PortalSession
 
 NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 ACCOUNT = Account(account_id="42", name="Cinema Club", credits=0, partner_id="123456", created_at="2026-01-01")
@@ -24,11 +24,15 @@ class Stores:
         self.attempts: dict[tuple[str, int], int] = {}
         self.extensions = 0
         self.account = ACCOUNT
+        # What an eventually consistent read answers when a replica lags (None: what a consistent one does).
+        self.replica: Account | None = None
         self.consistent_reads: list[bool] = []
 
     # login (ports.SessionStore, the parts check_login uses)
-    def account_id_for_login(self, username: str, password: str) -> str | None:
-        return ACCOUNT.account_id if (username, password) == ("cinema", "right") else None
+    def password_login(self, username: str, password: str) -> PasswordLogin | None:
+        if (username, password) != ("cinema", "right"):
+            return None
+        return PasswordLogin(account_id=ACCOUNT.account_id, password_epoch=self.account.password_epoch)
 
     def begin_login_attempt(
         self, username: str, window: int, *, max_failures: int, max_in_flight: int, **times: datetime
@@ -43,7 +47,9 @@ class Stores:
     # accounts
     def get_account(self, account_id: str, *, consistent: bool = False) -> Account | None:
         self.consistent_reads.append(consistent)
-        return self.account if account_id == ACCOUNT.account_id else None
+        if account_id != ACCOUNT.account_id:
+            return None
+        return self.account if consistent or self.replica is None else self.replica
 
     # portal sessions
     def save_portal_session(self, token: str, session: PortalSession) -> None:
@@ -152,14 +158,55 @@ def test_each_session_has_its_own_csrf_token_that_reveals_nothing_of_the_cookie(
     assert not portal_sessions.csrf_matches(first, None)
 
 
+def reset(account: Account, at: datetime, epoch: str = "second") -> Account:
+    """The account as admin reset-password leaves it: a new password epoch, and the time of the reset."""
+    return account.model_copy(update={"sessions_valid_from": at, "password_epoch": epoch})
+
+
 def test_a_password_reset_ends_the_sessions_signed_in_before_it(stores):
     # Given a session signed in before the account's password was reset, and one after
     before = sign_in(stores)
-    stores.account = ACCOUNT.model_copy(update={"sessions_valid_from": NOW + timedelta(minutes=1)})
+    stores.account = reset(ACCOUNT, NOW + timedelta(minutes=1))
     after = sign_in(stores, at=NOW + timedelta(minutes=2))
     # Then only the one after is a session
     assert signed_in(stores, before, NOW + timedelta(minutes=3)) is None
     assert signed_in(stores, after, NOW + timedelta(minutes=3)) is not None
+
+
+def test_a_sign_in_that_checked_the_old_password_while_the_reset_was_made_is_ended_by_it(stores):
+    # Given a sign-in that checked the old password after the reset took its time, before the reset was written
+    stores.account = ACCOUNT.model_copy(update={"password_epoch": "first"})
+    late = sign_in(stores, at=NOW + timedelta(seconds=2))
+    # When the reset is written
+    stores.account = reset(stores.account, NOW + timedelta(seconds=1))
+    # Then its session is ended all the same, though it is younger than the reset's time
+    assert signed_in(stores, late, NOW + timedelta(seconds=3)) is None
+    # And the new password's sessions live, whatever the clocks (one opened a little before the reset's time)
+    assert signed_in(stores, sign_in(stores, at=NOW), NOW + timedelta(seconds=3)) is not None
+
+
+def test_a_session_signed_in_before_sessions_carried_the_password_epoch_is_judged_by_the_reset_time(stores):
+    # Given sessions stored before 2026-12-06 (no epoch), one signed in before the reset and one after
+    before, after = sign_in(stores), sign_in(stores, at=NOW + timedelta(minutes=2))
+    for token in (before, after):
+        stores.sessions[token] = stores.sessions[token].model_copy(update={"password_epoch": None})
+    # When the password is reset between them
+    stores.account = reset(ACCOUNT, NOW + timedelta(minutes=1))
+    # Then the one before is ended and the one after lives: nobody is signed out by the deploy itself
+    assert signed_in(stores, before, NOW + timedelta(minutes=3)) is None
+    assert signed_in(stores, after, NOW + timedelta(minutes=3)) is not None
+
+
+def test_a_page_view_read_from_a_replica_that_has_not_seen_the_reset_does_not_end_the_new_passwords_session(stores):
+    # Given a reset, and a sign-in with the new password right after it
+    stores.account = reset(ACCOUNT, NOW)
+    token = sign_in(stores, at=NOW + timedelta(seconds=1))
+    # When a page view's eventually consistent read is answered by a replica that still has the old password's epoch
+    stores.replica = ACCOUNT
+    stores.consistent_reads.clear()
+    # Then the session is read again strongly consistent before it is refused, and lives
+    assert signed_in(stores, token, NOW + timedelta(seconds=2)) is not None
+    assert stores.consistent_reads == [False, True]
 
 
 def test_a_form_reads_the_account_consistently_and_a_page_view_at_half_the_cost(stores):

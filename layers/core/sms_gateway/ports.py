@@ -478,8 +478,10 @@ class AccountAdmin(AccountStore, Protocol):
     def update_account(self, account_id: str, changes: AccountChanges) -> Account: ...
 
     def reset_password(self, account_id: str, password: str, *, sessions_valid_from: datetime) -> Account:
-        """Replaces the account's /login password (stored hashed) and, in the same write, sets its
-        `sessions_valid_from`; NotFound when the account does not exist."""
+        """Replaces the account's /login password (stored hashed) and, in the same write, gives the login and the
+        account a new random `password_epoch` (which ends every session of the old password) and sets the account's
+        `sessions_valid_from` (which ends those opened before sessions carried an epoch); NotFound when the account
+        does not exist."""
         ...
 
     def accounts_with_plain_webhook_credentials(self) -> Iterator[Account]:
@@ -557,12 +559,13 @@ class GroupStore(Protocol):
 class SessionStore(Protocol):
     """Session keys of the session-key dialect: issued by /login, kept only as a hash, valid until they expire."""
 
-    def account_id_for_login(self, username: str, password: str) -> str | None:
-        """The account whose login this is, or None; the same time is spent whether the username exists or not."""
+    def password_login(self, username: str, password: str) -> PasswordLogin | None:
+        """The login whose username and password these are, or None; the same time is spent whether the username
+        exists or not. Read strongly consistent: a password reset a moment ago is seen."""
         ...
 
     def save_session(
-        self, session_key: str, account_id: str, *, created_at: datetime, expires_at: datetime
+        self, session_key: str, account_id: str, *, created_at: datetime, expires_at: datetime, password_epoch: str
     ) -> None: ...
 
     def key_session(self, session_key: str, *, now: datetime) -> KeySession | None:
@@ -592,13 +595,24 @@ class SessionStore(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class PasswordLogin:
+    """A username and password that matched: the account, and the epoch of the password they matched, read from the
+    same item as its hash (the sessions it opens carry it: a password reset gives the account a new one)."""
+
+    account_id: str
+    password_epoch: str
+
+
 class KeySession(BaseModel):
-    """A session-key session as stored (its key only as a hash): whose it is, and when /login opened it."""
+    """A session-key session as stored (its key only as a hash): whose it is, when /login opened it, and the epoch of
+    the password it was opened with (None: opened before sessions carried it, 2026-12-06)."""
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
     account_id: str
     created_at: datetime
+    password_epoch: str | None = None
 
 
 class LoginRefusal(StrEnum):
@@ -629,6 +643,8 @@ class PortalSession(BaseModel):
     # Absolute: the session ends then however busy it is. Idle: pushed forward while the session is used.
     expires_at: datetime
     idle_until: datetime
+    # The epoch of the password it was signed in with, as KeySession's (None: signed in before 2026-12-06).
+    password_epoch: str | None = None
 
 
 class PortalSessionStore(Protocol):

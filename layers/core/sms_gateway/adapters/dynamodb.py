@@ -3,7 +3,7 @@
 Item layout (see docs/data-model.md):
   account     pk=ACC#<account_id>                 sk=ACCOUNT
   credential  pk=CRED#<kind>#<sha256 of secret>   sk=CRED          -> account_id
-  login       pk=LOGIN#<username>                 sk=LOGIN         -> account_id, scrypt hash
+  login       pk=LOGIN#<username>                 sk=LOGIN         -> account_id, scrypt hash, password epoch
   sender      pk=SENDER#<sender id or number>     sk=SENDER        -> account_id (one owner per sender)
   inbound     pk=INBOX#<account_id>               sk=IN#<inbound_id>  (and its dedup marker: dynamodb_inbox.py)
   batch       pk=ACC#<account_id>                 sk=BATCH#<reference_id>
@@ -69,6 +69,7 @@ from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.senders import registry_form
 from sms_gateway.domain.status import MessageStatus, allowed_previous
 from sms_gateway.errors import Conflict, InsufficientCredits, KeyReused, NotFound
+from sms_gateway.ports import PasswordLogin
 
 MESSAGE_INDEX = "message-index"
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -405,12 +406,18 @@ class DynamoStore(
             return None
         return str(found["account_id"]["S"])
 
-    def account_id_for_login(self, username: str, password: str) -> str | None:
+    def password_login(self, username: str, password: str) -> PasswordLogin | None:
         key = f"LOGIN#{username}"
         # DynamoDB refuses a read by a partition key over its limit (a ValidationException, a 500): no account
         # has such a username, so it is an unknown one, checked in the same time.
         found = (
-            self.client.get_item(TableName=self.table_name, Key={"pk": {"S": key}, "sk": {"S": "LOGIN"}}).get("Item")
+            self.client.get_item(
+                TableName=self.table_name,
+                Key={"pk": {"S": key}, "sk": {"S": "LOGIN"}},
+                # Strongly consistent: a replica that has not seen a password reset yet would let the old password
+                # in. A login is rare next to sends (a session lasts 24 hours): 1 read unit instead of 0.5.
+                ConsistentRead=True,
+            ).get("Item")
             if len(key.encode()) <= MAX_PARTITION_KEY_BYTES
             else None
         )
@@ -420,7 +427,11 @@ class DynamoStore(
             return None
         if not verify_password(password, found["password_hash"]["S"]):
             return None
-        return str(found["account_id"]["S"])
+        # The epoch comes from the item the hash came from: a login that checked the old password carries the old
+        # epoch, however late it ends, and its session is refused once the reset is written.
+        return PasswordLogin(
+            account_id=str(found["account_id"]["S"]), password_epoch=found.get("password_epoch", {}).get("S", "")
+        )
 
     def account_id_for_sender(self, sender: str) -> str | None:
         registration = self.sender_registration(sender)

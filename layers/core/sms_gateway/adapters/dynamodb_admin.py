@@ -10,6 +10,7 @@ lets an operator list and revoke an account's credentials without a scan.
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -352,6 +353,9 @@ class DynamoAccountAdmin:
         from sms_gateway.adapters.dynamodb import hash_password
 
         username = self._login_username(account_id)
+        # The sessions of the old password carry the old epoch: this one ends them all, also those of a login that
+        # checked the old password while this reset was being made.
+        epoch = {":epoch": {"S": secrets.token_urlsafe(16)}}
         # One transaction: the new password never works while the sessions of the old one still do, nor the reverse.
         try:
             self.client.transact_write_items(
@@ -360,20 +364,21 @@ class DynamoAccountAdmin:
                         "Update": {
                             "TableName": self.table_name,
                             "Key": account_key(account_id),
-                            "UpdateExpression": "SET sessions_valid_from = :valid_from",
+                            "UpdateExpression": "SET sessions_valid_from = :valid_from, password_epoch = :epoch",
                             "ConditionExpression": _EXISTS,
-                            "ExpressionAttributeValues": {":valid_from": {"S": iso(sessions_valid_from)}},
+                            "ExpressionAttributeValues": {":valid_from": {"S": iso(sessions_valid_from)}, **epoch},
                         }
                     },
                     {
                         "Update": {
                             "TableName": self.table_name,
                             "Key": {"pk": {"S": f"LOGIN#{username}"}, "sk": {"S": _LOGIN_SK}},
-                            "UpdateExpression": "SET password_hash = :hash",
+                            "UpdateExpression": "SET password_hash = :hash, password_epoch = :epoch",
                             "ConditionExpression": "account_id = :account",
                             "ExpressionAttributeValues": {
                                 ":hash": {"S": hash_password(password)},
                                 ":account": {"S": account_id},
+                                **epoch,
                             },
                         }
                     },

@@ -13,8 +13,7 @@ from sms_gateway.ports import KeySession, LoginAttempt, LoginRefusal, PortalSess
 
 
 class DynamoSessionsMixin:
-    """Implements ports.SessionStore with DynamoStore, whose `client`, `table_name` and `account_id_for_login`
-    it uses."""
+    """Implements ports.SessionStore with DynamoStore, whose `client`, `table_name` and `password_login` it uses."""
 
     client: Any
     table_name: str
@@ -26,7 +25,9 @@ class DynamoSessionsMixin:
 
         return {"pk": {"S": f"SESSION#{hash_secret(session_key)}"}, "sk": {"S": "SESSION"}}
 
-    def save_session(self, session_key: str, account_id: str, *, created_at: datetime, expires_at: datetime) -> None:
+    def save_session(
+        self, session_key: str, account_id: str, *, created_at: datetime, expires_at: datetime, password_epoch: str
+    ) -> None:
         self.client.put_item(
             TableName=self.table_name,
             Item={
@@ -34,6 +35,7 @@ class DynamoSessionsMixin:
                 "account_id": {"S": account_id},
                 "created_at": {"S": iso(created_at)},
                 "expires_at": {"N": str(int(expires_at.timestamp()))},
+                "password_epoch": {"S": password_epoch},
             },
             # A 256-bit random key never collides; the condition makes sure a session is never overwritten.
             ConditionExpression="attribute_not_exists(pk)",
@@ -49,7 +51,11 @@ class DynamoSessionsMixin:
         # DynamoDB's TTL deletes expired items lazily (up to days later), so expiry is checked here.
         if not found or int(found["expires_at"]["N"]) <= int(now.timestamp()):
             return None
-        return KeySession(account_id=found["account_id"]["S"], created_at=from_iso(found["created_at"]["S"]))
+        return KeySession(
+            account_id=found["account_id"]["S"],
+            created_at=from_iso(found["created_at"]["S"]),
+            password_epoch=_password_epoch(found),
+        )
 
     @staticmethod
     def _portal_session_key(token: str) -> dict[str, Any]:
@@ -67,6 +73,7 @@ class DynamoSessionsMixin:
                 # expires_at is the table's TTL attribute: DynamoDB removes the item some time after it.
                 "expires_at": {"N": str(int(session.expires_at.timestamp()))},
                 "idle_until": {"N": str(int(session.idle_until.timestamp()))},
+                **({"password_epoch": {"S": session.password_epoch}} if session.password_epoch is not None else {}),
             },
             ConditionExpression="attribute_not_exists(pk)",
         )
@@ -82,6 +89,7 @@ class DynamoSessionsMixin:
             created_at=datetime.fromisoformat(found["created_at"]["S"]),
             expires_at=datetime.fromtimestamp(int(found["expires_at"]["N"]), tz=UTC),
             idle_until=datetime.fromtimestamp(int(found["idle_until"]["N"]), tz=UTC),
+            password_epoch=_password_epoch(found),
         )
 
     def extend_portal_session(self, token: str, idle_until: datetime) -> None:
@@ -192,3 +200,9 @@ class DynamoSessionsMixin:
                         ConditionExpression="attribute_exists(pk)",
                         ExpressionAttributeValues=failure,
                     )
+
+
+def _password_epoch(session: dict[str, Any]) -> str | None:
+    """The epoch of the password a stored session was opened with; None for one opened before sessions carried it."""
+    epoch = session.get("password_epoch")
+    return str(epoch["S"]) if epoch is not None else None

@@ -83,9 +83,13 @@ class Account(Record):
     # Active opt-outs (STOP) of the account's numbers, kept exact by the opt-out writes' transactions: a send
     # for an account with none skips the opt-out lookup (docs/opt-outs.md).
     opt_outs: int = 0
-    # Set by a password reset (admin reset-password): every session opened before it, session-key or portal, is
-    # refused from then on. None: the password was never reset.
+    # Set by a password reset (admin reset-password): the time of the reset, which ends the sessions opened before
+    # sessions carried a password epoch (2026-12-06). None: the password was never reset.
     sessions_valid_from: datetime | None = None
+    # The version of the /login password: a reset sets a new random one here and on the login item, in one
+    # transaction, and a session (session-key or portal) whose login read another one is refused. "": the password
+    # the account was created with (its login item has no epoch either).
+    password_epoch: str = ""
 
     @field_validator("webhook_token", "webhook_secret", mode="before")
     @classmethod

@@ -261,8 +261,8 @@ def revoke_credential(
 
 
 class PasswordReset(Record):
-    """A new /login password, shown this once (stored only hashed), and the time before which the account's
-    sessions, session-key and portal, are refused."""
+    """A new /login password, shown this once (stored only hashed), and the time of the reset (the sessions of the
+    old password, session-key and portal, are refused from then on: logic/sessions.ended_by_reset)."""
 
     account_id: str
     password: str
@@ -270,7 +270,7 @@ class PasswordReset(Record):
 
 
 def reset_password(store: AccountAdmin, account_id: str, *, now: datetime) -> PasswordReset:
-    """Shuts a leaked password out: a new one replaces it, and every session opened with it before `now` ends."""
+    """Shuts a leaked password out: a new one replaces it, and every session opened with the old one ends."""
     require_account(store, account_id)
     password = new_password()
     store.reset_password(account_id, password, sessions_valid_from=now)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sms_gateway.domain.models import Account
-from sms_gateway.logic.sessions import check_login, ended_by_reset
+from sms_gateway.logic.sessions import check_login, session_account
 from sms_gateway.ports import ConsistentAccountLookup, PortalSession, PortalSessionStore, SessionStore
 
 # Signed out after this long without a request, and after ABSOLUTE_LIFETIME whatever the use.
@@ -47,12 +47,16 @@ def csrf_matches(session_token: str, given: str | None) -> bool:
 def sign_in(store: SessionStore, sessions: PortalSessionStore, username: str, password: str, *, now: datetime) -> str:
     """A new session's token for a valid username and password (the session-key /login's checks and attempt
     limit); Unauthorized or TooManyAttempts otherwise, with the same message whichever part was wrong."""
-    account_id = check_login(store, username, password, now=now)
+    login = check_login(store, username, password, now=now)
     token = secrets.token_urlsafe(32)
     sessions.save_portal_session(
         token,
         PortalSession(
-            account_id=account_id, created_at=now, expires_at=now + ABSOLUTE_LIFETIME, idle_until=now + IDLE_TIMEOUT
+            account_id=login.account_id,
+            created_at=now,
+            expires_at=now + ABSOLUTE_LIFETIME,
+            idle_until=now + IDLE_TIMEOUT,
+            password_epoch=login.password_epoch,
         ),
     )
     return token
@@ -74,8 +78,8 @@ def signed_in(
     session = sessions.portal_session(token)
     if session is None or now >= session.expires_at or now >= session.idle_until:
         return None
-    account = accounts.get_account(session.account_id, consistent=consistent)
-    if account is None or ended_by_reset(account, session.created_at):
+    account = session_account(accounts, session, consistent=consistent)
+    if account is None:
         return None
     idle_until = min(now + IDLE_TIMEOUT, session.expires_at)
     if idle_until - session.idle_until >= EXTEND_EVERY:

@@ -9,7 +9,14 @@ from datetime import datetime, timedelta
 
 from sms_gateway.domain.models import Account
 from sms_gateway.errors import TooManyAttempts, Unauthorized
-from sms_gateway.ports import AccountStore, LoginRefusal, SessionStore
+from sms_gateway.ports import (
+    ConsistentAccountLookup,
+    KeySession,
+    LoginRefusal,
+    PasswordLogin,
+    PortalSession,
+    SessionStore,
+)
 
 # Absolute, not sliding: a key is good for this long after /login whatever its use, so reading it never writes.
 SESSION_LIFETIME = timedelta(hours=24)
@@ -41,9 +48,10 @@ class SessionKeys:
         return f"{self.user_key};{self.session_key}"
 
 
-def check_login(store: SessionStore, username: str | None, password: str | None, *, now: datetime) -> str:
-    """The account id of a valid username and password, within the per-username attempt limit; Unauthorized with
-    one message whatever was wrong (the session-key dialect's /login and the portal's sign-in both use it)."""
+def check_login(store: SessionStore, username: str | None, password: str | None, *, now: datetime) -> PasswordLogin:
+    """The login (account id, password epoch) of a valid username and password, within the per-username attempt
+    limit; Unauthorized with one message whatever was wrong (the session-key dialect's /login and the portal's sign-in
+    both use it)."""
     if not username or not password:
         raise Unauthorized("username and password are required")
     window_seconds = int(LOGIN_WINDOW.total_seconds())
@@ -61,15 +69,15 @@ def check_login(store: SessionStore, username: str | None, password: str | None,
     if isinstance(attempt, LoginRefusal):
         raise refused(attempt, window_ends, now=now)
     try:
-        account_id = store.account_id_for_login(username, password)
+        login = store.password_login(username, password)
     except Exception:
         # Only a wrong password counts: a check that raised (the store failing) ends the attempt uncounted.
         store.end_login_attempt(username, window, attempt, failed=False)
         raise
-    store.end_login_attempt(username, window, attempt, failed=account_id is None)
-    if account_id is None:
+    store.end_login_attempt(username, window, attempt, failed=login is None)
+    if login is None:
         raise Unauthorized(BAD_LOGIN)
-    return account_id
+    return login
 
 
 def refused(refusal: LoginRefusal, window_ends: datetime, *, now: datetime) -> TooManyAttempts:
@@ -87,15 +95,26 @@ def refused(refusal: LoginRefusal, window_ends: datetime, *, now: datetime) -> T
 
 def log_in(store: SessionStore, username: str | None, password: str | None, *, now: datetime) -> SessionKeys:
     """A fresh session for valid credentials; Unauthorized with one message whatever was wrong."""
-    account_id = check_login(store, username, password, now=now)
+    login = check_login(store, username, password, now=now)
     # 256 bits from the OS; URL-safe characters only, so never a ';' that would split the answer.
     session_key = secrets.token_urlsafe(32)
-    store.save_session(session_key, account_id, created_at=now, expires_at=now + SESSION_LIFETIME)
-    return SessionKeys(user_key=account_id, session_key=session_key)
+    store.save_session(
+        session_key,
+        login.account_id,
+        created_at=now,
+        expires_at=now + SESSION_LIFETIME,
+        password_epoch=login.password_epoch,
+    )
+    return SessionKeys(user_key=login.account_id, session_key=session_key)
 
 
 def account_for_session(
-    sessions: SessionStore, accounts: AccountStore, user_key: str | None, session_key: str | None, *, now: datetime
+    sessions: SessionStore,
+    accounts: ConsistentAccountLookup,
+    user_key: str | None,
+    session_key: str | None,
+    *,
+    now: datetime,
 ) -> Account:
     """The caller's account, when `session_key` is live and was issued for `user_key`."""
     if not user_key or not session_key:
@@ -104,13 +123,32 @@ def account_for_session(
     # Both headers must agree, as the family requires: the session's own account is the user_key.
     if session is None or not hmac.compare_digest(session.account_id.encode(), user_key.encode()):
         raise Unauthorized(BAD_SESSION)
-    account = accounts.get_account(session.account_id)
-    if account is None or ended_by_reset(account, session.created_at):
+    account = session_account(accounts, session)
+    if account is None:
         raise Unauthorized(BAD_SESSION)
     return account
 
 
-def ended_by_reset(account: Account, opened_at: datetime) -> bool:
-    """Whether a session the account opened at `opened_at` (session-key or portal) was ended by a password reset
-    since: it is read with the account, so ending every session costs no scan."""
-    return account.sessions_valid_from is not None and opened_at < account.sessions_valid_from
+def session_account(
+    accounts: ConsistentAccountLookup, session: KeySession | PortalSession, *, consistent: bool = False
+) -> Account | None:
+    """The account of a session (session-key or portal), or None when it is gone or a password reset ended the
+    session. It is read with the account the request needs anyway, so ending every session costs no scan. An
+    eventually consistent read that says the session was ended is made again strongly consistent before the session
+    is refused: a replica that has not seen a reset yet would end the sessions of the new password."""
+    account = accounts.get_account(session.account_id, consistent=consistent)
+    if account is not None and not consistent and ended_by_reset(account, session):
+        account = accounts.get_account(session.account_id, consistent=True)
+    if account is None or ended_by_reset(account, session):
+        return None
+    return account
+
+
+def ended_by_reset(account: Account, session: KeySession | PortalSession) -> bool:
+    """Whether a password reset ended the session: it was opened with another password than the account's now (the
+    epoch its login read with the hash; a reset gives the login and the account a new one in one transaction, so a
+    login that checked the old password, however late, opened a session the reset ends). A session opened before
+    sessions carried the epoch (2026-12-06) is judged by the clock, as it was: ended when opened before the reset."""
+    if session.password_epoch is None:
+        return account.sessions_valid_from is not None and session.created_at < account.sessions_valid_from
+    return session.password_epoch != account.password_epoch
