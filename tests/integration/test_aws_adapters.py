@@ -307,6 +307,21 @@ def test_a_priority_command_has_its_own_lane_and_overtakes_the_accounts_bulk(wir
     assert {m["Attributes"]["MessageGroupId"] for m in rest} == {account_id}
 
 
+def test_without_a_priority_queue_every_record_goes_to_the_one_dispatch_queue(aws):
+    # Given the adapter of a stack from before the priority queue (no PRIORITY_DISPATCH_QUEUE_URL)
+    queue = SqsDispatchQueue(aws["DISPATCH_QUEUE_URL"])
+    otp = DispatchCommand(account_id="1", reference_id=new_id(), message_ids=(new_id(),), priority=True)
+    # When a priority record and a bulk record are enqueued
+    queue.enqueue([otp, *commands_for("1", 1)])
+    # Then both are on the dispatch queue, and a record is handed back there whatever its ARN says
+    sqs = clients.client("sqs")
+    received = sqs.receive_message(QueueUrl=aws["DISPATCH_QUEUE_URL"], MaxNumberOfMessages=10)["Messages"]
+    assert [DispatchCommand.model_validate_json(m["Body"]).priority for m in received] == [True, False]
+    for record in received:
+        queue.delay(record["ReceiptHandle"], 0, source_arn="arn:aws:sqs:us-east-1:123456789012:other.fifo")
+    assert len(sqs.receive_message(QueueUrl=aws["DISPATCH_QUEUE_URL"], MaxNumberOfMessages=10)["Messages"]) == 2
+
+
 def test_a_containers_clients_share_one_session_and_its_loaded_models(aws):
     """Cold start: a botocore session per client would load the endpoint rules and models once per client."""
     clients.reset_clients()

@@ -330,7 +330,7 @@ def test_a_failed_record_is_retried_soon_at_first_then_after_the_visibility_time
     wiring = SimpleNamespace(
         store=Store(),
         settings=SimpleNamespace(dispatch_max_attempts=6),
-        dispatch_queue=SimpleNamespace(delay=lambda handle, seconds: returned.append(seconds)),
+        dispatch_queue=SimpleNamespace(delay=lambda handle, seconds, source_arn=None: returned.append(seconds)),
     )
     monkeypatch.setattr(consumers, "gateway", lambda: wiring)
 

@@ -49,7 +49,9 @@ def gateway() -> Gateway:
     return Gateway(
         settings=settings,
         store=DynamoStore(settings.table_name, retention_days=settings.message_retention_days),
-        dispatch_queue=SqsDispatchQueue(settings.dispatch_queue_url),
+        dispatch_queue=SqsDispatchQueue(
+            settings.dispatch_queue_url, priority_queue_url=settings.priority_dispatch_queue_url
+        ),
         dispatch_dead_letters=SqsDeadLetterQueue(settings.dispatch_dead_letter_queue_url),
         notify_queue=SqsNotifyQueue(settings.notify_queue_url),
         webhook_credentials=KmsSecretBox(settings.webhook_credentials_key_id),

@@ -269,11 +269,11 @@ def _release_held_back(records: Sequence[SQSRecord]) -> None:
 
 def _return_records(records: Sequence[SQSRecord], seconds: int, why: str) -> None:
     """Records handed back, made visible again after `seconds` rather than the queue's visibility timeout (360 s),
-    for which they would hold their message groups."""
+    for which they would hold their message groups; each on the queue it came from (bulk or priority)."""
     queue = gateway().dispatch_queue
     for record in records:
         try:
-            queue.delay(record.receipt_handle, seconds)
+            queue.delay(record.receipt_handle, seconds, source_arn=record.get("eventSourceARN"))
         except Exception:
             # Only later, not lost: it comes back after the visibility timeout.
             logger.warning(f"could not return a dispatch record {why}", extra={"record": record.message_id})
@@ -423,7 +423,9 @@ async def _dispatch_record(record: SQSRecord, invocation: _Invocation) -> dict[s
     )
     if outcome.needs_retry:
         delay = outcome.retry_delay(backoff_base=wiring.settings.dispatch_backoff_base_seconds)
-        await asyncio.to_thread(wiring.dispatch_queue.delay, record.receipt_handle, delay)
+        await asyncio.to_thread(
+            wiring.dispatch_queue.delay, record.receipt_handle, delay, source_arn=record.get("eventSourceARN")
+        )
         raise RetryLater(f"{len(outcome.retry)} messages of batch {command.reference_id} met transient failures")
     return {"submitted": outcome.submitted}
 

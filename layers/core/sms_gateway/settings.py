@@ -29,6 +29,8 @@ class Settings(BaseModel):
     stage: str = "dev"
     table_name: str = ""
     dispatch_queue_url: str = ""
+    # Single sends' dispatch queue (their own event source and concurrency); unset: they share dispatch_queue_url.
+    priority_dispatch_queue_url: str = ""
     notify_queue_url: str = ""
     dispatch_dead_letter_queue_url: str = ""
     schedule_group_name: str = ""

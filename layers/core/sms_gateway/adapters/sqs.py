@@ -1,4 +1,5 @@
-"""SQS adapters: the FIFO dispatch queue (message group = account, or its priority lane) and the notify queue."""
+"""SQS adapters: the FIFO dispatch queues (bulk batches, and single sends on their own; message group = account,
+or its priority lane) and the notify queue."""
 
 from __future__ import annotations
 
@@ -24,12 +25,12 @@ class _Queue:
             self._client = aws.client("sqs")
         return self._client
 
-    def _send(self, entries: Sequence[dict[str, Any]]) -> None:
+    def _send(self, entries: Sequence[dict[str, Any]], *, queue_url: str | None = None) -> None:
         """Sends in order, one SendMessageBatch call per 10 entries; any refused entry is an error."""
         for start in range(0, len(entries), SEND_BATCH_SIZE):
             chunk = entries[start : start + SEND_BATCH_SIZE]
             numbered = [{**entry, "Id": str(i)} for i, entry in enumerate(chunk)]
-            answer = self.client.send_message_batch(QueueUrl=self.queue_url, Entries=numbered)
+            answer = self.client.send_message_batch(QueueUrl=queue_url or self.queue_url, Entries=numbered)
             failed = answer.get("Failed") or []
             if failed:
                 reasons = "; ".join(f"{f.get('Id')}: {f.get('Code')} {f.get('Message', '')}" for f in failed)
@@ -37,8 +38,11 @@ class _Queue:
 
     def delay(self, receipt_handle: str, seconds: int) -> None:
         """Keeps a received record invisible for `seconds` (SQS's maximum is 12 hours): the retry's backoff."""
+        self._delay(receipt_handle, seconds, queue_url=self.queue_url)
+
+    def _delay(self, receipt_handle: str, seconds: int, *, queue_url: str) -> None:
         self.client.change_message_visibility(
-            QueueUrl=self.queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=max(0, min(seconds, 43_200))
+            QueueUrl=queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=max(0, min(seconds, 43_200))
         )
 
 
@@ -63,9 +67,22 @@ def dispatch_dedup_id(command: DispatchCommand) -> str:
 
 
 class SqsDispatchQueue(_Queue):
+    """Bulk batches on the dispatch queue, single sends (`priority`) on the priority dispatch queue: each has its
+    own event source and MaximumConcurrency, so bulk backlogs a rate limit holds in their invocations never take
+    the slots a one-time code needs. A lane lives wholly on one queue, so its order is kept. Without a priority
+    queue URL every record goes to the one queue."""
+
+    def __init__(self, queue_url: str, *, priority_queue_url: str = "", client: Any | None = None) -> None:
+        super().__init__(queue_url, client=client)
+        self.priority_queue_url = priority_queue_url or queue_url
+
+    def queue_url_of(self, command: DispatchCommand) -> str:
+        return self.priority_queue_url if command.priority else self.queue_url
+
     def enqueue(self, commands: Sequence[DispatchCommand]) -> None:
-        self._send(
-            [
+        by_queue: dict[str, list[dict[str, Any]]] = {}
+        for command in commands:
+            by_queue.setdefault(self.queue_url_of(command), []).append(
                 {
                     "MessageBody": command.model_dump_json(),
                     # The account is the message group: its batches keep their order; others don't wait.
@@ -73,9 +90,22 @@ class SqsDispatchQueue(_Queue):
                     "MessageGroupId": dispatch_group_id(command),
                     "MessageDeduplicationId": dispatch_dedup_id(command),
                 }
-                for command in commands
-            ]
-        )
+            )
+        for queue_url, entries in by_queue.items():
+            self._send(entries, queue_url=queue_url)
+
+    def delay(self, receipt_handle: str, seconds: int, *, source_arn: str | None = None) -> None:
+        """As _Queue.delay, on the queue the record was received from (its eventSourceARN; the bulk queue when
+        it names neither)."""
+        self._delay(receipt_handle, seconds, queue_url=self._url_of_arn(source_arn))
+
+    def _url_of_arn(self, arn: str | None) -> str:
+        # A queue's ARN ends with its name, as its URL does: arn:aws:sqs:<region>:<account>:<name>.
+        name = (arn or "").rsplit(":", 1)[-1]
+        for url in (self.priority_queue_url, self.queue_url):
+            if name and url.rstrip("/").rsplit("/", 1)[-1] == name:
+                return url
+        return self.queue_url
 
 
 class SqsDeadLetterQueue(_Queue):
