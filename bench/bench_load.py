@@ -106,11 +106,16 @@ def measure(clients: int, requests: int, recipients: int) -> dict[str, Any]:
         # invocation lock from the API (the account's 50 msg/s rate limit would also make it drain for minutes).
         # A drainer takes the dispatch records off the queue instead (counting them), because moto's SQS slows
         # down badly as a queue gets deep: left to pile up, the queue, not the API, would set the pace.
+        # Both dispatch queues: bulk batches, and single sends (a send to one number) on the priority one.
         for poller in stack.pollers:
-            if poller.source.queue_logical_id == "DispatchQueue":
+            if poller.source.queue_logical_id in ("DispatchQueue", "PriorityDispatchQueue"):
                 poller.stop()
-        drainer = _DispatchQueueDrainer(stack.client("sqs"), stack.env["DISPATCH_QUEUE_URL"])
-        drainer.start()
+        drainers = [
+            _DispatchQueueDrainer(stack.client("sqs"), stack.env[name])
+            for name in ("DISPATCH_QUEUE_URL", "PRIORITY_DISPATCH_QUEUE_URL")
+        ]
+        for drainer in drainers:
+            drainer.start()
         account = create_account(name="Load", senders=[SENDER], credits=total * 2, api_url=stack.api_url)
         results: list[tuple[int, float, Any]] = []
         threads = [
@@ -132,7 +137,7 @@ def measure(clients: int, requests: int, recipients: int) -> dict[str, Any]:
         accepted = [answer for status, _, answer in results if status == 200]
         processed = sum(int(answer["recipients_processed"]) for answer in accepted)
         stored = sum(_stored_messages(stack, account["account_id"], answer["reference_id"]) for answer in accepted)
-        queued = drainer.stop()
+        queued = sum(drainer.stop() for drainer in drainers)
     latencies = [seconds for _, seconds, _ in results]
     errors = Counter(str(status) for status, _, _ in results if status != 200)
     return {
@@ -171,11 +176,11 @@ def run(quick: bool) -> dict[str, Any]:
             "HTTP bridge, the upstream simulator. Clients are threads with their own keep-alive httpx client, "
             "each sending its requests one after the other (9bits POST /ng/v1/sendsms, `to` a list of distinct "
             "valid Nigerian numbers). Latency is per request, measured by the client.",
-            "Dispatch is paused (the DispatchQueue poller is stopped): the local stack runs one function "
-            "invocation at a time (its default, serialize_invocations=True), so a dispatcher invocation would "
-            "hold the API up, and the account's 50 msg/s rate limit would make it drain for minutes; the "
-            "figures are the API's intake. A drainer thread receives and deletes the dispatch records as they "
-            "come (moto's SQS slows down badly as a queue gets deep); dispatch_records_queued counts them.",
+            "Dispatch is paused (the pollers of both dispatch queues are stopped): the local stack runs one "
+            "function invocation at a time (its default, serialize_invocations=True), so a dispatcher invocation "
+            "would hold the API up, and the account's 50 msg/s rate limit would make it drain for minutes; the "
+            "figures are the API's intake. A drainer thread per dispatch queue receives and deletes the records as "
+            "they come (moto's SQS slows down badly as a queue gets deep); dispatch_records_queued counts them.",
             "Stored = message items counted per accepted batch in DynamoDB (moto), against recipients_processed "
             "of each accepted answer.",
             "These are this machine's figures (2 cores shared with other jobs), with moto as DynamoDB and SQS "

@@ -205,7 +205,9 @@ def measure(recipients: int, runs: int) -> tuple[dict[str, list[dict[str, float]
             )
             sqs = session.client("sqs", endpoint_url=endpoint)
             scheduler = session.client("scheduler", endpoint_url=endpoint)
-            dispatch_queue = (env["DISPATCH_QUEUE_URL"], "arn:aws:sqs:us-east-1:123456789012:dispatch.fifo")
+            # A send to one number is a single send, queued on the priority dispatch queue (template.yaml).
+            dispatch_url = env["PRIORITY_DISPATCH_QUEUE_URL" if recipients == 1 else "DISPATCH_QUEUE_URL"]
+            dispatch_queue = (dispatch_url, f"arn:aws:sqs:us-east-1:123456789012:{dispatch_url.rsplit('/', 1)[-1]}")
             notify_queue = (env["NOTIFY_QUEUE_URL"], "arn:aws:sqs:us-east-1:123456789012:notify")
             event_file = str(Path(scratch) / "event.json")
 

@@ -231,9 +231,10 @@ class FirstInvocations:
         batch_ok = lambda answer: not answer.get("batchItemFailures")  # noqa: E731
         measured: dict[str, Measured] = {}
         measured["api"], dispatch = self.measure(
-            "api", paths["api"], self.send_event(), http_ok, lambda: self.queue_event("DispatchQueue")
+            "api", paths["api"], self.send_event(), http_ok, lambda: self.queue_event("PriorityDispatchQueue")
         )
-        self.empty("DispatchQueue")
+        # A send to one number (an OTP) is a single send: on the priority dispatch queue.
+        self.empty("PriorityDispatchQueue")
         measured["dispatcher"], _ = self.measure("dispatcher", paths["dispatcher"], dispatch, batch_ok)
         # What the dispatcher announced (the message went out; a settle check) is not the typical notifier record.
         self.empty("NotifyQueue")
@@ -249,7 +250,7 @@ class FirstInvocations:
             self.schedule_event(),
             lambda answer: bool(answer.get("released")),
         )
-        self.empty("DispatchQueue")
+        self.empty("PriorityDispatchQueue")
         # Its rate rule's event; a run that finds nothing to queue (the typical one: callbacks queue their SMS).
         measured["sweeper"], _ = self.measure(
             "sweeper", paths["sweeper"], SCHEDULED_EVENT, lambda answer: answer.get("inbound_queued") == 0

@@ -76,12 +76,17 @@ def stored_account(account_id: str) -> Any:
 
 
 def queued(env: dict[str, str]) -> int:
+    """The records queued for dispatch, on both dispatch queues (bulk batches and single sends)."""
     import boto3
 
-    attributes = boto3.client("sqs").get_queue_attributes(
-        QueueUrl=env["DISPATCH_QUEUE_URL"], AttributeNames=["ApproximateNumberOfMessages"]
+    return sum(
+        int(
+            boto3.client("sqs").get_queue_attributes(
+                QueueUrl=env[name], AttributeNames=["ApproximateNumberOfMessages"]
+            )["Attributes"]["ApproximateNumberOfMessages"]
+        )
+        for name in ("DISPATCH_QUEUE_URL", "PRIORITY_DISPATCH_QUEUE_URL")
     )
-    return int(attributes["Attributes"]["ApproximateNumberOfMessages"])
 
 
 def assert_refused(cli: Cli, argv: list[str], fragment: str) -> None:
@@ -164,7 +169,13 @@ def test_a_deployed_stack_is_looked_up_in_the_region_aws_region_names(aws, monke
 
     from sms_gateway_tools import admin
 
-    for name in ("TABLE_NAME", "DISPATCH_QUEUE_URL", "NOTIFY_QUEUE_URL", "WEBHOOK_CREDENTIALS_KEY_ID"):
+    for name in (
+        "TABLE_NAME",
+        "DISPATCH_QUEUE_URL",
+        "PRIORITY_DISPATCH_QUEUE_URL",
+        "NOTIFY_QUEUE_URL",
+        "WEBHOOK_CREDENTIALS_KEY_ID",
+    ):
         monkeypatch.setenv(name, os.environ.get(name, ""))  # restored after the test
     for name in ("ALLOW_HTTP_WEBHOOKS", "UPSTREAM_PARAMETER_PREFIX", "DEFAULT_UPSTREAM"):
         monkeypatch.delenv(name, raising=False)
@@ -184,6 +195,31 @@ def test_a_deployed_stack_is_looked_up_in_the_region_aws_region_names(aws, monke
     aws_clients.reset_clients()
     assert aws_clients.client("dynamodb").meta.region_name == "eu-west-1"
     aws_clients.reset_clients()
+
+
+@pytest.mark.parametrize("has_priority_queue", [True, False])
+def test_a_deployed_stack_s_dispatch_queues_are_read_from_its_outputs(aws, monkeypatch, has_priority_queue):
+    import os
+
+    import boto3
+
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway_tools import admin
+
+    for name in ("TABLE_NAME", "DISPATCH_QUEUE_URL", "PRIORITY_DISPATCH_QUEUE_URL", "NOTIFY_QUEUE_URL"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # restored after the test
+    # Given a stack whose outputs name its dispatch queues (one from before the priority queue names one)
+    outputs = {"TableName": {"Value": "t"}, "DispatchQueueUrl": {"Value": "https://sqs/q/bulk.fifo"}}
+    if has_priority_queue:
+        outputs["PriorityDispatchQueueUrl"] = {"Value": "https://sqs/q/priority.fifo"}
+    template = {"Resources": {"Topic": {"Type": "AWS::SNS::Topic"}}, "Outputs": outputs}
+    boto3.client("cloudformation").create_stack(StackName="sms-gateway-old", TemplateBody=json.dumps(template))
+    # When the admin commands point at it
+    admin.use_deployed_stack("sms-gateway-old")
+    # Then the wiring sends single sends to its priority queue, or to its one dispatch queue when it has none
+    queue = gateway().dispatch_queue
+    assert queue.queue_url == "https://sqs/q/bulk.fifo"
+    assert queue.priority_queue_url == ("https://sqs/q/priority.fifo" if has_priority_queue else queue.queue_url)
 
 
 # ---------------------------------------------------------------- credentials

@@ -281,9 +281,9 @@ def test_a_refused_entry_is_an_error_not_a_silent_drop():
     assert [len(call) for call in sqs.calls] == [3]
 
 
-def test_a_priority_command_has_its_own_lane_and_overtakes_the_accounts_bulk(wired, aws):
+def test_a_priority_command_has_its_own_lane_on_its_own_queue_and_overtakes_the_accounts_bulk(wired, aws):
     sqs = clients.client("sqs")
-    queue_url = aws["DISPATCH_QUEUE_URL"]
+    queue_url, priority_url = aws["DISPATCH_QUEUE_URL"], aws["PRIORITY_DISPATCH_QUEUE_URL"]
     # Given 12 bulk records of an account, then one priority record (an OTP) of the same account
     account_id = str(new_id())
     bulk = commands_for(account_id, 12)
@@ -292,19 +292,58 @@ def test_a_priority_command_has_its_own_lane_and_overtakes_the_accounts_bulk(wir
     # When a dispatcher holds the account's first bulk record (its group is then blocked until it is done)
     first = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1, MessageSystemAttributeNames=["All"])
     assert DispatchCommand.model_validate_json(first["Messages"][0]["Body"]) == bulk[0]
-    # Then the next receive still gets the priority record, in the account's priority group
-    answer = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"])
+    # Then the priority record is on the priority dispatch queue (its own event source and slots), in the
+    # account's priority group, and not on the dispatch queue
+    assert sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", []) == []
+    answer = sqs.receive_message(QueueUrl=priority_url, MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"])
     received = answer.get("Messages", [])
     assert [DispatchCommand.model_validate_json(m["Body"]) for m in received] == [otp]
     assert received[0]["Attributes"]["MessageGroupId"] == f"{account_id}#priority"
     # And it keeps the deduplication id scheme: the batch and its record's contents
     assert received[0]["Attributes"]["MessageDeduplicationId"] == dispatch_dedup_id(otp)
-    # And the bulk records still come in order, in the account's own group
+    # And the bulk records still come in order, in the account's own group, on the dispatch queue
     sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=first["Messages"][0]["ReceiptHandle"])
-    sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=received[0]["ReceiptHandle"])
     rest = receive_all(queue_url, expected=11)
     assert [DispatchCommand.model_validate_json(m["Body"]) for m in rest] == bulk[1:]
     assert {m["Attributes"]["MessageGroupId"] for m in rest} == {account_id}
+
+
+def test_single_sends_that_need_no_order_go_to_the_priority_queue_each_in_a_lane_of_its_own(wired, aws):
+    # Given two single sends of an account that lets its single sends overlap, and one bulk record
+    account_id = str(new_id())
+    singles = [
+        DispatchCommand(
+            account_id=account_id, reference_id=new_id(), message_ids=(new_id(),), priority=True, in_order=False
+        )
+        for _ in range(2)
+    ]
+    bulk = commands_for(account_id, 1)
+    # When they are enqueued together
+    wired.dispatch_queue.enqueue([singles[0], *bulk, singles[1]])
+    # Then the single sends are on the priority queue, each in its own group; the bulk record on the dispatch queue
+    received = receive_all(aws["PRIORITY_DISPATCH_QUEUE_URL"], expected=2)
+    assert sorted(m["Attributes"]["MessageGroupId"] for m in received) == sorted(
+        f"{account_id}#send#{command.reference_id}" for command in singles
+    )
+    assert [
+        DispatchCommand.model_validate_json(m["Body"]) for m in receive_all(aws["DISPATCH_QUEUE_URL"], expected=1)
+    ] == bulk
+
+
+def test_a_record_is_handed_back_on_the_queue_it_came_from(wired, aws):
+    sqs = clients.client("sqs")
+    # Given a priority record and a bulk record, each received from its queue
+    account_id = str(new_id())
+    otp = DispatchCommand(account_id=account_id, reference_id=new_id(), message_ids=(new_id(),), priority=True)
+    wired.dispatch_queue.enqueue([otp, *commands_for(account_id, 1)])
+    for name in ("PRIORITY_DISPATCH_QUEUE_URL", "DISPATCH_QUEUE_URL"):
+        url = aws[name]
+        [record] = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        # When the dispatcher hands it back at once, naming the queue its event said it came from
+        wired.dispatch_queue.delay(record["ReceiptHandle"], 0, source_arn=arn)
+        # Then it is visible again on that queue (a receipt handle of another queue would be refused there)
+        assert [m["MessageId"] for m in sqs.receive_message(QueueUrl=url)["Messages"]] == [record["MessageId"]], name
 
 
 def test_without_a_priority_queue_every_record_goes_to_the_one_dispatch_queue(aws):

@@ -10,12 +10,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import route_simulator_upstreams_to
+from tests.conftest import STACK, route_simulator_upstreams_to
 from tests.integration.test_send_path import (
+    DISPATCH_QUEUES,
     FakeContext,
     as_lambda_sqs_event,
+    delete_records,
     load_function,
     queued_records,
+    received_from,
     send_event,
 )
 
@@ -450,8 +453,6 @@ def test_records_held_back_behind_a_failed_one_come_back_with_it_not_after_the_v
     aws, api, monkeypatch
 ):
     # Given one account's two batches (one message group) and an upstream failing the first batch for now
-    import boto3
-
     from sms_gateway import bootstrap
 
     failing = {"first"}
@@ -474,9 +475,7 @@ def test_records_held_back_behind_a_failed_one_come_back_with_it_not_after_the_v
     # out of sight for the queue's 360 s visibility timeout)
     failing.clear()
     asyncio.run(asyncio.sleep(1.5))
-    again = boto3.client("sqs").receive_message(
-        QueueUrl=aws["DISPATCH_QUEUE_URL"], MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
-    )["Messages"]
+    again = queued_records(aws)
     assert [json.loads(r["Body"])["reference_id"] for r in again] == [
         json.loads(r["Body"])["reference_id"] for r in records
     ]
@@ -489,32 +488,30 @@ def time_for_checks(checks: int) -> Any:
 
 
 def drain_like_the_event_source(aws: dict[str, str], invocations: int) -> int:
-    """Hands the dispatch queue's records to the dispatcher as Lambda's poller does (up to BatchSize 10, deleting
-    what succeeded) until the queue is empty; returns the invocations it took."""
+    """Hands the dispatch queues' records to the dispatcher as Lambda's pollers do (up to BatchSize 10, deleting
+    what succeeded) until both queues are empty; returns the invocations it took."""
     import time
 
-    import boto3
-
-    sqs = boto3.client("sqs")
     dispatcher = load_function("dispatcher")
     for invocation in range(invocations):
         records = queued_records(aws)
         if not records:
-            attributes = sqs.get_queue_attributes(QueueUrl=aws["DISPATCH_QUEUE_URL"], AttributeNames=["All"])
-            counts = attributes["Attributes"]
-            if int(counts["ApproximateNumberOfMessages"]) + int(counts["ApproximateNumberOfMessagesNotVisible"]) == 0:
+            if not any(in_queue(aws[name]) for name in DISPATCH_QUEUES):
                 return invocation
             time.sleep(0.25)
             continue
         answer = dispatcher.handler(as_lambda_sqs_event(records), FakeContext())
         failed = {item["itemIdentifier"] for item in answer["batchItemFailures"]}
-        done = [record for record in records if record["MessageId"] not in failed]
-        if done:
-            sqs.delete_message_batch(
-                QueueUrl=aws["DISPATCH_QUEUE_URL"],
-                Entries=[{"Id": str(i), "ReceiptHandle": r["ReceiptHandle"]} for i, r in enumerate(done)],
-            )
+        delete_records([record for record in records if record["MessageId"] not in failed])
     raise AssertionError(f"the queue was not drained in {invocations} rounds")
+
+
+def in_queue(queue_url: str) -> int:
+    """The queue's records, visible or in flight."""
+    import boto3
+
+    counts = boto3.client("sqs").get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    return int(counts["ApproximateNumberOfMessages"]) + int(counts["ApproximateNumberOfMessagesNotVisible"])
 
 
 def test_a_backlog_longer_than_an_invocation_is_all_sent_in_order_and_none_dead_lettered(
@@ -541,17 +538,9 @@ def test_a_backlog_longer_than_an_invocation_is_all_sent_in_order_and_none_dead_
     assert dead["Attributes"]["ApproximateNumberOfMessages"] == "0"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known limitation: a record a rate limit starves waits in its invocation until out_of_time, so as many "
-        "rate-limited backlogs as the dispatch event source's MaximumConcurrency (the DispatcherMaximumConcurrency "
-        "parameter, default 10) hold every slot and other accounts' sends wait up to an invocation; documented in "
-        "docs/dispatch.md, 'A backlog longer than an invocation', and docs/template.md"
-    ),
-)
 def test_rate_limited_backlogs_do_not_hold_every_dispatcher_slot_the_template_allows(aws, api, upstream, monkeypatch):
-    # Given the dispatch event source's cap on concurrent dispatcher invocations, as template.yaml sets it
+    # Given the dispatcher's SQS event sources as template.yaml sets them: each reads its queue, with its cap
+    # (ScalingConfig.MaximumConcurrency) on concurrent invocations
     import threading
     import time
 
@@ -559,23 +548,31 @@ def test_rate_limited_backlogs_do_not_hold_every_dispatcher_slot_the_template_al
 
     from sms_gateway import consumers
     from sms_gateway_tools.admin import set_account
-    from sms_gateway_tools.template import function_definitions, load_template, resolved
+    from sms_gateway_tools.template import load_template, queue_definitions, resolved
 
-    [dispatcher_fn] = [fn for fn in function_definitions(load_template()) if fn.logical_id == "DispatcherFunction"]
-    [source] = dispatcher_fn.sqs_events
-    properties = load_template()["Resources"]["DispatcherFunction"]["Properties"]["Events"]["Dispatch"]["Properties"]
-    slots = int(resolved(load_template(), properties["ScalingConfig"]["MaximumConcurrency"]))
-    assert source.queue == "DispatchQueue"
-    # And that many accounts sending at 1 message a second, each with a backlog of ten batches queued (ten records
-    # of its bulk lane, as a 10,000-recipient send at a low rate leaves it), then another account's one message
+    template = load_template()
+    events = template["Resources"]["DispatcherFunction"]["Properties"]["Events"]
+    names = {queue.logical_id: queue.queue_name for queue in queue_definitions(template, STACK)}
+    sqs = boto3.client("sqs")
+    sources = [
+        (
+            sqs.get_queue_url(QueueName=names[spec["Queue"]["Fn::GetAtt"][0]])["QueueUrl"],
+            int(resolved(template, spec["ScalingConfig"]["MaximumConcurrency"])),
+        )
+        for spec in (event["Properties"] for event in events.values() if event["Type"] == "SQS")
+    ]
+    bulk_slots = int(resolved(template, events["Dispatch"]["Properties"]["ScalingConfig"]["MaximumConcurrency"]))
+    # And that many accounts sending at 1 message a second, each with a backlog of ten bulk batches of two
+    # recipients queued (ten records of its bulk lane, as a large send at a low rate leaves it), then another
+    # account's one message, a single send (a one-time code)
     limited = []
-    for index in range(slots):
+    for index in range(bulk_slots):
         account = new_account(f"Limited {index}", f"4898{index}")
         set_account(account_id=account["account_id"], rate_limit=1)
         limited.append(account)
     for account in limited:
         for batch in range(10):
-            bulk_send(api, account, f"{account['sender']} bulk {batch:02d}", recipients=1)
+            bulk_send(api, account, f"{account['sender']} bulk {batch:02d}", recipients=2)
     other = new_account("Not limited", "48990")
     bulk_send(api, other, "one-time code", recipients=1)
 
@@ -585,32 +582,31 @@ def test_rate_limited_backlogs_do_not_hold_every_dispatcher_slot_the_template_al
         return lambda: time.monotonic() >= deadline
 
     monkeypatch.setattr(consumers, "_out_of_time", four_second_invocations)
-    # When Lambda's poller runs at most `slots` invocations at once, each taking up to BatchSize records, oldest first
-    sqs = boto3.client("sqs")
+    # When Lambda's pollers run, for each event source, at most its cap of invocations at once, each taking up to
+    # BatchSize records of its own queue, oldest first
     dispatcher = load_function("dispatcher")
     started = time.monotonic()
     stop = threading.Event()
     errors: list[BaseException] = []
 
-    def poller() -> None:
+    def poller(queue_url: str) -> None:
         try:
             while not stop.is_set() and time.monotonic() - started < 15:
-                records = queued_records(aws)
+                records = received_from(queue_url)
                 if not records:
                     time.sleep(0.05)
                     continue
                 answer = dispatcher.handler(as_lambda_sqs_event(records), FakeContext())
                 failed = {item["itemIdentifier"] for item in answer["batchItemFailures"]}
-                done = [record for record in records if record["MessageId"] not in failed]
-                if done:
-                    sqs.delete_message_batch(
-                        QueueUrl=aws["DISPATCH_QUEUE_URL"],
-                        Entries=[{"Id": str(i), "ReceiptHandle": r["ReceiptHandle"]} for i, r in enumerate(done)],
-                    )
+                delete_records([record for record in records if record["MessageId"] not in failed])
         except BaseException as error:  # reported below
             errors.append(error)
 
-    threads = [threading.Thread(target=poller, daemon=True) for _ in range(slots)]
+    threads = [
+        threading.Thread(target=poller, args=(queue_url,), daemon=True)
+        for queue_url, slots in sources
+        for _ in range(slots)
+    ]
     for thread in threads:
         thread.start()
     sent_after = None
@@ -623,7 +619,7 @@ def test_rate_limited_backlogs_do_not_hold_every_dispatcher_slot_the_template_al
     for thread in threads:
         thread.join(timeout=20)
     assert not errors, errors
-    # Then the account that is not rate limited does not wait for the others' rate limits: its message goes out
-    # within a couple of seconds (each of its accounts' batches "leave in order while accounts don't wait for each
-    # other", docs/template.md), not once a rate-limited invocation has run out its time
+    # Then the account that is not rate limited does not wait for the others' rate limits: its one-time code goes
+    # out within a couple of seconds, not once a rate-limited invocation has run out its time (single sends have a
+    # queue and slots of their own, which bulk backlogs cannot hold)
     assert sent_after is not None and sent_after < 2.0, sent_after

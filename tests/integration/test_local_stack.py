@@ -162,7 +162,8 @@ def test_environment_points_the_functions_at_moto(stack: LocalStack) -> None:
     # And upstream callbacks go to the webhook function's URL (its own port, as on AWS its own host), not the API
     assert env["CALLBACK_BASE_URL"] == stack.function_urls["WebhookFunction"] == stack.callback_url
     assert stack.callback_url != stack.api_url
-    assert env["DISPATCH_QUEUE_URL"].endswith(".fifo")
+    assert env["DISPATCH_QUEUE_URL"].endswith("-dispatch.fifo")
+    assert env["PRIORITY_DISPATCH_QUEUE_URL"].endswith("-priority-dispatch.fifo")
     assert env["SCHEDULED_DISPATCH_FUNCTION_ARN"] == stack.function_arn("ScheduledDispatchFunction")
     assert env["SCHEDULE_DLQ_ARN"].startswith("arn:aws:sqs:us-east-1:")
     stack.client("dynamodb").describe_table(TableName=env["TABLE_NAME"])
@@ -380,6 +381,17 @@ def test_sqs_messages_reach_the_dispatcher_with_partial_batch_failures(stack: Lo
         time.sleep(0.2)
     assert attributes == {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesNotVisible": "0"}
     assert drain(fakes.dispatched, 1.5) == []
+
+    # And the priority dispatch queue (single sends) is polled too, its records naming it as their source
+    sqs.send_message(
+        QueueUrl=stack.env["PRIORITY_DISPATCH_QUEUE_URL"],
+        MessageBody=f"ok-priority-{run}",
+        MessageGroupId=f"account-{run}#priority",
+        MessageDeduplicationId=f"{run}-priority",
+    )
+    [priority] = drain(fakes.dispatched, 5)
+    assert priority["body"] == f"ok-priority-{run}"
+    assert priority["eventSourceARN"].endswith(":sms-gateway-local-priority-dispatch.fifo")
 
 
 def _at(moment: datetime) -> str:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import FakeContext, load_event, load_function
 from tests.integration import test_send_path
-from tests.integration.test_send_path import as_lambda_sqs_event, queued_records, send_event
+from tests.integration.test_send_path import as_lambda_sqs_event, delete_records, queued_records, send_event
 
 # The send path's fixtures: an account with credits, the api function, a recording simulator upstream.
 account, api, upstream = test_send_path.account, test_send_path.api, test_send_path.upstream
@@ -84,13 +84,12 @@ def log_lines_at(level: str) -> Iterator[list[dict[str, Any]]]:
 
 
 def test_a_routine_dispatch_record_logs_nothing_at_info_and_one_with_a_failure_its_counts(aws, account, api, upstream):
-    sqs = boto3.client("sqs")
     # Given a record whose message the upstream takes
     api(send_event(account["token"]))
     [record] = queued_records(aws)
     with log_lines_at("INFO") as lines:
         assert dispatch([record]) == {"batchItemFailures": []}
-    sqs.delete_message(QueueUrl=aws["DISPATCH_QUEUE_URL"], ReceiptHandle=record["ReceiptHandle"])
+    delete_records([record])
     # Then nothing is logged at INFO: the metrics count it
     assert [line["message"] for line in lines] == []
 

@@ -17,6 +17,7 @@ from sms_gateway.domain.models import CallbackRequest, SubmitRequest
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
 from tests.conftest import FakeContext, load_event, load_function
+from tests.integration.test_send_path import as_lambda_sqs_event, queued_records
 
 USERNAME = "cinemaclub"
 API_KEY = "atsk_0123456789abcdef"
@@ -428,28 +429,7 @@ def webhook_event(kind: str, body: str, token: str) -> dict[str, Any]:
 
 
 def dispatch_queued(aws: dict[str, str]) -> dict[str, Any]:
-    import boto3
-
-    records = boto3.client("sqs").receive_message(
-        QueueUrl=aws["DISPATCH_QUEUE_URL"], MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
-    )["Messages"]
-    sqs_event = {
-        "Records": [
-            {
-                "messageId": r["MessageId"],
-                "receiptHandle": r["ReceiptHandle"],
-                "body": r["Body"],
-                "attributes": r["Attributes"],
-                "messageAttributes": {},
-                "md5OfBody": r["MD5OfBody"],
-                "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:dispatch.fifo",
-                "awsRegion": "us-east-1",
-            }
-            for r in records
-        ]
-    }
-    return dict(load_function("dispatcher").handler(sqs_event, FakeContext()))
+    return dict(load_function("dispatcher").handler(as_lambda_sqs_event(queued_records(aws)), FakeContext()))
 
 
 def test_end_to_end_an_at_delivery_report_finds_its_message_by_the_upstream_id(aws, at_upstream) -> None:

@@ -18,6 +18,7 @@ from sms_gateway.domain.models import CallbackRequest, SubmitRequest
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
 from tests.conftest import FakeContext, load_event, load_function
+from tests.integration.test_send_path import as_lambda_sqs_event, queued_records
 
 ACCOUNT_SID = "ACXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"
 AUTH_TOKEN = "your_auth_token"
@@ -534,27 +535,7 @@ def test_end_to_end_a_twilio_status_callback_finds_its_message_by_our_reference(
     # Given a send that the dispatcher submitted to Twilio
     event = load_event("api-sendsms-9bits.json", YOUR_API_Token=account["token"])
     reference_id = json.loads(api.handler(event, FakeContext())["body"])["reference_id"]
-    import boto3
-
-    records = boto3.client("sqs").receive_message(
-        QueueUrl=aws["DISPATCH_QUEUE_URL"], MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
-    )["Messages"]
-    sqs_event = {
-        "Records": [
-            {
-                "messageId": r["MessageId"],
-                "receiptHandle": r["ReceiptHandle"],
-                "body": r["Body"],
-                "attributes": r["Attributes"],
-                "messageAttributes": {},
-                "md5OfBody": r["MD5OfBody"],
-                "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:dispatch.fifo",
-                "awsRegion": "us-east-1",
-            }
-            for r in records
-        ]
-    }
+    sqs_event = as_lambda_sqs_event(queued_records(aws))
     assert load_function("dispatcher").handler(sqs_event, FakeContext()) == {"batchItemFailures": []}
     callback = twilio_upstream.form()["StatusCallback"][0]
     assert callback.startswith(f"https://{callback_domain}/callbacks/twilio/dlr?ref=")

@@ -31,6 +31,22 @@ def test_the_schedule_releases_its_batch_into_the_dispatch_queue_once(aws, accou
     assert len(command["message_ids"]) == 2
 
 
+def test_a_scheduled_single_send_is_released_into_the_priority_dispatch_queue(aws, account, api):  # noqa: F811
+    # Given a send to one number scheduled an hour ahead
+    send_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    status, sent = send(api, account["token"], [AIRTEL], send_at=send_at)
+    assert status == 200, sent
+    event = load_event("scheduler-release-batch.json")
+    event.update(account_id=account["account_id"], reference_id=int(sent["reference_id"]))
+    # When its schedule fires
+    assert load_function("scheduled_dispatch").handler(event, FakeContext()) == {"released": True}
+    # Then its record is on the priority dispatch queue, with the single sends sent at once, not behind bulk
+    assert queued_records(aws, ("DISPATCH_QUEUE_URL",)) == []
+    [record] = queued_records(aws, ("PRIORITY_DISPATCH_QUEUE_URL",))
+    assert json.loads(record["Body"])["reference_id"] == int(sent["reference_id"])
+    assert record["Attributes"]["MessageGroupId"] == f"{account['account_id']}#priority"
+
+
 def test_a_batch_scheduled_from_a_sender_the_operator_removed_is_not_sent_from_it(aws, account, api):  # noqa: F811
     from sms_gateway_tools import admin
 

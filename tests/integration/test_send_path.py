@@ -36,14 +36,32 @@ def send_event(token: str, body: dict[str, Any] | None = None) -> dict[str, Any]
     return event
 
 
-def queued_records(env: dict[str, str]) -> list[dict[str, Any]]:
+# What is queued for dispatch is on two queues: single sends on the priority one, bulk batches on the other.
+DISPATCH_QUEUES = ("PRIORITY_DISPATCH_QUEUE_URL", "DISPATCH_QUEUE_URL")
+
+
+def queued_records(env: dict[str, str], queues: tuple[str, ...] = DISPATCH_QUEUES) -> list[dict[str, Any]]:
+    """Up to 10 records received from each of `queues` (the dispatch queues' env names, single sends first)."""
+    return [record for name in queues for record in received_from(env[name])]
+
+
+def received_from(queue_url: str) -> list[dict[str, Any]]:
+    """Up to 10 records received from the queue, each with the URL and ARN of the queue it came from (`QueueUrl`,
+    `EventSourceARN`, which as_lambda_sqs_event puts in the Lambda event, as the event source does)."""
     import boto3
 
     sqs = boto3.client("sqs")
-    answer = sqs.receive_message(
-        QueueUrl=env["DISPATCH_QUEUE_URL"], MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
-    )
-    return answer.get("Messages", [])
+    answer = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"])
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return [{**record, "QueueUrl": queue_url, "EventSourceARN": arn} for record in answer.get("Messages", [])]
+
+
+def delete_records(records: list[dict[str, Any]]) -> None:
+    """Deletes records queued_records received, each from its own queue, as Lambda's poller does once handled."""
+    import boto3
+
+    for record in records:
+        boto3.client("sqs").delete_message(QueueUrl=record["QueueUrl"], ReceiptHandle=record["ReceiptHandle"])
 
 
 def balance(account_id: str) -> int:
@@ -162,7 +180,7 @@ def as_lambda_sqs_event(records: list[dict[str, Any]]) -> dict[str, Any]:
                 "messageAttributes": {},
                 "md5OfBody": r["MD5OfBody"],
                 "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:dispatch.fifo",
+                "eventSourceARN": r.get("EventSourceARN", "arn:aws:sqs:us-east-1:123456789012:dispatch.fifo"),
                 "awsRegion": "us-east-1",
             }
             for r in records
@@ -212,6 +230,52 @@ def test_a_transient_upstream_failure_returns_the_record_to_the_queue(aws, accou
     assert load_function("dispatcher").handler(event, FakeContext()) == {"batchItemFailures": []}
     assert len(upstream.submits) == 2
     assert upstream.submits[0]["client_ref"] == upstream.submits[1]["client_ref"]
+
+
+def test_a_single_send_handed_back_comes_back_on_the_priority_queue_after_its_backoff(
+    aws, account, api, upstream, monkeypatch
+):
+    import time
+
+    from sms_gateway import bootstrap
+
+    # Given a single send's record, received from the priority dispatch queue, and an upstream busy for now
+    monkeypatch.setenv("DISPATCH_BACKOFF_BASE_SECONDS", "1")
+    bootstrap.reset()
+    upstream.status = 503
+    api(send_event(account["token"]))
+    [record] = queued_records(aws)
+    assert record["QueueUrl"] == aws["PRIORITY_DISPATCH_QUEUE_URL"]
+    # When the dispatcher hands it back to retry after its backoff
+    answer = load_function("dispatcher").handler(as_lambda_sqs_event([record]), FakeContext())
+    assert answer == {"batchItemFailures": [{"itemIdentifier": record["MessageId"]}]}
+    # Then it is visible again on the priority queue once its backoff is over, not after the queue's 360 s
+    # visibility timeout (the backoff set on the queue it came from, not on the bulk dispatch queue)
+    time.sleep(1.5)
+    assert [again["MessageId"] for again in queued_records(aws)] == [record["MessageId"]]
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_a_single_send_is_queued_on_the_priority_queue_and_a_bulk_batch_on_the_dispatch_queue(
+    aws, account, api, in_order
+):
+    from sms_gateway_tools.admin import set_account
+
+    # Given an account whose single sends go out in order (its priority lane), or each in a lane of its own
+    set_account(account_id=account["account_id"], single_sends_in_order=in_order)
+    # When it sends a batch to two numbers, then one message to one number
+    bulk = api(send_event(account["token"], {**ONE, "to": ["2348020000001", "2348020000002"], "message": "bulk"}))
+    single = api(send_event(account["token"], {**ONE, "message": "code 1234"}))
+    assert bulk["statusCode"] == single["statusCode"] == 200
+    # Then the batch is on the dispatch queue in the account's bulk lane, and the single send on the priority
+    # dispatch queue (its own event source and slots) in the lane the account's setting gives it
+    [batch] = queued_records(aws, ("DISPATCH_QUEUE_URL",))
+    [one] = queued_records(aws, ("PRIORITY_DISPATCH_QUEUE_URL",))
+    assert str(json.loads(batch["Body"])["reference_id"]) == json.loads(bulk["body"])["reference_id"]
+    assert str(json.loads(one["Body"])["reference_id"]) == json.loads(single["body"])["reference_id"]
+    assert batch["Attributes"]["MessageGroupId"] == account["account_id"]
+    lane = "#priority" if in_order else f"#send#{json.loads(one['Body'])['reference_id']}"
+    assert one["Attributes"]["MessageGroupId"] == account["account_id"] + lane
 
 
 def test_a_permanent_upstream_refusal_fails_the_message_and_refunds_it(aws, account, api, upstream):
@@ -303,7 +367,6 @@ def test_a_failed_record_holds_back_the_rest_of_its_account_but_not_other_accoun
 def test_a_send_from_a_sender_just_added_is_sent_by_a_dispatcher_that_cached_the_account_before(
     aws, account, api, upstream
 ):
-    import boto3
 
     from sms_gateway_tools.admin import add_sender
 
@@ -312,7 +375,7 @@ def test_a_send_from_a_sender_just_added_is_sent_by_a_dispatcher_that_cached_the
     api(send_event(account["token"]))
     [first] = queued_records(aws)
     assert dispatcher.handler(as_lambda_sqs_event([first]), FakeContext()) == {"batchItemFailures": []}
-    boto3.client("sqs").delete_message(QueueUrl=aws["DISPATCH_QUEUE_URL"], ReceiptHandle=first["ReceiptHandle"])
+    delete_records([first])
     # And the operator then adds a sender to the account, and the client sends from it at once (accepted: 200)
     add_sender(account_id=account["account_id"], sender="CINEMA")
     answer = api(send_event(account["token"], {"from": "CINEMA", "to": "2348020000001", "message": "new sender"}))

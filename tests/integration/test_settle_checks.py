@@ -279,7 +279,9 @@ def test_an_invocation_that_cannot_queue_its_settle_check_hands_every_record_bac
     assert handed_back == {record["messageId"] for record in event["Records"]}
     assert len(upstream.submits) == 3 and {m.status for m in account_messages(account)} == {"submitted"}
     # And they come back within seconds, not after the queue's 360 s visibility timeout (holding their FIFO groups)
-    back_within = [record.visible_at - unix_time_millis() for record in queue_contents(aws["DISPATCH_QUEUE_URL"])]
+    back_within = [
+        record.visible_at - unix_time_millis() for record in queue_contents(aws["PRIORITY_DISPATCH_QUEUE_URL"])
+    ]
     assert len(back_within) == 3 and all(0 < ms <= SETTLE_RETRY_SECONDS * 1000 for ms in back_within), back_within
     # When the records come back and the queue takes the check
     monkeypatch.setattr(SqsNotifyQueue, "publish", publish)

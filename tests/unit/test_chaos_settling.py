@@ -22,7 +22,7 @@ class SettleCheckExpiringTheLastMessage:
         self.notification_posted = False
 
     def depth(self, stack: Any, queue_id: str) -> int:
-        if queue_id == "DispatchQueue":
+        if queue_id in runner.DISPATCH_QUEUES:
             return 0
         self.looks += 1
         if self.looks == 1:

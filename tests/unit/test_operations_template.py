@@ -136,7 +136,7 @@ def test_every_metric_an_alarm_fetches_for_its_expression_is_read_by_it(template
                 assert re.search(rf"\b{query['Id']}\b", expressions), f"{logical_id}: {query['Id']} is not read"
 
 
-def test_each_function_has_an_error_rate_alarm_and_the_dispatch_queue_an_age_alarm(template):
+def test_each_function_has_an_error_rate_alarm_and_each_dispatch_queue_an_age_alarm(template):
     alarms = [alarm for _, alarm in resources_of_type(template, "AWS::CloudWatch::Alarm")]
     error_rate_functions = {
         query["MetricStat"]["Metric"]["Dimensions"][0]["Value"]["Ref"]
@@ -147,7 +147,13 @@ def test_each_function_has_an_error_rate_alarm_and_the_dispatch_queue_an_age_ala
     functions = {logical_id for logical_id, _ in resources_of_type(template, "AWS::Serverless::Function")}
     assert error_rate_functions == functions
     ages = [a for a in alarms if a.get("MetricName") == "ApproximateAgeOfOldestMessage"]
-    assert [a["Dimensions"][0]["Value"] for a in ages] == [{"Fn::GetAtt": ["DispatchQueue", "QueueName"]}]
+    assert [a["Dimensions"][0]["Value"] for a in ages] == [
+        {"Fn::GetAtt": ["DispatchQueue", "QueueName"]},
+        {"Fn::GetAtt": ["PriorityDispatchQueue", "QueueName"]},
+    ]
+    # And single sends (one-time codes) are late sooner than bulk: their alarm fires earlier in every stage
+    for stage, thresholds in template["Mappings"]["AlarmThresholds"].items():
+        assert thresholds["PriorityDispatchQueueAgeSeconds"] < thresholds["DispatchQueueAgeSeconds"], stage
 
 
 def test_every_stage_has_every_alarm_threshold(template):
@@ -277,6 +283,12 @@ def dead_letter_counts(template: dict[str, Any]) -> dict[str, int]:
     resources = template["Resources"]
     settings = Settings()
     invoke = resources["ScheduledDispatchFunction"]["Properties"]["EventInvokeConfig"]
+    # Both dispatch queues (bulk, single sends) redrive into the one dispatch DLQ, after the same receives.
+    receives = {
+        resources[queue]["Properties"]["RedrivePolicy"]["maxReceiveCount"]
+        for queue in ("DispatchQueue", "PriorityDispatchQueue")
+    }
+    assert len(receives) == 1, receives
     return {
         "dispatch_attempts": settings.dispatch_max_attempts,
         "dispatch_receives": resources["DispatchQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"],

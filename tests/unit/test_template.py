@@ -114,6 +114,7 @@ def test_logical_ids_other_code_depends_on_exist(template: dict[str, Any]) -> No
         "CoreLayer": "AWS::Serverless::LayerVersion",
         "GatewayTable": "AWS::DynamoDB::Table",
         "DispatchQueue": "AWS::SQS::Queue",
+        "PriorityDispatchQueue": "AWS::SQS::Queue",
         "DispatchDeadLetterQueue": "AWS::SQS::Queue",
         "NotifyQueue": "AWS::SQS::Queue",
         "NotifyDeadLetterQueue": "AWS::SQS::Queue",
@@ -148,7 +149,7 @@ def test_every_table_queue_and_group_has_a_definition(template: dict[str, Any]) 
     # Then nothing is left out and names follow the stack name
     assert sorted(table_ids) == sorted(tables) == ["GatewayTable"]
     assert sorted(queue_ids) == sorted(queues)
-    assert len(queues) == 5
+    assert len(queues) == 6
     assert len(group_names) == len(groups) == 1
     assert group_names == [f"{STACK}-schedules"]
 
@@ -160,7 +161,7 @@ def test_queues_are_ordered_dead_letter_first(template: dict[str, Any]) -> None:
 
     # Then every queue comes after the dead-letter queue it redrives into
     redriving = [queue for queue in queues if queue.dead_letter_target]
-    assert {queue.logical_id for queue in redriving} == {"DispatchQueue", "NotifyQueue"}
+    assert {queue.logical_id for queue in redriving} == {"DispatchQueue", "PriorityDispatchQueue", "NotifyQueue"}
     for queue in redriving:
         assert queue.dead_letter_target is not None
         assert position[queue.dead_letter_target] < position[queue.logical_id]
@@ -242,9 +243,10 @@ def test_queue_consumers_report_partial_batch_failures(functions: dict[str, Func
     # Given the SQS event sources
     sources = {source.queue: (name, source) for name, fn in functions.items() for source in fn.sqs_events}
 
-    # Then exactly the two work queues have consumers, each reporting item failures in batches of 10
+    # Then exactly the three work queues have consumers, each reporting item failures in batches of 10
     assert {queue: name for queue, (name, _) in sources.items()} == {
         "DispatchQueue": "DispatcherFunction",
+        "PriorityDispatchQueue": "DispatcherFunction",
         "NotifyQueue": "NotifierFunction",
     }
     for _, source in sources.values():
@@ -253,6 +255,24 @@ def test_queue_consumers_report_partial_batch_failures(functions: dict[str, Func
     assert sources["NotifyQueue"][1].maximum_batching_window_seconds == 1
     # FIFO event sources do not support a batching window
     assert sources["DispatchQueue"][1].maximum_batching_window_seconds == 0
+    assert sources["PriorityDispatchQueue"][1].maximum_batching_window_seconds == 0
+
+
+def test_single_sends_have_dispatcher_slots_that_bulk_backlogs_cannot_hold(template: dict[str, Any]) -> None:
+    # Given the dispatcher's two event sources: bulk batches and single sends
+    events = template["Resources"]["DispatcherFunction"]["Properties"]["Events"]
+    bulk, priority = events["Dispatch"]["Properties"], events["PriorityDispatch"]["Properties"]
+    # Then each reads its own queue and has its own cap on concurrent invocations (a template parameter each)
+    assert bulk["Queue"] == {"Fn::GetAtt": ["DispatchQueue", "Arn"]}
+    assert priority["Queue"] == {"Fn::GetAtt": ["PriorityDispatchQueue", "Arn"]}
+    assert bulk["ScalingConfig"]["MaximumConcurrency"] == {"Ref": "DispatcherMaximumConcurrency"}
+    assert priority["ScalingConfig"]["MaximumConcurrency"] == {"Ref": "PriorityDispatcherMaximumConcurrency"}
+    assert resolved(template, priority["ScalingConfig"]["MaximumConcurrency"]) == "5"
+    assert template["Parameters"]["PriorityDispatcherMaximumConcurrency"]["MinValue"] == 2  # Lambda's smallest
+    # And the priority queue is a FIFO queue like the dispatch queue, with the same visibility and redrive
+    queues = template["Resources"]
+    for name in ("FifoQueue", "VisibilityTimeout", "MessageRetentionPeriod", "RedrivePolicy", "DeduplicationScope"):
+        assert queues["PriorityDispatchQueue"]["Properties"][name] == queues["DispatchQueue"]["Properties"][name]
 
 
 def test_the_notifier_cannot_take_the_whole_accounts_lambda_concurrency(template: dict[str, Any]) -> None:
@@ -346,6 +366,11 @@ def test_queue_definitions_create_queues_with_redrive_in_sqs(
 
     dispatch, notify = attributes_of("DispatchQueue"), attributes_of("NotifyQueue")
     assert urls["DispatchQueue"].endswith(f"{STACK}-dispatch.fifo")
+    assert urls["PriorityDispatchQueue"].endswith(f"{STACK}-priority-dispatch.fifo")
+    priority = attributes_of("PriorityDispatchQueue")
+    assert {k: v for k, v in priority.items() if k in dispatch and "Arn" not in k and "Timestamp" not in k} == {
+        k: v for k, v in dispatch.items() if k in priority and "Arn" not in k and "Timestamp" not in k
+    }
     assert dispatch["FifoQueue"] == "true"
     assert dispatch["ContentBasedDeduplication"] == "false"
     assert dispatch["DeduplicationScope"] == "messageGroup"
@@ -517,6 +542,7 @@ def test_outputs_name_what_operators_need(template: dict[str, Any]) -> None:
         "ApiUrl",
         "TableName",
         "DispatchQueueUrl",
+        "PriorityDispatchQueueUrl",
         "NotifyQueueUrl",
         "DispatchDeadLetterQueueUrl",
         "NotifyDeadLetterQueueUrl",

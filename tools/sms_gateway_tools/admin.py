@@ -65,6 +65,8 @@ def use_deployed_stack(stack_name: str) -> str:
         raise TargetNotFound(f"stack {stack_name!r} has no TableName output: is it an sms-gateway stack?")
     os.environ["TABLE_NAME"] = outputs["TableName"]
     os.environ["DISPATCH_QUEUE_URL"] = outputs.get("DispatchQueueUrl", "")
+    # A stack from before the priority queue has none: its single sends share the dispatch queue.
+    os.environ["PRIORITY_DISPATCH_QUEUE_URL"] = outputs.get("PriorityDispatchQueueUrl", "")
     os.environ["NOTIFY_QUEUE_URL"] = outputs.get("NotifyQueueUrl", "")
     # New accounts' and rotated webhook credentials are sealed with the stack's key (the operator needs kms:Encrypt).
     os.environ["WEBHOOK_CREDENTIALS_KEY_ID"] = outputs.get("WebhookCredentialsKeyArn", "")

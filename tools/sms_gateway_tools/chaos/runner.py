@@ -44,6 +44,8 @@ SINGLE_PART_CHARACTERS, CONCATENATED_PART_CHARACTERS = 160, 153
 # How long the run must stay settled (queues empty, the client's webhook idle) before it is over: longer than the
 # settle check's handler takes from a message's expiry to queueing its notification.
 SETTLED_GRACE_SECONDS = 3.0
+# Where records wait for the dispatcher: bulk batches, and single sends on a queue of their own (template.yaml).
+DISPATCH_QUEUES = ("DispatchQueue", "PriorityDispatchQueue")
 
 
 @dataclass(frozen=True)
@@ -240,7 +242,7 @@ class ChaosRun:
                     # And fired to the second (deployed: rounded up to Scheduler's minute).
                     "SCHEDULER_PRECISION_SECONDS": "1",
                 },
-                visibility_timeouts={"DispatchQueue": o.dispatch_visibility_timeout},
+                visibility_timeouts=dict.fromkeys(DISPATCH_QUEUES, o.dispatch_visibility_timeout),
                 sqs_duplicate_rate=o.sqs_duplicate_rate,
                 seed=o.seed,
                 upstream_deduplicates=o.upstream_deduplicates,
@@ -390,6 +392,10 @@ class ChaosRun:
         for timer in timers:
             timer.join(timeout=max(1.0, self.deadline - time.monotonic()))
 
+    def _dispatch_depth(self, stack: Any) -> int:
+        """Records on both dispatch queues (bulk batches and single sends)."""
+        return sum(self._depth(stack, queue_id) for queue_id in DISPATCH_QUEUES)
+
     def _depth(self, stack: Any, queue_id: str) -> int:
         """Records on the queue, visible or not, but the settle checks: each waits out DLR_WAIT_SECONDS hidden on
         the notify queue whatever else happens, and the end of the run waits for them apart (`_settle`)."""
@@ -418,7 +424,7 @@ class ChaosRun:
         queue was meanwhile."""
         started, deepest = time.monotonic(), (0, 0)
         while not self._past_deadline():
-            dispatch, notify = self._depth(stack, "DispatchQueue"), self._depth(stack, "NotifyQueue")
+            dispatch, notify = self._dispatch_depth(stack), self._depth(stack, "NotifyQueue")
             deepest = (max(deepest[0], dispatch), max(deepest[1], notify))
             if dispatch <= dispatch_depth and notify <= notify_depth:
                 break
@@ -433,7 +439,7 @@ class ChaosRun:
         quiet_since: float | None = None
         last: tuple[int, ...] | None = None
         while not self._past_deadline():
-            depths = (self._depth(stack, "DispatchQueue"), self._depth(stack, "NotifyQueue"))
+            depths = (self._dispatch_depth(stack), self._depth(stack, "NotifyQueue"))
             if depths == (0, 0):
                 counts = self._unsettled_counts()
                 # Settle checks still waiting only look again at final messages: the run is over, once it stays so.
@@ -468,7 +474,7 @@ class ChaosRun:
         with a change still to announce (a 300-message run once reported it as never notified)."""
         requests = webhook.log.requests
         time.sleep(SETTLED_GRACE_SECONDS)
-        depths = (self._depth(stack, "DispatchQueue"), self._depth(stack, "NotifyQueue"))
+        depths = (self._dispatch_depth(stack), self._depth(stack, "NotifyQueue"))
         return depths == (0, 0) and webhook.log.requests == requests
 
     def _unsettled_counts(self) -> tuple[int]:

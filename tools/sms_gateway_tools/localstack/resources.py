@@ -128,6 +128,7 @@ def function_environment(
         "STAGE": STAGE,
         "TABLE_NAME": resources.tables["GatewayTable"],
         "DISPATCH_QUEUE_URL": resources.queue_urls["DispatchQueue"],
+        "PRIORITY_DISPATCH_QUEUE_URL": resources.queue_urls["PriorityDispatchQueue"],
         "NOTIFY_QUEUE_URL": resources.queue_urls["NotifyQueue"],
         "DISPATCH_DEAD_LETTER_QUEUE_URL": resources.queue_urls.get("DispatchDeadLetterQueue", ""),
         "NOTIFY_DEAD_LETTER_QUEUE_URL": resources.queue_urls.get("NotifyDeadLetterQueue", ""),
