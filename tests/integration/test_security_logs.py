@@ -159,7 +159,9 @@ def _dispatch(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, upstream: st
 
     monkeypatch.setenv("DEFAULT_UPSTREAM", upstream)
     bootstrap.reset()
-    records = receive(env["DISPATCH_QUEUE_URL"])
+    from tests.integration.test_send_path import queued_records
+
+    records = queued_records(env)
     if records:
         load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
 
