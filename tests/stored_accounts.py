@@ -27,12 +27,17 @@ def account_reads_lag(monkeypatch: Any, account_id: str) -> None:
     """From now on an eventually consistent read of the account item answers it as it is now, as a DynamoDB replica
     that has not caught up may (moto is always consistent); a consistent read answers it as it is then."""
     from sms_gateway.adapters.dynamodb import account_key
+
+    item_reads_lag(monkeypatch, account_key(account_id))
+
+
+def item_reads_lag(monkeypatch: Any, key: dict[str, Any]) -> None:
+    """From now on an eventually consistent GetItem of `key` answers the item as it is now, as a DynamoDB replica that
+    has not caught up may (moto is always consistent); a consistent read answers it as it is then."""
     from sms_gateway.bootstrap import gateway
 
     client = gateway().store.client
-    key = account_key(account_id)
-    table = gateway().store.table_name
-    stale = client.get_item(TableName=table, Key=key, ConsistentRead=True)
+    stale = client.get_item(TableName=gateway().store.table_name, Key=key, ConsistentRead=True)
     read = client.get_item
 
     def get_item(**request: Any) -> Any:

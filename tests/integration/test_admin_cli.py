@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO, FakeContext, load_event
-from tests.stored_accounts import webhook_credentials
+from tests.stored_accounts import item_reads_lag, webhook_credentials
 
 API_URL = "http://127.0.0.1:8"
 
@@ -894,25 +894,15 @@ def test_a_login_with_the_old_password_right_after_the_reset_is_refused_even_fro
 ):
     """The login's password read was eventually consistent: a login right after reset-password could still read the
     old hash from a replica and open a session that lived 24 hours, since it was opened after the reset's time."""
-    from sms_gateway.bootstrap import gateway
     from tests.integration.test_session_key_dialect import login_event
 
     api = session_key_api(aws)
-    store = gateway().store
-    key = {"pk": {"S": f"LOGIN#{account['username']}"}, "sk": {"S": "LOGIN"}}
-    before = store.client.get_item(TableName=store.table_name, Key=key, ConsistentRead=True)
+    # And eventually consistent reads of its login answering from a replica that will not have seen the reset
+    item_reads_lag(monkeypatch, {"pk": {"S": f"LOGIN#{account['username']}"}, "sk": {"S": "LOGIN"}})
     # When the operator resets the password
     code, _, err = cli("reset-password", "--account", account["account_id"], "--json")
     assert code == 0, err
-    # And a login with the leaked password right after it is read from a replica that has not seen the reset yet
-    real_get_item = store.client.get_item
-
-    def lagging(**request: Any) -> Any:
-        if request.get("Key") == key and not request.get("ConsistentRead"):
-            return before
-        return real_get_item(**request)
-
-    monkeypatch.setattr(store.client, "get_item", lagging)
+    # And a login with the leaked password right after it is read from that replica
     answer = api(login_event(account["username"], account["password"]))
     # Then the leaked password opens nothing: the login reads the password strongly consistent, and gets the 401 of
     # any wrong password (a session it opened from the old hash would carry the old password's epoch: ended too)

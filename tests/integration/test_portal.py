@@ -15,7 +15,7 @@ from tests.conftest import FakeContext, load_function
 from tests.e2e.client_webhook import ClientWebhook
 from tests.integration.test_send_path import send_event
 from tests.portal_client import ORIGIN, PortalClient
-from tests.stored_accounts import webhook_credentials
+from tests.stored_accounts import item_reads_lag, webhook_credentials
 
 SETTINGS = "/portal/settings"
 
@@ -406,24 +406,13 @@ def test_a_revoked_credential_is_refused_from_the_next_request_even_from_a_repli
     api, signed_in, account, monkeypatch
 ):
     from sms_gateway.adapters.dynamodb import hash_secret
-    from sms_gateway.bootstrap import gateway
 
-    store = gateway().store
     created = signed_in.submit(SETTINGS, "create-credential", {"kind": "token"})
     secret = created.body.split('<code class="secret">', 1)[1].split("<", 1)[0]
     assert _send(api, secret) == 200
     # Given DynamoDB's eventually consistent reads of the credential answering from a replica that has not seen
     # the revocation yet (consistent reads see it)
-    key = {"pk": {"S": f"CRED#token#{hash_secret(secret)}"}, "sk": {"S": "CRED"}}
-    before = store.client.get_item(TableName=store.table_name, Key=key, ConsistentRead=True)
-    real_get_item = store.client.get_item
-
-    def lagging(**request: Any) -> Any:
-        if request.get("Key") == key and not request.get("ConsistentRead"):
-            return before
-        return real_get_item(**request)
-
-    monkeypatch.setattr(store.client, "get_item", lagging)
+    item_reads_lag(monkeypatch, {"pk": {"S": f"CRED#token#{hash_secret(secret)}"}, "sk": {"S": "CRED"}})
     # When the user revokes it on the portal ("it no longer authenticates")
     revoked = signed_in.submit(SETTINGS, "revoke-credential", {"prefix": secret[:8], "kind": "token"})
     assert revoked.status == 200 and "no longer authenticates" in revoked.text()
