@@ -1468,6 +1468,33 @@ class TestScheduledRelease:
         release(store, "7", batch.reference_id, queue, finish_cancels=True)
         assert store.accounts["7"].credits == charged + 2
 
+    @pytest.mark.xfail(
+        strict=True,
+        reason="review: a release long after send_at (schedule DLQ replay) starts a fresh validity: sent days late",
+    )
+    def test_a_schedule_released_days_after_its_time_does_not_send_the_message_days_late(self, store):
+        # Given a single send scheduled for NOW + 2 h, whose schedule could not invoke scheduled_dispatch (its release
+        # went to the schedule DLQ: docs/runbook.md), replayed by the operator three days later
+        batch, _ = send(store, command(1, send_at=NOW + timedelta(hours=2)))
+        paid = store.accounts["7"].credits
+        days_late = NOW + timedelta(hours=2, days=3)
+        queue = RecordingQueue()
+        assert release_scheduled_batch(
+            "7", batch.reference_id, messages=store, accounts=store, opt_outs=None, queue=queue,
+            clock=lambda: days_late,
+        )  # fmt: skip
+        # When a dispatcher gets its record at once
+        provider = FakeProvider()
+        late = replace(dispatch_deps(store, provider), clock=lambda: days_late + timedelta(seconds=5))
+        for record in queue.commands:
+            asyncio.run(dispatch(record, late))
+        # Then it is not sent three days after its time (a queued message is never sent more than its 24 h
+        # validity late: docs/dispatch.md "Expire what is too late"): expired validity_period_ended and refunded
+        assert provider.submits == []
+        [message] = store.messages.values()
+        assert (message.status, message.error_code) == (MessageStatus.EXPIRED, "validity_period_ended")
+        assert store.accounts["7"].credits == paid + 1
+
     def test_a_retry_after_a_release_died_before_queueing_queues_the_messages(self, store):
         batch, _ = send(store, command(3, send_at=NOW + timedelta(hours=2)))
         with pytest.raises(RuntimeError):
