@@ -13,10 +13,14 @@ from sms_gateway.logic.scheduled import release_scheduled_batch
 
 
 def release_schedule(event: dict[str, Any]) -> dict[str, Any]:
+    """`event`: a schedule's Input, `{"account_id", "reference_id"}` (the id a string; a number in schedules made
+    before 2026-12-06), or Lambda's failure record of one from the schedule DLQ (its `requestPayload`), which an
+    operator replays as it is (docs/runbook.md), so no tool re-encodes the id on the way."""
+    release = event.get("requestPayload", event)
     wiring = gateway()
     released = release_scheduled_batch(
-        str(event["account_id"]),
-        int(event["reference_id"]),
+        str(release["account_id"]),
+        int(release["reference_id"]),
         messages=wiring.store,
         accounts=wiring.store,
         opt_outs=wiring.store,

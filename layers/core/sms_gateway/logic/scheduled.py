@@ -10,6 +10,7 @@ from datetime import datetime
 from sms_gateway.domain.models import Account, Batch, Message, StatusChange
 from sms_gateway.domain.senders import SENDER_REMOVED, holds_sender
 from sms_gateway.domain.status import MessageStatus
+from sms_gateway.errors import NotFound
 from sms_gateway.logic.batches import ONLY_SCHEDULED, all_messages, finish_cancel
 from sms_gateway.logic.optouts import opted_out_of
 from sms_gateway.logic.send import OPTED_OUT, dispatch_commands, fail_opted_out
@@ -47,8 +48,12 @@ def release_scheduled_batch(
     `announce` (a report, when the batch asked for them): again by a retry, under the same webhook id. So is every
     message of a batch whose sender the account no longer holds (the operator removed it: `sender_removed`).
     A single send is queued in the lane the account's `single_sends_in_order` gives it at the release.
-    Returns True when this call released the batch."""
+    Returns True when this call released the batch. Raises NotFound for a batch that does not exist: a schedule is
+    made only for a stored batch, so its release names one unless something changed the id on the way (a replay
+    through a tool that rounds 63-bit numbers); it must fail loudly, not read as "no longer scheduled"."""
     batch = messages.get_batch(account_id, reference_id)
+    if batch is None:
+        raise NotFound(f"no batch {reference_id} of account {account_id}: nothing to release")
     released = (
         batch is not None
         and batch.status == MessageStatus.SCHEDULED
