@@ -1468,10 +1468,6 @@ class TestScheduledRelease:
         release(store, "7", batch.reference_id, queue, finish_cancels=True)
         assert store.accounts["7"].credits == charged + 2
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="review: a release long after send_at (schedule DLQ replay) starts a fresh validity: sent days late",
-    )
     def test_a_schedule_released_days_after_its_time_does_not_send_the_message_days_late(self, store):
         # Given a single send scheduled for NOW + 2 h, whose schedule could not invoke scheduled_dispatch (its release
         # went to the schedule DLQ: docs/runbook.md), replayed by the operator three days later
@@ -1494,6 +1490,43 @@ class TestScheduledRelease:
         [message] = store.messages.values()
         assert (message.status, message.error_code) == (MessageStatus.EXPIRED, "validity_period_ended")
         assert store.accounts["7"].credits == paid + 1
+
+    def test_a_schedule_released_late_within_its_validity_expires_when_the_validity_from_its_send_time_ends(
+        self, store
+    ):
+        # Given a single send scheduled for NOW + 2 h (its delivery reports asked for), released 23 hours late
+        batch, _ = send(store, command(1, send_at=NOW + timedelta(hours=2), delivery_report=DeliveryReportMode.YES))
+        paid = store.accounts["7"].credits
+        released_at = NOW + timedelta(hours=25)
+        queue, announced = RecordingQueue(), []
+        assert release_scheduled_batch(
+            "7", batch.reference_id, messages=store, accounts=store, opt_outs=None, queue=queue,
+            clock=lambda: released_at, announce=announced.extend,
+        )  # fmt: skip
+        assert len(queue.commands) == 1 and announced == []
+        # When its record reaches a dispatcher two hours later: 25 h after its send time, 2 h after it was queued
+        provider = FakeProvider()
+        late = replace(dispatch_deps(store, provider), clock=lambda: released_at + timedelta(hours=2))
+        asyncio.run(dispatch(queue.commands[0], late))
+        # Then its validity counted from its send time, not from its release: expired and refunded, not sent
+        assert provider.submits == []
+        [message] = store.messages.values()
+        assert (message.status, message.error_code) == (MessageStatus.EXPIRED, "validity_period_ended")
+        assert store.accounts["7"].credits == paid + 1
+
+    def test_a_schedule_released_after_its_validity_reports_its_messages_expired(self, store):
+        # Given a scheduled send that asked for delivery reports, released three days after its send time
+        batch, _ = send(store, command(2, send_at=NOW + timedelta(hours=2), delivery_report=DeliveryReportMode.YES))
+        announced: list[StatusChange] = []
+        release_scheduled_batch(
+            "7", batch.reference_id, messages=store, accounts=store, opt_outs=None, queue=RecordingQueue(),
+            clock=lambda: NOW + timedelta(days=3), announce=announced.extend,
+        )  # fmt: skip
+        # Then the client is told each message expired, as for any expiry
+        assert (
+            sorted((str(c.message.status), c.message.error_code) for c in announced)
+            == [("expired", "validity_period_ended")] * 2
+        )
 
     @pytest.mark.xfail(
         strict=True,

@@ -4,6 +4,7 @@ the reports of messages it fails)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from sms_gateway.bootstrap import gateway
@@ -28,5 +29,6 @@ def release_schedule(event: dict[str, Any]) -> dict[str, Any]:
         clock=utc_now,
         announce=lambda changes: wiring.notify_queue.publish(notifications_of(changes)),
         finish_cancels=True,
+        validity=timedelta(hours=wiring.settings.message_validity_hours),
     )
     return {"released": released}

@@ -550,6 +550,7 @@ def new_messages(
             delivery_report=batch.delivery_report,
             callback_url=batch.callback_url,
             created_at=batch.created_at,
+            send_at=batch.send_at,
         )
         for recipient in recipients
     ]
