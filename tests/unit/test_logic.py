@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sms_gateway.domain.ids import new_id
+from sms_gateway.domain.ids import message_id_at, new_id
 from sms_gateway.domain.models import (
     Account,
     Batch,
@@ -92,6 +92,12 @@ def release(
         clock=clock,
         announce=announce,
         finish_cancels=finish_cancels,
+    )
+
+
+def cancel(store: InMemoryStore, batch: Batch) -> tuple[Batch, int]:
+    return cancel_batch(
+        messages=store, scheduler=RecordingScheduler(), account_id="7", reference_id=batch.reference_id, now=NOW
     )
 
 
@@ -1528,27 +1534,11 @@ class TestScheduledRelease:
             == [("expired", "validity_period_ended")] * 2
         )
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="review: a cancel refunds the stored messages' prices, not the batch's cost: a scheduled send killed "
-        "while storing keeps the credits of its unstored recipients after its cancel",
-    )
     def test_a_cancel_gives_back_all_a_scheduled_send_took_even_when_its_send_died_while_storing(self, store):
         # Given a scheduled send to 150 whose api container was killed outright (out of memory) after storing its
         # first 100 messages: the batch was written with its 150 credits taken (docs/dispatch.md, "A send's
         # credits": "the batch now says what it took")
-        stored = store.add_messages
-
-        def killed_after_the_first_chunk(batch, messages):
-            if len(store.messages) >= 100:
-                raise KeyboardInterrupt  # the container dies: no undo runs
-            stored(batch, messages)
-
-        store.add_messages = killed_after_the_first_chunk
-        with pytest.raises(KeyboardInterrupt):
-            send(store, command(150, send_at=NOW + timedelta(hours=2)))
-        store.add_messages = stored
-        [batch] = store.batches.values()
+        batch = self.scheduled_send_killed_while_storing(store)
         assert (batch.status, batch.cost, len(store.messages)) == (MessageStatus.SCHEDULED, 150, 100)
         assert store.accounts["7"].credits == 850
         # When the account cancels the batch it sees scheduled (the portal's Messages page lists it)
@@ -1557,6 +1547,65 @@ class TestScheduledRelease:
         )
         # Then nothing of it is sent, and everything it took comes back, as the cancel promises
         assert refunded == 150
+        assert store.accounts["7"].credits == 1000
+
+    def scheduled_send_killed_while_storing(self, store: InMemoryStore) -> Batch:
+        """A scheduled send to 150 whose container died after storing its first 100 messages (150 credits taken)."""
+        stored = store.add_messages
+
+        def killed_after_the_first_chunk(batch, messages):
+            if len(store.messages) >= 100:
+                raise KeyboardInterrupt
+            stored(batch, messages)
+
+        store.add_messages = killed_after_the_first_chunk
+        with pytest.raises(KeyboardInterrupt):
+            send(store, command(150, send_at=NOW + timedelta(hours=2)))
+        store.add_messages = stored
+        [batch] = store.batches.values()
+        return batch
+
+    def test_a_cancel_repeated_or_finished_by_the_schedule_gives_back_a_died_send_s_cost_once(self, store):
+        # Given a scheduled send killed while storing, whose first cancel died after giving back the unstored
+        # messages' credits, before cancelling the stored ones
+        batch = self.scheduled_send_killed_while_storing(store)
+        moves = store.move_and_refund
+
+        def died(*args, **kwargs):
+            raise RuntimeError("the cancel's container died")
+
+        store.move_and_refund = died
+        with pytest.raises(RuntimeError):
+            cancel(store, batch)
+        store.move_and_refund = moves
+        assert store.accounts["7"].credits == 900
+        # When the client cancels again, the schedule fires, and the client cancels once more
+        _, refunded = cancel_batch(
+            messages=store, scheduler=RecordingScheduler(), account_id="7", reference_id=batch.reference_id, now=NOW
+        )
+        assert not release(store, "7", batch.reference_id, RecordingQueue(), finish_cancels=True)
+        with pytest.raises(AlreadyCancelled):
+            cancel(store, batch)
+        # Then what the send took came back once: the rest by the second cancel, nothing after
+        assert refunded == 100
+        assert store.accounts["7"].credits == 1000
+
+    def test_messages_a_retried_send_stores_after_a_cancel_gave_their_credits_back_are_not_refunded_twice(self, store):
+        # Given a scheduled send killed while storing, cancelled (all 150 credits back), after which the send's
+        # retry under its key, which read the batch still scheduled a moment before, stores its last 50 messages
+        batch = self.scheduled_send_killed_while_storing(store)
+        cancel(store, batch)
+        assert store.accounts["7"].credits == 1000
+        first = next(iter(store.messages.values())).model_copy(update={"status": MessageStatus.SCHEDULED})
+        late = [
+            first.model_copy(update={"message_id": message_id_at(batch.reference_id, at), "msisdn": f"+2547{at:08d}"})
+            for at in range(100, 150)
+        ]
+        store.add_messages(batch, late)
+        # When the schedule the retry made fires
+        assert not release(store, "7", batch.reference_id, RecordingQueue(), finish_cancels=True)
+        # Then those 50 are cancelled, and the account has what it had: not 50 credits more
+        assert {m.status for m in store.messages.values()} == {MessageStatus.CANCELLED}
         assert store.accounts["7"].credits == 1000
 
     def test_a_retry_after_a_release_died_before_queueing_queues_the_messages(self, store):
