@@ -543,11 +543,6 @@ def test_a_send_at_of_other_digits_is_unix_time(aws, account, api, unit, written
     assert (batch["status"], batch["send_at"]) == ("scheduled", at.strftime("%Y-%m-%dT%H:%M:%S.000000Z"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a send_at under SCHEDULE_THRESHOLD (60 s) ahead is queued at once: sent before its send_at, "
-    "where seed 3 says a send_at in the future delays the batch until it occurs",
-)
 def test_a_send_at_less_than_a_minute_ahead_is_not_sent_before_it(aws, account, api):
     # When a batch is sent with a send_at 45 seconds ahead ("at 10:00:00 sharp", posted at 09:59:15)
     send_at = (datetime.now(UTC) + timedelta(seconds=45)).isoformat()

@@ -52,7 +52,7 @@ from sms_gateway.logic.inbound import InboundDependencies, inbound_notification,
 from sms_gateway.logic.notify import dlr_notification, notifications_of
 from sms_gateway.logic.ratelimit import Grant
 from sms_gateway.logic.scheduled import release_scheduled_batch
-from sms_gateway.logic.send import SendDependencies, accept_send, normalise_recipients
+from sms_gateway.logic.send import SCHEDULE_THRESHOLD, SendDependencies, accept_send, normalise_recipients
 from sms_gateway.logic.settle import CHECK_MESSAGES, MAX_HOP_SECONDS, SettleDependencies, settle, settle_checks
 from sms_gateway.logic.sweep import SweepDependencies, SweepIncomplete, SweepOutcome, sweep_notifications
 from tests.fakes import FakeProvider, InMemoryStore, RecordingQueue, RecordingScheduler, cinema_store, fake_routes
@@ -360,8 +360,8 @@ class TestAcceptSend:
             send(store, command(text="x" * (153 * 10 + 1)))
         assert store.accounts["7"].credits == 1000
 
-    @pytest.mark.parametrize("offset", [timedelta(seconds=30), timedelta(hours=-1)])
-    def test_send_at_in_the_past_or_within_a_minute_sends_now(self, store, offset):
+    @pytest.mark.parametrize("offset", [SCHEDULE_THRESHOLD, timedelta(hours=-1)])
+    def test_send_at_in_the_past_or_within_the_clock_skew_tolerance_sends_now(self, store, offset):
         batch, deps = send(store, command(send_at=NOW + offset))
         assert batch.status == MessageStatus.QUEUED
         assert len(deps.dispatch_queue.commands) == 1
@@ -1279,6 +1279,16 @@ class TestFinishingASendThatDied:
 
 
 class TestScheduledRelease:
+    @pytest.mark.parametrize("ahead", [SCHEDULE_THRESHOLD + timedelta(seconds=1), timedelta(seconds=45)])
+    def test_a_send_at_seconds_ahead_past_the_clock_skew_tolerance_is_scheduled(self, store, ahead):
+        # When a send's send_at is `ahead` of our clock, past the tolerance of a client's clock a little ahead of ours
+        scheduler = RecordingScheduler()
+        batch, deps = send(store, command(1, send_at=NOW + ahead), scheduler=scheduler)
+        # Then it is scheduled, not queued (Scheduler fires it up to a minute or two late, never before its time)
+        assert batch.status == MessageStatus.SCHEDULED
+        assert len(scheduler.scheduled) == 1
+        assert deps.dispatch_queue.commands == []
+
     def test_a_schedule_that_fires_twice_releases_once(self, store):
         batch, _ = send(store, command(3, send_at=NOW + timedelta(hours=2)))
         queue = RecordingQueue()
