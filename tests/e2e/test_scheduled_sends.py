@@ -18,7 +18,8 @@ pytestmark = pytest.mark.e2e
 def stack() -> Iterator[Any]:
     from sms_gateway_tools.localstack import LocalStack
 
-    # Schedule anything more than a second ahead, so the test need not wait a minute for the real threshold.
+    # Schedule anything more than a second ahead (the tolerance is 10 s), to the second rather than Scheduler's minute,
+    # so the test need not wait a minute or two for its schedules to fire.
     os.environ["SCHEDULE_THRESHOLD_SECONDS"] = "1"
     os.environ["SCHEDULER_PRECISION_SECONDS"] = "1"
     try:

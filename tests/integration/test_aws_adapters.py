@@ -78,7 +78,8 @@ def test_a_scheduled_batch_gets_a_one_time_schedule_in_utc(wired, aws):
     target = found["Target"]
     assert target["Arn"] == aws["SCHEDULED_DISPATCH_FUNCTION_ARN"]
     assert target["RoleArn"] == aws["SCHEDULER_ROLE_ARN"]
-    assert json.loads(target["Input"]) == {"account_id": account_id, "reference_id": reference_id}
+    # (the id a string: a replay through a tool that reads JSON numbers as doubles must not round it)
+    assert json.loads(target["Input"]) == {"account_id": account_id, "reference_id": str(reference_id)}
     # And it retries (a bounded, explicit policy rather than the service default) then dead-letters
     retry = target["RetryPolicy"]
     assert 1 <= retry["MaximumRetryAttempts"] < 185
@@ -133,7 +134,7 @@ def test_cancel_deletes_the_schedule_once(wired, aws):
     assert len(remaining) == 1
     assert json.loads(client.get_schedule(Name=remaining[0]["Name"], GroupName=group)["Target"]["Input"]) == {
         "account_id": account_id,
-        "reference_id": other,
+        "reference_id": str(other),
     }
     # And cancelling it again, or a batch never scheduled, answers False
     assert wired.scheduler.cancel(account_id, reference_id) is False

@@ -543,6 +543,17 @@ def test_a_send_at_of_other_digits_is_unix_time(aws, account, api, unit, written
     assert (batch["status"], batch["send_at"]) == ("scheduled", at.strftime("%Y-%m-%dT%H:%M:%S.000000Z"))
 
 
+def test_a_send_at_less_than_a_minute_ahead_is_not_sent_before_it(aws, account, api):
+    # When a batch is sent with a send_at 45 seconds ahead ("at 10:00:00 sharp", posted at 09:59:15)
+    send_at = (datetime.now(UTC) + timedelta(seconds=45)).isoformat()
+    status, sent = send(api, account["token"], [AIRTEL], send_at=send_at)
+    # Then nothing is handed to a dispatcher before that time (seed 3: "If set in the future, the message will be
+    # delayed until send_at occurs")
+    assert status == 200, sent
+    assert queued_records(aws) == []
+    assert call(api, account["token"], "GET", f"/ng/v1/batches/{sent['reference_id']}")[1]["status"] == "scheduled"
+
+
 @pytest.mark.parametrize("send_at", ["", "  "], ids=["empty", "blank"])
 def test_an_empty_send_at_sends_now_as_in_the_other_dialects(aws, account, api, send_at):
     # When a batch is sent with send_at "" (a PHP client's unset field; shortcode and session-key read it as now)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from sms_gateway.errors import NotFound
 from tests.conftest import FakeContext, load_event, load_function
 from tests.integration.test_batches_dialect import AIRTEL, MTN, api, send  # noqa: F401 (fixtures)
 from tests.integration.test_send_path import queued_records
@@ -62,4 +65,55 @@ def test_a_batch_scheduled_from_a_sender_the_operator_removed_is_not_sent_from_i
     event.update(account_id=account["account_id"], reference_id=int(sent["reference_id"]))
     load_function("scheduled_dispatch").handler(event, FakeContext())
     # Then nothing is queued to go out from a sender the account no longer holds
+    assert queued_records(aws) == []
+
+
+def test_a_release_replayed_from_the_schedule_dlq_as_the_runbook_says_releases_its_batch(aws, account, api):  # noqa: F811
+    import boto3
+
+    # Given a batch scheduled an hour ahead, whose schedule's release went to the schedule DLQ as the Input it carries
+    send_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    status, sent = send(api, account["token"], [AIRTEL, MTN], send_at=send_at)
+    assert status == 200, sent
+    client, group = boto3.client("scheduler"), aws["SCHEDULE_GROUP_NAME"]
+    [name] = [s["Name"] for s in client.list_schedules(GroupName=group)["Schedules"]]
+    dead_letter_body = client.get_schedule(Name=name, GroupName=group)["Target"]["Input"]
+    # When the operator replays it with docs/runbook.md's loop: `jq -c 'if has("requestPayload") ...'`, whose jq
+    # (1.6, as Amazon Linux 2023 and CloudShell ship it) reads every JSON number as a double, as JavaScript does
+    replayed = json.loads(json.dumps(json.loads(dead_letter_body, parse_int=lambda digits: int(float(digits)))))
+    answer = load_function("scheduled_dispatch").handler(replayed, FakeContext())
+    # Then the batch is released (the loop deletes the DLQ message once the release returns without an error,
+    # whatever it answers; `{"released": false}` is read as "no longer scheduled")
+    assert answer == {"released": True}
+    assert len(queued_records(aws)) == 1
+
+
+def test_a_lambda_failure_record_replayed_as_it_is_from_the_schedule_dlq_releases_its_batch(aws, account, api):  # noqa: F811
+    # Given a batch scheduled an hour ahead, whose release Lambda parked in the schedule DLQ (three failed tries)
+    # as its failure record, the release as `requestPayload` (a schedule made before 2026-12-06: the id a number)
+    send_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    status, sent = send(api, account["token"], [AIRTEL, MTN], send_at=send_at)
+    assert status == 200, sent
+    release = {"account_id": account["account_id"], "reference_id": int(sent["reference_id"])}
+    failure = {
+        "version": "1.0",
+        "requestContext": {"condition": "RetriesExhausted", "approximateInvokeCount": 3},
+        "requestPayload": release,
+        "responsePayload": {"errorMessage": "Throughput exceeds the current capacity", "errorType": "ClientError"},
+    }
+    # When the operator replays the DLQ message's body as it is (docs/runbook.md: no tool re-encodes it)
+    answer = load_function("scheduled_dispatch").handler(json.loads(json.dumps(failure)), FakeContext())
+    # Then the batch is released
+    assert answer == {"released": True}
+    assert len(queued_records(aws)) == 1
+
+
+def test_a_release_of_a_batch_that_does_not_exist_fails_loudly(aws, account):
+    # Given a release whose reference_id names no batch of the account (rounded by a tool that re-encoded it)
+    event = load_event("scheduler-release-batch.json")
+    event.update(account_id=account["account_id"], reference_id="1234567890123456800")
+    # When it is invoked, then it raises (the release stays in the DLQ, the function's errors alarm), rather than
+    # answer {"released": false}, which the runbook's replay reads as "no longer scheduled" and deletes
+    with pytest.raises(NotFound, match="nothing to release"):
+        load_function("scheduled_dispatch").handler(event, FakeContext())
     assert queued_records(aws) == []

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sms_gateway.domain.ids import new_id
+from sms_gateway.domain.ids import message_id_at, new_id
 from sms_gateway.domain.models import (
     Account,
     Batch,
@@ -52,7 +52,7 @@ from sms_gateway.logic.inbound import InboundDependencies, inbound_notification,
 from sms_gateway.logic.notify import dlr_notification, notifications_of
 from sms_gateway.logic.ratelimit import Grant
 from sms_gateway.logic.scheduled import release_scheduled_batch
-from sms_gateway.logic.send import SendDependencies, accept_send, normalise_recipients
+from sms_gateway.logic.send import SCHEDULE_THRESHOLD, SendDependencies, accept_send, normalise_recipients
 from sms_gateway.logic.settle import CHECK_MESSAGES, MAX_HOP_SECONDS, SettleDependencies, settle, settle_checks
 from sms_gateway.logic.sweep import SweepDependencies, SweepIncomplete, SweepOutcome, sweep_notifications
 from tests.fakes import FakeProvider, InMemoryStore, RecordingQueue, RecordingScheduler, cinema_store, fake_routes
@@ -92,6 +92,12 @@ def release(
         clock=clock,
         announce=announce,
         finish_cancels=finish_cancels,
+    )
+
+
+def cancel(store: InMemoryStore, batch: Batch) -> tuple[Batch, int]:
+    return cancel_batch(
+        messages=store, scheduler=RecordingScheduler(), account_id="7", reference_id=batch.reference_id, now=NOW
     )
 
 
@@ -354,8 +360,8 @@ class TestAcceptSend:
             send(store, command(text="x" * (153 * 10 + 1)))
         assert store.accounts["7"].credits == 1000
 
-    @pytest.mark.parametrize("offset", [timedelta(seconds=30), timedelta(hours=-1)])
-    def test_send_at_in_the_past_or_within_a_minute_sends_now(self, store, offset):
+    @pytest.mark.parametrize("offset", [SCHEDULE_THRESHOLD, timedelta(hours=-1)])
+    def test_send_at_in_the_past_or_within_the_clock_skew_tolerance_sends_now(self, store, offset):
         batch, deps = send(store, command(send_at=NOW + offset))
         assert batch.status == MessageStatus.QUEUED
         assert len(deps.dispatch_queue.commands) == 1
@@ -1273,6 +1279,16 @@ class TestFinishingASendThatDied:
 
 
 class TestScheduledRelease:
+    @pytest.mark.parametrize("ahead", [SCHEDULE_THRESHOLD + timedelta(seconds=1), timedelta(seconds=45)])
+    def test_a_send_at_seconds_ahead_past_the_clock_skew_tolerance_is_scheduled(self, store, ahead):
+        # When a send's send_at is `ahead` of our clock, past the tolerance of a client's clock a little ahead of ours
+        scheduler = RecordingScheduler()
+        batch, deps = send(store, command(1, send_at=NOW + ahead), scheduler=scheduler)
+        # Then it is scheduled, not queued (Scheduler fires it up to a minute or two late, never before its time)
+        assert batch.status == MessageStatus.SCHEDULED
+        assert len(scheduler.scheduled) == 1
+        assert deps.dispatch_queue.commands == []
+
     def test_a_schedule_that_fires_twice_releases_once(self, store):
         batch, _ = send(store, command(3, send_at=NOW + timedelta(hours=2)))
         queue = RecordingQueue()
@@ -1467,6 +1483,140 @@ class TestScheduledRelease:
         assert store.accounts["7"].credits == charged + 2
         release(store, "7", batch.reference_id, queue, finish_cancels=True)
         assert store.accounts["7"].credits == charged + 2
+
+    def test_a_schedule_released_days_after_its_time_does_not_send_the_message_days_late(self, store):
+        # Given a single send scheduled for NOW + 2 h, whose schedule could not invoke scheduled_dispatch (its release
+        # went to the schedule DLQ: docs/runbook.md), replayed by the operator three days later
+        batch, _ = send(store, command(1, send_at=NOW + timedelta(hours=2)))
+        paid = store.accounts["7"].credits
+        days_late = NOW + timedelta(hours=2, days=3)
+        queue = RecordingQueue()
+        assert release_scheduled_batch(
+            "7", batch.reference_id, messages=store, accounts=store, opt_outs=None, queue=queue,
+            clock=lambda: days_late,
+        )  # fmt: skip
+        # When a dispatcher gets its record at once
+        provider = FakeProvider()
+        late = replace(dispatch_deps(store, provider), clock=lambda: days_late + timedelta(seconds=5))
+        for record in queue.commands:
+            asyncio.run(dispatch(record, late))
+        # Then it is not sent three days after its time (a queued message is never sent more than its 24 h
+        # validity late: docs/dispatch.md "Expire what is too late"): expired validity_period_ended and refunded
+        assert provider.submits == []
+        [message] = store.messages.values()
+        assert (message.status, message.error_code) == (MessageStatus.EXPIRED, "validity_period_ended")
+        assert store.accounts["7"].credits == paid + 1
+
+    def test_a_schedule_released_late_within_its_validity_expires_when_the_validity_from_its_send_time_ends(
+        self, store
+    ):
+        # Given a single send scheduled for NOW + 2 h (its delivery reports asked for), released 23 hours late
+        batch, _ = send(store, command(1, send_at=NOW + timedelta(hours=2), delivery_report=DeliveryReportMode.YES))
+        paid = store.accounts["7"].credits
+        released_at = NOW + timedelta(hours=25)
+        queue, announced = RecordingQueue(), []
+        assert release_scheduled_batch(
+            "7", batch.reference_id, messages=store, accounts=store, opt_outs=None, queue=queue,
+            clock=lambda: released_at, announce=announced.extend,
+        )  # fmt: skip
+        assert len(queue.commands) == 1 and announced == []
+        # When its record reaches a dispatcher two hours later: 25 h after its send time, 2 h after it was queued
+        provider = FakeProvider()
+        late = replace(dispatch_deps(store, provider), clock=lambda: released_at + timedelta(hours=2))
+        asyncio.run(dispatch(queue.commands[0], late))
+        # Then its validity counted from its send time, not from its release: expired and refunded, not sent
+        assert provider.submits == []
+        [message] = store.messages.values()
+        assert (message.status, message.error_code) == (MessageStatus.EXPIRED, "validity_period_ended")
+        assert store.accounts["7"].credits == paid + 1
+
+    def test_a_schedule_released_after_its_validity_reports_its_messages_expired(self, store):
+        # Given a scheduled send that asked for delivery reports, released three days after its send time
+        batch, _ = send(store, command(2, send_at=NOW + timedelta(hours=2), delivery_report=DeliveryReportMode.YES))
+        announced: list[StatusChange] = []
+        release_scheduled_batch(
+            "7", batch.reference_id, messages=store, accounts=store, opt_outs=None, queue=RecordingQueue(),
+            clock=lambda: NOW + timedelta(days=3), announce=announced.extend,
+        )  # fmt: skip
+        # Then the client is told each message expired, as for any expiry
+        assert (
+            sorted((str(c.message.status), c.message.error_code) for c in announced)
+            == [("expired", "validity_period_ended")] * 2
+        )
+
+    def test_a_cancel_gives_back_all_a_scheduled_send_took_even_when_its_send_died_while_storing(self, store):
+        # Given a scheduled send to 150 whose api container was killed outright (out of memory) after storing its
+        # first 100 messages: the batch was written with its 150 credits taken (docs/dispatch.md, "A send's
+        # credits": "the batch now says what it took")
+        batch = self.scheduled_send_killed_while_storing(store)
+        assert (batch.status, batch.cost, len(store.messages)) == (MessageStatus.SCHEDULED, 150, 100)
+        assert store.accounts["7"].credits == 850
+        # When the account cancels the batch it sees scheduled (the portal's Messages page lists it)
+        _, refunded = cancel_batch(
+            messages=store, scheduler=RecordingScheduler(), account_id="7", reference_id=batch.reference_id, now=NOW
+        )
+        # Then nothing of it is sent, and everything it took comes back, as the cancel promises
+        assert refunded == 150
+        assert store.accounts["7"].credits == 1000
+
+    def scheduled_send_killed_while_storing(self, store: InMemoryStore) -> Batch:
+        """A scheduled send to 150 whose container died after storing its first 100 messages (150 credits taken)."""
+        stored = store.add_messages
+
+        def killed_after_the_first_chunk(batch, messages):
+            if len(store.messages) >= 100:
+                raise KeyboardInterrupt
+            stored(batch, messages)
+
+        store.add_messages = killed_after_the_first_chunk
+        with pytest.raises(KeyboardInterrupt):
+            send(store, command(150, send_at=NOW + timedelta(hours=2)))
+        store.add_messages = stored
+        [batch] = store.batches.values()
+        return batch
+
+    def test_a_cancel_repeated_or_finished_by_the_schedule_gives_back_a_died_send_s_cost_once(self, store):
+        # Given a scheduled send killed while storing, whose first cancel died after giving back the unstored
+        # messages' credits, before cancelling the stored ones
+        batch = self.scheduled_send_killed_while_storing(store)
+        moves = store.move_and_refund
+
+        def died(*args, **kwargs):
+            raise RuntimeError("the cancel's container died")
+
+        store.move_and_refund = died
+        with pytest.raises(RuntimeError):
+            cancel(store, batch)
+        store.move_and_refund = moves
+        assert store.accounts["7"].credits == 900
+        # When the client cancels again, the schedule fires, and the client cancels once more
+        _, refunded = cancel_batch(
+            messages=store, scheduler=RecordingScheduler(), account_id="7", reference_id=batch.reference_id, now=NOW
+        )
+        assert not release(store, "7", batch.reference_id, RecordingQueue(), finish_cancels=True)
+        with pytest.raises(AlreadyCancelled):
+            cancel(store, batch)
+        # Then what the send took came back once: the rest by the second cancel, nothing after
+        assert refunded == 100
+        assert store.accounts["7"].credits == 1000
+
+    def test_messages_a_retried_send_stores_after_a_cancel_gave_their_credits_back_are_not_refunded_twice(self, store):
+        # Given a scheduled send killed while storing, cancelled (all 150 credits back), after which the send's
+        # retry under its key, which read the batch still scheduled a moment before, stores its last 50 messages
+        batch = self.scheduled_send_killed_while_storing(store)
+        cancel(store, batch)
+        assert store.accounts["7"].credits == 1000
+        first = next(iter(store.messages.values())).model_copy(update={"status": MessageStatus.SCHEDULED})
+        late = [
+            first.model_copy(update={"message_id": message_id_at(batch.reference_id, at), "msisdn": f"+2547{at:08d}"})
+            for at in range(100, 150)
+        ]
+        store.add_messages(batch, late)
+        # When the schedule the retry made fires
+        assert not release(store, "7", batch.reference_id, RecordingQueue(), finish_cancels=True)
+        # Then those 50 are cancelled, and the account has what it had: not 50 credits more
+        assert {m.status for m in store.messages.values()} == {MessageStatus.CANCELLED}
+        assert store.accounts["7"].credits == 1000
 
     def test_a_retry_after_a_release_died_before_queueing_queues_the_messages(self, store):
         batch, _ = send(store, command(3, send_at=NOW + timedelta(hours=2)))

@@ -57,8 +57,9 @@ class Settings(BaseModel):
     # The first retry delay of a record that met transient upstream failures; each further attempt doubles it
     # (with jitter, up to 5 minutes). The chaos run shortens it to finish in bounded time.
     dispatch_backoff_base_seconds: float = 5.0
-    # A send_at closer than this is sent now: a schedule would fire about as late as the queue delivers.
-    schedule_threshold_seconds: int = 60
+    # The clock-skew tolerance of a send_at (logic.send.SCHEDULE_THRESHOLD): one at most this far ahead is sent now,
+    # one further ahead is scheduled, so it never goes out before its time.
+    schedule_threshold_seconds: int = 10
     # EventBridge Scheduler fires a one-time schedule anywhere within the minute of its time: a schedule is set to a
     # whole multiple of this (rounded up), so a batch never goes out before its send_at. The local stack, which
     # fires to the second, may use 1.

@@ -662,6 +662,8 @@ class DynamoStore(
             item.pop("submit_throttles", None)
         # Written only when a change's announcement failed (mark_unannounced).
         item.pop("announce_pending", None)
+        if message.send_at is None:
+            item.pop("send_at", None)
         return item
 
     def _batch_write(self, requests: list[dict[str, Any]]) -> None:

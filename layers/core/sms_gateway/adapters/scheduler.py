@@ -46,7 +46,9 @@ class EventBridgeBatchScheduler:
         target: dict[str, Any] = {
             "Arn": self.target_arn,
             "RoleArn": self.role_arn,
-            "Input": json.dumps({"account_id": account_id, "reference_id": reference_id}),
+            # The id as a string: a 63-bit number does not survive a tool that reads JSON numbers as doubles (jq 1.6,
+            # JavaScript), such as the one an operator replays the schedule DLQ with (docs/runbook.md).
+            "Input": json.dumps({"account_id": account_id, "reference_id": str(reference_id)}),
             "RetryPolicy": {"MaximumRetryAttempts": 10, "MaximumEventAgeInSeconds": 3600},
         }
         if self.dead_letter_arn:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -27,6 +27,19 @@ def iso(moment: datetime) -> str:
 def from_iso(stamp: str) -> datetime:
     """The moment an `iso` timestamp names (Python 3.11 does not read the trailing Z itself)."""
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+# How long a message may wait to go out (settings.message_validity_hours by default in the functions).
+DEFAULT_VALIDITY = timedelta(hours=24)
+
+
+def validity_ends(*, created_at: str, send_at: str | None, queued_at: str | None, validity: timedelta) -> datetime:
+    """When a message is too late to send, and is expired and refunded instead: `validity` after its batch's send
+    time when it has one (never before it was accepted: max(send_at, created_at)), so a scheduled batch released
+    late (its schedule's release replayed from the schedule DLQ days after) never goes out that late; else after
+    it was queued. The release (logic.scheduled) and the dispatcher (logic.dispatch) both judge by this."""
+    start = max(from_iso(send_at), from_iso(created_at)) if send_at else from_iso(queued_at or created_at)
+    return start + validity
 
 
 class Record(BaseModel):
@@ -243,6 +256,9 @@ class Message(Record):
     # when the notification went out.
     announce_pending: int | None = None
     created_at: str
+    # The batch's send time, when it asked for one: the message's validity counts from it (validity_ends). Absent on
+    # messages stored before 2026-12-06 and on those of batches sent at once.
+    send_at: str | None = None
 
     @property
     def key(self) -> MessageKey:

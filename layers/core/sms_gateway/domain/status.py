@@ -11,6 +11,9 @@ SUBMIT_UNCONFIRMED = "submit_unconfirmed"
 # The error code of a message failed by the undo of its send, whose queueing failed (logic/send.py): it was never
 # queued. A change the send makes, not a dispatcher: it is reported only when the send stands.
 NOT_QUEUED = "not_queued"
+# The error code of a message expired rather than sent too late (domain.models.validity_ends): by the dispatcher, or
+# by the release of a scheduled batch released after its send time's validity ended.
+VALIDITY_PERIOD_ENDED = "validity_period_ended"
 
 
 class MessageStatus(StrEnum):

@@ -153,13 +153,40 @@ def finish_cancel(
     *,
     now: datetime,
 ) -> int:
-    """For a batch already moved to cancelled: cancels its messages still scheduled (each by a conditional write),
-    refunds those this call moved in the same transactions, then deletes its schedule (None: the schedule is the
-    caller, firing, and deletes itself). Safe to run again, or alongside another, or after a crash part-way: a
-    message is moved, and refunded, once. The schedule goes last: a cancel that fails part-way leaves it, and its
-    firing finishes the cancel (logic.scheduled) even if the client never cancels again. The credits refunded."""
-    batch_messages = all_messages(messages, account_id, reference_id)
+    """For a batch already moved to cancelled: gives back what it took for messages never stored (cost_to_stored),
+    cancels its messages still scheduled (each by a conditional write), refunds those this call moved in the same
+    transactions, then deletes its schedule (None: the schedule is the caller, firing, and deletes itself). Safe to
+    run again, or alongside another, or after a crash part-way: the batch's cost moves once, and a message is moved,
+    and refunded, once. The schedule goes last: a cancel that fails part-way leaves it, and its firing finishes the
+    cancel (logic.scheduled) even if the client never cancels again. The credits refunded."""
+    given_back, batch_messages = cost_to_stored(messages, account_id, reference_id)
     _, refund = move_and_refund(messages, batch_messages, MessageStatus.CANCELLED, now=now)
     if scheduler is not None:
         scheduler.cancel(account_id, reference_id)
-    return refund
+    return given_back + refund
+
+
+# Tries at making a batch's cost what its stored messages cost, each after another writer changed it meanwhile.
+COST_WRITE_TRIES = 3
+
+
+def cost_to_stored(store: MessageStore, account_id: str, reference_id: int) -> tuple[int, list[Message]]:
+    """Makes a batch's cost what its stored messages cost, moving the difference between the account's credits and
+    the batch in the same transaction (reprice_batch: only while the cost is still the one read, so a repeated or
+    raced call moves it once): a send killed while storing wrote its batch with the whole cost (docs/dispatch.md,
+    "A send's credits"), and refunding its messages one by one gives back only what the stored ones cost. Also
+    the other way, for messages a send finished by a retry stored after a cancel gave their credits back, so their
+    refunds do not give them back twice. The credits given back (negative: taken), and the batch's messages."""
+    for _ in range(COST_WRITE_TRIES):
+        batch = get_batch(store, account_id, reference_id)
+        stored = list(all_messages(store, account_id, reference_id))
+        stored_cost = sum(message.price for message in stored)
+        if stored_cost == batch.cost:
+            return 0, stored
+        try:
+            # InsufficientCredits (the other way, the credits spent meanwhile) changes nothing and goes up.
+            store.reprice_batch(batch, stored_cost, recipients=len(stored))
+        except Conflict:
+            continue  # another cancel (or a send's finisher) moved it meanwhile: read it again
+        return batch.cost - stored_cost, stored
+    raise Conflict(f"the cost of batch {reference_id} kept changing; try again")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sms_gateway.domain.models import (
+    DEFAULT_VALIDITY,
     Account,
     Claim,
     ClaimOutcome,
@@ -23,10 +24,16 @@ from sms_gateway.domain.models import (
     StatusChange,
     SubmitRequest,
     SubmitResult,
-    from_iso,
+    validity_ends,
 )
 from sms_gateway.domain.senders import SENDER_REMOVED, holds_sender
-from sms_gateway.domain.status import NOT_QUEUED, SUBMIT_UNCONFIRMED, MessageStatus, reached_in_order
+from sms_gateway.domain.status import (
+    NOT_QUEUED,
+    SUBMIT_UNCONFIRMED,
+    VALIDITY_PERIOD_ENDED,
+    MessageStatus,
+    reached_in_order,
+)
 from sms_gateway.errors import OptedOut, UpstreamError
 from sms_gateway.logic.delivery import DeliveryDependencies, apply_held_reports
 from sms_gateway.logic.notify import dlr_notification
@@ -48,7 +55,6 @@ BACKOFF_CAP_SECONDS = 300.0
 # backlog holds it behind others. Only deliveries in which the upstream took none of the record's messages count.
 MAX_SUBMIT_THROTTLES = 24
 UPSTREAM_THROTTLED = "upstream_throttled"
-DEFAULT_VALIDITY = timedelta(hours=24)
 # Why a queued message is failed before it is claimed: its number opted out of its sender since it was queued (the
 # code a send to numbers that all opted out is refused with).
 OPTED_OUT = OptedOut.code
@@ -581,7 +587,7 @@ async def _dispatch_one(
         await _record_unconfirmed(message, message.maybe_taken_by, deps, outcome)
         return
     if too_late:
-        await _finish(message, MessageStatus.EXPIRED, "validity_period_ended", deps, outcome)
+        await _finish(message, MessageStatus.EXPIRED, VALIDITY_PERIOD_ENDED, deps, outcome)
         outcome.expired += 1
         return
     # The status writes come after the slot is given back: the limit is on submits in flight, not store requests.
@@ -1082,8 +1088,13 @@ def _submit_request(message: Message, provider: Provider, deps: DispatchDependen
 
 
 def valid_until(message: Message, validity: timedelta) -> datetime:
-    queued_at = message.status_at.get(str(MessageStatus.QUEUED)) or message.created_at
-    return from_iso(queued_at) + validity
+    """By the rule the release expires a late scheduled batch with (domain.models.validity_ends)."""
+    return validity_ends(
+        created_at=message.created_at,
+        send_at=message.send_at,
+        queued_at=message.status_at.get(str(MessageStatus.QUEUED)),
+        validity=validity,
+    )
 
 
 async def _finish(

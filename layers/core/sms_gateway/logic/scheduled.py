@@ -5,15 +5,17 @@ account since."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sms_gateway.domain.models import Account, Batch, Message, StatusChange
+from sms_gateway.domain.models import DEFAULT_VALIDITY, Account, Batch, Message, StatusChange, validity_ends
 from sms_gateway.domain.senders import SENDER_REMOVED, holds_sender
-from sms_gateway.domain.status import MessageStatus
+from sms_gateway.domain.status import VALIDITY_PERIOD_ENDED, MessageStatus
+from sms_gateway.errors import NotFound
 from sms_gateway.logic.batches import ONLY_SCHEDULED, all_messages, finish_cancel
 from sms_gateway.logic.optouts import opted_out_of
 from sms_gateway.logic.send import OPTED_OUT, dispatch_commands, fail_opted_out
 from sms_gateway.observability import logger
+from sms_gateway.outcome_metrics import count_final_statuses
 from sms_gateway.ports import ConsistentAccountLookup, DispatchQueue, MessageStore, OptOutStore
 
 # Why a release fails a scheduled message rather than queue it.
@@ -31,6 +33,7 @@ def release_scheduled_batch(
     clock: Callable[[], datetime],
     announce: Callable[[Sequence[StatusChange]], None] | None = None,
     finish_cancels: bool = False,
+    validity: timedelta = DEFAULT_VALIDITY,
 ) -> bool:
     """Safe to run twice: the batch moves scheduled -> queued first, with a conditional write, then its messages
     (conditional writes too), then their dispatch records are queued (deduplication ids; the dispatcher claims each
@@ -47,8 +50,15 @@ def release_scheduled_batch(
     `announce` (a report, when the batch asked for them): again by a retry, under the same webhook id. So is every
     message of a batch whose sender the account no longer holds (the operator removed it: `sender_removed`).
     A single send is queued in the lane the account's `single_sends_in_order` gives it at the release.
-    Returns True when this call released the batch."""
+    A batch released after its send time's `validity` ended (its release replayed from the schedule DLQ days late)
+    is not sent that late: its messages are expired (`validity_period_ended`) and refunded, each by its conditional
+    write, and announced, as the dispatcher expires a message queued too long (domain.models.validity_ends).
+    Returns True when this call released the batch. Raises NotFound for a batch that does not exist: a schedule is
+    made only for a stored batch, so its release names one unless something changed the id on the way (a replay
+    through a tool that rounds 63-bit numbers); it must fail loudly, not read as "no longer scheduled"."""
     batch = messages.get_batch(account_id, reference_id)
+    if batch is None:
+        raise NotFound(f"no batch {reference_id} of account {account_id}: nothing to release")
     released = (
         batch is not None
         and batch.status == MessageStatus.SCHEDULED
@@ -75,9 +85,12 @@ def release_scheduled_batch(
     # Read consistently (one read a release): a replica that lags could answer with the account as it was before a
     # sender added a moment ago, and the batch the api accepted from it be failed `sender_removed` and refunded.
     account = accounts.get_account(account_id, consistent=True)
+    current = _expire_late(
+        batch, list(all_messages(messages, account_id, reference_id)), messages=messages, clock=clock, validity=validity
+    )
     current = _fail_refused(
         batch,
-        list(all_messages(messages, account_id, reference_id)),
+        current,
         account=account,
         messages=messages,
         opt_outs=opt_outs,
@@ -96,7 +109,12 @@ def release_scheduled_batch(
         # The lane the account's single sends take now, as a send accepted now would (its order kept by default).
         in_order = account.single_sends_in_order if account is not None else True
         queue.enqueue(dispatch_commands(batch, queued, in_order=in_order))
-    failed = [m for m in current if m.status == MessageStatus.FAILED and m.error_code in REFUSED_AT_RELEASE]
+    failed = [
+        m
+        for m in current
+        if (m.status, m.error_code) == (MessageStatus.EXPIRED, VALIDITY_PERIOD_ENDED)
+        or (m.status == MessageStatus.FAILED and m.error_code in REFUSED_AT_RELEASE)
+    ]
     if failed and announce is not None:
         announce([StatusChange(message=message, changed=True) for message in failed])
     return released
@@ -135,3 +153,37 @@ def _fail_refused(
         },
     )
     return current
+
+
+def _expire_late(
+    batch: Batch,
+    batch_messages: list[Message],
+    *,
+    messages: MessageStore,
+    clock: Callable[[], datetime],
+    validity: timedelta,
+) -> list[Message]:
+    """The batch's messages as they are once, if its send time's validity has ended, those waiting (scheduled, or
+    queued by an earlier try and claimed by no dispatcher) are expired and refunded, each by its conditional write
+    with its refund."""
+    now = clock()
+    if now <= validity_ends(created_at=batch.created_at, send_at=batch.send_at, queued_at=None, validity=validity):
+        return batch_messages
+    waiting = [m for m in batch_messages if m.status in (MessageStatus.SCHEDULED, MessageStatus.QUEUED)]
+    if not waiting:
+        return batch_messages
+    changes = messages.move_and_refund(
+        waiting, MessageStatus.EXPIRED, now=now, error_code=VALIDITY_PERIOD_ENDED, unclaimed_only=True
+    )
+    moved = {change.message.message_id: change for change in changes if change is not None}
+    count_final_statuses(change for change in moved.values() if change.changed)
+    logger.warning(
+        "scheduled batch released after its validity ended; its messages were expired, not sent",
+        extra={
+            "reference_id": batch.reference_id,
+            "send_at": batch.send_at,
+            "expired": sum(change.changed for change in moved.values()),
+            "refunded_credits": sum(change.message.price for change in moved.values() if change.changed),
+        },
+    )
+    return [moved[m.message_id].message if m.message_id in moved else m for m in batch_messages]

@@ -49,8 +49,11 @@ from sms_gateway.ports import AccountStore, BatchScheduler, DispatchQueue, Messa
 DISPATCH_CHUNK = 100
 # Messages stored between two looks at the time left: four BatchWriteItem requests.
 STORE_CHUNK = 100
-# A send_at closer than this is sent now: a schedule would fire about as late as the queue delivers.
-SCHEDULE_THRESHOLD = timedelta(minutes=1)
+# The clock-skew tolerance of a send_at: one at most this far ahead (a client's clock a little ahead of ours) is
+# sent now; one further ahead is scheduled, even if only seconds ahead, so it never goes out before its time (seed 3:
+# "delayed until send_at occurs"). EventBridge Scheduler fires to the minute, rounded up (adapters/scheduler.py): up
+# to a minute or two late, never early. Until 2026-12-06 this was a minute, and a send_at 45 s ahead went out at once.
+SCHEDULE_THRESHOLD = timedelta(seconds=10)
 # Well inside the records' retention (180 days by default), so a batch is never expired before it is sent.
 MAX_SCHEDULE_AHEAD = timedelta(days=90)
 # Why a stored message is failed when its number opted out before it was released: the code a send to numbers that
@@ -550,6 +553,7 @@ def new_messages(
             delivery_report=batch.delivery_report,
             callback_url=batch.callback_url,
             created_at=batch.created_at,
+            send_at=batch.send_at,
         )
         for recipient in recipients
     ]
