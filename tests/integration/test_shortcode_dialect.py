@@ -374,12 +374,6 @@ def test_time_to_send_written_as_yyyymmdd_is_that_day_s_midnight_in_the_account_
     assert queued_records(aws) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: an account created for a Kenyan client (create-account --country KE: seed 4's vendor family is "
-    "Kenyan) keeps the time zone Africa/Lagos, and create-account takes no --timezone, so seed 4's timeToSend "
-    "'2019-09-01 18:00' (local time, as the vendor's strtotime reads it) is read two hours early: sent 2 h late",
-)
 def test_time_to_send_of_an_account_created_for_another_country_is_read_in_that_country_s_time(aws, api):
     from sms_gateway_tools.admin import create_account
 
