@@ -175,18 +175,21 @@ def test_what_the_document_calls_valid_is_what_the_dialects_take(aws):
         (parameter("/ng/v1/inbounds", "limit"), 101),
         (parameter("/ng/v1/inbounds", "from"), "yesterday"),
         (parameter("/ng/v1/inbounds", "to"), "2026-02-30"),
-        (
-            body("/ng/v1/sendsms"),
-            {"from": "BRAND", "to": "1", "message": "hi", "callback_url": "", "delivery_report": "yes"},
-        ),
+        (body("/ng/v1/sendsms"), {"from": "BRAND", "to": "1", "message": "hi", "callback_url": "https://c.example/"}),
+        (body("/ng/v1/sendsms"), {"from": "BRAND", "to": "1", "message": "hi", "delivery_report": "no"}),
         (body("/ng/v1/settings/webhooks", "put"), {"dlr_url": "ftp://example.com"}),
         (body("/ng/v1/settings/webhooks", "put"), {}),
         (parameter("/ng/v1/webhooks/failures/{notification_id}/resend", "notification_id", "post"), "a/b"),
         (body("/api/services/getdlr"), {"apikey": "k", "partnerID": "1", "messageID": " "}),
         (parameter("/api/services/sendsms", "message"), " "),
     ]
+    nine_bits_send = {"from": "BRAND", "to": "1", "message": "hi"}
     taken = [
         (body("/sms"), {**session_send, "message_type": "LL", "order_id": None}),
+        (body("/sms"), {**session_send, "message_type": ""}),
+        (body("/ng/v1/sendsms"), {**nine_bits_send, "callback_url": "", "delivery_report": None}),
+        (body("/ng/v1/sendsms"), {**nine_bits_send, "callback_url": None, "delivery_report": ""}),
+        (body("/ng/v1/sendsms"), {**nine_bits_send, "callback_url": "", "delivery_report": "yes"}),
         (parameter("/ng/v1/inbounds", "limit"), 100),
         (parameter("/ng/v1/inbounds", "from"), "2026-01-02"),
         (parameter("/ng/v1/inbounds", "to"), "2026-01-02T10:30:00+01:00"),

@@ -128,12 +128,6 @@ def test_bad_requests_get_a_clear_error_and_change_nothing(aws, account, api, he
     assert queued_records(aws) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='review: seed 3 documents delivery_report as optional with Default "none", yet a send that writes it '
-    'unset (null, as Jackson/JSON.NET models do; "", as PHP clients do, which send_at already accepts) or writes '
-    'callback_url as "" is refused 400: every send of such a client fails',
-)
 @pytest.mark.parametrize(
     "unset",
     [{"delivery_report": None}, {"delivery_report": ""}, {"callback_url": ""}],

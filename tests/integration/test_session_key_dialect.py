@@ -681,12 +681,6 @@ def test_bad_sends_get_a_clear_400_and_change_nothing(aws, account, api, body, f
     assert schedules(aws) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='review: message_type defaults to N and the dialect reads an unset optional field written "" (as PHP '
-    "clients write it) as absent for sender, scheduled_delivery_time, scheduled_delivery_timezone and order_id, but "
-    "message_type \"\" is refused 400 'must be N, L or LL'",
-)
 def test_a_message_type_written_empty_is_the_default_tier(aws, account, api):
     # Given the seed's body with message_type written unset, as a PHP client writes an unset field
     keys = log_in(api, account)

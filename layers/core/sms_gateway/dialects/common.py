@@ -66,6 +66,13 @@ HTTP_STATUS = {
 _key_claim: ContextVar[KeyClaim | None] = ContextVar("key_claim", default=None)
 
 
+def blank_is_none(value: Any) -> Any:
+    """An unset optional field as clients write it: null (JSON.NET), "" (PHP), or blanks, read as absent."""
+    if isinstance(value, str):
+        return value.strip() or None
+    return value
+
+
 def send_time_schema(description: str) -> WithJsonSchema:
     """The OpenAPI schema of a send time the dialect reads from a string or a JSON number (yyyyMMdd[HHmm[ss]] digits
     unquoted, as PHP clients send them): `description` says which forms it takes."""

@@ -9,12 +9,14 @@ from typing import Annotated, Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticUseDefault
 
 from sms_gateway.bootstrap import gateway, price_book, send_dependencies
 from sms_gateway.dialects.common import (
     NOT_BLANK,
     Standing,
     accept,
+    blank_is_none,
     error_headers,
     idempotent,
     invalid_entries,
@@ -87,7 +89,7 @@ def _document_numbers(schema: dict[str, Any], name: str, *, min_items: int = 0, 
 def _document_send_rules(schema: dict[str, Any]) -> None:
     """The rules the validators below apply, in the OpenAPI document too: `to` is one number (string or integer)
     or a list of them; the text is in exactly one of message, body or content (the others absent or null);
-    callback_url is a webhook URL, and needs delivery_report "yes"."""
+    callback_url is a webhook URL, and needs delivery_report "yes"; either written null or "" is left out."""
     _document_numbers(schema, "to", min_items=1)
     schema["oneOf"] = [
         {
@@ -99,8 +101,15 @@ def _document_send_rules(schema: dict[str, Any]) -> None:
         }
         for given in TEXT_FIELDS
     ]
-    schema["properties"]["callback_url"] = {"anyOf": [WEBHOOK_URL_SCHEMA, {"type": "null"}], "title": "Callback Url"}
-    schema["if"] = {"required": ["callback_url"], "properties": {"callback_url": {"type": "string"}}}
+    unset = [{"type": "null"}, {"const": ""}]
+    properties = schema["properties"]
+    properties["callback_url"] = {"anyOf": [WEBHOOK_URL_SCHEMA, *unset], "title": "Callback Url"}
+    report = properties["delivery_report"]
+    properties["delivery_report"] = {"anyOf": [{"$ref": report["$ref"]}, *unset], "default": report["default"]}
+    schema["if"] = {
+        "required": ["callback_url"],
+        "properties": {"callback_url": {"type": "string", "pattern": NOT_BLANK}},
+    }
     schema["then"] = {"required": ["delivery_report"], "properties": {"delivery_report": {"const": "yes"}}}
 
 
@@ -146,6 +155,15 @@ class SendRequest(BaseModel):
             return value
         wall_clock = basic_form_wall_clock(value)
         return wall_clock if wall_clock is not None else value
+
+    @field_validator("delivery_report", "callback_url", mode="before")
+    @classmethod
+    def unset_takes_the_default(cls, value: Any) -> Any:
+        """null or blank is the field left out, as for send_at: JSON.NET and Jackson models write an unset field as
+        null, PHP clients as ""."""
+        if blank_is_none(value) is None:
+            raise PydanticUseDefault
+        return value
 
     @field_validator("to")
     @classmethod
