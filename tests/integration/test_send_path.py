@@ -143,12 +143,6 @@ def test_optional_fields_written_unset_take_the_seeds_defaults(aws, account, api
     assert balance(account["account_id"]) == 99
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: the 9bits send takes `to` as JSON numbers but refuses from/ref_id/session_id/message given as "
-    "numbers (400 'Input should be a valid string'): a PHP client json_encode()s an int shortcode, order id or OTP "
-    "unquoted, and the shortcode dialect reads the same values as text",
-)
 @pytest.mark.parametrize(
     "numeric",
     [{"from": 48974}, {"ref_id": 1234567}, {"session_id": 67543}, {"message": 123456}],
