@@ -286,12 +286,6 @@ def test_wrong_content_type_and_unknown_services_are_unsupported_requests(aws, a
     assert queued_records(aws) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: OPTIONS (or HEAD) /api/services/sendsms answers 1010 with 'Allow: DELETE, GET, PATCH, POST, PUT': "
-    "the catch-all route's methods, each of which sendsms refuses with 1010; the docs say Allow lists the methods the "
-    "path takes (GET, POST), as /api/services/sendsms/ (with its slash) and every other dialect's 405 answer",
-)
 @pytest.mark.parametrize("method", ["OPTIONS", "HEAD"])
 def test_a_method_no_service_takes_is_told_the_methods_the_service_takes(aws, account, api, method):
     # Given a request to sendsms with a method no route of the dialect takes
