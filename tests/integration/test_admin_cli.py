@@ -704,6 +704,29 @@ def test_a_bad_account_setting_is_refused_and_changes_nothing(cli, account, caps
     assert stored_account(account["account_id"]) == before
 
 
+def test_create_account_takes_its_country_s_time_zone_or_the_one_given(cli, capsys):
+    # Given an account created for a client in Kenya, no --timezone given
+    code, created, err = cli(
+        "create-account", "--name", "Nairobi Club", "--sender", "NAIROBI", "--country", "KE", "--json"
+    )
+    assert code == 0, err
+    # Then its local times are read in Nairobi's time, not Lagos's, as the command says
+    assert stored_account(created["account_id"]).timezone == created["timezone"] == "Africa/Nairobi"
+    # And a country of several zones needs --timezone, a bad zone is refused, and neither creates an account
+    us = ["create-account", "--name", "Chicago Co", "--sender", "CHICAGO", "--country", "US"]
+    assert_refused(cli, us, "several time zones")
+    assert_refused(cli, [*us, "--timezone", "America/Atlantis"], "not an IANA time zone")
+    code, created, err = cli(*us, "--timezone", "America/Chicago", "--json")
+    assert code == 0, err
+    assert stored_account(created["account_id"]).timezone == "America/Chicago"
+    # And the sender was free until then: the refused commands created nothing
+    assert created["senders"] == ["CHICAGO"]
+    # And --help says how the zone is chosen
+    with pytest.raises(SystemExit):
+        cli("create-account", "--help")
+    assert "--timezone" in capsys.readouterr().out
+
+
 def test_create_account_shows_the_signing_secret_once_by_the_name_rotation_gives_it(cli):
     # When an account is created, with --json and in text
     code, created, err = cli("create-account", "--name", "Signing Co", "--sender", "SIGNCO", "--json")

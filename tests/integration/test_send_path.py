@@ -128,6 +128,35 @@ def test_bad_requests_get_a_clear_error_and_change_nothing(aws, account, api, he
     assert queued_records(aws) == []
 
 
+@pytest.mark.parametrize(
+    "unset",
+    [{"delivery_report": None}, {"delivery_report": ""}, {"callback_url": ""}],
+    ids=["delivery_report-null", "delivery_report-empty", "callback_url-empty"],
+)
+def test_optional_fields_written_unset_take_the_seeds_defaults(aws, account, api, unset):
+    # Given seed 1's send with an optional field of seed 3 written unset, as a client's serializer writes it
+    # When it is posted
+    response = api(send_event(account["token"], {**ONE, **unset}))
+    # Then it is sent as if the field were absent: delivery_report "none", no callback URL
+    assert response["statusCode"] == 200, response["body"]
+    assert json.loads(response["body"])["recipients_processed"] == 1
+    assert balance(account["account_id"]) == 99
+
+
+@pytest.mark.parametrize(
+    "numeric",
+    [{"from": 48974}, {"ref_id": 1234567}, {"session_id": 67543}, {"message": 123456}],
+    ids=["from", "ref_id", "session_id", "message"],
+)
+def test_scalar_fields_given_as_json_numbers_are_read_as_text(aws, account, api, numeric):
+    # Given seed 1/2's send with one text field written as a JSON number (PHP's json_encode of an int)
+    # When it is posted
+    response = api(send_event(account["token"], {**ONE, **numeric}))
+    # Then it is sent, the number read as its digits, as `to` already is
+    assert response["statusCode"] == 200, response["body"]
+    assert balance(account["account_id"]) == 99
+
+
 def test_a_send_beyond_the_balance_is_refused_with_402(aws, account, api):
     numbers = [f"234802000{i:04d}" for i in range(101)]
     response = api(send_event(account["token"], {"from": "48974", "to": numbers, "body": "hello"}))

@@ -681,6 +681,16 @@ def test_bad_sends_get_a_clear_400_and_change_nothing(aws, account, api, body, f
     assert schedules(aws) == []
 
 
+def test_a_message_type_written_empty_is_the_default_tier(aws, account, api):
+    # Given the seed's body with message_type written unset, as a PHP client writes an unset field
+    keys = log_in(api, account)
+    # When it is posted
+    response = api(sms_event(keys, seed_body(message_type="", recipient=[NIGERIAN])))
+    # Then it is sent on the default tier, as with message_type null or absent
+    assert response["statusCode"] == 201, response["body"]
+    assert balance(account["account_id"]) == 99
+
+
 def test_an_account_without_senders_needs_a_sender(aws, api):
     from sms_gateway_tools.admin import create_account
 

@@ -286,6 +286,18 @@ def test_wrong_content_type_and_unknown_services_are_unsupported_requests(aws, a
     assert queued_records(aws) == []
 
 
+@pytest.mark.parametrize("method", ["OPTIONS", "HEAD"])
+def test_a_method_no_service_takes_is_told_the_methods_the_service_takes(aws, account, api, method):
+    # Given a request to sendsms with a method no route of the dialect takes
+    event = service_event(account, "sendsms", method="GET")
+    event["requestContext"]["http"]["method"] = method
+    # When it is answered
+    response = api(event)
+    # Then it is the family's 1010, and Allow names what sendsms takes
+    assert json.loads(response["body"] or "{}").get("response-code", 1010) == 1010
+    assert response["headers"]["Allow"] == "GET, POST"
+
+
 def test_an_empty_post_is_missing_its_partner_id(aws, account, api):
     event = post_event(account, "")
     assert answer(api(event)) == {"response-code": 4091, "response-description": "No Partner ID is Set"}
@@ -354,6 +366,29 @@ def test_time_to_send_written_as_yyyymmdd_is_that_day_s_midnight_in_the_account_
     [schedule] = schedules(aws)
     assert schedule["ScheduleExpression"] == f"at({day - timedelta(days=1):%Y-%m-%d}T23:00:00)"
     assert queued_records(aws) == []
+
+
+def test_time_to_send_of_an_account_created_for_another_country_is_read_in_that_country_s_time(aws, api):
+    from sms_gateway_tools.admin import create_account
+
+    # Given an account created, as docs/operators.md shows, for a client in Kenya
+    kenyan = create_account(name="Nairobi Club", senders=["48974"], credits=100, default_country="KE")
+    nairobi = ZoneInfo("Africa/Nairobi")
+    at = (datetime.now(nairobi) + timedelta(days=1)).replace(second=0, microsecond=0)
+    # When its client schedules with the seed's date form, written in its own (Nairobi) wall clock
+    body = {
+        "apikey": kenyan["apikey"],
+        "partnerID": kenyan["partner_id"],
+        "message": "Tonight at the cinema",
+        "shortcode": "48974",
+        "mobile": "0722000000",
+        "timeToSend": at.strftime("%Y-%m-%d %H:%M"),
+    }
+    [entry] = answer(api(post_event(kenyan, body)))["responses"]
+    assert entry["response-code"] == 200
+    # Then the batch is scheduled for that Nairobi time, not the same wall clock in Lagos (two hours later)
+    [schedule] = schedules(aws)
+    assert schedule["ScheduleExpression"] == f"at({at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S')})"
 
 
 def test_time_to_send_in_the_past_or_empty_sends_now(aws, account, api):

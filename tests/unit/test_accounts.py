@@ -458,6 +458,41 @@ class TestSettings:
         assert view["credits"] == 10
         assert view["senders"] == ("48974",)
 
+    @pytest.mark.parametrize(
+        ("country", "zone"), [("NG", "Africa/Lagos"), ("ke", "Africa/Nairobi"), ("GH", "Africa/Accra")]
+    )
+    def test_a_new_account_reads_local_times_in_its_country_s_zone(self, store, country, zone):
+        # Given an account created for a country of one time zone, no zone given
+        created, _, _ = accounts.create_account(
+            store, BOX, name="X", senders=[], credits=0, now=NOW, default_country=country
+        )
+        # Then its local times (timeToSend, scheduled_delivery_time, ...) are read in that country's zone
+        assert created.timezone == zone
+
+    @pytest.mark.parametrize("country", ["US", "CD", "XK"])
+    def test_a_country_of_several_zones_or_none_needs_the_account_s_zone(self, store, country):
+        # Given a country of several zones (US, DR Congo) or of none of its own (Kosovo), no zone given
+        # Then the account is refused, saying which zones, and nothing is created
+        with pytest.raises(InvalidRequest, match="give the account's time zone"):
+            accounts.create_account(store, BOX, name="X", senders=[], credits=0, now=NOW, default_country=country)
+        assert store.accounts == {}
+        # And with a zone given it is created in that zone
+        created, _, _ = accounts.create_account(
+            store, BOX, name="X", senders=[], credits=0, now=NOW, default_country=country, timezone="Africa/Kinshasa"
+        )
+        assert created.timezone == "Africa/Kinshasa"
+
+    def test_a_zone_given_wins_over_the_country_s_and_a_bad_one_is_refused(self, store):
+        created, _, _ = accounts.create_account(
+            store, BOX, name="X", senders=[], credits=0, now=NOW, default_country="KE", timezone="UTC"
+        )
+        assert created.timezone == "UTC"
+        with pytest.raises(InvalidRequest, match="not an IANA time zone"):
+            accounts.create_account(
+                store, BOX, name="Y", senders=[], credits=0, now=NOW, default_country="KE", timezone="Africa/Atlantis"
+            )
+        assert list(store.accounts) == [created.account_id]
+
     @pytest.mark.parametrize("country", ["QQ", "\u00df", "\u0131d", "\uff4e\uff47", "N G", "NGA", ""])
     def test_an_account_with_an_unknown_country_is_not_created(self, store, country):
         # 'ß' and a dotless-i 'id' (U+0131) upper-case to 'SS' and 'ID', real regions the client never named

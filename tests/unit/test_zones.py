@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from sms_gateway.domain.zones import UTC_ZONE, account_zone, in_zone, zone_named
+from sms_gateway.domain.zones import UTC_ZONE, account_zone, country_zones, in_zone, zone_named
 from sms_gateway.errors import InvalidRequest
 from sms_gateway.logic.accounts import check_timezone
 
@@ -28,3 +28,34 @@ def test_a_time_without_an_offset_is_read_in_the_zone_and_one_with_an_offset_is_
     assert in_zone(datetime(2030, 1, 1, 10), lagos) == datetime(2030, 1, 1, 10, tzinfo=lagos)
     assert in_zone(datetime(2030, 1, 1, 10, tzinfo=UTC_ZONE), lagos).utcoffset().total_seconds() == 0
     assert zone_named("Africa/Lagos") == lagos
+
+
+@pytest.mark.parametrize(
+    ("country", "zones"),
+    [
+        ("NG", ("Africa/Lagos",)),
+        ("KE", ("Africa/Nairobi",)),
+        ("GH", ("Africa/Accra",)),
+        ("CD", ("Africa/Kinshasa", "Africa/Lubumbashi")),
+        ("XK", ()),
+    ],
+)
+def test_a_country_s_zones_are_the_ones_the_tz_database_gives_it(country: str, zones: tuple[str, ...]) -> None:
+    # Given a country we serve, one of several zones, or one the tz database gives no zone of its own (Kosovo)
+    # Then its zones are those of the tz database's zone.tab, each a zone zoneinfo knows
+    assert country_zones(country) == zones
+    assert all(zone_named(zone) is not None for zone in zones)
+    assert len(country_zones("US")) > 1
+
+
+def test_a_country_s_zones_are_found_without_the_system_s_zoneinfo(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sms_gateway.domain import zones
+
+    # Given a runtime image with no zoneinfo of its own (Lambda's may have none)
+    monkeypatch.setattr(zones, "TZPATH", ())
+    zones._zones_by_country.cache_clear()
+    try:
+        # Then the zones come from the tzdata package the layer ships
+        assert country_zones("KE") == ("Africa/Nairobi",)
+    finally:
+        zones._zones_by_country.cache_clear()

@@ -97,11 +97,13 @@ def create_account(
     senders: list[str],
     credits: int,
     default_country: str = "NG",
+    timezone: str | None = None,
     api_url: str | None = None,
     dlr_url: str | None = None,
     inbound_url: str | None = None,
 ) -> dict[str, Any]:
-    """Creates an account in the stack this process points at; returns its credentials, shown once."""
+    """Creates an account in the stack this process points at; returns its credentials, shown once. Without a
+    `timezone` the account takes its country's, where the country has only one."""
     from sms_gateway.bootstrap import gateway
     from sms_gateway.domain.models import utc_now
     from sms_gateway.logic import accounts
@@ -114,6 +116,7 @@ def create_account(
         credits=credits,
         now=utc_now(),
         default_country=default_country,
+        timezone=timezone,
         dlr_url=dlr_url,
         inbound_url=inbound_url,
         allow_http_webhooks=gateway().settings.allow_http_webhooks,
@@ -128,6 +131,8 @@ def create_account(
         "password": credentials.password,
         "senders": list(account.senders),
         "credits": account.credits,
+        "default_country": account.default_country,
+        "timezone": account.timezone,
         "webhook_token": webhook.token,
         "signing_secret": webhook.secret,
         "dlr_url": account.dlr_url,
@@ -539,6 +544,7 @@ def _cmd_create_account(args: argparse.Namespace) -> int:
             senders=args.sender or [],
             credits=args.credits,
             default_country=args.country,
+            timezone=args.timezone,
             api_url=api_url,
             dlr_url=args.dlr_url,
             inbound_url=args.inbound_url,
@@ -824,6 +830,11 @@ def _add_account_commands(command: Command, account: argparse.ArgumentParser) ->
     create.add_argument("--sender", action="append", help="a sender ID or shortcode to register (repeatable)")
     create.add_argument("--credits", type=int, default=0, help="opening credit balance")
     create.add_argument("--country", default="NG", help="default country for local numbers (ISO code)")
+    create.add_argument(
+        "--timezone",
+        help="IANA time zone local times are read in, e.g. Africa/Nairobi (default: the country's; needed for a "
+        "country of several zones)",
+    )
     create.add_argument("--dlr-url", help="the client's webhook for delivery reports")
     create.add_argument("--inbound-url", help="the client's webhook for inbound (two-way) SMS")
     create.set_defaults(func=_cmd_create_account)

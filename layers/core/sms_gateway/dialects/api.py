@@ -117,8 +117,15 @@ class ApiResolver(DocumentedResolver):
         return [*self._static_routes, *self._dynamic_routes]
 
     def methods_for(self, path: str) -> list[str]:
-        """The methods the registered routes take for `path` (those of its dialect: the request registered them)."""
-        return sorted({route.method for route in self._routes() if route.rule.match(path)})
+        """The methods the registered routes take for `path` (those of its dialect: the request registered them). A
+        path a route names as it is (`/api/services/sendsms`) takes only that route's methods, as Powertools tries
+        such routes first: not those of a route with a parameter that also matches it (`/api/services/<action>`,
+        there to refuse an unknown service)."""
+        for routes in (self._static_routes, self._dynamic_routes):
+            methods = sorted({route.method for route in routes if route.rule.match(path)})
+            if methods:
+                return methods
+        return []
 
     def register_everything(self) -> None:
         self.register(*every_step())

@@ -66,6 +66,22 @@ HTTP_STATUS = {
 _key_claim: ContextVar[KeyClaim | None] = ContextVar("key_claim", default=None)
 
 
+def int_as_text(value: Any) -> Any:
+    """A whole JSON number where the dialect reads text, as its digits: PHP and JavaScript clients send a shortcode,
+    partner id, order id or one-time code unquoted as often as quoted. A boolean is no number (though Python's bool is
+    an int): it is left for validation to refuse, not turned into the text "True"."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def blank_is_none(value: Any) -> Any:
+    """An unset optional field as clients write it: null (JSON.NET), "" (PHP), or blanks, read as absent."""
+    if isinstance(value, str):
+        return value.strip() or None
+    return value
+
+
 def send_time_schema(description: str) -> WithJsonSchema:
     """The OpenAPI schema of a send time the dialect reads from a string or a JSON number (yyyyMMdd[HHmm[ss]] digits
     unquoted, as PHP clients send them): `description` says which forms it takes."""

@@ -9,14 +9,17 @@ from typing import Annotated, Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticUseDefault
 
 from sms_gateway.bootstrap import gateway, price_book, send_dependencies
 from sms_gateway.dialects.common import (
     NOT_BLANK,
     Standing,
     accept,
+    blank_is_none,
     error_headers,
     idempotent,
+    int_as_text,
     invalid_entries,
     json_request,
     json_response,
@@ -84,23 +87,44 @@ def _document_numbers(schema: dict[str, Any], name: str, *, min_items: int = 0, 
     schema["properties"][name] = {"anyOf": [number, many], "title": name.capitalize()}
 
 
+def _document_integer_as_text(field: dict[str, Any]) -> None:
+    """A text field the model also takes as a whole JSON number, read as its digits: the integers whose digits fit."""
+    longest = next(kind["maxLength"] for kind in field.get("anyOf", [field]) if kind.get("type") == "string")
+    integer = {"type": "integer", "minimum": 1 - 10 ** (longest - 1), "maximum": 10**longest - 1}
+    if "anyOf" in field:
+        field["anyOf"].insert(1, integer)
+    else:
+        string = {key: field.pop(key) for key in ("type", "minLength", "maxLength") if key in field}
+        field["anyOf"] = [string, integer]
+
+
 def _document_send_rules(schema: dict[str, Any]) -> None:
     """The rules the validators below apply, in the OpenAPI document too: `to` is one number (string or integer)
-    or a list of them; the text is in exactly one of message, body or content (the others absent or null);
-    callback_url is a webhook URL, and needs delivery_report "yes"."""
+    or a list of them; the text is in exactly one of message, body or content (the others absent or null); the text,
+    from, session_id and ref_id may be whole numbers; callback_url is a webhook URL, and needs delivery_report "yes";
+    either written null or "" is left out."""
     _document_numbers(schema, "to", min_items=1)
+    text = {"anyOf": [{"type": "string", "minLength": 1, "pattern": NOT_BLANK}, {"type": "integer"}]}
     schema["oneOf"] = [
         {
             "required": [given],
-            "properties": {
-                name: {"type": "string", "minLength": 1, "pattern": NOT_BLANK} if name == given else {"type": "null"}
-                for name in TEXT_FIELDS
-            },
+            "properties": {name: text if name == given else {"type": "null"} for name in TEXT_FIELDS},
         }
         for given in TEXT_FIELDS
     ]
-    schema["properties"]["callback_url"] = {"anyOf": [WEBHOOK_URL_SCHEMA, {"type": "null"}], "title": "Callback Url"}
-    schema["if"] = {"required": ["callback_url"], "properties": {"callback_url": {"type": "string"}}}
+    properties = schema["properties"]
+    for name in TEXT_FIELDS:
+        properties[name]["anyOf"].insert(1, {"type": "integer"})
+    for name in ("from", "session_id", "ref_id"):
+        _document_integer_as_text(properties[name])
+    unset = [{"type": "null"}, {"const": ""}]
+    properties["callback_url"] = {"anyOf": [WEBHOOK_URL_SCHEMA, *unset], "title": "Callback Url"}
+    report = properties["delivery_report"]
+    properties["delivery_report"] = {"anyOf": [{"$ref": report["$ref"]}, *unset], "default": report["default"]}
+    schema["if"] = {
+        "required": ["callback_url"],
+        "properties": {"callback_url": {"type": "string", "pattern": NOT_BLANK}},
+    }
     schema["then"] = {"required": ["delivery_report"], "properties": {"delivery_report": {"const": "yes"}}}
 
 
@@ -146,6 +170,22 @@ class SendRequest(BaseModel):
             return value
         wall_clock = basic_form_wall_clock(value)
         return wall_clock if wall_clock is not None else value
+
+    @field_validator("sender", "session_id", "ref_id", *TEXT_FIELDS, mode="before")
+    @classmethod
+    def numbers_as_text(cls, value: Any) -> Any:
+        """A shortcode, order id or one-time code written as a JSON number (PHP's json_encode of an int) is its
+        digits, as `to` is and as the shortcode dialect reads the same values."""
+        return int_as_text(value)
+
+    @field_validator("delivery_report", "callback_url", mode="before")
+    @classmethod
+    def unset_takes_the_default(cls, value: Any) -> Any:
+        """null or blank is the field left out, as for send_at: JSON.NET and Jackson models write an unset field as
+        null, PHP clients as ""."""
+        if blank_is_none(value) is None:
+            raise PydanticUseDefault
+        return value
 
     @field_validator("to")
     @classmethod

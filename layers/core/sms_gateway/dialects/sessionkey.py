@@ -18,6 +18,7 @@ from sms_gateway.dialects.common import (
     NOT_BLANK,
     Standing,
     accept,
+    blank_is_none,
     error_headers,
     idempotent,
     invalid_entries,
@@ -108,19 +109,12 @@ def render_error(error: GatewayError) -> Response[Any]:
 # ------------------------------------------------------------------ requests
 
 
-def _blank_is_none(value: Any) -> Any:
-    # PHP and hand-written clients send an unset optional field as "".
-    if isinstance(value, str):
-        return value.strip() or None
-    return value
-
-
 def _document_send_rules(schema: dict[str, Any]) -> None:
     """The rules the validators below apply, in the OpenAPI document too: a text that is not blank, one of the
-    family's message types (null is N), and no order_id of the client's own."""
+    family's message types (null or "" is N), and no order_id of the client's own."""
     properties = schema["properties"]
     properties["message"]["pattern"] = NOT_BLANK
-    properties["message_type"] = {"enum": [*MESSAGE_TYPES, None], "default": "N", "title": "Message Type"}
+    properties["message_type"] = {"enum": [*MESSAGE_TYPES, "", None], "default": "N", "title": "Message Type"}
     properties["order_id"] = {"type": "null", "description": "custom order ids are not supported: leave it out"}
 
 
@@ -157,9 +151,10 @@ class SendRequest(BaseModel):
     @field_validator("message_type", mode="before")
     @classmethod
     def known_type(cls, value: Any) -> Any:
+        value = blank_is_none(value)
         if value is None:
             return "N"
-        tier = MESSAGE_TYPES.get(value.strip()) if isinstance(value, str) else None
+        tier = MESSAGE_TYPES.get(value) if isinstance(value, str) else None
         if tier is None:
             raise ValueError(f"must be N, L or LL, got {value!r}")
         return tier
@@ -176,7 +171,7 @@ class SendRequest(BaseModel):
     @field_validator("sender", "scheduled_delivery_timezone", "order_id", mode="before")
     @classmethod
     def optional_text(cls, value: Any) -> Any:
-        return _blank_is_none(value)
+        return blank_is_none(value)
 
     @field_validator("scheduled_delivery_time", mode="before")
     @classmethod
@@ -185,7 +180,7 @@ class SendRequest(BaseModel):
             return str(value)  # 20171223101010 written as a JSON number
         if isinstance(value, float) and value.is_integer():
             return str(int(value))  # ... and as a JavaScript client's 20171223101010.0
-        return _blank_is_none(value)
+        return blank_is_none(value)
 
     @field_validator("return_credits", "return_remaining", "allow_invalid_recipients", mode="before")
     @classmethod

@@ -22,6 +22,7 @@ from sms_gateway.dialects.common import (
     echoed,
     error_headers,
     idempotent,
+    int_as_text,
     json_response,
     parse_json_body,
     request_text,
@@ -184,9 +185,7 @@ class ShortcodeParams(BaseModel):
     @field_validator("apikey", "partner_id", "shortcode", "message_id", mode="before")
     @classmethod
     def scalar_text(cls, value: Any) -> Any:
-        # PHP and JavaScript clients send partnerID and shortcodes as numbers as often as strings.
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
+        value = int_as_text(value)
         if isinstance(value, str):
             return value.strip() or None
         if value is None:

@@ -23,7 +23,7 @@ from sms_gateway.domain.routing import RouteTable, upstream_name
 from sms_gateway.domain.senders import SENDER_ID, registry_form, same_sender
 from sms_gateway.domain.webhook_urls import require_safe_webhook_url
 from sms_gateway.domain.webhooks import new_signing_secret
-from sms_gateway.domain.zones import zone_named
+from sms_gateway.domain.zones import country_zones, zone_named
 from sms_gateway.errors import Conflict, InvalidRequest, NotFound
 from sms_gateway.ports import (
     AccountAdmin,
@@ -118,7 +118,7 @@ def create_account(
     credits: int,
     now: datetime,
     default_country: str = "NG",
-    timezone: str = "Africa/Lagos",
+    timezone: str | None = None,
     username: str | None = None,
     dlr_url: str | None = None,
     inbound_url: str | None = None,
@@ -133,7 +133,7 @@ def create_account(
     if credits > MAX_TOP_UP:
         raise InvalidRequest(f"an opening balance must be at most {MAX_TOP_UP}, not {credits}")
     default_country = check_country(default_country)
-    check_timezone(timezone)
+    timezone = check_timezone(timezone) if timezone is not None else country_timezone(default_country)
     credentials = issue_credentials(username or default_username(name))
     account_id = str(new_id())
     webhook = new_webhook_credentials()
@@ -202,6 +202,15 @@ def check_timezone(name: str) -> str:
     if zone_named(name) is None:
         raise InvalidRequest(f"time zone {name!r} is not an IANA time zone (e.g. Africa/Lagos)")
     return name
+
+
+def country_timezone(country: str) -> str:
+    """A new account's time zone when none is given: its country's, where the country has only one."""
+    zones = country_zones(country)
+    if len(zones) == 1:
+        return zones[0]
+    which = f"several time zones ({', '.join(zones)})" if zones else "no time zone of its own"
+    raise InvalidRequest(f"country {country} has {which}: give the account's time zone (an IANA name)")
 
 
 def _positive(value: int, what: str, *, most: int | None = None) -> int:
