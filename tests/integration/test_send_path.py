@@ -145,8 +145,8 @@ def test_optional_fields_written_unset_take_the_seeds_defaults(aws, account, api
 
 @pytest.mark.parametrize(
     "numeric",
-    [{"from": 48974}, {"ref_id": 1234567}, {"session_id": 67543}, {"message": 123456}],
-    ids=["from", "ref_id", "session_id", "message"],
+    [{"from": 48974}, {"ref_id": 1234567}, {"session_id": 67543}, {"message": 123456}, {"ref_id": 128152.0}],
+    ids=["from", "ref_id", "session_id", "message", "ref_id as a whole float"],
 )
 def test_scalar_fields_given_as_json_numbers_are_read_as_text(aws, account, api, numeric):
     # Given seed 1/2's send with one text field written as a JSON number (PHP's json_encode of an int)
@@ -155,6 +155,14 @@ def test_scalar_fields_given_as_json_numbers_are_read_as_text(aws, account, api,
     # Then it is sent, the number read as its digits, as `to` already is
     assert response["statusCode"] == 200, response["body"]
     assert balance(account["account_id"]) == 99
+
+
+def test_a_fraction_where_text_is_read_is_refused_and_nothing_is_charged(aws, account, api):
+    response = api(send_event(account["token"], {**ONE, "ref_id": 1.5}))
+    assert response["statusCode"] == 400
+    assert "ref_id" in json.loads(response["body"])["message"]
+    assert balance(account["account_id"]) == 100
+    assert queued_records(aws) == []
 
 
 def test_a_send_beyond_the_balance_is_refused_with_402(aws, account, api):

@@ -69,7 +69,10 @@ _key_claim: ContextVar[KeyClaim | None] = ContextVar("key_claim", default=None)
 def int_as_text(value: Any) -> Any:
     """A whole JSON number where the dialect reads text, as its digits: PHP and JavaScript clients send a shortcode,
     partner id, order id or one-time code unquoted as often as quoted. A boolean is no number (though Python's bool is
-    an int): it is left for validation to refuse, not turned into the text "True"."""
+    an int): it is left for validation to refuse, not turned into the text "True". A whole float (`48974.0`, as
+    JSON.NET writes a double) is its integer's digits, as send times read it; a fraction is left to be refused."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return value
