@@ -318,9 +318,7 @@ class TwelveHoursFromReceipt:
     "visibility of 43200 s, which SQS refuses: the hand-back fails, counts as a record failure, the record is back "
     "in 5 s (against the Retry-After) and dead-lettered after 6",
 )
-def test_a_throttle_asking_for_a_day_hands_the_record_back_for_as_long_as_sqs_allows(
-    aws, account, api, monkeypatch
-):
+def test_a_throttle_asking_for_a_day_hands_the_record_back_for_as_long_as_sqs_allows(aws, account, api, monkeypatch):
     from sms_gateway.bootstrap import gateway
 
     # Given an upstream whose daily quota is spent: it answers 429 with Retry-After of a day
