@@ -312,12 +312,6 @@ class TwelveHoursFromReceipt:
         return self.client.change_message_visibility(**params)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a 429 whose Retry-After is 12 h or more (a daily quota) makes the dispatcher ask SQS for a "
-    "visibility of 43200 s, which SQS refuses: the hand-back fails, counts as a record failure, the record is back "
-    "in 5 s (against the Retry-After) and dead-lettered after 6",
-)
 def test_a_throttle_asking_for_a_day_hands_the_record_back_for_as_long_as_sqs_allows(aws, account, api, monkeypatch):
     from sms_gateway.bootstrap import gateway
 

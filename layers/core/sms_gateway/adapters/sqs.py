@@ -10,6 +10,7 @@ from typing import Any
 
 from sms_gateway.adapters import aws
 from sms_gateway.domain.models import DispatchCommand
+from sms_gateway.ports import MAX_QUEUE_DELAY_SECONDS
 
 SEND_BATCH_SIZE = 10
 
@@ -37,12 +38,16 @@ class _Queue:
                 raise RuntimeError(f"SQS refused {len(failed)} entries: {reasons}")
 
     def delay(self, receipt_handle: str, seconds: int) -> None:
-        """Keeps a received record invisible for `seconds` (SQS's maximum is 12 hours): the retry's backoff."""
+        """Keeps a received record invisible for `seconds`, at most MAX_QUEUE_DELAY_SECONDS: the retry's backoff. SQS
+        refuses a visibility ending more than 12 hours after the record's receipt, and a refused hand-back brings
+        the record back at once; a longer wait is several hops, the record's handler asking again each time."""
         self._delay(receipt_handle, seconds, queue_url=self.queue_url)
 
     def _delay(self, receipt_handle: str, seconds: int, *, queue_url: str) -> None:
         self.client.change_message_visibility(
-            QueueUrl=queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=max(0, min(seconds, 43_200))
+            QueueUrl=queue_url,
+            ReceiptHandle=receipt_handle,
+            VisibilityTimeout=max(0, min(seconds, MAX_QUEUE_DELAY_SECONDS)),
         )
 
 
