@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +39,16 @@ def _isolated_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "SmsGateway")
     monkeypatch.setenv("POWERTOOLS_LOG_LEVEL", "WARNING")
+
+
+@pytest.fixture(autouse=True)
+def _no_claims_left_unreleased() -> Iterator[None]:
+    """A claim one test could not give back (logic/dispatch.py UNRELEASED_CLAIMS, kept per container) is not given
+    back by another test's dispatch."""
+    yield
+    dispatch = sys.modules.get("sms_gateway.logic.dispatch")
+    if dispatch is not None:
+        dispatch.UNRELEASED_CLAIMS.clear()
 
 
 @contextmanager

@@ -697,37 +697,38 @@ def test_a_dispatcher_change_is_rebuilt_whatever_order_the_store_gives_the_statu
     assert change is not None and change.message.status == MessageStatus.SUBMITTED and change.message.sequence == 2
 
 
-class ReleaseFailsOnce:
-    """The store's claim release fails once (a DynamoDB 500 or throttling past botocore's retries)."""
+class ReleaseFails:
+    """The store's claim release failing `times` times (a DynamoDB 500 or throttling past botocore's retries)."""
 
-    def __init__(self, store) -> None:
+    def __init__(self, store, times: int) -> None:
         self.store = store
-        self.failed = False
+        self.times = times
 
     def __getattr__(self, name):
         return getattr(self.store, name)
 
     def release_claim(self, *args, **kwargs):
-        if not self.failed:
-            self.failed = True
+        if self.times:
+            self.times -= 1
             raise RuntimeError("InternalServerError")
         return self.store.release_claim(*args, **kwargs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a claim whose release failed after the upstream refused the message (503) is taken over as a "
-    "dead holder's, and the message, never sent anywhere, is recorded submitted-unconfirmed and never offered again",
-)
-def test_a_message_its_upstream_refused_whose_claim_release_failed_is_still_sent_when_its_record_comes_back(store):
-    # Given a single send whose upstream (not deduplicating) answers 503 for now, and the claim's release after that
-    # answer failing once in the store
+def refused_for_now(store):
+    """A single send's record, and an upstream (not deduplicating) answering 503 for now."""
     _, deps = send(store, command(1))
     [record] = deps.dispatch_queue.commands
     upstream = FakeProvider()
     upstream.failure = UpstreamError("503", permanent=False, unavailable=True)
+    return record, upstream
+
+
+def test_a_message_its_upstream_refused_whose_claim_release_failed_is_still_sent_when_its_record_comes_back(store):
+    # Given a single send whose upstream (not deduplicating) answers 503 for now, and the claim's release after that
+    # answer failing in the store for the whole delivery
+    record, upstream = refused_for_now(store)
     with pytest.raises(RuntimeError):
-        asyncio.run(dispatch(record, replace(dispatch_deps(store, upstream), messages=ReleaseFailsOnce(store))))
+        asyncio.run(dispatch(record, replace(dispatch_deps(store, upstream), messages=ReleaseFails(store, 99))))
     # When the record comes back (after the failed record's retries, once the lease has lapsed) and the upstream
     # has recovered
     upstream.failure = None
@@ -736,7 +737,63 @@ def test_a_message_its_upstream_refused_whose_claim_release_failed_is_still_sent
     # Then the message is sent: the only submit so far was refused, so no upstream has it
     [message] = store.messages.values()
     assert len(upstream.submits) == 2, "the message was never sent again after its refused submit"
-    assert (message.status, message.error_code) == (MessageStatus.SUBMITTED, None)
+    assert (message.status, message.error_code, message.submit_attempts) == (MessageStatus.SUBMITTED, None, 1)
+
+
+def test_a_claim_release_that_fails_a_moment_is_written_again_and_the_record_handed_back_as_usual(store):
+    # Given a refused submit whose claim release fails once in the store
+    record, upstream = refused_for_now(store)
+    # When the record is dispatched
+    outcome = asyncio.run(dispatch(record, replace(dispatch_deps(store, upstream), messages=ReleaseFails(store, 1))))
+    # Then the release is written again: the message is queued unclaimed, its attempt counted, and its record comes
+    # back after the usual backoff
+    [message] = store.messages.values()
+    assert outcome.retry == [message.message_id] and outcome.failed_attempts == 1
+    assert (message.status, message.submit_attempts, store.claims) == (MessageStatus.QUEUED, 1, {})
+
+
+def test_a_failover_the_claim_could_not_name_is_not_taken_for_one_the_fallback_may_have(store):
+    # Given a primary that answers 503 for now and a fallback, and the store failing to name the fallback on the claim
+    record, primary = refused_for_now(store)
+    primary.name = "primary"
+    fallback = FakeProvider()
+    fallback.name = "fallback"
+
+    class MoveFails(ReleaseFails):
+        def move_claim(self, *args, **kwargs):
+            raise RuntimeError("InternalServerError")
+
+    deps = replace(
+        dispatch_deps(store, primary), messages=MoveFails(store, 0), upstreams_for=lambda _: [primary, fallback]
+    )
+    # When the record is dispatched
+    outcome = asyncio.run(dispatch(record, deps))
+    # Then the message goes back to the queue unclaimed, an attempt counted, not offered to the fallback
+    [message] = store.messages.values()
+    assert outcome.retry == [message.message_id] and fallback.submits == []
+    assert (message.status, message.submit_attempts, store.claims) == (MessageStatus.QUEUED, 1, {})
+
+
+def test_a_failed_expiry_write_gives_the_claim_back_for_the_record_s_return_to_expire(store):
+    # Given a message past its validity, and the store failing its expiry write once
+    record, upstream = refused_for_now(store)
+
+    class ExpiryFailsOnce(ReleaseFails):
+        def transition(self, *args, **kwargs):
+            if self.times:
+                self.times -= 1
+                raise RuntimeError("InternalServerError")
+            return self.store.transition(*args, **kwargs)
+
+    too_late = replace(dispatch_deps(store, upstream), clock=lambda: NOW + timedelta(days=3))
+    # When the record is dispatched, and comes back once the claim's lease has lapsed
+    with pytest.raises(RuntimeError):
+        asyncio.run(dispatch(record, replace(too_late, messages=ExpiryFailsOnce(store, 1))))
+    asyncio.run(dispatch(record, replace(too_late, clock=lambda: NOW + timedelta(days=3, minutes=5))))
+    # Then the message is expired and refunded, not recorded submitted-unconfirmed as a dead holder's
+    [message] = store.messages.values()
+    assert (message.status, message.error_code) == (MessageStatus.EXPIRED, "validity_period_ended")
+    assert upstream.submits == []
 
 
 @pytest.mark.xfail(

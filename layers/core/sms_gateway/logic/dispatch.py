@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import math
 import random
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sms_gateway.domain.models import (
     DEFAULT_VALIDITY,
@@ -62,6 +63,11 @@ OPTED_OUT = OptedOut.code
 ANNOUNCE_BATCH = 10
 # The states a dispatcher moves a queued message to.
 DISPATCHED = frozenset({MessageStatus.SUBMITTED, MessageStatus.FAILED, MessageStatus.EXPIRED})
+# A claim given back after its message was not taken is written again this many times, this long apart, before the
+# release is left to the record's return (UNRELEASED_CLAIMS): a claim left held reads, once its lease lapses, as one
+# whose holder died mid-submit.
+RELEASE_ATTEMPTS = 3
+RELEASE_RETRY_SECONDS = 0.2
 
 
 def backoff_seconds(
@@ -260,6 +266,12 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
     is only submitted under a claim, so a duplicate SQS delivery cannot submit it twice."""
     messages = deps.read_ahead
     if messages is None:
+        messages = await asyncio.to_thread(
+            deps.messages.get_messages, command.account_id, command.reference_id, list(command.message_ids)
+        )
+    if UNRELEASED_CLAIMS and UNRELEASED_CLAIMS.of(command):
+        # The messages are read again once their claims are given back: what was read still shows them claimed.
+        await _release_remembered(command, deps)
         messages = await asyncio.to_thread(
             deps.messages.get_messages, command.account_id, command.reference_id, list(command.message_ids)
         )
@@ -587,7 +599,7 @@ async def _dispatch_one(
         await _record_unconfirmed(message, message.maybe_taken_by, deps, outcome)
         return
     if too_late:
-        await _finish(message, MessageStatus.EXPIRED, VALIDITY_PERIOD_ENDED, deps, outcome)
+        await _finish(message, MessageStatus.EXPIRED, VALIDITY_PERIOD_ENDED, deps, outcome, claim_id=claim.claim_id)
         outcome.expired += 1
         return
     # The status writes come after the slot is given back: the limit is on submits in flight, not store requests.
@@ -669,7 +681,7 @@ async def _left_to_its_upstream(message: Message, deps: DispatchDependencies, ou
     elif message.maybe_taken_by is not None:
         await _record_unconfirmed(message, message.maybe_taken_by, deps, outcome)
     else:
-        await asyncio.to_thread(deps.messages.release_claim, message.key, claim_id=claim.claim_id, attempted=False)
+        await _release(message, deps, claim_id=claim.claim_id, attempted=False)
         _come_back_soon([message], outcome)
 
 
@@ -761,13 +773,20 @@ async def _submit(
             # A route at its limit is a throttle: wait for it rather than fail over, and not an attempt, also when an
             # upstream before it failed this one (a primary down, its fallback at the limit we set for it).
             return held
-        if tried and not await asyncio.to_thread(
-            deps.messages.move_claim,
-            message.key,
-            from_upstream=upstreams[tried - 1].name,
-            to_upstream=provider.name,
-            claim_id=claim_id,
-        ):
+        try:
+            moved = not tried or await asyncio.to_thread(
+                deps.messages.move_claim,
+                message.key,
+                from_upstream=upstreams[tried - 1].name,
+                to_upstream=provider.name,
+                claim_id=claim_id,
+            )
+        except Exception as error:
+            # Not offered to it, the upstream before it having refused it: a transient failure, the claim released
+            # (left held, it would read as one the upstream it names may have once its lease lapsed).
+            logger.exception("could not name the failover on the claim", extra={"message_id": message.message_id})
+            return UpstreamError(f"could not name {provider.name} on the claim: {error!r}"[:300], permanent=False)
+        if not moved:
             # The claim names where the message may be before it goes there; a claim no longer ours stops here.
             break
         try:
@@ -892,14 +911,14 @@ async def _not_taken(
         await _record_unconfirmed(message, carrier, deps, outcome)
         return
     if not final:
-        await asyncio.to_thread(deps.messages.release_claim, message.key, claim_id=claim_id, maybe_taken_by=taken_by)
+        await _release(message, deps, claim_id=claim_id, maybe_taken_by=taken_by)
         outcome.retry.append(message.message_id)
         outcome.failed_attempts = max(outcome.failed_attempts, attempt)
         if failure.retry_after is not None:
             outcome.retry_after = max(outcome.retry_after or 0.0, failure.retry_after)
         return
     reason = failure.error_code or ("upstream_rejected" if failure.permanent else "upstream_unavailable")
-    await _finish(message, MessageStatus.FAILED, reason, deps, outcome)
+    await _finish(message, MessageStatus.FAILED, reason, deps, outcome, claim_id=claim_id)
     outcome.failed += 1
 
 
@@ -924,7 +943,7 @@ async def _throttled(
             # failure and refund while it may be delivered.
             await _record_unconfirmed(message, message.maybe_taken_by, deps, outcome)
             return
-        await _finish(message, MessageStatus.FAILED, UPSTREAM_THROTTLED, deps, outcome)
+        await _finish(message, MessageStatus.FAILED, UPSTREAM_THROTTLED, deps, outcome, claim_id=claim_id)
         outcome.failed += 1
         return
     await _release_unattempted(message, deps, claim_id, throttled=True)
@@ -936,14 +955,75 @@ async def _release_unattempted(
 ) -> None:
     """The claim `claim_id` names given back with no attempt counted (the message was held back, not refused),
     keeping the upstream that may have the message; `throttled` counts an upstream's throttle."""
-    await asyncio.to_thread(
-        deps.messages.release_claim,
-        message.key,
-        claim_id=claim_id,
-        attempted=False,
-        maybe_taken_by=message.maybe_taken_by,
-        throttled=throttled,
+    await _release(
+        message, deps, claim_id=claim_id, attempted=False, maybe_taken_by=message.maybe_taken_by, throttled=throttled
     )
+
+
+class UnreleasedClaims:
+    """The claims this container could not give back after their messages were not taken (the store failing past
+    RELEASE_ATTEMPTS), with how each was to be released, by message; at most `limit`, the oldest forgotten first.
+    Left held, a claim reads, once its lease lapses, as one whose holder died mid-submit: its message, which no
+    upstream has, would be recorded submitted-unconfirmed and never sent. When the record comes back to this
+    container (the failed release failed the record), the claim is given back before anything else is done."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        self.limit = limit
+        self._releases: OrderedDict[MessageKey, dict[str, Any]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._releases)
+
+    def remember(self, key: MessageKey, release: dict[str, Any]) -> None:
+        self._releases[key] = release
+        self._releases.move_to_end(key)
+        while len(self._releases) > self.limit:
+            self._releases.popitem(last=False)
+
+    def of(self, command: DispatchCommand) -> dict[MessageKey, dict[str, Any]]:
+        return {key: self._releases[key] for key in _keys_of(command) if key in self._releases}
+
+    def forget(self, key: MessageKey, release: dict[str, Any]) -> None:
+        if self._releases.get(key) == release:
+            del self._releases[key]
+
+    def clear(self) -> None:
+        self._releases.clear()
+
+
+UNRELEASED_CLAIMS = UnreleasedClaims()
+
+
+async def _release(message: Message, deps: DispatchDependencies, **release: Any) -> None:
+    """Gives back the claim on a message no upstream took (`release`: MessageStore.release_claim's arguments, the
+    claim's id among them, so a repeat never counts twice nor drops another's lease), trying RELEASE_ATTEMPTS times;
+    then remembered in UNRELEASED_CLAIMS, and the store's error raised: the record comes back."""
+    await _give_back(message.key, release, deps)
+
+
+async def _give_back(key: MessageKey, release: dict[str, Any], deps: DispatchDependencies) -> None:
+    for attempt in range(1, RELEASE_ATTEMPTS + 1):
+        try:
+            await asyncio.to_thread(deps.messages.release_claim, key, **release)
+        except Exception:
+            if attempt < RELEASE_ATTEMPTS:
+                await asyncio.sleep(RELEASE_RETRY_SECONDS * attempt)
+                continue
+            logger.exception(
+                "could not give the claim back; it is given back when the record comes back",
+                extra={"message_id": key.message_id},
+            )
+            UNRELEASED_CLAIMS.remember(key, release)
+            raise
+        UNRELEASED_CLAIMS.forget(key, release)
+        return
+
+
+async def _release_remembered(command: DispatchCommand, deps: DispatchDependencies) -> None:
+    """Gives back the record's claims an earlier delivery could not (UnreleasedClaims); raises while it cannot."""
+    for key, release in UNRELEASED_CLAIMS.of(command).items():
+        logger.info("giving back a claim an earlier delivery could not", extra={"message_id": key.message_id})
+        await _give_back(key, release, deps)
 
 
 def _back_after_a_throttle(
@@ -1098,11 +1178,24 @@ def valid_until(message: Message, validity: timedelta) -> datetime:
 
 
 async def _finish(
-    message: Message, status: MessageStatus, error_code: str, deps: DispatchDependencies, outcome: DispatchOutcome
+    message: Message,
+    status: MessageStatus,
+    error_code: str,
+    deps: DispatchDependencies,
+    outcome: DispatchOutcome,
+    *,
+    claim_id: str | None = None,
 ) -> None:
     """A final state reached before delivery: the conditional write decides, and the write that made the change
-    refunds in the same transaction, so a retried record never refunds twice and a crash never loses the refund."""
-    change = await asyncio.to_thread(
-        deps.messages.transition, message.key, status, now=deps.clock(), error_code=error_code, refund=True
-    )
+    refunds in the same transaction, so a retried record never refunds twice and a crash never loses the refund.
+    A write that fails gives the claim `claim_id` back, so that the record's return decides the message again rather
+    than take it for one its dead holder may have sent."""
+    try:
+        change = await asyncio.to_thread(
+            deps.messages.transition, message.key, status, now=deps.clock(), error_code=error_code, refund=True
+        )
+    except Exception:
+        if claim_id is not None:
+            await _release(message, deps, claim_id=claim_id, attempted=False, maybe_taken_by=message.maybe_taken_by)
+        raise
     outcome.record(change)
