@@ -2583,7 +2583,7 @@ class RouteFullLimiter:
     def expect(self, asks):
         pass
 
-    async def grant(self, scopes, wanted, *, max_wait_seconds=None):
+    async def grant(self, scopes, wanted, *, max_wait_seconds=None, lend_while_waiting=()):
         return Grant(0 if any(name.startswith("route:") for name, _ in scopes) else wanted)
 
     async def acquire_one(self, scope, *, max_wait_seconds=None):

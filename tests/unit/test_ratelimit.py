@@ -379,6 +379,26 @@ def test_release_gives_back_what_is_kept_for_the_current_second(store, clock):
     assert store.per_second("account:a") == {SECOND: 3}
 
 
+def test_a_grant_waiting_on_a_full_scope_lends_what_is_kept_of_the_scopes_it_names_to_others(store, clock):
+    # Given a holder that took ten of an account's tokens ahead and used one, and a route whose second is full
+    rate = holder(store, clock, expects=10)
+    asyncio.run(rate.acquire([account_scope("a", 50)], 1))
+    store.take_tokens("route:kannel", SECOND, 1, 1)
+    # When it asks for the route's token and an account token together, lending the account's while it waits
+    grant = asyncio.run(
+        rate.grant(
+            [account_scope("a", 50), route_scope("kannel", 1)], 1, max_wait_seconds=0, lend_while_waiting=["account:a"]
+        )
+    )
+    # Then nothing is granted, and the nine kept account tokens are counted no more: others may use them this second
+    assert grant.count == 0
+    assert store.per_second("account:a") == {SECOND: 1}
+    # And waiting again lends nothing more: nothing is kept, so no write
+    calls = len(store.calls)
+    asyncio.run(rate.grant([route_scope("kannel", 1)], 1, max_wait_seconds=0, lend_while_waiting=["account:a"]))
+    assert [call for call in store.calls[calls:] if call[0] == "give_back"] == []
+
+
 def test_a_token_given_back_in_its_second_is_granted_again_and_one_given_back_late_is_not(store, clock):
     # Given a route limited to one send a second, whose one token a holder took
     rate = RateLimiter(store, clock=clock, sleep=clock.sleep)

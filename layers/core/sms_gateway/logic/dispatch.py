@@ -1115,8 +1115,13 @@ async def _wait_for_route_token(
         if second is not None:
             return RouteToken(upstream, {route[0]: second})
         await deps.limiter.give_back_unused(account_tokens)
+    # The account's tokens this invocation keeps for the second go back to the store while the route holds its
+    # messages back: the account's priority lane, another invocation, may send with them.
+    accounts = [name for name, limit in deps.rate_scopes if limit]
     while True:
-        grant = await deps.limiter.grant([*deps.rate_scopes, route], 1, max_wait_seconds=1.0)
+        grant = await deps.limiter.grant(
+            [*deps.rate_scopes, route], 1, max_wait_seconds=1.0, lend_while_waiting=accounts
+        )
         if grant.count:
             return RouteToken(upstream, grant.seconds)
         if not _waits_on(deps):

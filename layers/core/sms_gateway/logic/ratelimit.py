@@ -6,7 +6,7 @@ import asyncio
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sms_gateway.observability import logger
@@ -104,9 +104,19 @@ class RateLimiter:
         """
         return (await self.grant(scopes, wanted, max_wait_seconds=max_wait_seconds)).count
 
-    async def grant(self, scopes: Sequence[Scope], wanted: int, *, max_wait_seconds: float | None = None) -> Grant:
+    async def grant(
+        self,
+        scopes: Sequence[Scope],
+        wanted: int,
+        *,
+        max_wait_seconds: float | None = None,
+        lend_while_waiting: Collection[str] = (),
+    ) -> Grant:
         """What `acquire` grants, and the second each limited scope counted it in (what `give_back` needs, should
-        some of it not be used)."""
+        some of it not be used). Each time the grant finds no room, the tokens this holder keeps for the current
+        second of the scopes named in `lend_while_waiting` go back to the store (their second's counter): while this
+        ask waits on another scope (a route at its limit), other holders may send with them (the account's priority
+        lane, in another invocation); kept until `release`, that second's room was lost to them."""
         if wanted <= 0:
             return Grant(0)
         # The most restrictive scope first: it is the one most likely to cut the grant, and what it grants
@@ -114,7 +124,7 @@ class RateLimiter:
         limited = sorted(((name, limit) for name, limit in scopes if limit), key=lambda scope: scope[1])
         if not limited:
             return Grant(wanted)
-        granted, counted = await self._acquire(limited, wanted, max_wait_seconds)
+        granted, counted = await self._acquire(limited, wanted, max_wait_seconds, lend_while_waiting)
         return Grant(granted, dict(counted))
 
     async def acquire_one(self, scope: Scope, *, max_wait_seconds: float | None = None) -> int | None:
@@ -144,7 +154,11 @@ class RateLimiter:
                 await self.give_back(name, second, count)
 
     async def _acquire(
-        self, limited: Sequence[tuple[str, int]], wanted: int, max_wait_seconds: float | None
+        self,
+        limited: Sequence[tuple[str, int]],
+        wanted: int,
+        max_wait_seconds: float | None,
+        lend_while_waiting: Collection[str] = (),
     ) -> tuple[int, list[tuple[str, int]]]:
         deadline = self.clock() + (self.max_wait_seconds if max_wait_seconds is None else max_wait_seconds)
         while True:
@@ -152,6 +166,8 @@ class RateLimiter:
             granted, counted = await self._take(limited, math.floor(now), wanted)
             if granted:
                 return granted, counted
+            for name in lend_while_waiting:
+                await self._lend_kept(name)
             wake_at = math.floor(now) + 1 + _PAST_BOUNDARY
             if wake_at > deadline:
                 return 0, []
@@ -165,6 +181,18 @@ class RateLimiter:
         for name, (kept_second, count) in kept.items():
             if kept_second == second and count:
                 await self._give_back_to_store(name, second, count)
+
+    async def _lend_kept(self, name: str) -> None:
+        """The tokens kept of scope `name` for the current second, back to the store (one write, none if none)."""
+        second = math.floor(self.clock())
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            count = self._kept_for(name, second) if self._current_second(name, second) == second else 0
+            if not count:
+                return
+            self._kept[name] = (second, 0)
+            if self._full.get(name) == second:
+                del self._full[name]  # there is room in it again
+        await self._give_back_to_store(name, second, count)
 
     async def _take(
         self, scopes: Sequence[tuple[str, int]], second: int, wanted: int
