@@ -463,3 +463,61 @@ def test_a_dlr_applied_as_the_last_settle_check_ran_is_announced_by_the_sweeper(
     ids = [p["headers"]["webhook-id"] for p in hook.posts if p["body"]["status"] == "delivered"]
     assert ids == [f"dlr_{message.message_id}_{delivered.sequence}"]
     assert message_now(message).announce_pending is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: a notify queue that does not answer keeps the webhook function in botocore's retries past its "
+    "10 s timeout, so it dies before marking the final report for the sweeper (lost for upstreams that never retry)",
+)
+def test_a_dlr_whose_publish_gets_no_answer_is_marked_for_the_sweeper_before_the_webhook_function_times_out(
+    aws, account, hook, monkeypatch
+):
+    # Given a submitted message, and a notify queue that takes the request but never answers it (an SQS brownout,
+    # a cut connection): every SendMessageBatch attempt ends in the client's read timeout. Time is virtual: each
+    # attempt costs the read timeout, each of botocore's retry back-offs its sleep
+    import types
+
+    import botocore.endpoint
+    from botocore.exceptions import ReadTimeoutError
+
+    from sms_gateway.adapters import aws as aws_clients
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway_tools.template import function_definitions, load_template
+
+    message = stranded_message(aws, account)
+    notify_pass(aws)
+    dlr = simulator_dlr(aws, message.key.to_ref(), "DELIVRD", "2026-01-02T23:50:40Z")
+    elapsed = [0.0]
+    sqs = aws_clients.client("sqs")
+
+    def no_answer(request: Any, **_: Any) -> None:
+        elapsed[0] += sqs.meta.config.read_timeout
+        raise ReadTimeoutError(endpoint_url=request.url)
+
+    sqs.meta.events.register_first("before-send.sqs.SendMessageBatch", no_answer)
+    slept = types.SimpleNamespace(sleep=lambda seconds: elapsed.__setitem__(0, elapsed[0] + seconds))
+    monkeypatch.setattr(botocore.endpoint, "time", slept)
+    store = gateway().store
+    mark = store.mark_unannounced
+    marked_at: list[float] = []
+
+    def marking(*args: Any, **kwargs: Any) -> bool:
+        marked_at.append(elapsed[0])
+        return mark(*args, **kwargs)
+
+    monkeypatch.setattr(store, "mark_unannounced", marking)
+    # When the upstream posts the final DLR (Twilio posts it once)
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - whatever the publish raises, the callback fails
+            load_function("webhook").handler(dlr, FakeContext())
+    finally:
+        sqs.meta.events.unregister("before-send.sqs.SendMessageBatch", no_answer)
+    # Then the status is written, and the mark that hands the report to the sweeper is written while the function
+    # still lives: Lambda stops it at its Timeout, and a report written but neither queued nor marked reaches the
+    # client only if the upstream posts it again
+    assert message_now(message).status == "delivered"
+    [webhook] = [fn for fn in function_definitions(load_template()) if fn.logical_id == "WebhookFunction"]
+    assert marked_at and marked_at[0] < webhook.timeout, (
+        f"marked after {marked_at} s of SQS attempts; the function is stopped at {webhook.timeout} s"
+    )
