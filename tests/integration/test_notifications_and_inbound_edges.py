@@ -392,16 +392,19 @@ def refusing_notify_queue(monkeypatch: pytest.MonkeyPatch, times: int) -> None:
     """The notify queue refuses the next `times` publishes (SQS unavailable past botocore's retries)."""
     from sms_gateway.bootstrap import gateway
 
-    queue = gateway().notify_queue
-    publish, left = queue.publish, [times]
+    # Both of the queue's clients: the webhook function publishes through the prompt one.
+    queues = [gateway().notify_queue, gateway().prompt_notify_queue]
+    publishes, left = [queue.publish for queue in queues], [times]
 
     def refused(notifications: Any) -> None:
         left[0] -= 1
         if left[0] <= 0:
-            monkeypatch.setattr(queue, "publish", publish)
+            for queue, publish in zip(queues, publishes, strict=True):
+                monkeypatch.setattr(queue, "publish", publish)
         raise RuntimeError("SQS unavailable")
 
-    monkeypatch.setattr(queue, "publish", refused)
+    for queue in queues:
+        monkeypatch.setattr(queue, "publish", refused)
 
 
 def signed_inbound(text: str, message_id: str) -> dict[str, Any]:

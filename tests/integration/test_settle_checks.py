@@ -465,11 +465,6 @@ def test_a_dlr_applied_as_the_last_settle_check_ran_is_announced_by_the_sweeper(
     assert message_now(message).announce_pending is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a notify queue that does not answer keeps the webhook function in botocore's retries past its "
-    "10 s timeout, so it dies before marking the final report for the sweeper (lost for upstreams that never retry)",
-)
 def test_a_dlr_whose_publish_gets_no_answer_is_marked_for_the_sweeper_before_the_webhook_function_times_out(
     aws, account, hook, monkeypatch
 ):
@@ -489,7 +484,8 @@ def test_a_dlr_whose_publish_gets_no_answer_is_marked_for_the_sweeper_before_the
     notify_pass(aws)
     dlr = simulator_dlr(aws, message.key.to_ref(), "DELIVRD", "2026-01-02T23:50:40Z")
     elapsed = [0.0]
-    sqs = aws_clients.client("sqs")
+    # The client the webhook function publishes with (the notify queue's prompt client)
+    sqs = aws_clients.client("sqs", prompt=True)
 
     def no_answer(request: Any, **_: Any) -> None:
         elapsed[0] += sqs.meta.config.read_timeout

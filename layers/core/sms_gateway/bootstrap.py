@@ -33,6 +33,10 @@ class Gateway:
     store: DynamoStore
     dispatch_queue: SqsDispatchQueue
     notify_queue: SqsNotifyQueue
+    # The same queue through a client that gives up within seconds (aws.client's `prompt`): the webhook function's,
+    # which stops at 10 s, so a queue that does not answer still leaves it the time to mark a final report for the
+    # sweeper (logic.delivery.announce_change) instead of dying in the usual client's minute of retries.
+    prompt_notify_queue: SqsNotifyQueue
     scheduler: EventBridgeBatchScheduler
     dispatch_dead_letters: SqsDeadLetterQueue
     webhook_credentials: KmsSecretBox
@@ -54,6 +58,7 @@ def gateway() -> Gateway:
         ),
         dispatch_dead_letters=SqsDeadLetterQueue(settings.dispatch_dead_letter_queue_url),
         notify_queue=SqsNotifyQueue(settings.notify_queue_url),
+        prompt_notify_queue=SqsNotifyQueue(settings.notify_queue_url, prompt=True),
         webhook_credentials=KmsSecretBox(settings.webhook_credentials_key_id),
         scheduler=EventBridgeBatchScheduler(
             group_name=settings.schedule_group_name,

@@ -16,14 +16,16 @@ SEND_BATCH_SIZE = 10
 
 
 class _Queue:
-    def __init__(self, queue_url: str, *, client: Any | None = None) -> None:
+    def __init__(self, queue_url: str, *, client: Any | None = None, prompt: bool = False) -> None:
         self.queue_url = queue_url
         self._client = client
+        # aws.client's `prompt` client: gives up within seconds when SQS does not answer.
+        self._prompt = prompt
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = aws.client("sqs")
+            self._client = aws.client("sqs", prompt=self._prompt)
         return self._client
 
     def _send(self, entries: Sequence[dict[str, Any]], *, queue_url: str | None = None) -> None:

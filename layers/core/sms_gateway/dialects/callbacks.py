@@ -49,7 +49,7 @@ def delivery_report(provider: str) -> Response:
     def queue_client_callback(change: StatusChange) -> None:
         announce_change(
             change,
-            wiring.notify_queue.publish,
+            wiring.prompt_notify_queue.publish,
             wiring.store,
             clock=utc_now,
             sweep_delay=timedelta(seconds=wiring.settings.inbound_sweep_delay_seconds),
@@ -87,7 +87,7 @@ def inbound_sms(provider: str) -> Response:
         InboundDependencies(
             accounts=wiring.store,
             inbox=wiring.store,
-            publish=lambda notification: wiring.notify_queue.publish([notification]),
+            publish=lambda notification: wiring.prompt_notify_queue.publish([notification]),
             clock=utc_now,
             routes=route_table,
             conversations=wiring.store,
