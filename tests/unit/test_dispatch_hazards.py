@@ -832,11 +832,6 @@ def test_account_tokens_its_route_holds_back_go_back_for_the_priority_lane_in_th
     assert sum(call[:2] == ("give_back", "account:7") for call in counters.calls) <= len(per_second) + 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a final status a settle check applies from reports held on the upstream id is never announced "
-    "again when the check's announcement fails (its redelivery finds the message final and unmarked)",
-)
 def test_a_held_report_a_settle_check_applied_is_announced_by_the_checks_redelivery_when_its_first_announcement_failed(
     store, monkeypatch
 ):
@@ -875,7 +870,7 @@ def test_a_held_report_a_settle_check_applied_is_announced_by_the_checks_redeliv
 
     wiring = SimpleNamespace(
         store=store,
-        settings=SimpleNamespace(dlr_wait_seconds=172_800),
+        settings=SimpleNamespace(dlr_wait_seconds=172_800, inbound_sweep_delay_seconds=120),
         notify_queue=SimpleNamespace(delay=lambda handle, seconds: None, publish=publish),
     )
     monkeypatch.setattr(consumers, "gateway", lambda: wiring)
@@ -893,11 +888,6 @@ def test_a_held_report_a_settle_check_applied_is_announced_by_the_checks_redeliv
     assert [n["id"] for n in published] == [f"dlr_{message.message_id}_{delivered.sequence}"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a final status a dispatcher applies from reports held on the upstream id is never announced by "
-    "the record's redelivery when the first announcement failed (it rebuilds only the dispatcher's own submitted)",
-)
 def test_a_held_report_a_dispatcher_applied_is_announced_by_the_records_redelivery_when_its_announcement_failed(store):
     from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
     from tests.unit.test_logic import callback, clock, report

@@ -25,6 +25,7 @@ from sms_gateway.deadlines import out_of_time_after
 from sms_gateway.domain.models import DispatchCommand, Message, StatusChange, utc_now
 from sms_gateway.domain.routing import RouteTable
 from sms_gateway.logic import inbound, settle, webhook_retries
+from sms_gateway.logic.delivery import mark_unannounced_finals
 from sms_gateway.logic.dispatch import (
     ANNOUNCE_BATCH,
     DispatchDependencies,
@@ -94,7 +95,7 @@ class _InvocationAnnouncements:
     across records (ten single sends' `submitted` notifications in one request, not ten). What is left when the
     records are done goes with the invocation's settle check (_queue_the_rest). A batch that cannot be sent now
     waits for that last send too, whose failure hands every record back: their redelivery announces again what
-    the dispatcher changed (logic.dispatch.change_made_by_dispatch), under the same webhook ids."""
+    the dispatcher changed (logic.dispatch.changes_since_dispatch), under the same webhook ids."""
 
     def __init__(self) -> None:
         self._waiting: list[dict[str, Any]] = []
@@ -527,7 +528,14 @@ def _settle_record(record: SQSRecord, check: dict[str, Any]) -> dict[str, Any]:
         dlr_wait=timedelta(seconds=wiring.settings.dlr_wait_seconds),
     )
     outcome = settle.settle(check, deps)
-    _announce([*outcome.made_before, *outcome.unannounced, *outcome.changes])
+    try:
+        _announce([*outcome.made_before, *outcome.unannounced, *outcome.changes])
+    except Exception:
+        # The changes of reports held on an upstream id that this check applied: its redelivery finds them final
+        # and, unmarked, passes over them (its expiries it finds by their error code).
+        due = utc_now() + timedelta(seconds=wiring.settings.inbound_sweep_delay_seconds)
+        mark_unannounced_finals(settle.held_report_changes(outcome), wiring.store, due=due)
+        raise
     settle.announced_again(outcome, deps)
     count_final_statuses(outcome.changes)
     if outcome.check_again_in is not None:

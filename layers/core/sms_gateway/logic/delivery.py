@@ -73,18 +73,30 @@ def announce_change(
     try:
         publish([notification])
     except Exception:
-        if message.status in TERMINAL:
-            try:
-                messages.mark_unannounced(message.key, message.sequence, due=clock() + sweep_delay)
-            except Exception:
-                # The callback fails all the same: only an upstream that posts it again brings the report back.
-                logger.exception("could not mark a delivery report left unannounced", extra=_ids(message))
-            else:
-                logger.warning("delivery report not announced; the sweeper will", extra=_ids(message))
+        mark_unannounced_finals([change], messages, due=clock() + sweep_delay)
         raise
     if message.announce_pending is not None and message.announce_pending == message.sequence:
         # A repeat the upstream posted of a report whose announcement had failed: no sweep need repeat it.
         messages.clear_unannounced(message.key, message.sequence)
+
+
+def mark_unannounced_finals(changes: Sequence[StatusChange], messages: MessageStore, *, due: datetime) -> None:
+    """Marks the final changes among `changes`, whose announcement the notify queue refused (`announce_pending`, one
+    conditional write each, in the sweeper's index from `due`): the sweeper, or the message's settle check, announces
+    them under the same webhook ids when nothing else would (an upstream that posts a report once; a report held on
+    the upstream's id, applied by a settle check, that no later look tells apart from one announced). The caller
+    fails all the same, after: a mark that cannot be written is logged."""
+    for change in changes:
+        message = change.message
+        if message.status not in TERMINAL or dlr_notification(change) is None:
+            continue
+        try:
+            messages.mark_unannounced(message.key, message.sequence, due=due)
+        except Exception:
+            # Only an upstream that posts the report again brings it back.
+            logger.exception("could not mark a delivery report left unannounced", extra=_ids(message))
+        else:
+            logger.warning("delivery report not announced; the sweeper will", extra=_ids(message))
 
 
 def _ids(message: Message) -> dict[str, Any]:

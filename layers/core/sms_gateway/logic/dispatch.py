@@ -31,6 +31,7 @@ from sms_gateway.domain.senders import SENDER_REMOVED, holds_sender
 from sms_gateway.domain.status import (
     NOT_QUEUED,
     SUBMIT_UNCONFIRMED,
+    TERMINAL,
     VALIDITY_PERIOD_ENDED,
     MessageStatus,
     reached_in_order,
@@ -290,7 +291,7 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
         _expect_route_tokens(pending, deps)
     try:
         # An earlier delivery of this record may have died between a status write and its announcement.
-        await announcer.add([c for c in map(change_made_by_dispatch, messages) if c is not None])
+        await announcer.add([c for m in messages for c in changes_since_dispatch(m)])
         pending, left, withdrawn = await _withdraw_refused(command, pending, deps, outcome)
         await announcer.add(withdrawn)
         if left:
@@ -478,7 +479,21 @@ async def _changes_made_meanwhile(
     if deps.announce is None or not wanted:
         return []
     current = await asyncio.to_thread(deps.messages.get_messages, command.account_id, command.reference_id, wanted)
-    return [c for c in map(change_made_by_dispatch, current) if c is not None]
+    return [c for m in current for c in changes_since_dispatch(m)]
+
+
+def changes_since_dispatch(message: Message) -> list[StatusChange]:
+    """What an earlier delivery of a record announced, or failed to, for a message no longer queued: the dispatcher's
+    change (change_made_by_dispatch) and, for a message a report has since settled, its final change. That one may
+    be the change of reports held on the upstream's id that the dispatcher applied as it linked the id, announced
+    with the record's changes and lost with them; nothing else would tell the client (the message is final, and
+    unmarked). One a webhook applied went out from there: the client drops the repeat by its webhook id."""
+    made = change_made_by_dispatch(message)
+    if made is None:
+        return []
+    if message.status not in TERMINAL or made.message.sequence == message.sequence:
+        return [made]
+    return [made, StatusChange(message=message, changed=True)]
 
 
 def change_made_by_dispatch(message: Message) -> StatusChange | None:

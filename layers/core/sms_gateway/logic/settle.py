@@ -143,6 +143,12 @@ def announced_again(outcome: SettleOutcome, deps: SettleDependencies) -> None:
         )
 
 
+def held_report_changes(outcome: SettleOutcome) -> list[StatusChange]:
+    """The changes of reports held on an upstream id that the check applied (its changes other than its expiries)."""
+    expired = {id(change) for change in outcome.expired}
+    return [change for change in outcome.changes if id(change) not in expired]
+
+
 def _reported_while_unlinked(message: Message, deps: SettleDependencies, outcome: SettleOutcome) -> bool:
     """Before a message is expired for want of a report: links the upstream's id stored on it, in case the
     dispatcher's link write failed (its reports are then held on the id) or the dispatcher died before applying
