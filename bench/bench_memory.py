@@ -233,7 +233,8 @@ def measure(recipients: int, runs: int) -> tuple[dict[str, list[dict[str, float]
                 release = take_schedule_input(scheduler, env["SCHEDULE_GROUP_NAME"])
                 measured["scheduled_dispatch"].append(run_function("scheduled_dispatch", release))
                 take_queue_event(sqs, *dispatch_queue)
-                # A sweep that finds the most a run takes (SWEEP_LIMIT SMS a notify-queue outage left unqueued).
+                # A sweep that finds one page (SWEEP_LIMIT SMS a notify-queue outage left unqueued): a run holds one
+                # page at a time, however many pages it queues.
                 _python(SWEEP_SEED_SCRIPT, env, seeded["account_id"], str(SWEEP_LIMIT))
                 measured["sweeper"].append(run_function("sweeper", SCHEDULED_EVENT, str(SWEEP_LIMIT)))
                 take_queue_event(sqs, *notify_queue)

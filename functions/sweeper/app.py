@@ -11,4 +11,4 @@ from sms_gateway.sweeps import sweep
 @capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict, context: LambdaContext) -> dict:
-    return sweep(event)
+    return sweep(event, context)

@@ -1712,7 +1712,7 @@ class TestInbound:
 
     def sweep(self, store: InMemoryStore, published: list, at: datetime) -> SweepOutcome:
         return sweep_notifications(
-            SweepDependencies(inbox=store, messages=store, publish=published.append, clock=lambda: at)
+            SweepDependencies(inbox=store, messages=store, publish=published.extend, clock=lambda: at)
         )
 
     def test_an_sms_whose_notification_the_queue_refused_is_queued_by_a_sweep_once_it_is_due(self, store):

@@ -6,20 +6,28 @@ from __future__ import annotations
 from typing import Any
 
 from sms_gateway.bootstrap import gateway
+from sms_gateway.deadlines import out_of_time_after
 from sms_gateway.domain.models import utc_now
 from sms_gateway.logic.sweep import SweepDependencies, sweep_notifications
 from sms_gateway.observability import metrics
 
+# Seconds of the invocation kept back when the sweep claims another page: the page's work (a few seconds) and one
+# SQS or DynamoDB call that gets no answer (13 s, adapters/aws.py), within the function's Timeout (template.yaml).
+SWEEP_RESERVE_SECONDS = 20
 
-def sweep(event: dict[str, Any]) -> dict[str, Any]:
+
+def sweep(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """The EventBridge rule's event says nothing the sweep needs: it only says it is time."""
     wiring = gateway()
     outcome = sweep_notifications(
         SweepDependencies(
             inbox=wiring.store,
             messages=wiring.store,
-            publish=lambda notification: wiring.notify_queue.publish([notification]),
+            publish=wiring.notify_queue.publish,
             clock=utc_now,
+            out_of_time=out_of_time_after(
+                getattr(context, "get_remaining_time_in_millis", None), reserve_seconds=SWEEP_RESERVE_SECONDS
+            ),
         )
     )
     metrics.add_metric(name="InboundNotificationsSwept", unit="Count", value=outcome.inbound_queued)

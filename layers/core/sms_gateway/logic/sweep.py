@@ -14,9 +14,13 @@ from sms_gateway.logic.notify import notifications_of
 from sms_gateway.observability import logger
 from sms_gateway.ports import InboxStore, MessageStore
 
-# Items of each kind one run queues at most (inbound SMS, delivery reports): bounded work, whatever a long outage of
-# the notify queue left behind (the next run, minutes later, takes the next ones, oldest first).
+# Items of each kind one claim takes (inbound SMS, delivery reports): a run claims page after page, oldest first,
+# until none is left or its invocation nears its end (`out_of_time`), and the next run, minutes later, takes the
+# rest. Until 2026-12-06 a run stopped after one page: a notify queue outage of seconds during a bulk send
+# left more than that, which went out 200 a run, hours late.
 SWEEP_LIMIT = 200
+# Notifications to one publish: one SQS SendMessageBatch carries ten.
+PUBLISH_BATCH = 10
 # How long an item a run took stays its own: a run that dies before queueing it leaves it to a run after that.
 SWEEP_LEASE = timedelta(minutes=5)
 
@@ -27,8 +31,11 @@ _Item = TypeVar("_Item")
 class SweepDependencies:
     inbox: InboxStore
     messages: MessageStore
-    publish: Callable[[dict[str, Any]], None]
+    # Queues notifications, in order (up to PUBLISH_BATCH to a call: one SendMessageBatch).
+    publish: Callable[[Sequence[dict[str, Any]]], None]
     clock: Callable[[], datetime]
+    # True once too little of the invocation is left to claim and queue another page (None: outside Lambda).
+    out_of_time: Callable[[], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,8 @@ class SweepIncomplete(RuntimeError):
 
 
 def sweep_notifications(deps: SweepDependencies, *, limit: int = SWEEP_LIMIT) -> SweepOutcome:
-    """Queues the client notifications callbacks left unqueued, past their due time, at most `limit` of each kind:
+    """Queues the client notifications callbacks left unqueued, past their due time, `limit` of each kind to a claim,
+    until none is left or the run is out of time (`deps.out_of_time`):
 
     - an inbound SMS stored and still marked as not queued (its callback's publish failed, or the function died
       between storing and queueing, and the upstream did not post it again), under its own webhook id (`in_<id>`);
@@ -57,17 +65,15 @@ def sweep_notifications(deps: SweepDependencies, *, limit: int = SWEEP_LIMIT) ->
     a conditional write first, so a concurrent run does not queue it too; a callback retry (or a settle check) that
     queues it meanwhile clears the mark, and it is not claimed again. Raises SweepIncomplete, once both kinds had
     their turn, when some could not be queued (they are taken again once their claim runs out)."""
-    now = deps.clock()
-    until = now + SWEEP_LEASE
-    inbound_queued, inbound_failed = _queue_each(
-        deps.inbox.claim_inbound_notifications(now=now, until=until, limit=limit),
-        lambda inbound: _queue_inbound(inbound, deps),
-        "inbound notification",
+    inbound_queued, inbound_failed = _pages(
+        lambda now, until: deps.inbox.claim_inbound_notifications(now=now, until=until, limit=limit),
+        lambda claimed: _queue_each(claimed, lambda inbound: _queue_inbound(inbound, deps), "inbound notification"),
+        deps,
     )
-    reports_queued, reports_failed = _queue_each(
-        deps.messages.claim_unannounced_reports(now=now, until=until, limit=limit),
-        lambda message: _announce_report(message, deps),
-        "delivery report",
+    reports_queued, reports_failed = _pages(
+        lambda now, until: deps.messages.claim_unannounced_reports(now=now, until=until, limit=limit),
+        lambda claimed: _announce_reports(claimed, deps),
+        deps,
     )
     outcome = SweepOutcome(inbound_queued, inbound_failed, reports_queued, reports_failed)
     if inbound_failed or reports_failed:
@@ -76,6 +82,26 @@ def sweep_notifications(deps: SweepDependencies, *, limit: int = SWEEP_LIMIT) ->
             f"{reports_queued + reports_failed} delivery reports not queued"
         )
     return outcome
+
+
+def _pages(
+    claim: Callable[[datetime, datetime], Sequence[_Item]],
+    queue: Callable[[Sequence[_Item]], tuple[int, int]],
+    deps: SweepDependencies,
+) -> tuple[int, int]:
+    """Claims and queues pages of up to `limit` items until a claim takes none or the run is out of time; how many
+    were queued, how many failed. An item that failed stays claimed (SWEEP_LEASE), so no page of this run takes it
+    again. Not "until a page comes back short": a claim passes over the items the sweep index still lists after
+    they were cleared or claimed (it is eventually consistent), so a short page may have more behind it."""
+    queued = failed = 0
+    while not (deps.out_of_time is not None and deps.out_of_time()):
+        now = deps.clock()
+        claimed = claim(now, now + SWEEP_LEASE)
+        if not claimed:
+            break
+        done, not_done = queue(claimed)
+        queued, failed = queued + done, failed + not_done
+    return queued, failed
 
 
 def _queue_each(claimed: Sequence[_Item], queue: Callable[[_Item], None], kind: str) -> tuple[int, int]:
@@ -93,17 +119,36 @@ def _queue_each(claimed: Sequence[_Item], queue: Callable[[_Item], None], kind: 
 
 
 def _queue_inbound(inbound: StoredInbound, deps: SweepDependencies) -> None:
-    queue_inbound_notification(inbound, deps.inbox, deps.publish)
+    queue_inbound_notification(inbound, deps.inbox, lambda notification: deps.publish([notification]))
     logger.warning(
         "inbound SMS queued for the client by the sweep: its callback did not queue it",
         extra={"inbound_id": inbound.inbound_id, "account_id": inbound.account_id},
     )
 
 
-def _announce_report(message: Message, deps: SweepDependencies) -> None:
-    # The settle check's notification (logic/settle.py, `unannounced`): the same webhook id, so the client keeps one.
-    for notification in notifications_of([StatusChange(message=message, changed=True)]):
-        deps.publish(notification)
+def _announce_reports(claimed: Sequence[Message], deps: SweepDependencies) -> tuple[int, int]:
+    """Announces the claimed reports PUBLISH_BATCH to a publish, then clears their marks; how many were announced,
+    how many failed (a refused batch fails its reports, and the others go on)."""
+    queued = failed = 0
+    for start in range(0, len(claimed), PUBLISH_BATCH):
+        batch = claimed[start : start + PUBLISH_BATCH]
+        try:
+            # The settle check's notifications (logic/settle.py, `unannounced`): the same webhook ids, so the client
+            # keeps one of each.
+            deps.publish(notifications_of([StatusChange(message=message, changed=True) for message in batch]))
+        except Exception:
+            failed += len(batch)
+            logger.exception(
+                "delivery reports not queued by the sweep; a later run retries them", extra={"reports": len(batch)}
+            )
+            continue
+        done, not_done = _queue_each(batch, lambda message: _cleared(message, deps), "delivery report")
+        queued, failed = queued + done, failed + not_done
+    return queued, failed
+
+
+def _cleared(message: Message, deps: SweepDependencies) -> None:
+    """A report the sweep queued: its mark goes (a run that dies first queues it again, under the same id)."""
     if message.announce_pending is not None:
         deps.messages.clear_unannounced(message.key, message.announce_pending)
     logger.warning(
