@@ -517,3 +517,40 @@ def test_a_dlr_whose_publish_gets_no_answer_is_marked_for_the_sweeper_before_the
     assert marked_at and marked_at[0] < webhook.timeout, (
         f"marked after {marked_at} s of SQS attempts; the function is stopped at {webhook.timeout} s"
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "review: the local stack's SQS (moto) caps a message's visibility at 12 h from when it was SENT, AWS at 12 h "
+        "from each receive: a settle check's second hop (about 12 h after it was queued) is refused locally, so under "
+        "`make dev` every settle check fails every 200 s and is redriven to the notify DLQ instead of expiring anything"
+    ),
+)
+def test_a_settle_check_taken_again_twelve_hours_after_it_was_queued_waits_hidden_for_its_next_hop(
+    aws, account, hook, monkeypatch
+):
+    from moto.core.utils import unix_time_millis
+
+    from sms_gateway import consumers
+    from sms_gateway.domain.models import utc_now
+    from sms_gateway_tools.localstack.moto_server import queue_contents
+
+    def settle_record() -> Any:
+        [found] = [m for m in queue_contents(aws["NOTIFY_QUEUE_URL"]) if json.loads(m.body).get("kind") == "settle"]
+        return found
+
+    # Given a stranded message whose settle check took its first hop (hidden just under 12 h of the 48 h wait)
+    stranded_message(aws, account)
+    [hidden] = notify_pass(aws)
+    assert json.loads(hidden["body"])["kind"] == "settle"
+    # When 12 hours pass (the record was queued 12 h ago) and the notifier receives the check again, 36 h early
+    later = utc_now() + timedelta(hours=12)
+    monkeypatch.setattr(consumers, "utc_now", lambda: later)
+    record = settle_record()
+    record.sent_timestamp -= 12 * 3600 * 1000
+    record.change_visibility(0)
+    [again] = notify_pass(aws)
+    # Then, as on AWS (each receive may hide a record up to 12 h), it waits hidden for its next hop, not 200 s
+    assert json.loads(again["body"])["kind"] == "settle"
+    assert settle_record().visible_at - unix_time_millis() > 11 * 3600 * 1000
