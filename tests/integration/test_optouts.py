@@ -630,28 +630,16 @@ def test_the_command_line_runs_the_opt_out_commands(aws, account, monkeypatch, c
     assert "has no opt-outs" in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "review: DynamoDB cancels a transaction that races another write of the account item (TransactionConflict; "
-        "moto never does, so no local test sees it); the opt-out store reads any cancellation that is not its own "
-        "condition as `no account`: a STOP racing a send or refund is answered 404 `no account <id>` "
-        "to the upstream and left to the notifier"
-    ),
-)
-def test_a_stop_whose_opt_out_write_meets_a_transaction_conflict_is_recorded_not_refused_as_no_account(
-    aws, account, webhook, monkeypatch
-):
+def conflicting_opt_out_writes(monkeypatch: pytest.MonkeyPatch, times: int) -> None:
+    """DynamoDB cancelling the next `times` opt-out transactions on a conflict with a concurrent write of the account
+    item (a send's or a refund's credits), as it does on AWS (moto never does): no condition failed."""
     from sms_gateway.bootstrap import gateway
 
-    # Given DynamoDB cancelling the next opt-out transaction on a conflict with a concurrent write of the account item
-    # (a send's or a refund's credits), as it does on AWS: no condition failed, the other write was in flight
     client = gateway().store.client
-    transact, conflicts = client.transact_write_items, [1]
+    transact, conflicts = client.transact_write_items, [times]
 
-    def conflicting(**request):
-        opt_out_write = str(request["TransactItems"][0]).find("OPTOUT#") >= 0
-        if opt_out_write and conflicts[0]:
+    def conflicting(**request: Any) -> Any:
+        if "OPTOUT#" in str(request["TransactItems"][0]) and conflicts[0]:
             conflicts[0] -= 1
             raise client.exceptions.TransactionCanceledException(
                 {
@@ -663,8 +651,47 @@ def test_a_stop_whose_opt_out_write_meets_a_transaction_conflict_is_recorded_not
         return transact(**request)
 
     monkeypatch.setattr(client, "transact_write_items", conflicting)
+
+
+def test_a_stop_whose_opt_out_write_meets_a_transaction_conflict_is_recorded_not_refused_as_no_account(
+    aws, account, webhook, monkeypatch
+):
+    # Given DynamoDB cancelling the opt-out transaction twice on a conflict with a write of the account item
+    conflicting_opt_out_writes(monkeypatch, 2)
     # When the number texts STOP
     texts(webhook, "STOP", "sim-stop-conflict")
     # Then the STOP is recorded and counted, as the store's other transactions retry a conflict
     assert [item["keyword"] for item in stored_opt_outs(account["account_id"])] == ["STOP"]
     assert counter(account["account_id"]) == 1
+
+
+def test_a_start_whose_opt_in_write_meets_a_transaction_conflict_removes_the_opt_out(
+    aws, account, webhook, monkeypatch
+):
+    # Given an opted-out number, and DynamoDB cancelling the next opt-in transaction on a conflict
+    texts(webhook, "STOP", "sim-stop")
+    conflicting_opt_out_writes(monkeypatch, 1)
+    # When the number texts START
+    texts(webhook, "START", "sim-start-conflict")
+    # Then the opt-out is gone and uncounted
+    assert stored_opt_outs(account["account_id"]) == []
+    assert counter(account["account_id"]) == 0
+
+
+def test_an_opt_out_that_conflicts_with_other_writes_every_time_fails_and_is_not_called_a_missing_account(
+    aws, account, monkeypatch
+):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.optouts import OptOut
+    from sms_gateway.errors import NotFound
+
+    monkeypatch.setattr("sms_gateway.adapters.dynamodb_transactions.back_off", lambda attempt: None)
+    conflicting_opt_out_writes(monkeypatch, 100)
+    opt_out = OptOut(
+        account_id=account["account_id"], msisdn=STOPPED, sender="48974", keyword="STOP", at="2026-12-06T00:00:00Z"
+    )
+    # A write that never got through is an error to retry (the webhook's 5xx), never a 404 `no account`
+    with pytest.raises(RuntimeError, match="conflicted") as raised:
+        gateway().store.opt_out(opt_out)
+    assert not isinstance(raised.value, NotFound)
+    assert stored_opt_outs(account["account_id"]) == []

@@ -49,6 +49,13 @@ from sms_gateway.adapters.dynamodb_ratelimit import DynamoRateLimitMixin
 from sms_gateway.adapters.dynamodb_routes import DynamoRouteStore
 from sms_gateway.adapters.dynamodb_sender_requests import DynamoSenderRequestsMixin
 from sms_gateway.adapters.dynamodb_sessions import DynamoSessionsMixin
+from sms_gateway.adapters.dynamodb_transactions import (
+    MAX_TRANSACTION_ATTEMPTS,
+    NOT_REFUSED,
+    back_off,
+    transact,
+    transact_until_decided,
+)
 from sms_gateway.domain.ids import batch_ids_around
 from sms_gateway.domain.models import (
     Account,
@@ -83,8 +90,6 @@ _MAX_UNPROCESSED_ROUNDS = 8
 _MAX_FILTER_ROUNDS = 10
 # Messages moved and refunded in one TransactWriteItems (its limit is 100 items; one more is the account's).
 REFUND_CHUNK = 99
-_MAX_TRANSACTION_ATTEMPTS = 6
-_TRANSACTION_BACKOFF_SECONDS = 0.02
 
 # scrypt parameters (RFC 7914 interactive setting); cost is paid once per /login, not per send.
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
@@ -225,10 +230,6 @@ def _transition_update(
     }
 
 
-# What a TransactWriteItems cancellation says of the writes it did not refuse (the others' codes say why).
-_NOT_REFUSED = (None, "None", "TransactionConflict")
-
-
 def _batch_key(account_id: str, reference_id: int) -> dict[str, Any]:
     return {"pk": {"S": account_pk(account_id)}, "sk": {"S": batch_sk(reference_id)}}
 
@@ -248,10 +249,6 @@ def _holds(item: dict[str, Any], claim_id: str | None) -> bool:
         and item.get("claim_id", {}).get("S") == claim_id
         and item.get("status", {}).get("S") == MessageStatus.QUEUED
     )
-
-
-def _back_off(attempt: int) -> None:
-    time.sleep(_TRANSACTION_BACKOFF_SECONDS * (2**attempt) * (0.5 + secrets.randbelow(100) / 100))
 
 
 def _message_key_from_item_keys(pk: str, sk: str) -> MessageKey:
@@ -483,7 +480,7 @@ class DynamoStore(
         under one token once, where it would apply an UpdateItem twice. Tried again while another transaction holds
         the item. True when the update's condition refused it. The transaction answers nothing: a caller that needs
         the balance after reads it (`balance`); a send reads it only for a dialect that answers with it."""
-        (refused,) = self._transact_until_decided([{"Update": update}])
+        (refused,) = transact_until_decided(self.client, [{"Update": update}])
         return refused is not None
 
     # ---------------------------------------------------------------- batches and messages
@@ -521,7 +518,7 @@ class DynamoStore(
         writes = [{"Update": self._reserve_update(batch.account_id, batch.cost)}, {"Put": self._new_batch_put(batch)}]
         if superseding is not None:
             writes.append({"Update": self._supersede_update(batch.account_id, superseding, batch.reference_id)})
-        account_refused, batch_refused, *superseded_refused = self._transact_until_decided(writes)
+        account_refused, batch_refused, *superseded_refused = transact_until_decided(self.client, writes)
         if batch_refused:
             raise _batch_exists(batch)
         if any(superseded_refused):
@@ -576,7 +573,9 @@ class DynamoStore(
         if recipients is not None:
             set_cost["UpdateExpression"] += ", recipients = :recipients"
             set_cost["ExpressionAttributeValues"][":recipients"] = {"N": str(recipients)}
-        account_refused, batch_refused = self._transact_until_decided([{"Update": account}, {"Update": set_cost}])
+        account_refused, batch_refused = transact_until_decided(
+            self.client, [{"Update": account}, {"Update": set_cost}]
+        )
         if batch_refused:
             raise Conflict(f"the cost of batch {batch.reference_id} changed meanwhile")
         if account_refused:
@@ -595,39 +594,12 @@ class DynamoStore(
             return False  # failed cannot follow the status it has
         fail["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
         refund = self._credits_update(batch.account_id, batch.cost)
-        batch_refused, account_refused = self._transact_until_decided([{"Update": fail}, {"Update": refund}])
+        batch_refused, account_refused = transact_until_decided(self.client, [{"Update": fail}, {"Update": refund}])
         if batch_refused:
             return False if batch_refused.get("Item") else None
         if account_refused:
             raise RuntimeError(f"account {batch.account_id} is gone: the cost of batch {batch.reference_id} stays")
         return True
-
-    def _transact(self, writes: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-        """One TransactWriteItems: None when it was applied, else why each write was refused (aligned with
-        `writes`). A token per transaction: botocore's retry of a call whose answer was lost is not applied twice."""
-        try:
-            self.client.transact_write_items(TransactItems=writes, ClientRequestToken=secrets.token_hex(16))
-        except self.client.exceptions.TransactionCanceledException as error:
-            reasons = error.response.get("CancellationReasons") or []
-            if len(reasons) != len(writes):
-                raise
-            return list(reasons)
-        return None
-
-    def _transact_until_decided(self, writes: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
-        """`_transact`, tried again while only conflicts with other writes refuse it. Aligned with `writes`: the
-        reason a condition refused each (its code and, if asked for, the item), or None for each when applied."""
-        for attempt in range(_MAX_TRANSACTION_ATTEMPTS):
-            reasons = self._transact(writes)
-            if reasons is None:
-                return [None] * len(writes)
-            codes = [reason.get("Code") for reason in reasons]
-            if "ConditionalCheckFailed" in codes:
-                return [reason if reason.get("Code") == "ConditionalCheckFailed" else None for reason in reasons]
-            if any(code not in _NOT_REFUSED for code in codes):
-                raise RuntimeError(f"DynamoDB refused a transaction: {codes}")
-            _back_off(attempt)
-        raise RuntimeError(f"a transaction conflicted with other writes {_MAX_TRANSACTION_ATTEMPTS} times")
 
     def add_messages(self, batch: Batch, messages: Sequence[Message]) -> None:
         expires_at = self._expires_at(batch.created_at)
@@ -1003,7 +975,7 @@ class DynamoStore(
     ) -> dict[MessageKey, StatusChange | None]:
         changes: dict[MessageKey, StatusChange | None] = {}
         pending = list(chunk)
-        for attempt in range(_MAX_TRANSACTION_ATTEMPTS):
+        for attempt in range(MAX_TRANSACTION_ATTEMPTS):
             if not pending:
                 return changes
             writes = [
@@ -1018,9 +990,9 @@ class DynamoStore(
             ]
             if refund:
                 writes.append({"Update": self._credits_update(pending[0].account_id, sum(m.price for m in pending))})
-            reasons = self._transact(writes)
+            reasons = transact(self.client, writes)
             if reasons is not None:
-                if refund and reasons[-1].get("Code") not in _NOT_REFUSED:
+                if refund and reasons[-1].get("Code") not in NOT_REFUSED:
                     raise RuntimeError(f"the refund of {len(pending)} messages was refused: {reasons[-1]}")
                 still: list[Message] = []
                 for message, reason in zip(pending, reasons, strict=False):
@@ -1033,14 +1005,14 @@ class DynamoStore(
                     else:
                         still.append(message)
                 if len(still) == len(pending):  # a conflict with another write to one of the items: try again
-                    _back_off(attempt)
+                    back_off(attempt)
                 pending = still
                 continue
             moved = {m.key: m for m in self.get_messages_by_key([m.key for m in pending])}
             changes |= {key: StatusChange(message=message, changed=True) for key, message in moved.items()}
             return changes
         raise RuntimeError(
-            f"moving {len(pending)} messages and refunding them conflicted {_MAX_TRANSACTION_ATTEMPTS} times"
+            f"moving {len(pending)} messages and refunding them conflicted {MAX_TRANSACTION_ATTEMPTS} times"
         )
 
     def find_message(self, account_id: str, message_id: int) -> Message | None:

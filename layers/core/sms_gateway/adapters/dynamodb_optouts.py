@@ -6,6 +6,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from sms_gateway.adapters.dynamodb_batch import batch_get
+from sms_gateway.adapters.dynamodb_transactions import transact_until_decided
 from sms_gateway.domain.optouts import ALL_SENDERS, OptOut, sender_key
 from sms_gateway.errors import NotFound
 
@@ -25,12 +26,6 @@ def optout_sk(sender: str, msisdn: str) -> str:
 
 def _account_key(account_id: str) -> dict[str, Any]:
     return {"pk": {"S": f"ACC#{account_id}"}, "sk": {"S": "ACCOUNT"}}
-
-
-def _failed(error: Any) -> list[bool]:
-    """Which items of a cancelled transaction failed their condition, in request order."""
-    reasons = error.response.get("CancellationReasons") or []
-    return [reason.get("Code") == "ConditionalCheckFailed" for reason in reasons]
 
 
 class DynamoOptOutsMixin:
@@ -59,24 +54,25 @@ class DynamoOptOutsMixin:
             "sender": sender_key(opt_out.sender),
         }
         # The item and the account's counter change together, so the counter is exact: a send trusts its zero.
-        try:
-            self.client.transact_write_items(
-                TransactItems=[
-                    {
-                        "Put": {
-                            "TableName": self.table_name,
-                            "Item": self._codec.dump(item),
-                            "ConditionExpression": "attribute_not_exists(pk)",
-                        }
-                    },
-                    self._count_change(opt_out.account_id, 1),
-                ]
-            )
-        except self.client.exceptions.TransactionCanceledException as error:
-            failed = _failed(error)
-            if failed and failed[0]:
-                return False  # opted out already: the first STOP's record stays
-            raise NotFound(f"no account {opt_out.account_id}") from error
+        # A conflict with another write of the account item (a send's or a refund's credits) is tried again: only
+        # the account's own condition says there is no account.
+        item_refused, account_refused = transact_until_decided(
+            self.client,
+            [
+                {
+                    "Put": {
+                        "TableName": self.table_name,
+                        "Item": self._codec.dump(item),
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                },
+                self._count_change(opt_out.account_id, 1),
+            ],
+        )
+        if item_refused:
+            return False  # opted out already: the first STOP's record stays
+        if account_refused:
+            raise NotFound(f"no account {opt_out.account_id}")
         return True
 
     def opt_in(self, account_id: str, msisdn: str, sender: str | None, *, only: Collection[str] | None = None) -> int:
@@ -90,24 +86,23 @@ class DynamoOptOutsMixin:
 
     def _remove(self, account_id: str, sk: str) -> bool:
         # One transaction per item: it is uncounted only if this call is the one that deleted it.
-        try:
-            self.client.transact_write_items(
-                TransactItems=[
-                    {
-                        "Delete": {
-                            "TableName": self.table_name,
-                            "Key": {"pk": {"S": optout_pk(account_id)}, "sk": {"S": sk}},
-                            "ConditionExpression": "attribute_exists(pk)",
-                        }
-                    },
-                    self._count_change(account_id, -1),
-                ]
-            )
-        except self.client.exceptions.TransactionCanceledException as error:
-            failed = _failed(error)
-            if failed and failed[0]:
-                return False
-            raise NotFound(f"no account {account_id}") from error
+        item_refused, account_refused = transact_until_decided(
+            self.client,
+            [
+                {
+                    "Delete": {
+                        "TableName": self.table_name,
+                        "Key": {"pk": {"S": optout_pk(account_id)}, "sk": {"S": sk}},
+                        "ConditionExpression": "attribute_exists(pk)",
+                    }
+                },
+                self._count_change(account_id, -1),
+            ],
+        )
+        if item_refused:
+            return False
+        if account_refused:
+            raise NotFound(f"no account {account_id}")
         return True
 
     def opted_out(
