@@ -519,14 +519,6 @@ def test_a_dlr_whose_publish_gets_no_answer_is_marked_for_the_sweeper_before_the
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "review: the local stack's SQS (moto) caps a message's visibility at 12 h from when it was SENT, AWS at 12 h "
-        "from each receive: a settle check's second hop (about 12 h after it was queued) is refused locally, so under "
-        "`make dev` every settle check fails every 200 s and is redriven to the notify DLQ instead of expiring anything"
-    ),
-)
 def test_a_settle_check_taken_again_twelve_hours_after_it_was_queued_waits_hidden_for_its_next_hop(
     aws, account, hook, monkeypatch
 ):
@@ -554,3 +546,22 @@ def test_a_settle_check_taken_again_twelve_hours_after_it_was_queued_waits_hidde
     # Then, as on AWS (each receive may hide a record up to 12 h), it waits hidden for its next hop, not 200 s
     assert json.loads(again["body"])["kind"] == "settle"
     assert settle_record().visible_at - unix_time_millis() > 11 * 3600 * 1000
+
+
+def test_the_local_stack_still_refuses_to_hide_a_record_past_twelve_hours_from_its_latest_receive(aws):
+    from botocore.exceptions import ClientError
+
+    from sms_gateway_tools.localstack.moto_server import queue_contents
+
+    sqs = boto3.client("sqs")
+    queue = aws["NOTIFY_QUEUE_URL"]
+    sqs.send_message(QueueUrl=queue, MessageBody="{}")
+    # Given a record received an hour ago
+    [received] = sqs.receive_message(QueueUrl=queue, VisibilityTimeout=0)["Messages"]
+    [message] = queue_contents(queue)
+    message.latest_receive_timestamp -= 3600 * 1000
+    # Then it may hide up to 11 h more (12 h from the receive), as on SQS, and past that it is refused here too
+    handle = received["ReceiptHandle"]
+    with pytest.raises(ClientError, match="beyond the limit"):
+        sqs.change_message_visibility(QueueUrl=queue, ReceiptHandle=handle, VisibilityTimeout=11 * 3600 + 60)
+    sqs.change_message_visibility(QueueUrl=queue, ReceiptHandle=handle, VisibilityTimeout=11 * 3600 - 60)

@@ -15,6 +15,8 @@ logger = logging.getLogger("sms_gateway_tools.localstack.moto")
 # DynamoDB's write actions: each applies to its items atomically on AWS.
 _DYNAMODB_WRITES = ("put_item", "update_item", "delete_item", "batch_write_item", "transact_write_items")
 _dynamodb_writes_turns = threading.RLock()
+# SQS's limit on a received message's visibility: 12 hours from when it was received.
+_SQS_MAX_VISIBILITY_MS = 43200 * 1000
 
 
 def serialise_dynamodb_writes() -> None:
@@ -104,6 +106,46 @@ def make_transactions_copy_only_their_items() -> None:
     models.copy = CopyOnlyNamedItems()  # type: ignore[assignment]
 
 
+def count_sqs_visibility_from_each_receive() -> None:
+    """Makes moto cap a received message's visibility at 12 h from its latest receive, as SQS does, from now on
+    (idempotent). moto counts the 12 h from when the message was sent, so a record that waits longer than that in
+    hops (a settle check waits out the 48 h DLR wait hidden just under 12 h at a time, consumers.py) is refused its
+    second hop locally: it would come back every few minutes and be redriven to the notify DLQ under `make dev`,
+    where on AWS it waits out its hours. Only the limit's start changes: moto's change of visibility otherwise."""
+    from moto.core.utils import unix_time_millis
+    from moto.sqs.exceptions import InvalidParameterValue, ReceiptHandleIsInvalid
+    from moto.sqs.models import Message, SQSBackend
+
+    if getattr(SQSBackend.change_message_visibility, "_counts_from_each_receive", False):
+        return
+    mark_received = Message.mark_received
+
+    def mark_received_now(self: Any, visibility_timeout: int | None = None) -> None:
+        self.latest_receive_timestamp = int(unix_time_millis())
+        mark_received(self, visibility_timeout)
+
+    def change_message_visibility(self: Any, queue_name: str, receipt_handle: str, visibility_timeout: int) -> None:
+        queue = self.get_queue(queue_name)
+        for message in queue._messages:
+            if not message.had_receipt_handle(receipt_handle):
+                continue
+            received = getattr(message, "latest_receive_timestamp", None) or message.sent_timestamp
+            if unix_time_millis() + int(visibility_timeout) * 1000 - received > _SQS_MAX_VISIBILITY_MS:
+                raise InvalidParameterValue(
+                    f"Value {visibility_timeout} for parameter VisibilityTimeout is invalid. Reason: Total "
+                    "VisibilityTimeout for the message is beyond the limit [43200 seconds]"
+                )
+            message.change_visibility(visibility_timeout)
+            if message.visible and message in queue.pending_messages:
+                queue.pending_messages.remove(message)
+            return
+        raise ReceiptHandleIsInvalid
+
+    change_message_visibility._counts_from_each_receive = True  # type: ignore[attr-defined]
+    Message.mark_received = mark_received_now  # type: ignore[method-assign]
+    SQSBackend.change_message_visibility = change_message_visibility  # type: ignore[method-assign]
+
+
 class EmbeddedMoto:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._host = host
@@ -119,6 +161,7 @@ class EmbeddedMoto:
         if not werkzeug.isEnabledFor(logging.DEBUG):
             werkzeug.setLevel(logging.WARNING)
         serialise_dynamodb_writes()
+        count_sqs_visibility_from_each_receive()
         server = ThreadedMotoServer(ip_address=self._host, port=self._port, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
