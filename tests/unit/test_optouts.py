@@ -27,6 +27,7 @@ from sms_gateway.domain.optouts import (
     sender_key,
 )
 from sms_gateway.domain.status import MessageStatus
+from sms_gateway.domain.msisdn import parse_msisdn
 from sms_gateway.errors import InsufficientCredits, InvalidRequest, NotFound, OptedOut
 from sms_gateway.logic import optouts
 from sms_gateway.logic.inbound import InboundDependencies, inbound_notification, receive_inbound
@@ -456,6 +457,28 @@ class TestInboundKeywords:
         store.opt_in("7", STOPPED, None)
         receive(store, inbound("STOP"), published)
         assert store.opt_out_records == {}
+
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="review: a handset number in the national form of a country without a trunk prefix (US, SMPP TON "
+        "national) is read as international first: (646) 555-0123's STOP is recorded for +6465550123 (Singapore), "
+        "and a send to the number is not refused",
+    )
+    def test_a_stop_from_a_national_number_of_the_accounts_country_refuses_sends_to_that_number(self, store):
+        # Given an account in the US whose SMSC passes the handset's number in national form (SMPP TON national),
+        # as docs/providers-smsc.md says is read in the account's country
+        store.accounts["7"] = store.accounts["7"].model_copy(update={"default_country": "US"})
+        provider = inbound("STOP")
+        provider.inbound = provider.inbound.model_copy(update={"msisdn": "6465550123"})
+        published: list = []
+        # When (646) 555-0123 texts STOP to 48974
+        receive(store, provider, published)
+        # Then the client is told it came from +1 646 555 0123, in international form as the seeds promise
+        assert published[0]["payload"]["from"] == "16465550123"
+        # And a send to that number, as the client writes it, is refused
+        with pytest.raises(OptedOut):
+            send(store, parse_msisdn("6465550123", "US").e164)
 
 
 # ------------------------------------------------------------------ operator opt-outs
