@@ -16,6 +16,7 @@ from sms_gateway.domain.models import (
     Recipient,
     SendCommand,
 )
+from sms_gateway.domain.msisdn import parse_msisdn
 from sms_gateway.domain.optouts import (
     ALL_SENDERS,
     OPERATOR,
@@ -27,7 +28,6 @@ from sms_gateway.domain.optouts import (
     sender_key,
 )
 from sms_gateway.domain.status import MessageStatus
-from sms_gateway.domain.msisdn import parse_msisdn
 from sms_gateway.errors import InsufficientCredits, InvalidRequest, NotFound, OptedOut
 from sms_gateway.logic import optouts
 from sms_gateway.logic.inbound import InboundDependencies, inbound_notification, receive_inbound
@@ -457,7 +457,6 @@ class TestInboundKeywords:
         store.opt_in("7", STOPPED, None)
         receive(store, inbound("STOP"), published)
         assert store.opt_out_records == {}
-
 
     @pytest.mark.xfail(
         strict=True,
