@@ -458,12 +458,6 @@ class TestInboundKeywords:
         receive(store, inbound("STOP"), published)
         assert store.opt_out_records == {}
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="review: a handset number in the national form of a country without a trunk prefix (US, SMPP TON "
-        "national) is read as international first: (646) 555-0123's STOP is recorded for +6465550123 (Singapore), "
-        "and a send to the number is not refused",
-    )
     def test_a_stop_from_a_national_number_of_the_accounts_country_refuses_sends_to_that_number(self, store):
         # Given an account in the US whose SMSC passes the handset's number in national form (SMPP TON national),
         # as docs/providers-smsc.md says is read in the account's country

@@ -3,7 +3,6 @@ deliver that number's SMS; store, forward."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -207,14 +206,19 @@ def _apply_unless_superseded(inbound: StoredInbound, inbox: InboxStore, opt_outs
 
 
 def _sender_number(raw: str, account_id: str, accounts: AccountStore) -> Msisdn:
-    """The handset's number: international with or without '+' (as upstreams mostly give it), else in the national
-    form of the account's country (an SMSC passing `08020000000` or `00234...` through as the handset sent it)."""
-    if not raw.startswith("+"):
-        with contextlib.suppress(InvalidMsisdn):
-            return parse_msisdn(f"+{raw}")
-    account = accounts.get_account(account_id)
+    """The handset's number, read as the client's own numbers are (parse_msisdn): international with '+' or `00`;
+    bare digits international when they start with the account country's calling code (as upstreams mostly give
+    it), else in the national form of the account's country (an SMSC passing `08020000000`, or a US `6465550123`,
+    through as the handset sent it), each reading falling back to the other. Bare digits are never read as
+    international first: a 10-digit US number is often a valid number elsewhere (+65 6555 0123), and the STOP it
+    sent would be recorded for that one. The one function reply threading and the inbox's number filter use too, so
+    a number is the same everywhere."""
+    country = "NG"
+    if not raw.strip().startswith(("+", "00")):
+        account = accounts.get_account(account_id)
+        country = account.default_country if account is not None else country
     try:
-        return parse_msisdn(raw, account.default_country if account is not None else "NG")
+        return parse_msisdn(raw, country)
     except InvalidMsisdn as error:
         raise CallbackRejected(f"inbound SMS from an invalid number: {error.reason}") from error
 
