@@ -19,6 +19,7 @@ from sms_gateway.domain.models import (
     Credentials,
     DeliveryReport,
     DispatchCommand,
+    FoundInbound,
     InboundSms,
     Message,
     MessageKey,
@@ -108,8 +109,10 @@ class InMemoryStore:
                 self.inbound_sweep_at[key] = until
             return [self.inbox[key] for _, key in due]
 
-    def find_inbound(self, upstream: str, upstream_message_id: str) -> StoredInbound | None:
-        return self.inbox.get((upstream, upstream_message_id))
+    def find_inbound(self, upstream: str, upstream_message_id: str) -> FoundInbound | None:
+        key = (upstream, upstream_message_id)
+        found = self.inbox.get(key)
+        return FoundInbound(found, not_queued=key in self.inbound_sweep_at) if found is not None else None
 
     def list_inbounds(
         self,

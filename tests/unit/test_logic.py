@@ -1661,24 +1661,34 @@ class TestInbound:
         assert (payload["from"], payload["to"], payload["message"]) == ("2348030000000", "48974", "STOP")
         assert payload["sent_date"] == "2026-01-02T23:50:37.000000Z"
 
-    def test_a_repeated_callback_is_stored_once_and_requeued_under_the_same_webhook_id(self, store):
-        # Given an inbound SMS whose upstream repeats its callback (it did not get our answer the first time)
+    def test_a_repeated_callback_whose_first_queueing_failed_is_stored_once_and_requeued_under_the_same_webhook_id(
+        self, store
+    ):
+        # Given an inbound SMS whose first callback stored it but could not queue its notification (the notify
+        # queue refused it: the callback failed, the not-queued mark stayed)
         provider, published = FakeProvider(), []
         provider.inbound = self.sms()
-        first = receive_inbound(provider, callback(), self.deps(store, published))
+
+        def refused(_notification: dict) -> None:
+            raise RuntimeError("notify queue unavailable")
+
+        failing = InboundDependencies(accounts=store, inbox=store, publish=refused, clock=clock, routes=fake_routes)
+        with pytest.raises(RuntimeError):
+            receive_inbound(provider, callback(), failing)
+        [first] = store.inbox.values()
+        assert store.inbound_sweep_at
+        # When its upstream posts the callback again
         again = receive_inbound(provider, callback(), self.deps(store, published))
-        # Then it is stored once, and the repeat queues the stored notification again, unchanged: if the first
-        # was lost it arrives now; if not, the client drops the copy by its webhook-id
+        # Then it is stored once, the stored notification is queued now, unchanged (its webhook-id too), and the
+        # mark is cleared so a third repeat, or the sweeper, does not queue it again
         assert again.routed and not again.stored
         assert len(store.inbox) == 1
-        assert again.inbound == first.inbound
-        assert len(published) == 2 and published[0] == published[1]
+        assert again.inbound == first
+        assert published == [inbound_notification(first)]
+        assert store.inbound_sweep_at == {}
+        receive_inbound(provider, callback(), self.deps(store, published))
+        assert len(published) == 1
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="review: a repeat of a callback whose SMS was stored and queued (mark cleared) queues it again: the "
-        "client gets the SMS twice, though docs/dialects/9bits.md says it is forwarded once",
-    )
     def test_a_repeated_callback_of_an_sms_already_queued_is_not_forwarded_again(self, store):
         # Given an inbound SMS whose callback stored it and queued its notification (the not-queued mark cleared)
         provider, published = FakeProvider(), []

@@ -19,6 +19,7 @@ from sms_gateway.domain.models import (
     Credentials,
     DeliveryReport,
     DispatchCommand,
+    FoundInbound,
     InboundSms,
     KeyClaim,
     Message,
@@ -113,8 +114,9 @@ class InboxStore(Protocol):
         get it again, and one after `until` does if the mark is still there. Oldest due first, as stored now."""
         ...
 
-    def find_inbound(self, upstream: str, upstream_message_id: str) -> StoredInbound | None:
-        """The inbound SMS stored for an upstream's message id, or None."""
+    def find_inbound(self, upstream: str, upstream_message_id: str) -> FoundInbound | None:
+        """The inbound SMS stored for an upstream's message id (read consistently), with whether its not-queued mark
+        is still there; None when there is none."""
         ...
 
     def get_inbound(self, account_id: str, inbound_id: int) -> StoredInbound | None:

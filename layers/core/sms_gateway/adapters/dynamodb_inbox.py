@@ -17,7 +17,7 @@ from typing import Any
 from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key, read_page
 from sms_gateway.adapters.dynamodb_sweep import INBOUND, UNMARK, claim_due, sweep_keys
 from sms_gateway.domain.ids import EPOCH_MS, MAX_ID, RANDOM_BITS, id_time_ms
-from sms_gateway.domain.models import StoredInbound
+from sms_gateway.domain.models import FoundInbound, StoredInbound
 
 INBOX_SK_PREFIX = "IN#"
 INBOUND_SK = id_sort_key(INBOX_SK_PREFIX)
@@ -127,7 +127,7 @@ class DynamoInboxMixin:
             raise
         return True
 
-    def find_inbound(self, upstream: str, upstream_message_id: str) -> StoredInbound | None:
+    def find_inbound(self, upstream: str, upstream_message_id: str) -> FoundInbound | None:
         marker = self.client.get_item(
             TableName=self.table_name,
             Key={"pk": {"S": marker_pk(upstream, upstream_message_id)}, "sk": {"S": MARKER_SK}},
@@ -135,15 +135,23 @@ class DynamoInboxMixin:
         ).get("Item")
         if not marker:
             return None
-        return self.get_inbound(marker["account_id"]["S"], int(marker["inbound_id"]["N"]))
+        found = self._inbound_item(marker["account_id"]["S"], int(marker["inbound_id"]["N"]))
+        if found is None:
+            return None
+        return FoundInbound(StoredInbound.model_validate(self._codec.load(found)), not_queued="sweep_at" in found)
 
     def get_inbound(self, account_id: str, inbound_id: int) -> StoredInbound | None:
-        found = self.client.get_item(
+        found = self._inbound_item(account_id, inbound_id)
+        return StoredInbound.model_validate(self._codec.load(found)) if found else None
+
+    def _inbound_item(self, account_id: str, inbound_id: int) -> dict[str, Any] | None:
+        """The stored item (DynamoDB attribute values), read consistently, or None."""
+        found: dict[str, Any] | None = self.client.get_item(
             TableName=self.table_name,
             Key={"pk": {"S": inbox_pk(account_id)}, "sk": {"S": inbound_sk(inbound_id)}},
             ConsistentRead=True,
         ).get("Item")
-        return StoredInbound.model_validate(self._codec.load(found)) if found else None
+        return found
 
     def keyword_applied(self, inbound: StoredInbound) -> None:
         # Never an item of its own: an inbound SMS expired in the meantime stays gone.

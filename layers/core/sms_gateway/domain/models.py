@@ -394,6 +394,15 @@ class StoredInbound(Record):
     keyword_pending: bool = False
 
 
+@dataclass(frozen=True)
+class FoundInbound:
+    """An inbound SMS found by its upstream's message id, and whether it still waits for its notification to be
+    queued (stored with the not-queued mark, not cleared yet): only then does a repeat of its callback queue it."""
+
+    inbound: StoredInbound
+    not_queued: bool
+
+
 class StoredAnswer(Record):
     """The first answer to an idempotent request, returned again for its repeats."""
 

@@ -106,15 +106,21 @@ def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundD
         queue_inbound_notification(stored, deps.inbox, deps.publish)
         _apply_pending_keyword(stored, deps)
         return InboundOutcome(routed=True, stored=True, inbound=stored)
-    # The upstream retries only when it did not get our answer: perhaps the notification was never queued, or
-    # the keyword never applied. Queue the stored one again; it keeps its webhook-id, so a client that has it
-    # already drops the copy.
-    original = deps.inbox.find_inbound(sms.upstream, sms.upstream_message_id) if sms.upstream_message_id else None
-    logger.info("duplicate inbound callback: stored once", extra={"upstream_message_id": sms.upstream_message_id})
-    if original is not None:
-        queue_inbound_notification(original, deps.inbox, deps.publish)
-        _apply_pending_keyword(original, deps)
-    return InboundOutcome(routed=True, stored=False, inbound=original)
+    # The upstream retries when it did not get our answer: perhaps the notification was never queued, or the keyword
+    # never applied, or only the answer was lost (a timeout). Queue the stored one again only while its not-queued
+    # mark stays (the first callback failed before queueing it, or is queueing it now: the copy keeps its
+    # webhook-id, so a client that has it drops it); once queued, it is forwarded once. A pending keyword is applied.
+    found = deps.inbox.find_inbound(sms.upstream, sms.upstream_message_id) if sms.upstream_message_id else None
+    logger.info(
+        "duplicate inbound callback: stored once",
+        extra={"upstream_message_id": sms.upstream_message_id, "queued_again": bool(found and found.not_queued)},
+    )
+    if found is None:
+        return InboundOutcome(routed=True, stored=False)
+    if found.not_queued:
+        queue_inbound_notification(found.inbound, deps.inbox, deps.publish)
+    _apply_pending_keyword(found.inbound, deps)
+    return InboundOutcome(routed=True, stored=False, inbound=found.inbound)
 
 
 def queue_inbound_notification(
