@@ -552,6 +552,37 @@ def test_a_top_up_that_is_not_positive_is_refused_and_changes_nothing(cli, accou
     assert stored_account(account["account_id"]).credits == 100
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: a top-up whose balance read-back fails after the credits were added reports `error:` and exit 2 "
+    "(the documented 'changes nothing'), so the operator runs it again and the account gets the credits twice",
+)
+def test_a_top_up_that_added_the_credits_is_not_reported_as_failed_so_a_retry_does_not_double_them(
+    cli, account, monkeypatch
+):
+    from botocore.exceptions import EndpointConnectionError
+
+    from sms_gateway.adapters.dynamodb import DynamoStore
+
+    # Given the read of the balance after the top-up's write fails (the network drops, after botocore's retries)
+    real_balance = DynamoStore.balance
+    calls = [0]
+
+    def balance_lost_once(self, account_id):
+        calls[0] += 1
+        if calls[0] == 1:
+            raise EndpointConnectionError(endpoint_url="https://dynamodb.us-east-1.amazonaws.com")
+        return real_balance(self, account_id)
+
+    monkeypatch.setattr(DynamoStore, "balance", balance_lost_once)
+    # When the operator tops the account up, and runs the command again if it says it failed
+    code, _, err = cli("top-up", "--account", account["account_id"], "--credits", "50")
+    if code != 0:
+        cli("top-up", "--account", account["account_id"], "--credits", "50")
+    # Then the account got the 50 credits once
+    assert stored_account(account["account_id"]).credits == 150, (code, err)
+
+
 def test_a_price_is_set_shown_and_charged(cli, account, send):
     # When the operator prices Airtel on tier N at 3 credits a part
     code, table, err = cli("set-price", "--tier", "n", "--network", "airtel", "--credits", "3", "--json")
