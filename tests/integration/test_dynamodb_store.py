@@ -767,7 +767,7 @@ def test_a_claim_whose_answer_is_lost_is_still_ours_and_its_message_is_sent_once
     from sms_gateway.domain.models import DispatchCommand
     from sms_gateway.logic.dispatch import DispatchDependencies, dispatch
     from tests.fakes import FakeProvider
-    from tests.integration.test_refund_transactions import AnswerLostOnce
+    from tests.integration.test_refund_transactions import AnswersLost
 
     # Given a queued message for an upstream that cannot tell a repeated submit (Kannel), and a dispatcher whose
     # claim write reaches DynamoDB while its answer is lost on the wire (botocore then sends the same write again)
@@ -778,7 +778,7 @@ def test_a_claim_whose_answer_is_lost_is_still_ours_and_its_message_is_sent_once
     kannel = FakeProvider("kannel")
     aws.reset_clients()
     client = aws.client("dynamodb")
-    lost = AnswerLostOnce(client)
+    lost = AnswersLost(client)
     lossy = DynamoStore(store.table_name, client=client)
     deps = DispatchDependencies(
         messages=lossy,
@@ -862,11 +862,11 @@ def answer_lost_once(store: DynamoStore) -> Iterator[DynamoStore]:
     """The store on a client whose first request reaches DynamoDB and then loses its answer (botocore sends it
     again)."""
     from sms_gateway.adapters import aws
-    from tests.integration.test_refund_transactions import AnswerLostOnce
+    from tests.integration.test_refund_transactions import AnswersLost
 
     aws.reset_clients()
     client = aws.client("dynamodb")
-    lost = AnswerLostOnce(client)
+    lost = AnswersLost(client)
     try:
         yield DynamoStore(store.table_name, client=client)
     finally:

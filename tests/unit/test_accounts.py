@@ -115,9 +115,8 @@ class AdminStore(InMemoryStore):
         self.accounts[account_id] = account.model_copy(update={"senders": kept})
         return self.accounts[account_id]
 
-    def top_up(self, account_id: str, credits: int) -> int:
+    def top_up(self, account_id: str, credits: int, *, request_id: str | None = None) -> None:
         self.refund_credits(self._require(account_id).account_id, credits)
-        return self.balance(account_id)
 
     def update_account(self, account_id: str, changes: AccountChanges) -> Account:
         account = self._require(account_id)
@@ -317,13 +316,19 @@ class TestSenders:
 
 class TestCreditsAndPrices:
     def test_a_top_up_adds_to_the_balance(self, store, account):
-        assert accounts.top_up(store, account[0].account_id, 90) == 100
+        accounts.top_up(store, account[0].account_id, 90)
         assert store.accounts[account[0].account_id].credits == 100
 
     @pytest.mark.parametrize("credits", [0, -5, accounts.MAX_TOP_UP + 1])
     def test_a_top_up_that_is_not_positive_or_absurd_changes_nothing(self, store, account, credits):
         with pytest.raises(InvalidRequest):
             accounts.top_up(store, account[0].account_id, credits)
+        assert store.accounts[account[0].account_id].credits == 10
+
+    @pytest.mark.parametrize("request_id", ["", "-x", "a" * 37, "two words", "ünï"])
+    def test_a_top_up_with_a_request_id_dynamodb_cannot_take_changes_nothing(self, store, account, request_id):
+        with pytest.raises(InvalidRequest, match="request id"):
+            accounts.top_up(store, account[0].account_id, 5, request_id=request_id)
         assert store.accounts[account[0].account_id].credits == 10
 
     def test_a_top_up_of_an_unknown_account_is_not_found(self, store):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import decimal
 import json
 import os
@@ -21,6 +22,18 @@ Command = Callable[..., argparse.ArgumentParser]
 
 class TargetNotFound(Exception):
     pass
+
+
+class TopUpUnsure(Exception):
+    """A top-up's write got no answer (after botocore's retries): it may have been applied or not. The same top-up
+    run again with its request id within 10 minutes adds the credits once."""
+
+    def __init__(self, request_id: str, error: Exception) -> None:
+        super().__init__(
+            f"{error}\nthe credits may or may not have been added; the same top-up run again within 10 minutes with "
+            f"this request id adds them only if they were not: --request-id {request_id}"
+        )
+        self.request_id = request_id
 
 
 def use_local_stack(state_file: Path | None = None) -> str:
@@ -274,10 +287,34 @@ def show_prices() -> dict[str, Any]:
     return {**table.model_dump(mode="json"), "default_per_part": DEFAULT_PRICE_PER_PART}
 
 
-def top_up(*, account_id: str, credits: int) -> dict[str, Any]:
+def top_up(*, account_id: str, credits: int, request_id: str | None = None) -> dict[str, Any]:
+    """Adds the credits, then reads the balance back (`credits`; None when that read failed: the credits were added
+    all the same). `request_id` (else a new one; in the answer) makes it safe to run again within 10 minutes: the
+    same top-up with the same id adds the credits once. TopUpUnsure when the write got no answer."""
+    import secrets
+
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from sms_gateway.errors import Conflict
     from sms_gateway.logic import accounts
 
-    return {"account_id": account_id, "added": credits, "credits": accounts.top_up(_store(), account_id, credits)}
+    store = _store()
+    request_id = secrets.token_hex(16) if request_id is None else request_id
+    try:
+        accounts.top_up(store, account_id, credits, request_id=request_id)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") == "IdempotentParameterMismatchException":
+            raise Conflict(
+                f"request id {request_id!r} was used for another top-up in the last 10 minutes: nothing was added"
+            ) from error
+        raise TopUpUnsure(request_id, error) from error
+    except BotoCoreError as error:
+        raise TopUpUnsure(request_id, error) from error
+    answer: dict[str, Any] = {"account_id": account_id, "added": credits, "credits": None, "request_id": request_id}
+    # Added all the same when the read back fails: the answer says so, with the balance unknown (`_show_top_up`).
+    with contextlib.suppress(BotoCoreError, ClientError):
+        answer["credits"] = store.balance(account_id)
+    return answer
 
 
 def show_account(*, account_id: str) -> dict[str, Any]:
@@ -518,7 +555,7 @@ def _run(args: argparse.Namespace, action: Any, show: Any = None, note: str | No
     try:
         api_url = _target(args)
         answer = action(api_url)
-    except (TargetNotFound, GatewayError, BotoCoreError, ClientError) as error:
+    except (TargetNotFound, TopUpUnsure, GatewayError, BotoCoreError, ClientError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except decimal.DecimalException as error:
@@ -646,7 +683,15 @@ def _cmd_show_prices(args: argparse.Namespace) -> int:
 
 
 def _cmd_top_up(args: argparse.Namespace) -> int:
-    return _run(args, lambda _: top_up(account_id=args.account, credits=args.credits))
+    return _run(
+        args, lambda _: top_up(account_id=args.account, credits=args.credits, request_id=args.request_id), _show_top_up
+    )
+
+
+def _show_top_up(answer: dict[str, Any]) -> None:
+    _print_record(answer)
+    if answer["credits"] is None:
+        print("the credits were added; the balance could not be read: see it with show-account", file=sys.stderr)
 
 
 def _cmd_show_account(args: argparse.Namespace) -> int:
@@ -860,6 +905,12 @@ def _add_account_commands(command: Command, account: argparse.ArgumentParser) ->
 
     top = command("top-up", "add credits to an account's balance (atomic)", account)
     top.add_argument("--credits", required=True, type=int, help="credits to add (more than 0)")
+    top.add_argument(
+        "--request-id",
+        metavar="ID",
+        help="run again with the same ID within 10 minutes, the top-up adds the credits once "
+        "(default: a new one, printed; up to 36 letters, digits and . _ : -)",
+    )
     top.set_defaults(func=_cmd_top_up)
 
     show = command("show-account", "show an account's balance, senders, webhooks and settings (no secrets)", account)

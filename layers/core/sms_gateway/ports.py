@@ -473,8 +473,9 @@ class AccountAdmin(AccountStore, Protocol):
         """Releases one of the account's senders; NotFound when it is not the account's."""
         ...
 
-    def top_up(self, account_id: str, credits: int) -> int:
-        """Adds credits atomically; returns the new balance."""
+    def top_up(self, account_id: str, credits: int, *, request_id: str | None = None) -> None:
+        """Adds credits atomically (NotFound for no account). Run again with the same `request_id` within 10
+        minutes, it adds them once: a caller that does not know whether a top-up went through can repeat it."""
         ...
 
     def update_account(self, account_id: str, changes: AccountChanges) -> Account: ...

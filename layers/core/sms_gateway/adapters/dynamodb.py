@@ -460,10 +460,9 @@ class DynamoStore(
         if self._move_credits(self._credits_update(account_id, amount)):
             raise RuntimeError(f"account {account_id} is gone: {amount} credits could not be given back")
 
-    def top_up(self, account_id: str, credits: int) -> int:
-        if self._move_credits(self._credits_update(account_id, credits)):
+    def top_up(self, account_id: str, credits: int, *, request_id: str | None = None) -> None:
+        if self._move_credits(self._credits_update(account_id, credits), token=request_id):
             raise NotFound(f"no account {account_id}")
-        return self.balance(account_id)
 
     def _credits_update(self, account_id: str, amount: int) -> dict[str, Any]:
         return {
@@ -474,13 +473,15 @@ class DynamoStore(
             "ExpressionAttributeValues": {":amount": {"N": str(amount)}},
         }
 
-    def _move_credits(self, update: dict[str, Any]) -> bool:
+    def _move_credits(self, update: dict[str, Any], *, token: str | None = None) -> bool:
         """Writes an account's credits as a transaction of one item, so that the write carries a token: when its
         answer is lost botocore sends the same request again, and DynamoDB applies a transaction it receives twice
         under one token once, where it would apply an UpdateItem twice. Tried again while another transaction holds
         the item. True when the update's condition refused it. The transaction answers nothing: a caller that needs
-        the balance after reads it (`balance`); a send reads it only for a dialect that answers with it."""
-        (refused,) = transact_until_decided(self.client, [{"Update": update}])
+        the balance after reads it (`balance`); a send reads it only for a dialect that answers with it. `token`, when
+        given, is the transaction's on every attempt: a caller that runs the same move again with it, within
+        DynamoDB's 10 minutes, has it applied once."""
+        (refused,) = transact_until_decided(self.client, [{"Update": update}], token=token)
         return refused is not None
 
     # ---------------------------------------------------------------- batches and messages

@@ -18,11 +18,12 @@ def back_off(attempt: int) -> None:
     time.sleep(_TRANSACTION_BACKOFF_SECONDS * (2**attempt) * (0.5 + secrets.randbelow(100) / 100))
 
 
-def transact(client: Any, writes: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+def transact(client: Any, writes: list[dict[str, Any]], token: str | None = None) -> list[dict[str, Any]] | None:
     """One TransactWriteItems: None when it was applied, else why each write was refused (aligned with
-    `writes`). A token per transaction: botocore's retry of a call whose answer was lost is not applied twice."""
+    `writes`). A token per transaction (`token`, else a new one): botocore's retry of a call whose answer was lost
+    is not applied twice."""
     try:
-        client.transact_write_items(TransactItems=writes, ClientRequestToken=secrets.token_hex(16))
+        client.transact_write_items(TransactItems=writes, ClientRequestToken=token or secrets.token_hex(16))
     except client.exceptions.TransactionCanceledException as error:
         reasons = error.response.get("CancellationReasons") or []
         if len(reasons) != len(writes):
@@ -31,12 +32,15 @@ def transact(client: Any, writes: list[dict[str, Any]]) -> list[dict[str, Any]] 
     return None
 
 
-def transact_until_decided(client: Any, writes: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+def transact_until_decided(
+    client: Any, writes: list[dict[str, Any]], *, token: str | None = None
+) -> list[dict[str, Any] | None]:
     """`transact`, tried again while only conflicts with other writes refuse it (on AWS a concurrent write of
-    one of its items cancels it with TransactionConflict; moto never does). Aligned with `writes`: the reason a
-    condition refused each (its code and, if asked for, the item), or None for each when applied."""
+    one of its items cancels it with TransactionConflict; moto never does), under `token` each time when given.
+    Aligned with `writes`: the reason a condition refused each (its code and, if asked for, the item), or None for
+    each when applied."""
     for attempt in range(MAX_TRANSACTION_ATTEMPTS):
-        reasons = transact(client, writes)
+        reasons = transact(client, writes, token)
         if reasons is None:
             return [None] * len(writes)
         codes = [reason.get("Code") for reason in reasons]

@@ -401,10 +401,19 @@ def remove_sender(store: AccountAdmin, account_id: str, sender: str) -> Account:
     return store.remove_sender(account_id, sender.strip())
 
 
-def top_up(store: AccountAdmin, account_id: str, credits: int) -> int:
+# A top-up's request id: DynamoDB takes a transaction's ClientRequestToken of 1 to 36 characters.
+TOP_UP_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,35}")
+
+
+def top_up(store: AccountAdmin, account_id: str, credits: int, *, request_id: str | None = None) -> None:
+    """Adds the credits; the same top-up run again with the same `request_id` within 10 minutes adds them once."""
     _positive(credits, "credits to add", most=MAX_TOP_UP)
+    if request_id is not None and not TOP_UP_REQUEST_ID.fullmatch(request_id):
+        raise InvalidRequest(
+            f"request id {request_id!r} must be 1 to 36 letters, digits and . _ : - (starting with a letter or digit)"
+        )
     require_account(store, account_id)
-    return store.top_up(account_id, credits)
+    store.top_up(account_id, credits, request_id=request_id)
 
 
 def set_price(store: AccountAdmin, *, tier: str, network: str, credits: int, country: str | None = None) -> PriceTable:
