@@ -977,12 +977,9 @@ def test_a_session_key_message_refused_by_its_upstream_is_reported_to_the_accoun
     assert dlr_notification(StatusChange(message=failed, changed=True)) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a keyed order finished by its retry answers remaining_credits from the account read at "
-    "authentication, before the refund that same retry made for a number that opted out meanwhile",
-)
-def test_a_keyed_order_finished_by_its_retry_answers_the_balance_after_its_opt_out_refund(aws, account, api, monkeypatch):
+def test_a_keyed_order_finished_by_its_retry_answers_the_balance_after_its_opt_out_refund(
+    aws, account, api, monkeypatch
+):
     from sms_gateway.adapters.sqs import SqsDispatchQueue
     from sms_gateway.bootstrap import gateway
     from sms_gateway.domain.models import utc_now
@@ -991,7 +988,9 @@ def test_a_keyed_order_finished_by_its_retry_answers_the_balance_after_its_opt_o
 
     # Given a keyed order to two numbers, with returnCredits, whose request died after storing and charging it
     keys = log_in(api, account)
-    event = sms_event(keys, seed_body(recipient=["+2348020000000", "+2348030000000"], returnCredits=True, sender="48974"))
+    event = sms_event(
+        keys, seed_body(recipient=["+2348020000000", "+2348030000000"], returnCredits=True, sender="48974")
+    )
     event["headers"]["idempotency-key"] = "stop-meanwhile"
     die_once(monkeypatch, SqsDispatchQueue, "enqueue")
     with pytest.raises(Killed):

@@ -121,7 +121,7 @@ class SendDependencies:
 class Accepted:
     batch: Batch
     messages: list[Message]
-    # The credits left, when the send read them (a send that finished another request's batch, or withdrew
+    # The credits left, when the send read them (a send that repriced another request's batch, or withdrew
     # messages); None: not read, since the write of the credits answers nothing (`balance_after`).
     balance: int | None
     # Recipients left out because they opted out of the sender: not stored, not charged.
@@ -605,7 +605,9 @@ def finish_stored_batch(
     messages = [*stored, *added]
     cost = sum(m.price for m in messages)
     owed = cost - batch.cost
-    balance = account.credits
+    # Not account.credits: read when the retry authenticated (not consistently), before any refund of a number that
+    # opted out meanwhile (withhold_opted_out). None: a dialect that answers the balance reads it (balance_after).
+    balance: int | None = None
     if owed or len(messages) != batch.recipients:
         # The batch's cost moves with the credits, in one write: a finisher that dies after it leaves nothing owed.
         # Its count follows its messages (a group read again may have gained or lost members meanwhile).
