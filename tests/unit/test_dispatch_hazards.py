@@ -204,19 +204,29 @@ def test_a_message_whose_dispatcher_died_before_recording_it_is_found_by_its_ups
     assert store.messages[message.key].status == MessageStatus.DELIVERED
 
 
-def test_reports_held_before_the_link_survive_a_dispatcher_that_died_before_applying_them(store):
+def report_held_before_the_link(store):
+    """A single send with delivery reports, and its upstream (naming only its own id in DLRs) whose DELIVERED
+    report overtook the dispatcher's link and is held; the send's deps and the upstream."""
     from sms_gateway.domain.status import MessageStatus
     from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
-    from sms_gateway.logic.settle import settle, settle_checks
-    from tests.unit.test_logic import callback, clock, report, settle_deps
+    from tests.unit.test_logic import callback, clock, report
 
-    # Given an upstream whose DLRs name only its own id, whose DLR for a message overtook the dispatcher's link
     _, deps = send(store, command(1, delivery_report=DeliveryReportMode.YES))
     [queued] = store.messages.values()
     provider = FakeProvider()
     by_its_id = queued.model_copy(update={"upstream_message_id": "up-1"})
     provider.reports = [report(by_its_id, MessageStatus.DELIVERED, by_ref=False)]
     assert receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock)).held == 1
+    return deps, provider
+
+
+def test_reports_held_before_the_link_survive_a_dispatcher_that_died_before_applying_them(store):
+    from sms_gateway.domain.status import MessageStatus
+    from sms_gateway.logic.settle import settle, settle_checks
+    from tests.unit.test_logic import settle_deps
+
+    # Given an upstream whose DLRs name only its own id, whose DLR for a message overtook the dispatcher's link
+    deps, provider = report_held_before_the_link(store)
     # And the dispatcher linked the id and recorded the message submitted, then died applying the held report
     with pytest.raises(Crash):
         dying = replace(dispatch_deps(store, provider), messages=DiesRecording(store, MessageStatus.DELIVERED))
@@ -556,10 +566,11 @@ def test_a_record_starved_by_a_rate_limit_waits_it_out_in_the_invocation_whichev
     assert len(provider.submits) >= 60, (len(provider.submits), len(outcome.retry))
 
 
-def test_account_tokens_of_messages_their_route_holds_back_go_back_for_the_accounts_other_messages(store):
+def account_faster_than_its_route(store, limiter=None):
+    """A bulk record of 100 messages for an account limited to 50 a second, to an upstream limited to 2 a second,
+    and the deps to dispatch it for 10 virtual seconds with `limiter` (a plain one on the counters by default)."""
     from sms_gateway.logic.ratelimit import account_scope
 
-    # Given a bulk record of 100 messages for an account limited to 50 a second, to an upstream limited to 2 a second
     _, sent = send(store, command(100))
     [record] = sent.dispatch_queue.commands
     provider = FakeProvider("kannel")
@@ -567,12 +578,18 @@ def test_account_tokens_of_messages_their_route_holds_back_go_back_for_the_accou
     start = vclock.now
     deps = replace(
         dispatch_deps(store, provider),
-        limiter=RateLimiter(counters, clock=vclock, sleep=vclock.sleep),
+        limiter=(limiter or RateLimiter)(counters, clock=vclock, sleep=vclock.sleep),
         rate_scopes=[account_scope("7", 50)],
         route_limit=lambda _: 2,
         wait_out_the_rate_limit=True,
         out_of_time=lambda: vclock.now > start + 10,
     )
+    return record, provider, counters, start, deps
+
+
+def test_account_tokens_of_messages_their_route_holds_back_go_back_for_the_accounts_other_messages(store):
+    # Given a bulk record of 100 messages for an account limited to 50 a second, to an upstream limited to 2 a second
+    record, provider, counters, start, deps = account_faster_than_its_route(store)
     # When one delivery of the record is dispatched
     asyncio.run(dispatch(record, deps))
     # Then the account's second holds the tokens of the messages sent in it, not of the 50 it granted at first: the
@@ -797,27 +814,16 @@ def test_a_failed_expiry_write_gives_the_claim_back_for_the_record_s_return_to_e
 
 
 def test_account_tokens_its_route_holds_back_go_back_for_the_priority_lane_in_the_handlers_limiter(store):
-    from sms_gateway.logic.ratelimit import account_scope, expected_grants
+    from functools import partial
+
+    from sms_gateway.logic.ratelimit import expected_grants
 
     # Given the same bulk record as above (100 messages, account limited to 50 a second, upstream to 2 a second),
     # dispatched with the limiter the handler builds for an invocation: it expects the record's 100 messages of the
     # account and takes tokens ahead (consumers._dispatch_all)
-    _, sent = send(store, command(100))
-    [record] = sent.dispatch_queue.commands
-    provider = FakeProvider("kannel")
-    counters, vclock = CountingStore(), VirtualClock()
-    start = vclock.now
-    bulk_invocation = RateLimiter(
-        counters, clock=vclock, sleep=vclock.sleep, expected=expected_grants({"7": 100}), take_ahead=64
-    )
-    deps = replace(
-        dispatch_deps(store, provider),
-        limiter=bulk_invocation,
-        rate_scopes=[account_scope("7", 50)],
-        route_limit=lambda _: 2,
-        wait_out_the_rate_limit=True,
-        out_of_time=lambda: vclock.now > start + 10,
-    )
+    handlers_limiter = partial(RateLimiter, expected=expected_grants({"7": 100}), take_ahead=64)
+    record, _, counters, start, deps = account_faster_than_its_route(store, handlers_limiter)
+    bulk_invocation = deps.limiter
     # When one delivery of the record is dispatched (the invocation's last act is to release what it kept)
     asyncio.run(dispatch(record, deps))
     asyncio.run(bulk_invocation.release())
@@ -842,18 +848,11 @@ def test_a_held_report_a_settle_check_applied_is_announced_by_the_checks_redeliv
 
     from sms_gateway import consumers
     from sms_gateway.domain.status import MessageStatus
-    from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
     from sms_gateway.logic.settle import settle_checks
-    from tests.unit.test_logic import callback, clock, report
 
     # Given a message whose DLR (by the upstream's own id) was held, and whose dispatcher died applying it, as in
     # test_reports_held_before_the_link_survive_a_dispatcher_that_died_before_applying_them
-    _, deps = send(store, command(1, delivery_report=DeliveryReportMode.YES))
-    [queued] = store.messages.values()
-    provider = FakeProvider()
-    by_its_id = queued.model_copy(update={"upstream_message_id": "up-1"})
-    provider.reports = [report(by_its_id, MessageStatus.DELIVERED, by_ref=False)]
-    assert receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock)).held == 1
+    deps, provider = report_held_before_the_link(store)
     with pytest.raises(Crash):
         dying = replace(dispatch_deps(store, provider), messages=DiesRecording(store, MessageStatus.DELIVERED))
         asyncio.run(dispatch(deps.dispatch_queue.commands[0], dying))
@@ -889,16 +888,9 @@ def test_a_held_report_a_settle_check_applied_is_announced_by_the_checks_redeliv
 
 
 def test_a_held_report_a_dispatcher_applied_is_announced_by_the_records_redelivery_when_its_announcement_failed(store):
-    from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
-    from tests.unit.test_logic import callback, clock, report
 
     # Given an upstream whose DLRs name only its own id, whose final DLR for a message overtook the dispatcher's link
-    _, deps = send(store, command(1, delivery_report=DeliveryReportMode.YES))
-    [queued] = store.messages.values()
-    provider = FakeProvider()
-    by_its_id = queued.model_copy(update={"upstream_message_id": "up-1"})
-    provider.reports = [report(by_its_id, MessageStatus.DELIVERED, by_ref=False)]
-    assert receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock)).held == 1
+    deps, provider = report_held_before_the_link(store)
     [record] = deps.dispatch_queue.commands
 
     def refused(changes):
