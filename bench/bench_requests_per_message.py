@@ -126,7 +126,7 @@ def run_flow(
         if warm:
             scratch = StageRun()
             gateway.send(numbers(1, start=9_999_999), delivery_report="yes")
-            gateway.drain("DISPATCH", "dispatcher", scratch)
+            gateway.drain_dispatch(scratch)
             gateway.post_dlrs(scratch)
             gateway.drain("NOTIFY", "notifier", scratch)
 
@@ -139,7 +139,7 @@ def run_flow(
                 stages["accept"].http_requests += 1
 
         record("accept", accept)
-        record("dispatch", lambda run: gateway.drain("DISPATCH", "dispatcher", run))
+        record("dispatch", gateway.drain_dispatch)
         record("notify", lambda run: gateway.drain("NOTIFY", "notifier", run))
         step = 100
         while gateway.dlr_cursor < len(gateway.upstream.submits):

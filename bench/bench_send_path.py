@@ -30,7 +30,7 @@ def run(quick: bool) -> dict[str, Any]:
                 wall.append(invocation.wall_seconds)
                 calls.append(Counter(gateway.meter.calls))
                 # moto's SQS slows as a queue gets deep: nothing here reads the records.
-                gateway.empty("DISPATCH")
+                gateway.empty_dispatch()
             if any(c != calls[0] for c in calls):
                 raise RuntimeError(f"sends of {size} made different requests: {calls}")
             handler_cpu = median(cpu)

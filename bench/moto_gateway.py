@@ -48,6 +48,10 @@ NO_LATENCIES = Latencies()
 TYPICAL_LATENCIES = Latencies(aws_request=0.005, upstream_submit=0.050, client_webhook=0.050)
 
 
+# The dispatcher's queues, by their environment names (`<name>_QUEUE_URL`): a single send's and a bulk batch's.
+DISPATCH_QUEUES = ("PRIORITY_DISPATCH", "DISPATCH")
+
+
 def numbers(count: int, start: int = 0) -> list[str]:
     """Distinct valid Nigerian MTN numbers (the 9bits seed's network)."""
     return [f"234803{start + i:07d}" for i in range(count)]
@@ -379,6 +383,17 @@ class MotoGateway:
                     raise RuntimeError("settle checks still waiting after 10 hops")
         finally:
             consumers.utc_now = real_clock
+
+    def drain_dispatch(self, run: StageRun) -> None:
+        """Drains both dispatch queues to the dispatcher, as its two event sources do: single sends are on the
+        priority queue (PRIORITY_DISPATCH_QUEUE_URL), bulk batches on the other."""
+        for queue in DISPATCH_QUEUES:
+            self.drain(queue, "dispatcher", run)
+
+    def empty_dispatch(self) -> None:
+        """Drops what both dispatch queues hold, unread."""
+        for queue in DISPATCH_QUEUES:
+            self.empty(queue)
 
     def empty(self, queue: str) -> None:
         """Drops what a queue holds, unread (PurgeQueue allows one call a minute)."""

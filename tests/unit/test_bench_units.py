@@ -67,3 +67,16 @@ def test_a_transactional_write_is_billed_twice_a_plain_writes_units_by_the_size_
     # Then the update is billed twice its 3 units, and the put twice its one
     assert plain == 3
     assert transactional == 2 * 3 + 2 * 1
+
+
+@pytest.mark.parametrize(("sends", "recipients"), [(2, 1), (1, 12)], ids=["single sends", "a bulk send"])
+def test_the_request_count_flow_takes_every_message_to_the_clients_webhook(sends, recipients):
+    # The flow `make bench` counts requests and cost over: a single send's records are on the priority dispatch
+    # queue, a bulk send's on the other (until 2026-12-06 the harness drained only the bulk queue, and the benchmark
+    # failed with no delivery report reaching the webhook)
+    from bench.bench_requests_per_message import run_flow
+
+    flow = run_flow("flow", sends, recipients, capacity=False)
+    # run_flow raises unless the client's webhook got every message's reports; the dispatcher was invoked for them
+    assert flow.stages["dispatch"].invocations
+    assert flow.stages["dispatch"].calls
