@@ -554,12 +554,6 @@ class TestReportsTheSweeperAnnounces:
         assert [len(batch) for batch in publishes] == [10] * (SWEEP_LIMIT // 10)
         assert sum(m.announce_pending is not None for m in store.messages.values()) == 250 - SWEEP_LIMIT
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="review: a sweep pages inbound SMS until its run is out of time and only then turns to reports, which "
-        "then get no page at all: after an outage that left more SMS than one run queues, every run spends its whole "
-        "time on SMS and the unannounced final reports wait runs behind them (before 406237f each run did 200 of each)",
-    )
     def test_an_inbound_backlog_longer_than_a_run_does_not_leave_the_runs_reports_unannounced(self, store):
         from sms_gateway.domain.ids import new_id
         from sms_gateway.domain.models import StoredInbound

@@ -65,14 +65,19 @@ def sweep_notifications(deps: SweepDependencies, *, limit: int = SWEEP_LIMIT) ->
     a conditional write first, so a concurrent run does not queue it too; a callback retry (or a settle check) that
     queues it meanwhile clears the mark, and it is not claimed again. Raises SweepIncomplete, once both kinds had
     their turn, when some could not be queued (they are taken again once their claim runs out)."""
-    inbound_queued, inbound_failed = _pages(
-        lambda now, until: deps.inbox.claim_inbound_notifications(now=now, until=until, limit=limit),
-        lambda claimed: _queue_each(claimed, lambda inbound: _queue_inbound(inbound, deps), "inbound notification"),
-        deps,
-    )
-    reports_queued, reports_failed = _pages(
-        lambda now, until: deps.messages.claim_unannounced_reports(now=now, until=until, limit=limit),
-        lambda claimed: _announce_reports(claimed, deps),
+    (inbound_queued, inbound_failed), (reports_queued, reports_failed) = _pages_in_turn(
+        [
+            (
+                lambda now, until: deps.inbox.claim_inbound_notifications(now=now, until=until, limit=limit),
+                lambda claimed: _queue_each(
+                    claimed, lambda inbound: _queue_inbound(inbound, deps), "inbound notification"
+                ),
+            ),
+            (
+                lambda now, until: deps.messages.claim_unannounced_reports(now=now, until=until, limit=limit),
+                lambda claimed: _announce_reports(claimed, deps),
+            ),
+        ],
         deps,
     )
     outcome = SweepOutcome(inbound_queued, inbound_failed, reports_queued, reports_failed)
@@ -84,24 +89,36 @@ def sweep_notifications(deps: SweepDependencies, *, limit: int = SWEEP_LIMIT) ->
     return outcome
 
 
-def _pages(
-    claim: Callable[[datetime, datetime], Sequence[_Item]],
-    queue: Callable[[Sequence[_Item]], tuple[int, int]],
-    deps: SweepDependencies,
-) -> tuple[int, int]:
-    """Claims and queues pages of up to `limit` items until a claim takes none or the run is out of time; how many
-    were queued, how many failed. An item that failed stays claimed (SWEEP_LEASE), so no page of this run takes it
-    again. Not "until a page comes back short": a claim passes over the items the sweep index still lists after
-    they were cleared or claimed (it is eventually consistent), so a short page may have more behind it."""
-    queued = failed = 0
-    while not (deps.out_of_time is not None and deps.out_of_time()):
-        now = deps.clock()
-        claimed = claim(now, now + SWEEP_LEASE)
-        if not claimed:
-            break
-        done, not_done = queue(claimed)
-        queued, failed = queued + done, failed + not_done
-    return queued, failed
+_Claim = Callable[[datetime, datetime], Sequence[Any]]
+_Queue = Callable[[Sequence[Any]], tuple[int, int]]
+
+
+def _pages_in_turn(kinds: Sequence[tuple[_Claim, _Queue]], deps: SweepDependencies) -> list[tuple[int, int]]:
+    """Claims and queues a page of each kind in turn, until a claim of every kind has taken none or the run is out of
+    time; how many of each kind were queued, how many failed. In turn, so that a backlog of one kind longer than a
+    run leaves the other its share of every run (until 2026-12-06 the inbound SMS of a long notify queue outage took
+    whole runs and delivery reports waited behind them). The first page of each kind is claimed however late the run
+    is (as every run did before runs paged). An item that failed stays claimed (SWEEP_LEASE), so no page of this run
+    takes it again. Not "until a page comes back short": a claim passes over the items the sweep index still lists
+    after they were cleared or claimed (it is eventually consistent), so a short page may have more behind it."""
+    totals = [(0, 0) for _ in kinds]
+    left = list(range(len(kinds)))
+    first_round = True
+    while left:
+        for kind in list(left):
+            if not first_round and deps.out_of_time is not None and deps.out_of_time():
+                return totals
+            claim, queue = kinds[kind]
+            now = deps.clock()
+            claimed = claim(now, now + SWEEP_LEASE)
+            if not claimed:
+                left.remove(kind)
+                continue
+            done, not_done = queue(claimed)
+            queued, failed = totals[kind]
+            totals[kind] = (queued + done, failed + not_done)
+        first_round = False
+    return totals
 
 
 def _queue_each(claimed: Sequence[_Item], queue: Callable[[_Item], None], kind: str) -> tuple[int, int]:
