@@ -909,12 +909,6 @@ def test_a_held_report_a_dispatcher_applied_is_announced_by_the_records_redelive
     assert MessageStatus.DELIVERED in {change.message.status for change in announced}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a settle check that applied a held report's final status and then fails on another message of "
-    "the check (its expiry write refused) marks nothing: only a failed announcement marks (eec1c4e), so the "
-    "redelivery finds the message final and unmarked and the client never hears of the report",
-)
 def test_a_held_report_a_settle_check_applied_is_announced_when_the_check_fails_on_another_of_its_messages(
     store, monkeypatch
 ):

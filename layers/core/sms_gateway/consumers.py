@@ -527,7 +527,12 @@ def _settle_record(record: SQSRecord, check: dict[str, Any]) -> dict[str, Any]:
         clock=utc_now,
         dlr_wait=timedelta(seconds=wiring.settings.dlr_wait_seconds),
     )
-    outcome = settle.settle(check, deps)
+    incomplete: settle.SettleIncomplete | None = None
+    try:
+        outcome = settle.settle(check, deps)
+    except settle.SettleIncomplete as error:
+        # What it did settle is announced (and marked if that fails) before the check fails for the rest.
+        outcome, incomplete = error.outcome, error
     try:
         _announce([*outcome.made_before, *outcome.unannounced, *outcome.changes])
     except Exception:
@@ -538,6 +543,8 @@ def _settle_record(record: SQSRecord, check: dict[str, Any]) -> dict[str, Any]:
         raise
     settle.announced_again(outcome, deps)
     count_final_statuses(outcome.changes)
+    if incomplete is not None:
+        raise incomplete
     if outcome.check_again_in is not None:
         wiring.notify_queue.delay(record.receipt_handle, outcome.check_again_in)
         raise SettleLater(f"settle check due in {outcome.check_again_in} s")

@@ -96,37 +96,72 @@ def settle(check: Mapping[str, Any], deps: SettleDependencies) -> SettleOutcome:
     # consistent: the wait is hours, and the expiry below is a conditional write that a newer status wins.
     messages = deps.messages.get_messages_by_key(list(_keys_of(check)), consistent=False)
     later: list[datetime] = []
+    failed = 0
     for message in messages:
-        if message.announce_pending is not None and message.status in TERMINAL:
-            outcome.unannounced.append(StatusChange(message=message, changed=True))
-            continue
-        if message.status == MessageStatus.EXPIRED and message.error_code == NO_DELIVERY_REPORT:
-            outcome.made_before.append(StatusChange(message=message, changed=True))
-            continue
-        # Queued messages belong to their dispatch record still: its next delivery checks them once it submits them.
-        if message.status != MessageStatus.SUBMITTED:
-            continue
-        submitted_at = message.status_at.get(str(MessageStatus.SUBMITTED))
-        message_due = from_iso(submitted_at) + deps.dlr_wait if submitted_at else due
-        if now < message_due:
-            later.append(message_due)
-            continue
-        if message.upstream and message.upstream_message_id and _reported_while_unlinked(message, deps, outcome):
-            continue
-        change = deps.messages.transition(
-            message.key, MessageStatus.EXPIRED, now=now, error_code=NO_DELIVERY_REPORT, refund=True
-        )
-        if change is None or not change.changed:
-            continue
-        outcome.changes.append(change)
-        outcome.expired.append(change)
-        logger.warning(
-            "no final delivery report within the wait; message expired and refunded",
-            extra={"message_id": message.message_id, "upstream": message.upstream},
-        )
+        try:
+            _settle_one(message, now=now, due=due, deps=deps, outcome=outcome, later=later)
+        except Exception:
+            # The others are settled all the same, and what was settled is announced before the check fails: a
+            # held report applied here would be final and unmarked on the redelivery, which passes over it.
+            failed += 1
+            logger.exception("could not settle a message; the check's redelivery tries again", extra=_ids(message))
     if later:
         outcome.check_again_in = _hop(max(later) - now)
+    if failed:
+        raise SettleIncomplete(outcome, failed)
     return outcome
+
+
+def _settle_one(
+    message: Message,
+    *,
+    now: datetime,
+    due: datetime,
+    deps: SettleDependencies,
+    outcome: SettleOutcome,
+    later: list[datetime],
+) -> None:
+    """Settles one message of a check whose wait is over (settle), adding what it did to `outcome`."""
+    if message.announce_pending is not None and message.status in TERMINAL:
+        outcome.unannounced.append(StatusChange(message=message, changed=True))
+        return
+    if message.status == MessageStatus.EXPIRED and message.error_code == NO_DELIVERY_REPORT:
+        outcome.made_before.append(StatusChange(message=message, changed=True))
+        return
+    # Queued messages belong to their dispatch record still: its next delivery checks them once it submits them.
+    if message.status != MessageStatus.SUBMITTED:
+        return
+    submitted_at = message.status_at.get(str(MessageStatus.SUBMITTED))
+    message_due = from_iso(submitted_at) + deps.dlr_wait if submitted_at else due
+    if now < message_due:
+        later.append(message_due)
+        return
+    if message.upstream and message.upstream_message_id and _reported_while_unlinked(message, deps, outcome):
+        return
+    change = deps.messages.transition(
+        message.key, MessageStatus.EXPIRED, now=now, error_code=NO_DELIVERY_REPORT, refund=True
+    )
+    if change is None or not change.changed:
+        return
+    outcome.changes.append(change)
+    outcome.expired.append(change)
+    logger.warning(
+        "no final delivery report within the wait; message expired and refunded",
+        extra={"message_id": message.message_id, "upstream": message.upstream},
+    )
+
+
+def _ids(message: Message) -> dict[str, Any]:
+    return {"message_id": message.message_id, "upstream": message.upstream}
+
+
+class SettleIncomplete(RuntimeError):
+    """A check that could not settle some of its messages (the store failing): `outcome` holds what it did settle,
+    to be announced before the check fails and SQS brings it back for the others."""
+
+    def __init__(self, outcome: SettleOutcome, failed: int) -> None:
+        super().__init__(f"{failed} message(s) of the settle check not settled")
+        self.outcome = outcome
 
 
 def announced_again(outcome: SettleOutcome, deps: SettleDependencies) -> None:
