@@ -1011,11 +1011,6 @@ def test_a_keyed_order_finished_by_its_retry_answers_the_balance_after_its_opt_o
     assert body["remaining_credits"] == balance(account["account_id"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a resumed retry finishes the stored order (finish_stored_batch) before require_sender, so a "
-    "sender removed meanwhile is not refused and undone as docs/dialects/session-key.md and docs/dispatch.md promise",
-)
 @pytest.mark.parametrize("sender", ["48974", None], ids=["given", "account-default"])
 def test_a_retry_of_an_order_whose_sender_was_removed_meanwhile_is_refused_and_undone(
     aws, account, api, monkeypatch, sender

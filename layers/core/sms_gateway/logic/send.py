@@ -196,6 +196,12 @@ def accept_send(
     if claim is not None and claim.resumed:
         earlier, stored = send_standing_under_key(deps.messages, account.account_id, claim.reference_id)
         if earlier is not None and earlier.status != MessageStatus.FAILED:
+            # A sender the operator removed meanwhile is refused as a fresh send would be, and run_once undoes the
+            # stored batch (undo_standing_send: credits back, key free) rather than queue it for the dispatcher to
+            # fail `sender_removed`. Both: the one asked for, and the batch's (an account-default sender is now
+            # another, which the account may still hold).
+            require_sender(account, command.sender)
+            require_sender(account, earlier.sender)
             return finish_stored_batch(account, command, earlier, stored, deps, now=now)
         if earlier is not None:
             # It was undone (failed, refunded) before its request died: this is a send afresh, under a new id that
