@@ -135,11 +135,6 @@ class TestAcceptSend:
         assert store.accounts["7"].credits == 1000
         assert store.messages == {}
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="review: holds_sender strips every leading '+' (lstrip), so '++48974' passes as the number 48974 and "
-        "goes upstream as written",
-    )
     @pytest.mark.parametrize("sender", ["++48974", "+++48974"])
     def test_a_number_with_more_than_one_plus_is_not_the_registered_sender(self, store, sender):
         # The account holds 48974; a number is accepted with or without its one '+', not with several

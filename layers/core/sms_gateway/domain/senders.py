@@ -16,8 +16,10 @@ SENDER_REMOVED = "sender_removed"
 
 
 def registry_form(sender: str) -> str:
-    """One form per sender: numbers with or without '+', ids in any case, are the same sender."""
-    return sender.lstrip("+").upper()
+    """One form per sender: numbers with or without their one '+', ids in any case, are the same sender. Only one
+    '+' goes: "++48974" is no way to write 48974 (lstrip took every '+' until session 30, and such a sender was sent
+    upstream as written)."""
+    return sender.removeprefix("+").upper()
 
 
 def same_sender(a: str, b: str) -> bool:
@@ -29,5 +31,5 @@ def holds_sender(senders: Collection[str], sender: str) -> bool:
     '+' (the registry's one form). An ID in another case is not: the handset would show it as written."""
     if sender in senders:
         return True
-    number = sender.lstrip("+")
+    number = sender.removeprefix("+")
     return number.isascii() and number.isdigit() and any(same_sender(own, sender) for own in senders)
