@@ -501,11 +501,6 @@ def test_a_sender_the_operator_released_is_shown_released_and_may_be_asked_for_a
     assert 'status-approved">approved' in signed_in.get(SETTINGS).body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: shown_status only derives `released`; a rejected or pending request whose sender the operator "
-    "registered with add-sender hides the account's `registered` row and is shown rejected (with its reason) or pending",
-)
 @pytest.mark.parametrize("decided", ["rejected", "pending"])
 def test_a_sender_the_operator_registered_after_its_request_is_shown_registered_not_rejected_or_pending(
     signed_in, account, decided

@@ -29,9 +29,14 @@ def request_sender(store: SenderRequestStore, account: Account, sender: str, *, 
 
 def shown_status(request: SenderRequest, account: Account) -> str:
     """The request's status as the account should read it: an approved request whose sender the account no longer
-    has is `released` (the operator removed the sender; it may be asked for again), not approved."""
-    if request.status == SenderRequestStatus.APPROVED and not _owns(account, request.sender):
+    has is `released` (the operator removed the sender; it may be asked for again), not approved; a pending or
+    rejected one whose sender the account has is `approved` (the operator registered it with add-sender rather than
+    approve-sender: the account sends from it, so it is neither waiting nor refused)."""
+    owned = _owns(account, request.sender)
+    if request.status == SenderRequestStatus.APPROVED and not owned:
         return RELEASED
+    if request.status != SenderRequestStatus.APPROVED and owned:
+        return str(SenderRequestStatus.APPROVED)
     return str(request.status)
 
 
@@ -48,17 +53,19 @@ def list_requests_as_shown(
     store: SenderRequestAdmin, account_id: str | None = None, status: str | None = None
 ) -> list[tuple[SenderRequest, str]]:
     """The operator's listing: each request with the status its account reads (shown_status, so `released` for an
-    approved sender removed since), filtered on that status. Reads each account with an approved request once."""
+    approved sender removed since, `approved` for a pending or rejected one registered since with add-sender: no
+    decision is asked for on a sender the account has), filtered on that status. Reads each account listed once."""
     wanted = _shown_status(status) if status is not None else None
     owners: dict[str, Account | None] = {}
     listed = []
     for request in store.sender_requests(account_id):
-        shown = str(request.status)
-        if request.status == SenderRequestStatus.APPROVED:
-            if request.account_id not in owners:
-                owners[request.account_id] = store.get_account(request.account_id)
-            owner = owners[request.account_id]
-            shown = shown_status(request, owner) if owner is not None else RELEASED
+        if request.account_id not in owners:
+            owners[request.account_id] = store.get_account(request.account_id)
+        owner = owners[request.account_id]
+        if owner is not None:
+            shown = shown_status(request, owner)
+        else:
+            shown = RELEASED if request.status == SenderRequestStatus.APPROVED else str(request.status)
         if wanted is None or shown == wanted:
             listed.append((request, shown))
     return listed

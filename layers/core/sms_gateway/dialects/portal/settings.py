@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from sms_gateway.dialects.portal.framework import Notice, PageContext, page
 from sms_gateway.dialects.portal.markup import esc, field, section, select, table
-from sms_gateway.domain.models import Account, SenderRequest, utc_now
+from sms_gateway.domain.models import Account, SenderRequest, SenderRequestStatus, utc_now
 from sms_gateway.domain.senders import registry_form
 
 if TYPE_CHECKING:
@@ -255,7 +255,11 @@ def senders_html(ctx: PageContext, account: Account) -> str:
 def _request_row(request: SenderRequest, status: str) -> tuple[str, str, str, str]:
     from sms_gateway.logic.sender_requests import RELEASED
 
-    reason = "an operator released it: you may request it again" if status == RELEASED else request.reason or ""
+    # A rejected request's reason, only while it reads rejected (not once the operator registered the sender).
+    if status == RELEASED:
+        reason = "an operator released it: you may request it again"
+    else:
+        reason = (request.reason or "") if status == str(SenderRequestStatus.REJECTED) else ""
     return (
         _sender_cell(request.sender),
         f'<span class="status-{esc(status)}">{esc(status)}</span>',
