@@ -838,13 +838,41 @@ def test_account_tokens_its_route_holds_back_go_back_for_the_priority_lane_in_th
     assert sum(call[:2] == ("give_back", "account:7") for call in counters.calls) <= len(per_second) + 2
 
 
-def test_a_held_report_a_settle_check_applied_is_announced_by_the_checks_redelivery_when_its_first_announcement_failed(
-    store, monkeypatch
-):
+def notifier_due_to_run(monkeypatch, check, *, store, publish):
+    """The settle check `check`'s SQS record, and the notifier's wiring (`store`, a notify queue that publishes with
+    `publish`) at 49 hours, once the DLR wait (48 h) is over."""
     import json
     from types import SimpleNamespace
 
     from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+    from sms_gateway import consumers
+
+    wiring = SimpleNamespace(
+        store=store,
+        settings=SimpleNamespace(dlr_wait_seconds=172_800, inbound_sweep_delay_seconds=120),
+        notify_queue=SimpleNamespace(delay=lambda handle, seconds: None, publish=publish),
+    )
+    monkeypatch.setattr(consumers, "gateway", lambda: wiring)
+    monkeypatch.setattr(consumers, "utc_now", lambda: NOW + timedelta(hours=49))
+    return SQSRecord({"messageId": "m-1", "receiptHandle": "rh-1", "body": json.dumps(check), "attributes": {}})
+
+
+def held_report_its_dispatcher_died_applying(store):
+    """report_held_before_the_link, and a dispatcher that linked the id, recorded the message submitted and died
+    applying the held report; the upstream."""
+    from sms_gateway.domain.status import MessageStatus
+
+    deps, provider = report_held_before_the_link(store)
+    with pytest.raises(Crash):
+        dying = replace(dispatch_deps(store, provider), messages=DiesRecording(store, MessageStatus.DELIVERED))
+        asyncio.run(dispatch(deps.dispatch_queue.commands[0], dying))
+    return provider
+
+
+def test_a_held_report_a_settle_check_applied_is_announced_by_the_checks_redelivery_when_its_first_announcement_failed(
+    store, monkeypatch
+):
 
     from sms_gateway import consumers
     from sms_gateway.domain.status import MessageStatus
@@ -852,10 +880,7 @@ def test_a_held_report_a_settle_check_applied_is_announced_by_the_checks_redeliv
 
     # Given a message whose DLR (by the upstream's own id) was held, and whose dispatcher died applying it, as in
     # test_reports_held_before_the_link_survive_a_dispatcher_that_died_before_applying_them
-    deps, provider = report_held_before_the_link(store)
-    with pytest.raises(Crash):
-        dying = replace(dispatch_deps(store, provider), messages=DiesRecording(store, MessageStatus.DELIVERED))
-        asyncio.run(dispatch(deps.dispatch_queue.commands[0], dying))
+    held_report_its_dispatcher_died_applying(store)
     [message] = store.messages.values()
     [check] = settle_checks([message], now=NOW)
     # And the notifier that runs its settle check once the wait is over cannot queue the check's announcement
@@ -867,14 +892,7 @@ def test_a_held_report_a_settle_check_applied_is_announced_by_the_checks_redeliv
             raise RuntimeError("SQS did not take the notification")
         published.extend(notifications)
 
-    wiring = SimpleNamespace(
-        store=store,
-        settings=SimpleNamespace(dlr_wait_seconds=172_800, inbound_sweep_delay_seconds=120),
-        notify_queue=SimpleNamespace(delay=lambda handle, seconds: None, publish=publish),
-    )
-    monkeypatch.setattr(consumers, "gateway", lambda: wiring)
-    monkeypatch.setattr(consumers, "utc_now", lambda: NOW + timedelta(hours=49))
-    record = SQSRecord({"messageId": "m-1", "receiptHandle": "rh-1", "body": json.dumps(check), "attributes": {}})
+    record = notifier_due_to_run(monkeypatch, check, store=store, publish=publish)
     with pytest.raises(RuntimeError):
         consumers._settle_record(record, check)
     delivered = store.messages[message.key]
@@ -912,20 +930,13 @@ def test_a_held_report_a_dispatcher_applied_is_announced_by_the_records_redelive
 def test_a_held_report_a_settle_check_applied_is_announced_when_the_check_fails_on_another_of_its_messages(
     store, monkeypatch
 ):
-    import json
-    from types import SimpleNamespace
-
-    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
     from sms_gateway import consumers
     from sms_gateway.domain.status import MessageStatus
     from sms_gateway.logic.settle import settle_checks
 
     # Given a message whose DLR (by the upstream's own id) was held, and whose dispatcher died applying it
-    deps, provider = report_held_before_the_link(store)
-    with pytest.raises(Crash):
-        dying = replace(dispatch_deps(store, provider), messages=DiesRecording(store, MessageStatus.DELIVERED))
-        asyncio.run(dispatch(deps.dispatch_queue.commands[0], dying))
+    provider = held_report_its_dispatcher_died_applying(store)
     [held] = store.messages.values()
     # And another message of the same invocation, submitted, that no report reached
     _, other_deps = send(store, command(1, delivery_report=DeliveryReportMode.YES))
@@ -952,14 +963,7 @@ def test_a_held_report_a_settle_check_applied_is_announced_when_the_check_fails_
             return self.store.transition(key, target, **kwargs)
 
     published: list[dict] = []
-    wiring = SimpleNamespace(
-        store=ExpiryRefusedOnce(store),
-        settings=SimpleNamespace(dlr_wait_seconds=172_800, inbound_sweep_delay_seconds=120),
-        notify_queue=SimpleNamespace(delay=lambda handle, seconds: None, publish=published.extend),
-    )
-    monkeypatch.setattr(consumers, "gateway", lambda: wiring)
-    monkeypatch.setattr(consumers, "utc_now", lambda: NOW + timedelta(hours=49))
-    record = SQSRecord({"messageId": "m-1", "receiptHandle": "rh-1", "body": json.dumps(check), "attributes": {}})
+    record = notifier_due_to_run(monkeypatch, check, store=ExpiryRefusedOnce(store), publish=published.extend)
     # When the notifier runs the check once the wait is over: the held report is applied, then the other message's
     # expiry fails and the check fails
     with pytest.raises(RuntimeError):
