@@ -16,12 +16,15 @@ from sms_gateway_tools.bulk_send import (
     Row,
     RowRejected,
     progress_path,
+    progress_target,
     read_rows,
     render,
     row_key,
     send_rows,
     template_fields,
 )
+
+TARGET = progress_target("http://127.0.0.1:3000", "a token")
 
 
 def test_a_template_is_filled_from_the_row_columns() -> None:
@@ -85,7 +88,11 @@ def test_only_rows_not_yet_accepted_are_sent_and_accepted_ones_are_recorded(tmp_
     rows = _rows("to,name\n0802,Ada\n12,Bad\n0803,\n0802,Ada\n0805,Eze\n")
     # Given a first run
     summary = send_rows(
-        rows, sender="48974", template="Hi {name}", send_one=send_one, progress=ProgressFile(progress_path(csv_path))
+        rows,
+        sender="48974",
+        template="Hi {name}",
+        send_one=send_one,
+        progress=ProgressFile(progress_path(csv_path), TARGET),
     )
     # Then the good rows are accepted, the others rejected with reasons, and a repeated row is sent once
     outcomes = {r.line: (r.outcome, r.reason) for r in summary.results}
@@ -102,7 +109,11 @@ def test_only_rows_not_yet_accepted_are_sent_and_accepted_ones_are_recorded(tmp_
     # When the same file runs again (with a fresh progress reader, as a new process has)
     sent.clear()
     again = send_rows(
-        rows, sender="48974", template="Hi {name}", send_one=send_one, progress=ProgressFile(progress_path(csv_path))
+        rows,
+        sender="48974",
+        template="Hi {name}",
+        send_one=send_one,
+        progress=ProgressFile(progress_path(csv_path), TARGET),
     )
     # Then only the rejected row is tried again; the accepted ones are reported with their first reference ids
     assert [text for _, text, _ in sent] == ["Hi Bad"]
@@ -125,7 +136,7 @@ def test_a_refused_caller_stops_the_other_rows(tmp_path: Path) -> None:
         sender="48974",
         template="Hello",
         send_one=send_one,
-        progress=ProgressFile(tmp_path / "p.jsonl"),
+        progress=ProgressFile(tmp_path / "p.jsonl", TARGET),
         concurrency=1,
     )
     assert summary.fatal == "invalid credentials (HTTP 401)"
@@ -136,8 +147,24 @@ def test_a_refused_caller_stops_the_other_rows(tmp_path: Path) -> None:
 
 def test_a_progress_line_cut_short_by_a_crash_is_ignored(tmp_path: Path) -> None:
     path = tmp_path / "p.jsonl"
-    path.write_text(json.dumps({"key": "csv-a", "reference_id": "1", "cost": 1}) + '\n{"key": "csv-b", "refer')
-    assert list(ProgressFile(path).accepted) == ["csv-a"]
+    entry = {"key": "csv-a", "reference_id": "1", "cost": 1, "target": TARGET}
+    path.write_text(json.dumps(entry) + '\n{"key": "csv-b", "refer')
+    assert list(ProgressFile(path, TARGET).accepted) == ["csv-a"]
+
+
+def test_the_progress_file_counts_only_the_rows_this_gateway_and_account_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    other = progress_target("https://sms.example.com", "another token")
+    lines = [{"key": "csv-a", "target": TARGET}, {"key": "csv-b", "target": other}, {"key": "csv-c"}]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    progress = ProgressFile(path, TARGET)
+    assert list(progress.accepted) == ["csv-a"]
+    # An entry from before targets were recorded may be any gateway's: it counts for none, and is kept apart
+    assert list(progress.untargeted) == ["csv-c"]
+    assert list(ProgressFile(path, other).accepted) == ["csv-b"]
+    # The target is the URL (however its end is written) and a hash of the token, never the token
+    assert progress_target("http://127.0.0.1:3000/", "s3cr3t") == progress_target("http://127.0.0.1:3000", "s3cr3t")
+    assert "s3cr3t" not in progress_target("http://127.0.0.1:3000", "s3cr3t")
 
 
 def test_ctrl_c_keeps_what_was_accepted_and_sends_no_more(tmp_path: Path) -> None:
@@ -153,9 +180,9 @@ def test_ctrl_c_keeps_what_was_accepted_and_sends_no_more(tmp_path: Path) -> Non
         sender="48974",
         template="Hello",
         send_one=lambda to, text, key: (sent.append(to), (f"ref-{to}", 1))[1],
-        progress=ProgressFile(tmp_path / "p.jsonl"),
+        progress=ProgressFile(tmp_path / "p.jsonl", TARGET),
     )
     # Rows already in flight finish (those queued behind them may be cancelled), and each one sent is recorded
     assert summary.interrupted
     assert set(sent) <= {"0802", "0803"}
-    assert len(ProgressFile(tmp_path / "p.jsonl").accepted) == len(sent) == len(summary.of("accepted"))
+    assert len(ProgressFile(tmp_path / "p.jsonl", TARGET).accepted) == len(sent) == len(summary.of("accepted"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -254,39 +255,105 @@ def test_numbers_at_the_ends_of_their_ranges_are_taken(argv) -> None:
     cli.build_parser().parse_args(argv)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: the CSV's progress file is keyed by row only, not by gateway or account, so a run of the same "
-    "file against another gateway (or token) skips every row as already accepted and sends nothing, exit 0",
-)
-def test_a_csv_sent_to_one_gateway_is_still_sent_to_another(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+CsvGateways = tuple[dict[str, int], Path, Callable[[str, str], int]]
+
+
+@pytest.fixture
+def csv_gateways(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CsvGateways:
+    """Fake gateways, one per --api-url, that accept every send: the sends each got (per URL and token), a
+    two-row CSV, and `send_csv(api_url, token)`, which runs `send --csv` on it and answers the exit code."""
     from sms_gateway_tools import cli
 
-    # Given two gateways (a local stack and production, say) that accept every send
     sends: dict[str, int] = {}
 
-    def gateway(url: str) -> GatewayClient:
+    def gateway(url: str, token: str) -> GatewayClient:
         def handler(request: httpx.Request) -> httpx.Response:
             if request.method == "POST":
-                sends[url] = sends.get(url, 0) + 1
+                sends[f"{url} {token}"] = sends.get(f"{url} {token}", 0) + 1
                 return httpx.Response(200, json={"status_code": 200, "reference_id": "7", "recipients_processed": 1})
             return httpx.Response(200, json={"reference_id": "7", "parts": 1, "cost": 1})
 
-        return GatewayClient(url, "t", transport=httpx.MockTransport(handler))
+        return GatewayClient(url, token, transport=httpx.MockTransport(handler))
 
-    monkeypatch.setattr(client_commands, "_open_client", lambda args: gateway(args.api_url))
+    monkeypatch.setattr(client_commands, "_open_client", lambda args: gateway(args.api_url, args.token))
     csv_file = tmp_path / "customers.csv"
     csv_file.write_text("to,name\n2348020000000,Ada\n2348030000000,Bola\n")
     run = ["send", "--csv", str(csv_file), "--from", "48974", "--message", "Hi {name}", "--json"]
+    return sends, csv_file, lambda api_url, token: cli.main([*run, "--api-url", api_url, "--token", token])
+
+
+def test_a_csv_sent_to_one_gateway_is_still_sent_to_another(
+    csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given two gateways (a local stack and production, say) that accept every send
+    sends, csv_file, send_csv = csv_gateways
     # And the campaign was sent through the first one
-    assert cli.main([*run, "--api-url", "http://127.0.0.1:3000", "--token", "local"]) == 0
-    assert sends == {"http://127.0.0.1:3000": 2}
+    assert send_csv("http://127.0.0.1:3000", "local") == 0
+    assert sends == {"http://127.0.0.1:3000 local": 2}
     capsys.readouterr()
     # When the same command is run against the second, with that gateway's token
-    code = cli.main([*run, "--api-url", "https://sms.example.com", "--token", "prod"])
+    code = send_csv("https://sms.example.com", "prod")
     out = json.loads(capsys.readouterr().out)
     # Then its rows are sent there: they were accepted by another gateway, not this one
-    assert sends.get("https://sms.example.com") == 2, out
+    assert sends.get("https://sms.example.com prod") == 2, out
     assert code == 0
+    # And with another token (another account) on the same gateway they are sent for that account too
+    assert send_csv("https://sms.example.com", "secret-2") == 0
+    assert sends.get("https://sms.example.com secret-2") == 2
+    # And the progress file names each target without keeping its token
+    progress = csv_file.with_name("customers.csv.sent.jsonl").read_text()
+    assert "secret" not in progress
+    assert {json.loads(line)["target"].split()[0] for line in progress.splitlines()} == {
+        "http://127.0.0.1:3000",
+        "https://sms.example.com",
+    }
+
+
+def test_a_csv_run_again_against_the_same_gateway_and_token_sends_nothing_twice(
+    csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sends, _, send_csv = csv_gateways
+    # Given the campaign was sent to production, and then to the local stack
+    assert send_csv("https://sms.example.com", "prod") == 0
+    assert send_csv("http://127.0.0.1:3000", "local") == 0
+    capsys.readouterr()
+    # When it is run against production again (its URL written with a trailing slash this time)
+    code = send_csv("https://sms.example.com/", "prod")
+    out = json.loads(capsys.readouterr().out)
+    # Then nothing more is sent there: both rows were accepted by it already
+    assert code == 0
+    assert sends == {"https://sms.example.com prod": 2, "http://127.0.0.1:3000 local": 2}
+    assert (out["accepted"], out["already_accepted"]) == (0, 2)
+
+
+def test_csv_progress_recorded_without_a_gateway_counts_for_none(
+    csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sends, csv_file, send_csv = csv_gateways
+    # Given a progress file written by an older version, which recorded rows without the gateway they went to
+    assert send_csv("http://127.0.0.1:3000", "local") == 0
+    progress = csv_file.with_name("customers.csv.sent.jsonl")
+    entries = [json.loads(line) for line in progress.read_text().splitlines()]
+    progress.write_text("".join(json.dumps({k: v for k, v in e.items() if k != "target"}) + "\n" for e in entries))
+    capsys.readouterr()
+    # When the file is sent to production
+    assert send_csv("https://sms.example.com", "prod") == 0
+    # Then its rows are sent (under their keys), and the run says why the recorded rows did not count
+    assert sends.get("https://sms.example.com prod") == 2
+    assert "2 rows" in capsys.readouterr().err
+
+
+def test_tail_csv_follows_only_the_batches_this_gateway_accepted(
+    csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sms_gateway_tools import cli
+
+    _, csv_file, send_csv = csv_gateways
+    # Given the campaign was sent through the local stack only
+    assert send_csv("http://127.0.0.1:3000", "local") == 0
+    capsys.readouterr()
+    # When production is asked to follow the CSV's batches
+    code = cli.main(["tail", "--csv", str(csv_file), "--api-url", "https://sms.example.com", "--token", "prod"])
+    # Then there are none to follow there (the local stack's reference ids mean nothing to production)
+    assert code == 2
+    assert "none sent to this gateway" in capsys.readouterr().err

@@ -108,27 +108,51 @@ def progress_path(csv_path: Path) -> Path:
     return csv_path.with_name(csv_path.name + PROGRESS_SUFFIX)
 
 
-class ProgressFile:
-    """Rows the gateway accepted, one JSON line each, appended as they are accepted (a crash loses none)."""
+def progress_target(api_url: str, token: str) -> str:
+    """Which gateway and account a progress entry was accepted by: the API URL and a short hash of the token.
 
-    def __init__(self, path: Path) -> None:
+    Never the token itself (the progress file is a plain file next to the CSV). Another token, even of the
+    same account, is another target: its rows are sent under their keys and the gateway answers what it knows.
+    """
+    token_hash = hashlib.sha256(token.encode()).hexdigest()[:16]
+    return f"{api_url.strip().rstrip('/')} token-sha256:{token_hash}"
+
+
+class ProgressFile:
+    """Rows the gateway accepted, one JSON line each, appended as they are accepted (a crash loses none).
+
+    Each entry names the target (gateway and account, `progress_target`) that accepted it; only the entries of
+    `target` count as accepted, so the same CSV sent to another gateway or account is sent there in full.
+    Entries without a target (written before targets were recorded) count for no target: their rows are sent
+    again under their keys, which the gateway that accepted them answers with its first answer for 24 hours.
+    """
+
+    def __init__(self, path: Path, target: str) -> None:
         self.path = path
+        self.target = target
         self._lock = threading.Lock()
         self.accepted: dict[str, dict[str, Any]] = {}
+        self.untargeted: dict[str, dict[str, Any]] = {}
         if path.exists():
             for line in path.read_text().splitlines():
                 if not line.strip():
                     continue
                 try:
                     entry = json.loads(line)
-                    self.accepted[str(entry["key"])] = entry
-                except (ValueError, KeyError, TypeError):
+                    key = str(entry["key"])
+                    recorded_for = entry.get("target")
+                except (ValueError, KeyError, TypeError, AttributeError):
                     # A line cut short by a crash: the row's key still protects it at the gateway for 24 h.
                     continue
+                if recorded_for == target:
+                    self.accepted[key] = entry
+                elif recorded_for is None:
+                    self.untargeted[key] = entry
 
     def record(self, result: RowResult) -> None:
         entry = {"key": result.key, "line": result.line, "to": result.to, "reference_id": result.reference_id}
         entry["cost"] = result.cost
+        entry["target"] = self.target
         with self._lock:
             self.accepted[result.key] = entry
             with self.path.open("a") as out:

@@ -24,6 +24,7 @@ from sms_gateway_tools.bulk_send import (
     RowResult,
     Summary,
     progress_path,
+    progress_target,
     read_rows,
     send_rows,
 )
@@ -92,6 +93,7 @@ class GatewayClient:
     """The few 9bits routes the commands use; thread-safe (one httpx.Client shared by the bulk sender's threads)."""
 
     def __init__(self, api_url: str, token: str, *, timeout: float = 30.0, transport: Any = None) -> None:
+        self.target = progress_target(api_url, token)  # whose progress entries are this client's
         self.http = httpx.Client(
             base_url=api_url,
             headers={"Authorization": f"Bearer {token}"},
@@ -345,11 +347,12 @@ def _send_csv(args: argparse.Namespace) -> int:
     except (BulkSendError, UnicodeDecodeError) as error:
         print(f"error: {path}: {error}", file=sys.stderr)
         return CANNOT_RUN
-    progress = ProgressFile(progress_path(path))
     bar = TextProgress(len(rows), sys.stderr, enabled=not args.json)
     balance: dict[str, int] = {}
     try:
         with _open_client(args) as client:
+            progress = ProgressFile(progress_path(path), client.target)
+            _note_untargeted(progress)
             summary = send_rows(
                 rows,
                 sender=args.sender,
@@ -382,6 +385,16 @@ def _send_csv(args: argparse.Namespace) -> int:
         print(f"interrupted: {left} rows not sent; run the same command again to send them", file=sys.stderr)
         return INTERRUPTED
     return REFUSED if summary.of("rejected") else 0
+
+
+def _note_untargeted(progress: ProgressFile) -> None:
+    if progress.untargeted:
+        print(
+            f"note: {len(progress.untargeted)} rows in {progress.path} were recorded by an older version without "
+            "the gateway they went to; they are not counted as accepted: they are sent again under their keys "
+            "(the gateway that accepted them in the last 24 hours answers its first answer and sends nothing)",
+            file=sys.stderr,
+        )
 
 
 def _print_summary(summary: Summary, progress: Path, balance: int | None = None) -> None:
@@ -435,23 +448,30 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reference_ids(args: argparse.Namespace) -> list[str]:
+def _reference_ids(args: argparse.Namespace, target: str) -> list[str]:
+    """The named batches, and those the CSV's progress file records for this gateway and account (and, from
+    files written before targets were recorded, those of unknown target: following them only reads)."""
     ids = list(args.reference_ids)
     if args.csv:
-        accepted = ProgressFile(progress_path(Path(args.csv))).accepted.values()
-        ids += [str(entry["reference_id"]) for entry in accepted if entry.get("reference_id")]
+        progress = ProgressFile(progress_path(Path(args.csv)), target)
+        entries = [*progress.accepted.values(), *progress.untargeted.values()]
+        ids += [str(entry["reference_id"]) for entry in entries if entry.get("reference_id")]
     return list(dict.fromkeys(ids))
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
-    reference_ids = _reference_ids(args)
-    if not reference_ids:
-        print("error: name the batches to follow: tail REFERENCE_ID... or tail --csv FILE", file=sys.stderr)
+    no_batches = "error: name the batches to follow: tail REFERENCE_ID... or tail --csv FILE"
+    if not args.reference_ids and not args.csv:
+        print(no_batches, file=sys.stderr)
         return CANNOT_RUN
     seen: dict[str, str] = {}
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     try:
         with _open_client(args) as client:
+            reference_ids = _reference_ids(args, client.target)
+            if not reference_ids:
+                print(f"{no_batches} (the CSV's progress file records none sent to this gateway)", file=sys.stderr)
+                return CANNOT_RUN
             while True:
                 pending = 0
                 for reference_id in reference_ids:
@@ -513,8 +533,9 @@ def register(subparsers: Any) -> None:
         "Send one message (--to, repeatable), or one message per row of a CSV file (--csv): the CSV needs a "
         "to/msisdn/phone/mobile column, and --message is a template filled from the row's columns ('Hi {name}').\n"
         "Each row is sent under an Idempotency-Key made from its values, the sender and the template; accepted rows "
-        f"are recorded in FILE{'.sent.jsonl'}, so running the same command again sends only the rows not yet "
-        "accepted.\nExit code: 0 all sent, 1 something was rejected, 2 the command could not run.",
+        f"are recorded in FILE{'.sent.jsonl'} with the gateway and account that accepted them, so running the same "
+        "command again (same --api-url and --token) sends only the rows not yet accepted there.\n"
+        "Exit code: 0 all sent, 1 something was rejected, 2 the command could not run.",
     )
     send.add_argument("--from", dest="sender", required=True, help="a sender ID or shortcode of the account")
     send.add_argument("--to", action="append", metavar="NUMBER", help="a recipient (repeatable; not with --csv)")
