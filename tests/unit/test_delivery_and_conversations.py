@@ -424,9 +424,18 @@ class TestReportsTheSweeperAnnounces:
         return change
 
     @staticmethod
-    def sweep(store: InMemoryStore, published: list, at: datetime) -> SweepOutcome:
+    def sweep(
+        store: InMemoryStore, published: list, at: datetime, *, out_of_time=None, by_publish: bool = False
+    ) -> SweepOutcome:
+        """A sweep run at `at` queueing into `published` (each publish's list as one item when `by_publish`)."""
         return sweep_notifications(
-            SweepDependencies(inbox=store, messages=store, publish=published.extend, clock=lambda: at)
+            SweepDependencies(
+                inbox=store,
+                messages=store,
+                publish=published.append if by_publish else published.extend,
+                clock=lambda: at,
+                out_of_time=out_of_time,
+            )
         )
 
     def test_a_report_the_queue_refused_is_announced_by_a_sweep_once_it_is_due(self, store):
@@ -539,14 +548,12 @@ class TestReportsTheSweeperAnnounces:
         self.bulk_unannounced(store, 250)
         # When a sweep runs that is out of time once it has claimed and announced its first page
         publishes: list = []
-        outcome = sweep_notifications(
-            SweepDependencies(
-                inbox=store,
-                messages=store,
-                publish=publishes.append,
-                clock=lambda: NOW + timedelta(minutes=3),
-                out_of_time=lambda: len(publishes) >= SWEEP_LIMIT // 10,
-            ),
+        outcome = self.sweep(
+            store,
+            publishes,
+            NOW + timedelta(minutes=3),
+            out_of_time=lambda: len(publishes) >= SWEEP_LIMIT // 10,
+            by_publish=True,
         )
         # Then it announced one page (SWEEP_LIMIT), ten to a publish (one SendMessageBatch each), and left the rest
         # marked for the next run
@@ -575,14 +582,8 @@ class TestReportsTheSweeperAnnounces:
             assert store.save_inbound(inbound, notify_due=NOW + timedelta(minutes=2))
         # When a sweep runs whose time runs out once it has queued a page of SMS
         published: list = []
-        outcome = sweep_notifications(
-            SweepDependencies(
-                inbox=store,
-                messages=store,
-                publish=published.extend,
-                clock=lambda: NOW + timedelta(minutes=3),
-                out_of_time=lambda: len(published) >= SWEEP_LIMIT,
-            ),
+        outcome = self.sweep(
+            store, published, NOW + timedelta(minutes=3), out_of_time=lambda: len(published) >= SWEEP_LIMIT
         )
         # Then the run announced the reports too ("sends you that report 2 to 4 minutes later"), not SMS alone
         assert outcome.inbound_queued >= SWEEP_LIMIT
