@@ -1800,6 +1800,23 @@ class TestInbound:
         assert self.sweep(store, published, NOW + timedelta(minutes=2)) == SweepOutcome(0, 0)
         assert self.sweep(store, published, NOW + timedelta(minutes=7)) == SweepOutcome(1, 0)
 
+    def test_a_sweep_queues_unqueued_sms_ten_to_a_publish(self, store):
+        # Given 23 inbound SMS a notify queue outage left unqueued
+        for n in range(23):
+            store.save_inbound(_stored_inbound(self.sms(upstream_id=f"in-{n}")), notify_due=NOW)
+        # When a sweep runs
+        publishes: list = []
+        outcome = sweep_notifications(
+            SweepDependencies(
+                inbox=store, messages=store, publish=publishes.append, clock=lambda: NOW + timedelta(minutes=1)
+            )
+        )
+        # Then it queued each once, ten to a publish (one SendMessageBatch), not one SendMessageBatch each
+        assert outcome == SweepOutcome(23, 0)
+        assert [len(batch) for batch in publishes] == [10, 10, 3]
+        assert len({notification["id"] for batch in publishes for notification in batch}) == 23
+        assert self.sweep(store, [], NOW + timedelta(hours=1)) == SweepOutcome(0, 0)
+
 
 @pytest.mark.parametrize(
     ("stored", "counts", "expected"),

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sms_gateway.domain.models import Message, StatusChange, StoredInbound
-from sms_gateway.logic.inbound import queue_inbound_notification
+from sms_gateway.logic.inbound import inbound_notification
 from sms_gateway.logic.notify import notifications_of
 from sms_gateway.observability import logger
 from sms_gateway.ports import InboxStore, MessageStore
@@ -69,9 +69,7 @@ def sweep_notifications(deps: SweepDependencies, *, limit: int = SWEEP_LIMIT) ->
         [
             (
                 lambda now, until: deps.inbox.claim_inbound_notifications(now=now, until=until, limit=limit),
-                lambda claimed: _queue_each(
-                    claimed, lambda inbound: _queue_inbound(inbound, deps), "inbound notification"
-                ),
+                lambda claimed: _queue_inbound(claimed, deps),
             ),
             (
                 lambda now, until: deps.messages.claim_unannounced_reports(now=now, until=until, limit=limit),
@@ -122,7 +120,8 @@ def _pages_in_turn(kinds: Sequence[tuple[_Claim, _Queue]], deps: SweepDependenci
 
 
 def _queue_each(claimed: Sequence[_Item], queue: Callable[[_Item], None], kind: str) -> tuple[int, int]:
-    """Queues each claimed item (one failure does not stop the others); how many were queued, how many failed."""
+    """Does `queue` to each claimed item (one failure does not stop the others); how many were done, how many
+    failed."""
     queued = failed = 0
     for item in claimed:
         try:
@@ -135,8 +134,44 @@ def _queue_each(claimed: Sequence[_Item], queue: Callable[[_Item], None], kind: 
     return queued, failed
 
 
-def _queue_inbound(inbound: StoredInbound, deps: SweepDependencies) -> None:
-    queue_inbound_notification(inbound, deps.inbox, lambda notification: deps.publish([notification]))
+def _publish_then_clear(
+    claimed: Sequence[_Item],
+    notifications_of_batch: Callable[[Sequence[_Item]], list[dict[str, Any]]],
+    clear: Callable[[_Item], None],
+    deps: SweepDependencies,
+    kind: str,
+) -> tuple[int, int]:
+    """Publishes the claimed items' notifications PUBLISH_BATCH to a publish (one SendMessageBatch; until 2026-12-06
+    inbound SMS went one to a call, ten times the requests and time of a backlog), then clears each one's mark; how
+    many were queued, how many failed (a refused batch fails its items, and the others go on)."""
+    queued = failed = 0
+    for start in range(0, len(claimed), PUBLISH_BATCH):
+        batch = claimed[start : start + PUBLISH_BATCH]
+        try:
+            deps.publish(notifications_of_batch(batch))
+        except Exception:
+            failed += len(batch)
+            logger.exception("notifications not queued by the sweep; a later run retries them", extra={"kind": kind})
+            continue
+        done, not_done = _queue_each(batch, clear, kind)
+        queued, failed = queued + done, failed + not_done
+    return queued, failed
+
+
+def _queue_inbound(claimed: Sequence[StoredInbound], deps: SweepDependencies) -> tuple[int, int]:
+    """Queues the claimed inbound SMS's notifications under their own webhook ids, then clears their not-queued
+    marks (a run that dies first queues them again, under the same ids)."""
+    return _publish_then_clear(
+        claimed,
+        lambda batch: [inbound_notification(inbound) for inbound in batch],
+        lambda inbound: _inbound_cleared(inbound, deps),
+        deps,
+        "inbound notification",
+    )
+
+
+def _inbound_cleared(inbound: StoredInbound, deps: SweepDependencies) -> None:
+    deps.inbox.inbound_notified(inbound)
     logger.warning(
         "inbound SMS queued for the client by the sweep: its callback did not queue it",
         extra={"inbound_id": inbound.inbound_id, "account_id": inbound.account_id},
@@ -144,24 +179,15 @@ def _queue_inbound(inbound: StoredInbound, deps: SweepDependencies) -> None:
 
 
 def _announce_reports(claimed: Sequence[Message], deps: SweepDependencies) -> tuple[int, int]:
-    """Announces the claimed reports PUBLISH_BATCH to a publish, then clears their marks; how many were announced,
-    how many failed (a refused batch fails its reports, and the others go on)."""
-    queued = failed = 0
-    for start in range(0, len(claimed), PUBLISH_BATCH):
-        batch = claimed[start : start + PUBLISH_BATCH]
-        try:
-            # The settle check's notifications (logic/settle.py, `unannounced`): the same webhook ids, so the client
-            # keeps one of each.
-            deps.publish(notifications_of([StatusChange(message=message, changed=True) for message in batch]))
-        except Exception:
-            failed += len(batch)
-            logger.exception(
-                "delivery reports not queued by the sweep; a later run retries them", extra={"reports": len(batch)}
-            )
-            continue
-        done, not_done = _queue_each(batch, lambda message: _cleared(message, deps), "delivery report")
-        queued, failed = queued + done, failed + not_done
-    return queued, failed
+    """Announces the claimed reports as the settle check would (logic/settle.py, `unannounced`: the same webhook
+    ids, so the client keeps one of each), then clears their marks."""
+    return _publish_then_clear(
+        claimed,
+        lambda batch: notifications_of([StatusChange(message=message, changed=True) for message in batch]),
+        lambda message: _cleared(message, deps),
+        deps,
+        "delivery report",
+    )
 
 
 def _cleared(message: Message, deps: SweepDependencies) -> None:
