@@ -482,6 +482,44 @@ def test_an_inbound_sms_whose_notification_the_queue_refused_reaches_the_client_
     assert queued_notifications(aws) == []
 
 
+def test_a_sweeper_run_out_of_time_does_not_retry_a_publish_the_notify_queue_leaves_unanswered(
+    aws, account, monkeypatch
+):
+    from botocore.exceptions import ReadTimeoutError
+
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic.sweep import SweepIncomplete
+    from tests.conftest import ShortOfTime
+
+    # Given an inbound SMS its callback could not queue
+    refusing_notify_queue(monkeypatch, 1)
+    with pytest.raises(RuntimeError, match="SQS"):
+        load_function("webhook").handler(signed_inbound("Table for two", "sim-late-sweep"), FakeContext())
+    # And a notify queue that no longer answers (botocore's back-off sleeps skipped)
+    monkeypatch.setattr("botocore.endpoint.time.sleep", lambda seconds: None)
+    sqs, sent = gateway().notify_queue.client, []
+
+    def no_answer(request: Any, **_: Any) -> None:
+        sent.append(request.url)
+        raise ReadTimeoutError(endpoint_url=request.url)
+
+    sqs.meta.events.register_first("before-send.sqs.SendMessageBatch", no_answer)
+    try:
+        # When the sweeper runs with less than its reserve left (its first page is taken however late it is)
+        from sms_gateway import sweeps
+
+        monkeypatch.setattr(sweeps, "utc_now", lambda: datetime.now(UTC) + timedelta(minutes=3))
+        with pytest.raises(SweepIncomplete):
+            load_function("sweeper").handler({"detail-type": "Scheduled Event", "detail": {}}, ShortOfTime(10_000))
+    finally:
+        sqs.meta.events.unregister("before-send.sqs.SendMessageBatch", no_answer)
+    # Then the publish was tried once, not five times with back-offs (about a minute: the function's whole Timeout)
+    assert len(sent) == 1
+    # And the SMS stays marked for a run after its claim
+    assert "sweep_at" in raw_inbound(account["account_id"])
+    assert sweeper_runs(monkeypatch, 9) == {"inbound_queued": 1, "reports_queued": 0}
+
+
 def test_an_inbound_sms_queued_by_its_callback_costs_one_write_more_and_is_never_swept(aws, account, monkeypatch):
     # Given an inbound SMS whose callback queued its notification
     answer = load_function("webhook").handler(signed_inbound("Hello", "sim-queued"), FakeContext())
