@@ -33,8 +33,8 @@ def record(params, model, **_):
     started = time.process_time()
     recorded.append((model.service_model.service_name, model.name, pickle.dumps(params)))
     recording_cpu[0] += time.process_time() - started
-def recording_client(service):
-    made = make_client(service)
+def recording_client(service, **options):
+    made = make_client(service, **options)
     if id(made) not in hooked:
         hooked.add(id(made))
         made.meta.events.register("provide-client-params.*.*", record)

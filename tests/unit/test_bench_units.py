@@ -80,3 +80,23 @@ def test_the_request_count_flow_takes_every_message_to_the_clients_webhook(sends
     # run_flow raises unless the client's webhook got every message's reports; the dispatcher was invoked for them
     assert flow.stages["dispatch"].invocations
     assert flow.stages["dispatch"].calls
+
+
+def test_the_cold_start_harness_records_every_client_the_gateway_makes(monkeypatch):
+    # The cold-start benchmark replaces the gateway's client factory in the measured process to record its requests
+    # (bench/first_invocation.py). Until 2026-12-06 its replacement took no `prompt`, so every client asked for with
+    # it failed: the api's first invocation answered 503 and the benchmark did not run.
+    from bench.first_invocation import INVOKE_SCRIPT
+    from sms_gateway.adapters import aws
+
+    prefix, _ = INVOKE_SCRIPT.split("aws.client = recording_client")
+    namespace: dict = {}
+    exec(prefix, namespace)
+    recording_client = namespace["recording_client"]
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    aws.reset_clients()
+    try:
+        for options in ({}, {"prompt": True}):
+            assert recording_client("sqs", **options) is aws.client("sqs", **options)
+    finally:
+        aws.reset_clients()
