@@ -764,7 +764,6 @@ def test_the_delivery_report_status_filter_pages_through_matches_only(aws, accou
     assert len(call(api, account["token"], "GET", path)[1]["data"]) == 5
 
 
-@pytest.mark.xfail(strict=True, reason="review: a status-filtered page of a small batch comes back empty")
 def test_a_status_filtered_page_of_an_ordinary_batch_holds_its_match_not_an_empty_page(aws, account, api):
     from sms_gateway.bootstrap import gateway
     from sms_gateway.domain.models import utc_now

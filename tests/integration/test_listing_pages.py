@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
+from sms_gateway.adapters import dynamodb
 from sms_gateway.adapters.cursors import read_page
 from sms_gateway.adapters.dynamodb import DynamoStore, messages_pk
 from sms_gateway.domain.groups import Group
-from sms_gateway.domain.ids import new_id
+from sms_gateway.domain.ids import MESSAGES_PER_BATCH, new_id
 from sms_gateway.domain.models import StoredInbound, iso
 from sms_gateway.ports import WebhookFailure
 from tests.integration.conftest import moto_table
@@ -135,6 +136,22 @@ def test_a_filter_that_runs_out_of_reads_answers_a_short_page_with_a_cursor() ->
         query_of(list(range(100))), {}, 5, load=lambda items: [], key_of=lambda n: {"n": n}, rounds=3
     )
     assert page == [] and cursor == {"n": 17}  # three reads of six
+
+
+def test_a_status_filter_reads_a_whole_batch_within_its_rounds_so_no_page_is_empty_with_a_cursor() -> None:
+    # Given the largest batch, whose only match is its last message, read one match per page from its start
+    batch = query_of(list(range(MESSAGES_PER_BATCH)))
+    last = MESSAGES_PER_BATCH - 1
+    bounds = {"rounds": dynamodb._MAX_FILTER_ROUNDS, "read_size": dynamodb._FILTER_READ_SIZE}
+
+    def only(wanted: int | None) -> Callable[[list[dict[str, Any]]], list[int]]:
+        return lambda items: [n for n in numbers(items) if n == wanted]
+
+    # Then the page holds the match and is the last one; with no match at all, the page is empty and the last one
+    # (reads of page_size + 1 a round stopped at 20 messages: an empty page with a cursor, and a client that stops
+    # at an empty page missed the match)
+    assert read_page(batch, {}, 1, load=only(last), key_of=lambda n: {"n": n}, **bounds) == ([last], None)
+    assert read_page(batch, {}, 1, load=only(None), key_of=lambda n: {"n": n}, **bounds) == ([], None)
 
 
 # ------------------------------------------------------------------------------------------- each listing

@@ -56,7 +56,7 @@ from sms_gateway.adapters.dynamodb_transactions import (
     transact,
     transact_until_decided,
 )
-from sms_gateway.domain.ids import batch_ids_around
+from sms_gateway.domain.ids import MESSAGES_PER_BATCH, batch_ids_around
 from sms_gateway.domain.models import (
     Account,
     Batch,
@@ -88,6 +88,10 @@ BATCH_GET_SIZE = 100
 MAX_PARTITION_KEY_BYTES = 2048
 _MAX_UNPROCESSED_ROUNDS = 8
 _MAX_FILTER_ROUNDS = 10
+# A status filter runs in DynamoDB after a batch's messages are read: each round reads at least this many, so the
+# rounds a page may take read past the end of any batch (1000 messages) and a filtered page comes back short only
+# at the batch's end, never empty with a cursor to follow (page_size + 1 a round read 20 of a batch of 30 at size 1).
+_FILTER_READ_SIZE = MESSAGES_PER_BATCH // _MAX_FILTER_ROUNDS + 1
 # Messages moved and refunded in one TransactWriteItems (its limit is 100 items; one more is the account's).
 REFUND_CHUNK = 99
 
@@ -712,13 +716,13 @@ class DynamoStore(
             query["ExclusiveStartKey"] = decode_cursor(
                 cursor, pk=messages_pk(account_id, reference_id), sk_form=MESSAGE_SK
             )
-        rounds = 1
+        rounds, read_size = 1, 0
         if status is not None:
             # DynamoDB applies Limit before the filter: a page is filled by reading on, bounded in reads.
             query["FilterExpression"] = "#status = :status"
             query["ExpressionAttributeNames"] = {"#status": "status"}
             query["ExpressionAttributeValues"][":status"] = {"S": str(status)}
-            rounds = _MAX_FILTER_ROUNDS
+            rounds, read_size = _MAX_FILTER_ROUNDS, _FILTER_READ_SIZE
         messages, last = read_page(
             self.client.query,
             query,
@@ -726,6 +730,7 @@ class DynamoStore(
             load=lambda items: [message_from_item(self._codec, item) for item in items],
             key_of=lambda message: _key_of(message.key),
             rounds=rounds,
+            read_size=read_size,
         )
         return messages, encode_cursor(last)
 
