@@ -225,7 +225,6 @@ class TestFigures:
         assert len(hours) == 6
         assert [point.delivered for point in hours] == [0, 0, 1, 0, 0, 0]
 
-    @pytest.mark.xfail(strict=True, reason="review: hourly periods across a DST change drop the current hour")
     def test_hourly_points_across_a_clock_change_end_at_the_current_hour_and_count_each_message_once(
         self, store, account
     ):
@@ -245,6 +244,26 @@ class TestFigures:
         # was counted on both 01:00 points (the second 01:00 merges with the first: same wall clock, same zone)
         assert hours[-1].label == "2026-10-25 12:00"
         assert sum(point.delivered for point in hours) == 2
+        # And the repeated hour is drawn twice, as the clock showed it: 24 points for the 24 hours
+        assert len(hours) == 24
+        assert [point.label for point in hours].count("2026-10-25 01:00") == 2
+        assert [point.delivered for point in hours if point.label == "2026-10-25 01:00"] == [1, 0]
+
+    def test_hourly_points_across_a_skipped_hour_end_at_the_current_hour_not_one_after(self, store, account):
+        from zoneinfo import ZoneInfo
+
+        # Given an account in Europe/London on the day its clocks go forward (01:00 UTC, 29 March 2026), at 13:30
+        zone = ZoneInfo("Europe/London")
+        now = datetime(2026, 3, 29, 12, 30, tzinfo=UTC)
+        add_batch(store, account.account_id, now - timedelta(minutes=10), {AIRTEL: S.DELIVERED})
+        window = history.read_window(store, store, account.account_id, since=now - timedelta(hours=23), until=now)
+        # When the last 24 hours are drawn per hour
+        hours = history.delivery_over_time(window, zone, now=now, hourly=True)
+        # Then the chart has the 24 hours the clock showed, 01:00 (skipped) not among them, and ends with the
+        # current hour (13:00 BST), its message on it: a wall-clock count of 25 hours drew an hour still to come
+        labels = [point.label for point in hours]
+        assert len(hours) == 24 and "2026-03-29 01:00" not in labels
+        assert labels[-1] == "2026-03-29 13:00" and hours[-1].delivered == 1
 
     def test_credit_usage_per_day_is_charged_less_refunded(self, store, account):
         add_batch(store, account.account_id, NOW - timedelta(days=1), {MTN: S.DELIVERED, AIRTEL: S.FAILED}, price=3)

@@ -292,28 +292,30 @@ def delivery_over_time(window: Window, zone: tzinfo, *, now: datetime, hourly: b
     first = window.since or min(counts, default=now)
     label_format = "%Y-%m-%d %H:00" if hourly else "%Y-%m-%d"
     return [
-        DeliveryPoint(label=start.strftime(label_format), counts=dict(counts.get(start, {})))
+        DeliveryPoint(label=start.astimezone(zone).strftime(label_format), counts=dict(counts.get(start, {})))
         for start in _periods(
-            _period_start(first, zone, hourly), _period_start(window.until or now, zone, hourly), hourly
+            _period_start(first, zone, hourly), _period_start(window.until or now, zone, hourly), zone, hourly
         )
     ]
 
 
 def _period_start(moment: datetime, zone: tzinfo, hourly: bool) -> datetime:
+    """The start of the period holding `moment`: a local date in `zone`, or a local hour kept in UTC. Two local
+    times of one zone compare by wall clock (fold ignored), so the hour a clock change repeats would merge with its
+    first pass, and a difference across a change would be off by the hour; UTC instants are neither."""
     local = moment.astimezone(zone)
     if hourly:
-        return local.replace(minute=0, second=0, microsecond=0)
+        return local.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
     return datetime.combine(local.date(), time(), zone)
 
 
-def _periods(first: datetime, last: datetime, hourly: bool) -> list[datetime]:
-    zone = first.tzinfo
+def _periods(first: datetime, last: datetime, zone: tzinfo, hourly: bool) -> list[datetime]:
     if not hourly:
         days = (last.date() - first.date()).days
         return [datetime.combine(first.date() + timedelta(days=n), time(), zone) for n in range(days + 1)]
     # Stepped in UTC, so a daylight-saving change neither skips nor repeats an hour.
     hours = int((last - first) / timedelta(hours=1))
-    return [(first.astimezone(UTC) + timedelta(hours=n)).astimezone(zone) for n in range(hours + 1)]
+    return [first + timedelta(hours=n) for n in range(hours + 1)]
 
 
 def delivery_by_network(window: Window) -> list[DeliveryPoint]:
