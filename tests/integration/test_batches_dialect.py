@@ -197,11 +197,6 @@ def test_the_group_list_reads_what_a_create_or_delete_just_wrote(aws, account, a
     assert listing and all(r.get("ConsistentRead") is True for r in listing)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: DELETE /ng/v1/groups/{id} answers the id as typed in the path (GRP_0<digits>), not the id of "
-    "the group it deleted, which GET and every other answer give (grp_<digits>)",
-)
 def test_a_group_deleted_by_another_spelling_of_its_id_is_answered_with_its_id(aws, account, api):
     token = account["token"]
     group_id = create_group(api, token, [AIRTEL])

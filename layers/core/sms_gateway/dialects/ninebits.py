@@ -607,5 +607,5 @@ def _change_members(group_id: str, change_members: Any, message: str, counts: tu
 @router.delete("/ng/v1/groups/<group_id>")
 def delete_group(group_id: str) -> Response[Any]:
     account = _caller()
-    groups.delete_group(gateway().store, account.account_id, group_id)
-    return json_response(200, {"status_code": 200, "message": "group deleted", "group_id": group_id})
+    deleted = groups.delete_group(gateway().store, account.account_id, group_id)
+    return json_response(200, {"status_code": 200, "message": "group deleted", "group_id": deleted})

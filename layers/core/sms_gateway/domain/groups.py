@@ -34,6 +34,11 @@ class GroupSummary(Record):
     updated_at: str
 
 
+def group_id_of(number: int) -> str:
+    """The canonical id of group `number`: what every answer names it by, however the caller spelled it."""
+    return f"{GROUP_ID_PREFIX}{number}"
+
+
 def group_number(group_id: str) -> int | None:
     """The numeric part of `grp_<digits>`, or None when the text is not a well-formed group id."""
     text = group_id.strip().lower()

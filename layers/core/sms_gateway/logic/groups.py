@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sms_gateway.domain.groups import GROUP_ID_PREFIX, Group, GroupSummary, group_number
+from sms_gateway.domain.groups import GROUP_ID_PREFIX, Group, GroupSummary, group_id_of, group_number
 from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.models import iso
 from sms_gateway.errors import Conflict, InvalidRecipient, InvalidRequest, NotFound
@@ -80,7 +80,7 @@ def create_group(
     _require_within_cap(len(recipients))
     created_at = iso(now)
     group = Group(
-        group_id=f"{GROUP_ID_PREFIX}{number}" if number is not None else new_group_id(),
+        group_id=group_id_of(number) if number is not None else new_group_id(),
         account_id=account_id,
         name=_name(name),
         members=tuple(sorted(r.msisdn for r in recipients)),
@@ -110,10 +110,12 @@ def list_groups(
     return store.list_groups(account_id, limit=limit, cursor=cursor)
 
 
-def delete_group(store: GroupStore, account_id: str, group_id: str) -> None:
+def delete_group(store: GroupStore, account_id: str, group_id: str) -> str:
+    """Deletes the group; returns its id as the gateway writes it (`grp_<number>`), whichever spelling named it."""
     number = group_number(group_id)
     if number is None or not store.delete_group(account_id, number):
         raise NotFound(f"no group with group_id {group_id!r}")
+    return group_id_of(number)
 
 
 def add_members(
