@@ -171,11 +171,6 @@ def test_a_page_of_groups_holds_page_size_groups_however_big_they_are(aws, accou
     assert ([g["group_id"] for g in page["data"]], page["next"]) == (made, None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: GET /ng/v1/groups queries without ConsistentRead: a group just created (201) may be missing "
-    "from the list, and one just deleted still listed (its read then 404), unlike a group read, the inbox or messages",
-)
 def test_the_group_list_reads_what_a_create_or_delete_just_wrote(aws, account, api, monkeypatch):
     from sms_gateway.bootstrap import gateway
 

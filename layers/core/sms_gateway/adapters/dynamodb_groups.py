@@ -83,6 +83,8 @@ class DynamoGroupStore:
             "ExpressionAttributeValues": {":pk": {"S": _account_pk(account_id)}, ":prefix": {"S": GROUP_SK_PREFIX}},
             "ExpressionAttributeNames": {"#name": "name"},
             "ProjectionExpression": ", ".join(_SUMMARY_ATTRIBUTES),
+            # A group created or deleted a moment ago is listed or gone, as reading it by id already shows.
+            "ConsistentRead": True,
         }
         if cursor:
             query["ExclusiveStartKey"] = decode_cursor(cursor, pk=_account_pk(account_id), sk_form=GROUP_SK)
