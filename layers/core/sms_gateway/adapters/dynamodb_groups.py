@@ -1,19 +1,30 @@
-"""DynamoDB adapter for recipient groups: one item per group, its members a string set in the item.
+"""DynamoDB adapter for recipient groups: a summary item the group list reads, and a members item beside it.
 
-group  pk=ACC#<account_id>  sk=GROUP#<group number, 19 digits>  members (SS of E.164), member_count, version
+group    pk=ACC#<account_id>  sk=GROUP#<group number, 19 digits>          name, member_count, version, timestamps
+members  pk=ACC#<account_id>  sk=GROUP_MEMBERS#<group number, 19 digits>  members (SS of E.164), version
+
+The list's `begins_with(sk, "GROUP#")` does not match `GROUP_MEMBERS#`: a page of groups reads their summaries only
+(with the members in the summary item, DynamoDB's 1 MB per Query cut a page of big groups short). Both items are
+written in one transaction, conditional on the summary's version; a group is read with both in one TransactGetItems,
+so a read never pairs a summary with the members of another version. A group stored before 2026-12-06 has its
+members in the summary item and no members item: it reads from there, and its first member change moves them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key, read_page
+from sms_gateway.adapters.dynamodb_transactions import transact_until_decided
 from sms_gateway.domain.groups import Group, GroupSummary, group_number
 
 GROUP_SK_PREFIX = "GROUP#"
 GROUP_SK = id_sort_key(GROUP_SK_PREFIX)
-# Lists leave the members out: a page of groups stays small however big the groups are.
+MEMBERS_SK_PREFIX = "GROUP_MEMBERS#"
+# Lists leave the members out: a page of groups stays small however big the groups are (a summary stored before the
+# members item existed still holds them; the projection leaves them unsent, though the Query reads them).
 _SUMMARY_ATTRIBUTES = ("group_id", "account_id", "#name", "member_count", "created_at", "updated_at")
 
 
@@ -26,8 +37,16 @@ def group_sk(group_number: int) -> str:
     return f"{GROUP_SK_PREFIX}{group_number:019d}"
 
 
+def members_sk(group_number: int) -> str:
+    return f"{MEMBERS_SK_PREFIX}{group_number:019d}"
+
+
 def _group_key(account_id: str, group_number: int) -> dict[str, Any]:
     return {"pk": {"S": _account_pk(account_id)}, "sk": {"S": group_sk(group_number)}}
+
+
+def _members_key(account_id: str, group_number: int) -> dict[str, Any]:
+    return {"pk": {"S": _account_pk(account_id)}, "sk": {"S": members_sk(group_number)}}
 
 
 def _listed_group_key(account_id: str, group: GroupSummary) -> dict[str, Any]:
@@ -35,6 +54,20 @@ def _listed_group_key(account_id: str, group: GroupSummary) -> dict[str, Any]:
     if number is None:  # a stored group's id is always one this store made
         raise ValueError(f"stored group has a malformed id {group.group_id!r}")
     return _group_key(account_id, number)
+
+
+@dataclass(frozen=True)
+class _MemberChange:
+    """One membership change: `ADD` or `DELETE` of `members`, conditional on the group being at `expected_version`;
+    `count` is the member count after it."""
+
+    action: str
+    account_id: str
+    number: int
+    members: frozenset[str]
+    expected_version: int
+    count: int
+    now: str
 
 
 class DynamoGroupStore:
@@ -45,33 +78,46 @@ class DynamoGroupStore:
     _codec: Any
 
     def create_group(self, group: Group) -> bool:
-        item: dict[str, Any] = {
+        number = _group_number(group.group_id)
+        summary: dict[str, Any] = {
             "pk": _account_pk(group.account_id),
-            "sk": group_sk(_group_number(group.group_id)),
+            "sk": group_sk(number),
             **group.model_dump(mode="json", exclude={"members"}),
             "member_count": group.member_count,
         }
-        # DynamoDB has no empty sets: a group without members simply has no `members` attribute.
-        if group.members:
-            item["members"] = set(group.members)
-        try:
-            self.client.put_item(
-                TableName=self.table_name,
-                Item=self._codec.dump(item),
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-        except self.client.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
+        writes = [
+            {
+                "Put": {
+                    "TableName": self.table_name,
+                    "Item": self._codec.dump(summary),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            },
+            self._put_members(group.account_id, number, group.members, group.version),
+        ]
+        return transact_until_decided(self.client, writes)[0] is None
+
+    def _put_members(self, account_id: str, number: int, members: Sequence[str], version: int) -> dict[str, Any]:
+        item: dict[str, Any] = {"pk": _account_pk(account_id), "sk": members_sk(number), "version": version}
+        # DynamoDB has no empty sets: a group without members has a members item without `members`.
+        if members:
+            item["members"] = set(members)
+        return {"Put": {"TableName": self.table_name, "Item": self._codec.dump(item)}}
 
     def get_group(self, account_id: str, group_number: int) -> Group | None:
-        found = self.client.get_item(
-            TableName=self.table_name, Key=_group_key(account_id, group_number), ConsistentRead=True
-        ).get("Item")
-        if not found:
+        found = self.client.transact_get_items(
+            TransactItems=[
+                {"Get": {"TableName": self.table_name, "Key": _group_key(account_id, group_number)}},
+                {"Get": {"TableName": self.table_name, "Key": _members_key(account_id, group_number)}},
+            ]
+        )["Responses"]
+        summary, members = (answer.get("Item") for answer in found)
+        if not summary:
             return None
-        values = self._codec.load(found)
-        values["members"] = tuple(sorted(values.get("members", ())))
+        values = self._codec.load(summary)
+        # The members item when there is one; a group stored before it existed keeps them in its summary.
+        held = self._codec.load(members) if members else values
+        values["members"] = tuple(sorted(held.get("members", ())))
         return Group.model_validate(values)
 
     def list_groups(
@@ -108,7 +154,7 @@ class DynamoGroupStore:
         now: str,
     ) -> bool:
         return self._change_members(
-            "ADD", account_id, group_number, members, expected_version=expected_version, count=member_count, now=now
+            _MemberChange("ADD", account_id, group_number, frozenset(members), expected_version, member_count, now)
         )
 
     def remove_group_members(
@@ -122,52 +168,75 @@ class DynamoGroupStore:
         now: str,
     ) -> bool:
         return self._change_members(
-            "DELETE", account_id, group_number, members, expected_version=expected_version, count=member_count, now=now
+            _MemberChange("DELETE", account_id, group_number, frozenset(members), expected_version, member_count, now)
         )
 
-    def _change_members(
-        self,
-        action: str,
-        account_id: str,
-        group_number: int,
-        members: Sequence[str],
-        *,
-        expected_version: int,
-        count: int,
-        now: str,
-    ) -> bool:
-        if not members:
+    def _change_members(self, change: _MemberChange) -> bool:
+        if not change.members:
             return True
-        try:
-            self.client.update_item(
-                TableName=self.table_name,
-                Key=_group_key(account_id, group_number),
-                UpdateExpression=(
-                    f"{action} members :members SET member_count = :count, version = :next, updated_at = :now"
-                ),
-                ConditionExpression="attribute_exists(pk) AND version = :expected",
-                ExpressionAttributeValues={
-                    ":members": {"SS": sorted(set(members))},
-                    ":count": {"N": str(count)},
-                    ":next": {"N": str(expected_version + 1)},
-                    ":expected": {"N": str(expected_version)},
-                    ":now": {"S": now},
+        # The summary's version decides; a summary still holding members (stored before the members item existed)
+        # refuses this write too, and the change then moves them (_move_members).
+        moved = {
+            "Update": {
+                "TableName": self.table_name,
+                "Key": _members_key(change.account_id, change.number),
+                "UpdateExpression": f"{change.action} members :members SET version = :next",
+                "ExpressionAttributeValues": {
+                    ":members": {"SS": sorted(change.members)},
+                    ":next": {"N": str(change.expected_version + 1)},
                 },
-            )
-        except self.client.exceptions.ConditionalCheckFailedException:
+            }
+        }
+        writes = [self._summary_change(change, condition="attribute_not_exists(members)"), moved]
+        if transact_until_decided(self.client, writes)[0] is None:
+            return True
+        return self._move_members(change)
+
+    def _summary_change(self, change: _MemberChange, *, condition: str) -> dict[str, Any]:
+        return {
+            "Update": {
+                "TableName": self.table_name,
+                "Key": _group_key(change.account_id, change.number),
+                "UpdateExpression": "REMOVE members SET member_count = :count, version = :next, updated_at = :now",
+                "ConditionExpression": f"attribute_exists(pk) AND version = :expected AND {condition}",
+                "ExpressionAttributeValues": {
+                    ":count": {"N": str(change.count)},
+                    ":next": {"N": str(change.expected_version + 1)},
+                    ":expected": {"N": str(change.expected_version)},
+                    ":now": {"S": change.now},
+                },
+            }
+        }
+
+    def _move_members(self, change: _MemberChange) -> bool:
+        """A change to a group whose summary holds its members: the members as changed go to the members item and
+        leave the summary, in one transaction on the version read. False when the group went or changed."""
+        found = self.client.get_item(
+            TableName=self.table_name, Key=_group_key(change.account_id, change.number), ConsistentRead=True
+        ).get("Item")
+        stored = self._codec.load(found) if found else {}
+        if stored.get("version") != change.expected_version or "members" not in stored:
             return False
-        return True
+        held = set(stored["members"])
+        changed = held | change.members if change.action == "ADD" else held - change.members
+        writes = [
+            self._summary_change(change, condition="attribute_exists(members)"),
+            self._put_members(change.account_id, change.number, sorted(changed), change.expected_version + 1),
+        ]
+        return transact_until_decided(self.client, writes)[0] is None
 
     def delete_group(self, account_id: str, group_number: int) -> bool:
-        try:
-            self.client.delete_item(
-                TableName=self.table_name,
-                Key=_group_key(account_id, group_number),
-                ConditionExpression="attribute_exists(pk)",
-            )
-        except self.client.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
+        writes = [
+            {
+                "Delete": {
+                    "TableName": self.table_name,
+                    "Key": _group_key(account_id, group_number),
+                    "ConditionExpression": "attribute_exists(pk)",
+                }
+            },
+            {"Delete": {"TableName": self.table_name, "Key": _members_key(account_id, group_number)}},
+        ]
+        return transact_until_decided(self.client, writes)[0] is None
 
 
 def _group_number(group_id: str) -> int:

@@ -13,7 +13,8 @@ from sms_gateway.errors import Conflict, InvalidRecipient, InvalidRequest, NotFo
 from sms_gateway.logic.send import Rejection, normalise_recipients
 from sms_gateway.ports import GroupStore
 
-# Members live in the group item as a string set: 10,000 E.164 numbers are about 170 KB of the 400 KB an item may hold.
+# Members live in an item of their own as a string set: 10,000 E.164 numbers are about 170 KB of the 400 KB an item
+# may hold (adapters/dynamodb_groups.py; the summary the group list reads is another item).
 MAX_GROUP_MEMBERS = 10_000
 MAX_NAME_LENGTH = 100
 # A membership change is a conditional write on the group's version; a race with another change retries.
@@ -190,7 +191,8 @@ def _number(group: Group) -> int:
 def expand(store: GroupStore, account_id: str, entries: Sequence[str], *, most: int | None = None) -> Expansion:
     """Group ids in `to` replaced by their members, in the order given; each group is read once. With `most`, no
     further group is read once those read have more than `most` distinct members (the request is refused then
-    anyway: a send's 1000 group ids of 10,000 members would be ~43,000 read units and 10 million numbers)."""
+    anyway: a send's 1000 group ids of 10,000 members would be ~86,000 read units, each group's two items read in one
+    transaction, and 10 million numbers)."""
     numbers: list[str] = []
     unknown: list[str] = []
     members: set[str] = set()
