@@ -1038,11 +1038,10 @@ def conflicting_admin_writes(monkeypatch: pytest.MonkeyPatch, times: int) -> Non
 
 @pytest.mark.xfail(
     strict=True,
-    reason="review: a revoke that meets a transaction conflict says the credential does not exist; the token stays valid",
+    reason="review: a revoke that meets a transaction conflict says the credential does not exist; "
+    "the token stays valid",
 )
-def test_a_revoke_that_meets_a_concurrent_send_revokes_the_token_or_says_to_try_again(
-    cli, account, send, monkeypatch
-):
+def test_a_revoke_that_meets_a_concurrent_send_revokes_the_token_or_says_to_try_again(cli, account, send, monkeypatch):
     # Given a leaked token of an account that is sending: DynamoDB cancels the revoke's transaction once on a
     # conflict with a send's write of the account item (no condition failed)
     prefix = account["token"][:8]

@@ -375,7 +375,9 @@ def test_a_csv_dry_run_the_balance_does_not_cover_says_so_in_its_exit_code(
         return httpx.Response(200, json={"status_code": 200, **quote})
 
     monkeypatch.setattr(
-        client_commands, "_open_client", lambda args: GatewayClient("http://gw", "t", transport=httpx.MockTransport(handler))
+        client_commands,
+        "_open_client",
+        lambda args: GatewayClient("http://gw", "t", transport=httpx.MockTransport(handler)),
     )
     csv_file = tmp_path / "customers.csv"
     csv_file.write_text("to,name\n2348020000000,Ada\n2348030000000,Bola\n")
@@ -411,7 +413,19 @@ def test_a_progress_file_that_cannot_be_written_is_an_error_not_a_claim_that_row
     from sms_gateway_tools import cli
 
     code = cli.main(
-        ["send", "--csv", str(csv_file), "--from", "48974", "--message", "Hi {name}", "--api-url", "http://gw", "--token", "t"]
+        [
+            "send",
+            "--csv",
+            str(csv_file),
+            "--from",
+            "48974",
+            "--message",
+            "Hi {name}",
+            "--api-url",
+            "http://gw",
+            "--token",
+            "t",
+        ]
     )
     captured = capsys.readouterr()
     # Then the rows went out, and the run says it could not record them (a rerun after 24 hours, when the gateway has
