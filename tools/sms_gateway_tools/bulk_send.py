@@ -75,13 +75,26 @@ def render(template: str, fields: dict[str, str]) -> str:
         raise RowRejected(f"the template cannot be filled from this row: {error}") from error
 
 
-def row_key(sender: str, template: str, fields: dict[str, str]) -> str:
-    """The row's Idempotency-Key, from what is sent and not from where the row sits in the file.
+def row_key(sender: str, template: str, to: str, fields: dict[str, str]) -> str:
+    """The row's Idempotency-Key, from what the row sends: the sender, the number, the template and the values of
+    the columns the template uses. Not from where the row sits in the file, nor from the columns it does not use.
 
-    A rerun of the same file (also after rows were fixed, added, removed or reordered) sends an accepted
-    row under the same key, so the gateway answers its first answer instead of sending it again.
+    A rerun of the same file (also after rows were fixed, added, removed or reordered, or a column was added or
+    changed that the message does not use) sends an accepted row under the same key, so the gateway answers its
+    first answer instead of sending it again; two rows that would send the same message have the same key.
     """
-    canonical = json.dumps([sender, template, sorted(fields.items())], ensure_ascii=False, separators=(",", ":"))
+    used = [[name, fields.get(name, "")] for name in sorted(template_fields(template))]
+    return _hashed_key([sender, to, template, used])
+
+
+def all_columns_key(sender: str, template: str, fields: dict[str, str]) -> str:
+    """The key earlier versions gave a row: a hash of every column, used or not. The progress files they wrote
+    record rows under it, so it is looked up too: what they recorded as accepted is not sent again."""
+    return _hashed_key([sender, template, sorted(fields.items())])
+
+
+def _hashed_key(parts: list[Any]) -> str:
+    canonical = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
     return "csv-" + hashlib.sha256(canonical.encode()).hexdigest()[:40]
 
 
@@ -203,14 +216,30 @@ class Summary:
         }
 
 
+def _keyed(row: Row, sender: str, template: str, progress: ProgressFile) -> tuple[str, str]:
+    """The row's message (its `row_key`, which tells repeats apart) and the key to send or look it up under.
+
+    That is the message's key, unless the progress file records the row under the key of an earlier version
+    (`all_columns_key`): then that one, so a row it accepted counts as accepted, and a row it recorded without a
+    target goes again under the key the gateway knows it by.
+    """
+    message = row_key(sender, template, row.to, row.fields)
+    if message in progress.accepted:
+        return message, message
+    earlier = all_columns_key(sender, template, row.fields)
+    if earlier in progress.accepted or earlier in progress.untargeted:
+        return message, earlier
+    return message, message
+
+
 def _settled_without_sending(
-    row: Row, key: str, template: str, progress: ProgressFile, first_line_of: dict[str, int]
+    row: Row, *, message: str, key: str, template: str, progress: ProgressFile, first_line_of: dict[str, int]
 ) -> RowResult | str:
     """The row's result when no call is needed (a repeat, accepted earlier, or unsendable), else its text."""
-    if key in first_line_of:
-        reason = f"same number and values as line {first_line_of[key]}: sent once"
+    if message in first_line_of:
+        reason = f"same number and values as line {first_line_of[message]}: sent once"
         return RowResult(row.line, row.to, "duplicate", key, reason=reason)
-    first_line_of[key] = row.line
+    first_line_of[message] = row.line
     earlier = progress.accepted.get(key)
     if earlier is not None:
         reference_id, cost = earlier.get("reference_id"), earlier.get("cost")
@@ -269,8 +298,10 @@ def send_rows(
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
     try:
         for row in rows:
-            key = row_key(sender, template, row.fields)
-            settled = _settled_without_sending(row, key, template, progress, first_line_of)
+            message, key = _keyed(row, sender, template, progress)
+            settled = _settled_without_sending(
+                row, message=message, key=key, template=template, progress=progress, first_line_of=first_line_of
+            )
             if isinstance(settled, RowResult):
                 done(settled)
             else:
