@@ -359,9 +359,6 @@ def test_tail_csv_follows_only_the_batches_this_gateway_accepted(
     assert "none sent to this gateway" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True, reason="review: a CSV dry run whose rows the balance cannot all pay for exits 0 (would be accepted)"
-)
 def test_a_csv_dry_run_the_balance_does_not_cover_says_so_in_its_exit_code(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -389,6 +386,16 @@ def test_a_csv_dry_run_the_balance_does_not_cover_says_so_in_its_exit_code(
     # ... and exits 1, as docs/cli.md says a dry run does "when the send would be refused": the real send of the same
     # command is refused (HTTP 402) on its second row. It exits 0, every row "would be accepted"
     assert code == 1
+    # And a script reading --json reads it too
+    argv = ["send", "--csv", str(csv_file), "--from", "48974", "--message", "Hi {name}", "--dry-run", "--json"]
+    code = cli.main(argv)
+    quote = json.loads(capsys.readouterr().out)
+    assert (code, quote["new_cost"], quote["balance"], quote["balance_sufficient"]) == (1, 2, 1, False)
+    # While one row, which the balance covers, would be accepted: exit 0
+    csv_file.write_text("to,name\n2348020000000,Ada\n")
+    code = cli.main(argv)
+    quote = json.loads(capsys.readouterr().out)
+    assert (code, quote["new_cost"], quote["balance_sufficient"]) == (0, 1, True)
 
 
 @pytest.mark.xfail(

@@ -371,8 +371,11 @@ def _send_csv(args: argparse.Namespace) -> int:
         return CANNOT_RUN
     bar.finish()
     report = {**summary.to_dict(), "progress_file": str(progress.path)}
+    # Each row alone may be within the balance while all of them are not: the send would be refused past it.
+    balance_sufficient = balance.get("credits") is None or summary.new_cost <= balance["credits"]
     if args.dry_run:
         report["balance"] = balance.get("credits")
+        report["balance_sufficient"] = balance_sufficient
     if args.json:
         print(json.dumps(report))
     else:
@@ -384,6 +387,8 @@ def _send_csv(args: argparse.Namespace) -> int:
         left = len(rows) - len(summary.results)
         print(f"interrupted: {left} rows not sent; run the same command again to send them", file=sys.stderr)
         return INTERRUPTED
+    if args.dry_run and not balance_sufficient:
+        return REFUSED
     return REFUSED if summary.of("rejected") else 0
 
 
