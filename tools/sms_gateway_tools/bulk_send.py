@@ -183,6 +183,7 @@ class Summary:
     fatal: str | None = None
     dry_run: bool = False
     interrupted: bool = False
+    unrecorded: list[int] = field(default_factory=list)  # lines accepted that the progress file could not take
 
     def of(self, outcome: str) -> list[RowResult]:
         return [result for result in self.results if result.outcome == outcome]
@@ -212,6 +213,7 @@ class Summary:
             "dry_run": self.dry_run,
             "error": self.fatal,
             "interrupted": self.interrupted,
+            "unrecorded": sorted(self.unrecorded),
             "results": [result.__dict__ for result in sorted(self.results, key=lambda r: r.line)],
         }
 
@@ -274,7 +276,13 @@ def send_rows(
         with lock:
             summary.results.append(result)
         if result.outcome == "accepted" and not dry_run:
-            progress.record(result)
+            try:
+                progress.record(result)
+            except OSError as error:
+                # Sent but not recorded: only the gateway's 24 hours keep a rerun from sending it again, so stop.
+                with lock:
+                    summary.unrecorded.append(result.line)
+                    summary.fatal = f"cannot record accepted rows in {progress.path}: {error.strerror or error}"
         if on_result is not None:
             on_result(result)
 

@@ -427,6 +427,12 @@ def _print_summary(summary: Summary, progress: Path, balance: int | None = None)
         _print_rows([{"line": r.line, "to": r.to, "reason": r.reason} for r in rejected], ["line", "to", "reason"])
     if summary.dry_run:
         print("dry run: nothing was sent or charged", file=sys.stderr)
+    elif summary.unrecorded:
+        lines = ", ".join(str(line) for line in sorted(summary.unrecorded))
+        print(
+            f"accepted rows NOT recorded in {progress} (lines {lines}): run the same command again within 24 hours "
+            "(their keys get the gateway's first answer, nothing is sent twice); after that they would be sent again"
+        )
     else:
         print(f"accepted rows are recorded in {progress}")
 
