@@ -52,7 +52,9 @@ from sms_gateway.adapters.dynamodb_sessions import DynamoSessionsMixin
 from sms_gateway.adapters.dynamodb_transactions import (
     MAX_TRANSACTION_ATTEMPTS,
     NOT_REFUSED,
+    TransactionUndecided,
     back_off,
+    not_done,
     transact,
     transact_until_decided,
 )
@@ -465,7 +467,12 @@ class DynamoStore(
             raise RuntimeError(f"account {account_id} is gone: {amount} credits could not be given back")
 
     def top_up(self, account_id: str, credits: int, *, request_id: str | None = None) -> None:
-        if self._move_credits(self._credits_update(account_id, credits), token=request_id):
+        try:
+            refused = self._move_credits(self._credits_update(account_id, credits), token=request_id)
+        except TransactionUndecided as error:
+            # Sends write the account's credits all the time: past the attempts an operator is told to run it again.
+            raise not_done(f"adding {credits} credits to account {account_id}", error) from error
+        if refused:
             raise NotFound(f"no account {account_id}")
 
     def _credits_update(self, account_id: str, amount: int) -> dict[str, Any]:

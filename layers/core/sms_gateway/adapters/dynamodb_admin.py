@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+from sms_gateway.adapters.dynamodb_transactions import transact_or_unavailable
 from sms_gateway.domain.models import Account, SealedSecret, SenderRegistration, iso
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.senders import registry_form, same_sender
@@ -128,27 +129,21 @@ class DynamoAccountAdmin:
             "prefix": listing["prefix"],
             "created_at": created_at,
         }
-        try:
-            self.client.transact_write_items(
-                TransactItems=[
-                    self._account_exists_check(account_id),
-                    *(
-                        {
-                            "Put": {
-                                "TableName": self.table_name,
-                                "Item": self._codec.dump(item),
-                                "ConditionExpression": _NEW,
-                            }
-                        }
-                        for item in (credential, listing)
-                    ),
-                ]
-            )
-        except self.client.exceptions.TransactionCanceledException as error:
-            failed = failed_items(error)
-            if failed and failed[0]:
-                raise NotFound(f"no account {account_id}") from error
-            raise Conflict(f"account {account_id} has a {kind} starting {listing['prefix']!r} already") from error
+        account_refused, *credential_refused = transact_or_unavailable(
+            self.client,
+            [
+                self._account_exists_check(account_id),
+                *(
+                    {"Put": {"TableName": self.table_name, "Item": self._codec.dump(item), "ConditionExpression": _NEW}}
+                    for item in (credential, listing)
+                ),
+            ],
+            doing=f"adding a {kind} to account {account_id}",
+        )
+        if account_refused:
+            raise NotFound(f"no account {account_id}")
+        if any(credential_refused):
+            raise Conflict(f"account {account_id} has a {kind} starting {listing['prefix']!r} already")
         return CredentialInfo.model_validate(listing)
 
     def list_credentials(self, account_id: str) -> list[CredentialInfo]:
@@ -174,33 +169,36 @@ class DynamoAccountAdmin:
             raise NotFound(f"account {account_id} has no {kind} starting {prefix!r}")
         listing = self._codec.load(found)
         values = {":true": {"BOOL": True}, ":at": {"S": revoked_at}, ":account": {"S": account_id}}
-        try:
-            self.client.transact_write_items(
-                TransactItems=[
-                    self._account_exists_check(account_id),
-                    {
-                        "Update": {
-                            "TableName": self.table_name,
-                            "Key": {"pk": {"S": f"CRED#{kind}#{listing['secret_hash']}"}, "sk": {"S": "CRED"}},
-                            "UpdateExpression": "SET revoked = :true, revoked_at = if_not_exists(revoked_at, :at)",
-                            # The account check keeps an operator's typo from revoking another tenant's key.
-                            "ConditionExpression": "account_id = :account",
-                            "ExpressionAttributeValues": values,
-                        }
-                    },
-                    {
-                        "Update": {
-                            "TableName": self.table_name,
-                            "Key": listing_key,
-                            "UpdateExpression": "SET revoked = :true, revoked_at = if_not_exists(revoked_at, :at)",
-                            "ConditionExpression": _EXISTS,
-                            "ExpressionAttributeValues": {":true": values[":true"], ":at": values[":at"]},
-                        }
-                    },
-                ]
-            )
-        except self.client.exceptions.TransactionCanceledException as error:
-            raise NotFound(f"account {account_id} has no {kind} starting {prefix!r}") from error
+        # A conflict with a send's write of the account item is tried again: only a condition says there is no such
+        # credential (a token left valid while the operator reads "no token" would be the worst answer).
+        refused = transact_or_unavailable(
+            self.client,
+            [
+                self._account_exists_check(account_id),
+                {
+                    "Update": {
+                        "TableName": self.table_name,
+                        "Key": {"pk": {"S": f"CRED#{kind}#{listing['secret_hash']}"}, "sk": {"S": "CRED"}},
+                        "UpdateExpression": "SET revoked = :true, revoked_at = if_not_exists(revoked_at, :at)",
+                        # The account check keeps an operator's typo from revoking another tenant's key.
+                        "ConditionExpression": "account_id = :account",
+                        "ExpressionAttributeValues": values,
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": self.table_name,
+                        "Key": listing_key,
+                        "UpdateExpression": "SET revoked = :true, revoked_at = if_not_exists(revoked_at, :at)",
+                        "ConditionExpression": _EXISTS,
+                        "ExpressionAttributeValues": {":true": values[":true"], ":at": values[":at"]},
+                    }
+                },
+            ],
+            doing=f"revoking account {account_id}'s {kind} starting {prefix!r}",
+        )
+        if any(refused):
+            raise NotFound(f"account {account_id} has no {kind} starting {prefix!r}")
         return CredentialInfo.model_validate(
             {**listing, "revoked": True, "revoked_at": listing.get("revoked_at") or revoked_at}
         )
@@ -211,32 +209,26 @@ class DynamoAccountAdmin:
         item = {**_sender_key(sender), "account_id": {"S": account_id}}
         if inbound_upstreams is not None:
             item["inbound_upstreams"] = {"L": [{"S": name} for name in inbound_upstreams]}
-        try:
-            self.client.transact_write_items(
-                TransactItems=[
-                    {
-                        "Put": {
-                            "TableName": self.table_name,
-                            "Item": item,
-                            "ConditionExpression": _NEW,
-                        }
-                    },
-                    {
-                        "Update": {
-                            "TableName": self.table_name,
-                            "Key": account_key(account_id),
-                            "UpdateExpression": "SET senders = list_append(if_not_exists(senders, :empty), :new)",
-                            "ConditionExpression": _EXISTS,
-                            "ExpressionAttributeValues": {":empty": {"L": []}, ":new": {"L": [{"S": sender}]}},
-                        }
-                    },
-                ]
-            )
-        except self.client.exceptions.TransactionCanceledException as error:
-            failed = failed_items(error)
-            if len(failed) > 1 and failed[1]:
-                raise NotFound(f"no account {account_id}") from error
-            raise self.sender_taken(sender) from error
+        sender_refused, account_refused = transact_or_unavailable(
+            self.client,
+            [
+                {"Put": {"TableName": self.table_name, "Item": item, "ConditionExpression": _NEW}},
+                {
+                    "Update": {
+                        "TableName": self.table_name,
+                        "Key": account_key(account_id),
+                        "UpdateExpression": "SET senders = list_append(if_not_exists(senders, :empty), :new)",
+                        "ConditionExpression": _EXISTS,
+                        "ExpressionAttributeValues": {":empty": {"L": []}, ":new": {"L": [{"S": sender}]}},
+                    }
+                },
+            ],
+            doing=f"adding sender {sender!r} to account {account_id}",
+        )
+        if account_refused:
+            raise NotFound(f"no account {account_id}")
+        if sender_refused:
+            raise self.sender_taken(sender)
         return self._read_account(account_id)
 
     def set_inbound_upstreams(
@@ -286,36 +278,34 @@ class DynamoAccountAdmin:
         index = next((i for i, own in enumerate(account.senders) if same_sender(own, sender)), None)
         if index is None:
             raise NotFound(f"sender {sender!r} is not registered to account {account_id}")
-        try:
-            self.client.transact_write_items(
-                TransactItems=[
-                    {
-                        "Delete": {
-                            "TableName": self.table_name,
-                            "Key": _sender_key(sender),
-                            "ConditionExpression": "account_id = :account",
-                            "ExpressionAttributeValues": {":account": {"S": account_id}},
-                        }
-                    },
-                    {
-                        "Update": {
-                            "TableName": self.table_name,
-                            "Key": account_key(account_id),
-                            # A list element is removed by position: the condition makes sure it is still this one.
-                            "UpdateExpression": f"REMOVE senders[{index}]",
-                            "ConditionExpression": f"{_EXISTS} AND senders[{index}] = :sender",
-                            "ExpressionAttributeValues": {":sender": {"S": account.senders[index]}},
-                        }
-                    },
-                ]
-            )
-        except self.client.exceptions.TransactionCanceledException as error:
-            failed = failed_items(error)
-            if failed and failed[0]:
-                raise Conflict(
-                    f"sender {sender!r} is not owned by account {account_id} in the sender registry"
-                ) from error
-            raise Conflict(f"account {account_id} changed while removing {sender!r}; try again") from error
+        registry_refused, account_refused = transact_or_unavailable(
+            self.client,
+            [
+                {
+                    "Delete": {
+                        "TableName": self.table_name,
+                        "Key": _sender_key(sender),
+                        "ConditionExpression": "account_id = :account",
+                        "ExpressionAttributeValues": {":account": {"S": account_id}},
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": self.table_name,
+                        "Key": account_key(account_id),
+                        # A list element is removed by position: the condition makes sure it is still this one.
+                        "UpdateExpression": f"REMOVE senders[{index}]",
+                        "ConditionExpression": f"{_EXISTS} AND senders[{index}] = :sender",
+                        "ExpressionAttributeValues": {":sender": {"S": account.senders[index]}},
+                    }
+                },
+            ],
+            doing=f"removing sender {sender!r} from account {account_id}",
+        )
+        if registry_refused:
+            raise Conflict(f"sender {sender!r} is not owned by account {account_id} in the sender registry")
+        if account_refused:
+            raise Conflict(f"account {account_id} changed while removing {sender!r}; try again")
         return self._read_account(account_id)
 
     # ---------------------------------------------------------------- settings (credits: DynamoStore.top_up)
@@ -357,43 +347,44 @@ class DynamoAccountAdmin:
         # checked the old password while this reset was being made.
         epoch = {":epoch": {"S": secrets.token_urlsafe(16)}}
         # One transaction: the new password never works while the sessions of the old one still do, nor the reverse.
-        try:
-            self.client.transact_write_items(
-                TransactItems=[
-                    {
-                        "Update": {
-                            "TableName": self.table_name,
-                            "Key": account_key(account_id),
-                            "UpdateExpression": "SET sessions_valid_from = :valid_from, password_epoch = :epoch",
-                            "ConditionExpression": _EXISTS,
-                            "ExpressionAttributeValues": {":valid_from": {"S": iso(sessions_valid_from)}, **epoch},
-                        }
-                    },
-                    {
-                        "Update": {
-                            "TableName": self.table_name,
-                            "Key": {"pk": {"S": f"LOGIN#{username}"}, "sk": {"S": _LOGIN_SK}},
-                            "UpdateExpression": "SET password_hash = :hash, password_epoch = :epoch",
-                            "ConditionExpression": "account_id = :account",
-                            "ExpressionAttributeValues": {
-                                ":hash": {"S": hash_password(password)},
-                                ":account": {"S": account_id},
-                                **epoch,
-                            },
-                        }
-                    },
-                    {
-                        "Put": {
-                            "TableName": self.table_name,
-                            "Item": self._codec.dump(login_listing_item(account_id, username)),
-                            "ConditionExpression": f"{_NEW} OR username = :username",
-                            "ExpressionAttributeValues": {":username": {"S": username}},
-                        }
-                    },
-                ]
-            )
-        except self.client.exceptions.TransactionCanceledException as error:
-            raise NotFound(f"no account {account_id}, or its login changed meanwhile: try again") from error
+        refused = transact_or_unavailable(
+            self.client,
+            [
+                {
+                    "Update": {
+                        "TableName": self.table_name,
+                        "Key": account_key(account_id),
+                        "UpdateExpression": "SET sessions_valid_from = :valid_from, password_epoch = :epoch",
+                        "ConditionExpression": _EXISTS,
+                        "ExpressionAttributeValues": {":valid_from": {"S": iso(sessions_valid_from)}, **epoch},
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": self.table_name,
+                        "Key": {"pk": {"S": f"LOGIN#{username}"}, "sk": {"S": _LOGIN_SK}},
+                        "UpdateExpression": "SET password_hash = :hash, password_epoch = :epoch",
+                        "ConditionExpression": "account_id = :account",
+                        "ExpressionAttributeValues": {
+                            ":hash": {"S": hash_password(password)},
+                            ":account": {"S": account_id},
+                            **epoch,
+                        },
+                    }
+                },
+                {
+                    "Put": {
+                        "TableName": self.table_name,
+                        "Item": self._codec.dump(login_listing_item(account_id, username)),
+                        "ConditionExpression": f"{_NEW} OR username = :username",
+                        "ExpressionAttributeValues": {":username": {"S": username}},
+                    }
+                },
+            ],
+            doing=f"resetting the password of account {account_id}",
+        )
+        if any(refused):
+            raise NotFound(f"no account {account_id}, or its login changed meanwhile: try again")
         return self._read_account(account_id)
 
     def _login_username(self, account_id: str) -> str:

@@ -7,11 +7,23 @@ import secrets
 import time
 from typing import Any
 
+from sms_gateway.errors import Unavailable
+
 MAX_TRANSACTION_ATTEMPTS = 6
 _TRANSACTION_BACKOFF_SECONDS = 0.02
 
 # What a TransactWriteItems cancellation says of the writes it did not refuse (the others' codes say why).
 NOT_REFUSED = (None, "None", "TransactionConflict")
+
+
+class TransactionUndecided(RuntimeError):
+    """DynamoDB neither applied a transaction nor refused it on a condition (it conflicted with other writes on
+    every attempt, or was throttled): nothing of it was written."""
+
+
+def not_done(doing: str, error: TransactionUndecided) -> Unavailable:
+    """The answer to a caller whose request may simply be made again: `doing` did not happen, nothing changed."""
+    return Unavailable(f"{doing}: not done, nothing changed ({error}); try again")
 
 
 def back_off(attempt: int) -> None:
@@ -47,6 +59,15 @@ def transact_until_decided(
         if "ConditionalCheckFailed" in codes:
             return [reason if reason.get("Code") == "ConditionalCheckFailed" else None for reason in reasons]
         if any(code not in NOT_REFUSED for code in codes):
-            raise RuntimeError(f"DynamoDB refused a transaction: {codes}")
+            raise TransactionUndecided(f"DynamoDB refused a transaction: {codes}")
         back_off(attempt)
-    raise RuntimeError(f"a transaction conflicted with other writes {MAX_TRANSACTION_ATTEMPTS} times")
+    raise TransactionUndecided(f"a transaction conflicted with other writes {MAX_TRANSACTION_ATTEMPTS} times")
+
+
+def transact_or_unavailable(client: Any, writes: list[dict[str, Any]], *, doing: str) -> list[dict[str, Any] | None]:
+    """`transact_until_decided` for a request its caller may make again (an operator's, a portal user's): a
+    transaction left undecided is Unavailable, saying what was not done."""
+    try:
+        return transact_until_decided(client, writes)
+    except TransactionUndecided as error:
+        raise not_done(doing, error) from error
