@@ -1014,26 +1014,10 @@ def test_a_login_with_the_old_password_right_after_the_reset_is_refused_even_fro
 def conflicting_admin_writes(monkeypatch: pytest.MonkeyPatch, times: int) -> None:
     """DynamoDB cancelling the next `times` transactions on a conflict with a concurrent write of the account item
     (a send's or a refund's credits: an account that is sending), as it does on AWS (moto never does): no condition
-    failed. As tests/integration/test_optouts.py's conflicting_opt_out_writes."""
-    from sms_gateway.bootstrap import gateway
+    failed."""
+    from tests.integration.test_optouts import conflicting_transactions
 
-    client = gateway().store.client
-    transact, conflicts = client.transact_write_items, [times]
-
-    def conflicting(**request: Any) -> Any:
-        if conflicts[0]:
-            conflicts[0] -= 1
-            reasons = [{"Code": "None"}] * (len(request["TransactItems"]) - 1) + [{"Code": "TransactionConflict"}]
-            raise client.exceptions.TransactionCanceledException(
-                {
-                    "Error": {"Code": "TransactionCanceledException", "Message": "Transaction cancelled"},
-                    "CancellationReasons": reasons,
-                },
-                "TransactWriteItems",
-            )
-        return transact(**request)
-
-    monkeypatch.setattr(client, "transact_write_items", conflicting)
+    conflicting_transactions(monkeypatch, times)
 
 
 def test_a_revoke_that_meets_a_concurrent_send_revokes_the_token_or_says_to_try_again(cli, account, send, monkeypatch):

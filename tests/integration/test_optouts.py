@@ -631,18 +631,27 @@ def test_the_command_line_runs_the_opt_out_commands(aws, account, monkeypatch, c
 def conflicting_opt_out_writes(monkeypatch: pytest.MonkeyPatch, times: int) -> None:
     """DynamoDB cancelling the next `times` opt-out transactions on a conflict with a concurrent write of the account
     item (a send's or a refund's credits), as it does on AWS (moto never does): no condition failed."""
+    conflicting_transactions(monkeypatch, times, lambda request: "OPTOUT#" in str(request["TransactItems"][0]))
+
+
+def conflicting_transactions(
+    monkeypatch: pytest.MonkeyPatch, times: int, applies: Callable[[dict[str, Any]], bool] = lambda request: True
+) -> None:
+    """DynamoDB cancelling the next `times` transactions that `applies` to on a conflict with a concurrent write of
+    one of their items (the last), as it does on AWS (moto never does): no condition failed."""
     from sms_gateway.bootstrap import gateway
 
     client = gateway().store.client
     transact, conflicts = client.transact_write_items, [times]
 
     def conflicting(**request: Any) -> Any:
-        if "OPTOUT#" in str(request["TransactItems"][0]) and conflicts[0]:
+        if applies(request) and conflicts[0]:
             conflicts[0] -= 1
+            reasons = [{"Code": "None"}] * (len(request["TransactItems"]) - 1) + [{"Code": "TransactionConflict"}]
             raise client.exceptions.TransactionCanceledException(
                 {
                     "Error": {"Code": "TransactionCanceledException", "Message": "Transaction cancelled"},
-                    "CancellationReasons": [{"Code": "None"}, {"Code": "TransactionConflict"}],
+                    "CancellationReasons": reasons,
                 },
                 "TransactWriteItems",
             )
