@@ -427,3 +427,25 @@ def test_a_progress_file_that_cannot_be_written_is_an_error_not_a_claim_that_row
     assert "error: cannot record accepted rows in" in captured.err and "No space left on device" in captured.err
     assert "NOT recorded" in captured.out and "(lines 2)" in captured.out
     assert "accepted rows are recorded" not in captured.out
+
+
+@pytest.mark.parametrize("command", ["send", "tail"])
+def test_a_progress_file_that_cannot_be_read_is_an_error_not_a_traceback(
+    csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    from sms_gateway_tools import cli
+
+    sends, csv_file, _ = csv_gateways
+    # Given a progress file the command cannot read (here a directory of that name; a file without read permission
+    # does the same)
+    csv_file.with_name("customers.csv.sent.jsonl").mkdir()
+    # When the campaign is sent, or its batches followed
+    argv = ["send", "--csv", str(csv_file), "--from", "48974", "--message", "Hi {name}"]
+    if command == "tail":
+        argv = ["tail", "--csv", str(csv_file), "--timeout", "0"]
+    code = cli.main([*argv, "--api-url", "http://gw", "--token", "t"])
+    # Then it stops with a one-line error naming the file, before sending anything
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "error: cannot read the progress file" in captured.err and "Traceback" not in captured.err
+    assert sends == {}

@@ -146,21 +146,25 @@ class ProgressFile:
         self._lock = threading.Lock()
         self.accepted: dict[str, dict[str, Any]] = {}
         self.untargeted: dict[str, dict[str, Any]] = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    entry = json.loads(line)
-                    key = str(entry["key"])
-                    recorded_for = entry.get("target")
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    # A line cut short by a crash: the row's key still protects it at the gateway for 24 h.
-                    continue
-                if recorded_for == target:
-                    self.accepted[key] = entry
-                elif recorded_for is None:
-                    self.untargeted[key] = entry
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+        except (OSError, UnicodeDecodeError) as error:
+            reason = error.strerror if isinstance(error, OSError) else "not a progress file (not UTF-8 text)"
+            raise BulkSendError(f"cannot read the progress file {path}: {reason}") from error
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                key = str(entry["key"])
+                recorded_for = entry.get("target")
+            except (ValueError, KeyError, TypeError, AttributeError):
+                # A line cut short by a crash: the row's key still protects it at the gateway for 24 h.
+                continue
+            if recorded_for == target:
+                self.accepted[key] = entry
+            elif recorded_for is None:
+                self.untargeted[key] = entry
 
     def record(self, result: RowResult) -> None:
         entry = {"key": result.key, "line": result.line, "to": result.to, "reference_id": result.reference_id}

@@ -500,7 +500,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
                     print(f"timed out: {pending} messages not in a final state yet", file=sys.stderr)
                     return REFUSED
                 time.sleep(args.interval)
-    except (ApiError, TargetNotFound) as error:
+    except (ApiError, TargetNotFound, BulkSendError) as error:
         return _fail(error)
     except KeyboardInterrupt:
         return INTERRUPTED
