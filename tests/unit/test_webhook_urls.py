@@ -177,6 +177,10 @@ def test_hosts_that_are_not_ipv4_are_not_read_as_ipv4(host: str) -> None:
         ("::", True),
         ("ff05::1", True),
         ("240.0.0.1", True),
+        # IPv4-translated (SIIT): 169.254.169.254, 127.0.0.1 and even a public address in a translator's own form
+        ("::ffff:0:a9fe:a9fe", True),
+        ("::ffff:0:7f00:1", True),
+        ("::ffff:0:5db8:d822", True),
     ],
 )
 def test_the_connect_time_guard_asks_which_addresses_are_forbidden(address: str, forbidden: bool) -> None:

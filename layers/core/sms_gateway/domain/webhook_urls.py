@@ -17,6 +17,8 @@ PRIVATE_NETWORKS = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16
 # IPv6 forms that carry an IPv4 address the packet really goes to (the v4 decides whether it is allowed).
 NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
 IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated (RFC 4291), never a real public destination
+# IPv4-translated (SIIT, RFC 2765): only meaningful inside a translator's own network, never a public destination.
+IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
 # Names that only ever mean this machine or a private network, whatever DNS says.
 LOCAL_NAMES = frozenset({"localhost", "metadata.google.internal", "metadata"})
 LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".localdomain", ".home.arpa")
@@ -56,6 +58,8 @@ def forbidden_reason(ip: IPAddress | str) -> str | None:
         return "a multicast address"
     if isinstance(address, ipaddress.IPv6Address) and address in IPV4_COMPATIBLE:
         return "an IPv4-compatible IPv6 address (deprecated, not routable)"
+    if isinstance(address, ipaddress.IPv6Address) and address in IPV4_TRANSLATED:
+        return "an IPv4-translated IPv6 address (a translator's internal form, not routable)"
     if isinstance(address, ipaddress.IPv4Address) and address in SHARED_ADDRESS_SPACE:
         return "a shared (carrier-grade NAT) address"
     if any(address in network for network in PRIVATE_NETWORKS if network.version == address.version):
