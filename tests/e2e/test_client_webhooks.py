@@ -118,3 +118,34 @@ def test_an_inbound_sms_reaches_the_client_in_the_seed_receive_format(stack, acc
     assert body["session_id"]
     assert body["sent_date"]
     assert "ref_id" in body
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: the docs' sample verifier raises (TypeError, ValueError, KeyError) on forged headers, not False",
+)
+def test_the_documented_verifier_refuses_forged_headers_instead_of_raising() -> None:
+    import time
+
+    from sms_gateway.domain.webhooks import new_signing_secret, signed_headers
+
+    # Given the verifier a client copies from docs/webhooks.md, and a genuine signed request
+    client_side = documented_verify()
+    secret, body = new_signing_secret(), '{"type":"two-way sms"}'
+    genuine = signed_headers(secret, "in_1", int(time.time()), body)
+    assert client_side(secret, genuine, body)
+    # When anyone posts to the client's webhook with a non-ASCII signature, a timestamp int() will not read, or no
+    # signature headers at all, then each is refused (an exception is a 500 in the client's endpoint, and some
+    # frameworks log the request, or answer with the stack trace)
+    forged = [
+        {**genuine, "webhook-signature": "v1,\u00e9"},
+        {**genuine, "webhook-timestamp": "9" * 5000},
+        {**genuine, "webhook-timestamp": "soon"},
+        {},
+    ]
+    for headers in forged:
+        try:
+            accepted = client_side(secret, headers, body)
+        except Exception as error:  # noqa: BLE001
+            raise AssertionError(f"the documented verifier raised {error!r} for {list(headers)}") from error
+        assert accepted is False
