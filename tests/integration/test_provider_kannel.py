@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -289,6 +290,20 @@ def test_dlr_types_and_receipts_map_to_our_statuses(
     assert report.upstream == "kannel"
     assert report.error_code == error_code
     assert report.reported_at == "2026-11-22T01:02:44.000000Z"
+
+
+@pytest.mark.parametrize("ts", ["9" * 5000, "999999999999", "1795309364.5", ""])
+def test_a_time_that_is_not_unix_seconds_leaves_a_dlr_or_mo_untimed_instead_of_failing_it(ts: str) -> None:
+    # Given a DLR and an MO whose `ts` is digits int() will not read, a year past 9999, or no whole seconds at all
+    kannel = provider(answer(202, ""))
+    report_request = dlr(1, RECEIPT.format(dlvrd="001", stat="DELIVRD", err="000"))
+    report_request = report_request.model_copy(update={"query": {**report_request.query, "ts": ts}})
+    sms_request = mo({"token": TOKEN, "from": "2348020000000", "to": "48974", "ts": ts}, body="hi")
+    # When they are parsed, then each is taken without its time (an exception was a 500 of the webhook function); the
+    # MO is timed when it was received
+    (report,) = kannel.parse_delivery_reports(report_request)
+    assert (report.status, report.reported_at) == (MessageStatus.DELIVERED, None)
+    assert kannel.parse_inbound(sms_request).received_at.startswith(str(datetime.now(UTC).year))
 
 
 @pytest.mark.parametrize("text", ["text:stat:UNDELIV err:1", "Text:STAT: DELIVRD ERR:000", "text:Stat:REJECTD"])

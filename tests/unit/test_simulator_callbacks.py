@@ -34,6 +34,11 @@ def test_a_timestamp_of_non_ascii_digits_is_not_verified():
     assert not provider().verify_callback(signed("{}", timestamp="\u00b2"))
 
 
+def test_a_timestamp_too_long_for_int_is_not_verified():
+    # An exception was a 500 of the webhook function, which anyone could trigger without the secret
+    assert not provider().verify_callback(signed("{}", timestamp="9" * 5000))
+
+
 def test_a_timestamp_older_than_five_minutes_is_not_verified():
     assert not provider().verify_callback(signed("{}", timestamp=str(int(time.time()) - 301)))
     assert provider().verify_callback(signed("{}"))

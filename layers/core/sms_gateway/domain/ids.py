@@ -93,3 +93,15 @@ def ascii_digits(text: str) -> bool:
     """One or more of 0-9 and nothing else. `str.isdigit` alone also accepts '²' and other digits that `int()`
     refuses, which turned a bad query parameter, id or signature timestamp into a 500."""
     return text.isascii() and text.isdigit()
+
+
+# Unix seconds are 10 digits until the year 2286. A longer "timestamp" is refused before int() reads it: int()
+# raises on more than 4300 digits, and a caller's header or query string turned into a 500 that way.
+MAX_EPOCH_DIGITS = 12
+
+
+def epoch_seconds(text: str) -> int | None:
+    """Unix seconds written as ASCII digits (at most MAX_EPOCH_DIGITS of them), or None for anything else."""
+    if not ascii_digits(text) or len(text) > MAX_EPOCH_DIGITS:
+        return None
+    return int(text)

@@ -8,7 +8,7 @@ import hmac
 import secrets
 from collections.abc import Mapping
 
-from sms_gateway.domain.ids import ascii_digits
+from sms_gateway.domain.ids import epoch_seconds
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 # the Standard Webhooks prefix, not a secret
 DEFAULT_TOLERANCE_SECONDS = 300
@@ -43,10 +43,12 @@ def verify(
     secret: str, headers: Mapping[str, str], body: str, *, now: float, tolerance: float = DEFAULT_TOLERANCE_SECONDS
 ) -> bool:
     """True when one of the `v1` signatures matches and the timestamp is within `tolerance` of `now`
-    (header names lowercased). Constant-time comparison."""
+    (header names lowercased). Constant-time comparison. A timestamp that is not Unix seconds (digits, at most 12)
+    is refused like a stale one."""
     webhook_id = headers.get("webhook-id", "")
     timestamp = headers.get("webhook-timestamp", "")
-    if not webhook_id or not ascii_digits(timestamp) or abs(now - int(timestamp)) > tolerance:
+    seconds = epoch_seconds(timestamp)
+    if not webhook_id or seconds is None or abs(now - seconds) > tolerance:
         return False
     wanted = sign(secret, webhook_id, timestamp, body).removeprefix("v1,")
     for candidate in headers.get("webhook-signature", "").split():

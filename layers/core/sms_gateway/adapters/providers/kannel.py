@@ -28,7 +28,7 @@ import httpx
 from sms_gateway.adapters.http import async_client, gateway_errors_setting, no_answer, scrubbed, server_error
 from sms_gateway.adapters.providers.parts import max_parts_setting, refuse_longer
 from sms_gateway.adapters.providers.tokens import previous_tokens_setting, token_verified
-from sms_gateway.domain.ids import ascii_digits
+from sms_gateway.domain.ids import epoch_seconds
 from sms_gateway.domain.models import (
     MAX_PART_ID_LENGTH,
     CallbackRequest,
@@ -300,6 +300,12 @@ def _inbound_text(request: CallbackRequest) -> str:
 
 
 def _epoch(value: str | None) -> str | None:
-    if not value or not ascii_digits(value.strip()):
+    """Kannel's `%T` as a time; None (not known) for anything that is not Unix seconds of a year datetime can hold:
+    before, a `ts` of over 4300 digits, or of a year past 9999, raised and the callback was a 500."""
+    seconds = epoch_seconds((value or "").strip())
+    if seconds is None:
         return None
-    return iso(datetime.fromtimestamp(int(value), UTC))
+    try:
+        return iso(datetime.fromtimestamp(seconds, UTC))
+    except (ValueError, OverflowError, OSError):
+        return None

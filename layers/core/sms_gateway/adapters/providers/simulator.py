@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from sms_gateway.adapters.http import async_client, gateway_errors_setting, no_answer, scrubbed, server_error
-from sms_gateway.domain.ids import ascii_digits
+from sms_gateway.domain.ids import epoch_seconds
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
@@ -103,7 +103,8 @@ class SimulatorProvider:
     def verify_callback(self, request: CallbackRequest) -> bool:
         timestamp = request.headers.get("x-simulator-timestamp", "")
         given = request.headers.get("x-simulator-signature", "")
-        if not ascii_digits(timestamp) or abs(time.time() - int(timestamp)) > SIGNATURE_TOLERANCE_SECONDS:
+        seconds = epoch_seconds(timestamp)
+        if seconds is None or abs(time.time() - seconds) > SIGNATURE_TOLERANCE_SECONDS:
             return False
         return hmac.compare_digest(signature(self._secret, timestamp, request.body), given)
 
