@@ -120,10 +120,6 @@ def test_an_inbound_sms_reaches_the_client_in_the_seed_receive_format(stack, acc
     assert "ref_id" in body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: the docs' sample verifier raises (TypeError, ValueError, KeyError) on forged headers, not False",
-)
 def test_the_documented_verifier_refuses_forged_headers_instead_of_raising() -> None:
     import time
 
