@@ -305,6 +305,38 @@ def test_resend_all_queues_every_dead_one_and_answers_how_many(aws, accounts, de
     assert api("POST", "/ng/v1/webhooks/failures/resend", token, body={"state": "dead"})[1]["resent"] == 0
 
 
+def test_a_resend_that_died_before_queueing_can_be_resent_once_its_lease_is_over(aws, accounts, delays, webhook):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import iso
+
+    delays("0")
+    webhook(*([500] * 4))
+    token, account_id = accounts["a"]["token"], accounts["a"]["account_id"]
+    for n in (1, 2):
+        dead_notification(aws, account_id, n)
+    # Given two dead notifications that resends claimed and then died (a Lambda timeout) before queueing them: one
+    # 16 minutes ago, one a minute ago
+    store, now = gateway().store, datetime.now(UTC)
+    for n, ago in ((1, 16), (2, 1)):
+        moment = iso(now - timedelta(minutes=ago))
+        assert store.set_webhook_failure_state(
+            account_id, f"dlr_{n}_3", "resent", only_from=frozenset({"dead"}), now=moment
+        )
+    # When the client resends all, then only the one whose claim is over 15 minutes old goes (the other may still
+    # be on its way)
+    status, body = api("POST", "/ng/v1/webhooks/failures/resend", token, body={"state": "dead"})
+    assert (status, body["resent"], body["more"]) == (202, 1, False)
+    assert [json.loads(m["Body"])["id"] for m in receive(aws["NOTIFY_QUEUE_URL"])] == ["dlr_1_3"]
+    assert api("POST", "/ng/v1/webhooks/failures/dlr_2_3/resend", token)[0] == 409
+    # And a claim write whose condition names the lapse keeps a fresh one, in DynamoDB as in the logic
+    lapsed_before = iso(now - timedelta(minutes=15))
+    moved = store.set_webhook_failure_state(
+        account_id, "dlr_2_3", "resent", only_from=frozenset({"dead"}), now=iso(now), resent_before=lapsed_before
+    )
+    assert moved is False
+    assert record_of(account_id, "dlr_1_3").resent_at > lapsed_before
+
+
 def test_failures_list_newest_first_in_pages(aws, accounts):
     from sms_gateway.bootstrap import gateway
     from sms_gateway.logic import webhook_retries

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from sms_gateway.domain.models import iso
 from sms_gateway.errors import Conflict, InvalidRequest, NotFound
 from sms_gateway.logic import webhook_retries
 from sms_gateway.logic.notify import WebhookFailed, WebhookResponse
@@ -60,9 +61,17 @@ class FailureStore(InMemoryStore):
         only_from: frozenset[WebhookFailureState],
         now: str,
         last_error: str | None = None,
+        resent_before: str | None = None,
     ) -> bool:
         current = self.failures.get((account_id, notification_id))
-        if current is None or current.state not in only_from:
+        if current is None:
+            return False
+        stale_resend = (
+            resent_before is not None
+            and current.state == "resent"
+            and (current.resent_at is None or current.resent_at < resent_before)
+        )
+        if current.state not in only_from and not stale_resend:
             return False
         stamp = {f"{target}_at": now} if target in ("resent", "delivered") else {}
         reason = {"last_error": last_error, "last_status_code": None} if last_error is not None else {}
@@ -367,10 +376,6 @@ class FlakyNotifyQueue(RecordingNotifyQueue):
         super().publish(notifications)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: resend-all claims a whole page, then a failed queueing strands the rest of it 'resent' for good",
-)
 def test_a_resend_all_whose_queueing_fails_midway_leaves_no_notification_claimed_and_unqueued():
     # Given 30 dead notifications, and a notify queue that refuses one SendMessageBatch call (of ten entries)
     store, queue = dead_store(30), FlakyNotifyQueue()
@@ -388,6 +393,52 @@ def test_a_resend_all_whose_queueing_fails_midway_leaves_no_notification_claimed
     assert stranded == []
     # And resending all again brings every one that is not queued
     assert webhook_retries.resend_dead(store, queue, "7", now=NOW + timedelta(minutes=1))[0] == 30 - len(queued)
+
+
+class ClaimsThenFails(FailureStore):
+    """A store whose claim writes start failing after `good` of them (DynamoDB throttling the resend midway)."""
+
+    def __init__(self, good: int) -> None:
+        super().__init__()
+        self.good = good
+
+    def set_webhook_failure_state(self, *args: Any, **kwargs: Any) -> bool:
+        if args[2] == "resent":
+            if self.good == 0:
+                raise RuntimeError("ProvisionedThroughputExceededException")
+            self.good -= 1
+        return super().set_webhook_failure_state(*args, **kwargs)
+
+
+def test_a_resend_all_whose_claims_fail_midway_puts_the_claimed_unqueued_ones_back_to_dead():
+    # Given 30 dead notifications, and a store that takes 14 claims and then refuses them
+    store, queue = ClaimsThenFails(good=14), RecordingNotifyQueue()
+    store.failures.update(dead_store(30).failures)
+    # When the client resends all of them
+    with pytest.raises(RuntimeError):
+        webhook_retries.resend_dead(store, queue, "7", now=NOW)
+    # Then the first ten are queued, and the four claimed after them (not queued yet) are dead again
+    assert len(queue.published) == 10
+    assert sum(f.state == "resent" for f in store.failures.values()) == 10
+    assert sum(f.state == "dead" for f in store.failures.values()) == 20
+
+
+def test_a_resend_claimed_but_never_queued_can_be_resent_once_its_lease_is_over():
+    # Given dead notifications a resend claimed and then died (a Lambda timeout) before it queued them
+    store, queue = dead_store(3), RecordingNotifyQueue()
+    for n in (1, 2):
+        assert store.set_webhook_failure_state("7", f"dlr_{n}_2", "resent", only_from=frozenset({"dead"}), now=iso(NOW))
+    # When the client resends before the lease is over, then they read resent (maybe queued): only the dead one goes
+    assert webhook_retries.resend_dead(store, queue, "7", now=NOW + timedelta(minutes=14)) == (1, False)
+    with pytest.raises(Conflict, match="resent"):
+        webhook_retries.resend_failure(store, queue, "7", "dlr_1_2", now=NOW + timedelta(minutes=14))
+    # When it resends them after the lease (15 minutes), then they are queued again, claimed afresh
+    later = NOW + webhook_retries.RESEND_LEASE + timedelta(seconds=1)
+    assert webhook_retries.resend_failure(store, queue, "7", "dlr_1_2", now=later).resent_at == iso(later)
+    assert webhook_retries.resend_dead(store, queue, "7", now=later) == (1, False)
+    assert sorted(n["id"] for n in queue.published) == ["dlr_1_2", "dlr_2_2", "dlr_3_2"]
+    # And the one resent just now is not taken again by another resend-all
+    assert webhook_retries.resend_dead(store, queue, "7", now=later) == (0, False)
 
 
 def test_resend_all_is_bounded_and_says_whether_more_are_left():

@@ -785,10 +785,12 @@ class WebhookFailureStore(Protocol):
         only_from: frozenset[WebhookFailureState],
         now: str,
         last_error: str | None = None,
+        resent_before: str | None = None,
     ) -> bool:
         """Conditional: moves an existing record to `target` only from a state in `only_from`, stamping
         `<target>_at`; with `last_error`, that is its reason now (and the last failed answer's status code is
-        dropped). True when this call moved it."""
+        dropped). With `resent_before`, also from `resent` when its `resent_at` is earlier than that (a resend's
+        claim whose notification never reached the queue). True when this call moved it."""
         ...
 
     def list_webhook_failures(

@@ -119,11 +119,17 @@ class DynamoNotificationsMixin:
         only_from: frozenset[WebhookFailureState],
         now: str,
         last_error: str | None = None,
+        resent_before: str | None = None,
     ) -> bool:
         allowed = sorted(only_from)
-        if not allowed:
+        if not allowed and resent_before is None:
             return False
         values: dict[str, dict[str, str]] = {f":from{i}": {"S": state} for i, state in enumerate(allowed)}
+        movable = [f"#state IN ({', '.join(values)})"] if allowed else []
+        if resent_before is not None:
+            # models.iso stamps sort as strings in time order.
+            movable.append("(#state = :resent AND (attribute_not_exists(resent_at) OR resent_at < :resent_before))")
+            values |= {":resent": {"S": "resent"}, ":resent_before": {"S": resent_before}}
         sets, removed = "SET #state = :target, #stamp = :now, expires_at = :expires", "REMOVE next_attempt_at"
         if last_error is not None:
             sets += ", last_error = :error"
@@ -137,7 +143,7 @@ class DynamoNotificationsMixin:
                 Key=_failure_key(account_id, notification_id),
                 # No further attempt is planned in any state this moves to: resent starts a fresh schedule.
                 UpdateExpression=f"{sets} {removed}",
-                ConditionExpression=f"attribute_exists(pk) AND #state IN ({', '.join(values)})",
+                ConditionExpression=f"attribute_exists(pk) AND ({' OR '.join(movable)})",
                 ExpressionAttributeNames={"#state": "state", "#stamp": f"{target}_at"},
                 ExpressionAttributeValues={
                     ":target": {"S": target},

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sms_gateway.domain.models import iso
+from sms_gateway.domain.models import from_iso, iso
 from sms_gateway.errors import Conflict, InvalidRequest, NotFound
 from sms_gateway.logic.notify import WebhookFailed, hash_of
 from sms_gateway.ports import (
@@ -35,6 +36,14 @@ _RETRYING_FROM: frozenset[WebhookFailureState] = frozenset({"retrying", "resent"
 _DEAD_FROM: frozenset[WebhookFailureState] = frozenset({"retrying", "resent", "dead"})
 _DELIVERED_FROM: frozenset[WebhookFailureState] = frozenset({"retrying", "resent", "dead"})
 _RESENDABLE: frozenset[WebhookFailureState] = frozenset({"dead"})
+# How long a notification may read `resent` before it can be resent again. A resend claims it (dead -> resent) and
+# then queues it; a function that dies in between (a Lambda timeout) leaves it claimed and on no queue. A resent
+# notification is tried within seconds of its queueing and then reads retrying, delivered or dead: one that still
+# reads resent after this long was never queued, or waited behind a backlog this long and goes twice (the same
+# webhook-id, which the client drops).
+RESEND_LEASE = timedelta(minutes=15)
+# Entries in one SendMessageBatch call.
+QUEUE_BATCH = 10
 
 
 def retry_delay(
@@ -167,16 +176,31 @@ def get_failure(store: WebhookFailureStore, account_id: str, raw_id: str) -> Web
     return found
 
 
+def resendable(failure: WebhookFailure, now: datetime) -> bool:
+    """Dead, or claimed `resent` over RESEND_LEASE ago and not tried since (the resend never queued it)."""
+    if failure.state in _RESENDABLE:
+        return True
+    return failure.state == "resent" and (failure.resent_at is None or from_iso(failure.resent_at) < now - RESEND_LEASE)
+
+
 def resend_failure(
     store: WebhookFailureStore, queue: NotificationQueue, account_id: str, raw_id: str, *, now: datetime
 ) -> WebhookFailure:
     """Queues a dead notification again, as a fresh record with the whole schedule ahead of it."""
     failure = get_failure(store, account_id, raw_id)
-    if failure.state not in _RESENDABLE:
-        raise Conflict(f"notification {failure.notification_id} is {failure.state}: only a dead one can be resent")
+    if not resendable(failure, now):
+        raise Conflict(
+            f"notification {failure.notification_id} is {failure.state}: only a dead one (or one resent over "
+            f"{RESEND_LEASE.seconds // 60} minutes ago and not tried since) can be resent"
+        )
     if not _claim(store, failure, now):
         raise Conflict(f"notification {failure.notification_id} changed meanwhile; read it again")
-    _publish_or_release(store, queue, [failure], now)
+    claimed = [failure]
+    try:
+        _queue(queue, claimed)
+        claimed = []
+    finally:
+        _release(store, claimed, now)
     return failure.model_copy(update={"state": "resent", "resent_at": iso(now), "next_attempt_at": None})
 
 
@@ -188,40 +212,66 @@ def resend_dead(
     now: datetime,
     limit: int = RESEND_ALL_LIMIT,
 ) -> tuple[int, bool]:
-    """Queues up to `limit` of the account's dead notifications again; how many, and whether more are left."""
+    """Queues up to `limit` of the account's dead notifications again (and any a resend claimed over RESEND_LEASE
+    ago but never queued); how many, and whether more are left.
+    Claimed one by one (another resend may be running), and each ten claimed are queued (one SendMessageBatch call)
+    before the next are claimed: a queueing that fails leaves only those ten claimed, and puts them back to dead.
+    Until 2026-12-06 a whole page was claimed first, and a failed call stranded the rest of it `resent`, on no queue
+    and not resendable."""
+    candidates = _resendable(store, account_id, now, page_size=min(100, max(limit, 1)))
     resent = 0
+    claimed: list[WebhookFailure] = []  # claimed `resent`, not on the queue yet
+    try:
+        for failure in candidates:
+            if resent + len(claimed) == limit:
+                return resent, True
+            if _claim(store, failure, now):
+                claimed.append(failure)
+            if len(claimed) == QUEUE_BATCH or resent + len(claimed) == limit:
+                _queue(queue, claimed)
+                resent, claimed = resent + len(claimed), []
+        _queue(queue, claimed)
+        resent, claimed = resent + len(claimed), []
+        return resent, False
+    finally:
+        _release(store, claimed, now)
+
+
+def _resendable(
+    store: WebhookFailureStore, account_id: str, now: datetime, *, page_size: int
+) -> Iterator[WebhookFailure]:
+    """The account's resendable notifications, newest first, read page by page as they are taken: the dead ones and
+    those claimed `resent` over RESEND_LEASE ago. One unfiltered listing: a listing filtered by state reads every
+    record anyway (the filter is applied to the records read), so one per state would read them all twice."""
     cursor: str | None = None
-    while resent < limit:
-        page, cursor = store.list_webhook_failures(
-            account_id, state="dead", limit=min(100, limit - resent), cursor=cursor
-        )
-        # Claimed one by one (another resend may be running), published ten to a SendMessageBatch call.
-        claimed = [failure for failure in page if _claim(store, failure, now)]
-        for start in range(0, len(claimed), 10):
-            _publish_or_release(store, queue, claimed[start : start + 10], now)
-        resent += len(claimed)
+    while True:
+        page, cursor = store.list_webhook_failures(account_id, limit=page_size, cursor=cursor)
+        yield from (failure for failure in page if resendable(failure, now))
         if cursor is None:
-            return resent, False
-    # A page of dead ones read as far as the listing reads at once: empty with a cursor, more may lie beyond it.
-    page, beyond = store.list_webhook_failures(account_id, state="dead", limit=1, cursor=cursor)
-    return resent, bool(page) or beyond is not None
+            return
 
 
 def _claim(store: WebhookFailureStore, failure: WebhookFailure, now: datetime) -> bool:
     return store.set_webhook_failure_state(
-        failure.account_id, failure.notification_id, "resent", only_from=_RESENDABLE, now=iso(now)
+        failure.account_id,
+        failure.notification_id,
+        "resent",
+        only_from=_RESENDABLE,
+        now=iso(now),
+        resent_before=iso(now - RESEND_LEASE),
     )
 
 
-def _publish_or_release(
-    store: WebhookFailureStore, queue: NotificationQueue, failures: Sequence[WebhookFailure], now: datetime
-) -> None:
-    try:
+def _queue(queue: NotificationQueue, failures: Sequence[WebhookFailure]) -> None:
+    if failures:
         queue.publish([{**failure.notification, "resent": True} for failure in failures])
-    except Exception:
-        # Not queued: they are dead again, so a later resend finds them.
-        for failure in failures:
+
+
+def _release(store: WebhookFailureStore, failures: Sequence[WebhookFailure], now: datetime) -> None:
+    """Claimed and not queued: dead again, so a later resend finds them. Best effort, as it runs while an error
+    propagates: one left `resent` is resendable once RESEND_LEASE has passed."""
+    for failure in failures:
+        with contextlib.suppress(Exception):
             store.set_webhook_failure_state(
                 failure.account_id, failure.notification_id, "dead", only_from=frozenset({"resent"}), now=iso(now)
             )
-        raise
