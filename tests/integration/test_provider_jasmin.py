@@ -398,6 +398,9 @@ def test_coding_as_the_raw_byte_and_a_latin1_smsc_are_understood() -> None:
     assert provider(answer(200, "")).parse_inbound(mo(fields)).text == "Olá"
     latin = {**BASE_MO, "coding": "0", "binary": raw.hex(), "content": raw.decode("latin-1")}
     assert provider(answer(200, ""), mo_charset="latin-1").parse_inbound(mo(latin)).text == "Olá"
+    # A coding too long for a byte (and for int(), past 4300 digits) is read as the default, not a 500
+    odd = {**BASE_MO, "coding": "9" * 5000, "content": "Hello"}
+    assert provider(answer(200, "")).parse_inbound(mo(odd)).text == "Hello"
 
 
 def test_an_mo_without_a_token_or_its_fields() -> None:

@@ -155,6 +155,11 @@ def test_only_ascii_digits_count_as_digits_so_int_never_fails_on_them():
     for text in ("\u00b2", "1\u00b2", "\u2460", "", " 1", "-1", "1.0"):
         assert not ascii_digits(text), text
     assert MessageKey.from_ref("acc.\u00b2.3") is None
+    # Nor on digits too many for int() (4300): an upstream's callback naming such a ref is no message of ours
+    assert MessageKey.from_ref(f"7.{'9' * 5000}.3") is None
+    assert MessageKey.from_ref("7.9223372036854775807.3") == MessageKey(
+        account_id="7", reference_id=9223372036854775807, message_id=3
+    )
 
 
 # -- a batch's ids and its messages' ----------------------------------------------------------------------------

@@ -202,7 +202,8 @@ class MessageKey(Record):
     @classmethod
     def from_ref(cls, ref: str | None) -> MessageKey | None:
         parts = (ref or "").split(".")
-        if len(parts) != 3 or not all(ascii_digits(p) for p in parts):
+        # Ids are 63-bit (19 digits at most); a longer one is no key of ours, and int() refuses past 4300 digits.
+        if len(parts) != 3 or not all(ascii_digits(p) and len(p) <= 20 for p in parts):
             return None
         return cls(account_id=parts[0], reference_id=int(parts[1]), message_id=int(parts[2]))
 

@@ -309,7 +309,8 @@ def _coding(value: str | None) -> int:
     if not value:
         return 0
     if ascii_digits(value):
-        return int(value)
+        # data_coding is one byte: a longer number is none we know (and int() refuses past 4300 digits).
+        return int(value) if len(value) <= 3 else 0
     return ord(value[0]) if len(value) == 1 else 0
 
 
