@@ -890,6 +890,42 @@ def test_a_cancel_that_fails_refunding_leaves_its_schedule_to_finish_it(aws, acc
     }
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: a cancel whose schedule deletion fails answers 500 (session-key 500 then 404) after it cancelled "
+    "and refunded the batch; the schedule left behind is harmless (its firing finds the batch cancelled)",
+)
+@pytest.mark.parametrize("dialect", ["9bits", "session-key"])
+def test_a_cancel_whose_schedule_cannot_be_deleted_still_answers_that_it_cancelled(
+    aws, account, api, dialect, monkeypatch
+):
+    from botocore.exceptions import ClientError
+
+    from sms_gateway.bootstrap import gateway
+    from tests.integration.test_session_key_dialect import answer, log_in, route_event
+
+    reference_id = schedule_two_an_hour_ahead(api, account)
+    # And EventBridge Scheduler that refuses the schedule's deletion (throttled past botocore's retries)
+    scheduler = gateway().scheduler
+
+    def delete_refused(*args: Any, **kwargs: Any) -> bool:
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "DeleteSchedule")
+
+    monkeypatch.setattr(scheduler, "cancel", delete_refused)
+    # When the client cancels it
+    if dialect == "9bits":
+        status, body = call(api, account["token"], "DELETE", f"/ng/v1/batches/{reference_id}")
+    else:
+        response = api(route_event("DELETE", f"/sms/{reference_id}", log_in(api, account)))
+        status, body = response["statusCode"], answer(response)
+    # Then the batch is cancelled and refunded ...
+    assert balance(account["account_id"]) == 100
+    assert call(api, account["token"], "GET", f"/ng/v1/batches/{reference_id}")[1]["status"] == "cancelled"
+    # ... and the answer says so (not a 500 the client reads as "not cancelled", whose retry then answers 404 in the
+    # session-key family: "order cannot be removed")
+    assert status == 200, body
+
+
 def test_cancelling_a_delivered_batch_names_the_status_the_batch_reads(aws, account, api):
     from sms_gateway.bootstrap import gateway
     from sms_gateway.domain.models import MessageKey, utc_now
