@@ -1339,12 +1339,6 @@ class TestScheduledRelease:
         assert store.accounts["7"].credits == 1000
         assert {n["payload"]["error_code"] for n in notifications_of(announced)} == {"sender_removed"}
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="review: _fail_refused moves messages read as scheduled to failed with no condition on that status "
-        "(nor unclaimed_only): a duplicate firing that read them before the first firing queued them fails and "
-        "refunds a message a dispatcher already submitted",
-    )
     def test_a_duplicate_firing_never_fails_or_refunds_a_message_the_first_firing_let_out(self, store, monkeypatch):
         from sms_gateway.logic import scheduled
         from sms_gateway.logic.batches import all_messages

@@ -131,7 +131,11 @@ def _fail_refused(
 ) -> list[Message]:
     """The batch's messages as they are once those still scheduled that the account may no longer send are failed and
     refunded (each by its conditional write, with its refund): every one when the account no longer holds the
-    batch's sender, else those to numbers that opted out of it."""
+    batch's sender, else those to numbers that opted out of it.
+    Only a message no dispatcher ever claimed moves (`unclaimed_only`): Scheduler may fire a release twice at once,
+    and the firing that read the messages scheduled may write after the other queued them and a dispatcher submitted
+    one. A message a dispatcher holds or submitted is left to it: the dispatcher checks the sender and the number's
+    opt-out itself before it submits."""
     scheduled = [m for m in batch_messages if m.status == MessageStatus.SCHEDULED]
     if account is None or not scheduled:
         return batch_messages
@@ -142,13 +146,16 @@ def _fail_refused(
         refused, reason = [m for m in scheduled if m.msisdn in found], OPTED_OUT
     if not refused:
         return batch_messages
-    current, refunded = fail_opted_out(messages, batch_messages, refused, now=clock(), error_code=reason)
+    current, refunded = fail_opted_out(
+        messages, batch_messages, refused, now=clock(), error_code=reason, unclaimed_only=True
+    )
+    refused_ids = {m.message_id for m in refused}
     logger.info(
         "scheduled messages the account may no longer send were failed at release",
         extra={
             "reference_id": batch.reference_id,
             "error_code": reason,
-            "failed": len(refused),
+            "failed": sum(m.message_id in refused_ids and m.status == MessageStatus.FAILED for m in current),
             "refunded_credits": refunded,
         },
     )
