@@ -547,6 +547,9 @@ class RecordingScheduler:
     def cancel(self, account_id: str, reference_id: int) -> bool:
         return self.scheduled.pop((account_id, reference_id), None) is not None
 
+    def schedule_name(self, account_id: str, reference_id: int) -> str:
+        return f"batch-{account_id}-{reference_id}"
+
 
 class FakeProvider:
     """Accepts submits (or fails them as told); verifies callbacks by a shared token header."""

@@ -395,7 +395,13 @@ class DispatchQueue(Protocol):
 class BatchScheduler(Protocol):
     def schedule(self, account_id: str, reference_id: int, at: datetime) -> None: ...
 
-    def cancel(self, account_id: str, reference_id: int) -> bool: ...
+    def cancel(self, account_id: str, reference_id: int) -> bool:
+        """Deletes the batch's schedule: False when there is none. Raises when the scheduler refuses."""
+        ...
+
+    def schedule_name(self, account_id: str, reference_id: int) -> str:
+        """The name an operator finds the batch's schedule by."""
+        ...
 
 
 class Provider(Protocol):

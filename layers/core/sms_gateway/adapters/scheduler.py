@@ -75,6 +75,9 @@ class EventBridgeBatchScheduler:
         seconds = math.ceil(earliest.timestamp() / self.precision_seconds) * self.precision_seconds
         return datetime.fromtimestamp(seconds, tz=UTC)
 
+    def schedule_name(self, account_id: str, reference_id: int) -> str:
+        return f"{self.group_name}/{schedule_name(account_id, reference_id)}"
+
     def cancel(self, account_id: str, reference_id: int) -> bool:
         try:
             self.client.delete_schedule(Name=schedule_name(account_id, reference_id), GroupName=self.group_name)

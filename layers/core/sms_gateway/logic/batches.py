@@ -12,6 +12,7 @@ from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import Batch, Message
 from sms_gateway.domain.status import TERMINAL, MessageStatus
 from sms_gateway.errors import Conflict, NotFound
+from sms_gateway.observability import logger
 from sms_gateway.ports import BatchScheduler, MessageStore
 
 
@@ -158,11 +159,26 @@ def finish_cancel(
     transactions, then deletes its schedule (None: the schedule is the caller, firing, and deletes itself). Safe to
     run again, or alongside another, or after a crash part-way: the batch's cost moves once, and a message is moved,
     and refunded, once. The schedule goes last: a cancel that fails part-way leaves it, and its firing finishes the
-    cancel (logic.scheduled) even if the client never cancels again. The credits refunded."""
+    cancel (logic.scheduled) even if the client never cancels again. The credits refunded.
+    A schedule the scheduler refuses to delete once all that is done (throttled past the client's retries) is
+    logged and left, and the cancel stands: the batch is cancelled and refunded, and the schedule's firing finds it
+    so and releases nothing (then Scheduler deletes it, ActionAfterCompletion). Raising would answer the client that
+    the cancel failed, and the session-key family's retry 404 ("order cannot be removed")."""
     given_back, batch_messages = cost_to_stored(messages, account_id, reference_id)
     _, refund = move_and_refund(messages, batch_messages, MessageStatus.CANCELLED, now=now)
     if scheduler is not None:
-        scheduler.cancel(account_id, reference_id)
+        try:
+            scheduler.cancel(account_id, reference_id)
+        except Exception:
+            logger.warning(
+                "cancelled batch's schedule could not be deleted; its firing will release nothing",
+                exc_info=True,
+                extra={
+                    "reference_id": reference_id,
+                    "account_id": account_id,
+                    "schedule": scheduler.schedule_name(account_id, reference_id),
+                },
+            )
     return given_back + refund
 
 
