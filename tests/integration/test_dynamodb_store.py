@@ -271,7 +271,8 @@ def test_an_account_whose_username_or_sender_is_taken_is_not_created_at_all(stor
     assert store.account_id_for_sender("48974") == first.account_id
 
 
-def test_batch_and_message_items_expire_after_the_retention_period(aws, monkeypatch):
+@pytest.mark.parametrize("scheduled_ahead", [None, timedelta(days=60)], ids=["sent-at-once", "scheduled-past-it"])
+def test_batch_and_message_items_expire_the_retention_period_after_they_go_out(aws, monkeypatch, scheduled_ahead):
     # Given a store configured to keep records 30 days
     from sms_gateway import bootstrap
 
@@ -281,10 +282,20 @@ def test_batch_and_message_items_expire_after_the_retention_period(aws, monkeypa
     created = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
     account_id = str(new_id())
     batch, messages = new_batch(account_id, 30, created_at=created)
-    # When a batch is created
-    store.create_batch(batch, messages)
-    # Then the batch and every message carry an epoch-seconds TTL 30 days after creation
-    expected = int((created + timedelta(days=30)).timestamp())
+    goes_out = created
+    if scheduled_ahead is not None:
+        # (a batch scheduled further ahead than the retention)
+        goes_out = created + scheduled_ahead
+        batch = batch.model_copy(update={"status": MessageStatus.SCHEDULED, "send_at": iso(goes_out)})
+        messages = [
+            m.model_copy(update={"status": MessageStatus.SCHEDULED, "send_at": iso(goes_out)}) for m in messages
+        ]
+    # When a batch is created, and a retry adds the messages its first request had not stored
+    store.create_batch(batch, messages[:20])
+    store.add_messages(batch, messages[20:])
+    # Then the batch and every message carry an epoch-seconds TTL 30 days after it goes out (its creation, or its
+    # send time: never deleted before its schedule releases it)
+    expected = int((goes_out + timedelta(days=30)).timestamp())
     batch_item = raw_item(store, f"ACC#{account_id}", f"BATCH#{batch.reference_id:019d}")
     assert batch_item is not None
     assert int(batch_item["expires_at"]["N"]) == expected

@@ -119,14 +119,10 @@ def test_a_release_of_a_batch_that_does_not_exist_fails_loudly(aws, account):
     assert queued_records(aws) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a send_at up to 90 days ahead is accepted whatever MESSAGE_RETENTION_DAYS is; with a retention "
-    "below it the batch's TTL deletes it before its schedule fires: charged, never sent, never refunded",
-)
 def test_a_batch_is_never_scheduled_past_its_own_records_retention(aws, account, api, monkeypatch):  # noqa: F811
     from sms_gateway import bootstrap
     from tests.integration.test_batches_dialect import stored_batches
+    from tests.integration.test_dynamodb_store import raw_message
 
     # Given an operator who keeps records 30 days (MESSAGE_RETENTION_DAYS, settings.message_retention_days)
     monkeypatch.setenv("MESSAGE_RETENTION_DAYS", "30")
@@ -134,11 +130,16 @@ def test_a_batch_is_never_scheduled_past_its_own_records_retention(aws, account,
     # When a client schedules a batch 60 days ahead (inside MAX_SCHEDULE_AHEAD, 90 days)
     send_at = datetime.now(UTC) + timedelta(days=60)
     status, sent = send(api, account["token"], [AIRTEL, MTN], send_at=send_at.isoformat())
-    # Then either the send is refused (nothing charged), or the batch outlives its send time: DynamoDB's TTL must
-    # not delete it (and its messages) before its schedule releases it
-    if status == 200:
-        [batch] = stored_batches(account["account_id"])
-        expires_at = datetime.fromtimestamp(int(batch["expires_at"]["N"]), tz=UTC)
-        assert expires_at > send_at, f"batch {sent['reference_id']} expires {expires_at}, before it is sent {send_at}"
-    else:
-        assert status == 400, sent
+    # Then it is accepted, and the batch outlives its send time: DynamoDB's TTL must not delete it (and its
+    # messages) before its schedule releases it; its records are kept the 30 days after it is sent
+    assert status == 200, sent
+    [batch] = stored_batches(account["account_id"])
+    expires_at = datetime.fromtimestamp(int(batch["expires_at"]["N"]), tz=UTC)
+    assert expires_at > send_at, f"batch {sent['reference_id']} expires {expires_at}, before it is sent {send_at}"
+    assert abs(expires_at - (send_at + timedelta(days=30))) < timedelta(seconds=2)
+    store = bootstrap.gateway().store
+    stored = store.list_messages(account["account_id"], int(sent["reference_id"]), limit=10)[0]
+    assert len(stored) == 2
+    for message in stored:
+        item = raw_message(store, message.key)
+        assert item is not None and item["expires_at"] == batch["expires_at"]

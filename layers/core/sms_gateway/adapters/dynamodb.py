@@ -72,6 +72,7 @@ from sms_gateway.domain.models import (
     SenderRegistration,
     StatusChange,
     StoredAnswer,
+    goes_out_at,
     iso,
 )
 from sms_gateway.domain.pricing import PriceTable
@@ -497,9 +498,13 @@ class DynamoStore(
 
     # ---------------------------------------------------------------- batches and messages
 
-    def _expires_at(self, created_at: str) -> int:
-        created = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
-        return int((created + self._retention).timestamp())
+    def _expires_at(self, batch: Batch) -> int:
+        """The TTL of a batch's items (the batch, its messages): the retention period after it goes out, so a batch
+        scheduled ahead keeps its records until it is sent and for the whole period after (counted from its
+        creation, a batch scheduled further ahead than the retention was deleted before its schedule released it:
+        charged, never sent, never refunded)."""
+        goes_out = goes_out_at(created_at=batch.created_at, send_at=batch.send_at)
+        return int((goes_out + self._retention).timestamp())
 
     def create_batch(self, batch: Batch, messages: Sequence[Message]) -> None:
         try:
@@ -512,7 +517,7 @@ class DynamoStore(
         item = {
             "pk": account_pk(batch.account_id),
             "sk": batch_sk(batch.reference_id),
-            "expires_at": self._expires_at(batch.created_at),
+            "expires_at": self._expires_at(batch),
             **batch.model_dump(mode="json"),
         }
         return {
@@ -614,7 +619,7 @@ class DynamoStore(
         return True
 
     def add_messages(self, batch: Batch, messages: Sequence[Message]) -> None:
-        expires_at = self._expires_at(batch.created_at)
+        expires_at = self._expires_at(batch)
         requests = [
             {"PutRequest": {"Item": self._codec.dump(self._message_item(message, expires_at))}} for message in messages
         ]

@@ -33,12 +33,18 @@ def from_iso(stamp: str) -> datetime:
 DEFAULT_VALIDITY = timedelta(hours=24)
 
 
+def goes_out_at(*, created_at: str, send_at: str | None) -> datetime:
+    """When a batch is due to go out: its send time, never before it was accepted (max(send_at, created_at)); when
+    it was accepted for a batch sent at once."""
+    return max(from_iso(send_at), from_iso(created_at)) if send_at else from_iso(created_at)
+
+
 def validity_ends(*, created_at: str, send_at: str | None, queued_at: str | None, validity: timedelta) -> datetime:
     """When a message is too late to send, and is expired and refunded instead: `validity` after its batch's send
-    time when it has one (never before it was accepted: max(send_at, created_at)), so a scheduled batch released
-    late (its schedule's release replayed from the schedule DLQ days after) never goes out that late; else after
-    it was queued. The release (logic.scheduled) and the dispatcher (logic.dispatch) both judge by this."""
-    start = max(from_iso(send_at), from_iso(created_at)) if send_at else from_iso(queued_at or created_at)
+    time when it has one (goes_out_at), so a scheduled batch released late (its schedule's release replayed from
+    the schedule DLQ days after) never goes out that late; else after it was queued. The release (logic.scheduled)
+    and the dispatcher (logic.dispatch) both judge by this."""
+    start = goes_out_at(created_at=created_at, send_at=send_at) if send_at else from_iso(queued_at or created_at)
     return start + validity
 
 
