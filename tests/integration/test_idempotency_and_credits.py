@@ -1120,11 +1120,6 @@ def test_a_withdrawn_message_is_reported_when_the_undo_that_withdrew_it_died_bef
     assert len(withdrawn) == 1, [r["id"] for r in withdrawn]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a retry that finishes a send whose answer was lost answers without the messages an upstream "
-    "failed meanwhile (recipients_processed short, `refused` 'not sent (failed)'), not the answer the send gave",
-)
 def test_a_retry_after_the_answer_was_lost_answers_as_the_send_did_though_an_upstream_failed_one_message_since(
     aws, api, monkeypatch
 ):

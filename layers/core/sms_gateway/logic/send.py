@@ -27,7 +27,7 @@ from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
 from sms_gateway.domain.optouts import refusal_reason
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.segments import Segmentation, segment
-from sms_gateway.domain.senders import holds_sender
+from sms_gateway.domain.senders import SENDER_REMOVED, holds_sender
 from sms_gateway.domain.status import NOT_QUEUED, MessageStatus
 from sms_gateway.domain.zones import account_zone, in_zone
 from sms_gateway.errors import (
@@ -385,16 +385,28 @@ def could_not_be_queued(message: Message | None) -> bool:
     return message is not None and message.status == MessageStatus.FAILED and message.error_code == NOT_QUEUED
 
 
-# A send stands with some messages withdrawn (its queueing failed after a dispatcher took others: `withdraw`), or
-# finished under its key after a cancel (`finish_stored_batch`): those numbers are not sent to.
-NOT_GOING_OUT = frozenset({MessageStatus.FAILED, MessageStatus.CANCELLED, MessageStatus.REJECTED})
+# Why a send itself leaves a stored message out: withdrawn when its queueing failed (`withdraw`), or to a number that
+# opted out, or from a sender removed, since it was stored (`withhold_opted_out`; a scheduled batch's release, or a
+# dispatcher before it claims the message, fail it the same way). Each is failed before any upstream had it, and
+# refunded. A message failed for any other reason was offered to an upstream: the send took it, whatever came after.
+WITHHELD_BY_THE_SEND = frozenset({NOT_QUEUED, OPTED_OUT, SENDER_REMOVED})
+
+
+def withheld(message: Message | None) -> bool:
+    """Whether a message of a send that stands is left out of it (not sent, not charged): none was stored for it (its
+    batch was cancelled before a retry under its key finished it), it was cancelled with its batch, or the send's own
+    checks failed it (WITHHELD_BY_THE_SEND). One a dispatcher took goes out, whatever its status now: failed,
+    rejected or expired by its upstream, it is the send's to report (a delivery report), not its answer's to
+    withhold, and a retry that finishes the send after it answers as the send did."""
+    if message is None or message.status == MessageStatus.CANCELLED:
+        return True
+    return message.status == MessageStatus.FAILED and message.error_code in WITHHELD_BY_THE_SEND
 
 
 def why_not_sent(message: Message | None) -> str | None:
     """Why a recipient of a send that stands is not sent to, in words for its answer; None when its message goes
-    out. `message` None: none was stored for it (its batch was cancelled before a retry under its key finished it).
-    Either way it is not charged."""
-    if message is not None and message.status not in NOT_GOING_OUT:
+    out (withheld). `message` None: none was stored for it. Either way it is not charged."""
+    if not withheld(message):
         return None
     if could_not_be_queued(message):
         return "not sent (it could not be queued in time) and not charged: send to it again"
