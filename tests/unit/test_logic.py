@@ -1848,6 +1848,10 @@ class TestInbound:
     ("stored", "counts", "expected"),
     [
         (MessageStatus.QUEUED, {"queued": 3}, "queued"),
+        # Released, its messages not moved yet (the release moves the batch first, then each message)
+        (MessageStatus.QUEUED, {"scheduled": 3}, "queued"),
+        (MessageStatus.QUEUED, {"scheduled": 1, "queued": 2}, "queued"),
+        (MessageStatus.QUEUED, {"scheduled": 1, "submitted": 2}, "processing"),
         (MessageStatus.QUEUED, {"queued": 1, "submitted": 2}, "processing"),
         (MessageStatus.QUEUED, {"delivered": 2, "submitted": 1}, "processing"),
         (MessageStatus.QUEUED, {"delivered": 2, "failed": 1}, "completed"),

@@ -27,14 +27,22 @@ class BatchView:
     @property
     def status(self) -> str:
         """Stored states (scheduled, cancelled, failed) as they are; a released batch reads `queued` until a
-        message moves, `processing` while any message is on its way, `completed` when every one is final."""
+        message moves, `processing` while any message is on its way, `completed` when every one is final. A message
+        still `scheduled` under a released batch has not moved either: the release moves the batch first, then its
+        messages one write at a time, so for a moment they read scheduled (and, after a release that died part-way,
+        until its retry), and the batch reads `queued` as it will once they are queued, not `processing` and then
+        back."""
         if self.batch.status != MessageStatus.QUEUED or not self.counts:
             return str(self.batch.status)
         if set(self.counts) <= {str(s) for s in TERMINAL}:
             return "completed"
-        if set(self.counts) == {str(MessageStatus.QUEUED)}:
+        if set(self.counts) <= NOT_MOVED_YET:
             return str(MessageStatus.QUEUED)
         return "processing"
+
+
+# The messages of a released (`queued`) batch that no dispatcher has taken and nothing has ended (BatchView.status).
+NOT_MOVED_YET = frozenset({str(MessageStatus.SCHEDULED), str(MessageStatus.QUEUED)})
 
 
 def parse_reference_id(raw: str) -> int:
