@@ -576,6 +576,23 @@ def test_allow_invalid_recipients_sends_to_the_valid_ones_and_lists_the_others(a
     assert balance(account["account_id"]) == 99
 
 
+def test_an_order_refused_for_invalid_numbers_lists_each_of_them_with_its_reason(aws, account, api):
+    # Given an order to one valid number and a dozen mistyped ones, without allowInvalidRecipients
+    keys = log_in(api, account)
+    invalid = [f"23480{i:02d}" for i in range(12)]
+    # When it is posted
+    response = api(sms_event(keys, seed_body(recipient=[NIGERIAN, *invalid])))
+    # Then it is refused, changing nothing, its error naming the first ten and `invalid_recipients` each one with
+    # its reason, as an order with allowInvalidRecipients lists them (docs/dialects/session-key.md, errors)
+    assert response["statusCode"] == 400, response
+    result = answer(response)
+    assert (result["result"], result["error"].endswith("(and 2 more)")) == ("KO", True), result
+    assert [entry["recipient"] for entry in result["invalid_recipients"]] == invalid, result
+    assert all(entry["reason"] for entry in result["invalid_recipients"]), result
+    assert balance(account["account_id"]) == 100
+    assert batch_count(account["account_id"]) == 0
+
+
 @pytest.mark.parametrize("return_credits", [True, False], ids=["credits", "messages"])
 def test_a_send_that_stands_after_its_queueing_failed_counts_and_names_only_what_goes_out(
     aws, account, api, monkeypatch, return_credits

@@ -44,7 +44,15 @@ from sms_gateway.logic import accounts, batches, groups
 from sms_gateway.logic.accounts import check_webhook_url
 from sms_gateway.logic.auth import account_for_credential, bearer_token
 from sms_gateway.logic.idempotency import request_key
-from sms_gateway.logic.send import Accepted, going_out, not_sent_to, send_time, stored_recipients
+from sms_gateway.logic.send import (
+    Accepted,
+    InvalidNumbers,
+    Rejection,
+    going_out,
+    not_sent_to,
+    send_time,
+    stored_recipients,
+)
 
 router = APIGatewayHttpRouter()
 # The same limit as logic/compose.py's (a test keeps them equal); that module is imported on the first send only.
@@ -214,7 +222,17 @@ class SendRequest(BaseModel):
 
 def render_error(error: GatewayError) -> Response[Any]:
     status = status_for(error)
-    return json_response(status, {"status_code": status, "message": error.message}, headers=error_headers(error))
+    body: dict[str, Any] = {"status_code": status, "message": error.message}
+    if isinstance(error, InvalidNumbers):
+        # The message names the first ten; the list names each, as the dry run lists them.
+        body |= listed_invalid(error.rejected, "to")
+    return json_response(status, body, headers=error_headers(error))
+
+
+def listed_invalid(rejected: Sequence[Rejection], field: str) -> dict[str, Any]:
+    """The family's list of refused entries: how many there were, and each (up to 1000) with its reason, `field`
+    naming it as given."""
+    return {"invalid_count": len(rejected), "invalid": invalid_entries(rejected, field)}
 
 
 def _caller() -> Account:
@@ -336,8 +354,7 @@ def dry_run() -> Response[Any]:
             "total_cost": dry.priced.cost,
             "balance": dry.balance,
             "balance_sufficient": dry.sufficient,
-            "invalid_count": len(dry.invalid) + len(dry.opted_out),
-            "invalid": invalid_entries(dry.invalid + dry.opted_out, "to"),
+            **listed_invalid(dry.invalid + dry.opted_out, "to"),
             "would_be_accepted": dry.would_be_accepted,
         },
     )
@@ -543,8 +560,7 @@ def _create_group(account: Account, request: GroupRequest) -> Response[Any]:
             "status_code": 201,
             "message": "group created",
             **_group_body(change.group),
-            "invalid_count": len(change.rejected),
-            "invalid": invalid_entries(change.rejected, "member"),
+            **listed_invalid(change.rejected, "member"),
         },
     )
 
@@ -598,8 +614,7 @@ def _change_members(group_id: str, change_members: Any, message: str, counts: tu
             **_group_summary(change.group),
             changed: change.changed,
             unchanged: change.unchanged,
-            "invalid_count": len(change.rejected),
-            "invalid": invalid_entries(change.rejected, "member"),
+            **listed_invalid(change.rejected, "member"),
         },
     )
 

@@ -36,9 +36,10 @@ def shape(optional: dict[str, Schema] | None = None, **required: Schema) -> Sche
 
 # ------------------------------------------------------------------ errors, per dialect
 
-NINEBITS_ERROR = shape(status_code=INTEGER, message=STRING)
+# A send refused for invalid numbers lists each of them too (`invalid`, as the dry run does).
+NINEBITS_ERROR = shape({"invalid_count": INTEGER, "invalid": ARRAY}, status_code=INTEGER, message=STRING)
 NINEBITS_ERROR_STATUSES = (400, 401, 402, 404, 409, 413, 415, 500, 503)
-SESSION_ERROR = shape(result={"const": "KO"}, error=STRING)
+SESSION_ERROR = shape({"invalid_recipients": ARRAY}, result={"const": "KO"}, error=STRING)
 SESSION_ERROR_STATUSES = (400, 401, 404, 409, 413, 415, 500, 503)
 # The dialects whose errors are HTTP errors: their statuses and body.
 HTTP_ERRORS: dict[str, tuple[tuple[int, ...], Schema]] = {

@@ -38,6 +38,7 @@ from sms_gateway.logic import batches, sessions
 from sms_gateway.logic.idempotency import request_key
 from sms_gateway.logic.send import (
     Accepted,
+    InvalidNumbers,
     Rejection,
     balance_after,
     going_out,
@@ -102,7 +103,10 @@ RECIPIENT_STATUS: dict[MessageStatus, str] = {
 
 
 def render_error(error: GatewayError) -> Response[Any]:
-    body = {"result": "KO", "error": error.message}
+    body: dict[str, Any] = {"result": "KO", "error": error.message}
+    if isinstance(error, InvalidNumbers):
+        # `error` names the first ten; the list names each, as an order with allowInvalidRecipients lists them.
+        body["invalid_recipients"] = invalid_entries(error.rejected, "recipient")
     return json_response(HTTP_STATUS.get(error.code, DEFAULT_STATUS), body, headers=error_headers(error))
 
 

@@ -67,6 +67,15 @@ class Rejection:
     reason: str
 
 
+class InvalidNumbers(InvalidRecipient):
+    """A send refused for invalid numbers: the message names the first few (it stays readable for 1000), and
+    `rejected` holds each, as typed, with its reason, for the dialects' answers to list."""
+
+    def __init__(self, message: str, *, logged: str, rejected: Sequence[Rejection]) -> None:
+        super().__init__(message, logged=logged)
+        self.rejected = list(rejected)
+
+
 def normalise_recipients(raw_numbers: Sequence[str], default_country: str) -> tuple[list[Recipient], list[Rejection]]:
     """Each number parsed on its own: invalid ones are reported with a reason, never dropped silently.
     A number given twice is sent once."""
@@ -92,14 +101,15 @@ def listed(reasons: Sequence[str], shown: int = 10) -> str:
 
 
 def require_valid(rejected: Sequence[Rejection]) -> None:
-    """Refuses the send when a number is invalid: the answer quotes each as the client typed it, the log line only
-    its digits, masked (a number in groups, "+234 802 000 0199 (Ada)", is still a whole number)."""
+    """Refuses the send when a number is invalid (InvalidNumbers, which lists each): the answer quotes each as the
+    client typed it, the log line only its digits, masked (a number in groups, "+234 802 000 0199 (Ada)", is still a
+    whole number), and only the first few."""
     if rejected:
 
         def reasons(quoted: Callable[[str], str]) -> str:
             return f"invalid recipient number: {listed([f'{quoted(r.raw)}: {r.reason}' for r in rejected])}"
 
-        raise InvalidRecipient(reasons(repr), logged=reasons(mask_typed_number))
+        raise InvalidNumbers(reasons(repr), logged=reasons(mask_typed_number), rejected=rejected)
 
 
 @dataclass(frozen=True)
