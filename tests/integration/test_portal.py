@@ -140,11 +140,6 @@ def test_signing_in_again_ends_the_browsers_previous_session(browser, account):
     assert browser.get(SETTINGS).status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: every view of the sign-in page replaces the portal_login cookie, so a sign-in page opened "
-    "before another one (two tabs sent to sign in when the session ended) is refused 403 with the right password",
-)
 def test_a_sign_in_page_opened_before_another_still_signs_in(browser, account):
     # Given the session ended in two tabs, each sent to the sign-in page (the first tab's page loaded first)
     first_tab = browser.get("/portal/login").csrf_token()

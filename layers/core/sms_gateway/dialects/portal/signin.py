@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from typing import Any
 
@@ -42,6 +43,8 @@ LOGIN_COOKIE = "portal_login"
 # One message whatever was wrong, so the page never tells whether a username exists.
 WRONG_LOGIN = "Wrong username or password."
 SIGNED_OUT_NOTICE = "You are signed out."
+# What login_page mints (secrets.token_urlsafe(32)): a cookie of another shape is not one of ours and is replaced.
+LOGIN_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 def _login_cookie(value: str | None) -> Cookie:
@@ -55,8 +58,13 @@ def login_page(
     notice: str | None = None,
     username: str = "",
     retry_after: int | None = None,
+    event: Any = None,
 ) -> Response[Any]:
-    token = secrets.token_urlsafe(32)
+    # The browser's login token when it has one, so that every sign-in page it shows (two tabs sent to sign in when
+    # the session ended) carries the token the cookie holds: a fresh one per view left older pages refused 403. The
+    # token still binds the form to this browser's cookie, which another site can neither read nor set.
+    held = cookie(event, LOGIN_COOKIE) if event is not None else None
+    token = held if held and LOGIN_TOKEN.fullmatch(held) else secrets.token_urlsafe(32)
     notice_html = f'<div class="notice" role="status">{esc(notice)}</div>' if notice else ""
     form = (
         f'{notice_html}<form method="post" action="{LOGIN_PATH}" class="sign-in">{csrf_input(token)}'
@@ -80,7 +88,7 @@ def show_login() -> Response[Any]:
     if current_session(router.current_event):
         return redirect(home_path())
     signed_out = (router.current_event.query_string_parameters or {}).get("signed_out") == "1"
-    return login_page(notice=SIGNED_OUT_NOTICE if signed_out else None)
+    return login_page(notice=SIGNED_OUT_NOTICE if signed_out else None, event=router.current_event)
 
 
 @router.post(LOGIN_PATH, include_in_schema=False)
@@ -95,15 +103,17 @@ def sign_in() -> Response[Any]:
     expected = cookie(event, LOGIN_COOKIE) or ""
     given = form.get(CSRF_FIELD, "")
     if not expected or not hmac.compare_digest(expected.encode(), given.encode()):
-        return login_page(status=403, error=BAD_CSRF)
+        return login_page(status=403, error=BAD_CSRF, event=event)
     username = form.get("username", "").strip()
     store = gateway().store
     try:
         token = portal_sessions.sign_in(store, store, username, form.get("password", ""), now=utc_now())
     except TooManyAttempts as error:
-        return login_page(status=429, error=error.message, username=username, retry_after=error.retry_after)
+        return login_page(
+            status=429, error=error.message, username=username, retry_after=error.retry_after, event=event
+        )
     except Unauthorized:
-        return login_page(status=401, error=WRONG_LOGIN, username=username)
+        return login_page(status=401, error=WRONG_LOGIN, username=username, event=event)
     # A session this browser had before ends: one browser, one session (and no session outlives its cookie).
     portal_sessions.sign_out(store, session_cookie(event))
     return redirect(home_path(), cookies=[session_cookie_header(token), _login_cookie(None)])
