@@ -77,6 +77,15 @@ class KeyReused(Conflict):
     """An idempotency key (or ref_id) the account used, within its window, for a request with other content."""
 
 
+class KeyInProgress(Conflict):
+    """An idempotency key whose request (this same one: same content) is still under way. `reference_id` is the
+    batch that request plans (None when the key names none), so a caller may point at it rather than send again."""
+
+    def __init__(self, message: str, *, reference_id: int | None) -> None:
+        super().__init__(message)
+        self.reference_id = reference_id
+
+
 class UpstreamError(GatewayError):
     """An upstream refused or failed a submit. `permanent` says whether a retry can help."""
 

@@ -376,9 +376,10 @@ class IdempotencyStore(Protocol):
     ) -> StoredAnswer | KeyClaim:
         """Claims a key for the batch `reference_id`: a KeyClaim when this call owns it. The stored answer when the
         same request was answered already. Raises KeyReused (a Conflict) for a different request under the same key,
-        Conflict for one still in progress. With a `lease`, a request that held the key longer than that without
-        answering is taken to have died: the key is taken over (a conditional write, so only one retry wins) and the
-        claim names the batch the dead request planned, `resumed`. Without one, the key is held until it expires."""
+        KeyInProgress (a Conflict naming the batch it plans) for the same one still in progress. With a `lease`, a
+        request that held the key longer than that without answering is taken to have died: the key is taken over
+        (a conditional write, so only one retry wins) and the claim names the batch the dead request planned,
+        `resumed`. Without one, the key is held until it expires."""
         ...
 
     def complete(self, scope: str, key: str, answer: StoredAnswer) -> None: ...

@@ -78,7 +78,7 @@ from sms_gateway.domain.models import (
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.senders import registry_form
 from sms_gateway.domain.status import MessageStatus, allowed_previous
-from sms_gateway.errors import Conflict, InsufficientCredits, KeyReused, NotFound
+from sms_gateway.errors import Conflict, InsufficientCredits, KeyInProgress, KeyReused, NotFound
 from sms_gateway.ports import PasswordLogin
 
 MESSAGE_INDEX = "message-index"
@@ -1163,8 +1163,11 @@ class DynamoStore(
     ) -> KeyClaim:
         """A key still in progress: taken over only when its holder's lease ran out (it died without answering),
         by a write conditional on that lease, so of two retries only one resumes the batch."""
-        still_processing = Conflict("a request with this idempotency key is still being processed; retry later")
         held_until, planned = current.get("lease_until"), current.get("reference_id")
+        still_processing = KeyInProgress(
+            "a request with this idempotency key is still being processed; retry later",
+            reference_id=None if planned is None else int(planned),
+        )
         if lease is None or held_until is None or planned is None or int(held_until) >= int(now.timestamp()):
             raise still_processing
         try:

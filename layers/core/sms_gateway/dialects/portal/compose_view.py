@@ -33,10 +33,11 @@ from sms_gateway.dialects.portal.framework import (
     same_origin,
 )
 from sms_gateway.dialects.portal.markup import attrs, esc, select
-from sms_gateway.dialects.portal.messages_view import stylesheet
+from sms_gateway.dialects.portal.messages import MESSAGES_PATH
+from sms_gateway.dialects.portal.messages_view import UNDER_WAY, stylesheet
 from sms_gateway.domain.dates import InvalidClientDatetime, parse_client_datetime
 from sms_gateway.domain.models import Account, SendCommand, StoredAnswer, utc_now
-from sms_gateway.errors import Conflict, GatewayError, InvalidRecipient, InvalidRequest
+from sms_gateway.errors import Conflict, GatewayError, InvalidRecipient, InvalidRequest, KeyInProgress
 from sms_gateway.logic import compose
 from sms_gateway.logic.idempotency import MAX_KEY_LENGTH, SEND_LEASE, fingerprint, run_once
 from sms_gateway.logic.send import Accepted, listed
@@ -147,15 +148,21 @@ def send(ctx: PageContext) -> Response[Any]:
                 sent_answer,
             ),
         )
+    except KeyInProgress as error:
+        # The same form's first send is still under way (a second click before its answer came): the browser shows
+        # this answer, not the first one, so it leads to the batch that send makes, as a resubmit after it ends does.
+        if error.reference_id is None:
+            raise
+        return redirect(f"{MESSAGES_PATH}?batch={error.reference_id}&{UNDER_WAY}=1")
     except Conflict as error:
-        # The key is taken: this form was sent already (then changed), or its first send is still under way.
+        # The key is taken: this form was sent already, then changed.
         raise Conflict(
-            "This form was sent already or its send is still under way, so nothing more was sent: see Messages, "
+            "This form was sent already (with other values), so nothing more was sent: see Messages, "
             "or open Compose again for a new message."
         ) from error
     sent = json.loads(answer.body)
     refused = f"&refused={sent['refused']}" if sent["refused"] else ""
-    return redirect(f"/portal/messages?batch={sent['reference_id']}&sent=1{refused}")
+    return redirect(f"{MESSAGES_PATH}?batch={sent['reference_id']}&sent=1{refused}")
 
 
 def send_once(account: Account, form: Mapping[str, str]) -> StoredAnswer:

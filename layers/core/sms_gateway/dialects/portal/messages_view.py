@@ -14,17 +14,20 @@ from aws_lambda_powertools.event_handler import Response
 
 from sms_gateway.dialects.common import status_for
 from sms_gateway.dialects.portal.charts import figures_table, rate_by_network, rate_over_time
+from sms_gateway.dialects.portal.compose import COMPOSE_PATH
 from sms_gateway.dialects.portal.framework import Notice, PageContext, asset_url, html_response, page_html
 from sms_gateway.dialects.portal.markup import attrs, esc, section, table
 from sms_gateway.dialects.portal.messages import MESSAGES_PATH
 from sms_gateway.domain.models import Account, Batch, Message, from_iso, utc_now
 from sms_gateway.domain.status import MessageStatus
-from sms_gateway.errors import GatewayError, InvalidRequest
+from sms_gateway.errors import GatewayError, InvalidRequest, NotFound
 from sms_gateway.logic import batches, history
 
 BATCHES_PER_PAGE = 25
 MESSAGES_PER_PAGE = 100
 TEXT_SHOWN = 60
+# The query flag of a batch's page that Compose leads to while the send making the batch is still under way.
+UNDER_WAY = "under_way"
 
 
 def messages_page(ctx: PageContext) -> str | Response[Any]:
@@ -217,7 +220,12 @@ def batch_detail(ctx: PageContext, raw_reference: str, zone: tzinfo) -> str:
     account_id = ctx.account.account_id
     # Another account's reference_id is "not found", exactly like one that never existed.
     reference_id = batches.parse_reference_id(raw_reference.strip())
-    view = batches.batch_view(store, account_id, reference_id)
+    try:
+        view = batches.batch_view(store, account_id, reference_id)
+    except NotFound:
+        if not ctx.query.get(UNDER_WAY):
+            raise
+        return under_way(reference_id)
     batch = view.batch
     page_of_messages, cursor = store.list_messages(
         account_id, reference_id, limit=MESSAGES_PER_PAGE, cursor=ctx.query.get("cursor") or None
@@ -250,6 +258,17 @@ def batch_detail(ctx: PageContext, raw_reference: str, zone: tzinfo) -> str:
             id_="batch",
         )
         + section("Messages", messages_table(page_of_messages, zone, with_batch=False, empty="No messages.") + more)
+    )
+
+
+def under_way(reference_id: int) -> str:
+    """The page of a batch whose send is still under way (Compose sent twice before the first answer): not stored
+    yet, or never, if that send is refused (its answer, with the reason, went to the click the browser dropped)."""
+    again = f'<a href="{esc(_url(batch=str(reference_id), **{UNDER_WAY: "1"}))}">reload this page</a>'
+    return (
+        f'<div class="notice" role="status">Your send is still under way as batch {reference_id}: {again} in a '
+        "moment to see it. If it does not appear, that send was refused and nothing was sent or charged: open "
+        f'<a href="{esc(COMPOSE_PATH)}">Compose</a> to send it again.</div>'
     )
 
 
