@@ -132,7 +132,7 @@ def batches_table(rows: list[history.BatchRow], zone: tzinfo) -> str:
     body = [
         [
             batch_link(row.batch),
-            esc(local_time(row.batch.created_at, zone)),
+            esc(goes_out(row.batch, zone)),
             esc(row.batch.sender),
             esc(_short(row.batch.text)),
             str(row.batch.recipients),
@@ -145,6 +145,15 @@ def batches_table(rows: list[history.BatchRow], zone: tzinfo) -> str:
     ]
     headers = ["Reference", "Sent", "Sender", "Text", "Recipients", "Parts", "Cost", "Status", "Messages"]
     return table(headers, body, empty="No batches yet: send one from Compose.")
+
+
+def goes_out(batch: Batch, zone: tzinfo) -> str:
+    """The batches table's "Sent": when the batch goes out, its schedule time for a scheduled send (not when it was
+    made, which read as sent already)."""
+    if not batch.send_at:
+        return local_time(batch.created_at, zone)
+    when = local_time(batch.send_at, zone)
+    return f"scheduled for {when}" if batch.status == MessageStatus.SCHEDULED else when
 
 
 def batch_link(batch: Batch) -> str:
@@ -234,7 +243,7 @@ def batch_detail(ctx: PageContext, raw_reference: str, zone: tzinfo) -> str:
         ("Reference", str(batch.reference_id)),
         ("Status", view.status),
         ("Sender", batch.sender),
-        ("Sent", local_time(batch.created_at, zone)),
+        ("Created", local_time(batch.created_at, zone)),
         ("Scheduled for", local_time(batch.send_at, zone) if batch.send_at else "not scheduled"),
         ("Recipients", str(batch.recipients)),
         ("Parts", f"{batch.parts} ({batch.encoding})"),
@@ -248,7 +257,12 @@ def batch_detail(ctx: PageContext, raw_reference: str, zone: tzinfo) -> str:
     if ctx.query.get("sent"):
         refused = ctx.query.get("refused", "")
         left_out = f" {refused} recipients were left out: they opted out of this sender." if refused.isdigit() else ""
-        sent = f'<div class="notice" role="status">Sent: the batch is being processed.{esc(left_out)}</div>'
+        if batch.status == MessageStatus.SCHEDULED and batch.send_at:
+            # Nothing went out yet: the send only stored the batch for its time, and it can still be cancelled.
+            done = f"Scheduled for {local_time(batch.send_at, zone)}; you can cancel it here until then."
+        else:
+            done = "Sent: the batch is being processed."
+        sent = f'<div class="notice" role="status">{esc(done + left_out)}</div>'
     return (
         sent
         + f'<p><a href="{MESSAGES_PATH}">All batches</a></p>'
