@@ -13,6 +13,8 @@ from urllib.parse import urlencode, urlsplit
 HOST = "abc123.execute-api.us-east-1.amazonaws.com"
 ORIGIN = f"https://{HOST}"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+FORM = re.compile(r"<form\b.*?</form>", re.DOTALL)
+HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)"')
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 
@@ -31,6 +33,15 @@ class PortalResponse:
         found = CSRF.search(self.body)
         assert found, f"no CSRF field in the page:\n{self.body[:2000]}"
         return unescape(found.group(1))
+
+    def hidden_fields(self, action: str) -> dict[str, str]:
+        """The hidden fields of the page's form for `action` (its CSRF token, once-per-form key, ...), as the browser
+        would post them; empty when the page has no such form."""
+        for form in FORM.findall(self.body):
+            fields = {name: unescape(value) for name, value in HIDDEN.findall(form)}
+            if fields.get("action") == action:
+                return fields
+        return {}
 
     def text(self) -> str:
         """The page without its tags, for asserting what a user reads."""
@@ -135,6 +146,8 @@ class PortalClient:
     def submit(
         self, path: str, action: str, fields: Mapping[str, str] | None = None, *, from_page: str | None = None
     ) -> PortalResponse:
-        """Loads the page (or `from_page`) and posts one of its forms to `path`, with the page's CSRF token."""
-        token = self.get(from_page or path).csrf_token()
-        return self.post(path, {"csrf_token": token, "action": action, **(fields or {})})
+        """Loads the page (or `from_page`) and posts one of its forms to `path`, with the page's CSRF token (and the
+        form's other hidden fields, when the page has a form for `action`)."""
+        page = self.get(from_page or path)
+        hidden = page.hidden_fields(action)
+        return self.post(path, {"csrf_token": page.csrf_token(), "action": action, **hidden, **(fields or {})})

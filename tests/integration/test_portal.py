@@ -414,11 +414,6 @@ def test_a_credential_is_created_shown_once_listed_by_prefix_and_revoked(api, si
     assert _send(api, account["token"]) == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: the Create credential form has no once-per-form key and its answer is the POST's own page, so "
-    "a double click (or a reload of the answer) makes a second live credential whose secret nobody is ever shown",
-)
 def test_a_create_credential_form_sent_twice_makes_one_credential(signed_in, account):
     from sms_gateway.bootstrap import gateway
 
@@ -428,13 +423,45 @@ def test_a_create_credential_form_sent_twice_makes_one_credential(signed_in, acc
 
     before = active()
     # Given the Settings page's Create credential form
-    fields = {"csrf_token": signed_in.get(SETTINGS).csrf_token(), "action": "create-credential", "kind": "token"}
+    fields = {**signed_in.get(SETTINGS).hidden_fields("create-credential"), "kind": "token"}
     # When it is sent twice (a double click: the browser shows only the second answer; or a reload of the answer)
-    signed_in.post(SETTINGS, fields)
+    first = signed_in.post(SETTINGS, fields)
     second = signed_in.post(SETTINGS, fields)
     assert second.status == 200
     # Then one credential was made (the one shown), not a second live one whose secret no page ever showed
     assert active() == before + 1
+    # And the second answer names it without its secret, shown once by the first
+    secret = first.body.split('<code class="secret">', 1)[1].split("<", 1)[0]
+    assert f"created a token (starts with {secret[:8]}) already" in second.text()
+    assert secret not in second.body and '<code class="secret">' not in second.body
+
+
+@pytest.mark.parametrize(
+    ("action", "attribute"), [("rotate-secret", "signing_secret"), ("rotate-token", "webhook_token")]
+)
+def test_a_rotate_form_sent_twice_rotates_once(signed_in, account, action, attribute):
+    # Given the Settings page's rotate form, sent once: its answer shows the new value
+    fields = signed_in.get(SETTINGS).hidden_fields(action)
+    first = signed_in.post(SETTINGS, fields)
+    token, secret = webhook_credentials(account["account_id"])
+    shown = secret if attribute == "signing_secret" else token
+    assert shown in first.body
+    # When the answer is reloaded (the same form posted again)
+    again = signed_in.post(SETTINGS, fields)
+    # Then the value shown stays the one in use: nothing was rotated again, and it is not shown again
+    assert again.status == 200 and "already" in again.text()
+    assert webhook_credentials(account["account_id"]) == (token, secret)
+    assert shown not in again.body
+
+
+def test_a_create_credential_form_without_its_key_makes_nothing(signed_in, account):
+    from sms_gateway.bootstrap import gateway
+
+    before = gateway().store.list_credentials(account["account_id"])
+    fields = {"csrf_token": signed_in.get(SETTINGS).csrf_token(), "action": "create-credential", "kind": "token"}
+    answer = signed_in.post(SETTINGS, fields)
+    assert answer.status == 400 and "reload the page" in answer.text()
+    assert gateway().store.list_credentials(account["account_id"]) == before
 
 
 def test_a_revoked_credential_is_refused_from_the_next_request_even_from_a_replica_that_lags(

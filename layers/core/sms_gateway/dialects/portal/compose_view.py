@@ -4,7 +4,6 @@ run. Imported when the page or its preview is first served (compose.py registers
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -21,7 +20,7 @@ from sms_gateway.dialects.common import (
     undo_refused_send,
 )
 from sms_gateway.dialects.ninebits import ROUTE_TIER
-from sms_gateway.dialects.portal.compose import COMPOSE_PATH, PREVIEW_PATH
+from sms_gateway.dialects.portal.compose import PREVIEW_PATH
 from sms_gateway.dialects.portal.framework import (
     BAD_CSRF,
     BAD_ORIGIN,
@@ -29,7 +28,10 @@ from sms_gateway.dialects.portal.framework import (
     PageContext,
     asset_url,
     current_session,
+    form_key_input,
+    new_form_key,
     redirect,
+    run_form_once,
     same_origin,
 )
 from sms_gateway.dialects.portal.markup import attrs, esc, select
@@ -39,7 +41,7 @@ from sms_gateway.domain.dates import InvalidClientDatetime, parse_client_datetim
 from sms_gateway.domain.models import Account, SendCommand, StoredAnswer, utc_now
 from sms_gateway.errors import Conflict, GatewayError, InvalidRecipient, InvalidRequest, KeyInProgress
 from sms_gateway.logic import compose
-from sms_gateway.logic.idempotency import MAX_KEY_LENGTH, SEND_LEASE, fingerprint, run_once
+from sms_gateway.logic.idempotency import SEND_LEASE
 from sms_gateway.logic.send import Accepted, listed
 
 CSRF_HEADER = "x-csrf-token"
@@ -60,7 +62,7 @@ def compose_page(ctx: PageContext) -> str:
     form = ctx.form
     # One key per rendered form: a double click or a resubmit of this form sends once (an error keeps the key, since
     # a refused send stored nothing under it).
-    send_key = form.get(SEND_KEY_FIELD) or secrets.token_urlsafe(18)
+    send_key = form.get(SEND_KEY_FIELD) or new_form_key()
     fields = (
         select("Sender", "sender", [(s, s) for s in account.senders], form.get("sender"))
         + textarea(
@@ -89,7 +91,7 @@ def compose_page(ctx: PageContext) -> str:
         + f"<input{attrs(id='send_at', name='send_at', type='datetime-local', value=form.get('send_at', ''))}"
         + ' aria-describedby="send_at-hint">'
         + f'<small id="send_at-hint">In {esc(account.timezone)}. Leave empty to send now.</small>'
-        + f"<input{attrs(type='hidden', name=SEND_KEY_FIELD, value=send_key)}>"
+        + form_key_input(SEND_KEY_FIELD, send_key)
         + preview_panel()
     )
     script = f'<script src="{esc(asset_url("compose.js"))}" defer></script>'
@@ -129,18 +131,13 @@ def preview_panel() -> str:
 def send(ctx: PageContext) -> Response[Any]:
     from sms_gateway.bootstrap import gateway
 
-    key = ctx.form.get(SEND_KEY_FIELD, "").strip()
-    if not key or len(key) > MAX_KEY_LENGTH:
-        raise InvalidRequest("this form has no send key: reload the page and try again")
     account = ctx.account
     try:
-        answer = run_once(
-            gateway().store,
-            scope=account.account_id,
-            key=f"portal-send:{key}",
-            request_fingerprint=fingerprint(COMPOSE_PATH, *(ctx.form.get(name, "") for name in SEND_FIELDS)),
-            now=utc_now(),
-            produce=lambda claim: under_claim(claim, lambda: send_once(account, ctx.form)),
+        answer = run_form_once(
+            ctx,
+            SEND_KEY_FIELD,
+            SEND_FIELDS,
+            lambda claim: under_claim(claim, lambda: send_once(account, ctx.form)),
             lease=SEND_LEASE,
             undo=undo_refused_send(
                 account,

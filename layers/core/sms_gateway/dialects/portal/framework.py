@@ -7,7 +7,9 @@ and CSRF token, and renders the page inside the shared layout."""
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +21,7 @@ from aws_lambda_powertools.shared.cookies import Cookie, SameSite
 
 from sms_gateway.dialects.common import error_headers, request_text, status_for
 from sms_gateway.dialects.portal.markup import attrs, esc, layout
-from sms_gateway.domain.models import Account, utc_now
+from sms_gateway.domain.models import Account, KeyClaim, StoredAnswer, utc_now
 from sms_gateway.errors import GatewayError, InvalidRequest, UnsupportedMediaType
 
 if TYPE_CHECKING:
@@ -312,6 +314,50 @@ def post_form(
         f"{csrf_input(csrf_token)}"
         f'<input type="hidden" name="{ACTION_FIELD}" value="{esc(action)}">'
         f'{fields}<button type="submit">{esc(submit)}</button></form>'
+    )
+
+
+# ------------------------------------------------------------------ forms that act once
+
+
+def new_form_key() -> str:
+    """A key for one rendered form whose POST must act once (a send, a new credential, a rotated secret): a double
+    click, a resubmit or a reload of the answer posts the same key, and run_form_once answers it without acting."""
+    return secrets.token_urlsafe(18)
+
+
+def form_key_input(name: str, value: str) -> str:
+    return f"<input{attrs(type='hidden', name=name, value=value)}>"
+
+
+def run_form_once(
+    ctx: PageContext,
+    key_field: str,
+    fields: tuple[str, ...],
+    produce: Callable[[KeyClaim | None], StoredAnswer],
+    *,
+    lease: timedelta | None = None,
+    undo: Callable[[KeyClaim], StoredAnswer | None] | None = None,
+) -> StoredAnswer:
+    """`produce` run once per form key (the idempotency store, scope the account, 24 hours), the key named for the
+    form's action: a repeat with the same `fields` gets the first answer, kept (logic.idempotency.run_once: only a
+    2xx answer is kept, so a refused form can be corrected and sent again); one with other values is refused
+    (KeyReused), one while the first is still running too (KeyInProgress). A kept answer is stored: no secret in it."""
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic.idempotency import MAX_KEY_LENGTH, fingerprint, run_once
+
+    key = ctx.form.get(key_field, "").strip()
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise InvalidRequest("this form has no key to send it once: reload the page and try again")
+    return run_once(
+        gateway().store,
+        scope=ctx.account.account_id,
+        key=f"portal-{ctx.form.get(ACTION_FIELD, '')}:{key}",
+        request_fingerprint=fingerprint(ctx.page.path, *(ctx.form.get(name, "") for name in fields)),
+        now=utc_now(),
+        produce=produce,
+        lease=lease,
+        undo=undo,
     )
 
 

@@ -4,12 +4,22 @@ operator's CLI (logic/accounts.py, logic/sender_requests.py), so the same checks
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sms_gateway.dialects.portal.framework import Notice, PageContext, page
+from sms_gateway.dialects.portal.framework import (
+    Notice,
+    PageContext,
+    form_key_input,
+    new_form_key,
+    page,
+    run_form_once,
+)
 from sms_gateway.dialects.portal.markup import esc, field, section, select, table
-from sms_gateway.domain.models import Account, SenderRequest, SenderRequestStatus, utc_now
+from sms_gateway.domain.models import Account, KeyClaim, SenderRequest, SenderRequestStatus, StoredAnswer, utc_now
 from sms_gateway.domain.senders import registry_form
+from sms_gateway.errors import Conflict, KeyInProgress, KeyReused
 
 if TYPE_CHECKING:
     from sms_gateway.adapters.dynamodb import DynamoStore
@@ -18,6 +28,9 @@ if TYPE_CHECKING:
 SETTINGS_PATH = "/portal/settings"
 CREDENTIAL_KINDS = (("token", "Bearer token (9bits, batches)"), ("apikey", "API key (shortcode API)"))
 WEBHOOK_KINDS = (("dlr", "Delivery report (DLR) URL"), ("inbound", "Inbound SMS URL"))
+# The once-per-form key of the forms that make a secret (a credential, a rotated webhook token or signing secret): a
+# double click or a reload of the answer must not make a second one, which no page would ever show.
+FORM_KEY_FIELD = "form_key"
 
 
 @page(SETTINGS_PATH, title="Settings", nav="Settings", order=30)
@@ -69,14 +82,14 @@ def webhooks_html(ctx: PageContext, account: Account) -> str:
             f"<p>Webhook token: <strong>{token_state}</strong>. Signing secret: <strong>{secret_state}</strong>.</p>",
             ctx.form_html(
                 "rotate-token",
-                "",
+                form_key_input(FORM_KEY_FIELD, new_form_key()),
                 submit="Rotate webhook token",
                 css_class="inline",
                 confirm="Your webhook must accept the new token at once. Rotate it?",
             ),
             ctx.form_html(
                 "rotate-secret",
-                "",
+                form_key_input(FORM_KEY_FIELD, new_form_key()),
                 submit="Rotate signing secret",
                 css_class="inline",
                 confirm="Your webhook must check signatures with the new secret at once. Rotate it?",
@@ -124,15 +137,51 @@ def _posted_url(ctx: PageContext, name: str) -> str | None:
 
 @settings_page.action("rotate-token")
 def rotate_token(ctx: PageContext) -> Notice:
-    rotated = _set_webhooks(ctx, rotate_token=True)
-    return Notice("A new webhook token is in use from now on.", reveal=(("Webhook token", rotated.token or ""),))
+    _, token = _once(ctx, (), lambda: ({}, _set_webhooks(ctx, rotate_token=True).token or ""))
+    if token is None:
+        return _made_already("rotated the webhook token", "Rotate it again")
+    return Notice("A new webhook token is in use from now on.", reveal=(("Webhook token", token),))
 
 
 @settings_page.action("rotate-secret")
 def rotate_secret(ctx: PageContext) -> Notice:
-    rotated = _set_webhooks(ctx, rotate_secret=True)
+    _, secret = _once(ctx, (), lambda: ({}, _set_webhooks(ctx, rotate_secret=True).secret or ""))
+    if secret is None:
+        return _made_already("rotated the signing secret", "Rotate it again")
+    return Notice("Webhooks are signed with a new secret from now on.", reveal=(("Signing secret", secret),))
+
+
+def _once(
+    ctx: PageContext, fields: tuple[str, ...], make: Callable[[], tuple[dict[str, str], str]]
+) -> tuple[dict[str, str], str | None]:
+    """Runs the form's `make` once per form key (run_form_once). `make` returns what may be kept (a credential's
+    prefix: the answer's key is stored) and the secret it made. Answers (what was kept, the secret) when this
+    request made it, and (what was kept, None) when the form was sent before (a double click, a reload of the
+    answer): that secret was shown once, by the first answer, and is kept nowhere."""
+    made: list[str] = []
+
+    def produce(_claim: KeyClaim | None) -> StoredAnswer:
+        kept, secret = make()
+        made.append(secret)
+        return StoredAnswer(status_code=200, body=json.dumps({"kept": kept}))
+
+    try:
+        answer = run_form_once(ctx, FORM_KEY_FIELD, fields, produce)
+    except KeyInProgress as error:
+        raise Conflict(
+            "This form is still being carried out (it was sent twice), so nothing more was changed: open Settings "
+            "again in a moment."
+        ) from error
+    except KeyReused as error:
+        raise Conflict("This form was sent already, so nothing more was changed: open Settings again.") from error
+    return json.loads(answer.body)["kept"], made[0] if made else None
+
+
+def _made_already(done: str, again: str) -> Notice:
+    """The answer to a secret-making form sent again: nothing more was made, and the secret is not shown again."""
     return Notice(
-        "Webhooks are signed with a new secret from now on.", reveal=(("Signing secret", rotated.secret or ""),)
+        f"This form {done} already, so nothing more was changed. Its new value was shown once, in the answer to "
+        f"the first send of the form; if you did not copy it, {again} below."
     )
 
 
@@ -191,7 +240,8 @@ def credentials_html(ctx: PageContext) -> str:
     listing = table(["Kind", "Starts with", "Created", "State", ""], rows, empty="No API credentials.")
     create = ctx.form_html(
         "create-credential",
-        select("New credential", "kind", CREDENTIAL_KINDS, ctx.form.get("kind", "token")),
+        select("New credential", "kind", CREDENTIAL_KINDS, ctx.form.get("kind", "token"))
+        + form_key_input(FORM_KEY_FIELD, new_form_key()),
         submit="Create credential",
     )
     return listing + create
@@ -201,10 +251,15 @@ def credentials_html(ctx: PageContext) -> str:
 def create_credential(ctx: PageContext) -> Notice:
     from sms_gateway.logic import accounts
 
-    issued = accounts.issue_credential(_store(), ctx.account.account_id, ctx.form.get("kind", ""), now=utc_now())
-    return Notice(
-        f"New {issued.kind} created (starts with {issued.prefix}).", reveal=((f"New {issued.kind}", issued.secret),)
-    )
+    def issue() -> tuple[dict[str, str], str]:
+        issued = accounts.issue_credential(_store(), ctx.account.account_id, ctx.form.get("kind", ""), now=utc_now())
+        return {"kind": str(issued.kind), "prefix": issued.prefix}, issued.secret
+
+    made, secret = _once(ctx, ("kind",), issue)
+    kind, prefix = made["kind"], made["prefix"]
+    if secret is None:
+        return _made_already(f"created a {kind} (starts with {prefix})", "revoke that one and create another")
+    return Notice(f"New {kind} created (starts with {prefix}).", reveal=((f"New {kind}", secret),))
 
 
 @settings_page.action("revoke-credential")

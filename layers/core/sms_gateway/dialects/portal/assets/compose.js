@@ -101,10 +101,5 @@
   });
   form.addEventListener("input", (event) => { if (event.target !== fileInput) schedule(); });
   form.addEventListener("change", (event) => { if (event.target.name === "sender") schedule(); });
-  // A second click while the first send is on its way changes nothing (the send key makes it one send anyway).
-  form.addEventListener("submit", () => {
-    const button = form.querySelector("button[type=submit]");
-    window.setTimeout(() => { button.disabled = true; }, 0);
-  });
   update();
 })();

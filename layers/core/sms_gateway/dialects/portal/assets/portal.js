@@ -6,6 +6,20 @@ document.addEventListener("submit", (event) => {
   const question = event.target.dataset ? event.target.dataset.confirm : undefined;
   if (question && !window.confirm(question)) {
     event.preventDefault();
+    return;
+  }
+  // A second click while the form is on its way sends nothing more: its button is off until the answer comes (a
+  // send, a new credential or a rotated secret carries a once-per-form key besides, for a reload or no script).
+  const button = event.target.querySelector ? event.target.querySelector("button[type=submit]") : null;
+  if (button && !event.defaultPrevented) {
+    window.setTimeout(() => { button.disabled = true; }, 0);
+  }
+});
+
+window.addEventListener("pageshow", (event) => {
+  // A page the back button brings back from the browser's memory has its buttons usable again.
+  if (event.persisted) {
+    document.querySelectorAll("button[type=submit]:disabled").forEach((button) => { button.disabled = false; });
   }
 });
 
