@@ -359,6 +359,18 @@ def deliver(account_id: str, reference: str) -> None:
         store.transition(message.key, MessageStatus.DELIVERED, now=datetime.now(UTC))
 
 
+def sent_day(account_id: str, reference: str) -> str:
+    """The date a batch was made on, in its account's time zone."""
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import from_iso
+    from sms_gateway.domain.zones import account_zone
+
+    store = gateway().store
+    account, batch = store.get_account(account_id), store.get_batch(account_id, int(reference))
+    assert account is not None and batch is not None
+    return from_iso(batch.created_at).astimezone(account_zone(account.timezone)).strftime("%Y-%m-%d")
+
+
 class TestMessages:
     def test_batches_messages_and_the_delivery_chart(self, client, account):
         reference = reference_of(client.post(COMPOSE, compose_form(client, numbers=MTN)))
@@ -374,22 +386,25 @@ class TestMessages:
         assert 'data-label="mtn" data-rate="100%"' in networks
 
     def test_search_by_number_reference_and_date(self, client, account):
+        def results(query: str) -> str:
+            """The search results section only: the recent batches below it list every batch."""
+            return client.get(f"{MESSAGES}?{query}").body.split('id="results"')[1].split("</section>")[0]
+
         first = reference_of(client.post(COMPOSE, compose_form(client, numbers=MTN)))
         second = reference_of(client.post(COMPOSE, compose_form(client, numbers=AIRTEL)))
-        by_number = client.get(f"{MESSAGES}?number=08030000001")
-        results = by_number.body.split('id="results"')[1].split("</section>")[0]
-        assert first in results and second not in results
-        by_reference = client.get(f"{MESSAGES}?reference={second}")
-        results = by_reference.body.split('id="results"')[1].split("</section>")[0]
-        assert second in results and first not in results
-        today = datetime.now(UTC).strftime("%Y-%m-%d")
-        by_date = client.get(f"{MESSAGES}?from=2020-01-01&to=2020-01-31")
-        assert "No batches" in by_date.body.split('id="results"')[1].split("</section>")[0]
-        assert second in client.get(f"{MESSAGES}?from={today}&to={today}").body.split('id="results"')[1]
+        by_number = results("number=08030000001")
+        assert first in by_number and second not in by_number
+        by_reference = results(f"reference={second}")
+        assert second in by_reference and first not in by_reference
+        assert "No batches" in results("from=2020-01-01&to=2020-01-31")
+        # The day the batch was sent on in the account's time zone, as the page reads the dates it is given (the UTC
+        # date is another day for an hour or more of every day: 23:00 to 24:00 UTC in Lagos)
+        today = sent_day(account["account_id"], second)
+        assert second in results(f"from={today}&to={today}")
         # The ends of the calendar are dates too: everything, not a 500
-        everything = client.get(f"{MESSAGES}?from=0001-01-01&to=9999-12-31")
-        assert everything.status == 200
-        assert first in everything.body.split('id="results"')[1] and second in everything.body.split('id="results"')[1]
+        assert client.get(f"{MESSAGES}?from=0001-01-01&to=9999-12-31").status == 200
+        everything = results("from=0001-01-01&to=9999-12-31")
+        assert first in everything and second in everything
 
     def test_a_bad_search_is_refused_with_its_reason(self, client):
         response = client.get(f"{MESSAGES}?number=12ab")
