@@ -34,3 +34,18 @@ def test_labels_from_data_are_escaped():
     svg = rate_by_network([hostile], chart_id="chart-networks", title="By network")
     assert "<script>" not in svg and "&lt;script&gt;" in svg
     assert "<script>" not in figures_table([hostile], first_header="Network", empty="none")
+
+
+def test_a_rate_short_of_all_or_above_none_never_reads_100_or_0_percent():
+    def shown(delivered: int, failed: int) -> str:
+        counts = {"delivered": delivered, "failed": failed}
+        return figures_table([DeliveryPoint(label="mtn", counts=counts)], first_header="Network", empty="none")
+
+    # 1999 of 2000 delivered is not every message: 99.9%, not 100% (one failure hidden)
+    assert "<td>99.9%</td>" in shown(1999, 1) and "100%" not in shown(1999, 1)
+    assert "<td>100%</td>" in shown(2000, 0)
+    # and 1 of 2000 is not none
+    assert "<td>0.1%</td>" in shown(1, 1999)
+    assert "<td>0%</td>" in shown(0, 2000) and "<td>0.3%</td>" in shown(1, 299)
+    # Everything else as a whole percent, rounded
+    assert "<td>75%</td>" in shown(3, 1) and "<td>99%</td>" in shown(99, 1) and "<td>99.5%</td>" in shown(199, 1)
