@@ -821,6 +821,18 @@ def test_a_send_that_stands_after_its_queueing_failed_reports_its_withdrawn_mess
     assert {(r["payload"]["status"], r["payload"]["error_code"]) for r in reports} == {("failed", "not_queued")}
 
 
+def keyed_two_number_send_that_dies(
+    api: Any, monkeypatch: pytest.MonkeyPatch, owner: type, method: str, key: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An account of 10 credits whose keyed send to two numbers died in `owner.method` (the account, the body)."""
+    account = make_account(10)
+    body = {"from": "48974", "to": ["2348020000000", "2348030000000"], "body": "Tonight: two for one"}
+    die_once(monkeypatch, owner, method)
+    with pytest.raises(Killed):
+        api(with_key(send_event(account["token"], body), key))
+    return account, body
+
+
 def test_a_send_finished_by_its_retry_after_a_recipient_opted_out_does_not_send_to_that_recipient(
     aws, api, monkeypatch
 ):
@@ -830,11 +842,7 @@ def test_a_send_finished_by_its_retry_after_a_recipient_opted_out_does_not_send_
     from sms_gateway.logic.optouts import record_opt_out
 
     # Given a keyed send to two numbers whose request died after storing and charging it, before queueing it
-    account = make_account(10)
-    body = {"from": "48974", "to": ["2348020000000", "2348030000000"], "body": "Tonight: two for one"}
-    die_once(monkeypatch, SqsDispatchQueue, "enqueue")
-    with pytest.raises(Killed):
-        api(with_key(send_event(account["token"], body), "stop-meanwhile"))
+    account, body = keyed_two_number_send_that_dies(api, monkeypatch, SqsDispatchQueue, "enqueue", "stop-meanwhile")
     assert balance(account["account_id"]) == 8
     # And the first number texts STOP to the sender before the client retries
     store = gateway().store
@@ -1130,11 +1138,7 @@ def test_a_retry_after_the_answer_was_lost_answers_as_the_send_did_though_an_ups
 
     # Given a keyed send to two numbers that was stored, charged and queued, whose request died before its answer
     # was kept (the client got no answer: a reset connection)
-    account = make_account(10)
-    body = {"from": "48974", "to": ["2348020000000", "2348030000000"], "body": "Tonight: two for one"}
-    die_once(monkeypatch, DynamoStore, "complete")
-    with pytest.raises(Killed):
-        api(with_key(send_event(account["token"], body), "answer-lost"))
+    account, body = keyed_two_number_send_that_dies(api, monkeypatch, DynamoStore, "complete", "answer-lost")
     (stored,) = batches_of(account["account_id"])
     # And the dispatcher sent both, and the upstream refused one of them (failed and refunded, as dispatch does)
     refused_by_upstream = sorted(messages_of(account["account_id"], stored.reference_id), key=lambda m: m.msisdn)[0]
