@@ -70,11 +70,10 @@ HTTP_STATUS: dict[str, int] = {
     "method_not_allowed": 405,
     # Too many failed logins for one username: HTTP's own word for it, with Retry-After.
     "too_many_attempts": 429,
+    # A body over the API's 256 KB.
     "payload_too_large": 413,
-    "unsupported_media_type": 415,
     # Only an Idempotency-Key (our addition to the family) can conflict on a send.
     "conflict": 409,
-    "upstream_error": 502,
     # Every recipient opted out (STOP): "other errors, details are in the body".
     "opted_out": 400,
     # The send could not be finished in time or queued, and was undone: nothing changed, try again.
@@ -228,9 +227,8 @@ def _caller() -> Account:
 
 def scheduled_time(request: SendRequest, account: Account) -> datetime | None:
     """`scheduled_delivery_time` as an aware datetime; a value without an offset is read in
-    `scheduled_delivery_timezone` when given, else in the account's time zone."""
-    if request.scheduled_delivery_time is None:
-        return None
+    `scheduled_delivery_timezone` when given, else in the account's time zone. A zone that is not one is refused
+    even without a time (the time may have been lost on the client's side: sent now, it could not be cancelled)."""
     zone = account_zone(account.timezone)
     if request.scheduled_delivery_timezone is not None:
         given = zone_named(request.scheduled_delivery_timezone)
@@ -239,6 +237,8 @@ def scheduled_time(request: SendRequest, account: Account) -> datetime | None:
                 f"scheduled_delivery_timezone: {request.scheduled_delivery_timezone!r} is not an IANA time zone"
             )
         zone = given
+    if request.scheduled_delivery_time is None:
+        return None
     try:
         return parse_client_datetime(request.scheduled_delivery_time, zone)
     except InvalidClientDatetime as error:
