@@ -646,3 +646,64 @@ def test_a_short_password_never_changes_the_message_id_jasmin_answers(password: 
     result = asyncio.run(provider(jasmin, password=password).submit(submit_request()))
     # Then the id recorded is Jasmin's, the one its DLRs name
     assert result.upstream_message_id == MESSAGE_ID
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: Jasmin's 'No route found' (412) and 'Authentication failure' (403) say the upstream cannot send "
+    "it (its routing table, our credentials), not that the message is bad, yet they fail it without the fallback",
+)
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [(412, 'Error "No route found"'), (403, 'Error "Authentication failure for username:jasmin_user"')],
+    ids=["no-route", "credentials"],
+)
+def test_review_an_upstream_side_refusal_at_jasmin_leaves_the_route_fallback_free_to_take_it(
+    status: int, body: str
+) -> None:
+    from datetime import UTC, datetime
+
+    from sms_gateway.domain.models import Recipient, SendCommand
+    from sms_gateway.logic.dispatch import DispatchDependencies, dispatch
+    from sms_gateway.logic.send import SendDependencies, accept_send
+    from tests.fakes import FakeProvider, RecordingQueue, RecordingScheduler, cinema_store
+
+    now = datetime(2026, 1, 2, 23, 50, 37, tzinfo=UTC)
+    store, queue = cinema_store(), RecordingQueue()
+    send_deps = SendDependencies(
+        accounts=store, messages=store, dispatch_queue=queue, scheduler=RecordingScheduler(), prices=store
+    )
+    command = SendCommand(account_id="7", sender="48974", text="Hello", recipients=(Recipient(msisdn="+2348020000000"),))
+    accept_send(store.accounts["7"], command, send_deps, now=now)
+    # Given a Jasmin that has no MT route for the number (or no longer takes our password), and a route fallback
+    jasmin = provider(answer(status, body))
+    fallback = FakeProvider("fallback")
+    deps = DispatchDependencies(
+        messages=store,
+        accounts=store,
+        upstreams_for=lambda _: [jasmin, fallback],
+        callback_base_url="https://gw.example",
+        clock=lambda: now,
+    )
+    # When the message is dispatched
+    asyncio.run(dispatch(queue.commands[0], deps))
+    [message] = store.messages.values()
+    # Then the fallback, which may well route that number, is offered it (as for Africa's Talking's 407 CouldNotRoute
+    # and Twilio's 401/403), rather than the message failing and being refunded with the fallback never asked
+    assert [request.text for request in fallback.submits] == ["Hello"]
+    assert (message.status, message.upstream) == (MessageStatus.SUBMITTED, "fallback")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: Jasmin throws one level-2 DLR per message and then deletes its DLR map (managers/dlr.py), so a "
+    "level-2 ACCEPTD is its last word; read as submitted, the message is expired and refunded after the DLR wait",
+)
+def test_review_a_level2_acceptd_is_the_last_report_jasmin_sends_and_settles_the_message() -> None:
+    # Given Jasmin's level-2 DLR with the SMSC receipt stat ACCEPTD: Jasmin's own success state
+    # (success_states = ['ACCEPTD', 'DELIVRD'] in jasmin/managers/dlr.py), after which it removes `dlr:<msgid>`
+    # for an HTTP DLR whatever the status, so no DELIVRD can follow
+    (report,) = provider(answer(200, "")).parse_delivery_reports(dlr({**LEVEL2, "message_status": "ACCEPTD"}))
+
+    # Then the report settles the message as delivered, not `submitted` until the settle check expires and refunds it
+    assert report.status is MessageStatus.DELIVERED

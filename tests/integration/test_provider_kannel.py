@@ -728,3 +728,20 @@ def test_an_smsc_reject_carries_the_smsc_s_command_status_as_its_error_code() ->
     # "the upstream's error code for a failure"; Jasmin's level-1 reject keeps its ESME status the same way)
     assert report.status is MessageStatus.REJECTED
     assert report.error_code == "0x0000000b"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: 'Not routable' (no SMSC of this box takes the number) and 'Authorization failed' (our sendsms "
+    "password) are the upstream's limits, not the message's fault, yet they fail it without offering the fallback",
+)
+@pytest.mark.parametrize(
+    ("status", "body"), [(403, "Not routable. Do not try again."), (403, "Authorization failed for sendsms")]
+)
+def test_review_an_upstream_side_refusal_at_kannel_leaves_the_route_fallback_free_to_take_it(
+    status: int, body: str
+) -> None:
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(answer(status, body)).submit(submit_request()))
+    # The fallback upstream is offered the message (as for AT's 407 CouldNotRoute, Twilio's and AT's 401/403)
+    assert raised.value.unavailable is True
