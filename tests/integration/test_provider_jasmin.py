@@ -112,20 +112,39 @@ def test_without_a_dlr_url_no_receipt_is_asked_for() -> None:
     assert not {"dlr-url", "dlr-level", "dlr-method"} & set(fields)
 
 
+# Refusals of our setup at Jasmin, not of the message: its routing table, our password, our Jasmin user's permissions.
+UPSTREAM_SIDE_REFUSALS = [
+    (412, 'Error "No route found"'),
+    (403, 'Error "Authentication failure for username:jasmin_user"'),
+    (400, 'Error "Authorization failed for username [jasmin_user] (Setting validity period is not authorized)."'),
+]
+
+
 @pytest.mark.parametrize(
     ("status", "body"),
     [
         (400, 'Error "Mandatory arguments not found, please refer to the HTTPAPI specifications."'),
         (400, 'Error "Argument to has an invalid value: abc."'),
-        (403, 'Error "Authentication failure for username:jasmin_user"'),
-        (403, 'Error "Authorization failed for username:jasmin_user"'),
-        (412, 'Error "No route found"'),
+        (400, 'Error "Value filter failed for username [jasmin_user] (destination_address filter mismatch)."'),
     ],
 )
 def test_refusals_are_permanent(status: int, body: str) -> None:
     with pytest.raises(UpstreamError) as raised:
         asyncio.run(provider(answer(status, body)).submit(submit_request()))
     assert raised.value.permanent is True
+    assert body.split('"')[1] in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "permanent"),
+    [(*refusal, permanent) for refusal, permanent in zip(UPSTREAM_SIDE_REFUSALS, (True, False, False), strict=True)],
+    ids=["no-route", "credentials", "permission"],
+)
+def test_refusals_of_our_setup_at_jasmin_are_offered_to_the_fallback(status: int, body: str, permanent: bool) -> None:
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(answer(status, body)).submit(submit_request()))
+    # No route: never sent there, and without a fallback failed at once. Our credentials or permissions: retried too
+    assert (raised.value.unavailable, raised.value.permanent) == (True, permanent)
     assert body.split('"')[1] in raised.value.message
 
 
@@ -648,50 +667,64 @@ def test_a_short_password_never_changes_the_message_id_jasmin_answers(password: 
     assert result.upstream_message_id == MESSAGE_ID
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: Jasmin's 'No route found' (412) and 'Authentication failure' (403) say the upstream cannot send "
-    "it (its routing table, our credentials), not that the message is bad, yet they fail it without the fallback",
-)
-@pytest.mark.parametrize(
-    ("status", "body"),
-    [(412, 'Error "No route found"'), (403, 'Error "Authentication failure for username:jasmin_user"')],
-    ids=["no-route", "credentials"],
-)
-def test_review_an_upstream_side_refusal_at_jasmin_leaves_the_route_fallback_free_to_take_it(
-    status: int, body: str
-) -> None:
+def dispatched_through(*upstreams: Any) -> tuple[Any, Any]:
+    """One message accepted for account 7 and dispatched once through `upstreams`, in order: the message after it and
+    the store (for the account's credits)."""
     from datetime import UTC, datetime
 
     from sms_gateway.domain.models import Recipient, SendCommand
     from sms_gateway.logic.dispatch import DispatchDependencies, dispatch
     from sms_gateway.logic.send import SendDependencies, accept_send
-    from tests.fakes import FakeProvider, RecordingQueue, RecordingScheduler, cinema_store
+    from tests.fakes import RecordingQueue, RecordingScheduler, cinema_store
 
     now = datetime(2026, 1, 2, 23, 50, 37, tzinfo=UTC)
     store, queue = cinema_store(), RecordingQueue()
     send_deps = SendDependencies(
         accounts=store, messages=store, dispatch_queue=queue, scheduler=RecordingScheduler(), prices=store
     )
-    command = SendCommand(account_id="7", sender="48974", text="Hello", recipients=(Recipient(msisdn="+2348020000000"),))
+    command = SendCommand(
+        account_id="7", sender="48974", text="Hello", recipients=(Recipient(msisdn="+2348020000000"),)
+    )
     accept_send(store.accounts["7"], command, send_deps, now=now)
-    # Given a Jasmin that has no MT route for the number (or no longer takes our password), and a route fallback
-    jasmin = provider(answer(status, body))
-    fallback = FakeProvider("fallback")
     deps = DispatchDependencies(
         messages=store,
         accounts=store,
-        upstreams_for=lambda _: [jasmin, fallback],
+        upstreams_for=lambda _: list(upstreams),
         callback_base_url="https://gw.example",
         clock=lambda: now,
     )
-    # When the message is dispatched
     asyncio.run(dispatch(queue.commands[0], deps))
     [message] = store.messages.values()
+    return message, store
+
+
+@pytest.mark.parametrize(("status", "body"), UPSTREAM_SIDE_REFUSALS, ids=["no-route", "credentials", "permission"])
+def test_review_an_upstream_side_refusal_at_jasmin_leaves_the_route_fallback_free_to_take_it(
+    status: int, body: str
+) -> None:
+    from tests.fakes import FakeProvider
+
+    # Given a Jasmin that has no MT route for the number (or no longer takes our password, or our Jasmin user lacks a
+    # permission), and a route fallback
+    fallback = FakeProvider("fallback")
+    # When the message is dispatched
+    message, _ = dispatched_through(provider(answer(status, body)), fallback)
     # Then the fallback, which may well route that number, is offered it (as for Africa's Talking's 407 CouldNotRoute
     # and Twilio's 401/403), rather than the message failing and being refunded with the fallback never asked
     assert [request.text for request in fallback.submits] == ["Hello"]
     assert (message.status, message.upstream) == (MessageStatus.SUBMITTED, "fallback")
+
+
+def test_without_a_fallback_no_route_fails_at_once_and_a_refusal_of_our_account_comes_back() -> None:
+    # Given Jasmin alone on the route
+    # When it has no route for the number: the message fails at once and is refunded (asked again, Jasmin's routing
+    # table would answer the same)
+    no_route, store = dispatched_through(provider(answer(412, 'Error "No route found"')))
+    assert (no_route.status, no_route.error_code) == (MessageStatus.FAILED, "upstream_rejected")
+    assert store.accounts["7"].credits == 1000
+    # When it refuses our password: the message comes back for another attempt while the operator fixes it
+    refused, _ = dispatched_through(provider(answer(403, 'Error "Authentication failure for username:jasmin_user"')))
+    assert (refused.status, refused.submit_attempts) == (MessageStatus.QUEUED, 1)
 
 
 @pytest.mark.xfail(

@@ -195,17 +195,15 @@ def test_queued_for_later_delivery_is_a_take() -> None:
 @pytest.mark.parametrize(
     ("status", "body"),
     [
-        (403, "Authorization failed for sendsms"),
         (400, "Missing receiver number, rejected"),
         (400, "Sender missing and no global set, rejected"),
         (400, "Number(s) has/have been denied by white- and/or black-lists."),
-        (403, "Not routable. Do not try again."),
     ],
 )
 def test_4xx_answers_are_permanent(status: int, body: str) -> None:
     with pytest.raises(UpstreamError) as raised:
         asyncio.run(provider(answer(status, body)).submit(submit_request()))
-    assert raised.value.permanent is True
+    assert (raised.value.permanent, raised.value.unavailable) == (True, False)
     assert body in raised.value.message
 
 
@@ -675,13 +673,13 @@ def test_against_a_real_kannel(kannel: tuple[KannelProvider, Receiver, subproces
     forged = dlr_request.model_copy(update={"query": {**dlr_request.query, "token": "guess"}})
     assert adapter.verify_callback(forged) is False
 
-    # A wrong password is a permanent refusal
+    # A wrong password is a refusal of our setup: offered to the fallback, retried without one
     wrong = KannelProvider(
         name="kannel", url=adapter.url, username="tester", password="nope", callback_token=LIVE_TOKEN
     )
     with pytest.raises(UpstreamError) as raised:
         asyncio.run(_submit(wrong, request))
-    assert raised.value.permanent is True
+    assert (raised.value.permanent, raised.value.unavailable) == (False, True)
     assert "Authorization failed" in raised.value.message
 
     # An MO from the phone reaches the sms-service post-url and parses
@@ -730,18 +728,16 @@ def test_an_smsc_reject_carries_the_smsc_s_command_status_as_its_error_code() ->
     assert report.error_code == "0x0000000b"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: 'Not routable' (no SMSC of this box takes the number) and 'Authorization failed' (our sendsms "
-    "password) are the upstream's limits, not the message's fault, yet they fail it without offering the fallback",
-)
 @pytest.mark.parametrize(
-    ("status", "body"), [(403, "Not routable. Do not try again."), (403, "Authorization failed for sendsms")]
+    ("status", "body", "permanent"),
+    [(403, "Not routable. Do not try again.", True), (403, "Authorization failed for sendsms", False)],
 )
 def test_review_an_upstream_side_refusal_at_kannel_leaves_the_route_fallback_free_to_take_it(
-    status: int, body: str
+    status: int, body: str, permanent: bool
 ) -> None:
     with pytest.raises(UpstreamError) as raised:
         asyncio.run(provider(answer(status, body)).submit(submit_request()))
-    # The fallback upstream is offered the message (as for AT's 407 CouldNotRoute, Twilio's and AT's 401/403)
-    assert raised.value.unavailable is True
+    # The fallback upstream is offered the message (as for AT's 407 CouldNotRoute, Twilio's and AT's 401/403). Not
+    # routable: without a fallback it fails at once (Kannel says "Do not try again"); our password: retried
+    assert (raised.value.unavailable, raised.value.permanent) == (True, permanent)
+    assert body in raised.value.message

@@ -118,15 +118,27 @@ def test_no_dlr_url_asks_for_no_delivery_reports() -> None:
     [
         (400, "invalid number '12': too short"),
         (400, "sender '48974' is not registered to this account"),
-        (401, "missing or invalid bearer token"),
-        (404, "not found"),
     ],
 )
 def test_refusals_are_permanent(status: int, message: str) -> None:
     body = {"status_code": status, "message": message}
     with pytest.raises(UpstreamError) as raised:
         asyncio.run(provider(answer(status, body)).submit(submit_request()))
-    assert raised.value.permanent is True
+    assert (raised.value.permanent, raised.value.unavailable) == (True, False)
+    assert message in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("status", "message"), [(401, "missing or invalid bearer token"), (404, "not found")], ids=["token", "url"]
+)
+def test_a_refusal_of_our_token_or_url_goes_to_the_fallback(status: int, message: str) -> None:
+    # Given an upstream that no longer knows our token (revoked, rotated there first), or a url that is not its API
+    body = {"status_code": status, "message": message}
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(answer(status, body)).submit(submit_request()))
+    # Then it is our setup, not the message: the route's fallback is offered it, and without one it is retried (as
+    # for Twilio's and Africa's Talking's 401/403) rather than failed and refunded at once
+    assert (raised.value.permanent, raised.value.unavailable) == (False, True)
     assert message in raised.value.message
 
 

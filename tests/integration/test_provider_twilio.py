@@ -176,7 +176,6 @@ def test_no_status_callback_without_a_public_dlr_url(dlr_url: str | None) -> Non
         (21211, "The 'To' number +2348020000000 is not a valid phone number."),
         (21614, "'To' number is not a valid mobile number"),
         (21610, "Attempt to send to unsubscribed recipient"),
-        (21408, "Permission to send an SMS has not been enabled for the region indicated by the 'To' number"),
         (21612, "The 'To' phone number is not currently reachable via SMS"),
         (21606, "The 'From' phone number provided is not a valid message-capable Twilio phone number."),
     ],
@@ -601,11 +600,6 @@ def test_an_acceptance_without_a_sid_leaves_the_message_to_its_status_callback_n
     assert store.accounts["7"].credits == charged
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: 21408 is our Twilio account's geo permissions (not enabled for the To number's country): "
-    "another upstream may send there, yet the message fails without the fallback being offered it",
-)
 def test_review_a_region_twilio_is_not_enabled_for_leaves_the_route_fallback_free_to_take_it() -> None:
     twilio = FakeTwilio(
         400,
@@ -615,4 +609,5 @@ def test_review_a_region_twilio_is_not_enabled_for_leaves_the_route_fallback_fre
     )
     with pytest.raises(UpstreamError) as raised:
         asyncio.run(provider(twilio).submit(submit_request()))
-    assert raised.value.unavailable is True
+    # Never sent there: the fallback is offered it, and without one it fails at once (Twilio would answer the same)
+    assert (raised.value.unavailable, raised.value.permanent) == (True, True)

@@ -86,6 +86,20 @@ def unreadable_take(upstream: str, what: str) -> UpstreamError:
     return UpstreamError(f"{upstream} {what}", permanent=False, unavailable=False, maybe_taken=True)
 
 
+def not_sent_there(what: str, *, error_code: str | None = None) -> UpstreamError:
+    """The upstream cannot send this message however often it is asked (no route for the number, a country our
+    account there is not enabled for, more parts than it sends): its limit, not the message's fault. Unavailable: the
+    route's fallback is offered it at once; permanent: without a fallback (or when the fallback refuses it too) it
+    fails at once and is refunded, rather than come back to the same refusal."""
+    return UpstreamError(what, permanent=True, unavailable=True, error_code=error_code)
+
+
+def refuses_our_account(what: str) -> UpstreamError:
+    """The upstream refuses our account with it (credentials, permissions, balance): our setup, not the message. The
+    route's fallback is offered it at once; without one it is retried (transient) while the operator fixes it."""
+    return UpstreamError(what, permanent=False, unavailable=True)
+
+
 # 502 Bad Gateway and 504 Gateway Timeout: answers of a proxy or load balancer (or a hosted API's own edge) in front of
 # the upstream. They say two things: the proxy could not connect to the upstream (refused, connect timed out: nothing
 # was sent), or it passed our request on and lost the answer (a cut connection, an upstream slow to answer: the

@@ -32,6 +32,7 @@ from sms_gateway.adapters.http import (
     GATEWAY_ERRORS_MAYBE_TAKEN,
     async_client,
     no_answer,
+    refuses_our_account,
     scrubbed,
     server_error,
     unreadable_take,
@@ -163,7 +164,7 @@ class AfricasTalkingProvider:
             raise failure
         if status in (401, 403):
             # A wrong username or API key: our setup, not the message. Offered to the fallback, then retried.
-            raise UpstreamError(f"{self.name} refused our credentials ({status})", permanent=False, unavailable=True)
+            raise refuses_our_account(f"{self.name} refused our credentials ({status})")
         if not response.is_success:
             raise UpstreamError(
                 f"{self.name} refused the request ({status}): {scrubbed(response.text, (self._api_key,), limit=120)}",

@@ -4,9 +4,9 @@ References (Jasmin documentation, "HTTP API", https://docs.jasminsms.com/en/late
 its source jasmin/protocols/http/endpoints/send.py, jasmin/protocols/http/errors.py, jasmin/routing/throwers.py):
 - `POST /send` (GET also works) with `username`, `password` (16 characters at most), `to`, `from`, `content` or
   `hex-content`, `coding`, `dlr` (yes|no), `dlr-url`, `dlr-level` (1 SMSC, 2 terminal, 3 both), `dlr-method`.
-- Answers `200 Success "<uuid>"`; errors `Error "<reason>"` with 400 (validation), 403 (authentication,
-  authorization, charging, throughput), 412 (no route, or a failover route with no bound connector), 500/503
-  (server, interceptor).
+- Answers `200 Success "<uuid>"`; errors `Error "<reason>"` with 400 (validation, our user's permissions and value
+  filters), 403 (authentication, charging, throughput), 412 (no route, or a failover route with no bound connector),
+  500/503 (server, interceptor).
 - DLR: `id`, `message_status`, `level` (level 1: the submit_sm_resp command status, thrown once for the first answer
   to a submit that Jasmin then retries itself, jasmin/managers/listeners.py and dlr.py), and for level 2 `id_smsc`,
   `sub`, `dlvrd`, `subdate`, `donedate`, `err`, `text`; form-encoded in the body with `dlr-method=POST` (the
@@ -32,6 +32,8 @@ from sms_gateway.adapters.http import (
     async_client,
     gateway_errors_setting,
     no_answer,
+    not_sent_there,
+    refuses_our_account,
     scrubbed,
     server_error,
     unreadable_take,
@@ -78,6 +80,9 @@ STATUS: dict[str, MessageStatus] = {
 # DLR wait settles it. An operator who changes `submit_error_retrial` sets the upstream's `retried_statuses`.
 RETRIED_STATUSES = frozenset({"ESME_RSYSERR", "ESME_RTHROTTLED", "ESME_RMSGQFUL", "ESME_RINVSCHED"})
 _NO_ERROR = {"", "0", "00", "000", "ND"}
+# How Jasmin's refusals of our account begin: AuthenticationError (403, our username or password) and the
+# CredentialValidationError of a missing permission of our Jasmin user (400, jasmin/protocols/http/validation.py).
+_OUR_ACCOUNT_REFUSED = ("authentication failure", "authorization failed")
 _SUCCESS = re.compile(r'^Success\s+"([^"]+)"')
 _ERROR = re.compile(r'^Error\s+"(.*)"', re.DOTALL)
 
@@ -222,12 +227,19 @@ class JasminProvider:
             raise UpstreamError(f"{self.name} throttled: {reason}", permanent=False, retry_after=1.0)
         if response.status_code == 403 and "cannot charge" in reason.lower():
             # Our balance at the upstream ran out: not the message's fault, another upstream may take it.
-            raise UpstreamError(f"{self.name} cannot charge us: {reason}", permanent=False, unavailable=True)
+            raise refuses_our_account(f"{self.name} cannot charge us: {reason}")
+        if response.status_code in (400, 403) and reason.lower().startswith(_OUR_ACCOUNT_REFUSED):
+            # Our username or password (403), or our Jasmin user's permissions (400: sending long content, setting
+            # the DLR level, the sender, the validity): our setup, not the message.
+            raise refuses_our_account(f"{self.name} refused our credentials ({response.status_code}): {reason}")
         if response.status_code == 412 and "no bound connector" in reason.lower():
             # A failover route whose SMPP binds are all down (ConnectorNotFoundError): an outage, not a refusal.
             raise UpstreamError(f"{self.name} cannot reach its SMSC: {reason}", permanent=False, unavailable=True)
+        if response.status_code == 412:
+            # "No route found": Jasmin's MT routing table has no route for this number; another upstream may have one.
+            raise not_sent_there(f"{self.name} has no route for the message ({response.status_code}): {reason}")
         if response.status_code >= 400:
-            # 400 validation, 403 authentication/authorization, 412 no route for the number ("No route found").
+            # 400 validation, or a value filter of our Jasmin user refusing this number, sender or content.
             raise UpstreamError(f"{self.name} refused the message ({response.status_code}): {reason}", permanent=True)
         accepted = _SUCCESS.match(body)
         if response.is_success and accepted is None:

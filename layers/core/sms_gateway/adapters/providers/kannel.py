@@ -25,7 +25,15 @@ from urllib.parse import quote
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, gateway_errors_setting, no_answer, scrubbed, server_error
+from sms_gateway.adapters.http import (
+    async_client,
+    gateway_errors_setting,
+    no_answer,
+    not_sent_there,
+    refuses_our_account,
+    scrubbed,
+    server_error,
+)
 from sms_gateway.adapters.providers.parts import max_parts_setting, refuse_longer
 from sms_gateway.adapters.providers.tokens import previous_tokens_setting, token_verified
 from sms_gateway.domain.ids import epoch_seconds
@@ -51,6 +59,9 @@ FINAL_REPORTS_MASK = 1 | 2
 # The sendsms-user's `max-messages` when it sets none: Kannel sends that many parts of a longer text, drops the rest
 # and still answers `202 0: Accepted for delivery`. An upstream whose max-messages is higher says so in max_parts.
 DEFAULT_MAX_PARTS = 1
+# How smsbox's 403 answers begin when it refuses our sendsms-user, and when no SMSC of its bearerbox routes the number.
+AUTHORIZATION_FAILED = "Authorization failed"
+NOT_ROUTABLE = "Not routable"
 # Kannel's `coding` CGI variable: 0 = 7-bit (GSM), 2 = UCS-2.
 CODING_GSM7, CODING_UCS2 = "0", "2"
 
@@ -189,9 +200,15 @@ class KannelProvider:
         )
         if failure is not None:
             raise failure
+        if response.status_code == 403 and answer.startswith(AUTHORIZATION_FAILED):
+            # Our sendsms-user's username or password: our setup, not the message.
+            raise refuses_our_account(f"{self.name} refused our credentials: {answer}")
+        if response.status_code == 403 and answer.startswith(NOT_ROUTABLE):
+            # No SMSC of this bearerbox takes the number (its smsc-id routing): another upstream may.
+            raise not_sent_there(f"{self.name} has no route for the message: {answer}")
         if response.status_code >= 400:
-            # "Authorization failed for sendsms", "Missing receiver number, rejected", "Not routable. Do not try
-            # again.", "Number(s) has/have been denied by white- and/or black-lists.": no retry changes these.
+            # "Missing receiver number, rejected", "Number(s) has/have been denied by white- and/or black-lists.":
+            # no retry changes these.
             raise UpstreamError(f"{self.name} refused the message: {answer}", permanent=True)
         if not 200 <= response.status_code < 300:
             raise UpstreamError(f"{self.name} answered {response.status_code}", permanent=False, unavailable=True)

@@ -30,6 +30,7 @@ from sms_gateway.adapters.http import (
     GATEWAY_ERRORS_MAYBE_TAKEN,
     async_client,
     no_answer,
+    refuses_our_account,
     scrubbed,
     server_error,
     unreadable_take,
@@ -133,13 +134,17 @@ class NinebitsProvider:
             raise failure
         if response.status_code == 402:
             # Our credits with them ran out: not the message's fault, another upstream may take it.
-            raise UpstreamError(f"{self.name} has no credit for us: {reason}", permanent=False, unavailable=True)
+            raise refuses_our_account(f"{self.name} has no credit for us: {reason}")
+        if response.status_code in (401, 404):
+            # Our token is unknown or revoked there (401), or our url is not their API (404): our setup, not the
+            # message.
+            raise refuses_our_account(f"{self.name} refused our account ({response.status_code}): {reason}")
         if response.status_code == 409:
             # The same ref_id is still being answered upstream (or, never by us, reused): wait for that answer
             # rather than hand the message to another upstream and risk sending it twice.
             raise UpstreamError(f"{self.name} is still on it: {reason}", permanent=False, retry_after=5.0)
         if response.status_code >= 400:
-            # 400 (invalid number, sender not registered, bad body), 401 (token), 404 (wrong URL).
+            # 400: an invalid number, a sender not registered, a bad body.
             raise UpstreamError(f"{self.name} refused the message ({response.status_code}): {reason}", permanent=True)
         try:
             reference_id = response.json()["reference_id"]

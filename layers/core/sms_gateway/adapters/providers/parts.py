@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sms_gateway.adapters.http import not_sent_there
 from sms_gateway.domain.segments import Segmentation
-from sms_gateway.errors import UpstreamError
 
 # Our own error_code for a message failed because no upstream on its route sends that many parts.
 TOO_MANY_PARTS = "too_many_parts"
@@ -32,10 +32,8 @@ def refuse_longer(name: str, segmentation: Segmentation, max_parts: int) -> None
     """Raises when the upstream would cut the message: unavailable (the fallback may take it; nothing was sent) and
     permanent (without one it fails at once, refunded, `too_many_parts`, rather than come back to be cut)."""
     if segmentation.parts > max_parts:
-        raise UpstreamError(
+        raise not_sent_there(
             f"{name} sends at most {max_parts} parts of a message (its max_parts), this one is {segmentation.parts}: "
             "not sent there",
-            permanent=True,
-            unavailable=True,
             error_code=TOO_MANY_PARTS,
         )

@@ -34,6 +34,8 @@ from sms_gateway.adapters.http import (
     GATEWAY_ERRORS_MAYBE_TAKEN,
     async_client,
     no_answer,
+    not_sent_there,
+    refuses_our_account,
     retry_after_seconds,
     scrubbed,
     server_error,
@@ -78,13 +80,16 @@ DLR_STATUS: dict[str, MessageStatus] = {
 }
 
 # Error codes of a 4xx answer that are worth retrying; every other 4xx refuses the message itself
-# (21211 invalid To, 21614 not a mobile number, 21610 unsubscribed, 21408/21612 not permitted or not reachable, ...).
+# (21211 invalid To, 21614 not a mobile number, 21610 unsubscribed, 21612 not reachable, ...) unless named below.
 TRANSIENT_ERROR_CODES = frozenset(
     {
         20429,  # too many requests
         21611,  # the From number has too many messages queued
     }
 )
+# Error codes saying our Twilio account may not send there (21408: its geo permissions do not include the To number's
+# country): our setup, not the message. Never sent there; the route's fallback is offered it, and without one it fails.
+NOT_SENT_THERE_ERROR_CODES = frozenset({21408})
 # HTTP statuses meaning our credentials or account setup are wrong: not the message's fault, so it is offered to the
 # fallback upstream (and retried) rather than failed.
 ACCOUNT_PROBLEM_STATUSES = frozenset({401, 403, 404})
@@ -201,7 +206,9 @@ class TwilioProvider:
                 unavailable=False,
             )
         if status in ACCOUNT_PROBLEM_STATUSES:
-            return UpstreamError(described, permanent=False, unavailable=True)
+            return refuses_our_account(described)
+        if code in NOT_SENT_THERE_ERROR_CODES:
+            return not_sent_there(described)
         return UpstreamError(described, permanent=True)
 
     def verify_callback(self, request: CallbackRequest) -> bool:
