@@ -272,7 +272,8 @@ LEVEL2 = {
             "ESME_RINVDSTADR",
         ),
         ({**LEVEL2, "message_status": "DELIVRD"}, MessageStatus.DELIVERED, None),
-        ({**LEVEL2, "message_status": "ACCEPTD"}, MessageStatus.SUBMITTED, None),
+        ({**LEVEL2, "message_status": "ACCEPTD"}, MessageStatus.DELIVERED, None),
+        ({**LEVEL2, "message_status": "ENROUTE"}, MessageStatus.SUBMITTED, None),
         ({**LEVEL2, "message_status": "EXPIRED", "dlvrd": "000", "err": "027"}, MessageStatus.EXPIRED, "027"),
         ({**LEVEL2, "message_status": "UNDELIV", "dlvrd": "000", "err": "001"}, MessageStatus.FAILED, "001"),
         ({**LEVEL2, "message_status": "DELETED", "dlvrd": "000"}, MessageStatus.FAILED, None),
@@ -433,11 +434,12 @@ def test_configuration_is_checked() -> None:
     assert isinstance(FACTORIES["jasmin"]("jasmin", dict(CONFIG)), JasminProvider)
     with pytest.raises(ValueError, match="callback_token"):
         JasminProvider.from_config("jasmin", {**CONFIG, "callback_token": "short"})
-    for level in (4, 0, 1):
-        # 1: the SMSC's acceptance only, never a final report: every message expired and refunded, delivered or not
-        with pytest.raises(ValueError, match="dlr_level"):
+    for level in (4, 0, 1, 2):
+        # 1: the SMSC's acceptance only, never a final report: every message expired and refunded, delivered or not.
+        # 2: no report at all for a submit the SMSC refuses (Jasmin throws level 1 only to a level asked of 1 or 3)
+        with pytest.raises(ValueError, match="dlr_level is 3"):
             JasminProvider.from_config("jasmin", {**CONFIG, "dlr_level": level})
-    assert JasminProvider.from_config("jasmin", {**CONFIG, "dlr_level": 2})
+    assert JasminProvider.from_config("jasmin", {**CONFIG, "dlr_level": 3})
     with pytest.raises(LookupError):
         JasminProvider.from_config("jasmin", {**CONFIG, "mo_charset": "no-such-codec"})
     for retried in ("ESME_RTHROTTLED", 7, ["ESME_ROK"], ["DELIVRD"], [7]):
@@ -727,11 +729,6 @@ def test_without_a_fallback_no_route_fails_at_once_and_a_refusal_of_our_account_
     assert (refused.status, refused.submit_attempts) == (MessageStatus.QUEUED, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: Jasmin throws one level-2 DLR per message and then deletes its DLR map (managers/dlr.py), so a "
-    "level-2 ACCEPTD is its last word; read as submitted, the message is expired and refunded after the DLR wait",
-)
 def test_review_a_level2_acceptd_is_the_last_report_jasmin_sends_and_settles_the_message() -> None:
     # Given Jasmin's level-2 DLR with the SMSC receipt stat ACCEPTD: Jasmin's own success state
     # (success_states = ['ACCEPTD', 'DELIVRD'] in jasmin/managers/dlr.py), after which it removes `dlr:<msgid>`

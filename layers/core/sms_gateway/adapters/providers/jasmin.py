@@ -3,7 +3,8 @@
 References (Jasmin documentation, "HTTP API", https://docs.jasminsms.com/en/latest/apis/ja-http/index.html, and
 its source jasmin/protocols/http/endpoints/send.py, jasmin/protocols/http/errors.py, jasmin/routing/throwers.py):
 - `POST /send` (GET also works) with `username`, `password` (16 characters at most), `to`, `from`, `content` or
-  `hex-content`, `coding`, `dlr` (yes|no), `dlr-url`, `dlr-level` (1 SMSC, 2 terminal, 3 both), `dlr-method`.
+  `hex-content`, `coding`, `dlr` (yes|no), `dlr-url`, `dlr-level` (1 SMSC, 2 terminal, 3 both: we ask 3),
+  `dlr-method`.
 - Answers `200 Success "<uuid>"`; errors `Error "<reason>"` with 400 (validation, our user's permissions and value
   filters), 403 (authentication, charging, throughput), 412 (no route, or a failover route with no bound connector),
   500/503 (server, interceptor).
@@ -61,11 +62,14 @@ MO_GSM7 = "gsm0338"
 
 # The one status table. Level 1 reports the SMSC's answer to submit_sm (an ESME_* command status: ESME_ROK is a
 # take, any other status a refusal, unless Jasmin retries it: see RETRIED_STATUSES); level 2 reports the receipt's
-# final state from the handset side.
+# state from the handset side. Jasmin throws one level-2 report per message and then deletes its DLR request,
+# whatever the state (jasmin/managers/dlr.py): it is the last word. ACCEPTD is a final state in SMPP 3.4 (read on
+# behalf of the subscriber) and one of Jasmin's own success states: delivered. ENROUTE is not final, so nothing
+# better than submitted can be said of it; the DLR wait then settles the message (docs/providers-smsc.md).
 STATUS: dict[str, MessageStatus] = {
     "ESME_ROK": MessageStatus.SUBMITTED,
     "ESME_*": MessageStatus.REJECTED,
-    "ACCEPTD": MessageStatus.SUBMITTED,
+    "ACCEPTD": MessageStatus.DELIVERED,
     "ENROUTE": MessageStatus.SUBMITTED,
     "DELIVRD": MessageStatus.DELIVERED,
     "EXPIRED": MessageStatus.EXPIRED,
@@ -127,12 +131,14 @@ class JasminProvider:
                     f"upstream {name!r}: {field} is 1 to {MAX_CREDENTIAL_LENGTH} characters (Jasmin's /send takes no "
                     f"more), not {len(value)}"
                 )
-        if dlr_level not in (2, 3):
+        if dlr_level != DLR_LEVEL_BOTH:
             # Level 1 is the SMSC's acceptance only: no message would get a final report, and each would be expired
-            # and refunded after the DLR wait, delivered or not (logic/settle.py).
+            # and refunded after the DLR wait, delivered or not (logic/settle.py). Level 2 throws nothing for a
+            # submit the SMSC refuses (no level-1 report, and no terminal receipt follows: jasmin/managers/dlr.py),
+            # so such a message would wait out the DLR wait and expire instead of being rejected at once.
             raise ValueError(
-                f"upstream {name!r}: dlr_level is 3 (SMSC and terminal reports) or 2 (terminal only), not "
-                f"{dlr_level!r}: the gateway needs the terminal (final) reports"
+                f"upstream {name!r}: dlr_level is 3 (the SMSC's answer and the terminal report), not {dlr_level!r}: "
+                "with 1 no message gets a final report, with 2 a message the SMSC refuses gets none"
             )
         if mo_charset != MO_GSM7:
             codecs.lookup(mo_charset)  # an unknown codec fails at configuration, not on the first MO
