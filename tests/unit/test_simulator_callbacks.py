@@ -48,3 +48,22 @@ def test_a_dlr_field_of_the_wrong_type_is_a_rejected_callback():
     body = json.dumps({"message_id": "sim-1", "client_ref": 12345, "status": "DELIVRD"})
     with pytest.raises(CallbackRejected, match="client_ref"):
         provider().parse_delivery_reports(signed(body))
+
+
+@pytest.mark.parametrize(
+    ("value", "deduplicates"),
+    [(None, True), (True, True), (False, False), ("false", False), ("False", False), ("true", True), (" TRUE ", True)],
+)
+def test_deduplicates_is_read_as_true_or_false(value: object, deduplicates: bool) -> None:
+    # Given the simulator's configuration with deduplicates as JSON true/false, as text, or absent
+    config = {"url": "http://127.0.0.1:9", "secret": SECRET} | ({} if value is None else {"deduplicates": value})
+    # Then the text "false" is false: read with bool() it was true, and the dispatcher asked the simulator again
+    # after a lost answer as if it could tell repeats (and chaos runs counted no repeat as a fault)
+    assert SimulatorProvider.from_config("simulator", config).deduplicates_submits is deduplicates
+
+
+@pytest.mark.parametrize("value", ["no", "0", "", 0, 1, [], "yes"])
+def test_a_deduplicates_that_is_not_true_or_false_is_refused(value: object) -> None:
+    config = {"url": "http://127.0.0.1:9", "secret": SECRET, "deduplicates": value}
+    with pytest.raises(ValueError, match="deduplicates is true or false"):
+        SimulatorProvider.from_config("simulator", config)

@@ -126,6 +126,18 @@ def gateway_errors_setting(name: str, value: Any, default: str = GATEWAY_ERRORS_
     return value
 
 
+def flag_setting(name: str, key: str, value: Any, default: bool) -> bool:
+    """An upstream's yes-or-no setting: JSON true or false, or the text "true" or "false" (any case); absent, `default`.
+    Anything else is refused: read with bool(), the text "false" (or 0, "no") would count as true, or false."""
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"upstream {name!r}: {key} is true or false (default {str(default).lower()}), not {value!r}")
+
+
 def server_error(
     what: str,
     response: httpx.Response,

@@ -11,7 +11,14 @@ from typing import Any
 
 import httpx
 
-from sms_gateway.adapters.http import async_client, gateway_errors_setting, no_answer, scrubbed, server_error
+from sms_gateway.adapters.http import (
+    async_client,
+    flag_setting,
+    gateway_errors_setting,
+    no_answer,
+    scrubbed,
+    server_error,
+)
 from sms_gateway.domain.ids import epoch_seconds
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
 from sms_gateway.domain.status import MessageStatus
@@ -68,7 +75,7 @@ class SimulatorProvider:
             name=name,
             url=str(config["url"]),
             secret=str(config["secret"]),
-            deduplicates=bool(config.get("deduplicates", True)),
+            deduplicates=flag_setting(name, "deduplicates", config.get("deduplicates"), default=True),
             gateway_errors=config.get("gateway_errors"),
             client=client,
         )
