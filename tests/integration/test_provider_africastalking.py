@@ -143,6 +143,22 @@ def test_sandbox_flag_and_bulk_mode_come_from_the_configuration() -> None:
     assert "bulkSMSMode" not in at.form()
 
 
+@pytest.mark.parametrize(
+    ("sandbox", "host"), [("false", "api.africastalking.com"), ("TRUE", "api.sandbox.africastalking.com")]
+)
+def test_a_sandbox_flag_written_as_text_is_read_as_what_it_says(sandbox: str, host: str) -> None:
+    # A configuration written by hand or a script ("sandbox": "false"): until 2026-12-06 any text was truthy, and a
+    # live upstream sent every message to the sandbox, where nothing reaches a handset
+    at = FakeAT()
+    submit(at, sandbox=sandbox)
+    assert at.requests[0].url.host == host
+
+
+def test_a_sandbox_flag_that_is_neither_true_nor_false_is_refused() -> None:
+    with pytest.raises(ValueError, match="sandbox"):
+        provider(FakeAT(), sandbox="no")
+
+
 @pytest.mark.parametrize(("code", "status"), [(100, "Processed"), (101, "Success"), (102, "Queued")])
 def test_accepted_status_codes_return_the_message_id(code: int, status: str) -> None:
     assert submit(FakeAT(body=sent(recipient(code, status)))) == MESSAGE_ID

@@ -31,6 +31,7 @@ import httpx
 from sms_gateway.adapters.http import (
     GATEWAY_ERRORS_MAYBE_TAKEN,
     async_client,
+    flag_setting,
     no_answer,
     refuses_our_account,
     scrubbed,
@@ -127,7 +128,8 @@ class AfricasTalkingProvider:
         sandbox = config.get("sandbox")
         base_url = config.get("base_url")
         if not base_url and sandbox is not None:
-            base_url = SANDBOX_BASE_URL if sandbox else LIVE_BASE_URL
+            # Read as a real yes or no: the text "false" was truthy, and live sends went to the sandbox (never sent).
+            base_url = SANDBOX_BASE_URL if flag_setting(name, "sandbox", sandbox, False) else LIVE_BASE_URL
         bulk_sms_mode = config.get("bulk_sms_mode", 1)
         return cls(
             name=name,
