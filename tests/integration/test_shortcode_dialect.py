@@ -800,3 +800,65 @@ def test_a_shortcode_message_refused_by_its_upstream_is_reported_to_the_accounts
     notification = dlr_notification(StatusChange(message=refused, changed=True))
     assert notification is not None
     assert notification["payload"]["status"] == "failed"
+
+
+# ------------------------------------------------------------------ review (session 31)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: when every valid number opted out, the invalid ones lose their 1003 entries and the answer "
+    "says 'every recipient opted out'",
+)
+def test_an_invalid_number_beside_an_opted_out_one_keeps_its_own_entry(aws, account, api):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import utc_now
+    from sms_gateway.logic.optouts import record_opt_out
+
+    # Given a number that texted STOP to the shortcode
+    store = gateway().store
+    record_opt_out(store, store, account["account_id"], AIRTEL, "48974", now=utc_now())
+    # When a send names it and an invalid number
+    body = answer(api(post_event(account, mobile=f"{AIRTEL},12")))
+    # Then each number gets its own entry, as docs/dialects/shortcode.md says ("one entry per number, in the order
+    # given"): the invalid one is not reported as opted out; and nothing is sent or charged
+    assert [(e["response-code"], e["mobile"]) for e in body.get("responses", [])] == [
+        (4100, int(AIRTEL)),
+        (1003, "12"),
+    ], body
+    assert balance(account["account_id"]) == 100
+
+
+@pytest.mark.xfail(strict=True, reason="review: an invalid number given twice is listed twice")
+def test_an_invalid_number_given_twice_is_listed_once(aws, account, api):
+    # Given a send that names one valid number and the same invalid number twice
+    body = answer(api(post_event(account, mobile=f"{AIRTEL},12,12")))
+    # Then, as docs/dialects/shortcode.md says ("A number given twice (in any form) is sent once and listed once"),
+    # the invalid one is listed once
+    assert [e["response-code"] for e in body["responses"]] == [200, 1003], body
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: a multipart field declared charset=ISO-8859-1 is refused as 'the request body is not UTF-8 "
+    "text', though the docs say each field is read in its own charset",
+)
+def test_a_multipart_field_in_its_declared_latin1_charset_is_read_in_it(aws, account, api):
+    # Given a multipart form whose message part declares charset=ISO-8859-1 and is written in it
+    fields = [(name, value) for name, value in _seed_fields(account, "") if name != "message"]
+    body = b"".join(
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields
+    )
+    body += (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="message"\r\n'
+        "Content-Type: text/plain; charset=ISO-8859-1\r\n\r\n"
+    ).encode() + "Café".encode("latin-1") + f"\r\n--{BOUNDARY}--\r\n".encode()
+    event = post_event(account, base64.b64encode(body).decode())
+    event["isBase64Encoded"] = True
+    event["headers"]["content-type"] = f"multipart/form-data; boundary={BOUNDARY}"
+    # When it is posted
+    answered = answer(api(event))
+    # Then the text is read in that charset, as docs/dialects/shortcode.md says, and sent as written
+    assert "responses" in answered, answered
+    assert _stored_texts() == ["Café"]
