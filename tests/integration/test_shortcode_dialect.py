@@ -851,9 +851,13 @@ def test_a_multipart_field_in_its_declared_latin1_charset_is_read_in_it(aws, acc
         for name, value in fields
     )
     body += (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="message"\r\n'
-        "Content-Type: text/plain; charset=ISO-8859-1\r\n\r\n"
-    ).encode() + "Café".encode("latin-1") + f"\r\n--{BOUNDARY}--\r\n".encode()
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="message"\r\n'
+            "Content-Type: text/plain; charset=ISO-8859-1\r\n\r\n"
+        ).encode()
+        + "Café".encode("latin-1")
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
     event = post_event(account, base64.b64encode(body).decode())
     event["isBase64Encoded"] = True
     event["headers"]["content-type"] = f"multipart/form-data; boundary={BOUNDARY}"
