@@ -829,7 +829,6 @@ def test_an_invalid_number_beside_an_opted_out_one_keeps_its_own_entry(aws, acco
     assert balance(account["account_id"]) == 100
 
 
-@pytest.mark.xfail(strict=True, reason="review: an invalid number given twice is listed twice")
 def test_an_invalid_number_given_twice_is_listed_once(aws, account, api):
     # Given a send that names one valid number and the same invalid number twice
     body = answer(api(post_event(account, mobile=f"{AIRTEL},12,12")))

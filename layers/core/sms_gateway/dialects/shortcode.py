@@ -423,11 +423,17 @@ def send_sms() -> Response[Any]:
 
 def _readings(account: Account, request: ShortcodeSend) -> tuple[list[tuple[str, Recipient | None]], list[Rejection]]:
     """Each number on its own, so that the answer lists them in the client's order: as given, and its recipient
-    (None: invalid); and the invalid ones' refusals."""
+    (None: invalid); and the invalid ones' refusals. An invalid number typed twice is read once, as a valid one given
+    twice is sent and listed once (send_entries)."""
     readings: list[tuple[str, Recipient | None]] = []
     rejected: list[Rejection] = []
+    invalid: set[str] = set()
     for raw in request.mobiles:
+        if raw in invalid:
+            continue
         valid, refused = normalise_recipients([raw], account.default_country)
+        if not valid:
+            invalid.add(raw)
         readings.append((raw, valid[0] if valid else None))
         rejected.extend(refused)
     return readings, rejected
