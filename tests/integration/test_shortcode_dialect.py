@@ -805,11 +805,6 @@ def test_a_shortcode_message_refused_by_its_upstream_is_reported_to_the_accounts
 # ------------------------------------------------------------------ review (session 31)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: when every valid number opted out, the invalid ones lose their 1003 entries and the answer "
-    "says 'every recipient opted out'",
-)
 def test_an_invalid_number_beside_an_opted_out_one_keeps_its_own_entry(aws, account, api):
     from sms_gateway.bootstrap import gateway
     from sms_gateway.domain.models import utc_now

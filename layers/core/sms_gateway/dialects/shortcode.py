@@ -14,7 +14,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sms_gateway.bootstrap import gateway
+from sms_gateway.bootstrap import gateway, send_dependencies
 from sms_gateway.dialects.common import (
     Standing,
     accept,
@@ -33,7 +33,7 @@ from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import Account, CredentialKind, Message, Recipient, SendCommand
 from sms_gateway.domain.status import TERMINAL, MessageStatus
 from sms_gateway.domain.zones import account_zone, in_zone
-from sms_gateway.errors import GatewayError, InvalidRequest, NotFound, Unauthorized
+from sms_gateway.errors import GatewayError, InvalidRequest, NotFound, OptedOut, Unauthorized
 from sms_gateway.logic.auth import account_for_credential
 from sms_gateway.logic.idempotency import request_key
 from sms_gateway.logic.send import (
@@ -41,6 +41,7 @@ from sms_gateway.logic.send import (
     Rejection,
     could_not_be_queued,
     normalise_recipients,
+    refuse_opted_out,
     require_sender,
     require_valid,
     why_not_sent,
@@ -455,7 +456,16 @@ def _send(account: Account, request: ShortcodeSend) -> Response[Any]:
         delivery_report=account.default_delivery_report,
         dialect="shortcode",
     )
-    return _sent(readings, accept(account, command))
+    try:
+        accepted = accept(account, command)
+    except OptedOut:
+        if not rejected:
+            raise
+        # Every valid number opted out beside invalid ones: nothing is sent, and each number still gets its own
+        # entry (4100 or 1003, in order), where the flat 4100 would call the invalid ones opted out.
+        _, refused = refuse_opted_out(account, command.sender, command.recipients, send_dependencies().opt_outs)
+        return json_response(HTTP_STATUS, {"responses": send_entries(readings, [], refused)})
+    return _sent(readings, accepted)
 
 
 def _sent(readings: Sequence[tuple[str, Recipient | None]], accepted: Accepted) -> Response[Any]:
