@@ -179,11 +179,6 @@ def _stored_texts(stack: Any) -> list[str]:
     return texts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a GET whose message is percent-encoded ISO-8859-1 is sent as 'Caf\\ufffd' and charged, "
-    "where the same text in a form POST is refused with 1009",
-)
 def test_a_get_whose_text_is_not_utf8_is_refused_not_sent_garbled(stack: Any, account: dict[str, Any]) -> None:
     # Given the seed's GET request whose message is PHP's urlencode() of an ISO-8859-1 "Café" (Caf%E9)
     before = credit(stack, account)

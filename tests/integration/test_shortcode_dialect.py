@@ -56,6 +56,7 @@ def service_event(account: dict[str, Any], service: str, method: str = "POST", *
     event["pathParameters"] = {"proxy": service}
     if method == "GET":
         event["queryStringParameters"] = {k: str(v) for k, v in json.loads(event.pop("body")).items()}
+        event["rawQueryString"] = urlencode(event["queryStringParameters"])
     return event
 
 
@@ -756,6 +757,32 @@ def test_a_form_whose_text_is_not_utf8_is_refused_not_sent_garbled(aws, account,
     assert answered.get("response-code") == 1009, (answered, _stored_texts())
     assert balance(account["account_id"]) == 100
     assert queued_records(aws) == []
+
+
+@pytest.mark.parametrize("service", ["sendsms", "getdlr", "getbalance"])
+def test_a_get_whose_query_is_not_utf8_is_refused_not_read_garbled(aws, account, api, service):
+    # Given a GET whose query string carries a percent-escape that is not UTF-8 (PHP's urlencode() of ISO-8859-1),
+    # which API Gateway's queryStringParameters decode to a replacement character
+    event = service_event(account, service, method="GET", message="x", shortcode="48974", mobile=AIRTEL)
+    event["rawQueryString"] += "&message=Caf%E9"
+    event["queryStringParameters"]["message"] = "Caf\ufffd"
+    # When it is sent
+    answered = answer(api(event))
+    # Then it is refused as a form of the same text is (1009), whichever service it asks, and nothing is charged
+    assert answered.get("response-code") == 1009, answered
+    assert balance(account["account_id"]) == 100
+    assert queued_records(aws) == []
+
+
+def test_a_get_that_gives_mobile_twice_is_read_as_api_gateway_joins_it(aws, account, api):
+    # Given a GET that gives `mobile` twice, which API Gateway joins with a comma in queryStringParameters
+    event = get_event(account)
+    event["rawQueryString"] += f"&mobile={AIRTEL}"
+    event["queryStringParameters"]["mobile"] += f",{AIRTEL}"
+    # When it is sent
+    answered = answer(api(event))
+    # Then it is two numbers, as ever: a GET sends to one (1104), not to the last one given
+    assert answered["response-code"] == 1104, answered
 
 
 # ------------------------------------------------------------------ 4. timeToSend date strings of the vendor

@@ -275,13 +275,13 @@ def _joined(fields: list[tuple[str, str]]) -> dict[str, str]:
     return {name: ",".join(given) for name, given in values.items()}
 
 
-def _form_fields(body: str) -> list[tuple[str, str]]:
-    """A urlencoded form's fields; a percent-escape that is not UTF-8 (an ISO-8859-1 `Caf%E9`) is refused, not
-    sent as a replacement character."""
+def _urlencoded_fields(text: str, where: str) -> dict[str, str]:
+    """A urlencoded form's fields, or a query string's; a percent-escape that is not UTF-8 (an ISO-8859-1 `Caf%E9`)
+    is refused, not sent as a replacement character."""
     try:
-        return parse_qsl(body, keep_blank_values=True, encoding="utf-8", errors="strict")
+        return _joined(parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict"))
     except UnicodeDecodeError as error:
-        raise InvalidRequest(f"the form is not UTF-8 text: {error}") from error
+        raise InvalidRequest(f"{where} is not UTF-8 text: {error}") from error
 
 
 def _body_fields(headers: dict[str, str], body: str) -> dict[str, Any]:
@@ -291,7 +291,7 @@ def _body_fields(headers: dict[str, str], body: str) -> dict[str, Any]:
         return _json_object(body)
     if media in ("", "application/x-www-form-urlencoded", "text/plain"):
         # curl labels a json_encode()d string as a form unless the client sets the header; read it as what it is.
-        return _json_object(body) if looks_like_json else _joined(_form_fields(body))
+        return _json_object(body) if looks_like_json else _urlencoded_fields(body, "the form")
     if media == "multipart/form-data":
         return _multipart_fields(headers["content-type"], body)
     raise UnsupportedRequest(
@@ -300,9 +300,11 @@ def _body_fields(headers: dict[str, str], body: str) -> dict[str, Any]:
 
 
 def _params() -> ShortcodeParams:
-    """GET reads the query string; POST reads its body, over any query parameters it also carries."""
+    """GET reads the query string; POST reads its body, over any query parameters it also carries. The query string
+    as sent (rawQueryString), read as a form is: API Gateway's queryStringParameters decode a percent-escape that is
+    not UTF-8 to a replacement character, which would be sent and charged as the text."""
     event = router.current_event
-    fields: dict[str, Any] = dict(event.query_string_parameters or {})
+    fields: dict[str, Any] = _urlencoded_fields(event.get("rawQueryString") or "", "the query string")
     if event.http_method.upper() == "POST":
         body = request_text(event)
         if body.strip():
