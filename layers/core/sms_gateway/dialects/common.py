@@ -176,11 +176,23 @@ MAX_BODY_BYTES = 256 * 1024
 
 def request_text(event: Any) -> str:
     """The request body as text, refused when over 256 KB or not UTF-8 (before anything is parsed or stored)."""
-    _refuse_oversize(event)
     try:
-        return str(event.decoded_body or "")
-    except (UnicodeDecodeError, ValueError) as error:
+        return request_bytes(event).decode()
+    except UnicodeDecodeError as error:
         raise InvalidRequest("the request body is not UTF-8 text") from error
+
+
+def request_bytes(event: Any) -> bytes:
+    """The request body as it was sent, refused when over 256 KB or, when API Gateway base64-encoded it, not base64:
+    for a body whose parts name their own charsets (a multipart form), which is no one text."""
+    _refuse_oversize(event)
+    raw = str(event.body or "")
+    if not event.is_base64_encoded:
+        return raw.encode()
+    try:
+        return base64.b64decode(raw)
+    except ValueError as error:
+        raise InvalidRequest("the request body is not valid base64") from error
 
 
 def callback_text(event: Any) -> str:
@@ -188,14 +200,9 @@ def callback_text(event: Any) -> str:
     recode in UTF-16BE), else as UTF-8 with what cannot be read replaced: an upstream's adapter reads the text from
     fields of its own (Kannel's `text_hex`), and a body that cannot be read must not refuse the callback (the MO
     would be lost)."""
-    _refuse_oversize(event)
-    raw = event.body or ""
+    data = request_bytes(event)
     if not event.is_base64_encoded:
-        return str(raw)
-    try:
-        data = base64.b64decode(raw)
-    except ValueError as error:
-        raise InvalidRequest("the request body is not valid base64") from error
+        return str(event.body or "")
     charset = _charset(str((event.headers or {}).get("content-type") or ""))
     if charset:
         with contextlib.suppress(LookupError, UnicodeDecodeError):
@@ -334,6 +341,16 @@ def status_for(error: GatewayError) -> int:
     return HTTP_STATUS.get(error.code, 400)
 
 
+def _fingerprinted_body(event: Any) -> str:
+    """The body as a request's fingerprint reads it: its text as canonical_body writes it; a body that is not UTF-8
+    (a multipart form with a field in its own charset, which the shortcode dialect reads), its bytes in base64."""
+    body = request_bytes(event)
+    try:
+        return canonical_body(body.decode())
+    except UnicodeDecodeError:
+        return base64.b64encode(body).decode()
+
+
 def idempotent(
     event: Any,
     account_id: str,
@@ -359,7 +376,7 @@ def idempotent(
         event.http_method,
         event.path,
         json.dumps(event.query_string_parameters or {}, sort_keys=True),
-        canonical_body(request_text(event)),
+        _fingerprinted_body(event),
     )
 
     def answer(claim: KeyClaim | None) -> StoredAnswer:

@@ -25,6 +25,7 @@ from sms_gateway.dialects.common import (
     int_as_text,
     json_response,
     parse_json_body,
+    request_bytes,
     request_text,
     send_time_schema,
 )
@@ -237,12 +238,13 @@ def _json_object(body: str) -> dict[str, Any]:
     return payload
 
 
-def _multipart_fields(content_type: str, body: str) -> dict[str, Any]:
-    """PHP's curl sends `CURLOPT_POSTFIELDS => $array` as multipart/form-data."""
+def _multipart_fields(content_type: str, body: bytes) -> dict[str, Any]:
+    """PHP's curl sends `CURLOPT_POSTFIELDS => $array` as multipart/form-data. Read from its bytes: each field is
+    text in its own charset (_field_text), so the body as a whole need not be UTF-8."""
     from email.parser import BytesParser
     from email.policy import HTTP
 
-    envelope = f"Content-Type: {content_type}\r\n\r\n".encode() + body.encode()
+    envelope = f"Content-Type: {content_type}\r\n\r\n".encode() + body
     message = BytesParser(policy=HTTP).parsebytes(envelope)
     if not message.is_multipart():
         raise InvalidRequest("the multipart/form-data body could not be read")
@@ -284,16 +286,21 @@ def _urlencoded_fields(text: str, where: str) -> dict[str, str]:
         raise InvalidRequest(f"{where} is not UTF-8 text: {error}") from error
 
 
-def _body_fields(headers: dict[str, str], body: str) -> dict[str, Any]:
+def _body_fields(event: Any) -> dict[str, Any]:
+    headers = {key.lower(): value for key, value in (event.headers or {}).items()}
     media = _media_type(headers)
+    if media == "multipart/form-data":
+        data = request_bytes(event)
+        return _multipart_fields(headers["content-type"], data) if data.strip() else {}
+    body = request_text(event)
+    if not body.strip():
+        return {}
     looks_like_json = body.lstrip().startswith("{")
     if media == "application/json" or media.endswith("+json"):
         return _json_object(body)
     if media in ("", "application/x-www-form-urlencoded", "text/plain"):
         # curl labels a json_encode()d string as a form unless the client sets the header; read it as what it is.
         return _json_object(body) if looks_like_json else _urlencoded_fields(body, "the form")
-    if media == "multipart/form-data":
-        return _multipart_fields(headers["content-type"], body)
     raise UnsupportedRequest(
         f"content type {media!r} is not supported: send application/json, a form or query parameters"
     )
@@ -306,10 +313,7 @@ def _params() -> ShortcodeParams:
     event = router.current_event
     fields: dict[str, Any] = _urlencoded_fields(event.get("rawQueryString") or "", "the query string")
     if event.http_method.upper() == "POST":
-        body = request_text(event)
-        if body.strip():
-            headers = {key.lower(): value for key, value in (event.headers or {}).items()}
-            fields.update(_body_fields(headers, body))
+        fields.update(_body_fields(event))
     try:
         return ShortcodeParams.model_validate(fields)
     except ValidationError as error:
