@@ -587,3 +587,34 @@ def cinema_store() -> InMemoryStore:
         Credentials(token="t", apikey="k", partner_id="1", username="u", password="p"),
     )
     return store
+
+
+def dispatched_through(*upstreams: Any) -> tuple[Any, Any]:
+    """One message accepted for account 7 and dispatched once through `upstreams`, in order: the message after it and
+    the store (for the account's credits)."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from sms_gateway.domain.models import Recipient, SendCommand
+    from sms_gateway.logic.dispatch import DispatchDependencies, dispatch
+    from sms_gateway.logic.send import SendDependencies, accept_send
+
+    now = datetime(2026, 1, 2, 23, 50, 37, tzinfo=UTC)
+    store, queue = cinema_store(), RecordingQueue()
+    send_deps = SendDependencies(
+        accounts=store, messages=store, dispatch_queue=queue, scheduler=RecordingScheduler(), prices=store
+    )
+    command = SendCommand(
+        account_id="7", sender="48974", text="Hello", recipients=(Recipient(msisdn="+2348020000000"),)
+    )
+    accept_send(store.accounts["7"], command, send_deps, now=now)
+    deps = DispatchDependencies(
+        messages=store,
+        accounts=store,
+        upstreams_for=lambda _: list(upstreams),
+        callback_base_url="https://gw.example",
+        clock=lambda: now,
+    )
+    asyncio.run(dispatch(queue.commands[0], deps))
+    [message] = store.messages.values()
+    return message, store

@@ -16,6 +16,7 @@ from sms_gateway.adapters.providers.jasmin import CALLBACK_ACK, JasminProvider
 from sms_gateway.domain.models import CallbackRequest, SubmitRequest
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
+from tests.fakes import dispatched_through
 
 TOKEN = "jasmin-callback-token-0123456789"
 REF = "1001.71800327346180097.71800327346180098"
@@ -667,37 +668,6 @@ def test_a_short_password_never_changes_the_message_id_jasmin_answers(password: 
     result = asyncio.run(provider(jasmin, password=password).submit(submit_request()))
     # Then the id recorded is Jasmin's, the one its DLRs name
     assert result.upstream_message_id == MESSAGE_ID
-
-
-def dispatched_through(*upstreams: Any) -> tuple[Any, Any]:
-    """One message accepted for account 7 and dispatched once through `upstreams`, in order: the message after it and
-    the store (for the account's credits)."""
-    from datetime import UTC, datetime
-
-    from sms_gateway.domain.models import Recipient, SendCommand
-    from sms_gateway.logic.dispatch import DispatchDependencies, dispatch
-    from sms_gateway.logic.send import SendDependencies, accept_send
-    from tests.fakes import RecordingQueue, RecordingScheduler, cinema_store
-
-    now = datetime(2026, 1, 2, 23, 50, 37, tzinfo=UTC)
-    store, queue = cinema_store(), RecordingQueue()
-    send_deps = SendDependencies(
-        accounts=store, messages=store, dispatch_queue=queue, scheduler=RecordingScheduler(), prices=store
-    )
-    command = SendCommand(
-        account_id="7", sender="48974", text="Hello", recipients=(Recipient(msisdn="+2348020000000"),)
-    )
-    accept_send(store.accounts["7"], command, send_deps, now=now)
-    deps = DispatchDependencies(
-        messages=store,
-        accounts=store,
-        upstreams_for=lambda _: list(upstreams),
-        callback_base_url="https://gw.example",
-        clock=lambda: now,
-    )
-    asyncio.run(dispatch(queue.commands[0], deps))
-    [message] = store.messages.values()
-    return message, store
 
 
 @pytest.mark.parametrize(("status", "body"), UPSTREAM_SIDE_REFUSALS, ids=["no-route", "credentials", "permission"])
