@@ -408,6 +408,23 @@ def test_a_failing_aws_call_is_not_retried_once_an_armed_deadline_has_passed(aws
     assert isinstance(raised.value, deadlines.DeadlineReached) == out_of_time
 
 
+def test_a_failed_condition_past_an_armed_deadline_is_raised_as_the_callers_answer(aws):
+    from sms_gateway import deadlines
+
+    # Given a deadline that has passed, and a conditional write whose condition fails (an answer, never retried)
+    dynamodb = clients.client("dynamodb")
+    with deadlines.armed(lambda: True), pytest.raises(Exception) as raised:
+        dynamodb.put_item(
+            TableName=aws["TABLE_NAME"],
+            Item={"pk": {"S": "X"}, "sk": {"S": "Y"}},
+            ConditionExpression="attribute_exists(pk)",
+        )
+    # Then the caller gets the failed condition, which it handles (the sweeper passes over such an item), not
+    # DeadlineReached (until 2026-12-06 every error past the deadline became one)
+    assert not isinstance(raised.value, deadlines.DeadlineReached)
+    assert raised.value.response["Error"]["Code"] == "ConditionalCheckFailedException"  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize(
     ("failure", "once"),
     [("read timeout", True), ("internal error", True), ("throttled", False)],

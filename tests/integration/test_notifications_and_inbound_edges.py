@@ -520,10 +520,6 @@ def test_a_sweeper_run_out_of_time_does_not_retry_a_publish_the_notify_queue_lea
     assert sweeper_runs(monkeypatch, 9) == {"inbound_queued": 1, "reports_queued": 0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: under deadlines.armed, a claim whose condition fails past the deadline raises DeadlineReached",
-)
 def test_a_sweeper_run_out_of_time_passes_over_an_item_the_index_still_lists_after_it_was_cleared(
     aws, account, monkeypatch
 ):

@@ -90,6 +90,43 @@ def no_retry_past_deadline_or_once(response: Any = None, caught_exception: Any =
     out_of_time = _armed.get()
     if not ran_out(out_of_time):
         return
-    failed = caught_exception is not None or (response is not None and "Error" in response[1])
-    if failed:
+    if _would_be_retried(response, caught_exception):
         raise DeadlineReached("the AWS call failed with too little time left to try it again")
+
+
+# Error codes botocore's standard retry mode tries again (besides connection errors, 5xx and 429): throttling and
+# transient ones. Any other error is the caller's answer (a failed condition, a validation error) and is raised as
+# botocore raises it, deadline or not: the sweeper passes over an item whose claim condition fails, late or not.
+RETRIED_ERROR_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "InternalFailure",
+        "ServiceUnavailable",
+    }
+)
+
+
+def _would_be_retried(response: Any, caught_exception: Any) -> bool:
+    """Whether a failed call is one botocore would try again (and so, past the deadline, is ended here instead)."""
+    if caught_exception is not None:
+        return True
+    if response is None or "Error" not in response[1]:
+        return False
+    status = response[0].status_code
+    code = str(response[1]["Error"].get("Code", "")).split("#")[-1]
+    return status >= 500 or status == 429 or code in RETRIED_ERROR_CODES
