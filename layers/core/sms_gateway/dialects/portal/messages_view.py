@@ -149,11 +149,15 @@ def batches_table(rows: list[history.BatchRow], zone: tzinfo) -> str:
 
 def goes_out(batch: Batch, zone: tzinfo) -> str:
     """The batches table's "Sent": when the batch goes out, its schedule time for a scheduled send (not when it was
-    made, which read as sent already)."""
+    made, which read as sent already); a scheduled one that never went out (cancelled, or undone) says so."""
     if not batch.send_at:
         return local_time(batch.created_at, zone)
     when = local_time(batch.send_at, zone)
-    return f"scheduled for {when}" if batch.status == MessageStatus.SCHEDULED else when
+    if batch.status == MessageStatus.SCHEDULED:
+        return f"scheduled for {when}"
+    if batch.status in (MessageStatus.CANCELLED, MessageStatus.FAILED):
+        return f"not sent (was scheduled for {when})"
+    return when
 
 
 def batch_link(batch: Batch) -> str:
