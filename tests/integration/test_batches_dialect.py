@@ -298,6 +298,50 @@ def test_a_change_racing_another_on_a_group_in_the_old_layout_loses_nothing(aws,
     assert group_items(account["account_id"])[f"GROUP#{number:019d}"]["member_count"] == 3
 
 
+def conflicting_group_reads(monkeypatch: pytest.MonkeyPatch, times: int) -> None:
+    """DynamoDB cancelling the next `times` TransactGetItems on a conflict with a concurrent write of one of their
+    items (a member change's transaction in flight), as it does on AWS (moto never does)."""
+    from sms_gateway.bootstrap import gateway
+
+    client = gateway().store.client
+    read, conflicts = client.transact_get_items, [times]
+
+    def conflicting(**request: Any) -> Any:
+        if conflicts[0]:
+            conflicts[0] -= 1
+            reasons = [{"Code": "None"}] * (len(request["TransactItems"]) - 1) + [{"Code": "TransactionConflict"}]
+            raise client.exceptions.TransactionCanceledException(
+                {
+                    "Error": {"Code": "TransactionCanceledException", "Message": "Transaction cancelled"},
+                    "CancellationReasons": reasons,
+                },
+                "TransactGetItems",
+            )
+        return read(**request)
+
+    monkeypatch.setattr(client, "transact_get_items", conflicting)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: a group is now read with TransactGetItems, which DynamoDB cancels (TransactionConflict) while a "
+    "member change's transaction on the group is in flight; get_group does not retry it, so a read of the group or a "
+    "send to it answers 500 (a GetItem never conflicted)",
+)
+def test_a_group_read_or_send_meeting_a_member_change_in_flight_is_answered(aws, account, api, monkeypatch):
+    token = account["token"]
+    group_id = create_group(api, token, [AIRTEL, MTN])
+    # Given DynamoDB cancelling the group's read once, on a conflict with a member change being written
+    conflicting_group_reads(monkeypatch, 1)
+    # Then reading the group still answers it
+    status, read = call(api, token, "GET", f"/ng/v1/groups/{group_id}")
+    assert (status, read.get("members")) == (200, [AIRTEL, MTN]), read
+    # And a send to it goes out
+    conflicting_group_reads(monkeypatch, 1)
+    status, sent = send(api, token, [group_id])
+    assert (status, sent.get("recipients_processed")) == (200, 2), sent
+
+
 def test_the_group_list_reads_what_a_create_or_delete_just_wrote(aws, account, api, monkeypatch):
     from sms_gateway.bootstrap import gateway
 
