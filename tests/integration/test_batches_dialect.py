@@ -325,9 +325,7 @@ def add_as_the_previous_build_did(account_id: str, group_id: str, member: str, *
     "summary's set) is read from the members item but changed from the summary's: _move_members overwrites the "
     "members item with the summary's set, and every member this build stored is lost",
 )
-def test_a_group_changed_by_the_previous_build_after_a_rollback_keeps_its_members_when_changed_again(
-    aws, account, api
-):
+def test_a_rolled_back_build_s_member_change_keeps_this_build_s_members_when_changed_again(aws, account, api):
     token = account["token"]
     # Given a group made by this build (members in their own item)
     group_id = create_group(api, token, [AIRTEL, MTN])
