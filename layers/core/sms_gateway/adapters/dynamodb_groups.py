@@ -5,8 +5,10 @@ members  pk=ACC#<account_id>  sk=GROUP_MEMBERS#<group number, 19 digits>  member
 
 The list's `begins_with(sk, "GROUP#")` does not match `GROUP_MEMBERS#`: a page of groups reads their summaries only
 (with the members in the summary item, DynamoDB's 1 MB per Query cut a page of big groups short). Both items are
-written in one transaction, conditional on the summary's version; a group is read with both in one TransactGetItems,
-so a read never pairs a summary with the members of another version. A group stored before 2026-12-06 has its
+written in one transaction, conditional on the summary's version, and both carry that version. A group is read with
+two consistent GetItems, the summary first (a TransactGetItems would be cancelled by a member change in flight): a
+members item ahead of the summary read means a change came between the two, and both are read again, so a read never
+pairs a summary with the members of a later change. A group stored before 2026-12-06 has its
 members in the summary item and no members item: it reads from there, and its first member change moves them.
 """
 
@@ -17,12 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key, read_page
-from sms_gateway.adapters.dynamodb_transactions import transact_until_decided
+from sms_gateway.adapters.dynamodb_transactions import back_off, transact_until_decided
 from sms_gateway.domain.groups import Group, GroupSummary, group_number
+from sms_gateway.errors import Unavailable
 
 GROUP_SK_PREFIX = "GROUP#"
 GROUP_SK = id_sort_key(GROUP_SK_PREFIX)
 MEMBERS_SK_PREFIX = "GROUP_MEMBERS#"
+# Reads of a group that a member change keeps overtaking before it answers Unavailable.
+MAX_GROUP_READS = 4
 # Lists leave the members out: a page of groups stays small however big the groups are (a summary stored before the
 # members item existed still holds them; the projection leaves them unsent, though the Query reads them).
 _SUMMARY_ATTRIBUTES = ("group_id", "account_id", "#name", "member_count", "created_at", "updated_at")
@@ -105,20 +110,22 @@ class DynamoGroupStore:
         return {"Put": {"TableName": self.table_name, "Item": self._codec.dump(item)}}
 
     def get_group(self, account_id: str, group_number: int) -> Group | None:
-        found = self.client.transact_get_items(
-            TransactItems=[
-                {"Get": {"TableName": self.table_name, "Key": _group_key(account_id, group_number)}},
-                {"Get": {"TableName": self.table_name, "Key": _members_key(account_id, group_number)}},
-            ]
-        )["Responses"]
-        summary, members = (answer.get("Item") for answer in found)
-        if not summary:
-            return None
-        values = self._codec.load(summary)
-        # The members item when there is one; a group stored before it existed keeps them in its summary.
-        held = self._codec.load(members) if members else values
-        values["members"] = tuple(sorted(held.get("members", ())))
-        return Group.model_validate(values)
+        # Two consistent GetItems, the summary first: a TransactGetItems would be cancelled (TransactionConflict)
+        # while a member change's transaction on the group is in flight, and costs twice the read units. A change
+        # committed between the two reads leaves the members item ahead of the summary: read both again.
+        for attempt in range(MAX_GROUP_READS):
+            summary = self._get(_group_key(account_id, group_number))
+            if not summary:
+                return None
+            members = self._get(_members_key(account_id, group_number))
+            if not members or members.get("version", 0) <= summary.get("version", 0):
+                return _group_of(summary, members)
+            back_off(attempt)
+        raise Unavailable("the group kept changing while it was read; try again")
+
+    def _get(self, key: dict[str, Any]) -> dict[str, Any] | None:
+        found = self.client.get_item(TableName=self.table_name, Key=key, ConsistentRead=True).get("Item")
+        return self._codec.load(found) if found else None
 
     def list_groups(
         self, account_id: str, *, limit: int = 100, cursor: str | None = None
@@ -237,6 +244,15 @@ class DynamoGroupStore:
             {"Delete": {"TableName": self.table_name, "Key": _members_key(account_id, group_number)}},
         ]
         return transact_until_decided(self.client, writes)[0] is None
+
+
+def _group_of(summary: dict[str, Any], members: dict[str, Any] | None) -> Group:
+    """The group read from its summary and members item (None for a group stored before it existed, whose members
+    are in its summary)."""
+    values = dict(summary)
+    held = members if members else summary
+    values["members"] = tuple(sorted(held.get("members", ())))
+    return Group.model_validate(values)
 
 
 def _group_number(group_id: str) -> int:
