@@ -9,7 +9,9 @@ written in one transaction, conditional on the summary's version, and both carry
 two consistent GetItems, the summary first (a TransactGetItems would be cancelled by a member change in flight): a
 members item ahead of the summary read means a change came between the two, and both are read again, so a read never
 pairs a summary with the members of a later change. A group stored before 2026-12-06 has its
-members in the summary item and no members item: it reads from there, and its first member change moves them.
+members in the summary item and no members item: it reads from there, and its first member change moves them. A
+group the build before it changed after a roll back holds members in both: it reads as their union, and its next
+member change moves the union.
 """
 
 from __future__ import annotations
@@ -216,15 +218,13 @@ class DynamoGroupStore:
         }
 
     def _move_members(self, change: _MemberChange) -> bool:
-        """A change to a group whose summary holds its members: the members as changed go to the members item and
+        """A change to a group whose summary holds members: its members (_held) as changed go to the members item and
         leave the summary, in one transaction on the version read. False when the group went or changed."""
-        found = self.client.get_item(
-            TableName=self.table_name, Key=_group_key(change.account_id, change.number), ConsistentRead=True
-        ).get("Item")
-        stored = self._codec.load(found) if found else {}
+        stored = self._get(_group_key(change.account_id, change.number)) or {}
         if stored.get("version") != change.expected_version or "members" not in stored:
             return False
-        held = set(stored["members"])
+        # Any change to the members item after this read changes the summary's version too, refusing the write.
+        held = _held(stored, self._get(_members_key(change.account_id, change.number)))
         changed = held | change.members if change.action == "ADD" else held - change.members
         writes = [
             self._summary_change(change, condition="attribute_exists(members)"),
@@ -250,9 +250,16 @@ def _group_of(summary: dict[str, Any], members: dict[str, Any] | None) -> Group:
     """The group read from its summary and members item (None for a group stored before it existed, whose members
     are in its summary)."""
     values = dict(summary)
-    held = members if members else summary
-    values["members"] = tuple(sorted(held.get("members", ())))
+    values["members"] = tuple(sorted(_held(summary, members)))
     return Group.model_validate(values)
+
+
+def _held(summary: dict[str, Any], members: dict[str, Any] | None) -> set[str]:
+    """The group's members: the members item's and, when the summary holds members too, theirs. A summary holds
+    members when stored before the members item existed, or when the build before it, rolled back to, changed the
+    group (it ADDs to the summary's set): their union loses none either build was given, though a member that
+    build removed while rolled back comes back if this build holds it."""
+    return set(summary.get("members", ())) | set((members or {}).get("members", ()))
 
 
 def _group_number(group_id: str) -> int:
