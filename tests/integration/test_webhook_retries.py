@@ -642,14 +642,16 @@ def test_a_batch_callback_url_chosen_by_the_caller_never_receives_the_accounts_w
     assert post["headers"]["webhook-signature"].startswith("v1,")
 
 
-def test_batch_callback_urls_on_the_accounts_own_webhook_origin_get_the_token_as_its_dlr_url(aws, accounts, webhook):
-    # Given an account whose DLR URL is https://client.example/dlr, and batches whose reports go to other URLs of
-    # that origin (an endpoint per campaign), however the origin is written
+def test_batch_callback_urls_naming_the_accounts_dlr_url_get_the_token_as_it_does(aws, accounts, webhook):
+    # Given an account whose DLR URL is https://client.example/dlr, and batches whose reports go to that URL written
+    # another way or with a query of their own, and to another path of its origin (a hook of someone else's, on a
+    # host many customers share)
     account, hook = accounts["a"], webhook()
-    own = ["https://client.example:443/campaigns/7/dlr", "https://CLIENT.example/dlr?batch=8"]
-    for url in own:
+    own = ["https://client.example:443/dlr", "https://CLIENT.example/dlr?batch=8"]
+    for url in [*own, "https://client.example/campaigns/7/dlr"]:
         report_to_callback_url(aws, account, url)
-    # Then each post carries the webhook token (and is signed)
+    # Then the posts to the DLR URL carry the webhook token, the other none, and each is signed
     bearer = f"Bearer {account['webhook_token']}"
-    assert [(post["url"], post["headers"]["Authorization"]) for post in hook.posts] == [(url, bearer) for url in own]
+    got = [(post["url"], post["headers"].get("Authorization")) for post in hook.posts]
+    assert got == [*((url, bearer) for url in own), ("https://client.example/campaigns/7/dlr", None)]
     assert all("webhook-signature" in post["headers"] for post in hook.posts)

@@ -48,6 +48,15 @@ def origin_of(url: str) -> str | None:
     return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
+def endpoint_of(url: str) -> str | None:
+    """The origin and path of `url` (an empty path read as "/"), without its query or fragment: two URLs with the
+    same endpoint name the same hook whatever their query says. None when it has no origin."""
+    origin = origin_of(url)
+    if origin is None:
+        return None
+    return origin + (urlsplit(url).path or "/")
+
+
 def forbidden_reason(ip: IPAddress | str) -> str | None:
     """Why a webhook must not reach this address (e.g. "loopback"), or None for a public unicast address."""
     address = ipaddress.ip_address(ip) if isinstance(ip, str) else ip

@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from sms_gateway.domain.models import Account, DeliveryReportMode, StatusChange
-from sms_gateway.domain.webhook_urls import origin_of
+from sms_gateway.domain.webhook_urls import endpoint_of
 from sms_gateway.domain.webhooks import signed_headers
 from sms_gateway.errors import InvalidRequest, NotFound
 from sms_gateway.ports import AccountLookup, SecretBox
@@ -104,14 +104,17 @@ def target_url(account: Account, notification: dict[str, Any]) -> str | None:
 
 
 def gets_webhook_token(account: Account, url: str) -> bool:
-    """Whether a post to `url` carries the account's webhook token: only on the origin (scheme, host and port) of
-    one of the account's own webhook URLs (DLR or inbound). A batch's `callback_url` is chosen by whoever holds one of
-    the account's API tokens, and may be anyone's collector; the webhook token is what the account's real webhooks
-    take as proof that a post is the gateway's, so sent there it let that URL's owner forge inbound SMS and delivery
-    reports to them (until 2026-12-06). Elsewhere a post has no Authorization header, only the signature."""
-    own_urls = [own_url for own_url in (account.dlr_url, account.inbound_url) if own_url]
-    origin = origin_of(url)
-    return url in own_urls or (origin is not None and origin in {origin_of(own_url) for own_url in own_urls})
+    """Whether a post to `url` carries the account's webhook token: only to one of the account's own webhook URLs
+    (DLR or inbound), its scheme, host, port and path the same (its query may differ). A batch's `callback_url` is
+    chosen by whoever holds one of the account's API tokens, and may be anyone's collector; the webhook token is what
+    the account's real webhooks take as proof that a post is the gateway's, so sent there it let that URL's owner
+    forge inbound SMS and delivery reports to them (until 2026-12-06). The same origin is not enough: on a host many
+    customers share (script.google.com, hooks.zapier.com, hook.eu1.make.com) anyone makes a hook of their own beside
+    the account's (until 2026-12-07 the token went to any URL on the origin of one of them). Elsewhere a post has no
+    Authorization header, only the signature."""
+    endpoint = endpoint_of(url)
+    own = {endpoint_of(own_url) for own_url in (account.dlr_url, account.inbound_url) if own_url}
+    return endpoint is not None and endpoint in own
 
 
 async def deliver(
