@@ -14,6 +14,7 @@ from sms_gateway.adapters.scheduler import EventBridgeBatchScheduler
 from sms_gateway.adapters.sqs import SqsDispatchQueue, SqsNotifyQueue, dispatch_dedup_id
 from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.models import DispatchCommand
+from sms_gateway.ports import PartlyQueued
 
 
 @pytest.fixture
@@ -280,6 +281,19 @@ def test_a_refused_entry_is_an_error_not_a_silent_drop():
     with pytest.raises(RuntimeError, match="InvalidParameterValue"):
         queue.enqueue(commands_for("1", 3))
     assert [len(call) for call in sqs.calls] == [3]
+
+
+def test_a_partly_refused_publish_names_the_notifications_not_queued():
+    # Given SQS that refuses the last entry of a SendMessageBatch
+    sqs = RefusingSqs()
+    queue = SqsNotifyQueue("https://sqs.us-east-1.amazonaws.com/123456789012/notify", client=sqs)
+    # When 13 notifications are published (two calls, the first partly refused)
+    with pytest.raises(PartlyQueued) as refused:
+        queue.publish([{"n": n} for n in range(13)])
+    # Then the error names the one refused and the three never sent, and is still a RuntimeError to other callers
+    assert refused.value.failed == (9, 10, 11, 12)
+    assert isinstance(refused.value, RuntimeError)
+    assert [len(call) for call in sqs.calls] == [10]
 
 
 def test_a_priority_command_has_its_own_lane_on_its_own_queue_and_overtakes_the_accounts_bulk(wired, aws):

@@ -24,7 +24,7 @@ from sms_gateway.logic.webhook_breaker import (
     WebhookBreaker,
     WebhookNotTried,
 )
-from sms_gateway.ports import MAX_QUEUE_DELAY_SECONDS, WebhookFailure, WebhookFailureState
+from sms_gateway.ports import MAX_QUEUE_DELAY_SECONDS, PartlyQueued, WebhookFailure, WebhookFailureState
 from sms_gateway.settings import MAX_NOTIFY_RETRY_DELAYS, NOTIFY_QUEUE_RETENTION_SECONDS, Settings
 from sms_gateway_tools.template import load_template
 from tests.fakes import Clock, InMemoryStore
@@ -396,8 +396,8 @@ def test_a_resend_all_whose_queueing_fails_midway_leaves_no_notification_claimed
 
 
 class RefusesOneEntry(RecordingNotifyQueue):
-    """SendMessageBatch takes every entry but the last of its first call (SqsNotifyQueue._send then raises "SQS
-    refused 1 entries"), and all of them afterwards."""
+    """SendMessageBatch takes every entry but the last of its first call (SqsNotifyQueue._send then raises
+    PartlyQueued naming it), and all of them afterwards."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -407,15 +407,10 @@ class RefusesOneEntry(RecordingNotifyQueue):
         self.calls += 1
         if self.calls == 1:
             super().publish(notifications[:-1])
-            raise RuntimeError("SQS refused 1 entries: 9: InternalError")
+            raise PartlyQueued("SQS refused 1 entries: 9: InternalError", [len(notifications) - 1])
         super().publish(notifications)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a SendMessageBatch that refuses one entry of ten puts all ten back to dead, the nine it queued "
-    "too, against docs/webhooks.md; the client's resend-all, called again as told, queues those nine a second time",
-)
 def test_a_resend_all_whose_queueing_refuses_one_entry_leaves_the_queued_ones_resent_and_queues_each_once():
     # Given 10 dead notifications, and a notify queue that takes nine of them and refuses the tenth
     store, queue = dead_store(10), RefusesOneEntry()

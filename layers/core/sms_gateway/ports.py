@@ -808,5 +808,15 @@ class WebhookFailureStore(Protocol):
         ...
 
 
+class PartlyQueued(RuntimeError):
+    """A queueing the queue took only in part: `failed` are the indexes (in what was queued) of the entries it did
+    not take, refused or never sent after a refusal; the others are on the queue. A RuntimeError, so a caller that
+    cannot tell them apart treats it as the whole queueing failing, as before."""
+
+    def __init__(self, message: str, failed: Sequence[int]) -> None:
+        super().__init__(message)
+        self.failed = tuple(failed)
+
+
 class NotificationQueue(Protocol):
     def publish(self, notifications: Sequence[dict[str, object]]) -> None: ...

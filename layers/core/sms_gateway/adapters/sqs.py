@@ -10,7 +10,7 @@ from typing import Any
 
 from sms_gateway.adapters import aws
 from sms_gateway.domain.models import DispatchCommand
-from sms_gateway.ports import MAX_QUEUE_DELAY_SECONDS
+from sms_gateway.ports import MAX_QUEUE_DELAY_SECONDS, PartlyQueued
 
 SEND_BATCH_SIZE = 10
 
@@ -29,7 +29,8 @@ class _Queue:
         return self._client
 
     def _send(self, entries: Sequence[dict[str, Any]], *, queue_url: str | None = None) -> None:
-        """Sends in order, one SendMessageBatch call per 10 entries; any refused entry is an error."""
+        """Sends in order, one SendMessageBatch call per 10 entries; any refused entry is an error, PartlyQueued
+        naming the entries not on the queue: those refused and those after their call (not sent)."""
         for start in range(0, len(entries), SEND_BATCH_SIZE):
             chunk = entries[start : start + SEND_BATCH_SIZE]
             numbered = [{**entry, "Id": str(i)} for i, entry in enumerate(chunk)]
@@ -37,7 +38,11 @@ class _Queue:
             failed = answer.get("Failed") or []
             if failed:
                 reasons = "; ".join(f"{f.get('Id')}: {f.get('Code')} {f.get('Message', '')}" for f in failed)
-                raise RuntimeError(f"SQS refused {len(failed)} entries: {reasons}")
+                refused = sorted(start + int(f["Id"]) for f in failed)
+                raise PartlyQueued(
+                    f"SQS refused {len(failed)} entries: {reasons}",
+                    [*refused, *range(start + len(chunk), len(entries))],
+                )
 
     def delay(self, receipt_handle: str, seconds: int) -> None:
         """Keeps a received record invisible for `seconds`, at most MAX_QUEUE_DELAY_SECONDS: the retry's backoff. SQS

@@ -18,6 +18,7 @@ from sms_gateway.logic.notify import WebhookFailed, hash_of
 from sms_gateway.ports import (
     MAX_QUEUE_DELAY_SECONDS,
     NotificationQueue,
+    PartlyQueued,
     WebhookFailure,
     WebhookFailureState,
     WebhookFailureStore,
@@ -213,11 +214,13 @@ def resend_dead(
     limit: int = RESEND_ALL_LIMIT,
 ) -> tuple[int, bool]:
     """Queues up to `limit` of the account's dead notifications again (and any a resend claimed over RESEND_LEASE
-    ago but never queued); how many, and whether more are left.
-    Claimed one by one (another resend may be running), and each ten claimed are queued (one SendMessageBatch call)
-    before the next are claimed: a queueing that fails leaves only those ten claimed, and puts them back to dead.
-    Until 2026-12-06 a whole page was claimed first, and a failed call stranded the rest of it `resent`, on no queue
-    and not resendable."""
+        ago but never queued); how many, and whether more are left.
+        Claimed one by one (another resend may be running), and each ten claimed are queued (one SendMessageBatch call)
+        before the next are claimed: a queueing that fails leaves only those ten claimed, and puts them back to dead
+    (only those it did not take when SQS took some: until 2026-12-07 all ten, and the next resend-all queued the
+    others a second time).
+        Until 2026-12-06 a whole page was claimed first, and a failed call stranded the rest of it `resent`, on no queue
+        and not resendable."""
     candidates = _resendable(store, account_id, now, page_size=min(100, max(limit, 1)))
     resent = 0
     claimed: list[WebhookFailure] = []  # claimed `resent`, not on the queue yet
@@ -262,9 +265,17 @@ def _claim(store: WebhookFailureStore, failure: WebhookFailure, now: datetime) -
     )
 
 
-def _queue(queue: NotificationQueue, failures: Sequence[WebhookFailure]) -> None:
-    if failures:
+def _queue(queue: NotificationQueue, failures: list[WebhookFailure]) -> None:
+    """Queues `failures`. When the queue took only some of them, `failures` keeps only those it did not take (the
+    caller releases them: the others are on the queue, `resent`, and a resend-all called again does not queue them
+    twice) and the error is raised."""
+    if not failures:
+        return
+    try:
         queue.publish([{**failure.notification, "resent": True} for failure in failures])
+    except PartlyQueued as error:
+        failures[:] = [failures[i] for i in error.failed if 0 <= i < len(failures)]
+        raise
 
 
 def _release(store: WebhookFailureStore, failures: Sequence[WebhookFailure], now: datetime) -> None:
