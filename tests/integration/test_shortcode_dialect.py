@@ -909,11 +909,6 @@ def test_a_multipart_field_in_latin1_that_names_no_charset_is_refused(aws, accou
     assert balance(account["account_id"]) == 100
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a keyed send refused because its valid numbers opted out (beside invalid ones) keeps its "
-    "4100/1003 refusal under the key as a 200 answer, so a retry after the number opts back in sends nothing",
-)
 def test_a_keyed_send_refused_for_opted_out_and_invalid_numbers_is_not_kept_under_its_key(aws, account, api):
     from sms_gateway.bootstrap import gateway
     from sms_gateway.domain.models import utc_now

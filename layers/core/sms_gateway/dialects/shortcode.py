@@ -95,6 +95,15 @@ class UnsupportedRequest(InvalidRequest):
     code = "unsupported_request"
 
 
+class OptedOutBesideInvalid(OptedOut):
+    """Every valid number opted out and the others are invalid: nothing is sent. A refusal (so an idempotency key is
+    let go, as for the flat 4100), answered with each number's own entry (4100 or 1003, in order)."""
+
+    def __init__(self, message: str, responses: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.responses = responses
+
+
 INTERNAL_ERROR = (4090, "Internal Error. Try again after 5 minutes")
 # The family's codes (200-4093, as the vendor documents them) and ours (4094 up) for what the family leaves out.
 # Keys are domain error codes; docs/dialects/shortcode.md mirrors this table.
@@ -142,6 +151,8 @@ DELIVERY_STATUS: dict[MessageStatus, tuple[int, str]] = {
 
 
 def render_error(error: GatewayError) -> Response[Any]:
+    if isinstance(error, OptedOutBesideInvalid):
+        return json_response(HTTP_STATUS, {"responses": error.responses}, headers=error_headers(error))
     code, description = ERROR_CODES.get(error.code, INTERNAL_ERROR)
     body: dict[str, Any] = {"response-code": code, "response-description": description}
     if error.code not in _NO_DETAILS and error.message and error.message != description:
@@ -464,13 +475,14 @@ def _send(account: Account, request: ShortcodeSend) -> Response[Any]:
     )
     try:
         accepted = accept(account, command)
-    except OptedOut:
+    except OptedOut as error:
         if not rejected:
             raise
         # Every valid number opted out beside invalid ones: nothing is sent, and each number still gets its own
-        # entry (4100 or 1003, in order), where the flat 4100 would call the invalid ones opted out.
+        # entry (4100 or 1003, in order), where the flat 4100 would call the invalid ones opted out. Still a
+        # refusal, so a key is not kept for it.
         _, refused = refuse_opted_out(account, command.sender, command.recipients, send_dependencies().opt_outs)
-        return json_response(HTTP_STATUS, {"responses": send_entries(readings, [], refused)})
+        raise OptedOutBesideInvalid(error.message, send_entries(readings, [], refused)) from error
     return _sent(readings, accepted)
 
 
