@@ -1160,12 +1160,6 @@ def test_a_retry_after_the_answer_was_lost_answers_as_the_send_did_though_an_ups
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a refused retry whose died send's messages a dispatcher failed sender_removed (never offered to "
-    "an upstream) answers 200 with that send, nothing sent, and keeps the key, instead of the refusal: never_taken "
-    "omits sender_removed, which withheld() counts as the send's own",
-)
 def test_a_refused_retry_of_a_send_whose_sender_was_removed_before_any_dispatcher_took_it_frees_its_key(
     aws, api, monkeypatch
 ):

@@ -380,8 +380,9 @@ def stored_recipients(stored: Sequence[Message]) -> list[Recipient]:
 
 
 def never_taken(message: Message) -> bool:
-    """Failed and refunded before any dispatcher took it: withdrawn (`not_queued`), or its number opted out."""
-    return could_not_be_queued(message) or (message.status == MessageStatus.FAILED and message.error_code == OPTED_OUT)
+    """Failed and refunded before any upstream had it, by the send's own checks (WITHHELD_BY_THE_SEND): withdrawn
+    (`not_queued`), its number opted out, or its sender removed (a dispatcher checks that before it claims)."""
+    return message.status == MessageStatus.FAILED and message.error_code in WITHHELD_BY_THE_SEND
 
 
 def withdrawn_whole(batch: Batch, stored: Sequence[Message]) -> bool:
@@ -408,9 +409,7 @@ def withheld(message: Message | None) -> bool:
     checks failed it (WITHHELD_BY_THE_SEND). One a dispatcher took goes out, whatever its status now: failed,
     rejected or expired by its upstream, it is the send's to report (a delivery report), not its answer's to
     withhold, and a retry that finishes the send after it answers as the send did."""
-    if message is None or message.status == MessageStatus.CANCELLED:
-        return True
-    return message.status == MessageStatus.FAILED and message.error_code in WITHHELD_BY_THE_SEND
+    return message is None or message.status == MessageStatus.CANCELLED or never_taken(message)
 
 
 def why_not_sent(message: Message | None) -> str | None:
