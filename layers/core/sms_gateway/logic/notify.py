@@ -110,8 +110,8 @@ def gets_webhook_token(account: Account, url: str) -> bool:
     the account's real webhooks take as proof that a post is the gateway's, so sent there it let that URL's owner
     forge inbound SMS and delivery reports to them (until 2026-12-06). The same origin is not enough: on a host many
     customers share (script.google.com, hooks.zapier.com, hook.eu1.make.com) anyone makes a hook of their own beside
-    the account's (until 2026-12-07 the token went to any URL on the origin of one of them). Elsewhere a post has no
-    Authorization header, only the signature."""
+    the account's (until later on 2026-12-06 the token went to any URL on the origin of one of them). Elsewhere a
+    post has no Authorization header, only the signature."""
     endpoint = endpoint_of(url)
     own = {endpoint_of(own_url) for own_url in (account.dlr_url, account.inbound_url) if own_url}
     return endpoint is not None and endpoint in own
