@@ -13,6 +13,8 @@ from pathlib import Path
 from string import Formatter
 from typing import Any, TextIO
 
+from sms_gateway.domain.msisdn import international_digits
+
 # Header names (any case) taken for the recipient's number, first found wins.
 NUMBER_COLUMNS = ("to", "msisdn", "phone", "mobile")
 PROGRESS_SUFFIX = ".sent.jsonl"
@@ -77,12 +79,29 @@ def render(template: str, fields: dict[str, str]) -> str:
 
 def row_key(sender: str, template: str, to: str, fields: dict[str, str]) -> str:
     """The row's Idempotency-Key, from what the row sends: the sender, the number, the template and the values of
-    the columns the template uses. Not from where the row sits in the file, nor from the columns it does not use.
+    the columns the template uses. Not from where the row sits in the file, nor from the columns it does not use,
+    nor from how the number is written: `+234 802-000 0011`, `002348020000011` and `2348020000011` are one number
+    (`number_key`).
 
-    A rerun of the same file (also after rows were fixed, added, removed or reordered, or a column was added or
-    changed that the message does not use) sends an accepted row under the same key, so the gateway answers its
-    first answer instead of sending it again; two rows that would send the same message have the same key.
+    A rerun of the same file (also after rows were fixed, added, removed or reordered, a column was added or
+    changed that the message does not use, or the numbers were written another way) sends an accepted row under
+    the same key, so the gateway answers its first answer instead of sending it again; two rows that would send
+    the same message have the same key.
     """
+    return written_number_key(sender, template, number_key(to), fields)
+
+
+def number_key(to: str) -> str:
+    """The number as the key takes it: its international digits (`international_digits`), or the text as written
+    when it cannot be a number (the gateway refuses the row). A national form (`08020000011`) stays its own: only
+    the account's country, which the client API does not tell, makes it `2348020000011`."""
+    return international_digits(to) or to
+
+
+def written_number_key(sender: str, template: str, to: str, fields: dict[str, str]) -> str:
+    """`row_key` with the number exactly as written: the key versions until 2026-12-06 gave a row (the same as
+    `row_key` for a number written in bare digits). Progress files they wrote record rows under it, so it is looked
+    up too, with every way the file wrote the row's number: what they recorded as accepted is not sent again."""
     used = [[name, fields.get(name, "")] for name in sorted(template_fields(template))]
     return _hashed_key([sender, to, template, used])
 
@@ -146,6 +165,9 @@ class ProgressFile:
         self._lock = threading.Lock()
         self.accepted: dict[str, dict[str, Any]] = {}
         self.untargeted: dict[str, dict[str, Any]] = {}
+        # Each number's `number_key` -> the ways the file's lines wrote it (`to`), for the keys earlier versions made
+        # from the number as written (read once: the lines this version records are under `row_key`, which needs none).
+        self.written: dict[str, set[str]] = {}
         try:
             lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
         except (OSError, UnicodeDecodeError) as error:
@@ -165,6 +187,18 @@ class ProgressFile:
                 self.accepted[key] = entry
             elif recorded_for is None:
                 self.untargeted[key] = entry
+            else:
+                continue
+            self._note_written(entry.get("to"))
+
+    def _note_written(self, to: object) -> None:
+        if isinstance(to, str) and to:
+            self.written.setdefault(number_key(to), set()).add(to)
+
+    def ways_written(self, to: str) -> list[str]:
+        """`to` and every other way the entries wrote the same number, `to` first."""
+        others = self.written.get(number_key(to), set()) - {to}
+        return [to, *sorted(others)]
 
     def record(self, result: RowResult) -> None:
         entry = {"key": result.key, "line": result.line, "to": result.to, "reference_id": result.reference_id}
@@ -225,16 +259,19 @@ class Summary:
 def _keyed(row: Row, sender: str, template: str, progress: ProgressFile) -> tuple[str, str]:
     """The row's message (its `row_key`, which tells repeats apart) and the key to send or look it up under.
 
-    That is the message's key, unless the progress file records the row under the key of an earlier version
-    (`all_columns_key`): then that one, so a row it accepted counts as accepted, and a row it recorded without a
-    target goes again under the key the gateway knows it by.
+    That is the message's key, unless the progress file records the row under the key of an earlier version (the
+    number as written, `written_number_key`, in any way the file wrote it; or every column, `all_columns_key`):
+    then that one, so a row it accepted counts as accepted, and a row it recorded without a target goes again under
+    the key the gateway knows it by.
     """
     message = row_key(sender, template, row.to, row.fields)
-    if message in progress.accepted:
-        return message, message
-    earlier = all_columns_key(sender, template, row.fields)
-    if earlier in progress.accepted or earlier in progress.untargeted:
-        return message, earlier
+    keys = [message]
+    keys += [written_number_key(sender, template, to, row.fields) for to in progress.ways_written(row.to)]
+    keys.append(all_columns_key(sender, template, row.fields))
+    for recorded in (progress.accepted, progress.untargeted):
+        for key in keys:
+            if key in recorded:
+                return message, key
     return message, message
 
 

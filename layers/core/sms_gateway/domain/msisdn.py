@@ -49,6 +49,21 @@ def parse_msisdn(raw: str, default_country: str = "NG") -> Msisdn:
     return outcome
 
 
+def international_digits(raw: str) -> str | None:
+    """The digits of a number written in international form, however it is written: '+234 802-000 0011',
+    '(+234) 8020000011', '002348020000011' and '2348020000011' all give '2348020000011'. Without the account's
+    country nothing more can be told: a national form keeps its own digits ('08020000011'), and bare digits are
+    taken as international (as a send takes them when they start with the account's calling code).
+    None when the text cannot be a number (letters, other characters, no digits, too many)."""
+    cleaned = _clean(raw)
+    if isinstance(cleaned, str):
+        return None
+    digits, international = cleaned
+    if not international and digits.startswith("00"):
+        return digits[2:]
+    return digits
+
+
 # Bulk sends repeat the same numbers. Rejections are cached as their reason rather than as an exception,
 # which would grow a longer traceback every time it was re-raised.
 @functools.lru_cache(maxsize=4096)
