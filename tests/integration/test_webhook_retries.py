@@ -180,6 +180,43 @@ def test_a_client_failing_twice_then_answering_gets_it_and_the_record_ends_deliv
     assert receive(aws["NOTIFY_DEAD_LETTER_QUEUE_URL"]) == []
 
 
+def test_a_copy_of_a_notification_already_delivered_is_dropped_when_its_post_fails(aws, accounts, delays, webhook):
+    # Given a notification that failed once and then reached the client (its record reads delivered)
+    delays("0")
+    hook = webhook(500, 200, 500, 500)
+    account_id = accounts["a"]["account_id"]
+    publish(notification(account_id))
+    assert run_notifier(aws)["failed"] == 1
+    assert run_notifier(aws)["failed"] == 0
+    assert record_of(account_id, "dlr_1_3").state == "delivered"
+    # When a second copy of it (SQS delivers at least once) comes and the client's webhook now fails
+    publish(notification(account_id))
+    result = run_notifier(aws)
+    # Then the copy is dropped: not retried, not dead-lettered, and the record still says delivered
+    assert result["failed"] == 0
+    assert [post["status"] for post in hook.posts] == [500, 200, 500]
+    assert queue_counts(aws["NOTIFY_QUEUE_URL"]) == (0, 0)
+    assert receive(aws["NOTIFY_DEAD_LETTER_QUEUE_URL"]) == []
+    assert record_of(account_id, "dlr_1_3").state == "delivered"
+    assert api("GET", "/ng/v1/webhooks/failures", accounts["a"]["token"], query={"state": "dead"})[1]["data"] == []
+
+
+def test_a_copy_of_a_dead_notification_is_not_delivered_either_and_keeps_its_schedule(aws, accounts, delays, webhook):
+    # Given a notification dead after its two attempts
+    delays("0")
+    webhook(500, 500, 500, 500)
+    account_id = accounts["a"]["account_id"]
+    dead_notification(aws, account_id)
+    [_] = receive(aws["NOTIFY_DEAD_LETTER_QUEUE_URL"])
+    # When a copy of it comes and fails too
+    publish(notification(account_id))
+    # Then the client never had it, so the copy is retried and dead-lettered like any undelivered notification
+    assert run_notifier(aws)["failed"] == 1
+    assert run_notifier(aws)["response"] == {"batchItemFailures": []}
+    assert queue_counts(aws["NOTIFY_QUEUE_URL"]) == (0, 0)
+    assert record_of(account_id, "dlr_1_3").state == "dead"
+
+
 def test_a_failed_attempt_hides_the_record_for_its_delay(aws, accounts, delays, webhook):
     # Given a 2-minute first delay and a client that asks for 5 minutes
     delays("120,120")

@@ -255,10 +255,22 @@ def test_a_delivered_notification_is_not_reopened_by_a_failing_duplicate():
     assert webhook_retries.record_delivered(store, notification(), now=NOW)
     # When a duplicate record of the same notification fails
     outcome = webhook_retries.record_failure(store, notification(), failed(), attempt=1, delays=(60,), now=NOW)
-    # Then the record stays delivered (the retry still happens for the duplicate)
+    # Then the record stays delivered, and the copy is known to be one of a notification the client has
     assert not outcome.recorded
+    assert outcome.delivered_already
     record = store.get_webhook_failure("7", "dlr_1_2")
     assert record is not None and record.state == "delivered"
+
+
+def test_a_failing_copy_of_a_dead_or_new_notification_is_not_taken_for_delivered():
+    store = FailureStore()
+    first = webhook_retries.record_failure(store, notification(), failed(), attempt=1, delays=(), now=NOW)
+    assert first.recorded and not first.delivered_already
+    # When a copy of the dead notification fails its first attempt
+    copy = webhook_retries.record_failure(store, notification(), failed(), attempt=1, delays=(60,), now=NOW)
+    # Then the dead record is left alone, but the copy is not dropped: the client never had it
+    assert not copy.recorded and not copy.delivered_already
+    assert copy.retry_in is not None
 
 
 def test_only_a_notification_that_failed_before_can_have_a_failure_record_to_close():

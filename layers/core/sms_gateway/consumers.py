@@ -562,6 +562,11 @@ def _notify_failed(
         wiring.store, notification, failure, attempt=attempt, delays=wiring.settings.notify_retry_delays, now=utc_now()
     )
     context = {"notification_id": outcome.failure.notification_id, "attempt": attempt, "reason": str(failure)}
+    if outcome.delivered_already:
+        # A copy of a notification the client has (its record reads delivered): SQS deletes it, nothing is owed.
+        logger.info("client webhook failed a copy of a delivered notification; dropped", extra=context)
+        metrics.add_metric(name="WebhookCopiesDropped", unit="Count", value=1)
+        return {"delivered": False, "delivered_already": True}
     if outcome.retry_in is not None:
         wiring.notify_queue.delay(record.receipt_handle, outcome.retry_in)
         logger.info("client webhook failed; retrying", extra={**context, "retry_in": outcome.retry_in})

@@ -79,7 +79,11 @@ class FailureOutcome:
     # Seconds until the next attempt; None: that was the last attempt and the notification is dead.
     retry_in: int | None
     failure: WebhookFailure
+    # False when the record was in a state this failure may not overwrite (delivered, or dead for a retry).
     recorded: bool
+    # The record says the client got this notification already: this is a copy of it (SQS delivers at least once),
+    # and its failure is nothing to retry, dead-letter or count.
+    delivered_already: bool = False
 
 
 def record_failure(
@@ -110,7 +114,13 @@ def record_failure(
         notification={k: v for k, v in notification.items() if k != "resent"},
     )
     recorded = store.save_webhook_failure(failure, only_from=_RETRYING_FROM if retry_in is not None else _DEAD_FROM)
-    return FailureOutcome(retry_in=retry_in, failure=failure, recorded=recorded)
+    delivered_already = False
+    if not recorded:
+        # Left alone: delivered, or (for a retry) dead. Only the first means the client has it; a copy of a dead
+        # notification is as undelivered as the first one was and keeps its schedule. One read, and only here.
+        found = store.get_webhook_failure(failure.account_id, failure.notification_id)
+        delivered_already = found is not None and found.state == "delivered"
+    return FailureOutcome(retry_in=retry_in, failure=failure, recorded=recorded, delivered_already=delivered_already)
 
 
 def may_have_failure_record(notification: dict[str, Any], attempt: int) -> bool:
