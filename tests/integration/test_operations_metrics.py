@@ -143,6 +143,46 @@ def test_a_send_counts_its_accepted_messages_not_its_requests(aws, account, api,
     assert values(out, "MessagesAccepted") == [2.0]
 
 
+def test_a_keyed_send_whose_answer_was_lost_counts_its_messages_once_with_the_retry_that_finishes_it(
+    aws, account, api, capsys, monkeypatch
+):
+    from sms_gateway.adapters.dynamodb import DynamoStore
+    from tests.integration.test_idempotency_and_credits import leases_run_out, with_key
+
+    body = {"from": "48974", "to": ["2348020000000", "2348030000000"], "body": "hi"}
+    # Given a keyed send of two messages, stored, charged and queued, whose answer could not be kept under its key
+    # and never reached the client (a reset connection)
+    real_complete = DynamoStore.complete
+
+    def complete_fails(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the answer could not be kept")
+
+    monkeypatch.setattr(DynamoStore, "complete", complete_fails)
+    api(with_key(send_event(account["token"], body), "answer-lost"))
+    monkeypatch.setattr(DynamoStore, "complete", real_complete)
+    leases_run_out()
+    # When the client retries under its key and the retry finishes the send (adding nothing)
+    assert api(with_key(send_event(account["token"], body), "answer-lost"))["statusCode"] == 200
+    # Then the two messages were counted once in all, by the request that accepted them
+    assert sum(values(capsys.readouterr().out, "MessagesAccepted")) == 2.0
+
+
+def test_a_retry_that_stores_the_messages_a_killed_send_did_not_counts_those(aws, account, api, capsys, monkeypatch):
+    from sms_gateway.adapters.dynamodb import DynamoStore
+    from tests.integration.test_idempotency_and_credits import Killed, die_once, leases_run_out, with_key
+
+    body = {"from": "48974", "to": ["2348020000000", "2348030000000"], "body": "hi"}
+    # Given a keyed send killed once its batch and credits were written, before any message was
+    die_once(monkeypatch, DynamoStore, "add_messages")
+    with pytest.raises(Killed):
+        api(with_key(send_event(account["token"], body), "killed"))
+    leases_run_out()
+    # When its retry finishes it, storing both messages
+    assert api(with_key(send_event(account["token"], body), "killed"))["statusCode"] == 200
+    # Then both are counted, once
+    assert sum(values(capsys.readouterr().out, "MessagesAccepted")) == 2.0
+
+
 def test_a_delivery_report_counts_the_final_status_and_its_latency(aws, account, api, upstream, capsys):
     from sms_gateway.bootstrap import gateway
 

@@ -103,7 +103,8 @@ def key_claim() -> KeyClaim | None:
 
 
 def accept(account: Account, command: SendCommand) -> Accepted:
-    """Every dialect's send: the use case, then the accepted messages counted for the dashboard."""
+    """Every dialect's send: the use case, then the messages it accepted counted for the dashboard (a retry that
+    finishes a send under its key counts only those it added: until 2026-12-06 it counted the whole send again)."""
     accepted = accept_send(
         account,
         command,
@@ -112,7 +113,7 @@ def accept(account: Account, command: SendCommand) -> Accepted:
         claim=_key_claim.get(),
         out_of_time=deadlines.invocation_out_of_time(),
     )
-    count_accepted(len(accepted.messages))
+    count_accepted(accepted.newly_accepted)
     return accepted
 
 

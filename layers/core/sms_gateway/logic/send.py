@@ -136,6 +136,15 @@ class Accepted:
     balance: int | None
     # Recipients left out because they opted out of the sender: not stored, not charged.
     refused: list[Rejection] = field(default_factory=list)
+    # How many of `messages` this request stored, when not all of them: a retry that finishes a send under its key
+    # (finish_stored_batch) adds only those the request it resumed did not get to.
+    stored_now: int | None = None
+
+    @property
+    def newly_accepted(self) -> int:
+        """The messages this request accepted (MessagesAccepted): a retry finishing a send counts only what it
+        added, as the request it resumed counted the rest when it got as far as accepting them."""
+        return len(self.messages) if self.stored_now is None else self.stored_now
 
 
 @dataclass(frozen=True)
@@ -647,7 +656,7 @@ def finish_stored_batch(
         "finished a send whose request died part-way",
         extra={"reference_id": batch.reference_id, "stored": len(stored), "added": len(added), "owed": owed},
     )
-    return Accepted(batch=batch, messages=messages, balance=balance, refused=refused)
+    return Accepted(batch=batch, messages=messages, balance=balance, refused=refused, stored_now=len(added))
 
 
 def withhold_opted_out(
