@@ -165,30 +165,49 @@ def test_accepted_status_codes_return_the_message_id(code: int, status: str) -> 
 
 
 @pytest.mark.parametrize(
-    ("code", "status", "permanent"),
+    ("code", "status", "permanent", "unavailable"),
     [
-        (401, "RiskHold", True),
-        (402, "InvalidSenderId", True),
-        (403, "InvalidPhoneNumber", True),
-        (404, "UnsupportedNumberType", True),
-        (405, "InsufficientBalance", False),
-        (406, "UserInBlacklist", True),
-        (407, "CouldNotRoute", False),
-        (409, "DoNotDisturbRejection", True),
-        (500, "InternalServerError", False),
-        (501, "GatewayError", False),
-        (502, "RejectedByGateway", True),
-        (408, "SomethingNew", True),
-        (503, "SomethingElse", False),
+        (401, "RiskHold", True, False),
+        (402, "InvalidSenderId", True, False),
+        (403, "InvalidPhoneNumber", True, False),
+        (404, "UnsupportedNumberType", True, False),
+        (405, "InsufficientBalance", False, True),
+        (406, "UserInBlacklist", True, False),
+        # No route for the number there: the fallback is offered it at once, and without one it fails at once
+        (407, "CouldNotRoute", True, True),
+        (409, "DoNotDisturbRejection", True, False),
+        (500, "InternalServerError", False, True),
+        (501, "GatewayError", False, True),
+        (502, "RejectedByGateway", True, False),
+        (408, "SomethingNew", True, False),
+        (503, "SomethingElse", False, True),
     ],
 )
-def test_each_refusal_code_is_permanent_or_transient(code: int, status: str, permanent: bool) -> None:
+def test_each_refusal_code_is_permanent_or_transient(
+    code: int, status: str, permanent: bool, unavailable: bool
+) -> None:
     body = sent(recipient(code, status, message_id="None"), summary="Sent to 0/1 Total Cost: 0")
     error = refusal(FakeAT(body=body))
     assert error.permanent is permanent
     assert str(code) in error.message
-    # A transient refusal is offered to the fallback upstream at once
-    assert error.unavailable is (not permanent)
+    # A transient refusal, or one of our setup there, is offered to the fallback upstream at once
+    assert bool(error.unavailable) is unavailable
+
+
+@pytest.mark.parametrize("body", [sent(recipient(407, "CouldNotRoute", "None")), sent(summary="CouldNotRoute")])
+def test_could_not_route_goes_to_the_fallback_and_without_one_fails_at_once_refunded(body: dict[str, Any]) -> None:
+    from tests.fakes import FakeProvider, dispatched_through
+
+    # Given AT that has no route for the number (CouldNotRoute), and a route fallback: the fallback sends it
+    fallback = FakeProvider("fallback")
+    message, _ = dispatched_through(provider(FakeAT(body=body)), fallback)
+    assert [request.text for request in fallback.submits] == ["Hello"]
+    assert (message.status, message.upstream) == (MessageStatus.SUBMITTED, "fallback")
+    # Given AT alone on the route: the message fails at once and is refunded, as Jasmin's and Kannel's no route
+    # (asked again, AT would answer the same), rather than come back on AT's retry schedule
+    alone, store = dispatched_through(provider(FakeAT(body=body)))
+    assert (alone.status, alone.error_code) == (MessageStatus.FAILED, "upstream_rejected")
+    assert store.accounts["7"].credits == 1000
 
 
 def test_nothing_sent_for_an_invalid_sender_is_permanent() -> None:

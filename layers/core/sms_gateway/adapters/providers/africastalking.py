@@ -33,6 +33,7 @@ from sms_gateway.adapters.http import (
     async_client,
     flag_setting,
     no_answer,
+    not_sent_there,
     refuses_our_account,
     scrubbed,
     server_error,
@@ -51,7 +52,10 @@ MESSAGING_PATH = "/version1/messaging"
 class Outcome(Enum):
     ACCEPTED = "accepted"
     PERMANENT = "permanent"  # the recipient or our sender is refused: retrying cannot help
-    TRANSIENT = "transient"  # AT, the network route or our AT account is the problem: fallback upstream, then retry
+    TRANSIENT = "transient"  # AT or our AT account is the problem: fallback upstream, then retry
+    # AT has no route for the number: our setup there, not the message (as Jasmin's and Kannel's no route). The
+    # fallback upstream at once; without one it fails (refunded), since AT asked again answers the same.
+    NOT_SENT_THERE = "not_sent_there"
 
 
 # Per-recipient statusCode of a submit answer: (AT's name for it, what it means for the message).
@@ -67,8 +71,9 @@ RECIPIENT_STATUS: dict[int, tuple[str, Outcome]] = {
     # Our AT balance ran out: another upstream can send it now, or AT once the operator tops up.
     405: ("InsufficientBalance", Outcome.TRANSIENT),
     406: ("UserInBlacklist", Outcome.PERMANENT),
-    # AT has no route to that network right now: a fallback upstream may have one.
-    407: ("CouldNotRoute", Outcome.TRANSIENT),
+    # AT has no route to that network: a fallback upstream may have one. Until 2026-12-06 transient: without a
+    # fallback it came back to the same refusal on every attempt until the dispatcher gave up.
+    407: ("CouldNotRoute", Outcome.NOT_SENT_THERE),
     409: ("DoNotDisturbRejection", Outcome.PERMANENT),
     500: ("InternalServerError", Outcome.TRANSIENT),
     501: ("GatewayError", Outcome.TRANSIENT),
@@ -186,10 +191,9 @@ class AfricasTalkingProvider:
         if recipient is None:
             # Nothing was sent; AT names the reason in Message (e.g. "InvalidSenderId").
             code, outcome = _BY_NAME.get(summary.strip().lower(), (None, Outcome.PERMANENT))
-            raise UpstreamError(
+            raise _refusal(
                 f"{self.name} sent nothing: {scrubbed(summary, (self._api_key,), limit=120) or 'no recipients'}",
-                permanent=outcome is not Outcome.TRANSIENT,
-                unavailable=True if outcome is Outcome.TRANSIENT else None,
+                outcome,
             )
         code = _int(recipient.get("statusCode"))
         known = RECIPIENT_STATUS.get(code) if code is not None else None
@@ -199,10 +203,7 @@ class AfricasTalkingProvider:
             if not message_id or message_id == "None":
                 raise unreadable_take(self.name, "accepted the message without a messageId")
             return SubmitResult(upstream_message_id=message_id)
-        described = f"{self.name} refused the recipient: {code} {name}"
-        if outcome is Outcome.TRANSIENT:
-            raise UpstreamError(described, permanent=False, unavailable=True)
-        raise UpstreamError(described, permanent=True)
+        raise _refusal(f"{self.name} refused the recipient: {code} {name}", outcome)
 
     def verify_callback(self, request: CallbackRequest) -> bool:
         return token_verified(request, self._callback_tokens)
@@ -269,6 +270,14 @@ def _int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _refusal(described: str, outcome: Outcome) -> UpstreamError:
+    if outcome is Outcome.TRANSIENT:
+        return UpstreamError(described, permanent=False, unavailable=True)
+    if outcome is Outcome.NOT_SENT_THERE:
+        return not_sent_there(described)
+    return UpstreamError(described, permanent=True)
 
 
 def _unknown_outcome(code: int | None) -> Outcome:
