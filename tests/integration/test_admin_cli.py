@@ -116,6 +116,7 @@ def assert_refused(cli: Cli, argv: list[str], fragment: str) -> None:
         "show-account",
         "set-webhooks",
         "set-account",
+        "migrate-groups",
     ],
 )
 def test_every_command_has_help_with_json_and_stack_name(command, capsys):
@@ -1071,3 +1072,252 @@ def test_admin_writes_that_conflict_past_the_retries_say_to_try_again_and_change
     stored = stored_account(account_id)
     assert "55019" not in stored.senders
     assert stored.credits == 100 - 1
+
+
+# ---------------------------------------------------------------- migrate-groups
+
+
+def group_views(account_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The account's groups as the API reads them (each by id, all its members; version aside, which no answer shows)
+    and as its list pages them."""
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic import groups
+
+    store = gateway().store
+    listed, _ = groups.list_groups(store, account_id, limit=100, cursor=None)
+    read = {g.group_id: groups.get_group(store, account_id, g.group_id).model_dump(exclude={"version"}) for g in listed}
+    return read, [g.model_dump() for g in listed]
+
+
+def held_in_summaries(*account_ids: str) -> list[str]:
+    """The groups whose summary item still holds members (the layout before 2026-12-06)."""
+    from tests.integration.test_batches_dialect import group_items
+
+    return sorted(
+        f"grp_{int(sk.removeprefix('GROUP#'))}"
+        for account_id in account_ids
+        for sk, item in group_items(account_id).items()
+        if sk.startswith("GROUP#") and "members" in item
+    )
+
+
+def new_group(account_id: str, members: list[str]) -> str:
+    from datetime import UTC, datetime
+
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic import groups
+
+    made = groups.create_group(
+        gateway().store, account_id=account_id, default_country="NG", name="New", members=members, now=datetime.now(UTC)
+    )
+    return made.group.group_id
+
+
+def test_migrate_groups_moves_every_old_layout_group_and_each_reads_and_lists_the_same(cli, account, other):
+    from tests.integration.test_batches_dialect import (
+        AIRTEL,
+        GLO,
+        MTN,
+        add_as_the_previous_build_did,
+        store_group_in_the_old_layout,
+    )
+
+    mine, theirs = account["account_id"], other["account_id"]
+    # Given groups stored before 2026-12-06 (members in the summary) in two accounts, one changed by the previous
+    # build after a roll back (members in both items), and one in the new layout
+    old = store_group_in_the_old_layout(mine, [AIRTEL, MTN])
+    store_group_in_the_old_layout(theirs, [GLO])
+    rolled = new_group(mine, [AIRTEL])
+    add_as_the_previous_build_did(mine, rolled, MTN, version=1, count=2)
+    new_group(theirs, [MTN])
+    before = {account_id: group_views(account_id) for account_id in (mine, theirs)}
+    assert len(held_in_summaries(mine, theirs)) == 3
+    # When the operator migrates them
+    code, report, err = cli("migrate-groups", "--json")
+    # Then the three are moved and the new one is counted as such
+    assert code == 0, err
+    assert report == {"moved": 3, "already_new": 1, "failed": 0, "dry_run": False}
+    assert held_in_summaries(mine, theirs) == []
+    # And every group reads and lists as it did: same members, counts, names and times
+    assert {account_id: group_views(account_id) for account_id in (mine, theirs)} == before
+    assert before[mine][0][old]["members"] == (f"+{AIRTEL}", f"+{MTN}")
+    assert before[mine][0][rolled]["members"] == (f"+{AIRTEL}", f"+{MTN}")
+    # And the progress went to stderr, one line per group moved
+    assert err.count("moved grp_") == 3, err
+    # When it is run again
+    code, report, _ = cli("migrate-groups", "--json")
+    # Then it moves nothing
+    assert (code, report) == (0, {"moved": 0, "already_new": 4, "failed": 0, "dry_run": False})
+
+
+def test_migrate_groups_of_one_account_and_its_dry_run(cli, account, other, aws):
+    from tests.integration.test_batches_dialect import AIRTEL, GLO, store_group_in_the_old_layout
+
+    mine, theirs = account["account_id"], other["account_id"]
+    old = store_group_in_the_old_layout(mine, [AIRTEL])
+    store_group_in_the_old_layout(theirs, [GLO])
+    new_group(mine, [GLO])
+    table = boto3_scan(aws)
+    # When the operator asks what it would move
+    code, report, err = cli("migrate-groups", "--dry-run", "--json")
+    # Then it counts the old groups of every account and writes nothing
+    assert (code, report) == (0, {"moved": 2, "already_new": 1, "failed": 0, "dry_run": True}), err
+    assert boto3_scan(aws) == table
+    code, text, _ = cli("migrate-groups", "--dry-run", "--account", mine)
+    assert code == 0 and "would move" in text, text
+    assert boto3_scan(aws) == table
+    # When it migrates one account
+    code, report, err = cli("migrate-groups", "--account", mine, "--json")
+    # Then only that account's group is moved
+    assert (code, report) == (0, {"moved": 1, "already_new": 1, "failed": 0, "dry_run": False}), err
+    assert held_in_summaries(mine) == []
+    assert len(held_in_summaries(theirs)) == 1
+    assert old not in held_in_summaries(mine, theirs)
+
+
+def test_migrate_groups_of_an_unknown_account_is_a_clear_error(cli):
+    assert_refused(cli, ["migrate-groups", "--account", "123"], "no account")
+
+
+@pytest.mark.parametrize("by", ["this build", "the previous build"])
+def test_a_member_change_between_the_migration_s_read_and_its_write_is_kept(cli, account, monkeypatch, by):
+    from datetime import UTC, datetime
+
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic import groups
+    from tests.integration.test_batches_dialect import (
+        AIRTEL,
+        GLO,
+        MTN,
+        add_as_the_previous_build_did,
+        changed_between_reads,
+        store_group_in_the_old_layout,
+    )
+
+    account_id = account["account_id"]
+    group_id = store_group_in_the_old_layout(account_id, [AIRTEL, MTN])
+
+    def change() -> None:
+        if by == "this build":
+            groups.add_members(
+                gateway().store,
+                account_id=account_id,
+                default_country="NG",
+                group_id=group_id,
+                members=[GLO],
+                now=datetime.now(UTC),
+            )
+        else:  # a container of the build before, still serving while this one is deployed, or after a roll back
+            add_as_the_previous_build_did(account_id, group_id, GLO, version=1, count=3)
+
+    # Given a member change landing after the migration read the group and before it wrote it
+    changed_between_reads(monkeypatch, change, 1)
+    code, report, err = cli("migrate-groups", "--json")
+    # Then the migration's write loses the condition: it reads the group again and moves it, or finds it moved
+    assert code == 0, err
+    moved = 1 if by == "the previous build" else 0
+    assert report == {"moved": moved, "already_new": 1 - moved, "failed": 0, "dry_run": False}
+    # And the group holds the member that change added, in the new layout
+    monkeypatch.undo()
+    read = groups.get_group(gateway().store, account_id, group_id)
+    assert (read.members, read.member_count) == ((f"+{AIRTEL}", f"+{MTN}", f"+{GLO}"), 3)
+    assert held_in_summaries(account_id) == []
+
+
+def test_a_group_whose_move_conflicts_past_the_retries_is_failed_and_moved_by_the_next_run(cli, account, monkeypatch):
+    from sms_gateway.adapters.dynamodb_transactions import MAX_TRANSACTION_ATTEMPTS
+    from sms_gateway.bootstrap import gateway
+    from tests.integration.test_batches_dialect import AIRTEL, GLO, MTN, store_group_in_the_old_layout
+    from tests.integration.test_optouts import conflicting_transactions
+
+    account_id = account["account_id"]
+    busy = store_group_in_the_old_layout(account_id, [AIRTEL, MTN])
+    quiet = store_group_in_the_old_layout(account_id, [GLO])
+    number = f"{int(busy.removeprefix('grp_')):019d}"
+    before = group_views(account_id)
+
+    def on_busy(request: dict[str, Any]) -> bool:
+        return number in json.dumps(request["TransactItems"])
+
+    client = gateway().store.client
+    transact = client.transact_write_items
+    # Given DynamoDB cancelling every attempt of one group's move on conflicts (a group changed that often)
+    conflicting_transactions(monkeypatch, 10 * MAX_TRANSACTION_ATTEMPTS, on_busy)
+    code, out, err = cli("migrate-groups", "--json")
+    # Then that group is failed, named, and the run exits 1 (its report still printed); the other is moved
+    assert code == 1, err
+    assert json.loads(out) == {"moved": 1, "already_new": 0, "failed": 1, "dry_run": False}
+    assert f"failed {busy}" in err and "Traceback" not in err, err
+    assert held_in_summaries(account_id) == [busy]
+    assert group_views(account_id) == before
+    # When it is run again, the conflicts over
+    monkeypatch.setattr(client, "transact_write_items", transact)
+    code, report, err = cli("migrate-groups", "--json")
+    # Then it moves only the group left
+    assert (code, report) == (0, {"moved": 1, "already_new": 1, "failed": 0, "dry_run": False}), err
+    assert held_in_summaries(account_id) == []
+    assert group_views(account_id) == before
+    assert quiet not in held_in_summaries(account_id)
+
+
+def test_a_group_whose_move_meets_one_conflict_is_moved(cli, account, monkeypatch):
+    from tests.integration.test_batches_dialect import AIRTEL, store_group_in_the_old_layout
+    from tests.integration.test_optouts import conflicting_transactions
+
+    group_id = store_group_in_the_old_layout(account["account_id"], [AIRTEL])
+    conflicting_transactions(monkeypatch, 1)
+    code, report, err = cli("migrate-groups", "--json")
+    assert (code, report) == (0, {"moved": 1, "already_new": 0, "failed": 0, "dry_run": False}), err
+    assert group_id not in held_in_summaries(account["account_id"])
+
+
+def test_a_group_deleted_while_the_migration_moves_it_stays_deleted(cli, account, monkeypatch):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic import groups
+    from tests.integration.test_batches_dialect import (
+        AIRTEL,
+        changed_between_reads,
+        group_items,
+        store_group_in_the_old_layout,
+    )
+
+    account_id = account["account_id"]
+    group_id = store_group_in_the_old_layout(account_id, [AIRTEL])
+    # Given the group deleted after the migration read it and before it wrote it
+    changed_between_reads(monkeypatch, lambda: groups.delete_group(gateway().store, account_id, group_id), 1)
+    code, out, err = cli("migrate-groups")
+    # Then it counts nowhere, and no members item is left behind for it
+    assert code == 0, err
+    assert out.split() == ["moved", "0", "already_new", "0", "failed", "0", "dry_run", "no"], out
+    assert group_items(account_id) == {}
+
+
+def test_a_group_whose_move_is_throttled_past_botocore_s_retries_is_failed_and_the_run_goes_on(
+    cli, account, monkeypatch
+):
+    from botocore.exceptions import ClientError
+
+    from sms_gateway.bootstrap import gateway
+    from tests.integration.test_batches_dialect import AIRTEL, GLO, store_group_in_the_old_layout
+
+    account_id = account["account_id"]
+    throttled = store_group_in_the_old_layout(account_id, [AIRTEL])
+    store_group_in_the_old_layout(account_id, [GLO])
+    client = gateway().store.client
+    read = client.get_item
+    number = f"{int(throttled.removeprefix('grp_')):019d}"
+
+    def get_item(**request: Any) -> Any:
+        if request["Key"]["sk"]["S"].endswith(number):
+            error = {"Code": "ProvisionedThroughputExceededException", "Message": "Rate of requests exceeds"}
+            raise ClientError({"Error": error}, "GetItem")
+        return read(**request)
+
+    # Given DynamoDB throttling the reads of one group (botocore's retries spent)
+    monkeypatch.setattr(client, "get_item", get_item)
+    code, out, err = cli("migrate-groups", "--json")
+    # Then that group is failed and named, the other moved, exit 1
+    assert code == 1, err
+    assert json.loads(out) == {"moved": 1, "already_new": 0, "failed": 1, "dry_run": False}
+    assert f"failed {throttled}" in err and "Traceback" not in err, err
+    assert held_in_summaries(account_id) == [throttled]

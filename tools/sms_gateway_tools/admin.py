@@ -359,6 +359,24 @@ def seal_webhook_credentials() -> dict[str, Any]:
     return accounts.seal_plain_webhook_credentials(_store(), gateway().webhook_credentials).model_dump(mode="json")
 
 
+def migrate_groups(
+    *,
+    account_id: str | None = None,
+    dry_run: bool = False,
+    progress: Callable[[str, str, str, str], None] | None = None,
+) -> dict[str, Any]:
+    """Moves the members of groups stored before 2026-12-06 out of their summary item (logic.groups.migrate_groups):
+    of one account, or of all. `progress` is told of each group moved or failed."""
+    from sms_gateway.logic import accounts, groups
+
+    store = _store()
+    if account_id is not None:
+        accounts.require_account(store, account_id)
+    return groups.migrate_groups(store, account_id=account_id, dry_run=dry_run, progress=progress).model_dump(
+        mode="json"
+    )
+
+
 def set_account(
     *,
     account_id: str,
@@ -722,6 +740,31 @@ def _cmd_seal_webhook_credentials(args: argparse.Namespace) -> int:
     return _run(args, lambda _: seal_webhook_credentials())
 
 
+def _tell_migration(event: str, group_id: str, account_id: str, why: str) -> None:
+    # On stderr, so that --json prints one document on stdout.
+    print(f"{event} {group_id} (account {account_id}){f': {why}' if why else ''}", file=sys.stderr, flush=True)
+
+
+def _cmd_migrate_groups(args: argparse.Namespace) -> int:
+    """Exit 1 when a group could not be moved (the report is printed all the same: run again for the rest)."""
+    failed: list[int] = []
+
+    def migrate(_: str) -> dict[str, Any]:
+        report = migrate_groups(account_id=args.account, dry_run=args.dry_run, progress=_tell_migration)
+        failed.append(report["failed"])
+        return report
+
+    def show(report: dict[str, Any]) -> None:
+        _print_record(report)
+        if report["dry_run"]:
+            print(f"dry run: nothing was written; a run would move {report['moved']} group(s)")
+        elif report["failed"]:
+            print("some groups were not moved (above): run the command again to move them", file=sys.stderr)
+
+    code = _run(args, migrate, show=show)
+    return code or (1 if any(failed) else 0)
+
+
 _YES_OR_NO = {"yes": True, "no": False}
 
 
@@ -933,6 +976,15 @@ def _add_account_commands(command: Command, account: argparse.ArgumentParser) ->
         "in place (the same secrets: clients change nothing); scans the table once",
     )
     seal.set_defaults(func=_cmd_seal_webhook_credentials)
+
+    migrate = command(
+        "migrate-groups",
+        "move the members of groups stored before 2026-12-06 out of the item the group list reads (each a conditional "
+        "write on the group's version, as a member change makes it); safe to run again, or while clients change groups",
+    )
+    migrate.add_argument("--account", metavar="ID", help="only this account's groups (default: every account's)")
+    migrate.add_argument("--dry-run", action="store_true", help="count the groups it would move; write nothing")
+    migrate.set_defaults(func=_cmd_migrate_groups)
 
     settings = command(
         "set-account",

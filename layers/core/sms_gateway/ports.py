@@ -10,7 +10,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from sms_gateway.domain.groups import Group, GroupSummary
+from sms_gateway.domain.groups import Group, GroupMove, GroupSummary, StoredGroup
 from sms_gateway.domain.models import (
     Account,
     Batch,
@@ -563,6 +563,16 @@ class GroupStore(Protocol):
 
     def delete_group(self, account_id: str, group_number: int) -> bool:
         """False when there was no such group."""
+        ...
+
+    def stored_groups(self, account_id: str | None = None) -> Iterator[StoredGroup]:
+        """Every stored group (of one account, or of all), with whether its summary holds members."""
+        ...
+
+    def move_group_members(self, account_id: str, group_number: int) -> GroupMove:
+        """Moves the members a group's summary holds to its members item (as its next member change would), in one
+        transaction conditional on the version read. Unavailable when DynamoDB decided nothing (conflicts past the
+        retries, throttling): nothing was written."""
         ...
 
 

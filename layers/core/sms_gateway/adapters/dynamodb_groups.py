@@ -9,20 +9,27 @@ written in one transaction, conditional on the summary's version, and both carry
 two consistent GetItems, the summary first (a TransactGetItems would be cancelled by a member change in flight): a
 members item ahead of the summary read means a change came between the two, and both are read again, so a read never
 pairs a summary with the members of a later change. A group stored before 2026-12-06 has its
-members in the summary item and no members item: it reads from there, and its first member change moves them. A
+members in the summary item and no members item: it reads from there, and its first member change moves them (or
+`sms-gateway admin migrate-groups`, move_group_members, with the same write). A
 group the build before it changed after a roll back holds members in both: it reads as their union, and its next
 member change moves the union.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key, read_page
-from sms_gateway.adapters.dynamodb_transactions import back_off, transact_until_decided
-from sms_gateway.domain.groups import Group, GroupSummary, group_number
+from sms_gateway.adapters.dynamodb_transactions import (
+    TransactionUndecided,
+    back_off,
+    not_done,
+    transact_until_decided,
+)
+from sms_gateway.deadlines import RETRIED_ERROR_CODES
+from sms_gateway.domain.groups import GROUP_ID_PREFIX, Group, GroupMove, GroupSummary, StoredGroup, group_number
 from sms_gateway.errors import Unavailable
 
 GROUP_SK_PREFIX = "GROUP#"
@@ -223,14 +230,76 @@ class DynamoGroupStore:
         stored = self._get(_group_key(change.account_id, change.number)) or {}
         if stored.get("version") != change.expected_version or "members" not in stored:
             return False
+        return self._move_held(change, stored)
+
+    def _move_held(self, change: _MemberChange, stored: dict[str, Any]) -> bool:
         # Any change to the members item after this read changes the summary's version too, refusing the write.
         held = _held(stored, self._get(_members_key(change.account_id, change.number)))
         changed = held | change.members if change.action == "ADD" else held - change.members
+        # The count of the members moved: the caller's, read at this version, unless the build rolled back to counted
+        # only its summary's (the migration's change of no member brings the count back in line).
+        change = replace(change, count=len(changed))
         writes = [
             self._summary_change(change, condition="attribute_exists(members)"),
             self._put_members(change.account_id, change.number, sorted(changed), change.expected_version + 1),
         ]
         return transact_until_decided(self.client, writes)[0] is None
+
+    def move_group_members(self, account_id: str, group_number: int) -> GroupMove:
+        """The migration's move (`sms-gateway admin migrate-groups`): a change of no member, written as a member change
+        writes its move (_move_held), so a member change racing it loses nothing: whichever writes second finds the
+        version moved on and reads the group again. Its `updated_at` stays, as no member changed."""
+        try:
+            stored = self._get(_group_key(account_id, group_number))
+            if stored is None:
+                return "gone"
+            if "members" not in stored:
+                return "already_new"
+            move = _MemberChange(
+                "ADD",
+                account_id,
+                group_number,
+                frozenset(),
+                expected_version=stored["version"],
+                count=0,  # _move_held counts the members it moves
+                now=stored["updated_at"],
+            )
+            return "moved" if self._move_held(move, stored) else "changed"
+        except TransactionUndecided as error:
+            raise not_done(f"moving the members of group grp_{group_number}", error) from error
+        except self.client.exceptions.ClientError as error:
+            # Throttled past botocore's own retries (or another error it retries): the next run moves the group.
+            if error.response.get("Error", {}).get("Code") not in RETRIED_ERROR_CODES:
+                raise
+            raise Unavailable(
+                f"moving the members of group grp_{group_number}: not done ({error}); try again"
+            ) from error
+
+    def stored_groups(self, account_id: str | None = None) -> Iterator[StoredGroup]:
+        """Every group's summary: of one account (a Query of its partition), else of all (a Scan of the whole table,
+        about half a read unit per 4 KB stored: groups have no index of their own). The `members` projected say
+        which summaries hold them; the move reads each again, consistently."""
+        values = {":group": {"S": GROUP_SK_PREFIX}}
+        request: dict[str, Any] = {"TableName": self.table_name, "ProjectionExpression": "pk, sk, members"}
+        if account_id is None:
+            pages = self.client.get_paginator("scan").paginate(
+                **request,
+                FilterExpression="begins_with(pk, :account) AND begins_with(sk, :group)",
+                ExpressionAttributeValues={**values, ":account": {"S": _account_pk("")}},
+            )
+        else:
+            pages = self.client.get_paginator("query").paginate(
+                **request,
+                KeyConditionExpression="pk = :pk AND begins_with(sk, :group)",
+                ExpressionAttributeValues={**values, ":pk": {"S": _account_pk(account_id)}},
+                ConsistentRead=True,
+            )
+        for page in pages:
+            for item in page.get("Items", []):
+                number = group_number(GROUP_ID_PREFIX + item["sk"]["S"].removeprefix(GROUP_SK_PREFIX))
+                if number is not None:
+                    account = item["pk"]["S"].removeprefix(_account_pk(""))
+                    yield StoredGroup(account, number, "members" in item)
 
     def delete_group(self, account_id: str, group_number: int) -> bool:
         writes = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, NamedTuple
+
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import Record
 
@@ -32,6 +34,20 @@ class GroupSummary(Record):
     member_count: int = 0
     created_at: str
     updated_at: str
+
+
+class StoredGroup(NamedTuple):
+    """A stored group as a migration sees it: `in_summary` when its summary item holds members (stored before
+    2026-12-06, or changed by the build before it after a roll back), which the migration moves."""
+
+    account_id: str
+    number: int
+    in_summary: bool
+
+
+# What moving a group's members out of its summary did: `changed` when the group changed between its read and the
+# write (read it again), `already_new` when its summary held none, `gone` when it was deleted.
+GroupMove = Literal["moved", "already_new", "gone", "changed"]
 
 
 def group_id_of(number: int) -> str:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sms_gateway.domain.groups import GROUP_ID_PREFIX, Group, GroupSummary, group_id_of, group_number
+from sms_gateway.domain.groups import (
+    GROUP_ID_PREFIX,
+    Group,
+    GroupMove,
+    GroupSummary,
+    StoredGroup,
+    group_id_of,
+    group_number,
+)
 from sms_gateway.domain.ids import new_id
-from sms_gateway.domain.models import iso
-from sms_gateway.errors import Conflict, InvalidRecipient, InvalidRequest, NotFound
+from sms_gateway.domain.models import Record, iso
+from sms_gateway.errors import Conflict, InvalidRecipient, InvalidRequest, NotFound, Unavailable
 from sms_gateway.logic.send import Rejection, normalise_recipients
 from sms_gateway.ports import GroupStore
 
@@ -186,6 +194,62 @@ def _number(group: Group) -> int:
     number = group_number(group.group_id)
     assert number is not None, group.group_id
     return number
+
+
+class MigrationReport(Record):
+    """What migrate_groups did (in a dry run: would do): the groups whose members it moved out of their summary, those
+    already in the new layout (moved by a member change or an earlier run), and those it could not move (to run
+    again)."""
+
+    moved: int = 0
+    already_new: int = 0
+    failed: int = 0
+    dry_run: bool = False
+
+
+# Told of each group moved ("moved"; "would move" in a dry run) or failed ("failed", with why): its id and account.
+MigrationProgress = Callable[[str, str, str, str], None]
+
+
+def migrate_groups(
+    store: GroupStore,
+    *,
+    account_id: str | None = None,
+    dry_run: bool = False,
+    progress: MigrationProgress | None = None,
+) -> MigrationReport:
+    """Moves the members of every group whose summary still holds them (stored before 2026-12-06, or changed by that
+    build after a roll back) to the group's members item, as its next member change would: each one transaction
+    conditional on the version read, so a member change made meanwhile is kept (the move that loses reads the group
+    again). A group left half-way cannot be: a run stopped anywhere and run again moves only what is left."""
+    counts = {"moved": 0, "already_new": 0, "failed": 0}
+    tell = progress or (lambda *_: None)
+    for group in store.stored_groups(account_id):
+        group_id = group_id_of(group.number)
+        outcome: str
+        try:
+            outcome = _move(store, group, dry_run=dry_run)
+        except Unavailable as error:
+            outcome = "failed"
+            tell("failed", group_id, group.account_id, str(error))
+        if outcome == "moved":
+            tell("would move" if dry_run else "moved", group_id, group.account_id, "")
+        # A group deleted since the scan counts nowhere.
+        if outcome in counts:
+            counts[outcome] += 1
+    return MigrationReport(**counts, dry_run=dry_run)
+
+
+def _move(store: GroupStore, group: StoredGroup, *, dry_run: bool) -> GroupMove:
+    if not group.in_summary:
+        return "already_new"
+    if dry_run:
+        return "moved"
+    for _ in range(_CHANGE_ATTEMPTS):
+        outcome = store.move_group_members(group.account_id, group.number)
+        if outcome != "changed":
+            return outcome
+    raise Unavailable("the group kept changing while its members were moved; run again")
 
 
 def expand(store: GroupStore, account_id: str, entries: Sequence[str], *, most: int | None = None) -> Expansion:
