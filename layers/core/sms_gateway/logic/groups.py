@@ -255,8 +255,8 @@ def _move(store: GroupStore, group: StoredGroup, *, dry_run: bool) -> GroupMove:
 def expand(store: GroupStore, account_id: str, entries: Sequence[str], *, most: int | None = None) -> Expansion:
     """Group ids in `to` replaced by their members, in the order given; each group is read once. With `most`, no
     further group is read once those read have more than `most` distinct members (the request is refused then
-    anyway: a send's 1000 group ids of 10,000 members would be ~86,000 read units, each group's two items read in one
-    transaction, and 10 million numbers)."""
+    anyway: a send's 1000 group ids of 10,000 members would be ~43,000 read units, each group's two items read with
+    two consistent GetItems, and 10 million numbers)."""
     numbers: list[str] = []
     unknown: list[str] = []
     members: set[str] = set()
