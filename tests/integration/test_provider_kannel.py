@@ -135,7 +135,12 @@ def test_submit_sends_the_documented_sendsms_get_and_takes_202_accepted() -> Non
     assert "%25d" in str(request.url)
 
 
-def test_a_long_message_s_dlr_url_names_the_part_each_report_is_for() -> None:
+def sendsms_fields(request: httpx.Request) -> dict[str, bytes]:
+    """A sendsms request's query as Kannel's CGI parsing reads it: each variable's octets, percent-decoded."""
+    return {key: value.encode("latin-1") for key, value in parse_qsl(request.url.query.decode(), encoding="latin-1")}
+
+
+def test_a_long_message_goes_one_sendsms_a_part_each_with_its_udh_and_a_dlr_url_naming_the_part() -> None:
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -143,12 +148,79 @@ def test_a_long_message_s_dlr_url_names_the_part_each_report_is_for() -> None:
         return httpx.Response(202, text="0: Accepted for delivery")
 
     # When a 2-part message is submitted
-    asyncio.run(provider(handler, max_parts=2).submit(submit_request(text="x" * 200)))
-    # Then its DLR URL adds %F, the SMSC's id for the part Kannel reports (a message of one part goes without it)
-    dlr_url = seen[0].url.params["dlr-url"]
-    assert dlr_url == f"{DLR_BASE}?ref={REF}&token={TOKEN}&type=%d&answer=%A&ts=%T&smsc=%i&to=%p&from=%P&part=%F"
-    # And each part's report parses with that part; a report Kannel has no SMSC id for (fakesmsc's) names none
+    text = "x" * 150 + "y" * 50
+    asyncio.run(provider(handler, max_parts=2).submit(submit_request(text=text)))
+    # Then Kannel is handed each part as its own sendsms, cut as it was counted, with the concatenation header that
+    # makes it part n of 2 (IEI 00, one reference for both), so Kannel cuts nothing itself
+    fields = [sendsms_fields(request) for request in seen]
+    assert [f["text"].decode() for f in fields] == ["x" * 150 + "yyy", "y" * 47]
+    [reference] = {f["udh"][3] for f in fields}
+    assert [f["udh"] for f in fields] == [bytes([5, 0, 3, reference, 2, n]) for n in (1, 2)]
+    # And each part's DLR URL names it, so each part's reports settle that part
+    dlr_urls = [seen[n].url.params["dlr-url"] for n in (0, 1)]
+    base = f"{DLR_BASE}?ref={REF}&token={TOKEN}&type=%d&answer=%A&ts=%T&smsc=%i&to=%p&from=%P"
+    assert dlr_urls == [f"{base}&part=1", f"{base}&part=2"]
     kannel = provider(handler)
+    for number, dlr_url in enumerate(dlr_urls, start=1):
+        called = kannel_expands(dlr_url, {"d": "1", "A": "stat:DELIVRD", "T": "1795309364", "F": "0a1b2c3d"})
+        (report,) = kannel.parse_delivery_reports(callback(called))
+        assert (report.client_ref, report.status, report.part) == (REF, MessageStatus.DELIVERED, str(number))
+    # And a message of one part goes as before: no udh, no part
+    seen.clear()
+    asyncio.run(provider(handler).submit(submit_request(text="x" * 160)))
+    [single] = seen
+    assert "udh" not in sendsms_fields(single)
+    assert single.url.params["dlr-url"] == base
+
+
+def test_a_ucs2_emoji_on_a_part_boundary_reaches_kannel_whole_in_the_part_it_was_counted_in() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, text="0: Accepted for delivery")
+
+    # Given 134 UTF-16 units whose emoji straddles unit 67, where Kannel cuts UCS-2 (134 octets): counted and
+    # charged as 3 parts, the emoji moved whole into part 2
+    text = "я" * 66 + "😀" + "я" * 66
+    # When it is submitted
+    asyncio.run(provider(handler, max_parts=3).submit(submit_request(text=text)))
+    # Then 3 parts go, each UCS-2 and at most 67 units with its header (Kannel cuts none), the emoji whole in one
+    fields = [sendsms_fields(request) for request in seen]
+    parts = [f["text"].decode() for f in fields]
+    assert parts == ["я" * 66, "😀" + "я" * 65, "я"]
+    assert all(f["coding"] == b"2" and len(p.encode("utf-16-be")) <= 134 for f, p in zip(fields, parts, strict=True))
+    assert [f["udh"][4:] for f in fields] == [bytes([3, n]) for n in (1, 2, 3)]
+
+
+def test_a_part_kannel_does_not_take_after_the_first_leaves_the_message_with_kannel_never_offered_again() -> None:
+    answers = iter([(202, "0: Accepted for delivery"), (503, "Temporal failure, try again later.")])
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        status, body = next(answers)
+        return httpx.Response(status, text=body)
+
+    # When Kannel takes part 1 of 3 and answers 503 for part 2
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(handler, max_parts=3).submit(submit_request(text="x" * 400)))
+    # Then part 3 is not sent, and the message is one Kannel may have (part 1 may reach the handset): never offered
+    # again, there or to the fallback, nor failed and refunded while that part may be delivered
+    assert len(seen) == 2
+    assert raised.value.maybe_taken is True
+    assert "parts 1-1 of 3" in raised.value.message
+    # And a first part not taken is the whole message not taken, as for a message of one part
+    with pytest.raises(UpstreamError) as first:
+        asyncio.run(provider(answer(503, "Temporal failure"), max_parts=3).submit(submit_request(text="x" * 400)))
+    assert (first.value.maybe_taken, first.value.unavailable) == (False, True)
+
+
+def test_a_long_message_kannel_took_before_it_went_a_part_a_sendsms_still_settles_by_its_parts_ids() -> None:
+    # Given the URL Kannel was handed for a long message it cut itself (until 2026-12-06): %F, the SMSC's id
+    dlr_url = f"{DLR_BASE}?ref={REF}&token={TOKEN}&type=%d&answer=%A&ts=%T&smsc=%i&to=%p&from=%P&part=%F"
+    # Then each part's report parses with that part; a report Kannel has no SMSC id for (fakesmsc's) names none
+    kannel = provider(answer(202, "0: Accepted for delivery"))
     for smsc_id, part in (("0a1b2c3d", "0a1b2c3d"), ("", None)):
         called = kannel_expands(dlr_url, {"d": "1", "A": "stat:DELIVRD", "T": "1795309364", "F": smsc_id})
         (report,) = kannel.parse_delivery_reports(callback(called))
@@ -696,7 +768,7 @@ def test_against_a_real_kannel(kannel: tuple[KannelProvider, Receiver, subproces
 
 
 def test_a_message_over_max_parts_is_never_handed_to_kannel_to_be_cut() -> None:
-    # Given Kannel's default sendsms-user max-messages (1): a longer text would be cut to its first part and 202'd
+    # Given a Kannel with no max_parts set (one part, as Kannel's sendsms-user max-messages default)
     seen: list[httpx.Request] = []
 
     def kannel(request: httpx.Request) -> httpx.Response:
@@ -708,10 +780,11 @@ def test_a_message_over_max_parts_is_never_handed_to_kannel_to_be_cut() -> None:
     # Then nothing is sent, and the dispatcher may offer it to the fallback (or fail and refund it: too_many_parts)
     assert seen == []
     assert (raised.value.unavailable, raised.value.error_code) == (True, "too_many_parts")
-    # And an upstream whose max-messages is 10 says so in max_parts, and takes 10 parts
+    # And an upstream whose max_parts is 10 takes 10 parts, each its own sendsms
     text = "x" * (10 * 153)
     asyncio.run(provider(kannel, max_parts=10).submit(submit_request(text=text)))
-    assert dict(parse_qsl(urlsplit(str(seen[0].url)).query))["text"] == text
+    assert "".join(dict(parse_qsl(urlsplit(str(request.url)).query))["text"] for request in seen) == text
+    assert len(seen) == 10
     with pytest.raises(ValueError, match="max_parts"):
         provider(kannel, max_parts=0)
 

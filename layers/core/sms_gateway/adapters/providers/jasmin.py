@@ -184,7 +184,7 @@ class JasminProvider:
 
     async def submit(self, request: SubmitRequest) -> SubmitResult:
         segmentation = segment(request.text)
-        refuse_longer(self.name, segmentation, self._max_parts)
+        refuse_longer(self.name, segmentation.parts, self._max_parts)
         form: dict[str, str] = {
             "username": self._username,
             "password": self._password,

@@ -4,10 +4,13 @@ References (Kannel user guide, https://www.kannel.org/download/kannel-userguide-
 edition read from Debian's kannel-docs, /usr/share/doc/kannel-docs/userguide/userguide.html):
 - "SMS Push (send-sms)": `GET /cgi-bin/sendsms` CGI variables (Table 7-17) and reply codes (Table 7-16):
   `202 0: Accepted for delivery`, `202 3: Queued for later delivery`, `4xx <reason>`, `503 Temporal failure`.
+  `udh`: the optional User Data Header, URL-encoded octets (its first octet its length): a long text goes as one
+  sendsms per part, each with its concatenation header (`submit`).
 - "SMS Delivery Reports" (chapter 10) and "Parameters (Escape Codes)" (Table 7-10): `dlr-mask` bits
   1 delivered, 2 failed, 4 buffered, 8 SMSC submit, 16 SMSC reject; the `dlr-url` is fetched with GET after
   `%d` (type), `%A` (the SMSC's receipt text), `%T` (epoch), `%F` (the SMSC's id for the part reported: dlr.c's
-  dlr_find sets it to the id the report was matched on), `%p`/`%P` and the others are filled in.
+  dlr_find sets it to the id the report was matched on; the URL of a long message Kannel cut, until 2026-12-06,
+  named its parts so), `%p`/`%P` and the others are filled in.
 - "sms-service" `post-url` with the same escape codes, text in the body and X-Kannel headers (Table 7-12).
 
 Kannel's answer carries no message id, so our client reference travels in the DLR URL's query string together
@@ -21,7 +24,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, quote_from_bytes, quote_plus, urlencode
 
 import httpx
 
@@ -34,7 +37,7 @@ from sms_gateway.adapters.http import (
     scrubbed,
     server_error,
 )
-from sms_gateway.adapters.providers.parts import max_parts_setting, refuse_longer
+from sms_gateway.adapters.providers.parts import concatenation_udh, max_parts_setting, partly_taken, refuse_longer
 from sms_gateway.adapters.providers.tokens import previous_tokens_setting, token_verified
 from sms_gateway.domain.ids import epoch_seconds
 from sms_gateway.domain.models import (
@@ -46,7 +49,7 @@ from sms_gateway.domain.models import (
     SubmitResult,
     iso,
 )
-from sms_gateway.domain.segments import Encoding, segment
+from sms_gateway.domain.segments import Encoding, segment, split
 from sms_gateway.domain.status import TERMINAL, MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
 
@@ -56,8 +59,9 @@ DEFAULT_DLR_MASK = 31
 # The handset's final reports (delivered 1, failed 2): a mask without both leaves messages with no final report, each
 # expired and refunded after the DLR wait however it went (logic/settle.py).
 FINAL_REPORTS_MASK = 1 | 2
-# The sendsms-user's `max-messages` when it sets none: Kannel sends that many parts of a longer text, drops the rest
-# and still answers `202 0: Accepted for delivery`. An upstream whose max-messages is higher says so in max_parts.
+# The most parts of one message sent through a Kannel whose configuration sets no max_parts: one, the sendsms-user's
+# `max-messages` default, as when Kannel cut long texts itself (until 2026-12-06). Each part is now its own sendsms of
+# one PDU, so `max-messages` no longer limits it: an operator raises max_parts to send long messages there.
 DEFAULT_MAX_PARTS = 1
 # How smsbox's 403 answers begin when it refuses our sendsms-user, and when no SMSC of its bearerbox routes the number.
 AUTHORIZATION_FAILED = "Authorization failed"
@@ -156,26 +160,29 @@ class KannelProvider:
             client=client,
         )
 
-    def dlr_url(self, base: str, client_ref: str, parts: int = 1) -> str:
-        """The URL Kannel fetches for each report: our reference and token, then Kannel's escape codes. Kannel
-        fetches the one URL for each part of a longer message: `part=%F` (the id the SMSC gave that part) tells the
-        parts' reports apart, so the message settles once its parts do. A message of one part goes without it."""
+    def dlr_url(self, base: str, client_ref: str, part: int | None = None) -> str:
+        """The URL Kannel fetches for each report of a submit: our reference and token, then Kannel's escape codes.
+        Each part of a longer message is its own submit (`submit`), whose URL names the part (`part=<number>`), so
+        the message settles once its parts do. A message of one part goes without it."""
         separator = "&" if "?" in base else "?"
         return (
             f"{base}{separator}ref={quote(client_ref, safe='')}&token={self._token}"
-            "&type=%d&answer=%A&ts=%T&smsc=%i&to=%p&from=%P" + ("&part=%F" if parts > 1 else "")
+            "&type=%d&answer=%A&ts=%T&smsc=%i&to=%p&from=%P" + (f"&part={part}" if part is not None else "")
         )
 
     async def submit(self, request: SubmitRequest) -> SubmitResult:
+        """One sendsms per part. Kannel cuts a long text blindly, UCS-2 every 134 octets, through an emoji's
+        surrogate pair, so a long text is cut here as it was counted and charged (domain/segments.py: no escape or
+        surrogate pair split), and each part goes with its concatenation header (`udh`): Kannel sends it as it is,
+        one PDU, and the handset joins the parts."""
         segmentation = segment(request.text)
-        refuse_longer(self.name, segmentation, self._max_parts)
+        refuse_longer(self.name, segmentation.parts, self._max_parts)
         ucs2 = segmentation.encoding is Encoding.UCS2
         params: dict[str, str] = {
             "username": self._username,
             "password": self._password,
             "from": request.sender,
             "to": request.msisdn.lstrip("+"),
-            "text": request.text,
             "charset": "UTF-8",
             "coding": CODING_UCS2 if ucs2 else CODING_GSM7,
         }
@@ -186,10 +193,27 @@ class KannelProvider:
             params["validity"] = str(request.validity_minutes)
         if request.dlr_url:
             params["dlr-mask"] = str(self._dlr_mask)
-            params["dlr-url"] = self.dlr_url(request.dlr_url, request.client_ref, segmentation.parts)
+        texts = split(request.text)
+        for number, text in enumerate(texts, start=1):
+            udh = concatenation_udh(request.client_ref, len(texts), number) if len(texts) > 1 else b""
+            part = number if len(texts) > 1 else None
+            dlr_url = {"dlr-url": self.dlr_url(request.dlr_url, request.client_ref, part)} if request.dlr_url else {}
+            try:
+                await self._sendsms({**params, "text": text, **dlr_url}, udh)
+            except UpstreamError as failure:
+                if number == 1:
+                    raise
+                raise partly_taken(self.name, number, len(texts), failure) from failure
+        # No id comes back: our reference is the id (it also rides in the DLR URL).
+        return SubmitResult(upstream_message_id=request.client_ref)
+
+    async def _sendsms(self, params: dict[str, str], udh: bytes) -> None:
+        """One GET sendsms; returns when Kannel took it, raises how it did not. The `udh` is octets, percent-encoded
+        as they are (a text parameter would go as UTF-8)."""
+        query = urlencode(params, quote_via=quote_plus) + (f"&udh={quote_from_bytes(udh, safe='')}" if udh else "")
         client = self._client or async_client()
         try:
-            response = await client.get(self._send_url, params=params)
+            response = await client.get(self._send_url.copy_with(query=query.encode("ascii")))
         except httpx.TransportError as error:
             raise no_answer(self.name, error) from error
         answer = scrubbed(response.text.strip(), (self._password,))
@@ -213,8 +237,7 @@ class KannelProvider:
         if not 200 <= response.status_code < 300:
             raise UpstreamError(f"{self.name} answered {response.status_code}", permanent=False, unavailable=True)
         # A 2xx is a take: `202 0: Accepted for delivery`, or `202 3: Queued for later delivery` while no SMSC is
-        # connected. No id comes back: our reference is the id (it also rides in the DLR URL).
-        return SubmitResult(upstream_message_id=request.client_ref)
+        # connected.
 
     def verify_callback(self, request: CallbackRequest) -> bool:
         return token_verified(request, self._tokens)
