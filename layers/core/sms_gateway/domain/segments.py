@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -19,6 +20,13 @@ class Segmentation:
     units: int
     per_part: int
     ucs2_characters: tuple[str, ...]
+
+    @property
+    def blind_parts(self) -> int:
+        """The parts of a gateway that cuts a long text every `per_part` units blind to characters (Jasmin): it
+        splits an escape or surrogate pair on a boundary instead of moving it whole to the next part, so it may send
+        fewer parts than `parts`, never more."""
+        return 1 if self.parts == 1 else math.ceil(self.units / self.per_part)
 
 
 # GSM 03.38 default alphabet in code order; 0x1B is the escape to the extension table, not a character.

@@ -184,7 +184,9 @@ class JasminProvider:
 
     async def submit(self, request: SubmitRequest) -> SubmitResult:
         segmentation = segment(request.text)
-        refuse_longer(self.name, segmentation.parts, self._max_parts)
+        # Jasmin's HTTP API takes no UDH: it cuts a long text itself, blind to characters (its SubmitSM slices the
+        # octets every 153, or 134 for UCS-2), and sends as many parts as that makes, which is what its limit bounds.
+        refuse_longer(self.name, segmentation.blind_parts, self._max_parts)
         form: dict[str, str] = {
             "username": self._username,
             "password": self._password,
