@@ -741,6 +741,20 @@ def test_against_a_real_kannel(kannel: tuple[KannelProvider, Receiver, subproces
         statuses.append(report.status)
     assert sorted(statuses) == sorted([MessageStatus.SUBMITTED, MessageStatus.DELIVERED])
 
+    # A long UCS-2 text with an emoji on Kannel's 134-octet boundary goes as the 3 parts it is charged as, each whole
+    # (Kannel cuts none of them: each is one PDU with its concatenation header), and each part's reports settle it
+    # (and so does a GSM text with an escape pair on the 153-septet boundary: 3 parts, "€" whole in the second)
+    for ref, long_text in (("1002", "я" * 66 + "😀" + "я" * 66), ("1003", "a" * 152 + "€" + "a" * 152)):
+        long_request = request.model_copy(update={"text": long_text, "client_ref": ref})
+        assert asyncio.run(_submit(adapter, long_request)) == ref
+        part_reports: dict[str | None, list[MessageStatus]] = {}
+        for _ in range(6):
+            (long_report,) = adapter.parse_delivery_reports(as_callback(receiver.next(timeout=15)))
+            assert long_report.client_ref == ref
+            part_reports.setdefault(long_report.part, []).append(long_report.status)
+        assert sorted(part_reports) == ["1", "2", "3"]
+        assert all(set(s) == {MessageStatus.SUBMITTED, MessageStatus.DELIVERED} for s in part_reports.values())
+
     # A forged copy of the same callback, without our token, is refused
     forged = dlr_request.model_copy(update={"query": {**dlr_request.query, "token": "guess"}})
     assert adapter.verify_callback(forged) is False
