@@ -510,6 +510,40 @@ def test_the_same_idempotency_key_with_another_request_is_refused(aws, account, 
     assert len(queued_records(aws)) == 1
 
 
+def _keyed_get(account: dict[str, Any], raw_message: str, decoded: str) -> dict[str, Any]:
+    """A keyed GET whose raw query carries `raw_message` (as sent) while API Gateway's queryStringParameters say
+    `decoded`: `+` in a query is a space to a form reader, a plus to a plain percent-decoder."""
+    event = get_event(account, message=None)
+    event["rawQueryString"] += f"&message={raw_message}"
+    event["queryStringParameters"]["message"] = decoded
+    event["headers"]["idempotency-key"] = "get-1234"
+    return event
+
+
+def test_a_keyed_get_with_another_message_is_refused_though_api_gateway_decoded_both_alike(aws, account, api):
+    # Given a keyed GET whose message is "1 2" as the dialect reads its raw query ('+' is a space in a query)
+    first = answer(api(_keyed_get(account, "1+2", "1+2")))
+    assert first["responses"][0]["response-code"] == 200
+    # When another GET under the same key asks for "1+2" ('%2B'), which queryStringParameters give as the first's
+    second = answer(api(_keyed_get(account, "1%2B2", "1+2")))
+    # Then it is refused as a different request (4099): it is not answered with the first send, unsent
+    assert second.get("response-code") == 4099, second
+    assert balance(account["account_id"]) == 99
+    assert len(queued_records(aws)) == 1
+
+
+def test_a_keyed_get_repeated_with_its_query_written_another_way_gets_the_first_answer(aws, account, api):
+    # Given a keyed GET whose message is "1 2", its space written '+'
+    first = api(_keyed_get(account, "1+2", "1+2"))
+    assert answer(first)["responses"][0]["response-code"] == 200
+    # When it is repeated with the space written '%20' (queryStringParameters differ: they read '+' as a plus)
+    again = api(_keyed_get(account, "1%202", "1 2"))
+    # Then it is the same request as the dialect reads it: the first answer, nothing sent again
+    assert again["body"] == first["body"]
+    assert balance(account["account_id"]) == 99
+    assert len(queued_records(aws)) == 1
+
+
 def test_a_malformed_idempotency_key_changes_nothing(aws, account, api):
     event = post_event(account)
     event["headers"]["idempotency-key"] = "k" * 300

@@ -6,11 +6,12 @@ import base64
 import contextlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from pydantic import BaseModel, ValidationError, WithJsonSchema
@@ -196,6 +197,32 @@ def request_bytes(event: Any) -> bytes:
         raise InvalidRequest("the request body is not valid base64") from error
 
 
+def joined_fields(fields: list[tuple[str, str]]) -> dict[str, str]:
+    """A form's fields; one given more than once is its values joined by commas, as API Gateway joins a query
+    string's (so `mobile=...&mobile=...` sends to both, where the last one alone was kept)."""
+    values: dict[str, list[str]] = {}
+    for name, value in fields:
+        values.setdefault(name, []).append(value)
+    return {name: ",".join(given) for name, given in values.items()}
+
+
+def urlencoded_fields(text: str, where: str) -> dict[str, str]:
+    """A urlencoded form's fields, or a query string's; a percent-escape that is not UTF-8 (an ISO-8859-1 `Caf%E9`)
+    is refused, not read as a replacement character."""
+    try:
+        return joined_fields(parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict"))
+    except UnicodeDecodeError as error:
+        raise InvalidRequest(f"{where} is not UTF-8 text: {error}") from error
+
+
+def query_fields(event: Any) -> dict[str, str]:
+    """The query string as it was sent (rawQueryString), read as a form is: `+` is a space, a parameter given twice
+    is its values joined by commas, and a percent-escape that is not UTF-8 is refused (InvalidRequest). API
+    Gateway's queryStringParameters decode such an escape to a replacement character, which would be read (sent,
+    stored, charged) as the text."""
+    return urlencoded_fields(str(event.get("rawQueryString") or ""), "the query string")
+
+
 def callback_text(event: Any) -> str:
     """An upstream callback's body as text, in the charset its Content-Type names (Kannel posts an MO that it did not
     recode in UTF-16BE), else as UTF-8 with what cannot be read replaced: an upstream's adapter reads the text from
@@ -360,11 +387,15 @@ def idempotent(
     *,
     lease: timedelta | None = SEND_LEASE,
     standing: Standing | None = None,
+    query: Mapping[str, str] | None = None,
 ) -> Response[Any]:
     """Runs a send once per idempotency key (see logic.idempotency): a repeat gets the first answer back.
     The fingerprint covers method, path, query and body (the body as text, decoded when API Gateway base64-encoded
     it, as it does for a body without a Content-Type; a JSON body as its value: canonical_body), so the same key
     with another request is refused.
+    `query`: the query's parameters as the dialect reads them (the shortcode dialect: query_fields), so that a
+    request is told from another by what it asks; by default API Gateway's queryStringParameters, which the other
+    dialects read.
     `lease`: how long before a request that died holding the key is taken over and its batch finished; None for
     a request that cannot be finished that way (it holds its key until the key expires).
     `standing`: a send's answer to the send that stands under the key (the batch and its messages as stored), for a
@@ -376,7 +407,7 @@ def idempotent(
     request_fingerprint = fingerprint(
         event.http_method,
         event.path,
-        json.dumps(event.query_string_parameters or {}, sort_keys=True),
+        json.dumps(dict(event.query_string_parameters or {}) if query is None else dict(query), sort_keys=True),
         _fingerprinted_body(event),
     )
 

@@ -8,7 +8,6 @@ import hmac
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
-from urllib.parse import parse_qsl
 from zoneinfo import ZoneInfo
 
 from aws_lambda_powertools.event_handler import Response
@@ -24,11 +23,14 @@ from sms_gateway.dialects.common import (
     error_headers,
     idempotent,
     int_as_text,
+    joined_fields,
     json_response,
     parse_json_body,
+    query_fields,
     request_bytes,
     request_text,
     send_time_schema,
+    urlencoded_fields,
 )
 from sms_gateway.domain.dates import basic_form_wall_clock
 from sms_gateway.domain.ids import ascii_digits
@@ -265,7 +267,7 @@ def _multipart_fields(content_type: str, body: bytes) -> dict[str, Any]:
         name = part.get_param("name", header="content-disposition")
         if isinstance(name, str):
             fields.append((name, _field_text(name, part)))
-    return _joined(fields)
+    return joined_fields(fields)
 
 
 # Python's codecs that are text codecs but no charset a form is written in: escape syntaxes, a domain name's
@@ -292,24 +294,6 @@ def _field_text(name: str, part: Any) -> str:
     return text
 
 
-def _joined(fields: list[tuple[str, str]]) -> dict[str, str]:
-    """A form's fields; one given more than once is its values joined by commas, as API Gateway joins a query
-    string's (so `mobile=...&mobile=...` sends to both, where the last one alone was kept)."""
-    values: dict[str, list[str]] = {}
-    for name, value in fields:
-        values.setdefault(name, []).append(value)
-    return {name: ",".join(given) for name, given in values.items()}
-
-
-def _urlencoded_fields(text: str, where: str) -> dict[str, str]:
-    """A urlencoded form's fields, or a query string's; a percent-escape that is not UTF-8 (an ISO-8859-1 `Caf%E9`)
-    is refused, not sent as a replacement character."""
-    try:
-        return _joined(parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict"))
-    except UnicodeDecodeError as error:
-        raise InvalidRequest(f"{where} is not UTF-8 text: {error}") from error
-
-
 def _body_fields(event: Any) -> dict[str, Any]:
     headers = {key.lower(): value for key, value in (event.headers or {}).items()}
     media = _media_type(headers)
@@ -324,7 +308,7 @@ def _body_fields(event: Any) -> dict[str, Any]:
         return _json_object(body)
     if media in ("", "application/x-www-form-urlencoded", "text/plain"):
         # curl labels a json_encode()d string as a form unless the client sets the header; read it as what it is.
-        return _json_object(body) if looks_like_json else _urlencoded_fields(body, "the form")
+        return _json_object(body) if looks_like_json else urlencoded_fields(body, "the form")
     raise UnsupportedRequest(
         f"content type {media!r} is not supported: send application/json, a form or query parameters"
     )
@@ -332,10 +316,9 @@ def _body_fields(event: Any) -> dict[str, Any]:
 
 def _params() -> ShortcodeParams:
     """GET reads the query string; POST reads its body, over any query parameters it also carries. The query string
-    as sent (rawQueryString), read as a form is: API Gateway's queryStringParameters decode a percent-escape that is
-    not UTF-8 to a replacement character, which would be sent and charged as the text."""
+    as sent, read as a form is (common.query_fields)."""
     event = router.current_event
-    fields: dict[str, Any] = _urlencoded_fields(event.get("rawQueryString") or "", "the query string")
+    fields: dict[str, Any] = dict(query_fields(event))
     if event.http_method.upper() == "POST":
         fields.update(_body_fields(event))
     try:
@@ -444,6 +427,7 @@ def send_sms() -> Response[Any]:
         account.account_id,
         key,
         lambda: _send(account, request),
+        query=query_fields(event),
         standing=Standing(
             account,
             recipients=lambda: [r for _, r in _readings(account, request)[0] if r is not None],
