@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import FakeContext, load_function
-from tests.portal_client import ORIGIN, PortalClient, PortalResponse
+from tests.portal_client import ORIGIN, PortalClient, PortalResponse, portal_event
 
 COMPOSE = "/portal/compose"
 MESSAGES = "/portal/messages"
@@ -411,6 +411,18 @@ class TestMessages:
         assert response.status == 400 and "number to search for is not valid" in response.text()
         response = client.get(f"{MESSAGES}?from=yesterday")
         assert response.status == 400 and "is not a date" in response.text()
+
+    def test_a_search_whose_query_is_not_utf8_is_refused_not_read_garbled(self, client, handler):
+        # Given a search link whose percent-escape is not UTF-8 (ISO-8859-1's 'Caf%E9'), which API Gateway's
+        # queryStringParameters decode to a replacement character
+        event = portal_event("GET", MESSAGES, cookies=client.cookies, query={"reference": "Caf\ufffd"})
+        event["rawQueryString"] = "reference=Caf%E9"
+        # When it is opened
+        response = handler(event)
+        # Then it is a 400 page that says so, not a search for other text
+        assert response["statusCode"] == 400, response
+        assert response["headers"]["Content-Type"].startswith("text/html")
+        assert "not UTF-8" in response["body"]
 
     def test_another_accounts_batch_is_exactly_as_missing(self, client, handler, account):
         other = new_account("Other Club", "55555")

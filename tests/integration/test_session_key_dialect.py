@@ -185,6 +185,33 @@ def test_login_also_takes_http_basic_credentials(aws, account, api):
     assert response["body"].split(";")[0] == account["account_id"]
 
 
+def table_items(aws: dict[str, str]) -> list[dict[str, Any]]:
+    import boto3
+
+    return boto3.client("dynamodb").scan(TableName=aws["TABLE_NAME"], ConsistentRead=True)["Items"]
+
+
+@pytest.mark.parametrize("route", ["/login", "/status"])
+def test_a_get_whose_query_is_not_utf8_is_refused_and_changes_nothing(aws, account, api, route):
+    # Given a GET whose query carries a percent-escape that is not UTF-8 (PHP's urlencode() of ISO-8859-1), which
+    # API Gateway's queryStringParameters decode to a replacement character: a login whose password is 'pässwort'
+    if route == "/login":
+        event = login_event(account["username"], "p\ufffdsswort")
+        event["rawQueryString"] = urlencode({"username": account["username"]}) + "&password=p%E4sswort"
+    else:
+        event = route_event("GET", route, log_in(api, account), {"getMoney": "true", "note": "Caf\ufffd"})
+        event["rawQueryString"] = "getMoney=true&note=Caf%E9"
+    before = table_items(aws)
+    # When it is sent
+    response = api(event)
+    # Then it is refused in the family's shape (400, details in the body), not read as other text: no failed login
+    # is counted against the username, nothing is stored
+    assert response["statusCode"] == 400, response
+    assert answer(response)["result"] == "KO"
+    assert "not UTF-8" in answer(response)["error"]
+    assert table_items(aws) == before
+
+
 # ------------------------------------------------------------------ sessions on /sms
 
 

@@ -25,6 +25,7 @@ from sms_gateway.dialects.common import (
     json_response,
     parse_json_body,
     parse_model,
+    query_fields,
     request_text,
     send_time_schema,
 )
@@ -257,7 +258,8 @@ def _reference_id(order_id: str) -> int:
 
 @router.get("/login")
 def login() -> Response[Any]:
-    query = router.current_event.query_string_parameters or {}
+    # The query as sent (common.query_fields): a password that is not UTF-8 is refused, not counted as a failed login.
+    query = query_fields(router.current_event)
     username, password = query.get("username"), query.get("password")
     if username is None and password is None:
         username, password = _basic_credentials(_header("authorization"))
@@ -414,7 +416,7 @@ def _flag(name: str, raw: str | None) -> bool:
 @router.get("/status")
 def user_status() -> Response[Any]:
     account = _caller()
-    query = router.current_event.query_string_parameters or {}
+    query = query_fields(router.current_event)
     get_money = _flag("getMoney", query.get("getMoney"))
     _flag("typeAliases", query.get("typeAliases"))  # we always answer the names (N, L, LL), as typeAliases=true
     prices = price_book().price_table()

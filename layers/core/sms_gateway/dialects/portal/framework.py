@@ -19,7 +19,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from aws_lambda_powertools.shared.cookies import Cookie, SameSite
 
-from sms_gateway.dialects.common import error_headers, request_text, status_for
+from sms_gateway.dialects.common import error_headers, query_fields, request_text, status_for
 from sms_gateway.dialects.portal.markup import attrs, esc, layout
 from sms_gateway.domain.models import Account, KeyClaim, StoredAnswer, utc_now
 from sms_gateway.errors import GatewayError, InvalidRequest, UnsupportedMediaType
@@ -225,7 +225,8 @@ def serve(registered: Page) -> Response[Any]:
         if method == "GET":
             return redirect(LOGIN_PATH)
         return refusal(401, SIGNED_OUT)
-    ctx = PageContext(page=registered, signed_in=who, event=event, query=dict(event.query_string_parameters or {}))
+    # The query as sent (common.query_fields): one that is not UTF-8 is a 400 page, not a search for other text.
+    ctx = PageContext(page=registered, signed_in=who, event=event, query=query_fields(event))
     if method != "POST":
         return render(ctx)
     form = read_form(event)
