@@ -123,21 +123,41 @@ def test_the_attempt_limit_of_the_session_key_login_applies(browser, account):
     assert "portal_session" not in browser.cookies
 
 
-def test_signing_in_again_ends_the_browsers_previous_session(browser, account):
+def test_signing_in_to_another_account_ends_the_browsers_previous_session(browser, account, other_account):
     from sms_gateway.bootstrap import gateway
 
     # Given a sign-in form opened in a second tab before the first tab signed in
     second_tab_form = browser.get("/portal/login").csrf_token()
     browser.sign_in(account["username"], account["password"])
     first = browser.cookies["portal_session"]
-    # When the second tab signs in too (its login cookie and token, the first tab's session cookie)
-    browser.cookies["portal_login"] = second_tab_form
-    fields = {"csrf_token": second_tab_form, "username": account["username"], "password": account["password"]}
+    # When the second tab signs in to another account
+    fields = {
+        "csrf_token": second_tab_form,
+        "username": other_account["username"],
+        "password": other_account["password"],
+    }
     assert browser.post("/portal/login", fields).status == 303
-    # Then the browser has one session: the new one
+    # Then the browser has one session: the new one, the other account's
     assert browser.cookies["portal_session"] != first
     assert gateway().store.portal_session(first) is None
-    assert browser.get(SETTINGS).status == 200
+    assert other_account["name"] in browser.get(SETTINGS).text()
+
+
+def test_a_second_tab_signs_in_after_the_first_did_and_keeps_the_first_tabs_forms(browser, account):
+    # Given the session ended in two tabs, each sent to the sign-in page, and the first tab signed in
+    second_tab = browser.get("/portal/login").csrf_token()
+    browser.sign_in(account["username"], account["password"])
+    first_tab_form = browser.get(SETTINGS).csrf_token()
+    # When the user signs in from the second tab too, with the right password
+    fields = {"csrf_token": second_tab, "username": account["username"], "password": account["password"]}
+    answer = browser.post("/portal/login", fields)
+    # Then it leads to the dashboard, not to 403 'form expired'
+    assert answer.status == 303, answer.text()[:300]
+    assert answer.location != "/portal/login"
+    # And the session stands: a form the first tab shows still works
+    form = {"csrf_token": first_tab_form, "action": "webhooks", "dlr_url": "https://a.example/x", "inbound_url": ""}
+    assert browser.post(SETTINGS, form).status == 200
+    assert stored(account["account_id"]).dlr_url == "https://a.example/x"
 
 
 def test_a_sign_in_page_opened_before_another_still_signs_in(browser, account):

@@ -96,6 +96,30 @@ def test_a_wrong_password_makes_no_session(stores):
     assert stores.sessions == {}
 
 
+def test_signing_in_again_to_the_account_a_browser_is_signed_in_to_keeps_its_session(stores):
+    # Given a browser signed in (a second tab's sign-in form is sent)
+    first = sign_in(stores)
+    current = signed_in(stores, first, NOW + timedelta(minutes=1))
+    # When it signs in again to the same account
+    again = portal_sessions.sign_in(stores, stores, "cinema", "right", now=NOW + timedelta(minutes=2), current=current)
+    # Then its session stands (the forms other tabs show keep their CSRF token) and no other is made
+    assert again == first and list(stores.sessions) == [first]
+    # But the password is still checked
+    with pytest.raises(Unauthorized):
+        portal_sessions.sign_in(stores, stores, "cinema", "wrong", now=NOW, current=current)
+
+
+def test_a_browser_signed_in_to_another_account_gets_a_new_session(stores):
+    import dataclasses
+
+    first = sign_in(stores)
+    current = signed_in(stores, first, NOW + timedelta(minutes=1))
+    assert current is not None
+    elsewhere = dataclasses.replace(current, account=ACCOUNT.model_copy(update={"account_id": "43"}))
+    again = portal_sessions.sign_in(stores, stores, "cinema", "right", now=NOW, current=elsewhere)
+    assert again != first and again in stores.sessions
+
+
 def test_the_login_attempt_limit_applies(stores):
     from sms_gateway.logic.sessions import MAX_FAILED_LOGINS
 

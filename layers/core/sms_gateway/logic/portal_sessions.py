@@ -44,10 +44,23 @@ def csrf_matches(session_token: str, given: str | None) -> bool:
     return bool(given) and hmac.compare_digest(csrf_token(session_token).encode(), (given or "").encode())
 
 
-def sign_in(store: SessionStore, sessions: PortalSessionStore, username: str, password: str, *, now: datetime) -> str:
+def sign_in(
+    store: SessionStore,
+    sessions: PortalSessionStore,
+    username: str,
+    password: str,
+    *,
+    now: datetime,
+    current: SignedIn | None = None,
+) -> str:
     """A new session's token for a valid username and password (the session-key /login's checks and attempt
-    limit); Unauthorized or TooManyAttempts otherwise, with the same message whichever part was wrong."""
+    limit); Unauthorized or TooManyAttempts otherwise, with the same message whichever part was wrong.
+    `current`: the browser's live session, if any. Signed in to the same account already (a sign-in form left open
+    in another tab), its token is the answer: the session stands, so the forms other tabs show keep their CSRF
+    token. Signed in to another account, a new session is made (the caller ends the old one)."""
     login = check_login(store, username, password, now=now)
+    if current is not None and current.account.account_id == login.account_id:
+        return current.token
     token = secrets.token_urlsafe(32)
     sessions.save_portal_session(
         token,

@@ -106,17 +106,24 @@ def sign_in() -> Response[Any]:
         return login_page(status=403, error=BAD_CSRF, event=event)
     username = form.get("username", "").strip()
     store = gateway().store
+    current = current_session(event, consistent=True)
     try:
-        token = portal_sessions.sign_in(store, store, username, form.get("password", ""), now=utc_now())
+        token = portal_sessions.sign_in(
+            store, store, username, form.get("password", ""), now=utc_now(), current=current
+        )
     except TooManyAttempts as error:
         return login_page(
             status=429, error=error.message, username=username, retry_after=error.retry_after, event=event
         )
     except Unauthorized:
         return login_page(status=401, error=WRONG_LOGIN, username=username, event=event)
+    if current is not None and token == current.token:
+        # Signed in to this account already (the form of another tab): the session stands, other tabs' forms too.
+        return redirect(home_path())
     # A session this browser had before ends: one browser, one session (and no session outlives its cookie).
+    # The login cookie stays: a sign-in form another tab shows carries its token and still signs in.
     portal_sessions.sign_out(store, session_cookie(event))
-    return redirect(home_path(), cookies=[session_cookie_header(token), _login_cookie(None)])
+    return redirect(home_path(), cookies=[session_cookie_header(token)])
 
 
 @router.post(LOGOUT_PATH, include_in_schema=False)
