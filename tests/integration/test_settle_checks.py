@@ -344,6 +344,40 @@ def test_notifications_the_queue_refused_mid_invocation_go_out_at_its_end(aws, a
     assert len(upstream.submits) == 12
 
 
+def test_a_record_handed_back_after_an_upstream_5xx_does_not_announce_again_what_it_queued(
+    aws, account, hook, monkeypatch
+):
+    import httpx
+
+    from tests.conftest import route_simulator_upstreams_to
+
+    # Given a send to two numbers with delivery reports (one record), and an upstream that answers 503 to the second
+    # number for a while (a 5xx: the dispatcher hands the record back to retry that message later)
+    api = load_function("api")
+    body = {"from": "48974", "to": ["2348020000000", "2348020000001"], "message": "hi", "delivery_report": "yes"}
+    assert api.handler(send_event(account["token"], body), FakeContext())["statusCode"] == 200
+    upstream, back = test_send_path.RecordingUpstream(), []
+
+    def down_for_the_second(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content)["to"].endswith("01") and not back:
+            return httpx.Response(503, json={"error": "unavailable"})
+        return upstream(request)
+
+    route_simulator_upstreams_to(monkeypatch, down_for_the_second)
+    published = published_to_the_notify_queue(monkeypatch)
+    event = as_lambda_sqs_event(queued_records(aws))
+    dispatcher = load_function("dispatcher")
+    # When the dispatcher submits the first, is refused the second and hands the record back, and the record comes back
+    assert dispatcher.handler(event, FakeContext())["batchItemFailures"] != []
+    back.append(True)
+    assert dispatcher.handler(event, FakeContext()) == {"batchItemFailures": []}
+    # Then each submit was queued for the client once: the first invocation queued the first one's before it handed
+    # the record back (until 2026-12-07 every delivery of a record queued again each change the dispatcher had made
+    # to its messages: a record of a bulk send that met an upstream's 5xx three times told the client three times)
+    assert len(upstream.submits) == 2
+    assert sorted(entry for accepted in published for entry in accepted if entry != "settle") == ["submitted"] * 2
+
+
 def test_a_dlr_whose_announcement_failed_reaches_the_client_though_its_upstream_does_not_retry(
     aws, account, hook, monkeypatch
 ):

@@ -28,6 +28,7 @@ from sms_gateway.logic import inbound, settle, webhook_retries
 from sms_gateway.logic.delivery import mark_unannounced_finals
 from sms_gateway.logic.dispatch import (
     ANNOUNCE_BATCH,
+    QUEUED_ANNOUNCEMENTS,
     DispatchDependencies,
     ReadAhead,
     dispatch,
@@ -115,6 +116,9 @@ class _InvocationAnnouncements:
             logger.warning("could not queue client notifications; trying again at the end of the invocation")
             with self._lock:
                 self._waiting[:0] = ready
+        else:
+            # A redelivery of the records to this container does not queue them again (logic.dispatch).
+            QUEUED_ANNOUNCEMENTS.remember(ready)
 
     def take_the_rest(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -258,6 +262,7 @@ async def _queue_the_rest(notifications: list[dict[str, Any]], submitted: Sequen
             extra={"messages": len(submitted), "notifications": len(notifications)},
         )
         return False
+    QUEUED_ANNOUNCEMENTS.remember(notifications)
     return True
 
 

@@ -38,7 +38,7 @@ from sms_gateway.domain.status import (
 )
 from sms_gateway.errors import OptedOut, UpstreamError
 from sms_gateway.logic.delivery import DeliveryDependencies, apply_held_reports
-from sms_gateway.logic.notify import dlr_notification
+from sms_gateway.logic.notify import DLR, dlr_notification
 from sms_gateway.logic.optouts import opted_out_of
 from sms_gateway.logic.ratelimit import Grant, RateLimiter, Scope, route_scope
 from sms_gateway.observability import logger, mask_msisdn
@@ -290,8 +290,9 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
     if deps.read_ahead is None:
         _expect_route_tokens(pending, deps)
     try:
-        # An earlier delivery of this record may have died between a status write and its announcement.
-        await announcer.add([c for m in messages for c in changes_since_dispatch(m)])
+        # An earlier delivery of this record may have died between a status write and its announcement; what this
+        # container saw queued is on the notify queue already (QUEUED_ANNOUNCEMENTS).
+        await announcer.add(QUEUED_ANNOUNCEMENTS.not_queued([c for m in messages for c in changes_since_dispatch(m)]))
         pending, left, withdrawn = await _withdraw_refused(command, pending, deps, outcome)
         await announcer.add(withdrawn)
         if left:
@@ -479,7 +480,7 @@ async def _changes_made_meanwhile(
     if deps.announce is None or not wanted:
         return []
     current = await asyncio.to_thread(deps.messages.get_messages, command.account_id, command.reference_id, wanted)
-    return [c for m in current for c in changes_since_dispatch(m)]
+    return QUEUED_ANNOUNCEMENTS.not_queued([c for m in current for c in changes_since_dispatch(m)])
 
 
 def changes_since_dispatch(message: Message) -> list[StatusChange]:
@@ -1007,6 +1008,47 @@ class UnreleasedClaims:
 
 
 UNRELEASED_CLAIMS = UnreleasedClaims()
+
+
+class QueuedAnnouncements:
+    """The webhook ids of the client notifications this container queued for its dispatches, the latest `limit`. A
+    record comes back after a delivery that died, and also after one that handed it back on purpose (an upstream's
+    5xx or throttle for one of its messages, a route's limit, the invocation's time), having queued every change it
+    made first. Its redelivery announces again what the dispatcher changed (changes_since_dispatch) for the delivery
+    that died before announcing, but a change this container saw queued is on the queue: it is not queued again.
+    Until 2026-12-07 each delivery queued them all again, so a bulk record retried after three 5xx told the client of
+    each submit three times (a repeat it drops by webhook id, but a post, and notify-queue depth, each). Another
+    container, or a fresh one, knows nothing of them and announces them as before."""
+
+    def __init__(self, limit: int = 20_000) -> None:
+        self.limit = limit
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def remember(self, notifications: Iterable[Mapping[str, Any]]) -> None:
+        """Called once the notify queue took `notifications` (a settle check, with no id, is passed over)."""
+        for notification in notifications:
+            if notification.get("kind") == DLR and notification.get("id"):
+                self._ids[str(notification["id"])] = None
+                self._ids.move_to_end(str(notification["id"]))
+        while len(self._ids) > self.limit:
+            self._ids.popitem(last=False)
+
+    def not_queued(self, changes: Iterable[StatusChange]) -> list[StatusChange]:
+        """`changes` but those whose notification this container saw queued."""
+        return [change for change in changes if not self._queued(change)]
+
+    def _queued(self, change: StatusChange) -> bool:
+        notification = dlr_notification(change)
+        return notification is not None and str(notification["id"]) in self._ids
+
+    def clear(self) -> None:
+        self._ids.clear()
+
+
+QUEUED_ANNOUNCEMENTS = QueuedAnnouncements()
 
 
 async def _release(message: Message, deps: DispatchDependencies, **release: Any) -> None:
