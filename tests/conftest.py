@@ -44,13 +44,14 @@ def _isolated_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(autouse=True)
 def _no_claims_left_unreleased() -> Iterator[None]:
     """A claim one test could not give back (logic/dispatch.py UNRELEASED_CLAIMS, kept per container) is not given
-    back by another test's dispatch; nor is a notification one test queued (QUEUED_ANNOUNCEMENTS) taken as queued in
-    another."""
+    back by another test's dispatch; nor is a notification or settle check one test queued (QUEUED_ANNOUNCEMENTS,
+    QUEUED_CHECKS) taken as queued in another."""
     yield
     dispatch = sys.modules.get("sms_gateway.logic.dispatch")
     if dispatch is not None:
         dispatch.UNRELEASED_CLAIMS.clear()
         dispatch.QUEUED_ANNOUNCEMENTS.clear()
+        dispatch.QUEUED_CHECKS.clear()
 
 
 @contextmanager

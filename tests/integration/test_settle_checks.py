@@ -344,15 +344,16 @@ def test_notifications_the_queue_refused_mid_invocation_go_out_at_its_end(aws, a
     assert len(upstream.submits) == 12
 
 
-def test_a_record_handed_back_after_an_upstream_5xx_does_not_announce_again_what_it_queued(
-    aws, account, hook, monkeypatch
-):
+def dispatched_again_after_a_5xx(
+    aws: dict[str, str], account: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> tuple[test_send_path.RecordingUpstream, list[list[str]]]:
+    """A send to two numbers with delivery reports (one record) whose dispatcher submits the first, is answered 503
+    for the second (a 5xx: it hands the record back to retry that message later), and then, the upstream back, gets
+    the record again and submits the second. The upstream, and what was queued for the notifier."""
     import httpx
 
     from tests.conftest import route_simulator_upstreams_to
 
-    # Given a send to two numbers with delivery reports (one record), and an upstream that answers 503 to the second
-    # number for a while (a 5xx: the dispatcher hands the record back to retry that message later)
     api = load_function("api")
     body = {"from": "48974", "to": ["2348020000000", "2348020000001"], "message": "hi", "delivery_report": "yes"}
     assert api.handler(send_event(account["token"], body), FakeContext())["statusCode"] == 200
@@ -367,15 +368,39 @@ def test_a_record_handed_back_after_an_upstream_5xx_does_not_announce_again_what
     published = published_to_the_notify_queue(monkeypatch)
     event = as_lambda_sqs_event(queued_records(aws))
     dispatcher = load_function("dispatcher")
-    # When the dispatcher submits the first, is refused the second and hands the record back, and the record comes back
     assert dispatcher.handler(event, FakeContext())["batchItemFailures"] != []
     back.append(True)
     assert dispatcher.handler(event, FakeContext()) == {"batchItemFailures": []}
+    assert len(upstream.submits) == 2
+    return upstream, published
+
+
+def test_a_record_handed_back_after_an_upstream_5xx_does_not_announce_again_what_it_queued(
+    aws, account, hook, monkeypatch
+):
+    # Given a record the dispatcher handed back after an upstream's 5xx for one of its messages, and got again
+    _, published = dispatched_again_after_a_5xx(aws, account, monkeypatch)
     # Then each submit was queued for the client once: the first invocation queued the first one's before it handed
     # the record back (until 2026-12-07 every delivery of a record queued again each change the dispatcher had made
     # to its messages: a record of a bulk send that met an upstream's 5xx three times told the client three times)
-    assert len(upstream.submits) == 2
     assert sorted(entry for accepted in published for entry in accepted if entry != "settle") == ["submitted"] * 2
+
+
+def test_a_record_handed_back_after_an_upstream_5xx_does_not_ask_again_to_settle_what_it_submitted(
+    aws, account, hook, monkeypatch
+):
+    # Given a record the dispatcher handed back after an upstream's 5xx for one of its messages, and got again
+    dispatched_again_after_a_5xx(aws, account, monkeypatch)
+    # When the DLR wait is over and no DLR came, the notifier running each check the record asked for in turn
+    for check in notify_pass(aws):
+        after_the_wait(monkeypatch, aws, [check])
+        drain_notify_queue(aws)
+    # Then each message was expired and the client told so once: the first invocation asked to settle the first
+    # message, the second only the second (until 2026-12-07 each delivery of a record asked again to settle every
+    # message found submitted, and the second check to run announced the first one's expiry again)
+    assert [(m.status, m.error_code) for m in account_messages(account)] == [("expired", "no_delivery_report")] * 2
+    expiries = [p["headers"]["webhook-id"] for p in hook.posts if p["body"]["status"] == "expired"]
+    assert len(expiries) == 2 and len(set(expiries)) == 2, expiries
 
 
 def test_a_dlr_whose_announcement_failed_reaches_the_client_though_its_upstream_does_not_retry(

@@ -29,6 +29,7 @@ from sms_gateway.logic.delivery import mark_unannounced_finals
 from sms_gateway.logic.dispatch import (
     ANNOUNCE_BATCH,
     QUEUED_ANNOUNCEMENTS,
+    QUEUED_CHECKS,
     DispatchDependencies,
     ReadAhead,
     dispatch,
@@ -118,7 +119,7 @@ class _InvocationAnnouncements:
                 self._waiting[:0] = ready
         else:
             # A redelivery of the records to this container does not queue them again (logic.dispatch).
-            QUEUED_ANNOUNCEMENTS.remember(ready)
+            QUEUED_ANNOUNCEMENTS.remember(n["id"] for n in ready)
 
     def take_the_rest(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -262,7 +263,8 @@ async def _queue_the_rest(notifications: list[dict[str, Any]], submitted: Sequen
             extra={"messages": len(submitted), "notifications": len(notifications)},
         )
         return False
-    QUEUED_ANNOUNCEMENTS.remember(notifications)
+    QUEUED_ANNOUNCEMENTS.remember(n["id"] for n in notifications)
+    QUEUED_CHECKS.remember(m.key for m in submitted)
     return True
 
 

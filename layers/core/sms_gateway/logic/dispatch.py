@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import math
 import random
+import threading
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,7 +39,7 @@ from sms_gateway.domain.status import (
 )
 from sms_gateway.errors import OptedOut, UpstreamError
 from sms_gateway.logic.delivery import DeliveryDependencies, apply_held_reports
-from sms_gateway.logic.notify import DLR, dlr_notification
+from sms_gateway.logic.notify import dlr_notification
 from sms_gateway.logic.optouts import opted_out_of
 from sms_gateway.logic.ratelimit import Grant, RateLimiter, Scope, route_scope
 from sms_gateway.observability import logger, mask_msisdn
@@ -292,7 +293,7 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
     try:
         # An earlier delivery of this record may have died between a status write and its announcement; what this
         # container saw queued is on the notify queue already (QUEUED_ANNOUNCEMENTS).
-        await announcer.add(QUEUED_ANNOUNCEMENTS.not_queued([c for m in messages for c in changes_since_dispatch(m)]))
+        await announcer.add(unannounced_here([c for m in messages for c in changes_since_dispatch(m)]))
         pending, left, withdrawn = await _withdraw_refused(command, pending, deps, outcome)
         await announcer.add(withdrawn)
         if left:
@@ -413,10 +414,12 @@ async def _withdraw_refused(
 
 
 def _recorded_submitted(read: Sequence[Message], outcome: DispatchOutcome) -> list[Message]:
-    """The record's messages found submitted when it was read, those this dispatch recorded submitted, and those
-    its write found submitted by an interim report that overtook it."""
+    """The record's messages found submitted when it was read (but those whose settle check this container saw
+    queued, QUEUED_CHECKS), those this dispatch recorded submitted, and those its write found submitted by an interim
+    report that overtook it."""
     made = [c.message for c in outcome.changes if c.message.status == MessageStatus.SUBMITTED]
-    return [m for m in read if m.status == MessageStatus.SUBMITTED] + made + outcome.found_submitted
+    found = [m for m in read if m.status == MessageStatus.SUBMITTED and m.key not in QUEUED_CHECKS]
+    return found + made + outcome.found_submitted
 
 
 async def _all_to_their_end(coroutines: Sequence[Coroutine[object, object, None]]) -> None:
@@ -480,7 +483,7 @@ async def _changes_made_meanwhile(
     if deps.announce is None or not wanted:
         return []
     current = await asyncio.to_thread(deps.messages.get_messages, command.account_id, command.reference_id, wanted)
-    return QUEUED_ANNOUNCEMENTS.not_queued([c for m in current for c in changes_since_dispatch(m)])
+    return unannounced_here([c for m in current for c in changes_since_dispatch(m)])
 
 
 def changes_since_dispatch(message: Message) -> list[StatusChange]:
@@ -1010,45 +1013,51 @@ class UnreleasedClaims:
 UNRELEASED_CLAIMS = UnreleasedClaims()
 
 
-class QueuedAnnouncements:
-    """The webhook ids of the client notifications this container queued for its dispatches, the latest `limit`. A
-    record comes back after a delivery that died, and also after one that handed it back on purpose (an upstream's
-    5xx or throttle for one of its messages, a route's limit, the invocation's time), having queued every change it
-    made first. Its redelivery announces again what the dispatcher changed (changes_since_dispatch) for the delivery
-    that died before announcing, but a change this container saw queued is on the queue: it is not queued again.
-    Until 2026-12-07 each delivery queued them all again, so a bulk record retried after three 5xx told the client of
-    each submit three times (a repeat it drops by webhook id, but a post, and notify-queue depth, each). Another
-    container, or a fresh one, knows nothing of them and announces them as before."""
+class RecentlyQueued:
+    """What this container saw the notify queue take for its dispatches, the latest `limit` keys. A record comes back
+    after a delivery that died, and also after one that handed it back on purpose (an upstream's 5xx or throttle
+    for one of its messages, a route's limit, the invocation's time), having queued every change it made and its
+    settle check first. For the one that died, a redelivery announces again what the dispatcher changed
+    (changes_since_dispatch) and asks again to settle the messages it finds submitted; what this container saw
+    queued is on the queue, and is not queued again. Another container, or a fresh one, knows nothing of it and
+    queues it all as before. Until 2026-12-07 each delivery queued it all again: a bulk record retried after three
+    5xx told the client of each submit three or four times, and each of the checks asking again for an expired
+    message announced its expiry again (repeats the client drops by webhook id, but posts, and notify-queue depth)."""
 
     def __init__(self, limit: int = 20_000) -> None:
         self.limit = limit
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._keys: OrderedDict[Hashable, None] = OrderedDict()
+        # remember() is called from the records' worker threads (consumers._InvocationAnnouncements).
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._keys)
 
-    def remember(self, notifications: Iterable[Mapping[str, Any]]) -> None:
-        """Called once the notify queue took `notifications` (a settle check, with no id, is passed over)."""
-        for notification in notifications:
-            if notification.get("kind") == DLR and notification.get("id"):
-                self._ids[str(notification["id"])] = None
-                self._ids.move_to_end(str(notification["id"]))
-        while len(self._ids) > self.limit:
-            self._ids.popitem(last=False)
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._keys
 
-    def not_queued(self, changes: Iterable[StatusChange]) -> list[StatusChange]:
-        """`changes` but those whose notification this container saw queued."""
-        return [change for change in changes if not self._queued(change)]
-
-    def _queued(self, change: StatusChange) -> bool:
-        notification = dlr_notification(change)
-        return notification is not None and str(notification["id"]) in self._ids
+    def remember(self, keys: Iterable[Hashable]) -> None:
+        """Called once the notify queue took what `keys` name."""
+        with self._lock:
+            for key in keys:
+                self._keys[key] = None
+                self._keys.move_to_end(key)
+            while len(self._keys) > self.limit:
+                self._keys.popitem(last=False)
 
     def clear(self) -> None:
-        self._ids.clear()
+        self._keys.clear()
 
 
-QUEUED_ANNOUNCEMENTS = QueuedAnnouncements()
+# The webhook ids of the client notifications queued (consumers._InvocationAnnouncements, _queue_the_rest).
+QUEUED_ANNOUNCEMENTS = RecentlyQueued()
+# The keys of the messages a settle check was queued for (consumers._queue_the_rest).
+QUEUED_CHECKS = RecentlyQueued()
+
+
+def unannounced_here(changes: Iterable[StatusChange]) -> list[StatusChange]:
+    """`changes` but those whose client notification this container saw queued (QUEUED_ANNOUNCEMENTS)."""
+    return [c for c in changes if (n := dlr_notification(c)) is None or str(n["id"]) not in QUEUED_ANNOUNCEMENTS]
 
 
 async def _release(message: Message, deps: DispatchDependencies, **release: Any) -> None:
