@@ -417,6 +417,29 @@ def _send(api: Any, token: str, sender: str = "48974") -> int:
     return int(api(event)["statusCode"])
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: reset-password ends the leaked password's sessions but not the API token its portal session "
+    "minted: the thief keeps sending and charging with it, and nothing tells the operator",
+)
+def test_a_token_a_leaked_password_made_in_the_portal_does_not_outlive_the_reset(api, browser, account):
+    """docs/operators.md, reset-password: 'shuts a leaked password out'. The portal turns the password (which the
+    seed's /login carries in a query string, so it leaks) into API tokens that never expire."""
+    from sms_gateway_tools.admin import reset_password
+
+    # Given a thief who signs in to the portal with the leaked password and creates a Bearer token there
+    assert browser.sign_in(account["username"], account["password"]).status == 303
+    created = browser.submit(SETTINGS, "create-credential", {"kind": "token"})
+    minted = created.body.split('<code class="secret">', 1)[1].split("<", 1)[0]
+    assert _send(api, minted) == 200
+    # When the operator resets the password, as the runbook says to for a leaked one
+    reset_password(account_id=account["account_id"])
+    # Then the thief's portal session is ended (it is)
+    assert browser.get(SETTINGS).status == 303
+    # And so is what the thief made with it: the token the old password's session minted sends nothing
+    assert _send(api, minted) == 401
+
+
 def test_a_credential_is_created_shown_once_listed_by_prefix_and_revoked(api, signed_in, account):
     created = signed_in.submit(SETTINGS, "create-credential", {"kind": "token"})
     assert created.status == 200
