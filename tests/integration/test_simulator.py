@@ -125,6 +125,8 @@ def test_dlr_is_posted_with_a_valid_signature(simulator: UpstreamSimulator, rece
     assert headers["x-simulator-signature"] == sign(SECRET, timestamp, request["body"])
     assert verify(SECRET, timestamp, request["body"].decode(), headers["x-simulator-signature"])
     assert not verify("other", timestamp, request["body"], headers["x-simulator-signature"])
+    # A signature in characters other than ASCII is a wrong one, not a TypeError
+    assert not verify(SECRET, timestamp, request["body"], "\u00e9" * 64)
     report = json.loads(request["body"])
     assert report["message_id"] == message_id
     assert report["client_ref"] == "dlr-1"

@@ -37,8 +37,16 @@ DLR_STATUS = {
 SIGNATURE_TOLERANCE_SECONDS = 300
 
 
-def signature(secret: str, timestamp: str, body: str) -> str:
-    return hmac.new(secret.encode(), f"{timestamp}.{body}".encode(), hashlib.sha256).hexdigest()
+def signature(secret: str, timestamp: str | int, body: str | bytes) -> str:
+    """Hex HMAC-SHA256 of `<timestamp>.<raw body>` keyed with the shared secret."""
+    raw = body.encode() if isinstance(body, str) else body
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + raw, hashlib.sha256).hexdigest()
+
+
+def signature_matches(secret: str, timestamp: str, body: str | bytes, given: str) -> bool:
+    """Whether `given` is the signature of `body` at `timestamp`, compared in constant time as bytes: a header in
+    characters other than ASCII is a wrong signature, not the TypeError compare_digest raises for such a str."""
+    return hmac.compare_digest(signature(secret, timestamp, body).encode(), given.encode())
 
 
 class SimulatorProvider:
@@ -113,7 +121,7 @@ class SimulatorProvider:
         seconds = epoch_seconds(timestamp)
         if seconds is None or abs(time.time() - seconds) > SIGNATURE_TOLERANCE_SECONDS:
             return False
-        return hmac.compare_digest(signature(self._secret, timestamp, request.body), given)
+        return signature_matches(self._secret, timestamp, request.body, given)
 
     def parse_delivery_reports(self, request: CallbackRequest) -> list[DeliveryReport]:
         try:
