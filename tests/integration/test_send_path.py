@@ -123,6 +123,9 @@ def test_bad_requests_get_a_clear_error_and_change_nothing(aws, account, api, he
     answer = json.loads(response["body"])
     assert answer["status_code"] == status
     assert fragment in answer["message"]
+    # And a 401 challenges for the Bearer token the family takes (RFC 9110 11.6.1), the body unchanged
+    challenge = {name.lower(): value for name, value in response["headers"].items()}.get("www-authenticate")
+    assert challenge == ("Bearer" if status == 401 else None)
     # And nothing was charged or queued
     assert balance(account["account_id"]) == 100
     assert queued_records(aws) == []

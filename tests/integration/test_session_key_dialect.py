@@ -212,11 +212,6 @@ def test_a_get_whose_query_is_not_utf8_is_refused_and_changes_nothing(aws, accou
     assert table_items(aws) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: /login's 401 carries no WWW-Authenticate challenge, so clients whose Basic auth answers a "
-    "challenge (.NET HttpClientHandler.Credentials, Java Authenticator, curl --anyauth) never send the credentials",
-)
 def test_a_login_without_credentials_is_challenged_for_http_basic(aws, account, api):
     """docs/dialects/session-key.md: /login also takes `Authorization: Basic`. RFC 9110 section 11.6.1: a 401 MUST
     carry WWW-Authenticate; a client that sends Basic credentials only when challenged gets nothing to answer."""
@@ -225,7 +220,10 @@ def test_a_login_without_credentials_is_challenged_for_http_basic(aws, account, 
     assert response["statusCode"] == 401
     # Then the answer challenges it for Basic credentials, which it then sends and logs in with
     headers = {name.lower(): value for name, value in (response.get("headers") or {}).items()}
-    assert headers.get("www-authenticate", "").lower().startswith("basic"), headers
+    assert headers.get("www-authenticate") == 'Basic realm="sms-gateway", charset="UTF-8"', headers
+    # And a wrong password is challenged the same way
+    wrong = api(login_event(account["username"], "wrong"))
+    assert {name.lower(): value for name, value in wrong["headers"].items()}["www-authenticate"].startswith("Basic ")
 
 
 # ------------------------------------------------------------------ sessions on /sms
@@ -441,6 +439,8 @@ def test_bad_session_headers_get_a_401_and_change_nothing(aws, account, other_ac
     # Then it is a 401 in the family's shape, and nothing moved
     assert response["statusCode"] == 401
     assert answer(response)["result"] == "KO"
+    # (no challenge: the session headers are no HTTP authentication scheme a client could answer)
+    assert "www-authenticate" not in {name.lower() for name in response["headers"]}
     assert balance(account["account_id"]) == 100
     assert balance(other_account["account_id"]) == 100
     assert queued_records(aws) == []

@@ -26,6 +26,7 @@ from sms_gateway.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
     TooManyAttempts,
+    Unauthorized,
     Unavailable,
     UnsupportedMediaType,
 )
@@ -355,9 +356,12 @@ def json_response(status_code: int, body: Any, headers: dict[str, str] | None = 
     )
 
 
-def error_headers(error: GatewayError) -> dict[str, str] | None:
+def error_headers(error: GatewayError, *, challenge: str | None = None) -> dict[str, str] | None:
     """Retry-After for an error that passes (too many logins, a send undone for want of time); Allow for a method
-    the path does not take."""
+    the path does not take; WWW-Authenticate `challenge` on a 401, where the dialect has a scheme to name (RFC 9110
+    section 11.6.1): a client that sends its credentials only when challenged needs it to send them at all."""
+    if isinstance(error, Unauthorized) and challenge is not None:
+        return {"WWW-Authenticate": challenge}
     if isinstance(error, TooManyAttempts | Unavailable):
         return {"Retry-After": str(error.retry_after)}
     if isinstance(error, MethodNotAllowed):

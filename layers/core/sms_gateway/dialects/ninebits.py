@@ -226,7 +226,7 @@ def render_error(error: GatewayError) -> Response[Any]:
     if isinstance(error, InvalidNumbers):
         # The message names the first ten; the list names each, as the dry run lists them.
         body |= listed_invalid(error.rejected, "to")
-    return json_response(status, body, headers=error_headers(error))
+    return json_response(status, body, headers=error_headers(error, challenge="Bearer"))
 
 
 def listed_invalid(rejected: Sequence[Rejection], field: str) -> dict[str, Any]:

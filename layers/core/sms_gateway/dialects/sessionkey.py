@@ -34,7 +34,7 @@ from sms_gateway.domain.models import Account, Message, Recipient, SendCommand, 
 from sms_gateway.domain.pricing import ROUTE_TIERS
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.domain.zones import account_zone, zone_named
-from sms_gateway.errors import Conflict, GatewayError, InvalidRequest, InvalidSender, NotFound
+from sms_gateway.errors import Conflict, GatewayError, InvalidRequest, InvalidSender, NotFound, Unauthorized
 from sms_gateway.logic import batches, sessions
 from sms_gateway.logic.idempotency import request_key
 from sms_gateway.logic.send import (
@@ -102,12 +102,25 @@ RECIPIENT_STATUS: dict[MessageStatus, str] = {
 }
 
 
+# /login's 401 challenges for HTTP Basic, which it takes: a client that sends Basic credentials only when asked
+# (.NET's HttpClientHandler.Credentials, Java's Authenticator, curl --anyauth) sends them on this. The other 401s
+# name no challenge: the session headers are no HTTP authentication scheme.
+LOGIN_CHALLENGE = 'Basic realm="sms-gateway", charset="UTF-8"'
+
+
+class LoginRefused(Unauthorized):
+    """/login's 401: credentials missing or wrong."""
+
+
 def render_error(error: GatewayError) -> Response[Any]:
     body: dict[str, Any] = {"result": "KO", "error": error.message}
     if isinstance(error, InvalidNumbers):
         # `error` names the first ten; the list names each, as an order with allowInvalidRecipients lists them.
         body["invalid_recipients"] = invalid_entries(error.rejected, "recipient")
-    return json_response(HTTP_STATUS.get(error.code, DEFAULT_STATUS), body, headers=error_headers(error))
+    challenge = LOGIN_CHALLENGE if isinstance(error, LoginRefused) else None
+    return json_response(
+        HTTP_STATUS.get(error.code, DEFAULT_STATUS), body, headers=error_headers(error, challenge=challenge)
+    )
 
 
 # ------------------------------------------------------------------ requests
@@ -263,7 +276,10 @@ def login() -> Response[Any]:
     username, password = query.get("username"), query.get("password")
     if username is None and password is None:
         username, password = _basic_credentials(_header("authorization"))
-    keys = sessions.log_in(gateway().store, username, password, now=utc_now())
+    try:
+        keys = sessions.log_in(gateway().store, username, password, now=utc_now())
+    except Unauthorized as error:
+        raise LoginRefused(error.message, logged=error.logged) from error
     # No trailing newline: the seed's clients split the body on ';' and send the second part as a header.
     return Response(status_code=200, content_type=TEXT_PLAIN, body=keys.render(), headers={"Cache-Control": "no-store"})
 
