@@ -242,7 +242,9 @@ def test_an_issued_token_is_shown_once_listed_by_prefix_and_authenticates(cli, a
     assert sorted((c["kind"], c["prefix"]) for c in listed) == sorted(
         [("token", account["token"][:8]), ("apikey", account["apikey"][:8]), ("token", issued["prefix"])]
     )
-    assert all(set(c) == {"kind", "prefix", "created_at", "revoked", "revoked_at"} for c in listed)
+    assert all(set(c) == {"kind", "prefix", "created_at", "created_by", "revoked", "revoked_at"} for c in listed)
+    # And who made each: the operator (create-account, issue-credential)
+    assert {c["created_by"] for c in listed} == {"operator"}
     assert not any(c["revoked"] for c in listed)
     text = json.dumps(listed)
     assert issued["secret"] not in text
@@ -1321,3 +1323,52 @@ def test_a_group_whose_move_is_throttled_past_botocore_s_retries_is_failed_and_t
     assert json.loads(out) == {"moved": 1, "already_new": 0, "failed": 1, "dry_run": False}
     assert f"failed {throttled}" in err and "Traceback" not in err, err
     assert held_in_summaries(account_id) == [throttled]
+
+
+def test_a_reset_for_a_leak_revokes_what_the_portal_made_under_the_old_password_all_or_nothing(
+    cli, account, send, aws, monkeypatch
+):
+    """Whoever holds a leaked password signs in to the portal and makes API credentials there (they never expire)
+    and points the webhooks at their server: reset-password revokes those credentials in its own transaction, and
+    shows the operator whose account it is, what it revoked, what it cannot place and the webhooks to check."""
+    import boto3
+
+    from sms_gateway.adapters.dynamodb_transactions import MAX_TRANSACTION_ATTEMPTS
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import utc_now
+    from sms_gateway.logic import accounts
+
+    account_id, store = account["account_id"], gateway().store
+    # Given a token made in the portal under the leaked password, and the DLR URL changed there
+    thief = accounts.issue_credential(store, account_id, "token", now=utc_now(), in_portal_under="")
+    wiring = gateway()
+    accounts.set_webhooks(
+        store, wiring.webhook_credentials, account_id, dlr_url="https://thief.example/dlr", in_portal_at=utc_now()
+    )
+    # And an API key from before credentials recorded their origin
+    old = accounts.issue_credential(store, account_id, "apikey", now=utc_now())
+    boto3.client("dynamodb").update_item(
+        TableName=aws["TABLE_NAME"],
+        Key={"pk": {"S": f"ACC#{account_id}"}, "sk": {"S": f"CRED#apikey#{old.prefix}"}},
+        UpdateExpression="REMOVE created_by",
+    )
+    # When the reset meets conflicts past its retries, it says so and nothing is half done: the password and the
+    # thief's token both still work
+    conflicting_admin_writes(monkeypatch, MAX_TRANSACTION_ATTEMPTS)
+    code, _, err = cli("reset-password", "--account", account_id)
+    assert code == 2 and "nothing changed" in err, err
+    assert send(thief.secret)["status"] == 200
+    assert store.password_login(account["username"], account["password"]) is not None
+    # When the operator resets it
+    code, out, err = cli("reset-password", "--account", account_id)
+    assert code == 0, err
+    # Then the thief's token sends nothing, the operator's token still sends
+    assert send(thief.secret)["status"] == 401
+    assert send(account["token"])["status"] == 200
+    # And the answer names the username, the token revoked, the key of unknown origin and the webhook to check
+    assert account["username"] in out
+    revoked, unknown = out.split("\nrevoked: ", 1)[1].split("\nactive, origin unknown", 1)
+    assert thief.prefix in revoked and old.prefix not in revoked
+    assert old.prefix in unknown and thief.prefix not in unknown
+    assert "https://thief.example/dlr" in out and "webhooks_changed_in_portal_at" in out
+    assert "check dlr_url and inbound_url" in err

@@ -417,11 +417,17 @@ def _send(api: Any, token: str, sender: str = "48974") -> int:
     return int(api(event)["statusCode"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: reset-password ends the leaked password's sessions but not the API token its portal session "
-    "minted: the thief keeps sending and charging with it, and nothing tells the operator",
-)
+def list_credentials(account_id: str) -> list[dict[str, Any]]:
+    from sms_gateway_tools.admin import list_credentials as listed
+
+    return listed(account_id=account_id)
+
+
+def _mint(browser: PortalClient, kind: str = "token") -> str:
+    created = browser.submit(SETTINGS, "create-credential", {"kind": kind})
+    return created.body.split('<code class="secret">', 1)[1].split("<", 1)[0]
+
+
 def test_a_token_a_leaked_password_made_in_the_portal_does_not_outlive_the_reset(api, browser, account):
     """docs/operators.md, reset-password: 'shuts a leaked password out'. The portal turns the password (which the
     seed's /login carries in a query string, so it leaks) into API tokens that never expire."""
@@ -429,15 +435,64 @@ def test_a_token_a_leaked_password_made_in_the_portal_does_not_outlive_the_reset
 
     # Given a thief who signs in to the portal with the leaked password and creates a Bearer token there
     assert browser.sign_in(account["username"], account["password"]).status == 303
-    created = browser.submit(SETTINGS, "create-credential", {"kind": "token"})
-    minted = created.body.split('<code class="secret">', 1)[1].split("<", 1)[0]
+    minted = _mint(browser)
     assert _send(api, minted) == 200
+    # And points the DLR webhook at their own server
+    assert browser.submit(SETTINGS, "webhooks", {"dlr_url": "https://thief.example/dlr"}).status == 200
     # When the operator resets the password, as the runbook says to for a leaked one
-    reset_password(account_id=account["account_id"])
+    reset = reset_password(account_id=account["account_id"])
     # Then the thief's portal session is ended (it is)
     assert browser.get(SETTINGS).status == 303
     # And so is what the thief made with it: the token the old password's session minted sends nothing
     assert _send(api, minted) == 401
+    # While the token the operator issued with the account goes on sending: the customer's systems keep working
+    assert _send(api, account["token"]) == 200
+    # And the operator is told what was revoked, whose account it is, and the webhooks the portal changed, and when
+    assert [(c["kind"], c["prefix"], c["created_by"]) for c in reset["revoked"]] == [("token", minted[:8], "portal")]
+    assert reset["username"] == account["username"]
+    assert reset["dlr_url"] == "https://thief.example/dlr"
+    assert reset["webhooks_changed_in_portal_at"] is not None
+    assert reset["active_of_unknown_origin"] == reset["not_revoked"] == reset["kept_made_in_portal"] == []
+
+
+def test_a_reset_revokes_only_what_was_made_in_the_portal_under_the_password_it_replaces(api, browser, account):
+    """A credential the customer made in the portal under an earlier password (before a first reset) is theirs:
+    the second reset, for a leak of the password the first set, leaves it; --keep-portal-credentials keeps all."""
+    from sms_gateway_tools.admin import reset_password
+
+    assert browser.sign_in(account["username"], account["password"]).status == 303
+    before_first = _mint(browser, "apikey")
+    first = reset_password(account_id=account["account_id"], keep_portal_credentials=True)
+    # Kept on request, and listed so the operator sees it
+    assert [c["prefix"] for c in first["kept_made_in_portal"]] == [before_first[:8]] and first["revoked"] == []
+    # Given the new password leaks and a thief makes a token with it
+    thief = PortalClient(api)
+    assert thief.sign_in(account["username"], first["password"]).status == 303
+    minted = _mint(thief)
+    # When the operator resets it again (the default: revoke)
+    second = reset_password(account_id=account["account_id"])
+    # Then only the thief's token is revoked: the API key made under the first password stays active
+    assert [c["prefix"] for c in second["revoked"]] == [minted[:8]]
+    assert _send(api, minted) == 401
+    listed = {c["prefix"]: c for c in list_credentials(account["account_id"])}
+    assert listed[before_first[:8]]["revoked"] is False and listed[minted[:8]]["revoked"] is True
+
+
+def test_a_portal_session_whose_password_was_reset_meanwhile_makes_no_credential(api, signed_in, account):
+    """The credential item is written only while the account's password is the session's: a form sent as the reset
+    is written makes nothing that would outlive it."""
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import utc_now
+    from sms_gateway.errors import Unauthorized
+    from sms_gateway.logic import accounts
+
+    stale_epoch = stored(account["account_id"]).password_epoch
+    accounts.reset_password(gateway().store, account["account_id"], now=utc_now())
+    with pytest.raises(Unauthorized):
+        accounts.issue_credential(
+            gateway().store, account["account_id"], "token", now=utc_now(), in_portal_under=stale_epoch
+        )
+    assert [c for c in list_credentials(account["account_id"]) if c["created_by"] == "portal"] == []
 
 
 def test_a_credential_is_created_shown_once_listed_by_prefix_and_revoked(api, signed_in, account):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from sms_gateway.domain.models import Account, CredentialKind, Credentials, SenderRegistration
+from sms_gateway.domain.models import Account, CredentialKind, Credentials, SenderRegistration, iso
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.routing import Route, RouteTable
 from sms_gateway.domain.senders import registry_form
@@ -73,12 +75,29 @@ class AdminStore(InMemoryStore):
             return None
         return found[0]
 
-    def add_credential(self, account_id: str, kind: str, secret: str, *, created_at: str) -> CredentialInfo:
-        self._require(account_id)
+    def add_credential(
+        self,
+        account_id: str,
+        kind: str,
+        secret: str,
+        *,
+        created_at: str,
+        created_by: str | None = None,
+        password_epoch: str | None = None,
+    ) -> CredentialInfo:
+        account = self._require(account_id)
+        if password_epoch is not None and password_epoch != account.password_epoch:
+            raise Unauthorized("the account's password was reset")
         key = (account_id, kind, secret[:PREFIX])
         if key in self.listings:
             raise Conflict("prefix in use")
-        self.listings[key] = CredentialInfo(kind=kind, prefix=secret[:PREFIX], created_at=created_at)
+        self.listings[key] = CredentialInfo(
+            kind=kind,
+            prefix=secret[:PREFIX],
+            created_at=created_at,
+            created_by=created_by,
+            password_epoch=password_epoch,
+        )
         self.secrets[(kind, secret)] = (account_id, secret[:PREFIX])
         return self.listings[key]
 
@@ -129,11 +148,28 @@ class AdminStore(InMemoryStore):
         self.prices = self.prices.with_price(tier, network, credits)
         return self.prices
 
-    def reset_password(self, account_id: str, password: str, *, sessions_valid_from: datetime) -> Account:
+    def reset_password(
+        self,
+        account_id: str,
+        password: str,
+        *,
+        sessions_valid_from: datetime,
+        replacing_epoch: str,
+        revoke: Sequence[CredentialInfo] = (),
+    ) -> Account:
         account = self._require(account_id)
+        if account.password_epoch != replacing_epoch:
+            raise NotFound("its password changed meanwhile")
         self.passwords[account_id] = password
-        self.accounts[account_id] = account.model_copy(update={"sessions_valid_from": sessions_valid_from})
+        for credential in revoke:
+            self.revoke_credential(account_id, credential.kind, credential.prefix, revoked_at=iso(sessions_valid_from))
+        self.accounts[account_id] = account.model_copy(
+            update={"sessions_valid_from": sessions_valid_from, "password_epoch": secrets.token_hex(8)}
+        )
         return self.accounts[account_id]
+
+    def login_username(self, account_id: str) -> str:
+        return f"user-{self._require(account_id).account_id}"
 
 
 @pytest.fixture
@@ -157,9 +193,14 @@ def test_the_fake_implements_the_port(store: AdminStore) -> None:
 class TestCredentials:
     def test_a_password_reset_gives_a_new_password_and_ends_the_sessions_before_it(self, store, account):
         created, credentials = account
+        portal = accounts.issue_credential(store, created.account_id, "token", now=NOW, in_portal_under="")
         reset = accounts.reset_password(store, created.account_id, now=NOW)
         assert reset.password != credentials.password and store.passwords[created.account_id] == reset.password
         assert store.accounts[created.account_id].sessions_valid_from == NOW
+        # The token made in the portal under the old password is revoked with it, the operator's are not
+        assert [c.prefix for c in reset.revoked] == [portal.prefix]
+        assert [c.prefix for c in store.list_credentials(created.account_id) if c.revoked] == [portal.prefix]
+        assert reset.username == f"user-{created.account_id}"
         with pytest.raises(NotFound):
             accounts.reset_password(store, "404", now=NOW)
 

@@ -188,12 +188,17 @@ def revoke_credential(*, account_id: str, prefix: str, kind: str | None = None) 
     return {"account_id": account_id, **revoked.model_dump(mode="json")}
 
 
-def reset_password(*, account_id: str) -> dict[str, Any]:
-    """Sets a new /login (and portal) password, shown this once, and ends every session opened before it."""
+def reset_password(*, account_id: str, keep_portal_credentials: bool = False) -> dict[str, Any]:
+    """Sets a new /login (and portal) password, shown this once, ends every session opened before it and revokes
+    the credentials made in the portal under the old one (unless `keep_portal_credentials`); answers those, the
+    ones of unknown origin and the webhooks, for the operator to check."""
     from sms_gateway.domain.models import utc_now
     from sms_gateway.logic import accounts
 
-    return accounts.reset_password(_store(), account_id, now=utc_now()).model_dump(mode="json")
+    reset = accounts.reset_password(
+        _store(), account_id, now=utc_now(), keep_portal_credentials=keep_portal_credentials
+    )
+    return reset.model_dump(mode="json")
 
 
 def add_sender(*, account_id: str, sender: str, inbound_upstreams: list[str] | None = None) -> dict[str, Any]:
@@ -620,7 +625,7 @@ def _cmd_list_credentials(args: argparse.Namespace) -> int:
     return _run(
         args,
         lambda _: list_credentials(account_id=args.account),
-        show=lambda rows: _print_rows(rows, ["kind", "prefix", "created_at", "revoked", "revoked_at"]),
+        show=lambda rows: _print_rows(rows, CREDENTIAL_COLUMNS),
     )
 
 
@@ -628,11 +633,38 @@ def _cmd_revoke_credential(args: argparse.Namespace) -> int:
     return _run(args, lambda _: revoke_credential(account_id=args.account, prefix=args.prefix, kind=args.kind))
 
 
+CREDENTIAL_COLUMNS = ["kind", "prefix", "created_at", "created_by", "revoked", "revoked_at"]
+# The credentials a reset answers, each list under its heading, with what the operator should do about it.
+_RESET_LISTS = (
+    ("revoked", "revoked: made in the portal under the old password"),
+    (
+        "not_revoked",
+        "NOT revoked (failed): made in the portal under the old password: revoke them with revoke-credential",
+    ),
+    ("kept_made_in_portal", "kept (--keep-portal-credentials): made in the portal under the old password"),
+    (
+        "active_of_unknown_origin",
+        "active, origin unknown (made before 2026-12-06): revoke any the customer did not make",
+    ),
+)
+
+
+def _show_reset(reset: dict[str, Any]) -> None:
+    _print_record({key: value for key, value in reset.items() if key not in dict(_RESET_LISTS)})
+    for key, heading in _RESET_LISTS:
+        if reset[key]:
+            print(f"\n{heading}:")
+            _print_rows(reset[key], CREDENTIAL_COLUMNS)
+
+
 def _cmd_reset_password(args: argparse.Namespace) -> int:
     return _run(
         args,
-        lambda _: reset_password(account_id=args.account),
-        note="the password above is shown once: store it now; every session opened before it is ended",
+        lambda _: reset_password(account_id=args.account, keep_portal_credentials=args.keep_portal_credentials),
+        show=_show_reset,
+        note="the password above is shown once: store it now; every session opened before it is ended. Whoever held "
+        "the old password could also have changed the webhooks in the portal (webhooks_changed_in_portal_at): check "
+        "dlr_url and inbound_url with the customer, and rotate the webhook token and signing secret (set-webhooks)",
     )
 
 
@@ -1019,9 +1051,15 @@ def _add_credential_commands(command: Command, account: argparse.ArgumentParser)
 
     reset = command(
         "reset-password",
-        "set a new /login and portal password (printed once) and end every session opened before it, session-key "
-        "and portal (for a leaked password)",
+        "set a new /login and portal password (printed once), end every session opened before it, session-key "
+        "and portal, and revoke the API credentials made in the portal under the old password (for a leaked password)",
         account,
+    )
+    reset.add_argument(
+        "--keep-portal-credentials",
+        action="store_true",
+        help="do not revoke the credentials made in the portal under the old password (only when you know the "
+        "customer made them and the password did not leak)",
     )
     reset.set_defaults(func=_cmd_reset_password)
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from sms_gateway.domain.groups import Group, GroupMove, GroupSummary, StoredGroup
 from sms_gateway.domain.models import (
@@ -431,6 +431,14 @@ class CredentialInfo(BaseModel):
     created_at: str = ""
     revoked: bool = False
     revoked_at: str | None = None
+    # Who made it: "portal" (a signed-in customer, or whoever holds their password) or "operator" (the admin CLI);
+    # None: made before credentials recorded it (2026-12-06), origin unknown.
+    created_by: str | None = None
+    # For one made in the portal: the epoch of the password its session was signed in with (Account.password_epoch),
+    # so a reset of that password revokes it. Not shown: it says nothing to an operator.
+    password_epoch: str | None = Field(default=None, exclude=True)
+    # The SHA-256 of the secret, which keys the credential's own item (to revoke it): not shown either.
+    secret_hash: str = Field(default="", exclude=True)
 
 
 class AccountChanges(BaseModel):
@@ -447,6 +455,9 @@ class AccountChanges(BaseModel):
     inbound_url: str | None = None
     webhook_token: SealedSecret | None = None
     webhook_secret: SealedSecret | None = None
+    # When the portal last changed the webhooks (a URL, the token or the signing secret): an operator acting on a
+    # leaked password checks them (admin reset-password shows it).
+    webhooks_changed_in_portal_at: str | None = None
     clear: frozenset[Literal["dlr_url", "inbound_url"]] = frozenset()
 
 
@@ -454,8 +465,19 @@ class AccountAdmin(AccountStore, Protocol):
     """Operator changes to accounts, credentials, senders and prices; each is a conditional write that raises
     NotFound when the account does not exist."""
 
-    def add_credential(self, account_id: str, kind: str, secret: str, *, created_at: str) -> CredentialInfo:
-        """Stores a new credential (its hash) for the account. Conflict when its prefix is in use there."""
+    def add_credential(
+        self,
+        account_id: str,
+        kind: str,
+        secret: str,
+        *,
+        created_at: str,
+        created_by: str | None = None,
+        password_epoch: str | None = None,
+    ) -> CredentialInfo:
+        """Stores a new credential (its hash) for the account, recording who made it. Conflict when its prefix is in
+        use there. With `password_epoch` (one made in the portal), only while the account's password is still that
+        one: Unauthorized when it was reset meanwhile (the session that asked is ended)."""
         ...
 
     def list_credentials(self, account_id: str) -> list[CredentialInfo]: ...
@@ -487,11 +509,24 @@ class AccountAdmin(AccountStore, Protocol):
 
     def update_account(self, account_id: str, changes: AccountChanges) -> Account: ...
 
-    def reset_password(self, account_id: str, password: str, *, sessions_valid_from: datetime) -> Account:
+    def reset_password(
+        self,
+        account_id: str,
+        password: str,
+        *,
+        sessions_valid_from: datetime,
+        replacing_epoch: str,
+        revoke: Sequence[CredentialInfo] = (),
+    ) -> Account:
         """Replaces the account's /login password (stored hashed) and, in the same write, gives the login and the
-        account a new random `password_epoch` (which ends every session of the old password) and sets the account's
-        `sessions_valid_from` (which ends those opened before sessions carried an epoch); NotFound when the account
-        does not exist."""
+        account a new random `password_epoch` (which ends every session of the old password), sets the account's
+        `sessions_valid_from` (which ends those opened before sessions carried an epoch) and revokes the credentials
+        `revoke`. Only while the account's password is the one of `replacing_epoch`; NotFound when the account does
+        not exist or its password changed meanwhile (nothing done: read it again and retry)."""
+        ...
+
+    def login_username(self, account_id: str) -> str:
+        """The account's /login (and portal) username; NotFound when it has none."""
         ...
 
     def accounts_with_plain_webhook_credentials(self) -> Iterator[Account]:

@@ -27,6 +27,7 @@ from typing import Any
 from sms_gateway.adapters import aws
 from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key, read_page
 from sms_gateway.adapters.dynamodb_admin import (
+    OPERATOR_MADE,
     DynamoAccountAdmin,
     account_key,
     credential_listing_item,
@@ -345,10 +346,13 @@ class DynamoStore(
                     "account_id": account.account_id,
                     "kind": str(kind),
                     "prefix": secret[:8],
+                    **OPERATOR_MADE,
                 }
             )
             # The account-side pointer lets an operator list and revoke it later (adapters/dynamodb_admin.py).
-            items.append(credential_listing_item(account.account_id, str(kind), secret, account.created_at))
+            items.append(
+                credential_listing_item(account.account_id, str(kind), secret, account.created_at, origin=OPERATOR_MADE)
+            )
         for sender in account.senders:
             items.append({"pk": sender_pk(sender), "sk": "SENDER", "account_id": account.account_id})
         items.append(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,10 +19,14 @@ from sms_gateway.adapters.dynamodb_transactions import transact_or_unavailable
 from sms_gateway.domain.models import Account, SealedSecret, SenderRegistration, iso
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.senders import registry_form, same_sender
-from sms_gateway.errors import Conflict, NotFound
+from sms_gateway.errors import Conflict, NotFound, Unauthorized
 from sms_gateway.ports import AccountChanges, CredentialInfo
 
 PREFIX_LENGTH = 8
+# The origin of the credentials an account is created with (create-account): the operator's.
+OPERATOR_MADE = {"created_by": "operator"}
+# A reset's transaction holds 3 writes and 2 per credential it revokes, within DynamoDB's 100.
+MOST_REVOKED_BY_A_RESET = 48
 _ACCOUNT_SK = "ACCOUNT"
 _LOGIN_SK = "LOGIN"
 _EXISTS = "attribute_exists(pk)"
@@ -38,6 +42,7 @@ _SETTABLE = (
     "inbound_url",
     "webhook_token",
     "webhook_secret",
+    "webhooks_changed_in_portal_at",
 )
 
 
@@ -50,8 +55,11 @@ def _sender_key(sender: str) -> dict[str, Any]:
     return {"pk": {"S": f"SENDER#{registry_form(sender)}"}, "sk": {"S": "SENDER"}}
 
 
-def credential_listing_item(account_id: str, kind: str, secret: str, created_at: str) -> dict[str, Any]:
-    """The account-side pointer to a credential (plain values, for a transaction that also writes the credential)."""
+def credential_listing_item(
+    account_id: str, kind: str, secret: str, created_at: str, *, origin: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The account-side pointer to a credential (plain values, for a transaction that also writes the credential).
+    `origin`: who made it (created_by) and, made in the portal, under which password (password_epoch)."""
     return {
         "pk": f"ACC#{account_id}",
         "sk": f"CRED#{kind}#{secret[:PREFIX_LENGTH]}",
@@ -60,6 +68,7 @@ def credential_listing_item(account_id: str, kind: str, secret: str, created_at:
         "secret_hash": hashlib.sha256(secret.encode()).hexdigest(),
         "created_at": created_at,
         "revoked": False,
+        **(origin or {}),
     }
 
 
@@ -93,6 +102,43 @@ def _inbound_update(
     return request
 
 
+def _epoch_condition(epoch: str) -> dict[str, Any]:
+    """The condition that the account item's password is still the one of `epoch` ("": the password the account was
+    created with, whose item has no epoch)."""
+    same = "password_epoch = :epoch"
+    if epoch == "":
+        same = f"({same} OR attribute_not_exists(password_epoch))"
+    return {"ConditionExpression": f"{_EXISTS} AND {same}", "ExpressionAttributeValues": {":epoch": {"S": epoch}}}
+
+
+def _revocation(table_name: str, account_id: str, listing: dict[str, Any], revoked_at: str) -> list[dict[str, Any]]:
+    """The two updates that revoke a credential: its item (the one authentication reads) and its listing."""
+    kind, prefix = listing["kind"], listing["prefix"]
+    values = {":true": {"BOOL": True}, ":at": {"S": revoked_at}, ":account": {"S": account_id}}
+    revoke = "SET revoked = :true, revoked_at = if_not_exists(revoked_at, :at)"
+    return [
+        {
+            "Update": {
+                "TableName": table_name,
+                "Key": {"pk": {"S": f"CRED#{kind}#{listing['secret_hash']}"}, "sk": {"S": "CRED"}},
+                "UpdateExpression": revoke,
+                # The account check keeps an operator's typo from revoking another tenant's key.
+                "ConditionExpression": "account_id = :account",
+                "ExpressionAttributeValues": values,
+            }
+        },
+        {
+            "Update": {
+                "TableName": table_name,
+                "Key": {"pk": {"S": f"ACC#{account_id}"}, "sk": {"S": f"CRED#{kind}#{prefix}"}},
+                "UpdateExpression": revoke,
+                "ConditionExpression": _EXISTS,
+                "ExpressionAttributeValues": {":true": values[":true"], ":at": values[":at"]},
+            }
+        },
+    ]
+
+
 class DynamoAccountAdmin:
     """Implements ports.AccountAdmin; mixed into DynamoStore, so `client`, `table_name` and `_codec` are its."""
 
@@ -109,6 +155,11 @@ class DynamoAccountAdmin:
             }
         }
 
+    def _account_exists(self, account_id: str) -> bool:
+        return "Item" in self.client.get_item(
+            TableName=self.table_name, Key=account_key(account_id), ConsistentRead=True, ProjectionExpression="pk"
+        )
+
     def _read_account(self, account_id: str) -> Account:
         found = self.client.get_item(TableName=self.table_name, Key=account_key(account_id), ConsistentRead=True).get(
             "Item"
@@ -119,8 +170,20 @@ class DynamoAccountAdmin:
 
     # ---------------------------------------------------------------- credentials
 
-    def add_credential(self, account_id: str, kind: str, secret: str, *, created_at: str) -> CredentialInfo:
-        listing = credential_listing_item(account_id, kind, secret, created_at)
+    def add_credential(
+        self,
+        account_id: str,
+        kind: str,
+        secret: str,
+        *,
+        created_at: str,
+        created_by: str | None = None,
+        password_epoch: str | None = None,
+    ) -> CredentialInfo:
+        origin = {"created_by": created_by} if created_by is not None else {}
+        if password_epoch is not None:
+            origin["password_epoch"] = password_epoch
+        listing = credential_listing_item(account_id, kind, secret, created_at, origin=origin)
         credential = {
             "pk": f"CRED#{kind}#{listing['secret_hash']}",
             "sk": "CRED",
@@ -128,11 +191,17 @@ class DynamoAccountAdmin:
             "kind": kind,
             "prefix": listing["prefix"],
             "created_at": created_at,
+            **origin,
         }
+        account_check = self._account_exists_check(account_id)
+        if password_epoch is not None:
+            # Made in the portal: only under the password its session signed in with, so a reset that revoked the
+            # credentials of that password finds none made after it read them.
+            account_check["ConditionCheck"] |= _epoch_condition(password_epoch)
         account_refused, *credential_refused = transact_or_unavailable(
             self.client,
             [
-                self._account_exists_check(account_id),
+                account_check,
                 *(
                     {"Put": {"TableName": self.table_name, "Item": self._codec.dump(item), "ConditionExpression": _NEW}}
                     for item in (credential, listing)
@@ -140,6 +209,8 @@ class DynamoAccountAdmin:
             ],
             doing=f"adding a {kind} to account {account_id}",
         )
+        if account_refused and password_epoch is not None and self._account_exists(account_id):
+            raise Unauthorized("the account's password was reset: sign in again with the new one")
         if account_refused:
             raise NotFound(f"no account {account_id}")
         if any(credential_refused):
@@ -168,33 +239,11 @@ class DynamoAccountAdmin:
         if not found:
             raise NotFound(f"account {account_id} has no {kind} starting {prefix!r}")
         listing = self._codec.load(found)
-        values = {":true": {"BOOL": True}, ":at": {"S": revoked_at}, ":account": {"S": account_id}}
         # A conflict with a send's write of the account item is tried again: only a condition says there is no such
         # credential (a token left valid while the operator reads "no token" would be the worst answer).
         refused = transact_or_unavailable(
             self.client,
-            [
-                self._account_exists_check(account_id),
-                {
-                    "Update": {
-                        "TableName": self.table_name,
-                        "Key": {"pk": {"S": f"CRED#{kind}#{listing['secret_hash']}"}, "sk": {"S": "CRED"}},
-                        "UpdateExpression": "SET revoked = :true, revoked_at = if_not_exists(revoked_at, :at)",
-                        # The account check keeps an operator's typo from revoking another tenant's key.
-                        "ConditionExpression": "account_id = :account",
-                        "ExpressionAttributeValues": values,
-                    }
-                },
-                {
-                    "Update": {
-                        "TableName": self.table_name,
-                        "Key": listing_key,
-                        "UpdateExpression": "SET revoked = :true, revoked_at = if_not_exists(revoked_at, :at)",
-                        "ConditionExpression": _EXISTS,
-                        "ExpressionAttributeValues": {":true": values[":true"], ":at": values[":at"]},
-                    }
-                },
-            ],
+            [self._account_exists_check(account_id), *_revocation(self.table_name, account_id, listing, revoked_at)],
             doing=f"revoking account {account_id}'s {kind} starting {prefix!r}",
         )
         if any(refused):
@@ -338,14 +387,40 @@ class DynamoAccountAdmin:
             raise NotFound(f"no account {account_id}") from error
         return Account.model_validate(self._codec.load(answer["Attributes"]))
 
-    def reset_password(self, account_id: str, password: str, *, sessions_valid_from: datetime) -> Account:
+    def reset_password(
+        self,
+        account_id: str,
+        password: str,
+        *,
+        sessions_valid_from: datetime,
+        replacing_epoch: str,
+        revoke: Sequence[CredentialInfo] = (),
+    ) -> Account:
         # Imported here: adapters.dynamodb imports this module to build DynamoStore.
         from sms_gateway.adapters.dynamodb import hash_password
 
-        username = self._login_username(account_id)
+        if len(revoke) > MOST_REVOKED_BY_A_RESET:
+            raise Conflict(
+                f"account {account_id} has {len(revoke)} credentials to revoke, more than the "
+                f"{MOST_REVOKED_BY_A_RESET} one reset can revoke with it: nothing was changed; revoke some with "
+                "revoke-credential, then reset"
+            )
+        revoked_at = iso(sessions_valid_from)
+        revocations = [
+            write
+            for credential in revoke
+            for write in _revocation(
+                self.table_name,
+                account_id,
+                {"kind": credential.kind, "prefix": credential.prefix, "secret_hash": credential.secret_hash},
+                revoked_at,
+            )
+        ]
+        username = self.login_username(account_id)
         # The sessions of the old password carry the old epoch: this one ends them all, also those of a login that
         # checked the old password while this reset was being made.
         epoch = {":epoch": {"S": secrets.token_urlsafe(16)}}
+        replacing = _epoch_condition(replacing_epoch)
         # One transaction: the new password never works while the sessions of the old one still do, nor the reverse.
         refused = transact_or_unavailable(
             self.client,
@@ -354,9 +429,15 @@ class DynamoAccountAdmin:
                     "Update": {
                         "TableName": self.table_name,
                         "Key": account_key(account_id),
-                        "UpdateExpression": "SET sessions_valid_from = :valid_from, password_epoch = :epoch",
-                        "ConditionExpression": _EXISTS,
-                        "ExpressionAttributeValues": {":valid_from": {"S": iso(sessions_valid_from)}, **epoch},
+                        "UpdateExpression": "SET sessions_valid_from = :valid_from, password_epoch = :new_epoch",
+                        # The password read with the credentials to revoke is still the one replaced: a reset
+                        # meanwhile (whose revocations these might miss) refuses this one.
+                        "ConditionExpression": replacing["ConditionExpression"],
+                        "ExpressionAttributeValues": {
+                            ":valid_from": {"S": iso(sessions_valid_from)},
+                            ":new_epoch": epoch[":epoch"],
+                            **replacing["ExpressionAttributeValues"],
+                        },
                     }
                 },
                 {
@@ -380,14 +461,15 @@ class DynamoAccountAdmin:
                         "ExpressionAttributeValues": {":username": {"S": username}},
                     }
                 },
+                *revocations,
             ],
             doing=f"resetting the password of account {account_id}",
         )
         if any(refused):
-            raise NotFound(f"no account {account_id}, or its login changed meanwhile: try again")
+            raise NotFound(f"no account {account_id}, or its password or login changed meanwhile: try again")
         return self._read_account(account_id)
 
-    def _login_username(self, account_id: str) -> str:
+    def login_username(self, account_id: str) -> str:
         """The account's /login username: from its pointer, or, for an account created before pointers (2026-12-05),
         from the one login item that names it, found by a Scan of the table (once: the reset writes the pointer)."""
         pointer = self.client.get_item(

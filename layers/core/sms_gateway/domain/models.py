@@ -109,6 +109,9 @@ class Account(Record):
     # transaction, and a session (session-key or portal) whose login read another one is refused. "": the password
     # the account was created with (its login item has no epoch either).
     password_epoch: str = ""
+    # When the portal last changed the webhooks (a URL, the token or the signing secret); None: never, or before
+    # this was recorded (2026-12-06).
+    webhooks_changed_in_portal_at: datetime | None = None
 
     @field_validator("webhook_token", "webhook_secret", mode="before")
     @classmethod

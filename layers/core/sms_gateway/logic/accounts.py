@@ -24,7 +24,7 @@ from sms_gateway.domain.senders import SENDER_ID, registry_form, same_sender
 from sms_gateway.domain.webhook_urls import require_safe_webhook_url
 from sms_gateway.domain.webhooks import new_signing_secret
 from sms_gateway.domain.zones import country_zones, zone_named
-from sms_gateway.errors import Conflict, InvalidRequest, NotFound
+from sms_gateway.errors import Conflict, GatewayError, InvalidRequest, NotFound
 from sms_gateway.ports import (
     AccountAdmin,
     AccountChanges,
@@ -234,13 +234,25 @@ def credential_kind(kind: str) -> CredentialKind:
     return CredentialKind(kind)
 
 
-def issue_credential(store: AccountAdmin, account_id: str, kind: str, *, now: datetime) -> IssuedCredential:
+# Who made a credential (CredentialInfo.created_by).
+BY_OPERATOR = "operator"
+BY_PORTAL = "portal"
+
+
+def issue_credential(
+    store: AccountAdmin, account_id: str, kind: str, *, now: datetime, in_portal_under: str | None = None
+) -> IssuedCredential:
+    """An operator's new credential, or, with `in_portal_under` (the password epoch of the portal session asking),
+    one made in the portal: a reset of that password revokes it (reset_password)."""
     issued_kind = credential_kind(kind)
     require_account(store, account_id)
+    origin = {"created_by": BY_OPERATOR} if in_portal_under is None else {"created_by": BY_PORTAL}
     for attempt in range(_ISSUE_ATTEMPTS):
         secret = new_secret(issued_kind)
         try:
-            info = store.add_credential(account_id, str(issued_kind), secret, created_at=iso(now))
+            info = store.add_credential(
+                account_id, str(issued_kind), secret, created_at=iso(now), password_epoch=in_portal_under, **origin
+            )
         except Conflict:
             if attempt == _ISSUE_ATTEMPTS - 1:
                 raise
@@ -271,19 +283,88 @@ def revoke_credential(
 
 class PasswordReset(Record):
     """A new /login password, shown this once (stored only hashed), and the time of the reset (the sessions of the
-    old password, session-key and portal, are refused from then on: logic/sessions.ended_by_reset)."""
+    old password, session-key and portal, are refused from then on: logic/sessions.ended_by_reset). And what whoever
+    held the old password could have left behind, for the operator to check: the credentials made in the portal
+    under it (revoked, unless kept), those of unknown origin (made before origins were recorded, left active), and
+    the webhooks with when the portal last changed them."""
 
     account_id: str
+    username: str
     password: str
     sessions_valid_from: str
+    revoked: list[CredentialInfo]
+    # Made in the portal under the old password just as the reset was written, and not revoked (a failure): revoke
+    # them with revoke-credential.
+    not_revoked: list[CredentialInfo]
+    kept_made_in_portal: list[CredentialInfo]
+    active_of_unknown_origin: list[CredentialInfo]
+    dlr_url: str | None
+    inbound_url: str | None
+    webhooks_changed_in_portal_at: str | None
 
 
-def reset_password(store: AccountAdmin, account_id: str, *, now: datetime) -> PasswordReset:
-    """Shuts a leaked password out: a new one replaces it, and every session opened with the old one ends."""
-    require_account(store, account_id)
+def reset_password(
+    store: AccountAdmin, account_id: str, *, now: datetime, keep_portal_credentials: bool = False
+) -> PasswordReset:
+    """Shuts a leaked password out: a new one replaces it, every session opened with the old one ends, and, in the
+    same transaction, every credential made in the portal under the old password is revoked (a leaked password's
+    holder can make API credentials there that never expire), unless `keep_portal_credentials`."""
+    account = require_account(store, account_id)
+    active = [credential for credential in store.list_credentials(account_id) if not credential.revoked]
+    under_old = [c for c in active if _made_in_portal_under(c, account.password_epoch)]
+    revoke = [] if keep_portal_credentials else under_old
+    username = store.login_username(account_id)
     password = new_password()
-    store.reset_password(account_id, password, sessions_valid_from=now)
-    return PasswordReset(account_id=account_id, password=password, sessions_valid_from=iso(now))
+    after = store.reset_password(
+        account_id, password, sessions_valid_from=now, replacing_epoch=account.password_epoch, revoke=revoke
+    )
+    revoked = [c.model_copy(update={"revoked": True, "revoked_at": iso(now)}) for c in revoke]
+    failed: list[CredentialInfo] = []
+    if not keep_portal_credentials:
+        late, failed = _revoke_late(store, account, {(c.kind, c.prefix) for c in revoke}, now=now)
+        revoked += late
+    changed = after.webhooks_changed_in_portal_at
+    return PasswordReset(
+        account_id=account_id,
+        username=username,
+        password=password,
+        sessions_valid_from=iso(now),
+        revoked=revoked,
+        not_revoked=failed,
+        kept_made_in_portal=under_old if keep_portal_credentials else [],
+        active_of_unknown_origin=[c for c in active if c.created_by is None],
+        dlr_url=after.dlr_url,
+        inbound_url=after.inbound_url,
+        webhooks_changed_in_portal_at=iso(changed) if changed is not None else None,
+    )
+
+
+def _made_in_portal_under(credential: CredentialInfo, epoch: str) -> bool:
+    return not credential.revoked and credential.created_by == BY_PORTAL and credential.password_epoch == epoch
+
+
+def _revoke_late(
+    store: AccountAdmin, account: Account, revoked: set[tuple[str, str]], *, now: datetime
+) -> tuple[list[CredentialInfo], list[CredentialInfo]]:
+    """The credentials made in the portal under the old password after the reset read them, before it was written
+    (none can be made after: add_credential requires the session's password). Revoked one by one: the password is
+    reset already, and its answer (the new password, shown once) must reach the operator, so a failure here is
+    answered as a credential not revoked rather than raised. Answers (revoked, not revoked)."""
+    late: list[CredentialInfo] = []
+    failed: list[CredentialInfo] = []
+    for credential in store.list_credentials(account.account_id):
+        if (
+            not _made_in_portal_under(credential, account.password_epoch)
+            or (credential.kind, credential.prefix) in revoked
+        ):
+            continue
+        try:
+            late.append(
+                store.revoke_credential(account.account_id, credential.kind, credential.prefix, revoked_at=iso(now))
+            )
+        except (GatewayError, RuntimeError):
+            failed.append(credential)
+    return late, failed
 
 
 def check_sender(sender: str) -> str:
@@ -444,9 +525,11 @@ def set_webhooks(
     rotate_token: bool = False,
     allow_http: bool = False,
     rotate_secret: bool = False,
+    in_portal_at: datetime | None = None,
 ) -> tuple[Account, WebhookCredentials]:
     """An empty URL removes that webhook. Returns the account and the webhook credentials this call rotated (shown
-    once): a new token with rotate_token, a new signing secret with rotate_secret."""
+    once): a new token with rotate_token, a new signing secret with rotate_secret. `in_portal_at`: made in the portal
+    then, which the account records (admin reset-password shows it)."""
     if dlr_url is None and inbound_url is None and not rotate_token and not rotate_secret:
         raise InvalidRequest(
             "nothing to change: give a DLR URL, an inbound URL or rotate the webhook token or signing secret"
@@ -464,6 +547,8 @@ def set_webhooks(
     rotated = WebhookCredentials(
         token=fresh.token if rotate_token else None, secret=fresh.secret if rotate_secret else None
     )
+    if in_portal_at is not None:
+        values["webhooks_changed_in_portal_at"] = iso(in_portal_at)
     changes = AccountChanges.model_validate({**values, **sealed_changes(box, account_id, rotated), "clear": clear})
     return store.update_account(account_id, changes), rotated
 

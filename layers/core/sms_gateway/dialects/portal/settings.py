@@ -119,6 +119,9 @@ def _set_webhooks(
         rotate_token=rotate_token,
         rotate_secret=rotate_secret,
         allow_http=wiring.settings.allow_http_webhooks,
+        # Recorded: whoever signs in with a leaked password can point the webhooks at their server, and the
+        # operator's reset-password shows when the portal last changed them.
+        in_portal_at=utc_now(),
     )
     return rotated
 
@@ -252,7 +255,16 @@ def create_credential(ctx: PageContext) -> Notice:
     from sms_gateway.logic import accounts
 
     def issue() -> tuple[dict[str, str], str]:
-        issued = accounts.issue_credential(_store(), ctx.account.account_id, ctx.form.get("kind", ""), now=utc_now())
+        # Made under the session's password: a reset of it revokes the credential (a leaked password's holder could
+        # otherwise keep sending with it for ever).
+        epoch = ctx.signed_in.session.password_epoch
+        issued = accounts.issue_credential(
+            _store(),
+            ctx.account.account_id,
+            ctx.form.get("kind", ""),
+            now=utc_now(),
+            in_portal_under=ctx.account.password_epoch if epoch is None else epoch,
+        )
         return {"kind": str(issued.kind), "prefix": issued.prefix}, issued.secret
 
     made, secret = _once(ctx, ("kind",), issue)
