@@ -369,22 +369,15 @@ def test_the_runbook_states_the_longest_wait_of_a_dispatch_record_the_dispatcher
     assert f"up to {MAX_SUBMIT_THROTTLES} throttles" in age
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "review: SAM gives AWS::Serverless::LayerVersion RetentionPolicy Retain by default (DeletionPolicy Retain "
-        "in the transformed template), so every CoreLayer version a deploy replaced, and the last one at "
-        "`sam delete`, stays in the account; docs/template.md says everything but the table and the key goes with "
-        "the stack, and its clean-up leaves them"
-    ),
-)
 def test_a_deleted_stack_leaves_only_what_the_docs_say_it_leaves(template):
     # Given the docs' list of what a deleted stack leaves (docs/template.md, "What a deleted stack leaves")
     text = (Path(__file__).resolve().parents[2] / "docs" / "template.md").read_text()
     section = text.split("## What a deleted stack leaves", 1)[1].split("\n## ", 1)[0]
     # Then each SAM layer, which SAM retains unless its RetentionPolicy says Delete (the SAM specification's
-    # default is Retain: the transform writes DeletionPolicy: Retain on the AWS::Lambda::LayerVersion), is either
-    # deleted with the stack or named there with how to remove it
+    # default is Retain: the transform writes DeletionPolicy: Retain on the AWS::Lambda::LayerVersion), has the
+    # policy the docs state, and a retained one is named there with how to remove its versions
     for logical_id, props in resources_of_type(template, "AWS::Serverless::LayerVersion"):
-        retained = str(props.get("RetentionPolicy", "Retain")).lower() == "retain"
-        assert not retained or ("layer" in section.lower() and "delete-layer-version" in section), logical_id
+        policy = str(props.get("RetentionPolicy", "Retain")).capitalize()
+        stated = re.search(rf"`{logical_id}` sets `RetentionPolicy: (\w+)`", section)
+        assert stated and stated.group(1) == policy, (logical_id, policy)
+        assert policy == "Delete" or "delete-layer-version" in section, logical_id
