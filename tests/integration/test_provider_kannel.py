@@ -216,6 +216,34 @@ def test_a_part_kannel_does_not_take_after_the_first_leaves_the_message_with_kan
     assert (first.value.maybe_taken, first.value.unavailable) == (False, True)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: the concatenation reference is crc32(our reference) & 0xFF, so two long messages to one handset "
+    "sent moments apart (ids 7 apart here) share it, and interleaved parts are joined into one garbled text; Kannel, "
+    "cutting itself, drew it from a counter",
+)
+def test_review_two_long_messages_to_one_handset_sent_one_after_the_other_get_different_concatenation_references() -> (
+    None
+):
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, text="0: Accepted for delivery")
+
+    kannel = provider(handler, max_parts=2)
+    # Given two 2-part messages to the same number from the same sender, from two sends a moment apart
+    first = submit_request(text="x" * 200)
+    second = SubmitRequest(**{**first.model_dump(), "client_ref": "1001.71800327346180104.71800327346180105"})
+    # When both are submitted
+    asyncio.run(kannel.submit(first))
+    asyncio.run(kannel.submit(second))
+    # Then the handset can tell their parts apart: each message has its own reference (IEI 00, octet 4)
+    references = [sendsms_fields(request)["udh"][3] for request in seen]
+    assert references[0] == references[1] and references[2] == references[3]
+    assert references[0] != references[2]
+
+
 def test_a_long_message_kannel_took_before_it_went_a_part_a_sendsms_still_settles_by_its_parts_ids() -> None:
     # Given the URL Kannel was handed for a long message it cut itself (until 2026-12-06): %F, the SMSC's id
     dlr_url = f"{DLR_BASE}?ref={REF}&token={TOKEN}&type=%d&answer=%A&ts=%T&smsc=%i&to=%p&from=%P&part=%F"
