@@ -153,8 +153,8 @@ class TestMultiPartMessages:
         self, message: Message, text: str = LONG_TEXT, sent: list[httpx.Request] | None = None
     ) -> Callable[..., DeliveryReport]:
         """The reports a Kannel upstream (max_parts 3) parses from the DLR URL its submit of `message` gave Kannel
-        for part `part` (each part is its own sendsms, `sent`), as Kannel fills it in for one report (`F`: the id
-        the SMSC gave that part)."""
+        for part `part` (the one sendsms of a text Kannel cuts, or the part's own, `sent`), as Kannel fills it in for
+        one report (`F`: the id the SMSC gave that part)."""
         from sms_gateway.adapters.providers.kannel import KannelProvider
         from tests.integration.test_provider_kannel import callback, kannel_expands
 
@@ -183,7 +183,7 @@ class TestMultiPartMessages:
         asyncio.run(kannel.submit(request))
 
         def report(escapes: dict[str, str], part: int = 1, url: str | None = None) -> DeliveryReport:
-            url = url or sent[part - 1].url.params["dlr-url"]
+            url = url or sent[min(part, len(sent)) - 1].url.params["dlr-url"]
             called = callback(kannel_expands(url, {"T": "1795309364", "i": "smpp", **escapes}))
             assert kannel.verify_callback(called)
             [parsed] = kannel.parse_delivery_reports(called)
@@ -235,30 +235,34 @@ class TestMultiPartMessages:
         # Then it settles the message as before (nothing tells its parts apart), not left to expire
         assert store.messages[message.key].status == MessageStatus.DELIVERED
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="review: a 503 Temporal failure (Kannel's queue full) for part 2 of 3 leaves parts 2-3 never sent: "
-        "the message is recorded submitted-unconfirmed and not retried, so the handset gets part 1 alone and the "
-        "client's message expires after the DLR wait; before 2026-12-06 the same 503 was retried whole",
+    @pytest.mark.parametrize(
+        ("text", "answers", "udhs"),
+        [
+            # A text Kannel cuts as it was counted goes whole: Kannel's 503 took none of it, the dispatcher retries it
+            (LONG_TEXT, [503], [None]),
+            # One Kannel would cut through an emoji goes a part a sendsms: a 503 for part 2 is tried again at once
+            ("я" * 66 + "😀" + "я" * 66, [202, 503], [1, 2, 3]),
+        ],
+        ids=["whole", "a-part-a-sendsms"],
     )
-    def test_review_a_kannel_part_refused_for_now_after_the_first_is_sent_later_so_the_whole_message_goes_out(
-        self, store
+    def test_a_kannel_refusal_for_now_of_a_long_message_sends_it_later_whole_never_a_part_of_it(
+        self, store, monkeypatch, text, answers, udhs
     ):
-        from urllib.parse import parse_qsl
-
         from sms_gateway.adapters.providers.kannel import KannelProvider
+        from tests.integration.test_provider_kannel import sendsms_fields
 
-        # Given a Kannel that takes part 1 of a 3-part message, answers its documented 503 Temporal failure (its
-        # outgoing queue full, nothing taken) for part 2, and takes everything after that
-        answers = iter([(202, "0: Accepted for delivery"), (503, "Temporal failure, try again later.")])
-        taken: list[bytes] = []
+        monkeypatch.setattr("sms_gateway.adapters.providers.kannel.PART_RETRY_PAUSE_SECONDS", 0.0)
+        # Given a Kannel that answers its documented 503 Temporal failure (its outgoing queue full, nothing taken)
+        # after the answers before it, and takes everything after that
+        statuses = iter(answers)
+        taken: list[dict[str, bytes]] = []
 
         def smsbox(request: httpx.Request) -> httpx.Response:
-            status, body = next(answers, (202, "0: Accepted for delivery"))
+            status = next(statuses, 202)
             if status == 202:
-                fields = dict(parse_qsl(request.url.query.decode(), encoding="latin-1"))
-                taken.append(fields["udh"].encode("latin-1"))
-            return httpx.Response(status, text=body)
+                taken.append(sendsms_fields(request))
+                return httpx.Response(202, text="0: Accepted for delivery")
+            return httpx.Response(503, text="Temporal failure, try again later.")
 
         kannel = KannelProvider(
             name="fake",
@@ -269,18 +273,19 @@ class TestMultiPartMessages:
             max_parts=3,
             client=httpx.AsyncClient(transport=httpx.MockTransport(smsbox)),
         )
-        _, deps = send(store, command(1, text=LONG_TEXT, delivery_report=DeliveryReportMode.YES))
+        _, deps = send(store, command(1, text=text, delivery_report=DeliveryReportMode.YES))
         [record] = deps.dispatch_queue.commands
         # When the record is dispatched, and dispatched again while the dispatcher asks for it back (SQS redelivery)
         for _ in range(5):
             outcome = asyncio.run(dispatch(record, dispatch_deps(store, kannel)))
             if not outcome.retry:
                 break
-        # Then every part reached Kannel, each once: the handset can join the whole message it was charged for
+        # Then the whole message reached Kannel once, as the 3 parts it was charged for: the handset can join it
         [message] = store.messages.values()
-        assert sorted(udh[5] for udh in taken) == [1, 2, 3]
+        assert message.status == MessageStatus.SUBMITTED
         assert message.parts == 3
-
+        assert "".join(fields["text"].decode() for fields in taken) == text
+        assert [fields["udh"][5] if "udh" in fields else None for fields in taken] == udhs
 
     def test_a_kannel_ucs2_message_with_an_emoji_on_a_part_boundary_settles_on_the_parts_it_was_charged_for(
         self, store

@@ -398,7 +398,8 @@ def test_a_message_is_not_failed_over_once_the_invocation_has_no_time_left_for_a
 
 @pytest.mark.xfail(
     strict=True,
-    reason="review: a long message to Kannel is one sendsms per part under one claim, but the cut-off reserves one "
+    reason="review: a long message to Kannel that goes one sendsms per part (an emoji on a boundary) is so under "
+    "one claim, but the cut-off reserves one "
     "submit's worst case: claimed just before it, its parts run past the invocation's end and Lambda kills it "
     "mid-parts (the rest never sent, the message recorded submitted-unconfirmed by the next delivery)",
 )
@@ -433,8 +434,9 @@ def test_review_a_long_message_to_kannel_is_not_claimed_when_its_parts_cannot_al
         max_parts=3,
         client=httpx.AsyncClient(transport=httpx.MockTransport(smsbox)),
     )
-    # Given a 3-part message to Kannel, and an invocation a second before its cut-off
-    _, deps = send(store, command(1, text="x" * 400))
+    # Given a 3-part message to Kannel that goes a part a sendsms (an emoji on Kannel's UCS-2 boundary: any other
+    # long text is one sendsms, Kannel cutting it), and an invocation a second before its cut-off
+    _, deps = send(store, command(1, text="я" * 66 + "😀" + "я" * 66))
     [record] = deps.dispatch_queue.commands
     route = replace(dispatch_deps(store, kannel), out_of_time=lambda: now[0] >= lambda_ends_at - reserve)
     # When the record is dispatched

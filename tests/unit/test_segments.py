@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sms_gateway.domain.segments import Encoding, Segmentation, segment, split
+from sms_gateway.domain.segments import Encoding, Segmentation, blind_cut_splits_a_pair, segment, split
 
 # Written out independently of the module, from GSM 03.38, so a slip in either shows up here.
 BASIC = (
@@ -195,6 +195,23 @@ def test_blind_parts_are_the_units_cut_every_per_part_never_more_than_the_parts(
     assert result.blind_parts <= result.parts
     if result.parts > 1:
         assert result.blind_parts == math.ceil(result.units / result.per_part)
+
+
+@given(any_text)
+def test_a_text_a_blind_ucs2_cut_would_split_is_told_and_every_other_is_cut_there_as_split_cuts_it(text: str) -> None:
+    # Given any text, and Kannel's UCS-2 cut: every 134 octets of UTF-16, blind to characters (its GSM cut keeps
+    # escape pairs whole, as split does)
+    result = segment(text)
+    encoded = text.encode("utf-16-be")
+    blind = [encoded[start : start + 134] for start in range(0, len(encoded), 134)]
+    ours = [part.encode("utf-16-be") for part in split(text)]
+    # Then a long UCS-2 text is told apart exactly when the blind cut differs from split's
+    differs = result.parts > 1 and result.encoding is Encoding.UCS2 and blind != ours
+    assert blind_cut_splits_a_pair(text) == differs
+    # And the emoji on the boundary is such a text; the same with the emoji elsewhere, or a GSM-7 €, is not
+    assert blind_cut_splits_a_pair("я" * 66 + "😀" + "я" * 66)
+    assert not blind_cut_splits_a_pair("я" * 65 + "😀" + "я" * 67)
+    assert not blind_cut_splits_a_pair("a" * 152 + "€" + "a" * 152)
 
 
 @given(any_text)

@@ -21,7 +21,7 @@ from sms_gateway.adapters.providers import get_provider, upstream_rate_limit
 from sms_gateway.adapters.sqs import SqsDeadLetterQueue
 from sms_gateway.bootstrap import gateway, route_table
 from sms_gateway.caching import CachedAccountSettings
-from sms_gateway.deadlines import out_of_time_after
+from sms_gateway.deadlines import out_of_time_after, submits_until
 from sms_gateway.domain.models import DispatchCommand, Message, StatusChange, utc_now
 from sms_gateway.domain.routing import RouteTable
 from sms_gateway.logic import inbound, settle, webhook_retries
@@ -132,7 +132,9 @@ def dispatch_records(event: dict[str, Any], remaining_ms: Callable[[], int] | No
     priority lanes), in order within each, under one limit on submits in flight; the partial batch response.
     `remaining_ms` is the Lambda context's time left: no message is claimed once a submit could outlast it."""
     records = [SQSRecord(raw) for raw in event["Records"]]
-    failed = http.run(_dispatch_all(records, _out_of_time(remaining_ms)))
+    # A submit of several requests (a long message to Kannel, one sendsms a part) checks the time left itself.
+    with submits_until(remaining_ms, reserve_seconds=RECORDING_RESERVE_SECONDS):
+        failed = http.run(_dispatch_all(records, _out_of_time(remaining_ms)))
     return {"batchItemFailures": [{"itemIdentifier": record.message_id} for record in failed]}
 
 
@@ -140,9 +142,8 @@ def _out_of_time(remaining_ms: Callable[[], int] | None) -> Callable[[], bool] |
     """True once no more messages may be claimed; None without a deadline (no Lambda context)."""
     if remaining_ms is None:
         return None
-    settings = gateway().settings
     # A submit's worst case (connect and read timeouts), then its status write and the record's announcements.
-    reserve = settings.upstream_connect_timeout + settings.upstream_read_timeout + RECORDING_RESERVE_SECONDS
+    reserve = http.request_seconds() + RECORDING_RESERVE_SECONDS
     return out_of_time_after(remaining_ms, reserve_seconds=reserve)
 
 

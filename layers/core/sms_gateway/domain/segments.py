@@ -65,6 +65,22 @@ def split(text: str) -> list[str]:
     return [text[start:end] for start, end in _cuts(text, encoding, multi)]
 
 
+def blind_cut_splits_a_pair(text: str) -> bool:
+    """Whether a gateway that cuts a long UCS-2 text every 67 UTF-16 units, blind to characters (Kannel), would cut
+    through an emoji's surrogate pair, so its parts differ from `split`'s (which moves the pair whole to the next
+    part). False for a text of one part and for GSM-7 text (Kannel's GSM cut keeps escape pairs whole, as ours)."""
+    segmentation = segment(text)
+    if segmentation.parts == 1 or segmentation.encoding is Encoding.GSM7:
+        return False
+    unit = 0
+    for character in text:
+        cost = _cost(character, Encoding.UCS2)
+        if cost == 2 and (unit + 1) % UCS2_MULTI == 0:
+            return True
+        unit += cost
+    return False
+
+
 def _encoding(text: str) -> tuple[Encoding, tuple[str, ...]]:
     # A dict keeps the first-appearance order and drops repeats.
     outside = dict.fromkeys(

@@ -4,13 +4,13 @@ References (Kannel user guide, https://www.kannel.org/download/kannel-userguide-
 edition read from Debian's kannel-docs, /usr/share/doc/kannel-docs/userguide/userguide.html):
 - "SMS Push (send-sms)": `GET /cgi-bin/sendsms` CGI variables (Table 7-17) and reply codes (Table 7-16):
   `202 0: Accepted for delivery`, `202 3: Queued for later delivery`, `4xx <reason>`, `503 Temporal failure`.
-  `udh`: the optional User Data Header, URL-encoded octets (its first octet its length): a long text goes as one
-  sendsms per part, each with its concatenation header (`submit`).
+  `udh`: the optional User Data Header, URL-encoded octets (its first octet its length): a long text Kannel would
+  cut through an emoji goes as one sendsms per part, each with its concatenation header (`submit`).
 - "SMS Delivery Reports" (chapter 10) and "Parameters (Escape Codes)" (Table 7-10): `dlr-mask` bits
   1 delivered, 2 failed, 4 buffered, 8 SMSC submit, 16 SMSC reject; the `dlr-url` is fetched with GET after
   `%d` (type), `%A` (the SMSC's receipt text), `%T` (epoch), `%F` (the SMSC's id for the part reported: dlr.c's
-  dlr_find sets it to the id the report was matched on; the URL of a long message Kannel cut, until 2026-12-06,
-  named its parts so), `%p`/`%P` and the others are filled in.
+  dlr_find sets it to the id the report was matched on; the URL of a long text Kannel cuts names its parts so),
+  `%p`/`%P` and the others are filled in.
 - "sms-service" `post-url` with the same escape codes, text in the body and X-Kannel headers (Table 7-12).
 
 Kannel's answer carries no message id, so our client reference travels in the DLR URL's query string together
@@ -20,6 +20,7 @@ Checked against Debian's Kannel 1.4.5 (bearerbox + smsbox + fakesmsc): see docs/
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -34,11 +35,13 @@ from sms_gateway.adapters.http import (
     no_answer,
     not_sent_there,
     refuses_our_account,
+    request_seconds,
     scrubbed,
     server_error,
 )
 from sms_gateway.adapters.providers.parts import concatenation_udh, max_parts_setting, partly_taken, refuse_longer
 from sms_gateway.adapters.providers.tokens import previous_tokens_setting, token_verified
+from sms_gateway.deadlines import submit_seconds_left
 from sms_gateway.domain.ids import epoch_seconds
 from sms_gateway.domain.models import (
     MAX_PART_ID_LENGTH,
@@ -49,7 +52,7 @@ from sms_gateway.domain.models import (
     SubmitResult,
     iso,
 )
-from sms_gateway.domain.segments import Encoding, segment, split
+from sms_gateway.domain.segments import Encoding, blind_cut_splits_a_pair, segment, split
 from sms_gateway.domain.status import TERMINAL, MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
 
@@ -59,10 +62,13 @@ DEFAULT_DLR_MASK = 31
 # The handset's final reports (delivered 1, failed 2): a mask without both leaves messages with no final report, each
 # expired and refunded after the DLR wait however it went (logic/settle.py).
 FINAL_REPORTS_MASK = 1 | 2
-# The most parts of one message sent through a Kannel whose configuration sets no max_parts: one, the sendsms-user's
-# `max-messages` default, as when Kannel cut long texts itself (until 2026-12-06). Each part is now its own sendsms of
-# one PDU, so `max-messages` no longer limits it: an operator raises max_parts to send long messages there.
+# The sendsms-user's `max-messages` when it sets none: Kannel sends that many parts of a longer text, drops the rest
+# and still answers `202 0: Accepted for delivery`. An upstream whose max-messages is higher says so in max_parts.
 DEFAULT_MAX_PARTS = 1
+# A later part of a message sent one sendsms a part (`_submit_parts`) that Kannel did not take for now is tried again
+# this many times, this long apart, while the invocation has time.
+PART_RETRIES = 2
+PART_RETRY_PAUSE_SECONDS = 1.0
 # How smsbox's 403 answers begin when it refuses our sendsms-user, and when no SMSC of its bearerbox routes the number.
 AUTHORIZATION_FAILED = "Authorization failed"
 NOT_ROUTABLE = "Not routable"
@@ -160,10 +166,11 @@ class KannelProvider:
             client=client,
         )
 
-    def dlr_url(self, base: str, client_ref: str, part: int | None = None) -> str:
+    def dlr_url(self, base: str, client_ref: str, part: str | None = None) -> str:
         """The URL Kannel fetches for each report of a submit: our reference and token, then Kannel's escape codes.
-        Each part of a longer message is its own submit (`submit`), whose URL names the part (`part=<number>`), so
-        the message settles once its parts do. A message of one part goes without it."""
+        Kannel fetches the one URL for each part of a long text it cuts: `part=%F` (the id the SMSC gave that part)
+        tells the parts' reports apart; a part the gateway cut and sent itself names its number. A message of one
+        part goes without it."""
         separator = "&" if "?" in base else "?"
         return (
             f"{base}{separator}ref={quote(client_ref, safe='')}&token={self._token}"
@@ -171,10 +178,10 @@ class KannelProvider:
         )
 
     async def submit(self, request: SubmitRequest) -> SubmitResult:
-        """One sendsms per part. Kannel cuts a long text blindly, UCS-2 every 134 octets, through an emoji's
-        surrogate pair, so a long text is cut here as it was counted and charged (domain/segments.py: no escape or
-        surrogate pair split), and each part goes with its concatenation header (`udh`): Kannel sends it as it is,
-        one PDU, and the handset joins the parts."""
+        """One sendsms, Kannel cutting a long text, where it cuts it as the gateway counted and charged it
+        (domain/segments.py): always for GSM-7 (Kannel keeps escape pairs whole), and for UCS-2 unless an emoji's
+        surrogate pair lies across a 67-unit boundary, which Kannel's blind cut would split. Such a text goes one
+        sendsms per part, cut here (`_submit_parts`)."""
         segmentation = segment(request.text)
         refuse_longer(self.name, segmentation.parts, self._max_parts)
         ucs2 = segmentation.encoding is Encoding.UCS2
@@ -193,19 +200,40 @@ class KannelProvider:
             params["validity"] = str(request.validity_minutes)
         if request.dlr_url:
             params["dlr-mask"] = str(self._dlr_mask)
-        texts = split(request.text)
-        for number, text in enumerate(texts, start=1):
-            udh = concatenation_udh(request.client_ref, len(texts), number) if len(texts) > 1 else b""
-            part = number if len(texts) > 1 else None
+        if blind_cut_splits_a_pair(request.text):
+            await self._submit_parts(request, params)
+        else:
+            part = "%F" if segmentation.parts > 1 else None
             dlr_url = {"dlr-url": self.dlr_url(request.dlr_url, request.client_ref, part)} if request.dlr_url else {}
-            try:
-                await self._sendsms({**params, "text": text, **dlr_url}, udh)
-            except UpstreamError as failure:
-                if number == 1:
-                    raise
-                raise partly_taken(self.name, number, len(texts), failure) from failure
+            await self._sendsms({**params, "text": request.text, **dlr_url}, b"")
         # No id comes back: our reference is the id (it also rides in the DLR URL).
         return SubmitResult(upstream_message_id=request.client_ref)
+
+    async def _submit_parts(self, request: SubmitRequest, params: dict[str, str]) -> None:
+        """A text Kannel would cut through an emoji, cut here as it was counted (`split`), each part its own sendsms
+        with its concatenation header (`udh`): Kannel sends it as it is, one PDU, and the handset joins the parts.
+        A later part refused for now (a 503: its queue full) is tried again, a moment later, while there is time,
+        before the message is left partly taken."""
+        texts = split(request.text)
+        for number, text in enumerate(texts, start=1):
+            udh = concatenation_udh(request.client_ref, len(texts), number)
+            dlr_url = (
+                {"dlr-url": self.dlr_url(request.dlr_url, request.client_ref, str(number))} if request.dlr_url else {}
+            )
+            for retry in range(PART_RETRIES + 1):
+                try:
+                    await self._sendsms({**params, "text": text, **dlr_url}, udh)
+                    break
+                except UpstreamError as failure:
+                    if number == 1:
+                        raise
+                    # Not taken, nothing sent (a 503, a connect refused): the parts before it are out, so it is
+                    # tried again rather than left missing, while the invocation has time for it and the rest.
+                    again = not failure.permanent and not failure.maybe_taken and retry < PART_RETRIES
+                    time_needed = PART_RETRY_PAUSE_SECONDS + (len(texts) - number + 1) * request_seconds()
+                    if not again or submit_seconds_left() < time_needed:
+                        raise partly_taken(self.name, number, len(texts), failure) from failure
+                await asyncio.sleep(PART_RETRY_PAUSE_SECONDS)
 
     async def _sendsms(self, params: dict[str, str], udh: bytes) -> None:
         """One GET sendsms; returns when Kannel took it, raises how it did not. The `udh` is octets, percent-encoded
