@@ -396,33 +396,31 @@ def test_a_message_is_not_failed_over_once_the_invocation_has_no_time_left_for_a
     assert store.messages[message.key].status == MessageStatus.SUBMITTED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a long message to Kannel that goes one sendsms per part (an emoji on a boundary) is so under "
-    "one claim, but the cut-off reserves one "
-    "submit's worst case: claimed just before it, its parts run past the invocation's end and Lambda kills it "
-    "mid-parts (the rest never sent, the message recorded submitted-unconfirmed by the next delivery)",
+@pytest.mark.parametrize(
+    ("text", "seconds_left", "sendsms"),
+    [
+        # A text Kannel would cut through an emoji goes a part a sendsms: 3 of a request's worst case (13 s) do not
+        # fit in 20 s, so nothing of it is begun; with 60 s left all 3 go
+        ("я" * 66 + "😀" + "я" * 66, 20, 0),
+        ("я" * 66 + "😀" + "я" * 66, 60, 3),
+        # Any other long text is one sendsms, Kannel cutting it: one request's worst case is the dispatcher's reserve
+        ("x" * 400, 20, 1),
+    ],
 )
-def test_review_a_long_message_to_kannel_is_not_claimed_when_its_parts_cannot_all_be_sent_before_the_invocation_ends(
-    store,
+def test_a_long_message_to_kannel_is_begun_only_when_all_its_sendsms_can_be_answered_before_the_invocation_ends(
+    store, monkeypatch, text, seconds_left, sendsms
 ):
     import httpx
 
+    from sms_gateway import deadlines
     from sms_gateway.adapters.providers.kannel import KannelProvider
-    from sms_gateway.settings import Settings
 
-    settings = Settings()
-    # The handler's cut-off: no message is claimed once less is left than a submit's worst case and its recording
-    # (consumers._out_of_time: connect + read timeout + 3 s, 16 s by default)
-    reserve = settings.upstream_connect_timeout + settings.upstream_read_timeout + 3.0
-    lambda_ends_at = 60.0
-    now = [lambda_ends_at - reserve - 1.0]
-    answered_at: list[float] = []
+    monkeypatch.setenv("UPSTREAM_CONNECT_TIMEOUT", "3")
+    monkeypatch.setenv("UPSTREAM_READ_TIMEOUT", "10")
+    seen: list[httpx.Request] = []
 
     def smsbox(request: httpx.Request) -> httpx.Response:
-        # A busy smsbox: each sendsms answered in 6 s, well within the 10 s read timeout
-        now[0] += 6.0
-        answered_at.append(now[0])
+        seen.append(request)
         return httpx.Response(202, text="0: Accepted for delivery")
 
     kannel = KannelProvider(
@@ -434,16 +432,18 @@ def test_review_a_long_message_to_kannel_is_not_claimed_when_its_parts_cannot_al
         max_parts=3,
         client=httpx.AsyncClient(transport=httpx.MockTransport(smsbox)),
     )
-    # Given a 3-part message to Kannel that goes a part a sendsms (an emoji on Kannel's UCS-2 boundary: any other
-    # long text is one sendsms, Kannel cutting it), and an invocation a second before its cut-off
-    _, deps = send(store, command(1, text="я" * 66 + "😀" + "я" * 66))
+    # Given a 3-part message to Kannel, and an invocation with that many seconds left (3 of them kept to record)
+    _, deps = send(store, command(1, text=text))
     [record] = deps.dispatch_queue.commands
-    route = replace(dispatch_deps(store, kannel), out_of_time=lambda: now[0] >= lambda_ends_at - reserve)
     # When the record is dispatched
-    asyncio.run(dispatch(record, route))
-    # Then every sendsms begun was answered (and could be recorded) before Lambda ended the invocation: none of its
-    # parts is cut off by the timeout, which would leave the rest of the message never sent
-    assert all(at + 3.0 <= lambda_ends_at for at in answered_at), answered_at
+    with deadlines.submits_until(lambda: seconds_left * 1000, reserve_seconds=3.0):
+        outcome = asyncio.run(dispatch(record, dispatch_deps(store, kannel)))
+    # Then its sendsms are begun only when each can be answered before Lambda ends the invocation (none cut off with
+    # the rest of the message never sent); a message not begun goes back to the queue, nothing of it sent
+    assert len(seen) == sendsms
+    [message] = store.messages.values()
+    assert message.status == (MessageStatus.SUBMITTED if sendsms else MessageStatus.QUEUED)
+    assert outcome.retry == ([] if sendsms else [message.message_id])
 
 
 class FlakyCounters(CountingStore):
@@ -1025,3 +1025,24 @@ def test_a_held_report_a_settle_check_applied_is_announced_when_the_check_fails_
     # Then the client hears of the delivery (it was told only "submitted"), not only of the other one's expiry
     ids = [n["id"] for n in published]
     assert f"dlr_{held.message_id}_{delivered.sequence}" in ids, ids
+
+
+def test_the_dispatcher_invocation_tells_its_submits_the_time_left_to_send_and_record_them(monkeypatch):
+    import math
+
+    from sms_gateway import consumers, deadlines
+
+    seen: list[tuple[float, bool]] = []
+
+    async def dispatch_all(records, out_of_time):
+        seen.append((deadlines.submit_seconds_left(), out_of_time()))
+        return []
+
+    monkeypatch.setattr(consumers, "_dispatch_all", dispatch_all)
+    # When a dispatcher invocation with 30 s left handles its records
+    consumers.dispatch_records({"Records": []}, remaining_ms=lambda: 30_000)
+    # Then a submit of several requests begun in it knows the 27 s it has before the answer must be recorded, and
+    # outside an invocation there is no such limit
+    [(left, out_of_time)] = seen
+    assert 26 < left <= 27 and out_of_time is False
+    assert deadlines.submit_seconds_left() == math.inf

@@ -212,9 +212,17 @@ class KannelProvider:
     async def _submit_parts(self, request: SubmitRequest, params: dict[str, str]) -> None:
         """A text Kannel would cut through an emoji, cut here as it was counted (`split`), each part its own sendsms
         with its concatenation header (`udh`): Kannel sends it as it is, one PDU, and the handset joins the parts.
-        A later part refused for now (a 503: its queue full) is tried again, a moment later, while there is time,
-        before the message is left partly taken."""
+        Begun only when the invocation has time for every part's worst case; a later part refused for now (a 503: its
+        queue full) is tried again, a moment later, while there is time, before the message is left partly taken."""
         texts = split(request.text)
+        if submit_seconds_left() < len(texts) * request_seconds():
+            # Nothing sent: the next delivery of the record, with its whole time, sends it.
+            raise UpstreamError(
+                f"{self.name}: too little of the invocation left to send the {len(texts)} parts of the message",
+                permanent=False,
+                unavailable=False,
+                throttled=False,
+            )
         for number, text in enumerate(texts, start=1):
             udh = concatenation_udh(request.client_ref, len(texts), number)
             dlr_url = (
