@@ -1,7 +1,8 @@
 """The parts of a long message at an SMSC gateway. The most parts one sends of a message: Jasmin
-(`[http-api] long_content_max_parts`) sends only that many parts of a longer text, drops the rest and still answers
-that it took it; so such a message is never handed to it: it goes to the route's fallback, or fails and is refunded.
-And the concatenation header of a part the gateway cut itself (Kannel: docs/providers-smsc.md).
+(`[http-api] long_content_max_parts`) and Kannel (the sendsms-user's `max-messages`) send only that many parts of a
+longer text, drop the rest and still answer that they took it; so such a message is never handed to them: it goes to
+the route's fallback, or fails and is refunded. And the concatenation header of a part the gateway cut itself
+(Kannel, a text it would cut through an emoji: docs/providers-smsc.md).
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ def concatenation_udh(client_ref: str, total: int, number: int) -> bytes:
     """The user data header of part `number` (1-based) of `total`: 3GPP TS 23.040's concatenated short message with
     an 8-bit reference (IEI 00, 6 octets with its length octet), the one SMSC gateways put on the parts they cut
     themselves, so a part holds 153 GSM septets or 67 UCS-2 units (domain/segments.py). The reference, which tells
-    the handset which parts belong together, is drawn from our reference: the same for each part of one message."""
+    the handset which parts belong together, is drawn from our reference: the same for each part of one message. Two
+    such messages to one handset share it 1 time in 256 (Kannel's own cut counts it up); both must be texts Kannel
+    would cut through an emoji, so that is left as it is (docs/providers-smsc.md)."""
     reference = zlib.crc32(client_ref.encode()) & 0xFF
     return bytes([5, 0x00, 3, reference, total, number])
 
