@@ -373,13 +373,17 @@ class IdempotencyStore(Protocol):
         now: datetime,
         reference_id: int,
         lease: timedelta | None = None,
+        unversioned_fingerprint: str | None = None,
     ) -> StoredAnswer | KeyClaim:
         """Claims a key for the batch `reference_id`: a KeyClaim when this call owns it. The stored answer when the
         same request was answered already. Raises KeyReused (a Conflict) for a different request under the same key,
         KeyInProgress (a Conflict naming the batch it plans) for the same one still in progress. With a `lease`, a
         request that held the key longer than that without answering is taken to have died: the key is taken over
         (a conditional write, so only one retry wins) and the claim names the batch the dead request planned,
-        `resumed`. Without one, the key is held until it expires."""
+        `resumed`. Without one, the key is held until it expires.
+        A record is stored with FINGERPRINT_VERSION, and one stored with it is compared with `fingerprint`; one
+        stored without it (by a build before versions) with `unversioned_fingerprint`, the same request's fingerprint
+        made as that build made it (by default `fingerprint`)."""
         ...
 
     def complete(self, scope: str, key: str, answer: StoredAnswer) -> None: ...

@@ -61,6 +61,7 @@ from sms_gateway.adapters.dynamodb_transactions import (
 )
 from sms_gateway.domain.ids import MESSAGES_PER_BATCH, batch_ids_around
 from sms_gateway.domain.models import (
+    FINGERPRINT_VERSION,
     Account,
     Batch,
     Claim,
@@ -1134,10 +1135,12 @@ class DynamoStore(
         now: datetime,
         reference_id: int,
         lease: timedelta | None = None,
+        unversioned_fingerprint: str | None = None,
     ) -> StoredAnswer | KeyClaim:
         item = {
             **self._idempotency_key(scope, key),
             "fingerprint": {"S": fingerprint},
+            "fingerprint_version": {"N": str(FINGERPRINT_VERSION)},
             "state": {"S": "in_progress"},
             "reference_id": {"N": str(reference_id)},
             "expires_at": {"N": str(int((now + IDEMPOTENCY_WINDOW).timestamp()))},
@@ -1155,7 +1158,11 @@ class DynamoStore(
             )
         except self.client.exceptions.ConditionalCheckFailedException as error:
             current = self._codec.load(error.response.get("Item") or {})
-            if current.get("fingerprint") != fingerprint:
+            # A record an earlier build stored (no version) hashed the request as that build did: compared so, it is
+            # still told from another request, and the request it was stored for still gets its answer.
+            versioned = current.get("fingerprint_version") is not None
+            expected = fingerprint if versioned or unversioned_fingerprint is None else unversioned_fingerprint
+            if current.get("fingerprint") != expected:
                 raise KeyReused("this idempotency key was used for a different request") from error
             if current.get("state") == "done":
                 return StoredAnswer.model_validate(current["answer"])

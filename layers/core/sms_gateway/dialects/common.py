@@ -399,7 +399,8 @@ def idempotent(
     with another request is refused.
     `query`: the query's parameters as the dialect reads them (the shortcode dialect: query_fields), so that a
     request is told from another by what it asks; by default API Gateway's queryStringParameters, which the other
-    dialects read.
+    dialects read. A key stored before 2026-12-06 (without a fingerprint version) is compared with the fingerprint
+    of queryStringParameters, as it was made then: a retry of its request still gets its answer after the deploy.
     `lease`: how long before a request that died holding the key is taken over and its batch finished; None for
     a request that cannot be finished that way (it holds its key until the key expires).
     `standing`: a send's answer to the send that stands under the key (the batch and its messages as stored), for a
@@ -408,12 +409,11 @@ def idempotent(
     from sms_gateway.bootstrap import gateway
     from sms_gateway.domain.models import utc_now
 
-    request_fingerprint = fingerprint(
-        event.http_method,
-        event.path,
-        json.dumps(dict(event.query_string_parameters or {}) if query is None else dict(query), sort_keys=True),
-        _fingerprinted_body(event),
-    )
+    body = _fingerprinted_body(event)
+    gateway_query = dict(event.query_string_parameters or {})
+
+    def request_fingerprint(parameters: Mapping[str, str]) -> str:
+        return fingerprint(event.http_method, event.path, json.dumps(dict(parameters), sort_keys=True), body)
 
     def answer(claim: KeyClaim | None) -> StoredAnswer:
         return stored_answer(under_claim(claim, produce))
@@ -422,7 +422,9 @@ def idempotent(
         gateway().store,
         scope=account_id,
         key=key,
-        request_fingerprint=request_fingerprint,
+        request_fingerprint=request_fingerprint(gateway_query if query is None else query),
+        # A key stored before 2026-12-06 hashed API Gateway's queryStringParameters whatever the dialect reads.
+        unversioned_fingerprint=request_fingerprint(gateway_query),
         now=utc_now(),
         produce=answer,
         lease=lease,

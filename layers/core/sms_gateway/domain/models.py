@@ -421,6 +421,12 @@ class StoredAnswer(Record):
     content_type: str = "application/json"
 
 
+# How a stored idempotency record's fingerprint was made: 2 since 2026-12-06, when a request's query became the one its
+# dialect reads (the shortcode dialect: the raw query read as a form); a record without it was stored by an earlier
+# build and hashed API Gateway's queryStringParameters (logic.idempotency.run_once: `unversioned_fingerprint`).
+FINGERPRINT_VERSION = 2
+
+
 @dataclass(frozen=True)
 class KeyClaim:
     """An idempotency key this request holds: the batch its send makes is `reference_id`. `resumed` when an earlier

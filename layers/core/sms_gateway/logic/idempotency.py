@@ -57,8 +57,13 @@ def run_once(
     produce: Callable[[KeyClaim | None], StoredAnswer],
     lease: timedelta | None = None,
     undo: Callable[[KeyClaim], StoredAnswer | None] | None = None,
+    unversioned_fingerprint: str | None = None,
 ) -> StoredAnswer:
     """Only a successful (2xx) answer is kept: a refused or failed request may be retried under its key.
+
+    `unversioned_fingerprint`: the request's fingerprint as builds before 2026-12-06 made it, which a record they
+    stored (it carries no FINGERPRINT_VERSION) is compared with, so that their requests' retries still get their
+    answers (IdempotencyStore.begin); None when it is `request_fingerprint`.
 
     `produce` gets the claim on the key (None without a key): a send makes the batch the claim names. With a
     `lease` (sends: SEND_LEASE), a key whose request died holding it is taken over once the lease runs out, and
@@ -79,7 +84,15 @@ def run_once(
     if key is None:
         return produce(None)
     try:
-        begun = store.begin(scope, key, request_fingerprint, now=now, reference_id=new_batch_id(), lease=lease)
+        begun = store.begin(
+            scope,
+            key,
+            request_fingerprint,
+            now=now,
+            reference_id=new_batch_id(),
+            lease=lease,
+            unversioned_fingerprint=unversioned_fingerprint,
+        )
     except KeyReused as error:
         raise KeyReused(_used_for_another_request(key)) from error
     if isinstance(begun, StoredAnswer):
