@@ -160,6 +160,33 @@ def test_a_second_tab_signs_in_after_the_first_did_and_keeps_the_first_tabs_form
     assert stored(account["account_id"]).dlr_url == "https://a.example/x"
 
 
+def test_signing_in_again_near_the_end_of_the_session_gives_it_a_new_lifetime(browser, account):
+    import boto3
+
+    from sms_gateway.bootstrap import gateway
+
+    # Given a session 5 minutes before its absolute expiry (the browser signed in almost 12 hours ago)
+    second_tab = browser.get("/portal/login").csrf_token()
+    browser.sign_in(account["username"], account["password"])
+    token = browser.cookies["portal_session"]
+    store = gateway().store
+    soon = int((datetime.now(UTC) + timedelta(minutes=5)).timestamp())
+    boto3.client("dynamodb").update_item(
+        TableName=store.table_name,
+        Key=store._portal_session_key(token),
+        UpdateExpression="SET expires_at = :soon",
+        ExpressionAttributeValues={":soon": {"N": str(soon)}},
+    )
+    # When the user signs in again from the second tab
+    fields = {"csrf_token": second_tab, "username": account["username"], "password": account["password"]}
+    assert browser.post("/portal/login", fields).status == 303
+    # Then the session keeps its token and lives 12 hours from now, not 5 minutes
+    assert browser.cookies["portal_session"] == token
+    session = store.portal_session(token)
+    assert session is not None
+    assert session.expires_at > datetime.now(UTC) + timedelta(hours=11)
+
+
 def test_a_sign_in_page_opened_before_another_still_signs_in(browser, account):
     # Given the session ended in two tabs, each sent to the sign-in page (the first tab's page loaded first)
     first_tab = browser.get("/portal/login").csrf_token()

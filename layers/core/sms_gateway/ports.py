@@ -719,6 +719,11 @@ class PortalSessionStore(Protocol):
         """Moves the idle expiry; a session deleted meanwhile stays deleted."""
         ...
 
+    def renew_portal_session(self, token: str, session: PortalSession) -> bool:
+        """Moves a session's expiries to `session`'s, only while it is stored for that account and password epoch:
+        False when it is not (signed out meanwhile), and nothing is written."""
+        ...
+
     def delete_portal_session(self, token: str) -> None: ...
 
 

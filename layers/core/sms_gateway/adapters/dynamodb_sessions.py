@@ -93,17 +93,40 @@ class DynamoSessionsMixin:
         )
 
     def extend_portal_session(self, token: str, idle_until: datetime) -> None:
+        # Never brings back a session signed out meanwhile (an update alone would create the item).
+        self._update_portal_session(
+            token, "SET idle_until = :idle", "attribute_exists(pk)", {":idle": {"N": str(int(idle_until.timestamp()))}}
+        )
+
+    def renew_portal_session(self, token: str, session: PortalSession) -> bool:
+        if session.password_epoch is None:
+            return False
+        # Never brings back a session signed out meanwhile, nor renews one of another account or password.
+        return self._update_portal_session(
+            token,
+            "SET expires_at = :expires, idle_until = :idle",
+            "attribute_exists(pk) AND account_id = :account AND password_epoch = :epoch",
+            {
+                ":expires": {"N": str(int(session.expires_at.timestamp()))},
+                ":idle": {"N": str(int(session.idle_until.timestamp()))},
+                ":account": {"S": session.account_id},
+                ":epoch": {"S": session.password_epoch},
+            },
+        )
+
+    def _update_portal_session(self, token: str, update: str, condition: str, values: dict[str, Any]) -> bool:
+        """False when the condition failed, and nothing was written."""
         try:
             self.client.update_item(
                 TableName=self.table_name,
                 Key=self._portal_session_key(token),
-                UpdateExpression="SET idle_until = :idle",
-                # Never brings back a session signed out meanwhile (an update alone would create the item).
-                ConditionExpression="attribute_exists(pk)",
-                ExpressionAttributeValues={":idle": {"N": str(int(idle_until.timestamp()))}},
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeValues=values,
             )
         except self.client.exceptions.ConditionalCheckFailedException:
-            return
+            return False
+        return True
 
     def delete_portal_session(self, token: str) -> None:
         self.client.delete_item(TableName=self.table_name, Key=self._portal_session_key(token))

@@ -56,22 +56,27 @@ def sign_in(
     """A new session's token for a valid username and password (the session-key /login's checks and attempt
     limit); Unauthorized or TooManyAttempts otherwise, with the same message whichever part was wrong.
     `current`: the browser's live session, if any. Signed in to the same account already (a sign-in form left open
-    in another tab), its token is the answer: the session stands, so the forms other tabs show keep their CSRF
-    token. Signed in to another account, a new session is made (the caller ends the old one)."""
+    in another tab), with the password just checked, its token is the answer: the session stands, so the forms other
+    tabs show keep their CSRF token, and it lives on from now as a new one would (both expiries moved: a sign-in
+    near the end of its 12 hours is not signed out minutes later). Signed in to another account, or with a password
+    a reset has replaced since, a new session is made (the caller ends the old one)."""
     login = check_login(store, username, password, now=now)
-    if current is not None and current.account.account_id == login.account_id:
+    session = PortalSession(
+        account_id=login.account_id,
+        created_at=now,
+        expires_at=now + ABSOLUTE_LIFETIME,
+        idle_until=now + IDLE_TIMEOUT,
+        password_epoch=login.password_epoch,
+    )
+    if (
+        current is not None
+        and current.account.account_id == login.account_id
+        and current.session.password_epoch == login.password_epoch
+        and sessions.renew_portal_session(current.token, session)
+    ):
         return current.token
     token = secrets.token_urlsafe(32)
-    sessions.save_portal_session(
-        token,
-        PortalSession(
-            account_id=login.account_id,
-            created_at=now,
-            expires_at=now + ABSOLUTE_LIFETIME,
-            idle_until=now + IDLE_TIMEOUT,
-            password_epoch=login.password_epoch,
-        ),
-    )
+    sessions.save_portal_session(token, session)
     return token
 
 
