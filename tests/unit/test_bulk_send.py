@@ -316,7 +316,6 @@ def test_rows_the_previous_version_recorded_under_the_number_as_written_are_not_
     assert sent == []
 
 
-@pytest.mark.xfail(strict=True, reason="review: a row an all-columns version accepted is sent again when the re-export writes its number another way")
 def test_review_a_row_an_all_columns_version_accepted_is_not_sent_again_when_its_number_is_written_another_way(
     tmp_path: Path,
 ) -> None:

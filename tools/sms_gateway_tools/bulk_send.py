@@ -260,19 +260,32 @@ def _keyed(row: Row, sender: str, template: str, progress: ProgressFile) -> tupl
     """The row's message (its `row_key`, which tells repeats apart) and the key to send or look it up under.
 
     That is the message's key, unless the progress file records the row under the key of an earlier version (the
-    number as written, `written_number_key`, in any way the file wrote it; or every column, `all_columns_key`):
-    then that one, so a row it accepted counts as accepted, and a row it recorded without a target goes again under
-    the key the gateway knows it by.
+    number as written, `written_number_key`; or every column, `all_columns_key`; either with the number in any way
+    the file wrote it): then that one, so a row it accepted counts as accepted, and a row it recorded without a
+    target goes again under the key the gateway knows it by.
     """
     message = row_key(sender, template, row.to, row.fields)
     keys = [message]
-    keys += [written_number_key(sender, template, to, row.fields) for to in progress.ways_written(row.to)]
-    keys.append(all_columns_key(sender, template, row.fields))
+    ways = progress.ways_written(row.to)
+    keys += [written_number_key(sender, template, to, row.fields) for to in ways]
+    keys += [all_columns_key(sender, template, fields) for fields in _written_other_ways(row, ways)]
     for recorded in (progress.accepted, progress.untargeted):
         for key in keys:
             if key in recorded:
                 return message, key
     return message, message
+
+
+def _written_other_ways(row: Row, ways: list[str]) -> Iterator[dict[str, str]]:
+    """The row's columns, then with its number column as each other way in `ways` (the all-columns key hashed the
+    number as written)."""
+    yield row.fields
+    try:
+        column = number_column(row.fields)
+    except BulkSendError:
+        return
+    for to in ways[1:]:
+        yield {**row.fields, column: to}
 
 
 def _settled_without_sending(
