@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -161,6 +162,46 @@ def test_csv_send_reports_each_row_and_a_rerun_sends_nothing_again(
     time.sleep(1.0)  # room for a (wrong) second dispatch to reach the simulator
     assert submits(stack) == submits_before + 3
     assert credits(account) == credits_before - 3
+
+
+def test_a_re_export_with_the_numbers_written_another_way_sends_nothing_again_and_says_why(
+    stack: Any, account: dict[str, Any], tmp_path: Path
+) -> None:
+    first, again = tmp_path / "customers.csv", tmp_path / "customers-2.csv"
+    first.write_text("to,name\n+234 802-000 0021,Ada\n2348020000022,Bola\n")
+    # The CRM's re-export the same day: Ada's number as '00...' (the gateway reads it as the same), Bola's with a '+'
+    # (one key, but bare digits cannot be sent as '+': the gateway may read them as the account's national number)
+    again.write_text("to,name\n002348020000021,Ada\n+2348020000022,Bola\n")
+    send = ["send", "--from", SENDER, "--message", "Hi {name}", *gateway(stack, account)]
+    submits_before = submits(stack)
+    code, out, err = run(*send, "--csv", str(first), "--json")
+    assert code == 0, err
+    references = {r["line"]: r["reference_id"] for r in json.loads(out)["results"]}
+    credits_before = credits(account)
+    # (the two sends reach the simulator after the answer: wait for them, so a wrong third is told from them)
+    deadline = time.monotonic() + 20
+    while submits(stack) < submits_before + 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    submits_before += 2
+
+    # When the re-export is sent (its own progress file)
+    code, out, err = run(*send, "--csv", str(again), "--json")
+    # Then Ada's row gets its first answer; Bola's is not sent again and says so, apart from the rejected rows
+    assert code == 1, err
+    summary = json.loads(out)
+    rows = {r["line"]: r for r in summary["results"]}
+    assert (rows[2]["outcome"], rows[2]["reference_id"]) == ("accepted", references[2])
+    assert rows[3]["outcome"] == "key_used"
+    assert "written another way" in rows[3]["reason"]
+    assert (summary["rejected"], summary["key_used"]) == (0, 1)
+    time.sleep(1.0)  # room for a (wrong) second dispatch to reach the simulator
+    assert (submits(stack), credits(account)) == (submits_before, credits_before)
+    # And the text summary tells the row apart
+    code, out, _ = run(*send, "--csv", str(again))
+    assert code == 1
+    assert re.search(r"key used with the number written another way +1", out), out
+    assert re.search(r"already accepted \(earlier run\) +1", out), out
+    assert "rows not sent again: " in out and "+2348020000022" in out
 
 
 def test_errors_are_clear_and_change_nothing(stack: Any, account: dict[str, Any], tmp_path: Path) -> None:

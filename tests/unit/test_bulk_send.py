@@ -12,10 +12,12 @@ import pytest
 
 from sms_gateway_tools.bulk_send import (
     BulkSendError,
+    KeyUsed,
     ProgressFile,
     Row,
     RowRejected,
     RowResult,
+    SendOne,
     all_columns_key,
     progress_path,
     progress_target,
@@ -23,6 +25,7 @@ from sms_gateway_tools.bulk_send import (
     render,
     row_key,
     send_rows,
+    sent_number,
     template_fields,
     written_number_key,
 )
@@ -79,11 +82,16 @@ def _rows(text: str) -> list[Row]:
 
 def _send_hi_name(rows: list[Row], progress_file: Path, sent: list[tuple[str, str]]) -> list[RowResult]:
     """Sends `Hi {name}` from 48974 one row at a time, noting each (number, key) sent."""
+    return _hi_name(rows, progress_file, lambda to, text, key: (sent.append((to, key)), (f"ref-{to}", 1))[1])
+
+
+def _hi_name(rows: list[Row], progress_file: Path, send_one: SendOne) -> list[RowResult]:
+    """Sends `Hi {name}` from 48974 one row at a time with `send_one`."""
     return send_rows(
         rows,
         sender="48974",
         template="Hi {name}",
-        send_one=lambda to, text, key: (sent.append((to, key)), (f"ref-{to}", 1))[1],
+        send_one=send_one,
         progress=ProgressFile(progress_file, TARGET),
         concurrency=1,
     ).results
@@ -213,14 +221,7 @@ def test_a_column_the_message_does_not_use_changes_nothing_that_was_sent(tmp_pat
         return f"ref-{to}", 1
 
     def run(text: str) -> None:
-        send_rows(
-            _rows(text),
-            sender="48974",
-            template="Hi {name}",
-            send_one=send_one,
-            progress=ProgressFile(progress, TARGET),
-            concurrency=1,
-        )
+        _hi_name(_rows(text), progress, send_one)
 
     # Given a campaign whose two rows were accepted (docs/cli.md: the key is "made from what the row sends")
     run("to,name\n2348020000011,Ada\n2348020000012,Bola\n")
@@ -333,35 +334,111 @@ def test_review_a_row_an_all_columns_version_accepted_is_not_sent_again_when_its
     assert results[0].outcome == "already_accepted"
 
 
-@pytest.mark.xfail(strict=True, reason="review: a row sent again under its key with its number written another way is refused by the gateway (key used for a different request), not answered its first answer")
-def test_review_a_re_export_sent_under_the_same_key_gets_the_first_answer_not_a_key_conflict(tmp_path: Path) -> None:
-    # A gateway as the 9bits dialect behaves: a key's first request is answered again to the very same request; the
-    # same key with another body (its `to` written otherwise) is refused 409 "used for a different request"
-    first_to: dict[str, str] = {}
-    sent: list[str] = []
+class KeyedGateway:
+    """A gateway as the 9bits dialect behaves: a key's first request is sent and its answer kept; the very same
+    request under the key again gets that answer and sends nothing; another body under it (its `to` written
+    otherwise) is refused 409 "used for a different request", which the CLI's sender raises as KeyUsed."""
 
-    def gateway(to: str, text: str, key: str) -> tuple[str | None, int | None]:
-        if first_to.setdefault(key, to) != to:
-            raise RowRejected("this Idempotency-Key was used for a different request")
-        sent.append(to)
-        return f"ref-{key[-6:]}", 1
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.first: dict[str, tuple[str, tuple[str | None, int | None]]] = {}
 
-    def run(csv_text: str, progress: Path) -> list[RowResult]:
-        return send_rows(
-            _rows(csv_text), sender="48974", template="Hi {name}", send_one=gateway,
-            progress=ProgressFile(progress, TARGET), concurrency=1,
-        ).results
+    def __call__(self, to: str, text: str, key: str) -> tuple[str | None, int | None]:
+        if key in self.first:
+            first_to, answer = self.first[key]
+            if first_to != to:
+                raise KeyUsed("this Idempotency-Key was used for a different request")
+            return answer
+        self.sent.append(to)
+        self.first[key] = (to, (f"ref-{len(self.sent)}", 1))
+        return self.first[key][1]
 
-    # Given Ada sent from customers.csv as +234...
-    assert [r.outcome for r in run("to,name\n+2348020000011,Ada\n", tmp_path / "customers.csv.sent.jsonl")] == [
+    def run(self, csv_text: str, progress: Path) -> list[RowResult]:
+        return _hi_name(_rows(csv_text), progress, self)
+
+
+@pytest.mark.parametrize(
+    ("first", "again"),
+    [
+        ("+2348020000011", "+234 802-000 0011"),
+        ("+234 802-000 0011", "002348020000011"),
+        ("(+234) 802 000 0011", "00 234 802 000 0011"),
+        ("2348020000011", "234 802 000 0011"),
+        ("0802 000 0011", "08020000011"),
+    ],
+)
+def test_review_a_re_export_sent_under_the_same_key_gets_the_first_answer_not_a_key_conflict(
+    tmp_path: Path, first: str, again: str
+) -> None:
+    gateway = KeyedGateway()
+    # Given Ada sent from customers.csv
+    assert [r.outcome for r in gateway.run(f"to,name\n{first},Ada\n", tmp_path / "customers.csv.sent.jsonl")] == [
         "accepted"
     ]
-    # When the CRM's re-export, without the '+', is sent the same day as customers-2.csv (its own progress file:
-    # cli.md, the gateway keeps each key's first answer for 24 hours and a re-export "sends nothing already accepted")
-    again = run("to,name\n2348020000011,Ada\n", tmp_path / "customers-2.csv.sent.jsonl")
-    # Then Ada is not sent again and her row reads accepted (the first answer), not rejected
-    assert sent == ["+2348020000011"]
-    assert again[0].outcome == "accepted", again[0]
+    # When the CRM's re-export, her number written another way the gateway reads as the same, is sent the same day
+    # as customers-2.csv (its own progress file: cli.md, the gateway keeps each key's first answer for 24 hours)
+    again_results = gateway.run(f"to,name\n{again},Ada\n", tmp_path / "customers-2.csv.sent.jsonl")
+    # Then Ada is not sent again and her row reads accepted with the first answer, not rejected
+    assert len(gateway.sent) == 1
+    assert (again_results[0].outcome, again_results[0].reference_id) == ("accepted", "ref-1"), again_results[0]
+    # And the row and its progress line keep the number as the file writes it
+    assert again_results[0].to == again
+
+
+def test_a_number_is_sent_in_one_form_the_gateway_reads_as_written() -> None:
+    # International forms go as '+' and digits; bare digits stay bare (national or international: only the
+    # account's country tells, as the gateway reads them), never given a '+'; what is no number goes as written
+    assert sent_number("+234 802-000 0011") == "+2348020000011"
+    assert sent_number("(+234) 8020000011") == "+2348020000011"
+    assert sent_number("002348020000011") == "+2348020000011"
+    assert sent_number("234 802 000 0011") == "2348020000011"
+    assert sent_number("(951) 350-0049") == "9513500049"
+    assert sent_number("0802 000 0011") == "08020000011"
+    assert sent_number("0802-CALL-ME") == "0802-CALL-ME"
+
+
+@pytest.mark.parametrize(
+    ("first", "again"), [("+2348020000011", "2348020000011"), ("2348020000011", "002348020000011")]
+)
+def test_a_row_whose_key_was_used_with_its_number_written_another_way_is_reported_so_and_not_sent(
+    tmp_path: Path, first: str, again: str
+) -> None:
+    # Given Ada sent from customers.csv with her number in one form, then the re-export with it in the other: one key
+    # (bare digits are taken as international for the key), but bare digits cannot be sent as '+' (the gateway may
+    # read them as a national number of the account's country), so the bodies differ
+    gateway = KeyedGateway()
+    gateway.run(f"to,name\n{first},Ada\n", tmp_path / "customers.csv.sent.jsonl")
+    progress = tmp_path / "customers-2.csv.sent.jsonl"
+    [result] = gateway.run(f"to,name\n{again},Ada\n", progress)
+    # Then she is not sent again, and the row says why, apart from the rows the gateway refused
+    assert len(gateway.sent) == 1
+    assert result.outcome == "key_used"
+    assert "written another way" in (result.reason or "")
+    assert "status" in (result.reason or "")
+    # And nothing is recorded as accepted: the answer was not seen
+    assert not progress.exists()
+
+
+def test_a_row_an_older_version_recorded_without_a_target_goes_again_as_that_line_wrote_its_number(
+    tmp_path: Path,
+) -> None:
+    # Given a line a version before targets wrote: Ada sent as '+234 802-000 0011' under the number-as-written key
+    path = tmp_path / "p.jsonl"
+    old_key = written_number_key("48974", "Hi {name}", "+234 802-000 0011", {"name": "Ada"})
+    path.write_text(json.dumps({"key": old_key, "line": 2, "to": "+234 802-000 0011", "reference_id": "r"}) + "\n")
+    gateway = KeyedGateway()
+    gateway.first[old_key] = ("+234 802-000 0011", ("r", 1))
+    # When the re-export writes it '+2348020000011'
+    [result] = gateway.run("to,name\n+2348020000011,Ada\n", path)
+    # Then it goes under the old key as the line wrote it: the gateway's first answer, nothing sent again
+    assert gateway.sent == []
+    assert (result.outcome, result.reference_id, result.key) == ("accepted", "r", old_key)
+    # But a line whose spelling the gateway may read as another number (bare digits) is not sent as that line wrote
+    # it: the row's own form goes, and the gateway's refusal of it under the key is told as such
+    path.write_text(json.dumps({"key": old_key, "line": 2, "to": "+234 802-000 0011", "reference_id": "r"}) + "\n")
+    [bare] = gateway.run("to,name\n2348020000011,Ada\n", path)
+    assert gateway.sent == []
+    assert bare.outcome == "key_used"
 
 
 def test_rows_an_earlier_version_recorded_under_its_all_columns_key_are_not_sent_again(tmp_path: Path) -> None:

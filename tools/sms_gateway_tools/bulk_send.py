@@ -28,6 +28,19 @@ class RowRejected(Exception):
     """One row cannot be sent; the reason goes into the summary and the other rows carry on."""
 
 
+class KeyUsed(RowRejected):
+    """The gateway holds the row's key for another request (409 "used for a different request"): the same message
+    sent within its 24 hours with the number written another way, or with delivery reports set otherwise. Nothing
+    was sent; most likely the row was sent then, so the row is told apart from the rows the gateway refused."""
+
+
+KEY_USED_REASON = (
+    "not sent again: the gateway has this row's key from a send within the last 24 hours with the number written "
+    "another way ('+234...' or '00234...' against bare '234...') or --dlr set otherwise; most likely it was sent "
+    "then: check with `sms-gateway status` (the reference id is in the progress file of the run that sent it)"
+)
+
+
 @dataclass(frozen=True)
 class Row:
     line: int  # the CSV line the row ends on, as an editor shows it (the header is line 1)
@@ -39,7 +52,7 @@ class Row:
 class RowResult:
     line: int
     to: str
-    outcome: str  # "accepted", "already_accepted", "duplicate" or "rejected"
+    outcome: str  # "accepted", "already_accepted", "duplicate", "rejected" or "key_used" (KeyUsed)
     key: str
     reference_id: str | None = None
     cost: int | None = None
@@ -96,6 +109,26 @@ def number_key(to: str) -> str:
     when it cannot be a number (the gateway refuses the row). A national form (`08020000011`) stays its own: only
     the account's country, which the client API does not tell, makes it `2348020000011`."""
     return international_digits(to) or to
+
+
+def sent_number(to: str) -> str:
+    """The number as a row's request carries it: one text for the ways of writing it that the gateway reads as the
+    same number, so a row sent again under its key (which `number_key` makes) is the same request, which the gateway
+    answers its first answer, not a "key used for a different request".
+
+    Written in international form ('+' or '00' in front, separators or not): '+' and its digits. Otherwise its
+    digits without separators: never given a '+', since the gateway reads bare digits as international only when
+    they start with the account's calling code (else as a national number), and the client API does not tell that
+    country. So '+234...' and bare '234...' stay two requests under one key. Text that cannot be a number goes as
+    written (the gateway refuses it).
+    """
+    digits = international_digits(to)
+    if digits is None:
+        return to
+    written = "".join(character for character in to if character in "0123456789")
+    if "+" in to or written != digits:
+        return "+" + digits
+    return digits
 
 
 def written_number_key(sender: str, template: str, to: str, fields: dict[str, str]) -> str:
@@ -246,6 +279,7 @@ class Summary:
             "already_accepted": len(self.of("already_accepted")),
             "duplicates": len(self.of("duplicate")),
             "rejected": len(self.of("rejected")),
+            "key_used": len(self.of("key_used")),
             "cost": self.cost if self.cost_known else None,
             "new_cost": self.new_cost,
             "dry_run": self.dry_run,
@@ -256,24 +290,36 @@ class Summary:
         }
 
 
-def _keyed(row: Row, sender: str, template: str, progress: ProgressFile) -> tuple[str, str]:
-    """The row's message (its `row_key`, which tells repeats apart) and the key to send or look it up under.
+@dataclass(frozen=True)
+class _Keyed:
+    message: str  # the row's `row_key`, which tells repeats apart
+    key: str  # the key to send or look the row up under
+    to: str  # the number as the request carries it
+
+
+def _keyed(row: Row, sender: str, template: str, progress: ProgressFile) -> _Keyed:
+    """The row's message, the key to send or look it up under, and the number as its request carries it.
 
     That is the message's key, unless the progress file records the row under the key of an earlier version (the
     number as written, `written_number_key`; or every column, `all_columns_key`; either with the number in any way
     the file wrote it): then that one, so a row it accepted counts as accepted, and a row it recorded without a
-    target goes again under the key the gateway knows it by.
+    target goes again under the key the gateway knows it by, with the number as that line wrote it (so as the
+    request the gateway keeps under the key wrote it) when the gateway reads that the same way (`sent_number`).
     """
     message = row_key(sender, template, row.to, row.fields)
     keys = [message]
     ways = progress.ways_written(row.to)
     keys += [written_number_key(sender, template, to, row.fields) for to in ways]
     keys += [all_columns_key(sender, template, fields) for fields in _written_other_ways(row, ways)]
+    to = sent_number(row.to)
     for recorded in (progress.accepted, progress.untargeted):
         for key in keys:
             if key in recorded:
-                return message, key
-    return message, message
+                written = recorded[key].get("to")
+                if isinstance(written, str) and sent_number(written) == to:
+                    to = written
+                return _Keyed(message, key, to)
+    return _Keyed(message, message, to)
 
 
 def _written_other_ways(row: Row, ways: list[str]) -> Iterator[dict[str, str]]:
@@ -340,12 +386,15 @@ def send_rows(
         if on_result is not None:
             on_result(result)
 
-    def attempt(row: Row, key: str, text: str) -> None:
+    def attempt(row: Row, keyed: _Keyed, text: str) -> None:
+        key = keyed.key
         if summary.fatal is not None:
             done(RowResult(row.line, row.to, "rejected", key, reason=f"not sent: {summary.fatal}"))
             return
         try:
-            reference_id, cost = send_one(row.to, text, key)
+            reference_id, cost = send_one(keyed.to, text, key)
+        except KeyUsed:
+            done(RowResult(row.line, row.to, "key_used", key, reason=KEY_USED_REASON))
         except RowRejected as error:
             done(RowResult(row.line, row.to, "rejected", key, reason=str(error)))
         except BulkSendError as error:
@@ -360,14 +409,19 @@ def send_rows(
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
     try:
         for row in rows:
-            message, key = _keyed(row, sender, template, progress)
+            keyed = _keyed(row, sender, template, progress)
             settled = _settled_without_sending(
-                row, message=message, key=key, template=template, progress=progress, first_line_of=first_line_of
+                row,
+                message=keyed.message,
+                key=keyed.key,
+                template=template,
+                progress=progress,
+                first_line_of=first_line_of,
             )
             if isinstance(settled, RowResult):
                 done(settled)
             else:
-                pool.submit(attempt, row, key, settled)
+                pool.submit(attempt, row, keyed, settled)
         pool.shutdown(wait=True)
     except KeyboardInterrupt:
         # Ctrl-C: rows in flight finish and are recorded, the rest are not sent; a rerun picks them up.

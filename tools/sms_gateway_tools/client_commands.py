@@ -18,7 +18,9 @@ from sms_gateway.domain.status import TERMINAL
 from sms_gateway_tools.admin import TargetNotFound, _print_record, _print_rows, describe_stack, stack_outputs
 from sms_gateway_tools.arguments import number, whole_number
 from sms_gateway_tools.bulk_send import (
+    KEY_USED_REASON,
     BulkSendError,
+    KeyUsed,
     ProgressFile,
     RowRejected,
     RowResult,
@@ -217,9 +219,12 @@ def _batch_or_nothing(client: GatewayClient, reference_id: str) -> dict[str, Any
 
 
 def _row_error(error: ApiError) -> Exception:
-    """A refusal of the caller (or no gateway at all) stops a CSV run: every other row would meet it too."""
+    """A refusal of the caller (or no gateway at all) stops a CSV run: every other row would meet it too. The row's
+    key held for another request is told apart from a refusal of the row (KeyUsed): it was most likely sent."""
     if error.status_code in (NO_ANSWER, 401, 403):
         return BulkSendError(str(error))
+    if error.status_code == 409 and "used for a different request" in error.message.lower():
+        return KeyUsed(error.message)
     return RowRejected(error.message)
 
 
@@ -304,7 +309,7 @@ class TextProgress:
 
     def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
         self.total, self.stream, self.done = total, stream, 0
-        self.counts = {"accepted": 0, "already_accepted": 0, "duplicate": 0, "rejected": 0}
+        self.counts = {"accepted": 0, "already_accepted": 0, "duplicate": 0, "rejected": 0, "key_used": 0}
         self.enabled = enabled and total > 0 and stream.isatty()
         self._lock = threading.Lock()
 
@@ -389,7 +394,8 @@ def _send_csv(args: argparse.Namespace) -> int:
         return INTERRUPTED
     if args.dry_run and not balance_sufficient:
         return REFUSED
-    return REFUSED if summary.of("rejected") else 0
+    # A row whose key was used otherwise was most likely sent, but no answer says so: not all sent, as far as is known.
+    return REFUSED if summary.of("rejected") or summary.of("key_used") else 0
 
 
 def _note_untargeted(progress: ProgressFile) -> None:
@@ -411,6 +417,11 @@ def _print_summary(summary: Summary, progress: Path, balance: int | None = None)
             {"outcome": "already accepted (earlier run)", "rows": counts["already_accepted"]},
             {"outcome": "duplicate rows (sent once)", "rows": counts["duplicates"]},
             {"outcome": "rejected", "rows": counts["rejected"]},
+            *(
+                [{"outcome": "key used with the number written another way", "rows": counts["key_used"]}]
+                if counts["key_used"]
+                else []
+            ),
             {"outcome": "total", "rows": counts["rows"]},
         ],
         ["outcome", "rows"],
@@ -425,6 +436,10 @@ def _print_summary(summary: Summary, progress: Path, balance: int | None = None)
     if rejected:
         print("rejected rows (fix them and run the same command again: accepted rows are not sent twice):")
         _print_rows([{"line": r.line, "to": r.to, "reason": r.reason} for r in rejected], ["line", "to", "reason"])
+    key_used = sorted(summary.of("key_used"), key=lambda r: r.line)
+    if key_used:
+        print(f"rows not sent again: {KEY_USED_REASON}")
+        _print_rows([{"line": r.line, "to": r.to} for r in key_used], ["line", "to"])
     if summary.dry_run:
         print("dry run: nothing was sent or charged", file=sys.stderr)
     elif summary.unrecorded:
