@@ -45,6 +45,12 @@ def fake_routes() -> RouteTable:
     return RouteTable(default_upstream="fake")
 
 
+def inbox_key(inbound: StoredInbound) -> tuple[str, str, str, str]:
+    """What stores an SMS once, as DynamoStore's marker: the upstream's id, for the account and the number it was
+    sent to (an SMS without an upstream id is its own)."""
+    return (inbound.upstream, inbound.upstream_message_id or str(inbound.inbound_id), inbound.account_id, inbound.to)
+
+
 class InMemoryStore:
     def __init__(self) -> None:
         self.accounts: dict[str, Account] = {}
@@ -58,9 +64,9 @@ class InMemoryStore:
         # The id written with each lease (the table's claim_id): the holder's later writes name it.
         self.claim_ids: dict[MessageKey, str] = {}
         self._claims_made = 0
-        self.inbox: dict[tuple[str, str], StoredInbound] = {}
+        self.inbox: dict[tuple[str, str, str, str], StoredInbound] = {}
         # The inbound SMS marked as not queued for the client yet: when a sweep may queue each.
-        self.inbound_sweep_at: dict[tuple[str, str], datetime] = {}
+        self.inbound_sweep_at: dict[tuple[str, str, str, str], datetime] = {}
         # The messages marked as holding a final report not announced yet (announce_pending): when a sweep may.
         self.report_sweep_at: dict[MessageKey, datetime] = {}
         self.links: dict[tuple[str, str], MessageKey] = {}
@@ -91,7 +97,7 @@ class InMemoryStore:
         )
 
     def save_inbound(self, inbound: StoredInbound, *, notify_due: datetime | None = None) -> bool:
-        key = (inbound.upstream, inbound.upstream_message_id or str(inbound.inbound_id))
+        key = inbox_key(inbound)
         if key in self.inbox:
             return False
         self.inbox[key] = inbound
@@ -100,7 +106,7 @@ class InMemoryStore:
         return True
 
     def inbound_notified(self, inbound: StoredInbound) -> None:
-        self.inbound_sweep_at.pop((inbound.upstream, inbound.upstream_message_id or str(inbound.inbound_id)), None)
+        self.inbound_sweep_at.pop(inbox_key(inbound), None)
 
     def claim_inbound_notifications(self, *, now: datetime, until: datetime, limit: int) -> list[StoredInbound]:
         with self._lock:
@@ -109,8 +115,8 @@ class InMemoryStore:
                 self.inbound_sweep_at[key] = until
             return [self.inbox[key] for _, key in due]
 
-    def find_inbound(self, upstream: str, upstream_message_id: str) -> FoundInbound | None:
-        key = (upstream, upstream_message_id)
+    def find_inbound(self, upstream: str, upstream_message_id: str, account_id: str, to: str) -> FoundInbound | None:
+        key = (upstream, upstream_message_id, account_id, to)
         found = self.inbox.get(key)
         return FoundInbound(found, not_queued=key in self.inbound_sweep_at) if found is not None else None
 
@@ -141,7 +147,7 @@ class InMemoryStore:
         return found[0] if found else None
 
     def keyword_applied(self, inbound: StoredInbound) -> None:
-        key = (inbound.upstream, inbound.upstream_message_id or str(inbound.inbound_id))
+        key = inbox_key(inbound)
         if key in self.inbox:
             self.inbox[key] = self.inbox[key].model_copy(update={"keyword_pending": False})
 

@@ -145,6 +145,44 @@ def test_the_store_keeps_one_sms_per_upstream_id_and_every_sms_without_one(aws, 
     assert len(page) == 3
 
 
+def test_an_upstream_id_reused_for_another_accounts_number_is_a_new_sms_not_a_duplicate(aws, account, other_account):
+    import boto3
+
+    from sms_gateway.bootstrap import gateway
+
+    store = gateway().store
+    # Given an SMS a shared upstream delivered to the account's 48974 under its id "up-shared"
+    first = put_inbound(account["account_id"], DAY, upstream_id="up-shared", text="for the first")
+    # When the same upstream gives the same id to an SMS for another account's number (or another number)
+    theirs = first.model_copy(
+        update={"inbound_id": first.inbound_id + 1, "account_id": other_account["account_id"], "to": "55555"}
+    )
+    other_number = first.model_copy(update={"inbound_id": first.inbound_id + 2, "to": "48975"})
+    # Then each is a new SMS, stored in its own inbox, and each one's repeat is the duplicate of that one only
+    assert store.save_inbound(theirs) is True
+    assert store.save_inbound(other_number) is True
+    for sms in (first, theirs, other_number):
+        assert store.save_inbound(sms.model_copy(update={"inbound_id": sms.inbound_id + 10})) is False
+        found = store.find_inbound("simulator", "up-shared", sms.account_id, sms.to)
+        assert found is not None and found.inbound == sms, sms
+    assert [i.text for i in store.list_inbounds(other_account["account_id"], limit=10)[0]] == ["for the first"]
+    assert store.find_inbound("simulator", "up-shared", other_account["account_id"], "48974") is None
+    # And a marker stored before markers named the account and number still makes any SMS with its id a duplicate
+    client, table = boto3.client("dynamodb"), aws["TABLE_NAME"]
+    legacy = {"pk": {"S": "INUP#simulator#up-old"}, "sk": {"S": "INBOUND"}}
+    client.put_item(
+        TableName=table,
+        Item={**legacy, "account_id": {"S": account["account_id"]}, "inbound_id": {"N": str(first.inbound_id)}},
+    )
+    for owner, to in ((account["account_id"], "48974"), (other_account["account_id"], "55555")):
+        late = first.model_copy(
+            update={"inbound_id": first.inbound_id + 20, "account_id": owner, "to": to, "upstream_message_id": "up-old"}
+        )
+        assert store.save_inbound(late) is False
+        found = store.find_inbound("simulator", "up-old", owner, to)
+        assert found is not None and found.inbound == first
+
+
 # ---------------------------------------------------------------- listing
 
 

@@ -574,7 +574,7 @@ def test_a_repeated_callback_of_an_sms_its_callback_queued_is_not_forwarded_agai
     assert first["statusCode"] == 200, first
     [queued] = queued_notifications(aws)
     # Then the store finds it by its upstream id as queued
-    found = gateway().store.find_inbound("simulator", "sim-repeated")
+    found = gateway().store.find_inbound("simulator", "sim-repeated", account["account_id"], "48974")
     assert found is not None and found.inbound.text == "Row F please" and found.not_queued is False
     # When the upstream posts the callback again (it did not get the answer in time)
     again = load_function("webhook").handler(signed_inbound("Row F please", "sim-repeated"), FakeContext())
@@ -593,12 +593,12 @@ def test_the_store_finds_an_sms_not_queued_yet_as_such(aws, account, monkeypatch
         load_function("webhook").handler(signed_inbound("Row G please", "sim-unqueued-found"), FakeContext())
     # Then the store finds it by its upstream id as not queued, until its notification is queued
     store = gateway().store
-    found = store.find_inbound("simulator", "sim-unqueued-found")
+    found = store.find_inbound("simulator", "sim-unqueued-found", account["account_id"], "48974")
     assert found is not None and found.not_queued is True
     store.inbound_notified(found.inbound)
-    cleared = store.find_inbound("simulator", "sim-unqueued-found")
+    cleared = store.find_inbound("simulator", "sim-unqueued-found", account["account_id"], "48974")
     assert cleared is not None and cleared.not_queued is False and cleared.inbound == found.inbound
-    assert store.find_inbound("simulator", "sim-never-sent") is None
+    assert store.find_inbound("simulator", "sim-never-sent", account["account_id"], "48974") is None
 
 
 @pytest.mark.parametrize("retry_first", [True, False], ids=["callback-retry-then-sweep", "sweep-then-callback-retry"])

@@ -31,7 +31,7 @@ from sms_gateway.logic.sweep import (
     SweepOutcome,
     sweep_notifications,
 )
-from tests.fakes import FakeProvider, InMemoryStore, cinema_store, fake_routes
+from tests.fakes import FakeProvider, InMemoryStore, cinema_store, fake_routes, inbox_key
 from tests.unit.test_logic import NOW, callback, clock, command, dispatch_deps, send, settle_deps
 
 LONG_TEXT = "x" * 400  # three GSM-7 parts of at most 153 characters
@@ -396,7 +396,7 @@ class TestConversations:
         # And were its first notification still to queue (the not-queued mark there), it is forwarded as first
         # forwarded, under the same webhook id, not threaded anew
         assert stored.upstream_message_id is not None
-        store.inbound_sweep_at[(stored.upstream, stored.upstream_message_id)] = clock()
+        store.inbound_sweep_at[inbox_key(stored)] = clock()
         assert self.notifications(store, stop) == [first]
 
     def test_a_number_never_sent_to_starts_a_new_conversation(self, store):

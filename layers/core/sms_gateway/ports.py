@@ -114,9 +114,9 @@ class InboxStore(Protocol):
         get it again, and one after `until` does if the mark is still there. Oldest due first, as stored now."""
         ...
 
-    def find_inbound(self, upstream: str, upstream_message_id: str) -> FoundInbound | None:
-        """The inbound SMS stored for an upstream's message id (read consistently), with whether its not-queued mark
-        is still there; None when there is none."""
+    def find_inbound(self, upstream: str, upstream_message_id: str, account_id: str, to: str) -> FoundInbound | None:
+        """The inbound SMS stored for an upstream's message id sent to the account's number `to` (read
+        consistently), with whether its not-queued mark is still there; None when there is none."""
         ...
 
     def get_inbound(self, account_id: str, inbound_id: int) -> StoredInbound | None:

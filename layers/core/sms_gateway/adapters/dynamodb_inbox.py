@@ -2,7 +2,9 @@
 
 Items it adds (see docs/data-model.md):
   inbound       pk=INBOX#<account_id>                     sk=IN#<inbound_id, 19 digits>  -> the StoredInbound
-  dedup marker  pk=INUP#<upstream>#<upstream message id>  sk=INBOUND                     -> account_id, inbound_id
+  dedup marker  pk=INUP#<upstream>#<upstream message id>  sk=INBOUND#<account_id>#<to>   -> account_id, to, inbound_id
+  (markers written before they named the account and number have sk=INBOUND: they still make any SMS with that
+  upstream id a duplicate, as they did, until they expire with their SMS)
 Inbound ids are time-ordered, so the inbox sort key is the arrival order and a date range is a key range.
 An inbound SMS whose notification is not queued yet carries sweep_shard=INBOUND#<0-3> and sweep_at=<when a sweep
 may queue it, epoch seconds>: the keys of the sparse `sweep-index` (dynamodb_sweep.py), removed once it is queued.
@@ -21,7 +23,8 @@ from sms_gateway.domain.models import FoundInbound, StoredInbound
 
 INBOX_SK_PREFIX = "IN#"
 INBOUND_SK = id_sort_key(INBOX_SK_PREFIX)
-MARKER_SK = "INBOUND"
+# The sort key of a marker written before markers named the account and number (kept until they expire).
+LEGACY_MARKER_SK = "INBOUND"
 # A number filter runs in DynamoDB after the key range is read: each round reads at least this many items, and
 # a page stops after this many rounds (it may then come back short, with a cursor to follow).
 _FILTER_READ_SIZE = 100
@@ -39,6 +42,12 @@ def inbound_sk(inbound_id: int) -> str:
 
 def marker_pk(upstream: str, upstream_message_id: str) -> str:
     return f"INUP#{upstream}#{upstream_message_id}"
+
+
+def marker_sk(account_id: str, to: str) -> str:
+    """An upstream's id is unique only to that upstream: a shared one may give the same id to SMS for two accounts'
+    numbers, each a new SMS. So a marker claims the id for the account and the number the SMS was sent to."""
+    return f"{LEGACY_MARKER_SK}#{account_id}#{to}"
 
 
 def _unix_ms(moment: datetime) -> int:
@@ -99,10 +108,12 @@ class DynamoInboxMixin:
         if not inbound.upstream_message_id:
             self.client.put_item(**put_item)
             return True
+        pk = marker_pk(inbound.upstream, inbound.upstream_message_id)
         marker = {
-            "pk": marker_pk(inbound.upstream, inbound.upstream_message_id),
-            "sk": MARKER_SK,
+            "pk": pk,
+            "sk": marker_sk(inbound.account_id, inbound.to),
             "account_id": inbound.account_id,
+            "to": inbound.to,
             "inbound_id": inbound.inbound_id,
             "expires_at": expires_at,
         }
@@ -118,22 +129,31 @@ class DynamoInboxMixin:
                             "ConditionExpression": "attribute_not_exists(pk)",
                         }
                     },
+                    {
+                        "ConditionCheck": {
+                            "TableName": self.table_name,
+                            "Key": {"pk": {"S": pk}, "sk": {"S": LEGACY_MARKER_SK}},
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    },
                     {"Put": put_item},
                 ]
             )
         except self.client.exceptions.TransactionCanceledException as error:
-            if _failed(error)[:1] == [True]:
+            if any(_failed(error)[:2]):
                 return False
             raise
         return True
 
-    def find_inbound(self, upstream: str, upstream_message_id: str) -> FoundInbound | None:
-        marker = self.client.get_item(
-            TableName=self.table_name,
-            Key={"pk": {"S": marker_pk(upstream, upstream_message_id)}, "sk": {"S": MARKER_SK}},
-            ConsistentRead=True,
-        ).get("Item")
-        if not marker:
+    def find_inbound(self, upstream: str, upstream_message_id: str, account_id: str, to: str) -> FoundInbound | None:
+        pk = marker_pk(upstream, upstream_message_id)
+        for sk in (marker_sk(account_id, to), LEGACY_MARKER_SK):
+            marker = self.client.get_item(
+                TableName=self.table_name, Key={"pk": {"S": pk}, "sk": {"S": sk}}, ConsistentRead=True
+            ).get("Item")
+            if marker:
+                break
+        else:
             return None
         found = self._inbound_item(marker["account_id"]["S"], int(marker["inbound_id"]["N"]))
         if found is None:

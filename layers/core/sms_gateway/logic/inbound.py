@@ -110,7 +110,11 @@ def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundD
     # never applied, or only the answer was lost (a timeout). Queue the stored one again only while its not-queued
     # mark stays (the first callback failed before queueing it, or is queueing it now: the copy keeps its
     # webhook-id, so a client that has it drops it); once queued, it is forwarded once. A pending keyword is applied.
-    found = deps.inbox.find_inbound(sms.upstream, sms.upstream_message_id) if sms.upstream_message_id else None
+    found = (
+        deps.inbox.find_inbound(sms.upstream, sms.upstream_message_id, stored.account_id, stored.to)
+        if sms.upstream_message_id
+        else None
+    )
     logger.info(
         "duplicate inbound callback: stored once",
         extra={"upstream_message_id": sms.upstream_message_id, "queued_again": bool(found and found.not_queued)},
