@@ -137,6 +137,18 @@ class TestSearch:
             assert [batch.reference_id for batch in found.batches] == [wanted.reference_id], reference
             assert found.complete
 
+    def test_digits_that_name_no_batch_or_message_are_matched_as_a_client_ref_id(self, store, account):
+        # Given a batch whose ref_id is digits (a client's order number; the 9bits dialect reads `"ref_id": 128152.0`
+        # as "128152"), and another account's batch
+        wanted = add_batch(store, account.account_id, NOW, {MTN: S.DELIVERED}, ref_id="128152")
+        theirs = add_batch(store, "someone-else", NOW, {MTN: S.DELIVERED}, ref_id="128153")
+        # When the portal searches for those digits, Then the batch is found by its ref_id
+        found = history.search(store, store, account, history.SearchQuery(reference=" 128152 "))
+        assert [batch.reference_id for batch in found.batches] == [wanted.reference_id]
+        # And digits that are no id and no ref_id of the account find nothing, another account's ids included
+        for reference in ("128153", str(theirs.reference_id), str(theirs.reference_id + 1)):
+            assert history.search(store, store, account, history.SearchQuery(reference=reference)).batches == []
+
     def test_a_reference_outside_the_dates_is_not_found(self, store, account):
         old = add_batch(store, account.account_id, NOW - timedelta(days=3), {MTN: S.DELIVERED})
         query = history.SearchQuery(reference=str(old.reference_id), since=NOW - timedelta(days=1))

@@ -234,8 +234,10 @@ def _search_number(raw: str | None, default_country: str) -> str | None:
 
 
 def _by_key(store: MessageStore, account_id: str, reference: str | None) -> list[Batch] | None:
-    """The batch a reference_id or message_id names, by key ([] when it names none of the account's);
-    None when the reference is not an id (a client ref_id, matched in the window instead)."""
+    """The batch a reference_id or message_id of the account names, by key; None when the reference is not an id,
+    or is digits that name none of the account's batches or messages: then it is matched as a client ref_id in
+    the window instead (a ref_id may be digits, a client's order number; another account's id or one that does not
+    exist finds nothing there either, so the two read alike)."""
     raw = (reference or "").strip()
     if not ascii_digits(raw) or len(raw) > 19:
         return None
