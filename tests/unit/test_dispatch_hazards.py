@@ -446,6 +446,58 @@ def test_a_long_message_to_kannel_is_begun_only_when_all_its_sendsms_can_be_answ
     assert outcome.retry == ([] if sendsms else [message.message_id])
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: a 5-part (or longer) message to Kannel with an emoji on Kannel's UCS-2 boundary needs 5 x 13 s "
+    "of a 60 s invocation before it is begun, which no invocation ever has: it is never sent, and after "
+    "max_submit_attempts deliveries it is failed upstream_unavailable and refunded",
+)
+def test_review_a_five_part_kannel_message_cut_by_the_gateway_is_sent_by_a_full_dispatcher_invocation(
+    store, monkeypatch
+):
+    import httpx
+
+    from sms_gateway import deadlines
+    from sms_gateway.adapters.providers.kannel import KannelProvider
+    from sms_gateway.domain.segments import blind_cut_splits_a_pair, segment
+
+    # The defaults (settings.py) and the DispatcherFunction's Timeout (template.yaml, 60 s)
+    monkeypatch.setenv("UPSTREAM_CONNECT_TIMEOUT", "3")
+    monkeypatch.setenv("UPSTREAM_READ_TIMEOUT", "10")
+    seen: list[httpx.Request] = []
+
+    def smsbox(request: httpx.Request) -> httpx.Response:
+        # A healthy smsbox answers at once
+        seen.append(request)
+        return httpx.Response(202, text="0: Accepted for delivery")
+
+    kannel = KannelProvider(
+        name="fake",
+        url="http://kannel:13013",
+        username="u",
+        password="p",
+        callback_token="kannel-callback-token-0123",
+        # docs/providers-smsc.md: keep max-messages at least the accounts' max_parts (10 unless changed)
+        max_parts=10,
+        client=httpx.AsyncClient(transport=httpx.MockTransport(smsbox)),
+    )
+    # Given a 5-part Cyrillic text with an emoji across Kannel's 67-unit boundary (it goes a part a sendsms)
+    text = "я" * 66 + "😀" + "я" * 200
+    assert segment(text).parts == 5 and blind_cut_splits_a_pair(text)
+    _, deps = send(store, command(1, text=text))
+    [record] = deps.dispatch_queue.commands
+    # When its record is delivered again and again, each time to a fresh dispatcher invocation with its whole 60 s
+    for _ in range(6):
+        with deadlines.submits_until(lambda: 60_000, reserve_seconds=3.0):
+            asyncio.run(dispatch(record, dispatch_deps(store, kannel)))
+        [message] = store.messages.values()
+        if message.status != MessageStatus.QUEUED:
+            break
+    # Then it is sent, its 5 parts, and not failed and refunded though Kannel was up throughout
+    assert len(seen) == 5
+    assert message.status == MessageStatus.SUBMITTED, (message.status, message.error_code)
+
+
 class FlakyCounters(CountingStore):
     """Rate-limit counters whose first `failures` writes fail, as a hot counter item's throttling does."""
 
