@@ -206,63 +206,110 @@ def test_a_text_kannel_would_cut_through_an_emoji_goes_one_sendsms_a_part_with_i
 EMOJI_ON_A_BOUNDARY = "я" * 66 + "😀" + "я" * 66  # 3 parts as counted; Kannel's blind cut would split the emoji
 
 
+def refusing_part_2(seen: list[int]) -> Callable[[httpx.Request], httpx.Response]:
+    """A smsbox that answers 503 (its queue full, nothing taken) for part 2 of a message sent a part a sendsms and
+    takes the others, noting each part number it is sent."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        number = sendsms_fields(request)["udh"][5]
+        seen.append(number)
+        if number == 2:
+            return httpx.Response(503, text="Temporal failure, try again later.")
+        return httpx.Response(202, text="0: Accepted for delivery")
+
+    return handler
+
+
 def test_a_later_part_kannel_refuses_for_now_is_sent_again_a_moment_later_so_the_whole_message_goes_out(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr("sms_gateway.adapters.providers.kannel.PART_RETRY_PAUSE_SECONDS", 0.0)
-    answers = iter([(202, "0: Accepted for delivery"), (503, "Temporal failure, try again later.")])
-    taken: list[bytes] = []
+    taken: list[int] = []
+    refused = {2}
 
     def handler(request: httpx.Request) -> httpx.Response:
-        status, body = next(answers, (202, "0: Accepted for delivery"))
-        if status == 202:
-            taken.append(sendsms_fields(request)["udh"])
-        return httpx.Response(status, text=body)
+        number = sendsms_fields(request)["udh"][5]
+        if number in refused:
+            refused.discard(number)
+            return httpx.Response(503, text="Temporal failure, try again later.")
+        taken.append(number)
+        return httpx.Response(202, text="0: Accepted for delivery")
 
-    # When Kannel takes part 1 of 3 of a message sent a part a sendsms, and answers 503 (its queue full) for part 2
+    # When Kannel takes parts 1 and 3 of a message sent a part a sendsms, and answers 503 (its queue full) for part 2
     asyncio.run(provider(handler, max_parts=3).submit(submit_request(text=EMOJI_ON_A_BOUNDARY)))
     # Then part 2 is sent again, and every part is taken once: the handset can join the whole message
-    assert [udh[5] for udh in taken] == [1, 2, 3]
+    assert sorted(taken) == [1, 2, 3]
 
 
-def test_a_part_kannel_does_not_take_after_the_first_leaves_the_message_with_kannel_never_offered_again(
+def test_the_parts_of_a_message_sent_a_part_a_sendsms_go_at_once_so_it_takes_one_requests_time() -> None:
+    arrived: list[int] = []
+    all_arrived = asyncio.Event()
+
+    async def smsbox(request: httpx.Request) -> httpx.Response:
+        arrived.append(sendsms_fields(request)["udh"][5])
+        if len(arrived) == 3:
+            all_arrived.set()
+        # Each part is answered only once every part is at Kannel: parts sent one after another would never be
+        await asyncio.wait_for(all_arrived.wait(), timeout=5)
+        return httpx.Response(202, text="0: Accepted for delivery")
+
+    kannel = KannelProvider.from_config(
+        "kannel", {**CONFIG, "max_parts": 3}, client=httpx.AsyncClient(transport=httpx.MockTransport(smsbox))
+    )
+    asyncio.run(kannel.submit(submit_request(text=EMOJI_ON_A_BOUNDARY)))
+    assert sorted(arrived) == [1, 2, 3]
+
+
+def test_a_part_kannel_does_not_take_after_others_leaves_the_message_with_kannel_never_offered_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr("sms_gateway.adapters.providers.kannel.PART_RETRY_PAUSE_SECONDS", 0.0)
-    answers = iter([(202, "0: Accepted for delivery")] + [(503, "Temporal failure, try again later.")] * 3)
-    seen: list[httpx.Request] = []
+    seen: list[int] = []
+    part_2_refused = refusing_part_2(seen)
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        status, body = next(answers)
-        return httpx.Response(status, text=body)
-
-    # When Kannel takes part 1 of 3 and answers 503 for part 2, and again for each of its 2 tries again
+    # When Kannel takes parts 1 and 3 of 3 and answers 503 for part 2, and again for each of its 2 tries again
     with pytest.raises(UpstreamError) as raised:
-        asyncio.run(provider(handler, max_parts=3).submit(submit_request(text=EMOJI_ON_A_BOUNDARY)))
-    # Then part 3 is not sent, and the message is one Kannel may have (part 1 may reach the handset): never offered
-    # again, there or to the fallback, nor failed and refunded while that part may be delivered
-    assert len(seen) == 4
+        asyncio.run(provider(part_2_refused, max_parts=3).submit(submit_request(text=EMOJI_ON_A_BOUNDARY)))
+    # Then the message is one Kannel may have (parts 1 and 3 may reach the handset): never offered again, there or to
+    # the fallback, nor failed and refunded while they may be delivered
+    assert sorted(seen) == [1, 2, 2, 2, 3]
     assert raised.value.maybe_taken is True
-    assert "parts 1-1 of 3" in raised.value.message
+    assert "took 2 of the 3 parts, not part(s) 2" in raised.value.message
     # And a part that got no answer (Kannel may have taken it) is not sent again, which could send it twice
     seen.clear()
 
     def part_2_unanswered(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        if len(seen) == 2:
+        number = sendsms_fields(request)["udh"][5]
+        seen.append(number)
+        if number == 2:
             raise httpx.ReadTimeout("no answer", request=request)
         return httpx.Response(202, text="0: Accepted for delivery")
 
     with pytest.raises(UpstreamError) as unanswered:
         asyncio.run(provider(part_2_unanswered, max_parts=3).submit(submit_request(text=EMOJI_ON_A_BOUNDARY)))
-    assert (len(seen), unanswered.value.maybe_taken) == (2, True)
-    # And a first part not taken is the whole message not taken, as for a message of one part
-    with pytest.raises(UpstreamError) as first:
-        asyncio.run(
-            provider(answer(503, "Temporal failure"), max_parts=3).submit(submit_request(text=EMOJI_ON_A_BOUNDARY))
-        )
-    assert (first.value.maybe_taken, first.value.unavailable) == (False, True)
+    assert (sorted(seen), unanswered.value.maybe_taken) == ([1, 2, 3], True)
+    # And no part taken is the whole message not taken, as for a message of one part: retried, or failed over
+    for refusal, permanent in ((answer(503, "Temporal failure"), False), (answer(403, "Not routable"), True)):
+        with pytest.raises(UpstreamError) as none:
+            asyncio.run(provider(refusal, max_parts=3).submit(submit_request(text=EMOJI_ON_A_BOUNDARY)))
+        assert (none.value.maybe_taken, none.value.unavailable, none.value.permanent) == (False, True, permanent)
+
+
+def test_parts_kannel_refuses_for_now_are_not_sent_again_once_the_invocation_has_no_time_for_another_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sms_gateway import deadlines
+
+    monkeypatch.setenv("UPSTREAM_CONNECT_TIMEOUT", "3")
+    monkeypatch.setenv("UPSTREAM_READ_TIMEOUT", "10")
+    seen: list[int] = []
+    part_2_refused = refusing_part_2(seen)
+
+    # Given an invocation with 10 s left for submits, less than a request's worst case (13 s) and the pause
+    with deadlines.submits_until(lambda: 13_000, reserve_seconds=3.0), pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(part_2_refused, max_parts=3).submit(submit_request(text=EMOJI_ON_A_BOUNDARY)))
+    # Then the parts go once, and part 2 is left missing rather than sent again past the invocation's end
+    assert (sorted(seen), raised.value.maybe_taken) == ([1, 2, 3], True)
 
 
 def test_a_long_message_kannel_took_before_it_went_a_part_a_sendsms_still_settles_by_its_parts_ids() -> None:

@@ -21,6 +21,7 @@ Checked against Debian's Kannel 1.4.5 (bearerbox + smsbox + fakesmsc): see docs/
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -211,45 +212,95 @@ class KannelProvider:
 
     async def _submit_parts(self, request: SubmitRequest, params: dict[str, str]) -> None:
         """A text Kannel would cut through an emoji, cut here as it was counted (`split`), each part its own sendsms
-        with its concatenation header (`udh`): Kannel sends it as it is, one PDU, and the handset joins the parts.
-        Begun only when the invocation has time for every part's worst case; a later part refused for now (a 503: its
-        queue full) is tried again, a moment later, while there is time, before the message is left partly taken."""
+        with its concatenation header (`udh`): Kannel sends it as it is, one PDU, and the handset joins the parts by
+        their numbers in it, in whatever order they come. So the parts go together, and the whole message takes one
+        request's worst case, the time the dispatcher keeps for any submit before it claims a message. Parts Kannel
+        did not take for now (a 503: its queue full; a connect refused) are sent again together, a moment later, while
+        there is time, before the message is left partly taken; when no part was taken it is refused as a message of
+        one sendsms is."""
         texts = split(request.text)
-        if submit_seconds_left() < len(texts) * request_seconds():
-            # Nothing sent: the next delivery of the record, with its whole time, sends it.
-            raise UpstreamError(
-                f"{self.name}: too little of the invocation left to send the {len(texts)} parts of the message",
-                permanent=False,
-                unavailable=False,
-                throttled=False,
+        total = len(texts)
+        parts = {
+            number: (
+                {
+                    **params,
+                    "text": text,
+                    **(
+                        {"dlr-url": self.dlr_url(request.dlr_url, request.client_ref, str(number))}
+                        if request.dlr_url
+                        else {}
+                    ),
+                },
+                concatenation_udh(request.client_ref, total, number),
             )
-        for number, text in enumerate(texts, start=1):
-            udh = concatenation_udh(request.client_ref, len(texts), number)
-            dlr_url = (
-                {"dlr-url": self.dlr_url(request.dlr_url, request.client_ref, str(number))} if request.dlr_url else {}
-            )
-            for retry in range(PART_RETRIES + 1):
-                try:
-                    await self._sendsms({**params, "text": text, **dlr_url}, udh)
-                    break
-                except UpstreamError as failure:
-                    if number == 1:
-                        raise
-                    # Not taken, nothing sent (a 503, a connect refused): the parts before it are out, so it is
-                    # tried again rather than left missing, while the invocation has time for it and the rest.
-                    again = not failure.permanent and not failure.maybe_taken and retry < PART_RETRIES
-                    time_needed = PART_RETRY_PAUSE_SECONDS + (len(texts) - number + 1) * request_seconds()
-                    if not again or submit_seconds_left() < time_needed:
-                        raise partly_taken(self.name, number, len(texts), failure) from failure
-                await asyncio.sleep(PART_RETRY_PAUSE_SECONDS)
+            for number, text in enumerate(texts, start=1)
+        }
+        failures: dict[int, UpstreamError] = {}
+        pending = list(parts)
+        for retry in range(PART_RETRIES + 1):
+            answers = await self._sendsms_together([parts[number] for number in pending])
+            for number, failure in zip(pending, answers, strict=True):
+                if failure is None:
+                    failures.pop(number, None)
+                else:
+                    failures[number] = failure
+            if not failures:
+                return
+            if len(failures) == total and not any(failure.maybe_taken for failure in failures.values()):
+                # Nothing of it taken: as a message of one sendsms refused (retried, offered to the fallback, failed)
+                raise failures[1]
+            # Not taken, nothing sent (a 503, a connect refused): the parts taken are out, so these are tried again
+            # rather than left missing, while the invocation has time for one more request; a part that got no
+            # answer is not (Kannel may have it), and a part refused for good leaves the message never whole.
+            pending = [
+                number for number, failure in failures.items() if not failure.permanent and not failure.maybe_taken
+            ]
+            if (
+                not pending
+                or any(failure.permanent for failure in failures.values())
+                or retry == PART_RETRIES
+                or submit_seconds_left() < PART_RETRY_PAUSE_SECONDS + request_seconds()
+            ):
+                break
+            await asyncio.sleep(PART_RETRY_PAUSE_SECONDS)
+        raise partly_taken(self.name, total, failures)
 
-    async def _sendsms(self, params: dict[str, str], udh: bytes) -> None:
+    async def _sendsms_together(self, sendsms: list[tuple[dict[str, str], bytes]]) -> list[UpstreamError | None]:
+        """The sendsms at once, each one's failure (None: taken). A request that waits for a free connection waits
+        only while one request's worst case still fits in the invocation (not sent: PoolTimeout), so the parts end
+        within the time the dispatcher kept for the submit."""
+        left = submit_seconds_left()
+        pool = None if left == math.inf else max(0.0, left - request_seconds())
+        answers = await asyncio.gather(
+            *(self._sendsms(params, udh, pool_seconds=pool) for params, udh in sendsms), return_exceptions=True
+        )
+        failures: list[UpstreamError | None] = []
+        for answer in answers:
+            if isinstance(answer, UpstreamError):
+                failures.append(answer)
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                failures.append(None)
+        return failures
+
+    async def _sendsms(self, params: dict[str, str], udh: bytes, *, pool_seconds: float | None = None) -> None:
         """One GET sendsms; returns when Kannel took it, raises how it did not. The `udh` is octets, percent-encoded
-        as they are (a text parameter would go as UTF-8)."""
+        as they are (a text parameter would go as UTF-8). `pool_seconds`: the longest it waits for a free connection,
+        when less than the client's own."""
         query = urlencode(params, quote_via=quote_plus) + (f"&udh={quote_from_bytes(udh, safe='')}" if udh else "")
         client = self._client or async_client()
+        url = self._send_url.copy_with(query=query.encode("ascii"))
         try:
-            response = await client.get(self._send_url.copy_with(query=query.encode("ascii")))
+            if pool_seconds is None:
+                response = await client.get(url)
+            else:
+                timeout = client.timeout
+                pool = pool_seconds if timeout.pool is None else min(timeout.pool, pool_seconds)
+                response = await client.get(
+                    url,
+                    timeout=httpx.Timeout(connect=timeout.connect, read=timeout.read, write=timeout.write, pool=pool),
+                )
         except httpx.TransportError as error:
             raise no_answer(self.name, error) from error
         answer = scrubbed(response.text.strip(), (self._password,))

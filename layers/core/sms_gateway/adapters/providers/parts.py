@@ -8,6 +8,7 @@ the route's fallback, or fails and is refunded. And the concatenation header of 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 from sms_gateway.adapters.http import not_sent_there
@@ -53,12 +54,16 @@ def concatenation_udh(client_ref: str, total: int, number: int) -> bytes:
     return bytes([5, 0x00, 3, reference, total, number])
 
 
-def partly_taken(name: str, number: int, total: int, failure: UpstreamError) -> UpstreamError:
-    """Part `number` of `total` not taken after the parts before it were: the handset may get those, so the message
-    is never offered again, there or elsewhere (which would send them twice), nor failed and refunded while they
-    may be delivered. Their reports settle it: never delivered in whole, it expires after the DLR wait, refunded."""
+def partly_taken(name: str, total: int, failures: Mapping[int, UpstreamError]) -> UpstreamError:
+    """Parts of a message of `total` not taken (`failures`, by part number) while the others were, or may have been:
+    the handset may get those, so the message is never offered again, there or elsewhere (which would send them
+    twice), nor failed and refunded while they may be delivered. Their reports settle it: never delivered in whole,
+    it expires after the DLR wait, refunded."""
+    missing = sorted(failures)
+    first = failures[missing[0]]
     return UpstreamError(
-        f"{name} took parts 1-{number - 1} of {total} and not part {number}: {failure.message}",
+        f"{name} took {total - len(missing)} of the {total} parts, not part(s) {', '.join(map(str, missing))}: "
+        f"{first.message}",
         permanent=False,
         unavailable=False,
         maybe_taken=True,
