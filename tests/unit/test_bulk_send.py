@@ -467,12 +467,6 @@ def test_rows_an_earlier_version_recorded_under_its_all_columns_key_are_not_sent
     assert sent == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a number written internationally with the national trunk '0' kept ('+234 (0) 802 000 0011', "
-    "'+44 (0)7911 123456') is read by the gateway as the same number as '+2348020000011', but the row key keeps "
-    "the '0' (number_key): a re-export in the other form is sent and charged again",
-)
 @pytest.mark.parametrize("again", ["+234 (0) 802 000 0011", "+234 0802 000 0011"])
 def test_review_a_re_export_writing_the_trunk_zero_after_the_country_code_is_not_sent_again(
     tmp_path: Path, again: str
@@ -492,11 +486,6 @@ def test_review_a_re_export_writing_the_trunk_zero_after_the_country_code_is_not
     assert len(gateway.sent) == 1, (gateway.sent, results)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: two rows for one number, '+2348020000011' and '+234 (0)802 000 0011', get two keys and are "
-    "both sent, charged twice, though the gateway reads them as one number",
-)
 def test_review_one_number_with_and_without_the_trunk_zero_in_one_file_is_sent_once(tmp_path: Path) -> None:
     sent: list[str] = []
     summary = send_rows(
@@ -508,3 +497,38 @@ def test_review_one_number_with_and_without_the_trunk_zero_in_one_file_is_sent_o
         concurrency=1,
     )
     assert [r.outcome for r in summary.results] == ["accepted", "duplicate"], sent
+
+
+def test_a_number_written_with_the_trunk_zero_after_its_country_code_is_keyed_and_sent_as_the_gateway_reads_it() -> (
+    None
+):
+    row = {"name": "Ada"}
+    # A '+' or '00' form names its country, so the trunk '0' the gateway drops is dropped from the key and the request
+    for written, read in (
+        ("+234 (0)802 000 0011", "2348020000011"),
+        ("00234 0802 000 0011", "2348020000011"),
+        ("+44 (0)7911 123456", "447911123456"),
+    ):
+        assert row_key("48974", "Hi {name}", written, row) == row_key("48974", "Hi {name}", read, row), written
+        assert sent_number(written) == "+" + read
+    # Bare digits and national forms are keyed as before: without the account's country they cannot be read
+    assert row_key("48974", "Hi {name}", "23408020000011", row) != row_key("48974", "Hi {name}", "2348020000011", row)
+    assert sent_number("08020000011") == "08020000011"
+
+
+def test_a_row_recorded_under_its_key_with_the_trunk_zero_kept_is_not_sent_again(tmp_path: Path) -> None:
+    # Given a progress file the previous version wrote: Ada accepted as '+234 (0)802 ...', keyed with the '0' kept
+    path = tmp_path / "p.jsonl"
+    ada = written_number_key("48974", "Hi {name}", "23408020000011", {"name": "Ada"})
+    line = {"key": ada, "line": 2, "to": "+234 (0)802 000 0011", "reference_id": "ref-ada", "cost": 1}
+    path.write_text(json.dumps({**line, "target": TARGET}) + "\n")
+    sent: list[tuple[str, str]] = []
+    # When this version runs the file again, or a re-export writing her number without the '0'
+    results = _send_hi_name(_rows("to,name\n+234 (0)802 000 0011,Ada\n+2348020000011,Ada\n"), path, sent)
+    # Then Ada counts as accepted, not sent and charged again
+    assert sent == []
+    assert [r.outcome for r in results] == ["already_accepted", "duplicate"]
+    # And a line an older version recorded without a target goes again under that key, as the line wrote the number
+    path.write_text(json.dumps(line) + "\n")
+    _send_hi_name(_rows("to,name\n+2348020000011,Ada\n"), path, sent)
+    assert sent == [("+234 (0)802 000 0011", ada)]

@@ -13,7 +13,7 @@ from pathlib import Path
 from string import Formatter
 from typing import Any, TextIO
 
-from sms_gateway.domain.msisdn import international_digits
+from sms_gateway.domain.msisdn import InvalidMsisdn, international_digits, parse_msisdn
 
 # Header names (any case) taken for the recipient's number, first found wins.
 NUMBER_COLUMNS = ("to", "msisdn", "phone", "mobile")
@@ -105,10 +105,38 @@ def row_key(sender: str, template: str, to: str, fields: dict[str, str]) -> str:
 
 
 def number_key(to: str) -> str:
-    """The number as the key takes it: its international digits (`international_digits`), or the text as written
-    when it cannot be a number (the gateway refuses the row). A national form (`08020000011`) stays its own: only
-    the account's country, which the client API does not tell, makes it `2348020000011`."""
+    """The number as the key takes it: written in international form, the digits the gateway reads it as
+    (`read_international`: a trunk '0' after the country code dropped); else its international digits
+    (`international_digits`), or the text as written when it cannot be a number (the gateway refuses the row). A
+    national form (`08020000011`) stays its own: only the account's country, which the client API does not tell, makes
+    it `2348020000011`."""
+    return read_international(to) or previous_number_key(to)
+
+
+def previous_number_key(to: str) -> str:
+    """`number_key` until 2026-12-06, which kept a trunk '0' written after the country code ('+234 (0)802 ...' was
+    '23408...', another key than '+234802...'): progress files record rows under the keys it made, so they are looked
+    up too."""
     return international_digits(to) or to
+
+
+def read_international(to: str) -> str | None:
+    """The E.164 digits of a number written in international form ('+' or '00' in front) as the gateway reads it:
+    '+234 (0)802 000 0011' and '+44 (0)7911 123456' drop the trunk '0' there, as '+2348020000011' and
+    '+447911123456'. The country is in the number, so nothing of the account is needed. None for any other form,
+    or for a number the gateway refuses."""
+    digits = international_digits(to)
+    if digits is None or not _written_international(to, digits):
+        return None
+    try:
+        return parse_msisdn(to).digits
+    except InvalidMsisdn:
+        return None
+
+
+def _written_international(to: str, digits: str) -> bool:
+    """Whether `to`, whose international digits are `digits`, is written with '+' or '00' in front."""
+    return "+" in to or "".join(character for character in to if character in "0123456789") != digits
 
 
 def sent_number(to: str) -> str:
@@ -116,18 +144,18 @@ def sent_number(to: str) -> str:
     same number, so a row sent again under its key (which `number_key` makes) is the same request, which the gateway
     answers its first answer, not a "key used for a different request".
 
-    Written in international form ('+' or '00' in front, separators or not): '+' and its digits. Otherwise its
-    digits without separators: never given a '+', since the gateway reads bare digits as international only when
-    they start with the account's calling code (else as a national number), and the client API does not tell that
-    country. So '+234...' and bare '234...' stay two requests under one key. Text that cannot be a number goes as
-    written (the gateway refuses it).
+    Written in international form ('+' or '00' in front, separators or not): '+' and the digits the gateway reads
+    (`read_international`: '+234 (0)802 000 0011' goes as '+2348020000011'). Otherwise its digits without
+    separators: never given a '+', since the gateway reads bare digits as international only when they start with the
+    account's calling code (else as a national number), and the client API does not tell that country. So '+234...'
+    and bare '234...' stay two requests under one key. Text that cannot be a number goes as written (the gateway
+    refuses it).
     """
     digits = international_digits(to)
     if digits is None:
         return to
-    written = "".join(character for character in to if character in "0123456789")
-    if "+" in to or written != digits:
-        return "+" + digits
+    if _written_international(to, digits):
+        return "+" + (read_international(to) or digits)
     return digits
 
 
@@ -301,7 +329,8 @@ def _keyed(row: Row, sender: str, template: str, progress: ProgressFile) -> _Key
     """The row's message, the key to send or look it up under, and the number as its request carries it.
 
     That is the message's key, unless the progress file records the row under the key of an earlier version (the
-    number as written, `written_number_key`; or every column, `all_columns_key`; either with the number in any way
+    number with a trunk '0' after its country code kept, `previous_number_key`; the number as written,
+    `written_number_key`; or every column, `all_columns_key`; either with the number in any way
     the file wrote it): then that one, so a row it accepted counts as accepted, and a row it recorded without a
     target goes again under the key the gateway knows it by, with the number as that line wrote it (so as the
     request the gateway keeps under the key wrote it) when the gateway reads that the same way (`sent_number`).
@@ -309,6 +338,7 @@ def _keyed(row: Row, sender: str, template: str, progress: ProgressFile) -> _Key
     message = row_key(sender, template, row.to, row.fields)
     keys = [message]
     ways = progress.ways_written(row.to)
+    keys += [written_number_key(sender, template, previous_number_key(to), row.fields) for to in ways]
     keys += [written_number_key(sender, template, to, row.fields) for to in ways]
     keys += [all_columns_key(sender, template, fields) for fields in _written_other_ways(row, ways)]
     to = sent_number(row.to)
