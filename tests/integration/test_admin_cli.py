@@ -1387,11 +1387,9 @@ def test_review_a_reset_for_a_leak_goes_through_however_many_credentials_the_por
     account_id, store = account["account_id"], gateway().store
     # Given a thief who signed in to the portal with the leaked password and made 49 tokens there (a loop of
     # create-credential forms: the portal sets no limit)
-    made = [
-        accounts.issue_credential(store, account_id, "token", now=utc_now(), in_portal_under="") for _ in range(49)
-    ]
+    made = [accounts.issue_credential(store, account_id, "token", now=utc_now(), in_portal_under="") for _ in range(49)]
     # When the operator resets the password for the leak
-    code, reset, err = cli("reset-password", "--account", account_id, "--json")
+    code, _, err = cli("reset-password", "--account", account_id, "--json")
     # Then the reset is done: the old password no longer works, and every token the thief made is revoked
     assert code == 0, err
     assert store.password_login(account["username"], account["password"]) is None
