@@ -445,6 +445,11 @@ class CredentialInfo(BaseModel):
     secret_hash: str = Field(default="", exclude=True)
 
 
+# The most credentials AccountAdmin.reset_password revokes in its write (DynamoDB's transaction holds 100 writes: 3
+# and 2 per credential); a reset that has more revokes the rest right after it (logic/accounts.reset_password).
+MOST_REVOKED_BY_A_RESET = 48
+
+
 class AccountChanges(BaseModel):
     """Settings an operator changes on an account: a field left None is kept, a name in `clear` is removed."""
 
@@ -525,8 +530,9 @@ class AccountAdmin(AccountStore, Protocol):
         """Replaces the account's /login password (stored hashed) and, in the same write, gives the login and the
         account a new random `password_epoch` (which ends every session of the old password), sets the account's
         `sessions_valid_from` (which ends those opened before sessions carried an epoch) and revokes the credentials
-        `revoke`. Only while the account's password is the one of `replacing_epoch`; NotFound when the account does
-        not exist or its password changed meanwhile (nothing done: read it again and retry)."""
+        `revoke` (at most MOST_REVOKED_BY_A_RESET; ValueError for more, nothing done). Only while the account's
+        password is the one of `replacing_epoch`; NotFound when the account does not exist or its password changed
+        meanwhile (nothing done: read it again and retry)."""
         ...
 
     def login_username(self, account_id: str) -> str:

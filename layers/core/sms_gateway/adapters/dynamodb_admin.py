@@ -20,13 +20,11 @@ from sms_gateway.domain.models import Account, SealedSecret, SenderRegistration,
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.senders import registry_form, same_sender
 from sms_gateway.errors import Conflict, NotFound, Unauthorized
-from sms_gateway.ports import AccountChanges, CredentialInfo
+from sms_gateway.ports import MOST_REVOKED_BY_A_RESET, AccountChanges, CredentialInfo
 
 PREFIX_LENGTH = 8
 # The origin of the credentials an account is created with (create-account): the operator's.
 OPERATOR_MADE = {"created_by": "operator"}
-# A reset's transaction holds 3 writes and 2 per credential it revokes, within DynamoDB's 100.
-MOST_REVOKED_BY_A_RESET = 48
 _ACCOUNT_SK = "ACCOUNT"
 _LOGIN_SK = "LOGIN"
 _EXISTS = "attribute_exists(pk)"
@@ -400,10 +398,9 @@ class DynamoAccountAdmin:
         from sms_gateway.adapters.dynamodb import hash_password
 
         if len(revoke) > MOST_REVOKED_BY_A_RESET:
-            raise Conflict(
-                f"account {account_id} has {len(revoke)} credentials to revoke, more than the "
-                f"{MOST_REVOKED_BY_A_RESET} one reset can revoke with it: nothing was changed; revoke some with "
-                "revoke-credential, then reset"
+            # The caller revokes the rest after the reset (logic/accounts.reset_password): a programming error.
+            raise ValueError(
+                f"a reset revokes at most {MOST_REVOKED_BY_A_RESET} credentials with it, not {len(revoke)}"
             )
         revoked_at = iso(sessions_valid_from)
         revocations = [

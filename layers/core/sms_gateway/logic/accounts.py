@@ -26,6 +26,7 @@ from sms_gateway.domain.webhooks import new_signing_secret
 from sms_gateway.domain.zones import country_zones, zone_named
 from sms_gateway.errors import Conflict, GatewayError, InvalidRequest, NotFound
 from sms_gateway.ports import (
+    MOST_REVOKED_BY_A_RESET,
     AccountAdmin,
     AccountChanges,
     AccountStore,
@@ -293,8 +294,8 @@ class PasswordReset(Record):
     password: str
     sessions_valid_from: str
     revoked: list[CredentialInfo]
-    # Made in the portal under the old password just as the reset was written, and not revoked (a failure): revoke
-    # them with revoke-credential.
+    # Made in the portal under the old password and left active: revoking them one by one after the reset failed
+    # (the reset itself is done). Revoke them with revoke-credential.
     not_revoked: list[CredentialInfo]
     kept_made_in_portal: list[CredentialInfo]
     active_of_unknown_origin: list[CredentialInfo]
@@ -308,21 +309,23 @@ def reset_password(
 ) -> PasswordReset:
     """Shuts a leaked password out: a new one replaces it, every session opened with the old one ends, and, in the
     same transaction, every credential made in the portal under the old password is revoked (a leaked password's
-    holder can make API credentials there that never expire), unless `keep_portal_credentials`."""
+    holder can make API credentials there that never expire), unless `keep_portal_credentials`. Never refused for
+    how many there are: past the MOST_REVOKED_BY_A_RESET the transaction holds, the rest are revoked right after it
+    (none can be made once the password changed), and any that could not be are answered as not revoked."""
     account = require_account(store, account_id)
     active = [credential for credential in store.list_credentials(account_id) if not credential.revoked]
     under_old = [c for c in active if _made_in_portal_under(c, account.password_epoch)]
-    revoke = [] if keep_portal_credentials else under_old
+    with_reset = [] if keep_portal_credentials else under_old[:MOST_REVOKED_BY_A_RESET]
     username = store.login_username(account_id)
     password = new_password()
     after = store.reset_password(
-        account_id, password, sessions_valid_from=now, replacing_epoch=account.password_epoch, revoke=revoke
+        account_id, password, sessions_valid_from=now, replacing_epoch=account.password_epoch, revoke=with_reset
     )
-    revoked = [c.model_copy(update={"revoked": True, "revoked_at": iso(now)}) for c in revoke]
+    revoked = [c.model_copy(update={"revoked": True, "revoked_at": iso(now)}) for c in with_reset]
     failed: list[CredentialInfo] = []
     if not keep_portal_credentials:
-        late, failed = _revoke_late(store, account, {(c.kind, c.prefix) for c in revoke}, now=now)
-        revoked += late
+        after_reset, failed = _revoke_rest(store, account, {(c.kind, c.prefix) for c in with_reset}, now=now)
+        revoked += after_reset
     changed = after.webhooks_changed_in_portal_at
     return PasswordReset(
         account_id=account_id,
@@ -343,11 +346,12 @@ def _made_in_portal_under(credential: CredentialInfo, epoch: str) -> bool:
     return not credential.revoked and credential.created_by == BY_PORTAL and credential.password_epoch == epoch
 
 
-def _revoke_late(
+def _revoke_rest(
     store: AccountAdmin, account: Account, revoked: set[tuple[str, str]], *, now: datetime
 ) -> tuple[list[CredentialInfo], list[CredentialInfo]]:
-    """The credentials made in the portal under the old password after the reset read them, before it was written
-    (none can be made after: add_credential requires the session's password). Revoked one by one: the password is
+    """The credentials made in the portal under the old password that the reset's write did not revoke: those past
+    the MOST_REVOKED_BY_A_RESET it holds, and those made after the reset read them, before it was written (none can
+    be made after: add_credential requires the session's password). Revoked one by one: the password is
     reset already, and its answer (the new password, shown once) must reach the operator, so a failure here is
     answered as a credential not revoked rather than raised. Answers (revoked, not revoked)."""
     late: list[CredentialInfo] = []
