@@ -1343,7 +1343,7 @@ def test_a_reset_for_a_leak_revokes_what_the_portal_made_under_the_old_password_
     thief = accounts.issue_credential(store, account_id, "token", now=utc_now(), in_portal_under="")
     wiring = gateway()
     accounts.set_webhooks(
-        store, wiring.webhook_credentials, account_id, dlr_url="https://thief.example/dlr", in_portal_at=utc_now()
+        store, wiring.webhook_credentials, account_id, dlr_url="https://thief.example/dlr", by="portal"
     )
     # And an API key from before credentials recorded their origin
     old = accounts.issue_credential(store, account_id, "apikey", now=utc_now())
@@ -1370,7 +1370,7 @@ def test_a_reset_for_a_leak_revokes_what_the_portal_made_under_the_old_password_
     revoked, unknown = out.split("\nrevoked: ", 1)[1].split("\nactive, origin unknown", 1)
     assert thief.prefix in revoked and old.prefix not in revoked
     assert old.prefix in unknown and thief.prefix not in unknown
-    assert "https://thief.example/dlr" in out and "webhooks_changed_in_portal_at" in out
+    assert "https://thief.example/dlr" in out and "webhooks_changed_by" in out
     assert "check dlr_url and inbound_url" in err
 
 
@@ -1392,11 +1392,6 @@ def test_review_a_reset_for_a_leak_goes_through_however_many_credentials_the_por
     assert send(made[0].secret)["status"] == 401 and send(made[-1].secret)["status"] == 401
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: webhooks a leaked password's holder changes through the API with a token made in the portal are "
-    "not flagged by reset-password (webhooks_changed_in_portal_at stays empty)",
-)
 def test_review_a_reset_flags_webhooks_changed_with_a_token_the_portal_made(cli, account, aws):
     from sms_gateway.bootstrap import gateway
     from sms_gateway.domain.models import utc_now
@@ -1417,4 +1412,5 @@ def test_review_a_reset_flags_webhooks_changed_with_a_token_the_portal_made(cli,
     assert reset["dlr_url"] == "https://thief.example/dlr"
     # Then the answer says the webhooks were changed since the leak (docs/operators.md: "if that is after the
     # password may have leaked, confirm the URLs with the client and rotate both"), as it does for the portal's form
-    assert reset["webhooks_changed_in_portal_at"] is not None
+    assert reset["webhooks_changed_at"] is not None
+    assert reset["webhooks_changed_by"] == f"token {thief.prefix}, made by portal"

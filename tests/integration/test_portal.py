@@ -478,7 +478,7 @@ def test_a_token_a_leaked_password_made_in_the_portal_does_not_outlive_the_reset
     assert [(c["kind"], c["prefix"], c["created_by"]) for c in reset["revoked"]] == [("token", minted[:8], "portal")]
     assert reset["username"] == account["username"]
     assert reset["dlr_url"] == "https://thief.example/dlr"
-    assert reset["webhooks_changed_in_portal_at"] is not None
+    assert reset["webhooks_changed_at"] is not None and reset["webhooks_changed_by"] == "portal"
     assert reset["active_of_unknown_origin"] == reset["not_revoked"] == reset["kept_made_in_portal"] == []
 
 

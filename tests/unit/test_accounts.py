@@ -141,7 +141,8 @@ class AdminStore(InMemoryStore):
         account = self._require(account_id)
         update: dict[str, Any] = {name: value for name, value in changes if name != "clear" and value is not None}
         update |= dict.fromkeys(changes.clear)
-        self.accounts[account_id] = account.model_copy(update=update)
+        # Validated as the table's item is read back (the times are written as strings).
+        self.accounts[account_id] = Account.model_validate({**dict(account), **update})
         return self.accounts[account_id]
 
     def set_price(self, tier: str, network: str, credits: int) -> PriceTable:

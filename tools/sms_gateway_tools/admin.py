@@ -663,8 +663,9 @@ def _cmd_reset_password(args: argparse.Namespace) -> int:
         lambda _: reset_password(account_id=args.account, keep_portal_credentials=args.keep_portal_credentials),
         show=_show_reset,
         note="the password above is shown once: store it now; every session opened before it is ended. Whoever held "
-        "the old password could also have changed the webhooks in the portal (webhooks_changed_in_portal_at): check "
-        "dlr_url and inbound_url with the customer, and rotate the webhook token and signing secret (set-webhooks)",
+        "the old password could also have changed the webhooks, in the portal or through the API with a token made "
+        "there (webhooks_changed_at, webhooks_changed_by): check dlr_url and inbound_url with the customer, and "
+        "rotate the webhook token and signing secret (set-webhooks)",
     )
 
 

@@ -448,6 +448,8 @@ class CredentialInfo(BaseModel):
 # The most credentials AccountAdmin.reset_password revokes in its write (DynamoDB's transaction holds 100 writes: 3
 # and 2 per credential); a reset that has more revokes the rest right after it (logic/accounts.reset_password).
 MOST_REVOKED_BY_A_RESET = 48
+# A credential is listed, and named, by the first characters of its secret.
+PREFIX_LENGTH = 8
 
 
 class AccountChanges(BaseModel):
@@ -464,9 +466,10 @@ class AccountChanges(BaseModel):
     inbound_url: str | None = None
     webhook_token: SealedSecret | None = None
     webhook_secret: SealedSecret | None = None
-    # When the portal last changed the webhooks (a URL, the token or the signing secret): an operator acting on a
-    # leaked password checks them (admin reset-password shows it).
-    webhooks_changed_in_portal_at: str | None = None
+    # When the webhooks (a URL, the token or the signing secret) last changed, and by what (Account): an operator
+    # acting on a leaked password checks them (admin reset-password shows it).
+    webhooks_changed_at: str | None = None
+    webhooks_changed_by: str | None = None
     clear: frozenset[Literal["dlr_url", "inbound_url"]] = frozenset()
 
 

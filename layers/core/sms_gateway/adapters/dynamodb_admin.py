@@ -20,9 +20,8 @@ from sms_gateway.domain.models import Account, SealedSecret, SenderRegistration,
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.senders import registry_form, same_sender
 from sms_gateway.errors import Conflict, NotFound, Unauthorized
-from sms_gateway.ports import MOST_REVOKED_BY_A_RESET, AccountChanges, CredentialInfo
+from sms_gateway.ports import MOST_REVOKED_BY_A_RESET, PREFIX_LENGTH, AccountChanges, CredentialInfo
 
-PREFIX_LENGTH = 8
 # The origin of the credentials an account is created with (create-account): the operator's.
 OPERATOR_MADE = {"created_by": "operator"}
 _ACCOUNT_SK = "ACCOUNT"
@@ -40,7 +39,8 @@ _SETTABLE = (
     "inbound_url",
     "webhook_token",
     "webhook_secret",
-    "webhooks_changed_in_portal_at",
+    "webhooks_changed_at",
+    "webhooks_changed_by",
 )
 
 

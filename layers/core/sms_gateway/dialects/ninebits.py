@@ -246,6 +246,13 @@ def caller() -> Account:
     return _caller()
 
 
+def caller_credential() -> str:
+    """The request's Bearer token as a change it makes records it (its kind and prefix, not the secret)."""
+    return accounts.changed_with(
+        str(CredentialKind.TOKEN), bearer_token(router.current_event.headers.get("authorization"))
+    )
+
+
 @router.post("/ng/v1/sendsms")
 def send_sms() -> Response[Any]:
     account = _caller()

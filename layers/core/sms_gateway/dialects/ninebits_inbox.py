@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sms_gateway.bootstrap import gateway
 from sms_gateway.dialects.common import json_request, json_response, page_size_parameter
-from sms_gateway.dialects.ninebits import WEBHOOK_URL_SCHEMA, _caller
+from sms_gateway.dialects.ninebits import WEBHOOK_URL_SCHEMA, _caller, caller_credential
 from sms_gateway.domain.ids import id_time_ms
 from sms_gateway.domain.models import Account, StoredInbound, iso
 from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
@@ -233,6 +233,7 @@ def change_webhook_settings() -> Response[Any]:
         rotate_token=request.rotate_token,
         rotate_secret=request.rotate_secret,
         allow_http=gateway().settings.allow_http_webhooks,
+        by=caller_credential(),
     )
     return _settings(
         updated,

@@ -109,8 +109,11 @@ class Account(Record):
     # transaction, and a session (session-key or portal) whose login read another one is refused. "": the password
     # the account was created with (its login item has no epoch either).
     password_epoch: str = ""
-    # When the portal last changed the webhooks (a URL, the token or the signing secret); None: never, or before
-    # this was recorded (2026-12-06).
+    # When the webhooks (a URL, the token or the signing secret) last changed, and by what: "portal", "operator"
+    # (admin set-webhooks) or the API credential used ("token <prefix>"). None: never, or before this was recorded.
+    webhooks_changed_at: datetime | None = None
+    webhooks_changed_by: str | None = None
+    # Written by the first build of 2026-12-06 instead, for the portal's changes only (read as changed_by "portal").
     webhooks_changed_in_portal_at: datetime | None = None
 
     @field_validator("webhook_token", "webhook_secret", mode="before")

@@ -16,6 +16,7 @@ from sms_gateway.domain.models import (
     SealedSecret,
     SenderRegistration,
     iso,
+    utc_now,
 )
 from sms_gateway.domain.networks import CATALOGUE
 from sms_gateway.domain.pricing import ANY_NETWORK, ROUTE_TIERS, PriceTable, price_key
@@ -27,6 +28,7 @@ from sms_gateway.domain.zones import country_zones, zone_named
 from sms_gateway.errors import Conflict, GatewayError, InvalidRequest, NotFound
 from sms_gateway.ports import (
     MOST_REVOKED_BY_A_RESET,
+    PREFIX_LENGTH,
     AccountAdmin,
     AccountChanges,
     AccountStore,
@@ -287,7 +289,7 @@ class PasswordReset(Record):
     old password, session-key and portal, are refused from then on: logic/sessions.ended_by_reset). And what whoever
     held the old password could have left behind, for the operator to check: the credentials made in the portal
     under it (revoked, unless kept), those of unknown origin (made before origins were recorded, left active), and
-    the webhooks with when the portal last changed them."""
+    the webhooks with when and by what they last changed."""
 
     account_id: str
     username: str
@@ -301,7 +303,9 @@ class PasswordReset(Record):
     active_of_unknown_origin: list[CredentialInfo]
     dlr_url: str | None
     inbound_url: str | None
-    webhooks_changed_in_portal_at: str | None
+    webhooks_changed_at: str | None
+    # "portal", "operator", or the API credential used ("token <prefix>") with who made that credential.
+    webhooks_changed_by: str | None
 
 
 def reset_password(
@@ -326,7 +330,7 @@ def reset_password(
     if not keep_portal_credentials:
         after_reset, failed = _revoke_rest(store, account, {(c.kind, c.prefix) for c in with_reset}, now=now)
         revoked += after_reset
-    changed = after.webhooks_changed_in_portal_at
+    changed_at, changed_by = _webhooks_changed(after, store.list_credentials(account_id))
     return PasswordReset(
         account_id=account_id,
         username=username,
@@ -338,8 +342,27 @@ def reset_password(
         active_of_unknown_origin=[c for c in active if c.created_by is None],
         dlr_url=after.dlr_url,
         inbound_url=after.inbound_url,
-        webhooks_changed_in_portal_at=iso(changed) if changed is not None else None,
+        webhooks_changed_at=iso(changed_at) if changed_at is not None else None,
+        webhooks_changed_by=changed_by,
     )
+
+
+def _webhooks_changed(account: Account, credentials: Sequence[CredentialInfo]) -> tuple[datetime | None, str | None]:
+    """When the webhooks last changed and by what, a credential named with who made it (so the operator sees a
+    change made with a token the portal made)."""
+    if account.webhooks_changed_at is None:
+        at = account.webhooks_changed_in_portal_at
+        return at, "portal" if at is not None else None
+    by = account.webhooks_changed_by
+    used = next((c for c in credentials if by == changed_with(c.kind, c.prefix)), None)
+    if used is not None:
+        by = f"{by}, made by {used.created_by or 'unknown (before origins were recorded)'}"
+    return account.webhooks_changed_at, by
+
+
+def changed_with(kind: str, secret: str) -> str:
+    """How a webhook change records the API credential that made it: its kind and prefix (list-credentials)."""
+    return f"{kind} {secret[:PREFIX_LENGTH]}"
 
 
 def _made_in_portal_under(credential: CredentialInfo, epoch: str) -> bool:
@@ -529,11 +552,14 @@ def set_webhooks(
     rotate_token: bool = False,
     allow_http: bool = False,
     rotate_secret: bool = False,
-    in_portal_at: datetime | None = None,
+    by: str = "operator",
+    now: datetime | None = None,
 ) -> tuple[Account, WebhookCredentials]:
     """An empty URL removes that webhook. Returns the account and the webhook credentials this call rotated (shown
-    once): a new token with rotate_token, a new signing secret with rotate_secret. `in_portal_at`: made in the portal
-    then, which the account records (admin reset-password shows it)."""
+    once): a new token with rotate_token, a new signing secret with rotate_secret. The account records when (`now`)
+    and by what (`by`: "portal", "operator" or changed_with's credential) its webhooks last changed: whoever holds a
+    leaked password can point them at their server, from the portal or with a token made there, and admin
+    reset-password shows it."""
     if dlr_url is None and inbound_url is None and not rotate_token and not rotate_secret:
         raise InvalidRequest(
             "nothing to change: give a DLR URL, an inbound URL or rotate the webhook token or signing secret"
@@ -551,8 +577,8 @@ def set_webhooks(
     rotated = WebhookCredentials(
         token=fresh.token if rotate_token else None, secret=fresh.secret if rotate_secret else None
     )
-    if in_portal_at is not None:
-        values["webhooks_changed_in_portal_at"] = iso(in_portal_at)
+    values["webhooks_changed_at"] = iso(now if now is not None else utc_now())
+    values["webhooks_changed_by"] = by
     changes = AccountChanges.model_validate({**values, **sealed_changes(box, account_id, rotated), "clear": clear})
     return store.update_account(account_id, changes), rotated
 

@@ -119,9 +119,8 @@ def _set_webhooks(
         rotate_token=rotate_token,
         rotate_secret=rotate_secret,
         allow_http=wiring.settings.allow_http_webhooks,
-        # Recorded: whoever signs in with a leaked password can point the webhooks at their server, and the
-        # operator's reset-password shows when the portal last changed them.
-        in_portal_at=utc_now(),
+        by="portal",
+        now=utc_now(),
     )
     return rotated
 
