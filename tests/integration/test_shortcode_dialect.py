@@ -591,33 +591,6 @@ def test_a_keyed_get_the_previous_build_stored_still_refuses_another_request(aws
     assert len(queued_records(aws)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a keyed GET the build of bea1477 (today, before versions) stored, fingerprinted with the raw "
-    "query and no fingerprint_version, is refused 4099 on its retry after this deploy",
-)
-def test_review_a_keyed_get_the_raw_query_build_stored_gets_its_first_answer_on_retry(aws, account, api):
-    import boto3
-
-    from sms_gateway.bootstrap import gateway
-
-    # Given a keyed GET "Hello world" answered by the build of bea1477 (2026-12-06 21:59, deployed before 1ec7606):
-    # its fingerprint hashed the query as the dialect reads it, as now, but its record carries no version
-    first = api(_keyed_get(account, "Hello+world", "Hello+world"))
-    assert answer(first)["responses"][0]["response-code"] == 200
-    table, name = boto3.client("dynamodb"), gateway().store.table_name
-    for item in table.scan(TableName=name)["Items"]:
-        if item["pk"]["S"].startswith("IDEM#"):
-            table.update_item(
-                TableName=name, Key={"pk": item["pk"], "sk": item["sk"]}, UpdateExpression="REMOVE fingerprint_version"
-            )
-    # When the client repeats it word for word under its key after this deploy (its answer was lost)
-    again = api(_keyed_get(account, "Hello+world", "Hello+world"))
-    # Then it gets the first answer, not 4099 for the very request that was sent
-    assert again["body"] == first["body"]
-    assert len(queued_records(aws)) == 1
-
-
 def test_a_malformed_idempotency_key_changes_nothing(aws, account, api):
     event = post_event(account)
     event["headers"]["idempotency-key"] = "k" * 300
