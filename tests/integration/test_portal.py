@@ -790,11 +790,6 @@ def test_approving_a_sender_another_account_owns_is_refused_and_the_request_stay
     assert stored(other_account["account_id"]).senders == ("55555",)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a portal webhook form in flight when the password is reset still points the webhooks at the "
-    "thief's server after the reset, and the reset's answer does not show it",
-)
 def test_review_a_webhook_form_sent_as_the_password_is_reset_changes_nothing(api, signed_in, account, monkeypatch):
     """The portal makes a credential only while the session's password is the account's (add_credential's epoch
     condition): the webhook forms write the account with no such condition, so one whose session check passed just
@@ -813,8 +808,10 @@ def test_review_a_webhook_form_sent_as_the_password_is_reset_changes_nothing(api
 
     monkeypatch.setattr(accounts, "set_webhooks", reset_lands_first)
     # Given a thief's portal session (the leaked password) sending the webhook form as the operator resets
-    signed_in.submit(SETTINGS, "webhooks", {"dlr_url": "https://thief.example/dlr"})
-    # Then the reset's answer showed the webhooks as they were
+    answer = signed_in.submit(SETTINGS, "webhooks", {"dlr_url": "https://thief.example/dlr"})
+    # Then the form is answered as a signed-out session's
+    assert answer.status == 401
+    # And the reset's answer showed the webhooks as they were
     assert resets and resets[0].dlr_url != "https://thief.example/dlr"
     # And the form of the password the reset replaced changed nothing after it
     assert stored(account["account_id"]).dlr_url != "https://thief.example/dlr"

@@ -139,7 +139,13 @@ class AdminStore(InMemoryStore):
 
     def update_account(self, account_id: str, changes: AccountChanges) -> Account:
         account = self._require(account_id)
-        update: dict[str, Any] = {name: value for name, value in changes if name != "clear" and value is not None}
+        if changes.under_password_epoch not in (None, account.password_epoch):
+            raise Unauthorized("the account's password was reset")
+        update: dict[str, Any] = {
+            name: value
+            for name, value in changes
+            if name not in ("clear", "under_password_epoch") and value is not None
+        }
         update |= dict.fromkeys(changes.clear)
         # Validated as the table's item is read back (the times are written as strings).
         self.accounts[account_id] = Account.model_validate({**dict(account), **update})

@@ -471,6 +471,9 @@ class AccountChanges(BaseModel):
     webhooks_changed_at: str | None = None
     webhooks_changed_by: str | None = None
     clear: frozenset[Literal["dlr_url", "inbound_url"]] = frozenset()
+    # Not a setting: changes made in a portal session are written only while the account's password is still the
+    # session's (this epoch, as add_credential's password_epoch); Unauthorized when a reset replaced it.
+    under_password_epoch: str | None = None
 
 
 class AccountAdmin(AccountStore, Protocol):

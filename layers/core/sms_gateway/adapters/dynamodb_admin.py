@@ -375,13 +375,19 @@ class DynamoAccountAdmin:
             "ExpressionAttributeNames": names,
             "ReturnValues": "ALL_NEW",
         }
-        if values:
-            request["ExpressionAttributeValues"] = self._codec.dump(
-                {f":{name}": value for name, value in values.items()}
-            )
+        attribute_values = self._codec.dump({f":{name}": value for name, value in values.items()})
+        epoch = changes.under_password_epoch
+        if epoch is not None:
+            condition = _epoch_condition(epoch)
+            request["ConditionExpression"] = condition["ConditionExpression"]
+            attribute_values |= condition["ExpressionAttributeValues"]
+        if attribute_values:
+            request["ExpressionAttributeValues"] = attribute_values
         try:
             answer = self.client.update_item(**request)
         except self.client.exceptions.ConditionalCheckFailedException as error:
+            if epoch is not None and self._account_exists(account_id):
+                raise Unauthorized("the account's password was reset: sign in again with the new one") from error
             raise NotFound(f"no account {account_id}") from error
         return Account.model_validate(self._codec.load(answer["Attributes"]))
 

@@ -554,12 +554,14 @@ def set_webhooks(
     rotate_secret: bool = False,
     by: str = "operator",
     now: datetime | None = None,
+    under_password_epoch: str | None = None,
 ) -> tuple[Account, WebhookCredentials]:
     """An empty URL removes that webhook. Returns the account and the webhook credentials this call rotated (shown
     once): a new token with rotate_token, a new signing secret with rotate_secret. The account records when (`now`)
     and by what (`by`: "portal", "operator" or changed_with's credential) its webhooks last changed: whoever holds a
     leaked password can point them at their server, from the portal or with a token made there, and admin
-    reset-password shows it."""
+    reset-password shows it. `under_password_epoch` (a portal session's): written only while the account's password
+    is still that one, Unauthorized after a reset replaced it (nothing changed)."""
     if dlr_url is None and inbound_url is None and not rotate_token and not rotate_secret:
         raise InvalidRequest(
             "nothing to change: give a DLR URL, an inbound URL or rotate the webhook token or signing secret"
@@ -579,7 +581,14 @@ def set_webhooks(
     )
     values["webhooks_changed_at"] = iso(now if now is not None else utc_now())
     values["webhooks_changed_by"] = by
-    changes = AccountChanges.model_validate({**values, **sealed_changes(box, account_id, rotated), "clear": clear})
+    changes = AccountChanges.model_validate(
+        {
+            **values,
+            **sealed_changes(box, account_id, rotated),
+            "clear": clear,
+            "under_password_epoch": under_password_epoch,
+        }
+    )
     return store.update_account(account_id, changes), rotated
 
 

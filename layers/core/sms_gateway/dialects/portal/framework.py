@@ -22,7 +22,7 @@ from aws_lambda_powertools.shared.cookies import Cookie, SameSite
 from sms_gateway.dialects.common import error_headers, query_fields, request_text, status_for
 from sms_gateway.dialects.portal.markup import attrs, esc, layout
 from sms_gateway.domain.models import Account, KeyClaim, StoredAnswer, utc_now
-from sms_gateway.errors import GatewayError, InvalidRequest, UnsupportedMediaType
+from sms_gateway.errors import GatewayError, InvalidRequest, Unauthorized, UnsupportedMediaType
 
 if TYPE_CHECKING:
     from sms_gateway.logic.portal_sessions import SignedIn
@@ -238,6 +238,10 @@ def serve(registered: Page) -> Response[Any]:
         return render(ctx.but(error=f"Unknown form action {form.get(ACTION_FIELD, '')!r}."), status=400)
     try:
         outcome = handler(ctx)
+    except Unauthorized:
+        # The session's password was reset after it was read (the action's write is conditional on it): it is
+        # signed out, and nothing was changed.
+        return refusal(401, SIGNED_OUT)
     except GatewayError as error:
         return render(ctx.but(error=error.message), status=status_for(error))
     if isinstance(outcome, Response):

@@ -121,6 +121,9 @@ def _set_webhooks(
         allow_http=wiring.settings.allow_http_webhooks,
         by="portal",
         now=utc_now(),
+        # Only while the session's password is the account's: a form whose session check passed just before a
+        # reset changes nothing after it (as create-credential).
+        under_password_epoch=_session_epoch(ctx),
     )
     return rotated
 
@@ -249,6 +252,13 @@ def credentials_html(ctx: PageContext) -> str:
     return listing + create
 
 
+def _session_epoch(ctx: PageContext) -> str:
+    """The password the session was signed in with (Account.password_epoch; a session from before sessions carried
+    one: the account's as read with it)."""
+    epoch = ctx.signed_in.session.password_epoch
+    return ctx.account.password_epoch if epoch is None else epoch
+
+
 @settings_page.action("create-credential")
 def create_credential(ctx: PageContext) -> Notice:
     from sms_gateway.logic import accounts
@@ -256,13 +266,12 @@ def create_credential(ctx: PageContext) -> Notice:
     def issue() -> tuple[dict[str, str], str]:
         # Made under the session's password: a reset of it revokes the credential (a leaked password's holder could
         # otherwise keep sending with it for ever).
-        epoch = ctx.signed_in.session.password_epoch
         issued = accounts.issue_credential(
             _store(),
             ctx.account.account_id,
             ctx.form.get("kind", ""),
             now=utc_now(),
-            in_portal_under=ctx.account.password_epoch if epoch is None else epoch,
+            in_portal_under=_session_epoch(ctx),
         )
         return {"kind": str(issued.kind), "prefix": issued.prefix}, issued.secret
 
