@@ -260,6 +260,22 @@ def test_using_the_session_moves_its_idle_expiry_forward(signed_in, monkeypatch)
     assert portal_sessions.IDLE_TIMEOUT < portal_sessions.ABSOLUTE_LIFETIME
 
 
+def test_an_idle_extension_from_a_stale_read_never_moves_the_idle_expiry_back_nor_past_the_end(signed_in):
+    """Another tab's request read the session before a renewing sign-in moved its expiries: its extension, computed
+    from that read, must not undo the renewal."""
+    from sms_gateway.bootstrap import gateway
+
+    store, token = gateway().store, signed_in.cookies["portal_session"]
+    session = store.portal_session(token)
+    # Given the session's idle expiry stored later than the stale request computed
+    store.extend_portal_session(token, session.idle_until + timedelta(minutes=20))
+    # When the stale request writes the earlier one, then one past the session's end
+    store.extend_portal_session(token, session.idle_until + timedelta(minutes=10))
+    store.extend_portal_session(token, session.expires_at + timedelta(minutes=1))
+    # Then neither is written
+    assert store.portal_session(token).idle_until == session.idle_until + timedelta(minutes=20)
+
+
 # ---------------------------------------------------------------- CSRF and origin
 
 

@@ -728,7 +728,9 @@ class PortalSessionStore(Protocol):
         ...
 
     def extend_portal_session(self, token: str, idle_until: datetime) -> None:
-        """Moves the idle expiry; a session deleted meanwhile stays deleted."""
+        """Moves the idle expiry forward to `idle_until`, only while the stored one is earlier and the stored absolute
+        expiry is not: a write from a stale read never moves it back (a renewing sign-in's written meanwhile stays)
+        nor past the session's end; a session deleted meanwhile stays deleted."""
         ...
 
     def renew_portal_session(self, token: str, session: PortalSession) -> bool:

@@ -93,9 +93,13 @@ class DynamoSessionsMixin:
         )
 
     def extend_portal_session(self, token: str, idle_until: datetime) -> None:
-        # Never brings back a session signed out meanwhile (an update alone would create the item).
+        # Never brings back a session signed out meanwhile (an update alone would create the item), never moves the
+        # idle expiry back (another request's read from before a renewal), nor past the expiry stored.
         self._update_portal_session(
-            token, "SET idle_until = :idle", "attribute_exists(pk)", {":idle": {"N": str(int(idle_until.timestamp()))}}
+            token,
+            "SET idle_until = :idle",
+            "attribute_exists(pk) AND idle_until < :idle AND expires_at >= :idle",
+            {":idle": {"N": str(int(idle_until.timestamp()))}},
         )
 
     def renew_portal_session(self, token: str, session: PortalSession) -> bool:

@@ -99,6 +99,7 @@ def signed_in(
     account = session_account(accounts, session, consistent=consistent)
     if account is None:
         return None
+    # Capped by the expiry read, which the store checks against the one stored (a renewal may have moved both since).
     idle_until = min(now + IDLE_TIMEOUT, session.expires_at)
     if idle_until - session.idle_until >= EXTEND_EVERY:
         sessions.extend_portal_session(token, idle_until)
