@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sms_gateway.domain.segments import Encoding, Segmentation, blind_cut_splits_a_pair, segment, split
+from sms_gateway.domain.segments import (
+    Encoding,
+    Segmentation,
+    blind_cut_splits_a_pair,
+    padded_for_blind_cut,
+    segment,
+    split,
+)
 
 # Written out independently of the module, from GSM 03.38, so a slip in either shows up here.
 BASIC = (
@@ -212,6 +219,68 @@ def test_a_text_a_blind_ucs2_cut_would_split_is_told_and_every_other_is_cut_ther
     assert blind_cut_splits_a_pair("я" * 66 + "😀" + "я" * 66)
     assert not blind_cut_splits_a_pair("я" * 65 + "😀" + "я" * 67)
     assert not blind_cut_splits_a_pair("a" * 152 + "€" + "a" * 152)
+
+
+def blind_ucs2_cut(text: str) -> list[str]:
+    """Kannel's and Jasmin's UCS-2 cut: every 134 octets of UTF-16, blind to characters."""
+    encoded = text.encode("utf-16-be")
+    return [
+        encoded[start : start + 134].decode("utf-16-be", errors="surrogatepass")
+        for start in range(0, len(encoded), 134)
+    ]
+
+
+def padded_parts(text: str) -> list[str]:
+    """split's parts, each but the last that is short of 67 units ended with a zero width space."""
+    parts = split(text)
+    return [
+        part + "\u200b" if index < len(parts) - 1 and units_of(part, Encoding.UCS2) < 67 else part
+        for index, part in enumerate(parts)
+    ]
+
+
+emoji_text = st.text(alphabet=st.sampled_from("я😀🎉a€"), min_size=60, max_size=400)
+
+
+@given(any_text | emoji_text)
+def test_a_padded_text_is_cut_blind_where_split_cuts_the_text_into_as_many_parts(text: str) -> None:
+    # Given any text, padded for a gateway that cuts UCS-2 blind every 67 units
+    padded = padded_for_blind_cut(text)
+    # Then no pair lies across a boundary, and it is charged as many parts as the text
+    assert not blind_cut_splits_a_pair(padded)
+    assert segment(padded).parts == segment(text).parts
+    if blind_cut_splits_a_pair(text):
+        # And the blind cut gives split's parts, each ended with the padding where split moved a pair
+        assert blind_ucs2_cut(padded) == padded_parts(text)
+    else:
+        # And any other text goes as it is
+        assert padded == text
+
+
+@pytest.mark.parametrize(
+    ("text", "pads"),
+    [
+        # An emoji across the first boundary, moved whole to the second part
+        ("я" * 66 + "😀" + "я" * 66, [66]),
+        # One across each of three boundaries (code points: each part 66 units, the pair moved)
+        ("я" * 66 + "😀" + "я" * 64 + "😀" + "я" * 64 + "😀" + "я" * 10, [66, 131, 196]),
+        # Across the second boundary only
+        ("я" * 67 + "я" * 66 + "😀" + "я" * 5, [133]),
+        # Two emojis side by side, the first across the boundary
+        ("я" * 66 + "😀😀" + "я" * 70, [66]),
+    ],
+)
+def test_a_zero_width_space_goes_before_each_emoji_split_moved_to_the_next_part(text: str, pads: list[int]) -> None:
+    # When it is padded
+    padded = padded_for_blind_cut(text)
+    # Then a zero width space is at each given place (code points, of the padded text less the earlier ones) and
+    # nowhere else, and the blind cut puts each such emoji whole at the start of its part
+    assert [index - number for number, index in enumerate(i for i, c in enumerate(padded) if c == "\u200b")] == pads
+    assert padded.replace("\u200b", "") == text
+    cut = blind_ucs2_cut(padded)
+    assert len(cut) == segment(text).parts
+    assert all(part.endswith("\u200b") for part in cut[:-1] if part[-1] == "\u200b")
+    assert all(cut[index + 1].startswith("😀") for index, part in enumerate(cut[:-1]) if part.endswith("\u200b"))
 
 
 @given(any_text)
