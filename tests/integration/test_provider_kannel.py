@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote_to_bytes, urlsplit
 
 import httpx
 import pytest
@@ -170,7 +170,10 @@ def test_a_long_message_kannel_cuts_as_it_was_counted_goes_whole_in_one_sendsms_
     assert single.url.params["dlr-url"] == base
 
 
-def test_a_text_kannel_would_cut_through_an_emoji_goes_one_sendsms_a_part_with_its_udh_and_a_dlr_url_naming_it() -> (
+EMOJI_ON_A_BOUNDARY = "я" * 66 + "😀" + "я" * 66  # 3 parts as counted; Kannel's blind cut would split the emoji
+
+
+def test_a_text_kannel_would_cut_through_an_emoji_goes_whole_in_one_sendsms_padded_so_kannel_cuts_it_as_counted() -> (
     None
 ):
     seen: list[httpx.Request] = []
@@ -181,139 +184,41 @@ def test_a_text_kannel_would_cut_through_an_emoji_goes_one_sendsms_a_part_with_i
 
     # Given 134 UTF-16 units whose emoji straddles unit 67, where Kannel cuts UCS-2 (134 octets): counted and
     # charged as 3 parts, the emoji moved whole into part 2
-    text = "я" * 66 + "😀" + "я" * 66
     # When it is submitted
-    asyncio.run(provider(handler, max_parts=3).submit(submit_request(text=text)))
-    # Then 3 parts go, each its own sendsms, UCS-2 and at most 67 units with its header (Kannel cuts none), the
-    # emoji whole in one, each with the concatenation header that makes it part n of 3 (IEI 00, one reference)
-    fields = [sendsms_fields(request) for request in seen]
-    parts = [f["text"].decode() for f in fields]
-    assert parts == ["я" * 66, "😀" + "я" * 65, "я"]
-    assert all(f["coding"] == b"2" and len(p.encode("utf-16-be")) <= 134 for f, p in zip(fields, parts, strict=True))
-    [reference] = {f["udh"][3] for f in fields}
-    assert [f["udh"] for f in fields] == [bytes([5, 0, 3, reference, 3, n]) for n in (1, 2, 3)]
-    # And each part's DLR URL names it, so each part's reports settle that part
-    dlr_urls = [request.url.params["dlr-url"] for request in seen]
-    base = f"{DLR_BASE}?ref={REF}&token={TOKEN}&type=%d&answer=%A&ts=%T&smsc=%i&to=%p&from=%P"
-    assert dlr_urls == [f"{base}&part={n}" for n in (1, 2, 3)]
-    kannel = provider(handler)
-    for number, dlr_url in enumerate(dlr_urls, start=1):
-        called = kannel_expands(dlr_url, {"d": "1", "A": "stat:DELIVRD", "T": "1795309364", "F": "0a1b2c3d"})
-        (report,) = kannel.parse_delivery_reports(callback(called))
-        assert (report.client_ref, report.status, report.part) == (REF, MessageStatus.DELIVERED, str(number))
-
-
-EMOJI_ON_A_BOUNDARY = "я" * 66 + "😀" + "я" * 66  # 3 parts as counted; Kannel's blind cut would split the emoji
-
-
-def refusing_part_2(seen: list[int]) -> Callable[[httpx.Request], httpx.Response]:
-    """A smsbox that answers 503 (its queue full, nothing taken) for part 2 of a message sent a part a sendsms and
-    takes the others, noting each part number it is sent."""
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        number = sendsms_fields(request)["udh"][5]
-        seen.append(number)
-        if number == 2:
-            return httpx.Response(503, text="Temporal failure, try again later.")
-        return httpx.Response(202, text="0: Accepted for delivery")
-
-    return handler
-
-
-def test_a_later_part_kannel_refuses_for_now_is_sent_again_a_moment_later_so_the_whole_message_goes_out(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr("sms_gateway.adapters.providers.kannel.PART_RETRY_PAUSE_SECONDS", 0.0)
-    taken: list[int] = []
-    refused = {2}
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        number = sendsms_fields(request)["udh"][5]
-        if number in refused:
-            refused.discard(number)
-            return httpx.Response(503, text="Temporal failure, try again later.")
-        taken.append(number)
-        return httpx.Response(202, text="0: Accepted for delivery")
-
-    # When Kannel takes parts 1 and 3 of a message sent a part a sendsms, and answers 503 (its queue full) for part 2
     asyncio.run(provider(handler, max_parts=3).submit(submit_request(text=EMOJI_ON_A_BOUNDARY)))
-    # Then part 2 is sent again, and every part is taken once: the handset can join the whole message
-    assert sorted(taken) == [1, 2, 3]
+    # Then it goes as one sendsms, UCS-2, no udh, its text with a zero width space before the emoji
+    [request] = seen
+    fields = sendsms_fields(request)
+    text = fields["text"].decode()
+    assert text == "я" * 66 + "\u200b" + "😀" + "я" * 66
+    assert fields["coding"] == b"2" and "udh" not in fields
+    # So Kannel's blind cut (every 134 octets) gives the 3 parts counted, the emoji whole at the start of part 2
+    encoded = text.encode("utf-16-be")
+    assert [encoded[i : i + 134].decode("utf-16-be") for i in range(0, len(encoded), 134)] == [
+        "я" * 66 + "\u200b",
+        "😀" + "я" * 65,
+        "я",
+    ]
+    # And its DLR URL names each part by %F, as for any long message Kannel cuts
+    base = f"{DLR_BASE}?ref={REF}&token={TOKEN}&type=%d&answer=%A&ts=%T&smsc=%i&to=%p&from=%P"
+    assert request.url.params["dlr-url"] == f"{base}&part=%F"
 
 
-def test_the_parts_of_a_message_sent_a_part_a_sendsms_go_at_once_so_it_takes_one_requests_time() -> None:
-    arrived: list[int] = []
-    all_arrived = asyncio.Event()
-
-    async def smsbox(request: httpx.Request) -> httpx.Response:
-        arrived.append(sendsms_fields(request)["udh"][5])
-        if len(arrived) == 3:
-            all_arrived.set()
-        # Each part is answered only once every part is at Kannel: parts sent one after another would never be
-        await asyncio.wait_for(all_arrived.wait(), timeout=5)
-        return httpx.Response(202, text="0: Accepted for delivery")
-
-    kannel = KannelProvider.from_config(
-        "kannel", {**CONFIG, "max_parts": 3}, client=httpx.AsyncClient(transport=httpx.MockTransport(smsbox))
-    )
-    asyncio.run(kannel.submit(submit_request(text=EMOJI_ON_A_BOUNDARY)))
-    assert sorted(arrived) == [1, 2, 3]
-
-
-def test_a_part_kannel_does_not_take_after_others_leaves_the_message_with_kannel_never_offered_again(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr("sms_gateway.adapters.providers.kannel.PART_RETRY_PAUSE_SECONDS", 0.0)
-    seen: list[int] = []
-    part_2_refused = refusing_part_2(seen)
-
-    # When Kannel takes parts 1 and 3 of 3 and answers 503 for part 2, and again for each of its 2 tries again
-    with pytest.raises(UpstreamError) as raised:
-        asyncio.run(provider(part_2_refused, max_parts=3).submit(submit_request(text=EMOJI_ON_A_BOUNDARY)))
-    # Then the message is one Kannel may have (parts 1 and 3 may reach the handset): never offered again, there or to
-    # the fallback, nor failed and refunded while they may be delivered
-    assert sorted(seen) == [1, 2, 2, 2, 3]
-    assert raised.value.maybe_taken is True
-    assert "took 2 of the 3 parts, not part(s) 2" in raised.value.message
-    # And a part that got no answer (Kannel may have taken it) is not sent again, which could send it twice
-    seen.clear()
-
-    def part_2_unanswered(request: httpx.Request) -> httpx.Response:
-        number = sendsms_fields(request)["udh"][5]
-        seen.append(number)
-        if number == 2:
-            raise httpx.ReadTimeout("no answer", request=request)
-        return httpx.Response(202, text="0: Accepted for delivery")
-
-    with pytest.raises(UpstreamError) as unanswered:
-        asyncio.run(provider(part_2_unanswered, max_parts=3).submit(submit_request(text=EMOJI_ON_A_BOUNDARY)))
-    assert (sorted(seen), unanswered.value.maybe_taken) == ([1, 2, 3], True)
-    # And no part taken is the whole message not taken, as for a message of one part: retried, or failed over
+def test_a_text_kannel_would_cut_through_an_emoji_refused_for_now_is_refused_whole_nothing_sent() -> None:
+    # When Kannel answers 503 (its queue full) or 403 Not routable for such a text: one sendsms, nothing taken
     for refusal, permanent in ((answer(503, "Temporal failure"), False), (answer(403, "Not routable"), True)):
-        with pytest.raises(UpstreamError) as none:
+        with pytest.raises(UpstreamError) as refused:
             asyncio.run(provider(refusal, max_parts=3).submit(submit_request(text=EMOJI_ON_A_BOUNDARY)))
-        assert (none.value.maybe_taken, none.value.unavailable, none.value.permanent) == (False, True, permanent)
+        # Then it is not taken, whole, as a message of one part: retried, or offered to the fallback
+        assert (refused.value.maybe_taken, refused.value.unavailable, refused.value.permanent) == (
+            False,
+            True,
+            permanent,
+        )
 
 
-def test_parts_kannel_refuses_for_now_are_not_sent_again_once_the_invocation_has_no_time_for_another_request(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from sms_gateway import deadlines
-
-    monkeypatch.setenv("UPSTREAM_CONNECT_TIMEOUT", "3")
-    monkeypatch.setenv("UPSTREAM_READ_TIMEOUT", "10")
-    seen: list[int] = []
-    part_2_refused = refusing_part_2(seen)
-
-    # Given an invocation with 10 s left for submits, less than a request's worst case (13 s) and the pause
-    with deadlines.submits_until(lambda: 13_000, reserve_seconds=3.0), pytest.raises(UpstreamError) as raised:
-        asyncio.run(provider(part_2_refused, max_parts=3).submit(submit_request(text=EMOJI_ON_A_BOUNDARY)))
-    # Then the parts go once, and part 2 is left missing rather than sent again past the invocation's end
-    assert (sorted(seen), raised.value.maybe_taken) == ([1, 2, 3], True)
-
-
-def test_a_long_message_kannel_took_before_it_went_a_part_a_sendsms_still_settles_by_its_parts_ids() -> None:
-    # Given the URL Kannel was handed for a long message it cut itself (until 2026-12-06): %F, the SMSC's id
+def test_each_report_of_a_long_message_kannel_cut_names_its_part_by_the_smsc_id() -> None:
+    # Given the URL Kannel is handed for a long message it cuts itself: %F, the SMSC's id
     dlr_url = f"{DLR_BASE}?ref={REF}&token={TOKEN}&type=%d&answer=%A&ts=%T&smsc=%i&to=%p&from=%P&part=%F"
     # Then each part's report parses with that part; a report Kannel has no SMSC id for (fakesmsc's) names none
     kannel = provider(answer(202, "0: Accepted for delivery"))
@@ -849,17 +754,29 @@ def test_against_a_real_kannel(kannel: tuple[KannelProvider, Receiver, subproces
         statuses.append(report.status)
     assert sorted(statuses) == sorted([MessageStatus.SUBMITTED, MessageStatus.DELIVERED])
 
-    # A long UCS-2 text with an emoji on Kannel's 134-octet boundary goes as the 3 parts it is charged as, each whole
-    # (Kannel cuts none of them: each is one PDU with its concatenation header), and each part's reports settle it
+    # A long UCS-2 text with an emoji on Kannel's 134-octet boundary goes whole, one sendsms, padded so Kannel cuts it
+    # as it was counted: 3 PDUs with its own concatenation header, the emoji whole at the start of the second
     long_request = request.model_copy(update={"text": "я" * 66 + "😀" + "я" * 66, "client_ref": "1002"})
     assert asyncio.run(_submit(adapter, long_request)) == "1002"
-    part_reports: dict[str | None, list[MessageStatus]] = {}
-    for _ in range(6):
-        (long_report,) = adapter.parse_delivery_reports(as_callback(receiver.next(timeout=15)))
-        assert long_report.client_ref == "1002"
-        part_reports.setdefault(long_report.part, []).append(long_report.status)
-    assert sorted(part_reports) == ["1", "2", "3"]
-    assert all(set(s) == {MessageStatus.SUBMITTED, MessageStatus.DELIVERED} for s in part_reports.values())
+    # (fakesmsc's reports of a message Kannel cut: one submitted, one delivered, both under the one id Kannel gave
+    # the message, %F, where an SMPP SMSC reports each part under its own id)
+    long_reports = [adapter.parse_delivery_reports(as_callback(receiver.next(timeout=15)))[0] for _ in range(2)]
+    assert {(r.client_ref, r.status) for r in long_reports} == {
+        ("1002", MessageStatus.SUBMITTED),
+        ("1002", MessageStatus.DELIVERED),
+    }
+
+    def pdus_got() -> list[tuple[str, str]]:
+        return re.findall(r"Got message \d+: <48974 2348020000000 udh (\S+) data (\S*)>", fakesmsc_log.read_text())
+
+    wait_for(lambda: len(pdus_got()) == 3, 15, "fakesmsc to get the 3 parts")
+    ucs2_pdus = pdus_got()
+    assert [udh[-6:] for udh, _ in ucs2_pdus] == ["%03%01", "%03%02", "%03%03"]
+    assert [unquote_to_bytes(data.replace("+", "%20")).decode("utf-16-be") for _, data in ucs2_pdus] == [
+        "я" * 66 + "\u200b",
+        "😀" + "я" * 65,
+        "я",
+    ]
     # A GSM text with an escape pair on the 153-septet boundary goes whole, one sendsms, and Kannel cuts it as it was
     # counted: 3 PDUs with its own concatenation header, "€" whole at the start of the second
     gsm_request = request.model_copy(update={"text": "a" * 152 + "€" + "a" * 152, "client_ref": "1003"})
@@ -867,11 +784,10 @@ def test_against_a_real_kannel(kannel: tuple[KannelProvider, Receiver, subproces
     # (fakesmsc's reports of a message Kannel cut: one submitted, one delivered, both under the one id Kannel gave
     # the message, %F, where an SMPP SMSC reports each part under its own id)
     gsm_reports = [adapter.parse_delivery_reports(as_callback(receiver.next(timeout=15)))[0] for _ in range(2)]
-    assert {(r.client_ref, r.status) for r in gsm_reports} == {("1003", s) for s in part_reports["1"]}
-
-    def pdus_got() -> list[tuple[str, str]]:
-        return re.findall(r"Got message \d+: <48974 2348020000000 udh (\S+) data (\S*)>", fakesmsc_log.read_text())
-
+    assert {(r.client_ref, r.status) for r in gsm_reports} == {
+        ("1003", MessageStatus.SUBMITTED),
+        ("1003", MessageStatus.DELIVERED),
+    }
     wait_for(lambda: len(pdus_got()) == 6, 15, "fakesmsc to get the 6 parts")
     pdus = pdus_got()
     assert [(udh[-6:], data[:9]) for udh, data in pdus[-3:]] == [

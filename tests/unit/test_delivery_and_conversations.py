@@ -153,8 +153,7 @@ class TestMultiPartMessages:
         self, message: Message, text: str = LONG_TEXT, sent: list[httpx.Request] | None = None
     ) -> Callable[..., DeliveryReport]:
         """The reports a Kannel upstream (max_parts 3) parses from the DLR URL its submit of `message` gave Kannel
-        for part `part` (the one sendsms of a text Kannel cuts, or the part's own, `sent`), as Kannel fills it in for
-        one report (`F`: the id the SMSC gave that part)."""
+        (its one sendsms, `sent`), as Kannel fills it in for one report (`F`: the id the SMSC gave that part)."""
         from sms_gateway.adapters.providers.kannel import KannelProvider
         from tests.integration.test_provider_kannel import callback, kannel_expands
 
@@ -182,8 +181,8 @@ class TestMultiPartMessages:
         )
         asyncio.run(kannel.submit(request))
 
-        def report(escapes: dict[str, str], part: int = 1, url: str | None = None) -> DeliveryReport:
-            url = url or sent[min(part, len(sent)) - 1].url.params["dlr-url"]
+        def report(escapes: dict[str, str], url: str | None = None) -> DeliveryReport:
+            url = url or sent[0].url.params["dlr-url"]
             called = callback(kannel_expands(url, {"T": "1795309364", "i": "smpp", **escapes}))
             assert kannel.verify_callback(called)
             [parsed] = kannel.parse_delivery_reports(called)
@@ -200,9 +199,9 @@ class TestMultiPartMessages:
 
         changes: list[StatusChange] = []
         # When the SMSC reports part a1 delivered (Kannel fetches the one dlr-url for each part), then part a2 failed
-        apply(store, report({"d": "1", "A": delivered, "F": "a1"}, 1), changes)
+        apply(store, report({"d": "1", "A": delivered, "F": "a1"}), changes)
         delivered_after_one_part = store.messages[message.key].status
-        apply(store, report({"d": "2", "A": undelivered, "F": "a2"}, 2), changes)
+        apply(store, report({"d": "2", "A": undelivered, "F": "a2"}), changes)
         # Then the message is not delivered after part 1 alone, and ends failed (refunded) once part 2 failed
         assert delivered_after_one_part == MessageStatus.SUBMITTED
         assert store.messages[message.key].status == MessageStatus.FAILED
@@ -214,11 +213,11 @@ class TestMultiPartMessages:
         changes: list[StatusChange] = []
         # When the SMSC accepts each part (type 8), then reports parts 1, 2 (twice) and 3 delivered
         for part in (1, 2, 3):
-            apply(store, report({"d": "8", "A": "ACK/", "F": f"a{part}"}, part), changes)
+            apply(store, report({"d": "8", "A": "ACK/", "F": f"a{part}"}), changes)
         for part in (1, 2, 2):
-            apply(store, report({"d": "1", "A": "stat:DELIVRD err:000", "F": f"a{part}"}, part), changes)
+            apply(store, report({"d": "1", "A": "stat:DELIVRD err:000", "F": f"a{part}"}), changes)
         assert store.messages[message.key].status == MessageStatus.SUBMITTED
-        apply(store, report({"d": "1", "A": "stat:DELIVRD err:000", "F": "a3"}, 3), changes)
+        apply(store, report({"d": "1", "A": "stat:DELIVRD err:000", "F": "a3"}), changes)
         # Then it is delivered once its third part is, and the client is told once
         assert [c.message.status for c in changes] == [MessageStatus.DELIVERED]
 
@@ -236,31 +235,23 @@ class TestMultiPartMessages:
         assert store.messages[message.key].status == MessageStatus.DELIVERED
 
     @pytest.mark.parametrize(
-        ("text", "answers", "udhs"),
-        [
-            # A text Kannel cuts as it was counted goes whole: Kannel's 503 took none of it, the dispatcher retries it
-            (LONG_TEXT, [503], [None]),
-            # One Kannel would cut through an emoji goes a part a sendsms, all at once: a 503 for part 2 is tried
-            # again a moment later (the handset joins the parts by their numbers, whatever order they came in)
-            ("я" * 66 + "😀" + "я" * 66, [202, 503], [1, 2, 3]),
-        ],
-        ids=["whole", "a-part-a-sendsms"],
+        "text",
+        # A text Kannel cuts as it was counted, and one it would cut through an emoji (sent padded): both go whole
+        [LONG_TEXT, "я" * 66 + "😀" + "я" * 66],
+        ids=["as-counted", "emoji-on-the-boundary"],
     )
-    def test_a_kannel_refusal_for_now_of_a_long_message_sends_it_later_whole_never_a_part_of_it(
-        self, store, monkeypatch, text, answers, udhs
-    ):
+    def test_a_kannel_refusal_for_now_of_a_long_message_sends_it_later_whole_never_a_part_of_it(self, store, text):
         from sms_gateway.adapters.providers.kannel import KannelProvider
+        from sms_gateway.domain.segments import padded_for_blind_cut
         from tests.integration.test_provider_kannel import sendsms_fields
 
-        monkeypatch.setattr("sms_gateway.adapters.providers.kannel.PART_RETRY_PAUSE_SECONDS", 0.0)
         # Given a Kannel that answers its documented 503 Temporal failure (its outgoing queue full, nothing taken)
-        # after the answers before it, and takes everything after that
-        statuses = iter(answers)
+        # once, and takes everything after that
+        statuses = iter([503])
         taken: list[dict[str, bytes]] = []
 
         def smsbox(request: httpx.Request) -> httpx.Response:
-            status = next(statuses, 202)
-            if status == 202:
+            if next(statuses, 202) == 202:
                 taken.append(sendsms_fields(request))
                 return httpx.Response(202, text="0: Accepted for delivery")
             return httpx.Response(503, text="Temporal failure, try again later.")
@@ -281,17 +272,19 @@ class TestMultiPartMessages:
             outcome = asyncio.run(dispatch(record, dispatch_deps(store, kannel)))
             if not outcome.retry:
                 break
-        # Then the whole message reached Kannel once, as the 3 parts it was charged for: the handset can join it
+        # Then the whole message reached Kannel once, one sendsms of the 3 parts it was charged for, for Kannel to cut
         [message] = store.messages.values()
         assert message.status == MessageStatus.SUBMITTED
         assert message.parts == 3
-        taken.sort(key=lambda fields: fields["udh"][5] if "udh" in fields else 0)
-        assert "".join(fields["text"].decode() for fields in taken) == text
-        assert [fields["udh"][5] if "udh" in fields else None for fields in taken] == udhs
+        [fields] = taken
+        assert fields["text"].decode() == padded_for_blind_cut(text) and "udh" not in fields
 
     def test_a_kannel_ucs2_message_with_an_emoji_on_a_part_boundary_settles_on_the_parts_it_was_charged_for(
         self, store
     ):
+        from sms_gateway.domain.segments import padded_for_blind_cut
+        from tests.integration.test_provider_kannel import sendsms_fields
+
         # Given a UCS-2 text of 134 UTF-16 units whose emoji's surrogate pair straddles unit 67, where Kannel would
         # cut it (134 octets): counted and charged as 3 parts, the emoji whole in part 2
         text = "я" * 66 + "😀" + "я" * 66
@@ -300,13 +293,19 @@ class TestMultiPartMessages:
         [message] = store.messages.values()
         sent: list[httpx.Request] = []
         report = self.kannel_reports(message, text, sent)
+        # And it went to Kannel as one sendsms, padded so Kannel cuts it into those 3 parts
+        [request] = sent
+        assert sendsms_fields(request)["text"].decode() == padded_for_blind_cut(text)
+        assert message.parts == 3
         changes: list[StatusChange] = []
-        # When the SMSC reports each part Kannel was handed delivered
-        for part in range(1, len(sent) + 1):
-            apply(store, report({"d": "1", "A": "stat:DELIVRD err:000", "F": f"a{part}"}, part), changes)
-        # Then as many parts went to Kannel as were charged, and once they are delivered the message is (the
-        # client told once): it does not wait 48 hours for a part that never comes, to be expired and refunded
-        assert len(sent) == message.parts == 3
+        # When the SMSC reports parts 1 and 2 delivered (each under the id it gave that part, Kannel's %F)
+        for part in (1, 2):
+            apply(store, report({"d": "1", "A": "stat:DELIVRD err:000", "F": f"a{part}"}), changes)
+        # Then the message waits for its third part
+        assert changes == [] and store.messages[message.key].status == MessageStatus.SUBMITTED
+        # And once the third is delivered the message is (the client told once): it does not wait 48 hours for a
+        # part that never comes, to be expired and refunded
+        apply(store, report({"d": "1", "A": "stat:DELIVRD err:000", "F": "a3"}), changes)
         assert [c.message.status for c in changes] == [MessageStatus.DELIVERED]
 
 

@@ -396,67 +396,16 @@ def test_a_message_is_not_failed_over_once_the_invocation_has_no_time_left_for_a
     assert store.messages[message.key].status == MessageStatus.SUBMITTED
 
 
-@pytest.mark.parametrize(
-    ("text", "seconds_left", "sendsms"),
-    [
-        # A text Kannel would cut through an emoji goes a part a sendsms, all at once: like any other long text (one
-        # sendsms, Kannel cutting it) it needs one request's worst case (13 s), the dispatcher's reserve
-        ("я" * 66 + "😀" + "я" * 66, 20, 3),
-        ("я" * 66 + "😀" + "я" * 66, 60, 3),
-        ("x" * 400, 20, 1),
-    ],
-)
-def test_a_long_message_to_kannel_needs_no_more_of_the_invocation_than_one_sendsms_however_it_goes(
-    store, monkeypatch, text, seconds_left, sendsms
-):
-    import httpx
-
-    from sms_gateway import deadlines
-    from sms_gateway.adapters.providers.kannel import KannelProvider
-
-    monkeypatch.setenv("UPSTREAM_CONNECT_TIMEOUT", "3")
-    monkeypatch.setenv("UPSTREAM_READ_TIMEOUT", "10")
-    seen: list[httpx.Request] = []
-
-    def smsbox(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(202, text="0: Accepted for delivery")
-
-    kannel = KannelProvider(
-        name="fake",
-        url="http://kannel:13013",
-        username="u",
-        password="p",
-        callback_token="kannel-callback-token-0123",
-        max_parts=3,
-        client=httpx.AsyncClient(transport=httpx.MockTransport(smsbox)),
-    )
-    # Given a 3-part message to Kannel, and an invocation with that many seconds left (3 of them kept to record)
-    _, deps = send(store, command(1, text=text))
-    [record] = deps.dispatch_queue.commands
-    # When the record is dispatched
-    with deadlines.submits_until(lambda: seconds_left * 1000, reserve_seconds=3.0):
-        outcome = asyncio.run(dispatch(record, dispatch_deps(store, kannel)))
-    # Then all its sendsms go, answered within the one request's worst case the dispatcher kept before claiming it
-    assert len(seen) == sendsms
-    [message] = store.messages.values()
-    assert message.status == MessageStatus.SUBMITTED
-    assert outcome.retry == []
-
-
-@pytest.mark.parametrize("parts", [5, 10])
-def test_review_a_five_part_kannel_message_cut_by_the_gateway_is_sent_by_a_full_dispatcher_invocation(
+@pytest.mark.parametrize("parts", [3, 5, 10])
+def test_review_a_kannel_message_with_an_emoji_on_its_boundary_is_sent_whole_by_one_dispatcher_invocation(
     store, monkeypatch, parts
 ):
     import httpx
 
-    from sms_gateway import deadlines
     from sms_gateway.adapters.providers.kannel import KannelProvider
-    from sms_gateway.domain.segments import blind_cut_splits_a_pair, segment
+    from sms_gateway.domain.segments import blind_cut_splits_a_pair, padded_for_blind_cut, segment
+    from tests.integration.test_provider_kannel import sendsms_fields
 
-    # The defaults (settings.py) and the DispatcherFunction's Timeout (template.yaml, 60 s)
-    monkeypatch.setenv("UPSTREAM_CONNECT_TIMEOUT", "3")
-    monkeypatch.setenv("UPSTREAM_READ_TIMEOUT", "10")
     seen: list[httpx.Request] = []
 
     def smsbox(request: httpx.Request) -> httpx.Response:
@@ -474,23 +423,19 @@ def test_review_a_five_part_kannel_message_cut_by_the_gateway_is_sent_by_a_full_
         max_parts=10,
         client=httpx.AsyncClient(transport=httpx.MockTransport(smsbox)),
     )
-    # Given a 5-part (or 10-part) Cyrillic text with an emoji across Kannel's 67-unit boundary (a part a sendsms)
-    text = "я" * 66 + "😀" + "я" * {5: 200, 10: 600}[parts]
+    # Given a 3-, 5- or 10-part Cyrillic text with an emoji across Kannel's 67-unit boundary
+    text = "я" * 66 + "😀" + "я" * {3: 66, 5: 200, 10: 600}[parts]
     assert segment(text).parts == parts and blind_cut_splits_a_pair(text)
     _, deps = send(store, command(1, text=text))
     [record] = deps.dispatch_queue.commands
-    # When its record is delivered again and again, each time to a fresh dispatcher invocation with its whole 60 s
-    invocations = 0
-    for _ in range(6):
-        invocations += 1
-        with deadlines.submits_until(lambda: 60_000, reserve_seconds=3.0):
-            asyncio.run(dispatch(record, dispatch_deps(store, kannel)))
-        [message] = store.messages.values()
-        if message.status != MessageStatus.QUEUED:
-            break
-    # Then the first invocation sends it, all its parts, and it is not failed and refunded though Kannel was up
-    assert (len(seen), invocations) == (parts, 1)
-    assert message.status == MessageStatus.SUBMITTED, (message.status, message.error_code)
+    # When its record is dispatched
+    outcome = asyncio.run(dispatch(record, dispatch_deps(store, kannel)))
+    # Then it goes as one sendsms, the text padded so Kannel cuts it as counted, like any long message: it needs one
+    # request's worst case, the dispatcher's reserve, and is never left partly sent
+    [request] = seen
+    assert sendsms_fields(request)["text"].decode() == padded_for_blind_cut(text)
+    [message] = store.messages.values()
+    assert (message.status, message.parts, outcome.retry) == (MessageStatus.SUBMITTED, parts, [])
 
 
 class FlakyCounters(CountingStore):
@@ -1072,24 +1017,3 @@ def test_a_held_report_a_settle_check_applied_is_announced_when_the_check_fails_
     # Then the client hears of the delivery (it was told only "submitted"), not only of the other one's expiry
     ids = [n["id"] for n in published]
     assert f"dlr_{held.message_id}_{delivered.sequence}" in ids, ids
-
-
-def test_the_dispatcher_invocation_tells_its_submits_the_time_left_to_send_and_record_them(monkeypatch):
-    import math
-
-    from sms_gateway import consumers, deadlines
-
-    seen: list[tuple[float, bool]] = []
-
-    async def dispatch_all(records, out_of_time):
-        seen.append((deadlines.submit_seconds_left(), out_of_time()))
-        return []
-
-    monkeypatch.setattr(consumers, "_dispatch_all", dispatch_all)
-    # When a dispatcher invocation with 30 s left handles its records
-    consumers.dispatch_records({"Records": []}, remaining_ms=lambda: 30_000)
-    # Then a submit of several requests begun in it knows the 27 s it has before the answer must be recorded, and
-    # outside an invocation there is no such limit
-    [(left, out_of_time)] = seen
-    assert 26 < left <= 27 and out_of_time is False
-    assert deadlines.submit_seconds_left() == math.inf

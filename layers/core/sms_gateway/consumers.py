@@ -21,7 +21,7 @@ from sms_gateway.adapters.providers import get_provider, upstream_rate_limit
 from sms_gateway.adapters.sqs import SqsDeadLetterQueue
 from sms_gateway.bootstrap import gateway, route_table
 from sms_gateway.caching import CachedAccountSettings
-from sms_gateway.deadlines import out_of_time_after, submits_until
+from sms_gateway.deadlines import out_of_time_after
 from sms_gateway.domain.models import DispatchCommand, Message, StatusChange, utc_now
 from sms_gateway.domain.routing import RouteTable
 from sms_gateway.logic import inbound, settle, webhook_retries
@@ -132,9 +132,7 @@ def dispatch_records(event: dict[str, Any], remaining_ms: Callable[[], int] | No
     priority lanes), in order within each, under one limit on submits in flight; the partial batch response.
     `remaining_ms` is the Lambda context's time left: no message is claimed once a submit could outlast it."""
     records = [SQSRecord(raw) for raw in event["Records"]]
-    # A submit of several requests (a long message to Kannel, one sendsms a part) checks the time left itself.
-    with submits_until(remaining_ms, reserve_seconds=RECORDING_RESERVE_SECONDS):
-        failed = http.run(_dispatch_all(records, _out_of_time(remaining_ms)))
+    failed = http.run(_dispatch_all(records, _out_of_time(remaining_ms)))
     return {"batchItemFailures": [{"itemIdentifier": record.message_id} for record in failed]}
 
 

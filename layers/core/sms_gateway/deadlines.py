@@ -6,7 +6,6 @@ retried: one made `at_most_once` that may have been applied."""
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -18,7 +17,6 @@ T = TypeVar("T")
 _armed: ContextVar[OutOfTime | None] = ContextVar("armed_deadline", default=None)
 _invocation: ContextVar[OutOfTime | None] = ContextVar("invocation_deadline", default=None)
 _at_most_once: ContextVar[bool] = ContextVar("aws_call_at_most_once", default=False)
-_submits_end: ContextVar[float | None] = ContextVar("submits_deadline", default=None)
 
 
 class DeadlineReached(Exception):
@@ -52,21 +50,6 @@ def _deadline(remaining_ms: Callable[[], int] | None, reserve_seconds: float) ->
     if remaining_ms is None:
         return None
     return time.monotonic() + remaining_ms() / 1000 - reserve_seconds
-
-
-@contextlib.contextmanager
-def submits_until(remaining_ms: Callable[[], int] | None, *, reserve_seconds: float) -> Iterator[None]:
-    """Within it, `submit_seconds_left()` is the time a submit begun now has before the invocation ends, less
-    `reserve_seconds` to record its answer: a submit of several upstream requests (a long message to Kannel cut by
-    the gateway, one sendsms a part) checks it before it begins, and before trying a request again."""
-    with _within(_submits_end, _deadline(remaining_ms, reserve_seconds)):
-        yield
-
-
-def submit_seconds_left() -> float:
-    """See `submits_until`; infinite outside it (no Lambda context)."""
-    deadline = _submits_end.get()
-    return math.inf if deadline is None else deadline - time.monotonic()
 
 
 def ran_out(out_of_time: OutOfTime | None) -> bool:

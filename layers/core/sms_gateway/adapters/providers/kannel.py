@@ -4,8 +4,8 @@ References (Kannel user guide, https://www.kannel.org/download/kannel-userguide-
 edition read from Debian's kannel-docs, /usr/share/doc/kannel-docs/userguide/userguide.html):
 - "SMS Push (send-sms)": `GET /cgi-bin/sendsms` CGI variables (Table 7-17) and reply codes (Table 7-16):
   `202 0: Accepted for delivery`, `202 3: Queued for later delivery`, `4xx <reason>`, `503 Temporal failure`.
-  `udh`: the optional User Data Header, URL-encoded octets (its first octet its length): a long text Kannel would
-  cut through an emoji goes as one sendsms per part, each with its concatenation header (`submit`).
+  Kannel cuts a long UCS-2 text every 134 octets, blind to characters: a text it would cut through an emoji goes
+  padded so that it cuts it where we counted it (`submit`).
 - "SMS Delivery Reports" (chapter 10) and "Parameters (Escape Codes)" (Table 7-10): `dlr-mask` bits
   1 delivered, 2 failed, 4 buffered, 8 SMSC submit, 16 SMSC reject; the `dlr-url` is fetched with GET after
   `%d` (type), `%A` (the SMSC's receipt text), `%T` (epoch), `%F` (the SMSC's id for the part reported: dlr.c's
@@ -20,13 +20,11 @@ Checked against Debian's Kannel 1.4.5 (bearerbox + smsbox + fakesmsc): see docs/
 
 from __future__ import annotations
 
-import asyncio
-import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, quote_from_bytes, quote_plus, urlencode
+from urllib.parse import quote, quote_plus, urlencode
 
 import httpx
 
@@ -36,13 +34,11 @@ from sms_gateway.adapters.http import (
     no_answer,
     not_sent_there,
     refuses_our_account,
-    request_seconds,
     scrubbed,
     server_error,
 )
-from sms_gateway.adapters.providers.parts import concatenation_udh, max_parts_setting, partly_taken, refuse_longer
+from sms_gateway.adapters.providers.parts import max_parts_setting, refuse_longer
 from sms_gateway.adapters.providers.tokens import previous_tokens_setting, token_verified
-from sms_gateway.deadlines import submit_seconds_left
 from sms_gateway.domain.ids import epoch_seconds
 from sms_gateway.domain.models import (
     MAX_PART_ID_LENGTH,
@@ -53,7 +49,7 @@ from sms_gateway.domain.models import (
     SubmitResult,
     iso,
 )
-from sms_gateway.domain.segments import Encoding, blind_cut_splits_a_pair, segment, split
+from sms_gateway.domain.segments import Encoding, padded_for_blind_cut, segment
 from sms_gateway.domain.status import TERMINAL, MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
 
@@ -66,10 +62,6 @@ FINAL_REPORTS_MASK = 1 | 2
 # The sendsms-user's `max-messages` when it sets none: Kannel sends that many parts of a longer text, drops the rest
 # and still answers `202 0: Accepted for delivery`. An upstream whose max-messages is higher says so in max_parts.
 DEFAULT_MAX_PARTS = 1
-# A later part of a message sent one sendsms a part (`_submit_parts`) that Kannel did not take for now is tried again
-# this many times, this long apart, while the invocation has time.
-PART_RETRIES = 2
-PART_RETRY_PAUSE_SECONDS = 1.0
 # How smsbox's 403 answers begin when it refuses our sendsms-user, and when no SMSC of its bearerbox routes the number.
 AUTHORIZATION_FAILED = "Authorization failed"
 NOT_ROUTABLE = "Not routable"
@@ -170,8 +162,7 @@ class KannelProvider:
     def dlr_url(self, base: str, client_ref: str, part: str | None = None) -> str:
         """The URL Kannel fetches for each report of a submit: our reference and token, then Kannel's escape codes.
         Kannel fetches the one URL for each part of a long text it cuts: `part=%F` (the id the SMSC gave that part)
-        tells the parts' reports apart; a part the gateway cut and sent itself names its number. A message of one
-        part goes without it."""
+        tells the parts' reports apart. A message of one part goes without it."""
         separator = "&" if "?" in base else "?"
         return (
             f"{base}{separator}ref={quote(client_ref, safe='')}&token={self._token}"
@@ -180,9 +171,9 @@ class KannelProvider:
 
     async def submit(self, request: SubmitRequest) -> SubmitResult:
         """One sendsms, Kannel cutting a long text, where it cuts it as the gateway counted and charged it
-        (domain/segments.py): always for GSM-7 (Kannel keeps escape pairs whole), and for UCS-2 unless an emoji's
-        surrogate pair lies across a 67-unit boundary, which Kannel's blind cut would split. Such a text goes one
-        sendsms per part, cut here (`_submit_parts`)."""
+        (domain/segments.py): Kannel keeps GSM-7 escape pairs whole, and cuts UCS-2 every 67 units blind to
+        characters, so a text with an emoji's surrogate pair across a 67-unit boundary goes padded with a zero width
+        space before that emoji (`padded_for_blind_cut`): Kannel then cuts it as `split` does."""
         segmentation = segment(request.text)
         refuse_longer(self.name, segmentation.parts, self._max_parts)
         ucs2 = segmentation.encoding is Encoding.UCS2
@@ -201,106 +192,22 @@ class KannelProvider:
             params["validity"] = str(request.validity_minutes)
         if request.dlr_url:
             params["dlr-mask"] = str(self._dlr_mask)
-        if blind_cut_splits_a_pair(request.text):
-            await self._submit_parts(request, params)
-        else:
+        params["text"] = padded_for_blind_cut(request.text)
+        if request.dlr_url:
+            # Kannel fetches it for each part of a text it cuts: `%F` names the part.
             part = "%F" if segmentation.parts > 1 else None
-            dlr_url = {"dlr-url": self.dlr_url(request.dlr_url, request.client_ref, part)} if request.dlr_url else {}
-            await self._sendsms({**params, "text": request.text, **dlr_url}, b"")
+            params["dlr-url"] = self.dlr_url(request.dlr_url, request.client_ref, part)
+        await self._sendsms(params)
         # No id comes back: our reference is the id (it also rides in the DLR URL).
         return SubmitResult(upstream_message_id=request.client_ref)
 
-    async def _submit_parts(self, request: SubmitRequest, params: dict[str, str]) -> None:
-        """A text Kannel would cut through an emoji, cut here as it was counted (`split`), each part its own sendsms
-        with its concatenation header (`udh`): Kannel sends it as it is, one PDU, and the handset joins the parts by
-        their numbers in it, in whatever order they come. So the parts go together, and the whole message takes one
-        request's worst case, the time the dispatcher keeps for any submit before it claims a message. Parts Kannel
-        did not take for now (a 503: its queue full; a connect refused) are sent again together, a moment later, while
-        there is time, before the message is left partly taken; when no part was taken it is refused as a message of
-        one sendsms is."""
-        texts = split(request.text)
-        total = len(texts)
-        parts = {
-            number: (
-                {
-                    **params,
-                    "text": text,
-                    **(
-                        {"dlr-url": self.dlr_url(request.dlr_url, request.client_ref, str(number))}
-                        if request.dlr_url
-                        else {}
-                    ),
-                },
-                concatenation_udh(request.client_ref, total, number),
-            )
-            for number, text in enumerate(texts, start=1)
-        }
-        failures: dict[int, UpstreamError] = {}
-        pending = list(parts)
-        for retry in range(PART_RETRIES + 1):
-            answers = await self._sendsms_together([parts[number] for number in pending])
-            for number, failure in zip(pending, answers, strict=True):
-                if failure is None:
-                    failures.pop(number, None)
-                else:
-                    failures[number] = failure
-            if not failures:
-                return
-            if len(failures) == total and not any(failure.maybe_taken for failure in failures.values()):
-                # Nothing of it taken: as a message of one sendsms refused (retried, offered to the fallback, failed)
-                raise failures[1]
-            # Not taken, nothing sent (a 503, a connect refused): the parts taken are out, so these are tried again
-            # rather than left missing, while the invocation has time for one more request; a part that got no
-            # answer is not (Kannel may have it), and a part refused for good leaves the message never whole.
-            pending = [
-                number for number, failure in failures.items() if not failure.permanent and not failure.maybe_taken
-            ]
-            if (
-                not pending
-                or any(failure.permanent for failure in failures.values())
-                or retry == PART_RETRIES
-                or submit_seconds_left() < PART_RETRY_PAUSE_SECONDS + request_seconds()
-            ):
-                break
-            await asyncio.sleep(PART_RETRY_PAUSE_SECONDS)
-        raise partly_taken(self.name, total, failures)
-
-    async def _sendsms_together(self, sendsms: list[tuple[dict[str, str], bytes]]) -> list[UpstreamError | None]:
-        """The sendsms at once, each one's failure (None: taken). A request that waits for a free connection waits
-        only while one request's worst case still fits in the invocation (not sent: PoolTimeout), so the parts end
-        within the time the dispatcher kept for the submit."""
-        left = submit_seconds_left()
-        pool = None if left == math.inf else max(0.0, left - request_seconds())
-        answers = await asyncio.gather(
-            *(self._sendsms(params, udh, pool_seconds=pool) for params, udh in sendsms), return_exceptions=True
-        )
-        failures: list[UpstreamError | None] = []
-        for answer in answers:
-            if isinstance(answer, UpstreamError):
-                failures.append(answer)
-            elif isinstance(answer, BaseException):
-                raise answer
-            else:
-                failures.append(None)
-        return failures
-
-    async def _sendsms(self, params: dict[str, str], udh: bytes, *, pool_seconds: float | None = None) -> None:
-        """One GET sendsms; returns when Kannel took it, raises how it did not. The `udh` is octets, percent-encoded
-        as they are (a text parameter would go as UTF-8). `pool_seconds`: the longest it waits for a free connection,
-        when less than the client's own."""
-        query = urlencode(params, quote_via=quote_plus) + (f"&udh={quote_from_bytes(udh, safe='')}" if udh else "")
+    async def _sendsms(self, params: dict[str, str]) -> None:
+        """One GET sendsms; returns when Kannel took it, raises how it did not."""
+        query = urlencode(params, quote_via=quote_plus)
         client = self._client or async_client()
         url = self._send_url.copy_with(query=query.encode("ascii"))
         try:
-            if pool_seconds is None:
-                response = await client.get(url)
-            else:
-                timeout = client.timeout
-                pool = pool_seconds if timeout.pool is None else min(timeout.pool, pool_seconds)
-                response = await client.get(
-                    url,
-                    timeout=httpx.Timeout(connect=timeout.connect, read=timeout.read, write=timeout.write, pool=pool),
-                )
+            response = await client.get(url)
         except httpx.TransportError as error:
             raise no_answer(self.name, error) from error
         answer = scrubbed(response.text.strip(), (self._password,))
