@@ -527,25 +527,22 @@ def jasmin_cuts(fields: dict[str, str]) -> list[bytes]:
     return [octets[i : i + sliced] for i in range(0, len(octets), sliced)] if len(octets) > single else [octets]
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        "a" * 152 + "€" + "a" * (5 * 153 - 154),  # the euro's escape pair straddles septet 153
-        "я" * 66 + "😀" * 100 + "я" * 69,  # the first emoji's surrogate pair straddles unit 67, and more after it
-    ],
-    ids=["gsm-escape-pair", "ucs2-surrogate-pair"],
-)
-def test_jasmin_s_part_limit_counts_the_parts_jasmin_cuts(text: str) -> None:
-    from sms_gateway.domain.segments import segment
-
-    # Given a text Jasmin cuts into its 5 parts (long_content_max_parts), through a pair on a part boundary, which
-    # the gateway counts as 6 (it would move the pair whole into the next part)
-    sent: list[dict[str, str]] = []
-
+def jasmin_answers(sent: list[dict[str, str]]) -> Callable[[httpx.Request], httpx.Response]:
     def jasmin(request: httpx.Request) -> httpx.Response:
         sent.append(form(request))
         return httpx.Response(200, text=f'Success "{MESSAGE_ID}"', headers={"Content-Type": "text/plain"})
 
+    return jasmin
+
+
+def test_jasmin_s_part_limit_counts_the_parts_jasmin_cuts() -> None:
+    from sms_gateway.domain.segments import segment
+
+    # Given a GSM-7 text Jasmin cuts into its 5 parts (long_content_max_parts), through the euro's escape pair on
+    # septet 153, which the gateway counts as 6 (it would move the pair whole into the next part)
+    text = "a" * 152 + "€" + "a" * (5 * 153 - 154)
+    sent: list[dict[str, str]] = []
+    jasmin = jasmin_answers(sent)
     assert segment(text).parts == 6
     # When it is submitted to a Jasmin that sends 5 parts of a message
     asyncio.run(provider(jasmin).submit(submit_request(text=text)))
@@ -557,6 +554,27 @@ def test_jasmin_s_part_limit_counts_the_parts_jasmin_cuts(text: str) -> None:
     # And one more unit is a sixth part for Jasmin too: refused before it is handed over
     with pytest.raises(UpstreamError, match="at most 5 parts"):
         asyncio.run(provider(jasmin).submit(submit_request(text=text + "a")))
+    assert len(sent) == 1
+
+
+def test_a_ucs2_text_jasmin_would_cut_through_an_emoji_goes_padded_so_jasmin_cuts_it_as_it_was_counted() -> None:
+    from sms_gateway.domain.segments import padded_for_blind_cut, split
+
+    # Given a UCS-2 text whose emojis straddle Jasmin's 67-unit cuts: charged 3 parts, each emoji whole in a part
+    text = "я" * 66 + "😀" + "я" * 64 + "🎉" + "я" * 10
+    sent: list[dict[str, str]] = []
+    # When it is submitted
+    asyncio.run(provider(jasmin_answers(sent), max_parts=3).submit(submit_request(text=text)))
+    # Then its hex-content is the text padded with a zero width space before each such emoji, so Jasmin's blind cut
+    # gives the 3 parts charged, each emoji whole at the start of its part
+    [fields] = sent
+    assert bytes.fromhex(fields["hex-content"]).decode("utf-16-be") == padded_for_blind_cut(text)
+    cuts = [cut.decode("utf-16-be") for cut in jasmin_cuts(fields)]
+    assert cuts == [part + "\u200b" for part in split(text)[:-1]] + split(text)[-1:]
+    assert [cut[0] for cut in cuts[1:]] == ["😀", "🎉"]
+    # And a text Jasmin would so send in more parts than its limit is refused before it is handed over
+    with pytest.raises(UpstreamError, match="at most 2 parts"):
+        asyncio.run(provider(jasmin_answers(sent), max_parts=2).submit(submit_request(text=text)))
     assert len(sent) == 1
 
 

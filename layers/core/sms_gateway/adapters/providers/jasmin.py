@@ -43,7 +43,7 @@ from sms_gateway.adapters.providers.parts import max_parts_setting, refuse_longe
 from sms_gateway.adapters.providers.tokens import previous_tokens_setting, token_verified
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
-from sms_gateway.domain.segments import Encoding, segment
+from sms_gateway.domain.segments import Encoding, padded_for_blind_cut, segment
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
 
@@ -183,9 +183,12 @@ class JasminProvider:
         return f"{base}{separator}ref={quote(client_ref, safe='')}&token={quote(self._token, safe='')}"
 
     async def submit(self, request: SubmitRequest) -> SubmitResult:
-        segmentation = segment(request.text)
         # Jasmin's HTTP API takes no UDH: it cuts a long text itself, blind to characters (its SubmitSM slices the
         # octets every 153, or 134 for UCS-2), and sends as many parts as that makes, which is what its limit bounds.
+        # A UCS-2 text it would cut through an emoji goes padded so that it cuts it where we counted it; a GSM-7
+        # escape pair on its boundary is still split (docs/providers-smsc.md).
+        text = padded_for_blind_cut(request.text)
+        segmentation = segment(text)
         refuse_longer(self.name, segmentation.blind_parts, self._max_parts)
         form: dict[str, str] = {
             "username": self._username,
@@ -196,11 +199,11 @@ class JasminProvider:
         if segmentation.encoding is Encoding.UCS2:
             # UCS-2 travels as hex so that no form decoding or charset guess stands between us and the SMSC.
             form["coding"] = CODING_UCS2
-            form["hex-content"] = request.text.encode("utf-16-be").hex()
+            form["hex-content"] = text.encode("utf-16-be").hex()
         else:
             # Jasmin converts UTF-8 content to GSM 03.38 itself when coding is 0.
             form["coding"] = CODING_DEFAULT
-            form["content"] = request.text
+            form["content"] = text
         if request.validity_minutes is not None:
             # Minutes, passed on to the SMSC as the message's validity period.
             form["validity-period"] = str(request.validity_minutes)
