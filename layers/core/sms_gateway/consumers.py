@@ -140,8 +140,9 @@ def _out_of_time(remaining_ms: Callable[[], int] | None) -> Callable[[], bool] |
     """True once no more messages may be claimed; None without a deadline (no Lambda context)."""
     if remaining_ms is None:
         return None
+    settings = gateway().settings
     # A submit's worst case (connect and read timeouts), then its status write and the record's announcements.
-    reserve = http.request_seconds() + RECORDING_RESERVE_SECONDS
+    reserve = settings.upstream_connect_timeout + settings.upstream_read_timeout + RECORDING_RESERVE_SECONDS
     return out_of_time_after(remaining_ms, reserve_seconds=reserve)
 
 

@@ -40,16 +40,10 @@ def _within(var: ContextVar[T], value: T) -> Iterator[None]:
 def out_of_time_after(remaining_ms: Callable[[], int] | None, *, reserve_seconds: float) -> OutOfTime | None:
     """True once less than `reserve_seconds` of the invocation are left (read from the Lambda context's
     `get_remaining_time_in_millis` now, once); None without a context, for callers that run outside Lambda."""
-    deadline = _deadline(remaining_ms, reserve_seconds)
-    if deadline is None:
-        return None
-    return lambda: time.monotonic() >= deadline
-
-
-def _deadline(remaining_ms: Callable[[], int] | None, reserve_seconds: float) -> float | None:
     if remaining_ms is None:
         return None
-    return time.monotonic() + remaining_ms() / 1000 - reserve_seconds
+    deadline = time.monotonic() + remaining_ms() / 1000 - reserve_seconds
+    return lambda: time.monotonic() >= deadline
 
 
 def ran_out(out_of_time: OutOfTime | None) -> bool:

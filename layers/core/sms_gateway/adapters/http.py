@@ -187,12 +187,6 @@ class CookielessClient(httpx.AsyncClient):
             raise ValueError("the upstream client keeps no cookies")
 
 
-def request_seconds() -> float:
-    """The longest one upstream request of `async_client` may take: its connect and read timeouts."""
-    settings = get_settings()
-    return settings.upstream_connect_timeout + settings.upstream_read_timeout
-
-
 def async_client() -> httpx.AsyncClient:
     client: httpx.AsyncClient | None = getattr(_local, "client", None)
     if client is None:

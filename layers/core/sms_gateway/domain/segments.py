@@ -48,7 +48,7 @@ UCS2_SINGLE, UCS2_MULTI = 70, 67
 def segment(text: str) -> Segmentation:
     """How `text` is encoded and into how many parts; empty text still costs one part."""
     encoding, ucs2_characters = _encoding(text)
-    units = sum(_cost(character, encoding) for character in text)
+    units = _units(text, encoding)
     single, multi = _limits(encoding)
     if units <= single:
         return Segmentation(encoding, 1, units, single, ucs2_characters)
@@ -60,7 +60,7 @@ def split(text: str) -> list[str]:
     """The texts of the parts, in order; joined they give back `text`."""
     encoding, _ = _encoding(text)
     single, multi = _limits(encoding)
-    if sum(_cost(character, encoding) for character in text) <= single:
+    if _units(text, encoding) <= single:
         return [text]
     return [text[start:end] for start, end in _cuts(text, encoding, multi)]
 
@@ -94,13 +94,13 @@ def padded_for_blind_cut(text: str) -> str:
         return text
     parts = split(text)
     return "".join(
-        part + ZERO_WIDTH_SPACE if index < len(parts) - 1 and _units(part) < UCS2_MULTI else part
+        part + ZERO_WIDTH_SPACE if index < len(parts) - 1 and _units(part, Encoding.UCS2) < UCS2_MULTI else part
         for index, part in enumerate(parts)
     )
 
 
-def _units(text: str) -> int:
-    return sum(_cost(character, Encoding.UCS2) for character in text)
+def _units(text: str, encoding: Encoding) -> int:
+    return sum(_cost(character, encoding) for character in text)
 
 
 def _encoding(text: str) -> tuple[Encoding, tuple[str, ...]]:

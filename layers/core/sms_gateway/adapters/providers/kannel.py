@@ -9,8 +9,7 @@ edition read from Debian's kannel-docs, /usr/share/doc/kannel-docs/userguide/use
 - "SMS Delivery Reports" (chapter 10) and "Parameters (Escape Codes)" (Table 7-10): `dlr-mask` bits
   1 delivered, 2 failed, 4 buffered, 8 SMSC submit, 16 SMSC reject; the `dlr-url` is fetched with GET after
   `%d` (type), `%A` (the SMSC's receipt text), `%T` (epoch), `%F` (the SMSC's id for the part reported: dlr.c's
-  dlr_find sets it to the id the report was matched on; the URL of a long text Kannel cuts names its parts so),
-  `%p`/`%P` and the others are filled in.
+  dlr_find sets it to the id the report was matched on), `%p`/`%P` and the others are filled in.
 - "sms-service" `post-url` with the same escape codes, text in the body and X-Kannel headers (Table 7-12).
 
 Kannel's answer carries no message id, so our client reference travels in the DLR URL's query string together
@@ -24,7 +23,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, quote_plus, urlencode
+from urllib.parse import quote
 
 import httpx
 
@@ -159,14 +158,14 @@ class KannelProvider:
             client=client,
         )
 
-    def dlr_url(self, base: str, client_ref: str, part: str | None = None) -> str:
-        """The URL Kannel fetches for each report of a submit: our reference and token, then Kannel's escape codes.
-        Kannel fetches the one URL for each part of a long text it cuts: `part=%F` (the id the SMSC gave that part)
-        tells the parts' reports apart. A message of one part goes without it."""
+    def dlr_url(self, base: str, client_ref: str, parts: int = 1) -> str:
+        """The URL Kannel fetches for each report: our reference and token, then Kannel's escape codes. Kannel
+        fetches the one URL for each part of a longer message: `part=%F` (the id the SMSC gave that part) tells the
+        parts' reports apart, so the message settles once its parts do. A message of one part goes without it."""
         separator = "&" if "?" in base else "?"
         return (
             f"{base}{separator}ref={quote(client_ref, safe='')}&token={self._token}"
-            "&type=%d&answer=%A&ts=%T&smsc=%i&to=%p&from=%P" + (f"&part={part}" if part is not None else "")
+            "&type=%d&answer=%A&ts=%T&smsc=%i&to=%p&from=%P" + ("&part=%F" if parts > 1 else "")
         )
 
     async def submit(self, request: SubmitRequest) -> SubmitResult:
@@ -182,6 +181,7 @@ class KannelProvider:
             "password": self._password,
             "from": request.sender,
             "to": request.msisdn.lstrip("+"),
+            "text": padded_for_blind_cut(request.text),
             "charset": "UTF-8",
             "coding": CODING_UCS2 if ucs2 else CODING_GSM7,
         }
@@ -192,22 +192,10 @@ class KannelProvider:
             params["validity"] = str(request.validity_minutes)
         if request.dlr_url:
             params["dlr-mask"] = str(self._dlr_mask)
-        params["text"] = padded_for_blind_cut(request.text)
-        if request.dlr_url:
-            # Kannel fetches it for each part of a text it cuts: `%F` names the part.
-            part = "%F" if segmentation.parts > 1 else None
-            params["dlr-url"] = self.dlr_url(request.dlr_url, request.client_ref, part)
-        await self._sendsms(params)
-        # No id comes back: our reference is the id (it also rides in the DLR URL).
-        return SubmitResult(upstream_message_id=request.client_ref)
-
-    async def _sendsms(self, params: dict[str, str]) -> None:
-        """One GET sendsms; returns when Kannel took it, raises how it did not."""
-        query = urlencode(params, quote_via=quote_plus)
+            params["dlr-url"] = self.dlr_url(request.dlr_url, request.client_ref, segmentation.parts)
         client = self._client or async_client()
-        url = self._send_url.copy_with(query=query.encode("ascii"))
         try:
-            response = await client.get(url)
+            response = await client.get(self._send_url, params=params)
         except httpx.TransportError as error:
             raise no_answer(self.name, error) from error
         answer = scrubbed(response.text.strip(), (self._password,))
@@ -231,7 +219,8 @@ class KannelProvider:
         if not 200 <= response.status_code < 300:
             raise UpstreamError(f"{self.name} answered {response.status_code}", permanent=False, unavailable=True)
         # A 2xx is a take: `202 0: Accepted for delivery`, or `202 3: Queued for later delivery` while no SMSC is
-        # connected.
+        # connected. No id comes back: our reference is the id (it also rides in the DLR URL).
+        return SubmitResult(upstream_message_id=request.client_ref)
 
     def verify_callback(self, request: CallbackRequest) -> bool:
         return token_verified(request, self._tokens)

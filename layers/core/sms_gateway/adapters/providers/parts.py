@@ -1,7 +1,6 @@
-"""The parts of a long message at an SMSC gateway. The most parts one sends of a message: Jasmin
-(`[http-api] long_content_max_parts`) and Kannel (the sendsms-user's `max-messages`) send only that many parts of a
-longer text, drop the rest and still answer that they took it; so such a message is never handed to them: it goes to
-the route's fallback, or fails and is refunded.
+"""The most parts an SMSC gateway sends of one message. Jasmin (`[http-api] long_content_max_parts`) and Kannel
+(the sendsms-user's `max-messages`) send only that many parts of a longer text, drop the rest and still answer that
+they took it; so such a message is never handed to them: it goes to the route's fallback, or fails and is refunded.
 """
 
 from __future__ import annotations
