@@ -381,7 +381,7 @@ def test_a_record_handed_back_after_an_upstream_5xx_does_not_announce_again_what
     # Given a record the dispatcher handed back after an upstream's 5xx for one of its messages, and got again
     _, published = dispatched_again_after_a_5xx(aws, account, monkeypatch)
     # Then each submit was queued for the client once: the first invocation queued the first one's before it handed
-    # the record back (until 2026-12-07 every delivery of a record queued again each change the dispatcher had made
+    # the record back (until 2026-12-06 every delivery of a record queued again each change the dispatcher had made
     # to its messages: a record of a bulk send that met an upstream's 5xx three times told the client three times)
     assert sorted(entry for accepted in published for entry in accepted if entry != "settle") == ["submitted"] * 2
 
@@ -396,7 +396,7 @@ def test_a_record_handed_back_after_an_upstream_5xx_does_not_ask_again_to_settle
         after_the_wait(monkeypatch, aws, [check])
         drain_notify_queue(aws)
     # Then each message was expired and the client told so once: the first invocation asked to settle the first
-    # message, the second only the second (until 2026-12-07 each delivery of a record asked again to settle every
+    # message, the second only the second (until 2026-12-06 each delivery of a record asked again to settle every
     # message found submitted, and the second check to run announced the first one's expiry again)
     assert [(m.status, m.error_code) for m in account_messages(account)] == [("expired", "no_delivery_report")] * 2
     expiries = [p["headers"]["webhook-id"] for p in hook.posts if p["body"]["status"] == "expired"]

@@ -1020,7 +1020,7 @@ class RecentlyQueued:
     settle check first. For the one that died, a redelivery announces again what the dispatcher changed
     (changes_since_dispatch) and asks again to settle the messages it finds submitted; what this container saw
     queued is on the queue, and is not queued again. Another container, or a fresh one, knows nothing of it and
-    queues it all as before. Until 2026-12-07 each delivery queued it all again: a bulk record retried after three
+    queues it all as before. Until 2026-12-06 each delivery queued it all again: a bulk record retried after three
     5xx told the client of each submit three or four times, and each of the checks asking again for an expired
     message announced its expiry again (repeats the client drops by webhook id, but posts, and notify-queue depth)."""
 

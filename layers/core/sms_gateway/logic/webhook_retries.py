@@ -227,7 +227,7 @@ def resend_dead(
         ago but never queued); how many, and whether more are left.
         Claimed one by one (another resend may be running), and each ten claimed are queued (one SendMessageBatch call)
         before the next are claimed: a queueing that fails leaves only those ten claimed, and puts them back to dead
-    (only those it did not take when SQS took some: until 2026-12-07 all ten, and the next resend-all queued the
+    (only those it did not take when SQS took some: until 2026-12-06 all ten, and the next resend-all queued the
     others a second time).
         Until 2026-12-06 a whole page was claimed first, and a failed call stranded the rest of it `resent`, on no queue
         and not resendable."""
