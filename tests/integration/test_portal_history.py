@@ -345,10 +345,13 @@ class TestFigures:
     ):
         # Given an undone batch (its 4 credits given back in its own write), a cancelled batch of two (4 credits
         # back), then a newer delivered batch of two (4 credits spent)
-        add_batch(store, account.account_id, NOW - timedelta(minutes=9), {MTN: S.FAILED}, price=4, status=S.FAILED)
+        # (all on one UTC day: just after midnight they go on the day before)
+        midnight = NOW.replace(hour=0, minute=0, second=0)
+        last = NOW if NOW - midnight >= timedelta(minutes=10) else midnight - timedelta(minutes=1)
+        add_batch(store, account.account_id, last - timedelta(minutes=9), {MTN: S.FAILED}, price=4, status=S.FAILED)
         cancelled = {MTN: S.CANCELLED, AIRTEL: S.CANCELLED}
-        add_batch(store, account.account_id, NOW - timedelta(minutes=5), cancelled, price=2, status=S.CANCELLED)
-        add_batch(store, account.account_id, NOW, {AIRTEL: S.DELIVERED, GLO: S.DELIVERED}, price=2)
+        add_batch(store, account.account_id, last - timedelta(minutes=5), cancelled, price=2, status=S.CANCELLED)
+        add_batch(store, account.account_id, last, {AIRTEL: S.DELIVERED, GLO: S.DELIVERED}, price=2)
         # When the bound stops the reading at one of the cancelled batch's messages
         window = history.read_window(store, store, account.account_id, since=NOW - timedelta(days=1), max_messages=3)
         assert not window.complete and len(window.messages[window.batches[1].reference_id]) == 1
