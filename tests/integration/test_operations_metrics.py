@@ -207,6 +207,39 @@ def test_a_delivery_report_counts_the_final_status_and_its_latency(aws, account,
     assert [metric for metric, _, _ in emitted(out) if metric.startswith("Messages")] == ["MessagesDelivered"]
 
 
+def test_a_delivery_report_for_no_message_of_ours_is_counted_unmatched_and_changes_nothing(
+    aws, account, api, upstream, capsys
+):
+    from sms_gateway.bootstrap import gateway
+
+    # Given a message submitted to the upstream
+    api(send_event(account["token"]))
+    [record] = queued_records(aws)
+    command = json.loads(record["Body"])
+    assert dispatch([record]) == {"batchItemFailures": []}
+    real_ref = upstream.submits[0]["client_ref"]
+    capsys.readouterr()
+    # When the upstream posts a report naming a message id no message of the account has
+    unknown_ref = f"{account['account_id']}.{command['reference_id']}.{max(command['message_ids']) + 1000}"
+    answer = load_function("webhook").handler(
+        simulator_dlr(aws, unknown_ref, "DELIVRD", datetime.now().astimezone().isoformat()), FakeContext()
+    )
+    # Then it is acknowledged (an upstream would only post it again), counted for the dashboard, and applied nowhere
+    assert answer["statusCode"] == 200
+    out = capsys.readouterr().out
+    assert values(out, "DeliveryReportsUnmatched") == [1.0]
+    assert values(out, "DeliveryReportsApplied") == [0.0]
+    [message] = gateway().store.get_messages(account["account_id"], command["reference_id"], command["message_ids"])
+    assert message.status == "submitted"
+    # And a report for the real message is applied, not counted unmatched
+    answer = load_function("webhook").handler(
+        simulator_dlr(aws, real_ref, "DELIVRD", datetime.now().astimezone().isoformat()), FakeContext()
+    )
+    out = capsys.readouterr().out
+    assert values(out, "DeliveryReportsApplied") == [1.0]
+    assert values(out, "DeliveryReportsUnmatched") == []
+
+
 @pytest.mark.parametrize(
     ("status", "kind", "other"), [(503, "transient", "throttled"), (429, "throttled", "transient")], ids=["503", "429"]
 )

@@ -72,6 +72,10 @@ def delivery_report(provider: str) -> Response:
         ),
     )
     metrics.add_metric(name="DeliveryReportsApplied", unit="Count", value=outcome.applied)
+    if outcome.unmatched:
+        # Reports for no message of ours, or for one another upstream carries: acknowledged (an upstream would only
+        # post them again) and dropped; many mean an upstream posting to the wrong gateway or a misconfigured route.
+        metrics.add_metric(name="DeliveryReportsUnmatched", unit="Count", value=outcome.unmatched)
     return _acknowledge(upstream, "dlr") or json_response(
         200, {"status": "ok", "applied": outcome.applied, "unchanged": outcome.unchanged}
     )
