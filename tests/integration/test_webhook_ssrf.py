@@ -416,3 +416,39 @@ def test_the_notifier_tells_an_unreachable_webhook_from_one_that_answered_or_was
     stack(False)
     names[HOOK_NAME] = ["10.0.0.5"]
     assert failure(f"https://{HOOK_NAME}/dlr").unreachable is False
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review(rnotify): an IDN host is resolved and TLS-named by Python's IDNA 2003 codec: faß.de goes to fass.de",
+)
+def test_an_international_host_is_dialled_as_the_idna_2008_name_the_url_was_accepted_as(monkeypatch) -> None:
+    from sms_gateway.domain.webhook_urls import require_safe_webhook_url
+
+    # Given a client's DLR URL on faß.de, accepted when set as xn--fa-hia.de (IDNA 2008, docs/webhooks.md), a name of
+    # its own: fass.de (what IDNA 2003 maps it to) is another registrant's domain
+    url = "https://faß.de/dlr"
+    assert require_safe_webhook_url(url, allow_local=False) == url
+    asked: list[str] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return ["93.184.216.34"]
+
+    monkeypatch.setattr(webhook_http, "resolve", resolve)
+    dialled: list[str] = []
+
+    async def connect(address: str, port: int, *, tls: ssl.SSLContext | None, server_hostname: str) -> Any:
+        dialled.append(server_hostname)
+        raise OSError("not dialling out from a test")
+
+    client = httpx.AsyncClient(transport=GuardedTransport(allow_local=False, connect=connect))
+    # When the notifier's transport posts to it
+    with pytest.raises(httpx.ConnectError):
+        post(client, url)
+    # Then it looked up, and named to TLS (SNI and the certificate check), the name the URL was accepted as. Today it
+    # hands "faß.de" to getaddrinfo and to ssl, which both encode it with Python's IDNA 2003 codec: "fass.de", so the
+    # signed report and (to the account's own URL) the webhook token go to fass.de's server, certificate and all.
+    assert "faß.de".encode("idna") == b"fass.de"
+    assert asked == ["xn--fa-hia.de"]
+    assert dialled == ["xn--fa-hia.de"]
