@@ -418,10 +418,6 @@ def test_the_notifier_tells_an_unreachable_webhook_from_one_that_answered_or_was
     assert failure(f"https://{HOOK_NAME}/dlr").unreachable is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review(rnotify): an IDN host is resolved and TLS-named by Python's IDNA 2003 codec: faß.de goes to fass.de",
-)
 def test_an_international_host_is_dialled_as_the_idna_2008_name_the_url_was_accepted_as(monkeypatch) -> None:
     from sms_gateway.domain.webhook_urls import require_safe_webhook_url
 
@@ -446,9 +442,9 @@ def test_an_international_host_is_dialled_as_the_idna_2008_name_the_url_was_acce
     # When the notifier's transport posts to it
     with pytest.raises(httpx.ConnectError):
         post(client, url)
-    # Then it looked up, and named to TLS (SNI and the certificate check), the name the URL was accepted as. Today it
-    # hands "faß.de" to getaddrinfo and to ssl, which both encode it with Python's IDNA 2003 codec: "fass.de", so the
-    # signed report and (to the account's own URL) the webhook token go to fass.de's server, certificate and all.
+    # Then it looked up, and named to TLS (SNI and the certificate check), the name the URL was accepted as. Before, it
+    # handed "faß.de" to getaddrinfo and to ssl, which both encode it with Python's IDNA 2003 codec: "fass.de", so the
+    # signed report and (to the account's own URL) the webhook token went to fass.de's server, certificate and all.
     assert "faß.de".encode("idna") == b"fass.de"
     assert asked == ["xn--fa-hia.de"]
     assert dialled == ["xn--fa-hia.de"]

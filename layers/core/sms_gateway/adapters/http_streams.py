@@ -107,7 +107,10 @@ class StreamTransport(httpx.AsyncBaseTransport):
         if url.scheme not in ("http", "https"):
             raise httpx.UnsupportedProtocol(f"unsupported scheme {url.scheme!r}", request=request)
         port = url.port or (443 if url.scheme == "https" else 80)
-        origin_key = (url.scheme, url.host, port)
+        # The host as httpx encoded it (IDNA 2008 A-label; an IPv6 literal unbracketed): `url.host` is the Unicode
+        # form, which getaddrinfo and TLS would encode by Python's IDNA 2003 codec, so `faß.de` would be looked up,
+        # dialled and certificate-checked as `fass.de`, another domain (until 2026-12-07).
+        origin_key = (url.scheme, url.raw_host.decode("ascii"), port)
         origin = self._origins.get(origin_key)
         if origin is None:
             origin = self._origins[origin_key] = _Origin(asyncio.Semaphore(self._connections))
