@@ -571,8 +571,26 @@ class TestOnASharedTable:
         assert "claim_until" not in raw_message(store, message.key)
 
     def test_a_dispatch_records_failures_are_counted_per_record(self, store):
-        assert [store.count_record_failure("rec-1", now=NOW) for _ in range(3)] == [1, 2, 3]
-        assert store.count_record_failure("rec-2", now=NOW) == 1
+        assert [store.count_record_failure("rec-1", delivery=str(n), now=NOW) for n in (1, 2, 3)] == [1, 2, 3]
+        assert store.count_record_failure("rec-2", delivery="1", now=NOW) == 1
+
+    def test_a_failure_counted_again_for_the_same_delivery_counts_once(self, store):
+        # Given a record's failure in its 4th delivery, counted (the write applied, its answer lost)
+        assert store.count_record_failure("rec-lost-answer", delivery="4", now=NOW) == 1
+        # When botocore sends the same write again, then the record is still at one failure, not parked one early
+        assert store.count_record_failure("rec-lost-answer", delivery="4", now=NOW) == 1
+        assert store.count_record_failure("rec-lost-answer", delivery="7", now=NOW) == 2
+
+    def test_failures_a_previous_build_counted_on_a_record_still_count(self, store):
+        # Given a record whose two failures a build before the delivery set counted (`failures`, ADD 1)
+        store.client.update_item(
+            TableName=store.table_name,
+            Key={"pk": {"S": "DISPATCH_FAILURES#rec-9"}, "sk": {"S": "RECORD"}},
+            UpdateExpression="ADD failures :two",
+            ExpressionAttributeValues={":two": {"N": "2"}},
+        )
+        # When it fails again after the deploy, then that is its third failure
+        assert store.count_record_failure("rec-9", delivery="5", now=NOW) == 3
 
     def test_releasing_a_claim_does_not_touch_a_message_that_moved_on(self, store):
         # Given a message that was claimed and then submitted

@@ -293,7 +293,7 @@ def test_a_backlogged_record_is_not_dead_lettered_on_its_first_failure_because_t
     dead_lettered: list[str] = []
 
     class ThrottledStore:
-        def count_record_failure(self, record_id, *, now):
+        def count_record_failure(self, record_id, *, delivery, now):
             raise RuntimeError("ProvisionedThroughputExceededException")
 
     wiring = SimpleNamespace(
@@ -325,14 +325,21 @@ def test_a_failed_record_is_retried_soon_at_first_then_after_the_visibility_time
     from sms_gateway import consumers
 
     # Given a record whose dispatch fails for a reason not the upstream's (a throttled write, a dropped connection),
-    # for the `failures`th time (None: the store could not count it)
+    # for the `failures`th time (None: the store could not count it), in its 9th delivery
     record = SQSRecord(
-        {"messageId": "m-1", "receiptHandle": "rh-1", "body": "{}", "attributes": {"MessageGroupId": "7"}}
+        {
+            "messageId": "m-1",
+            "receiptHandle": "rh-1",
+            "body": "{}",
+            "attributes": {"MessageGroupId": "7", "ApproximateReceiveCount": "9"},
+        }
     )
     returned: list[int] = []
+    deliveries: list[str] = []
 
     class Store:
-        def count_record_failure(self, record_id, *, now):
+        def count_record_failure(self, record_id, *, delivery, now):
+            deliveries.append(delivery)
             if failures is None:
                 raise RuntimeError("ProvisionedThroughputExceededException")
             return failures
@@ -355,6 +362,8 @@ def test_a_failed_record_is_retried_soon_at_first_then_after_the_visibility_time
     # the queue's visibility timeout for a moment's fault), later ones after the visibility timeout, so its six
     # attempts still span a longer outage before it is parked
     assert returned == retry_in
+    # And the failure is counted for that delivery, so a repeated write of the count counts it once
+    assert deliveries == ["9"]
 
 
 class RunsOutTheClock(FakeProvider):

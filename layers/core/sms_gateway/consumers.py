@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import functools
 import json
+import secrets
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -359,7 +360,9 @@ def _count_failure(record: SQSRecord) -> int | None:
     (`maxReceiveCount`) is the backstop. The receive count does not stand in: a record held at the front of a
     backlog has been received many times without failing once, and would be dead-lettered on its first failure."""
     try:
-        return gateway().store.count_record_failure(record.message_id, now=utc_now())
+        # SQS's receive count names the delivery that failed; a record without one (never from SQS) counts anew.
+        delivery = record.attributes.get("ApproximateReceiveCount") or f"unnumbered-{secrets.token_hex(8)}"
+        return gateway().store.count_record_failure(record.message_id, delivery=delivery, now=utc_now())
     except Exception:
         logger.warning("could not count a dispatch record's failure; retried", extra={"record": record.message_id})
         return None

@@ -1106,20 +1106,25 @@ class DynamoStore(
 
     # ---------------------------------------------------------------- dispatch record failures
 
-    def count_record_failure(self, record_id: str, *, now: datetime) -> int:
-        """Counts one more failure of the dispatch record with this SQS message id and returns the count. Written
-        only when a record fails (rare), kept a week: longer than the queue keeps a record (4 days)."""
+    def count_record_failure(self, record_id: str, *, delivery: str, now: datetime) -> int:
+        """Counts a failure of the dispatch record with this SQS message id in its `delivery` (SQS's receive count)
+        and returns how many deliveries of it failed. Each delivery is an element of a set, so botocore's retry of a
+        write whose answer was lost counts it once (a plain `ADD 1` counted it twice, parking the record a failure
+        early). Written only when a record fails (rare), kept a week: longer than the queue keeps a record (4 days)."""
         answer = self.client.update_item(
             TableName=self.table_name,
             Key={"pk": {"S": f"DISPATCH_FAILURES#{record_id}"}, "sk": {"S": "RECORD"}},
-            UpdateExpression="ADD failures :one SET expires_at = :expires",
+            UpdateExpression="ADD failed_deliveries :delivery SET expires_at = :expires",
             ExpressionAttributeValues={
-                ":one": {"N": "1"},
+                ":delivery": {"SS": [delivery]},
                 ":expires": {"N": str(int((now + RECORD_FAILURES_KEPT).timestamp()))},
             },
-            ReturnValues="UPDATED_NEW",
+            # ALL_NEW: UPDATED_NEW leaves out a set the write did not change (the same delivery counted again).
+            ReturnValues="ALL_NEW",
         )
-        return int(answer["Attributes"]["failures"]["N"])
+        item = answer["Attributes"]
+        # `failures`: what a build before 2026-12-07 counted on the item (ADD 1 per failure), still counted.
+        return len(item["failed_deliveries"]["SS"]) + int(item.get("failures", {}).get("N", "0"))
 
     # ---------------------------------------------------------------- idempotency
 
