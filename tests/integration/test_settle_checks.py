@@ -624,3 +624,35 @@ def test_the_local_stack_still_refuses_to_hide_a_record_past_twelve_hours_from_i
     with pytest.raises(ClientError, match="beyond the limit"):
         sqs.change_message_visibility(QueueUrl=queue, ReceiptHandle=handle, VisibilityTimeout=11 * 3600 + 60)
     sqs.change_message_visibility(QueueUrl=queue, ReceiptHandle=handle, VisibilityTimeout=11 * 3600 - 60)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review(rops): docs/runbook.md tells the operator to purge the notify DLQ once clients resent, which "
+    "drops any settle check parked there: its messages stay submitted and charged for good",
+)
+def test_the_runbook_s_notify_dlq_procedure_keeps_a_settle_check_parked_there(aws, account, hook, monkeypatch):
+    from tests.unit.test_operations_template import runbook_rows
+
+    # Given a stranded message (charged, submitted) whose settle check SQS's redrive parked in the notify DLQ after
+    # 12 receives, next to client notifications that are dead (docs/runbook.md, "Replay a dead-letter queue")
+    message = stranded_message(aws, account)
+    [hidden] = notify_pass(aws)
+    sqs = boto3.client("sqs")
+    sqs.delete_message(QueueUrl=aws["NOTIFY_QUEUE_URL"], ReceiptHandle=hidden["receiptHandle"])
+    sqs.send_message(QueueUrl=aws["NOTIFY_DEAD_LETTER_QUEUE_URL"], MessageBody=hidden["body"])
+    # When the operator follows the notify DLQ row: the clients resend their dead notifications, then the DLQ
+    # copies are purged "once resent" (the row's words); a row that says no such thing moves the DLQ back instead
+    [row] = [" ".join(cells) for cells in runbook_rows("## Replay a dead-letter queue") if "notify-dlq" in cells[0]]
+    if "purge" in row:
+        sqs.purge_queue(QueueUrl=aws["NOTIFY_DEAD_LETTER_QUEUE_URL"])
+    else:
+        for parked in receive(aws["NOTIFY_DEAD_LETTER_QUEUE_URL"]):
+            sqs.send_message(QueueUrl=aws["NOTIFY_QUEUE_URL"], MessageBody=parked["Body"])
+    # And the DLR wait ends with no report
+    after_the_wait(monkeypatch, aws, [])
+    drain_notify_queue(aws)
+    # Then the message is expired for want of a DLR and refunded, as every submitted message is
+    settled = message_now(message)
+    assert (settled.status, settled.error_code) == ("expired", "no_delivery_report")
+    assert balance(account["account_id"]) == 100
