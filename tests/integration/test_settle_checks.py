@@ -626,11 +626,6 @@ def test_the_local_stack_still_refuses_to_hide_a_record_past_twelve_hours_from_i
     sqs.change_message_visibility(QueueUrl=queue, ReceiptHandle=handle, VisibilityTimeout=11 * 3600 - 60)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review(rops): docs/runbook.md tells the operator to purge the notify DLQ once clients resent, which "
-    "drops any settle check parked there: its messages stay submitted and charged for good",
-)
 def test_the_runbook_s_notify_dlq_procedure_keeps_a_settle_check_parked_there(aws, account, hook, monkeypatch):
     from tests.unit.test_operations_template import runbook_rows
 
