@@ -1141,3 +1141,20 @@ def test_a_retry_of_an_order_whose_sender_was_removed_meanwhile_is_refused_and_u
     assert queued_message_ids(aws) == []
     assert balance(account["account_id"]) == 100
     assert batches_of(account["account_id"])[0].status == "failed"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review(rsched): a scheduled_delivery_time at the calendar's start (JSON.NET's DateTime.MinValue) is 400",
+)
+@pytest.mark.parametrize("written", ["0001-01-01T00:00:00", "0001-01-01T00:00:00+05:00", "0001-01-01 00:00"])
+def test_a_scheduled_delivery_time_at_the_start_of_the_calendar_sends_the_order_now(aws, account, api, written):
+    # Given a C# client whose model holds a non-nullable DateTime it never set: JSON.NET writes DateTime.MinValue,
+    # 0001-01-01T00:00:00, a time long past (the 9bits send_at and the shortcode timeToSend send such a time now)
+    keys = log_in(api, account)
+    # When it sends an order with it, for an account in Africa/Lagos (east of UTC)
+    response = api(sms_event(keys, seed_body(recipient=[NIGERIAN], scheduled_delivery_time=written)))
+    # Then, as docs/dialects/session-key.md says of a time in the past, the order is sent now, not refused
+    assert response["statusCode"] == 201, response["body"]
+    assert stored_batch(account["account_id"], answer(response)["order_id"]).status == "queued"
+    assert len(queued_records(aws)) == 1
