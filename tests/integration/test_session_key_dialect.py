@@ -1143,10 +1143,6 @@ def test_a_retry_of_an_order_whose_sender_was_removed_meanwhile_is_refused_and_u
     assert batches_of(account["account_id"])[0].status == "failed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review(rsched): a scheduled_delivery_time at the calendar's start (JSON.NET's DateTime.MinValue) is 400",
-)
 @pytest.mark.parametrize("written", ["0001-01-01T00:00:00", "0001-01-01T00:00:00+05:00", "0001-01-01 00:00"])
 def test_a_scheduled_delivery_time_at_the_start_of_the_calendar_sends_the_order_now(aws, account, api, written):
     # Given a C# client whose model holds a non-nullable DateTime it never set: JSON.NET writes DateTime.MinValue,

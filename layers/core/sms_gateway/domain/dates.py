@@ -4,7 +4,7 @@ basic form in digits alone, which every dialect reads as a date."""
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import MINYEAR, UTC, datetime, timedelta, timezone, tzinfo
 
 # The forms the family documents, plus what the seed's sample clients emit: PHP's date('YmdHis'), Python's
 # isoformat(), JSON.NET's DateTime, JavaScript's toJSON() and Gson's default (US-locale DateFormat).
@@ -173,8 +173,12 @@ def _wall_clock(
 
 
 def _placed(raw: str, wall_clock: datetime, zone: tzinfo) -> datetime:
-    """The moment `wall_clock` names in `zone`, in UTC (which the first and last days of the calendar may not have)."""
+    """The moment `wall_clock` names in `zone`, in UTC (which the first and last days of the calendar may not have:
+    a time on the first day east of UTC is the calendar's first moment, long past, as a client's unset date-time,
+    JSON.NET's `DateTime.MinValue`, means; until 2026-12-07 it was refused as no such date)."""
     try:
         return wall_clock.replace(tzinfo=zone).astimezone(UTC)
     except (ValueError, OverflowError) as error:
+        if wall_clock.year == MINYEAR:
+            return datetime.min.replace(tzinfo=UTC)
         raise InvalidClientDatetime(raw, f"no such date or time ({error})") from error
