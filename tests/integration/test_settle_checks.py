@@ -651,3 +651,50 @@ def test_the_runbook_s_notify_dlq_procedure_keeps_a_settle_check_parked_there(aw
     settled = message_now(message)
     assert (settled.status, settled.error_code) == ("expired", "no_delivery_report")
     assert balance(account["account_id"]) == 100
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review(rlimits): a failed settle-check publish hands a throttled record back in 20 s, under Retry-After",
+)
+def test_a_throttled_record_handed_back_because_its_settle_check_failed_still_waits_out_the_upstreams_retry_after(
+    aws, account, hook, monkeypatch
+):
+    import httpx
+    from moto.core.utils import unix_time_millis
+
+    from sms_gateway.adapters.sqs import SqsNotifyQueue
+    from sms_gateway_tools.localstack.moto_server import queue_contents
+    from tests.conftest import route_simulator_upstreams_to
+
+    # Given three single sends of one account (its priority lane), an upstream that takes the first and throttles the
+    # second, asking us to come back in no less than 120 s (429, Retry-After: 120), and a notify queue that refuses
+    # the invocation's settle check for the first
+    submits: list[str] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        payload = json.loads(request.content)
+        submits.append(payload["to"])
+        if len(submits) == 2:
+            return httpx.Response(429, headers={"Retry-After": "120"}, json={"error": "slow down"})
+        return httpx.Response(200, json={"message_id": f"sim-{len(submits)}", "status": "accepted"})
+
+    route_simulator_upstreams_to(monkeypatch, upstream)
+    event = three_single_sends(aws, account)
+
+    def refused(self, notifications):
+        raise RuntimeError("SQS did not take the settle check")
+
+    monkeypatch.setattr(SqsNotifyQueue, "publish", refused)
+    # When the dispatcher handles them
+    load_function("dispatcher").handler(event, FakeContext())
+    assert len(submits) == 2
+    # Then the throttled record is hidden at least as long as the upstream asked: handed back after 20 s to queue the
+    # settle check again, it is offered to the upstream 100 s before the upstream said it would take it
+    throttled = event["Records"][1]["body"]
+    [hidden_for] = [
+        record.visible_at - unix_time_millis()
+        for record in queue_contents(aws["PRIORITY_DISPATCH_QUEUE_URL"])
+        if record.body == throttled
+    ]
+    assert hidden_for > 100_000, hidden_for
