@@ -653,10 +653,6 @@ def test_the_runbook_s_notify_dlq_procedure_keeps_a_settle_check_parked_there(aw
     assert balance(account["account_id"]) == 100
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review(rlimits): a failed settle-check publish hands a throttled record back in 20 s, under Retry-After",
-)
 def test_a_throttled_record_handed_back_because_its_settle_check_failed_still_waits_out_the_upstreams_retry_after(
     aws, account, hook, monkeypatch
 ):
@@ -698,3 +694,49 @@ def test_a_throttled_record_handed_back_because_its_settle_check_failed_still_wa
         if record.body == throttled
     ]
     assert hidden_for > 100_000, hidden_for
+
+
+def test_a_failed_record_left_to_the_visibility_timeout_is_not_brought_back_sooner_by_a_failed_settle_check(
+    aws, account, hook, upstream, monkeypatch
+):
+    from moto.core.utils import unix_time_millis
+
+    from sms_gateway import consumers
+    from sms_gateway.adapters.dynamodb import DynamoStore
+    from sms_gateway.adapters.sqs import SqsNotifyQueue
+    from sms_gateway_tools.localstack.moto_server import queue_contents
+
+    # Given three single sends of one account (its priority lane): the upstream takes the first, the second's handling
+    # fails and the store cannot count its failure (it waits out the queue's visibility timeout, as it would if the
+    # store failed for a while), and the notify queue refuses the invocation's settle check for the first
+    rate_limit = consumers._rate_limit
+    reads: list[str] = []
+
+    def second_fails(account_id: str) -> int | None:
+        reads.append(account_id)
+        if len(reads) == 2:
+            raise RuntimeError("the store did not answer")
+        return rate_limit(account_id)
+
+    def not_counted(self, record_id, *, now):
+        raise RuntimeError("the store did not answer")
+
+    def refused(self, notifications):
+        raise RuntimeError("SQS did not take the settle check")
+
+    monkeypatch.setattr(consumers, "_rate_limit", second_fails)
+    monkeypatch.setattr(DynamoStore, "count_record_failure", not_counted)
+    monkeypatch.setattr(SqsNotifyQueue, "publish", refused)
+    event = three_single_sends(aws, account)
+    # When the dispatcher handles them
+    load_function("dispatcher").handler(event, FakeContext())
+    assert len(upstream.submits) == 1
+    # Then the failed record still waits out most of the visibility timeout (360 s), and the others come back after
+    # SETTLE_RETRY_SECONDS
+    hidden_for = {
+        record.body: record.visible_at - unix_time_millis()
+        for record in queue_contents(aws["PRIORITY_DISPATCH_QUEUE_URL"])
+    }
+    first, failed, held_back = (hidden_for[record["body"]] for record in event["Records"])
+    assert failed > 300_000, failed
+    assert all(0 < ms <= consumers.SETTLE_RETRY_SECONDS * 1000 for ms in (first, held_back)), hidden_for

@@ -310,7 +310,7 @@ def test_a_backlogged_record_is_not_dead_lettered_on_its_first_failure_because_t
     # When its first failure comes from a moment of DynamoDB throttling (which also keeps the failure from being
     # counted in the table)
     with pytest.raises(RuntimeError, match="ProvisionedThroughputExceededException"):
-        asyncio.run(consumers.dispatch_record(record, None))  # type: ignore[arg-type]
+        asyncio.run(consumers.dispatch_record(record, SimpleNamespace(handed_back={})))  # type: ignore[arg-type]
     # Then it is retried, not parked in the dead-letter queue on its first failure (its messages stay queued and
     # charged until an operator replays it): "failures per record, never by deliveries"
     assert dead_lettered == []
@@ -357,7 +357,7 @@ def test_a_failed_record_is_retried_soon_at_first_then_after_the_visibility_time
     monkeypatch.setattr(consumers, "_dispatch_record", fails)
     # When it fails
     with pytest.raises(RuntimeError, match="connection reset"):
-        asyncio.run(consumers.dispatch_record(record, None))  # type: ignore[arg-type]
+        asyncio.run(consumers.dispatch_record(record, SimpleNamespace(handed_back={})))  # type: ignore[arg-type]
     # Then its first two retries come within seconds (it holds its account's FIFO group until then: six minutes of
     # the queue's visibility timeout for a moment's fault), later ones after the visibility timeout, so its six
     # attempts still span a longer outage before it is parked

@@ -150,8 +150,8 @@ def _out_of_time(remaining_ms: Callable[[], int] | None) -> Callable[[], bool] |
 @dataclass(frozen=True)
 class _Invocation:
     """What a dispatcher invocation's records share: the limit on submits in flight, the rate limiter (its counter
-    tokens taken for all of them), its single sends' messages (read together), the deadline for claims, and where
-    their settle checks and client notifications gather."""
+    tokens taken for all of them), its single sends' messages (read together), the deadline for claims, where
+    their settle checks and client notifications gather, and the waits of the records handed back."""
 
     in_flight: asyncio.Semaphore
     limiter: RateLimiter
@@ -161,6 +161,10 @@ class _Invocation:
     out_of_time: Callable[[], bool] | None
     awaiting_report: Callable[[Sequence[Message]], None]
     announce: Callable[[Sequence[StatusChange]], None]
+    # The seconds each record handed back was hidden for (its backoff: an upstream's Retry-After, a held claim's
+    # lease, a failure's retry), by its message id; None for one left to the queue's visibility timeout. A failed
+    # settle-check publish hands the records back again, never sooner than this (_hand_back_to_queue_the_rest).
+    handed_back: dict[str, int | None]
 
 
 async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], bool] | None) -> list[SQSRecord]:
@@ -188,6 +192,7 @@ async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], 
         out_of_time=out_of_time,
         awaiting_report=awaiting_report.extend,
         announce=announcements.add,
+        handed_back={},
     )
     started: set[str] = set()
 
@@ -208,7 +213,7 @@ async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], 
     if held_back:
         await asyncio.to_thread(_release_held_back, held_back)
     if not await _queue_the_rest(announcements.take_the_rest(), awaiting_report):
-        await asyncio.to_thread(_return_records, records, SETTLE_RETRY_SECONDS, "to queue its notifications again")
+        await asyncio.to_thread(_hand_back_to_queue_the_rest, records, invocation.handed_back)
         return list(records)
     return failed
 
@@ -243,7 +248,8 @@ def _read_single_sends(commands: Sequence[DispatchCommand]) -> ReadAhead:
 
 
 # An invocation that could not queue its settle check or its last notifications hands its records back for this
-# long: the notify queue's fault may pass in seconds, and the records hold their accounts' FIFO groups meanwhile.
+# long (or for a record's own longer backoff): the notify queue's fault may pass in seconds, and the records hold
+# their accounts' FIFO groups meanwhile.
 SETTLE_RETRY_SECONDS = 20
 
 
@@ -267,6 +273,19 @@ async def _queue_the_rest(notifications: list[dict[str, Any]], submitted: Sequen
     QUEUED_ANNOUNCEMENTS.remember(n["id"] for n in notifications)
     QUEUED_CHECKS.remember(m.key for m in submitted)
     return True
+
+
+def _hand_back_to_queue_the_rest(records: Sequence[SQSRecord], handed_back: Mapping[str, int | None]) -> None:
+    """Every record of an invocation whose settle check or last notifications could not be queued, visible again
+    after SETTLE_RETRY_SECONDS, or after its own backoff when it was handed back for longer: a throttled record still
+    waits out its upstream's Retry-After, and a record left to the queue's visibility timeout keeps it. Until
+    2026-12-07 every record came back after 20 s, a throttled one before its upstream would take it, and each early
+    return counted another throttle towards the message's failure (test
+    `test_a_throttled_record_handed_back_because_its_settle_check_failed_still_waits_out_the_upstreams_retry_after`)."""
+    for record in records:
+        own = handed_back.get(record.message_id, 0)
+        if own is not None:
+            _return_records([record], max(own, SETTLE_RETRY_SECONDS), "to queue its notifications again")
 
 
 def _release_held_back(records: Sequence[SQSRecord]) -> None:
@@ -320,6 +339,7 @@ async def dispatch_record(record: SQSRecord, invocation: _Invocation) -> dict[st
                 "dispatch record failed; retried",
                 extra={"failures": failures, "error": type(error).__name__, "retry_in": retry_in},
             )
+            invocation.handed_back[record.message_id] = retry_in
             if retry_in is not None:
                 await asyncio.to_thread(_return_records, [record], retry_in, "to retry it soon after a failure")
             raise
@@ -434,6 +454,7 @@ async def _dispatch_record(record: SQSRecord, invocation: _Invocation) -> dict[s
     )
     if outcome.needs_retry:
         delay = outcome.retry_delay(backoff_base=wiring.settings.dispatch_backoff_base_seconds)
+        invocation.handed_back[record.message_id] = delay
         await asyncio.to_thread(
             wiring.dispatch_queue.delay, record.receipt_handle, delay, source_arn=record.get("eventSourceARN")
         )
