@@ -62,12 +62,15 @@ def template_stack(setenv: Callable[[str, str], None]) -> Iterator[dict[str, str
     from sms_gateway import bootstrap
     from sms_gateway_tools.localstack.moto_server import (
         count_sqs_visibility_from_each_receive,
+        remember_transaction_tokens,
         serialise_dynamodb_writes,
     )
     from sms_gateway_tools.localstack.resources import create_resources
 
     # The consumers make concurrent conditional writes: moto must apply them one at a time, as DynamoDB does.
     serialise_dynamodb_writes()
+    # A transaction sent again under its ClientRequestToken must be applied once, as DynamoDB applies it.
+    remember_transaction_tokens()
     # A settle check hides for hours in hops of just under 12 h: moto must count them from each receive, as SQS does.
     count_sqs_visibility_from_each_receive()
     with mock_aws():

@@ -1416,11 +1416,6 @@ def test_review_a_reset_flags_webhooks_changed_with_a_token_the_portal_made(cli,
     assert reset["webhooks_changed_by"] == f"token {thief.prefix}, made by portal"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review(rops): on the local stack a top-up run again with its --request-id adds the credits again "
-    "(moto keeps no ClientRequestToken), against docs/operators.md",
-)
 def test_a_top_up_run_again_with_its_request_id_on_the_local_stack_s_moto_adds_once(cli, account):
     # Given the local stack's moto as `make dev` runs it (the aws fixture patches it as the local stack does), with
     # no stand-in for DynamoDB's ClientRequestToken (test_a_top_up_run_twice_with_one_request_id_adds_once has one)

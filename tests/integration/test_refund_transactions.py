@@ -386,7 +386,7 @@ class AnswersLost:
     """Stands in front of moto on a client: the first `times` requests (of operation `of`, when given) reach
     DynamoDB (moto) and then their answers are lost on the wire, so botocore sends the same request again (or gives
     up, after its attempts). Like DynamoDB, it answers a transaction whose ClientRequestToken it has already applied
-    without applying it again (moto keeps no tokens)."""
+    without applying it again (the tests' moto does too since remember_transaction_tokens; this one answers first)."""
 
     def __init__(self, client: Any, times: int = 1, of: str | None = None) -> None:
         from moto.core.models import botocore_stubber

@@ -1,5 +1,6 @@
 """The local stack's moto: a cancelled transaction is rolled back from copies of the items it names only
-(moto_server.make_transactions_copy_only_their_items), and leaves the table exactly as it was."""
+(moto_server.make_transactions_copy_only_their_items), and leaves the table exactly as it was; a transaction sent
+again under its ClientRequestToken is applied once (moto_server.remember_transaction_tokens)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     import boto3
     from moto import mock_aws
 
-    from sms_gateway_tools.localstack.moto_server import serialise_dynamodb_writes
+    from sms_gateway_tools.localstack.moto_server import remember_transaction_tokens, serialise_dynamodb_writes
 
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
@@ -24,6 +25,7 @@ def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     serialise_dynamodb_writes()
+    remember_transaction_tokens()
     with mock_aws():
         client = boto3.client("dynamodb")
         create_key_table(client)
@@ -75,3 +77,70 @@ def test_a_transaction_that_goes_through_applies_all_its_writes(dynamodb):
         ("P1", "new", "7"),
         ("P3", "d", "1"),
     ]
+
+
+def add_one(sk: str, condition: str = "attribute_exists(pk)") -> list[dict[str, Any]]:
+    return [
+        {"Update": {"TableName": "t", "Key": key("P1", sk), "UpdateExpression": "SET n = n + :one",
+                    "ConditionExpression": condition, "ExpressionAttributeValues": {":one": {"N": "1"}}}},
+    ]  # fmt: skip
+
+
+def n(client: Any, sk: str) -> str:
+    return str(client.get_item(TableName="t", Key=key("P1", sk))["Item"]["n"]["N"])
+
+
+def test_a_transaction_sent_again_under_its_token_is_applied_once(dynamodb):
+    # When the same transaction is sent twice under one token, as botocore does when an answer is lost
+    first = dynamodb.transact_write_items(TransactItems=add_one("a"), ClientRequestToken="top-up-1")
+    again = dynamodb.transact_write_items(TransactItems=add_one("a"), ClientRequestToken="top-up-1")
+    # Then both succeed, answered alike, and it was applied once
+    assert {k: v for k, v in again.items() if k != "ResponseMetadata"} == {
+        k: v for k, v in first.items() if k != "ResponseMetadata"
+    }
+    assert n(dynamodb, "a") == "2"
+    # And another token is another transaction
+    dynamodb.transact_write_items(TransactItems=add_one("a"), ClientRequestToken="top-up-2")
+    assert n(dynamodb, "a") == "3"
+
+
+def test_other_writes_under_a_token_are_refused_and_change_nothing(dynamodb):
+    dynamodb.transact_write_items(TransactItems=add_one("a"), ClientRequestToken="top-up-1")
+    with pytest.raises(dynamodb.exceptions.IdempotentParameterMismatchException) as refused:
+        dynamodb.transact_write_items(TransactItems=add_one("b"), ClientRequestToken="top-up-1")
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert (n(dynamodb, "a"), n(dynamodb, "b")) == ("2", "1")
+
+
+def test_a_cancelled_transaction_s_token_is_not_remembered(dynamodb):
+    # Given a transaction under a token that its condition cancelled
+    with pytest.raises(dynamodb.exceptions.TransactionCanceledException):
+        dynamodb.transact_write_items(TransactItems=add_one("a", "n = :one AND n > :one"), ClientRequestToken="t-1")
+    # When other writes are sent under the token, then the same ones
+    dynamodb.transact_write_items(TransactItems=add_one("a"), ClientRequestToken="t-1")
+    dynamodb.transact_write_items(TransactItems=add_one("a"), ClientRequestToken="t-1")
+    # Then they are applied, once
+    assert n(dynamodb, "a") == "2"
+
+
+def test_a_token_is_forgotten_once_its_window_passed(dynamodb, monkeypatch):
+    from sms_gateway_tools.localstack import moto_server
+
+    monkeypatch.setattr(moto_server, "_TRANSACTION_TOKEN_SECONDS", 0)
+    dynamodb.transact_write_items(TransactItems=add_one("a"), ClientRequestToken="top-up-1")
+    dynamodb.transact_write_items(TransactItems=add_one("a"), ClientRequestToken="top-up-1")
+    assert n(dynamodb, "a") == "3"
+
+
+def test_the_oldest_tokens_are_dropped_past_the_tokens_held(dynamodb, monkeypatch):
+    from sms_gateway_tools.localstack import moto_server
+
+    monkeypatch.setattr(moto_server, "_TRANSACTION_TOKENS_HELD", 1)
+    # Given a token held, then another: the only one now held
+    dynamodb.transact_write_items(TransactItems=add_one("a"), ClientRequestToken="first")
+    dynamodb.transact_write_items(TransactItems=add_one("b"), ClientRequestToken="second")
+    # When both are sent again
+    dynamodb.transact_write_items(TransactItems=add_one("b"), ClientRequestToken="second")
+    dynamodb.transact_write_items(TransactItems=add_one("a"), ClientRequestToken="first")
+    # Then the latest was applied once, the dropped one again
+    assert (n(dynamodb, "a"), n(dynamodb, "b")) == ("3", "2")

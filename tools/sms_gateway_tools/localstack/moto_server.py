@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
 import threading
+import time
 import urllib.request
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from typing import Any
 
 from sms_gateway_tools.localstack.shared_state import make_methods_take_turns
@@ -15,6 +19,9 @@ logger = logging.getLogger("sms_gateway_tools.localstack.moto")
 # DynamoDB's write actions: each applies to its items atomically on AWS.
 _DYNAMODB_WRITES = ("put_item", "update_item", "delete_item", "batch_write_item", "transact_write_items")
 _dynamodb_writes_turns = threading.RLock()
+# How long DynamoDB holds a transaction's ClientRequestToken, and how many the local stack's moto holds at most.
+_TRANSACTION_TOKEN_SECONDS = 600
+_TRANSACTION_TOKENS_HELD = 10_000
 # SQS's limit on a received message's visibility: 12 hours from when it was received.
 _SQS_MAX_VISIBILITY_MS = 43200 * 1000
 
@@ -106,6 +113,67 @@ def make_transactions_copy_only_their_items() -> None:
     models.copy = CopyOnlyNamedItems()  # type: ignore[assignment]
 
 
+def remember_transaction_tokens() -> None:
+    """Makes moto honour a TransactWriteItems' ClientRequestToken for 10 minutes, as DynamoDB does, from now on
+    (idempotent): the same transaction sent again under its token is answered as it was the first time and not
+    applied again, and other writes under the token are refused with IdempotentParameterMismatchException, nothing
+    applied. moto ignores the token, so under `make dev` an operator's top-up run again with its --request-id
+    (docs/operators.md) added the credits again, and another top-up under the id went through. Only a transaction
+    that was applied is remembered (a cancelled one is not, as on AWS), by moto's account and region, and forgotten
+    when moto is reset; past _TRANSACTION_TOKENS_HELD the oldest are dropped."""
+    from moto.dynamodb.exceptions import ERROR_TYPE_PREFIX, DynamodbException
+    from moto.dynamodb.responses import DynamoHandler
+
+    if getattr(DynamoHandler.transact_write_items, "_remembers_tokens", False):
+        return
+    original = DynamoHandler.transact_write_items
+
+    class IdempotentParameterMismatch(DynamodbException):
+        def __init__(self, token: str) -> None:
+            super().__init__(
+                ERROR_TYPE_PREFIX + "IdempotentParameterMismatchException",
+                f"ClientRequestToken {token} was used for another transaction in the last "
+                f"{_TRANSACTION_TOKEN_SECONDS // 60} minutes",
+            )
+
+    def tokens_held(backend: Any) -> OrderedDict[str, tuple[float, str, Any]]:
+        """token -> (when it expires, the fingerprint of its writes, the answer), oldest first. Kept on moto's
+        backend, so that a reset (a stack's start and stop, each test's mock_aws) forgets them with the tables."""
+        held: OrderedDict[str, tuple[float, str, Any]] | None = getattr(backend, "_transaction_tokens", None)
+        if held is None:
+            held = OrderedDict()
+            backend._transaction_tokens = held
+        now = time.monotonic()
+        while held and next(iter(held.values()))[0] <= now:
+            held.popitem(last=False)
+        return held
+
+    @functools.wraps(original)
+    def transact_write_items(self: Any) -> Any:
+        token = self.body.get("ClientRequestToken")
+        if not token:
+            return original(self)
+        fingerprint = hashlib.sha256(
+            json.dumps(self.body["TransactItems"], sort_keys=True, default=str).encode()
+        ).hexdigest()
+        # Looking the token up, applying and remembering it are one step, as on DynamoDB.
+        with _dynamodb_writes_turns:
+            held = tokens_held(self.dynamodb_backend)
+            if token in held:
+                _, applied, answer = held[token]
+                if applied != fingerprint:
+                    raise IdempotentParameterMismatch(token)
+                return answer
+            answer = original(self)
+            held[token] = (time.monotonic() + _TRANSACTION_TOKEN_SECONDS, fingerprint, answer)
+            while len(held) > _TRANSACTION_TOKENS_HELD:
+                held.popitem(last=False)
+            return answer
+
+    transact_write_items._remembers_tokens = True  # type: ignore[attr-defined]
+    DynamoHandler.transact_write_items = transact_write_items  # type: ignore[method-assign]
+
+
 def count_sqs_visibility_from_each_receive() -> None:
     """Makes moto cap a received message's visibility at 12 h from its latest receive, as SQS does, from now on
     (idempotent). moto counts the 12 h from when the message was sent, so a record that waits longer than that in
@@ -161,6 +229,7 @@ class EmbeddedMoto:
         if not werkzeug.isEnabledFor(logging.DEBUG):
             werkzeug.setLevel(logging.WARNING)
         serialise_dynamodb_writes()
+        remember_transaction_tokens()
         count_sqs_visibility_from_each_receive()
         server = ThreadedMotoServer(ip_address=self._host, port=self._port, verbose=False)
         server.start()
