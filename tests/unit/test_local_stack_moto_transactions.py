@@ -144,3 +144,38 @@ def test_the_oldest_tokens_are_dropped_past_the_tokens_held(dynamodb, monkeypatc
     dynamodb.transact_write_items(TransactItems=add_one("a"), ClientRequestToken="first")
     # Then the latest was applied once, the dropped one again
     assert (n(dynamodb, "a"), n(dynamodb, "b")) == ("3", "2")
+
+
+def test_a_query_reading_an_item_while_an_update_of_it_lands_is_answered(dynamodb, monkeypatch):
+    import threading
+
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    # Given a Query that is part way through reading item P1/a (moto sums its attributes' sizes, Table.query), and an
+    # UpdateItem that adds an attribute to that item landing just then (as a release queues a message that a cancel
+    # raced by it is counting: logic/batches.py cancel_batch -> batch_view, logic/scheduled.py's transition)
+    reader, armed, landed = threading.get_ident(), threading.Event(), threading.Event()
+    size = DynamoType.size
+
+    def size_while_the_update_lands(self):
+        if threading.get_ident() == reader and armed.is_set():
+            armed.clear()
+            writer.start()
+            landed.wait(timeout=1)  # the update lands here, unless it waits for the read's turn to end
+        return size(self)
+
+    def update():
+        dynamodb.update_item(TableName="t", Key=key("P1", "a"), UpdateExpression="SET queued_at = :now",
+                             ExpressionAttributeValues={":now": {"S": "2026-12-07T00:00:00Z"}})  # fmt: skip
+        landed.set()
+
+    writer = threading.Thread(target=update)
+    monkeypatch.setattr(DynamoType, "size", size_while_the_update_lands)
+    armed.set()
+    # When the Query goes on, then it answers (DynamoDB reads an item whole, before or after a write of it), and the
+    # update is applied too
+    items = dynamodb.query(TableName="t", KeyConditionExpression="pk = :pk",
+                           ExpressionAttributeValues={":pk": {"S": "P1"}})["Items"]  # fmt: skip
+    writer.join()
+    assert [item["sk"]["S"] for item in items] == ["a", "b"]
+    assert dynamodb.get_item(TableName="t", Key=key("P1", "a"))["Item"]["queued_at"] == {"S": "2026-12-07T00:00:00Z"}

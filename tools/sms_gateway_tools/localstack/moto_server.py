@@ -16,8 +16,10 @@ from sms_gateway_tools.localstack.shared_state import make_methods_take_turns
 
 logger = logging.getLogger("sms_gateway_tools.localstack.moto")
 
-# DynamoDB's write actions: each applies to its items atomically on AWS.
+# DynamoDB's write actions: each applies to its items atomically on AWS; and its reads, which on AWS see an item
+# whole, before or after a write (moto edits a stored item in place, and a read serialising it meanwhile raised).
 _DYNAMODB_WRITES = ("put_item", "update_item", "delete_item", "batch_write_item", "transact_write_items")
+_DYNAMODB_READS = ("get_item", "batch_get_item", "query", "scan", "transact_get_items")
 _dynamodb_writes_turns = threading.RLock()
 # How long DynamoDB holds a transaction's ClientRequestToken, and how many the local stack's moto holds at most.
 _TRANSACTION_TOKEN_SECONDS = 600
@@ -31,10 +33,13 @@ def serialise_dynamodb_writes() -> None:
     a conditional write to its item atomically; moto's handler does not lock (it even reads the old item before its
     backend applies the write), so two threads' conditional updates of one item can both succeed inside moto: a
     double refund that AWS would never allow. The consumers handle records concurrently (the dispatcher's messages,
-    the notifier's records), so the local stack and the tests need DynamoDB's semantics here, not moto's."""
+    the notifier's records), so the local stack and the tests need DynamoDB's semantics here, not moto's. Reads take
+    their turn too: moto updates a stored item in place, and a Query serialising that item as an UpdateItem changed it
+    raised `dictionary changed size during iteration` (a 500; until 2026-12-07), where AWS shows a read the item
+    whole, before or after the write."""
     from moto.dynamodb.responses import DynamoHandler
 
-    make_methods_take_turns(DynamoHandler, _DYNAMODB_WRITES, _dynamodb_writes_turns)
+    make_methods_take_turns(DynamoHandler, _DYNAMODB_WRITES + _DYNAMODB_READS, _dynamodb_writes_turns)
     make_transactions_copy_only_their_items()
 
 
