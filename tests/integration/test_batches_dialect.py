@@ -1256,3 +1256,20 @@ def test_a_request_level_error_does_not_blame_the_body_field_the_client_wrote_ri
     status, blank = call(api, token, "POST", "/ng/v1/sendsms", {"from": "48974", "to": [AIRTEL], "content": "  "})
     assert status == 400, blank
     assert not blank["message"].startswith("body:"), blank
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review(rbatches): GET/DELETE of /ng/v1/batches/dry_run is read as a batch id: 404, not 405 with Allow",
+)
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_the_dry_run_path_asked_with_another_method_is_a_405(aws, account, api, method):
+    # Given the dry run path, which the API serves for POST only (docs/dialects/9bits.md, "Dry run")
+    # When a client asks it with another method (GET, as for a quote it thinks it reads)
+    response = api(request(account["token"], method, "/ng/v1/batches/dry_run"))
+    body = json.loads(response["body"])
+    # Then it is the 405 that docs/dialects/9bits.md promises for "a path the API serves, asked with a method it does
+    # not take", with `Allow: POST`, not a 404 "no batch with reference_id 'dry_run'"
+    assert response["statusCode"] == 405, body
+    assert response["headers"].get("Allow") == "POST", response["headers"]
+    assert body["status_code"] == 405, body
