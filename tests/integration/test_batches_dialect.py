@@ -1295,10 +1295,6 @@ def test_the_delivery_report_names_the_batch_by_its_reference_id_however_the_pat
     assert report["reference_id"] == reference_id, report
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review(rbatches): a cancel that wins the race with the firing schedule answers refunded_credits 0",
-)
 def test_a_cancel_that_wins_the_race_with_its_schedule_answers_the_credits_it_gave_back(aws, account, api, monkeypatch):
     from sms_gateway.bootstrap import gateway
     from sms_gateway.domain.status import MessageStatus

@@ -1467,6 +1467,50 @@ class TestScheduledRelease:
         assert winner == [3]
         assert store.accounts["7"].credits == charged + 3
 
+    def cancel_as_the_schedule_fires(self, store: InMemoryStore, batch: Batch) -> int:
+        """The client's cancel, with the batch's schedule firing right after the cancel's batch write: the firing
+        finds the batch cancelled and finishes the cancel itself (finish_cancels) before the cancel goes on."""
+        moved = store.set_batch_status
+        fired: list[bool] = []
+
+        def cancelled_then_fired(*args, **kwargs):
+            changed = moved(*args, **kwargs)
+            if changed and not fired:
+                fired.append(release(store, "7", batch.reference_id, RecordingQueue(), finish_cancels=True))
+            return changed
+
+        store.set_batch_status = cancelled_then_fired  # type: ignore[method-assign]
+        refunded = self.cancel(store, batch.reference_id)
+        store.set_batch_status = moved  # type: ignore[method-assign]
+        assert fired == [False]
+        return refunded
+
+    def test_a_cancel_that_wins_the_race_answers_what_the_schedule_refunded_for_it_and_nothing_moves_twice(self, store):
+        # Given a scheduled batch of three, one of whose messages was failed (opted out) and refunded before
+        batch, _ = send(store, command(3, send_at=NOW + timedelta(hours=2)))
+        first = min(store.messages.values(), key=lambda m: m.message_id)
+        store.move_and_refund([first], MessageStatus.FAILED, now=NOW, error_code="opted_out")
+        refunded_before = store.accounts["7"].credits
+        # When the client cancels it as its schedule fires
+        refunded = self.cancel_as_the_schedule_fires(store, batch)
+        # Then the cancel answers the two it cancelled, refunded by the firing, and those came back once
+        assert refunded == 2
+        assert store.accounts["7"].credits == refunded_before + 2
+        assert sorted(str(m.status) for m in store.messages.values()) == ["cancelled", "cancelled", "failed"]
+        # And a repeated cancel refunds and answers nothing more
+        with pytest.raises(AlreadyCancelled):
+            self.cancel(store, batch.reference_id)
+        assert store.accounts["7"].credits == refunded_before + 2
+
+    def test_a_cancel_that_wins_the_race_answers_all_a_send_that_died_while_storing_took(self, store):
+        # Given a scheduled send to 150 killed after storing 100 (150 credits taken)
+        batch = self.scheduled_send_killed_while_storing(store)
+        # When the client cancels it as its schedule fires
+        refunded = self.cancel_as_the_schedule_fires(store, batch)
+        # Then it answers all 150 given back (50 never stored, 100 cancelled), each credit once
+        assert refunded == 150
+        assert store.accounts["7"].credits == 1000
+
     def test_a_cancel_that_died_after_the_batch_write_is_finished_by_the_next_and_refunds_once(self, store):
         # Given a scheduled batch of three whose cancel died once the batch was written (refunding its messages)
         scheduler = RecordingScheduler()

@@ -132,16 +132,19 @@ def cancel_batch(
 ) -> tuple[Batch, int]:
     """Cancels a scheduled batch: deletes its schedule, cancels its messages, refunds them.
     Returns the batch and the credits refunded. The batch's own conditional write decides a race with
-    the schedule firing: whichever moves the batch first wins, and the other does nothing.
+    the schedule firing: whichever moves the batch first wins, and the other releases nothing.
 
+    The cancel that moved the batch answers with all the cancel gave back (cancel_refund), whichever call moved the
+    credits: the schedule, firing just after that write, finishes the cancel itself (logic.scheduled) and can refund
+    the messages before this call gets to them, which then moves nothing more.
     A cancel that died after the batch's write (messages still scheduled, and charged) is finished by the next one,
-    which answers as the first would have. Once every message is cancelled, another cancel raises AlreadyCancelled
+    which answers with what it gave back. Once every message is cancelled, another cancel raises AlreadyCancelled
     (a Conflict): each dialect says what a repeated cancel answers."""
     batch = get_batch(messages, account_id, reference_id)
     if batch.status in ONLY_SCHEDULED:
         if messages.set_batch_status(account_id, reference_id, MessageStatus.CANCELLED, only_from=ONLY_SCHEDULED):
-            refund = finish_cancel(messages, scheduler, account_id, reference_id, now=now)
-            return get_batch(messages, account_id, reference_id), refund
+            _, batch_messages = _finish_cancel(messages, scheduler, account_id, reference_id, now=now)
+            return get_batch(messages, account_id, reference_id), cancel_refund(batch, batch_messages)
         # Moved since it was read: released, or cancelled by another request (then this one is a repeat of it).
         batch = get_batch(messages, account_id, reference_id)
     if batch.status != MessageStatus.CANCELLED:
@@ -172,8 +175,21 @@ def finish_cancel(
     logged and left, and the cancel stands: the batch is cancelled and refunded, and the schedule's firing finds it
     so and releases nothing (then Scheduler deletes it, ActionAfterCompletion). Raising would answer the client that
     the cancel failed, and the session-key family's retry 404 ("order cannot be removed")."""
+    refund, _ = _finish_cancel(messages, scheduler, account_id, reference_id, now=now)
+    return refund
+
+
+def _finish_cancel(
+    messages: MessageStore,
+    scheduler: BatchScheduler | None,
+    account_id: str,
+    reference_id: int,
+    *,
+    now: datetime,
+) -> tuple[int, list[Message]]:
+    """finish_cancel's work: the credits this call gave back, and the batch's messages as they are now."""
     given_back, batch_messages = cost_to_stored(messages, account_id, reference_id)
-    _, refund = move_and_refund(messages, batch_messages, MessageStatus.CANCELLED, now=now)
+    current, refund = move_and_refund(messages, batch_messages, MessageStatus.CANCELLED, now=now)
     if scheduler is not None:
         try:
             scheduler.cancel(account_id, reference_id)
@@ -187,7 +203,18 @@ def finish_cancel(
                     "schedule": scheduler.schedule_name(account_id, reference_id),
                 },
             )
-    return given_back + refund
+    return given_back + refund, current
+
+
+def cancel_refund(scheduled: Batch, batch_messages: Iterable[Message]) -> int:
+    """All a batch's cancel gave back, by whichever calls moved it (finish_cancel): what the batch took, as read
+    while `scheduled`, for messages never stored (its cost less its stored messages' cost), and what each cancelled
+    message cost (a message is cancelled only with its refund). `batch_messages`: all of them, as they are once the
+    cancel is finished. A message that is not cancelled was not refunded by the cancel: failed before it (refunded
+    then) or taken by a dispatcher, it is not counted."""
+    stored = list(batch_messages)
+    unstored = scheduled.cost - sum(message.price for message in stored)
+    return unstored + sum(message.price for message in stored if message.status == MessageStatus.CANCELLED)
 
 
 # Tries at making a batch's cost what its stored messages cost, each after another writer changed it meanwhile.
