@@ -1234,10 +1234,6 @@ def test_a_send_refused_for_invalid_numbers_names_each_of_them(aws, account, api
     assert body["message"].endswith("(and 2 more)"), body["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review(rbatches): a request-level validation error is blamed on `body`, seed 3's text field",
-)
 def test_a_request_level_error_does_not_blame_the_body_field_the_client_wrote_right(aws, account, api):
     token = account["token"]
     # Given seed 3's own sample request (text in `content`) with a callback_url but no delivery_report: yes

@@ -167,10 +167,14 @@ def under_claim(claim: KeyClaim | None, produce: Callable[[], T]) -> T:
 
 
 def describe_validation_error(error: ValidationError) -> str:
+    """The first five problems, each `field: what is wrong`, or what is wrong alone for a check across fields (no
+    location: naming one would blame a field the client may have written right, or not sent). A validator's own
+    ValueError reads in its words, without pydantic's "Value error, " before them."""
     problems = []
     for item in error.errors()[:5]:
-        where = ".".join(str(part) for part in item["loc"]) or "body"
-        problems.append(f"{where}: {item['msg']}")
+        where = ".".join(str(part) for part in item["loc"])
+        what = str(item["ctx"]["error"]) if item["type"] == "value_error" else item["msg"]
+        problems.append(f"{where}: {what}" if where else what)
     return "; ".join(problems)
 
 
