@@ -68,6 +68,11 @@ class MethodNotAllowed(GatewayError):
         super().__init__(message)
         self.allowed = allowed
 
+    @classmethod
+    def asked(cls, path: str, method: str, allowed: list[str]) -> MethodNotAllowed:
+        """`path` asked with `method`, which it does not take: the message names the ones it does."""
+        return cls(f"{path} does not take {method}: use {' or '.join(allowed)}", allowed=allowed)
+
 
 class Conflict(GatewayError):
     code = "conflict"

@@ -207,7 +207,5 @@ def not_found(_: Exception) -> Response[Any]:
     path, method = app.current_event.path, app.current_event.http_method.upper()
     allowed = app.methods_for(path)
     if allowed:
-        return render_error(
-            path, MethodNotAllowed(f"{path} does not take {method}: use {' or '.join(allowed)}", allowed=allowed)
-        )
+        return render_error(path, MethodNotAllowed.asked(path, method, allowed))
     return render_error(path, NotFound(f"no route for {method} {path}"))

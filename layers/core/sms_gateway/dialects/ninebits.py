@@ -39,7 +39,7 @@ from sms_gateway.domain.models import (
     utc_now,
 )
 from sms_gateway.domain.status import MessageStatus
-from sms_gateway.errors import GatewayError, InvalidRequest
+from sms_gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed
 from sms_gateway.logic import accounts, batches, groups
 from sms_gateway.logic.accounts import check_webhook_url
 from sms_gateway.logic.auth import account_for_credential, bearer_token
@@ -325,7 +325,10 @@ def _sent(accepted: Accepted, recipients: Sequence[Recipient]) -> Response[Any]:
     return json_response(200, body)
 
 
-@router.post("/ng/v1/batches/dry_run")
+DRY_RUN_PATH = "/ng/v1/batches/dry_run"
+
+
+@router.post(DRY_RUN_PATH)
 def dry_run() -> Response[Any]:
     """The send's answer without the send: parts, encoding, cost and balance; nothing stored, charged or queued."""
     account = _caller()
@@ -371,8 +374,18 @@ def _priced_recipient(recipient: Recipient, cost: int) -> dict[str, Any]:
     return {"to": recipient.msisdn.lstrip("+"), "telco": recipient.telco, "cost": cost}
 
 
+def _refuse_the_dry_run_path(reference_id: str) -> None:
+    """The dry run's path matches the /ng/v1/batches/<reference_id> routes too, for the methods it does not take
+    (Powertools tries its POST route first, then these): asked so, it is the 405 that any path asked with a method it
+    does not take answers, before credentials are looked at (api.not_found), not a batch that is not found."""
+    if reference_id == DRY_RUN_PATH.rsplit("/", 1)[1]:
+        method = router.current_event.http_method.upper()
+        raise MethodNotAllowed.asked(DRY_RUN_PATH, method, allowed=["POST"])
+
+
 @router.delete("/ng/v1/batches/<reference_id>")
 def cancel_batch(reference_id: str) -> Response[Any]:
+    _refuse_the_dry_run_path(reference_id)
     account = _caller()
     store = gateway().store
     try:
@@ -403,6 +416,7 @@ def cancel_batch(reference_id: str) -> Response[Any]:
 
 @router.get("/ng/v1/batches/<reference_id>")
 def read_batch(reference_id: str) -> Response[Any]:
+    _refuse_the_dry_run_path(reference_id)
     account = _caller()
     view = batches.batch_view(gateway().store, account.account_id, batches.parse_reference_id(reference_id))
     batch = view.batch
