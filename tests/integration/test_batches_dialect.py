@@ -1279,10 +1279,6 @@ def test_the_dry_run_path_asked_with_another_method_is_a_405_before_credentials_
     assert (put["statusCode"], put["headers"].get("Allow")) == (405, "POST"), put
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review(rbatches): the delivery report listing echoes the path's reference_id as written, not the batch's",
-)
 def test_the_delivery_report_names_the_batch_by_its_reference_id_however_the_path_wrote_it(aws, account, api):
     token = account["token"]
     # Given a sent batch

@@ -485,10 +485,11 @@ def read_delivery_reports(reference_id: str) -> Response[Any]:
     query = router.current_event.query_string_parameters or {}
     status = _status_filter(query.get("status"))
     limit = _page_size(query.get("page_size"))
+    batch_id = batches.parse_reference_id(reference_id)
     page, cursor = batches.delivery_reports(
         gateway().store,
         account.account_id,
-        batches.parse_reference_id(reference_id),
+        batch_id,
         status=status,
         limit=limit,
         cursor=query.get("next"),
@@ -498,7 +499,8 @@ def read_delivery_reports(reference_id: str) -> Response[Any]:
         {
             "status_code": 200,
             "message": "ok",
-            "reference_id": reference_id,
+            # The batch's id as the send answered it, however the path wrote it (a leading zero), as read_batch does.
+            "reference_id": str(batch_id),
             "data": [delivery_report_entry(m) for m in page],
             "next": cursor,
         },
