@@ -271,3 +271,32 @@ def test_a_permanent_refusal_counts_as_permanent_and_as_a_final_failure_without_
     assert values(out, "MessagesUndelivered") == [1.0]
     # Never submitted: there is no report latency to give
     assert values(out, "DeliveryReportLatency") == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review(rdiff): a report by an upstream id no message has is held, never counted DeliveryReportsUnmatched",
+)
+def test_a_delivery_report_from_another_gateways_traffic_is_counted_unmatched(aws, account, api, upstream, capsys):
+    # Given an upstream that posts this gateway reports of another gateway's traffic (its DLR URL misconfigured):
+    # the upstream's own message id, and a client reference that is not one of ours
+    event = simulator_dlr(aws, "other-gateway-4711", "DELIVRD", datetime.now().astimezone().isoformat())
+    body = json.loads(event["body"])
+    body["message_id"] = "sim-not-ours-4711"
+    event["body"] = json.dumps(body)
+    from sms_gateway.adapters.providers.simulator import signature
+
+    parameter = boto3.client("ssm").get_parameter(
+        Name=f"{aws['UPSTREAM_PARAMETER_PREFIX']}simulator", WithDecryption=True
+    )
+    secret = json.loads(parameter["Parameter"]["Value"])["secret"]
+    event["headers"]["x-simulator-signature"] = signature(
+        secret, event["headers"]["x-simulator-timestamp"], event["body"]
+    )
+    capsys.readouterr()
+    # When it is posted
+    answer = load_function("webhook").handler(event, FakeContext())
+    # Then it is acknowledged and, as docs/runbook.md's dashboard row says of "an upstream posting another gateway's
+    # reports to this one" (and docs/delivery-reports.md of "reports for no message at all"), counted unmatched
+    assert answer["statusCode"] == 200, answer
+    assert values(capsys.readouterr().out, "DeliveryReportsUnmatched") == [1.0]
