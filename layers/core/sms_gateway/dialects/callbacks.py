@@ -76,6 +76,10 @@ def delivery_report(provider: str) -> Response:
         # Reports for no message of ours, or for one another upstream carries: acknowledged (an upstream would only
         # post them again) and dropped; many mean an upstream posting to the wrong gateway or a misconfigured route.
         metrics.add_metric(name="DeliveryReportsUnmatched", unit="Count", value=outcome.unmatched)
+    if outcome.held:
+        # Reports by an upstream's own id no message is linked to yet: kept until the dispatcher links it (a report
+        # that overtook its submit, now and then), else they expire unapplied (another gateway's reports, posted here).
+        metrics.add_metric(name="DeliveryReportsHeld", unit="Count", value=outcome.held)
     return _acknowledge(upstream, "dlr") or json_response(
         200, {"status": "ok", "applied": outcome.applied, "unchanged": outcome.unchanged}
     )
