@@ -702,3 +702,26 @@ def test_an_opt_out_that_conflicts_with_other_writes_every_time_fails_and_is_not
         gateway().store.opt_out(opt_out)
     assert not isinstance(raised.value, NotFound)
     assert stored_opt_outs(account["account_id"]) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review(ropt): a STOP to a shortcode is forgotten once the shortcode moves to another account",
+)
+def test_a_number_that_texted_stop_to_a_shortcode_is_not_sent_to_from_it_after_it_moves_to_another_account(
+    aws, account, webhook, api
+):
+    from sms_gateway_tools.admin import add_sender, create_account, remove_sender
+
+    # Given a number that texted STOP to the shortcode 48974 while account A held it, and never START
+    texts(webhook, "STOP", "sim-stop-moved")
+    # When the operator moves 48974 to account B (remove-sender, then add-sender), and B sends from it
+    remove_sender(account_id=account["account_id"], sender="48974")
+    other = create_account(name="New owner", senders=["CINEMA"], credits=100)
+    add_sender(account_id=other["account_id"], sender="48974")
+    status, body = ninebits(api, other, [STOPPED, OTHER])
+    # Then the handset that said STOP to 48974 gets nothing from 48974 (docs/opt-outs.md: "not sent to from that
+    # sender again until it texts START"); the other number is sent to
+    assert status == 200, body
+    assert body["recipients_processed"] == 1
+    assert [r["to"] for r in body["refused"]] == [STOPPED]
