@@ -704,10 +704,6 @@ def test_an_opt_out_that_conflicts_with_other_writes_every_time_fails_and_is_not
     assert stored_opt_outs(account["account_id"]) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review(ropt): a STOP to a shortcode is forgotten once the shortcode moves to another account",
-)
 def test_a_number_that_texted_stop_to_a_shortcode_is_not_sent_to_from_it_after_it_moves_to_another_account(
     aws, account, webhook, api
 ):
@@ -725,3 +721,107 @@ def test_a_number_that_texted_stop_to_a_shortcode_is_not_sent_to_from_it_after_i
     assert status == 200, body
     assert body["recipients_processed"] == 1
     assert [r["to"] for r in body["refused"]] == [STOPPED]
+
+
+def test_a_moved_sender_keeps_its_own_opt_outs_once_and_the_stopall_stays_with_its_account(
+    aws, account, webhook, api, monkeypatch, capsys
+):
+    from sms_gateway_tools import admin, cli
+
+    monkeypatch.setattr(admin, "_target", lambda args: "http://127.0.0.1:8")
+    first = account["account_id"]
+    # Given under account A: STOPPED said STOP to 48974, OTHER said STOP to 48975, and a third number STOPALL to 48974
+    third = "2348040000000"
+    texts(webhook, "STOP", "sim-keep-1")
+    texts(webhook, "STOP", "sim-keep-2", msisdn=OTHER, to="48975")
+    texts(webhook, "STOPALL", "sim-keep-3", msisdn=third)
+    # When the operator moves 48974 to account B with the command line
+    admin.remove_sender(account_id=first, sender="48974")
+    other = admin.create_account(name="New owner", senders=["CINEMA"], credits=100)
+    capsys.readouterr()
+    assert cli.main(["admin", "add-sender", "--account", other["account_id"], "--sender", "+48974"]) == 0
+    out = capsys.readouterr().out
+    # Then it says how many opt-outs came with the sender, and from which account
+    assert "opt_outs_carried_over  1" in out
+    assert f"released_by            {first}" in out
+    # And B has STOPPED's opt-out of 48974 alone (not the other sender's, not the STOPALL), counted once
+    [kept] = stored_opt_outs(other["account_id"])
+    assert (kept["sk"], kept["keyword"], kept["carried_over_from"]) == ("48974#+2348020000000", "STOP", first)
+    assert "inbound_id" not in kept  # that SMS is in A's inbox
+    assert counter(other["account_id"]) == 1
+    # And A keeps its three
+    assert counter(first) == len(stored_opt_outs(first)) == 3
+    # And B's send from 48974 leaves STOPPED out and goes to the number whose STOPALL was A's
+    status, body = ninebits(api, other, [STOPPED, third])
+    assert status == 200, body
+    assert [r["to"] for r in body["refused"]] == [STOPPED]
+    # When the sender goes back to A, which has STOPPED's opt-out of it still
+    admin.remove_sender(account_id=other["account_id"], sender="48974")
+    back = admin.add_sender(account_id=first, sender="48974")
+    # Then nothing is written twice: A's count stays exact
+    assert back["opt_outs_carried_over"] == 1 and back["released_by"] == other["account_id"]
+    assert counter(first) == len(stored_opt_outs(first)) == 3
+    # And adding it again changes nothing
+    again = admin.add_sender(account_id=first, sender="48974")
+    assert (again["opt_outs_carried_over"], again["released_by"]) == (0, None)
+
+
+def test_an_add_sender_cut_short_while_carrying_opt_outs_over_is_finished_by_running_it_again(
+    aws, account, api, monkeypatch
+):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.optouts import OptOut
+    from sms_gateway.errors import Unavailable
+    from sms_gateway_tools import admin
+
+    store = gateway().store
+    first = account["account_id"]
+    # Given 150 numbers that opted out of 48974 under account A (two transactions' worth), which releases it
+    numbers = [f"+234802100{i:04d}" for i in range(150)]
+    for number in numbers:
+        assert store.opt_out(OptOut(account_id=first, sender="48974", msisdn=number, keyword="STOP", at="x"))
+    admin.remove_sender(account_id=first, sender="48974")
+    other = admin.create_account(name="New owner", senders=["CINEMA"], credits=100)
+    # When add-sender for B dies after the first 99 copies (the second copy conflicts with other writes every time)
+    copies, transact = [0], store.client.transact_write_items
+
+    def second_copy_conflicts(**request: Any) -> Any:
+        if f"OPTOUT#{other['account_id']}" in str(request["TransactItems"][0]):
+            copies[0] += 1
+            if copies[0] > 1:
+                reasons = [{"Code": "None"}] * (len(request["TransactItems"]) - 1) + [{"Code": "TransactionConflict"}]
+                raise store.client.exceptions.TransactionCanceledException(
+                    {"Error": {"Code": "TransactionCanceledException"}, "CancellationReasons": reasons},
+                    "TransactWriteItems",
+                )
+        return transact(**request)
+
+    monkeypatch.setattr(store.client, "transact_write_items", second_copy_conflicts)
+    with pytest.raises(Unavailable, match="run the same command again"):
+        admin.add_sender(account_id=other["account_id"], sender="48974")
+    # Then B does not have the sender yet, and counts exactly the copies made
+    assert store.account_id_for_sender("48974") is None
+    assert counter(other["account_id"]) == len(stored_opt_outs(other["account_id"])) == 99
+    # When the operator runs it again
+    monkeypatch.setattr(store.client, "transact_write_items", transact)
+    added = admin.add_sender(account_id=other["account_id"], sender="48974")
+    # Then every opt-out is B's, counted once, and B holds the sender
+    assert added["opt_outs_carried_over"] == 150
+    assert counter(other["account_id"]) == len(stored_opt_outs(other["account_id"])) == 150
+    assert store.account_id_for_sender("48974") == other["account_id"]
+    status, body = ninebits(api, other, [numbers[149].lstrip("+"), OTHER])
+    assert status == 200 and [r["to"] for r in body["refused"]] == [numbers[149].lstrip("+")]
+
+
+def test_a_released_sender_cannot_be_given_to_a_new_account_at_its_creation(aws, account):
+    from sms_gateway.errors import Conflict
+    from sms_gateway_tools import admin
+
+    # Given 48974, released by account A
+    admin.remove_sender(account_id=account["account_id"], sender="48974")
+    # When an account is created with it, then Conflict: its opt-outs need the account to exist (add-sender)
+    with pytest.raises(Conflict, match="'48974' was released by another account: create the account without it"):
+        admin.create_account(name="New owner", senders=["CINEMA", "48974"], credits=100)
+    # And nothing was created: CINEMA is free still
+    added = admin.create_account(name="New owner", senders=["CINEMA"], credits=100)
+    assert admin.add_sender(account_id=added["account_id"], sender="48974")["released_by"] == account["account_id"]

@@ -60,7 +60,8 @@ def test_a_batch_scheduled_from_a_sender_the_operator_removed_is_not_sent_from_i
     # When the operator removes 48974 from the account (docs/operators.md: "the account's sends from it are refused
     # from then on") and registers it to another account, then the schedule fires
     admin.remove_sender(account_id=account["account_id"], sender="48974")
-    admin.create_account(name="New Owner", senders=["48974"], credits=0)
+    new_owner = admin.create_account(name="New Owner", senders=[], credits=0)
+    admin.add_sender(account_id=new_owner["account_id"], sender="48974")
     event = load_event("scheduler-release-batch.json")
     event.update(account_id=account["account_id"], reference_id=int(sent["reference_id"]))
     load_function("scheduled_dispatch").handler(event, FakeContext())

@@ -16,7 +16,7 @@ from sms_gateway.domain.senders import registry_form
 from sms_gateway.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from sms_gateway.logic import accounts
 from sms_gateway.logic.auth import account_for_credential
-from sms_gateway.ports import AccountAdmin, AccountChanges, CredentialInfo
+from sms_gateway.ports import AccountAdmin, AccountChanges, CredentialInfo, SenderAdded
 from tests.fakes import FakeSecretBox, InMemoryStore
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -114,7 +114,9 @@ class AdminStore(InMemoryStore):
         self.listings[key] = info.model_copy(update={"revoked": True, "revoked_at": info.revoked_at or revoked_at})
         return self.listings[key]
 
-    def add_sender(self, account_id: str, sender: str, *, inbound_upstreams: tuple[str, ...] | None = None) -> Account:
+    def add_sender(
+        self, account_id: str, sender: str, *, inbound_upstreams: tuple[str, ...] | None = None
+    ) -> SenderAdded:
         account = self._require(account_id)
         if registry_form(sender) in self.owners:
             raise Conflict(f"sender {sender!r} is registered to account {self.owners[registry_form(sender)]}")
@@ -122,7 +124,7 @@ class AdminStore(InMemoryStore):
         if inbound_upstreams is not None:
             self.inbound_upstreams[registry_form(sender)] = inbound_upstreams
         self.accounts[account_id] = account.model_copy(update={"senders": (*account.senders, sender)})
-        return self.accounts[account_id]
+        return SenderAdded(account=self.accounts[account_id])
 
     def remove_sender(self, account_id: str, sender: str) -> Account:
         account = self._require(account_id)
@@ -280,7 +282,7 @@ class TestSenders:
     def test_a_sender_is_added_and_removed(self, store, account):
         created, _ = account
         added = accounts.add_sender(store, created.account_id, "CINEMA")
-        assert added.senders == ("48974", "CINEMA")
+        assert added.account.senders == ("48974", "CINEMA")
         assert store.account_id_for_sender("cinema") == created.account_id
         removed = accounts.remove_sender(store, created.account_id, "48974")
         assert removed.senders == ("CINEMA",)
@@ -288,7 +290,7 @@ class TestSenders:
 
     def test_adding_an_own_sender_again_changes_nothing(self, store, account):
         created, _ = account
-        assert accounts.add_sender(store, created.account_id, "48974").senders == ("48974",)
+        assert accounts.add_sender(store, created.account_id, "48974").account.senders == ("48974",)
 
     def test_a_sender_taken_by_another_account_is_refused(self, store, account):
         other, _, _ = accounts.create_account(store, BOX, name="Other", senders=[], credits=0, now=NOW)
@@ -326,7 +328,7 @@ class TestSenders:
         assert store.sender_registration("55019") == SenderRegistration(
             account_id=created.account_id, inbound_upstreams=("kannel", "twilio")
         )
-        shown = {s.sender: s for s in accounts.senders_inbound(store, added, routes)}
+        shown = {s.sender: s for s in accounts.senders_inbound(store, added.account, routes)}
         assert (shown["48974"].inbound_upstreams, shown["48974"].taken_from) == (None, ("simulator", "twilio"))
         assert (shown["55019"].inbound_upstreams, shown["55019"].taken_from) == (("kannel", "twilio"),) * 2
         # When the operator sets 48974's, and then puts 55019 back on its routes

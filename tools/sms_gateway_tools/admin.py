@@ -206,8 +206,13 @@ def add_sender(*, account_id: str, sender: str, inbound_upstreams: list[str] | N
     from sms_gateway.logic import accounts
 
     _require_upstreams(inbound_upstreams or [])
-    account = accounts.add_sender(_store(), account_id, sender, inbound_upstreams=inbound_upstreams)
-    return _view_with_inbound(account)
+    added = accounts.add_sender(_store(), account_id, sender, inbound_upstreams=inbound_upstreams)
+    # The opt-outs the sender kept from the account that released it (docs/opt-outs.md, "A sender that moves").
+    return {
+        **_view_with_inbound(added.account),
+        "opt_outs_carried_over": added.opt_outs_carried_over,
+        "released_by": added.released_by,
+    }
 
 
 def set_sender(*, account_id: str, sender: str, inbound_upstreams: list[str]) -> dict[str, Any]:
@@ -1123,6 +1128,7 @@ def _opt_out_row(record: Any) -> dict[str, Any]:
         "keyword": record.keyword,
         "at": record.at,
         "inbound_id": record.inbound_id,
+        "carried_over_from": record.carried_over_from,
     }
 
 

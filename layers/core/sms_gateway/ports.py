@@ -476,6 +476,17 @@ class AccountChanges(BaseModel):
     under_password_epoch: str | None = None
 
 
+class SenderAdded(BaseModel):
+    """A sender registered to an account, with the opt-outs it kept: those of the account that released it last
+    (`released_by`, None when no account did since releases were recorded), now the new owner's."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    account: Account
+    released_by: str | None = None
+    opt_outs_carried_over: int = 0
+
+
 class AccountAdmin(AccountStore, Protocol):
     """Operator changes to accounts, credentials, senders and prices; each is a conditional write that raises
     NotFound when the account does not exist."""
@@ -501,9 +512,13 @@ class AccountAdmin(AccountStore, Protocol):
         """Marks one of the account's credentials revoked; NotFound when the account has no such credential."""
         ...
 
-    def add_sender(self, account_id: str, sender: str, *, inbound_upstreams: tuple[str, ...] | None = None) -> Account:
+    def add_sender(
+        self, account_id: str, sender: str, *, inbound_upstreams: tuple[str, ...] | None = None
+    ) -> SenderAdded:
         """Registers a sender to the account (with the upstreams that may deliver its inbound SMS, if given: None
-        follows the account's routes); Conflict when another account owns it."""
+        follows the account's routes); Conflict when another account owns it. A sender another account released
+        keeps the opt-outs of it that account had: they are the new owner's before the sender is (run again after
+        a failure, it finishes the copy)."""
         ...
 
     def set_inbound_upstreams(
@@ -514,7 +529,8 @@ class AccountAdmin(AccountStore, Protocol):
         ...
 
     def remove_sender(self, account_id: str, sender: str) -> Account:
-        """Releases one of the account's senders; NotFound when it is not the account's."""
+        """Releases one of the account's senders, recording that this account released it (its opt-outs of it go
+        to the account given it next); NotFound when it is not the account's."""
         ...
 
     def top_up(self, account_id: str, credits: int, *, request_id: str | None = None) -> None:

@@ -33,6 +33,7 @@ from sms_gateway.adapters.dynamodb_admin import (
     credential_listing_item,
     failed_items,
     login_listing_item,
+    released_sender_key,
 )
 from sms_gateway.adapters.dynamodb_batch import batch_get
 from sms_gateway.adapters.dynamodb_delivery import (
@@ -366,33 +367,65 @@ class DynamoStore(
         )
         items.append(login_listing_item(account.account_id, credentials.username))
         # One transaction: an account never exists without its credentials; a taken name or sender fails whole.
+        # A sender another account released is refused too: its opt-outs can go only to an account that exists
+        # (add-sender carries them over).
         try:
-            self._put_all_new(items)
+            self._put_all_new(items, unreleased=account.senders)
         except self.client.exceptions.TransactionCanceledException as error:
-            raise self._account_refused(items, failed_items(error), account.senders, credentials.username) from error
+            failed = failed_items(error)
+            released = [sender for sender, held in zip(account.senders, failed[len(items) :], strict=False) if held]
+            raise self._account_refused(
+                items, failed, account.senders, credentials.username, released=released
+            ) from error
 
     def _account_refused(
-        self, items: list[dict[str, Any]], failed: list[bool], senders: Sequence[str], username: str
+        self,
+        items: list[dict[str, Any]],
+        failed: list[bool],
+        senders: Sequence[str],
+        username: str,
+        *,
+        released: Sequence[str] = (),
     ) -> Conflict:
         """Names what a new account asked for that another holds: each taken sender with its owner (as add-sender
-        does), or the username (not whose it is: no operator command shows an account's username)."""
+        does), or the username (not whose it is: no operator command shows an account's username), and each sender
+        another account released, whose opt-outs only add-sender carries over."""
         refused = {item["pk"] for item, taken in zip(items, failed, strict=False) if taken}
         reasons = [str(self.sender_taken(sender)) for sender in senders if sender_pk(sender) in refused]
+        reasons += [
+            f"sender {sender!r} was released by another account: create the account without it, then add-sender it "
+            "(the numbers that opted out of it there stay opted out)"
+            for sender in released
+        ]
         if f"LOGIN#{username}" in refused:
             reasons.append(f"username {username!r} is taken by another account")
         return Conflict("; ".join(reasons) or "the username or one of the sender ids is taken by another account")
 
-    def _put_all_new(self, items: list[dict[str, Any]]) -> None:
+    def _put_all_new(self, items: list[dict[str, Any]], *, unreleased: Sequence[str] = ()) -> None:
+        """Puts the items, each only where none is; and only while none of the `unreleased` senders has a release
+        record (checks after the puts, in that order)."""
         self.client.transact_write_items(
             TransactItems=[
-                {
-                    "Put": {
-                        "TableName": self.table_name,
-                        "Item": self._codec.dump(item),
-                        "ConditionExpression": "attribute_not_exists(pk)",
+                *(
+                    {
+                        "Put": {
+                            "TableName": self.table_name,
+                            "Item": self._codec.dump(item),
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
                     }
-                }
-                for item in items
+                    for item in items
+                ),
+                *(
+                    {
+                        "ConditionCheck": {
+                            "TableName": self.table_name,
+                            "Key": released_sender_key(sender),
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    }
+                    for sender in unreleased
+                ),
             ]
         )
 

@@ -3,6 +3,7 @@
 Items it adds (see docs/data-model.md):
   credential listing  pk=ACC#<account_id>  sk=CRED#<kind>#<prefix>  -> secret_hash, created_at, revoked
   login listing       pk=ACC#<account_id>  sk=LOGIN                 -> username (reset-password finds the login)
+  released sender     pk=SENDER#<sender>   sk=RELEASED              -> account_id (the account that released it)
 The credential item itself (pk=CRED#<kind>#<sha256>) stays the one lookup authentication makes; the listing
 lets an operator list and revoke an account's credentials without a scan.
 """
@@ -15,12 +16,13 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sms_gateway.adapters.dynamodb_transactions import transact_or_unavailable
+from sms_gateway.adapters.dynamodb_optouts import carry_over_opt_outs
+from sms_gateway.adapters.dynamodb_transactions import TransactionUndecided, transact_or_unavailable
 from sms_gateway.domain.models import Account, SealedSecret, SenderRegistration, iso
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.senders import registry_form, same_sender
-from sms_gateway.errors import Conflict, NotFound, Unauthorized
-from sms_gateway.ports import MOST_REVOKED_BY_A_RESET, PREFIX_LENGTH, AccountChanges, CredentialInfo
+from sms_gateway.errors import Conflict, NotFound, Unauthorized, Unavailable
+from sms_gateway.ports import MOST_REVOKED_BY_A_RESET, PREFIX_LENGTH, AccountChanges, CredentialInfo, SenderAdded
 
 # The origin of the credentials an account is created with (create-account): the operator's.
 OPERATOR_MADE = {"created_by": "operator"}
@@ -51,6 +53,12 @@ def account_key(account_id: str) -> dict[str, Any]:
 def _sender_key(sender: str) -> dict[str, Any]:
     # The same normal form as dynamodb.sender_pk: numbers with or without '+', ids in any case.
     return {"pk": {"S": f"SENDER#{registry_form(sender)}"}, "sk": {"S": "SENDER"}}
+
+
+def released_sender_key(sender: str) -> dict[str, Any]:
+    """The record of the account that released a sender, present while no account holds it: its opt-outs of the
+    sender go to the account given it next."""
+    return {"pk": {"S": f"SENDER#{registry_form(sender)}"}, "sk": {"S": "RELEASED"}}
 
 
 def credential_listing_item(
@@ -252,11 +260,25 @@ class DynamoAccountAdmin:
 
     # ---------------------------------------------------------------- senders
 
-    def add_sender(self, account_id: str, sender: str, *, inbound_upstreams: tuple[str, ...] | None = None) -> Account:
+    def add_sender(
+        self, account_id: str, sender: str, *, inbound_upstreams: tuple[str, ...] | None = None
+    ) -> SenderAdded:
         item = {**_sender_key(sender), "account_id": {"S": account_id}}
         if inbound_upstreams is not None:
             item["inbound_upstreams"] = {"L": [{"S": name} for name in inbound_upstreams]}
-        sender_refused, account_refused = transact_or_unavailable(
+        released_by = self._released_by(sender)
+        carried = 0
+        if released_by is not None and released_by != account_id:
+            # Before the sender is the account's: no send from it here ever misses a number that said STOP to it.
+            try:
+                carried = carry_over_opt_outs(self.client, self.table_name, released_by, account_id, sender)
+            except TransactionUndecided as error:
+                raise Unavailable(
+                    f"adding sender {sender!r} to account {account_id}: not done, the opt-outs it keeps from account "
+                    f"{released_by} are not all carried over yet ({error}); the sender is not the account's: run "
+                    "the same command again to finish"
+                ) from error
+        sender_refused, account_refused, release_changed = transact_or_unavailable(
             self.client,
             [
                 {"Put": {"TableName": self.table_name, "Item": item, "ConditionExpression": _NEW}},
@@ -269,6 +291,7 @@ class DynamoAccountAdmin:
                         "ExpressionAttributeValues": {":empty": {"L": []}, ":new": {"L": [{"S": sender}]}},
                     }
                 },
+                self._release_taken(sender, released_by),
             ],
             doing=f"adding sender {sender!r} to account {account_id}",
         )
@@ -276,7 +299,35 @@ class DynamoAccountAdmin:
             raise NotFound(f"no account {account_id}")
         if sender_refused:
             raise self.sender_taken(sender)
-        return self._read_account(account_id)
+        if release_changed:
+            raise Conflict(f"sender {sender!r} was taken and released by another account meanwhile; try again")
+        return SenderAdded(
+            account=self._read_account(account_id), released_by=released_by, opt_outs_carried_over=carried
+        )
+
+    def _released_by(self, sender: str) -> str | None:
+        found = self.client.get_item(TableName=self.table_name, Key=released_sender_key(sender), ConsistentRead=True)
+        return found["Item"]["account_id"]["S"] if "Item" in found else None
+
+    def _release_taken(self, sender: str, released_by: str | None) -> dict[str, Any]:
+        """The end of the sender's release record as it is given to an account, conditional on its still naming the
+        account whose opt-outs were carried over (none: on there still being none)."""
+        if released_by is None:
+            return {
+                "ConditionCheck": {
+                    "TableName": self.table_name,
+                    "Key": released_sender_key(sender),
+                    "ConditionExpression": _NEW,
+                }
+            }
+        return {
+            "Delete": {
+                "TableName": self.table_name,
+                "Key": released_sender_key(sender),
+                "ConditionExpression": "account_id = :released_by",
+                "ExpressionAttributeValues": {":released_by": {"S": released_by}},
+            }
+        }
 
     def set_inbound_upstreams(
         self, account_id: str, sender: str, inbound_upstreams: tuple[str, ...] | None
@@ -325,7 +376,7 @@ class DynamoAccountAdmin:
         index = next((i for i, own in enumerate(account.senders) if same_sender(own, sender)), None)
         if index is None:
             raise NotFound(f"sender {sender!r} is not registered to account {account_id}")
-        registry_refused, account_refused = transact_or_unavailable(
+        registry_refused, _, account_refused = transact_or_unavailable(
             self.client,
             [
                 {
@@ -334,6 +385,13 @@ class DynamoAccountAdmin:
                         "Key": _sender_key(sender),
                         "ConditionExpression": "account_id = :account",
                         "ExpressionAttributeValues": {":account": {"S": account_id}},
+                    }
+                },
+                # Who released it, so the account given it next keeps the numbers that said STOP to it here.
+                {
+                    "Put": {
+                        "TableName": self.table_name,
+                        "Item": {**released_sender_key(sender), "account_id": {"S": account_id}},
                     }
                 },
                 {

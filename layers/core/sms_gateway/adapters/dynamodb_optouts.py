@@ -24,8 +24,82 @@ def optout_sk(sender: str, msisdn: str) -> str:
     return f"{sender_key(sender)}#{msisdn}"
 
 
+# A transaction holds at most 100 writes: the copies of a carried-over sender's opt-outs and the counter's change.
+COPIES_PER_TRANSACTION = 99
+
+
 def _account_key(account_id: str) -> dict[str, Any]:
     return {"pk": {"S": f"ACC#{account_id}"}, "sk": {"S": "ACCOUNT"}}
+
+
+def count_change(table_name: str, account_id: str, delta: int) -> dict[str, Any]:
+    """The change of the account's opt-out counter, in the transaction that writes or deletes its opt-outs."""
+    return {
+        "Update": {
+            "TableName": table_name,
+            "Key": _account_key(account_id),
+            "UpdateExpression": "ADD opt_outs :delta",
+            "ConditionExpression": "attribute_exists(pk)",
+            "ExpressionAttributeValues": {":delta": {"N": str(delta)}},
+        }
+    }
+
+
+def carry_over_opt_outs(client: Any, table_name: str, released_by: str, account_id: str, sender: str) -> int:
+    """Copies the opt-outs `released_by` holds for `sender` (not its STOPALLs: those are the account's) to
+    `account_id`, which is being given the sender. Each copy is a conditional put, counted on the account in the
+    same transaction, so a number the account has already is neither written nor counted twice, and a copy cut short
+    is finished by running it again. Returns how many opt-outs `released_by` had for the sender: all are now
+    `account_id`'s. NotFound when there is no account `account_id`."""
+    query: dict[str, Any] = {
+        "TableName": table_name,
+        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :sender)",
+        "ExpressionAttributeValues": {
+            ":pk": {"S": optout_pk(released_by)},
+            ":sender": {"S": f"{sender_key(sender)}#"},
+        },
+        "ConsistentRead": True,
+    }
+    carried = 0
+    while True:
+        answer = client.query(**query)
+        items = answer.get("Items", [])
+        for start in range(0, len(items), COPIES_PER_TRANSACTION):
+            _copy_opt_outs(client, table_name, account_id, items[start : start + COPIES_PER_TRANSACTION])
+        carried += len(items)
+        if "LastEvaluatedKey" not in answer:
+            return carried
+        query["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+
+
+def _copy_opt_outs(client: Any, table_name: str, account_id: str, items: list[dict[str, Any]]) -> None:
+    # The copy names where it came from; the inbound SMS that asked is in the other account's inbox, not this one's.
+    copies = [
+        {
+            **{name: value for name, value in item.items() if name != "inbound_id"},
+            "pk": {"S": optout_pk(account_id)},
+            "account_id": {"S": account_id},
+            "carried_over_from": item["account_id"],
+        }
+        for item in items
+    ]
+    while copies:
+        *refused, account_refused = transact_until_decided(
+            client,
+            [
+                *(
+                    {"Put": {"TableName": table_name, "Item": copy, "ConditionExpression": "attribute_not_exists(pk)"}}
+                    for copy in copies
+                ),
+                count_change(table_name, account_id, len(copies)),
+            ],
+        )
+        if account_refused:
+            raise NotFound(f"no account {account_id}")
+        if not any(refused):
+            return
+        # The account has those numbers' opt-outs of the sender already: the others are copied and counted alone.
+        copies = [copy for copy, taken in zip(copies, refused, strict=True) if not taken]
 
 
 class DynamoOptOutsMixin:
@@ -36,15 +110,7 @@ class DynamoOptOutsMixin:
     _codec: Any
 
     def _count_change(self, account_id: str, delta: int) -> dict[str, Any]:
-        return {
-            "Update": {
-                "TableName": self.table_name,
-                "Key": _account_key(account_id),
-                "UpdateExpression": "ADD opt_outs :delta",
-                "ConditionExpression": "attribute_exists(pk)",
-                "ExpressionAttributeValues": {":delta": {"N": str(delta)}},
-            }
-        }
+        return count_change(self.table_name, account_id, delta)
 
     def opt_out(self, opt_out: OptOut) -> bool:
         item = {

@@ -78,6 +78,9 @@ class OptOut(Record):
     keyword: str
     at: str  # ISO 8601 UTC
     inbound_id: int | None = None
+    # The account that held the sender when the number opted out, for an opt-out that came with the sender when an
+    # operator moved it to this account (add-sender after remove-sender: docs/opt-outs.md, "A sender that moves").
+    carried_over_from: str | None = None
 
 
 def refusal_reason(opt_out: OptOut, sender: str) -> str:

@@ -36,6 +36,7 @@ from sms_gateway.ports import (
     InboundPins,
     PriceBook,
     SecretBox,
+    SenderAdded,
 )
 
 SENDER_RULE = "alphanumeric up to 11 characters with a letter, or a number of 3 to 15 digits (shortcode/long code)"
@@ -418,9 +419,10 @@ def _distinct_senders(senders: Sequence[str]) -> tuple[str, ...]:
 
 def add_sender(
     store: AccountAdmin, account_id: str, sender: str, *, inbound_upstreams: Sequence[str] | None = None
-) -> Account:
+) -> SenderAdded:
     """`inbound_upstreams`: the upstreams that may deliver its inbound SMS (set_inbound_upstreams); None or empty,
-    those the account's routes name."""
+    those the account's routes name. A sender another account released comes with that account's opt-outs of it
+    (docs/opt-outs.md, "A sender that moves")."""
     sender = check_sender(sender)
     upstreams = inbound_upstream_names(inbound_upstreams or ())
     account = require_account(store, account_id)
@@ -430,7 +432,7 @@ def add_sender(
     # Already this account's, in whatever form: adding it again changes nothing but a list of upstreams it names.
     if upstreams is not None:
         store.set_inbound_upstreams(account_id, held, upstreams)
-    return account
+    return SenderAdded(account=account)
 
 
 def inbound_upstream_names(names: Sequence[str]) -> tuple[str, ...] | None:
