@@ -54,6 +54,17 @@ def _no_claims_left_unreleased() -> Iterator[None]:
         dispatch.QUEUED_CHECKS.clear()
 
 
+def no_local_stack_running() -> None:
+    """A test's own moto (`mock_aws`) and a local stack running in this process share moto's process-wide state:
+    entering the mock resets the stack's tables, queues and keys under its pollers, and the stack's invocations put
+    its AWS_ENDPOINT_URL back into os.environ, sending the test's clients to the stack's server (a test that fails
+    now and then with "Key ... does not exist"). A stack a module shares must have stopped before such a test."""
+    from sms_gateway_tools.localstack.moto_server import running_embedded_moto
+
+    running = running_embedded_moto()
+    assert running is None, f"a local stack still runs in this process (moto at {running!r}): stop it first"
+
+
 @contextmanager
 def template_stack(setenv: Callable[[str, str], None]) -> Iterator[dict[str, str]]:
     """moto with the table, queues and schedule group that template.yaml defines, and the functions' env."""
@@ -73,6 +84,7 @@ def template_stack(setenv: Callable[[str, str], None]) -> Iterator[dict[str, str
     remember_transaction_tokens()
     # A settle check hides for hours in hops of just under 12 h: moto must count them from each receive, as SQS does.
     count_sqs_visibility_from_each_receive()
+    no_local_stack_running()
     with mock_aws():
         env = create_resources(stack_name=STACK, simulator_url="http://127.0.0.1:9", api_url="http://127.0.0.1:8")
         for key, value in env.items():

@@ -17,7 +17,9 @@ def moto_table(stack_name: str) -> Iterator[Any]:
 
     from sms_gateway.adapters.dynamodb import DynamoStore
     from sms_gateway_tools.localstack.resources import aws_clients, create_resources
+    from tests.conftest import no_local_stack_running
 
+    no_local_stack_running()
     with pytest.MonkeyPatch.context() as patch:
         for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB", "AWS_PROFILE"):
             patch.delenv(name, raising=False)

@@ -26,6 +26,17 @@ _TRANSACTION_TOKEN_SECONDS = 600
 _TRANSACTION_TOKENS_HELD = 10_000
 # SQS's limit on a received message's visibility: 12 hours from when it was received.
 _SQS_MAX_VISIBILITY_MS = 43200 * 1000
+# The embedded server running in this process (at most one: moto's backends are process-wide).
+_running: EmbeddedMoto | None = None
+_running_turns = threading.Lock()
+
+
+def running_embedded_moto() -> str | None:
+    """The endpoint of the moto server a local stack runs in this process ("" while it starts), None when none runs.
+    moto keeps one state per process: a `mock_aws` entered meanwhile resets it under that stack (its queues and keys
+    gone), and the stack's own invocations put its AWS_ENDPOINT_URL back into os.environ."""
+    running = _running
+    return None if running is None else running.endpoint
 
 
 def serialise_dynamodb_writes() -> None:
@@ -227,6 +238,22 @@ class EmbeddedMoto:
         self.endpoint = ""
 
     def start(self) -> str:
+        global _running
+        with _running_turns:
+            if _running is not None:
+                raise RuntimeError(
+                    f"another local stack's moto runs in this process ({_running.endpoint or 'starting'}): moto's "
+                    "state is process-wide, so starting a second one would reset the first's tables and queues under "
+                    "it; stop that stack first"
+                )
+            _running = self
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> str:
         from moto.server import ThreadedMotoServer
 
         # werkzeug logs every request at INFO: keep that off the console unless debugging.
@@ -254,6 +281,15 @@ class EmbeddedMoto:
             response.read()
 
     def stop(self) -> None:
+        try:
+            self._stop()
+        finally:
+            global _running
+            with _running_turns:
+                if _running is self:
+                    _running = None
+
+    def _stop(self) -> None:
         server = self._server
         self._server = None
         if server is None:
