@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import boto3
+import pytest
 
 from tests.conftest import load_event
 from tests.integration.test_send_path import FakeContext, load_function
@@ -212,3 +213,30 @@ def test_an_upstream_configured_while_the_webhook_runs_has_its_callbacks_taken_w
     now[0] += 1
     answer = webhook.handler(jasmin_dlr(TOKEN), FakeContext())
     assert (answer["statusCode"], answer["body"]) == (200, "ACK/Jasmin"), answer
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review(rcallbacks): a Content-Type charset naming a codec that raises UnicodeError crashes the webhook",
+)
+@pytest.mark.parametrize("token", [TOKEN, "forged-token-0123456789"])
+def test_review_a_body_in_a_charset_python_cannot_decode_gets_an_answer_not_an_invocation_error(aws, token):
+    # Given a callback whose body API Gateway or the function URL base64-encoded, with a Content-Type naming a charset
+    # Python knows but cannot decode with ("undefined" raises UnicodeError, not UnicodeDecodeError or LookupError).
+    # Anyone may post it to the public function URL, before any token or signature is looked at
+    import base64
+
+    configure(
+        aws,
+        "jasmin",
+        {"type": "jasmin", "url": "http://127.0.0.1:1401", "username": "u", "password": "p", "callback_token": TOKEN},
+    )
+    event = jasmin_dlr(token)
+    event["headers"]["content-type"] = "application/x-www-form-urlencoded; charset=undefined"
+    event["body"] = base64.b64encode(event["body"].encode()).decode()
+    event["isBase64Encoded"] = True
+    # When it reaches the webhook
+    answer = load_function("webhook").handler(event, FakeContext())
+    # Then it is answered like any body read as UTF-8 (verified, then taken or refused), not an unhandled error: the
+    # function URL's 502 for every such post counts toward WebhookErrorRateAlarm and pages the operator
+    assert answer["statusCode"] in (200, 401), answer
