@@ -215,10 +215,6 @@ def test_an_upstream_configured_while_the_webhook_runs_has_its_callbacks_taken_w
     assert (answer["statusCode"], answer["body"]) == (200, "ACK/Jasmin"), answer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review(rcallbacks): a Content-Type charset naming a codec that raises UnicodeError crashes the webhook",
-)
 @pytest.mark.parametrize("token", [TOKEN, "forged-token-0123456789"])
 def test_review_a_body_in_a_charset_python_cannot_decode_gets_an_answer_not_an_invocation_error(aws, token):
     # Given a callback whose body API Gateway or the function URL base64-encoded, with a Content-Type naming a charset

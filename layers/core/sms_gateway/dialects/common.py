@@ -238,7 +238,9 @@ def callback_text(event: Any) -> str:
         return str(event.body or "")
     charset = _charset(str((event.headers or {}).get("content-type") or ""))
     if charset:
-        with contextlib.suppress(LookupError, UnicodeDecodeError):
+        # ValueError: UnicodeDecodeError, and what codecs such as `undefined`, `idna` or `punycode` raise of their own
+        # (a plain UnicodeError failed the callback with a 5xx before its token was looked at, until 2026-12-07).
+        with contextlib.suppress(LookupError, ValueError):
             return data.decode(charset)
     return data.decode("utf-8", errors="replace")
 
