@@ -1329,10 +1329,6 @@ def test_a_cancel_that_wins_the_race_with_its_schedule_answers_the_credits_it_ga
     assert (body["refunded_credits"], body["balance"]) == (2, 100), body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review(rgroups): a group deleted between its two reads is sent to as an empty group, not refused",
-)
 def test_a_send_naming_a_group_deleted_while_it_is_read_is_refused_not_sent_without_the_group(
     aws, account, api, monkeypatch
 ):
@@ -1356,9 +1352,6 @@ def test_a_send_naming_a_group_deleted_while_it_is_read_is_refused_not_sent_with
     assert (status, read.get("member_count")) in {(200, 2), (404, None)}, read
 
 
-@pytest.mark.xfail(
-    strict=True, reason="review(rgroups): a member change DynamoDB keeps cancelling on conflicts answers 500, not 409"
-)
 def test_a_member_change_that_keeps_meeting_concurrent_writes_answers_409_and_changes_nothing(
     aws, account, api, monkeypatch
 ):

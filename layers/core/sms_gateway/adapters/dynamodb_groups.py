@@ -109,7 +109,10 @@ class DynamoGroupStore:
             },
             self._put_members(group.account_id, number, group.members, group.version),
         ]
-        return transact_until_decided(self.client, writes)[0] is None
+        try:
+            return transact_until_decided(self.client, writes)[0] is None
+        except TransactionUndecided as error:
+            raise not_done(f"creating group {group.group_id}", error) from error
 
     def _put_members(self, account_id: str, number: int, members: Sequence[str], version: int) -> dict[str, Any]:
         item: dict[str, Any] = {"pk": _account_pk(account_id), "sk": members_sk(number), "version": version}
@@ -127,6 +130,10 @@ class DynamoGroupStore:
             if not summary:
                 return None
             members = self._get(_members_key(account_id, group_number))
+            if not members and "members" not in summary and not self._get(_group_key(account_id, group_number)):
+                # No members item beside a summary that holds none: the group was deleted between the two reads (a
+                # group without the members item holds its members in its summary), not a group of no members.
+                return None
             if not members or members.get("version", 0) <= summary.get("version", 0):
                 return _group_of(summary, members)
             back_off(attempt)
@@ -204,9 +211,13 @@ class DynamoGroupStore:
             }
         }
         writes = [self._summary_change(change, condition="attribute_not_exists(members)"), moved]
-        if transact_until_decided(self.client, writes)[0] is None:
-            return True
-        return self._move_members(change)
+        try:
+            applied = transact_until_decided(self.client, writes)[0] is None
+        except TransactionUndecided:
+            # Conflicted with other writes of the group on every try: nothing written; the caller reads the group
+            # again, and answers 409 when it keeps losing (a 500 until 2026-12-07).
+            return False
+        return True if applied else self._move_members(change)
 
     def _summary_change(self, change: _MemberChange, *, condition: str) -> dict[str, Any]:
         return {
@@ -230,7 +241,10 @@ class DynamoGroupStore:
         stored = self._get(_group_key(change.account_id, change.number)) or {}
         if stored.get("version") != change.expected_version or "members" not in stored:
             return False
-        return self._move_held(change, stored)
+        try:
+            return self._move_held(change, stored)
+        except TransactionUndecided:
+            return False  # as _change_members: nothing written, the caller reads the group again
 
     def _move_held(self, change: _MemberChange, stored: dict[str, Any]) -> bool:
         # Any change to the members item after this read changes the summary's version too, refusing the write.
@@ -312,7 +326,10 @@ class DynamoGroupStore:
             },
             {"Delete": {"TableName": self.table_name, "Key": _members_key(account_id, group_number)}},
         ]
-        return transact_until_decided(self.client, writes)[0] is None
+        try:
+            return transact_until_decided(self.client, writes)[0] is None
+        except TransactionUndecided as error:
+            raise not_done(f"deleting group grp_{group_number}", error) from error
 
 
 def _group_of(summary: dict[str, Any], members: dict[str, Any] | None) -> Group:
