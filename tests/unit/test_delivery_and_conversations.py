@@ -664,3 +664,33 @@ class TestReportsTheSweeperAnnounces:
         # Then the run announced the reports too ("sends you that report 2 to 4 minutes later"), not SMS alone
         assert outcome.inbound_queued >= SWEEP_LIMIT
         assert outcome.reports_queued == 5
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review(rparts): each later part report of a settled long message re-sends its final report (a late "
+    "submitted one too), not one final report per message",
+)
+def test_the_other_parts_reports_after_a_long_message_settled_send_no_second_final_report(store):
+    # Given a 3-part message the simulator reports reordered (dlr_reorder_rate): its failed last part first
+    message = TestMultiPartMessages().submitted(store)
+    changes: list[StatusChange] = []
+    repeats: list[StatusChange] = []
+    deps = DeliveryDependencies(
+        messages=store, accounts=store, clock=clock, on_change=changes.append, on_repeat=repeats.append
+    )
+
+    def part(number: int, status: MessageStatus) -> None:
+        report = DeliveryReport(upstream="fake", client_ref=message.key.to_ref(), status=status, part=number)
+        apply_delivery_report(report, deps, DeliveryOutcome())
+
+    part(3, MessageStatus.FAILED)
+    # When parts 2 and 1 are then reported delivered, and an older ENROUTE of each part comes after them
+    for number in (2, 1):
+        part(number, MessageStatus.DELIVERED)
+    for number in (1, 2, 3):
+        part(number, MessageStatus.SUBMITTED)
+    # Then the client is told once that the message failed: "one report for the message, not one per part"; none
+    # of these is a repeat of the report that settled it, and "older or conflicting reports send nothing"
+    assert [c.message.status for c in changes] == [MessageStatus.FAILED]
+    assert repeats == []
