@@ -587,3 +587,23 @@ def test_review_a_region_twilio_is_not_enabled_for_leaves_the_route_fallback_fre
         asyncio.run(provider(twilio).submit(submit_request()))
     # Never sent there: the fallback is offered it, and without one it fails at once (Twilio would answer the same)
     assert (raised.value.unavailable, raised.value.permanent) == (True, True)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review(rparts): a text over Twilio's 1600-character Body limit (11 GSM parts, accepted for an account "
+    "whose max_parts was raised) is failed at once, never offered to the route's fallback as Kannel and Jasmin do",
+)
+def test_review_a_text_longer_than_twilio_sends_is_offered_to_the_route_fallback() -> None:
+    from sms_gateway.domain.segments import segment
+
+    # Given an account whose max_parts the operator raised to 11 (admin takes up to 255), and an 11-part GSM-7 text
+    text = "x" * 1650
+    assert segment(text).parts == 11
+    # When Twilio answers its documented refusal of a Body over 1,600 characters
+    twilio = FakeTwilio(400, twilio_error(21617, "The concatenated message body exceeds the 1600 character limit", 400))
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(provider(twilio).submit(submit_request(text=text)))
+    # Then it is a message of more parts than this upstream sends: never sent there, offered to the fallback at once
+    # (docs/providers.md), as Kannel's and Jasmin's max_parts do, not failed with the fallback never asked
+    assert (raised.value.unavailable, raised.value.permanent) == (True, True)
