@@ -694,3 +694,27 @@ def test_the_other_parts_reports_after_a_long_message_settled_send_no_second_fin
     # of these is a repeat of the report that settled it, and "older or conflicting reports send nothing"
     assert [c.message.status for c in changes] == [MessageStatus.FAILED]
     assert repeats == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review(rparts): when another part's report settles a long message failed (its failing part's report "
+    "recorded, its own status write not yet made), the failure's error code is lost for good",
+)
+def test_a_long_message_failed_by_its_parts_keeps_the_failing_parts_error_code_whichever_report_settles_it(store):
+    # Given a 3-part message whose parts 1 and 3 were delivered
+    message = TestMultiPartMessages().submitted(store)
+    changes: list[StatusChange] = []
+    for number in (1, 3):
+        apply(store, DeliveryReport(upstream="fake", client_ref=message.key.to_ref(), status="delivered", part=number))
+    failing = DeliveryReport(
+        upstream="fake", client_ref=message.key.to_ref(), status="failed", error_code="001", part=2
+    )
+    # When part 2's failure (err 001) and a repeat of part 3's delivery come at once (Kannel fetches the DLR URLs in
+    # parallel): the failure's part write lands first, then the delivery's callback settles the message from the map
+    store.record_part_status(message.key, 2, MessageStatus.FAILED, now=NOW, reported_by="fake")
+    apply(store, DeliveryReport(upstream="fake", client_ref=message.key.to_ref(), status="delivered", part=3), changes)
+    apply(store, failing, changes)
+    # Then the message is failed, once, and says why: the SMSC's error code, as a one-part failure would
+    assert [c.message.status for c in changes] == [MessageStatus.FAILED]
+    assert store.messages[message.key].error_code == "001"
