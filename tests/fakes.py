@@ -470,21 +470,21 @@ class InMemoryStore:
 
     def record_part_status(
         self, key: MessageKey, part: int | str, status: MessageStatus, *, now: datetime, reported_by: str | None = None
-    ) -> Message | None:
+    ) -> StatusChange | None:
         with self._lock:
             message = self.messages.get(key)
             if message is None:
                 return None
             current = message.part_status.get(str(part))
             if current is not None and MessageStatus(current) not in allowed_previous(status):
-                return message
+                return StatusChange(message=message, changed=False)
             if not self._carries(key, message, reported_by):
-                return message
+                return StatusChange(message=message, changed=False)
             update: dict[str, Any] = {"part_status": {**message.part_status, str(part): status}}
             if reported_by and not message.upstream:
                 update["upstream"] = reported_by
             self.messages[key] = message.model_copy(update=update)
-            return self.messages[key]
+            return StatusChange(message=self.messages[key], changed=True)
 
     def last_sent_to(self, account_id: str, msisdn: str, sender: str | None = None) -> SentMessage | None:
         sent = [

@@ -666,16 +666,10 @@ class TestReportsTheSweeperAnnounces:
         assert outcome.reports_queued == 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review(rparts): each later part report of a settled long message re-sends its final report (a late "
-    "submitted one too), not one final report per message",
-)
-def test_the_other_parts_reports_after_a_long_message_settled_send_no_second_final_report(store):
-    # Given a 3-part message the simulator reports reordered (dlr_reorder_rate): its failed last part first
-    message = TestMultiPartMessages().submitted(store)
-    changes: list[StatusChange] = []
-    repeats: list[StatusChange] = []
+def part_reporter(
+    store: InMemoryStore, message: Message, changes: list[StatusChange], repeats: list[StatusChange]
+) -> Callable[[int, MessageStatus], None]:
+    """Applies one part's report of `message`, as the simulator posts it, collecting what is announced and repeated."""
     deps = DeliveryDependencies(
         messages=store, accounts=store, clock=clock, on_change=changes.append, on_repeat=repeats.append
     )
@@ -684,6 +678,15 @@ def test_the_other_parts_reports_after_a_long_message_settled_send_no_second_fin
         report = DeliveryReport(upstream="fake", client_ref=message.key.to_ref(), status=status, part=number)
         apply_delivery_report(report, deps, DeliveryOutcome())
 
+    return part
+
+
+def test_the_other_parts_reports_after_a_long_message_settled_send_no_second_final_report(store):
+    # Given a 3-part message the simulator reports reordered (dlr_reorder_rate): its failed last part first
+    message = TestMultiPartMessages().submitted(store)
+    changes: list[StatusChange] = []
+    repeats: list[StatusChange] = []
+    part = part_reporter(store, message, changes, repeats)
     part(3, MessageStatus.FAILED)
     # When parts 2 and 1 are then reported delivered, and an older ENROUTE of each part comes after them
     for number in (2, 1):
@@ -694,6 +697,23 @@ def test_the_other_parts_reports_after_a_long_message_settled_send_no_second_fin
     # of these is a repeat of the report that settled it, and "older or conflicting reports send nothing"
     assert [c.message.status for c in changes] == [MessageStatus.FAILED]
     assert repeats == []
+
+
+def test_a_repeat_of_the_part_report_that_settled_a_long_message_is_announced_again_and_no_other_part_s(store):
+    # Given a 3-part message whose last part's failure settled it failed
+    message = TestMultiPartMessages().submitted(store)
+    changes: list[StatusChange] = []
+    repeats: list[StatusChange] = []
+    part = part_reporter(store, message, changes, repeats)
+    part(3, MessageStatus.FAILED)
+    # When another part's first report says it failed too, then the upstream retries the settling report
+    part(1, MessageStatus.FAILED)
+    part(3, MessageStatus.FAILED)
+    # Then only the retry is announced again (its first announcement may have died), under the same change
+    assert [c.message.status for c in changes] == [MessageStatus.FAILED]
+    assert [(r.changed, r.message.status, r.message.sequence) for r in repeats] == [
+        (False, MessageStatus.FAILED, changes[0].message.sequence)
+    ]
 
 
 @pytest.mark.xfail(

@@ -305,10 +305,11 @@ class MessageStore(Protocol):
 
     def record_part_status(
         self, key: MessageKey, part: int | str, status: MessageStatus, *, now: datetime, reported_by: str | None = None
-    ) -> Message | None:
+    ) -> StatusChange | None:
         """Moves one part of a multi-part message (`part`: its number, or the upstream's own id for it) forward
-        only, and only on a report of an upstream that carries the message (`reported_by`, as transition's); the
-        message as it is now, None if unknown."""
+        only, and only on a report of an upstream that carries the message (`reported_by`, as transition's): the
+        message as it is now and whether this write moved the part (not, for a repeat of the part's report), None
+        if unknown."""
         ...
 
     def mark_unannounced(self, key: MessageKey, sequence: int, *, due: datetime) -> bool:

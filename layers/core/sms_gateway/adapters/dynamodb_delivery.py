@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sms_gateway.adapters.dynamodb_sweep import REPORT, UNMARK, claim_due, sweep_keys
-from sms_gateway.domain.models import DeliveryReport, Message, MessageKey, SentMessage, iso
+from sms_gateway.domain.models import DeliveryReport, Message, MessageKey, SentMessage, StatusChange, iso
 from sms_gateway.domain.senders import registry_form, same_sender
 from sms_gateway.domain.status import (
     SUBMIT_UNCONFIRMED,
@@ -113,9 +113,10 @@ class DynamoDeliveryMixin:
 
     def record_part_status(
         self, key: MessageKey, part: int | str, status: MessageStatus, *, now: datetime, reported_by: str | None = None
-    ) -> Message | None:
+    ) -> StatusChange | None:
         """Moves one part of a multi-part message forward (never back), on a report of an upstream that carries
-        it (`reported_by`); returns the message as it is now, or None when there is no such message."""
+        it (`reported_by`); returns the message as it is now and whether this write moved the part, or None when
+        there is no such message."""
         from sms_gateway.adapters.dynamodb import _key_of, message_from_item  # it imports this module
 
         previous = sorted(allowed_previous(status))
@@ -147,8 +148,8 @@ class DynamoDeliveryMixin:
             )
         except self.client.exceptions.ConditionalCheckFailedException as error:
             current = error.response.get("Item")
-            return message_from_item(self._codec, current) if current else None
-        return message_from_item(self._codec, answer["Attributes"])
+            return StatusChange(message=message_from_item(self._codec, current), changed=False) if current else None
+        return StatusChange(message=message_from_item(self._codec, answer["Attributes"]), changed=True)
 
     def mark_unannounced(self, key: MessageKey, sequence: int, *, due: datetime) -> bool:
         keys = sweep_keys(REPORT, key.message_id, due)

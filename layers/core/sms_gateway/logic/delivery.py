@@ -145,29 +145,33 @@ def apply_delivery_report(report: DeliveryReport, deps: DeliveryDependencies, ou
     key = _locate(report, deps, outcome)
     if key is None:
         return
+    whole = report
+    part: StatusChange | None = None
     if report.part is not None:
-        message = deps.messages.record_part_status(
+        part = deps.messages.record_part_status(
             key, report.part, report.status, now=deps.clock(), reported_by=report.upstream
         )
-        if message is None or not _carried_by(message, report.upstream):
+        if part is None or not _carried_by(part.message, report.upstream):
             _unmatched(report, outcome)
             return
-        if message.parts > 1:
-            settled = _settled_status(message)
+        if part.message.parts > 1:
+            settled = _settled_status(part.message)
             if settled is None:
                 outcome.partial += 1
                 return
-            report = report.model_copy(update={"status": settled, "part": None})
+            whole = report.model_copy(update={"status": settled, "part": None})
+        else:
+            part = None
     change = deps.messages.transition(
         key,
-        report.status,
+        whole.status,
         now=deps.clock(),
-        upstream=report.upstream,
-        upstream_message_id=report.upstream_message_id,
-        error_code=report.error_code,
-        reported_at=report.reported_at,
-        refund=report.status in REFUNDED,
-        reported_by=report.upstream,
+        upstream=whole.upstream,
+        upstream_message_id=whole.upstream_message_id,
+        error_code=whole.error_code,
+        reported_at=whole.reported_at,
+        refund=whole.status in REFUNDED,
+        reported_by=whole.upstream,
     )
     if change is None or (not change.changed and not _carried_by(change.message, report.upstream)):
         _unmatched(report, outcome)
@@ -176,12 +180,25 @@ def apply_delivery_report(report: DeliveryReport, deps: DeliveryDependencies, ou
         # A duplicate, late or out-of-order report: the conditional write kept the message where it was.
         outcome.unchanged += 1
         _note_error_code(report, change.message, deps)
-        if deps.on_repeat is not None and report.status in TERMINAL and change.message.status == report.status:
+        if deps.on_repeat is not None and _repeats_the_settling_report(report, part, change.message):
             deps.on_repeat(change)
         return
     outcome.applied += 1
     if deps.on_change is not None:
         deps.on_change(change)
+
+
+def _repeats_the_settling_report(report: DeliveryReport, part: StatusChange | None, message: Message) -> bool:
+    """Whether a report that did not move `message` may repeat the one that settled it (announced again: the first
+    may have died before its announcement): its status is final and the message's. A part report of a long message
+    (`part`, its part's write) only when it repeats that part's own report too, the part already in its status: a
+    first report of another part on a settled message (a later part delivered, a late part failed) settles
+    nothing and announces nothing, whatever the message's status."""
+    if report.status not in TERMINAL or message.status != report.status:
+        return False
+    if part is None:
+        return True
+    return not part.changed and part.message.part_status.get(str(report.part)) == report.status
 
 
 def _note_error_code(report: DeliveryReport, message: Message, deps: DeliveryDependencies) -> None:
