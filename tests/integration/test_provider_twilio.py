@@ -589,11 +589,6 @@ def test_review_a_region_twilio_is_not_enabled_for_leaves_the_route_fallback_fre
     assert (raised.value.unavailable, raised.value.permanent) == (True, True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review(rparts): a text over Twilio's 1600-character Body limit (11 GSM parts, accepted for an account "
-    "whose max_parts was raised) is failed at once, never offered to the route's fallback as Kannel and Jasmin do",
-)
 def test_review_a_text_longer_than_twilio_sends_is_offered_to_the_route_fallback() -> None:
     from sms_gateway.domain.segments import segment
 
@@ -607,3 +602,18 @@ def test_review_a_text_longer_than_twilio_sends_is_offered_to_the_route_fallback
     # Then it is a message of more parts than this upstream sends: never sent there, offered to the fallback at once
     # (docs/providers.md), as Kannel's and Jasmin's max_parts do, not failed with the fallback never asked
     assert (raised.value.unavailable, raised.value.permanent) == (True, True)
+
+
+def test_a_text_longer_than_twilio_sends_is_never_posted_and_its_refusal_by_twilio_is_taken_alike() -> None:
+    # Given Twilio, which refuses a Body over 1,600 characters with 21617
+    twilio = FakeTwilio(400, twilio_error(21617, "The concatenated message body exceeds the 1600 character limit", 400))
+    # When a text of 1,601 characters is submitted, and one of 1,600 that Twilio refuses all the same
+    refused: list[UpstreamError] = []
+    for text in ("x" * 1601, "x" * 1600):
+        with pytest.raises(UpstreamError) as raised:
+            asyncio.run(provider(twilio).submit(submit_request(text=text)))
+        refused.append(raised.value)
+    # Then the first never reaches Twilio, the second is asked; both are too long there: not sent there, offered to
+    # the route's fallback, and without one failed too_many_parts
+    assert len(twilio.requests) == 1 and twilio.form()["Body"] == ["x" * 1600]
+    assert [(e.unavailable, e.permanent, e.error_code) for e in refused] == [(True, True, "too_many_parts")] * 2

@@ -1,6 +1,7 @@
-"""The most parts an SMSC gateway sends of one message. Jasmin (`[http-api] long_content_max_parts`) and Kannel
-(the sendsms-user's `max-messages`) send only that many parts of a longer text, drop the rest and still answer that
-they took it; so such a message is never handed to them: it goes to the route's fallback, or fails and is refunded.
+"""The longest message an upstream sends. Jasmin (`[http-api] long_content_max_parts`) and Kannel (the sendsms-user's
+`max-messages`) send only that many parts of a longer text, drop the rest and still answer that they took it; Twilio
+refuses a Body over 1,600 characters (error 21617). So such a message is never handed to them: it goes to the route's
+fallback, or fails and is refunded.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from sms_gateway.adapters.http import not_sent_there
+from sms_gateway.errors import UpstreamError
 
 # Our own error_code for a message failed because no upstream on its route sends that many parts.
 TOO_MANY_PARTS = "too_many_parts"
@@ -27,12 +29,17 @@ def max_parts_setting(name: str, value: Any, default: int) -> int:
     return value
 
 
-def refuse_longer(name: str, parts: int, max_parts: int) -> None:
-    """Raises when the upstream would send `parts` parts, more than it sends: unavailable (the fallback may take it;
-    nothing was sent) and permanent (without one it fails at once, refunded, `too_many_parts`, rather than come back to
-    be cut)."""
+def refuse_longer(
+    name: str, parts: int, max_parts: int, *, counted: str = "parts of a message (its max_parts)"
+) -> None:
+    """Raises when the message is `parts` long, longer than the upstream sends (`max_parts` of what is `counted`: its
+    parts, or Twilio's Body characters): unavailable (the fallback may take it; nothing was sent) and permanent (without
+    one it fails at once, refunded, `too_many_parts`, rather than come back to be cut or refused)."""
     if parts > max_parts:
-        raise not_sent_there(
-            f"{name} sends at most {max_parts} parts of a message (its max_parts), this one is {parts}: not sent there",
-            error_code=TOO_MANY_PARTS,
-        )
+        raise too_long(f"{name} sends at most {max_parts} {counted}, this one is {parts}: not sent there")
+
+
+def too_long(what: str) -> UpstreamError:
+    """A message longer than the upstream sends (as `refuse_longer` finds, or as the upstream answers): never sent
+    there, offered to the route's fallback; without one, failed `too_many_parts`."""
+    return not_sent_there(what, error_code=TOO_MANY_PARTS)

@@ -41,6 +41,7 @@ from sms_gateway.adapters.http import (
     server_error,
     unreadable_take,
 )
+from sms_gateway.adapters.providers.parts import refuse_longer, too_long
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import (
     CallbackRequest,
@@ -90,6 +91,11 @@ TRANSIENT_ERROR_CODES = frozenset(
 # Error codes saying our Twilio account may not send there (21408: its geo permissions do not include the To number's
 # country): our setup, not the message. Never sent there; the route's fallback is offered it, and without one it fails.
 NOT_SENT_THERE_ERROR_CODES = frozenset({21408})
+# Twilio's most characters of one Body (https://www.twilio.com/docs/messaging/api/message-resource, `Body`): a longer
+# one is refused with 21617. A message that long (11 GSM-7 parts, for an account whose max_parts was raised) is not
+# sent there, as one over Kannel's or Jasmin's max_parts: the route's fallback is offered it.
+MAX_BODY_CHARACTERS = 1600
+BODY_TOO_LONG_ERROR_CODE = 21617
 # HTTP statuses meaning our credentials or account setup are wrong: not the message's fault, so it is offered to the
 # fallback upstream (and retried) rather than failed.
 ACCOUNT_PROBLEM_STATUSES = frozenset({401, 403, 404})
@@ -153,6 +159,9 @@ class TwilioProvider:
         )
 
     async def submit(self, request: SubmitRequest) -> SubmitResult:
+        refuse_longer(
+            self.name, len(request.text), MAX_BODY_CHARACTERS, counted="characters of a Body (Twilio's limit)"
+        )
         form = {"To": request.msisdn, "Body": request.text}
         if self._messaging_service_sid:
             form["MessagingServiceSid"] = self._messaging_service_sid
@@ -209,6 +218,9 @@ class TwilioProvider:
             return refuses_our_account(described)
         if code in NOT_SENT_THERE_ERROR_CODES:
             return not_sent_there(described)
+        if code == BODY_TOO_LONG_ERROR_CODE:
+            # A Body Twilio counts longer than refuse_longer does (code points): the same refusal, told by Twilio.
+            return too_long(described)
         return UpstreamError(described, permanent=True)
 
     def verify_callback(self, request: CallbackRequest) -> bool:
