@@ -455,13 +455,16 @@ class InMemoryStore:
                 self.report_sweep_at[key] = until
             return [self.messages[key] for _, _, key in due]
 
-    def note_error_code(self, key: MessageKey, status: MessageStatus, error_code: str, *, reported_by: str) -> bool:
+    def note_error_code(
+        self, key: MessageKey, status: MessageStatus, error_code: str, *, reported_by: str, absent_only: bool = False
+    ) -> bool:
         with self._lock:
             message = self.messages.get(key)
             if (
                 message is None
                 or message.status != status
                 or message.error_code == SUBMIT_UNCONFIRMED
+                or (absent_only and message.error_code is not None)
                 or not self._carries(key, message, reported_by)
             ):
                 return False

@@ -156,6 +156,22 @@ class TestReportsOnlyFromTheCarrier:
         assert now_taken.sequence == submitted.message.sequence
         assert now_unconfirmed.error_code == SUBMIT_UNCONFIRMED
 
+    def test_an_error_code_is_noted_on_a_final_message_only_where_it_has_none(self, store):
+        # Given a long message Kannel took, settled failed by a report that carried no error code
+        message = multi_part(store, parts=2, upstream="kannel")
+        failed = store.transition(message.key, MessageStatus.FAILED, now=NOW, upstream="kannel", reported_by="kannel")
+        assert failed is not None and failed.changed and failed.message.error_code is None
+        # When the failing part's code is noted where none is, then another code, and one for another status
+        first = store.note_error_code(message.key, MessageStatus.FAILED, "001", reported_by="kannel", absent_only=True)
+        second = store.note_error_code(message.key, MessageStatus.FAILED, "002", reported_by="kannel", absent_only=True)
+        other = store.note_error_code(
+            message.key, MessageStatus.DELIVERED, "003", reported_by="kannel", absent_only=True
+        )
+        # Then only the first is written, without a step of the message's sequence
+        assert (first, second, other) == (True, False, False)
+        [now] = store.get_messages_by_key([message.key])
+        assert (now.status, now.error_code, now.sequence) == (MessageStatus.FAILED, "001", failed.message.sequence)
+
 
 class TestPartStatuses:
     def test_parts_move_forward_only_and_a_single_part_message_has_no_part_map(self, store):

@@ -716,11 +716,6 @@ def test_a_repeat_of_the_part_report_that_settled_a_long_message_is_announced_ag
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review(rparts): when another part's report settles a long message failed (its failing part's report "
-    "recorded, its own status write not yet made), the failure's error code is lost for good",
-)
 def test_a_long_message_failed_by_its_parts_keeps_the_failing_parts_error_code_whichever_report_settles_it(store):
     # Given a 3-part message whose parts 1 and 3 were delivered
     message = TestMultiPartMessages().submitted(store)

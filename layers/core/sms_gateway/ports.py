@@ -328,10 +328,14 @@ class MessageStore(Protocol):
         claims inbound SMS: a concurrent sweep, or one before `until`, does not get it again. As stored now."""
         ...
 
-    def note_error_code(self, key: MessageKey, status: MessageStatus, error_code: str, *, reported_by: str) -> bool:
+    def note_error_code(
+        self, key: MessageKey, status: MessageStatus, error_code: str, *, reported_by: str, absent_only: bool = False
+    ) -> bool:
         """Writes an upstream's error code on a message still in `status` that `reported_by` carries (as
         transition's), a report that does not move it (a submit error the upstream retries itself): no status
-        change, no `sequence` step, nothing to announce. Leaves a `submit_unconfirmed` mark. Whether it wrote."""
+        change, no `sequence` step, nothing to announce. Leaves a `submit_unconfirmed` mark; `absent_only`: writes
+        only on a message with no error code (a final one's, which another report's write settled). Whether it
+        wrote."""
         ...
 
 

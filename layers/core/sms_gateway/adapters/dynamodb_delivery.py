@@ -207,14 +207,21 @@ class DynamoDeliveryMixin:
             return False
         return True
 
-    def note_error_code(self, key: MessageKey, status: MessageStatus, error_code: str, *, reported_by: str) -> bool:
+    def note_error_code(
+        self, key: MessageKey, status: MessageStatus, error_code: str, *, reported_by: str, absent_only: bool = False
+    ) -> bool:
+        values = {":code": {"S": error_code}, ":status": {"S": str(status)}, **reporter_values(reported_by)}
+        kept = (
+            "attribute_not_exists(error_code)"
+            if absent_only
+            else "(attribute_not_exists(error_code) OR error_code <> :unconfirmed)"
+        )
         return self._update_if(
             key,
             "SET error_code = :code",
-            "attribute_exists(pk) AND #status = :status AND "
-            f"(attribute_not_exists(error_code) OR error_code <> :unconfirmed) AND {REPORTER_CARRIES_IT}",
+            f"attribute_exists(pk) AND #status = :status AND {kept} AND {REPORTER_CARRIES_IT}",
             {"#status": "status"},
-            {":code": {"S": error_code}, ":status": {"S": str(status)}, **reporter_values(reported_by)},
+            values,
         )
 
     def last_sent_to(self, account_id: str, msisdn: str, sender: str | None = None) -> SentMessage | None:

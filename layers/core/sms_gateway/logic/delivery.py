@@ -202,17 +202,20 @@ def _repeats_the_settling_report(report: DeliveryReport, part: StatusChange | No
 
 
 def _note_error_code(report: DeliveryReport, message: Message, deps: DeliveryDependencies) -> None:
-    """An error code reported for the status the message is already in, before it is final (Jasmin's level-1 DLR
-    of a submit error it retries itself, after we recorded the submit): noted on the message, so the operator sees
-    why no later report comes. Not a change: the client is not told, the sequence does not step."""
-    if (
-        report.error_code is None
-        or report.status in TERMINAL
-        or message.status != report.status
-        or message.error_code == report.error_code
-    ):
+    """An error code reported for the status the message is already in: before it is final (Jasmin's level-1 DLR
+    of a submit error it retries itself, after we recorded the submit), noted on the message, so the operator sees
+    why no later report comes; once it is final, only on a message settled without one (a long message failed by
+    another part's report, which read the failing part's status before this report could write its own), so it
+    says why it failed. Not a change: the client is not told, the sequence does not step. `report` is the part's
+    own report for a long message: its own status, not the one its parts settled."""
+    if report.error_code is None or message.status != report.status or message.error_code == report.error_code:
         return
-    deps.messages.note_error_code(message.key, report.status, report.error_code, reported_by=report.upstream)
+    final = report.status in TERMINAL
+    if final and message.error_code is not None:
+        return
+    deps.messages.note_error_code(
+        message.key, report.status, report.error_code, reported_by=report.upstream, absent_only=final
+    )
 
 
 def _carried_by(message: Message, upstream: str) -> bool:
