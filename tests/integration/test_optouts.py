@@ -825,3 +825,42 @@ def test_a_released_sender_cannot_be_given_to_a_new_account_at_its_creation(aws,
     # And nothing was created: CINEMA is free still
     added = admin.create_account(name="New owner", senders=["CINEMA"], credits=100)
     assert admin.add_sender(account_id=added["account_id"], sender="48974")["released_by"] == account["account_id"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review(rcarry): a second add-sender still copying after the first registered the sender re-opts-out a "
+    "number that texted START to the new owner",
+)
+def test_a_second_add_sender_still_copying_does_not_undo_a_start_the_new_owner_recorded(
+    aws, account, webhook, api, monkeypatch
+):
+    from sms_gateway.adapters import dynamodb_admin
+    from sms_gateway.errors import Conflict
+    from sms_gateway_tools import admin
+
+    # Given STOPPED said STOP to 48974 under account A, which releases it
+    texts(webhook, "STOP", "sim-straggler-stop")
+    admin.remove_sender(account_id=account["account_id"], sender="48974")
+    other = admin.create_account(name="New owner", senders=["CINEMA"], credits=100)
+    carry, calls = dynamodb_admin.carry_over_opt_outs, [0]
+
+    def slow_copy(*args: Any) -> int:
+        calls[0] += 1
+        if calls[0] == 1:
+            # While this add-sender (the operator's retry of one that seemed stuck, or approve-sender for the same
+            # request) is about to copy, the other one finishes: B holds 48974, and STOPPED texts START to it
+            assert admin.add_sender(account_id=other["account_id"], sender="48974")["opt_outs_carried_over"] == 1
+            texts(webhook, "START", "sim-straggler-start")
+            assert counter(other["account_id"]) == len(stored_opt_outs(other["account_id"])) == 0
+        return carry(*args)
+
+    monkeypatch.setattr(dynamodb_admin, "carry_over_opt_outs", slow_copy)
+    # When the slow one copies and then finds the sender registered
+    with pytest.raises(Conflict):
+        admin.add_sender(account_id=other["account_id"], sender="48974")
+    # Then the START B recorded stands: STOPPED is sent to from 48974
+    assert stored_opt_outs(other["account_id"]) == []
+    status, body = ninebits(api, other, [STOPPED])
+    assert status == 200 and body.get("refused", []) == [], body
+
