@@ -864,3 +864,26 @@ def test_a_second_add_sender_still_copying_does_not_undo_a_start_the_new_owner_r
     status, body = ninebits(api, other, [STOPPED])
     assert status == 200 and body.get("refused", []) == [], body
 
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review(rcarry): a STOP still pending when its shortcode moves is applied to the old owner only",
+)
+def test_a_stop_still_pending_when_its_shortcode_moves_opts_the_number_out_under_the_new_owner(
+    aws, account, webhook, api, monkeypatch
+):
+    from sms_gateway_tools import admin
+
+    # Given a STOP to 48974 whose opt-out write failed, through an upstream that never retries (left pending)
+    failing_opt_out_writes(monkeypatch, 1)
+    with pytest.raises(RuntimeError, match="Throughput"):
+        webhook(inbound_event("STOP", "sim-pending-move"))
+    # When the operator moves 48974 to account B before the notifier applies it
+    admin.remove_sender(account_id=account["account_id"], sender="48974")
+    other = admin.create_account(name="New owner", senders=["CINEMA"], credits=100)
+    admin.add_sender(account_id=other["account_id"], sender="48974")
+    notifier_handles_the_queued_notifications(aws)
+    assert [item["keyword"] for item in stored_opt_outs(account["account_id"])] == ["STOP"]
+    # Then B does not send to the number from 48974 either (it texted STOP to it, and never START)
+    status, body = ninebits(api, other, [STOPPED])
+    assert status == 400, body
