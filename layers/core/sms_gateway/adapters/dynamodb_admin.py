@@ -55,6 +55,14 @@ def _sender_key(sender: str) -> dict[str, Any]:
     return {"pk": {"S": f"SENDER#{registry_form(sender)}"}, "sk": {"S": "SENDER"}}
 
 
+def _names_releaser(released_by: str) -> dict[str, Any]:
+    """The condition that a sender's release record still names the account that released it."""
+    return {
+        "ConditionExpression": "account_id = :released_by",
+        "ExpressionAttributeValues": {":released_by": {"S": released_by}},
+    }
+
+
 def released_sender_key(sender: str) -> dict[str, Any]:
     """The record of the account that released a sender, present while no account holds it: its opt-outs of the
     sender go to the account given it next."""
@@ -271,7 +279,14 @@ class DynamoAccountAdmin:
         if released_by is not None and released_by != account_id:
             # Before the sender is the account's: no send from it here ever misses a number that said STOP to it.
             try:
-                carried = carry_over_opt_outs(self.client, self.table_name, released_by, account_id, sender)
+                carried = carry_over_opt_outs(
+                    self.client,
+                    self.table_name,
+                    released_by,
+                    account_id,
+                    sender,
+                    still_released=self._still_released(sender, released_by),
+                )
             except TransactionUndecided as error:
                 raise Unavailable(
                     f"adding sender {sender!r} to account {account_id}: not done, the opt-outs it keeps from account "
@@ -309,6 +324,17 @@ class DynamoAccountAdmin:
         found = self.client.get_item(TableName=self.table_name, Key=released_sender_key(sender), ConsistentRead=True)
         return found["Item"]["account_id"]["S"] if "Item" in found else None
 
+    def _still_released(self, sender: str, released_by: str) -> dict[str, Any]:
+        """Each copy of the releasing account's opt-outs is made only while the sender's release record still names
+        it: not after another add-sender registered the sender (and its new owner took a copy back)."""
+        return {
+            "ConditionCheck": {
+                "TableName": self.table_name,
+                "Key": released_sender_key(sender),
+                **_names_releaser(released_by),
+            }
+        }
+
     def _release_taken(self, sender: str, released_by: str | None) -> dict[str, Any]:
         """The end of the sender's release record as it is given to an account, conditional on its still naming the
         account whose opt-outs were carried over (none: on there still being none)."""
@@ -321,12 +347,7 @@ class DynamoAccountAdmin:
                 }
             }
         return {
-            "Delete": {
-                "TableName": self.table_name,
-                "Key": released_sender_key(sender),
-                "ConditionExpression": "account_id = :released_by",
-                "ExpressionAttributeValues": {":released_by": {"S": released_by}},
-            }
+            "Delete": {"TableName": self.table_name, "Key": released_sender_key(sender), **_names_releaser(released_by)}
         }
 
     def set_inbound_upstreams(

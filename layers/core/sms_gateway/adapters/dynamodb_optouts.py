@@ -8,7 +8,7 @@ from typing import Any
 from sms_gateway.adapters.dynamodb_batch import batch_get
 from sms_gateway.adapters.dynamodb_transactions import transact_until_decided
 from sms_gateway.domain.optouts import ALL_SENDERS, OptOut, sender_key
-from sms_gateway.errors import NotFound
+from sms_gateway.errors import Conflict, NotFound
 
 # Reading the account's whole opt-out partition (about 150 bytes an item: a few thousand fit in one 1 MB page)
 # beats 2 keys per recipient when the account has few opt-outs for the send's size; up to this many items.
@@ -24,8 +24,9 @@ def optout_sk(sender: str, msisdn: str) -> str:
     return f"{sender_key(sender)}#{msisdn}"
 
 
-# A transaction holds at most 100 writes: the copies of a carried-over sender's opt-outs and the counter's change.
-COPIES_PER_TRANSACTION = 99
+# A transaction holds at most 100 writes: the copies of a carried-over sender's opt-outs, the counter's change and
+# the check that the sender is still released by the account they come from.
+COPIES_PER_TRANSACTION = 98
 
 
 def _account_key(account_id: str) -> dict[str, Any]:
@@ -45,11 +46,16 @@ def count_change(table_name: str, account_id: str, delta: int) -> dict[str, Any]
     }
 
 
-def carry_over_opt_outs(client: Any, table_name: str, released_by: str, account_id: str, sender: str) -> int:
+def carry_over_opt_outs(
+    client: Any, table_name: str, released_by: str, account_id: str, sender: str, *, still_released: dict[str, Any]
+) -> int:
     """Copies the opt-outs `released_by` holds for `sender` (not its STOPALLs: those are the account's) to
     `account_id`, which is being given the sender. Each copy is a conditional put, counted on the account in the
     same transaction, so a number the account has already is neither written nor counted twice, and a copy cut short
-    is finished by running it again. Returns how many opt-outs `released_by` had for the sender: all are now
+    is finished by running it again. Every transaction also holds `still_released` (a ConditionCheck that the
+    sender's release record still names `released_by`): once another add-sender has given the sender away, a copy
+    made now could bring back an opt-out its new owner has since taken back (a START to it), so nothing more is
+    copied and the answer is Conflict. Returns how many opt-outs `released_by` had for the sender: all are now
     `account_id`'s. NotFound when there is no account `account_id`."""
     query: dict[str, Any] = {
         "TableName": table_name,
@@ -65,14 +71,23 @@ def carry_over_opt_outs(client: Any, table_name: str, released_by: str, account_
         answer = client.query(**query)
         items = answer.get("Items", [])
         for start in range(0, len(items), COPIES_PER_TRANSACTION):
-            _copy_opt_outs(client, table_name, account_id, items[start : start + COPIES_PER_TRANSACTION])
+            chunk = items[start : start + COPIES_PER_TRANSACTION]
+            if not _copy_opt_outs(client, table_name, account_id, chunk, still_released):
+                raise Conflict(
+                    f"sender {sender!r} was taken meanwhile: another add-sender registered it while this one copied "
+                    f"account {released_by}'s opt-outs of it; nothing more copied"
+                )
         carried += len(items)
         if "LastEvaluatedKey" not in answer:
             return carried
         query["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
 
 
-def _copy_opt_outs(client: Any, table_name: str, account_id: str, items: list[dict[str, Any]]) -> None:
+def _copy_opt_outs(
+    client: Any, table_name: str, account_id: str, items: list[dict[str, Any]], still_released: dict[str, Any]
+) -> bool:
+    """Copies `items` to `account_id`, each transaction with `still_released`; False when that check failed (the
+    transaction it refused copied nothing)."""
     # The copy names where it came from; the inbound SMS that asked is in the other account's inbox, not this one's.
     copies = [
         {
@@ -84,7 +99,7 @@ def _copy_opt_outs(client: Any, table_name: str, account_id: str, items: list[di
         for item in items
     ]
     while copies:
-        *refused, account_refused = transact_until_decided(
+        *refused, account_refused, release_changed = transact_until_decided(
             client,
             [
                 *(
@@ -92,14 +107,18 @@ def _copy_opt_outs(client: Any, table_name: str, account_id: str, items: list[di
                     for copy in copies
                 ),
                 count_change(table_name, account_id, len(copies)),
+                still_released,
             ],
         )
+        if release_changed:
+            return False
         if account_refused:
             raise NotFound(f"no account {account_id}")
         if not any(refused):
-            return
+            return True
         # The account has those numbers' opt-outs of the sender already: the others are copied and counted alone.
         copies = [copy for copy, taken in zip(copies, refused, strict=True) if not taken]
+    return True  # every number's opt-out was the account's already
 
 
 class DynamoOptOutsMixin:
