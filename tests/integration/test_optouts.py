@@ -860,13 +860,10 @@ def test_a_second_add_sender_still_copying_does_not_undo_a_start_the_new_owner_r
     assert status == 200 and body.get("refused", []) == [], body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review(rcarry): a STOP still pending when its shortcode moves is applied to the old owner only",
-)
 def test_a_stop_still_pending_when_its_shortcode_moves_opts_the_number_out_under_the_new_owner(
     aws, account, webhook, api, monkeypatch
 ):
+    from sms_gateway.errors import Unavailable
     from sms_gateway_tools import admin
 
     # Given a STOP to 48974 whose opt-out write failed, through an upstream that never retries (left pending)
@@ -876,9 +873,46 @@ def test_a_stop_still_pending_when_its_shortcode_moves_opts_the_number_out_under
     # When the operator moves 48974 to account B before the notifier applies it
     admin.remove_sender(account_id=account["account_id"], sender="48974")
     other = admin.create_account(name="New owner", senders=["CINEMA"], credits=100)
-    admin.add_sender(account_id=other["account_id"], sender="48974")
+    # Then add-sender waits for it: nothing is copied, and B does not hold the sender
+    with pytest.raises(Unavailable, match=r"still being applied to account .*run again in a few minutes"):
+        admin.add_sender(account_id=other["account_id"], sender="48974")
+    assert stored_opt_outs(other["account_id"]) == []
+    # And once the notifier has applied it, add-sender carries it over
     notifier_handles_the_queued_notifications(aws)
     assert [item["keyword"] for item in stored_opt_outs(account["account_id"])] == ["STOP"]
-    # Then B does not send to the number from 48974 either (it texted STOP to it, and never START)
+    assert admin.add_sender(account_id=other["account_id"], sender="48974")["opt_outs_carried_over"] == 1
+    # So B does not send to the number from 48974 either (it texted STOP to it, and never START)
     status, body = ninebits(api, other, [STOPPED])
     assert status == 400, body
+
+
+def test_a_start_still_pending_when_its_shortcode_moves_leaves_no_opt_out_with_the_new_owner(
+    aws, account, webhook, api, monkeypatch
+):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.errors import Unavailable
+    from sms_gateway_tools import admin
+
+    # Given a number that texted STOP to 48974, then START, whose opt-in failed (left pending)
+    texts(webhook, "STOP", "sim-pending-start-stop")
+    store = gateway().store
+    opt_in = store.opt_in
+
+    def throttled(*args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("ProvisionedThroughputExceededException")
+
+    monkeypatch.setattr(store, "opt_in", throttled)
+    with pytest.raises(RuntimeError, match="Throughput"):
+        webhook(inbound_event("START", "sim-pending-start"))
+    monkeypatch.setattr(store, "opt_in", opt_in)
+    # When the operator moves 48974 to account B before the notifier applies it
+    admin.remove_sender(account_id=account["account_id"], sender="48974")
+    other = admin.create_account(name="New owner", senders=["CINEMA"], credits=100)
+    with pytest.raises(Unavailable, match="still being applied"):
+        admin.add_sender(account_id=other["account_id"], sender="48974")
+    notifier_handles_the_queued_notifications(aws)
+    # Then the START is applied before anything is copied: B has no opt-out of the number, and sends to it
+    assert admin.add_sender(account_id=other["account_id"], sender="48974")["opt_outs_carried_over"] == 0
+    assert stored_opt_outs(account["account_id"]) == stored_opt_outs(other["account_id"]) == []
+    status, body = ninebits(api, other, [STOPPED])
+    assert status == 200 and body.get("refused", []) == [], body

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+from sms_gateway.adapters.dynamodb_inbox import keywords_pending_to
 from sms_gateway.adapters.dynamodb_optouts import carry_over_opt_outs
 from sms_gateway.adapters.dynamodb_transactions import TransactionUndecided, transact_or_unavailable
 from sms_gateway.domain.models import Account, SealedSecret, SenderRegistration, iso
@@ -277,6 +278,7 @@ class DynamoAccountAdmin:
         released_by = self._released_by(sender)
         carried = 0
         if released_by is not None and released_by != account_id:
+            self._no_keyword_pending(released_by, account_id, sender)
             # Before the sender is the account's: no send from it here ever misses a number that said STOP to it.
             try:
                 carried = carry_over_opt_outs(
@@ -319,6 +321,18 @@ class DynamoAccountAdmin:
         return SenderAdded(
             account=self._read_account(account_id), released_by=released_by, opt_outs_carried_over=carried
         )
+
+    def _no_keyword_pending(self, released_by: str, account_id: str, sender: str) -> None:
+        """A STOP / START to the sender whose callback failed is applied later (the notifier), under the account it
+        was sent to only: copied now, its opt-outs would miss it. Once none is pending, none comes: while the sender
+        is released nobody holds it, and an SMS to it is not taken."""
+        pending = keywords_pending_to(self.client, self.table_name, released_by, sender)
+        if pending:
+            raise Unavailable(
+                f"adding sender {sender!r} to account {account_id}: not done, a keyword to this sender is still being "
+                f"applied to account {released_by} ({pending} STOP / START SMS whose opt-out change the notifier has "
+                "yet to make); run again in a few minutes"
+            )
 
     def _released_by(self, sender: str) -> str | None:
         found = self.client.get_item(TableName=self.table_name, Key=released_sender_key(sender), ConsistentRead=True)

@@ -20,6 +20,7 @@ from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_k
 from sms_gateway.adapters.dynamodb_sweep import INBOUND, UNMARK, claim_due, sweep_keys
 from sms_gateway.domain.ids import EPOCH_MS, MAX_ID, RANDOM_BITS, id_time_ms
 from sms_gateway.domain.models import FoundInbound, StoredInbound
+from sms_gateway.domain.senders import same_sender
 
 INBOX_SK_PREFIX = "IN#"
 INBOUND_SK = id_sort_key(INBOX_SK_PREFIX)
@@ -76,6 +77,33 @@ def id_moment(inbound_id: int) -> datetime:
 def _failed(error: Any) -> list[bool]:
     reasons = error.response.get("CancellationReasons") or []
     return [reason.get("Code") == "ConditionalCheckFailed" for reason in reasons]
+
+
+def keywords_pending_to(client: Any, table_name: str, account_id: str, sender: str) -> int:
+    """How many of the account's inbound SMS to `sender` are a STOP / START still to be applied (`keyword_pending`:
+    its callback failed, and the notifier applies it under this account only). The whole inbox is read, consistently:
+    an operator's check before the sender's opt-outs are copied to another account, where a keyword applied since
+    must be found, and an index would be read late."""
+    query: dict[str, Any] = {
+        "TableName": table_name,
+        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :inbound)",
+        "FilterExpression": "keyword_pending = :pending",
+        "ProjectionExpression": "#to",
+        "ExpressionAttributeNames": {"#to": "to"},
+        "ExpressionAttributeValues": {
+            ":pk": {"S": inbox_pk(account_id)},
+            ":inbound": {"S": INBOX_SK_PREFIX},
+            ":pending": {"BOOL": True},
+        },
+        "ConsistentRead": True,
+    }
+    pending = 0
+    while True:
+        answer = client.query(**query)
+        pending += sum(same_sender(item["to"]["S"], sender) for item in answer.get("Items", []))
+        if "LastEvaluatedKey" not in answer:
+            return pending
+        query["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
 
 
 class DynamoInboxMixin:
