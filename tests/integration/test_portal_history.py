@@ -361,7 +361,6 @@ class TestFigures:
         assert [(day.charged, day.refunded, day.spent) for day in usage] == [(8, 4, 4)]
 
 
-@pytest.mark.xfail(strict=True, reason="review(rportal): a listed batch's counts stop at the 1 MB page, not 1000")
 def test_a_listed_batch_of_a_thousand_long_non_ascii_messages_is_counted_as_the_batches_api_counts_it(store, account):
     from sms_gateway.logic import batches
 
