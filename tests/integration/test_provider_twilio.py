@@ -617,3 +617,24 @@ def test_a_text_longer_than_twilio_sends_is_never_posted_and_its_refusal_by_twil
     # the route's fallback, and without one failed too_many_parts
     assert len(twilio.requests) == 1 and twilio.form()["Body"] == ["x" * 1600]
     assert [(e.unavailable, e.permanent, e.error_code) for e in refused] == [(True, True, "too_many_parts")] * 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review(rcallbacks): no Twilio auth token rotation without refusing callbacks Twilio never re-posts",
+)
+def test_review_callbacks_signed_with_either_token_verify_while_the_auth_token_is_rotated() -> None:
+    # Given an auth token being rotated, configured as the other upstreams' callback tokens are: the new one (Twilio's
+    # secondary, which also authenticates submits) and the one it replaces, still taken until the operator removes it
+    # (every container reads the parameter at its own time within CONFIG_MAX_AGE, and Twilio switches signing from the
+    # old token to the new one the moment the secondary is promoted)
+    old_token, new_token = AUTH_TOKEN, "the_promoted_secondary_token"
+    twilio = TwilioProvider.from_config(
+        "twilio", {"account_sid": ACCOUNT_SID, "auth_token": new_token, "previous_auth_tokens": [old_token]}
+    )
+    url = f"{DLR_URL}?ref={CLIENT_REF}"
+    # When Twilio posts status callbacks signed before and after the promotion
+    # Then both verify: Twilio posts a refused status callback or incoming message only once (no retry), so a refusal
+    # loses the delivery report (the delivered message is later expired and refunded) or the SMS, STOPs included
+    assert twilio.verify_callback(signed(url, status_callback_body("delivered"), token=new_token)) is True
+    assert twilio.verify_callback(signed(url, status_callback_body("delivered"), token=old_token)) is True
