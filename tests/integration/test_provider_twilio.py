@@ -21,7 +21,8 @@ from tests.conftest import FakeContext, load_event, load_function
 from tests.integration.test_send_path import as_lambda_sqs_event, queued_records
 
 ACCOUNT_SID = "ACXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"
-AUTH_TOKEN = "your_auth_token"
+# As long as a real one (32 characters): a rotation keeps it in previous_auth_tokens, which takes 16 or more.
+AUTH_TOKEN = "your_auth_token_of_32_characters"
 MESSAGE_SID = "SMaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 DLR_URL = "https://abc123.execute-api.us-east-1.amazonaws.com/callbacks/twilio/dlr"
 CLIENT_REF = "1042.7310293847561.7310293847562"
@@ -619,10 +620,6 @@ def test_a_text_longer_than_twilio_sends_is_never_posted_and_its_refusal_by_twil
     assert [(e.unavailable, e.permanent, e.error_code) for e in refused] == [(True, True, "too_many_parts")] * 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review(rcallbacks): no Twilio auth token rotation without refusing callbacks Twilio never re-posts",
-)
 def test_review_callbacks_signed_with_either_token_verify_while_the_auth_token_is_rotated() -> None:
     # Given an auth token being rotated, configured as the other upstreams' callback tokens are: the new one (Twilio's
     # secondary, which also authenticates submits) and the one it replaces, still taken until the operator removes it
@@ -638,3 +635,26 @@ def test_review_callbacks_signed_with_either_token_verify_while_the_auth_token_i
     # loses the delivery report (the delivered message is later expired and refunded) or the SMS, STOPs included
     assert twilio.verify_callback(signed(url, status_callback_body("delivered"), token=new_token)) is True
     assert twilio.verify_callback(signed(url, status_callback_body("delivered"), token=old_token)) is True
+
+
+def test_during_a_rotation_submits_authenticate_with_the_new_token_and_other_signatures_are_refused() -> None:
+    # Given an auth token being rotated: the new one set, the old one in previous_auth_tokens
+    old_token, new_token = AUTH_TOKEN, "the_promoted_secondary_token"
+    twilio = FakeTwilio()
+    rotated = provider(twilio, auth_token=new_token, previous_auth_tokens=[old_token])
+    # When a message is submitted
+    asyncio.run(rotated.submit(submit_request()))
+    # Then it authenticates with the new token only: the old one only verifies callbacks
+    assert twilio.requests[0].headers["authorization"] == basic(ACCOUNT_SID, new_token)
+    # And a callback signed with a token that is neither is refused, as once the old one is removed is a callback
+    # signed with it
+    url = f"{DLR_URL}?ref={CLIENT_REF}"
+    assert rotated.verify_callback(signed(url, status_callback_body(), token="another_accounts_token_0")) is False
+    done = provider(FakeTwilio(), auth_token=new_token)
+    assert done.verify_callback(signed(url, status_callback_body(), token=old_token)) is False
+
+
+@pytest.mark.parametrize("previous", [AUTH_TOKEN, ["short"], [7]], ids=repr)
+def test_previous_auth_tokens_that_are_not_a_list_of_tokens_are_refused_at_configuration(previous: Any) -> None:
+    with pytest.raises(ValueError, match="previous_auth_tokens"):
+        provider(FakeTwilio(), previous_auth_tokens=previous)

@@ -6,6 +6,10 @@ Africa's Talking they cover the time until its dashboard's callback URLs carry t
 the current token was taken, and every report of a message handed over before a rotation was refused for good:
 delivered messages expired and were refunded.
 
+Twilio signs its callbacks with the account's Auth Token, and switches to the new one the moment it is promoted,
+while each container reads the configuration at its own time (within CONFIG_MAX_AGE): its `previous_auth_tokens` are
+tried as well (the same setting, `previous_tokens_setting`), so none of its callbacks, never posted again, is refused.
+
 Not a per-message value keyed by a secret that never rotates: a key that leaks must be replaceable too, and messages
 in flight would then need the old key accepted all the same; the inbound post-url is one fixed URL besides.
 """
@@ -22,15 +26,15 @@ MIN_TOKEN_LENGTH = 16
 TOKEN_PARAM = "token"  # noqa: S105 # the name of the query parameter, not a secret
 
 
-def previous_tokens_setting(name: str, value: Any) -> tuple[str, ...]:
-    """A `previous_callback_tokens` setting: a list of the tokens replaced, each a string of 16 characters or more;
-    absent, none. Anything else is refused when the upstream is configured (its values not named: they are secrets)."""
+def previous_tokens_setting(name: str, value: Any, *, setting: str = "previous_callback_tokens") -> tuple[str, ...]:
+    """A `previous_callback_tokens` setting (or Twilio's `previous_auth_tokens`, named by `setting`): a list of the
+    tokens replaced, each a string of 16 characters or more; absent, none. Anything else is refused when the upstream
+    is configured (its values not named: they are secrets)."""
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(t, str) and len(t) >= MIN_TOKEN_LENGTH for t in value):
         raise ValueError(
-            f"upstream {name!r}: previous_callback_tokens is a list of the callback tokens replaced, each "
-            f"{MIN_TOKEN_LENGTH} characters or more"
+            f"upstream {name!r}: {setting} is a list of the tokens replaced, each {MIN_TOKEN_LENGTH} characters or more"
         )
     return tuple(value)
 

@@ -42,6 +42,7 @@ from sms_gateway.adapters.http import (
     unreadable_take,
 )
 from sms_gateway.adapters.providers.parts import refuse_longer, too_long
+from sms_gateway.adapters.providers.tokens import previous_tokens_setting
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import (
     CallbackRequest,
@@ -121,6 +122,7 @@ class TwilioProvider:
         name: str,
         account_sid: str,
         auth_token: str,
+        previous_auth_tokens: list[str] | None = None,
         api_key_sid: str | None = None,
         api_key_secret: str | None = None,
         messaging_service_sid: str | None = None,
@@ -135,6 +137,12 @@ class TwilioProvider:
         self._account_sid = account_sid
         # The Auth Token signs every webhook, even when submits authenticate with an API key.
         self._auth_token = auth_token
+        # Callbacks signed with a token a rotation replaced are still taken until it is removed (tokens.py); submits
+        # authenticate with the current one only.
+        self._callback_tokens = (
+            auth_token,
+            *previous_tokens_setting(name, previous_auth_tokens, setting="previous_auth_tokens"),
+        )
         self._auth = (api_key_sid, api_key_secret) if api_key_sid and api_key_secret else (account_sid, auth_token)
         self._messaging_service_sid = messaging_service_sid or None
         # Parsed once: httpx parses a URL given as a string on every request.
@@ -151,6 +159,7 @@ class TwilioProvider:
             name=name,
             account_sid=str(config["account_sid"]),
             auth_token=str(config["auth_token"]),
+            previous_auth_tokens=config.get("previous_auth_tokens"),
             api_key_sid=config.get("api_key_sid"),
             api_key_secret=config.get("api_key_secret"),
             messaging_service_sid=config.get("messaging_service_sid"),
@@ -228,10 +237,12 @@ class TwilioProvider:
         if not given:
             return False
         params = form_params(request.body) if request.method.upper() == "POST" else {}
-        return any(
-            hmac.compare_digest(twilio_signature(self._auth_token, url, params).encode(), given.encode())
-            for url in _url_variants(request.url)
-        )
+        # Every token and URL form is compared, in constant time: the time taken tells nothing of which one matched.
+        matched = False
+        for token in self._callback_tokens:
+            for url in _url_variants(request.url):
+                matched |= hmac.compare_digest(twilio_signature(token, url, params).encode(), given.encode())
+        return matched
 
     def parse_delivery_reports(self, request: CallbackRequest) -> list[DeliveryReport]:
         fields = _callback_fields(request)
