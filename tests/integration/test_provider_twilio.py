@@ -272,6 +272,10 @@ def test_a_success_without_a_sid_is_not_retried() -> None:
 def test_configuration_needs_the_account_sid_and_auth_token() -> None:
     with pytest.raises(KeyError):
         TwilioProvider.from_config("twilio", {"type": "twilio", "account_sid": ACCOUNT_SID})
+    for token in (None, "", 12345):
+        # Read with str(), null was the auth token "None": anyone could sign callbacks with it
+        with pytest.raises(ValueError, match="auth_token"):
+            TwilioProvider.from_config("twilio", {"account_sid": ACCOUNT_SID, "auth_token": token})
     with pytest.raises(ValueError, match="go together"):
         TwilioProvider.from_config(
             "twilio", {"account_sid": ACCOUNT_SID, "auth_token": AUTH_TOKEN, "api_key_sid": "SKxxxxxxxx"}

@@ -74,3 +74,10 @@ def test_a_deduplicates_that_is_not_true_or_false_is_refused(value: object) -> N
     config = {"url": "http://127.0.0.1:9", "secret": SECRET, "deduplicates": value}
     with pytest.raises(ValueError, match="deduplicates is true or false"):
         SimulatorProvider.from_config("simulator", config)
+
+
+@pytest.mark.parametrize("secret", [None, "", 12345], ids=repr)
+def test_a_secret_that_is_not_a_string_is_refused_at_configuration(secret: object) -> None:
+    # Read with str(), null was the secret "None": anyone could sign the simulator's callbacks with it
+    with pytest.raises(ValueError, match="secret"):
+        SimulatorProvider.from_config("simulator", {"url": "http://127.0.0.1:9", "secret": secret})

@@ -39,7 +39,13 @@ from sms_gateway.adapters.http import (
     server_error,
     unreadable_take,
 )
-from sms_gateway.adapters.providers.tokens import TOKEN_PARAM, previous_tokens_setting, token_verified
+from sms_gateway.adapters.providers.tokens import (
+    MIN_TOKEN_LENGTH,
+    TOKEN_PARAM,
+    previous_tokens_setting,
+    secret_setting,
+    token_verified,
+)
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
@@ -111,13 +117,15 @@ class AfricasTalkingProvider:
     ) -> None:
         if not username or not api_key:
             raise ValueError("an africastalking upstream needs username and api_key")
-        if not callback_token:
-            raise ValueError("an africastalking upstream needs a callback_token to verify its callbacks")
         self.name = name
         self._username = username
         self._api_key = api_key
-        # The current token first; the ones a rotation replaced are still taken until removed (tokens.py).
-        self._callback_tokens = (callback_token, *previous_tokens_setting(name, previous_callback_tokens))
+        # The current token first; the ones a rotation replaced are still taken until removed (tokens.py). The token
+        # is the only check on AT's callbacks: as long as Jasmin's and Kannel's, and never null read as "None".
+        self._callback_tokens = (
+            secret_setting(name, "callback_token", callback_token, min_length=MIN_TOKEN_LENGTH),
+            *previous_tokens_setting(name, previous_callback_tokens),
+        )
         root = base_url or (SANDBOX_BASE_URL if username == "sandbox" else LIVE_BASE_URL)
         # Parsed once: httpx parses a URL given as a string on every request.
         self._url = httpx.URL(f"{root.rstrip('/')}{MESSAGING_PATH}")
@@ -140,7 +148,7 @@ class AfricasTalkingProvider:
             name=name,
             username=username,
             api_key=str(config["api_key"]),
-            callback_token=str(config["callback_token"]),
+            callback_token=config["callback_token"],
             previous_callback_tokens=config.get("previous_callback_tokens"),
             base_url=base_url,
             bulk_sms_mode=None if bulk_sms_mode is None else int(bulk_sms_mode),

@@ -19,6 +19,7 @@ from sms_gateway.adapters.http import (
     scrubbed,
     server_error,
 )
+from sms_gateway.adapters.providers.tokens import secret_setting
 from sms_gateway.domain.ids import epoch_seconds
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
 from sms_gateway.domain.status import MessageStatus
@@ -72,7 +73,7 @@ class SimulatorProvider:
         self.url = url.rstrip("/")
         # Parsed once: httpx parses a URL given as a string on every request.
         self._send_url = httpx.URL(f"{self.url}/sms/send")
-        self._secret = secret
+        self._secret = secret_setting(name, "secret", secret)
         self._client = client
 
     @classmethod
@@ -82,7 +83,7 @@ class SimulatorProvider:
         return cls(
             name=name,
             url=str(config["url"]),
-            secret=str(config["secret"]),
+            secret=config["secret"],
             deduplicates=flag_setting(name, "deduplicates", config.get("deduplicates"), default=True),
             gateway_errors=config.get("gateway_errors"),
             client=client,

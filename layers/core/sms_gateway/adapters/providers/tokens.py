@@ -26,6 +26,26 @@ MIN_TOKEN_LENGTH = 16
 TOKEN_PARAM = "token"  # noqa: S105 # the name of the query parameter, not a secret
 
 
+def secret_setting(name: str, setting: str, value: Any, *, min_length: int = 1) -> str:
+    """A secret of an upstream's configuration that verifies its callbacks (`callback_token`, Twilio's `auth_token`,
+    the simulator's `secret`): a string of `min_length` characters or more. Anything else is refused when the upstream
+    is configured (its value not named): read with str(), JSON null was the text "None", which anyone could present,
+    and until 2026-12-07 an Africa's Talking callback_token of any length was taken."""
+    if not isinstance(value, str) or len(value) < min_length:
+        wanted = f"a string of {min_length} characters or more" if min_length > 1 else "a string that is not empty"
+        raise ValueError(f"upstream {name!r}: {setting} must be {wanted}, not {_described(value)}")
+    return value
+
+
+def _described(value: Any) -> str:
+    """What a secret setting holds, without its value."""
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"{len(value)} characters" if value else "empty"
+    return type(value).__name__
+
+
 def previous_tokens_setting(name: str, value: Any, *, setting: str = "previous_callback_tokens") -> tuple[str, ...]:
     """A `previous_callback_tokens` setting (or Twilio's `previous_auth_tokens`, named by `setting`): a list of the
     tokens replaced, each a string of 16 characters or more; absent, none. Anything else is refused when the upstream

@@ -42,7 +42,7 @@ from sms_gateway.adapters.http import (
     unreadable_take,
 )
 from sms_gateway.adapters.providers.parts import refuse_longer, too_long
-from sms_gateway.adapters.providers.tokens import previous_tokens_setting
+from sms_gateway.adapters.providers.tokens import previous_tokens_setting, secret_setting
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import (
     CallbackRequest,
@@ -129,8 +129,9 @@ class TwilioProvider:
         base_url: str = DEFAULT_BASE_URL,
         client: httpx.AsyncClient | None = None,
     ) -> None:
-        if not account_sid or not auth_token:
-            raise ValueError("a twilio upstream needs account_sid and auth_token")
+        if not account_sid:
+            raise ValueError("a twilio upstream needs account_sid")
+        auth_token = secret_setting(name, "auth_token", auth_token)
         if bool(api_key_sid) != bool(api_key_secret):
             raise ValueError("api_key_sid and api_key_secret go together")
         self.name = name
@@ -158,7 +159,7 @@ class TwilioProvider:
         return cls(
             name=name,
             account_sid=str(config["account_sid"]),
-            auth_token=str(config["auth_token"]),
+            auth_token=config["auth_token"],
             previous_auth_tokens=config.get("previous_auth_tokens"),
             api_key_sid=config.get("api_key_sid"),
             api_key_secret=config.get("api_key_secret"),
