@@ -526,3 +526,21 @@ def test_review_a_null_or_short_callback_token_is_refused_at_configuration(token
     # Then the configuration is refused, as an empty token is, rather than callbacks carrying it being taken
     with pytest.raises(ValueError, match="callback_token"):
         AfricasTalkingProvider.from_config("at", config)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review(rdiff2): upgrading refuses a working AT callback_token under 16 characters; the runbook's Deploy/"
+    "Upgrading notes do not warn",
+)
+def test_review_the_runbooks_upgrade_notes_warn_that_a_short_at_callback_token_stops_the_upstream() -> None:
+    from pathlib import Path
+
+    # Given a stack whose Africa's Talking callback_token is 12 characters: taken until 2026-12-07, refused since
+    with pytest.raises(ValueError, match="callback_token"):
+        AfricasTalkingProvider.from_config("at", {"username": USERNAME, "api_key": API_KEY, "callback_token": "x" * 12})
+    # (after the deploy nothing goes out through that upstream, the fallback not asked, and every DLR and STOP AT posts
+    # crashes the webhook) so the runbook's Deploy section, where upgrades are described, must say to check it first
+    runbook = Path(__file__).resolve().parents[2] / "docs" / "runbook.md"
+    deploy = runbook.read_text().split("## Deploy", 1)[1].split("\n## ", 1)[0]
+    assert "callback_token" in deploy
