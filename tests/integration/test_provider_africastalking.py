@@ -528,11 +528,6 @@ def test_review_a_null_or_short_callback_token_is_refused_at_configuration(token
         AfricasTalkingProvider.from_config("at", config)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review(rdiff2): upgrading refuses a working AT callback_token under 16 characters; the runbook's Deploy/"
-    "Upgrading notes do not warn",
-)
 def test_review_the_runbooks_upgrade_notes_warn_that_a_short_at_callback_token_stops_the_upstream() -> None:
     from pathlib import Path
 
