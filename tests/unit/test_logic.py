@@ -2778,3 +2778,31 @@ def test_every_change_the_dispatcher_makes_is_reported_for_client_callbacks(stor
     # And a record delivered again changes nothing and reports nothing
     again = asyncio.run(dispatch(deps.dispatch_queue.commands[0], dispatch_deps(store, provider)))
     assert again.changes == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review(rinbox): an inbound SMS from an alphanumeric or short sender is refused (400) and lost",
+)
+@pytest.mark.parametrize("sender", ["WhatsApp", "MTN", "131"])
+def test_an_sms_from_an_alphanumeric_or_short_sender_to_the_accounts_long_number_is_stored_and_forwarded(store, sender):
+    # Given the account's long number, and a service texting it a sign-up code from its sender ID (or the carrier
+    # from its short code), as services and carriers do to any number
+    store.accounts["7"] = store.accounts["7"].model_copy(update={"senders": ("48974", "2348090000001")})
+    provider, published = FakeProvider(), []
+    provider.inbound = InboundSms(
+        upstream="fake",
+        upstream_message_id="in-alpha",
+        msisdn=sender,
+        to="2348090000001",
+        text="Your code is 123-456",
+        received_at="2026-01-02T23:50:37.000000Z",
+    )
+    deps = InboundDependencies(accounts=store, inbox=store, publish=published.append, clock=clock, routes=fake_routes)
+    # When the upstream delivers it
+    outcome = receive_inbound(provider, callback(), deps)
+    # Then it is stored and forwarded like any inbound SMS (the client asked for every SMS to its numbers), not
+    # refused with a 400 that the upstream drops and the client never learns of
+    assert outcome.stored
+    [notification] = published
+    assert (notification["payload"]["from"], notification["payload"]["message"]) == (sender, "Your code is 123-456")
