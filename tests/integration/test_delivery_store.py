@@ -11,7 +11,7 @@ from sms_gateway.adapters.dynamodb import DynamoStore
 from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.models import DeliveryReport, MessageKey
 from sms_gateway.domain.status import SUBMIT_UNCONFIRMED, MessageStatus
-from tests.integration.test_dynamodb_store import NOW, new_batch, one_message, raw_message
+from tests.integration.test_dynamodb_store import NOW, message_item_key, new_batch, one_message, raw_message
 
 # DynamoDB applies the writes to one item one at a time; moto does too under the `aws` fixture
 # (sms_gateway_tools.localstack.moto_server.serialise_dynamodb_writes).
@@ -297,3 +297,33 @@ class TestConversationIndex:
         # Then each reply finds its own shortcode's message: the lookup's filter takes either form
         assert to_48974 is not None and to_48974.sender == "+48974"
         assert to_40404 is not None and to_40404.sender == "40404"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review(rinbox): a reply threads onto the newest-created message, not the last one sent (a scheduled one)",
+)
+def test_a_reply_continues_the_scheduled_message_that_reached_the_handset_after_a_newer_created_one(store):
+    # Given a reminder from 48974 scheduled yesterday for 09:00 (created first), and at 08:00 a one-off message from
+    # 48974 to the same number (created later, sent at once and delivered)
+    account_id = str(new_id())
+    reminder_batch, [reminder] = new_batch(account_id, 1, status=MessageStatus.SCHEDULED)
+    store.create_batch(reminder_batch, [reminder.model_copy(update={"session_id": "reminder", "ref_id": "rem-1"})])
+    notice_batch, [notice] = new_batch(account_id, 1, status=MessageStatus.DELIVERED)
+    store.create_batch(notice_batch, [notice.model_copy(update={"session_id": "notice", "ref_id": "not-1"})])
+    # When the schedule releases the reminder at 09:00 and an upstream takes it: the last message the handset got
+    store.client.update_item(
+        TableName=store.table_name,
+        Key=message_item_key(reminder.key),
+        UpdateExpression="SET #status = :submitted, status_at = :at",
+        ExpressionAttributeNames={"#status": "status"},
+        ExpressionAttributeValues={
+            ":submitted": {"S": "submitted"},
+            ":at": {"M": {"submitted": {"S": (NOW + timedelta(hours=1)).isoformat()}}},
+        },
+    )
+    # And the number answers it, texting 48974
+    found = store.last_sent_to(account_id, reminder.msisdn, "48974")
+    # Then the reply continues the reminder's conversation (docs/delivery-reports.md: "the last message the account
+    # sent to that number"), not the message created later but sent an hour before it
+    assert found is not None and (found.session_id, found.ref_id) == ("reminder", "rem-1")
