@@ -2780,10 +2780,6 @@ def test_every_change_the_dispatcher_makes_is_reported_for_client_callbacks(stor
     assert again.changes == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review(rinbox): an inbound SMS from an alphanumeric or short sender is refused (400) and lost",
-)
 @pytest.mark.parametrize("sender", ["WhatsApp", "MTN", "131"])
 def test_an_sms_from_an_alphanumeric_or_short_sender_to_the_accounts_long_number_is_stored_and_forwarded(store, sender):
     # Given the account's long number, and a service texting it a sign-up code from its sender ID (or the carrier

@@ -348,7 +348,7 @@ def inbound(text: str, upstream_id: str = "sim-1", to: str = "48974") -> FakePro
     return provider
 
 
-def receive(store: OptOutMemoryStore, provider: FakeProvider, published: list, opt_outs=True):
+def receive(store: OptOutMemoryStore, provider: FakeProvider, published: list, opt_outs=True, threads=False):
     deps = InboundDependencies(
         accounts=store,
         inbox=store,
@@ -356,6 +356,7 @@ def receive(store: OptOutMemoryStore, provider: FakeProvider, published: list, o
         clock=lambda: NOW,
         routes=fake_routes,
         opt_outs=store if opt_outs else None,
+        conversations=store if threads else None,
     )
     return receive_inbound(
         provider, CallbackRequest(method="POST", url="https://x", headers={"x-token": "s3cret"}), deps
@@ -642,3 +643,37 @@ def test_the_dispatcher_reads_no_opt_out_for_an_account_that_has_none(store):
     dispatch_first(store, queue, provider)
     assert len(provider.submits) == 1
     assert store.lookups == 0
+
+
+@pytest.mark.parametrize("sender", ["MTN", "131"])
+def test_a_stop_from_a_sender_id_or_short_code_is_forwarded_but_opts_nothing_out_and_threads_onto_nothing(
+    store, sender
+):
+    # Given an SMS whose sender is no phone number (a sender cannot be texted back, so it has no conversation and
+    # no opt-out to record)
+    provider, published = inbound("STOP"), []
+    provider.inbound = provider.inbound.model_copy(update={"msisdn": f" {sender} "})
+    # When its upstream delivers it (to a gateway that threads replies and applies keywords)
+    outcome = receive(store, provider, published, threads=True)
+    # Then it is stored and forwarded with its sender as given (trimmed) and no telco, in a conversation of its own
+    assert outcome.inbound is not None
+    assert (outcome.inbound.msisdn, outcome.inbound.telco, outcome.inbound.keyword_pending) == (sender, None, False)
+    [notification] = published
+    assert (notification["payload"]["from"], notification["payload"]["telco"]) == (sender, None)
+    assert (notification["payload"]["ref_id"], outcome.inbound.in_reply_to) == (None, None)
+    # And no opt-out is recorded
+    assert store.opt_out_records == {}
+
+
+@pytest.mark.parametrize(
+    ("sender", "why"),
+    [("  ", "no sender"), ("1" * 33, "longer than 32"), ("MTN\nERROR forged", "control character")],
+)
+def test_a_sender_that_cannot_be_one_is_refused_and_nothing_is_stored(store, sender, why):
+    from sms_gateway.errors import CallbackRejected
+
+    provider = inbound("hello")
+    provider.inbound = provider.inbound.model_copy(update={"msisdn": sender})
+    with pytest.raises(CallbackRejected, match=why):
+        receive(store, provider, [])
+    assert store.inbox == {}

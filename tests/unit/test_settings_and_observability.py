@@ -50,3 +50,12 @@ def test_a_masked_number_keeps_only_the_country_code_and_last_three_digits(numbe
     assert masked[-3:] == digits[-3:]
     assert len(masked) == len(digits)
     assert masked.count("*") == len(digits) - 6
+
+
+def test_an_inbound_sender_that_is_no_number_is_logged_as_it_is_with_any_number_in_it_masked():
+    # A sender ID or short code an inbound SMS came from is kept (stored since 2026-12-07); a number in it is not
+    assert [mask_msisdn(sender) for sender in ("WhatsApp", "131", "MTN 08020000199")] == [
+        "WhatsApp",
+        "***",
+        "MTN 080*****199",
+    ]

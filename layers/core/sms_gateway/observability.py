@@ -65,8 +65,11 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, No
 
 
 def mask_msisdn(msisdn: str) -> str:
-    """Logs keep the country code and the last three digits only: enough to debug, not enough to identify."""
+    """Logs keep the country code and the last three digits only: enough to debug, not enough to identify. An
+    inbound SMS's sender that is no number (a sender ID, `WhatsApp`) is kept, with any phone number in it masked."""
     digits = msisdn.lstrip("+")
+    if not (digits.isascii() and digits.isdigit()):
+        return mask_numbers(msisdn)
     if len(digits) <= 6:
         return "*" * len(digits)
     return f"{digits[:3]}{'*' * (len(digits) - 6)}{digits[-3:]}"

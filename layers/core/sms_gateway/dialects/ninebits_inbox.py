@@ -16,6 +16,7 @@ from sms_gateway.dialects.ninebits import WEBHOOK_URL_SCHEMA, _caller, caller_cr
 from sms_gateway.domain.ids import id_time_ms
 from sms_gateway.domain.models import Account, StoredInbound, iso
 from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
+from sms_gateway.domain.senders import inbound_sender
 from sms_gateway.domain.zones import account_zone
 from sms_gateway.errors import InvalidRequest
 from sms_gateway.logic import accounts
@@ -40,7 +41,11 @@ class InboundEntry(BaseModel):
     id: str = Field(description="in_<inbound id>")
     type: str = "two-way sms"
     telco: str | None = None
-    sender: str = Field(alias="from", description="the number the SMS came from, international, without '+'")
+    sender: str = Field(
+        alias="from",
+        description="the number the SMS came from, international, without '+'; a sender that is no number (a "
+        "sender ID, a short code) as the upstream gave it",
+    )
     to: str = Field(description="the account's shortcode or number it was sent to")
     message: str
     session_id: str
@@ -82,7 +87,9 @@ def list_inbounds(
     until: Annotated[
         str | None, Query(alias="to", description="ISO 8601 date or date-time: received at or before")
     ] = None,
-    number: Annotated[str | None, Query(description="only SMS from this number (any form the account accepts)")] = None,
+    number: Annotated[
+        str | None, Query(description="only SMS from this number (any form the account accepts) or sender ID")
+    ] = None,
 ) -> Response[Any]:
     account = _caller()
     page_size = page_size_parameter(limit, "limit", default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
@@ -145,11 +152,18 @@ def _utc(moment: datetime) -> datetime:
 
 
 def _number(raw: str, account: Account) -> str:
+    """The sender the filter matches: a phone number, in any form a send accepts, as stored (E.164); anything
+    else as the inbox stores a sender that is no number (a sender ID, `WhatsApp`; a short code, `131`): exactly as
+    given, trimmed (logic/inbound._sender). Refused only when it cannot be a sender at all."""
     try:
         return parse_msisdn(raw, account.default_country).e164
-    except InvalidMsisdn as error:
-        # The answer quotes the number as typed, the log line only its digits, masked
-        refusal = "`number` {} is not a valid phone number: " + error.reason
+    except InvalidMsisdn:
+        pass
+    try:
+        return inbound_sender(raw)
+    except ValueError as error:
+        # The answer quotes the value as typed, the log line only its digits, masked
+        refusal = "`number` {} is neither a phone number nor a sender: " + str(error)
         raise InvalidRequest(refusal.format(repr(raw)), logged=refusal.format(mask_typed_number(raw))) from None
 
 

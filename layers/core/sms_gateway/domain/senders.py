@@ -14,6 +14,10 @@ SENDER_ID = re.compile(r"^(?:(?=[A-Za-z0-9 ]*[A-Za-z])[A-Za-z0-9](?:[A-Za-z0-9 ]
 # after the send was accepted, so the account may no longer send from it (the sender may be another's by now).
 SENDER_REMOVED = "sender_removed"
 
+# The longest sender an inbound SMS is taken from: a number in any form, a sender ID or a short code, as an upstream
+# gives it, fits with room to spare; anything longer is not a sender but garbage (or an attack on the inbox).
+MAX_INBOUND_SENDER = 32
+
 
 def registry_form(sender: str) -> str:
     """One form per sender: numbers with or without their one '+', ids in any case, are the same sender. Only one
@@ -33,3 +37,18 @@ def holds_sender(senders: Collection[str], sender: str) -> bool:
         return True
     number = sender.removeprefix("+")
     return number.isascii() and number.isdigit() and any(same_sender(own, sender) for own in senders)
+
+
+def inbound_sender(raw: str) -> str:
+    """The sender of an inbound SMS as the upstream gave it, trimmed: a number, or what a handset shows when it is
+    none (a service's sender ID such as `WhatsApp`, a carrier's short code such as `131`). ValueError, saying why,
+    only for what cannot be a sender at all: nothing, more than MAX_INBOUND_SENDER characters, or a control
+    character (a line break would forge log lines and the inbox's rows)."""
+    sender = raw.strip()
+    if not sender:
+        raise ValueError("no sender")
+    if len(sender) > MAX_INBOUND_SENDER:
+        raise ValueError(f"a sender longer than {MAX_INBOUND_SENDER} characters")
+    if not sender.isprintable():
+        raise ValueError("a sender with a control character")
+    return sender

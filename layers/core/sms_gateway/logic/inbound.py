@@ -13,6 +13,7 @@ from sms_gateway.domain.models import CallbackRequest, InboundSms, SentMessage, 
 from sms_gateway.domain.msisdn import InvalidMsisdn, Msisdn, parse_msisdn
 from sms_gateway.domain.optouts import keyword_request
 from sms_gateway.domain.routing import RouteTable
+from sms_gateway.domain.senders import inbound_sender
 from sms_gateway.errors import CallbackRejected, Unauthorized
 from sms_gateway.logic.notify import NOTIFY_SWEEP_DELAY
 from sms_gateway.logic.optouts import apply_keyword, records_of
@@ -98,8 +99,8 @@ def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundD
             },
         )
         return InboundOutcome(routed=False, stored=False, not_allowed=True)
-    number = _sender_number(sms.msisdn, account_id, deps.accounts)
-    stored = _stored(sms, account_id, number, deps.conversations, applies_keywords=deps.opt_outs is not None)
+    sender = _sender(sms.msisdn, account_id, deps.accounts)
+    stored = _stored(sms, account_id, sender, deps.conversations, applies_keywords=deps.opt_outs is not None)
     # Stored marked as not queued yet, in the same write: a callback that fails or dies before the notification is
     # queued leaves the mark, and a sweep queues it even when the upstream never posts the callback again.
     if deps.inbox.save_inbound(stored, notify_due=deps.clock() + deps.notify_sweep_delay):
@@ -215,22 +216,31 @@ def _apply_unless_superseded(inbound: StoredInbound, inbox: InboxStore, opt_outs
     return True
 
 
-def _sender_number(raw: str, account_id: str, accounts: AccountStore) -> Msisdn:
+def _sender(raw: str, account_id: str, accounts: AccountStore) -> Msisdn | str:
     """The handset's number, read as the client's own numbers are (parse_msisdn): international with '+' or `00`;
     bare digits international when they start with the account country's calling code (as upstreams mostly give
     it), else in the national form of the account's country (an SMSC passing `08020000000`, or a US `6465550123`,
     through as the handset sent it), each reading falling back to the other. Bare digits are never read as
     international first: a 10-digit US number is often a valid number elsewhere (+65 6555 0123), and the STOP it
-    sent would be recorded for that one. The one function reply threading and the inbox's number filter use too, so
-    a number is the same everywhere."""
+    sent would be recorded for that one. The inbox's number filter reads a number the same way, so a number is the
+    same everywhere.
+
+    A sender that is no phone number (a service's sender ID, `WhatsApp`; a carrier's short code, `131`) is the
+    sender as the upstream gave it, trimmed: the SMS was sent to the account's number all the same, and may be the
+    very code the client waits for. Only what cannot be a sender at all (domain/senders.inbound_sender) is refused;
+    until 2026-12-07 any sender that was not a valid number was, and the SMS lost."""
+    try:
+        sender = inbound_sender(raw)
+    except ValueError as error:
+        raise CallbackRejected(f"inbound SMS from {error}") from None
     country = "NG"
-    if not raw.strip().startswith(("+", "00")):
+    if not sender.startswith(("+", "00")):
         account = accounts.get_account(account_id)
         country = account.default_country if account is not None else country
     try:
-        return parse_msisdn(raw, country)
-    except InvalidMsisdn as error:
-        raise CallbackRejected(f"inbound SMS from an invalid number: {error.reason}") from error
+        return parse_msisdn(sender, country)
+    except InvalidMsisdn:
+        return sender
 
 
 def _last_sent_to(conversations: ConversationLookup, account_id: str, number: Msisdn, to: str) -> SentMessage | None:
@@ -252,31 +262,38 @@ def _last_sent_to(conversations: ConversationLookup, account_id: str, number: Ms
 def _stored(
     sms: InboundSms,
     account_id: str,
-    number: Msisdn,
+    sender: Msisdn | str,
     conversations: ConversationLookup | None,
     *,
     applies_keywords: bool,
 ) -> StoredInbound:
     """The SMS as stored: `keyword_pending` when it is a STOP / START whose opt-out change is still to be made, where
-    keywords are applied at all (`applies_keywords`)."""
-    logger.info("inbound SMS", extra={"from": mask_msisdn(number.e164), "to": sms.to})
+    keywords are applied at all (`applies_keywords`). A sender that is no number (`_sender`) is stored as given,
+    with no telco, and neither threads onto a conversation nor applies a keyword: it cannot be texted back."""
+    number = sender if isinstance(sender, Msisdn) else None
+    msisdn = number.e164 if number is not None else str(sender)
+    logger.info("inbound SMS", extra={"from": mask_msisdn(msisdn), "to": sms.to})
     inbound_id = new_id()
     # A reply continues the conversation of the last message the account sent to that number: its session_id
     # and ref_id are carried over so the client can thread it. A new conversation gets a session of its own.
     # Only a message from the number the reply was sent to: an OTP from another shortcode is another conversation.
-    last = _last_sent_to(conversations, account_id, number, sms.to) if conversations is not None else None
+    last = (
+        _last_sent_to(conversations, account_id, number, sms.to)
+        if conversations is not None and number is not None
+        else None
+    )
     return StoredInbound(
         inbound_id=inbound_id,
         account_id=account_id,
         upstream=sms.upstream,
         upstream_message_id=sms.upstream_message_id,
-        msisdn=number.e164,
-        telco=number.telco,
+        msisdn=msisdn,
+        telco=number.telco if number is not None else None,
         to=sms.to,
         text=sms.text,
         session_id=(last.session_id if last else None) or str(inbound_id),
         ref_id=last.ref_id if last else None,
         in_reply_to=last.key.message_id if last else None,
-        keyword_pending=applies_keywords and keyword_request(sms.text, sms.to) is not None,
+        keyword_pending=applies_keywords and number is not None and keyword_request(sms.text, sms.to) is not None,
         received_at=sms.received_at,
     )
