@@ -31,6 +31,7 @@ from sms_gateway.domain.models import (
     SubmitRequest,
     SubmitResult,
     iso,
+    reply_order,
     shown_prefix,
 )
 from sms_gateway.domain.pricing import PriceTable
@@ -500,7 +501,7 @@ class InMemoryStore:
         ]
         if not sent:
             return None
-        last = max(sent, key=lambda m: m.message_id)
+        last = max(sent, key=lambda m: reply_order(m.status_at, m.message_id))
         return SentMessage(key=last.key, sender=last.sender, session_id=last.session_id, ref_id=last.ref_id)
 
 

@@ -299,10 +299,6 @@ class TestConversationIndex:
         assert to_40404 is not None and to_40404.sender == "40404"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review(rinbox): a reply threads onto the newest-created message, not the last one sent (a scheduled one)",
-)
 def test_a_reply_continues_the_scheduled_message_that_reached_the_handset_after_a_newer_created_one(store):
     # Given a reminder from 48974 scheduled yesterday for 09:00 (created first), and at 08:00 a one-off message from
     # 48974 to the same number (created later, sent at once and delivered)

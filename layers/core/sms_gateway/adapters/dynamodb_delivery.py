@@ -12,8 +12,17 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from sms_gateway.adapters.dynamodb_batch import batch_get
 from sms_gateway.adapters.dynamodb_sweep import REPORT, UNMARK, claim_due, sweep_keys
-from sms_gateway.domain.models import DeliveryReport, Message, MessageKey, SentMessage, StatusChange, iso
+from sms_gateway.domain.models import (
+    DeliveryReport,
+    Message,
+    MessageKey,
+    SentMessage,
+    StatusChange,
+    iso,
+    reply_order,
+)
 from sms_gateway.domain.senders import registry_form, same_sender
 from sms_gateway.domain.status import (
     SUBMIT_UNCONFIRMED,
@@ -225,13 +234,13 @@ class DynamoDeliveryMixin:
         )
 
     def last_sent_to(self, account_id: str, msisdn: str, sender: str | None = None) -> SentMessage | None:
-        """The newest message the account sent to a number (from `sender`, when given: the number a reply was sent
-        to) that may have reached it (the conversation index is kept by DynamoDB): newer ones that never left,
-        scheduled for later or cancelled, are passed over, each for one read of its status; ones from another
-        sender are filtered out by DynamoDB (read, not returned). A reply threads onto a message the handset got, or
-        onto none."""
-        from sms_gateway.adapters.dynamodb import _message_key_from_item_keys
-
+        """The last message the account sent to a number (from `sender`, when given: the number a reply was sent
+        to) that may have reached it: of its newest-created ones in the conversation index (kept by DynamoDB), the
+        one an upstream took last (domain/models.reply_order), so a message scheduled earlier but released after a
+        newer one-off is the one the reply answers; ones that never left, scheduled for later or cancelled, are
+        passed over. Ones from another sender are filtered out by DynamoDB (read, not returned). Bounded: at most
+        _CONVERSATION_PAGES index pages and the status of _CONVERSATION_STATUS_READS candidates, read in one
+        BatchGetItem. A reply threads onto a message the handset got, or onto none."""
         request: dict[str, Any] = {
             "TableName": self.table_name,
             "IndexName": CONVERSATION_INDEX,
@@ -246,40 +255,40 @@ class DynamoDeliveryMixin:
             bare = registry_form(sender)
             request["FilterExpression"] = "sender IN (:bare, :plus)"
             request["ExpressionAttributeValues"] |= {":bare": {"S": bare}, ":plus": {"S": f"+{bare}"}}
-        status_reads = 0
+        candidates: list[dict[str, Any]] = []
         for _ in range(_CONVERSATION_PAGES):
             answer = self.client.query(**request)
             for item in answer.get("Items", []):
                 values = self._codec.load(item)
-                if sender is not None and not same_sender(str(values.get("sender") or ""), sender):
-                    continue
-                if status_reads == _CONVERSATION_STATUS_READS:
-                    return None
-                status_reads += 1
-                key = _message_key_from_item_keys(values["pk"], values["sk"])
-                if self._may_have_reached_the_handset(key):
-                    return SentMessage(
-                        key=key,
-                        sender=values.get("sender"),
-                        session_id=values.get("session_id"),
-                        ref_id=values.get("ref_id"),
-                    )
-            if "LastEvaluatedKey" not in answer:
-                return None
+                if sender is None or same_sender(str(values.get("sender") or ""), sender):
+                    candidates.append(values)
+            if len(candidates) >= _CONVERSATION_STATUS_READS or "LastEvaluatedKey" not in answer:
+                break
             request["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
-        return None
+        return self._last_that_may_have_reached_the_handset(candidates[:_CONVERSATION_STATUS_READS])
 
-    def _may_have_reached_the_handset(self, key: MessageKey) -> bool:
+    def _last_that_may_have_reached_the_handset(self, candidates: list[dict[str, Any]]) -> SentMessage | None:
         # The index holds no status: it would take replacing the index in every deployed table to add one.
-        from sms_gateway.adapters.dynamodb import _key_of
+        from sms_gateway.adapters.dynamodb import _key_of, _message_key_from_item_keys
 
-        found = self.client.get_item(
-            TableName=self.table_name,
-            Key=_key_of(key),
-            ProjectionExpression="#status, status_at",
-            ExpressionAttributeNames={"#status": "status"},
-        ).get("Item")
-        if not found:
-            return False
-        values = self._codec.load(found)
-        return may_have_reached_the_handset(MessageStatus(values["status"]), values.get("status_at") or {})
+        if not candidates:
+            return None
+        keys = [_key_of(_message_key_from_item_keys(values["pk"], values["sk"])) for values in candidates]
+        found = batch_get(self.client, self.table_name, keys, consistent=False)
+        rank: dict[tuple[str, str], tuple[datetime, int]] = {}
+        for item in found:
+            values = self._codec.load(item)
+            status_at = values.get("status_at") or {}
+            if may_have_reached_the_handset(MessageStatus(values["status"]), status_at):
+                message_id = _message_key_from_item_keys(values["pk"], values["sk"]).message_id
+                rank[(values["pk"], values["sk"])] = reply_order(status_at, message_id)
+        reached = [values for values in candidates if (values["pk"], values["sk"]) in rank]
+        if not reached:
+            return None
+        values = max(reached, key=lambda values: rank[(values["pk"], values["sk"])])
+        return SentMessage(
+            key=_message_key_from_item_keys(values["pk"], values["sk"]),
+            sender=values.get("sender"),
+            session_id=values.get("session_id"),
+            ref_id=values.get("ref_id"),
+        )

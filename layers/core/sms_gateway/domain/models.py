@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -296,6 +296,15 @@ class SentMessage(Record):
     sender: str | None = None
     session_id: str | None = None
     ref_id: str | None = None
+
+
+def reply_order(status_at: Mapping[str, str], message_id: int) -> tuple[datetime, int]:
+    """How a reply ranks the messages its number may have got (the highest is the one it answers): the message an
+    upstream took last (`status_at.submitted`) is the last one the handset got, though a message scheduled earlier
+    and released later was created before a one-off sent in between. One with no submit time (its report came
+    before its submit was recorded) comes after every one that has one; among those, the newest created."""
+    submitted = status_at.get(str(MessageStatus.SUBMITTED))
+    return (from_iso(submitted) if submitted else datetime.min.replace(tzinfo=UTC), message_id)
 
 
 class DispatchCommand(Record):
