@@ -654,3 +654,26 @@ def test_two_sweeps_at_once_queue_an_sms_once(aws, account, monkeypatch):
     # Then one of them queued it, once
     assert sorted([first["inbound_queued"], second[0]["inbound_queued"]]) == [0, 1]
     assert len(queued_notifications(aws)) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review(rinbox): a STOP to a released number is dropped, and the number's next owner sends to the handset",
+)
+def test_a_stop_texted_to_a_released_number_keeps_the_handset_opted_out_under_its_next_owner(
+    aws, account, two_upstreams
+):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway_tools.admin import add_sender, create_account, remove_sender
+
+    # Given the operator releasing 48974 from the account that held it (a number moving to another customer)
+    remove_sender(account_id=account["account_id"], sender="48974")
+    # When a handset the old owner texted from it answers STOP while no account holds it
+    answer = load_function("webhook").handler(simulator_mo("STOP", "sim-released-stop"), FakeContext())
+    assert answer["statusCode"] == 200, answer
+    # And the operator gives 48974 to its next owner
+    other = create_account(name="Next Owner", senders=["55555"], credits=100)
+    add_sender(account_id=other["account_id"], sender="48974")
+    # Then the handset that said STOP to 48974 is not sent to from it (docs/opt-outs.md, "A sender that moves": a
+    # number keeps its opt-outs), as it would not be had it texted STOP a minute before the release
+    assert gateway().store.opted_out(other["account_id"], "48974", ["+2348020000000"])
