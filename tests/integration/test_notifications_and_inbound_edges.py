@@ -656,10 +656,6 @@ def test_two_sweeps_at_once_queue_an_sms_once(aws, account, monkeypatch):
     assert len(queued_notifications(aws)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review(rinbox): a STOP to a released number is dropped, and the number's next owner sends to the handset",
-)
 def test_a_stop_texted_to_a_released_number_keeps_the_handset_opted_out_under_its_next_owner(
     aws, account, two_upstreams
 ):
@@ -677,3 +673,56 @@ def test_a_stop_texted_to_a_released_number_keeps_the_handset_opted_out_under_it
     # Then the handset that said STOP to 48974 is not sent to from it (docs/opt-outs.md, "A sender that moves": a
     # number keeps its opt-outs), as it would not be had it texted STOP a minute before the release
     assert gateway().store.opted_out(other["account_id"], "48974", ["+2348020000000"])
+
+
+def test_a_start_texted_to_a_released_number_after_its_stop_leaves_the_next_owner_free_to_send(
+    aws, account, two_upstreams
+):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway_tools.admin import add_sender, create_account, remove_sender
+
+    # Given 48974 released, and a handset that texted STOP then START to it while no account held it
+    remove_sender(account_id=account["account_id"], sender="48974")
+    webhook = load_function("webhook")
+    for text, message_id in (("STOP", "sim-released-1"), ("START", "sim-released-2")):
+        answer = webhook.handler(simulator_mo(text, message_id), FakeContext())
+        assert answer["statusCode"] == 200, answer
+    # And another SMS to it, which is nobody's
+    answer = webhook.handler(simulator_mo("hello?", "sim-released-3"), FakeContext())
+    assert answer["statusCode"] == 200, answer
+    # When the operator gives 48974 to its next owner
+    other = create_account(name="Next Owner", senders=["55555"], credits=100)
+    added = add_sender(account_id=other["account_id"], sender="48974")
+    # Then what the handset said last decides: nothing carried over, both counters exact
+    store = gateway().store
+    assert added["opt_outs_carried_over"] == 0
+    assert not store.opted_out(other["account_id"], "48974", ["+2348020000000"])
+    assert store.get_account(account["account_id"], consistent=True).opt_outs == 0
+    assert store.get_account(other["account_id"], consistent=True).opt_outs == 0
+    # And nothing was stored in either inbox
+    assert store.list_inbounds(account["account_id"])[0] == []
+    assert store.list_inbounds(other["account_id"])[0] == []
+
+
+def test_a_keyword_to_a_released_number_given_to_an_account_meanwhile_fails_for_its_retry(aws, account):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.optouts import OptOut
+    from sms_gateway.errors import Unavailable
+    from sms_gateway_tools.admin import add_sender, create_account, remove_sender
+
+    # Given 48974 released by the account, then given to another (after a STOP's callback read who released it)
+    remove_sender(account_id=account["account_id"], sender="48974")
+    store = gateway().store
+    assert store.sender_released_by("48974") == account["account_id"]
+    other = create_account(name="Next Owner", senders=["55555"], credits=100)
+    add_sender(account_id=other["account_id"], sender="48974")
+    assert store.sender_released_by("48974") is None
+    # When the STOP's opt-out is written to the releasing account, as a released sender's
+    stop = OptOut(account_id=account["account_id"], sender="48974", msisdn="+2348020000000", keyword="STOP", at="x")
+    # Then it is refused, nothing written (the callback fails, and its retry reaches the new owner)
+    with pytest.raises(Unavailable):
+        store.opt_out(stop, while_released=True)
+    with pytest.raises(Unavailable):
+        store.opt_out(stop.model_copy(update={"account_id": other["account_id"]}), while_released=True)
+    assert store.get_account(account["account_id"], consistent=True).opt_outs == 0
+    assert not store.opted_out(account["account_id"], "48974", ["+2348020000000"])

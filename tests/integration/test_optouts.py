@@ -165,7 +165,7 @@ def test_a_stop_whose_opt_out_could_not_be_recorded_fails_the_callback_and_the_r
     store = gateway().store
     record_opt_out = store.opt_out
 
-    def throttled(opt_out):
+    def throttled(opt_out, **_):
         monkeypatch.setattr(store, "opt_out", record_opt_out)
         raise RuntimeError("ProvisionedThroughputExceededException")
 
@@ -190,7 +190,7 @@ def failing_opt_out_writes(monkeypatch: pytest.MonkeyPatch, times: int) -> None:
     store = gateway().store
     record_opt_out, left = store.opt_out, [times]
 
-    def throttled(opt_out):
+    def throttled(opt_out, **_):
         left[0] -= 1
         if left[0] <= 0:
             monkeypatch.setattr(store, "opt_out", record_opt_out)

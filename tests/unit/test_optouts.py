@@ -28,7 +28,7 @@ from sms_gateway.domain.optouts import (
     sender_key,
 )
 from sms_gateway.domain.status import MessageStatus
-from sms_gateway.errors import InsufficientCredits, InvalidRequest, NotFound, OptedOut
+from sms_gateway.errors import InsufficientCredits, InvalidRequest, NotFound, OptedOut, Unavailable
 from sms_gateway.logic import optouts
 from sms_gateway.logic.inbound import InboundDependencies, inbound_notification, receive_inbound
 from sms_gateway.logic.notify import notifications_of
@@ -49,14 +49,24 @@ class OptOutMemoryStore(InMemoryStore):
         self.opt_out_records: dict[tuple[str, str, str], OptOut] = {}
         self.lookups = 0
         self.fail_opt_outs = False
+        # Release records: sender (registry form) -> the account that released it, while no account holds it.
+        self.released: dict[str, str] = {}
+
+    def sender_released_by(self, sender: str) -> str | None:
+        return self.released.get(sender_key(sender))
+
+    def _check_released(self, sender: str | None, account_id: str, while_released: bool) -> None:
+        if while_released and (sender is None or self.released.get(sender_key(sender)) != account_id):
+            raise Unavailable(f"sender {sender!r} is no longer released by account {account_id}")
 
     def _count(self, account_id: str, delta: int) -> None:
         account = self.accounts[account_id]
         self.accounts[account_id] = account.model_copy(update={"opt_outs": account.opt_outs + delta})
 
-    def opt_out(self, opt_out: OptOut) -> bool:
+    def opt_out(self, opt_out: OptOut, *, while_released: bool = False) -> bool:
         if self.fail_opt_outs:
             raise RuntimeError("DynamoDB is down")
+        self._check_released(opt_out.sender, opt_out.account_id, while_released)
         if opt_out.account_id not in self.accounts:
             raise NotFound(f"no account {opt_out.account_id}")
         key = (opt_out.account_id, sender_key(opt_out.sender), opt_out.msisdn)
@@ -66,7 +76,16 @@ class OptOutMemoryStore(InMemoryStore):
         self._count(opt_out.account_id, 1)
         return True
 
-    def opt_in(self, account_id: str, msisdn: str, sender: str | None, *, only: Collection[str] | None = None) -> int:
+    def opt_in(
+        self,
+        account_id: str,
+        msisdn: str,
+        sender: str | None,
+        *,
+        only: Collection[str] | None = None,
+        while_released: bool = False,
+    ) -> int:
+        self._check_released(sender, account_id, while_released)
         senders = (
             {s for (a, s, n) in self.opt_out_records if (a, n) == (account_id, msisdn)}
             if sender is None
@@ -361,6 +380,59 @@ def receive(store: OptOutMemoryStore, provider: FakeProvider, published: list, o
     return receive_inbound(
         provider, CallbackRequest(method="POST", url="https://x", headers={"x-token": "s3cret"}), deps
     )
+
+
+class TestKeywordsToAReleasedSender:
+    """Between an operator's remove-sender and add-sender nobody holds 48976: a STOP / START to it changes the
+    releasing account's opt-out of it, which add-sender carries over (docs/opt-outs.md, "A sender that moves")."""
+
+    @pytest.fixture
+    def released(self, store):
+        store.released["48976"] = "7"
+        return store
+
+    def test_a_stop_is_applied_to_the_releasing_account_and_nothing_is_stored_or_forwarded(self, released):
+        published: list = []
+        outcome = receive(released, inbound("Stop!", to="48976"), published)
+        assert (outcome.routed, outcome.stored) == (False, False)
+        [record] = released.opt_out_records.values()
+        assert (record.account_id, record.sender, record.msisdn, record.keyword) == ("7", "48976", STOPPED, "STOP")
+        assert record.inbound_id is None
+        assert released.accounts["7"].opt_outs == 1
+        assert published == []
+        assert released.list_inbounds("7")[0] == []
+
+    def test_a_stopall_opts_out_of_that_sender_only_and_a_start_takes_back_only_that(self, released):
+        # Given the number's STOPALL to the account's own 48974, while it held it
+        receive(released, inbound("STOPALL", "sim-1"), [])
+        # When it texts STOPALL, then START, to the released 48976
+        receive(released, inbound("STOPALL", "sim-2", to="48976"), [])
+        assert set(released.opt_out_records) == {("7", ALL_SENDERS, STOPPED), ("7", "48976", STOPPED)}
+        receive(released, inbound("START", "sim-3", to="48976"), [])
+        # Then its opt-out of 48976 is gone, the STOPALL the account received stays, counted exactly
+        assert set(released.opt_out_records) == {("7", ALL_SENDERS, STOPPED)}
+        assert released.accounts["7"].opt_outs == 1
+
+    def test_any_other_sms_a_keyword_to_a_number_nobody_released_or_from_another_upstream_stay_dropped(self, released):
+        published: list = []
+        assert receive(released, inbound("hello", to="48976"), published).routed is False
+        assert receive(released, inbound("STOP", to="48977"), published).routed is False
+        # And a STOP from an upstream the releasing account's routes do not name (its credentials valid)
+        partner = inbound("STOP", "sim-9", to="48976")
+        partner.name = "partner"
+        assert receive(released, partner, published).routed is False
+        assert released.opt_out_records == {}
+        assert published == []
+
+    def test_a_failed_write_fails_the_callback_for_the_upstream_to_retry(self, released):
+        # Given the sender given to an account between the callback's read of the release and its write
+        released.sender_released_by = lambda sender: "7"  # type: ignore[method-assign]
+        released.released.clear()
+        # When a STOP to it arrives / Then the callback fails (a 5xx), nothing written
+        with pytest.raises(Unavailable):
+            receive(released, inbound("STOP", to="48976"), [])
+        assert released.opt_out_records == {}
+        assert released.accounts["7"].opt_outs == 0
 
 
 class TestInboundKeywords:

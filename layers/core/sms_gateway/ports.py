@@ -816,15 +816,31 @@ class RouteStore(Protocol):
 class OptOutStore(Protocol):
     """Numbers that opted out of an account's senders (STOP), counted exactly on the account item."""
 
-    def opt_out(self, opt_out: OptOut) -> bool:
+    def opt_out(self, opt_out: OptOut, *, while_released: bool = False) -> bool:
         """Records the opt-out and counts it on the account, in one transaction. False when the number had opted
-        out of that sender already (then nothing changes); NotFound when there is no such account."""
+        out of that sender already (then nothing changes); NotFound when there is no such account. `while_released`:
+        only while no account holds the sender and the opt-out's account is the one that released it last
+        (sender_released_by); Unavailable, nothing changed, once an account has been given it."""
         ...
 
-    def opt_in(self, account_id: str, msisdn: str, sender: str | None, *, only: Collection[str] | None = None) -> int:
+    def opt_in(
+        self,
+        account_id: str,
+        msisdn: str,
+        sender: str | None,
+        *,
+        only: Collection[str] | None = None,
+        while_released: bool = False,
+    ) -> int:
         """Removes the number's opt-outs of `sender` and of every sender (STOPALL), or all of its opt-outs when
         `sender` is None, uncounting each; `only`: just those of these sender keys (ALL_SENDERS for STOPALL's).
-        Returns how many it removed."""
+        `while_released`: as opt_out's, for `sender`. Returns how many it removed."""
+        ...
+
+    def sender_released_by(self, sender: str) -> str | None:
+        """The account that released `sender` (remove-sender), read consistently, while no account holds it: its
+        opt-outs of the sender go to the account given it next (add-sender). None when an account holds it, or
+        none released it since releases were recorded."""
         ...
 
     def opted_out(

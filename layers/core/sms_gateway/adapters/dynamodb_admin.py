@@ -17,7 +17,13 @@ from datetime import datetime
 from typing import Any
 
 from sms_gateway.adapters.dynamodb_inbox import keywords_pending_to
-from sms_gateway.adapters.dynamodb_optouts import carry_over_opt_outs
+from sms_gateway.adapters.dynamodb_optouts import (
+    carry_over_opt_outs,
+    names_releaser,
+    released_sender_key,
+    sender_released_by,
+    still_released_check,
+)
 from sms_gateway.adapters.dynamodb_transactions import TransactionUndecided, transact_or_unavailable
 from sms_gateway.domain.models import Account, SealedSecret, SenderRegistration, iso
 from sms_gateway.domain.pricing import PriceTable
@@ -54,20 +60,6 @@ def account_key(account_id: str) -> dict[str, Any]:
 def _sender_key(sender: str) -> dict[str, Any]:
     # The same normal form as dynamodb.sender_pk: numbers with or without '+', ids in any case.
     return {"pk": {"S": f"SENDER#{registry_form(sender)}"}, "sk": {"S": "SENDER"}}
-
-
-def _names_releaser(released_by: str) -> dict[str, Any]:
-    """The condition that a sender's release record still names the account that released it."""
-    return {
-        "ConditionExpression": "account_id = :released_by",
-        "ExpressionAttributeValues": {":released_by": {"S": released_by}},
-    }
-
-
-def released_sender_key(sender: str) -> dict[str, Any]:
-    """The record of the account that released a sender, present while no account holds it: its opt-outs of the
-    sender go to the account given it next."""
-    return {"pk": {"S": f"SENDER#{registry_form(sender)}"}, "sk": {"S": "RELEASED"}}
 
 
 def credential_listing_item(
@@ -275,7 +267,7 @@ class DynamoAccountAdmin:
         item = {**_sender_key(sender), "account_id": {"S": account_id}}
         if inbound_upstreams is not None:
             item["inbound_upstreams"] = {"L": [{"S": name} for name in inbound_upstreams]}
-        released_by = self._released_by(sender)
+        released_by = sender_released_by(self.client, self.table_name, sender)
         carried = 0
         if released_by is not None and released_by != account_id:
             self._no_keyword_pending(released_by, account_id, sender)
@@ -287,7 +279,9 @@ class DynamoAccountAdmin:
                     released_by,
                     account_id,
                     sender,
-                    still_released=self._still_released(sender, released_by),
+                    # Each copy only while the release record still names it: not after another add-sender
+                    # registered the sender (and its new owner took a copy back).
+                    still_released=still_released_check(self.table_name, sender, released_by),
                 )
             except TransactionUndecided as error:
                 raise Unavailable(
@@ -334,21 +328,6 @@ class DynamoAccountAdmin:
                 "yet to make); run again in a few minutes"
             )
 
-    def _released_by(self, sender: str) -> str | None:
-        found = self.client.get_item(TableName=self.table_name, Key=released_sender_key(sender), ConsistentRead=True)
-        return found["Item"]["account_id"]["S"] if "Item" in found else None
-
-    def _still_released(self, sender: str, released_by: str) -> dict[str, Any]:
-        """Each copy of the releasing account's opt-outs is made only while the sender's release record still names
-        it: not after another add-sender registered the sender (and its new owner took a copy back)."""
-        return {
-            "ConditionCheck": {
-                "TableName": self.table_name,
-                "Key": released_sender_key(sender),
-                **_names_releaser(released_by),
-            }
-        }
-
     def _release_taken(self, sender: str, released_by: str | None) -> dict[str, Any]:
         """The end of the sender's release record as it is given to an account, conditional on its still naming the
         account whose opt-outs were carried over (none: on there still being none)."""
@@ -361,7 +340,7 @@ class DynamoAccountAdmin:
                 }
             }
         return {
-            "Delete": {"TableName": self.table_name, "Key": released_sender_key(sender), **_names_releaser(released_by)}
+            "Delete": {"TableName": self.table_name, "Key": released_sender_key(sender), **names_releaser(released_by)}
         }
 
     def set_inbound_upstreams(

@@ -8,7 +8,8 @@ from typing import Any
 from sms_gateway.adapters.dynamodb_batch import batch_get
 from sms_gateway.adapters.dynamodb_transactions import transact_until_decided
 from sms_gateway.domain.optouts import ALL_SENDERS, OptOut, sender_key
-from sms_gateway.errors import Conflict, NotFound
+from sms_gateway.domain.senders import registry_form
+from sms_gateway.errors import Conflict, NotFound, Unavailable
 
 # Reading the account's whole opt-out partition (about 150 bytes an item: a few thousand fit in one 1 MB page)
 # beats 2 keys per recipient when the account has few opt-outs for the send's size; up to this many items.
@@ -27,6 +28,33 @@ def optout_sk(sender: str, msisdn: str) -> str:
 # A transaction holds at most 100 writes: the copies of a carried-over sender's opt-outs, the counter's change and
 # the check that the sender is still released by the account they come from.
 COPIES_PER_TRANSACTION = 98
+
+
+def released_sender_key(sender: str) -> dict[str, Any]:
+    """The record of the account that released a sender, present while no account holds it: its opt-outs of the
+    sender go to the account given it next."""
+    return {"pk": {"S": f"SENDER#{registry_form(sender)}"}, "sk": {"S": "RELEASED"}}
+
+
+def names_releaser(released_by: str) -> dict[str, Any]:
+    """The condition that a sender's release record still names the account that released it."""
+    return {
+        "ConditionExpression": "account_id = :released_by",
+        "ExpressionAttributeValues": {":released_by": {"S": released_by}},
+    }
+
+
+def still_released_check(table_name: str, sender: str, released_by: str) -> dict[str, Any]:
+    """A transaction's check that `sender` is still released by `released_by`: no account was given it since."""
+    return {
+        "ConditionCheck": {"TableName": table_name, "Key": released_sender_key(sender), **names_releaser(released_by)}
+    }
+
+
+def sender_released_by(client: Any, table_name: str, sender: str) -> str | None:
+    """The account that released `sender`, read consistently; None while an account holds it or none released it."""
+    found = client.get_item(TableName=table_name, Key=released_sender_key(sender), ConsistentRead=True)
+    return found["Item"]["account_id"]["S"] if "Item" in found else None
 
 
 def _account_key(account_id: str) -> dict[str, Any]:
@@ -131,7 +159,19 @@ class DynamoOptOutsMixin:
     def _count_change(self, account_id: str, delta: int) -> dict[str, Any]:
         return count_change(self.table_name, account_id, delta)
 
-    def opt_out(self, opt_out: OptOut) -> bool:
+    def sender_released_by(self, sender: str) -> str | None:
+        return sender_released_by(self.client, self.table_name, sender)
+
+    def _while_released(self, sender: str | None, account_id: str, while_released: bool) -> list[dict[str, Any]]:
+        """The check, for an opt-out change of a sender nobody holds, that `account_id` still is the one that released
+        it: once an account is given it (add-sender copied what there was), the change would reach nobody."""
+        return [still_released_check(self.table_name, sender, account_id)] if while_released and sender else []
+
+    def _sender_taken(self, sender: str, account_id: str) -> Unavailable:
+        # Answered as a failure the caller retries (an upstream's callback): the retry finds the sender's new owner.
+        return Unavailable(f"sender {sender!r} is no longer released by account {account_id}: given to an account")
+
+    def opt_out(self, opt_out: OptOut, *, while_released: bool = False) -> bool:
         item = {
             "pk": optout_pk(opt_out.account_id),
             "sk": optout_sk(opt_out.sender, opt_out.msisdn),
@@ -141,7 +181,7 @@ class DynamoOptOutsMixin:
         # The item and the account's counter change together, so the counter is exact: a send trusts its zero.
         # A conflict with another write of the account item (a send's or a refund's credits) is tried again: only
         # the account's own condition says there is no account.
-        item_refused, account_refused = transact_until_decided(
+        item_refused, account_refused, *taken = transact_until_decided(
             self.client,
             [
                 {
@@ -152,26 +192,39 @@ class DynamoOptOutsMixin:
                     }
                 },
                 self._count_change(opt_out.account_id, 1),
+                *self._while_released(opt_out.sender, opt_out.account_id, while_released),
             ],
         )
+        if any(taken):
+            raise self._sender_taken(opt_out.sender, opt_out.account_id)
         if item_refused:
             return False  # opted out already: the first STOP's record stays
         if account_refused:
             raise NotFound(f"no account {opt_out.account_id}")
         return True
 
-    def opt_in(self, account_id: str, msisdn: str, sender: str | None, *, only: Collection[str] | None = None) -> int:
+    def opt_in(
+        self,
+        account_id: str,
+        msisdn: str,
+        sender: str | None,
+        *,
+        only: Collection[str] | None = None,
+        while_released: bool = False,
+    ) -> int:
         if sender is None:
             sks = [
                 optout_sk(found.sender, msisdn) for found in self.list_opt_outs(account_id) if found.msisdn == msisdn
             ]
         else:
             sks = [optout_sk(key, msisdn) for key in (sender, ALL_SENDERS) if only is None or key in only]
-        return sum(self._remove(account_id, sk) for sk in dict.fromkeys(sks))
+        released = sender if while_released else None
+        return sum(self._remove(account_id, sk, released) for sk in dict.fromkeys(sks))
 
-    def _remove(self, account_id: str, sk: str) -> bool:
+    def _remove(self, account_id: str, sk: str, released: str | None = None) -> bool:
+        """`released`: a sender nobody holds, whose opt-out is removed only while `account_id` released it last."""
         # One transaction per item: it is uncounted only if this call is the one that deleted it.
-        item_refused, account_refused = transact_until_decided(
+        item_refused, account_refused, *failed_checks = transact_until_decided(
             self.client,
             [
                 {
@@ -182,8 +235,11 @@ class DynamoOptOutsMixin:
                     }
                 },
                 self._count_change(account_id, -1),
+                *self._while_released(released, account_id, released is not None),
             ],
         )
+        if released is not None and any(failed_checks):
+            raise self._sender_taken(released, account_id)
         if item_refused:
             return False
         if account_refused:

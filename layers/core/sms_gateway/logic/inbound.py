@@ -16,7 +16,7 @@ from sms_gateway.domain.routing import RouteTable
 from sms_gateway.domain.senders import inbound_sender
 from sms_gateway.errors import CallbackRejected, Unauthorized
 from sms_gateway.logic.notify import NOTIFY_SWEEP_DELAY
-from sms_gateway.logic.optouts import apply_keyword, records_of
+from sms_gateway.logic.optouts import apply_keyword, apply_keyword_to_released_sender, records_of
 from sms_gateway.observability import logger, mask_msisdn
 from sms_gateway.ports import AccountStore, ConversationLookup, InboxStore, OptOutStore, Provider
 
@@ -78,7 +78,9 @@ def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundD
     sms = provider.parse_inbound(request)
     registration = deps.accounts.sender_registration(sms.to)
     if registration is None:
-        # Acknowledged so the upstream stops retrying; nobody here owns that number.
+        # Acknowledged so the upstream stops retrying; nobody here owns that number. A STOP / START to a number an
+        # operator released is applied first, for its next owner (a failure fails the callback, to be retried).
+        _apply_keyword_to_released_sender(provider.name, sms, deps)
         logger.warning("inbound SMS to a number no account owns", extra={"to": sms.to, "upstream": sms.upstream})
         return InboundOutcome(routed=False, stored=False)
     account_id = registration.account_id
@@ -126,6 +128,42 @@ def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundD
         queue_inbound_notification(found.inbound, deps.inbox, deps.publish)
     _apply_pending_keyword(found.inbound, deps)
     return InboundOutcome(routed=True, stored=False, inbound=found.inbound)
+
+
+def _apply_keyword_to_released_sender(upstream: str, sms: InboundSms, deps: InboundDependencies) -> None:
+    """A STOP / START to a number no account holds but one released (remove-sender, its next add-sender still to
+    come) changes that account's opt-out of it, which add-sender carries to the next owner: the number keeps what
+    the handset said during the gap. Nothing is stored or forwarded (the SMS is nobody's), so it is applied here,
+    synchronously: a failure fails the callback and the upstream's retry applies it (or, the number given to an
+    account meanwhile, is routed to it). Taken only from an upstream the releasing account's routes name, as for a
+    number of its own following them; any other SMS, or none released, stays dropped."""
+    if deps.opt_outs is None or keyword_request(sms.text, sms.to) is None:
+        return
+    released_by = deps.opt_outs.sender_released_by(sms.to)
+    if released_by is None:
+        return
+    if upstream not in deps.routes().upstreams_for_account(released_by):
+        logger.warning(
+            "opt-out keyword to a released number from an upstream its releasing account's routes do not name: "
+            "not applied",
+            extra={"upstream": upstream, "to": sms.to, "from": mask_msisdn(sms.msisdn), "released_by": released_by},
+        )
+        return
+    number = _sender_number(sms.msisdn, released_by, deps.accounts)
+    try:
+        action = apply_keyword_to_released_sender(
+            deps.opt_outs, released_by, msisdn=number.e164, text=sms.text, to=sms.to, now=deps.clock()
+        )
+    except Exception:
+        logger.exception(
+            "opt-out keyword to a released number not applied yet; failing the callback so the upstream retries it",
+            extra={"from": mask_msisdn(number.e164), "to": sms.to, "released_by": released_by},
+        )
+        raise
+    logger.info(
+        "opt-out keyword to a released number applied to the account that released it, for its next owner",
+        extra={"from": mask_msisdn(number.e164), "to": sms.to, "released_by": released_by, "action": action},
+    )
 
 
 def queue_inbound_notification(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from sms_gateway.domain.models import Account, StoredInbound, iso
@@ -48,21 +49,71 @@ def apply_keyword(
     request = keyword_request(inbound.text, inbound.to)
     if request is None:
         return None
-    who = {"from": mask_msisdn(inbound.msisdn), "to": inbound.to, "keyword": request.keyword}
+    _apply(
+        opt_outs,
+        request,
+        account_id=inbound.account_id,
+        msisdn=inbound.msisdn,
+        to=inbound.to,
+        now=now,
+        inbound_id=inbound.inbound_id,
+        only=only,
+    )
+    return request.action
+
+
+def apply_keyword_to_released_sender(
+    opt_outs: OptOutStore, released_by: str, *, msisdn: str, text: str, to: str, now: datetime
+) -> KeywordAction | None:
+    """A STOP / START texted to a sender no account holds (between an operator's remove-sender and add-sender)
+    changes the opt-out of it kept by the account that released it, which add-sender carries to the sender's next
+    owner (docs/opt-outs.md, "A sender that moves"). Of that sender only: a STOPALL opts the number out of it (the
+    releasing account's other senders are not what the number texted), a START takes back that opt-out alone. Made
+    only while `released_by` still released it last; Unavailable (nothing changed) once an account was given it.
+    Returns what the SMS did, None when it is not a keyword."""
+    request = keyword_request(text, to)
+    if request is None:
+        return None
+    sender = sender_key(to)
+    _apply(
+        opt_outs,
+        replace(request, sender=sender),
+        account_id=released_by,
+        msisdn=msisdn,
+        to=to,
+        now=now,
+        only=frozenset({sender}),
+        while_released=True,
+    )
+    return request.action
+
+
+def _apply(
+    opt_outs: OptOutStore,
+    request: KeywordRequest,
+    *,
+    account_id: str,
+    msisdn: str,
+    to: str,
+    now: datetime,
+    inbound_id: int | None = None,
+    only: frozenset[str] | None = None,
+    while_released: bool = False,
+) -> None:
+    who = {"from": mask_msisdn(msisdn), "to": to, "keyword": request.keyword, "account_id": account_id}
     if request.action == KeywordAction.OPT_OUT and (only is None or request.sender in only):
         opt_out = OptOut(
-            account_id=inbound.account_id,
+            account_id=account_id,
             sender=request.sender,
-            msisdn=inbound.msisdn,
+            msisdn=msisdn,
             keyword=request.keyword,
             at=iso(now),
-            inbound_id=inbound.inbound_id,
+            inbound_id=inbound_id,
         )
-        logger.info("opt-out keyword", extra={**who, "new": opt_outs.opt_out(opt_out)})
+        logger.info("opt-out keyword", extra={**who, "new": opt_outs.opt_out(opt_out, while_released=while_released)})
     elif request.action == KeywordAction.OPT_IN:
-        removed = opt_outs.opt_in(inbound.account_id, inbound.msisdn, request.sender, only=only)
+        removed = opt_outs.opt_in(account_id, msisdn, request.sender, only=only, while_released=while_released)
         logger.info("opt-in keyword", extra={**who, "removed": removed})
-    return request.action
 
 
 def _account(accounts: AccountStore, account_id: str) -> Account:
