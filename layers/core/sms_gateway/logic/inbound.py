@@ -149,7 +149,9 @@ def _apply_keyword_to_released_sender(upstream: str, sms: InboundSms, deps: Inbo
             extra={"upstream": upstream, "to": sms.to, "from": mask_msisdn(sms.msisdn), "released_by": released_by},
         )
         return
-    number = _sender_number(sms.msisdn, released_by, deps.accounts)
+    number = _sender(sms.msisdn, released_by, deps.accounts)
+    if isinstance(number, str):
+        return  # a sender ID or short code cannot be texted: its keywords change no opt-out
     try:
         action = apply_keyword_to_released_sender(
             deps.opt_outs, released_by, msisdn=number.e164, text=sms.text, to=sms.to, now=deps.clock()
