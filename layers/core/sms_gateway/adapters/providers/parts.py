@@ -29,14 +29,14 @@ def max_parts_setting(name: str, value: Any, default: int) -> int:
     return value
 
 
-def refuse_longer(
-    name: str, parts: int, max_parts: int, *, counted: str = "parts of a message (its max_parts)"
-) -> None:
-    """Raises when the message is `parts` long, longer than the upstream sends (`max_parts` of what is `counted`: its
-    parts, or Twilio's Body characters): unavailable (the fallback may take it; nothing was sent) and permanent (without
-    one it fails at once, refunded, `too_many_parts`, rather than come back to be cut or refused)."""
+def refuse_longer(name: str, parts: int, max_parts: int) -> None:
+    """Raises when the upstream would send `parts` parts, more than it sends: unavailable (the fallback may take it;
+    nothing was sent) and permanent (without one it fails at once, refunded, `too_many_parts`, rather than come back to
+    be cut)."""
     if parts > max_parts:
-        raise too_long(f"{name} sends at most {max_parts} {counted}, this one is {parts}: not sent there")
+        raise too_long(
+            f"{name} sends at most {max_parts} parts of a message (its max_parts), this one is {parts}: not sent there"
+        )
 
 
 def too_long(what: str) -> UpstreamError:

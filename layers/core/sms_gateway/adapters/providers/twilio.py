@@ -41,7 +41,7 @@ from sms_gateway.adapters.http import (
     server_error,
     unreadable_take,
 )
-from sms_gateway.adapters.providers.parts import refuse_longer, too_long
+from sms_gateway.adapters.providers.parts import too_long
 from sms_gateway.adapters.providers.tokens import previous_tokens_setting, secret_setting
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import (
@@ -169,9 +169,11 @@ class TwilioProvider:
         )
 
     async def submit(self, request: SubmitRequest) -> SubmitResult:
-        refuse_longer(
-            self.name, len(request.text), MAX_BODY_CHARACTERS, counted="characters of a Body (Twilio's limit)"
-        )
+        if len(request.text) > MAX_BODY_CHARACTERS:
+            raise too_long(
+                f"{self.name} sends at most {MAX_BODY_CHARACTERS} characters of a Body (Twilio's limit), this one is "
+                f"{len(request.text)}: not sent there"
+            )
         form = {"To": request.msisdn, "Body": request.text}
         if self._messaging_service_sid:
             form["MessagingServiceSid"] = self._messaging_service_sid
@@ -229,7 +231,7 @@ class TwilioProvider:
         if code in NOT_SENT_THERE_ERROR_CODES:
             return not_sent_there(described)
         if code == BODY_TOO_LONG_ERROR_CODE:
-            # A Body Twilio counts longer than refuse_longer does (code points): the same refusal, told by Twilio.
+            # A Body Twilio counts longer than submit does (code points): the same refusal, told by Twilio.
             return too_long(described)
         return UpstreamError(described, permanent=True)
 
