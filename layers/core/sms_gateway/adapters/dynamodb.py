@@ -33,7 +33,6 @@ from sms_gateway.adapters.dynamodb_admin import (
     credential_listing_item,
     failed_items,
     login_listing_item,
-    released_sender_key,
 )
 from sms_gateway.adapters.dynamodb_batch import batch_get
 from sms_gateway.adapters.dynamodb_delivery import (
@@ -46,7 +45,7 @@ from sms_gateway.adapters.dynamodb_groups import DynamoGroupStore
 from sms_gateway.adapters.dynamodb_history import DynamoHistoryMixin
 from sms_gateway.adapters.dynamodb_inbox import DynamoInboxMixin
 from sms_gateway.adapters.dynamodb_notifications import DynamoNotificationsMixin
-from sms_gateway.adapters.dynamodb_optouts import DynamoOptOutsMixin
+from sms_gateway.adapters.dynamodb_optouts import DynamoOptOutsMixin, unreleased_check
 from sms_gateway.adapters.dynamodb_ratelimit import DynamoRateLimitMixin
 from sms_gateway.adapters.dynamodb_routes import DynamoRouteStore
 from sms_gateway.adapters.dynamodb_sender_requests import DynamoSenderRequestsMixin
@@ -416,16 +415,7 @@ class DynamoStore(
                     }
                     for item in items
                 ),
-                *(
-                    {
-                        "ConditionCheck": {
-                            "TableName": self.table_name,
-                            "Key": released_sender_key(sender),
-                            "ConditionExpression": "attribute_not_exists(pk)",
-                        }
-                    }
-                    for sender in unreleased
-                ),
+                *(unreleased_check(self.table_name, sender) for sender in unreleased),
             ]
         )
 

@@ -23,6 +23,7 @@ from sms_gateway.adapters.dynamodb_optouts import (
     released_sender_key,
     sender_released_by,
     still_released_check,
+    unreleased_check,
 )
 from sms_gateway.adapters.dynamodb_transactions import TransactionUndecided, transact_or_unavailable
 from sms_gateway.domain.models import Account, SealedSecret, SenderRegistration, iso
@@ -332,13 +333,7 @@ class DynamoAccountAdmin:
         """The end of the sender's release record as it is given to an account, conditional on its still naming the
         account whose opt-outs were carried over (none: on there still being none)."""
         if released_by is None:
-            return {
-                "ConditionCheck": {
-                    "TableName": self.table_name,
-                    "Key": released_sender_key(sender),
-                    "ConditionExpression": _NEW,
-                }
-            }
+            return unreleased_check(self.table_name, sender)
         return {
             "Delete": {"TableName": self.table_name, "Key": released_sender_key(sender), **names_releaser(released_by)}
         }

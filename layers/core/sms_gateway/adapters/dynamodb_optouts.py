@@ -51,6 +51,17 @@ def still_released_check(table_name: str, sender: str, released_by: str) -> dict
     }
 
 
+def unreleased_check(table_name: str, sender: str) -> dict[str, Any]:
+    """A transaction's check that `sender` has no release record: no account released it to be carried over."""
+    return {
+        "ConditionCheck": {
+            "TableName": table_name,
+            "Key": released_sender_key(sender),
+            "ConditionExpression": "attribute_not_exists(pk)",
+        }
+    }
+
+
 def sender_released_by(client: Any, table_name: str, sender: str) -> str | None:
     """The account that released `sender`, read consistently; None while an account holds it or none released it."""
     found = client.get_item(TableName=table_name, Key=released_sender_key(sender), ConsistentRead=True)

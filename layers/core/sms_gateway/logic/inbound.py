@@ -137,7 +137,10 @@ def _apply_keyword_to_released_sender(upstream: str, sms: InboundSms, deps: Inbo
     synchronously: a failure fails the callback and the upstream's retry applies it (or, the number given to an
     account meanwhile, is routed to it). Taken only from an upstream the releasing account's routes name, as for a
     number of its own following them; any other SMS, or none released, stays dropped."""
-    if deps.opt_outs is None or keyword_request(sms.text, sms.to) is None:
+    if deps.opt_outs is None:
+        return
+    request = keyword_request(sms.text, sms.to)
+    if request is None:
         return
     released_by = deps.opt_outs.sender_released_by(sms.to)
     if released_by is None:
@@ -154,7 +157,7 @@ def _apply_keyword_to_released_sender(upstream: str, sms: InboundSms, deps: Inbo
         return  # a sender ID or short code cannot be texted: its keywords change no opt-out
     try:
         action = apply_keyword_to_released_sender(
-            deps.opt_outs, released_by, msisdn=number.e164, text=sms.text, to=sms.to, now=deps.clock()
+            deps.opt_outs, released_by, request, msisdn=number.e164, to=sms.to, now=deps.clock()
         )
     except Exception:
         logger.exception(
@@ -311,7 +314,7 @@ def _stored(
     keywords are applied at all (`applies_keywords`). A sender that is no number (`_sender`) is stored as given,
     with no telco, and neither threads onto a conversation nor applies a keyword: it cannot be texted back."""
     number = sender if isinstance(sender, Msisdn) else None
-    msisdn = number.e164 if number is not None else str(sender)
+    msisdn = sender.e164 if isinstance(sender, Msisdn) else sender
     logger.info("inbound SMS", extra={"from": mask_msisdn(msisdn), "to": sms.to})
     inbound_id = new_id()
     # A reply continues the conversation of the last message the account sent to that number: its session_id

@@ -63,17 +63,14 @@ def apply_keyword(
 
 
 def apply_keyword_to_released_sender(
-    opt_outs: OptOutStore, released_by: str, *, msisdn: str, text: str, to: str, now: datetime
-) -> KeywordAction | None:
+    opt_outs: OptOutStore, released_by: str, request: KeywordRequest, *, msisdn: str, to: str, now: datetime
+) -> KeywordAction:
     """A STOP / START texted to a sender no account holds (between an operator's remove-sender and add-sender)
     changes the opt-out of it kept by the account that released it, which add-sender carries to the sender's next
     owner (docs/opt-outs.md, "A sender that moves"). Of that sender only: a STOPALL opts the number out of it (the
     releasing account's other senders are not what the number texted), a START takes back that opt-out alone. Made
     only while `released_by` still released it last; Unavailable (nothing changed) once an account was given it.
-    Returns what the SMS did, None when it is not a keyword."""
-    request = keyword_request(text, to)
-    if request is None:
-        return None
+    `request`: the SMS's keyword (keyword_request). Returns what the SMS did."""
     sender = sender_key(to)
     _apply(
         opt_outs,
