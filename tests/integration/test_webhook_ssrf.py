@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import re
@@ -16,6 +17,7 @@ import pytest
 
 from sms_gateway import consumers
 from sms_gateway.adapters import http, webhook_http
+from sms_gateway.adapters.http_streams import open_stream
 from sms_gateway.adapters.webhook_http import GuardedTransport, UnsafeWebhookTarget, new_webhook_client, webhook_client
 from sms_gateway.domain.models import Account
 from sms_gateway.logic.notify import WebhookFailed, deliver
@@ -448,3 +450,36 @@ def test_an_international_host_is_dialled_as_the_idna_2008_name_the_url_was_acce
     assert "faß.de".encode("idna") == b"fass.de"
     assert asked == ["xn--fa-hia.de"]
     assert dialled == ["xn--fa-hia.de"]
+
+
+@pytest.mark.xfail(
+    strict=True, reason="a blackholed first address spends the whole connect timeout: the next is never dialled"
+)
+def test_a_name_whose_first_address_is_blackholed_is_reached_on_its_next_one(stack, server, names, accounts) -> None:
+    # Given the local stack and a webhook name with two addresses, as a load balancer in two zones has: the first
+    # swallows connection attempts (a dead node: no answer, no refusal), the second is the client's live server
+    stack(True)
+    blackholed = "192.0.2.10"
+    names[HOOK_NAME] = [blackholed, "127.0.0.1"]
+    dialled: list[str] = []
+
+    async def network(address: str, port: int, *, tls: ssl.SSLContext | None, server_hostname: str) -> Any:
+        dialled.append(address)
+        if address == blackholed:
+            await asyncio.Event().wait()  # a SYN nobody answers: only the connect timeout ends it
+        return await open_stream(address, port, tls=tls, server_hostname=server_hostname)
+
+    transport = webhook_client()._transport
+    assert isinstance(transport, GuardedTransport)
+    transport._connect = network
+    # When the notifier posts a report to it
+    delivered = http.run(
+        deliver(
+            notification(f"http://{HOOK_NAME}:{server.port}/hook"), accounts, consumers.post_webhook, FakeSecretBox()
+        )
+    )
+    # Then it reached the live address within the connect timeout, as a browser would: the report is delivered,
+    # not failed "unreachable" (and counted against the origin by the circuit breaker) while half the host is up
+    assert delivered is True
+    assert server.paths() == ["/hook"]
+    assert dialled == [blackholed, "127.0.0.1"]
