@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import ipaddress
 import re
 import ssl
@@ -452,9 +453,6 @@ def test_an_international_host_is_dialled_as_the_idna_2008_name_the_url_was_acce
     assert dialled == ["xn--fa-hia.de"]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a blackholed first address spends the whole connect timeout: the next is never dialled"
-)
 def test_a_name_whose_first_address_is_blackholed_is_reached_on_its_next_one(stack, server, names, accounts) -> None:
     # Given the local stack and a webhook name with two addresses, as a load balancer in two zones has: the first
     # swallows connection attempts (a dead node: no answer, no refusal), the second is the client's live server
@@ -483,3 +481,30 @@ def test_a_name_whose_first_address_is_blackholed_is_reached_on_its_next_one(sta
     assert delivered is True
     assert server.paths() == ["/hook"]
     assert dialled == [blackholed, "127.0.0.1"]
+
+
+class FakeWriter:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_of_two_addresses_that_connect_together_one_is_used_and_the_other_closed() -> None:
+    # Given a name's two addresses, the first slower than the attempt delay, both connecting in the same instant
+    writers = [FakeWriter(), FakeWriter()]
+    both_started = asyncio.Event()
+
+    async def dial(index: int) -> Any:
+        if index == 1:
+            both_started.set()
+        await both_started.wait()
+        return "reader", writers[index]
+
+    # When the guard dials them
+    _reader, writer = run(webhook_http.first_connection([functools.partial(dial, 0), functools.partial(dial, 1)]))
+    # Then one connection is used and the other is not left open (a socket per post would leak)
+    assert writer in writers
+    assert [w.closed for w in writers if w is not writer] == [True]
+    assert writer.closed is False

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import ssl
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import httpx
 
@@ -17,6 +18,9 @@ from sms_gateway.domain.webhook_urls import is_forbidden_address
 from sms_gateway.settings import get_settings
 
 CONNECT_TIMEOUT = 3.0
+# How long a dial to one of a name's addresses goes unanswered before the next is dialled beside it (RFC 8305's
+# Connection Attempt Delay): a blackholed address must not take the whole CONNECT_TIMEOUT from the live ones.
+ATTEMPT_DELAY = 0.25
 READ_TIMEOUT = 10.0
 # Connections kept per webhook origin by one thread's client: each notifier worker posts one record at a time.
 CONNECTIONS_PER_ORIGIN = 10
@@ -84,14 +88,53 @@ class GuardedTransport(StreamTransport):
     async def _dial(
         self, host: str, port: int, tls: ssl.SSLContext | None
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        error: OSError | None = None
-        for address in await vetted_addresses(host, port, allow_local=self.allow_local):
-            try:
-                return await self._connect(address, port, tls=tls, server_hostname=host)
-            except OSError as failure:
+        addresses = await vetted_addresses(host, port, allow_local=self.allow_local)
+        return await first_connection(
+            [functools.partial(self._connect, address, port, tls=tls, server_hostname=host) for address in addresses]
+        )
+
+
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def first_connection(
+    attempts: Sequence[Callable[[], Awaitable[Stream]]], *, delay: float = ATTEMPT_DELAY
+) -> Stream:
+    """The first of `attempts` (one per vetted address, in the resolver's order) to connect, each started `delay`
+    after the one before it or as soon as that one fails, the earlier ones left running (Happy Eyeballs, RFC 8305):
+    an address that swallows the attempt (a dead node behind a name with several) costs `delay`, not the whole
+    connect timeout (the caller's bound on all of them). The others are cancelled, or closed if they connected too.
+    The last OSError when none connects."""
+    waiting = list(attempts)
+    running: set[asyncio.Future[Stream]] = set()
+    error: OSError | None = None
+    try:
+        while waiting or running:
+            if waiting:
+                running.add(asyncio.ensure_future(waiting.pop(0)()))
+            done, running = await asyncio.wait(
+                running, timeout=delay if waiting else None, return_when=asyncio.FIRST_COMPLETED
+            )
+            for attempt in done:
+                failure = attempt.exception()
+                if failure is None:
+                    running |= done - {attempt}  # connected at the same moment: closed below
+                    return attempt.result()
+                if not isinstance(failure, OSError):
+                    raise failure
                 error = failure
-        assert error is not None  # vetted_addresses never answers an empty list
-        raise error
+    finally:
+        await _abandon(running)
+    assert error is not None  # vetted_addresses never answers an empty list
+    raise error
+
+
+async def _abandon(attempts: set[asyncio.Future[Stream]]) -> None:
+    for attempt in attempts:
+        attempt.cancel()
+    for outcome in await asyncio.gather(*attempts, return_exceptions=True):
+        if isinstance(outcome, tuple):
+            outcome[1].close()
 
 
 def new_webhook_client(*, allow_local: bool, ssl_context: ssl.SSLContext | None = None) -> httpx.AsyncClient:
