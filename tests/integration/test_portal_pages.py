@@ -264,7 +264,6 @@ class TestSend:
         # The form comes back as it was sent, so the user can fix it.
         assert "not a number" in response.body.split('name="csv"')[1][:200]
 
-    @pytest.mark.xfail(strict=True, reason="HTML drops a textarea's first line break: the refilled text loses it")
     def test_a_refused_form_comes_back_with_the_text_as_typed_even_its_first_line_break(self, client, account):
         # Given a message whose first line is empty (a browser posts the line break as CR LF), refused for a reason
         # the user then fixes: no recipient yet

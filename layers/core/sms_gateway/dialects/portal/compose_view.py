@@ -99,9 +99,11 @@ def compose_page(ctx: PageContext) -> str:
 
 
 def textarea(label: str, name: str, value: str, *, rows: int, hint: str) -> str:
+    """A labelled text box holding `value`. A line break always follows the start tag: HTML's parser drops one there,
+    so a value that starts with a line break (a message whose first line is empty) comes back whole."""
     control = attrs(id=name, name=name, rows=str(rows), aria_describedby=f"{name}-hint")
     return (
-        f'<label for="{esc(name)}">{esc(label)}</label><textarea{control}>{esc(value)}</textarea>'
+        f'<label for="{esc(name)}">{esc(label)}</label><textarea{control}>\n{esc(value)}</textarea>'
         f'<small id="{esc(name)}-hint">{esc(hint)}</small>'
     )
 
