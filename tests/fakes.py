@@ -57,6 +57,8 @@ class InMemoryStore:
         self.accounts: dict[str, Account] = {}
         self.credentials: dict[tuple[str, str], str] = {}
         self.batches: dict[tuple[str, int], Batch] = {}
+        # The cancelled batches whose refund a cancel has answered (the table's cancel_answered).
+        self.cancels_answered: set[tuple[str, int]] = set()
         self.messages: dict[MessageKey, Message] = {}
         self.claims: dict[MessageKey, float] = {}
         # Every message a dispatcher ever claimed (the table's dispatch_attempts): never withdrawn as unsent.
@@ -243,6 +245,14 @@ class InMemoryStore:
         if batch is None or batch.status not in allowed:
             return False
         self.batches[(account_id, reference_id)] = batch.model_copy(update={"status": target})
+        return True
+
+    def claim_cancel_answer(self, account_id: str, reference_id: int) -> bool:
+        key = (account_id, reference_id)
+        batch = self.batches.get(key)
+        if batch is None or batch.status != MessageStatus.CANCELLED or key in self.cancels_answered:
+            return False
+        self.cancels_answered.add(key)
         return True
 
     def list_messages(

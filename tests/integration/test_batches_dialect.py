@@ -1329,6 +1329,39 @@ def test_a_cancel_that_wins_the_race_with_its_schedule_answers_the_credits_it_ga
     assert (body["refunded_credits"], body["balance"]) == (2, 100), body
 
 
+def test_two_cancels_of_one_batch_racing_answer_its_refund_once(aws, account, api, monkeypatch):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.status import MessageStatus
+
+    # Given a batch of two scheduled an hour ahead (98 of 100 credits left), and a client that sends its cancel twice
+    # (a retry on a slow answer): the second comes in right after the first's batch write, before its messages
+    reference_id = schedule_two_an_hour_ahead(api, account)
+    store = gateway().store
+    moved = store.set_batch_status
+    second: list[tuple[int, dict[str, Any]]] = []
+
+    def cancelled_then_cancelled_again(*args: Any, **kwargs: Any) -> Any:
+        changed = moved(*args, **kwargs)
+        if changed and args[2] == MessageStatus.CANCELLED and not second:
+            second.append(call(api, account["token"], "DELETE", f"/ng/v1/batches/{reference_id}"))
+        return changed
+
+    monkeypatch.setattr(store, "set_batch_status", cancelled_then_cancelled_again)
+    # When the first goes on
+    status, first = call(api, account["token"], "DELETE", f"/ng/v1/batches/{reference_id}")
+    # Then both answer 200 cancelled, and the credits came back once
+    [(again_status, again)] = second
+    assert (status, again_status) == (200, 200), (first, again)
+    assert first["status"] == again["status"] == "cancelled"
+    assert balance(account["account_id"]) == 100
+    # And only one of them says so: the two answers together name the 2 credits that came back, not 4
+    assert sorted([first["refunded_credits"], again["refunded_credits"]]) == [0, 2], (first, again)
+    # And a later repeat refunds and answers nothing more
+    monkeypatch.undo()
+    status, repeat = call(api, account["token"], "DELETE", f"/ng/v1/batches/{reference_id}")
+    assert (status, repeat["refunded_credits"], repeat["balance"]) == (200, 0, 100), repeat
+
+
 def test_a_send_naming_a_group_deleted_while_it_is_read_is_refused_not_sent_without_the_group(
     aws, account, api, monkeypatch
 ):

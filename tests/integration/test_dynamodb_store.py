@@ -736,6 +736,22 @@ class TestTransitionMatrix:
         assert not store.set_batch_status(account_id, unknown, MessageStatus.QUEUED)
         assert store.get_batch(account_id, unknown) is None
 
+    def test_a_cancelled_batch_s_refund_is_answered_once_and_only_once_it_is_cancelled(self, shared_store):
+        store = shared_store
+        account_id = str(new_id())
+        batch, messages = new_batch(account_id, 1, status=MessageStatus.SCHEDULED)
+        store.create_batch(batch, messages)
+        # A batch still scheduled has no cancel to answer
+        assert not store.claim_cancel_answer(account_id, batch.reference_id)
+        # Once cancelled, one call answers its refund, and no later one
+        assert store.set_batch_status(account_id, batch.reference_id, MessageStatus.CANCELLED)
+        assert store.claim_cancel_answer(account_id, batch.reference_id)
+        assert not store.claim_cancel_answer(account_id, batch.reference_id)
+        # And an unknown batch is not answered (nor created)
+        unknown = new_id()
+        assert not store.claim_cancel_answer(account_id, unknown)
+        assert store.get_batch(account_id, unknown) is None
+
 
 def test_a_lapsed_claim_is_told_apart_from_a_live_one_and_taken_over_once(store):
     # Given a queued message whose dispatcher claimed it and then died (its lease lapsed)

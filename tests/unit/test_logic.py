@@ -1467,7 +1467,6 @@ class TestScheduledRelease:
         assert winner == [3]
         assert store.accounts["7"].credits == charged + 3
 
-    @pytest.mark.xfail(strict=True, reason="both racing cancels answer the whole refund: twice what came back")
     def test_of_two_cancels_racing_only_one_answers_the_refund(self, store):
         # Given a scheduled batch of three, and a second cancel that comes in while the first, having moved the batch,
         # has not yet cancelled its messages (the second finds the batch cancelled and finishes the cancel itself)

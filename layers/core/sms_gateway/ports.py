@@ -183,6 +183,11 @@ class MessageStore(Protocol):
         True when this call moved it."""
         ...
 
+    def claim_cancel_answer(self, account_id: str, reference_id: int) -> bool:
+        """Marks a cancelled batch's refund as answered (its `cancel_answered`), by a conditional write that only one
+        call wins: True for that call. False when another call marked it first, or the batch is not cancelled."""
+        ...
+
     def list_messages(
         self,
         account_id: str,

@@ -717,6 +717,23 @@ class DynamoStore(
             return False
         return True
 
+    def claim_cancel_answer(self, account_id: str, reference_id: int) -> bool:
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=_batch_key(account_id, reference_id),
+                UpdateExpression="SET cancel_answered = :answered",
+                ConditionExpression="#status = :cancelled AND attribute_not_exists(cancel_answered)",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":answered": {"BOOL": True},
+                    ":cancelled": {"S": str(MessageStatus.CANCELLED)},
+                },
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
     def _batch_status_update(
         self, account_id: str, reference_id: int, target: MessageStatus, only_from: frozenset[MessageStatus] | None
     ) -> dict[str, Any] | None:

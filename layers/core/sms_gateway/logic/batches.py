@@ -134,27 +134,36 @@ def cancel_batch(
     Returns the batch and the credits refunded. The batch's own conditional write decides a race with
     the schedule firing: whichever moves the batch first wins, and the other releases nothing.
 
-    The cancel that moved the batch answers with all the cancel gave back (cancel_refund), whichever call moved the
-    credits: the schedule, firing just after that write, finishes the cancel itself (logic.scheduled) and can refund
-    the messages before this call gets to them, which then moves nothing more.
+    One cancel answers the refund, with all the cancel gave back (cancel_refund), whichever call moved the credits:
+    the one that marks the batch's cancel answered first (claim_cancel_answer), once the cancel is finished. That is
+    the cancel that moved the batch, unless another cancel, come in meanwhile, finished first (it gave back the
+    messages the first had not reached yet): then that one answers the refund, and the first answers 0. Two cancels
+    of one batch never answer more than came back between them. The schedule, firing just after the batch's write,
+    finishes the cancel itself (logic.scheduled) and can refund the messages before this call gets to them; it
+    answers no one, and the cancel still answers what it gave back.
     A cancel that died after the batch's write (messages still scheduled, and charged) is finished by the next one,
-    which answers with what it gave back. Once every message is cancelled, another cancel raises AlreadyCancelled
-    (a Conflict): each dialect says what a repeated cancel answers."""
-    batch = get_batch(messages, account_id, reference_id)
+    which answers with all the cancel gave back. A cancel that gives back nothing of a batch already cancelled
+    raises AlreadyCancelled (a Conflict): each dialect says what a repeated cancel answers."""
+    # As first read: what it cost before any cancel gave back what it took for messages never stored (cancel_refund).
+    first_read = batch = get_batch(messages, account_id, reference_id)
     if batch.status in ONLY_SCHEDULED:
         if messages.set_batch_status(account_id, reference_id, MessageStatus.CANCELLED, only_from=ONLY_SCHEDULED):
             _, batch_messages = _finish_cancel(messages, scheduler, account_id, reference_id, now=now)
-            return get_batch(messages, account_id, reference_id), cancel_refund(batch, batch_messages)
+            answered = messages.claim_cancel_answer(account_id, reference_id)
+            refund = cancel_refund(first_read, batch_messages) if answered else 0
+            return get_batch(messages, account_id, reference_id), refund
         # Moved since it was read: released, or cancelled by another request (then this one is a repeat of it).
         batch = get_batch(messages, account_id, reference_id)
     if batch.status != MessageStatus.CANCELLED:
         # Named as the client reads it (a released batch is stored queued for good, but reads completed once sent).
         status = batch_view(messages, account_id, reference_id).status
         raise Conflict(f"only a scheduled batch can be cancelled; this one is {status}")
-    refund = finish_cancel(messages, scheduler, account_id, reference_id, now=now)
-    if not refund:
+    given_back, batch_messages = _finish_cancel(messages, scheduler, account_id, reference_id, now=now)
+    # Giving nothing back, it only repeats a cancel that was done; giving some back, it finished one that died or is
+    # still under way, and answers the refund unless that one does.
+    if not given_back or not messages.claim_cancel_answer(account_id, reference_id):
         raise AlreadyCancelled(batch)
-    return batch, refund
+    return batch, cancel_refund(first_read, batch_messages)
 
 
 def finish_cancel(
