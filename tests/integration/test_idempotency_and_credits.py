@@ -1194,3 +1194,33 @@ def test_a_refused_retry_of_a_send_whose_sender_was_removed_before_any_dispatche
     # Then, as docs/dialects/9bits.md says of a repeat refused because its sender was removed: nothing was sent, the
     # refusal is the answer and the key is free (no dispatcher took any of it, so nothing of the send stands)
     assert retried["statusCode"] == 400, retried["body"]
+
+
+@pytest.mark.xfail(strict=True, reason="a ref_id repeat while the first is under way is told of an idempotency key")
+def test_a_ref_id_repeat_while_the_first_is_still_being_sent_is_a_409_that_names_the_ref_id(aws, api, monkeypatch):
+    from sms_gateway.adapters.sqs import SqsDispatchQueue
+
+    # Given a seed 2 send under its ref_id (no Idempotency-Key), whose client sends it again while the first is queueing
+    account = make_account(10)
+    body = {"from": "48974", "to": "2348020000000", "message": "hi", "ref_id": "873ghf8749956778gf5"}
+    enqueue = SqsDispatchQueue.enqueue
+    repeats: list[dict[str, Any]] = []
+
+    def repeated_while_queueing(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not repeats:
+            repeats.append(api(send_event(account["token"], body)))
+        return enqueue(self, *args, **kwargs)
+
+    monkeypatch.setattr(SqsDispatchQueue, "enqueue", repeated_while_queueing)
+    first = api(send_event(account["token"], body))
+    # Then the first is sent, once, and the repeat is a 409 that changes nothing
+    assert first["statusCode"] == 200, first
+    [repeat] = repeats
+    assert repeat["statusCode"] == 409, repeat
+    assert balance(account["account_id"]) == 9
+    assert len(queued_records(aws)) == 1
+    # And it names what the client sent, its ref_id: this client sent no Idempotency-Key, and a message about one
+    # sends it looking for a header it never set
+    message = json.loads(repeat["body"])["message"]
+    assert "ref_id '873ghf8749956778gf5'" in message and "still being processed" in message, message
+    assert "idempotency key" not in message.lower(), message
