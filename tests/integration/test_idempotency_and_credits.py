@@ -1196,7 +1196,6 @@ def test_a_refused_retry_of_a_send_whose_sender_was_removed_before_any_dispatche
     assert retried["statusCode"] == 400, retried["body"]
 
 
-@pytest.mark.xfail(strict=True, reason="a ref_id repeat while the first is under way is told of an idempotency key")
 def test_a_ref_id_repeat_while_the_first_is_still_being_sent_is_a_409_that_names_the_ref_id(aws, api, monkeypatch):
     from sms_gateway.adapters.sqs import SqsDispatchQueue
 

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from sms_gateway.domain.ids import new_batch_id
 from sms_gateway.domain.models import KeyClaim, StoredAnswer
-from sms_gateway.errors import GatewayError, InvalidRequest, KeyReused
+from sms_gateway.errors import GatewayError, InvalidRequest, KeyInProgress, KeyReused
 from sms_gateway.observability import logger
 from sms_gateway.ports import IdempotencyStore
 
@@ -95,6 +95,8 @@ def run_once(
         )
     except KeyReused as error:
         raise KeyReused(_used_for_another_request(key)) from error
+    except KeyInProgress as error:
+        raise KeyInProgress(_still_in_progress(key), reference_id=error.reference_id) from error
     if isinstance(begun, StoredAnswer):
         return begun
     try:
@@ -141,6 +143,13 @@ def _used_for_another_request(key: str) -> str:
     if kind == "ref":
         return f"ref_id {value!r} was used within 24 hours for a different request: a repeat must carry the same fields"
     return "this Idempotency-Key was used for a different request"
+
+
+def _still_in_progress(key: str) -> str:
+    kind, _, value = key.partition(":")
+    if kind == "ref":
+        return f"a request with ref_id {value!r} is still being processed; retry later"
+    return "a request with this idempotency key is still being processed; retry later"
 
 
 def _keep(store: IdempotencyStore, scope: str, key: str, answer: StoredAnswer) -> None:
