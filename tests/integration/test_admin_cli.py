@@ -809,6 +809,27 @@ def test_create_account_takes_its_country_s_time_zone_or_the_one_given(cli, caps
     assert "--timezone" in capsys.readouterr().out
 
 
+@pytest.mark.xfail(strict=True, reason="47 senders make a 101-item transaction: DynamoDB's ValidationException")
+def test_create_account_with_more_senders_than_one_write_holds_is_a_clear_error(cli, aws):
+    import boto3
+
+    # Given 47 senders for a new account: with its credentials and login, more items than one transaction holds
+    many = [f"BULK{number:03d}" for number in range(47)]
+    argv = ["create-account", "--name", "Bulk Co", *(arg for sender in many for arg in ("--sender", sender))]
+    # When the operator creates it, Then the command says how many it takes and what to do with the rest
+    code, out, err = cli(*argv)
+    assert (code, out) == (2, "")
+    assert "at most 46 senders" in err and "add-sender" in err, err
+    # And nothing was written: no account, no sender claimed
+    items = boto3.client("dynamodb").scan(TableName=aws["TABLE_NAME"])["Items"]
+    assert not [item for item in items if item["pk"]["S"].startswith("SENDER#BULK")]
+    # And 46, the most it takes, make the account with every one of them
+    code, created, err = cli(*argv[:-2], "--json")
+    assert code == 0, err
+    assert created["senders"] == many[:46]
+    assert stored_account(created["account_id"]).senders == tuple(many[:46])
+
+
 def test_create_account_shows_the_signing_secret_once_by_the_name_rotation_gives_it(cli):
     # When an account is created, with --json and in text
     code, created, err = cli("create-account", "--name", "Signing Co", "--sender", "SIGNCO", "--json")
