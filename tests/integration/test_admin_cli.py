@@ -809,7 +809,6 @@ def test_create_account_takes_its_country_s_time_zone_or_the_one_given(cli, caps
     assert "--timezone" in capsys.readouterr().out
 
 
-@pytest.mark.xfail(strict=True, reason="47 senders make a 101-item transaction: DynamoDB's ValidationException")
 def test_create_account_with_more_senders_than_one_write_holds_is_a_clear_error(cli, aws):
     import boto3
 

@@ -75,7 +75,8 @@ class AccountStore(Protocol):
         ...
 
     def create_account(self, account: Account, credentials: Credentials) -> None:
-        """Stores the account and its credentials; secrets are stored only as hashes."""
+        """Stores the account and its credentials, with its senders (at most MOST_SENDERS_AT_CREATION), in one write;
+        secrets are stored only as hashes."""
         ...
 
     def balance(self, account_id: str) -> int:
@@ -458,6 +459,10 @@ class CredentialInfo(BaseModel):
 # The most credentials AccountAdmin.reset_password revokes in its write (DynamoDB's transaction holds 100 writes: 3
 # and 2 per credential); a reset that has more revokes the rest right after it (logic/accounts.reset_password).
 MOST_REVOKED_BY_A_RESET = 48
+# The most senders AccountStore.create_account registers in the account's one write: DynamoDB's transaction holds 100
+# items, 7 of them the account, its two credentials and their listings, its login and the login's listing, and 2 each
+# sender (its registry item and the check that no account released it). More are added with add-sender.
+MOST_SENDERS_AT_CREATION = 46
 # A credential is listed, and named, by the first characters of its secret.
 PREFIX_LENGTH = 8
 

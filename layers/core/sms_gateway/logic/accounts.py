@@ -28,6 +28,7 @@ from sms_gateway.domain.zones import country_zones, zone_named
 from sms_gateway.errors import Conflict, GatewayError, InvalidRequest, NotFound
 from sms_gateway.ports import (
     MOST_REVOKED_BY_A_RESET,
+    MOST_SENDERS_AT_CREATION,
     PREFIX_LENGTH,
     AccountAdmin,
     AccountChanges,
@@ -129,6 +130,11 @@ def create_account(
     allow_http_webhooks: bool = False,
 ) -> tuple[Account, Credentials, WebhookCredentials]:
     senders = _distinct_senders(senders)
+    if len(senders) > MOST_SENDERS_AT_CREATION:
+        raise InvalidRequest(
+            f"an account is created with at most {MOST_SENDERS_AT_CREATION} senders, not {len(senders)}: create it "
+            "with some of them, then add-sender the rest"
+        )
     for url in (dlr_url, inbound_url):
         if url is not None:
             check_webhook_url(url, allow_http=allow_http_webhooks)
