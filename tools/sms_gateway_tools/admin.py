@@ -1142,20 +1142,34 @@ def list_opt_outs(*, account_id: str) -> list[dict[str, Any]]:
 
 def opt_out(*, account_id: str, number: str, sender: str | None = None) -> dict[str, Any]:
     """Records an opt-out for the number: of one of the account's senders, or of all of them without one."""
+    from sms_gateway.adapters.dynamodb_transactions import TransactionUndecided, not_done
     from sms_gateway.domain.models import utc_now
     from sms_gateway.logic import optouts
 
     store = _store()
-    recorded, new = optouts.record_opt_out(store, store, account_id, number, sender, now=utc_now())
+    try:
+        recorded, new = optouts.record_opt_out(store, store, account_id, number, sender, now=utc_now())
+    except TransactionUndecided as error:
+        # One transaction with the account's counter, which a busy account's sends write all the time.
+        raise not_done(f"recording the opt-out of {number} for account {account_id}", error) from error
     return {"account_id": account_id, **_opt_out_row(recorded), "new": new}
 
 
 def opt_in(*, account_id: str, number: str, sender: str | None = None) -> dict[str, Any]:
     """Removes the number's opt-outs: of one sender (and of every sender, as START does), or all without one."""
+    from sms_gateway.adapters.dynamodb_transactions import TransactionUndecided
+    from sms_gateway.errors import Unavailable
     from sms_gateway.logic import optouts
 
     store = _store()
-    msisdn, removed = optouts.remove_opt_out(store, store, account_id, number, sender)
+    try:
+        msisdn, removed = optouts.remove_opt_out(store, store, account_id, number, sender)
+    except TransactionUndecided as error:
+        # One transaction per opt-out removed: those before the one that failed are removed, and stay so.
+        raise Unavailable(
+            f"opting {number} back in for account {account_id}: not finished ({error}); any opt-out removed before "
+            "stays removed: run the same command again to remove the rest"
+        ) from error
     return {"account_id": account_id, "number": msisdn.lstrip("+"), "sender": sender or "*", "removed": removed}
 
 
