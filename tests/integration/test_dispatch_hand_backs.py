@@ -1,0 +1,139 @@
+"""A dispatch record handed back to its queue (ChangeMessageVisibility) when SQS does not take the hand-back at once:
+the wait the record asked for (an upstream's Retry-After, a backoff) still holds, and the record's failure count,
+which parks it in the dead-letter queue, counts only failures (the real handler on moto)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+
+from tests.conftest import FakeContext, load_function, route_simulator_upstreams_to
+from tests.integration.test_send_path import as_lambda_sqs_event, queued_records, send_event
+
+
+@pytest.fixture
+def account(aws: dict[str, str]) -> dict[str, Any]:
+    from sms_gateway_tools.admin import create_account
+
+    return create_account(name="Cinema Club", senders=["48974"], credits=100)
+
+
+def throttling_upstream(monkeypatch: pytest.MonkeyPatch, retry_after: int) -> list[str]:
+    """Every simulator-protocol upstream answers 429 with `retry_after`; returns the numbers submitted."""
+    submits: list[str] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        submits.append(json.loads(request.content)["to"])
+        return httpx.Response(429, headers={"Retry-After": str(retry_after)}, json={"error": "slow down"})
+
+    route_simulator_upstreams_to(monkeypatch, upstream)
+    return submits
+
+
+def hand_backs_refused(monkeypatch: pytest.MonkeyPatch, times: int | None) -> list[int]:
+    """The dispatch queue's ChangeMessageVisibility refused the first `times` calls (None: every call), as when SQS
+    throttles or a connection drops; returns the hidings asked for, refused or not."""
+    from botocore.exceptions import ClientError
+
+    from sms_gateway.adapters.sqs import SqsDispatchQueue
+
+    asked: list[int] = []
+    original = SqsDispatchQueue._delay
+
+    def flaky(self: Any, receipt_handle: str, seconds: int, *, queue_url: str) -> None:
+        asked.append(seconds)
+        if times is None or len(asked) <= times:
+            error = {"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}
+            raise ClientError(error, "ChangeMessageVisibility")
+        original(self, receipt_handle, seconds, queue_url=queue_url)
+
+    monkeypatch.setattr(SqsDispatchQueue, "_delay", flaky)
+    return asked
+
+
+def single_send(aws: dict[str, str], account: dict[str, Any]) -> None:
+    api = load_function("api")
+    body = {"from": "48974", "to": "2348020000000", "message": "hi"}
+    assert api.handler(send_event(account["token"], body), FakeContext())["statusCode"] == 200
+
+
+def failures_counted(aws: dict[str, str], record_id: str) -> int:
+    from sms_gateway.bootstrap import gateway
+
+    store = gateway().store
+    item = boto3.client("dynamodb").get_item(
+        TableName=store.table_name,
+        Key={"pk": {"S": f"DISPATCH_FAILURES#{record_id}"}, "sk": {"S": "RECORD"}},
+        ConsistentRead=True,
+    )
+    return len(item.get("Item", {}).get("failed_deliveries", {}).get("SS", []))
+
+
+def hidden_for_ms(queue_url: str) -> list[int]:
+    from moto.core.utils import unix_time_millis
+
+    from sms_gateway_tools.localstack.moto_server import queue_contents
+
+    return [record.visible_at - unix_time_millis() for record in queue_contents(queue_url)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a refused hand-back is a failure: back in 5 s, before the Retry-After",
+)
+def test_a_throttled_record_whose_hand_back_sqs_refused_once_still_waits_out_the_upstreams_retry_after(
+    aws, account, monkeypatch
+):
+    # Given a single send, an upstream that throttles it asking us to come back in no less than 120 s, and a dispatch
+    # queue whose first ChangeMessageVisibility is refused (SQS throttling the call)
+    submits = throttling_upstream(monkeypatch, retry_after=120)
+    single_send(aws, account)
+    asked = hand_backs_refused(monkeypatch, times=1)
+    event = as_lambda_sqs_event(queued_records(aws))
+    [record] = event["Records"]
+    # When the dispatcher handles it
+    result = load_function("dispatcher").handler(event, FakeContext())
+    # Then the record goes back to the queue, hidden at least as long as the upstream asked, and the hand-back SQS
+    # refused a moment is no failure of the record's (each failure brings it nearer the dead-letter queue)
+    assert result == {"batchItemFailures": [{"itemIdentifier": record["messageId"]}]}
+    assert len(submits) == 1
+    assert asked[0] >= 120
+    [hidden] = hidden_for_ms(aws["PRIORITY_DISPATCH_QUEUE_URL"])
+    assert hidden > 100_000, (hidden, asked)
+    assert failures_counted(aws, record["messageId"]) == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a refused hand-back is a failure: dead-lettered unsent",
+)
+def test_a_throttled_record_whose_hand_backs_sqs_keeps_refusing_is_never_dead_lettered_for_it(
+    aws, account, monkeypatch
+):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic.batches import all_messages
+
+    # Given a single send an upstream keeps throttling, and a dispatch queue that refuses every ChangeMessageVisibility
+    throttling_upstream(monkeypatch, retry_after=30)
+    single_send(aws, account)
+    hand_backs_refused(monkeypatch, times=None)
+    sqs = boto3.client("sqs")
+    queue = aws["PRIORITY_DISPATCH_QUEUE_URL"]
+    # When its record comes back as often as a failing record may fail before it is parked (each time after the
+    # queue's visibility timeout, as no hand-back was taken)
+    for _ in range(gateway().settings.dispatch_max_attempts):
+        event = as_lambda_sqs_event(queued_records(aws))
+        [record] = event["Records"]
+        load_function("dispatcher").handler(event, FakeContext())
+        sqs.change_message_visibility(QueueUrl=queue, ReceiptHandle=record["receiptHandle"], VisibilityTimeout=0)
+    # Then the record is still on its queue, not parked in the dead-letter queue, its message queued for the upstream
+    parked = sqs.receive_message(QueueUrl=aws["DISPATCH_DEAD_LETTER_QUEUE_URL"], MaxNumberOfMessages=10)
+    assert parked.get("Messages", []) == []
+    assert len(queued_records(aws)) == 1
+    batches, _ = gateway().store.list_batches(account["account_id"])
+    [message] = all_messages(gateway().store, account["account_id"], batches[0].reference_id)
+    assert message.status == "queued"
