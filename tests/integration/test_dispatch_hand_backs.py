@@ -81,10 +81,6 @@ def hidden_for_ms(queue_url: str) -> list[int]:
     return [record.visible_at - unix_time_millis() for record in queue_contents(queue_url)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a refused hand-back is a failure: back in 5 s, before the Retry-After",
-)
 def test_a_throttled_record_whose_hand_back_sqs_refused_once_still_waits_out_the_upstreams_retry_after(
     aws, account, monkeypatch
 ):
@@ -107,10 +103,6 @@ def test_a_throttled_record_whose_hand_back_sqs_refused_once_still_waits_out_the
     assert failures_counted(aws, record["messageId"]) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a refused hand-back is a failure: dead-lettered unsent",
-)
 def test_a_throttled_record_whose_hand_backs_sqs_keeps_refusing_is_never_dead_lettered_for_it(
     aws, account, monkeypatch
 ):

@@ -298,13 +298,19 @@ def _release_held_back(records: Sequence[SQSRecord]) -> None:
 def _return_records(records: Sequence[SQSRecord], seconds: int, why: str) -> None:
     """Records handed back, made visible again after `seconds` rather than the queue's visibility timeout (360 s),
     for which they would hold their message groups; each on the queue it came from (bulk or priority)."""
-    queue = gateway().dispatch_queue
     for record in records:
-        try:
-            queue.delay(record.receipt_handle, seconds, source_arn=record.get("eventSourceARN"))
-        except Exception:
-            # Only later, not lost: it comes back after the visibility timeout.
-            logger.warning(f"could not return a dispatch record {why}", extra={"record": record.message_id})
+        _hand_back(record, seconds, why)
+
+
+def _hand_back(record: SQSRecord, seconds: int, why: str) -> bool:
+    """The record made visible again after `seconds`, on the queue it came from; False when SQS refused it (past
+    botocore's retries): the record then comes back after the queue's visibility timeout, only later, not lost."""
+    try:
+        gateway().dispatch_queue.delay(record.receipt_handle, seconds, source_arn=record.get("eventSourceARN"))
+    except Exception:
+        logger.warning(f"could not return a dispatch record {why}", extra={"record": record.message_id})
+        return False
+    return True
 
 
 def _same_batch(before: DispatchCommand | None, command: DispatchCommand | None) -> bool:
@@ -454,10 +460,12 @@ async def _dispatch_record(record: SQSRecord, invocation: _Invocation) -> dict[s
     )
     if outcome.needs_retry:
         delay = outcome.retry_delay(backoff_base=wiring.settings.dispatch_backoff_base_seconds)
-        invocation.handed_back[record.message_id] = delay
-        await asyncio.to_thread(
-            wiring.dispatch_queue.delay, record.receipt_handle, delay, source_arn=record.get("eventSourceARN")
-        )
+        # A hand-back SQS refuses leaves the record to the queue's visibility timeout (360 s: longer than most
+        # waits, an upstream's Retry-After among them), a retry like any other: never a failure of the record's.
+        # Until 2026-12-07 it failed the record: back after 5 s whatever the upstream asked, its failure counted,
+        # and at DISPATCH_MAX_ATTEMPTS such failures dead-lettered with its messages queued, charged and unsent.
+        handed_back = await asyncio.to_thread(_hand_back, record, delay, "after a transient failure")
+        invocation.handed_back[record.message_id] = delay if handed_back else None
         raise RetryLater(f"{len(outcome.retry)} messages of batch {command.reference_id} met transient failures")
     return {"submitted": outcome.submitted}
 
