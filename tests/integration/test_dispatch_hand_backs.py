@@ -129,3 +129,29 @@ def test_a_throttled_record_whose_hand_backs_sqs_keeps_refusing_is_never_dead_le
     batches, _ = gateway().store.list_batches(account["account_id"])
     [message] = all_messages(gateway().store, account["account_id"], batches[0].reference_id)
     assert message.status == "queued"
+
+
+@pytest.mark.xfail(strict=True, reason="a 429's Retry-After holds back only the record it answered")
+def test_an_upstreams_retry_after_holds_back_the_other_records_of_the_invocation_too(aws, monkeypatch):
+    from sms_gateway import bootstrap
+    from sms_gateway_tools.admin import create_account
+
+    # Given three accounts' bulk sends of three messages each (three message groups, one invocation), submitted one
+    # at a time, to an upstream that answers 429 and asks us to come back in no less than 60 s
+    monkeypatch.setenv("DISPATCH_CONCURRENCY", "1")
+    bootstrap.reset()
+    submits = throttling_upstream(monkeypatch, retry_after=60)
+    api = load_function("api")
+    for index in range(3):
+        sender = f"4897{index}"
+        account = create_account(name=f"Client {index}", senders=[sender], credits=100)
+        numbers = [f"23480200000{index}{n}" for n in range(3)]
+        body = {"from": sender, "to": numbers, "body": f"campaign {index}"}
+        assert api.handler(send_event(account["token"], body), FakeContext())["statusCode"] == 200
+    event = as_lambda_sqs_event(queued_records(aws))
+    assert len(event["Records"]) == 3
+    # When the dispatcher handles them
+    load_function("dispatcher").handler(event, FakeContext())
+    # Then, once the upstream said "not for 60 s", it is asked nothing more in that time: the other records' messages
+    # wait with theirs, as the throttled record's own do
+    assert len(submits) == 1, submits
