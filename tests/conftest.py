@@ -52,6 +52,7 @@ def _no_claims_left_unreleased() -> Iterator[None]:
         dispatch.UNRELEASED_CLAIMS.clear()
         dispatch.QUEUED_ANNOUNCEMENTS.clear()
         dispatch.QUEUED_CHECKS.clear()
+        dispatch.UPSTREAM_RETRY_AFTER.clear()
 
 
 def no_local_stack_running() -> None:

@@ -131,7 +131,6 @@ def test_a_throttled_record_whose_hand_backs_sqs_keeps_refusing_is_never_dead_le
     assert message.status == "queued"
 
 
-@pytest.mark.xfail(strict=True, reason="a 429's Retry-After holds back only the record it answered")
 def test_an_upstreams_retry_after_holds_back_the_other_records_of_the_invocation_too(aws, monkeypatch):
     from sms_gateway import bootstrap
     from sms_gateway_tools.admin import create_account

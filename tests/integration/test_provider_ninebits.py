@@ -154,6 +154,8 @@ def test_a_conflict_on_our_ref_waits_for_the_same_upstream() -> None:
     with pytest.raises(UpstreamError) as raised:
         asyncio.run(provider(answer(409, body)).submit(submit_request()))
     assert (raised.value.permanent, raised.value.unavailable, raised.value.retry_after) == (False, False, 5.0)
+    # The wait is for this reference alone: the dispatcher's other records go on submitting to 9bits meanwhile
+    assert raised.value.per_message
 
 
 def test_throttles_server_errors_and_timeouts_are_transient() -> None:

@@ -106,6 +106,7 @@ class UpstreamError(GatewayError):
         maybe_taken: bool = False,
         error_code: str | None = None,
         throttled: bool | None = None,
+        per_message: bool = False,
     ) -> None:
         super().__init__(message)
         self.permanent = permanent
@@ -125,6 +126,9 @@ class UpstreamError(GatewayError):
         self.throttled = (
             (not permanent and not self.unavailable and not maybe_taken) if throttled is None else throttled
         )
+        # The wait it asks (`retry_after`) is for this message alone (9bits' 409 for a reference still being
+        # answered), not for every submit to the upstream (a 429's Retry-After, which every record then waits out).
+        self.per_message = per_message
 
     @property
     def kind(self) -> str:

@@ -544,7 +544,7 @@ async def _dispatch_at_its_routes_pace(
     upstreams = offered_upstreams(message, deps.upstreams_for) if message.status == MessageStatus.QUEUED else []
     first = upstreams[0].name if upstreams else None
     token = None
-    if first is not None and _held_back_for_a_throttle(first, outcome) is None:
+    if first is not None and _held_back_for_a_throttle(first, outcome, deps) is None:
         token = await _wait_for_route_token(first, deps, account_tokens)
         if token is None:
             _come_back_soon([message], outcome)
@@ -583,7 +583,7 @@ async def _dispatch_one(
         # The claim names the upstream tried first, so that whoever takes it over after this dispatcher died knows
         # where the message may be.
         upstreams = offered_upstreams(message, deps.upstreams_for)
-        throttled_a_moment_ago = _held_back_for_a_throttle(upstreams[0].name if upstreams else None, outcome)
+        throttled_a_moment_ago = _held_back_for_a_throttle(upstreams[0].name if upstreams else None, outcome, deps)
         claim = await asyncio.to_thread(
             deps.messages.claim_for_dispatch,
             message.key,
@@ -837,6 +837,8 @@ async def _submit(
                 # message does not: this upstream is the message's only way out). Noted at once, before the slot
                 # is given back: the record's next message must not be offered to it meanwhile.
                 outcome.throttled_by.add(provider.name)
+                if not error.per_message:
+                    UPSTREAM_RETRY_AFTER.note(provider.name, error.retry_after, deps.clock())
                 return Throttled(provider.name, error)
             if unavailable_before is not None and not unavailable_before.permanent and error.permanent:
                 # A fallback's refusal says nothing of the primary, which was only unavailable for now: the sender
@@ -1105,15 +1107,55 @@ def _back_after_a_throttle(
         outcome.retry_after = max(outcome.retry_after or 0.0, failure.retry_after)
 
 
-def _held_back_for_a_throttle(upstream: str | None, outcome: DispatchOutcome) -> Throttled | None:
+def _held_back_for_a_throttle(
+    upstream: str | None, outcome: DispatchOutcome, deps: DispatchDependencies
+) -> Throttled | None:
     """The throttle a message meets without a request when its upstream throttled another message of this dispatch a
-    moment ago: offered now, it would be another 429. It is claimed and released like a throttled one, its throttle
-    counted, so that a record an upstream throttles whole is done within MAX_SUBMIT_THROTTLES returns (each message
-    failed `upstream_throttled` at its last), as when every message was offered; None when it may be offered."""
-    if upstream is None or upstream not in outcome.throttled_by:
+    moment ago, or asked this container to come back no sooner than a time still to come (UPSTREAM_RETRY_AFTER: any
+    record's 429 with a Retry-After): offered now, it would be another 429. It is claimed and released like a
+    throttled one, its throttle counted, so that a record an upstream throttles whole is done within
+    MAX_SUBMIT_THROTTLES returns (each message failed `upstream_throttled` at its last), as when every message was
+    offered, and its record waits out what is left of the Retry-After; None when it may be offered."""
+    if upstream is None:
         return None
-    held = UpstreamError(f"{upstream} throttled this record a moment ago: not offered", permanent=False, throttled=True)
-    return Throttled(upstream, held)
+    wait = UPSTREAM_RETRY_AFTER.seconds_left(upstream, deps.clock())
+    if upstream not in outcome.throttled_by and wait is None:
+        return None
+    why = f"{upstream} throttled a moment ago: not offered"
+    return Throttled(upstream, UpstreamError(why, permanent=False, throttled=True, retry_after=wait))
+
+
+class UpstreamRetryAfter:
+    """When each upstream that throttled this container with a Retry-After may be asked again (a wait for one message
+    alone, `UpstreamError.per_message`, is not noted). Every record of the container's invocations holds its messages
+    for that upstream back until then, not only the record the 429 answered: until 2026-12-07 each record offered the
+    upstream a message of its own within the time it had asked for, one more 429 each. Other containers know nothing
+    of it, and each meets one 429 of its own."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, datetime] = {}
+        self._lock = threading.Lock()
+
+    def note(self, upstream: str, retry_after: float | None, now: datetime) -> None:
+        if not retry_after:
+            return
+        until = now + timedelta(seconds=retry_after)
+        with self._lock:
+            noted = self._until.get(upstream)
+            if noted is None or until > noted:
+                self._until[upstream] = until
+
+    def seconds_left(self, upstream: str, now: datetime) -> float | None:
+        """Seconds until `upstream` may be asked again; None when it may be now."""
+        until = self._until.get(upstream)
+        return None if until is None or until <= now else (until - now).total_seconds()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._until.clear()
+
+
+UPSTREAM_RETRY_AFTER = UpstreamRetryAfter()
 
 
 def _link_upstream_id(

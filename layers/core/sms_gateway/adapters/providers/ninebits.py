@@ -142,7 +142,9 @@ class NinebitsProvider:
         if response.status_code == 409:
             # The same ref_id is still being answered upstream (or, never by us, reused): wait for that answer
             # rather than hand the message to another upstream and risk sending it twice.
-            raise UpstreamError(f"{self.name} is still on it: {reason}", permanent=False, retry_after=5.0)
+            raise UpstreamError(
+                f"{self.name} is still on it: {reason}", permanent=False, retry_after=5.0, per_message=True
+            )
         if response.status_code >= 400:
             # 400: an invalid number, a sender not registered, a bad body.
             raise UpstreamError(f"{self.name} refused the message ({response.status_code}): {reason}", permanent=True)
