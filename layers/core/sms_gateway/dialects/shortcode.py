@@ -37,7 +37,7 @@ from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import Account, CredentialKind, Message, Recipient, SendCommand
 from sms_gateway.domain.status import TERMINAL, MessageStatus
 from sms_gateway.domain.zones import account_zone, in_zone
-from sms_gateway.errors import GatewayError, InvalidRequest, NotFound, OptedOut, Unauthorized
+from sms_gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound, OptedOut, Unauthorized
 from sms_gateway.logic.auth import account_for_credential
 from sms_gateway.logic.idempotency import request_key
 from sms_gateway.logic.send import (
@@ -55,6 +55,9 @@ router = APIGatewayHttpRouter()
 
 MAX_MOBILES = 1000
 SERVICES = "/api/services"
+# The methods every service of the family takes; a service asked with another is told these (Allow).
+SERVICE_METHODS = ["GET", "POST"]
+SENDSMS, GETDLR, GETBALANCE = "sendsms", "getdlr", "getbalance"
 # Every answer of this family is HTTP 200 with the outcome in `response-code`: the seed's axios sample prints
 # `response.data` only on a 2xx, so an error with a 4xx status would never reach the client's log.
 HTTP_STATUS = 200
@@ -414,8 +417,8 @@ def _send_request(params: ShortcodeParams, account: Account, *, many: bool) -> S
     )
 
 
-@router.route(f"{SERVICES}/sendsms", method=["GET", "POST"])
-@router.route(f"{SERVICES}/sendsms/", method=["GET", "POST"])
+@router.route(f"{SERVICES}/{SENDSMS}", method=SERVICE_METHODS)
+@router.route(f"{SERVICES}/{SENDSMS}/", method=SERVICE_METHODS)
 def send_sms() -> Response[Any]:
     event = router.current_event
     params = _params()
@@ -595,8 +598,8 @@ def delivery_report(message: Message, zone: ZoneInfo) -> dict[str, Any]:
     }
 
 
-@router.route(f"{SERVICES}/getdlr", method=["GET", "POST"])
-@router.route(f"{SERVICES}/getdlr/", method=["GET", "POST"])
+@router.route(f"{SERVICES}/{GETDLR}", method=SERVICE_METHODS)
+@router.route(f"{SERVICES}/{GETDLR}/", method=SERVICE_METHODS)
 def get_dlr() -> Response[Any]:
     params = _params()
     account = _authenticate(params)
@@ -611,8 +614,8 @@ def get_dlr() -> Response[Any]:
     return json_response(HTTP_STATUS, delivery_report(message, account_zone(account.timezone)))
 
 
-@router.route(f"{SERVICES}/getbalance", method=["GET", "POST"])
-@router.route(f"{SERVICES}/getbalance/", method=["GET", "POST"])
+@router.route(f"{SERVICES}/{GETBALANCE}", method=SERVICE_METHODS)
+@router.route(f"{SERVICES}/{GETBALANCE}/", method=SERVICE_METHODS)
 def get_balance() -> Response[Any]:
     account = _authenticate(_params())
     # Read consistently: a balance asked right after a send includes its charge.
@@ -625,4 +628,10 @@ def get_balance() -> Response[Any]:
 
 @router.route(f"{SERVICES}/<action>", method=["GET", "POST", "PUT", "PATCH", "DELETE"])
 def unsupported(action: str) -> Response[Any]:
-    raise UnsupportedRequest(f"{router.current_event.http_method} {SERVICES}/{action} is not a service of this API")
+    """An unknown service; or a service asked with a method it does not take, which reaches this route too (Powertools
+    tries the service's own route, finds the method does not match, and goes on): told the methods it takes, as the
+    resolver's not_found tells OPTIONS and HEAD."""
+    method = router.current_event.http_method
+    if action in (SENDSMS, GETDLR, GETBALANCE):
+        raise MethodNotAllowed.asked(f"{SERVICES}/{action}", method, SERVICE_METHODS)
+    raise UnsupportedRequest(f"{method} {SERVICES}/{action} is not a service of this API")
