@@ -1057,3 +1057,18 @@ def test_a_multipart_field_in_a_python_codec_that_is_no_charset_is_refused(aws, 
     # is charged
     assert answered["response-code"] == 1009, answered
     assert balance(account["account_id"]) == 100
+
+
+@pytest.mark.xfail(strict=True, reason="a non-finite number as message is sent as the text 'nan' or 'inf'")
+@pytest.mark.parametrize("written", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_a_message_that_is_no_finite_number_is_refused_not_sent_as_nan_or_inf(aws, account, api, written):
+    # Given the seed's POST body whose message is a number Python reads as NaN or infinite (JSON has no NaN or
+    # Infinity; 1e400 overflows a double), where a number message is otherwise sent as its digits
+    payload = json.dumps({"apikey": account["apikey"], "partnerID": account["partner_id"], "message": "MESSAGE"})
+    payload = payload.replace('"MESSAGE"', written)[:-1] + ', "shortcode": "48974", "mobile": "2348020000000"}'
+    # When it is posted
+    body = answer(api(post_event(account, payload)))
+    # Then it is refused as a value of the wrong type, and nothing is sent or charged (it was sent as "nan" or "inf")
+    assert (body["response-code"], body["response-description"]) == (1009, "Unsupported data type"), body
+    assert balance(account["account_id"]) == 100
+    assert queued_records(aws) == []
