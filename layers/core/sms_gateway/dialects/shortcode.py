@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import hmac
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -214,7 +215,11 @@ class ShortcodeParams(BaseModel):
     @field_validator("message", mode="before")
     @classmethod
     def message_text(cls, value: Any) -> Any:
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        # A number is sent as its digits; NaN, Infinity and an overflowing 1e400 have none (they were sent as "nan"
+        # and "inf"): refused, as any other value that is no text.
+        if (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and math.isfinite(value)
+        ):
             return str(value)
         if value is None or isinstance(value, str):
             return value
