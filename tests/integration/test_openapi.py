@@ -190,6 +190,7 @@ def test_what_the_document_calls_valid_is_what_the_dialects_take(aws):
     taken = [
         (body("/sms"), {**session_send, "message_type": "LL", "order_id": None}),
         (body("/sms"), {**session_send, "message_type": ""}),
+        (body("/sms"), {**session_send, "sender": 48974, "message": 482913}),
         (body("/ng/v1/sendsms"), {**nine_bits_send, "callback_url": "", "delivery_report": None}),
         (body("/ng/v1/sendsms"), {**nine_bits_send, "callback_url": None, "delivery_report": ""}),
         (body("/ng/v1/sendsms"), {**nine_bits_send, "callback_url": "", "delivery_report": "yes"}),

@@ -784,7 +784,6 @@ def test_a_message_type_written_empty_is_the_default_tier(aws, account, api):
     assert balance(account["account_id"]) == 99
 
 
-@pytest.mark.xfail(strict=True, reason="review(sessionkey): a sender or text written as a JSON number is refused 400")
 @pytest.mark.parametrize(
     ("fields", "sender", "text"),
     [

@@ -21,6 +21,7 @@ from sms_gateway.dialects.common import (
     blank_is_none,
     error_headers,
     idempotent,
+    int_as_text,
     invalid_entries,
     json_response,
     parse_json_body,
@@ -128,9 +129,14 @@ def render_error(error: GatewayError) -> Response[Any]:
 
 def _document_send_rules(schema: dict[str, Any]) -> None:
     """The rules the validators below apply, in the OpenAPI document too: a text that is not blank, one of the
-    family's message types (null or "" is N), and no order_id of the client's own."""
+    family's message types (null or "" is N), and no order_id of the client's own; the text and the sender may be
+    whole JSON numbers (read as their digits)."""
     properties = schema["properties"]
-    properties["message"]["pattern"] = NOT_BLANK
+    properties["message"] = {
+        "anyOf": [{"type": "string", "minLength": 1, "pattern": NOT_BLANK}, {"type": "integer"}],
+        "title": "Message",
+    }
+    properties["sender"]["anyOf"].insert(1, {"type": "integer"})
     properties["message_type"] = {"enum": [*MESSAGE_TYPES, "", None], "default": "N", "title": "Message Type"}
     properties["order_id"] = {"type": "null", "description": "custom order ids are not supported: leave it out"}
 
@@ -157,6 +163,13 @@ class SendRequest(BaseModel):
     return_remaining: bool = Field(default=False, alias="returnRemaining")
     allow_invalid_recipients: bool = Field(default=False, alias="allowInvalidRecipients")
     order_id: str | None = None
+
+    @field_validator("message", "sender", mode="before")
+    @classmethod
+    def numbers_as_text(cls, value: Any) -> Any:
+        """A one-time code or shortcode written as a JSON number (PHP's json_encode of an int, Perl's JSON of a scalar
+        last used as a number, JSON.NET's double) is its digits, as 9bits and shortcode read the same values."""
+        return int_as_text(value)
 
     @field_validator("message")
     @classmethod
