@@ -716,6 +716,7 @@ def test_a_scheduled_time_in_the_basic_form_as_a_json_number_is_that_wall_clock_
         (seed_body(sender="NOTMINE"), "not registered"),
         (seed_body(scheduled_delivery_time="tomorrow"), "scheduled_delivery_time: 'tomorrow' is not a date-time"),
         (seed_body(scheduled_delivery_time="20170230101010"), "no such date or time"),
+        (seed_body(scheduled_delivery_time=in_lagos(timedelta(days=91)).isoformat()), "more than 90 days ahead"),
         (seed_body(scheduled_delivery_time="2030-01-01T10:00", scheduled_delivery_timezone="Mars/Base"), "IANA"),
         (seed_body(scheduled_delivery_time="2030-01-01T10:00", scheduled_delivery_timezone="Europe"), "IANA"),
         (seed_body(scheduled_delivery_time="2030-01-01T10:00", scheduled_delivery_timezone="x" * 256), "IANA"),
