@@ -869,3 +869,24 @@ def test_review_an_upstream_side_refusal_at_kannel_leaves_the_route_fallback_fre
     # routable: without a fallback it fails at once (Kannel says "Do not try again"); our password: retried
     assert (raised.value.unavailable, raised.value.permanent) == (True, permanent)
     assert body in raised.value.message
+
+
+@pytest.mark.xfail(
+    strict=True, reason="review(callbacks): Kannel's buffered report of an ACCEPTD receipt leaves the message submitted"
+)
+def test_review_an_smsc_receipt_of_acceptd_settles_the_message_delivered_as_through_jasmin() -> None:
+    # Given an SMPP receipt whose state is ACCEPTD: final in SMPP 3.4 (read on behalf of the subscriber), after which
+    # the SMSC sends no other receipt. Kannel's smsc_smpp.c handle_dlr reports it as DLR_BUFFERED (type 4, with
+    # ENROUTE), the receipt's text in %A; Jasmin throws it as its level-2 report, which jasmin.py reads as delivered
+    receipt = RECEIPT.format(dlvrd="001", stat="ACCEPTD", err="000")
+    # When Kannel's DLR of it is parsed
+    (report,) = provider(answer(202, "")).parse_delivery_reports(dlr(4, receipt))
+    # Then the message is delivered, as the same receipt through Jasmin makes it: left submitted, no later report
+    # comes, and after DLR_WAIT_SECONDS it is expired (no_delivery_report) and refunded though the SMSC took it
+    assert report.status is MessageStatus.DELIVERED
+    assert report.error_code is None
+    # While an ENROUTE (or bare buffered) report says only that it is on its way
+    (enroute,) = provider(answer(202, "")).parse_delivery_reports(
+        dlr(4, RECEIPT.format(dlvrd="000", stat="ENROUTE", err="000"))
+    )
+    assert enroute.status is MessageStatus.SUBMITTED
