@@ -871,9 +871,6 @@ def test_review_an_upstream_side_refusal_at_kannel_leaves_the_route_fallback_fre
     assert body in raised.value.message
 
 
-@pytest.mark.xfail(
-    strict=True, reason="review(callbacks): Kannel's buffered report of an ACCEPTD receipt leaves the message submitted"
-)
 def test_review_an_smsc_receipt_of_acceptd_settles_the_message_delivered_as_through_jasmin() -> None:
     # Given an SMPP receipt whose state is ACCEPTD: final in SMPP 3.4 (read on behalf of the subscriber), after which
     # the SMSC sends no other receipt. Kannel's smsc_smpp.c handle_dlr reports it as DLR_BUFFERED (type 4, with

@@ -68,7 +68,11 @@ NOT_ROUTABLE = "Not routable"
 CODING_GSM7, CODING_UCS2 = "0", "2"
 
 # The one status table: Kannel's `%d` report types (as decimal strings) and the SMSC receipt's `stat:` words
-# found in `%A`. A `stat:` word refines a failure (type 2) into expired or rejected; the type decides the rest.
+# found in `%A`. A `stat:` word refines a failure (type 2) into expired or rejected, and a buffered report (type 4)
+# of ACCEPTD into delivered; the type decides the rest. ACCEPTD is a final state in SMPP 3.4 (read on behalf of the
+# subscriber), after which the SMSC sends no other receipt, but Kannel's smsc_smpp.c reports it as DLR_BUFFERED with
+# ENROUTE: read as submitted, the message waited out the DLR wait and was expired and refunded (until 2026-12-08),
+# where the same receipt through Jasmin makes it delivered (jasmin.py).
 STATUS: dict[str, MessageStatus] = {
     "1": MessageStatus.DELIVERED,  # delivered to phone
     "2": MessageStatus.FAILED,  # non-delivered to phone
@@ -81,7 +85,7 @@ STATUS: dict[str, MessageStatus] = {
     "UNDELIV": MessageStatus.FAILED,
     "DELETED": MessageStatus.FAILED,
     "UNKNOWN": MessageStatus.FAILED,
-    "ACCEPTD": MessageStatus.SUBMITTED,
+    "ACCEPTD": MessageStatus.DELIVERED,
     "ENROUTE": MessageStatus.SUBMITTED,
 }
 # Kannel's report types are bits; a value may carry extra flags (0x20 expired, 0x40 unknown, on type 2).
@@ -258,6 +262,8 @@ class KannelProvider:
         if bit is None:
             raise CallbackRejected(f"unknown Kannel DLR type {value}")
         status = STATUS[str(bit)]
+        if bit == 4 and STATUS.get(stat) is MessageStatus.DELIVERED:
+            return MessageStatus.DELIVERED  # ACCEPTD: final, though Kannel calls it buffered (STATUS)
         if bit == 2:
             refined = STATUS.get(stat)
             if refined in (MessageStatus.EXPIRED, MessageStatus.REJECTED):
