@@ -129,7 +129,6 @@ def test_group_members_can_be_read_added_removed_and_the_group_deleted(aws, acco
     assert call(api, token, "DELETE", f"/ng/v1/groups/{group_id}")[0] == 404
 
 
-@pytest.mark.xfail(strict=True, reason='a group create with members null or "" (an unset list) is refused 400')
 @pytest.mark.parametrize("unset", [None, "", "  "])
 def test_a_group_created_with_its_members_unset_as_clients_write_it_is_an_empty_group(aws, account, api, unset):
     # Given a client whose model writes the optional `members` unset: null (JSON.NET, Jackson) or "" (PHP)

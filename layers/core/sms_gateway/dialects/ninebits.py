@@ -510,11 +510,14 @@ def read_delivery_reports(reference_id: str) -> Response[Any]:
 # ---------------------------------------------------------------- groups
 
 
+def _document_group_rules(schema: dict[str, Any]) -> None:
+    """`members`: one number (a string, or "" for none) or a list of them, or null for none."""
+    _document_numbers(schema, "members", max_items=groups.MAX_GROUP_MEMBERS)
+    schema["properties"]["members"]["anyOf"].append({"type": "null"})
+
+
 class GroupRequest(BaseModel):
-    model_config = ConfigDict(
-        extra="ignore",
-        json_schema_extra=lambda schema: _document_numbers(schema, "members", max_items=groups.MAX_GROUP_MEMBERS),
-    )
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_document_group_rules)
 
     name: str = Field(min_length=1, max_length=groups.MAX_NAME_LENGTH)
     members: list[str] = Field(default_factory=list, max_length=groups.MAX_GROUP_MEMBERS)
@@ -522,6 +525,10 @@ class GroupRequest(BaseModel):
     @field_validator("members", mode="before")
     @classmethod
     def one_or_many(cls, value: Any) -> Any:
+        """null or blank is the list left out (JSON.NET and Jackson models write an unset field as null, PHP clients
+        as ""), as a send reads its unset fields: a group with no members yet."""
+        if blank_is_none(value) is None:
+            raise PydanticUseDefault
         return _as_list(value)
 
 
