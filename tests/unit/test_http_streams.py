@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -655,3 +656,54 @@ def test_a_client_webhook_answer_nested_too_deep_to_read_is_a_failed_delivery(pa
     # Then it is a failed delivery (recorded, retried on the schedule), not a RecursionError out of deliver()
     with pytest.raises(WebhookFailed, match="2xx without valid JSON"):
         http.run(deliver(notification, OneAccount(), consumers.post_webhook, FakeSecretBox()))
+
+
+# ---------------------------------------------------------------- a name with several addresses
+
+
+@pytest.mark.xfail(strict=True, reason="the upstream transport dials a name's addresses one after another")
+def test_an_upstream_name_whose_first_address_is_blackholed_is_reached_on_its_next_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given an upstream name with two addresses, as a load balancer in two zones has: the first swallows connection
+    # attempts (a dead node: no answer, no refusal), the second is the upstream's live server. The names and the
+    # connects are answered at the event loop's edge (getaddrinfo, sock_connect): nothing leaves 127.0.0.1
+    blackholed = "192.0.2.10"
+    loop = http._loop()
+    real_getaddrinfo, real_sock_connect = loop.getaddrinfo, loop.sock_connect
+    dialled: list[str] = []
+
+    async def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> list:
+        if host == "upstream.example":
+            return [
+                (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, int(port)))
+                for address in (blackholed, "127.0.0.1")
+            ]
+        return await real_getaddrinfo(host, port, *args, **kwargs)
+
+    async def sock_connect(sock: socket.socket, address: Any) -> None:
+        dialled.append(address[0])
+        if address[0] == blackholed:
+            await asyncio.Event().wait()  # a SYN nobody answers: only the connect timeout ends it
+        await real_sock_connect(sock, address)
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(loop, "sock_connect", sock_connect)
+
+    async def scenario() -> httpx.Response:
+        async def answer(index: int, request: bytes) -> bytes:
+            return ok({"message_id": "m1"})
+
+        async with Server(answer) as url:
+            port = url.rsplit(":", 1)[1]
+            # When the dispatcher's upstream client submits to it
+            return await http.async_client().post(f"http://upstream.example:{port}/sms/send", json={})
+
+    try:
+        response = http.run(scenario())
+    finally:
+        http.close()
+    # Then it reached the live address within the connect timeout: the submit is answered, not failed "timed out"
+    # (the upstream taken for down, its messages offered to the fallback or retried) while half the host is up
+    assert response.json() == {"message_id": "m1"}
+    assert dialled == [blackholed, "127.0.0.1"]
