@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from sms_gateway import consumers
-from sms_gateway.adapters import http, webhook_http
+from sms_gateway.adapters import http, http_streams, webhook_http
 from sms_gateway.adapters.http_streams import open_stream
 from sms_gateway.adapters.webhook_http import GuardedTransport, UnsafeWebhookTarget, new_webhook_client, webhook_client
 from sms_gateway.domain.models import Account
@@ -503,7 +503,7 @@ def test_of_two_addresses_that_connect_together_one_is_used_and_the_other_closed
         return "reader", writers[index]
 
     # When the guard dials them
-    _reader, writer = run(webhook_http.first_connection([functools.partial(dial, 0), functools.partial(dial, 1)]))
+    _reader, writer = run(http_streams.first_connection([functools.partial(dial, 0), functools.partial(dial, 1)]))
     # Then one connection is used and the other is not left open (a socket per post would leak)
     assert writer in writers
     assert [w.closed for w in writers if w is not writer] == [True]

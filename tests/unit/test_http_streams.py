@@ -661,7 +661,6 @@ def test_a_client_webhook_answer_nested_too_deep_to_read_is_a_failed_delivery(pa
 # ---------------------------------------------------------------- a name with several addresses
 
 
-@pytest.mark.xfail(strict=True, reason="the upstream transport dials a name's addresses one after another")
 def test_an_upstream_name_whose_first_address_is_blackholed_is_reached_on_its_next_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

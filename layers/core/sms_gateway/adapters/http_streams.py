@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import select
 import socket
 import ssl
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -34,6 +35,13 @@ MAX_HEAD_BYTES = 64 * 1024
 # and a request written to a connection the server is closing fails without knowing whether it was taken.
 KEEPALIVE_EXPIRY_SECONDS = 4.0
 _NO_BODY_STATUSES = frozenset({204, 304})
+# How long a dial to one of a name's addresses goes unanswered before the next is dialled beside it (RFC 8305's
+# Connection Attempt Delay): a blackholed address must not take the whole connect timeout from the live ones.
+ATTEMPT_DELAY = 0.25
+
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+# Opens a connection to one address: (address, port, *, tls, server_hostname), as open_stream.
+Connect = Callable[..., Awaitable[Stream]]
 
 
 @dataclass
@@ -90,10 +98,12 @@ class StreamTransport(httpx.AsyncBaseTransport):
         *,
         ssl_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] | None = None,
+        connect: Connect | None = None,
     ) -> None:
         self._connections = connections
         self._ssl_context = ssl_context
         self._clock = clock
+        self._connect = connect or open_stream
         self._origins: dict[tuple[str, str, int], _Origin] = {}
 
     def _now(self) -> float:
@@ -164,13 +174,19 @@ class StreamTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {error}", request=request) from error
         return _Connection(reader, writer)
 
-    async def _dial(
-        self, host: str, port: int, tls: ssl.SSLContext | None
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Opens a connection to the origin (TLS with the host's name when `tls`). Subclasses may choose the
-        address themselves (adapters/webhook_http.py); the caller bounds it by the connect timeout and turns an
+    async def _dial(self, host: str, port: int, tls: ssl.SSLContext | None) -> Stream:
+        """Opens a connection to the origin (TLS with the host's name when `tls`, whichever address it reaches): the
+        first of the host's addresses to connect (first_connection), so one that swallows the attempt does not make
+        the origin read as down while its others are up. The caller bounds it by the connect timeout and turns an
         OSError into httpx's ConnectError."""
-        return await open_stream(host, port, tls=tls, server_hostname=host)
+        addresses = await self._addresses(host, port)
+        return await first_connection(
+            [functools.partial(self._connect, address, port, tls=tls, server_hostname=host) for address in addresses]
+        )
+
+    async def _addresses(self, host: str, port: int) -> list[str]:
+        """The addresses to dial for `host` (subclasses vet them: adapters/webhook_http.py)."""
+        return await resolve(host, port)
 
     async def _exchange(
         self, connection: _Connection, request: httpx.Request, timeouts: dict
@@ -253,6 +269,61 @@ async def open_stream(
     return await asyncio.open_connection(
         address, port, ssl=tls, server_hostname=server_hostname if tls else None, limit=MAX_HEAD_BYTES
     )
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to, in the resolver's order (an address itself for an IP literal); OSError
+    when it resolves to none."""
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    # A link-local IPv6 answer comes back as "fe80::1%eth0": the zone stays, the address is dialled through it.
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise OSError(f"{host} resolved to no address")
+    return addresses
+
+
+async def first_connection(
+    attempts: Sequence[Callable[[], Awaitable[Stream]]], *, delay: float = ATTEMPT_DELAY
+) -> Stream:
+    """The first of `attempts` (one per address, in the resolver's order) to connect, each started `delay`
+    after the one before it or as soon as that one fails, the earlier ones left running (Happy Eyeballs, RFC 8305):
+    an address that swallows the attempt (a dead node behind a name with several) costs `delay`, not the whole
+    connect timeout (the caller's bound on all of them). The others are cancelled, or closed if they connected too.
+    The last OSError when none connects."""
+    waiting = list(attempts)
+    running: set[asyncio.Future[Stream]] = set()
+    error: OSError | None = None
+    try:
+        while waiting or running:
+            if waiting:
+                running.add(asyncio.ensure_future(waiting.pop(0)()))
+            done, running = await asyncio.wait(
+                running, timeout=delay if waiting else None, return_when=asyncio.FIRST_COMPLETED
+            )
+            for attempt in done:
+                failure = attempt.exception()
+                if failure is None:
+                    running |= done - {attempt}  # connected at the same moment: closed below
+                    return attempt.result()
+                if not isinstance(failure, OSError):
+                    raise failure
+                error = failure
+    finally:
+        await _abandon(running)
+    assert error is not None  # resolve never answers an empty list
+    raise error
+
+
+async def _abandon(attempts: set[asyncio.Future[Stream]]) -> None:
+    for attempt in attempts:
+        attempt.cancel()
+    for outcome in await asyncio.gather(*attempts, return_exceptions=True):
+        if isinstance(outcome, tuple):
+            outcome[1].close()
 
 
 @functools.cache
