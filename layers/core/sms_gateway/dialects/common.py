@@ -265,11 +265,17 @@ def _refuse_oversize(event: Any) -> None:
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
+def _no_constant(name: str) -> Any:
+    # Python's json reads NaN, Infinity and -Infinity as floats; JSON (RFC 8259) has no such numbers, and a body with
+    # them is as malformed as any other (it was refused, if at all, as a wrong field).
+    raise ValueError(f"{name} is not a JSON value (JSON numbers are finite)")
+
+
 def parse_json_body(raw: str | None) -> Any:
     if raw is None or not raw.strip():
         raise InvalidRequest("the request body is empty: expected a JSON object")
     try:
-        payload = json.loads(raw)
+        payload = json.loads(raw, parse_constant=_no_constant)
     except ValueError as error:
         raise InvalidRequest(f"the request body is not valid JSON: {error}") from error
     except RecursionError as error:
