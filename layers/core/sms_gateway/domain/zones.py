@@ -19,6 +19,27 @@ def zone_named(name: str) -> ZoneInfo | None:
         return None
 
 
+# The one file of the tz database's zone list that is no place: tz's placeholder for "no zone" ("-00").
+_NO_PLACE = frozenset({"Factory"})
+
+
+def is_chosen_zone(name: str) -> bool:
+    """Whether `name` is a zone a person may give an account: a zone the tz database lists, as the tzdata package the
+    layer ships has it (so every runtime knows it, the local stack's and Lambda's alike), less Factory. `localtime`
+    (the host's own setting), `posixrules` and the copies some systems keep under `posix/` and `right/` are files
+    ZoneInfo reads on such a host but no zone of that list: on another (Lambda's) they are not there, and an account
+    set to one had its times read in UTC."""
+    return name in _listed_zones() and name not in _NO_PLACE
+
+
+@cache
+def _listed_zones() -> frozenset[str]:
+    # Read once, only where an account's zone is set (importlib.resources costs the api's cold start).
+    from importlib import resources
+
+    return frozenset(resources.files("tzdata").joinpath("zones").read_text(encoding="utf-8").split())
+
+
 def account_zone(timezone: str) -> ZoneInfo:
     """The zone an account's local times are read in: its own, or UTC when its name is not a zone."""
     return zone_named(timezone) or UTC_ZONE

@@ -24,7 +24,7 @@ from sms_gateway.domain.routing import RouteTable, upstream_name
 from sms_gateway.domain.senders import SENDER_ID, registry_form, same_sender
 from sms_gateway.domain.webhook_urls import require_safe_webhook_url
 from sms_gateway.domain.webhooks import new_signing_secret
-from sms_gateway.domain.zones import country_zones, zone_named
+from sms_gateway.domain.zones import country_zones, is_chosen_zone, zone_named
 from sms_gateway.errors import Conflict, GatewayError, InvalidRequest, NotFound
 from sms_gateway.ports import (
     MOST_REVOKED_BY_A_RESET,
@@ -208,10 +208,15 @@ def check_country(code: str) -> str:
     return country
 
 
-def check_timezone(name: str) -> str:
-    if zone_named(name) is None:
-        raise InvalidRequest(f"time zone {name!r} is not an IANA time zone (e.g. Africa/Lagos)")
-    return name
+def check_timezone(name: str, *, current: str | None = None) -> str:
+    """An account's time zone as an operator or the client sets it: an IANA zone name (`is_chosen_zone`). The zone
+    the account has (`current`) is taken back as it is, so one set before that rule (2026-12-07) keeps working, and a
+    form that sends it back unchanged is not refused."""
+    if name == current or (is_chosen_zone(name) and zone_named(name) is not None):
+        return name
+    _, slash, rest = name.partition("/")
+    hint = f": give {rest!r}" if slash and is_chosen_zone(rest) else " (e.g. Africa/Lagos)"
+    raise InvalidRequest(f"time zone {name!r} is not an IANA time zone{hint}")
 
 
 def country_timezone(country: str) -> str:
@@ -649,14 +654,14 @@ def set_account(
             "nothing to change: give a country, a time zone, a rate limit, a maximum of parts or whether single "
             "sends keep their order"
         )
+    account = require_account(store, account_id)
     changes = AccountChanges(
         default_country=check_country(country) if country is not None else None,
-        timezone=check_timezone(timezone) if timezone is not None else None,
+        timezone=check_timezone(timezone, current=account.timezone) if timezone is not None else None,
         rate_limit_per_second=(
             _positive(rate_limit, "rate limit", most=MAX_RATE_LIMIT) if rate_limit is not None else None
         ),
         max_parts=_positive(max_parts, "max parts", most=MAX_PARTS_LIMIT) if max_parts is not None else None,
         single_sends_in_order=single_sends_in_order,
     )
-    require_account(store, account_id)
     return store.update_account(account_id, changes)
