@@ -775,3 +775,19 @@ def test_review_a_level2_acceptd_is_the_last_report_jasmin_sends_and_settles_the
 
     # Then the report settles the message as delivered, not `submitted` until the settle check expires and refunds it
     assert report.status is MessageStatus.DELIVERED
+
+
+@pytest.mark.xfail(strict=True, reason="Jasmin's ^.{1,16}$ counts UTF-8 bytes; our check counts characters")
+@pytest.mark.parametrize("field", ["username", "password"])
+@pytest.mark.parametrize("value", ["pässwörd-ünd-äß", "Zugangsdaten€12"])
+def test_review_a_credential_of_16_characters_but_more_bytes_is_refused_at_configuration(
+    field: str, value: str
+) -> None:
+    # Given a credential Jasmin's /send refuses: its pattern ^.{1,16}$ is matched against the form value's bytes, so
+    # 15 characters with umlauts or a euro are 17 or more bytes, and every submit would be answered 400 (permanent:
+    # every message failed and refunded, the fallback never asked)
+    assert len(value) <= 16 < len(value.encode())
+    # When the upstream is configured with it / Then it is refused there, where nothing is sent, its value unnamed
+    with pytest.raises(ValueError, match=f"{field} is 1 to 16") as raised:
+        provider(answer(200, f'Success "{MESSAGE_ID}"'), **{field: value})
+    assert value not in str(raised.value)
