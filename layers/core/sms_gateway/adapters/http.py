@@ -138,19 +138,33 @@ def flag_setting(name: str, key: str, value: Any, default: bool) -> bool:
     raise ValueError(f"upstream {name!r}: {key} is true or false (default {str(default).lower()}), not {value!r}")
 
 
-def server_error(
+# 4xx answers no upstream gives about a message, only about our setup there: credentials a proxy in front of it asks
+# for (401, 407), a url that does not serve its API (404 Not Found, 405 Method Not Allowed: a wrong path or port).
+SETUP_ERROR_STATUSES = frozenset({401, 404, 405, 407})
+# 408 Request Timeout: the server (or a proxy) gave up waiting for our request before it had it whole: nothing was sent.
+REQUEST_TIMEOUT = 408
+
+
+def not_about_the_message(
     what: str,
     response: httpx.Response,
     *,
     gateway_errors: str,
     maybe_taken_statuses: frozenset[int] = frozenset(),
 ) -> UpstreamError | None:
-    """The failure a submit's 429 or 5xx answer says, None for any other status; `what` says it in words. A 502/504
-    with `gateway_errors` `maybe_taken`, or one of `maybe_taken_statuses` (an upstream whose own 500 may have done the
-    request), is handled as no answer after the request left (`maybe_taken`): never offered to the fallback, only
-    asked again of an upstream that deduplicates our reference. Any other 5xx is unavailable (the fallback is offered
-    it at once); a 429 is a throttle (the same upstream later, after its `Retry-After`)."""
+    """The failure a submit's answer says when it is not about the message (a 429, a 5xx, our setup's 4xx), None for
+    any other status; `what` says it in words. A 502/504 with `gateway_errors` `maybe_taken`, or one of
+    `maybe_taken_statuses` (an upstream whose own 500 may have done the request), is handled as no answer after the
+    request left (`maybe_taken`): never offered to the fallback, only asked again of an upstream that deduplicates our
+    reference. Any other 5xx, and a 408, is unavailable (the fallback is offered it at once); a 429 is a throttle (the
+    same upstream later, after its `Retry-After`); a 401, 404, 405 or 407 refuses our setup (`refuses_our_account`).
+    Until session 34 the last four, and a 408, were taken by most adapters as refusals of the message: every message
+    failed and was refunded while a proxy asked for credentials or the url was wrong, the fallback never asked."""
     status = response.status_code
+    if status in SETUP_ERROR_STATUSES:
+        return refuses_our_account(what)
+    if status == REQUEST_TIMEOUT:
+        return UpstreamError(what, permanent=False, unavailable=True)
     if status != 429 and status < 500:
         return None
     retry_after = retry_after_seconds(response.headers.get("retry-after"))

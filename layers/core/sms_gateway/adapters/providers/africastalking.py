@@ -33,10 +33,10 @@ from sms_gateway.adapters.http import (
     async_client,
     flag_setting,
     no_answer,
+    not_about_the_message,
     not_sent_there,
     refuses_our_account,
     scrubbed,
-    server_error,
     unreadable_take,
 )
 from sms_gateway.adapters.providers.tokens import (
@@ -174,7 +174,9 @@ class AfricasTalkingProvider:
             raise no_answer(self.name, error) from error
         status = response.status_code
         # A 502/504 is AT's edge (or our proxy) losing the answer of a request passed on: AT may be sending it.
-        failure = server_error(f"{self.name} answered {status}", response, gateway_errors=GATEWAY_ERRORS_MAYBE_TAKEN)
+        failure = not_about_the_message(
+            f"{self.name} answered {status}", response, gateway_errors=GATEWAY_ERRORS_MAYBE_TAKEN
+        )
         if failure is not None:
             raise failure
         if status in (401, 403):

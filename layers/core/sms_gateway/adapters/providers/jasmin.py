@@ -33,10 +33,10 @@ from sms_gateway.adapters.http import (
     async_client,
     gateway_errors_setting,
     no_answer,
+    not_about_the_message,
     not_sent_there,
     refuses_our_account,
     scrubbed,
-    server_error,
     unreadable_take,
 )
 from sms_gateway.adapters.providers.parts import max_parts_setting, refuse_longer
@@ -232,7 +232,7 @@ class JasminProvider:
         reason = scrubbed(refused.group(1) if refused else body, (self._password,), limit=200)
         # Jasmin's own 500/503 (its SMPP client manager or interceptor) sent nothing; a proxy's 502/504 may have or
         # not, as its gateway_errors says.
-        failure = server_error(
+        failure = not_about_the_message(
             f"{self.name} answered {response.status_code}: {reason}", response, gateway_errors=self._gateway_errors
         )
         if failure is not None:

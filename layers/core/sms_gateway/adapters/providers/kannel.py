@@ -31,10 +31,10 @@ from sms_gateway.adapters.http import (
     async_client,
     gateway_errors_setting,
     no_answer,
+    not_about_the_message,
     not_sent_there,
     refuses_our_account,
     scrubbed,
-    server_error,
 )
 from sms_gateway.adapters.providers.parts import max_parts_setting, refuse_longer
 from sms_gateway.adapters.providers.tokens import previous_tokens_setting, token_verified
@@ -205,7 +205,7 @@ class KannelProvider:
         answer = scrubbed(response.text.strip(), (self._password,))
         # Kannel's own 503 "Temporal failure" sent nothing; a proxy's 502/504 in front of smsbox may have or not, as
         # its gateway_errors says.
-        failure = server_error(
+        failure = not_about_the_message(
             f"{self.name} answered {response.status_code}: {answer}", response, gateway_errors=self._gateway_errors
         )
         if failure is not None:
@@ -216,6 +216,9 @@ class KannelProvider:
         if response.status_code == 403 and answer.startswith(NOT_ROUTABLE):
             # No SMSC of this bearerbox takes the number (its smsc-id routing): another upstream may.
             raise not_sent_there(f"{self.name} has no route for the message: {answer}")
+        if response.status_code == 403:
+            # Kannel's own 403s are the two above: any other is a proxy or firewall in front of smsbox refusing us.
+            raise refuses_our_account(f"{self.name} answered 403, not in Kannel's words: {answer}")
         if response.status_code >= 400:
             # "Missing receiver number, rejected", "Number(s) has/have been denied by white- and/or black-lists.":
             # no retry changes these.

@@ -30,9 +30,9 @@ from sms_gateway.adapters.http import (
     GATEWAY_ERRORS_MAYBE_TAKEN,
     async_client,
     no_answer,
+    not_about_the_message,
     refuses_our_account,
     scrubbed,
-    server_error,
     unreadable_take,
 )
 from sms_gateway.domain import webhooks
@@ -124,7 +124,7 @@ class NinebitsProvider:
         except httpx.TransportError as error:
             raise no_answer(self.name, error) from error
         reason = scrubbed(_message(response), (self._token,))
-        failure = server_error(
+        failure = not_about_the_message(
             f"{self.name} answered {response.status_code}: {reason}",
             response,
             gateway_errors=GATEWAY_ERRORS_MAYBE_TAKEN,

@@ -16,8 +16,8 @@ from sms_gateway.adapters.http import (
     flag_setting,
     gateway_errors_setting,
     no_answer,
+    not_about_the_message,
     scrubbed,
-    server_error,
 )
 from sms_gateway.adapters.providers.tokens import secret_setting
 from sms_gateway.domain.ids import epoch_seconds
@@ -105,7 +105,7 @@ class SimulatorProvider:
             )
         except httpx.TransportError as error:
             raise no_answer(self.name, error) from error
-        failure = server_error(
+        failure = not_about_the_message(
             f"{self.name} answered {response.status_code}", response, gateway_errors=self._gateway_errors
         )
         if failure is not None:

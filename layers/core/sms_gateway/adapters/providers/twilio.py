@@ -34,11 +34,11 @@ from sms_gateway.adapters.http import (
     GATEWAY_ERRORS_MAYBE_TAKEN,
     async_client,
     no_answer,
+    not_about_the_message,
     not_sent_there,
     refuses_our_account,
     retry_after_seconds,
     scrubbed,
-    server_error,
     unreadable_take,
 )
 from sms_gateway.adapters.providers.parts import too_long
@@ -214,7 +214,7 @@ class TwilioProvider:
         described = f"{self.name} answered {status}" + (f" error {code}" if code is not None else "")
         if message:
             described += f": {message}"
-        failure = server_error(
+        failure = not_about_the_message(
             described, response, gateway_errors=GATEWAY_ERRORS_MAYBE_TAKEN, maybe_taken_statuses=MAYBE_TAKEN_STATUSES
         )
         if failure is not None:
