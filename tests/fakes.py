@@ -13,6 +13,7 @@ from sms_gateway.domain.ids import id_time_ms
 from sms_gateway.domain.models import (
     Account,
     Batch,
+    BatchKey,
     CallbackRequest,
     Claim,
     ClaimOutcome,
@@ -31,6 +32,7 @@ from sms_gateway.domain.models import (
     SubmitRequest,
     SubmitResult,
     iso,
+    release_sweep_due,
     reply_order,
     shown_prefix,
 )
@@ -72,6 +74,8 @@ class InMemoryStore:
         self.inbound_sweep_at: dict[tuple[str, str, str, str], datetime] = {}
         # The messages marked as holding a final report not announced yet (announce_pending): when a sweep may.
         self.report_sweep_at: dict[MessageKey, datetime] = {}
+        # The scheduled batches in the sweep index: when a sweep may release each (while it is still scheduled).
+        self.batch_sweep_at: dict[tuple[str, int], datetime] = {}
         self.links: dict[tuple[str, str], MessageKey] = {}
         self.held: dict[tuple[str, str], list[DeliveryReport]] = {}
         self.prices = PriceTable()
@@ -183,6 +187,15 @@ class InMemoryStore:
         self.batches[(batch.account_id, batch.reference_id)] = batch
         self.add_messages(batch, messages)
 
+    def claim_unreleased_batches(self, *, now: datetime, until: datetime, limit: int) -> list[BatchKey]:
+        with self._lock:
+            for key in [k for k in self.batch_sweep_at if self.batches[k].status != MessageStatus.SCHEDULED]:
+                del self.batch_sweep_at[key]  # the batch's status write took it out of the index
+            due = sorted((at, key) for key, at in self.batch_sweep_at.items() if at <= now)[:limit]
+            for _, key in due:
+                self.batch_sweep_at[key] = until
+            return [BatchKey(account_id=account_id, reference_id=reference_id) for _, (account_id, reference_id) in due]
+
     def add_messages(self, batch: Batch, messages: Sequence[Message]) -> None:
         for message in messages:
             self.messages[message.key] = message
@@ -198,6 +211,9 @@ class InMemoryStore:
                 raise Conflict(f"batch {superseding} is not a failed batch waiting to be sent afresh")
             self.reserve_credits(batch.account_id, batch.cost)
             self.batches[(batch.account_id, batch.reference_id)] = batch
+            sweep_due = release_sweep_due(batch)
+            if sweep_due is not None:
+                self.batch_sweep_at[(batch.account_id, batch.reference_id)] = sweep_due
             if replaced is not None:
                 self.batches[(batch.account_id, replaced.reference_id)] = replaced.model_copy(
                     update={"superseded_by": batch.reference_id}

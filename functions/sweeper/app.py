@@ -1,5 +1,6 @@
 """`sweeper`: on a schedule, queues the client notifications of inbound SMS whose callback did not queue them, and
-of delivery reports whose announcement the notify queue refused."""
+of delivery reports whose announcement the notify queue refused; and releases scheduled batches whose schedule was
+never made."""
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 

@@ -469,16 +469,16 @@ def test_an_inbound_sms_whose_notification_the_queue_refused_reaches_the_client_
     assert stored["text"] == "Two tickets please" and "sweep_at" in stored
     assert queued_notifications(aws) == []
     # When the sweeper runs before the SMS is due (its callback could still be running), it queues nothing
-    assert sweeper_runs(monkeypatch, 1) == {"inbound_queued": 0, "reports_queued": 0}
+    assert sweeper_runs(monkeypatch, 1) == {"inbound_queued": 0, "reports_queued": 0, "batches_released": 0}
     assert queued_notifications(aws) == []
     # And when it runs after, it queues the SMS's notification once, under the SMS's own webhook id
-    assert sweeper_runs(monkeypatch, 3) == {"inbound_queued": 1, "reports_queued": 0}
+    assert sweeper_runs(monkeypatch, 3) == {"inbound_queued": 1, "reports_queued": 0, "batches_released": 0}
     [queued] = queued_notifications(aws)
     assert queued["id"] == f"in_{stored['inbound_id']}"
     assert queued["payload"]["message"] == "Two tickets please"
     # And clears the mark: a second run queues nothing again
     assert "sweep_at" not in raw_inbound(account["account_id"])
-    assert sweeper_runs(monkeypatch, 10) == {"inbound_queued": 0, "reports_queued": 0}
+    assert sweeper_runs(monkeypatch, 10) == {"inbound_queued": 0, "reports_queued": 0, "batches_released": 0}
     assert queued_notifications(aws) == []
 
 
@@ -517,7 +517,7 @@ def test_a_sweeper_run_out_of_time_does_not_retry_a_publish_the_notify_queue_lea
     assert len(sent) == 1
     # And the SMS stays marked for a run after its claim
     assert "sweep_at" in raw_inbound(account["account_id"])
-    assert sweeper_runs(monkeypatch, 9) == {"inbound_queued": 1, "reports_queued": 0}
+    assert sweeper_runs(monkeypatch, 9) == {"inbound_queued": 1, "reports_queued": 0, "batches_released": 0}
 
 
 def test_a_sweeper_run_out_of_time_passes_over_an_item_the_index_still_lists_after_it_was_cleared(
@@ -553,7 +553,7 @@ def test_a_sweeper_run_out_of_time_passes_over_an_item_the_index_still_lists_aft
     finally:
         store.client.meta.events.unregister("after-call.dynamodb.Query", cleared_after_listing)
     # Then the cleared SMS is passed over, as it is with time left, and the run succeeds
-    assert answer == {"inbound_queued": 0, "reports_queued": 0}
+    assert answer == {"inbound_queued": 0, "reports_queued": 0, "batches_released": 0}
 
 
 def test_an_inbound_sms_queued_by_its_callback_costs_one_write_more_and_is_never_swept(aws, account, monkeypatch):
@@ -562,7 +562,7 @@ def test_an_inbound_sms_queued_by_its_callback_costs_one_write_more_and_is_never
     assert answer["statusCode"] == 200, answer
     # Then its mark is gone, and the sweeper queues nothing, however late it runs
     assert "sweep_at" not in raw_inbound(account["account_id"])
-    assert sweeper_runs(monkeypatch, 60) == {"inbound_queued": 0, "reports_queued": 0}
+    assert sweeper_runs(monkeypatch, 60) == {"inbound_queued": 0, "reports_queued": 0, "batches_released": 0}
     assert len(queued_notifications(aws)) == 1
 
 
@@ -622,7 +622,7 @@ def test_a_callback_retry_and_a_sweep_give_the_client_one_webhook_id(aws, accoun
     queued = queued_notifications(aws)
     assert len(queued) == 1
     # And nothing is left for a later sweep
-    assert sweeper_runs(monkeypatch, 10) == {"inbound_queued": 0, "reports_queued": 0}
+    assert sweeper_runs(monkeypatch, 10) == {"inbound_queued": 0, "reports_queued": 0, "batches_released": 0}
 
 
 def json_key(notification: dict[str, Any]) -> str:

@@ -239,7 +239,7 @@ def test_a_stop_whose_notification_the_queue_refused_is_applied_once_the_sweeper
         webhook(inbound_event("STOP", "sim-stop-unqueued"))
     assert stored_opt_outs(account["account_id"]) == []
     # When the sweeper queues its notification, and the notifier handles it
-    assert sweeper_runs(monkeypatch, 3) == {"inbound_queued": 1, "reports_queued": 0}
+    assert sweeper_runs(monkeypatch, 3) == {"inbound_queued": 1, "reports_queued": 0, "batches_released": 0}
     notifier_handles_the_queued_notifications(aws)
     # Then the STOP is recorded, and a send to the number is refused
     assert [item["keyword"] for item in stored_opt_outs(account["account_id"])] == ["STOP"]

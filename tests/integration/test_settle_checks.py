@@ -468,10 +468,10 @@ def test_a_dlr_whose_announcement_failed_reaches_the_client_from_the_sweeper_wit
     stored = raw_message(message)
     assert stored["announce_pending"] == delivered.sequence and stored["sweep_shard"].startswith("REPORT#")
     # When the sweeper runs before the report is due, it queues nothing
-    assert sweeper_runs(monkeypatch, 1) == {"inbound_queued": 0, "reports_queued": 0}
+    assert sweeper_runs(monkeypatch, 1) == {"inbound_queued": 0, "reports_queued": 0, "batches_released": 0}
     assert visible(aws) == 0
     # And when it runs after, it queues the report's notification once, as the settle check would have, 2 days on
-    assert sweeper_runs(monkeypatch, 3) == {"inbound_queued": 0, "reports_queued": 1}
+    assert sweeper_runs(monkeypatch, 3) == {"inbound_queued": 0, "reports_queued": 1, "batches_released": 0}
     notify_pass(aws)
     assert {(p["body"]["status"], p["body"]["sequence"]) for p in hook.posts} == {
         ("delivered", delivered.sequence),
@@ -481,7 +481,7 @@ def test_a_dlr_whose_announcement_failed_reaches_the_client_from_the_sweeper_wit
     assert ids == [f"dlr_{message.message_id}_{delivered.sequence}"]
     # And clears the mark: a later run, and the settle check when it comes due, announce nothing more
     assert not {"announce_pending", "sweep_shard", "sweep_at"} & raw_message(message).keys()
-    assert sweeper_runs(monkeypatch, 10) == {"inbound_queued": 0, "reports_queued": 0}
+    assert sweeper_runs(monkeypatch, 10) == {"inbound_queued": 0, "reports_queued": 0, "batches_released": 0}
     after_the_wait(monkeypatch, aws, hidden)
     drain_notify_queue(aws)
     assert len(hook.posts) == 2
@@ -515,7 +515,7 @@ def test_a_dlr_applied_as_the_last_settle_check_ran_is_announced_by_the_sweeper(
     assert (delivered.status, delivered.announce_pending) == ("delivered", delivered.sequence)
     assert [p["body"]["status"] for p in hook.posts] == ["submitted"]
     # When the sweeper runs once the report is due
-    assert sweeper_runs(monkeypatch, 3) == {"inbound_queued": 0, "reports_queued": 1}
+    assert sweeper_runs(monkeypatch, 3) == {"inbound_queued": 0, "reports_queued": 1, "batches_released": 0}
     notify_pass(aws)
     # Then the client hears of the delivery, under the webhook id of the change that made it; before, the mark
     # stayed for good and the client waited on a message that is final

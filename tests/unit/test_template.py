@@ -181,7 +181,11 @@ def test_functions_resolve_globals(functions: dict[str, FunctionDefinition]) -> 
         assert fn.literal_environment["POWERTOOLS_SERVICE_NAME"] == "sms-gateway"
         assert fn.literal_environment["POWERTOOLS_METRICS_NAMESPACE"] == "SmsGateway"
     # And the self-reference and the API URL sit only on the functions that need them
-    assert [n for n, fn in functions.items() if "SCHEDULED_DISPATCH_FUNCTION_ARN" in fn.environment] == ["ApiFunction"]
+    # (the api schedules batches for it; the sweeper releases through it a batch whose schedule was never made)
+    assert [n for n, fn in functions.items() if "SCHEDULED_DISPATCH_FUNCTION_ARN" in fn.environment] == [
+        "ApiFunction",
+        "SweeperFunction",
+    ]
     assert [n for n, fn in functions.items() if "CALLBACK_BASE_URL" in fn.environment] == ["DispatcherFunction"]
     # And API Gateway's 30 s integration limit is respected by the HTTP-facing functions
     assert functions["ApiFunction"].timeout < 30
@@ -717,11 +721,19 @@ def test_the_sweepers_writes_are_bound_to_inbound_sms_and_messages(template: dic
     # Given the sweeper's policy: it only claims and clears inbound SMS (INBOX#<account>) and messages whose report
     # it announces (MSGS#<account>#<batch>)
     [policy] = template["Resources"]["SweeperFunction"]["Properties"]["Policies"]
-    [update] = [s for s in policy["Statement"] if "dynamodb:UpdateItem" in str(s["Action"])]
+    [update, batches] = [s for s in policy["Statement"] if "dynamodb:UpdateItem" in str(s["Action"])]
     # Then its UpdateItem reaches only those partitions, not every item of the table: a bug or a compromised sweeper
     # could otherwise rewrite an account's credits, credentials or the route table (found by a review of 2026-12-06)
     leading = (update.get("Condition") or {}).get("ForAllValues:StringLike", {}).get("dynamodb:LeadingKeys")
     assert leading == ["INBOX#*", "MSGS#*"], update
+    # And in the account partition, where it claims scheduled batches whose schedule was never made, only the
+    # attributes of that claim, returning nothing: never the account's credits
+    condition = batches["Condition"]
+    assert condition["ForAllValues:StringLike"] == {"dynamodb:LeadingKeys": ["ACC#*"]}, batches
+    assert condition["ForAllValues:StringEquals"] == {
+        "dynamodb:Attributes": ["pk", "sk", "status", "sweep_shard", "sweep_at"]
+    }
+    assert condition["StringEqualsIfExists"] == {"dynamodb:ReturnValues": ["NONE"]}
     # ... which are the partitions its adapter writes
     from sms_gateway.adapters.dynamodb import messages_pk
     from sms_gateway.adapters.dynamodb_inbox import inbox_pk

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from sms_gateway.adapters.dynamodb import DynamoStore
 from sms_gateway.adapters.kms import KmsSecretBox
-from sms_gateway.adapters.scheduler import EventBridgeBatchScheduler
+from sms_gateway.adapters.scheduler import EventBridgeBatchScheduler, LambdaBatchRelease
 from sms_gateway.adapters.sqs import SqsDeadLetterQueue, SqsDispatchQueue, SqsNotifyQueue
 from sms_gateway.caching import CachedPriceBook, TtlCache
 from sms_gateway.settings import Settings, get_settings
@@ -38,6 +38,8 @@ class Gateway:
     # sweeper (logic.delivery.announce_change) instead of dying in the usual client's minute of retries.
     prompt_notify_queue: SqsNotifyQueue
     scheduler: EventBridgeBatchScheduler
+    # Releases a scheduled batch as its schedule would (the sweeper's, for a batch whose schedule was never made).
+    batch_release: LambdaBatchRelease
     dispatch_dead_letters: SqsDeadLetterQueue
     webhook_credentials: KmsSecretBox
     # Rarely changing settings the consumers read per record (accounts' webhook and rate-limit settings, routes).
@@ -67,6 +69,7 @@ def gateway() -> Gateway:
             dead_letter_arn=settings.schedule_dlq_arn or None,
             precision_seconds=settings.scheduler_precision_seconds,
         ),
+        batch_release=LambdaBatchRelease(function_arn=settings.scheduled_dispatch_function_arn),
     )
 
 

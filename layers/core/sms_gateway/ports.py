@@ -14,6 +14,7 @@ from sms_gateway.domain.groups import Group, GroupMove, GroupSummary, StoredGrou
 from sms_gateway.domain.models import (
     Account,
     Batch,
+    BatchKey,
     CallbackRequest,
     Claim,
     Credentials,
@@ -329,6 +330,12 @@ class MessageStore(Protocol):
         `sequence`; whether it wrote."""
         ...
 
+    def claim_unreleased_batches(self, *, now: datetime, until: datetime, limit: int) -> list[BatchKey]:
+        """Up to `limit` batches still scheduled whose sweep time (domain.models.release_sweep_due) has come by `now`,
+        each claimed until `until`, as claim_inbound_notifications claims inbound SMS: a concurrent sweep, or one
+        before `until`, does not get it again. A batch stored before batches carried a sweep time is never found."""
+        ...
+
     def claim_unannounced_reports(self, *, now: datetime, until: datetime, limit: int) -> list[Message]:
         """Up to `limit` marked messages due by `now`, each claimed until `until`, as claim_inbound_notifications
         claims inbound SMS: a concurrent sweep, or one before `until`, does not get it again. As stored now."""
@@ -417,6 +424,13 @@ class BatchScheduler(Protocol):
 
     def schedule_name(self, account_id: str, reference_id: int) -> str:
         """The name an operator finds the batch's schedule by."""
+        ...
+
+
+class BatchRelease(Protocol):
+    def release(self, account_id: str, reference_id: int) -> None:
+        """Has the batch released as its schedule would (logic.scheduled.release_scheduled_batch, in the
+        scheduled_dispatch function): asynchronously, idempotently. Raises when the release could not be handed on."""
         ...
 
 

@@ -33,8 +33,15 @@ def sweep(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
                 publish=wiring.notify_queue.publish,
                 clock=utc_now,
                 out_of_time=out_of_time,
+                scheduler=wiring.scheduler,
+                batch_release=wiring.batch_release,
             )
         )
     metrics.add_metric(name="InboundNotificationsSwept", unit="Count", value=outcome.inbound_queued)
     metrics.add_metric(name="DeliveryReportsSwept", unit="Count", value=outcome.reports_queued)
-    return {"inbound_queued": outcome.inbound_queued, "reports_queued": outcome.reports_queued}
+    metrics.add_metric(name="ScheduledBatchesSwept", unit="Count", value=outcome.batches_released)
+    return {
+        "inbound_queued": outcome.inbound_queued,
+        "reports_queued": outcome.reports_queued,
+        "batches_released": outcome.batches_released,
+    }

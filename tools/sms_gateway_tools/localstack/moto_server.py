@@ -8,8 +8,10 @@ import json
 import logging
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections import OrderedDict, defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from sms_gateway_tools.localstack.shared_state import make_methods_take_turns
@@ -228,6 +230,36 @@ def count_sqs_visibility_from_each_receive() -> None:
     change_message_visibility._counts_from_each_receive = True  # type: ignore[attr-defined]
     Message.mark_received = mark_received_now  # type: ignore[method-assign]
     SQSBackend.change_message_visibility = change_message_visibility  # type: ignore[method-assign]
+
+
+# Where Lambda's asynchronous Invoke of a function the local stack runs goes (the sweeper's release of a scheduled
+# batch: adapters/scheduler.LambdaBatchRelease): set while a stack runs; None, moto's own (which knows no function).
+_async_invocations: list[Callable[[str, Any], bool]] = []
+
+
+def route_async_invocations(invoke: Callable[[str, Any], bool] | None) -> None:
+    """From now on, an asynchronous Lambda Invoke (`InvocationType` `Event`) goes to `invoke(function name or ARN,
+    event)`, which runs it as Lambda would and answers whether the function is one it runs (else moto answers as it
+    does); None puts moto's own back. moto stores no function the stack runs: the handlers run in this process."""
+    from moto.awslambda.responses import LambdaResponse
+
+    with _running_turns:
+        _async_invocations[:] = [invoke] if invoke is not None else []
+        if getattr(LambdaResponse.invoke, "routed_locally", False):
+            return
+        original = LambdaResponse.invoke
+
+        @functools.wraps(original)
+        def invoke_locally(self: Any) -> Any:
+            routed = list(_async_invocations)
+            if routed and self.headers.get("X-Amz-Invocation-Type") == "Event":
+                name = urllib.parse.unquote(self.path.rstrip("/").rsplit("/", 2)[-2])
+                if routed[0](name, json.loads(self.body or "{}")):
+                    return 202, {"status": "202"}, ""
+            return original(self)
+
+        invoke_locally.routed_locally = True  # type: ignore[attr-defined]
+        LambdaResponse.invoke = invoke_locally  # type: ignore[method-assign]
 
 
 class EmbeddedMoto:

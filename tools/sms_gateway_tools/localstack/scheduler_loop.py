@@ -256,6 +256,17 @@ class SchedulerLoop:
             return
         raise LookupError(f"no local function or queue for target {arn}")
 
+    def invoke_async(self, function_name_or_arn: str, event: Any) -> bool:
+        """Lambda's asynchronous Invoke of a function this loop knows (by ARN or name): run a moment later, retried
+        and sent to its on-failure destination as a schedule's invocation is. False for a function it does not know."""
+        function = self.functions_by_arn.get(function_name_or_arn) or next(
+            (f for f in self.functions_by_arn.values() if f.function_name == function_name_or_arn), None
+        )
+        if function is None:
+            return False
+        self._jobs.call_later(0, lambda: self._run_async(function, event, 0))
+        return True
+
     def _run_async(self, function: LocalFunction, event: Any, attempt: int) -> None:
         self._try(
             f"{function.logical_id} (asynchronous)",

@@ -18,7 +18,7 @@ from sms_gateway_tools import template as tpl
 from sms_gateway_tools.localstack.console import DivertedStdout
 from sms_gateway_tools.localstack.http_bridge import HttpBridge, function_url_route
 from sms_gateway_tools.localstack.lambdas import REGION, FairLock, Handler, LocalFunction, resolve_handlers
-from sms_gateway_tools.localstack.moto_server import EmbeddedMoto
+from sms_gateway_tools.localstack.moto_server import EmbeddedMoto, route_async_invocations
 from sms_gateway_tools.localstack.resources import (
     LOCAL_NOTIFY_RETRY_DELAYS,
     STACK_SERVICES,
@@ -333,6 +333,9 @@ class LocalStack:
             rules=self._rules(definitions),
         )
         self.scheduler.start()
+        # The sweeper releases a scheduled batch whose schedule was never made by invoking scheduled_dispatch
+        # asynchronously, as its schedule would: the same loop runs it.
+        route_async_invocations(self.scheduler.invoke_async)
         self._write_state_file()
         logger.info(
             "local stack %s: API %s, callbacks %s, simulator %s",
@@ -365,6 +368,7 @@ class LocalStack:
             poller.request_stop()
         steps: list[tuple[str, Callable[[], None]]] = []
         if self.scheduler is not None:
+            steps.append(("asynchronous invocations", lambda: route_async_invocations(None)))
             steps.append(("scheduler", self.scheduler.stop))
         steps.extend((f"poller {p.source.queue_logical_id}", p.stop) for p in self.pollers)
         if self.bridge is not None:

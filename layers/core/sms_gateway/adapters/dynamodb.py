@@ -50,6 +50,7 @@ from sms_gateway.adapters.dynamodb_ratelimit import DynamoRateLimitMixin
 from sms_gateway.adapters.dynamodb_routes import DynamoRouteStore
 from sms_gateway.adapters.dynamodb_sender_requests import DynamoSenderRequestsMixin
 from sms_gateway.adapters.dynamodb_sessions import DynamoSessionsMixin
+from sms_gateway.adapters.dynamodb_sweep import SCHEDULED, UNMARK, sweep_keys
 from sms_gateway.adapters.dynamodb_transactions import (
     MAX_TRANSACTION_ATTEMPTS,
     NOT_REFUSED,
@@ -59,6 +60,7 @@ from sms_gateway.adapters.dynamodb_transactions import (
     transact,
     transact_until_decided,
 )
+from sms_gateway.adapters.dynamodb_unreleased import DynamoUnreleasedBatchesMixin
 from sms_gateway.domain.ids import MESSAGES_PER_BATCH, batch_ids_around
 from sms_gateway.domain.models import (
     FINGERPRINT_VERSION,
@@ -76,6 +78,7 @@ from sms_gateway.domain.models import (
     StoredAnswer,
     goes_out_at,
     iso,
+    release_sweep_due,
 )
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.senders import registry_form
@@ -312,6 +315,7 @@ class DynamoStore(
     DynamoInboxMixin,
     DynamoNotificationsMixin,
     DynamoHistoryMixin,
+    DynamoUnreleasedBatchesMixin,
 ):
     """Implements AccountStore and MessageStore over one table."""
 
@@ -548,6 +552,11 @@ class DynamoStore(
             "expires_at": self._expires_at(batch),
             **batch.model_dump(mode="json"),
         }
+        sweep_due = release_sweep_due(batch)
+        if sweep_due is not None:
+            # In `sweep-index` while it is scheduled: a batch whose schedule was never made (its api Lambda killed
+            # first) is released by the sweeper (dynamodb_unreleased.py).
+            item |= sweep_keys(SCHEDULED, batch.reference_id, sweep_due)
         return {
             "TableName": self.table_name,
             "Item": self._codec.dump(item),
@@ -743,10 +752,13 @@ class DynamoStore(
         if not previous:
             return None
         values = {f":p{i}": {"S": str(status)} for i, status in enumerate(previous)}
+        # A batch that leaves `scheduled` leaves `sweep-index` in the same write (removing absent attributes writes
+        # no index entry), so the sweeper never meets a batch released, cancelled or undone.
+        unmark = f" REMOVE {UNMARK}" if target != MessageStatus.SCHEDULED else ""
         return {
             "TableName": self.table_name,
             "Key": _batch_key(account_id, reference_id),
-            "UpdateExpression": "SET #status = :target",
+            "UpdateExpression": f"SET #status = :target{unmark}",
             "ConditionExpression": f"#status IN ({', '.join(values)})",
             "ExpressionAttributeNames": {"#status": "status"},
             "ExpressionAttributeValues": {":target": {"S": str(target)}, **values},

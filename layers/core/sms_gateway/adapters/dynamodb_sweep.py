@@ -4,7 +4,8 @@ one, and the claim a sweep takes on it. Shared by the kinds that use it (docs/da
   sweep_shard=<KIND>#<0-3>  sweep_at=<when a sweep may take the item, epoch seconds>
 
 INBOUND: an inbound SMS whose notification is not queued yet (dynamodb_inbox.py); REPORT: a message whose final
-delivery report's notification the notify queue refused (dynamodb_delivery.py, mark_unannounced).
+delivery report's notification the notify queue refused (dynamodb_delivery.py, mark_unannounced); SCHEDULED: a batch
+still `scheduled`, due for the sweeper SCHEDULED_RELEASE_SWEEP_MARGIN after its send time (dynamodb_unreleased.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 SWEEP_INDEX = "sweep-index"
 INBOUND = "INBOUND"
 REPORT = "REPORT"
+SCHEDULED = "SCHEDULED"
 # A few partitions per kind, so a burst (the notify queue down) is not one hot key; an item's shard is its id's low
 # bits, which are random.
 SWEEP_SHARDS = 4
@@ -35,17 +37,14 @@ def sweep_keys(kind: str, item_id: int, due: datetime) -> dict[str, Any]:
     return {"sweep_shard": sweep_shard(kind, item_id % SWEEP_SHARDS), "sweep_at": epoch_seconds(due)}
 
 
-def claim_due(store: Any, kind: str, *, now: datetime, until: datetime, limit: int) -> list[dict[str, Any]]:
-    """Up to `limit` items of `kind` due by `now`, oldest due first, each claimed until `until` by a conditional write
-    on it being due still (its `sweep_at` moved there): the items as stored now (DynamoDB attribute values). An item
-    cleared, gone or claimed by another sweep since the index listed it is passed over. `store` is a DynamoStore
-    (`client`, `table_name`)."""
-    client = store.client
+def due_entries(store: Any, kind: str, *, now: datetime, limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` index entries (keys and `sweep_at`) of `kind` due by `now`, oldest due first. The index is
+    eventually consistent (and keys only): a claim on the item itself decides. `store` is a DynamoStore (`client`,
+    `table_name`)."""
     at_now = {"N": str(epoch_seconds(now))}
     due: list[tuple[int, dict[str, Any]]] = []
     for shard in range(SWEEP_SHARDS):
-        # The index is eventually consistent (and keys only): the claim below decides, on the item itself.
-        found = client.query(
+        found = store.client.query(
             TableName=store.table_name,
             IndexName=SWEEP_INDEX,
             KeyConditionExpression="sweep_shard = :shard AND sweep_at <= :now",
@@ -54,8 +53,17 @@ def claim_due(store: Any, kind: str, *, now: datetime, until: datetime, limit: i
         )
         due.extend((int(item["sweep_at"]["N"]), item) for item in found.get("Items", []))
     due.sort(key=lambda entry: entry[0])
+    return [item for _, item in due[:limit]]
+
+
+def claim_due(store: Any, kind: str, *, now: datetime, until: datetime, limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` items of `kind` due by `now`, oldest due first, each claimed until `until` by a conditional write
+    on it being due still (its `sweep_at` moved there): the items as stored now (DynamoDB attribute values). An item
+    cleared, gone or claimed by another sweep since the index listed it is passed over."""
+    client = store.client
+    at_now = {"N": str(epoch_seconds(now))}
     claimed: list[dict[str, Any]] = []
-    for _, item in due[:limit]:
+    for item in due_entries(store, kind, now=now, limit=limit):
         try:
             answer = client.update_item(
                 TableName=store.table_name,

@@ -16,6 +16,13 @@ def schedule_name(account_id: str, reference_id: int) -> str:
     return f"batch-{account_id}-{reference_id}"
 
 
+def release_input(account_id: str, reference_id: int) -> str:
+    """What the scheduled_dispatch function is invoked with to release a batch (schedules.release_schedule).
+    The id as a string: a 63-bit number does not survive a tool that reads JSON numbers as doubles (jq 1.6,
+    JavaScript), such as the one an operator replays the schedule DLQ with (docs/runbook.md)."""
+    return json.dumps({"account_id": account_id, "reference_id": str(reference_id)})
+
+
 class EventBridgeBatchScheduler:
     def __init__(
         self,
@@ -46,9 +53,7 @@ class EventBridgeBatchScheduler:
         target: dict[str, Any] = {
             "Arn": self.target_arn,
             "RoleArn": self.role_arn,
-            # The id as a string: a 63-bit number does not survive a tool that reads JSON numbers as doubles (jq 1.6,
-            # JavaScript), such as the one an operator replays the schedule DLQ with (docs/runbook.md).
-            "Input": json.dumps({"account_id": account_id, "reference_id": str(reference_id)}),
+            "Input": release_input(account_id, reference_id),
             "RetryPolicy": {"MaximumRetryAttempts": 10, "MaximumEventAgeInSeconds": 3600},
         }
         if self.dead_letter_arn:
@@ -84,3 +89,29 @@ class EventBridgeBatchScheduler:
         except self.client.exceptions.ResourceNotFoundException:
             return False
         return True
+
+
+class LambdaBatchRelease:
+    """Releases a scheduled batch as its schedule does: invokes the scheduled_dispatch function asynchronously with
+    the schedule's Input, so the release runs there with Lambda's two retries and the schedule DLQ after them (its
+    on-failure destination), and the caller needs no permission but to invoke it."""
+
+    def __init__(self, *, function_arn: str, client: Any | None = None) -> None:
+        self.function_arn = function_arn
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = aws.client("lambda")
+        return self._client
+
+    def release(self, account_id: str, reference_id: int) -> None:
+        """Returns once Lambda has queued the invocation; raises when it refused it."""
+        answer = self.client.invoke(
+            FunctionName=self.function_arn,
+            InvocationType="Event",
+            Payload=release_input(account_id, reference_id).encode(),
+        )
+        if answer.get("StatusCode") != 202:
+            raise RuntimeError(f"Lambda did not queue the release of batch {reference_id}: {answer.get('StatusCode')}")

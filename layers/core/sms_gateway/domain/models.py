@@ -39,6 +39,28 @@ def goes_out_at(*, created_at: str, send_at: str | None) -> datetime:
     return max(from_iso(send_at), from_iso(created_at)) if send_at else from_iso(created_at)
 
 
+# How long after it is due a scheduled batch that is still `scheduled` is released by the sweeper (logic/sweep.py)
+# instead of its schedule: one killed with its api Lambda before the schedule was made has none, and nothing else
+# would ever send it. The schedule fires within a minute of its time (adapters/scheduler.py: due rounded up to the
+# minute, and at least a minute after it was made, so at most about 3 minutes after `goes_out_at`), and Lambda tries a
+# release that raises twice more (about 1 then 2 minutes apart, each run at most the function's 120 s): a schedule
+# that fires at all has released its batch some 10 minutes after it was due. 15 minutes leaves those their turn, so
+# the sweeper meets only batches whose schedule did not release them, and stays well inside the hour Scheduler keeps
+# retrying an invoke Lambda refuses (the schedule's RetryPolicy, MaximumEventAgeInSeconds 3600): past that hour the
+# schedule has given up into its DLQ, and a margin that long would only keep a batch with no schedule that much
+# later. The sweeper's release and a late firing are the same idempotent release, so whichever comes second changes
+# nothing.
+SCHEDULED_RELEASE_SWEEP_MARGIN = timedelta(minutes=15)
+
+
+def release_sweep_due(batch: Batch) -> datetime | None:
+    """When the sweeper may release `batch` if it is still scheduled then (SCHEDULED_RELEASE_SWEEP_MARGIN after it
+    was due); None for a batch that is not scheduled."""
+    if batch.status != MessageStatus.SCHEDULED or batch.send_at is None:
+        return None
+    return goes_out_at(created_at=batch.created_at, send_at=batch.send_at) + SCHEDULED_RELEASE_SWEEP_MARGIN
+
+
 def validity_ends(*, created_at: str, send_at: str | None, queued_at: str | None, validity: timedelta) -> datetime:
     """When a message is too late to send, and is expired and refunded instead: `validity` after its batch's send
     time when it has one (goes_out_at), so a scheduled batch released late (its schedule's release replayed from
@@ -198,6 +220,13 @@ class Batch(Record):
     # Set on a failed (undone) batch when a retry under the same idempotency key sent afresh as this batch: the
     # key names the first batch, and a later retry follows these links to the send that stands (logic.send).
     superseded_by: int | None = None
+
+
+class BatchKey(Record):
+    """Locates a batch: its account and reference id."""
+
+    account_id: str
+    reference_id: int
 
 
 class MessageKey(Record):

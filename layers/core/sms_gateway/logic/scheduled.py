@@ -11,7 +11,7 @@ from sms_gateway.domain.models import DEFAULT_VALIDITY, Account, Batch, Message,
 from sms_gateway.domain.senders import SENDER_REMOVED, holds_sender
 from sms_gateway.domain.status import VALIDITY_PERIOD_ENDED, MessageStatus
 from sms_gateway.errors import NotFound
-from sms_gateway.logic.batches import ONLY_SCHEDULED, all_messages, finish_cancel
+from sms_gateway.logic.batches import ONLY_SCHEDULED, all_messages, cost_to_stored, finish_cancel
 from sms_gateway.logic.optouts import opted_out_of
 from sms_gateway.logic.send import OPTED_OUT, dispatch_commands, fail_opted_out
 from sms_gateway.observability import logger
@@ -85,9 +85,10 @@ def release_scheduled_batch(
     # Read consistently (one read a release): a replica that lags could answer with the account as it was before a
     # sender added a moment ago, and the batch the api accepted from it be failed `sender_removed` and refunded.
     account = accounts.get_account(account_id, consistent=True)
-    current = _expire_late(
-        batch, list(all_messages(messages, account_id, reference_id)), messages=messages, clock=clock, validity=validity
-    )
+    stored = list(all_messages(messages, account_id, reference_id))
+    if len(stored) < batch.recipients:
+        stored = _give_back_unstored(batch, messages)
+    current = _expire_late(batch, stored, messages=messages, clock=clock, validity=validity)
     current = _fail_refused(
         batch,
         current,
@@ -118,6 +119,25 @@ def release_scheduled_batch(
     if failed and announce is not None:
         announce([StatusChange(message=message, changed=True) for message in failed])
     return released
+
+
+def _give_back_unstored(batch: Batch, messages: MessageStore) -> list[Message]:
+    """A batch with fewer messages than recipients: its send was killed while storing them, after its batch was
+    written with the whole cost, and before it made the schedule (this release is the sweeper's, logic/sweep.py). The
+    messages stored go out; what the batch took for the others is given back (cost_to_stored, conditional on the cost
+    read: once, however many releases run). A retry of the send under its key that comes later stores the rest and
+    pays for them (logic.send.finish_stored_batch). The batch's messages as stored."""
+    given_back, stored = cost_to_stored(messages, batch.account_id, batch.reference_id)
+    logger.warning(
+        "released a scheduled batch whose send was killed while storing its messages; the others' credits given back",
+        extra={
+            "reference_id": batch.reference_id,
+            "recipients": batch.recipients,
+            "stored": len(stored),
+            "refunded_credits": given_back,
+        },
+    )
+    return stored
 
 
 def _fail_refused(

@@ -1,5 +1,5 @@
 """The sweeper: on a schedule, finishes what a function that failed or died part-way left undone, and nobody
-else would (an upstream that never posts a failed callback again)."""
+else would (an upstream that never posts a failed callback again, a client that never retries a send)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sms_gateway.domain.models import Message, StatusChange, StoredInbound
+from sms_gateway.domain.models import BatchKey, Message, StatusChange, StoredInbound
 from sms_gateway.logic.inbound import inbound_notification
 from sms_gateway.logic.notify import notifications_of
 from sms_gateway.observability import logger
-from sms_gateway.ports import InboxStore, MessageStore
+from sms_gateway.ports import BatchRelease, BatchScheduler, InboxStore, MessageStore
 
 # Items of each kind one claim takes (inbound SMS, delivery reports): a run claims page after page, oldest first,
 # until none is left or its invocation nears its end (`out_of_time`), and the next run, minutes later, takes the
@@ -23,6 +23,12 @@ SWEEP_LIMIT = 200
 PUBLISH_BATCH = 10
 # How long an item a run took stays its own: a run that dies before queueing it leaves it to a run after that.
 SWEEP_LEASE = timedelta(minutes=5)
+# How long a scheduled batch the sweep handed to its release stays its own. The release runs in the scheduled_dispatch
+# function, invoked asynchronously: Lambda may start it a little later, and tries it twice more when it raises (about
+# 1 and 2 minutes apart, each run up to 120 s), about 10 minutes in all. A claim shorter than that would hand a
+# release still in Lambda's hands on again; one that ran out after Lambda gave up (the release in the schedule DLQ,
+# its alarm raised) is handed on again, so a release that failed for a passing reason is retried by the sweep.
+RELEASE_SWEEP_LEASE = timedelta(minutes=15)
 
 _Item = TypeVar("_Item")
 
@@ -36,6 +42,10 @@ class SweepDependencies:
     clock: Callable[[], datetime]
     # True once too little of the invocation is left to claim and queue another page (None: outside Lambda).
     out_of_time: Callable[[], bool] | None = None
+    # Both given: scheduled batches still scheduled well after their send time are released (their schedule was
+    # never made: the api Lambda killed between storing the batch and scheduling it), any schedule left deleted.
+    scheduler: BatchScheduler | None = None
+    batch_release: BatchRelease | None = None
 
 
 @dataclass(frozen=True)
@@ -44,10 +54,13 @@ class SweepOutcome:
     inbound_failed: int
     reports_queued: int = 0
     reports_failed: int = 0
+    batches_released: int = 0
+    batches_failed: int = 0
 
 
 class SweepIncomplete(RuntimeError):
-    """Some notifications could not be queued: they stay marked for a later run, and the run fails (its alarm)."""
+    """Some notifications could not be queued, or scheduled batches handed to their release: they stay marked for a
+    later run, and the run fails (its alarm)."""
 
 
 def sweep_notifications(deps: SweepDependencies, *, limit: int = SWEEP_LIMIT) -> SweepOutcome:
@@ -63,26 +76,41 @@ def sweep_notifications(deps: SweepDependencies, *, limit: int = SWEEP_LIMIT) ->
 
     Then clears each one's mark. A client that got one after all drops the copy by its webhook id. Each is claimed by
     a conditional write first, so a concurrent run does not queue it too; a callback retry (or a settle check) that
-    queues it meanwhile clears the mark, and it is not claimed again. Raises SweepIncomplete, once both kinds had
-    their turn, when some could not be queued (they are taken again once their claim runs out)."""
-    (inbound_queued, inbound_failed), (reports_queued, reports_failed) = _pages_in_turn(
-        [
+    queues it meanwhile clears the mark, and it is not claimed again.
+
+    With a scheduler and a batch release (`deps`), also releases the scheduled batches still `scheduled`
+    SCHEDULED_RELEASE_SWEEP_MARGIN after their send time (release_unreleased). Raises SweepIncomplete, once every kind
+    had its turn, when some could not be queued or released (they are taken again once their claim runs out)."""
+    kinds: list[tuple[_Claim, _Queue]] = [
+        (
+            lambda now, until: deps.inbox.claim_inbound_notifications(now=now, until=until, limit=limit),
+            lambda claimed: _queue_inbound(claimed, deps),
+        ),
+        (
+            lambda now, until: deps.messages.claim_unannounced_reports(now=now, until=until, limit=limit),
+            lambda claimed: _announce_reports(claimed, deps),
+        ),
+    ]
+    if deps.scheduler is not None and deps.batch_release is not None:
+        scheduler, batch_release = deps.scheduler, deps.batch_release
+        kinds.append(
             (
-                lambda now, until: deps.inbox.claim_inbound_notifications(now=now, until=until, limit=limit),
-                lambda claimed: _queue_inbound(claimed, deps),
-            ),
-            (
-                lambda now, until: deps.messages.claim_unannounced_reports(now=now, until=until, limit=limit),
-                lambda claimed: _announce_reports(claimed, deps),
-            ),
-        ],
-        deps,
+                lambda now, _until: deps.messages.claim_unreleased_batches(
+                    now=now, until=now + RELEASE_SWEEP_LEASE, limit=limit
+                ),
+                lambda claimed: release_unreleased(claimed, scheduler, batch_release),
+            )
+        )
+    (inbound_queued, inbound_failed), (reports_queued, reports_failed), *batches = _pages_in_turn(kinds, deps)
+    batches_released, batches_failed = batches[0] if batches else (0, 0)
+    outcome = SweepOutcome(
+        inbound_queued, inbound_failed, reports_queued, reports_failed, batches_released, batches_failed
     )
-    outcome = SweepOutcome(inbound_queued, inbound_failed, reports_queued, reports_failed)
-    if inbound_failed or reports_failed:
+    if inbound_failed or reports_failed or batches_failed:
         raise SweepIncomplete(
             f"{inbound_failed} of {inbound_queued + inbound_failed} inbound notifications and {reports_failed} of "
-            f"{reports_queued + reports_failed} delivery reports not queued"
+            f"{reports_queued + reports_failed} delivery reports not queued, {batches_failed} of "
+            f"{batches_released + batches_failed} scheduled batches not handed to their release"
         )
     return outcome
 
@@ -119,16 +147,21 @@ def _pages_in_turn(kinds: Sequence[tuple[_Claim, _Queue]], deps: SweepDependenci
     return totals
 
 
-def _queue_each(claimed: Sequence[_Item], queue: Callable[[_Item], None], kind: str) -> tuple[int, int]:
-    """Does `queue` to each claimed item (one failure does not stop the others); how many were done, how many
-    failed."""
+def _queue_each(
+    claimed: Sequence[_Item],
+    queue: Callable[[_Item], None],
+    kind: str,
+    failure: str = "notification not queued by the sweep; a later run retries it",
+) -> tuple[int, int]:
+    """Does `queue` to each claimed item (one failure does not stop the others, and is logged as `failure`); how many
+    were done, how many failed."""
     queued = failed = 0
     for item in claimed:
         try:
             queue(item)
         except Exception:
             failed += 1
-            logger.exception("notification not queued by the sweep; a later run retries it", extra={"kind": kind})
+            logger.exception(failure, extra={"kind": kind})
         else:
             queued += 1
     return queued, failed
@@ -197,4 +230,44 @@ def _cleared(message: Message, deps: SweepDependencies) -> None:
     logger.warning(
         "delivery report announced by the sweep: the notify queue had refused its announcement",
         extra={"message_id": message.message_id, "sequence": message.sequence},
+    )
+
+
+def release_unreleased(
+    claimed: Sequence[BatchKey], scheduler: BatchScheduler, batch_release: BatchRelease
+) -> tuple[int, int]:
+    """Has each claimed batch (still scheduled well after its send time) released as its schedule would: how many
+    were handed to their release, how many could not be (taken again once their claim runs out)."""
+    return _queue_each(
+        claimed,
+        lambda batch: _release(batch, scheduler, batch_release),
+        "scheduled batch",
+        "scheduled batch not handed to its release by the sweep; a later run retries it",
+    )
+
+
+def _release(batch: BatchKey, scheduler: BatchScheduler, batch_release: BatchRelease) -> None:
+    """Deletes the batch's schedule if one is left, then hands the batch to the release its schedule would have made.
+    The schedule goes first: a retry of the send under its idempotency key may make one meanwhile for messages it adds
+    (logic.send.finish_stored_batch), and deleted after the release that schedule would leave those unsent. A schedule
+    that fires anyway (Scheduler had invoked it already, or its deletion failed) finds the batch released and changes
+    nothing; the sweep's release after a firing's finds it the same way."""
+    try:
+        deleted: bool | None = scheduler.cancel(batch.account_id, batch.reference_id)
+    except Exception:
+        deleted = None
+        logger.exception(
+            "could not delete the schedule of a batch the sweep releases; if it fires, it finds the batch released",
+            extra={"reference_id": batch.reference_id},
+        )
+    batch_release.release(batch.account_id, batch.reference_id)
+    logger.warning(
+        "scheduled batch released by the sweep: still scheduled well after its send time, its schedule never "
+        "released it",
+        extra={
+            "account_id": batch.account_id,
+            "reference_id": batch.reference_id,
+            "schedule": scheduler.schedule_name(batch.account_id, batch.reference_id),
+            "schedule_deleted": deleted,
+        },
     )
