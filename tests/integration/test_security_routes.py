@@ -124,11 +124,17 @@ def test_every_resolver_route_is_reachable_through_the_template_and_lands_on_its
 
 
 def test_every_template_route_serves_some_resolver_route():
+    from sms_gateway.dialects.api import DIALECTS
     from sms_gateway_tools.template import match_route
 
     resolver = resolver_routes()
+    # A dialect prefix's catch-all may serve no route: it is there so that a path under the prefix no route takes
+    # (/status/credits) is answered 404 in the dialect's shape, not API Gateway's bare {"message":"Not Found"}.
+    catch_alls = {("ApiFunction", "ANY", f"{prefix}/{{proxy+}}") for prefix, _, _ in DIALECTS}
     unserved = []
     for function, method, path in template_routes():
+        if (function, method, path) in catch_alls:
+            continue
         served = [
             (m, p)
             for f, m, p in resolver
