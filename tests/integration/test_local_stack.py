@@ -616,11 +616,6 @@ def test_the_banners_inbound_command_runs_as_printed_without_an_activated_virtua
     assert "--message" in ran.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the banner's inbound example is STOP: pasted after its curl, it opts the demo number out of 48974, "
-    "and every README example to that number is then refused as opted out",
-)
 def test_the_banners_inbound_example_leaves_the_demo_number_able_to_receive(aws: dict[str, str]) -> None:
     import shlex
 

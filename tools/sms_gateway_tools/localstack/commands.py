@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import logging
+import shlex
 import signal
 import sys
 import time
@@ -25,6 +26,9 @@ DEMO_BODY = {
     "session_id": "67543uhn3",
     "sent_date": "2024-01-02T23:50:37.000000Z",
 }
+# The inbound SMS the banner suggests: the demo number's reply. Not a keyword: until session 34 it was STOP, which
+# opted that number out of the demo sender, so the curl above it and every README example were refused as opted out.
+DEMO_REPLY = "Last week"
 
 
 def run_local(*, port: int, dlr_delay: float, failure_rate: float, log_level: str) -> int:
@@ -113,7 +117,8 @@ def banner(stack: LocalStack, account: dict[str, Any] | None) -> str:
     lines += [
         "",
         "Simulate an inbound SMS:",
-        f"  {cli_command()} simulate inbound --from 2348020000000 --to 48974 --message STOP",
+        f"  {cli_command()} simulate inbound --from {DEMO_BODY['to']} --to {DEMO_BODY['from']} "
+        f"--message {shlex.quote(DEMO_REPLY)}",
         "",
     ]
     return "\n".join(lines)
