@@ -66,9 +66,12 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, No
 
 def mask_msisdn(msisdn: str) -> str:
     """Logs keep the country code and the last three digits only: enough to debug, not enough to identify. An
-    inbound SMS's sender that is no number (a sender ID, `WhatsApp`) is kept, with any phone number in it masked."""
+    inbound SMS's sender that is no number (a sender ID, `WhatsApp`) is kept, with any phone number in it masked.
+    Digits are what the patterns above take for digits (`\\d`: any script's, such as Arabic-Indic): until
+    2026-12-07 only ASCII ones were, and a number in another script went back to mask_numbers, which found it and
+    came here again until RecursionError, raised from the log call (a sender typed so crashed the api function)."""
     digits = msisdn.lstrip("+")
-    if not (digits.isascii() and digits.isdigit()):
+    if not digits.isdecimal():
         return mask_numbers(msisdn)
     if len(digits) <= 6:
         return "*" * len(digits)
