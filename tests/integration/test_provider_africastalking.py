@@ -515,6 +515,47 @@ def test_an_acceptance_we_cannot_read_is_left_to_its_dlr_as_one_at_may_have(body
     assert error.maybe_taken is True
 
 
+def without_status_code(entry: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in entry.items() if key != "statusCode"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an entry with AT's messageId and a code we do not know is offered to the fallback: the SMS goes out twice",
+)
+@pytest.mark.parametrize(
+    "entry",
+    [
+        recipient(103, "Delivered"),
+        recipient(600, "SomethingNew"),
+        recipient(418, "SomethingNew"),
+        without_status_code(recipient()),
+        {**recipient(), "statusCode": "Success"},
+    ],
+    ids=["a new success code", "a code outside AT's ranges", "an unknown 4xx", "no statusCode", "an unreadable code"],
+)
+def test_review_an_entry_carrying_ats_message_id_with_a_code_we_do_not_know_is_never_offered_elsewhere(
+    entry: dict[str, Any],
+) -> None:
+    from tests.fakes import FakeProvider, dispatched_through
+
+    # Given AT answering 201 with a recipient entry that carries a real messageId (AT names refused entries "None")
+    # but a statusCode AT's documentation does not list (100-102, 401-409, 500-502), or none at all, and a fallback
+    fallback = FakeProvider("fallback")
+    # When the message is dispatched
+    message, store = dispatched_through(provider(FakeAT(body=sent(entry))), fallback)
+    # Then AT has the message: the fallback is never offered it (it would go out twice), and the message reads
+    # submitted at AT, linked to AT's messageId, so that AT's delivery report settles it (or, without one, the DLR wait)
+    assert fallback.submits == []
+    assert (message.status, message.upstream, message.upstream_message_id) == (
+        MessageStatus.SUBMITTED,
+        "africastalking",
+        MESSAGE_ID,
+    )
+    assert store.find_by_upstream_id("africastalking", MESSAGE_ID) == message.key
+    assert store.accounts["7"].credits < 1000
+
+
 @pytest.mark.parametrize("token", [None, "1234"], ids=repr)
 def test_review_a_null_or_short_callback_token_is_refused_at_configuration(token: str | None) -> None:
     # Given an AT upstream whose parameter holds "callback_token": null (a template's unset value) or a short one.
