@@ -5,7 +5,8 @@ API documentation this adapter follows:
   `POST https://api.africastalking.com/version1/messaging` (sandbox `https://api.sandbox.africastalking.com/...`),
   headers `apiKey` and `Accept: application/json`, form fields `username`, `to`, `message`, `from`, `bulkSMSMode`,
   `enqueue`; answers `{"SMSMessageData": {"Message": ..., "Recipients": [{"statusCode", "number", "status", "cost",
-  "messageId"}]}}` with a per-recipient statusCode (100-102 accepted, 401-409 and 500-502 refused).
+  "messageId"}]}}` with a per-recipient statusCode (100-102 accepted, 401-409 and 500-502 refused); a refused
+  entry's messageId is "None", so one carrying a real id is taken whatever its code.
 - Notifications: https://developers.africastalking.com/docs/sms/notifications (also docs.africastalking.com/sms/
   notifications and /sms/deliveryreports): delivery reports are form POSTs with `id`, `status`, `phoneNumber`,
   `networkCode`, `failureReason`, `retryCount`; incoming messages are form POSTs with `date`, `from`, `to`, `text`,
@@ -49,6 +50,7 @@ from sms_gateway.adapters.providers.tokens import (
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
+from sms_gateway.observability import logger
 
 LIVE_BASE_URL = "https://api.africastalking.com"
 SANDBOX_BASE_URL = "https://api.sandbox.africastalking.com"
@@ -208,9 +210,18 @@ class AfricasTalkingProvider:
         code = _int(recipient.get("statusCode"))
         known = RECIPIENT_STATUS.get(code) if code is not None else None
         name, outcome = known or (str(recipient.get("status") or "unknown"), _unknown_outcome(code))
+        message_id = _message_id(recipient)
+        if known is None and message_id is not None:
+            # AT names every entry it refused "None": one with a real messageId is a message AT has, whatever code a
+            # new API version gives it. Offered to the fallback it went out twice (until 2026-12-07); taken here, AT's
+            # DLR, found by that id, settles it (a refusal after all: no DLR, expired and refunded after the wait).
+            logger.warning(
+                "africastalking took the message with a statusCode we do not know",
+                extra={"upstream": self.name, "status_code": recipient.get("statusCode"), "status": name},
+            )
+            return SubmitResult(upstream_message_id=message_id)
         if outcome is Outcome.ACCEPTED:
-            message_id = str(recipient.get("messageId") or "")
-            if not message_id or message_id == "None":
+            if message_id is None:
                 raise unreadable_take(self.name, "accepted the message without a messageId")
             return SubmitResult(upstream_message_id=message_id)
         raise _refusal(f"{self.name} refused the recipient: {code} {name}", outcome)
@@ -275,6 +286,12 @@ def _recipient(recipients: Any, msisdn: str) -> dict[str, Any] | None:
     return entries[0] if entries else None
 
 
+def _message_id(recipient: Mapping[str, Any]) -> str | None:
+    """The entry's messageId; None when absent, empty or "None" (what AT gives an entry it refused)."""
+    message_id = str(recipient.get("messageId") or "")
+    return None if not message_id or message_id == "None" else message_id
+
+
 def _int(value: Any) -> int | None:
     try:
         return int(value)
@@ -291,7 +308,8 @@ def _refusal(described: str, outcome: Outcome) -> UpstreamError:
 
 
 def _unknown_outcome(code: int | None) -> Outcome:
-    # A code this table does not know: 4xx codes name a refusal, anything else is treated as AT's trouble.
+    # A code this table does not know, on an entry without a messageId (one with an id AT has taken): 4xx codes
+    # name a refusal, anything else is treated as AT's trouble.
     return Outcome.PERMANENT if code is not None and 400 <= code < 500 else Outcome.TRANSIENT
 
 
