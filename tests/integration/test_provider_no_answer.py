@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from sms_gateway.adapters.providers.simulator import SimulatorProvider
+from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import UpstreamError
 from tests.integration import (
     test_provider_africastalking,
@@ -198,3 +199,60 @@ def test_review_a_403_kannel_never_gives_is_a_proxy_refusing_our_setup() -> None
     failure = failure_answered("kannel", 403)
     # Then the message is offered to the fallback or retried, as for Kannel's Authorization failed
     assert (failure.permanent, failure.unavailable, failure.maybe_taken) == (False, True, False)
+
+
+# Kannel answers no id of its own (its DLRs carry our reference): any 2xx is its acceptance.
+ANSWERING_AN_ID = [
+    pytest.param(
+        adapter,
+        marks=pytest.mark.xfail(
+            strict=True, reason="the simulator's 2xx without a message_id crashes the dispatch (KeyError)"
+        )
+        if adapter == "simulator"
+        else (),
+    )
+    for adapter in sorted(set(ADAPTERS) - {"kannel"})
+]
+UNREADABLE_TAKES = {
+    "no id": httpx.Response(200, json={}),
+    "a proxy's page": httpx.Response(200, text="<html>proxy page</html>"),
+}
+
+
+@pytest.mark.parametrize("adapter", ANSWERING_AN_ID)
+@pytest.mark.parametrize("answer", list(UNREADABLE_TAKES), ids=str)
+def test_review_a_2xx_without_a_readable_id_says_the_upstream_may_have_the_message(adapter: str, answer: str) -> None:
+    # Given an upstream (or a proxy in front of it) answering 2xx to a submit, without the id its answer carries
+    # When the message is submitted
+    failure = failure_answered_with(adapter, UNREADABLE_TAKES[answer])
+    # Then the upstream took the request and may be sending it: never offered to the fallback, nor failed and refunded
+    # (until 2026-12-07 the simulator's raised a KeyError or a JSON error that crashed the dispatch of its record, and
+    # its null id was recorded as the id "None")
+    assert (failure.permanent, failure.unavailable, failure.maybe_taken) == (False, False, True)
+
+
+def failure_answered_with(adapter: str, answer: httpx.Response) -> UpstreamError:
+    build, request, _ = ADAPTERS[adapter]
+    with pytest.raises(UpstreamError) as raised:
+        asyncio.run(build(lambda _: answer).submit(request()))
+    return raised.value
+
+
+@pytest.mark.xfail(strict=True, reason="the simulator's 2xx without a message_id crashes the dispatch (KeyError)")
+@pytest.mark.parametrize(
+    "body", [{}, {"message_id": None}, {"message_id": ""}, ["7"], "<html>proxy page</html>"], ids=repr
+)
+def test_review_a_simulator_2xx_without_a_message_id_leaves_the_message_to_the_simulator(body: Any) -> None:
+    from tests.fakes import FakeProvider, dispatched_through
+
+    # Given the simulator (which answers a repeat of our client_ref with its first answer) answering 200 without a
+    # message_id (or with a null or empty one), and a fallback on the route
+    fallback = FakeProvider("fallback")
+    answer = httpx.Response(200, text=body) if isinstance(body, str) else httpx.Response(200, json=body)
+    # When the message is dispatched
+    message, store = dispatched_through(simulator(lambda _: answer), fallback)
+    # Then the dispatch ends without a crash, the fallback is never offered the message, and it waits for the
+    # simulator alone, still charged
+    assert fallback.submits == []
+    assert (message.status, message.maybe_taken_by, message.submit_attempts) == (MessageStatus.QUEUED, "simulator", 1)
+    assert store.accounts["7"].credits < 1000
