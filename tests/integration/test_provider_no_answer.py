@@ -202,17 +202,7 @@ def test_review_a_403_kannel_never_gives_is_a_proxy_refusing_our_setup() -> None
 
 
 # Kannel answers no id of its own (its DLRs carry our reference): any 2xx is its acceptance.
-ANSWERING_AN_ID = [
-    pytest.param(
-        adapter,
-        marks=pytest.mark.xfail(
-            strict=True, reason="the simulator's 2xx without a message_id crashes the dispatch (KeyError)"
-        )
-        if adapter == "simulator"
-        else (),
-    )
-    for adapter in sorted(set(ADAPTERS) - {"kannel"})
-]
+ANSWERING_AN_ID = sorted(set(ADAPTERS) - {"kannel"})
 UNREADABLE_TAKES = {
     "no id": httpx.Response(200, json={}),
     "a proxy's page": httpx.Response(200, text="<html>proxy page</html>"),
@@ -238,7 +228,6 @@ def failure_answered_with(adapter: str, answer: httpx.Response) -> UpstreamError
     return raised.value
 
 
-@pytest.mark.xfail(strict=True, reason="the simulator's 2xx without a message_id crashes the dispatch (KeyError)")
 @pytest.mark.parametrize(
     "body", [{}, {"message_id": None}, {"message_id": ""}, ["7"], "<html>proxy page</html>"], ids=repr
 )
