@@ -282,6 +282,28 @@ def test_adding_a_route_with_the_match_of_another_is_a_conflict():
         table.with_route(route("other", "jasmin", network="mtn"))
 
 
+@pytest.mark.xfail(strict=True, reason="a prefix in national (0803) or 00 form, or of no calling code, is accepted")
+@pytest.mark.parametrize("prefix", ["0803", "+0803", "00234803", "999"])
+def test_a_prefix_no_number_can_start_with_is_refused_when_a_route_is_set(prefix):
+    # Given an operator typing a range the way a handset dials it: Nigeria's 0803, or 00 234 803, or a typo (999)
+    table = Routes(routes=(route("lagos", "kannel", network="mtn"),), version=3)
+    # When it is set as a route
+    # Then it is refused, saying how a prefix is written, instead of stored as a route that matches no number (its
+    # messages going to the default upstream without a word)
+    with pytest.raises(ValueError, match="country code first"):
+        table.with_route(route("r", "twilio", prefix=prefix))
+    # And a table stored with such a route before it was refused still loads (a dispatcher reads it for every
+    # record), its route matching nothing as before
+    stored = RouteTable(default_upstream="simulator", routes=(route("r", "twilio", prefix=prefix),))
+    assert stored.choose(ACCOUNT, "mtn", MTN_803) == RouteChoice(primary="simulator")
+
+
+def test_a_prefix_of_a_calling_code_or_within_one_is_taken():
+    table = Routes()
+    for prefix in ("2", "23", "234", "+234803", "2348031", "1", "44"):
+        assert table.with_route(route("r", "kannel", prefix=prefix)).find("r") is not None
+
+
 def test_setting_a_route_of_the_same_id_replaces_it_in_place():
     table = Routes(routes=(route("a", "kannel", network="mtn"), route("b", "jasmin", network="glo")), version=4)
     updated = table.with_route(route("a", "twilio", "kannel", prefix="234803"))
