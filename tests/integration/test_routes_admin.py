@@ -279,6 +279,9 @@ BAD_ROUTES = [
     (["--upstream", "kannel"], "at least one of account, network or prefix"),
     (["--network", "mtn", "--upstream", "kannel", "--fallback", "kannel"], "fallback must be another upstream"),
     (["--prefix", "23480x", "--upstream", "kannel"], "prefix '23480x' must be 1 to 15 digits"),
+    # A range as a handset dials it would be stored as a route matching no number
+    (["--prefix", "0803", "--upstream", "kannel"], "prefix '0803' can start no number"),
+    (["--prefix", "00234803", "--upstream", "kannel"], "country code first"),
     (["--network", "mnt", "--upstream", "kannel"], "network 'mnt' is not a known network slug"),
     (["--network", "mtn", "--upstream", "Kannel"], "upstream 'Kannel' is not an upstream name"),
     (["--network", "mtn", "--upstream", "ghost"], "no upstream named 'ghost' is configured"),

@@ -282,7 +282,6 @@ def test_adding_a_route_with_the_match_of_another_is_a_conflict():
         table.with_route(route("other", "jasmin", network="mtn"))
 
 
-@pytest.mark.xfail(strict=True, reason="a prefix in national (0803) or 00 form, or of no calling code, is accepted")
 @pytest.mark.parametrize("prefix", ["0803", "+0803", "00234803", "999"])
 def test_a_prefix_no_number_can_start_with_is_refused_when_a_route_is_set(prefix):
     # Given an operator typing a range the way a handset dials it: Nigeria's 0803, or 00 234 803, or a typo (999)

@@ -144,6 +144,22 @@ class Route(BaseModel):
         return ", ".join(parts)
 
 
+def require_possible_prefix(prefix: str) -> None:
+    """ValueError unless some number's international digits can start with `prefix`: it begins with a country calling
+    code, or is the start of one. A national range (Nigeria's 0803), a 00 in front or a typo would make a route that
+    never matches, its messages going to the default upstream without a word."""
+    import phonenumbers
+
+    codes = (str(code) for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+    if any(prefix.startswith(code) or code.startswith(prefix) for code in codes):
+        return
+    written = "no 0 in front: " if prefix.startswith("0") else ""
+    raise ValueError(
+        f"prefix {prefix!r} can start no number: write the international digits, {written}country code first "
+        "(e.g. 234803 for Nigeria's 0803)"
+    )
+
+
 def default_route_id(account_id: str | None, network: str | None, prefix: str | None) -> str:
     """The id a route gets when the operator names none: its match, so setting the same match again replaces it."""
     parts = [
@@ -185,7 +201,11 @@ class Routes(BaseModel):
         return next((route for route in self.routes if route.route_id == route_id), None)
 
     def with_route(self, route: Route) -> Self:
-        """The table with `route` added, or replacing the route of the same id (in its place)."""
+        """The table with `route` added, or replacing the route of the same id (in its place). A prefix no number
+        can start with is refused here, when a route is set, rather than by Route: a table stored with one still
+        loads (its route matches nothing), so a dispatcher reading it never fails."""
+        if route.prefix is not None:
+            require_possible_prefix(route.prefix)
         same_match = next((r for r in self.routes if r.match == route.match and r.route_id != route.route_id), None)
         if same_match is not None:
             raise RouteConflict(
