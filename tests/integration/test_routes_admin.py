@@ -30,15 +30,24 @@ def account_id(aws: dict[str, str]) -> str:
     return str(admin.create_account(name="Cinema Club", senders=[], credits=0)["account_id"])
 
 
-def configure_upstream(env: dict[str, str], name: str, prefix: str | None = None) -> None:
-    """Registers an upstream where the provider registry (and set-route) looks for it."""
+# A Kannel configured as docs/providers-smsc.md says: the dispatcher can build it and submit to it.
+KANNEL = {
+    "type": "kannel",
+    "url": "http://127.0.0.1:13013",
+    "username": "gateway",
+    "password": "secret",
+    "callback_token": "kannel-callback-token-0123",
+}
+
+
+def configure_upstream(env: dict[str, str], name: str, prefix: str | None = None, config: Any = None) -> None:
+    """Registers an upstream where the provider registry (and set-route) looks for it (`config`: a JSON value, or
+    a text stored as it is; by default a complete Kannel)."""
     import boto3
 
+    value = config if isinstance(config, str) else json.dumps(KANNEL if config is None else config)
     boto3.client("ssm").put_parameter(
-        Name=f"{prefix or env['UPSTREAM_PARAMETER_PREFIX']}{name}",
-        Type="SecureString",
-        Value=json.dumps({"type": "kannel", "url": "http://127.0.0.1:13013/cgi-bin/sendsms"}),
-        Overwrite=True,
+        Name=f"{prefix or env['UPSTREAM_PARAMETER_PREFIX']}{name}", Type="SecureString", Value=value, Overwrite=True
     )
 
 
@@ -307,6 +316,34 @@ def test_a_bad_route_is_refused_and_changes_nothing(cli, upstreams):
         assert err.startswith("error: "), (argv, err)
         assert fragment in err, (argv, err)
         assert shown(cli) == before, argv
+
+
+@pytest.mark.xfail(strict=True, reason="set-route accepts an upstream whose parameter exists but cannot be used")
+@pytest.mark.parametrize(
+    ("config", "fragment"),
+    [
+        # a parameter written before its credentials were filled in
+        ({"type": "kannel", "url": "http://127.0.0.1:13013"}, "'username'"),
+        ({"type": "smpp", "url": "http://127.0.0.1:2775"}, "unknown type 'smpp'"),
+        ("https://kannel.example/cgi-bin/sendsms", "not a JSON object"),
+        ({**KANNEL, "callback_token": "short"}, "callback_token"),
+        ({**KANNEL, "rate_limit_per_second": "30/s"}, "rate_limit_per_second"),
+    ],
+)
+def test_an_upstream_whose_configuration_cannot_be_used_is_refused(cli, upstreams, aws, config, fragment):
+    # Given an upstream whose parameter exists but from which the dispatcher can build no adapter: every message
+    # routed to it would fail its records until they are dead-lettered (about 18 minutes later, charged and unsent),
+    # exactly what set-route refuses a missing parameter for
+    configure_upstream(aws, "broken", config=config)
+    before = shown(cli)
+    # When the operator routes to it, as the primary or as the fallback
+    for argv in (["--upstream", "broken"], ["--upstream", "kannel", "--fallback", "broken"]):
+        code, out, err = cli("set-route", "--network", "mtn", *argv)
+        # Then it is refused, saying what is wrong with the configuration, and the table is unchanged
+        assert (code, out) == (2, ""), (argv, err)
+        assert "upstream 'broken'" in err, err
+        assert fragment in err, err
+        assert shown(cli) == before
 
 
 def test_removing_an_unknown_route_is_refused(cli, upstreams):
