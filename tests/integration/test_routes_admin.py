@@ -318,7 +318,6 @@ def test_a_bad_route_is_refused_and_changes_nothing(cli, upstreams):
         assert shown(cli) == before, argv
 
 
-@pytest.mark.xfail(strict=True, reason="set-route accepts an upstream whose parameter exists but cannot be used")
 @pytest.mark.parametrize(
     ("config", "fragment"),
     [

@@ -417,22 +417,28 @@ def _default_upstream() -> str:
 
 
 def _require_upstream(name: str) -> None:
-    """A route to an upstream with no configuration would fail every message it matches: refuse it up front."""
+    """A route to an upstream with no configuration, or one the dispatcher cannot build an adapter from, would fail
+    every message it matches: refuse it up front, saying what to fix."""
     from botocore.exceptions import ClientError
 
     from sms_gateway.adapters import aws
-    from sms_gateway.bootstrap import gateway
-    from sms_gateway.errors import NotFound
+    from sms_gateway.adapters.providers import InvalidUpstreamConfig, check_configuration, parameter_name
+    from sms_gateway.errors import InvalidRequest, NotFound
 
-    parameter = f"{gateway().settings.upstream_parameter_prefix}{name}"
+    parameter = parameter_name(name)
     try:
-        aws.client("ssm").get_parameter(Name=parameter)
+        stored = aws.client("ssm").get_parameter(Name=parameter, WithDecryption=True)["Parameter"]["Value"]
     except ClientError as error:
         if error.response.get("Error", {}).get("Code") == "ParameterNotFound":
             raise NotFound(
                 f"no upstream named {name!r} is configured (no parameter {parameter}): configure it first"
             ) from error
         raise
+    try:
+        check_configuration(name, stored)
+    except InvalidUpstreamConfig as error:
+        problem = str(error).removesuffix(f"; fix the parameter {parameter}")
+        raise InvalidRequest(f"{problem}; fix the parameter {parameter} first") from error
 
 
 def show_routes() -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -75,15 +76,19 @@ def _parameter_store(parameters: Any, client: Any) -> Any:
     return _parameter_store_for[1]
 
 
+def parameter_name(name: str) -> str:
+    """The Parameter Store name of upstream `name`'s configuration."""
+    return f"{get_settings().upstream_parameter_prefix}{name}"
+
+
 def provider_config(name: str) -> dict[str, Any]:
     from aws_lambda_powertools.utilities import parameters
 
     from sms_gateway.adapters import aws
 
-    settings = get_settings()
     try:
         config = _parameter_store(parameters, aws.client("ssm")).get(
-            f"{settings.upstream_parameter_prefix}{name}",
+            parameter_name(name),
             decrypt=True,
             transform="json",
             max_age=CONFIG_MAX_AGE,
@@ -110,11 +115,37 @@ def _parameter_not_found(error: Exception) -> bool:
 def get_provider(name: str) -> Provider:
     """The adapter of upstream `name`, from its configuration (read from Parameter Store, cached CONFIG_MAX_AGE)."""
     config = provider_config(name)
+    return _factory(name, config)(name, config)
+
+
+def _factory(name: str, config: dict[str, Any]) -> Callable[[str, dict[str, Any]], Provider]:
     kind = str(config.get("type", name))
     factory = FACTORIES.get(kind)
     if factory is None:
         raise NotFound(f"upstream {name!r} has an unknown type {kind!r}")
-    return factory(name, config)
+    return factory
+
+
+def check_configuration(name: str, stored: str) -> None:
+    """InvalidUpstreamConfig saying what in `stored` (the text of an upstream's parameter) the dispatcher could not
+    use: not a JSON object, an unknown type, a setting missing or not valid, a rate limit that is not one. A route to
+    such an upstream would fail every message it matched (`admin set-route` refuses it)."""
+    try:
+        config = json.loads(stored)
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise InvalidUpstreamConfig(f"upstream {name!r}: its configuration is not a JSON object")
+    try:
+        _factory(name, config)(name, config)
+        _rate_limit_in(name, config)
+    except NotFound as error:
+        raise InvalidUpstreamConfig(error.message) from error
+    except KeyError as error:
+        raise InvalidUpstreamConfig(f"upstream {name!r}: its configuration has no {error.args[0]!r}") from error
+    except (ValueError, TypeError) as error:
+        detail = str(error).removeprefix(f"upstream {name!r}: ")
+        raise InvalidUpstreamConfig(f"upstream {name!r}: {detail}") from error
 
 
 def callback_provider(name: str) -> Provider:
@@ -183,16 +214,21 @@ def upstream_rate_limit(name: str) -> int | None:
     names the parameter, and the dispatcher sends nothing to the upstream meanwhile: until 2026-12-05 it was read
     with a bare int(), so 0.5 meant unlimited, 1.5 meant 1, and a negative limit held every message back until it
     expired."""
-    value = provider_config(name).get("rate_limit_per_second")
+    try:
+        return _rate_limit_in(name, provider_config(name))
+    except InvalidUpstreamConfig as error:
+        logger.error(str(error), extra={"upstream": name, "parameter": parameter_name(name)})
+        raise
+
+
+def _rate_limit_in(name: str, config: dict[str, Any]) -> int | None:
+    value = config.get("rate_limit_per_second")
     limit = _whole_number(value)
     if limit is None:
-        parameter = f"{get_settings().upstream_parameter_prefix}{name}"
-        problem = (
+        raise InvalidUpstreamConfig(
             f"upstream {name!r}: rate_limit_per_second must be a whole number of messages a second, at least 1 "
-            f"(absent or 0: unlimited), not {value!r}; fix the parameter {parameter}"
+            f"(absent or 0: unlimited), not {value!r}; fix the parameter {parameter_name(name)}"
         )
-        logger.error(problem, extra={"upstream": name, "parameter": parameter})
-        raise InvalidUpstreamConfig(problem)
     return limit or None
 
 
