@@ -95,9 +95,11 @@ class Gateway:
         headers: dict[str, str] | None = None,
         body: Any = None,
         function_url: str | None = None,
+        source_ip: str = "203.0.113.7",
     ) -> Answer:
         """Through the HttpApi's routes, or with `function_url` (a function's logical id) through that function's
-        URL: every path reaches it, as a `$default` event without path parameters."""
+        URL: every path reaches it, as a `$default` event without path parameters. `source_ip`: the client's address,
+        as API Gateway puts it in the event (requestContext.http.sourceIp)."""
         from sms_gateway_tools.localstack.http_bridge import HttpRequest, build_event, function_url_route
         from sms_gateway_tools.template import match_route
 
@@ -114,7 +116,7 @@ class Gateway:
             headers.setdefault("content-type", "application/json")
         raw = body.encode() if isinstance(body, str) else (body or b"")
         target = path + (f"?{urlencode(query)}" if query else "")
-        request = HttpRequest(method, target, [("host", "gw.example"), *headers.items()], raw, "203.0.113.7")
+        request = HttpRequest(method, target, [("host", "gw.example"), *headers.items()], raw, source_ip)
         event = build_event(request, route_key, path_parameters, server_port=443)
         result = self.handlers[logical_id](event, FakeContext())
         body_text = result.get("body") or ""

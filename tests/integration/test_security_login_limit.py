@@ -22,9 +22,23 @@ def gateway(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Gateway:
     return Gateway.start()
 
 
-def login(gateway: Gateway, account: dict[str, Any], password: str | None = None) -> Any:
+# The customer's server, which runs the seed's sample (it logs in before each send); someone failing on purpose.
+CUSTOMER = "203.0.113.7"
+ATTACKER = "198.51.100.66"
+
+
+def login(gateway: Gateway, account: dict[str, Any], password: str | None = None, *, source: str = CUSTOMER) -> Any:
     query = {"username": account["username"], "password": password or account["password"]}
-    return gateway.request("GET", "/login", query=query)
+    return gateway.request("GET", "/login", query=query, source_ip=source)
+
+
+def send(gateway: Gateway, keys: str) -> Any:
+    """The seed's sendSMS with the keys its login answered: POST /sms, expecting 201."""
+    user_key, session_key = keys.split(";")
+    body = {"message": "Hello world!", "message_type": "N", "recipient": ["+2348020000000"], "returnCredits": False}
+    return gateway.request(
+        "POST", "/sms", headers={"user_key": user_key, "Session_key": session_key}, body=body, source_ip=CUSTOMER
+    )
 
 
 def test_too_many_failures_lock_the_username_until_the_window_ends(aws, gateway, monkeypatch):
@@ -88,3 +102,27 @@ def test_a_login_whose_check_failed_inside_the_gateway_is_not_counted_a_failed_l
     for _ in range(MAX_FAILED_LOGINS):
         assert login(gateway, account, "wrong-password").status == 401
     assert login(gateway, account).status == 429
+
+
+def assert_locked_out(answer: Any) -> None:
+    """The family's refusal of a locked-out login, as it has always been."""
+    assert answer.status == 429, answer
+    assert answer.json["result"] == "KO" and "too many failed logins for this username" in answer.json["error"]
+    assert 0 < int(answer.headers["Retry-After"]) <= LOGIN_WINDOW.total_seconds()
+
+
+@pytest.mark.xfail(strict=True, reason="failures from anywhere lock the username for every source")
+def test_a_customer_logging_in_from_its_own_address_is_not_locked_out_by_someone_failing_elsewhere(aws, gateway):
+    account = create_account("Target", "48974")
+    # Given the customer's server logging in before each send, as the seed's sample does
+    assert send(gateway, login(gateway, account).text).status == 201
+    # When someone who knows the username fails on purpose from elsewhere, as many times as the limit allows
+    for _ in range(MAX_FAILED_LOGINS):
+        assert login(gateway, account, "wrong-password", source=ATTACKER).status == 401
+    # Then that source is locked out, right password or not (a brute-force from one source is still stopped)
+    for password in ("wrong-password", account["password"]):
+        assert_locked_out(login(gateway, account, password, source=ATTACKER))
+    # And the customer's server logs in and sends as before
+    answer = login(gateway, account)
+    assert answer.status == 200, answer
+    assert send(gateway, answer.text).status == 201
