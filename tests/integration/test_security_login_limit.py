@@ -126,3 +126,20 @@ def test_a_customer_logging_in_from_its_own_address_is_not_locked_out_by_someone
     answer = login(gateway, account)
     assert answer.status == 200, answer
     assert send(gateway, answer.text).status == 201
+
+
+@pytest.mark.xfail(strict=True, reason="a password reset leaves the username locked out")
+def test_a_password_reset_clears_the_lock(aws, gateway):
+    from sms_gateway_tools.admin import reset_password
+
+    account = create_account("Target", "48974")
+    # Given the username locked out by failed logins
+    for _ in range(MAX_FAILED_LOGINS):
+        assert login(gateway, account, "wrong-password", source=ATTACKER).status == 401
+    assert_locked_out(login(gateway, account))
+    # When the operator resets the password
+    reset = reset_password(account_id=account["account_id"])
+    # Then the new password gets in at once
+    answer = login(gateway, account, reset["password"])
+    assert answer.status == 200, answer
+    assert send(gateway, answer.text).status == 201
