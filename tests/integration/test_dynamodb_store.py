@@ -607,10 +607,23 @@ class TestOnASharedTable:
 # ---------------------------------------------------------------------------------------------- login places
 
 
-def begin_login(store: DynamoStore, at: datetime, *, max_in_flight: int = 2, max_failures: int = 3) -> Any:
+SOURCE = "203.0.113.7"
+
+
+def begin_login(
+    store: DynamoStore,
+    at: datetime,
+    *,
+    max_in_flight: int = 2,
+    max_failures: int = 3,
+    source: str = SOURCE,
+    known_source: bool = False,
+) -> Any:
     return store.begin_login_attempt(
         "ada",
         7,
+        source=source,
+        known_source=known_source,
         max_failures=max_failures,
         max_in_flight=max_in_flight,
         started_at=at,
@@ -628,7 +641,7 @@ def test_logins_in_flight_each_take_a_place_and_give_it_back(store):
     assert {first.place, second.place} == {0, 1}
     # Then a third is busy (not locked out), until one of them ends
     assert begin_login(store, NOW) == LoginRefusal.BUSY
-    store.end_login_attempt("ada", 7, first, failed=False)
+    store.end_login_attempt("ada", 7, first, source=SOURCE, failed=False)
     assert isinstance(begin_login(store, NOW), LoginAttempt)
 
 
@@ -640,12 +653,72 @@ def test_a_login_whose_place_was_taken_over_as_stale_leaves_the_new_one_there_an
     fresh = begin_login(store, NOW, max_in_flight=1)
     assert isinstance(stale, LoginAttempt) and isinstance(fresh, LoginAttempt) and fresh.place == stale.place
     # When the stale one ends after all, with a wrong password
-    store.end_login_attempt("ada", 7, stale, failed=True)
+    store.end_login_attempt("ada", 7, stale, source=SOURCE, failed=True)
     # Then the new one still holds its place, and the failure counts towards the lockout
     assert begin_login(store, NOW, max_in_flight=1) == LoginRefusal.BUSY
-    store.end_login_attempt("ada", 7, fresh, failed=True)
-    store.end_login_attempt("ada", 7, begin_login(store, NOW, max_in_flight=1), failed=True)
+    store.end_login_attempt("ada", 7, fresh, source=SOURCE, failed=True)
+    store.end_login_attempt("ada", 7, begin_login(store, NOW, max_in_flight=1), source=SOURCE, failed=True)
     assert begin_login(store, NOW, max_in_flight=1) == LoginRefusal.LOCKED_OUT
+
+
+def test_failures_count_for_their_source_and_for_the_username(store):
+    from sms_gateway.ports import LoginAttempt, LoginRefusal
+
+    # Given as many failures from one source as the limit
+    for _ in range(3):
+        store.end_login_attempt("ada", 7, begin_login(store, NOW), source=SOURCE, failed=True)
+    # Then that source is locked out, known or not
+    for known in (False, True):
+        assert begin_login(store, NOW, known_source=known) == LoginRefusal.LOCKED_OUT
+    # And another source is locked out unless the username knows it
+    assert begin_login(store, NOW, source="192.0.2.1") == LoginRefusal.LOCKED_OUT_TO_UNKNOWN_SOURCES
+    known = begin_login(store, NOW, source="192.0.2.1", known_source=True)
+    assert isinstance(known, LoginAttempt)
+    # And a known source's own failures stop it in turn
+    store.end_login_attempt("ada", 7, known, source="192.0.2.1", failed=True)
+    for _ in range(2):
+        store.end_login_attempt(
+            "ada", 7, begin_login(store, NOW, source="192.0.2.1", known_source=True), source="192.0.2.1", failed=True
+        )
+    assert begin_login(store, NOW, source="192.0.2.1", known_source=True) == LoginRefusal.LOCKED_OUT
+
+
+def test_a_source_is_known_after_a_login_until_it_is_forgotten_or_the_password_is_reset(store):
+    from sms_gateway_tools import admin
+
+    account = admin.create_account(name="Ada", senders=["ADA"], credits=0)
+    username, password = account["username"], account["password"]
+    login = store.password_login(username, password, source=SOURCE)
+    assert login is not None and login.source_seen_at is None
+    assert not store.login_source_known(username, SOURCE, since=NOW - timedelta(days=30))
+    # When it is remembered
+    store.remember_login_source(
+        username, SOURCE, password_epoch=login.password_epoch, at=NOW, forget_before=NOW - timedelta(days=30), most=2
+    )
+    # Then it is known since then, and the login's check says when
+    assert store.login_source_known(username, SOURCE, since=NOW - timedelta(days=30))
+    assert not store.login_source_known(username, SOURCE, since=NOW + timedelta(seconds=1))
+    assert not store.login_source_known(username, "192.0.2.1", since=NOW - timedelta(days=30))
+    again = store.password_login(username, password, source=SOURCE)
+    assert again is not None and again.source_seen_at == NOW.replace(microsecond=0)
+    # And only the latest are kept
+    for n, other in enumerate(("192.0.2.1", "192.0.2.2"), start=1):
+        store.remember_login_source(
+            username,
+            other,
+            password_epoch=login.password_epoch,
+            at=NOW + timedelta(minutes=n),
+            forget_before=NOW - timedelta(days=30),
+            most=2,
+        )
+    assert not store.login_source_known(username, SOURCE, since=NOW - timedelta(days=30))
+    # When the password is reset, every source is forgotten, and a login that checked the old one remembers none
+    admin.reset_password(account_id=account["account_id"])
+    assert not store.login_source_known(username, "192.0.2.2", since=NOW - timedelta(days=30))
+    store.remember_login_source(
+        username, SOURCE, password_epoch=login.password_epoch, at=NOW, forget_before=NOW - timedelta(days=30), most=2
+    )
+    assert not store.login_source_known(username, SOURCE, since=NOW - timedelta(days=30))
 
 
 # ---------------------------------------------------------------------------------------------- matrices

@@ -250,11 +250,11 @@ def test_concurrent_successful_logins_are_never_refused_as_failed_logins(aws, ac
                 if reservations[0] == workers:
                     all_reserved.set()
 
-    def check(username: str, password: str) -> Any:
+    def check(username: str, password: str, **source: Any) -> Any:
         # Each login's password check (scrypt, tens of milliseconds) overlaps the others' reservations, as it
         # does when the logins arrive together: it goes on once all eleven have reserved their place.
         all_reserved.wait(timeout=10)
-        return real_check(username, password)
+        return real_check(username, password, **source)
 
     monkeypatch.setattr(store, "begin_login_attempt", reserve)
     monkeypatch.setattr(store, "password_login", check)
@@ -288,6 +288,8 @@ def logins_in_flight(username: str, count: int, started_at: datetime) -> None:
         attempt = gateway().store.begin_login_attempt(
             username,
             window,
+            source="203.0.113.10",  # events/api-login.json's address
+            known_source=False,
             max_failures=sessions.MAX_FAILED_LOGINS,
             max_in_flight=sessions.MAX_LOGINS_IN_FLIGHT,
             started_at=started_at,
@@ -310,10 +312,10 @@ def test_a_login_beyond_those_in_flight_is_told_to_retry_in_a_second_not_of_fail
     real_check = store.password_login
     checking, go_on = threading.Semaphore(0), threading.Event()
 
-    def slow_check(username: str, password: str) -> Any:
+    def slow_check(username: str, password: str, **source: Any) -> Any:
         checking.release()
         go_on.wait(timeout=10)
-        return real_check(username, password)
+        return real_check(username, password, **source)
 
     # Given as many right-password logins of the username being checked right now as may be
     monkeypatch.setattr(store, "password_login", slow_check)

@@ -21,28 +21,45 @@ class Stores:
 
     def __init__(self) -> None:
         self.sessions: dict[str, PortalSession] = {}
-        self.attempts: dict[tuple[str, int], int] = {}
+        self.attempts: dict[tuple[str, int, str], int] = {}
+        self.known_sources: dict[str, datetime] = {}
         self.extensions = 0
         self.account = ACCOUNT
         # What an eventually consistent read answers when a replica lags (None: what a consistent one does).
         self.replica: Account | None = None
         self.consistent_reads: list[bool] = []
 
-    # login (ports.SessionStore, the parts check_login uses)
-    def password_login(self, username: str, password: str) -> PasswordLogin | None:
+    # login (ports.SessionStore, the parts check_login uses): failures by (username, window, source), "*" every source
+    def password_login(self, username: str, password: str, *, source: str | None = None) -> PasswordLogin | None:
         if (username, password) != ("cinema", "right"):
             return None
-        return PasswordLogin(account_id=ACCOUNT.account_id, password_epoch=self.account.password_epoch)
+        seen_at = self.known_sources.get(source or "")
+        return PasswordLogin(
+            account_id=ACCOUNT.account_id, password_epoch=self.account.password_epoch, source_seen_at=seen_at
+        )
 
     def begin_login_attempt(
-        self, username: str, window: int, *, max_failures: int, max_in_flight: int, **times: datetime
+        self, username: str, window: int, *, source: str, known_source: bool, max_failures: int, **rest: object
     ) -> LoginAttempt | LoginRefusal:
-        if self.attempts.get((username, window), 0) >= max_failures:
+        if self.attempts.get((username, window, source), 0) >= max_failures:
             return LoginRefusal.LOCKED_OUT
+        if not known_source and self.attempts.get((username, window, "*"), 0) >= max_failures:
+            return LoginRefusal.LOCKED_OUT_TO_UNKNOWN_SOURCES
         return LoginAttempt(place=0, started_ms=0)
 
-    def end_login_attempt(self, username: str, window: int, attempt: LoginAttempt, *, failed: bool) -> None:
-        self.attempts[(username, window)] = self.attempts.get((username, window), 0) + int(failed)
+    def end_login_attempt(
+        self, username: str, window: int, attempt: LoginAttempt, *, source: str, failed: bool
+    ) -> None:
+        for counted in (source, "*"):
+            self.attempts[(username, window, counted)] = self.attempts.get((username, window, counted), 0) + failed
+
+    def login_source_known(self, username: str, source: str, *, since: datetime) -> bool:
+        return self.known_sources.get(source, since - timedelta(seconds=1)) >= since
+
+    def remember_login_source(
+        self, username: str, source: str, *, password_epoch: str, at: datetime, forget_before: datetime, most: int
+    ) -> None:
+        self.known_sources[source] = at
 
     # accounts
     def get_account(self, account_id: str, *, consistent: bool = False) -> Account | None:
@@ -83,8 +100,12 @@ def stores() -> Stores:
     return Stores()
 
 
-def sign_in(stores: Stores, password: str = "right", at: datetime = NOW) -> str:
-    return portal_sessions.sign_in(stores, stores, "cinema", password, now=at)
+# The customer's office, where it signs in; someone failing on purpose from elsewhere.
+OFFICE, ELSEWHERE = "203.0.113.7", "198.51.100.66"
+
+
+def sign_in(stores: Stores, password: str = "right", at: datetime = NOW, address: str | None = OFFICE) -> str:
+    return portal_sessions.sign_in(stores, stores, "cinema", password, now=at, address=address)
 
 
 def signed_in(stores: Stores, token: str | None, at: datetime) -> portal_sessions.SignedIn | None:
@@ -181,6 +202,78 @@ def test_the_login_attempt_limit_applies(stores):
     with pytest.raises(TooManyAttempts):
         sign_in(stores)
     assert stores.sessions == {}
+
+
+def test_failures_from_elsewhere_do_not_lock_out_a_source_that_signed_in_before(stores):
+    from sms_gateway.logic.sessions import MAX_FAILED_LOGINS
+
+    # Given the office signed in before, and someone failing on purpose elsewhere until that source is locked out
+    sign_in(stores)
+    for _ in range(MAX_FAILED_LOGINS):
+        with pytest.raises(Unauthorized):
+            sign_in(stores, password="wrong", address=ELSEWHERE)
+    for password in ("wrong", "right"):
+        with pytest.raises(TooManyAttempts, match="too many failed logins for this username"):
+            sign_in(stores, password=password, address=ELSEWHERE)
+    # Then a source never seen is locked out with it (guesses spread over many addresses gain nothing)
+    with pytest.raises(TooManyAttempts, match="too many failed logins for this username"):
+        sign_in(stores, address="192.0.2.1")
+    # And the office signs in all the same
+    assert sign_in(stores, at=NOW + timedelta(minutes=1))
+
+
+def test_a_known_source_is_still_stopped_by_its_own_failures(stores):
+    from sms_gateway.logic.sessions import MAX_FAILED_LOGINS
+
+    sign_in(stores)
+    for _ in range(MAX_FAILED_LOGINS):
+        with pytest.raises(Unauthorized):
+            sign_in(stores, password="wrong")
+    with pytest.raises(TooManyAttempts, match="too many failed logins for this username"):
+        sign_in(stores)
+
+
+def test_a_source_is_remembered_once_a_day_however_often_it_signs_in(stores, monkeypatch):
+    from sms_gateway.logic.sessions import REMEMBER_SOURCE_EVERY
+
+    remembered: list[datetime] = []
+    real = stores.remember_login_source
+    monkeypatch.setattr(stores, "remember_login_source", lambda *a, **kw: remembered.append(kw["at"]) or real(*a, **kw))
+    for minutes in range(0, 60, 5):
+        sign_in(stores, at=NOW + timedelta(minutes=minutes))
+    sign_in(stores, at=NOW + REMEMBER_SOURCE_EVERY)
+    assert remembered == [NOW, NOW + REMEMBER_SOURCE_EVERY]
+
+
+def test_a_request_without_an_address_is_never_a_known_source(stores):
+    from sms_gateway.logic.sessions import MAX_FAILED_LOGINS, UNKNOWN_SOURCE
+
+    sign_in(stores, address=None)
+    assert UNKNOWN_SOURCE not in stores.known_sources
+    for _ in range(MAX_FAILED_LOGINS):
+        with pytest.raises(Unauthorized):
+            sign_in(stores, password="wrong", address=ELSEWHERE)
+    with pytest.raises(TooManyAttempts):
+        sign_in(stores, address=None)
+
+
+@pytest.mark.parametrize(
+    ("address", "source"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        # One host may use any address of its /64: each would be a source of its own
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        (None, "-"),
+        ("", "-"),
+        ("not an address", "-"),
+    ],
+)
+def test_failures_are_counted_by_the_clients_address_an_ipv6_one_by_its_64(address, source):
+    from sms_gateway.logic.sessions import login_source
+
+    assert login_source(address) == source
 
 
 @pytest.mark.parametrize("token", [None, "", "unknown"])

@@ -675,9 +675,10 @@ class GroupStore(Protocol):
 class SessionStore(Protocol):
     """Session keys of the session-key dialect: issued by /login, kept only as a hash, valid until they expire."""
 
-    def password_login(self, username: str, password: str) -> PasswordLogin | None:
+    def password_login(self, username: str, password: str, *, source: str | None = None) -> PasswordLogin | None:
         """The login whose username and password these are, or None; the same time is spent whether the username
-        exists or not. Read strongly consistent: a password reset a moment ago is seen."""
+        exists or not. Read strongly consistent: a password reset a moment ago is seen. With `source`, the login says
+        when that source last logged in as the username (remember_login_source)."""
         ...
 
     def save_session(
@@ -693,21 +694,37 @@ class SessionStore(Protocol):
         username: str,
         window: int,
         *,
+        source: str,
+        known_source: bool,
         max_failures: int,
         max_in_flight: int,
         started_at: datetime,
         stale_before: datetime,
         expires_at: datetime,
     ) -> LoginAttempt | LoginRefusal:
-        """Counts one attempt at `username` in `window` as in flight since `started_at`, in one of `max_in_flight`
-        places, unless `max_failures` failed already (LOCKED_OUT) or every place holds an attempt that began at or
-        after `stale_before` (BUSY); nothing is counted then. A place whose attempt began before is free: that
+        """Counts one attempt at `username` from `source` in `window` as in flight since `started_at`, in one of
+        `max_in_flight` places, unless `max_failures` failed from `source` already (LOCKED_OUT), or, from every
+        source, unless `known_source` (LOCKED_OUT_TO_UNKNOWN_SOURCES), or every place holds an attempt that began at
+        or after `stale_before` (BUSY); nothing is counted then. A place whose attempt began before is free: that
         attempt's invocation ended without giving it back."""
         ...
 
-    def end_login_attempt(self, username: str, window: int, attempt: LoginAttempt, *, failed: bool) -> None:
+    def end_login_attempt(
+        self, username: str, window: int, attempt: LoginAttempt, *, source: str, failed: bool
+    ) -> None:
         """An attempt begun in `window` is over: its place given back (unless another attempt took it over as
-        stale), and counted a failure when it `failed`."""
+        stale), and counted a failure of the username and of `source` when it `failed`."""
+        ...
+
+    def login_source_known(self, username: str, source: str, *, since: datetime) -> bool:
+        """Whether `source` logged in as `username` at or after `since` with its password of now."""
+        ...
+
+    def remember_login_source(
+        self, username: str, source: str, *, password_epoch: str, at: datetime, forget_before: datetime, most: int
+    ) -> None:
+        """Records that `source` logged in as `username` `at`, with the password of `password_epoch` (nothing is
+        written once a reset replaced it), keeping the `most` latest sources and none older than `forget_before`."""
         ...
 
 
@@ -718,6 +735,8 @@ class PasswordLogin:
 
     account_id: str
     password_epoch: str
+    # When the source the login came from last logged in as this username (remember_login_source); None: not known.
+    source_seen_at: datetime | None = None
 
 
 class KeySession(BaseModel):
@@ -734,8 +753,11 @@ class KeySession(BaseModel):
 class LoginRefusal(StrEnum):
     """Why a login was not let in to be checked."""
 
-    # The window's failed logins reached the limit: the username is locked until the window ends.
+    # The window's failed logins from this source reached the limit: it is locked out until the window ends.
     LOCKED_OUT = "locked_out"
+    # The window's failed logins from every source reached the limit: only a source the username knows (one that
+    # logged in as it lately) may still try, until the window ends.
+    LOCKED_OUT_TO_UNKNOWN_SOURCES = "locked_out_to_unknown_sources"
     # The limit of logins being checked at once is reached: a place frees within a password check.
     BUSY = "busy"
 

@@ -49,7 +49,7 @@ from sms_gateway.adapters.dynamodb_optouts import DynamoOptOutsMixin, unreleased
 from sms_gateway.adapters.dynamodb_ratelimit import DynamoRateLimitMixin
 from sms_gateway.adapters.dynamodb_routes import DynamoRouteStore
 from sms_gateway.adapters.dynamodb_sender_requests import DynamoSenderRequestsMixin
-from sms_gateway.adapters.dynamodb_sessions import DynamoSessionsMixin
+from sms_gateway.adapters.dynamodb_sessions import DynamoSessionsMixin, source_seen_at
 from sms_gateway.adapters.dynamodb_sweep import SCHEDULED, UNMARK, sweep_keys
 from sms_gateway.adapters.dynamodb_transactions import (
     MAX_TRANSACTION_ATTEMPTS,
@@ -442,7 +442,7 @@ class DynamoStore(
             return None
         return str(found["account_id"]["S"])
 
-    def password_login(self, username: str, password: str) -> PasswordLogin | None:
+    def password_login(self, username: str, password: str, *, source: str | None = None) -> PasswordLogin | None:
         key = f"LOGIN#{username}"
         # DynamoDB refuses a read by a partition key over its limit (a ValidationException, a 500): no account
         # has such a username, so it is an unknown one, checked in the same time.
@@ -466,7 +466,9 @@ class DynamoStore(
         # The epoch comes from the item the hash came from: a login that checked the old password carries the old
         # epoch, however late it ends, and its session is refused once the reset is written.
         return PasswordLogin(
-            account_id=str(found["account_id"]["S"]), password_epoch=found.get("password_epoch", {}).get("S", "")
+            account_id=str(found["account_id"]["S"]),
+            password_epoch=found.get("password_epoch", {}).get("S", ""),
+            source_seen_at=source_seen_at(found, source) if source is not None else None,
         )
 
     def account_id_for_sender(self, sender: str) -> str | None:

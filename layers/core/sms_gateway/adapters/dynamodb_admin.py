@@ -110,9 +110,9 @@ def _inbound_update(
     return request
 
 
-def _epoch_condition(epoch: str) -> dict[str, Any]:
-    """The condition that the account item's password is still the one of `epoch` ("": the password the account was
-    created with, whose item has no epoch)."""
+def epoch_condition(epoch: str) -> dict[str, Any]:
+    """The condition that the item's (the account's or its login's) password is still the one of `epoch` ("": the
+    password the account was created with, whose item has no epoch)."""
     same = "password_epoch = :epoch"
     if epoch == "":
         same = f"({same} OR attribute_not_exists(password_epoch))"
@@ -205,7 +205,7 @@ class DynamoAccountAdmin:
         if password_epoch is not None:
             # Made in the portal: only under the password its session signed in with, so a reset that revoked the
             # credentials of that password finds none made after it read them.
-            account_check["ConditionCheck"] |= _epoch_condition(password_epoch)
+            account_check["ConditionCheck"] |= epoch_condition(password_epoch)
         account_refused, *credential_refused = transact_or_unavailable(
             self.client,
             [
@@ -445,7 +445,7 @@ class DynamoAccountAdmin:
         attribute_values = self._codec.dump({f":{name}": value for name, value in values.items()})
         epoch = changes.under_password_epoch
         if epoch is not None:
-            condition = _epoch_condition(epoch)
+            condition = epoch_condition(epoch)
             request["ConditionExpression"] = condition["ConditionExpression"]
             attribute_values |= condition["ExpressionAttributeValues"]
         if attribute_values:
@@ -490,7 +490,7 @@ class DynamoAccountAdmin:
         # The sessions of the old password carry the old epoch: this one ends them all, also those of a login that
         # checked the old password while this reset was being made.
         epoch = {":epoch": {"S": secrets.token_urlsafe(16)}}
-        replacing = _epoch_condition(replacing_epoch)
+        replacing = epoch_condition(replacing_epoch)
         # One transaction: the new password never works while the sessions of the old one still do, nor the reverse.
         refused = transact_or_unavailable(
             self.client,
@@ -514,7 +514,8 @@ class DynamoAccountAdmin:
                     "Update": {
                         "TableName": self.table_name,
                         "Key": {"pk": {"S": f"LOGIN#{username}"}, "sk": {"S": _LOGIN_SK}},
-                        "UpdateExpression": "SET password_hash = :hash, password_epoch = :epoch",
+                        # The sources that logged in with the old password are known no more.
+                        "UpdateExpression": "SET password_hash = :hash, password_epoch = :epoch REMOVE known_sources",
                         "ConditionExpression": "account_id = :account",
                         "ExpressionAttributeValues": {
                             ":hash": {"S": hash_password(password)},

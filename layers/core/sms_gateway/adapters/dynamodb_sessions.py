@@ -1,6 +1,7 @@
 """DynamoDB session items of the session-key dialect: pk=SESSION#<sha256 of the key>, sk=SESSION; portal sessions:
-pk=PORTAL#<sha256 of the cookie's token>, sk=SESSION; and login counters (failed logins, logins in flight):
-pk=LOGINS#<sha256 of the username>, sk=WINDOW#<window number>."""
+pk=PORTAL#<sha256 of the cookie's token>, sk=SESSION; login counters (failed logins, of the username and of each
+source, and logins in flight): pk=LOGINS#<sha256 of the username>, sk=WINDOW#<window number>; and the sources a
+username knows: `known_sources` on its login item (pk=LOGIN#<username>, sk=LOGIN)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
+from sms_gateway.adapters.dynamodb_admin import epoch_condition
 from sms_gateway.domain.models import from_iso, iso
 from sms_gateway.ports import KeySession, LoginAttempt, LoginRefusal, PortalSession
 
@@ -147,6 +149,8 @@ class DynamoSessionsMixin:
         username: str,
         window: int,
         *,
+        source: str,
+        known_source: bool,
         max_failures: int,
         max_in_flight: int,
         started_at: datetime,
@@ -160,42 +164,46 @@ class DynamoSessionsMixin:
         started_ms = int(started_at.timestamp() * 1000)
         stale_ms = int(stale_before.timestamp() * 1000)
         key = self._login_window_item(username, window)
+        from_source = _source_failures(source)
         values = {
             ":started": {"N": str(started_ms)},
             ":stale": {"N": str(stale_ms)},
             ":max_failures": {"N": str(max_failures)},
             ":expires": {"N": str(int(expires_at.timestamp()))},
         }
+        # The source's own failures always count; the username's, from every source, unless this one is known.
+        condition = "(attribute_not_exists(#source) OR #source < :max_failures)"
+        if not known_source:
+            condition += " AND (attribute_not_exists(failures) OR failures < :max_failures)"
         place: int | None = 0
         for _ in range(max_in_flight + 1):
             if place is None:
                 return LoginRefusal.BUSY
-            found = self._take_login_place(key, place, values)
+            found = self._take_login_place(key, place, condition, from_source, values)
             if found is None:
                 return LoginAttempt(place=place, started_ms=started_ms)
-            if int(found.get("failures", {}).get("N", "0")) >= max_failures:
+            if _count(found, from_source) >= max_failures:
                 return LoginRefusal.LOCKED_OUT
+            if not known_source and _count(found, "failures") >= max_failures:
+                return LoginRefusal.LOCKED_OUT_TO_UNKNOWN_SOURCES
             place = next(
-                (
-                    free
-                    for free in range(max_in_flight)
-                    if int(found.get(f"attempt_{free}", {}).get("N", "0")) < stale_ms
-                ),
+                (free for free in range(max_in_flight) if _count(found, f"attempt_{free}") < stale_ms),
                 None,
             )
         return LoginRefusal.BUSY
 
-    def _take_login_place(self, key: dict[str, Any], place: int, values: dict[str, Any]) -> dict[str, Any] | None:
+    def _take_login_place(
+        self, key: dict[str, Any], place: int, condition: str, from_source: str, values: dict[str, Any]
+    ) -> dict[str, Any] | None:
         """None once this login holds `place`; else the item as it was (the place held by a live login, or the
-        username locked out)."""
+        source locked out)."""
         try:
             self.client.update_item(
                 TableName=self.table_name,
                 Key=key,
                 UpdateExpression="SET #place = :started, expires_at = :expires",
-                ConditionExpression="(attribute_not_exists(failures) OR failures < :max_failures) "
-                "AND (attribute_not_exists(#place) OR #place < :stale)",
-                ExpressionAttributeNames={"#place": f"attempt_{place}"},
+                ConditionExpression=f"{condition} AND (attribute_not_exists(#place) OR #place < :stale)",
+                ExpressionAttributeNames={"#place": f"attempt_{place}", "#source": from_source},
                 ExpressionAttributeValues=values,
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
@@ -203,30 +211,111 @@ class DynamoSessionsMixin:
             return dict(error.response.get("Item") or {})
         return None
 
-    def end_login_attempt(self, username: str, window: int, attempt: LoginAttempt, *, failed: bool) -> None:
+    def end_login_attempt(
+        self, username: str, window: int, attempt: LoginAttempt, *, source: str, failed: bool
+    ) -> None:
         key = self._login_window_item(username, window)
         failure = {":one": {"N": "1"}} if failed else {}
+        counted = " ADD failures :one, #source :one" if failed else ""
         try:
             # Only its own place: one taken over as stale meanwhile is another login's now.
             self.client.update_item(
                 TableName=self.table_name,
                 Key=key,
-                UpdateExpression="REMOVE #place" + (" ADD failures :one" if failed else ""),
+                UpdateExpression="REMOVE #place" + counted,
                 ConditionExpression="#place = :started",
-                ExpressionAttributeNames={"#place": f"attempt_{attempt.place}"},
+                ExpressionAttributeNames={
+                    "#place": f"attempt_{attempt.place}",
+                    **({"#source": _source_failures(source)} if failed else {}),
+                },
                 ExpressionAttributeValues={":started": {"N": str(attempt.started_ms)}, **failure},
             )
         except self.client.exceptions.ConditionalCheckFailedException:
             if failed:
-                # A wrong password counts all the same, on the window's counter while it exists.
+                # A wrong password counts all the same, on the window's counters while they exist.
                 with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
                     self.client.update_item(
                         TableName=self.table_name,
                         Key=key,
-                        UpdateExpression="ADD failures :one",
+                        UpdateExpression=counted.strip(),
                         ConditionExpression="attribute_exists(pk)",
+                        ExpressionAttributeNames={"#source": _source_failures(source)},
                         ExpressionAttributeValues=failure,
                     )
+
+    def login_source_known(self, username: str, source: str, *, since: datetime) -> bool:
+        from sms_gateway.adapters.dynamodb import MAX_PARTITION_KEY_BYTES
+
+        key = _login_item(username)
+        if len(key["pk"]["S"].encode()) > MAX_PARTITION_KEY_BYTES:
+            return False
+        found = self.client.get_item(
+            TableName=self.table_name,
+            Key=key,
+            ProjectionExpression="known_sources",
+            # A reset a moment ago forgot them: a replica that has not seen it would still know them.
+            ConsistentRead=True,
+        ).get("Item")
+        seen_at = source_seen_at(found or {}, source)
+        return seen_at is not None and seen_at >= since
+
+    def remember_login_source(
+        self, username: str, source: str, *, password_epoch: str, at: datetime, forget_before: datetime, most: int
+    ) -> None:
+        key = _login_item(username)
+        found = self.client.get_item(
+            TableName=self.table_name, Key=key, ProjectionExpression="known_sources", ConsistentRead=True
+        ).get("Item")
+        oldest = int(forget_before.timestamp())
+        known = {
+            name: int(seen["N"])
+            for name, seen in (found or {}).get("known_sources", {}).get("M", {}).items()
+            if int(seen["N"]) >= oldest
+        }
+        known[_source_name(source)] = int(at.timestamp())
+        latest = sorted(known.items(), key=lambda pair: pair[1], reverse=True)[:most]
+        same_password = epoch_condition(password_epoch)
+        # Only while the password logged in with is the login's: a reset meanwhile forgot every source, and a login
+        # that checked the old password must not make one known again. Two sources remembered at once may each write
+        # the map it read: one is then forgotten until its next login remembers it again.
+        with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=key,
+                UpdateExpression="SET known_sources = :known",
+                ConditionExpression=same_password["ConditionExpression"],
+                ExpressionAttributeValues={
+                    ":known": {"M": {name: {"N": str(seen)} for name, seen in latest}},
+                    **same_password["ExpressionAttributeValues"],
+                },
+            )
+
+
+def _login_item(username: str) -> dict[str, Any]:
+    return {"pk": {"S": f"LOGIN#{username}"}, "sk": {"S": "LOGIN"}}
+
+
+def _source_name(source: str) -> str:
+    """A source as the login items name it: hashed (no client address stored in clear), 64 bits being plenty to tell
+    one username's sources apart."""
+    from sms_gateway.adapters.dynamodb import hash_secret
+
+    return hash_secret(source)[:16]
+
+
+def _source_failures(source: str) -> str:
+    """The window item's attribute counting the failed logins from `source`."""
+    return f"failures_{_source_name(source)}"
+
+
+def _count(item: dict[str, Any], attribute: str) -> int:
+    return int(item.get(attribute, {}).get("N", "0"))
+
+
+def source_seen_at(login_item: dict[str, Any], source: str) -> datetime | None:
+    """When `source` last logged in as the login item's username, as the item records it; None: not known."""
+    seen = login_item.get("known_sources", {}).get("M", {}).get(_source_name(source))
+    return datetime.fromtimestamp(int(seen["N"]), tz=UTC) if seen is not None else None
 
 
 def _password_epoch(session: dict[str, Any]) -> str | None:

@@ -228,6 +228,14 @@ def query_fields(event: Any) -> dict[str, str]:
     return urlencoded_fields(str(event.get("rawQueryString") or ""), "the query string")
 
 
+def client_address(event: Any) -> str | None:
+    """The address the request came from as API Gateway saw it (requestContext.http.sourceIp), which a client cannot
+    set, unlike an X-Forwarded-For header; None for an event without one."""
+    http = (event.get("requestContext") or {}).get("http") or {}
+    address = http.get("sourceIp")
+    return address if isinstance(address, str) else None
+
+
 def callback_text(event: Any) -> str:
     """An upstream callback's body as text, in the charset its Content-Type names (Kannel posts an MO that it did not
     recode in UTF-16BE), else as UTF-8 with what cannot be read replaced: an upstream's adapter reads the text from

@@ -19,6 +19,7 @@ from sms_gateway.dialects.common import (
     Standing,
     accept,
     blank_is_none,
+    client_address,
     error_headers,
     idempotent,
     int_as_text,
@@ -290,7 +291,9 @@ def login() -> Response[Any]:
     if username is None and password is None:
         username, password = _basic_credentials(_header("authorization"))
     try:
-        keys = sessions.log_in(gateway().store, username, password, now=utc_now())
+        keys = sessions.log_in(
+            gateway().store, username, password, now=utc_now(), address=client_address(router.current_event)
+        )
     except Unauthorized as error:
         raise LoginRefused(error.message, logged=error.logged) from error
     # No trailing newline: the seed's clients split the body on ';' and send the second part as a header.

@@ -52,15 +52,17 @@ def sign_in(
     *,
     now: datetime,
     current: SignedIn | None = None,
+    address: str | None = None,
 ) -> str:
     """A new session's token for a valid username and password (the session-key /login's checks and attempt
-    limit); Unauthorized or TooManyAttempts otherwise, with the same message whichever part was wrong.
+    limits, `address` being the browser's); Unauthorized or TooManyAttempts otherwise, with the same message whichever
+    part was wrong.
     `current`: the browser's live session, if any. Signed in to the same account already (a sign-in form left open
     in another tab), with the password just checked, its token is the answer: the session stands, so the forms other
     tabs show keep their CSRF token, and it lives on from now as a new one would (both expiries moved: a sign-in
     near the end of its 12 hours is not signed out minutes later). Signed in to another account, or with a password
     a reset has replaced since, a new session is made (the caller ends the old one)."""
-    login = check_login(store, username, password, now=now)
+    login = check_login(store, username, password, now=now, address=address)
     session = PortalSession(
         account_id=login.account_id,
         created_at=now,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -12,6 +13,7 @@ from sms_gateway.errors import TooManyAttempts, Unauthorized
 from sms_gateway.ports import (
     ConsistentAccountLookup,
     KeySession,
+    LoginAttempt,
     LoginRefusal,
     PasswordLogin,
     PortalSession,
@@ -22,9 +24,21 @@ from sms_gateway.ports import (
 SESSION_LIFETIME = timedelta(hours=24)
 BAD_LOGIN = "invalid username or password"
 BAD_SESSION = "invalid or expired session: log in again with GET /login"
-# Failed logins allowed per username in one fixed window: scrypt makes each guess slow, this caps how many there are.
-# The price is that ten wrong passwords lock the username out until the window ends.
+# Failed logins allowed in one fixed window from one source, and from all the sources a username does not know
+# together: scrypt makes each guess slow, this caps how many there are, however many addresses they come from. Ten
+# wrong passwords from one source lock that source out until the window ends; ten from anywhere lock out every source
+# but those the username knows (a known source is still stopped by its own ten).
 MAX_FAILED_LOGINS = 10
+# A source is known to a username for this long after it logged in as it with its password (a reset forgets them
+# all): the customer's own servers, which log in before each send as the seed's sample does, so that someone failing
+# on purpose elsewhere does not keep them out.
+KNOWN_SOURCE_FOR = timedelta(days=30)
+# A known source's last login is written again at most this often: a login before each send writes nothing more.
+REMEMBER_SOURCE_EVERY = timedelta(days=1)
+# The sources a username knows at most (the latest ones): the record stays small on the item every login reads.
+MOST_KNOWN_SOURCES = 32
+# What failures are counted under when the request names no client address: one source that is never known.
+UNKNOWN_SOURCE = "-"
 # Logins of one username being checked at once. Failures are counted once checked, so concurrent guesses could
 # overshoot the failure limit: this bounds the overshoot (at most MAX_FAILED_LOGINS + MAX_LOGINS_IN_FLIGHT - 1
 # guesses a window) while a client's workers that all log in at once (each seed sample logs in as it starts) get in.
@@ -48,36 +62,75 @@ class SessionKeys:
         return f"{self.user_key};{self.session_key}"
 
 
-def check_login(store: SessionStore, username: str | None, password: str | None, *, now: datetime) -> PasswordLogin:
-    """The login (account id, password epoch) of a valid username and password, within the per-username attempt
-    limit; Unauthorized with one message whatever was wrong (the session-key dialect's /login and the portal's sign-in
-    both use it)."""
+def login_source(address: str | None) -> str:
+    """What a login's failures are counted under: the client's address (API Gateway's sourceIp), an IPv6 one by its
+    /64, which one host can take any address of; UNKNOWN_SOURCE when there is none (an event not from API Gateway)."""
+    try:
+        parsed = ipaddress.ip_address((address or "").strip())
+    except ValueError:
+        return UNKNOWN_SOURCE
+    if parsed.version == 6 and parsed.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return str(parsed.ipv4_mapped or parsed) if parsed.version == 6 else str(parsed)
+
+
+def check_login(
+    store: SessionStore, username: str | None, password: str | None, *, now: datetime, address: str | None = None
+) -> PasswordLogin:
+    """The login (account id, password epoch) of a valid username and password, within the attempt limits of the
+    client's `address` and of the username; Unauthorized with one message whatever was wrong (the session-key
+    dialect's /login and the portal's sign-in both use it)."""
     if not username or not password:
         raise Unauthorized("username and password are required")
+    source = login_source(address)
     window_seconds = int(LOGIN_WINDOW.total_seconds())
     window = int(now.timestamp()) // window_seconds
     window_ends = datetime.fromtimestamp((window + 1) * window_seconds, tz=now.tzinfo)
-    attempt = store.begin_login_attempt(
-        username,
-        window,
-        max_failures=MAX_FAILED_LOGINS,
-        max_in_flight=MAX_LOGINS_IN_FLIGHT,
-        started_at=now,
-        stale_before=now - LOGIN_IN_FLIGHT_FOR,
-        expires_at=window_ends + LOGIN_WINDOW,
-    )
+
+    def begin(*, known_source: bool) -> LoginAttempt | LoginRefusal:
+        return store.begin_login_attempt(
+            username,
+            window,
+            source=source,
+            known_source=known_source,
+            max_failures=MAX_FAILED_LOGINS,
+            max_in_flight=MAX_LOGINS_IN_FLIGHT,
+            started_at=now,
+            stale_before=now - LOGIN_IN_FLIGHT_FOR,
+            expires_at=window_ends + LOGIN_WINDOW,
+        )
+
+    attempt = begin(known_source=False)
+    # Read only when the username is locked out: the usual login asks nothing of the known sources.
+    if attempt == LoginRefusal.LOCKED_OUT_TO_UNKNOWN_SOURCES and _known(store, username, source, now=now):
+        attempt = begin(known_source=True)
     if isinstance(attempt, LoginRefusal):
         raise refused(attempt, window_ends, now=now)
     try:
-        login = store.password_login(username, password)
+        login = store.password_login(username, password, source=source)
     except Exception:
         # Only a wrong password counts: a check that raised (the store failing) ends the attempt uncounted.
-        store.end_login_attempt(username, window, attempt, failed=False)
+        store.end_login_attempt(username, window, attempt, source=source, failed=False)
         raise
-    store.end_login_attempt(username, window, attempt, failed=login is None)
+    store.end_login_attempt(username, window, attempt, source=source, failed=login is None)
     if login is None:
         raise Unauthorized(BAD_LOGIN)
+    if source != UNKNOWN_SOURCE and (
+        login.source_seen_at is None or login.source_seen_at <= now - REMEMBER_SOURCE_EVERY
+    ):
+        store.remember_login_source(
+            username,
+            source,
+            password_epoch=login.password_epoch,
+            at=now,
+            forget_before=now - KNOWN_SOURCE_FOR,
+            most=MOST_KNOWN_SOURCES,
+        )
     return login
+
+
+def _known(store: SessionStore, username: str, source: str, *, now: datetime) -> bool:
+    return source != UNKNOWN_SOURCE and store.login_source_known(username, source, since=now - KNOWN_SOURCE_FOR)
 
 
 def refused(refusal: LoginRefusal, window_ends: datetime, *, now: datetime) -> TooManyAttempts:
@@ -93,9 +146,12 @@ def refused(refusal: LoginRefusal, window_ends: datetime, *, now: datetime) -> T
     )
 
 
-def log_in(store: SessionStore, username: str | None, password: str | None, *, now: datetime) -> SessionKeys:
-    """A fresh session for valid credentials; Unauthorized with one message whatever was wrong."""
-    login = check_login(store, username, password, now=now)
+def log_in(
+    store: SessionStore, username: str | None, password: str | None, *, now: datetime, address: str | None = None
+) -> SessionKeys:
+    """A fresh session for valid credentials; Unauthorized with one message whatever was wrong. `address`: the
+    client's (check_login)."""
+    login = check_login(store, username, password, now=now, address=address)
     # 256 bits from the OS; URL-safe characters only, so never a ';' that would split the answer.
     session_key = secrets.token_urlsafe(32)
     store.save_session(

@@ -10,6 +10,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.shared.cookies import Cookie
 
+from sms_gateway.dialects.common import client_address
 from sms_gateway.dialects.portal.framework import (
     BAD_CSRF,
     BAD_ORIGIN,
@@ -109,7 +110,13 @@ def sign_in() -> Response[Any]:
     current = current_session(event, consistent=True)
     try:
         token = portal_sessions.sign_in(
-            store, store, username, form.get("password", ""), now=utc_now(), current=current
+            store,
+            store,
+            username,
+            form.get("password", ""),
+            now=utc_now(),
+            current=current,
+            address=client_address(event),
         )
     except TooManyAttempts as error:
         return login_page(
