@@ -618,10 +618,12 @@ def begin_login(
     max_failures: int = 3,
     source: str = SOURCE,
     known_source: bool = False,
+    username: str = "ada",
+    window: int = 7,
 ) -> Any:
     return store.begin_login_attempt(
-        "ada",
-        7,
+        username,
+        window,
         source=source,
         known_source=known_source,
         max_failures=max_failures,
@@ -681,6 +683,35 @@ def test_failures_count_for_their_source_and_for_the_username(store):
             "ada", 7, begin_login(store, NOW, source="192.0.2.1", known_source=True), source="192.0.2.1", failed=True
         )
     assert begin_login(store, NOW, source="192.0.2.1", known_source=True) == LoginRefusal.LOCKED_OUT
+
+
+def test_clearing_a_usernames_failed_logins_forgets_every_window_and_source_and_no_other_username(store):
+    from sms_gateway.ports import LoginAttempt, LoginRefusal
+
+    def fail(username: str = "ada", window: int = 7, source: str = SOURCE) -> None:
+        attempt = begin_login(store, NOW, username=username, window=window, source=source)
+        assert isinstance(attempt, LoginAttempt), attempt
+        store.end_login_attempt(username, window, attempt, source=source, failed=True)
+
+    # Given failures in two windows, from two sources, and a login in flight; and another username's failures
+    for window in (6, 7):
+        for source in (SOURCE, "192.0.2.1"):
+            fail(window=window, source=source)
+    in_flight = begin_login(store, NOW)
+    fail()
+    assert begin_login(store, NOW, source="192.0.2.9") == LoginRefusal.LOCKED_OUT_TO_UNKNOWN_SOURCES
+    for _ in range(3):
+        fail("bob")
+    # When they are cleared
+    assert store.clear_login_failures("ada") == 2
+    # Then every source may try again, with all its failures; the login in flight ends uncounted
+    store.end_login_attempt("ada", 7, in_flight, source=SOURCE, failed=True)
+    for _ in range(3):
+        fail()
+    assert begin_login(store, NOW) == LoginRefusal.LOCKED_OUT
+    # And the other username is still locked out; a username without failures has nothing to clear
+    assert begin_login(store, NOW, username="bob") == LoginRefusal.LOCKED_OUT
+    assert store.clear_login_failures("nobody") == 0
 
 
 def test_a_source_is_known_after_a_login_until_it_is_forgotten_or_the_password_is_reset(store):

@@ -34,6 +34,7 @@ class AdminStore(InMemoryStore):
         self.secrets: dict[tuple[str, str], tuple[str, str]] = {}  # (kind, secret) -> (account_id, prefix)
         self.owners: dict[str, str] = {}
         self.passwords: dict[str, str] = {}
+        self.cleared_logins: list[str] = []
 
     def _require(self, account_id: str) -> Account:
         if account_id not in self.accounts:
@@ -180,6 +181,10 @@ class AdminStore(InMemoryStore):
     def login_username(self, account_id: str) -> str:
         return f"user-{self._require(account_id).account_id}"
 
+    def clear_login_failures(self, username: str) -> int:
+        self.cleared_logins.append(username)
+        return 1
+
 
 @pytest.fixture
 def store() -> AdminStore:
@@ -210,8 +215,23 @@ class TestCredentials:
         assert [c.prefix for c in reset.revoked] == [portal.prefix]
         assert [c.prefix for c in store.list_credentials(created.account_id) if c.revoked] == [portal.prefix]
         assert reset.username == f"user-{created.account_id}"
+        # And the username's failed logins are forgotten: the new password is not refused for the old one's
+        assert store.cleared_logins == [reset.username] and reset.failed_logins_cleared
         with pytest.raises(NotFound):
             accounts.reset_password(store, "404", now=NOW)
+
+    def test_a_reset_whose_failed_logins_could_not_be_cleared_still_answers_the_new_password(
+        self, store, account, monkeypatch
+    ):
+        created, credentials = account
+
+        def unavailable(username: str) -> int:
+            raise RuntimeError("DynamoDB throttled the query")
+
+        monkeypatch.setattr(store, "clear_login_failures", unavailable)
+        reset = accounts.reset_password(store, created.account_id, now=NOW)
+        assert reset.password != credentials.password and store.passwords[created.account_id] == reset.password
+        assert not reset.failed_logins_cleared
 
     def test_an_issued_token_authenticates_and_is_listed_by_prefix_only(self, store, account):
         # Given an account

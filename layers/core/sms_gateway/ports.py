@@ -590,6 +590,11 @@ class AccountAdmin(AccountStore, Protocol):
         """The account's /login (and portal) username; NotFound when it has none."""
         ...
 
+    def clear_login_failures(self, username: str) -> int:
+        """Forgets the username's failed logins, from every source, and its logins in flight (they end uncounted):
+        answers how many windows had failures."""
+        ...
+
     def accounts_with_plain_webhook_credentials(self) -> Iterator[Account]:
         """Accounts whose webhook token or signing secret was stored before sealing (scheme "plain")."""
         ...

@@ -243,6 +243,24 @@ class DynamoSessionsMixin:
                         ExpressionAttributeValues=failure,
                     )
 
+    def clear_login_failures(self, username: str) -> int:
+        # Every window the username has, not the clock's one: the operator's clock may be off, and windows past are
+        # kept until DynamoDB's TTL removes them (they refuse nothing by then). Deleted, not updated, so a login in
+        # flight ends uncounted (its conditional write finds no place) and the next one starts a fresh window item.
+        partition = self._login_window_item(username, 0)["pk"]
+        had_failures = 0
+        pages = self.client.get_paginator("query").paginate(
+            TableName=self.table_name,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :window)",
+            ExpressionAttributeValues={":pk": partition, ":window": {"S": "WINDOW#"}},
+            ConsistentRead=True,
+        )
+        for page in pages:
+            for item in page.get("Items", []):
+                self.client.delete_item(TableName=self.table_name, Key={"pk": item["pk"], "sk": item["sk"]})
+                had_failures += _count(item, "failures") > 0
+        return had_failures
+
     def login_source_known(self, username: str, source: str, *, since: datetime) -> bool:
         from sms_gateway.adapters.dynamodb import MAX_PARTITION_KEY_BYTES
 

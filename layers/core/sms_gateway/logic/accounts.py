@@ -318,6 +318,9 @@ class PasswordReset(Record):
     webhooks_changed_at: str | None
     # "portal", "operator", or the API credential used ("token <prefix>") with who made that credential.
     webhooks_changed_by: str | None
+    # The username's failed logins are forgotten, so the new password is not refused 429 for those made against the
+    # old one. False: forgetting them failed after the reset (the reset itself is done): run unlock-login.
+    failed_logins_cleared: bool
 
 
 def reset_password(
@@ -344,6 +347,7 @@ def reset_password(
         revoked += after_reset
     changed_at, changed_by = _webhooks_changed(after, store.list_credentials(account_id))
     return PasswordReset(
+        failed_logins_cleared=_clear_failed_logins(store, username),
         account_id=account_id,
         username=username,
         password=password,
@@ -357,6 +361,16 @@ def reset_password(
         webhooks_changed_at=iso(changed_at) if changed_at is not None else None,
         webhooks_changed_by=changed_by,
     )
+
+
+def _clear_failed_logins(store: AccountAdmin, username: str) -> bool:
+    """Forgets the username's failed logins after a reset; False when that failed. Never raises: the password is reset
+    already, and its answer (the new password, shown once) must reach the operator."""
+    try:
+        store.clear_login_failures(username)
+    except Exception:  # whatever the store raised: the reset is done, its answer must be shown
+        return False
+    return True
 
 
 def _webhooks_changed(account: Account, credentials: Sequence[CredentialInfo]) -> tuple[datetime | None, str | None]:
