@@ -316,7 +316,6 @@ def test_a_reset_password_shuts_out_the_leaked_password_and_every_session_opened
     assert not [item for item in items if reset["password"] in json.dumps(item)]
 
 
-@pytest.mark.xfail(strict=True, reason="there is no command to clear a login's failed-attempt lock")
 def test_unlock_login_lets_a_locked_out_username_log_in_again_and_the_limit_still_holds_after(cli, account, aws):
     """Anyone who knows a username can lock it out with wrong passwords; the operator had no way to let the customer
     back in before the window ended."""
@@ -332,13 +331,22 @@ def test_unlock_login_lets_a_locked_out_username_log_in_again_and_the_limit_stil
     # When the operator unlocks the account's login
     code, unlocked, err = cli("unlock-login", "--account", account["account_id"], "--json")
     assert code == 0, err
-    assert unlocked["account_id"] == account["account_id"] and unlocked["username"] == account["username"]
+    assert unlocked == {"account_id": account["account_id"], "username": account["username"], "windows_cleared": 1}
     # Then the right password gets in at once
     assert api(right)["statusCode"] == 200
     # And the limit counts again from zero: as many failures lock the username again
     for _ in range(MAX_FAILED_LOGINS):
         assert api(wrong)["statusCode"] == 401
     assert api(right)["statusCode"] == 429
+
+
+def test_unlock_login_of_a_login_that_is_not_locked_changes_nothing(cli, account, aws):
+    from tests.integration.test_session_key_dialect import login_event
+
+    code, out, err = cli("unlock-login", "--account", account["account_id"])
+    assert code == 0, err
+    assert "windows_cleared  0" in out and "log in again at once" in err
+    assert session_key_api(aws)(login_event(account["username"], account["password"]))["statusCode"] == 200
 
 
 def test_a_reset_password_finds_the_login_of_an_account_created_before_it_was_listed(cli, account, aws):
@@ -389,6 +397,7 @@ def test_an_unknown_account_is_a_clear_error_and_creates_nothing(cli, aws):
         ["list-credentials", "--account", "404"],
         ["revoke-credential", "--account", "404", "--prefix", "sk_abcde"],
         ["reset-password", "--account", "404"],
+        ["unlock-login", "--account", "404"],
         ["add-sender", "--account", "404", "--sender", "NEWONE"],
         ["remove-sender", "--account", "404", "--sender", "48974"],
         ["top-up", "--account", "404", "--credits", "5"],

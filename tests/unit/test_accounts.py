@@ -233,6 +233,15 @@ class TestCredentials:
         assert reset.password != credentials.password and store.passwords[created.account_id] == reset.password
         assert not reset.failed_logins_cleared
 
+    def test_unlock_login_clears_the_failed_logins_of_the_accounts_username(self, store, account):
+        created, _ = account
+        unlocked = accounts.unlock_login(store, created.account_id)
+        assert (unlocked.username, unlocked.windows_cleared) == (f"user-{created.account_id}", 1)
+        assert store.cleared_logins == [unlocked.username]
+        with pytest.raises(NotFound):
+            accounts.unlock_login(store, "404")
+        assert store.cleared_logins == [unlocked.username]
+
     def test_an_issued_token_authenticates_and_is_listed_by_prefix_only(self, store, account):
         # Given an account
         created, _ = account

@@ -201,6 +201,13 @@ def reset_password(*, account_id: str, keep_portal_credentials: bool = False) ->
     return reset.model_dump(mode="json")
 
 
+def unlock_login(*, account_id: str) -> dict[str, Any]:
+    """Clears the failed-attempt lock of the account's login (session-key /login and portal sign-in)."""
+    from sms_gateway.logic import accounts
+
+    return accounts.unlock_login(_store(), account_id).model_dump(mode="json")
+
+
 def add_sender(*, account_id: str, sender: str, inbound_upstreams: list[str] | None = None) -> dict[str, Any]:
     """`inbound_upstreams`: the upstreams that may deliver its inbound SMS (set_sender); none: its routes'."""
     from sms_gateway.logic import accounts
@@ -666,6 +673,11 @@ def _show_reset(reset: dict[str, Any]) -> None:
         if reset[key]:
             print(f"\n{heading}:")
             _print_rows(reset[key], CREDENTIAL_COLUMNS)
+    if not reset["failed_logins_cleared"]:
+        print(
+            f"\nthe username's failed logins were NOT cleared (the password is reset): run unlock-login --account "
+            f"{reset['account_id']}"
+        )
 
 
 def _cmd_reset_password(args: argparse.Namespace) -> int:
@@ -677,6 +689,15 @@ def _cmd_reset_password(args: argparse.Namespace) -> int:
         "the old password could also have changed the webhooks, in the portal or through the API with a token made "
         "there (webhooks_changed_at, webhooks_changed_by): check dlr_url and inbound_url with the customer, and "
         "rotate the webhook token and signing secret (set-webhooks)",
+    )
+
+
+def _cmd_unlock_login(args: argparse.Namespace) -> int:
+    return _run(
+        args,
+        lambda _: unlock_login(account_id=args.account),
+        note="the login's failed logins are forgotten: it may log in again at once, and ten more wrong passwords "
+        "from one source lock that source out again",
     )
 
 
@@ -1074,6 +1095,14 @@ def _add_credential_commands(command: Command, account: argparse.ArgumentParser)
         "customer made them and the password did not leak)",
     )
     reset.set_defaults(func=_cmd_reset_password)
+
+    unlock = command(
+        "unlock-login",
+        "clear the failed-login lock of the account's /login and portal sign-in (from every source), so the "
+        "customer can log in again at once; the password and sessions stay, and the limit counts again from zero",
+        account,
+    )
+    unlock.set_defaults(func=_cmd_unlock_login)
 
 
 def _add_price_commands(command: Command) -> None:

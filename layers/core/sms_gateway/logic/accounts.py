@@ -363,6 +363,24 @@ def reset_password(
     )
 
 
+class LoginUnlocked(Record):
+    """A login's failed-attempt lock cleared: whose, and how many 15-minute windows held failed logins (0: it was
+    not locked, and nothing changed)."""
+
+    account_id: str
+    username: str
+    windows_cleared: int
+
+
+def unlock_login(store: AccountAdmin, account_id: str) -> LoginUnlocked:
+    """Lets a locked-out login (the session-key /login and the portal's sign-in) in again at once: forgets its failed
+    logins from every source. The password stays; the limit counts again from zero, so a brute force is stopped as
+    before. NotFound for an unknown account."""
+    require_account(store, account_id)
+    username = store.login_username(account_id)
+    return LoginUnlocked(account_id=account_id, username=username, windows_cleared=store.clear_login_failures(username))
+
+
 def _clear_failed_logins(store: AccountAdmin, username: str) -> bool:
     """Forgets the username's failed logins after a reset; False when that failed. Never raises: the password is reset
     already, and its answer (the new password, shown once) must reach the operator."""
