@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from sms_gateway.caching import CachedAccountSettings, TtlCache
 from tests.fakes import Clock
 
@@ -122,3 +124,46 @@ def test_the_price_table_is_read_once_per_max_age_not_once_per_send():
     clock.now += 31
     assert book.price_table() == "N at 3 credits"
     assert prices.reads == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a failed load is tried again by each thread that waited for it, one after another: ten records of one "
+    "account against a failing table take ten times the store's retries, past the function's timeout",
+)
+def test_threads_waiting_on_a_load_that_fails_get_its_error_without_loading_again():
+    import threading
+    import time
+
+    cache = TtlCache(max_age=30)
+    loads: list[int] = []
+    release = threading.Event()
+
+    def failing_load() -> str:
+        # As a read of a throttled or unreachable table: it fails only after botocore's retries (seconds each).
+        loads.append(1)
+        release.wait(timeout=10)
+        raise ConnectionError("the table did not answer")
+
+    errors: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            cache.get(("account", "a"), failing_load)
+        except ConnectionError as error:
+            errors.append(error)
+
+    # Given ten records of one account asking for its settings while the first read is still failing
+    threads = [threading.Thread(target=ask) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    while not loads:
+        time.sleep(0.01)
+    time.sleep(0.2)  # the other threads' time to ask
+    release.set()
+    for thread in threads:
+        thread.join(timeout=10)
+    # Then the store was asked once, and every record failed with its error at once (the record goes back to the
+    # queue), instead of each asking again after the others' failures
+    assert len(errors) == 10
+    assert len(loads) == 1
