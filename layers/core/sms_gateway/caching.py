@@ -8,13 +8,15 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sms_gateway.domain.models import Account
 from sms_gateway.ports import AccountLookup, PriceBook
 
 if TYPE_CHECKING:
     from sms_gateway.domain.pricing import PriceTable
+
+T = TypeVar("T")
 
 # How stale a cached setting may be: a change an operator or client makes reaches running consumers within
 # this time (as an upstream's Parameter Store configuration does within CONFIG_MAX_AGE). Never used for credits.
@@ -24,29 +26,62 @@ SETTINGS_MAX_AGE_SECONDS = 30.0
 RECHECK_SECONDS = 1.0
 
 
-class KeyedLocks:
-    """A lock per key, for threads that miss the same key at once to load it once: the others wait for that load
-    (a batch's records, handled concurrently, would otherwise all read, or ask KMS for, the value they share).
-    Its keys are few (accounts' settings and sealed secrets), so their locks are kept."""
+class _Load:
+    """One load of a key in flight; the threads that miss the key meanwhile wait for it and take its answer."""
 
     def __init__(self) -> None:
-        self._locks: dict[Hashable, threading.Lock] = {}
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def answer(self) -> Any:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class SingleFlight:
+    """Loads by key, for threads that miss the same key at once to load it once (a batch's records, handled
+    concurrently, would otherwise all read, or ask KMS for, the value they share): the others wait for that load and
+    take what it gave, its value or its error. A failure is shared too: a read of a table that fails after botocore's
+    retries (seconds of back-off) fails once for all of them, not once for each, one after another, which took a
+    batch of ten records past its function's timeout. Nothing is kept once a load is done, so this holds nothing for
+    the keys a warm container has seen."""
+
+    def __init__(self) -> None:
+        self._loads: dict[Hashable, _Load] = {}
         self._lock = threading.Lock()
 
-    def of(self, key: Hashable) -> threading.Lock:
+    def load(self, key: Hashable, load: Callable[[], T]) -> T:
         with self._lock:
-            return self._locks.setdefault(key, threading.Lock())
+            in_flight = self._loads.get(key)
+            if in_flight is None:
+                mine = self._loads[key] = _Load()
+        if in_flight is not None:
+            answer: T = in_flight.answer()
+            return answer
+        try:
+            mine.value = load()
+        except BaseException as error:
+            mine.error = error
+            raise
+        finally:
+            with self._lock:
+                del self._loads[key]
+            mine.done.set()
+        return mine.value
 
 
 class TtlCache:
     """Values by key, each kept for `max_age` seconds after it was loaded; None is never cached. Threads that miss
-    the same key at once load it once (KeyedLocks)."""
+    the same key at once load it once (SingleFlight)."""
 
     def __init__(self, max_age: float = SETTINGS_MAX_AGE_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_age = max_age
         self.clock = clock
         self._values: dict[Hashable, tuple[float, Any]] = {}
-        self._loading = KeyedLocks()
+        self._loading = SingleFlight()
         self._lock = threading.Lock()
 
     def get(self, key: Hashable, load: Callable[[], Any], *, max_age: float | None = None) -> Any:
@@ -54,16 +89,18 @@ class TtlCache:
         fresh = self._fresh(key, max_age)
         if fresh is not None:
             return fresh[0]
-        with self._loading.of(key):
-            fresh = self._fresh(key, max_age)  # loaded by another thread while this one waited
-            if fresh is not None:
-                return fresh[0]
-            now = self.clock()
-            value = load()
-            if value is not None:
-                with self._lock:
-                    self._values[key] = (now, value)
-            return value
+        return self._loading.load(key, partial(self._load, key, load, max_age))
+
+    def _load(self, key: Hashable, load: Callable[[], Any], max_age: float | None) -> Any:
+        fresh = self._fresh(key, max_age)  # loaded by another thread since this one looked
+        if fresh is not None:
+            return fresh[0]
+        now = self.clock()
+        value = load()
+        if value is not None:
+            with self._lock:
+                self._values[key] = (now, value)
+        return value
 
     def _fresh(self, key: Hashable, max_age: float | None = None) -> tuple[Any] | None:
         with self._lock:

@@ -11,7 +11,7 @@ import threading
 from collections import OrderedDict
 
 from sms_gateway.adapters import aws
-from sms_gateway.caching import KeyedLocks
+from sms_gateway.caching import SingleFlight
 from sms_gateway.domain.models import SealedSecret, shown_prefix
 
 # Opened secrets kept per container: two per account, so this covers the accounts a container serves many times.
@@ -24,7 +24,7 @@ class KmsSecretBox:
         self._opened: OrderedDict[tuple[str, str, str], str] = OrderedDict()
         self._lock = threading.Lock()
         # The notifier posts a batch's records concurrently: one Decrypt for a secret they all need, not one each.
-        self._opening = KeyedLocks()
+        self._opening = SingleFlight()
 
     def seal(self, account_id: str, purpose: str, secret: str) -> SealedSecret:
         if not self.key_id:
@@ -42,21 +42,23 @@ class KmsSecretBox:
         kept = self._kept(key)
         if kept is not None:
             return kept
-        with self._opening.of(key):
-            kept = self._kept(key)  # opened by another thread while this one waited
-            if kept is not None:
-                return kept
-            # The key's id is inside the ciphertext: a sealed value opens after the key rotates, or the variable
-            # moves.
-            answer = aws.client("kms").decrypt(
-                CiphertextBlob=base64.b64decode(sealed.sealed), EncryptionContext=_context(account_id, purpose)
-            )
-            secret = bytes(answer["Plaintext"]).decode()
-            with self._lock:
-                self._opened[key] = secret
-                while len(self._opened) > OPENED_KEPT:
-                    self._opened.popitem(last=False)
-            return secret
+        return self._opening.load(key, lambda: self._decrypt(key))
+
+    def _decrypt(self, key: tuple[str, str, str]) -> str:
+        kept = self._kept(key)  # opened by another thread since this one looked
+        if kept is not None:
+            return kept
+        account_id, purpose, sealed = key
+        # The key's id is inside the ciphertext: a sealed value opens after the key rotates, or the variable moves.
+        answer = aws.client("kms").decrypt(
+            CiphertextBlob=base64.b64decode(sealed), EncryptionContext=_context(account_id, purpose)
+        )
+        secret = bytes(answer["Plaintext"]).decode()
+        with self._lock:
+            self._opened[key] = secret
+            while len(self._opened) > OPENED_KEPT:
+                self._opened.popitem(last=False)
+        return secret
 
     def _kept(self, key: tuple[str, str, str]) -> str | None:
         with self._lock:
