@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
+
+import pytest
 
 from sms_gateway.caching import CachedAccountSettings, TtlCache
 from tests.fakes import Clock
@@ -154,3 +158,39 @@ def test_the_price_table_is_read_once_per_max_age_not_once_per_send():
     clock.now += 31
     assert book.price_table() == "N at 3 credits"
     assert prices.reads == 2
+
+
+def _held_after(work: Callable[[], object]) -> int:
+    """Bytes still allocated once `work` has run, what it returns still referenced."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        kept = work()
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - baseline
+    finally:
+        tracemalloc.stop()
+    del kept
+    return held
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the settings cache keeps every account it ever read, long after its max age: a warm container grows "
+    "with the accounts it serves (about 3 KB an account) until it runs out of memory",
+)
+def test_a_warm_container_keeps_only_the_settings_read_within_the_max_age():
+    clock = Clock()
+
+    def serve_many_accounts() -> TtlCache:
+        cache = TtlCache(max_age=30, clock=clock)
+        # Given a notifier container that reads the settings of 2,000 accounts, one every 0.1 s (200 s in all),
+        # each taken as 10 KB
+        for number in range(2_000):
+            cache.get(("account", f"account-{number}"), lambda: bytes(10_000))
+            clock.now += 0.1
+        return cache
+
+    # Then it holds no more than the 300 read within the last 30 s (3 MB), not all 2,000 (20 MB)
+    assert _held_after(serve_many_accounts) < 5_000_000
