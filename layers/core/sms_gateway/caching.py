@@ -24,6 +24,9 @@ SETTINGS_MAX_AGE_SECONDS = 30.0
 # How stale a setting may be when what was cached would drop something (an account without the webhook URL a
 # notification needs may have set it since): read again if older, so a container rereads it at most this often.
 RECHECK_SECONDS = 1.0
+# The most values a cache keeps (about 3 KB an account's settings: 30 MB): past it, the longest loaded go first.
+# Values older than the cache's max age go anyway, so a warm container holds what it read within that time only.
+MAX_ENTRIES = 10_000
 
 
 class _Load:
@@ -75,11 +78,19 @@ class SingleFlight:
 
 class TtlCache:
     """Values by key, each kept for `max_age` seconds after it was loaded; None is never cached. Threads that miss
-    the same key at once load it once (SingleFlight)."""
+    the same key at once load it once (SingleFlight). Values past the max age are dropped, not only reloaded when
+    asked for, and at most `max_entries` are kept: a warm container that serves many accounts holds those it read
+    within the max age, not every account it ever read. A `max_age` given to `get` may only be shorter."""
 
-    def __init__(self, max_age: float = SETTINGS_MAX_AGE_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        max_age: float = SETTINGS_MAX_AGE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        max_entries: int = MAX_ENTRIES,
+    ) -> None:
         self.max_age = max_age
         self.clock = clock
+        self.max_entries = max_entries
         self._values: dict[Hashable, tuple[float, Any]] = {}
         self._loading = SingleFlight()
         self._lock = threading.Lock()
@@ -99,8 +110,19 @@ class TtlCache:
         value = load()
         if value is not None:
             with self._lock:
+                # Last in the order of loading, which is the order values expire in.
+                self._values.pop(key, None)
                 self._values[key] = (now, value)
+                self._drop_expired(now)
         return value
+
+    def _drop_expired(self, now: float) -> None:
+        """Under the lock: drops the values loaded longest ago while they are past the max age or too many."""
+        while self._values:
+            oldest = next(iter(self._values))
+            if now - self._values[oldest][0] < self.max_age and len(self._values) <= self.max_entries:
+                return
+            del self._values[oldest]
 
     def _fresh(self, key: Hashable, max_age: float | None = None) -> tuple[Any] | None:
         with self._lock:
