@@ -449,3 +449,36 @@ def test_a_progress_file_that_cannot_be_read_is_an_error_not_a_traceback(
     assert code == 2
     assert "error: cannot read the progress file" in captured.err and "Traceback" not in captured.err
     assert sends == {}
+
+
+@pytest.mark.xfail(strict=True, reason="an unterminated quote sends the rest of the file as one row's text")
+def test_review_a_csv_with_an_unterminated_quote_is_refused_before_anything_is_sent(
+    csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sends, csv_file, send_csv = csv_gateways
+    # Given a CSV whose second row opens a quote it never closes (a stray '"' typed before a name)
+    csv_file.write_text('to,name\n2348020000000,"Ada\n2348030000000,Bola\n2348040000000,Chidi\n')
+    # When it is sent
+    code = send_csv("http://127.0.0.1:3000", "t")
+    captured = capsys.readouterr()
+    # Then nothing is sent: not Ada's row with the rest of the file as her name (an SMS of garbage, charged) while
+    # Bola and Chidi are never sent and the run says every row was accepted, exit 0
+    assert sends == {}, captured.out
+    assert code == 2
+    # And the error names the line where the quote opens, so the file can be fixed
+    assert "line 2" in captured.err and "quote" in captured.err
+
+
+@pytest.mark.xfail(strict=True, reason="a cell past the csv module's field limit is a traceback")
+def test_review_a_csv_cell_past_the_field_limit_is_an_error_not_a_traceback(
+    csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sends, csv_file, send_csv = csv_gateways
+    # Given a CSV whose quote is never closed and the rest of the file is long (a big campaign)
+    rows = "".join(f"23480{n:08d},Customer {n}\n" for n in range(8000))
+    csv_file.write_text(f'to,name\n2348020000000,"Ada\n{rows}')
+    # When it is sent, it stops with a one-line error, before sending anything
+    code = send_csv("http://127.0.0.1:3000", "t")
+    captured = capsys.readouterr()
+    assert (code, sends) == (2, {})
+    assert captured.err.startswith("error: ") and "line 2" in captured.err
