@@ -76,6 +76,21 @@ def test_rows_take_the_number_from_any_known_column_and_report_editor_line_numbe
         list(read_rows(io.StringIO("name,number\nAda,0802\n")))
 
 
+def test_a_file_that_is_not_valid_csv_is_refused_with_the_line_its_bad_row_starts_on() -> None:
+    # A quoted cell followed by more text is not a cell the file can be read as: refused, not guessed at
+    with pytest.raises(BulkSendError, match=r"^line 3 is not valid CSV: ',' expected after"):
+        list(read_rows(io.StringIO('to,name\n0802,Ada\n0803,"Bola" Smith\n0804,Chidi\n')))
+    # While quoted commas, a quote written "" and a cell over several lines are CSV, read as Excel writes them
+    text = 'to,name\r\n0802,"Smith, Ada"\r\n0803,"Bola ""B"" Ade"\r\n0804,"two\r\nlines"\r\n0805,Dayo\r\n'
+    rows = list(read_rows(io.StringIO(text, newline="")))
+    assert [(r.line, r.fields["name"]) for r in rows] == [
+        (2, "Smith, Ada"),
+        (3, 'Bola "B" Ade'),
+        (5, "two\r\nlines"),
+        (6, "Dayo"),
+    ]
+
+
 def _rows(text: str) -> list[Row]:
     return list(read_rows(io.StringIO(text)))
 

@@ -451,7 +451,6 @@ def test_a_progress_file_that_cannot_be_read_is_an_error_not_a_traceback(
     assert sends == {}
 
 
-@pytest.mark.xfail(strict=True, reason="an unterminated quote sends the rest of the file as one row's text")
 def test_review_a_csv_with_an_unterminated_quote_is_refused_before_anything_is_sent(
     csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -469,7 +468,6 @@ def test_review_a_csv_with_an_unterminated_quote_is_refused_before_anything_is_s
     assert "line 2" in captured.err and "quote" in captured.err
 
 
-@pytest.mark.xfail(strict=True, reason="a cell past the csv module's field limit is a traceback")
 def test_review_a_csv_cell_past_the_field_limit_is_an_error_not_a_traceback(
     csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str]
 ) -> None:

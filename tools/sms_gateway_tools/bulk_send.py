@@ -187,14 +187,41 @@ def number_column(header: Iterable[str]) -> str:
 
 
 def read_rows(stream: TextIO) -> Iterator[Row]:
-    reader = csv.DictReader(stream)
-    if reader.fieldnames is None:
-        raise BulkSendError("the CSV is empty: it needs a header line (to,name,...) and rows")
-    to_column = number_column(reader.fieldnames)
-    for record in reader:
-        # A short row has None for its missing cells; a long one keeps its extra cells under the key None.
-        fields = {str(name).strip(): (value or "").strip() for name, value in record.items() if name is not None}
-        yield Row(line=reader.line_num, to=fields.get(to_column.strip(), ""), fields=fields)
+    """The file's rows; a file that is not valid CSV is refused (BulkSendError naming the line its bad row starts
+    on), never guessed at: a quote opened and never closed would make the rest of the file one cell of one row."""
+    # strict: a quote never closed, or text after a closing quote, is an error instead of a cell taken as it falls.
+    reader = csv.DictReader(stream, strict=True)
+    starts_on = 1
+    try:
+        header = reader.fieldnames
+        if header is None:
+            raise BulkSendError("the CSV is empty: it needs a header line (to,name,...) and rows")
+        to_column = number_column(header)
+        while True:
+            starts_on = reader.line_num + 1
+            record = next(reader, None)
+            if record is None:
+                return
+            # A short row has None for its missing cells; a long one keeps its extra cells under the key None.
+            fields = {str(name).strip(): (value or "").strip() for name, value in record.items() if name is not None}
+            yield Row(line=reader.line_num, to=fields.get(to_column.strip(), ""), fields=fields)
+    except csv.Error as error:
+        raise BulkSendError(_malformed(starts_on, str(error))) from error
+
+
+def _malformed(line: int, reason: str) -> str:
+    """What is wrong with the row starting on `line`, in the words of someone fixing the file in an editor."""
+    if "unexpected end of data" in reason:
+        return (
+            f'line {line}: a quote (") opened there is never closed, so the rest of the file would be one cell: '
+            'close it, or remove it (a quote inside a quoted cell is written "")'
+        )
+    if "field larger than field limit" in reason:
+        return (
+            f'line {line}: a cell longer than {csv.field_size_limit()} characters: most likely a quote (") opened '
+            "there is never closed, so the rest of the file would be one cell"
+        )
+    return f'line {line} is not valid CSV: {reason} (a quote inside a quoted cell is written "")'
 
 
 def progress_path(csv_path: Path) -> Path:
