@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -292,10 +293,17 @@ class ProgressFile:
         entry = {"key": result.key, "line": result.line, "to": result.to, "reference_id": result.reference_id}
         entry["cost"] = result.cost
         entry["target"] = self.target
+        line = (json.dumps(entry) + "\n").encode()
         with self._lock:
             self.accepted[result.key] = entry
-            with self.path.open("a") as out:
-                out.write(json.dumps(entry) + "\n")
+            with self.path.open("ab+") as out:
+                # A line cut short (a crash, a full disk) ends the file without its newline: this one starts on
+                # a line of its own, not glued to the cut one (and lost with it when the file is read).
+                if out.seek(0, os.SEEK_END) > 0:
+                    out.seek(-1, os.SEEK_END)
+                    if out.read(1) != b"\n":
+                        line = b"\n" + line
+                out.write(line)
 
 
 # Sends one row: (to, text, key) -> (reference_id, cost); raises RowRejected with the gateway's reason.
