@@ -480,3 +480,21 @@ def test_review_a_csv_cell_past_the_field_limit_is_an_error_not_a_traceback(
     captured = capsys.readouterr()
     assert (code, sends) == (2, {})
     assert captured.err.startswith("error: ") and "line 2" in captured.err
+
+
+@pytest.mark.xfail(strict=True, reason="an empty spreadsheet row (only separators) is a rejected row, exit 1")
+def test_review_empty_spreadsheet_rows_are_skipped_not_rejected(
+    csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sends, csv_file, send_csv = csv_gateways
+    # Given the campaign as Excel saves it: rows left empty in the sheet (between the customers, and formatted
+    # ones below them) come out as lines of separators only, next to a truly blank line
+    csv_file.write_bytes(b"to,name\r\n2348020000000,Ada\r\n,\r\n\r\n2348030000000,Bola\r\n,\r\n , \r\n")
+    # When it is sent
+    code = send_csv("http://127.0.0.1:3000", "t")
+    out = json.loads(capsys.readouterr().out)
+    # Then both customers are sent and the run succeeds: the empty rows are no rows, as the blank line is, not rows
+    # "rejected: no number in the row" that make a script read the campaign as failed (exit 1)
+    assert sends == {"http://127.0.0.1:3000 t": 2}
+    assert (out["rows"], out["accepted"], out["rejected"]) == (2, 2, 0)
+    assert code == 0
