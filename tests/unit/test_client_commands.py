@@ -482,7 +482,6 @@ def test_review_a_csv_cell_past_the_field_limit_is_an_error_not_a_traceback(
     assert captured.err.startswith("error: ") and "line 2" in captured.err
 
 
-@pytest.mark.xfail(strict=True, reason="an empty spreadsheet row (only separators) is a rejected row, exit 1")
 def test_review_empty_spreadsheet_rows_are_skipped_not_rejected(
     csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -205,6 +205,8 @@ def read_rows(stream: TextIO) -> Iterator[Row]:
                 return
             # A short row has None for its missing cells; a long one keeps its extra cells under the key None.
             fields = {str(name).strip(): (value or "").strip() for name, value in record.items() if name is not None}
+            if not any(fields.values()) and not any(cell.strip() for cell in record.get(None) or []):
+                continue  # an empty row of the sheet, saved as separators only (',,'): no row, as a blank line
             yield Row(line=reader.line_num, to=fields.get(to_column.strip(), ""), fields=fields)
     except csv.Error as error:
         raise BulkSendError(_malformed(starts_on, str(error))) from error
