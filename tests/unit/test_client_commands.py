@@ -137,7 +137,6 @@ def test_a_refusal_is_not_retried_and_retries_end() -> None:
     assert len(keys) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="Retry-After is ignored: the row is tried again sooner and given up on")
 def test_review_a_retry_waits_as_long_as_the_gateway_s_retry_after_asks(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a gateway that is busy and says when to come back (a throttle, a send undone for want of time)
     answers = [(429, "7"), (503, "2"), (200, None)]
@@ -158,6 +157,15 @@ def test_review_a_retry_waits_as_long_as_the_gateway_s_retry_after_asks(monkeypa
     # the gateway asked for, the row was given up on as rejected with the gateway's answer
     assert answer["reference_id"] == "7"
     assert slept == [7.0, 2.0]
+    # And a wait longer than a run should hold a row for gives the row up at once (a later run sends it)
+    answers.extend([(429, "3600"), (200, None)])
+    slept.clear()
+    with (
+        GatewayClient("http://gw", "t", transport=httpx.MockTransport(handler)) as client,
+        pytest.raises(ApiError, match="HTTP 429"),
+    ):
+        client_commands.send_with_retries(client, {"to": "0802"}, "csv-1", client_commands.RETRY_PAUSES)
+    assert slept == []
 
 
 @pytest.mark.parametrize("command", ["send", "status", "tail"])

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from sms_gateway.adapters.http import retry_after_seconds
 from sms_gateway.domain.status import TERMINAL
 from sms_gateway_tools.admin import TargetNotFound, _print_record, _print_rows, describe_stack, stack_outputs
 from sms_gateway_tools.arguments import number, whole_number
@@ -37,8 +38,10 @@ TOKEN_VARIABLE = "SMS_GATEWAY_TOKEN"  # noqa: S105 - the variable's name, not a 
 FINAL_STATUSES = frozenset(str(status) for status in TERMINAL)
 REPORT_PAGE_SIZE = 1000
 
-# A row's send is tried again after these pauses (seconds) when the gateway is unreachable, throttles or fails.
+# A row's send is tried again after these pauses (seconds) when the gateway is unreachable, throttles or fails;
+# longer when its Retry-After asks so, up to this wait: past it the row is given up on (sent by a later run).
 RETRY_PAUSES = (0.5, 1.0, 2.0)
+MAX_RETRY_WAIT_SECONDS = 60.0
 TRANSIENT_STATUSES = frozenset({0, 429, 500, 502, 503, 504})
 
 # Exit codes: the gateway refused something (a row, a send, an unknown batch) / the command could not run at all.
@@ -54,10 +57,11 @@ NO_ANSWER = 0
 class ApiError(Exception):
     """The gateway answered with an error: its HTTP status and its own message."""
 
-    def __init__(self, status_code: int, message: str) -> None:
+    def __init__(self, status_code: int, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
+        self.retry_after = retry_after  # the seconds its Retry-After asks to wait before trying again, if any
 
     def __str__(self) -> str:
         return self.message if self.status_code == NO_ANSWER else f"{self.message} (HTTP {self.status_code})"
@@ -126,7 +130,8 @@ class GatewayClient:
                 response.status_code, f"the gateway answered something that is not JSON: {response.text[:200]}"
             )
         if response.status_code >= 400:
-            raise ApiError(response.status_code, str(body.get("message") or response.reason_phrase))
+            message = str(body.get("message") or response.reason_phrase)
+            raise ApiError(response.status_code, message, retry_after_seconds(response.headers.get("retry-after")))
         return body
 
     def send(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
@@ -271,8 +276,9 @@ def _csv_dry_runner(client: GatewayClient, sender: str, balance: dict[str, int])
 def send_with_retries(
     client: GatewayClient, body: dict[str, Any], key: str, pauses: tuple[float, ...]
 ) -> dict[str, Any]:
-    """Sends under the key, again after each pause while the failure is transient: safe, as the key makes a
-    request the gateway did receive answer its first answer instead of sending twice."""
+    """Sends under the key, again after each pause (or the longer wait the answer's Retry-After asks) while the
+    failure is transient: safe, as the key makes a request the gateway did receive answer its first answer instead
+    of sending twice."""
     for pause in (*pauses, None):
         try:
             return client.send(body, key)
@@ -281,7 +287,10 @@ def send_with_retries(
             in_progress = error.status_code == 409 and "still being processed" in error.message
             if pause is None or not (error.status_code in TRANSIENT_STATUSES or in_progress):
                 raise
-            time.sleep(pause)
+            wait = max(pause, error.retry_after or 0.0)
+            if wait > MAX_RETRY_WAIT_SECONDS:
+                raise
+            time.sleep(wait)
     raise AssertionError("unreachable")
 
 
