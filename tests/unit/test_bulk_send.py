@@ -246,6 +246,37 @@ def test_ctrl_c_keeps_what_was_accepted_and_sends_no_more(tmp_path: Path) -> Non
     assert len(ProgressFile(tmp_path / "p.jsonl", TARGET).accepted) == len(sent) == len(summary.of("accepted"))
 
 
+@pytest.mark.xfail(strict=True, reason="every row of the file is read and queued before the first one is answered")
+def test_review_a_big_file_is_read_only_a_few_rows_ahead_of_the_sends(tmp_path: Path) -> None:
+    # Given a campaign of many rows and a gateway slow to answer (held until a moment after the run starts)
+    answered = threading.Event()
+    threading.Timer(0.5, answered.set).start()
+    in_flight = {"read": 0, "sent": 0, "most_ahead": 0}
+    lock = threading.Lock()
+
+    def rows() -> Iterator[Row]:
+        for n in range(2000):
+            with lock:
+                in_flight["read"] += 1
+                in_flight["most_ahead"] = max(in_flight["most_ahead"], in_flight["read"] - in_flight["sent"])
+            yield Row(line=n + 2, to=f"23480200{n:05d}", fields={"to": f"23480200{n:05d}"})
+
+    def send_one(to: str, text: str, key: str) -> tuple[str, int]:
+        answered.wait()
+        with lock:
+            in_flight["sent"] += 1
+        return "ref", 1
+
+    # When it is sent 4 rows at a time
+    summary = send_rows(
+        rows(), sender="48974", template="Hello", send_one=send_one, progress=ProgressFile(tmp_path / "p", TARGET)
+    )
+    # Then every row is sent, and rows are read from the file only a few ahead of those answered: not all of them
+    # held in memory (each with its queued send) while the first ones wait, which a million-row file cannot afford
+    assert len(summary.of("accepted")) == 2000
+    assert in_flight["most_ahead"] <= 16
+
+
 def test_a_column_the_message_does_not_use_changes_nothing_that_was_sent(tmp_path: Path) -> None:
     progress = progress_path(tmp_path / "customers.csv")
     sent: list[tuple[str, str, str]] = []
