@@ -19,6 +19,8 @@ from sms_gateway.domain.msisdn import InvalidMsisdn, international_digits, parse
 # Header names (any case) taken for the recipient's number, first found wins.
 NUMBER_COLUMNS = ("to", "msisdn", "phone", "mobile")
 PROGRESS_SUFFIX = ".sent.jsonl"
+# Rows read from the file and waiting for a sender, per concurrent sender (`send_rows`).
+ROWS_AHEAD_PER_WORKER = 2
 
 
 class BulkSendError(Exception):
@@ -421,6 +423,29 @@ def _settled_without_sending(
         return RowResult(row.line, row.to, "rejected", key, reason=str(error))
 
 
+class _FewAheadPool:
+    """`workers` threads whose `submit` waits while `workers * ROWS_AHEAD_PER_WORKER` rows are already queued or
+    in flight: rows are read from the file only a few ahead of the sends, so a big file is never held whole (each
+    row with its queued send)."""
+
+    def __init__(self, workers: int) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=workers)
+        self._places = threading.BoundedSemaphore(workers * ROWS_AHEAD_PER_WORKER)
+
+    def submit(self, work: Callable[..., None], *args: Any) -> None:
+        self._places.acquire()
+        self._executor.submit(self._run, work, *args)
+
+    def _run(self, work: Callable[..., None], *args: Any) -> None:
+        try:
+            work(*args)
+        finally:
+            self._places.release()
+
+    def shutdown(self, *, cancel_futures: bool = False) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=cancel_futures)
+
+
 def send_rows(
     rows: Iterable[Row],
     *,
@@ -473,7 +498,7 @@ def send_rows(
         else:
             done(RowResult(row.line, row.to, "accepted", key, reference_id=reference_id, cost=cost))
 
-    pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+    pool = _FewAheadPool(max(1, concurrency))
     try:
         for row in rows:
             keyed = _keyed(row, sender, template, progress)
@@ -489,9 +514,9 @@ def send_rows(
                 done(settled)
             else:
                 pool.submit(attempt, row, keyed, settled)
-        pool.shutdown(wait=True)
+        pool.shutdown()
     except KeyboardInterrupt:
         # Ctrl-C: rows in flight finish and are recorded, the rest are not sent; a rerun picks them up.
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(cancel_futures=True)
         summary.interrupted = True
     return summary

@@ -353,22 +353,24 @@ def _send_csv(args: argparse.Namespace) -> int:
         return CANNOT_RUN
     path = Path(args.csv)
     try:
-        with path.open(newline="", encoding="utf-8-sig") as stream:
-            rows = list(read_rows(stream))
+        # The whole file is read through first, a row at a time: one that cannot be read or is not valid CSV sends
+        # nothing. The send reads it again as it goes, so a big file is never held in memory.
+        with _open_csv(path) as stream:
+            total = sum(1 for _ in read_rows(stream))
     except OSError as error:
         print(f"error: cannot read {path}: {error.strerror}", file=sys.stderr)
         return CANNOT_RUN
     except (BulkSendError, UnicodeDecodeError) as error:
         print(f"error: {path}: {error}", file=sys.stderr)
         return CANNOT_RUN
-    bar = TextProgress(len(rows), sys.stderr, enabled=not args.json)
+    bar = TextProgress(total, sys.stderr, enabled=not args.json)
     balance: dict[str, int] = {}
     try:
-        with _open_client(args) as client:
+        with _open_client(args) as client, _open_csv(path) as stream:
             progress = ProgressFile(progress_path(path), client.target)
             _note_untargeted(progress)
             summary = send_rows(
-                rows,
+                read_rows(stream),
                 sender=args.sender,
                 template=args.message,
                 send_one=_csv_dry_runner(client, args.sender, balance)
@@ -379,7 +381,7 @@ def _send_csv(args: argparse.Namespace) -> int:
                 on_result=bar.update,
                 dry_run=args.dry_run,
             )
-    except (BulkSendError, TargetNotFound) as error:
+    except (BulkSendError, TargetNotFound, OSError, UnicodeDecodeError) as error:
         bar.finish()
         print(f"error: {error}", file=sys.stderr)
         return CANNOT_RUN
@@ -398,13 +400,19 @@ def _send_csv(args: argparse.Namespace) -> int:
         print(f"error: {summary.fatal}", file=sys.stderr)
         return CANNOT_RUN
     if summary.interrupted:
-        left = len(rows) - len(summary.results)
+        left = total - len(summary.results)
         print(f"interrupted: {left} rows not sent; run the same command again to send them", file=sys.stderr)
         return INTERRUPTED
     if args.dry_run and not balance_sufficient:
         return REFUSED
     # A row whose key was used otherwise was most likely sent, but no answer says so: not all sent, as far as is known.
     return REFUSED if summary.of("rejected") or summary.of("key_used") else 0
+
+
+def _open_csv(path: Path) -> TextIO:
+    """The CSV as text: UTF-8 with or without the byte order mark Excel writes, its line ends left to the csv module
+    (a quoted cell may hold a CRLF)."""
+    return path.open(newline="", encoding="utf-8-sig")
 
 
 def _note_untargeted(progress: ProgressFile) -> None:
