@@ -492,3 +492,20 @@ def test_the_run_reads_every_record_parked_in_the_fifo_dispatch_dlq():
     # Then it finds all 15 with their reason (receiving stops at the group's first 10, in flight then)
     assert sorted(json.loads(body)["message_ids"][0] for body, _ in found) == list(range(15))
     assert {reason for _, reason in found} == {"failed 6 times: RuntimeError"}
+
+
+@pytest.mark.xfail(strict=True, reason="the reports expected follow the gateway's stored delivery_report, not the send")
+def test_the_reports_expected_follow_what_the_client_asked_not_what_the_gateway_stored():
+    # Given a delivered message whose send asked for delivery reports, stored as if it had not, and no report sent
+    dropped = replace(
+        clean_run(), messages=[message("1", delivery_report=False, asked_for_reports=True)], notifications={}
+    )
+    # Then the flag the gateway lost and both reports the client never got are flagged
+    assert broken(dropped) == {"every_change_notified": 3}
+    (verdict,) = [v for v in check(dropped) if not v.ok]
+    assert "its send asked for delivery reports (yes), the gateway stored none" in verdict.violations[0]
+    # And a message whose send asked for none, stored as if it had asked, whose reports the client then got
+    unasked = replace(clean_run(), messages=[message("1", asked_for_reports=False)])
+    assert broken(unasked) == {"every_change_notified": 2}
+    # But a message stored as its send asked is judged as before
+    assert broken(replace(clean_run(), messages=[message("1", asked_for_reports=True)])) == {}
