@@ -494,7 +494,6 @@ def test_the_run_reads_every_record_parked_in_the_fifo_dispatch_dlq():
     assert {reason for _, reason in found} == {"failed 6 times: RuntimeError"}
 
 
-@pytest.mark.xfail(strict=True, reason="the reports expected follow the gateway's stored delivery_report, not the send")
 def test_the_reports_expected_follow_what_the_client_asked_not_what_the_gateway_stored():
     # Given a delivered message whose send asked for delivery reports, stored as if it had not, and no report sent
     dropped = replace(
@@ -509,3 +508,8 @@ def test_the_reports_expected_follow_what_the_client_asked_not_what_the_gateway_
     assert broken(unasked) == {"every_change_notified": 2}
     # But a message stored as its send asked is judged as before
     assert broken(replace(clean_run(), messages=[message("1", asked_for_reports=True)])) == {}
+    # And the run knows what each send asked, by recipient, from its plan
+    from sms_gateway_tools.chaos.runner import Send, reports_asked
+
+    sends = [Send(0, ("2348030000001", "2348020000002"), "Hi", True), Send(1, ("2348030000003",), "Hi", False)]
+    assert reports_asked(sends) == {"2348030000001": True, "2348020000002": True, "2348030000003": False}

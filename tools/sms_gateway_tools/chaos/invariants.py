@@ -30,10 +30,18 @@ class MessageRecord:
     # its text's parts; None: a recipient the run never sent to).
     price: int
     expected_price: int | None
+    # Whether the gateway stored the message as asking for delivery reports, and whether its send asked for them
+    # (the run's plan; None: a message the run never sent, judged by what was stored).
     delivery_report: bool
     error_code: str | None = None
     upstream_message_id: str | None = None
     reference_id: str = ""
+    asked_for_reports: bool | None = None
+
+    @property
+    def reports_asked(self) -> bool:
+        """Whether the client is owed this message's reports: as its send asked, not as the gateway stored it."""
+        return self.delivery_report if self.asked_for_reports is None else self.asked_for_reports
 
 
 @dataclass(frozen=True)
@@ -300,7 +308,12 @@ def every_change_notified(observed: Observations) -> Verdict:
     messages = {message.message_id: message for message in observed.messages}
     parked = 0
     for message in observed.messages:
-        if not message.delivery_report or message.status == MessageStatus.CANCELLED:
+        if message.reports_asked != message.delivery_report:
+            verdict.violations.append(
+                f"{message.message_id}: its send asked for delivery reports ({_yes_or_none(message.reports_asked)}), "
+                f"the gateway stored {_yes_or_none(message.delivery_report)}"
+            )
+        if not message.reports_asked or message.status == MessageStatus.CANCELLED:
             # A cancel is the client's own request and sends no reports (docs/delivery-reports.md).
             continue
         # The reports expected follow from the statuses the message reached, not from its `sequence`: a change
@@ -344,7 +357,7 @@ def every_change_notified(observed: Observations) -> Verdict:
             verdict.violations.append(leaked)
     for message_id, seen in _callbacks_by_message(observed.notifications.values()).items():
         asked = messages.get(message_id)
-        if asked is not None and not asked.delivery_report:
+        if asked is not None and not asked.reports_asked:
             verdict.violations.append(f"{message_id} did not ask for delivery reports but got {len(seen)}")
         statuses = [body["status"] for body in seen]
         for status in {s for s in statuses if statuses.count(s) > 1}:
@@ -392,6 +405,11 @@ def cancels_honoured(observed: Observations) -> Verdict:
     if answered:
         verdict.notes.append(", ".join(f"{count} answered {status}" for status, count in sorted(answered.items())))
     return verdict
+
+
+def _yes_or_none(delivery_report: bool) -> str:
+    """A delivery_report flag as the send's API spells it."""
+    return "yes" if delivery_report else "none"
 
 
 def _status_writes(message: MessageRecord) -> tuple[int, list[int]]:

@@ -178,6 +178,11 @@ def expected_prices(sends: list[Send]) -> dict[str, int]:
     }
 
 
+def reports_asked(sends: list[Send]) -> dict[str, bool]:
+    """Whether each planned message's send asked for delivery reports, by its recipient."""
+    return {recipient: send.delivery_report for send in sends for recipient in send.recipients}
+
+
 def price_per_part(msisdn: str) -> int:
     return next(PRICES[network] for prefix, network in NETWORKS.items() if msisdn.startswith(prefix))
 
@@ -210,6 +215,8 @@ class ChaosRun:
         self.accounts: list[dict[str, Any]] = []
         # Recipient -> what the message to it should cost (every planned message has a recipient of its own).
         self.expected_prices: dict[str, int] = {}
+        # Recipient -> whether its send asked for delivery reports.
+        self.reports_asked: dict[str, bool] = {}
         self.timed_out = False
         self._progress_lock = threading.Lock()
         self._cancel_timers: list[threading.Timer] = []
@@ -264,6 +271,7 @@ class ChaosRun:
             self.say(f"stack up: API {stack.api_url}, simulator {stack.simulator_url}, webhook {webhook.url}")
             planned = plan_sends(o)
             self.expected_prices = expected_prices(planned)
+            self.reports_asked = reports_asked(planned)
             with httpx.Client(timeout=60) as client:
                 for number, wave in enumerate(waves(planned, o.wave), start=1):
                     if self._past_deadline():
@@ -513,6 +521,7 @@ class ChaosRun:
                 # Stored in E.164 ('+' first), planned as the client sent it.
                 expected_price=self.expected_prices.get(m.msisdn.removeprefix("+")),
                 delivery_report=m.delivery_report == DeliveryReportMode.YES,
+                asked_for_reports=self.reports_asked.get(m.msisdn.removeprefix("+")),
                 error_code=m.error_code,
                 upstream_message_id=m.upstream_message_id,
                 reference_id=str(m.reference_id),
