@@ -515,7 +515,6 @@ def test_the_reports_expected_follow_what_the_client_asked_not_what_the_gateway_
     assert reports_asked(sends) == {"2348030000001": True, "2348020000002": True, "2348030000003": False}
 
 
-@pytest.mark.xfail(strict=True, reason="timeouts are drawn only among the submits not answered 5xx: 4% of all, not 5%")
 def test_the_simulator_times_out_the_stated_share_of_all_submits_beside_its_5xx():
     from sms_gateway_tools.chaos.runner import ChaosOptions, simulator_faults
     from sms_gateway_tools.simulator import UpstreamSimulator

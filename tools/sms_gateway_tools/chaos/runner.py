@@ -137,6 +137,19 @@ class Progress:
     cancels_retried: dict[str, int] = field(default_factory=dict)
 
 
+def simulator_faults(options: ChaosOptions) -> dict[str, float]:
+    """The simulator's settings for the run's upstream faults, each hitting its stated share of all submits. The
+    simulator draws a timeout only for a submit it did not answer 5xx, so its `timeout_rate` is the share of those."""
+    taken = 1 - options.upstream_error_rate
+    return {
+        "error_rate": options.upstream_error_rate,
+        "timeout_rate": min(1.0, options.upstream_timeout_rate / taken) if taken > 0 else 0.0,
+        "timeout_delay": options.timeout_delay,
+        "dlr_duplicate_rate": options.dlr_duplicate_rate,
+        "dlr_reorder_rate": options.dlr_reorder_rate,
+    }
+
+
 def plan_sends(options: ChaosOptions) -> list[Send]:
     """The run's sends, from the seed: bulk batches of 100-200 recipients and single-recipient sends."""
     rand = random.Random(options.seed)  # noqa: S311 (a repeatable test plan, not a secret)
@@ -260,13 +273,7 @@ class ChaosRun:
             send_faults.installed(),
         ):
             assert stack.simulator is not None
-            stack.simulator.configure(
-                error_rate=o.upstream_error_rate,
-                timeout_rate=o.upstream_timeout_rate,
-                timeout_delay=o.timeout_delay,
-                dlr_duplicate_rate=o.dlr_duplicate_rate,
-                dlr_reorder_rate=o.dlr_reorder_rate,
-            )
+            stack.simulator.configure(**simulator_faults(o))
             self._create_accounts(stack, webhook)
             self.say(f"stack up: API {stack.api_url}, simulator {stack.simulator_url}, webhook {webhook.url}")
             planned = plan_sends(o)
