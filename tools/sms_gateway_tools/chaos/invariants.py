@@ -96,6 +96,8 @@ class Observations:
     upstream_deduplicates: bool = True
     # reference_id -> the HTTP status the client's cancel of that scheduled batch was answered with.
     cancels: Mapping[str, int] = field(default_factory=dict)
+    # How many messages the api's 200 answers accepted (None: not counted); the table must hold as many.
+    accepted_messages: int | None = None
 
 
 @dataclass
@@ -135,10 +137,17 @@ def check(observed: Observations) -> list[Verdict]:
 
 
 def settled(observed: Observations) -> Verdict:
-    """Every message final, or parked in the dispatch DLQ with a reason; and a final status the upstream bears out:
+    """Every message the api accepted is in the table, and final, or parked in the dispatch DLQ with a reason; and a
+    final status the upstream bears out:
     `delivered` only for a message the upstream has and reported DELIVRD, `failed` or `rejected` never for one it
     delivered (`expired` stays open either way: a DLR that comes after the wait loses to the expiry)."""
     verdict = Verdict("settled", "every message final, or in a DLQ with its reason", len(observed.messages))
+    accepted, held = observed.accepted_messages, len(observed.messages)
+    if accepted is not None and accepted != held:
+        verdict.violations.append(
+            f"the api accepted {accepted} messages, the table holds {held}: "
+            + (f"{accepted - held} lost" if accepted > held else f"{held - accepted} more than accepted")
+        )
     upstream = {copy.client_ref: copy for copy in observed.upstream}
     parked = 0
     for message in observed.messages:

@@ -362,18 +362,21 @@ class ChaosRun:
                     self.progress.sends_retried[answer.status_code] = (
                         self.progress.sends_retried.get(answer.status_code, 0) + 1
                     )
-            self.progress.sends += 1
+            with self._progress_lock:
+                self.progress.sends += 1
             if answer.status_code != 200:
                 self.progress.refused_sends.append(f"{answer.status_code} {answer.text[:200]}")
                 return
             reference_id = answer.json()["reference_id"]
-            self.progress.references.append((account["account_id"], int(reference_id)))
+            with self._progress_lock:
+                self.progress.references.append((account["account_id"], int(reference_id)))
+                # Counted with its reference: the settled invariant holds the table to it.
+                self.progress.accepted_messages += len(send.recipients)
             if send.cancel_after is not None:
                 cancel = threading.Timer(send.cancel_after, self._cancel, args=(stack, account, str(reference_id)))
                 cancel.start()
                 with self._progress_lock:
                     self._cancel_timers.append(cancel)
-            self.progress.accepted_messages += len(send.recipients)
 
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="chaos-send") as pool:
             list(pool.map(post, wave))
@@ -581,6 +584,7 @@ class ChaosRun:
             submits_unanswered=dict(kills.unanswered),
             upstream_deduplicates=self.options.upstream_deduplicates,
             cancels=dict(self.progress.cancels),
+            accepted_messages=self.progress.accepted_messages,
         )
 
     def _dead_letters(self, stack: Any, queue_id: str) -> list[tuple[str, str]]:
