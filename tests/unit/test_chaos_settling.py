@@ -63,3 +63,27 @@ def test_staying_settled_means_empty_queues_and_an_idle_webhook_a_moment_later(m
     monkeypatch.setattr(runner.time, "sleep", sleep)
     monkeypatch.setattr(run, "_depth", lambda stack, queue_id: 0)
     assert run._stays_settled(None, webhook) is (requests_meanwhile == 0)  # type: ignore[arg-type]
+
+
+@pytest.mark.xfail(strict=True, reason="the gateway's Logger, made after run_chaos quiets it, logs at INFO again")
+def test_the_run_prints_its_report_without_the_gateway_s_logs_of_the_faults_it_injects():
+    import subprocess
+    import sys
+
+    # Given a run whose gateway logs a fault the run injected (as its dispatcher and api log each one)
+    script = (
+        "from sms_gateway_tools.chaos import runner\n"
+        "def run(self):\n"
+        "    from sms_gateway.observability import logger\n"
+        "    logger.warning('upstream did not take the message')\n"
+        "    logger.error('send could not be queued; undoing it')\n"
+        "    raise SystemExit(0)\n"
+        "runner.ChaosRun.run = run\n"
+        "runner.run_chaos(runner.ChaosOptions(messages=1))\n"
+    )
+    # When it runs in a process of its own (the gateway's modules not yet imported, as under `make chaos`)
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    # Then neither log line reaches its output
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "upstream did not take" not in finished.stdout + finished.stderr
+    assert "could not be queued" not in finished.stdout + finished.stderr
