@@ -65,7 +65,6 @@ def test_staying_settled_means_empty_queues_and_an_idle_webhook_a_moment_later(m
     assert run._stays_settled(None, webhook) is (requests_meanwhile == 0)  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(strict=True, reason="the gateway's Logger, made after run_chaos quiets it, logs at INFO again")
 def test_the_run_prints_its_report_without_the_gateway_s_logs_of_the_faults_it_injects():
     import subprocess
     import sys

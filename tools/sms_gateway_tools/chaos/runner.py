@@ -749,7 +749,11 @@ def render(summary: dict[str, Any]) -> str:
 
 def run_chaos(options: ChaosOptions, *, json_path: Path | None = None, out: TextIO = sys.stdout) -> int:
     """Runs the chaos test; prints the report; exit code 0 only when every invariant held."""
-    # The gateway logs every injected fault at WARNING; the report says what matters.
+    # The gateway logs every injected fault at WARNING; the report says what matters. Its Logger is made first:
+    # Powertools sets the level when it makes it (INFO, the functions' environment not applied yet), which would
+    # undo a level set before.
+    import sms_gateway.observability  # noqa: F401
+
     for name in ("sms_gateway_tools", "sms-gateway", "sms_gateway"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     summary = ChaosRun(options, out).run()
