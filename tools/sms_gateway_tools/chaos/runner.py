@@ -44,6 +44,8 @@ SINGLE_PART_CHARACTERS, CONCATENATED_PART_CHARACTERS = 160, 153
 # How long the run must stay settled (queues empty, the client's webhook idle) before it is over: longer than the
 # settle check's handler takes from a message's expiry to queueing its notification.
 SETTLED_GRACE_SECONDS = 3.0
+# How long the client waits before sending again a send whose first request is still under way (a 409).
+STILL_PROCESSING_WAIT_SECONDS = 1.0
 # Where records wait for the dispatcher: bulk batches, and single sends on a queue of their own (template.yaml).
 DISPATCH_QUEUES = ("DispatchQueue", "PriorityDispatchQueue")
 
@@ -127,8 +129,9 @@ class Progress:
     sends: int = 0
     accepted_messages: int = 0
     refused_sends: list[str] = field(default_factory=list)
-    # Answers of 5xx that the client sent again under the same Idempotency-Key, by status.
-    sends_retried: dict[int, int] = field(default_factory=dict)
+    # Sends the client sent again under the same Idempotency-Key, by why: the 5xx status, or the transport error
+    # that lost the answer.
+    sends_retried: dict[str, int] = field(default_factory=dict)
     waves: int = 0
     references: list[tuple[str, int]] = field(default_factory=list)
     # reference_id -> the status the cancel was answered with (its last attempt's).
@@ -352,20 +355,26 @@ class ChaosRun:
                 body |= {"to": list(send.recipients), "body": send.text}
             if send.send_in is not None:
                 body["send_at"] = (datetime.now(UTC) + timedelta(seconds=send.send_in)).isoformat()
-            # A client that sends again after a 5xx, under the same key, as the API documents.
+            # A client that sends again after a 5xx or a lost answer, under the same key, as the API documents.
             headers = {"Authorization": f"Bearer {account['token']}", "Idempotency-Key": f"chaos-{send.recipients[0]}"}
+            answer, lost = None, ""
             for attempt in range(1, self.options.send_attempts + 1):
-                answer = client.post(f"{stack.api_url}/ng/v1/sendsms", json=body, headers=headers)
-                if answer.status_code < 500 or attempt == self.options.send_attempts:
-                    break
-                with self._progress_lock:
-                    self.progress.sends_retried[answer.status_code] = (
-                        self.progress.sends_retried.get(answer.status_code, 0) + 1
-                    )
+                try:
+                    answer = client.post(f"{stack.api_url}/ng/v1/sendsms", json=body, headers=headers)
+                except httpx.TransportError as error:
+                    answer, lost = None, type(error).__name__
+                else:
+                    if answer.status_code < 500 and not _still_being_processed(answer):
+                        break
+                if attempt < self.options.send_attempts:
+                    self._count_retry(self.progress.sends_retried, lost if answer is None else _why_again(answer))
+                    if answer is not None and _still_being_processed(answer):
+                        time.sleep(STILL_PROCESSING_WAIT_SECONDS)
             with self._progress_lock:
                 self.progress.sends += 1
-            if answer.status_code != 200:
-                self.progress.refused_sends.append(f"{answer.status_code} {answer.text[:200]}")
+            if answer is None or answer.status_code != 200:
+                refused = f"no answer ({lost})" if answer is None else f"{answer.status_code} {answer.text[:200]}"
+                self.progress.refused_sends.append(refused)
                 return
             reference_id = answer.json()["reference_id"]
             with self._progress_lock:
@@ -392,17 +401,18 @@ class ChaosRun:
                         headers={"Authorization": f"Bearer {account['token']}"},
                     ).status_code
                 except httpx.TransportError as error:
-                    self._count_cancel_retry(type(error).__name__)
+                    self._count_retry(self.progress.cancels_retried, type(error).__name__)
                     continue
                 if status < 500:
                     break
-                self._count_cancel_retry(str(status))
+                self._count_retry(self.progress.cancels_retried, str(status))
         with self._progress_lock:
             self.progress.cancels[reference_id] = status
 
-    def _count_cancel_retry(self, why: str) -> None:
+    def _count_retry(self, retried: dict[str, int], why: str) -> None:
+        """Counts a send or cancel the client sends again, by why (`retried`: the progress's count of those)."""
         with self._progress_lock:
-            self.progress.cancels_retried[why] = self.progress.cancels_retried.get(why, 0) + 1
+            retried[why] = retried.get(why, 0) + 1
 
     def _wait_for_cancels(self) -> None:
         with self._progress_lock:
@@ -673,6 +683,16 @@ class ChaosRun:
         }
 
 
+def _still_being_processed(answer: httpx.Response) -> bool:
+    """A 409 for a send whose Idempotency-Key's first request is still under way (one whose answer the client lost):
+    it says to retry later."""
+    return answer.status_code == 409 and "still being processed" in answer.text
+
+
+def _why_again(answer: httpx.Response) -> str:
+    return "409 still being processed" if _still_being_processed(answer) else str(answer.status_code)
+
+
 def _count_by_status(statuses: Any) -> dict[str, int]:
     counts: dict[str, int] = {}
     for status in statuses:
@@ -719,7 +739,7 @@ def render(summary: dict[str, Any]) -> str:
         "its DLR answered too late or never); the rest never reached it".format(**summary["expired_unreported"]),
         *(f"    e.g. {json.dumps(example)}" for example in summary["expired_unreported"]["examples"][:3]),
         "injected: " + ", ".join(f"{k} {v}" for k, v in summary["injected"].items()),
-        "sends answered 5xx and sent again under their Idempotency-Key: "
+        "sends answered 5xx, or never answered, and sent again under their Idempotency-Key: "
         + (", ".join(f"{k} {v}" for k, v in summary.get("sends_retried", {}).items()) or "none"),
         f"scheduled batches: {summary.get('scheduled_sends', 0)}; cancels answered: "
         + (", ".join(f"{k} {v}" for k, v in summary.get("cancels_answered", {}).items()) or "none")
