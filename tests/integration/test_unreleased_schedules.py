@@ -283,3 +283,34 @@ def test_the_local_stack_runs_the_sweeper_s_asynchronous_invoke_of_a_function_it
             LambdaBatchRelease(function_arn=arn + "-gone").release("7", 1)
     finally:
         route_async_invocations(None)
+
+
+def test_a_send_to_go_out_at_once_killed_before_queueing_is_sent_once_by_its_release_invoked_by_hand(
+    sweeping: Sweeping,
+) -> None:
+    from sms_gateway.adapters.sqs import SqsDispatchQueue
+
+    def killed(self: Any, commands: Any) -> None:
+        raise Killed
+
+    # Given a send to go out at once whose api Lambda was killed after storing it and before queueing its records
+    with sweeping.monkeypatch.context() as patched:
+        patched.setattr(SqsDispatchQueue, "enqueue", killed)
+        with pytest.raises(Killed):
+            send(sweeping.api, sweeping.account["token"], [AIRTEL, MTN])
+    [batch] = raw_batches(sweeping.account["account_id"])
+    reference_id = int(batch["reference_id"]["N"])
+    assert batch["status"]["S"] == "queued"
+    assert balance(sweeping.account["account_id"]) == 98
+    dispatch_all(sweeping.aws)
+    assert sent_to(sweeping.upstream) == []
+    # When an operator invokes scheduled_dispatch with its account and reference id (docs/decisions.md, "Sends to go
+    # out at once whose api Lambda died before queueing them"), twice
+    assert fire_schedule(sweeping.account, reference_id) == {"released": False}
+    dispatch_all(sweeping.aws)
+    assert fire_schedule(sweeping.account, reference_id) == {"released": False}
+    dispatch_all(sweeping.aws)
+    # Then each message went out once, charged once
+    assert sent_to(sweeping.upstream) == sorted([AIRTEL, MTN])
+    assert statuses(sweeping.api, sweeping.account, reference_id) == {"submitted"}
+    assert balance(sweeping.account["account_id"]) == 98
