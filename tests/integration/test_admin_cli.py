@@ -488,8 +488,9 @@ def test_a_bad_sender_change_is_refused_and_changes_nothing(cli, account, other)
 def test_a_numbers_inbound_upstreams_are_set_shown_and_put_back_on_the_routes(cli, account, aws):
     # Given two configured upstreams: the simulator (the default upstream, so the routes') and Kannel
     from tests.integration.test_callback_acknowledgements import configure
+    from tests.integration.test_routes_admin import KANNEL
 
-    configure(aws, "kannel", {"type": "kannel", "url": "http://127.0.0.1:9"})
+    configure(aws, "kannel", KANNEL)
     account_id = account["account_id"]
     # When nothing is set, the account shows its number taking inbound SMS from its routes' upstreams
     code, shown, _ = cli("show-account", "--account", account_id, "--json")
@@ -530,8 +531,9 @@ def assert_usage_error(cli: Cli, capsys: pytest.CaptureFixture[str], argv: list[
 
 def test_a_bad_inbound_upstream_is_refused_with_exit_2_and_changes_nothing(cli, account, other, aws, capsys):
     from tests.integration.test_callback_acknowledgements import configure
+    from tests.integration.test_routes_admin import KANNEL
 
-    configure(aws, "kannel", {"type": "kannel", "url": "http://127.0.0.1:9"})
+    configure(aws, "kannel", KANNEL)
     account_id = account["account_id"]
     set_sender = ["set-sender", "--account", account_id, "--sender", "48974"]
     # A name that is no upstream name, or one no upstream is configured under, is refused
