@@ -492,3 +492,20 @@ def test_a_2xx_without_a_reference_id_is_handled_as_no_answer_not_offered_to_the
         asyncio.run(provider(answer(200, {"status_code": 200, "message": "ok"})).submit(submit_request()))
     # Then it may have taken the message: like no answer after the request left, never offered to the fallback
     assert (unreadable.value.maybe_taken, unreadable.value.unavailable) == (True, False)
+
+
+@pytest.mark.xfail(strict=True, reason="a null or empty reference_id is stored as the upstream id 'None' or ''")
+@pytest.mark.parametrize("reference_id", [None, ""], ids=repr)
+def test_review_a_2xx_with_a_null_or_empty_reference_id_is_no_id_not_the_id_none(reference_id: str | None) -> None:
+    # Given 9bits answering 200 with a reference_id of JSON null or an empty text
+    body = {**ACCEPTED, "reference_id": reference_id}
+    # When the message is submitted
+    with pytest.raises(UpstreamError) as unreadable:
+        asyncio.run(provider(answer(200, body)).submit(submit_request()))
+    # Then it is a take without an id (asked again of 9bits alone), as the simulator's null message_id is, not a
+    # message linked to the upstream id "None" (or "") that every other such message shares
+    assert (unreadable.value.permanent, unreadable.value.unavailable, unreadable.value.maybe_taken) == (
+        False,
+        False,
+        True,
+    )
