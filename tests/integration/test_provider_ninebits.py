@@ -494,7 +494,6 @@ def test_a_2xx_without_a_reference_id_is_handled_as_no_answer_not_offered_to_the
     assert (unreadable.value.maybe_taken, unreadable.value.unavailable) == (True, False)
 
 
-@pytest.mark.xfail(strict=True, reason="a null or empty reference_id is stored as the upstream id 'None' or ''")
 @pytest.mark.parametrize("reference_id", [None, ""], ids=repr)
 def test_review_a_2xx_with_a_null_or_empty_reference_id_is_no_id_not_the_id_none(reference_id: str | None) -> None:
     # Given 9bits answering 200 with a reference_id of JSON null or an empty text

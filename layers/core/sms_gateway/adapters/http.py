@@ -86,6 +86,19 @@ def unreadable_take(upstream: str, what: str) -> UpstreamError:
     return UpstreamError(f"{upstream} {what}", permanent=False, unavailable=False, maybe_taken=True)
 
 
+def answered_id(upstream: str, response: httpx.Response, field: str) -> str:
+    """The upstream's id for the message in its 2xx JSON answer's `field`. An answer without one (not JSON, the field
+    missing, null or empty) is an `unreadable_take`: never the id "None" or "", which every such message would share,
+    so one's delivery report would settle another."""
+    try:
+        upstream_id = response.json()[field]
+    except (ValueError, KeyError, TypeError, IndexError):
+        upstream_id = None
+    if upstream_id is None or upstream_id == "":
+        raise unreadable_take(upstream, f"answered {response.status_code} without a {field}")
+    return str(upstream_id)
+
+
 def not_sent_there(what: str, *, error_code: str | None = None) -> UpstreamError:
     """The upstream cannot send this message however often it is asked (no route for the number, a country our
     account there is not enabled for, more parts than it sends): its limit, not the message's fault. Unavailable: the

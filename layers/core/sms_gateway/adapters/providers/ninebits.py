@@ -28,12 +28,12 @@ import httpx
 
 from sms_gateway.adapters.http import (
     GATEWAY_ERRORS_MAYBE_TAKEN,
+    answered_id,
     async_client,
     no_answer,
     not_about_the_message,
     refuses_our_account,
     scrubbed,
-    unreadable_take,
 )
 from sms_gateway.domain import webhooks
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
@@ -148,13 +148,10 @@ class NinebitsProvider:
         if response.status_code >= 400:
             # 400: an invalid number, a sender not registered, a bad body.
             raise UpstreamError(f"{self.name} refused the message ({response.status_code}): {reason}", permanent=True)
-        try:
-            reference_id = response.json()["reference_id"]
-        except (ValueError, KeyError, TypeError) as error:
-            # It answered 2xx: it may have taken the message. Asked again of 9bits alone (it deduplicates by our
-            # Idempotency-Key), never of the fallback.
-            raise unreadable_take(self.name, f"answered {response.status_code} without a reference_id") from error
-        return SubmitResult(upstream_message_id=str(reference_id))
+        # A 2xx without a reference_id (or a null or empty one): it may have taken the message. Asked again of 9bits
+        # alone (it deduplicates by our Idempotency-Key), never of the fallback. Until 2026-12-07 a null one was
+        # recorded as the id "None".
+        return SubmitResult(upstream_message_id=answered_id(self.name, response, "reference_id"))
 
     def verify_callback(self, request: CallbackRequest) -> bool:
         headers = request.headers

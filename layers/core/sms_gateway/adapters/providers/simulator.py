@@ -12,13 +12,13 @@ from typing import Any
 import httpx
 
 from sms_gateway.adapters.http import (
+    answered_id,
     async_client,
     flag_setting,
     gateway_errors_setting,
     no_answer,
     not_about_the_message,
     scrubbed,
-    unreadable_take,
 )
 from sms_gateway.adapters.providers.tokens import secret_setting
 from sms_gateway.domain.ids import epoch_seconds
@@ -115,19 +115,11 @@ class SimulatorProvider:
             raise UpstreamError(
                 f"{self.name} refused the message: {scrubbed(response.text, (self._secret,))}", permanent=True
             )
-        return SubmitResult(upstream_message_id=self._message_id(response))
-
-    def _message_id(self, response: httpx.Response) -> str:
-        try:
-            message_id = response.json()["message_id"]
-        except (ValueError, KeyError, TypeError, IndexError):
-            message_id = None
-        if message_id is None or message_id == "":
-            # It (or a proxy in front of it) took the request: the simulator may be sending the message. Asked again
-            # of it alone (it answers a repeat of our client_ref with its first answer), never of the fallback.
-            # Until 2026-12-07 a KeyError that crashed the dispatch of the record, and a null id recorded as "None".
-            raise unreadable_take(self.name, f"answered {response.status_code} without a message_id")
-        return str(message_id)
+        # No id (or a null or empty one): it, or a proxy in front of it, took the request and the simulator may be
+        # sending the message. Asked again of it alone (it answers a repeat of our client_ref with its first answer),
+        # never of the fallback. Until 2026-12-07 a KeyError that crashed the dispatch of the record, and a null id
+        # recorded as "None".
+        return SubmitResult(upstream_message_id=answered_id(self.name, response, "message_id"))
 
     def verify_callback(self, request: CallbackRequest) -> bool:
         timestamp = request.headers.get("x-simulator-timestamp", "")
