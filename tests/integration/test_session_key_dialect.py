@@ -756,6 +756,26 @@ def test_a_malformed_time_zone_is_refused_even_without_a_time(aws, account, api)
     assert batch_count(account["account_id"]) == 0
 
 
+@pytest.mark.xfail(strict=True, reason="localtime, posix/, right/ and Factory are taken as zones")
+@pytest.mark.parametrize("zone", ["localtime", "Factory", "posix/Africa/Lagos", "right/Africa/Lagos", "posixrules"])
+def test_review_a_zone_file_that_is_no_iana_zone_is_refused_as_an_account_zone_is(aws, account, api, zone):
+    # Given a send whose scheduled_delivery_timezone names a file of the host's zoneinfo that is no zone of the tz
+    # database's list: the host's own setting, tz's "no zone", or a copy under posix/ or right/ (absent on Lambda, or
+    # not what the client meant: localtime is the server's zone, right/ counts leap seconds)
+    keys = log_in(api, account)
+    tomorrow = in_lagos(timedelta(days=1)).strftime("%Y%m%d%H%M%S")
+    body = seed_body(scheduled_delivery_time=tomorrow, scheduled_delivery_timezone=zone)
+    # When it is posted
+    response = api(sms_event(keys, body))
+    # Then it is refused as an account's zone of that name is, a 400 saying it is no IANA zone, and nothing is
+    # stored, charged or scheduled
+    assert response["statusCode"] == 400, response["body"]
+    assert f"scheduled_delivery_timezone: {zone!r} is not an IANA time zone" in answer(response)["error"]
+    assert balance(account["account_id"]) == 100
+    assert batch_count(account["account_id"]) == 0
+    assert schedules(aws) == []
+
+
 def test_an_oversized_send_is_answered_with_a_status_the_docs_list(aws, account, api):
     from pathlib import Path
 
