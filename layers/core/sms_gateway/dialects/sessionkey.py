@@ -35,7 +35,7 @@ from sms_gateway.domain.dates import InvalidClientDatetime, parse_client_datetim
 from sms_gateway.domain.models import Account, Message, Recipient, SendCommand, utc_now
 from sms_gateway.domain.pricing import ROUTE_TIERS
 from sms_gateway.domain.status import MessageStatus
-from sms_gateway.domain.zones import account_zone, zone_named
+from sms_gateway.domain.zones import account_zone, chosen_zone, not_a_chosen_zone
 from sms_gateway.errors import Conflict, GatewayError, InvalidRequest, InvalidSender, NotFound, Unauthorized
 from sms_gateway.logic import batches, sessions
 from sms_gateway.logic.idempotency import request_key
@@ -259,10 +259,11 @@ def scheduled_time(request: SendRequest, account: Account) -> datetime | None:
     even without a time (the time may have been lost on the client's side: sent now, it could not be cancelled)."""
     zone = account_zone(account.timezone)
     if request.scheduled_delivery_timezone is not None:
-        given = zone_named(request.scheduled_delivery_timezone)
+        # The rule an account's zone follows: not the host's `localtime` nor a copy under posix/ or right/.
+        given = chosen_zone(request.scheduled_delivery_timezone)
         if given is None:
             raise InvalidRequest(
-                f"scheduled_delivery_timezone: {request.scheduled_delivery_timezone!r} is not an IANA time zone"
+                f"scheduled_delivery_timezone: {not_a_chosen_zone(request.scheduled_delivery_timezone)}"
             )
         zone = given
     if request.scheduled_delivery_time is None:

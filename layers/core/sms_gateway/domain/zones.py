@@ -32,9 +32,23 @@ def is_chosen_zone(name: str) -> bool:
     return name in _listed_zones() and name not in _NO_PLACE
 
 
+def chosen_zone(name: str) -> ZoneInfo | None:
+    """The zone of that name when it is one a person may choose (`is_chosen_zone`): an account's zone, a send's
+    scheduled_delivery_timezone. None otherwise."""
+    return zone_named(name) if is_chosen_zone(name) else None
+
+
+def not_a_chosen_zone(name: str) -> str:
+    """Why `name` is refused as a zone, naming the zone to give for a copy under posix/ or right/."""
+    _, slash, rest = name.partition("/")
+    hint = f": give {rest!r}" if slash and is_chosen_zone(rest) else " (e.g. Africa/Lagos)"
+    return f"{name!r} is not an IANA time zone{hint}"
+
+
 @cache
 def _listed_zones() -> frozenset[str]:
-    # Read once, only where an account's zone is set (importlib.resources costs the api's cold start).
+    # Read once, only where a zone is chosen: an account's, or a send's (importlib.resources costs the api's cold
+    # start).
     from importlib import resources
 
     return frozenset(resources.files("tzdata").joinpath("zones").read_text(encoding="utf-8").split())

@@ -24,7 +24,7 @@ from sms_gateway.domain.routing import RouteTable, upstream_name
 from sms_gateway.domain.senders import SENDER_ID, registry_form, same_sender
 from sms_gateway.domain.webhook_urls import require_safe_webhook_url
 from sms_gateway.domain.webhooks import new_signing_secret
-from sms_gateway.domain.zones import country_zones, is_chosen_zone, zone_named
+from sms_gateway.domain.zones import chosen_zone, country_zones, not_a_chosen_zone
 from sms_gateway.errors import Conflict, GatewayError, InvalidRequest, NotFound
 from sms_gateway.ports import (
     MOST_REVOKED_BY_A_RESET,
@@ -212,11 +212,9 @@ def check_timezone(name: str, *, current: str | None = None) -> str:
     """An account's time zone as an operator or the client sets it: an IANA zone name (`is_chosen_zone`). The zone
     the account has (`current`) is taken back as it is, so one set before that rule (2026-12-07) keeps working, and a
     form that sends it back unchanged is not refused."""
-    if name == current or (is_chosen_zone(name) and zone_named(name) is not None):
+    if name == current or chosen_zone(name) is not None:
         return name
-    _, slash, rest = name.partition("/")
-    hint = f": give {rest!r}" if slash and is_chosen_zone(rest) else " (e.g. Africa/Lagos)"
-    raise InvalidRequest(f"time zone {name!r} is not an IANA time zone{hint}")
+    raise InvalidRequest(f"time zone {not_a_chosen_zone(name)}")
 
 
 def country_timezone(country: str) -> str:
