@@ -91,7 +91,6 @@ def test_a_file_that_is_not_valid_csv_is_refused_with_the_line_its_bad_row_start
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="only ',' separates cells: a ';' or tab CSV has no number column")
 def test_review_the_separator_is_the_one_the_header_line_uses() -> None:
     # Given files whose header line is separated by ';' (Excel where ',' is the decimal comma) or tabs, their cells
     # holding commas and quotes as those files write them

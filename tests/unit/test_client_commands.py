@@ -340,7 +340,6 @@ def test_a_csv_sent_to_one_gateway_is_still_sent_to_another(
     }
 
 
-@pytest.mark.xfail(strict=True, reason="a CSV separated by ';' or tabs is refused for having no number column")
 @pytest.mark.parametrize("separator", [";", "\t"], ids=["semicolon", "tab"])
 def test_review_a_csv_excel_saved_with_semicolons_or_tabs_is_read(
     csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str], separator: str

@@ -6,19 +6,23 @@ import csv
 import hashlib
 import json
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from pathlib import Path
 from string import Formatter
-from typing import Any, TextIO
+from typing import Any
 
 from sms_gateway.domain.msisdn import InvalidMsisdn, international_digits, parse_msisdn
 
 # Header names (any case) taken for the recipient's number, first found wins.
 NUMBER_COLUMNS = ("to", "msisdn", "phone", "mobile")
 PROGRESS_SUFFIX = ".sent.jsonl"
+# The cell separators a CSV may use, the default first (`separator`).
+SEPARATORS = (",", ";", "\t")
 # Rows read from the file and waiting for a sender, per concurrent sender (`send_rows`).
 ROWS_AHEAD_PER_WORKER = 2
 
@@ -189,11 +193,14 @@ def number_column(header: Iterable[str]) -> str:
     raise BulkSendError(f"the CSV needs a column with the recipient's number: one of {', '.join(NUMBER_COLUMNS)}")
 
 
-def read_rows(stream: TextIO) -> Iterator[Row]:
-    """The file's rows; a file that is not valid CSV is refused (BulkSendError naming the line its bad row starts
-    on), never guessed at: a quote opened and never closed would make the rest of the file one cell of one row."""
+def read_rows(lines: Iterable[str]) -> Iterator[Row]:
+    """The file's rows, its cells separated as its header line's are (`separator`); a file that is not valid CSV is
+    refused (BulkSendError naming the line its bad row starts on), never guessed at: a quote opened and never closed
+    would make the rest of the file one cell of one row."""
+    rest = iter(lines)
+    first = list(islice(rest, 1))
     # strict: a quote never closed, or text after a closing quote, is an error instead of a cell taken as it falls.
-    reader = csv.DictReader(stream, strict=True)
+    reader = csv.DictReader(chain(first, rest), delimiter=separator("".join(first)), strict=True)
     starts_on = 1
     try:
         header = reader.fieldnames
@@ -212,6 +219,13 @@ def read_rows(stream: TextIO) -> Iterator[Row]:
             yield Row(line=reader.line_num, to=fields.get(to_column.strip(), ""), fields=fields)
     except csv.Error as error:
         raise BulkSendError(_malformed(starts_on, str(error))) from error
+
+
+def separator(header_line: str) -> str:
+    """The separator the header line uses most outside quotes: ',' (the default, and on a tie), ';' (Excel's where ','
+    is the decimal comma: most of Europe, Latin America) or a tab (a tab-separated export)."""
+    unquoted = re.sub(r'"[^"]*"', "", header_line)
+    return max(SEPARATORS, key=unquoted.count)
 
 
 def _malformed(line: int, reason: str) -> str:
