@@ -359,6 +359,24 @@ def test_review_a_csv_excel_saved_with_semicolons_or_tabs_is_read(
     assert sends == {"https://sms.example.com prod": 2}
 
 
+@pytest.mark.xfail(strict=True, reason="a cp1252 CSV ends in Python's raw 'utf-8 codec can't decode byte' error")
+def test_review_a_csv_not_saved_as_utf8_is_refused_naming_its_line_and_how_to_save_it(
+    csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a CSV Excel saved as "CSV (Comma delimited)" on Windows: cp1252, its first accented name on line 1002
+    sends, csv_file, send_csv = csv_gateways
+    rows = [f"23480200{n:05d},Ada\r\n" for n in range(1000)]
+    csv_file.write_bytes("".join(["to,name\r\n", *rows, "2348030000000,Zoë\r\n"]).encode("cp1252"))
+    # When it is sent
+    code = send_csv("https://sms.example.com", "prod")
+    err = capsys.readouterr().err
+    # Then nothing is sent, and the error names the line the first such character is on and how to save the file,
+    # instead of Python's decoder error (byte offsets, "invalid continuation byte")
+    assert (code, sends) == (2, {}), err
+    assert "line 1002" in err and '"CSV UTF-8' in err, err
+    assert "codec" not in err, err
+
+
 def test_a_csv_run_again_against_the_same_gateway_and_token_sends_nothing_twice(
     csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str]
 ) -> None:
