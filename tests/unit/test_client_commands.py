@@ -359,7 +359,6 @@ def test_review_a_csv_excel_saved_with_semicolons_or_tabs_is_read(
     assert sends == {"https://sms.example.com prod": 2}
 
 
-@pytest.mark.xfail(strict=True, reason="a cp1252 CSV ends in Python's raw 'utf-8 codec can't decode byte' error")
 def test_review_a_csv_not_saved_as_utf8_is_refused_naming_its_line_and_how_to_save_it(
     csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str]
 ) -> None:

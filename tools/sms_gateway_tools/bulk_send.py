@@ -23,6 +23,8 @@ NUMBER_COLUMNS = ("to", "msisdn", "phone", "mobile")
 PROGRESS_SUFFIX = ".sent.jsonl"
 # The cell separators a CSV may use, the default first (`separator`).
 SEPARATORS = (",", ";", "\t")
+# What Python's "surrogateescape" makes of a byte that is not UTF-8 (`_utf8_lines`).
+_UNDECODED = re.compile("[\udc80-\udcff]")
 # Rows read from the file and waiting for a sender, per concurrent sender (`send_rows`).
 ROWS_AHEAD_PER_WORKER = 2
 
@@ -197,7 +199,7 @@ def read_rows(lines: Iterable[str]) -> Iterator[Row]:
     """The file's rows, its cells separated as its header line's are (`separator`); a file that is not valid CSV is
     refused (BulkSendError naming the line its bad row starts on), never guessed at: a quote opened and never closed
     would make the rest of the file one cell of one row."""
-    rest = iter(lines)
+    rest = _utf8_lines(lines)
     first = list(islice(rest, 1))
     # strict: a quote never closed, or text after a closing quote, is an error instead of a cell taken as it falls.
     reader = csv.DictReader(chain(first, rest), delimiter=separator("".join(first)), strict=True)
@@ -219,6 +221,21 @@ def read_rows(lines: Iterable[str]) -> Iterator[Row]:
             yield Row(line=reader.line_num, to=fields.get(to_column.strip(), ""), fields=fields)
     except csv.Error as error:
         raise BulkSendError(_malformed(starts_on, str(error))) from error
+
+
+def _utf8_lines(lines: Iterable[str]) -> Iterator[str]:
+    """The lines, refusing (BulkSendError naming it) the first that holds bytes UTF-8 could not decode, which a file
+    opened with errors="surrogateescape" keeps as U+DC80..U+DCFF: the file is not UTF-8 (Excel's "CSV (Comma
+    delimited)" is the Windows code page), and its encoding is never guessed at."""
+    for number, line in enumerate(lines, start=1):
+        undecoded = _UNDECODED.search(line)
+        if undecoded:
+            byte = ord(undecoded.group()) - 0xDC00
+            raise BulkSendError(
+                f'line {number} is not UTF-8 (byte 0x{byte:02X}): save the file as "CSV UTF-8" (Excel: File > Save '
+                "As > CSV UTF-8 (Comma delimited)) and run the command again"
+            )
+        yield line
 
 
 def separator(header_line: str) -> str:

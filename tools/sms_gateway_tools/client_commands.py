@@ -411,8 +411,9 @@ def _send_csv(args: argparse.Namespace) -> int:
 
 def _open_csv(path: Path) -> TextIO:
     """The CSV as text: UTF-8 with or without the byte order mark Excel writes, its line ends left to the csv module
-    (a quoted cell may hold a CRLF)."""
-    return path.open(newline="", encoding="utf-8-sig")
+    (a quoted cell may hold a CRLF). A byte that is not UTF-8 is kept escaped, for `read_rows` to refuse naming its
+    line rather than the decoder's byte offset in a buffer."""
+    return path.open(newline="", encoding="utf-8-sig", errors="surrogateescape")
 
 
 def _note_untargeted(progress: ProgressFile) -> None:
