@@ -415,7 +415,6 @@ def test_review_another_tabs_request_during_a_renewing_sign_in_does_not_undo_the
     assert signed_in(stores, first, at + timedelta(minutes=20)) is not None
 
 
-@pytest.mark.xfail(strict=True, reason="a failed write of the known source fails a login whose password was right")
 def test_a_right_password_signs_in_even_when_its_source_cannot_be_remembered(stores, monkeypatch):
     def table_throttled(*args: object, **kwargs: object) -> None:
         # As DynamoDB answers past botocore's retries when the login item's partition is throttled

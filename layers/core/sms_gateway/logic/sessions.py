@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 from sms_gateway.domain.models import Account
 from sms_gateway.errors import TooManyAttempts, Unauthorized
+from sms_gateway.observability import logger
 from sms_gateway.ports import (
     ConsistentAccountLookup,
     KeySession,
@@ -118,6 +119,15 @@ def check_login(
     if source != UNKNOWN_SOURCE and (
         login.source_seen_at is None or login.source_seen_at <= now - REMEMBER_SOURCE_EVERY
     ):
+        _remember(store, username, source, login, now=now)
+    return login
+
+
+def _remember(store: SessionStore, username: str, source: str, login: PasswordLogin, *, now: datetime) -> None:
+    """Makes `source` known to the username, never failing the login: the password was right, and the source only
+    spares the login a lock-out others cause; the next login from it (it is still not known) remembers it. Until
+    2026-12-08 a failed write (the table throttled past botocore's retries) answered that login 500."""
+    try:
         store.remember_login_source(
             username,
             source,
@@ -126,7 +136,12 @@ def check_login(
             forget_before=now - KNOWN_SOURCE_FOR,
             most=MOST_KNOWN_SOURCES,
         )
-    return login
+    except Exception:  # whatever the store raised: the login stands
+        logger.warning(
+            "could not remember the source of a login; the next login from it tries again",
+            exc_info=True,
+            extra={"account_id": login.account_id},
+        )
 
 
 def _known(store: SessionStore, username: str, source: str, *, now: datetime) -> bool:
