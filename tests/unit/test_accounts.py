@@ -16,7 +16,7 @@ from sms_gateway.domain.senders import registry_form
 from sms_gateway.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from sms_gateway.logic import accounts
 from sms_gateway.logic.auth import account_for_credential
-from sms_gateway.ports import AccountAdmin, AccountChanges, CredentialInfo, SenderAdded
+from sms_gateway.ports import AccountAdmin, AccountChanges, CredentialInfo, SenderAdded, rotated_meanwhile
 from tests.fakes import FakeSecretBox, InMemoryStore
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -144,10 +144,15 @@ class AdminStore(InMemoryStore):
         account = self._require(account_id)
         if changes.under_password_epoch not in (None, account.password_epoch):
             raise Unauthorized("the account's password was reset")
+        if any(
+            (getattr(account, name).sealed if getattr(account, name) else None) != sealed
+            for name, sealed in changes.replacing.items()
+        ):
+            raise rotated_meanwhile(account, changes)
         update: dict[str, Any] = {
             name: value
             for name, value in changes
-            if name not in ("clear", "under_password_epoch") and value is not None
+            if name not in ("clear", "under_password_epoch", "replacing") and value is not None
         }
         update |= dict.fromkeys(changes.clear)
         # Validated as the table's item is read back (the times are written as strings).

@@ -193,7 +193,9 @@ class WebhookStore(InMemoryStore):
     """InMemoryStore plus the one AccountAdmin write set_webhooks makes."""
 
     def update_account(self, account_id: str, changes: AccountChanges) -> Any:
-        update: dict[str, Any] = {name: value for name, value in changes if name != "clear" and value is not None}
+        update: dict[str, Any] = {
+            name: value for name, value in changes if name not in ("clear", "replacing") and value is not None
+        }
         update |= dict.fromkeys(changes.clear)
         self.accounts[account_id] = self.accounts[account_id].model_copy(update=update)
         return self.accounts[account_id]

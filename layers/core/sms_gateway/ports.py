@@ -40,6 +40,7 @@ from sms_gateway.domain.optouts import OptOut
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.routing import Route, RouteTable
 from sms_gateway.domain.status import MessageStatus
+from sms_gateway.errors import Conflict
 
 # The longest a handler may hide a queue record it received (a retry's delay, a settle check's wait): SQS refuses a
 # visibility timeout that would keep the record hidden past 12 hours from its receipt, and a handler asks within its
@@ -481,6 +482,10 @@ MOST_SENDERS_AT_CREATION = 46
 PREFIX_LENGTH = 8
 
 
+# The webhook credentials a settings change may rotate (AccountChanges.replacing).
+RotatedCredential = Literal["webhook_token", "webhook_secret"]
+
+
 class AccountChanges(BaseModel):
     """Settings an operator changes on an account: a field left None is kept, a name in `clear` is removed."""
 
@@ -503,6 +508,28 @@ class AccountChanges(BaseModel):
     # Not a setting: changes made in a portal session are written only while the account's password is still the
     # session's (this epoch, as add_credential's password_epoch); Unauthorized when a reset replaced it.
     under_password_epoch: str | None = None
+    # Not a setting either: what a rotation replaces, the `sealed` value of each webhook credential it rotates as it
+    # read it (None: the account had none). Written only while the account still holds that value; Conflict when
+    # another rotation replaced it meanwhile, whose answer showed the value now in use (so a rotation never answers
+    # a value that another one overwrote, shown once and kept nowhere: until session 34 both answered 200).
+    replacing: dict[RotatedCredential, str | None] = Field(default_factory=dict)
+
+
+_ROTATED_NAMES: dict[str, str] = {"webhook_token": "webhook token", "webhook_secret": "signing secret"}
+
+
+def rotated_meanwhile(account: Account, changes: AccountChanges) -> Conflict:
+    """The refusal of a change whose rotation found the credential replaced meanwhile (`account`: as it is now)."""
+    replaced = [
+        _ROTATED_NAMES[name]
+        for name, sealed in sorted(changes.replacing.items())
+        if (getattr(account, name).sealed if getattr(account, name) is not None else None) != sealed
+    ]
+    what = " and ".join(replaced) or "account"
+    return Conflict(
+        f"the {what} was rotated by another request while this one ran, so nothing changed: that request's answer "
+        "holds the one in use now; send this again to rotate once more"
+    )
 
 
 class SenderAdded(BaseModel):
@@ -516,7 +543,7 @@ class SenderAdded(BaseModel):
     opt_outs_carried_over: int = 0
 
 
-class AccountAdmin(AccountStore, Protocol):
+class AccountAdmin(ConsistentAccountStore, Protocol):
     """Operator changes to accounts, credentials, senders and prices; each is a conditional write that raises
     NotFound when the account does not exist."""
 

@@ -29,8 +29,15 @@ from sms_gateway.adapters.dynamodb_transactions import TransactionUndecided, tra
 from sms_gateway.domain.models import Account, SealedSecret, SenderRegistration, iso
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.senders import registry_form, same_sender
-from sms_gateway.errors import Conflict, NotFound, Unauthorized, Unavailable
-from sms_gateway.ports import MOST_REVOKED_BY_A_RESET, PREFIX_LENGTH, AccountChanges, CredentialInfo, SenderAdded
+from sms_gateway.errors import Conflict, GatewayError, NotFound, Unauthorized, Unavailable
+from sms_gateway.ports import (
+    MOST_REVOKED_BY_A_RESET,
+    PREFIX_LENGTH,
+    AccountChanges,
+    CredentialInfo,
+    SenderAdded,
+    rotated_meanwhile,
+)
 
 # The origin of the credentials an account is created with (create-account): the operator's.
 OPERATOR_MADE = {"created_by": "operator"}
@@ -444,19 +451,33 @@ class DynamoAccountAdmin:
         }
         attribute_values = self._codec.dump({f":{name}": value for name, value in values.items()})
         epoch = changes.under_password_epoch
+        conditions = [_EXISTS]
         if epoch is not None:
             condition = epoch_condition(epoch)
-            request["ConditionExpression"] = condition["ConditionExpression"]
+            conditions = [condition["ConditionExpression"]]
             attribute_values |= condition["ExpressionAttributeValues"]
+        for name, sealed in sorted(changes.replacing.items()):
+            names[f"#{name}"] = name
+            if sealed is None:
+                conditions.append(f"attribute_not_exists(#{name})")
+            else:
+                conditions.append(f"#{name}.sealed = :replacing_{name}")
+                attribute_values[f":replacing_{name}"] = {"S": sealed}
+        request["ConditionExpression"] = " AND ".join(conditions)
         if attribute_values:
             request["ExpressionAttributeValues"] = attribute_values
         try:
             answer = self.client.update_item(**request)
         except self.client.exceptions.ConditionalCheckFailedException as error:
-            if epoch is not None and self._account_exists(account_id):
-                raise Unauthorized("the account's password was reset: sign in again with the new one") from error
-            raise NotFound(f"no account {account_id}") from error
+            raise self._why_not_updated(account_id, changes) from error
         return Account.model_validate(self._codec.load(answer["Attributes"]))
+
+    def _why_not_updated(self, account_id: str, changes: AccountChanges) -> GatewayError:
+        """Which of update_account's conditions failed, as the error to answer."""
+        account = self._read_account(account_id)  # NotFound when there is none
+        if changes.under_password_epoch not in (None, account.password_epoch):
+            return Unauthorized("the account's password was reset: sign in again with the new one")
+        return rotated_meanwhile(account, changes)
 
     def reset_password(
         self,

@@ -604,7 +604,9 @@ def set_webhooks(
     and by what (`by`: "portal", "operator" or changed_with's credential) its webhooks last changed: whoever holds a
     leaked password can point them at their server, from the portal or with a token made there, and admin
     reset-password shows it. `under_password_epoch` (a portal session's): written only while the account's password
-    is still that one, Unauthorized after a reset replaced it (nothing changed)."""
+    is still that one, Unauthorized after a reset replaced it (nothing changed). Conflict, and nothing changed, when
+    another change rotated the token or secret this one rotates while it ran (that change's answer shows the value
+    in use)."""
     if dlr_url is None and inbound_url is None and not rotate_token and not rotate_secret:
         raise InvalidRequest(
             "nothing to change: give a DLR URL, an inbound URL or rotate the webhook token or signing secret"
@@ -617,7 +619,13 @@ def set_webhooks(
         elif url is not None:
             check_webhook_url(url, allow_http=allow_http)
             values[name] = url
-    require_account(store, account_id)
+    rotating = [name for name, wanted in (("webhook_token", rotate_token), ("webhook_secret", rotate_secret)) if wanted]
+    # A rotation reads what it replaces as it is now (consistently), and writes only while it is still that: of two
+    # rotations at once (a client's retry after a timeout, two operators), the later one is refused instead of both
+    # answering 200 with only one of them in use.
+    account = store.get_account(account_id, consistent=True) if rotating else store.get_account(account_id)
+    if account is None:
+        raise NotFound(f"no account {account_id}")
     fresh = new_webhook_credentials()
     rotated = WebhookCredentials(
         token=fresh.token if rotate_token else None, secret=fresh.secret if rotate_secret else None
@@ -630,9 +638,14 @@ def set_webhooks(
             **sealed_changes(box, account_id, rotated),
             "clear": clear,
             "under_password_epoch": under_password_epoch,
+            "replacing": {name: _sealed_value(getattr(account, name)) for name in rotating},
         }
     )
     return store.update_account(account_id, changes), rotated
+
+
+def _sealed_value(credential: SealedSecret | None) -> str | None:
+    return credential.sealed if credential is not None else None
 
 
 class SealingReport(Record):
