@@ -263,3 +263,37 @@ def test_an_international_host_is_refused_saying_why_and_checked_as_the_notifier
         require_safe_webhook_url("https://☃.net/hook", allow_local=False)
     # And a name both read, but as two hosts (IDNA 2003 maps ß to ss): the one checked is the one httpx dials
     assert _read_host("https://faß.example/", "faß.example", bracketed=False) == (None, "xn--fa-hia.example")
+
+
+# Hosts whose first label is xn-- and no valid A-label: httpx's URL.host, which the notifier's transport reads to dial
+# them, decodes such a name and raises.
+BROKEN_PUNYCODE = ["https://xn--a.example/dlr", "https://xn--localhost/"]
+
+
+@pytest.mark.xfail(strict=True, reason="an xn-- host that is no valid A-label is accepted, and posts to it crash")
+@pytest.mark.parametrize("url", [*BROKEN_PUNYCODE, "https://api.xn--a.example/dlr"])
+def test_a_host_in_broken_punycode_is_refused_when_set_saying_why(url):
+    # Given an ASCII host with an xn-- label that decodes to no valid name (a typo in a copied punycode domain): no
+    # such name can be registered, and as the first label httpx refuses it
+    # When it is set as a webhook URL / Then it is refused, saying why, as a Unicode name httpx refuses is
+    with pytest.raises(InvalidRequest, match="not a valid international \\(IDNA 2008\\) name"):
+        require_safe_webhook_url(url, allow_local=False)
+
+
+@pytest.mark.xfail(strict=True, reason="a post to a broken punycode host raises an IDNA error, not WebhookFailed")
+@pytest.mark.parametrize("url", BROKEN_PUNYCODE)
+def test_a_post_to_a_host_in_broken_punycode_is_a_failed_delivery(url, monkeypatch):
+    from sms_gateway import consumers
+    from sms_gateway.adapters import http, webhook_http
+    from sms_gateway.logic.notify import WebhookFailed
+
+    async def no_lookup(host: str, port: int) -> list[str]:
+        raise AssertionError(f"looked up {host}")
+
+    monkeypatch.setattr(webhook_http, "resolve", no_lookup)
+    # Given such a URL stored before the check refused it (or a batch's callback_url queued then)
+    # When the notifier posts to it / Then it is a failed delivery with a reason (recorded, on the retry schedule),
+    # not an exception that crashes the record: it came back every visibility timeout with no failure record, and
+    # the redrive parked it after 12 receives with no reason
+    with pytest.raises(WebhookFailed, match="host"):
+        http.run(consumers.post_webhook(url, {"Content-Type": "application/json"}, b"{}"))
