@@ -489,6 +489,11 @@ async def post_webhook(url: str, headers: dict[str, str], body: bytes) -> Webhoo
         raise WebhookFailed(f"client webhook unreachable: {error}", unreachable=True) from error
     except (httpx.HTTPError, httpx.InvalidURL) as error:
         raise WebhookFailed(f"client webhook unreachable: {error}") from error
+    except UnicodeError as error:
+        # A host httpx cannot read back (an xn-- label that is no valid A-label, stored before the set-time check
+        # refused it): a failed delivery with its reason, not an error that crashed the record until the redrive
+        # parked it with none (until session 34).
+        raise WebhookFailed(f"client webhook URL has a host name that is not valid IDNA: {error}") from error
     try:
         return WebhookResponse(
             status_code=response.status_code,

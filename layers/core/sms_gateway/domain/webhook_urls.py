@@ -184,6 +184,8 @@ def _read_host(url: str, host: str, *, bracketed: bool) -> tuple[IPAddress | Non
             raise InvalidRequest(f"webhook URL {url!r} has an invalid IPv6 address [{host}]") from error
     if not host.isascii():
         host = _ascii_name(url, host)
+    elif "xn--" in host:
+        _check_a_labels(url, host)
     address = parse_ipv4(host)
     name = host.removesuffix(".")
     if address is not None:
@@ -206,6 +208,22 @@ def _ascii_name(url: str, host: str) -> str:
     try:
         return idna.encode(host.lower()).decode("ascii")
     except UnicodeError as error:  # idna.IDNAError is one
-        raise InvalidRequest(
-            f"webhook URL {url!r} has a host name {host!r} that is not a valid international (IDNA 2008) name: {error}"
-        ) from error
+        raise _not_idna(url, host, error) from error
+
+
+def _check_a_labels(url: str, host: str) -> None:
+    """An ASCII host's xn-- labels must be valid A-labels: httpx's URL.host decodes a host that starts with one (the
+    notifier's transport reads it to dial) and raises on a broken one (`https://xn--a.example/`), so every post to it
+    failed until the notification was dead (until session 34); no such name can be registered anywhere."""
+    import idna
+
+    try:
+        idna.decode(host.removesuffix("."))
+    except UnicodeError as error:
+        raise _not_idna(url, host, error) from error
+
+
+def _not_idna(url: str, host: str, error: UnicodeError) -> InvalidRequest:
+    return InvalidRequest(
+        f"webhook URL {url!r} has a host name {host!r} that is not a valid international (IDNA 2008) name: {error}"
+    )
