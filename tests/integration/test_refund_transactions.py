@@ -458,7 +458,6 @@ def test_a_credit_move_whose_answer_is_lost_is_applied_once_when_botocore_sends_
     assert balance(table, account.account_id) == left
 
 
-@pytest.mark.xfail(strict=True, reason="a refund whose last try finds the message settled raises 'conflicted 6 times'")
 def test_a_refund_whose_last_try_finds_the_message_settled_by_another_writer_is_no_error(table):
     # Given a submitted message whose refunding transactions conflict with other writes to its account (a busy
     # account: sends, refunds and top-ups all write it) on every try but the last, and whose delivered report is

@@ -1053,8 +1053,6 @@ class DynamoStore(
         changes: dict[MessageKey, StatusChange | None] = {}
         pending = list(chunk)
         for attempt in range(MAX_TRANSACTION_ATTEMPTS):
-            if not pending:
-                return changes
             writes = [
                 {
                     "Update": {
@@ -1081,6 +1079,10 @@ class DynamoStore(
                         )
                     else:
                         still.append(message)
+                if not still:
+                    # Every message left was settled by another writer: decided, nothing is left to try (also when
+                    # this was the last try).
+                    return changes
                 if len(still) == len(pending):  # a conflict with another write to one of the items: try again
                     back_off(attempt)
                 pending = still
