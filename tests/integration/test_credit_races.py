@@ -1,0 +1,237 @@
+"""Two paths that charge or refund one message (or one batch) at once, against moto: whatever the order their
+requests reach DynamoDB in, each message is refunded at most once, and only when it ends in a refunded state, so an
+account's credits are what it was charged for what was delivered or is still in flight.
+
+Each path runs in a thread of its own; every DynamoDB request is atomic, as on AWS (moto applies a transaction's
+conditions and its writes in steps that another thread could come between, which DynamoDB never does), and both
+paths have made their reads before either writes: the interleaving in which a refund not conditional on the
+message's status would be given twice."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from sms_gateway.adapters.dynamodb import DynamoStore
+from sms_gateway.domain.models import Batch, DeliveryReport, Message, iso
+from sms_gateway.domain.status import MessageStatus
+from sms_gateway.errors import Conflict
+from sms_gateway.logic.batches import cancel_batch
+from sms_gateway.logic.delivery import DeliveryDependencies, DeliveryOutcome, apply_delivery_report
+from sms_gateway.logic.scheduled import release_scheduled_batch
+from sms_gateway.logic.settle import SettleDependencies, settle, settle_checks
+from tests.fakes import RecordingQueue, RecordingScheduler
+from tests.integration.conftest import moto_table
+from tests.integration.test_dynamodb_store import NOW, balance, new_account, new_batch
+
+UPSTREAM = "sim"
+PRICE = 3
+CREDITS = 1000
+WRITES = frozenset({"update_item", "put_item", "delete_item", "transact_write_items", "batch_write_item"})
+
+
+@pytest.fixture(scope="module")
+def table() -> Iterator[DynamoStore]:
+    with moto_table("credit-races") as store:
+        yield store
+
+
+class ReadsBeforeWrites:
+    """The table's client, shared by the racing threads: one request at a time, and each thread's first request of
+    `waits_before` held until every racer has reached its own (they have all read what they decide on)."""
+
+    def __init__(self, client: Any, racers: int, waits_before: frozenset[str] = WRITES) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._barrier = threading.Barrier(racers)
+        self._waited = threading.local()
+        self._waits_before = waits_before
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._client, name)
+        if not callable(real):
+            return real
+
+        def call(**kwargs: Any) -> Any:
+            if name in self._waits_before and not getattr(self._waited, "done", False):
+                self._waited.done = True
+                # Liveness only: a racer that ends without writing lets the others go on after the timeout.
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    self._barrier.wait(timeout=10)
+            with self._lock:
+                return real(**kwargs)
+
+        return call
+
+
+def race(table: DynamoStore, *paths: Callable[[DynamoStore], Any], waits_before: frozenset[str] = WRITES) -> list[Any]:
+    """Runs each path in its own thread on the table, their reads before their writes; what each returned, or the
+    exception it raised."""
+    shared = DynamoStore(table.table_name, client=ReadsBeforeWrites(table.client, len(paths), waits_before))
+    results: list[Any] = [None] * len(paths)
+
+    def run(index: int, path: Callable[[DynamoStore], Any]) -> None:
+        try:
+            results[index] = path(shared)
+        except Exception as error:
+            results[index] = error
+
+    threads = [threading.Thread(target=run, args=(i, path)) for i, path in enumerate(paths)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def funded_batch(table: DynamoStore, count: int, status: MessageStatus) -> tuple[Batch, list[Message]]:
+    """A batch of `count` messages of price PRICE (not stored), from an account of its own with CREDITS that holds
+    its sender."""
+    account, credentials = new_account(credits=CREDITS)
+    # A sender of its own: one account holds each.
+    account = account.model_copy(update={"senders": (account.account_id,)})
+    table.create_account(account, credentials)
+    batch, messages = new_batch(account.account_id, count, status=status)
+    batch = batch.model_copy(update={"cost": PRICE * count, "sender": account.account_id})
+    return batch, [m.model_copy(update={"price": PRICE, "sender": account.account_id}) for m in messages]
+
+
+def submitted_message(table: DynamoStore, *, parts: int = 1, status: MessageStatus = MessageStatus.SUBMITTED):
+    """One message that UPSTREAM carries (funded_batch's, stored), its account's credits CREDITS once it paid."""
+    batch, [message] = funded_batch(table, 1, status)
+    message = message.model_copy(
+        update={
+            "parts": parts,
+            "upstream": UPSTREAM if status == MessageStatus.SUBMITTED else None,
+            "status_at": {str(status): iso(NOW)},
+        }
+    )
+    table.create_batch(batch, [message])
+    return batch.account_id, message
+
+
+def report(message: Message, status: MessageStatus, part: int | None = None) -> DeliveryReport:
+    return DeliveryReport(upstream=UPSTREAM, client_ref=message.key.to_ref(), status=status, part=part)
+
+
+def delivering(report: DeliveryReport) -> Callable[[DynamoStore], DeliveryOutcome]:
+    def path(store: DynamoStore) -> DeliveryOutcome:
+        outcome = DeliveryOutcome()
+        apply_delivery_report(report, DeliveryDependencies(messages=store, accounts=store, clock=lambda: NOW), outcome)
+        return outcome
+
+    return path
+
+
+def status_of(table: DynamoStore, message: Message) -> MessageStatus:
+    [now] = table.get_messages_by_key([message.key])
+    return now.status
+
+
+@pytest.mark.parametrize("final", [MessageStatus.DELIVERED, MessageStatus.FAILED])
+def test_an_expiry_for_want_of_a_report_racing_the_final_report_refunds_only_if_it_wins(table, final):
+    # Given a message submitted past its DLR wait, whose settle check runs as its final report comes in
+    account_id, message = submitted_message(table)
+    [check] = settle_checks([message], now=NOW)
+    wait = timedelta(hours=1)
+    deps = SettleDependencies(messages=table, accounts=table, clock=lambda: NOW + 2 * wait, dlr_wait=wait)
+    # When both read it submitted, then write
+    settled, reported = race(
+        table,
+        lambda store: settle(check, SettleDependencies(**{**deps.__dict__, "messages": store, "accounts": store})),
+        delivering(report(message, final)),
+    )
+    # Then one of them moved it, and the price came back once if it ended expired or failed, never if delivered
+    status = status_of(table, message)
+    assert status in (MessageStatus.EXPIRED, final)
+    assert len(settled.expired) == (status == MessageStatus.EXPIRED)
+    assert reported.applied == (status == final)
+    refunded = status != MessageStatus.DELIVERED
+    assert balance(table, account_id) == CREDITS + (PRICE if refunded else 0)
+
+
+def test_a_dispatchers_failure_racing_its_upstreams_failure_report_refunds_once(table):
+    # Given a queued message a dispatcher claimed for UPSTREAM, which refused it (the dispatcher fails it) and also
+    # posted a failure report for it (the report overtakes the dispatcher's write)
+    account_id, message = submitted_message(table, status=MessageStatus.QUEUED)
+    assert table.claim_for_dispatch(message.key, now=NOW, lease_seconds=120, upstream=UPSTREAM).claim_id
+    # When both read it queued, then fail it with its refund
+    failed, reported = race(
+        table,
+        lambda store: store.transition(
+            message.key, MessageStatus.FAILED, now=NOW, error_code="upstream_rejected", refund=True
+        ),
+        delivering(report(message, MessageStatus.REJECTED)),
+    )
+    # Then exactly one moved it, and its price came back once
+    assert failed.changed != bool(reported.applied)
+    assert status_of(table, message) == (MessageStatus.FAILED if failed.changed else MessageStatus.REJECTED)
+    assert balance(table, account_id) == CREDITS + PRICE
+
+
+def test_two_failed_parts_of_a_long_message_reported_at_once_refund_it_once(table):
+    # Given a two-part message whose upstream reports both parts failed at the same moment
+    account_id, message = submitted_message(table, parts=2)
+    # When each report records its part, both read the message failed by its parts, then fail it with its refund
+    first, second = race(
+        table,
+        delivering(report(message, MessageStatus.FAILED, part=1)),
+        delivering(report(message, MessageStatus.FAILED, part=2)),
+        waits_before=frozenset({"transact_write_items"}),
+    )
+    # Then the message failed once, and its price (both parts') came back once
+    assert status_of(table, message) == MessageStatus.FAILED
+    assert first.applied + second.applied == 1
+    assert balance(table, account_id) == CREDITS + PRICE
+
+
+def test_a_cancel_racing_its_batchs_schedule_either_refunds_it_all_or_sends_it_all(table):
+    # Given a scheduled batch of 5 messages, paid for, whose schedule fires as its sender cancels it
+    batch, messages = funded_batch(table, 5, MessageStatus.SCHEDULED)
+    table.create_batch_and_reserve(batch)
+    table.add_messages(batch, messages)
+    queue = RecordingQueue()
+
+    def cancelling(store: DynamoStore) -> tuple[Any, int]:
+        return cancel_batch(
+            messages=store,
+            scheduler=RecordingScheduler(),
+            account_id=batch.account_id,
+            reference_id=batch.reference_id,
+            now=NOW,
+        )
+
+    def releasing(store: DynamoStore) -> bool:
+        return release_scheduled_batch(
+            batch.account_id,
+            batch.reference_id,
+            messages=store,
+            accounts=store,
+            opt_outs=None,
+            queue=queue,
+            clock=lambda: NOW + timedelta(minutes=1),
+            finish_cancels=True,
+        )
+
+    # When both read it scheduled, then move it
+    cancelled, released = race(table, cancelling, releasing)
+    # Then one of them won it whole: cancelled and every credit back (answered to the cancel), or released and every
+    # message queued once with its credits kept (the cancel refused)
+    statuses = {status_of(table, message) for message in messages}
+    if released is True:
+        assert isinstance(cancelled, Conflict)
+        assert statuses == {MessageStatus.QUEUED}
+        assert sorted(id for command in queue.commands for id in command.message_ids) == sorted(
+            m.message_id for m in messages
+        )
+        assert balance(table, batch.account_id) == CREDITS - batch.cost
+    else:
+        assert released is False and not queue.commands
+        assert statuses == {MessageStatus.CANCELLED}
+        assert cancelled[1] == batch.cost
+        assert balance(table, batch.account_id) == CREDITS
