@@ -164,6 +164,7 @@ def run_flow(
 def floor(recipients: int, batch_sizes: dict[str, int]) -> dict[str, float]:
     """The fewest AWS requests per message, by stage, for sends of `recipients` recipients with delivery reports
     (the derivation, line by line: docs/benchmarks-floor.md)."""
+    from sms_gateway.domain.models import RELEASE_SWEEP_MIN_RECIPIENTS
     from sms_gateway.logic.send import DISPATCH_CHUNK
     from sms_gateway.logic.settle import MAX_HOP_SECONDS
     from sms_gateway.settings import Settings
@@ -177,8 +178,10 @@ def floor(recipients: int, batch_sizes: dict[str, int]) -> dict[str, float]:
     checked_together = dispatch_batch * per_record
     hops = math.ceil(Settings.from_environ({}).dlr_wait_seconds / MAX_HOP_SECONDS)
     # credential read, account read, the batch put and credit reservation in one transaction, message writes,
-    # enqueue
-    accept = 3 + math.ceil(recipients / BATCH_WRITE_SIZE) + math.ceil(records / SEND_BATCH_SIZE)
+    # enqueue; and for a send of 100 recipients or more, the write that takes it out of the sweep index once queued
+    # (a send killed before queueing is released by the sweeper: docs/decisions.md, A100)
+    swept = 1 if recipients >= RELEASE_SWEEP_MIN_RECIPIENTS else 0
+    accept = 3 + math.ceil(recipients / BATCH_WRITE_SIZE) + math.ceil(records / SEND_BATCH_SIZE) + swept
     # per record: Lambda's receive and delete (shared by a batch of records), the messages' read (one for all of an
     # invocation's single sends), the rate-limit grant (each write takes the invocation's tokens up to its in-flight
     # limit ahead, so its records of fewer messages share one: docs/rate-limits.md); per message: the claim and the

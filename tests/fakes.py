@@ -13,7 +13,6 @@ from sms_gateway.domain.ids import id_time_ms
 from sms_gateway.domain.models import (
     Account,
     Batch,
-    BatchKey,
     CallbackRequest,
     Claim,
     ClaimOutcome,
@@ -31,6 +30,7 @@ from sms_gateway.domain.models import (
     StoredInbound,
     SubmitRequest,
     SubmitResult,
+    UnreleasedBatch,
     iso,
     release_sweep_due,
     reply_order,
@@ -74,7 +74,8 @@ class InMemoryStore:
         self.inbound_sweep_at: dict[tuple[str, str, str, str], datetime] = {}
         # The messages marked as holding a final report not announced yet (announce_pending): when a sweep may.
         self.report_sweep_at: dict[MessageKey, datetime] = {}
-        # The scheduled batches in the sweep index: when a sweep may release each (while it is still scheduled).
+        # The unreleased batches in the sweep index (scheduled, or 100 recipients or more not known to be queued):
+        # when a sweep may release each.
         self.batch_sweep_at: dict[tuple[str, int], datetime] = {}
         self.links: dict[tuple[str, str], MessageKey] = {}
         self.held: dict[tuple[str, str], list[DeliveryReport]] = {}
@@ -187,14 +188,16 @@ class InMemoryStore:
         self.batches[(batch.account_id, batch.reference_id)] = batch
         self.add_messages(batch, messages)
 
-    def claim_unreleased_batches(self, *, now: datetime, until: datetime, limit: int) -> list[BatchKey]:
+    def claim_unreleased_batches(self, *, now: datetime, until: datetime, limit: int) -> list[UnreleasedBatch]:
         with self._lock:
-            for key in [k for k in self.batch_sweep_at if self.batches[k].status != MessageStatus.SCHEDULED]:
-                del self.batch_sweep_at[key]  # the batch's status write took it out of the index
             due = sorted((at, key) for key, at in self.batch_sweep_at.items() if at <= now)[:limit]
             for _, key in due:
                 self.batch_sweep_at[key] = until
-            return [BatchKey(account_id=account_id, reference_id=reference_id) for _, (account_id, reference_id) in due]
+            return [UnreleasedBatch(account_id=k[0], reference_id=k[1], status=self.batches[k].status) for _, k in due]
+
+    def clear_release_sweep(self, account_id: str, reference_id: int) -> None:
+        with self._lock:
+            self.batch_sweep_at.pop((account_id, reference_id), None)
 
     def add_messages(self, batch: Batch, messages: Sequence[Message]) -> None:
         for message in messages:
@@ -261,6 +264,8 @@ class InMemoryStore:
         if batch is None or batch.status not in allowed:
             return False
         self.batches[(account_id, reference_id)] = batch.model_copy(update={"status": target})
+        if target != MessageStatus.SCHEDULED:
+            self.batch_sweep_at.pop((account_id, reference_id), None)  # its status write takes it out of the index
         return True
 
     def claim_cancel_answer(self, account_id: str, reference_id: int) -> bool:

@@ -5,20 +5,23 @@ its records are queued, and the sweeper releases one still there through schedul
 from __future__ import annotations
 
 from collections import Counter
-from datetime import timedelta
 from typing import Any
 
 import pytest
 
+from sms_gateway.domain.models import RELEASE_SWEEP_MIN_RECIPIENTS, UNQUEUED_RELEASE_SWEEP_MARGIN
 from tests.integration.test_batches_dialect import api, send  # noqa: F401 (fixture)
 from tests.integration.test_notifications_and_inbound_edges import sweeper_runs
 from tests.integration.test_routing_dispatch import dispatch_all
 from tests.integration.test_send_path import balance, queued_records, upstream  # noqa: F401 (fixture)
-from tests.integration.test_unreleased_schedules import Killed, Sweeping, lambda_, raw_batches  # noqa: F401
+from tests.integration.test_unreleased_schedules import (  # noqa: F401 (fixture)
+    Killed,
+    Sweeping,
+    lambda_,
+    raw_batches,
+    two_sweeper_runs_at_once,
+)
 
-# Sends of this many recipients or more are swept, this long after they were accepted (the api's Timeout is 29 s).
-RELEASE_SWEEP_MIN_RECIPIENTS = 100
-UNQUEUED_RELEASE_SWEEP_MARGIN = timedelta(minutes=2)
 # Minutes from now to a run of the sweeper just before and just after a send accepted now may be released by it.
 BEFORE_THE_MARGIN = UNQUEUED_RELEASE_SWEEP_MARGIN.total_seconds() / 60 - 1
 AFTER_THE_MARGIN = UNQUEUED_RELEASE_SWEEP_MARGIN.total_seconds() / 60 + 1
@@ -79,10 +82,6 @@ def sent_once_each(campaign: Sweeping, recipients: list[str]) -> bool:
     return submits_by_number(campaign) == Counter({number: 1 for number in recipients})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a send to go out at once killed between storing and queueing is found by nothing: charged, never sent",
-)
 def test_a_100_recipient_send_killed_between_storing_and_queueing_is_released_after_the_margin_and_sent_once(
     campaign: Sweeping,
 ) -> None:
@@ -113,3 +112,157 @@ def test_a_100_recipient_send_killed_between_storing_and_queueing_is_released_af
     assert dispatch_all(campaign.aws) == {"batchItemFailures": []}
     assert sent_once_each(campaign, recipients)
     assert balance(campaign.account["account_id"]) == CREDITS - len(recipients)
+
+
+def test_a_100_recipient_send_its_api_queued_is_never_released_by_the_sweeper(campaign: Sweeping) -> None:
+    recipients = numbers(RELEASE_SWEEP_MIN_RECIPIENTS)
+    # Given a send of 100 recipients to go out at once, accepted as usual
+    status, sent = send(campaign.api, campaign.account["token"], recipients)
+    assert status == 200, sent
+    # Then its api took it out of the sweep index once its records were queued
+    assert not in_sweep_index(campaign)
+    assert dispatch_all(campaign.aws) == {"batchItemFailures": []}
+    # And the sweeper after the margin releases nothing: each message went out once
+    assert sweeper_runs(campaign.monkeypatch, AFTER_THE_MARGIN)["batches_released"] == 0
+    assert campaign.lambda_.invocations == []
+    assert queued_records(campaign.aws) == []
+    assert sent_once_each(campaign, recipients)
+
+
+def failing_removal(campaign: Sweeping, patched: pytest.MonkeyPatch) -> None:
+    """The api's write that takes a queued send out of the sweep index fails (DynamoDB throttled it)."""
+    from botocore.exceptions import ClientError
+
+    from sms_gateway.adapters.dynamodb import DynamoStore
+
+    def throttled(self: Any, account_id: str, reference_id: int) -> None:
+        raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException"}}, "UpdateItem")
+
+    patched.setattr(DynamoStore, "clear_release_sweep", throttled)
+
+
+@pytest.mark.parametrize("dispatched_first", [True, False], ids=["dispatched before the sweep", "dispatched after"])
+def test_when_the_api_s_removal_write_fails_the_sweeper_s_release_sends_nothing_twice(
+    campaign: Sweeping, dispatched_first: bool
+) -> None:
+    # 150 recipients: two dispatch records, of 100 and 50
+    recipients = numbers(150)
+    # Given a send whose records the api queued, and whose write to take it out of the sweep index then failed
+    with campaign.monkeypatch.context() as patched:
+        failing_removal(campaign, patched)
+        status, sent = send(campaign.api, campaign.account["token"], recipients)
+    # Then the send stands, as queued
+    assert status == 200, sent
+    reference_id = int(sent["reference_id"])
+    assert in_sweep_index(campaign)
+    if dispatched_first:
+        # ... and the dispatcher sent every message before the sweep
+        assert dispatch_all(campaign.aws) == {"batchItemFailures": []}
+        assert sent_once_each(campaign, recipients)
+    # When the sweeper releases it after the margin
+    assert sweeper_runs(campaign.monkeypatch, AFTER_THE_MARGIN)["batches_released"] == 1
+    assert campaign.lambda_.run() == [{"released": False}]
+    # Then the release queued no record more: once sent, nothing of it is `queued`; before, its records repeat the
+    # api's (the same deduplication ids), which the FIFO queue drops
+    records = queued_records(campaign.aws)
+    assert len(records) == (0 if dispatched_first else 2)
+    dispatch_all_of(campaign, records)
+    # And each message went out once, charged once, and the batch left the index
+    assert sent_once_each(campaign, recipients)
+    assert message_statuses(campaign, reference_id) == Counter({"submitted": len(recipients)})
+    assert balance(campaign.account["account_id"]) == CREDITS - len(recipients)
+    assert not in_sweep_index(campaign)
+    assert sweeper_runs(campaign.monkeypatch, AFTER_THE_MARGIN + 30)["batches_released"] == 0
+
+
+def dispatch_all_of(campaign: Sweeping, records: list[dict[str, Any]]) -> None:
+    from tests.conftest import FakeContext, load_function
+    from tests.integration.test_send_path import as_lambda_sqs_event
+
+    if records:
+        answer = load_function("dispatcher").handler(as_lambda_sqs_event(records), FakeContext())
+        assert answer == {"batchItemFailures": []}
+    assert dispatch_all(campaign.aws) == {"batchItemFailures": []}
+
+
+def test_a_message_a_dispatcher_holds_when_the_sweeper_releases_its_send_is_sent_once(campaign: Sweeping) -> None:
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import MessageKey, utc_now
+
+    recipients = numbers(RELEASE_SWEEP_MIN_RECIPIENTS)
+    # Given a send killed before queueing, ten of whose messages a dispatcher holds (claimed, mid-submit: a record
+    # the release queued earlier, say)
+    reference_id = killed_before_queueing(campaign, recipients)
+    store = gateway().store
+    first_ten = [reference_id + 1 + position for position in range(10)]
+    for key in MessageKey.of_batch(campaign.account["account_id"], reference_id, first_ten):
+        store.claim_for_dispatch(key, now=utc_now(), lease_seconds=600, upstream=None, attempts_read=0)
+    # When the sweeper releases it and a dispatcher takes its record
+    assert sweeper_runs(campaign.monkeypatch, AFTER_THE_MARGIN)["batches_released"] == 1
+    assert campaign.lambda_.run() == [{"released": False}]
+    dispatch_all(campaign.aws)
+    # Then the messages held are left to their holder, and the other 90 go out once
+    assert sent_once_each(campaign, recipients[10:])
+    assert message_statuses(campaign, reference_id) == Counter({"submitted": 90, "queued": 10})
+
+
+def test_two_sweeper_runs_at_once_release_a_killed_send_once(campaign: Sweeping) -> None:
+    recipients = numbers(RELEASE_SWEEP_MIN_RECIPIENTS)
+    # Given a send of 100 killed before queueing
+    reference_id = killed_before_queueing(campaign, recipients)
+    # When two sweeper runs find it due at the same moment
+    released = two_sweeper_runs_at_once(campaign.monkeypatch, AFTER_THE_MARGIN)
+    # Then one of them released it, once, and each message goes out once
+    assert released == [0, 1]
+    assert len(campaign.lambda_.invocations) == 1
+    assert campaign.lambda_.run() == [{"released": False}]
+    dispatch_all(campaign.aws)
+    assert sent_once_each(campaign, recipients)
+    assert message_statuses(campaign, reference_id) == Counter({"submitted": len(recipients)})
+
+
+def requests_of_a_send(campaign: Sweeping, recipients: list[str]) -> Counter[str]:
+    """The AWS requests the api makes for a send (counted as the benchmarks count them: bench.AwsCallMeter)."""
+    from bench import metering_boto3_clients
+    from sms_gateway import bootstrap
+    from sms_gateway.adapters import aws
+
+    aws.reset_clients()
+    bootstrap.reset()
+    with metering_boto3_clients() as meter:
+        # Warm: the clients made and the settings read, as in a warm container
+        status, _ = send(campaign.api, campaign.account["token"], numbers(1, start=9000))
+        assert status == 200
+        meter.reset()
+        status, sent = send(campaign.api, campaign.account["token"], recipients)
+        assert status == 200, sent
+        return Counter(meter.calls)
+
+
+# What a send to go out at once of 99 recipients asked AWS for before sends of 100 or more were swept (counted at
+# e30d65f): the credential and account reads, the batch and its credits in one transaction, the messages 25 to a
+# BatchWriteItem, and its one dispatch record.
+REQUESTS_OF_99 = Counter(
+    {
+        "dynamodb:GetItem": 2,
+        "dynamodb:TransactWriteItems": 1,
+        "dynamodb:BatchWriteItem": 4,
+        "sqs:SendMessageBatch": 1,
+    }
+)
+
+
+def test_a_99_recipient_send_makes_the_requests_it_made_before_and_a_100_recipient_send_one_more(
+    aws,
+    api,  # noqa: F811
+) -> None:
+    from sms_gateway_tools.admin import create_account
+
+    account = create_account(name="Counted", senders=["48974"], credits=CREDITS)
+    counted = Sweeping(aws, account, api, None, None, None)  # type: ignore[arg-type]
+    # A send of 99 recipients asks for exactly what it asked for before
+    assert requests_of_a_send(counted, numbers(RELEASE_SWEEP_MIN_RECIPIENTS - 1)) == REQUESTS_OF_99
+    # A send of 100 asks for the same, and one UpdateItem: the write that takes it out of the sweep index
+    assert requests_of_a_send(counted, numbers(RELEASE_SWEEP_MIN_RECIPIENTS, start=100)) == REQUESTS_OF_99 + Counter(
+        {"dynamodb:UpdateItem": 1}
+    )

@@ -203,26 +203,33 @@ def test_a_cancelled_batch_whose_schedule_was_never_made_is_never_released(sweep
     assert balance(sweeping.account["account_id"]) == 100
 
 
-def test_two_sweeper_runs_at_once_release_a_batch_once(sweeping: Sweeping) -> None:
+def two_sweeper_runs_at_once(monkeypatch: pytest.MonkeyPatch, minutes_after_now: float) -> list[int]:
+    """Two sweeper runs that find the same batches due at the same moment (EventBridge delivers a rule's event twice,
+    say): the other's claim is made between this one's query of the index and its claim. The batches each released,
+    in order."""
     from sms_gateway.bootstrap import gateway
 
-    # Given a batch whose schedule was never made
-    reference_id = orphan(sweeping.api, sweeping.account, sweeping.monkeypatch)
-    # When two sweeper runs find it due at the same moment (EventBridge delivers a rule's event twice, say): the
-    # other's claim is made between this one's query of the index and its claim
     store = gateway().store
     claim = store.claim_unreleased_batches
     other: list[dict[str, Any]] = []
 
     def the_other_run_claims_meanwhile(**kwargs: Any) -> Any:
-        sweeping.monkeypatch.setattr(store, "claim_unreleased_batches", claim)
-        other.append(sweeper_runs(sweeping.monkeypatch, AFTER_THE_MARGIN))
+        monkeypatch.setattr(store, "claim_unreleased_batches", claim)
+        other.append(sweeper_runs(monkeypatch, minutes_after_now))
         return claim(**kwargs)
 
-    sweeping.monkeypatch.setattr(store, "claim_unreleased_batches", the_other_run_claims_meanwhile)
-    first = sweeper_runs(sweeping.monkeypatch, AFTER_THE_MARGIN)
+    monkeypatch.setattr(store, "claim_unreleased_batches", the_other_run_claims_meanwhile)
+    first = sweeper_runs(monkeypatch, minutes_after_now)
+    return sorted([first["batches_released"], other[0]["batches_released"]])
+
+
+def test_two_sweeper_runs_at_once_release_a_batch_once(sweeping: Sweeping) -> None:
+    # Given a batch whose schedule was never made
+    reference_id = orphan(sweeping.api, sweeping.account, sweeping.monkeypatch)
+    # When two sweeper runs find it due at the same moment
+    released = two_sweeper_runs_at_once(sweeping.monkeypatch, AFTER_THE_MARGIN)
     # Then one of them released it, once, and each message goes out once
-    assert sorted([first["batches_released"], other[0]["batches_released"]]) == [0, 1]
+    assert released == [0, 1]
     assert len(sweeping.lambda_.invocations) == 1
     assert sweeping.lambda_.run() == [{"released": True}]
     dispatch_all(sweeping.aws)

@@ -247,7 +247,7 @@ def test_a_release_lambda_refused_fails_the_run_and_is_handed_on_by_a_run_after_
     orphan(store)
     scheduled_dispatch.refuse = True
     # When the sweeper runs, then the run fails (its alarm), keeping the batch claimed
-    with pytest.raises(SweepIncomplete, match="1 of 1 scheduled batches"):
+    with pytest.raises(SweepIncomplete, match="1 of 1 unreleased batches"):
         sweep(store, SWEEP_DUE, scheduled_dispatch)
     scheduled_dispatch.refuse = False
     # Then runs while its claim lasts leave it, and the first after hands it on

@@ -14,7 +14,6 @@ from sms_gateway.domain.groups import Group, GroupMove, GroupSummary, StoredGrou
 from sms_gateway.domain.models import (
     Account,
     Batch,
-    BatchKey,
     CallbackRequest,
     Claim,
     Credentials,
@@ -35,6 +34,7 @@ from sms_gateway.domain.models import (
     StoredInbound,
     SubmitRequest,
     SubmitResult,
+    UnreleasedBatch,
 )
 from sms_gateway.domain.optouts import OptOut
 from sms_gateway.domain.pricing import PriceTable
@@ -331,10 +331,17 @@ class MessageStore(Protocol):
         `sequence`; whether it wrote."""
         ...
 
-    def claim_unreleased_batches(self, *, now: datetime, until: datetime, limit: int) -> list[BatchKey]:
-        """Up to `limit` batches still scheduled whose sweep time (domain.models.release_sweep_due) has come by `now`,
-        each claimed until `until`, as claim_inbound_notifications claims inbound SMS: a concurrent sweep, or one
-        before `until`, does not get it again. A batch stored before batches carried a sweep time is never found."""
+    def claim_unreleased_batches(self, *, now: datetime, until: datetime, limit: int) -> list[UnreleasedBatch]:
+        """Up to `limit` batches still unreleased (scheduled, or a send of 100 recipients or more to go out at once
+        whose records are not known to be queued) whose sweep time (domain.models.release_sweep_due) has come by
+        `now`, each claimed until `until`, as claim_inbound_notifications claims inbound SMS: a concurrent sweep, or
+        one before `until`, does not get it again. A batch stored before batches carried a sweep time is never
+        found."""
+        ...
+
+    def clear_release_sweep(self, account_id: str, reference_id: int) -> None:
+        """The batch, to go out at once, has its dispatch records queued: the sweeper no longer releases it. One
+        write; nothing for a batch the sweeper would not release anyway."""
         ...
 
     def claim_unannounced_reports(self, *, now: datetime, until: datetime, limit: int) -> list[Message]:

@@ -39,7 +39,7 @@ def sweep(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         )
     metrics.add_metric(name="InboundNotificationsSwept", unit="Count", value=outcome.inbound_queued)
     metrics.add_metric(name="DeliveryReportsSwept", unit="Count", value=outcome.reports_queued)
-    metrics.add_metric(name="ScheduledBatchesSwept", unit="Count", value=outcome.batches_released)
+    metrics.add_metric(name="UnreleasedBatchesSwept", unit="Count", value=outcome.batches_released)
     return {
         "inbound_queued": outcome.inbound_queued,
         "reports_queued": outcome.reports_queued,

@@ -50,7 +50,7 @@ from sms_gateway.adapters.dynamodb_ratelimit import DynamoRateLimitMixin
 from sms_gateway.adapters.dynamodb_routes import DynamoRouteStore
 from sms_gateway.adapters.dynamodb_sender_requests import DynamoSenderRequestsMixin
 from sms_gateway.adapters.dynamodb_sessions import DynamoSessionsMixin, source_seen_at
-from sms_gateway.adapters.dynamodb_sweep import SCHEDULED, UNMARK, sweep_keys
+from sms_gateway.adapters.dynamodb_sweep import UNMARK
 from sms_gateway.adapters.dynamodb_transactions import (
     MAX_TRANSACTION_ATTEMPTS,
     NOT_REFUSED,
@@ -60,7 +60,7 @@ from sms_gateway.adapters.dynamodb_transactions import (
     transact,
     transact_until_decided,
 )
-from sms_gateway.adapters.dynamodb_unreleased import DynamoUnreleasedBatchesMixin
+from sms_gateway.adapters.dynamodb_unreleased import DynamoUnreleasedBatchesMixin, unreleased_sweep_keys
 from sms_gateway.domain.ids import MESSAGES_PER_BATCH, batch_ids_around
 from sms_gateway.domain.models import (
     FINGERPRINT_VERSION,
@@ -78,7 +78,6 @@ from sms_gateway.domain.models import (
     StoredAnswer,
     goes_out_at,
     iso,
-    release_sweep_due,
 )
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.senders import registry_form
@@ -554,11 +553,10 @@ class DynamoStore(
             "expires_at": self._expires_at(batch),
             **batch.model_dump(mode="json"),
         }
-        sweep_due = release_sweep_due(batch)
-        if sweep_due is not None:
-            # In `sweep-index` while it is scheduled: a batch whose schedule was never made (its api Lambda killed
-            # first) is released by the sweeper (dynamodb_unreleased.py).
-            item |= sweep_keys(SCHEDULED, batch.reference_id, sweep_due)
+        # In `sweep-index` while it is scheduled, or (100 recipients or more, to go out at once) until its records are
+        # queued: one whose api Lambda was killed before it made its schedule or queued its records is released by the
+        # sweeper (dynamodb_unreleased.py).
+        item |= unreleased_sweep_keys(batch)
         return {
             "TableName": self.table_name,
             "Item": self._codec.dump(item),
@@ -745,6 +743,18 @@ class DynamoStore(
             return False
         return True
 
+    def clear_release_sweep(self, account_id: str, reference_id: int) -> None:
+        """Takes a batch to go out at once whose dispatch records are queued out of `sweep-index`
+        (dynamodb_unreleased.py): one write, which changes nothing of a batch not in it (conditional on its keys, so
+        it never makes an item either)."""
+        with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=_batch_key(account_id, reference_id),
+                UpdateExpression=f"REMOVE {UNMARK}",
+                ConditionExpression="attribute_exists(sweep_at)",
+            )
+
     def _batch_status_update(
         self, account_id: str, reference_id: int, target: MessageStatus, only_from: frozenset[MessageStatus] | None
     ) -> dict[str, Any] | None:
@@ -754,8 +764,8 @@ class DynamoStore(
         if not previous:
             return None
         values = {f":p{i}": {"S": str(status)} for i, status in enumerate(previous)}
-        # A batch that leaves `scheduled` leaves `sweep-index` in the same write (removing absent attributes writes
-        # no index entry), so the sweeper never meets a batch released, cancelled or undone.
+        # A batch that leaves `scheduled` or `queued` leaves `sweep-index` in the same write (removing absent
+        # attributes writes no index entry), so the sweeper never meets a batch released, cancelled or undone.
         unmark = f" REMOVE {UNMARK}" if target != MessageStatus.SCHEDULED else ""
         return {
             "TableName": self.table_name,

@@ -5,7 +5,9 @@ one, and the claim a sweep takes on it. Shared by the kinds that use it (docs/da
 
 INBOUND: an inbound SMS whose notification is not queued yet (dynamodb_inbox.py); REPORT: a message whose final
 delivery report's notification the notify queue refused (dynamodb_delivery.py, mark_unannounced); SCHEDULED: a batch
-still `scheduled`, due for the sweeper SCHEDULED_RELEASE_SWEEP_MARGIN after its send time (dynamodb_unreleased.py).
+still `scheduled`, due for the sweeper SCHEDULED_RELEASE_SWEEP_MARGIN after its send time; QUEUED: a send of 100
+recipients or more to go out at once whose records are not known to be queued, due UNQUEUED_RELEASE_SWEEP_MARGIN after
+it was accepted (both unreleased batches: dynamodb_unreleased.py, domain.models.release_sweep_due).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ SWEEP_INDEX = "sweep-index"
 INBOUND = "INBOUND"
 REPORT = "REPORT"
 SCHEDULED = "SCHEDULED"
+QUEUED = "QUEUED"
 # A few partitions per kind, so a burst (the notify queue down) is not one hot key; an item's shard is its id's low
 # bits, which are random.
 SWEEP_SHARDS = 4

@@ -53,9 +53,37 @@ def goes_out_at(*, created_at: str, send_at: str | None) -> datetime:
 SCHEDULED_RELEASE_SWEEP_MARGIN = timedelta(minutes=15)
 
 
+# Sends of at least this many recipients to go out at once are in `sweep-index` until their dispatch records are
+# queued: one killed with its api Lambda between storing its batch and queueing its records (no undo runs) is released
+# by the sweeper instead of staying charged and unsent. A request more per such send (the api's write that takes it
+# out of the index once queued), at most 0.01 a message; sends of fewer go without (an OTP lost so is asked for again
+# by its user; a campaign's batch of up to 1000 messages is noticed by nobody). docs/decisions.md, option A100.
+RELEASE_SWEEP_MIN_RECIPIENTS = 100
+
+# How long after it was accepted such a send still in the index is released by the sweeper. Longer than the api's
+# Timeout (29 s, template.yaml): an api invocation that accepted it has queued its records and taken it out of the
+# index by then, or is dead, so the sweeper never races a live publish. Short enough that its messages go out a few
+# minutes late (the sweeper runs every 2 minutes: 2 to 4 minutes after the send, and its asynchronous release a moment
+# later), far inside their validity (DEFAULT_VALIDITY, 24 h); and, when the api did queue them and only its write
+# that takes the batch out of the index failed, mostly inside the 5 minutes in which the FIFO dispatch queue drops the
+# release's records as repeats of the api's (the same deduplication ids: adapters/sqs.dispatch_dedup_id). Either way
+# the release queues only messages still `queued`, and the dispatcher's claim sends none twice.
+UNQUEUED_RELEASE_SWEEP_MARGIN = timedelta(minutes=2)
+
+
+def swept_until_queued(batch: Batch) -> bool:
+    """Whether `batch`, to go out at once, is written in `sweep-index` and stays there until its records are queued
+    (RELEASE_SWEEP_MIN_RECIPIENTS)."""
+    return batch.status == MessageStatus.QUEUED and batch.recipients >= RELEASE_SWEEP_MIN_RECIPIENTS
+
+
 def release_sweep_due(batch: Batch) -> datetime | None:
-    """When the sweeper may release `batch` if it is still scheduled then (SCHEDULED_RELEASE_SWEEP_MARGIN after it
-    was due); None for a batch that is not scheduled."""
+    """When the sweeper may release `batch`, written now, if it is still unreleased then: a scheduled batch still
+    `scheduled` SCHEDULED_RELEASE_SWEEP_MARGIN after it was due; a send to go out at once of 100 recipients or more
+    (swept_until_queued) whose records are not known to be queued UNQUEUED_RELEASE_SWEEP_MARGIN after it was
+    accepted. None for a batch the sweeper never releases."""
+    if swept_until_queued(batch):
+        return from_iso(batch.created_at) + UNQUEUED_RELEASE_SWEEP_MARGIN
     if batch.status != MessageStatus.SCHEDULED or batch.send_at is None:
         return None
     return goes_out_at(created_at=batch.created_at, send_at=batch.send_at) + SCHEDULED_RELEASE_SWEEP_MARGIN
@@ -227,6 +255,13 @@ class BatchKey(Record):
 
     account_id: str
     reference_id: int
+
+
+class UnreleasedBatch(BatchKey):
+    """A batch the sweeper claimed to release: `scheduled` (its schedule never released it) or `queued` (a send to go
+    out at once whose records are not known to be queued), as its sweep-index entry says."""
+
+    status: MessageStatus
 
 
 class MessageKey(Record):

@@ -7,13 +7,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
-from sms_gateway.domain.models import DEFAULT_VALIDITY, Account, Batch, Message, StatusChange, validity_ends
+from sms_gateway.domain.models import (
+    DEFAULT_VALIDITY,
+    Account,
+    Batch,
+    Message,
+    StatusChange,
+    swept_until_queued,
+    validity_ends,
+)
 from sms_gateway.domain.senders import SENDER_REMOVED, holds_sender
 from sms_gateway.domain.status import VALIDITY_PERIOD_ENDED, MessageStatus
 from sms_gateway.errors import NotFound
 from sms_gateway.logic.batches import ONLY_SCHEDULED, all_messages, cost_to_stored, finish_cancel
 from sms_gateway.logic.optouts import opted_out_of
-from sms_gateway.logic.send import OPTED_OUT, dispatch_commands, fail_opted_out
+from sms_gateway.logic.send import OPTED_OUT, clear_release_sweep, dispatch_commands, fail_opted_out
 from sms_gateway.observability import logger
 from sms_gateway.outcome_metrics import count_final_statuses
 from sms_gateway.ports import ConsistentAccountLookup, DispatchQueue, MessageStore, OptOutStore
@@ -53,7 +61,12 @@ def release_scheduled_batch(
     A batch released after its send time's `validity` ended (its release replayed from the schedule DLQ days late)
     is not sent that late: its messages are expired (`validity_period_ended`) and refunded, each by its conditional
     write, and announced, as the dispatcher expires a message queued too long (domain.models.validity_ends).
-    Returns True when this call released the batch. Raises NotFound for a batch that does not exist: a schedule is
+    A batch found `queued` that this call did not move (a schedule that fired twice, or a send to go out at once that
+    the sweeper hands here because its api Lambda died before queueing its records: logic/sweep.py) has its messages
+    still `queued` queued again, under the deduplication ids the first queueing used, and a send of 100 recipients or
+    more is then taken out of the sweep index (logic.send.clear_release_sweep).
+    Returns True when this call released the batch (moved it out of `scheduled`).
+    Raises NotFound for a batch that does not exist: a schedule is
     made only for a stored batch, so its release names one unless something changed the id on the way (a replay
     through a tool that rounds 63-bit numbers); it must fail loudly, not read as "no longer scheduled"."""
     batch = messages.get_batch(account_id, reference_id)
@@ -110,6 +123,9 @@ def release_scheduled_batch(
         # The lane the account's single sends take now, as a send accepted now would (its order kept by default).
         in_order = account.single_sends_in_order if account is not None else True
         queue.enqueue(dispatch_commands(batch, queued, in_order=in_order))
+    if not released and swept_until_queued(batch):
+        # A send to go out at once the sweeper released (its api Lambda died before queueing it): queued now.
+        clear_release_sweep(batch, messages)
     failed = [
         m
         for m in current
@@ -123,13 +139,14 @@ def release_scheduled_batch(
 
 def _give_back_unstored(batch: Batch, messages: MessageStore) -> list[Message]:
     """A batch with fewer messages than recipients: its send was killed while storing them, after its batch was
-    written with the whole cost, and before it made the schedule (this release is the sweeper's, logic/sweep.py). The
+    written with the whole cost, and before it made the schedule or queued the records (this release is the
+    sweeper's, logic/sweep.py). The
     messages stored go out; what the batch took for the others is given back (cost_to_stored, conditional on the cost
     read: once, however many releases run). A retry of the send under its key that comes later stores the rest and
     pays for them (logic.send.finish_stored_batch). The batch's messages as stored."""
     given_back, stored = cost_to_stored(messages, batch.account_id, batch.reference_id)
     logger.warning(
-        "released a scheduled batch whose send was killed while storing its messages; the others' credits given back",
+        "released a batch whose send was killed while storing its messages; the others' credits given back",
         extra={
             "reference_id": batch.reference_id,
             "recipients": batch.recipients,

@@ -22,6 +22,7 @@ from sms_gateway.domain.models import (
     StatusChange,
     from_iso,
     iso,
+    swept_until_queued,
 )
 from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
 from sms_gateway.domain.optouts import refusal_reason
@@ -597,7 +598,8 @@ def new_messages(
 
 def release(batch: Batch, messages: Sequence[Message], deps: SendDependencies, *, in_order: bool = True) -> None:
     """Schedules the batch, or queues those of `messages` still queued (both idempotent: a schedule is named by
-    the batch, a dispatch record deduplicated by its messages, and the dispatcher claims each message).
+    the batch, a dispatch record deduplicated by its messages, and the dispatcher claims each message), and then
+    takes a send of 100 recipients or more out of the sweep index (clear_release_sweep).
     `in_order`: the account's `single_sends_in_order`."""
     if batch.status == MessageStatus.SCHEDULED:
         assert batch.send_at is not None
@@ -606,6 +608,22 @@ def release(batch: Batch, messages: Sequence[Message], deps: SendDependencies, *
     queued = [m.message_id for m in messages if m.status == MessageStatus.QUEUED]
     if queued:
         deps.dispatch_queue.enqueue(dispatch_commands(batch, queued, in_order=in_order))
+    if swept_until_queued(batch):
+        clear_release_sweep(batch, deps.messages)
+
+
+def clear_release_sweep(batch: Batch, store: MessageStore) -> None:
+    """Takes a send of 100 recipients or more to go out at once, its records queued, out of the sweeper's reach
+    (domain.models.swept_until_queued): one write. Best effort: the send stands either way, and the sweeper's release
+    of a batch left in the index (UNQUEUED_RELEASE_SWEEP_MARGIN on) queues only its messages still `queued`, under
+    the deduplication ids the send used, which the dispatcher's claim submits once: nothing goes out twice."""
+    try:
+        store.clear_release_sweep(batch.account_id, batch.reference_id)
+    except Exception:
+        logger.exception(
+            "could not take a queued send out of the sweep index; the sweeper's release of it will send nothing twice",
+            extra={"reference_id": batch.reference_id},
+        )
 
 
 def finish_stored_batch(

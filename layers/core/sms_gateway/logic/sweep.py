@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sms_gateway.domain.models import BatchKey, Message, StatusChange, StoredInbound
+from sms_gateway.domain.models import Message, StatusChange, StoredInbound, UnreleasedBatch
+from sms_gateway.domain.status import MessageStatus
 from sms_gateway.logic.inbound import inbound_notification
 from sms_gateway.logic.notify import notifications_of
 from sms_gateway.observability import logger
@@ -23,7 +24,7 @@ SWEEP_LIMIT = 200
 PUBLISH_BATCH = 10
 # How long an item a run took stays its own: a run that dies before queueing it leaves it to a run after that.
 SWEEP_LEASE = timedelta(minutes=5)
-# How long a scheduled batch the sweep handed to its release stays its own. The release runs in the scheduled_dispatch
+# How long a batch the sweep handed to its release stays its own. The release runs in the scheduled_dispatch
 # function, invoked asynchronously: Lambda may start it a little later, and tries it twice more when it raises (about
 # 1 and 2 minutes apart, each run up to 120 s), about 10 minutes in all. A claim shorter than that would hand a
 # release still in Lambda's hands on again; one that ran out after Lambda gave up (the release in the schedule DLQ,
@@ -42,8 +43,10 @@ class SweepDependencies:
     clock: Callable[[], datetime]
     # True once too little of the invocation is left to claim and queue another page (None: outside Lambda).
     out_of_time: Callable[[], bool] | None = None
-    # Both given: scheduled batches still scheduled well after their send time are released (their schedule was
-    # never made: the api Lambda killed between storing the batch and scheduling it), any schedule left deleted.
+    # Both given: unreleased batches are released: scheduled ones still scheduled well after their send time (their
+    # schedule was never made: the api Lambda killed between storing the batch and scheduling it), any schedule left
+    # deleted; and sends of 100 recipients or more to go out at once whose records were not known to be queued a few
+    # minutes after they were accepted (the api Lambda killed between storing the batch and queueing them).
     scheduler: BatchScheduler | None = None
     batch_release: BatchRelease | None = None
 
@@ -78,8 +81,10 @@ def sweep_notifications(deps: SweepDependencies, *, limit: int = SWEEP_LIMIT) ->
     a conditional write first, so a concurrent run does not queue it too; a callback retry (or a settle check) that
     queues it meanwhile clears the mark, and it is not claimed again.
 
-    With a scheduler and a batch release (`deps`), also releases the scheduled batches still `scheduled`
-    SCHEDULED_RELEASE_SWEEP_MARGIN after their send time (release_unreleased). Raises SweepIncomplete, once every kind
+    With a scheduler and a batch release (`deps`), also releases the unreleased batches (release_unreleased): those
+    still `scheduled` SCHEDULED_RELEASE_SWEEP_MARGIN after their send time, and sends of 100 recipients or more to go
+    out at once still not known to be queued UNQUEUED_RELEASE_SWEEP_MARGIN after they were accepted.
+    Raises SweepIncomplete, once every kind
     had its turn, when some could not be queued or released (they are taken again once their claim runs out)."""
     kinds: list[tuple[_Claim, _Queue]] = [
         (
@@ -110,7 +115,7 @@ def sweep_notifications(deps: SweepDependencies, *, limit: int = SWEEP_LIMIT) ->
         raise SweepIncomplete(
             f"{inbound_failed} of {inbound_queued + inbound_failed} inbound notifications and {reports_failed} of "
             f"{reports_queued + reports_failed} delivery reports not queued, {batches_failed} of "
-            f"{batches_released + batches_failed} scheduled batches not handed to their release"
+            f"{batches_released + batches_failed} unreleased batches not handed to their release"
         )
     return outcome
 
@@ -234,19 +239,35 @@ def _cleared(message: Message, deps: SweepDependencies) -> None:
 
 
 def release_unreleased(
-    claimed: Sequence[BatchKey], scheduler: BatchScheduler, batch_release: BatchRelease
+    claimed: Sequence[UnreleasedBatch], scheduler: BatchScheduler, batch_release: BatchRelease
 ) -> tuple[int, int]:
-    """Has each claimed batch (still scheduled well after its send time) released as its schedule would: how many
-    were handed to their release, how many could not be (taken again once their claim runs out)."""
+    """Has each claimed batch (still scheduled well after its send time, or to go out at once and not known to be
+    queued) released as a schedule's release would: how many were handed to their release, how many could not be
+    (taken again once their claim runs out)."""
     return _queue_each(
         claimed,
         lambda batch: _release(batch, scheduler, batch_release),
-        "scheduled batch",
-        "scheduled batch not handed to its release by the sweep; a later run retries it",
+        "unreleased batch",
+        "unreleased batch not handed to its release by the sweep; a later run retries it",
     )
 
 
-def _release(batch: BatchKey, scheduler: BatchScheduler, batch_release: BatchRelease) -> None:
+def _release(batch: UnreleasedBatch, scheduler: BatchScheduler, batch_release: BatchRelease) -> None:
+    """Hands the batch to scheduled_dispatch's release, after deleting the schedule a scheduled batch may have left.
+    A send to go out at once has none: its release queues its messages still `queued` under the deduplication ids
+    its send used, and the dispatcher's claim keeps any a dispatcher took from going out twice."""
+    if batch.status == MessageStatus.SCHEDULED:
+        _release_scheduled(batch, scheduler, batch_release)
+        return
+    batch_release.release(batch.account_id, batch.reference_id)
+    logger.warning(
+        "send to go out at once released by the sweep: its records were not known to be queued minutes after it was "
+        "accepted (its api Lambda died between storing and queueing it, or its write after queueing failed)",
+        extra={"account_id": batch.account_id, "reference_id": batch.reference_id},
+    )
+
+
+def _release_scheduled(batch: UnreleasedBatch, scheduler: BatchScheduler, batch_release: BatchRelease) -> None:
     """Deletes the batch's schedule if one is left, then hands the batch to the release its schedule would have made.
     The schedule goes first: a retry of the send under its idempotency key may make one meanwhile for messages it adds
     (logic.send.finish_stored_batch), and deleted after the release that schedule would leave those unsent. A schedule
