@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
-from sms_gateway.domain.models import DeliveryReportMode
+from sms_gateway.domain.models import DeliveryReportMode, SubmitResult
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import UpstreamError
 from sms_gateway.logic.dispatch import dispatch
@@ -1026,3 +1027,61 @@ def test_a_held_report_a_settle_check_applied_is_announced_when_the_check_fails_
     # Then the client hears of the delivery (it was told only "submitted"), not only of the other one's expiry
     ids = [n["id"] for n in published]
     assert f"dlr_{held.message_id}_{delivered.sequence}" in ids, ids
+
+
+class RunsAtOnce(concurrent.futures.ThreadPoolExecutor):
+    """Runs each store call the moment the dispatcher hands it to its thread pool: a claim is written as soon as it is
+    asked for (a thread's DynamoDB request leaves at once), whatever the threads' timing."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            done.set_result(fn(*args, **kwargs))
+        except BaseException as error:
+            done.set_exception(error)
+        return done
+
+
+class DiesAtItsFirstAnswer(FakeProvider):
+    """An upstream taking every submit; the dispatcher's container dies as it reads the first answer, while the
+    other submits of the invocation are in flight (how `make chaos` kills a dispatcher: chaos/faults.py)."""
+
+    died = False
+
+    async def submit(self, request):
+        self.submits.append(request)
+        await asyncio.sleep(0)  # on the wire: the other slots' submits go out meanwhile
+        if not self.died:
+            self.died = True
+            raise Crash("the container died reading the upstream's answer")
+        return SubmitResult(upstream_message_id=f"up-{request.client_ref}")
+
+
+@pytest.mark.xfail(strict=True, reason="a dying invocation's freed slots are handed to waiting messages, which claim")
+def test_a_dispatcher_dying_mid_flight_leaves_no_claim_on_a_message_it_had_not_begun_to_submit(store):
+    # Given a record of 10 messages, 3 submits in flight at once, the rest waiting for a slot, and the container
+    # dying as it reads its first answer
+    _, deps = send(store, command(10))
+    [record] = deps.dispatch_queue.commands
+    dying = DiesAtItsFirstAnswer()
+
+    async def invocation() -> None:
+        asyncio.get_running_loop().set_default_executor(RunsAtOnce())
+        await dispatch(record, replace(dispatch_deps(store, dying), concurrency=3))
+
+    with pytest.raises(Crash):
+        asyncio.run(invocation())
+    # Then the only claims it leaves are on messages it was submitting: every message it left claimed may be at the
+    # upstream. (Until 2026-12-07 the slots the dying tasks gave back went to messages waiting for one, which claimed
+    # before the death reached them: claimed, never sent, so taken for maybe sent and never sent by anyone.)
+    offered = {request.client_ref for request in dying.submits}
+    claimed = {key.to_ref() for key in store.claims}
+    assert claimed <= offered
+    # And when the record comes back after the lease, to an upstream that cannot tell repeats: what the dying
+    # dispatcher never offered is sent now, and only what it may have sent is left to a DLR, unconfirmed
+    healthy = FakeProvider()
+    asyncio.run(dispatch(record, replace(dispatch_deps(store, healthy), clock=lambda: NOW + timedelta(minutes=5))))
+    sent_now = {request.client_ref for request in healthy.submits}
+    unconfirmed = {m.key.to_ref() for m in store.messages.values() if m.error_code == "submit_unconfirmed"}
+    assert unconfirmed <= offered and sent_now.isdisjoint(offered)
+    assert sent_now | offered == {m.key.to_ref() for m in store.messages.values()}
