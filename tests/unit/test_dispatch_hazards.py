@@ -1057,7 +1057,6 @@ class DiesAtItsFirstAnswer(FakeProvider):
         return SubmitResult(upstream_message_id=f"up-{request.client_ref}")
 
 
-@pytest.mark.xfail(strict=True, reason="a dying invocation's freed slots are handed to waiting messages, which claim")
 def test_a_dispatcher_dying_mid_flight_leaves_no_claim_on_a_message_it_had_not_begun_to_submit(store):
     # Given a record of 10 messages, 3 submits in flight at once, the rest waiting for a slot, and the container
     # dying as it reads its first answer

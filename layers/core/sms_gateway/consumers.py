@@ -33,6 +33,7 @@ from sms_gateway.logic.dispatch import (
     QUEUED_CHECKS,
     DispatchDependencies,
     ReadAhead,
+    SubmitSlots,
     dispatch,
     read_single_sends,
     route_asks,
@@ -153,7 +154,7 @@ class _Invocation:
     tokens taken for all of them), its single sends' messages (read together), the deadline for claims, where
     their settle checks and client notifications gather, and the waits of the records handed back."""
 
-    in_flight: asyncio.Semaphore
+    in_flight: SubmitSlots
     limiter: RateLimiter
     read_ahead: ReadAhead
     # Each record's command, parsed once: None for a body that is not one.
@@ -179,7 +180,7 @@ async def _dispatch_all(records: Sequence[SQSRecord], out_of_time: Callable[[], 
     # limiter of its own when it has read them (logic.dispatch).
     by_upstream = await asyncio.to_thread(_messages_by_upstream, read_ahead)
     invocation = _Invocation(
-        in_flight=asyncio.Semaphore(concurrency),
+        in_flight=SubmitSlots(concurrency),
         # One counter write takes the tokens of several records (an account's single sends), up to the in-flight
         # limit: tokens are good for their second only, and more than that many cannot be submitted at once.
         limiter=RateLimiter(

@@ -97,7 +97,7 @@ class DispatchDependencies:
     concurrency: int = 64
     # The invocation's limit on submits in flight, shared by the records it handles at once; None: this record's
     # own, of `concurrency`.
-    in_flight: asyncio.Semaphore | None = None
+    in_flight: SubmitSlots | None = None
     # A message not submitted within this time of being queued expires instead of arriving late.
     validity: timedelta = DEFAULT_VALIDITY
     limiter: RateLimiter | None = None
@@ -196,6 +196,32 @@ class SubmitsInFlight:
         return upstream in self.took
 
 
+class SubmitSlots(asyncio.Semaphore):
+    """An invocation's submits in flight, at most `size` at once (DISPATCH_CONCURRENCY) across its records: a message
+    holds a slot from its claim to its upstream's answer. A slot given back as the invocation dies (a BaseException
+    that is not an Exception, its container dying, or the cancellation that death sends its other tasks) is handed to
+    a message waiting for one all the same, before the death reaches that message's task: such a slot claims nothing.
+    Until 2026-12-07 it claimed: each message that got one was left claimed and never sent, and its claim, once
+    lapsed, taken for one its upstream may have (for an upstream that cannot tell repeats: never sent, expired for
+    want of a DLR and refunded)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.dying = False
+
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[bool]:
+        """A slot, and whether a message may be claimed in it: not once the invocation is dying."""
+        async with self:
+            try:
+                yield not self.dying
+            except BaseException as error:
+                if not isinstance(error, Exception):
+                    # Noted before the slot is given back, so the message it goes to knows.
+                    self.dying = True
+                raise
+
+
 @dataclass
 class DispatchOutcome:
     submitted: int = 0
@@ -278,7 +304,7 @@ async def dispatch(command: DispatchCommand, deps: DispatchDependencies) -> Disp
             deps.messages.get_messages, command.account_id, command.reference_id, list(command.message_ids)
         )
     outcome = DispatchOutcome(skipped=len(command.message_ids) - len(messages))
-    in_flight = deps.in_flight or asyncio.Semaphore(deps.concurrency)
+    in_flight = deps.in_flight or SubmitSlots(deps.concurrency)
     announcer = _Announcer(deps.announce)
 
     async def one(message: Message, account_tokens: Mapping[str, int]) -> None:
@@ -531,7 +557,7 @@ async def _dispatch_at_its_routes_pace(
     message: Message,
     deps: DispatchDependencies,
     outcome: DispatchOutcome,
-    in_flight: asyncio.Semaphore,
+    in_flight: SubmitSlots,
     account_tokens: Mapping[str, int],
 ) -> None:
     """A message dispatched once the route token of the upstream it is offered first is ours. The token is taken
@@ -566,13 +592,18 @@ async def _dispatch_one(
     message: Message,
     deps: DispatchDependencies,
     outcome: DispatchOutcome,
-    in_flight: asyncio.Semaphore,
+    in_flight: SubmitSlots,
     token: RouteToken | None = None,
 ) -> None:
     if message.status != MessageStatus.QUEUED:
         outcome.skipped += 1
         return
-    async with in_flight:
+    async with in_flight.held() as may_claim:
+        if not may_claim:
+            # The invocation is dying: this slot is one a dying submit gave back. Claimed now, the message would be
+            # left claimed as the death reaches it, and taken for one its upstream may have: never sent.
+            _come_back_soon([message], outcome)
+            return
         if deps.out_of_time():
             # The slot came too late to submit and record the answer before the invocation ends.
             await _route_token_used(token, [], deps)
