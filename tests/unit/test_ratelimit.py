@@ -642,7 +642,7 @@ def test_records_of_one_batch_dispatched_side_by_side_keep_the_accounts_limit(st
     from datetime import UTC, datetime
 
     from sms_gateway.domain.models import Account, Credentials, Recipient, SendCommand
-    from sms_gateway.logic.dispatch import DispatchDependencies, dispatch
+    from sms_gateway.logic.dispatch import DispatchDependencies, SubmitSlots, dispatch
     from sms_gateway.logic.send import SendDependencies, accept_send
     from tests.fakes import RecordingQueue, RecordingScheduler
 
@@ -673,7 +673,7 @@ def test_records_of_one_batch_dispatched_side_by_side_keep_the_accounts_limit(st
             upstreams_for=lambda _: [upstream],
             callback_base_url="https://gw.example/",
             clock=lambda: now,
-            in_flight=asyncio.Semaphore(64),
+            in_flight=SubmitSlots(64),
             limiter=limiter(store, clock),
             rate_scopes=[account_scope("7", 40)],
         )
