@@ -260,11 +260,13 @@ def test_timeouts_and_connection_errors_are_transient(failure: Exception) -> Non
     assert raised.value.unavailable is True
 
 
-def test_a_success_without_a_sid_is_not_retried() -> None:
+@pytest.mark.parametrize("sid", [{}, {"sid": None}, {"sid": ""}, {"sid": 12345}, {"sid": ["SM1"]}])
+def test_a_success_without_a_sid_is_not_retried(sid: dict[str, Any]) -> None:
     # Twilio took the request; a retry could send the text twice, a failure would refund a message it is sending:
-    # one Twilio may have taken (never offered again, settled by its status callback)
-    twilio = FakeTwilio(201, {"status": "queued"})
-    with pytest.raises(UpstreamError) as raised:
+    # one Twilio may have taken (never offered again, settled by its status callback). A sid that is not a non-empty
+    # string is none: never the id "12345" or "['SM1']"
+    twilio = FakeTwilio(201, {"status": "queued", **sid})
+    with pytest.raises(UpstreamError, match="answered 201 without a sid") as raised:
         asyncio.run(provider(twilio).submit(submit_request()))
     assert (raised.value.maybe_taken, raised.value.unavailable) == (True, False)
 

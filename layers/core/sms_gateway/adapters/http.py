@@ -86,15 +86,16 @@ def unreadable_take(upstream: str, what: str) -> UpstreamError:
     return UpstreamError(f"{upstream} {what}", permanent=False, unavailable=False, maybe_taken=True)
 
 
-def answered_id(upstream: str, response: httpx.Response, field: str) -> str:
-    """The upstream's id for the message in its 2xx JSON answer's `field`. An answer without one (not JSON, the field
-    missing, null or empty) is an `unreadable_take`: never the id "None" or "", which every such message would share,
-    so one's delivery report would settle another."""
+def answered_id(upstream: str, response: httpx.Response, field: str, *, of_type: type = object) -> str:
+    """The upstream's id for the message in its 2xx JSON answer's `field`, which must be an `of_type` (any value by
+    default, rendered as text). An answer without one (not JSON, the field missing, null, empty or of another type) is
+    an `unreadable_take`: never the id "None" or "", which every such message would share, so one's delivery report
+    would settle another."""
     try:
         upstream_id = response.json()[field]
     except (ValueError, KeyError, TypeError, IndexError):
         upstream_id = None
-    if upstream_id is None or upstream_id == "":
+    if upstream_id is None or upstream_id == "" or not isinstance(upstream_id, of_type):
         raise unreadable_take(upstream, f"answered {response.status_code} without a {field}")
     return str(upstream_id)
 

@@ -32,6 +32,7 @@ import httpx
 
 from sms_gateway.adapters.http import (
     GATEWAY_ERRORS_MAYBE_TAKEN,
+    answered_id,
     async_client,
     no_answer,
     not_about_the_message,
@@ -39,7 +40,6 @@ from sms_gateway.adapters.http import (
     refuses_our_account,
     retry_after_seconds,
     scrubbed,
-    unreadable_take,
 )
 from sms_gateway.adapters.providers.parts import too_long
 from sms_gateway.adapters.providers.tokens import previous_tokens_setting, secret_setting
@@ -193,18 +193,8 @@ class TwilioProvider:
         except httpx.TransportError as error:
             raise no_answer(self.name, error) from error
         if response.is_success:
-            return SubmitResult(upstream_message_id=self._message_sid(response))
+            return SubmitResult(upstream_message_id=answered_id(self.name, response, "sid", of_type=str))
         raise self._error(response)
-
-    def _message_sid(self, response: httpx.Response) -> str:
-        try:
-            sid = response.json()["sid"]
-        except (ValueError, KeyError, TypeError):
-            sid = None
-        if not isinstance(sid, str) or not sid:
-            # Twilio took the request: its status callback (carrying our reference) settles the message.
-            raise unreadable_take(self.name, f"answered {response.status_code} without a message sid")
-        return sid
 
     def _error(self, response: httpx.Response) -> UpstreamError:
         status = response.status_code
