@@ -664,3 +664,35 @@ def test_during_a_rotation_submits_authenticate_with_the_new_token_and_other_sig
 def test_previous_auth_tokens_that_are_not_a_list_of_tokens_are_refused_at_configuration(previous: Any) -> None:
     with pytest.raises(ValueError, match="previous_auth_tokens"):
         provider(FakeTwilio(), previous_auth_tokens=previous)
+
+
+@pytest.mark.xfail(strict=True, reason="Twilio's refusals of our sender or account for a destination fail the message")
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        (
+            21606,
+            "The 'From' phone number provided is not a valid message-capable Twilio phone number for this "
+            "destination/account",
+        ),
+        (21608, "The number +234802XXXXXXX is unverified. Trial accounts cannot send messages to unverified numbers"),
+        (21612, "Message cannot be sent with the current combination of 'To' and/or 'From' parameters"),
+        (21659, "'From' 48974 is not a Twilio phone number or Short Code country mismatch"),
+    ],
+    ids=["21606", "21608", "21612", "21659"],
+)
+def test_review_a_sender_or_destination_our_twilio_account_cannot_send_is_offered_to_the_route_fallback(
+    code: int, message: str
+) -> None:
+    from tests.fakes import FakeProvider, dispatched_through
+
+    # Given a route of Twilio then a fallback, and Twilio refusing the message for what our Twilio account may send:
+    # a From it does not hold for that destination, a trial account's unverified recipient, a sender the destination
+    # country or network does not take from Twilio, a short code of another country
+    twilio = provider(FakeTwilio(400, twilio_error(code, message, 400)))
+    fallback = FakeProvider("fallback")
+    # When the message is dispatched
+    dispatched, _ = dispatched_through(twilio, fallback)
+    # Then the fallback, which may hold that sender and reach that number, is offered it and takes it
+    assert [request.msisdn for request in fallback.submits] == ["+2348020000000"]
+    assert (dispatched.status, dispatched.upstream) == (MessageStatus.SUBMITTED, "fallback")
