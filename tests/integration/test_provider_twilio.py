@@ -666,7 +666,6 @@ def test_previous_auth_tokens_that_are_not_a_list_of_tokens_are_refused_at_confi
         provider(FakeTwilio(), previous_auth_tokens=previous)
 
 
-@pytest.mark.xfail(strict=True, reason="Twilio's refusals of our sender or account for a destination fail the message")
 @pytest.mark.parametrize(
     ("code", "message"),
     [

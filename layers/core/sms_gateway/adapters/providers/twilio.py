@@ -82,16 +82,25 @@ DLR_STATUS: dict[str, MessageStatus] = {
 }
 
 # Error codes of a 4xx answer that are worth retrying; every other 4xx refuses the message itself
-# (21211 invalid To, 21614 not a mobile number, 21610 unsubscribed, 21612 not reachable, ...) unless named below.
+# (21211 invalid To, 21614 not a mobile number, 21610 unsubscribed, ...) unless named below.
 TRANSIENT_ERROR_CODES = frozenset(
     {
         20429,  # too many requests
         21611,  # the From number has too many messages queued
     }
 )
-# Error codes saying our Twilio account may not send there (21408: its geo permissions do not include the To number's
-# country): our setup, not the message. Never sent there; the route's fallback is offered it, and without one it fails.
-NOT_SENT_THERE_ERROR_CODES = frozenset({21408})
+# Error codes saying our Twilio account may not send there: our setup at Twilio, not the message, which an upstream
+# holding that sender or reaching that number may send. Never sent there; the route's fallback is offered it, and
+# without one it fails (https://www.twilio.com/docs/api/errors/<code>).
+NOT_SENT_THERE_ERROR_CODES = frozenset(
+    {
+        21408,  # the account's geo permissions do not include the To number's country
+        21606,  # the From is not a message-capable number of the account for this destination
+        21608,  # a trial account (or one without an approved compliance profile) sends only to verified numbers
+        21612,  # this To and From combination: a sender ID the destination country or network does not take from it
+        21659,  # the From is not a Twilio number or sender ID of the account, or a short code of another country
+    }
+)
 # Twilio's most characters of one Body (https://www.twilio.com/docs/messaging/api/message-resource, `Body`): a longer
 # one is refused with 21617. A message that long (11 GSM-7 parts, for an account whose max_parts was raised) is not
 # sent there, as one over Kannel's or Jasmin's max_parts: the route's fallback is offered it.
