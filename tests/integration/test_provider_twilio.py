@@ -695,3 +695,30 @@ def test_review_a_sender_or_destination_our_twilio_account_cannot_send_is_offere
     # Then the fallback, which may hold that sender and reach that number, is offered it and takes it
     assert [request.msisdn for request in fallback.submits] == ["+2348020000000"]
     assert (dispatched.status, dispatched.upstream) == (MessageStatus.SUBMITTED, "fallback")
+
+
+@pytest.mark.xfail(strict=True, reason="a messaging_service_sid Twilio does not know fails and refunds every message")
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        (21701, "The Messaging Service does not exist"),
+        (21705, "The Messaging Service is invalid"),
+    ],
+    ids=["21701", "21705"],
+)
+def test_review_a_messaging_service_twilio_does_not_know_is_our_setup_not_the_message(code: int, message: str) -> None:
+    from tests.fakes import FakeProvider, cinema_store, dispatched_through
+
+    # Given a Twilio upstream whose messaging_service_sid names no service of our Twilio account (a typo in the
+    # parameter, a service deleted at Twilio): every message is refused alike
+    twilio = provider(FakeTwilio(400, twilio_error(code, message, 400)), messaging_service_sid="MGtypo")
+    # When a message is dispatched through it alone
+    alone, store = dispatched_through(twilio)
+    # Then it is not failed and refunded, as a message Twilio refused would be: it waits (a transient failure) while
+    # the operator fixes the parameter, as on Twilio's 401 for wrong credentials
+    assert alone.status == MessageStatus.QUEUED
+    assert store.accounts["7"].credits == cinema_store().accounts["7"].credits - alone.price
+    # And with a fallback on the route, the fallback takes it at once
+    fallback = FakeProvider("fallback")
+    dispatched, _ = dispatched_through(twilio, fallback)
+    assert (dispatched.status, dispatched.upstream) == (MessageStatus.SUBMITTED, "fallback")
