@@ -697,7 +697,6 @@ def test_review_a_sender_or_destination_our_twilio_account_cannot_send_is_offere
     assert (dispatched.status, dispatched.upstream) == (MessageStatus.SUBMITTED, "fallback")
 
 
-@pytest.mark.xfail(strict=True, reason="a messaging_service_sid Twilio does not know fails and refunds every message")
 @pytest.mark.parametrize(
     ("code", "message"),
     [

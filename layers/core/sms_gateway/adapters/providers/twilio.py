@@ -109,6 +109,9 @@ BODY_TOO_LONG_ERROR_CODE = 21617
 # HTTP statuses meaning our credentials or account setup are wrong: not the message's fault, so it is offered to the
 # fallback upstream (and retried) rather than failed.
 ACCOUNT_PROBLEM_STATUSES = frozenset({401, 403, 404})
+# Error codes of a 400 saying the same of our configuration: the `messaging_service_sid` names no Messaging Service of
+# our account (21701) or is no service sid at all (21705). Every message would be refused alike until it is fixed.
+ACCOUNT_PROBLEM_ERROR_CODES = frozenset({21701, 21705})
 # HTTP statuses after which Twilio may have created the message: a 500 (error 20500) is "an error in the server
 # handling logic or a timeout in the API", and creating a message is not idempotent (a retry "can send multiple
 # messages", https://www.twilio.com/docs/api/errors/20500); a 502/504 is its edge losing the backend's answer. Like
@@ -225,7 +228,7 @@ class TwilioProvider:
                 retry_after=retry_after_seconds(response.headers.get("retry-after")),
                 unavailable=False,
             )
-        if status in ACCOUNT_PROBLEM_STATUSES:
+        if status in ACCOUNT_PROBLEM_STATUSES or code in ACCOUNT_PROBLEM_ERROR_CODES:
             return refuses_our_account(described)
         if code in NOT_SENT_THERE_ERROR_CODES:
             return not_sent_there(described)
