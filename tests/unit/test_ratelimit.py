@@ -12,6 +12,7 @@ from sms_gateway.domain.models import Batch
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.logic.ratelimit import RateLimiter, Scope, account_scope, expected_grants, route_scope
 from sms_gateway.logic.send import dispatch_commands
+from sms_gateway.ports import ScopeHeld
 from tests.fakes import InMemoryStore
 
 START = 1_767_398_400.25  # a quarter of a second into a second
@@ -25,11 +26,14 @@ class CountingStore(InMemoryStore):
         super().__init__()
         self.used: dict[tuple[str, int], int] = defaultdict(int)
         self.calls: list[tuple[str, str, int]] = []
+        self.holds: dict[tuple[str, int], float] = {}
         self._counters = threading.Lock()
 
     def take_tokens(self, scope: str, second: int, wanted: int, limit: int) -> int:
         with self._counters:
             self.calls.append(("take", scope, second))
+            if (scope, second) in self.holds:
+                raise ScopeHeld(scope, self.holds[(scope, second)])
             got = max(0, min(wanted, limit - self.used[(scope, second)]))
             self.used[(scope, second)] += got
             return got
@@ -38,6 +42,11 @@ class CountingStore(InMemoryStore):
         with self._counters:
             self.calls.append(("give_back", scope, second))
             self.used[(scope, second)] -= count
+
+    def hold_scope(self, scope: str, until: float, *, first_second: int, seconds: int) -> None:
+        with self._counters:
+            self.calls.append(("hold", scope, first_second))
+            self.holds.update({(scope, second): until for second in range(first_second, first_second + seconds)})
 
     def per_second(self, scope: str) -> dict[int, int]:
         return {second: used for (name, second), used in self.used.items() if name == scope and used}
@@ -693,3 +702,27 @@ def test_records_of_one_batch_dispatched_side_by_side_keep_the_accounts_limit(st
     # (no submit before its grant: the last ones went out in the fourth second at the earliest; when the first
     # went out depends on the store threads' timing against the virtual clock)
     assert min(upstream.seconds) >= SECOND and max(upstream.seconds) >= SECOND + 3
+
+
+# ---------------------------------------------------------------------------------------------- a held scope
+
+
+def test_a_hold_shuts_a_scope_for_every_holder_and_gives_back_what_earlier_scopes_counted(store, clock):
+    # Given a route an upstream's Retry-After of 12.5 s held through one holder
+    asyncio.run(limiter(store, clock).hold("route:up", 12.5))
+    assert store.calls == [("hold", "route:up", SECOND)]
+    # When another holder asks for an account's token and the route's, within the hold or at its last second
+    other = limiter(store, clock)
+    with pytest.raises(ScopeHeld) as held:
+        asyncio.run(other.acquire([account_scope("a", 100), route_scope("up", 500)], 3))
+    clock.now = START + 12.4
+    with pytest.raises(ScopeHeld):
+        asyncio.run(other.acquire([route_scope("up", 500)], 1))
+    # Then it learns until when, and the account's tokens counted for the grant are its own again
+    assert held.value.until == START + 12.5
+    assert store.per_second("account:a") == {}
+    # And once the hold is over the route grants again, no more than 60 of its seconds ever held
+    clock.now = START + 13
+    assert asyncio.run(other.acquire([route_scope("up", 500)], 1)) == 1
+    asyncio.run(limiter(store, clock).hold("route:up", 3600))
+    assert len([key for key in store.holds if key[1] > SECOND + 13]) == 59

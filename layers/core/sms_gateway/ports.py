@@ -868,16 +868,31 @@ class SenderRequestStore(Protocol):
         ...
 
 
+class ScopeHeld(Exception):
+    """A scope's counter is held shut until `until` (Unix seconds): an upstream asked a dispatcher to come back no
+    sooner (a 429's Retry-After), and that dispatcher held its route's counters for the others (`hold_scope`)."""
+
+    def __init__(self, scope: str, until: float) -> None:
+        super().__init__(f"{scope} is held until {until}")
+        self.scope = scope
+        self.until = until
+
+
 class RateLimitStore(Protocol):
     """Per-second token counters shared by every dispatcher: one counter per scope and Unix second."""
 
     def take_tokens(self, scope: str, second: int, wanted: int, limit: int) -> int:
         """Counts up to `wanted` tokens in `scope`'s `second` without passing `limit`; returns how many it counted
-        (fewer when the second is nearly full, 0 when it is full)."""
+        (fewer when the second is nearly full, 0 when it is full). Raises ScopeHeld when the second is held."""
         ...
 
     def give_back_tokens(self, scope: str, second: int, count: int) -> None:
         """Uncounts tokens taken in `second` that will not be used."""
+        ...
+
+    def hold_scope(self, scope: str, until: float, *, first_second: int, seconds: int) -> None:
+        """Holds `seconds` of `scope`'s counters from `first_second` shut until `until`: they grant nothing, and a
+        take of one raises ScopeHeld."""
         ...
 
 

@@ -6,11 +6,16 @@ import contextlib
 from typing import Any
 
 from sms_gateway import deadlines
+from sms_gateway.ports import ScopeHeld
 
 # A counter only matters during its own second; TTL removes it a minute later (lazily: it is never read again).
 COUNTER_TTL_SECONDS = 60
 # A partial grant can lose its race with another dispatcher; it is retried while room remains, this many times.
 _PARTIAL_ATTEMPTS = 3
+# A held second's count: past any limit however many tokens are given back in it (a limit is at most 10^6).
+HELD_COUNT = 10**12
+# BatchWriteItem's most puts a request.
+_PUTS_A_REQUEST = 25
 
 
 def _counter_key(scope: str, second: int) -> dict[str, Any]:
@@ -53,8 +58,35 @@ class DynamoRateLimitMixin:
             )
         except self.client.exceptions.ConditionalCheckFailedException as error:
             current = error.response.get("Item") or {}
+            if "held_until" in current:
+                raise ScopeHeld(scope, float(current["held_until"]["N"])) from None
             return int(current.get("used", {}).get("N", limit))
         return None
+
+    def hold_scope(self, scope: str, until: float, *, first_second: int, seconds: int) -> None:
+        # Puts, not conditional updates: a held second is full whatever it counted, and one BatchWriteItem holds 25
+        # seconds. Puts DynamoDB leaves unprocessed are sent once more; a second left unheld only lets a dispatcher
+        # meet the upstream's 429 itself, as it would without the hold.
+        puts = [
+            {
+                "PutRequest": {
+                    "Item": {
+                        **_counter_key(scope, second),
+                        "used": {"N": str(HELD_COUNT)},
+                        "held_until": {"N": f"{until:.3f}"},
+                        "expires_at": {"N": str(second + COUNTER_TTL_SECONDS)},
+                    }
+                }
+            }
+            for second in range(first_second, first_second + seconds)
+        ]
+        for start in range(0, len(puts), _PUTS_A_REQUEST):
+            chunk = puts[start : start + _PUTS_A_REQUEST]
+            for _ in range(2):
+                answer = self.client.batch_write_item(RequestItems={self.table_name: chunk})
+                chunk = answer.get("UnprocessedItems", {}).get(self.table_name, [])
+                if not chunk:
+                    break
 
     def give_back_tokens(self, scope: str, second: int, count: int) -> None:
         if count <= 0:

@@ -43,7 +43,7 @@ from sms_gateway.logic.notify import dlr_notification
 from sms_gateway.logic.optouts import opted_out_of
 from sms_gateway.logic.ratelimit import Grant, RateLimiter, Scope, route_scope
 from sms_gateway.observability import logger, mask_msisdn
-from sms_gateway.ports import ConsistentAccountStore, MessageStore, OptOutStore, Provider
+from sms_gateway.ports import ConsistentAccountStore, MessageStore, OptOutStore, Provider, ScopeHeld
 
 # A claim outlives a normal submit by far; it only matters when a dispatcher dies mid-submit.
 CLAIM_LEASE_SECONDS = 120
@@ -571,17 +571,26 @@ async def _dispatch_at_its_routes_pace(
     first = upstreams[0].name if upstreams else None
     token = None
     if first is not None and _held_back_for_a_throttle(first, outcome, deps) is None:
-        token = await _wait_for_route_token(first, deps, account_tokens)
-        if token is None:
-            _come_back_soon([message], outcome)
-            return
+        try:
+            token = await _wait_for_route_token(first, deps, account_tokens)
+        except ScopeHeld as hold:
+            # Another dispatcher's Retry-After from the upstream: the message is held back as for one of ours.
+            _note_shared_hold(first, hold, deps)
+        else:
+            if token is None:
+                _come_back_soon([message], outcome)
+                return
     await _dispatch_one(message, deps, outcome, in_flight, token)
     while (held_by := outcome.held_for.pop(message.message_id, None)) and _waits_on(deps):
         # Its claim was released when our limiter held it back for a failover (its primary down): instead of going
         # back to the queue it waits, unclaimed and without a slot, for that upstream's token (and an account token
         # with it), and is offered to its route again with it, as long as the invocation lasts.
         outcome.retry.remove(message.message_id)
-        token = await _wait_for_route_token(held_by, deps, None)
+        try:
+            token = await _wait_for_route_token(held_by, deps, None)
+        except ScopeHeld as hold:
+            _note_shared_hold(held_by, hold, deps)
+            token = None
         if token is None:
             _come_back_soon([message], outcome)
             return
@@ -815,7 +824,12 @@ async def _submit(
             # answer when the invocation ends, and the message be taken over later for one that may have gone out.
             # Counted as the attempt the upstream before it failed; the next delivery has its whole time for both.
             return UpstreamError(f"no time left in the invocation to offer it to {provider.name}", permanent=False)
-        held = None if provider.name == token_for else await _route_refuses_under_claim(message, provider, deps)
+        shared: UpstreamError | None = None
+        try:
+            held = None if provider.name == token_for else await _route_refuses_under_claim(message, provider, deps)
+        except ScopeHeld as hold:
+            # Its Retry-After, met by another dispatcher: what its own 429 would be, without the request.
+            held, shared = None, _note_shared_hold(provider.name, hold, deps)
         if held is not None and failure is not None and held.counter_failed:
             # A token that cannot be taken at all counts the failure of the upstream before it as an attempt.
             return UpstreamError(held.message, permanent=False, retry_after=1.0)
@@ -840,6 +854,8 @@ async def _submit(
             # The claim names where the message may be before it goes there; a claim no longer ours stops here.
             break
         try:
+            if shared is not None:
+                raise shared
             async with outcome.submits.submitting(provider.name):
                 result = await provider.submit(_submit_request(message, provider, deps))
             return provider, result
@@ -868,8 +884,8 @@ async def _submit(
                 # message does not: this upstream is the message's only way out). Noted at once, before the slot
                 # is given back: the record's next message must not be offered to it meanwhile.
                 outcome.throttled_by.add(provider.name)
-                if not error.per_message:
-                    UPSTREAM_RETRY_AFTER.note(provider.name, error.retry_after, deps.clock())
+                if not error.per_message and error is not shared:
+                    await _hold_upstream(provider.name, error.retry_after, deps)
                 return Throttled(provider.name, error)
             if unavailable_before is not None and not unavailable_before.permanent and error.permanent:
                 # A fallback's refusal says nothing of the primary, which was only unavailable for now: the sender
@@ -1189,6 +1205,28 @@ class UpstreamRetryAfter:
 UPSTREAM_RETRY_AFTER = UpstreamRetryAfter()
 
 
+async def _hold_upstream(upstream: str, retry_after: float | None, deps: DispatchDependencies) -> None:
+    """An upstream's Retry-After, held in this container (UPSTREAM_RETRY_AFTER) and, for an upstream with a rate
+    limit, in its route's counters, which every dispatcher takes a token from before it offers the upstream a
+    message: they learn of it there, without a request more (`_note_shared_hold`). Written once a hold: the 429s of
+    the submits in flight with the first change nothing (each extends the hold here by what has passed since)."""
+    held_already = UPSTREAM_RETRY_AFTER.seconds_left(upstream, deps.clock()) is not None
+    UPSTREAM_RETRY_AFTER.note(upstream, retry_after, deps.clock())
+    limit = deps.route_limit(upstream)
+    if held_already or not retry_after or not limit or deps.limiter is None:
+        return
+    await deps.limiter.hold(route_scope(upstream, limit)[0], retry_after)
+
+
+def _note_shared_hold(upstream: str, hold: ScopeHeld, deps: DispatchDependencies) -> UpstreamError:
+    """A hold another dispatcher put on the upstream's route (its Retry-After), held in this container too; and the
+    throttle it stands for."""
+    left = max(hold.until - deps.clock().timestamp(), 1.0)
+    UPSTREAM_RETRY_AFTER.note(upstream, left, deps.clock())
+    why = f"{upstream} asked another dispatcher to come back in {math.ceil(left)} s: not offered"
+    return UpstreamError(why, permanent=False, throttled=True, retry_after=left)
+
+
 def _link_upstream_id(
     message: Message, upstream: str, upstream_message_id: str, deps: DispatchDependencies
 ) -> list[DeliveryReport]:
@@ -1216,6 +1254,8 @@ async def _route_refuses_under_claim(
     try:
         if await _take_route_token(provider.name, deps) is not None:
             return None
+    except ScopeHeld:
+        raise
     except Exception:
         logger.exception(
             "could not take the upstream's rate-limit token; the message comes back",

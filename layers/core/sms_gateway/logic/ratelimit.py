@@ -10,12 +10,15 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sms_gateway.observability import logger
-from sms_gateway.ports import RateLimitStore
+from sms_gateway.ports import RateLimitStore, ScopeHeld
 
 # How long an acquire waits for a second with room in it before giving up, by default.
 DEFAULT_MAX_WAIT_SECONDS = 5.0
 # Waking a hair after the boundary, so a timer that fires a little early does not find the old second again.
 _PAST_BOUNDARY = 0.001
+# The seconds of a scope's counters a hold shuts at most (`RateLimiter.hold`): three BatchWriteItem requests. A
+# dispatcher that takes a token of a held second learns the whole hold, however long.
+MAX_HELD_SECONDS = 60
 
 Scope = tuple[str, int | None]
 
@@ -116,7 +119,8 @@ class RateLimiter:
         some of it not be used). Each time the grant finds no room, the tokens this holder keeps for the current
         second of the scopes named in `lend_while_waiting` go back to the store (their second's counter): while this
         ask waits on another scope (a route at its limit), other holders may send with them (the account's priority
-        lane, in another invocation); kept until `release`, that second's room was lost to them."""
+        lane, in another invocation); kept until `release`, that second's room was lost to them. Raises ScopeHeld
+        when a scope is held (`hold`), what earlier scopes counted for the grant given back."""
         if wanted <= 0:
             return Grant(0)
         # The most restrictive scope first: it is the one most likely to cut the grant, and what it grants
@@ -173,6 +177,18 @@ class RateLimiter:
                 return 0, []
             await self.sleep(max(wake_at - self.clock(), 0.0))
 
+    async def hold(self, name: str, seconds: float) -> None:
+        """Shuts scope `name` for every holder for `seconds` from now (up to MAX_HELD_SECONDS of its counters): a
+        take there raises ScopeHeld, which says until when. A hold that cannot be written is logged: each other
+        holder then learns of it by itself."""
+        now = self.clock()
+        first = math.floor(now)
+        held = min(math.ceil(now + seconds) - first, MAX_HELD_SECONDS)
+        try:
+            await asyncio.to_thread(self.store.hold_scope, name, now + seconds, first_second=first, seconds=held)
+        except Exception:
+            logger.warning("could not hold a rate-limit scope for the other dispatchers", extra={"scope": name})
+
     async def release(self) -> None:
         """Gives back the tokens kept for the current second (one write per scope that has some): the holder is
         done, and other holders may use them. Those kept for a second gone by need nothing: it is over."""
@@ -202,7 +218,13 @@ class RateLimiter:
         counted: list[tuple[str, int]] = []
         granted = wanted
         for name, limit in scopes:
-            got, counted_in = await self._take_from(name, limit, second, granted)
+            try:
+                got, counted_in = await self._take_from(name, limit, second, granted)
+            except ScopeHeld:
+                # Nothing of the grant goes out: what the earlier scopes counted for it is theirs again.
+                for earlier, earlier_second in counted:
+                    await self._give_back(earlier, earlier_second, granted)
+                raise
             if got < granted:
                 # What the earlier scopes counted but will not be sent goes back, to stay usable this second.
                 for earlier, earlier_second in counted:
