@@ -577,9 +577,18 @@ def test_rate_limited_backlogs_do_not_hold_every_dispatcher_slot_the_template_al
     bulk_send(api, other, "one-time code", recipients=1)
 
     # And invocations of about 4 s (Lambda's 60 s less the dispatcher's 16 s reserve, scaled down)
+    ran_out_of_time: list[float] = []
+
     def four_second_invocations(remaining_ms: Any) -> Any:
         deadline = time.monotonic() + 4.0
-        return lambda: time.monotonic() >= deadline
+
+        def out_of_time() -> bool:
+            if time.monotonic() < deadline:
+                return False
+            ran_out_of_time.append(time.monotonic())
+            return True
+
+        return out_of_time
 
     monkeypatch.setattr(consumers, "_out_of_time", four_second_invocations)
     # When Lambda's pollers run, for each event source, at most its cap of invocations at once, each taking up to
@@ -620,6 +629,8 @@ def test_rate_limited_backlogs_do_not_hold_every_dispatcher_slot_the_template_al
         thread.join(timeout=20)
     assert not errors, errors
     # Then the account that is not rate limited does not wait for the others' rate limits: its one-time code goes
-    # out within a couple of seconds, not once a rate-limited invocation has run out its time (single sends have a
-    # queue and slots of their own, which bulk backlogs cannot hold)
-    assert sent_after is not None and sent_after < 2.0, sent_after
+    # out before any rate-limited invocation has run out its time (single sends have a queue and slots of their
+    # own, which bulk backlogs cannot hold); an order of events, not a time limit, so a loaded machine cannot fail it
+    assert sent_after is not None, "the one-time code was never sent"
+    first_out_of_time = min(ran_out_of_time, default=None)
+    assert first_out_of_time is None or started + sent_after < first_out_of_time, (sent_after, first_out_of_time)
