@@ -1,0 +1,114 @@
+"""Inbound SMS whose numbers an upstream writes in national or `00` form, through the real webhook handler: an SMSC
+(Kannel, Jasmin) passes the numbers as the network gives them, `08020000011` or `002348020000011` for the long code
+an operator registered as `2348020000011`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.integration.test_callback_acknowledgements import TOKEN, configure, kannel_inbound_event
+from tests.integration.test_notifications_and_inbound_edges import queued_notifications
+from tests.integration.test_send_path import FakeContext, load_function
+
+LONG_CODE = "2348020000011"
+HANDSET = "2348031234567"
+
+
+def kannel(aws: dict[str, str], **settings: Any) -> None:
+    configure(
+        aws,
+        "kannel",
+        {
+            "type": "kannel",
+            "url": "http://127.0.0.1:13013",
+            "username": "u",
+            "password": "p",
+            "callback_token": TOKEN,
+            **settings,
+        },
+    )
+
+
+def long_code_account() -> dict[str, Any]:
+    """An account owning the long code, its inbound SMS delivered by Kannel."""
+    from sms_gateway_tools.admin import create_account, set_sender
+
+    account = create_account(name="Cinema Club", senders=[LONG_CODE], credits=100)
+    set_sender(account_id=account["account_id"], sender=LONG_CODE, inbound_upstreams=["kannel"])
+    return account
+
+
+def kannel_mo(sender: str, to: str, text: str, message_id: str = "mo-1") -> dict[str, Any]:
+    query = {"token": TOKEN, "from": sender, "to": to, "ts": "1767398400", "id": message_id, "text": text}
+    return kannel_inbound_event(query, "text/plain", text, encoded=False)
+
+
+@pytest.mark.parametrize(
+    ("to", "settings"),
+    [
+        # national form, the upstream's country configured
+        pytest.param(
+            "08020000011",
+            {"country": "NG"},
+            marks=pytest.mark.xfail(strict=True, reason="the number is looked up only as the upstream wrote it"),
+        ),
+        # international with the `00` prefix: no country needed
+        pytest.param(
+            "002348020000011",
+            {},
+            marks=pytest.mark.xfail(strict=True, reason="the number is looked up only as the upstream wrote it"),
+        ),
+        ("+2348020000011", {}),  # as before
+    ],
+)
+def test_an_sms_to_the_long_code_in_the_smsc_s_form_reaches_its_owner_with_numbers_in_international_form(
+    aws, to, settings
+):
+    # Given an account owning 2348020000011, and Kannel (configured with its country where it writes national forms)
+    kannel(aws, **settings)
+    account = long_code_account()
+    # When Kannel posts a handset's SMS with the numbers as the SMSC wrote them
+    answer = load_function("webhook").handler(kannel_mo("08031234567", to, "Yes please"), FakeContext())
+    # Then it is stored for the account and forwarded with both numbers in international form, as the seeds show
+    assert answer["statusCode"] == 200, answer
+    from sms_gateway.bootstrap import gateway
+
+    [stored] = gateway().store.list_inbounds(account["account_id"])[0]
+    assert (stored.msisdn, stored.to, stored.text) == (f"+{HANDSET}", LONG_CODE, "Yes please")
+    [notification] = [n for n in queued_notifications(aws) if n.get("kind") == "inbound"]
+    assert notification["account_id"] == account["account_id"]
+    assert (notification["payload"]["from"], notification["payload"]["to"]) == (HANDSET, LONG_CODE)
+
+
+@pytest.mark.xfail(strict=True, reason="a national `to` is dropped as a number no account owns")
+def test_a_stop_to_the_long_code_in_national_form_opts_the_handset_out_of_it(aws):
+    # Given Kannel, configured with its country, delivering the long code's SMS in national form
+    kannel(aws, country="NG")
+    account = long_code_account()
+    # When the handset texts STOP, both numbers national
+    answer = load_function("webhook").handler(kannel_mo("08031234567", "08020000011", "STOP"), FakeContext())
+    # Then the handset is opted out of the long code: the account's next send from it to the handset is refused
+    assert answer["statusCode"] == 200, answer
+    from sms_gateway.bootstrap import gateway
+
+    opted = gateway().store.opted_out(account["account_id"], LONG_CODE, [f"+{HANDSET}"])
+    assert f"+{HANDSET}" in opted
+
+
+@pytest.mark.xfail(strict=True, reason="a national `to` is dropped as a number no account owns")
+def test_a_retried_sms_in_national_form_is_stored_and_forwarded_once(aws):
+    # Given Kannel delivering the long code's SMS in national form
+    kannel(aws, country="NG")
+    account = long_code_account()
+    webhook = load_function("webhook")
+    # When it posts the same SMS twice (it did not get our answer)
+    for _ in range(2):
+        answer = webhook.handler(kannel_mo("08031234567", "08020000011", "Yes", "mo-7"), FakeContext())
+        assert answer["statusCode"] == 200, answer
+    # Then it is stored once and forwarded once
+    from sms_gateway.bootstrap import gateway
+
+    assert len(gateway().store.list_inbounds(account["account_id"])[0]) == 1
+    assert len([n for n in queued_notifications(aws) if n.get("kind") == "inbound"]) == 1
