@@ -49,17 +49,9 @@ def kannel_mo(sender: str, to: str, text: str, message_id: str = "mo-1") -> dict
     ("to", "settings"),
     [
         # national form, the upstream's country configured
-        pytest.param(
-            "08020000011",
-            {"country": "NG"},
-            marks=pytest.mark.xfail(strict=True, reason="the number is looked up only as the upstream wrote it"),
-        ),
+        ("08020000011", {"country": "NG"}),
         # international with the `00` prefix: no country needed
-        pytest.param(
-            "002348020000011",
-            {},
-            marks=pytest.mark.xfail(strict=True, reason="the number is looked up only as the upstream wrote it"),
-        ),
+        ("002348020000011", {}),
         ("+2348020000011", {}),  # as before
     ],
 )
@@ -82,7 +74,6 @@ def test_an_sms_to_the_long_code_in_the_smsc_s_form_reaches_its_owner_with_numbe
     assert (notification["payload"]["from"], notification["payload"]["to"]) == (HANDSET, LONG_CODE)
 
 
-@pytest.mark.xfail(strict=True, reason="a national `to` is dropped as a number no account owns")
 def test_a_stop_to_the_long_code_in_national_form_opts_the_handset_out_of_it(aws):
     # Given Kannel, configured with its country, delivering the long code's SMS in national form
     kannel(aws, country="NG")
@@ -97,7 +88,6 @@ def test_a_stop_to_the_long_code_in_national_form_opts_the_handset_out_of_it(aws
     assert f"+{HANDSET}" in opted
 
 
-@pytest.mark.xfail(strict=True, reason="a national `to` is dropped as a number no account owns")
 def test_a_retried_sms_in_national_form_is_stored_and_forwarded_once(aws):
     # Given Kannel delivering the long code's SMS in national form
     kannel(aws, country="NG")
@@ -112,3 +102,30 @@ def test_a_retried_sms_in_national_form_is_stored_and_forwarded_once(aws):
 
     assert len(gateway().store.list_inbounds(account["account_id"])[0]) == 1
     assert len([n for n in queued_notifications(aws) if n.get("kind") == "inbound"]) == 1
+
+
+@pytest.mark.parametrize("country", [None, "ng"])
+def test_a_short_code_is_found_as_written_and_a_national_form_is_read_only_in_the_upstream_s_country(
+    aws, account, country
+):
+    # Given Kannel with or without its country, an account owning the long code, and another (the fixture's) the
+    # short code 48974, which is no number in Nigeria
+    kannel(aws, **({"country": country} if country else {}))
+    owner = long_code_account()
+    from sms_gateway_tools.admin import set_sender
+
+    set_sender(account_id=account["account_id"], sender="48974", inbound_upstreams=["kannel"])
+    webhook = load_function("webhook")
+    # When Kannel posts an SMS to each, the long code in national form
+    national = webhook.handler(kannel_mo("08031234567", "08020000011", "Hi", "mo-1"), FakeContext())
+    short_code = webhook.handler(kannel_mo("08031234567", "48974", "Hi", "mo-2"), FakeContext())
+    # Then the short code's reaches its owner as written, either way
+    assert (national["statusCode"], short_code["statusCode"]) == (200, 200)
+    from sms_gateway.bootstrap import gateway
+
+    store = gateway().store
+    [stored] = store.list_inbounds(account["account_id"])[0]
+    assert stored.to == "48974"
+    # And the national form is read in the upstream's country when it has one (`ng` is NG); without, it is
+    # acknowledged and dropped as to a number no account owns: nothing is guessed, it could be any country's
+    assert [sms.to for sms in store.list_inbounds(owner["account_id"])[0]] == ([LONG_CODE] if country else [])

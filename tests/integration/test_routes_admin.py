@@ -327,6 +327,7 @@ def test_a_bad_route_is_refused_and_changes_nothing(cli, upstreams):
         ("https://kannel.example/cgi-bin/sendsms", "not a JSON object"),
         ({**KANNEL, "callback_token": "short"}, "callback_token"),
         ({**KANNEL, "rate_limit_per_second": "30/s"}, "rate_limit_per_second"),
+        ({**KANNEL, "country": "Nigeria"}, "country must be the ISO 3166 code"),
     ],
 )
 def test_an_upstream_whose_configuration_cannot_be_used_is_refused(cli, upstreams, aws, config, fragment):

@@ -7,7 +7,7 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 
-from sms_gateway.adapters.providers import callback_provider
+from sms_gateway.adapters.providers import callback_provider, upstream_country
 from sms_gateway.bootstrap import gateway, route_table
 from sms_gateway.dialects.common import callback_text, json_response, status_for
 from sms_gateway.domain.models import CallbackRequest, StatusChange, utc_now
@@ -101,6 +101,7 @@ def inbound_sms(provider: str) -> Response:
             conversations=wiring.store,
             opt_outs=wiring.store,
             notify_sweep_delay=timedelta(seconds=wiring.settings.inbound_sweep_delay_seconds),
+            upstream_country=upstream_country(provider),
         ),
     )
     metrics.add_metric(name="InboundReceived", unit="Count", value=1 if outcome.stored else 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -62,6 +63,39 @@ def international_digits(raw: str) -> str | None:
     if not international and digits.startswith("00"):
         return digits[2:]
     return digits
+
+
+def read_in_country(raw: str, country: str) -> str | None:
+    """The international digits of a number as it is written in `country`: its national form (`08020000011` in NG
+    is `2348020000011`), or international however written (`+`, `00`, or bare digits starting with the country's
+    calling code). Read by its length alone, not checked: for finding a number already registered, never for taking a
+    new one, so a range `phonenumbers` does not know yet is read all the same. None when the text cannot be a number
+    there."""
+    import phonenumbers
+
+    cleaned = _clean(raw)
+    if isinstance(cleaned, str):
+        return None
+    digits, international = cleaned
+    if international or digits.startswith("00"):
+        return international_digits(raw)
+    try:
+        parsed = phonenumbers.parse(digits, country.upper())
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(parsed):
+        return None  # too short or long to be a number there: a short code (`48974`) is a short code
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164).removeprefix("+")
+
+
+def region_code(code: str) -> str | None:
+    """`code` as the ISO 3166 region `phonenumbers` knows it by (`ng` is `NG`), or None when it is none."""
+    import phonenumbers
+
+    # Two ASCII letters before upper-casing: Unicode's upper case makes 'ß' 'SS' (South Sudan) and a dotless-i 'id'
+    # 'ID' (Indonesia), real regions nobody named.
+    country = code.strip().upper() if re.fullmatch(r"[A-Za-z]{2}", code.strip()) else ""
+    return country if country in phonenumbers.SUPPORTED_REGIONS else None
 
 
 # Bulk sends repeat the same numbers. Rejections are cached as their reason rather than as an exception,

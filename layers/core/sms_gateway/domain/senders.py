@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 
+from sms_gateway.domain.msisdn import international_digits, read_in_country
+
 # Alphanumeric, up to 11 characters with at least one letter, spaces only between others (" 48974" or "CINEMA "
 # would be look-alikes the registry tells apart); or a number of 3 to 15 digits (shortcode or long code), with or
 # without '+'. Without the letter, "1" or "12" passed as an alphanumeric id, though no network takes such a number.
@@ -52,3 +54,19 @@ def inbound_sender(raw: str) -> str:
     if not sender.isprintable():
         raise ValueError("a sender with a control character")
     return sender
+
+
+def recipient_forms(to: str, country: str | None) -> tuple[str, ...]:
+    """The registry forms the number an inbound SMS was sent to (`to`, as its upstream wrote it) may be registered
+    under, the form as written first: then its international digits, a `00` prefix dropped (`002348020000011`) and,
+    given the country whose national forms the upstream writes (its `country` setting), a national form read there
+    (`08020000011` in NG). An SMSC (Kannel, Jasmin) passes the number as the network gave it, and an operator
+    registers a long code in international form; a sender registered as written (a short code, `08020000011` itself)
+    is still found as written."""
+    forms = [registry_form(to)]
+    digits = to.removeprefix("+")
+    if digits.isascii() and digits.isdigit():
+        international = read_in_country(digits, country) if country else international_digits(digits)
+        if international and international not in forms:
+            forms.append(international)
+    return tuple(forms)

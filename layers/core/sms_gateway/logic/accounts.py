@@ -18,6 +18,7 @@ from sms_gateway.domain.models import (
     iso,
     utc_now,
 )
+from sms_gateway.domain.msisdn import region_code
 from sms_gateway.domain.networks import CATALOGUE
 from sms_gateway.domain.pricing import ANY_NETWORK, ROUTE_TIERS, PriceTable, price_key
 from sms_gateway.domain.routing import RouteTable, upstream_name
@@ -197,13 +198,8 @@ def account_view(account: Account) -> AccountView:
 
 
 def check_country(code: str) -> str:
-    # Imported here: only account settings need it, and it costs the api function's cold start.
-    import phonenumbers
-
-    # Two ASCII letters before upper-casing: Unicode's upper case makes 'ß' 'SS' (South Sudan) and a dotless-i 'id'
-    # 'ID' (Indonesia), real regions the client never named.
-    country = code.strip().upper() if re.fullmatch(r"[A-Za-z]{2}", code.strip()) else ""
-    if country not in phonenumbers.SUPPORTED_REGIONS:
+    country = region_code(code)
+    if country is None:
         raise InvalidRequest(f"country {code!r} is not an ISO 3166 code phonenumbers knows (e.g. NG, KE, GH)")
     return country
 

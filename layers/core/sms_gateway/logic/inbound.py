@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sms_gateway.domain.ids import id_time_ms, new_id
-from sms_gateway.domain.models import CallbackRequest, InboundSms, SentMessage, StoredInbound
+from sms_gateway.domain.models import CallbackRequest, InboundSms, SenderRegistration, SentMessage, StoredInbound
 from sms_gateway.domain.msisdn import InvalidMsisdn, Msisdn, parse_msisdn
 from sms_gateway.domain.optouts import keyword_request
 from sms_gateway.domain.routing import RouteTable
-from sms_gateway.domain.senders import inbound_sender
+from sms_gateway.domain.senders import inbound_sender, recipient_forms
 from sms_gateway.errors import CallbackRejected, Unauthorized
 from sms_gateway.logic.notify import NOTIFY_SWEEP_DELAY
 from sms_gateway.logic.optouts import apply_keyword, apply_keyword_to_released_sender, records_of
@@ -38,6 +38,9 @@ class InboundDependencies:
     opt_outs: OptOutStore | None = None
     # How long after it is stored an SMS whose notification is not queued waits for the sweeper to queue it.
     notify_sweep_delay: timedelta = NOTIFY_SWEEP_DELAY
+    # The country whose national forms the upstream writes numbers in (its `country` setting: an SMSC passes
+    # `08020000011` as the network gave it); None: a national form is read only as the account's own numbers are.
+    upstream_country: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,12 +79,18 @@ def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundD
     if not provider.verify_callback(request):
         raise Unauthorized(f"callback not verified for upstream {provider.name!r}")
     sms = provider.parse_inbound(request)
-    registration = deps.accounts.sender_registration(sms.to)
+    to, registration = _recipient(sms.to, deps)
+    # One form of the account's number from here on: stored, forwarded, threaded and opted out of as registered.
+    sms = sms.model_copy(update={"to": to})
     if registration is None:
         # Acknowledged so the upstream stops retrying; nobody here owns that number. A STOP / START to a number an
         # operator released is applied first, for its next owner (a failure fails the callback, to be retried).
         _apply_keyword_to_released_sender(provider.name, sms, deps)
-        logger.warning("inbound SMS to a number no account owns", extra={"to": sms.to, "upstream": sms.upstream})
+        logger.warning(
+            "inbound SMS to a number no account owns (an upstream that writes numbers in national form needs its "
+            "`country` setting)",
+            extra={"to": sms.to, "upstream": sms.upstream, "upstream_country": deps.upstream_country},
+        )
         return InboundOutcome(routed=False, stored=False)
     account_id = registration.account_id
     allowed = registration.inbound_upstreams_with(deps.routes().upstreams_for_account(account_id))
@@ -128,6 +137,18 @@ def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundD
         queue_inbound_notification(found.inbound, deps.inbox, deps.publish)
     _apply_pending_keyword(found.inbound, deps)
     return InboundOutcome(routed=True, stored=False, inbound=found.inbound)
+
+
+def _recipient(to: str, deps: InboundDependencies) -> tuple[str, SenderRegistration | None]:
+    """The number an SMS was sent to, in the form its account registered it, with its registration: looked up as the
+    upstream wrote it, then in international form (`recipient_forms`). None registered: its international form (a
+    number is registered so, and released so), with None."""
+    forms = recipient_forms(to, deps.upstream_country)
+    for form in forms:
+        registration = deps.accounts.sender_registration(form)
+        if registration is not None:
+            return form, registration
+    return forms[-1], None
 
 
 def _apply_keyword_to_released_sender(upstream: str, sms: InboundSms, deps: InboundDependencies) -> None:

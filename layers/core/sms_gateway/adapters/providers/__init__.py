@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sms_gateway.domain.msisdn import region_code
 from sms_gateway.errors import NotFound, Unavailable
 from sms_gateway.observability import logger
 from sms_gateway.ports import Provider
@@ -139,6 +140,7 @@ def check_configuration(name: str, stored: str) -> None:
     try:
         _factory(name, config)(name, config)
         _rate_limit_in(name, config)
+        _country_in(name, config)
     except NotFound as error:
         raise InvalidUpstreamConfig(error.message) from error
     except KeyError as error:
@@ -230,6 +232,30 @@ def _rate_limit_in(name: str, config: dict[str, Any]) -> int | None:
             f"(absent or 0: unlimited), not {value!r}; fix the parameter {parameter_name(name)}"
         )
     return limit or None
+
+
+def upstream_country(name: str) -> str | None:
+    """The country whose national forms upstream `name` writes numbers in (`country` in its configuration, an ISO
+    3166 code: `NG`), for reading the numbers of its inbound SMS (`08020000011`); None when not set. One not valid is
+    logged and not used, so its SMS in international form are still taken (`admin set-route` refuses it)."""
+    try:
+        return _country_in(name, provider_config(name))
+    except InvalidUpstreamConfig as error:
+        logger.error(str(error), extra={"upstream": name, "parameter": parameter_name(name)})
+        return None
+
+
+def _country_in(name: str, config: dict[str, Any]) -> str | None:
+    value = config.get("country")
+    if value is None:
+        return None
+    country = region_code(value) if isinstance(value, str) else None
+    if country is None:
+        raise InvalidUpstreamConfig(
+            f"upstream {name!r}: country must be the ISO 3166 code of the country whose national forms it writes "
+            f"numbers in (NG, KE, GH), not {value!r}; fix the parameter {parameter_name(name)}"
+        )
+    return country
 
 
 def _whole_number(value: Any) -> int | None:
