@@ -129,3 +129,23 @@ def test_a_short_code_is_found_as_written_and_a_national_form_is_read_only_in_th
     # And the national form is read in the upstream's country when it has one (`ng` is NG); without, it is
     # acknowledged and dropped as to a number no account owns: nothing is guessed, it could be any country's
     assert [sms.to for sms in store.list_inbounds(owner["account_id"])[0]] == ([LONG_CODE] if country else [])
+
+
+@pytest.mark.xfail(strict=True, reason="a national `from` is read in the account's country, not the SMSC's")
+def test_a_national_sender_is_read_in_the_upstream_s_country_whatever_the_account_s_default(aws):
+    # Given a Nigerian SMSC's Kannel (country NG) delivering the long code of an account whose default country is
+    # Ghana (it sends mostly there)
+    from sms_gateway_tools.admin import set_account
+
+    kannel(aws, country="NG")
+    account = long_code_account()
+    set_account(account_id=account["account_id"], country="GH")
+    # When a Nigerian handset texts STOP, its number in the national form of the SMSC's country
+    answer = load_function("webhook").handler(kannel_mo("08031234567", LONG_CODE, "STOP"), FakeContext())
+    # Then the SMS is from that Nigerian number (not a sender that is no number), and the STOP opts it out
+    assert answer["statusCode"] == 200, answer
+    from sms_gateway.bootstrap import gateway
+
+    [stored] = gateway().store.list_inbounds(account["account_id"])[0]
+    assert stored.msisdn == f"+{HANDSET}"
+    assert f"+{HANDSET}" in gateway().store.opted_out(account["account_id"], LONG_CODE, [f"+{HANDSET}"])
