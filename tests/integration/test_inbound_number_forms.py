@@ -131,7 +131,6 @@ def test_a_short_code_is_found_as_written_and_a_national_form_is_read_only_in_th
     assert [sms.to for sms in store.list_inbounds(owner["account_id"])[0]] == ([LONG_CODE] if country else [])
 
 
-@pytest.mark.xfail(strict=True, reason="a national `from` is read in the account's country, not the SMSC's")
 def test_a_national_sender_is_read_in_the_upstream_s_country_whatever_the_account_s_default(aws):
     # Given a Nigerian SMSC's Kannel (country NG) delivering the long code of an account whose default country is
     # Ghana (it sends mostly there)

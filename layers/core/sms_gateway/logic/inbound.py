@@ -110,7 +110,7 @@ def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundD
             },
         )
         return InboundOutcome(routed=False, stored=False, not_allowed=True)
-    sender = _sender(sms.msisdn, account_id, deps.accounts)
+    sender = _sender(sms.msisdn, account_id, deps)
     stored = _stored(sms, account_id, sender, deps.conversations, applies_keywords=deps.opt_outs is not None)
     # Stored marked as not queued yet, in the same write: a callback that fails or dies before the notification is
     # queued leaves the mark, and a sweep queues it even when the upstream never posts the callback again.
@@ -173,7 +173,7 @@ def _apply_keyword_to_released_sender(upstream: str, sms: InboundSms, deps: Inbo
             extra={"upstream": upstream, "to": sms.to, "from": mask_msisdn(sms.msisdn), "released_by": released_by},
         )
         return
-    number = _sender(sms.msisdn, released_by, deps.accounts)
+    number = _sender(sms.msisdn, released_by, deps)
     if isinstance(number, str):
         return  # a sender ID or short code cannot be texted: its keywords change no opt-out
     try:
@@ -280,14 +280,16 @@ def _apply_unless_superseded(inbound: StoredInbound, inbox: InboxStore, opt_outs
     return True
 
 
-def _sender(raw: str, account_id: str, accounts: AccountStore) -> Msisdn | str:
+def _sender(raw: str, account_id: str, deps: InboundDependencies) -> Msisdn | str:
     """The handset's number, read as the client's own numbers are (parse_msisdn): international with '+' or `00`;
-    bare digits international when they start with the account country's calling code (as upstreams mostly give
-    it), else in the national form of the account's country (an SMSC passing `08020000000`, or a US `6465550123`,
-    through as the handset sent it), each reading falling back to the other. Bare digits are never read as
-    international first: a 10-digit US number is often a valid number elsewhere (+65 6555 0123), and the STOP it
-    sent would be recorded for that one. The inbox's number filter reads a number the same way, so a number is the
-    same everywhere.
+    bare digits international when they start with the country's calling code (as upstreams mostly give it), else
+    in its national form (an SMSC passing `08020000000`, or a US `6465550123`, through as the handset sent it), each
+    reading falling back to the other. The country is the upstream's own (`upstream_country`), whose network wrote
+    the number, else the account's default: until 2026-12-07 always the account's, so a Nigerian SMSC's
+    `08031234567` to an account sending mostly to Ghana was stored from a sender that is no number, its STOP lost.
+    Bare digits are never read as international first: a 10-digit US number is often a valid number elsewhere
+    (+65 6555 0123), and the STOP it sent would be recorded for that one. The inbox's number filter reads a number
+    the same way, so a number is the same everywhere.
 
     A sender that is no phone number (a service's sender ID, `WhatsApp`; a carrier's short code, `131`) is the
     sender as the upstream gave it, trimmed: the SMS was sent to the account's number all the same, and may be the
@@ -297,9 +299,9 @@ def _sender(raw: str, account_id: str, accounts: AccountStore) -> Msisdn | str:
         sender = inbound_sender(raw)
     except ValueError as error:
         raise CallbackRejected(f"inbound SMS from {error}") from None
-    country = "NG"
-    if not sender.startswith(("+", "00")):
-        account = accounts.get_account(account_id)
+    country = deps.upstream_country or "NG"
+    if deps.upstream_country is None and not sender.startswith(("+", "00")):
+        account = deps.accounts.get_account(account_id)
         country = account.default_country if account is not None else country
     try:
         return parse_msisdn(sender, country)
