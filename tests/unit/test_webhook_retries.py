@@ -40,11 +40,17 @@ class FailureStore(InMemoryStore):
         super().__init__()
         self.failures: dict[tuple[str, str], WebhookFailure] = {}
 
-    def save_webhook_failure(self, failure: WebhookFailure, *, only_from: frozenset[WebhookFailureState]) -> bool:
+    def save_webhook_failure(
+        self, failure: WebhookFailure, *, only_from: frozenset[WebhookFailureState], attempts_before: int | None = None
+    ) -> bool:
         key = (failure.account_id, failure.notification_id)
         current = self.failures.get(key)
         if current is not None and current.state not in only_from:
             return False
+        if attempts_before is not None:
+            counted = 0 if current is None or current.state == "resent" else current.attempts
+            if counted != attempts_before:
+                return False
         first = current.first_failed_at if current else failure.first_failed_at
         self.failures[key] = failure.model_copy(update={"first_failed_at": first})
         return True
@@ -287,7 +293,7 @@ def test_a_failed_notification_that_finds_no_url_is_dead_saying_so_once():
     # Given a notification that failed once (retrying) and one that was resent
     store = FailureStore()
     webhook_retries.record_failure(store, notification(1), failed(), attempt=1, delays=DEFAULT, now=NOW)
-    webhook_retries.record_failure(store, notification(2), failed(), attempt=8, delays=DEFAULT, now=NOW)
+    webhook_retries.record_failure(store, notification(2), failed(), attempt=1, delays=(), now=NOW)
     webhook_retries.resend_failure(store, RecordingNotifyQueue(), "7", "dlr_2_2", now=NOW)
     # When each comes back and finds no URL set
     later = NOW + timedelta(minutes=5)

@@ -509,6 +509,41 @@ async def post_webhook(url: str, headers: dict[str, str], body: bytes) -> Webhoo
         ) from error
 
 
+# The notify queue's maxReceiveCount (template.yaml NotifyQueue): SQS's redrive parks a record received this often in
+# the notify DLQ, without a reason, whatever it was waiting for.
+NOTIFY_MAX_RECEIVES = 12
+# A notify-queue record received this often that must come back later is queued again as a fresh record (its receive
+# count starts over: one SendMessage where a hand-back is one ChangeMessageVisibility) rather than handed back. The
+# usual path stays below it: a settle check takes 6 receives for the 48 h DLR wait (7 for the longest, 72 h), and a
+# notification is handed back after each of its attempts (7 with the default schedule). Every receive spent
+# otherwise (a hand-back SQS refused brings the record back after the visibility timeout; an invocation that crashed
+# or timed out) is a receive nearer the redrive: until 2026-12-07 seven refused hand-backs within the 48 h parked a
+# settle check (its messages left `submitted` and charged), and a notification lost its attempts. From here a record
+# has 4 receives to be queued afresh (a requeue that fails too hands it back as before).
+NOTIFY_REQUEUE_FROM = NOTIFY_MAX_RECEIVES - 3
+
+
+def _receives(record: SQSRecord) -> int:
+    """How often SQS has handed the record out (1 when the event does not say)."""
+    return int((record.get("attributes") or {}).get("ApproximateReceiveCount") or 1)
+
+
+def _come_back_later(record: SQSRecord, body: dict[str, Any], seconds: int, later: Exception) -> dict[str, Any]:
+    """Hands the notify-queue record back for `seconds` (raising `later`, so that it is kept) or, received
+    NOTIFY_REQUEUE_FROM times already, queues `body` as a fresh record in its place (the record is then deleted)."""
+    queue = gateway().notify_queue
+    if _receives(record) >= NOTIFY_REQUEUE_FROM:
+        try:
+            queue.requeue(body, seconds)
+        except Exception:
+            logger.warning("could not requeue a notify-queue record near its receive limit; handing it back")
+        else:
+            metrics.add_metric(name="NotifyRecordsRequeued", unit="Count", value=1)
+            return {"requeued": True}
+    queue.delay(record.receipt_handle, seconds)
+    raise later
+
+
 class NotifyLater(Exception):
     """Raised for a notification the client's webhook failed: the record comes back after its retry delay."""
 
@@ -531,7 +566,11 @@ def notify_record(record: SQSRecord) -> dict[str, Any]:
     notification = json.loads(record.body)
     if settle.is_settle_check(notification):
         return _settle_record(record, notification)
-    attempt = int(record.attributes.approximate_receive_count or 1)
+    # A requeued copy received before its next attempt is due waits again, posting nothing.
+    wait = webhook_retries.seconds_until_due(notification, utc_now())
+    if wait:
+        return _come_back_later(record, notification, wait, NotifyLater(f"requeued notification due in {wait} s"))
+    attempt = webhook_retries.attempt_of(notification, _receives(record))
     wiring = gateway()
     # Before the post, whatever the client's webhook does: a STOP is the law's, not the client's, to honour.
     if inbound.apply_keyword_still_pending(notification, wiring.store, wiring.store, utc_now()):
@@ -591,8 +630,8 @@ def _settle_record(record: SQSRecord, check: dict[str, Any]) -> dict[str, Any]:
     if incomplete is not None:
         raise incomplete
     if outcome.check_again_in is not None:
-        wiring.notify_queue.delay(record.receipt_handle, outcome.check_again_in)
-        raise SettleLater(f"settle check due in {outcome.check_again_in} s")
+        later = SettleLater(f"settle check due in {outcome.check_again_in} s")
+        return _come_back_later(record, check, outcome.check_again_in, later)
     # Only the expiries: the changes also hold what reports held on an upstream id settled (delivered, failed).
     if outcome.expired:
         metrics.add_metric(name="MessagesExpiredWithoutDlr", unit="Count", value=len(outcome.expired))
@@ -603,9 +642,12 @@ def _notify_failed(
     record: SQSRecord, notification: dict[str, Any], attempt: int, failure: WebhookFailed
 ) -> dict[str, Any]:
     wiring = gateway()
+    now = utc_now()
     outcome = webhook_retries.record_failure(
-        wiring.store, notification, failure, attempt=attempt, delays=wiring.settings.notify_retry_delays, now=utc_now()
+        wiring.store, notification, failure, attempt=attempt, delays=wiring.settings.notify_retry_delays, now=now
     )
+    # The attempt the failure record counts, whatever the record's receives were.
+    attempt = outcome.failure.attempts
     context = {"notification_id": outcome.failure.notification_id, "attempt": attempt, "reason": str(failure)}
     if outcome.delivered_already:
         # A copy of a notification the client has (its record reads delivered): SQS deletes it, nothing is owed.
@@ -613,13 +655,18 @@ def _notify_failed(
         metrics.add_metric(name="WebhookCopiesDropped", unit="Count", value=1)
         return {"delivered": False, "delivered_already": True}
     if outcome.retry_in is not None:
-        wiring.notify_queue.delay(record.receipt_handle, outcome.retry_in)
         logger.info("client webhook failed; retrying", extra={**context, "retry_in": outcome.retry_in})
         metrics.add_metric(name="WebhooksRetried", unit="Count", value=1)
-        raise NotifyLater(f"client webhook failed (attempt {attempt}), next in {outcome.retry_in} s: {failure}")
-    # Recorded dead before it is parked: if the send below fails, SQS brings the record back and this repeats.
+        later = NotifyLater(f"client webhook failed (attempt {attempt}), next in {outcome.retry_in} s: {failure}")
+        copy = webhook_retries.requeued(notification, outcome.failure, outcome.retry_in, now)
+        return _come_back_later(record, copy, outcome.retry_in, later)
+    # Recorded dead before it is parked: if the send below fails, SQS brings the record back and this repeats. Parked
+    # as it was queued, without a requeued copy's count and due time (replayed, it would be dead at once).
+    parked = webhook_retries.parked_notification(notification)
     SqsDeadLetterQueue(wiring.settings.notify_dead_letter_queue_url).dead_letter(
-        record.body, reason=f"client webhook failed {attempt} attempts", error=str(failure)
+        json.dumps(parked) if parked != notification else record.body,
+        reason=f"client webhook failed {attempt} attempts",
+        error=str(failure),
     )
     logger.warning("client webhook notification dead-lettered", extra=context)
     metrics.add_metric(name="WebhooksDeadLettered", unit="Count", value=1)

@@ -981,9 +981,13 @@ class WebhookFailure(BaseModel):
 class WebhookFailureStore(Protocol):
     """Failed client notifications, one record per notification id (writes are upserts: SQS redelivers)."""
 
-    def save_webhook_failure(self, failure: WebhookFailure, *, only_from: frozenset[WebhookFailureState]) -> bool:
+    def save_webhook_failure(
+        self, failure: WebhookFailure, *, only_from: frozenset[WebhookFailureState], attempts_before: int | None = None
+    ) -> bool:
         """Creates or overwrites the record (its first_failed_at is kept) if there is none yet or its state is
-        in `only_from`; False when the record is in another state and was left alone."""
+        in `only_from`; False when the record is in another state and was left alone. With `attempts_before`, only
+        if the record counts that many failed attempts: none for a record not there yet or `resent` (a resend's
+        count starts over), its `attempts` otherwise."""
         ...
 
     def get_webhook_failure(self, account_id: str, notification_id: str) -> WebhookFailure | None: ...

@@ -39,7 +39,9 @@ class DynamoNotificationsMixin:
     table_name: str
     _codec: Any
 
-    def save_webhook_failure(self, failure: WebhookFailure, *, only_from: frozenset[WebhookFailureState]) -> bool:
+    def save_webhook_failure(
+        self, failure: WebhookFailure, *, only_from: frozenset[WebhookFailureState], attempts_before: int | None = None
+    ) -> bool:
         expires_at = int(time.time() + FAILURE_RETENTION.total_seconds())
         values: dict[str, Any] = {
             "account_id": failure.account_id,
@@ -64,11 +66,7 @@ class DynamoNotificationsMixin:
         sets.append("#first_failed_at = if_not_exists(#first_failed_at, :first_failed_at)")
         attribute_values = self._codec.dump({f":{name}": value for name, value in given.items()})
         attribute_values[":first_failed_at"] = {"S": failure.first_failed_at}
-        allowed = sorted(only_from)
-        attribute_values |= {f":from{i}": {"S": state} for i, state in enumerate(allowed)}
-        condition = "attribute_not_exists(pk)"
-        if allowed:
-            condition += f" OR #state IN ({', '.join(f':from{i}' for i in range(len(allowed)))})"
+        condition = _failure_condition(sorted(only_from), attempts_before, names, attribute_values)
         update = f"SET {', '.join(sets)}" + (f" REMOVE {', '.join(removed)}" if removed else "")
         try:
             answer = self.client.update_item(
@@ -200,3 +198,25 @@ class DynamoNotificationsMixin:
         items = batch_get(self.client, self.table_name, keys, consistent=True)
         failures = [self._failure_from_item(item) for item in items]
         return {failure.notification_id: failure for failure in failures}
+
+
+def _failure_condition(
+    allowed: list[str], attempts_before: int | None, names: dict[str, str], values: dict[str, Any]
+) -> str:
+    """save_webhook_failure's condition: no record yet, or one in an `allowed` state (and, with `attempts_before`,
+    counting that many failed attempts: a `resent` one counts none). Adds its names and values."""
+    values |= {f":from{i}": {"S": state} for i, state in enumerate(allowed)}
+    states = f"#state IN ({', '.join(f':from{i}' for i in range(len(allowed)))})" if allowed else ""
+    if attempts_before is None:
+        return " OR ".join(["attribute_not_exists(pk)", *([states] if states else [])])
+    clauses = []
+    if attempts_before == 0:
+        clauses.append("attribute_not_exists(pk)")
+        if "resent" in allowed:
+            values[":resent"] = {"S": "resent"}
+            clauses.append("#state = :resent")
+    if states:
+        names["#attempts"] = "attempts"
+        values[":attempts_before"] = {"N": str(attempts_before)}
+        clauses.append(f"({states} AND #attempts = :attempts_before)")
+    return " OR ".join(clauses) or "attribute_not_exists(pk) AND attribute_exists(pk)"

@@ -13,6 +13,8 @@ from sms_gateway.domain.models import DispatchCommand
 from sms_gateway.ports import MAX_QUEUE_DELAY_SECONDS, PartlyQueued
 
 SEND_BATCH_SIZE = 10
+# The longest DelaySeconds SQS takes on a message sent.
+MAX_SEND_DELAY = 900
 
 
 class _Queue:
@@ -143,3 +145,10 @@ class SqsNotifyQueue(_Queue):
 
     def publish(self, notifications: Sequence[dict[str, Any]]) -> None:
         self._send([{"MessageBody": json.dumps(n)} for n in notifications])
+
+    def requeue(self, body: dict[str, Any], seconds: int) -> None:
+        """Queues `body` as a fresh record (its receive count starts over), delayed for `seconds`, at most the 15
+        minutes SQS delays a message: a record due later is received early and waits again."""
+        self.client.send_message(
+            QueueUrl=self.queue_url, MessageBody=json.dumps(body), DelaySeconds=max(0, min(seconds, MAX_SEND_DELAY))
+        )

@@ -8,7 +8,7 @@ import math
 import random
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -96,37 +96,98 @@ def record_failure(
     now: datetime,
     rand: Callable[[], float] = random.random,
 ) -> FailureOutcome:
-    """Records a failed attempt (retrying, or dead after the last one) and says when to try again."""
-    retry_in = retry_delay(attempt, delays, retry_after=error.retry_after, rand=rand)
-    failure = WebhookFailure(
-        account_id=str(notification["account_id"]),
-        notification_id=notification_id(notification),
-        kind=str(notification.get("kind", "")),
-        url=error.url or notification.get("url"),
-        state="retrying" if retry_in is not None else "dead",
-        attempts=attempt,
-        last_error=str(error)[:1024],
-        last_status_code=error.status_code,
-        first_failed_at=iso(now),
-        last_attempt_at=iso(now),
-        next_attempt_at=iso(now + timedelta(seconds=retry_in)) if retry_in is not None else None,
-        # The resend marker is the queue's business, not part of what is stored for the next resend.
-        notification={k: v for k, v in notification.items() if k != "resent"},
-    )
-    recorded = store.save_webhook_failure(failure, only_from=_RETRYING_FROM if retry_in is not None else _DEAD_FROM)
-    delivered_already = False
-    if not recorded:
-        # Left alone: delivered, or (for a retry) dead. Only the first means the client has it; a copy of a dead
-        # notification is as undelivered as the first one was and keeps its schedule. One read, and only here.
-        found = store.get_webhook_failure(failure.account_id, failure.notification_id)
-        delivered_already = found is not None and found.state == "delivered"
-    return FailureOutcome(retry_in=retry_in, failure=failure, recorded=recorded, delivered_already=delivered_already)
+    """Records a failed attempt (retrying, or dead after the last one) and says when to try again.
+    `attempt` is what the caller takes this attempt to be (attempt_of: its record's receives); the number recorded
+    is the record's count of failed attempts plus one, by a write conditional on that count. A receive that posted
+    nothing (the notifier crashed or timed out before the post, a requeued copy waited out its delay) is thus no
+    attempt: until 2026-12-07 each was one, and the notification went dead posted fewer times than its schedule
+    says (and a record received 12 times was parked by SQS's redrive, its record left `retrying`). When the count is
+    not the one guessed, it is read and the write made again: one read and one write more, off the usual path."""
+
+    def record(attempt: int) -> FailureOutcome:
+        """Records failed attempt `attempt`, if the record counts attempt - 1 failed attempts before it (or, for the
+        first, there is none yet or it was resent)."""
+        retry_in = retry_delay(attempt, delays, retry_after=error.retry_after, rand=rand)
+        failure = WebhookFailure(
+            account_id=str(notification["account_id"]),
+            notification_id=notification_id(notification),
+            kind=str(notification.get("kind", "")),
+            url=error.url or notification.get("url"),
+            state="retrying" if retry_in is not None else "dead",
+            attempts=attempt,
+            last_error=str(error)[:1024],
+            last_status_code=error.status_code,
+            first_failed_at=iso(now),
+            last_attempt_at=iso(now),
+            next_attempt_at=iso(now + timedelta(seconds=retry_in)) if retry_in is not None else None,
+            # What the queue adds (the resend marker, a requeued copy's count and due time) is not part of what is
+            # stored for the next resend.
+            notification=stored_notification(notification),
+        )
+        recorded = store.save_webhook_failure(
+            failure, only_from=_RETRYING_FROM if retry_in is not None else _DEAD_FROM, attempts_before=attempt - 1
+        )
+        return FailureOutcome(retry_in=retry_in, failure=failure, recorded=recorded)
+
+    outcome = record(attempt)
+    if outcome.recorded:
+        return outcome
+    # Left alone: delivered, dead, or counted otherwise than guessed. One read, and only here.
+    found = store.get_webhook_failure(outcome.failure.account_id, outcome.failure.notification_id)
+    if found is None or found.state in _COUNTED:
+        counted = 0 if found is None or found.state == "resent" else found.attempts
+        outcome = record(counted + 1)
+        if outcome.recorded:
+            return outcome
+    # Delivered: the client has it. A copy of a dead notification is as undelivered as the first one was and keeps
+    # its schedule (by its own receives).
+    return replace(outcome, delivered_already=found is not None and found.state == "delivered")
+
+
+# The states whose count of failed attempts a failure goes on from (a resent notification's starts over).
+_COUNTED: frozenset[WebhookFailureState] = frozenset({"retrying", "resent"})
+
+
+# What the notify queue adds to a notification: the resend marker, and a requeued copy's attempts and due time.
+RESENT = "resent"
+ATTEMPTS = "attempts"
+NOT_BEFORE = "not_before"
+
+
+def stored_notification(notification: dict[str, Any]) -> dict[str, Any]:
+    """The notification as it was first queued, without what the queue added to it."""
+    return {k: v for k, v in notification.items() if k not in (RESENT, ATTEMPTS, NOT_BEFORE)}
+
+
+def parked_notification(notification: dict[str, Any]) -> dict[str, Any]:
+    """The notification as the notify DLQ keeps it: without a requeued copy's count and due time."""
+    return {k: v for k, v in notification.items() if k not in (ATTEMPTS, NOT_BEFORE)}
+
+
+def attempt_of(notification: dict[str, Any], receives: int) -> int:
+    """What a receive of the notification is taken to be as an attempt: the failed attempts a requeued copy carries,
+    plus its record's receives. Only a guess, which record_failure corrects from the failure record's count."""
+    return int(notification.get(ATTEMPTS) or 0) + max(receives, 1)
+
+
+def requeued(notification: dict[str, Any], failure: WebhookFailure, retry_in: int, now: datetime) -> dict[str, Any]:
+    """The notification as a fresh record of the notify queue after failed attempt `failure.attempts`: its count,
+    and when its next attempt is due (a record is delayed 15 minutes at most; one received earlier waits again)."""
+    return {**notification, ATTEMPTS: failure.attempts, NOT_BEFORE: iso(now + timedelta(seconds=retry_in))}
+
+
+def seconds_until_due(notification: dict[str, Any], now: datetime) -> int:
+    """Seconds before a requeued copy's next attempt is due; 0 when it is due (or was never requeued)."""
+    due = notification.get(NOT_BEFORE)
+    if not due:
+        return 0
+    return max(0, math.ceil((from_iso(str(due)) - now).total_seconds()))
 
 
 def may_have_failure_record(notification: dict[str, Any], attempt: int) -> bool:
     """Only a notification that failed before can have a record to close (delivered, or dead for want of a URL):
     the first try of a new one costs no extra write. A resent one starts again at attempt 1, so it says so itself."""
-    return attempt > 1 or bool(notification.get("resent"))
+    return attempt > 1 or bool(notification.get(RESENT) or notification.get(ATTEMPTS))
 
 
 def record_delivered(store: WebhookFailureStore, notification: dict[str, Any], *, now: datetime) -> bool:
@@ -282,7 +343,7 @@ def _queue(queue: NotificationQueue, failures: list[WebhookFailure]) -> None:
     if not failures:
         return
     try:
-        queue.publish([{**failure.notification, "resent": True} for failure in failures])
+        queue.publish([{**failure.notification, RESENT: True} for failure in failures])
     except PartlyQueued as error:
         failures[:] = [failures[i] for i in error.failed if 0 <= i < len(failures)]
         raise
