@@ -78,7 +78,6 @@ def documented_headers(operation: dict[str, Any], status: int) -> set[str]:
     return {name.lower() for name in operation["responses"].get(str(status), {}).get("headers", {})}
 
 
-@pytest.mark.xfail(strict=True, reason="the document does not say a 401 carries WWW-Authenticate")
 def test_every_refusal_of_credentials_is_documented_with_its_challenge(gateway, document):
     """A 401 that carries WWW-Authenticate (9bits' Bearer, /login's Basic) says so in the document, and one that
     does not (the session headers are no HTTP scheme) does not."""
@@ -104,14 +103,12 @@ def refusals(gateway: Gateway, document: dict[str, Any], account: dict[str, Any]
     return wrong
 
 
-@pytest.mark.xfail(strict=True, reason="the document lists the same errors for every operation of a dialect")
 def test_only_the_operations_that_read_a_body_document_413(gateway, document, broke):
     headers = {"content-type": "application/json"}
     wrong = refusals(gateway, document, broke, 413, headers=headers, body=OVERSIZE)
     assert not wrong, "\n".join(wrong)
 
 
-@pytest.mark.xfail(strict=True, reason="the document lists the same errors for every operation of a dialect")
 def test_only_the_operations_that_refuse_a_content_type_document_415(gateway, document, broke):
     headers = {"content-type": "text/plain"}
     wrong = refusals(gateway, document, broke, 415, headers=headers, body="hello")
@@ -131,14 +128,12 @@ PLAUSIBLE = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="the document lists the same errors for every operation of a dialect")
 def test_only_the_operations_that_charge_credits_document_402(gateway, document, broke):
     """A send the account cannot pay is 402 in 9bits (the session-key family says 400, as its seed does)."""
     wrong = refusals(gateway, document, broke, 402, body=PLAUSIBLE)
     assert not wrong, "\n".join(wrong)
 
 
-@pytest.mark.xfail(strict=True, reason="the document lists the same errors for every operation of a dialect")
 def test_only_the_operations_that_name_a_record_document_404(gateway, document, broke):
     """An id the account has no record under is 404; an operation that names no record has nothing to miss (an
     unknown group in a send's `to` is a 400 naming it)."""
@@ -146,7 +141,6 @@ def test_only_the_operations_that_name_a_record_document_404(gateway, document, 
     assert not wrong, "\n".join(wrong)
 
 
-@pytest.mark.xfail(strict=True, reason="the document lists the same errors for every operation of a dialect")
 def test_a_read_documents_no_answer_only_a_change_gives(document):
     """A GET stores nothing, so it conflicts with nothing (409) and has nothing to undo for want of time (503)."""
     wrong = [

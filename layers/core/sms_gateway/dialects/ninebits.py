@@ -220,13 +220,17 @@ class SendRequest(BaseModel):
         )
 
 
+# Every 401 of the family names the scheme it takes (RFC 6750 section 3).
+CHALLENGE = "Bearer"
+
+
 def render_error(error: GatewayError) -> Response[Any]:
     status = status_for(error)
     body: dict[str, Any] = {"status_code": status, "message": error.message}
     if isinstance(error, InvalidNumbers):
         # The message names the first ten; the list names each, as the dry run lists them.
         body |= listed_invalid(error.rejected, "to")
-    return json_response(status, body, headers=error_headers(error, challenge="Bearer"))
+    return json_response(status, body, headers=error_headers(error, challenge=CHALLENGE))
 
 
 def listed_invalid(rejected: Sequence[Rejection], field: str) -> dict[str, Any]:

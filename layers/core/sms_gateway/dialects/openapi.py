@@ -56,8 +56,8 @@ class DocumentedResolver(APIGatewayHttpResolver):
         schema = super().get_openapi_schema(*args, **kwargs)
         document = schema.model_dump(by_alias=True, exclude_none=True, mode="json")
         components = document.setdefault("components", {}).setdefault("schemas", {})
-        _document_operations(document)
         bodies = self.request_bodies()
+        _document_operations(document, bodies)
         registered: dict[type[BaseModel], str] = {}
         for path, operations in document.get("paths", {}).items():
             for method, operation in operations.items():
@@ -87,7 +87,7 @@ class DocumentedResolver(APIGatewayHttpResolver):
         return type(schema).model_validate(document)
 
 
-def _document_operations(document: dict[str, Any]) -> None:
+def _document_operations(document: dict[str, Any], bodies: dict[tuple[str, str], Any]) -> None:
     """Each operation's answers (success and its dialect's errors), the credentials it takes and the parameters it
     reads itself."""
     from sms_gateway.dialects.openapi_responses import SECURITY_SCHEMES, parameters_for, responses_for, security_for
@@ -95,7 +95,8 @@ def _document_operations(document: dict[str, Any]) -> None:
     document["components"]["securitySchemes"] = SECURITY_SCHEMES
     for path, operations in document.get("paths", {}).items():
         for method, operation in operations.items():
-            operation["responses"] = responses_for(path, method, operation.get("responses", {}))
+            reads_body = (path.rstrip("/") or "/", method) in bodies
+            operation["responses"] = responses_for(path, method, operation.get("responses", {}), reads_body=reads_body)
             security = security_for(path)
             if security is not None:
                 operation["security"] = security

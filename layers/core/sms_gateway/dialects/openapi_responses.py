@@ -38,18 +38,31 @@ def shape(optional: dict[str, Schema] | None = None, **required: Schema) -> Sche
 
 # A send refused for invalid numbers lists each of them too (`invalid`, as the dry run does).
 NINEBITS_ERROR = shape({"invalid_count": INTEGER, "invalid": ARRAY}, status_code=INTEGER, message=STRING)
-NINEBITS_ERROR_STATUSES = (400, 401, 402, 404, 409, 413, 415, 500, 503)
 SESSION_ERROR = shape({"invalid_recipients": ARRAY}, result={"const": "KO"}, error=STRING)
-SESSION_ERROR_STATUSES = (400, 401, 404, 409, 413, 415, 500, 503)
-# The dialects whose errors are HTTP errors: their statuses and body.
-HTTP_ERRORS: dict[str, tuple[tuple[int, ...], Schema]] = {
-    "9bits": (NINEBITS_ERROR_STATUSES, NINEBITS_ERROR),
-    "session-key": (SESSION_ERROR_STATUSES, SESSION_ERROR),
-}
+# The dialects whose errors are HTTP errors: their body.
+HTTP_ERRORS: dict[str, Schema] = {"9bits": NINEBITS_ERROR, "session-key": SESSION_ERROR}
 # The shortcode family answers every outcome as HTTP 200, an error with its code in the body.
 SHORTCODE_ERROR = shape({"response-details": STRING}, **{"response-code": INTEGER, "response-description": STRING})
-# Errors only some operations of a dialect answer: (path, method) -> statuses.
-EXTRA_ERROR_STATUSES: dict[tuple[str, str], tuple[int, ...]] = {("/login", "get"): (429,)}
+
+# What an operation can be refused for, as domain error codes (sms_gateway/errors.py); each dialect's own table
+# (dialect_statuses) turns them into the HTTP statuses listed, so a status is listed only where the operation can
+# answer it (tests/integration/test_openapi_statuses.py asks every operation for each). Every operation: bad input,
+# credentials, an unexpected failure.
+EVERY_OPERATION = ("invalid_request", "unauthorized", "internal_error")
+# An operation that reads a request body: one over the limit, or of a type the dialect does not read.
+READS_BODY = ("payload_too_large", "unsupported_media_type")
+# An operation whose path names a record of the account's.
+NAMES_A_RECORD = ("not_found",)
+# An operation that changes something: a change it conflicts with (a reused Idempotency-Key, a batch that can no
+# longer change), or one undone for want of time.
+CHANGES = ("conflict", "unavailable")
+# The sends, which charge credits.
+CHARGED: set[tuple[str, str]] = {("/ng/v1/sendsms", "post"), ("/sms", "post")}
+# Errors only some operations of a dialect answer: (path, method) -> domain error codes.
+EXTRA_ERRORS: dict[tuple[str, str], tuple[str, ...]] = {("/login", "get"): ("too_many_attempts",)}
+# Operations that change nothing another request can conflict with, and have nothing to undo: every GET (/login's
+# session is its own), and the dry run.
+CHANGES_NOTHING: set[tuple[str, str]] = {("/ng/v1/batches/dry_run", "post")}
 # Errors that pass: the answer says when to come back (dialects/common.error_headers).
 RETRY_AFTER_STATUSES = (429, 503)
 RETRY_AFTER: dict[str, Any] = {
@@ -69,6 +82,27 @@ ERROR_DESCRIPTIONS = {
     500: "an unexpected failure, logged under the request id the message names; the request may be done in part",
     503: "a send that could not be stored or queued in time, undone (nothing sent or charged): retry after Retry-After",
 }
+
+
+def dialect_statuses(dialect: str) -> tuple[dict[str, int], int]:
+    """The dialect's HTTP status of each domain error code, and its status for a code the table leaves out."""
+    if dialect == "session-key":
+        from sms_gateway.dialects import sessionkey
+
+        return sessionkey.HTTP_STATUS, sessionkey.DEFAULT_STATUS
+    from sms_gateway.dialects import common
+
+    return common.HTTP_STATUS, 400
+
+
+def challenge_for(path: str) -> str | None:
+    """The WWW-Authenticate challenge the operation's 401 carries, as its dialect's render_error sends it."""
+    from sms_gateway.dialects import ninebits, sessionkey
+
+    if path == "/login":
+        return sessionkey.LOGIN_CHALLENGE
+    return ninebits.CHALLENGE if dialect_of(path) == "9bits" else None
+
 
 # ------------------------------------------------------------------ successes
 
@@ -326,9 +360,10 @@ def dialect_of(path: str) -> str:
     return "9bits"
 
 
-def responses_for(path: str, method: str, documented: dict[str, Any]) -> dict[str, Any]:
-    """The operation's responses: its success (what `documented` says, unless the table knows better) and its
-    dialect's errors. Powertools' 422 goes: a parameter that fails validation is answered 400 in the dialect."""
+def responses_for(path: str, method: str, documented: dict[str, Any], *, reads_body: bool) -> dict[str, Any]:
+    """The operation's responses: its success (what `documented` says, unless the table knows better) and the errors
+    it can answer in its dialect (`reads_body`: it has a request body). Powertools' 422 goes: a parameter that fails
+    validation is answered 400 in the dialect."""
     key = (path.rstrip("/") or "/", method)
     responses = {status: body for status, body in documented.items() if status not in ("422", "200")}
     dialect = dialect_of(path)
@@ -347,12 +382,39 @@ def responses_for(path: str, method: str, documented: dict[str, Any]) -> dict[st
     elif "200" in documented:
         responses["200"] = documented["200"]
     if dialect in HTTP_ERRORS:
-        statuses, error_schema = HTTP_ERRORS[dialect]
-        for status in sorted((*statuses, *EXTRA_ERROR_STATUSES.get(key, ()))):
-            responses[str(status)] = _json(ERROR_DESCRIPTIONS[status], error_schema)
+        for status in error_statuses(path, method, reads_body=reads_body):
+            responses[str(status)] = _json(ERROR_DESCRIPTIONS[status], HTTP_ERRORS[dialect])
             if status in RETRY_AFTER_STATUSES:
                 responses[str(status)]["headers"] = {"Retry-After": RETRY_AFTER}
+        challenge = challenge_for(path)
+        if challenge is not None:
+            responses["401"]["headers"] = {"WWW-Authenticate": _challenge_header(challenge)}
     return responses
+
+
+def error_statuses(path: str, method: str, *, reads_body: bool) -> list[int]:
+    """The HTTP statuses of the errors the operation can answer, in its dialect's table."""
+    key = (path.rstrip("/") or "/", method)
+    codes = [*EVERY_OPERATION, *EXTRA_ERRORS.get(key, ())]
+    if reads_body:
+        codes += READS_BODY
+    if "{" in path:
+        codes += NAMES_A_RECORD
+    if method != "get" and key not in CHANGES_NOTHING:
+        codes += CHANGES
+    if key in CHARGED:
+        codes.append("insufficient_credits")
+    table, default = dialect_statuses(dialect_of(path))
+    return sorted({table.get(code, default) for code in codes})
+
+
+def _challenge_header(challenge: str) -> dict[str, Any]:
+    return {
+        "required": True,
+        "description": "the authentication scheme the operation takes, so a client that sends its credentials only "
+        "when challenged sends them",
+        "schema": {"type": "string", "const": challenge},
+    }
 
 
 def security_for(path: str) -> list[dict[str, list[str]]] | None:
