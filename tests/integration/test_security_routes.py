@@ -45,7 +45,9 @@ PUBLIC_ROUTES = {
 # Resolver routes that never read credentials because every request gets the same error: the shortcode family's
 # answer to a service it does not have (1010 Unsupported request type). Checked below to answer only that.
 ERROR_ONLY_ROUTES = {
-    (method, "/api/services/<action>") for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD")
+    (method, path)
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD")
+    for path in ("/api/services/<action>", "/api/services/<action>/")
 }
 
 

@@ -58,6 +58,8 @@ MAX_MOBILES = 1000
 SERVICES = "/api/services"
 # The methods every service of the family takes; a service asked with another is told these (Allow).
 SERVICE_METHODS = ["GET", "POST"]
+# The methods a service the family does not have is documented with (each answers 1010).
+UNSUPPORTED_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 SENDSMS, GETDLR, GETBALANCE = "sendsms", "getdlr", "getbalance"
 # Every answer of this family is HTTP 200 with the outcome in `response-code`: the seed's axios sample prints
 # `response.data` only on a 2xx, so an error with a 4xx status would never reach the client's log.
@@ -631,11 +633,14 @@ def get_balance() -> Response[Any]:
     )
 
 
-@router.route(f"{SERVICES}/<action>", method=["GET", "POST", "PUT", "PATCH", "DELETE"])
+@router.route(f"{SERVICES}/<action>", method=UNSUPPORTED_METHODS)
 # OPTIONS and HEAD too (left out of the document, which states no such operation): else the resolver's not_found
 # answered them with this route's methods as Allow, "use DELETE or GET or PATCH or POST or PUT", each of which
 # answers that the service does not exist (until session 34).
 @router.route(f"{SERVICES}/<action>", method=["OPTIONS", "HEAD"], include_in_schema=False)
+# And with a trailing slash, as the services take one: else it was 4093 "Details Not Found", the family's answer for a
+# message that does not exist (until session 35). Left out of the document, which states the service without it.
+@router.route(f"{SERVICES}/<action>/", method=[*UNSUPPORTED_METHODS, "OPTIONS", "HEAD"], include_in_schema=False)
 def unsupported(action: str) -> Response[Any]:
     """An unknown service, whatever the method; or a service asked with a method it does not take, which reaches
     this route too (Powertools tries the service's own route, finds the method does not match, and goes on): told
