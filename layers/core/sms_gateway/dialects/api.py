@@ -132,12 +132,18 @@ class ApiResolver(DocumentedResolver):
 
     def resolve(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
         # The path as Powertools routes it (a named stage's prefix removed).
-        self.register(*steps_for(APIGatewayProxyEventV2(dict(event)).path))
+        path = APIGatewayProxyEventV2(dict(event)).path
+        self.register(*steps_for(path))
+        head = _http_method(event) == "HEAD" and _answers_head_as_get(path) and "GET" in self.methods_for(path)
+        if head:
+            event = _as_get(event)
         # A send stops, and undoes what it stored, while there is still time to answer (logic/send.py).
         with deadlines.invocation(
             getattr(context, "get_remaining_time_in_millis", None), reserve_seconds=SEND_RESERVE_SECONDS
         ):
-            return super().resolve(event, context)
+            answer = super().resolve(event, context)
+        # HEAD: GET's status and headers, no body (RFC 9110 section 9.3.2).
+        return {**answer, "body": "", "isBase64Encoded": False} if head else answer
 
     def get_openapi_schema(self, *args: Any, **kwargs: Any) -> Any:
         self.register_everything()
@@ -148,6 +154,27 @@ class ApiResolver(DocumentedResolver):
             self._static_routes.sort(key=lambda route: self._step_of_route[id(route)])
             self._dynamic_routes.sort(key=lambda route: self._step_of_route[id(route)])
         return super().get_openapi_schema(*args, **kwargs)
+
+
+# The paths whose GETs only read, so HEAD is answered as their GET without its body: the 9bits family's and the
+# session-key family's reads, and the documentation. Not /login (its GET makes a session, and counts a failed login,
+# whose keys HEAD could never show), nor the shortcode family (GET sendsms sends, and every answer of the family is in
+# its body: HEAD is 1010 with Allow there), nor the portal (its pages are for a browser, which does not ask HEAD).
+HEAD_AS_GET_PREFIXES = ("/ng/v1", "/sms", "/status", "/v1")
+
+
+def _answers_head_as_get(path: str) -> bool:
+    return any(_under(path, prefix) for prefix in HEAD_AS_GET_PREFIXES)
+
+
+def _http_method(event: Mapping[str, Any]) -> str:
+    return str(event.get("requestContext", {}).get("http", {}).get("method", "")).upper()
+
+
+def _as_get(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The HEAD request `event` as the GET it stands for."""
+    context = event["requestContext"]
+    return {**event, "requestContext": {**context, "http": {**context["http"], "method": "GET"}}}
 
 
 def render_error(path: str, error: GatewayError) -> Response[Any]:
