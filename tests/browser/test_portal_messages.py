@@ -130,3 +130,45 @@ def test_a_line_break_in_the_text_is_sent_and_charged_as_the_preview_quotes_it(p
     # Then the batch is the one the preview quoted: one part, one credit
     facts = portal.find("dl.facts").text
     assert "1 (GSM-7)" in facts and "1 credits" in facts, facts
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="after a refused send the CSV stays attached, hidden, with no way to remove it: the next send goes to it",
+)
+def test_a_csv_still_attached_after_a_refused_send_is_shown_and_can_be_removed(
+    portal: Portal, account: dict[str, Any], tmp_path: Path
+) -> None:
+    from sms_gateway.bootstrap import gateway
+
+    # Given a send refused because the CSV the user chose has a row that is not a number
+    portal.sign_in(account)
+    portal.open("/portal/compose")
+    portal.choose("#sender", account["senders"][0])
+    portal.find("#text").send_keys("Doors open at 7")
+    csv_file = tmp_path / "members.csv"
+    csv_file.write_text("phone\n2348030000002\nnot a number\n")
+    portal.find("#csv-file").send_keys(str(csv_file))
+    wait_until(lambda: "not a number" in text_of(portal, "preview-problems"), what="the CSV's bad row in the preview")
+    portal.submit("form.compose")
+    assert "nothing was sent" in portal.find("[role=alert]").text
+    portal.shot("csv-refused")
+
+    # Then the page it comes back to says the CSV is still attached, by name, and offers to remove it
+    attached = portal.find("#csv-attached")
+    assert attached.is_displayed() and "members.csv" in attached.text, portal.text()
+    portal.shot("csv-still-attached")
+
+    # When the user removes it and types one number instead
+    portal.find("#csv-remove").click()
+    wait_until(lambda: not portal.find("#csv-attached").is_displayed(), what="the CSV to be shown removed")
+    portal.find("#numbers").send_keys(NUMBER)
+    wait_until(lambda: portal.find("#preview-status").get_attribute("data-ready") == "yes", what="ready to send")
+    assert text_of(portal, "preview-recipients") == "1"
+    portal.submit("form.compose")
+
+    # Then the message goes to that number alone
+    assert "batch=" in portal.driver.current_url, portal.text()
+    reference = int(portal.driver.current_url.split("batch=")[1].split("&")[0])
+    batch = gateway().store.get_batch(account["account_id"], reference)
+    assert batch is not None and batch.recipients == 1
