@@ -132,10 +132,6 @@ def test_a_line_break_in_the_text_is_sent_and_charged_as_the_preview_quotes_it(p
     assert "1 (GSM-7)" in facts and "1 credits" in facts, facts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a refused send the CSV stays attached, hidden, with no way to remove it: the next send goes to it",
-)
 def test_a_csv_still_attached_after_a_refused_send_is_shown_and_can_be_removed(
     portal: Portal, account: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -50,6 +50,8 @@ SEND_KEY_FIELD = "send_key"
 PAST_TOLERANCE = timedelta(minutes=1)
 # The fields that make a send what it is: a resubmitted form with the same key and these is the same send.
 SEND_FIELDS = ("sender", "text", "numbers", "csv", "send_at")
+# The name of the CSV file whose numbers the hidden `csv` field holds, shown while attached (not part of the send).
+CSV_NAME_FIELD = "csv_name"
 
 
 def compose_page(ctx: PageContext) -> str:
@@ -85,8 +87,11 @@ def compose_page(ctx: PageContext) -> str:
         + f"<input{attrs(id='csv-file', type='file', accept='.csv,text/csv,text/plain', aria_describedby='csv-hint')}>"
         + '<small id="csv-hint">One column of numbers, or a column headed number, phone, msisdn or mobile. '
         + f"At most {compose.MAX_RECIPIENTS} numbers and {compose.MAX_CSV_BYTES // 1024} KB. Rows that are not "
-        + "numbers are listed with their reason, and nothing is sent until they are fixed.</small></div>"
+        + "numbers are listed with their reason, and nothing is sent until they are fixed.</small>"
+        + csv_attached(form)
+        + "</div>"
         + f"<input{attrs(type='hidden', name='csv', id='csv', value=form.get('csv', ''))}>"
+        + f"<input{attrs(type='hidden', name=CSV_NAME_FIELD, id=CSV_NAME_FIELD, value=form.get(CSV_NAME_FIELD, ''))}>"
         + '<label for="send_at">Send at (optional)</label>'
         + f"<input{attrs(id='send_at', name='send_at', type='datetime-local', value=form.get('send_at', ''))}"
         + ' aria-describedby="send_at-hint">'
@@ -96,6 +101,19 @@ def compose_page(ctx: PageContext) -> str:
     )
     script = f'<script src="{esc(asset_url("compose.js"))}" defer></script>'
     return stylesheet() + ctx.form_html("send", fields, submit="Send", css_class="compose") + script
+
+
+def csv_attached(form: Mapping[str, str]) -> str:
+    """The CSV file the form carries, named, with a button to remove it: a page that comes back with the form (a
+    refused send) keeps the file's numbers in the hidden field while the browser's picker shows no file, and without
+    this the next send went to them unseen (compose.js shows it for a file just chosen too, and removes it)."""
+    name = form.get(CSV_NAME_FIELD, "").strip() or "a CSV file chosen before"
+    shown = bool(form.get("csv", "").strip())
+    return (
+        f"<p{attrs(id='csv-attached', hidden=not shown)}>"
+        f'Attached: <strong id="csv-name">{esc(name)}</strong>. Its numbers are sent to as well. '
+        '<button type="button" id="csv-remove">Remove the CSV file</button></p>'
+    )
 
 
 def textarea(label: str, name: str, value: str, *, rows: int, hint: str) -> str:

@@ -7,7 +7,9 @@
   const panel = document.getElementById("preview");
   if (!form || !panel) return;
   const csvField = form.querySelector("input[name=csv]");
+  const csvName = form.querySelector("input[name=csv_name]");
   const fileInput = document.getElementById("csv-file");
+  const attached = document.getElementById("csv-attached");
   const csrf = form.querySelector("input[name=csrf_token]").value;
   const status = document.getElementById("preview-status");
   const problems = document.getElementById("preview-problems");
@@ -82,22 +84,36 @@
     timer = window.setTimeout(update, DEBOUNCE_MS);
   }
 
+  // The CSV the form carries (its numbers in the hidden field), named, with its Remove button: also after a refused
+  // send brings the form back, when the picker shows no file but the numbers are still attached.
+  function attach(name, content) {
+    csvField.value = content;
+    csvName.value = content ? name : "";
+    document.getElementById("csv-name").textContent = name;
+    attached.hidden = !content;
+  }
+
   fileInput.addEventListener("change", () => {
     const file = fileInput.files[0];
     if (!file) {
-      csvField.value = "";
+      attach("", "");
       schedule();
       return;
     }
     if (file.size > MAX_CSV_BYTES) {
-      csvField.value = "";
+      attach("", "");
       fileInput.value = "";
       status.textContent = `${file.name} is over ${MAX_CSV_BYTES / 1024} KB: split it into smaller files.`;
       return;
     }
     const reader = new FileReader();
-    reader.onload = () => { csvField.value = String(reader.result); schedule(); };
+    reader.onload = () => { attach(file.name, String(reader.result)); schedule(); };
     reader.readAsText(file);
+  });
+  document.getElementById("csv-remove").addEventListener("click", () => {
+    attach("", "");
+    fileInput.value = "";
+    schedule();
   });
   form.addEventListener("input", (event) => { if (event.target !== fileInput) schedule(); });
   form.addEventListener("change", (event) => { if (event.target.name === "sender") schedule(); });
