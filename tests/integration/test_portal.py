@@ -402,9 +402,6 @@ def test_a_webhooks_post_changes_only_the_urls_it_carries(signed_in, account):
     assert stored(account["account_id"]).dlr_url is None
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the webhooks form writes back both URLs as it showed them: a stale one undoes an API change"
-)
 def test_a_webhooks_form_from_a_stale_page_keeps_a_url_changed_meanwhile_through_the_api(api, signed_in, account):
     from tests.integration.test_batches_dialect import request
 

@@ -491,6 +491,7 @@ PREFIX_LENGTH = 8
 
 # The webhook credentials a settings change may rotate (AccountChanges.replacing).
 RotatedCredential = Literal["webhook_token", "webhook_secret"]
+WebhookUrl = Literal["dlr_url", "inbound_url"]
 
 
 class AccountChanges(BaseModel):
@@ -520,6 +521,29 @@ class AccountChanges(BaseModel):
     # another rotation replaced it meanwhile, whose answer showed the value now in use (so a rotation never answers
     # a value that another one overwrote, shown once and kept nowhere: until session 34 both answered 200).
     replacing: dict[RotatedCredential, str | None] = Field(default_factory=dict)
+    # Nor this: the URL each webhook it changes had when the change was asked for (None: no URL), a portal form's
+    # as the page showed it. Written only while the account still has it; Conflict when another change (the API, a
+    # second tab) replaced it meanwhile, which this one would otherwise undo unseen.
+    expecting: dict[WebhookUrl, str | None] = Field(default_factory=dict)
+
+
+_URL_NAMES: dict[str, str] = {"dlr_url": "delivery report (DLR) URL", "inbound_url": "inbound SMS URL"}
+
+
+def urls_changed_meanwhile(account: Account, changes: AccountChanges) -> Conflict | None:
+    """The refusal of a change whose webhook URLs are no longer those it expected (`account`: as it is now), or None
+    when they still are."""
+    changed = [
+        f"{_URL_NAMES[name]} (now {getattr(account, name) or 'empty'})"
+        for name, expected in sorted(changes.expecting.items())
+        if getattr(account, name) != expected
+    ]
+    if not changed:
+        return None
+    return Conflict(
+        f"the {' and the '.join(changed)} changed elsewhere while this form was open, so nothing was saved: "
+        "save again to replace it with what you typed"
+    )
 
 
 _ROTATED_NAMES: dict[str, str] = {"webhook_token": "webhook token", "webhook_secret": "signing secret"}

@@ -37,6 +37,7 @@ from sms_gateway.ports import (
     CredentialInfo,
     SenderAdded,
     rotated_meanwhile,
+    urls_changed_meanwhile,
 )
 
 # The origin of the credentials an account is created with (create-account): the operator's.
@@ -456,13 +457,19 @@ class DynamoAccountAdmin:
             condition = epoch_condition(epoch)
             conditions = [condition["ConditionExpression"]]
             attribute_values |= condition["ExpressionAttributeValues"]
-        for name, sealed in sorted(changes.replacing.items()):
+        # What the change expects the account to hold still (None: nothing): each credential a rotation replaces
+        # (its sealed value) and each webhook URL a portal form changes (as the page showed it).
+        expected: list[tuple[str, str, str, str | None]] = [
+            (name, f"#{name}.sealed", f":replacing_{name}", value) for name, value in sorted(changes.replacing.items())
+        ]
+        expected += [(name, f"#{name}", f":expecting_{name}", url) for name, url in sorted(changes.expecting.items())]
+        for name, attribute, placeholder, value in expected:
             names[f"#{name}"] = name
-            if sealed is None:
+            if value is None:
                 conditions.append(f"attribute_not_exists(#{name})")
             else:
-                conditions.append(f"#{name}.sealed = :replacing_{name}")
-                attribute_values[f":replacing_{name}"] = {"S": sealed}
+                conditions.append(f"{attribute} = {placeholder}")
+                attribute_values[placeholder] = {"S": value}
         request["ConditionExpression"] = " AND ".join(conditions)
         if attribute_values:
             request["ExpressionAttributeValues"] = attribute_values
@@ -477,7 +484,7 @@ class DynamoAccountAdmin:
         account = self._read_account(account_id)  # NotFound when there is none
         if changes.under_password_epoch not in (None, account.password_epoch):
             return Unauthorized("the account's password was reset: sign in again with the new one")
-        return rotated_meanwhile(account, changes)
+        return urls_changed_meanwhile(account, changes) or rotated_meanwhile(account, changes)
 
     def reset_password(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from sms_gateway.domain.ids import new_id
@@ -594,6 +594,7 @@ def set_webhooks(
     by: str = "operator",
     now: datetime | None = None,
     under_password_epoch: str | None = None,
+    expecting: Mapping[str, str | None] | None = None,
 ) -> tuple[Account, WebhookCredentials]:
     """An empty URL removes that webhook. Returns the account and the webhook credentials this call rotated (shown
     once): a new token with rotate_token, a new signing secret with rotate_secret. The account records when (`now`)
@@ -602,7 +603,9 @@ def set_webhooks(
     reset-password shows it. `under_password_epoch` (a portal session's): written only while the account's password
     is still that one, Unauthorized after a reset replaced it (nothing changed). Conflict, and nothing changed, when
     another change rotated the token or secret this one rotates while it ran (that change's answer shows the value
-    in use)."""
+    in use). `expecting` (a portal form's): the URL each webhook it changes had as the form showed it (None or "":
+    none), written only while it still has it; Conflict, nothing changed, when another change replaced it meanwhile
+    (an API call, another tab), which this one would otherwise undo unseen."""
     if dlr_url is None and inbound_url is None and not rotate_token and not rotate_secret:
         raise InvalidRequest(
             "nothing to change: give a DLR URL, an inbound URL or rotate the webhook token or signing secret"
@@ -615,6 +618,8 @@ def set_webhooks(
         elif url is not None:
             check_webhook_url(url, allow_http=allow_http)
             values[name] = url
+    # Only the URLs this change writes: one it leaves as it is may have changed meanwhile.
+    expected = {name: (expecting or {})[name] or None for name in (*values, *clear) if name in (expecting or {})}
     rotating = [name for name, wanted in (("webhook_token", rotate_token), ("webhook_secret", rotate_secret)) if wanted]
     # A rotation reads what it replaces as it is now (consistently), and writes only while it is still that: of two
     # rotations at once (a client's retry after a timeout, two operators), the later one is refused instead of both
@@ -635,6 +640,7 @@ def set_webhooks(
             "clear": clear,
             "under_password_epoch": under_password_epoch,
             "replacing": {name: _sealed_value(getattr(account, name)) for name in rotating},
+            "expecting": expected,
         }
     )
     return store.update_account(account_id, changes), rotated

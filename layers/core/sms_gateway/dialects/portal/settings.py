@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 SETTINGS_PATH = "/portal/settings"
 CREDENTIAL_KINDS = (("token", "Bearer token (9bits, batches)"), ("apikey", "API key (shortcode API)"))
 WEBHOOK_KINDS = (("dlr", "Delivery report (DLR) URL"), ("inbound", "Inbound SMS URL"))
+WEBHOOK_URLS = ("dlr_url", "inbound_url")
+# The hidden field beside each webhook URL's: the URL as the page showed it (webhooks_html).
+SHOWN_SUFFIX = "_shown"
 # The once-per-form key of the forms that make a secret (a credential, a rotated webhook token or signing secret): a
 # double click or a reload of the answer must not make a second one, which no page would ever show.
 FORM_KEY_FIELD = "form_key"
@@ -56,17 +59,17 @@ def _store() -> DynamoStore:
 
 
 def webhooks_html(ctx: PageContext, account: Account) -> str:
-    urls = field(
+    urls = _url_field(
+        ctx,
+        account,
         "Delivery report (DLR) URL",
         "dlr_url",
-        ctx.form.get("dlr_url", account.dlr_url or ""),
-        type_="url",
         hint="Where delivery reports are POSTed. Leave empty for none.",
-    ) + field(
+    ) + _url_field(
+        ctx,
+        account,
         "Inbound SMS URL",
         "inbound_url",
-        ctx.form.get("inbound_url", account.inbound_url or ""),
-        type_="url",
         hint="Where replies and other inbound SMS are POSTed. Leave empty for none.",
     )
     test = select("Send a test event to", "kind", WEBHOOK_KINDS, ctx.form.get("kind", "dlr"))
@@ -98,6 +101,23 @@ def webhooks_html(ctx: PageContext, account: Account) -> str:
     )
 
 
+def _url_field(ctx: PageContext, account: Account, label: str, name: str, *, hint: str) -> str:
+    """A webhook URL's field, with the URL the account has as the page shows it (hidden, `<name>_shown`): the save
+    changes only the URLs the user changed from those, and only while the account still has them. A page shown again
+    after a refused save keeps what the user changed, and shows the others (and takes them as shown) as they are now."""
+    stored = getattr(account, name) or ""
+    value = ctx.form[name] if _changed_in_form(ctx, name) else stored
+    return field(label, name, value, type_="url", hint=hint) + form_key_input(f"{name}{SHOWN_SUFFIX}", stored)
+
+
+def _changed_in_form(ctx: PageContext, name: str) -> bool:
+    """Whether the posted form changes the URL `name` (a post without the URL shown, a script's, changes each URL
+    it carries)."""
+    typed = ctx.form.get(name)
+    shown = ctx.form.get(f"{name}{SHOWN_SUFFIX}")
+    return typed is not None and (shown is None or typed.strip() != shown.strip())
+
+
 def _set_webhooks(
     ctx: PageContext,
     *,
@@ -105,6 +125,7 @@ def _set_webhooks(
     inbound_url: str | None = None,
     rotate_token: bool = False,
     rotate_secret: bool = False,
+    expecting: dict[str, str | None] | None = None,
 ) -> WebhookCredentials:
     from sms_gateway.bootstrap import gateway
     from sms_gateway.logic import accounts
@@ -124,20 +145,31 @@ def _set_webhooks(
         # Only while the session's password is the account's: a form whose session check passed just before a
         # reset changes nothing after it (as create-credential).
         under_password_epoch=_session_epoch(ctx),
+        expecting=expecting,
     )
     return rotated
 
 
 @settings_page.action("webhooks")
 def save_webhooks(ctx: PageContext) -> Notice:
-    _set_webhooks(ctx, dlr_url=_posted_url(ctx, "dlr_url"), inbound_url=_posted_url(ctx, "inbound_url"))
+    """Saves the URLs the user changed, each only while the account still has it as the page showed it: a page
+    open for a while (another tab) no longer writes back a URL changed meanwhile (the API, that tab)."""
+    changed = [name for name in WEBHOOK_URLS if _changed_in_form(ctx, name)]
+    if not changed:
+        return Notice("Nothing to save: the webhook URLs are as the page showed them.")
+    shown = {name: ctx.form[f"{name}{SHOWN_SUFFIX}"] for name in changed if f"{name}{SHOWN_SUFFIX}" in ctx.form}
+    _set_webhooks(
+        ctx,
+        dlr_url=_posted_url(ctx, "dlr_url", changed),
+        inbound_url=_posted_url(ctx, "inbound_url", changed),
+        expecting={name: value or None for name, value in shown.items()},
+    )
     return Notice("Webhook URLs saved.")
 
 
-def _posted_url(ctx: PageContext, name: str) -> str | None:
-    """An empty field removes its webhook; a field the post leaves out keeps it (None: unchanged)."""
-    value = ctx.form.get(name)
-    return None if value is None else value.strip()
+def _posted_url(ctx: PageContext, name: str, changed: list[str]) -> str | None:
+    """An empty field removes its webhook; a field left as shown, or that the post leaves out, keeps it (None)."""
+    return ctx.form[name].strip() if name in changed else None
 
 
 @settings_page.action("rotate-token")
