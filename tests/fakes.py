@@ -223,18 +223,38 @@ class InMemoryStore:
                 )
 
     def reprice_batch(self, batch: Batch, cost: int, recipients: int | None = None) -> int:
+        self._reprice(batch, (), cost=cost, recipients=recipients)
+        return self.balance(batch.account_id)
+
+    def store_and_charge(self, batch: Batch, messages: Sequence[Message], *, stored_cost: int, stored: int) -> Batch:
+        cost, count = stored_cost, stored
+        for start in range(0, len(messages), 98):
+            part = messages[start : start + 98]
+            cost, count = cost + sum(message.price for message in part), count + len(part)
+            batch = self._reprice(batch, part, cost=cost, recipients=count)
+        return batch
+
+    def _reprice(self, batch: Batch, messages: Sequence[Message], *, cost: int, recipients: int | None) -> Batch:
         with self._lock:
             key = (batch.account_id, batch.reference_id)
-            if self.batches[key].cost != batch.cost:
-                raise Conflict(f"the cost of batch {batch.reference_id} changed meanwhile")
+            now = self.batches[key]
+            if (now.cost, now.revision) != (batch.cost, batch.revision) or any(
+                m.key in self.messages for m in messages
+            ):
+                raise Conflict(f"batch {batch.reference_id} changed meanwhile")
+            if messages and now.status not in (MessageStatus.QUEUED, MessageStatus.SCHEDULED):
+                raise Conflict(f"batch {batch.reference_id} changed meanwhile")
             owed = cost - batch.cost
             if owed > 0:
                 self.reserve_credits(batch.account_id, owed)
             else:
                 self.refund_credits(batch.account_id, -owed)
             counted = {"recipients": recipients} if recipients is not None else {}
-            self.batches[key] = self.batches[key].model_copy(update={"cost": cost, **counted})
-            return self.balance(batch.account_id)
+            update = {"cost": cost, "revision": batch.revision + 1, **counted}
+            self.batches[key] = now.model_copy(update=update)
+            for message in messages:
+                self.messages[message.key] = message
+            return batch.model_copy(update=update)
 
     def fail_batch_and_refund(self, batch: Batch) -> bool | None:
         with self._lock:

@@ -544,9 +544,9 @@ def test_a_finishing_retry_that_dies_after_settling_the_difference_leaves_nothin
     gateway().store.opt_out(
         OptOut(account_id=account["account_id"], sender="48974", msisdn=opted_out, keyword="STOP", at="x")
     )
-    # When its first retry dies right after giving the difference back, and a second retry finishes it
+    # When its first retry dies right after storing the rest with the difference given back, and a second finishes it
     leases_run_out()
-    die_once(monkeypatch, DynamoStore, "reprice_batch", after=True)
+    die_once(monkeypatch, DynamoStore, "store_and_charge", after=True)
     with pytest.raises(Killed):
         api(with_key(send_event(account["token"], body), "owed"))
     leases_run_out()

@@ -162,8 +162,20 @@ class MessageStore(Protocol):
     def reprice_batch(self, batch: Batch, cost: int, recipients: int | None = None) -> int:
         """Sets the batch's cost (and its count of recipients, when given) and moves the difference from what it
         reserved (`batch.cost`) between it and the account's credits, both or neither, only while the batch's cost
-        is still `batch.cost`; returns the balance.
-        Raises InsufficientCredits or Conflict (its cost changed meanwhile) having changed nothing."""
+        and revision are still `batch`'s (no other write repriced it or added messages to it); returns the balance.
+        Raises InsufficientCredits or Conflict (it changed meanwhile) having changed nothing."""
+        ...
+
+    def store_and_charge(self, batch: Batch, messages: Sequence[Message], *, stored_cost: int, stored: int) -> Batch:
+        """Adds `messages` to a batch still queued or scheduled, whose `stored` messages stored now cost
+        `stored_cost`, and makes its cost and count of recipients theirs and these, moving the difference from what
+        it holds (`batch.cost`) between it and the account's credits: a part at a time, each part's messages, cost
+        and credits in one write, conditional on the batch being as read (cost and revision) and on none of the
+        messages being stored already. So at every moment the batch's cost is what its stored messages cost, and a
+        release's give-back of what a killed send took for messages it never stored (logic.batches.cost_to_stored)
+        either comes before a part, which then fails, or finds its messages. The batch as written.
+        Raises InsufficientCredits or Conflict (it changed meanwhile: read it again) at the part it reached; the
+        parts before stand, each paid for."""
         ...
 
     def fail_batch_and_refund(self, batch: Batch) -> bool | None:

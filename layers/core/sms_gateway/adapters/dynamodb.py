@@ -91,6 +91,8 @@ IDEMPOTENCY_WINDOW = timedelta(hours=24)
 RECORD_FAILURES_KEPT = timedelta(days=7)
 BATCH_WRITE_SIZE = 25
 BATCH_GET_SIZE = 100
+# Messages store_and_charge writes with their batch's cost and the account's credits: a transaction takes 100 items.
+_MESSAGES_PER_CHARGED_WRITE = 98
 # DynamoDB refuses any request whose partition key value is longer (in UTF-8).
 MAX_PARTITION_KEY_BYTES = 2048
 _MAX_UNPROCESSED_ROUNDS = 8
@@ -607,34 +609,84 @@ class DynamoStore(
 
     def reprice_batch(self, batch: Batch, cost: int, recipients: int | None = None) -> int:
         """Sets the batch's cost to `cost` and moves the difference between the credits it reserved (`batch.cost`,
-        as read) and `cost` from or to the account in one transaction, only while the batch still has the cost it
-        was read with; returns the balance after. So a finisher that dies after it leaves a batch whose cost says
-        what was taken, and the next one owes nothing more. InsufficientCredits when the balance is short, Conflict
-        when the batch's cost changed meanwhile (another request repriced it): then nothing changed."""
+        as read) and `cost` from or to the account in one transaction, only while the batch still has the cost and
+        revision it was read with; returns the balance after. So a finisher that dies after it leaves a batch whose
+        cost says what was taken, and the next one owes nothing more. InsufficientCredits when the balance is short,
+        Conflict when the batch changed meanwhile (another request repriced it or added messages): then nothing
+        changed."""
+        self._reprice(batch, (), cost=cost, recipients=recipients)
+        return self.balance(batch.account_id)
+
+    def store_and_charge(self, batch: Batch, messages: Sequence[Message], *, stored_cost: int, stored: int) -> Batch:
+        cost, count = stored_cost, stored
+        for start in range(0, len(messages), _MESSAGES_PER_CHARGED_WRITE):
+            part = messages[start : start + _MESSAGES_PER_CHARGED_WRITE]
+            cost, count = cost + sum(message.price for message in part), count + len(part)
+            batch = self._reprice(batch, part, cost=cost, recipients=count)
+        return batch
+
+    def _reprice(self, batch: Batch, messages: Sequence[Message], *, cost: int, recipients: int | None = None) -> Batch:
+        """One transaction: the batch's cost (and count) set and its revision moved on, while they are as read (and,
+        with `messages`, while it is queued or scheduled), the difference moved between it and the account's
+        credits, and `messages` stored (none of them stored already). The batch as written."""
         owed = cost - batch.cost
-        if owed > 0:
-            account = self._reserve_update(batch.account_id, owed)
-        else:
-            account = self._credits_update(batch.account_id, -owed)
-        set_cost: dict[str, Any] = {
+        writes: list[dict[str, Any]] = [{"Update": self._repriced_batch_update(batch, cost, recipients, messages)}]
+        if owed:
+            account = (
+                self._reserve_update(batch.account_id, owed)
+                if owed > 0
+                else self._credits_update(batch.account_id, -owed)
+            )
+            writes.append({"Update": account})
+        expires_at = self._expires_at(batch)
+        writes += [
+            {
+                "Put": {
+                    "TableName": self.table_name,
+                    "Item": self._codec.dump(self._message_item(message, expires_at)),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            }
+            for message in messages
+        ]
+        batch_refused, *others_refused = transact_until_decided(self.client, writes)
+        if batch_refused or any(others_refused[1 if owed else 0 :]):
+            raise Conflict(f"batch {batch.reference_id} changed meanwhile")
+        if owed and others_refused[0]:
+            raise _short_of_credits(owed)
+        counted = {"recipients": recipients} if recipients is not None else {}
+        return batch.model_copy(update={"cost": cost, "revision": batch.revision + 1, **counted})
+
+    def _repriced_batch_update(
+        self, batch: Batch, cost: int, recipients: int | None, messages: Sequence[Message]
+    ) -> dict[str, Any]:
+        update: dict[str, Any] = {
             "TableName": self.table_name,
             "Key": _batch_key(batch.account_id, batch.reference_id),
-            "UpdateExpression": "SET #cost = :cost",
-            "ConditionExpression": "#cost = :read",
-            "ExpressionAttributeNames": {"#cost": "cost"},
-            "ExpressionAttributeValues": {":cost": {"N": str(cost)}, ":read": {"N": str(batch.cost)}},
+            "UpdateExpression": "SET #cost = :cost, #revision = :next",
+            # A batch written before revisions has none: read as 0.
+            "ConditionExpression": "#cost = :read AND (attribute_not_exists(#revision) OR #revision = :revision)",
+            "ExpressionAttributeNames": {"#cost": "cost", "#revision": "revision"},
+            "ExpressionAttributeValues": {
+                ":cost": {"N": str(cost)},
+                ":read": {"N": str(batch.cost)},
+                ":revision": {"N": str(batch.revision)},
+                ":next": {"N": str(batch.revision + 1)},
+            },
         }
         if recipients is not None:
-            set_cost["UpdateExpression"] += ", recipients = :recipients"
-            set_cost["ExpressionAttributeValues"][":recipients"] = {"N": str(recipients)}
-        account_refused, batch_refused = transact_until_decided(
-            self.client, [{"Update": account}, {"Update": set_cost}]
-        )
-        if batch_refused:
-            raise Conflict(f"the cost of batch {batch.reference_id} changed meanwhile")
-        if account_refused:
-            raise _short_of_credits(owed)
-        return self.balance(batch.account_id)
+            update["UpdateExpression"] += ", recipients = :recipients"
+            update["ExpressionAttributeValues"][":recipients"] = {"N": str(recipients)}
+        if messages:
+            # Messages join only a batch that may still send them: one cancelled or failed meanwhile gave back what
+            # it held, and its release is done.
+            update["ConditionExpression"] += " AND #status IN (:queued, :scheduled)"
+            update["ExpressionAttributeNames"]["#status"] = "status"
+            update["ExpressionAttributeValues"] |= {
+                ":queued": {"S": str(MessageStatus.QUEUED)},
+                ":scheduled": {"S": str(MessageStatus.SCHEDULED)},
+            }
+        return update
 
     def fail_batch_and_refund(self, batch: Batch) -> bool | None:
         """Moves a batch still in the status it was written with (`batch.status`, queued or scheduled: nothing of

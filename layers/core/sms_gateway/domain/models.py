@@ -248,6 +248,11 @@ class Batch(Record):
     # Set on a failed (undone) batch when a retry under the same idempotency key sent afresh as this batch: the
     # key names the first batch, and a later retry follows these links to the send that stands (logic.send).
     superseded_by: int | None = None
+    # Counts the writes that changed the batch's cost or added messages to it (MessageStore.reprice_batch,
+    # store_and_charge): a write of its cost decided on a read of its messages holds only while this is as read, so
+    # a retry's messages stored after that read are never given back uncharged (0: none yet, or a batch written
+    # before 2026-12-07).
+    revision: int = 0
 
 
 class BatchKey(Record):

@@ -214,15 +214,9 @@ def accept_send(
         raise InvalidRequest(f"at most {MESSAGES_PER_BATCH} recipients per send, got {len(command.recipients)}")
     superseding: int | None = None
     if claim is not None and claim.resumed:
-        earlier, stored = send_standing_under_key(deps.messages, account.account_id, claim.reference_id)
-        if earlier is not None and earlier.status != MessageStatus.FAILED:
-            # A sender the operator removed meanwhile is refused as a fresh send would be, and run_once undoes the
-            # stored batch (undo_standing_send: credits back, key free) rather than queue it for the dispatcher to
-            # fail `sender_removed`. Both: the one asked for, and the batch's (an account-default sender is now
-            # another, which the account may still hold).
-            require_sender(account, command.sender)
-            require_sender(account, earlier.sender)
-            return finish_stored_batch(account, command, earlier, stored, deps, now=now)
+        earlier, finished = finish_standing_send(account, command, claim.reference_id, deps, now=now)
+        if finished is not None:
+            return finished
         if earlier is not None:
             # It was undone (failed, refunded) before its request died: this is a send afresh, under a new id that
             # the undone batch links to in the same write as this one's credits, so a retry after this request dies
@@ -288,6 +282,36 @@ def accept_send(
         log_undone(batch, "queued")
         return withdraw(Accepted(batch, messages, None, refused), deps, now=now, error=error)
     return Accepted(batch=batch, messages=messages, balance=None, refused=refused)
+
+
+# Tries at finishing a send under its key, each after another writer changed its batch meanwhile (the sweeper's
+# release gave back what it held for messages never stored, a cancel).
+FINISH_TRIES = 3
+
+
+def finish_standing_send(
+    account: Account, command: SendCommand, reference_id: int, deps: SendDependencies, *, now: datetime
+) -> tuple[Batch | None, Accepted | None]:
+    """For a resumed claim: the batch the key's send stands as, and, when it is not failed, that send finished
+    (finish_stored_batch), read again and finished again when its batch changed between the read and the finish's
+    writes (Conflict: the sweeper's release or a cancel gave back what it held for messages never stored)."""
+    for attempt in range(FINISH_TRIES):
+        earlier, stored = send_standing_under_key(deps.messages, account.account_id, reference_id)
+        if earlier is None or earlier.status == MessageStatus.FAILED:
+            return earlier, None
+        # A sender the operator removed meanwhile is refused as a fresh send would be, and run_once undoes the
+        # stored batch (undo_standing_send: credits back, key free) rather than queue it for the dispatcher to
+        # fail `sender_removed`. Both: the one asked for, and the batch's (an account-default sender is now
+        # another, which the account may still hold).
+        require_sender(account, command.sender)
+        require_sender(account, earlier.sender)
+        try:
+            return earlier, finish_stored_batch(account, command, earlier, stored, deps, now=now)
+        except Conflict:
+            if attempt == FINISH_TRIES - 1:
+                raise
+            logger.info("the batch of a send being finished changed meanwhile; read again", extra={"attempt": attempt})
+    raise AssertionError("unreachable")
 
 
 def balance_after(accepted: Accepted, accounts: AccountStore) -> int:
@@ -641,8 +665,9 @@ def finish_stored_batch(
     meanwhile is failed (`opted_out`) and refunded first, as a scheduled one is at its release, so it is neither
     sent nor charged, as the answer says. Credits move only by the difference between what the first request
     reserved and what the messages cost (nothing, unless the price table changed meanwhile or a group read again
-    gained or lost members), and with the batch's cost (reprice_batch), so a finisher that dies after that leaves
-    nothing owed to the next one."""
+    gained or lost members, or a release gave back what the batch held for the messages never stored), with the
+    batch's cost and the messages added (store_and_charge), so a finisher that dies part-way leaves nothing owed to
+    the next one. Conflict when the batch changed since it was read (finish_standing_send reads it again)."""
     recipients, refused = refuse_opted_out(account, command.sender, command.recipients, deps.opt_outs)
     stored, refused = withhold_opted_out(batch, stored, refused, deps, now=now)
     have = Counter(m.msisdn for m in stored)
@@ -657,24 +682,22 @@ def finish_stored_batch(
     priced = quote(account, command.text, missing, command.route_tier, deps.prices.price_table())
     added = new_messages(batch, command, missing, priced, free_positions(batch, command, missing, stored))
     messages = [*stored, *added]
-    cost = sum(m.price for m in messages)
-    owed = cost - batch.cost
-    # Not account.credits: read when the retry authenticated (not consistently), before any refund of a number that
-    # opted out meanwhile (withhold_opted_out). None: a dialect that answers the balance reads it (balance_after).
-    balance: int | None = None
-    if owed or len(messages) != batch.recipients:
-        # The batch's cost moves with the credits, in one write: a finisher that dies after it leaves nothing owed.
-        # Its count follows its messages (a group read again may have gained or lost members meanwhile).
-        balance = deps.messages.reprice_batch(batch, cost, recipients=len(messages))
-        batch = batch.model_copy(update={"cost": cost, "recipients": len(messages)})
-    if added:
-        deps.messages.add_messages(batch, added)
+    stored_cost = sum(m.price for m in stored)
+    owed = stored_cost + priced.cost - batch.cost
+    if added or owed or len(messages) != batch.recipients:
+        # The messages it adds are stored with their cost, and the batch's cost and count made its messages', in
+        # writes conditional on the batch as read: a finisher that dies part-way leaves nothing owed, and a release
+        # that gives back what the batch held for messages never stored (the sweeper's: the send's api Lambda died)
+        # either comes first, and the finish reads the batch again (Conflict), or finds them stored and paid for.
+        batch = deps.messages.store_and_charge(batch, added, stored_cost=stored_cost, stored=len(stored))
     release(batch, messages, deps, in_order=account.single_sends_in_order)
     logger.warning(
         "finished a send whose request died part-way",
         extra={"reference_id": batch.reference_id, "stored": len(stored), "added": len(added), "owed": owed},
     )
-    return Accepted(batch=batch, messages=messages, balance=balance, refused=refused, stored_now=len(added))
+    # None: a dialect that answers the balance reads it (balance_after), after any refund of a number that opted out
+    # meanwhile (withhold_opted_out).
+    return Accepted(batch=batch, messages=messages, balance=None, refused=refused, stored_now=len(added))
 
 
 def withhold_opted_out(
