@@ -486,3 +486,46 @@ def test_a_refund_whose_last_try_finds_the_message_settled_by_another_writer_is_
     # the report's caller to answer 5xx to, or the dispatcher's record to count as a failure)
     assert change is not None and not change.changed and change.message.status == MessageStatus.DELIVERED
     assert balance(table, account_id) == 1000
+
+
+def remembering_cancelled_tokens(table: DynamoStore, conflicts: int) -> DynamoStore:
+    """The table, whose next `conflicts` transactions are cancelled by a conflicting write (TransactionConflict: a
+    send writing the account's credits at the same moment), and which, as DynamoDB may for 10 minutes, answers a
+    transaction sent again under a token it cancelled with the same cancellation."""
+    cancelled: set[str] = set()
+    left = [conflicts]
+
+    def transact_write_items(real, **kwargs):
+        token = kwargs.get("ClientRequestToken")
+        if left[0] or token in cancelled:
+            left[0] = max(0, left[0] - 1)
+            cancelled.add(token)
+            raise table.client.exceptions.TransactionCanceledException(
+                {
+                    "Error": {"Code": "TransactionCanceledException", "Message": "Transaction cancelled"},
+                    "CancellationReasons": [{"Code": "TransactionConflict"} for _ in kwargs["TransactItems"]],
+                },
+                "TransactWriteItems",
+            )
+        return real(**kwargs)
+
+    return with_client(table, ClientThat(table.client, transact_write_items=transact_write_items))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="top_up sends every try under the request id as its ClientRequestToken: DynamoDB may answer a token it "
+    "cancelled with the same cancellation for 10 minutes, so the top-up is 'not done' until then",
+)
+def test_a_top_up_whose_first_try_conflicts_with_a_send_adds_its_credits_once_and_says_so(table):
+    # Given an account with 100 credits, and a top-up under a request id whose first try a send's write to the
+    # account's credits cancels (TransactionConflict)
+    account, credentials = new_account(credits=100)
+    table.create_account(account, credentials)
+    busy = remembering_cancelled_tokens(table, conflicts=1)
+    # When the operator tops it up, and runs the same top-up again (as docs/operators.md says is safe)
+    busy.top_up(account.account_id, 30, request_id="invoice-2291")
+    busy.top_up(account.account_id, 30, request_id="invoice-2291")
+    # Then the top-up is done at its next try, not answered "not done" for the 10 minutes DynamoDB may remember the
+    # cancelled token, and the credits were added once
+    assert balance(table, account.account_id) == 130
