@@ -512,11 +512,6 @@ def remembering_cancelled_tokens(table: DynamoStore, conflicts: int) -> DynamoSt
     return with_client(table, ClientThat(table.client, transact_write_items=transact_write_items))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="top_up sends every try under the request id as its ClientRequestToken: DynamoDB may answer a token it "
-    "cancelled with the same cancellation for 10 minutes, so the top-up is 'not done' until then",
-)
 def test_a_top_up_whose_first_try_conflicts_with_a_send_adds_its_credits_once_and_says_so(table):
     # Given an account with 100 credits, and a top-up under a request id whose first try a send's write to the
     # account's credits cancels (TransactionConflict)

@@ -312,20 +312,14 @@ def top_up(*, account_id: str, credits: int, request_id: str | None = None) -> d
 
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from sms_gateway.errors import Conflict
     from sms_gateway.logic import accounts
 
     store = _store()
     request_id = secrets.token_hex(16) if request_id is None else request_id
     try:
+        # A request id used for another top-up is refused by the store (Conflict), nothing added.
         accounts.top_up(store, account_id, credits, request_id=request_id)
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") == "IdempotentParameterMismatchException":
-            raise Conflict(
-                f"request id {request_id!r} was used for another top-up in the last 10 minutes: nothing was added"
-            ) from error
-        raise TopUpUnsure(request_id, error) from error
-    except BotoCoreError as error:
+    except (BotoCoreError, ClientError) as error:
         raise TopUpUnsure(request_id, error) from error
     answer: dict[str, Any] = {"account_id": account_id, "added": credits, "credits": None, "request_id": request_id}
     # Added all the same when the read back fails: the answer says so, with the balance unknown (`_show_top_up`).

@@ -634,7 +634,8 @@ class AccountAdmin(ConsistentAccountStore, Protocol):
 
     def top_up(self, account_id: str, credits: int, *, request_id: str | None = None) -> None:
         """Adds credits atomically (NotFound for no account). Run again with the same `request_id` within 10
-        minutes, it adds them once: a caller that does not know whether a top-up went through can repeat it."""
+        minutes, it adds them once: a caller that does not know whether a top-up went through can repeat it.
+        Conflict when the id was used for another top-up (another account or amount) in those 10 minutes."""
         ...
 
     def update_account(self, account_id: str, changes: AccountChanges) -> Account: ...

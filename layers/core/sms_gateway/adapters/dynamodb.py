@@ -78,6 +78,7 @@ from sms_gateway.domain.models import (
     StoredAnswer,
     goes_out_at,
     iso,
+    utc_now,
 )
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.senders import registry_form
@@ -91,6 +92,10 @@ IDEMPOTENCY_WINDOW = timedelta(hours=24)
 RECORD_FAILURES_KEPT = timedelta(days=7)
 BATCH_WRITE_SIZE = 25
 BATCH_GET_SIZE = 100
+# How long a top-up's request id is kept: the same top-up run again within it adds nothing (docs/operators.md).
+TOP_UP_WINDOW = timedelta(minutes=10)
+_TOP_UP_PREFIX = "TOPUP#"
+_TOP_UP_SK = "TOPUP"
 # Messages store_and_charge writes with their batch's cost and the account's credits: a transaction takes 100 items.
 _MESSAGES_PER_CHARGED_WRITE = 98
 # DynamoDB refuses any request whose partition key value is longer (in UTF-8).
@@ -503,13 +508,46 @@ class DynamoStore(
             raise RuntimeError(f"account {account_id} is gone: {amount} credits could not be given back")
 
     def top_up(self, account_id: str, credits: int, *, request_id: str | None = None) -> None:
+        """Adds the credits with, under a `request_id`, a record of the top-up (`TOPUP#<request_id>`, kept
+        TOP_UP_WINDOW) in the same transaction, conditional on none being there: the same top-up run again within
+        the window finds it and adds nothing; another top-up under the id is refused (Conflict). Each try is a
+        transaction under a token of its own: one a conflicting write cancelled is not the next one's answer
+        (DynamoDB may answer a cancelled transaction's token with its cancellation for 10 minutes)."""
+        writes: list[dict[str, Any]] = [{"Update": self._credits_update(account_id, credits)}]
+        if request_id is not None:
+            writes.append({"Put": self._top_up_record(account_id, credits, request_id)})
         try:
-            refused = self._move_credits(self._credits_update(account_id, credits), token=request_id)
+            account_refused, *recorded = transact_until_decided(self.client, writes)
         except TransactionUndecided as error:
             # Sends write the account's credits all the time: past the attempts an operator is told to run it again.
             raise not_done(f"adding {credits} credits to account {account_id}", error) from error
-        if refused:
+        if recorded and recorded[0]:
+            earlier = self._codec.load(recorded[0].get("Item") or {})
+            if (earlier.get("account_id"), earlier.get("credits")) != (account_id, credits):
+                raise Conflict(
+                    f"request id {request_id!r} was used for another top-up in the last "
+                    f"{TOP_UP_WINDOW.seconds // 60} minutes: nothing was added"
+                )
+            return  # done before, by a run whose answer was lost
+        if account_refused:
             raise NotFound(f"no account {account_id}")
+
+    def _top_up_record(self, account_id: str, credits: int, request_id: str) -> dict[str, Any]:
+        now = int(utc_now().timestamp())
+        return {
+            "TableName": self.table_name,
+            "Item": {
+                "pk": {"S": f"{_TOP_UP_PREFIX}{request_id}"},
+                "sk": {"S": _TOP_UP_SK},
+                "account_id": {"S": account_id},
+                "credits": {"N": str(credits)},
+                "expires_at": {"N": str(now + int(TOP_UP_WINDOW.total_seconds()))},
+            },
+            # One past its window is another top-up's to take (TTL deletes it up to days later).
+            "ConditionExpression": "attribute_not_exists(pk) OR expires_at < :now",
+            "ExpressionAttributeValues": {":now": {"N": str(now)}},
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
 
     def _credits_update(self, account_id: str, amount: int) -> dict[str, Any]:
         return {
@@ -520,15 +558,13 @@ class DynamoStore(
             "ExpressionAttributeValues": {":amount": {"N": str(amount)}},
         }
 
-    def _move_credits(self, update: dict[str, Any], *, token: str | None = None) -> bool:
+    def _move_credits(self, update: dict[str, Any]) -> bool:
         """Writes an account's credits as a transaction of one item, so that the write carries a token: when its
         answer is lost botocore sends the same request again, and DynamoDB applies a transaction it receives twice
         under one token once, where it would apply an UpdateItem twice. Tried again while another transaction holds
         the item. True when the update's condition refused it. The transaction answers nothing: a caller that needs
-        the balance after reads it (`balance`); a send reads it only for a dialect that answers with it. `token`, when
-        given, is the transaction's on every attempt: a caller that runs the same move again with it, within
-        DynamoDB's 10 minutes, has it applied once."""
-        (refused,) = transact_until_decided(self.client, [{"Update": update}], token=token)
+        the balance after reads it (`balance`); a send reads it only for a dialect that answers with it."""
+        (refused,) = transact_until_decided(self.client, [{"Update": update}])
         return refused is not None
 
     # ---------------------------------------------------------------- batches and messages
