@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
+import json
 import re
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote_to_bytes, urlsplit
@@ -27,6 +25,7 @@ from sms_gateway.adapters.providers.kannel import KannelProvider
 from sms_gateway.domain.models import CallbackRequest, SubmitRequest
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
+from sms_gateway_tools.kannel_check import KANNEL_CONF, Recorder, callback_request, free_port, stop
 
 TOKEN = "kannel-callback-token-0123456789"
 REF = "1001.71800327346180097.71800327346180098"
@@ -79,6 +78,25 @@ def kannel_expands(dlr_url: str, values: dict[str, str]) -> str:
             out.append(dlr_url[i])
             i += 1
     return "".join(out)
+
+
+# What a real Kannel 1.4.5 (Debian's bearerbox and smsbox) sent over SMPP: tools/sms_gateway_tools/kannel_check.py
+KANNEL_CAPTURE = Path(__file__).parents[1] / "fixtures" / "kannel-1.4.5-smpp.json"
+
+
+def kannel_captured(scenario: str | None = None) -> list[dict[str, Any]]:
+    """The requests Kannel made for one of the check's scenarios (its DLR fetches), or, without one, its MO posts."""
+    capture = json.loads(KANNEL_CAPTURE.read_text())
+    if scenario is None:
+        return list(capture["mo"])
+    [found] = [s for s in capture["scenarios"] if s["name"] == scenario]
+    return list(found["callbacks"])
+
+
+def replayed(recorded: dict[str, Any], **query: str) -> CallbackRequest:
+    """A captured request as the webhook hands it to the adapter, `query` values replaced (our ref, our token)."""
+    request = callback(recorded["path"], recorded["method"], recorded["body"], recorded["headers"])
+    return request.model_copy(update={"query": {**request.query, **query}})
 
 
 # --- submit -------------------------------------------------------------------------------------------------------
@@ -547,58 +565,6 @@ FAKESMSC = next(
 LIVE_TOKEN = "live-kannel-token-abcdef0123456789"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Receiver:
-    """A tiny HTTP server standing in for our webhook: records every request, answers 200 with an empty body."""
-
-    def __init__(self) -> None:
-        self.requests: queue.Queue[dict[str, Any]] = queue.Queue()
-        received = self.requests
-
-        class Handler(BaseHTTPRequestHandler):
-            def _record(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                received.put({"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body})
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            do_GET = _record
-            do_POST = _record
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self.server.server_address[1])
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def next(self, timeout: float) -> dict[str, Any]:
-        return self.requests.get(timeout=timeout)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def as_callback(recorded: dict[str, Any]) -> CallbackRequest:
-    parts = urlsplit(recorded["path"])
-    return CallbackRequest(
-        method=recorded["method"],
-        url=f"http://127.0.0.1{parts.path}",
-        headers={k.lower(): v for k, v in recorded["headers"].items()},
-        query=dict(parse_qsl(parts.query, keep_blank_values=True)),
-        body=recorded["body"].decode(),
-    )
-
-
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -614,55 +580,34 @@ def port_open(port: int) -> bool:
     return False
 
 
-KANNEL_CONF = """\
-group = core
-admin-port = {admin}
-admin-interface = 127.0.0.1
-admin-password = adminpw
-smsbox-port = {smsbox}
-smsbox-interface = 127.0.0.1
-box-allow-ip = 127.0.0.1
-log-level = 0
-log-file = "{dir}/bearerbox.log"
-dlr-storage = internal
-
+# A fake SMSC (fakesmsc connects to it); the rest of Kannel's configuration is the real-Kannel check's.
+FAKE_SMSC_GROUP = """\
 group = smsc
 smsc = fake
 smsc-id = fake
-port = {fake}
+port = {port}
 our-host = 127.0.0.1
 connect-allow-ip = 127.0.0.1
-
-group = smsbox
-bearerbox-host = 127.0.0.1
-bearerbox-port = {smsbox}
-sendsms-port = {sendsms}
-sendsms-interface = 127.0.0.1
-log-level = 0
-log-file = "{dir}/smsbox.log"
-mo-recode = true
-
-group = sendsms-user
-username = tester
-password = foobar
-max-messages = 5
-concatenation = true
-
-group = sms-service
-keyword = default
-catch-all = true
-max-messages = 0
-send-sender = true
-post-url = "http://127.0.0.1:{receiver}/callbacks/kannel/inbound?token={token}&from=%p&to=%P&ts=%T&id=%I&coding=%c&charset=%C&text_hex=%e"
 """
 
 
 @pytest.fixture
-def kannel(tmp_path: Path) -> Iterator[tuple[KannelProvider, Receiver, subprocess.Popen[str]]]:
-    receiver = Receiver()
+def kannel(tmp_path: Path) -> Iterator[tuple[KannelProvider, Recorder, subprocess.Popen[str]]]:
+    receiver = Recorder()
     ports = {name: free_port() for name in ("admin", "smsbox", "sendsms", "fake")}
     conf = tmp_path / "kannel.conf"
-    conf.write_text(KANNEL_CONF.format(dir=tmp_path, receiver=receiver.port, token=LIVE_TOKEN, **ports))
+    smsc_group = FAKE_SMSC_GROUP.format(port=ports["fake"])
+    conf.write_text(
+        KANNEL_CONF.format(
+            dir=tmp_path,
+            smsc_group=smsc_group,
+            webhook=receiver.url,
+            token=LIVE_TOKEN,
+            admin=ports["admin"],
+            smsbox=ports["smsbox"],
+            sendsms=ports["sendsms"],
+        )
+    )
     started: list[subprocess.Popen[str]] = []
 
     def start(*args: str, stdin: int | None = subprocess.DEVNULL, name: str = "") -> subprocess.Popen[str]:
@@ -689,33 +634,23 @@ def kannel(tmp_path: Path) -> Iterator[tuple[KannelProvider, Receiver, subproces
         )
         start(shutil.which("smsbox") or "smsbox", "-v", "1", str(conf))
         wait_for(lambda: port_open(ports["sendsms"]), 15, "smsbox")
-        status = f"http://127.0.0.1:{ports['admin']}/status.txt?password=adminpw"
+        status = f"http://127.0.0.1:{ports['admin']}/status.txt?password=check"
         wait_for(lambda: "online" in httpx.get(status, timeout=2).text, 15, "the fake SMSC to connect")
         yield (
             KannelProvider(
                 name="kannel",
                 url=f"http://127.0.0.1:{ports['sendsms']}",
-                username="tester",
-                password="foobar",
+                username="gw",
+                password="secret",
                 callback_token=LIVE_TOKEN,
-                max_parts=5,  # the sendsms-user's max-messages above
+                max_parts=5,  # at most the sendsms-user's max-messages (10)
                 client=None,
             ),
             receiver,
             fakesmsc,
         )
     finally:
-        for process in reversed(started):
-            if process.stdin:
-                with contextlib.suppress(OSError):
-                    process.stdin.close()
-            process.terminate()
-        for process in reversed(started):
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        stop(started)
         receiver.close()
 
 
@@ -730,7 +665,7 @@ async def _submit(kannel: KannelProvider, request: SubmitRequest) -> str:
 
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(shutil.which("bearerbox") is None or FAKESMSC is None, reason="Kannel (bearerbox, fakesmsc) absent")
-def test_against_a_real_kannel(kannel: tuple[KannelProvider, Receiver, subprocess.Popen[str]], tmp_path: Path) -> None:
+def test_against_a_real_kannel(kannel: tuple[KannelProvider, Recorder, subprocess.Popen[str]], tmp_path: Path) -> None:
     adapter, receiver, fakesmsc = kannel
     fakesmsc_log = tmp_path / "fakesmsc.out"
     dlr_base = f"http://127.0.0.1:{receiver.port}/callbacks/kannel/dlr"
@@ -747,7 +682,7 @@ def test_against_a_real_kannel(kannel: tuple[KannelProvider, Receiver, subproces
         recorded = receiver.next(timeout=15)
         assert recorded["method"] == "GET"
         assert recorded["path"].startswith("/callbacks/kannel/dlr?")
-        dlr_request = as_callback(recorded)
+        dlr_request = callback_request(recorded)
         assert adapter.verify_callback(dlr_request) is True
         (report,) = adapter.parse_delivery_reports(dlr_request)
         assert report.client_ref == REF
@@ -760,7 +695,7 @@ def test_against_a_real_kannel(kannel: tuple[KannelProvider, Receiver, subproces
     assert asyncio.run(_submit(adapter, long_request)) == "1002"
     # (fakesmsc's reports of a message Kannel cut: one submitted, one delivered, both under the one id Kannel gave
     # the message, %F, where an SMPP SMSC reports each part under its own id)
-    long_reports = [adapter.parse_delivery_reports(as_callback(receiver.next(timeout=15)))[0] for _ in range(2)]
+    long_reports = [adapter.parse_delivery_reports(callback_request(receiver.next(timeout=15)))[0] for _ in range(2)]
     assert {(r.client_ref, r.status) for r in long_reports} == {
         ("1002", MessageStatus.SUBMITTED),
         ("1002", MessageStatus.DELIVERED),
@@ -783,7 +718,7 @@ def test_against_a_real_kannel(kannel: tuple[KannelProvider, Receiver, subproces
     assert asyncio.run(_submit(adapter, gsm_request)) == "1003"
     # (fakesmsc's reports of a message Kannel cut: one submitted, one delivered, both under the one id Kannel gave
     # the message, %F, where an SMPP SMSC reports each part under its own id)
-    gsm_reports = [adapter.parse_delivery_reports(as_callback(receiver.next(timeout=15)))[0] for _ in range(2)]
+    gsm_reports = [adapter.parse_delivery_reports(callback_request(receiver.next(timeout=15)))[0] for _ in range(2)]
     assert {(r.client_ref, r.status) for r in gsm_reports} == {
         ("1003", MessageStatus.SUBMITTED),
         ("1003", MessageStatus.DELIVERED),
@@ -802,9 +737,7 @@ def test_against_a_real_kannel(kannel: tuple[KannelProvider, Receiver, subproces
     assert adapter.verify_callback(forged) is False
 
     # A wrong password is a refusal of our setup: offered to the fallback, retried without one
-    wrong = KannelProvider(
-        name="kannel", url=adapter.url, username="tester", password="nope", callback_token=LIVE_TOKEN
-    )
+    wrong = KannelProvider(name="kannel", url=adapter.url, username="gw", password="nope", callback_token=LIVE_TOKEN)
     with pytest.raises(UpstreamError) as raised:
         asyncio.run(_submit(wrong, request))
     assert (raised.value.permanent, raised.value.unavailable) == (False, True)
@@ -816,7 +749,7 @@ def test_against_a_real_kannel(kannel: tuple[KannelProvider, Receiver, subproces
     fakesmsc.stdin.flush()
     recorded = receiver.next(timeout=15)
     assert recorded["method"] == "POST"
-    mo_request = as_callback(recorded)
+    mo_request = callback_request(recorded)
     assert adapter.verify_callback(mo_request) is True
     sms = adapter.parse_inbound(mo_request)
     assert (sms.msisdn, sms.to, sms.text) == ("2348020000000", "48974", "Hello from the phone")

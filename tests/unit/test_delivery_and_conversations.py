@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import httpx
 import pytest
 
+from sms_gateway.adapters.providers.kannel import KannelProvider
 from sms_gateway.domain.models import (
     DeliveryReport,
     DeliveryReportMode,
@@ -35,6 +36,7 @@ from tests.fakes import FakeProvider, InMemoryStore, cinema_store, fake_routes, 
 from tests.unit.test_logic import NOW, callback, clock, command, dispatch_deps, send, settle_deps
 
 LONG_TEXT = "x" * 400  # three GSM-7 parts of at most 153 characters
+KANNEL_TOKEN = "kannel-callback-token-0123"
 
 
 @pytest.fixture
@@ -149,12 +151,24 @@ class TestMultiPartMessages:
         apply(store, self.part(message, 1, "submitted"))
         assert store.messages[message.key].part_status["1"] == "delivered"
 
+    @staticmethod
+    def kannel_parser(client: httpx.AsyncClient | None = None) -> KannelProvider:
+        """The Kannel upstream (max_parts 3) that carries the messages `submitted` makes."""
+        return KannelProvider(
+            name="fake",
+            url="http://kannel:13013",
+            username="u",
+            password="p",
+            callback_token=KANNEL_TOKEN,
+            max_parts=3,
+            client=client,
+        )
+
     def kannel_reports(
         self, message: Message, text: str = LONG_TEXT, sent: list[httpx.Request] | None = None
     ) -> Callable[..., DeliveryReport]:
         """The reports a Kannel upstream (max_parts 3) parses from the DLR URL its submit of `message` gave Kannel
         (its one sendsms, `sent`), as Kannel fills it in for one report (`F`: the id the SMSC gave that part)."""
-        from sms_gateway.adapters.providers.kannel import KannelProvider
         from tests.integration.test_provider_kannel import callback, kannel_expands
 
         sent = [] if sent is None else sent
@@ -163,15 +177,7 @@ class TestMultiPartMessages:
             sent.append(request)
             return httpx.Response(202, text="0: Accepted for delivery")
 
-        kannel = KannelProvider(
-            name="fake",
-            url="http://kannel:13013",
-            username="u",
-            password="p",
-            callback_token="kannel-callback-token-0123",
-            max_parts=3,
-            client=httpx.AsyncClient(transport=httpx.MockTransport(smsbox)),
-        )
+        kannel = self.kannel_parser(httpx.AsyncClient(transport=httpx.MockTransport(smsbox)))
         request = SubmitRequest(
             client_ref=message.key.to_ref(),
             sender="48974",
@@ -220,6 +226,41 @@ class TestMultiPartMessages:
         apply(store, report({"d": "1", "A": "stat:DELIVRD err:000", "F": "a3"}), changes)
         # Then it is delivered once its third part is, and the client is told once
         assert [c.message.status for c in changes] == [MessageStatus.DELIVERED]
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="Kannel asks the SMSC for a receipt of a long message's first part only (sms.c sms_split): the "
+        "message waits for parts never reported, and expires and is refunded however it went",
+    )
+    def test_a_kannel_long_message_settles_on_the_reports_a_real_kannel_sends_for_it(self):
+        from tests.integration.test_provider_kannel import kannel_captured, replayed
+
+        settled = []
+        for scenario in (
+            "3 GSM parts, each delivered",
+            "3 GSM parts, part 1 undelivered",
+            "3 UCS-2 parts, emoji on the boundary, part 2 refused by the SMSC",
+        ):
+            # Given a 3-part message handed to Kannel, and the DLR fetches a real Kannel 1.4.5 made over SMPP for
+            # such a message: it asked a receipt for the first part only, so it reports that part (%F) alone
+            store = cinema_store()
+            message = self.submitted(store)
+            kannel = self.kannel_parser()
+            ref = message.key.to_ref()
+            # When each of them reaches us
+            for recorded in kannel_captured(scenario):
+                called = replayed(recorded, ref=ref, token=KANNEL_TOKEN)
+                assert kannel.verify_callback(called)
+                [report] = kannel.parse_delivery_reports(called)
+                apply(store, report)
+            settled.append((store.messages[message.key].status, store.messages[message.key].error_code))
+        # Then the message settles as that receipt says, as a message of one part: delivered, failed (the SMSC's
+        # error code), rejected by the SMSC; not left to expire and be refunded after the DLR wait
+        assert settled == [
+            (MessageStatus.DELIVERED, None),
+            (MessageStatus.FAILED, "001"),
+            (MessageStatus.REJECTED, None),
+        ]
 
     def test_a_kannel_long_message_handed_over_before_the_dlr_url_named_the_part_still_settles(self, store):
         # Given a long message Kannel took before the deploy: its dlr-url has no part (Kannel keeps the URL it got)
