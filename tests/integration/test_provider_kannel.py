@@ -159,7 +159,9 @@ def sendsms_fields(request: httpx.Request) -> dict[str, bytes]:
     return {key: value.encode("latin-1") for key, value in parse_qsl(request.url.query.decode(), encoding="latin-1")}
 
 
-def test_a_long_message_kannel_cuts_as_it_was_counted_goes_whole_in_one_sendsms_its_dlr_url_naming_parts_by_f() -> None:
+def test_a_long_message_kannel_cuts_as_it_was_counted_goes_whole_in_one_sendsms_with_the_dlr_url_of_any_message() -> (
+    None
+):
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -178,9 +180,9 @@ def test_a_long_message_kannel_cuts_as_it_was_counted_goes_whole_in_one_sendsms_
         fields = sendsms_fields(request)
         assert fields["text"].decode() == text
         assert "udh" not in fields
-        # And its DLR URL adds %F, the SMSC's id for the part Kannel reports
-        assert request.url.params["dlr-url"] == f"{base}&part=%F"
-    # And a message of one part goes without it
+        # And its DLR URL is a message's: Kannel reports a long message by its first part only
+        assert request.url.params["dlr-url"] == base
+    # As a message of one part's
     seen.clear()
     asyncio.run(provider(handler).submit(submit_request(text="x" * 160)))
     [single] = seen
@@ -217,9 +219,9 @@ def test_a_text_kannel_would_cut_through_an_emoji_goes_whole_in_one_sendsms_padd
         "😀" + "я" * 65,
         "я",
     ]
-    # And its DLR URL names each part by %F, as for any long message Kannel cuts
+    # And its DLR URL is any message's
     base = f"{DLR_BASE}?ref={REF}&token={TOKEN}&type=%d&answer=%A&ts=%T&smsc=%i&to=%p&from=%P"
-    assert request.url.params["dlr-url"] == f"{base}&part=%F"
+    assert request.url.params["dlr-url"] == base
 
 
 def test_a_text_kannel_would_cut_through_an_emoji_refused_for_now_is_refused_whole_nothing_sent() -> None:
@@ -235,18 +237,16 @@ def test_a_text_kannel_would_cut_through_an_emoji_refused_for_now_is_refused_who
         )
 
 
-def test_each_report_of_a_long_message_kannel_cut_names_its_part_by_the_smsc_id() -> None:
-    # Given the URL Kannel is handed for a long message it cuts itself: %F, the SMSC's id
+def test_a_report_on_the_url_a_long_message_was_handed_over_with_before_is_the_whole_message_s() -> None:
+    # Given the URL a long message was handed to Kannel with from 2026-12-06 until session 35: &part=%F, which Kannel
+    # fills in with the SMSC's id for the message's first part, the one part it asks a receipt for
     dlr_url = f"{DLR_BASE}?ref={REF}&token={TOKEN}&type=%d&answer=%A&ts=%T&smsc=%i&to=%p&from=%P&part=%F"
-    # Then each part's report parses with that part; a report Kannel has no SMSC id for (fakesmsc's) names none
     kannel = provider(answer(202, "0: Accepted for delivery"))
-    for smsc_id, part in (("0a1b2c3d", "0a1b2c3d"), ("", None)):
+    # Then each of its reports is the message's, whatever %F is
+    for smsc_id in ("0a1b2c3d", "", "9" * 65):
         called = kannel_expands(dlr_url, {"d": "1", "A": "stat:DELIVRD", "T": "1795309364", "F": smsc_id})
         (report,) = kannel.parse_delivery_reports(callback(called))
-        assert (report.client_ref, report.status, report.part) == (REF, MessageStatus.DELIVERED, part)
-    # And a part id no SMSC gives (longer than SMPP's 64 characters) is refused
-    with pytest.raises(CallbackRejected, match="part"):
-        kannel.parse_delivery_reports(callback(kannel_expands(dlr_url, {"d": "1", "F": "9" * 65})))
+        assert (report.client_ref, report.status, report.part) == (REF, MessageStatus.DELIVERED, None)
 
 
 def test_submit_asks_for_ucs2_when_the_text_is_not_gsm7() -> None:
@@ -693,8 +693,8 @@ def test_against_a_real_kannel(kannel: tuple[KannelProvider, Recorder, subproces
     # as it was counted: 3 PDUs with its own concatenation header, the emoji whole at the start of the second
     long_request = request.model_copy(update={"text": "я" * 66 + "😀" + "я" * 66, "client_ref": "1002"})
     assert asyncio.run(_submit(adapter, long_request)) == "1002"
-    # (fakesmsc's reports of a message Kannel cut: one submitted, one delivered, both under the one id Kannel gave
-    # the message, %F, where an SMPP SMSC reports each part under its own id)
+    # (Kannel's reports of a message it cut: one submitted, one delivered, both the message's: it asks a receipt for
+    # the first part only)
     long_reports = [adapter.parse_delivery_reports(callback_request(receiver.next(timeout=15)))[0] for _ in range(2)]
     assert {(r.client_ref, r.status) for r in long_reports} == {
         ("1002", MessageStatus.SUBMITTED),
@@ -716,8 +716,8 @@ def test_against_a_real_kannel(kannel: tuple[KannelProvider, Recorder, subproces
     # counted: 3 PDUs with its own concatenation header, "€" whole at the start of the second
     gsm_request = request.model_copy(update={"text": "a" * 152 + "€" + "a" * 152, "client_ref": "1003"})
     assert asyncio.run(_submit(adapter, gsm_request)) == "1003"
-    # (fakesmsc's reports of a message Kannel cut: one submitted, one delivered, both under the one id Kannel gave
-    # the message, %F, where an SMPP SMSC reports each part under its own id)
+    # (Kannel's reports of a message it cut: one submitted, one delivered, both the message's: it asks a receipt for
+    # the first part only)
     gsm_reports = [adapter.parse_delivery_reports(callback_request(receiver.next(timeout=15)))[0] for _ in range(2)]
     assert {(r.client_ref, r.status) for r in gsm_reports} == {
         ("1003", MessageStatus.SUBMITTED),

@@ -168,7 +168,7 @@ class TestMultiPartMessages:
         self, message: Message, text: str = LONG_TEXT, sent: list[httpx.Request] | None = None
     ) -> Callable[..., DeliveryReport]:
         """The reports a Kannel upstream (max_parts 3) parses from the DLR URL its submit of `message` gave Kannel
-        (its one sendsms, `sent`), as Kannel fills it in for one report (`F`: the id the SMSC gave that part)."""
+        (its one sendsms, `sent`), as Kannel fills it in for one report."""
         from tests.integration.test_provider_kannel import callback, kannel_expands
 
         sent = [] if sent is None else sent
@@ -196,42 +196,6 @@ class TestMultiPartMessages:
 
         return report
 
-    def test_a_kannel_long_message_is_delivered_only_when_every_part_is_and_fails_when_one_part_fails(self, store):
-        # Given a 3-part message handed to a Kannel upstream, named as the upstream that carries it
-        message = self.submitted(store)
-        report = self.kannel_reports(message)
-        delivered = "id:a1 sub:001 dlvrd:001 submit date:2611220101 done date:2611220102 stat:DELIVRD err:000 text:"
-        undelivered = "id:a2 sub:001 dlvrd:000 submit date:2611220101 done date:2611220103 stat:UNDELIV err:001 text:"
-
-        changes: list[StatusChange] = []
-        # When the SMSC reports part a1 delivered (Kannel fetches the one dlr-url for each part), then part a2 failed
-        apply(store, report({"d": "1", "A": delivered, "F": "a1"}), changes)
-        delivered_after_one_part = store.messages[message.key].status
-        apply(store, report({"d": "2", "A": undelivered, "F": "a2"}), changes)
-        # Then the message is not delivered after part 1 alone, and ends failed (refunded) once part 2 failed
-        assert delivered_after_one_part == MessageStatus.SUBMITTED
-        assert store.messages[message.key].status == MessageStatus.FAILED
-        assert [(c.message.status, c.message.error_code) for c in changes] == [(MessageStatus.FAILED, "001")]
-
-    def test_a_kannel_long_message_is_delivered_once_each_of_its_parts_is(self, store):
-        message = self.submitted(store)
-        report = self.kannel_reports(message)
-        changes: list[StatusChange] = []
-        # When the SMSC accepts each part (type 8), then reports parts 1, 2 (twice) and 3 delivered
-        for part in (1, 2, 3):
-            apply(store, report({"d": "8", "A": "ACK/", "F": f"a{part}"}), changes)
-        for part in (1, 2, 2):
-            apply(store, report({"d": "1", "A": "stat:DELIVRD err:000", "F": f"a{part}"}), changes)
-        assert store.messages[message.key].status == MessageStatus.SUBMITTED
-        apply(store, report({"d": "1", "A": "stat:DELIVRD err:000", "F": "a3"}), changes)
-        # Then it is delivered once its third part is, and the client is told once
-        assert [c.message.status for c in changes] == [MessageStatus.DELIVERED]
-
-    @pytest.mark.xfail(
-        strict=True,
-        reason="Kannel asks the SMSC for a receipt of a long message's first part only (sms.c sms_split): the "
-        "message waits for parts never reported, and expires and is refunded however it went",
-    )
     def test_a_kannel_long_message_settles_on_the_reports_a_real_kannel_sends_for_it(self):
         from tests.integration.test_provider_kannel import kannel_captured, replayed
 
@@ -320,9 +284,7 @@ class TestMultiPartMessages:
         [fields] = taken
         assert fields["text"].decode() == padded_for_blind_cut(text) and "udh" not in fields
 
-    def test_a_kannel_ucs2_message_with_an_emoji_on_a_part_boundary_settles_on_the_parts_it_was_charged_for(
-        self, store
-    ):
+    def test_a_kannel_ucs2_message_with_an_emoji_on_a_part_boundary_settles_on_the_one_report_kannel_sends(self, store):
         from sms_gateway.domain.segments import padded_for_blind_cut
         from tests.integration.test_provider_kannel import sendsms_fields
 
@@ -339,14 +301,11 @@ class TestMultiPartMessages:
         assert sendsms_fields(request)["text"].decode() == padded_for_blind_cut(text)
         assert message.parts == 3
         changes: list[StatusChange] = []
-        # When the SMSC reports parts 1 and 2 delivered (each under the id it gave that part, Kannel's %F)
-        for part in (1, 2):
-            apply(store, report({"d": "1", "A": "stat:DELIVRD err:000", "F": f"a{part}"}), changes)
-        # Then the message waits for its third part
-        assert changes == [] and store.messages[message.key].status == MessageStatus.SUBMITTED
-        # And once the third is delivered the message is (the client told once): it does not wait 48 hours for a
-        # part that never comes, to be expired and refunded
-        apply(store, report({"d": "1", "A": "stat:DELIVRD err:000", "F": "a3"}), changes)
+        # When the SMSC accepts it (type 8) and reports its first part delivered: the one receipt Kannel asks for
+        apply(store, report({"d": "8", "A": "ACK/"}), changes)
+        apply(store, report({"d": "1", "A": "stat:DELIVRD err:000"}), changes)
+        # Then the message is delivered (the client told once): it does not wait 48 hours for parts never reported,
+        # to be expired and refunded
         assert [c.message.status for c in changes] == [MessageStatus.DELIVERED]
 
 

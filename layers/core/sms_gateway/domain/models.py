@@ -419,7 +419,7 @@ class DeliveryReport(Record):
     error_code: str | None = None
     reported_at: str | None = None
     # Set when the upstream reports each part of a multi-part message on its own: the part's number (1-based), or
-    # the upstream's own id for that part (Kannel's `%F`: the id the SMSC gave the part), one key of `part_status`.
+    # the upstream's own id for that part, one key of `part_status`.
     part: PartKey | None = None
 
 

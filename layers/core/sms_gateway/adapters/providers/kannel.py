@@ -8,13 +8,15 @@ edition read from Debian's kannel-docs, /usr/share/doc/kannel-docs/userguide/use
   padded so that it cuts it where we counted it (`submit`).
 - "SMS Delivery Reports" (chapter 10) and "Parameters (Escape Codes)" (Table 7-10): `dlr-mask` bits
   1 delivered, 2 failed, 4 buffered, 8 SMSC submit, 16 SMSC reject; the `dlr-url` is fetched with GET after
-  `%d` (type), `%A` (the SMSC's receipt text), `%T` (epoch), `%F` (the SMSC's id for the part reported: dlr.c's
-  dlr_find sets it to the id the report was matched on), `%p`/`%P` and the others are filled in.
+  `%d` (type), `%A` (the SMSC's receipt text), `%T` (epoch), `%p`/`%P` and the others are filled in.
+- A long message Kannel cuts asks the SMSC for a receipt of its first part only (gw/sms.c `sms_split`: "if its a
+  DLR request message getting split, only ask DLR for the first one"): its reports are the message's.
 - "sms-service" `post-url` with the same escape codes, text in the body and X-Kannel headers (Table 7-12).
 
 Kannel's answer carries no message id, so our client reference travels in the DLR URL's query string together
 with a per-upstream secret token; the upstream message id we record is the client reference itself.
-Checked against Debian's Kannel 1.4.5 (bearerbox + smsbox + fakesmsc): see docs/providers-smsc.md.
+Checked against Debian's Kannel 1.4.5 (bearerbox + smsbox, with fakesmsc and with an SMPP SMSC: the check in
+tools/sms_gateway_tools/kannel_check.py): see docs/providers-smsc.md.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from sms_gateway.adapters.providers.parts import max_parts_setting, refuse_longe
 from sms_gateway.adapters.providers.tokens import previous_tokens_setting, token_verified
 from sms_gateway.domain.ids import epoch_seconds
 from sms_gateway.domain.models import (
-    MAX_PART_ID_LENGTH,
     CallbackRequest,
     DeliveryReport,
     InboundSms,
@@ -162,14 +163,13 @@ class KannelProvider:
             client=client,
         )
 
-    def dlr_url(self, base: str, client_ref: str, parts: int = 1) -> str:
-        """The URL Kannel fetches for each report: our reference and token, then Kannel's escape codes. Kannel
-        fetches the one URL for each part of a longer message: `part=%F` (the id the SMSC gave that part) tells the
-        parts' reports apart, so the message settles once its parts do. A message of one part goes without it."""
+    def dlr_url(self, base: str, client_ref: str) -> str:
+        """The URL Kannel fetches for each report: our reference and token, then Kannel's escape codes. The same
+        for a message of any length: Kannel reports a long message by its first part (`parse_delivery_reports`)."""
         separator = "&" if "?" in base else "?"
         return (
             f"{base}{separator}ref={quote(client_ref, safe='')}&token={self._token}"
-            "&type=%d&answer=%A&ts=%T&smsc=%i&to=%p&from=%P" + ("&part=%F" if parts > 1 else "")
+            "&type=%d&answer=%A&ts=%T&smsc=%i&to=%p&from=%P"
         )
 
     async def submit(self, request: SubmitRequest) -> SubmitResult:
@@ -196,7 +196,7 @@ class KannelProvider:
             params["validity"] = str(request.validity_minutes)
         if request.dlr_url:
             params["dlr-mask"] = str(self._dlr_mask)
-            params["dlr-url"] = self.dlr_url(request.dlr_url, request.client_ref, segmentation.parts)
+            params["dlr-url"] = self.dlr_url(request.dlr_url, request.client_ref)
         client = self._client or async_client()
         try:
             response = await client.get(self._send_url, params=params)
@@ -233,6 +233,11 @@ class KannelProvider:
         return token_verified(request, self._tokens)
 
     def parse_delivery_reports(self, request: CallbackRequest) -> list[DeliveryReport]:
+        """One report of the whole message, however many parts Kannel cut it into: Kannel asks the SMSC for a
+        receipt of a long message's first part only, and its SMSC reject (type 16) and submit (8) reports come once
+        for all parts, so that part's report is the message's (as Jasmin's one report is). A URL with a `part` (`%F`,
+        given to long messages from 2026-12-06 until session 35) names the first part whatever the report: it is
+        ignored, or such a message, waiting for parts never reported, expired and was refunded after the DLR wait."""
         query = request.query
         ref = query.get("ref")
         if not ref:
@@ -251,7 +256,6 @@ class KannelProvider:
                 status=status,
                 error_code=error if failed and error not in _NO_ERROR else None,
                 reported_at=_epoch(query.get("ts")),
-                part=_part(query),
             )
         ]
 
@@ -290,16 +294,6 @@ class KannelProvider:
             text=_inbound_text(request),
             received_at=_epoch(query.get("ts")) or iso(datetime.now(UTC)),
         )
-
-
-def _part(query: Mapping[str, str]) -> str | None:
-    """The part of a long message a report is for: the SMSC's id for it (`%F`). None for a message of one part, one
-    handed to Kannel before the DLR URL carried it (until 2026-12-06), or a report Kannel has no SMSC id for
-    (fakesmsc's): such a report settles the whole message, as every report did before."""
-    part = query.get("part", "").strip()
-    if len(part) > MAX_PART_ID_LENGTH:
-        raise CallbackRejected(f"not a Kannel DLR: part longer than {MAX_PART_ID_LENGTH} characters")
-    return part or None
 
 
 def _receipt_fields(answer: str) -> dict[str, str]:
