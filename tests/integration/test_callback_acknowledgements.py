@@ -44,6 +44,18 @@ def kannel_inbound_event(query: dict[str, str], content_type: str, body: str, *,
     return event
 
 
+def kannel_delivering_inbound_for(aws: dict[str, str], account: dict[str, Any]) -> None:
+    """A Kannel upstream whose callbacks carry TOKEN, the one upstream that delivers the short code 48974's SMS."""
+    from sms_gateway_tools.admin import set_sender
+
+    configure(
+        aws,
+        "kannel",
+        {"type": "kannel", "url": "http://127.0.0.1:13013", "username": "u", "password": "p", "callback_token": TOKEN},
+    )
+    set_sender(account_id=account["account_id"], sender="48974", inbound_upstreams=["kannel"])
+
+
 def test_a_verified_jasmin_dlr_is_answered_with_its_ack_and_a_forged_one_is_not(aws):
     configure(
         aws,
@@ -97,15 +109,8 @@ def test_a_kannel_mo_in_ucs2_whose_body_is_utf16_is_stored_with_its_text(aws, ac
     # with its body in UTF-16BE (API Gateway base64-encodes it) and the same bytes in text_hex
     import base64
 
-    configure(
-        aws,
-        "kannel",
-        {"type": "kannel", "url": "http://127.0.0.1:13013", "username": "u", "password": "p", "callback_token": TOKEN},
-    )
-    from sms_gateway_tools.admin import set_sender
-
     # ... taking the shortcode's inbound SMS (no route names Kannel: it carries only these)
-    set_sender(account_id=account["account_id"], sender="48974", inbound_upstreams=["kannel"])
+    kannel_delivering_inbound_for(aws, account)
     text = "Hé™ 😀 yes"
     raw = text.encode("utf-16-be")
     query = {
@@ -236,3 +241,31 @@ def test_review_a_body_in_a_charset_python_cannot_decode_gets_an_answer_not_an_i
     # Then it is answered like any body read as UTF-8 (verified, then taken or refused), not an unhandled error: the
     # function URL's 502 for every such post counts toward WebhookErrorRateAlarm and pages the operator
     assert answer["statusCode"] in (200, 401), answer
+
+
+def test_the_mo_sms_a_real_kannel_posted_over_smpp_are_stored_with_their_numbers_and_text(aws, account):
+    # Given the MO posts a real Kannel 1.4.5 made for SMS from an SMPP SMSC (mo-recode on): `from` and `to` with the
+    # `+` Kannel adds for an international TON, short code included, the text in UTF-8 whatever the SMSC's coding
+    from urllib.parse import parse_qsl, urlsplit
+
+    from sms_gateway.bootstrap import gateway
+    from tests.integration.test_provider_kannel import kannel_captured
+
+    kannel_delivering_inbound_for(aws, account)
+    webhook = load_function("webhook")
+    for recorded in kannel_captured():
+        query = {**dict(parse_qsl(urlsplit(recorded["path"]).query, keep_blank_values=True)), "token": TOKEN}
+        event = kannel_inbound_event(query, recorded["headers"]["Content-Type"], recorded["body"], encoded=False)
+        # When each reaches the webhook
+        answer = webhook.handler(event, FakeContext())
+        assert answer["statusCode"] == 200, answer
+    # Then each is stored for the short code's account, from the handset, with its text
+    stored = gateway().store.list_inbounds(account["account_id"])[0]
+    assert sorted((sms.msisdn, sms.to, sms.text) for sms in stored) == sorted(
+        [
+            ("+2348020000000", "48974", "Hello from the phone"),
+            ("+2348020000000", "48974", "Hé ™ я😀"),
+            ("+2348020000000", "48974", "Grüße"),
+            ("+2348020000000", "48974", "я" * 67 + "end😀"),
+        ]
+    )
