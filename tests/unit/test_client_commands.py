@@ -564,3 +564,64 @@ def test_review_empty_spreadsheet_rows_are_skipped_not_rejected(
     assert sends == {"http://127.0.0.1:3000 t": 2}
     assert (out["rows"], out["accepted"], out["rejected"]) == (2, 2, 0)
     assert code == 0
+
+
+@pytest.mark.xfail(
+    strict=True, reason="send --csv keeps every row's result (and key) in memory: a few million rows exhaust a machine"
+)
+def test_review_a_csv_run_s_memory_does_not_grow_with_its_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import sys
+    import tracemalloc
+
+    from sms_gateway_tools import cli
+
+    # Given a gateway that accepts every row at once (the CLI's sender answers without HTTP)
+    monkeypatch.setattr(client_commands, "_open_client", lambda args: GatewayClient("http://gw", "t"))
+    monkeypatch.setattr(
+        client_commands, "_csv_sender", lambda client, sender, dlr: lambda to, text, key: ("386172887086388985", 1)
+    )
+
+    send = ["send", "--from", "48974", "--message", "Hi {name}", "--api-url", "http://gw", "--token", "t", "--csv"]
+
+    def run(csv_file: Path, *flags: str) -> tuple[int, int, str]:
+        """`send --csv` on the file: its exit code, the peak of Python's memory while it ran, and what it printed."""
+        printed = csv_file.with_suffix(".out")
+        with printed.open("w") as out, monkeypatch.context() as patched:
+            patched.setattr(sys, "stdout", out)
+            tracemalloc.start()
+            try:
+                code = cli.main([*send, str(csv_file), *flags])
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+        return code, peak, printed.read_text()
+
+    def campaign(rows: int) -> Path:
+        """A campaign of `rows` rows, every tenth without a name (rejected: the summary lists each)."""
+        csv_file = tmp_path / f"c{rows}.csv"
+        lines = [f"2348{n:09d},{'' if n % 10 == 9 else 'Ada'}\n" for n in range(rows)]
+        csv_file.write_text("to,name\n" + "".join(lines))
+        return csv_file
+
+    peaks: dict[int, list[int]] = {}
+    for rows in (2_000, 20_000):
+        csv_file = campaign(rows)
+        # When it is sent (JSON summary), and run again (every row then recorded as accepted: a resumed campaign)
+        code, first_peak, out = run(csv_file, "--json")
+        summary = json.loads(out)
+        assert (code, summary["rows"], summary["accepted"], summary["rejected"]) == (
+            1,
+            rows,
+            rows * 9 // 10,
+            rows // 10,
+        )
+        assert [result["line"] for result in summary["results"]] == list(range(2, rows + 2))
+        code, again_peak, out = run(csv_file)
+        assert code == 1
+        assert f"already accepted (earlier run)  {rows * 9 // 10}" in out
+        assert f"\n{rows + 1}  2348{rows - 1:09d}  no value for name" in out, out[-300:]
+        peaks[rows] = [first_peak, again_peak]
+    # Then ten times the rows take about the memory of a tenth of them, in both runs: what grows with the rows is kept
+    # on disk (the results until the summary is printed, the rows' keys), not in memory
+    assert peaks[20_000][0] < 2 * peaks[2_000][0], peaks
+    assert peaks[20_000][1] < 2 * peaks[2_000][1], peaks
