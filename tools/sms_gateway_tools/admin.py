@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import decimal
+import itertools
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -567,9 +568,17 @@ def _print_record(record: dict[str, Any]) -> None:
 
 
 def _print_rows(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    cells = [columns, *([field_text(row.get(column)) for column in columns] for row in rows)]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    for line in cells:
+    _print_rows_read_twice(lambda: rows, columns)
+
+
+def _print_rows_read_twice(rows: Callable[[], Iterable[dict[str, Any]]], columns: list[str]) -> None:
+    """`_print_rows` of rows too many to hold (a bulk send's rejected rows, read from disk): `rows()` is gone through
+    once for the columns' widths, then again to print them."""
+    widths = [len(column) for column in columns]
+    for row in rows():
+        widths = [max(width, len(field_text(row.get(column)))) for width, column in zip(widths, columns, strict=True)]
+    lines = itertools.chain([columns], ([field_text(row.get(column)) for column in columns] for row in rows()))
+    for line in lines:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
 
 

@@ -8,15 +8,17 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass
 from itertools import chain, islice
 from pathlib import Path
 from string import Formatter
 from typing import Any
 
 from sms_gateway.domain.msisdn import InvalidMsisdn, international_digits, parse_msisdn
+from sms_gateway_tools.scratch import Scratch
 
 # Header names (any case) taken for the recipient's number, first found wins.
 NUMBER_COLUMNS = ("to", "msisdn", "phone", "mobile")
@@ -274,6 +276,49 @@ def progress_target(api_url: str, token: str) -> str:
     return f"{api_url.strip().rstrip('/')} token-sha256:{token_hash}"
 
 
+# The progress file's entries as a run looks them up: on disk (`Scratch`), as a campaign's file has a line a row.
+PROGRESS_SCHEMA = """
+CREATE TABLE entries (scope INTEGER NOT NULL, key TEXT NOT NULL, entry TEXT NOT NULL, UNIQUE (key, scope));
+CREATE TABLE written (number TEXT NOT NULL, way TEXT NOT NULL, PRIMARY KEY (number, way)) WITHOUT ROWID;
+"""
+ACCEPTED_HERE, UNTARGETED = 1, 0
+
+
+class RecordedEntries(Mapping[str, dict[str, Any]]):
+    """The progress file's entries of one scope (`ACCEPTED_HERE` or `UNTARGETED`) by key, in the file's order."""
+
+    def __init__(self, scratch: Scratch, scope: int) -> None:
+        self._scratch = scratch
+        self._scope = scope
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        found = self._scratch.rows("SELECT entry FROM entries WHERE scope = ? AND key = ?", (self._scope, key))
+        if not found:
+            raise KeyError(key)
+        entry: dict[str, Any] = json.loads(found[0][0])
+        return entry
+
+    def __contains__(self, key: object) -> bool:
+        query = "SELECT 1 FROM entries WHERE scope = ? AND key = ?"
+        return isinstance(key, str) and bool(self._scratch.rows(query, (self._scope, key)))
+
+    def __len__(self) -> int:
+        [(count,)] = self._scratch.rows("SELECT COUNT(*) FROM entries WHERE scope = ?", (self._scope,))
+        return int(count)
+
+    def __iter__(self) -> Iterator[str]:
+        query = "SELECT rowid, key FROM entries WHERE scope = ? AND rowid > ? ORDER BY rowid LIMIT ?"
+        for _, key in self._scratch.paged(query, (self._scope,), start=(0,), after=lambda row: (row[0],)):
+            yield key
+
+    def put(self, key: str, entry: dict[str, Any]) -> None:
+        """The entry of `key`, in the place of an earlier one (as a dict's item)."""
+        self._scratch.write(
+            "INSERT INTO entries VALUES (?, ?, ?) ON CONFLICT (key, scope) DO UPDATE SET entry = excluded.entry",
+            (self._scope, key, json.dumps(entry)),
+        )
+
+
 class ProgressFile:
     """Rows the gateway accepted, one JSON line each, appended as they are accepted (a crash loses none).
 
@@ -281,64 +326,88 @@ class ProgressFile:
     `target` count as accepted, so the same CSV sent to another gateway or account is sent there in full.
     Entries without a target (written before targets were recorded) count for no target: their rows are sent
     again under their keys, which the gateway that accepted them answers with its first answer for 24 hours.
+
+    The file is read a line at a time and its entries looked up on disk (`Scratch`): a campaign of millions of rows
+    has a line each, which held in memory took over a kilobyte a row (until 2026-12-07).
     """
 
     def __init__(self, path: Path, target: str) -> None:
         self.path = path
         self.target = target
         self._lock = threading.Lock()
-        self.accepted: dict[str, dict[str, Any]] = {}
-        self.untargeted: dict[str, dict[str, Any]] = {}
-        # Each number's `number_key` -> the ways the file's lines wrote it (`to`), for the keys earlier versions made
-        # from the number as written (read once: the lines this version records are under `row_key`, which needs none).
-        self.written: dict[str, set[str]] = {}
+        # Also each number's `number_key` -> the ways the file's lines wrote it (`to`), for the keys earlier versions
+        # made from the number as written (read once: the lines this version records are under `row_key`).
+        self._scratch = Scratch(PROGRESS_SCHEMA)
+        self.accepted = RecordedEntries(self._scratch, ACCEPTED_HERE)
+        self.untargeted = RecordedEntries(self._scratch, UNTARGETED)
+        self._read_any = False
         try:
-            lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+            if path.exists():
+                with path.open(encoding="utf-8") as lines:
+                    for line in lines:
+                        self._take(line)
         except (OSError, UnicodeDecodeError) as error:
             reason = error.strerror if isinstance(error, OSError) else "not a progress file (not UTF-8 text)"
             raise BulkSendError(f"cannot read the progress file {path}: {reason}") from error
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-                key = str(entry["key"])
-                recorded_for = entry.get("target")
-            except (ValueError, KeyError, TypeError, AttributeError):
-                # A line cut short by a crash: the row's key still protects it at the gateway for 24 h.
-                continue
-            if recorded_for == target:
-                self.accepted[key] = entry
-            elif recorded_for is None:
-                self.untargeted[key] = entry
-            else:
-                continue
-            self._note_written(entry.get("to"))
 
-    def _note_written(self, to: object) -> None:
+    def _take(self, line: str) -> None:
+        if not line.strip():
+            return
+        try:
+            entry = json.loads(line)
+            key = str(entry["key"])
+            recorded_for = entry.get("target")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # A line cut short by a crash: the row's key still protects it at the gateway for 24 h.
+            return
+        if recorded_for == self.target:
+            self.accepted.put(key, entry)
+        elif recorded_for is None:
+            self.untargeted.put(key, entry)
+        else:
+            return
+        self._read_any = True
+        to = entry.get("to")
         if isinstance(to, str) and to:
-            self.written.setdefault(number_key(to), set()).add(to)
+            self._scratch.write("INSERT OR IGNORE INTO written VALUES (?, ?)", (number_key(to), to))
 
     def ways_written(self, to: str) -> list[str]:
         """`to` and every other way the entries wrote the same number, `to` first."""
-        others = self.written.get(number_key(to), set()) - {to}
-        return [to, *sorted(others)]
+        if not self._read_any:
+            return [to]
+        written = self._scratch.rows("SELECT way FROM written WHERE number = ? ORDER BY way", (number_key(to),))
+        return [to, *(way for (way,) in written if way != to)]
+
+    def first_recorded(self, keys: Callable[[], list[str]]) -> tuple[str, dict[str, Any], bool] | None:
+        """The first of `keys()` the file recorded when read, an entry accepted by this target before any without a
+        target, then in the keys' order: (its key, its entry, whether this target accepted it). None at once (no key
+        made) when the file recorded none. Not the entries this run records: a row of this run's is a duplicate of its
+        first, which is told apart before (`FirstLines`)."""
+        if not self._read_any:
+            return None
+        wanted = keys()
+        marks = ", ".join("?" * len(wanted))
+        query = f"SELECT scope, key, entry FROM entries WHERE key IN ({marks})"  # noqa: S608 - only its ? are made
+        found = {(scope, key): entry for scope, key, entry in self._scratch.rows(query, wanted)}
+        for scope in (ACCEPTED_HERE, UNTARGETED):
+            for key in wanted:
+                if (scope, key) in found:
+                    return key, json.loads(found[scope, key]), scope == ACCEPTED_HERE
+        return None
 
     def record(self, result: RowResult) -> None:
         entry = {"key": result.key, "line": result.line, "to": result.to, "reference_id": result.reference_id}
         entry["cost"] = result.cost
         entry["target"] = self.target
         line = (json.dumps(entry) + "\n").encode()
-        with self._lock:
-            self.accepted[result.key] = entry
-            with self.path.open("ab+") as out:
-                # A line cut short (a crash, a full disk) ends the file without its newline: this one starts on
-                # a line of its own, not glued to the cut one (and lost with it when the file is read).
-                if out.seek(0, os.SEEK_END) > 0:
-                    out.seek(-1, os.SEEK_END)
-                    if out.read(1) != b"\n":
-                        line = b"\n" + line
-                out.write(line)
+        with self._lock, self.path.open("ab+") as out:
+            # A line cut short (a crash, a full disk) ends the file without its newline: this one starts on
+            # a line of its own, not glued to the cut one (and lost with it when the file is read).
+            if out.seek(0, os.SEEK_END) > 0:
+                out.seek(-1, os.SEEK_END)
+                if out.read(1) != b"\n":
+                    line = b"\n" + line
+            out.write(line)
 
 
 # Sends one row: (to, text, key) -> (reference_id, cost); raises RowRejected with the gateway's reason.
@@ -346,46 +415,134 @@ class ProgressFile:
 SendOne = Callable[[str, str, str], tuple[str | None, int | None]]
 
 
-@dataclass
-class Summary:
-    results: list[RowResult] = field(default_factory=list)
-    fatal: str | None = None
-    dry_run: bool = False
-    interrupted: bool = False
-    unrecorded: list[int] = field(default_factory=list)  # lines accepted that the progress file could not take
+# A run's row results, on disk (`Scratch`) until the summary is printed: a campaign may have millions of rows.
+RESULTS_SCHEMA = """
+CREATE TABLE results (
+    line INTEGER NOT NULL, "to" TEXT NOT NULL, outcome TEXT NOT NULL, key TEXT NOT NULL,
+    reference_id TEXT, cost INTEGER, reason TEXT
+);
+CREATE INDEX results_by_line ON results (line);
+CREATE INDEX results_by_outcome ON results (outcome, line);
+"""
+# Each result with its rowid, in line order, a page after a (line, rowid): all of them, or those of one outcome.
+_RESULTS_AFTER = (
+    'SELECT rowid, line, "to", outcome, key, reference_id, cost, reason FROM results '
+    "WHERE (line, rowid) > (?, ?) ORDER BY line, rowid LIMIT ?"
+)
+_OUTCOME_AFTER = (
+    'SELECT rowid, line, "to", outcome, key, reference_id, cost, reason FROM results '
+    "WHERE outcome = ? AND (line, rowid) > (?, ?) ORDER BY line, rowid LIMIT ?"
+)
+# The outcomes whose rows the gateway accepted, now or in an earlier run: the run's cost.
+ACCEPTED_OUTCOMES = ("accepted", "already_accepted")
 
-    def of(self, outcome: str) -> list[RowResult]:
-        return [result for result in self.results if result.outcome == outcome]
+
+class Summary:
+    """A run's outcome: counts and costs kept as the rows come, and each row's result kept on disk, read back in
+    line order (`results`, `of`), so that a run's memory does not grow with its rows (until 2026-12-07 every
+    result was held, about 360 MB for a million rows)."""
+
+    def __init__(self, *, dry_run: bool = False) -> None:
+        self.fatal: str | None = None
+        self.dry_run = dry_run
+        self.interrupted = False
+        self.unrecorded: list[int] = []  # lines accepted that the progress file could not take
+        self._counts: Counter[str] = Counter()
+        self._costs: Counter[str] = Counter()
+        self._costs_unknown = 0
+        self._lock = threading.Lock()
+        self._results = Scratch(RESULTS_SCHEMA)
+
+    def add(self, result: RowResult) -> None:
+        with self._lock:
+            self._counts[result.outcome] += 1
+            if result.outcome in ACCEPTED_OUTCOMES:
+                self._costs[result.outcome] += result.cost or 0
+                self._costs_unknown += result.cost is None
+            self._results.write("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?)", astuple(result))
+
+    @property
+    def rows(self) -> int:
+        return sum(self._counts.values())
+
+    def count(self, outcome: str) -> int:
+        return self._counts[outcome]
+
+    @property
+    def results(self) -> Iterator[RowResult]:
+        """Every row's result, in line order, read from disk as it goes."""
+        return self._read(_RESULTS_AFTER, ())
+
+    def of(self, outcome: str) -> Iterator[RowResult]:
+        """The results of one outcome, in line order, read from disk as it goes."""
+        return self._read(_OUTCOME_AFTER, (outcome,))
+
+    def _read(self, query: str, parameters: tuple[str, ...]) -> Iterator[RowResult]:
+        for row in self._results.paged(query, parameters, start=(-1, 0), after=lambda row: (row[1], row[0])):
+            yield RowResult(*row[1:])
 
     @property
     def cost(self) -> int:
-        return sum(r.cost or 0 for r in self.results if r.outcome in ("accepted", "already_accepted"))
+        return sum(self._costs.values())
 
     @property
     def new_cost(self) -> int:
         """What the rows accepted in this run cost (in a dry run: would cost)."""
-        return sum(r.cost or 0 for r in self.of("accepted"))
+        return self._costs["accepted"]
 
     @property
     def cost_known(self) -> bool:
-        return all(r.cost is not None for r in self.results if r.outcome in ("accepted", "already_accepted"))
+        return self._costs_unknown == 0
 
     def to_dict(self) -> dict[str, Any]:
+        """The summary as `--json` prints it; its "results" an iterator of each row's, read from disk as it goes
+        (`print_json` writes it)."""
         return {
-            "rows": len(self.results),
-            "accepted": len(self.of("accepted")),
-            "already_accepted": len(self.of("already_accepted")),
-            "duplicates": len(self.of("duplicate")),
-            "rejected": len(self.of("rejected")),
-            "key_used": len(self.of("key_used")),
+            "rows": self.rows,
+            "accepted": self.count("accepted"),
+            "already_accepted": self.count("already_accepted"),
+            "duplicates": self.count("duplicate"),
+            "rejected": self.count("rejected"),
+            "key_used": self.count("key_used"),
             "cost": self.cost if self.cost_known else None,
             "new_cost": self.new_cost,
             "dry_run": self.dry_run,
             "error": self.fatal,
             "interrupted": self.interrupted,
             "unrecorded": sorted(self.unrecorded),
-            "results": [result.__dict__ for result in sorted(self.results, key=lambda r: r.line)],
+            "results": (result.__dict__ for result in self.results),
         }
+
+
+class FirstLines:
+    """The line each message (`row_key`) of a run was first on, kept on disk: a repeat is told apart however many
+    rows lie between."""
+
+    def __init__(self) -> None:
+        self._seen = Scratch("CREATE TABLE seen (message TEXT PRIMARY KEY, line INTEGER NOT NULL) WITHOUT ROWID;")
+
+    def first(self, message: str, line: int) -> int | None:
+        """The line `message` was first on, or None when this is its first (`line` is then noted for it)."""
+        if self._seen.write("INSERT OR IGNORE INTO seen VALUES (?, ?)", (message, line)):
+            return None
+        [(first,)] = self._seen.rows("SELECT line FROM seen WHERE message = ?", (message,))
+        return int(first)
+
+
+def print_json(fields: Mapping[str, Any], stream: Any) -> None:
+    """`print(json.dumps(fields))`, a value that is an iterator written as a list an item at a time: the summary's
+    results, which may be millions."""
+    stream.write("{")
+    for number, (name, value) in enumerate(fields.items()):
+        stream.write(f"{', ' if number else ''}{json.dumps(name)}: ")
+        if isinstance(value, Iterator):
+            stream.write("[")
+            for position, item in enumerate(value):
+                stream.write(f"{', ' if position else ''}{json.dumps(item)}")
+            stream.write("]")
+        else:
+            stream.write(json.dumps(value))
+    stream.write("}\n")
 
 
 @dataclass(frozen=True)
@@ -393,6 +550,7 @@ class _Keyed:
     message: str  # the row's `row_key`, which tells repeats apart
     key: str  # the key to send or look the row up under
     to: str  # the number as the request carries it
+    accepted: dict[str, Any] | None = None  # the progress file's entry of `key` accepted by this target, if any
 
 
 def _keyed(row: Row, sender: str, template: str, progress: ProgressFile) -> _Keyed:
@@ -406,20 +564,25 @@ def _keyed(row: Row, sender: str, template: str, progress: ProgressFile) -> _Key
     request the gateway keeps under the key wrote it) when the gateway reads that the same way (`sent_number`).
     """
     message = row_key(sender, template, row.to, row.fields)
-    keys = [message]
-    ways = progress.ways_written(row.to)
-    keys += [written_number_key(sender, template, previous_number_key(to), row.fields) for to in ways]
-    keys += [written_number_key(sender, template, to, row.fields) for to in ways]
-    keys += [all_columns_key(sender, template, fields) for fields in _written_other_ways(row, ways)]
+
+    def keys() -> list[str]:
+        ways = progress.ways_written(row.to)
+        return [
+            message,
+            *(written_number_key(sender, template, previous_number_key(to), row.fields) for to in ways),
+            *(written_number_key(sender, template, to, row.fields) for to in ways),
+            *(all_columns_key(sender, template, fields) for fields in _written_other_ways(row, ways)),
+        ]
+
     to = sent_number(row.to)
-    for recorded in (progress.accepted, progress.untargeted):
-        for key in keys:
-            if key in recorded:
-                written = recorded[key].get("to")
-                if isinstance(written, str) and sent_number(written) == to:
-                    to = written
-                return _Keyed(message, key, to)
-    return _Keyed(message, message, to)
+    recorded = progress.first_recorded(keys)
+    if recorded is None:
+        return _Keyed(message, message, to)
+    key, entry, accepted = recorded
+    written = entry.get("to")
+    if isinstance(written, str) and sent_number(written) == to:
+        to = written
+    return _Keyed(message, key, to, entry if accepted else None)
 
 
 def _written_other_ways(row: Row, ways: list[str]) -> Iterator[dict[str, str]]:
@@ -434,15 +597,14 @@ def _written_other_ways(row: Row, ways: list[str]) -> Iterator[dict[str, str]]:
         yield {**row.fields, column: to}
 
 
-def _settled_without_sending(
-    row: Row, *, message: str, key: str, template: str, progress: ProgressFile, first_line_of: dict[str, int]
-) -> RowResult | str:
+def _settled_without_sending(row: Row, keyed: _Keyed, *, template: str, first_lines: FirstLines) -> RowResult | str:
     """The row's result when no call is needed (a repeat, accepted earlier, or unsendable), else its text."""
-    if message in first_line_of:
-        reason = f"same number and values as line {first_line_of[message]}: sent once"
+    key = keyed.key
+    first = first_lines.first(keyed.message, row.line)
+    if first is not None:
+        reason = f"same number and values as line {first}: sent once"
         return RowResult(row.line, row.to, "duplicate", key, reason=reason)
-    first_line_of[message] = row.line
-    earlier = progress.accepted.get(key)
+    earlier = keyed.accepted
     if earlier is not None:
         reference_id, cost = earlier.get("reference_id"), earlier.get("cost")
         return RowResult(row.line, row.to, "already_accepted", key, reference_id=reference_id, cost=cost)
@@ -492,12 +654,11 @@ def send_rows(
     A dry run (`send_one` quoting instead of sending) records nothing in the progress file."""
     template_fields(template)
     summary = Summary(dry_run=dry_run)
-    first_line_of: dict[str, int] = {}
+    first_lines = FirstLines()
     lock = threading.Lock()
 
     def done(result: RowResult) -> None:
-        with lock:
-            summary.results.append(result)
+        summary.add(result)
         if result.outcome == "accepted" and not dry_run:
             try:
                 progress.record(result)
@@ -533,14 +694,7 @@ def send_rows(
     try:
         for row in rows:
             keyed = _keyed(row, sender, template, progress)
-            settled = _settled_without_sending(
-                row,
-                message=keyed.message,
-                key=keyed.key,
-                template=template,
-                progress=progress,
-                first_line_of=first_line_of,
-            )
+            settled = _settled_without_sending(row, keyed, template=template, first_lines=first_lines)
             if isinstance(settled, RowResult):
                 done(settled)
             else:

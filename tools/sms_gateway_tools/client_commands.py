@@ -16,7 +16,14 @@ import httpx
 
 from sms_gateway.adapters.http import retry_after_seconds
 from sms_gateway.domain.status import TERMINAL
-from sms_gateway_tools.admin import TargetNotFound, _print_record, _print_rows, describe_stack, stack_outputs
+from sms_gateway_tools.admin import (
+    TargetNotFound,
+    _print_record,
+    _print_rows,
+    _print_rows_read_twice,
+    describe_stack,
+    stack_outputs,
+)
 from sms_gateway_tools.arguments import number, whole_number
 from sms_gateway_tools.bulk_send import (
     KEY_USED_REASON,
@@ -26,6 +33,7 @@ from sms_gateway_tools.bulk_send import (
     RowRejected,
     RowResult,
     Summary,
+    print_json,
     progress_path,
     progress_target,
     read_rows,
@@ -393,20 +401,20 @@ def _send_csv(args: argparse.Namespace) -> int:
         report["balance"] = balance.get("credits")
         report["balance_sufficient"] = balance_sufficient
     if args.json:
-        print(json.dumps(report))
+        print_json(report, sys.stdout)
     else:
         _print_summary(summary, progress.path, balance.get("credits"))
     if summary.fatal is not None:
         print(f"error: {summary.fatal}", file=sys.stderr)
         return CANNOT_RUN
     if summary.interrupted:
-        left = total - len(summary.results)
+        left = total - summary.rows
         print(f"interrupted: {left} rows not sent; run the same command again to send them", file=sys.stderr)
         return INTERRUPTED
     if args.dry_run and not balance_sufficient:
         return REFUSED
     # A row whose key was used otherwise was most likely sent, but no answer says so: not all sent, as far as is known.
-    return REFUSED if summary.of("rejected") or summary.of("key_used") else 0
+    return REFUSED if summary.count("rejected") or summary.count("key_used") else 0
 
 
 def _open_csv(path: Path) -> TextIO:
@@ -444,20 +452,18 @@ def _print_summary(summary: Summary, progress: Path, balance: int | None = None)
         ],
         ["outcome", "rows"],
     )
-    rejected = sorted(summary.of("rejected"), key=lambda r: r.line)
     if summary.dry_run:
         print(f"sending the rows not yet accepted would cost {summary.new_cost} credits (balance {balance})")
         if balance is not None and summary.new_cost > balance:
             print("the balance does not cover them all: the rows past it would be refused (HTTP 402)")
     else:
         print(f"cost: {cost} credits")
-    if rejected:
+    if summary.count("rejected"):
         print("rejected rows (fix them and run the same command again: accepted rows are not sent twice):")
-        _print_rows([{"line": r.line, "to": r.to, "reason": r.reason} for r in rejected], ["line", "to", "reason"])
-    key_used = sorted(summary.of("key_used"), key=lambda r: r.line)
-    if key_used:
+        _print_rows_read_twice(lambda: (r.__dict__ for r in summary.of("rejected")), ["line", "to", "reason"])
+    if summary.count("key_used"):
         print(f"rows not sent again: {KEY_USED_REASON}")
-        _print_rows([{"line": r.line, "to": r.to} for r in key_used], ["line", "to"])
+        _print_rows_read_twice(lambda: (r.__dict__ for r in summary.of("key_used")), ["line", "to"])
     if summary.dry_run:
         print("dry run: nothing was sent or charged", file=sys.stderr)
     elif summary.unrecorded:
