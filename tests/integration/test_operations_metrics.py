@@ -183,11 +183,6 @@ def test_a_retry_that_stores_the_messages_a_killed_send_did_not_counts_those(aws
     assert sum(values(capsys.readouterr().out, "MessagesAccepted")) == 2.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a keyed send killed once its messages were stored is never counted: it dies before its metrics are "
-    "flushed, and the retry that finishes it counts only the messages it adds (none)",
-)
 def test_review_a_send_killed_once_its_messages_were_stored_is_counted_once(aws, account, api, capsys, monkeypatch):
     from sms_gateway.adapters.sqs import SqsDispatchQueue
     from tests.integration.test_idempotency_and_credits import Killed, die_once, leases_run_out, with_key

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sms_gateway.outcome_metrics import FINAL_STATUS_METRICS, UPSTREAM_FAILURES
+from sms_gateway.outcome_metrics import FINAL_STATUS_METRICS, MESSAGES_ACCEPTED, UPSTREAM_FAILURES
 from sms_gateway.settings import Settings
 from sms_gateway_tools.template import load_template, resources_of_type
 
@@ -48,7 +48,7 @@ def emitted_metric_names() -> set[str]:
     """Every metric name the gateway's code emits: literal add_metric names, and the outcome metrics' tables."""
     source = "\n".join(path.read_text() for path in CODE.rglob("*.py"))
     literal = set(re.findall(r"add_metric\(\s*name=\"(\w+)\"", source))
-    return literal | set(FINAL_STATUS_METRICS.values()) | {UPSTREAM_FAILURES}
+    return literal | set(FINAL_STATUS_METRICS.values()) | {UPSTREAM_FAILURES, MESSAGES_ACCEPTED}
 
 
 def metric_rows(dashboard: dict[str, Any]) -> list[list[Any]]:

@@ -20,12 +20,17 @@ FINAL_STATUS_METRICS: Mapping[MessageStatus, str] = {
     MessageStatus.REJECTED: "MessagesRejected",
 }
 UPSTREAM_FAILURES = "UpstreamFailures"
+MESSAGES_ACCEPTED = "MessagesAccepted"
 TRANSIENT, PERMANENT = "transient", "permanent"
 
 
 def count_accepted(messages: int) -> None:
-    """Messages (not requests) a send accepted: a batch of 500 recipients counts 500."""
-    metrics.add_metric(name="MessagesAccepted", unit=MetricUnit.Count, value=messages)
+    """Messages (not requests) a send stored, once it stored all of them: a batch of 500 recipients counts 500.
+    Printed at once, not with the invocation's other metrics at its end: a request that dies after storing them (a
+    timeout while queueing or answering) has counted them, and the retry that finishes it counts only what it adds
+    (logic.send.finish_stored_batch); until 2026-12-07 such a send was never counted."""
+    if messages:
+        _print_now(MESSAGES_ACCEPTED, messages, {})
 
 
 def count_sends_undone() -> None:
@@ -78,13 +83,18 @@ def count_upstream_failures(failures: Mapping[tuple[str, str], int]) -> None:
     metrics.add_metric(name=UPSTREAM_FAILURES, unit=MetricUnit.Count, value=total)
     for (upstream, failure), count in sorted(failures.items()):
         # Dimensions differ from the shared Metrics object's, so each upstream's series is its own EMF record.
-        with single_metric(
-            name=UPSTREAM_FAILURES,
-            unit=MetricUnit.Count,
-            value=count,
-            namespace=metrics.namespace,
-            # single_metric leaves out the service dimension the shared object adds itself.
-            default_dimensions={"service": str(metrics.service), **metrics.default_dimensions},
-        ) as metric:
-            metric.add_dimension(name="upstream", value=upstream)
-            metric.add_dimension(name="failure", value=failure)
+        _print_now(UPSTREAM_FAILURES, count, {"upstream": upstream, "failure": failure})
+
+
+def _print_now(name: str, count: int, dimensions: Mapping[str, str]) -> None:
+    """A count printed as its own EMF record at once, with the shared Metrics object's dimensions and `dimensions`."""
+    with single_metric(
+        name=name,
+        unit=MetricUnit.Count,
+        value=count,
+        namespace=metrics.namespace,
+        # single_metric leaves out the service dimension the shared object adds itself.
+        default_dimensions={"service": str(metrics.service), **metrics.default_dimensions},
+    ) as metric:
+        for dimension, value in dimensions.items():
+            metric.add_dimension(name=dimension, value=value)

@@ -32,7 +32,6 @@ from sms_gateway.errors import (
 )
 from sms_gateway.logic.idempotency import SEND_LEASE, canonical_body, fingerprint, run_once
 from sms_gateway.logic.send import Accepted, Rejection, accept_send, undo_standing_send, with_opted_out
-from sms_gateway.outcome_metrics import count_accepted
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 T = TypeVar("T")
@@ -105,9 +104,9 @@ def key_claim() -> KeyClaim | None:
 
 
 def accept(account: Account, command: SendCommand) -> Accepted:
-    """Every dialect's send: the use case, then the messages it accepted counted for the dashboard (a retry that
-    finishes a send under its key counts only those it added: until 2026-12-06 it counted the whole send again)."""
-    accepted = accept_send(
+    """Every dialect's send: the use case, which counts the messages it stores for the dashboard (MessagesAccepted:
+    logic.send)."""
+    return accept_send(
         account,
         command,
         send_dependencies(),
@@ -115,8 +114,6 @@ def accept(account: Account, command: SendCommand) -> Accepted:
         claim=_key_claim.get(),
         out_of_time=deadlines.invocation_out_of_time(),
     )
-    count_accepted(accepted.newly_accepted)
-    return accepted
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from sms_gateway.errors import (
 from sms_gateway.logic.batches import ONLY_QUEUED, ONLY_SCHEDULED, all_messages, move_and_refund
 from sms_gateway.logic.optouts import opted_out_of
 from sms_gateway.observability import logger, mask_typed_number
-from sms_gateway.outcome_metrics import count_sends_undone
+from sms_gateway.outcome_metrics import count_accepted, count_sends_undone
 from sms_gateway.ports import AccountStore, BatchScheduler, DispatchQueue, MessageStore, OptOutStore, PriceBook
 
 DISPATCH_CHUNK = 100
@@ -137,15 +137,6 @@ class Accepted:
     balance: int | None
     # Recipients left out because they opted out of the sender: not stored, not charged.
     refused: list[Rejection] = field(default_factory=list)
-    # How many of `messages` this request stored, when not all of them: a retry that finishes a send under its key
-    # (finish_stored_batch) adds only those the request it resumed did not get to.
-    stored_now: int | None = None
-
-    @property
-    def newly_accepted(self) -> int:
-        """The messages this request accepted (MessagesAccepted): a retry finishing a send counts only what it
-        added, as the request it resumed counted the rest when it got as far as accepting them."""
-        return len(self.messages) if self.stored_now is None else self.stored_now
 
 
 @dataclass(frozen=True)
@@ -275,6 +266,8 @@ def accept_send(
             # Not the caller's conflict: two new ids met (one millisecond, the same random bits). A retry gets another.
             raise undone("could not be stored", Unavailable(error.message)) from error
         raise undone("could not be stored", error) from error
+    # Counted once all are stored, before the release: a request that dies in it has counted them (count_accepted).
+    count_accepted(len(messages))
     try:
         with deadlines.armed(out_of_time):
             release(batch, messages, deps, in_order=account.single_sends_in_order)
@@ -667,7 +660,10 @@ def finish_stored_batch(
     reserved and what the messages cost (nothing, unless the price table changed meanwhile or a group read again
     gained or lost members, or a release gave back what the batch held for the messages never stored), with the
     batch's cost and the messages added (store_and_charge), so a finisher that dies part-way leaves nothing owed to
-    the next one. Conflict when the batch changed since it was read (finish_standing_send reads it again)."""
+    the next one. Conflict when the batch changed since it was read (finish_standing_send reads it again).
+    MessagesAccepted: the request that stored the batch counted its messages once it had stored all of them
+    (accept_send); one that died before then counted none, and its messages are counted now with those added."""
+    counted = len(stored) >= batch.recipients
     recipients, refused = refuse_opted_out(account, command.sender, command.recipients, deps.opt_outs)
     stored, refused = withhold_opted_out(batch, stored, refused, deps, now=now)
     have = Counter(m.msisdn for m in stored)
@@ -690,6 +686,7 @@ def finish_stored_batch(
         # that gives back what the batch held for messages never stored (the sweeper's: the send's api Lambda died)
         # either comes first, and the finish reads the batch again (Conflict), or finds them stored and paid for.
         batch = deps.messages.store_and_charge(batch, added, stored_cost=stored_cost, stored=len(stored))
+    count_accepted(len(added) if counted else len(messages))
     release(batch, messages, deps, in_order=account.single_sends_in_order)
     logger.warning(
         "finished a send whose request died part-way",
@@ -697,7 +694,7 @@ def finish_stored_batch(
     )
     # None: a dialect that answers the balance reads it (balance_after), after any refund of a number that opted out
     # meanwhile (withhold_opted_out).
-    return Accepted(batch=batch, messages=messages, balance=None, refused=refused, stored_now=len(added))
+    return Accepted(batch=batch, messages=messages, balance=None, refused=refused)
 
 
 def withhold_opted_out(
