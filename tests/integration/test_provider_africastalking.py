@@ -587,3 +587,30 @@ def test_review_the_runbooks_upgrade_notes_warn_that_a_short_at_callback_token_s
     runbook = Path(__file__).resolve().parents[2] / "docs" / "runbook.md"
     deploy = runbook.read_text().split("## Deploy", 1)[1].split("\n## ", 1)[0]
     assert "callback_token" in deploy
+
+
+def test_a_report_for_an_id_we_never_got_is_held_never_matched_to_the_unconfirmed_message_of_its_number() -> None:
+    from datetime import UTC, datetime
+
+    from sms_gateway.domain.status import SUBMIT_UNCONFIRMED
+    from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
+    from tests.fakes import dispatched_through
+
+    # Given a message whose submit to AT got no answer after the request left: AT may be sending it, under an id we
+    # never learnt (AT's bulk SMS takes no reference of ours, and has no API to look a sent message up)
+    def read_timeout(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("no answer", request=request)
+
+    at = provider(read_timeout)
+    message, store = dispatched_through(at)
+    assert (message.status, message.error_code) == (MessageStatus.SUBMITTED, SUBMIT_UNCONFIRMED)
+    # When AT reports "Success" for an id no message is linked to, to that message's number: it may as well be another
+    # message to that number whose link is still being written, or one sent from AT's dashboard by the same app
+    report = delivery_report_body("Success", id="ATXid_unknown", phoneNumber=message.msisdn)
+    deps = DeliveryDependencies(store, store, lambda: datetime(2026, 1, 3, tzinfo=UTC))
+    outcome = receive_delivery_reports(at, callback("dlr", report), deps)
+    # Then the report is held on AT's id (a link written later applies it), and the unconfirmed message is left to the
+    # DLR wait: never settled by a report that may be another message's
+    assert (outcome.applied, outcome.held) == (0, 1)
+    after = store.messages[message.key]
+    assert (after.status, after.upstream_message_id) == (MessageStatus.SUBMITTED, None)
