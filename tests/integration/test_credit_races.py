@@ -352,3 +352,50 @@ def test_a_keyed_retry_finishing_a_killed_send_as_the_sweeper_releases_it_leaves
     assert len(stored) == 150
     assert table.balance(account.account_id) == CREDITS - sum(m.price for m in going)
     assert table.get_batch(account.account_id, batch.reference_id).cost == sum(m.price for m in stored)
+
+
+@pytest.mark.parametrize("first", ["cancel-reads-first", "other-reads-first"])
+@pytest.mark.parametrize("other", ["sweeper", "keyed-retry"])
+def test_a_cancel_of_a_send_killed_while_storing_racing_its_finisher_gives_back_exactly_what_does_not_go(
+    table, other, first
+):
+    # Given a send to 150 (3 credits each) scheduled an hour ahead, whose api Lambda was killed after storing its
+    # first 100 messages (the batch holds its 450 credits, no schedule made), cancelled from the portal as the
+    # sweeper releases it, or as the client's retry under its Idempotency-Key finishes it
+    send_at = NOW + timedelta(hours=1)
+    account, command, reference_id = send_killed_while_storing(table, 150, send_at)
+    charged = CREDITS - table.balance(account.account_id)
+
+    def cancelling(store: DynamoStore) -> tuple[Batch, int]:
+        return cancel_batch(
+            messages=store, scheduler=RecordingScheduler(), account_id=account.account_id,
+            reference_id=reference_id, now=NOW,
+        )  # fmt: skip
+
+    def sweeper(store: DynamoStore) -> bool:
+        return release_scheduled_batch(
+            account.account_id, reference_id, messages=store, accounts=store, opt_outs=None,
+            queue=RecordingQueue(), clock=lambda: send_at + timedelta(minutes=20), finish_cancels=True,
+        )  # fmt: skip
+
+    def retry(store: DynamoStore) -> Any:
+        claim = KeyClaim(reference_id=reference_id, resumed=True)
+        return accept_send(account, command, send_deps(store), now=NOW + timedelta(minutes=3), claim=claim)
+
+    finisher = sweeper if other == "sweeper" else retry
+    # When both read the batch and its messages, then write
+    paths = (cancelling, finisher) if first == "cancel-reads-first" else (finisher, cancelling)
+    results = race(table, *paths)
+    cancelled = results[paths.index(cancelling)]
+    # Then every message that may still go out is paid for and nothing else is, and a cancel that was done answers
+    # with every credit that came back
+    stored, _ = table.list_messages(account.account_id, reference_id, limit=1000)
+    going = [m for m in stored if m.status in (MessageStatus.QUEUED, MessageStatus.SCHEDULED)]
+    balance = table.balance(account.account_id)
+    assert balance == CREDITS - sum(m.price for m in going)
+    if isinstance(cancelled, Exception):
+        assert isinstance(cancelled, Conflict) and other == "sweeper"
+        assert {m.status for m in stored} == {MessageStatus.QUEUED}
+    else:
+        assert not going
+        assert cancelled[1] == balance - (CREDITS - charged) == charged
