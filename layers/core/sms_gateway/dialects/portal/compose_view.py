@@ -39,7 +39,14 @@ from sms_gateway.dialects.portal.messages import MESSAGES_PATH
 from sms_gateway.dialects.portal.messages_view import UNDER_WAY, stylesheet
 from sms_gateway.domain.dates import InvalidClientDatetime, parse_client_datetime
 from sms_gateway.domain.models import Account, SendCommand, StoredAnswer, utc_now
-from sms_gateway.errors import Conflict, GatewayError, InvalidRecipient, InvalidRequest, KeyInProgress
+from sms_gateway.errors import (
+    Conflict,
+    GatewayError,
+    InvalidRecipient,
+    InvalidRequest,
+    KeyInProgress,
+    KeyReused,
+)
 from sms_gateway.logic import compose
 from sms_gateway.logic.idempotency import SEND_LEASE
 from sms_gateway.logic.send import Accepted, listed
@@ -171,11 +178,19 @@ def send(ctx: PageContext) -> Response[Any]:
         if error.reference_id is None:
             raise
         return redirect(f"{MESSAGES_PATH}?batch={error.reference_id}&{UNDER_WAY}=1")
-    except Conflict as error:
+    except KeyReused as error:
         # The key is taken: this form was sent already, then changed.
         raise Conflict(
             "This form was sent already (with other values), so nothing more was sent: see Messages, "
             "or open Compose again for a new message."
+        ) from error
+    except Conflict as error:
+        # Not the form's key: its send met another write at the same moment (two new batch ids met, a cancel or
+        # the sweeper changed the batch a retry was finishing). Such a send wrote nothing, or run_once undid what
+        # stood, and let the key go: the same form (the page shows it again, with its key) may be sent again.
+        raise Conflict(
+            f"Nothing was sent or charged: this send met another change at the same moment ({error.message}). "
+            "Send the form again."
         ) from error
     sent = json.loads(answer.body)
     refused = f"&refused={sent['refused']}" if sent["refused"] else ""
