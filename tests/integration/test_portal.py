@@ -667,7 +667,6 @@ def test_a_credential_of_another_account_cannot_be_revoked(api, signed_in, other
     assert _send(api, other_account["token"], sender="55555") == 200
 
 
-@pytest.mark.xfail(strict=True, reason="the portal shows the admin CLI's wording: account id, 'see list-credentials'")
 def test_revoking_a_credential_the_account_does_not_have_says_so_in_the_portals_words(signed_in, account):
     # When the user revokes a credential their account does not have (another tab removed it, a hand-edited form)
     answer = signed_in.submit(SETTINGS, "revoke-credential", {"prefix": "sk_nothere", "kind": "token"})

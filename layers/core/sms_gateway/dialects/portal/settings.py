@@ -19,7 +19,7 @@ from sms_gateway.dialects.portal.framework import (
 from sms_gateway.dialects.portal.markup import esc, field, section, select, table
 from sms_gateway.domain.models import Account, KeyClaim, SenderRequest, SenderRequestStatus, StoredAnswer, utc_now
 from sms_gateway.domain.senders import registry_form
-from sms_gateway.errors import Conflict, KeyInProgress, KeyReused
+from sms_gateway.errors import Conflict, KeyInProgress, KeyReused, NotFound
 
 if TYPE_CHECKING:
     from sms_gateway.adapters.dynamodb import DynamoStore
@@ -319,9 +319,16 @@ def revoke_credential(ctx: PageContext) -> Notice:
     from sms_gateway.logic import accounts
 
     kind = ctx.form.get("kind") or None
-    revoked = accounts.revoke_credential(
-        _store(), ctx.account.account_id, ctx.form.get("prefix", ""), kind=kind, now=utc_now()
-    )
+    prefix = ctx.form.get("prefix", "")
+    try:
+        revoked = accounts.revoke_credential(_store(), ctx.account.account_id, prefix, kind=kind, now=utc_now())
+    except (NotFound, Conflict) as error:
+        # The use case speaks to the operator (the account id, the CLI's list-credentials); the page lists them.
+        what = f"{kind} starting {prefix}" if kind else f"credential starting {prefix}"
+        found = "has no" if isinstance(error, NotFound) else "has more than one"
+        raise type(error)(
+            f"This account {found} {what}, so nothing was revoked: revoke one of the API credentials listed below."
+        ) from error
     return Notice(f"The {revoked.kind} starting {revoked.prefix} is revoked: it no longer authenticates.")
 
 
