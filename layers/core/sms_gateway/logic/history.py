@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from sms_gateway.domain.ids import ascii_digits
-from sms_gateway.domain.models import Account, Batch, Message, from_iso
+from sms_gateway.domain.models import Account, Batch, Message, from_iso, goes_out_at
 from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import InvalidRequest
@@ -295,10 +295,12 @@ def _local(stamp: str, zone: tzinfo) -> datetime:
 
 def delivery_over_time(window: Window, zone: tzinfo, *, now: datetime, hourly: bool = False) -> list[DeliveryPoint]:
     """One point per day (or hour) of the window in the account's time zone, oldest first, empty periods too;
-    messages count in the period they were sent."""
+    messages count in the period they were sent: a scheduled one at its batch's send time, not when it was made (a
+    campaign made on Friday for Monday morning was drawn on Friday until 2026-12-07, and in no hour of Monday's)."""
     counts: dict[datetime, Counter[str]] = defaultdict(Counter)
     for message in window.all_messages():
-        counts[_period_start(from_iso(message.created_at), zone, hourly)][str(message.status)] += 1
+        sent = goes_out_at(created_at=message.created_at, send_at=message.send_at)
+        counts[_period_start(sent, zone, hourly)][str(message.status)] += 1
     first = window.since or min(counts, default=now)
     label_format = "%Y-%m-%d %H:00" if hourly else "%Y-%m-%d"
     return [
