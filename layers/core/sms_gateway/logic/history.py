@@ -131,10 +131,12 @@ def recent_window(
 
 @dataclass(frozen=True)
 class BatchRow:
-    """A listed batch with its messages counted by status (from its first COUNTED_MESSAGES)."""
+    """A listed batch with its messages counted by status (from its first COUNTED_MESSAGES), and the credits that
+    came back of its cost (refunded_credits, of those messages)."""
 
     view: BatchView
     counted_all: bool
+    refunded: int = 0
 
     @property
     def batch(self) -> Batch:
@@ -153,7 +155,8 @@ def batch_rows(store: MessageStore, batches: Sequence[Batch], *, known: Window |
             messages, cursor = _read_messages(store, batch, COUNTED_MESSAGES)
             counted_all = cursor is None
         counts = Counter(str(message.status) for message in messages)
-        return BatchRow(view=BatchView(batch=batch, counts=dict(counts)), counted_all=counted_all)
+        view = BatchView(batch=batch, counts=dict(counts))
+        return BatchRow(view=view, counted_all=counted_all, refunded=refunded_credits(batch, messages))
 
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
         return list(pool.map(row, batches))
@@ -360,18 +363,26 @@ def credit_usage(window: Window, zone: tzinfo) -> list[UsageDay]:
     refunded: Counter[date] = Counter()
     for batch in window.batches:
         day = _local(batch.created_at, zone).date()
-        if batch.status == MessageStatus.FAILED:
-            # Only an undone send fails its batch, and every undo gives the whole cost back (logic/send.py): in the
-            # batch's own write (give_back, or withdraw of a scheduled one), after which the messages it had stored
-            # are failed (not_queued) without a refund of their own, some or none of them; or message by message
-            # when every one was stored and withdrawn. Its messages' prices would miss those never stored.
+        # A failed batch's refund is its whole cost, known without its messages (refunded_credits).
+        if batch.status == MessageStatus.FAILED or batch.reference_id in window.whole:
             charged[day] += batch.cost
-            refunded[day] += batch.cost
-        elif batch.reference_id in window.whole:
-            # Not a cancelled batch's cost from its status alone: a cancel that died part-way leaves the batch
-            # cancelled and some messages still scheduled and charged (logic/batches.finish_cancel).
-            charged[day] += batch.cost
-            refunded[day] += sum(
-                m.price for m in window.messages.get(batch.reference_id, ()) if m.status in REFUNDED_MESSAGES
-            )
+            refunded[day] += refunded_credits(batch, window.messages.get(batch.reference_id, ()))
     return [UsageDay(day=day, charged=charged[day], refunded=refunded[day]) for day in sorted(charged, reverse=True)]
+
+
+def refunded_credits(batch: Batch, messages: Iterable[Message]) -> int:
+    """What came back of a batch's cost, given all its messages."""
+    if batch.status == MessageStatus.FAILED:
+        # Only an undone send fails its batch, and every undo gives the whole cost back (logic/send.py): in the
+        # batch's own write (give_back, or withdraw of a scheduled one), after which the messages it had stored
+        # are failed (not_queued) without a refund of their own, some or none of them; or message by message
+        # when every one was stored and withdrawn. Its messages' prices would miss those never stored.
+        return batch.cost
+    # Not a cancelled batch's cost from its status alone: a cancel that died part-way leaves the batch cancelled and
+    # some messages still scheduled and charged (logic/batches.finish_cancel).
+    return sum(message_refund(message) for message in messages)
+
+
+def message_refund(message: Message) -> int:
+    """What came back of a message's price: all of it once it failed, expired, was rejected or cancelled."""
+    return message.price if message.status in REFUNDED_MESSAGES else 0

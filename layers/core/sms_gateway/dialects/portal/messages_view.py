@@ -137,7 +137,7 @@ def batches_table(rows: list[history.BatchRow], zone: tzinfo) -> str:
             esc(_short(row.batch.text)),
             str(row.batch.recipients),
             str(row.batch.parts),
-            str(row.batch.cost),
+            esc(cost_shown(row.batch.cost, row.refunded)),
             f'<span class="status">{esc(row.view.status)}</span>',
             counts(row),
         ]
@@ -234,12 +234,13 @@ def batch_detail(ctx: PageContext, raw_reference: str, zone: tzinfo) -> str:
     # Another account's reference_id is "not found", exactly like one that never existed.
     reference_id = batches.parse_reference_id(raw_reference.strip())
     try:
-        view = batches.batch_view(store, account_id, reference_id)
+        batch = batches.get_batch(store, account_id, reference_id)
     except NotFound:
         if not ctx.query.get(UNDER_WAY):
             raise
         return under_way(reference_id)
-    batch = view.batch
+    [row] = history.batch_rows(store, [batch])
+    view = row.view
     page_of_messages, cursor = store.list_messages(
         account_id, reference_id, limit=MESSAGES_PER_PAGE, cursor=ctx.query.get("cursor") or None
     )
@@ -251,7 +252,7 @@ def batch_detail(ctx: PageContext, raw_reference: str, zone: tzinfo) -> str:
         ("Scheduled for", local_time(batch.send_at, zone) if batch.send_at else "not scheduled"),
         ("Recipients", str(batch.recipients)),
         ("Parts", f"{batch.parts} ({batch.encoding})"),
-        ("Cost", f"{batch.cost} credits"),
+        ("Cost", cost_shown(batch.cost, row.refunded, unit=" credits")),
         ("Your ref_id", batch.ref_id or "none"),
         ("Messages", ", ".join(f"{count} {status}" for status, count in sorted(view.counts.items())) or "none"),
     ]
@@ -341,7 +342,7 @@ def messages_table(messages: list[Message], zone: tzinfo, *, with_batch: bool, e
             f'<span class="status" data-status="{esc(str(m.status))}">{esc(str(m.status))}</span>',
             esc(changed(m)),
             str(m.parts),
-            str(m.price),
+            esc(cost_shown(m.price, history.message_refund(m))),
             esc(m.error_code or ""),
         ]
         for m in messages
@@ -357,6 +358,16 @@ def local_time(stamp: str | None, zone: tzinfo) -> str:
     if not stamp:
         return ""
     return from_iso(stamp).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cost_shown(charged: int, refunded: int, *, unit: str = "") -> str:
+    """A cost as it stands: what was charged less what came back (a cancelled send, a failed or expired message), with
+    both said when anything came back, so a refunded send never reads as credits spent."""
+    if not refunded:
+        return f"{charged}{unit}"
+    if unit:
+        return f"{charged - refunded}{unit} ({charged} charged, {refunded} refunded)"
+    return f"{charged - refunded} ({refunded} refunded)"
 
 
 def _short(text: str) -> str:
