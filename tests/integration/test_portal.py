@@ -678,7 +678,6 @@ def test_revoking_a_credential_the_account_does_not_have_says_so_in_the_portals_
     assert "the API credentials listed below" in text
 
 
-@pytest.mark.xfail(strict=True, reason="Settings shows credential and sender request times as stored, in UTC")
 def test_settings_shows_when_credentials_and_requests_were_made_in_the_accounts_zone(signed_in, account):
     from sms_gateway.bootstrap import gateway
     from sms_gateway.domain.models import from_iso

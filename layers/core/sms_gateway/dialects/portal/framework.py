@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Callable, Mapping
-from datetime import timedelta
+from datetime import timedelta, tzinfo
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +21,7 @@ from aws_lambda_powertools.shared.cookies import Cookie, SameSite
 
 from sms_gateway.dialects.common import error_headers, query_fields, request_text, status_for
 from sms_gateway.dialects.portal.markup import attrs, esc, layout
-from sms_gateway.domain.models import Account, KeyClaim, StoredAnswer, utc_now
+from sms_gateway.domain.models import Account, KeyClaim, StoredAnswer, from_iso, utc_now
 from sms_gateway.errors import GatewayError, InvalidRequest, Unauthorized, UnsupportedMediaType
 
 if TYPE_CHECKING:
@@ -320,6 +320,13 @@ def post_form(
         f'<input type="hidden" name="{ACTION_FIELD}" value="{esc(action)}">'
         f'{fields}<button type="submit">{esc(submit)}</button></form>'
     )
+
+
+def local_time(stamp: str | None, zone: tzinfo) -> str:
+    """A stored time (UTC) as every portal page writes it: in the account's zone, to the second."""
+    if not stamp:
+        return ""
+    return from_iso(stamp).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
 
 
 # ------------------------------------------------------------------ forms that act once

@@ -15,10 +15,17 @@ from aws_lambda_powertools.event_handler import Response
 from sms_gateway.dialects.common import status_for
 from sms_gateway.dialects.portal.charts import figures_table, rate_by_network, rate_over_time
 from sms_gateway.dialects.portal.compose import COMPOSE_PATH
-from sms_gateway.dialects.portal.framework import Notice, PageContext, asset_url, html_response, page_html
+from sms_gateway.dialects.portal.framework import (
+    Notice,
+    PageContext,
+    asset_url,
+    html_response,
+    local_time,
+    page_html,
+)
 from sms_gateway.dialects.portal.markup import attrs, esc, section, table
 from sms_gateway.dialects.portal.messages import MESSAGES_PATH
-from sms_gateway.domain.models import Account, Batch, Message, from_iso, utc_now
+from sms_gateway.domain.models import Account, Batch, Message, utc_now
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import GatewayError, InvalidRequest, NotFound
 from sms_gateway.logic import batches, history
@@ -352,12 +359,6 @@ def messages_table(messages: list[Message], zone: tzinfo, *, with_batch: bool, e
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def local_time(stamp: str | None, zone: tzinfo) -> str:
-    if not stamp:
-        return ""
-    return from_iso(stamp).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def cost_shown(charged: int, refunded: int, *, unit: str = "") -> str:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import tzinfo
 from typing import TYPE_CHECKING
 
 from sms_gateway.dialects.portal.framework import (
     Notice,
     PageContext,
     form_key_input,
+    local_time,
     new_form_key,
     page,
     run_form_once,
@@ -249,12 +251,14 @@ def send_test_event(ctx: PageContext) -> Notice:
 
 
 def credentials_html(ctx: PageContext) -> str:
+    from sms_gateway.domain.zones import account_zone
     from sms_gateway.logic import accounts
 
+    zone = account_zone(ctx.account.timezone)
     rows = []
     for credential in accounts.list_credentials(_store(), ctx.account.account_id):
         if credential.revoked:
-            state, revoke = f"revoked {esc(credential.revoked_at or '')}", ""
+            state, revoke = f"revoked {esc(local_time(credential.revoked_at, zone))}", ""
         else:
             state = "active"
             revoke = ctx.form_html(
@@ -269,7 +273,7 @@ def credentials_html(ctx: PageContext) -> str:
             (
                 esc(credential.kind),
                 f'<code data-prefix="{esc(credential.prefix)}">{esc(credential.prefix)}…</code>',
-                esc(credential.created_at),
+                esc(local_time(credential.created_at, zone)),
                 state,
                 revoke,
             )
@@ -340,6 +344,7 @@ def _sender_cell(sender: str) -> str:
 
 
 def senders_html(ctx: PageContext, account: Account) -> str:
+    from sms_gateway.domain.zones import account_zone
     from sms_gateway.logic import sender_requests
 
     requests = sender_requests.list_requests(_store(), account.account_id)
@@ -349,7 +354,8 @@ def senders_html(ctx: PageContext, account: Account) -> str:
         for sender in account.senders
         if registry_form(sender) not in requested
     ]
-    rows += [_request_row(request, sender_requests.shown_status(request, account)) for request in requests]
+    zone = account_zone(account.timezone)
+    rows += [_request_row(request, sender_requests.shown_status(request, account), zone) for request in requests]
     listing = table(["Sender", "Status", "Requested", "Reason"], rows, empty="No sender IDs or shortcodes yet.")
     ask = ctx.form_html(
         "request-sender",
@@ -366,7 +372,7 @@ def senders_html(ctx: PageContext, account: Account) -> str:
     return listing + ask
 
 
-def _request_row(request: SenderRequest, status: str) -> tuple[str, str, str, str]:
+def _request_row(request: SenderRequest, status: str, zone: tzinfo) -> tuple[str, str, str, str]:
     from sms_gateway.logic.sender_requests import RELEASED
 
     # A rejected request's reason, only while it reads rejected (not once the operator registered the sender).
@@ -377,7 +383,7 @@ def _request_row(request: SenderRequest, status: str) -> tuple[str, str, str, st
     return (
         _sender_cell(request.sender),
         f'<span class="status-{esc(status)}">{esc(status)}</span>',
-        esc(request.requested_at),
+        esc(local_time(request.requested_at, zone)),
         esc(reason),
     )
 
