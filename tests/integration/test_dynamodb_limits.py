@@ -99,3 +99,19 @@ def test_an_inbound_sms_whose_upstream_id_is_too_long_for_a_key_is_still_taken_o
 
     [stored] = gateway().store.list_inbounds(account["account_id"])[0]
     assert stored.text == "YES please"
+
+
+@pytest.mark.xfail(strict=True, reason="an inbound `to` over 2 KB reaches a DynamoDB key: the webhook answers 5xx")
+def test_an_inbound_sms_to_a_number_too_long_for_a_key_is_refused_and_changes_nothing(aws, account, monkeypatch):
+    # Given Kannel delivering the short code's SMS, and DynamoDB's key limits
+    kannel_delivering_inbound_for(aws, account)
+    keys_limited_as_dynamodb(monkeypatch)
+    webhook = load_function("webhook")
+    state = clients_for_moto()
+    before = capture(state)
+    # When Kannel posts an SMS to a "number" longer than any key DynamoDB takes (no sender is registered so)
+    answer = webhook.handler(kannel_mo(to="4" * 3000), FakeContext())
+    # Then it is refused as a callback that cannot be an SMS, as one from such a sender is, and nothing is written
+    assert answer["statusCode"] == 400, answer
+    assert "longer than 32 characters" in answer["body"]
+    assert_unchanged(state, before)
