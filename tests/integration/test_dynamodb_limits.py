@@ -64,7 +64,6 @@ def jasmin_dlr_by_its_id(upstream_message_id: str) -> dict[str, Any]:
     return event
 
 
-@pytest.mark.xfail(strict=True, reason="a DLR id over 2 KB reaches a DynamoDB key: the webhook answers 5xx")
 def test_a_delivery_report_whose_upstream_id_is_too_long_for_a_key_is_acknowledged_and_dropped(aws, monkeypatch):
     # Given a Jasmin upstream, and DynamoDB's key limits
     jasmin_upstream(aws)

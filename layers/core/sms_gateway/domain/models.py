@@ -404,6 +404,17 @@ class SubmitResult(Record):
     upstream_message_id: str
 
 
+# The longest upstream message id the gateway takes (UTF-8 bytes). Upstreams' ids are short (an SMPP message_id is at
+# most 64 characters, a Twilio SID 34, a UUID 36); one is part of DynamoDB keys (an upstream link, an inbound SMS's
+# dedup marker), which DynamoDB refuses over 2048 bytes, on reads as on writes (a 5xx, retried for ever).
+MAX_UPSTREAM_ID_BYTES = 256
+
+
+def usable_upstream_id(upstream_message_id: str) -> bool:
+    """Whether an upstream's id for a message fits where the gateway keeps it (MAX_UPSTREAM_ID_BYTES)."""
+    return len(upstream_message_id.encode()) <= MAX_UPSTREAM_ID_BYTES
+
+
 # An SMPP message_id is at most 64 characters (a 65-octet C-Octet String).
 MAX_PART_ID_LENGTH = 64
 PartKey = Annotated[int, Field(ge=1)] | Annotated[str, Field(min_length=1, max_length=MAX_PART_ID_LENGTH)]

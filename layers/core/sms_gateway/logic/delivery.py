@@ -7,7 +7,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sms_gateway.domain.models import CallbackRequest, DeliveryReport, Message, MessageKey, StatusChange
+from sms_gateway.domain.models import (
+    MAX_UPSTREAM_ID_BYTES,
+    CallbackRequest,
+    DeliveryReport,
+    Message,
+    MessageKey,
+    StatusChange,
+    usable_upstream_id,
+)
 from sms_gateway.domain.status import SUBMIT_UNCONFIRMED, TERMINAL, MessageStatus, aggregate_parts
 from sms_gateway.errors import CallbackRejected, Unauthorized
 from sms_gateway.logic.notify import NOTIFY_SWEEP_DELAY, dlr_notification
@@ -121,6 +129,15 @@ def apply_held_reports(message: Message, held: list[DeliveryReport], deps: Deliv
 
 def _locate(report: DeliveryReport, deps: DeliveryDependencies, outcome: DeliveryOutcome) -> MessageKey | None:
     """The message a report is about; None (counted as held or unmatched) when it cannot be applied now."""
+    if report.upstream_message_id and not usable_upstream_id(report.upstream_message_id):
+        # No message of ours has such an id (no upstream link could be written with it), and DynamoDB refuses it as
+        # a key: unmatched, acknowledged so the upstream does not post it again for ever.
+        outcome.unmatched += 1
+        logger.warning(
+            f"delivery report with an upstream id over {MAX_UPSTREAM_ID_BYTES} bytes: acknowledged and dropped",
+            extra={"upstream": report.upstream, "upstream_message_id": report.upstream_message_id[:64]},
+        )
+        return None
     # Our own client reference is a direct key; the upstream's id goes through the link the dispatcher wrote.
     key = MessageKey.from_ref(report.client_ref)
     if key is not None:
