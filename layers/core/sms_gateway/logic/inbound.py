@@ -9,7 +9,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sms_gateway.domain.ids import id_time_ms, new_id
-from sms_gateway.domain.models import CallbackRequest, InboundSms, SenderRegistration, SentMessage, StoredInbound
+from sms_gateway.domain.models import (
+    MAX_UPSTREAM_ID_BYTES,
+    CallbackRequest,
+    InboundSms,
+    SenderRegistration,
+    SentMessage,
+    StoredInbound,
+    usable_upstream_id,
+)
 from sms_gateway.domain.msisdn import InvalidMsisdn, Msisdn, parse_msisdn
 from sms_gateway.domain.optouts import keyword_request
 from sms_gateway.domain.routing import RouteTable
@@ -78,7 +86,7 @@ def inbound_notification(inbound: StoredInbound) -> dict[str, Any]:
 def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundDependencies) -> InboundOutcome:
     if not provider.verify_callback(request):
         raise Unauthorized(f"callback not verified for upstream {provider.name!r}")
-    sms = provider.parse_inbound(request)
+    sms = _with_usable_id(provider.parse_inbound(request))
     to, registration = _recipient(sms.to, deps)
     # One form of the account's number from here on: stored, forwarded, threaded and opted out of as registered.
     sms = sms.model_copy(update={"to": to})
@@ -137,6 +145,19 @@ def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundD
         queue_inbound_notification(found.inbound, deps.inbox, deps.publish)
     _apply_pending_keyword(found.inbound, deps)
     return InboundOutcome(routed=True, stored=False, inbound=found.inbound)
+
+
+def _with_usable_id(sms: InboundSms) -> InboundSms:
+    """`sms`, without its upstream id when that is too long to key its dedup marker (DynamoDB refuses it): taken as
+    from an upstream that gives none (stored and forwarded; a retry of its callback would be taken again), never
+    lost to a callback failed for ever."""
+    if sms.upstream_message_id is None or usable_upstream_id(sms.upstream_message_id):
+        return sms
+    logger.warning(
+        f"inbound SMS with an upstream id over {MAX_UPSTREAM_ID_BYTES} bytes: taken without it",
+        extra={"upstream": sms.upstream, "upstream_message_id": sms.upstream_message_id[:64]},
+    )
+    return sms.model_copy(update={"upstream_message_id": None})
 
 
 def _recipient(to: str, deps: InboundDependencies) -> tuple[str, SenderRegistration | None]:
