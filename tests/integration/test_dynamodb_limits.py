@@ -99,7 +99,6 @@ def test_an_inbound_sms_whose_upstream_id_is_too_long_for_a_key_is_still_taken(a
     assert stored.text == "YES please"
 
 
-@pytest.mark.xfail(strict=True, reason="an inbound `to` over 2 KB reaches a DynamoDB key: the webhook answers 5xx")
 def test_an_inbound_sms_to_a_number_too_long_for_a_key_is_refused_and_changes_nothing(aws, account, monkeypatch):
     # Given Kannel delivering the short code's SMS, and DynamoDB's key limits
     kannel_delivering_inbound_for(aws, account)

@@ -21,7 +21,7 @@ from sms_gateway.domain.models import (
 from sms_gateway.domain.msisdn import InvalidMsisdn, Msisdn, parse_msisdn
 from sms_gateway.domain.optouts import keyword_request
 from sms_gateway.domain.routing import RouteTable
-from sms_gateway.domain.senders import inbound_sender, recipient_forms
+from sms_gateway.domain.senders import MAX_INBOUND_SENDER, inbound_sender, recipient_forms
 from sms_gateway.errors import CallbackRejected, Unauthorized
 from sms_gateway.logic.notify import NOTIFY_SWEEP_DELAY
 from sms_gateway.logic.optouts import apply_keyword, apply_keyword_to_released_sender, records_of
@@ -163,7 +163,10 @@ def _with_usable_id(sms: InboundSms) -> InboundSms:
 def _recipient(to: str, deps: InboundDependencies) -> tuple[str, SenderRegistration | None]:
     """The number an SMS was sent to, in the form its account registered it, with its registration: looked up as the
     upstream wrote it, then in international form (`recipient_forms`). None registered: its international form (a
-    number is registered so, and released so), with None."""
+    number is registered so, and released so), with None. One longer than any sender (MAX_INBOUND_SENDER) is refused,
+    as such a sender is: it can be no number of ours, and DynamoDB refuses a lookup by a key over 2048 bytes."""
+    if len(to) > MAX_INBOUND_SENDER:
+        raise CallbackRejected(f"inbound SMS to a number longer than {MAX_INBOUND_SENDER} characters")
     forms = recipient_forms(to, deps.upstream_country)
     for form in forms:
         registration = deps.accounts.sender_registration(form)
