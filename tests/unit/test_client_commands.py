@@ -624,7 +624,6 @@ def test_review_a_csv_run_s_memory_does_not_grow_with_its_rows(monkeypatch: pyte
     assert peaks[10_000][1] < 2 * peaks[1_000][1], peaks
 
 
-@pytest.mark.xfail(strict=True, reason="a full temporary directory loses rows' results in worker threads, unrecorded")
 @pytest.mark.parametrize("table", ["results", "seen"], ids=["row-results", "repeat-keys"])
 def test_review_a_full_temporary_directory_stops_the_run_and_a_rerun_sends_nothing_twice(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str], table: str

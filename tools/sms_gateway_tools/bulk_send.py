@@ -18,7 +18,7 @@ from string import Formatter
 from typing import Any
 
 from sms_gateway.domain.msisdn import InvalidMsisdn, international_digits, parse_msisdn
-from sms_gateway_tools.scratch import Scratch
+from sms_gateway_tools.scratch import Scratch, ScratchFailed
 
 # Header names (any case) taken for the recipient's number, first found wins.
 NUMBER_COLUMNS = ("to", "msisdn", "phone", "mobile")
@@ -447,6 +447,8 @@ class Summary:
         self.dry_run = dry_run
         self.interrupted = False
         self.unrecorded: list[int] = []  # lines accepted that the progress file could not take
+        # Whether the rows' results could not all be kept (`add`): then none are read back, only the counts.
+        self.results_lost = False
         self._counts: Counter[str] = Counter()
         self._costs: Counter[str] = Counter()
         self._costs_unknown = 0
@@ -454,12 +456,20 @@ class Summary:
         self._results = Scratch(RESULTS_SCHEMA)
 
     def add(self, result: RowResult) -> None:
+        """Counts the row's result and keeps it; ScratchFailed when it cannot be kept (it is counted all the same),
+        and from then on results are only counted."""
         with self._lock:
             self._counts[result.outcome] += 1
             if result.outcome in ACCEPTED_OUTCOMES:
                 self._costs[result.outcome] += result.cost or 0
                 self._costs_unknown += result.cost is None
-            self._results.write("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?)", astuple(result))
+            if self.results_lost:
+                return
+            try:
+                self._results.write("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?)", astuple(result))
+            except ScratchFailed:
+                self.results_lost = True
+                raise
 
     @property
     def rows(self) -> int:
@@ -478,6 +488,8 @@ class Summary:
         return self._read(_OUTCOME_AFTER, (outcome,))
 
     def _read(self, query: str, parameters: tuple[str, ...]) -> Iterator[RowResult]:
+        if self.results_lost:
+            return
         for row in self._results.paged(query, parameters, start=(-1, 0), after=lambda row: (row[1], row[0])):
             yield RowResult(*row[1:])
 
@@ -639,6 +651,62 @@ class _FewAheadPool:
         self._executor.shutdown(wait=True, cancel_futures=cancel_futures)
 
 
+class _Run:
+    """One `send_rows` run's rows as they settle: each result recorded (the progress file first) and counted, and
+    the reason the run stopped."""
+
+    def __init__(self, summary: Summary, progress: ProgressFile, on_result: Callable[[RowResult], None] | None) -> None:
+        self.summary = summary
+        self.progress = progress
+        self.on_result = on_result
+        self._lock = threading.Lock()
+
+    def stop(self, reason: str) -> None:
+        """No more rows are sent; the first reason is the one the run ends with."""
+        with self._lock:
+            self.summary.fatal = self.summary.fatal or reason
+
+    def done(self, result: RowResult) -> None:
+        # The progress file first: a row accepted is recorded whatever else fails, so a rerun does not send it again.
+        if result.outcome == "accepted" and not self.summary.dry_run:
+            try:
+                self.progress.record(result)
+            except OSError as error:
+                # Sent but not recorded: only the gateway's 24 hours keep a rerun from sending it again, so stop.
+                with self._lock:
+                    self.summary.unrecorded.append(result.line)
+                self.stop(f"cannot record accepted rows in {self.progress.path}: {error.strerror or error}")
+        try:
+            self.summary.add(result)
+        except ScratchFailed as error:
+            self.stop(str(error))
+        if self.on_result is not None:
+            self.on_result(result)
+
+    def not_sent(self, row: Row, key: str) -> None:
+        self.done(RowResult(row.line, row.to, "rejected", key, reason=f"not sent: {self.summary.fatal}"))
+
+    def attempt(self, send_one: SendOne, row: Row, keyed: _Keyed, text: str) -> None:
+        key = keyed.key
+        if self.summary.fatal is not None:
+            self.not_sent(row, key)
+            return
+        try:
+            reference_id, cost = send_one(keyed.to, text, key)
+        except KeyUsed:
+            self.done(RowResult(row.line, row.to, "key_used", key, reason=KEY_USED_REASON))
+        except RowRejected as error:
+            self.done(RowResult(row.line, row.to, "rejected", key, reason=str(error)))
+        except BulkSendError as error:
+            # The gateway refuses the caller (a bad token, say): every other row would fail the same way.
+            self.stop(str(error))
+            self.done(RowResult(row.line, row.to, "rejected", key, reason=str(error)))
+        except Exception as error:  # one row's surprise must not lose the other rows' results
+            self.done(RowResult(row.line, row.to, "rejected", key, reason=f"unexpected error: {error!r}"))
+        else:
+            self.done(RowResult(row.line, row.to, "accepted", key, reference_id=reference_id, cost=cost))
+
+
 def send_rows(
     rows: Iterable[Row],
     *,
@@ -655,50 +723,25 @@ def send_rows(
     template_fields(template)
     summary = Summary(dry_run=dry_run)
     first_lines = FirstLines()
-    lock = threading.Lock()
-
-    def done(result: RowResult) -> None:
-        summary.add(result)
-        if result.outcome == "accepted" and not dry_run:
-            try:
-                progress.record(result)
-            except OSError as error:
-                # Sent but not recorded: only the gateway's 24 hours keep a rerun from sending it again, so stop.
-                with lock:
-                    summary.unrecorded.append(result.line)
-                    summary.fatal = f"cannot record accepted rows in {progress.path}: {error.strerror or error}"
-        if on_result is not None:
-            on_result(result)
-
-    def attempt(row: Row, keyed: _Keyed, text: str) -> None:
-        key = keyed.key
-        if summary.fatal is not None:
-            done(RowResult(row.line, row.to, "rejected", key, reason=f"not sent: {summary.fatal}"))
-            return
-        try:
-            reference_id, cost = send_one(keyed.to, text, key)
-        except KeyUsed:
-            done(RowResult(row.line, row.to, "key_used", key, reason=KEY_USED_REASON))
-        except RowRejected as error:
-            done(RowResult(row.line, row.to, "rejected", key, reason=str(error)))
-        except BulkSendError as error:
-            # The gateway refuses the caller (a bad token, say): every other row would fail the same way.
-            summary.fatal = str(error)
-            done(RowResult(row.line, row.to, "rejected", key, reason=str(error)))
-        except Exception as error:  # one row's surprise must not lose the other rows' results
-            done(RowResult(row.line, row.to, "rejected", key, reason=f"unexpected error: {error!r}"))
-        else:
-            done(RowResult(row.line, row.to, "accepted", key, reference_id=reference_id, cost=cost))
-
+    run = _Run(summary, progress, on_result)
     pool = _FewAheadPool(max(1, concurrency))
     try:
+        lookups_failed = False
         for row in rows:
-            keyed = _keyed(row, sender, template, progress)
-            settled = _settled_without_sending(row, keyed, template=template, first_lines=first_lines)
-            if isinstance(settled, RowResult):
-                done(settled)
+            if not lookups_failed:
+                try:
+                    keyed = _keyed(row, sender, template, progress)
+                    settled = _settled_without_sending(row, keyed, template=template, first_lines=first_lines)
+                except ScratchFailed as error:
+                    # The rows can no longer be looked up in the progress file or told apart: stop sending.
+                    run.stop(str(error))
+                    lookups_failed = True
+            if lookups_failed:
+                run.not_sent(row, row_key(sender, template, row.to, row.fields))
+            elif isinstance(settled, RowResult):
+                run.done(settled)
             else:
-                pool.submit(attempt, row, keyed, settled)
+                pool.submit(run.attempt, send_one, row, keyed, settled)
         pool.shutdown()
     except KeyboardInterrupt:
         # Ctrl-C: rows in flight finish and are recorded, the rest are not sent; a rerun picks them up.

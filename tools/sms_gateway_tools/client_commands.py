@@ -39,6 +39,7 @@ from sms_gateway_tools.bulk_send import (
     read_rows,
     send_rows,
 )
+from sms_gateway_tools.scratch import ScratchFailed
 
 API_URL_VARIABLE = "SMS_GATEWAY_API_URL"
 TOKEN_VARIABLE = "SMS_GATEWAY_TOKEN"  # noqa: S105 - the variable's name, not a secret
@@ -389,7 +390,7 @@ def _send_csv(args: argparse.Namespace) -> int:
                 on_result=bar.update,
                 dry_run=args.dry_run,
             )
-    except (BulkSendError, TargetNotFound, OSError, UnicodeDecodeError) as error:
+    except (BulkSendError, ScratchFailed, TargetNotFound, OSError, UnicodeDecodeError) as error:
         bar.finish()
         print(f"error: {error}", file=sys.stderr)
         return CANNOT_RUN
@@ -458,10 +459,12 @@ def _print_summary(summary: Summary, progress: Path, balance: int | None = None)
             print("the balance does not cover them all: the rows past it would be refused (HTTP 402)")
     else:
         print(f"cost: {cost} credits")
-    if summary.count("rejected"):
+    if summary.results_lost:
+        print("the rows' results could not all be kept (see the error): the rejected rows are not listed")
+    elif summary.count("rejected"):
         print("rejected rows (fix them and run the same command again: accepted rows are not sent twice):")
         _print_rows_read_twice(lambda: (r.__dict__ for r in summary.of("rejected")), ["line", "to", "reason"])
-    if summary.count("key_used"):
+    if summary.count("key_used") and not summary.results_lost:
         print(f"rows not sent again: {KEY_USED_REASON}")
         _print_rows_read_twice(lambda: (r.__dict__ for r in summary.of("key_used")), ["line", "to"])
     if summary.dry_run:
@@ -539,7 +542,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
                     print(f"timed out: {pending} messages not in a final state yet", file=sys.stderr)
                     return REFUSED
                 time.sleep(args.interval)
-    except (ApiError, TargetNotFound, BulkSendError) as error:
+    except (ApiError, TargetNotFound, BulkSendError, ScratchFailed) as error:
         return _fail(error)
     except KeyboardInterrupt:
         return INTERRUPTED
