@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -677,3 +677,59 @@ def test_review_a_full_temporary_directory_stops_the_run_and_a_rerun_sends_nothi
     assert code == 0
     assert len(sent) == len(set(sent)) == 400
     assert summary["already_accepted"] + summary["accepted"] == 400
+
+
+@pytest.mark.xfail(strict=True, reason="tail --csv holds every recorded batch id and message status in memory")
+def test_review_tail_csv_s_memory_does_not_grow_with_the_batches_it_follows(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import sys
+    import tracemalloc
+
+    from sms_gateway_tools import cli
+
+    # Given a gateway where every batch has one message, delivered (answered without HTTP)
+    def delivered(self: GatewayClient, reference_id: str) -> Iterator[dict[str, str]]:
+        yield {
+            "reference_id": reference_id,
+            "message_id": f"{reference_id}0001",
+            "to": "2348020000000",
+            "status": "delivered",
+        }
+
+    monkeypatch.setattr(GatewayClient, "delivery_reports", delivered)
+    target = client_commands.progress_target("http://gw", "t")
+
+    def tail(batches: int) -> tuple[int, int, list[str]]:
+        """`tail --csv` of a campaign whose progress file records `batches` batches: its exit code, the peak of
+        Python's memory while it ran, and the lines it printed."""
+        csv_file = tmp_path / f"c{batches}.csv"
+        entries = (
+            {"key": f"csv-{n}", "line": n + 2, "to": f"2348{n:09d}", "reference_id": f"38617{n:013d}", "cost": 1}
+            for n in range(batches)
+        )
+        csv_file.with_name(f"{csv_file.name}.sent.jsonl").write_text(
+            "".join(json.dumps({**entry, "target": target}) + "\n" for entry in entries)
+        )
+        printed = tmp_path / f"c{batches}.out"
+        with printed.open("w") as out, monkeypatch.context() as patched:
+            patched.setattr(sys, "stdout", out)
+            tracemalloc.start()
+            try:
+                code = cli.main(["tail", "--csv", str(csv_file), "--api-url", "http://gw", "--token", "t", "--json"])
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+        return code, peak, printed.read_text().splitlines()
+
+    # When the batches of a campaign of 1,000 rows, and of one of 10,000, are followed
+    peaks: dict[int, int] = {}
+    for batches in (1_000, 10_000):
+        code, peaks[batches], lines = tail(batches)
+        # Then each batch's message is printed once, and tail ends (every message delivered)
+        assert code == 0
+        assert len(lines) == batches
+        assert json.loads(lines[-1])["reference_id"] == f"38617{batches - 1:013d}"
+    # And ten times the batches take about the memory of a tenth of them: the batches' ids and the statuses seen are
+    # kept on disk, not in memory (a campaign of millions of rows is followed on a small machine too)
+    assert peaks[10_000] < 2 * peaks[1_000], peaks
