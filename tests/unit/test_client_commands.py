@@ -679,7 +679,6 @@ def test_review_a_full_temporary_directory_stops_the_run_and_a_rerun_sends_nothi
     assert summary["already_accepted"] + summary["accepted"] == 400
 
 
-@pytest.mark.xfail(strict=True, reason="tail --csv holds every recorded batch id and message status in memory")
 def test_review_tail_csv_s_memory_does_not_grow_with_the_batches_it_follows(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -8,7 +8,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from itertools import chain
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -39,7 +40,7 @@ from sms_gateway_tools.bulk_send import (
     read_rows,
     send_rows,
 )
-from sms_gateway_tools.scratch import ScratchFailed
+from sms_gateway_tools.scratch import Scratch, ScratchFailed
 
 API_URL_VARIABLE = "SMS_GATEWAY_API_URL"
 TOKEN_VARIABLE = "SMS_GATEWAY_TOKEN"  # noqa: S105 - the variable's name, not a secret
@@ -501,15 +502,52 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reference_ids(args: argparse.Namespace, target: str) -> list[str]:
+def _reference_ids(args: argparse.Namespace, target: str) -> Iterator[str]:
     """The named batches, and those the CSV's progress file records for this gateway and account (and, from
-    files written before targets were recorded, those of unknown target: following them only reads)."""
-    ids = list(args.reference_ids)
+    files written before targets were recorded, those of unknown target: following them only reads), an entry at a
+    time."""
+    yield from args.reference_ids
     if args.csv:
         progress = ProgressFile(progress_path(Path(args.csv)), target)
-        entries = [*progress.accepted.values(), *progress.untargeted.values()]
-        ids += [str(entry["reference_id"]) for entry in entries if entry.get("reference_id")]
-    return list(dict.fromkeys(ids))
+        for entry in chain(progress.accepted.values(), progress.untargeted.values()):
+            if entry.get("reference_id"):
+                yield str(entry["reference_id"])
+
+
+# The batches `tail` follows and the status it last printed of each of their messages (`FollowedBatches`).
+FOLLOWED_SCHEMA = """
+CREATE TABLE batches (reference_id TEXT NOT NULL UNIQUE);
+CREATE TABLE statuses (message_id TEXT PRIMARY KEY, status TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+
+class FollowedBatches:
+    """The batches `tail` follows, each once in the order first named, and the status last printed of each of their
+    messages: kept on disk (`Scratch`), as a campaign's progress file names a batch a row (until 2026-12-07 they were
+    held in memory, about 900 bytes a batch)."""
+
+    def __init__(self, reference_ids: Iterable[str]) -> None:
+        self._scratch = Scratch(FOLLOWED_SCHEMA)
+        for reference_id in reference_ids:
+            self._scratch.write("INSERT OR IGNORE INTO batches VALUES (?)", (reference_id,))
+
+    def __bool__(self) -> bool:
+        return bool(self._scratch.rows("SELECT 1 FROM batches LIMIT 1"))
+
+    def __iter__(self) -> Iterator[str]:
+        query = "SELECT rowid, reference_id FROM batches WHERE rowid > ? ORDER BY rowid LIMIT ?"
+        for _, reference_id in self._scratch.paged(query, (), start=(0,), after=lambda row: (row[0],)):
+            yield str(reference_id)
+
+    def changed(self, message_id: str, status: str) -> bool:
+        """Whether `status` is not the message's status last noted (it is noted now)."""
+        return bool(
+            self._scratch.write(
+                "INSERT INTO statuses VALUES (?, ?) ON CONFLICT (message_id) DO UPDATE SET status = excluded.status "
+                "WHERE status != excluded.status",
+                (message_id, status),
+            )
+        )
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
@@ -517,25 +555,24 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     if not args.reference_ids and not args.csv:
         print(no_batches, file=sys.stderr)
         return CANNOT_RUN
-    seen: dict[str, str] = {}
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     try:
         with _open_client(args) as client:
-            reference_ids = _reference_ids(args, client.target)
-            if not reference_ids:
+            batches = FollowedBatches(_reference_ids(args, client.target))
+            if not batches:
                 print(f"{no_batches} (the CSV's progress file records none sent to this gateway)", file=sys.stderr)
                 return CANNOT_RUN
             while True:
                 pending = 0
-                for reference_id in reference_ids:
-                    messages = list(client.delivery_reports(reference_id))
-                    pending += 0 if messages else 1  # a batch with no messages yet is not finished
-                    for message in messages:
+                for reference_id in batches:
+                    messages = 0
+                    for message in client.delivery_reports(reference_id):
+                        messages += 1
                         status = str(message.get("status"))
                         pending += status not in FINAL_STATUSES
-                        if seen.get(str(message["message_id"])) != status:
-                            seen[str(message["message_id"])] = status
+                        if batches.changed(str(message["message_id"]), status):
                             _print_change(message, args.json)
+                    pending += 0 if messages else 1  # a batch with no messages yet is not finished
                 if pending == 0:
                     return 0
                 if deadline is not None and time.monotonic() >= deadline:
