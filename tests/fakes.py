@@ -496,8 +496,16 @@ class InMemoryStore:
             message = self.messages.get(key)
             if message is None or message.announce_pending != sequence:
                 return False
-            self.messages[key] = message.model_copy(update={"announce_pending": None})
+            self.messages[key] = message.model_copy(update={"announce_pending": None, "announced": sequence})
             self.report_sweep_at.pop(key, None)
+            return True
+
+    def mark_announced(self, key: MessageKey, sequence: int) -> bool:
+        with self._lock:
+            message = self.messages.get(key)
+            if message is None or message.sequence != sequence:
+                return False
+            self.messages[key] = message.model_copy(update={"announced": sequence})
             return True
 
     def claim_unannounced_reports(self, *, now: datetime, until: datetime, limit: int) -> list[Message]:

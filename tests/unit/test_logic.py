@@ -1188,6 +1188,27 @@ class TestDeliveryReports:
         assert [dlr_notification(change)["payload"]["status"] for change in repeats] == ["delivered"]
         assert store.messages[message.key].status == MessageStatus.DELIVERED
 
+    def test_a_repeat_of_a_final_report_is_announced_only_while_its_first_announcement_is_not_known_done(self, store):
+        from sms_gateway.logic.delivery import announce_change
+
+        # Given a final DLR whose function died between its status write and its announcement (nothing marked)
+        message = submitted_message(store, delivery_report=DeliveryReportMode.YES)
+        provider = FakeProvider()
+        provider.reports = [report(message, MessageStatus.DELIVERED)]
+        receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock))
+        queued: list[dict] = []
+
+        def announce(change):
+            announce_change(change, queued.extend, store, clock=clock)
+
+        deps = DeliveryDependencies(store, store, clock, on_change=announce, on_repeat=announce)
+        # When the upstream, which got no answer, posts it again, and then again (its second answer lost too)
+        receive_delivery_reports(provider, callback(), deps)
+        receive_delivery_reports(provider, callback(), deps)
+        # Then the first repeat queues the report the first post never did, and the second queues nothing more
+        assert [(n["id"], n["payload"]["status"]) for n in queued] == [(f"dlr_{message.message_id}_3", "delivered")]
+        assert store.messages[message.key].announced == 3
+
     def test_a_final_failure_refunds_the_message(self, store):
         message = submitted_message(store)
         provider = FakeProvider()

@@ -340,7 +340,12 @@ class MessageStore(Protocol):
 
     def clear_unannounced(self, key: MessageKey, sequence: int) -> bool:
         """Clears that mark (a sweep no longer finds the message) once the change went out, when it still names
-        `sequence`; whether it wrote."""
+        `sequence`, and records the change announced (`Message.announced`); whether it wrote."""
+        ...
+
+    def mark_announced(self, key: MessageKey, sequence: int) -> bool:
+        """Records that the notification of the message's change `sequence` was queued (`Message.announced`), while
+        the message is still at that change; whether it wrote."""
         ...
 
     def claim_unreleased_batches(self, *, now: datetime, until: datetime, limit: int) -> list[UnreleasedBatch]:

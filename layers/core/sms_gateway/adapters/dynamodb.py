@@ -774,8 +774,9 @@ class DynamoStore(
         if not message.submit_throttles:
             # Counted by the first throttle's release (ADD on a missing attribute starts from 0).
             item.pop("submit_throttles", None)
-        # Written only when a change's announcement failed (mark_unannounced).
+        # Written only when a change's announcement failed (mark_unannounced), or once it was queued (mark_announced).
         item.pop("announce_pending", None)
+        item.pop("announced", None)
         if message.send_at is None:
             item.pop("send_at", None)
         return item

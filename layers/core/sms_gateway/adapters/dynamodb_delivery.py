@@ -177,9 +177,18 @@ class DynamoDeliveryMixin:
     def clear_unannounced(self, key: MessageKey, sequence: int) -> bool:
         return self._update_if(
             key,
-            f"REMOVE announce_pending, {UNMARK}",
+            f"SET announced = :sequence REMOVE announce_pending, {UNMARK}",
             "announce_pending = :sequence",
             None,
+            {":sequence": {"N": str(sequence)}},
+        )
+
+    def mark_announced(self, key: MessageKey, sequence: int) -> bool:
+        return self._update_if(
+            key,
+            "SET announced = :sequence",
+            "attribute_exists(pk) AND #sequence = :sequence",
+            {"#sequence": "sequence"},
             {":sequence": {"N": str(sequence)}},
         )
 

@@ -337,6 +337,10 @@ class Message(Record):
     # settle check if it comes first (logic/delivery.announce_change, logic/sweep.py, logic/settle.py). Never set
     # when the notification went out.
     announce_pending: int | None = None
+    # The `sequence` of the final change whose client notification was queued (written after it was, or with the
+    # clearing of `announce_pending`): a repeat of the report that made it queues nothing more, so a client gets one
+    # report per status change whatever the upstream repeats (logic/delivery.announce_change).
+    announced: int | None = None
     created_at: str
     # The batch's send time, when it asked for one: the message's validity counts from it (validity_ends). Absent on
     # messages stored before 2026-12-06 and on those of batches sent at once.

@@ -69,23 +69,37 @@ def announce_change(
     clock: Callable[[], datetime],
     sweep_delay: timedelta = NOTIFY_SWEEP_DELAY,
 ) -> None:
-    """Queues a report's client notification. When the queue refuses a final change's, the message is marked
-    (`announce_pending`, one conditional write that also puts it in the sweeper's index, due `sweep_delay` from now)
-    before the error goes on to fail the callback: the sweeper (logic/sweep.py) announces it minutes later, under the
-    same webhook id, for an upstream that does not post the callback again; its settle check too, if it comes first.
-    Nothing is written when the notification is queued."""
+    """Queues a report's client notification, unless the change's was queued already (`announced`: `change` is a
+    repeat the upstream posted of the report that made it, after its first post was announced). When the queue
+    refuses a final change's, the message is marked (`announce_pending`, one conditional write that also puts it in
+    the sweeper's index, due `sweep_delay` from now) before the error goes on to fail the callback: the sweeper
+    (logic/sweep.py) announces it minutes later, under the same webhook id, for an upstream that does not post the
+    callback again; its settle check too, if it comes first. Once a final change's notification is queued, one
+    conditional write records it announced (and clears a mark): a repeat of its report then queues nothing, where
+    until session 35 each repeat reached the client again (under the same webhook id)."""
     notification = dlr_notification(change)
     if notification is None:
         return
     message = change.message
+    if message.announced is not None and message.announced == message.sequence:
+        return
     try:
         publish([notification])
     except Exception:
         mark_unannounced_finals([change], messages, due=clock() + sweep_delay)
         raise
-    if message.announce_pending is not None and message.announce_pending == message.sequence:
-        # A repeat the upstream posted of a report whose announcement had failed: no sweep need repeat it.
-        messages.clear_unannounced(message.key, message.sequence)
+    if message.status not in TERMINAL:
+        # No upstream repeat of an interim report is announced again (on_repeat): nothing to record.
+        return
+    try:
+        if message.announce_pending is not None and message.announce_pending == message.sequence:
+            # A repeat the upstream posted of a report whose announcement had failed: no sweep need repeat it.
+            messages.clear_unannounced(message.key, message.sequence)
+        else:
+            messages.mark_announced(message.key, message.sequence)
+    except Exception:
+        # The notification is queued: the callback stands. A repeat of the report queues it once more, under its id.
+        logger.exception("could not record a delivery report announced", extra=_ids(message))
 
 
 def mark_unannounced_finals(changes: Sequence[StatusChange], messages: MessageStore, *, due: datetime) -> None:
