@@ -698,7 +698,6 @@ def test_an_unkeyed_send_given_an_id_another_batch_has_takes_nothing_and_leaves_
     assert balance(account["account_id"]) == 70
 
 
-@pytest.mark.xfail(strict=True, reason="a keyed send whose new id meets another batch answers 409, an unkeyed one 503")
 @pytest.mark.parametrize("keyed", ["Idempotency-Key", "ref_id"])
 def test_a_keyed_send_given_an_id_another_batch_has_is_a_503_to_retry_as_an_unkeyed_one_is(
     aws, api, monkeypatch, keyed

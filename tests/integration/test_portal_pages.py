@@ -204,11 +204,12 @@ class TestSend:
         with monkeypatch.context() as ids_meet:
             ids_meet.setattr(idempotency, "new_batch_id", lambda: int(taken))
             refused = client.post(COMPOSE, form)
-        # Then the page says nothing was sent or charged and to send the form again (it was never sent before)
-        assert refused.status == 409
+        # Then the page says nothing was sent or charged and to try again (a 503, as the API answers it: it was never
+        # sent before)
+        assert refused.status == 503
         text = refused.text()
         assert "sent already" not in text
-        assert "Nothing was sent or charged" in text and "Send the form again" in text
+        assert "nothing was sent or charged; try again" in text
         assert batch_count(account["account_id"]) == 1 and balance(account["account_id"]) == 99
         # And the same form, sent again, is sent once
         again = reference_of(client.post(COMPOSE, form))

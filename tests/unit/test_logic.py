@@ -292,12 +292,26 @@ class TestAcceptSend:
         assert store.accounts["7"].credits == 1000
         assert [len(c.message_ids) for c in queue.commands] == [3]
 
-    def test_a_send_whose_batch_id_is_taken_is_a_conflict_that_leaves_the_other_batch_alone(self, store):
+    def test_a_keyed_send_whose_batch_id_is_taken_is_unavailable_and_leaves_the_other_batch_alone(self, store):
         first, deps = send(store, command(2))
-        with pytest.raises(Conflict, match="exists already"):
+        with pytest.raises(Unavailable, match=r"exists already.*nothing was sent or charged; try again"):
             accept_send(store.accounts["7"], command(3), deps, now=NOW, claim=KeyClaim(reference_id=first.reference_id))
         assert store.batches[("7", first.reference_id)].status == MessageStatus.QUEUED
         assert store.accounts["7"].credits == 1000 - 2
+
+    def test_a_conflict_after_the_batch_and_credits_write_undoes_the_send(self, store, monkeypatch):
+        # Given a store that refuses a chunk of messages as a conflict, after the batch and its credits were written
+        # (an add_messages that writes conditionally, or a store wrapped to do so)
+        def refused(batch, messages):
+            raise Conflict(f"message of batch {batch.reference_id} exists already")
+
+        monkeypatch.setattr(store, "add_messages", refused)
+        with pytest.raises(Unavailable, match="could not be stored"):
+            send(store, command(3))
+        # Then the send is undone as after any other failure: the batch failed and its credits back
+        [batch] = store.batches.values()
+        assert batch.status == MessageStatus.FAILED
+        assert store.accounts["7"].credits == 1000
 
     def test_a_send_with_too_little_time_left_is_refused_before_anything_is_stored_or_charged(self, store):
         deps = SendDependencies(

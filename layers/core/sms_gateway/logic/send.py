@@ -33,7 +33,6 @@ from sms_gateway.domain.status import NOT_QUEUED, MessageStatus
 from sms_gateway.domain.zones import account_zone, in_zone
 from sms_gateway.errors import (
     Conflict,
-    GatewayError,
     InsufficientCredits,
     InvalidRecipient,
     InvalidRequest,
@@ -255,17 +254,14 @@ def accept_send(
     try:
         with deadlines.armed(out_of_time):
             # Inside the undo: a transaction whose answer was lost may have been applied.
-            deps.messages.create_batch_and_reserve(batch, superseding=superseding)
+            write_batch_and_reserve(batch, deps, superseding=superseding)
             store_messages(batch, messages, deps, out_of_time)
-    except InsufficientCredits:
+    except (InsufficientCredits, IdTaken):
         raise  # the transaction was refused: it wrote nothing
     except Exception as error:
         log_undone(batch, "stored")
-        give_back(batch, messages, deps, error, now=now)
-        if isinstance(error, Conflict) and claim is None:
-            # Not the caller's conflict: two new ids met (one millisecond, the same random bits). A retry gets another.
-            raise undone("could not be stored", Unavailable(error.message)) from error
-        raise undone("could not be stored", error) from error
+        give_back(batch, messages, deps, now=now)
+        raise undone("could not be stored") from error
     # Counted once all are stored, before the release: a request that dies in it has counted them (count_accepted).
     count_accepted(len(messages))
     try:
@@ -482,21 +478,32 @@ def store_messages(
         raise Unavailable("the invocation ran out of time before queueing the send")
 
 
-def give_back(
-    batch: Batch,
-    messages: Sequence[Message],
-    deps: SendDependencies,
-    error: Exception,
-    *,
-    now: datetime,
-) -> None:
-    """Undoes the reservation of a send that could not be stored. Nothing is queued yet, so nothing half-done stays
-    charged: the batch is failed and its cost given back in one write (a crash cannot leave it failed but kept, and
-    a retry under the key then finds it failed and sends afresh), then the messages it stored are failed too. A
-    batch that was never written took nothing (it was written with its credits); one that is another request's
-    (Conflict under the same key, or the same id) is left alone."""
-    if isinstance(error, Conflict):
-        return  # the transaction found the other request's batch and so reserved nothing
+class IdTaken(Unavailable):
+    """The batch and credits transaction was refused, having written nothing, because the send's new id is another
+    batch's (two new ids met: one millisecond, the same random bits), or the undone batch it replaces was linked to
+    another already. Not the caller's conflict, whether or not it holds a key (a 409 would say its key was used for
+    another request, and it would not send again): a retry gets another id."""
+
+
+def write_batch_and_reserve(batch: Batch, deps: SendDependencies, *, superseding: int | None) -> None:
+    """The send's batch written with its credits taken (create_batch_and_reserve); IdTaken when that was refused
+    for the id."""
+    try:
+        deps.messages.create_batch_and_reserve(batch, superseding=superseding)
+    except Conflict as error:
+        raise IdTaken(
+            f"the send could not be stored ({error.message}): nothing was sent or charged; try again"
+        ) from error
+
+
+def give_back(batch: Batch, messages: Sequence[Message], deps: SendDependencies, *, now: datetime) -> None:
+    """Undoes the reservation of a send that could not be stored, whatever failed after its batch and credits
+    transaction was sent (a refused one, IdTaken or InsufficientCredits, never gets here: it wrote nothing). Nothing
+    is queued yet, so nothing half-done stays charged: the batch is failed and its cost given back in one write (a
+    crash cannot leave it failed but kept, and a retry under the key then finds it failed and sends afresh), then
+    the messages it stored are failed too. A batch that was never written took nothing (it was written with its
+    credits), and is left as it is. It tells the two apart by the step that failed, not by the error: any failure
+    after the transaction leaves a batch charged, whatever it raised."""
     undone_now = deps.messages.fail_batch_and_refund(batch)
     if undone_now:
         fail_unsent_messages(batch, messages, deps, now=now)
@@ -519,10 +526,10 @@ def log_undone(batch: Batch, step: str) -> None:
     count_sends_undone()
 
 
-def undone(step: str, error: Exception) -> GatewayError:
-    """What the caller is told of a send undone: a refusal stays what it was; anything else is Unavailable."""
-    if isinstance(error, GatewayError) and not isinstance(error, Unavailable):
-        return error
+def undone(step: str) -> Unavailable:
+    """What the caller is told of a send undone, whatever failed: nothing of it stands, so it may send again. (A
+    refusal of the request comes before its batch is written, and one of the write itself wrote nothing: neither
+    is undone.)"""
     return Unavailable(f"the send {step} in time and was undone: nothing was sent or charged; try again")
 
 
@@ -540,7 +547,7 @@ def withdraw(accepted: Accepted, deps: SendDependencies, *, now: datetime, error
         # its whole cost goes back in one write; a schedule created after all then finds it failed and releases
         # nothing. Failing it first and refunding its messages after would leave them charged after a crash between.
         fail_unsent_messages(batch, accepted.messages, deps, now=now)
-        raise undone("could not be queued", error) from error
+        raise undone("could not be queued") from error
     messages, refund = move_and_refund(
         deps.messages, accepted.messages, MessageStatus.FAILED, now=now, error_code=NOT_QUEUED, unclaimed_only=True
     )
@@ -556,7 +563,7 @@ def withdraw(accepted: Accepted, deps: SendDependencies, *, now: datetime, error
         announce_withdrawn(withdrawn, deps)
         return replace(accepted, messages=messages, balance=balance)
     deps.messages.set_batch_status(batch.account_id, batch.reference_id, MessageStatus.FAILED)
-    raise undone("could not be queued", error) from error
+    raise undone("could not be queued") from error
 
 
 def announce_withdrawn(withdrawn: Sequence[Message], deps: SendDependencies) -> None:

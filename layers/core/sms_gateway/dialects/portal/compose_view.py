@@ -185,9 +185,10 @@ def send(ctx: PageContext) -> Response[Any]:
             "or open Compose again for a new message."
         ) from error
     except Conflict as error:
-        # Not the form's key: its send met another write at the same moment (two new batch ids met, a cancel or
-        # the sweeper changed the batch a retry was finishing). Such a send wrote nothing, or run_once undid what
-        # stood, and let the key go: the same form (the page shows it again, with its key) may be sent again.
+        # Not the form's key: its send met another write at the same moment (a cancel or the sweeper changed the
+        # batch a retry was finishing; two new batch ids that met are Unavailable, logic.send.IdTaken). Such a send
+        # wrote nothing, or run_once undid what stood, and let the key go: the same form (the page shows it again,
+        # with its key) may be sent again.
         raise Conflict(
             f"Nothing was sent or charged: this send met another change at the same moment ({error.message}). "
             "Send the form again."
