@@ -1199,7 +1199,6 @@ def test_a_scheduled_delivery_time_at_the_start_of_the_calendar_sends_the_order_
     assert len(queued_records(aws)) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="a send that went out is answered 500 when its balance cannot be read after")
 def test_a_send_whose_balance_cannot_be_read_after_it_is_still_answered_201_and_sent_once(
     aws, account, api, monkeypatch
 ):

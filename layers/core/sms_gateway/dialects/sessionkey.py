@@ -359,7 +359,10 @@ def _sent(
     }
     # The seed's clients ask for remaining_credits with returnCredits; the family names it returnRemaining.
     if request.return_credits or request.return_remaining:
-        body["remaining_credits"] = balance_after(accepted, gateway().store)
+        remaining = balance_after(accepted, gateway().store)
+        # Left out when it cannot be read: the order stands, and a 500 for want of it would have it sent again.
+        if remaining is not None:
+            body["remaining_credits"] = remaining
     body["internal_order_id"] = str(batch.reference_id)
     # Opted-out numbers (STOP) are listed here too, whatever allowInvalidRecipients says: they are not invalid,
     # so the others are sent to, and only a send in which every recipient opted out is refused. So are the numbers

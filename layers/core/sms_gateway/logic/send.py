@@ -303,12 +303,23 @@ def finish_standing_send(
     raise AssertionError("unreachable")
 
 
-def balance_after(accepted: Accepted, accounts: AccountStore) -> int:
+def balance_after(accepted: Accepted, accounts: AccountStore) -> int | None:
     """The credits left after a send, for a dialect that answers with them: read now (one consistent read) unless
-    the send read them already."""
+    the send read them already. None when they cannot be read: the send stands (stored, charged, queued), and
+    failing its answer for a figure would have the client send it again."""
     if accepted.balance is not None:
         return accepted.balance
-    return accounts.balance(accepted.batch.account_id)
+    return balance_if_read(accounts, accepted.batch.account_id)
+
+
+def balance_if_read(accounts: AccountStore, account_id: str) -> int | None:
+    """The account's credits, or None (logged) when the read fails: for an answer that carries them beside what
+    happened, which stands either way."""
+    try:
+        return accounts.balance(account_id)
+    except Exception:
+        logger.exception("could not read the credits left after a send; its answer goes without them")
+        return None
 
 
 def send_time(requested: datetime | None, account: Account, now: datetime) -> datetime | None:
@@ -552,7 +563,7 @@ def withdraw(accepted: Accepted, deps: SendDependencies, *, now: datetime, error
         deps.messages, accepted.messages, MessageStatus.FAILED, now=now, error_code=NOT_QUEUED, unclaimed_only=True
     )
     # Read consistently: right after the refund, an eventually consistent read may not show it yet.
-    balance = deps.accounts.balance(batch.account_id) if refund else accepted.balance
+    balance = balance_if_read(deps.accounts, batch.account_id) if refund else accepted.balance
     # Any message this undo did not withdraw was dispatched: the client may hear of it, so it must have its id.
     if not all(map(could_not_be_queued, messages)):
         withdrawn = [m for m in messages if could_not_be_queued(m)]
