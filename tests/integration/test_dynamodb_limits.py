@@ -7,11 +7,13 @@ test's reads behave as DynamoDB's."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.conftest import FakeContext, load_function
+from tests.conftest import FakeContext, load_function, route_simulator_upstreams_to
 from tests.integration.test_callback_acknowledgements import (
     TOKEN,
     configure,
@@ -112,3 +114,54 @@ def test_an_inbound_sms_to_a_number_too_long_for_a_key_is_refused_and_changes_no
     assert answer["statusCode"] == 400, answer
     assert "longer than 32 characters" in answer["body"]
     assert_unchanged(state, before)
+
+
+class TakingUnderALongId:
+    """A simulator-protocol upstream that takes every message under an id longer than any key DynamoDB takes."""
+
+    def __init__(self) -> None:
+        self.submits = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.submits += 1
+        return httpx.Response(200, json={"message_id": LONG_ID, "status": "accepted"})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the settle check links the stored id before expiring the message: DynamoDB refuses the key on every "
+    "delivery, so the message stays submitted (charged) while its check is redelivered to the DLQ",
+)
+@pytest.mark.parametrize("reports_by", ["our reference", "its own id"])
+def test_a_message_taken_under_an_id_too_long_for_a_key_is_expired_and_refunded_once_no_report_came(
+    aws, account, monkeypatch, reports_by
+):
+    from sms_gateway.adapters.providers.simulator import SimulatorProvider
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic.batches import all_messages
+    from tests.integration.test_send_path import as_lambda_sqs_event, balance, queued_records, send_event
+    from tests.integration.test_settle_checks import after_the_wait, drain_notify_queue, message_now, notify_pass
+
+    # Given an upstream that takes messages under ids longer than any key DynamoDB takes (one reporting by our
+    # reference, as the simulator does, or by its own id, as Africa's Talking does)
+    upstream = TakingUnderALongId()
+    route_simulator_upstreams_to(monkeypatch, upstream)
+    if reports_by == "its own id":
+        monkeypatch.setattr(SimulatorProvider, "echoes_client_ref", False)
+    # When a message is sent and dispatched
+    body = {"from": "48974", "to": "2348020000000", "message": "hi"}
+    sent = load_function("api").handler(send_event(account["token"], body), FakeContext())
+    reference_id = int(json.loads(sent["body"])["reference_id"])
+    dispatched = load_function("dispatcher").handler(as_lambda_sqs_event(queued_records(aws)), FakeContext())
+    # Then it is submitted once, and reads submitted
+    assert dispatched == {"batchItemFailures": []} and upstream.submits == 1
+    [message] = all_messages(gateway().store, account["account_id"], reference_id)
+    assert message.status == "submitted" and balance(account["account_id"]) == 100 - message.price
+    # When no report comes within the DLR wait, and the settle check comes due
+    after_the_wait(monkeypatch, aws, notify_pass(aws))
+    # Then the check is done at once (not redelivered until the notify DLQ takes it)
+    drain_notify_queue(aws)
+    # And the message is expired for want of a report and refunded, as any message no report reached
+    settled = message_now(message)
+    assert (settled.status, settled.error_code) == ("expired", "no_delivery_report")
+    assert balance(account["account_id"]) == 100
