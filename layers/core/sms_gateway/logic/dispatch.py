@@ -15,6 +15,7 @@ from typing import Any
 
 from sms_gateway.domain.models import (
     DEFAULT_VALIDITY,
+    MAX_UPSTREAM_ID_BYTES,
     Account,
     Claim,
     ClaimOutcome,
@@ -26,6 +27,7 @@ from sms_gateway.domain.models import (
     StatusChange,
     SubmitRequest,
     SubmitResult,
+    usable_upstream_id,
     validity_ends,
 )
 from sms_gateway.domain.senders import SENDER_REMOVED, holds_sender
@@ -673,19 +675,20 @@ async def _dispatch_one(
         await _not_taken(message, sent, deps, outcome, claim_id=claim.claim_id)
         return
     provider, result = sent
+    upstream_message_id = _kept_upstream_id(message, provider.name, result)
     held: list[DeliveryReport] = []
-    if not getattr(provider, "echoes_client_ref", False):
+    if upstream_message_id is not None and not getattr(provider, "echoes_client_ref", False):
         # Linked first: a dispatcher that dies before the status write leaves the link (the message, taken over
         # later, is recorded submitted and its DLRs find it). Written after, the link was lost with it, and the DLRs
         # held for good. Reports held on the id are applied once the message reads submitted, in order.
-        held = await asyncio.to_thread(_link_upstream_id, message, provider.name, result.upstream_message_id, deps)
+        held = await asyncio.to_thread(_link_upstream_id, message, provider.name, upstream_message_id, deps)
     change = await asyncio.to_thread(
         deps.messages.transition,
         message.key,
         MessageStatus.SUBMITTED,
         now=deps.clock(),
         upstream=provider.name,
-        upstream_message_id=result.upstream_message_id,
+        upstream_message_id=upstream_message_id,
     )
     outcome.record(change)
     outcome.submitted += 1
@@ -1225,6 +1228,24 @@ def _note_shared_hold(upstream: str, hold: ScopeHeld, deps: DispatchDependencies
     UPSTREAM_RETRY_AFTER.note(upstream, left, deps.clock())
     why = f"{upstream} asked another dispatcher to come back in {math.ceil(left)} s: not offered"
     return UpstreamError(why, permanent=False, throttled=True, retry_after=left)
+
+
+def _kept_upstream_id(message: Message, upstream: str, result: SubmitResult) -> str | None:
+    """The id the upstream took the message under, or None when it is too long to keep (usable_upstream_id): the
+    message is then recorded submitted without it, as after a submit that got no answer. Kept, it would be a key
+    DynamoDB refuses (the link, the settle check's link), and no report naming it is ever matched (logic/delivery):
+    an upstream that reports by our reference still settles the message, and the settle check any other."""
+    if usable_upstream_id(result.upstream_message_id):
+        return result.upstream_message_id
+    logger.warning(
+        f"upstream took the message under an id over {MAX_UPSTREAM_ID_BYTES} bytes; recorded submitted without it",
+        extra={
+            "message_id": message.message_id,
+            "upstream": upstream,
+            "upstream_message_id": result.upstream_message_id[:64],
+        },
+    )
+    return None
 
 
 def _link_upstream_id(

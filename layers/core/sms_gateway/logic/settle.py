@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sms_gateway.domain.models import Message, MessageKey, StatusChange, from_iso, iso
+from sms_gateway.domain.models import Message, MessageKey, StatusChange, from_iso, iso, usable_upstream_id
 from sms_gateway.domain.status import TERMINAL, MessageStatus
 from sms_gateway.logic.delivery import DeliveryDependencies, link_upstream_id
 from sms_gateway.observability import logger
@@ -136,7 +136,9 @@ def _settle_one(
     if now < message_due:
         later.append(message_due)
         return
-    if message.upstream and message.upstream_message_id and _reported_while_unlinked(message, deps, outcome):
+    # An id too long to be a key (stored by dispatchers before 2026-12-07) holds no reports: none naming it is taken.
+    linkable = bool(message.upstream_message_id) and usable_upstream_id(message.upstream_message_id or "")
+    if message.upstream and linkable and _reported_while_unlinked(message, deps, outcome):
         return
     change = deps.messages.transition(
         message.key, MessageStatus.EXPIRED, now=now, error_code=NO_DELIVERY_REPORT, refund=True
