@@ -21,6 +21,13 @@ from tests.integration.test_callback_acknowledgements import (
     kannel_delivering_inbound_for,
     kannel_inbound_event,
 )
+from tests.integration.test_provider_africastalking import (  # noqa: F401 (fixture)
+    CALLBACK_TOKEN,
+    MESSAGE_ID,
+    at_upstream,
+    delivery_report_body,
+    webhook_event,
+)
 from tests.state_snapshot import assert_unchanged, capture, clients_for_moto
 
 # Far over DynamoDB's key limit, well within the HTTP API's (a request line and headers of 10 KB, a body of 256 KB).
@@ -197,3 +204,50 @@ def test_a_message_recorded_with_an_id_too_long_for_a_key_before_2026_12_07_is_s
     # Then it is expired and refunded all the same
     assert (settled.status, settled.error_code) == ("expired", "no_delivery_report")
     assert balance(account["account_id"]) == 100
+
+
+# DynamoDB's largest item (docs: "Item size": 400 KB, its attribute names and values together). moto enforces about
+# as much on writes, though it counts an attribute an update replaces twice (its old value and its new).
+MAX_ITEM_BYTES = 400_000
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="every report that comes before its message is linked is appended to one item, repeats too: near 400 KB "
+    "the append is refused and the webhook answers 5xx to every later report for that id",
+)
+@pytest.mark.usefixtures("at_upstream")
+def test_a_report_repeated_until_its_held_reports_fill_an_item_is_still_taken_and_settles_the_message(aws, account):
+    from sms_gateway.adapters.dynamodb_delivery import upstream_link_key
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic.batches import all_messages
+    from tests.integration.test_send_path import as_lambda_sqs_event, queued_records, send_event
+
+    # Given reports for an AT id no message is linked to yet, held on its link item, one each time AT posted it
+    webhook = load_function("webhook")
+    sent_report = webhook_event("dlr", delivery_report_body("Sent"), CALLBACK_TOKEN)
+    assert webhook.handler(sent_report, FakeContext())["statusCode"] == 200
+    # (AT posted it again and again, until the item is near DynamoDB's item limit; written at once, as a loop of
+    # webhook calls would leave it)
+    store = gateway().store
+    link = upstream_link_key("africastalking", MESSAGE_ID)
+    item = store.client.get_item(TableName=store.table_name, Key=link)["Item"]
+    [held] = item["held"]["L"]
+    # (each element of a list takes a byte more than its value)
+    repeats = (MAX_ITEM_BYTES - 2048) // (len(held["S"]) + 1)
+    store.client.put_item(TableName=store.table_name, Item={**item, "held": {"L": [held] * repeats}})
+    # When AT posts the final report for that id, and repeats of the first
+    answers = [
+        webhook.handler(event, FakeContext())["statusCode"]
+        for event in (webhook_event("dlr", delivery_report_body("Success"), CALLBACK_TOKEN), sent_report, sent_report)
+    ]
+    # Then each is acknowledged (AT posts anything else again)
+    assert answers == [200, 200, 200]
+    # And once the message AT took under that id is dispatched, the final report settles it
+    body = {"from": "48974", "to": "2348020000000", "message": "hi"}
+    sent = load_function("api").handler(send_event(account["token"], body), FakeContext())
+    reference_id = int(json.loads(sent["body"])["reference_id"])
+    dispatched = load_function("dispatcher").handler(as_lambda_sqs_event(queued_records(aws)), FakeContext())
+    assert dispatched == {"batchItemFailures": []}
+    [message] = all_messages(store, account["account_id"], reference_id)
+    assert message.status == "delivered"
