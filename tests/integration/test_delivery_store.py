@@ -74,10 +74,12 @@ class TestUpstreamLinks:
         returned: list[MessageKey | None] = []
         linked: list[DeliveryReport] = []
 
-        def hold() -> None:
-            returned.append(store.hold_report(report("at-race", MessageStatus.DELIVERED), now=NOW))
+        def hold(n: int) -> None:
+            # (each its own: a repeat of a report held already is not held again)
+            distinct = report("at-race", MessageStatus.DELIVERED).model_copy(update={"error_code": str(n)})
+            returned.append(store.hold_report(distinct, now=NOW))
 
-        threads = [threading.Thread(target=hold) for _ in range(8)]
+        threads = [threading.Thread(target=hold, args=(n,)) for n in range(8)]
         for thread in threads[:4]:
             thread.start()
         linked.extend(store.link_upstream_id("at", "at-race", message.key, now=NOW))
@@ -87,6 +89,31 @@ class TestUpstreamLinks:
             thread.join()
         # Then every report was either handed to the link or answered with the key: none is lost
         assert len(linked) + sum(1 for key in returned if key == message.key) == 8
+
+    def test_an_id_reported_over_and_over_holds_each_report_once_and_the_latest_past_its_bound(self, store):
+        from sms_gateway.adapters.dynamodb_delivery import MAX_HELD_REPORTS
+
+        # Given an id AT reports "sent" over and over before its message is linked
+        message = one_message(store, MessageStatus.QUEUED)
+        sent = report("at-3", MessageStatus.SUBMITTED)
+        for _ in range(5):
+            assert store.hold_report(sent, now=NOW) is None
+        # Then its link hands back one of them (applying a repeat changes nothing)
+        assert store.link_upstream_id("at", "at-3", message.key, now=NOW) == [sent]
+        # Given another id's reports, more than a link holds, then its final one and a repeat of an earlier one
+        others = [
+            DeliveryReport(upstream="at", upstream_message_id="at-4", status=MessageStatus.SUBMITTED, error_code=str(n))
+            for n in range(MAX_HELD_REPORTS + 3)
+        ]
+        final = report("at-4", MessageStatus.DELIVERED)
+        for other in [*others, final, others[0]]:
+            assert store.hold_report(other, now=NOW) is None
+        # When the id is linked
+        held = store.link_upstream_id("at", "at-4", message.key, now=NOW)
+        # Then the reports it holds come back in arrival order, then the latest past them: the final report
+        assert held == [*others[:MAX_HELD_REPORTS], final]
+        # And once linked, a report gets the message's key as before
+        assert store.hold_report(final, now=NOW) == message.key
 
 
 class TestReportsOnlyFromTheCarrier:

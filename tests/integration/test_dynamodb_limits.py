@@ -211,11 +211,6 @@ def test_a_message_recorded_with_an_id_too_long_for_a_key_before_2026_12_07_is_s
 MAX_ITEM_BYTES = 400_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="every report that comes before its message is linked is appended to one item, repeats too: near 400 KB "
-    "the append is refused and the webhook answers 5xx to every later report for that id",
-)
 @pytest.mark.usefixtures("at_upstream")
 def test_a_report_repeated_until_its_held_reports_fill_an_item_is_still_taken_and_settles_the_message(aws, account):
     from sms_gateway.adapters.dynamodb_delivery import upstream_link_key

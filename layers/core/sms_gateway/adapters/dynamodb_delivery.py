@@ -1,7 +1,8 @@
 """DynamoDB items that tie upstream reports and replies to our messages: upstream-id links, held DLRs, part
 statuses and the conversation index.
 
-  upstream link  pk=UPMSG#<upstream>#<upstream message id>  sk=LINK  -> message_ref, held (DLRs that came first)
+  upstream link  pk=UPMSG#<upstream>#<upstream message id>  sk=LINK  -> message_ref, held (DLRs that came first, at
+                 most MAX_HELD_REPORTS), held_last (the latest of those that came after them)
 
 A message whose final report's notification the notify queue refused carries announce_pending and, in the same
 write, sweep_shard=REPORT#<0-3> and sweep_at (the sparse `sweep-index`, dynamodb_sweep.py), removed together.
@@ -41,6 +42,12 @@ _CONVERSATION_PAGES = 4
 _CONVERSATION_STATUS_READS = 20
 # Kept as long as an upstream may still report on a message (validity plus the carriers' retry window).
 LINK_RETENTION = timedelta(days=7)
+# Reports an upstream link holds before it is linked, in arrival order, a repeat of one held not kept again. An
+# upstream reports a message a few times (AT: Sent, Buffered, Success); past these only the latest other report is
+# kept besides (`held_last`), each replacing the one before. Until session 35 every report was appended, repeats
+# too: an id reported over and over (~4,000 times within the link's 7 days) filled DynamoDB's 400 KB item, and every
+# later report for it failed its callback with a 5xx.
+MAX_HELD_REPORTS = 32
 
 # A report by our reference is applied only when the upstream that sent it carries the message: the one that took
 # it, the one a dispatcher is submitting it to, or the one that may have it (an unanswered submit). Any other
@@ -90,7 +97,8 @@ class DynamoDeliveryMixin:
             ExpressionAttributeValues={":ref": {"S": key.to_ref()}, ":expires": self._link_expiry(now)},
             ReturnValues="ALL_OLD",
         )
-        held = answer.get("Attributes", {}).get("held", {}).get("L", [])
+        link = answer.get("Attributes", {})
+        held = [*link.get("held", {}).get("L", []), *([link["held_last"]] if "held_last" in link else [])]
         return [DeliveryReport.model_validate_json(entry["S"]) for entry in held]
 
     def find_by_upstream_id(self, upstream: str, upstream_message_id: str) -> MessageKey | None:
@@ -100,20 +108,42 @@ class DynamoDeliveryMixin:
         return MessageKey.from_ref(found["message_ref"]["S"]) if found and "message_ref" in found else None
 
     def hold_report(self, report: DeliveryReport, *, now: datetime) -> MessageKey | None:
-        """Keeps a DLR whose message is not linked yet; None when kept, or the message's key when the link
-        appeared in the meantime (the caller applies the report then)."""
+        """Keeps a DLR whose message is not linked yet; None when kept (or held already: a repeat, which applying
+        again would not change), or the message's key when the link appeared in the meantime (the caller applies
+        the report then). Past MAX_HELD_REPORTS, the report is kept as the latest (`held_last`)."""
         assert report.upstream_message_id, "only reports that name the message by the upstream's id are held"
+        entry = {"S": report.model_dump_json(exclude_none=True)}
         try:
             self.client.update_item(
                 TableName=self.table_name,
                 Key=upstream_link_key(report.upstream, report.upstream_message_id),
                 UpdateExpression="SET held = list_append(if_not_exists(held, :empty), :report), expires_at = :expires",
-                ConditionExpression="attribute_not_exists(message_ref)",
+                ConditionExpression="attribute_not_exists(message_ref) AND NOT contains(held, :entry)"
+                " AND (attribute_not_exists(held) OR size(held) < :most)",
                 ExpressionAttributeValues={
                     ":empty": {"L": []},
-                    ":report": {"L": [{"S": report.model_dump_json(exclude_none=True)}]},
+                    ":report": {"L": [entry]},
+                    ":entry": entry,
+                    ":most": {"N": str(MAX_HELD_REPORTS)},
                     ":expires": self._link_expiry(now),
                 },
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+            return None
+        except self.client.exceptions.ConditionalCheckFailedException as error:
+            link = error.response["Item"]
+        if "message_ref" in link:
+            return MessageKey.from_ref(link["message_ref"]["S"])
+        if entry in link.get("held", {}).get("L", []) or link.get("held_last") == entry:
+            return None
+        # The link holds MAX_HELD_REPORTS others already: this one is kept as the latest, in place of the one before.
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=upstream_link_key(report.upstream, report.upstream_message_id),
+                UpdateExpression="SET held_last = :entry, expires_at = :expires",
+                ConditionExpression="attribute_not_exists(message_ref)",
+                ExpressionAttributeValues={":entry": entry, ":expires": self._link_expiry(now)},
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except self.client.exceptions.ConditionalCheckFailedException as error:
