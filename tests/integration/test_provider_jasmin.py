@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
@@ -13,9 +14,10 @@ import pytest
 
 from sms_gateway.adapters.providers import FACTORIES
 from sms_gateway.adapters.providers.jasmin import CALLBACK_ACK, JasminProvider
-from sms_gateway.domain.models import CallbackRequest, SubmitRequest
+from sms_gateway.domain.models import CallbackRequest, Message, SubmitRequest
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
+from sms_gateway_tools.upstream_check import callback_request, captured
 from tests.fakes import dispatched_through
 
 TOKEN = "jasmin-callback-token-0123456789"
@@ -790,3 +792,94 @@ def test_review_a_credential_of_16_characters_but_more_bytes_is_refused_at_confi
     with pytest.raises(ValueError, match=f"{field} is 1 to 16") as raised:
         provider(answer(200, f'Success "{MESSAGE_ID}"'), **{field: value})
     assert value not in str(raised.value)
+
+
+# --- what a real Jasmin sent ----------------------------------------------------------------------------------------
+
+# What a real Jasmin 0.11.0 (PyPI) sent over SMPP, through its HTTP API as the adapter submits:
+# tools/sms_gateway_tools/jasmin_check.py
+JASMIN_CAPTURE = Path(__file__).parents[1] / "fixtures" / "jasmin-0.11.0-smpp.json"
+
+
+def jasmin_captured(scenario: str | None = None) -> list[dict[str, Any]]:
+    return captured(JASMIN_CAPTURE, scenario)
+
+
+def replayed(recorded: dict[str, Any], **query: str) -> CallbackRequest:
+    """A captured request as the webhook hands it to the adapter, `query` values replaced (our ref, our token)."""
+    request = callback_request({**recorded, "body": recorded["body"].encode()})
+    return request.model_copy(update={"query": {**request.query, "token": TOKEN, **query}})
+
+
+def settled_by_captured_reports(scenario: str) -> Message:
+    """A message Jasmin took, recorded submitted there, after each DLR Jasmin threw in `scenario`, in its order."""
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import utc_now
+    from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
+    from tests.integration.test_dynamodb_store import new_account, one_message
+
+    store = gateway().store
+    account, credentials = new_account()
+    store.create_account(account, credentials)
+    message = one_message(store, MessageStatus.QUEUED, account.account_id)
+    callbacks = jasmin_captured(scenario)
+    upstream_id = dict(parse_qsl(callbacks[0]["body"]))["id"]
+    store.transition(
+        message.key, MessageStatus.SUBMITTED, now=utc_now(), upstream="jasmin", upstream_message_id=upstream_id
+    )
+    deps = DeliveryDependencies(store, store, utc_now, on_change=lambda _: None, on_repeat=lambda _: None)
+    adapter = provider(answer(200, ""))
+    for recorded in callbacks:
+        receive_delivery_reports(adapter, replayed(recorded, ref=message.key.to_ref()), deps)
+    [now] = store.get_messages_by_key([message.key])
+    return now
+
+
+@pytest.mark.parametrize(
+    ("scenario", "statuses"),
+    [
+        ("one part, delivered", ["submitted", "delivered"]),
+        ("one part, en route then delivered", ["submitted", "delivered"]),  # Jasmin throws no ENROUTE
+        ("one part, undelivered", ["submitted", "failed 001"]),
+        ("one part, expired", ["submitted", "expired 002"]),
+        ("one part, rejected (REJECTD)", ["submitted", "rejected"]),
+        ("one part, refused by the SMSC", ["rejected ESME_RINVDSTADR"]),
+        # The retry the SMSC took and delivered is never reported: Jasmin dropped the DLR request
+        ("one part, throttled by the SMSC once, then delivered", ["submitted ESME_RTHROTTLED"]),
+        ("UCS-2, one part, delivered", ["submitted", "delivered"]),
+        # A long message is reported by its last part, the only one Jasmin asks a receipt of
+        ("3 GSM parts, each delivered", ["submitted", "delivered"]),
+        ("3 GSM parts, part 1 undelivered", ["submitted", "delivered"]),
+        ("3 GSM parts, part 3 undelivered", ["submitted", "failed 001"]),
+        ("3 GSM parts, part 1 refused by the SMSC", ["submitted", "delivered"]),
+        ("3 GSM parts, part 3 refused by the SMSC", ["rejected ESME_RINVDSTADR"]),
+        ("3 UCS-2 parts, emoji on the boundary, part 2 refused by the SMSC", ["submitted", "delivered"]),
+    ],
+)
+def test_the_dlrs_a_real_jasmin_posted_read_as_the_docs_say(scenario: str, statuses: list[str]) -> None:
+    # Given the DLRs a real Jasmin 0.11.0 posted to the dlr-url the adapter gave it (dlr-level 3, dlr-method POST)
+    callbacks = jasmin_captured(scenario)
+    adapter = provider(answer(200, ""))
+    read: list[str] = []
+    for recorded in callbacks:
+        # Then each is verified by the token in our URL, which Jasmin kept with its query string, and read
+        request = replayed(recorded)
+        assert recorded["method"] == "POST" and adapter.verify_callback(request)
+        (report,) = adapter.parse_delivery_reports(request)
+        assert report.upstream_message_id == dict(parse_qsl(recorded["body"]))["id"]
+        read.append(" ".join(filter(None, (report.status.value, report.error_code))))
+    assert read == statuses
+
+
+def test_the_mo_a_real_jasmin_posted_is_read_whole() -> None:
+    # Given the MO SMS a real Jasmin 0.11.0 posted through an HTTP client connector (coding as the raw byte)
+    adapter = provider(answer(200, ""))
+    texts = []
+    for recorded in jasmin_captured():
+        request = replayed(recorded)
+        assert adapter.verify_callback(request)
+        sms = adapter.parse_inbound(request)
+        assert (sms.msisdn, sms.to) == ("2348020000000", "48974")
+        texts.append(sms.text)
+    # Then every text is read as the handset wrote it, the two UCS-2 parts joined by Jasmin into one
+    assert sorted(texts) == sorted(["Hello from the phone", "Price 5€", "Hé ™ я😀", "Grüße", "я" * 67 + "end😀"])

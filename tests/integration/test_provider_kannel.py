@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import shutil
 import socket
@@ -26,6 +25,7 @@ from sms_gateway.domain.models import CallbackRequest, SubmitRequest
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
 from sms_gateway_tools.kannel_check import KANNEL_CONF, Recorder, callback_request, free_port, stop
+from sms_gateway_tools.upstream_check import captured
 
 TOKEN = "kannel-callback-token-0123456789"
 REF = "1001.71800327346180097.71800327346180098"
@@ -85,12 +85,7 @@ KANNEL_CAPTURE = Path(__file__).parents[1] / "fixtures" / "kannel-1.4.5-smpp.jso
 
 
 def kannel_captured(scenario: str | None = None) -> list[dict[str, Any]]:
-    """The requests Kannel made for one of the check's scenarios (its DLR fetches), or, without one, its MO posts."""
-    capture = json.loads(KANNEL_CAPTURE.read_text())
-    if scenario is None:
-        return list(capture["mo"])
-    [found] = [s for s in capture["scenarios"] if s["name"] == scenario]
-    return list(found["callbacks"])
+    return captured(KANNEL_CAPTURE, scenario)
 
 
 def replayed(recorded: dict[str, Any], **query: str) -> CallbackRequest:

@@ -14,35 +14,40 @@ Not part of `make test`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
-import json
-import queue
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
 from sms_gateway.adapters.providers.kannel import KannelProvider
-from sms_gateway.domain.models import CallbackRequest, SubmitRequest
-from sms_gateway.errors import CallbackRejected
-from sms_gateway_tools.smpp_smsc import ESM_CLASS_UDHI, Outcome, Receipt, SmppSmsc, Submitted
+from sms_gateway_tools.smpp_smsc import Outcome, Receipt, SmppSmsc
+from sms_gateway_tools.upstream_check import (
+    MO_SMS,
+    ONE_PART_RECEIPTS,
+    Recorder,
+    Scenario,
+    ScenarioPlan,
+    callback_request,
+    exercise,
+    free_port,
+    listening,
+    smsc_and_recorder,
+    stop,
+    wait_for,
+    write_capture,
+)
+
+__all__ = ["KANNEL_CONF", "Recorder", "callback_request", "free_port", "main", "stop"]
 
 TOKEN = "kannel-check-token-0123456789abcdef"  # noqa: S105 (the throwaway Kannel this check starts)
-SENDER, HANDSET = "48974", "+2348020000000"
 
 KANNEL_CONF = """\
 group = core
@@ -94,24 +99,8 @@ system-type = ""
 """
 
 
-@dataclass(frozen=True)
-class Scenario:
-    """A message submitted through the adapter, and what the SMSC does with each part (by part number, from 1)."""
-
-    name: str
-    text: str
-    outcomes: Callable[[int], Outcome]
-
-
 SCENARIOS = (
-    Scenario(
-        "one part, en route then delivered",
-        "Hello there",
-        lambda _: Outcome(receipts=(Receipt("ENROUTE"), Receipt("DELIVRD"))),
-    ),
-    Scenario("one part, undelivered", "Hello there", lambda _: Outcome(receipts=(Receipt("UNDELIV", "001"),))),
-    Scenario("one part, expired", "Hello there", lambda _: Outcome(receipts=(Receipt("EXPIRED", "002"),))),
-    Scenario("one part, accepted (ACCEPTD)", "Hello there", lambda _: Outcome(receipts=(Receipt("ACCEPTD"),))),
+    *ONE_PART_RECEIPTS,
     Scenario("one part, refused by the SMSC", "Hello there", lambda _: Outcome(command_status=0x0B)),
     Scenario("3 GSM parts, each delivered", "a" * 152 + "€" + "b" * 152, lambda _: Outcome()),
     Scenario(
@@ -131,89 +120,6 @@ SCENARIOS = (
     ),
 )
 
-# MO SMS the SMSC delivers: (name, data_coding, user data header, short message).
-MO_SMS = (
-    ("GSM", 0, b"", b"Hello from the phone"),
-    ("UCS-2", 8, b"", "Hé ™ я😀".encode("utf-16-be")),
-    ("Latin-1", 3, b"", "Grüße".encode("latin-1")),
-    ("UCS-2 in 2 concatenated parts, part 1", 8, bytes.fromhex("050003770201"), ("я" * 67).encode("utf-16-be")),
-    ("UCS-2 in 2 concatenated parts, part 2", 8, bytes.fromhex("050003770202"), "end😀".encode("utf-16-be")),
-)
-
-
-class Recorder:
-    """Stands in for the webhook: records every request and answers 200."""
-
-    def __init__(self) -> None:
-        self.requests: queue.Queue[dict[str, Any]] = queue.Queue()
-        received = self.requests
-
-        class Handler(BaseHTTPRequestHandler):
-            def _record(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                received.put({"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body})
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            do_GET = do_POST = _record
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self.server.server_address[1])
-        self.url = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def next(self, timeout: float) -> dict[str, Any]:
-        return self.requests.get(timeout=timeout)
-
-    def drain(self, quiet: float) -> list[dict[str, Any]]:
-        """Every request until none came for `quiet` seconds."""
-        got: list[dict[str, Any]] = []
-        with suppress(queue.Empty):
-            while True:
-                got.append(self.requests.get(timeout=quiet))
-        return got
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def callback_request(recorded: dict[str, Any]) -> CallbackRequest:
-    """A recorded request as the webhook hands it to the adapter."""
-    parts = urlsplit(recorded["path"])
-    return CallbackRequest(
-        method=recorded["method"],
-        url=f"https://gw.example.com{parts.path}",
-        headers={key.lower(): value for key, value in recorded["headers"].items()},
-        query=dict(parse_qsl(parts.query, keep_blank_values=True)),
-        body=recorded["body"].decode("utf-8", errors="replace"),
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait(check: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with suppress(OSError, httpx.HTTPError):
-            if check():
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"timed out waiting for {what}")
-
-
-def _listening(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-        return True
-
 
 @contextmanager
 def running_kannel(directory: Path, smsc: SmppSmsc, webhook: str) -> Iterator[tuple[str, str]]:
@@ -228,9 +134,9 @@ def running_kannel(directory: Path, smsc: SmppSmsc, webhook: str) -> Iterator[tu
             with (directory / f"{box}.out").open("wb") as log:
                 process = subprocess.Popen([box, "-v", "1", str(conf)], stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
                 started.append(process)
-            _wait(functools.partial(_listening, port), box)
+            wait_for(functools.partial(listening, port), box)
         status = f"http://127.0.0.1:{ports['admin']}/status.txt?password=check"
-        _wait(lambda: smsc.bound and "online" in httpx.get(status, timeout=2).text, "the SMPP bind")
+        wait_for(lambda: smsc.bound and "online" in httpx.get(status, timeout=2).text, "the SMPP bind")
         about = subprocess.run(["bearerbox", "--version"], capture_output=True, text=True, check=False)  # noqa: S607
         version = re.search(r"version `([^']+)'", about.stdout)
         yield f"http://127.0.0.1:{ports['sendsms']}", version.group(1) if version else "unknown"
@@ -238,145 +144,32 @@ def running_kannel(directory: Path, smsc: SmppSmsc, webhook: str) -> Iterator[tu
         stop(started)
 
 
-def stop(processes: list[subprocess.Popen[Any]]) -> None:
-    """Ends the processes started, the last one first: SIGTERM (its stdin closed), then SIGKILL after 10 s."""
-    for process in reversed(processes):
-        if process.stdin:
-            with suppress(OSError):
-                process.stdin.close()
-        process.terminate()
-    for process in reversed(processes):
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-
-def _parsed(adapter: KannelProvider, recorded: dict[str, Any], *, inbound: bool) -> str:
-    request = callback_request(recorded)
-    if not adapter.verify_callback(request):
-        return "REFUSED: token"
-    try:
-        if inbound:
-            sms = adapter.parse_inbound(request)
-            return f"MO from {sms.msisdn} to {sms.to}: {sms.text!r}"
-        return "; ".join(
-            f"{r.status.value} part={r.part} error_code={r.error_code}" for r in adapter.parse_delivery_reports(request)
-        )
-    except CallbackRejected as rejected:
-        return f"REJECTED: {rejected}"
-
-
 def run(capture: Path | None) -> int:
     if not (shutil.which("bearerbox") and shutil.which("smsbox")):
         print("Kannel is not installed (bearerbox, smsbox): apt-get install kannel", file=sys.stderr)
         return 2
-
-    def plan(submitted: Submitted) -> Outcome:
-        # Each part of a message Kannel cut carries its concatenation header: its part number is the last octet
-        part = submitted.udh[-1] if submitted.esm_class & ESM_CLASS_UDHI else 1
-        return current[0].outcomes(part)
-
-    current: list[Scenario] = [SCENARIOS[0]]
-    recorder = Recorder()
-    smsc = SmppSmsc(plan=plan).start()
-    record: dict[str, Any] = {
-        "kannel": "unknown",
-        "smsc": "smpp (tools/sms_gateway_tools/smpp_smsc.py)",
-        "scenarios": [],
-        "mo": [],
-    }
-    try:
-        with (
-            tempfile.TemporaryDirectory(prefix="kannel-check-") as tmp,
-            running_kannel(Path(tmp), smsc, recorder.url) as (smsbox_url, version),
-        ):
-            record["kannel"] = version
-            adapter = KannelProvider(
-                name="kannel",
-                url=smsbox_url,
-                username="gw",
-                password="secret",  # noqa: S106 (the sendsms-user of KANNEL_CONF)
-                callback_token=TOKEN,
-                max_parts=10,
-            )
-            print(f"Kannel {version}, SMPP SMSC on 127.0.0.1:{smsc.port}")
-            for number, scenario in enumerate(SCENARIOS, start=1):
-                current[0] = scenario
-                before = len(smsc.submitted)
-                ref = f"7.{number}"
-                request = SubmitRequest(
-                    client_ref=ref,
-                    sender=SENDER,
-                    msisdn=HANDSET,
-                    text=scenario.text,
-                    dlr_url=f"{recorder.url}/callbacks/kannel/dlr",
-                )
-                asyncio.run(_submit(adapter, request))
-                callbacks = recorder.drain(quiet=2.0)
-                pdus = smsc.submitted[before:]
-                print(f"\n== {scenario.name} (ref {ref}): {len(pdus)} submit_sm")
-                for pdu in pdus:
-                    print(
-                        f"   submit_sm udh={pdu.udh.hex() or '-'} data_coding={pdu.data_coding} "
-                        f"registered_delivery={pdu.registered_delivery} -> id {pdu.message_id}"
-                        f"{f' refused 0x{pdu.command_status:08x}' if pdu.command_status else ''}"
-                    )
-                for recorded in callbacks:
-                    _show(recorded, _parsed(adapter, recorded, inbound=False))
-                record["scenarios"].append(
-                    {
-                        "name": scenario.name,
-                        "ref": ref,
-                        "text": scenario.text,
-                        "submit_sm": [
-                            {
-                                "udh": pdu.udh.hex(),
-                                "data_coding": pdu.data_coding,
-                                "registered_delivery": pdu.registered_delivery,
-                                "message_id": pdu.message_id,
-                                "command_status": pdu.command_status,
-                            }
-                            for pdu in pdus
-                        ],
-                        "callbacks": [_as_json(recorded) for recorded in callbacks],
-                    }
-                )
-            print("\n== MO")
-            for name, coding, udh, payload in MO_SMS:
-                smsc.deliver(
-                    source=HANDSET.lstrip("+"),
-                    destination=SENDER,
-                    short_message=udh + payload,
-                    data_coding=coding,
-                    esm_class=ESM_CLASS_UDHI if udh else 0,
-                )
-                print(f"   deliver_sm {name}")
-            for recorded in recorder.drain(quiet=2.0):
-                _show(recorded, _parsed(adapter, recorded, inbound=True))
-                record["mo"].append(_as_json(recorded))
-    finally:
-        smsc.stop()
-        recorder.close()
-    if capture:
-        capture.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
-        print(f"\nwrote {capture}")
+    plan = ScenarioPlan(SCENARIOS[0])
+    record: dict[str, Any] = {"kannel": "unknown", "smsc": "smpp (tools/sms_gateway_tools/smpp_smsc.py)"}
+    with (
+        smsc_and_recorder(plan) as (smsc, recorder),
+        tempfile.TemporaryDirectory(prefix="kannel-check-") as tmp,
+        running_kannel(Path(tmp), smsc, recorder.url) as (smsbox_url, version),
+    ):
+        record["kannel"] = version
+        adapter = KannelProvider(
+            name="kannel",
+            url=smsbox_url,
+            username="gw",
+            password="secret",  # noqa: S106 (the sendsms-user of KANNEL_CONF)
+            callback_token=TOKEN,
+            max_parts=10,
+        )
+        print(f"Kannel {version}, SMPP SMSC on 127.0.0.1:{smsc.port}")
+        record |= exercise(
+            adapter, smsc, recorder, plan=plan, scenarios=SCENARIOS, mo_sms=MO_SMS, ref_prefix="7", quiet=2.0
+        )
+    write_capture(capture, record)
     return 0
-
-
-def _show(recorded: dict[str, Any], parsed: str) -> None:
-    print(f"   {recorded['method']} {recorded['path']}\n      -> {parsed}")
-
-
-async def _submit(adapter: KannelProvider, request: SubmitRequest) -> None:
-    async with httpx.AsyncClient(timeout=10) as client:
-        adapter._client = client
-        await adapter.submit(request)
-
-
-def _as_json(recorded: dict[str, Any]) -> dict[str, Any]:
-    return {**recorded, "body": recorded["body"].decode("utf-8", errors="backslashreplace")}
 
 
 def main(argv: list[str] | None = None) -> int:
