@@ -883,3 +883,17 @@ def test_the_mo_a_real_jasmin_posted_is_read_whole() -> None:
         texts.append(sms.text)
     # Then every text is read as the handset wrote it, the two UCS-2 parts joined by Jasmin into one
     assert sorted(texts) == sorted(["Hello from the phone", "Price 5€", "Hé ™ я😀", "Grüße", "я" * 67 + "end😀"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review(jasmin): UNKNOWN is read as failed, final, though Jasmin keeps the DLR request and throws the "
+    "SMSC's next receipt",
+)
+def test_review_an_unknown_receipt_jasmin_follows_with_delivered_leaves_the_message_delivered(aws) -> None:
+    # Given a message through a real Jasmin 0.11.0 whose SMSC sent the receipt UNKNOWN and then DELIVRD: Jasmin threw
+    # both (UNKNOWN is not in its final_states, jasmin/managers/dlr.py, so it kept the DLR request)
+    # When the gateway takes Jasmin's DLRs in the order they came
+    message = settled_by_captured_reports("one part, unknown (UNKNOWN) then delivered")
+    # Then the message is delivered, as the handset got it: not failed and refunded with the DELIVRD thrown away
+    assert (message.status, message.error_code) == (MessageStatus.DELIVERED, None)
