@@ -897,3 +897,18 @@ def test_review_an_unknown_receipt_jasmin_follows_with_delivered_leaves_the_mess
     message = settled_by_captured_reports("one part, unknown (UNKNOWN) then delivered")
     # Then the message is delivered, as the handset got it: not failed and refunded with the DELIVRD thrown away
     assert (message.status, message.error_code) == (MessageStatus.DELIVERED, None)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review(jasmin): ACCEPTD is read as delivered, final, though Jasmin keeps the DLR request after it and "
+    "throws the SMSC's next receipt",
+)
+def test_review_an_accepted_receipt_jasmin_follows_with_undelivered_leaves_the_message_failed(aws) -> None:
+    # Given a message through a real Jasmin 0.11.0 whose SMSC sent the receipt ACCEPTD and then UNDELIV: Jasmin threw
+    # both (ACCEPTD is one of its success states but not of its final_states, jasmin/managers/dlr.py)
+    # When the gateway takes Jasmin's DLRs in the order they came
+    message = settled_by_captured_reports("one part, accepted (ACCEPTD) then undelivered")
+    # Then the message failed, with the SMSC's error, and is refunded: not delivered and charged, the UNDELIV
+    # thrown away
+    assert (message.status, message.error_code) == (MessageStatus.FAILED, "001")
