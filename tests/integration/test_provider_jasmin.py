@@ -281,7 +281,7 @@ LEVEL2 = {
         ({**LEVEL2, "message_status": "UNDELIV", "dlvrd": "000", "err": "001"}, MessageStatus.FAILED, "001"),
         ({**LEVEL2, "message_status": "DELETED", "dlvrd": "000"}, MessageStatus.FAILED, None),
         ({**LEVEL2, "message_status": "REJECTD", "dlvrd": "000", "err": "011"}, MessageStatus.REJECTED, "011"),
-        ({**LEVEL2, "message_status": "UNKNOWN", "dlvrd": "000"}, MessageStatus.FAILED, None),
+        ({**LEVEL2, "message_status": "UNKNOWN", "dlvrd": "000", "err": "003"}, MessageStatus.SUBMITTED, None),
     ],
 )
 def test_dlrs_map_to_our_statuses(fields: dict[str, str], status: MessageStatus, error_code: str | None) -> None:
@@ -885,11 +885,6 @@ def test_the_mo_a_real_jasmin_posted_is_read_whole() -> None:
     assert sorted(texts) == sorted(["Hello from the phone", "Price 5€", "Hé ™ я😀", "Grüße", "я" * 67 + "end😀"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review(jasmin): UNKNOWN is read as failed, final, though Jasmin keeps the DLR request and throws the "
-    "SMSC's next receipt",
-)
 def test_review_an_unknown_receipt_jasmin_follows_with_delivered_leaves_the_message_delivered(aws) -> None:
     # Given a message through a real Jasmin 0.11.0 whose SMSC sent the receipt UNKNOWN and then DELIVRD: Jasmin threw
     # both (UNKNOWN is not in its final_states, jasmin/managers/dlr.py, so it kept the DLR request)

@@ -63,10 +63,13 @@ MO_GSM7 = "gsm0338"
 
 # The one status table. Level 1 reports the SMSC's answer to submit_sm (an ESME_* command status: ESME_ROK is a
 # take, any other status a refusal, unless Jasmin retries it: see RETRIED_STATUSES); level 2 reports the receipt's
-# state from the handset side. Jasmin throws one level-2 report per message and then deletes its DLR request,
-# whatever the state (jasmin/managers/dlr.py): it is the last word. ACCEPTD is a final state in SMPP 3.4 (read on
-# behalf of the subscriber) and one of Jasmin's own success states: delivered. ENROUTE is not final, so nothing
-# better than submitted can be said of it; the DLR wait then settles the message (docs/providers-smsc.md).
+# state from the handset side. Jasmin deletes a message's DLR request after a receipt in its final_states (DELIVRD,
+# EXPIRED, DELETED, UNDELIV, REJECTD; jasmin/managers/dlr.py): those are the last word. It throws UNKNOWN and keeps
+# the request, so the SMSC's next receipt comes too (a real Jasmin 0.11.0 threw UNKNOWN, then DELIVRD): submitted,
+# not a failure that would refund the message and shut out that receipt. ACCEPTD is a final state in SMPP 3.4 (read
+# on behalf of the subscriber) and one of Jasmin's own success states: delivered. Jasmin never throws ENROUTE
+# ("Invalid message_status"); were one to come, nothing better than submitted could be said of it
+# (docs/providers-smsc.md).
 STATUS: dict[str, MessageStatus] = {
     "ESME_ROK": MessageStatus.SUBMITTED,
     "ESME_*": MessageStatus.REJECTED,
@@ -76,7 +79,7 @@ STATUS: dict[str, MessageStatus] = {
     "EXPIRED": MessageStatus.EXPIRED,
     "DELETED": MessageStatus.FAILED,
     "UNDELIV": MessageStatus.FAILED,
-    "UNKNOWN": MessageStatus.FAILED,
+    "UNKNOWN": MessageStatus.SUBMITTED,
     "REJECTD": MessageStatus.REJECTED,
 }
 # The submit_sm_resp statuses Jasmin's SMPP client requeues and submits again itself: its sm-listener's
