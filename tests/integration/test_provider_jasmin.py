@@ -275,7 +275,7 @@ LEVEL2 = {
             "ESME_RINVDSTADR",
         ),
         ({**LEVEL2, "message_status": "DELIVRD"}, MessageStatus.DELIVERED, None),
-        ({**LEVEL2, "message_status": "ACCEPTD"}, MessageStatus.DELIVERED, None),
+        ({**LEVEL2, "message_status": "ACCEPTD"}, MessageStatus.SUBMITTED, None),
         ({**LEVEL2, "message_status": "ENROUTE"}, MessageStatus.SUBMITTED, None),
         ({**LEVEL2, "message_status": "EXPIRED", "dlvrd": "000", "err": "027"}, MessageStatus.EXPIRED, "027"),
         ({**LEVEL2, "message_status": "UNDELIV", "dlvrd": "000", "err": "001"}, MessageStatus.FAILED, "001"),
@@ -769,14 +769,13 @@ def test_without_a_fallback_no_route_fails_at_once_and_a_refusal_of_our_account_
     assert (refused.status, refused.submit_attempts) == (MessageStatus.QUEUED, 1)
 
 
-def test_review_a_level2_acceptd_is_the_last_report_jasmin_sends_and_settles_the_message() -> None:
-    # Given Jasmin's level-2 DLR with the SMSC receipt stat ACCEPTD: Jasmin's own success state
-    # (success_states = ['ACCEPTD', 'DELIVRD'] in jasmin/managers/dlr.py), after which it removes `dlr:<msgid>`
-    # for an HTTP DLR whatever the status, so no DELIVRD can follow
+def test_review_a_level2_acceptd_is_not_jasmin_s_last_word_and_the_message_waits_for_the_next() -> None:
+    # Given Jasmin's level-2 DLR with the SMSC receipt stat ACCEPTD: one of Jasmin's success states but not of its
+    # final_states (jasmin/managers/dlr.py), so Jasmin keeps `dlr:<msgid>` and throws the SMSC's next receipt
     (report,) = provider(answer(200, "")).parse_delivery_reports(dlr({**LEVEL2, "message_status": "ACCEPTD"}))
 
-    # Then the report settles the message as delivered, not `submitted` until the settle check expires and refunds it
-    assert report.status is MessageStatus.DELIVERED
+    # Then the message stays submitted for that receipt (the DLR wait settles it if none comes)
+    assert report.status is MessageStatus.SUBMITTED
 
 
 @pytest.mark.parametrize("field", ["username", "password"])
@@ -894,11 +893,6 @@ def test_review_an_unknown_receipt_jasmin_follows_with_delivered_leaves_the_mess
     assert (message.status, message.error_code) == (MessageStatus.DELIVERED, None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review(jasmin): ACCEPTD is read as delivered, final, though Jasmin keeps the DLR request after it and "
-    "throws the SMSC's next receipt",
-)
 def test_review_an_accepted_receipt_jasmin_follows_with_undelivered_leaves_the_message_failed(aws) -> None:
     # Given a message through a real Jasmin 0.11.0 whose SMSC sent the receipt ACCEPTD and then UNDELIV: Jasmin threw
     # both (ACCEPTD is one of its success states but not of its final_states, jasmin/managers/dlr.py)

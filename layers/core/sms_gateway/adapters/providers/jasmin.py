@@ -64,16 +64,15 @@ MO_GSM7 = "gsm0338"
 # The one status table. Level 1 reports the SMSC's answer to submit_sm (an ESME_* command status: ESME_ROK is a
 # take, any other status a refusal, unless Jasmin retries it: see RETRIED_STATUSES); level 2 reports the receipt's
 # state from the handset side. Jasmin deletes a message's DLR request after a receipt in its final_states (DELIVRD,
-# EXPIRED, DELETED, UNDELIV, REJECTD; jasmin/managers/dlr.py): those are the last word. It throws UNKNOWN and keeps
-# the request, so the SMSC's next receipt comes too (a real Jasmin 0.11.0 threw UNKNOWN, then DELIVRD): submitted,
-# not a failure that would refund the message and shut out that receipt. ACCEPTD is a final state in SMPP 3.4 (read
-# on behalf of the subscriber) and one of Jasmin's own success states: delivered. Jasmin never throws ENROUTE
-# ("Invalid message_status"); were one to come, nothing better than submitted could be said of it
-# (docs/providers-smsc.md).
+# EXPIRED, DELETED, UNDELIV, REJECTD; jasmin/managers/dlr.py): those are the last word. It throws UNKNOWN and ACCEPTD
+# and keeps the request, so the SMSC's next receipt comes too (a real Jasmin 0.11.0 threw UNKNOWN then DELIVRD, and
+# ACCEPTD then UNDELIV): submitted, not a final status that would shut out that receipt (a refund of a delivered
+# message, or a charge and "delivered" for one the handset never got). Jasmin never throws ENROUTE ("Invalid
+# message_status"); were one to come, nothing better than submitted could be said of it (docs/providers-smsc.md).
 STATUS: dict[str, MessageStatus] = {
     "ESME_ROK": MessageStatus.SUBMITTED,
     "ESME_*": MessageStatus.REJECTED,
-    "ACCEPTD": MessageStatus.DELIVERED,
+    "ACCEPTD": MessageStatus.SUBMITTED,
     "ENROUTE": MessageStatus.SUBMITTED,
     "DELIVRD": MessageStatus.DELIVERED,
     "EXPIRED": MessageStatus.EXPIRED,
