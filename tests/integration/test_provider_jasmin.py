@@ -842,6 +842,11 @@ def settled_by_captured_reports(scenario: str) -> Message:
         ("one part, undelivered", ["submitted", "failed 001"]),
         ("one part, expired", ["submitted", "expired 002"]),
         ("one part, rejected (REJECTD)", ["submitted", "rejected"]),
+        # ACCEPTD and UNKNOWN are not Jasmin's last word: it throws the SMSC's next receipt too
+        ("one part, accepted (ACCEPTD)", ["submitted", "submitted"]),
+        ("one part, accepted (ACCEPTD) then undelivered", ["submitted", "submitted", "failed 001"]),
+        ("one part, unknown (UNKNOWN) then delivered", ["submitted", "submitted", "delivered"]),
+        ("one part, en route then undelivered", ["submitted", "failed 001"]),
         ("one part, refused by the SMSC", ["rejected ESME_RINVDSTADR"]),
         # The retry the SMSC took and delivered is never reported: Jasmin dropped the DLR request
         ("one part, throttled by the SMSC once, then delivered", ["submitted ESME_RTHROTTLED"]),

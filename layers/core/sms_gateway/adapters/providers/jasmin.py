@@ -334,7 +334,7 @@ def _fields(request: CallbackRequest) -> dict[str, str]:
 
 
 def _coding(value: str | None) -> int:
-    """Jasmin sends data_coding as decimal text; its Go port sends the raw byte (`%08`)."""
+    """data_coding as the raw byte (`coding=%08`: what a real Jasmin 0.11.0 posted), or as decimal text."""
     if not value:
         return 0
     if ascii_digits(value):
