@@ -160,6 +160,26 @@ def test_scalar_fields_given_as_json_numbers_are_read_as_text(aws, account, api,
     assert balance(account["account_id"]) == 99
 
 
+@pytest.mark.xfail(strict=True, reason="review(ninebits): a sent_date written as a JSON number is refused 400")
+@pytest.mark.parametrize(
+    ("sent_date", "echoed"),
+    [(1704239437000, "1704239437000"), (1704239437, "1704239437"), (1704239437000.0, "1704239437000")],
+    ids=["Jackson's java.util.Date (epoch milliseconds)", "PHP's time()", "a whole float"],
+)
+def test_a_sent_date_written_as_a_json_number_is_sent_and_echoed_as_its_digits(aws, account, api, sent_date, echoed):
+    # Given seed 1's send whose sent_date a client's serializer wrote as a number: plain Jackson writes a
+    # java.util.Date as epoch milliseconds (WRITE_DATES_AS_TIMESTAMPS is on by default), PHP sends time()
+    body = {**ONE, "sent_date": sent_date, "delivery_report": "yes"}
+    # When it is posted
+    response = api(send_event(account["token"], body))
+    # Then it is sent, the number kept as its digits as session_id and ref_id are, and echoed back so
+    assert response["statusCode"] == 200, response["body"]
+    assert balance(account["account_id"]) == 99
+    reference_id = json.loads(response["body"])["reference_id"]
+    [entry] = read_delivery_report(api, account["token"], reference_id)
+    assert entry["sent_date"] == echoed
+
+
 def test_a_fraction_where_text_is_read_is_refused_and_nothing_is_charged(aws, account, api):
     response = api(send_event(account["token"], {**ONE, "ref_id": 1.5}))
     assert response["statusCode"] == 400
