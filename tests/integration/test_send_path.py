@@ -180,6 +180,23 @@ def test_a_sent_date_written_as_a_json_number_is_sent_and_echoed_as_its_digits(a
     assert entry["sent_date"] == echoed
 
 
+@pytest.mark.xfail(strict=True, reason="review(ninebits): delivery_report 'Yes' or 'NONE' is refused 400")
+@pytest.mark.parametrize(
+    ("written", "mode"), [("Yes", "yes"), ("YES", "yes"), ("None", "none"), ("NONE", "none"), (" yes ", "yes")]
+)
+def test_delivery_report_is_read_whatever_its_case(aws, account, api, written, mode):
+    # Given a send whose delivery_report a .NET client's enum converter wrote by the member's name ("Yes", "None":
+    # JSON.NET's StringEnumConverter and System.Text.Json's JsonStringEnumConverter write names as declared)
+    response = api(send_event(account["token"], {**ONE, "delivery_report": written}))
+    # Then it is sent with that mode, as the seed's lower-case value is
+    assert response["statusCode"] == 200, response["body"]
+    reference_id = json.loads(response["body"])["reference_id"]
+    event = load_event("api-batch-read.json", YOUR_API_Token=account["token"])
+    event["rawPath"] = event["requestContext"]["http"]["path"] = f"/ng/v1/batches/{reference_id}"
+    batch = json.loads(api(event)["body"])
+    assert batch["delivery_report"] == mode
+
+
 def test_a_fraction_where_text_is_read_is_refused_and_nothing_is_charged(aws, account, api):
     response = api(send_event(account["token"], {**ONE, "ref_id": 1.5}))
     assert response["statusCode"] == 400
