@@ -142,7 +142,6 @@ def test_a_group_created_with_its_members_unset_as_clients_write_it_is_an_empty_
     assert (status, added["member_count"]) == (200, 1), added
 
 
-@pytest.mark.xfail(strict=True, reason="review(ninebits): a number written as a whole JSON float is refused 400")
 def test_numbers_a_spreadsheet_gave_as_whole_floats_are_sent_to_and_grouped(aws, account, api):
     # Given numbers read from a spreadsheet column (pandas makes a column with a blank cell float64, PhpSpreadsheet
     # reads a numeric cell as a float), written by json.dumps / json_encode as 2348020000000.0

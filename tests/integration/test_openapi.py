@@ -197,6 +197,8 @@ def test_what_the_document_calls_valid_is_what_the_dialects_take(aws):
         (body("/ng/v1/sendsms"), {"from": 48974, "to": 1, "message": 123456, "ref_id": 1234567, "session_id": 67543}),
         (body("/ng/v1/sendsms"), {"from": "BRAND", "to": "1", "content": 123456}),
         (body("/ng/v1/sendsms"), {"from": "BRAND", "to": "1", "message": "hi", "ref_id": 128152.0}),
+        (body("/ng/v1/sendsms"), {"from": "BRAND", "to": [2348020000000.0], "message": "hi"}),
+        (body("/ng/v1/groups"), {"name": "From Excel", "members": [2348020000000.0]}),
         (parameter("/ng/v1/inbounds", "limit"), 100),
         (parameter("/ng/v1/inbounds", "from"), "2026-01-02"),
         (parameter("/ng/v1/inbounds", "to"), "2026-01-02T10:30:00+01:00"),

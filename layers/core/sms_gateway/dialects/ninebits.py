@@ -64,15 +64,14 @@ ROUTE_TIER = "N"
 
 
 def _as_list(value: Any) -> Any:
-    """One number (string or integer) or a list of them; integers become strings. A boolean is no number (though
-    Python's bool is an int): it is left for validation to refuse, not turned into the text "True"."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str | int):
-        return [str(value)]
+    """One number (string or whole JSON number) or a list of them; whole numbers become their digits (int_as_text),
+    a whole float too: json.dumps writes a pandas float64 column's 2348020000000.0 so, and json_encode a
+    PhpSpreadsheet numeric cell (until session 35 refused 400, "Input should be a valid string"). A boolean or a
+    fraction is no number: it is left for validation to refuse, not turned into the text "True"."""
     if isinstance(value, list):
-        return [str(item) if isinstance(item, int) and not isinstance(item, bool) else item for item in value]
-    return value
+        return [int_as_text(item) for item in value]
+    text = int_as_text(value)
+    return [text] if isinstance(text, str) else value
 
 
 TEXT_FIELDS = ("message", "body", "content")
@@ -87,7 +86,8 @@ WEBHOOK_URL_SCHEMA: dict[str, Any] = {
 
 
 def _document_numbers(schema: dict[str, Any], name: str, *, min_items: int = 0, max_items: int | None = None) -> None:
-    """What `_as_list` reads, in the OpenAPI document: one number (string or integer) or a list of them."""
+    """What `_as_list` reads, in the OpenAPI document: one number (string or integer) or a list of them (a whole
+    float, 2348020000000.0, is an integer to JSON Schema)."""
     number = {"anyOf": [{"type": "string"}, {"type": "integer"}]}
     many: dict[str, Any] = {"type": "array", "items": number, "minItems": min_items}
     if max_items is not None:
