@@ -198,6 +198,7 @@ def test_what_the_document_calls_valid_is_what_the_dialects_take(aws):
         (body("/ng/v1/sendsms"), {"from": "BRAND", "to": "1", "content": 123456}),
         (body("/ng/v1/sendsms"), {"from": "BRAND", "to": "1", "message": "hi", "ref_id": 128152.0}),
         (body("/ng/v1/sendsms"), {"from": "BRAND", "to": [2348020000000.0], "message": "hi"}),
+        (body("/ng/v1/sendsms"), {"from": "BRAND", "to": "1", "message": "hi", "sent_date": 1704239437000}),
         (body("/ng/v1/groups"), {"name": "From Excel", "members": [2348020000000.0]}),
         (parameter("/ng/v1/inbounds", "limit"), 100),
         (parameter("/ng/v1/inbounds", "from"), "2026-01-02"),

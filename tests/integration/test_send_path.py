@@ -160,7 +160,6 @@ def test_scalar_fields_given_as_json_numbers_are_read_as_text(aws, account, api,
     assert balance(account["account_id"]) == 99
 
 
-@pytest.mark.xfail(strict=True, reason="review(ninebits): a sent_date written as a JSON number is refused 400")
 @pytest.mark.parametrize(
     ("sent_date", "echoed"),
     [(1704239437000, "1704239437000"), (1704239437, "1704239437"), (1704239437000.0, "1704239437000")],

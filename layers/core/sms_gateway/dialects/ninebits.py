@@ -109,8 +109,8 @@ def _document_integer_as_text(field: dict[str, Any]) -> None:
 def _document_send_rules(schema: dict[str, Any]) -> None:
     """The rules the validators below apply, in the OpenAPI document too: `to` is one number (string or integer)
     or a list of them; the text is in exactly one of message, body or content (the others absent or null); the text,
-    from, session_id and ref_id may be whole numbers; callback_url is a webhook URL, and needs delivery_report "yes";
-    either written null or "" is left out."""
+    from, session_id, ref_id and sent_date may be whole numbers; callback_url is a webhook URL, and needs
+    delivery_report "yes"; either written null or "" is left out."""
     _document_numbers(schema, "to", min_items=1)
     text = {"anyOf": [{"type": "string", "minLength": 1, "pattern": NOT_BLANK}, {"type": "integer"}]}
     schema["oneOf"] = [
@@ -123,7 +123,7 @@ def _document_send_rules(schema: dict[str, Any]) -> None:
     properties = schema["properties"]
     for name in TEXT_FIELDS:
         properties[name]["anyOf"].insert(1, {"type": "integer"})
-    for name in ("from", "session_id", "ref_id"):
+    for name in ("from", "session_id", "ref_id", "sent_date"):
         _document_integer_as_text(properties[name])
     unset = [{"type": "null"}, {"const": ""}]
     properties["callback_url"] = {"anyOf": [WEBHOOK_URL_SCHEMA, *unset], "title": "Callback Url"}
@@ -179,11 +179,13 @@ class SendRequest(BaseModel):
         wall_clock = basic_form_wall_clock(value)
         return wall_clock if wall_clock is not None else value
 
-    @field_validator("sender", "session_id", "ref_id", *TEXT_FIELDS, mode="before")
+    @field_validator("sender", "session_id", "ref_id", "sent_date", *TEXT_FIELDS, mode="before")
     @classmethod
     def numbers_as_text(cls, value: Any) -> Any:
         """A shortcode, order id or one-time code written as a JSON number (PHP's json_encode of an int) is its
-        digits, as `to` is and as the shortcode dialect reads the same values."""
+        digits, as `to` is and as the shortcode dialect reads the same values; so is a sent_date written as one
+        (plain Jackson writes a java.util.Date as epoch milliseconds, PHP clients send time()): it is the client's
+        own reference, echoed back as given (until session 35 refused 400, "Input should be a valid string")."""
         return int_as_text(value)
 
     @field_validator("delivery_report", "callback_url", mode="before")
