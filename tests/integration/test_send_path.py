@@ -179,7 +179,6 @@ def test_a_sent_date_written_as_a_json_number_is_sent_and_echoed_as_its_digits(a
     assert entry["sent_date"] == echoed
 
 
-@pytest.mark.xfail(strict=True, reason="review(ninebits): delivery_report 'Yes' or 'NONE' is refused 400")
 @pytest.mark.parametrize(
     ("written", "mode"), [("Yes", "yes"), ("YES", "yes"), ("None", "none"), ("NONE", "none"), (" yes ", "yes")]
 )

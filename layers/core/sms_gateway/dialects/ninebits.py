@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticUseDefault
 
 from sms_gateway.bootstrap import gateway, price_book, send_dependencies
@@ -75,6 +75,9 @@ def _as_list(value: Any) -> Any:
 
 
 TEXT_FIELDS = ("message", "body", "content")
+# delivery_report as the model reads it, blanks around it and letters in any case (ECMA 262 patterns have no flags).
+YES_IN_ANY_CASE = r"^\s*[Yy][Ee][Ss]\s*$"
+REPORT_MODE_IN_ANY_CASE = r"^\s*([Nn][Oo][Nn][Ee]|[Yy][Ee][Ss])\s*$"
 # A webhook URL as the OpenAPI document states it: https, a host without user:pass@, no spaces, backslashes or
 # control characters (domain/webhook_urls.py, which also refuses local and private hosts: the description says so).
 WEBHOOK_URL_SCHEMA: dict[str, Any] = {
@@ -128,12 +131,15 @@ def _document_send_rules(schema: dict[str, Any]) -> None:
     unset = [{"type": "null"}, {"const": ""}]
     properties["callback_url"] = {"anyOf": [WEBHOOK_URL_SCHEMA, *unset], "title": "Callback Url"}
     report = properties["delivery_report"]
-    properties["delivery_report"] = {"anyOf": [{"$ref": report["$ref"]}, *unset], "default": report["default"]}
+    properties["delivery_report"] = {
+        "anyOf": [{"$ref": report["$ref"]}, {"type": "string", "pattern": REPORT_MODE_IN_ANY_CASE}, *unset],
+        "default": report["default"],
+    }
     schema["if"] = {
         "required": ["callback_url"],
         "properties": {"callback_url": {"type": "string", "pattern": NOT_BLANK}},
     }
-    schema["then"] = {"required": ["delivery_report"], "properties": {"delivery_report": {"const": "yes"}}}
+    schema["then"] = {"required": ["delivery_report"], "properties": {"delivery_report": {"pattern": YES_IN_ANY_CASE}}}
 
 
 class SendRequest(BaseModel):
@@ -190,11 +196,14 @@ class SendRequest(BaseModel):
 
     @field_validator("delivery_report", "callback_url", mode="before")
     @classmethod
-    def unset_takes_the_default(cls, value: Any) -> Any:
+    def unset_takes_the_default(cls, value: Any, info: ValidationInfo) -> Any:
         """null or blank is the field left out, as for send_at: JSON.NET and Jackson models write an unset field as
-        null, PHP clients as ""."""
+        null, PHP clients as "". delivery_report is read in any case: a .NET enum converter writes the member's
+        name, "Yes" or "None" (until session 35 refused 400, "Input should be 'none' or 'yes'")."""
         if blank_is_none(value) is None:
             raise PydanticUseDefault
+        if info.field_name == "delivery_report" and isinstance(value, str):
+            return value.strip().lower()
         return value
 
     @field_validator("to")
