@@ -222,8 +222,8 @@ class InMemoryStore:
                     update={"superseded_by": batch.reference_id}
                 )
 
-    def reprice_batch(self, batch: Batch, cost: int, recipients: int | None = None) -> int:
-        self._reprice(batch, (), cost=cost, recipients=recipients)
+    def reprice_batch(self, batch: Batch, cost: int, recipients: int | None = None, *, by_cancel: bool = False) -> int:
+        self._reprice(batch, (), cost=cost, recipients=recipients, by_cancel=by_cancel)
         return self.balance(batch.account_id)
 
     def store_and_charge(self, batch: Batch, messages: Sequence[Message], *, stored_cost: int, stored: int) -> Batch:
@@ -234,7 +234,15 @@ class InMemoryStore:
             batch = self._reprice(batch, part, cost=cost, recipients=count)
         return batch
 
-    def _reprice(self, batch: Batch, messages: Sequence[Message], *, cost: int, recipients: int | None) -> Batch:
+    def _reprice(
+        self,
+        batch: Batch,
+        messages: Sequence[Message],
+        *,
+        cost: int,
+        recipients: int | None,
+        by_cancel: bool = False,
+    ) -> Batch:
         with self._lock:
             key = (batch.account_id, batch.reference_id)
             now = self.batches[key]
@@ -251,7 +259,8 @@ class InMemoryStore:
                 self.refund_credits(batch.account_id, -owed)
             counted = {"recipients": recipients} if recipients is not None else {}
             update = {"cost": cost, "revision": batch.revision + 1, **counted}
-            self.batches[key] = now.model_copy(update=update)
+            given = {"cancel_unstored_refund": now.cancel_unstored_refund - owed} if by_cancel else {}
+            self.batches[key] = now.model_copy(update={**update, **given})
             for message in messages:
                 self.messages[message.key] = message
             return batch.model_copy(update=update)
@@ -288,13 +297,13 @@ class InMemoryStore:
             self.batch_sweep_at.pop((account_id, reference_id), None)  # its status write takes it out of the index
         return True
 
-    def claim_cancel_answer(self, account_id: str, reference_id: int) -> bool:
+    def claim_cancel_answer(self, account_id: str, reference_id: int) -> Batch | None:
         key = (account_id, reference_id)
         batch = self.batches.get(key)
         if batch is None or batch.status != MessageStatus.CANCELLED or key in self.cancels_answered:
-            return False
+            return None
         self.cancels_answered.add(key)
-        return True
+        return batch
 
     def list_messages(
         self,

@@ -411,6 +411,10 @@ def cancel_of(account: Account, reference_id: int) -> Callable[[DynamoStore], tu
     return cancelling
 
 
+# How long a paused path waits for the other before going on regardless: the test then fails by its assertions.
+LIVENESS_SECONDS = 300
+
+
 class PausesAfterFirstWrite(InFrontOfClient):
     """The table's client for one path run in a thread: once its first write is done, it tells `written` and waits
     for `go_on` before its next request."""
@@ -421,14 +425,14 @@ class PausesAfterFirstWrite(InFrontOfClient):
 
     def call(self, name: str, real: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
         if self.written.is_set():
-            assert self.go_on.wait(timeout=10)
+            # Liveness only (no timed assertion): a path that never lets it go on ends it after the timeout.
+            self.go_on.wait(timeout=LIVENESS_SECONDS)
         answer = real(**kwargs)
         if name in WRITES:
             self.written.set()
         return answer
 
 
-@pytest.mark.xfail(strict=True, reason="the cancel answers what the undo gave back for the unstored messages too")
 def test_a_cancel_racing_the_undo_of_a_refused_keyed_retry_answers_only_what_the_cancel_gave_back(table):
     # Given a send to 150 (3 credits each) scheduled an hour ahead, whose api Lambda was killed after storing its
     # first 100 messages (the batch holds its 450 credits), whose retry under its Idempotency-Key is refused (the
@@ -447,7 +451,7 @@ def test_a_cancel_racing_the_undo_of_a_refused_keyed_retry_answers_only_what_the
 
     def undo_gives_back_the_unstored() -> None:
         undo.start()
-        assert undo_client.written.wait(timeout=10)
+        undo_client.written.wait(timeout=LIVENESS_SECONDS)
 
     # When the cancel has read the batch, the undo gives back the 150 credits it held for the 50 messages never
     # stored; then the cancel cancels the 100 stored ones before the undo gets to them
@@ -466,7 +470,6 @@ def test_a_cancel_racing_the_undo_of_a_refused_keyed_retry_answers_only_what_the
     assert standing is not None and {m.status for m in standing.messages} == {MessageStatus.CANCELLED}
 
 
-@pytest.mark.xfail(strict=True, reason="the answer leaves out what the killed cancel gave back for the unstored part")
 def test_a_cancel_finishing_one_killed_after_its_give_back_answers_all_the_cancel_gave_back(table):
     # Given a send to 150 (3 credits each) scheduled an hour ahead, whose api Lambda was killed after storing its
     # first 100 messages (the batch holds its 450 credits), and a cancel of it killed once it had given back the 150

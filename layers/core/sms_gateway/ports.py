@@ -159,11 +159,12 @@ class MessageStore(Protocol):
         it is not failed or already superseded."""
         ...
 
-    def reprice_batch(self, batch: Batch, cost: int, recipients: int | None = None) -> int:
+    def reprice_batch(self, batch: Batch, cost: int, recipients: int | None = None, *, by_cancel: bool = False) -> int:
         """Sets the batch's cost (and its count of recipients, when given) and moves the difference from what it
         reserved (`batch.cost`) between it and the account's credits, both or neither, only while the batch's cost
         and revision are still `batch`'s (no other write repriced it or added messages to it); returns the balance.
-        Raises InsufficientCredits or Conflict (it changed meanwhile) having changed nothing."""
+        `by_cancel`: the batch's cancel gives the difference back, and adds it to its `cancel_unstored_refund` in the
+        same write. Raises InsufficientCredits or Conflict (it changed meanwhile) having changed nothing."""
         ...
 
     def store_and_charge(self, batch: Batch, messages: Sequence[Message], *, stored_cost: int, stored: int) -> Batch:
@@ -198,9 +199,10 @@ class MessageStore(Protocol):
         True when this call moved it."""
         ...
 
-    def claim_cancel_answer(self, account_id: str, reference_id: int) -> bool:
+    def claim_cancel_answer(self, account_id: str, reference_id: int) -> Batch | None:
         """Marks a cancelled batch's refund as answered (its `cancel_answered`), by a conditional write that only one
-        call wins: True for that call. False when another call marked it first, or the batch is not cancelled."""
+        call wins: the batch as that write left it, for that call. None when another call marked it first, or the
+        batch is not cancelled."""
         ...
 
     def list_messages(

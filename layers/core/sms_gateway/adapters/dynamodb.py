@@ -643,14 +643,15 @@ class DynamoStore(
         ).get("Item")
         return int(found["credits"]["N"]) if found else 0
 
-    def reprice_batch(self, batch: Batch, cost: int, recipients: int | None = None) -> int:
+    def reprice_batch(self, batch: Batch, cost: int, recipients: int | None = None, *, by_cancel: bool = False) -> int:
         """Sets the batch's cost to `cost` and moves the difference between the credits it reserved (`batch.cost`,
         as read) and `cost` from or to the account in one transaction, only while the batch still has the cost and
         revision it was read with; returns the balance after. So a finisher that dies after it leaves a batch whose
         cost says what was taken, and the next one owes nothing more. InsufficientCredits when the balance is short,
         Conflict when the batch changed meanwhile (another request repriced it or added messages): then nothing
-        changed."""
-        self._reprice(batch, (), cost=cost, recipients=recipients)
+        changed. `by_cancel`: the cancel's give-back, counted in the batch's `cancel_unstored_refund` by the same
+        write."""
+        self._reprice(batch, (), cost=cost, recipients=recipients, by_cancel=by_cancel)
         return self.balance(batch.account_id)
 
     def store_and_charge(self, batch: Batch, messages: Sequence[Message], *, stored_cost: int, stored: int) -> Batch:
@@ -661,12 +662,26 @@ class DynamoStore(
             batch = self._reprice(batch, part, cost=cost, recipients=count)
         return batch
 
-    def _reprice(self, batch: Batch, messages: Sequence[Message], *, cost: int, recipients: int | None = None) -> Batch:
+    def _reprice(
+        self,
+        batch: Batch,
+        messages: Sequence[Message],
+        *,
+        cost: int,
+        recipients: int | None = None,
+        by_cancel: bool = False,
+    ) -> Batch:
         """One transaction: the batch's cost (and count) set and its revision moved on, while they are as read (and,
         with `messages`, while it is queued or scheduled), the difference moved between it and the account's
         credits, and `messages` stored (none of them stored already). The batch as written."""
         owed = cost - batch.cost
-        writes: list[dict[str, Any]] = [{"Update": self._repriced_batch_update(batch, cost, recipients, messages)}]
+        update = self._repriced_batch_update(batch, cost, recipients, messages)
+        if by_cancel:
+            # The cancel's answer counts what it gave back from here (logic.batches.cancel_refund), not from the cost
+            # it read: another writer (the undo of a refused retry) may give that back first.
+            update["UpdateExpression"] += " ADD cancel_unstored_refund :given"
+            update["ExpressionAttributeValues"][":given"] = {"N": str(-owed)}
+        writes: list[dict[str, Any]] = [{"Update": update}]
         if owed:
             account = (
                 self._reserve_update(batch.account_id, owed)
@@ -815,9 +830,9 @@ class DynamoStore(
             return False
         return True
 
-    def claim_cancel_answer(self, account_id: str, reference_id: int) -> bool:
+    def claim_cancel_answer(self, account_id: str, reference_id: int) -> Batch | None:
         try:
-            self.client.update_item(
+            claimed = self.client.update_item(
                 TableName=self.table_name,
                 Key=_batch_key(account_id, reference_id),
                 UpdateExpression="SET cancel_answered = :answered",
@@ -827,10 +842,11 @@ class DynamoStore(
                     ":answered": {"BOOL": True},
                     ":cancelled": {"S": str(MessageStatus.CANCELLED)},
                 },
+                ReturnValues="ALL_NEW",
             )
         except self.client.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
+            return None
+        return Batch.model_validate(self._codec.load(claimed["Attributes"]))
 
     def clear_release_sweep(self, account_id: str, reference_id: int) -> None:
         """Takes a batch to go out at once whose dispatch records are queued out of `sweep-index`

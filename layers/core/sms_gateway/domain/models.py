@@ -253,6 +253,10 @@ class Batch(Record):
     # a retry's messages stored after that read are never given back uncharged (0: none yet, or a batch written
     # before 2026-12-07).
     revision: int = 0
+    # On a cancelled batch: the credits its cancel gave back for messages never stored (the net of its give-backs,
+    # logic.batches.cost_to_stored), added in the same transactions; what a killed send, the undo of its refused
+    # retry or the sweeper's release gave back is not the cancel's (0: none, or a batch cancelled before 2026-12-08).
+    cancel_unstored_refund: int = 0
 
 
 class BatchKey(Record):

@@ -134,8 +134,10 @@ def cancel_batch(
     Returns the batch and the credits refunded. The batch's own conditional write decides a race with
     the schedule firing: whichever moves the batch first wins, and the other releases nothing.
 
-    One cancel answers the refund, with all the cancel gave back (cancel_refund), whichever call moved the credits:
-    the one that marks the batch's cancel answered first (claim_cancel_answer), once the cancel is finished. That is
+    One cancel answers the refund, with all the cancel gave back (cancel_refund), whichever call of it moved the
+    credits: the one that marks the batch's cancel answered first (claim_cancel_answer), once the cancel is finished.
+    What another writer gave back (the undo of a refused retry under the send's key, racing the cancel) is not
+    answered: that writer's answer says so (its messages not sent, not charged). That is
     the cancel that moved the batch, unless another cancel, come in meanwhile, finished first (it gave back the
     messages the first had not reached yet): then that one answers the refund, and the first answers 0. Two cancels
     of one batch never answer more than came back between them. The schedule, firing just after the batch's write,
@@ -144,14 +146,14 @@ def cancel_batch(
     A cancel that died after the batch's write (messages still scheduled, and charged) is finished by the next one,
     which answers with all the cancel gave back. A cancel that gives back nothing of a batch already cancelled
     raises AlreadyCancelled (a Conflict): each dialect says what a repeated cancel answers."""
-    # As first read: what it cost before any cancel gave back what it took for messages never stored (cancel_refund).
-    first_read = batch = get_batch(messages, account_id, reference_id)
+    batch = get_batch(messages, account_id, reference_id)
     if batch.status in ONLY_SCHEDULED:
         if messages.set_batch_status(account_id, reference_id, MessageStatus.CANCELLED, only_from=ONLY_SCHEDULED):
             _, batch_messages = _finish_cancel(messages, scheduler, account_id, reference_id, now=now)
             answered = messages.claim_cancel_answer(account_id, reference_id)
-            refund = cancel_refund(first_read, batch_messages) if answered else 0
-            return get_batch(messages, account_id, reference_id), refund
+            if answered is None:
+                return get_batch(messages, account_id, reference_id), 0
+            return answered, cancel_refund(answered, batch_messages)
         # Moved since it was read: released, or cancelled by another request (then this one is a repeat of it).
         batch = get_batch(messages, account_id, reference_id)
     if batch.status != MessageStatus.CANCELLED:
@@ -161,9 +163,10 @@ def cancel_batch(
     given_back, batch_messages = _finish_cancel(messages, scheduler, account_id, reference_id, now=now)
     # Giving nothing back, it only repeats a cancel that was done; giving some back, it finished one that died or is
     # still under way, and answers the refund unless that one does.
-    if not given_back or not messages.claim_cancel_answer(account_id, reference_id):
+    answered = messages.claim_cancel_answer(account_id, reference_id) if given_back else None
+    if answered is None:
         raise AlreadyCancelled(batch)
-    return batch, cancel_refund(first_read, batch_messages)
+    return answered, cancel_refund(answered, batch_messages)
 
 
 def finish_cancel(
@@ -197,7 +200,7 @@ def _finish_cancel(
     now: datetime,
 ) -> tuple[int, list[Message]]:
     """finish_cancel's work: the credits this call gave back, and the batch's messages as they are now."""
-    given_back, batch_messages = cost_to_stored(messages, account_id, reference_id)
+    given_back, batch_messages = cost_to_stored(messages, account_id, reference_id, by_cancel=True)
     current, refund = move_and_refund(messages, batch_messages, MessageStatus.CANCELLED, now=now)
     if scheduler is not None:
         try:
@@ -215,28 +218,32 @@ def _finish_cancel(
     return given_back + refund, current
 
 
-def cancel_refund(scheduled: Batch, batch_messages: Iterable[Message]) -> int:
-    """All a batch's cancel gave back, by whichever calls moved it (finish_cancel): what the batch took, as read
-    while `scheduled`, for messages never stored (its cost less its stored messages' cost), and what each cancelled
-    message cost (a message is cancelled only with its refund). `batch_messages`: all of them, as they are once the
-    cancel is finished. A message that is not cancelled was not refunded by the cancel: failed before it (refunded
-    then) or taken by a dispatcher, it is not counted."""
-    stored = list(batch_messages)
-    unstored = scheduled.cost - sum(message.price for message in stored)
-    return unstored + sum(message.price for message in stored if message.status == MessageStatus.CANCELLED)
+def cancel_refund(cancelled: Batch, batch_messages: Iterable[Message]) -> int:
+    """All a batch's cancel gave back, by whichever calls of it moved it (finish_cancel, a cancel killed part-way
+    too): what the batch took for messages never stored, as its cancel's give-backs counted it in the same writes
+    (`cancelled.cancel_unstored_refund`, read once the cancel is finished; a give-back by another writer, read by a
+    cancel as a lower cost, is not the cancel's), and what each cancelled message cost (a message is cancelled only
+    with its refund). `batch_messages`: all of them, as they are once the cancel is finished. A message that is not
+    cancelled was not refunded by the cancel: failed before it (refunded then) or taken by a dispatcher, it is not
+    counted."""
+    cancelled_messages = (message for message in batch_messages if message.status == MessageStatus.CANCELLED)
+    return cancelled.cancel_unstored_refund + sum(message.price for message in cancelled_messages)
 
 
 # Tries at making a batch's cost what its stored messages cost, each after another writer changed it meanwhile.
 COST_WRITE_TRIES = 3
 
 
-def cost_to_stored(store: MessageStore, account_id: str, reference_id: int) -> tuple[int, list[Message]]:
+def cost_to_stored(
+    store: MessageStore, account_id: str, reference_id: int, *, by_cancel: bool = False
+) -> tuple[int, list[Message]]:
     """Makes a batch's cost what its stored messages cost, moving the difference between the account's credits and
     the batch in the same transaction (reprice_batch: only while the cost is still the one read, so a repeated or
     raced call moves it once): a send killed while storing wrote its batch with the whole cost (docs/dispatch.md,
     "A send's credits"), and refunding its messages one by one gives back only what the stored ones cost. Also
     the other way, for messages a send finished by a retry stored after a cancel gave their credits back, so their
-    refunds do not give them back twice. The credits given back (negative: taken), and the batch's messages."""
+    refunds do not give them back twice. `by_cancel`: the batch's cancel, whose answer counts what it moves here
+    (reprice_batch, cancel_refund). The credits given back (negative: taken), and the batch's messages."""
     for _ in range(COST_WRITE_TRIES):
         batch = get_batch(store, account_id, reference_id)
         stored = list(all_messages(store, account_id, reference_id))
@@ -245,7 +252,7 @@ def cost_to_stored(store: MessageStore, account_id: str, reference_id: int) -> t
             return 0, stored
         try:
             # InsufficientCredits (the other way, the credits spent meanwhile) changes nothing and goes up.
-            store.reprice_batch(batch, stored_cost, recipients=len(stored))
+            store.reprice_batch(batch, stored_cost, recipients=len(stored), by_cancel=by_cancel)
         except Conflict:
             continue  # another cancel (or a send's finisher) moved it meanwhile: read it again
         return batch.cost - stored_cost, stored
