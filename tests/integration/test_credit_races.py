@@ -10,6 +10,7 @@ message's status would be given twice."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -26,7 +27,7 @@ from sms_gateway.errors import Conflict
 from sms_gateway.logic.batches import cancel_batch
 from sms_gateway.logic.delivery import DeliveryDependencies, DeliveryOutcome, apply_delivery_report
 from sms_gateway.logic.scheduled import release_scheduled_batch
-from sms_gateway.logic.send import SendDependencies, accept_send, undo_standing_send
+from sms_gateway.logic.send import SendDependencies, accept_send, going_out, undo_standing_send
 from sms_gateway.logic.settle import SettleDependencies, settle, settle_checks
 from tests.fakes import RecordingQueue, RecordingScheduler
 from tests.integration.conftest import moto_table
@@ -492,3 +493,27 @@ def test_a_cancel_finishing_one_killed_after_its_give_back_answers_all_the_cance
     assert batch.status == MessageStatus.CANCELLED
     assert table.balance(account.account_id) == CREDITS
     assert refunded == 450
+
+
+def test_a_keyed_retry_that_finished_its_send_just_before_a_cancel_and_the_cancel_add_up_to_the_credits(table):
+    # Given a send to 150 (3 credits each) scheduled an hour ahead, whose api Lambda was killed after storing its
+    # first 100 messages, finished by the client's retry under its Idempotency-Key (it stores the last 50), and
+    # cancelled from the portal right after those are stored, before the retry answers
+    account, command, reference_id = send_killed_while_storing(table, 150, NOW + timedelta(hours=1))
+    cancelled: list[tuple[Batch, int]] = []
+
+    class CancelledOnceScheduled(RecordingScheduler):
+        def schedule(self, account_id: str, reference_id: int, at: datetime) -> None:
+            super().schedule(account_id, reference_id, at)
+            cancelled.append(cancel_of(account, reference_id)(table))
+
+    deps = dataclasses.replace(send_deps(table), scheduler=CancelledOnceScheduled())
+    # When the retry answers
+    claim = KeyClaim(reference_id=reference_id, resumed=True)
+    answered = accept_send(account, command, deps, now=NOW + timedelta(minutes=3), claim=claim)
+    # Then it answers the send as finished (every message scheduled, charged: the cancel came after it, and a read
+    # again would not close the window), the cancel answers every credit back, and the two add up to the balance
+    [(_, refunded)] = cancelled
+    charged = sum(message.price for message in going_out(answered))
+    assert (charged, refunded) == (450, 450)
+    assert table.balance(account.account_id) == CREDITS - charged + refunded == CREDITS

@@ -711,7 +711,9 @@ def finish_stored_batch(
         extra={"reference_id": batch.reference_id, "stored": len(stored), "added": len(added), "owed": owed},
     )
     # None: a dialect that answers the balance reads it (balance_after), after any refund of a number that opted out
-    # meanwhile (withhold_opted_out).
+    # meanwhile (withhold_opted_out). The batch and messages as this call wrote them, not read again: a cancel that
+    # lands after its writes (the portal's) comes after the send it answers, and its refund answers every credit
+    # back, so the two answers add up; a read again would cost a request and still leave the same window after it.
     return Accepted(batch=batch, messages=messages, balance=None, refused=refused)
 
 
