@@ -319,6 +319,43 @@ def test_after_the_last_attempt_it_is_dead_lettered_with_the_reason_and_listed_a
     assert api("GET", "/ng/v1/webhooks/failures", accounts["a"]["token"], query={"state": "retrying"})[1]["data"] == []
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="a 410 Gone is retried 8 times over about 24 h and then dead-lettered with the operator alarm",
+)
+def test_a_410_gone_is_not_retried_nor_dead_lettered_but_listed_dead_and_resendable(aws, accounts, delays, webhook):
+    # Given a client whose webhook answers 410 Gone (it says: stop sending here), and a schedule of 4 attempts
+    delays("0,0,0")
+    hook = webhook(410, 410, 410, 410)
+    token, account_id = accounts["a"]["token"], accounts["a"]["account_id"]
+    publish(notification(account_id))
+    # When the notifier posts it
+    result = run_notifier(aws)
+    # Then it is posted once and not again: SQS deletes the record, nothing waits on the queue
+    assert result["failed"] == 0
+    assert [post["status"] for post in hook.posts] == [410]
+    assert queue_counts(aws["NOTIFY_QUEUE_URL"]) == (0, 0)
+    # And it is not dead-lettered: the client chose this, there is nothing for the operator's alarm to page about
+    assert receive(aws["NOTIFY_DEAD_LETTER_QUEUE_URL"]) == []
+    # And the client sees it dead after that one attempt, saying why
+    status, body = api("GET", "/ng/v1/webhooks/failures", token, query={"state": "dead"})
+    assert status == 200
+    [entry] = body["data"]
+    assert (entry["id"], entry["attempts"], entry["last_status_code"], entry["next_attempt_at"]) == (
+        "dlr_1_3",
+        1,
+        410,
+        None,
+    )
+    assert "410 Gone" in entry["last_error"] and "not retried" in entry["last_error"]
+    # And once the endpoint takes notifications again, the client can resend it, and it arrives
+    hook.statuses = [200]
+    assert api("POST", "/ng/v1/webhooks/failures/dlr_1_3/resend", token)[0] == 202
+    assert run_notifier(aws)["failed"] == 0
+    assert hook.posts[-1]["status"] == 200
+    assert record_of(account_id, "dlr_1_3").state == "delivered"
+
+
 def test_a_dead_notification_can_be_resent_and_then_arrives(aws, accounts, delays, webhook):
     delays("0")
     hook = webhook(500, 500)
