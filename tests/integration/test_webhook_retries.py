@@ -356,6 +356,31 @@ def test_a_410_gone_is_not_retried_nor_dead_lettered_but_listed_dead_and_resenda
     assert record_of(account_id, "dlr_1_3").state == "delivered"
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="a 3xx is a failed delivery whose last_error does not say where the client's server redirected to",
+)
+def test_a_redirect_is_a_failed_delivery_whose_listed_error_names_where_it_pointed(aws, accounts, delays, monkeypatch):
+    from sms_gateway import consumers
+
+    # Given a client webhook that moved: it answers 308 to its URL with a trailing slash (a token in its query)
+    async def redirects(url: str, headers: dict[str, str], body: bytes) -> WebhookResponse:
+        return WebhookResponse(status_code=308, body="", location="https://client.example/dlr/?key=s3cret")
+
+    monkeypatch.setattr(consumers, "post_webhook", redirects)
+    delays("120,120")
+    token = accounts["a"]["token"]
+    publish(notification(accounts["a"]["account_id"]))
+    # When the notifier posts it
+    assert run_notifier(aws)["failed"] == 1
+    # Then it is a failed delivery on the schedule (a signed post is not followed elsewhere), and the listing tells the
+    # client which URL its server pointed to, without the query
+    [entry] = api("GET", "/ng/v1/webhooks/failures", token)[1]["data"]
+    assert (entry["state"], entry["last_status_code"]) == ("retrying", 308)
+    assert "https://client.example/dlr/" in entry["last_error"]
+    assert "s3cret" not in entry["last_error"]
+
+
 def test_a_dead_notification_can_be_resent_and_then_arrives(aws, accounts, delays, webhook):
     delays("0")
     hook = webhook(500, 500)
