@@ -319,10 +319,6 @@ def test_after_the_last_attempt_it_is_dead_lettered_with_the_reason_and_listed_a
     assert api("GET", "/ng/v1/webhooks/failures", accounts["a"]["token"], query={"state": "retrying"})[1]["data"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a 410 Gone is retried 8 times over about 24 h and then dead-lettered with the operator alarm",
-)
 def test_a_410_gone_is_not_retried_nor_dead_lettered_but_listed_dead_and_resendable(aws, accounts, delays, webhook):
     # Given a client whose webhook answers 410 Gone (it says: stop sending here), and a schedule of 4 attempts
     delays("0,0,0")

@@ -665,6 +665,12 @@ def _notify_failed(
         later = NotifyLater(f"client webhook failed (attempt {attempt}), next in {outcome.retry_in} s: {failure}")
         copy = webhook_retries.requeued(notification, outcome.failure, outcome.retry_in, now)
         return _come_back_later(record, copy, outcome.retry_in, later)
+    if failure.gone:
+        # The client's endpoint said it takes no more (410 Gone): dead, listed and resendable by the client, and not
+        # parked in the notify DLQ, whose alarm pages the operator for a fault of ours or a client that is down.
+        logger.info("client webhook answered 410 Gone; notification dead, not retried", extra=context)
+        metrics.add_metric(name="WebhooksGone", unit="Count", value=1)
+        return {"delivered": False, "gone": True}
     # Recorded dead before it is parked: if the send below fails, SQS brings the record back and this repeats. Parked
     # as it was queued, without a requeued copy's count and due time (replayed, it would be dead at once).
     parked = webhook_retries.parked_notification(notification)

@@ -73,6 +73,10 @@ class WebhookResponse:
 
 Post = Callable[[str, dict[str, str], bytes], Awaitable[WebhookResponse]]
 
+# The client's webhook says the endpoint is gone for good (Standard Webhooks: stop sending there): the notification is
+# not retried, and it is dead at once without the operator's dead-letter alarm (the client's choice, not a fault).
+GONE = 410
+
 
 class WebhookFailed(Exception):
     def __init__(
@@ -95,6 +99,11 @@ class WebhookFailed(Exception):
         # What the failed-notifications record shows: the client's answer, and where it was posted.
         self.status_code = status_code
         self.url = url
+
+    @property
+    def gone(self) -> bool:
+        """The client's webhook answered 410 Gone: no retry would be taken."""
+        return self.status_code == GONE
 
 
 def target_url(account: Account, notification: dict[str, Any]) -> str | None:
@@ -153,6 +162,12 @@ async def deliver(
     except WebhookFailed as failure:
         failure.url = failure.url or url
         raise
+    if response.status_code == GONE:
+        raise WebhookFailed(
+            f"client webhook answered {GONE} Gone: not retried",
+            status_code=GONE,
+            url=url,
+        )
     if not 200 <= response.status_code < 300:
         raise WebhookFailed(
             f"client webhook answered {response.status_code}",

@@ -100,7 +100,7 @@ def record_failure(
     now: datetime,
     rand: Callable[[], float] = random.random,
 ) -> FailureOutcome:
-    """Records a failed attempt (retrying, or dead after the last one) and says when to try again.
+    """Records a failed attempt (retrying, or dead after the last one or a 410 Gone) and says when to try again.
     `attempt` is what the caller takes this attempt to be (attempt_of: its record's receives); the number recorded
     is the record's count of failed attempts plus one, by a write conditional on that count. A receive that posted
     nothing (the notifier crashed or timed out before the post, a requeued copy waited out its delay) is thus no
@@ -111,7 +111,8 @@ def record_failure(
     def record(attempt: int) -> FailureOutcome:
         """Records failed attempt `attempt`, if the record counts attempt - 1 failed attempts before it (or, for the
         first, there is none yet or it was resent)."""
-        retry_in = retry_delay(attempt, delays, retry_after=error.retry_after, rand=rand)
+        # A 410 Gone is the client saying the endpoint takes no more: dead after this attempt, whatever is left.
+        retry_in = None if error.gone else retry_delay(attempt, delays, retry_after=error.retry_after, rand=rand)
         failure = WebhookFailure(
             account_id=str(notification["account_id"]),
             notification_id=notification_id(notification),
