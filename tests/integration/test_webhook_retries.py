@@ -352,10 +352,6 @@ def test_a_410_gone_is_not_retried_nor_dead_lettered_but_listed_dead_and_resenda
     assert record_of(account_id, "dlr_1_3").state == "delivered"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a 3xx is a failed delivery whose last_error does not say where the client's server redirected to",
-)
 def test_a_redirect_is_a_failed_delivery_whose_listed_error_names_where_it_pointed(aws, accounts, delays, monkeypatch):
     from sms_gateway import consumers
 

@@ -283,7 +283,6 @@ def test_the_notifier_does_not_follow_a_redirect(stack, server: WebhookServer, a
     assert server.paths() == ["/redirect"]
 
 
-@pytest.mark.xfail(strict=True, reason="a 3xx failure does not say where the client's server redirected to")
 def test_a_redirect_failure_names_its_location_resolved_and_without_credentials(stack, server, accounts) -> None:
     # Given the local stack and a client webhook that answers 301 to a relative URL with a token in its query
     stack(True)

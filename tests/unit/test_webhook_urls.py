@@ -14,6 +14,7 @@ from sms_gateway.domain.webhook_urls import (
     forbidden_reason,
     is_forbidden_address,
     parse_ipv4,
+    redirect_target,
     require_safe_webhook_url,
 )
 from sms_gateway.errors import InvalidRequest
@@ -295,3 +296,30 @@ def test_a_post_to_a_host_in_broken_punycode_is_a_failed_delivery(url, monkeypat
     # the redrive parked it after 12 receives with no reason
     with pytest.raises(WebhookFailed, match="host"):
         http.run(consumers.post_webhook(url, {"Content-Type": "application/json"}, b"{}"))
+
+
+@pytest.mark.parametrize(
+    ("location", "shown"),
+    [
+        ("/dlr/", "https://client.example/dlr/"),
+        ("https://client.example/dlr/", "https://client.example/dlr/"),
+        ("https://user:pa55@client.example:8443/dlr", "https://client.example:8443/dlr"),
+        ("https://client.example/dlr?sig=s3cret#top", "https://client.example/dlr (its query left out)"),
+        ("//[2001:db8::1]/hook", "https://[2001:db8::1]/hook"),
+        ("https://client.example", "https://client.example/"),
+    ],
+)
+def test_a_redirect_is_shown_as_a_whole_url_without_credentials_query_or_fragment(location: str, shown: str) -> None:
+    # Given a post to https://client.example/dlr answered with a redirect to `location`
+    # Then the failure record shows where it pointed as a URL the client can set, and nothing secret
+    assert redirect_target("https://client.example/dlr", location) == shown
+
+
+@pytest.mark.parametrize("location", [None, "", "https://client.example:99999/dlr", "mailto:"])
+def test_a_redirect_without_a_readable_url_shows_nothing(location: str | None) -> None:
+    assert redirect_target("https://client.example/dlr", location) is None
+
+
+def test_a_long_redirect_is_shown_cut() -> None:
+    shown = redirect_target("https://client.example/dlr", "/" + "a" * 2000)
+    assert shown is not None and len(shown) == 300 and shown.endswith("...")

@@ -500,6 +500,7 @@ async def post_webhook(url: str, headers: dict[str, str], body: bytes) -> Webhoo
             status_code=response.status_code,
             body=response.text,
             retry_after=http.retry_after_seconds(response.headers.get("retry-after")),
+            location=response.headers.get("location"),
         )
     except Exception as error:
         # Whatever the client's answer makes fail here is a failed delivery on the retry schedule, not an error that

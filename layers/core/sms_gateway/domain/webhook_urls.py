@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from sms_gateway.errors import InvalidRequest
 
@@ -55,6 +55,30 @@ def endpoint_of(url: str) -> str | None:
     if origin is None:
         return None
     return origin + (urlsplit(url).path or "/")
+
+
+# How much of a redirect's Location a failure record shows: enough for any webhook URL a client would set.
+MAX_SHOWN_LOCATION = 300
+
+
+def redirect_target(url: str, location: str | None) -> str | None:
+    """Where a redirect answered to a post to `url` points, as the client could set it: a relative Location read
+    against `url`, without user name, password, query or fragment (a signed URL's token is nobody's business in a
+    failure listing), at most MAX_SHOWN_LOCATION characters. None when there is no Location or it is no URL."""
+    if not location:
+        return None
+    try:
+        parts = urlsplit(urljoin(url, AMBIGUOUS.sub("", location)))
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.scheme or not parts.hostname:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    shown = f"{parts.scheme}://{host}{f':{port}' if port else ''}{parts.path or '/'}"
+    if len(shown) > MAX_SHOWN_LOCATION:
+        shown = shown[: MAX_SHOWN_LOCATION - 3] + "..."
+    return f"{shown} (its query left out)" if parts.query else shown
 
 
 def forbidden_reason(ip: IPAddress | str) -> str | None:

@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from sms_gateway.domain.models import Account, DeliveryReportMode, StatusChange
-from sms_gateway.domain.webhook_urls import endpoint_of
+from sms_gateway.domain.webhook_urls import endpoint_of, redirect_target
 from sms_gateway.domain.webhooks import signed_headers
 from sms_gateway.errors import InvalidRequest, NotFound
 from sms_gateway.ports import AccountLookup, SecretBox
@@ -69,6 +69,9 @@ class WebhookResponse:
     status_code: int
     body: str
     retry_after: float | None = None
+    # A redirect's Location header, as the client's server sent it (redirects are not followed: a signed post goes
+    # only where the account said).
+    location: str | None = None
 
 
 Post = Callable[[str, dict[str, str], bytes], Awaitable[WebhookResponse]]
@@ -170,7 +173,7 @@ async def deliver(
         )
     if not 200 <= response.status_code < 300:
         raise WebhookFailed(
-            f"client webhook answered {response.status_code}",
+            _failed_answer(url, response),
             response.retry_after,
             status_code=response.status_code,
             url=url,
@@ -183,6 +186,16 @@ async def deliver(
             "client webhook answered 2xx without valid JSON", status_code=response.status_code, url=url
         ) from error
     return True
+
+
+def _failed_answer(url: str, response: WebhookResponse) -> str:
+    """Why an answer other than 2xx failed the delivery; for a redirect, where it pointed, so the client can tell which
+    URL to set (a trailing slash, http to https)."""
+    reason = f"client webhook answered {response.status_code}"
+    target = redirect_target(url, response.location) if 300 <= response.status_code < 400 else None
+    if target is None:
+        return reason
+    return f"{reason} redirecting to {target}: redirects are not followed, set that URL if it is your webhook"
 
 
 def hash_of(body: str) -> str:
