@@ -1292,3 +1292,39 @@ def test_sends_of_one_account_from_two_containers_in_one_millisecond_never_share
     for message in stored:
         found = gateway().store.find_message(account["account_id"], message.message_id)
         assert found is not None and (found.reference_id, found.msisdn) == (message.reference_id, message.msisdn)
+
+
+@pytest.mark.xfail(strict=True, reason="a begin whose answer was lost meets its own record: 409 and a blocked key")
+@pytest.mark.parametrize("write", ["PutItem", "UpdateItem"], ids=["first-claim", "take-over-after-the-lease"])
+def test_a_claim_on_a_key_whose_answer_was_lost_is_recognised_by_its_retry_as_its_own(aws, write):
+    from datetime import timedelta
+
+    from sms_gateway.adapters import aws as aws_clients
+    from sms_gateway.adapters.dynamodb import DynamoStore
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import KeyClaim, utc_now
+    from tests.integration.test_refund_transactions import AnswersLost
+
+    # Given a send's key (taken before by a request that died, for the take-over), and a client with the gateway's
+    # own retry settings whose claim write reaches DynamoDB and then loses its answer, so botocore sends it again
+    now, lease = utc_now(), timedelta(seconds=90)
+    table_name = gateway().store.table_name
+    if write == "UpdateItem":
+        gateway().store.begin("acc", "order-7", "f", now=now - lease * 2, reference_id=41, lease=lease)
+    aws_clients.reset_clients()
+    client = aws_clients.client("dynamodb")
+    lost = AnswersLost(client, of=write)
+    try:
+        # When a request claims the key through it
+        claim = DynamoStore(table_name, client=client).begin(
+            "acc", "order-7", "f", now=now, reference_id=42, lease=lease
+        )
+    finally:
+        aws_clients.reset_clients()
+    # Then the write was sent again and met the record it wrote, which it knows for its own: the request goes on
+    # (not a 409 "still being processed" that holds its key for the 90 s lease with nothing done)
+    assert lost.sent >= 2
+    assert claim == (KeyClaim(reference_id=41, resumed=True) if write == "UpdateItem" else KeyClaim(reference_id=42))
+    # And another request under the key is still told it is in progress
+    with pytest.raises(Exception, match="still being processed"):
+        gateway().store.begin("acc", "order-7", "f", now=now, reference_id=43, lease=lease)
