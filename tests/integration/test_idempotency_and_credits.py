@@ -1294,7 +1294,6 @@ def test_sends_of_one_account_from_two_containers_in_one_millisecond_never_share
         assert found is not None and (found.reference_id, found.msisdn) == (message.reference_id, message.msisdn)
 
 
-@pytest.mark.xfail(strict=True, reason="a begin whose answer was lost meets its own record: 409 and a blocked key")
 @pytest.mark.parametrize("write", ["PutItem", "UpdateItem"], ids=["first-claim", "take-over-after-the-lease"])
 def test_a_claim_on_a_key_whose_answer_was_lost_is_recognised_by_its_retry_as_its_own(aws, write):
     from datetime import timedelta

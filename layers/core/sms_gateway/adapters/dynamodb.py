@@ -1313,12 +1313,16 @@ class DynamoStore(
         lease: timedelta | None = None,
         unversioned_fingerprint: str | None = None,
     ) -> StoredAnswer | KeyClaim:
+        # This request's own mark on the record: botocore sends a write whose answer was lost again, unchanged, and
+        # the copy that meets the record the first wrote must know it for its own, not for another request's.
+        claim_token = secrets.token_hex(16)
         item = {
             **self._idempotency_key(scope, key),
             "fingerprint": {"S": fingerprint},
             "fingerprint_version": {"N": str(FINGERPRINT_VERSION)},
             "state": {"S": "in_progress"},
             "reference_id": {"N": str(reference_id)},
+            "claim_token": {"S": claim_token},
             "expires_at": {"N": str(int((now + IDEMPOTENCY_WINDOW).timestamp()))},
         }
         if lease is not None:
@@ -1342,14 +1346,19 @@ class DynamoStore(
                 raise KeyReused("this idempotency key was used for a different request") from error
             if current.get("state") == "done":
                 return StoredAnswer.model_validate(current["answer"])
-            return self._take_over(scope, key, current, now=now, lease=lease)
+            if current.get("claim_token") == claim_token:
+                # Our own write, sent again after its answer was lost: the key is ours, as the first answer said.
+                return KeyClaim(reference_id=reference_id)
+            return self._take_over(scope, key, current, now=now, lease=lease, claim_token=claim_token)
         return KeyClaim(reference_id=reference_id)
 
     def _take_over(
-        self, scope: str, key: str, current: dict[str, Any], *, now: datetime, lease: timedelta | None
+        self, scope: str, key: str, current: dict[str, Any], *, now: datetime, lease: timedelta | None, claim_token: str
     ) -> KeyClaim:
         """A key still in progress: taken over only when its holder's lease ran out (it died without answering),
-        by a write conditional on that lease, so of two retries only one resumes the batch."""
+        by a write conditional on that lease, so of two retries only one resumes the batch. The write puts this
+        request's `claim_token` on the record, so that the write sent again after its answer was lost (the lease is
+        moved then) still finds the key its own."""
         held_until, planned = current.get("lease_until"), current.get("reference_id")
         still_processing = KeyInProgress(
             "a request with this idempotency key is still being processed; retry later",
@@ -1361,13 +1370,14 @@ class DynamoStore(
             self.client.update_item(
                 TableName=self.table_name,
                 Key=self._idempotency_key(scope, key),
-                UpdateExpression="SET lease_until = :lease",
-                ConditionExpression="#state = :in_progress AND lease_until = :held",
+                UpdateExpression="SET lease_until = :lease, claim_token = :token",
+                ConditionExpression="#state = :in_progress AND (lease_until = :held OR claim_token = :token)",
                 ExpressionAttributeNames={"#state": "state"},
                 ExpressionAttributeValues={
                     ":lease": {"N": str(int((now + lease).timestamp()))},
                     ":in_progress": {"S": "in_progress"},
                     ":held": {"N": str(int(held_until))},
+                    ":token": {"S": claim_token},
                 },
             )
         except self.client.exceptions.ConditionalCheckFailedException as error:
