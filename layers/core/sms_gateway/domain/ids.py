@@ -1,4 +1,5 @@
-"""Time-ordered 63-bit ids for batches and messages: milliseconds since 2024 above 22 random bits."""
+"""Time-ordered 63-bit ids for batches and messages: milliseconds since 2024 above 22 random bits (a batch's id: 12
+random bits above 10 zero bits, the block its messages take)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ _MAX_ELAPSED_MS = 2**TIME_BITS - 1
 # A batch's messages take the ids right after the batch's own (reference_id + 1 + position), so a message id
 # names its batch to within this many ids: a message is found by its id without an index (adapters/dynamodb.py).
 MESSAGES_PER_BATCH = 1000
+# A batch id is the first of a block of this many ids, aligned on it (its low BATCH_BLOCK_BITS are zero), and its
+# messages' ids are the rest of the block: two containers' batches made in one millisecond either have one id, which
+# the store refuses to write twice for an account, or blocks apart, never sharing a message id. Until session 35 a
+# batch id took all 22 random bits, and two batches less than 1000 apart shared message ids (docs/decisions.md).
+BATCH_BLOCK_BITS = 10
+BATCH_BLOCK = 2**BATCH_BLOCK_BITS
+assert MESSAGES_PER_BATCH < BATCH_BLOCK
 
 
 class IdGenerator:
@@ -31,12 +39,7 @@ class IdGenerator:
         self._last = 0
 
     def new_id(self, now_ms: int | None = None) -> int:
-        if now_ms is None:
-            now_ms = time.time_ns() // 1_000_000
-        elapsed = now_ms - EPOCH_MS
-        if not 0 <= elapsed <= _MAX_ELAPSED_MS:
-            raise ValueError(f"{now_ms} ms is outside the id range (2024-01-01 plus 2**41 ms)")
-        candidate = elapsed << RANDOM_BITS | self._random_bits(RANDOM_BITS)
+        candidate = _elapsed_ms(now_ms) << RANDOM_BITS | self._random_bits(RANDOM_BITS)
         with self._lock:
             # Taking last + 1 lets the counter carry into the time bits, so a decoded time may run a
             # millisecond or so ahead under a burst; order matters more than that precision.
@@ -46,14 +49,29 @@ class IdGenerator:
             self._last = candidate
         return candidate
 
-    def new_block(self, size: int, now_ms: int | None = None) -> int:
-        """A new id whose next `size` ids are this generator's too: no later id falls among them."""
-        first = self.new_id(now_ms)
-        if first + size > MAX_ID:
-            raise OverflowError("id space exhausted")
+    def new_block(self, now_ms: int | None = None) -> int:
+        """A new id at the start of a block of BATCH_BLOCK ids, whose ids are this generator's too: no later id of
+        it falls among them, and another generator's block is either the same (one millisecond, the same random
+        bits) or apart, never overlapping."""
+        draw = self._random_bits(RANDOM_BITS - BATCH_BLOCK_BITS)
+        candidate = _elapsed_ms(now_ms) << RANDOM_BITS | draw << BATCH_BLOCK_BITS
         with self._lock:
-            self._last = max(self._last, first + size)
-        return first
+            # The next block after the last id, when the draw falls below it (a burst in one millisecond).
+            candidate = max(candidate, -(-(self._last + 1) // BATCH_BLOCK) * BATCH_BLOCK)
+            if candidate + BATCH_BLOCK - 1 > MAX_ID:
+                raise OverflowError("id space exhausted")
+            self._last = candidate + BATCH_BLOCK - 1
+        return candidate
+
+
+def _elapsed_ms(now_ms: int | None) -> int:
+    """Milliseconds since EPOCH_MS to `now_ms` (Unix ms; the wall clock when None), checked to fit the time bits."""
+    if now_ms is None:
+        now_ms = time.time_ns() // 1_000_000
+    elapsed = now_ms - EPOCH_MS
+    if not 0 <= elapsed <= _MAX_ELAPSED_MS:
+        raise ValueError(f"{now_ms} ms is outside the id range (2024-01-01 plus 2**41 ms)")
+    return elapsed
 
 
 _default = IdGenerator()
@@ -65,8 +83,8 @@ def new_id(now_ms: int | None = None) -> int:
 
 
 def new_batch_id(now_ms: int | None = None) -> int:
-    """A batch's reference id, with the MESSAGES_PER_BATCH ids after it kept for its messages (message_id_at)."""
-    return _default.new_block(MESSAGES_PER_BATCH, now_ms)
+    """A batch's reference id, with the ids after it in its block kept for its messages (message_id_at)."""
+    return _default.new_block(now_ms)
 
 
 def message_id_at(reference_id: int, position: int) -> int:
