@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -13,7 +14,7 @@ import httpx
 import pytest
 
 from sms_gateway.adapters.providers.africastalking import AfricasTalkingProvider
-from sms_gateway.domain.models import CallbackRequest, SubmitRequest
+from sms_gateway.domain.models import CallbackRequest, SubmitRequest, iso
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
 from tests.conftest import FakeContext, load_event, load_function
@@ -405,12 +406,19 @@ def test_an_incoming_message_is_parsed() -> None:
     [
         ("2024-01-02T23:50:37.123Z", "2024-01-02T23:50:37.123000Z"),
         ("2024-01-03 02:50:37+03:00", "2024-01-02T23:50:37.000000Z"),
-        ("yesterday", "yesterday"),
+        ("2024-01-02 23:50:37", "2024-01-02T23:50:37.000000Z"),
     ],
 )
 def test_incoming_dates_become_iso_utc(date: str, expected: str) -> None:
     sms = provider(FakeAT()).parse_inbound(callback("inbound", incoming_body(date=date)))
     assert sms.received_at == expected
+
+
+def test_an_incoming_date_that_is_no_date_is_when_it_came() -> None:
+    # Until session 35 it reached the client's sent_date as written ("yesterday")
+    before = iso(datetime.now(UTC))
+    sms = provider(FakeAT()).parse_inbound(callback("inbound", incoming_body(date="yesterday")))
+    assert before <= sms.received_at <= iso(datetime.now(UTC))
 
 
 def test_an_incoming_message_without_a_sender_is_rejected() -> None:

@@ -63,6 +63,34 @@ def parse_client_datetime(value: str, tz: tzinfo) -> datetime:
     raise InvalidClientDatetime(value, f"use one of {ACCEPTED_FORMS}")
 
 
+# Unix time in digits above this is milliseconds (2·10¹⁰ seconds is the year 2603), as the dialects read `send_at`.
+_MILLISECONDS_ABOVE = 20_000_000_000
+# More digits than any Unix time in milliseconds a datetime can hold: not read as a number at all.
+_MAX_UNIX_DIGITS = 15
+
+
+def upstream_moment(value: str) -> datetime | None:
+    """The moment an upstream's time names, as an aware UTC datetime: ISO 8601 with any fraction, `Z`, an offset or
+    none (UTC, as the SMSC dates are read), or Unix time in digits (seconds; milliseconds above 2·10¹⁰). None for
+    anything else: an upstream's word for a time is never refused, it is only not known."""
+    text = value.strip()
+    if _DIGITS.fullmatch(text):
+        if len(text) > _MAX_UNIX_DIGITS:
+            return None
+        number = int(text)
+        try:
+            return datetime.fromtimestamp(number / 1000 if number > _MILLISECONDS_ABOVE else number, UTC)
+        except (ValueError, OverflowError, OSError):
+            return None
+    found = _ISO.fullmatch(text)
+    if found is None:
+        return None
+    try:
+        return _from_iso(value, found, UTC)
+    except InvalidClientDatetime:
+        return None
+
+
 def basic_form_wall_clock(value: str | int | float) -> datetime | None:
     """The wall-clock time (naive) that `value` writes in ISO 8601's basic form in digits alone, yyyyMMdd[HHmm[ss]],
     or None for any other text. A JSON number written in those digits (PHP clients send 20261208 unquoted, and a

@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from sms_gateway.domain.dates import upstream_moment
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.domain.webhooks import SECRET_PREFIX
@@ -22,6 +23,22 @@ def utc_now() -> datetime:
 def iso(moment: datetime) -> str:
     """Timestamps travel as ISO 8601 UTC with microseconds and a Z, as the 9bits seed writes `sent_date`."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def upstream_time(value: object) -> str | None:
+    """An upstream's time in the one form every time reaches clients in (`iso`: the seed's
+    `2024-01-02T23:50:37.000000Z`), whatever the upstream wrote (milliseconds, an offset, Unix time); None when it
+    wrote none, or nothing that names a moment. Until session 35 the 9bits upstream's and the simulator's times were
+    passed on as written, and a client parsing them with the seed's format failed."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    moment = upstream_moment(str(value))
+    return iso(moment) if moment is not None else None
+
+
+def _received_at(value: object) -> str:
+    # An SMS whose upstream gave no time it was sent, or none that can be read, was sent about when it came.
+    return upstream_time(value) or iso(utc_now())
 
 
 def from_iso(stamp: str) -> datetime:
@@ -436,7 +453,8 @@ class DeliveryReport(Record):
     client_ref: str | None = None
     status: MessageStatus
     error_code: str | None = None
-    reported_at: str | None = None
+    # Every adapter's time, normalised here once: what it wrote is only a hint of the form.
+    reported_at: Annotated[str | None, BeforeValidator(upstream_time)] = None
     # Set when the upstream reports each part of a multi-part message on its own: the part's number (1-based), or
     # the upstream's own id for that part, one key of `part_status`.
     part: PartKey | None = None
@@ -483,7 +501,8 @@ class InboundSms(Record):
     msisdn: str  # the sender's number, E.164
     to: str  # our shortcode or long number it was sent to
     text: str
-    received_at: str
+    # The time the upstream says it was sent, in our one form (`upstream_time`); when it came if it says none.
+    received_at: Annotated[str, BeforeValidator(_received_at)]
 
 
 class StoredInbound(Record):

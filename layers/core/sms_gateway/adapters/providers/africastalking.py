@@ -22,7 +22,6 @@ operator puts in the callback URLs configured at AT (`...?token=<callback_token>
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 from urllib.parse import parse_qsl
@@ -47,7 +46,7 @@ from sms_gateway.adapters.providers.tokens import (
     secret_setting,
     token_verified,
 )
-from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
+from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
 from sms_gateway.observability import logger
@@ -256,24 +255,14 @@ class AfricasTalkingProvider:
                 # Shortcodes arrive as digits, long numbers may carry "+": ours are registered as digits.
                 to=fields["to"].lstrip("+"),
                 text=fields.get("text", ""),
-                received_at=received_at(fields.get("date")),
+                # Read as every upstream's time is (InboundSms: into UTC, or when it came when AT gave none).
+                received_at=fields.get("date", ""),
             )
         except KeyError as error:
             raise CallbackRejected(f"not an africastalking incoming message: {error} missing") from error
 
     def __repr__(self) -> str:
         return f"AfricasTalkingProvider(name={self.name!r}, username={self._username!r})"
-
-
-def received_at(raw: str | None) -> str:
-    """AT's `date` as our ISO 8601 UTC timestamp; a date without a zone is read as UTC; now when absent."""
-    if raw:
-        try:
-            moment = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
-        except ValueError:
-            return raw
-        return iso(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
-    return iso(datetime.now(UTC))
 
 
 def _recipient(recipients: Any, msisdn: str) -> dict[str, Any] | None:

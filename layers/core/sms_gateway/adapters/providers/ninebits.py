@@ -20,7 +20,6 @@ import hmac
 import json
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -199,7 +198,8 @@ class NinebitsProvider:
             msisdn=sender,
             to=to.lstrip("+"),
             text=text,
-            received_at=_text(payload.get("sent_date")) or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            # In our one form, or when it came when they gave none (InboundSms normalises every upstream's time).
+            received_at=_text(payload.get("sent_date")) or "",
         )
 
 
