@@ -414,6 +414,39 @@ def test_the_seed_example_parses() -> None:
     assert (sms.msisdn, sms.to, sms.text) == ("2348020000000", "48974", seed["message"])
 
 
+@pytest.mark.xfail(strict=True, reason="their session_id and telco are dropped from the inbound SMS")
+def test_their_session_and_telco_are_kept_and_their_ref_id_is_not_taken_for_the_clients() -> None:
+    seed = {
+        "type": "two-way sms",
+        "telco": "mtn",
+        "from": "2348020000000",
+        "to": "48974",
+        "message": "Yes",
+        "session_id": "67543uhn3",
+        "sent_date": "2024-01-02T23:50:37.000000Z",
+        "ref_id": REF,
+    }
+    sms = provider().parse_inbound(bearer(json.dumps(seed)))
+    assert (sms.session_id, sms.telco) == ("67543uhn3", "mtn")
+    # Their ref_id is the one we submitted (our message's reference), never a client's: a reply's ref_id is the
+    # client's own, of the message the reply answers (docs/dialects/9bits.md)
+    assert REF not in sms.model_dump_json()
+
+
+@pytest.mark.xfail(strict=True, reason="the message's session_id is not sent to them: a reply does not continue it")
+def test_submit_names_the_session_so_a_reply_continues_theirs() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=ACCEPTED)
+
+    request = submit_request().model_copy(update={"session_id": "67543uhn3"})
+    asyncio.run(provider(handler).submit(request))
+    asyncio.run(provider(handler).submit(submit_request()))
+    assert [json.loads(sent.content).get("session_id") for sent in seen] == ["67543uhn3", None]
+
+
 def test_a_signed_inbound_uses_the_webhook_id() -> None:
     body = their_inbound_body()
     request = signed(body, url=INBOUND_URL, webhook_id="msg_inbound_1")
