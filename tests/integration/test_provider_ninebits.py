@@ -399,33 +399,27 @@ def test_their_receive_sms_callback_verifies_by_bearer_and_parses() -> None:
     assert sms.upstream_message_id == ninebits.parse_inbound(bearer(their_inbound_body())).upstream_message_id
 
 
+# Seed 2's "Receive SMS" body.
+SEED_INBOUND = {
+    "type": "two-way sms",
+    "telco": "mtn",
+    "from": "2348020000000",
+    "to": "48974",
+    "message": "When was the last time you went to the cinema?",
+    "session_id": "67543uhn3",
+    "sent_date": "2024-01-02T23:50:37.000000Z",
+    "ref_id": "873ghf8749956778gf5",
+}
+
+
 def test_the_seed_example_parses() -> None:
-    seed = {
-        "type": "two-way sms",
-        "telco": "mtn",
-        "from": "2348020000000",
-        "to": "48974",
-        "message": "When was the last time you went to the cinema?",
-        "session_id": "67543uhn3",
-        "sent_date": "2024-01-02T23:50:37.000000Z",
-        "ref_id": "873ghf8749956778gf5",
-    }
-    sms = provider().parse_inbound(bearer(json.dumps(seed)))
-    assert (sms.msisdn, sms.to, sms.text) == ("2348020000000", "48974", seed["message"])
+    sms = provider().parse_inbound(bearer(json.dumps(SEED_INBOUND)))
+    assert (sms.msisdn, sms.to, sms.text) == ("2348020000000", "48974", SEED_INBOUND["message"])
 
 
-@pytest.mark.xfail(strict=True, reason="their session_id and telco are dropped from the inbound SMS")
 def test_their_session_and_telco_are_kept_and_their_ref_id_is_not_taken_for_the_clients() -> None:
-    seed = {
-        "type": "two-way sms",
-        "telco": "mtn",
-        "from": "2348020000000",
-        "to": "48974",
-        "message": "Yes",
-        "session_id": "67543uhn3",
-        "sent_date": "2024-01-02T23:50:37.000000Z",
-        "ref_id": REF,
-    }
+    # Given their forward of a reply to a message we sent through them, which they echo our ref_id in
+    seed = {**SEED_INBOUND, "ref_id": REF}
     sms = provider().parse_inbound(bearer(json.dumps(seed)))
     assert (sms.session_id, sms.telco) == ("67543uhn3", "mtn")
     # Their ref_id is the one we submitted (our message's reference), never a client's: a reply's ref_id is the
@@ -433,7 +427,6 @@ def test_their_session_and_telco_are_kept_and_their_ref_id_is_not_taken_for_the_
     assert REF not in sms.model_dump_json()
 
 
-@pytest.mark.xfail(strict=True, reason="the message's session_id is not sent to them: a reply does not continue it")
 def test_submit_names_the_session_so_a_reply_continues_theirs() -> None:
     seen: list[httpx.Request] = []
 

@@ -402,7 +402,6 @@ class TestConversations:
         store.inbound_sweep_at[inbox_key(stored)] = clock()
         assert self.notifications(store, stop) == [first]
 
-    @pytest.mark.xfail(strict=True, reason="a new conversation through 9bits gets a session of ours, not 9bits' own")
     def test_a_new_conversation_through_an_upstream_with_sessions_is_in_that_upstreams_session(self, store):
         # Given a number the account never sent to, texting in through an upstream that keeps sessions (9bits)
         sms = self.reply(sender="2348039999999", session_id="67543uhn3")
@@ -418,7 +417,6 @@ class TestConversations:
         # Then it continues the client's conversation, with the client's own ref_id
         assert (payload["session_id"], payload["ref_id"]) == ("s-1", "r-1")
 
-    @pytest.mark.xfail(strict=True, reason="the network 9bits names for the sender is dropped: telco is null")
     def test_the_upstreams_telco_is_given_where_the_number_plan_names_none(self, store):
         # Given a sender whose network the number plan cannot tell (a US number), and 9bits naming it
         payload = self.receive(store, self.reply(sender="12025550123", telco="mtn"))
@@ -430,7 +428,6 @@ class TestConversations:
         # Then the client gets the telco every report of ours names for that number
         assert payload["telco"] == "airtel"
 
-    @pytest.mark.xfail(strict=True, reason="a reply's session_id is not passed to the upstream: 9bits starts anew")
     def test_a_message_goes_upstream_in_the_session_the_client_named(self, store):
         # Given a client replying in the session an inbound SMS through 9bits named
         provider = FakeProvider()

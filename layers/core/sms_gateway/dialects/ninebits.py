@@ -30,6 +30,7 @@ from sms_gateway.dialects.common import (
 )
 from sms_gateway.domain.dates import basic_form_wall_clock
 from sms_gateway.domain.models import (
+    MAX_SESSION_ID_LENGTH,
     Account,
     CredentialKind,
     DeliveryReportMode,
@@ -152,7 +153,7 @@ class SendRequest(BaseModel):
     message: str | None = None
     body: str | None = None
     content: str | None = None
-    session_id: str | None = Field(default=None, max_length=128)
+    session_id: str | None = Field(default=None, max_length=MAX_SESSION_ID_LENGTH)
     ref_id: str | None = Field(default=None, max_length=128)
     sent_date: str | None = Field(default=None, max_length=64)
     delivery_report: DeliveryReportMode = DeliveryReportMode.NONE

@@ -25,6 +25,11 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# The longest session_id a client may send (the 9bits dialect's send): an upstream's session longer than that could
+# not be named back in a reply, so a new conversation gets a session of ours instead.
+MAX_SESSION_ID_LENGTH = 128
+
+
 def upstream_time(value: object) -> str | None:
     """An upstream's time in the one form every time reaches clients in (`iso`: the seed's
     `2024-01-02T23:50:37.000000Z`), whatever the upstream wrote (milliseconds, an offset, Unix time); None when it
@@ -420,6 +425,9 @@ class SubmitRequest(Record):
     msisdn: str
     text: str
     dlr_url: str | None = None
+    # The client's session (the message's session_id): an upstream that keeps sessions (9bits) continues the one a
+    # reply names, rather than starting another.
+    session_id: str | None = None
     # Minutes the upstream may keep trying to deliver: what is left of the message's validity when it is submitted,
     # so an SMSC gives up (and reports it expired) long before the gateway's DLR wait ends. None: the upstream's own.
     validity_minutes: int | None = None
@@ -503,6 +511,15 @@ class InboundSms(Record):
     text: str
     # The time the upstream says it was sent, in our one form (`upstream_time`); when it came if it says none.
     received_at: Annotated[str, BeforeValidator(_received_at)]
+    # What an upstream that keeps sessions (9bits) says of it: its session, which a reply must name for the upstream to
+    # continue it (a new conversation takes it, logic/inbound.py), and the sender's network.
+    session_id: str | None = None
+    telco: str | None = None
+
+    @field_validator("session_id")
+    @classmethod
+    def _one_a_reply_can_name(cls, value: str | None) -> str | None:
+        return value if value and len(value) <= MAX_SESSION_ID_LENGTH else None
 
 
 class StoredInbound(Record):

@@ -1367,6 +1367,7 @@ def _submit_request(message: Message, provider: Provider, deps: DispatchDependen
         sender=message.sender,
         msisdn=message.msisdn,
         text=message.text,
+        session_id=message.session_id,
         dlr_url=f"{deps.callback_base_url.rstrip('/')}/callbacks/{provider.name}/dlr",
         validity_minutes=max(1, int(left.total_seconds() // 60)),
     )

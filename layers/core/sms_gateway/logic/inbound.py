@@ -365,7 +365,8 @@ def _stored(
     logger.info("inbound SMS", extra={"from": mask_msisdn(msisdn), "to": sms.to})
     inbound_id = new_id()
     # A reply continues the conversation of the last message the account sent to that number: its session_id
-    # and ref_id are carried over so the client can thread it. A new conversation gets a session of its own.
+    # and ref_id are carried over so the client can thread it. A new conversation is in the upstream's session when it
+    # keeps sessions (9bits: a reply naming it continues it there), else in one of its own.
     # Only a message from the number the reply was sent to: an OTP from another shortcode is another conversation.
     last = (
         _last_sent_to(conversations, account_id, number, sms.to)
@@ -378,10 +379,11 @@ def _stored(
         upstream=sms.upstream,
         upstream_message_id=sms.upstream_message_id,
         msisdn=msisdn,
-        telco=number.telco if number is not None else None,
+        # The number plan's telco, the one every report names; the upstream's where the plan cannot place the number.
+        telco=(number.telco or sms.telco) if number is not None else None,
         to=sms.to,
         text=sms.text,
-        session_id=(last.session_id if last else None) or str(inbound_id),
+        session_id=(last.session_id if last else None) or sms.session_id or str(inbound_id),
         ref_id=last.ref_id if last else None,
         in_reply_to=last.key.message_id if last else None,
         keyword_pending=applies_keywords and number is not None and keyword_request(sms.text, sms.to) is not None,

@@ -112,6 +112,8 @@ class NinebitsProvider:
             "message": request.text,
             "ref_id": request.client_ref,
             "delivery_report": "yes" if request.dlr_url else "none",
+            # The client's session: a reply to an SMS they forwarded names theirs, and continues it there.
+            **({"session_id": request.session_id} if request.session_id else {}),
         }
         client = self._client or async_client()
         try:
@@ -200,7 +202,11 @@ class NinebitsProvider:
             text=text,
             # In our one form, or when it came when they gave none (InboundSms normalises every upstream's time).
             received_at=_text(payload.get("sent_date")) or "",
+            session_id=_text(payload.get("session_id")),
+            telco=_text(payload.get("telco")),
         )
+        # Their ref_id is not taken: it is the one we submitted (our message's reference), and a reply's ref_id is our
+        # client's own, of the message the reply answers (logic/inbound.py, docs/dialects/9bits.md).
 
 
 def _inbound_id(request: CallbackRequest, payload: dict[str, Any]) -> str:
