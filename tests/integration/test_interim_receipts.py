@@ -1,0 +1,152 @@
+"""SMSC receipts that are not the last word (ACCEPTD, UNKNOWN), through the real webhook handler and settle check on
+moto, replaying what a real Kannel 1.4.5 and Jasmin 0.11.0 posted: a later final receipt decides; a message whose
+last receipt was ACCEPTD when the DLR wait ends is delivered (charged, the client told `delivered`), one whose last
+was UNKNOWN expires and is refunded (docs/delivery-reports.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import boto3
+import pytest
+
+from sms_gateway_tools.upstream_check import captured
+from tests.conftest import FakeContext, load_event, load_function
+from tests.integration.test_operations_metrics import simulator_dlr
+from tests.integration.test_send_path import balance
+from tests.integration.test_settle_checks import (
+    account,
+    after_the_wait,
+    drain_notify_queue,
+    hook,
+    message_now,
+    notify_pass,
+    stranded_message,
+)
+
+# Fixtures this module's tests take.
+__all__ = ["account", "hook"]
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+KANNEL = FIXTURES / "kannel-1.4.5-smpp.json"
+JASMIN = FIXTURES / "jasmin-0.11.0-smpp.json"
+# The callback tokens the captured runs gave Kannel and Jasmin: configured here, their requests verify unchanged.
+UPSTREAMS = {
+    "kannel": {
+        "type": "kannel",
+        "url": "http://127.0.0.1:13013",
+        "callback_token": "kannel-check-token-0123456789abcdef",
+    },
+    "jasmin": {
+        "type": "jasmin",
+        "url": "http://127.0.0.1:1401",
+        "callback_token": "jasmin-check-token-0123456789abcdef",
+    },
+}
+
+
+def receipts(capture: Path, scenario: str, *statuses: str) -> list[dict[str, Any]]:
+    """The callbacks a real upstream posted in `scenario` (all of them, or those naming one of `statuses`)."""
+    callbacks = captured(capture, scenario)
+    return [c for c in callbacks if not statuses or any(s in c["path"] + c["body"] for s in statuses)]
+
+
+def webhook_event(recorded: dict[str, Any], ref: str) -> dict[str, Any]:
+    """A captured callback as API Gateway hands it to the webhook function, our reference in place of the run's."""
+    provider = urlsplit(recorded["path"]).path.split("/")[2]
+    query = {**dict(parse_qsl(urlsplit(recorded["path"]).query, keep_blank_values=True)), "ref": ref}
+    event = load_event("webhook-dlr-simulator.json")
+    event["rawPath"] = event["requestContext"]["http"]["path"] = f"/callbacks/{provider}/dlr"
+    event["requestContext"]["http"]["method"] = recorded["method"]
+    event["routeKey"] = event["requestContext"]["routeKey"] = f"{recorded['method']} /callbacks/{{provider}}/dlr"
+    event["pathParameters"] = {"provider": provider}
+    event["rawQueryString"] = urlencode(query)
+    event["queryStringParameters"] = query
+    event["headers"] = {key.lower(): value for key, value in recorded["headers"].items()}
+    event["body"] = recorded["body"]
+    return event
+
+
+def carried_by(aws: dict[str, str], account: dict[str, Any], upstream: str) -> Any:
+    """A sent message (delivery reports asked for, charged, its settle check queued) that `upstream` took."""
+    from sms_gateway.adapters.dynamodb import _key_of
+    from sms_gateway.bootstrap import gateway
+
+    config = {**UPSTREAMS.get(upstream, {}), "type": upstream, "username": "u", "password": "p"}
+    if upstream in UPSTREAMS:
+        boto3.client("ssm").put_parameter(
+            Name=f"{aws['UPSTREAM_PARAMETER_PREFIX']}{upstream}", Value=json.dumps(config), Type="SecureString"
+        )
+    message = stranded_message(aws, account)
+    store = gateway().store
+    store.client.update_item(
+        TableName=store.table_name,
+        Key=_key_of(message.key),
+        UpdateExpression="SET upstream = :upstream REMOVE error_code, maybe_taken_by",
+        ExpressionAttributeValues={":upstream": {"S": upstream}},
+    )
+    return message_now(message)
+
+
+def post(callbacks: list[dict[str, Any]], message: Any) -> None:
+    webhook = load_function("webhook")
+    for recorded in callbacks:
+        assert webhook.handler(webhook_event(recorded, message.key.to_ref()), FakeContext())["statusCode"] == 200
+
+
+def settled_after_the_wait(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch, message: Any) -> Any:
+    hidden = notify_pass(aws)
+    after_the_wait(monkeypatch, aws, hidden)
+    drain_notify_queue(aws)
+    return message_now(message)
+
+
+def client_heard(hook: Any) -> list[str]:
+    return [p["body"]["status"] for p in sorted(hook.posts, key=lambda post: post["body"]["sequence"])]
+
+
+KANNEL_ACCEPTD = receipts(KANNEL, "one part, accepted (ACCEPTD)")
+JASMIN_ACCEPTD = receipts(JASMIN, "one part, accepted (ACCEPTD)")
+
+
+@pytest.mark.xfail(strict=True, reason="an ACCEPTD left last is expired and refunded after the DLR wait")
+@pytest.mark.parametrize("upstream", ["jasmin", "simulator"])
+def test_a_message_whose_last_receipt_is_acceptd_is_delivered_and_charged_when_the_wait_ends(
+    aws, account, hook, monkeypatch, upstream
+):
+    # Given a message the upstream took, charged, whose SMSC sent the receipt ACCEPTD and nothing after (SMPP 3.4: a
+    # final state, read on behalf of the subscriber): a real Jasmin's DLRs, or the simulator's
+    message = carried_by(aws, account, upstream)
+    charged = balance(account["account_id"])
+    if upstream == "jasmin":
+        post(JASMIN_ACCEPTD, message)
+    else:
+        event = simulator_dlr(aws, message.key.to_ref(), "ACCEPTD", "2026-01-02T23:50:40Z")
+        assert load_function("webhook").handler(event, FakeContext())["statusCode"] == 200
+    # Then it waits for a later receipt, submitted
+    assert message_now(message).status == "submitted"
+    # When the DLR wait ends with no other receipt
+    settled = settled_after_the_wait(aws, monkeypatch, message)
+    # Then the message is delivered and stays charged, and the client hears `delivered`: not expired and refunded
+    assert (settled.status, settled.error_code) == ("delivered", None)
+    assert balance(account["account_id"]) == charged
+    assert client_heard(hook) == ["submitted", "delivered"]
+
+
+def test_a_message_whose_last_receipt_is_unknown_expires_and_is_refunded_when_the_wait_ends(
+    aws, account, hook, monkeypatch
+):
+    # Given a message through a real Jasmin whose SMSC sent ACCEPTD, then UNKNOWN, and nothing after
+    message = carried_by(aws, account, "jasmin")
+    unknown = receipts(JASMIN, "one part, unknown (UNKNOWN) then delivered", "UNKNOWN")
+    post(JASMIN_ACCEPTD + unknown, message)
+    assert message_now(message).status == "submitted"
+    # When the DLR wait ends with no other receipt
+    settled = settled_after_the_wait(aws, monkeypatch, message)
+    # Then the last word was UNKNOWN: the message is expired for want of a final report and refunded
+    assert (settled.status, settled.error_code) == ("expired", "no_delivery_report")
+    assert balance(account["account_id"]) == 100
+    assert client_heard(hook) == ["submitted", "expired"]
