@@ -424,6 +424,8 @@ class InMemoryStore:
         unheld_only: bool = False,
         refund: bool = False,
         reported_by: str | None = None,
+        settles_as: MessageStatus | None = None,
+        if_settles_as: MessageStatus | None = None,
     ) -> StatusChange | None:
         with self._lock:
             message = self.messages.get(key)
@@ -435,6 +437,7 @@ class InMemoryStore:
                 or (unclaimed_only and key in self.ever_claimed)
                 or (unheld_only and not unheld)
                 or not self._carries(key, message, reported_by)
+                or (if_settles_as is not None and message.settles_as != if_settles_as)
             ):
                 return StatusChange(message=message, changed=False)
             if refund:
@@ -450,6 +453,8 @@ class InMemoryStore:
                 update["upstream_message_id"] = upstream_message_id
             # Each change says its own error code and handset time, or none (a stale one is not carried over).
             update |= {"error_code": error_code, "reported_at": reported_at}
+            if settles_as is not None:
+                update["settles_as"] = settles_as
             self.messages[key] = message.model_copy(update=update)
             self.claims.pop(key, None)
             self.claim_upstreams.pop(key, None)
@@ -523,6 +528,16 @@ class InMemoryStore:
             for _, _, key in due:
                 self.report_sweep_at[key] = until
             return [self.messages[key] for _, _, key in due]
+
+    def note_settles_as(self, key: MessageKey, settles_as: MessageStatus, *, reported_by: str) -> Message | None:
+        with self._lock:
+            message = self.messages.get(key)
+            if message is None or message.status != MessageStatus.SUBMITTED:
+                return None
+            if not self._carries(key, message, reported_by):
+                return None
+            self.messages[key] = message.model_copy(update={"settles_as": settles_as})
+            return self.messages[key]
 
     def note_error_code(
         self, key: MessageKey, status: MessageStatus, error_code: str, *, reported_by: str, absent_only: bool = False

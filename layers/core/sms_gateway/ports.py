@@ -284,6 +284,8 @@ class MessageStore(Protocol):
         unheld_only: bool = False,
         refund: bool = False,
         reported_by: str | None = None,
+        settles_as: MessageStatus | None = None,
+        if_settles_as: MessageStatus | None = None,
     ) -> StatusChange | None:
         """Moves a message forward with a conditional write. None when there is no such message.
         `upstream`: the upstream that carries it, recorded unless one is already (the first wins).
@@ -292,7 +294,9 @@ class MessageStore(Protocol):
         (`Message.maybe_taken_by`): one handed back after a failure or a throttle may move, none that may be out.
         `reported_by`: a DLR's upstream, which must carry the message (the one recorded, the one a dispatcher is
         submitting it to, or the one that may have it); another's report changes nothing.
-        `refund`: the write that moves it also gives its price back to its account, atomically (move_and_refund)."""
+        `refund`: the write that moves it also gives its price back to its account, atomically (move_and_refund).
+        `settles_as`: an interim report's Message.settles_as, written with the move; `if_settles_as`: only a message
+        whose settles_as is that (the settle check's delivery of one left at ACCEPTD, which a later receipt wins)."""
         ...
 
     def move_and_refund(
@@ -366,6 +370,13 @@ class MessageStore(Protocol):
     def claim_unannounced_reports(self, *, now: datetime, until: datetime, limit: int) -> list[Message]:
         """Up to `limit` marked messages due by `now`, each claimed until `until`, as claim_inbound_notifications
         claims inbound SMS: a concurrent sweep, or one before `until`, does not get it again. As stored now."""
+        ...
+
+    def note_settles_as(self, key: MessageKey, settles_as: MessageStatus, *, reported_by: str) -> Message | None:
+        """Writes an interim report's Message.settles_as on a message already submitted that `reported_by` carries
+        (as transition's): no status change, no `sequence` step, nothing to announce. One conditional write, in
+        place of the transition such a report would try (and find the message past). The message as written; None
+        when the condition did not hold (still queued, or final, or another upstream's)."""
         ...
 
     def note_error_code(

@@ -183,11 +183,14 @@ def _transition_update(
     unclaimed_only: bool = False,
     unheld_only: bool = False,
     reported_by: str | None = None,
+    settles_as: MessageStatus | None = None,
+    if_settles_as: MessageStatus | None = None,
 ) -> dict[str, Any]:
     """The conditional write that moves a message to `target` (UpdateItem's, or a transaction's Update): only
     from a state allowed to move there; `unclaimed_only`: only a message no dispatcher ever claimed; `unheld_only`:
     only a queued message no dispatcher holds and no upstream may have;
-    `reported_by`: only when that upstream carries the message (REPORTER_CARRIES_IT)."""
+    `reported_by`: only when that upstream carries the message (REPORTER_CARRIES_IT); `settles_as`: written with the
+    move; `if_settles_as`: only a message whose settles_as is that."""
     previous = sorted(allowed_previous(target))
     if not previous:
         raise ValueError(f"no status can move to {target}")
@@ -222,7 +225,13 @@ def _transition_update(
         else:
             sets.append(f"{name} = :{name}")
             values[f":{name}"] = {"S": value}
+    if settles_as is not None:
+        sets.append("settles_as = :settles_as")
+        values[":settles_as"] = {"S": str(settles_as)}
     condition = f"attribute_exists(pk) AND #status IN ({previous_names})"
+    if if_settles_as is not None:
+        condition += " AND settles_as = :if_settles_as"
+        values[":if_settles_as"] = {"S": str(if_settles_as)}
     if unclaimed_only:
         # Never claimed, not merely unclaimed now: a dispatcher drops its claim when it records the submit, or after
         # a submit that got no answer, and such a message went (or may have gone) out. Every claim adds to
@@ -1095,6 +1104,8 @@ class DynamoStore(
         unheld_only: bool = False,
         refund: bool = False,
         reported_by: str | None = None,
+        settles_as: MessageStatus | None = None,
+        if_settles_as: MessageStatus | None = None,
     ) -> StatusChange | None:
         options: dict[str, Any] = {
             "upstream": upstream,
@@ -1104,6 +1115,8 @@ class DynamoStore(
             "unclaimed_only": unclaimed_only,
             "unheld_only": unheld_only,
             "reported_by": reported_by,
+            "settles_as": settles_as,
+            "if_settles_as": if_settles_as,
         }
         if refund:
             found = self.get_messages_by_key([key])

@@ -255,6 +255,27 @@ class DynamoDeliveryMixin:
             return False
         return True
 
+    def note_settles_as(self, key: MessageKey, settles_as: MessageStatus, *, reported_by: str) -> Message | None:
+        from sms_gateway.adapters.dynamodb import _key_of, message_from_item  # it imports this module
+
+        try:
+            answer = self.client.update_item(
+                TableName=self.table_name,
+                Key=_key_of(key),
+                UpdateExpression="SET settles_as = :settles_as",
+                ConditionExpression=f"attribute_exists(pk) AND #status = :submitted AND {REPORTER_CARRIES_IT}",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":settles_as": {"S": str(settles_as)},
+                    ":submitted": {"S": str(MessageStatus.SUBMITTED)},
+                    **reporter_values(reported_by),
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return None
+        return message_from_item(self._codec, answer["Attributes"])
+
     def note_error_code(
         self, key: MessageKey, status: MessageStatus, error_code: str, *, reported_by: str, absent_only: bool = False
     ) -> bool:

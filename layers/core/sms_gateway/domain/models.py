@@ -348,6 +348,10 @@ class Message(Record):
     reported_at: str | None = None
     # Multi-part messages: the latest status each part's DLR reported, by part number ("1", "2", ...).
     part_status: dict[str, str] = Field(default_factory=dict)
+    # What the last interim report that spoke of it said the message becomes if no final report comes within the
+    # DLR wait (DeliveryReport.settles_as): delivered after an SMSC's ACCEPTD. Written by that report's own write;
+    # the settle check reads it (logic/settle.py).
+    settles_as: MessageStatus | None = None
     # Submits no upstream took for a transient reason, counted when the claim is released: the message's own
     # attempts, whatever how often its dispatch record was handed back for want of time or rate (logic/dispatch.py).
     submit_attempts: int = 0
@@ -466,6 +470,10 @@ class DeliveryReport(Record):
     # Set when the upstream reports each part of a multi-part message on its own: the part's number (1-based), or
     # the upstream's own id for that part, one key of `part_status`.
     part: PartKey | None = None
+    # An interim report's word on how the message ends if no final report follows within the DLR wait (an SMSC's
+    # ACCEPTD: delivered; UNKNOWN: expired, as with no report); None: it says nothing of it (adapters/providers/
+    # receipts.py).
+    settles_as: MessageStatus | None = None
 
 
 class StatusChange(Record):

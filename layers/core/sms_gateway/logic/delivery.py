@@ -193,7 +193,7 @@ def apply_delivery_report(report: DeliveryReport, deps: DeliveryDependencies, ou
             whole = report.model_copy(update={"status": settled, "part": None})
         else:
             part = None
-    change = deps.messages.transition(
+    change = _noted_interim(key, whole, deps) or deps.messages.transition(
         key,
         whole.status,
         now=deps.clock(),
@@ -203,6 +203,7 @@ def apply_delivery_report(report: DeliveryReport, deps: DeliveryDependencies, ou
         reported_at=whole.reported_at,
         refund=whole.status in REFUNDED,
         reported_by=whole.upstream,
+        settles_as=whole.settles_as,
     )
     if change is None or (not change.changed and not _carried_by(change.message, report.upstream)):
         _unmatched(report, outcome)
@@ -217,6 +218,18 @@ def apply_delivery_report(report: DeliveryReport, deps: DeliveryDependencies, ou
     outcome.applied += 1
     if deps.on_change is not None:
         deps.on_change(change)
+
+
+def _noted_interim(key: MessageKey, report: DeliveryReport, deps: DeliveryDependencies) -> StatusChange | None:
+    """An interim report that says how the message ends if nothing follows (an SMSC's ACCEPTD or UNKNOWN,
+    DeliveryReport.settles_as), on a message already submitted: its word written on the message, in the one write
+    such a report makes (its transition would find the message past queued), no status change. None when the
+    report says no such thing, or the message is not submitted (still queued: its transition moves it and writes
+    the word; final: the transition finds it so)."""
+    if report.status is not MessageStatus.SUBMITTED or report.settles_as is None:
+        return None
+    message = deps.messages.note_settles_as(key, report.settles_as, reported_by=report.upstream)
+    return StatusChange(message=message, changed=False) if message is not None else None
 
 
 def _repeats_the_settling_report(report: DeliveryReport, part: StatusChange | None, message: Message) -> bool:

@@ -128,6 +128,10 @@ def _settle_one(
     if message.status == MessageStatus.EXPIRED and message.error_code == NO_DELIVERY_REPORT:
         outcome.made_before.append(StatusChange(message=message, changed=True))
         return
+    if _accepted_and_unannounced(message):
+        # Delivered by an earlier delivery of this check, which may have died before announcing it.
+        outcome.made_before.append(StatusChange(message=message, changed=True))
+        return
     # Queued messages belong to their dispatch record still: its next delivery checks them once it submits them.
     if message.status != MessageStatus.SUBMITTED:
         return
@@ -140,6 +144,9 @@ def _settle_one(
     linkable = bool(message.upstream_message_id) and usable_upstream_id(message.upstream_message_id or "")
     if message.upstream and linkable and _reported_while_unlinked(message, deps, outcome):
         return
+    if message.settles_as == MessageStatus.DELIVERED:
+        _deliver_accepted(message, now=now, deps=deps, outcome=outcome)
+        return
     change = deps.messages.transition(
         message.key, MessageStatus.EXPIRED, now=now, error_code=NO_DELIVERY_REPORT, refund=True
     )
@@ -150,6 +157,33 @@ def _settle_one(
     logger.warning(
         "no final delivery report within the wait; message expired and refunded",
         extra={"message_id": message.message_id, "upstream": message.upstream},
+    )
+
+
+def _deliver_accepted(message: Message, *, now: datetime, deps: SettleDependencies, outcome: SettleOutcome) -> None:
+    """A message whose last receipt was the SMSC's ACCEPTD (Message.settles_as) when the wait ends: delivered, as
+    SMPP 3.4 reads ACCEPTED (a final state, taken on behalf of the subscriber), and charged; no refund. A conditional
+    write that a final report, or an UNKNOWN (which clears the word), arriving meanwhile wins."""
+    change = deps.messages.transition(
+        message.key, MessageStatus.DELIVERED, now=now, if_settles_as=MessageStatus.DELIVERED
+    )
+    if change is None or not change.changed:
+        return
+    outcome.changes.append(change)
+    logger.info(
+        "no final delivery report within the wait after the SMSC accepted the message; delivered",
+        extra=_ids(message),
+    )
+
+
+def _accepted_and_unannounced(message: Message) -> bool:
+    """Delivered at the end of its wait for an ACCEPTD left last (_deliver_accepted), not by a report whose
+    announcement was recorded (`announced`): a delivery of the check that made it may have died before announcing
+    it, so it goes out again under the same webhook id, which the client dedupes."""
+    return (
+        message.status == MessageStatus.DELIVERED
+        and message.settles_as == MessageStatus.DELIVERED
+        and message.announced != message.sequence
     )
 
 

@@ -40,6 +40,7 @@ from sms_gateway.adapters.http import (
     unreadable_take,
 )
 from sms_gateway.adapters.providers.parts import max_parts_setting, refuse_longer
+from sms_gateway.adapters.providers.receipts import settles_as
 from sms_gateway.adapters.providers.tokens import previous_tokens_setting, token_verified
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult, iso
@@ -296,6 +297,7 @@ class JasminProvider:
                 status=status,
                 error_code=error_code,
                 reported_at=_smsc_time(fields.get("donedate")),
+                settles_as=settles_as(state),
             )
         ]
 

@@ -20,13 +20,15 @@ from sms_gateway.adapters.http import (
     not_about_the_message,
     scrubbed,
 )
+from sms_gateway.adapters.providers.receipts import settles_as
 from sms_gateway.adapters.providers.tokens import secret_setting
 from sms_gateway.domain.ids import epoch_seconds
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import CallbackRejected, UpstreamError
 
-# SMPP-style final states as the simulator reports them (the same words Kannel and Jasmin use).
+# SMPP-style receipt states as the simulator reports them (the same words Kannel and Jasmin use, read alike: ACCEPTD
+# and UNKNOWN are interim, receipts.py).
 DLR_STATUS = {
     "DELIVRD": MessageStatus.DELIVERED,
     "UNDELIV": MessageStatus.FAILED,
@@ -35,6 +37,7 @@ DLR_STATUS = {
     "DELETED": MessageStatus.FAILED,
     "ACCEPTD": MessageStatus.SUBMITTED,
     "ENROUTE": MessageStatus.SUBMITTED,
+    "UNKNOWN": MessageStatus.SUBMITTED,
 }
 SIGNATURE_TOLERANCE_SECONDS = 300
 
@@ -132,7 +135,8 @@ class SimulatorProvider:
     def parse_delivery_reports(self, request: CallbackRequest) -> list[DeliveryReport]:
         try:
             payload = json.loads(request.body)
-            status = DLR_STATUS[str(payload["status"]).upper()]
+            state = str(payload["status"]).upper()
+            status = DLR_STATUS[state]
             # A multi-part message is reported part by part (as an SMSC reports each segment it delivered).
             part = int(payload["part"]) if int(payload.get("parts") or 1) > 1 else None
             # Inside the try: a field of the wrong type (a numeric client_ref) is pydantic's ValueError, a 400.
@@ -145,6 +149,7 @@ class SimulatorProvider:
                     error_code=payload.get("error_code"),
                     reported_at=payload.get("done_at"),
                     part=part,
+                    settles_as=settles_as(state),
                 )
             ]
         except (ValueError, KeyError, TypeError) as error:
