@@ -108,18 +108,27 @@ def client_heard(hook: Any) -> list[str]:
 
 KANNEL_ACCEPTD = receipts(KANNEL, "one part, accepted (ACCEPTD)")
 JASMIN_ACCEPTD = receipts(JASMIN, "one part, accepted (ACCEPTD)")
+KANNEL_ACCEPTD_FINAL = "Kannel's ACCEPTD (type 4) is read as final: delivered at once, the next receipt shut out"
 
 
-@pytest.mark.parametrize("upstream", ["jasmin", "simulator"])
+@pytest.mark.parametrize(
+    "upstream",
+    [
+        pytest.param("kannel", marks=pytest.mark.xfail(strict=True, reason=KANNEL_ACCEPTD_FINAL)),
+        "jasmin",
+        "simulator",
+    ],
+)
 def test_a_message_whose_last_receipt_is_acceptd_is_delivered_and_charged_when_the_wait_ends(
     aws, account, hook, monkeypatch, upstream
 ):
     # Given a message the upstream took, charged, whose SMSC sent the receipt ACCEPTD and nothing after (SMPP 3.4: a
-    # final state, read on behalf of the subscriber): a real Jasmin's DLRs, or the simulator's
+    # final state, read on behalf of the subscriber): a real Kannel's DLRs (type 8, then type 4 with the receipt), a
+    # real Jasmin's, or the simulator's
     message = carried_by(aws, account, upstream)
     charged = balance(account["account_id"])
-    if upstream == "jasmin":
-        post(JASMIN_ACCEPTD, message)
+    if upstream in ("kannel", "jasmin"):
+        post(KANNEL_ACCEPTD if upstream == "kannel" else JASMIN_ACCEPTD, message)
     else:
         event = simulator_dlr(aws, message.key.to_ref(), "ACCEPTD", "2026-01-02T23:50:40Z")
         assert load_function("webhook").handler(event, FakeContext())["statusCode"] == 200
@@ -147,3 +156,32 @@ def test_a_message_whose_last_receipt_is_unknown_expires_and_is_refunded_when_th
     assert (settled.status, settled.error_code) == ("expired", "no_delivery_report")
     assert balance(account["account_id"]) == 100
     assert client_heard(hook) == ["submitted", "expired"]
+
+
+@pytest.mark.parametrize(
+    "upstream",
+    [
+        pytest.param(
+            "kannel",
+            marks=pytest.mark.xfail(strict=True, reason=KANNEL_ACCEPTD_FINAL),
+        ),
+        "jasmin",
+    ],
+)
+def test_an_acceptd_the_smsc_follows_with_undeliv_fails_the_message_and_refunds_it(aws, account, hook, upstream):
+    # Given a message the upstream took, charged, whose SMSC sent ACCEPTD and then UNDELIV: Kannel keeps its DLR entry
+    # after a buffered report (type 4) and fetches the next one, Jasmin keeps its DLR request after ACCEPTD; their
+    # real requests (Kannel's UNDELIV of another run, our reference in each)
+    message = carried_by(aws, account, upstream)
+    if upstream == "kannel":
+        callbacks = KANNEL_ACCEPTD + receipts(KANNEL, "one part, undelivered", "UNDELIV")
+    else:
+        callbacks = receipts(JASMIN, "one part, accepted (ACCEPTD) then undelivered")
+    # When each is posted to the webhook in the order they came
+    post(callbacks, message)
+    notify_pass(aws)
+    # Then the message failed with the SMSC's error and is refunded: not delivered and charged, the UNDELIV lost
+    failed = message_now(message)
+    assert (failed.status, failed.error_code) == ("failed", "001")
+    assert balance(account["account_id"]) == 100
+    assert client_heard(hook) == ["submitted", "failed"]
