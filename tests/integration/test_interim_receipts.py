@@ -108,17 +108,9 @@ def client_heard(hook: Any) -> list[str]:
 
 KANNEL_ACCEPTD = receipts(KANNEL, "one part, accepted (ACCEPTD)")
 JASMIN_ACCEPTD = receipts(JASMIN, "one part, accepted (ACCEPTD)")
-KANNEL_ACCEPTD_FINAL = "Kannel's ACCEPTD (type 4) is read as final: delivered at once, the next receipt shut out"
 
 
-@pytest.mark.parametrize(
-    "upstream",
-    [
-        pytest.param("kannel", marks=pytest.mark.xfail(strict=True, reason=KANNEL_ACCEPTD_FINAL)),
-        "jasmin",
-        "simulator",
-    ],
-)
+@pytest.mark.parametrize("upstream", ["kannel", "jasmin", "simulator"])
 def test_a_message_whose_last_receipt_is_acceptd_is_delivered_and_charged_when_the_wait_ends(
     aws, account, hook, monkeypatch, upstream
 ):
@@ -158,16 +150,7 @@ def test_a_message_whose_last_receipt_is_unknown_expires_and_is_refunded_when_th
     assert client_heard(hook) == ["submitted", "expired"]
 
 
-@pytest.mark.parametrize(
-    "upstream",
-    [
-        pytest.param(
-            "kannel",
-            marks=pytest.mark.xfail(strict=True, reason=KANNEL_ACCEPTD_FINAL),
-        ),
-        "jasmin",
-    ],
-)
+@pytest.mark.parametrize("upstream", ["kannel", "jasmin"])
 def test_an_acceptd_the_smsc_follows_with_undeliv_fails_the_message_and_refunds_it(aws, account, hook, upstream):
     # Given a message the upstream took, charged, whose SMSC sent ACCEPTD and then UNDELIV: Kannel keeps its DLR entry
     # after a buffered report (type 4) and fetches the next one, Jasmin keeps its DLR request after ACCEPTD; their

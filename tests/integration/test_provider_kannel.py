@@ -799,19 +799,25 @@ def test_review_an_upstream_side_refusal_at_kannel_leaves_the_route_fallback_fre
     assert body in raised.value.message
 
 
-def test_review_an_smsc_receipt_of_acceptd_settles_the_message_delivered_as_through_jasmin() -> None:
-    # Given an SMPP receipt whose state is ACCEPTD: final in SMPP 3.4 (read on behalf of the subscriber), after which
-    # the SMSC sends no other receipt. Kannel's smsc_smpp.c handle_dlr reports it as DLR_BUFFERED (type 4, with
-    # ENROUTE), the receipt's text in %A; Jasmin throws it as its level-2 report, which jasmin.py reads as delivered
+def test_an_smsc_receipt_of_acceptd_leaves_the_message_submitted_for_the_next_and_delivered_if_none_comes() -> None:
+    # Given an SMPP receipt whose state is ACCEPTD, which Kannel's smsc_smpp.c handle_dlr reports as buffered (type
+    # 4, DLR_BUFFERED, as ENROUTE), keeping its DLR entry and fetching the SMSC's next receipt too
     receipt = RECEIPT.format(dlvrd="001", stat="ACCEPTD", err="000")
     # When Kannel's DLR of it is parsed
     (report,) = provider(answer(202, "")).parse_delivery_reports(dlr(4, receipt))
-    # Then the message is delivered, as the same receipt through Jasmin makes it: left submitted, no later report
-    # comes, and after DLR_WAIT_SECONDS it is expired (no_delivery_report) and refunded though the SMSC took it
-    assert report.status is MessageStatus.DELIVERED
-    assert report.error_code is None
-    # While an ENROUTE (or bare buffered) report says only that it is on its way
-    (enroute,) = provider(answer(202, "")).parse_delivery_reports(
-        dlr(4, RECEIPT.format(dlvrd="000", stat="ENROUTE", err="000"))
+    # Then the message stays submitted for that next receipt (as through Jasmin), and is delivered if none comes
+    # within the DLR wait (logic/settle.py): not delivered at once, which shut out an UNDELIV after it
+    assert (report.status, report.error_code, report.settles_as) == (
+        MessageStatus.SUBMITTED,
+        None,
+        MessageStatus.DELIVERED,
     )
-    assert enroute.status is MessageStatus.SUBMITTED
+    # While an ENROUTE (or bare buffered) report says only that it is on its way, nothing of how it ends
+    for answer_text in (RECEIPT.format(dlvrd="000", stat="ENROUTE", err="000"), ""):
+        (enroute,) = provider(answer(202, "")).parse_delivery_reports(dlr(4, answer_text))
+        assert (enroute.status, enroute.settles_as) == (MessageStatus.SUBMITTED, None)
+    # And an UNKNOWN, which Kannel reports as a failure (type 2, after which it drops its DLR entry), is its last word
+    (unknown,) = provider(answer(202, "")).parse_delivery_reports(
+        dlr(2, RECEIPT.format(dlvrd="000", stat="UNKNOWN", err="003"))
+    )
+    assert (unknown.status, unknown.error_code, unknown.settles_as) == (MessageStatus.FAILED, "003", None)

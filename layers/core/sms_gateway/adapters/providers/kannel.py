@@ -39,6 +39,7 @@ from sms_gateway.adapters.http import (
     scrubbed,
 )
 from sms_gateway.adapters.providers.parts import max_parts_setting, refuse_longer
+from sms_gateway.adapters.providers.receipts import settles_as
 from sms_gateway.adapters.providers.tokens import previous_tokens_setting, token_verified
 from sms_gateway.domain.ids import epoch_seconds
 from sms_gateway.domain.models import (
@@ -69,11 +70,12 @@ NOT_ROUTABLE = "Not routable"
 CODING_GSM7, CODING_UCS2 = "0", "2"
 
 # The one status table: Kannel's `%d` report types (as decimal strings) and the SMSC receipt's `stat:` words
-# found in `%A`. A `stat:` word refines a failure (type 2) into expired or rejected, and a buffered report (type 4)
-# of ACCEPTD into delivered; the type decides the rest. ACCEPTD is a final state in SMPP 3.4 (read on behalf of the
-# subscriber), after which the SMSC sends no other receipt, but Kannel's smsc_smpp.c reports it as DLR_BUFFERED with
-# ENROUTE: read as submitted, the message waited out the DLR wait and was expired and refunded (until 2026-12-08),
-# where the same receipt through Jasmin makes it delivered (jasmin.py).
+# found in `%A`. A `stat:` word refines a failure (type 2) into expired or rejected; the type decides the rest.
+# Kannel's smsc_smpp.c reports ACCEPTD as buffered (type 4, DLR_BUFFERED, with ENROUTE), keeps its DLR entry after it
+# and fetches the SMSC's next receipt too: submitted, that receipt deciding, as through Jasmin (receipts.py: a
+# message left at ACCEPTD when the DLR wait ends is delivered). Until session 35 it made the message
+# delivered at once, and an UNDELIV after it left the message delivered and charged. UNKNOWN comes as a failure
+# (type 2, DLR_FAIL), after which Kannel drops its DLR entry: no receipt follows, so it is Kannel's last word.
 STATUS: dict[str, MessageStatus] = {
     "1": MessageStatus.DELIVERED,  # delivered to phone
     "2": MessageStatus.FAILED,  # non-delivered to phone
@@ -85,8 +87,8 @@ STATUS: dict[str, MessageStatus] = {
     "REJECTD": MessageStatus.REJECTED,
     "UNDELIV": MessageStatus.FAILED,
     "DELETED": MessageStatus.FAILED,
-    "UNKNOWN": MessageStatus.FAILED,
-    "ACCEPTD": MessageStatus.DELIVERED,
+    "UNKNOWN": MessageStatus.SUBMITTED,
+    "ACCEPTD": MessageStatus.SUBMITTED,
     "ENROUTE": MessageStatus.SUBMITTED,
 }
 # Kannel's report types are bits; a value may carry extra flags (0x20 expired, 0x40 unknown, on type 2).
@@ -244,7 +246,8 @@ class KannelProvider:
             raise CallbackRejected("not a Kannel DLR: no ref in the query string")
         answer = query.get("answer", "")
         receipt = _receipt_fields(answer)
-        status = self._status(query.get("type", ""), receipt.get("stat", "").upper())
+        stat = receipt.get("stat", "").upper()
+        status = self._status(query.get("type", ""), stat)
         nack = _NACK_STATUS.match(answer)
         error = nack.group(1) if nack else receipt.get("err", "")
         failed = status in TERMINAL and status is not MessageStatus.DELIVERED
@@ -256,6 +259,8 @@ class KannelProvider:
                 status=status,
                 error_code=error if failed and error not in _NO_ERROR else None,
                 reported_at=_epoch(query.get("ts")),
+                # A buffered report's receipt (ACCEPTD): how the message ends if no other comes.
+                settles_as=settles_as(stat) if status is MessageStatus.SUBMITTED else None,
             )
         ]
 
@@ -269,8 +274,6 @@ class KannelProvider:
         if bit is None:
             raise CallbackRejected(f"unknown Kannel DLR type {value}")
         status = STATUS[str(bit)]
-        if bit == 4 and STATUS.get(stat) is MessageStatus.DELIVERED:
-            return MessageStatus.DELIVERED  # ACCEPTD: final, though Kannel calls it buffered (STATUS)
         if bit == 2:
             refined = STATUS.get(stat)
             if refined in (MessageStatus.EXPIRED, MessageStatus.REJECTED):
