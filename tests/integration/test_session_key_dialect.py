@@ -1220,3 +1220,40 @@ def test_a_send_whose_balance_cannot_be_read_after_it_is_still_answered_201_and_
     assert stored_batch(account["account_id"], body["order_id"]).status == "queued"
     assert balance(account["account_id"]) == 99
     assert len(queued_records(aws)) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="review(floats): a recipient written as a whole JSON float is refused 400")
+@pytest.mark.parametrize(
+    "recipient",
+    [[float(NIGERIAN[1:]), float(VALID[1:])], float(NIGERIAN[1:])],
+    ids=["list", "alone"],
+)
+def test_recipients_a_spreadsheet_gave_as_whole_floats_are_sent_to(aws, account, api, recipient):
+    # Given an order whose numbers came from a spreadsheet column (pandas makes a column with a blank cell float64,
+    # PhpSpreadsheet reads a numeric cell as a float), written by json.dumps / json_encode as 2348020000000.0
+    keys = log_in(api, account)
+    # When it is posted
+    response = api(sms_event(keys, seed_body(recipient=recipient)))
+    # Then each is read as its digits, as a whole number is (and as 9bits reads them): sent to those numbers
+    assert response["statusCode"] == 201, response["body"]
+    order = answer(response)["order_id"]
+    state = answer(api(route_event("GET", f"/sms/{order}", keys)))
+    expected = {NIGERIAN, VALID} if isinstance(recipient, list) else {NIGERIAN}
+    assert {r["destination"] for r in state["recipients"]} == expected
+
+
+@pytest.mark.parametrize(
+    ("recipient", "fragment"),
+    [([2348020000000.5], "recipient.0: Input should be a valid string"), ([True], "recipient.0")],
+    ids=["fraction", "boolean"],
+)
+def test_a_recipient_that_is_a_fraction_or_a_boolean_is_refused(aws, account, api, recipient, fragment):
+    # Given an order whose number is a JSON number with a fraction, or a boolean: no phone number
+    keys = log_in(api, account)
+    # When it is posted
+    response = api(sms_event(keys, seed_body(recipient=recipient)))
+    # Then it is refused, saying which entry, and nothing is charged
+    assert response["statusCode"] == 400, response["body"]
+    assert fragment in answer(response)["error"]
+    assert balance(account["account_id"]) == 100
+    assert batch_count(account["account_id"]) == 0
