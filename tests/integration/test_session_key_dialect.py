@@ -1222,7 +1222,6 @@ def test_a_send_whose_balance_cannot_be_read_after_it_is_still_answered_201_and_
     assert len(queued_records(aws)) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="review(floats): a recipient written as a whole JSON float is refused 400")
 @pytest.mark.parametrize(
     "recipient",
     [[float(NIGERIAN[1:]), float(VALID[1:])], float(NIGERIAN[1:])],

@@ -1102,7 +1102,6 @@ def test_a_message_that_is_a_whole_number_too_large_for_a_double_is_sent_as_its_
     assert balance(account["account_id"]) == 98
 
 
-@pytest.mark.xfail(strict=True, reason="review(floats): a mobile written as a whole JSON float is refused 1009")
 @pytest.mark.parametrize("mobile", [[float(AIRTEL), float(MTN)], float(AIRTEL)], ids=["list", "alone"])
 def test_mobiles_a_spreadsheet_gave_as_whole_floats_are_sent_to(aws, account, api, mobile):
     # Given the seed's POST body whose numbers came from a spreadsheet column (pandas makes a column with a blank

@@ -130,14 +130,18 @@ def render_error(error: GatewayError) -> Response[Any]:
 
 def _document_send_rules(schema: dict[str, Any]) -> None:
     """The rules the validators below apply, in the OpenAPI document too: a text that is not blank, one of the
-    family's message types (null or "" is N), and no order_id of the client's own; the text and the sender may be
-    whole JSON numbers (read as their digits)."""
+    family's message types (null or "" is N), and no order_id of the client's own; the text, the sender and each
+    recipient may be whole JSON numbers (read as their digits), and one recipient may be given alone."""
     properties = schema["properties"]
     properties["message"] = {
         "anyOf": [{"type": "string", "minLength": 1, "pattern": NOT_BLANK}, {"type": "integer"}],
         "title": "Message",
     }
     properties["sender"]["anyOf"].insert(1, {"type": "integer"})
+    # One number or a list of them, each a string or a JSON number (a whole float is an integer to JSON Schema).
+    number = {"anyOf": [{"type": "string"}, {"type": "integer"}]}
+    many = {**properties["recipient"], "items": number}
+    properties["recipient"] = {"anyOf": [many, number], "title": "Recipient"}
     properties["message_type"] = {"enum": [*MESSAGE_TYPES, "", None], "default": "N", "title": "Message Type"}
     properties["order_id"] = {"type": "null", "description": "custom order ids are not supported: leave it out"}
 
@@ -193,10 +197,13 @@ class SendRequest(BaseModel):
     @field_validator("recipient", mode="before")
     @classmethod
     def numbers(cls, value: Any) -> Any:
-        if isinstance(value, str | int) and not isinstance(value, bool):
+        """Each number as text: one given alone is a list of one, and a JSON number is its digits, a whole float
+        (2348020000000.0, as json.dumps writes a pandas float64 column and json_encode a PhpSpreadsheet numeric cell)
+        too, as 9bits reads them. A fraction or a boolean is left to be refused."""
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
             value = [value]
         if isinstance(value, list):
-            return [str(item) if isinstance(item, int) and not isinstance(item, bool) else item for item in value]
+            return [int_as_text(item) for item in value]
         return value
 
     @field_validator("sender", "scheduled_delivery_timezone", "order_id", mode="before")

@@ -230,12 +230,14 @@ class ShortcodeParams(BaseModel):
     @field_validator("mobile", mode="before")
     @classmethod
     def comma_separated(cls, value: Any) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        if isinstance(value, list) and all(
-            isinstance(item, str | int) and not isinstance(item, bool) for item in value
-        ):
-            return ",".join(str(item) for item in value)
+        """The numbers as one comma-separated text: a JSON number is its digits, a whole float (2348020000000.0, as
+        json.dumps writes a pandas float64 column and json_encode a PhpSpreadsheet numeric cell) too; a list is its
+        entries joined. A fraction or a boolean is no number to send to: refused."""
+        value = int_as_text(value)
+        if isinstance(value, list):
+            items = [int_as_text(item) for item in value]
+            if all(isinstance(item, str) for item in items):
+                return ",".join(items)
         if value is None or isinstance(value, str):
             return value
         raise ValueError("must be a comma-separated string of numbers")
