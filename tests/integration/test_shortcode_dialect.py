@@ -1126,7 +1126,6 @@ def test_a_mobile_that_is_a_fraction_or_a_boolean_is_refused(aws, account, api, 
     assert queued_records(aws) == []
 
 
-@pytest.mark.xfail(strict=True, reason="review(floats): a body starting with a UTF-8 BOM is refused or misread")
 @pytest.mark.parametrize(
     ("content_type", "encode"),
     [("application/json", json.dumps), ("application/x-www-form-urlencoded", urlencode), (None, json.dumps)],

@@ -179,11 +179,19 @@ MAX_BODY_BYTES = 256 * 1024
 
 
 def request_text(event: Any) -> str:
-    """The request body as text, refused when over 256 KB or not UTF-8 (before anything is parsed or stored)."""
+    """The request body as text, refused when over 256 KB or not UTF-8 (before anything is parsed or stored); a
+    byte order mark before it is no part of it (without_bom)."""
     try:
-        return request_bytes(event).decode()
+        return without_bom(request_bytes(event).decode())
     except UnicodeDecodeError as error:
         raise InvalidRequest("the request body is not UTF-8 text") from error
+
+
+def without_bom(text: str) -> str:
+    """`text` without the byte order mark Windows tools write before UTF-8 (PowerShell's Out-File, .NET's
+    Encoding.UTF8, Notepad), which RFC 8259 section 8.1 lets a JSON parser ignore: it was refused as no JSON (400,
+    "Unexpected UTF-8 BOM"), and a form's first field was read as another name, until session 35."""
+    return text.removeprefix("\ufeff")
 
 
 def request_bytes(event: Any) -> bytes:
@@ -395,7 +403,8 @@ def _fingerprinted_body(event: Any) -> str:
     (a multipart form with a field in its own charset, which the shortcode dialect reads), its bytes in base64."""
     body = request_bytes(event)
     try:
-        return canonical_body(body.decode())
+        # Without a byte order mark, as it is read: a retry written with one is the same request.
+        return canonical_body(without_bom(body.decode()))
     except UnicodeDecodeError:
         return base64.b64encode(body).decode()
 
