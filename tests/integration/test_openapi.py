@@ -169,6 +169,8 @@ def test_what_the_document_calls_valid_is_what_the_dialects_take(aws):
     session_send = {"message": "hi", "recipient": ["2348020000000"]}
     refused = [
         (body("/sms"), {**session_send, "message_type": "X"}),
+        (body("/sms"), {**session_send, "message_type": "LLL"}),
+        (body("/sms"), {**session_send, "recipient": [2348020000000.5]}),
         (body("/sms"), {**session_send, "order_id": "A-1"}),
         (body("/sms"), {**session_send, "message": "   "}),
         (parameter("/ng/v1/inbounds", "limit"), "all"),
@@ -202,6 +204,9 @@ def test_what_the_document_calls_valid_is_what_the_dialects_take(aws):
         (body("/sms"), {**session_send, "message_type": "LL", "order_id": None}),
         (body("/sms"), {**session_send, "message_type": ""}),
         (body("/sms"), {**session_send, "sender": 48974, "message": 482913}),
+        (body("/sms"), {**session_send, "message_type": " ll "}),
+        (body("/sms"), {**session_send, "recipient": [2348020000000.0, "2348030000000"]}),
+        (body("/sms"), {**session_send, "recipient": 2348020000000}),
         (body("/ng/v1/sendsms"), {**nine_bits_send, "callback_url": "", "delivery_report": None}),
         (body("/ng/v1/sendsms"), {**nine_bits_send, "callback_url": None, "delivery_report": ""}),
         (body("/ng/v1/sendsms"), {**nine_bits_send, "callback_url": "", "delivery_report": "yes"}),

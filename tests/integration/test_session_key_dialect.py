@@ -1274,7 +1274,6 @@ def test_a_body_that_starts_with_a_utf8_bom_is_read_as_its_json(aws, account, ap
     assert balance(account["account_id"]) == 99
 
 
-@pytest.mark.xfail(strict=True, reason="review(floats): a message_type written in another case is refused 400")
 @pytest.mark.parametrize(("written", "tier"), [("n", "N"), ("ll", "LL"), ("Ll", "LL"), ("l", "L"), ("gp", "N")])
 def test_a_message_type_written_in_another_case_is_that_tier(aws, account, api, written, tier):
     # Given an order whose message_type a client's enum converter wrote by its member's name in another case

@@ -88,6 +88,11 @@ DEFAULT_STATUS = 400
 
 # The seed's tiers, and the names Skebby's own edition of the same API gives them.
 MESSAGE_TYPES = {"N": "N", "L": "L", "LL": "LL", "GP": "N", "TI": "L", "SI": "LL"}
+# message_type as the model reads it, in the OpenAPI document: a name in any case, blanks around it allowed, or blank
+# (ECMA 262 patterns have no flags, so each letter is spelt both ways).
+MESSAGE_TYPE_IN_ANY_CASE = (
+    r"^\s*(" + "|".join("".join(f"[{letter}{letter.lower()}]" for letter in name) for name in MESSAGE_TYPES) + r")?\s*$"
+)
 
 # Our message states in the family's recipient vocabulary (WAIT4DLVR: sent, waiting for the delivery report).
 RECIPIENT_STATUS: dict[MessageStatus, str] = {
@@ -130,8 +135,8 @@ def render_error(error: GatewayError) -> Response[Any]:
 
 def _document_send_rules(schema: dict[str, Any]) -> None:
     """The rules the validators below apply, in the OpenAPI document too: a text that is not blank, one of the
-    family's message types (null or "" is N), and no order_id of the client's own; the text, the sender and each
-    recipient may be whole JSON numbers (read as their digits), and one recipient may be given alone."""
+    family's message types in any case (null or "" is N), and no order_id of the client's own; the text, the sender
+    and each recipient may be whole JSON numbers (read as their digits), and one recipient may be given alone."""
     properties = schema["properties"]
     properties["message"] = {
         "anyOf": [{"type": "string", "minLength": 1, "pattern": NOT_BLANK}, {"type": "integer"}],
@@ -142,7 +147,11 @@ def _document_send_rules(schema: dict[str, Any]) -> None:
     number = {"anyOf": [{"type": "string"}, {"type": "integer"}]}
     many = {**properties["recipient"], "items": number}
     properties["recipient"] = {"anyOf": [many, number], "title": "Recipient"}
-    properties["message_type"] = {"enum": [*MESSAGE_TYPES, "", None], "default": "N", "title": "Message Type"}
+    properties["message_type"] = {
+        "anyOf": [{"enum": [*MESSAGE_TYPES, "", None]}, {"type": "string", "pattern": MESSAGE_TYPE_IN_ANY_CASE}],
+        "default": "N",
+        "title": "Message Type",
+    }
     properties["order_id"] = {"type": "null", "description": "custom order ids are not supported: leave it out"}
 
 
@@ -189,7 +198,9 @@ class SendRequest(BaseModel):
         value = blank_is_none(value)
         if value is None:
             return "N"
-        tier = MESSAGE_TYPES.get(value) if isinstance(value, str) else None
+        # In any case: an enum converter with a camelCase policy (JSON.NET's, System.Text.Json's) writes N and LL as
+        # "n" and "ll" (until session 35 refused 400, "must be N, L or LL").
+        tier = MESSAGE_TYPES.get(value.upper()) if isinstance(value, str) else None
         if tier is None:
             raise ValueError(f"must be N, L or LL, got {value!r}")
         return tier
