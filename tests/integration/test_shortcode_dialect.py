@@ -1146,7 +1146,6 @@ def test_a_body_that_starts_with_a_utf8_bom_is_read_as_its_fields(aws, account, 
     assert balance(account["account_id"]) == 99
 
 
-@pytest.mark.xfail(strict=True, reason="review(floats): a message written as a whole JSON float is sent with '.0'")
 def test_a_message_written_as_a_whole_float_is_sent_as_its_digits(aws, account, api):
     # Given the seed's POST body whose message is a one-time code a client wrote as a double (JSON.NET's 482913.0),
     # as session-key and 9bits read the same value

@@ -217,12 +217,12 @@ class ShortcodeParams(BaseModel):
     @field_validator("message", mode="before")
     @classmethod
     def message_text(cls, value: Any) -> Any:
-        # A number is sent as its digits; NaN, Infinity and an overflowing 1e400 have none (they were sent as "nan"
-        # and "inf"): refused, as any other value that is no text.
-        if (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, float) and math.isfinite(value)
-        ):
-            return str(value)
+        # A number is sent as its digits, a whole float's as its integer's (JSON.NET's 482913.0 is the code 482913, as
+        # session-key and 9bits read it: until session 35 it was sent as "482913.0"); NaN, Infinity and an
+        # overflowing 1e400 have none (they were sent as "nan" and "inf"): refused, as any other value that is no text.
+        value = int_as_text(value)
+        if isinstance(value, float) and math.isfinite(value):
+            return str(value)  # a fraction, as written: 12.5
         if value is None or isinstance(value, str):
             return value
         raise ValueError("must be a string")
