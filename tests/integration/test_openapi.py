@@ -190,6 +190,16 @@ def test_what_the_document_calls_valid_is_what_the_dialects_take(aws):
                 "delivery_report": "None",
             },
         ),
+        (
+            body("/ng/v1/sendsms"),
+            {
+                "from": "BRAND",
+                "to": "1",
+                "message": "hi",
+                "callback_url": "https://c.example/",
+                "delivery_report": None,
+            },
+        ),
         (body("/ng/v1/sendsms"), {"from": 10**16, "to": "1", "message": "hi"}),
         (body("/ng/v1/sendsms"), {"from": "BRAND", "to": "1", "message": True}),
         (body("/ng/v1/sendsms"), {"from": "BRAND", "to": "1", "message": "hi", "ref_id": 1.5}),

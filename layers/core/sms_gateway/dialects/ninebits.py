@@ -140,7 +140,10 @@ def _document_send_rules(schema: dict[str, Any]) -> None:
         "required": ["callback_url"],
         "properties": {"callback_url": {"type": "string", "pattern": NOT_BLANK}},
     }
-    schema["then"] = {"required": ["delivery_report"], "properties": {"delivery_report": {"pattern": YES_IN_ANY_CASE}}}
+    schema["then"] = {
+        "required": ["delivery_report"],
+        "properties": {"delivery_report": {"type": "string", "pattern": YES_IN_ANY_CASE}},
+    }
 
 
 class SendRequest(BaseModel):
