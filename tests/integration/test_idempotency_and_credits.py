@@ -1332,3 +1332,77 @@ def test_a_claim_on_a_key_whose_answer_was_lost_is_recognised_by_its_retry_as_it
     # And another request under the key is still told it is in progress
     with pytest.raises(Exception, match="still being processed"):
         gateway().store.begin("acc", "order-7", "f", now=now, reference_id=43, lease=lease)
+
+
+def died_before_its_batch_whose_id_another_took(api: Any, account: dict[str, Any], five: dict[str, Any]) -> int:
+    """A keyed send of `five` ("died-before-its-batch") whose request claimed its key, naming batch `planned`, and
+    died before writing it; then another send of the account to NUMBERS[5:] from 48974 ("the others") took that id
+    (another container, the same millisecond and random bits); then the dead request's lease ran out: `planned`."""
+    from sms_gateway.adapters.dynamodb import DynamoStore
+    from sms_gateway.domain import ids
+    from sms_gateway.logic import idempotency, send
+
+    planned = ids.new_batch_id()
+    with pytest.MonkeyPatch.context() as dying:
+        dying.setattr(idempotency, "new_batch_id", lambda: planned)
+        die_once(dying, DynamoStore, "create_batch_and_reserve")
+        with pytest.raises(Killed):
+            api(with_key(send_event(account["token"], five), "died-before-its-batch"))
+    with pytest.MonkeyPatch.context() as meeting:
+        meeting.setattr(send, "new_batch_id", lambda: planned)
+        other = api(send_event(account["token"], {"from": "48974", "to": NUMBERS[5:], "message": "the others"}))
+    assert json.loads(other["body"])["reference_id"] == str(planned)
+    leases_run_out()
+    return planned
+
+
+def assert_the_others_as_sent(account_id: str, planned: int) -> None:
+    """The other send's batch (died_before_its_batch_whose_id_another_took) is as it sent it: its 25, its text."""
+    theirs = next(b for b in batches_of(account_id) if b.reference_id == planned)
+    assert (theirs.text, theirs.recipients, theirs.cost, theirs.status) == ("the others", 25, 25, "queued")
+    stored = messages_of(account_id, planned)
+    assert sorted(m.msisdn for m in stored) == [f"+{n}" for n in NUMBERS[5:]]
+    assert {m.status for m in stored} == {"queued"}
+
+
+@pytest.mark.xfail(strict=True, reason="a resumed keyed send finishes another request's batch that took its id")
+def test_a_keyed_send_that_died_before_its_batch_does_not_finish_another_send_that_took_its_id(aws, api):
+    # Given a keyed send of five that died after claiming its key, before writing the batch its key names, and
+    # another send of the account that took that id
+    account = make_account(100)
+    five = {"from": "48974", "to": NUMBERS[:5], "message": "five of them"}
+    planned = died_before_its_batch_whose_id_another_took(api, account, five)
+    # When the client retries its keyed send
+    retried = api(with_key(send_event(account["token"], five), "died-before-its-batch"))
+    # Then its five are sent as a batch of their own, with their text, and charged once
+    assert retried["statusCode"] == 200, retried
+    mine = int(json.loads(retried["body"])["reference_id"])
+    assert mine != planned
+    batches = {b.reference_id: b for b in batches_of(account["account_id"])}
+    assert (batches[mine].text, batches[mine].recipients) == ("five of them", 5)
+    assert sorted(m.msisdn for m in messages_of(account["account_id"], mine)) == [f"+{n}" for n in NUMBERS[:5]]
+    # And the other send's batch is as it sent it
+    assert_the_others_as_sent(account["account_id"], planned)
+    assert balance(account["account_id"]) == 100 - 25 - 5
+    assert len(queued_message_ids(aws)) == 30
+    # And a retry after that answers as the retry did, sending nothing again
+    again = api(with_key(send_event(account["token"], five), "died-before-its-batch"))
+    assert json.loads(again["body"]) == json.loads(retried["body"])
+    assert balance(account["account_id"]) == 70
+
+
+@pytest.mark.xfail(strict=True, reason="a refused resumed keyed send undoes another request's batch with its id")
+def test_a_refused_retry_of_a_keyed_send_that_died_before_its_batch_leaves_another_send_with_its_id_alone(aws, api):
+    from sms_gateway_tools.admin import create_account, remove_sender
+
+    # Given a keyed send of five from 55555 that died before writing its batch, whose id another send took
+    account = create_account(name="Idem", senders=["48974", "55555"], credits=100)
+    five = {"from": "55555", "to": NUMBERS[:5], "message": "five of them"}
+    planned = died_before_its_batch_whose_id_another_took(api, account, five)
+    # When its retry is refused (the operator removed its sender meanwhile)
+    remove_sender(account_id=account["account_id"], sender="55555")
+    retried = api(with_key(send_event(account["token"], five), "died-before-its-batch"))
+    # Then it is refused, and the other send is not undone: still queued, charged, its messages waiting
+    assert retried["statusCode"] == 400, retried
+    assert_the_others_as_sent(account["account_id"], planned)
+    assert balance(account["account_id"]) == 75
