@@ -1365,7 +1365,6 @@ def assert_the_others_as_sent(account_id: str, planned: int) -> None:
     assert {m.status for m in stored} == {"queued"}
 
 
-@pytest.mark.xfail(strict=True, reason="a resumed keyed send finishes another request's batch that took its id")
 def test_a_keyed_send_that_died_before_its_batch_does_not_finish_another_send_that_took_its_id(aws, api):
     # Given a keyed send of five that died after claiming its key, before writing the batch its key names, and
     # another send of the account that took that id
@@ -1391,7 +1390,6 @@ def test_a_keyed_send_that_died_before_its_batch_does_not_finish_another_send_th
     assert balance(account["account_id"]) == 70
 
 
-@pytest.mark.xfail(strict=True, reason="a refused resumed keyed send undoes another request's batch with its id")
 def test_a_refused_retry_of_a_keyed_send_that_died_before_its_batch_leaves_another_send_with_its_id_alone(aws, api):
     from sms_gateway_tools.admin import create_account, remove_sender
 

@@ -149,6 +149,13 @@ class Unavailable(GatewayError):
         self.retry_after = retry_after
 
 
+class IdTaken(Unavailable):
+    """The batch and credits transaction was refused, having written nothing, because the send's new id is another
+    batch's (two new ids met: one millisecond, the same random bits), or the undone batch it replaces was linked to
+    another already. Not the caller's conflict, whether or not it holds a key (a 409 would say its key was used for
+    another request, and it would not send again): a retry gets another id."""
+
+
 class InternalError(GatewayError):
     """Something no route expected failed while answering (an AWS error, a bug): the request may have been done in
     part, so the caller retries it under the same idempotency key, or looks before sending it again."""

@@ -1336,6 +1336,9 @@ class DynamoStore(
             "state": {"S": "in_progress"},
             "reference_id": {"N": str(reference_id)},
             "claim_token": {"S": claim_token},
+            # The key's mark, which its batch carries (KeyClaim.mark): the first claim's token, never changed by a
+            # takeover (claim_token is), so every request under the key knows the batch the key's sends wrote.
+            "key_mark": {"S": claim_token},
             "expires_at": {"N": str(int((now + IDEMPOTENCY_WINDOW).timestamp()))},
         }
         if lease is not None:
@@ -1361,9 +1364,9 @@ class DynamoStore(
                 return StoredAnswer.model_validate(current["answer"])
             if current.get("claim_token") == claim_token:
                 # Our own write, sent again after its answer was lost: the key is ours, as the first answer said.
-                return KeyClaim(reference_id=reference_id)
+                return KeyClaim(reference_id=reference_id, mark=current.get("key_mark"))
             return self._take_over(scope, key, current, now=now, lease=lease, claim_token=claim_token)
-        return KeyClaim(reference_id=reference_id)
+        return KeyClaim(reference_id=reference_id, mark=claim_token)
 
     def _take_over(
         self, scope: str, key: str, current: dict[str, Any], *, now: datetime, lease: timedelta | None, claim_token: str
@@ -1395,7 +1398,7 @@ class DynamoStore(
             )
         except self.client.exceptions.ConditionalCheckFailedException as error:
             raise still_processing from error
-        return KeyClaim(reference_id=int(planned), resumed=True)
+        return KeyClaim(reference_id=int(planned), resumed=True, mark=current.get("key_mark"))
 
     def complete(self, scope: str, key: str, answer: StoredAnswer) -> None:
         self.client.update_item(

@@ -137,7 +137,7 @@ def undo_refused_send(
 
     def undo(claim: KeyClaim) -> StoredAnswer | None:
         deps = send_dependencies()
-        standing = undo_standing_send(account.account_id, claim.reference_id, deps, now=utc_now())
+        standing = undo_standing_send(account.account_id, claim.reference_id, deps, now=utc_now(), mark=claim.mark)
         if standing is None:
             return None
         return answer(with_opted_out(account, standing, recipients(), deps.opt_outs))

@@ -270,6 +270,9 @@ class Batch(Record):
     # Set on a failed (undone) batch when a retry under the same idempotency key sent afresh as this batch: the
     # key names the first batch, and a later retry follows these links to the send that stands (logic.send).
     superseded_by: int | None = None
+    # The mark of the idempotency key the batch was sent under (KeyClaim.mark), in the write that creates it; None
+    # without a key. A retry under a key finishes a batch only when it carries the key's mark (logic.send).
+    key_mark: str | None = None
     # Counts the writes that changed the batch's cost or added messages to it (MessageStore.reprice_batch,
     # store_and_charge): a write of its cost decided on a read of its messages holds only while this is as read, so
     # a retry's messages stored after that read are never given back uncharged (0: none yet, or a batch written
@@ -575,10 +578,15 @@ FINGERPRINT_VERSION = 2
 class KeyClaim:
     """An idempotency key this request holds: the batch its send makes is `reference_id`. `resumed` when an earlier
     request under the key died holding it (its lease ran out before it answered): that request may have stored,
-    charged or queued batch `reference_id` part-way, and this one finishes that batch instead of making another."""
+    charged or queued batch `reference_id` part-way, and this one finishes that batch instead of making another.
+    `mark`: the key's own mark, which the batch it makes carries (Batch.key_mark), so that a resumed request tells its
+    key's batch from another send's that took the same id (two new ids met in one millisecond) and never finishes
+    that one as its own; None for a key claimed by a build before 2026-12-07 (its batch is taken as the key's)."""
 
     reference_id: int
     resumed: bool = False
+    # Random per key, not part of what the claim says: two claims on one batch compare equal.
+    mark: str | None = field(default=None, compare=False)
 
 
 class SenderRequestStatus(StrEnum):

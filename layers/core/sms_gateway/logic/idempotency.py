@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from sms_gateway.domain.ids import new_batch_id
 from sms_gateway.domain.models import KeyClaim, StoredAnswer
-from sms_gateway.errors import GatewayError, InvalidRequest, KeyInProgress, KeyReused
+from sms_gateway.errors import GatewayError, IdTaken, InvalidRequest, KeyInProgress, KeyReused
 from sms_gateway.observability import logger
 from sms_gateway.ports import IdempotencyStore
 
@@ -107,6 +107,23 @@ def run_once(
         standing = _undo(undo, begun, error) if begun.resumed else None
         if standing is None:
             store.abandon(scope, key)
+            if begun.resumed and isinstance(error, IdTaken):
+                # The batch the key named is another send's, which took the id in the millisecond the dead request
+                # made it (logic.send.send_standing_under_key): nothing of this key's send was written. The key is
+                # claimed again under a new id, so that a death from here on leaves a record naming this send's own
+                # batch. Once: a key claimed afresh is not resumed (its lease runs far beyond this request).
+                logger.warning("the batch a resumed key named was another send's; claimed again under a new id")
+                return run_once(
+                    store,
+                    scope=scope,
+                    key=key,
+                    request_fingerprint=request_fingerprint,
+                    now=now,
+                    produce=produce,
+                    lease=lease,
+                    undo=undo,
+                    unversioned_fingerprint=unversioned_fingerprint,
+                )
             raise
         answer = standing
     except Exception:

@@ -33,6 +33,7 @@ from sms_gateway.domain.status import NOT_QUEUED, MessageStatus
 from sms_gateway.domain.zones import account_zone, in_zone
 from sms_gateway.errors import (
     Conflict,
+    IdTaken,
     InsufficientCredits,
     InvalidRecipient,
     InvalidRequest,
@@ -198,13 +199,15 @@ def accept_send(
     before it does (store_messages).
     `claim`: the idempotency key's claim, when the request has a key; the batch gets the id it names. A resumed
     claim means an earlier request under the key died holding it: if it stored its batch, this finishes that batch
-    (finish_stored_batch) instead of sending again; if not, nothing of it was stored and the send starts afresh."""
+    (finish_stored_batch) instead of sending again; if not, nothing of it was stored and the send starts afresh (a
+    batch under the id that does not carry the key's mark is another send's that took the id in the same millisecond:
+    the write under the id is refused, IdTaken, and run_once claims the key again under a new id)."""
     if len(command.recipients) > MESSAGES_PER_BATCH:
         # The dialects refuse more in their own words first; a batch's message ids have room for no more.
         raise InvalidRequest(f"at most {MESSAGES_PER_BATCH} recipients per send, got {len(command.recipients)}")
     superseding: int | None = None
     if claim is not None and claim.resumed:
-        earlier, finished = finish_standing_send(account, command, claim.reference_id, deps, now=now)
+        earlier, finished = finish_standing_send(account, command, claim, deps, now=now)
         if finished is not None:
             return finished
         if earlier is not None:
@@ -212,7 +215,7 @@ def accept_send(
             # the undone batch links to in the same write as this one's credits, so a retry after this request dies
             # too finishes this send rather than making a third.
             superseding = earlier.reference_id
-            claim = KeyClaim(reference_id=new_batch_id())
+            claim = KeyClaim(reference_id=new_batch_id(), mark=claim.mark)
     require_sender(account, command.sender)
     command = command.model_copy(update={"send_at": send_time(command.send_at, account, now)})
     # Opted-out numbers go before pricing, so they are never charged; with none left, nothing happens at all.
@@ -244,6 +247,7 @@ def accept_send(
         dialect=command.dialect,
         created_at=created_at,
         send_at=iso(command.send_at) if command.send_at else None,
+        key_mark=claim.mark if claim is not None else None,
     )
     messages = new_messages(batch, command, recipients, priced)
     if deadlines.ran_out(out_of_time):
@@ -289,13 +293,13 @@ FINISH_TRIES = 3
 
 
 def finish_standing_send(
-    account: Account, command: SendCommand, reference_id: int, deps: SendDependencies, *, now: datetime
+    account: Account, command: SendCommand, claim: KeyClaim, deps: SendDependencies, *, now: datetime
 ) -> tuple[Batch | None, Accepted | None]:
     """For a resumed claim: the batch the key's send stands as, and, when it is not failed, that send finished
     (finish_stored_batch), read again and finished again when its batch changed between the read and the finish's
     writes (Conflict: the sweeper's release or a cancel gave back what it held for messages never stored)."""
     for attempt in range(FINISH_TRIES):
-        earlier, stored = send_standing_under_key(deps.messages, account.account_id, reference_id)
+        earlier, stored = send_standing_under_key(deps.messages, account.account_id, claim.reference_id, claim.mark)
         if earlier is None or earlier.status == MessageStatus.FAILED:
             return earlier, None
         # A sender the operator removed meanwhile is refused as a fresh send would be, and run_once undoes the
@@ -345,13 +349,18 @@ def send_time(requested: datetime | None, account: Account, now: datetime) -> da
 
 
 def send_standing_under_key(
-    store: MessageStore, account_id: str, reference_id: int
+    store: MessageStore, account_id: str, reference_id: int, mark: str | None = None
 ) -> tuple[Batch | None, list[Message]]:
     """The batch an idempotency key's send stands as, and the messages stored under it (none read for a failed
     one): the batch the key names or, when that one was undone and sent afresh, the last of the batches sent in its
     place (each undone one links to the next: `superseded_by`). One whose undo withdrew every message but never got
-    to fail the batch is failed now: the answer its request owed was the undo's."""
+    to fail the batch is failed now: the answer its request owed was the undo's.
+    `mark`: the key's (KeyClaim.mark). A batch under the id the key names that does not carry it is another send's,
+    which took the id in the millisecond the key's request made it and wrote it first (two ids met): the key's send
+    wrote nothing, since a keyed send writes only under its id (None, []). None: a key claimed by an earlier build."""
     batch = store.get_batch(account_id, reference_id)
+    if batch is not None and mark is not None and batch.key_mark != mark:
+        return None, []
     while batch is not None and batch.superseded_by is not None:
         batch = store.get_batch(account_id, batch.superseded_by)
     if batch is None or batch.status == MessageStatus.FAILED:
@@ -363,7 +372,9 @@ def send_standing_under_key(
     return batch, stored
 
 
-def undo_standing_send(account_id: str, reference_id: int, deps: SendDependencies, *, now: datetime) -> Accepted | None:
+def undo_standing_send(
+    account_id: str, reference_id: int, deps: SendDependencies, *, now: datetime, mark: str | None = None
+) -> Accepted | None:
     """Undoes the send an idempotency key's request left standing when it died, for a retry under the key that is
     refused (too few credits for what its messages cost now, ...): such a retry never finishes the stored batch, and
     every later one would be refused the same way while the credits stay taken. The credits of the messages never
@@ -373,8 +384,9 @@ def undo_standing_send(account_id: str, reference_id: int, deps: SendDependencie
     send afresh under it sends nothing twice. Otherwise what stands, which the retry answers with instead of its
     refusal (a 4xx says nothing was sent): a dispatcher took a message (it goes on, charged; the rest are withdrawn,
     listed as not sent), or the batch was cancelled (the cancel gave back what it took). Each step is conditional,
-    so an undo that dies part-way is finished by the next refused retry."""
-    batch, stored = send_standing_under_key(deps.messages, account_id, reference_id)
+    so an undo that dies part-way is finished by the next refused retry. `mark`: the key's (send_standing_under_key);
+    another send's batch under the id is never undone."""
+    batch, stored = send_standing_under_key(deps.messages, account_id, reference_id, mark)
     if batch is None or batch.status == MessageStatus.FAILED:
         return None
     if batch.status not in (MessageStatus.QUEUED, MessageStatus.SCHEDULED):
@@ -502,13 +514,6 @@ def store_messages(
 # Ids an unkeyed send tries before it answers IdTaken: two containers' batch ids meet in one millisecond once in
 # 4096 (domain/ids.BATCH_BLOCK), and a second meeting is as unlikely again.
 NEW_ID_TRIES = 3
-
-
-class IdTaken(Unavailable):
-    """The batch and credits transaction was refused, having written nothing, because the send's new id is another
-    batch's (two new ids met: one millisecond, the same random bits), or the undone batch it replaces was linked to
-    another already. Not the caller's conflict, whether or not it holds a key (a 409 would say its key was used for
-    another request, and it would not send again): a retry gets another id."""
 
 
 def write_batch_and_reserve(batch: Batch, deps: SendDependencies, *, superseding: int | None) -> None:
