@@ -99,8 +99,72 @@ def template_stack(setenv: Callable[[str, str], None]) -> Iterator[dict[str, str
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    with template_stack(monkeypatch.setenv) as env:
+    """The template's stack on moto, with the functions' IAM applied to the calls their code makes
+    (tests/iam_enforcement.py; `iam` is the checker)."""
+    from tests.iam_enforcement import iam_enforced
+
+    with template_stack(monkeypatch.setenv) as env, iam_enforced(env):
         yield env
+
+
+@pytest.fixture
+def iam(aws: dict[str, str]) -> Any:
+    """The IAM checker of the `aws` fixture: which calls it checked, and refused."""
+    from tests.iam_enforcement import active_enforcer
+
+    return active_enforcer()
+
+
+@pytest.fixture(autouse=True)
+def _iam_refusals_fail_the_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A call a function's IAM statements do not allow (tests/iam_enforcement.py) fails the test it was made in,
+    even when the function's code caught the AccessDeniedException: in production it is an outage. A test marked
+    `iam_unchecked` (calls made with an operator's credentials through a function's code) is not checked."""
+    checker = sys.modules.get("tests.iam_enforcement")
+    if request.node.get_closest_marker("iam_unchecked") is not None:
+        from tests.iam_enforcement import iam_suspended
+
+        with iam_suspended():
+            yield
+        return
+    before = len(checker.DENIALS) if checker is not None else 0
+    yield
+    checker = sys.modules.get("tests.iam_enforcement")
+    refused = checker.DENIALS[before:] if checker is not None else []
+    if refused:
+        pytest.fail(
+            "calls the functions' IAM statements in template.yaml do not allow (tests/iam_enforcement.py):\n"
+            + "\n".join(f"  {denial}" for denial in refused),
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _iam_applied_in_local_stacks() -> Iterator[None]:
+    """Every local stack a test runs in this process applies the functions' IAM (tests/iam_enforcement.py)."""
+    from sms_gateway_tools.localstack.stack import LocalStack
+    from tests.iam_enforcement import iam_enforced
+
+    original_start, original_stop = LocalStack._start, LocalStack.stop
+    checks: dict[int, Any] = {}
+
+    def start(stack: LocalStack) -> None:
+        original_start(stack)
+        checks[id(stack)] = iam_enforced(stack.env)
+        checks[id(stack)].__enter__()
+
+    def stop(stack: LocalStack) -> None:
+        try:
+            original_stop(stack)
+        finally:
+            check = checks.pop(id(stack), None)
+            if check is not None:
+                check.__exit__(None, None, None)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LocalStack, "_start", start)
+        patch.setattr(LocalStack, "stop", stop)
+        yield
 
 
 def route_simulator_upstreams_to(

@@ -2,8 +2,13 @@
 against that function's statements in template.yaml, and one they do not allow fails as AWS fails it
 (AccessDeniedException) and is remembered, so a test sees the outage a missing grant is in production.
 
-The acting function is the one whose `functions/<name>/app.py` handler is on the calling thread's stack, or on the
-main thread's (a handler's worker threads). Calls made outside any handler (a test's setup) are not checked.
+The acting function is the one whose `functions/<name>/app.py` handler is on the calling thread's stack, or, in a
+worker thread (asyncio.to_thread, a handler's executor), the one that handed it the work: ThreadPoolExecutor.submit
+passes it on while a check is on. Calls made outside any handler (a test's setup, the admin CLI with an operator's
+credentials, the local stack's own pollers) are not checked.
+
+`tests/conftest.py` turns the check on for every test with the `aws` fixture and every in-process local stack; a
+refusal fails the test it happened in (DENIALS), even when the function's code caught the error.
 
 Statements are evaluated as IAM does for what they use: Action (with `*` wildcards), Resource (ARNs with `*`), and
 the condition operators StringEquals, StringLike, their IfExists forms and ForAllValues: prefixes, over the keys
@@ -16,10 +21,12 @@ key, its update and condition expressions; ALL_OLD/ALL_NEW are checked through R
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,12 +56,31 @@ class Request:
 class Denial:
     function: str
     operation: str
-    request: Request
+    request: Request | None  # None: a call the checker cannot judge (teach it what the call needs)
+    reason: str = ""
+    thread: str = field(default_factory=lambda: threading.current_thread().name)
+
+    def __str__(self) -> str:
+        if self.request is None:
+            return f"{self.function} {self.operation}: {self.reason}"
+        return f"{self.function} {self.operation}: not allowed {self.request.action} on {self.request.resource}"
+
+
+# Every refusal of every checker, in order: a test fails when one was added while it ran (tests/conftest.py).
+DENIALS: list[Denial] = []
+_HANDLER_FILE = re.compile(r"[/\\]functions[/\\](\w+)[/\\]app\.py$")
+
+
+@functools.cache
+def repository_template() -> dict[str, Any]:
+    """template.yaml, parsed once (about 70 ms of CPU: a checker per test would add up). Not to be changed: copy
+    it first."""
+    return load_template()
 
 
 class Enforcer:
     def __init__(self, env: Mapping[str, str], template: dict[str, Any] | None = None) -> None:
-        self.template = template or load_template()
+        self.template = template or repository_template()
         self.env = env
         dlq = env["SCHEDULE_DLQ_ARN"].split(":")
         self.region, self.account = dlq[3], dlq[4]
@@ -63,7 +89,10 @@ class Enforcer:
             for definition in function_definitions(self.template)
         }
         self.denials: list[Denial] = []
-        self.checked: list[tuple[str, str]] = []
+        self.checked: set[tuple[str, str]] = set()
+        self._statements: dict[str, list[dict[str, Any]]] = {}
+        # A code file's function (logical id), or None: the stack walk of each call looks each frame up once.
+        self._function_of_file: dict[str, str | None] = {}
 
     # ------------------------------------------------------------------ the template's statements, resolved
     def _arn_of(self, logical_id: str) -> str:
@@ -139,7 +168,9 @@ class Enforcer:
         ]
 
     def allowed(self, function: str, request: Request) -> bool:
-        return any(_allows(statement, request) for statement in self.statements(function))
+        if function not in self._statements:
+            self._statements[function] = self.statements(function)
+        return any(_allows(statement, request) for statement in self._statements[function])
 
     # ------------------------------------------------------------------ what a call needs
     def _queue_arn(self, url: str) -> str:
@@ -214,36 +245,48 @@ class Enforcer:
         return [Request(f"dynamodb:{operation}", resource, context)]
 
     # ------------------------------------------------------------------ the hook
+    def _function_of(self, filename: str) -> str | None:
+        if filename not in self._function_of_file:
+            found = _HANDLER_FILE.search(filename)
+            definition = self.functions.get(found.group(1)) if found else None
+            self._function_of_file[filename] = definition.logical_id if definition else None
+        return self._function_of_file[filename]
+
     def acting_function(self) -> str | None:
-        for top in (sys._getframe(), sys._current_frames().get(threading.main_thread().ident or 0)):
-            frame = top
-            while frame is not None:
-                found = re.search(r"[/\\]functions[/\\](\w+)[/\\]app\.py$", frame.f_code.co_filename)
-                if found and found.group(1) in self.functions:
-                    return self.functions[found.group(1)].logical_id
-                frame = frame.f_back
-        return None
+        """The function whose handler is on this thread's stack, else the one that handed this thread its work."""
+        frame = sys._getframe(1)
+        while frame is not None:
+            function = self._function_of(frame.f_code.co_filename)
+            if function is not None:
+                return function
+            frame = frame.f_back
+        return getattr(_handed_work_by, "function", None)
+
+    def refuse(self, denial: Denial, operation: str) -> None:
+        from botocore.exceptions import ClientError
+
+        self.denials.append(denial)
+        DENIALS.append(denial)
+        message = f"{denial} (the IAM checker of tests/iam_enforcement.py)"
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": message}}, operation)
 
     def check(self, service: str, operation: str, params: Mapping[str, Any]) -> None:
         function = self.acting_function()
         if function is None:
             return
-        self.checked.append((function, f"{service}:{operation}"))
-        for request in self.requests(service, operation, params):
+        call = f"{service}:{operation}"
+        self.checked.add((function, call))
+        try:
+            needed = self.requests(service, operation, params)
+        except AssertionError as unknown:
+            self.refuse(Denial(function, call, None, str(unknown)), operation)
+        for request in needed:
             if not self.allowed(function, request):
-                self.denials.append(Denial(function, f"{service}:{operation}", request))
-                from botocore.exceptions import ClientError
+                self.refuse(Denial(function, call, request), operation)
 
-                raise ClientError(
-                    {
-                        "Error": {
-                            "Code": "AccessDeniedException",
-                            "Message": f"{function} is not authorized to perform: {request.action} on resource: "
-                            f"{request.resource} (the IAM checker of tests/iam_enforcement.py)",
-                        }
-                    },
-                    operation,
-                )
+
+# The function that handed the current worker thread its work (ThreadPoolExecutor.submit, while a check is on).
+_handed_work_by = threading.local()
 
 
 def _allows(statement: Mapping[str, Any], request: Request) -> bool:
@@ -310,29 +353,93 @@ def _attributes_named(params: Mapping[str, Any]) -> set[str]:
     return names
 
 
+_active: list[Enforcer] = []
+_originals: list[Any] = []  # aws.client and ThreadPoolExecutor.submit, while a check is on
+_HOOK_ID = "iam-enforcement"
+
+
+_suspended: list[None] = []
+
+
+def active_enforcer() -> Enforcer:
+    return _active[-1]
+
+
 @contextmanager
-def iam_enforced(env: Mapping[str, str]) -> Iterator[Enforcer]:
-    """Within: every AWS client the functions' code makes is checked by an Enforcer (yielded)."""
+def iam_suspended() -> Iterator[None]:
+    """Within: no call is checked (a test whose calls through a function's code carry an operator's credentials)."""
+    _suspended.append(None)
+    try:
+        yield
+    finally:
+        _suspended.pop()
+
+
+def _hook(params: Mapping[str, Any], model: Any, event_name: str, **_: Any) -> None:
+    if _active and not _suspended:
+        _active[-1].check(event_name.split(".")[1], model.name, params)
+
+
+def _watch(created: Any) -> Any:
+    created.meta.events.register("before-parameter-build", _hook, unique_id=_HOOK_ID)
+    return created
+
+
+def _submit_as_acting_function(original: Callable[..., Any]) -> Callable[..., Any]:
+    """ThreadPoolExecutor.submit that runs the work as the function that submitted it (asyncio.to_thread and
+    run_in_executor submit from the handler's thread), so a worker's AWS calls are checked as that function's."""
+
+    def submit(executor: ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        function = _active[-1].acting_function() if _active and not _suspended else None
+        if function is None:
+            return original(executor, fn, *args, **kwargs)
+
+        def as_function(*args: Any, **kwargs: Any) -> Any:
+            before = getattr(_handed_work_by, "function", None)
+            _handed_work_by.function = function
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _handed_work_by.function = before
+
+        return original(executor, as_function, *args, **kwargs)
+
+    return submit
+
+
+@contextmanager
+def refusals_expected() -> Iterator[list[Denial]]:
+    """Within: refusals are the test's to assert (the yielded list, filled on exit), not failures of it."""
+    before = len(DENIALS)
+    expected: list[Denial] = []
+    try:
+        yield expected
+    finally:
+        expected.extend(DENIALS[before:])
+        del DENIALS[before:]
+
+
+@contextmanager
+def iam_enforced(env: Mapping[str, str], template: dict[str, Any] | None = None) -> Iterator[Enforcer]:
+    """Within: every AWS client the functions' code makes (sms_gateway.adapters.aws.client) is checked by an
+    Enforcer (yielded) of the functions in `env` (their environment: the stack's resources). Nested, the innermost
+    checks."""
     from sms_gateway.adapters import aws
 
-    enforcer = Enforcer(env)
-    original = aws.client
-
-    def hook(params: Mapping[str, Any], model: Any, event_name: str, **_: Any) -> None:
-        service = event_name.split(".")[1]
-        enforcer.check(service, model.name, params)
-
-    def watched(service: str, **kwargs: Any) -> Any:
-        created = original(service, **kwargs)
-        created.meta.events.register("before-parameter-build", hook, unique_id="iam-enforcement")
-        return created
-
-    aws.client = watched  # type: ignore[assignment]
-    for created in list(aws._clients.values()):
-        created.meta.events.register("before-parameter-build", hook, unique_id="iam-enforcement")
+    enforcer = Enforcer(env, template)
+    if not _active:
+        original_client = aws.client
+        _originals[:] = [original_client, ThreadPoolExecutor.submit]
+        aws.client = lambda service, **kwargs: _watch(original_client(service, **kwargs))  # type: ignore[assignment]
+        ThreadPoolExecutor.submit = _submit_as_acting_function(_originals[1])  # type: ignore[method-assign]
+        for created in list(aws._clients.values()):
+            _watch(created)
+    _active.append(enforcer)
     try:
         yield enforcer
     finally:
-        aws.client = original  # type: ignore[assignment]
-        for created in list(aws._clients.values()):
-            created.meta.events.unregister("before-parameter-build", unique_id="iam-enforcement")
+        _active.remove(enforcer)
+        if not _active:
+            aws.client, ThreadPoolExecutor.submit = _originals  # type: ignore[method-assign]
+            for created in list(aws._clients.values()):
+                created.meta.events.unregister("before-parameter-build", unique_id=_HOOK_ID)

@@ -5,24 +5,30 @@ tests/iam_enforcement.py checks each call a handler makes and fails it as AWS wo
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.iam_enforcement import Enforcer, Request, iam_enforced
+from tests.conftest import FakeContext, load_function
+from tests.iam_enforcement import Denial, Enforcer, Request, iam_enforced, refusals_expected
 from tests.integration import test_unqueued_sends as unqueued
 from tests.integration import test_unreleased_schedules as unreleased
 from tests.integration.test_batches_dialect import api  # noqa: F401 (fixture)
-from tests.integration.test_send_path import upstream  # noqa: F401 (fixture)
+from tests.integration.test_send_path import (
+    as_lambda_sqs_event,
+    queued_records,
+    send_event,
+    upstream,  # noqa: F401 (fixture)
+)
 from tests.integration.test_unqueued_sends import campaign  # noqa: F401 (fixture)
 from tests.integration.test_unreleased_schedules import Sweeping, lambda_, sweeping  # noqa: F401 (fixture)
 
 
 @pytest.fixture
-def enforced(aws: dict[str, str]) -> Iterator[Enforcer]:
-    with iam_enforced(aws) as enforcer:
-        yield enforcer
+def enforced(iam: Enforcer) -> Enforcer:
+    """The checker every test with `aws` runs under (tests/conftest.py)."""
+    return iam
 
 
 # Each run with IAM applied: the sweeper's claims of unreleased batches (the account partition, where its UpdateItem
@@ -103,3 +109,53 @@ def test_a_claim_naming_an_attribute_its_statement_leaves_out_is_refused(aws: di
     batches["Condition"]["ForAllValues:StringEquals"]["dynamodb:Attributes"].remove("status")
     # Then the sweeper's claim is refused: the check would catch a grant that no longer matches the claim
     assert not sweeper_may(Enforcer(aws, template), "UpdateItem", claim())
+
+
+@pytest.fixture
+def dispatch_without_table_grants(
+    aws: dict[str, str],
+    iam: Enforcer,
+    api: Callable[[dict[str, Any]], dict[str, Any]],  # noqa: F811
+) -> Callable[[], list[Denial]]:
+    """An accepted send waiting in the dispatch queue; called, the dispatcher runs it under a template whose
+    dispatcher may not use the table, and what was refused is returned."""
+    from sms_gateway_tools.admin import create_account
+
+    account = create_account(name="Cinema Club", senders=["48974"], credits=100)
+    assert api(send_event(account["token"]))["statusCode"] == 200
+    template = copy.deepcopy(iam.template)
+    policies = template["Resources"]["DispatcherFunction"]["Properties"]["Policies"]
+    policies[:] = [policy for policy in policies if "DynamoDBCrudPolicy" not in policy]
+
+    def dispatch() -> list[Denial]:
+        with refusals_expected() as refused, iam_enforced(aws, template):
+            load_function("dispatcher").handler(as_lambda_sqs_event(queued_records(aws)), FakeContext())
+        return refused
+
+    return dispatch
+
+
+def test_a_call_a_handlers_worker_thread_makes_is_judged_as_that_functions(
+    dispatch_without_table_grants: Callable[[], list[Denial]],
+    upstream: Any,  # noqa: F811
+) -> None:
+    # When the dispatcher runs a send under a template that does not let it use the table (it reads the batch and
+    # the account in asyncio.to_thread's workers)
+    refused = dispatch_without_table_grants()
+    # Then its reads are refused as the dispatcher's, in the workers too, and nothing reached the upstream
+    assert refused
+    assert {denial.function for denial in refused} == {"DispatcherFunction"}
+    assert any(denial.operation.startswith("dynamodb:") and denial.thread != "MainThread" for denial in refused)
+    assert upstream.submits == []
+
+
+@pytest.mark.iam_unchecked
+def test_a_test_marked_iam_unchecked_has_no_call_judged(
+    dispatch_without_table_grants: Callable[[], list[Denial]],
+    upstream: Any,  # noqa: F811
+) -> None:
+    # When the same runs in a test marked iam_unchecked (its calls carry an operator's credentials)
+    refused = dispatch_without_table_grants()
+    # Then nothing was refused, and the message reached the upstream
+    assert refused == []
+    assert len(upstream.submits) == 1
