@@ -201,23 +201,6 @@ def test_a_copy_of_a_notification_already_delivered_is_dropped_when_its_post_fai
     assert api("GET", "/ng/v1/webhooks/failures", accounts["a"]["token"], query={"state": "dead"})[1]["data"] == []
 
 
-def test_a_second_copy_of_a_retrying_notification_gives_way_to_the_first(aws, accounts, delays, webhook):
-    # Given a notification that failed once and waits for its second attempt (in 2 minutes)
-    delays("120,120,120")
-    hook = webhook(500, 500)
-    account_id = accounts["a"]["account_id"]
-    publish(notification(account_id))
-    assert run_notifier(aws)["failed"] == 1
-    # When a second copy of it (SQS delivers at least once; a sweep queued it too) comes and fails as well
-    publish(notification(account_id))
-    result = run_notifier(aws)
-    # Then the copy is dropped, and the first goes on with the schedule: attempt 1 of 4 counted, one record hidden
-    assert result["failed"] == 0
-    assert [post["status"] for post in hook.posts] == [500, 500]
-    assert queue_counts(aws["NOTIFY_QUEUE_URL"]) == (0, 1)
-    assert (record_of(account_id, "dlr_1_3").state, record_of(account_id, "dlr_1_3").attempts) == ("retrying", 1)
-
-
 def test_a_copy_of_a_dead_notification_is_not_delivered_either_and_keeps_its_schedule(aws, accounts, delays, webhook):
     # Given a notification dead after its two attempts
     delays("0")

@@ -279,28 +279,6 @@ def test_a_failing_copy_of_a_dead_or_new_notification_is_not_taken_for_delivered
     assert copy.retry_in is not None
 
 
-def test_a_second_copy_of_a_failing_notification_does_not_cut_its_retry_schedule_short():
-    # Given a notification queued twice under its id (SQS delivered it twice, or a sweep and the callback both
-    # queued it) while the client's webhook is down, each copy failing on its own receives
-    store, delays = FailureStore(), DEFAULT
-    copies = [(NOW, "A", 1), (NOW + timedelta(minutes=2), "B", 1)]
-    dead_at, posts = None, 0
-    while copies:
-        copies.sort()
-        at, name, receives = copies.pop(0)
-        posts += 1
-        outcome = webhook_retries.record_failure(
-            store, notification(), failed(), attempt=receives, delays=delays, now=at, rand=lambda: 0.5
-        )
-        if outcome.retry_in is None:
-            dead_at = dead_at or at
-        elif not outcome.delivered_already and not outcome.another_copy_retrying:
-            copies.append((at + timedelta(seconds=outcome.retry_in), name, receives + 1))
-    # Then it is dead only once the whole schedule (about a day) ran, and posted no more often than one copy would
-    assert dead_at is not None and dead_at - NOW >= timedelta(seconds=sum(delays))
-    assert posts <= len(delays) + 2
-
-
 def test_only_a_notification_that_failed_before_can_have_a_failure_record_to_close():
     assert not webhook_retries.may_have_failure_record(notification(), 1)
     assert webhook_retries.may_have_failure_record(notification(), 2)

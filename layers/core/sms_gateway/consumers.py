@@ -655,11 +655,6 @@ def _notify_failed(
         logger.info("client webhook failed a copy of a delivered notification; dropped", extra=context)
         metrics.add_metric(name="WebhookCopiesDropped", unit="Count", value=1)
         return {"delivered": False, "delivered_already": True}
-    if outcome.another_copy_retrying:
-        # Another copy of the notification is on the retry schedule: SQS deletes this one, the schedule is that one's.
-        logger.info("client webhook failed a copy of a notification another record is retrying; dropped", extra=context)
-        metrics.add_metric(name="WebhookCopiesDropped", unit="Count", value=1)
-        return {"delivered": False, "another_copy_retrying": True}
     if outcome.retry_in is not None:
         logger.info("client webhook failed; retrying", extra={**context, "retry_in": outcome.retry_in})
         metrics.add_metric(name="WebhooksRetried", unit="Count", value=1)

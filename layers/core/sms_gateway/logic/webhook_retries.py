@@ -84,10 +84,6 @@ class FailureOutcome:
     # The record says the client got this notification already: this is a copy of it (SQS delivers at least once),
     # and its failure is nothing to retry, dead-letter or count.
     delivered_already: bool = False
-    # The record counts at least as many failed attempts as this copy took this one to be: another copy of the
-    # notification is on the queue, failing on a schedule of its own (attempt_of never guesses low for a lone copy).
-    # This one is dropped, and that one goes on with the schedule.
-    another_copy_retrying: bool = False
 
 
 def record_failure(
@@ -139,11 +135,6 @@ def record_failure(
         return outcome
     # Left alone: delivered, dead, or counted otherwise than guessed. One read, and only here.
     found = store.get_webhook_failure(outcome.failure.account_id, outcome.failure.notification_id)
-    if found is not None and found.state == "retrying" and found.attempts >= attempt:
-        # Two copies on the queue (an SQS duplicate; a sweep and a callback, or two resends, that both queued it):
-        # counted as one, each failure of either stepped the one count, and the notification was dead after half
-        # its schedule (about 12 h of 24, until session 35). The copy that finds the count ahead of its own gives way.
-        return replace(outcome, another_copy_retrying=True)
     if found is None or found.state in _COUNTED:
         counted = 0 if found is None or found.state == "resent" else found.attempts
         outcome = record(counted + 1)
