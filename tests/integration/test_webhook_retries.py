@@ -201,6 +201,32 @@ def test_a_copy_of_a_notification_already_delivered_is_dropped_when_its_post_fai
     assert api("GET", "/ng/v1/webhooks/failures", accounts["a"]["token"], query={"state": "dead"})[1]["data"] == []
 
 
+def test_a_notification_sqs_delivers_twice_while_the_webhook_fails_is_not_lost(aws, accounts, delays, webhook):
+    # Given a client webhook that fails twice and then answers, and one notification on the queue
+    from sms_gateway_tools.localstack.sqs_poller import failed_message_ids, lambda_record
+
+    delays("0,0")
+    hook = webhook(500, 500, 200)
+    account_id = accounts["a"]["account_id"]
+    publish(notification(account_id))
+    [message] = receive(aws["NOTIFY_QUEUE_URL"])
+    record = lambda_record(message, "arn:aws:sqs:us-east-1:123456789012:notify")
+    # When SQS delivers that one message twice (at least once: the same message, the same MessageId) and both
+    # deliveries' posts fail, each invocation's successes deleted as Lambda's event source mapping does
+    for _ in range(2):
+        response = load_function("notifier").handler({"Records": [record]}, FakeContext())
+        failed = failed_message_ids(response, [record["messageId"]])
+        assert failed is not None
+        if record["messageId"] not in failed:
+            boto3.client("sqs").delete_message(QueueUrl=aws["NOTIFY_QUEUE_URL"], ReceiptHandle=record["receiptHandle"])
+    # Then the message is still on the queue (neither delivery took the other's retry for a copy to drop, until
+    # session 35's f9a60fa did and the notification was never delivered), and its next attempt reaches the client
+    assert run_notifier(aws)["failed"] == 0
+    assert [post["status"] for post in hook.posts] == [500, 500, 200]
+    assert record_of(account_id, "dlr_1_3").state == "delivered"
+    assert queue_counts(aws["NOTIFY_QUEUE_URL"]) == (0, 0)
+
+
 def test_a_copy_of_a_dead_notification_is_not_delivered_either_and_keeps_its_schedule(aws, accounts, delays, webhook):
     # Given a notification dead after its two attempts
     delays("0")
