@@ -173,6 +173,8 @@ def test_what_the_document_calls_valid_is_what_the_dialects_take(aws):
         (body("/sms"), {**session_send, "recipient": [2348020000000.5]}),
         (body("/sms"), {**session_send, "order_id": "A-1"}),
         (body("/sms"), {**session_send, "message": "   "}),
+        (body("/sms"), {**session_send, "recipient": ""}),
+        (body("/sms"), {**session_send, "recipient": ["  "]}),
         (parameter("/ng/v1/inbounds", "limit"), "all"),
         (parameter("/ng/v1/inbounds", "limit"), 101),
         (parameter("/ng/v1/inbounds", "from"), "yesterday"),

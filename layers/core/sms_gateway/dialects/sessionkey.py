@@ -144,7 +144,7 @@ def _document_send_rules(schema: dict[str, Any]) -> None:
     }
     properties["sender"]["anyOf"].insert(1, {"type": "integer"})
     # One number or a list of them, each a string or a JSON number (a whole float is an integer to JSON Schema).
-    number = {"anyOf": [{"type": "string"}, {"type": "integer"}]}
+    number = {"anyOf": [{"type": "string", "minLength": 1, "pattern": NOT_BLANK}, {"type": "integer"}]}
     many = {**properties["recipient"], "items": number}
     properties["recipient"] = {"anyOf": [many, number], "title": "Recipient"}
     properties["message_type"] = {
