@@ -11,6 +11,7 @@ from bench.bench_dispatcher_throughput import LATENCY, _slot_cap
 from bench.remote_store import RemoteStore
 from sms_gateway.domain.models import ClaimOutcome, Message
 from sms_gateway.domain.status import MessageStatus
+from sms_gateway.ports import ScopeHeld
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -40,6 +41,19 @@ def test_rate_limit_counters_never_grant_past_the_limit_and_take_back_what_is_gi
     assert store.take_tokens("account:7", 101, 5, 50) == 5
     store.give_back_tokens("account:7", 100, 10)
     assert store.take_tokens("account:7", 100, 30, 50) == 10
+
+
+def test_a_held_scope_grants_nothing_in_its_seconds_and_says_until_when() -> None:
+    # A benchmark upstream answering 429 with Retry-After makes the dispatcher hold its route's counters.
+    store = RemoteStore("simulator", latency=0)
+    store.hold_scope("route:mtn", 1003.5, first_second=1000, seconds=3)
+    for second in (1000, 1002):
+        with pytest.raises(ScopeHeld) as held:
+            store.take_tokens("route:mtn", second, 5, 50)
+        assert held.value.until == 1003.5
+    assert store.take_tokens("route:mtn", 1003, 5, 50) == 5
+    assert store.take_tokens("account:7", 1000, 5, 50) == 5
+    assert store.requests["BatchWriteItem"] == 1
 
 
 def test_a_message_is_claimed_once_and_each_request_is_counted_after_its_latency() -> None:
