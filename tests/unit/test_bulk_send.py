@@ -262,7 +262,6 @@ def test_ctrl_c_keeps_what_was_accepted_and_sends_no_more(tmp_path: Path) -> Non
     assert len(ProgressFile(tmp_path / "p.jsonl", TARGET).accepted) == len(sent) == summary.count("accepted")
 
 
-@pytest.mark.xfail(strict=True, reason="a second Ctrl-C while rows in flight finish ends the run in a traceback")
 def test_review_a_second_ctrl_c_while_rows_in_flight_finish_still_ends_in_the_summary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

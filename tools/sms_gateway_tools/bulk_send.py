@@ -745,6 +745,17 @@ def send_rows(
         pool.shutdown()
     except KeyboardInterrupt:
         # Ctrl-C: rows in flight finish and are recorded, the rest are not sent; a rerun picks them up.
-        pool.shutdown(cancel_futures=True)
         summary.interrupted = True
+        _finish_in_flight(pool)
     return summary
+
+
+def _finish_in_flight(pool: _FewAheadPool) -> None:
+    """Waits for the rows in flight, those queued behind them cancelled. A further Ctrl-C does not cut the wait short:
+    the rows' answers are recorded and the run ends in its summary (until 2026-12-08 it ended in a traceback)."""
+    while True:
+        try:
+            pool.shutdown(cancel_futures=True)
+            return
+        except KeyboardInterrupt:
+            continue
