@@ -393,6 +393,41 @@ def test_a_csv_run_again_against_the_same_gateway_and_token_sends_nothing_twice(
     assert (out["accepted"], out["already_accepted"]) == (0, 2)
 
 
+@pytest.mark.xfail(strict=True, reason="Ctrl-C before the first row is sent ends send --csv in a traceback")
+@pytest.mark.parametrize("while_", ["checking-the-file", "reading-the-progress-file"])
+def test_review_ctrl_c_before_a_csv_send_starts_sends_nothing_and_says_so(
+    csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, while_: str
+) -> None:
+    from sms_gateway_tools import bulk_send
+
+    sends, csv_file, send_csv = csv_gateways
+    # Given a campaign sent before (its progress file records both rows), then grown by a row
+    assert send_csv("https://sms.example.com", "prod") == 0
+    with csv_file.open("a") as more:
+        more.write("2348040000000,Chidi\n")
+    capsys.readouterr()
+
+    # And a user who presses Ctrl-C while the file is read through before anything is sent (a big file takes a
+    # while), or while its progress file is read
+    def ctrl_c(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    if while_ == "checking-the-file":
+        monkeypatch.setattr(client_commands, "read_rows", ctrl_c)
+    else:
+        monkeypatch.setattr(bulk_send.ProgressFile, "_take", ctrl_c)
+    # When the run starts
+    try:
+        code: int | None = send_csv("https://sms.example.com", "prod")
+    except KeyboardInterrupt:
+        code = None
+    err = capsys.readouterr().err
+    # Then it ends as Ctrl-C does once rows go (exit 130, a line saying so), not in a traceback, and nothing is sent
+    assert code == client_commands.INTERRUPTED, "Ctrl-C escaped the command: a traceback"
+    assert "interrupted" in err, err
+    assert sends == {"https://sms.example.com prod": 2}
+
+
 def test_csv_progress_recorded_without_a_gateway_counts_for_none(
     csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str]
 ) -> None:
