@@ -393,7 +393,6 @@ def test_a_csv_run_again_against_the_same_gateway_and_token_sends_nothing_twice(
     assert (out["accepted"], out["already_accepted"]) == (0, 2)
 
 
-@pytest.mark.xfail(strict=True, reason="Ctrl-C before the first row is sent ends send --csv in a traceback")
 @pytest.mark.parametrize("while_", ["checking-the-file", "reading-the-progress-file"])
 def test_review_ctrl_c_before_a_csv_send_starts_sends_nothing_and_says_so(
     csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, while_: str

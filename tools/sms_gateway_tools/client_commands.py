@@ -192,7 +192,17 @@ def _fail(error: Exception) -> int:
 
 def _cmd_send(args: argparse.Namespace) -> int:
     if args.csv:
-        return _send_csv(args)
+        try:
+            return _send_csv(args)
+        except KeyboardInterrupt:
+            # Ctrl-C while the CSV or its progress file is read before any row goes, or while the summary is printed
+            # (during the send, `send_rows` lets the rows in flight finish and ends in the summary).
+            print(
+                f"interrupted: the rows accepted are recorded in {progress_path(Path(args.csv))}; run the same "
+                "command again to send the others",
+                file=sys.stderr,
+            )
+            return INTERRUPTED
     if not args.to or args.message is None:
         print("error: pass --to NUMBER and --message TEXT (or --csv FILE for a bulk send)", file=sys.stderr)
         return CANNOT_RUN
