@@ -427,7 +427,6 @@ def test_review_ctrl_c_before_a_csv_send_starts_sends_nothing_and_says_so(
     assert sends == {"https://sms.example.com prod": 2}
 
 
-@pytest.mark.xfail(strict=True, reason="a progress file saved with a UTF-8 byte order mark loses its first entry")
 def test_review_a_progress_file_saved_with_a_byte_order_mark_still_counts_its_first_row(
     csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str]
 ) -> None:

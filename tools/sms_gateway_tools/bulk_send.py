@@ -343,7 +343,8 @@ class ProgressFile:
         self._read_any = False
         try:
             if path.exists():
-                with path.open(encoding="utf-8") as lines:
+                # A byte order mark in front (a Windows tool saved the file) is not part of its first line.
+                with path.open(encoding="utf-8-sig") as lines:
                     for line in lines:
                         self._take(line)
         except (OSError, UnicodeDecodeError) as error:
