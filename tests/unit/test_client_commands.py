@@ -313,6 +313,12 @@ def csv_gateways(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CsvGateways
     return sends, csv_file, lambda api_url, token: cli.main([*run, "--api-url", api_url, "--token", token])
 
 
+def _rewrite_progress(csv_file: Path, rewrite: Callable[[bytes], bytes]) -> None:
+    """Rewrites the CSV's progress file as `rewrite` makes it from its bytes (an older version or another tool)."""
+    progress = csv_file.with_name(csv_file.name + ".sent.jsonl")
+    progress.write_bytes(rewrite(progress.read_bytes()))
+
+
 def test_a_csv_sent_to_one_gateway_is_still_sent_to_another(
     csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -434,8 +440,7 @@ def test_review_a_progress_file_saved_with_a_byte_order_mark_still_counts_its_fi
     # Given a campaign sent, whose progress file was then saved by a Windows tool (PowerShell's Set-Content -Encoding
     # UTF8, .NET's Encoding.UTF8: a byte order mark in front, CRLF line ends)
     assert send_csv("https://sms.example.com", "prod") == 0
-    progress = csv_file.with_name("customers.csv.sent.jsonl")
-    progress.write_bytes(b"\xef\xbb\xbf" + progress.read_bytes().replace(b"\n", b"\r\n"))
+    _rewrite_progress(csv_file, lambda lines: b"\xef\xbb\xbf" + lines.replace(b"\n", b"\r\n"))
     capsys.readouterr()
     # When the same command is run again
     code = send_csv("https://sms.example.com", "prod")
@@ -453,9 +458,12 @@ def test_csv_progress_recorded_without_a_gateway_counts_for_none(
     sends, csv_file, send_csv = csv_gateways
     # Given a progress file written by an older version, which recorded rows without the gateway they went to
     assert send_csv("http://127.0.0.1:3000", "local") == 0
-    progress = csv_file.with_name("customers.csv.sent.jsonl")
-    entries = [json.loads(line) for line in progress.read_text().splitlines()]
-    progress.write_text("".join(json.dumps({k: v for k, v in e.items() if k != "target"}) + "\n" for e in entries))
+
+    def without_targets(lines: bytes) -> bytes:
+        entries = [json.loads(line) for line in lines.splitlines()]
+        return "".join(json.dumps({k: v for k, v in e.items() if k != "target"}) + "\n" for e in entries).encode()
+
+    _rewrite_progress(csv_file, without_targets)
     capsys.readouterr()
     # When the file is sent to production
     assert send_csv("https://sms.example.com", "prod") == 0
