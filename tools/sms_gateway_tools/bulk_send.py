@@ -11,7 +11,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, fields
 from itertools import chain, islice
 from pathlib import Path
 from string import Formatter
@@ -425,15 +425,25 @@ CREATE TABLE results (
 CREATE INDEX results_by_line ON results (line);
 CREATE INDEX results_by_outcome ON results (outcome, line);
 """
-# Each result with its rowid, in line order, a page after a (line, rowid): all of them, or those of one outcome.
-_RESULTS_AFTER = (
-    'SELECT rowid, line, "to", outcome, key, reference_id, cost, reason FROM results '
-    "WHERE (line, rowid) > (?, ?) ORDER BY line, rowid LIMIT ?"
-)
-_OUTCOME_AFTER = (
-    'SELECT rowid, line, "to", outcome, key, reference_id, cost, reason FROM results '
-    "WHERE outcome = ? AND (line, rowid) > (?, ?) ORDER BY line, rowid LIMIT ?"
-)
+# The columns a result is written to and read back from, RowResult's fields in its order: a field added to RowResult
+# without its column in RESULTS_SCHEMA is an error, not a result read back into the wrong fields.
+_RESULT_COLUMNS = ", ".join(f'"{field.name}"' for field in fields(RowResult))
+_RESULT_MARKS = ", ".join("?" * len(fields(RowResult)))
+_INSERT_RESULT = f"INSERT INTO results ({_RESULT_COLUMNS}) VALUES ({_RESULT_MARKS})"  # noqa: S608 - names of ours
+
+
+def _results_after(condition: str = "") -> str:
+    """Each result with its rowid (first), in line order, a page after a (line, rowid): all of them, or those
+    meeting `condition`."""
+    meeting = f"{condition} AND " if condition else ""
+    return (
+        f"SELECT rowid, {_RESULT_COLUMNS} FROM results "  # noqa: S608 - only names of ours, values are ?
+        f"WHERE {meeting}(line, rowid) > (?, ?) ORDER BY line, rowid LIMIT ?"
+    )
+
+
+_RESULTS_AFTER = _results_after()
+_OUTCOME_AFTER = _results_after("outcome = ?")
 # The outcomes whose rows the gateway accepted, now or in an earlier run: the run's cost.
 ACCEPTED_OUTCOMES = ("accepted", "already_accepted")
 
@@ -467,7 +477,7 @@ class Summary:
             if self.results_lost:
                 return
             try:
-                self._results.write("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?)", astuple(result))
+                self._results.write(_INSERT_RESULT, astuple(result))
             except ScratchFailed:
                 self.results_lost = True
                 raise
