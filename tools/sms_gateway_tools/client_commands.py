@@ -447,20 +447,19 @@ def _note_untargeted(progress: ProgressFile) -> None:
 
 
 def _print_summary(summary: Summary, progress: Path, balance: int | None = None) -> None:
-    counts = summary.to_dict()
-    cost = counts["cost"] if counts["cost"] is not None else f"{summary.cost} (some costs unknown: see `status`)"
+    cost = summary.cost if summary.cost_known else f"{summary.cost} (some costs unknown: see `status`)"
     _print_rows(
         [
-            {"outcome": "would be accepted" if summary.dry_run else "accepted", "rows": counts["accepted"]},
-            {"outcome": "already accepted (earlier run)", "rows": counts["already_accepted"]},
-            {"outcome": "duplicate rows (sent once)", "rows": counts["duplicates"]},
-            {"outcome": "rejected", "rows": counts["rejected"]},
+            {"outcome": "would be accepted" if summary.dry_run else "accepted", "rows": summary.count("accepted")},
+            {"outcome": "already accepted (earlier run)", "rows": summary.count("already_accepted")},
+            {"outcome": "duplicate rows (sent once)", "rows": summary.count("duplicate")},
+            {"outcome": "rejected", "rows": summary.count("rejected")},
             *(
-                [{"outcome": "key used with the number written another way", "rows": counts["key_used"]}]
-                if counts["key_used"]
+                [{"outcome": "key used with the number written another way", "rows": summary.count("key_used")}]
+                if summary.count("key_used")
                 else []
             ),
-            {"outcome": "total", "rows": counts["rows"]},
+            {"outcome": "total", "rows": summary.rows},
         ],
         ["outcome", "rows"],
     )
