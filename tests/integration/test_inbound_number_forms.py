@@ -148,3 +148,48 @@ def test_a_national_sender_is_read_in_the_upstream_s_country_whatever_the_accoun
     [stored] = gateway().store.list_inbounds(account["account_id"])[0]
     assert stored.msisdn == f"+{HANDSET}"
     assert f"+{HANDSET}" in gateway().store.opted_out(account["account_id"], LONG_CODE, [f"+{HANDSET}"])
+
+
+@pytest.mark.xfail(strict=True, reason="a long code registered in national form is not found for an international `to`")
+@pytest.mark.parametrize("settings", [{}, {"country": "NG"}])
+@pytest.mark.parametrize("to", ["+2348020000011", "2348020000011", "002348020000011"])
+def test_a_long_code_registered_in_national_form_gets_its_sms_sent_to_it_in_international_form(aws, to, settings):
+    # Given an account (default country NG) that registered its long code as it writes it at home, 08020000011,
+    # and Kannel, with or without its country, delivering its SMS
+    from sms_gateway_tools.admin import create_account, set_sender
+
+    kannel(aws, **settings)
+    account = create_account(name="Cinema Club", senders=["08020000011"], credits=100)
+    set_sender(account_id=account["account_id"], sender="08020000011", inbound_upstreams=["kannel"])
+    # When a handset's SMS to it comes with the number in international form, as most upstreams write it
+    answer = load_function("webhook").handler(kannel_mo(f"+{HANDSET}", to, "STOP"), FakeContext())
+    # Then it reaches the account under the number as registered, and its STOP opts the handset out of it
+    assert answer["statusCode"] == 200, answer
+    from sms_gateway.bootstrap import gateway
+
+    store = gateway().store
+    [stored] = store.list_inbounds(account["account_id"])[0]
+    assert (stored.msisdn, stored.to) == (f"+{HANDSET}", "08020000011")
+    assert f"+{HANDSET}" in store.opted_out(account["account_id"], "08020000011", [f"+{HANDSET}"])
+
+
+@pytest.mark.xfail(strict=True, reason="a long code registered in national form is not found for an international `to`")
+def test_a_national_form_is_the_number_it_names_in_its_account_s_country_not_another_country_s(aws):
+    # Given an account in Ghana that registered its long code as written there, 0241234567 (+233 24 123 4567),
+    # which is also how Australia writes +61 2 4123 4567 at home
+    from sms_gateway_tools.admin import create_account, set_account, set_sender
+
+    kannel(aws)
+    account = create_account(name="Accra Club", senders=["0241234567"], credits=100)
+    set_account(account_id=account["account_id"], country="GH")
+    set_sender(account_id=account["account_id"], sender="0241234567", inbound_upstreams=["kannel"])
+    webhook = load_function("webhook")
+    # When an SMS comes to each of the two numbers, in international form
+    for to, message_id in (("+61241234567", "mo-au"), ("+233241234567", "mo-gh")):
+        answer = webhook.handler(kannel_mo(f"+{HANDSET}", to, "Hi", message_id), FakeContext())
+        assert answer["statusCode"] == 200, answer
+    # Then only the one to the Ghanaian number reaches the account
+    from sms_gateway.bootstrap import gateway
+
+    [stored] = gateway().store.list_inbounds(account["account_id"])[0]
+    assert (stored.upstream_message_id, stored.to) == ("mo-gh", "0241234567")
