@@ -261,6 +261,48 @@ def test_timeouts_and_connection_errors_are_transient(failure: Exception) -> Non
     assert (raised.value.permanent, raised.value.unavailable) == (False, True)
 
 
+SEED_TIME = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z"
+
+
+@pytest.mark.xfail(strict=True, reason="an AT date of a year before 1000 reaches the client as 1-01-01T..., no date")
+@pytest.mark.parametrize(
+    ("date", "expected"),
+    [("0001-01-01 00:00:00", "0001-01-01T00:00:00.000000Z"), ("0999-12-31T23:59:59Z", "0999-12-31T23:59:59.000000Z")],
+)
+def test_an_incoming_date_of_an_early_year_reaches_the_client_in_the_seed_s_form(date: str, expected: str) -> None:
+    # Until session 36 its year was not padded ("1-01-01T00:00:00.000000Z"), and a client parsing sent_date with the
+    # seed's format (yyyy-MM-dd'T'HH:mm:ss.SSSSSS'Z') failed on it
+    sms = provider(FakeAT()).parse_inbound(callback("inbound", incoming_body(date=date)))
+    assert sms.received_at == expected
+
+
+@pytest.mark.xfail(strict=True, reason="an AT date that names no time is replaced silently, without a log")
+@pytest.mark.parametrize("date", ["yesterday", "2024-13-45 10:00:00", "x" * 100_000])
+def test_end_to_end_an_incoming_message_with_a_date_that_names_no_time_is_taken_as_sent_when_it_came_and_logged(
+    aws, at_upstream, date: str
+) -> None:
+    from sms_gateway_tools.admin import create_account
+    from tests.integration.test_operations_metrics import log_lines_at
+
+    # Given an account owning the short code AT delivers
+    account = create_account(name="Cinema Club", senders=["48974"], credits=100)
+    webhook = load_function("webhook")
+    before = iso(datetime.now(UTC))
+    # When AT posts an SMS whose date names no time
+    with log_lines_at("INFO") as lines:
+        answer = webhook.handler(webhook_event("inbound", incoming_body(date=date), CALLBACK_TOKEN), FakeContext())
+    # Then AT's post is taken, the SMS stored as sent when it came, in the seed's form
+    assert answer["statusCode"] == 200, answer
+    from sms_gateway.bootstrap import gateway
+
+    [stored] = gateway().store.list_inbounds(account["account_id"])[0]
+    assert before <= stored.received_at <= iso(datetime.now(UTC))
+    # And the operator reads why, with (the start of) what AT wrote
+    [warning] = [line for line in lines if "names no time" in line["message"]]
+    assert warning["level"] == "WARNING"
+    assert (warning["upstream"], warning["date"]) == ("africastalking", date[:64])
+
+
 @pytest.mark.parametrize("body", [{"unexpected": True}, sent(recipient(101, "Success", message_id="None"))])
 def test_an_acceptance_we_cannot_read_is_not_retried(body: dict[str, Any]) -> None:
     # AT took the request; a retry could send the text twice, and the fallback too
