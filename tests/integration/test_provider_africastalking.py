@@ -547,6 +547,39 @@ def test_end_to_end_an_at_delivery_report_finds_its_message_by_the_upstream_id(a
     assert entry["status"] == "delivered"
 
 
+# The longest error_code stored and forwarded (docs/delivery-reports.md): an upstream's longer one is cut to it.
+ERROR_CODE_MOST = 64
+
+
+@pytest.mark.xfail(strict=True, reason="an upstream's error code is stored and forwarded whatever its length")
+@pytest.mark.parametrize("length", [100_000, 250_000])
+def test_end_to_end_a_failure_reason_of_any_length_is_stored_and_forwarded_cut_to_the_documented_length(
+    aws, at_upstream, length: int
+) -> None:
+    from sms_gateway_tools.admin import create_account
+    from tests.integration.test_notifications_and_inbound_edges import queued_notifications
+
+    # Given a message AT took
+    account = create_account(name="Cinema Club", senders=["48974"], credits=100)
+    event = load_event("api-sendsms-9bits.json", YOUR_API_Token=account["token"])
+    event["body"] = json.dumps({**json.loads(event["body"]), "delivery_report": "yes"})
+    reference_id = json.loads(load_function("api").handler(event, FakeContext())["body"])["reference_id"]
+    assert dispatch_queued(aws) == {"batchItemFailures": []}
+    # When AT reports it failed, with a failure reason of `length` characters (a broken or hostile upstream)
+    reason = "DeliveryFailure" + "x" * length
+    body = delivery_report_body("Failed", failureReason=reason)
+    answer = load_function("webhook").handler(webhook_event("dlr", body, CALLBACK_TOKEN), FakeContext())
+    # Then the report is taken (never a 5xx the upstream would post again for ever): the message is failed and
+    # refunded, its error_code the reason's first ERROR_CODE_MOST characters, stored and forwarded so
+    assert answer["statusCode"] == 200, answer
+    from sms_gateway.bootstrap import gateway
+
+    [message] = gateway().store.list_messages(account["account_id"], int(reference_id))[0]
+    assert (message.status, message.error_code) == (MessageStatus.FAILED, reason[:ERROR_CODE_MOST])
+    forwarded = [n["payload"] for n in queued_notifications(aws) if n.get("kind") == "dlr"]
+    assert [entry.get("error_code") for entry in forwarded] == [reason[:ERROR_CODE_MOST]]
+
+
 def test_end_to_end_an_at_incoming_message_reaches_the_account_that_owns_the_shortcode(aws, at_upstream) -> None:
     from sms_gateway_tools.admin import create_account
 
