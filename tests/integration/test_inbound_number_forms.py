@@ -150,7 +150,6 @@ def test_a_national_sender_is_read_in_the_upstream_s_country_whatever_the_accoun
     assert f"+{HANDSET}" in gateway().store.opted_out(account["account_id"], LONG_CODE, [f"+{HANDSET}"])
 
 
-@pytest.mark.xfail(strict=True, reason="a long code registered in national form is not found for an international `to`")
 @pytest.mark.parametrize("settings", [{}, {"country": "NG"}])
 @pytest.mark.parametrize("to", ["+2348020000011", "2348020000011", "002348020000011"])
 def test_a_long_code_registered_in_national_form_gets_its_sms_sent_to_it_in_international_form(aws, to, settings):
@@ -173,7 +172,6 @@ def test_a_long_code_registered_in_national_form_gets_its_sms_sent_to_it_in_inte
     assert f"+{HANDSET}" in store.opted_out(account["account_id"], "08020000011", [f"+{HANDSET}"])
 
 
-@pytest.mark.xfail(strict=True, reason="a long code registered in national form is not found for an international `to`")
 def test_a_national_form_is_the_number_it_names_in_its_account_s_country_not_another_country_s(aws):
     # Given an account in Ghana that registered its long code as written there, 0241234567 (+233 24 123 4567),
     # which is also how Australia writes +61 2 4123 4567 at home

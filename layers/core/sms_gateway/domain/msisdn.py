@@ -88,6 +88,26 @@ def read_in_country(raw: str, country: str) -> str | None:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164).removeprefix("+")
 
 
+def national_digits(international: str) -> str | None:
+    """The digits of a number given in international digits as it is written at home, in its own country's national
+    form: `2348020000011` is `08020000011`, `12125550123` `2125550123`. For finding a number registered so, never for
+    taking a new one: read by its length alone, like `read_in_country`. None when it can be no number anywhere, or is
+    written the same either way."""
+    import phonenumbers
+
+    if not (international.isascii() and international.isdigit()) or len(international) > _MAX_DIGITS:
+        return None
+    try:
+        parsed = phonenumbers.parse("+" + international, None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(parsed):
+        return None
+    national = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
+    digits = "".join(character for character in national if character in _DIGITS)
+    return digits if digits and digits != international else None
+
+
 def region_code(code: str) -> str | None:
     """`code` as the ISO 3166 region `phonenumbers` knows it by (`ng` is `NG`), or None when it is none."""
     import phonenumbers

@@ -18,7 +18,7 @@ from sms_gateway.domain.models import (
     StoredInbound,
     usable_upstream_id,
 )
-from sms_gateway.domain.msisdn import InvalidMsisdn, Msisdn, parse_msisdn
+from sms_gateway.domain.msisdn import InvalidMsisdn, Msisdn, national_digits, parse_msisdn, read_in_country
 from sms_gateway.domain.optouts import keyword_request
 from sms_gateway.domain.routing import RouteTable
 from sms_gateway.domain.senders import MAX_INBOUND_SENDER, inbound_sender, recipient_forms
@@ -162,9 +162,11 @@ def _with_usable_id(sms: InboundSms) -> InboundSms:
 
 def _recipient(to: str, deps: InboundDependencies) -> tuple[str, SenderRegistration | None]:
     """The number an SMS was sent to, in the form its account registered it, with its registration: looked up as the
-    upstream wrote it, then in international form (`recipient_forms`). None registered: its international form (a
-    number is registered so, and released so), with None. One longer than any sender (MAX_INBOUND_SENDER) is refused,
-    as such a sender is: it can be no number of ours, and DynamoDB refuses a lookup by a key over 2048 bytes."""
+    upstream wrote it, then in international form (`recipient_forms`), then in the national form of its own country
+    (`_registered_national`: an operator may register a long code as its account writes it at home). None
+    registered: its international form (a number is registered so, and released so), with None. One longer than any
+    sender (MAX_INBOUND_SENDER) is refused, as such a sender is: it can be no number of ours, and DynamoDB refuses a
+    lookup by a key over 2048 bytes."""
     if len(to) > MAX_INBOUND_SENDER:
         raise CallbackRejected(f"inbound SMS to a number longer than {MAX_INBOUND_SENDER} characters")
     forms = recipient_forms(to, deps.upstream_country)
@@ -172,7 +174,25 @@ def _recipient(to: str, deps: InboundDependencies) -> tuple[str, SenderRegistrat
         registration = deps.accounts.sender_registration(form)
         if registration is not None:
             return form, registration
-    return forms[-1], None
+    return _registered_national(forms[-1], deps) or (forms[-1], None)
+
+
+def _registered_national(international: str, deps: InboundDependencies) -> tuple[str, SenderRegistration] | None:
+    """The number given in `international` digits as registered in national form (`08020000011` for
+    `2348020000011`), with its registration; None when it is not. Until session 36 such a number got only the SMS an
+    upstream wrote in that same national form, and every other was dropped as to a number no account owns. A national
+    form is a number only in a country: it is taken for this one only when its account's default country (or the
+    upstream's `country`) reads it so, never for another country's number written alike at home (Ghana's 024 123 4567
+    is also Australia's 02 4123 4567)."""
+    national = national_digits(international)
+    registration = deps.accounts.sender_registration(national) if national else None
+    if national is None or registration is None:
+        return None
+    account = deps.accounts.get_account(registration.account_id)
+    countries = {account.default_country if account is not None else None, deps.upstream_country}
+    if any(country and read_in_country(national, country) == international for country in countries):
+        return national, registration
+    return None
 
 
 def _apply_keyword_to_released_sender(upstream: str, sms: InboundSms, deps: InboundDependencies) -> None:
