@@ -190,10 +190,7 @@ class NinebitsProvider:
 
     def parse_inbound(self, request: CallbackRequest) -> InboundSms:
         payload = _json_object(request.body, "9bits inbound SMS")
-        try:
-            sender, to, text = str(payload["from"]), str(payload["to"]), str(payload["message"])
-        except KeyError as error:
-            raise CallbackRejected(f"not a 9bits inbound SMS: {error} is missing") from error
+        sender, to, text = (_inbound_field(payload, name) for name in ("from", "to", "message"))
         return InboundSms(
             upstream=self.name,
             upstream_message_id=_inbound_id(request, payload),
@@ -207,6 +204,21 @@ class NinebitsProvider:
         )
         # Their ref_id is not taken: it is the one we submitted (our message's reference), and a reply's ref_id is our
         # client's own, of the message the reply answers (logic/inbound.py, docs/dialects/9bits.md).
+
+
+def _inbound_field(payload: dict[str, Any], name: str) -> str:
+    """A field of their "Receive SMS" body as text: a string, or a number written as a JSON number (a PHP gateway's
+    `2348020000000` unquoted). CallbackRejected for one missing, null or anything else: until session 36 a null
+    `from` was taken as the text "None", and the SMS stored and forwarded from the sender "None"."""
+    if name not in payload:
+        raise CallbackRejected(f"not a 9bits inbound SMS: `{name}` is missing")
+    value = payload[name]
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    shown = "null" if value is None else type(value).__name__
+    raise CallbackRejected(f"not a 9bits inbound SMS: `{name}` must be text, not {shown}")
 
 
 def _inbound_id(request: CallbackRequest, payload: dict[str, Any]) -> str:
