@@ -21,8 +21,11 @@ def utc_now() -> datetime:
 
 
 def iso(moment: datetime) -> str:
-    """Timestamps travel as ISO 8601 UTC with microseconds and a Z, as the 9bits seed writes `sent_date`."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Timestamps travel as ISO 8601 UTC with microseconds and a Z, as the 9bits seed writes `sent_date`. The year
+    always in four digits: strftime's %Y writes year 1 as `1` on Linux, and until session 36 an upstream's time of a
+    year before 1000 reached clients as `1-01-01T00:00:00.000000Z`, which no seed-format parser reads."""
+    utc = moment.astimezone(UTC)
+    return f"{utc.year:04d}-" + utc.strftime("%m-%dT%H:%M:%S.%fZ")
 
 
 # The longest session_id a client may send (the 9bits dialect's send): an upstream's session longer than that could

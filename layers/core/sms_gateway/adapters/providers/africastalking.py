@@ -39,6 +39,7 @@ from sms_gateway.adapters.http import (
     scrubbed,
     unreadable_take,
 )
+from sms_gateway.adapters.providers.times import sent_time
 from sms_gateway.adapters.providers.tokens import (
     MIN_TOKEN_LENGTH,
     TOKEN_PARAM,
@@ -255,8 +256,8 @@ class AfricasTalkingProvider:
                 # Shortcodes arrive as digits, long numbers may carry "+": ours are registered as digits.
                 to=fields["to"].lstrip("+"),
                 text=fields.get("text", ""),
-                # Read as every upstream's time is (InboundSms: into UTC, or when it came when AT gave none).
-                received_at=fields.get("date", ""),
+                # Read into UTC, or when it came (logged) when AT's `date` names no time.
+                received_at=sent_time(self.name, fields.get("date")),
             )
         except KeyError as error:
             raise CallbackRejected(f"not an africastalking incoming message: {error} missing") from error

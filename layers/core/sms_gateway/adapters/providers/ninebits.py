@@ -34,6 +34,7 @@ from sms_gateway.adapters.http import (
     refuses_our_account,
     scrubbed,
 )
+from sms_gateway.adapters.providers.times import sent_time
 from sms_gateway.domain import webhooks
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
 from sms_gateway.domain.status import MessageStatus
@@ -197,8 +198,8 @@ class NinebitsProvider:
             msisdn=sender,
             to=to.lstrip("+"),
             text=text,
-            # In our one form, or when it came when they gave none (InboundSms normalises every upstream's time).
-            received_at=_text(payload.get("sent_date")) or "",
+            # In our one form, or when it came (logged) when their sent_date names no time.
+            received_at=sent_time(self.name, _text(payload.get("sent_date"))),
             session_id=_text(payload.get("session_id")),
             telco=_text(payload.get("telco")),
         )
