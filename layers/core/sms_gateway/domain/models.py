@@ -463,6 +463,18 @@ MAX_PART_ID_LENGTH = 64
 PartKey = Annotated[int, Field(ge=1)] | Annotated[str, Field(min_length=1, max_length=MAX_PART_ID_LENGTH)]
 
 
+# The longest error code an upstream's report leaves on a message (AT's `UserInBlacklist`, Jasmin's `ESME_RINVDSTADR`,
+# Kannel's `0x0000000b`, Twilio's `30003` are far shorter): stored on the message and its held reports, and forwarded
+# to the client, cut to this. Until session 36 any length was: an upstream's 100 KB `failureReason` was stored and
+# forwarded whole, and a few held on one message id made its item too large for DynamoDB (its DLRs then failed 5xx,
+# and were posted again for ever).
+MAX_ERROR_CODE_LENGTH = 64
+
+
+def _error_code(value: object) -> object:
+    return value[:MAX_ERROR_CODE_LENGTH] if isinstance(value, str) else value
+
+
 class DeliveryReport(Record):
     """A DLR as an upstream told it, mapped to our status model."""
 
@@ -470,7 +482,8 @@ class DeliveryReport(Record):
     upstream_message_id: str | None = None
     client_ref: str | None = None
     status: MessageStatus
-    error_code: str | None = None
+    # The upstream's, cut to MAX_ERROR_CODE_LENGTH.
+    error_code: Annotated[str | None, BeforeValidator(_error_code)] = None
     # Every adapter's time, normalised here once: what it wrote is only a hint of the form.
     reported_at: Annotated[str | None, BeforeValidator(upstream_time)] = None
     # Set when the upstream reports each part of a multi-part message on its own: the part's number (1-based), or
