@@ -1460,3 +1460,43 @@ def test_a_send_whose_body_starts_with_a_utf8_bom_is_read_as_its_json(aws, accou
     # Then it is sent, as the same body without the mark is
     assert response["statusCode"] == 200, response["body"]
     assert json.loads(response["body"])["recipients_processed"] == 1
+
+
+@pytest.mark.xfail(strict=True, reason="a killed cancel's retry answers nothing cancelled")
+@pytest.mark.parametrize("dialect", ["9bits", "session-key"])
+def test_a_cancel_killed_once_done_before_it_answered_is_answered_as_done_by_its_retry(aws, account, api, dialect):
+    from sms_gateway.bootstrap import gateway
+    from tests.integration.test_idempotency_and_credits import Killed, die_once
+    from tests.integration.test_session_key_dialect import answer, log_in, route_event
+
+    # Given a batch of two scheduled an hour ahead (98 of 100 credits left), whose cancel's Lambda is killed (timeout,
+    # memory) once the cancel is done (batch and messages cancelled, credits back, schedule deleted), before it
+    # claimed the batch's cancel answer: the client got no answer
+    reference_id = schedule_two_an_hour_ahead(api, account)
+    keys = log_in(api, account) if dialect == "session-key" else None
+
+    def cancel() -> tuple[int, dict[str, Any]]:
+        if keys is None:
+            return call(api, account["token"], "DELETE", f"/ng/v1/batches/{reference_id}")
+        response = api(route_event("DELETE", f"/sms/{reference_id}", keys))
+        return response["statusCode"], answer(response)
+
+    with pytest.MonkeyPatch.context() as killed:
+        die_once(killed, gateway().store, "claim_cancel_answer")
+        with pytest.raises(Killed):
+            cancel()
+    assert balance(account["account_id"]) == 100
+    assert schedule_names(aws) == []
+    # When the client sends its cancel again
+    status, body = cancel()
+    # Then it is told what the cancel did: cancelled, with the 2 credits it gave back (not "nothing refunded", nor
+    # the session-key family's 404 "order cannot be removed", for an order it removed)
+    assert status == 200, body
+    if keys is None:
+        assert (body["status"], body["refunded_credits"], body["balance"]) == ("cancelled", 2, 100), body
+    else:
+        assert body == {"result": "OK"}
+    # And nothing moved twice, and a later repeat answers nothing more
+    assert balance(account["account_id"]) == 100
+    if keys is None:
+        assert cancel()[1]["refunded_credits"] == 0
