@@ -1462,7 +1462,6 @@ def test_a_send_whose_body_starts_with_a_utf8_bom_is_read_as_its_json(aws, accou
     assert json.loads(response["body"])["recipients_processed"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="a killed cancel's retry answers nothing cancelled")
 @pytest.mark.parametrize("dialect", ["9bits", "session-key"])
 def test_a_cancel_killed_once_done_before_it_answered_is_answered_as_done_by_its_retry(aws, account, api, dialect):
     from sms_gateway.bootstrap import gateway

@@ -144,7 +144,8 @@ def cancel_batch(
     finishes the cancel itself (logic.scheduled) and can refund the messages before this call gets to them; it
     answers no one, and the cancel still answers what it gave back.
     A cancel that died after the batch's write (messages still scheduled, and charged) is finished by the next one,
-    which answers with all the cancel gave back. A cancel that gives back nothing of a batch already cancelled
+    which answers with all the cancel gave back; so is one killed once it was done, before it claimed its answer (the
+    client never got one): its retry answers what it did. A cancel of a batch whose cancel was answered already
     raises AlreadyCancelled (a Conflict): each dialect says what a repeated cancel answers."""
     batch = get_batch(messages, account_id, reference_id)
     if batch.status in ONLY_SCHEDULED:
@@ -160,10 +161,11 @@ def cancel_batch(
         # Named as the client reads it (a released batch is stored queued for good, but reads completed once sent).
         status = batch_view(messages, account_id, reference_id).status
         raise Conflict(f"only a scheduled batch can be cancelled; this one is {status}")
-    given_back, batch_messages = _finish_cancel(messages, scheduler, account_id, reference_id, now=now)
-    # Giving nothing back, it only repeats a cancel that was done; giving some back, it finished one that died or is
-    # still under way, and answers the refund unless that one does.
-    answered = messages.claim_cancel_answer(account_id, reference_id) if given_back else None
+    _, batch_messages = _finish_cancel(messages, scheduler, account_id, reference_id, now=now)
+    # It finished a cancel that died or is still under way, or one that was done: it answers the refund unless another
+    # cancel did, whether or not it gave any of it back itself. The one that did it all may have been killed after its
+    # last write, before it claimed the answer: no cancel answered then, and the client's retry is this one.
+    answered = messages.claim_cancel_answer(account_id, reference_id)
     if answered is None:
         raise AlreadyCancelled(batch)
     return answered, cancel_refund(answered, batch_messages)
