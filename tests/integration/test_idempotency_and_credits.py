@@ -699,43 +699,6 @@ def test_an_unkeyed_send_given_an_id_another_batch_has_takes_nothing_and_leaves_
 
 
 @pytest.mark.parametrize("keyed", ["Idempotency-Key", "ref_id"])
-def test_a_keyed_send_given_an_id_another_batch_has_is_a_503_to_retry_as_an_unkeyed_one_is(
-    aws, api, monkeypatch, keyed
-):
-    from sms_gateway.domain import ids
-    from sms_gateway.logic import idempotency
-
-    # Given a batch sent and charged (30 credits), and a keyed send whose key's new id happens to be the same (two
-    # containers' ids met in one millisecond with the same random bits)
-    account = make_account(100)
-    first = api(send_event(account["token"], {"from": "48974", "to": NUMBERS, "message": "thirty of them"}))
-    taken = int(json.loads(first["body"])["reference_id"])
-    new_ids = iter([taken])
-    monkeypatch.setattr(idempotency, "new_batch_id", lambda: next(new_ids, None) or ids.new_batch_id())
-    body = {"from": "48974", "to": NUMBERS[:5], "message": "five"}
-
-    def request() -> dict[str, Any]:
-        if keyed == "ref_id":
-            return send_event(account["token"], {**body, "ref_id": "five-1"})
-        return with_key(send_event(account["token"], body), "five-1")
-
-    # When it is sent
-    answer = api(request())
-    # Then it is the 503 to retry an unkeyed send gets (not a 409, which says the key was used for another request
-    # or is still being processed: a client would not send again), it takes nothing and leaves the first batch alone
-    assert answer["statusCode"] == 503, answer
-    assert "try again" in json.loads(answer["body"])["message"]
-    [batch] = batches_of(account["account_id"])
-    assert (batch.reference_id, batch.status) == (taken, "queued")
-    assert balance(account["account_id"]) == 70
-    # And its retry under the same key is sent once
-    retry = api(request())
-    assert retry["statusCode"] == 200, retry
-    assert balance(account["account_id"]) == 65
-
-
-@pytest.mark.xfail(strict=True, reason="a keyed first attempt whose new id is taken answers 503")
-@pytest.mark.parametrize("keyed", ["Idempotency-Key", "ref_id"])
 @pytest.mark.parametrize("dies", [False, True], ids=["answered", "killed-after-its-batch"])
 def test_a_keyed_send_whose_first_id_another_batch_has_is_sent_under_another_once(aws, api, monkeypatch, keyed, dies):
     from sms_gateway.adapters.dynamodb import DynamoStore

@@ -198,7 +198,8 @@ class TestSend:
         from sms_gateway.logic import idempotency
 
         # Given a batch sent from Compose, and a new form whose send gets the same new id (two containers' ids met
-        # in one millisecond with the same random bits): the store refuses it, "batch ... exists already"
+        # in one millisecond with the same random bits), and again each time it draws another, until it gives up
+        # (logic.idempotency.NEW_ID_TRIES): the store refuses it, "batch ... exists already"
         taken = reference_of(client.post(COMPOSE, compose_form(client, numbers=MTN)))
         form = compose_form(client, numbers=AIRTEL, text="Another text")
         with monkeypatch.context() as ids_meet:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from sms_gateway.domain.models import KeyClaim, StoredAnswer
-from sms_gateway.errors import InsufficientCredits, Unavailable
-from sms_gateway.logic.idempotency import SEND_LEASE, run_once
+from sms_gateway.errors import IdTaken, InsufficientCredits, Unavailable
+from sms_gateway.logic.idempotency import NEW_ID_TRIES, SEND_LEASE, run_once
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -152,3 +152,36 @@ def test_a_request_that_succeeded_gets_its_answer_even_when_keeping_it_under_the
     )
     assert answer == done
     assert keys.abandoned == []
+
+
+class RenumberingKeys(RecordingKeys):
+    """Every key is free, and a claim on it is moved to another id when asked (IdempotencyStore.renumber)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renumbered: list[int] = []
+
+    def renumber(self, scope: str, key: str, claim: KeyClaim, reference_id: int) -> KeyClaim | None:
+        self.renumbered.append(claim.reference_id)
+        return KeyClaim(reference_id=reference_id, mark=claim.mark)
+
+
+def test_a_first_claim_whose_id_is_taken_is_moved_to_another_and_sent_under_it_until_the_tries_run_out() -> None:
+    keys = RenumberingKeys()
+    taken_once = iter([True])
+
+    def produce(claim: KeyClaim | None) -> StoredAnswer:
+        assert claim is not None
+        if next(taken_once, False):
+            raise IdTaken("batch exists already")
+        return StoredAnswer(status_code=200, content_type="application/json", body=str(claim.reference_id))
+
+    # Given a first claim whose id another batch has: the key is moved once, and the send answered under the new id
+    answer = run_once(keys, scope="acc", key="k", request_fingerprint="f", now=NOW, produce=produce, lease=SEND_LEASE)
+    assert (answer.status_code, keys.completed, len(keys.renumbered)) == (200, ["k"], 1)
+    assert int(answer.body) != keys.renumbered[0]
+    # And ids that keep meeting give up after NEW_ID_TRIES, letting the key go
+    keys = RenumberingKeys()
+    with pytest.raises(IdTaken):
+        run_once(keys, scope="acc", key="k", request_fingerprint="f", now=NOW, produce=failing(IdTaken("taken")))
+    assert (len(keys.renumbered), keys.abandoned) == (NEW_ID_TRIES - 1, ["k"])

@@ -448,6 +448,12 @@ class IdempotencyStore(Protocol):
         """Forgets a claimed key whose request failed, so the client may retry it."""
         ...
 
+    def renumber(self, scope: str, key: str, claim: KeyClaim, reference_id: int) -> KeyClaim | None:
+        """Has a key this request claimed first (`claim`, not resumed) name batch `reference_id` instead of the one
+        the claim names, by a write conditional on the key being still in progress, naming that batch, and held by
+        this claim: the claim on the new batch, with the key's mark; None when the key is not so (nothing changed)."""
+        ...
+
 
 class DispatchQueue(Protocol):
     def enqueue(self, commands: Sequence[DispatchCommand]) -> None: ...

@@ -1414,3 +1414,25 @@ class DynamoStore(
 
     def abandon(self, scope: str, key: str) -> None:
         self.client.delete_item(TableName=self.table_name, Key=self._idempotency_key(scope, key))
+
+    def renumber(self, scope: str, key: str, claim: KeyClaim, reference_id: int) -> KeyClaim | None:
+        # A first claim's token is the key's mark; a takeover (which a live request's lease rules out) changes it.
+        if claim.resumed or claim.mark is None:
+            return None
+        try:
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=self._idempotency_key(scope, key),
+                UpdateExpression="SET reference_id = :next",
+                ConditionExpression="#state = :in_progress AND reference_id = :named AND claim_token = :mark",
+                ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues={
+                    ":next": {"N": str(reference_id)},
+                    ":named": {"N": str(claim.reference_id)},
+                    ":in_progress": {"S": "in_progress"},
+                    ":mark": {"S": claim.mark},
+                },
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return None
+        return KeyClaim(reference_id=reference_id, mark=claim.mark)

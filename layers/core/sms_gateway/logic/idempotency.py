@@ -100,7 +100,7 @@ def run_once(
     if isinstance(begun, StoredAnswer):
         return begun
     try:
-        answer = produce(begun)
+        answer = _produce_under_own_id(store, scope, key, begun, produce)
     except GatewayError as error:
         # A refusal (or a send undone). A resumed request's key goes only once what the request it resumed left is
         # undone; while some of it stands, that is the answer.
@@ -137,6 +137,36 @@ def run_once(
     else:
         store.abandon(scope, key)
     return answer
+
+
+# Ids a send tries before it answers IdTaken (a keyed one moving its key to each: _produce_under_own_id): two
+# containers' batch ids meet in one millisecond once in 4096 (domain/ids.BATCH_BLOCK), and a second meeting is as
+# unlikely again.
+NEW_ID_TRIES = 3
+
+
+def _produce_under_own_id(
+    store: IdempotencyStore, scope: str, key: str, claim: KeyClaim, produce: Callable[[KeyClaim | None], StoredAnswer]
+) -> StoredAnswer:
+    """`produce` under the claim. A key claimed first (not resumed) whose batch id another send took in the same
+    millisecond (IdTaken: the send wrote nothing) is moved to a new id, and the send goes on under it, as an unkeyed
+    one takes another id: the user is not answered 503 for ids that met. The key names the new id before anything is
+    written under it (IdempotencyStore.renumber, held by this claim), so a request that dies from here on leaves the
+    key naming its own batch, which a retry after the lease finishes; a retry meanwhile finds the key in progress.
+    A resumed claim keeps the id its key names (run_once claims the key again when that id is another send's)."""
+    for tries_left in reversed(range(NEW_ID_TRIES)):
+        try:
+            return produce(claim)
+        except IdTaken:
+            moved = None if claim.resumed or not tries_left else store.renumber(scope, key, claim, new_batch_id())
+            if moved is None:
+                raise
+            logger.warning(
+                "a keyed send's new batch id was another batch's; its key names a new one",
+                extra={"taken": claim.reference_id, "reference_id": moved.reference_id},
+            )
+            claim = moved
+    raise AssertionError("unreachable")
 
 
 def _undo(

@@ -42,6 +42,7 @@ from sms_gateway.errors import (
     Unavailable,
 )
 from sms_gateway.logic.batches import ONLY_QUEUED, ONLY_SCHEDULED, all_messages, move_and_refund
+from sms_gateway.logic.idempotency import NEW_ID_TRIES
 from sms_gateway.logic.optouts import opted_out_of
 from sms_gateway.observability import logger, mask_typed_number
 from sms_gateway.outcome_metrics import count_accepted, count_sends_undone
@@ -197,7 +198,8 @@ def accept_send(
 ) -> Accepted:
     """`out_of_time`: whether the invocation is about to run out; the send is refused (Unavailable) or undone
     before it does (store_messages).
-    `claim`: the idempotency key's claim, when the request has a key; the batch gets the id it names. A resumed
+    `claim`: the idempotency key's claim, when the request has a key; the batch gets the id it names (another batch's
+    id: IdTaken, having written nothing, and run_once has the key name a new one and calls again). A resumed
     claim means an earlier request under the key died holding it: if it stored its batch, this finishes that batch
     (finish_stored_batch) instead of sending again; if not, nothing of it was stored and the send starts afresh (a
     batch under the id that does not carry the key's mark is another send's that took the id in the same millisecond:
@@ -264,7 +266,7 @@ def accept_send(
                     break
                 except IdTaken:
                     # Refused, having written nothing. Without a key the send takes another id (this container's
-                    # next block is another); a key names its id, and its client retries the 503 under it.
+                    # next block is another); a key names its id, and run_once moves the key to another first.
                     if claim is not None or not tries_left:
                         raise
                     batch = batch.model_copy(update={"reference_id": new_batch_id()})
@@ -509,11 +511,6 @@ def store_messages(
         deps.messages.add_messages(batch, messages[start : start + STORE_CHUNK])
     if deadlines.ran_out(out_of_time):
         raise Unavailable("the invocation ran out of time before queueing the send")
-
-
-# Ids an unkeyed send tries before it answers IdTaken: two containers' batch ids meet in one millisecond once in
-# 4096 (domain/ids.BATCH_BLOCK), and a second meeting is as unlikely again.
-NEW_ID_TRIES = 3
 
 
 def write_batch_and_reserve(batch: Batch, deps: SendDependencies, *, superseding: int | None) -> None:
