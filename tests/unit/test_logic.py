@@ -46,7 +46,12 @@ from sms_gateway.errors import (
     UpstreamError,
 )
 from sms_gateway.logic.batches import AlreadyCancelled, BatchView, cancel_batch
-from sms_gateway.logic.delivery import DeliveryDependencies, receive_delivery_reports
+from sms_gateway.logic.delivery import (
+    DeliveryDependencies,
+    DeliveryOutcome,
+    apply_delivery_report,
+    receive_delivery_reports,
+)
 from sms_gateway.logic.dispatch import DispatchDependencies, DispatchOutcome, backoff_seconds, dispatch
 from sms_gateway.logic.inbound import InboundDependencies, inbound_notification, receive_inbound
 from sms_gateway.logic.notify import dlr_notification, notifications_of
@@ -2358,6 +2363,34 @@ class TestSettleChecks:
         # Then it settles its message as a new one would
         [message] = store.messages.values()
         assert (message.status, message.error_code) == (MessageStatus.EXPIRED, "no_delivery_report")
+
+    @pytest.mark.xfail(strict=True, reason="review(reviewcore): an UNKNOWN between the check's read and its write")
+    def test_an_unknown_that_lands_between_the_checks_read_and_its_write_still_expires_and_refunds(self, store):
+        # Given a message the upstream took, charged, whose SMSC's last receipt was ACCEPTD (it settles as delivered)
+        message = submitted_message(store, delivery_report=DeliveryReportMode.YES)
+        accepted = report(message, MessageStatus.SUBMITTED).model_copy(update={"settles_as": MessageStatus.DELIVERED})
+        apply_delivery_report(accepted, DeliveryDependencies(store, store, clock), DeliveryOutcome())
+        assert store.messages[message.key].settles_as == MessageStatus.DELIVERED
+        credits = store.accounts["7"].credits
+        [check] = settle_checks([message], now=NOW)
+        # And the SMSC's UNKNOWN, which says it ends as if no report came, lands just after the check read the message
+        # (its read is eventually consistent, and the receipt may arrive in between)
+        unknown = report(message, MessageStatus.SUBMITTED).model_copy(update={"settles_as": MessageStatus.EXPIRED})
+        read = store.get_messages_by_key
+
+        def read_then_unknown(keys, *, consistent=True):
+            found = read(keys, consistent=consistent)
+            apply_delivery_report(unknown, DeliveryDependencies(store, store, clock), DeliveryOutcome())
+            return found
+
+        store.get_messages_by_key = read_then_unknown  # type: ignore[method-assign]
+        # When the check comes due
+        outcome = settle(check, settle_deps(store, NOW + timedelta(hours=49)))
+        # Then the last word was UNKNOWN: the message is expired and refunded, not left submitted and charged for good
+        settled = store.messages[message.key]
+        assert (settled.status, settled.error_code) == (MessageStatus.EXPIRED, "no_delivery_report")
+        assert store.accounts["7"].credits == credits + message.price
+        assert [c.message.status for c in outcome.changes] == [MessageStatus.EXPIRED]
 
 
 class ReportsWhileSubmitting(FakeProvider):
