@@ -2364,7 +2364,6 @@ class TestSettleChecks:
         [message] = store.messages.values()
         assert (message.status, message.error_code) == (MessageStatus.EXPIRED, "no_delivery_report")
 
-    @pytest.mark.xfail(strict=True, reason="review(reviewcore): an UNKNOWN between the check's read and its write")
     def test_an_unknown_that_lands_between_the_checks_read_and_its_write_still_expires_and_refunds(self, store):
         # Given a message the upstream took, charged, whose SMSC's last receipt was ACCEPTD (it settles as delivered)
         message = submitted_message(store, delivery_report=DeliveryReportMode.YES)

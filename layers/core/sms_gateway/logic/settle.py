@@ -145,8 +145,11 @@ def _settle_one(
     if message.upstream and linkable and _reported_while_unlinked(message, deps, outcome):
         return
     if message.settles_as == MessageStatus.DELIVERED:
-        _deliver_accepted(message, now=now, deps=deps, outcome=outcome)
-        return
+        unsettled = _deliver_accepted(message, now=now, deps=deps, outcome=outcome)
+        if unsettled is None:
+            return
+        # Its word changed after the check's read (an UNKNOWN landed): it ends as that says, with no report.
+        message = unsettled
     change = deps.messages.transition(
         message.key, MessageStatus.EXPIRED, now=now, error_code=NO_DELIVERY_REPORT, refund=True
     )
@@ -160,20 +163,30 @@ def _settle_one(
     )
 
 
-def _deliver_accepted(message: Message, *, now: datetime, deps: SettleDependencies, outcome: SettleOutcome) -> None:
+def _deliver_accepted(
+    message: Message, *, now: datetime, deps: SettleDependencies, outcome: SettleOutcome
+) -> Message | None:
     """A message whose last receipt was the SMSC's ACCEPTD (Message.settles_as) when the wait ends: delivered, as
     SMPP 3.4 reads ACCEPTED (a final state, taken on behalf of the subscriber), and charged; no refund. A conditional
-    write that a final report, or an UNKNOWN (which clears the word), arriving meanwhile wins."""
+    write that a final report, or an UNKNOWN (which clears the word), arriving meanwhile wins. The message as that
+    write found it when it is still submitted under another word (an UNKNOWN after the check's read, which is
+    eventually consistent): the caller settles it by that word; until 2026-12-07 it was left submitted and charged
+    for good. None otherwise."""
     change = deps.messages.transition(
         message.key, MessageStatus.DELIVERED, now=now, if_settles_as=MessageStatus.DELIVERED
     )
-    if change is None or not change.changed:
-        return
+    if change is None:
+        return None
+    if not change.changed:
+        found = change.message
+        reworded = found.status == MessageStatus.SUBMITTED and found.settles_as != MessageStatus.DELIVERED
+        return found if reworded else None
     outcome.changes.append(change)
     logger.info(
         "no final delivery report within the wait after the SMSC accepted the message; delivered",
         extra=_ids(message),
     )
+    return None
 
 
 def _accepted_and_unannounced(message: Message) -> bool:
