@@ -728,7 +728,6 @@ def test_a_hold_shuts_a_scope_for_every_holder_and_gives_back_what_earlier_scope
     assert len([key for key in store.holds if key[1] > SECOND + 13]) == 59
 
 
-@pytest.mark.xfail(strict=True, reason="review(reviewcore): a hold's last second reads held after the wait is over")
 def test_a_holder_asking_in_a_holds_last_second_after_the_wait_is_over_waits_for_the_next_second(store, clock):
     # Given a route an upstream's Retry-After of 1 s held at a quarter into a second: its counters are shut for that
     # second and the next, the wait over a quarter into the next

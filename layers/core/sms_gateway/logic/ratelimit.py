@@ -248,7 +248,14 @@ class RateLimiter:
                 expected = self.expected(name) + self._learnt[name] if self.expected else 0
                 ahead = min(self.take_ahead, expected - self._handed[name])
                 asked = max(wanted, ahead) - kept
-                got = await asyncio.to_thread(self.store.take_tokens, name, second, asked, limit)
+                try:
+                    got = await asyncio.to_thread(self.store.take_tokens, name, second, asked, limit)
+                except ScopeHeld as hold:
+                    if hold.until > self.clock():
+                        raise
+                    # The last second a hold shut, its wait over: full (its count shuts it), the next one grants.
+                    # Told held, a dispatcher would hold the upstream back a second more and count a throttle.
+                    got = 0
                 if not got:
                     self._full[name] = second
                 kept += got
