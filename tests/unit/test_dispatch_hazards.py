@@ -1084,3 +1084,36 @@ def test_a_dispatcher_dying_mid_flight_leaves_no_claim_on_a_message_it_had_not_b
     unconfirmed = {m.key.to_ref() for m in store.messages.values() if m.error_code == "submit_unconfirmed"}
     assert unconfirmed <= offered and sent_now.isdisjoint(offered)
     assert sent_now | offered == {m.key.to_ref() for m in store.messages.values()}
+
+
+@pytest.mark.xfail(strict=True, reason="review(reviewcore): messages held back for a Retry-After spend account tokens")
+def test_messages_held_back_for_an_upstreams_retry_after_leave_their_accounts_tokens_to_its_other_sends(store):
+    from sms_gateway.logic.ratelimit import account_scope
+
+    # Given a bulk record of 20 messages of an account limited to 5 a second, for an upstream that asked another
+    # dispatcher to come back in 30 s (its route's counters held), and an invocation with 40 s left for claims
+    _, sent = send(store, command(20))
+    [record] = sent.dispatch_queue.commands
+    provider = FakeProvider("kannel")
+    counters, vclock = CountingStore(), VirtualClock(NOW.timestamp())
+    counters.hold_scope("route:kannel", NOW.timestamp() + 30, first_second=int(NOW.timestamp()), seconds=31)
+    start = vclock.now
+    deps = replace(
+        dispatch_deps(store, provider),
+        clock=lambda: NOW + timedelta(seconds=vclock.now - start),
+        limiter=RateLimiter(counters, clock=vclock, sleep=vclock.sleep),
+        rate_scopes=[account_scope("7", 5)],
+        route_limit=lambda _: 100,
+        wait_out_the_rate_limit=True,
+        out_of_time=lambda: vclock.now > start + 40,
+    )
+    # When the record is dispatched
+    outcome = asyncio.run(dispatch(record, deps))
+    # Then none is offered to the upstream, each comes back after the wait it asked for
+    assert provider.submits == [] and sorted(outcome.retry) == sorted(record.message_ids)
+    assert outcome.retry_delay(backoff_base=5.0) >= 29
+    # And the account's tokens are not spent on them: its other sends (an OTP through another upstream, its priority
+    # lane in another invocation) keep the account's rate, and the record does not take four seconds of it to be
+    # held back 5 messages a second
+    assert counters.per_second("account:7") == {}
+    assert vclock.now - start < 1
