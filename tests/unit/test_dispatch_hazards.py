@@ -1086,7 +1086,6 @@ def test_a_dispatcher_dying_mid_flight_leaves_no_claim_on_a_message_it_had_not_b
     assert sent_now | offered == {m.key.to_ref() for m in store.messages.values()}
 
 
-@pytest.mark.xfail(strict=True, reason="review(reviewcore): messages held back for a Retry-After spend account tokens")
 def test_messages_held_back_for_an_upstreams_retry_after_leave_their_accounts_tokens_to_its_other_sends(store):
     from sms_gateway.logic.ratelimit import account_scope
 

@@ -567,22 +567,29 @@ async def _dispatch_at_its_routes_pace(
     claim, either left a message that reads as maybe submitted and was never sent. Failing here, the message is simply
     unclaimed (the record fails and comes back, as when the claim's own write fails). And before the submit slot: a
     record waiting for a slow route's tokens would hold the slots the invocation's other records submit in. A message
-    held back for a throttle takes none: it is not submitted. One our limiter held back under its claim, for a
-    failover at its limit, waits for that upstream's token the same way and goes again."""
+    held back for a throttle takes none, and gives back the account's it was granted: it is not submitted. One our
+    limiter held back under its claim, for a failover at its limit, waits for that upstream's token the same way and
+    goes again."""
     upstreams = offered_upstreams(message, deps.upstreams_for) if message.status == MessageStatus.QUEUED else []
     first = upstreams[0].name if upstreams else None
     token = None
-    if first is not None and _held_back_for_a_throttle(first, outcome, deps) is None:
+    held_back = _held_back_for_a_throttle(first, outcome, deps)
+    if held_back is not None:
+        # Not offered: the account's tokens taken for it are its other sends' while the upstream's wait lasts (until
+        # 2026-12-07 each message held back spent one, and a record held back took seconds of the account's rate).
+        if deps.limiter is not None:
+            await deps.limiter.give_back_unused(account_tokens)
+    elif first is not None:
         try:
             token = await _wait_for_route_token(first, deps, account_tokens)
         except ScopeHeld as hold:
             # Another dispatcher's Retry-After from the upstream: the message is held back as for one of ours.
-            _note_shared_hold(first, hold, deps)
+            held_back = Throttled(first, _note_shared_hold(first, hold, deps))
         else:
             if token is None:
                 _come_back_soon([message], outcome)
                 return
-    await _dispatch_one(message, deps, outcome, in_flight, token)
+    await _dispatch_one(message, deps, outcome, in_flight, token, held_back=held_back)
     while (held_by := outcome.held_for.pop(message.message_id, None)) and _waits_on(deps):
         # Its claim was released when our limiter held it back for a failover (its primary down): instead of going
         # back to the queue it waits, unclaimed and without a slot, for that upstream's token (and an account token
@@ -605,7 +612,11 @@ async def _dispatch_one(
     outcome: DispatchOutcome,
     in_flight: SubmitSlots,
     token: RouteToken | None = None,
+    *,
+    held_back: Throttled | None = None,
 ) -> None:
+    """`held_back`: the throttle the message was held back for before it waited for its slot (its account's tokens
+    given back): it stays held back, even if the throttle ends while it waits."""
     if message.status != MessageStatus.QUEUED:
         outcome.skipped += 1
         return
@@ -625,7 +636,9 @@ async def _dispatch_one(
         # The claim names the upstream tried first, so that whoever takes it over after this dispatcher died knows
         # where the message may be.
         upstreams = offered_upstreams(message, deps.upstreams_for)
-        throttled_a_moment_ago = _held_back_for_a_throttle(upstreams[0].name if upstreams else None, outcome, deps)
+        throttled_a_moment_ago = held_back or _held_back_for_a_throttle(
+            upstreams[0].name if upstreams else None, outcome, deps
+        )
         claim = await asyncio.to_thread(
             deps.messages.claim_for_dispatch,
             message.key,
@@ -1311,7 +1324,12 @@ async def _wait_for_route_token(
         return RouteToken(upstream)
     route = route_scope(upstream, limit)
     if account_tokens is not None:
-        second = await deps.limiter.acquire_one(route, max_wait_seconds=0.0)
+        try:
+            second = await deps.limiter.acquire_one(route, max_wait_seconds=0.0)
+        except ScopeHeld:
+            # Held back for the upstream's wait: the account's tokens go back as below (the grant gives back its own).
+            await deps.limiter.give_back_unused(account_tokens)
+            raise
         if second is not None:
             return RouteToken(upstream, {route[0]: second})
         await deps.limiter.give_back_unused(account_tokens)
