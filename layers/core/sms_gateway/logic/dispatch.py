@@ -1175,10 +1175,11 @@ def _held_back_for_a_throttle(
 ) -> Throttled | None:
     """The throttle a message meets without a request when its upstream throttled another message of this dispatch a
     moment ago, or asked this container to come back no sooner than a time still to come (UPSTREAM_RETRY_AFTER: any
-    record's 429 with a Retry-After): offered now, it would be another 429. It is claimed and released like a
-    throttled one, its throttle counted, so that a record an upstream throttles whole is done within
-    MAX_SUBMIT_THROTTLES returns (each message failed `upstream_throttled` at its last), as when every message was
-    offered, and its record waits out what is left of the Retry-After; None when it may be offered."""
+    record's 429 with a Retry-After, or another dispatcher's hold on its route): offered now, it would be another
+    429. It is claimed and released like a throttled one, its throttle counted, so that a record an upstream
+    throttles whole is done within MAX_SUBMIT_THROTTLES returns (each message failed `upstream_throttled` at its
+    last), as when every message was offered, and its record waits out what is left of the Retry-After; None when it
+    may be offered."""
     if upstream is None:
         return None
     wait = UPSTREAM_RETRY_AFTER.seconds_left(upstream, deps.clock())
@@ -1192,8 +1193,9 @@ class UpstreamRetryAfter:
     """When each upstream that throttled this container with a Retry-After may be asked again (a wait for one message
     alone, `UpstreamError.per_message`, is not noted). Every record of the container's invocations holds its messages
     for that upstream back until then, not only the record the 429 answered: until 2026-12-07 each record offered the
-    upstream a message of its own within the time it had asked for, one more 429 each. Other containers know nothing
-    of it, and each meets one 429 of its own."""
+    upstream a message of its own within the time it had asked for, one more 429 each. Other containers learn of it
+    through the route's rate-limit counters for an upstream with a route limit (`_hold_upstream`, `_note_shared_hold`,
+    which notes it here as theirs); for any other upstream each meets one 429 of its own."""
 
     def __init__(self) -> None:
         self._until: dict[str, datetime] = {}
