@@ -77,7 +77,7 @@ class DynamoUnreleasedBatchesMixin:
             except self.client.exceptions.ConditionalCheckFailedException:
                 self._unmark_moved_on(key, status)
                 continue
-            claimed.append(UnreleasedBatch(**batch_key_of(entry), status=status))
+            claimed.append(unreleased_batch_of(entry, status))
         return claimed
 
     def _unmark_moved_on(self, key: dict[str, Any], status: MessageStatus) -> None:
@@ -94,10 +94,11 @@ class DynamoUnreleasedBatchesMixin:
             )
 
 
-def batch_key_of(entry: dict[str, Any]) -> dict[str, Any]:
-    """The batch an index entry's keys (`ACC#<account_id>`, `BATCH#<reference_id>`) name: its account and reference
-    id."""
-    return {
-        "account_id": entry["pk"]["S"].removeprefix(_ACCOUNT_PREFIX),
-        "reference_id": int(entry["sk"]["S"].removeprefix(_BATCH_PREFIX)),
-    }
+def unreleased_batch_of(entry: dict[str, Any], status: MessageStatus) -> UnreleasedBatch:
+    """The batch an index entry's keys (`ACC#<account_id>`, `BATCH#<reference_id>`) name, unreleased in `status`
+    (its kind's)."""
+    return UnreleasedBatch(
+        account_id=entry["pk"]["S"].removeprefix(_ACCOUNT_PREFIX),
+        reference_id=int(entry["sk"]["S"].removeprefix(_BATCH_PREFIX)),
+        status=status,
+    )
