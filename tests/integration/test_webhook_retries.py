@@ -227,6 +227,33 @@ def test_a_notification_sqs_delivers_twice_while_the_webhook_fails_is_not_lost(a
     assert queue_counts(aws["NOTIFY_QUEUE_URL"]) == (0, 0)
 
 
+@pytest.mark.xfail(
+    strict=True, reason="two copies of a notification step one attempt count: dead after half its schedule"
+)
+def test_a_notification_queued_twice_while_the_webhook_fails_runs_its_whole_schedule_once(
+    aws, accounts, delays, webhook
+):
+    # Given a schedule of 4 attempts, a client webhook that keeps failing, and one notification queued twice (two SQS
+    # messages: a final DLR repeated before the first was marked announced, or a resend while a copy was queued)
+    delays("0,0,0")
+    hook = webhook(*[500] * 20)
+    account_id = accounts["a"]["account_id"]
+    publish(notification(account_id), notification(account_id))
+    # When the notifier takes the queue pass after pass (each pass is one delay of the schedule)
+    seen = []
+    while queue_counts(aws["NOTIFY_QUEUE_URL"]) != (0, 0):
+        run_notifier(aws)
+        record = record_of(account_id, "dlr_1_3")
+        seen.append((record.state, record.attempts))
+    # Then one copy carries the whole schedule: an attempt a pass, dead only after the 4th (both copies stepped the one
+    # count, and it was dead after the 2nd: half the schedule), and the other copy gave way after its first post
+    assert seen == [("retrying", 1), ("retrying", 2), ("retrying", 3), ("dead", 4)]
+    assert len(hook.posts) == 5
+    # And it was parked once, with the count of the one schedule
+    [parked] = receive(aws["NOTIFY_DEAD_LETTER_QUEUE_URL"])
+    assert parked["MessageAttributes"]["reason"]["StringValue"] == "client webhook failed 4 attempts"
+
+
 def test_a_copy_of_a_dead_notification_is_not_delivered_either_and_keeps_its_schedule(aws, accounts, delays, webhook):
     # Given a notification dead after its two attempts
     delays("0")
