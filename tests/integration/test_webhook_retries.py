@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -94,20 +95,24 @@ def receive(url: str, *, wanted: int = 10) -> list[dict[str, Any]]:
     return answer.get("Messages", [])
 
 
-def run_notifier(env: dict[str, str]) -> dict[str, Any]:
-    """One poll of the notify queue, as Lambda's event source mapping does it: successes are deleted."""
+def run_notifier(env: dict[str, str], meter: Any = None) -> dict[str, Any]:
+    """One poll of the notify queue, as Lambda's event source mapping does it: successes are deleted. With a
+    bench.AwsCallMeter, `requests` are those the notifier's handler made."""
     from sms_gateway_tools.localstack.sqs_poller import failed_message_ids, lambda_record
 
     messages = receive(env["NOTIFY_QUEUE_URL"])
     assert messages, "nothing visible on the notify queue"
     records = [lambda_record(m, "arn:aws:sqs:us-east-1:123456789012:notify") for m in messages]
+    if meter is not None:
+        meter.reset()
     response = load_function("notifier").handler({"Records": records}, FakeContext())
+    requests = Counter(meter.calls) if meter is not None else Counter()
     failed = failed_message_ids(response, [r["messageId"] for r in records])
     assert failed is not None
     for record in records:
         if record["messageId"] not in failed:
             boto3.client("sqs").delete_message(QueueUrl=env["NOTIFY_QUEUE_URL"], ReceiptHandle=record["receiptHandle"])
-    return {"response": response, "failed": len(failed), "records": records}
+    return {"response": response, "failed": len(failed), "records": records, "requests": requests}
 
 
 def queue_counts(url: str) -> tuple[int, int]:
@@ -227,9 +232,6 @@ def test_a_notification_sqs_delivers_twice_while_the_webhook_fails_is_not_lost(a
     assert queue_counts(aws["NOTIFY_QUEUE_URL"]) == (0, 0)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="two copies of a notification step one attempt count: dead after half its schedule"
-)
 def test_a_notification_queued_twice_while_the_webhook_fails_runs_its_whole_schedule_once(
     aws, accounts, delays, webhook
 ):
@@ -252,6 +254,82 @@ def test_a_notification_queued_twice_while_the_webhook_fails_runs_its_whole_sche
     # And it was parked once, with the count of the one schedule
     [parked] = receive(aws["NOTIFY_DEAD_LETTER_QUEUE_URL"])
     assert parked["MessageAttributes"]["reason"]["StringValue"] == "client webhook failed 4 attempts"
+
+
+def test_a_notification_queued_twice_whose_carrying_copy_sqs_delivers_twice_is_not_lost(aws, accounts, delays, webhook):
+    # Given a schedule of 5 attempts, a client webhook that fails 5 posts and then answers, and one notification
+    # queued twice (two SQS messages), whose first pass fails both: one copy carries the schedule, the other gave way
+    from sms_gateway_tools.localstack.sqs_poller import failed_message_ids, lambda_record
+
+    delays("0,0,0,0")
+    hook = webhook(*[500] * 5)
+    account_id = accounts["a"]["account_id"]
+    publish(notification(account_id), notification(account_id))
+    first = run_notifier(aws)
+    assert (first["failed"], len(first["records"])) == (1, 2)
+    assert queue_counts(aws["NOTIFY_QUEUE_URL"]) == (1, 0)
+    # When SQS delivers the copy left twice (the same message, the same MessageId), both deliveries failing
+    [message] = receive(aws["NOTIFY_QUEUE_URL"])
+    record = lambda_record(message, "arn:aws:sqs:us-east-1:123456789012:notify")
+    for _ in range(2):
+        response = load_function("notifier").handler({"Records": [record]}, FakeContext())
+        # Then neither delivery is taken for another copy to give way: both hand the message back
+        assert failed_message_ids(response, [record["messageId"]]) == {record["messageId"]}
+    assert (record_of(account_id, "dlr_1_3").state, record_of(account_id, "dlr_1_3").attempts) == ("retrying", 3)
+    # And its schedule goes on until the client answers: delivered, nothing parked, nothing left on the queue
+    assert run_notifier(aws)["failed"] == 1
+    assert run_notifier(aws)["failed"] == 0
+    assert [post["status"] for post in hook.posts] == [500] * 5 + [200]
+    assert record_of(account_id, "dlr_1_3").state == "delivered"
+    assert queue_counts(aws["NOTIFY_QUEUE_URL"]) == (0, 0)
+    assert receive(aws["NOTIFY_DEAD_LETTER_QUEUE_URL"]) == []
+
+
+def test_a_resent_notification_carries_a_whole_schedule_of_its_own(aws, accounts, delays, webhook):
+    # Given a notification dead after its two attempts (the copy that carried them owns its record)
+    delays("0")
+    hook = webhook(*[500] * 4)
+    account_id = accounts["a"]["account_id"]
+    token = accounts["a"]["token"]
+    dead_notification(aws, account_id)
+    [_] = receive(aws["NOTIFY_DEAD_LETTER_QUEUE_URL"])
+    # When the client resends it (a new SQS message) and the webhook fails again, then answers
+    assert api("POST", "/ng/v1/webhooks/failures/dlr_1_3/resend", token)[0] == 202
+    assert run_notifier(aws)["failed"] == 1
+    # Then the resend took the record over (not a copy giving way to the one that ran before): attempt 1 of its own
+    assert (record_of(account_id, "dlr_1_3").state, record_of(account_id, "dlr_1_3").attempts) == ("retrying", 1)
+    assert run_notifier(aws)["failed"] == 0
+    assert (record_of(account_id, "dlr_1_3").state, record_of(account_id, "dlr_1_3").attempts) == ("dead", 2)
+    assert len(hook.posts) == 4
+    [parked] = receive(aws["NOTIFY_DEAD_LETTER_QUEUE_URL"])
+    assert parked["MessageAttributes"]["reason"]["StringValue"] == "client webhook failed 2 attempts"
+
+
+def test_telling_copies_apart_makes_no_request_more_for_a_notification(aws, accounts, delays, webhook):
+    from bench import metering_boto3_clients
+    from sms_gateway import bootstrap
+    from sms_gateway.adapters import aws as aws_clients
+
+    delays("0,0")
+    webhook(200, 200, 500, 200)
+    account_id = accounts["a"]["account_id"]
+    aws_clients.reset_clients()
+    bootstrap.reset()
+    with metering_boto3_clients() as meter:
+        # Given a warm notifier (its clients made, the account's settings read)
+        publish(notification(account_id, 9))
+        run_notifier(aws)
+        # When a notification reaches the client on its first try, and another on its second
+        publish(notification(account_id, 1))
+        first_try = run_notifier(aws, meter)["requests"]
+        publish(notification(account_id, 2))
+        failed_once = run_notifier(aws, meter)["requests"]
+        then_delivered = run_notifier(aws, meter)["requests"]
+    # Then each asks AWS for what it asked before copies were told apart (counted at 002ef73): nothing for the first
+    # try; the failure record and its listing pointer and the hand-back; the record closed and its pointer
+    assert first_try == Counter()
+    assert failed_once == Counter({"dynamodb:UpdateItem": 2, "sqs:ChangeMessageVisibility": 1})
+    assert then_delivered == Counter({"dynamodb:UpdateItem": 2})
 
 
 def test_a_copy_of_a_dead_notification_is_not_delivered_either_and_keeps_its_schedule(aws, accounts, delays, webhook):

@@ -41,7 +41,12 @@ class FailureStore(InMemoryStore):
         self.failures: dict[tuple[str, str], WebhookFailure] = {}
 
     def save_webhook_failure(
-        self, failure: WebhookFailure, *, only_from: frozenset[WebhookFailureState], attempts_before: int | None = None
+        self,
+        failure: WebhookFailure,
+        *,
+        only_from: frozenset[WebhookFailureState],
+        attempts_before: int | None = None,
+        owner_before: str | None = None,
     ) -> bool:
         key = (failure.account_id, failure.notification_id)
         current = self.failures.get(key)
@@ -50,6 +55,9 @@ class FailureStore(InMemoryStore):
         if attempts_before is not None:
             counted = 0 if current is None or current.state == "resent" else current.attempts
             if counted != attempts_before:
+                return False
+            owner = owner_before or failure.owner
+            if counted and owner is not None and current is not None and current.owner not in (None, owner):
                 return False
         first = current.first_failed_at if current else failure.first_failed_at
         self.failures[key] = failure.model_copy(update={"first_failed_at": first})
@@ -277,6 +285,79 @@ def test_a_failing_copy_of_a_dead_or_new_notification_is_not_taken_for_delivered
     # Then the dead record is left alone, but the copy is not dropped: the client never had it
     assert not copy.recorded and not copy.delivered_already
     assert copy.retry_in is not None
+
+
+def test_a_second_copy_of_a_failing_notification_does_not_cut_its_retry_schedule_short():
+    # Given a notification queued twice (two SQS messages, A and B, two minutes apart) while the client's webhook is
+    # down, each copy failing on its own receives, and SQS delivering A's first receive twice (the same MessageId)
+    store, delays = FailureStore(), DEFAULT
+    # (when, which copy, its receives, whether it is a second delivery: the one message comes back once)
+    copies = [(NOW, "A", 1, False), (NOW, "A", 1, True), (NOW + timedelta(minutes=2), "B", 1, False)]
+    dead_at, posts, dropped = None, 0, []
+    while copies:
+        copies.sort()
+        at, copy, receives, second_delivery = copies.pop(0)
+        posts += 1
+        outcome = webhook_retries.record_failure(
+            store, notification(), failed(), attempt=receives, delays=delays, now=at, rand=lambda: 0.5, copy=copy
+        )
+        if outcome.gave_way:
+            dropped.append(copy)
+        elif outcome.retry_in is None:
+            dead_at = dead_at or at
+        elif not second_delivery:
+            copies.append((at + timedelta(seconds=outcome.retry_in), copy, receives + 1, False))
+    # Then A carries the whole schedule (about a day; its second delivery was the same copy, an attempt counted on as
+    # a post the client saw, not dropped for another) and B gave way after its first post: 8 attempts and B's post
+    assert dropped == ["B"]
+    # (dead after about 12 h when each failure of either copy stepped the one count)
+    assert dead_at is not None and dead_at - NOW > timedelta(hours=23)
+    assert posts == len(delays) + 1 + 1
+    assert store.get_webhook_failure("7", "dlr_1_2").owner == "A"  # type: ignore[union-attr]
+
+
+def test_a_copy_takes_the_schedule_over_from_an_owner_silent_past_its_lease():
+    # Given a notification whose carrying copy A failed once and is due again in a minute
+    store = FailureStore()
+    webhook_retries.record_failure(
+        store, notification(), failed(), attempt=1, delays=(60, 60), now=NOW, rand=lambda: 0.5, copy="A"
+    )
+    # When another copy B fails while A may still come (within OWNER_LEASE of its due time)
+    due = NOW + timedelta(seconds=60)
+    within = webhook_retries.record_failure(
+        store, notification(), failed(), attempt=1, delays=(60, 60), now=due + webhook_retries.OWNER_LEASE, copy="B"
+    )
+    # Then B gives way, and A's record is as it was
+    assert within.gave_way and not within.recorded
+    assert store.get_webhook_failure("7", "dlr_1_2").owner == "A"  # type: ignore[union-attr]
+    # When B fails after A stayed silent past the lease (parked by the queue's redrive, say)
+    later = due + webhook_retries.OWNER_LEASE + timedelta(seconds=1)
+    taken = webhook_retries.record_failure(
+        store, notification(), failed(), attempt=1, delays=(60, 60), now=later, copy="B"
+    )
+    # Then B takes the schedule over from where A left it, and A, should it come after all, gives way
+    assert taken.recorded and not taken.gave_way and taken.failure.attempts == 2
+    assert store.get_webhook_failure("7", "dlr_1_2").owner == "B"  # type: ignore[union-attr]
+    late = webhook_retries.record_failure(
+        store, notification(), failed(), attempt=2, delays=(60, 60), now=later, copy="A"
+    )
+    assert late.gave_way
+
+
+def test_a_requeued_record_goes_on_as_the_copy_it_replaces_and_a_resend_as_a_new_one():
+    # Given copy A's failure recorded, and A requeued as a fresh SQS message (received NOTIFY_REQUEUE_FROM times)
+    store = FailureStore()
+    outcome = webhook_retries.record_failure(
+        store, notification(), failed(), attempt=1, delays=(60, 60), now=NOW, copy="A"
+    )
+    assert outcome.retry_in is not None
+    body = webhook_retries.requeued(notification(), outcome.failure, outcome.retry_in, NOW)
+    # Then the fresh message (MessageId A2) is copy A, not another copy
+    assert webhook_retries.copy_id(body, "A2") == "A"
+    assert webhook_retries.copy_id(notification(), "B") == "B"
+    # And what is stored for a resend, or parked, is the notification without it: a resend is a copy of its own
+    assert webhook_retries.stored_notification(body) == notification()
+    assert webhook_retries.QUEUED_AS not in webhook_retries.parked_notification(body)
 
 
 def test_only_a_notification_that_failed_before_can_have_a_failure_record_to_close():

@@ -645,7 +645,13 @@ def _notify_failed(
     wiring = gateway()
     now = utc_now()
     outcome = webhook_retries.record_failure(
-        wiring.store, notification, failure, attempt=attempt, delays=wiring.settings.notify_retry_delays, now=now
+        wiring.store,
+        notification,
+        failure,
+        attempt=attempt,
+        delays=wiring.settings.notify_retry_delays,
+        now=now,
+        copy=webhook_retries.copy_id(notification, record.message_id),
     )
     # The attempt the failure record counts, whatever the record's receives were.
     attempt = outcome.failure.attempts
@@ -655,6 +661,11 @@ def _notify_failed(
         logger.info("client webhook failed a copy of a delivered notification; dropped", extra=context)
         metrics.add_metric(name="WebhookCopiesDropped", unit="Count", value=1)
         return {"delivered": False, "delivered_already": True}
+    if outcome.gave_way:
+        # Another copy of the notification (queued as another SQS message) carries its schedule: SQS deletes this one.
+        logger.info("client webhook failed a copy of a notification another copy is retrying; dropped", extra=context)
+        metrics.add_metric(name="WebhookCopiesDropped", unit="Count", value=1)
+        return {"delivered": False, "gave_way": True}
     if outcome.retry_in is not None:
         logger.info("client webhook failed; retrying", extra={**context, "retry_in": outcome.retry_in})
         metrics.add_metric(name="WebhooksRetried", unit="Count", value=1)

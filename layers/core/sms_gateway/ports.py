@@ -1037,18 +1037,28 @@ class WebhookFailure(BaseModel):
     delivered_at: str | None = None
     # Exactly as it was queued, so it can be queued again after the dead-letter queue has it.
     notification: dict[str, object]
+    # Which queued copy of the notification carries its retry schedule (webhook_retries.copy_id: the SQS MessageId
+    # it was queued as): a copy queued as another message gives way to it. None in a record written before
+    # 2026-12-07, which any copy goes on with.
+    owner: str | None = None
 
 
 class WebhookFailureStore(Protocol):
     """Failed client notifications, one record per notification id (writes are upserts: SQS redelivers)."""
 
     def save_webhook_failure(
-        self, failure: WebhookFailure, *, only_from: frozenset[WebhookFailureState], attempts_before: int | None = None
+        self,
+        failure: WebhookFailure,
+        *,
+        only_from: frozenset[WebhookFailureState],
+        attempts_before: int | None = None,
+        owner_before: str | None = None,
     ) -> bool:
         """Creates or overwrites the record (its first_failed_at is kept) if there is none yet or its state is
         in `only_from`; False when the record is in another state and was left alone. With `attempts_before`, only
         if the record counts that many failed attempts: none for a record not there yet or `resent` (a resend's
-        count starts over), its `attempts` otherwise."""
+        count starts over, whoever owned it), its `attempts` otherwise, and then only if it has no owner or is
+        owned by `owner_before` (by default `failure.owner`; neither given: any owner)."""
         ...
 
     def get_webhook_failure(self, account_id: str, notification_id: str) -> WebhookFailure | None: ...

@@ -40,7 +40,12 @@ class DynamoNotificationsMixin:
     _codec: Any
 
     def save_webhook_failure(
-        self, failure: WebhookFailure, *, only_from: frozenset[WebhookFailureState], attempts_before: int | None = None
+        self,
+        failure: WebhookFailure,
+        *,
+        only_from: frozenset[WebhookFailureState],
+        attempts_before: int | None = None,
+        owner_before: str | None = None,
     ) -> bool:
         expires_at = int(time.time() + FAILURE_RETENTION.total_seconds())
         values: dict[str, Any] = {
@@ -56,6 +61,7 @@ class DynamoNotificationsMixin:
             "next_attempt_at": failure.next_attempt_at,
             # A string, not a map: it goes back on the queue exactly as it came, whatever its values are.
             "notification": json.dumps(failure.notification, separators=(",", ":")),
+            "owner": failure.owner,
             "expires_at": expires_at,
         }
         names = {f"#{name}": name for name in values}
@@ -66,7 +72,9 @@ class DynamoNotificationsMixin:
         sets.append("#first_failed_at = if_not_exists(#first_failed_at, :first_failed_at)")
         attribute_values = self._codec.dump({f":{name}": value for name, value in given.items()})
         attribute_values[":first_failed_at"] = {"S": failure.first_failed_at}
-        condition = _failure_condition(sorted(only_from), attempts_before, names, attribute_values)
+        condition = _failure_condition(
+            sorted(only_from), attempts_before, owner_before or failure.owner, names, attribute_values
+        )
         update = f"SET {', '.join(sets)}" + (f" REMOVE {', '.join(removed)}" if removed else "")
         try:
             answer = self.client.update_item(
@@ -201,10 +209,11 @@ class DynamoNotificationsMixin:
 
 
 def _failure_condition(
-    allowed: list[str], attempts_before: int | None, names: dict[str, str], values: dict[str, Any]
+    allowed: list[str], attempts_before: int | None, owner: str | None, names: dict[str, str], values: dict[str, Any]
 ) -> str:
     """save_webhook_failure's condition: no record yet, or one in an `allowed` state (and, with `attempts_before`,
-    counting that many failed attempts: a `resent` one counts none). Adds its names and values."""
+    counting that many failed attempts: a `resent` one counts none, whoever owned it; one that counts some, owned by
+    `owner` or by no one, when `owner` is given). Adds its names and values."""
     values |= {f":from{i}": {"S": state} for i, state in enumerate(allowed)}
     states = f"#state IN ({', '.join(f':from{i}' for i in range(len(allowed)))})" if allowed else ""
     if attempts_before is None:
@@ -218,5 +227,9 @@ def _failure_condition(
     if states:
         names["#attempts"] = "attempts"
         values[":attempts_before"] = {"N": str(attempts_before)}
-        clauses.append(f"({states} AND #attempts = :attempts_before)")
+        owned = ""
+        if owner is not None:
+            values[":owner_before"] = {"S": owner}
+            owned = " AND (attribute_not_exists(#owner) OR #owner = :owner_before)"
+        clauses.append(f"({states} AND #attempts = :attempts_before{owned})")
     return " OR ".join(clauses) or "attribute_not_exists(pk) AND attribute_exists(pk)"

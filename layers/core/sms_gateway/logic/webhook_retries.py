@@ -43,6 +43,13 @@ _RESENDABLE: frozenset[WebhookFailureState] = frozenset({"dead"})
 # reads resent after this long was never queued, or waited behind a backlog this long and goes twice (the same
 # webhook-id, which the client drops).
 RESEND_LEASE = timedelta(minutes=15)
+# How long past its next attempt's due time a retrying notification's owner (the queued copy carrying its schedule)
+# may stay silent before another copy takes the schedule over. An owner is on the queue until the record reads
+# delivered or dead (handed back, requeued under its own copy id, or back after its visibility timeout when its
+# invocation died); one silent this long was parked by the queue's redrive or removed by hand, and a copy giving way to
+# it would leave the notification undelivered. Taking over from an owner that is only late costs nothing: it meets a
+# record owned by another live copy on its next failure and gives way in turn.
+OWNER_LEASE = timedelta(hours=1)
 # Entries in one SendMessageBatch call.
 QUEUE_BATCH = 10
 
@@ -84,6 +91,9 @@ class FailureOutcome:
     # The record says the client got this notification already: this is a copy of it (SQS delivers at least once),
     # and its failure is nothing to retry, dead-letter or count.
     delivered_already: bool = False
+    # Another queued copy of the notification (another SQS message) carries its schedule: this one is dropped, and
+    # its failure is nothing to retry, dead-letter or count.
+    gave_way: bool = False
 
 
 def record_failure(
@@ -95,6 +105,7 @@ def record_failure(
     delays: Sequence[int],
     now: datetime,
     rand: Callable[[], float] = random.random,
+    copy: str | None = None,
 ) -> FailureOutcome:
     """Records a failed attempt (retrying, or dead after the last one or a 410 Gone) and says when to try again.
     `attempt` is what the caller takes this attempt to be (attempt_of: its record's receives); the number recorded
@@ -102,11 +113,20 @@ def record_failure(
     nothing (the notifier crashed or timed out before the post, a requeued copy waited out its delay) is thus no
     attempt: until 2026-12-07 each was one, and the notification went dead posted fewer times than its schedule
     says (and a record received 12 times was parked by SQS's redrive, its record left `retrying`). When the count is
-    not the one guessed, it is read and the write made again: one read and one write more, off the usual path."""
+    not the one guessed, it is read and the write made again: one read and one write more, off the usual path.
 
-    def record(attempt: int) -> FailureOutcome:
+    `copy` is which queued copy of the notification failed (copy_id: its SQS MessageId). A notification can be on the
+    queue as two messages (queued twice: a final report repeated before the first was marked announced, a resend
+    while a copy was queued); until 2026-12-07 both stepped the one count, and one queued twice while its webhook was
+    down was dead after about half its schedule. The record now names the copy that carries the schedule (its
+    owner, by the same conditional write): another copy meeting it retrying gives way (gave_way: dropped, nothing
+    more posted), unless the owner went silent over OWNER_LEASE. A receive of the same message (SQS delivered it
+    twice: the same MessageId) is the same copy, and counts on: deleting it dropped the retry the other delivery
+    handed back (f9a60fa, reverted in 002ef73)."""
+
+    def record(attempt: int, owner_before: str | None = None) -> FailureOutcome:
         """Records failed attempt `attempt`, if the record counts attempt - 1 failed attempts before it (or, for the
-        first, there is none yet or it was resent)."""
+        first, there is none yet or it was resent), owned by `owner_before` (by default this copy) or by no one."""
         # A 410 Gone is the client saying the endpoint takes no more: dead after this attempt, whatever is left.
         retry_in = None if error.gone else retry_delay(attempt, delays, retry_after=error.retry_after, rand=rand)
         failure = WebhookFailure(
@@ -124,9 +144,13 @@ def record_failure(
             # What the queue adds (the resend marker, a requeued copy's count and due time) is not part of what is
             # stored for the next resend.
             notification=stored_notification(notification),
+            owner=copy,
         )
         recorded = store.save_webhook_failure(
-            failure, only_from=_RETRYING_FROM if retry_in is not None else _DEAD_FROM, attempts_before=attempt - 1
+            failure,
+            only_from=_RETRYING_FROM if retry_in is not None else _DEAD_FROM,
+            attempts_before=attempt - 1,
+            owner_before=owner_before,
         )
         return FailureOutcome(retry_in=retry_in, failure=failure, recorded=recorded)
 
@@ -135,9 +159,12 @@ def record_failure(
         return outcome
     # Left alone: delivered, dead, or counted otherwise than guessed. One read, and only here.
     found = store.get_webhook_failure(outcome.failure.account_id, outcome.failure.notification_id)
+    if found is not None and _carried_by_another(found, copy, now):
+        return replace(outcome, gave_way=True)
     if found is None or found.state in _COUNTED:
         counted = 0 if found is None or found.state == "resent" else found.attempts
-        outcome = record(counted + 1)
+        # A retrying record owned by another copy here is one whose owner went silent: taken over from that owner.
+        outcome = record(counted + 1, owner_before=found.owner if found is not None else None)
         if outcome.recorded:
             return outcome
     # Delivered: the client has it. A copy of a dead notification is as undelivered as the first one was and keeps
@@ -149,20 +176,38 @@ def record_failure(
 _COUNTED: frozenset[WebhookFailureState] = frozenset({"retrying", "resent"})
 
 
-# What the notify queue adds to a notification: the resend marker, and a requeued copy's attempts and due time.
+def _carried_by_another(found: WebhookFailure, copy: str | None, now: datetime) -> bool:
+    """The record is retrying on another queued copy's schedule, and that copy has not gone silent (OWNER_LEASE past
+    its next attempt's due time). A resent record belongs to no copy yet: the resend's message takes it over."""
+    if found.state != "retrying" or copy is None or found.owner is None or found.owner == copy:
+        return False
+    due = found.next_attempt_at
+    return due is not None and from_iso(due) + OWNER_LEASE >= now
+
+
+# What the notify queue adds to a notification: the resend marker, and a requeued copy's attempts, due time and the
+# copy it goes on as.
 RESENT = "resent"
 ATTEMPTS = "attempts"
 NOT_BEFORE = "not_before"
+QUEUED_AS = "queued_as"
 
 
 def stored_notification(notification: dict[str, Any]) -> dict[str, Any]:
     """The notification as it was first queued, without what the queue added to it."""
-    return {k: v for k, v in notification.items() if k not in (RESENT, ATTEMPTS, NOT_BEFORE)}
+    return {k: v for k, v in notification.items() if k not in (RESENT, ATTEMPTS, NOT_BEFORE, QUEUED_AS)}
 
 
 def parked_notification(notification: dict[str, Any]) -> dict[str, Any]:
-    """The notification as the notify DLQ keeps it: without a requeued copy's count and due time."""
-    return {k: v for k, v in notification.items() if k not in (ATTEMPTS, NOT_BEFORE)}
+    """The notification as the notify DLQ keeps it: without a requeued copy's count, due time and copy."""
+    return {k: v for k, v in notification.items() if k not in (ATTEMPTS, NOT_BEFORE, QUEUED_AS)}
+
+
+def copy_id(notification: dict[str, Any], message_id: str) -> str:
+    """Which queued copy of the notification the SQS message `message_id` is: the message itself, or, for a record
+    queued afresh in place of a message received NOTIFY_REQUEUE_FROM times (requeued), that message: the same copy,
+    going on with its schedule, not another one to give way."""
+    return str(notification.get(QUEUED_AS) or message_id)
 
 
 def attempt_of(notification: dict[str, Any], receives: int) -> int:
@@ -173,8 +218,10 @@ def attempt_of(notification: dict[str, Any], receives: int) -> int:
 
 def requeued(notification: dict[str, Any], failure: WebhookFailure, retry_in: int, now: datetime) -> dict[str, Any]:
     """The notification as a fresh record of the notify queue after failed attempt `failure.attempts`: its count,
-    and when its next attempt is due (a record is delayed 15 minutes at most; one received earlier waits again)."""
-    return {**notification, ATTEMPTS: failure.attempts, NOT_BEFORE: iso(now + timedelta(seconds=retry_in))}
+    when its next attempt is due (a record is delayed 15 minutes at most; one received earlier waits again), and the
+    copy it goes on as (the failure's owner: a new MessageId, the same copy)."""
+    carried = {QUEUED_AS: failure.owner} if failure.owner else {}
+    return {**notification, ATTEMPTS: failure.attempts, NOT_BEFORE: iso(now + timedelta(seconds=retry_in)), **carried}
 
 
 def seconds_until_due(notification: dict[str, Any], now: datetime) -> int:
