@@ -302,7 +302,6 @@ def drawn(
     return wrong
 
 
-@pytest.mark.xfail(strict=True, reason="409 is listed on every change, also those that can never conflict")
 def test_only_the_operations_that_can_conflict_document_409(gateway, document, funded):
     """A change conflicts with an Idempotency-Key used for another request, a record in a state it does not apply to
     (a batch sent already, a notification still being retried), or another change that keeps winning (a group's
@@ -317,7 +316,6 @@ def test_only_the_operations_that_can_conflict_document_409(gateway, document, f
     assert not wrong, "\n".join(wrong)
 
 
-@pytest.mark.xfail(strict=True, reason="503 is listed on every change, and not on the group reads that answer it")
 def test_only_the_operations_that_can_be_undone_or_left_undecided_document_503(gateway, document, funded):
     """503 (nothing changed, retry after Retry-After): a send with too little time left to store and queue it,
     a change DynamoDB keeps cancelling for conflicts with other writes, a group read while its members keep

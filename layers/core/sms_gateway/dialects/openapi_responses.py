@@ -53,16 +53,33 @@ EVERY_OPERATION = ("invalid_request", "unauthorized", "internal_error")
 READS_BODY = ("payload_too_large", "unsupported_media_type")
 # An operation whose path names a record of the account's.
 NAMES_A_RECORD = ("not_found",)
-# An operation that changes something: a change it conflicts with (a reused Idempotency-Key, a batch that can no
-# longer change), or one undone for want of time.
-CHANGES = ("conflict", "unavailable")
-# The sends, which charge credits.
+# The sends, which charge credits (and undo one that could not be stored or queued in time).
 CHARGED: set[tuple[str, str]] = {("/ng/v1/sendsms", "post"), ("/sms", "post")}
 # Errors only some operations of a dialect answer: (path, method) -> domain error codes.
 EXTRA_ERRORS: dict[tuple[str, str], tuple[str, ...]] = {("/login", "get"): ("too_many_attempts",)}
-# Operations that change nothing another request can conflict with, and have nothing to undo: every GET (/login's
-# session is its own), and the dry run.
-CHANGES_NOTHING: set[tuple[str, str]] = {("/ng/v1/batches/dry_run", "post")}
+# Changes that conflict without an Idempotency-Key (every operation that takes one conflicts when it is reused for
+# another request, IDEMPOTENT): a record in a state the change does not apply to (a batch no longer scheduled, a
+# notification not dead), or another change that keeps winning (a group's members, a webhook token rotated
+# meanwhile). An order the session-key family can no longer remove is its seed's 404, not listed here.
+CONFLICTS: set[tuple[str, str]] = {
+    ("/ng/v1/batches/{reference_id}", "delete"),
+    ("/ng/v1/groups/{group_id}/members", "post"),
+    ("/ng/v1/groups/{group_id}/members", "delete"),
+    ("/ng/v1/settings/webhooks", "put"),
+    ("/ng/v1/webhooks/failures/{notification_id}/resend", "post"),
+}
+# Operations that answer `unavailable` (nothing changed, retry after Retry-After) besides the sends (CHARGED: one
+# that could not be stored or queued in time is undone): those that write a group in a transaction DynamoDB can
+# leave undecided, or read one whose members keep changing meanwhile (a send or a dry run naming it in `to`).
+GROUPS_READ_OR_WRITTEN: set[tuple[str, str]] = {
+    ("/ng/v1/sendsms", "post"),
+    ("/ng/v1/batches/dry_run", "post"),
+    ("/ng/v1/groups", "post"),
+    ("/ng/v1/groups/{group_id}", "get"),
+    ("/ng/v1/groups/{group_id}", "delete"),
+    ("/ng/v1/groups/{group_id}/members", "post"),
+    ("/ng/v1/groups/{group_id}/members", "delete"),
+}
 # Errors that pass: the answer says when to come back (dialects/common.error_headers).
 RETRY_AFTER_STATUSES = (429, 503)
 RETRY_AFTER: dict[str, Any] = {
@@ -75,12 +92,14 @@ ERROR_DESCRIPTIONS = {
     401: "missing or invalid credentials",
     402: "not enough credits",
     404: "no such resource for this account",
-    409: "conflict (an Idempotency-Key reused for another request, or a batch that can no longer change)",
+    409: "conflict: an Idempotency-Key reused for another request, a record in a state the change does not apply "
+    "to, or another change made meanwhile (nothing changed)",
     413: "request body over 256 KB",
     415: "unsupported Content-Type",
     429: "too many failed logins for this username in the current 15-minute window: retry after Retry-After",
     500: "an unexpected failure, logged under the request id the message names; the request may be done in part",
-    503: "a send that could not be stored or queued in time, undone (nothing sent or charged): retry after Retry-After",
+    503: "not done, nothing changed (a send that could not be stored or queued in time, undone: nothing sent or "
+    "charged; a group that kept changing while it was read or written): retry after Retry-After",
 }
 
 
@@ -400,10 +419,12 @@ def error_statuses(path: str, method: str, *, reads_body: bool) -> list[int]:
         codes += READS_BODY
     if "{" in path:
         codes += NAMES_A_RECORD
-    if method != "get" and key not in CHANGES_NOTHING:
-        codes += CHANGES
+    if key in IDEMPOTENT or key in CONFLICTS:
+        codes.append("conflict")
     if key in CHARGED:
-        codes.append("insufficient_credits")
+        codes += ("insufficient_credits", "unavailable")
+    if key in GROUPS_READ_OR_WRITTEN:
+        codes.append("unavailable")
     table, default = dialect_statuses(dialect_of(path))
     return sorted({table.get(code, default) for code in codes})
 
