@@ -354,10 +354,10 @@ def test_a_method_no_route_takes_is_refused_rather_than_a_server_error(stack: An
     ("method", "path", "allowed", "body_keys"),
     [
         ("GET", "/ng/v1/sendsms", {"POST"}, {"status_code", "message"}),
-        ("PUT", "/ng/v1/groups/{group_id}", {"GET", "DELETE"}, {"status_code", "message"}),
+        ("PUT", "/ng/v1/groups/{group_id}", {"GET", "DELETE", "HEAD"}, {"status_code", "message"}),
         ("GET", "/sms", {"POST"}, {"result", "error"}),
         ("POST", "/login", {"GET"}, {"result", "error"}),
-        ("PUT", "/status", {"GET"}, {"result", "error"}),
+        ("PUT", "/status", {"GET", "HEAD"}, {"result", "error"}),
     ],
 )
 def test_a_method_the_path_does_not_take_is_405_with_allow_in_the_dialects_shape(

@@ -977,7 +977,7 @@ def test_an_unknown_path_under_sms_is_a_404_and_a_wrong_method_a_405_in_the_fami
     # An order's path asked with a method it does not take: HTTP's 405, naming the ones it takes
     response = api(route_event("PUT", "/sms/123", keys))
     assert response["statusCode"] == 405
-    assert response["headers"]["Allow"] == "DELETE, GET"
+    assert response["headers"]["Allow"] == "DELETE, GET, HEAD"
     assert answer(response)["result"] == "KO"
 
 

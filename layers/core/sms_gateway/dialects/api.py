@@ -127,6 +127,16 @@ class ApiResolver(DocumentedResolver):
                 return methods
         return []
 
+    def answers_head_as_get(self, path: str) -> bool:
+        """Whether a HEAD of `path` is answered as its GET without the body: a read (HEAD_AS_GET_PREFIXES) that a
+        route takes with GET."""
+        return _answers_head_as_get(path) and "GET" in self.methods_for(path)
+
+    def allowed(self, path: str) -> list[str]:
+        """The methods `path` takes, as a 405's Allow names them: its routes', and HEAD where it is answered as GET."""
+        methods = self.methods_for(path)
+        return sorted({*methods, "HEAD"}) if self.answers_head_as_get(path) else methods
+
     def register_everything(self) -> None:
         self.register(*every_step())
 
@@ -134,7 +144,7 @@ class ApiResolver(DocumentedResolver):
         # The path as Powertools routes it (a named stage's prefix removed).
         path = APIGatewayProxyEventV2(dict(event)).path
         self.register(*steps_for(path))
-        head = _http_method(event) == "HEAD" and _answers_head_as_get(path) and "GET" in self.methods_for(path)
+        head = _http_method(event) == "HEAD" and self.answers_head_as_get(path)
         if head:
             event = _as_get(event)
         # A send stops, and undoes what it stored, while there is still time to answer (logic/send.py).
@@ -229,10 +239,10 @@ def unexpected_error(error: Exception) -> Response[Any]:
 
 @app.not_found
 def not_found(_: Exception) -> Response[Any]:
-    """No route for the method and path: 405 with Allow where a route takes the path with another method (HTTP's
-    answer, in the dialect's shape), else 404."""
+    """No route for the method and path: 405 with Allow where the path takes another method (HTTP's answer, in the
+    dialect's shape; HEAD named where it is answered), else 404."""
     path, method = app.current_event.path, app.current_event.http_method.upper()
-    allowed = app.methods_for(path)
+    allowed = app.allowed(path)
     if allowed:
         return render_error(path, MethodNotAllowed.asked(path, method, allowed))
     return render_error(path, NotFound(f"no route for {method} {path}"))
