@@ -442,6 +442,36 @@ class TestMessages:
         everything = results("from=0001-01-01&to=9999-12-31")
         assert first in everything and second in everything
 
+    @pytest.mark.xfail(strict=True, reason="the Older batches link drops the search")
+    def test_older_batches_keep_the_search_the_page_shows(self, client, account):
+        from sms_gateway.bootstrap import gateway
+        from sms_gateway.dialects.portal.messages_view import BATCHES_PER_PAGE
+        from sms_gateway.domain.status import MessageStatus
+        from tests.integration.test_portal_history import add_batch
+
+        # Given more batches than a page lists, the oldest of them to a number searched for
+        now = datetime.now(UTC)
+        oldest = add_batch(
+            gateway().store, account["account_id"], now - timedelta(hours=2), {f"+{MTN}": MessageStatus.DELIVERED}
+        )
+        for minutes in range(BATCHES_PER_PAGE):
+            add_batch(
+                gateway().store,
+                account["account_id"],
+                now - timedelta(minutes=minutes),
+                {f"+{AIRTEL}": MessageStatus.DELIVERED},
+            )
+        page = client.get(f"{MESSAGES}?number=08030000001")
+        assert str(oldest.reference_id) in page.body.split('id="results"')[1].split("</section>")[0]
+        # When the user follows "Older batches" below the search results
+        older = re.search(r'<a href="([^"]+)">Older batches</a>', page.body)
+        assert older, page.body
+        following = client.get(older.group(1).replace("&amp;", "&"))
+        # Then the search is still filled in and its results still shown, with the next page of batches
+        assert 'value="08030000001"' in following.body
+        assert str(oldest.reference_id) in following.body.split('id="results"')[1].split("</section>")[0]
+        assert str(oldest.reference_id) in following.body.split('id="batches"')[1]
+
     def test_a_bad_search_is_refused_with_its_reason(self, client):
         response = client.get(f"{MESSAGES}?number=12ab")
         assert response.status == 400 and "number to search for is not valid" in response.text()
