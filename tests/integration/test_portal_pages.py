@@ -442,7 +442,6 @@ class TestMessages:
         everything = results("from=0001-01-01&to=9999-12-31")
         assert first in everything and second in everything
 
-    @pytest.mark.xfail(strict=True, reason="the Older batches link drops the search")
     def test_older_batches_keep_the_search_the_page_shows(self, client, account):
         from sms_gateway.bootstrap import gateway
         from sms_gateway.dialects.portal.messages_view import BATCHES_PER_PAGE

@@ -35,6 +35,8 @@ MESSAGES_PER_PAGE = 100
 TEXT_SHOWN = 60
 # The query flag of a batch's page that Compose leads to while the send making the batch is still under way.
 UNDER_WAY = "under_way"
+# The search form's fields (a GET form: the search is in the page's query string).
+SEARCH_FIELDS = ("number", "reference", "from", "to")
 
 
 def messages_page(ctx: PageContext) -> str | Response[Any]:
@@ -79,7 +81,9 @@ def overview(ctx: PageContext, zone: tzinfo) -> str:
     rows, cursor = history.recent_batches(
         store, store, account.account_id, limit=BATCHES_PER_PAGE, cursor=ctx.query.get("cursor") or None, known=window
     )
-    more = f'<p><a href="{esc(_url(cursor=cursor))}">Older batches</a></p>' if cursor else ""
+    # The next page keeps the search the page shows (its form and results stay as they were).
+    searched = {name: ctx.query.get(name) for name in SEARCH_FIELDS}
+    more = f'<p><a href="{esc(_url(cursor=cursor, **searched))}">Older batches</a></p>' if cursor else ""
     parts.append(section("Recent batches", batches_table(rows, zone) + more, id_="batches"))
     parts.append(section("Delivery rate", delivery_html(window, zone, now), id_="delivery"))
     return "\n".join(parts)
