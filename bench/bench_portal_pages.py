@@ -88,7 +88,9 @@ def run(quick: bool) -> dict[str, Any]:
             f"{MESSAGES_PER_BATCH} messages per batch over the last 6 days; each view is a signed-in GET through the "
             "real api handler on moto (session read included); medians of "
             f"{REPEATS} views. Times are moto's on this machine, not DynamoDB's.",
-            "The page reads one Query for the window's batches and one per batch for its messages (up to the bound, 8 "
-            "at a time); the listed batches' counts reuse those reads. A search by number reads its own window too.",
+            "The page reads one Query for the batches made in the window, one for the scheduled batches going out in "
+            "it (and one BatchGetItem for those made before it: none here), and one per batch for its messages (up to "
+            "the bound, 8 at a time); the listed batches' counts reuse those reads. A search by number reads its own "
+            "window too.",
         ],
     }

@@ -181,7 +181,6 @@ class TestSearch:
         found = history.search(store, store, account, query)
         assert [batch.reference_id for batch in found.batches] == [recent.reference_id]
 
-    @pytest.mark.xfail(strict=True, reason="search dates match when a batch was made, not when it went out")
     def test_dates_find_a_campaign_by_the_day_it_went_out_not_the_day_it_was_made(self, store, account):
         # Given a campaign made 10 days ago, scheduled for yesterday (the batches table says "Sent" yesterday)
         made, went_out = NOW - timedelta(days=10), NOW - timedelta(days=1)
@@ -198,6 +197,11 @@ class TestSearch:
             found = history.search(store, store, account, query)
             # Then it is found, and only it
             assert [batch.reference_id for batch in found.batches] == [campaign.reference_id], name
+        # And the dates of the day it was made find it too (the batch's page says when it was made)
+        made_that_day = history.SearchQuery(reference="spring", since=made - timedelta(hours=1), until=made)
+        assert [batch.reference_id for batch in history.search(store, store, account, made_that_day).batches] == [
+            campaign.reference_id
+        ]
 
     def test_a_bad_number_or_reversed_dates_are_refused_with_a_reason(self, store, account):
         with pytest.raises(InvalidRequest, match="number to search for is not valid"):
@@ -268,20 +272,43 @@ class TestFigures:
         assert days[went_out.strftime("%Y-%m-%d")].delivered == 2
         assert days[made.strftime("%Y-%m-%d")].total == 0
 
-    @pytest.mark.xfail(strict=True, reason="the window holds batches made in the last 7 days, not those sent in them")
     def test_a_campaign_made_before_the_window_and_sent_in_it_is_drawn_when_it_went_out(self, store, account):
         # Given a campaign made 10 days ago, scheduled for yesterday, 1 of its 2 messages delivered
         made, went_out = NOW - timedelta(days=10), NOW - timedelta(days=1)
         add_batch(store, account.account_id, made, {MTN: S.DELIVERED, AIRTEL: S.FAILED}, send_at=went_out, price=3)
+        # And a campaign made today for next week
+        next_week = NOW + timedelta(days=7)
+        add_batch(store, account.account_id, NOW, {GLO: S.SCHEDULED}, send_at=next_week, price=5, status=S.SCHEDULED)
         # When the portal draws the last 7 days
         window = history.recent_window(store, store, account.account_id, now=NOW, zone=UTC)
         days = {point.label: point for point in history.delivery_over_time(window, UTC, now=NOW)}
         networks = {point.label: point for point in history.delivery_by_network(window)}
-        # Then its messages are drawn on the day they went out, and by network
+        # Then the first campaign's messages are drawn on the day they went out, and by network; the second's, not
+        # sent yet, in no chart
         assert days[went_out.strftime("%Y-%m-%d")].counts == {"delivered": 1, "failed": 1}
+        assert sum(point.total for point in days.values()) == 2
+        assert set(networks) == {"mtn", "airtel"}
         assert networks["mtn"].rate == 1.0 and networks["airtel"].rate == 0.0
-        # And its credits, charged when it was made (before the window), are not in the week's usage
-        assert history.credit_usage(window, UTC) == []
+        # And the week's credits are those charged in it: the second campaign's today, not the first's (charged
+        # when it was made, before the window)
+        assert [(day.day, day.charged) for day in history.credit_usage(window, UTC)] == [(NOW.date(), 5)]
+        assert window.complete
+
+    def test_the_send_path_s_write_of_a_scheduled_batch_finds_it_by_when_it_goes_out(self, store, account):
+        # Given a batch scheduled for yesterday, made 10 days ago by the send's own write (its batch and credits in
+        # one transaction), its message delivered since
+        made, went_out = NOW - timedelta(days=10), NOW - timedelta(days=1)
+        template = add_batch(store, "someone-else", made, {MTN: S.DELIVERED}, send_at=went_out)
+        batch = template.model_copy(update={"account_id": account.account_id})
+        store.create_batch_and_reserve(batch)
+        (message,) = store.list_messages("someone-else", template.reference_id)[0]
+        store.add_messages(batch, [message.model_copy(update={"account_id": account.account_id})])
+        # When the portal reads the last 7 days
+        window = history.recent_window(store, store, account.account_id, now=NOW, zone=UTC)
+        # Then it is there, drawn on the day it went out; the other account's is not
+        assert [found.reference_id for found in window.batches] == [batch.reference_id]
+        days = {point.label: point for point in history.delivery_over_time(window, UTC, now=NOW)}
+        assert days[went_out.strftime("%Y-%m-%d")].delivered == 1
 
     def test_hourly_points_cover_the_window(self, store, account):
         add_batch(store, account.account_id, NOW - timedelta(hours=3), {MTN: S.DELIVERED})

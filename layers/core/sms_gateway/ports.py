@@ -407,6 +407,18 @@ class BatchHistory(Protocol):
         for this listing."""
         ...
 
+    def scheduled_batch_ids(
+        self, account_id: str, *, limit: int, since: datetime | None = None, until: datetime | None = None
+    ) -> tuple[list[int], bool]:
+        """The reference ids of up to `limit` of the account's scheduled batches (those with a `send_at`) that go
+        out from `since` to `until` (inclusive, aware datetimes) if given, whenever they were made, the latest to go
+        out first; and whether those are all there are."""
+        ...
+
+    def get_batches(self, account_id: str, reference_ids: Sequence[int]) -> list[Batch]:
+        """The account's batches of these reference ids, in no particular order; ids of none are skipped."""
+        ...
+
 
 class ConversationLookup(Protocol):
     def last_sent_to(self, account_id: str, msisdn: str, sender: str | None = None) -> SentMessage | None:

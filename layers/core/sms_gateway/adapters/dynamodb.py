@@ -42,7 +42,7 @@ from sms_gateway.adapters.dynamodb_delivery import (
     reporter_values,
 )
 from sms_gateway.adapters.dynamodb_groups import DynamoGroupStore
-from sms_gateway.adapters.dynamodb_history import DynamoHistoryMixin
+from sms_gateway.adapters.dynamodb_history import DynamoHistoryMixin, goes_out_sk
 from sms_gateway.adapters.dynamodb_inbox import DynamoInboxMixin
 from sms_gateway.adapters.dynamodb_notifications import DynamoNotificationsMixin
 from sms_gateway.adapters.dynamodb_optouts import DynamoOptOutsMixin, unreleased_check
@@ -591,7 +591,19 @@ class DynamoStore(
             self.client.put_item(**self._new_batch_put(batch))
         except self.client.exceptions.ConditionalCheckFailedException as error:
             raise _batch_exists(batch) from error
+        for entry in self._goes_out_puts(batch):
+            self.client.put_item(**entry)
         self.add_messages(batch, messages)
+
+    def _goes_out_puts(self, batch: Batch) -> list[dict[str, Any]]:
+        """A scheduled batch's entry by when it goes out (dynamodb_history.py), written with the batch and expiring
+        with it: the portal finds by it a campaign made before the week it was sent in. None for a batch sent at
+        once. Unconditional: its key is the batch's alone, and the batch's own put decides whether it is new."""
+        sk = goes_out_sk(batch)
+        if sk is None:
+            return []
+        item = {"pk": account_pk(batch.account_id), "sk": sk, "expires_at": self._expires_at(batch)}
+        return [{"TableName": self.table_name, "Item": self._codec.dump(item)}]
 
     def _new_batch_put(self, batch: Batch) -> dict[str, Any]:
         item = {
@@ -616,10 +628,17 @@ class DynamoStore(
         taken: there is no moment at which they are gone and the batch is not there. With `superseding`, the
         failed batch it replaces gets its link to this one in the same transaction: a retry that follows the
         link finds this batch, and one that finds no link knows nothing of this one was written."""
-        writes = [{"Update": self._reserve_update(batch.account_id, batch.cost)}, {"Put": self._new_batch_put(batch)}]
+        # A scheduled batch's entry by send time goes in the same transaction: no request more (it is never refused).
+        entries = [{"Put": entry} for entry in self._goes_out_puts(batch)]
+        writes = [
+            {"Update": self._reserve_update(batch.account_id, batch.cost)},
+            {"Put": self._new_batch_put(batch)},
+            *entries,
+        ]
         if superseding is not None:
             writes.append({"Update": self._supersede_update(batch.account_id, superseding, batch.reference_id)})
-        account_refused, batch_refused, *superseded_refused = transact_until_decided(self.client, writes)
+        account_refused, batch_refused, *others = transact_until_decided(self.client, writes)
+        superseded_refused = others[len(entries) :]
         if batch_refused:
             raise _batch_exists(batch)
         if any(superseded_refused):

@@ -42,7 +42,8 @@ READ_THREADS = 8
 
 @dataclass(frozen=True)
 class Window:
-    """Recent batches (newest first) and, when read, their messages by reference id."""
+    """The batches made or going out from `since` to `until` (the latest to go out first) and, when read, their
+    messages by reference id."""
 
     since: datetime | None
     until: datetime | None
@@ -57,6 +58,13 @@ class Window:
         for batch in self.batches:
             yield from self.messages.get(batch.reference_id, ())
 
+    def sent_messages(self) -> Iterable[Message]:
+        """The messages of the batches that go out within the window: not those of a batch made in it to go out
+        later, which sent nothing yet."""
+        for batch in self.batches:
+            if _within(goes_out(batch), self.since, self.until):
+                yield from self.messages.get(batch.reference_id, ())
+
 
 def read_window(
     history: BatchHistory,
@@ -69,16 +77,7 @@ def read_window(
     max_batches: int = MAX_WINDOW_BATCHES,
     max_messages: int = MAX_WINDOW_MESSAGES,
 ) -> Window:
-    batches: list[Batch] = []
-    cursor: str | None = None
-    while len(batches) < max_batches:
-        page, cursor = history.list_batches(
-            account_id, limit=min(_PAGE, max_batches - len(batches)), cursor=cursor, since=since, until=until
-        )
-        batches.extend(page)
-        if cursor is None:
-            break
-    complete = cursor is None
+    batches, complete = _made_or_going_out(history, account_id, since=since, until=until, max_batches=max_batches)
     if not with_messages:
         return Window(since=since, until=until, batches=batches, complete=complete)
     # Each batch says how many messages it has, so the bound is planned before reading: every batch that fits is
@@ -99,6 +98,35 @@ def read_window(
     messages = {batch.reference_id: read for (batch, _), read in zip(plan, found, strict=True)}
     whole = frozenset(batch.reference_id for batch, wanted in plan if wanted == batch.recipients)
     return Window(since=since, until=until, batches=batches, messages=messages, whole=whole, complete=complete)
+
+
+def _made_or_going_out(
+    history: BatchHistory, account_id: str, *, since: datetime | None, until: datetime | None, max_batches: int
+) -> tuple[list[Batch], bool]:
+    """Up to `max_batches` batches made or going out from `since` to `until`, the latest to go out first, and
+    whether those are all. Made: a key range of the account's batches. Going out: the scheduled batches by their
+    send time (`scheduled_batch_ids`), of which only those made outside the range are read (one request): a
+    campaign made 10 days ago and sent yesterday is in the week's figures (until session 36 it was in no week's)."""
+    made: list[Batch] = []
+    cursor: str | None = None
+    while len(made) < max_batches:
+        page, cursor = history.list_batches(
+            account_id, limit=min(_PAGE, max_batches - len(made)), cursor=cursor, since=since, until=until
+        )
+        made.extend(page)
+        if cursor is None:
+            break
+    scheduled, all_scheduled = history.scheduled_batch_ids(account_id, limit=max_batches, since=since, until=until)
+    known = {batch.reference_id for batch in made}
+    made_before = history.get_batches(account_id, [ref for ref in scheduled if ref not in known])
+    batches = sorted([*made, *made_before], key=lambda batch: (goes_out(batch), batch.reference_id), reverse=True)
+    complete = cursor is None and all_scheduled and len(batches) <= max_batches
+    return batches[:max_batches], complete
+
+
+def goes_out(batch: Batch) -> datetime:
+    """When a batch goes out: its send time when scheduled, else when it was made."""
+    return goes_out_at(created_at=batch.created_at, send_at=batch.send_at)
 
 
 def _first_messages(store: MessageStore, batch: Batch, wanted: int) -> list[Message]:
@@ -200,13 +228,14 @@ class SearchResult:
 def search(history: BatchHistory, store: MessageStore, account: Account, query: SearchQuery) -> SearchResult:
     """Batches (and, given a number, that number's messages) matching every criterion given. A reference that is
     a batch's reference_id or a message_id is looked up by key; anything else (a client ref_id, a number, dates)
-    is matched in the recent window: MAX_WINDOW_BATCHES batches, newest first, within the dates if given."""
+    is matched in the recent window: MAX_WINDOW_BATCHES batches, the latest to go out first, made or going out
+    within the dates if given."""
     msisdn = _search_number(query.number, account.default_country)
     if query.since and query.until and query.since > query.until:
         raise InvalidRequest("the 'from' date is after the 'to' date")
     keyed = _by_key(store, account.account_id, query.reference)
     if keyed is not None:
-        keyed = [batch for batch in keyed if _within(from_iso(batch.created_at), query.since, query.until)]
+        keyed = [batch for batch in keyed if _made_or_going_out_within(batch, query.since, query.until)]
         window = Window(since=None, until=None, batches=keyed, complete=True)
         if msisdn is not None:
             window = _with_messages(store, window)
@@ -233,6 +262,11 @@ def search(history: BatchHistory, store: MessageStore, account: Account, query: 
 
 def _within(moment: datetime, since: datetime | None, until: datetime | None) -> bool:
     return (since is None or moment >= since) and (until is None or moment <= until)
+
+
+def _made_or_going_out_within(batch: Batch, since: datetime | None, until: datetime | None) -> bool:
+    """Whether search dates hold a batch: made within them, or going out within them (the batches table's "Sent")."""
+    return _within(from_iso(batch.created_at), since, until) or _within(goes_out(batch), since, until)
 
 
 def _search_number(raw: str | None, default_country: str) -> str | None:
@@ -334,9 +368,10 @@ def _periods(first: datetime, last: datetime, zone: tzinfo, hourly: bool) -> lis
 
 
 def delivery_by_network(window: Window) -> list[DeliveryPoint]:
-    """One point per mobile network (slug, or "unknown"), the network with the most messages first."""
+    """One point per mobile network (slug, or "unknown"), the network with the most messages first: the messages
+    that went out in the window."""
     counts: dict[str, Counter[str]] = defaultdict(Counter)
-    for message in window.all_messages():
+    for message in window.sent_messages():
         counts[message.telco or "unknown"][str(message.status)] += 1
     points = [DeliveryPoint(label=telco, counts=dict(by_status)) for telco, by_status in counts.items()]
     return sorted(points, key=lambda point: (-point.total, point.label))
@@ -355,13 +390,16 @@ class UsageDay:
 
 def credit_usage(window: Window, zone: tzinfo) -> list[UsageDay]:
     """Credits per day of the window, newest first (days with no batch left out): charged is what the day's
-    batches reserved, refunded what came back: the whole cost of a batch that failed, and for the others the
-    prices of their messages that failed or were cancelled. A batch whose messages the window's bound left unread
-    (some or all) is left out, charged and refunded alike: what came back of it is not known, and the window is
-    then not complete, so the page says the figures cover only part of the period."""
+    batches reserved when they were made, refunded what came back: the whole cost of a batch that failed, and for
+    the others the prices of their messages that failed or were cancelled. A batch made before the window (a
+    campaign sent in it) is not the window's: its credits were taken before. A batch whose messages the window's
+    bound left unread (some or all) is left out, charged and refunded alike: what came back of it is not known,
+    and the window is then not complete, so the page says the figures cover only part of the period."""
     charged: Counter[date] = Counter()
     refunded: Counter[date] = Counter()
     for batch in window.batches:
+        if not _within(from_iso(batch.created_at), window.since, window.until):
+            continue
         day = _local(batch.created_at, zone).date()
         # A failed batch's refund is its whole cost, known without its messages (refunded_credits).
         if batch.status == MessageStatus.FAILED or batch.reference_id in window.whole:
