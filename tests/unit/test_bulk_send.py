@@ -55,6 +55,17 @@ def test_a_malformed_template_is_refused_for_the_whole_file() -> None:
     assert template_fields("{a} {b.x} {a}") == ["a", "b"]
 
 
+@pytest.mark.xfail(strict=True, reason="a template's placeholder is filled by str.format: attributes are sent")
+def test_review_a_template_fills_only_plain_columns_and_keeps_literal_braces() -> None:
+    # A column whose name holds a dot or brackets is a column like another; {{ and }} are literal braces
+    fields = {"to": "0802", "amount.due": "500", "name": "Ada"}
+    assert render("{{Hi}} {name}: {amount.due} due", fields) == "{Hi} Ada: 500 due"
+    # Anything else is refused for the whole file, never filled by Python's attribute or item access
+    for template in ("Hi {name.upper}", "Hi {name!s}", "Hi {name:10}"):
+        with pytest.raises(BulkSendError, match="column"):
+            template_fields(template)
+
+
 def test_the_row_key_depends_on_what_is_sent_not_on_where_the_row_is() -> None:
     row = {"to": "2348020000000", "name": "Ada"}
     key = row_key("48974", "Hi {name}", "2348020000000", row)

@@ -794,3 +794,27 @@ def test_review_tail_csv_s_memory_does_not_grow_with_the_batches_it_follows(
     # And ten times the batches take about the memory of a tenth of them: the batches' ids and the statuses seen are
     # kept on disk, not in memory (a campaign of millions of rows is followed on a small machine too)
     assert peaks[10_000] < 2 * peaks[1_000], peaks
+
+
+@pytest.mark.xfail(strict=True, reason="a template's placeholder is filled by str.format: attributes are sent")
+@pytest.mark.parametrize(
+    "placeholder",
+    ["{name.upper}", "{name.__class__}", "{name[0]}", "{name!r}", "{name:>10}", "{nmae}"],
+    ids=["method", "dunder", "index", "conversion", "format-spec", "typo"],
+)
+def test_review_a_template_placeholder_that_is_not_a_column_is_refused_before_anything_is_sent(
+    csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str], placeholder: str
+) -> None:
+    from sms_gateway_tools import cli
+
+    sends, csv_file, _ = csv_gateways
+    # Given a template with a placeholder that is not one of the CSV's columns as written (to, name): an attribute, an
+    # index, a conversion, a format, a typo
+    argv = ["send", "--csv", str(csv_file), "--from", "48974", "--message", f"Hi {placeholder}, welcome"]
+    # When the campaign is sent
+    code = cli.main([*argv, "--api-url", "http://gw", "--token", "t"])
+    err = capsys.readouterr().err
+    # Then nothing is sent or charged (not "Hi <built-in method upper of str object at 0x...>" to every customer, nor
+    # "Hi 'Ada'", "Hi A", nor every row rejected one by one), and the error names the placeholder and the columns
+    assert (code, sends) == (2, {}), err
+    assert placeholder in err and "to, name" in err, err
