@@ -9,7 +9,7 @@ import os
 import re
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, dataclass, fields
 from itertools import chain, islice
@@ -71,23 +71,50 @@ class RowResult:
 
 
 def template_fields(template: str) -> list[str]:
-    """The column names a template uses (`Hi {name}` -> ["name"]); a malformed template is refused up front."""
+    """The column names a template uses, each once (`Hi {name}` -> ["name"]); a malformed template, or a placeholder
+    that is more than a name (`placeholders`), is refused up front."""
+    names: list[str] = []
+    for _, name in placeholders(template):
+        if name is not None and name not in names:
+            names.append(name)
+    return names
+
+
+def placeholders(template: str, columns: Sequence[str] | None = None) -> list[tuple[str, str | None]]:
+    """The template as (literal text, column name or None) pieces, `{{` and `}}` read as literal braces.
+
+    A placeholder is a column's name alone: one with a conversion or a format (`{name!r}`, `{name:>10}`) is refused
+    (BulkSendError), as is one naming none of `columns` when they are given (`{name.upper}`, `{name[0]}`, a typo).
+    Until 2026-12-09 the text was filled by Python's str.format, which read `{name.upper}` as the value's attribute:
+    every row was sent, and charged, "Hi <built-in method upper of str object at 0x...>"."""
     try:
         parsed = list(Formatter().parse(template))
     except ValueError as error:
         raise BulkSendError(
             f"the message template is malformed: {error} (write a literal brace as {{{{ or }}}})"
         ) from error
-    names: list[str] = []
-    for _, name, _, _ in parsed:
-        if name is None:
-            continue
-        if name == "" or name.isdigit():
-            raise BulkSendError("the message template's placeholders must name a CSV column, as in {name}")
-        column = name.split(".", 1)[0].split("[", 1)[0]
-        if column not in names:
-            names.append(column)
-    return names
+    pieces: list[tuple[str, str | None]] = []
+    for literal, name, format_spec, conversion in parsed:
+        if name is not None:
+            written = "{" + name + (f"!{conversion}" if conversion else "") + (f":{format_spec}" if format_spec else "")
+            if (
+                name == ""
+                or name.isdigit()
+                or conversion
+                or format_spec
+                or (columns is not None and name not in columns)
+            ):
+                raise BulkSendError(_not_a_column(written + "}", columns))
+        pieces.append((literal, name))
+    return pieces
+
+
+def _not_a_column(placeholder: str, columns: Sequence[str] | None) -> str:
+    among = f" (the CSV's columns: {', '.join(columns)})" if columns is not None else ""
+    return (
+        f"the message template's placeholder {placeholder} is not a column's name{among}: a placeholder is a column's "
+        "name alone, as in {name}, with no attribute, index, conversion or format; write a literal brace as {{ or }}"
+    )
 
 
 def render(template: str, fields: dict[str, str]) -> str:
@@ -95,10 +122,7 @@ def render(template: str, fields: dict[str, str]) -> str:
     missing = [name for name in template_fields(template) if not (fields.get(name) or "").strip()]
     if missing:
         raise RowRejected(f"no value for {', '.join(missing)} (used by the message template)")
-    try:
-        return template.format_map(fields)
-    except (AttributeError, IndexError, KeyError, ValueError) as error:
-        raise RowRejected(f"the template cannot be filled from this row: {error}") from error
+    return "".join(literal + (fields[name] if name is not None else "") for literal, name in placeholders(template))
 
 
 def row_key(sender: str, template: str, to: str, fields: dict[str, str]) -> str:
@@ -197,10 +221,11 @@ def number_column(header: Iterable[str]) -> str:
     raise BulkSendError(f"the CSV needs a column with the recipient's number: one of {', '.join(NUMBER_COLUMNS)}")
 
 
-def read_rows(lines: Iterable[str]) -> Iterator[Row]:
+def read_rows(lines: Iterable[str], template: str | None = None) -> Iterator[Row]:
     """The file's rows, its cells separated as its header line's are (`separator`); a file that is not valid CSV is
     refused (BulkSendError naming the line its bad row starts on), never guessed at: a quote opened and never closed
-    would make the rest of the file one cell of one row."""
+    would make the rest of the file one cell of one row. So is a `template` with a placeholder that names none of
+    its columns (`placeholders`)."""
     rest = _utf8_lines(lines)
     first = list(islice(rest, 1))
     # strict: a quote never closed, or text after a closing quote, is an error instead of a cell taken as it falls.
@@ -211,6 +236,8 @@ def read_rows(lines: Iterable[str]) -> Iterator[Row]:
         if header is None:
             raise BulkSendError("the CSV is empty: it needs a header line (to,name,...) and rows")
         to_column = number_column(header)
+        if template is not None:
+            placeholders(template, [str(name).strip() for name in header])
         while True:
             starts_on = reader.line_num + 1
             record = next(reader, None)

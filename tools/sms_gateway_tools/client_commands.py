@@ -376,7 +376,7 @@ def _send_csv(args: argparse.Namespace) -> int:
         # The whole file is read through first, a row at a time: one that cannot be read or is not valid CSV sends
         # nothing. The send reads it again as it goes, so a big file is never held in memory.
         with _open_csv(path) as stream:
-            total = sum(1 for _ in read_rows(stream))
+            total = sum(1 for _ in read_rows(stream, args.message))
     except OSError as error:
         print(f"error: cannot read {path}: {error.strerror}", file=sys.stderr)
         return CANNOT_RUN
@@ -390,7 +390,7 @@ def _send_csv(args: argparse.Namespace) -> int:
             progress = ProgressFile(progress_path(path), client.target)
             _note_untargeted(progress)
             summary = send_rows(
-                read_rows(stream),
+                read_rows(stream, args.message),
                 sender=args.sender,
                 template=args.message,
                 send_one=_csv_dry_runner(client, args.sender, balance)
