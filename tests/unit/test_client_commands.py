@@ -817,3 +817,51 @@ def test_review_a_template_placeholder_that_is_not_a_column_is_refused_before_an
     # "Hi 'Ada'", "Hi A", nor every row rejected one by one), and the error names the placeholder and the columns
     assert (code, sends) == (2, {}), err
     assert placeholder in err and "to, name" in err, err
+
+
+WRONG_URL_ANSWERS = {
+    "api-gateway-404": (404, "application/json", '{"message":"Not Found"}'),
+    "html-404": (404, "text/html", "<html><body><h1>404 Not Found</h1></body></html>"),
+    "a-web-page": (200, "text/html", "<!doctype html><html><head><title>Example Corp</title></head></html>"),
+}
+
+
+@pytest.mark.xfail(strict=True, reason="a wrong API URL rejects every row one by one instead of stopping the run")
+@pytest.mark.parametrize("answer", WRONG_URL_ANSWERS, ids=list(WRONG_URL_ANSWERS))
+def test_review_a_wrong_api_url_stops_the_run_at_its_first_answer_and_a_rerun_sends_every_row(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str], answer: str
+) -> None:
+    from sms_gateway_tools import cli
+
+    # Given a gateway at https://sms.example.com, and a campaign of 50 rows
+    sends: dict[str, int] = {}
+
+    def gateway(url: str) -> GatewayClient:
+        def handler(request: httpx.Request) -> httpx.Response:
+            if request.method == "POST":
+                sends[url] = sends.get(url, 0) + 1
+            if url != "https://sms.example.com":
+                status, content_type, text = WRONG_URL_ANSWERS[answer]
+                return httpx.Response(status, text=text, headers={"Content-Type": content_type})
+            if request.method == "POST":
+                return httpx.Response(200, json={"status_code": 200, "reference_id": "7", "recipients_processed": 1})
+            return httpx.Response(200, json={"reference_id": "7", "parts": 1, "cost": 1})
+
+        return GatewayClient(url, "t", transport=httpx.MockTransport(handler))
+
+    monkeypatch.setattr(client_commands, "_open_client", lambda args: gateway(args.api_url))
+    csv_file = tmp_path / "customers.csv"
+    csv_file.write_text("to,name\n" + "".join(f"2348020{n:06d},Ada\n" for n in range(50)))
+    argv = ["send", "--csv", str(csv_file), "--from", "48974", "--message", "Hi {name}", "--concurrency", "1"]
+    # When it is sent to a wrong URL: a path too many (an API Gateway's 404), a site's 404 page, or its home page
+    code = cli.main([*argv, "--api-url", "https://sms.example.com/ng/v1", "--token", "t"])
+    printed = capsys.readouterr()
+    # Then the run stops at the first answer, saying the URL is not the gateway's (exit 2), instead of 50 "rejected"
+    # rows, each sent in turn
+    assert (code, sends) == (2, {"https://sms.example.com/ng/v1": 1}), printed.err
+    assert "https://sms.example.com/ng/v1" in printed.err and "API URL" in printed.err, printed.err
+    assert "rejected rows" not in printed.out, printed.out
+    # And run again with the right URL, every row is sent there
+    code = cli.main([*argv, "--api-url", "https://sms.example.com", "--token", "t", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert (code, out["accepted"], sends["https://sms.example.com"]) == (0, 50, 50)
