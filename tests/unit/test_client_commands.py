@@ -826,7 +826,6 @@ WRONG_URL_ANSWERS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="a wrong API URL rejects every row one by one instead of stopping the run")
 @pytest.mark.parametrize("answer", WRONG_URL_ANSWERS, ids=list(WRONG_URL_ANSWERS))
 def test_review_a_wrong_api_url_stops_the_run_at_its_first_answer_and_a_rerun_sends_every_row(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str], answer: str
@@ -861,6 +860,7 @@ def test_review_a_wrong_api_url_stops_the_run_at_its_first_answer_and_a_rerun_se
     assert (code, sends) == (2, {"https://sms.example.com/ng/v1": 1}), printed.err
     assert "https://sms.example.com/ng/v1" in printed.err and "API URL" in printed.err, printed.err
     assert "rejected rows" not in printed.out, printed.out
+    assert "50 rows not sent" in printed.err, printed.err
     # And run again with the right URL, every row is sent there
     code = cli.main([*argv, "--api-url", "https://sms.example.com", "--token", "t", "--json"])
     out = json.loads(capsys.readouterr().out)

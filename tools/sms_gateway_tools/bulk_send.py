@@ -85,7 +85,7 @@ def placeholders(template: str, columns: Sequence[str] | None = None) -> list[tu
 
     A placeholder is a column's name alone: one with a conversion or a format (`{name!r}`, `{name:>10}`) is refused
     (BulkSendError), as is one naming none of `columns` when they are given (`{name.upper}`, `{name[0]}`, a typo).
-    Until 2026-12-09 the text was filled by Python's str.format, which read `{name.upper}` as the value's attribute:
+    Until session 36 the text was filled by Python's str.format, which read `{name.upper}` as the value's attribute:
     every row was sent, and charged, "Hi <built-in method upper of str object at 0x...>"."""
     try:
         parsed = list(Formatter().parse(template))
@@ -721,14 +721,14 @@ class _Run:
         if self.on_result is not None:
             self.on_result(result)
 
-    def not_sent(self, row: Row, key: str) -> None:
-        self.done(RowResult(row.line, row.to, "rejected", key, reason=f"not sent: {self.summary.fatal}"))
+    @property
+    def stopped(self) -> bool:
+        return self.summary.fatal is not None
 
     def attempt(self, send_one: SendOne, row: Row, keyed: _Keyed, text: str) -> None:
         key = keyed.key
-        if self.summary.fatal is not None:
-            self.not_sent(row, key)
-            return
+        if self.stopped:
+            return  # not sent, and no result: counted among the rows not reached (`send_rows`)
         try:
             reference_id, cost = send_one(keyed.to, text, key)
         except KeyUsed:
@@ -736,9 +736,9 @@ class _Run:
         except RowRejected as error:
             self.done(RowResult(row.line, row.to, "rejected", key, reason=str(error)))
         except BulkSendError as error:
-            # The gateway refuses the caller (a bad token, say): every other row would fail the same way.
+            # The gateway refuses the caller (a bad token) or is not there (a wrong URL): every other row would fail
+            # the same way. The row was not sent: it is left, as the rows after it, for a rerun.
             self.stop(str(error))
-            self.done(RowResult(row.line, row.to, "rejected", key, reason=str(error)))
         except Exception as error:  # one row's surprise must not lose the other rows' results
             self.done(RowResult(row.line, row.to, "rejected", key, reason=f"unexpected error: {error!r}"))
         else:
@@ -757,26 +757,28 @@ def send_rows(
     dry_run: bool = False,
 ) -> Summary:
     """Sends each row once: rows in the progress file are skipped, the rest go `concurrency` at a time.
-    A dry run (`send_one` quoting instead of sending) records nothing in the progress file."""
+    A dry run (`send_one` quoting instead of sending) records nothing in the progress file.
+
+    A run that cannot go on (`Summary.fatal`: the caller refused, no gateway at the URL, the progress file or the
+    temporary files unwritable) stops reading rows: the rows not sent have no result (as after Ctrl-C), so a run of
+    a million rows does not end in a million rejected rows (until session 36 each was reported rejected)."""
     template_fields(template)
     summary = Summary(dry_run=dry_run)
     first_lines = FirstLines()
     run = _Run(summary, progress, on_result)
     pool = _FewAheadPool(max(1, concurrency))
     try:
-        lookups_failed = False
         for row in rows:
-            if not lookups_failed:
-                try:
-                    keyed = _keyed(row, sender, template, progress)
-                    settled = _settled_without_sending(row, keyed, template=template, first_lines=first_lines)
-                except ScratchFailed as error:
-                    # The rows can no longer be looked up in the progress file or told apart: stop sending.
-                    run.stop(str(error))
-                    lookups_failed = True
-            if lookups_failed:
-                run.not_sent(row, row_key(sender, template, row.to, row.fields))
-            elif isinstance(settled, RowResult):
+            if run.stopped:
+                break
+            try:
+                keyed = _keyed(row, sender, template, progress)
+                settled = _settled_without_sending(row, keyed, template=template, first_lines=first_lines)
+            except ScratchFailed as error:
+                # The rows can no longer be looked up in the progress file or told apart: stop sending.
+                run.stop(str(error))
+                break
+            if isinstance(settled, RowResult):
                 run.done(settled)
             else:
                 pool.submit(run.attempt, send_one, row, keyed, settled)

@@ -62,19 +62,30 @@ INTERRUPTED = 130
 
 # The status of an ApiError when the gateway gave no answer at all (unreachable).
 NO_ANSWER = 0
+# What a send's answer of these statuses means: no such path (404), or one that takes no POST (405), at that URL.
+WRONG_PATH_STATUSES = frozenset({404, 405})
+WRONG_URL_HINT = (
+    f"is the API URL the gateway's (--api-url, ${API_URL_VARIABLE}: a deployed stack's ApiUrl output, as "
+    "`--stack-name` reads it)?"
+)
 
 
 class ApiError(Exception):
     """The gateway answered with an error: its HTTP status and its own message."""
 
-    def __init__(self, status_code: int, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, status_code: int, message: str, retry_after: float | None = None, *, not_the_gateway: bool = False
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
         self.retry_after = retry_after  # the seconds its Retry-After asks to wait before trying again, if any
+        # The answer was not the gateway's JSON (a web page, a proxy's error page): the URL is most likely wrong.
+        self.not_the_gateway = not_the_gateway
 
     def __str__(self) -> str:
-        return self.message if self.status_code == NO_ANSWER else f"{self.message} (HTTP {self.status_code})"
+        said = self.status_code == NO_ANSWER or self.not_the_gateway  # no status, or one the message tells
+        return self.message if said else f"{self.message} (HTTP {self.status_code})"
 
 
 def resolve_api_url(api_url: str | None, stack_name: str | None) -> str:
@@ -136,8 +147,13 @@ class GatewayClient:
         except ValueError:
             body = None
         if not isinstance(body, dict):
+            content_type = response.headers.get("content-type") or "no Content-Type"
             raise ApiError(
-                response.status_code, f"the gateway answered something that is not JSON: {response.text[:200]}"
+                response.status_code,
+                f"{method} {response.url} answered HTTP {response.status_code} with something that is not the "
+                f"gateway's JSON ({content_type}: "
+                f"{response.text[:80]!r}): {WRONG_URL_HINT}",
+                not_the_gateway=True,
             )
         if response.status_code >= 400:
             message = str(body.get("message") or response.reason_phrase)
@@ -184,7 +200,8 @@ def _fail(error: Exception) -> int:
     print(f"error: {error}", file=sys.stderr)
     if isinstance(error, ApiError) and error.status_code == 401:
         print(f"(check the token: --token or {TOKEN_VARIABLE})", file=sys.stderr)
-    return REFUSED if isinstance(error, ApiError) and error.status_code >= 400 else CANNOT_RUN
+    refused = isinstance(error, ApiError) and error.status_code >= 400 and not error.not_the_gateway
+    return REFUSED if refused else CANNOT_RUN
 
 
 # ---------------------------------------------------------------- send
@@ -243,10 +260,16 @@ def _batch_or_nothing(client: GatewayClient, reference_id: str) -> dict[str, Any
         return {}
 
 
-def _row_error(error: ApiError) -> Exception:
-    """A refusal of the caller (or no gateway at all) stops a CSV run: every other row would meet it too. The row's
-    key held for another request is told apart from a refusal of the row (KeyUsed): it was most likely sent."""
-    if error.status_code in (NO_ANSWER, 401, 403):
+def _row_error(error: ApiError, client: GatewayClient) -> Exception:
+    """A refusal of the caller, or no gateway at the URL (none answers; the send's path is unknown there; the answer is
+    not its JSON), stops a CSV run: every other row would meet it too (until session 36 a wrong URL rejected each row
+    in turn). The row's key held for another request is told apart from a refusal of the row (KeyUsed): it was most
+    likely sent."""
+    if error.status_code in WRONG_PATH_STATUSES and not error.not_the_gateway:
+        return BulkSendError(
+            f"{client.http.base_url} answered a send with {error}: no such path there; {WRONG_URL_HINT}"
+        )
+    if error.status_code in (NO_ANSWER, 401, 403) or error.not_the_gateway:
         return BulkSendError(str(error))
     if error.status_code == 409 and "used for a different request" in error.message.lower():
         return KeyUsed(error.message)
@@ -284,7 +307,7 @@ def _csv_dry_runner(client: GatewayClient, sender: str, balance: dict[str, int])
         try:
             answer = client.dry_run(send_body(sender, to, text, delivery_report=False))
         except ApiError as error:
-            raise _row_error(error) from error
+            raise _row_error(error, client) from error
         balance["credits"] = int(answer.get("balance") or 0)
         if not answer.get("would_be_accepted"):
             raise RowRejected(_dry_run_reasons(answer))
@@ -319,7 +342,7 @@ def _csv_sender(client: GatewayClient, sender: str, delivery_report: bool) -> An
         try:
             answer = send_with_retries(client, send_body(sender, to, text, delivery_report), key, RETRY_PAUSES)
         except ApiError as error:
-            raise _row_error(error) from error
+            raise _row_error(error, client) from error
         reference_id = str(answer["reference_id"])
         try:
             cost = client.batch(reference_id).get("cost")
@@ -406,7 +429,9 @@ def _send_csv(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return CANNOT_RUN
     bar.finish()
-    report = {**summary.to_dict(), "progress_file": str(progress.path)}
+    # The rows a stopped or interrupted run did not reach: no result each, a rerun sends them.
+    not_sent = total - summary.rows
+    report = {**summary.to_dict(), "not_sent": not_sent, "progress_file": str(progress.path)}
     # Each row alone may be within the balance while all of them are not: the send would be refused past it.
     balance_sufficient = balance.get("credits") is None or summary.new_cost <= balance["credits"]
     if args.dry_run:
@@ -415,13 +440,13 @@ def _send_csv(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report, sys.stdout)
     else:
-        _print_summary(summary, progress.path, balance.get("credits"))
+        _print_summary(summary, progress.path, balance.get("credits"), not_sent)
     if summary.fatal is not None:
         print(f"error: {summary.fatal}", file=sys.stderr)
+        print(f"{not_sent} rows not sent: once that is fixed, run the same command again to send them", file=sys.stderr)
         return CANNOT_RUN
     if summary.interrupted:
-        left = total - summary.rows
-        print(f"interrupted: {left} rows not sent; run the same command again to send them", file=sys.stderr)
+        print(f"interrupted: {not_sent} rows not sent; run the same command again to send them", file=sys.stderr)
         return INTERRUPTED
     if args.dry_run and not balance_sufficient:
         return REFUSED
@@ -446,7 +471,7 @@ def _note_untargeted(progress: ProgressFile) -> None:
         )
 
 
-def _print_summary(summary: Summary, progress: Path, balance: int | None = None) -> None:
+def _print_summary(summary: Summary, progress: Path, balance: int | None = None, not_sent: int = 0) -> None:
     cost = summary.cost if summary.cost_known else f"{summary.cost} (some costs unknown: see `status`)"
     _print_rows(
         [
@@ -459,7 +484,8 @@ def _print_summary(summary: Summary, progress: Path, balance: int | None = None)
                 if summary.count("key_used")
                 else []
             ),
-            {"outcome": "total", "rows": summary.rows},
+            *([{"outcome": "not sent (the run stopped)", "rows": not_sent}] if not_sent else []),
+            {"outcome": "total", "rows": summary.rows + not_sent},
         ],
         ["outcome", "rows"],
     )
