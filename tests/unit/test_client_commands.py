@@ -865,3 +865,36 @@ def test_review_a_wrong_api_url_stops_the_run_at_its_first_answer_and_a_rerun_se
     code = cli.main([*argv, "--api-url", "https://sms.example.com", "--token", "t", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert (code, out["accepted"], sends["https://sms.example.com"]) == (0, 50, 50)
+
+
+def _ctrl_c(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.xfail(strict=True, reason="Ctrl-C in status, tail or an admin command ends in a traceback")
+@pytest.mark.parametrize("command", ["status", "tail", "admin"])
+def test_review_ctrl_c_in_any_command_is_one_line_and_exit_130(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sms_gateway_tools import admin, cli
+
+    # Given a user who presses Ctrl-C while the command waits on the gateway (a slow page of delivery reports, a
+    # long `tail`, an admin command's DynamoDB call)
+    monkeypatch.setattr(GatewayClient, "batch", _ctrl_c)
+    monkeypatch.setattr(GatewayClient, "delivery_reports", _ctrl_c)
+    monkeypatch.setattr(admin, "_target", lambda args: "http://gw")
+    monkeypatch.setattr(admin, "show_account", _ctrl_c)
+    gateway = ["--api-url", "http://gw", "--token", "t"]
+    argv = {
+        "status": ["status", "386172872980037029", *gateway],
+        "tail": ["tail", "386172872980037029", *gateway],
+        "admin": ["admin", "show-account", "--account", "acc_1"],
+    }[command]
+    # When the command runs
+    try:
+        code: int | None = cli.main(argv)
+    except KeyboardInterrupt:
+        code = None
+    # Then it ends in one line saying so and the exit code of an interrupted command (128 + SIGINT), not a traceback
+    assert code == client_commands.INTERRUPTED, "Ctrl-C escaped the command: a traceback"
+    assert capsys.readouterr().err.strip() == "interrupted"
