@@ -871,7 +871,6 @@ def _ctrl_c(*args: object, **kwargs: object) -> None:
     raise KeyboardInterrupt
 
 
-@pytest.mark.xfail(strict=True, reason="Ctrl-C in status, tail or an admin command ends in a traceback")
 @pytest.mark.parametrize("command", ["status", "tail", "admin"])
 def test_review_ctrl_c_in_any_command_is_one_line_and_exit_130(
     command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

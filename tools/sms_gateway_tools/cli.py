@@ -156,7 +156,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return 2
-    return int(func(args) or 0)
+    try:
+        return int(func(args) or 0)
+    except KeyboardInterrupt:
+        # Ctrl-C: one line and the shell's code for it (128 + SIGINT), not a traceback. `send --csv` catches it
+        # itself, to finish the rows in flight and say how to send the others.
+        from sms_gateway_tools.client_commands import INTERRUPTED
+
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -616,8 +616,6 @@ def _cmd_tail(args: argparse.Namespace) -> int:
                 time.sleep(args.interval)
     except (ApiError, TargetNotFound, BulkSendError, ScratchFailed) as error:
         return _fail(error)
-    except KeyboardInterrupt:
-        return INTERRUPTED
 
 
 def _print_change(message: dict[str, Any], as_json: bool) -> None:
