@@ -908,7 +908,6 @@ def _documented_csv_summary() -> dict[str, Any]:
     return example
 
 
-@pytest.mark.xfail(strict=True, reason="docs/cli.md's --json example lacks new_cost, dry_run and interrupted")
 def test_review_the_documented_csv_summary_has_the_fields_a_real_one_has(
     csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str]
 ) -> None:
