@@ -679,3 +679,31 @@ def test_a_row_recorded_under_its_key_with_the_trunk_zero_kept_is_not_sent_again
     path.write_text(json.dumps(line) + "\n")
     _send_hi_name(_rows("to,name\n+2348020000011,Ada\n"), path, sent)
     assert sent == [("+234 (0)802 000 0011", ada)]
+
+
+@pytest.mark.xfail(strict=True, reason="a duplicate of a row never sent is reported as 'sent once'")
+def test_review_a_duplicate_of_a_row_that_was_not_sent_does_not_claim_it_was_sent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sms_gateway_tools.client_commands import _print_summary
+
+    # Given a CRM export listing Ada twice, and a gateway that refuses her number
+    def refuse(to: str, text: str, key: str) -> tuple[str, int]:
+        raise RowRejected("2348020000011 opted out of 48974 (STOP)")
+
+    summary = send_rows(
+        _rows("customer_id,to,name\n1001,2348020000011,Ada\n1002,2348020000011,Ada\n"),
+        sender="48974",
+        template="Hi {name}",
+        send_one=refuse,
+        progress=ProgressFile(tmp_path / "p.jsonl", TARGET),
+        concurrency=1,
+    )
+    # When the run's summary is read
+    [first, repeat] = summary.results
+    _print_summary(summary, tmp_path / "p.jsonl")
+    printed = capsys.readouterr().out
+    # Then the repeat is told apart as the same message as line 2, but nothing says it was sent: it was not
+    assert (first.outcome, repeat.outcome) == ("rejected", "duplicate")
+    assert "line 2" in str(repeat.reason)
+    assert "sent once" not in str(repeat.reason) and "sent once" not in printed, (repeat.reason, printed)
