@@ -681,7 +681,6 @@ def test_a_row_recorded_under_its_key_with_the_trunk_zero_kept_is_not_sent_again
     assert sent == [("+234 (0)802 000 0011", ada)]
 
 
-@pytest.mark.xfail(strict=True, reason="a duplicate of a row never sent is reported as 'sent once'")
 def test_review_a_duplicate_of_a_row_that_was_not_sent_does_not_claim_it_was_sent(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -652,7 +652,9 @@ def _settled_without_sending(row: Row, keyed: _Keyed, *, template: str, first_li
     key = keyed.key
     first = first_lines.first(keyed.message, row.line)
     if first is not None:
-        reason = f"same number and values as line {first}: sent once"
+        # Not "sent once": the repeat is settled before its first row is answered, which may refuse it or never be
+        # sent (Ctrl-C); the message goes with that row, or not at all (until session 36 it said "sent once").
+        reason = f"same number and values as line {first}: one message with it, not sent on its own"
         return RowResult(row.line, row.to, "duplicate", key, reason=reason)
     earlier = keyed.accepted
     if earlier is not None:

@@ -477,7 +477,7 @@ def _print_summary(summary: Summary, progress: Path, balance: int | None = None,
         [
             {"outcome": "would be accepted" if summary.dry_run else "accepted", "rows": summary.count("accepted")},
             {"outcome": "already accepted (earlier run)", "rows": summary.count("already_accepted")},
-            {"outcome": "duplicate rows (sent once)", "rows": summary.count("duplicate")},
+            {"outcome": "duplicate of an earlier row", "rows": summary.count("duplicate")},
             {"outcome": "rejected", "rows": summary.count("rejected")},
             *(
                 [{"outcome": "key used with the number written another way", "rows": summary.count("key_used")}]
