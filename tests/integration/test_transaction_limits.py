@@ -201,3 +201,46 @@ def test_a_finishing_retry_does_not_let_go_of_credits_its_send_holds_while_it_st
     assert len(messages) == 200
     assert taken == []
     assert balance(account["account_id"]) == 0
+
+
+@pytest.mark.xfail(strict=True, reason="a finisher with no messages to add never settles the batch's cost")
+def test_a_finishing_retry_with_nothing_left_to_store_gives_back_what_its_send_no_longer_sends(aws, api, monkeypatch):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import utc_now
+    from sms_gateway.logic import groups
+
+    # Given a keyed send to a group of 30, whose request died after storing 25 of them
+    account = make_account(100)
+    members = RECIPIENTS[:30]
+    group = groups.create_group(
+        gateway().store,
+        account_id=account["account_id"],
+        default_country="NG",
+        name="Thirty",
+        members=members,
+        now=utc_now(),
+    ).group
+    body = {"from": "48974", "to": [group.group_id], "body": "Doors open at 7"}
+    stored = died_after_storing_25(api, monkeypatch, account, body, key="doors")
+    assert balance(account["account_id"]) == 70
+    # And the 5 members it did not store left the group meanwhile
+    have = {m.msisdn.lstrip("+") for m in messages_of(account["account_id"], stored.reference_id)}
+    gone = [number for number in members if number not in have]
+    assert len(gone) == 5
+    groups.remove_members(
+        gateway().store,
+        account_id=account["account_id"],
+        default_country="NG",
+        group_id=group.group_id,
+        members=gone,
+        now=utc_now(),
+    )
+    # When its client retries after the lease ran out
+    retried = retried_after_the_lease(api, account, body, key="doors")
+    # Then the 25 go out, and the 5 credits held for the members who left are given back
+    assert retried["statusCode"] == 200, retried
+    assert json.loads(retried["body"])["recipients_processed"] == 25
+    assert len(queued_message_ids(aws)) == 25
+    (batch,) = batches_of(account["account_id"])
+    assert (batch.cost, batch.recipients) == (25, 25)
+    assert balance(account["account_id"]) == 75
