@@ -141,7 +141,6 @@ LONGEST_TEXT = "ሰ" * (255 * 67)
 RECIPIENTS = [f"23480300{n:05d}" for n in range(200)]
 
 
-@pytest.mark.xfail(strict=True, reason="a finisher's transaction of 98 long messages is over DynamoDB's 4 MB: 500")
 def test_a_keyed_send_of_long_messages_that_died_while_storing_is_finished_by_its_retry(aws, api, monkeypatch):
     from sms_gateway_tools.admin import set_account
 

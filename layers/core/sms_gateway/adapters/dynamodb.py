@@ -17,6 +17,7 @@ import contextlib
 import functools
 import hashlib
 import hmac
+import json
 import secrets
 import time
 from collections.abc import Sequence
@@ -98,6 +99,11 @@ _TOP_UP_PREFIX = "TOPUP#"
 _TOP_UP_SK = "TOPUP"
 # Messages store_and_charge writes with their batch's cost and the account's credits: a transaction takes 100 items.
 _MESSAGES_PER_CHARGED_WRITE = 98
+# What those messages may add up to, measured as sent (JSON: never less than DynamoDB counts of an item, its names and
+# values): DynamoDB refuses a transaction whose items are over 4 MB (4,194,304 bytes), and the batch's and the
+# account's keys take the rest. A message of 255 parts in a script of 3 bytes a character (Amharic, Devanagari, CJK) is
+# about 52 KB: 98 of them were 5 MB, a transaction DynamoDB refused whole.
+_CHARGED_WRITE_BYTES = 4_000_000
 # DynamoDB refuses any request whose partition key value is longer (in UTF-8).
 MAX_PARTITION_KEY_BYTES = 2048
 _MAX_UNPROCESSED_ROUNDS = 8
@@ -306,6 +312,24 @@ class _Codec:
 
     def load(self, item: dict[str, Any]) -> dict[str, Any]:
         return {k: _plain(self._deserializer.deserialize(v)) for k, v in item.items()}
+
+
+def _charged_parts(
+    messages: Sequence[tuple[Message, dict[str, Any]]],
+) -> list[list[tuple[Message, dict[str, Any]]]]:
+    """`messages` (each with its item) in the parts store_and_charge writes a transaction each: in order, each of at
+    most _MESSAGES_PER_CHARGED_WRITE messages whose items add up to at most _CHARGED_WRITE_BYTES (a message's item is
+    far below it: its text is at most 255 parts)."""
+    parts: list[list[tuple[Message, dict[str, Any]]]] = []
+    size = 0
+    for message, item in messages:
+        item_size = len(json.dumps(item, ensure_ascii=False).encode())
+        if not parts or len(parts[-1]) == _MESSAGES_PER_CHARGED_WRITE or size + item_size > _CHARGED_WRITE_BYTES:
+            parts.append([])
+            size = 0
+        parts[-1].append((message, item))
+        size += item_size
+    return parts
 
 
 def _plain(value: Any) -> Any:
@@ -684,16 +708,18 @@ class DynamoStore(
 
     def store_and_charge(self, batch: Batch, messages: Sequence[Message], *, stored_cost: int, stored: int) -> Batch:
         cost, count = stored_cost, stored
-        for start in range(0, len(messages), _MESSAGES_PER_CHARGED_WRITE):
-            part = messages[start : start + _MESSAGES_PER_CHARGED_WRITE]
-            cost, count = cost + sum(message.price for message in part), count + len(part)
-            batch = self._reprice(batch, part, cost=cost, recipients=count)
+        expires_at = self._expires_at(batch)
+        for part in _charged_parts(
+            [(message, self._codec.dump(self._message_item(message, expires_at))) for message in messages]
+        ):
+            cost, count = cost + sum(message.price for message, _ in part), count + len(part)
+            batch = self._reprice(batch, [item for _, item in part], cost=cost, recipients=count)
         return batch
 
     def _reprice(
         self,
         batch: Batch,
-        messages: Sequence[Message],
+        messages: Sequence[dict[str, Any]],
         *,
         cost: int,
         recipients: int | None = None,
@@ -701,7 +727,7 @@ class DynamoStore(
     ) -> Batch:
         """One transaction: the batch's cost (and count) set and its revision moved on, while they are as read (and,
         with `messages`, while it is queued or scheduled), the difference moved between it and the account's
-        credits, and `messages` stored (none of them stored already). The batch as written."""
+        credits, and `messages` (items, as written) stored (none of them stored already). The batch as written."""
         owed = cost - batch.cost
         update = self._repriced_batch_update(batch, cost, recipients, messages)
         if by_cancel:
@@ -717,16 +743,9 @@ class DynamoStore(
                 else self._credits_update(batch.account_id, -owed)
             )
             writes.append({"Update": account})
-        expires_at = self._expires_at(batch)
         writes += [
-            {
-                "Put": {
-                    "TableName": self.table_name,
-                    "Item": self._codec.dump(self._message_item(message, expires_at)),
-                    "ConditionExpression": "attribute_not_exists(pk)",
-                }
-            }
-            for message in messages
+            {"Put": {"TableName": self.table_name, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}}
+            for item in messages
         ]
         batch_refused, *others_refused = transact_until_decided(self.client, writes)
         if batch_refused or any(others_refused[1 if owed else 0 :]):
@@ -737,7 +756,7 @@ class DynamoStore(
         return batch.model_copy(update={"cost": cost, "revision": batch.revision + 1, **counted})
 
     def _repriced_batch_update(
-        self, batch: Batch, cost: int, recipients: int | None, messages: Sequence[Message]
+        self, batch: Batch, cost: int, recipients: int | None, messages: Sequence[dict[str, Any]]
     ) -> dict[str, Any]:
         update: dict[str, Any] = {
             "TableName": self.table_name,
