@@ -227,10 +227,10 @@ class InMemoryStore:
         return self.balance(batch.account_id)
 
     def store_and_charge(self, batch: Batch, messages: Sequence[Message], *, stored_cost: int, stored: int) -> Batch:
-        cost, count = stored_cost, stored
+        cost, count = stored_cost + sum(message.price for message in messages), stored
         for start in range(0, len(messages), 98):
             part = messages[start : start + 98]
-            cost, count = cost + sum(message.price for message in part), count + len(part)
+            count += len(part)
             batch = self._reprice(batch, part, cost=cost, recipients=count)
         return batch
 

@@ -164,7 +164,6 @@ def test_a_keyed_send_of_long_messages_that_died_while_storing_is_finished_by_it
     assert max(sizes) <= MAX_TRANSACTION_BYTES
 
 
-@pytest.mark.xfail(strict=True, reason="a finisher lets go of credits held for unstored messages, then takes them back")
 def test_a_finishing_retry_does_not_let_go_of_credits_its_send_holds_while_it_stores_the_rest(aws, api, monkeypatch):
     from sms_gateway.adapters.dynamodb import DynamoStore
     from sms_gateway.bootstrap import gateway

@@ -314,20 +314,18 @@ class _Codec:
         return {k: _plain(self._deserializer.deserialize(v)) for k, v in item.items()}
 
 
-def _charged_parts(
-    messages: Sequence[tuple[Message, dict[str, Any]]],
-) -> list[list[tuple[Message, dict[str, Any]]]]:
-    """`messages` (each with its item) in the parts store_and_charge writes a transaction each: in order, each of at
-    most _MESSAGES_PER_CHARGED_WRITE messages whose items add up to at most _CHARGED_WRITE_BYTES (a message's item is
-    far below it: its text is at most 255 parts)."""
-    parts: list[list[tuple[Message, dict[str, Any]]]] = []
+def _charged_parts(items: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The messages' `items` in the parts store_and_charge writes a transaction each: in order, each of at most
+    _MESSAGES_PER_CHARGED_WRITE items that add up to at most _CHARGED_WRITE_BYTES (one message's item is far below
+    it: its text is at most 255 parts)."""
+    parts: list[list[dict[str, Any]]] = []
     size = 0
-    for message, item in messages:
+    for item in items:
         item_size = len(json.dumps(item, ensure_ascii=False).encode())
         if not parts or len(parts[-1]) == _MESSAGES_PER_CHARGED_WRITE or size + item_size > _CHARGED_WRITE_BYTES:
             parts.append([])
             size = 0
-        parts[-1].append((message, item))
+        parts[-1].append(item)
         size += item_size
     return parts
 
@@ -707,13 +705,15 @@ class DynamoStore(
         return self.balance(batch.account_id)
 
     def store_and_charge(self, batch: Batch, messages: Sequence[Message], *, stored_cost: int, stored: int) -> Batch:
-        cost, count = stored_cost, stored
+        # The whole difference moves with the first part: from then on the batch holds what all its messages cost,
+        # those stored and those still to come, so the credits it held for the rest are never let go of between two
+        # parts (another send of the account took them, and the next part was refused for credits).
+        cost, count = stored_cost + sum(message.price for message in messages), stored
         expires_at = self._expires_at(batch)
-        for part in _charged_parts(
-            [(message, self._codec.dump(self._message_item(message, expires_at))) for message in messages]
-        ):
-            cost, count = cost + sum(message.price for message, _ in part), count + len(part)
-            batch = self._reprice(batch, [item for _, item in part], cost=cost, recipients=count)
+        items = [self._codec.dump(self._message_item(message, expires_at)) for message in messages]
+        for part in _charged_parts(items):
+            count += len(part)
+            batch = self._reprice(batch, part, cost=cost, recipients=count)
         return batch
 
     def _reprice(
