@@ -228,10 +228,10 @@ class InMemoryStore:
 
     def store_and_charge(self, batch: Batch, messages: Sequence[Message], *, stored_cost: int, stored: int) -> Batch:
         cost, count = stored_cost + sum(message.price for message in messages), stored
-        for start in range(0, len(messages), 98):
+        for start in range(0, max(len(messages), 1), 98):
             part = messages[start : start + 98]
             count += len(part)
-            batch = self._reprice(batch, part, cost=cost, recipients=count)
+            batch = self._reprice(batch, part, cost=cost, recipients=count, storing=True)
         return batch
 
     def _reprice(
@@ -242,6 +242,7 @@ class InMemoryStore:
         cost: int,
         recipients: int | None,
         by_cancel: bool = False,
+        storing: bool = False,
     ) -> Batch:
         with self._lock:
             key = (batch.account_id, batch.reference_id)
@@ -250,7 +251,7 @@ class InMemoryStore:
                 m.key in self.messages for m in messages
             ):
                 raise Conflict(f"batch {batch.reference_id} changed meanwhile")
-            if messages and now.status not in (MessageStatus.QUEUED, MessageStatus.SCHEDULED):
+            if storing and now.status not in (MessageStatus.QUEUED, MessageStatus.SCHEDULED):
                 raise Conflict(f"batch {batch.reference_id} changed meanwhile")
             owed = cost - batch.cost
             if owed > 0:

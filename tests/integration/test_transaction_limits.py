@@ -201,7 +201,6 @@ def test_a_finishing_retry_does_not_let_go_of_credits_its_send_holds_while_it_st
     assert balance(account["account_id"]) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="a finisher with no messages to add never settles the batch's cost")
 def test_a_finishing_retry_with_nothing_left_to_store_gives_back_what_its_send_no_longer_sends(aws, api, monkeypatch):
     from sms_gateway.bootstrap import gateway
     from sms_gateway.domain.models import utc_now

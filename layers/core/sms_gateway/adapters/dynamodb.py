@@ -711,9 +711,10 @@ class DynamoStore(
         cost, count = stored_cost + sum(message.price for message in messages), stored
         expires_at = self._expires_at(batch)
         items = [self._codec.dump(self._message_item(message, expires_at)) for message in messages]
-        for part in _charged_parts(items):
+        # With no messages, one write all the same: it makes the cost and count those of the messages stored.
+        for part in _charged_parts(items) or [[]]:
             count += len(part)
-            batch = self._reprice(batch, part, cost=cost, recipients=count)
+            batch = self._reprice(batch, part, cost=cost, recipients=count, storing=True)
         return batch
 
     def _reprice(
@@ -724,12 +725,13 @@ class DynamoStore(
         cost: int,
         recipients: int | None = None,
         by_cancel: bool = False,
+        storing: bool = False,
     ) -> Batch:
         """One transaction: the batch's cost (and count) set and its revision moved on, while they are as read (and,
-        with `messages`, while it is queued or scheduled), the difference moved between it and the account's
+        when `storing`, while it is queued or scheduled), the difference moved between it and the account's
         credits, and `messages` (items, as written) stored (none of them stored already). The batch as written."""
         owed = cost - batch.cost
-        update = self._repriced_batch_update(batch, cost, recipients, messages)
+        update = self._repriced_batch_update(batch, cost, recipients, storing=storing or bool(messages))
         if by_cancel:
             # The cancel's answer counts what it gave back from here (logic.batches.cancel_refund), not from the cost
             # it read: another writer (the undo of a refused retry) may give that back first.
@@ -756,7 +758,7 @@ class DynamoStore(
         return batch.model_copy(update={"cost": cost, "revision": batch.revision + 1, **counted})
 
     def _repriced_batch_update(
-        self, batch: Batch, cost: int, recipients: int | None, messages: Sequence[dict[str, Any]]
+        self, batch: Batch, cost: int, recipients: int | None, *, storing: bool
     ) -> dict[str, Any]:
         update: dict[str, Any] = {
             "TableName": self.table_name,
@@ -775,7 +777,7 @@ class DynamoStore(
         if recipients is not None:
             update["UpdateExpression"] += ", recipients = :recipients"
             update["ExpressionAttributeValues"][":recipients"] = {"N": str(recipients)}
-        if messages:
+        if storing:
             # Messages join only a batch that may still send them: one cancelled or failed meanwhile gave back what
             # it held, and its release is done.
             update["ConditionExpression"] += " AND #status IN (:queued, :scheduled)"

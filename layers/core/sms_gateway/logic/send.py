@@ -708,18 +708,21 @@ def finish_stored_batch(
             have[recipient.msisdn] -= 1
         else:
             missing.append(recipient)
-    if batch.status not in (MessageStatus.QUEUED, MessageStatus.SCHEDULED):
-        missing = []  # cancelled meanwhile: nothing more is sent or charged
+    still_sending = batch.status in (MessageStatus.QUEUED, MessageStatus.SCHEDULED)
+    if not still_sending:
+        missing = []  # cancelled meanwhile: nothing more is sent or charged (the cancel settled its cost)
     priced = quote(account, command.text, missing, command.route_tier, deps.prices.price_table())
     added = new_messages(batch, command, missing, priced, free_positions(batch, command, missing, stored))
     messages = [*stored, *added]
     stored_cost = sum(m.price for m in stored)
     owed = stored_cost + priced.cost - batch.cost
-    if added or owed or len(messages) != batch.recipients:
+    if still_sending and (added or owed or len(messages) != batch.recipients):
         # The messages it adds are stored with their cost, and the batch's cost and count made its messages', in
         # writes conditional on the batch as read: a finisher that dies part-way leaves nothing owed, and a release
         # that gives back what the batch held for messages never stored (the sweeper's: the send's api Lambda died)
         # either comes first, and the finish reads the batch again (Conflict), or finds them stored and paid for.
+        # With none to add (the recipients it had not reached left its group, or opted out) the write still makes
+        # the cost and count its stored messages', giving back what the batch held for the rest.
         batch = deps.messages.store_and_charge(batch, added, stored_cost=stored_cost, stored=len(stored))
     count_accepted(len(added) if counted else len(messages))
     release(batch, messages, deps, in_order=account.single_sends_in_order)
