@@ -39,7 +39,13 @@ from sms_gateway.domain.models import (
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.routing import RouteTable
 from sms_gateway.domain.senders import registry_form
-from sms_gateway.domain.status import SUBMIT_UNCONFIRMED, MessageStatus, allowed_previous, may_have_reached_the_handset
+from sms_gateway.domain.status import (
+    SUBMIT_UNCONFIRMED,
+    TERMINAL,
+    MessageStatus,
+    allowed_previous,
+    may_have_reached_the_handset,
+)
 from sms_gateway.errors import Conflict, InsufficientCredits, UpstreamError
 
 
@@ -456,6 +462,8 @@ class InMemoryStore:
             update |= {"error_code": error_code, "reported_at": reported_at}
             if settles_as is not None:
                 update["settles_as"] = settles_as
+            elif target in TERMINAL and if_settles_as is None:
+                update["settles_as"] = None
             self.messages[key] = message.model_copy(update=update)
             self.claims.pop(key, None)
             self.claim_upstreams.pop(key, None)
@@ -515,10 +523,10 @@ class InMemoryStore:
             self.report_sweep_at.pop(key, None)
             return True
 
-    def mark_announced(self, key: MessageKey, sequence: int) -> bool:
+    def claim_announcement(self, key: MessageKey, sequence: int) -> bool:
         with self._lock:
             message = self.messages.get(key)
-            if message is None or message.sequence != sequence:
+            if message is None or message.sequence != sequence or message.announced == sequence:
                 return False
             self.messages[key] = message.model_copy(update={"announced": sequence})
             return True

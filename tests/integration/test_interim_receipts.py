@@ -168,3 +168,26 @@ def test_an_acceptd_the_smsc_follows_with_undeliv_fails_the_message_and_refunds_
     assert (failed.status, failed.error_code) == ("failed", "001")
     assert balance(account["account_id"]) == 100
     assert client_heard(hook) == ["submitted", "failed"]
+
+
+@pytest.mark.parametrize("upstream", ["kannel", "simulator"])
+def test_an_acceptd_the_smsc_follows_with_delivrd_is_announced_delivered_once(
+    aws, account, hook, monkeypatch, upstream
+):
+    # Given a message the upstream took whose SMSC sent ACCEPTD and then DELIVRD, each announced as it came: a real
+    # Kannel's DLRs (its DELIVRD of another run, our reference in each), or the simulator's
+    message = carried_by(aws, account, upstream)
+    if upstream == "kannel":
+        post(KANNEL_ACCEPTD + receipts(KANNEL, "one part, en route then delivered", "DELIVRD"), message)
+    else:
+        webhook = load_function("webhook")
+        for status, done_at in (("ACCEPTD", "2026-01-02T23:50:40Z"), ("DELIVRD", "2026-01-02T23:52:10Z")):
+            event = simulator_dlr(aws, message.key.to_ref(), status, done_at)
+            assert webhook.handler(event, FakeContext())["statusCode"] == 200
+    assert message_now(message).status == "delivered"
+    # When the DLR wait ends and the message's settle check runs
+    settled = settled_after_the_wait(aws, monkeypatch, message)
+    # Then it stays delivered, and the client heard `delivered` once: the check does not take the DELIVRD's change
+    # for one it made itself after the ACCEPTD (whose announcement its own earlier delivery may have lost)
+    assert settled.status == "delivered"
+    assert client_heard(hook) == ["submitted", "delivered"]

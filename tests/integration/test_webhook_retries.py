@@ -236,7 +236,7 @@ def test_a_notification_queued_twice_while_the_webhook_fails_runs_its_whole_sche
     aws, accounts, delays, webhook
 ):
     # Given a schedule of 4 attempts, a client webhook that keeps failing, and one notification queued twice (two SQS
-    # messages: a final DLR repeated before the first was marked announced, or a resend while a copy was queued)
+    # messages: a final DLR and the upstream's first repeat of it, or a resend while a copy was queued)
     delays("0,0,0")
     hook = webhook(*[500] * 20)
     account_id = accounts["a"]["account_id"]

@@ -494,6 +494,7 @@ class TestAnnouncementsTheQueueRefused:
             store.transition(message.key, MessageStatus.DELIVERED, now=NOW), published.extend, store, clock=clock
         )
         assert len(published) == 1 and store.messages[message.key].announce_pending is None
+        assert store.messages[message.key].announced is None
         # A change that is not final: the final one supersedes it, and its settle check is still to come
         store.messages.clear()
         message = self.submitted(store)

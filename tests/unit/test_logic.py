@@ -1207,26 +1207,79 @@ class TestDeliveryReports:
         assert [dlr_notification(change)["payload"]["status"] for change in repeats] == ["delivered"]
         assert store.messages[message.key].status == MessageStatus.DELIVERED
 
-    def test_a_repeat_of_a_final_report_is_announced_only_while_its_first_announcement_is_not_known_done(self, store):
-        from sms_gateway.logic.delivery import announce_change
-
-        # Given a final DLR whose function died between its status write and its announcement (nothing marked)
+    @staticmethod
+    def final_report(store: InMemoryStore) -> tuple[Message, FakeProvider]:
+        """A submitted message that asked for delivery reports, and an upstream that reports it delivered."""
         message = submitted_message(store, delivery_report=DeliveryReportMode.YES)
         provider = FakeProvider()
         provider.reports = [report(message, MessageStatus.DELIVERED)]
-        receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock))
-        queued: list[dict] = []
+        return message, provider
+
+    @staticmethod
+    def announcing(store: InMemoryStore, queued: list[dict], publish=None) -> DeliveryDependencies:
+        """The webhook function's wiring: each change, and each repeat of a settling report, through announce_change
+        into `queued` (or `publish`)."""
+        from sms_gateway.logic.delivery import announce_change
 
         def announce(change):
-            announce_change(change, queued.extend, store, clock=clock)
+            announce_change(change, publish or queued.extend, store, clock=clock)
 
-        deps = DeliveryDependencies(store, store, clock, on_change=announce, on_repeat=announce)
+        return DeliveryDependencies(store, store, clock, on_change=announce, on_repeat=announce)
+
+    def test_a_first_post_that_died_before_queueing_its_report_is_announced_by_the_upstream_s_retry(self, store):
+        # Given a final DLR whose function died between its status write and its announcement (nothing marked)
+        message, provider = self.final_report(store)
+        receive_delivery_reports(provider, callback(), DeliveryDependencies(store, store, clock))
+        queued: list[dict] = []
+        deps = self.announcing(store, queued)
         # When the upstream, which got no answer, posts it again, and then again (its second answer lost too)
         receive_delivery_reports(provider, callback(), deps)
         receive_delivery_reports(provider, callback(), deps)
         # Then the first repeat queues the report the first post never did, and the second queues nothing more
         assert [(n["id"], n["payload"]["status"]) for n in queued] == [(f"dlr_{message.message_id}_3", "delivered")]
         assert store.messages[message.key].announced == 3
+
+    def test_a_final_report_queued_writes_nothing_more_and_only_its_first_repeat_queues_it_again(self, store):
+        # Given a message that asked for delivery reports
+        message, provider = self.final_report(store)
+        queued: list[dict] = []
+        deps = self.announcing(store, queued)
+        # When its final DLR comes: queued, and nothing written but its status (the repeat pays, not every report)
+        receive_delivery_reports(provider, callback(), deps)
+        settled = store.messages[message.key]
+        assert (settled.status, settled.announced, settled.announce_pending) == (MessageStatus.DELIVERED, None, None)
+        assert len(queued) == 1
+        # When the upstream posts it again (its answer lost), and again, and again
+        for _ in range(3):
+            receive_delivery_reports(provider, callback(), deps)
+        # Then the first repeat claims it and queues it once more, under the same webhook id (the client drops it),
+        # and the later ones find it claimed and queue nothing
+        assert [(n["id"], n["payload"]["status"]) for n in queued] == [(f"dlr_{message.message_id}_3", "delivered")] * 2
+        assert store.messages[message.key].announced == 3
+
+    def test_a_repeat_whose_queueing_fails_after_its_claim_is_left_for_the_sweeper_and_the_next_retry(self, store):
+        # Given a final DLR announced at once
+        message, provider = self.final_report(store)
+        queued: list[dict] = []
+        receive_delivery_reports(provider, callback(), self.announcing(store, queued))
+
+        def refused(notifications):
+            raise RuntimeError("the notify queue did not take it")
+
+        # When its repeat claims the announcement but the notify queue refuses it
+        with pytest.raises(RuntimeError):
+            receive_delivery_reports(provider, callback(), self.announcing(store, queued, publish=refused))
+        # Then the callback fails, and the message is marked for the sweeper (due in minutes), claim or no claim
+        assert store.messages[message.key].announce_pending == 3
+        assert message.key in store.report_sweep_at
+        # And the upstream's retry of the failed callback queues it, and clears the mark: no sweep repeats it
+        receive_delivery_reports(provider, callback(), self.announcing(store, queued))
+        assert [n["id"] for n in queued] == [f"dlr_{message.message_id}_3"] * 2
+        assert store.messages[message.key].announce_pending is None
+        assert message.key not in store.report_sweep_at
+        # And a repeat after that queues nothing
+        receive_delivery_reports(provider, callback(), self.announcing(store, queued))
+        assert len(queued) == 2
 
     def test_a_final_failure_refunds_the_message(self, store):
         message = submitted_message(store)

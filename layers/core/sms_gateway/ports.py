@@ -352,9 +352,10 @@ class MessageStore(Protocol):
         `sequence`, and records the change announced (`Message.announced`); whether it wrote."""
         ...
 
-    def mark_announced(self, key: MessageKey, sequence: int) -> bool:
-        """Records that the notification of the message's change `sequence` was queued (`Message.announced`), while
-        the message is still at that change; whether it wrote."""
+    def claim_announcement(self, key: MessageKey, sequence: int) -> bool:
+        """Claims the announcement of an upstream's repeat of the report that made the message's change `sequence`
+        (`Message.announced` set to it), while the message is still at that change and no repeat claimed it yet;
+        whether it wrote (only the repeat that did queues the report again)."""
         ...
 
     def claim_unreleased_batches(self, *, now: datetime, until: datetime, limit: int) -> list[UnreleasedBatch]:

@@ -83,7 +83,7 @@ from sms_gateway.domain.models import (
 )
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.senders import registry_form
-from sms_gateway.domain.status import MessageStatus, allowed_previous
+from sms_gateway.domain.status import TERMINAL, MessageStatus, allowed_previous
 from sms_gateway.errors import Conflict, InsufficientCredits, KeyInProgress, KeyReused, NotFound
 from sms_gateway.ports import PasswordLogin
 
@@ -234,6 +234,11 @@ def _transition_update(
     if settles_as is not None:
         sets.append("settles_as = :settles_as")
         values[":settles_as"] = {"S": str(settles_as)}
+    elif target in TERMINAL and if_settles_as is None:
+        # A final report (or an expiry) makes an interim report's word moot, and goes: only the settle check's
+        # delivery on that word keeps it, so that the check tells the change it made, which it may have to announce
+        # again, from a report's (logic/settle._accepted_and_unannounced).
+        removes.append("settles_as")
     condition = f"attribute_exists(pk) AND #status IN ({previous_names})"
     if if_settles_as is not None:
         condition += " AND settles_as = :if_settles_as"
@@ -838,7 +843,8 @@ class DynamoStore(
         if not message.submit_throttles:
             # Counted by the first throttle's release (ADD on a missing attribute starts from 0).
             item.pop("submit_throttles", None)
-        # Written only when a change's announcement failed (mark_unannounced), or once it was queued (mark_announced).
+        # Written only when a change's announcement failed (mark_unannounced), or by an upstream's repeat of its
+        # report (claim_announcement).
         item.pop("announce_pending", None)
         item.pop("announced", None)
         if message.send_at is None:

@@ -213,11 +213,12 @@ class DynamoDeliveryMixin:
             {":sequence": {"N": str(sequence)}},
         )
 
-    def mark_announced(self, key: MessageKey, sequence: int) -> bool:
+    def claim_announcement(self, key: MessageKey, sequence: int) -> bool:
         return self._update_if(
             key,
             "SET announced = :sequence",
-            "attribute_exists(pk) AND #sequence = :sequence",
+            "attribute_exists(pk) AND #sequence = :sequence"
+            " AND (attribute_not_exists(announced) OR announced <> :sequence)",
             {"#sequence": "sequence"},
             {":sequence": {"N": str(sequence)}},
         )

@@ -356,7 +356,8 @@ class Message(Record):
     part_status: dict[str, str] = Field(default_factory=dict)
     # What the last interim report that spoke of it said the message becomes if no final report comes within the
     # DLR wait (DeliveryReport.settles_as): delivered after an SMSC's ACCEPTD. Written by that report's own write;
-    # the settle check reads it (logic/settle.py).
+    # the settle check reads it (logic/settle.py). Removed by the write of any final status but the check's own
+    # delivery on it, which keeps it (so the check tells that change from a final report's).
     settles_as: MessageStatus | None = None
     # Submits no upstream took for a transient reason, counted when the claim is released: the message's own
     # attempts, whatever how often its dispatch record was handed back for want of time or rate (logic/dispatch.py).
@@ -373,9 +374,11 @@ class Message(Record):
     # settle check if it comes first (logic/delivery.announce_change, logic/sweep.py, logic/settle.py). Never set
     # when the notification went out.
     announce_pending: int | None = None
-    # The `sequence` of the final change whose client notification was queued (written after it was, or with the
-    # clearing of `announce_pending`): a repeat of the report that made it queues nothing more, so a client gets one
-    # report per status change whatever the upstream repeats (logic/delivery.announce_change).
+    # The `sequence` of the final change whose announcement an upstream's repeat of its report claimed (one
+    # conditional write by that repeat, which then queues it again), or whose `announce_pending` was cleared once it
+    # went out: a later repeat queues nothing. Not written by the report that made the change (its status write is
+    # its one write): a client hears of a final change at most twice from the upstream's repeats, under the same
+    # webhook id (logic/delivery.announce_change; docs/decisions.md, "A repeated final DLR: the repeat pays").
     announced: int | None = None
     created_at: str
     # The batch's send time, when it asked for one: the message's validity counts from it (validity_ends). Absent on

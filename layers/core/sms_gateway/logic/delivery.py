@@ -32,7 +32,8 @@ class DeliveryDependencies:
     clock: Callable[[], datetime]
     on_change: Callable[[StatusChange], None] | None = None
     # Told of a repeat of the report that settled a message (`changed` False): the first may have died between its
-    # status write and its announcement, which an upstream that got no answer retries, so it is announced again.
+    # status write and its announcement, which an upstream that got no answer retries, so the first repeat announces
+    # it again (announce_change: the repeat claims that, later ones find it claimed).
     on_repeat: Callable[[StatusChange], None] | None = None
 
 
@@ -69,37 +70,54 @@ def announce_change(
     clock: Callable[[], datetime],
     sweep_delay: timedelta = NOTIFY_SWEEP_DELAY,
 ) -> None:
-    """Queues a report's client notification, unless the change's was queued already (`announced`: `change` is a
-    repeat the upstream posted of the report that made it, after its first post was announced). When the queue
-    refuses a final change's, the message is marked (`announce_pending`, one conditional write that also puts it in
-    the sweeper's index, due `sweep_delay` from now) before the error goes on to fail the callback: the sweeper
-    (logic/sweep.py) announces it minutes later, under the same webhook id, for an upstream that does not post the
-    callback again; its settle check too, if it comes first. Once a final change's notification is queued, one
-    conditional write records it announced (and clears a mark): a repeat of its report then queues nothing, where
-    until session 35 each repeat reached the client again (under the same webhook id)."""
+    """Queues a report's client notification. When the queue refuses a final change's, the message is marked
+    (`announce_pending`, one conditional write that also puts it in the sweeper's index, due `sweep_delay` from now)
+    before the error goes on to fail the callback: the sweeper (logic/sweep.py) announces it minutes later, under the
+    same webhook id, for an upstream that does not post the callback again; its settle check too, if it comes first.
+    The report that made the change writes nothing more (its status write is its one write).
+
+    An upstream's repeat of the report that settled the message (`change.changed` False: on_repeat) pays for itself
+    (docs/decisions.md, "A repeated final DLR: the repeat pays"): it queues the report again, under the same webhook
+    id, only once it claimed that (`claim_announcement`, one conditional write on `announced`), so the first repeat
+    queues it (the first post may have died between its status write and its queueing, and this be its retry) and
+    the later ones queue nothing (from session 35 a write after every final report's queueing spared the first
+    repeat too: one request more per final report). A repeat of a report whose queueing was refused (the mark names
+    its change) queues it and clears the mark, as the sweeper would."""
     notification = dlr_notification(change)
     if notification is None:
         return
     message = change.message
-    if message.announced is not None and message.announced == message.sequence:
+    pending = message.announce_pending is not None and message.announce_pending == message.sequence
+    if not change.changed and not pending and not _claimed_for_the_repeat(message, messages):
         return
     try:
         publish([notification])
     except Exception:
+        # Also a repeat that claimed it: the mark brings it to the sweeper, and lets the upstream's next retry queue it.
         mark_unannounced_finals([change], messages, due=clock() + sweep_delay)
         raise
-    if message.status not in TERMINAL:
-        # No upstream repeat of an interim report is announced again (on_repeat): nothing to record.
-        return
-    try:
-        if message.announce_pending is not None and message.announce_pending == message.sequence:
-            # A repeat the upstream posted of a report whose announcement had failed: no sweep need repeat it.
+    if pending:
+        # A repeat the upstream posted of a report whose announcement had failed: no sweep need repeat it.
+        try:
             messages.clear_unannounced(message.key, message.sequence)
-        else:
-            messages.mark_announced(message.key, message.sequence)
+        except Exception:
+            # The notification is queued: the callback stands. The sweeper queues it once more, under its id.
+            logger.exception("could not clear a delivery report's unannounced mark", extra=_ids(message))
+
+
+def _claimed_for_the_repeat(message: Message, messages: MessageStore) -> bool:
+    """Whether this repeat of the report that made the message's change is the one to queue it again: the first
+    whose claim wrote. A repeat that finds it claimed already (the message as its status write found it) writes
+    nothing. A claim that cannot be written is taken as won: a report twice (same webhook id) rather than none."""
+    if message.announced is not None and message.announced == message.sequence:
+        return False
+    try:
+        return messages.claim_announcement(message.key, message.sequence)
     except Exception:
-        # The notification is queued: the callback stands. A repeat of the report queues it once more, under its id.
-        logger.exception("could not record a delivery report announced", extra=_ids(message))
+        logger.exception(
+            "could not claim a repeated delivery report's announcement; queued anyway", extra=_ids(message)
+        )
+        return True
 
 
 def mark_unannounced_finals(changes: Sequence[StatusChange], messages: MessageStore, *, due: datetime) -> None:

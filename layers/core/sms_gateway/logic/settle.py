@@ -190,9 +190,10 @@ def _deliver_accepted(
 
 
 def _accepted_and_unannounced(message: Message) -> bool:
-    """Delivered at the end of its wait for an ACCEPTD left last (_deliver_accepted), not by a report whose
-    announcement was recorded (`announced`): a delivery of the check that made it may have died before announcing
-    it, so it goes out again under the same webhook id, which the client dedupes."""
+    """Delivered at the end of its wait for an ACCEPTD left last (_deliver_accepted), whose write keeps `settles_as`
+    (a final report's write removes it: its change the webhook announced), and not announced since by an upstream's
+    repeat of a DELIVRD that claimed it (`announced`): a delivery of the check that made it may have died before
+    announcing it, so it goes out again under the same webhook id, which the client dedupes."""
     return (
         message.status == MessageStatus.DELIVERED
         and message.settles_as == MessageStatus.DELIVERED

@@ -116,7 +116,7 @@ def record_failure(
     not the one guessed, it is read and the write made again: one read and one write more, off the usual path.
 
     `copy` is which queued copy of the notification failed (copy_id: its SQS MessageId). A notification can be on the
-    queue as two messages (queued twice: a final report repeated before the first was marked announced, a resend
+    queue as two messages (queued twice: a final report and the upstream's first repeat of it, a resend
     while a copy was queued); until 2026-12-07 both stepped the one count, and one queued twice while its webhook was
     down was dead after about half its schedule. The record now names the copy that carries the schedule (its
     owner, by the same conditional write): another copy meeting it retrying gives way (gave_way: dropped, nothing
