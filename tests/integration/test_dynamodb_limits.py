@@ -246,3 +246,43 @@ def test_a_report_repeated_until_its_held_reports_fill_an_item_is_still_taken_an
     assert dispatched == {"batchItemFailures": []}
     [message] = all_messages(store, account["account_id"], reference_id)
     assert message.status == "delivered"
+
+
+def ninebits_dlr(body: dict[str, Any]) -> dict[str, Any]:
+    """A 9bits DLR post, verified by its bearer token (an upstream whose webhook secret we do not have)."""
+    event = jasmin_dlr(TOKEN)
+    event["rawPath"] = event["requestContext"]["http"]["path"] = "/callbacks/ninebits/dlr"
+    event["pathParameters"] = {"provider": "ninebits"}
+    event["rawQueryString"] = ""
+    event["queryStringParameters"] = {}
+    event["headers"] = {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"}
+    event["body"] = json.dumps(body)
+    return event
+
+
+@pytest.mark.xfail(strict=True, reason="a DLR's client_ref not ours is held whole: 100 KB ones overflow the link item")
+def test_reports_whose_reference_is_no_reference_of_ours_however_long_are_acknowledged_while_held(aws):
+    from sms_gateway.adapters.dynamodb_delivery import upstream_link_key
+    from sms_gateway.bootstrap import gateway
+
+    # Given a 9bits upstream (its callbacks verified by our token)
+    configure(
+        aws, "ninebits", {"type": "ninebits", "url": "http://127.0.0.1:2081", "token": "t", "webhook_token": TOKEN}
+    )
+    webhook = load_function("webhook")
+    # When it reports, for an id no message is linked to, with a `ref_id` that is none of ours and 100 KB long (each
+    # report its own: held one by one until the id is linked)
+    statuses = ["accepted", "queued", "submitted", "delivered", "failed"]
+    answers = [
+        webhook.handler(
+            ninebits_dlr({"reference_id": "their-1", "ref_id": f"{i}" * 100_000, "status": status}), FakeContext()
+        )["statusCode"]
+        for i, status in enumerate(statuses)
+    ]
+    # Then each is acknowledged (a 5xx is posted again, for ever)
+    assert answers == [200] * len(statuses)
+    # And each report is held, without that reference
+    store = gateway().store
+    item = store.client.get_item(TableName=store.table_name, Key=upstream_link_key("ninebits", "their-1"))["Item"]
+    held = [json.loads(entry["S"]) for entry in item["held"]["L"]]
+    assert [entry.get("client_ref") for entry in held] == [None] * len(statuses)
