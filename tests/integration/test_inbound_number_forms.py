@@ -191,3 +191,32 @@ def test_a_national_form_is_the_number_it_names_in_its_account_s_country_not_ano
 
     [stored] = gateway().store.list_inbounds(account["account_id"])[0]
     assert (stored.upstream_message_id, stored.to) == ("mo-gh", "0241234567")
+
+
+@pytest.mark.xfail(
+    strict=True, reason="a released number registered in national form is looked up only in international form"
+)
+@pytest.mark.parametrize(("to", "settings"), [("+2348020000011", {}), ("08020000011", {"country": "NG"})])
+def test_a_stop_to_a_released_long_code_registered_in_national_form_stays_with_the_number_for_its_next_owner(
+    aws, to, settings
+):
+    # Given an account (default country NG) whose routes go through Kannel, that registered its long code as written
+    # at home, 08020000011; then the operator released the number (it moves to another customer)
+    from sms_gateway_tools.admin import add_sender, create_account, remove_sender, set_route
+
+    kannel(aws, **settings)
+    account = create_account(name="Cinema Club", senders=["08020000011"], credits=100)
+    set_route(upstream="kannel", account_id=account["account_id"])
+    remove_sender(account_id=account["account_id"], sender="08020000011")
+    # When a handset the old owner texted from it answers STOP while no account holds it, the number written as
+    # Kannel writes it
+    answer = load_function("webhook").handler(kannel_mo(f"+{HANDSET}", to, "STOP"), FakeContext())
+    assert answer["statusCode"] == 200, answer
+    # And the operator gives the number, as registered, to its next owner
+    other = create_account(name="Next Owner", senders=["55555"], credits=100)
+    added = add_sender(account_id=other["account_id"], sender="08020000011")
+    # Then the handset's STOP came with it: the next owner does not text it from that number
+    from sms_gateway.bootstrap import gateway
+
+    assert added["opt_outs_carried_over"] == 1
+    assert f"+{HANDSET}" in gateway().store.opted_out(other["account_id"], "08020000011", [f"+{HANDSET}"])
