@@ -1116,3 +1116,29 @@ def test_messages_held_back_for_an_upstreams_retry_after_leave_their_accounts_to
     # held back 5 messages a second
     assert counters.per_second("account:7") == {}
     assert vclock.now - start < 1
+
+
+@pytest.mark.xfail(
+    strict=True, reason="another dispatcher's Retry-After hold met on a failover counts an upstream failure"
+)
+def test_a_failover_held_back_by_another_dispatchers_retry_after_counts_no_failure_of_the_fallback(store):
+    # Given a message whose primary is down (503), and a fallback with a route limit that asked another dispatcher
+    # to come back in 30 s (its route's counters held)
+    _, sent = send(store, command(1))
+    [record] = sent.dispatch_queue.commands
+    primary, fallback = FakeProvider("primary"), FakeProvider("fallback")
+    primary.failure = UpstreamError("503", permanent=False, unavailable=True)
+    counters, vclock = CountingStore(), VirtualClock(NOW.timestamp())
+    counters.hold_scope("route:fallback", NOW.timestamp() + 30, first_second=int(NOW.timestamp()), seconds=31)
+    deps = replace(
+        dispatch_deps(store, primary),
+        upstreams_for=lambda _: [primary, fallback],
+        limiter=RateLimiter(counters, clock=vclock, sleep=vclock.sleep),
+        route_limit=lambda name: 10 if name == "fallback" else None,
+    )
+    # When the record is dispatched: the primary fails, and the fallback is found held, without a request to it
+    outcome = asyncio.run(dispatch(record, deps))
+    # Then the message comes back, and the failures counted for the failure-rate alarm (UpstreamFailures) are the
+    # requests that failed: the primary's, not a throttle of the fallback that was never asked
+    assert fallback.submits == [] and outcome.needs_retry
+    assert dict(outcome.upstream_failures) == {("primary", "transient"): 1}
