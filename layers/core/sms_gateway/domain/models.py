@@ -301,6 +301,13 @@ class UnreleasedBatch(BatchKey):
     status: MessageStatus
 
 
+# The digits of one id of a client reference of ours: ids are 63-bit, 19 digits at most (`MessageKey.from_ref` reads
+# up to 20); one longer is no reference of ours.
+MAX_REF_ID_DIGITS = 20
+# The longest client reference we give upstreams (`MessageKey.to_ref`: three ids, two dots).
+MAX_CLIENT_REF_LENGTH = 3 * MAX_REF_ID_DIGITS + 2
+
+
 class MessageKey(Record):
     """Locates a message without an index. Rendered as the client reference we give upstreams,
     so that a DLR that echoes it finds the message with one key lookup."""
@@ -316,7 +323,7 @@ class MessageKey(Record):
     def from_ref(cls, ref: str | None) -> MessageKey | None:
         parts = (ref or "").split(".")
         # Ids are 63-bit (19 digits at most); a longer one is no key of ours, and int() refuses past 4300 digits.
-        if len(parts) != 3 or not all(ascii_digits(p) and len(p) <= 20 for p in parts):
+        if len(parts) != 3 or not all(ascii_digits(p) and len(p) <= MAX_REF_ID_DIGITS for p in parts):
             return None
         return cls(account_id=parts[0], reference_id=int(parts[1]), message_id=int(parts[2]))
 
@@ -478,12 +485,19 @@ def _error_code(value: object) -> object:
     return value[:MAX_ERROR_CODE_LENGTH] if isinstance(value, str) else value
 
 
+def _client_ref(value: object) -> object:
+    return None if isinstance(value, str) and len(value) > MAX_CLIENT_REF_LENGTH else value
+
+
 class DeliveryReport(Record):
     """A DLR as an upstream told it, mapped to our status model."""
 
     upstream: str
     upstream_message_id: str | None = None
-    client_ref: str | None = None
+    # The reference of ours it names; one longer than any we give (MAX_CLIENT_REF_LENGTH) names none, and is not
+    # kept: a report held on the upstream's id is stored whole, and until session 36 a few 100 KB references filled
+    # the link item past DynamoDB's 400 KB, every later report for that id failing with a 5xx, posted again for ever.
+    client_ref: Annotated[str | None, BeforeValidator(_client_ref)] = None
     status: MessageStatus
     # The upstream's, cut to MAX_ERROR_CODE_LENGTH.
     error_code: Annotated[str | None, BeforeValidator(_error_code)] = None
