@@ -295,7 +295,6 @@ def test_reports_whose_reference_is_no_reference_of_ours_however_long_are_acknow
     assert [entry.get("client_ref") for entry in held] == [None] * len(statuses)
 
 
-@pytest.mark.xfail(strict=True, reason="9bits inbound `telco` has no length limit: a huge one fails the callback")
 def test_an_inbound_sms_whose_upstream_names_its_network_at_any_length_is_stored_and_forwarded(aws, account):
     from sms_gateway.bootstrap import gateway
     from sms_gateway_tools.admin import set_sender

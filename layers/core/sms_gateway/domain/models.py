@@ -545,6 +545,11 @@ class Credentials(Record):
     password: str
 
 
+# The longest network name an upstream's inbound SMS may give (9bits `telco`: `mtn`, `Verizon Wireless`): a longer one
+# names no network and is not taken, the SMS taken without it. Until session 36 any length was stored and forwarded.
+MAX_TELCO_LENGTH = 64
+
+
 class InboundSms(Record):
     """A mobile-originated SMS as an upstream delivered it."""
 
@@ -564,6 +569,11 @@ class InboundSms(Record):
     @classmethod
     def _one_a_reply_can_name(cls, value: str | None) -> str | None:
         return value if value and len(value) <= MAX_SESSION_ID_LENGTH else None
+
+    @field_validator("telco")
+    @classmethod
+    def _a_network_s_name(cls, value: str | None) -> str | None:
+        return value if value and len(value) <= MAX_TELCO_LENGTH else None
 
 
 class StoredInbound(Record):
