@@ -193,9 +193,6 @@ def test_a_national_form_is_the_number_it_names_in_its_account_s_country_not_ano
     assert (stored.upstream_message_id, stored.to) == ("mo-gh", "0241234567")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a released number registered in national form is looked up only in international form"
-)
 @pytest.mark.parametrize(("to", "settings"), [("+2348020000011", {}), ("08020000011", {"country": "NG"})])
 def test_a_stop_to_a_released_long_code_registered_in_national_form_stays_with_the_number_for_its_next_owner(
     aws, to, settings

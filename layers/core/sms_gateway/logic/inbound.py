@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sms_gateway.domain.ids import id_time_ms, new_id
 from sms_gateway.domain.models import (
@@ -29,6 +29,9 @@ from sms_gateway.observability import logger, mask_msisdn
 from sms_gateway.ports import AccountStore, ConversationLookup, InboxStore, OptOutStore, Provider
 
 INBOUND = "inbound"
+
+# What a lookup of the number an SMS was sent to finds (`_found_under`).
+Found = TypeVar("Found")
 
 
 @dataclass(frozen=True)
@@ -87,13 +90,14 @@ def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundD
     if not provider.verify_callback(request):
         raise Unauthorized(f"callback not verified for upstream {provider.name!r}")
     sms = _with_usable_id(provider.parse_inbound(request))
-    to, registration = _recipient(sms.to, deps)
+    forms = _recipient_forms(sms.to, deps)
+    to, registration = _recipient(forms, deps)
     # One form of the account's number from here on: stored, forwarded, threaded and opted out of as registered.
     sms = sms.model_copy(update={"to": to})
     if registration is None:
         # Acknowledged so the upstream stops retrying; nobody here owns that number. A STOP / START to a number an
         # operator released is applied first, for its next owner (a failure fails the callback, to be retried).
-        _apply_keyword_to_released_sender(provider.name, sms, deps)
+        _apply_keyword_to_released_sender(provider.name, sms, forms, deps)
         logger.warning(
             "inbound SMS to a number no account owns (an upstream that writes numbers in national form needs its "
             "`country` setting)",
@@ -160,55 +164,75 @@ def _with_usable_id(sms: InboundSms) -> InboundSms:
     return sms.model_copy(update={"upstream_message_id": None})
 
 
-def _recipient(to: str, deps: InboundDependencies) -> tuple[str, SenderRegistration | None]:
-    """The number an SMS was sent to, in the form its account registered it, with its registration: looked up as the
-    upstream wrote it, then in international form (`recipient_forms`), then in the national form of its own country
-    (`_registered_national`: an operator may register a long code as its account writes it at home). None
-    registered: its international form (a number is registered so, and released so), with None. One longer than any
-    sender (MAX_INBOUND_SENDER) is refused, as such a sender is: it can be no number of ours, and DynamoDB refuses a
-    lookup by a key over 2048 bytes."""
+def _recipient_forms(to: str, deps: InboundDependencies) -> tuple[str, ...]:
+    """The forms the number an SMS was sent to may be registered (or released) under (`recipient_forms`): as the
+    upstream wrote it, then in international form, the last. One longer than any sender (MAX_INBOUND_SENDER) is
+    refused, as such a sender is: it can be no number of ours, and DynamoDB refuses a lookup by a key over 2048
+    bytes."""
     if len(to) > MAX_INBOUND_SENDER:
         raise CallbackRejected(f"inbound SMS to a number longer than {MAX_INBOUND_SENDER} characters")
-    forms = recipient_forms(to, deps.upstream_country)
+    return recipient_forms(to, deps.upstream_country)
+
+
+def _recipient(forms: tuple[str, ...], deps: InboundDependencies) -> tuple[str, SenderRegistration | None]:
+    """The number an SMS was sent to, in the form its account registered it, with its registration
+    (`_found_under`). None registered: its international form (a number is registered so, and released so), with
+    None."""
+    found = _found_under(forms, deps.accounts.sender_registration, lambda registration: registration.account_id, deps)
+    return found or (forms[-1], None)
+
+
+def _found_under(
+    forms: tuple[str, ...],
+    lookup: Callable[[str], Found | None],
+    account_of: Callable[[Found], str],
+    deps: InboundDependencies,
+) -> tuple[str, Found] | None:
+    """The form of the number an SMS was sent to that `lookup` finds (its registration, or the account that released
+    it), with what it found: looked up in each of `forms` (`_recipient_forms`), then in the national form of the
+    number's own country (an operator may register a long code as its account writes it at home: `08020000011` for
+    `2348020000011`). Until session 36 a number registered so got only the SMS an upstream wrote in that same national
+    form, and every other was dropped as to a number no account owns; and a STOP to it once released was looked up
+    in international form alone, so its opt-out did not reach the number's next owner. A national form is a number
+    only in a country: it is taken for this one only when the default country of the account found (`account_of`) or
+    the upstream's `country` reads it so, never for another country's number written alike at home (Ghana's
+    024 123 4567 is also Australia's 02 4123 4567). None when no form is found."""
     for form in forms:
-        registration = deps.accounts.sender_registration(form)
-        if registration is not None:
-            return form, registration
-    return _registered_national(forms[-1], deps) or (forms[-1], None)
-
-
-def _registered_national(international: str, deps: InboundDependencies) -> tuple[str, SenderRegistration] | None:
-    """The number given in `international` digits as registered in national form (`08020000011` for
-    `2348020000011`), with its registration; None when it is not. Until session 36 such a number got only the SMS an
-    upstream wrote in that same national form, and every other was dropped as to a number no account owns. A national
-    form is a number only in a country: it is taken for this one only when its account's default country (or the
-    upstream's `country`) reads it so, never for another country's number written alike at home (Ghana's 024 123 4567
-    is also Australia's 02 4123 4567)."""
+        found = lookup(form)
+        if found is not None:
+            return form, found
+    international = forms[-1]
     national = national_digits(international)
-    registration = deps.accounts.sender_registration(national) if national else None
-    if national is None or registration is None:
+    found = lookup(national) if national else None
+    if national is None or found is None:
         return None
-    account = deps.accounts.get_account(registration.account_id)
+    account = deps.accounts.get_account(account_of(found))
     countries = {account.default_country if account is not None else None, deps.upstream_country}
     if any(country and read_in_country(national, country) == international for country in countries):
-        return national, registration
+        return national, found
     return None
 
 
-def _apply_keyword_to_released_sender(upstream: str, sms: InboundSms, deps: InboundDependencies) -> None:
+def _apply_keyword_to_released_sender(
+    upstream: str, sms: InboundSms, forms: tuple[str, ...], deps: InboundDependencies
+) -> None:
     """A STOP / START to a number no account holds but one released (remove-sender, its next add-sender still to
     come) changes that account's opt-out of it, which add-sender carries to the next owner: the number keeps what
     the handset said during the gap. Nothing is stored or forwarded (the SMS is nobody's), so it is applied here,
     synchronously: a failure fails the callback and the upstream's retry applies it (or, the number given to an
     account meanwhile, is routed to it). Taken only from an upstream the releasing account's routes name, as for a
-    number of its own following them; any other SMS, or none released, stays dropped."""
-    if deps.opt_outs is None:
+    number of its own following them; any other SMS, or none released, stays dropped. The number is looked up in
+    each form it may have been registered in (`forms`, `_found_under`), as one an account holds is."""
+    if deps.opt_outs is None or keyword_request(sms.text, sms.to) is None:
         return
+    released = _found_under(forms, deps.opt_outs.sender_released_by, lambda account_id: account_id, deps)
+    if released is None:
+        return
+    to, released_by = released
+    # The keyword as to the number in the form it was released in: the one its opt-out is kept and carried under.
+    sms = sms.model_copy(update={"to": to})
     request = keyword_request(sms.text, sms.to)
     if request is None:
-        return
-    released_by = deps.opt_outs.sender_released_by(sms.to)
-    if released_by is None:
         return
     if upstream not in deps.routes().upstreams_for_account(released_by):
         logger.warning(
