@@ -1118,9 +1118,6 @@ def test_messages_held_back_for_an_upstreams_retry_after_leave_their_accounts_to
     assert vclock.now - start < 1
 
 
-@pytest.mark.xfail(
-    strict=True, reason="another dispatcher's Retry-After hold met on a failover counts an upstream failure"
-)
 def test_a_failover_held_back_by_another_dispatchers_retry_after_counts_no_failure_of_the_fallback(store):
     # Given a message whose primary is down (503), and a fallback with a route limit that asked another dispatcher
     # to come back in 30 s (its route's counters held)

@@ -877,7 +877,10 @@ async def _submit(
             return provider, result
         except UpstreamError as error:
             unavailable_before, failure = failure, error
-            outcome.upstream_failures[(provider.name, error.kind)] += 1
+            if error is not shared:
+                # Only a request that failed is an upstream failure (the failure-rate alarm's): a hold met without one
+                # counted one until session 36, and a fallback's Retry-After met on every failover raised the alarm.
+                outcome.upstream_failures[(provider.name, error.kind)] += 1
             logger.warning(
                 "upstream did not take the message",
                 extra={
