@@ -51,9 +51,6 @@ def transactions_conflicting(when: Callable[[list[dict[str, Any]]], bool] = lamb
         yield
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the undo of an undecided batch-and-credits write is undecided too: a raw 500, not a 503"
-)
 def test_a_send_whose_transactions_dynamodb_keeps_cancelling_answers_503_and_charges_nothing(aws, account, api):
     # Given an account with 100 credits, and DynamoDB cancelling every transaction for conflicts with other writes
     account_id, token = account["account_id"], account["token"]

@@ -156,6 +156,12 @@ class IdTaken(Unavailable):
     another request, and it would not send again): a retry gets another id."""
 
 
+class NotDone(Unavailable):
+    """A write DynamoDB neither applied nor refused (it cancelled it for conflicts with other writes on every try,
+    or throttled it): nothing of it was written, so there is nothing to undo, and the same request may be made
+    again."""
+
+
 class InternalError(GatewayError):
     """Something no route expected failed while answering (an AWS error, a bug): the request may have been done in
     part, so the caller retries it under the same idempotency key, or looks before sending it again."""

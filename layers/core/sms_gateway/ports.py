@@ -156,7 +156,8 @@ class MessageStore(Protocol):
         Raises Conflict when the batch exists, InsufficientCredits when the balance is short (and then did
         neither). `superseding`: a failed batch of the account that this one replaces (a send afresh under the same
         idempotency key), linked to it (`superseded_by`) in the same write; Conflict when
-        it is not failed or already superseded."""
+        it is not failed or already superseded. NotDone when the store could neither apply nor refuse the write
+        (other writes of the account kept conflicting with it): nothing was written."""
         ...
 
     def reprice_batch(self, batch: Batch, cost: int, recipients: int | None = None, *, by_cancel: bool = False) -> int:

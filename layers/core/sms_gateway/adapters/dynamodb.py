@@ -664,7 +664,12 @@ class DynamoStore(
         ]
         if superseding is not None:
             writes.append({"Update": self._supersede_update(batch.account_id, superseding, batch.reference_id)})
-        account_refused, batch_refused, *others = transact_until_decided(self.client, writes)
+        try:
+            account_refused, batch_refused, *others = transact_until_decided(self.client, writes)
+        except TransactionUndecided as error:
+            # Other writes of the account's credits (its other sends, on AWS) cancelled every try: nothing was written,
+            # and the send has nothing to undo (its undo would meet the same conflicts).
+            raise not_done(f"writing batch {batch.reference_id} with its credits", error) from error
         superseded_refused = others[len(entries) :]
         if batch_refused:
             raise _batch_exists(batch)

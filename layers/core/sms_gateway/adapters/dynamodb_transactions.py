@@ -7,7 +7,7 @@ import secrets
 import time
 from typing import Any
 
-from sms_gateway.errors import Unavailable
+from sms_gateway.errors import NotDone
 
 MAX_TRANSACTION_ATTEMPTS = 6
 _TRANSACTION_BACKOFF_SECONDS = 0.02
@@ -21,9 +21,9 @@ class TransactionUndecided(RuntimeError):
     every attempt, or was throttled): nothing of it was written."""
 
 
-def not_done(doing: str, error: TransactionUndecided) -> Unavailable:
+def not_done(doing: str, error: TransactionUndecided) -> NotDone:
     """The answer to a caller whose request may simply be made again: `doing` did not happen, nothing changed."""
-    return Unavailable(f"{doing}: not done, nothing changed ({error}); try again")
+    return NotDone(f"{doing}: not done, nothing changed ({error}); try again")
 
 
 def back_off(attempt: int) -> None:

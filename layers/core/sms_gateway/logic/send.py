@@ -38,6 +38,7 @@ from sms_gateway.errors import (
     InvalidRecipient,
     InvalidRequest,
     InvalidSender,
+    NotDone,
     OptedOut,
     Unavailable,
 )
@@ -272,8 +273,11 @@ def accept_send(
                     batch = batch.model_copy(update={"reference_id": new_batch_id()})
                     messages = new_messages(batch, command, recipients, priced)
             store_messages(batch, messages, deps, out_of_time)
-    except (InsufficientCredits, IdTaken):
-        raise  # the transaction was refused: it wrote nothing
+    except (InsufficientCredits, IdTaken, NotDone):
+        # The transaction was refused, or neither applied nor refused (other writes of the account's credits kept
+        # conflicting with it): it wrote nothing, and an undo would only meet the same conflicts (a 500 until
+        # 2026-12-07, for a send that took nothing).
+        raise
     except Exception as error:
         log_undone(batch, "stored")
         give_back(batch, messages, deps, now=now)
