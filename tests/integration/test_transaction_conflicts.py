@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from tests.integration.test_batches_dialect import Api, send, stored_batches
+from tests.integration.test_batches_dialect import Api, call, send, stored_batches
 from tests.integration.test_send_path import FakeContext, balance, load_function
 
 AIRTEL = "2348020000000"
@@ -67,3 +68,59 @@ def test_a_send_whose_transactions_dynamodb_keeps_cancelling_answers_503_and_cha
     status, body = send(api, token, [AIRTEL, MTN])
     assert (status, body.get("recipients_processed")) == (200, 2), body
     assert balance(account_id) == 98
+
+
+def scheduled_two_with_one_stored(api: Api, account: dict[str, Any]) -> tuple[str, Any]:
+    """A batch of two scheduled an hour ahead, charged 2 of the account's 100 credits, whose send has stored one of
+    its messages so far (a send of many recipients storing them, or one killed part-way): its reference_id, and the
+    message not stored yet."""
+    from sms_gateway.adapters.dynamodb import _key_of
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic.batches import all_messages
+
+    store = gateway().store
+    send_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    status, sent = send(api, account["token"], [AIRTEL, MTN], send_at=send_at)
+    assert status == 200, sent
+    reference_id = str(sent["reference_id"])
+    unstored = list(all_messages(store, account["account_id"], int(reference_id)))[-1]
+    store.client.delete_item(TableName=store.table_name, Key=_key_of(unstored.key))
+    assert len(list(all_messages(store, account["account_id"], int(reference_id)))) == 1
+    return reference_id, unstored
+
+
+def cancel(api: Api, account: dict[str, Any], reference_id: str) -> tuple[int, dict[str, Any]]:
+    return call(api, account["token"], "DELETE", f"/ng/v1/batches/{reference_id}")
+
+
+def batch_status(api: Api, account: dict[str, Any], reference_id: str) -> str:
+    return str(call(api, account["token"], "GET", f"/ng/v1/batches/{reference_id}")[1]["status"])
+
+
+@pytest.mark.xfail(strict=True, reason="a cancel that won but whose give-back kept conflicting answers 409")
+def test_a_cancel_that_moved_the_batch_but_could_not_finish_its_give_back_says_to_retry_and_its_retry_finishes(
+    aws, account, api, monkeypatch
+):
+    from sms_gateway.adapters.dynamodb import DynamoStore
+    from sms_gateway.errors import Conflict
+
+    # Given a scheduled batch of two whose send stored one message (2 credits taken)
+    account_id = account["account_id"]
+    reference_id, _ = scheduled_two_with_one_stored(api, account)
+
+    # And other writers moving the batch's cost every time the cancel reads it (a finisher, an undo, another cancel)
+    def moved_meanwhile(self: Any, batch: Any, *args: Any, **kwargs: Any) -> int:
+        raise Conflict(f"batch {batch.reference_id} changed meanwhile")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(DynamoStore, "reprice_batch", moved_meanwhile)
+        # When the client cancels it
+        status, body = cancel(api, account, reference_id)
+    # Then the batch is cancelled, and the answer is not a 409 ("only a scheduled batch can be cancelled", which a
+    # client reads as not cancelled) but a 503 to retry: the cancel is under way
+    assert batch_status(api, account, reference_id) == "cancelled"
+    assert status == 503, body
+    # And its retry finishes it and answers all it gave back
+    status, body = cancel(api, account, reference_id)
+    assert (status, body.get("refunded_credits"), body.get("status")) == (200, 2, "cancelled"), body
+    assert balance(account_id) == 100
