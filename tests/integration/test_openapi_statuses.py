@@ -13,6 +13,7 @@ import re
 import secrets
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -256,6 +257,39 @@ def little_time_left() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def cost_moved_meanwhile() -> Iterator[None]:
+    """Another writer (a send's finisher, the undo of a refused retry, another cancel) moving a batch's cost each
+    time a cancel has read it, to give back what the batch took for messages never stored."""
+    from sms_gateway.adapters.dynamodb import DynamoStore
+    from sms_gateway.errors import Conflict
+
+    def moved(self: Any, batch: Any, *args: Any, **kwargs: Any) -> int:
+        raise Conflict(f"batch {batch.reference_id} changed meanwhile")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DynamoStore, "reprice_batch", moved)
+        yield
+
+
+def scheduled_part_stored(gateway: Gateway, account: dict[str, Any]) -> str:
+    """A batch of two scheduled a day ahead whose send stored one message (killed part-way): its reference_id."""
+    from sms_gateway.adapters.dynamodb import _key_of
+    from sms_gateway.bootstrap import gateway as wiring
+    from sms_gateway.domain.models import utc_now
+
+    bearer = {"authorization": f"Bearer {account['token']}"}
+    send_at = (utc_now() + timedelta(days=1)).isoformat()
+    body = {**PLAUSIBLE, "from": FUNDED_SENDER, "to": [AIRTEL, GLO], "send_at": send_at}
+    sent = gateway.request("POST", "/ng/v1/sendsms", headers=bearer, body=body)
+    assert sent.status == 200, sent
+    store = wiring().store
+    reference_id = int(sent.json["reference_id"])
+    last = store.list_messages(account["account_id"], reference_id, limit=2)[0][-1]
+    store.client.delete_item(TableName=store.table_name, Key=_key_of(last.key))
+    return str(reference_id)
+
+
 def keeps_changing(account: dict[str, Any], group_id: str) -> None:
     """The group's members item a version ahead of its summary on every read, as while member changes keep
     overtaking the read."""
@@ -289,6 +323,9 @@ def drawn(
         answers = []
         for condition, change in probes:
             acting = acting_on(gateway, account)
+            if change.get("scheduled_part_stored"):
+                cancellable = scheduled_part_stored(gateway, account)
+                acting["ids"] |= {"reference_id": cancellable, "order_id": cancellable}
             if change.get("group_keeps_changing"):
                 keeps_changing(account, acting["ids"]["group_id"])
             key = {"idempotency-key": secrets.token_hex(8)} if change.get("key") else {}
@@ -319,11 +356,13 @@ def test_only_the_operations_that_can_conflict_document_409(gateway, document, f
 def test_only_the_operations_that_can_be_undone_or_left_undecided_document_503(gateway, document, funded):
     """503 (nothing changed, retry after Retry-After): a send with too little time left to store and queue it,
     a change DynamoDB keeps cancelling for conflicts with other writes, a group read while its members keep
-    changing. Each operation is asked under each, and answers 503 exactly where documented."""
+    changing, a cancel whose give-back other writes keep moving (the batch cancelled, the retry finishes it). Each
+    operation is asked under each, and answers 503 exactly where documented."""
     probes: list[tuple[Any, dict[str, Any]]] = [
         (little_time_left, {}),
         (transactions_never_decided, {}),
         (None, {"group_keeps_changing": True}),
+        (cost_moved_meanwhile, {"scheduled_part_stored": True}),
     ]
     wrong = drawn(gateway, document, funded, 503, probes)
     assert not wrong, "\n".join(wrong)

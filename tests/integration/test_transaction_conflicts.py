@@ -97,7 +97,6 @@ def batch_status(api: Api, account: dict[str, Any], reference_id: str) -> str:
     return str(call(api, account["token"], "GET", f"/ng/v1/batches/{reference_id}")[1]["status"])
 
 
-@pytest.mark.xfail(strict=True, reason="a cancel that won but whose give-back kept conflicting answers 409")
 def test_a_cancel_that_moved_the_batch_but_could_not_finish_its_give_back_says_to_retry_and_its_retry_finishes(
     aws, account, api, monkeypatch
 ):

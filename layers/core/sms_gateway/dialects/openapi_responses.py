@@ -80,6 +80,9 @@ GROUPS_READ_OR_WRITTEN: set[tuple[str, str]] = {
     ("/ng/v1/groups/{group_id}/members", "post"),
     ("/ng/v1/groups/{group_id}/members", "delete"),
 }
+# Cancels of a scheduled batch, which answer `unavailable` when other writes kept moving its cost while they gave
+# back what it took for messages never stored: the batch is cancelled, and the cancel sent again finishes it.
+CANCELS: set[tuple[str, str]] = {("/ng/v1/batches/{reference_id}", "delete"), ("/sms/{order_id}", "delete")}
 # Errors that pass: the answer says when to come back (dialects/common.error_headers).
 RETRY_AFTER_STATUSES = (429, 503)
 RETRY_AFTER: dict[str, Any] = {
@@ -99,7 +102,8 @@ ERROR_DESCRIPTIONS = {
     429: "too many failed logins for this username in the current 15-minute window: retry after Retry-After",
     500: "an unexpected failure, logged under the request id the message names; the request may be done in part",
     503: "not done, nothing changed (a send that could not be stored or queued in time, undone: nothing sent or "
-    "charged; a group that kept changing while it was read or written): retry after Retry-After",
+    "charged; a group that kept changing while it was read or written; a cancel whose give-back other writes kept "
+    "moving: the batch is cancelled, and the cancel again finishes it): retry after Retry-After",
 }
 
 
@@ -423,7 +427,7 @@ def error_statuses(path: str, method: str, *, reads_body: bool) -> list[int]:
         codes.append("conflict")
     if key in CHARGED:
         codes += ("insufficient_credits", "unavailable")
-    if key in GROUPS_READ_OR_WRITTEN:
+    if key in GROUPS_READ_OR_WRITTEN or key in CANCELS:
         codes.append("unavailable")
     table, default = dialect_statuses(dialect_of(path))
     return sorted({table.get(code, default) for code in codes})

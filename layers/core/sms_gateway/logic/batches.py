@@ -11,7 +11,7 @@ from typing import Any
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import Batch, Message
 from sms_gateway.domain.status import TERMINAL, MessageStatus
-from sms_gateway.errors import Conflict, NotFound
+from sms_gateway.errors import Conflict, NotFound, Unavailable
 from sms_gateway.observability import logger
 from sms_gateway.ports import BatchScheduler, MessageStore
 
@@ -245,7 +245,9 @@ def cost_to_stored(
     "A send's credits"), and refunding its messages one by one gives back only what the stored ones cost. Also
     the other way, for messages a send finished by a retry stored after a cancel gave their credits back, so their
     refunds do not give them back twice. `by_cancel`: the batch's cancel, whose answer counts what it moves here
-    (reprice_batch, cancel_refund). The credits given back (negative: taken), and the batch's messages."""
+    (reprice_batch, cancel_refund). The credits given back (negative: taken), and the batch's messages. Unavailable
+    when other writers moved the cost on every try (COST_WRITE_TRIES): nothing changed here, and a call again goes
+    on."""
     for _ in range(COST_WRITE_TRIES):
         batch = get_batch(store, account_id, reference_id)
         stored = list(all_messages(store, account_id, reference_id))
@@ -258,4 +260,7 @@ def cost_to_stored(
         except Conflict:
             continue  # another cancel (or a send's finisher) moved it meanwhile: read it again
         return batch.cost - stored_cost, stored
-    raise Conflict(f"the cost of batch {reference_id} kept changing; try again")
+    # Unavailable, not Conflict: a cancel that gets here moved the batch to cancelled already, and a 409 reads as not
+    # cancelled (until 2026-12-07: "only a scheduled batch can be cancelled" in the session-key family, a 404); its
+    # retry finishes the give-back and answers it.
+    raise Unavailable(f"the cost of batch {reference_id} kept changing while it was given back; try again")
