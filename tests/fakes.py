@@ -260,9 +260,10 @@ class InMemoryStore:
             if storing and now.status not in (MessageStatus.QUEUED, MessageStatus.SCHEDULED):
                 raise Conflict(f"batch {batch.reference_id} changed meanwhile")
             owed = cost - batch.cost
-            if owed > 0:
+            if owed > 0 and not by_cancel:
                 self.reserve_credits(batch.account_id, owed)
             else:
+                # A cancel's take-back is never refused for the balance (DynamoStore._reprice).
                 self.refund_credits(batch.account_id, -owed)
             counted = {"recipients": recipients} if recipients is not None else {}
             update = {"cost": cost, "revision": batch.revision + 1, **counted}

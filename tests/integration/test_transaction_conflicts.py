@@ -125,7 +125,6 @@ def test_a_cancel_that_moved_the_batch_but_could_not_finish_its_give_back_says_t
     assert balance(account_id) == 100
 
 
-@pytest.mark.xfail(strict=True, reason="a repeated cancel that has to take credits back answers an undocumented 402")
 def test_a_cancel_again_after_its_send_stored_the_rest_answers_the_cancel_not_402_and_keeps_the_credits_right(
     aws, account, api
 ):

@@ -165,7 +165,9 @@ class MessageStore(Protocol):
         reserved (`batch.cost`) between it and the account's credits, both or neither, only while the batch's cost
         and revision are still `batch`'s (no other write repriced it or added messages to it); returns the balance.
         `by_cancel`: the batch's cancel gives the difference back, and adds it to its `cancel_unstored_refund` in the
-        same write. Raises InsufficientCredits or Conflict (it changed meanwhile) having changed nothing."""
+        same write, and takes back what it must (messages stored after an earlier give-back of theirs, which it
+        refunds next) whatever the balance. Raises InsufficientCredits (never for a cancel) or Conflict (it changed
+        meanwhile) having changed nothing."""
         ...
 
     def store_and_charge(self, batch: Batch, messages: Sequence[Message], *, stored_cost: int, stored: int) -> Batch:

@@ -707,10 +707,10 @@ class DynamoStore(
         """Sets the batch's cost to `cost` and moves the difference between the credits it reserved (`batch.cost`,
         as read) and `cost` from or to the account in one transaction, only while the batch still has the cost and
         revision it was read with; returns the balance after. So a finisher that dies after it leaves a batch whose
-        cost says what was taken, and the next one owes nothing more. InsufficientCredits when the balance is short,
-        Conflict when the batch changed meanwhile (another request repriced it or added messages): then nothing
-        changed. `by_cancel`: the cancel's give-back, counted in the batch's `cancel_unstored_refund` by the same
-        write."""
+        cost says what was taken, and the next one owes nothing more. InsufficientCredits when the balance is short
+        (never `by_cancel`), Conflict when the batch changed meanwhile (another request repriced it or added
+        messages): then nothing changed. `by_cancel`: the cancel's give-back, counted in the batch's
+        `cancel_unstored_refund` by the same write."""
         self._reprice(batch, (), cost=cost, recipients=recipients, by_cancel=by_cancel)
         return self.balance(batch.account_id)
 
@@ -749,9 +749,13 @@ class DynamoStore(
             update["ExpressionAttributeValues"][":given"] = {"N": str(-owed)}
         writes: list[dict[str, Any]] = [{"Update": update}]
         if owed:
+            # A cancel takes back (owed > 0) only for messages stored after an earlier give-back of theirs (a send
+            # still storing when its batch was cancelled), which the same cancel then cancels and refunds: never
+            # refused for the balance (until 2026-12-07 such a cancel answered 402 once the account had spent them),
+            # which it leaves below what it was only until those refunds.
             account = (
                 self._reserve_update(batch.account_id, owed)
-                if owed > 0
+                if owed > 0 and not by_cancel
                 else self._credits_update(batch.account_id, -owed)
             )
             writes.append({"Update": account})

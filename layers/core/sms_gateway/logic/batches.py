@@ -255,7 +255,8 @@ def cost_to_stored(
         if stored_cost == batch.cost:
             return 0, stored
         try:
-            # InsufficientCredits (the other way, the credits spent meanwhile) changes nothing and goes up.
+            # InsufficientCredits (the other way, the credits spent meanwhile; never for a cancel, which refunds the
+            # messages it takes back for right after) changes nothing and goes up.
             store.reprice_batch(batch, stored_cost, recipients=len(stored), by_cancel=by_cancel)
         except Conflict:
             continue  # another cancel (or a send's finisher) moved it meanwhile: read it again
