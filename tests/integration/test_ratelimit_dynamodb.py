@@ -168,3 +168,21 @@ def test_the_limiter_over_dynamodb_waits_for_the_next_second(aws, store):
     # Then it got them in the next second
     assert granted == 10
     assert used(aws, "account:a", SECOND + 1) == 10
+
+
+@pytest.mark.xfail(strict=True, reason="a hold's puts overwrite a longer hold's seconds with a shorter wait")
+def test_a_shorter_hold_written_over_a_longer_one_leaves_the_longer_wait(aws, store):
+    from sms_gateway.ports import ScopeHeld
+
+    # Given a route two dispatchers hold at the same moment for an upstream's 429s: one was asked to come back in
+    # 300 s (its daily quota spent), the other in 90 s, whose puts land last on the same 60 seconds of counters
+    store.hold_scope("route:up", SECOND + 300, first_second=SECOND, seconds=60)
+    store.hold_scope("route:up", SECOND + 90, first_second=SECOND, seconds=60)
+    # When a third dispatcher takes a route token within them
+    with pytest.raises(ScopeHeld) as held:
+        store.take_tokens("route:up", SECOND + 5, 1, 50)
+    # Then it learns the longer wait: told 90 s, it would offer the upstream its messages from then on (the seconds
+    # past the first 60 are not held), each met by a 429
+    assert held.value.until == SECOND + 300
+    # And a hold never lets a second grant: the counter stays past any limit
+    assert used(aws, "route:up", SECOND + 5) > 10**6
