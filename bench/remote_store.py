@@ -52,6 +52,8 @@ class RemoteStore(InMemoryStore):
         self.routes = RouteTable(default_upstream=default_upstream)
         self.counters: dict[tuple[str, int], int] = {}
         self.holds: dict[tuple[str, int], float] = {}
+        # Each scope's hold item: the longest hold written on it (the adapter's conditional write lengthens only).
+        self.held_until: dict[str, float] = {}
         self._meter_lock = threading.Lock()
 
     def _count(self, operation: str, cpu: float) -> None:
@@ -85,7 +87,7 @@ class RemoteStore(InMemoryStore):
         # The adapter's condition (`used <= limit - n`) in one step: DynamoDB applies a conditional write atomically.
         with self._lock:
             if (scope, second) in self.holds:
-                raise ScopeHeld(scope, self.holds[(scope, second)])
+                raise ScopeHeld(scope, max(self.holds[(scope, second)], self.held_until[scope]))
             used = self.counters.get((scope, second), 0)
             granted = max(0, min(wanted, limit - used))
             self.counters[(scope, second)] = used + granted
@@ -97,9 +99,11 @@ class RemoteStore(InMemoryStore):
             if (scope, second) in self.counters and count > 0:
                 self.counters[(scope, second)] -= count
 
-    # The adapter writes a hold in BatchWriteItems of 25 counters (a hold spans at most 60 seconds: three of them);
-    # counted as one, as a benchmark meets a 429 only if its upstream answers one.
+    # The adapter writes a hold's end to the scope's hold item (one conditional UpdateItem, which only lengthens it),
+    # then its counters in BatchWriteItems of 25 (a hold spans at most 60 seconds: three of them); counted as one, as
+    # a benchmark meets a 429 only if its upstream answers one.
     @_request("BatchWriteItem")
     def hold_scope(self, scope: str, until: float, *, first_second: int, seconds: int) -> None:
         with self._lock:
+            until = self.held_until[scope] = max(until, self.held_until.get(scope, 0.0))
             self.holds.update({(scope, held): until for held in range(first_second, first_second + seconds)})

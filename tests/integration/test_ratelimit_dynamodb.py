@@ -170,7 +170,6 @@ def test_the_limiter_over_dynamodb_waits_for_the_next_second(aws, store):
     assert used(aws, "account:a", SECOND + 1) == 10
 
 
-@pytest.mark.xfail(strict=True, reason="a hold's puts overwrite a longer hold's seconds with a shorter wait")
 def test_a_shorter_hold_written_over_a_longer_one_leaves_the_longer_wait(aws, store):
     from sms_gateway.ports import ScopeHeld
 

@@ -27,13 +27,15 @@ class CountingStore(InMemoryStore):
         self.used: dict[tuple[str, int], int] = defaultdict(int)
         self.calls: list[tuple[str, str, int]] = []
         self.holds: dict[tuple[str, int], float] = {}
+        # Each scope's hold item: the longest hold written on it (the adapter's conditional write lengthens only).
+        self.held_until: dict[str, float] = {}
         self._counters = threading.Lock()
 
     def take_tokens(self, scope: str, second: int, wanted: int, limit: int) -> int:
         with self._counters:
             self.calls.append(("take", scope, second))
             if (scope, second) in self.holds:
-                raise ScopeHeld(scope, self.holds[(scope, second)])
+                raise ScopeHeld(scope, max(self.holds[(scope, second)], self.held_until[scope]))
             got = max(0, min(wanted, limit - self.used[(scope, second)]))
             self.used[(scope, second)] += got
             return got
@@ -46,6 +48,7 @@ class CountingStore(InMemoryStore):
     def hold_scope(self, scope: str, until: float, *, first_second: int, seconds: int) -> None:
         with self._counters:
             self.calls.append(("hold", scope, first_second))
+            until = self.held_until[scope] = max(until, self.held_until.get(scope, 0.0))
             self.holds.update({(scope, second): until for second in range(first_second, first_second + seconds)})
 
     def per_second(self, scope: str) -> dict[int, int]:
