@@ -1139,3 +1139,51 @@ def test_a_failover_held_back_by_another_dispatchers_retry_after_counts_no_failu
     # requests that failed: the primary's, not a throttle of the fallback that was never asked
     assert fallback.submits == [] and outcome.needs_retry
     assert dict(outcome.upstream_failures) == {("primary", "transient"): 1}
+
+
+class ThrottlesLongerEachAnswer(FakeProvider):
+    """An upstream answering the submits in flight at once with 429s, each later answer asking for a longer wait (its
+    per-second limit first, then its daily quota spent)."""
+
+    def __init__(self, name: str, waits: list[float]) -> None:
+        super().__init__(name)
+        self.waits = waits
+
+    async def submit(self, request):
+        self.submits.append(request)
+        wait = self.waits[len(self.submits) - 1]
+        await asyncio.sleep(0)  # on the wire: the other slots' submits go out meanwhile
+        raise UpstreamError("429", permanent=False, throttled=True, retry_after=wait)
+
+
+@pytest.mark.xfail(strict=True, reason="a later, longer Retry-After met while a hold runs is not shared")
+def test_a_longer_retry_after_met_while_the_upstream_is_held_is_shared_with_the_other_dispatchers(store):
+    from sms_gateway.logic.ratelimit import route_scope
+    from sms_gateway.ports import ScopeHeld
+
+    # Given a bulk record of 2 messages submitted at once to an upstream with a route limit, which answers the first
+    # with a 429 asking us to come back in 5 s and the second, a moment later, in 120 s
+    _, sent = send(store, command(2))
+    [record] = sent.dispatch_queue.commands
+    provider = ThrottlesLongerEachAnswer("kannel", [5.0, 120.0])
+    counters, vclock = CountingStore(), VirtualClock(NOW.timestamp())
+    start = vclock.now
+    deps = replace(
+        dispatch_deps(store, provider),
+        clock=lambda: NOW + timedelta(seconds=vclock.now - start),
+        limiter=RateLimiter(counters, clock=vclock, sleep=vclock.sleep),
+        route_limit=lambda _: 100,
+        concurrency=2,
+    )
+    # When the record is dispatched
+    asyncio.run(dispatch(record, deps))
+    assert len(provider.submits) == 2
+    # Then another dispatcher container that takes a route token 10 s later learns the whole 120 s wait: told only
+    # of the first 5 s, it (and every other container) would offer the upstream a message of its own and meet a 429
+    vclock.now = start + 10
+    other = RateLimiter(counters, clock=vclock, sleep=vclock.sleep)
+    with pytest.raises(ScopeHeld) as held:
+        asyncio.run(other.acquire([route_scope("kannel", 100)], 1))
+    assert held.value.until >= start + 119
+    # And the hold was written twice at most (the first 429's, then the longer one's), not once per 429
+    assert len([call for call in counters.calls if call[0] == "hold"]) == 2
