@@ -1224,17 +1224,25 @@ class UpstreamRetryAfter:
 
 
 UPSTREAM_RETRY_AFTER = UpstreamRetryAfter()
+# How much later than the hold this container runs on an upstream a Retry-After must end to be shared again: the 429s
+# of the submits in flight with the first, answered a moment after it with the same wait, write nothing.
+LONGER_HOLD_SECONDS = 1.0
 
 
 async def _hold_upstream(upstream: str, retry_after: float | None, deps: DispatchDependencies) -> None:
     """An upstream's Retry-After, held in this container (UPSTREAM_RETRY_AFTER) and, for an upstream with a rate
     limit, in its route's counters, which every dispatcher takes a token from before it offers the upstream a
-    message: they learn of it there, without a request more (`_note_shared_hold`). Written once a hold: the 429s of
-    the submits in flight with the first change nothing (each extends the hold here by what has passed since)."""
-    held_already = UPSTREAM_RETRY_AFTER.seconds_left(upstream, deps.clock()) is not None
-    UPSTREAM_RETRY_AFTER.note(upstream, retry_after, deps.clock())
+    message: they learn of it there, without a request more (`_note_shared_hold`). Written when no hold runs here,
+    and again when it ends LONGER_HOLD_SECONDS or more after the one that runs (its own or another dispatcher's):
+    until 2026-12-07 a later, longer wait (the upstream's daily quota spent after its per-second limit) was kept here
+    alone, and every other container met a 429 of its own when the shorter one ended."""
+    now = deps.clock()
+    left = UPSTREAM_RETRY_AFTER.seconds_left(upstream, now)
+    UPSTREAM_RETRY_AFTER.note(upstream, retry_after, now)
     limit = deps.route_limit(upstream)
-    if held_already or not retry_after or not limit or deps.limiter is None:
+    if not retry_after or not limit or deps.limiter is None:
+        return
+    if left is not None and retry_after < left + LONGER_HOLD_SECONDS:
         return
     await deps.limiter.hold(route_scope(upstream, limit)[0], retry_after)
 
