@@ -21,7 +21,7 @@ from sms_gateway.domain.status import VALIDITY_PERIOD_ENDED, MessageStatus
 from sms_gateway.errors import NotFound
 from sms_gateway.logic.batches import ONLY_SCHEDULED, all_messages, cost_to_stored, finish_cancel
 from sms_gateway.logic.optouts import opted_out_of
-from sms_gateway.logic.send import OPTED_OUT, clear_release_sweep, dispatch_commands, fail_opted_out
+from sms_gateway.logic.send import OPTED_OUT, dispatch_commands, fail_opted_out
 from sms_gateway.observability import logger
 from sms_gateway.outcome_metrics import count_final_statuses
 from sms_gateway.ports import ConsistentAccountLookup, DispatchQueue, MessageStore, OptOutStore
@@ -64,7 +64,7 @@ def release_scheduled_batch(
     A batch found `queued` that this call did not move (a schedule that fired twice, or a send to go out at once that
     the sweeper hands here because its api Lambda died before queueing its records: logic/sweep.py) has its messages
     still `queued` queued again, under the deduplication ids the first queueing used, and a send of 100 recipients or
-    more is then taken out of the sweep index (logic.send.clear_release_sweep).
+    more is then taken out of the sweep index (a write that fails fails the release, for Lambda to retry).
     Returns True when this call released the batch (moved it out of `scheduled`).
     Raises NotFound for a batch that does not exist: a schedule is
     made only for a stored batch, so its release names one unless something changed the id on the way (a replay
@@ -123,9 +123,6 @@ def release_scheduled_batch(
         # The lane the account's single sends take now, as a send accepted now would (its order kept by default).
         in_order = account.single_sends_in_order if account is not None else True
         queue.enqueue(dispatch_commands(batch, queued, in_order=in_order))
-    if not released and swept_until_queued(batch):
-        # A send to go out at once the sweeper released (its api Lambda died before queueing it): queued now.
-        clear_release_sweep(batch, messages)
     failed = [
         m
         for m in current
@@ -134,6 +131,15 @@ def release_scheduled_batch(
     ]
     if failed and announce is not None:
         announce([StatusChange(message=message, changed=True) for message in failed])
+    if not released and swept_until_queued(batch):
+        # A send to go out at once the sweeper released (its api Lambda died before queueing it, or its write after
+        # queueing failed): queued now, and taken out of the sweep index. Part of the release: a write that fails
+        # raises, and Lambda runs the release again a minute or two later (its retries: the records it queues again
+        # repeat this run's deduplication ids, which the FIFO queue drops). Until 2026-12-07 the release ended as done
+        # without it (the api's write had failed too), and every later sweep, each claim's lease after the one
+        # before, released the send again: its messages still queued (a backlog at the account's rate, or waiting
+        # for an upstream's Retry-After) were queued once more in new records, past the deduplication window.
+        messages.clear_release_sweep(batch.account_id, batch.reference_id)
     return released
 
 
