@@ -47,6 +47,7 @@ from sms_gateway.domain.status import (
     may_have_reached_the_handset,
 )
 from sms_gateway.errors import Conflict, InsufficientCredits, UpstreamError
+from sms_gateway.ports import PageBudget
 
 
 def fake_routes() -> RouteTable:
@@ -143,6 +144,7 @@ class InMemoryStore:
         since: datetime | None = None,
         until: datetime | None = None,
         msisdn: str | None = None,
+        budget: PageBudget[StoredInbound] | None = None,
     ) -> tuple[list[StoredInbound], str | None]:
         found = sorted(
             (

@@ -18,7 +18,7 @@ from sms_gateway.adapters.dynamodb import DynamoStore, messages_pk
 from sms_gateway.domain.groups import Group
 from sms_gateway.domain.ids import MESSAGES_PER_BATCH, new_id
 from sms_gateway.domain.models import StoredInbound, iso
-from sms_gateway.ports import WebhookFailure
+from sms_gateway.ports import PageBudget, WebhookFailure
 from tests.integration.conftest import moto_table
 from tests.integration.test_dynamodb_store import NOW, new_account, new_batch
 
@@ -118,6 +118,26 @@ def test_a_page_cut_short_by_dynamodbs_page_size_keeps_its_cursor() -> None:
     # DynamoDB stops at 1 MB whatever the Limit: fewer items than asked for, and more to read.
     page = read_page(query_of(list(range(10)), page_limit_bytes=3), {}, 5, load=numbers, key_of=lambda n: {"n": n})
     assert page == ([0, 1, 2], {"n": 2})
+
+
+def test_a_page_ends_before_the_item_that_would_fill_it_past_its_budget_and_holds_one_however_big() -> None:
+    # Given items of these sizes in bytes, and a budget of 10 bytes a page
+    sizes = [1, 2, 3, 4, 5, 30, 6]
+    budget = PageBudget(size_of=lambda n: sizes[n], max_bytes=10)
+    query = query_of(list(range(len(sizes))))
+
+    def page_after(cursor: dict[str, Any] | None) -> tuple[list[int], dict[str, Any] | None]:
+        start = {"ExclusiveStartKey": cursor} if cursor else {}
+        return read_page(query, start, 100, load=numbers, key_of=lambda n: {"n": n}, budget=budget)
+
+    # When the listing is read page by page
+    first = page_after(None)
+    second = page_after(first[1])
+    third = page_after(second[1])
+    # Then a page ends where the next item would fill it past the budget, its cursor at its last item; an item bigger
+    # than the budget is a page of its own, never a page of none
+    assert [first, second, third] == [([0, 1, 2, 3], {"n": 3}), ([4], {"n": 4}), ([5], {"n": 5})]
+    assert page_after(third[1]) == ([6], None)
 
 
 def test_a_filtered_page_reads_on_and_ends_at_its_last_kept_item() -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -100,6 +100,20 @@ class ConsistentAccountStore(AccountStore, Protocol):
         ...
 
 
+Listed = TypeVar("Listed")
+
+
+@dataclass(frozen=True)
+class PageBudget(Generic[Listed]):
+    """How much of an answer a listing's page may fill: each entry takes `size_of` it (as the answer writes it), and a
+    page ends before the entry that would take it over `max_bytes`, with a cursor to that entry, however few it then
+    holds (never none: its first entry is always in it). A page of big entries (long SMS texts) is cut so, within
+    what Lambda returns (dialects.common.LISTED_BUDGET)."""
+
+    size_of: Callable[[Listed], int]
+    max_bytes: int
+
+
 class InboxStore(Protocol):
     def save_inbound(self, inbound: StoredInbound, *, notify_due: datetime | None = None) -> bool:
         """Stores an inbound SMS once: False when the same upstream message was stored already. `notify_due`: the
@@ -139,10 +153,11 @@ class InboxStore(Protocol):
         since: datetime | None = None,
         until: datetime | None = None,
         msisdn: str | None = None,
+        budget: PageBudget[StoredInbound] | None = None,
     ) -> tuple[list[StoredInbound], str | None]:
         """A page of the account's inbound SMS, newest first: received from `since` to `until` (inclusive, aware
-        datetimes), only those from `msisdn` (E.164) if given; the cursor continues it. Raises InvalidRequest for a
-        cursor this store did not issue for this listing."""
+        datetimes), only those from `msisdn` (E.164) if given, cut short by `budget` if given; the cursor continues
+        it. Raises InvalidRequest for a cursor this store did not issue for this listing."""
         ...
 
 

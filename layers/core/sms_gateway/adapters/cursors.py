@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sms_gateway.errors import InvalidRequest
+from sms_gateway.ports import PageBudget
 
 NOT_A_CURSOR = "the `next` cursor is not valid for this listing"
 
@@ -66,22 +67,27 @@ def read_page(
     key_of: Callable[[Kept], dict[str, Any]],
     rounds: int = 1,
     read_size: int = 0,
+    budget: PageBudget[Kept] | None = None,
 ) -> tuple[list[Kept], dict[str, Any] | None]:
     """A page of at most `limit` of what `load` keeps of the items `request` reads, and the start key of the next
     page, or None when there is none. It reads one item past the page: DynamoDB answers a LastEvaluatedKey whenever
     it stops at its Limit, so a page that ended exactly at the listing's end would otherwise carry a cursor to an
     empty page. With a filter (`load` keeps fewer than it is given) it reads on, at most `rounds` reads of at least
-    `read_size` items each: the page may then come back short, with a cursor to follow. The cursor of a full page is
-    the key of its last item (`key_of`), so nothing is skipped or repeated."""
+    `read_size` items each: the page may then come back short, with a cursor to follow. With a `budget`, the page
+    also ends before the item that would fill it past the budget's bytes (always holding its first). The cursor of a
+    page cut so, or full, is the key of its last item (`key_of`), so nothing is skipped or repeated."""
     request = {**request, "Limit": max(limit + 1, read_size)}
     kept: list[Kept] = []
+    filled = 0
     last: dict[str, Any] | None = None
     for _ in range(rounds):
         answer = query(**request)
-        kept.extend(load(answer.get("Items", [])))
-        if len(kept) > limit:
-            kept = kept[:limit]
-            return kept, key_of(kept[-1])
+        for item in load(answer.get("Items", [])):
+            size = budget.size_of(item) if budget is not None else 0
+            if len(kept) == limit or (budget is not None and kept and filled + size > budget.max_bytes):
+                return kept, key_of(kept[-1])
+            kept.append(item)
+            filled += size
         last = answer.get("LastEvaluatedKey")
         if not last:
             return kept, None

@@ -21,6 +21,7 @@ from sms_gateway.adapters.dynamodb_sweep import INBOUND, UNMARK, claim_due, swee
 from sms_gateway.domain.ids import EPOCH_MS, MAX_ID, RANDOM_BITS, id_time_ms
 from sms_gateway.domain.models import FoundInbound, StoredInbound
 from sms_gateway.domain.senders import same_sender
+from sms_gateway.ports import PageBudget
 
 INBOX_SK_PREFIX = "IN#"
 INBOUND_SK = id_sort_key(INBOX_SK_PREFIX)
@@ -233,6 +234,7 @@ class DynamoInboxMixin:
         since: datetime | None = None,
         until: datetime | None = None,
         msisdn: str | None = None,
+        budget: PageBudget[StoredInbound] | None = None,
     ) -> tuple[list[StoredInbound], str | None]:
         pk = inbox_pk(account_id)
         low = first_id_at(since) if since is not None else 0
@@ -266,6 +268,7 @@ class DynamoInboxMixin:
             key_of=lambda inbound: {"pk": {"S": pk}, "sk": {"S": inbound_sk(inbound.inbound_id)}},
             rounds=rounds,
             read_size=read_size,
+            budget=budget,
         )
         return found, encode_cursor(last)
 

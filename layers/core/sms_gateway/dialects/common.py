@@ -32,6 +32,7 @@ from sms_gateway.errors import (
 )
 from sms_gateway.logic.idempotency import SEND_LEASE, canonical_body, fingerprint, run_once
 from sms_gateway.logic.send import Accepted, Rejection, accept_send, undo_standing_send, with_opted_out
+from sms_gateway.ports import PageBudget
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 T = TypeVar("T")
@@ -370,6 +371,29 @@ def invalid_entries(rejected: Sequence[Rejection], field: str) -> list[dict[str,
         {field: echoed(rejection.raw), "reason": json_prefix(rejection.reason, MAX_REASON_BYTES)}
         for rejection in rejected[:MAX_LISTED_INVALID]
     ]
+
+
+# Lambda refuses a synchronous answer over 6 MB (the handler's result as JSON, 6,291,556 bytes): the invocation fails
+# and API Gateway answers the client 5xx, on every try of that request. An answer that lists stored text (the inbox)
+# is kept within ANSWER_BUDGET as Lambda returns it: its page ends before the entry that would fill LISTED_BUDGET
+# (page_budget), with its cursor to that entry; the rest of the answer (status, cursor, headers) takes far less than
+# what is left. One entry always fits: a DynamoDB item is at most 400 KB, which no answer writes in more than 2.8 MB
+# (a control character, 7 bytes). Until 2026-12-08 a page of 100 of the longest SMS (255 parts of Devanagari) was
+# 10.5 MB.
+ANSWER_BUDGET = 5 * 1024 * 1024
+LISTED_BUDGET = ANSWER_BUDGET - 64 * 1024
+
+
+def answer_bytes(value: Any) -> int:
+    """The bytes `value` takes in an answer as Lambda returns it, with the comma before it in a list: json_response
+    writes it (ASCII: a non-ASCII character is a 6-byte escape), and the handler's result carries that body as a
+    JSON string, each quote and backslash escaped again."""
+    return len(json.dumps(json.dumps(value, separators=(",", ":")))) - 1
+
+
+def page_budget(entry: Callable[[T], Any]) -> PageBudget[T]:
+    """A listing's page budget (PageBudget) for entries that the answer writes as `entry` makes them."""
+    return PageBudget(size_of=lambda item: answer_bytes(entry(item)), max_bytes=LISTED_BUDGET)
 
 
 def json_response(status_code: int, body: Any, headers: dict[str, str] | None = None) -> Response[Any]:

@@ -11,7 +11,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from sms_gateway.bootstrap import gateway
-from sms_gateway.dialects.common import json_request, json_response, page_size_parameter
+from sms_gateway.dialects.common import json_request, json_response, page_budget, page_size_parameter
 from sms_gateway.dialects.ninebits import WEBHOOK_URL_SCHEMA, _caller, caller_credential
 from sms_gateway.domain.ids import id_time_ms
 from sms_gateway.domain.models import Account, StoredInbound, iso
@@ -58,7 +58,10 @@ class InboxPage(BaseModel):
     status_code: int = 200
     message: str = "ok"
     data: list[InboundEntry]
-    next_cursor: str | None = Field(description="pass as `cursor` for the next (older) page; null at the end")
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next (older) page; null at the end. A page of long SMS may hold fewer "
+        "than `limit` (an answer is at most 5 MB), with a next_cursor to the rest"
+    )
 
 
 def received_at(inbound: StoredInbound) -> datetime:
@@ -105,9 +108,16 @@ def list_inbounds(
         since=start,
         until=end,
         msisdn=_number(number, account) if number else None,
+        # A page of long SMS may hold fewer than `limit`, with a next_cursor to the rest.
+        budget=page_budget(_listed),
     )
     body = InboxPage(data=[inbound_entry(inbound) for inbound in page], next_cursor=next_cursor)
     return json_response(200, body.model_dump(mode="json", by_alias=True))
+
+
+def _listed(inbound: StoredInbound) -> dict[str, Any]:
+    """An inbound SMS as the inbox's answer writes it."""
+    return inbound_entry(inbound).model_dump(mode="json", by_alias=True)
 
 
 def _moment(name: str, raw: str, zone: tzinfo, *, end_of_day: bool) -> datetime:
