@@ -89,11 +89,6 @@ def test_the_inbox_of_one_number_s_longest_sms_answers_in_pages_within_the_budge
     assert len(listed) > 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the failed-notification listing answers a page of up to 100 (500) records with their payloads: 10.5 MB "
-    "for 100 inbound ones of the longest SMS, which Lambda refuses (5xx on every try)",
-)
 def test_failed_notifications_of_the_longest_sms_answer_in_pages_within_the_budget(aws, account, api):
     from sms_gateway.bootstrap import gateway
     from sms_gateway.logic.inbound import inbound_notification

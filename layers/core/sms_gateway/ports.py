@@ -1115,10 +1115,17 @@ class WebhookFailureStore(Protocol):
         ...
 
     def list_webhook_failures(
-        self, account_id: str, *, state: WebhookFailureState | None = None, limit: int = 100, cursor: str | None = None
+        self,
+        account_id: str,
+        *,
+        state: WebhookFailureState | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        budget: PageBudget[WebhookFailure] | None = None,
     ) -> tuple[list[WebhookFailure], str | None]:
-        """A page of the account's failures, the newest first failure first, only those in `state` if given; the
-        cursor continues it. Raises InvalidRequest for a cursor this store did not issue."""
+        """A page of the account's failures, the newest first failure first, only those in `state` if given, cut
+        short by `budget` if given; the cursor continues it. Raises InvalidRequest for a cursor this store did not
+        issue."""
         ...
 
 

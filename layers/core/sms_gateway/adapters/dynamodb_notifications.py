@@ -11,7 +11,7 @@ from typing import Any
 
 from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, read_page
 from sms_gateway.adapters.dynamodb_batch import batch_get
-from sms_gateway.ports import WebhookFailure, WebhookFailureState
+from sms_gateway.ports import PageBudget, WebhookFailure, WebhookFailureState
 
 # Long enough to look into last week's outage, short enough that the partition stays small.
 FAILURE_RETENTION = timedelta(days=30)
@@ -167,7 +167,13 @@ class DynamoNotificationsMixin:
         return True
 
     def list_webhook_failures(
-        self, account_id: str, *, state: WebhookFailureState | None = None, limit: int = 100, cursor: str | None = None
+        self,
+        account_id: str,
+        *,
+        state: WebhookFailureState | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        budget: PageBudget[WebhookFailure] | None = None,
     ) -> tuple[list[WebhookFailure], str | None]:
         """Reads the listing pointers newest first and fetches their records. With a state filter a page is filled
         by reading on, bounded in reads: it may come back short, with a cursor to follow. The cursor is the key
@@ -197,7 +203,13 @@ class DynamoNotificationsMixin:
             return kept
 
         kept, last = read_page(
-            self.client.query, query, limit, load=load, key_of=lambda pair: pair[0], rounds=_MAX_LIST_ROUNDS
+            self.client.query,
+            query,
+            limit,
+            load=load,
+            key_of=lambda pair: pair[0],
+            rounds=_MAX_LIST_ROUNDS,
+            budget=PageBudget(lambda pair: budget.size_of(pair[1]), budget.max_bytes) if budget else None,
         )
         return [failure for _, failure in kept], encode_cursor(last)
 

@@ -374,12 +374,12 @@ def invalid_entries(rejected: Sequence[Rejection], field: str) -> list[dict[str,
 
 
 # Lambda refuses a synchronous answer over 6 MB (the handler's result as JSON, 6,291,556 bytes): the invocation fails
-# and API Gateway answers the client 5xx, on every try of that request. An answer that lists stored text (the inbox)
-# is kept within ANSWER_BUDGET as Lambda returns it: its page ends before the entry that would fill LISTED_BUDGET
-# (page_budget), with its cursor to that entry; the rest of the answer (status, cursor, headers) takes far less than
-# what is left. One entry always fits: a DynamoDB item is at most 400 KB, which no answer writes in more than 2.8 MB
-# (a control character, 7 bytes). Until 2026-12-08 a page of 100 of the longest SMS (255 parts of Devanagari) was
-# 10.5 MB.
+# and API Gateway answers the client 5xx, on every try of that request. An answer that lists stored text (the inbox,
+# failed notifications with their payloads) is kept within ANSWER_BUDGET as Lambda returns it: its page ends before
+# the entry that would fill LISTED_BUDGET (page_budget), with its cursor to that entry; the rest of the answer
+# (status, cursor, headers) takes far less than what is left. One entry always fits: a DynamoDB item is at most
+# 400 KB, which no answer writes in more than 2.8 MB (a control character, 7 bytes). Until 2026-12-08 a page of 100 of
+# the longest SMS (255 parts of Devanagari) was 10.5 MB, in either listing.
 ANSWER_BUDGET = 5 * 1024 * 1024
 LISTED_BUDGET = ANSWER_BUDGET - 64 * 1024
 

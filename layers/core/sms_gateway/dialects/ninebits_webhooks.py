@@ -9,7 +9,7 @@ from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 from pydantic import BaseModel, ConfigDict
 
 from sms_gateway.bootstrap import gateway
-from sms_gateway.dialects.common import json_request, json_response, page_size_parameter
+from sms_gateway.dialects.common import json_request, json_response, page_budget, page_size_parameter
 from sms_gateway.dialects.ninebits import caller
 from sms_gateway.domain.models import utc_now
 from sms_gateway.logic import webhook_retries
@@ -54,8 +54,13 @@ def list_failures() -> Response[Any]:
     limit = page_size_parameter(
         query.get("limit"), "limit", default=DEFAULT_LIMIT, maximum=webhook_retries.MAX_PAGE_SIZE
     )
+    # A page of big payloads (inbound SMS of long texts) may hold fewer than `limit`, with a next_cursor to the rest.
     page, cursor = gateway().store.list_webhook_failures(
-        account.account_id, state=state, limit=limit, cursor=query.get("cursor") or None
+        account.account_id,
+        state=state,
+        limit=limit,
+        cursor=query.get("cursor") or None,
+        budget=page_budget(failure_entry),
     )
     return json_response(
         200,
