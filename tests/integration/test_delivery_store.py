@@ -115,6 +115,33 @@ class TestUpstreamLinks:
         # And once linked, a report gets the message's key as before
         assert store.hold_report(final, now=NOW) == message.key
 
+    @pytest.mark.xfail(
+        strict=True,
+        reason="past MAX_HELD_REPORTS a later interim report replaces held_last even when it is the final report",
+    )
+    def test_a_final_report_held_past_the_bound_is_never_displaced_by_a_later_interim_one(self, store):
+        from sms_gateway.adapters.dynamodb_delivery import MAX_HELD_REPORTS
+
+        # Given an id with more distinct interim reports than a link holds, then its final report, then another
+        # interim one (an upstream's late "buffered" after its "delivered")
+        message = one_message(store, MessageStatus.QUEUED)
+        interim = [
+            DeliveryReport(upstream="at", upstream_message_id="at-5", status=MessageStatus.SUBMITTED, error_code=str(n))
+            for n in range(MAX_HELD_REPORTS + 1)
+        ]
+        final = report("at-5", MessageStatus.DELIVERED)
+        late = DeliveryReport(
+            upstream="at", upstream_message_id="at-5", status=MessageStatus.SUBMITTED, error_code="late"
+        )
+        for held in [*interim, final, late]:
+            store.hold_report(held, now=NOW)
+        # When the id is linked
+        handed = store.link_upstream_id("at", "at-5", message.key, now=NOW)
+        # Then the final report is handed back last, applied after the interim ones: the message is delivered, not
+        # left submitted to expire and be refunded after its DLR wait
+        assert handed[-1] == final
+        assert late not in handed
+
 
 class TestReportsOnlyFromTheCarrier:
     """A report by our reference (the message's key) moves a message only when its upstream carries it."""
