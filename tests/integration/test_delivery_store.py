@@ -115,10 +115,6 @@ class TestUpstreamLinks:
         # And once linked, a report gets the message's key as before
         assert store.hold_report(final, now=NOW) == message.key
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="past MAX_HELD_REPORTS a later interim report replaces held_last even when it is the final report",
-    )
     def test_a_final_report_held_past_the_bound_is_never_displaced_by_a_later_interim_one(self, store):
         from sms_gateway.adapters.dynamodb_delivery import MAX_HELD_REPORTS
 

@@ -2,7 +2,8 @@
 statuses and the conversation index.
 
   upstream link  pk=UPMSG#<upstream>#<upstream message id>  sk=LINK  -> message_ref, held (DLRs that came first, at
-                 most MAX_HELD_REPORTS), held_last (the latest of those that came after them)
+                 most MAX_HELD_REPORTS), held_last (the latest of those that came after them, never an interim one
+                 after a final one: held_last_final says it is final)
 
 A message whose final report's notification the notify queue refused carries announce_pending and, in the same
 write, sweep_shard=REPORT#<0-3> and sweep_at (the sparse `sweep-index`, dynamodb_sweep.py), removed together.
@@ -27,6 +28,7 @@ from sms_gateway.domain.models import (
 from sms_gateway.domain.senders import registry_form, same_sender
 from sms_gateway.domain.status import (
     SUBMIT_UNCONFIRMED,
+    TERMINAL,
     MessageStatus,
     allowed_previous,
     may_have_reached_the_handset,
@@ -44,9 +46,11 @@ _CONVERSATION_STATUS_READS = 20
 LINK_RETENTION = timedelta(days=7)
 # Reports an upstream link holds before it is linked, in arrival order, a repeat of one held not kept again. An
 # upstream reports a message a few times (AT: Sent, Buffered, Success); past these only the latest other report is
-# kept besides (`held_last`), each replacing the one before. Until session 35 every report was appended, repeats
-# too: an id reported over and over (~4,000 times within the link's 7 days) filled DynamoDB's 400 KB item, and every
-# later report for it failed its callback with a 5xx.
+# kept besides (`held_last`), each replacing the one before, but an interim report never replaces a final one
+# (`held_last_final`): applied after it, the final report settles the message, where an interim one kept in its place
+# left it submitted, expired and refunded after its DLR wait though delivered (until 2026-12-07). Until session 35
+# every report was appended, repeats too: an id reported over and over (~4,000 times within the link's 7 days) filled
+# DynamoDB's 400 KB item, and every later report for it failed its callback with a 5xx.
 MAX_HELD_REPORTS = 32
 
 # A report by our reference is applied only when the upstream that sent it carries the message: the one that took
@@ -110,7 +114,8 @@ class DynamoDeliveryMixin:
     def hold_report(self, report: DeliveryReport, *, now: datetime) -> MessageKey | None:
         """Keeps a DLR whose message is not linked yet; None when kept (or held already: a repeat, which applying
         again would not change), or the message's key when the link appeared in the meantime (the caller applies
-        the report then). Past MAX_HELD_REPORTS, the report is kept as the latest (`held_last`)."""
+        the report then). Past MAX_HELD_REPORTS, the report is kept as the latest (`held_last`), unless it is an
+        interim report and the latest is final: it would change nothing applied after the final one."""
         assert report.upstream_message_id, "only reports that name the message by the upstream's id are held"
         entry = {"S": report.model_dump_json(exclude_none=True)}
         try:
@@ -136,18 +141,27 @@ class DynamoDeliveryMixin:
             return MessageKey.from_ref(link["message_ref"]["S"])
         if entry in link.get("held", {}).get("L", []) or link.get("held_last") == entry:
             return None
-        # The link holds MAX_HELD_REPORTS others already: this one is kept as the latest, in place of the one before.
+        # The link holds MAX_HELD_REPORTS others already: this one is kept as the latest, in place of the one before,
+        # unless that one is final and this one is not.
+        final = report.status in TERMINAL
         try:
             self.client.update_item(
                 TableName=self.table_name,
                 Key=upstream_link_key(report.upstream, report.upstream_message_id),
-                UpdateExpression="SET held_last = :entry, expires_at = :expires",
-                ConditionExpression="attribute_not_exists(message_ref)",
-                ExpressionAttributeValues={":entry": entry, ":expires": self._link_expiry(now)},
+                UpdateExpression="SET held_last = :entry, held_last_final = :final, expires_at = :expires",
+                ConditionExpression="attribute_not_exists(message_ref)"
+                + ("" if final else " AND (attribute_not_exists(held_last_final) OR held_last_final = :final)"),
+                ExpressionAttributeValues={
+                    ":entry": entry,
+                    ":final": {"BOOL": final},
+                    ":expires": self._link_expiry(now),
+                },
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except self.client.exceptions.ConditionalCheckFailedException as error:
-            return MessageKey.from_ref(error.response["Item"]["message_ref"]["S"])
+            link = error.response["Item"]
+            # Linked meanwhile, or an interim report after the final one kept: nothing to keep.
+            return MessageKey.from_ref(link["message_ref"]["S"]) if "message_ref" in link else None
         return None
 
     def record_part_status(
