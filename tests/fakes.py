@@ -47,7 +47,7 @@ from sms_gateway.domain.status import (
     may_have_reached_the_handset,
 )
 from sms_gateway.errors import Conflict, InsufficientCredits, UpstreamError
-from sms_gateway.ports import PageBudget
+from sms_gateway.ports import Holding, PageBudget
 
 
 def fake_routes() -> RouteTable:
@@ -493,14 +493,17 @@ class InMemoryStore:
     def find_by_upstream_id(self, upstream: str, upstream_message_id: str) -> MessageKey | None:
         return self.links.get((upstream, upstream_message_id))
 
-    def hold_report(self, report: DeliveryReport, *, now: datetime) -> MessageKey | None:
+    def hold_report(self, report: DeliveryReport, *, now: datetime) -> MessageKey | Holding:
         assert report.upstream_message_id
         with self._lock:
             link = (report.upstream, report.upstream_message_id)
             if link in self.links:
                 return self.links[link]
-            self.held.setdefault(link, []).append(report)
-            return None
+            held = self.held.setdefault(link, [])
+            if report in held:
+                return Holding.NOTHING_NEW
+            held.append(report)
+            return Holding.HELD
 
     def _carries(self, key: MessageKey, message: Message, reported_by: str | None) -> bool:
         """The store's REPORTER_CARRIES_IT: a report's upstream took the message, is being given it, or may have it."""

@@ -11,6 +11,7 @@ from sms_gateway.adapters.dynamodb import DynamoStore
 from sms_gateway.domain.ids import new_id
 from sms_gateway.domain.models import DeliveryReport, MessageKey
 from sms_gateway.domain.status import SUBMIT_UNCONFIRMED, MessageStatus
+from sms_gateway.ports import Holding
 from tests.integration.test_dynamodb_store import NOW, message_item_key, new_batch, one_message, raw_message
 
 # DynamoDB applies the writes to one item one at a time; moto does too under the `aws` fixture
@@ -41,8 +42,8 @@ class TestUpstreamLinks:
         # Given a message, and a DLR for upstream id "at-1" that nothing links yet
         message = one_message(store, MessageStatus.QUEUED)
         assert store.find_by_upstream_id("at", "at-1") is None
-        assert store.hold_report(report("at-1"), now=NOW) is None
-        assert store.hold_report(report("at-1", MessageStatus.SUBMITTED), now=NOW) is None
+        assert store.hold_report(report("at-1"), now=NOW) is Holding.HELD
+        assert store.hold_report(report("at-1", MessageStatus.SUBMITTED), now=NOW) is Holding.HELD
         # When the dispatcher links the id to the message
         held = store.link_upstream_id("at", "at-1", message.key, now=NOW)
         # Then it gets both held reports, in arrival order, and the id now finds the message
@@ -71,7 +72,7 @@ class TestUpstreamLinks:
     def test_racing_holds_and_a_link_never_lose_a_report(self, store):
         # Given many reports for one id held from several threads while the dispatcher links it
         message = one_message(store, MessageStatus.SUBMITTED)
-        returned: list[MessageKey | None] = []
+        returned: list[MessageKey | Holding] = []
         linked: list[DeliveryReport] = []
 
         def hold(n: int) -> None:
@@ -96,18 +97,21 @@ class TestUpstreamLinks:
         # Given an id AT reports "sent" over and over before its message is linked
         message = one_message(store, MessageStatus.QUEUED)
         sent = report("at-3", MessageStatus.SUBMITTED)
-        for _ in range(5):
-            assert store.hold_report(sent, now=NOW) is None
+        # (held once: the repeats add nothing, and are not counted held again)
+        assert [store.hold_report(sent, now=NOW) for _ in range(5)] == [Holding.HELD, *[Holding.NOTHING_NEW] * 4]
         # Then its link hands back one of them (applying a repeat changes nothing)
         assert store.link_upstream_id("at", "at-3", message.key, now=NOW) == [sent]
-        # Given another id's reports, more than a link holds, then its final one and a repeat of an earlier one
+        # Given another id's reports, more than a link holds, then its final one twice and a repeat of an earlier one
         others = [
             DeliveryReport(upstream="at", upstream_message_id="at-4", status=MessageStatus.SUBMITTED, error_code=str(n))
             for n in range(MAX_HELD_REPORTS + 3)
         ]
         final = report("at-4", MessageStatus.DELIVERED)
-        for other in [*others, final, others[0]]:
-            assert store.hold_report(other, now=NOW) is None
+        assert [store.hold_report(other, now=NOW) for other in [*others, final, final, others[0]]] == [
+            *[Holding.HELD] * (MAX_HELD_REPORTS + 4),
+            Holding.NOTHING_NEW,
+            Holding.NOTHING_NEW,
+        ]
         # When the id is linked
         held = store.link_upstream_id("at", "at-4", message.key, now=NOW)
         # Then the reports it holds come back in arrival order, then the latest past them: the final report
@@ -129,8 +133,10 @@ class TestUpstreamLinks:
         late = DeliveryReport(
             upstream="at", upstream_message_id="at-5", status=MessageStatus.SUBMITTED, error_code="late"
         )
-        for held in [*interim, final, late]:
-            store.hold_report(held, now=NOW)
+        assert [store.hold_report(held, now=NOW) for held in [*interim, final, late]][-2:] == [
+            Holding.HELD,
+            Holding.NOTHING_NEW,
+        ]
         # When the id is linked
         handed = store.link_upstream_id("at", "at-5", message.key, now=NOW)
         # Then the final report is handed back last, applied after the interim ones: the message is delivered, not

@@ -323,7 +323,6 @@ def test_a_delivery_report_from_another_gateways_traffic_is_counted_held(aws, ac
     assert values(out, "DeliveryReportsApplied") == [0.0]
 
 
-@pytest.mark.xfail(strict=True, reason="a repeat of a report held already is counted in DeliveryReportsHeld again")
 def test_a_held_report_posted_again_is_counted_held_once(aws, account, api, upstream, capsys):
     # Given a report held on an upstream id no message is linked to
     event = another_gateways_dlr(aws)

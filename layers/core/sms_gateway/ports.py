@@ -161,6 +161,16 @@ class InboxStore(Protocol):
         ...
 
 
+class Holding(StrEnum):
+    """What MessageStore.hold_report did with a report for an upstream id no message is linked to yet."""
+
+    # Kept on the link: linking the id applies it (DeliveryReportsHeld counts it).
+    HELD = "held"
+    # Nothing new to keep: a repeat of a report held already, or an interim report after the final one held past
+    # the link's bound, which would change nothing applied after it. Not counted held again.
+    NOTHING_NEW = "nothing_new"
+
+
 class MessageStore(Protocol):
     def add_messages(self, batch: Batch, messages: Sequence[Message]) -> None:
         """Writes messages of a batch that exists (a send that died part-way is finished this way)."""
@@ -345,9 +355,10 @@ class MessageStore(Protocol):
         """Links an upstream's id to our message; returns the DLRs held for that id because they came first."""
         ...
 
-    def hold_report(self, report: DeliveryReport, *, now: datetime) -> MessageKey | None:
-        """Keeps a DLR for an upstream id not linked yet. Returns the message's key instead when the link
-        appeared meanwhile (then the report is not kept and the caller applies it)."""
+    def hold_report(self, report: DeliveryReport, *, now: datetime) -> MessageKey | Holding:
+        """Keeps a DLR for an upstream id not linked yet: HELD, or NOTHING_NEW when a report held already says all it
+        says. Returns the message's key instead when the link appeared meanwhile (then the report is not kept and the
+        caller applies it)."""
         ...
 
     def record_part_status(

@@ -33,6 +33,7 @@ from sms_gateway.domain.status import (
     allowed_previous,
     may_have_reached_the_handset,
 )
+from sms_gateway.ports import Holding
 
 CONVERSATION_INDEX = "conversation-index"
 # A reply's lookup reads the number's newest index entries this many at a time, at most this many pages (100
@@ -73,6 +74,14 @@ def upstream_link_key(upstream: str, upstream_message_id: str) -> dict[str, Any]
     return {"pk": {"S": f"UPMSG#{upstream}#{upstream_message_id}"}, "sk": {"S": "LINK"}}
 
 
+def _linked_key(link: dict[str, Any]) -> MessageKey:
+    """The message an upstream link names (link_upstream_id writes a key's ref, nothing else)."""
+    key = MessageKey.from_ref(link["message_ref"]["S"])
+    if key is None:
+        raise ValueError(f"upstream link names no message: {link['message_ref']['S'][:64]!r}")
+    return key
+
+
 def conversation_key(account_id: str, msisdn: str) -> str:
     return f"{account_id}#{msisdn}"
 
@@ -111,11 +120,12 @@ class DynamoDeliveryMixin:
         ).get("Item")
         return MessageKey.from_ref(found["message_ref"]["S"]) if found and "message_ref" in found else None
 
-    def hold_report(self, report: DeliveryReport, *, now: datetime) -> MessageKey | None:
-        """Keeps a DLR whose message is not linked yet; None when kept (or held already: a repeat, which applying
-        again would not change), or the message's key when the link appeared in the meantime (the caller applies
-        the report then). Past MAX_HELD_REPORTS, the report is kept as the latest (`held_last`), unless it is an
-        interim report and the latest is final: it would change nothing applied after the final one."""
+    def hold_report(self, report: DeliveryReport, *, now: datetime) -> MessageKey | Holding:
+        """Keeps a DLR whose message is not linked yet: HELD when kept, NOTHING_NEW when held already (a repeat,
+        which applying again would not change), or the message's key when the link appeared in the meantime (the
+        caller applies the report then). Past MAX_HELD_REPORTS, the report is kept as the latest (`held_last`),
+        unless it is an interim report and the latest is final: it would change nothing applied after the final one
+        (NOTHING_NEW)."""
         assert report.upstream_message_id, "only reports that name the message by the upstream's id are held"
         entry = {"S": report.model_dump_json(exclude_none=True)}
         try:
@@ -134,13 +144,13 @@ class DynamoDeliveryMixin:
                 },
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-            return None
+            return Holding.HELD
         except self.client.exceptions.ConditionalCheckFailedException as error:
             link = error.response["Item"]
         if "message_ref" in link:
-            return MessageKey.from_ref(link["message_ref"]["S"])
+            return _linked_key(link)
         if entry in link.get("held", {}).get("L", []) or link.get("held_last") == entry:
-            return None
+            return Holding.NOTHING_NEW
         # The link holds MAX_HELD_REPORTS others already: this one is kept as the latest, in place of the one before,
         # unless that one is final and this one is not.
         final = report.status in TERMINAL
@@ -149,7 +159,9 @@ class DynamoDeliveryMixin:
                 TableName=self.table_name,
                 Key=upstream_link_key(report.upstream, report.upstream_message_id),
                 UpdateExpression="SET held_last = :entry, held_last_final = :final, expires_at = :expires",
-                ConditionExpression="attribute_not_exists(message_ref)"
+                # Not over itself: a repeat sent at the same moment is kept (and counted held) once.
+                ConditionExpression="attribute_not_exists(message_ref) AND (attribute_not_exists(held_last)"
+                " OR held_last <> :entry)"
                 + ("" if final else " AND (attribute_not_exists(held_last_final) OR held_last_final = :final)"),
                 ExpressionAttributeValues={
                     ":entry": entry,
@@ -160,9 +172,9 @@ class DynamoDeliveryMixin:
             )
         except self.client.exceptions.ConditionalCheckFailedException as error:
             link = error.response["Item"]
-            # Linked meanwhile, or an interim report after the final one kept: nothing to keep.
-            return MessageKey.from_ref(link["message_ref"]["S"]) if "message_ref" in link else None
-        return None
+            # Linked meanwhile; or kept already, or an interim report after the final one kept: nothing to keep.
+            return _linked_key(link) if "message_ref" in link else Holding.NOTHING_NEW
+        return Holding.HELD
 
     def record_part_status(
         self, key: MessageKey, part: int | str, status: MessageStatus, *, now: datetime, reported_by: str | None = None

@@ -20,7 +20,7 @@ from sms_gateway.domain.status import SUBMIT_UNCONFIRMED, TERMINAL, MessageStatu
 from sms_gateway.errors import CallbackRejected, Unauthorized
 from sms_gateway.logic.notify import NOTIFY_SWEEP_DELAY, dlr_notification
 from sms_gateway.observability import logger
-from sms_gateway.ports import AccountStore, MessageStore, Provider
+from sms_gateway.ports import AccountStore, Holding, MessageStore, Provider
 
 REFUNDED = frozenset({MessageStatus.FAILED, MessageStatus.EXPIRED, MessageStatus.REJECTED})
 
@@ -180,8 +180,11 @@ def _locate(report: DeliveryReport, deps: DeliveryDependencies, outcome: Deliver
     key = deps.messages.find_by_upstream_id(report.upstream, report.upstream_message_id)
     if key is None:
         # The report overtook the dispatcher's record of the submit: keep it; linking the id applies it.
-        key = deps.messages.hold_report(report, now=deps.clock())
-        if key is None:
+        held = deps.messages.hold_report(report, now=deps.clock())
+        if isinstance(held, MessageKey):
+            return held
+        # A repeat of a report held already is acknowledged, and not counted held again (until 2026-12-07 it was).
+        if held is Holding.HELD:
             outcome.held += 1
             logger.info(
                 "delivery report held until its message is linked",
