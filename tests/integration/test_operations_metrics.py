@@ -200,6 +200,55 @@ def test_review_a_send_killed_once_its_messages_were_stored_is_counted_once(aws,
     assert sum(values(capsys.readouterr().out, "MessagesAccepted")) == 2.0
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="a retry that finishes a send after another retry died between its parts counts only what it adds: the "
+    "messages the dead retry stored are never counted",
+)
+def test_a_send_finished_by_a_retry_after_another_retry_died_part_way_is_counted_whole(
+    aws, account, api, capsys, monkeypatch
+):
+    from sms_gateway.adapters import dynamodb
+    from sms_gateway.adapters.dynamodb import DynamoStore
+    from tests.integration.test_idempotency_and_credits import Killed, die_once, leases_run_out, with_key
+
+    body = {"from": "48974", "to": ["2348020000000", "2348030000000"], "body": "hi"}
+    # Given a keyed send killed once its batch and credits were written, before any message was
+    die_once(monkeypatch, DynamoStore, "add_messages")
+    with pytest.raises(Killed):
+        api(with_key(send_event(account["token"], body), "killed-twice"))
+    leases_run_out()
+    # And its retry killed once it stored the first of its parts (a message a part here), before the second
+    monkeypatch.setattr(dynamodb, "_MESSAGES_PER_CHARGED_WRITE", 1)
+    die_once(monkeypatch, DynamoStore, "_reprice", after=True)
+    with pytest.raises(Killed):
+        api(with_key(send_event(account["token"], body), "killed-twice"))
+    leases_run_out()
+    # When the next retry finishes it, storing the other message
+    assert api(with_key(send_event(account["token"], body), "killed-twice"))["statusCode"] == 200
+    # Then both messages are counted, once
+    assert sum(values(capsys.readouterr().out, "MessagesAccepted")) == 2.0
+
+
+@pytest.mark.xfail(
+    strict=True, reason="a send whose queueing failed and was undone (503) is counted accepted all the same"
+)
+def test_a_send_undone_because_it_could_not_be_queued_is_not_counted_accepted(aws, account, api, capsys, monkeypatch):
+    from sms_gateway.adapters.sqs import SqsDispatchQueue
+
+    body = {"from": "48974", "to": ["2348020000000", "2348030000000"], "body": "hi"}
+
+    def queue_refuses(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("SQS is down")
+
+    # Given the dispatch queue refusing the send's records
+    monkeypatch.setattr(SqsDispatchQueue, "enqueue", queue_refuses)
+    # When a send is made: stored, then withdrawn and refunded when it cannot be queued, and answered 503 to retry
+    assert api(send_event(account["token"], body))["statusCode"] == 503
+    # Then its messages are not counted accepted (its retry, accepted, counts them)
+    assert sum(values(capsys.readouterr().out, "MessagesAccepted")) == 0.0
+
+
 def test_a_delivery_report_counts_the_final_status_and_its_latency(aws, account, api, upstream, capsys):
     from sms_gateway.bootstrap import gateway
 
