@@ -235,10 +235,9 @@ class InMemoryStore:
         return self.balance(batch.account_id)
 
     def store_and_charge(self, batch: Batch, messages: Sequence[Message], *, stored_cost: int, stored: int) -> Batch:
-        cost, count = stored_cost + sum(message.price for message in messages), stored
+        cost, count = stored_cost + sum(message.price for message in messages), stored + len(messages)
         for start in range(0, max(len(messages), 1), 98):
             part = messages[start : start + 98]
-            count += len(part)
             batch = self._reprice(batch, part, cost=cost, recipients=count, storing=True)
         return batch
 

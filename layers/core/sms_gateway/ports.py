@@ -196,16 +196,17 @@ class MessageStore(Protocol):
         ...
 
     def store_and_charge(self, batch: Batch, messages: Sequence[Message], *, stored_cost: int, stored: int) -> Batch:
-        """Adds `messages` to a batch still queued or scheduled, whose `stored` messages stored now cost
-        `stored_cost`, and makes its cost theirs and these (all of it, with the first part) and its count of
-        recipients those stored, moving the difference from what it holds (`batch.cost`) between it and the
-        account's credits: a part at a time, each part's messages, count (the first part's also the cost and the
-        credits) in one write, conditional on the batch being as read (cost and revision) and on none of the
+        """Adds `messages` to a batch still queued or scheduled, whose `stored` messages stored now cost `stored_cost`,
+        and makes its cost theirs and these (all of it, with the first part) and its count of recipients theirs and
+        these (with every part: a batch left part-way has fewer messages than recipients, as one whose send died storing
+        has, until 2026-12-07 the count of those stored), moving the difference from what it holds (`batch.cost`)
+        between it and the account's credits: a part at a time, each part's messages (the first part's also the cost and
+        the credits) in one write, conditional on the batch being as read (cost and revision) and on none of the
         messages being stored already; with no messages, one write of the cost and count all the same. So at every
-        moment the batch's cost covers its stored messages and holds what the rest cost (never let go of between
-        parts, where another send could take it), and a release's give-back of what a killed send held for messages
-        it never stored (logic.batches.cost_to_stored) either comes before a part, which then fails, or finds its
-        messages. The batch as written.
+        moment the batch's cost covers its stored messages and holds what the rest cost (never let go of between parts,
+        where another send could take it), and a release's give-back of what a killed send held for messages it never
+        stored (logic.batches.cost_to_stored) either comes before a part, which then fails, or finds its messages. The
+        batch as written.
         Raises InsufficientCredits (at the first part, having stored nothing) or Conflict (it changed meanwhile: read
         it again) at the part it reached; the parts before stand, paid for."""
         ...

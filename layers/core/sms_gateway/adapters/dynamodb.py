@@ -718,12 +718,14 @@ class DynamoStore(
         # The whole difference moves with the first part: from then on the batch holds what all its messages cost,
         # those stored and those still to come, so the credits it held for the rest are never let go of between two
         # parts (another send of the account took them, and the next part was refused for credits).
-        cost, count = stored_cost + sum(message.price for message in messages), stored
+        # The count too: a part's write makes it all of them, so a batch a finisher died part-way through has fewer
+        # messages than recipients, as one its send died storing has (the next finisher counts them accepted, and
+        # a release gives back what the batch holds for the rest).
+        cost, count = stored_cost + sum(message.price for message in messages), stored + len(messages)
         expires_at = self._expires_at(batch)
         items = [self._codec.dump(self._message_item(message, expires_at)) for message in messages]
         # With no messages, one write all the same: it makes the cost and count those of the messages stored.
         for part in _charged_parts(items) or [[]]:
-            count += len(part)
             batch = self._reprice(batch, part, cost=cost, recipients=count, storing=True)
         return batch
 

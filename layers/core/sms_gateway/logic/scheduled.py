@@ -23,7 +23,7 @@ from sms_gateway.logic.batches import ONLY_SCHEDULED, all_messages, cost_to_stor
 from sms_gateway.logic.optouts import opted_out_of
 from sms_gateway.logic.send import OPTED_OUT, dispatch_commands, fail_opted_out
 from sms_gateway.observability import logger
-from sms_gateway.outcome_metrics import count_final_statuses
+from sms_gateway.outcome_metrics import count_accepted, count_final_statuses
 from sms_gateway.ports import ConsistentAccountLookup, DispatchQueue, MessageStore, OptOutStore
 
 # Why a release fails a scheduled message rather than queue it.
@@ -149,8 +149,14 @@ def _give_back_unstored(batch: Batch, messages: MessageStore) -> list[Message]:
     sweeper's, logic/sweep.py). The
     messages stored go out; what the batch took for the others is given back (cost_to_stored, conditional on the cost
     read: once, however many releases run). A retry of the send under its key that comes later stores the rest and
-    pays for them (logic.send.finish_stored_batch). The batch's messages as stored."""
+    pays for them (logic.send.finish_stored_batch). The batch's messages as stored.
+    MessagesAccepted: the messages stored are counted here, by the release that gives back (once, however many run):
+    no request counted them (one counts a send's messages once it stored all of them), and the retry that finishes
+    the send counts only those it adds, as the batch then has all its recipients' messages (until 2026-12-07 they
+    were never counted)."""
     given_back, stored = cost_to_stored(messages, batch.account_id, batch.reference_id)
+    if given_back > 0:
+        count_accepted(len(stored))
     logger.warning(
         "released a batch whose send was killed while storing its messages; the others' credits given back",
         extra={

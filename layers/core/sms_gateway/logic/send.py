@@ -701,7 +701,9 @@ def finish_stored_batch(
     batch's cost and the messages added (store_and_charge), so a finisher that dies part-way leaves nothing owed to
     the next one. Conflict when the batch changed since it was read (finish_standing_send reads it again).
     MessagesAccepted: the request that stored the batch counted its messages once it had stored all of them
-    (accept_send); one that died before then counted none, and its messages are counted now with those added."""
+    (accept_send), as does a finisher; one that died before then counted none (its batch has fewer messages than
+    recipients: store_and_charge counts them all with every part), and its messages are counted now with those
+    added, unless a release gave back what the batch held for the rest, counting them (logic.scheduled)."""
     counted = len(stored) >= batch.recipients
     recipients, refused = refuse_opted_out(account, command.sender, command.recipients, deps.opt_outs)
     stored, refused = withhold_opted_out(batch, stored, refused, deps, now=now)
