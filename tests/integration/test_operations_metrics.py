@@ -233,9 +233,6 @@ def test_a_send_finished_by_a_retry_after_another_retry_died_part_way_is_counted
     assert sum(values(capsys.readouterr().out, "MessagesAccepted")) == 2.0
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a send whose queueing failed and was undone (503) is counted accepted all the same"
-)
 def test_a_send_undone_because_it_could_not_be_queued_is_not_counted_accepted(aws, account, api, capsys, monkeypatch):
     from sms_gateway.adapters.sqs import SqsDispatchQueue
 

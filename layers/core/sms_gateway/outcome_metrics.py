@@ -33,6 +33,15 @@ def count_accepted(messages: int) -> None:
         _print_now(MESSAGES_ACCEPTED, messages, {})
 
 
+def count_withdrawn(messages: int) -> None:
+    """Messages counted accepted (count_accepted) that the send withdrew (failed `not_queued`, refunded) when it
+    could not queue them: taken back out of MessagesAccepted (a negative count, netted in the dashboard's Sum), as the
+    client was told they were not sent (a 503, or the send's answer) and sends them again, counted then. Until
+    2026-12-07 they were counted accepted twice, and showed as accepted and never submitted."""
+    if messages:
+        _print_now(MESSAGES_ACCEPTED, -messages, {})
+
+
 def count_sends_undone() -> None:
     """A send that could not be stored or queued (in time) and was undone: the caller got a 503 to retry. The
     api function's error-rate alarm counts these with its invocation errors."""

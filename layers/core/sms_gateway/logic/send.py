@@ -46,7 +46,7 @@ from sms_gateway.logic.batches import ONLY_QUEUED, ONLY_SCHEDULED, all_messages,
 from sms_gateway.logic.idempotency import NEW_ID_TRIES
 from sms_gateway.logic.optouts import opted_out_of
 from sms_gateway.observability import logger, mask_typed_number
-from sms_gateway.outcome_metrics import count_accepted, count_sends_undone
+from sms_gateway.outcome_metrics import count_accepted, count_sends_undone, count_withdrawn
 from sms_gateway.ports import AccountStore, BatchScheduler, DispatchQueue, MessageStore, OptOutStore, PriceBook
 
 DISPATCH_CHUNK = 100
@@ -579,10 +579,13 @@ def withdraw(accepted: Accepted, deps: SendDependencies, *, now: datetime, error
         # its whole cost goes back in one write; a schedule created after all then finds it failed and releases
         # nothing. Failing it first and refunding its messages after would leave them charged after a crash between.
         fail_unsent_messages(batch, accepted.messages, deps, now=now)
+        count_withdrawn(len(accepted.messages))  # all of them: the client is told none was sent (503)
         raise undone("could not be queued") from error
     messages, refund = move_and_refund(
         deps.messages, accepted.messages, MessageStatus.FAILED, now=now, error_code=NOT_QUEUED, unclaimed_only=True
     )
+    # Taken back out of MessagesAccepted: the client is told they were not sent, and sends them again.
+    count_withdrawn(sum(map(could_not_be_queued, messages)))
     # Read consistently: right after the refund, an eventually consistent read may not show it yet.
     balance = balance_if_read(deps.accounts, batch.account_id) if refund else accepted.balance
     # Any message this undo did not withdraw was dispatched: the client may hear of it, so it must have its id.
