@@ -877,3 +877,58 @@ def test_batch_callback_urls_naming_the_accounts_dlr_url_get_the_token_as_it_doe
     got = [(post["url"], post["headers"].get("Authorization")) for post in hook.posts]
     assert got == [*((url, bearer) for url in own), ("https://client.example/campaigns/7/dlr", None)]
     assert all("webhook-signature" in post["headers"] for post in hook.posts)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a copy of a notification delivered on its first try, while another copy retries it, leaves the record "
+    "retrying: that copy runs on, and its schedule ends dead-lettered for a notification the client has",
+)
+def test_a_copy_queued_by_a_repeated_report_and_delivered_first_try_closes_the_record(aws, accounts, delays, webhook):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import DeliveryReportMode, StatusChange, utc_now
+    from sms_gateway.domain.status import MessageStatus
+    from sms_gateway.logic.delivery import announce_change
+    from sms_gateway_tools.localstack.sqs_poller import lambda_record
+    from tests.integration.test_dynamodb_store import new_batch
+
+    # Given a schedule of 2 attempts, and a message of account a, asking for delivery reports, that is delivered:
+    # its report's notification (copy A) is queued, and the client's webhook fails its first post
+    delays("0")
+    hook = webhook(500, 200, 500)
+    account_id = accounts["a"]["account_id"]
+    store = gateway().store
+    batch, [message] = new_batch(account_id, 1, status=MessageStatus.SUBMITTED)
+    message = message.model_copy(update={"delivery_report": DeliveryReportMode.YES})
+    store.create_batch(batch.model_copy(update={"delivery_report": DeliveryReportMode.YES}), [message])
+    publish_now = gateway().notify_queue.publish
+    change = store.transition(message.key, MessageStatus.DELIVERED, now=utc_now())
+    assert change is not None and change.changed
+    announce_change(change, publish_now, store, clock=utc_now)
+    [copy_a] = run_notifier(aws)["records"]
+    notification_id = f"dlr_{message.message_id}_{change.message.sequence}"
+    assert record_of(account_id, notification_id).state == "retrying"
+    # When the upstream repeats the report: its repeat queues the notification again (copy B), which reaches the
+    # client on its first try
+    repeat = store.transition(message.key, MessageStatus.DELIVERED, now=utc_now())
+    assert repeat is not None and not repeat.changed
+    announce_change(StatusChange(message=repeat.message, changed=False), publish_now, store, clock=utc_now)
+    received = receive(aws["NOTIFY_QUEUE_URL"])
+    [copy_b] = [m for m in received if m["MessageId"] != copy_a["messageId"]]
+    load_function("notifier").handler(
+        {"Records": [lambda_record(copy_b, "arn:aws:sqs:us-east-1:123456789012:notify")]}, FakeContext()
+    )
+    boto3.client("sqs").delete_message(QueueUrl=aws["NOTIFY_QUEUE_URL"], ReceiptHandle=copy_b["ReceiptHandle"])
+    for other in received:
+        if other is not copy_b:
+            boto3.client("sqs").change_message_visibility(
+                QueueUrl=aws["NOTIFY_QUEUE_URL"], ReceiptHandle=other["ReceiptHandle"], VisibilityTimeout=0
+            )
+    # Then the record reads delivered at once
+    assert record_of(account_id, notification_id).state == "delivered"
+    # And copy A, whose next post fails, is dropped: not dead, not parked (no alarm for a notification the client has)
+    assert run_notifier(aws)["failed"] == 0
+    assert [post["status"] for post in hook.posts] == [500, 200, 500]
+    assert record_of(account_id, notification_id).state == "delivered"
+    assert queue_counts(aws["NOTIFY_QUEUE_URL"]) == (0, 0)
+    assert receive(aws["NOTIFY_DEAD_LETTER_QUEUE_URL"]) == []
