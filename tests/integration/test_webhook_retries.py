@@ -879,11 +879,6 @@ def test_batch_callback_urls_naming_the_accounts_dlr_url_get_the_token_as_it_doe
     assert all("webhook-signature" in post["headers"] for post in hook.posts)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a copy of a notification delivered on its first try, while another copy retries it, leaves the record "
-    "retrying: that copy runs on, and its schedule ends dead-lettered for a notification the client has",
-)
 def test_a_copy_queued_by_a_repeated_report_and_delivered_first_try_closes_the_record(aws, accounts, delays, webhook):
     from sms_gateway.bootstrap import gateway
     from sms_gateway.domain.models import DeliveryReportMode, StatusChange, utc_now

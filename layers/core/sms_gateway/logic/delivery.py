@@ -19,6 +19,7 @@ from sms_gateway.domain.models import (
 from sms_gateway.domain.status import SUBMIT_UNCONFIRMED, TERMINAL, MessageStatus, aggregate_parts
 from sms_gateway.errors import CallbackRejected, Unauthorized
 from sms_gateway.logic.notify import NOTIFY_SWEEP_DELAY, dlr_notification
+from sms_gateway.logic.webhook_retries import queued_again
 from sms_gateway.observability import logger
 from sms_gateway.ports import AccountStore, Holding, MessageStore, Provider
 
@@ -88,8 +89,11 @@ def announce_change(
         return
     message = change.message
     pending = message.announce_pending is not None and message.announce_pending == message.sequence
-    if not change.changed and not pending and not _claimed_for_the_repeat(message, messages):
-        return
+    if not change.changed and not pending:
+        if not _claimed_for_the_repeat(message, messages):
+            return
+        # The first post's copy may be on the queue, retrying: delivered first, this one closes its failure record.
+        notification = queued_again(notification)
     try:
         publish([notification])
     except Exception:

@@ -191,11 +191,23 @@ RESENT = "resent"
 ATTEMPTS = "attempts"
 NOT_BEFORE = "not_before"
 QUEUED_AS = "queued_as"
+# A copy queued while another may be on the queue (an upstream's repeat of the report that settled the message):
+# delivered on its first try, it closes the failure record the other copy may be retrying (queued_again).
+AGAIN = "again"
 
 
 def stored_notification(notification: dict[str, Any]) -> dict[str, Any]:
     """The notification as it was first queued, without what the queue added to it."""
-    return {k: v for k, v in notification.items() if k not in (RESENT, ATTEMPTS, NOT_BEFORE, QUEUED_AS)}
+    return {k: v for k, v in notification.items() if k not in (RESENT, ATTEMPTS, NOT_BEFORE, QUEUED_AS, AGAIN)}
+
+
+def queued_again(notification: dict[str, Any]) -> dict[str, Any]:
+    """The notification as a copy queued while another copy of it may be on the queue (its webhook failing: that
+    copy retrying it). Delivered on its first try, the copy closes the failure record (may_have_failure_record: one
+    conditional write, on this path only), so the other copy, on its next receive, finds it delivered: a failed post
+    of it is dropped, not counted on to dead and parked (until 2026-12-07 the record read `retrying` and the other
+    copy's schedule ran on, to the notify dead-letter queue, for a notification the client had)."""
+    return {**notification, AGAIN: True}
 
 
 def parked_notification(notification: dict[str, Any]) -> dict[str, Any]:
@@ -234,8 +246,9 @@ def seconds_until_due(notification: dict[str, Any], now: datetime) -> int:
 
 def may_have_failure_record(notification: dict[str, Any], attempt: int) -> bool:
     """Only a notification that failed before can have a record to close (delivered, or dead for want of a URL):
-    the first try of a new one costs no extra write. A resent one starts again at attempt 1, so it says so itself."""
-    return attempt > 1 or bool(notification.get(RESENT) or notification.get(ATTEMPTS))
+    the first try of a new one costs no extra write. A resent one starts again at attempt 1, so it says so itself,
+    as does a copy queued again while another copy may be retrying it (queued_again)."""
+    return attempt > 1 or bool(notification.get(RESENT) or notification.get(ATTEMPTS) or notification.get(AGAIN))
 
 
 def record_delivered(store: WebhookFailureStore, notification: dict[str, Any], *, now: datetime) -> bool:
