@@ -159,3 +159,37 @@ def test_a_cancel_again_after_its_send_stored_the_rest_answers_the_cancel_not_40
     messages = list(all_messages(store, account_id, int(reference_id)))
     assert {str(message.status) for message in messages} == {"cancelled"}
     assert balance(account_id) == 0
+
+
+def scheduled_two(api: Api, account: dict[str, Any]) -> str:
+    """A batch of two scheduled an hour ahead, both its messages stored, charged 2 of the account's 100 credits."""
+    send_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    status, sent = send(api, account["token"], [AIRTEL, MTN], send_at=send_at)
+    assert status == 200, sent
+    return str(sent["reference_id"])
+
+
+@pytest.mark.xfail(strict=True, reason="a cancel whose refunds (or give-back) DynamoDB keeps cancelling answers 500")
+@pytest.mark.parametrize("killed_while_storing", [False, True], ids=["its-refunds", "its-give-back"])
+def test_a_cancel_whose_refunds_dynamodb_keeps_cancelling_says_to_retry_and_its_retry_finishes(
+    aws, account, api, killed_while_storing
+):
+    # Given a scheduled batch of two, charged 2 credits (whose send stored both messages, or was killed after one)
+    account_id = account["account_id"]
+    if killed_while_storing:
+        reference_id, _ = scheduled_two_with_one_stored(api, account)
+    else:
+        reference_id = scheduled_two(api, account)
+    # When the client cancels it while DynamoDB cancels every transaction for conflicts with other writes of the
+    # account's credits (its other sends, on AWS): the cancel's refunds, or its give-back of what the batch took for
+    # the message never stored
+    with transactions_conflicting():
+        status, body = cancel(api, account, reference_id)
+    # Then the batch is cancelled, and the answer is a 503 to retry, not a 500 that says to look before trying again
+    assert batch_status(api, account, reference_id) == "cancelled"
+    assert status == 503, body
+    assert "try again" in body["message"], body
+    # And its retry, once the conflicts pass, finishes the cancel and answers all it gave back
+    status, body = cancel(api, account, reference_id)
+    assert (status, body.get("refunded_credits"), body.get("status")) == (200, 2, "cancelled"), body
+    assert balance(account_id) == 100
