@@ -193,3 +193,34 @@ def test_a_cancel_whose_refunds_dynamodb_keeps_cancelling_says_to_retry_and_its_
     status, body = cancel(api, account, reference_id)
     assert (status, body.get("refunded_credits"), body.get("status")) == (200, 2, "cancelled"), body
     assert balance(account_id) == 100
+
+
+@pytest.mark.xfail(
+    strict=True, reason="a keyed retry whose finishing transaction DynamoDB keeps cancelling answers 500"
+)
+def test_a_keyed_retry_whose_finishing_write_dynamodb_keeps_cancelling_answers_503_and_the_next_retry_finishes_it(
+    aws, api, monkeypatch
+):
+    from tests.integration.test_idempotency_and_credits import (
+        NUMBERS,
+        assert_sent_once,
+        killed_at,
+        make_account,
+        send_event,
+        with_key,
+    )
+
+    # Given a keyed send to 30 numbers whose request was killed after storing 25 of its messages (its batch charged
+    # 30 credits), and whose lease ran out
+    account = make_account(100)
+    body = {"from": "48974", "to": NUMBERS, "message": "thirty of them"}
+    killed_at(monkeypatch, api, send_event(account["token"], body), "finish", ("DynamoStore", "_batch_write", 1, True))
+    # When the client retries under its key while DynamoDB cancels every transaction for conflicts with other writes
+    with transactions_conflicting():
+        retried = api(with_key(send_event(account["token"], body), "finish"))
+    # Then it is told to retry (503, after Retry-After), not that the request may be done in part (500)
+    assert retried["statusCode"] == 503, retried
+    assert retried["headers"]["Retry-After"] == "1", retried
+    # And its retry as told, once the conflicts pass, finishes the send: every message stored, queued and charged once
+    again = api(with_key(send_event(account["token"], body), "finish"))
+    assert_sent_once(aws, account["account_id"], again, 100 - 30)
