@@ -1032,6 +1032,7 @@ def test_a_retried_release_after_sqs_refused_one_record_queues_every_message(aws
 
 def test_a_cancel_that_fails_refunding_leaves_its_schedule_to_finish_it(aws, account, api, monkeypatch):
     from sms_gateway.bootstrap import gateway
+    from sms_gateway.errors import TransactionUndecided
 
     reference_id = schedule_two_an_hour_ahead(api, account)
     # And DynamoDB that refuses the cancel's refund transactions (a busy account's credits item: TransactionConflict
@@ -1039,15 +1040,17 @@ def test_a_cancel_that_fails_refunding_leaves_its_schedule_to_finish_it(aws, acc
     store = gateway().store
 
     def refund_fails(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("moving 2 messages and refunding them conflicted 6 times")
+        raise TransactionUndecided("moving 2 messages and refunding them conflicted 6 times")
 
     with monkeypatch.context() as patched:
         patched.setattr(store, "move_and_refund", refund_fails)
-        # When the client cancels: the answer is a 500 that tells it to look before trying again
+        # When the client cancels: the answer is a 503 that tells it to send the cancel again (until 2026-12-07 a 500
+        # that told it to look before trying again)
         status, body = call(api, account["token"], "DELETE", f"/ng/v1/batches/{reference_id}")
-    assert status == 500, body
-    # And it looks: the batch reads cancelled, so it does not cancel again
+    assert status == 503, body
+    # And the batch reads cancelled already
     assert call(api, account["token"], "GET", f"/ng/v1/batches/{reference_id}")[1]["status"] == "cancelled"
+    # And the client does not send the cancel again (test_transaction_conflicts.py has the retry that finishes it)
     # Then its schedule is still there (deleted only once the refund is done), and its firing finishes the cancel
     assert schedule_names(aws) != [], "schedule deleted first: the messages stay scheduled and charged for good"
     event = load_event("scheduler-release-batch.json")

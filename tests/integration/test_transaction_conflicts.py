@@ -169,7 +169,6 @@ def scheduled_two(api: Api, account: dict[str, Any]) -> str:
     return str(sent["reference_id"])
 
 
-@pytest.mark.xfail(strict=True, reason="a cancel whose refunds (or give-back) DynamoDB keeps cancelling answers 500")
 @pytest.mark.parametrize("killed_while_storing", [False, True], ids=["its-refunds", "its-give-back"])
 def test_a_cancel_whose_refunds_dynamodb_keeps_cancelling_says_to_retry_and_its_retry_finishes(
     aws, account, api, killed_while_storing

@@ -162,6 +162,13 @@ class NotDone(Unavailable):
     again."""
 
 
+class TransactionUndecided(RuntimeError):
+    """DynamoDB neither applied a transaction nor refused it on a condition (it conflicted with other writes on
+    every attempt, or was throttled): nothing of it was written. Not a GatewayError: what the request did before it
+    stands, and only its caller knows whether the same request again finishes it (a cancel: logic.batches) or the
+    request may be done in part (a 500)."""
+
+
 class InternalError(GatewayError):
     """Something no route expected failed while answering (an AWS error, a bug): the request may have been done in
     part, so the caller retries it under the same idempotency key, or looks before sending it again."""

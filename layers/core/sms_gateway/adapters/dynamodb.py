@@ -1275,7 +1275,9 @@ class DynamoStore(
             moved = {m.key: m for m in self.get_messages_by_key([m.key for m in pending])}
             changes |= {key: StatusChange(message=message, changed=True) for key, message in moved.items()}
             return changes
-        raise RuntimeError(
+        # Nothing of this chunk's last transaction was written (the chunks before it were): TransactionUndecided, which
+        # a cancel answers as to retry (logic.batches); every other caller takes it as any failure.
+        raise TransactionUndecided(
             f"moving {len(pending)} messages and refunding them conflicted {MAX_TRANSACTION_ATTEMPTS} times"
         )
 

@@ -7,18 +7,13 @@ import secrets
 import time
 from typing import Any
 
-from sms_gateway.errors import NotDone
+from sms_gateway.errors import NotDone, TransactionUndecided
 
 MAX_TRANSACTION_ATTEMPTS = 6
 _TRANSACTION_BACKOFF_SECONDS = 0.02
 
 # What a TransactWriteItems cancellation says of the writes it did not refuse (the others' codes say why).
 NOT_REFUSED = (None, "None", "TransactionConflict")
-
-
-class TransactionUndecided(RuntimeError):
-    """DynamoDB neither applied a transaction nor refused it on a condition (it conflicted with other writes on
-    every attempt, or was throttled): nothing of it was written."""
 
 
 def not_done(doing: str, error: TransactionUndecided) -> NotDone:

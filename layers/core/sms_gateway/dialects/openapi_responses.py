@@ -103,7 +103,8 @@ ERROR_DESCRIPTIONS = {
     500: "an unexpected failure, logged under the request id the message names; the request may be done in part",
     503: "not done, nothing changed (a send that could not be stored or queued in time, undone: nothing sent or "
     "charged; a group that kept changing while it was read or written; a cancel whose give-back other writes kept "
-    "moving: the batch is cancelled, and the cancel again finishes it): retry after Retry-After",
+    "moving, or whose refunds they kept refusing: the batch is cancelled, and the cancel again finishes it): retry "
+    "after Retry-After",
 }
 
 

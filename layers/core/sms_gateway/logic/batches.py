@@ -11,7 +11,7 @@ from typing import Any
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import Batch, Message
 from sms_gateway.domain.status import TERMINAL, MessageStatus
-from sms_gateway.errors import Conflict, NotFound, Unavailable
+from sms_gateway.errors import Conflict, NotFound, TransactionUndecided, Unavailable
 from sms_gateway.observability import logger
 from sms_gateway.ports import BatchScheduler, MessageStore
 
@@ -150,7 +150,7 @@ def cancel_batch(
     batch = get_batch(messages, account_id, reference_id)
     if batch.status in ONLY_SCHEDULED:
         if messages.set_batch_status(account_id, reference_id, MessageStatus.CANCELLED, only_from=ONLY_SCHEDULED):
-            _, batch_messages = _finish_cancel(messages, scheduler, account_id, reference_id, now=now)
+            batch_messages = _finish_cancel_or_retry(messages, scheduler, account_id, reference_id, now=now)
             answered = messages.claim_cancel_answer(account_id, reference_id)
             if answered is None:
                 return get_batch(messages, account_id, reference_id), 0
@@ -161,7 +161,7 @@ def cancel_batch(
         # Named as the client reads it (a released batch is stored queued for good, but reads completed once sent).
         status = batch_view(messages, account_id, reference_id).status
         raise Conflict(f"only a scheduled batch can be cancelled; this one is {status}")
-    _, batch_messages = _finish_cancel(messages, scheduler, account_id, reference_id, now=now)
+    batch_messages = _finish_cancel_or_retry(messages, scheduler, account_id, reference_id, now=now)
     # It finished a cancel that died or is still under way, or one that was done: it answers the refund unless another
     # cancel did, whether or not it gave any of it back itself. The one that did it all may have been killed after its
     # last write, before it claimed the answer: no cancel answered then, and the client's retry is this one.
@@ -191,6 +191,29 @@ def finish_cancel(
     the cancel failed, and the session-key family's retry 404 ("order cannot be removed")."""
     refund, _ = _finish_cancel(messages, scheduler, account_id, reference_id, now=now)
     return refund
+
+
+def _finish_cancel_or_retry(
+    messages: MessageStore,
+    scheduler: BatchScheduler | None,
+    account_id: str,
+    reference_id: int,
+    *,
+    now: datetime,
+) -> list[Message]:
+    """_finish_cancel for a client's cancel, the batch moved to cancelled already: its messages as they are now. A
+    refund or give-back DynamoDB left undecided (other writes of the account's credits cancelled its transaction on
+    every try) wrote nothing of itself, and the cancel sent again goes on from there and answers all the cancel gave
+    back (cancel_refund): Unavailable, a 503 to retry, as when other writers kept moving the cost (cost_to_stored);
+    until 2026-12-07 a 500, "may be done in part, look before trying again". The schedule is left, and its firing
+    finishes the cancel too if the client never sends it again."""
+    try:
+        return _finish_cancel(messages, scheduler, account_id, reference_id, now=now)[1]
+    except TransactionUndecided as error:
+        raise Unavailable(
+            f"batch {reference_id} is cancelled, but other writes of the account's credits kept refusing its refunds "
+            f"({error}); send the cancel again to finish it: try again"
+        ) from error
 
 
 def _finish_cancel(
