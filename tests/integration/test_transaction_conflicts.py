@@ -194,9 +194,6 @@ def test_a_cancel_whose_refunds_dynamodb_keeps_cancelling_says_to_retry_and_its_
     assert balance(account_id) == 100
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a keyed retry whose finishing transaction DynamoDB keeps cancelling answers 500"
-)
 def test_a_keyed_retry_whose_finishing_write_dynamodb_keeps_cancelling_answers_503_and_the_next_retry_finishes_it(
     aws, api, monkeypatch
 ):

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sms_gateway.domain.models import KeyClaim, StoredAnswer
-from sms_gateway.errors import IdTaken, InsufficientCredits, Unavailable
+from sms_gateway.errors import IdTaken, InsufficientCredits, NotDone, Unavailable
 from sms_gateway.logic.idempotency import NEW_ID_TRIES, SEND_LEASE, run_once
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -21,6 +21,7 @@ class RecordingKeys:
     def __init__(self) -> None:
         self.abandoned: list[str] = []
         self.completed: list[str] = []
+        self.lapsed: list[str] = []
 
     def begin(self, scope: str, key: str, fingerprint: str, *, now: datetime, reference_id: int, **_: Any) -> Any:
         return KeyClaim(reference_id=reference_id)
@@ -30,6 +31,9 @@ class RecordingKeys:
 
     def abandon(self, scope: str, key: str) -> None:
         self.abandoned.append(key)
+
+    def lapse(self, scope: str, key: str) -> None:
+        self.lapsed.append(key)
 
 
 def failing(error: Exception) -> Any:
@@ -114,6 +118,24 @@ def test_a_refused_resumed_request_lets_its_key_go_only_once_what_it_resumed_is_
         run_resumed(keys, error, undo_that(undone))
     assert keys.abandoned == (["k"] if let_go else [])
     assert keys.completed == []
+
+
+def test_a_resumed_request_stopped_by_a_write_left_undecided_undoes_nothing_and_its_retry_resumes_at_once() -> None:
+    # Given a retry under a key whose died request's send stands, stopped by a write DynamoDB neither applied nor
+    # refused (NotDone: it wrote nothing)
+    keys = ResumedKeys()
+    undone: list[KeyClaim] = []
+
+    def undo(claim: KeyClaim) -> StoredAnswer | None:
+        undone.append(claim)
+        return None
+
+    # When it runs, it answers NotDone (a 503 to retry)
+    with pytest.raises(NotDone):
+        run_resumed(keys, NotDone("storing 5 messages of batch 7: not done, nothing changed; try again"), undo)
+    # Then nothing is undone, the key is kept, and its lease ended: the next retry resumes the send at once
+    assert undone == []
+    assert (keys.abandoned, keys.completed, keys.lapsed) == ([], [], ["k"])
 
 
 def test_a_refused_resumed_request_whose_send_stands_answers_with_it_and_keeps_it_under_its_key() -> None:

@@ -207,8 +207,9 @@ class MessageStore(Protocol):
         where another send could take it), and a release's give-back of what a killed send held for messages it never
         stored (logic.batches.cost_to_stored) either comes before a part, which then fails, or finds its messages. The
         batch as written.
-        Raises InsufficientCredits (at the first part, having stored nothing) or Conflict (it changed meanwhile: read
-        it again) at the part it reached; the parts before stand, paid for."""
+        Raises InsufficientCredits (at the first part, having stored nothing), Conflict (it changed meanwhile: read
+        it again) or NotDone (other writes kept conflicting with it: nothing of it written) at the part it reached;
+        the parts before stand, paid for."""
         ...
 
     def fail_batch_and_refund(self, batch: Batch) -> bool | None:
@@ -492,6 +493,12 @@ class IdempotencyStore(Protocol):
 
     def abandon(self, scope: str, key: str) -> None:
         """Forgets a claimed key whose request failed, so the client may retry it."""
+        ...
+
+    def lapse(self, scope: str, key: str) -> None:
+        """Ends the lease of a key this request holds (resumed) and keeps it in progress: the request stopped with
+        what the key's send had written as it found it, so the next retry under the key resumes it at once instead
+        of meeting it in progress until the lease runs out."""
         ...
 
     def renumber(self, scope: str, key: str, claim: KeyClaim, reference_id: int) -> KeyClaim | None:

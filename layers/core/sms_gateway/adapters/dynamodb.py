@@ -726,7 +726,12 @@ class DynamoStore(
         items = [self._codec.dump(self._message_item(message, expires_at)) for message in messages]
         # With no messages, one write all the same: it makes the cost and count those of the messages stored.
         for part in _charged_parts(items) or [[]]:
-            batch = self._reprice(batch, part, cost=cost, recipients=count, storing=True)
+            try:
+                batch = self._reprice(batch, part, cost=cost, recipients=count, storing=True)
+            except TransactionUndecided as error:
+                # Other writes of the account's credits (or of the batch) cancelled every try: nothing of this part was
+                # written, the parts before it were, and the finisher's next call goes on from what is stored.
+                raise not_done(f"storing {len(part)} messages of batch {batch.reference_id}", error) from error
         return batch
 
     def _reprice(
@@ -1473,6 +1478,18 @@ class DynamoStore(
 
     def abandon(self, scope: str, key: str) -> None:
         self.client.delete_item(TableName=self.table_name, Key=self._idempotency_key(scope, key))
+
+    def lapse(self, scope: str, key: str) -> None:
+        # A lease in the past is one a retry takes over (_take_over); only the holder writes the record meanwhile.
+        with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=self._idempotency_key(scope, key),
+                UpdateExpression="SET lease_until = :lapsed",
+                ConditionExpression="#state = :in_progress AND attribute_exists(lease_until)",
+                ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues={":lapsed": {"N": "0"}, ":in_progress": {"S": "in_progress"}},
+            )
 
     def renumber(self, scope: str, key: str, claim: KeyClaim, reference_id: int) -> KeyClaim | None:
         # A first claim's token is the key's mark; a takeover (which a live request's lease rules out) changes it.

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from sms_gateway.domain.ids import new_batch_id
 from sms_gateway.domain.models import KeyClaim, StoredAnswer
-from sms_gateway.errors import GatewayError, IdTaken, InvalidRequest, KeyInProgress, KeyReused
+from sms_gateway.errors import GatewayError, IdTaken, InvalidRequest, KeyInProgress, KeyReused, NotDone
 from sms_gateway.observability import logger
 from sms_gateway.ports import IdempotencyStore
 
@@ -77,7 +77,9 @@ def run_once(
     instead of the refusal, which would tell the client nothing was sent: it would send again. An undo that fails
     keeps the key and answers with its own error (a 500: the request may have been done in part), never the
     refusal. Without `undo` the request leaves nothing that could stand (its claim names no batch: a group's
-    creation), and a refused retry lets its key go.
+    creation), and a refused retry lets its key go. One that stops at a write DynamoDB left undecided (NotDone: it
+    wrote nothing of it) is no refusal: nothing is undone, the key is kept with its lease ended (lapse), and the
+    client's retry, told 503, resumes the send at once and finishes it.
     A leased request that is not resumed lets its key go when it fails with a GatewayError (a refusal, or a send
     undone: nothing of it stands): an unexpected failure, such as the undo of a send failing too, may leave its
     batch stored, charged or queued."""
@@ -102,6 +104,12 @@ def run_once(
     try:
         answer = _produce_under_own_id(store, scope, key, begun, produce)
     except GatewayError as error:
+        if begun.resumed and isinstance(error, NotDone):
+            # Not a refusal: a write DynamoDB left undecided (other writes kept conflicting with it) wrote nothing, and
+            # what the request it resumed left stands as it found it, for the retry the 503 asks for to finish, at
+            # once (until 2026-12-07 a 500, and the retry met the key in progress for the lease's 90 s).
+            _lapse(store, scope, key)
+            raise
         # A refusal (or a send undone). A resumed request's key goes only once what the request it resumed left is
         # undone; while some of it stands, that is the answer.
         standing = _undo(undo, begun, error) if begun.resumed else None
@@ -167,6 +175,15 @@ def _produce_under_own_id(
             )
             claim = moved
     raise AssertionError("unreachable")
+
+
+def _lapse(store: IdempotencyStore, scope: str, key: str) -> None:
+    """Ends a resumed key's lease so that the retry resumes it at once. Best effort: failing, the retry resumes it
+    once the lease runs out (it meets the key in progress until then)."""
+    try:
+        store.lapse(scope, key)
+    except Exception:
+        logger.exception("could not end the lease of a resumed key; its retry resumes it once the lease runs out")
 
 
 def _undo(
