@@ -35,6 +35,7 @@ from sms_gateway.domain.models import (
     release_sweep_due,
     reply_order,
     shown_prefix,
+    unqueued_release_sweep_due,
 )
 from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.routing import RouteTable
@@ -202,6 +203,12 @@ class InMemoryStore:
             for _, key in due:
                 self.batch_sweep_at[key] = until
             return [UnreleasedBatch(account_id=k[0], reference_id=k[1], status=self.batches[k].status) for _, k in due]
+
+    def leave_to_release_sweep(self, batch: Batch) -> None:
+        with self._lock:
+            key = (batch.account_id, batch.reference_id)
+            if key in self.batches and self.batches[key].status == MessageStatus.QUEUED:
+                self.batch_sweep_at[key] = unqueued_release_sweep_due(batch)
 
     def clear_release_sweep(self, account_id: str, reference_id: int) -> None:
         with self._lock:

@@ -298,7 +298,6 @@ def test_a_99_recipient_send_makes_the_requests_it_made_before_and_a_100_recipie
     )
 
 
-@pytest.mark.xfail(strict=True, reason="a small send whose undo DynamoDB keeps cancelling stays charged, never sent")
 @pytest.mark.parametrize("failed_step", ["storing", "queueing"])
 def test_a_small_send_whose_undo_dynamodb_keeps_cancelling_is_left_to_the_sweeper_and_charged_only_for_what_it_sends(
     campaign: Sweeping, failed_step: str

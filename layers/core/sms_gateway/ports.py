@@ -397,6 +397,12 @@ class MessageStore(Protocol):
         found."""
         ...
 
+    def leave_to_release_sweep(self, batch: Batch) -> None:
+        """Puts a batch to go out at once, still `queued`, in the sweeper's reach as a send of 100 recipients or more
+        is written (domain.models.unqueued_release_sweep_due), whatever its size: for a send whose undo failed. One
+        write; nothing for a batch no longer queued."""
+        ...
+
     def clear_release_sweep(self, account_id: str, reference_id: int) -> None:
         """The batch, to go out at once, has its dispatch records queued: the sweeper no longer releases it. One
         write; nothing for a batch the sweeper would not release anyway."""

@@ -51,7 +51,7 @@ from sms_gateway.adapters.dynamodb_ratelimit import DynamoRateLimitMixin
 from sms_gateway.adapters.dynamodb_routes import DynamoRouteStore
 from sms_gateway.adapters.dynamodb_sender_requests import DynamoSenderRequestsMixin
 from sms_gateway.adapters.dynamodb_sessions import DynamoSessionsMixin, source_seen_at
-from sms_gateway.adapters.dynamodb_sweep import UNMARK
+from sms_gateway.adapters.dynamodb_sweep import QUEUED, UNMARK, sweep_keys
 from sms_gateway.adapters.dynamodb_transactions import (
     MAX_TRANSACTION_ATTEMPTS,
     NOT_REFUSED,
@@ -79,6 +79,7 @@ from sms_gateway.domain.models import (
     StoredAnswer,
     goes_out_at,
     iso,
+    unqueued_release_sweep_due,
     utc_now,
 )
 from sms_gateway.domain.pricing import PriceTable
@@ -929,6 +930,25 @@ class DynamoStore(
                 Key=_batch_key(account_id, reference_id),
                 UpdateExpression=f"REMOVE {UNMARK}",
                 ConditionExpression="attribute_exists(sweep_at)",
+            )
+
+    def leave_to_release_sweep(self, batch: Batch) -> None:
+        """Puts a batch to go out at once that is still `queued` in `sweep-index` as a send of 100 recipients or more
+        is written (QUEUED, due UNQUEUED_RELEASE_SWEEP_MARGIN after it was accepted), whatever its size: one write,
+        conditional on its status, so nothing for a batch that moved on."""
+        keys = sweep_keys(QUEUED, batch.reference_id, unqueued_release_sweep_due(batch))
+        with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
+            self.client.update_item(
+                TableName=self.table_name,
+                Key=_batch_key(batch.account_id, batch.reference_id),
+                UpdateExpression="SET sweep_shard = :shard, sweep_at = :at",
+                ConditionExpression="#status = :queued",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":shard": {"S": keys["sweep_shard"]},
+                    ":at": {"N": str(keys["sweep_at"])},
+                    ":queued": {"S": str(MessageStatus.QUEUED)},
+                },
             )
 
     def _batch_status_update(

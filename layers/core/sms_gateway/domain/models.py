@@ -102,13 +102,19 @@ def swept_until_queued(batch: Batch) -> bool:
     return batch.status == MessageStatus.QUEUED and batch.recipients >= RELEASE_SWEEP_MIN_RECIPIENTS
 
 
+def unqueued_release_sweep_due(batch: Batch) -> datetime:
+    """When the sweeper may release `batch`, to go out at once, whose records are not known to be queued: a live api
+    has published them or died by then."""
+    return from_iso(batch.created_at) + UNQUEUED_RELEASE_SWEEP_MARGIN
+
+
 def release_sweep_due(batch: Batch) -> datetime | None:
     """When the sweeper may release `batch`, written now, if it is still unreleased then: a scheduled batch still
     `scheduled` SCHEDULED_RELEASE_SWEEP_MARGIN after it was due; a send to go out at once of 100 recipients or more
     (swept_until_queued) whose records are not known to be queued UNQUEUED_RELEASE_SWEEP_MARGIN after it was
     accepted. None for a batch the sweeper never releases."""
     if swept_until_queued(batch):
-        return from_iso(batch.created_at) + UNQUEUED_RELEASE_SWEEP_MARGIN
+        return unqueued_release_sweep_due(batch)
     if batch.status != MessageStatus.SCHEDULED or batch.send_at is None:
         return None
     return goes_out_at(created_at=batch.created_at, send_at=batch.send_at) + SCHEDULED_RELEASE_SWEEP_MARGIN

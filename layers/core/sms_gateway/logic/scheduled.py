@@ -13,7 +13,6 @@ from sms_gateway.domain.models import (
     Batch,
     Message,
     StatusChange,
-    swept_until_queued,
     validity_ends,
 )
 from sms_gateway.domain.senders import SENDER_REMOVED, holds_sender
@@ -63,8 +62,8 @@ def release_scheduled_batch(
     write, and announced, as the dispatcher expires a message queued too long (domain.models.validity_ends).
     A batch found `queued` that this call did not move (a schedule that fired twice, or a send to go out at once that
     the sweeper hands here because its api Lambda died before queueing its records: logic/sweep.py) has its messages
-    still `queued` queued again, under the deduplication ids the first queueing used, and a send of 100 recipients or
-    more is then taken out of the sweep index (a write that fails fails the release, for Lambda to retry).
+    still `queued` queued again, under the deduplication ids the first queueing used, and is then taken out of the
+    sweep index (a write that fails fails the release, for Lambda to retry).
     Returns True when this call released the batch (moved it out of `scheduled`).
     Raises NotFound for a batch that does not exist: a schedule is
     made only for a stored batch, so its release names one unless something changed the id on the way (a replay
@@ -131,14 +130,16 @@ def release_scheduled_batch(
     ]
     if failed and announce is not None:
         announce([StatusChange(message=message, changed=True) for message in failed])
-    if not released and swept_until_queued(batch):
-        # A send to go out at once the sweeper released (its api Lambda died before queueing it, or its write after
-        # queueing failed): queued now, and taken out of the sweep index. Part of the release: a write that fails
-        # raises, and Lambda runs the release again a minute or two later (its retries: the records it queues again
-        # repeat this run's deduplication ids, which the FIFO queue drops). Until 2026-12-07 the release ended as done
-        # without it (the api's write had failed too), and every later sweep, each claim's lease after the one
-        # before, released the send again: its messages still queued (a backlog at the account's rate, or waiting
-        # for an upstream's Retry-After) were queued once more in new records, past the deduplication window.
+    if not released and batch.status == MessageStatus.QUEUED:
+        # A send to go out at once the sweeper released (its api Lambda died before queueing it, its write after
+        # queueing failed, or its undo failed, whatever its size: logic.send.swept_if_the_undo_fails), or a schedule
+        # that fired twice (a write that finds nothing to take out): queued now, and taken out of the sweep index. Part
+        # of the release: a write that fails raises, and Lambda runs the release again a minute or two later (its
+        # retries: the records it queues again repeat this run's deduplication ids, which the FIFO queue drops). Until
+        # 2026-12-07 the release ended as done without it (the api's write had failed too), and every later sweep, each
+        # claim's lease after the one before, released the send again: its messages still queued (a backlog at the
+        # account's rate, or waiting for an upstream's Retry-After) were queued once more in new records, past the
+        # deduplication window.
         messages.clear_release_sweep(batch.account_id, batch.reference_id)
     return released
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,6 +34,7 @@ from sms_gateway.domain.status import NOT_QUEUED, MessageStatus
 from sms_gateway.domain.zones import account_zone, in_zone
 from sms_gateway.errors import (
     Conflict,
+    GatewayError,
     IdTaken,
     InsufficientCredits,
     InvalidRecipient,
@@ -279,9 +281,7 @@ def accept_send(
         # 2026-12-07, for a send that took nothing).
         raise
     except Exception as error:
-        log_undone(batch, "stored")
-        give_back(batch, messages, deps, now=now)
-        raise undone("could not be stored") from error
+        raise undo_unstored(batch, messages, deps, now=now) from error
     # Counted once all are stored, before the release: a request that dies in it has counted them (count_accepted).
     count_accepted(len(messages))
     try:
@@ -289,7 +289,8 @@ def accept_send(
             release(batch, messages, deps, in_order=account.single_sends_in_order)
     except Exception as error:
         log_undone(batch, "queued")
-        return withdraw(Accepted(batch, messages, None, refused), deps, now=now, error=error)
+        with swept_if_the_undo_fails(batch, deps):
+            return withdraw(Accepted(batch, messages, None, refused), deps, now=now, error=error)
     return Accepted(batch=batch, messages=messages, balance=None, refused=refused)
 
 
@@ -551,6 +552,45 @@ def fail_unsent_messages(batch: Batch, messages: Sequence[Message], deps: SendDe
         deps.messages.move_messages(messages, MessageStatus.FAILED, now=now, error_code=NOT_QUEUED)
     except Exception:
         logger.exception("could not fail the messages of an undone send", extra={"reference_id": batch.reference_id})
+
+
+def undo_unstored(batch: Batch, messages: Sequence[Message], deps: SendDependencies, *, now: datetime) -> Unavailable:
+    """Undoes a send that could not be stored (give_back), left to the sweeper if the undo fails: what the caller is
+    told once it is undone."""
+    log_undone(batch, "stored")
+    with swept_if_the_undo_fails(batch, deps):
+        give_back(batch, messages, deps, now=now)
+    return undone("could not be stored")
+
+
+@contextmanager
+def swept_if_the_undo_fails(batch: Batch, deps: SendDependencies) -> Iterator[None]:
+    """Around a send's undo: one that fails (DynamoDB cancelling its transactions for conflicts with other writes of
+    the account's credits past their tries, or throttling them) leaves the batch charged, and a batch to go out at
+    once under 100 recipients is in no sweep index (docs/decisions.md, A100): nothing would ever send or refund it.
+    It is put there (leave_to_release_sweep; a scheduled one, or one of 100 or more, is there already), so the
+    sweeper's release sends what stands of it once and gives back what it took for messages never stored; the
+    client is answered 500, "may have been done in part". A request more only when the undo failed. The undo's own
+    answer (a GatewayError: the send undone) goes up as it is."""
+    try:
+        yield
+    except GatewayError:
+        raise
+    except Exception:
+        if batch.status == MessageStatus.QUEUED and not swept_until_queued(batch):
+            try:
+                deps.messages.leave_to_release_sweep(batch)
+            except Exception:
+                logger.exception(
+                    "could not leave a send whose undo failed to the sweeper: it stays charged until released by hand",
+                    extra={"reference_id": batch.reference_id},
+                )
+            else:
+                logger.warning(
+                    "a send whose undo failed is left to the sweeper's release",
+                    extra={"reference_id": batch.reference_id},
+                )
+        raise
 
 
 def log_undone(batch: Batch, step: str) -> None:
