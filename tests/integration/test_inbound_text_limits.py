@@ -1,0 +1,84 @@
+"""An inbound SMS's text, from an upstream's callback through the inbox, the notify queue and the record of a failed
+client notification, stays within what SQS and DynamoDB take.
+
+The client's notification is queued as JSON with every non-ASCII character escaped (`\\uXXXX`: 6 bytes a UTF-16
+unit). SQS refuses a message over the queue's MaximumMessageSize (262,144 bytes for a queue that names none, as the
+template's NotifyQueue does; moto makes such a queue 1 MiB, so a test that needs the classic limit sets it), and a
+SendMessageBatch whose messages add up to more than SQS takes in one call (moto: 1 MiB). DynamoDB refuses an item
+over 400 KB (moto enforces it): a failed notification's record holds the notification as that JSON string."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import FakeContext, load_function
+from tests.integration.test_callback_acknowledgements import TOKEN, kannel_delivering_inbound_for, kannel_inbound_event
+from tests.state_snapshot import assert_unchanged, capture, clients_for_moto
+
+# SQS's message size limit for a queue whose template names no MaximumMessageSize (the NotifyQueue's).
+SQS_CLASSIC_MESSAGE_BYTES = 262_144
+
+
+@pytest.fixture
+def account(aws: dict[str, str]) -> dict[str, Any]:
+    from sms_gateway_tools.admin import create_account
+
+    return create_account(
+        name="Cinema Club", senders=["48974"], credits=100, inbound_url="https://client.example/inbound"
+    )
+
+
+def notify_queue_limited_to(aws: dict[str, str], max_bytes: int) -> None:
+    import boto3
+
+    boto3.client("sqs").set_queue_attributes(
+        QueueUrl=aws["NOTIFY_QUEUE_URL"], Attributes={"MaximumMessageSize": str(max_bytes)}
+    )
+
+
+def kannel_mo_posting(text: str, mo_id: str = "mo-1") -> dict[str, Any]:
+    """Kannel's MO post with the text as its body (post-url, UTF-8), as an SMSC behind it may deliver any text."""
+    query = {"token": TOKEN, "from": "+2348020000000", "to": "48974", "ts": "1767398400", "id": mo_id}
+    return kannel_inbound_event(query, "text/plain; charset=utf-8", text, encoded=False)
+
+
+def posted(event: dict[str, Any]) -> dict[str, Any]:
+    """The webhook function's answer; an invocation that raised is what API Gateway answers then: a 500."""
+    try:
+        return load_function("webhook").handler(event, FakeContext())
+    except Exception as error:
+        return {"statusCode": 500, "body": repr(error)}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an inbound text has no cap of its own: one longer than any SMS is stored, then its notification is "
+    "refused by a 256 KiB notify queue (5xx for ever) or, once its client webhook fails, its failure record by "
+    "DynamoDB (the notifier crashes on it until the DLQ)",
+)
+@pytest.mark.parametrize(
+    ("characters", "queue_limit"),
+    [
+        # 270 KB queued: over a 256 KiB notify queue, so the callback fails (5xx) and every repeat of it.
+        (45_000, SQS_CLASSIC_MESSAGE_BYTES),
+        # 420 KB queued: taken on a 1 MiB queue, but its failure record would be over DynamoDB's 400 KB.
+        (70_000, None),
+    ],
+    ids=["over-a-256-KiB-notify-queue", "over-a-DynamoDB-item-as-a-failure-record"],
+)
+def test_an_inbound_text_longer_than_any_sms_is_refused_and_changes_nothing(aws, account, characters, queue_limit):
+    # Given Kannel delivering the short code's SMS
+    kannel_delivering_inbound_for(aws, account)
+    if queue_limit is not None:
+        notify_queue_limited_to(aws, queue_limit)
+    state = clients_for_moto()
+    before = capture(state)
+    # When it posts a text longer than any SMS carries (255 parts: 39,015 GSM-7 characters, 17,085 UCS-2), in
+    # Cyrillic (2 bytes a character: the body is far within its 256 KB)
+    answer = posted(kannel_mo_posting("ж" * characters))
+    # Then it is refused as a callback that cannot be an SMS (the upstream stops), and nothing is stored or queued
+    assert answer["statusCode"] == 400, answer
+    assert "255 parts" in answer["body"]
+    assert_unchanged(state, before)
