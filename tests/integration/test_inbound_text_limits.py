@@ -52,33 +52,64 @@ def posted(event: dict[str, Any]) -> dict[str, Any]:
         return {"statusCode": 500, "body": repr(error)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an inbound text has no cap of its own: one longer than any SMS is stored, then its notification is "
-    "refused by a 256 KiB notify queue (5xx for ever) or, once its client webhook fails, its failure record by "
-    "DynamoDB (the notifier crashes on it until the DLQ)",
-)
+# The longest texts taken (MOST_SMS_UNITS: 39,015 UTF-16 units), each escaped to 6 bytes a unit in the JSON queued:
+# the longest SMS, 255 parts of GSM-7 in Greek capitals (GSM-7 has them, one septet each), and as many emoji as that
+# many units hold (12 bytes each queued; no SMS carries as many: UCS-2 takes 17,085 units in 255 parts).
+LONGEST_GSM7_SMS = ("ΔΦΓΛΩΠΨΣΘΞ" * 4000)[: 255 * 153]
+MOST_EMOJI = "\U0001f600" * (255 * 153 // 2)
+
+
 @pytest.mark.parametrize(
-    ("characters", "queue_limit"),
+    ("text", "queue_limit"),
     [
-        # 270 KB queued: over a 256 KiB notify queue, so the callback fails (5xx) and every repeat of it.
-        (45_000, SQS_CLASSIC_MESSAGE_BYTES),
+        # 270 KB queued: over a 256 KiB notify queue, so the callback failed (5xx) and every repeat of it.
+        ("ж" * 45_000, SQS_CLASSIC_MESSAGE_BYTES),
         # 420 KB queued: taken on a 1 MiB queue, but its failure record would be over DynamoDB's 400 KB.
-        (70_000, None),
+        ("ж" * 70_000, None),
+        # One character longer than the longest SMS.
+        (LONGEST_GSM7_SMS + "Δ", SQS_CLASSIC_MESSAGE_BYTES),
     ],
-    ids=["over-a-256-KiB-notify-queue", "over-a-DynamoDB-item-as-a-failure-record"],
+    ids=["over-a-256-KiB-notify-queue", "over-a-DynamoDB-item-as-a-failure-record", "one-over-255-parts"],
 )
-def test_an_inbound_text_longer_than_any_sms_is_refused_and_changes_nothing(aws, account, characters, queue_limit):
+def test_an_inbound_text_longer_than_any_sms_is_refused_and_changes_nothing(aws, account, text, queue_limit):
     # Given Kannel delivering the short code's SMS
     kannel_delivering_inbound_for(aws, account)
     if queue_limit is not None:
         notify_queue_limited_to(aws, queue_limit)
     state = clients_for_moto()
     before = capture(state)
-    # When it posts a text longer than any SMS carries (255 parts: 39,015 GSM-7 characters, 17,085 UCS-2), in
-    # Cyrillic (2 bytes a character: the body is far within its 256 KB)
-    answer = posted(kannel_mo_posting("ж" * characters))
+    # When it posts a text longer than any SMS carries (255 parts: 39,015 GSM-7 characters, 17,085 UCS-2), in a
+    # script of 2 bytes a character (the body is far within its 256 KB)
+    answer = posted(kannel_mo_posting(text))
     # Then it is refused as a callback that cannot be an SMS (the upstream stops), and nothing is stored or queued
     assert answer["statusCode"] == 400, answer
     assert "255 parts" in answer["body"]
     assert_unchanged(state, before)
+
+
+@pytest.mark.parametrize("text", [LONGEST_GSM7_SMS, MOST_EMOJI], ids=["255-parts-of-gsm7", "as-many-emoji"])
+def test_the_longest_text_taken_reaches_the_client_and_its_failed_delivery_is_listed(aws, account, monkeypatch, text):
+    from sms_gateway import consumers
+    from sms_gateway.bootstrap import gateway
+    from tests.integration.test_webhook_retries import ClientWebhook, run_notifier
+
+    # Given Kannel delivering the short code's SMS, a notify queue of SQS's classic 256 KiB, and a client webhook
+    # that fails
+    kannel_delivering_inbound_for(aws, account)
+    notify_queue_limited_to(aws, SQS_CLASSIC_MESSAGE_BYTES)
+    hook = ClientWebhook(500)
+    monkeypatch.setattr(consumers, "post_webhook", hook)
+    # When Kannel posts the longest text taken
+    answer = posted(kannel_mo_posting(text))
+    # Then it is taken and stored whole
+    assert answer["statusCode"] == 200, answer
+    [stored] = gateway().store.list_inbounds(account["account_id"])[0]
+    assert stored.text == text
+    # And its notification is queued and posted to the client's webhook, whose failure is recorded for the client to
+    # see and resend (DynamoDB takes the record), to be retried
+    outcome = run_notifier(aws)
+    assert [post["body"]["message"] for post in hook.posts] == [text]
+    assert outcome["failed"] == 1  # handed back for its retry
+    [failure] = gateway().store.list_webhook_failures(account["account_id"])[0]
+    assert (failure.notification_id, failure.state) == (f"in_{stored.inbound_id}", "retrying")
+    assert failure.notification["payload"]["message"] == text

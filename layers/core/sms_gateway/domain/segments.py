@@ -43,6 +43,11 @@ GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
 
 GSM7_SINGLE, GSM7_MULTI = 160, 153
 UCS2_SINGLE, UCS2_MULTI = 70, 67
+# The concatenation header (the handset's, SMPP's) counts a long SMS's parts in one octet.
+MOST_PARTS = 255
+# The longest text any SMS carries, in UTF-16 units (utf16_units): 255 parts of 153 GSM-7 characters. Its other
+# codings carry less: UCS-2 255 x 67 = 17,085 units, 8-bit data 255 x 134 = 34,170 octets (a character at most each).
+MOST_SMS_UNITS = MOST_PARTS * GSM7_MULTI
 
 
 def segment(text: str) -> Segmentation:
@@ -97,6 +102,11 @@ def padded_for_blind_cut(text: str) -> str:
         part + ZERO_WIDTH_SPACE if index < len(parts) - 1 and _units(part, Encoding.UCS2) < UCS2_MULTI else part
         for index, part in enumerate(parts)
     )
+
+
+def utf16_units(text: str) -> int:
+    """The UTF-16 code units of `text`, as UCS-2 sends it: a character outside the BMP (an emoji) is two."""
+    return _units(text, Encoding.UCS2)
 
 
 def _units(text: str, encoding: Encoding) -> int:

@@ -22,6 +22,7 @@ from sms_gateway.domain.msisdn import region_code
 from sms_gateway.domain.networks import CATALOGUE
 from sms_gateway.domain.pricing import ANY_NETWORK, ROUTE_TIERS, PriceTable, price_key
 from sms_gateway.domain.routing import RouteTable, upstream_name
+from sms_gateway.domain.segments import MOST_PARTS
 from sms_gateway.domain.senders import SENDER_ID, registry_form, same_sender
 from sms_gateway.domain.webhook_urls import require_safe_webhook_url
 from sms_gateway.domain.webhooks import new_signing_secret
@@ -51,7 +52,7 @@ MAX_TOP_UP = 10**12
 MAX_PRICE_PER_PART = 10**6
 MAX_RATE_LIMIT = 10**6
 # Concatenated SMS count their parts in one octet of the user data header.
-MAX_PARTS_LIMIT = 255
+MAX_PARTS_LIMIT = MOST_PARTS
 # A secret's prefix is drawn again when it collides with one the account holds already (about 1 in 2**30).
 _ISSUE_ATTEMPTS = 3
 

@@ -21,6 +21,7 @@ from sms_gateway.domain.models import (
 from sms_gateway.domain.msisdn import InvalidMsisdn, Msisdn, national_digits, parse_msisdn, read_in_country
 from sms_gateway.domain.optouts import keyword_request
 from sms_gateway.domain.routing import RouteTable
+from sms_gateway.domain.segments import MOST_PARTS, MOST_SMS_UNITS, utf16_units
 from sms_gateway.domain.senders import MAX_INBOUND_SENDER, inbound_sender, recipient_forms
 from sms_gateway.errors import CallbackRejected, Unauthorized
 from sms_gateway.logic.notify import NOTIFY_SWEEP_DELAY
@@ -89,7 +90,7 @@ def inbound_notification(inbound: StoredInbound) -> dict[str, Any]:
 def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundDependencies) -> InboundOutcome:
     if not provider.verify_callback(request):
         raise Unauthorized(f"callback not verified for upstream {provider.name!r}")
-    sms = _with_usable_id(provider.parse_inbound(request))
+    sms = _with_usable_id(_no_longer_than_an_sms(provider.parse_inbound(request)))
     forms = _recipient_forms(sms.to, deps)
     to, registration = _recipient(forms, deps)
     # One form of the account's number from here on: stored, forwarded, threaded and opted out of as registered.
@@ -149,6 +150,23 @@ def receive_inbound(provider: Provider, request: CallbackRequest, deps: InboundD
         queue_inbound_notification(found.inbound, deps.inbox, deps.publish)
     _apply_pending_keyword(found.inbound, deps)
     return InboundOutcome(routed=True, stored=False, inbound=found.inbound)
+
+
+def _no_longer_than_an_sms(sms: InboundSms) -> InboundSms:
+    """`sms`, refused (400, nothing stored) when its text is longer than any SMS carries (MOST_SMS_UNITS: 255 parts of
+    GSM-7), whatever its upstream: no handset sent it, and its notification would not fit where it goes. Queued as
+    JSON that writes a UTF-16 unit outside ASCII as a 6-byte escape, the longest SMS's notification is about 235 KB,
+    within a 256 KiB notify queue and a 400 KB DynamoDB item (the record of its failed delivery); until session 36 an
+    upstream's text of any length its 256 KB body held was stored, and then a 45,000-character Cyrillic one failed
+    its callback (5xx, on every repeat) and every sweep, and a 70,000-character one, taken by a 1 MiB queue, made a
+    failure record DynamoDB refused: the notifier failed it until the DLQ, and the client never saw it listed."""
+    units = utf16_units(sms.text)
+    if units > MOST_SMS_UNITS:
+        raise CallbackRejected(
+            f"inbound SMS text of {units} characters: longer than any SMS carries ({MOST_PARTS} parts, at most "
+            f"{MOST_SMS_UNITS} characters)"
+        )
+    return sms
 
 
 def _with_usable_id(sms: InboundSms) -> InboundSms:

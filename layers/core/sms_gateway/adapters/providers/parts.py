@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from sms_gateway.adapters.http import not_sent_there
+from sms_gateway.domain.segments import MOST_PARTS
 from sms_gateway.errors import UpstreamError
 
 # Our own error_code for a message failed because no upstream on its route sends that many parts.
 TOO_MANY_PARTS = "too_many_parts"
-# SMPP's concatenation header counts parts in one octet.
-MOST_PARTS = 255
 
 
 def max_parts_setting(name: str, value: Any, default: int) -> int:
