@@ -113,3 +113,30 @@ def test_the_longest_text_taken_reaches_the_client_and_its_failed_delivery_is_li
     [failure] = gateway().store.list_webhook_failures(account["account_id"])[0]
     assert (failure.notification_id, failure.state) == (f"in_{stored.inbound_id}", "retrying")
     assert failure.notification["payload"]["message"] == text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the notify queue's publish sends up to 10 notifications in one SendMessageBatch whatever their sizes: "
+    "SQS refuses a call over its batch limit whole, so a sweep of a few long SMS never queues any of them",
+)
+def test_long_sms_left_unqueued_by_an_outage_all_reach_the_client_from_the_sweeper(aws, account, monkeypatch):
+    from tests.integration.test_notifications_and_inbound_edges import (
+        queued_notifications,
+        refusing_notify_queue,
+        sweeper_runs,
+    )
+
+    # Given five of the longest SMS taken while the notify queue refused their notifications (Kannel does not post a
+    # failed callback again): each about 235 KB queued, 1.2 MB together
+    kannel_delivering_inbound_for(aws, account)
+    refusing_notify_queue(monkeypatch, 5)
+    answers = [posted(kannel_mo_posting(LONGEST_GSM7_SMS, f"mo-{n}"))["statusCode"] for n in range(5)]
+    assert answers == [500] * 5
+    # When the sweeper runs after they are due
+    outcome = sweeper_runs(monkeypatch, 3)
+    # Then it queues each of them for the client, once
+    assert outcome == {"inbound_queued": 5, "reports_queued": 0, "batches_released": 0}
+    queued = queued_notifications(aws)
+    assert sorted(n["payload"]["message"] == LONGEST_GSM7_SMS for n in queued) == [True] * 5
+    assert len({n["id"] for n in queued}) == 5
