@@ -115,11 +115,6 @@ def test_the_longest_text_taken_reaches_the_client_and_its_failed_delivery_is_li
     assert failure.notification["payload"]["message"] == text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the notify queue's publish sends up to 10 notifications in one SendMessageBatch whatever their sizes: "
-    "SQS refuses a call over its batch limit whole, so a sweep of a few long SMS never queues any of them",
-)
 def test_long_sms_left_unqueued_by_an_outage_all_reach_the_client_from_the_sweeper(aws, account, monkeypatch):
     from tests.integration.test_notifications_and_inbound_edges import (
         queued_notifications,
@@ -140,3 +135,31 @@ def test_long_sms_left_unqueued_by_an_outage_all_reach_the_client_from_the_sweep
     queued = queued_notifications(aws)
     assert sorted(n["payload"]["message"] == LONGEST_GSM7_SMS for n in queued) == [True] * 5
     assert len({n["id"] for n in queued}) == 5
+
+
+def test_resend_all_queues_every_dead_notification_of_the_longest_sms(aws, account):
+    from datetime import UTC, datetime
+
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic import webhook_retries
+    from sms_gateway.logic.notify import WebhookFailed
+    from tests.integration.test_notifications_and_inbound_edges import queued_notifications
+
+    store, account_id = gateway().store, account["account_id"]
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    # Given five dead notifications of the longest SMS (about 235 KB each queued)
+    for n in range(5):
+        notification = {
+            "kind": "inbound",
+            "id": f"in_{n}",
+            "account_id": account_id,
+            "url": None,
+            "payload": {"type": "two-way sms", "from": "2348020000000", "to": "48974", "message": LONGEST_GSM7_SMS},
+        }
+        failure = WebhookFailed("client webhook answered 502", status_code=502)
+        webhook_retries.record_failure(store, notification, failure, attempt=1, delays=(), now=now)
+    # When the client resends every dead one (POST /ng/v1/webhooks/failures/resend)
+    resent, more = webhook_retries.resend_dead(store, gateway().notify_queue, account_id, now=now, limit=500)
+    # Then all five are queued again, once each
+    assert (resent, more) == (5, False)
+    assert sorted(n["id"] for n in queued_notifications(aws)) == [f"in_{n}" for n in range(5)]

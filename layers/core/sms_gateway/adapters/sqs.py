@@ -13,6 +13,11 @@ from sms_gateway.domain.models import DispatchCommand
 from sms_gateway.ports import MAX_QUEUE_DELAY_SECONDS, PartlyQueued
 
 SEND_BATCH_SIZE = 10
+# What the messages of one SendMessageBatch may add up to (their bodies, UTF-8): SQS refuses a call over its limit
+# whole (BatchRequestTooLong), 256 KiB as long as a queue's messages were (1 MiB since SQS took bigger ones). Until
+# session 36 every call took ten whatever their sizes, so a sweep or a resend-all of a few of the longest SMS (about
+# 235 KB each queued) was refused on every run, the short ones beside them too.
+SEND_BATCH_BYTES = 256 * 1024
 # The longest DelaySeconds SQS takes on a message sent.
 MAX_SEND_DELAY = 900
 
@@ -31,10 +36,10 @@ class _Queue:
         return self._client
 
     def _send(self, entries: Sequence[dict[str, Any]], *, queue_url: str | None = None) -> None:
-        """Sends in order, one SendMessageBatch call per 10 entries; any refused entry is an error, PartlyQueued
-        naming the entries not on the queue: those refused and those after their call (not sent)."""
-        for start in range(0, len(entries), SEND_BATCH_SIZE):
-            chunk = entries[start : start + SEND_BATCH_SIZE]
+        """Sends in order, one SendMessageBatch call per 10 entries, fewer where they add up to more than
+        SEND_BATCH_BYTES (_calls); any refused entry is an error, PartlyQueued naming the entries not on the queue:
+        those refused and those after their call (not sent)."""
+        for start, chunk in _calls(entries):
             numbered = [{**entry, "Id": str(i)} for i, entry in enumerate(chunk)]
             answer = self.client.send_message_batch(QueueUrl=queue_url or self.queue_url, Entries=numbered)
             failed = answer.get("Failed") or []
@@ -58,6 +63,24 @@ class _Queue:
             ReceiptHandle=receipt_handle,
             VisibilityTimeout=max(0, min(seconds, MAX_QUEUE_DELAY_SECONDS)),
         )
+
+
+def _calls(entries: Sequence[dict[str, Any]]) -> list[tuple[int, Sequence[dict[str, Any]]]]:
+    """The entries in the SendMessageBatch calls that send them, in order, each with the index of its first entry: at
+    most SEND_BATCH_SIZE entries a call, whose bodies add up to at most SEND_BATCH_BYTES (one bigger alone is a call
+    of its own: SQS takes it or refuses it for its own size)."""
+    calls: list[tuple[int, Sequence[dict[str, Any]]]] = []
+    start = size = 0
+    for index, entry in enumerate(entries):
+        entry_size = len(str(entry["MessageBody"]).encode())
+        if index > start and (index - start == SEND_BATCH_SIZE or size + entry_size > SEND_BATCH_BYTES):
+            calls.append((start, entries[start:index]))
+            start = index
+            size = 0
+        size += entry_size
+    if start < len(entries):
+        calls.append((start, entries[start:]))
+    return calls
 
 
 def dispatch_group_id(command: DispatchCommand) -> str:
