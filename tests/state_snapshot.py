@@ -45,6 +45,17 @@ class State:
             },
         )
 
+    def without_attribute(self, name: str) -> State:
+        """This state with attribute `name` left out of every item (bookkeeping a request may write on an item it
+        otherwise leaves as it was)."""
+        return replace(
+            self,
+            items={
+                table: [{key: value for key, value in item.items() if key != name} for item in items]
+                for table, items in self.items.items()
+            },
+        )
+
     def differences(self, other: State) -> list[str]:
         """What changed from `self` to `other`, one line per item, queue or schedule group (empty when equal)."""
         changes: list[str] = []
