@@ -794,7 +794,7 @@ def send_rows(
 
 def _finish_in_flight(pool: _FewAheadPool) -> None:
     """Waits for the rows in flight, those queued behind them cancelled. A further Ctrl-C does not cut the wait short:
-    the rows' answers are recorded and the run ends in its summary (until 2026-12-08 it ended in a traceback)."""
+    the rows' answers are recorded and the run ends in its summary (until 2026-12-07 it ended in a traceback)."""
     while True:
         try:
             pool.shutdown(cancel_futures=True)

@@ -378,7 +378,7 @@ def invalid_entries(rejected: Sequence[Rejection], field: str) -> list[dict[str,
 # failed notifications with their payloads) is kept within ANSWER_BUDGET as Lambda returns it: its page ends before
 # the entry that would fill LISTED_BUDGET (page_budget), with its cursor to that entry; the rest of the answer
 # (status, cursor, headers) takes far less than what is left. One entry always fits: a DynamoDB item is at most
-# 400 KB, which no answer writes in more than 2.8 MB (a control character, 7 bytes). Until 2026-12-08 a page of 100 of
+# 400 KB, which no answer writes in more than 2.8 MB (a control character, 7 bytes). Until 2026-12-07 a page of 100 of
 # the longest SMS (255 parts of Devanagari) was 10.5 MB, in either listing.
 ANSWER_BUDGET = 5 * 1024 * 1024
 LISTED_BUDGET = ANSWER_BUDGET - 64 * 1024
