@@ -73,9 +73,9 @@ def template_stack(setenv: Callable[[str, str], None]) -> Iterator[dict[str, str
 
     from sms_gateway import bootstrap
     from sms_gateway_tools.localstack.moto_server import (
-        count_sqs_visibility_from_each_receive,
         remember_transaction_tokens,
         serialise_dynamodb_writes,
+        serialise_sqs_actions,
     )
     from sms_gateway_tools.localstack.resources import create_resources
 
@@ -83,8 +83,9 @@ def template_stack(setenv: Callable[[str, str], None]) -> Iterator[dict[str, str
     serialise_dynamodb_writes()
     # A transaction sent again under its ClientRequestToken must be applied once, as DynamoDB applies it.
     remember_transaction_tokens()
-    # A settle check hides for hours in hops of just under 12 h: moto must count them from each receive, as SQS does.
-    count_sqs_visibility_from_each_receive()
+    # Concurrent pollers and consumers (the tests' threads) need SQS's atomic actions, not moto's unlocked ones; and a
+    # settle check hides for hours in hops of just under 12 h: moto must count them from each receive, as SQS does.
+    serialise_sqs_actions()
     no_local_stack_running()
     with mock_aws():
         env = create_resources(stack_name=STACK, simulator_url="http://127.0.0.1:9", api_url="http://127.0.0.1:8")

@@ -543,6 +543,7 @@ def test_rate_limited_backlogs_do_not_hold_every_dispatcher_slot_the_template_al
     # (ScalingConfig.MaximumConcurrency) on concurrent invocations
     import threading
     import time
+    import traceback
 
     import boto3
 
@@ -627,7 +628,7 @@ def test_rate_limited_backlogs_do_not_hold_every_dispatcher_slot_the_template_al
     stop.set()
     for thread in threads:
         thread.join(timeout=20)
-    assert not errors, errors
+    assert not errors, "".join(line for error in errors for line in traceback.format_exception(error))
     # Then the account that is not rate limited does not wait for the others' rate limits: its one-time code goes
     # out before any rate-limited invocation has run out its time (single sends have a queue and slots of their
     # own, which bulk backlogs cannot hold); an order of events, not a time limit, so a loaded machine cannot fail it

@@ -232,6 +232,62 @@ def count_sqs_visibility_from_each_receive() -> None:
     SQSBackend.change_message_visibility = change_message_visibility  # type: ignore[method-assign]
 
 
+# SQS's actions on a queue's messages, each atomic on AWS; moto's backend edits its queues without a lock.
+_SQS_ACTIONS = (
+    "send_message",
+    "send_message_batch",
+    "delete_message",
+    "delete_message_batch",
+    "change_message_visibility",
+    "change_message_visibility_batch",
+    "purge_queue",
+    "get_queue_attributes",
+)
+_sqs_turns = threading.RLock()
+# How often a long-polling receive looks again while the visible messages are in groups other receivers hold.
+_SQS_POLL_SECONDS = 0.05
+
+
+def serialise_sqs_actions() -> None:
+    """Makes moto apply SQS actions one at a time, in this process, from now on (idempotent; also caps visibility
+    from each receive: count_sqs_visibility_from_each_receive). moto's backend edits a queue's messages without a
+    lock: a receive reading a FIFO queue's in-flight messages while another thread's delete or change of visibility
+    edited them raised `Set changed size during iteration` (until 2026-12-07), a delete could miss a message another
+    thread's delete had just rebuilt the list without (ReceiptHandleIsInvalid), and two receives at once could both
+    hand out messages of one FIFO group. A long-polling receive waits out of turn (so that it never holds up the
+    senders it waits for): for the next message sent to an empty queue, or _SQS_POLL_SECONDS while the visible ones
+    are held in other receivers' groups."""
+    from moto.sqs.models import SQSBackend
+
+    count_sqs_visibility_from_each_receive()
+    make_methods_take_turns(SQSBackend, _SQS_ACTIONS, _sqs_turns)
+    receive = SQSBackend.receive_message
+    if getattr(receive, "takes_turns", False):
+        return
+
+    @functools.wraps(receive)
+    def receive_in_turn(
+        self: Any, queue_name: str, count: int, wait_seconds_timeout: int, *args: Any, **kwargs: Any
+    ) -> Any:
+        waits_until = time.monotonic() + (wait_seconds_timeout or 0)
+        while True:
+            with _sqs_turns:
+                received = receive(self, queue_name, count, 0, *args, **kwargs)
+            left = waits_until - time.monotonic()
+            if received or left <= 0:
+                return received
+            queue = self.get_queue(queue_name)
+            if queue.messages:
+                # Visible, but in groups other receivers hold (or delayed out of this receive): look again soon.
+                time.sleep(min(_SQS_POLL_SECONDS, left))
+            else:
+                # Woken by the next message sent (moto notifies its queue's condition), as SQS's long poll is.
+                queue.wait_for_messages(min(1.0, left))
+
+    receive_in_turn.takes_turns = True  # type: ignore[attr-defined]
+    SQSBackend.receive_message = receive_in_turn  # type: ignore[method-assign]
+
+
 # Where Lambda's asynchronous Invoke of a function the local stack runs goes (the sweeper's release of a scheduled
 # batch: adapters/scheduler.LambdaBatchRelease): set while a stack runs; None, moto's own (which knows no function).
 _async_invocations: list[Callable[[str, Any], bool]] = []
@@ -294,7 +350,7 @@ class EmbeddedMoto:
             werkzeug.setLevel(logging.WARNING)
         serialise_dynamodb_writes()
         remember_transaction_tokens()
-        count_sqs_visibility_from_each_receive()
+        serialise_sqs_actions()
         server = ThreadedMotoServer(ip_address=self._host, port=self._port, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
