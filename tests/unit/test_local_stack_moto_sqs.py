@@ -20,11 +20,8 @@ def sqs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
     from sms_gateway_tools.localstack.moto_server import serialise_sqs_actions
 
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    # Credentials, region and no endpoint: tests/conftest.py's _isolated_aws_env.
+    monkeypatch.delenv("AWS_ENDPOINT_URL_SQS", raising=False)
     serialise_sqs_actions()
     with mock_aws():
         yield boto3.client("sqs")
