@@ -191,3 +191,38 @@ def test_an_acceptd_the_smsc_follows_with_delivrd_is_announced_delivered_once(
     # for one it made itself after the ACCEPTD (whose announcement its own earlier delivery may have lost)
     assert settled.status == "delivered"
     assert client_heard(hook) == ["submitted", "delivered"]
+
+
+@pytest.mark.xfail(strict=True, reason="an ACCEPTD landing between the settle check's read and its expiry is lost")
+@pytest.mark.parametrize("lands", ["after the check's read", "just before the expiry's write"])
+def test_an_acceptd_landing_while_the_settle_check_expires_the_message_delivers_it(
+    aws, account, hook, monkeypatch, lands
+):
+    # Given a message the simulator took, charged, with no receipt yet, whose DLR wait is over: its settle check reads
+    # it submitted with no word on how it ends, and decides to expire it
+    from sms_gateway.bootstrap import gateway
+
+    message = carried_by(aws, account, "simulator")
+    charged = balance(account["account_id"])
+    hidden = notify_pass(aws)
+    store = gateway().store
+    acceptd = simulator_dlr(aws, message.key.to_ref(), "ACCEPTD", "2026-01-02T23:50:40Z")
+    name = "get_messages_by_key" if lands == "after the check's read" else "move_and_refund"
+    original = getattr(store, name)
+
+    def then_acceptd(*args: Any, **kwargs: Any) -> Any:
+        # When the SMSC's ACCEPTD lands then: after the check's read, or just before its expiry's write
+        monkeypatch.setattr(store, name, original)
+        found = original(*args, **kwargs) if name == "get_messages_by_key" else None
+        assert load_function("webhook").handler(acceptd, FakeContext())["statusCode"] == 200
+        return found if name == "get_messages_by_key" else original(*args, **kwargs)
+
+    monkeypatch.setattr(store, name, then_acceptd)
+    after_the_wait(monkeypatch, aws, hidden)
+    drain_notify_queue(aws)
+    settled = message_now(message)
+    # Then the check decides again on what the ACCEPTD says: delivered and charged, the client told `delivered`; not
+    # expired and refunded for want of a report the SMSC had just given
+    assert (settled.status, settled.error_code) == ("delivered", None)
+    assert balance(account["account_id"]) == charged
+    assert client_heard(hook) == ["submitted", "delivered"]
