@@ -442,6 +442,7 @@ class InMemoryStore:
         reported_by: str | None = None,
         settles_as: MessageStatus | None = None,
         if_settles_as: MessageStatus | None = None,
+        unless_settles_as: MessageStatus | None = None,
     ) -> StatusChange | None:
         with self._lock:
             message = self.messages.get(key)
@@ -454,6 +455,7 @@ class InMemoryStore:
                 or (unheld_only and not unheld)
                 or not self._carries(key, message, reported_by)
                 or (if_settles_as is not None and message.settles_as != if_settles_as)
+                or (unless_settles_as is not None and message.settles_as == unless_settles_as)
             ):
                 return StatusChange(message=message, changed=False)
             if refund:

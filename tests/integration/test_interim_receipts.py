@@ -193,7 +193,6 @@ def test_an_acceptd_the_smsc_follows_with_delivrd_is_announced_delivered_once(
     assert client_heard(hook) == ["submitted", "delivered"]
 
 
-@pytest.mark.xfail(strict=True, reason="an ACCEPTD landing between the settle check's read and its expiry is lost")
 @pytest.mark.parametrize("lands", ["after the check's read", "just before the expiry's write"])
 def test_an_acceptd_landing_while_the_settle_check_expires_the_message_delivers_it(
     aws, account, hook, monkeypatch, lands

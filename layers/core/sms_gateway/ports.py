@@ -319,6 +319,7 @@ class MessageStore(Protocol):
         reported_by: str | None = None,
         settles_as: MessageStatus | None = None,
         if_settles_as: MessageStatus | None = None,
+        unless_settles_as: MessageStatus | None = None,
     ) -> StatusChange | None:
         """Moves a message forward with a conditional write. None when there is no such message.
         `upstream`: the upstream that carries it, recorded unless one is already (the first wins).
@@ -329,7 +330,9 @@ class MessageStore(Protocol):
         submitting it to, or the one that may have it); another's report changes nothing.
         `refund`: the write that moves it also gives its price back to its account, atomically (move_and_refund).
         `settles_as`: an interim report's Message.settles_as, written with the move; `if_settles_as`: only a message
-        whose settles_as is that (the settle check's delivery of one left at ACCEPTD, which a later receipt wins)."""
+        whose settles_as is that (the settle check's delivery of one left at ACCEPTD, which a later receipt wins);
+        `unless_settles_as`: only a message whose settles_as is not that (the settle check's expiry of one it read
+        with no ACCEPTD, which an ACCEPTD landing meanwhile wins)."""
         ...
 
     def move_and_refund(

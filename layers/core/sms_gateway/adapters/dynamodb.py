@@ -192,12 +192,14 @@ def _transition_update(
     reported_by: str | None = None,
     settles_as: MessageStatus | None = None,
     if_settles_as: MessageStatus | None = None,
+    unless_settles_as: MessageStatus | None = None,
 ) -> dict[str, Any]:
     """The conditional write that moves a message to `target` (UpdateItem's, or a transaction's Update): only
     from a state allowed to move there; `unclaimed_only`: only a message no dispatcher ever claimed; `unheld_only`:
     only a queued message no dispatcher holds and no upstream may have;
     `reported_by`: only when that upstream carries the message (REPORTER_CARRIES_IT); `settles_as`: written with the
-    move; `if_settles_as`: only a message whose settles_as is that."""
+    move; `if_settles_as`: only a message whose settles_as is that; `unless_settles_as`: only one whose settles_as is
+    not that (none, or another)."""
     previous = sorted(allowed_previous(target))
     if not previous:
         raise ValueError(f"no status can move to {target}")
@@ -244,6 +246,9 @@ def _transition_update(
     if if_settles_as is not None:
         condition += " AND settles_as = :if_settles_as"
         values[":if_settles_as"] = {"S": str(if_settles_as)}
+    if unless_settles_as is not None:
+        condition += " AND (attribute_not_exists(settles_as) OR settles_as <> :unless_settles_as)"
+        values[":unless_settles_as"] = {"S": str(unless_settles_as)}
     if unclaimed_only:
         # Never claimed, not merely unclaimed now: a dispatcher drops its claim when it records the submit, or after
         # a submit that got no answer, and such a message went (or may have gone) out. Every claim adds to
@@ -1188,6 +1193,7 @@ class DynamoStore(
         reported_by: str | None = None,
         settles_as: MessageStatus | None = None,
         if_settles_as: MessageStatus | None = None,
+        unless_settles_as: MessageStatus | None = None,
     ) -> StatusChange | None:
         options: dict[str, Any] = {
             "upstream": upstream,
@@ -1199,6 +1205,7 @@ class DynamoStore(
             "reported_by": reported_by,
             "settles_as": settles_as,
             "if_settles_as": if_settles_as,
+            "unless_settles_as": unless_settles_as,
         }
         if refund:
             found = self.get_messages_by_key([key])

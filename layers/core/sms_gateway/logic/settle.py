@@ -26,6 +26,9 @@ MAX_HOP_SECONDS = MAX_QUEUE_DELAY_SECONDS
 # Message ids in one check: about 21 KB of JSON, well inside an SQS message (a dispatcher invocation holds at most
 # 10 records of 100 messages).
 CHECK_MESSAGES = 1_000
+# Decisions a check makes on one message whose interim word changes under its writes (an ACCEPTD, then an UNKNOWN, ...)
+# before it leaves the message to its next look.
+DECISIONS = 3
 
 
 def settle_checks(messages: Sequence[Message], *, now: datetime) -> list[dict[str, Any]]:
@@ -144,23 +147,47 @@ def _settle_one(
     linkable = bool(message.upstream_message_id) and usable_upstream_id(message.upstream_message_id or "")
     if message.upstream and linkable and _reported_while_unlinked(message, deps, outcome):
         return
-    if message.settles_as == MessageStatus.DELIVERED:
-        unsettled = _deliver_accepted(message, now=now, deps=deps, outcome=outcome)
+    # Each write is conditional on the word the check read (Message.settles_as): an interim receipt landing between
+    # the read and the write makes it find the message so, and the check decides again on what it found.
+    for _ in range(DECISIONS):
+        if message.settles_as == MessageStatus.DELIVERED:
+            unsettled = _deliver_accepted(message, now=now, deps=deps, outcome=outcome)
+        else:
+            unsettled = _expire(message, now=now, deps=deps, outcome=outcome)
         if unsettled is None:
             return
-        # Its word changed after the check's read (an UNKNOWN landed): it ends as that says, with no report.
         message = unsettled
+    # Its word changed under every write (receipts landing one upon another): the check looks again in a moment.
+    later.append(now)
+
+
+def _expire(message: Message, *, now: datetime, deps: SettleDependencies, outcome: SettleOutcome) -> Message | None:
+    """A message no final report reached within the wait, with no ACCEPTD last (Message.settles_as): expired and
+    refunded, by a conditional write that a final report, or an ACCEPTD, arriving meanwhile wins. The message as that
+    write found it when it is still submitted with an ACCEPTD last (one that landed after the check's read, which is
+    eventually consistent, or just before the write): the caller settles it by that word, delivered; until
+    2026-12-07 it was expired and refunded though the SMSC had just accepted it. None otherwise."""
     change = deps.messages.transition(
-        message.key, MessageStatus.EXPIRED, now=now, error_code=NO_DELIVERY_REPORT, refund=True
+        message.key,
+        MessageStatus.EXPIRED,
+        now=now,
+        error_code=NO_DELIVERY_REPORT,
+        refund=True,
+        unless_settles_as=MessageStatus.DELIVERED,
     )
-    if change is None or not change.changed:
-        return
+    if change is None:
+        return None
+    if not change.changed:
+        found = change.message
+        accepted = found.status == MessageStatus.SUBMITTED and found.settles_as == MessageStatus.DELIVERED
+        return found if accepted else None
     outcome.changes.append(change)
     outcome.expired.append(change)
     logger.warning(
         "no final delivery report within the wait; message expired and refunded",
         extra={"message_id": message.message_id, "upstream": message.upstream},
     )
+    return None
 
 
 def _deliver_accepted(
