@@ -185,3 +185,33 @@ def test_a_shorter_hold_written_over_a_longer_one_leaves_the_longer_wait(aws, st
     assert held.value.until == SECOND + 300
     # And a hold never lets a second grant: the counter stays past any limit
     assert used(aws, "route:up", SECOND + 5) > 10**6
+
+
+@pytest.mark.xfail(strict=True, reason="a hold longer than 60 s shuts only its first 60 seconds of counters")
+def test_an_upstreams_retry_after_of_five_minutes_holds_its_route_for_every_dispatcher_the_whole_five_minutes(
+    aws, store
+):
+    from sms_gateway.logic.ratelimit import route_scope
+    from sms_gateway.ports import ScopeHeld
+
+    # Given a dispatcher whose upstream answered 429 with Retry-After: 300, which holds the upstream's route for the
+    # others
+    now = [SECOND + 0.5]
+
+    async def sleep(delay: float) -> None:
+        now[0] += delay
+
+    asyncio.run(RateLimiter(store, clock=lambda: now[0], sleep=sleep).hold("route:up", 300))
+    # When another dispatcher container, which took no route token within the first minute (it had nothing for the
+    # upstream then, or it is a new one), takes one 90 s and then 299 s later
+    for later in (90, 299):
+        now[0] = SECOND + later
+        other = RateLimiter(store, clock=lambda: now[0], sleep=sleep)
+        # Then it learns the upstream's wait, and offers it nothing: past the first 60 s it found a fresh second,
+        # sent, and met a 429 of its own (and so did every container after it, one burst a minute)
+        with pytest.raises(ScopeHeld) as held:
+            asyncio.run(other.acquire([route_scope("up", 50)], 1, max_wait_seconds=0))
+        assert held.value.until == SECOND + 300.5
+    # And the hold ends when the upstream asked: a second past it grants
+    now[0] = SECOND + 301
+    assert asyncio.run(RateLimiter(store, clock=lambda: now[0], sleep=sleep).acquire([route_scope("up", 50)], 1)) == 1
