@@ -100,7 +100,7 @@ class RemoteStore(InMemoryStore):
                 self.counters[(scope, second)] -= count
 
     # The adapter writes a hold's end to the scope's hold item (one conditional UpdateItem, which only lengthens it),
-    # then its counters in BatchWriteItems of 25 (a hold spans at most 60 seconds: three of them); counted as one, as
+    # then its counters in BatchWriteItems of 25 (a hold spans at most 600 seconds: 24 of them); counted as one, as
     # a benchmark meets a 429 only if its upstream answers one.
     @_request("BatchWriteItem")
     def hold_scope(self, scope: str, until: float, *, first_second: int, seconds: int) -> None:

@@ -16,9 +16,12 @@ from sms_gateway.ports import RateLimitStore, ScopeHeld
 DEFAULT_MAX_WAIT_SECONDS = 5.0
 # Waking a hair after the boundary, so a timer that fires a little early does not find the old second again.
 _PAST_BOUNDARY = 0.001
-# The seconds of a scope's counters a hold shuts at most (`RateLimiter.hold`): three BatchWriteItem requests. A
-# dispatcher that takes a token of a held second learns the whole hold, however long.
-MAX_HELD_SECONDS = 60
+# The seconds of a scope's counters a hold shuts at most (`RateLimiter.hold`): 24 BatchWriteItem requests, 600 write
+# units on the scope's partition, within the 1,000 a second one partition takes. A dispatcher that takes a token of a
+# held second learns the whole hold, however long; one that takes none until the held seconds are over meets the
+# upstream's 429 itself (and holds the next ones). Until 2026-12-07 it was 60: past the first minute of a 5-minute
+# Retry-After every container that had not taken a token in it offered the upstream messages, one 429 burst each.
+MAX_HELD_SECONDS = 600
 
 Scope = tuple[str, int | None]
 
