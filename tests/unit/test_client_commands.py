@@ -919,3 +919,28 @@ def test_review_the_documented_csv_summary_has_the_fields_a_real_one_has(
     # Then they have the same fields, in the same order, and so do their rows' results
     assert list(documented) == list(printed)
     assert list(documented["results"][0]) == list(printed["results"][0])
+
+
+@pytest.mark.xfail(strict=True, reason="a single send to a wrong API URL answering a JSON 404/405 exits 1, no hint")
+@pytest.mark.parametrize("status", [404, 405])
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["send", "dry-run"])
+def test_review_a_single_send_to_a_wrong_api_url_says_the_url_is_wrong_and_exits_2(
+    status: int, dry_run: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sms_gateway_tools import cli
+
+    # Given an API URL with a path too many, where an API Gateway answers its own JSON 404 (or 405: no POST there)
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json={"message": "Not Found" if status == 404 else "Method Not Allowed"})
+
+    url = "https://sms.example.com/ng/v1"
+    monkeypatch.setattr(
+        client_commands, "_open_client", lambda args: GatewayClient(url, "t", transport=httpx.MockTransport(handler))
+    )
+    # When one message is sent (or quoted) there
+    code = cli.main(["send", "--from", "48974", "--to", "2348020000000", "--message", "Hi", *dry_run])
+    err = capsys.readouterr().err
+    # Then, as `send --csv` does, it says the URL is not the gateway's and exits 2 (the command could not run), not 1
+    # ("the gateway refused something") with a bare "Not Found (HTTP 404)"
+    assert code == client_commands.CANNOT_RUN, err
+    assert url in err and "API URL" in err and f"HTTP {status}" in err, err
