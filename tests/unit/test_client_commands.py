@@ -921,7 +921,6 @@ def test_review_the_documented_csv_summary_has_the_fields_a_real_one_has(
     assert list(documented["results"][0]) == list(printed["results"][0])
 
 
-@pytest.mark.xfail(strict=True, reason="a single send to a wrong API URL answering a JSON 404/405 exits 1, no hint")
 @pytest.mark.parametrize("status", [404, 405])
 @pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["send", "dry-run"])
 def test_review_a_single_send_to_a_wrong_api_url_says_the_url_is_wrong_and_exits_2(

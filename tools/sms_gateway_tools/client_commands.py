@@ -80,7 +80,8 @@ class ApiError(Exception):
         self.status_code = status_code
         self.message = message
         self.retry_after = retry_after  # the seconds its Retry-After asks to wait before trying again, if any
-        # The answer was not the gateway's JSON (a web page, a proxy's error page): the URL is most likely wrong.
+        # No gateway at the URL: the answer was not its JSON (a web page, a proxy's error page), or a route every
+        # gateway has is not there (`GatewayClient._call`): the URL is most likely wrong.
         self.not_the_gateway = not_the_gateway
 
     def __str__(self) -> str:
@@ -137,7 +138,9 @@ class GatewayClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    def _call(self, method: str, path: str, *, every_gateway_has: bool = False, **kwargs: Any) -> dict[str, Any]:
+        """The answer's JSON, or ApiError. A route `every_gateway_has` (a send's, a dry run's) answered 404 or 405 is
+        no gateway at the URL (not_the_gateway): the URL has a path too many (`.../ng/v1`) or is another API's."""
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as error:
@@ -157,6 +160,13 @@ class GatewayClient:
             )
         if response.status_code >= 400:
             message = str(body.get("message") or response.reason_phrase)
+            if every_gateway_has and response.status_code in WRONG_PATH_STATUSES:
+                raise ApiError(
+                    response.status_code,
+                    f"{method} {response.url} answered HTTP {response.status_code} ({message!r}): no such path "
+                    f"there; {WRONG_URL_HINT}",
+                    not_the_gateway=True,
+                )
             raise ApiError(response.status_code, message, retry_after_seconds(response.headers.get("retry-after")))
         return body
 
@@ -165,10 +175,10 @@ class GatewayClient:
         # Fixed separators and key order: a retry under the same key must be the very same body to the gateway.
         content = json.dumps(body, separators=(",", ":"))
         headers["Content-Type"] = "application/json"
-        return self._call("POST", "/ng/v1/sendsms", content=content, headers=headers)
+        return self._call("POST", "/ng/v1/sendsms", every_gateway_has=True, content=content, headers=headers)
 
     def dry_run(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._call("POST", "/ng/v1/batches/dry_run", json=body)
+        return self._call("POST", "/ng/v1/batches/dry_run", every_gateway_has=True, json=body)
 
     def batch(self, reference_id: str) -> dict[str, Any]:
         return self._call("GET", f"/ng/v1/batches/{reference_id}")
@@ -260,15 +270,11 @@ def _batch_or_nothing(client: GatewayClient, reference_id: str) -> dict[str, Any
         return {}
 
 
-def _row_error(error: ApiError, client: GatewayClient) -> Exception:
+def _row_error(error: ApiError) -> Exception:
     """A refusal of the caller, or no gateway at the URL (none answers; the send's path is unknown there; the answer is
-    not its JSON), stops a CSV run: every other row would meet it too (until session 36 a wrong URL rejected each row
-    in turn). The row's key held for another request is told apart from a refusal of the row (KeyUsed): it was most
-    likely sent."""
-    if error.status_code in WRONG_PATH_STATUSES and not error.not_the_gateway:
-        return BulkSendError(
-            f"{client.http.base_url} answered a send with {error}: no such path there; {WRONG_URL_HINT}"
-        )
+    not its JSON: `GatewayClient._call`), stops a CSV run: every other row would meet it too (until session 36 a wrong
+    URL rejected each row in turn). The row's key held for another request is told apart from a refusal of the row
+    (KeyUsed): it was most likely sent."""
     if error.status_code in (NO_ANSWER, 401, 403) or error.not_the_gateway:
         return BulkSendError(str(error))
     if error.status_code == 409 and "used for a different request" in error.message.lower():
@@ -307,7 +313,7 @@ def _csv_dry_runner(client: GatewayClient, sender: str, balance: dict[str, int])
         try:
             answer = client.dry_run(send_body(sender, to, text, delivery_report=False))
         except ApiError as error:
-            raise _row_error(error, client) from error
+            raise _row_error(error) from error
         balance["credits"] = int(answer.get("balance") or 0)
         if not answer.get("would_be_accepted"):
             raise RowRejected(_dry_run_reasons(answer))
@@ -342,7 +348,7 @@ def _csv_sender(client: GatewayClient, sender: str, delivery_report: bool) -> An
         try:
             answer = send_with_retries(client, send_body(sender, to, text, delivery_report), key, RETRY_PAUSES)
         except ApiError as error:
-            raise _row_error(error, client) from error
+            raise _row_error(error) from error
         reference_id = str(answer["reference_id"])
         try:
             cost = client.batch(reference_id).get("cost")
