@@ -945,7 +945,6 @@ def test_review_a_single_send_to_a_wrong_api_url_says_the_url_is_wrong_and_exits
     assert url in err and "API URL" in err and f"HTTP {status}" in err, err
 
 
-@pytest.mark.xfail(strict=True, reason="--json puts not_sent, progress_file and balance after the results")
 @pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["send", "dry-run"])
 def test_review_a_csv_summary_s_counts_come_before_its_results(
     dry_run: list[str], csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str]

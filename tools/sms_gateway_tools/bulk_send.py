@@ -544,9 +544,10 @@ class Summary:
     def cost_known(self) -> bool:
         return self._costs_unknown == 0
 
-    def to_dict(self) -> dict[str, Any]:
-        """The summary as `--json` prints it; its "results" an iterator of each row's, read from disk as it goes
-        (`print_json` writes it)."""
+    def to_dict(self, run: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The summary as `--json` prints it, with the `run`'s own keys (`not_sent`, ...) after the counts; its
+        "results" last (a reader of a million rows' has every other key first: until 2026-12-07 `not_sent` and
+        `progress_file` came after them), an iterator of each row's, read from disk as it goes (`print_json`)."""
         return {
             "rows": self.rows,
             "accepted": self.count("accepted"),
@@ -560,6 +561,7 @@ class Summary:
             "error": self.fatal,
             "interrupted": self.interrupted,
             "unrecorded": sorted(self.unrecorded),
+            **(run or {}),
             "results": (result.__dict__ for result in self.results),
         }
 

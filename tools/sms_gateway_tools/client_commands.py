@@ -437,14 +437,14 @@ def _send_csv(args: argparse.Namespace) -> int:
     bar.finish()
     # The rows a stopped or interrupted run did not reach: no result each, a rerun sends them.
     not_sent = total - summary.rows
-    report = {**summary.to_dict(), "not_sent": not_sent, "progress_file": str(progress.path)}
+    run: dict[str, Any] = {"not_sent": not_sent, "progress_file": str(progress.path)}
     # Each row alone may be within the balance while all of them are not: the send would be refused past it.
     balance_sufficient = balance.get("credits") is None or summary.new_cost <= balance["credits"]
     if args.dry_run:
-        report["balance"] = balance.get("credits")
-        report["balance_sufficient"] = balance_sufficient
+        run["balance"] = balance.get("credits")
+        run["balance_sufficient"] = balance_sufficient
     if args.json:
-        print_json(report, sys.stdout)
+        print_json(summary.to_dict(run), sys.stdout)
     else:
         _print_summary(summary, progress.path, balance.get("credits"), not_sent)
     if summary.fatal is not None:
