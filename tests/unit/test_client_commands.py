@@ -960,3 +960,55 @@ def test_review_a_csv_summary_s_counts_come_before_its_results(
     # prints and in what docs/cli.md shows: a script reading the object as a stream has the summary before the rows
     assert list(printed)[-1] == "results", list(printed)
     assert list(_documented_csv_summary())[-1] == "results"
+
+
+MALFORMED_API_URLS = {
+    "a letter O in the port": "http://127.0.0.1:30OO",
+    "no scheme": "sms.example.com",
+    "a bracket not closed": "http://[::1",
+    "another scheme": "ftp://sms.example.com",
+}
+
+
+@pytest.mark.xfail(strict=True, reason="a malformed --api-url or $SMS_GATEWAY_API_URL ends in a traceback")
+@pytest.mark.parametrize("url", MALFORMED_API_URLS.values(), ids=list(MALFORMED_API_URLS))
+@pytest.mark.parametrize("command", ["send", "send --csv", "status", "tail"])
+def test_review_a_malformed_api_url_is_refused_naming_it_not_a_traceback(
+    url: str, command: str, no_local_stack: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sms_gateway_tools import cli
+
+    # Given an API URL mistyped in $SMS_GATEWAY_API_URL, and nothing listening anywhere
+    monkeypatch.setenv(client_commands.API_URL_VARIABLE, url)
+    monkeypatch.setattr(httpx.HTTPTransport, "handle_request", _no_network)
+    csv_file = no_local_stack / "customers.csv"
+    csv_file.write_text("to,name\n2348020000000,Ada\n")
+    argv = {
+        "send": ["send", "--from", "48974", "--to", "2348020000000", "--message", "Hi"],
+        "send --csv": ["send", "--from", "48974", "--csv", str(csv_file), "--message", "Hi {name}"],
+        "status": ["status", "386172872980037029"],
+        "tail": ["tail", "386172872980037029"],
+    }[command]
+    # When a command runs
+    code = cli.main([*argv, "--token", "t"])
+    err = capsys.readouterr().err
+    # Then it is refused before any request, exit 2, naming the URL and where it came from (not a traceback, and not
+    # "cannot reach the gateway at sms.example.com/" as if one had been tried)
+    assert code == client_commands.CANNOT_RUN, err
+    assert err.startswith("error: ") and repr(url) in err and client_commands.API_URL_VARIABLE in err, err
+    assert "cannot reach" not in err, err
+
+
+def _no_network(*args: object, **kwargs: object) -> httpx.Response:
+    raise AssertionError("a request was made")
+
+
+@pytest.mark.xfail(strict=True, reason="an API URL with a trailing line end (a CRLF env file) ends in a traceback")
+def test_review_an_api_url_s_surrounding_spaces_and_line_ends_are_not_part_of_it(
+    no_local_stack: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the variable set from a file saved with Windows line ends, or a URL pasted with a space
+    monkeypatch.setenv(client_commands.API_URL_VARIABLE, "https://sms.example.com/Prod/\r")
+    # Then the URL is the gateway's, without them (and its trailing slash)
+    assert resolve_api_url(None, None) == "https://sms.example.com/Prod"
+    assert resolve_api_url(" https://sms.example.com/ ", None) == "https://sms.example.com"
