@@ -970,7 +970,6 @@ MALFORMED_API_URLS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="a malformed --api-url or $SMS_GATEWAY_API_URL ends in a traceback")
 @pytest.mark.parametrize("url", MALFORMED_API_URLS.values(), ids=list(MALFORMED_API_URLS))
 @pytest.mark.parametrize("command", ["send", "send --csv", "status", "tail"])
 def test_review_a_malformed_api_url_is_refused_naming_it_not_a_traceback(
@@ -1003,7 +1002,6 @@ def _no_network(*args: object, **kwargs: object) -> httpx.Response:
     raise AssertionError("a request was made")
 
 
-@pytest.mark.xfail(strict=True, reason="an API URL with a trailing line end (a CRLF env file) ends in a traceback")
 def test_review_an_api_url_s_surrounding_spaces_and_line_ends_are_not_part_of_it(
     no_local_stack: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

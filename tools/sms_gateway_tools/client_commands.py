@@ -69,6 +69,8 @@ WRONG_URL_HINT = (
     "`--stack-name` reads it)?"
 )
 
+API_URL_FORM = "write it as https://HOST or https://HOST/STAGE (a deployed stack's ApiUrl output)"
+
 
 class ApiError(Exception):
     """The gateway answered with an error: its HTTP status and its own message."""
@@ -92,22 +94,36 @@ class ApiError(Exception):
 def resolve_api_url(api_url: str | None, stack_name: str | None) -> str:
     """--api-url, else a deployed stack's ApiUrl output, else $SMS_GATEWAY_API_URL, else the running local stack."""
     if api_url:
-        return api_url.rstrip("/")
+        return checked_api_url(api_url, "--api-url")
     if stack_name:
         outputs = stack_outputs(describe_stack(stack_name))
         if not outputs.get("ApiUrl"):
             raise TargetNotFound(f"stack {stack_name!r} has no ApiUrl output: is it an sms-gateway stack?")
-        return outputs["ApiUrl"].rstrip("/")
+        return checked_api_url(outputs["ApiUrl"], f"stack {stack_name!r}'s ApiUrl output")
     if os.environ.get(API_URL_VARIABLE):
-        return os.environ[API_URL_VARIABLE].rstrip("/")
+        return checked_api_url(os.environ[API_URL_VARIABLE], f"${API_URL_VARIABLE}")
     from sms_gateway_tools.localstack.stack import read_stack_file
 
     state = read_stack_file()
     if state and state.get("api_url"):
-        return str(state["api_url"]).rstrip("/")
+        return checked_api_url(str(state["api_url"]), "the local stack's api_url")
     raise TargetNotFound(
         f"which gateway? pass --api-url, set {API_URL_VARIABLE}, pass --stack-name, or start a local stack (make dev)"
     )
+
+
+def checked_api_url(written: str, source: str) -> str:
+    """The API URL as written, without the spaces or line end around it (a variable set from a file with Windows line
+    ends) nor its trailing slash; one that is not an http(s) URL with a host is refused (TargetNotFound), naming it
+    and `source` (until 2026-12-07 a mistyped port or an unclosed bracket ended in a traceback)."""
+    url = written.strip().rstrip("/")
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as error:
+        raise TargetNotFound(f"{source} {written!r} is not a URL ({error}): {API_URL_FORM}") from error
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise TargetNotFound(f"{source} {written!r} is not an http(s) URL: {API_URL_FORM}")
+    return url
 
 
 def resolve_token(token: str | None) -> str:
