@@ -1012,7 +1012,6 @@ def test_review_an_api_url_s_surrounding_spaces_and_line_ends_are_not_part_of_it
     assert resolve_api_url(" https://sms.example.com/ ", None) == "https://sms.example.com"
 
 
-@pytest.mark.xfail(strict=True, reason="a token with a line end or space around it fails as 'cannot reach', echoed")
 def test_review_a_token_s_surrounding_spaces_and_line_ends_are_not_part_of_it(
     no_local_stack: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1038,7 +1037,6 @@ def test_review_a_token_s_surrounding_spaces_and_line_ends_are_not_part_of_it(
     assert resolve_token(" sk_abc ") == "sk_abc"
 
 
-@pytest.mark.xfail(strict=True, reason="a token with a non-ASCII character ends in a traceback")
 def test_review_a_token_with_a_character_no_token_has_is_refused_without_echoing_it(
     no_local_stack: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -127,9 +127,21 @@ def checked_api_url(written: str, source: str) -> str:
 
 
 def resolve_token(token: str | None) -> str:
-    found = token or os.environ.get(TOKEN_VARIABLE)
+    """--token, else $SMS_GATEWAY_TOKEN, without the spaces or line end around it (a variable set from a file with
+    Windows line ends, a paste); one with a character no token has (an HTTP header cannot carry it: a space inside,
+    a curly quote a document made of a straight one) is refused (TargetNotFound) without printing the token. Until
+    2026-12-07 a line end failed every request as "cannot reach the gateway", printing the whole token, and a
+    non-ASCII character ended in a traceback."""
+    source = "--token" if token else f"${TOKEN_VARIABLE}"
+    found = (token or os.environ.get(TOKEN_VARIABLE) or "").strip()
     if not found:
         raise TargetNotFound(f"no token: pass --token or set {TOKEN_VARIABLE} (the account's Bearer token)")
+    for position, character in enumerate(found, start=1):
+        if not ("!" <= character <= "~"):
+            raise TargetNotFound(
+                f"the token ({source}) has a character no token has, {character!r} at its character {position}: "
+                "copy it again as it was issued (`admin create-account` or `admin issue-credential --kind token`)"
+            )
     return found
 
 
