@@ -1050,3 +1050,28 @@ def test_review_a_token_with_a_character_no_token_has_is_refused_without_echoing
     # Then it is refused before any request, exit 2, saying what is wrong with it, without printing the token
     assert code == client_commands.CANNOT_RUN, err
     assert err.startswith("error: ") and "--token" in err and token not in err, err
+
+
+@pytest.mark.xfail(strict=True, reason="an http:// URL redirected to https:// is said as 'not the gateway's JSON'")
+@pytest.mark.parametrize("status", [301, 308])
+def test_review_an_api_url_the_gateway_redirects_says_where_to(
+    status: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sms_gateway_tools import cli
+
+    # Given a gateway behind a proxy that redirects http:// to https://, and the API URL written with http://
+    def handler(request: httpx.Request) -> httpx.Response:
+        location = str(request.url.copy_with(scheme="https"))
+        return httpx.Response(status, headers={"Location": location, "Content-Type": "text/html"}, text="Moved")
+
+    monkeypatch.setattr(
+        client_commands,
+        "_open_client",
+        lambda args: GatewayClient("http://sms.example.com", "t", transport=httpx.MockTransport(handler)),
+    )
+    # When a message is sent
+    code = cli.main(["send", "--from", "48974", "--to", "2348020000000", "--message", "Hi"])
+    err = capsys.readouterr().err
+    # Then it says the URL redirects, and to which API URL, instead of that it is not the gateway's (exit 2)
+    assert code == client_commands.CANNOT_RUN, err
+    assert "redirect" in err and "--api-url https://sms.example.com " in err, err
