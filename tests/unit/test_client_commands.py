@@ -1052,7 +1052,6 @@ def test_review_a_token_with_a_character_no_token_has_is_refused_without_echoing
     assert err.startswith("error: ") and "--token" in err and token not in err, err
 
 
-@pytest.mark.xfail(strict=True, reason="an http:// URL redirected to https:// is said as 'not the gateway's JSON'")
 @pytest.mark.parametrize("status", [301, 308])
 def test_review_an_api_url_the_gateway_redirects_says_where_to(
     status: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

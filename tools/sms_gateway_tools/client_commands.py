@@ -173,6 +173,8 @@ class GatewayClient:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as error:
             raise ApiError(NO_ANSWER, f"cannot reach the gateway at {self.http.base_url}: {error}") from error
+        if response.is_redirect:
+            raise ApiError(response.status_code, _redirected(method, path, response), not_the_gateway=True)
         try:
             body = response.json()
         except ValueError:
@@ -221,6 +223,18 @@ class GatewayClient:
             cursor = page.get("next")
             if not cursor:
                 return
+
+
+def _redirected(method: str, path: str, response: httpx.Response) -> str:
+    """What a redirect of a request to `path` says: the API URL it points to (http:// redirected to https://, a moved
+    host). It is not followed: a client redirected would send its POST as a GET, or its token to another host.
+    Until 2026-12-07 it was said as "something that is not the gateway's JSON"."""
+    target = response.url.join(response.headers["location"])
+    where = f"{method} {response.url} answered HTTP {response.status_code}, a redirect to {target}"
+    if not target.path.endswith(path):
+        return f"{where}: {WRONG_URL_HINT}"
+    api_url = str(target.copy_with(path=target.path.removesuffix(path) or "/", query=None)).rstrip("/")
+    return f"{where}: pass --api-url {api_url} (or set ${API_URL_VARIABLE} to it), which it redirects to"
 
 
 def send_body(sender: str, to: str | list[str], text: str, delivery_report: bool) -> dict[str, Any]:
