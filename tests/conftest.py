@@ -13,6 +13,15 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests run the same examples on every run, with no time limit per example: a shared, loaded machine (CI runs
+# `make test` once, on two cores) must not fail a test for its speed (Hypothesis's default 200 ms deadline and its
+# too_slow health check did, once, 2026-12-07), nor find a new example on one run that every other run missed.
+settings.register_profile(
+    "repeatable", deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("repeatable")
 
 REPO = Path(__file__).resolve().parents[1]
 EVENTS = REPO / "events"
