@@ -80,9 +80,14 @@ def _routed(table: RouteTable, route_limit: Callable[[str], int | None]) -> Call
         route_limit(name)
         return get_provider(name)
 
+    # The table is the record's: a message's route is chosen once, though its dispatch asks for its upstreams three
+    # times (counting its route token, waiting for it, claiming it).
+    @functools.cache
+    def route_of(account_id: str, telco: str | None, msisdn: str) -> tuple[str, ...]:
+        return table.choose(account_id, telco, msisdn).upstreams
+
     def upstreams_for(message: Message) -> list[Provider]:
-        choice = table.choose(message.account_id, message.telco, message.msisdn)
-        return [provider(name) for name in choice.upstreams]
+        return [provider(name) for name in route_of(message.account_id, message.telco, message.msisdn)]
 
     return upstreams_for
 
