@@ -15,6 +15,7 @@ from urllib.parse import quote, quote_plus
 import httpx
 
 from sms_gateway.adapters.http_streams import ACCEPT_ENCODING, StreamTransport
+from sms_gateway.domain.text import readable_json
 from sms_gateway.errors import UpstreamError
 from sms_gateway.settings import get_settings
 
@@ -86,13 +87,19 @@ def unreadable_take(upstream: str, what: str) -> UpstreamError:
     return UpstreamError(f"{upstream} {what}", permanent=False, unavailable=False, maybe_taken=True)
 
 
+def answer_json(response: httpx.Response) -> Any:
+    """An upstream's JSON answer, its strings readable (`domain.text.readable_json`): an id or error message in it
+    holding a lone surrogate escape is stored or logged as text. ValueError when it is not JSON."""
+    return readable_json(response.content)
+
+
 def answered_id(upstream: str, response: httpx.Response, field: str, *, of_type: type = object) -> str:
     """The upstream's id for the message in its 2xx JSON answer's `field`, which must be an `of_type` (any value by
     default, rendered as text). An answer without one (not JSON, the field missing, null, empty or of another type) is
     an `unreadable_take`: never the id "None" or "", which every such message would share, so one's delivery report
     would settle another."""
     try:
-        upstream_id = response.json()[field]
+        upstream_id = answer_json(response)[field]
     except (ValueError, KeyError, TypeError, IndexError):
         upstream_id = None
     if upstream_id is None or upstream_id == "" or not isinstance(upstream_id, of_type):

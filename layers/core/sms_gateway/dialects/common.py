@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import re
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from sms_gateway import deadlines
 from sms_gateway.bootstrap import send_dependencies
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import Account, KeyClaim, Recipient, SendCommand, StoredAnswer, utc_now
+from sms_gateway.domain.text import SURROGATE_ESCAPE, readable
 from sms_gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -255,7 +255,8 @@ def callback_text(event: Any) -> str:
         # ValueError: UnicodeDecodeError, and what codecs such as `undefined`, `idna` or `punycode` raise of their own
         # (a plain UnicodeError failed the callback with a 5xx before its token was looked at, until 2026-12-07).
         with contextlib.suppress(LookupError, ValueError):
-            return data.decode(charset)
+            # A codec that makes lone surrogates (UTF-7's "+2AA-", unicode_escape's "\\ud800"): U+FFFD in their place.
+            return readable(data.decode(charset))
     return data.decode("utf-8", errors="replace")
 
 
@@ -274,11 +275,6 @@ def _refuse_oversize(event: Any) -> None:
         raise PayloadTooLarge(f"the request body is {size} bytes, over the {MAX_BODY_BYTES // 1024} KB limit")
 
 
-# A JSON escape of a UTF-16 surrogate (\ud800-\udfff). A pair of them is one character (an emoji); one alone
-# decodes to a str that cannot be written as UTF-8, so DynamoDB and every webhook would refuse it.
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
 def _no_constant(name: str) -> Any:
     # Python's json reads NaN, Infinity and -Infinity as floats; JSON (RFC 8259) has no such numbers, and a body with
     # them is as malformed as any other (it was refused, if at all, as a wrong field).
@@ -294,7 +290,9 @@ def parse_json_body(raw: str | None) -> Any:
         raise InvalidRequest(f"the request body is not valid JSON: {error}") from error
     except RecursionError as error:
         raise InvalidRequest("the request body is JSON nested too deeply to read") from error
-    if _SURROGATE_ESCAPE.search(raw):
+    # A client's text with a lone surrogate is refused (it can send its text again); an upstream's is read with U+FFFD
+    # in its place (domain/text.py).
+    if SURROGATE_ESCAPE.search(raw):
         try:
             json.dumps(payload, ensure_ascii=False).encode()
         except UnicodeEncodeError as error:

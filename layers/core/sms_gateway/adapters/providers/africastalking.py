@@ -30,6 +30,7 @@ import httpx
 
 from sms_gateway.adapters.http import (
     GATEWAY_ERRORS_MAYBE_TAKEN,
+    answer_json,
     async_client,
     flag_setting,
     no_answer,
@@ -193,7 +194,7 @@ class AfricasTalkingProvider:
 
     def _result(self, response: httpx.Response, msisdn: str) -> SubmitResult:
         try:
-            data = response.json()["SMSMessageData"]
+            data = answer_json(response)["SMSMessageData"]
             recipients = data.get("Recipients") or []
             summary = str(data.get("Message") or "")
         except (ValueError, KeyError, TypeError, AttributeError) as error:

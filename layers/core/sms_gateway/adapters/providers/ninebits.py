@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +26,7 @@ import httpx
 
 from sms_gateway.adapters.http import (
     GATEWAY_ERRORS_MAYBE_TAKEN,
+    answer_json,
     answered_id,
     async_client,
     no_answer,
@@ -38,6 +38,7 @@ from sms_gateway.adapters.providers.times import sent_time
 from sms_gateway.domain import webhooks
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
 from sms_gateway.domain.status import MessageStatus
+from sms_gateway.domain.text import readable_json
 from sms_gateway.errors import CallbackRejected, UpstreamError
 
 SEND_PATH = "/ng/v1/sendsms"
@@ -244,7 +245,7 @@ def _bearer(header: str | None) -> str:
 
 def _json_object(body: str, what: str) -> dict[str, Any]:
     try:
-        payload = json.loads(body)
+        payload = readable_json(body)
     except ValueError as error:
         raise CallbackRejected(f"not a {what}: the body is not JSON") from error
     if not isinstance(payload, dict):
@@ -258,7 +259,7 @@ def _text(value: Any) -> str | None:
 
 def _message(response: httpx.Response) -> str:
     try:
-        body = response.json()
+        body = answer_json(response)
     except ValueError:
         return response.text
     return str(body.get("message", "")) if isinstance(body, dict) else response.text

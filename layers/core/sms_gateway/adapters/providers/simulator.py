@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +24,7 @@ from sms_gateway.adapters.providers.tokens import secret_setting
 from sms_gateway.domain.ids import epoch_seconds
 from sms_gateway.domain.models import CallbackRequest, DeliveryReport, InboundSms, SubmitRequest, SubmitResult
 from sms_gateway.domain.status import MessageStatus
+from sms_gateway.domain.text import readable_json
 from sms_gateway.errors import CallbackRejected, UpstreamError
 
 # SMPP-style receipt states as the simulator reports them (the same words Kannel and Jasmin use, read alike: ACCEPTD
@@ -134,7 +134,7 @@ class SimulatorProvider:
 
     def parse_delivery_reports(self, request: CallbackRequest) -> list[DeliveryReport]:
         try:
-            payload = json.loads(request.body)
+            payload = readable_json(request.body)
             state = str(payload["status"]).upper()
             status = DLR_STATUS[state]
             # A multi-part message is reported part by part (as an SMSC reports each segment it delivered).
@@ -157,7 +157,7 @@ class SimulatorProvider:
 
     def parse_inbound(self, request: CallbackRequest) -> InboundSms:
         try:
-            payload = json.loads(request.body)
+            payload = readable_json(request.body)
             return InboundSms(
                 upstream=self.name,
                 upstream_message_id=payload.get("message_id"),

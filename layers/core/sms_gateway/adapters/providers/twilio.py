@@ -32,6 +32,7 @@ import httpx
 
 from sms_gateway.adapters.http import (
     GATEWAY_ERRORS_MAYBE_TAKEN,
+    answer_json,
     answered_id,
     async_client,
     no_answer,
@@ -318,7 +319,7 @@ def twilio_signature(auth_token: str, url: str, params: Mapping[str, list[str]])
 
 def _twilio_error(response: httpx.Response) -> tuple[int | None, str]:
     try:
-        payload = response.json()
+        payload = answer_json(response)
     except ValueError:
         return None, ""
     if not isinstance(payload, dict):
