@@ -979,7 +979,6 @@ def test_every_stack_name_the_docs_allow_gives_names_aws_accepts(template: dict[
     assert too_long == []
 
 
-@pytest.mark.xfail(strict=True, reason="no queue pins MaximumMessageSize: 256 KiB or 1 MiB by when the stack was made")
 def test_every_queue_pins_the_message_size_the_code_is_built_for(template: dict[str, Any]) -> None:
     from sms_gateway.adapters.sqs import SEND_BATCH_BYTES
 
