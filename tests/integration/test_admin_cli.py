@@ -117,6 +117,7 @@ def assert_refused(cli: Cli, argv: list[str], fragment: str) -> None:
         "set-webhooks",
         "set-account",
         "migrate-groups",
+        "backfill-send-times",
     ],
 )
 def test_every_command_has_help_with_json_and_stack_name(command, capsys):

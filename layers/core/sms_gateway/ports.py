@@ -464,6 +464,23 @@ class BatchHistory(Protocol):
         ...
 
 
+class SendTimeEntries(Protocol):
+    """The scheduled batches' entries by send time (`GOES_OUT#`, docs/data-model.md), for the backfill of those made
+    before the entries existed (`logic.history.backfill_send_times`)."""
+
+    def scheduled_batches(self, account_id: str | None = None) -> Iterator[tuple[Batch, int | None]]:
+        """Every scheduled batch (one with a `send_at`), of one account or of all, with its TTL (None without one)."""
+        ...
+
+    def add_send_time_entry(self, batch: Batch, expires_at: int | None) -> bool:
+        """Writes the batch's entry by send time, expiring at `expires_at`, unless it has one: True when written."""
+        ...
+
+    def has_send_time_entry(self, batch: Batch) -> bool:
+        """Whether the batch has its entry by send time."""
+        ...
+
+
 class ConversationLookup(Protocol):
     def last_sent_to(self, account_id: str, msisdn: str, sender: str | None = None) -> SentMessage | None:
         """The newest message the account sent to the number (from `sender`, in any of its forms, when given), or

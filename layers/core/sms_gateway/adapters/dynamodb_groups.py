@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key, read_page
+from sms_gateway.adapters.dynamodb_partitions import account_items
 from sms_gateway.adapters.dynamodb_transactions import (
     TransactionUndecided,
     back_off,
@@ -293,27 +294,12 @@ class DynamoGroupStore:
         """Every group's summary: of one account (a Query of its partition), else of all (a Scan of the whole table,
         about half a read unit per 4 KB stored: groups have no index of their own). The `members` projected say
         which summaries hold them; the move reads each again, consistently."""
-        values = {":group": {"S": GROUP_SK_PREFIX}}
-        request: dict[str, Any] = {"TableName": self.table_name, "ProjectionExpression": "pk, sk, members"}
-        if account_id is None:
-            pages = self.client.get_paginator("scan").paginate(
-                **request,
-                FilterExpression="begins_with(pk, :account) AND begins_with(sk, :group)",
-                ExpressionAttributeValues={**values, ":account": {"S": _account_pk("")}},
-            )
-        else:
-            pages = self.client.get_paginator("query").paginate(
-                **request,
-                KeyConditionExpression="pk = :pk AND begins_with(sk, :group)",
-                ExpressionAttributeValues={**values, ":pk": {"S": _account_pk(account_id)}},
-                ConsistentRead=True,
-            )
-        for page in pages:
-            for item in page.get("Items", []):
-                number = group_number(GROUP_ID_PREFIX + item["sk"]["S"].removeprefix(GROUP_SK_PREFIX))
-                if number is not None:
-                    account = item["pk"]["S"].removeprefix(_account_pk(""))
-                    yield StoredGroup(account, number, "members" in item)
+        items = account_items(self.client, self.table_name, account_id, GROUP_SK_PREFIX, projection="pk, sk, members")
+        for item in items:
+            number = group_number(GROUP_ID_PREFIX + item["sk"]["S"].removeprefix(GROUP_SK_PREFIX))
+            if number is not None:
+                account = item["pk"]["S"].removeprefix(_account_pk(""))
+                yield StoredGroup(account, number, "members" in item)
 
     def delete_group(self, account_id: str, group_number: int) -> bool:
         writes = [

@@ -15,13 +15,14 @@ second index change in one deploy for a stack made before `sweep-index` (tests/u
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
 from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key, read_page
 from sms_gateway.adapters.dynamodb_batch import batch_get
 from sms_gateway.adapters.dynamodb_inbox import first_id_at, last_id_at
+from sms_gateway.adapters.dynamodb_partitions import account_items
 from sms_gateway.domain.ids import MAX_ID
 from sms_gateway.domain.models import Batch, goes_out_at
 
@@ -124,3 +125,45 @@ class DynamoHistoryMixin:
         keys = [{"pk": {"S": pk}, "sk": {"S": batch_sk(reference_id)}} for reference_id in reference_ids]
         items = batch_get(self.client, self.table_name, keys, consistent=False)
         return [Batch.model_validate(self._codec.load(item)) for item in items]
+
+    def scheduled_batches(self, account_id: str | None = None) -> Iterator[tuple[Batch, int | None]]:
+        """Every scheduled batch (one with a `send_at`) and its TTL (`expires_at`, None without one): of one account
+        (a Query of its partition), else of all (a Scan of the whole table, about half a read unit per 4 KB stored:
+        an operator's one-off, `admin backfill-send-times`)."""
+        items = account_items(
+            self.client, self.table_name, account_id, BATCH_SK_PREFIX, condition="attribute_exists(send_at)"
+        )
+        for item in items:
+            batch = Batch.model_validate(self._codec.load(item))
+            if batch.send_at is not None:
+                expires_at = item.get("expires_at", {}).get("N")
+                yield batch, int(expires_at) if expires_at is not None else None
+
+    def add_send_time_entry(self, batch: Batch, expires_at: int | None) -> bool:
+        """Writes a scheduled batch's entry by send time unless it has one (conditional: run again, or racing another
+        run, it writes nothing); True when written. It expires with its batch (`expires_at`, the batch's TTL)."""
+        from sms_gateway.adapters.dynamodb import account_pk
+
+        sk = goes_out_sk(batch)
+        if sk is None:
+            return False
+        item: dict[str, Any] = {"pk": {"S": account_pk(batch.account_id)}, "sk": {"S": sk}}
+        if expires_at is not None:
+            item["expires_at"] = {"N": str(expires_at)}
+        try:
+            self.client.put_item(TableName=self.table_name, Item=item, ConditionExpression="attribute_not_exists(pk)")
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def has_send_time_entry(self, batch: Batch) -> bool:
+        from sms_gateway.adapters.dynamodb import account_pk
+
+        sk = goes_out_sk(batch)
+        if sk is None:
+            return False
+        key = {"pk": {"S": account_pk(batch.account_id)}, "sk": {"S": sk}}
+        answer = self.client.get_item(
+            TableName=self.table_name, Key=key, ProjectionExpression="pk", ConsistentRead=True
+        )
+        return "Item" in answer

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from sms_gateway.domain.ids import ascii_digits
-from sms_gateway.domain.models import Account, Batch, Message, from_iso, goes_out_at
+from sms_gateway.domain.models import Account, Batch, Message, Record, from_iso, goes_out_at
 from sms_gateway.domain.msisdn import InvalidMsisdn, parse_msisdn
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.errors import InvalidRequest
 from sms_gateway.logic.batches import BatchView
 from sms_gateway.logic.delivery import REFUNDED
-from sms_gateway.ports import BatchHistory, MessageStore
+from sms_gateway.ports import BatchHistory, MessageStore, SendTimeEntries
 
 # The window the portal's figures and number search cover: the last 7 days (today and the 6 before it), at most
 # 100 batches and 2000 of their messages (newest first). Beyond that a page says the figures cover only part of
@@ -424,3 +424,29 @@ def refunded_credits(batch: Batch, messages: Iterable[Message]) -> int:
 def message_refund(message: Message) -> int:
     """What came back of a message's price: all of it once it failed, expired, was rejected or cancelled."""
     return message.price if message.status in REFUNDED_MESSAGES else 0
+
+
+class SendTimeBackfill(Record):
+    """What backfill_send_times did (in a dry run: would do): the scheduled batches it gave an entry by send time,
+    and those that had one (written by their send since session 36, or by an earlier run)."""
+
+    added: int = 0
+    already: int = 0
+    dry_run: bool = False
+
+
+def backfill_send_times(
+    store: SendTimeEntries, *, account_id: str | None = None, dry_run: bool = False
+) -> SendTimeBackfill:
+    """Gives every scheduled batch made before session 36 its entry by send time (`GOES_OUT#`), which the window
+    reads (_made_or_going_out): without it a campaign made before the week it goes out is in no week's figures and
+    not found by the dates it went out. Each write is conditional on the entry's absence and a batch's send time never
+    changes, so a run stopped anywhere, run again or beside another, writes each entry once. A dry run reads whether
+    each has one instead (one read a batch), and writes nothing."""
+    added = already = 0
+    for batch, expires_at in store.scheduled_batches(account_id):
+        if store.has_send_time_entry(batch) if dry_run else not store.add_send_time_entry(batch, expires_at):
+            already += 1
+        else:
+            added += 1
+    return SendTimeBackfill(added=added, already=already, dry_run=dry_run)
