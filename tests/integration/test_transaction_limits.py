@@ -173,7 +173,6 @@ def test_a_keyed_send_of_long_messages_that_died_while_storing_is_finished_by_it
     assert max(sizes) <= MAX_TRANSACTION_BYTES
 
 
-@pytest.mark.xfail(strict=True, reason="move_and_refund cuts at 99 messages whatever their items weigh")
 def test_a_cancel_of_a_scheduled_batch_of_the_longest_messages_refunds_them_all(aws, api, monkeypatch):
     from sms_gateway_tools.admin import set_account
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from sms_gateway.adapters import aws
 from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key, read_page
@@ -100,11 +100,16 @@ _TOP_UP_PREFIX = "TOPUP#"
 _TOP_UP_SK = "TOPUP"
 # Messages store_and_charge writes with their batch's cost and the account's credits: a transaction takes 100 items.
 _MESSAGES_PER_CHARGED_WRITE = 98
-# What those messages may add up to, measured as sent (JSON: never less than DynamoDB counts of an item, its names and
-# values): DynamoDB refuses a transaction whose items are over 4 MB (4,194,304 bytes), and the batch's and the
-# account's keys take the rest. A message of 255 parts in a script of 3 bytes a character (Amharic, Devanagari, CJK) is
-# about 52 KB: 98 of them were 5 MB, a transaction DynamoDB refused whole.
-_CHARGED_WRITE_BYTES = 4_000_000
+# What the message items of one transaction may add up to, each measured as sent (_item_bytes). DynamoDB refuses whole
+# a transaction whose items are over 4 MB (4,194,304 bytes): "The aggregate size of the items in the transaction
+# cannot exceed 4 MB" (API reference, TransactWriteItems; developer guide, "Amazon DynamoDB Transactions: How it
+# works"). The items, not the request: TransactGetItems' limit is the same sentence, for requests that carry only
+# keys, so an Update (a move and refund: a request of a few hundred bytes) counts the whole message item it changes,
+# as stored. Some emulators count only an Update's key; the documents do not, and a cut too many costs a request
+# where one too few fails the write every time. The rest (about 190 KB) is for the other items of the transaction
+# (the batch, the account) and what an Update adds to each message. A message of 255 parts in a script of 3 bytes a
+# character (Amharic, Devanagari, CJK) is about 52 KB: 98 of them were 5 MB, a transaction DynamoDB refused whole.
+_TRANSACTION_ITEM_BYTES = 4_000_000
 # DynamoDB refuses any request whose partition key value is longer (in UTF-8).
 MAX_PARTITION_KEY_BYTES = 2048
 _MAX_UNPROCESSED_ROUNDS = 8
@@ -325,20 +330,33 @@ class _Codec:
         return {k: _plain(self._deserializer.deserialize(v)) for k, v in item.items()}
 
 
-def _charged_parts(items: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """The messages' `items` in the parts store_and_charge writes a transaction each: in order, each of at most
-    _MESSAGES_PER_CHARGED_WRITE items that add up to at most _CHARGED_WRITE_BYTES (one message's item is far below
-    it: its text is at most 255 parts)."""
-    parts: list[list[dict[str, Any]]] = []
-    size = 0
-    for item in items:
-        item_size = len(json.dumps(item, ensure_ascii=False).encode())
-        if not parts or len(parts[-1]) == _MESSAGES_PER_CHARGED_WRITE or size + item_size > _CHARGED_WRITE_BYTES:
+_Part = TypeVar("_Part")
+
+
+def _item_bytes(item: dict[str, Any]) -> int:
+    """An item's size as sent (the JSON of its typed attributes): never less than DynamoDB counts of it, its
+    attribute names and values."""
+    return len(json.dumps(item, ensure_ascii=False).encode())
+
+
+def _transaction_parts(things: Sequence[_Part], sizes: Sequence[int], *, most: int) -> list[list[_Part]]:
+    """`things` (each with its item's size, aligned) in the parts a transaction each writes: in order, each of at
+    most `most` that add up to at most _TRANSACTION_ITEM_BYTES (one message's item is far below it: its text is at
+    most 255 parts)."""
+    parts: list[list[_Part]] = []
+    total = 0
+    for thing, size in zip(things, sizes, strict=True):
+        if not parts or len(parts[-1]) == most or total + size > _TRANSACTION_ITEM_BYTES:
             parts.append([])
-            size = 0
-        parts[-1].append(item)
-        size += item_size
+            total = 0
+        parts[-1].append(thing)
+        total += size
     return parts
+
+
+def _charged_parts(items: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The messages' `items` in the parts store_and_charge writes a transaction each."""
+    return _transaction_parts(items, [_item_bytes(item) for item in items], most=_MESSAGES_PER_CHARGED_WRITE)
 
 
 def _plain(value: Any) -> Any:
@@ -1232,9 +1250,9 @@ class DynamoStore(
     ) -> list[StatusChange | None]:
         """Moves each of `messages` (one account's, as last read) to `target` by its conditional write, and gives
         the price of every message it moved back to the account in the same transaction (TransactWriteItems, up to
-        REFUND_CHUNK messages to one), so a crash never leaves a message refunded-for but not moved, or moved but
-        not refunded. `options`: transition's. Aligned with `messages`: each as it is now (changed: this call moved
-        it), None for a message that is not there."""
+        REFUND_CHUNK messages to one, fewer of long ones: _TRANSACTION_ITEM_BYTES), so a crash never leaves a message
+        refunded-for but not moved, or moved but not refunded. `options`: transition's. Aligned with `messages`: each
+        as it is now (changed: this call moved it), None for a message that is not there."""
         if not messages:
             return []
         account_ids = {message.account_id for message in messages}
@@ -1246,7 +1264,7 @@ class DynamoStore(
         self, messages: Sequence[Message], target: MessageStatus, *, now: datetime, **options: Any
     ) -> list[StatusChange | None]:
         """move_and_refund without the refund (their credits went back another way): the same conditional writes,
-        a transaction of up to REFUND_CHUNK messages at a time."""
+        a transaction of up to REFUND_CHUNK messages (fewer of long ones: _TRANSACTION_ITEM_BYTES) at a time."""
         return self._move_in_chunks(messages, target, now, options, refund=False)
 
     def _move_in_chunks(
@@ -1259,8 +1277,11 @@ class DynamoStore(
         refund: bool,
     ) -> list[StatusChange | None]:
         changes: dict[MessageKey, StatusChange | None] = {}
-        for start in range(0, len(messages), REFUND_CHUNK):
-            chunk = messages[start : start + REFUND_CHUNK]
+        # Cut by the messages' items as well as their count: each Update counts its whole item toward DynamoDB's 4 MB
+        # (_TRANSACTION_ITEM_BYTES; until 2026-12-07 always 99, and a cancel of 99 of the longest messages, 5 MB of
+        # items, answered 500 every time).
+        sizes = [_item_bytes(self._codec.dump(self._message_item(message, expires_at=0))) for message in messages]
+        for chunk in _transaction_parts(messages, sizes, most=REFUND_CHUNK):
             changes |= self._move_chunk(chunk, target, now, options, refund=refund)
         return [changes[message.key] for message in messages]
 
