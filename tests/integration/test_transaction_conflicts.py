@@ -220,3 +220,44 @@ def test_a_keyed_retry_whose_finishing_write_dynamodb_keeps_cancelling_answers_5
     # And its retry as told, once the conflicts pass, finishes the send: every message stored, queued and charged once
     again = api(with_key(send_event(account["token"], body), "finish"))
     assert_sent_once(aws, account["account_id"], again, 100 - 30)
+
+
+@pytest.mark.xfail(strict=True, reason="the undo of a refused keyed retry lets TransactionUndecided out: a 500")
+def test_a_refused_keyed_retry_whose_undo_dynamodb_keeps_cancelling_answers_503_and_the_next_retry_undoes_it(
+    aws, api, monkeypatch
+):
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic import groups
+    from tests.integration.test_idempotency_and_credits import (
+        batches_of,
+        died_group_send,
+        leases_run_out,
+        make_account,
+        queued_message_ids,
+        send_event,
+        with_key,
+    )
+
+    # Given a keyed send to a group of two whose request died after storing and charging it, before queueing it
+    account = make_account(10)
+    body, _ = died_group_send(api, monkeypatch, account, "group-gone", queued=False)
+    assert balance(account["account_id"]) == 8
+    # And the group is deleted meanwhile, so that its retry is refused and undoes what the request left
+    groups.delete_group(gateway().store, account["account_id"], body["to"][0])
+    leases_run_out()
+    # When the client retries under its key while DynamoDB cancels every transaction for conflicts with other writes
+    # of the account's credits (the undo's refunds)
+    with transactions_conflicting():
+        retried = api(with_key(send_event(account["token"], body), "group-gone"))
+    # Then it is told to retry (503, after Retry-After: nothing of the undo was written), not that the request may
+    # be done in part (500), and the send stays as the request left it, charged and not queued
+    assert retried["statusCode"] == 503, retried
+    assert retried["headers"]["Retry-After"] == "1", retried
+    assert balance(account["account_id"]) == 8
+    # And its retry as told, at once and once the conflicts pass, is refused and undoes the send: the credits back
+    again = api(with_key(send_event(account["token"], body), "group-gone"))
+    assert again["statusCode"] == 400, again
+    assert "unknown group" in again["body"]
+    assert queued_message_ids(aws) == []
+    assert balance(account["account_id"]) == 10
+    assert batches_of(account["account_id"])[0].status == "failed"
