@@ -222,7 +222,6 @@ def test_a_keyed_retry_whose_finishing_write_dynamodb_keeps_cancelling_answers_5
     assert_sent_once(aws, account["account_id"], again, 100 - 30)
 
 
-@pytest.mark.xfail(strict=True, reason="the undo of a refused keyed retry lets TransactionUndecided out: a 500")
 def test_a_refused_keyed_retry_whose_undo_dynamodb_keeps_cancelling_answers_503_and_the_next_retry_undoes_it(
     aws, api, monkeypatch
 ):

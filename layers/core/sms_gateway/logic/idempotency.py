@@ -76,10 +76,11 @@ def run_once(
     it returns the answer of the send that stands (a dispatcher took some of it), kept under the key and given
     instead of the refusal, which would tell the client nothing was sent: it would send again. An undo that fails
     keeps the key and answers with its own error (a 500: the request may have been done in part), never the
-    refusal. Without `undo` the request leaves nothing that could stand (its claim names no batch: a group's
-    creation), and a refused retry lets its key go. One that stops at a write DynamoDB left undecided (NotDone: it
-    wrote nothing of it) is no refusal: nothing is undone, the key is kept with its lease ended (lapse), and the
-    client's retry, told 503, resumes the send at once and finishes it.
+    refusal; one that stops at a write DynamoDB left undecided (NotDone) is a 503, its key's lease ended, for the
+    retry to finish the undo at once. Without `undo` the request leaves nothing that could stand (its claim names no
+    batch: a group's creation), and a refused retry lets its key go. One that stops at a write DynamoDB left
+    undecided (NotDone: it wrote nothing of it) is no refusal: nothing is undone, the key is kept with its lease
+    ended (lapse), and the client's retry, told 503, resumes the send at once and finishes it.
     A leased request that is not resumed lets its key go when it fails with a GatewayError (a refusal, or a send
     undone: nothing of it stands): an unexpected failure, such as the undo of a send failing too, may leave its
     batch stored, charged or queued."""
@@ -112,7 +113,13 @@ def run_once(
             raise
         # A refusal (or a send undone). A resumed request's key goes only once what the request it resumed left is
         # undone; while some of it stands, that is the answer.
-        standing = _undo(undo, begun, error) if begun.resumed else None
+        try:
+            standing = _undo(undo, begun, error) if begun.resumed else None
+        except NotDone:
+            # The undo stopped at a write DynamoDB left undecided: what it did before stands, each step conditional,
+            # and the retry the 503 asks for, at once, undoes the rest (until 2026-12-07 a 500, the key held).
+            _lapse(store, scope, key)
+            raise
         if standing is None:
             store.abandon(scope, key)
             if begun.resumed and isinstance(error, IdTaken):
@@ -194,6 +201,9 @@ def _undo(
         return None
     try:
         standing = undo(claim)
+    except NotDone:
+        logger.warning("the undo of a refused retry under its key was not finished; its retry finishes it")
+        raise
     except Exception as error:
         logger.exception("could not undo the send of a refused retry under its key", extra={"scope": "send"})
         raise error from refusal

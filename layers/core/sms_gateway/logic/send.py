@@ -42,6 +42,7 @@ from sms_gateway.errors import (
     InvalidSender,
     NotDone,
     OptedOut,
+    TransactionUndecided,
     Unavailable,
 )
 from sms_gateway.logic.batches import ONLY_QUEUED, ONLY_SCHEDULED, all_messages, move_and_refund
@@ -392,7 +393,22 @@ def undo_standing_send(
     refusal (a 4xx says nothing was sent): a dispatcher took a message (it goes on, charged; the rest are withdrawn,
     listed as not sent), or the batch was cancelled (the cancel gave back what it took). Each step is conditional,
     so an undo that dies part-way is finished by the next refused retry. `mark`: the key's (send_standing_under_key);
-    another send's batch under the id is never undone."""
+    another send's batch under the id is never undone. NotDone when DynamoDB left one of its transactions undecided
+    (other writes of the account's credits kept cancelling it): the steps before it stand, and the retry finishes
+    the undo."""
+    try:
+        return _undo_standing_send(account_id, reference_id, deps, now=now, mark=mark)
+    except TransactionUndecided as error:
+        # Until 2026-12-07 a 500, and the key was held for the lease's 90 s while the send stayed charged.
+        raise NotDone(
+            f"the send {reference_id} under this key, which this request may not finish, is not undone yet ({error}); "
+            "try again"
+        ) from error
+
+
+def _undo_standing_send(
+    account_id: str, reference_id: int, deps: SendDependencies, *, now: datetime, mark: str | None
+) -> Accepted | None:
     batch, stored = send_standing_under_key(deps.messages, account_id, reference_id, mark)
     if batch is None or batch.status == MessageStatus.FAILED:
         return None
