@@ -4,6 +4,7 @@ credits item at once (moto never does): each answers what it did, nothing is cha
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -260,3 +261,40 @@ def test_a_refused_keyed_retry_whose_undo_dynamodb_keeps_cancelling_answers_503_
     assert queued_message_ids(aws) == []
     assert balance(account["account_id"]) == 10
     assert batches_of(account["account_id"])[0].status == "failed"
+
+
+@pytest.mark.xfail(strict=True, reason="the finisher's failing of opted-out messages lets TransactionUndecided out")
+def test_a_keyed_retry_whose_failing_of_an_opted_out_message_dynamodb_keeps_cancelling_answers_503_and_retry_finishes(
+    aws, api, monkeypatch
+):
+    from sms_gateway.adapters.sqs import SqsDispatchQueue
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.domain.models import utc_now
+    from sms_gateway.logic.optouts import record_opt_out
+    from tests.integration.test_idempotency_and_credits import (
+        keyed_two_number_send_that_dies,
+        leases_run_out,
+        queued_message_ids,
+        send_event,
+        with_key,
+    )
+
+    # Given a keyed send to two numbers whose request died after storing and charging it, before queueing it
+    account, body = keyed_two_number_send_that_dies(api, monkeypatch, SqsDispatchQueue, "enqueue", "stop-meanwhile")
+    # And the first number texts STOP to the sender before the client retries
+    store = gateway().store
+    record_opt_out(store, store, account["account_id"], AIRTEL, "48974", now=utc_now())
+    leases_run_out()
+    # When the client retries under its key while DynamoDB cancels every transaction for conflicts with other writes
+    # of the account's credits (the finisher's failing and refund of the message to the number that opted out)
+    with transactions_conflicting():
+        retried = api(with_key(send_event(account["token"], body), "stop-meanwhile"))
+    # Then it is told to retry (503, after Retry-After), not that the request may be done in part (500)
+    assert retried["statusCode"] == 503, retried
+    assert retried["headers"]["Retry-After"] == "1", retried
+    # And its retry as told, at once and once the conflicts pass, finishes the send without the number that opted out
+    again = api(with_key(send_event(account["token"], body), "stop-meanwhile"))
+    assert again["statusCode"] == 200, again
+    assert [r["to"] for r in json.loads(again["body"]).get("refused", [])] == [AIRTEL]
+    assert len(queued_message_ids(aws)) == 1
+    assert balance(account["account_id"]) == 9
