@@ -263,7 +263,6 @@ def test_a_refused_keyed_retry_whose_undo_dynamodb_keeps_cancelling_answers_503_
     assert batches_of(account["account_id"])[0].status == "failed"
 
 
-@pytest.mark.xfail(strict=True, reason="the finisher's failing of opted-out messages lets TransactionUndecided out")
 def test_a_keyed_retry_whose_failing_of_an_opted_out_message_dynamodb_keeps_cancelling_answers_503_and_retry_finishes(
     aws, api, monkeypatch
 ):

@@ -305,7 +305,8 @@ def finish_standing_send(
 ) -> tuple[Batch | None, Accepted | None]:
     """For a resumed claim: the batch the key's send stands as, and, when it is not failed, that send finished
     (finish_stored_batch), read again and finished again when its batch changed between the read and the finish's
-    writes (Conflict: the sweeper's release or a cancel gave back what it held for messages never stored)."""
+    writes (Conflict: the sweeper's release or a cancel gave back what it held for messages never stored). NotDone
+    when DynamoDB left one of its transactions undecided: the retry goes on from what it wrote."""
     for attempt in range(FINISH_TRIES):
         earlier, stored = send_standing_under_key(deps.messages, account.account_id, claim.reference_id, claim.mark)
         if earlier is None or earlier.status == MessageStatus.FAILED:
@@ -322,6 +323,11 @@ def finish_standing_send(
             if attempt == FINISH_TRIES - 1:
                 raise
             logger.info("the batch of a send being finished changed meanwhile; read again", extra={"attempt": attempt})
+        except TransactionUndecided as error:
+            # Not a failure that may have done the request in part: what it wrote stands, each write conditional, and
+            # the retry the 503 asks for finishes the rest (until 2026-12-07 the failing and refund of a message to a
+            # number that opted out meanwhile, withhold_opted_out, answered 500 and held the key for the lease).
+            raise NotDone(f"finishing send {earlier.reference_id}: not finished ({error}); try again") from error
     raise AssertionError("unreachable")
 
 
