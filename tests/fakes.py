@@ -67,8 +67,9 @@ class InMemoryStore:
         self.accounts: dict[str, Account] = {}
         self.credentials: dict[tuple[str, str], str] = {}
         self.batches: dict[tuple[str, int], Batch] = {}
-        # The cancelled batches whose refund a cancel has answered (the table's cancel_answered).
-        self.cancels_answered: set[tuple[str, int]] = set()
+        # The cancelled batches whose refund a cancel has answered (the table's cancel_answered), each with the mark of
+        # the idempotency key that cancel held (cancel_answer_mark; None without a key).
+        self.cancels_answered: dict[tuple[str, int], str | None] = {}
         self.messages: dict[MessageKey, Message] = {}
         self.claims: dict[MessageKey, float] = {}
         # Every message a dispatcher ever claimed (the table's dispatch_attempts): never withdrawn as unsent.
@@ -313,12 +314,14 @@ class InMemoryStore:
             self.batch_sweep_at.pop((account_id, reference_id), None)  # its status write takes it out of the index
         return True
 
-    def claim_cancel_answer(self, account_id: str, reference_id: int) -> Batch | None:
+    def claim_cancel_answer(self, account_id: str, reference_id: int, *, mark: str | None = None) -> Batch | None:
         key = (account_id, reference_id)
         batch = self.batches.get(key)
-        if batch is None or batch.status != MessageStatus.CANCELLED or key in self.cancels_answered:
+        if batch is None or batch.status != MessageStatus.CANCELLED:
             return None
-        self.cancels_answered.add(key)
+        if key in self.cancels_answered and (mark is None or self.cancels_answered[key] != mark):
+            return None
+        self.cancels_answered[key] = mark
         return batch
 
     def list_messages(

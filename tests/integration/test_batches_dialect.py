@@ -1533,7 +1533,6 @@ def cancel_answer(dialect: str, body: dict[str, Any]) -> Any:
     return (body["status"], body["refunded_credits"], body["balance"]) if dialect == "9bits" else body
 
 
-@pytest.mark.xfail(strict=True, reason="a keyed cancel's retry gets 0 refunded (9bits) or 404 (session-key)")
 @pytest.mark.parametrize("dialect", ["9bits", "session-key"])
 def test_a_keyed_cancel_whose_answer_was_lost_is_answered_the_same_refund_by_its_retry(aws, account, api, dialect):
     # Given a batch of two scheduled an hour ahead (98 of 100 credits left), cancelled under an Idempotency-Key: the
@@ -1551,7 +1550,6 @@ def test_a_keyed_cancel_whose_answer_was_lost_is_answered_the_same_refund_by_its
     assert balance(account["account_id"]) == 100
 
 
-@pytest.mark.xfail(strict=True, reason="a keyed cancel killed after it claimed its answer: its retry gets 0 or 404")
 @pytest.mark.parametrize("dialect", ["9bits", "session-key"])
 def test_a_keyed_cancel_killed_after_claiming_its_answer_is_answered_the_refund_by_its_retry(
     aws, account, api, dialect
@@ -1583,7 +1581,6 @@ def test_a_keyed_cancel_killed_after_claiming_its_answer_is_answered_the_refund_
         assert status == 404, unkeyed
 
 
-@pytest.mark.xfail(strict=True, reason="a cancel does not read its Idempotency-Key")
 @pytest.mark.parametrize("dialect", ["9bits", "session-key"])
 def test_a_cancel_key_reused_for_another_request_is_a_409_and_changes_nothing(aws, account, api, dialect):
     from sms_gateway.bootstrap import gateway

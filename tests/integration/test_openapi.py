@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
-
 from tests.conftest import load_event
 from tests.integration.test_send_path import FakeContext, load_function
 
@@ -122,7 +120,6 @@ def test_the_document_says_how_each_family_authenticates(aws):
     assert "parameters" not in document["paths"]["/ng/v1/batches/dry_run"]["post"]
 
 
-@pytest.mark.xfail(strict=True, reason="the cancels do not document the Idempotency-Key they honour")
 def test_the_cancels_document_the_idempotency_key_they_honour(aws):
     """A cancel retried under its key answers the refund of the first (docs/dialects): a client generated from the
     document needs the header to send it."""

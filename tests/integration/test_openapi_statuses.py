@@ -346,6 +346,8 @@ def test_only_the_operations_that_can_conflict_document_409(gateway, document, f
     (the session-key family answers an order that can no longer be removed 404, as its seed does)."""
     probes: list[tuple[Any, dict[str, Any]]] = [
         (None, {"key": True, "changes": [{}, {"message": "another", "name": "Other"}]}),
+        # A cancel's key is kept once it cancelled: a scheduled batch to cancel, then the key with another request.
+        (None, {"key": True, "scheduled_part_stored": True, "changes": [{}, {"message": "another", "name": "Other"}]}),
         (transactions_never_decided, {}),
         (rotated_meanwhile, {"bodies": [{"rotate_token": True}]}),
     ]

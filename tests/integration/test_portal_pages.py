@@ -571,7 +571,6 @@ class TestCancel:
         assert again.status == 409 and "only a scheduled batch can be cancelled; this one is cancelled" in again.text()
         assert balance(account["account_id"]) == 100
 
-    @pytest.mark.xfail(strict=True, reason="the cancel form has no key: its resubmit is refused 409")
     def test_a_cancel_form_sent_again_shows_the_refund_of_the_first_send_of_it(self, client, account):
         # Given a send of two scheduled for tomorrow (2 credits), whose page's Cancel form was sent, and cancelled
         # and refunded, but whose answer the browser never showed (a dropped connection, a reload of the answer)

@@ -232,10 +232,12 @@ class MessageStore(Protocol):
         True when this call moved it."""
         ...
 
-    def claim_cancel_answer(self, account_id: str, reference_id: int) -> Batch | None:
+    def claim_cancel_answer(self, account_id: str, reference_id: int, *, mark: str | None = None) -> Batch | None:
         """Marks a cancelled batch's refund as answered (its `cancel_answered`), by a conditional write that only one
         call wins: the batch as that write left it, for that call. None when another call marked it first, or the
-        batch is not cancelled."""
+        batch is not cancelled. `mark`: the mark of the idempotency key the cancel holds (KeyClaim.mark), written
+        with it (`cancel_answer_mark`): a later call under the same key wins the claim again (the key's request died
+        after it claimed the answer, before the answer was kept under the key or sent), no other call."""
         ...
 
     def list_messages(

@@ -925,18 +925,20 @@ class DynamoStore(
             return False
         return True
 
-    def claim_cancel_answer(self, account_id: str, reference_id: int) -> Batch | None:
+    def claim_cancel_answer(self, account_id: str, reference_id: int, *, mark: str | None = None) -> Batch | None:
+        values: dict[str, Any] = {":answered": {"BOOL": True}, ":cancelled": {"S": str(MessageStatus.CANCELLED)}}
+        update, unclaimed = "SET cancel_answered = :answered", "attribute_not_exists(cancel_answered)"
+        if mark is not None:
+            values[":mark"] = {"S": mark}
+            update, unclaimed = f"{update}, cancel_answer_mark = :mark", f"({unclaimed} OR cancel_answer_mark = :mark)"
         try:
             claimed = self.client.update_item(
                 TableName=self.table_name,
                 Key=_batch_key(account_id, reference_id),
-                UpdateExpression="SET cancel_answered = :answered",
-                ConditionExpression="#status = :cancelled AND attribute_not_exists(cancel_answered)",
+                UpdateExpression=update,
+                ConditionExpression=f"#status = :cancelled AND {unclaimed}",
                 ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":answered": {"BOOL": True},
-                    ":cancelled": {"S": str(MessageStatus.CANCELLED)},
-                },
+                ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",
             )
         except self.client.exceptions.ConditionalCheckFailedException:

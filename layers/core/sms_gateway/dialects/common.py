@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError, WithJsonSchema
 from sms_gateway import deadlines
 from sms_gateway.bootstrap import send_dependencies
 from sms_gateway.domain.ids import ascii_digits
-from sms_gateway.domain.models import Account, KeyClaim, Recipient, SendCommand, StoredAnswer, utc_now
+from sms_gateway.domain.models import Account, Batch, KeyClaim, Recipient, SendCommand, StoredAnswer, utc_now
 from sms_gateway.domain.text import SURROGATE_ESCAPE, readable
 from sms_gateway.errors import (
     GatewayError,
@@ -114,6 +114,24 @@ def accept(account: Account, command: SendCommand) -> Accepted:
         now=utc_now(),
         claim=_key_claim.get(),
         out_of_time=deadlines.invocation_out_of_time(),
+    )
+
+
+def cancel(account_id: str, reference_id: int) -> tuple[Batch, int]:
+    """Every dialect's cancel of a scheduled batch (logic.batches.cancel_batch): the batch and the credits its answer
+    names. Under an idempotency key (`idempotent`, the portal's run_form_once with `under_claim`) its claim of the
+    refund's answer is the key's, so that a retry under the key after the request died answers the refund again."""
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic import batches
+
+    wiring, claim = gateway(), _key_claim.get()
+    return batches.cancel_batch(
+        messages=wiring.store,
+        scheduler=wiring.scheduler,
+        account_id=account_id,
+        reference_id=reference_id,
+        now=utc_now(),
+        key_mark=claim.mark if claim is not None else None,
     )
 
 
@@ -457,7 +475,9 @@ def idempotent(
     from sms_gateway.bootstrap import gateway
     from sms_gateway.domain.models import utc_now
 
-    body = _fingerprinted_body(event)
+    # Read only under a key: an operation with no body of its own (a cancel) answers an unkeyed request as it did
+    # before it took a key, whatever body came with it (run_once does not fingerprint a request without one).
+    body = _fingerprinted_body(event) if key is not None else ""
     gateway_query = dict(event.query_string_parameters or {})
 
     def request_fingerprint(parameters: Mapping[str, str]) -> str:

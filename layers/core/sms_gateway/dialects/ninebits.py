@@ -17,6 +17,7 @@ from sms_gateway.dialects.common import (
     Standing,
     accept,
     blank_is_none,
+    cancel,
     error_headers,
     idempotent,
     int_as_text,
@@ -406,20 +407,21 @@ def _refuse_the_dry_run_path(reference_id: str) -> None:
 def cancel_batch(reference_id: str) -> Response[Any]:
     _refuse_the_dry_run_path(reference_id)
     account = _caller()
-    store = gateway().store
+    event = router.current_event
+    number = batches.parse_reference_id(reference_id)
+    # Under a key a retry gets the first answer, with the credits that cancel refunded (docs/dialects/9bits.md).
+    key = request_key(event.headers.get("idempotency-key"), None)
+    return idempotent(event, account.account_id, key, lambda: _cancel_batch(account, number))
+
+
+def _cancel_batch(account: Account, reference_id: int) -> Response[Any]:
     try:
-        batch, refunded = batches.cancel_batch(
-            messages=store,
-            scheduler=gateway().scheduler,
-            account_id=account.account_id,
-            reference_id=batches.parse_reference_id(reference_id),
-            now=utc_now(),
-        )
+        batch, refunded = cancel(account.account_id, reference_id)
     except batches.AlreadyCancelled as done:
         # A repeated cancel (the client did not get the first answer) gets the same answer, refunding nothing more.
         batch, refunded = done.batch, 0
     # Read consistently: an eventually consistent read right after the refund may show the balance before it.
-    after = store.get_account(account.account_id, consistent=True)
+    after = gateway().store.get_account(account.account_id, consistent=True)
     return json_response(
         200,
         {

@@ -340,6 +340,9 @@ IDEMPOTENT: set[tuple[str, str]] = {
     ("/sms", "post"),
     ("/api/services/sendsms", "get"),
     ("/api/services/sendsms", "post"),
+    # A cancel's retry under its key answers the refund of the first (logic.batches.cancel_batch, `key_mark`).
+    ("/ng/v1/batches/{reference_id}", "delete"),
+    ("/sms/{order_id}", "delete"),
 }
 IDEMPOTENCY_KEY: dict[str, Any] = {
     "name": "Idempotency-Key",

@@ -19,6 +19,7 @@ from sms_gateway.dialects.common import (
     Standing,
     accept,
     blank_is_none,
+    cancel,
     client_address,
     error_headers,
     idempotent,
@@ -441,16 +442,17 @@ def order_state(order_id: str) -> Response[Any]:
 @router.delete("/sms/<order_id>")
 def remove_order(order_id: str) -> Response[Any]:
     account = _caller()
-    wiring = gateway()
     reference_id = _reference_id(order_id)
+    # Under a key (our addition, as on a send) a retry gets the first answer: OK for the order that removal removed.
+    key = request_key(_header("idempotency-key"), None)
+    return idempotent(
+        router.current_event, account.account_id, key, lambda: _remove_order(account, order_id, reference_id)
+    )
+
+
+def _remove_order(account: Account, order_id: str, reference_id: int) -> Response[Any]:
     try:
-        batches.cancel_batch(
-            messages=wiring.store,
-            scheduler=wiring.scheduler,
-            account_id=account.account_id,
-            reference_id=reference_id,
-            now=utc_now(),
-        )
+        cancel(account.account_id, reference_id)
     except NotFound as error:
         raise NotFound(f"no order with order_id {order_id!r}") from error
     except Conflict as error:

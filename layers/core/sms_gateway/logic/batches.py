@@ -129,6 +129,7 @@ def cancel_batch(
     account_id: str,
     reference_id: int,
     now: datetime,
+    key_mark: str | None = None,
 ) -> tuple[Batch, int]:
     """Cancels a scheduled batch: deletes its schedule, cancels its messages, refunds them.
     Returns the batch and the credits refunded. The batch's own conditional write decides a race with
@@ -146,12 +147,15 @@ def cancel_batch(
     A cancel that died after the batch's write (messages still scheduled, and charged) is finished by the next one,
     which answers with all the cancel gave back; so is one killed once it was done, before it claimed its answer (the
     client never got one): its retry answers what it did. A cancel of a batch whose cancel was answered already
-    raises AlreadyCancelled (a Conflict): each dialect says what a repeated cancel answers."""
+    raises AlreadyCancelled (a Conflict): each dialect says what a repeated cancel answers.
+    `key_mark`: the mark of the idempotency key the cancel holds (KeyClaim.mark), None without one. A cancel under a
+    key answers the refund again when the key's request that claimed it died before its answer was kept under the
+    key (claim_cancel_answer): a retry once the key's lease ran out is answered as that request would have been."""
     batch = get_batch(messages, account_id, reference_id)
     if batch.status in ONLY_SCHEDULED:
         if messages.set_batch_status(account_id, reference_id, MessageStatus.CANCELLED, only_from=ONLY_SCHEDULED):
             batch_messages = _finish_cancel_or_retry(messages, scheduler, account_id, reference_id, now=now)
-            answered = messages.claim_cancel_answer(account_id, reference_id)
+            answered = messages.claim_cancel_answer(account_id, reference_id, mark=key_mark)
             if answered is None:
                 return get_batch(messages, account_id, reference_id), 0
             return answered, cancel_refund(answered, batch_messages)
@@ -165,7 +169,7 @@ def cancel_batch(
     # It finished a cancel that died or is still under way, or one that was done: it answers the refund unless another
     # cancel did, whether or not it gave any of it back itself. The one that did it all may have been killed after its
     # last write, before it claimed the answer: no cancel answered then, and the client's retry is this one.
-    answered = messages.claim_cancel_answer(account_id, reference_id)
+    answered = messages.claim_cancel_answer(account_id, reference_id, mark=key_mark)
     if answered is None:
         raise AlreadyCancelled(batch)
     return answered, cancel_refund(answered, batch_messages)

@@ -350,11 +350,13 @@ def run_form_once(
     *,
     lease: timedelta | None = None,
     undo: Callable[[KeyClaim], StoredAnswer | None] | None = None,
+    query: tuple[str, ...] = (),
 ) -> StoredAnswer:
     """`produce` run once per form key (the idempotency store, scope the account, 24 hours), the key named for the
     form's action: a repeat with the same `fields` gets the first answer, kept (logic.idempotency.run_once: only a
     2xx answer is kept, so a refused form can be corrected and sent again); one with other values is refused
-    (KeyReused), one while the first is still running too (KeyInProgress). A kept answer is stored: no secret in it."""
+    (KeyReused), one while the first is still running too (KeyInProgress). A kept answer is stored: no secret in it.
+    `query`: the query parameters the action reads too (the batch a cancel names), told apart as the fields are."""
     from sms_gateway.bootstrap import gateway
     from sms_gateway.logic.idempotency import MAX_KEY_LENGTH, fingerprint, run_once
 
@@ -365,7 +367,11 @@ def run_form_once(
         gateway().store,
         scope=ctx.account.account_id,
         key=f"portal-{ctx.form.get(ACTION_FIELD, '')}:{key}",
-        request_fingerprint=fingerprint(ctx.page.path, *(ctx.form.get(name, "") for name in fields)),
+        request_fingerprint=fingerprint(
+            ctx.page.path,
+            *(ctx.form.get(name, "") for name in fields),
+            *(f"{name}={ctx.query.get(name, '')}" for name in query),
+        ),
         now=utc_now(),
         produce=produce,
         lease=lease,

@@ -12,29 +12,35 @@ from urllib.parse import urlencode
 
 from aws_lambda_powertools.event_handler import Response
 
-from sms_gateway.dialects.common import status_for
+from sms_gateway.dialects.common import cancel, status_for, under_claim
 from sms_gateway.dialects.portal.charts import figures_table, rate_by_network, rate_over_time
 from sms_gateway.dialects.portal.compose import COMPOSE_PATH
 from sms_gateway.dialects.portal.framework import (
     Notice,
     PageContext,
     asset_url,
+    form_key_input,
     html_response,
     local_time,
+    new_form_key,
     page_html,
+    run_form_once,
 )
 from sms_gateway.dialects.portal.markup import attrs, esc, section, table
 from sms_gateway.dialects.portal.messages import MESSAGES_PATH
-from sms_gateway.domain.models import Account, Batch, Message, utc_now
+from sms_gateway.domain.models import Account, Batch, KeyClaim, Message, StoredAnswer, utc_now
 from sms_gateway.domain.status import MessageStatus
-from sms_gateway.errors import GatewayError, InvalidRequest, NotFound
+from sms_gateway.errors import Conflict, GatewayError, InvalidRequest, KeyInProgress, KeyReused, NotFound
 from sms_gateway.logic import batches, history
+from sms_gateway.logic.idempotency import SEND_LEASE
 
 BATCHES_PER_PAGE = 25
 MESSAGES_PER_PAGE = 100
 TEXT_SHOWN = 60
 # The query flag of a batch's page that Compose leads to while the send making the batch is still under way.
 UNDER_WAY = "under_way"
+# The once-per-form key of a batch's Cancel form (cancel_batch): sent again, the form shows what its first send did.
+CANCEL_KEY_FIELD = "cancel_key"
 # The search form's fields (a GET form: the search is in the page's query string).
 SEARCH_FIELDS = ("number", "reference", "from", "to")
 
@@ -308,7 +314,7 @@ def cancel_form(ctx: PageContext, batch: Batch) -> str:
         return ""
     return ctx.form_html(
         "cancel-batch",
-        "",
+        form_key_input(CANCEL_KEY_FIELD, new_form_key()),
         submit="Cancel this send",
         path=_url(batch=str(batch.reference_id)),
         css_class="cancel-batch",
@@ -321,20 +327,36 @@ def cancel_batch(ctx: PageContext) -> Notice:
     (logic.batches.cancel_batch: only the account's own batch, only while it is scheduled; its messages cancelled
     and refunded, its schedule deleted), and says what came back. Anything else is refused as that cancel refuses
     it, with nothing changed: another account's batch as one that does not exist (404), a released, failed or
-    cancelled one with its status (409)."""
+    cancelled one with its status (409). Once per rendered form (its CANCEL_KEY_FIELD, run_form_once): the same
+    form sent again (a reload of the answer, a click whose answer the browser dropped) shows what its first send
+    did, the credits it refunded; a form without a key (a page drawn before forms had one) is the cancel alone."""
+    reference_id = batches.parse_reference_id((ctx.query.get("batch") or "").strip())
+    if not ctx.form.get(CANCEL_KEY_FIELD):
+        return _cancelled(ctx, reference_id)
+
+    def produce(claim: KeyClaim | None) -> StoredAnswer:
+        return StoredAnswer(status_code=200, body=under_claim(claim, lambda: _cancelled(ctx, reference_id)).message)
+
+    try:
+        answer = run_form_once(ctx, CANCEL_KEY_FIELD, (), produce, lease=SEND_LEASE, query=("batch",))
+    except KeyInProgress as error:
+        raise Conflict(
+            "This cancel is still being carried out (it was sent twice): open the batch again in a moment."
+        ) from error
+    except KeyReused as error:
+        raise Conflict(
+            "This form was sent for another batch, so nothing was cancelled: open the batch again."
+        ) from error
+    return Notice(answer.body)
+
+
+def _cancelled(ctx: PageContext, reference_id: int) -> Notice:
     from sms_gateway.bootstrap import gateway
 
-    wiring = gateway()
     account_id = ctx.account.account_id
-    batch, refunded = batches.cancel_batch(
-        messages=wiring.store,
-        scheduler=wiring.scheduler,
-        account_id=account_id,
-        reference_id=batches.parse_reference_id((ctx.query.get("batch") or "").strip()),
-        now=utc_now(),
-    )
+    batch, refunded = cancel(account_id, reference_id)
     # Read consistently: an eventually consistent read right after the refund may show the balance before it.
-    after = wiring.store.get_account(account_id, consistent=True)
+    after = gateway().store.get_account(account_id, consistent=True)
     left = f" Your balance is now {after.credits} credits." if after is not None else ""
     return Notice(f"Batch {batch.reference_id} is cancelled: {refunded} credits were refunded.{left}")
 
