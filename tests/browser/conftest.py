@@ -22,7 +22,8 @@ from tests.conftest import REPO
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
-WAIT_SECONDS = 10
+# How long a page, a form's answer or a dialog may take on a loaded machine (each wait ends as soon as it is there).
+WAIT_SECONDS = 30
 SHORTCODES = itertools.count(10_000)
 
 pytestmark = pytest.mark.browser

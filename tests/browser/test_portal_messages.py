@@ -21,7 +21,7 @@ LONG_TEXT = "Your cinema tickets for Friday are confirmed. " * 4
 DELIVERY_TIMEOUT = 45.0
 
 
-def wait_until(condition: Callable[[], Any], *, timeout: float = 10.0, what: str) -> Any:
+def wait_until(condition: Callable[[], Any], *, timeout: float = 30.0, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = condition()

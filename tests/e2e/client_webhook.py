@@ -55,8 +55,9 @@ class ClientWebhook:
         self.server.shutdown()
         self.server.server_close()
 
-    def next(self, path: str, timeout: float = 20.0) -> dict[str, Any]:
-        """The next POST to `path` (others are skipped)."""
+    def next(self, path: str, timeout: float = 60.0) -> dict[str, Any]:
+        """The next POST to `path` (others are skipped), waiting up to `timeout` seconds for each POST: generous, for
+        a loaded machine, since it returns as soon as the POST is in."""
         while True:
             request = self.received.get(timeout=timeout)
             if request["path"] == path:

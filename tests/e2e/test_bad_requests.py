@@ -500,7 +500,7 @@ def configure_upstreams(stack: Any) -> None:
 
 
 def _wait_for_delivery(api_url: str, reference_id: str, headers: dict[str, str]) -> dict[str, Any]:
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while True:
         reports = requests.get(
             f"{api_url}/ng/v1/batches/{reference_id}/delivery_report", headers=headers, timeout=10

@@ -38,7 +38,7 @@ def run(*argv: str) -> tuple[int, str, str]:
     """The command as a user runs it, in its own process (the stack's functions print their logs in this one)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMS_GATEWAY_")}
     command = [sys.executable, "-m", "sms_gateway_tools.cli", *argv]
-    done = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=60)
+    done = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=90)
     return done.returncode, done.stdout, done.stderr
 
 
@@ -79,7 +79,7 @@ def test_send_one_message_then_status_and_tail_see_it_delivered(stack: Any, acco
 
     # And tail follows it until it is delivered, one JSON line per status change
     code, out, err = run(
-        "tail", reference_id, *gateway(stack, account), "--json", "--interval", "0.2", "--timeout", "20"
+        "tail", reference_id, *gateway(stack, account), "--json", "--interval", "0.2", "--timeout", "45"
     )
     assert code == 0, err
     changes = [json.loads(line) for line in out.splitlines()]
@@ -139,7 +139,7 @@ def test_csv_send_reports_each_row_and_a_rerun_sends_nothing_again(
     assert credits(account) == credits_before - 3
 
     # And the accepted rows are delivered with their own text (tail follows the batches the file recorded)
-    code, _, err = run("tail", "--csv", str(csv_path), *gateway(stack, account), "--interval", "0.2", "--timeout", "20")
+    code, _, err = run("tail", "--csv", str(csv_path), *gateway(stack, account), "--interval", "0.2", "--timeout", "45")
     assert code == 0, err
     texts = {m["text"] for m in stack.simulator.messages()}
     assert {"Hi Ada, you owe 500 naira", "Hi Dayo, you owe 900 naira", "Hi Eze, you owe 1000 naira"} <= texts
@@ -179,7 +179,7 @@ def test_a_re_export_with_the_numbers_written_another_way_sends_nothing_again_an
     references = {r["line"]: r["reference_id"] for r in json.loads(out)["results"]}
     credits_before = credits(account)
     # (the two sends reach the simulator after the answer: wait for them, so a wrong third is told from them)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while submits(stack) < submits_before + 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     submits_before += 2

@@ -36,7 +36,7 @@ def account(stack: Any) -> dict[str, Any]:
     return create_account(name="E2E", senders=["48974"], credits=50, api_url=stack.api_url)
 
 
-def wait_for(predicate: Any, timeout: float = 20.0) -> Any:
+def wait_for(predicate: Any, timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

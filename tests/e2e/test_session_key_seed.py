@@ -73,7 +73,7 @@ def seed_client(baseurl: str) -> tuple[Any, Any]:
     return login, sendSMS
 
 
-def wait_for(predicate: Any, timeout: float = 20.0) -> Any:
+def wait_for(predicate: Any, timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

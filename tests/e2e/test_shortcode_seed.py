@@ -90,7 +90,7 @@ def credit(stack: Any, account: dict[str, Any]) -> float:
     return float(balance["credit"])
 
 
-def wait_for_delivered(stack: Any, account: dict[str, Any], message_id: str, timeout: float = 20.0) -> dict[str, Any]:
+def wait_for_delivered(stack: Any, account: dict[str, Any], message_id: str, timeout: float = 60.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         report = delivery_report(stack, account, message_id)

@@ -23,6 +23,11 @@ import pytest
 from sms_gateway_tools.localstack import LocalStack, read_stack_file
 
 pytestmark = pytest.mark.timeout(90)
+# How long a test waits for what the stack does in its own threads (a poller's invocation, the scheduler loop firing, a
+# rate rule): generous for a loaded 2-core machine, since each wait ends as soon as the thing happens.
+WAIT_SECONDS = 30.0
+# SQS's longest long poll: a receive that ends as soon as a message is there.
+LONGEST_SQS_WAIT = 20
 
 
 class Fakes:
@@ -119,7 +124,7 @@ def test_start_and_stop_leave_nothing_behind(tmp_path: Path) -> None:
 
     # Then its ports are closed, its threads are gone, the state file is removed and the environment restored
     assert all(port_is_closed(url) for url in urls)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         left = [t for t in set(threading.enumerate()) - before if not t.daemon or t.name.startswith("localstack")]
         if not left:
@@ -351,11 +356,11 @@ class TestAStackWithFakeHandlers:
         port = int(stack.api_url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
             client.sendall(b"GET /v1/accounts/me/slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            assert fakes.slow_started.wait(5)
+            assert fakes.slow_started.wait(WAIT_SECONDS)
             client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
         # Then the bridge says in one line that the answer was dropped, and why
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + WAIT_SECONDS
         while time.monotonic() < deadline and not any("had gone" in r.getMessage() for r in caplog.records):
             time.sleep(0.05)
         [dropped] = [r.getMessage() for r in caplog.records if "had gone" in r.getMessage()]
@@ -387,7 +392,7 @@ class TestAStackWithFakeHandlers:
 
         # Then each arrives as a Lambda SQS record, and the failed one arrives a second time
         seen: list[dict[str, Any]] = []
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + WAIT_SECONDS
         while time.monotonic() < deadline and sum(r["body"] == bodies[1] for r in seen) < 2:
             seen.extend(drain(fakes.dispatched, 0.5))
         counts = {body: sum(r["body"] == body for r in seen) for body in bodies}
@@ -415,7 +420,7 @@ class TestAStackWithFakeHandlers:
         assert retried[0]["messageId"] == retried[1]["messageId"]
 
         # And every message is deleted once it succeeded
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + WAIT_SECONDS
         while time.monotonic() < deadline:
             attributes = sqs.get_queue_attributes(
                 QueueUrl=queue_url,
@@ -434,8 +439,9 @@ class TestAStackWithFakeHandlers:
             MessageGroupId=f"account-{run}#priority",
             MessageDeduplicationId=f"{run}-priority",
         )
-        [priority] = drain(fakes.dispatched, 5)
+        priority = fakes.dispatched.get(timeout=WAIT_SECONDS)
         assert priority["body"] == f"ok-priority-{run}"
+        assert drain(fakes.dispatched, 5) == []  # and it comes once
         assert priority["eventSourceARN"].endswith(":sms-gateway-local-priority-dispatch.fifo")
 
     def test_due_schedule_fires_once_and_is_deleted(self, stack: LocalStack, fakes: Fakes) -> None:
@@ -464,7 +470,7 @@ class TestAStackWithFakeHandlers:
         )
 
         # When its time comes
-        fired = fakes.scheduled.get(timeout=10)
+        fired = fakes.scheduled.get(timeout=WAIT_SECONDS)
 
         # Then the function got the schedule's Input as its event, once, and the schedule is gone
         assert fired == {"account_id": "a-1", "reference_id": 7}
@@ -486,7 +492,7 @@ class TestAStackWithFakeHandlers:
         ).schedule_events
         assert rate_seconds(expression) == 120
         # When the stack runs for a while
-        events = [fakes.swept.get(timeout=10), fakes.swept.get(timeout=10)]
+        events = [fakes.swept.get(timeout=WAIT_SECONDS), fakes.swept.get(timeout=WAIT_SECONDS)]
         # Then the function is invoked again and again, with a scheduled event as EventBridge sends it
         for event in events:
             assert (event["source"], event["detail-type"], event["detail"]) == ("aws.events", "Scheduled Event", {})
@@ -503,20 +509,20 @@ class TestAStackWithFakeHandlers:
         )
 
         # When the loop has fired it
-        attempts = [fakes.scheduled.get(timeout=10) for _ in range(3)]
+        attempts = [fakes.scheduled.get(timeout=WAIT_SECONDS) for _ in range(3)]
 
         # Then Lambda ran it three times (the template's EventInvokeConfig: two retries), and its on-failure
         # destination, the schedule DLQ, holds the release as the failure record's requestPayload; the schedule is gone
         assert attempts == [json.loads(payload)] * 3
         sqs = stack.client("sqs")
         dlq_url = sqs.get_queue_url(QueueName=dlq_arn.rsplit(":", 1)[1])["QueueUrl"]
-        [message] = sqs.receive_message(QueueUrl=dlq_url, WaitTimeSeconds=5)["Messages"]
+        [message] = sqs.receive_message(QueueUrl=dlq_url, WaitTimeSeconds=LONGEST_SQS_WAIT)["Messages"]
         record = json.loads(message["Body"])
         assert record["requestPayload"] == json.loads(payload)
         assert record["requestContext"]["condition"] == "RetriesExhausted"
         assert record["responsePayload"]["errorType"] == "RuntimeError"
         sqs.delete_message(QueueUrl=dlq_url, ReceiptHandle=message["ReceiptHandle"])
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + WAIT_SECONDS
         while time.monotonic() < deadline:
             names = [s["Name"] for s in scheduler.list_schedules(GroupName=group)["Schedules"]]
             if "failing" not in names:
@@ -535,7 +541,9 @@ class TestAStackWithFakeHandlers:
         # Then, its retry spent, the scheduler puts the input itself in its dead-letter queue, the error alongside
         sqs = stack.client("sqs")
         dlq_url = sqs.get_queue_url(QueueName=dlq_arn.rsplit(":", 1)[1])["QueueUrl"]
-        [message] = sqs.receive_message(QueueUrl=dlq_url, WaitTimeSeconds=10, MessageAttributeNames=["All"])["Messages"]
+        [message] = sqs.receive_message(
+            QueueUrl=dlq_url, WaitTimeSeconds=LONGEST_SQS_WAIT, MessageAttributeNames=["All"]
+        )["Messages"]
         assert message["Body"] == payload
         assert message["MessageAttributes"]["ERROR_CODE"]["StringValue"] == "LookupError"
         sqs.delete_message(QueueUrl=dlq_url, ReceiptHandle=message["ReceiptHandle"])
