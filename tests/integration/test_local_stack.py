@@ -42,6 +42,8 @@ class Fakes:
         self.contexts: queue.Queue[Any] = queue.Queue()
         self.dispatch_batches: list[dict[str, Any]] = []
         self.slow_started = threading.Event()
+        # Set by a test once the caller of /slow has reset its connection: the slow handler answers only then.
+        self.caller_gone = threading.Event()
 
     def api(self, event: dict[str, Any], context: Any) -> Any:
         self.api_events.put(event)
@@ -53,7 +55,7 @@ class Fakes:
             return {"hello": "world"}
         if path.endswith("/slow"):
             self.slow_started.set()
-            time.sleep(0.3)
+            self.caller_gone.wait(WAIT_SECONDS)
             return {"slow": True}
         return {
             "statusCode": 201,
@@ -358,6 +360,9 @@ class TestAStackWithFakeHandlers:
             client.sendall(b"GET /v1/accounts/me/slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert fakes.slow_started.wait(WAIT_SECONDS)
             client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # (the function answers once the caller is gone, however late this thread got here: a fixed 0.3 s of work
+        # answered first, to a caller still there, when this thread was late on a busy machine)
+        fakes.caller_gone.set()
 
         # Then the bridge says in one line that the answer was dropped, and why
         deadline = time.monotonic() + WAIT_SECONDS
