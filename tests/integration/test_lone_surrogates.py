@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import FakeContext, load_function
 from tests.integration.test_dynamodb_limits import ninebits_callback, ninebits_upstream
@@ -72,4 +73,22 @@ def test_an_id_in_a_submit_answer_holding_a_lone_surrogate_is_read_as_the_callba
     # When the message is submitted
     result = asyncio.run(provider(handler).submit(submit_request()))
     # Then the id is text that can be stored, the one its delivery reports are held and found by (above)
+    assert result.upstream_message_id == "their-\ufffd"
+
+
+@pytest.mark.xfail(strict=True, reason="a UTF-16 or UTF-32 answer's lone surrogate is kept")
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+def test_an_id_in_a_submit_answer_in_utf16_or_utf32_holding_a_lone_surrogate_is_read_as_in_utf8(encoding: str) -> None:
+    from tests.integration.test_provider_ninebits import provider, submit_request
+
+    # Given 9bits answering a submit in JSON written in UTF-16 or UTF-32 (which JSON readers, Python's among them, take
+    # by its zero bytes or byte-order mark), with an id holding a `\ud800` escape without its pair
+    answer = '{"status_code": 200, "reference_id": "their-\\ud800"}'.encode(encoding)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=answer)
+
+    # When the message is submitted
+    result = asyncio.run(provider(handler).submit(submit_request()))
+    # Then the id is read as the same answer in UTF-8 is: text that can be stored, not one no store takes
     assert result.upstream_message_id == "their-\ufffd"
