@@ -39,7 +39,11 @@ def readable_json(raw: str | bytes) -> Any:
 
 def _may_hold_surrogates(raw: str | bytes) -> bool:
     if isinstance(raw, bytes):
-        return _SURROGATE_IN_BYTES.search(raw) is not None
+        # JSON in UTF-16 or UTF-32, which json.loads reads too (by its zero bytes or byte-order mark), writes an escape
+        # or a surrogate in other bytes than UTF-8's: its strings are all looked at (until 2026-12-07 such an answer's
+        # lone surrogate was kept).
+        utf8 = json.detect_encoding(raw) in ("utf-8", "utf-8-sig")
+        return not utf8 or _SURROGATE_IN_BYTES.search(raw) is not None
     return SURROGATE_ESCAPE.search(raw) is not None or (not raw.isascii() and _SURROGATE.search(raw) is not None)
 
 
