@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from unittest.mock import Mock
 from urllib.parse import urlencode
 
 import pytest
@@ -1599,3 +1600,27 @@ def test_a_cancel_key_reused_for_another_request_is_a_409_and_changes_nothing(aw
     assert balance(account["account_id"]) == 99
     other = gateway().store.get_batch(account["account_id"], int(sent["reference_id"]))
     assert other is not None and other.status == "scheduled"
+
+
+@pytest.mark.xfail(strict=True, reason="a keyed cancel that failed (500) holds its key: its retry is 409 for 90 s")
+@pytest.mark.parametrize("dialect", ["9bits", "session-key"])
+def test_a_keyed_cancel_that_failed_unexpectedly_is_finished_by_its_retry_at_once(aws, account, api, dialect):
+    from sms_gateway.bootstrap import gateway
+
+    # Given a batch of two scheduled an hour ahead, whose cancel under an Idempotency-Key failed unexpectedly (a
+    # DynamoDB error past botocore's retries) once it had cancelled and refunded the batch, before it claimed its
+    # answer: the client was answered 500, "send it again under the same Idempotency-Key"
+    reference_id = schedule_two_an_hour_ahead(api, account)
+    cancel = keyed_cancel(api, account, dialect)
+    store = gateway().store
+    with pytest.MonkeyPatch.context() as failing:
+        failing.setattr(store, "claim_cancel_answer", Mock(side_effect=RuntimeError("throttled")))
+        assert cancel(reference_id, key="cancel-1")[0] == 500
+    assert balance(account["account_id"]) == 100
+    # When the client sends it again under its key at once, as the 500 asks
+    status, body = cancel(reference_id, key="cancel-1")
+    # Then it is told what the cancel did, the 2 credits refunded (not a 409 "still being processed" for the 90 s of
+    # a lease that no request holds: the failed one is over), and nothing moved twice
+    assert (status, cancel_answer(dialect, body)) == (200, REFUNDED_TWO[dialect]), body
+    assert balance(account["account_id"]) == 100
+    assert cancel(reference_id, key="cancel-1") == (status, body)
