@@ -1602,7 +1602,6 @@ def test_a_cancel_key_reused_for_another_request_is_a_409_and_changes_nothing(aw
     assert other is not None and other.status == "scheduled"
 
 
-@pytest.mark.xfail(strict=True, reason="a keyed cancel that failed (500) holds its key: its retry is 409 for 90 s")
 @pytest.mark.parametrize("dialect", ["9bits", "session-key"])
 def test_a_keyed_cancel_that_failed_unexpectedly_is_finished_by_its_retry_at_once(aws, account, api, dialect):
     from sms_gateway.bootstrap import gateway

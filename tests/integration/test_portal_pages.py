@@ -590,6 +590,26 @@ class TestCancel:
         assert refused.status == 409, refused.text()[:2000]
         assert stored_batch(account["account_id"], other) == ("scheduled", {"scheduled"})
 
+    def test_a_cancel_form_that_failed_unexpectedly_sent_again_at_once_shows_the_refund(self, client, account):
+        from unittest.mock import Mock
+
+        from sms_gateway.bootstrap import gateway
+
+        # Given a send of two scheduled for tomorrow (2 credits), whose Cancel form's send failed unexpectedly (a
+        # DynamoDB error) once the batch was cancelled and refunded, before the cancel claimed its answer
+        page = schedule(client, f"{MTN}\n{AIRTEL}")
+        drawn = client.get(page)
+        form = {"csrf_token": drawn.csrf_token(), "action": "cancel-batch", **drawn.hidden_fields("cancel-batch")}
+        with pytest.MonkeyPatch.context() as failing:
+            failing.setattr(gateway().store, "claim_cancel_answer", Mock(side_effect=RuntimeError("throttled")))
+            assert client.post(page, form).status == 500
+        # When the user sends the same form again at once
+        again = client.post(page, form)
+        # Then the page says what the cancel did (not 409 "still being carried out" for 90 s), nothing moved twice
+        assert again.status == 200, again.text()[:2000]
+        assert "is cancelled: 2 credits were refunded" in again.text()
+        assert balance(account["account_id"]) == 100
+
     def test_a_cancelled_send_is_not_listed_as_sent_at_its_schedule_time(self, client, account):
         # Given a send scheduled for tomorrow, cancelled from its page
         page = schedule(client, MTN)

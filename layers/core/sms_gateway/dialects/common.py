@@ -458,6 +458,7 @@ def idempotent(
     lease: timedelta | None = SEND_LEASE,
     standing: Standing | None = None,
     query: Mapping[str, str] | None = None,
+    retry_failed_at_once: bool = False,
 ) -> Response[Any]:
     """Runs a send once per idempotency key (see logic.idempotency): a repeat gets the first answer back.
     The fingerprint covers method, path, query and body (the body as text, decoded when API Gateway base64-encoded
@@ -471,7 +472,8 @@ def idempotent(
     a request that cannot be finished that way (it holds its key until the key expires).
     `standing`: a send's answer to the send that stands under the key (the batch and its messages as stored), for a
     retry that is refused while some of the send its died request made stands (undo_refused_send); None for a
-    request that makes no send (a group's creation)."""
+    request that makes no send (a group's creation).
+    `retry_failed_at_once`: run_once's, for a cancel (its retry finishes it)."""
     from sms_gateway.bootstrap import gateway
     from sms_gateway.domain.models import utc_now
 
@@ -499,5 +501,6 @@ def idempotent(
         undo=undo_refused_send(standing.account, standing.recipients, lambda sent: stored_answer(standing.answer(sent)))
         if standing
         else None,
+        retry_failed_at_once=retry_failed_at_once,
     )
     return Response(status_code=stored.status_code, content_type=stored.content_type, body=stored.body)

@@ -411,7 +411,7 @@ def cancel_batch(reference_id: str) -> Response[Any]:
     number = batches.parse_reference_id(reference_id)
     # Under a key a retry gets the first answer, with the credits that cancel refunded (docs/dialects/9bits.md).
     key = request_key(event.headers.get("idempotency-key"), None)
-    return idempotent(event, account.account_id, key, lambda: _cancel_batch(account, number))
+    return idempotent(event, account.account_id, key, lambda: _cancel_batch(account, number), retry_failed_at_once=True)
 
 
 def _cancel_batch(account: Account, reference_id: int) -> Response[Any]:

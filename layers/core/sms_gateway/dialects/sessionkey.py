@@ -446,7 +446,11 @@ def remove_order(order_id: str) -> Response[Any]:
     # Under a key (our addition, as on a send) a retry gets the first answer: OK for the order that removal removed.
     key = request_key(_header("idempotency-key"), None)
     return idempotent(
-        router.current_event, account.account_id, key, lambda: _remove_order(account, order_id, reference_id)
+        router.current_event,
+        account.account_id,
+        key,
+        lambda: _remove_order(account, order_id, reference_id),
+        retry_failed_at_once=True,
     )
 
 

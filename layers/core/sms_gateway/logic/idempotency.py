@@ -58,6 +58,7 @@ def run_once(
     lease: timedelta | None = None,
     undo: Callable[[KeyClaim], StoredAnswer | None] | None = None,
     unversioned_fingerprint: str | None = None,
+    retry_failed_at_once: bool = False,
 ) -> StoredAnswer:
     """Only a successful (2xx) answer is kept: a refused or failed request may be retried under its key.
 
@@ -83,7 +84,9 @@ def run_once(
     ended (lapse), and the client's retry, told 503, resumes the send at once and finishes it.
     A leased request that is not resumed lets its key go when it fails with a GatewayError (a refusal, or a send
     undone: nothing of it stands): an unexpected failure, such as the undo of a send failing too, may leave its
-    batch stored, charged or queued."""
+    batch stored, charged or queued. `retry_failed_at_once`: such a failure ends the key's lease instead (lapse), for
+    a request whose retry finishes what it left, each of its steps conditional (a cancel): the request is over, and
+    its retry under the key, which the 500 asks for, is no longer told 409 "still being processed" for the lease."""
     if key is None:
         return produce(None)
     try:
@@ -138,6 +141,7 @@ def run_once(
                     lease=lease,
                     undo=undo,
                     unversioned_fingerprint=unversioned_fingerprint,
+                    retry_failed_at_once=retry_failed_at_once,
                 )
             raise
         answer = standing
@@ -146,6 +150,9 @@ def run_once(
         # Without a lease nothing could resume the request, so its key is let go whatever the failure.
         if lease is None:
             store.abandon(scope, key)
+        elif retry_failed_at_once:
+            # Until 2026-12-07 a cancel's retry met its key in progress for the lease's 90 s, held by no request.
+            _lapse(store, scope, key)
         raise
     if 200 <= answer.status_code < 300:
         _keep(store, scope, key, answer)

@@ -351,12 +351,14 @@ def run_form_once(
     lease: timedelta | None = None,
     undo: Callable[[KeyClaim], StoredAnswer | None] | None = None,
     query: tuple[str, ...] = (),
+    retry_failed_at_once: bool = False,
 ) -> StoredAnswer:
     """`produce` run once per form key (the idempotency store, scope the account, 24 hours), the key named for the
     form's action: a repeat with the same `fields` gets the first answer, kept (logic.idempotency.run_once: only a
     2xx answer is kept, so a refused form can be corrected and sent again); one with other values is refused
     (KeyReused), one while the first is still running too (KeyInProgress). A kept answer is stored: no secret in it.
-    `query`: the query parameters the action reads too (the batch a cancel names), told apart as the fields are."""
+    `query`: the query parameters the action reads too (the batch a cancel names), told apart as the fields are.
+    `retry_failed_at_once`: run_once's, for a cancel (the form sent again finishes it)."""
     from sms_gateway.bootstrap import gateway
     from sms_gateway.logic.idempotency import MAX_KEY_LENGTH, fingerprint, run_once
 
@@ -376,6 +378,7 @@ def run_form_once(
         produce=produce,
         lease=lease,
         undo=undo,
+        retry_failed_at_once=retry_failed_at_once,
     )
 
 

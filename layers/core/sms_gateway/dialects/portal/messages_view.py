@@ -338,7 +338,9 @@ def cancel_batch(ctx: PageContext) -> Notice:
         return StoredAnswer(status_code=200, body=under_claim(claim, lambda: _cancelled(ctx, reference_id)).message)
 
     try:
-        answer = run_form_once(ctx, CANCEL_KEY_FIELD, (), produce, lease=SEND_LEASE, query=("batch",))
+        answer = run_form_once(
+            ctx, CANCEL_KEY_FIELD, (), produce, lease=SEND_LEASE, query=("batch",), retry_failed_at_once=True
+        )
     except KeyInProgress as error:
         raise Conflict(
             "This cancel is still being carried out (it was sent twice): open the batch again in a moment."
