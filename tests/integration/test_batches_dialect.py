@@ -1623,3 +1623,31 @@ def test_a_keyed_cancel_that_failed_unexpectedly_is_finished_by_its_retry_at_onc
     assert (status, cancel_answer(dialect, body)) == (200, REFUNDED_TWO[dialect]), body
     assert balance(account["account_id"]) == 100
     assert cancel(reference_id, key="cancel-1") == (status, body)
+
+
+@pytest.mark.xfail(strict=True, reason="a resumed keyed cancel answered 503 lets its key go: the next retry gets 0")
+def test_a_keyed_cancel_resumed_into_a_503_keeps_the_refund_its_died_request_claimed(aws, account, api):
+    from sms_gateway.adapters.dynamodb import DynamoStore
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.errors import TransactionUndecided
+    from tests.integration.test_idempotency_and_credits import Killed, die_once, leases_run_out
+
+    # Given a batch of two scheduled an hour ahead, whose cancel under an Idempotency-Key was killed once it had
+    # claimed the batch's cancel answer (2 credits refunded), before the answer was kept or sent
+    reference_id = schedule_two_an_hour_ahead(api, account)
+    cancel = keyed_cancel(api, account, "9bits")
+    with pytest.MonkeyPatch.context() as killed:
+        die_once(killed, gateway().store, "claim_cancel_answer", after=True)
+        with pytest.raises(Killed):
+            cancel(reference_id, key="cancel-1")
+    # And whose retry after the lease met DynamoDB cancelling its transactions for conflicts with the account's
+    # other writes (a busy account): 503, send it again
+    leases_run_out()
+    with pytest.MonkeyPatch.context() as busy:
+        busy.setattr(DynamoStore, "move_and_refund", Mock(side_effect=TransactionUndecided("conflicts")))
+        assert cancel(reference_id, key="cancel-1")[0] == 503
+    # When the client sends it again under its key
+    status, body = cancel(reference_id, key="cancel-1")
+    # Then it is told the 2 credits the cancel refunded (not 0: the key's claim of the answer was lost with the key)
+    assert (status, cancel_answer("9bits", body)) == (200, REFUNDED_TWO["9bits"]), body
+    assert balance(account["account_id"]) == 100
