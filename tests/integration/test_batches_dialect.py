@@ -1625,7 +1625,6 @@ def test_a_keyed_cancel_that_failed_unexpectedly_is_finished_by_its_retry_at_onc
     assert cancel(reference_id, key="cancel-1") == (status, body)
 
 
-@pytest.mark.xfail(strict=True, reason="a resumed keyed cancel answered 503 lets its key go: the next retry gets 0")
 def test_a_keyed_cancel_resumed_into_a_503_keeps_the_refund_its_died_request_claimed(aws, account, api):
     from sms_gateway.adapters.dynamodb import DynamoStore
     from sms_gateway.bootstrap import gateway

@@ -11,7 +11,7 @@ from typing import Any
 from sms_gateway.domain.ids import ascii_digits
 from sms_gateway.domain.models import Batch, Message
 from sms_gateway.domain.status import TERMINAL, MessageStatus
-from sms_gateway.errors import Conflict, NotFound, TransactionUndecided, Unavailable
+from sms_gateway.errors import Conflict, NotDone, NotFound, TransactionUndecided, Unavailable
 from sms_gateway.observability import logger
 from sms_gateway.ports import BatchScheduler, MessageStore
 
@@ -208,13 +208,15 @@ def _finish_cancel_or_retry(
     """_finish_cancel for a client's cancel, the batch moved to cancelled already: its messages as they are now. A
     refund or give-back DynamoDB left undecided (other writes of the account's credits cancelled its transaction on
     every try) wrote nothing of itself, and the cancel sent again goes on from there and answers all the cancel gave
-    back (cancel_refund): Unavailable, a 503 to retry, as when other writers kept moving the cost (cost_to_stored);
-    until 2026-12-07 a 500, "may be done in part, look before trying again". The schedule is left, and its firing
-    finishes the cancel too if the client never sends it again."""
+    back (cancel_refund): NotDone, a 503 to retry (under an idempotency key that resumed a died request, run_once
+    keeps the key, lease ended, with the mark that request's claim of the answer carries; until 2026-12-07 it let
+    the key go, and the next retry was answered 0 refunded), as when other writers kept moving the cost
+    (cost_to_stored); until 2026-12-07 a 500, "may be done in part, look before trying again". The schedule is
+    left, and its firing finishes the cancel too if the client never sends it again."""
     try:
         return _finish_cancel(messages, scheduler, account_id, reference_id, now=now)[1]
     except TransactionUndecided as error:
-        raise Unavailable(
+        raise NotDone(
             f"batch {reference_id} is cancelled, but other writes of the account's credits kept refusing its refunds "
             f"({error}); send the cancel again to finish it: try again"
         ) from error
