@@ -1095,3 +1095,23 @@ def test_review_a_csv_with_no_rows_says_there_is_nothing_to_send_and_exits_2(
     assert (code, sends) == (client_commands.CANNOT_RUN, {}), err
     assert "no rows" in err and str(csv_file) in err, err
 
+
+@pytest.mark.xfail(strict=True, reason="a CSV with a column twice silently uses the last one's cells")
+@pytest.mark.parametrize(
+    ("header", "column"),
+    [("to,name,to", "to"), ("to,name, name ", "name"), ("Phone,name,phone", "phone")],
+    ids=["number-twice", "placeholder-twice", "number-twice-other-case"],
+)
+def test_review_a_csv_with_a_column_twice_is_refused_naming_it_before_anything_is_sent(
+    header: str, column: str, csv_gateways: CsvGateways, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sends, csv_file, send_csv = csv_gateways
+    # Given a sheet with a column twice (pasted in twice, or a second list's numbers next to the first's)
+    csv_file.write_text(f"{header}\n2348020000000,Ada,2348030000000\n")
+    # When it is sent
+    code = send_csv("http://gw", "t")
+    err = capsys.readouterr().err
+    # Then nothing is sent to whichever number or name came last: the column is named, and the run exits 2
+    assert (code, sends) == (client_commands.CANNOT_RUN, {}), err
+    assert err.startswith("error: ") and f"{column!r}" in err.lower() and "twice" in err, err
+
