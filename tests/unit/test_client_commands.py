@@ -1115,3 +1115,34 @@ def test_review_a_csv_with_a_column_twice_is_refused_naming_it_before_anything_i
     assert (code, sends) == (client_commands.CANNOT_RUN, {}), err
     assert err.startswith("error: ") and f"{column!r}" in err.lower() and "twice" in err, err
 
+
+@pytest.mark.xfail(strict=True, reason="a 200 JSON answer without reference_id ends in a KeyError traceback")
+@pytest.mark.parametrize("csv", [False, True], ids=["send", "send-csv"])
+def test_review_a_send_answered_without_a_reference_id_says_the_url_is_not_the_gateway_s(
+    csv: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sms_gateway_tools import cli
+
+    # Given an API URL where another JSON API answers every request 200 {"ok": true}
+    posts: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        posts.append(request.method)
+        return httpx.Response(200, json={"ok": True})
+
+    url = "https://api.example.com"
+    monkeypatch.setattr(
+        client_commands, "_open_client", lambda args: GatewayClient(url, "t", transport=httpx.MockTransport(handler))
+    )
+    csv_file = tmp_path / "customers.csv"
+    csv_file.write_text("to,name\n" + "".join(f"2348020{n:06d},Ada\n" for n in range(5)))
+    how = ["--csv", str(csv_file), "--concurrency", "1"] if csv else ["--to", "2348020000000"]
+    # When a message (or a campaign) is sent there
+    code = cli.main(["send", "--from", "48974", "--message", "Hi {name}" if csv else "Hi", *how])
+    printed = capsys.readouterr()
+    # Then it says the answer is not the gateway's and exits 2 (no traceback; no row "rejected: unexpected error"),
+    # the campaign stopping at its first answer
+    assert code == client_commands.CANNOT_RUN, printed.err
+    assert "reference_id" in printed.err and "API URL" in printed.err, printed.err
+    assert "unexpected error" not in printed.out + printed.err
+    assert posts.count("POST") == 1
