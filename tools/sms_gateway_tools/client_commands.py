@@ -454,6 +454,14 @@ def _send_csv(args: argparse.Namespace) -> int:
     except (BulkSendError, UnicodeDecodeError) as error:
         print(f"error: {path}: {error}", file=sys.stderr)
         return CANNOT_RUN
+    if total == 0:
+        # The wrong sheet exported, or rows not saved: a run that "sent" nothing must not read as done (exit 0).
+        print(
+            f"error: {path} has no rows to send (only its header line, or rows left empty): nothing sent; is it the "
+            "right file or sheet?",
+            file=sys.stderr,
+        )
+        return CANNOT_RUN
     bar = TextProgress(total, sys.stderr, enabled=not args.json)
     balance: dict[str, int] = {}
     try:
@@ -706,7 +714,7 @@ def register(subparsers: Any) -> None:
         "Each row is sent under an Idempotency-Key made from its values, the sender and the template; accepted rows "
         f"are recorded in FILE{'.sent.jsonl'} with the gateway and account that accepted them, so running the same "
         "command again (same --api-url and --token) sends only the rows not yet accepted there.\n"
-        "Exit code: 0 all sent, 1 something was rejected, 2 the command could not run.",
+        "Exit code: 0 all sent, 1 something was rejected, 2 the command could not run (or the CSV has no rows).",
     )
     send.add_argument("--from", dest="sender", required=True, help="a sender ID or shortcode of the account")
     send.add_argument("--to", action="append", metavar="NUMBER", help="a recipient (repeatable; not with --csv)")
