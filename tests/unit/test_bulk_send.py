@@ -90,6 +90,15 @@ def test_rows_take_the_number_from_any_known_column_and_report_editor_line_numbe
         list(read_rows(io.StringIO("name,number\nAda,0802\n")))
 
 
+def test_a_header_with_a_column_twice_is_refused_but_unnamed_columns_after_the_last_are_not_columns() -> None:
+    # A number column twice in another case is the same column to `number_column`: refused, naming where both are
+    with pytest.raises(BulkSendError, match=r"'phone' is in the header twice \(columns 1 and 3\)"):
+        list(read_rows(io.StringIO("Phone,name,phone\n0802,Ada,0803\n")))
+    # While the empty cells an export leaves after its last column are no columns, however many
+    rows = list(read_rows(io.StringIO("to,name,,\n0802,Ada,,\n"), "Hi {name}"))
+    assert [(r.to, r.fields["name"]) for r in rows] == [("0802", "Ada")]
+
+
 def test_a_file_that_is_not_valid_csv_is_refused_with_the_line_its_bad_row_starts_on() -> None:
     # A quoted cell followed by more text is not a cell the file can be read as: refused, not guessed at
     with pytest.raises(BulkSendError, match=r"^line 3 is not valid CSV: ',' expected after"):

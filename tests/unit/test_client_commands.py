@@ -1095,7 +1095,6 @@ def test_review_a_csv_with_no_rows_says_there_is_nothing_to_send_and_exits_2(
     assert "no rows" in err and str(csv_file) in err, err
 
 
-@pytest.mark.xfail(strict=True, reason="a CSV with a column twice silently uses the last one's cells")
 @pytest.mark.parametrize(
     ("header", "column"),
     [("to,name,to", "to"), ("to,name, name ", "name"), ("Phone,name,phone", "phone")],

@@ -221,11 +221,29 @@ def number_column(header: Iterable[str]) -> str:
     raise BulkSendError(f"the CSV needs a column with the recipient's number: one of {', '.join(NUMBER_COLUMNS)}")
 
 
+def refuse_repeated_columns(header: Sequence[str]) -> None:
+    """BulkSendError naming the first column the header has twice (spaces around a name do not count; a number
+    column's name in any case, as `number_column` reads it): a row has one cell a column, and which one to send is
+    not guessed (until session 37 the last one's cells were sent, to the second list's numbers or with its names)."""
+    seen: dict[str, int] = {}
+    for position, written in enumerate(header, start=1):
+        name = str(written).strip()
+        same = name.lower() if name.lower() in NUMBER_COLUMNS else name
+        if not name:
+            continue  # the unnamed cells an export leaves after the last column: no template can name them
+        if same in seen:
+            raise BulkSendError(
+                f"the column {name!r} is in the header twice (columns {seen[same]} and {position}): which one's cells "
+                "to send is not guessed: remove or rename one"
+            )
+        seen[same] = position
+
+
 def read_rows(lines: Iterable[str], template: str | None = None) -> Iterator[Row]:
     """The file's rows, its cells separated as its header line's are (`separator`); a file that is not valid CSV is
     refused (BulkSendError naming the line its bad row starts on), never guessed at: a quote opened and never closed
     would make the rest of the file one cell of one row. So is a `template` with a placeholder that names none of
-    its columns (`placeholders`)."""
+    its columns (`placeholders`), and a header with a column twice (`refuse_repeated_columns`)."""
     rest = _utf8_lines(lines)
     first = list(islice(rest, 1))
     # strict: a quote never closed, or text after a closing quote, is an error instead of a cell taken as it falls.
@@ -235,6 +253,7 @@ def read_rows(lines: Iterable[str], template: str | None = None) -> Iterator[Row
         header = reader.fieldnames
         if header is None:
             raise BulkSendError("the CSV is empty: it needs a header line (to,name,...) and rows")
+        refuse_repeated_columns(header)
         to_column = number_column(header)
         if template is not None:
             placeholders(template, [str(name).strip() for name in header])
