@@ -166,9 +166,13 @@ class GatewayClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, *, every_gateway_has: bool = False, **kwargs: Any) -> dict[str, Any]:
+    def _call(
+        self, method: str, path: str, *, every_gateway_has: bool = False, answered: str | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
         """The answer's JSON, or ApiError. A route `every_gateway_has` (a send's, a dry run's) answered 404 or 405 is
-        no gateway at the URL (not_the_gateway): the URL has a path too many (`.../ng/v1`) or is another API's."""
+        no gateway at the URL (not_the_gateway): the URL has a path too many (`.../ng/v1`) or is another API's. So is
+        a success without the field the gateway's always has (`answered`): another JSON API answered (until session
+        37 a send's ended in a KeyError traceback, and `send --csv` rejected each row as an "unexpected error")."""
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as error:
@@ -181,12 +185,10 @@ class GatewayClient:
             body = None
         if not isinstance(body, dict):
             content_type = response.headers.get("content-type") or "no Content-Type"
-            raise ApiError(
-                response.status_code,
-                f"{method} {response.url} answered HTTP {response.status_code} with something that is not the "
-                f"gateway's JSON ({content_type}: "
-                f"{response.text[:80]!r}): {WRONG_URL_HINT}",
-                not_the_gateway=True,
+            raise _not_the_gateways(
+                method,
+                response,
+                f"with something that is not the gateway's JSON ({content_type}: {response.text[:80]!r})",
             )
         if response.status_code >= 400:
             message = str(body.get("message") or response.reason_phrase)
@@ -198,6 +200,8 @@ class GatewayClient:
                     not_the_gateway=True,
                 )
             raise ApiError(response.status_code, message, retry_after_seconds(response.headers.get("retry-after")))
+        if answered is not None and body.get(answered) in (None, ""):
+            raise _not_the_gateways(method, response, f"without the {answered} the gateway's answer has ({body!r:.80})")
         return body
 
     def send(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
@@ -205,10 +209,14 @@ class GatewayClient:
         # Fixed separators and key order: a retry under the same key must be the very same body to the gateway.
         content = json.dumps(body, separators=(",", ":"))
         headers["Content-Type"] = "application/json"
-        return self._call("POST", "/ng/v1/sendsms", every_gateway_has=True, content=content, headers=headers)
+        return self._call(
+            "POST", "/ng/v1/sendsms", every_gateway_has=True, answered="reference_id", content=content, headers=headers
+        )
 
     def dry_run(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._call("POST", "/ng/v1/batches/dry_run", every_gateway_has=True, json=body)
+        return self._call(
+            "POST", "/ng/v1/batches/dry_run", every_gateway_has=True, answered="would_be_accepted", json=body
+        )
 
     def batch(self, reference_id: str) -> dict[str, Any]:
         return self._call("GET", f"/ng/v1/batches/{reference_id}")
@@ -223,6 +231,15 @@ class GatewayClient:
             cursor = page.get("next")
             if not cursor:
                 return
+
+
+def _not_the_gateways(method: str, response: httpx.Response, how: str) -> ApiError:
+    """An answer that is not the gateway's (`how` it is not): the API URL is most likely wrong."""
+    return ApiError(
+        response.status_code,
+        f"{method} {response.url} answered HTTP {response.status_code} {how}: {WRONG_URL_HINT}",
+        not_the_gateway=True,
+    )
 
 
 def _redirected(method: str, path: str, response: httpx.Response) -> str:
