@@ -1534,6 +1534,59 @@ def cancel_answer(dialect: str, body: dict[str, Any]) -> Any:
     return (body["status"], body["refunded_credits"], body["balance"]) if dialect == "9bits" else body
 
 
+CLAIM_SENT_AGAIN = pytest.mark.xfail(
+    strict=True,
+    reason="an unkeyed cancel's claim write sent again after its answer was lost meets its own claim and loses it",
+)
+
+
+@pytest.mark.parametrize(
+    ("dialect", "resumed"),
+    [
+        pytest.param("9bits", False, marks=CLAIM_SENT_AGAIN),
+        pytest.param("9bits", True, marks=CLAIM_SENT_AGAIN),
+        ("session-key", False),
+        pytest.param("session-key", True, marks=CLAIM_SENT_AGAIN),
+    ],
+)
+def test_an_unkeyed_cancel_whose_answer_claim_was_sent_again_answers_its_refund(aws, account, api, dialect, resumed):
+    from sms_gateway.bootstrap import gateway
+    from tests.integration.test_idempotency_and_credits import Killed, die_once
+    from tests.integration.test_refund_transactions import AnswersLost
+
+    # Given a batch of two scheduled an hour ahead (98 of 100 credits left), cancelled without an Idempotency-Key
+    # (`resumed`: by a cancel killed once it was done, before it claimed its answer, then by the client's retry)
+    reference_id = schedule_two_an_hour_ahead(api, account)
+    cancel = keyed_cancel(api, account, dialect)
+    store = gateway().store
+    if resumed:
+        with pytest.MonkeyPatch.context() as killed:
+            die_once(killed, store, "claim_cancel_answer")
+            with pytest.raises(Killed):
+                cancel(reference_id)
+    # When that cancel's write claiming its answer reaches DynamoDB and then loses its answer on the wire (botocore
+    # sends it again)
+    real_claim = store.claim_cancel_answer
+    lost: list[AnswersLost] = []
+
+    def claim_whose_answer_is_lost(*args: Any, **kwargs: Any) -> Any:
+        if not lost:
+            lost.append(AnswersLost(store.client, of="UpdateItem"))
+        return real_claim(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as lossy:
+        lossy.setattr(store, "claim_cancel_answer", claim_whose_answer_is_lost)
+        status, body = cancel(reference_id)
+    assert lost[0].sent >= 2
+    # Then the cancel answers the 2 credits it gave back (not "0 refunded", nor the session-key family's 404 "order
+    # cannot be removed", for an order it removed)
+    assert (status, cancel_answer(dialect, body)) == (200, REFUNDED_TWO[dialect]), body
+    assert balance(account["account_id"]) == 100
+    # And a repeat, the answer given, refunds nothing more
+    if dialect == "9bits":
+        assert cancel(reference_id)[1]["refunded_credits"] == 0
+
+
 @pytest.mark.parametrize("dialect", ["9bits", "session-key"])
 def test_a_keyed_cancel_whose_answer_was_lost_is_answered_the_same_refund_by_its_retry(aws, account, api, dialect):
     # Given a batch of two scheduled an hour ahead (98 of 100 credits left), cancelled under an Idempotency-Key: the
