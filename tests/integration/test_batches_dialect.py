@@ -1534,19 +1534,13 @@ def cancel_answer(dialect: str, body: dict[str, Any]) -> Any:
     return (body["status"], body["refunded_credits"], body["balance"]) if dialect == "9bits" else body
 
 
-CLAIM_SENT_AGAIN = pytest.mark.xfail(
-    strict=True,
-    reason="an unkeyed cancel's claim write sent again after its answer was lost meets its own claim and loses it",
-)
-
-
 @pytest.mark.parametrize(
     ("dialect", "resumed"),
     [
-        pytest.param("9bits", False, marks=CLAIM_SENT_AGAIN),
-        pytest.param("9bits", True, marks=CLAIM_SENT_AGAIN),
+        ("9bits", False),
+        ("9bits", True),
         ("session-key", False),
-        pytest.param("session-key", True, marks=CLAIM_SENT_AGAIN),
+        ("session-key", True),
     ],
 )
 def test_an_unkeyed_cancel_whose_answer_claim_was_sent_again_answers_its_refund(aws, account, api, dialect, resumed):

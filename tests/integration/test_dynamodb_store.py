@@ -1071,10 +1071,6 @@ def test_a_release_whose_answer_is_lost_counts_its_attempt_once(store):
     assert not {"claim_until", "claim_upstream", "claim_id"} & item.keys()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an unkeyed cancel's claim write sent again after its answer was lost meets its own claim and loses it",
-)
 def test_a_cancel_answer_claim_whose_answer_is_lost_is_still_ours(store):
     # Given a cancelled batch whose refund no cancel has answered yet
     account_id = str(new_id())

@@ -237,7 +237,8 @@ class MessageStore(Protocol):
         call wins: the batch as that write left it, for that call. None when another call marked it first, or the
         batch is not cancelled. `mark`: the mark of the idempotency key the cancel holds (KeyClaim.mark), written
         with it (`cancel_answer_mark`): a later call under the same key wins the claim again (the key's request died
-        after it claimed the answer, before the answer was kept under the key or sent), no other call."""
+        after it claimed the answer, before the answer was kept under the key or sent), no other call. The winning
+        write sent again (its answer lost on the wire) is still that call's win, not another call's claim."""
         ...
 
     def list_messages(

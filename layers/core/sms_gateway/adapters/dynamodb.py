@@ -926,17 +926,25 @@ class DynamoStore(
         return True
 
     def claim_cancel_answer(self, account_id: str, reference_id: int, *, mark: str | None = None) -> Batch | None:
-        values: dict[str, Any] = {":answered": {"BOOL": True}, ":cancelled": {"S": str(MessageStatus.CANCELLED)}}
-        update, unclaimed = "SET cancel_answered = :answered", "attribute_not_exists(cancel_answered)"
+        # A random token written with the claim, which the condition accepts: this write, sent again by botocore after
+        # its answer was lost, meets the claim it made and knows it for its own (as a dispatch claim's `claim_id`),
+        # rather than take it for another cancel's and answer nothing of the refund.
+        values: dict[str, Any] = {
+            ":answered": {"BOOL": True},
+            ":cancelled": {"S": str(MessageStatus.CANCELLED)},
+            ":token": {"S": secrets.token_hex(16)},
+        }
+        update = "SET cancel_answered = :answered, cancel_answer_token = :token"
+        unclaimed = "attribute_not_exists(cancel_answered) OR cancel_answer_token = :token"
         if mark is not None:
             values[":mark"] = {"S": mark}
-            update, unclaimed = f"{update}, cancel_answer_mark = :mark", f"({unclaimed} OR cancel_answer_mark = :mark)"
+            update, unclaimed = f"{update}, cancel_answer_mark = :mark", f"{unclaimed} OR cancel_answer_mark = :mark"
         try:
             claimed = self.client.update_item(
                 TableName=self.table_name,
                 Key=_batch_key(account_id, reference_id),
                 UpdateExpression=update,
-                ConditionExpression=f"#status = :cancelled AND {unclaimed}",
+                ConditionExpression=f"#status = :cancelled AND ({unclaimed})",
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",
