@@ -47,6 +47,7 @@ from sms_gateway.adapters.dynamodb_history import DynamoHistoryMixin, goes_out_s
 from sms_gateway.adapters.dynamodb_inbox import DynamoInboxMixin
 from sms_gateway.adapters.dynamodb_notifications import DynamoNotificationsMixin
 from sms_gateway.adapters.dynamodb_optouts import DynamoOptOutsMixin, unreleased_check
+from sms_gateway.adapters.dynamodb_partitions import account_pk
 from sms_gateway.adapters.dynamodb_ratelimit import DynamoRateLimitMixin
 from sms_gateway.adapters.dynamodb_routes import DynamoRouteStore
 from sms_gateway.adapters.dynamodb_sender_requests import DynamoSenderRequestsMixin
@@ -150,10 +151,6 @@ def verify_password(password: str, stored: str) -> bool:
     except ValueError:
         return False
     return hmac.compare_digest(candidate, digest)
-
-
-def account_pk(account_id: str) -> str:
-    return f"ACC#{account_id}"
 
 
 def batch_sk(reference_id: int) -> str:

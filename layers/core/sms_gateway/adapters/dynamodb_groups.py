@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key, read_page
-from sms_gateway.adapters.dynamodb_partitions import account_items
+from sms_gateway.adapters.dynamodb_partitions import ACCOUNT_PK_PREFIX, account_items, account_pk
 from sms_gateway.adapters.dynamodb_transactions import (
     TransactionUndecided,
     back_off,
@@ -43,11 +43,6 @@ MAX_GROUP_READS = 4
 _SUMMARY_ATTRIBUTES = ("group_id", "account_id", "#name", "member_count", "created_at", "updated_at")
 
 
-def _account_pk(account_id: str) -> str:
-    # The account's own partition, as adapters.dynamodb.account_pk (imported from there it would be circular).
-    return f"ACC#{account_id}"
-
-
 def group_sk(group_number: int) -> str:
     return f"{GROUP_SK_PREFIX}{group_number:019d}"
 
@@ -57,11 +52,11 @@ def members_sk(group_number: int) -> str:
 
 
 def _group_key(account_id: str, group_number: int) -> dict[str, Any]:
-    return {"pk": {"S": _account_pk(account_id)}, "sk": {"S": group_sk(group_number)}}
+    return {"pk": {"S": account_pk(account_id)}, "sk": {"S": group_sk(group_number)}}
 
 
 def _members_key(account_id: str, group_number: int) -> dict[str, Any]:
-    return {"pk": {"S": _account_pk(account_id)}, "sk": {"S": members_sk(group_number)}}
+    return {"pk": {"S": account_pk(account_id)}, "sk": {"S": members_sk(group_number)}}
 
 
 def _listed_group_key(account_id: str, group: GroupSummary) -> dict[str, Any]:
@@ -95,7 +90,7 @@ class DynamoGroupStore:
     def create_group(self, group: Group) -> bool:
         number = _group_number(group.group_id)
         summary: dict[str, Any] = {
-            "pk": _account_pk(group.account_id),
+            "pk": account_pk(group.account_id),
             "sk": group_sk(number),
             **group.model_dump(mode="json", exclude={"members"}),
             "member_count": group.member_count,
@@ -116,7 +111,7 @@ class DynamoGroupStore:
             raise not_done(f"creating group {group.group_id}", error) from error
 
     def _put_members(self, account_id: str, number: int, members: Sequence[str], version: int) -> dict[str, Any]:
-        item: dict[str, Any] = {"pk": _account_pk(account_id), "sk": members_sk(number), "version": version}
+        item: dict[str, Any] = {"pk": account_pk(account_id), "sk": members_sk(number), "version": version}
         # DynamoDB has no empty sets: a group without members has a members item without `members`.
         if members:
             item["members"] = set(members)
@@ -150,14 +145,14 @@ class DynamoGroupStore:
         query: dict[str, Any] = {
             "TableName": self.table_name,
             "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
-            "ExpressionAttributeValues": {":pk": {"S": _account_pk(account_id)}, ":prefix": {"S": GROUP_SK_PREFIX}},
+            "ExpressionAttributeValues": {":pk": {"S": account_pk(account_id)}, ":prefix": {"S": GROUP_SK_PREFIX}},
             "ExpressionAttributeNames": {"#name": "name"},
             "ProjectionExpression": ", ".join(_SUMMARY_ATTRIBUTES),
             # A group created or deleted a moment ago is listed or gone, as reading it by id already shows.
             "ConsistentRead": True,
         }
         if cursor:
-            query["ExclusiveStartKey"] = decode_cursor(cursor, pk=_account_pk(account_id), sk_form=GROUP_SK)
+            query["ExclusiveStartKey"] = decode_cursor(cursor, pk=account_pk(account_id), sk_form=GROUP_SK)
         groups, last = read_page(
             self.client.query,
             query,
@@ -298,7 +293,7 @@ class DynamoGroupStore:
         for item in items:
             number = group_number(GROUP_ID_PREFIX + item["sk"]["S"].removeprefix(GROUP_SK_PREFIX))
             if number is not None:
-                account = item["pk"]["S"].removeprefix(_account_pk(""))
+                account = item["pk"]["S"].removeprefix(ACCOUNT_PK_PREFIX)
                 yield StoredGroup(account, number, "members" in item)
 
     def delete_group(self, account_id: str, group_number: int) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key, read_page
 from sms_gateway.adapters.dynamodb_batch import batch_get
 from sms_gateway.adapters.dynamodb_inbox import first_id_at, last_id_at
-from sms_gateway.adapters.dynamodb_partitions import account_items
+from sms_gateway.adapters.dynamodb_partitions import account_items, account_pk
 from sms_gateway.domain.ids import MAX_ID
 from sms_gateway.domain.models import Batch, goes_out_at
 
@@ -39,6 +39,12 @@ def goes_out_sk(batch: Batch) -> str | None:
         return None
     moment = goes_out_at(created_at=batch.created_at, send_at=batch.send_at)
     return f"{GOES_OUT_SK_PREFIX}{_epoch_ms(moment):013d}#{batch.reference_id:019d}"
+
+
+def _send_time_key(batch: Batch) -> dict[str, Any] | None:
+    """The key of a scheduled batch's entry by send time; None for a batch sent at once."""
+    sk = goes_out_sk(batch)
+    return None if sk is None else {"pk": {"S": account_pk(batch.account_id)}, "sk": {"S": sk}}
 
 
 def _epoch_ms(moment: datetime) -> int:
@@ -62,7 +68,7 @@ class DynamoHistoryMixin:
         until: datetime | None = None,
     ) -> tuple[list[Batch], str | None]:
         # Imported here: adapters.dynamodb imports this module to build DynamoStore.
-        from sms_gateway.adapters.dynamodb import account_pk, batch_sk
+        from sms_gateway.adapters.dynamodb import batch_sk
 
         pk = account_pk(account_id)
         low_id = first_id_at(since) if since is not None else 0
@@ -90,9 +96,6 @@ class DynamoHistoryMixin:
     def scheduled_batch_ids(
         self, account_id: str, *, limit: int, since: datetime | None = None, until: datetime | None = None
     ) -> tuple[list[int], bool]:
-        # Imported here: adapters.dynamodb imports this module to build DynamoStore.
-        from sms_gateway.adapters.dynamodb import account_pk
-
         low = f"{GOES_OUT_SK_PREFIX}{_epoch_ms(since) if since is not None else 0:013d}#"
         high = f"{GOES_OUT_SK_PREFIX}{_epoch_ms(until) if until is not None else _LATEST_MS:013d}#{MAX_ID:019d}"
         request: dict[str, Any] = {
@@ -117,7 +120,7 @@ class DynamoHistoryMixin:
         return [int(sk.rsplit("#", 1)[1]) for sk in found[:limit]], len(found) <= limit
 
     def get_batches(self, account_id: str, reference_ids: Sequence[int]) -> list[Batch]:
-        from sms_gateway.adapters.dynamodb import account_pk, batch_sk
+        from sms_gateway.adapters.dynamodb import batch_sk
 
         if not reference_ids:
             return []
@@ -142,12 +145,9 @@ class DynamoHistoryMixin:
     def add_send_time_entry(self, batch: Batch, expires_at: int | None) -> bool:
         """Writes a scheduled batch's entry by send time unless it has one (conditional: run again, or racing another
         run, it writes nothing); True when written. It expires with its batch (`expires_at`, the batch's TTL)."""
-        from sms_gateway.adapters.dynamodb import account_pk
-
-        sk = goes_out_sk(batch)
-        if sk is None:
+        item = _send_time_key(batch)
+        if item is None:
             return False
-        item: dict[str, Any] = {"pk": {"S": account_pk(batch.account_id)}, "sk": {"S": sk}}
         if expires_at is not None:
             item["expires_at"] = {"N": str(expires_at)}
         try:
@@ -157,12 +157,9 @@ class DynamoHistoryMixin:
         return True
 
     def has_send_time_entry(self, batch: Batch) -> bool:
-        from sms_gateway.adapters.dynamodb import account_pk
-
-        sk = goes_out_sk(batch)
-        if sk is None:
+        key = _send_time_key(batch)
+        if key is None:
             return False
-        key = {"pk": {"S": account_pk(batch.account_id)}, "sk": {"S": sk}}
         answer = self.client.get_item(
             TableName=self.table_name, Key=key, ProjectionExpression="pk", ConsistentRead=True
         )

@@ -9,6 +9,11 @@ from typing import Any
 ACCOUNT_PK_PREFIX = "ACC#"
 
 
+def account_pk(account_id: str) -> str:
+    """The partition key of an account's own items (its batches, groups, credentials' listings...)."""
+    return f"{ACCOUNT_PK_PREFIX}{account_id}"
+
+
 def account_items(
     client: Any,
     table_name: str,
@@ -38,7 +43,7 @@ def account_items(
         pages = client.get_paginator("query").paginate(
             **request,
             KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
-            ExpressionAttributeValues={**values, ":pk": {"S": f"{ACCOUNT_PK_PREFIX}{account_id}"}},
+            ExpressionAttributeValues={**values, ":pk": {"S": account_pk(account_id)}},
             ConsistentRead=True,
         )
     for page in pages:

@@ -22,11 +22,11 @@ import contextlib
 from datetime import datetime
 from typing import Any
 
+from sms_gateway.adapters.dynamodb_partitions import ACCOUNT_PK_PREFIX
 from sms_gateway.adapters.dynamodb_sweep import QUEUED, SCHEDULED, UNMARK, due_entries, epoch_seconds, sweep_keys
 from sms_gateway.domain.models import Batch, UnreleasedBatch, release_sweep_due
 from sms_gateway.domain.status import MessageStatus
 
-_ACCOUNT_PREFIX = "ACC#"
 _BATCH_PREFIX = "BATCH#"
 # The sweep-index kind of an unreleased batch, by the status it is released from.
 UNRELEASED_KINDS = {MessageStatus.SCHEDULED: SCHEDULED, MessageStatus.QUEUED: QUEUED}
@@ -98,7 +98,7 @@ def unreleased_batch_of(entry: dict[str, Any], status: MessageStatus) -> Unrelea
     """The batch an index entry's keys (`ACC#<account_id>`, `BATCH#<reference_id>`) name, unreleased in `status`
     (its kind's)."""
     return UnreleasedBatch(
-        account_id=entry["pk"]["S"].removeprefix(_ACCOUNT_PREFIX),
+        account_id=entry["pk"]["S"].removeprefix(ACCOUNT_PK_PREFIX),
         reference_id=int(entry["sk"]["S"].removeprefix(_BATCH_PREFIX)),
         status=status,
     )
