@@ -193,12 +193,7 @@ class GatewayClient:
         if response.status_code >= 400:
             message = str(body.get("message") or response.reason_phrase)
             if every_gateway_has and response.status_code in WRONG_PATH_STATUSES:
-                raise ApiError(
-                    response.status_code,
-                    f"{method} {response.url} answered HTTP {response.status_code} ({message!r}): no such path "
-                    f"there; {WRONG_URL_HINT}",
-                    not_the_gateway=True,
-                )
+                raise _not_the_gateways(method, response, f"({message!r}): no such path there")
             raise ApiError(response.status_code, message, retry_after_seconds(response.headers.get("retry-after")))
         if answered is not None and body.get(answered) in (None, ""):
             raise _not_the_gateways(method, response, f"without the {answered} the gateway's answer has ({body!r:.80})")
