@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,7 +42,9 @@ def test_concurrent_receivers_of_a_fifo_queue_each_get_whole_groups_in_order_wit
     # Given a FIFO queue of 20 groups of 10 messages
     url = fifo_queue(sqs, groups=20, per_group=10)
     errors: list[BaseException] = []
-    in_flight: dict[str, int] = {}
+    # A group's messages in a receiver's hands, and which receiver has them
+    in_flight: Counter[str] = Counter()
+    holder: dict[str, int] = {}
     overlaps: list[str] = []
     done: list[str] = []
     lock = threading.Lock()
@@ -58,10 +61,10 @@ def test_concurrent_receivers_of_a_fifo_queue_each_get_whole_groups_in_order_wit
                 with lock:
                     for message in messages:
                         group = message["Attributes"]["MessageGroupId"]
-                        if in_flight.get(group, 0) and in_flight.get(f"by {group}") != threading.get_ident():
+                        if in_flight[group] and holder[group] != threading.get_ident():
                             overlaps.append(group)
-                        in_flight[group] = in_flight.get(group, 0) + 1
-                        in_flight[f"by {group}"] = threading.get_ident()
+                        in_flight[group] += 1
+                        holder[group] = threading.get_ident()
                 for index, message in enumerate(messages):
                     group = message["Attributes"]["MessageGroupId"]
                     if index % 3 == 2:
