@@ -107,11 +107,6 @@ def test_the_cold_start_harness_records_every_client_the_gateway_makes(monkeypat
         aws.reset_clients()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="layer_size skips __pycache__: the gateway's bytecode (1.65 MB) ships but is not counted, so the "
-    "benchmark reports 18.9 MB 'met' for a layer of 20.65 MB",
-)
 def test_the_layer_size_counts_every_file_sam_deploy_ships(tmp_path):
     from bench.bench_layer_size import package_sizes, zipped_size
 
