@@ -1522,7 +1522,6 @@ def _documented_output(command: str) -> list[str]:
     return after.split("\n```\n", 1)[1].split("```", 1)[0].strip("\n").splitlines()
 
 
-@pytest.mark.xfail(strict=True, reason="docs/operators.md's list-credentials table has no created_by column")
 def test_review_the_outputs_docs_operators_md_shows_have_the_columns_and_labels_the_commands_print(
     cli: Cli, account: dict[str, Any]
 ) -> None:
