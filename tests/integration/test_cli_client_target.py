@@ -44,7 +44,6 @@ def _documented_wrong_url_error() -> tuple[str, str]:
     return shown, url
 
 
-@pytest.mark.xfail(strict=True, reason="docs/cli.md quotes ('Not Found') where the gateway answers 'no route for ...'")
 def test_review_a_send_to_the_api_url_with_a_path_too_many_prints_the_error_docs_cli_md_shows(
     aws, monkeypatch, capsys
 ) -> None:
