@@ -214,3 +214,41 @@ def test_an_upstreams_retry_after_of_five_minutes_holds_its_route_for_every_disp
     # And the hold ends when the upstream asked: a second past it grants
     now[0] = SECOND + 301
     assert asyncio.run(RateLimiter(store, clock=lambda: now[0], sleep=sleep).acquire([route_scope("up", 50)], 1)) == 1
+
+
+def counted_puts(client: Any) -> list[int]:
+    """The puts of each BatchWriteItem the client sends from now on (a hold's counters)."""
+    puts: list[int] = []
+
+    def note(params: dict[str, Any], **_: Any) -> None:
+        puts.append(sum(len(requests) for requests in params["RequestItems"].values()))
+
+    client.meta.events.register("provide-client-params.dynamodb.BatchWriteItem", note)
+    return puts
+
+
+@pytest.mark.xfail(strict=True, reason="each container meeting the 429 writes the whole hold's counters again")
+def test_dispatcher_containers_meeting_the_same_429_at_once_hold_the_routes_seconds_once(aws, store):
+    from sms_gateway.ports import ScopeHeld
+
+    # Given five dispatcher containers whose submits in flight to one upstream all meet its 429 asking them to come
+    # back in 300 s, a millisecond apart, each holding the route for the others at once
+    puts = counted_puts(store.client)
+    start = threading.Barrier(5)
+
+    def container(n: int) -> None:
+        start.wait()
+        asyncio.run(RateLimiter(store, clock=lambda: SECOND + 0.5 + n / 1000).hold("route:up", 300))
+
+    threads = [threading.Thread(target=container, args=(n,)) for n in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    # Then the route's 301 seconds are written once, not once per container: five containers' 600-second holds were
+    # 3,000 writes on the route's partition at once, three times what one partition takes in a second
+    assert sum(puts) == 301, puts
+    # And a container taking a route token within them learns the longest wait
+    with pytest.raises(ScopeHeld) as held:
+        store.take_tokens("route:up", SECOND + 200, 1, 50)
+    assert held.value.until == pytest.approx(SECOND + 300.504)
