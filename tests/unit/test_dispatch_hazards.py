@@ -1235,3 +1235,25 @@ def test_a_day_long_hold_still_holds_back_a_new_container_past_its_first_ten_min
     # container every ten minutes, all day)
     assert provider.submits == []
     assert outcome.retry_delay(backoff_base=5.0) > 3600
+
+
+@pytest.mark.xfail(strict=True, reason="a short Retry-After after the upstream accepted again inherits a stale day")
+def test_a_short_retry_after_once_the_upstream_accepted_again_does_not_bring_back_a_stale_days_hold(store):
+    # Given a route held for a day (the upstream's daily quota spent), its first 600 seconds of counters held
+    provider, counters = FakeProvider("kannel"), CountingStore()
+    counters.hold_scope("route:kannel", NOW.timestamp() + 86400, first_second=int(NOW.timestamp()), seconds=600)
+    # And 700 s later a container that never learnt of it sends, and the upstream accepts (its quota was raised),
+    # then answers its next send with a 429 asking 2 s (its per-second limit)
+    resumed = Container(store, provider, counters)
+    resumed.dispatch_at(700, store)
+    assert len(provider.submits) == 1
+    provider.failure = UpstreamError("429", permanent=False, throttled=True, retry_after=2.0)
+    resumed.dispatch_at(701, store)
+    provider.failure = None
+    # When another container has a send for it a second later, and again 5 s later
+    other = Container(store, provider, counters)
+    held = other.dispatch_at(702, store)
+    other.dispatch_at(706, store)
+    # Then it waits out the 2 s the upstream asked, not the rest of a day the upstream no longer asks for
+    assert held.retry_delay(backoff_base=5.0) < 60
+    assert len(provider.submits) == 3
