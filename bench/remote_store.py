@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sms_gateway.domain.routing import RouteTable
-from sms_gateway.ports import ScopeHeld
+from sms_gateway.ports import RecordedHold, ScopeHeld, hold_written, seconds_to_shut
 from tests.fakes import InMemoryStore
 
 # What one small DynamoDB request (GetItem, UpdateItem, BatchGetItem of 100 keys) takes from a Lambda function in
@@ -52,8 +52,8 @@ class RemoteStore(InMemoryStore):
         self.routes = RouteTable(default_upstream=default_upstream)
         self.counters: dict[tuple[str, int], int] = {}
         self.holds: dict[tuple[str, int], float] = {}
-        # Each scope's hold item: the longest hold written on it (the adapter's conditional write lengthens only).
-        self.held_until: dict[str, float] = {}
+        # Each scope's hold item (the adapter's conditional writes only lengthen it).
+        self.recorded: dict[str, RecordedHold] = {}
         self._meter_lock = threading.Lock()
 
     def _count(self, operation: str, cpu: float) -> None:
@@ -87,7 +87,7 @@ class RemoteStore(InMemoryStore):
         # The adapter's condition (`used <= limit - n`) in one step: DynamoDB applies a conditional write atomically.
         with self._lock:
             if (scope, second) in self.holds:
-                raise ScopeHeld(scope, max(self.holds[(scope, second)], self.held_until[scope]))
+                raise ScopeHeld(scope, max(self.holds[(scope, second)], self.recorded[scope].until))
             used = self.counters.get((scope, second), 0)
             granted = max(0, min(wanted, limit - used))
             self.counters[(scope, second)] = used + granted
@@ -99,11 +99,13 @@ class RemoteStore(InMemoryStore):
             if (scope, second) in self.counters and count > 0:
                 self.counters[(scope, second)] -= count
 
-    # The adapter writes a hold's end to the scope's hold item (one conditional UpdateItem, which only lengthens it),
-    # then its counters in BatchWriteItems of 25 (a hold spans at most 600 seconds: 24 of them); counted as one, as
+    # The adapter writes a hold's end to the scope's hold item (a conditional UpdateItem, which only lengthens it),
+    # then the counters no hold recorded before shut in BatchWriteItems of 25 (at most 600: 24); counted as one, as
     # a benchmark meets a 429 only if its upstream answers one.
     @_request("BatchWriteItem")
-    def hold_scope(self, scope: str, until: float, *, first_second: int, seconds: int) -> None:
+    def hold_scope(self, scope: str, until: float, *, first_second: int, seconds: int) -> RecordedHold:
         with self._lock:
-            until = self.held_until[scope] = max(until, self.held_until.get(scope, 0.0))
-            self.holds.update({(scope, held): until for held in range(first_second, first_second + seconds)})
+            before = self.recorded.get(scope)
+            after = self.recorded[scope] = hold_written(before, until, first_second=first_second, seconds=seconds)
+            self.holds.update({(scope, held): after.until for held in seconds_to_shut(before, after, first_second)})
+            return after

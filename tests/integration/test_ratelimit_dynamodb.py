@@ -227,7 +227,6 @@ def counted_puts(client: Any) -> list[int]:
     return puts
 
 
-@pytest.mark.xfail(strict=True, reason="each container meeting the 429 writes the whole hold's counters again")
 def test_dispatcher_containers_meeting_the_same_429_at_once_hold_the_routes_seconds_once(aws, store):
     from sms_gateway.ports import ScopeHeld
 

@@ -12,7 +12,7 @@ from sms_gateway.domain.models import Batch
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.logic.ratelimit import RateLimiter, Scope, account_scope, expected_grants, route_scope
 from sms_gateway.logic.send import dispatch_commands
-from sms_gateway.ports import ScopeHeld
+from sms_gateway.ports import RecordedHold, ScopeHeld, hold_written, seconds_to_shut
 from tests.fakes import InMemoryStore
 
 START = 1_767_398_400.25  # a quarter of a second into a second
@@ -27,15 +27,15 @@ class CountingStore(InMemoryStore):
         self.used: dict[tuple[str, int], int] = defaultdict(int)
         self.calls: list[tuple[str, str, int]] = []
         self.holds: dict[tuple[str, int], float] = {}
-        # Each scope's hold item: the longest hold written on it (the adapter's conditional write lengthens only).
-        self.held_until: dict[str, float] = {}
+        # Each scope's hold item (the adapter's conditional writes only lengthen it).
+        self.recorded: dict[str, RecordedHold] = {}
         self._counters = threading.Lock()
 
     def take_tokens(self, scope: str, second: int, wanted: int, limit: int) -> int:
         with self._counters:
             self.calls.append(("take", scope, second))
             if (scope, second) in self.holds:
-                raise ScopeHeld(scope, max(self.holds[(scope, second)], self.held_until[scope]))
+                raise ScopeHeld(scope, max(self.holds[(scope, second)], self.recorded[scope].until))
             got = max(0, min(wanted, limit - self.used[(scope, second)]))
             self.used[(scope, second)] += got
             return got
@@ -45,11 +45,13 @@ class CountingStore(InMemoryStore):
             self.calls.append(("give_back", scope, second))
             self.used[(scope, second)] -= count
 
-    def hold_scope(self, scope: str, until: float, *, first_second: int, seconds: int) -> None:
+    def hold_scope(self, scope: str, until: float, *, first_second: int, seconds: int) -> RecordedHold:
         with self._counters:
             self.calls.append(("hold", scope, first_second))
-            until = self.held_until[scope] = max(until, self.held_until.get(scope, 0.0))
-            self.holds.update({(scope, second): until for second in range(first_second, first_second + seconds)})
+            before = self.recorded.get(scope)
+            after = self.recorded[scope] = hold_written(before, until, first_second=first_second, seconds=seconds)
+            self.holds.update({(scope, second): after.until for second in seconds_to_shut(before, after, first_second)})
+            return after
 
     def per_second(self, scope: str) -> dict[int, int]:
         return {second: used for (name, second), used in self.used.items() if name == scope and used}

@@ -1021,6 +1021,34 @@ class ScopeHeld(Exception):
         self.until = until
 
 
+@dataclass(frozen=True)
+class RecordedHold:
+    """A scope's hold as its hold item records it (`RateLimitStore.hold_scope`): when the longest hold written on it
+    ends (`until`, Unix seconds), and the last second of the scope's counters held shut (`through`; -1 when not
+    known: an item written before session 38)."""
+
+    until: float
+    through: int
+
+    def lengthened(self, until: float, through: int) -> RecordedHold:
+        """This hold with another written over it: each reaches the farther of the two (a hold only lengthens)."""
+        return RecordedHold(max(self.until, until), max(self.through, through))
+
+
+def hold_written(before: RecordedHold | None, until: float, *, first_second: int, seconds: int) -> RecordedHold:
+    """The scope's hold once a hold of `seconds` counters from `first_second`, until `until`, is written over
+    `before` (None: no hold recorded)."""
+    through = first_second + seconds - 1
+    return RecordedHold(until, through) if before is None else before.lengthened(until, through)
+
+
+def seconds_to_shut(before: RecordedHold | None, after: RecordedHold, first_second: int) -> range:
+    """The counters a hold from `first_second` writes: those no hold recorded before it shut (`before`), up to the
+    last the recorded hold now reaches."""
+    already = -1 if before is None else before.through
+    return range(max(first_second, already + 1), after.through + 1)
+
+
 class RateLimitStore(Protocol):
     """Per-second token counters shared by every dispatcher: one counter per scope and Unix second."""
 
@@ -1033,9 +1061,10 @@ class RateLimitStore(Protocol):
         """Uncounts tokens taken in `second` that will not be used."""
         ...
 
-    def hold_scope(self, scope: str, until: float, *, first_second: int, seconds: int) -> None:
+    def hold_scope(self, scope: str, until: float, *, first_second: int, seconds: int) -> RecordedHold:
         """Holds `seconds` of `scope`'s counters from `first_second` shut until `until`: they grant nothing, and a
-        take of one raises ScopeHeld."""
+        take of one raises ScopeHeld. Only the seconds no hold recorded before shut are written. Returns the scope's
+        hold as recorded after the write."""
         ...
 
 

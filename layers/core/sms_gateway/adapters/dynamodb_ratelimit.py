@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 from sms_gateway import deadlines
-from sms_gateway.ports import ScopeHeld
+from sms_gateway.ports import RecordedHold, ScopeHeld, hold_written, seconds_to_shut
 
 # A counter only matters during its own second; TTL removes it a minute later (lazily: it is never read again).
 COUNTER_TTL_SECONDS = 60
@@ -20,6 +22,8 @@ HELD_COUNT = 10**12
 _PUTS_A_REQUEST = 25
 # The sort key of a scope's hold item: when the longest hold written on it ends.
 _HOLD_SK = "HOLD"
+# Writes of a hold item a dispatcher makes at most while others change it under each (one each, in turn).
+_HOLD_ATTEMPTS = 8
 
 
 def _counter_key(scope: str, second: int) -> dict[str, Any]:
@@ -28,6 +32,12 @@ def _counter_key(scope: str, second: int) -> dict[str, Any]:
 
 def _hold_key(scope: str) -> dict[str, Any]:
     return {"pk": {"S": f"RATE#{scope}"}, "sk": {"S": _HOLD_SK}}
+
+
+def _recorded_hold(item: dict[str, Any] | None) -> RecordedHold | None:
+    if not item or "held_until" not in item:
+        return None
+    return RecordedHold(float(item["held_until"]["N"]), int(item.get("held_through", {}).get("N", -1)))
 
 
 class DynamoRateLimitMixin:
@@ -78,34 +88,72 @@ class DynamoRateLimitMixin:
     def _held_until(self, scope: str) -> float:
         """When the longest hold written on `scope` ends (0 when none was)."""
         found = self.client.get_item(TableName=self.table_name, Key=_hold_key(scope), ConsistentRead=True)
-        return float(found.get("Item", {}).get("held_until", {}).get("N", 0))
+        recorded = _recorded_hold(found.get("Item"))
+        return 0.0 if recorded is None else recorded.until
 
-    def _lengthen_hold(self, scope: str, until: float) -> float:
-        """Writes `until` to the scope's hold item unless a hold as long or longer is there: one conditional write, so
-        of two holds written at once the longer stays, whichever comes last. When the hold ends, the longer one."""
-        try:
-            self.client.update_item(
-                TableName=self.table_name,
-                Key=_hold_key(scope),
-                UpdateExpression="SET held_until = :until, expires_at = :expires",
-                ConditionExpression="attribute_not_exists(held_until) OR held_until < :until",
-                ExpressionAttributeValues={
-                    ":until": {"N": f"{until:.3f}"},
-                    ":expires": {"N": str(math.ceil(until) + COUNTER_TTL_SECONDS)},
-                },
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except self.client.exceptions.ConditionalCheckFailedException as error:
-            return max(until, float(error.response.get("Item", {}).get("held_until", {}).get("N", 0)))
-        return until
+    def _record_hold(
+        self, scope: str, change: Callable[[RecordedHold | None], RecordedHold]
+    ) -> tuple[RecordedHold | None, RecordedHold]:
+        """The scope's hold item before and after `change` (what it makes of the recorded hold, None when none is):
+        each write conditional on the item's version it saw (a random `hold_version` each write sets), so of
+        dispatchers writing at once each changes what the one before it wrote. A write whose answer was lost and that
+        botocore sent again finds its own version: it was applied over what it saw."""
+        seen: RecordedHold | None = None
+        seen_item: dict[str, Any] = {}
+        for _ in range(_HOLD_ATTEMPTS):
+            wanted = change(seen)
+            if seen is not None and wanted == seen:
+                return seen, seen  # the recorded hold reaches as far: nothing to write
+            version = uuid.uuid4().hex
+            if seen is None:
+                condition, values = "attribute_not_exists(held_until)", {}
+            elif "hold_version" in seen_item:
+                condition, values = "hold_version = :seen", {":seen": seen_item["hold_version"]}
+            else:  # an item written before session 38, without a version
+                condition = "attribute_not_exists(hold_version) AND held_until = :seen"
+                values = {":seen": seen_item["held_until"]}
+            try:
+                self.client.update_item(
+                    TableName=self.table_name,
+                    Key=_hold_key(scope),
+                    UpdateExpression="SET held_until = :until, held_through = :through, hold_version = :version, "
+                    "expires_at = :expires",
+                    ConditionExpression=condition,
+                    ExpressionAttributeValues={
+                        **values,
+                        ":until": {"N": f"{wanted.until:.3f}"},
+                        ":through": {"N": str(wanted.through)},
+                        ":version": {"S": version},
+                        # Kept as long as any counter it held: a take that meets one reads it.
+                        ":expires": {"N": str(max(math.ceil(wanted.until), wanted.through) + COUNTER_TTL_SECONDS)},
+                    },
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            except self.client.exceptions.ConditionalCheckFailedException as error:
+                seen_item = error.response.get("Item") or {}
+                if seen_item.get("hold_version", {}).get("S") == version:
+                    return seen, wanted
+                seen = _recorded_hold(seen_item)
+                continue
+            return seen, wanted
+        raise RuntimeError(f"the hold of {scope} changed under each of {_HOLD_ATTEMPTS} writes")
 
-    def hold_scope(self, scope: str, until: float, *, first_second: int, seconds: int) -> None:
+    def hold_scope(self, scope: str, until: float, *, first_second: int, seconds: int) -> RecordedHold:
         # The hold's end goes to the scope's hold item first, by a conditional write that only lengthens it: a
         # shorter hold written at the same moment never shortens a longer one (until 2026-12-07 the seconds' puts
         # carried it alone, and the shorter hold's, landing last, told every dispatcher to come back too soon; the
         # seconds past the first 60 are not held, so they offered the upstream messages it answered with 429s).
-        until = self._lengthen_hold(scope, until)
-        # Then puts, not conditional updates: a held second is full whatever it counted, and one BatchWriteItem holds
+        before, after = self._record_hold(
+            scope, lambda seen: hold_written(seen, until, first_second=first_second, seconds=seconds)
+        )
+        # Then only the seconds no hold recorded before shut: the dispatchers whose submits in flight met the same
+        # 429 write them once between them (until session 38 each wrote all of them, up to 600 puts each on the
+        # route's partition at once, where a partition takes 1,000 writes a second).
+        self._shut_seconds(scope, after.until, seconds_to_shut(before, after, first_second))
+        return after
+
+    def _shut_seconds(self, scope: str, until: float, seconds: range) -> None:
+        # Puts, not conditional updates: a held second is full whatever it counted, and one BatchWriteItem holds
         # 25 seconds. Puts DynamoDB leaves unprocessed are sent once more; a second left unheld only lets a
         # dispatcher meet the upstream's 429 itself, as it would without the hold.
         puts = [
@@ -119,7 +167,7 @@ class DynamoRateLimitMixin:
                     }
                 }
             }
-            for second in range(first_second, first_second + seconds)
+            for second in seconds
         ]
         for start in range(0, len(puts), _PUTS_A_REQUEST):
             chunk = puts[start : start + _PUTS_A_REQUEST]

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sms_gateway.observability import logger
-from sms_gateway.ports import RateLimitStore, ScopeHeld
+from sms_gateway.ports import RateLimitStore, RecordedHold, ScopeHeld
 
 # How long an acquire waits for a second with room in it before giving up, by default.
 DEFAULT_MAX_WAIT_SECONDS = 5.0
@@ -180,17 +180,18 @@ class RateLimiter:
                 return 0, []
             await self.sleep(max(wake_at - self.clock(), 0.0))
 
-    async def hold(self, name: str, seconds: float) -> None:
+    async def hold(self, name: str, seconds: float) -> RecordedHold | None:
         """Shuts scope `name` for every holder for `seconds` from now (up to MAX_HELD_SECONDS of its counters): a
-        take there raises ScopeHeld, which says until when. A hold that cannot be written is logged: each other
-        holder then learns of it by itself."""
+        take there raises ScopeHeld, which says until when. Returns the scope's hold as recorded then (it may reach
+        farther). A hold that cannot be written is logged (None): each other holder then learns of it by itself."""
         now = self.clock()
         first = math.floor(now)
         held = min(math.ceil(now + seconds) - first, MAX_HELD_SECONDS)
         try:
-            await asyncio.to_thread(self.store.hold_scope, name, now + seconds, first_second=first, seconds=held)
+            return await asyncio.to_thread(self.store.hold_scope, name, now + seconds, first_second=first, seconds=held)
         except Exception:
             logger.warning("could not hold a rate-limit scope for the other dispatchers", extra={"scope": name})
+            return None
 
     async def release(self) -> None:
         """Gives back the tokens kept for the current second (one write per scope that has some): the holder is
