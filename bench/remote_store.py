@@ -11,8 +11,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sms_gateway.domain.routing import RouteTable
-from sms_gateway.ports import RecordedHold, ScopeHeld, hold_written, seconds_to_shut
-from tests.fakes import InMemoryStore
+from sms_gateway.ports import RecordedHold
+from tests.fakes import HeldScopes, InMemoryStore
 
 # What one small DynamoDB request (GetItem, UpdateItem, BatchGetItem of 100 keys) takes from a Lambda function in
 # the same region: AWS quotes single-digit milliseconds; 5 ms is the middle of the 3 to 8 ms usually seen.
@@ -51,9 +51,7 @@ class RemoteStore(InMemoryStore):
         self.cpu_seconds = 0.0
         self.routes = RouteTable(default_upstream=default_upstream)
         self.counters: dict[tuple[str, int], int] = {}
-        self.holds: dict[tuple[str, int], float] = {}
-        # Each scope's hold item (the adapter's conditional writes only lengthen it).
-        self.recorded: dict[str, RecordedHold] = {}
+        self.held_scopes = HeldScopes()
         self._meter_lock = threading.Lock()
 
     def _count(self, operation: str, cpu: float) -> None:
@@ -86,8 +84,7 @@ class RemoteStore(InMemoryStore):
     def take_tokens(self, scope: str, second: int, wanted: int, limit: int) -> int:
         # The adapter's condition (`used <= limit - n`) in one step: DynamoDB applies a conditional write atomically.
         with self._lock:
-            if (scope, second) in self.holds:
-                raise ScopeHeld(scope, max(self.holds[(scope, second)], self.recorded[scope].until))
+            self.held_scopes.check(scope, second)
             used = self.counters.get((scope, second), 0)
             granted = max(0, min(wanted, limit - used))
             self.counters[(scope, second)] = used + granted
@@ -105,7 +102,9 @@ class RemoteStore(InMemoryStore):
     @_request("BatchWriteItem")
     def hold_scope(self, scope: str, until: float, *, first_second: int, seconds: int) -> RecordedHold:
         with self._lock:
-            before = self.recorded.get(scope)
-            after = self.recorded[scope] = hold_written(before, until, first_second=first_second, seconds=seconds)
-            self.holds.update({(scope, held): after.until for held in seconds_to_shut(before, after, first_second)})
-            return after
+            return self.held_scopes.hold(scope, until, first_second=first_second, seconds=seconds)
+
+    @_request("BatchWriteItem")
+    def shut_more_of_hold(self, scope: str, until: float, *, first_second: int, seconds: int) -> RecordedHold | None:
+        with self._lock:
+            return self.held_scopes.shut_further(scope, until, first_second=first_second, seconds=seconds)

@@ -48,7 +48,45 @@ from sms_gateway.domain.status import (
     may_have_reached_the_handset,
 )
 from sms_gateway.errors import Conflict, InsufficientCredits, UpstreamError
-from sms_gateway.ports import Holding, PageBudget
+from sms_gateway.ports import (
+    Holding,
+    PageBudget,
+    RecordedHold,
+    ScopeHeld,
+    hold_shut_further,
+    hold_written,
+    seconds_to_shut,
+)
+
+
+class HeldScopes:
+    """Rate-limit holds with the DynamoDB adapter's semantics (adapters/dynamodb_ratelimit.py): each scope's recorded
+    hold, and the counters shut (the hold's end each was written with). Not thread-safe: its store locks."""
+
+    def __init__(self) -> None:
+        self.holds: dict[tuple[str, int], float] = {}
+        self.recorded: dict[str, RecordedHold] = {}
+
+    def check(self, scope: str, second: int) -> None:
+        """Raises ScopeHeld when the second's counter is shut (a take's condition fails on it)."""
+        if (scope, second) in self.holds:
+            recorded = self.recorded[scope]
+            raise ScopeHeld(scope, max(self.holds[(scope, second)], recorded.until), through=recorded.through)
+
+    def hold(self, scope: str, until: float, *, first_second: int, seconds: int) -> RecordedHold:
+        before = self.recorded.get(scope)
+        after = hold_written(before, until, first_second=first_second, seconds=seconds)
+        return self._record(scope, before, after, first_second)
+
+    def shut_further(self, scope: str, until: float, *, first_second: int, seconds: int) -> RecordedHold | None:
+        before = self.recorded.get(scope)
+        after = hold_shut_further(before, until, first_second=first_second, seconds=seconds)
+        return None if after is None else self._record(scope, before, after, first_second)
+
+    def _record(self, scope: str, before: RecordedHold | None, after: RecordedHold, first_second: int) -> RecordedHold:
+        self.recorded[scope] = after
+        self.holds.update({(scope, second): after.until for second in seconds_to_shut(before, after, first_second)})
+        return after
 
 
 def fake_routes() -> RouteTable:

@@ -251,3 +251,28 @@ def test_dispatcher_containers_meeting_the_same_429_at_once_hold_the_routes_seco
     with pytest.raises(ScopeHeld) as held:
         store.take_tokens("route:up", SECOND + 200, 1, 50)
     assert held.value.until == pytest.approx(SECOND + 300.504)
+
+
+def test_a_day_long_hold_is_shut_further_by_a_container_that_learnt_of_it_and_by_no_other_hold(aws, store):
+    from sms_gateway.ports import ScopeHeld
+
+    # Given a route held for a day (an upstream's daily quota spent): its first 600 seconds of counters shut
+    store.hold_scope("route:up", SECOND + 86400, first_second=SECOND, seconds=600)
+    # And a container that learnt of it at its route token, which tells it the counters' last second shut
+    with pytest.raises(ScopeHeld) as held:
+        store.take_tokens("route:up", SECOND + 10, 1, 50)
+    assert (held.value.until, held.value.through) == (SECOND + 86400, SECOND + 599)
+    # When it shuts more of it 400 s later, and a container that learnt only of a shorter hold tries the same
+    puts = counted_puts(store.client)
+    recorded = store.shut_more_of_hold("route:up", SECOND + 86400, first_second=SECOND + 400, seconds=600)
+    assert store.shut_more_of_hold("route:up", SECOND + 3600, first_second=SECOND + 400, seconds=600) == recorded
+    # Then only the seconds not shut yet are written, once, and a container taking a token past the first 600 learns
+    # the day's wait
+    assert sum(puts) == 400, (puts, recorded)
+    assert (recorded.until, recorded.through) == (SECOND + 86400, SECOND + 999)
+    with pytest.raises(ScopeHeld) as held:
+        store.take_tokens("route:up", SECOND + 700, 1, 50)
+    assert held.value.until == SECOND + 86400
+    # And a scope no hold is recorded on is not shut by it
+    assert store.shut_more_of_hold("route:other", SECOND + 86400, first_second=SECOND, seconds=600) is None
+    assert store.take_tokens("route:other", SECOND + 10, 1, 50) == 1

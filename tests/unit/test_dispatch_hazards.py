@@ -1218,7 +1218,6 @@ class Container:
         return asyncio.run(dispatch(record, self.deps))
 
 
-@pytest.mark.xfail(strict=True, reason="past the 600 s of counters held, a day's hold is learnt by no new container")
 def test_a_day_long_hold_still_holds_back_a_new_container_past_its_first_ten_minutes(store):
     # Given an upstream whose daily quota is spent: a container met its 429 asking us to come back in a day, and held
     # the route's first 600 seconds for the others

@@ -12,8 +12,8 @@ from sms_gateway.domain.models import Batch
 from sms_gateway.domain.status import MessageStatus
 from sms_gateway.logic.ratelimit import RateLimiter, Scope, account_scope, expected_grants, route_scope
 from sms_gateway.logic.send import dispatch_commands
-from sms_gateway.ports import RecordedHold, ScopeHeld, hold_written, seconds_to_shut
-from tests.fakes import InMemoryStore
+from sms_gateway.ports import RecordedHold, ScopeHeld
+from tests.fakes import HeldScopes, InMemoryStore
 
 START = 1_767_398_400.25  # a quarter of a second into a second
 
@@ -26,16 +26,13 @@ class CountingStore(InMemoryStore):
         super().__init__()
         self.used: dict[tuple[str, int], int] = defaultdict(int)
         self.calls: list[tuple[str, str, int]] = []
-        self.holds: dict[tuple[str, int], float] = {}
-        # Each scope's hold item (the adapter's conditional writes only lengthen it).
-        self.recorded: dict[str, RecordedHold] = {}
+        self.held_scopes = HeldScopes()
         self._counters = threading.Lock()
 
     def take_tokens(self, scope: str, second: int, wanted: int, limit: int) -> int:
         with self._counters:
             self.calls.append(("take", scope, second))
-            if (scope, second) in self.holds:
-                raise ScopeHeld(scope, max(self.holds[(scope, second)], self.recorded[scope].until))
+            self.held_scopes.check(scope, second)
             got = max(0, min(wanted, limit - self.used[(scope, second)]))
             self.used[(scope, second)] += got
             return got
@@ -48,10 +45,11 @@ class CountingStore(InMemoryStore):
     def hold_scope(self, scope: str, until: float, *, first_second: int, seconds: int) -> RecordedHold:
         with self._counters:
             self.calls.append(("hold", scope, first_second))
-            before = self.recorded.get(scope)
-            after = self.recorded[scope] = hold_written(before, until, first_second=first_second, seconds=seconds)
-            self.holds.update({(scope, second): after.until for second in seconds_to_shut(before, after, first_second)})
-            return after
+            return self.held_scopes.hold(scope, until, first_second=first_second, seconds=seconds)
+
+    def shut_more_of_hold(self, scope: str, until: float, *, first_second: int, seconds: int) -> RecordedHold | None:
+        with self._counters:
+            return self.held_scopes.shut_further(scope, until, first_second=first_second, seconds=seconds)
 
     def per_second(self, scope: str) -> dict[int, int]:
         return {second: used for (name, second), used in self.used.items() if name == scope and used}
@@ -730,7 +728,7 @@ def test_a_hold_shuts_a_scope_for_every_holder_and_gives_back_what_earlier_scope
     clock.now = START + 13
     assert asyncio.run(other.acquire([route_scope("up", 500)], 1)) == 1
     asyncio.run(limiter(store, clock).hold("route:up", 3600))
-    assert len([key for key in store.holds if key[1] > SECOND + 13]) == 599
+    assert len([key for key in store.held_scopes.holds if key[1] > SECOND + 13]) == 599
 
 
 def test_a_holder_asking_in_a_holds_last_second_after_the_wait_is_over_waits_for_the_next_second(store, clock):

@@ -1013,12 +1013,14 @@ class SenderRequestStore(Protocol):
 
 class ScopeHeld(Exception):
     """A scope's counter is held shut until `until` (Unix seconds): an upstream asked a dispatcher to come back no
-    sooner (a 429's Retry-After), and that dispatcher held its route's counters for the others (`hold_scope`)."""
+    sooner (a 429's Retry-After), and that dispatcher held its route's counters for the others (`hold_scope`).
+    `through`: the last second whose counter the hold shut (-1 when not known)."""
 
-    def __init__(self, scope: str, until: float) -> None:
+    def __init__(self, scope: str, until: float, *, through: int = -1) -> None:
         super().__init__(f"{scope} is held until {until}")
         self.scope = scope
         self.until = until
+        self.through = through
 
 
 @dataclass(frozen=True)
@@ -1034,12 +1036,27 @@ class RecordedHold:
         """This hold with another written over it: each reaches the farther of the two (a hold only lengthens)."""
         return RecordedHold(max(self.until, until), max(self.through, through))
 
+    def shut_further(self, until: float, through: int) -> RecordedHold:
+        """This hold with its counters shut up to `through` by a holder that knows it ends at `until`: only while a
+        hold at least as long is recorded (a shorter one, or none, is a hold that changed since it learnt of it)."""
+        if round(self.until, 3) < round(until, 3):
+            return self
+        return RecordedHold(self.until, max(self.through, through))
+
 
 def hold_written(before: RecordedHold | None, until: float, *, first_second: int, seconds: int) -> RecordedHold:
     """The scope's hold once a hold of `seconds` counters from `first_second`, until `until`, is written over
     `before` (None: no hold recorded)."""
     through = first_second + seconds - 1
     return RecordedHold(until, through) if before is None else before.lengthened(until, through)
+
+
+def hold_shut_further(
+    before: RecordedHold | None, until: float, *, first_second: int, seconds: int
+) -> RecordedHold | None:
+    """The scope's hold once a holder that knows it ends at `until` shuts `seconds` more of its counters from
+    `first_second` (`RecordedHold.shut_further`); None when no hold is recorded (nothing to shut further)."""
+    return None if before is None else before.shut_further(until, first_second + seconds - 1)
 
 
 def seconds_to_shut(before: RecordedHold | None, after: RecordedHold, first_second: int) -> range:
@@ -1065,6 +1082,12 @@ class RateLimitStore(Protocol):
         """Holds `seconds` of `scope`'s counters from `first_second` shut until `until`: they grant nothing, and a
         take of one raises ScopeHeld. Only the seconds no hold recorded before shut are written. Returns the scope's
         hold as recorded after the write."""
+        ...
+
+    def shut_more_of_hold(self, scope: str, until: float, *, first_second: int, seconds: int) -> RecordedHold | None:
+        """Shuts more counters of the hold recorded on `scope` (`seconds` from `first_second`, those it has not shut
+        yet), only while the recorded hold lasts until `until` at least: a holder that learnt of a hold longer than
+        its counters keeps them shut ahead of it. Returns the hold as recorded (None when none is)."""
         ...
 
 

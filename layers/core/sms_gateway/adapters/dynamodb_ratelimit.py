@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sms_gateway import deadlines
-from sms_gateway.ports import RecordedHold, ScopeHeld, hold_written, seconds_to_shut
+from sms_gateway.ports import RecordedHold, ScopeHeld, hold_shut_further, hold_written, seconds_to_shut
 
 # A counter only matters during its own second; TTL removes it a minute later (lazily: it is never read again).
 COUNTER_TTL_SECONDS = 60
@@ -81,28 +81,37 @@ class DynamoRateLimitMixin:
                 # at the same moment as a longer one: the scope's hold item says how long the longest lasts. Read
                 # only here, when a take meets a held second (once a hold in each dispatcher, which then holds the
                 # upstream itself): the normal path reads nothing more.
-                raise ScopeHeld(scope, max(float(current["held_until"]["N"]), self._held_until(scope))) from None
+                recorded = self._read_hold(scope) or RecordedHold(0.0, -1)
+                until = max(float(current["held_until"]["N"]), recorded.until)
+                raise ScopeHeld(scope, until, through=recorded.through) from None
             return int(current.get("used", {}).get("N", limit))
         return None
 
-    def _held_until(self, scope: str) -> float:
-        """When the longest hold written on `scope` ends (0 when none was)."""
+    def _read_hold(self, scope: str) -> RecordedHold | None:
+        """The hold recorded on `scope`: when the longest hold written on it ends, and its last second shut."""
+        return _recorded_hold(self._hold_item(scope))
+
+    def _hold_item(self, scope: str) -> dict[str, Any]:
         found = self.client.get_item(TableName=self.table_name, Key=_hold_key(scope), ConsistentRead=True)
-        recorded = _recorded_hold(found.get("Item"))
-        return 0.0 if recorded is None else recorded.until
+        return found.get("Item") or {}
 
     def _record_hold(
-        self, scope: str, change: Callable[[RecordedHold | None], RecordedHold]
-    ) -> tuple[RecordedHold | None, RecordedHold]:
-        """The scope's hold item before and after `change` (what it makes of the recorded hold, None when none is):
-        each write conditional on the item's version it saw (a random `hold_version` each write sets), so of
-        dispatchers writing at once each changes what the one before it wrote. A write whose answer was lost and that
-        botocore sent again finds its own version: it was applied over what it saw."""
-        seen: RecordedHold | None = None
-        seen_item: dict[str, Any] = {}
+        self,
+        scope: str,
+        change: Callable[[RecordedHold | None], RecordedHold | None],
+        read: dict[str, Any] | None = None,
+    ) -> tuple[RecordedHold | None, RecordedHold | None]:
+        """The scope's hold item before and after `change` (what it makes of the recorded hold, None when none is; it
+        returns None to write nothing). The first write takes it that none is recorded, unless the item was `read`
+        (empty when there is none). Each write is conditional on the item's version it saw (a random `hold_version`
+        each write sets), so of dispatchers writing at once each changes what the one before it wrote; a refused one
+        learns the item from the refusal. A write whose answer was lost and that botocore sent again finds its own
+        version: it was applied over what it saw."""
+        seen_item = read or {}
+        seen = _recorded_hold(seen_item)
         for _ in range(_HOLD_ATTEMPTS):
             wanted = change(seen)
-            if seen is not None and wanted == seen:
+            if wanted is None or wanted == seen:
                 return seen, seen  # the recorded hold reaches as far: nothing to write
             version = uuid.uuid4().hex
             if seen is None:
@@ -146,9 +155,22 @@ class DynamoRateLimitMixin:
         before, after = self._record_hold(
             scope, lambda seen: hold_written(seen, until, first_second=first_second, seconds=seconds)
         )
+        assert after is not None, "a hold is written whatever was recorded"
         # Then only the seconds no hold recorded before shut: the dispatchers whose submits in flight met the same
         # 429 write them once between them (until session 38 each wrote all of them, up to 600 puts each on the
         # route's partition at once, where a partition takes 1,000 writes a second).
+        self._shut_seconds(scope, after.until, seconds_to_shut(before, after, first_second))
+        return after
+
+    def shut_more_of_hold(self, scope: str, until: float, *, first_second: int, seconds: int) -> RecordedHold | None:
+        # Read first: unlike a hold, it writes nothing where none is recorded.
+        before, after = self._record_hold(
+            scope,
+            lambda seen: hold_shut_further(seen, until, first_second=first_second, seconds=seconds),
+            read=self._hold_item(scope),
+        )
+        if after is None:
+            return None
         self._shut_seconds(scope, after.until, seconds_to_shut(before, after, first_second))
         return after
 

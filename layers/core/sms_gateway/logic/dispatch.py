@@ -43,9 +43,9 @@ from sms_gateway.errors import OptedOut, UpstreamError
 from sms_gateway.logic.delivery import DeliveryDependencies, apply_held_reports
 from sms_gateway.logic.notify import dlr_notification
 from sms_gateway.logic.optouts import opted_out_of
-from sms_gateway.logic.ratelimit import Grant, RateLimiter, Scope, route_scope
+from sms_gateway.logic.ratelimit import MAX_HELD_SECONDS, Grant, RateLimiter, Scope, route_scope
 from sms_gateway.observability import logger, mask_msisdn
-from sms_gateway.ports import ConsistentAccountStore, MessageStore, OptOutStore, Provider, ScopeHeld
+from sms_gateway.ports import ConsistentAccountStore, MessageStore, OptOutStore, Provider, RecordedHold, ScopeHeld
 
 # A claim outlives a normal submit by far; it only matters when a dispatcher dies mid-submit.
 CLAIM_LEASE_SECONDS = 120
@@ -579,6 +579,7 @@ async def _dispatch_at_its_routes_pace(
         # 2026-12-07 each message held back spent one, and a record held back took seconds of the account's rate).
         if deps.limiter is not None:
             await deps.limiter.give_back_unused(account_tokens)
+        await _shut_more_of_the_hold(held_back.upstream, deps)
     elif first is not None:
         try:
             token = await _wait_for_route_token(first, deps, account_tokens)
@@ -1202,7 +1203,28 @@ class UpstreamRetryAfter:
 
     def __init__(self) -> None:
         self._until: dict[str, datetime] = {}
+        # By upstream: its route's hold as this container last learnt it recorded (its end, its last second shut).
+        self._recorded: dict[str, RecordedHold] = {}
         self._lock = threading.Lock()
+
+    def note_recorded(self, upstream: str, recorded: RecordedHold) -> None:
+        with self._lock:
+            self._recorded[upstream] = recorded
+
+    def hold_to_shut_further(self, upstream: str, now: float) -> float | None:
+        """When the route's hold this container learnt of ends, when it lasts past the counters it shut and those end
+        within SHUT_AHEAD_SECONDS: its counters are to be shut further. Noted as if done (up to MAX_HELD_SECONDS
+        ahead), so that the container's other messages held back meanwhile do not write it again."""
+        with self._lock:
+            recorded = self._recorded.get(upstream)
+            if (
+                recorded is None
+                or recorded.until <= recorded.through + 1
+                or now < recorded.through + 1 - SHUT_AHEAD_SECONDS
+            ):
+                return None
+            self._recorded[upstream] = RecordedHold(recorded.until, math.floor(now) + MAX_HELD_SECONDS - 1)
+            return recorded.until
 
     def note(self, upstream: str, retry_after: float | None, now: datetime) -> None:
         if not retry_after:
@@ -1221,8 +1243,13 @@ class UpstreamRetryAfter:
     def clear(self) -> None:
         with self._lock:
             self._until.clear()
+            self._recorded.clear()
 
 
+# How long before the counters a hold shut end a container that holds a message back for it (the hold lasting longer:
+# a Retry-After of an hour or a day) shuts more of them, up to MAX_HELD_SECONDS ahead: about one write of the hold item
+# a container and 300 counter puts in all every 5 minutes, while the fleet has messages for the upstream.
+SHUT_AHEAD_SECONDS = 300
 UPSTREAM_RETRY_AFTER = UpstreamRetryAfter()
 # How much later than the hold this container runs on an upstream a Retry-After must end to be shared again: the 429s
 # of the submits in flight with the first, answered a moment after it with the same wait, write nothing.
@@ -1244,7 +1271,26 @@ async def _hold_upstream(upstream: str, retry_after: float | None, deps: Dispatc
         return
     if left is not None and retry_after < left + LONGER_HOLD_SECONDS:
         return
-    await deps.limiter.hold(route_scope(upstream, limit)[0], retry_after)
+    recorded = await deps.limiter.hold(route_scope(upstream, limit)[0], retry_after)
+    if recorded is not None:
+        UPSTREAM_RETRY_AFTER.note_recorded(upstream, recorded)
+
+
+async def _shut_more_of_the_hold(upstream: str, deps: DispatchDependencies) -> None:
+    """A hold on the upstream's route longer than the counters it shut (MAX_HELD_SECONDS: a Retry-After of an hour or
+    a day), kept shut ahead by the containers that hold messages back for it (`hold_to_shut_further`): a container
+    that never learnt of it (a new one) still meets it at its route token, as within the first counters.
+    Until session 38 past them it offered the upstream its messages and met a 429 of its own, and so did a new
+    container every 10 minutes all day. Only on a message held back, never on the normal path."""
+    limit = deps.route_limit(upstream)
+    if not limit or deps.limiter is None:
+        return
+    until = UPSTREAM_RETRY_AFTER.hold_to_shut_further(upstream, deps.clock().timestamp())
+    if until is None:
+        return
+    recorded = await deps.limiter.shut_more_of_hold(route_scope(upstream, limit)[0], until)
+    if recorded is not None:
+        UPSTREAM_RETRY_AFTER.note_recorded(upstream, recorded)
 
 
 def _note_shared_hold(upstream: str, hold: ScopeHeld, deps: DispatchDependencies) -> UpstreamError:
@@ -1252,6 +1298,7 @@ def _note_shared_hold(upstream: str, hold: ScopeHeld, deps: DispatchDependencies
     throttle it stands for."""
     left = max(hold.until - deps.clock().timestamp(), 1.0)
     UPSTREAM_RETRY_AFTER.note(upstream, left, deps.clock())
+    UPSTREAM_RETRY_AFTER.note_recorded(upstream, RecordedHold(hold.until, hold.through))
     why = f"{upstream} asked another dispatcher to come back in {math.ceil(left)} s: not offered"
     return UpstreamError(why, permanent=False, throttled=True, retry_after=left)
 

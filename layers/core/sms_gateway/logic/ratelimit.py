@@ -184,11 +184,23 @@ class RateLimiter:
         """Shuts scope `name` for every holder for `seconds` from now (up to MAX_HELD_SECONDS of its counters): a
         take there raises ScopeHeld, which says until when. Returns the scope's hold as recorded then (it may reach
         farther). A hold that cannot be written is logged (None): each other holder then learns of it by itself."""
+        return await self._shut(self.store.hold_scope, name, self.clock() + seconds)
+
+    async def shut_more_of_hold(self, name: str, until: float) -> RecordedHold | None:
+        """Shuts the counters of scope `name` from now up to MAX_HELD_SECONDS ahead (those not shut yet) for the hold
+        recorded there, which this holder learnt ends at `until`: only while it still does (or later). A holder that
+        learnt of a hold longer than its counters keeps them shut ahead of it, so that a holder that never learnt of
+        it (a new one) still meets it. Returns the hold as recorded (None when none is, or it could not be written)."""
+        return await self._shut(self.store.shut_more_of_hold, name, until)
+
+    async def _shut(self, write: Callable[..., RecordedHold | None], name: str, until: float) -> RecordedHold | None:
         now = self.clock()
         first = math.floor(now)
-        held = min(math.ceil(now + seconds) - first, MAX_HELD_SECONDS)
+        held = min(math.ceil(until) - first, MAX_HELD_SECONDS)
+        if held <= 0:
+            return None
         try:
-            return await asyncio.to_thread(self.store.hold_scope, name, now + seconds, first_second=first, seconds=held)
+            return await asyncio.to_thread(write, name, until, first_second=first, seconds=held)
         except Exception:
             logger.warning("could not hold a rate-limit scope for the other dispatchers", extra={"scope": name})
             return None
