@@ -100,9 +100,9 @@ class RemoteStore(InMemoryStore):
     # then the counters no hold recorded before shut in BatchWriteItems of 25 (at most 600: 24); counted as one, as
     # a benchmark meets a 429 only if its upstream answers one.
     @_request("BatchWriteItem")
-    def hold_scope(self, scope: str, until: float, *, first_second: int, seconds: int) -> RecordedHold:
+    def hold_scope(self, scope: str, until: float, *, first_second: int, seconds: int, **when: Any) -> RecordedHold:
         with self._lock:
-            return self.held_scopes.hold(scope, until, first_second=first_second, seconds=seconds)
+            return self.held_scopes.hold(scope, until, first_second=first_second, seconds=seconds, **when)
 
     @_request("BatchWriteItem")
     def shut_more_of_hold(self, scope: str, until: float, *, first_second: int, seconds: int) -> RecordedHold | None:

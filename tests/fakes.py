@@ -71,12 +71,12 @@ class HeldScopes:
         """Raises ScopeHeld when the second's counter is shut (a take's condition fails on it)."""
         if (scope, second) in self.holds:
             recorded = self.recorded[scope]
-            raise ScopeHeld(scope, max(self.holds[(scope, second)], recorded.until), through=recorded.through)
+            raise ScopeHeld(scope, recorded.until, through=recorded.through)
 
-    def hold(self, scope: str, until: float, *, first_second: int, seconds: int) -> RecordedHold:
+    def hold(self, scope: str, until: float, **when: Any) -> RecordedHold:
         before = self.recorded.get(scope)
-        after = hold_written(before, until, first_second=first_second, seconds=seconds)
-        return self._record(scope, before, after, first_second)
+        after = hold_written(before, until, **when)
+        return self._record(scope, before, after, when["first_second"])
 
     def shut_further(self, scope: str, until: float, *, first_second: int, seconds: int) -> RecordedHold | None:
         before = self.recorded.get(scope)

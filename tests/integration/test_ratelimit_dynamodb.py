@@ -276,3 +276,40 @@ def test_a_day_long_hold_is_shut_further_by_a_container_that_learnt_of_it_and_by
     # And a scope no hold is recorded on is not shut by it
     assert store.shut_more_of_hold("route:other", SECOND + 86400, first_second=SECOND, seconds=600) is None
     assert store.take_tokens("route:other", SECOND + 10, 1, 50) == 1
+
+
+def test_a_days_hold_is_replaced_only_by_a_container_whose_message_the_upstream_accepted_after_it_asked_for_it(
+    aws, store
+):
+    from sms_gateway.ports import ScopeHeld
+
+    def held_until(second: int) -> float:
+        with pytest.raises(ScopeHeld) as held:
+            store.take_tokens("route:up", second, 1, 50)
+        return held.value.until
+
+    # Given a route held for a day: the upstream's daily quota spent, its 429 met at SECOND
+    store.hold_scope("route:up", SECOND + 86400, first_second=SECOND, seconds=600, asked_at=SECOND + 0.2)
+    # When a container that had no message accepted since meets a 2 s 429 700 s later (its per-second limit)
+    store.hold_scope("route:up", SECOND + 702, first_second=SECOND + 700, seconds=2, asked_at=SECOND + 700)
+    # Then the day's hold stays: nothing says the upstream takes messages again
+    assert held_until(SECOND + 701) == SECOND + 86400
+    # And so it does when the upstream asked for the day again (at 800) after the request it accepted (sent at 750)
+    store.hold_scope("route:up", SECOND + 86400, first_second=SECOND + 800, seconds=600, asked_at=SECOND + 800)
+    store.hold_scope(
+        "route:up", SECOND + 812, first_second=SECOND + 810, seconds=2, asked_at=SECOND + 810, resumed_at=SECOND + 750
+    )
+    assert held_until(SECOND + 811) == SECOND + 86400
+    # But a container whose request sent at 1500 the upstream accepted, meeting a 2 s 429 at 1502, replaces it:
+    # the upstream takes messages again, and a take learns its 2 s (until session 38 the day's end, all day)
+    recorded = store.hold_scope(
+        "route:up",
+        SECOND + 1504,
+        first_second=SECOND + 1502,
+        seconds=2,
+        asked_at=SECOND + 1502,
+        resumed_at=SECOND + 1500,
+    )
+    assert recorded.until == SECOND + 1504
+    assert held_until(SECOND + 1503) == SECOND + 1504
+    assert store.take_tokens("route:up", SECOND + 1505, 1, 50) == 1

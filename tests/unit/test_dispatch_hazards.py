@@ -1236,7 +1236,6 @@ def test_a_day_long_hold_still_holds_back_a_new_container_past_its_first_ten_min
     assert outcome.retry_delay(backoff_base=5.0) > 3600
 
 
-@pytest.mark.xfail(strict=True, reason="a short Retry-After after the upstream accepted again inherits a stale day")
 def test_a_short_retry_after_once_the_upstream_accepted_again_does_not_bring_back_a_stale_days_hold(store):
     # Given a route held for a day (the upstream's daily quota spent), its first 600 seconds of counters held
     provider, counters = FakeProvider("kannel"), CountingStore()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import defaultdict
+from typing import Any
 
 import pytest
 
@@ -42,10 +43,10 @@ class CountingStore(InMemoryStore):
             self.calls.append(("give_back", scope, second))
             self.used[(scope, second)] -= count
 
-    def hold_scope(self, scope: str, until: float, *, first_second: int, seconds: int) -> RecordedHold:
+    def hold_scope(self, scope: str, until: float, *, first_second: int, seconds: int, **when: Any) -> RecordedHold:
         with self._counters:
             self.calls.append(("hold", scope, first_second))
-            return self.held_scopes.hold(scope, until, first_second=first_second, seconds=seconds)
+            return self.held_scopes.hold(scope, until, first_second=first_second, seconds=seconds, **when)
 
     def shut_more_of_hold(self, scope: str, until: float, *, first_second: int, seconds: int) -> RecordedHold | None:
         with self._counters:

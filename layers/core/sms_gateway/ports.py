@@ -1026,29 +1026,60 @@ class ScopeHeld(Exception):
 @dataclass(frozen=True)
 class RecordedHold:
     """A scope's hold as its hold item records it (`RateLimitStore.hold_scope`): when the longest hold written on it
-    ends (`until`, Unix seconds), and the last second of the scope's counters held shut (`through`; -1 when not
-    known: an item written before session 38)."""
+    ends (`until`, Unix seconds), the last second of the scope's counters held shut (`through`; -1 when not known: an
+    item written before session 38), and when the upstream last asked for a hold reaching `until` (`since`: the
+    latest write of one, by its writer's clock)."""
 
     until: float
     through: int
+    since: float = 0.0
 
-    def lengthened(self, until: float, through: int) -> RecordedHold:
-        """This hold with another written over it: each reaches the farther of the two (a hold only lengthens)."""
-        return RecordedHold(max(self.until, until), max(self.through, through))
+    def lengthened(self, until: float, through: int, asked_at: float) -> RecordedHold:
+        """This hold with another, asked for at `asked_at`, written over it: each reaches the farther of the two (a
+        hold only lengthens); one reaching about as far (RESTATED_WITHIN_SECONDS) says the upstream still asks it."""
+        since = max(self.since, asked_at) if until >= self.until - RESTATED_WITHIN_SECONDS else self.since
+        return RecordedHold(max(self.until, until), max(self.through, through), since)
+
+    def replaced(self, until: float, through: int, asked_at: float, resumed_at: float | None) -> RecordedHold:
+        """This hold with another written over it by a holder whose message the upstream last accepted in a request
+        sent at `resumed_at` (None: none since it started). When that was after the upstream last asked for this
+        hold (`since`, with RESUMED_MARGIN_SECONDS for the clocks), the upstream took messages again after it: the
+        hold is over, and the new one replaces it, shorter or not. Else it only lengthens it."""
+        if resumed_at is not None and resumed_at > self.since + RESUMED_MARGIN_SECONDS:
+            return RecordedHold(until, max(self.through, through), asked_at)
+        return self.lengthened(until, through, asked_at)
 
     def shut_further(self, until: float, through: int) -> RecordedHold:
         """This hold with its counters shut up to `through` by a holder that knows it ends at `until`: only while a
         hold at least as long is recorded (a shorter one, or none, is a hold that changed since it learnt of it)."""
         if round(self.until, 3) < round(until, 3):
             return self
-        return RecordedHold(self.until, max(self.through, through))
+        return RecordedHold(self.until, max(self.through, through), self.since)
 
 
-def hold_written(before: RecordedHold | None, until: float, *, first_second: int, seconds: int) -> RecordedHold:
-    """The scope's hold once a hold of `seconds` counters from `first_second`, until `until`, is written over
-    `before` (None: no hold recorded)."""
+# A hold written ending this much before the recorded one, or later, says the upstream still asks for it (its
+# Retry-After, in whole seconds, counted from another moment).
+RESTATED_WITHIN_SECONDS = 1.0
+# How much later than the upstream last asked for a hold a request it accepted must have been sent to end that hold:
+# the dispatchers' clocks differ by milliseconds.
+RESUMED_MARGIN_SECONDS = 1.0
+
+
+def hold_written(
+    before: RecordedHold | None,
+    until: float,
+    *,
+    first_second: int,
+    seconds: int,
+    asked_at: float | None = None,
+    resumed_at: float | None = None,
+) -> RecordedHold:
+    """The scope's hold once a hold of `seconds` counters from `first_second`, until `until`, asked for at `asked_at`
+    (the start of `first_second` when not given) by a holder whose message the upstream last accepted in a request
+    sent at `resumed_at`, is written over `before` (None: no hold recorded): `RecordedHold.replaced`."""
     through = first_second + seconds - 1
-    return RecordedHold(until, through) if before is None else before.lengthened(until, through)
+    asked = float(first_second) if asked_at is None else asked_at
+    return RecordedHold(until, through, asked) if before is None else before.replaced(until, through, asked, resumed_at)
 
 
 def hold_shut_further(
@@ -1078,10 +1109,20 @@ class RateLimitStore(Protocol):
         """Uncounts tokens taken in `second` that will not be used."""
         ...
 
-    def hold_scope(self, scope: str, until: float, *, first_second: int, seconds: int) -> RecordedHold:
+    def hold_scope(
+        self,
+        scope: str,
+        until: float,
+        *,
+        first_second: int,
+        seconds: int,
+        asked_at: float | None = None,
+        resumed_at: float | None = None,
+    ) -> RecordedHold:
         """Holds `seconds` of `scope`'s counters from `first_second` shut until `until`: they grant nothing, and a
-        take of one raises ScopeHeld. Only the seconds no hold recorded before shut are written. Returns the scope's
-        hold as recorded after the write."""
+        take of one raises ScopeHeld. Only the seconds no hold recorded before shut are written. The recorded hold
+        only lengthens, unless the upstream accepted a message sent (`resumed_at`) after it last asked for it
+        (`hold_written`). Returns the scope's hold as recorded after the write."""
         ...
 
     def shut_more_of_hold(self, scope: str, until: float, *, first_second: int, seconds: int) -> RecordedHold | None:

@@ -37,7 +37,11 @@ def _hold_key(scope: str) -> dict[str, Any]:
 def _recorded_hold(item: dict[str, Any] | None) -> RecordedHold | None:
     if not item or "held_until" not in item:
         return None
-    return RecordedHold(float(item["held_until"]["N"]), int(item.get("held_through", {}).get("N", -1)))
+    return RecordedHold(
+        float(item["held_until"]["N"]),
+        int(item.get("held_through", {}).get("N", -1)),
+        float(item.get("held_since", {}).get("N", 0)),
+    )
 
 
 class DynamoRateLimitMixin:
@@ -81,9 +85,10 @@ class DynamoRateLimitMixin:
                 # at the same moment as a longer one: the scope's hold item says how long the longest lasts. Read
                 # only here, when a take meets a held second (once a hold in each dispatcher, which then holds the
                 # upstream itself): the normal path reads nothing more.
-                recorded = self._read_hold(scope) or RecordedHold(0.0, -1)
-                until = max(float(current["held_until"]["N"]), recorded.until)
-                raise ScopeHeld(scope, until, through=recorded.through) from None
+                recorded = self._read_hold(scope)
+                if recorded is None:  # a counter held before holds were recorded: its own end
+                    raise ScopeHeld(scope, float(current["held_until"]["N"])) from None
+                raise ScopeHeld(scope, recorded.until, through=recorded.through) from None
             return int(current.get("used", {}).get("N", limit))
         return None
 
@@ -125,13 +130,14 @@ class DynamoRateLimitMixin:
                 self.client.update_item(
                     TableName=self.table_name,
                     Key=_hold_key(scope),
-                    UpdateExpression="SET held_until = :until, held_through = :through, hold_version = :version, "
-                    "expires_at = :expires",
+                    UpdateExpression="SET held_until = :until, held_through = :through, held_since = :since, "
+                    "hold_version = :version, expires_at = :expires",
                     ConditionExpression=condition,
                     ExpressionAttributeValues={
                         **values,
                         ":until": {"N": f"{wanted.until:.3f}"},
                         ":through": {"N": str(wanted.through)},
+                        ":since": {"N": f"{wanted.since:.3f}"},
                         ":version": {"S": version},
                         # Kept as long as any counter it held: a take that meets one reads it.
                         ":expires": {"N": str(max(math.ceil(wanted.until), wanted.through) + COUNTER_TTL_SECONDS)},
@@ -147,13 +153,25 @@ class DynamoRateLimitMixin:
             return seen, wanted
         raise RuntimeError(f"the hold of {scope} changed under each of {_HOLD_ATTEMPTS} writes")
 
-    def hold_scope(self, scope: str, until: float, *, first_second: int, seconds: int) -> RecordedHold:
+    def hold_scope(
+        self,
+        scope: str,
+        until: float,
+        *,
+        first_second: int,
+        seconds: int,
+        asked_at: float | None = None,
+        resumed_at: float | None = None,
+    ) -> RecordedHold:
         # The hold's end goes to the scope's hold item first, by a conditional write that only lengthens it: a
         # shorter hold written at the same moment never shortens a longer one (until 2026-12-07 the seconds' puts
         # carried it alone, and the shorter hold's, landing last, told every dispatcher to come back too soon; the
         # seconds past the first 60 are not held, so they offered the upstream messages it answered with 429s).
         before, after = self._record_hold(
-            scope, lambda seen: hold_written(seen, until, first_second=first_second, seconds=seconds)
+            scope,
+            lambda seen: hold_written(
+                seen, until, first_second=first_second, seconds=seconds, asked_at=asked_at, resumed_at=resumed_at
+            ),
         )
         assert after is not None, "a hold is written whatever was recorded"
         # Then only the seconds no hold recorded before shut: the dispatchers whose submits in flight met the same

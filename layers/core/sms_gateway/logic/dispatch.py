@@ -10,7 +10,7 @@ import threading
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sms_gateway.domain.models import (
@@ -874,7 +874,9 @@ async def _submit(
             if shared is not None:
                 raise shared
             async with outcome.submits.submitting(provider.name):
+                sent_at = deps.clock()
                 result = await provider.submit(_submit_request(message, provider, deps))
+            UPSTREAM_RETRY_AFTER.note_accepted(provider.name, sent_at)
             return provider, result
         except UpstreamError as error:
             unavailable_before, failure = failure, error
@@ -1205,7 +1207,29 @@ class UpstreamRetryAfter:
         self._until: dict[str, datetime] = {}
         # By upstream: its route's hold as this container last learnt it recorded (its end, its last second shut).
         self._recorded: dict[str, RecordedHold] = {}
+        # By upstream: when this container sent the last request the upstream accepted.
+        self._accepted: dict[str, datetime] = {}
         self._lock = threading.Lock()
+
+    def note_accepted(self, upstream: str, sent_at: datetime) -> None:
+        with self._lock:
+            if upstream not in self._accepted or sent_at > self._accepted[upstream]:
+                self._accepted[upstream] = sent_at
+
+    def accepted_at(self, upstream: str) -> float | None:
+        """When this container sent the last request `upstream` accepted (Unix seconds; None: none yet)."""
+        sent_at = self._accepted.get(upstream)
+        return None if sent_at is None else sent_at.timestamp()
+
+    def cut(self, upstream: str, recorded: RecordedHold) -> None:
+        """The route's hold recorded shorter than the one noted here: replaced by a container the upstream accepted
+        messages from after it last asked for it (RecordedHold.replaced). Held here no longer than that either."""
+        with self._lock:
+            noted = self._until.get(upstream)
+            until = datetime.fromtimestamp(recorded.until, tz=UTC)
+            if noted is not None and until < noted:
+                self._until[upstream] = until
+            self._recorded[upstream] = recorded
 
     def note_recorded(self, upstream: str, recorded: RecordedHold) -> None:
         with self._lock:
@@ -1244,6 +1268,7 @@ class UpstreamRetryAfter:
         with self._lock:
             self._until.clear()
             self._recorded.clear()
+            self._accepted.clear()
 
 
 # How long before the counters a hold shut end a container that holds a message back for it (the hold lasting longer:
@@ -1271,7 +1296,8 @@ async def _hold_upstream(upstream: str, retry_after: float | None, deps: Dispatc
         return
     if left is not None and retry_after < left + LONGER_HOLD_SECONDS:
         return
-    recorded = await deps.limiter.hold(route_scope(upstream, limit)[0], retry_after)
+    resumed_at = UPSTREAM_RETRY_AFTER.accepted_at(upstream)
+    recorded = await deps.limiter.hold(route_scope(upstream, limit)[0], retry_after, resumed_at=resumed_at)
     if recorded is not None:
         UPSTREAM_RETRY_AFTER.note_recorded(upstream, recorded)
 
@@ -1290,7 +1316,9 @@ async def _shut_more_of_the_hold(upstream: str, deps: DispatchDependencies) -> N
         return
     recorded = await deps.limiter.shut_more_of_hold(route_scope(upstream, limit)[0], until)
     if recorded is not None:
-        UPSTREAM_RETRY_AFTER.note_recorded(upstream, recorded)
+        # Recorded shorter than it learnt, the hold was replaced (the upstream accepted messages again): no longer held
+        # here past the recorded end either.
+        UPSTREAM_RETRY_AFTER.cut(upstream, recorded)
 
 
 def _note_shared_hold(upstream: str, hold: ScopeHeld, deps: DispatchDependencies) -> UpstreamError:

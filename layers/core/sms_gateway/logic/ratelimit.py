@@ -180,11 +180,14 @@ class RateLimiter:
                 return 0, []
             await self.sleep(max(wake_at - self.clock(), 0.0))
 
-    async def hold(self, name: str, seconds: float) -> RecordedHold | None:
+    async def hold(self, name: str, seconds: float, *, resumed_at: float | None = None) -> RecordedHold | None:
         """Shuts scope `name` for every holder for `seconds` from now (up to MAX_HELD_SECONDS of its counters): a
         take there raises ScopeHeld, which says until when. Returns the scope's hold as recorded then (it may reach
-        farther). A hold that cannot be written is logged (None): each other holder then learns of it by itself."""
-        return await self._shut(self.store.hold_scope, name, self.clock() + seconds)
+        farther). A hold that cannot be written is logged (None): each other holder then learns of it by itself.
+        `resumed_at`: when this holder sent the last request the scope's upstream accepted (`RecordedHold.replaced`: a
+        hold the upstream asked for before then is over, and this one replaces it)."""
+        now = self.clock()
+        return await self._shut(self.store.hold_scope, name, now + seconds, asked_at=now, resumed_at=resumed_at)
 
     async def shut_more_of_hold(self, name: str, until: float) -> RecordedHold | None:
         """Shuts the counters of scope `name` from now up to MAX_HELD_SECONDS ahead (those not shut yet) for the hold
@@ -193,14 +196,16 @@ class RateLimiter:
         it (a new one) still meets it. Returns the hold as recorded (None when none is, or it could not be written)."""
         return await self._shut(self.store.shut_more_of_hold, name, until)
 
-    async def _shut(self, write: Callable[..., RecordedHold | None], name: str, until: float) -> RecordedHold | None:
+    async def _shut(
+        self, write: Callable[..., RecordedHold | None], name: str, until: float, **when: float | None
+    ) -> RecordedHold | None:
         now = self.clock()
         first = math.floor(now)
         held = min(math.ceil(until) - first, MAX_HELD_SECONDS)
         if held <= 0:
             return None
         try:
-            return await asyncio.to_thread(write, name, until, first_second=first, seconds=held)
+            return await asyncio.to_thread(write, name, until, first_second=first, seconds=held, **when)
         except Exception:
             logger.warning("could not hold a rate-limit scope for the other dispatchers", extra={"scope": name})
             return None
