@@ -1,0 +1,79 @@
+"""Inbound SMS through the real `webhook` handler on moto while DynamoDB cancels its transactions for conflicts with
+other writes (TransactionConflict: a resent MO whose first post is still being stored, a send writing the account's
+credits as a STOP's opt-out does), as it does on AWS (moto never does): the SMS is stored and forwarded once, and an
+upstream whose callback could not be taken is told to post it again (503, Retry-After), never a 500."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.conftest import FakeContext, load_function
+from tests.integration.test_optouts import (
+    SECRET,
+    conflicting_transactions,
+    notifications,
+    texts,
+)
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@pytest.fixture(autouse=True)
+def simulator_upstream(aws: dict[str, str]) -> None:
+    """The simulator upstream, whose callbacks (`inbound_event`) are signed with SECRET."""
+    from sms_gateway_tools.localstack.resources import put_simulator_parameter
+
+    put_simulator_parameter(boto3.client("ssm"), "http://127.0.0.1:9", SECRET)
+
+
+@pytest.fixture
+def webhook(aws: dict[str, str]) -> Handler:
+    module = load_function("webhook")
+    return lambda event: module.handler(event, FakeContext())
+
+
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sms_gateway.adapters import dynamodb_transactions
+
+    monkeypatch.setattr(dynamodb_transactions, "back_off", lambda attempt: None)
+
+
+def inbox(account_id: str) -> list[Any]:
+    from sms_gateway.bootstrap import gateway
+
+    return gateway().store.list_inbounds(account_id)[0]
+
+
+def inbox_transactions(request: dict[str, Any]) -> bool:
+    return "INUP#" in str(request["TransactItems"][0])
+
+
+@pytest.mark.xfail(strict=True, reason="the inbox transaction is not tried again on a TransactionConflict: 500")
+def test_an_mo_whose_inbox_transaction_meets_conflicts_is_stored_and_forwarded_once(aws, account, webhook, monkeypatch):
+    # Given DynamoDB cancelling the inbox transaction (the SMS with its dedup marker) twice for conflicts
+    conflicting_transactions(monkeypatch, 2, inbox_transactions)
+    # When the upstream posts an MO
+    texts(webhook, "See you at eight", "sim-conflicted")
+    # Then it is taken at a later try, as the store's other transactions are: stored once, forwarded once
+    assert [sms.text for sms in inbox(account["account_id"])] == ["See you at eight"]
+    assert len(notifications(aws)) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="the inbox transaction is not tried again on a TransactionConflict: 500")
+def test_a_resent_mo_meeting_its_first_post_in_flight_is_answered_200_and_stored_once(
+    aws, account, webhook, monkeypatch
+):
+    # Given an MO stored and forwarded by its first post
+    texts(webhook, "Two tickets please", "sim-resent")
+    # And its resend, whose transaction DynamoDB first cancels for a conflict with that post's write of the marker
+    conflicting_transactions(monkeypatch, 1, inbox_transactions)
+    # When the upstream resends it
+    texts(webhook, "Two tickets please", "sim-resent")
+    # Then the resend is a duplicate, acknowledged: one SMS in the inbox, forwarded once
+    assert len(inbox(account["account_id"])) == 1
+    assert len(notifications(aws)) == 1
