@@ -5,6 +5,7 @@ upstream whose callback could not be taken is told to post it again (503, Retry-
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,10 @@ from tests.conftest import FakeContext, load_function
 from tests.integration.test_optouts import (
     SECRET,
     conflicting_transactions,
+    counter,
+    inbound_event,
     notifications,
+    stored_opt_outs,
     texts,
 )
 
@@ -76,4 +80,45 @@ def test_a_resent_mo_meeting_its_first_post_in_flight_is_answered_200_and_stored
     texts(webhook, "Two tickets please", "sim-resent")
     # Then the resend is a duplicate, acknowledged: one SMS in the inbox, forwarded once
     assert len(inbox(account["account_id"])) == 1
+    assert len(notifications(aws)) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="a transaction left undecided by conflicts fails the callback with a 500")
+def test_an_mo_whose_inbox_transaction_conflicts_on_every_try_is_answered_503_and_its_resend_is_stored_once(
+    aws, account, webhook, monkeypatch
+):
+    # Given DynamoDB cancelling every inbox transaction for conflicts
+    with monkeypatch.context() as patched:
+        conflicting_transactions(patched, 100, inbox_transactions)
+        # When the upstream posts an MO
+        answer = webhook(inbound_event("Is the 9pm show full?", "sim-busy"))
+    # Then it is told to post it again (503 after Retry-After), not that the gateway failed (500), and nothing is kept
+    assert answer["statusCode"] == 503, answer
+    assert answer["headers"]["Retry-After"] == "1", answer
+    assert "try again" in json.loads(answer["body"])["message"]
+    assert inbox(account["account_id"]) == []
+    assert notifications(aws) == []
+    # And its resend, once the conflicts pass, is stored and forwarded once
+    texts(webhook, "Is the 9pm show full?", "sim-busy")
+    assert len(inbox(account["account_id"])) == 1
+    assert len(notifications(aws)) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="a transaction left undecided by conflicts fails the callback with a 500")
+def test_a_stop_whose_opt_out_conflicts_on_every_try_is_answered_503_and_its_resend_records_it_once(
+    aws, account, webhook, monkeypatch
+):
+    # Given DynamoDB cancelling every opt-out transaction for conflicts with a send's write of the account's credits
+    with monkeypatch.context() as patched:
+        conflicting_transactions(patched, 100, lambda request: "OPTOUT#" in str(request["TransactItems"][0]))
+        # When the number texts STOP
+        answer = webhook(inbound_event("STOP", "sim-stop-busy"))
+    # Then the upstream is told to post it again (503 after Retry-After), not a 500
+    assert answer["statusCode"] == 503, answer
+    assert answer["headers"]["Retry-After"] == "1", answer
+    assert stored_opt_outs(account["account_id"]) == []
+    # And its resend records the STOP once; the client had the SMS from the first post, and not again
+    texts(webhook, "STOP", "sim-stop-busy")
+    assert [item["keyword"] for item in stored_opt_outs(account["account_id"])] == ["STOP"]
+    assert counter(account["account_id"]) == 1
     assert len(notifications(aws)) == 1
