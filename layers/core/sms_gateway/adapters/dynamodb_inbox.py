@@ -18,6 +18,7 @@ from typing import Any
 
 from sms_gateway.adapters.cursors import decode_cursor, encode_cursor, id_sort_key, read_page
 from sms_gateway.adapters.dynamodb_sweep import INBOUND, UNMARK, claim_due, sweep_keys
+from sms_gateway.adapters.dynamodb_transactions import transact_until_decided
 from sms_gateway.domain.ids import EPOCH_MS, MAX_ID, RANDOM_BITS, id_time_ms
 from sms_gateway.domain.models import FoundInbound, StoredInbound
 from sms_gateway.domain.senders import same_sender
@@ -73,11 +74,6 @@ def last_id_at(moment: datetime) -> int:
 def id_moment(inbound_id: int) -> datetime:
     """When an id was made: for an inbound SMS, when the gateway received it."""
     return _UNIX_EPOCH + timedelta(milliseconds=id_time_ms(inbound_id))
-
-
-def _failed(error: Any) -> list[bool]:
-    reasons = error.response.get("CancellationReasons") or []
-    return [reason.get("Code") == "ConditionalCheckFailed" for reason in reasons]
 
 
 def keywords_pending_to(client: Any, table_name: str, account_id: str, sender: str) -> int:
@@ -146,32 +142,34 @@ class DynamoInboxMixin:
             "inbound_id": inbound.inbound_id,
             "expires_at": expires_at,
         }
-        try:
-            # One transaction: the upstream's id is claimed exactly when the SMS lands in the inbox, so a retried
-            # callback (same upstream id, new inbound id) is stored once.
-            self.client.transact_write_items(
-                TransactItems=[
-                    {
-                        "Put": {
-                            "TableName": self.table_name,
-                            "Item": self._codec.dump(marker),
-                            "ConditionExpression": "attribute_not_exists(pk)",
-                        }
-                    },
-                    {
-                        "ConditionCheck": {
-                            "TableName": self.table_name,
-                            "Key": {"pk": {"S": pk}, "sk": {"S": LEGACY_MARKER_SK}},
-                            "ConditionExpression": "attribute_not_exists(pk)",
-                        }
-                    },
-                    {"Put": put_item},
-                ]
-            )
-        except self.client.exceptions.TransactionCanceledException as error:
-            if any(_failed(error)[:2]):
-                return False
-            raise
+        # One transaction: the upstream's id is claimed exactly when the SMS lands in the inbox, so a retried
+        # callback (same upstream id, new inbound id) is stored once. Tried again while only conflicts with other
+        # writes cancel it: a resend whose first post is writing the same marker meets it so on AWS, and its next
+        # try finds the marker and is the duplicate it is (until session 38 the callback failed with a 500).
+        marker_refused, legacy_marker_refused, inbound_refused = transact_until_decided(
+            self.client,
+            [
+                {
+                    "Put": {
+                        "TableName": self.table_name,
+                        "Item": self._codec.dump(marker),
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                },
+                {
+                    "ConditionCheck": {
+                        "TableName": self.table_name,
+                        "Key": {"pk": {"S": pk}, "sk": {"S": LEGACY_MARKER_SK}},
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                },
+                {"Put": put_item},
+            ],
+        )
+        if marker_refused or legacy_marker_refused:
+            return False
+        if inbound_refused:
+            raise RuntimeError(f"inbound id {inbound.inbound_id} is taken: the upstream's resend is stored anew")
         return True
 
     def find_inbound(self, upstream: str, upstream_message_id: str, account_id: str, to: str) -> FoundInbound | None:
