@@ -297,3 +297,34 @@ def test_a_keyed_retry_whose_failing_of_an_opted_out_message_dynamodb_keeps_canc
     assert [r["to"] for r in json.loads(again["body"]).get("refused", [])] == [AIRTEL]
     assert len(queued_message_ids(aws)) == 1
     assert balance(account["account_id"]) == 9
+
+
+@pytest.mark.xfail(strict=True, reason="a callback whose transaction conflicts on every try fails with a 500")
+def test_a_failure_report_whose_refund_dynamodb_keeps_cancelling_answers_503_and_its_resend_refunds_once(
+    aws, account, api, monkeypatch
+):
+    from tests.integration.test_operations_metrics import dispatch, simulator_dlr
+    from tests.integration.test_send_path import RecordingUpstream, queued_records, route_simulator_upstreams_to
+    from tests.integration.test_send_path import send_event as one_sms
+
+    # Given a message submitted to the upstream, its 1 credit taken
+    upstream = RecordingUpstream()
+    route_simulator_upstreams_to(monkeypatch, upstream)
+    assert api(one_sms(account["token"]))["statusCode"] == 200
+    [record] = queued_records(aws)
+    assert dispatch([record]) == {"batchItemFailures": []}
+    assert balance(account["account_id"]) == 99
+    webhook = load_function("webhook")
+    report = simulator_dlr(aws, upstream.submits[0]["client_ref"], "UNDELIV", datetime.now(UTC).isoformat())
+    # When its failure report arrives while DynamoDB cancels every transaction for conflicts with other writes of the
+    # account's credits (the refund moves the message and gives its price back in one)
+    with transactions_conflicting():
+        answer = webhook.handler(report, FakeContext())
+    # Then the upstream is told to post it again (503 after Retry-After), not that the gateway failed (500)
+    assert answer["statusCode"] == 503, answer
+    assert answer["headers"]["Retry-After"] == "1", answer
+    assert balance(account["account_id"]) == 99
+    # And its resend, once the conflicts pass, fails the message and refunds it, once
+    assert webhook.handler(report, FakeContext())["statusCode"] == 200
+    assert webhook.handler(report, FakeContext())["statusCode"] == 200
+    assert balance(account["account_id"]) == 100
