@@ -92,7 +92,6 @@ def stops_taken(account_id: str) -> int:
     return opt_outs
 
 
-@pytest.mark.xfail(strict=True, reason="a transaction left undecided by conflicts fails the callback with a 500")
 @pytest.mark.parametrize(
     ("text", "item", "taken"),
     [("Is the 9pm show full?", "INUP#", sms_taken), ("STOP", "OPTOUT#", stops_taken)],

@@ -299,7 +299,6 @@ def test_a_keyed_retry_whose_failing_of_an_opted_out_message_dynamodb_keeps_canc
     assert balance(account["account_id"]) == 9
 
 
-@pytest.mark.xfail(strict=True, reason="a callback whose transaction conflicts on every try fails with a 500")
 def test_a_failure_report_whose_refund_dynamodb_keeps_cancelling_answers_503_and_its_resend_refunds_once(
     aws, account, api, monkeypatch
 ):

@@ -9,9 +9,9 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 
 from sms_gateway.adapters.providers import callback_provider, upstream_country
 from sms_gateway.bootstrap import gateway, route_table
-from sms_gateway.dialects.common import callback_text, json_response, status_for
+from sms_gateway.dialects.common import callback_text, error_headers, json_response, status_for
 from sms_gateway.domain.models import CallbackRequest, StatusChange, utc_now
-from sms_gateway.errors import GatewayError, NotFound, Unauthorized
+from sms_gateway.errors import GatewayError, NotFound, TransactionUndecided, Unauthorized, Unavailable
 from sms_gateway.logic.delivery import DeliveryDependencies, announce_change, receive_delivery_reports
 from sms_gateway.logic.inbound import InboundDependencies, receive_inbound
 from sms_gateway.observability import logger, metrics
@@ -127,4 +127,14 @@ def _acknowledge(upstream: Provider, kind: str) -> Response[Any] | None:
 def gateway_error(error: GatewayError) -> Response:
     logger.warning("callback refused", extra={"code": error.code, "reason": error.logged})
     status = status_for(error)
-    return json_response(status, {"status": "error", "message": error.message})
+    # Retry-After on a 503: when to post the callback again.
+    return json_response(status, {"status": "error", "message": error.message}, error_headers(error))
+
+
+@app.exception_handler(TransactionUndecided)
+def transaction_undecided(error: TransactionUndecided) -> Response:
+    """A write DynamoDB kept cancelling for conflicts with other writes (or throttled) past its tries: nothing of it
+    was written. A callback is taken whole by its resend (an SMS is stored once, a STOP applied once, a report
+    applied once), so the upstream is told to post it again, 503 with Retry-After, the answer upstreams retry on;
+    until session 38 it was a 500, which says the gateway failed and the callback may be done in part."""
+    return gateway_error(Unavailable(f"callback not taken yet ({error}); try again"))
