@@ -117,3 +117,17 @@ def test_an_mo_whose_transaction_conflicts_on_every_try_is_answered_503_and_its_
     assert taken(account["account_id"]) == 1
     assert len(inbox(account["account_id"])) == 1
     assert len(notifications(aws)) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="a throttled transaction is given up at once: the callback answers 503")
+@pytest.mark.parametrize("code", ["ThrottlingError", "ProvisionedThroughputExceeded"])
+def test_an_mo_whose_inbox_transaction_dynamodb_throttles_once_is_stored_at_its_first_post(
+    aws, account, webhook, monkeypatch, code
+):
+    # Given DynamoDB throttling the inbox transaction once (a cancellation that names the throttled item)
+    conflicting_transactions(monkeypatch, 1, inbox_transactions, code=code)
+    # When the upstream posts an MO
+    texts(webhook, "Row F, please", "sim-throttled")
+    # Then it is taken at a later try of the same post, stored and forwarded once, not left to an upstream's resend
+    assert [sms.text for sms in inbox(account["account_id"])] == ["Row F, please"]
+    assert len(notifications(aws)) == 1

@@ -635,10 +635,14 @@ def conflicting_opt_out_writes(monkeypatch: pytest.MonkeyPatch, times: int) -> N
 
 
 def conflicting_transactions(
-    monkeypatch: pytest.MonkeyPatch, times: int, applies: Callable[[dict[str, Any]], bool] = lambda request: True
+    monkeypatch: pytest.MonkeyPatch,
+    times: int,
+    applies: Callable[[dict[str, Any]], bool] = lambda request: True,
+    code: str = "TransactionConflict",
 ) -> None:
     """DynamoDB cancelling the next `times` transactions that `applies` to on a conflict with a concurrent write of
-    one of their items (the last), as it does on AWS (moto never does): no condition failed."""
+    one of their items (the last), as it does on AWS (moto never does): no condition failed. Another `code` for
+    that item: another reason (`ThrottlingError`: DynamoDB throttled the transaction)."""
     from sms_gateway.bootstrap import gateway
 
     client = gateway().store.client
@@ -647,7 +651,7 @@ def conflicting_transactions(
     def conflicting(**request: Any) -> Any:
         if applies(request) and conflicts[0]:
             conflicts[0] -= 1
-            reasons = [{"Code": "None"}] * (len(request["TransactItems"]) - 1) + [{"Code": "TransactionConflict"}]
+            reasons = [{"Code": "None"}] * (len(request["TransactItems"]) - 1) + [{"Code": code}]
             raise client.exceptions.TransactionCanceledException(
                 {
                     "Error": {"Code": "TransactionCanceledException", "Message": "Transaction cancelled"},
