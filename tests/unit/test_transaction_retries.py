@@ -88,7 +88,6 @@ def test_a_transaction_refused_for_another_reason_is_not_tried_again(slept):
     assert (client.calls, slept) == (1, [])
 
 
-@pytest.mark.xfail(strict=True, reason="it backs off after its last try too, before giving up: up to ~1 s for nothing")
 def test_a_transaction_conflicting_on_every_try_waits_only_between_its_tries(slept):
     # Given DynamoDB cancelling every transaction for conflicts with other writes of its items
     client = CancellingClient(*[["TransactionConflict", "TransactionConflict"]] * 100)
