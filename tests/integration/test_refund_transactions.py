@@ -188,6 +188,30 @@ def test_a_transaction_that_conflicts_with_another_write_is_tried_again(table):
     assert balance(table, account_id) == 1000 + 2
 
 
+@pytest.mark.parametrize(
+    "codes",
+    [
+        pytest.param(
+            ["None", "ThrottlingError"],
+            marks=pytest.mark.xfail(strict=True, reason="a throttled refund is taken as refused: RuntimeError, a 500"),
+            id="the-account-throttled",
+        ),
+        pytest.param(["ProvisionedThroughputExceeded", "None"], id="the-message-throttled"),
+    ],
+)
+def test_a_refund_dynamodb_throttles_once_is_applied_at_its_next_try(table, codes):
+    # Given a submitted message, and a table whose first transaction DynamoDB cancels as throttled (one item's
+    # capacity, for a moment: botocore retries a throttled request, never a cancelled transaction)
+    account_id, [message] = funded_messages(table, 1, MessageStatus.SUBMITTED)
+    throttles = [1]
+    throttled = conflicting_once(table, throttles, codes)
+    # When its failure report fails it and refunds it
+    change = throttled.transition(message.key, MessageStatus.FAILED, now=NOW, refund=True)
+    # Then the next try moved it and refunded it, once, not an error that fails the report's callback
+    assert change is not None and change.changed and not throttles
+    assert balance(table, account_id) == 1000 + 2
+
+
 def test_a_send_reserving_credits_while_a_refund_holds_the_account_is_tried_again(table):
     # Given an account, and a table that refuses the first write to it: a refund's transaction holds the item
     account, credentials = new_account(credits=100)
