@@ -119,7 +119,6 @@ def test_an_mo_whose_transaction_conflicts_on_every_try_is_answered_503_and_its_
     assert len(notifications(aws)) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="a throttled transaction is given up at once: the callback answers 503")
 @pytest.mark.parametrize("code", ["ThrottlingError", "ProvisionedThroughputExceeded"])
 def test_an_mo_whose_inbox_transaction_dynamodb_throttles_once_is_stored_at_its_first_post(
     aws, account, webhook, monkeypatch, code

@@ -191,11 +191,7 @@ def test_a_transaction_that_conflicts_with_another_write_is_tried_again(table):
 @pytest.mark.parametrize(
     "codes",
     [
-        pytest.param(
-            ["None", "ThrottlingError"],
-            marks=pytest.mark.xfail(strict=True, reason="a throttled refund is taken as refused: RuntimeError, a 500"),
-            id="the-account-throttled",
-        ),
+        pytest.param(["None", "ThrottlingError"], id="the-account-throttled"),
         pytest.param(["ProvisionedThroughputExceeded", "None"], id="the-message-throttled"),
     ],
 )

@@ -49,7 +49,6 @@ def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return waits
 
 
-@pytest.mark.xfail(strict=True, reason="a transaction DynamoDB throttles is given up at once, without a backoff")
 @pytest.mark.parametrize(
     "throttled",
     [["ThrottlingError", "None"], ["None", "ProvisionedThroughputExceeded"]],
@@ -67,7 +66,6 @@ def test_a_transaction_throttled_twice_is_applied_at_its_third_try_after_a_short
     assert 0 < sum(slept) <= MOST_WAITED_WHEN_THROTTLED
 
 
-@pytest.mark.xfail(strict=True, reason="a transaction DynamoDB throttles is given up at once, without a backoff")
 def test_a_transaction_throttled_on_every_try_gives_up_within_a_few_hundred_ms(slept):
     # Given DynamoDB throttling every transaction
     client = CancellingClient(*[["ThrottlingError", "None"]] * 100)

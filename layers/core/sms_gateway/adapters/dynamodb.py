@@ -56,11 +56,12 @@ from sms_gateway.adapters.dynamodb_sweep import QUEUED, UNMARK, sweep_keys
 from sms_gateway.adapters.dynamodb_transactions import (
     MAX_TRANSACTION_ATTEMPTS,
     NOT_REFUSED,
+    THROTTLED,
     TransactionUndecided,
-    back_off,
     not_done,
     transact,
     transact_until_decided,
+    try_again_after,
 )
 from sms_gateway.adapters.dynamodb_unreleased import DynamoUnreleasedBatchesMixin, unreleased_sweep_keys
 from sms_gateway.domain.ids import MESSAGES_PER_BATCH, batch_ids_around
@@ -1297,6 +1298,7 @@ class DynamoStore(
     ) -> dict[MessageKey, StatusChange | None]:
         changes: dict[MessageKey, StatusChange | None] = {}
         pending = list(chunk)
+        throttled = 0
         for attempt in range(MAX_TRANSACTION_ATTEMPTS):
             writes = [
                 {
@@ -1312,7 +1314,7 @@ class DynamoStore(
                 writes.append({"Update": self._credits_update(pending[0].account_id, sum(m.price for m in pending))})
             reasons = transact(self.client, writes)
             if reasons is not None:
-                if refund and reasons[-1].get("Code") not in NOT_REFUSED:
+                if refund and reasons[-1].get("Code") not in NOT_REFUSED + THROTTLED:
                     raise RuntimeError(f"the refund of {len(pending)} messages was refused: {reasons[-1]}")
                 still: list[Message] = []
                 for message, reason in zip(pending, reasons, strict=False):
@@ -1328,8 +1330,9 @@ class DynamoStore(
                     # Every message left was settled by another writer: decided, nothing is left to try (also when
                     # this was the last try).
                     return changes
-                if len(still) == len(pending):  # a conflict with another write to one of the items: try again
-                    back_off(attempt)
+                if len(still) == len(pending):
+                    # A conflict with another write to one of the items, or throttling: try again (a while later).
+                    throttled = try_again_after(attempt, [reason.get("Code") for reason in reasons], throttled)
                 pending = still
                 continue
             moved = {m.key: m for m in self.get_messages_by_key([m.key for m in pending])}
