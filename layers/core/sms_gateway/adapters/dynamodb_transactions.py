@@ -77,24 +77,25 @@ def transact(client: Any, writes: list[dict[str, Any]], token: str | None = None
     return None
 
 
-def transact_until_decided(
-    client: Any, writes: list[dict[str, Any]], *, token: str | None = None
-) -> list[dict[str, Any] | None]:
+def transact_until_decided(client: Any, writes: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
     """`transact`, tried again while only conflicts with other writes refuse it (on AWS a concurrent write of
     one of its items cancels it with TransactionConflict; moto never does), or throttling, a few times
-    (`try_again_after`), under `token` each time when given.
+    (`try_again_after`), each try under a token of its own (`transact`: a token stands for one try, which
+    botocore may send again; DynamoDB keeps a token's request for 10 minutes).
     Aligned with `writes`: the reason a condition refused each (its code and, if asked for, the item), or None for
     each when applied."""
     throttled = 0
     for attempt in range(MAX_TRANSACTION_ATTEMPTS):
-        reasons = transact(client, writes, token)
+        reasons = transact(client, writes)
         if reasons is None:
             return [None] * len(writes)
         codes = [reason.get("Code") for reason in reasons]
         if "ConditionalCheckFailed" in codes:
             return [reason if reason.get("Code") == "ConditionalCheckFailed" else None for reason in reasons]
         throttled = try_again_after(attempt, codes, throttled)
-    raise TransactionUndecided(f"a transaction conflicted with other writes {MAX_TRANSACTION_ATTEMPTS} times")
+    raise TransactionUndecided(
+        f"a transaction was cancelled {MAX_TRANSACTION_ATTEMPTS} times for conflicts with other writes or throttling"
+    )
 
 
 def transact_or_unavailable(client: Any, writes: list[dict[str, Any]], *, doing: str) -> list[dict[str, Any] | None]:
