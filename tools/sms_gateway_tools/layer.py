@@ -62,27 +62,40 @@ def makefile_list(variable: str, layer_dir: Path = LAYER_DIR) -> list[str]:
     return found.group(1).split()
 
 
+def site_packages() -> Path:
+    """Where this machine's copies of the layer's packages are installed."""
+    return Path(str(importlib.metadata.distribution("pydantic").locate_file("")))
+
+
+def shipped_packages(layer_dir: Path = LAYER_DIR) -> list[str]:
+    """The top-level modules and packages of the layer's requirements' closure that the layer ships (less what the
+    Lambda runtime provides)."""
+    runtime = set(makefile_list("RUNTIME_PROVIDED", layer_dir))
+    return sorted(top_level_modules(distribution_closure(*layer_requirements(layer_dir))) - runtime)
+
+
 def copy_shipped_packages(target: Path, layer_dir: Path = LAYER_DIR, *, bytecode: bool = True) -> list[str]:
     """Copies this machine's installed third-party packages that the layer ships (its requirements' closure, less
-    what the Lambda runtime provides) into `target`, sources only, then runs the build's `bytecode-only` step on
-    them: what the layer's code imports on Lambda, for this machine's platform. Returns the top-level names.
-    `bytecode=False` leaves the sources, as the layer shipped them until 2026-12-02 (compiled at every import)."""
-    site = Path(str(importlib.metadata.distribution("pydantic").locate_file("")))
-    runtime = set(makefile_list("RUNTIME_PROVIDED", layer_dir))
-    shipped = sorted(top_level_modules(distribution_closure(*layer_requirements(layer_dir))) - runtime)
+    what the Lambda runtime provides) into `target`, sources only, deletes the modules no import reaches (the
+    build's `unreachable` step), then runs the build's `bytecode-only` step on them: what the layer's code imports
+    on Lambda, for this machine's platform. Returns the top-level names. `bytecode=False` leaves the sources, as
+    the layer shipped them until 2026-12-02 (compiled at every import)."""
+    site = site_packages()
+    shipped = shipped_packages(layer_dir)
     for name in shipped:
         if (site / name).is_dir():
             shutil.copytree(site / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif (site / f"{name}.py").is_file():
             shutil.copy(site / f"{name}.py", target)
-    if not bytecode:
-        return shipped
+    _run_build_step(layer_dir, "unreachable", f"DIR={target}", f"GATEWAY={layer_dir / 'sms_gateway'}")
+    if bytecode:
+        _run_build_step(layer_dir, "bytecode-only", f"DIR={target}")
+    return shipped
+
+
+def _run_build_step(layer_dir: Path, step: str, *variables: str) -> None:
     make = shutil.which("make") or "make"
     # A fixed command of our own build, with paths we made: nothing untrusted reaches it.
     subprocess.run(  # noqa: S603
-        [make, "-s", "bytecode-only", f"DIR={target}", f"PYTHON={sys.executable}"],
-        cwd=layer_dir,
-        check=True,
-        capture_output=True,
+        [make, "-s", step, *variables, f"PYTHON={sys.executable}"], cwd=layer_dir, check=True, capture_output=True
     )
-    return shipped
