@@ -114,7 +114,7 @@ def run(quick: bool) -> dict[str, Any]:
         "boto3, botocore, s3transfer, jmespath, python-dateutil, six and urllib3 come from the Lambda runtime and"
         " phonenumbers' geocoder and time-zone data are never imported, so layers/core/Makefile drops them"
         " (docs/layer.md), with the modules of Powertools and pydantic that no import can reach from the gateway"
-        " (0.8 MB, since 2026-12-07: layers/core/reachable_modules.py) and wrapt's C source. Before that, the python3.13 build method made 64.0 MB (botocore 25.1 MB, phonenumbers"
-        " 21.9 MB of which geodata 19.5 MB).",
+        " (0.8 MB, since 2026-12-07: layers/core/reachable_modules.py) and wrapt's C source. Before that, the"
+        " python3.13 build method made 64.0 MB (botocore 25.1 MB, phonenumbers 21.9 MB of which geodata 19.5 MB).",
     ]
     return result
