@@ -155,7 +155,6 @@ class LosesTheFirstCancelAnswer:
         return SimpleNamespace(status_code=200, text="", json=lambda: answer)
 
 
-@pytest.mark.xfail(strict=True, reason="the chaos client's cancels carry no Idempotency-Key and keep no refund")
 def test_a_cancel_whose_answer_is_lost_is_sent_again_under_one_idempotency_key_and_learns_its_refund(monkeypatch):
     monkeypatch.setattr(runner.time, "sleep", lambda seconds: None)
     api = LosesTheFirstCancelAnswer()

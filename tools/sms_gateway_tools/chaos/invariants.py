@@ -96,6 +96,9 @@ class Observations:
     upstream_deduplicates: bool = True
     # reference_id -> the HTTP status the client's cancel of that scheduled batch was answered with.
     cancels: Mapping[str, int] = field(default_factory=dict)
+    # reference_id -> the credits the cancel's 200 said it gave back (`refunded_credits`: under the client's
+    # Idempotency-Key, a retry after a lost answer gets the first answer's, so it must be the whole batch's cost).
+    cancel_refunds: Mapping[str, int] = field(default_factory=dict)
     # How many messages the api's 200 answers accepted (None: not counted); the table must hold as many.
     accepted_messages: int | None = None
 
@@ -290,7 +293,7 @@ def credits_conserved(observed: Observations) -> Verdict:
                     else str(message.expected_price)
                 )
             )
-        cost = message.price if message.expected_price is None else message.expected_price
+        cost = _cost(message)
         if MessageStatus(message.status) in REFUNDED:
             refunded[message.account_id] += cost
         else:
@@ -377,9 +380,11 @@ def every_change_notified(observed: Observations) -> Verdict:
 
 
 def cancels_honoured(observed: Observations) -> Verdict:
-    """A cancel answered 200 cancelled the whole batch: every message `cancelled` and none at the upstream. One
-    answered 409 lost to the schedule's release: none of its messages cancelled (they go out as any others). No
-    other answer. And no message is `cancelled` in a batch the client never cancelled."""
+    """A cancel answered 200 cancelled the whole batch: every message `cancelled` and none at the upstream, and the
+    refund it answered is what the batch cost (the run's prices), the credits that came back (invariant
+    credits_conserved holds the balance to that). One answered 409 lost to the schedule's release: none of its
+    messages cancelled (they go out as any others). No other answer. And no message is `cancelled` in a batch the
+    client never cancelled."""
     verdict = Verdict("cancels_honoured", "a cancel did what its answer said (200: nothing sent)", 0)
     by_reference: dict[str, list[MessageRecord]] = defaultdict(list)
     for message in observed.messages:
@@ -404,6 +409,13 @@ def cancels_honoured(observed: Observations) -> Verdict:
                 f"batch {reference_id}: cancel answered 200, but {len(batch) - len(cancelled)} of its {len(batch)} "
                 f"messages are not cancelled and {len(sent)} reached the upstream"
             )
+        elif status == 200 and observed.cancel_refunds.get(reference_id) != (cost := sum(map(_cost, batch))):
+            told = observed.cancel_refunds.get(reference_id)
+            verdict.violations.append(
+                f"batch {reference_id}: cancel answered 200 "
+                + ("naming no refund" if told is None else f"refunding {told} credits")
+                + f", but its {len(batch)} cancelled messages cost {cost}"
+            )
         elif status == 409 and cancelled:
             verdict.violations.append(f"batch {reference_id}: cancel answered 409, yet {len(cancelled)} are cancelled")
         elif status not in (200, 409):
@@ -412,8 +424,17 @@ def cancels_honoured(observed: Observations) -> Verdict:
     for status in observed.cancels.values():
         answered[status] += 1
     if answered:
-        verdict.notes.append(", ".join(f"{count} answered {status}" for status, count in sorted(answered.items())))
+        verdict.notes.append(
+            ", ".join(f"{count} answered {status}" for status, count in sorted(answered.items()))
+            + f"; {sum(observed.cancel_refunds.values())} credits refunded as the 200s said"
+        )
     return verdict
+
+
+def _cost(message: MessageRecord) -> int:
+    """What a message should cost: the run's price of it, or, for one the run never sent, what the gateway recorded
+    (flagged by credits_conserved)."""
+    return message.price if message.expected_price is None else message.expected_price
 
 
 def _yes_or_none(delivery_report: bool) -> str:

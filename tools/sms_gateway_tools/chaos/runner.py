@@ -9,6 +9,7 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -134,8 +135,10 @@ class Progress:
     sends_retried: dict[str, int] = field(default_factory=dict)
     waves: int = 0
     references: list[tuple[str, int]] = field(default_factory=list)
-    # reference_id -> the status the cancel was answered with (its last attempt's).
+    # reference_id -> the status the cancel was answered with (its last attempt's; 0: none came).
     cancels: dict[str, int] = field(default_factory=dict)
+    # reference_id -> the credits a cancel answered 200 said it gave back (`refunded_credits`).
+    cancel_refunds: dict[str, int] = field(default_factory=dict)
     # Cancels sent again, by why: the 5xx status, or the transport error that lost the answer.
     cancels_retried: dict[str, int] = field(default_factory=dict)
 
@@ -357,19 +360,10 @@ class ChaosRun:
                 body["send_at"] = (datetime.now(UTC) + timedelta(seconds=send.send_in)).isoformat()
             # A client that sends again after a 5xx or a lost answer, under the same key, as the API documents.
             headers = {"Authorization": f"Bearer {account['token']}", "Idempotency-Key": f"chaos-{send.recipients[0]}"}
-            answer, lost = None, ""
-            for attempt in range(1, self.options.send_attempts + 1):
-                try:
-                    answer = client.post(f"{stack.api_url}/ng/v1/sendsms", json=body, headers=headers)
-                except httpx.TransportError as error:
-                    answer, lost = None, type(error).__name__
-                else:
-                    if answer.status_code < 500 and not _still_being_processed(answer):
-                        break
-                if attempt < self.options.send_attempts:
-                    self._count_retry(self.progress.sends_retried, lost if answer is None else _why_again(answer))
-                    if answer is not None and _still_being_processed(answer):
-                        time.sleep(STILL_PROCESSING_WAIT_SECONDS)
+            answer, lost = self._until_answered(
+                lambda: client.post(f"{stack.api_url}/ng/v1/sendsms", json=body, headers=headers),
+                self.progress.sends_retried,
+            )
             with self._progress_lock:
                 self.progress.sends += 1
             if answer is None or answer.status_code != 200:
@@ -391,23 +385,41 @@ class ChaosRun:
             list(pool.map(post, wave))
 
     def _cancel(self, stack: Any, account: dict[str, Any], reference_id: str) -> None:
-        """The client's DELETE of a scheduled batch, sent again after a 5xx or a lost answer as a client would."""
-        status = 0
+        """The client's DELETE of a scheduled batch under an Idempotency-Key of its own, sent again under it after a
+        5xx, a lost answer or a 409 saying the first request is still under way, as a client would: whichever attempt
+        is answered 200 answers the refund the cancel gave back (docs/dialects/9bits.md), which the run keeps."""
+        headers = {"Authorization": f"Bearer {account['token']}", "Idempotency-Key": f"chaos-cancel-{reference_id}"}
         with httpx.Client(timeout=30) as client:
-            for _ in range(self.options.send_attempts):
-                try:
-                    status = client.delete(
-                        f"{stack.api_url}/ng/v1/batches/{reference_id}",
-                        headers={"Authorization": f"Bearer {account['token']}"},
-                    ).status_code
-                except httpx.TransportError as error:
-                    self._count_retry(self.progress.cancels_retried, type(error).__name__)
-                    continue
-                if status < 500:
-                    break
-                self._count_retry(self.progress.cancels_retried, str(status))
+            answer, _ = self._until_answered(
+                lambda: client.delete(f"{stack.api_url}/ng/v1/batches/{reference_id}", headers=headers),
+                self.progress.cancels_retried,
+            )
         with self._progress_lock:
-            self.progress.cancels[reference_id] = status
+            self.progress.cancels[reference_id] = 0 if answer is None else answer.status_code
+            if answer is not None and answer.status_code == 200:
+                self.progress.cancel_refunds[reference_id] = int(answer.json()["refunded_credits"])
+
+    def _until_answered(
+        self, request: Callable[[], httpx.Response], retried: dict[str, int]
+    ) -> tuple[httpx.Response | None, str]:
+        """`request` (one under an Idempotency-Key) sent again after a 5xx, an answer lost (a transport error) or a
+        409 saying the key's first request is still under way (after STILL_PROCESSING_WAIT_SECONDS), up to
+        `send_attempts` in all, each repeat counted in `retried` by why. Returns the last answer (None: it was lost)
+        and the name of the transport error that lost it."""
+        answer, lost = None, ""
+        for attempt in range(1, self.options.send_attempts + 1):
+            try:
+                answer = request()
+            except httpx.TransportError as error:
+                answer, lost = None, type(error).__name__
+            else:
+                if answer.status_code < 500 and not _still_being_processed(answer):
+                    break
+            if attempt < self.options.send_attempts:
+                self._count_retry(retried, lost if answer is None else _why_again(answer))
+                if answer is not None and _still_being_processed(answer):
+                    time.sleep(STILL_PROCESSING_WAIT_SECONDS)
+        return answer, lost
 
     def _count_retry(self, retried: dict[str, int], why: str) -> None:
         """Counts a send or cancel the client sends again, by why (`retried`: the progress's count of those)."""
@@ -594,6 +606,7 @@ class ChaosRun:
             submits_unanswered=dict(kills.unanswered),
             upstream_deduplicates=self.options.upstream_deduplicates,
             cancels=dict(self.progress.cancels),
+            cancel_refunds=dict(self.progress.cancel_refunds),
             accepted_messages=self.progress.accepted_messages,
         )
 
