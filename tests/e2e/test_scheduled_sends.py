@@ -37,10 +37,38 @@ def account(stack: Any) -> dict[str, Any]:
     return create_account(name="Scheduler", senders=["48976"], credits=10, api_url=stack.api_url)
 
 
-def test_a_scheduled_batch_is_delivered_at_its_time_and_a_cancelled_one_never(stack: Any, account: dict) -> None:
+def stalling_before_the_cancel(seconds: float) -> dict[str, list[Any]]:
+    """httpx event hooks that hold the test's first DELETE back `seconds`, as a loaded machine holds a process back
+    (descheduled, swapped out): the test's requests then take longer than their schedule's lead."""
+    stalls = [seconds]
+
+    def stall(request: httpx.Request) -> None:
+        if request.method == "DELETE" and stalls:
+            time.sleep(stalls.pop())
+
+    return {"request": [stall]}
+
+
+@pytest.mark.parametrize(
+    "stall",
+    [
+        0.0,
+        pytest.param(
+            7.0,
+            marks=pytest.mark.xfail(
+                strict=True, reason="a machine slower than the 4 s lead fails the test: its cancel is answered 409"
+            ),
+        ),
+    ],
+    ids=["quick", "held-back-past-the-schedule"],
+)
+def test_a_scheduled_batch_is_delivered_at_its_time_and_a_cancelled_one_never(
+    stack: Any, account: dict, stall: float
+) -> None:
     headers = {"Authorization": f"Bearer {account['token']}"}
     send_at = (datetime.now(UTC) + timedelta(seconds=4)).isoformat()
-    with httpx.Client(base_url=stack.api_url, headers=headers, timeout=10) as client:
+    hooks = stalling_before_the_cancel(stall)
+    with httpx.Client(base_url=stack.api_url, headers=headers, timeout=10, event_hooks=hooks) as client:
         # Given two batches scheduled four seconds ahead
         kept, cancelled = (
             client.post(
