@@ -336,10 +336,19 @@ def every_change_notified(observed: Observations) -> Verdict:
                 f"{message.message_id} is at sequence {message.sequence}, but made {written} status writes; "
                 + _what_the_client_got(message, observed.notifications)
             )
-        for sequence in reported:
+        for sequence, status in reported.items():
             verdict.checked += 1
             webhook_id = f"dlr_{message.message_id}_{sequence}"
-            if webhook_id in observed.notifications:
+            body = observed.notifications.get(webhook_id)
+            if body is not None:
+                # What the client keeps under the id (it deduplicates by it) must be that change.
+                told = (str(body.get("message_id")), body.get("sequence"), body.get("status"))
+                if told != (message.message_id, sequence, status):
+                    verdict.violations.append(
+                        f"{webhook_id} (change {sequence} of {message.message_id}: {status}) arrived as message "
+                        f"{told[0]}'s sequence {told[1]}, {told[2]}; "
+                        + _what_the_client_got(message, observed.notifications)
+                    )
                 continue
             if observed.dead_lettered_notifications.get(webhook_id):
                 parked += 1
@@ -442,16 +451,17 @@ def _yes_or_none(delivery_report: bool) -> str:
     return "yes" if delivery_report else "none"
 
 
-def _status_writes(message: MessageRecord) -> tuple[int, list[int]]:
+def _status_writes(message: MessageRecord) -> tuple[int, dict[int, MessageStatus]]:
     """The sequence number the message's `status_at` says it is at (1 for the status it was stored in, one more per
-    status it moved to since), and the sequence numbers of those moves that are reports: all but the release of a
-    scheduled batch (scheduled -> queued) and a cancel, the client's own request (docs/delivery-reports.md)."""
+    status it moved to since), and the moves that are reports, by sequence number, with the status each moved to: all
+    but the release of a scheduled batch (scheduled -> queued) and a cancel, the client's own request
+    (docs/delivery-reports.md)."""
     reached = [status for status in reached_in_order(message.status_at) if status != MessageStatus.ACCEPTED]
-    reported = [
-        sequence
+    reported: dict[int, MessageStatus] = {
+        sequence: status
         for sequence, status in enumerate(reached, start=1)
         if sequence > 1 and status not in (MessageStatus.QUEUED, MessageStatus.CANCELLED)
-    ]
+    }
     return len(reached), reported
 
 
