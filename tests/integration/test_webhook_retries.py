@@ -527,6 +527,25 @@ def test_resend_all_queues_every_dead_one_and_answers_how_many(aws, accounts, de
     assert api("POST", "/ng/v1/webhooks/failures/resend", token, body={"state": "dead"})[1]["resent"] == 0
 
 
+@pytest.mark.xfail(strict=True, reason="resend-all of one answers '1 dead notifications queued for delivery'")
+def test_resend_all_of_one_dead_notification_says_so_in_the_singular(aws, accounts, delays, webhook):
+    delays("0")
+    webhook(500, 500)
+    token, account_id = accounts["a"]["token"], accounts["a"]["account_id"]
+    dead_notification(aws, account_id)
+    status, body = api("POST", "/ng/v1/webhooks/failures/resend", token, body={"state": "dead"})
+    assert status == 202, body
+    assert body == {
+        "status_code": 202,
+        "message": "1 dead notification queued for delivery",
+        "resent": 1,
+        "more": False,
+    }
+    # And none, or several, in the plural (docs/dialects/9bits.md: "3 dead notifications queued for delivery")
+    body = api("POST", "/ng/v1/webhooks/failures/resend", token, body={"state": "dead"})[1]
+    assert body["message"] == "0 dead notifications queued for delivery"
+
+
 def test_a_resend_that_died_before_queueing_can_be_resent_once_its_lease_is_over(aws, accounts, delays, webhook):
     from sms_gateway.bootstrap import gateway
     from sms_gateway.domain.models import iso
