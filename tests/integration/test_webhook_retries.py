@@ -809,6 +809,33 @@ def test_a_notification_that_finds_its_url_removed_is_dead_and_can_be_resent_onc
     assert record_of(account_id, "dlr_1_3").state == "delivered"
 
 
+@pytest.mark.xfail(strict=True, reason="a resent failure delivered to the new URL still lists the old url")
+def test_a_failure_resent_after_the_url_changed_lists_the_url_it_was_delivered_to(aws, accounts, delays, webhook):
+    from sms_gateway import bootstrap
+    from sms_gateway.bootstrap import gateway
+    from sms_gateway.logic import accounts as account_logic
+
+    delays("0")
+    hook = webhook(500, 500)
+    account_id, token = accounts["a"]["account_id"], accounts["a"]["token"]
+    # Given a delivery report dead at the client's old webhook
+    dead_notification(aws, account_id)
+    assert record_of(account_id, "dlr_1_3").url == "https://client.example/dlr"
+    # When the client moves its webhook to a new URL and resends the report, which arrives there
+    account_logic.set_webhooks(
+        gateway().store, gateway().webhook_credentials, account_id, dlr_url="https://client.example/dlr2"
+    )
+    bootstrap.reset()  # past the notifier's settings cache
+    assert api("POST", "/ng/v1/webhooks/failures/dlr_1_3/resend", token)[0] == 202
+    run_notifier(aws)
+    assert [post["url"] for post in hook.posts][-1] == "https://client.example/dlr2"
+    # Then its record says where it went (docs/data-model.md: `url`, where it was posted), not the old URL
+    status, body = api("GET", "/ng/v1/webhooks/failures", token)
+    assert status == 200
+    [entry] = body["data"]
+    assert (entry["state"], entry["url"]) == ("delivered", "https://client.example/dlr2")
+
+
 def test_a_blackholed_origin_fails_its_sixth_notification_at_once_while_another_origin_is_posted(aws, accounts, delays):
     from sms_gateway import consumers
 
