@@ -16,7 +16,14 @@ from sms_gateway.domain.senders import registry_form
 from sms_gateway.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from sms_gateway.logic import accounts
 from sms_gateway.logic.auth import account_for_credential
-from sms_gateway.ports import AccountAdmin, AccountChanges, CredentialInfo, SenderAdded, rotated_meanwhile
+from sms_gateway.ports import (
+    AccountAdmin,
+    AccountChanges,
+    CredentialInfo,
+    SenderAdded,
+    TopUpOutcome,
+    rotated_meanwhile,
+)
 from tests.fakes import FakeSecretBox, InMemoryStore
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -137,8 +144,9 @@ class AdminStore(InMemoryStore):
         self.accounts[account_id] = account.model_copy(update={"senders": kept})
         return self.accounts[account_id]
 
-    def top_up(self, account_id: str, credits: int, *, request_id: str | None = None) -> None:
+    def top_up(self, account_id: str, credits: int, *, request_id: str | None = None) -> TopUpOutcome:
         self.refund_credits(self._require(account_id).account_id, credits)
+        return TopUpOutcome()
 
     def update_account(self, account_id: str, changes: AccountChanges) -> Account:
         account = self._require(account_id)

@@ -308,21 +308,33 @@ def show_prices() -> dict[str, Any]:
 def top_up(*, account_id: str, credits: int, request_id: str | None = None) -> dict[str, Any]:
     """Adds the credits, then reads the balance back (`credits`; None when that read failed: the credits were added
     all the same). `request_id` (else a new one; in the answer) makes it safe to run again within 10 minutes: the
-    same top-up with the same id adds the credits once. TopUpUnsure when the write got no answer."""
+    same top-up with the same id adds the credits once, and run again answers `already_applied` (`added` 0, with
+    what the earlier run added, `added_then`, and when, `applied_at`). TopUpUnsure when the write got no answer."""
     import secrets
 
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from sms_gateway.domain.models import iso
     from sms_gateway.logic import accounts
 
     store = _store()
     request_id = secrets.token_hex(16) if request_id is None else request_id
     try:
         # A request id used for another top-up is refused by the store (Conflict), nothing added.
-        accounts.top_up(store, account_id, credits, request_id=request_id)
+        outcome = accounts.top_up(store, account_id, credits, request_id=request_id)
     except (BotoCoreError, ClientError) as error:
         raise TopUpUnsure(request_id, error) from error
-    answer: dict[str, Any] = {"account_id": account_id, "added": credits, "credits": None, "request_id": request_id}
+    answer: dict[str, Any] = {
+        "account_id": account_id,
+        # What this run added: nothing when an earlier run under the request id did it (an operator reading `added`
+        # again took it for a second top-up).
+        "added": 0 if outcome.already_applied else credits,
+        "credits": None,
+        "request_id": request_id,
+        "already_applied": outcome.already_applied,
+    }
+    if outcome.already_applied:
+        answer |= {"added_then": credits, "applied_at": iso(outcome.applied_at) if outcome.applied_at else None}
     # Added all the same when the read back fails: the answer says so, with the balance unknown (`_show_top_up`).
     with contextlib.suppress(BotoCoreError, ClientError):
         answer["credits"] = store.balance(account_id)
@@ -787,7 +799,13 @@ def _cmd_top_up(args: argparse.Namespace) -> int:
 
 def _show_top_up(answer: dict[str, Any]) -> None:
     _print_record(answer)
-    if answer["credits"] is None:
+    if answer["already_applied"]:
+        balance = "unknown (see it with show-account)" if answer["credits"] is None else f"{answer['credits']} credits"
+        print(
+            f"request id {answer['request_id']} was already applied at {field_text(answer['applied_at'])}: it added "
+            f"{answer['added_then']} credits then, and nothing was added now; the balance now is {balance}"
+        )
+    elif answer["credits"] is None:
         print("the credits were added; the balance could not be read: see it with show-account", file=sys.stderr)
 
 

@@ -576,6 +576,17 @@ class Provider(Protocol):
     def parse_inbound(self, request: CallbackRequest) -> InboundSms: ...
 
 
+class TopUpOutcome(BaseModel):
+    """What a top-up did: added its credits now, or found its request id's top-up applied by an earlier run."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    # An earlier run under the same request id applied this top-up: nothing was added now.
+    already_applied: bool = False
+    # When that earlier run applied it (None for a top-up applied now).
+    applied_at: datetime | None = None
+
+
 class CredentialInfo(BaseModel):
     """An issued credential as an operator may see it: never the secret, only its first characters."""
 
@@ -738,10 +749,11 @@ class AccountAdmin(ConsistentAccountStore, Protocol):
         to the account given it next); NotFound when it is not the account's."""
         ...
 
-    def top_up(self, account_id: str, credits: int, *, request_id: str | None = None) -> None:
+    def top_up(self, account_id: str, credits: int, *, request_id: str | None = None) -> TopUpOutcome:
         """Adds credits atomically (NotFound for no account). Run again with the same `request_id` within 10
-        minutes, it adds them once: a caller that does not know whether a top-up went through can repeat it.
-        Conflict when the id was used for another top-up (another account or amount) in those 10 minutes."""
+        minutes, it adds them once: a caller that does not know whether a top-up went through can repeat it, and is
+        told it was applied before (TopUpOutcome.already_applied). Conflict when the id was used for another top-up
+        (another account or amount) in those 10 minutes."""
         ...
 
     def update_account(self, account_id: str, changes: AccountChanges) -> Account: ...

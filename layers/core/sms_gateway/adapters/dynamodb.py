@@ -21,7 +21,7 @@ import json
 import secrets
 import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -88,7 +88,7 @@ from sms_gateway.domain.pricing import PriceTable
 from sms_gateway.domain.senders import registry_form
 from sms_gateway.domain.status import TERMINAL, MessageStatus, allowed_previous
 from sms_gateway.errors import Conflict, InsufficientCredits, KeyInProgress, KeyReused, NotFound
-from sms_gateway.ports import PasswordLogin
+from sms_gateway.ports import PasswordLogin, TopUpOutcome
 
 MESSAGE_INDEX = "message-index"
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -565,10 +565,11 @@ class DynamoStore(
         if self._move_credits(self._credits_update(account_id, amount)):
             raise RuntimeError(f"account {account_id} is gone: {amount} credits could not be given back")
 
-    def top_up(self, account_id: str, credits: int, *, request_id: str | None = None) -> None:
+    def top_up(self, account_id: str, credits: int, *, request_id: str | None = None) -> TopUpOutcome:
         """Adds the credits with, under a `request_id`, a record of the top-up (`TOPUP#<request_id>`, kept
         TOP_UP_WINDOW) in the same transaction, conditional on none being there: the same top-up run again within
-        the window finds it and adds nothing; another top-up under the id is refused (Conflict). Each try is a
+        the window finds it, adds nothing and answers when it was applied; another top-up under the id is refused
+        (Conflict). Each try is a
         transaction under a token of its own: one a conflicting write cancelled is not the next one's answer
         (DynamoDB may answer a cancelled transaction's token with its cancellation for 10 minutes)."""
         writes: list[dict[str, Any]] = [{"Update": self._credits_update(account_id, credits)}]
@@ -586,9 +587,13 @@ class DynamoStore(
                     f"request id {request_id!r} was used for another top-up in the last "
                     f"{TOP_UP_WINDOW.seconds // 60} minutes: nothing was added"
                 )
-            return  # done before, by a run whose answer was lost
+            # Done before, by a run whose answer was lost or that the operator repeats: its record expires
+            # TOP_UP_WINDOW after it was applied.
+            applied_at = datetime.fromtimestamp(int(earlier["expires_at"]), UTC) - TOP_UP_WINDOW
+            return TopUpOutcome(already_applied=True, applied_at=applied_at)
         if account_refused:
             raise NotFound(f"no account {account_id}")
+        return TopUpOutcome()
 
     def _top_up_record(self, account_id: str, credits: int, request_id: str) -> dict[str, Any]:
         now = int(utc_now().timestamp())

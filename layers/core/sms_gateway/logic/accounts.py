@@ -40,6 +40,7 @@ from sms_gateway.ports import (
     PriceBook,
     SecretBox,
     SenderAdded,
+    TopUpOutcome,
 )
 
 SENDER_RULE = "alphanumeric up to 11 characters with a letter, or a number of 3 to 15 digits (shortcode/long code)"
@@ -553,15 +554,16 @@ def remove_sender(store: AccountAdmin, account_id: str, sender: str) -> Account:
 TOP_UP_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,35}")
 
 
-def top_up(store: AccountAdmin, account_id: str, credits: int, *, request_id: str | None = None) -> None:
-    """Adds the credits; the same top-up run again with the same `request_id` within 10 minutes adds them once."""
+def top_up(store: AccountAdmin, account_id: str, credits: int, *, request_id: str | None = None) -> TopUpOutcome:
+    """Adds the credits; the same top-up run again with the same `request_id` within 10 minutes adds them once (and
+    says it was applied before)."""
     _positive(credits, "credits to add", most=MAX_TOP_UP)
     if request_id is not None and not TOP_UP_REQUEST_ID.fullmatch(request_id):
         raise InvalidRequest(
             f"request id {request_id!r} must be 1 to 36 letters, digits and . _ : - (starting with a letter or digit)"
         )
     require_account(store, account_id)
-    store.top_up(account_id, credits, request_id=request_id)
+    return store.top_up(account_id, credits, request_id=request_id)
 
 
 def set_price(store: AccountAdmin, *, tier: str, network: str, credits: int, country: str | None = None) -> PriceTable:
