@@ -527,7 +527,6 @@ def test_resend_all_queues_every_dead_one_and_answers_how_many(aws, accounts, de
     assert api("POST", "/ng/v1/webhooks/failures/resend", token, body={"state": "dead"})[1]["resent"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="resend-all of one answers '1 dead notifications queued for delivery'")
 def test_resend_all_of_one_dead_notification_says_so_in_the_singular(aws, accounts, delays, webhook):
     delays("0")
     webhook(500, 500)

@@ -78,7 +78,7 @@ def resend_all() -> Response[Any]:
         202,
         {
             "status_code": 202,
-            "message": f"{resent} dead notifications queued for delivery",
+            "message": f"{resent} dead {'notification' if resent == 1 else 'notifications'} queued for delivery",
             "resent": resent,
             # At most RESEND_ALL_LIMIT per call: call again while this is true.
             "more": more,
