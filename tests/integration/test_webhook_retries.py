@@ -808,7 +808,6 @@ def test_a_notification_that_finds_its_url_removed_is_dead_and_can_be_resent_onc
     assert record_of(account_id, "dlr_1_3").state == "delivered"
 
 
-@pytest.mark.xfail(strict=True, reason="a resent failure delivered to the new URL still lists the old url")
 def test_a_failure_resent_after_the_url_changed_lists_the_url_it_was_delivered_to(aws, accounts, delays, webhook):
     from sms_gateway import bootstrap
     from sms_gateway.bootstrap import gateway

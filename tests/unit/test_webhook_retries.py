@@ -76,6 +76,7 @@ class FailureStore(InMemoryStore):
         now: str,
         last_error: str | None = None,
         resent_before: str | None = None,
+        url: str | None = None,
     ) -> bool:
         current = self.failures.get((account_id, notification_id))
         if current is None:
@@ -89,8 +90,9 @@ class FailureStore(InMemoryStore):
             return False
         stamp = {f"{target}_at": now} if target in ("resent", "delivered") else {}
         reason = {"last_error": last_error, "last_status_code": None} if last_error is not None else {}
+        posted_to = {"url": url} if url is not None else {}
         self.failures[(account_id, notification_id)] = current.model_copy(
-            update={"state": target, "next_attempt_at": None, **stamp, **reason}
+            update={"state": target, "next_attempt_at": None, **stamp, **reason, **posted_to}
         )
         return True
 
@@ -266,7 +268,7 @@ def test_the_last_failed_attempt_marks_it_dead_and_keeps_the_first_failure_time(
 def test_a_delivered_notification_is_not_reopened_by_a_failing_duplicate():
     store = FailureStore()
     webhook_retries.record_failure(store, notification(), failed(), attempt=1, delays=(60,), now=NOW)
-    assert webhook_retries.record_delivered(store, notification(), now=NOW)
+    assert webhook_retries.record_delivered(store, notification(), "https://client.example/dlr", now=NOW)
     # When a duplicate record of the same notification fails
     outcome = webhook_retries.record_failure(store, notification(), failed(), attempt=1, delays=(60,), now=NOW)
     # Then the record stays delivered, and the copy is known to be one of a notification the client has
@@ -366,7 +368,7 @@ def test_only_a_notification_that_failed_before_can_have_a_failure_record_to_clo
     assert webhook_retries.may_have_failure_record({**notification(), "resent": True}, 1)
     # And marking one that never failed writes nothing
     store = FailureStore()
-    assert not webhook_retries.record_delivered(store, notification(), now=NOW)
+    assert not webhook_retries.record_delivered(store, notification(), "https://client.example/dlr", now=NOW)
     assert store.failures == {}
 
 
@@ -392,7 +394,7 @@ def test_a_failed_notification_that_finds_no_url_is_dead_saying_so_once():
     # And a duplicate of the record changes nothing, nor does one for a delivered or never-failed notification
     assert not webhook_retries.record_no_url(store, notification(1), now=later)
     webhook_retries.record_failure(store, notification(3), failed(), attempt=1, delays=DEFAULT, now=NOW)
-    webhook_retries.record_delivered(store, notification(3), now=NOW)
+    webhook_retries.record_delivered(store, notification(3), "https://client.example/dlr", now=NOW)
     assert not webhook_retries.record_no_url(store, notification(3), now=later)
     assert store.failures[("7", "dlr_3_2")].state == "delivered"
     assert not webhook_retries.record_no_url(store, notification(4), now=later)

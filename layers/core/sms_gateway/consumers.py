@@ -599,14 +599,14 @@ def notify_record(record: SQSRecord) -> dict[str, Any]:
         return _notify_failed(record, notification, attempt, failure)
     if webhook_retries.may_have_failure_record(notification, attempt):
         if delivered:
-            webhook_retries.record_delivered(wiring.store, notification, now=utc_now())
+            webhook_retries.record_delivered(wiring.store, notification, delivered, now=utc_now())
         elif webhook_retries.record_no_url(wiring.store, notification, now=utc_now()):
             logger.info(
                 "notification dead: no webhook URL set",
                 extra={"notification_id": webhook_retries.notification_id(notification), "attempt": attempt},
             )
     metrics.add_metric(name="WebhooksDelivered", unit="Count", value=1 if delivered else 0)
-    return {"delivered": delivered}
+    return {"delivered": delivered is not None}
 
 
 def _settle_record(record: SQSRecord, check: dict[str, Any]) -> dict[str, Any]:

@@ -1260,11 +1260,13 @@ class WebhookFailureStore(Protocol):
         now: str,
         last_error: str | None = None,
         resent_before: str | None = None,
+        url: str | None = None,
     ) -> bool:
         """Conditional: moves an existing record to `target` only from a state in `only_from`, stamping
         `<target>_at`; with `last_error`, that is its reason now (and the last failed answer's status code is
-        dropped). With `resent_before`, also from `resent` when its `resent_at` is earlier than that (a resend's
-        claim whose notification never reached the queue). True when this call moved it."""
+        dropped); with `url`, that is where it was posted now. With `resent_before`, also from `resent` when its
+        `resent_at` is earlier than that (a resend's claim whose notification never reached the queue). True when
+        this call moved it."""
         ...
 
     def list_webhook_failures(

@@ -126,6 +126,7 @@ class DynamoNotificationsMixin:
         now: str,
         last_error: str | None = None,
         resent_before: str | None = None,
+        url: str | None = None,
     ) -> bool:
         allowed = sorted(only_from)
         if not allowed and resent_before is None:
@@ -141,6 +142,9 @@ class DynamoNotificationsMixin:
             sets += ", last_error = :error"
             removed += ", last_status_code"
             values[":error"] = {"S": last_error}
+        if url is not None:
+            sets += ", #url = :url"
+            values[":url"] = {"S": url}
         # Kept for the retention after its last change, as after a failure (a resend on day 29 has its 30 days).
         expires_at = int(time.time() + FAILURE_RETENTION.total_seconds())
         try:
@@ -150,7 +154,11 @@ class DynamoNotificationsMixin:
                 # No further attempt is planned in any state this moves to: resent starts a fresh schedule.
                 UpdateExpression=f"{sets} {removed}",
                 ConditionExpression=f"attribute_exists(pk) AND ({' OR '.join(movable)})",
-                ExpressionAttributeNames={"#state": "state", "#stamp": f"{target}_at"},
+                ExpressionAttributeNames={
+                    "#state": "state",
+                    "#stamp": f"{target}_at",
+                    **({"#url": "url"} if url is not None else {}),
+                },
                 ExpressionAttributeValues={
                     ":target": {"S": target},
                     ":now": {"S": now},

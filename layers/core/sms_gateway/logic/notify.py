@@ -137,9 +137,10 @@ async def deliver(
     *,
     now: Callable[[], float] = time.time,
     recheck: Callable[[str], Account | None] | None = None,
-) -> bool:
-    """POSTs one notification. The client must answer 2xx with valid JSON (the seeds require it);
-    anything else raises WebhookFailed so the record is retried. False when there is nowhere to send it.
+) -> str | None:
+    """POSTs one notification; answers the URL it was delivered to (the account's now: a resend after the client
+    changed it goes to the new one). The client must answer 2xx with valid JSON (the seeds require it);
+    anything else raises WebhookFailed so the record is retried. None when there is nowhere to send it.
     `recheck`: the account read afresh, when `accounts` (cached settings) names no URL for the notification: the
     client may have set one since, and the notification would be dropped."""
     account = accounts.get_account(str(notification["account_id"]))
@@ -150,7 +151,7 @@ async def deliver(
         account = recheck(account.account_id) or account
         url = target_url(account, notification)
     if not url:
-        return False
+        return None
     body = json.dumps(notification["payload"], separators=(",", ":"))
     headers = {"Content-Type": "application/json"}
     if gets_webhook_token(account, url):
@@ -185,7 +186,7 @@ async def deliver(
         raise WebhookFailed(
             "client webhook answered 2xx without valid JSON", status_code=response.status_code, url=url
         ) from error
-    return True
+    return url
 
 
 def _failed_answer(url: str, response: WebhookResponse) -> str:

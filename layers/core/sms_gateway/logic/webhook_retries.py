@@ -251,8 +251,11 @@ def may_have_failure_record(notification: dict[str, Any], attempt: int) -> bool:
     return attempt > 1 or bool(notification.get(RESENT) or notification.get(ATTEMPTS) or notification.get(AGAIN))
 
 
-def record_delivered(store: WebhookFailureStore, notification: dict[str, Any], *, now: datetime) -> bool:
-    return _move(store, notification, "delivered", only_from=_DELIVERED_FROM, now=now)
+def record_delivered(store: WebhookFailureStore, notification: dict[str, Any], url: str, *, now: datetime) -> bool:
+    """Closes the record of a notification that failed before and reached the client now, at `url`: its `url` says
+    where it went (the client may have changed its webhook since it failed: until 2026-12-07 the record named the
+    URL of the failed attempts)."""
+    return _move(store, notification, "delivered", only_from=_DELIVERED_FROM, now=now, url=url)
 
 
 NO_URL_ERROR = "no webhook URL set"
@@ -274,6 +277,7 @@ def _move(
     only_from: frozenset[WebhookFailureState],
     now: datetime,
     last_error: str | None = None,
+    url: str | None = None,
 ) -> bool:
     return store.set_webhook_failure_state(
         str(notification["account_id"]),
@@ -282,6 +286,7 @@ def _move(
         only_from=only_from,
         now=iso(now),
         last_error=last_error,
+        url=url,
     )
 
 
