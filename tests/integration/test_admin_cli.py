@@ -995,7 +995,6 @@ def test_a_huge_number_is_a_one_line_error_with_exit_code_2_not_a_traceback(cli,
     assert err.startswith("error: ")
 
 
-@pytest.mark.xfail(strict=True, reason="a blank account name is accepted; a long one fails with DynamoDB's raw error")
 def test_an_account_name_that_is_blank_or_too_long_is_refused_clearly_and_creates_nothing(cli):
     from sms_gateway.bootstrap import gateway
 

@@ -1020,7 +1020,7 @@ def _add_sender_commands(command: Command, account: argparse.ArgumentParser) -> 
 
 def _add_account_commands(command: Command, account: argparse.ArgumentParser) -> None:
     create = command("create-account", "create an account and print its credentials once")
-    create.add_argument("--name", required=True, help="the account's display name")
+    create.add_argument("--name", required=True, help="the account's display name (1 to 100 characters)")
     create.add_argument("--sender", action="append", help="a sender ID or shortcode to register (repeatable)")
     create.add_argument("--credits", type=int, default=0, help="opening credit balance")
     create.add_argument("--country", default="NG", help="default country for local numbers (ISO code)")

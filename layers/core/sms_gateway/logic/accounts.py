@@ -49,6 +49,8 @@ ISSUABLE_KINDS = (CredentialKind.TOKEN, CredentialKind.APIKEY)
 # A typo guard: no real top-up (or opening balance) is a trillion credits, and DynamoDB numbers have 38 digits at
 # most (a longer one fails in boto3 before any request).
 MAX_TOP_UP = 10**12
+# An account's display name; the default login username is made of it (default_username), and a login is a key.
+MAX_ACCOUNT_NAME_LENGTH = 100
 # Typo guards too: no route costs a million credits a part, and no account sends a million messages a second.
 MAX_PRICE_PER_PART = 10**6
 MAX_RATE_LIMIT = 10**6
@@ -94,6 +96,15 @@ def issue_credentials(username: str) -> Credentials:
     )
 
 
+def _account_name(name: str) -> str:
+    """The name as stored, without spaces around it. A blank one made an account no listing tells apart, and a long
+    one (a file pasted) failed in DynamoDB's words, the default username made of it being over a key's size."""
+    name = name.strip()
+    if not name or len(name) > MAX_ACCOUNT_NAME_LENGTH:
+        raise InvalidRequest(f"an account name must be 1 to {MAX_ACCOUNT_NAME_LENGTH} characters, not {len(name)}")
+    return name
+
+
 def default_username(name: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "account"
     return f"{slug}-{secrets.token_hex(2)}"
@@ -132,6 +143,7 @@ def create_account(
     inbound_url: str | None = None,
     allow_http_webhooks: bool = False,
 ) -> tuple[Account, Credentials, WebhookCredentials]:
+    name = _account_name(name)
     senders = _distinct_senders(senders)
     if len(senders) > MOST_SENDERS_AT_CREATION:
         raise InvalidRequest(
