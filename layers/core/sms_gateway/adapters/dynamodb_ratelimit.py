@@ -110,14 +110,25 @@ class DynamoRateLimitMixin:
         returns None to write nothing). The first write takes it that none is recorded, unless the item was `read`
         (empty when there is none). Each write is conditional on the item's version it saw (a random `hold_version`
         each write sets), so of dispatchers writing at once each changes what the one before it wrote; a refused one
-        learns the item from the refusal. A write whose answer was lost and that botocore sent again finds its own
-        version: it was applied over what it saw."""
+        learns the item from the refusal.
+
+        A write whose answer was lost (or that failed inside DynamoDB) is not sent again (`deadlines.at_most_once`):
+        the item is read, and holds its version when it was applied. When it holds another's, it may have been
+        applied and written over by a dispatcher that took its seconds for this one's to put: the hold it was written
+        over is the one returned as before, so that the caller puts them (until session 38 botocore sent it again,
+        refused, and taken as never applied: neither dispatcher put those seconds)."""
         seen_item = read or {}
         seen = _recorded_hold(seen_item)
+        # The hold before the first write of ours that may have been applied unseen (a list: it may be None).
+        maybe_applied_over: list[RecordedHold | None] = []
+
+        def before() -> RecordedHold | None:
+            return maybe_applied_over[0] if maybe_applied_over else seen
+
         for _ in range(_HOLD_ATTEMPTS):
             wanted = change(seen)
             if wanted is None or wanted == seen:
-                return seen, seen  # the recorded hold reaches as far: nothing to write
+                return before(), seen  # the recorded hold reaches as far: nothing to write
             version = uuid.uuid4().hex
             if seen is None:
                 condition, values = "attribute_not_exists(held_until)", {}
@@ -127,31 +138,43 @@ class DynamoRateLimitMixin:
                 condition = "attribute_not_exists(hold_version) AND held_until = :seen"
                 values = {":seen": seen_item["held_until"]}
             try:
-                self.client.update_item(
-                    TableName=self.table_name,
-                    Key=_hold_key(scope),
-                    UpdateExpression="SET held_until = :until, held_through = :through, held_since = :since, "
-                    "hold_version = :version, expires_at = :expires",
-                    ConditionExpression=condition,
-                    ExpressionAttributeValues={
-                        **values,
-                        ":until": {"N": f"{wanted.until:.3f}"},
-                        ":through": {"N": str(wanted.through)},
-                        ":since": {"N": f"{wanted.since:.3f}"},
-                        ":version": {"S": version},
-                        # Kept as long as any counter it held: a take that meets one reads it.
-                        ":expires": {"N": str(max(math.ceil(wanted.until), wanted.through) + COUNTER_TTL_SECONDS)},
-                    },
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                )
-            except self.client.exceptions.ConditionalCheckFailedException as error:
-                seen_item = error.response.get("Item") or {}
+                with deadlines.at_most_once():
+                    self._write_hold(scope, wanted, version, condition, values)
+            except deadlines.MaybeApplied:
+                seen_item = self._hold_item(scope)
                 if seen_item.get("hold_version", {}).get("S") == version:
-                    return seen, wanted
+                    return before(), wanted
+                if not maybe_applied_over:
+                    maybe_applied_over.append(seen)
                 seen = _recorded_hold(seen_item)
                 continue
-            return seen, wanted
+            except self.client.exceptions.ConditionalCheckFailedException as error:
+                seen_item = error.response.get("Item") or {}
+                seen = _recorded_hold(seen_item)
+                continue
+            return before(), wanted
         raise RuntimeError(f"the hold of {scope} changed under each of {_HOLD_ATTEMPTS} writes")
+
+    def _write_hold(
+        self, scope: str, wanted: RecordedHold, version: str, condition: str, values: dict[str, Any]
+    ) -> None:
+        self.client.update_item(
+            TableName=self.table_name,
+            Key=_hold_key(scope),
+            UpdateExpression="SET held_until = :until, held_through = :through, held_since = :since, "
+            "hold_version = :version, expires_at = :expires",
+            ConditionExpression=condition,
+            ExpressionAttributeValues={
+                **values,
+                ":until": {"N": f"{wanted.until:.3f}"},
+                ":through": {"N": str(wanted.through)},
+                ":since": {"N": f"{wanted.since:.3f}"},
+                ":version": {"S": version},
+                # Kept as long as any counter it held: a take that meets one reads it.
+                ":expires": {"N": str(max(math.ceil(wanted.until), wanted.through) + COUNTER_TTL_SECONDS)},
+            },
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        )
 
     def hold_scope(
         self,
