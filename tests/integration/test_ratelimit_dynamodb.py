@@ -360,3 +360,29 @@ def test_a_hold_whose_answer_alone_was_lost_is_taken_as_applied_and_puts_its_sec
     assert sum(puts) == 301, puts
     with pytest.raises(ScopeHeld):
         store.take_tokens("route:up", SECOND + 200, 1, 50)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a hold replaced by a container whose message the upstream accepted drops a hold asked after that "
+    "acceptance but ending before the replaced one: the record keeps only the longest hold's ask",
+)
+def test_a_hold_asked_after_the_upstream_last_accepted_is_not_cut_by_the_container_that_sent_it(aws, store):
+    # Given a route held for a day (its 429 met at SECOND), the upstream taking a container's message sent at 4000
+    # (its quota raised), and a new container meeting its hourly quota's 429 at 5000 (Retry-After: 3600), which only
+    # lengthens the day's hold it knows nothing of
+    store.hold_scope("route:up", SECOND + 86400, first_second=SECOND, seconds=600, asked_at=SECOND)
+    store.hold_scope("route:up", SECOND + 8600, first_second=SECOND + 5000, seconds=600, asked_at=SECOND + 5000)
+    # When the container whose message was accepted at 4000 meets a 2 s 429 at 5100
+    recorded = store.hold_scope(
+        "route:up",
+        SECOND + 5102,
+        first_second=SECOND + 5100,
+        seconds=2,
+        asked_at=SECOND + 5100,
+        resumed_at=SECOND + 4000,
+    )
+    # Then the day's hold is over, but not the hour the upstream asked for at 5000, after it took that message:
+    # cut to 2 s, every container offers the upstream messages once the hour's first 600 counters end, each met by
+    # a 429, and the container that met the hour's 429 learns the cut when it shuts more of it, and forgets its own
+    assert recorded.until == SECOND + 8600
