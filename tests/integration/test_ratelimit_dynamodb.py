@@ -362,27 +362,112 @@ def test_a_hold_whose_answer_alone_was_lost_is_taken_as_applied_and_puts_its_sec
         store.take_tokens("route:up", SECOND + 200, 1, 50)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a hold replaced by a container whose message the upstream accepted drops a hold asked after that "
-    "acceptance but ending before the replaced one: the record keeps only the longest hold's ask",
-)
+def hold_met(store: Any, at: int, until: int, *, seconds: int = 600, resumed_at: int | None = None) -> Any:
+    """The route's hold written by a container that met the upstream's 429 `at` seconds after SECOND, asking it to come
+    back `until` seconds after SECOND, its last request the upstream accepted sent `resumed_at` seconds after SECOND
+    (None: none since it started); it shuts `seconds` counters. The hold as recorded then."""
+    resumed = None if resumed_at is None else SECOND + resumed_at
+    return store.hold_scope(
+        "route:up", SECOND + until, first_second=SECOND + at, seconds=seconds, asked_at=SECOND + at, resumed_at=resumed
+    )
+
+
 def test_a_hold_asked_after_the_upstream_last_accepted_is_not_cut_by_the_container_that_sent_it(aws, store):
+    from sms_gateway.ports import ScopeHeld
+
     # Given a route held for a day (its 429 met at SECOND), the upstream taking a container's message sent at 4000
     # (its quota raised), and a new container meeting its hourly quota's 429 at 5000 (Retry-After: 3600), which only
     # lengthens the day's hold it knows nothing of
-    store.hold_scope("route:up", SECOND + 86400, first_second=SECOND, seconds=600, asked_at=SECOND)
-    store.hold_scope("route:up", SECOND + 8600, first_second=SECOND + 5000, seconds=600, asked_at=SECOND + 5000)
+    hold_met(store, 0, 86400)
+    hold_met(store, 5000, 8600)
     # When the container whose message was accepted at 4000 meets a 2 s 429 at 5100
-    recorded = store.hold_scope(
-        "route:up",
-        SECOND + 5102,
-        first_second=SECOND + 5100,
-        seconds=2,
-        asked_at=SECOND + 5100,
-        resumed_at=SECOND + 4000,
-    )
+    recorded = hold_met(store, 5100, 5102, seconds=2, resumed_at=4000)
     # Then the day's hold is over, but not the hour the upstream asked for at 5000, after it took that message:
     # cut to 2 s, every container offers the upstream messages once the hour's first 600 counters end, each met by
     # a 429, and the container that met the hour's 429 learns the cut when it shuts more of it, and forgets its own
     assert recorded.until == SECOND + 8600
+    with pytest.raises(ScopeHeld) as held:
+        store.take_tokens("route:up", SECOND + 5101, 1, 50)
+    assert held.value.until == SECOND + 8600
+
+
+def hold_item(aws: dict[str, str]) -> dict[str, Any]:
+    """The route's hold item as DynamoDB holds it."""
+    key = {"pk": {"S": "RATE#route:up"}, "sk": {"S": "HOLD"}}
+    return clients.client("dynamodb").get_item(TableName=aws["TABLE_NAME"], Key=key, ConsistentRead=True)["Item"]
+
+
+def running_holds(aws: dict[str, str]) -> list[tuple[float, float]]:
+    """The holds the route's hold item records running: (until, asked_at), seconds after SECOND."""
+    return [
+        (float(hold["M"]["until"]["N"]) - SECOND, float(hold["M"]["asked_at"]["N"]) - SECOND)
+        for hold in hold_item(aws)["running_holds"]["L"]
+    ]
+
+
+def test_a_hold_item_of_the_release_before_the_list_is_read_as_its_longest_hold_and_keeps_every_later_one(aws, store):
+    from sms_gateway.ports import ScopeHeld
+
+    # Given a route a dispatcher of the release before held for a day (its 429 met at SECOND): the hold item records
+    # only its end, its last second shut and when it was asked for, as deployed stacks hold it
+    clients.client("dynamodb").put_item(
+        TableName=aws["TABLE_NAME"],
+        Item={
+            "pk": {"S": "RATE#route:up"},
+            "sk": {"S": "HOLD"},
+            "held_until": {"N": str(SECOND + 86400)},
+            "held_through": {"N": str(SECOND + 599)},
+            "held_since": {"N": str(SECOND)},
+            "hold_version": {"S": "v37"},
+            "expires_at": {"N": str(SECOND + 86460)},
+        },
+    )
+    # When a container meets the upstream's hourly 429 at 5000, and then the container whose message the upstream
+    # accepted at 4000 meets a 2 s one at 5100
+    hold_met(store, 5000, 8600)
+    assert running_holds(aws) == [(86400, 0), (8600, 5000)]
+    recorded = hold_met(store, 5100, 5102, seconds=2, resumed_at=4000)
+    # Then the day's hold read from the old item is over, and the hour's stays: every container learns it
+    assert recorded.until == SECOND + 8600
+    assert running_holds(aws) == [(8600, 5000), (5102, 5100)]
+    with pytest.raises(ScopeHeld) as held:
+        store.take_tokens("route:up", SECOND + 5500, 1, 50)
+    assert held.value.until == SECOND + 8600
+
+
+def test_a_hold_item_a_dispatcher_of_the_release_before_cut_is_not_read_back_from_its_stale_list(aws, store):
+    # Given a route held for a day and an hour, its list recorded, and then cut by a dispatcher of the release before
+    # (during an upgrade) whose message the upstream accepted after both: it sets the hold's end and ask alone
+    hold_met(store, 0, 86400)
+    hold_met(store, 5000, 8600)
+    clients.client("dynamodb").update_item(
+        TableName=aws["TABLE_NAME"],
+        Key={"pk": {"S": "RATE#route:up"}, "sk": {"S": "HOLD"}},
+        UpdateExpression="SET held_until = :until, held_since = :since, hold_version = :version",
+        ExpressionAttributeValues={
+            ":until": {"N": str(SECOND + 6002)},
+            ":since": {"N": str(SECOND + 6000)},
+            ":version": {"S": "v37"},
+        },
+    )
+    # When a container of this release meets a 2 s 429 at 6001, no message accepted since it started
+    recorded = hold_met(store, 6001, 6003, seconds=2)
+    # Then the route is held as the cut left it, lengthened by the 2 s: not the day and the hour the stale list names
+    assert recorded.until == SECOND + 6003
+    assert running_holds(aws) == [(6003, 6001)]
+
+
+def test_a_hold_item_records_at_most_sixteen_holds_running_the_longest(aws, store):
+    from sms_gateway.ports import MAX_RUNNING_HOLDS
+
+    # Given an upstream asking 20 containers, each a second after the other, to come back each 100 s later than the
+    # one before, and then one whose hold ended before the last was asked for
+    for n in range(20):
+        hold_met(store, n, 1000 + 100 * n)
+    # Then the hold item records the longest 16, not a list growing with every 429 the upstream answers
+    assert MAX_RUNNING_HOLDS == 16
+    assert running_holds(aws) == [(1000 + 100 * n, n) for n in reversed(range(4, 20))]
+    assert float(hold_item(aws)["held_until"]["N"]) == SECOND + 2900
+    # And a hold written once the shorter ones ended leaves only those still running
+    hold_met(store, 2550, 2560, seconds=10)
+    assert running_holds(aws) == [(2900, 19), (2800, 18), (2700, 17), (2600, 16), (2560, 2550)]

@@ -743,3 +743,45 @@ def test_a_holder_asking_in_a_holds_last_second_after_the_wait_is_over_waits_for
     # throttle on the message): that second is full, and it is granted in the next one
     assert granted == 1
     assert store.per_second("route:up") == {SECOND + 2: 1}
+
+
+def test_a_holder_whose_message_the_upstream_accepted_cuts_the_holds_asked_before_it_and_keeps_the_later_ones(
+    store, clock
+):
+    # Given a route held for a day (the upstream's daily quota spent, its 429 met at SECOND), and 5000 s later an hour
+    # the upstream asked another holder for (its hourly quota), which knew nothing of the day's
+    asyncio.run(limiter(store, clock).hold("route:up", 86400))
+    clock.now = START + 5000
+    asyncio.run(limiter(store, clock).hold("route:up", 3600))
+    # When a holder whose request the upstream accepted at 4000 (its daily quota raised) meets a 2 s 429 at 5100
+    clock.now = START + 5100
+    recorded = asyncio.run(limiter(store, clock).hold("route:up", 2, resumed_at=START + 4000))
+    # Then the day's hold is over, but not the hour's, asked for after that: another holder taking a route token
+    # within it learns the hour's end (cut to the 2 s, it would offer the upstream messages each met by a 429)
+    assert recorded is not None and recorded.until == START + 8600
+    clock.now = START + 5200
+    with pytest.raises(ScopeHeld) as held:
+        asyncio.run(limiter(store, clock).acquire([route_scope("up", 500)], 1))
+    assert held.value.until == START + 8600
+    # And a holder whose request the upstream accepted after the hour's ask cuts that one too
+    clock.now = START + 5300
+    recorded = asyncio.run(limiter(store, clock).hold("route:up", 2, resumed_at=START + 5250))
+    assert recorded is not None and recorded.until == START + 5302
+
+
+def test_holds_restating_one_the_upstream_asked_are_recorded_once_and_at_most_sixteen_are_recorded():
+    from sms_gateway.ports import MAX_RUNNING_HOLDS, AskedHold, hold_written
+
+    # Given a scope five holders met the same 300 s Retry-After on, a few milliseconds apart
+    recorded = None
+    for n in range(5):
+        asked = SECOND + n / 1000
+        recorded = hold_written(recorded, asked + 300, first_second=SECOND, seconds=300, asked_at=asked)
+    # Then one hold is recorded running: as long as the latest, asked for when it was
+    assert recorded is not None and recorded.running == (AskedHold(SECOND + 300.004, SECOND + 0.004),)
+    # And when the upstream asked for 20 holds of different lengths, the longest 16 are kept, the hold their longest
+    for n in range(20):
+        recorded = hold_written(recorded, SECOND + 1000 + 100 * n, first_second=SECOND + n, seconds=600)
+    assert len(recorded.running) == MAX_RUNNING_HOLDS
+    assert [hold.until for hold in recorded.running] == [SECOND + 1000 + 100 * n for n in reversed(range(4, 20))]
+    assert (recorded.until, recorded.through) == (SECOND + 2900, SECOND + 19 + 599)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -1036,45 +1036,79 @@ class ScopeHeld(Exception):
 
 
 @dataclass(frozen=True)
+class AskedHold:
+    """A hold an upstream asked for (its 429's Retry-After): when it ends (`until`) and when it asked for it
+    (`asked_at`), Unix seconds by the clock of the holder that met the 429."""
+
+    until: float
+    asked_at: float
+
+
+@dataclass(frozen=True)
 class RecordedHold:
-    """A scope's hold as its hold item records it (`RateLimitStore.hold_scope`): when the longest hold written on it
+    """A scope's hold as its hold item records it (`RateLimitStore.hold_scope`): when the longest hold running on it
     ends (`until`, Unix seconds), the last second of the scope's counters held shut (`through`; -1 when not known: an
-    item written before session 38), and when the upstream last asked for a hold reaching `until` (`since`: the
-    latest write of one, by its writer's clock)."""
+    item written before session 38), and each hold running (`running`, longest first, at most MAX_RUNNING_HOLDS: when
+    it ends and when the upstream last asked for it; none in a holder's own note of a hold it learnt of)."""
 
     until: float
     through: int
-    since: float = 0.0
+    running: tuple[AskedHold, ...] = ()
 
-    def lengthened(self, until: float, through: int, asked_at: float) -> RecordedHold:
-        """This hold with another, asked for at `asked_at`, written over it: each reaches the farther of the two (a
-        hold only lengthens); one reaching about as far (RESTATED_WITHIN_SECONDS) says the upstream still asks it."""
-        since = max(self.since, asked_at) if until >= self.until - RESTATED_WITHIN_SECONDS else self.since
-        return RecordedHold(max(self.until, until), max(self.through, through), since)
+    @classmethod
+    def of(cls, running: Iterable[AskedHold], through: int) -> RecordedHold:
+        """The hold of the holds `running` (at least one): the longest MAX_RUNNING_HOLDS of them kept."""
+        kept = tuple(sorted(running, key=lambda hold: (hold.until, hold.asked_at), reverse=True)[:MAX_RUNNING_HOLDS])
+        return cls(kept[0].until, through, kept)
 
-    def replaced(self, until: float, through: int, asked_at: float, resumed_at: float | None) -> RecordedHold:
-        """This hold with another written over it by a holder whose message the upstream last accepted in a request
-        sent at `resumed_at` (None: none since it started). When that was after the upstream last asked for this
-        hold (`since`, with RESUMED_MARGIN_SECONDS for the clocks), the upstream took messages again after it: the
-        hold is over, and the new one replaces it, shorter or not. Else it only lengthens it."""
-        if resumed_at is not None and resumed_at > self.since + RESUMED_MARGIN_SECONDS:
-            return RecordedHold(until, max(self.through, through), asked_at)
-        return self.lengthened(until, through, asked_at)
+    @property
+    def since(self) -> float:
+        """When the upstream last asked for a hold reaching `until` (within RESTATED_WITHIN_SECONDS); 0 when not known.
+        The hold item's `held_since`, which is all a dispatcher of the release before session 38's list reads."""
+        reaching = [hold.asked_at for hold in self.running if hold.until >= self.until - RESTATED_WITHIN_SECONDS]
+        return max(reaching, default=0.0)
+
+    def with_hold(self, asked: AskedHold, through: int, resumed_at: float | None) -> RecordedHold:
+        """This hold with another the upstream `asked` for written over it, by a holder whose message the upstream last
+        accepted in a request sent at `resumed_at` (None: none since it started). Each running hold the upstream asked
+        for before then (with RESUMED_MARGIN_SECONDS for the clocks) is over: it took messages again after it asked, so
+        it is dropped, shorter than the new one or not. So is each that ended by the time the new one was asked for.
+        The others stay, and the new one joins them: it restates one ending about as late (RESTATED_WITHIN_SECONDS, a
+        Retry-After in whole seconds counted from another moment), which then reaches the farther of the two and was
+        asked for at the later. Until session 38 only the longest hold and its last ask were recorded, and a hold asked
+        for after the request the upstream accepted, but ending before the longest (an hour's under a day's), was
+        dropped with it."""
+        running = [
+            hold
+            for hold in self.running or (AskedHold(self.until, 0.0),)
+            if hold.until > asked.asked_at
+            and (resumed_at is None or resumed_at <= hold.asked_at + RESUMED_MARGIN_SECONDS)
+        ]
+        others = []
+        for hold in running:
+            if abs(hold.until - asked.until) <= RESTATED_WITHIN_SECONDS:
+                asked = AskedHold(max(hold.until, asked.until), max(hold.asked_at, asked.asked_at))
+            else:
+                others.append(hold)
+        return RecordedHold.of([*others, asked], max(self.through, through))
 
     def shut_further(self, until: float, through: int) -> RecordedHold:
         """This hold with its counters shut up to `through` by a holder that knows it ends at `until`: only while a
         hold at least as long is recorded (a shorter one, or none, is a hold that changed since it learnt of it)."""
         if round(self.until, 3) < round(until, 3):
             return self
-        return RecordedHold(self.until, max(self.through, through), self.since)
+        return RecordedHold(self.until, max(self.through, through), self.running)
 
 
-# A hold written ending this much before the recorded one, or later, says the upstream still asks for it (its
-# Retry-After, in whole seconds, counted from another moment).
+# A hold written ending this close to a running one says the upstream still asks for it (its Retry-After, in whole
+# seconds, counted from another moment).
 RESTATED_WITHIN_SECONDS = 1.0
 # How much later than the upstream last asked for a hold a request it accepted must have been sent to end that hold:
 # the dispatchers' clocks differ by milliseconds.
 RESUMED_MARGIN_SECONDS = 1.0
+# The most holds a scope's hold item records running (the longest): an upstream asks for a few at once (its
+# per-second limit's, its hourly quota's, its daily quota's), each restated by every holder that meets it.
+MAX_RUNNING_HOLDS = 16
 
 
 def hold_written(
@@ -1088,10 +1122,10 @@ def hold_written(
 ) -> RecordedHold:
     """The scope's hold once a hold of `seconds` counters from `first_second`, until `until`, asked for at `asked_at`
     (the start of `first_second` when not given) by a holder whose message the upstream last accepted in a request
-    sent at `resumed_at`, is written over `before` (None: no hold recorded): `RecordedHold.replaced`."""
+    sent at `resumed_at`, is written over `before` (None: no hold recorded): `RecordedHold.with_hold`."""
     through = first_second + seconds - 1
-    asked = float(first_second) if asked_at is None else asked_at
-    return RecordedHold(until, through, asked) if before is None else before.replaced(until, through, asked, resumed_at)
+    asked = AskedHold(until, float(first_second) if asked_at is None else asked_at)
+    return RecordedHold.of([asked], through) if before is None else before.with_hold(asked, through, resumed_at)
 
 
 def hold_shut_further(
@@ -1132,8 +1166,8 @@ class RateLimitStore(Protocol):
         resumed_at: float | None = None,
     ) -> RecordedHold:
         """Holds `seconds` of `scope`'s counters from `first_second` shut until `until`: they grant nothing, and a
-        take of one raises ScopeHeld. Only the seconds no hold recorded before shut are written. The recorded hold
-        only lengthens, unless the upstream accepted a message sent (`resumed_at`) after it last asked for it
+        take of one raises ScopeHeld. Only the seconds no hold recorded before shut are written. The hold joins those
+        recorded running, and drops each the upstream asked for before it accepted a message sent at `resumed_at`
         (`hold_written`). Returns the scope's hold as recorded after the write."""
         ...
 

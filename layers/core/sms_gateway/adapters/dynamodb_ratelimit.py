@@ -1,5 +1,5 @@
 """DynamoDB rate-limit counters: one item per scope and second, pk=RATE#<scope>, sk=<unix second>, `used`; and a
-scope's hold (`hold_scope`), sk=HOLD, `held_until`."""
+scope's hold (`hold_scope`), sk=HOLD, `held_until` and the holds running (`running_holds`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sms_gateway import deadlines
-from sms_gateway.ports import RecordedHold, ScopeHeld, hold_shut_further, hold_written, seconds_to_shut
+from sms_gateway.ports import AskedHold, RecordedHold, ScopeHeld, hold_shut_further, hold_written, seconds_to_shut
 
 # A counter only matters during its own second; TTL removes it a minute later (lazily: it is never read again).
 COUNTER_TTL_SECONDS = 60
@@ -20,7 +20,7 @@ _PARTIAL_ATTEMPTS = 3
 HELD_COUNT = 10**12
 # BatchWriteItem's most puts a request.
 _PUTS_A_REQUEST = 25
-# The sort key of a scope's hold item: when the longest hold written on it ends.
+# The sort key of a scope's hold item: the holds running on it, and when the longest ends.
 _HOLD_SK = "HOLD"
 # Writes of a hold item a dispatcher makes at most while others change it under each (one each, in turn).
 _HOLD_ATTEMPTS = 8
@@ -37,11 +37,26 @@ def _hold_key(scope: str) -> dict[str, Any]:
 def _recorded_hold(item: dict[str, Any] | None) -> RecordedHold | None:
     if not item or "held_until" not in item:
         return None
-    return RecordedHold(
-        float(item["held_until"]["N"]),
-        int(item.get("held_through", {}).get("N", -1)),
-        float(item.get("held_since", {}).get("N", 0)),
+    until = float(item["held_until"]["N"])
+    through = int(item.get("held_through", {}).get("N", -1))
+    running = tuple(
+        AskedHold(float(hold["M"]["until"]["N"]), float(hold["M"]["asked_at"]["N"]))
+        for hold in item.get("running_holds", {}).get("L", [])
     )
+    if not running or max(hold.until for hold in running) != until:
+        # An item written before session 38's list, or written over since by a dispatcher of that release (which
+        # sets `held_until` and `held_since` and leaves the list as it found it): its longest hold alone, asked for
+        # when it was last.
+        running = (AskedHold(until, float(item.get("held_since", {}).get("N", 0))),)
+    return RecordedHold(until, through, running)
+
+
+def _running_holds(running: tuple[AskedHold, ...]) -> dict[str, Any]:
+    return {
+        "L": [
+            {"M": {"until": {"N": f"{hold.until:.3f}"}, "asked_at": {"N": f"{hold.asked_at:.3f}"}}} for hold in running
+        ]
+    }
 
 
 class DynamoRateLimitMixin:
@@ -93,7 +108,7 @@ class DynamoRateLimitMixin:
         return None
 
     def _read_hold(self, scope: str) -> RecordedHold | None:
-        """The hold recorded on `scope`: when the longest hold written on it ends, and its last second shut."""
+        """The hold recorded on `scope`: when the longest hold running on it ends, and its last second shut."""
         return _recorded_hold(self._hold_item(scope))
 
     def _hold_item(self, scope: str) -> dict[str, Any]:
@@ -162,13 +177,15 @@ class DynamoRateLimitMixin:
             TableName=self.table_name,
             Key=_hold_key(scope),
             UpdateExpression="SET held_until = :until, held_through = :through, held_since = :since, "
-            "hold_version = :version, expires_at = :expires",
+            "running_holds = :running, hold_version = :version, expires_at = :expires",
             ConditionExpression=condition,
             ExpressionAttributeValues={
                 **values,
                 ":until": {"N": f"{wanted.until:.3f}"},
                 ":through": {"N": str(wanted.through)},
+                # For a dispatcher of the release before the list, which reads only the longest hold and its ask.
                 ":since": {"N": f"{wanted.since:.3f}"},
+                ":running": _running_holds(wanted.running),
                 ":version": {"S": version},
                 # Kept as long as any counter it held: a take that meets one reads it.
                 ":expires": {"N": str(max(math.ceil(wanted.until), wanted.through) + COUNTER_TTL_SECONDS)},
@@ -186,7 +203,7 @@ class DynamoRateLimitMixin:
         asked_at: float | None = None,
         resumed_at: float | None = None,
     ) -> RecordedHold:
-        # The hold's end goes to the scope's hold item first, by a conditional write that only lengthens it: a
+        # The hold goes to the scope's hold item first, by a conditional write that adds it to those running: a
         # shorter hold written at the same moment never shortens a longer one (until 2026-12-07 the seconds' puts
         # carried it alone, and the shorter hold's, landing last, told every dispatcher to come back too soon; the
         # seconds past the first 60 are not held, so they offered the upstream messages it answered with 429s).

@@ -1222,8 +1222,8 @@ class UpstreamRetryAfter:
         return None if sent_at is None else sent_at.timestamp()
 
     def cut(self, upstream: str, recorded: RecordedHold) -> None:
-        """The route's hold recorded shorter than the one noted here: replaced by a container the upstream accepted
-        messages from after it last asked for it (RecordedHold.replaced). Held here no longer than that either."""
+        """The route's hold recorded shorter than the one noted here: cut by a container the upstream accepted
+        messages from after it last asked for it (RecordedHold.with_hold). Held here no longer than that either."""
         with self._lock:
             noted = self._until.get(upstream)
             until = datetime.fromtimestamp(recorded.until, tz=UTC)

@@ -184,8 +184,8 @@ class RateLimiter:
         """Shuts scope `name` for every holder for `seconds` from now (up to MAX_HELD_SECONDS of its counters): a
         take there raises ScopeHeld, which says until when. Returns the scope's hold as recorded then (it may reach
         farther). A hold that cannot be written is logged (None): each other holder then learns of it by itself.
-        `resumed_at`: when this holder sent the last request the scope's upstream accepted (`RecordedHold.replaced`: a
-        hold the upstream asked for before then is over, and this one replaces it)."""
+        `resumed_at`: when this holder sent the last request the scope's upstream accepted (`RecordedHold.with_hold`:
+        each hold the upstream asked for before then is over, and is dropped; the others stay)."""
         now = self.clock()
         return await self._shut(self.store.hold_scope, name, now + seconds, asked_at=now, resumed_at=resumed_at)
 
