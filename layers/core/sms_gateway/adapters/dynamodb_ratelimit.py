@@ -43,12 +43,21 @@ def _recorded_hold(item: dict[str, Any] | None) -> RecordedHold | None:
         AskedHold(float(hold["M"]["until"]["N"]), float(hold["M"]["asked_at"]["N"]))
         for hold in item.get("running_holds", {}).get("L", [])
     )
+    since = float(item.get("held_since", {}).get("N", 0))
     if not running or max(hold.until for hold in running) != until:
         # An item written before session 38's list, or written over since by a dispatcher of that release (which
         # sets `held_until` and `held_since` and leaves the list as it found it): its longest hold alone, asked for
         # when it was last.
-        running = (AskedHold(until, float(item.get("held_since", {}).get("N", 0))),)
-    return RecordedHold(until, through, running)
+        return RecordedHold(until, through, (AskedHold(until, since),))
+    # A `held_since` later than the list's longest was asked for: a dispatcher of that release met it again (its
+    # Retry-After ending within RESTATED_WITHIN_SECONDS before it, which only lengthens, and keeps `held_until`),
+    # and wrote when alone. Read with the list's older ask, a container whose message the upstream accepted in
+    # between would cut a hold the upstream asked for after it.
+    return RecordedHold(
+        until,
+        through,
+        tuple(AskedHold(until, max(hold.asked_at, since)) if hold.until == until else hold for hold in running),
+    )
 
 
 def _running_holds(running: tuple[AskedHold, ...]) -> dict[str, Any]:
