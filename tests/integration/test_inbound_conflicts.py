@@ -130,3 +130,95 @@ def test_an_mo_whose_inbox_transaction_dynamodb_throttles_once_is_stored_at_its_
     # Then it is taken at a later try of the same post, stored and forwarded once, not left to an upstream's resend
     assert [sms.text for sms in inbox(account["account_id"])] == ["Row F, please"]
     assert len(notifications(aws)) == 1
+
+
+def refused_requests(monkeypatch: pytest.MonkeyPatch, error: Callable[[str], Exception], operations: set[str]) -> None:
+    """DynamoDB refusing every request of `operations` as botocore raises it once its own retries are spent (or ended
+    at the invocation's deadline): `error(operation)`."""
+    from sms_gateway.bootstrap import gateway
+
+    client = gateway().store.client
+    call = client._make_api_call
+
+    def refusing(operation: str, request: dict[str, Any]) -> Any:
+        if operation in operations:
+            raise error(operation)
+        return call(operation, request)
+
+    monkeypatch.setattr(client, "_make_api_call", refusing)
+
+
+def aws_error(code: str) -> Callable[[str], Exception]:
+    from botocore.exceptions import ClientError
+
+    return lambda operation: ClientError({"Error": {"Code": code, "Message": "Rate exceeded"}}, operation)
+
+
+def deadline_reached(operation: str) -> Exception:
+    from sms_gateway.deadlines import DeadlineReached
+
+    return DeadlineReached("the AWS call failed with too little time left to try it again")
+
+
+THROTTLED = {
+    "ProvisionedThroughputExceededException": aws_error("ProvisionedThroughputExceededException"),
+    "ThrottlingException": aws_error("ThrottlingException"),
+    "RequestLimitExceeded": aws_error("RequestLimitExceeded"),
+    "DeadlineReached": deadline_reached,
+}
+
+
+@pytest.mark.xfail(strict=True, reason="a throttled callback is a bare invocation error, not a 503 with Retry-After")
+@pytest.mark.parametrize("refusal", list(THROTTLED))
+def test_an_mo_whose_write_dynamodb_throttles_past_its_retries_is_answered_503_and_its_resend_is_taken_once(
+    aws, account, webhook, monkeypatch, refusal
+):
+    # Given DynamoDB throttling the inbox transaction (the SMS with its dedup marker) past botocore's retries
+    with monkeypatch.context() as patched:
+        refused_requests(patched, THROTTLED[refusal], {"TransactWriteItems"})
+        # When the upstream posts an MO
+        answer = webhook(inbound_event("Two for Friday", "sim-throttled-out"))
+    # Then it is told to post it again (503 after Retry-After), as for a transaction left undecided
+    assert answer["statusCode"] == 503, answer
+    assert answer["headers"]["Retry-After"] == "1", answer
+    assert "try again" in json.loads(answer["body"])["message"]
+    assert sms_taken(account["account_id"]) == 0
+    # And its resend, once DynamoDB takes writes again, is stored and forwarded once
+    texts(webhook, "Two for Friday", "sim-throttled-out")
+    assert sms_taken(account["account_id"]) == 1
+    assert len(notifications(aws)) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="a throttled callback is a bare invocation error, not a 503 with Retry-After")
+def test_a_dlr_arriving_while_dynamodb_throttles_every_request_is_answered_503(aws, account, webhook, monkeypatch):
+    from tests.integration.test_operations_metrics import simulator_dlr
+
+    # Given DynamoDB throttling every request past botocore's retries
+    every_request = {"GetItem", "Query", "UpdateItem", "PutItem", "TransactWriteItems", "BatchGetItem"}
+    refused_requests(monkeypatch, THROTTLED["ProvisionedThroughputExceededException"], every_request)
+    # When the upstream posts a delivery report
+    answer = webhook(simulator_dlr(aws, f"{account['account_id']}.1.1", "DELIVRD", "2026-01-02T23:50:37Z"))
+    # Then it is told to post it again
+    assert answer["statusCode"] == 503, answer
+    assert answer["headers"]["Retry-After"] == "1", answer
+
+
+def bug(operation: str) -> Exception:
+    return KeyError("a bug's exception")
+
+
+@pytest.mark.parametrize(
+    ("failure", "raised"),
+    [(aws_error("ValidationException"), "ClientError"), (bug, "KeyError")],
+    ids=["aws-validation-error", "bug"],
+)
+def test_an_mo_failing_on_an_error_no_retry_helps_is_not_answered_try_again(
+    aws, account, webhook, monkeypatch, failure, raised
+):
+    # Given the inbox transaction failing on an error that is no throttle (a malformed request, a bug)
+    refused_requests(monkeypatch, failure, {"TransactWriteItems"})
+    # When the upstream posts an MO, the invocation fails (logged with its traceback by Lambda, a 5xx to the upstream,
+    # counted in the webhook's error-rate alarm), not told to come back later as if the gateway were only busy
+    with pytest.raises(Exception) as failed:
+        webhook(inbound_event("Two for Friday", "sim-bug"))
+    assert type(failed.value).__name__ == raised
