@@ -1,7 +1,8 @@
 """Inbound SMS through the real `webhook` handler on moto while DynamoDB cancels its transactions for conflicts with
 other writes (TransactionConflict: a resent MO whose first post is still being stored, a send writing the account's
-credits as a STOP's opt-out does), as it does on AWS (moto never does): the SMS is stored and forwarded once, and an
-upstream whose callback could not be taken is told to post it again (503, Retry-After), never a 500."""
+credits as a STOP's opt-out does), as it does on AWS (moto never does), or throttles a request past botocore's retries:
+the SMS is stored and forwarded once, and an upstream whose callback could not be taken is told to post it again (503,
+Retry-After), never a 500."""
 
 from __future__ import annotations
 
@@ -168,20 +169,23 @@ THROTTLED = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="a throttled callback is a bare invocation error, not a 503 with Retry-After")
 @pytest.mark.parametrize("refusal", list(THROTTLED))
 def test_an_mo_whose_write_dynamodb_throttles_past_its_retries_is_answered_503_and_its_resend_is_taken_once(
-    aws, account, webhook, monkeypatch, refusal
+    aws, account, webhook, monkeypatch, refusal, capsys
 ):
     # Given DynamoDB throttling the inbox transaction (the SMS with its dedup marker) past botocore's retries
     with monkeypatch.context() as patched:
         refused_requests(patched, THROTTLED[refusal], {"TransactWriteItems"})
         # When the upstream posts an MO
+        capsys.readouterr()
         answer = webhook(inbound_event("Two for Friday", "sim-throttled-out"))
     # Then it is told to post it again (503 after Retry-After), as for a transaction left undecided
     assert answer["statusCode"] == 503, answer
     assert answer["headers"]["Retry-After"] == "1", answer
     assert "try again" in json.loads(answer["body"])["message"]
+    # And, being no invocation error, it is counted for the webhook's error-rate alarm
+    metric_lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert any(line.get("CallbacksNotTaken") == [1.0] for line in metric_lines), metric_lines
     assert sms_taken(account["account_id"]) == 0
     # And its resend, once DynamoDB takes writes again, is stored and forwarded once
     texts(webhook, "Two for Friday", "sim-throttled-out")
@@ -189,7 +193,6 @@ def test_an_mo_whose_write_dynamodb_throttles_past_its_retries_is_answered_503_a
     assert len(notifications(aws)) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="a throttled callback is a bare invocation error, not a 503 with Retry-After")
 def test_a_dlr_arriving_while_dynamodb_throttles_every_request_is_answered_503(aws, account, webhook, monkeypatch):
     from tests.integration.test_operations_metrics import simulator_dlr
 

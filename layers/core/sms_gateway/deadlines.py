@@ -94,10 +94,10 @@ def no_retry_past_deadline_or_once(response: Any = None, caught_exception: Any =
         raise DeadlineReached("the AWS call failed with too little time left to try it again")
 
 
-# Error codes botocore's standard retry mode tries again (besides connection errors, 5xx and 429): throttling and
-# transient ones. Any other error is the caller's answer (a failed condition, a validation error) and is raised as
-# botocore raises it, deadline or not: the sweeper passes over an item whose claim condition fails, late or not.
-RETRIED_ERROR_CODES = frozenset(
+# Error codes botocore's standard retry mode takes for throttling (botocore.retries.standard): the service refused
+# the request for its rate, so it was not applied and is taken later. What is left of them once botocore's retries
+# are spent (or ended at a deadline) is a caller's "try again later" (`throttled`), not a failure of the gateway.
+THROTTLING_ERROR_CODES = frozenset(
     {
         "Throttling",
         "ThrottlingException",
@@ -112,6 +112,13 @@ RETRIED_ERROR_CODES = frozenset(
         "RequestThrottled",
         "SlowDown",
         "PriorRequestNotComplete",
+    }
+)
+# Error codes botocore's standard retry mode tries again (besides connection errors, 5xx and 429): throttling and
+# transient ones. Any other error is the caller's answer (a failed condition, a validation error) and is raised as
+# botocore raises it, deadline or not: the sweeper passes over an item whose claim condition fails, late or not.
+RETRIED_ERROR_CODES = THROTTLING_ERROR_CODES | frozenset(
+    {
         "RequestTimeout",
         "RequestTimeoutException",
         "InternalError",
@@ -119,6 +126,21 @@ RETRIED_ERROR_CODES = frozenset(
         "ServiceUnavailable",
     }
 )
+
+
+def error_code(error: BaseException) -> str | None:
+    """The AWS error code of a botocore ClientError (None for any other exception)."""
+    response = getattr(error, "response", None)
+    if not isinstance(response, dict):
+        return None
+    code = response.get("Error", {}).get("Code")
+    return None if code is None else str(code).split("#")[-1]
+
+
+def throttled(error: BaseException) -> bool:
+    """Whether `error` is an AWS request refused for throttling (THROTTLING_ERROR_CODES), as botocore raises it once
+    its retries are spent: nothing of that request was applied, and the same request later may well be taken."""
+    return error_code(error) in THROTTLING_ERROR_CODES
 
 
 def _would_be_retried(response: Any, caught_exception: Any) -> bool:

@@ -6,7 +6,9 @@ from datetime import timedelta
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from botocore.exceptions import ClientError
 
+from sms_gateway import deadlines
 from sms_gateway.adapters.providers import callback_provider, upstream_country
 from sms_gateway.bootstrap import gateway, route_table
 from sms_gateway.dialects.common import callback_text, error_headers, json_response, status_for
@@ -126,6 +128,10 @@ def _acknowledge(upstream: Provider, kind: str) -> Response[Any] | None:
 @app.exception_handler(GatewayError)
 def gateway_error(error: GatewayError) -> Response:
     logger.warning("callback refused", extra={"code": error.code, "reason": error.logged})
+    if isinstance(error, Unavailable):
+        # Not taken now, posted again by the upstream: no invocation error, so counted for the webhook's error-rate
+        # alarm here (a DynamoDB or Parameter Store throttling every callback would otherwise raise none).
+        metrics.add_metric(name="CallbacksNotTaken", unit="Count", value=1)
     status = status_for(error)
     # Retry-After on a 503: when to post the callback again.
     return json_response(status, {"status": "error", "message": error.message}, error_headers(error))
@@ -137,4 +143,25 @@ def transaction_undecided(error: TransactionUndecided) -> Response:
     was written. A callback is taken whole by its resend (an SMS is stored once, a STOP applied once, a report
     applied once), so the upstream is told to post it again, 503 with Retry-After, the answer upstreams retry on;
     until session 38 it was a 500, which says the gateway failed and the callback may be done in part."""
+    return gateway_error(Unavailable(f"callback not taken yet ({error}); try again"))
+
+
+@app.exception_handler(ClientError)
+def aws_error(error: ClientError) -> Response:
+    """An AWS request throttled past botocore's retries (deadlines.THROTTLING_ERROR_CODES: DynamoDB's
+    ProvisionedThroughputExceededException, ThrottlingException, RequestLimitExceeded): not applied, and what the
+    callback did before it is taken once by its resend, so the upstream is told to post it again, 503 with
+    Retry-After, as for a transaction left undecided (until session 38 an invocation error, a bare 5xx). Any other
+    AWS error is raised as before: the invocation fails, logged with its traceback, counted in the alarm."""
+    if not deadlines.throttled(error):
+        raise error
+    return gateway_error(
+        Unavailable(f"callback not taken yet (a request was throttled: {deadlines.error_code(error)}); try again")
+    )
+
+
+@app.exception_handler(deadlines.DeadlineReached)
+def deadline_reached(error: deadlines.DeadlineReached) -> Response:
+    """An AWS call that failed with too little of the invocation left to try it again (deadlines.armed ended its
+    retries): told to post it again, as for a throttled request."""
     return gateway_error(Unavailable(f"callback not taken yet ({error}); try again"))
