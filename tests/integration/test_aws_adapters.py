@@ -474,3 +474,32 @@ def test_a_call_made_at_most_once_is_not_retried_when_it_may_have_been_applied(a
     # Then one that may have been applied is sent once and fails as such; a refusal is retried as usual (5 and more)
     assert len(sent) == 1 if once else len(sent) >= 5
     assert isinstance(raised.value, deadlines.MaybeApplied) == once
+
+
+@pytest.mark.xfail(strict=True, reason="botocore's Config max_attempts counts retries: each client sends one more")
+@pytest.mark.parametrize(("prompt", "attempts"), [(False, 5), (True, 2)])
+def test_a_throttled_call_is_sent_as_many_times_as_the_client_says_and_no_more(aws, monkeypatch, prompt, attempts):
+    from botocore.awsrequest import AWSResponse
+
+    # Given DynamoDB throttling every attempt of a call (botocore's backoff sleeps noted, not waited out)
+    slept: list[float] = []
+    monkeypatch.setattr("botocore.endpoint.time.sleep", slept.append)
+    dynamodb = clients.client("dynamodb", prompt=prompt)
+    sent: list[str] = []
+    throttled = json.dumps({"__type": "com.amazonaws.dynamodb.v20120810#ThrottlingException", "message": "slow down"})
+
+    def throttle(request: Any, **_: Any) -> AWSResponse:
+        sent.append(request.url)
+        return AWSResponse(request.url, 400, {}, _Body(throttled.encode()))
+
+    dynamodb.meta.events.register_first("before-send.dynamodb.DescribeTable", throttle)
+    try:
+        with pytest.raises(Exception, match="ThrottlingException"):
+            dynamodb.describe_table(TableName=aws["TABLE_NAME"])
+    finally:
+        dynamodb.meta.events.unregister("before-send.dynamodb.DescribeTable", throttle)
+    # Then it is sent as many times as aws.client promises (five; a prompt client, which a caller waiting on the
+    # 10 s webhook function uses, two), backing off between them only (until session 38 one attempt more each: a
+    # prompt client's throttled call took up to 3 s of backoff where it promises at most 1)
+    assert len(sent) == attempts
+    assert len(slept) == attempts - 1
