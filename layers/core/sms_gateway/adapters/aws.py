@@ -39,7 +39,10 @@ def client(service: str, *, prompt: bool = False) -> Any:
             from botocore.config import Config
 
             config = Config(
-                retries={"mode": "standard", "max_attempts": 2 if prompt else 5},
+                # Attempts in all: botocore's `max_attempts` here counts the retries (until session 38 each client
+                # sent a failing call once more than said above: three attempts and up to 3 s of throttle backoff
+                # for a prompt one, six and up to 31 s for the usual one).
+                retries={"mode": "standard", "total_max_attempts": 2 if prompt else 5},
                 connect_timeout=1 if prompt else 3,
                 read_timeout=2 if prompt else 10,
                 max_pool_connections=64,
