@@ -7,13 +7,17 @@ Retry-After), never a 500."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import boto3
 import pytest
 
-from tests.conftest import FakeContext, load_function
+from tests.conftest import FakeContext, ShortOfTime, load_function
+from tests.integration.test_aws_adapters import throttling
 from tests.integration.test_optouts import (
     SECRET,
     conflicting_transactions,
@@ -225,3 +229,69 @@ def test_an_mo_failing_on_an_error_no_retry_helps_is_not_answered_try_again(
     with pytest.raises(Exception) as failed:
         webhook(inbound_event("Two for Friday", "sim-bug"))
     assert type(failed.value).__name__ == raised
+
+
+def webhook_timeout_seconds() -> int:
+    """The webhook function's Timeout in template.yaml."""
+    from sms_gateway_tools.template import function_definitions
+    from tests.iam_enforcement import repository_template
+
+    [webhook] = [
+        function
+        for function in function_definitions(repository_template())
+        if function.code_uri.strip("/") == "functions/webhook"
+    ]
+    return webhook.timeout
+
+
+@dataclass
+class Throttled:
+    """What a throttling DynamoDB saw: each attempt sent (its operation), and each backoff slept, in seconds."""
+
+    sent: list[str]
+    slept: list[float]
+
+
+@pytest.fixture
+def throttling_dynamodb(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Throttled]:
+    """DynamoDB throttling every attempt of every request (of each client), botocore backing off for as long as its
+    jitter allows, and every sleep taken on a clock the invocation's deadline reads, not waited out."""
+    from botocore.retries.standard import ExponentialBackoff
+
+    from sms_gateway import deadlines
+    from sms_gateway.adapters import aws as clients
+
+    slept: list[float] = []
+    monkeypatch.setattr("botocore.endpoint.time.sleep", slept.append)
+    monkeypatch.setattr(
+        ExponentialBackoff, "delay_amount", lambda self, context: min(2 ** (context.attempt_number - 1), 20)
+    )
+    real = time.monotonic
+    monkeypatch.setattr(deadlines, "time", SimpleNamespace(monotonic=lambda: real() + sum(slept)))
+    with throttling([clients.client("dynamodb"), clients.client("dynamodb", prompt=True)]) as sent:
+        yield Throttled(sent, slept)
+
+
+@pytest.mark.xfail(strict=True, reason="the webhook's store client backs off for up to 15 s, past the 10 s timeout")
+def test_an_mo_while_dynamodb_throttles_everything_is_answered_503_within_the_webhooks_timeout(
+    aws, account, throttling_dynamodb
+):
+    timeout = webhook_timeout_seconds()
+    # Given DynamoDB throttling every request, and botocore's backoffs at their longest
+    module = load_function("webhook")
+    # When the upstream posts an MO to the webhook function, which Lambda stops at its Timeout
+    answer = module.handler(inbound_event("Row G", "sim-throttled-long"), ShortOfTime(timeout * 1000))
+    # Then it is told to post it again, before Lambda's timeout kills it (a 502/504 with no log of why)
+    assert answer["statusCode"] == 503, answer
+    assert sum(throttling_dynamodb.slept) < timeout, throttling_dynamodb
+
+
+@pytest.mark.xfail(strict=True, reason="the webhook arms no deadline: its calls are retried to the end")
+def test_a_callback_with_too_little_time_left_does_not_retry_a_throttled_request(aws, account, throttling_dynamodb):
+    # Given DynamoDB throttling every request, and an invocation with less time left than the webhook keeps to answer
+    module = load_function("webhook")
+    # When the upstream posts an MO
+    answer = module.handler(inbound_event("Row H", "sim-throttled-late"), ShortOfTime(1_000))
+    # Then its throttled request is not tried again: the upstream is told at once to post it again
+    assert answer["statusCode"] == 503, answer
+    assert (len(throttling_dynamodb.sent), throttling_dynamodb.slept) == (1, []), throttling_dynamodb
