@@ -222,6 +222,14 @@ class ShortOfTime(FakeContext):
         return self.remaining_ms
 
 
+def store_clients() -> list[Any]:
+    """The DynamoDB clients of the gateway's stores: the usual one, and the prompt one the webhook function's callbacks
+    use (bootstrap.Gateway.prompt_store)."""
+    from sms_gateway.bootstrap import gateway
+
+    return [gateway().store.client, gateway().prompt_store.client]
+
+
 def load_function(name: str) -> ModuleType:
     """A function's handler module, loaded from functions/<name>/app.py as Lambda would."""
     spec = importlib.util.spec_from_file_location(f"fn_{name}", Path(REPO, "functions", name, "app.py"))

@@ -142,7 +142,7 @@ def refused_requests(monkeypatch: pytest.MonkeyPatch, error: Callable[[str], Exc
     at the invocation's deadline): `error(operation)`."""
     from sms_gateway.bootstrap import gateway
 
-    client = gateway().store.client
+    client = gateway().prompt_store.client
     call = client._make_api_call
 
     def refusing(operation: str, request: dict[str, Any]) -> Any:
@@ -272,7 +272,6 @@ def throttling_dynamodb(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) ->
         yield Throttled(sent, slept)
 
 
-@pytest.mark.xfail(strict=True, reason="the webhook's store client backs off for up to 15 s, past the 10 s timeout")
 def test_an_mo_while_dynamodb_throttles_everything_is_answered_503_within_the_webhooks_timeout(
     aws, account, throttling_dynamodb
 ):
@@ -286,7 +285,6 @@ def test_an_mo_while_dynamodb_throttles_everything_is_answered_503_within_the_we
     assert sum(throttling_dynamodb.slept) < timeout, throttling_dynamodb
 
 
-@pytest.mark.xfail(strict=True, reason="the webhook arms no deadline: its calls are retried to the end")
 def test_a_callback_with_too_little_time_left_does_not_retry_a_throttled_request(aws, account, throttling_dynamodb):
     # Given DynamoDB throttling every request, and an invocation with less time left than the webhook keeps to answer
     module = load_function("webhook")

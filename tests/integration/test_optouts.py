@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 import boto3
 import pytest
 
-from tests.conftest import FakeContext, load_event, load_function
+from tests.conftest import FakeContext, load_event, load_function, store_clients
 from tests.integration.test_send_path import balance, queued_records
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -161,8 +161,8 @@ def test_a_stop_whose_opt_out_could_not_be_recorded_fails_the_callback_and_the_r
 ):
     from sms_gateway.bootstrap import gateway
 
-    # Given a STOP whose opt-out write fails (DynamoDB throttling past botocore's retries)
-    store = gateway().store
+    # Given a STOP whose opt-out write fails (DynamoDB throttling past botocore's retries) in the webhook's store
+    store = gateway().prompt_store
     record_opt_out = store.opt_out
 
     def throttled(opt_out, **_):
@@ -184,10 +184,11 @@ def test_a_stop_whose_opt_out_could_not_be_recorded_fails_the_callback_and_the_r
 
 
 def failing_opt_out_writes(monkeypatch: pytest.MonkeyPatch, times: int) -> None:
-    """The next `times` opt-out writes fail, as DynamoDB throttling past botocore's retries does."""
+    """The next `times` opt-out writes of the webhook's store fail, as DynamoDB throttling past botocore's retries
+    does."""
     from sms_gateway.bootstrap import gateway
 
-    store = gateway().store
+    store = gateway().prompt_store
     record_opt_out, left = store.opt_out, [times]
 
     def throttled(opt_out, **_):
@@ -296,9 +297,10 @@ def test_a_pending_stop_applied_late_is_not_lost_to_a_stopall_a_later_start_took
 
 
 def failing_opt_in_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next opt-in write of the webhook's store fails, as DynamoDB throttling past botocore's retries does."""
     from sms_gateway.bootstrap import gateway
 
-    store = gateway().store
+    store = gateway().prompt_store
     record_opt_in = store.opt_in
 
     def throttled(*args, **kwargs):
@@ -642,26 +644,30 @@ def conflicting_transactions(
 ) -> None:
     """DynamoDB cancelling the next `times` transactions that `applies` to on a conflict with a concurrent write of
     one of their items (the last), as it does on AWS (moto never does): no condition failed. Another `code` for
-    that item: another reason (`ThrottlingError`: DynamoDB throttled the transaction)."""
-    from sms_gateway.bootstrap import gateway
+    that item: another reason (`ThrottlingError`: DynamoDB throttled the transaction). Through every store's client
+    (the webhook's prompt one too), counted together."""
+    conflicts = [times]
 
-    client = gateway().store.client
-    transact, conflicts = client.transact_write_items, [times]
+    def conflicting_on(client: Any) -> Callable[..., Any]:
+        transact = client.transact_write_items
 
-    def conflicting(**request: Any) -> Any:
-        if applies(request) and conflicts[0]:
-            conflicts[0] -= 1
-            reasons = [{"Code": "None"}] * (len(request["TransactItems"]) - 1) + [{"Code": code}]
-            raise client.exceptions.TransactionCanceledException(
-                {
-                    "Error": {"Code": "TransactionCanceledException", "Message": "Transaction cancelled"},
-                    "CancellationReasons": reasons,
-                },
-                "TransactWriteItems",
-            )
-        return transact(**request)
+        def conflicting(**request: Any) -> Any:
+            if applies(request) and conflicts[0]:
+                conflicts[0] -= 1
+                reasons = [{"Code": "None"}] * (len(request["TransactItems"]) - 1) + [{"Code": code}]
+                raise client.exceptions.TransactionCanceledException(
+                    {
+                        "Error": {"Code": "TransactionCanceledException", "Message": "Transaction cancelled"},
+                        "CancellationReasons": reasons,
+                    },
+                    "TransactWriteItems",
+                )
+            return transact(**request)
 
-    monkeypatch.setattr(client, "transact_write_items", conflicting)
+        return conflicting
+
+    for client in store_clients():
+        monkeypatch.setattr(client, "transact_write_items", conflicting_on(client))
 
 
 def test_a_stop_whose_opt_out_write_meets_a_transaction_conflict_is_recorded_not_refused_as_no_account(
@@ -899,7 +905,7 @@ def test_a_start_still_pending_when_its_shortcode_moves_leaves_no_opt_out_with_t
 
     # Given a number that texted STOP to 48974, then START, whose opt-in failed (left pending)
     texts(webhook, "STOP", "sim-pending-start-stop")
-    store = gateway().store
+    store = gateway().prompt_store
     opt_in = store.opt_in
 
     def throttled(*args: Any, **kwargs: Any) -> int:

@@ -607,7 +607,7 @@ def test_a_dlr_whose_publish_gets_no_answer_is_marked_for_the_sweeper_before_the
     sqs.meta.events.register_first("before-send.sqs.SendMessageBatch", no_answer)
     slept = types.SimpleNamespace(sleep=lambda seconds: elapsed.__setitem__(0, elapsed[0] + seconds))
     monkeypatch.setattr(botocore.endpoint, "time", slept)
-    store = gateway().store
+    store = gateway().prompt_store
     mark = store.mark_unannounced
     marked_at: list[float] = []
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import store_clients
 from tests.integration.test_batches_dialect import Api, call, send, stored_batches
 from tests.integration.test_send_path import FakeContext, balance, load_function
 
@@ -30,25 +31,27 @@ def transactions_conflicting(when: Callable[[list[dict[str, Any]]], bool] = lamb
     """Every TransactWriteItems whose writes `when` picks cancelled for a conflict on each of its items, as while
     other requests keep writing them (the account's credits item, on AWS, under many sends at once)."""
     from sms_gateway.adapters import dynamodb_transactions
-    from sms_gateway.bootstrap import gateway
 
-    client = gateway().store.client
-    real = client.transact_write_items
+    def conflicting_on(client: Any) -> Callable[..., Any]:
+        real = client.transact_write_items
 
-    def conflicting(**request: Any) -> Any:
-        writes = request["TransactItems"]
-        if not when(writes):
-            return real(**request)
-        raise client.exceptions.TransactionCanceledException(
-            {
-                "Error": {"Code": "TransactionCanceledException", "Message": "Transaction cancelled"},
-                "CancellationReasons": [{"Code": "TransactionConflict"} for _ in writes],
-            },
-            "TransactWriteItems",
-        )
+        def conflicting(**request: Any) -> Any:
+            writes = request["TransactItems"]
+            if not when(writes):
+                return real(**request)
+            raise client.exceptions.TransactionCanceledException(
+                {
+                    "Error": {"Code": "TransactionCanceledException", "Message": "Transaction cancelled"},
+                    "CancellationReasons": [{"Code": "TransactionConflict"} for _ in writes],
+                },
+                "TransactWriteItems",
+            )
+
+        return conflicting
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(client, "transact_write_items", conflicting)
+        for client in store_clients():
+            patch.setattr(client, "transact_write_items", conflicting_on(client))
         patch.setattr(dynamodb_transactions, "back_off", lambda attempt: None)
         yield
 

@@ -31,6 +31,10 @@ def _webhook_breaker() -> WebhookBreaker:
 class Gateway:
     settings: Settings
     store: DynamoStore
+    # The same table through a client that gives up within seconds (aws.client's `prompt`): the webhook function's,
+    # which stops at 10 s, so a callback DynamoDB throttles is told to come back (503) before Lambda kills it; the
+    # usual client backs off for up to 15 s.
+    prompt_store: DynamoStore
     dispatch_queue: SqsDispatchQueue
     notify_queue: SqsNotifyQueue
     # The same queue through a client that gives up within seconds (aws.client's `prompt`): the webhook function's,
@@ -55,6 +59,7 @@ def gateway() -> Gateway:
     return Gateway(
         settings=settings,
         store=DynamoStore(settings.table_name, retention_days=settings.message_retention_days),
+        prompt_store=DynamoStore(settings.table_name, retention_days=settings.message_retention_days, prompt=True),
         dispatch_queue=SqsDispatchQueue(
             settings.dispatch_queue_url, priority_queue_url=settings.priority_dispatch_queue_url
         ),
@@ -88,13 +93,13 @@ def price_book() -> CachedPriceBook:
     return CachedPriceBook(wiring.store, wiring.settings_cache)
 
 
-def route_table() -> RouteTable:
+def route_table(*, prompt: bool = False) -> RouteTable:
     """The route table (one item), read at most once per SETTINGS_MAX_AGE_SECONDS per container: the dispatcher's
-    choice of upstream per message, and the webhook's upstreams allowed to deliver a number's inbound SMS."""
+    choice of upstream per message, and the webhook's upstreams allowed to deliver a number's inbound SMS (read
+    through the `prompt` store)."""
     wiring = gateway()
-    table: RouteTable = wiring.settings_cache.get(
-        "routes", lambda: wiring.store.route_table(wiring.settings.default_upstream)
-    )
+    store = wiring.prompt_store if prompt else wiring.store
+    table: RouteTable = wiring.settings_cache.get("routes", lambda: store.route_table(wiring.settings.default_upstream))
     return table
 
 

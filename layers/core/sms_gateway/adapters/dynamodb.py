@@ -383,16 +383,20 @@ class DynamoStore(
 ):
     """Implements AccountStore and MessageStore over one table."""
 
-    def __init__(self, table_name: str, *, client: Any | None = None, retention_days: int = 180) -> None:
+    def __init__(
+        self, table_name: str, *, client: Any | None = None, retention_days: int = 180, prompt: bool = False
+    ) -> None:
         self.table_name = table_name
         self._client = client
+        # aws.client's `prompt` client: gives up within seconds when DynamoDB does not answer or throttles.
+        self._prompt = prompt
         self._retention = timedelta(days=retention_days)
         self._codec = _Codec()
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = aws.client("dynamodb")
+            self._client = aws.client("dynamodb", prompt=self._prompt)
         return self._client
 
     # ---------------------------------------------------------------- accounts and credentials

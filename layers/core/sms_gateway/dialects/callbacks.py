@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +21,24 @@ from sms_gateway.observability import logger, metrics
 from sms_gateway.outcome_metrics import count_final_statuses
 from sms_gateway.ports import Provider
 
-app = APIGatewayHttpResolver()
+# A callback stops retrying a failed AWS call once less than this is left of its invocation (the webhook function's
+# Timeout is 10 s): time for a retry's backoff and attempt that began just before (a prompt client's: at most 1 s,
+# then 1 s to connect and 2 s to read), then the answer, 503 for the upstream to post it again, before Lambda ends the
+# invocation with none (a 502 or 504 to the upstream, and no log of why).
+CALLBACK_RESERVE_SECONDS = 4.0
+
+
+class CallbackResolver(APIGatewayHttpResolver):
+    """Resolves a callback with the invocation's deadline armed (deadlines.armed): past it a failed AWS call is not
+    retried but raises DeadlineReached, answered 503 (`deadline_reached`)."""
+
+    def resolve(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+        remaining_ms = getattr(context, "get_remaining_time_in_millis", None)
+        with deadlines.armed(deadlines.out_of_time_after(remaining_ms, reserve_seconds=CALLBACK_RESERVE_SECONDS)):
+            return super().resolve(event, context)
+
+
+app = CallbackResolver()
 
 
 def _callback_request() -> CallbackRequest:
@@ -47,12 +65,14 @@ def _provider(name: str) -> Provider:
 def delivery_report(provider: str) -> Response:
     upstream = _provider(provider)
     wiring = gateway()
+    # Its client gives up within seconds, and the deadline ends its retries: the answer comes before the timeout.
+    store = wiring.prompt_store
 
     def queue_client_callback(change: StatusChange) -> None:
         announce_change(
             change,
             wiring.prompt_notify_queue.publish,
-            wiring.store,
+            store,
             clock=utc_now,
             sweep_delay=timedelta(seconds=wiring.settings.inbound_sweep_delay_seconds),
         )
@@ -65,8 +85,8 @@ def delivery_report(provider: str) -> Response:
         upstream,
         _callback_request(),
         DeliveryDependencies(
-            messages=wiring.store,
-            accounts=wiring.store,
+            messages=store,
+            accounts=store,
             clock=utc_now,
             on_change=count_and_queue,
             # The same notification, same webhook id: a client that has it drops the repeat.
@@ -91,17 +111,19 @@ def delivery_report(provider: str) -> Response:
 def inbound_sms(provider: str) -> Response:
     upstream = _provider(provider)
     wiring = gateway()
+    # Its client gives up within seconds, and the deadline ends its retries: the answer comes before the timeout.
+    store = wiring.prompt_store
     outcome = receive_inbound(
         upstream,
         _callback_request(),
         InboundDependencies(
-            accounts=wiring.store,
-            inbox=wiring.store,
+            accounts=store,
+            inbox=store,
             publish=lambda notification: wiring.prompt_notify_queue.publish([notification]),
             clock=utc_now,
-            routes=route_table,
-            conversations=wiring.store,
-            opt_outs=wiring.store,
+            routes=lambda: route_table(prompt=True),
+            conversations=store,
+            opt_outs=store,
             notify_sweep_delay=timedelta(seconds=wiring.settings.inbound_sweep_delay_seconds),
             upstream_country=upstream_country(provider),
         ),
@@ -162,6 +184,6 @@ def aws_error(error: ClientError) -> Response:
 
 @app.exception_handler(deadlines.DeadlineReached)
 def deadline_reached(error: deadlines.DeadlineReached) -> Response:
-    """An AWS call that failed with too little of the invocation left to try it again (deadlines.armed ended its
-    retries): told to post it again, as for a throttled request."""
+    """An AWS call that failed with too little of the invocation left to try it again (`CallbackResolver` armed the
+    deadline): told to post it again, as for a throttled request."""
     return gateway_error(Unavailable(f"callback not taken yet ({error}); try again"))
