@@ -708,7 +708,7 @@ def test_an_opt_out_that_conflicts_with_other_writes_every_time_fails_and_is_not
         account_id=account["account_id"], msisdn=STOPPED, sender="48974", keyword="STOP", at="2026-12-06T00:00:00Z"
     )
     # A write that never got through is an error to retry (the webhook's 5xx), never a 404 `no account`
-    with pytest.raises(RuntimeError, match="conflicted") as raised:
+    with pytest.raises(RuntimeError, match="cancelled 6 times for conflicts") as raised:
         gateway().store.opt_out(opt_out)
     assert not isinstance(raised.value, NotFound)
     assert stored_opt_outs(account["account_id"]) == []
