@@ -28,6 +28,11 @@ from sms_gateway_tools.layer import (
 
 REPO = LAYER.parent.parent
 HANDLERS = sorted(REPO.glob("functions/*/app.py"))
+# What a test here may take on a loaded CI machine. pytest-timeout counts wall-clock time, a module fixture's setup
+# charged to the first test asking for it; on 2 cores shared with 2 CPU burners and other test runs the `shipped`
+# fixture's build steps took 65 s (its first test 73 s in all), the child pytest run 56 s, each closure test 40-45 s:
+# pyproject's 120 s a test is overrun by a machine half again as busy, and the run is red for no fault of the build.
+LOADED_MACHINE_SECONDS = 600
 
 
 def test_the_build_drops_only_what_the_lambda_runtime_already_has() -> None:
@@ -340,3 +345,12 @@ def test_the_third_party_packages_ship_as_bytecode_that_imports_without_sources(
     loaded, not_bytecode = completed.stdout.splitlines()[-1].split(" ", 1)
     assert int(loaded) > 300
     assert not_bytecode == "[]"
+
+
+@pytest.mark.xfail(strict=True, reason="the build's tests run under pyproject's 120 s timeout, overrun on a loaded CI")
+def test_the_tests_doing_the_builds_work_have_the_time_a_loaded_machine_takes(request: pytest.FixtureRequest) -> None:
+    # Given the timeout each test of this file runs under (its marker, else pyproject's for every test)
+    marker = request.node.get_closest_marker("timeout")
+    timeout = float(marker.args[0]) if marker else float(request.config.getini("timeout"))
+    # Then it leaves the build's steps and the child pytest run the time a loaded machine takes
+    assert timeout >= LOADED_MACHINE_SECONDS
