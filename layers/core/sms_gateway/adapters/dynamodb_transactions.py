@@ -63,12 +63,11 @@ def try_again_after(attempt: int, codes: Sequence[str | None], throttled: int) -
     return throttled
 
 
-def transact(client: Any, writes: list[dict[str, Any]], token: str | None = None) -> list[dict[str, Any]] | None:
+def transact(client: Any, writes: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """One TransactWriteItems: None when it was applied, else why each write was refused (aligned with
-    `writes`). A token per transaction (`token`, else a new one): botocore's retry of a call whose answer was lost
-    is not applied twice."""
+    `writes`). A new token per transaction: botocore's retry of a call whose answer was lost is not applied twice."""
     try:
-        client.transact_write_items(TransactItems=writes, ClientRequestToken=token or secrets.token_hex(16))
+        client.transact_write_items(TransactItems=writes, ClientRequestToken=secrets.token_hex(16))
     except client.exceptions.TransactionCanceledException as error:
         reasons = error.response.get("CancellationReasons") or []
         if len(reasons) != len(writes):

@@ -165,7 +165,7 @@ def transaction_undecided(error: TransactionUndecided) -> Response:
     was written. A callback is taken whole by its resend (an SMS is stored once, a STOP applied once, a report
     applied once), so the upstream is told to post it again, 503 with Retry-After, the answer upstreams retry on;
     until session 38 it was a 500, which says the gateway failed and the callback may be done in part."""
-    return gateway_error(Unavailable(f"callback not taken yet ({error}); try again"))
+    return _not_taken(str(error))
 
 
 @app.exception_handler(ClientError)
@@ -177,13 +177,16 @@ def aws_error(error: ClientError) -> Response:
     AWS error is raised as before: the invocation fails, logged with its traceback, counted in the alarm."""
     if not deadlines.throttled(error):
         raise error
-    return gateway_error(
-        Unavailable(f"callback not taken yet (a request was throttled: {deadlines.error_code(error)}); try again")
-    )
+    return _not_taken(f"a request was throttled: {deadlines.error_code(error)}")
 
 
 @app.exception_handler(deadlines.DeadlineReached)
 def deadline_reached(error: deadlines.DeadlineReached) -> Response:
     """An AWS call that failed with too little of the invocation left to try it again (`CallbackResolver` armed the
     deadline): told to post it again, as for a throttled request."""
-    return gateway_error(Unavailable(f"callback not taken yet ({error}); try again"))
+    return _not_taken(str(error))
+
+
+def _not_taken(why: str) -> Response:
+    """The answer to a callback not taken now: 503 with Retry-After, for the upstream to post it again (taken once)."""
+    return gateway_error(Unavailable(f"callback not taken yet ({why}); try again"))
